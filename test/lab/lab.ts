@@ -1,0 +1,215 @@
+// The test lab: network namespaces, veth pairs, cgroups, BPF pin folders and processes, all named
+// with one per-run prefix (`wt` + 4 characters) and removed in teardown, on success, failure and
+// interrupt. `make clean-lab` (test/lab/clean.ts) removes whatever a killed run left behind.
+import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
+
+/** Every lab resource name starts with this tag; clean-lab removes anything that carries it. */
+export const LAB_TAG = 'wt';
+
+export function run(cmd: string, args: string[], opts: { input?: string; allowFail?: boolean } = {}): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], input: opts.input });
+  } catch (err) {
+    if (opts.allowFail) return '';
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')}: ${(e.stderr || e.message).trim()}`);
+  }
+}
+
+export interface Netns {
+  /** Name as `ip netns` knows it. */
+  name: string;
+  /** Path of the netns file, for setns(2) and the binding's netns helpers. */
+  path: string;
+  /** Runs a command inside the namespace and returns its stdout. */
+  exec(cmd: string, ...args: string[]): string;
+}
+
+export interface VethEnd {
+  ns: Netns;
+  /** Interface name (<= 15 characters); the lab prefixes it with its id. */
+  name: string;
+  /** Address with prefix length, e.g. 10.0.0.1/24. */
+  addr?: string;
+}
+
+export interface SpawnInLab extends SpawnOptions {
+  netns?: Netns;
+  cgroup?: string;
+}
+
+/** Kills every process in a cgroup subtree and removes its folders bottom-up. */
+export async function removeCgroupTree(dir: string): Promise<void> {
+  if (!existsSync(dir)) return;
+  for (const ent of readdirSync(dir, { withFileTypes: true })) {
+    if (ent.isDirectory()) await removeCgroupTree(join(dir, ent.name));
+  }
+  const procs = join(dir, 'cgroup.procs');
+  for (let i = 0; i < 100; i++) {
+    let pids: string[] = [];
+    try {
+      pids = readFileSync(procs, 'utf8').split('\n').filter(Boolean);
+    } catch {
+      break;
+    }
+    if (pids.length === 0) break;
+    try {
+      writeFileSync(join(dir, 'cgroup.kill'), '1');
+    } catch {
+      for (const pid of pids) {
+        try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+      }
+    }
+    await sleep(20);
+  }
+  try {
+    rmdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/** Kills the processes whose network namespace is the named one (ip netns pids). */
+export function killNetnsProcesses(name: string): void {
+  for (const pid of run('ip', ['netns', 'pids', name], { allowFail: true }).split('\n').filter(Boolean)) {
+    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
+  }
+}
+
+const liveLabs = new Set<Lab>();
+let hooksInstalled = false;
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', () => { for (const lab of liveLabs) lab.cleanupSync(); });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      for (const lab of liveLabs) lab.cleanupSync();
+      process.kill(process.pid, sig);
+    });
+  }
+}
+
+export class Lab {
+  readonly id: string;
+  readonly cgroupRoot: string;
+  readonly bpffs: string;
+  /** This run's cgroup folder: every lab cgroup lives under it. */
+  readonly cgroupDir: string;
+  /** This run's BPF pin folder (stands in for /sys/fs/bpf/weft). */
+  readonly pinRoot: string;
+  private readonly namespaces: Netns[] = [];
+  private readonly children = new Set<ChildProcess>();
+  private cleaned = false;
+
+  constructor() {
+    this.id = LAB_TAG + randomBytes(3).toString('hex').slice(0, 4);
+    this.cgroupRoot = findCgroup2Root();
+    this.bpffs = ensureBpffs();
+    this.cgroupDir = join(this.cgroupRoot, this.id);
+    this.pinRoot = join(this.bpffs, this.id);
+    mkdirSync(this.cgroupDir);
+    liveLabs.add(this);
+    installExitHooks();
+  }
+
+  netns(name: string): Netns {
+    const full = `${this.id}-${name}`;
+    run('ip', ['netns', 'add', full]);
+    const ns: Netns = {
+      name: full,
+      path: `/var/run/netns/${full}`,
+      exec: (cmd, ...args) => run('ip', ['netns', 'exec', full, cmd, ...args]),
+    };
+    this.namespaces.push(ns);
+    ns.exec('ip', 'link', 'set', 'lo', 'up');
+    return ns;
+  }
+
+  /** Interface name carrying this lab's id, within the kernel's 15-character limit. */
+  ifname(short: string): string {
+    const name = `${this.id}${short}`;
+    if (name.length > 15) throw new Error(`interface name ${name} is longer than 15 characters`);
+    return name;
+  }
+
+  /** A veth pair between two namespaces, both ends up, with optional addresses. */
+  veth(a: VethEnd, b: VethEnd): { a: string; b: string } {
+    const an = this.ifname(a.name);
+    const bn = this.ifname(b.name);
+    run('ip', ['link', 'add', an, 'netns', a.ns.name, 'type', 'veth', 'peer', 'name', bn, 'netns', b.ns.name]);
+    for (const [end, name] of [[a, an], [b, bn]] as const) {
+      if (end.addr) end.ns.exec('ip', 'addr', 'add', end.addr, 'dev', name);
+      end.ns.exec('ip', 'link', 'set', name, 'up');
+    }
+    return { a: an, b: bn };
+  }
+
+  /** A cgroup under this run's folder; returns its path. */
+  cgroup(name: string): string {
+    const dir = join(this.cgroupDir, name);
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  /**
+   * Starts a process, optionally inside a netns and a cgroup. The process joins the cgroup before
+   * it execs, so even its first connect() is seen by programs attached there.
+   */
+  spawn(cmd: string, args: string[], opts: SpawnInLab = {}): ChildProcess {
+    const { netns, cgroup, ...rest } = opts;
+    let argv = [cmd, ...args];
+    if (netns) argv = ['ip', 'netns', 'exec', netns.name, ...argv];
+    if (cgroup) argv = ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, ...argv];
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], ...rest });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  async cleanup(): Promise<void> {
+    if (this.cleaned) return;
+    for (const child of this.children) child.kill('SIGKILL');
+    await removeCgroupTree(this.cgroupDir);
+    this.cleanupSync();
+  }
+
+  /** Synchronous teardown, also used from process exit hooks. Safe to call more than once. */
+  cleanupSync(): void {
+    if (this.cleaned) return;
+    this.cleaned = true;
+    liveLabs.delete(this);
+    for (const child of this.children) child.kill('SIGKILL');
+    for (const ns of this.namespaces) {
+      killNetnsProcesses(ns.name);
+      run('ip', ['netns', 'del', ns.name], { allowFail: true });
+    }
+    killCgroupSync(this.cgroupDir);
+    rmSync(this.pinRoot, { recursive: true, force: true });
+  }
+}
+
+/** Best-effort synchronous cgroup removal for exit hooks (no waiting on the event loop). */
+function killCgroupSync(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const ent of readdirSync(dir, { withFileTypes: true })) {
+    if (ent.isDirectory()) killCgroupSync(join(dir, ent.name));
+  }
+  try { writeFileSync(join(dir, 'cgroup.kill'), '1'); } catch { /* no processes or old kernel */ }
+  for (let i = 0; i < 200; i++) {
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      if (code !== 'EBUSY') throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+  }
+}
