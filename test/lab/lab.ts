@@ -1,25 +1,18 @@
 // The test lab: network namespaces, veth pairs, cgroups, BPF pin folders and processes, all named
 // with one per-run prefix (`wt` + 4 characters) and removed in teardown, on success, failure and
 // interrupt. `make clean-lab` (test/lab/clean.ts) removes whatever a killed run left behind.
-import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
+import { run } from '../../lib/sys/exec.ts';
+
+export { run };
 
 /** Every lab resource name starts with this tag; clean-lab removes anything that carries it. */
 export const LAB_TAG = 'wt';
-
-export function run(cmd: string, args: string[], opts: { input?: string; allowFail?: boolean } = {}): string {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], input: opts.input });
-  } catch (err) {
-    if (opts.allowFail) return '';
-    const e = err as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${(e.stderr || e.message).trim()}`);
-  }
-}
 
 export interface Netns {
   /** Name as `ip netns` knows it. */
