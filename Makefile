@@ -25,7 +25,7 @@ ADDON := agent/native/build/Release/weft_bpf.node
 
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
-	make g++ python3 curl ca-certificates
+	make g++ python3 curl ca-certificates iputils-ping procps
 
 NODE_TEST := node --test --test-reporter=spec
 UNIT_TESTS := 'test/unit/**/*.test.ts'
