@@ -1,0 +1,230 @@
+// The local mesh's network: nodes and pods as network namespaces on one Linux machine.
+//
+//   wire netns (bridge br0, 10.77.0.254/24)
+//     ├─ node i netns: eth0 10.77.0.i/24, IP forwarding, a /32 route per local pod,
+//     │                a /24 route to every other node's pod range via that node
+//     │    └─ pod netns: eth0 10.77.i.j/32, default route via 169.254.1.1 (a local address of
+//     │                  the node, so the node answers the pod's ARP, as Calico does), its processes in a cgroup of its own
+//
+// Every name carries one prefix: netns `<prefix>-<name>`, cgroups under `<cgroup2>/<prefix>/`,
+// BPF pins under `<bpffs>/<prefix>/<node>`. Each node has its own cgroup subtree and pin root,
+// so each node's agent attaches to its own "host" exactly as it would on a real machine.
+import { mkdirSync, openSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { run, runIn } from '../../lib/sys/exec.ts';
+import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
+import { removeCgroupTree, removeCgroupTreeSync } from '../../lib/sys/cgroup.ts';
+import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
+
+/** First two octets of every local-mesh address. */
+export const LOCAL_NET = '10.77';
+/** The link-local gateway pods route through (a local address of every node). */
+const POD_GATEWAY = '169.254.1.1';
+
+export interface LocalNode {
+  name: string;
+  index: number;
+  /** Address on the inter-node wire; the agent listens here. */
+  ip: string;
+  netns: string;
+  netnsPath: string;
+  /** The cgroup subtree standing in for this node's cgroup root; the agent attaches here. */
+  cgroup: string;
+  /** Where this node's agent pins BPF state (stands in for /sys/fs/bpf/weft). */
+  pinRoot: string;
+  /** Pod addresses on this node are 10.77.<index>.x */
+  podCidr: string;
+  pods: LocalPod[];
+}
+
+export interface LocalPod {
+  name: string;
+  namespace: string;
+  node: string;
+  ip: string;
+  netns: string;
+  netnsPath: string;
+  cgroup: string;
+  /** The node-side end of the pod's veth. */
+  hostIf: string;
+}
+
+export interface NetworkState {
+  prefix: string;
+  cgroupDir: string;
+  pinDir: string;
+  wireNetns: string;
+  nodes: LocalNode[];
+}
+
+export interface SpawnIn extends SpawnOptions {
+  /** Log file for stdout and stderr (appended); default: inherit nothing. */
+  logFile?: string;
+}
+
+export class LocalNetwork {
+  readonly prefix: string;
+  readonly cgroupDir: string;
+  readonly pinDir: string;
+  readonly wireNetns: string;
+  readonly nodes: LocalNode[] = [];
+  private readonly children = new Set<ChildProcess>();
+
+  private constructor(prefix: string, cgroupDir: string, pinDir: string) {
+    this.prefix = prefix;
+    this.cgroupDir = cgroupDir;
+    this.pinDir = pinDir;
+    this.wireNetns = `${prefix}-wire`;
+  }
+
+  /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. */
+  static create(prefix: string): LocalNetwork {
+    if (!/^[a-z][a-z0-9]{1,11}$/.test(prefix)) {
+      throw new Error(`local mesh prefix "${prefix}" must be 2-12 lowercase letters or digits, starting with a letter`);
+    }
+    const cgroupDir = join(findCgroup2Root(), prefix);
+    const pinDir = join(ensureBpffs(), prefix);
+    const net = new LocalNetwork(prefix, cgroupDir, pinDir);
+    mkdirSync(cgroupDir, { recursive: true });
+    mkdirSync(join(cgroupDir, 'system'), { recursive: true });
+    run('ip', ['netns', 'add', net.wireNetns]);
+    runIn(net.wireNetns, 'ip', ['link', 'set', 'lo', 'up']);
+    runIn(net.wireNetns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    runIn(net.wireNetns, 'ip', ['addr', 'add', `${LOCAL_NET}.0.254/24`, 'dev', 'br0']);
+    runIn(net.wireNetns, 'ip', ['link', 'set', 'br0', 'up']);
+    return net;
+  }
+
+  node(name: string): LocalNode {
+    const n = this.nodes.find((x) => x.name === name);
+    if (!n) throw new Error(`no local node named ${name}`);
+    return n;
+  }
+
+  pod(namespace: string, name: string): LocalPod {
+    for (const n of this.nodes) {
+      const p = n.pods.find((x) => x.namespace === namespace && x.name === name);
+      if (p) return p;
+    }
+    throw new Error(`no local pod ${namespace}/${name}`);
+  }
+
+  addNode(name: string): LocalNode {
+    if (!/^[a-z0-9][a-z0-9-]{0,15}$/.test(name)) throw new Error(`node name "${name}" must be a short DNS label`);
+    const index = this.nodes.length + 1;
+    if (index > 250) throw new Error('the local mesh supports at most 250 nodes');
+    const netns = `${this.prefix}-${name}`;
+    const node: LocalNode = {
+      name,
+      index,
+      ip: `${LOCAL_NET}.0.${index}`,
+      netns,
+      netnsPath: `/var/run/netns/${netns}`,
+      cgroup: join(this.cgroupDir, name),
+      pinRoot: join(this.pinDir, name),
+      podCidr: `${LOCAL_NET}.${index}.0/24`,
+      pods: [],
+    };
+    run('ip', ['netns', 'add', netns]);
+    runIn(netns, 'ip', ['link', 'set', 'lo', 'up']);
+    run('ip', ['link', 'add', 'eth0', 'netns', netns, 'type', 'veth', 'peer', 'name', `n${index}`, 'netns', this.wireNetns]);
+    runIn(this.wireNetns, 'ip', ['link', 'set', `n${index}`, 'master', 'br0', 'up']);
+    runIn(netns, 'ip', ['addr', 'add', `${node.ip}/24`, 'dev', 'eth0']);
+    runIn(netns, 'ip', ['link', 'set', 'eth0', 'up']);
+    runIn(netns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    // Pods' gateway: a local address of the node, so the node answers their ARP for it.
+    runIn(netns, 'ip', ['addr', 'add', `${POD_GATEWAY}/32`, 'dev', 'lo']);
+    mkdirSync(node.cgroup, { recursive: true });
+    // Routes between every pair of nodes' pod ranges.
+    for (const other of this.nodes) {
+      runIn(netns, 'ip', ['route', 'add', other.podCidr, 'via', other.ip]);
+      runIn(other.netns, 'ip', ['route', 'add', node.podCidr, 'via', node.ip]);
+    }
+    this.nodes.push(node);
+    return node;
+  }
+
+  addPod(nodeName: string, namespace: string, name: string): LocalPod {
+    const node = this.node(nodeName);
+    const j = node.pods.length + 1;
+    if (j > 250) throw new Error(`node ${nodeName} already has 250 pods`);
+    const netns = `${this.prefix}-${namespace}-${name}`;
+    const hostIf = `p${j}`;
+    const pod: LocalPod = {
+      name,
+      namespace,
+      node: nodeName,
+      ip: `${LOCAL_NET}.${node.index}.${j}`,
+      netns,
+      netnsPath: `/var/run/netns/${netns}`,
+      cgroup: join(node.cgroup, 'pods', `${namespace}_${name}`),
+      hostIf,
+    };
+    run('ip', ['netns', 'add', netns]);
+    runIn(netns, 'ip', ['link', 'set', 'lo', 'up']);
+    run('ip', ['link', 'add', 'eth0', 'netns', netns, 'type', 'veth', 'peer', 'name', hostIf, 'netns', node.netns]);
+    runIn(node.netns, 'ip', ['link', 'set', hostIf, 'up']);
+    runIn(node.netns, 'ip', ['route', 'add', `${pod.ip}/32`, 'dev', hostIf]);
+    runIn(netns, 'ip', ['addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
+    runIn(netns, 'ip', ['link', 'set', 'eth0', 'up']);
+    runIn(netns, 'ip', ['route', 'add', POD_GATEWAY, 'dev', 'eth0', 'scope', 'link']);
+    runIn(netns, 'ip', ['route', 'add', 'default', 'via', POD_GATEWAY, 'dev', 'eth0', 'onlink']);
+    mkdirSync(pod.cgroup, { recursive: true });
+    node.pods.push(pod);
+    return pod;
+  }
+
+  /**
+   * Starts a process in a node's or pod's network namespace, inside a cgroup (a pod's own, or a
+   * folder under `<prefix>/system` for node daemons). The process joins the cgroup before exec.
+   */
+  spawn(where: LocalNode | LocalPod | { netns: string; cgroup?: string }, cmd: string, args: string[], opts: SpawnIn = {}): ChildProcess {
+    const { logFile, ...rest } = opts;
+    const cgroup = where.cgroup ?? join(this.cgroupDir, 'system');
+    // $0 = cgroup, $1 = netns, the rest is the command: join the cgroup, then enter the netns.
+    const script = 'echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec ip netns exec "$ns" "$@"';
+    let stdio: SpawnOptions['stdio'] = ['ignore', 'pipe', 'pipe'];
+    if (logFile) {
+      const fd = openSync(logFile, 'a');
+      stdio = ['ignore', fd, fd];
+    }
+    const child = spawn('sh', ['-c', script, cgroup, where.netns, cmd, ...args], { stdio, ...rest });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  state(): NetworkState {
+    return { prefix: this.prefix, cgroupDir: this.cgroupDir, pinDir: this.pinDir, wireNetns: this.wireNetns, nodes: this.nodes };
+  }
+
+  /** Kills every process, removes every namespace, cgroup and pin of this network. */
+  async destroy(): Promise<void> {
+    for (const c of this.children) c.kill('SIGKILL');
+    await destroyLocalNetwork(this.prefix);
+  }
+
+  destroySync(): void {
+    for (const c of this.children) c.kill('SIGKILL');
+    destroyLocalNetworkSync(this.prefix);
+  }
+}
+
+function prefixed(prefix: string): string[] {
+  return listNetns().filter((n) => n.startsWith(`${prefix}-`));
+}
+
+/** Removes everything a local network with this prefix created, whether or not it is running. */
+export async function destroyLocalNetwork(prefix: string): Promise<void> {
+  // cgroup first: it kills every process of the mesh (agents, controller, apps) in one step.
+  await removeCgroupTree(join(findCgroup2Root(), prefix));
+  for (const ns of prefixed(prefix)) deleteNetns(ns);
+  rmSync(join(ensureBpffs(), prefix), { recursive: true, force: true });
+}
+
+export function destroyLocalNetworkSync(prefix: string): void {
+  removeCgroupTreeSync(join(findCgroup2Root(), prefix));
+  for (const ns of prefixed(prefix)) deleteNetns(ns);
+  rmSync(join(ensureBpffs(), prefix), { recursive: true, force: true });
+}
