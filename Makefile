@@ -74,14 +74,14 @@ build/bpf/%.bpf.o: test/bpf/fixtures/%.bpf.c $(wildcard bpf/include/*.h)
 
 addon: $(ADDON)
 
-$(ADDON): $(wildcard agent/native/*.cc agent/native/*.h) agent/native/binding.gyp
+$(ADDON): $(wildcard agent/native/*.cc agent/native/*.h agent/native/src/*.cc agent/native/src/*.h) agent/native/binding.gyp
 	cd agent/native && node-gyp rebuild --nodedir="$(NODE_HOME)" >/dev/null
 
 typecheck:
 	tsc -p tsconfig.json
 
 ## test: every tier, one runner, one summary
-test: build
+test: deps build
 	$(MAKE) --no-print-directory clean-lab
 	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS)
 	$(MAKE) --no-print-directory clean-lab
