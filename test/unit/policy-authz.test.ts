@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { evaluate, globMatch, ipInBlocks } from '../../lib/policy/authz.ts';
+import type { AuthorizationPolicy, CompiledRule } from '../../lib/model/mesh.ts';
+
+const rule = (r: Partial<CompiledRule>): CompiledRule => ({ from: [], to: [], when: [], layer: 'L4', ...r });
+const policy = (name: string, action: 'ALLOW' | 'DENY', rules: CompiledRule[]): AuthorizationPolicy => ({
+  name,
+  namespace: 'shop',
+  action,
+  scope: 'namespace',
+  rules,
+  layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
+});
+const conn = {
+  sourcePrincipal: 'spiffe://cluster.local/ns/web/sa/frontend',
+  sourceNamespace: 'web',
+  sourceIp: '10.77.1.4',
+  destinationPort: 8080,
+};
+
+test('no policy allows', () => {
+  assert.equal(evaluate([], conn).allowed, true);
+});
+
+test('an ALLOW policy without rules denies everything', () => {
+  const d = evaluate([policy('lockdown', 'ALLOW', [])], conn);
+  assert.equal(d.allowed, false);
+  assert.match(d.reason, /shop\/lockdown/);
+});
+
+test('ALLOW by principal, with or without the spiffe:// scheme, and by namespace glob', () => {
+  const byPrincipal = policy('p', 'ALLOW', [rule({ from: [{ principals: ['cluster.local/ns/web/sa/frontend'] }] })]);
+  assert.deepEqual(evaluate([byPrincipal], conn), { allowed: true, policy: 'shop/p', reason: 'allowed by shop/p' });
+  const byNs = policy('n', 'ALLOW', [rule({ from: [{ namespaces: ['we*'] }] })]);
+  assert.equal(evaluate([byNs], conn).allowed, true);
+  assert.equal(evaluate([byNs], { ...conn, sourceNamespace: 'batch' }).allowed, false);
+});
+
+test('a plaintext peer has no principal and matches no principal rule', () => {
+  const p = policy('p', 'ALLOW', [rule({ from: [{ principals: ['*'] }] })]);
+  assert.equal(evaluate([p], { sourceIp: '10.77.1.4', destinationPort: 80 }).allowed, false);
+});
+
+test('DENY wins over ALLOW and names the policy', () => {
+  const allow = policy('allow-all', 'ALLOW', [rule({})]);
+  const deny = policy('no-batch', 'DENY', [rule({ from: [{ ipBlocks: ['10.77.1.0/24'] }], to: [{ ports: [8080] }] })]);
+  const d = evaluate([allow, deny], conn);
+  assert.equal(d.allowed, false);
+  assert.equal(d.policy, 'shop/no-batch');
+  assert.equal(evaluate([allow, deny], { ...conn, destinationPort: 9090 }).allowed, true);
+});
+
+test('notIpBlocks and notPrincipals exclude', () => {
+  const p = policy('p', 'ALLOW', [rule({ from: [{ notIpBlocks: ['10.77.1.4'], notPrincipals: ['*/sa/evil'] }] })]);
+  assert.equal(evaluate([p], conn).allowed, false);
+  assert.equal(evaluate([p], { ...conn, sourceIp: '10.77.2.9' }).allowed, true);
+  assert.equal(evaluate([p], { ...conn, sourceIp: '10.77.2.9', sourcePrincipal: 'spiffe://cluster.local/ns/web/sa/evil' }).allowed, false);
+});
+
+test('at L4 an ALLOW rule with L7 attributes fails closed', () => {
+  const p = policy('get-only', 'ALLOW', [rule({ to: [{ methods: ['GET'] }], layer: 'L7' })]);
+  const d = evaluate([p], conn);
+  assert.equal(d.allowed, false);
+  assert.match(d.reason, /without a waypoint/);
+});
+
+test('at L4 a DENY rule with L7 attributes denies on its L4 parts', () => {
+  const p = policy('no-admin', 'DENY', [rule({ from: [{ namespaces: ['web'] }], to: [{ paths: ['/admin*'] }], layer: 'L7' })]);
+  assert.equal(evaluate([p], conn).allowed, false);
+  assert.equal(evaluate([p], { ...conn, sourceNamespace: 'other' }).allowed, true);
+});
+
+test('at L7 methods, paths and headers are checked', () => {
+  const p = policy('no-post-admin', 'DENY', [rule({ to: [{ methods: ['POST'], paths: ['/admin*'] }], layer: 'L7' })]);
+  const req = { ...conn, method: 'POST', path: '/admin/users?x=1', headers: {} };
+  assert.equal(evaluate([p], req).allowed, false);
+  assert.equal(evaluate([p], { ...req, method: 'GET' }).allowed, true);
+  const h = policy('tester', 'ALLOW', [rule({ when: [{ key: 'request.headers[X-User]', values: ['tester'] }], layer: 'L7' })]);
+  assert.equal(evaluate([h], { ...req, headers: { 'x-user': 'tester' } }).allowed, true);
+  assert.equal(evaluate([h], { ...req, headers: {} }).allowed, false);
+});
+
+test('when conditions on source.ip take CIDRs', () => {
+  const p = policy('p', 'ALLOW', [rule({ when: [{ key: 'source.ip', values: ['10.77.0.0/16'] }] })]);
+  assert.equal(evaluate([p], conn).allowed, true);
+  assert.equal(evaluate([p], { ...conn, sourceIp: '192.168.1.1' }).allowed, false);
+});
+
+test('globs and address blocks', () => {
+  assert.ok(globMatch('*', 'x'));
+  assert.ok(globMatch('/api/*', '/api/v1'));
+  assert.ok(globMatch('*.html', '/index.html'));
+  assert.ok(!globMatch('/api', '/api/v1'));
+  assert.ok(ipInBlocks(['10.0.0.0/8'], '::ffff:10.1.2.3'));
+  assert.ok(ipInBlocks(['fd00::/8'], 'fd00::1'));
+  assert.ok(!ipInBlocks(['not-an-ip'], '10.0.0.1'));
+});
