@@ -1,0 +1,168 @@
+/* Structures shared by the kernel programs in bpf/ and the agent (agent/src/datapath/codecs.ts
+ * mirrors every layout here field by field). Rules that keep both sides in step:
+ *  - IPv4 addresses are stored in network byte order (as the kernel hands them to us);
+ *  - ports are stored in HOST byte order, so `bpftool map dump` shows readable numbers;
+ *  - every struct has explicit padding and a _Static_assert on its size, so a change that moves a
+ *    field breaks the build instead of silently disagreeing with user space.
+ */
+#ifndef WEFT_H
+#define WEFT_H
+
+#include <linux/types.h>
+
+/* Enrolment modes (weft_pod.mode, weft_pod_in.mode). */
+#define WEFT_MODE_PERMISSIVE 1
+#define WEFT_MODE_STRICT 2
+
+/* How many node addresses may reach a STRICT pod in plaintext (agent, kubelet probes). */
+#define WEFT_MAX_NODE_IPS 4
+
+#define WEFT_MAX_PODS 4096
+#define WEFT_MAX_DESTS 65536
+#define WEFT_MAX_EXCLUDED_PORTS 256
+#define WEFT_MAX_TUPLES 65536
+
+/* weft_pods: network-namespace cookie -> the enrolled pod it belongs to. */
+struct weft_pod {
+	__be32 pod_ip;
+	__be32 agent_ip;   /* where captured connections go: the node-side veth address */
+	__u16 agent_port;  /* host order, normally 15001 */
+	__u8 mode;         /* WEFT_MODE_* */
+	__u8 flags;        /* reserved, 0 */
+	__u32 ifindex;     /* pod-side interface inside the pod netns */
+};
+_Static_assert(sizeof(struct weft_pod) == 16, "weft_pod layout");
+
+/* weft_pods_by_ip: pod IPv4 -> what inbound enforcement needs to know. */
+struct weft_pod_in {
+	__u64 netns_cookie;                   /* key into weft_pod_counters */
+	__be32 node_ips[WEFT_MAX_NODE_IPS];   /* sources allowed in plaintext; unused slots are 0 */
+	__u8 mode;
+	__u8 n_node_ips;
+	__u16 pad0;
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct weft_pod_in) == 32, "weft_pod_in layout");
+
+/* weft_dests key: a mesh destination; port 0 means every port of that address. */
+struct weft_dest_key {
+	__be32 ip;
+	__u16 port;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_dest_key) == 8, "weft_dest_key layout");
+
+struct weft_dest {
+	__u32 flags;  /* reserved for the agent (e.g. service VIP vs workload), 0 today */
+};
+_Static_assert(sizeof(struct weft_dest) == 4, "weft_dest layout");
+
+/* weft_excluded_ports value (the key is a host-order __u16 port). */
+struct weft_excluded {
+	__u8 present;
+};
+
+/* A TCP 4-tuple as the agent sees it on accept(): src = client pod, dst = agent listener. */
+struct weft_tuple4 {
+	__be32 src_ip;
+	__be32 dst_ip;
+	__u16 src_port;
+	__u16 dst_port;
+};
+_Static_assert(sizeof(struct weft_tuple4) == 12, "weft_tuple4 layout");
+
+/* The destination a pod dialled before connect4 rewrote it. Value of weft_orig_by_tuple and of the
+ * per-socket weft_sk_orig storage. */
+struct weft_orig {
+	__be32 orig_ip;
+	__u16 orig_port;
+	__u16 pad;
+	__u64 netns_cookie;  /* the client's network namespace */
+};
+_Static_assert(sizeof(struct weft_orig) == 16, "weft_orig layout");
+
+/* weft_peer_override key: a connection as the SERVER socket in the pod sees it. */
+struct weft_peer_key {
+	__be32 local_ip;
+	__be32 remote_ip;
+	__u16 local_port;
+	__u16 remote_port;
+};
+_Static_assert(sizeof(struct weft_peer_key) == 12, "weft_peer_key layout");
+
+struct weft_peer {
+	__be32 client_ip;
+	__u16 client_port;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_peer) == 8, "weft_peer layout");
+
+/* Node-wide counters: weft_counters is a one-slot PERCPU_ARRAY whose value is this struct, so
+ * `bpftool map dump` prints every counter by name. Programs address a counter by its index in
+ * enum weft_counter; the asserts below pin each index to its field. */
+struct weft_counters {
+	__u64 connect4_redirected;
+	__u64 connect4_passed;
+	__u64 connect6_redirected;
+	__u64 connect6_passed;
+	__u64 connect6_native_skipped;
+	__u64 sockops_rekeyed;
+	__u64 sockops_rekey_failed;
+	__u64 getpeername_rewritten;
+	__u64 getpeername_peer_override;
+	__u64 strict_denied;
+	__u64 strict_rst_sent;
+	__u64 permissive_plaintext;
+	__u64 inbound_node_allowed;
+	__u64 inbound_passed;
+};
+
+enum weft_counter {
+	WEFT_C_CONNECT4_REDIRECTED,
+	WEFT_C_CONNECT4_PASSED,
+	WEFT_C_CONNECT6_REDIRECTED,
+	WEFT_C_CONNECT6_PASSED,
+	WEFT_C_CONNECT6_NATIVE_SKIPPED,
+	WEFT_C_SOCKOPS_REKEYED,
+	WEFT_C_SOCKOPS_REKEY_FAILED,
+	WEFT_C_GETPEERNAME_REWRITTEN,
+	WEFT_C_GETPEERNAME_PEER_OVERRIDE,
+	WEFT_C_STRICT_DENIED,
+	WEFT_C_STRICT_RST_SENT,
+	WEFT_C_PERMISSIVE_PLAINTEXT,
+	WEFT_C_INBOUND_NODE_ALLOWED,
+	WEFT_C_INBOUND_PASSED,
+	WEFT_C__COUNT,
+};
+_Static_assert(sizeof(struct weft_counters) == WEFT_C__COUNT * 8, "weft_counters layout");
+_Static_assert(__builtin_offsetof(struct weft_counters, connect4_redirected) == WEFT_C_CONNECT4_REDIRECTED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, getpeername_rewritten) == WEFT_C_GETPEERNAME_REWRITTEN * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, strict_denied) == WEFT_C_STRICT_DENIED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, inbound_passed) == WEFT_C_INBOUND_PASSED * 8, "idx");
+
+/* weft_pod_counters: netns cookie -> per-pod counters (shared across CPUs, updated atomically). */
+struct weft_pod_counters {
+	__u64 connect_redirected;
+	__u64 connect_passed;
+	__u64 getpeername_rewritten;
+	__u64 peer_override;
+	__u64 strict_denied;
+	__u64 permissive_plaintext;
+	__u64 inbound_node_allowed;
+};
+
+enum weft_pod_counter {
+	WEFT_PC_CONNECT_REDIRECTED,
+	WEFT_PC_CONNECT_PASSED,
+	WEFT_PC_GETPEERNAME_REWRITTEN,
+	WEFT_PC_PEER_OVERRIDE,
+	WEFT_PC_STRICT_DENIED,
+	WEFT_PC_PERMISSIVE_PLAINTEXT,
+	WEFT_PC_INBOUND_NODE_ALLOWED,
+	WEFT_PC__COUNT,
+};
+_Static_assert(sizeof(struct weft_pod_counters) == WEFT_PC__COUNT * 8, "weft_pod_counters layout");
+_Static_assert(__builtin_offsetof(struct weft_pod_counters, strict_denied) == WEFT_PC_STRICT_DENIED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_pod_counters, inbound_node_allowed) == WEFT_PC_INBOUND_NODE_ALLOWED * 8, "idx");
+
+#endif /* WEFT_H */

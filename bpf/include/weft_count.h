@@ -1,0 +1,28 @@
+/* Counter helpers. Node-wide counters are per-CPU (no atomics on the hot path); per-pod counters
+ * live in a shared hash and are bumped atomically. Indices are compile-time enum constants, so the
+ * verifier sees a fixed offset into the map value. */
+#ifndef WEFT_COUNT_H
+#define WEFT_COUNT_H
+
+#include "weft_maps.h"
+
+static __always_inline void weft_count(__u32 idx)
+{
+	__u32 zero = 0;
+	__u64 *slots = bpf_map_lookup_elem(&weft_counters, &zero);
+
+	if (slots && idx < WEFT_C__COUNT)
+		slots[idx]++;
+}
+
+/* The agent creates a pod's counter entry on enrol; a pod without one (being unenrolled) is not
+ * counted rather than re-created here. */
+static __always_inline void weft_pod_count(__u64 cookie, __u32 idx)
+{
+	__u64 *slots = bpf_map_lookup_elem(&weft_pod_counters, &cookie);
+
+	if (slots && idx < WEFT_PC__COUNT)
+		__sync_fetch_and_add(&slots[idx], 1);
+}
+
+#endif /* WEFT_COUNT_H */

@@ -1,0 +1,199 @@
+/* Inbound enforcement for enrolled pods: a STRICT pod accepts plaintext TCP only from its own node
+ * (the agent, which delivers decrypted HBONE traffic, and kubelet-style probes); everyone else's
+ * SYN is answered with a RST, so a client fails at once instead of timing out. PERMISSIVE pods
+ * accept everything and the plaintext is counted. Only the first SYN is judged: an established
+ * flow was allowed when it started, and SYN-ACKs/ACKs belong to the pod's own connections. */
+#ifndef WEFT_INBOUND_H
+#define WEFT_INBOUND_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include "weft_count.h"
+
+/* tcx verdicts: NEXT lets later programs in the chain (and then the stack) decide, so Weft does not
+ * override another tcx user's drop; the uapi headers of this distribution predate tcx. */
+#define WEFT_TCX_NEXT (-1)
+#define WEFT_TCX_DROP TC_ACT_SHOT
+
+#define WEFT_IP_OFF ETH_HLEN
+#define WEFT_TCP_OFF (ETH_HLEN + (int)sizeof(struct iphdr))
+#define WEFT_RST_LEN (WEFT_TCP_OFF + (int)sizeof(struct tcphdr))
+#define WEFT_IP_CSUM_OFF (WEFT_IP_OFF + (int)__builtin_offsetof(struct iphdr, check))
+#define WEFT_IP_TOTLEN_OFF (WEFT_IP_OFF + (int)__builtin_offsetof(struct iphdr, tot_len))
+#define WEFT_TCP_CSUM_OFF (WEFT_TCP_OFF + (int)__builtin_offsetof(struct tcphdr, check))
+#define WEFT_TCP_MAX_OPT_WORDS 10
+
+/* The 16-bit word at byte 12 of the TCP header: data offset (5 words) and RST|ACK. */
+#define WEFT_RST_ACK_WORD bpf_htons((5 << 12) | 0x0004 | 0x0010)
+
+/* What weft_refuse needs from the SYN, read before any helper invalidates packet pointers. */
+struct weft_syn {
+	__u8 eth_dst[ETH_ALEN];
+	__u8 eth_src[ETH_ALEN];
+	__be32 saddr, daddr;
+	__be16 sport, dport;
+	__be32 seq, ack_seq;
+	__be16 flag_word, window, urg_ptr, tot_len;
+	__u32 opt_len;
+	__s64 opt_csum; /* one's-complement difference that removes the options from the checksum */
+};
+
+/* Turns the SYN in place into the RST|ACK the pod's kernel would have sent for a closed port
+ * (RFC 9293 3.10.7.1: no ACK in the segment, so seq = 0 and ack = SYN's seq + 1) and sends it back
+ * out the interface it came in on. Checksums are updated incrementally with the csum helpers rather
+ * than recomputed: veth traffic is usually CHECKSUM_PARTIAL, where the TCP field holds only the
+ * pseudo-header sum, and the helpers know which form the skb carries. Addresses and ports are
+ * swapped, which leaves both sums unchanged. */
+static __always_inline int weft_refuse(struct __sk_buff *skb, struct weft_syn *s)
+{
+	__be32 new_ack = bpf_htonl(bpf_ntohl(s->seq) + 1);
+	__be16 new_tot = bpf_htons(sizeof(struct iphdr) + sizeof(struct tcphdr));
+	__be16 old_tcp_len = bpf_htons(bpf_ntohs(s->tot_len) - sizeof(struct iphdr));
+	__be16 new_tcp_len = bpf_htons(sizeof(struct tcphdr));
+	__be16 new_word = WEFT_RST_ACK_WORD;
+	__be32 zero32 = 0;
+	__be16 zero16 = 0;
+	int f = BPF_F_RECOMPUTE_CSUM;
+
+	if (bpf_skb_store_bytes(skb, 0, s->eth_src, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, s->eth_dst, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, WEFT_IP_OFF + __builtin_offsetof(struct iphdr, saddr), &s->daddr, 4, f) ||
+	    bpf_skb_store_bytes(skb, WEFT_IP_OFF + __builtin_offsetof(struct iphdr, daddr), &s->saddr, 4, f) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, source), &s->dport, 2, f) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, dest), &s->sport, 2, f))
+		return WEFT_TCX_DROP;
+
+	if (bpf_skb_store_bytes(skb, WEFT_IP_TOTLEN_OFF, &new_tot, 2, f) ||
+	    bpf_l3_csum_replace(skb, WEFT_IP_CSUM_OFF, s->tot_len, new_tot, 2) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, old_tcp_len, new_tcp_len, BPF_F_PSEUDO_HDR | 2))
+		return WEFT_TCX_DROP;
+
+	if (bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, seq), &zero32, 4, f) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, s->seq, 0, 4) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, ack_seq), &new_ack, 4, f) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, s->ack_seq, new_ack, 4) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + 12, &new_word, 2, f) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, s->flag_word, new_word, 2) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, window), &zero16, 2, f) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, s->window, 0, 2) ||
+	    bpf_skb_store_bytes(skb, WEFT_TCP_OFF + __builtin_offsetof(struct tcphdr, urg_ptr), &zero16, 2, f) ||
+	    bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, s->urg_ptr, 0, 2))
+		return WEFT_TCX_DROP;
+
+	/* Options go: remove their bytes from the sum (a size of 0 means "from/to is a diff"), then
+	 * cut the packet after the bare TCP header. */
+	if (s->opt_len && bpf_l4_csum_replace(skb, WEFT_TCP_CSUM_OFF, 0, s->opt_csum, 0))
+		return WEFT_TCX_DROP;
+	if (bpf_skb_change_tail(skb, WEFT_RST_LEN, 0))
+		return WEFT_TCX_DROP;
+
+	weft_count(WEFT_C_STRICT_RST_SENT);
+	/* Ingress -> egress of the same device: the RST travels back through the node to the client. */
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int weft_node_source(struct weft_pod_in *pod, __be32 saddr)
+{
+#pragma unroll
+	for (int i = 0; i < WEFT_MAX_NODE_IPS; i++) {
+		if (i < pod->n_node_ips && pod->node_ips[i] == saddr)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int weft_do_inbound(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	struct weft_pod_in *pod;
+	struct weft_syn s = {};
+	__u16 dport;
+	__u32 tcp_len;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return WEFT_TCX_NEXT;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+		return WEFT_TCX_NEXT;
+	/* Later fragments carry no TCP header to judge. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return WEFT_TCX_NEXT;
+	pod = bpf_map_lookup_elem(&weft_pods_by_ip, &ip->daddr);
+	if (!pod)
+		return WEFT_TCX_NEXT;
+	if (ip->ihl != 5) {
+		/* IP options are rare enough that a STRICT pod simply drops such a SYN (no RST). */
+		tcp = 0;
+	} else {
+		tcp = (void *)(ip + 1);
+		if ((void *)(tcp + 1) > end)
+			return WEFT_TCX_NEXT;
+		if (!tcp->syn || tcp->ack)
+			return WEFT_TCX_NEXT;
+	}
+	if (weft_node_source(pod, ip->saddr)) {
+		weft_count(WEFT_C_INBOUND_NODE_ALLOWED);
+		weft_pod_count(pod->netns_cookie, WEFT_PC_INBOUND_NODE_ALLOWED);
+		return WEFT_TCX_NEXT;
+	}
+	if (!tcp) {
+		if (pod->mode == WEFT_MODE_STRICT) {
+			weft_count(WEFT_C_STRICT_DENIED);
+			weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
+			return WEFT_TCX_DROP;
+		}
+		return WEFT_TCX_NEXT;
+	}
+	dport = bpf_ntohs(tcp->dest);
+	if (bpf_map_lookup_elem(&weft_excluded_ports, &dport)) {
+		weft_count(WEFT_C_INBOUND_PASSED);
+		return WEFT_TCX_NEXT;
+	}
+	if (pod->mode != WEFT_MODE_STRICT) {
+		weft_count(WEFT_C_PERMISSIVE_PLAINTEXT);
+		weft_pod_count(pod->netns_cookie, WEFT_PC_PERMISSIVE_PLAINTEXT);
+		return WEFT_TCX_NEXT;
+	}
+
+	weft_count(WEFT_C_STRICT_DENIED);
+	weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
+
+	__builtin_memcpy(s.eth_dst, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(s.eth_src, eth->h_source, ETH_ALEN);
+	s.saddr = ip->saddr;
+	s.daddr = ip->daddr;
+	s.tot_len = ip->tot_len;
+	s.sport = tcp->source;
+	s.dport = tcp->dest;
+	s.seq = tcp->seq;
+	s.ack_seq = tcp->ack_seq;
+	s.flag_word = *(__be16 *)((__u8 *)tcp + 12);
+	s.window = tcp->window;
+	s.urg_ptr = tcp->urg_ptr;
+	tcp_len = (__u32)bpf_ntohs(ip->tot_len) - sizeof(struct iphdr);
+	s.opt_len = (__u32)tcp->doff * 4 - sizeof(struct tcphdr);
+	/* A SYN carrying data (TCP Fast Open) or a malformed header is dropped, not answered. */
+	if (tcp->doff < 5 || tcp_len != (__u32)tcp->doff * 4)
+		return WEFT_TCX_DROP;
+#pragma unroll
+	for (int i = 0; i < WEFT_TCP_MAX_OPT_WORDS; i++) {
+		__be32 *w = (__be32 *)((__u8 *)(tcp + 1) + i * 4);
+
+		if ((__u32)i * 4 >= s.opt_len)
+			break;
+		if ((void *)(w + 1) > end)
+			return WEFT_TCX_DROP;
+		s.opt_csum = bpf_csum_diff(w, 4, 0, 0, s.opt_csum);
+	}
+	return weft_refuse(skb, &s);
+}
+
+#endif /* WEFT_INBOUND_H */

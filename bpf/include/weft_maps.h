@@ -1,0 +1,89 @@
+/* The maps every Weft program shares. Each object in bpf/ includes this header, so the definitions
+ * are identical everywhere; LIBBPF_PIN_BY_NAME makes libbpf pin them under the agent's pin root on
+ * first load and reuse the pinned map on every later load (another object, a restarted agent). A
+ * definition change therefore needs a new map name or an explicit migration: libbpf refuses to reuse
+ * a pin whose type, sizes or max_entries differ. */
+#ifndef WEFT_MAPS_H
+#define WEFT_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "weft.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PODS);
+	__type(key, __u64); /* network-namespace cookie */
+	__type(value, struct weft_pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PODS);
+	__type(key, __be32); /* pod IPv4 */
+	__type(value, struct weft_pod_in);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_pods_by_ip SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_DESTS);
+	__type(key, struct weft_dest_key);
+	__type(value, struct weft_dest);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_dests SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_EXCLUDED_PORTS);
+	__type(key, __u16); /* host-order port */
+	__type(value, struct weft_excluded);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_excluded_ports SEC(".maps");
+
+/* Filled by sockops when a redirected connection gets its source port; the agent reads the entry on
+ * accept() and deletes it. LRU so entries of connections the agent never accepted age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_TUPLES);
+	__type(key, struct weft_tuple4);
+	__type(value, struct weft_orig);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_orig_by_tuple SEC(".maps");
+
+/* Per-socket original destination: freed with the socket, so getpeername() never sees a stale one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weft_orig);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_sk_orig SEC(".maps");
+
+/* Written by the agent before it connects to a local pod for a remote client. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_TUPLES);
+	__type(key, struct weft_peer_key);
+	__type(value, struct weft_peer);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_peer_override SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weft_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PODS);
+	__type(key, __u64); /* network-namespace cookie */
+	__type(value, struct weft_pod_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_pod_counters SEC(".maps");
+
+#endif /* WEFT_MAPS_H */
