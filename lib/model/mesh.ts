@@ -1,0 +1,346 @@
+// The compiled mesh model: what agents and waypoints consume. controller/src/compile.ts builds it
+// from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
+// Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
+import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
+
+export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope };
+
+/** Default trust domain of SPIFFE identities. */
+export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
+/** Suffix of service hostnames: `<name>.<namespace>.svc.<suffix>`. */
+export const DEFAULT_CLUSTER_DOMAIN = 'cluster.local';
+/** Namespace whose PeerAuthentications and AuthorizationPolicies apply mesh-wide. */
+export const DEFAULT_ROOT_NAMESPACE = 'weft-system';
+/** HBONE port on agents and waypoints. */
+export const HBONE_PORT = 15008;
+
+export function spiffeIdOf(trustDomain: string, namespace: string, serviceAccount: string): string {
+  return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;
+}
+
+/** `namespace/name`: how services, policies, routes and waypoints are named on the config stream. */
+export function nsName(namespace: string, name: string): string {
+  return `${namespace}/${name}`;
+}
+
+export interface WaypointRef {
+  name: string;
+  namespace: string;
+}
+
+export interface Workload {
+  /** Pod UID (or `namespace/name` when the source gave none). */
+  uid: string;
+  name: string;
+  namespace: string;
+  node: string;
+  /** Address of the node's agent, where HBONE for this workload goes (port 15008). */
+  nodeIp?: string;
+  ip: string;
+  serviceAccount: string;
+  spiffeId: string;
+  labels: Record<string, string>;
+  /** Captured by the mesh (dataplane-mode ambient, not opted out, not host network). */
+  enrolled: boolean;
+  /** mTLS mode from PeerAuthentication (workload > namespace > root namespace > PERMISSIVE). */
+  mode: MtlsMode;
+  /** Per-port overrides from a workload-selecting PeerAuthentication, keyed by port number. */
+  portModes?: Record<string, MtlsMode>;
+  /** Waypoint for traffic addressed to this workload directly (namespace `use-waypoint`). */
+  waypoint?: WaypointRef;
+  /** `namespace/name` of every Service that selects this workload. */
+  services: string[];
+}
+
+export interface ServicePort {
+  name: string;
+  port: number;
+  /** Numeric target port when the Service gives one; a named one is resolved per endpoint. */
+  targetPort: number | string;
+  protocol: 'TCP' | 'UDP' | 'SCTP';
+  /** From appProtocol, or inferred from the port name prefix (http-, grpc-, tcp-); `tcp` otherwise. */
+  appProtocol: 'http' | 'http2' | 'grpc' | 'tcp';
+}
+
+export interface Endpoint {
+  /** Workload UID; empty for an address with no pod behind it (e.g. a hand-written EndpointSlice). */
+  workloadUid: string;
+  ip: string;
+  node: string;
+  /** Address of the endpoint's node agent (HBONE target). */
+  nodeIp?: string;
+  /** Target port when the service has exactly one port. */
+  port?: number;
+  /** Service port → endpoint port, keyed by service port number. */
+  ports: Record<string, number>;
+  /** The endpoint is in the mesh: reach it over HBONE and expect `spiffeId`. */
+  enrolled: boolean;
+  spiffeId?: string;
+  ready: boolean;
+}
+
+export interface Service {
+  name: string;
+  namespace: string;
+  /** `<name>.<namespace>.svc.cluster.local`. */
+  hostname: string;
+  vips: string[];
+  ports: ServicePort[];
+  endpoints: Endpoint[];
+  /** Service traffic goes through this waypoint (Service or Namespace `use-waypoint`). */
+  waypoint?: WaypointRef;
+}
+
+export interface Waypoint {
+  name: string;
+  namespace: string;
+  /** Where agents send HBONE for services behind this waypoint; absent until it runs. */
+  address?: string;
+  port: number;
+  spiffeId: string;
+  ready: boolean;
+  /** Why it is not ready. */
+  reason?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization
+
+export interface CompiledSource {
+  principals?: string[];
+  notPrincipals?: string[];
+  namespaces?: string[];
+  notNamespaces?: string[];
+  /** CIDRs (a bare address becomes /32 or /128). */
+  ipBlocks?: string[];
+  notIpBlocks?: string[];
+}
+
+export interface CompiledOperation {
+  ports?: number[];
+  notPorts?: number[];
+  methods?: string[];
+  notMethods?: string[];
+  paths?: string[];
+  notPaths?: string[];
+  hosts?: string[];
+  notHosts?: string[];
+}
+
+export interface CompiledCondition {
+  key: string;
+  values?: string[];
+  notValues?: string[];
+}
+
+/** L4 rules use only addresses, identities, namespaces and ports; anything else needs a waypoint. */
+export type PolicyLayer = 'L4' | 'L7';
+
+export interface CompiledRule {
+  /** OR of sources; empty = any source. */
+  from: CompiledSource[];
+  /** OR of operations; empty = any operation. */
+  to: CompiledOperation[];
+  /** AND of conditions. */
+  when: CompiledCondition[];
+  layer: PolicyLayer;
+}
+
+export type PolicyScope =
+  /** In the root namespace without selector: every workload in the mesh. */
+  | 'mesh'
+  /** No selector: every workload in its namespace. */
+  | 'namespace'
+  /** selector.matchLabels: matching workloads in its namespace. */
+  | 'workload'
+  /** targetRefs: the named Services, enforced by their waypoint. */
+  | 'service';
+
+export interface AuthorizationPolicy {
+  name: string;
+  namespace: string;
+  action: AuthorizationAction;
+  scope: PolicyScope;
+  /** For scope `workload`. */
+  selector?: Record<string, string>;
+  /** For scope `service`: `namespace/name` of each targeted Service. */
+  targetServices?: string[];
+  /** No rules: ALLOW matches nothing (deny all), DENY matches nothing. Istio semantics. */
+  rules: CompiledRule[];
+  /** `L7` when any rule is L7: agents must fail closed on such rules, waypoints enforce them. */
+  layer: PolicyLayer;
+}
+
+export interface PeerAuthentication {
+  name: string;
+  namespace: string;
+  scope: 'mesh' | 'namespace' | 'workload';
+  selector?: Record<string, string>;
+  /** Absent: inherit from the wider scope. */
+  mode?: MtlsMode;
+  portLevelMtls?: Record<string, MtlsMode>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic policy (per service; enforced by the waypoint, connection limits also by agents)
+
+export interface TrafficPolicy {
+  name: string;
+  namespace: string;
+  /** `namespace/name` of the Service. */
+  service: string;
+  timeouts: { requestMs?: number; perTryMs?: number; idleMs?: number; connectMs?: number };
+  retries?: {
+    attempts: number;
+    retryOn: string[];
+    budget?: { percent: number; minRetryConcurrency: number };
+  };
+  connectionLimits?: { maxConnections?: number; maxPendingRequests?: number; maxRequests?: number };
+  outlierDetection?: {
+    consecutive5xx: number;
+    intervalMs: number;
+    baseEjectionTimeMs: number;
+    maxEjectionPercent: number;
+  };
+  loadBalancer: LoadBalancerPolicy;
+  rateLimit?: { tokens: number; fillIntervalMs: number; per: RateLimitScope };
+  fault?: {
+    delay?: { fixedDelayMs: number; percentage: number };
+    abort?: { httpStatus: number; percentage: number };
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes (HTTPRoute and GRPCRoute compiled to one shape; gRPC methods become path matches)
+
+export interface StringMatch {
+  type: 'Exact' | 'RegularExpression';
+  name: string;
+  value: string;
+}
+
+export interface RouteMatch {
+  path?: { type: 'Exact' | 'PathPrefix' | 'RegularExpression'; value: string };
+  headers: StringMatch[];
+  queryParams: StringMatch[];
+  method?: string;
+}
+
+export interface HeaderEdits {
+  set: Array<{ name: string; value: string }>;
+  add: Array<{ name: string; value: string }>;
+  remove: string[];
+}
+
+export interface PathRewrite {
+  type: 'ReplaceFullPath' | 'ReplacePrefixMatch';
+  value: string;
+}
+
+export interface RouteBackend {
+  /** `namespace/name` of the Service. */
+  service: string;
+  hostname: string;
+  port?: number;
+  weight: number;
+  filters: RouteFilter[];
+}
+
+export type RouteFilter =
+  | { type: 'RequestHeaderModifier'; headers: HeaderEdits }
+  | { type: 'ResponseHeaderModifier'; headers: HeaderEdits }
+  | { type: 'URLRewrite'; hostname?: string; path?: PathRewrite }
+  | {
+      type: 'RequestRedirect';
+      scheme?: 'http' | 'https';
+      hostname?: string;
+      path?: PathRewrite;
+      port?: number;
+      statusCode: number;
+    }
+  | { type: 'RequestMirror'; backend: RouteBackend; percent: number };
+
+export interface RouteRule {
+  name?: string;
+  /** OR of matches; a rule without matches gets one `PathPrefix /` match. */
+  matches: RouteMatch[];
+  filters: RouteFilter[];
+  backends: RouteBackend[];
+  timeouts: { requestMs?: number; backendRequestMs?: number };
+}
+
+export interface Route {
+  name: string;
+  namespace: string;
+  kind: 'HTTPRoute' | 'GRPCRoute';
+  /** `namespace/name` of the parent Service. */
+  service: string;
+  /** Parent port, if the parentRef names one; otherwise every port of the service. */
+  port?: number;
+  hostnames: string[];
+  rules: RouteRule[];
+  /** Creation time then name: the Gateway API's precedence tie-break between routes. */
+  order: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-consumer views
+
+/** What one node's agent needs. */
+export interface AgentConfig {
+  node: string;
+  /** Workloads scheduled on this node (enrolled or not: the agent must know both). */
+  workloads: Workload[];
+  /** Every service a local workload may reach, with endpoints and their node addresses. */
+  services: Service[];
+  /** Policies that select a local workload (mesh, namespace or workload scope). */
+  policies: AuthorizationPolicy[];
+  peerAuthentications: PeerAuthentication[];
+  waypoints: Waypoint[];
+}
+
+/** What one namespace's waypoint needs. */
+export interface WaypointConfig {
+  namespace: string;
+  /** Services of the namespace (and backends its routes name in other namespaces). */
+  services: Service[];
+  routes: Route[];
+  trafficPolicies: TrafficPolicy[];
+  /** Policies enforced at the waypoint: service-targeted ones and L7 ones of its namespace. */
+  policies: AuthorizationPolicy[];
+  /** This namespace's waypoints (for its own identity and address). */
+  waypoints: Waypoint[];
+}
+
+/** The whole compiled mesh, indexed for the config server. */
+export interface MeshModel {
+  workloads: Map<string, Workload>;
+  services: Map<string, Service>;
+  policies: Map<string, AuthorizationPolicy>;
+  peerAuthentications: Map<string, PeerAuthentication>;
+  trafficPolicies: Map<string, TrafficPolicy>;
+  routes: Map<string, Route>;
+  waypoints: Map<string, Waypoint>;
+}
+
+/** Does an authorization policy of scope mesh/namespace/workload apply to the workload? */
+export function policySelectsWorkload(
+  policy: Pick<AuthorizationPolicy, 'scope' | 'namespace' | 'selector'> | Pick<PeerAuthentication, 'scope' | 'namespace' | 'selector'>,
+  workload: Pick<Workload, 'namespace' | 'labels'>,
+): boolean {
+  switch (policy.scope) {
+    case 'mesh':
+      return true;
+    case 'namespace':
+      return policy.namespace === workload.namespace;
+    case 'workload':
+      return policy.namespace === workload.namespace && labelsMatch(policy.selector ?? {}, workload.labels);
+    case 'service':
+      return false;
+  }
+}
+
+export function labelsMatch(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  for (const [k, v] of Object.entries(selector)) if (labels[k] !== v) return false;
+  return true;
+}

@@ -1,0 +1,446 @@
+// Kubernetes-shaped input objects: the subset of core/v1, discovery.k8s.io/v1,
+// gateway.networking.k8s.io/v1 and weft.dev/v1alpha1 that the controller reads. The same shapes
+// arrive from the Kubernetes API (informers) and from a local config directory (YAML documents).
+// Everything read from outside is `unknown` until lib/model/validate.ts has checked it.
+
+export interface ObjectMeta {
+  name: string;
+  namespace?: string;
+  uid?: string;
+  resourceVersion?: string;
+  generation?: number;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  creationTimestamp?: string;
+  deletionTimestamp?: string;
+}
+
+export interface Condition {
+  type: string;
+  status: 'True' | 'False' | 'Unknown';
+  reason: string;
+  message: string;
+  lastTransitionTime?: string;
+  observedGeneration?: number;
+}
+
+export interface LabelSelector {
+  matchLabels?: Record<string, string>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labels and well-known names
+
+/** `ambient` enrols pods; `none` opts a pod (or a whole namespace) out. Pod overrides namespace. */
+export const LABEL_DATAPLANE_MODE = 'weft.dev/dataplane-mode';
+/** Name of a Waypoint in the same namespace, on a Namespace or a Service. */
+export const LABEL_USE_WAYPOINT = 'weft.dev/use-waypoint';
+/** EndpointSlice label that names its Service. */
+export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
+/** Set by the waypoint reconciler on the Deployment, Service and pods it owns. */
+export const LABEL_WAYPOINT_FOR = 'weft.dev/waypoint';
+
+export type DataplaneMode = 'ambient' | 'none';
+
+export const WEFT_GROUP = 'weft.dev';
+export const WEFT_VERSION = 'v1alpha1';
+export const WEFT_API_VERSION = 'weft.dev/v1alpha1';
+export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
+
+// ---------------------------------------------------------------------------------------------
+// core/v1 and discovery.k8s.io/v1
+
+export interface Namespace {
+  apiVersion: 'v1';
+  kind: 'Namespace';
+  metadata: ObjectMeta;
+}
+
+export interface Node {
+  apiVersion: 'v1';
+  kind: 'Node';
+  metadata: ObjectMeta;
+  status?: { addresses?: Array<{ type: string; address: string }> };
+}
+
+export interface ContainerPort {
+  name?: string;
+  containerPort: number;
+  protocol?: 'TCP' | 'UDP' | 'SCTP';
+}
+
+export interface Pod {
+  apiVersion: 'v1';
+  kind: 'Pod';
+  metadata: ObjectMeta;
+  spec: {
+    nodeName?: string;
+    serviceAccountName?: string;
+    hostNetwork?: boolean;
+    containers?: Array<{ name: string; image?: string; ports?: ContainerPort[] }>;
+  };
+  status?: {
+    phase?: 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Unknown';
+    podIP?: string;
+    podIPs?: Array<{ ip: string }>;
+    hostIP?: string;
+    conditions?: Array<{ type: string; status: string }>;
+  };
+}
+
+export interface ServicePort {
+  name?: string;
+  port: number;
+  targetPort?: number | string;
+  protocol?: 'TCP' | 'UDP' | 'SCTP';
+  appProtocol?: string;
+}
+
+export interface Service {
+  apiVersion: 'v1';
+  kind: 'Service';
+  metadata: ObjectMeta;
+  spec: {
+    type?: 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalName';
+    selector?: Record<string, string>;
+    clusterIP?: string;
+    clusterIPs?: string[];
+    ports?: ServicePort[];
+  };
+}
+
+export interface EndpointSlice {
+  apiVersion: 'discovery.k8s.io/v1';
+  kind: 'EndpointSlice';
+  metadata: ObjectMeta;
+  addressType: 'IPv4' | 'IPv6' | 'FQDN';
+  endpoints: Array<{
+    addresses: string[];
+    conditions?: { ready?: boolean; serving?: boolean; terminating?: boolean };
+    nodeName?: string;
+    targetRef?: { kind?: string; name?: string; namespace?: string; uid?: string };
+  }>;
+  ports?: Array<{ name?: string; port?: number; protocol?: string; appProtocol?: string }>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// weft.dev/v1alpha1
+
+export interface Waypoint {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'Waypoint';
+  metadata: ObjectMeta;
+  spec: {
+    /** Identity the waypoint runs as; default `<name>` (the reconciler creates it). */
+    serviceAccountName?: string;
+    /** Deployment replicas in Kubernetes mode; default 1. */
+    replicas?: number;
+    /** Container image in Kubernetes mode; default the controller's `--waypoint-image`. */
+    image?: string;
+  };
+  status?: {
+    conditions?: Condition[];
+    /** Address agents tunnel to (the waypoint Service's cluster IP, or the local pod IP). */
+    addresses?: Array<{ type?: 'IPAddress'; value: string }>;
+    observedGeneration?: number;
+  };
+}
+
+export type AuthorizationAction = 'ALLOW' | 'DENY';
+
+export interface PolicyTargetRef {
+  group?: string;
+  kind: string;
+  name: string;
+}
+
+export interface AuthorizationSource {
+  principals?: string[];
+  notPrincipals?: string[];
+  namespaces?: string[];
+  notNamespaces?: string[];
+  ipBlocks?: string[];
+  notIpBlocks?: string[];
+}
+
+export interface AuthorizationOperation {
+  /** Istio writes ports as strings; numbers are accepted too. */
+  ports?: Array<string | number>;
+  notPorts?: Array<string | number>;
+  methods?: string[];
+  notMethods?: string[];
+  paths?: string[];
+  notPaths?: string[];
+  hosts?: string[];
+  notHosts?: string[];
+}
+
+export interface AuthorizationCondition {
+  key: string;
+  values?: string[];
+  notValues?: string[];
+}
+
+export interface AuthorizationRule {
+  from?: Array<{ source: AuthorizationSource }>;
+  to?: Array<{ operation: AuthorizationOperation }>;
+  when?: AuthorizationCondition[];
+}
+
+export interface PolicyStatus {
+  conditions?: Condition[];
+  observedGeneration?: number;
+}
+
+export interface AuthorizationPolicy {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'AuthorizationPolicy';
+  metadata: ObjectMeta;
+  spec: {
+    selector?: LabelSelector;
+    targetRefs?: PolicyTargetRef[];
+    /** Default ALLOW. */
+    action?: AuthorizationAction;
+    rules?: AuthorizationRule[];
+  };
+  status?: PolicyStatus;
+}
+
+export type MtlsMode = 'STRICT' | 'PERMISSIVE';
+
+export interface PeerAuthentication {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'PeerAuthentication';
+  metadata: ObjectMeta;
+  spec: {
+    selector?: LabelSelector;
+    mtls?: { mode: MtlsMode };
+    /** Keyed by container port number; only with a selector (as in Istio). */
+    portLevelMtls?: Record<string, { mode: MtlsMode }>;
+  };
+  status?: PolicyStatus;
+}
+
+export type LoadBalancerPolicy = 'ROUND_ROBIN' | 'LEAST_REQUEST' | 'RANDOM';
+export type RateLimitScope = 'route' | 'source';
+
+/** Durations are Gateway API durations: `1h`, `30s`, `250ms`, or combinations like `1m30s`. */
+export interface TrafficPolicy {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'TrafficPolicy';
+  metadata: ObjectMeta;
+  spec: {
+    /** The Service (same namespace) this policy applies to. */
+    targetRef: { group?: ''; kind: 'Service'; name: string };
+    timeouts?: { request?: string; perTry?: string; idle?: string; connect?: string };
+    retries?: {
+      attempts: number;
+      /** Conditions: 5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, or status codes. */
+      retryOn?: string[];
+      /** At most `percent` of active requests may be retries, but always allow `minRetryConcurrency`. */
+      budget?: { percent: number; minRetryConcurrency?: number };
+    };
+    connectionLimits?: { maxConnections?: number; maxPendingRequests?: number; maxRequests?: number };
+    outlierDetection?: {
+      consecutive5xx?: number;
+      interval?: string;
+      baseEjectionTime?: string;
+      maxEjectionPercent?: number;
+    };
+    loadBalancer?: { policy: LoadBalancerPolicy };
+    rateLimit?: { tokens: number; fillInterval: string; per?: RateLimitScope };
+    fault?: {
+      delay?: { fixedDelay: string; percentage?: number };
+      abort?: { httpStatus: number; percentage?: number };
+    };
+  };
+  status?: PolicyStatus;
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway.networking.k8s.io/v1 (mesh profile: a Service as parent)
+
+export interface ParentReference {
+  /** '' (core) for a Service parent. */
+  group?: string;
+  /** Service for the mesh profile. */
+  kind?: string;
+  name: string;
+  namespace?: string;
+  port?: number;
+}
+
+export interface BackendRef {
+  group?: string;
+  kind?: string;
+  name: string;
+  namespace?: string;
+  port?: number;
+  weight?: number;
+}
+
+export interface HeaderMatch {
+  type?: 'Exact' | 'RegularExpression';
+  name: string;
+  value: string;
+}
+
+export type PathMatchType = 'Exact' | 'PathPrefix' | 'RegularExpression';
+
+export interface HTTPRouteMatch {
+  path?: { type?: PathMatchType; value?: string };
+  headers?: HeaderMatch[];
+  queryParams?: HeaderMatch[];
+  method?: string;
+}
+
+export interface HeaderModifier {
+  set?: Array<{ name: string; value: string }>;
+  add?: Array<{ name: string; value: string }>;
+  remove?: string[];
+}
+
+export interface PathModifier {
+  type: 'ReplaceFullPath' | 'ReplacePrefixMatch';
+  replaceFullPath?: string;
+  replacePrefixMatch?: string;
+}
+
+export type HTTPRouteFilter =
+  | { type: 'RequestHeaderModifier'; requestHeaderModifier: HeaderModifier }
+  | { type: 'ResponseHeaderModifier'; responseHeaderModifier: HeaderModifier }
+  | { type: 'URLRewrite'; urlRewrite: { hostname?: string; path?: PathModifier } }
+  | {
+      type: 'RequestRedirect';
+      requestRedirect: {
+        scheme?: 'http' | 'https';
+        hostname?: string;
+        path?: PathModifier;
+        port?: number;
+        statusCode?: 301 | 302 | 303 | 307 | 308;
+      };
+    }
+  | {
+      type: 'RequestMirror';
+      requestMirror: { backendRef: BackendRef; percent?: number };
+    };
+
+export interface RouteParentStatus {
+  parentRef: ParentReference;
+  controllerName: string;
+  conditions: Condition[];
+}
+
+export interface RouteStatus {
+  parents?: RouteParentStatus[];
+}
+
+export interface HTTPRoute {
+  apiVersion: 'gateway.networking.k8s.io/v1';
+  kind: 'HTTPRoute';
+  metadata: ObjectMeta;
+  spec: {
+    parentRefs?: ParentReference[];
+    hostnames?: string[];
+    rules?: Array<{
+      name?: string;
+      matches?: HTTPRouteMatch[];
+      filters?: HTTPRouteFilter[];
+      backendRefs?: Array<BackendRef & { filters?: HTTPRouteFilter[] }>;
+      timeouts?: { request?: string; backendRequest?: string };
+    }>;
+  };
+  status?: RouteStatus;
+}
+
+export interface GRPCMethodMatch {
+  type?: 'Exact' | 'RegularExpression';
+  service?: string;
+  method?: string;
+}
+
+export type GRPCRouteFilter = Extract<
+  HTTPRouteFilter,
+  { type: 'RequestHeaderModifier' | 'ResponseHeaderModifier' | 'RequestMirror' }
+>;
+
+export interface GRPCRoute {
+  apiVersion: 'gateway.networking.k8s.io/v1';
+  kind: 'GRPCRoute';
+  metadata: ObjectMeta;
+  spec: {
+    parentRefs?: ParentReference[];
+    hostnames?: string[];
+    rules?: Array<{
+      name?: string;
+      matches?: Array<{ method?: GRPCMethodMatch; headers?: HeaderMatch[] }>;
+      filters?: GRPCRouteFilter[];
+      backendRefs?: Array<BackendRef & { filters?: GRPCRouteFilter[] }>;
+    }>;
+  };
+  status?: RouteStatus;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export type MeshObject =
+  | Namespace
+  | Node
+  | Pod
+  | Service
+  | EndpointSlice
+  | Waypoint
+  | AuthorizationPolicy
+  | PeerAuthentication
+  | TrafficPolicy
+  | HTTPRoute
+  | GRPCRoute;
+
+export type MeshKind = MeshObject['kind'];
+
+export interface KindInfo {
+  kind: MeshKind;
+  apiVersion: string;
+  group: string;
+  version: string;
+  plural: string;
+  namespaced: boolean;
+  /** Objects of this kind carry a status the controller writes (Accepted/Invalid, Ready). */
+  hasStatus: boolean;
+}
+
+function kindInfo(kind: MeshKind, apiVersion: string, plural: string, namespaced: boolean, hasStatus: boolean): KindInfo {
+  const slash = apiVersion.indexOf('/');
+  const group = slash < 0 ? '' : apiVersion.slice(0, slash);
+  const version = slash < 0 ? apiVersion : apiVersion.slice(slash + 1);
+  return { kind, apiVersion, group, version, plural, namespaced, hasStatus };
+}
+
+/** Every kind the controller reads, with its API coordinates. */
+export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
+  Namespace: kindInfo('Namespace', 'v1', 'namespaces', false, false),
+  Node: kindInfo('Node', 'v1', 'nodes', false, false),
+  Pod: kindInfo('Pod', 'v1', 'pods', true, false),
+  Service: kindInfo('Service', 'v1', 'services', true, false),
+  EndpointSlice: kindInfo('EndpointSlice', 'discovery.k8s.io/v1', 'endpointslices', true, false),
+  Waypoint: kindInfo('Waypoint', WEFT_API_VERSION, 'waypoints', true, true),
+  AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true),
+  PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true),
+  TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
+  HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),
+  GRPCRoute: kindInfo('GRPCRoute', GATEWAY_API_VERSION, 'grpcroutes', true, true),
+};
+
+export function isMeshKind(kind: unknown): kind is MeshKind {
+  return typeof kind === 'string' && Object.hasOwn(KINDS, kind);
+}
+
+/** `Kind/namespace/name` (or `Kind/name` for cluster-scoped kinds): the identity of an input object. */
+export function objectKey(obj: { kind: string; metadata: { name: string; namespace?: string } }): string {
+  return keyOf(obj.kind, obj.metadata.namespace, obj.metadata.name);
+}
+
+export function keyOf(kind: string, namespace: string | undefined, name: string): string {
+  return namespace ? `${kind}/${namespace}/${name}` : `${kind}/${name}`;
+}

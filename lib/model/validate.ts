@@ -1,0 +1,835 @@
+// Validation of input objects. Every field the mesh reads is checked; each problem is reported as
+// { kind, namespace, name, path, message } with the exact field path, e.g.
+// `spec.rules[0].from[0].source.ipBlocks[1]`. weft.dev and Gateway API specs are checked strictly
+// (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
+// fields Weft uses, since the API server has validated the rest.
+import { isIP } from 'node:net';
+import { isDuration } from './duration.ts';
+import { ValidationError, type ValidationIssue } from './errors.ts';
+import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
+
+export type { ValidationIssue };
+
+type Json = Record<string, unknown>;
+
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const LABEL_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
+const HTTP_METHOD = /^[A-Z]+$/;
+const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
+const HOSTNAME = /^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const GATEWAY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
+const RETRY_ON = ['5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-4xx', 'refused-stream', 'cancelled', 'deadline-exceeded', 'unavailable', 'resource-exhausted'];
+/** Istio `when` keys an agent can evaluate (L4) and those that need a waypoint (L7). */
+export const L4_CONDITION_KEYS = ['source.ip', 'remote.ip', 'source.namespace', 'source.principal', 'destination.ip', 'destination.port', 'connection.sni'];
+export const L7_CONDITION_KEYS = ['request.auth.principal', 'request.auth.audiences', 'request.auth.presenter', 'request.auth.claims[', 'request.headers[', 'experimental.envoy.filters.'];
+
+/** Collects issues for one object. */
+class Checker {
+  readonly issues: ValidationIssue[] = [];
+  readonly kind: string;
+  readonly namespace: string;
+  readonly name: string;
+
+  constructor(kind: string, namespace: string, name: string) {
+    this.kind = kind;
+    this.namespace = namespace;
+    this.name = name;
+  }
+
+  fail(path: string, message: string): void {
+    this.issues.push({ kind: this.kind, namespace: this.namespace, name: this.name, path, message });
+  }
+
+  /** An object; reports and returns undefined when it is something else. */
+  obj(v: unknown, path: string, required = false): Json | undefined {
+    if (v === undefined || v === null) {
+      if (required) this.fail(path, 'is required');
+      return undefined;
+    }
+    if (typeof v !== 'object' || Array.isArray(v)) {
+      this.fail(path, `must be an object, not ${describe(v)}`);
+      return undefined;
+    }
+    return v as Json;
+  }
+
+  /** Reports fields not in `allowed`. */
+  only(o: Json, path: string, allowed: readonly string[]): void {
+    for (const k of Object.keys(o)) {
+      if (!allowed.includes(k)) this.fail(join(path, k), `unknown field (expected one of: ${allowed.join(', ')})`);
+    }
+  }
+
+  arr(v: unknown, path: string, required = false): unknown[] | undefined {
+    if (v === undefined || v === null) {
+      if (required) this.fail(path, 'is required');
+      return undefined;
+    }
+    if (!Array.isArray(v)) {
+      this.fail(path, `must be a list, not ${describe(v)}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  str(v: unknown, path: string, opts: { required?: boolean; pattern?: RegExp; patternText?: string; oneOf?: readonly string[]; nonEmpty?: boolean } = {}): string | undefined {
+    if (v === undefined || v === null) {
+      if (opts.required) this.fail(path, 'is required');
+      return undefined;
+    }
+    if (typeof v !== 'string') {
+      this.fail(path, `must be a string, not ${describe(v)}`);
+      return undefined;
+    }
+    if ((opts.nonEmpty || opts.required) && v === '') {
+      this.fail(path, 'must not be empty');
+      return undefined;
+    }
+    if (opts.oneOf && !opts.oneOf.includes(v)) {
+      this.fail(path, `"${v}" is not one of ${opts.oneOf.join(', ')}`);
+      return undefined;
+    }
+    if (opts.pattern && !opts.pattern.test(v)) {
+      this.fail(path, `"${v}" is not ${opts.patternText ?? `a match for ${opts.pattern}`}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  int(v: unknown, path: string, opts: { required?: boolean; min?: number; max?: number } = {}): number | undefined {
+    if (v === undefined || v === null) {
+      if (opts.required) this.fail(path, 'is required');
+      return undefined;
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v)) {
+      this.fail(path, `must be an integer, not ${describe(v)}`);
+      return undefined;
+    }
+    if (opts.min !== undefined && v < opts.min) this.fail(path, `${v} is below the minimum ${opts.min}`);
+    else if (opts.max !== undefined && v > opts.max) this.fail(path, `${v} is above the maximum ${opts.max}`);
+    else return v;
+    return undefined;
+  }
+
+  num(v: unknown, path: string, opts: { min?: number; max?: number } = {}): number | undefined {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v)) {
+      this.fail(path, `must be a number, not ${describe(v)}`);
+      return undefined;
+    }
+    if (opts.min !== undefined && v < opts.min) this.fail(path, `${v} is below the minimum ${opts.min}`);
+    else if (opts.max !== undefined && v > opts.max) this.fail(path, `${v} is above the maximum ${opts.max}`);
+    else return v;
+    return undefined;
+  }
+
+  bool(v: unknown, path: string): boolean | undefined {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'boolean') {
+      this.fail(path, `must be true or false, not ${describe(v)}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  strList(v: unknown, path: string, each?: (s: string, p: string) => void, opts: { nonEmpty?: boolean } = {}): string[] | undefined {
+    const a = this.arr(v, path);
+    if (!a) return undefined;
+    if (opts.nonEmpty && a.length === 0) this.fail(path, 'must not be an empty list (leave the field out instead)');
+    const out: string[] = [];
+    a.forEach((x, i) => {
+      const p = `${path}[${i}]`;
+      const s = this.str(x, p, { nonEmpty: true });
+      if (s === undefined) return;
+      out.push(s);
+      each?.(s, p);
+    });
+    return out;
+  }
+
+  stringMap(v: unknown, path: string, keyRe: RegExp, valueRe: RegExp): void {
+    const o = this.obj(v, path);
+    if (!o) return;
+    for (const [k, val] of Object.entries(o)) {
+      const p = join(path, k);
+      if (!keyRe.test(k) || k.length > 317) this.fail(p, `"${k}" is not a valid label name`);
+      const s = this.str(val, p);
+      if (s !== undefined && (!valueRe.test(s) || s.length > 63)) this.fail(p, `"${s}" is not a valid label value`);
+    }
+  }
+
+  duration(v: unknown, path: string, required = false): void {
+    const s = this.str(v, path, { required });
+    if (s !== undefined && !isDuration(s)) this.fail(path, `"${s}" is not a duration (e.g. 250ms, 30s, 1m30s)`);
+  }
+
+  regex(v: unknown, path: string): void {
+    const s = this.str(v, path, { required: true });
+    if (s === undefined) return;
+    try {
+      new RegExp(s);
+    } catch (e) {
+      this.fail(path, `"${s}" is not a valid regular expression: ${(e as Error).message}`);
+    }
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'an object';
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+function join(path: string, field: string): string {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(field) ? `${path}.${field}` : `${path}["${field}"]`;
+}
+
+export function isCidr(s: string): boolean {
+  const slash = s.indexOf('/');
+  const addr = slash < 0 ? s : s.slice(0, slash);
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (slash < 0) return true;
+  const bits = s.slice(slash + 1);
+  if (!/^[0-9]{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Validates one object of any mesh kind. An empty list means valid. */
+export function validateObject(input: unknown): ValidationIssue[] {
+  const top = typeof input === 'object' && input !== null && !Array.isArray(input) ? (input as Json) : undefined;
+  const meta = top && typeof top.metadata === 'object' && top.metadata !== null ? (top.metadata as Json) : undefined;
+  const kind = top && typeof top.kind === 'string' ? top.kind : '<unknown kind>';
+  const name = meta && typeof meta.name === 'string' ? meta.name : '<unnamed>';
+  const namespace = meta && typeof meta.namespace === 'string' ? meta.namespace : '';
+  const c = new Checker(kind, namespace, name);
+  if (!top) {
+    c.fail('', `must be an object, not ${describe(input)}`);
+    return c.issues;
+  }
+  if (!isMeshKind(top.kind)) {
+    c.fail('kind', `${describe(top.kind)} is not a kind Weft reads (${Object.keys(KINDS).join(', ')})`);
+    return c.issues;
+  }
+  const info = KINDS[top.kind];
+  if (top.apiVersion !== info.apiVersion) c.fail('apiVersion', `must be ${info.apiVersion} for ${info.kind}, not ${describe(top.apiVersion)}`);
+  checkMetadata(c, top.metadata, info.namespaced, info.kind);
+  VALIDATORS[info.kind](c, top);
+  return c.issues;
+}
+
+/** Validates and returns the object typed, or throws ValidationError listing every issue. */
+export function assertValid(input: unknown): MeshObject {
+  const issues = validateObject(input);
+  if (issues.length > 0) throw new ValidationError(issues);
+  return input as MeshObject;
+}
+
+function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKind): void {
+  const m = c.obj(v, 'metadata', true);
+  if (!m) return;
+  const nameRe = kind === 'Namespace' || kind === 'Service' || kind === 'Waypoint' ? DNS1123_LABEL : DNS1123_SUBDOMAIN;
+  const name = c.str(m.name, 'metadata.name', { required: true });
+  if (name !== undefined && (!nameRe.test(name) || name.length > 253)) {
+    c.fail('metadata.name', `"${name}" is not a valid name (lower-case letters, digits and '-'${nameRe === DNS1123_SUBDOMAIN ? ", '.'" : ''})`);
+  }
+  if (namespaced) {
+    const ns = c.str(m.namespace, 'metadata.namespace', { required: true });
+    if (ns !== undefined && !DNS1123_LABEL.test(ns)) c.fail('metadata.namespace', `"${ns}" is not a valid namespace name`);
+  } else if (m.namespace !== undefined && m.namespace !== '') {
+    c.fail('metadata.namespace', `${kind} is cluster-scoped and has no namespace`);
+  }
+  c.str(m.uid, 'metadata.uid');
+  c.str(m.resourceVersion, 'metadata.resourceVersion');
+  c.int(m.generation, 'metadata.generation', { min: 0 });
+  c.stringMap(m.labels, 'metadata.labels', LABEL_NAME, LABEL_VALUE);
+  const ann = c.obj(m.annotations, 'metadata.annotations');
+  if (ann) for (const [k, val] of Object.entries(ann)) c.str(val, join('metadata.annotations', k));
+  if (namespaced || kind === 'Namespace') {
+    const labels = (m.labels ?? {}) as Record<string, unknown>;
+    const mode = labels['weft.dev/dataplane-mode'];
+    if (mode !== undefined && kind !== 'Namespace' && kind !== 'Pod') {
+      c.fail('metadata.labels["weft.dev/dataplane-mode"]', 'only applies to a Namespace or a Pod');
+    } else if (mode !== undefined && mode !== 'ambient' && mode !== 'none') {
+      c.fail('metadata.labels["weft.dev/dataplane-mode"]', `"${String(mode)}" is not ambient or none`);
+    }
+    const wp = labels['weft.dev/use-waypoint'];
+    if (wp !== undefined && kind !== 'Namespace' && kind !== 'Service') {
+      c.fail('metadata.labels["weft.dev/use-waypoint"]', 'only applies to a Namespace or a Service');
+    } else if (wp !== undefined && (typeof wp !== 'string' || !DNS1123_LABEL.test(wp))) {
+      c.fail('metadata.labels["weft.dev/use-waypoint"]', `"${String(wp)}" is not a Waypoint name`);
+    }
+  }
+}
+
+type Validator = (c: Checker, o: Json) => void;
+
+const VALIDATORS: Record<MeshKind, Validator> = {
+  Namespace: () => {},
+  Node: (c, o) => {
+    const st = c.obj(o.status, 'status');
+    const addrs = st && c.arr(st.addresses, 'status.addresses');
+    addrs?.forEach((a, i) => {
+      const p = `status.addresses[${i}]`;
+      const ao = c.obj(a, p, true);
+      if (!ao) return;
+      c.str(ao.type, `${p}.type`, { required: true });
+      c.str(ao.address, `${p}.address`, { required: true });
+    });
+  },
+  Pod: validatePod,
+  Service: validateService,
+  EndpointSlice: validateEndpointSlice,
+  Waypoint: validateWaypoint,
+  AuthorizationPolicy: validateAuthorizationPolicy,
+  PeerAuthentication: validatePeerAuthentication,
+  TrafficPolicy: validateTrafficPolicy,
+  HTTPRoute: (c, o) => validateRoute(c, o, 'HTTPRoute'),
+  GRPCRoute: (c, o) => validateRoute(c, o, 'GRPCRoute'),
+};
+
+function ip(c: Checker, v: unknown, path: string, required = false): void {
+  const s = c.str(v, path, { required });
+  if (s !== undefined && s !== '' && isIP(s) === 0) c.fail(path, `"${s}" is not an IP address`);
+}
+
+function validatePod(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (spec) {
+    c.str(spec.nodeName, 'spec.nodeName');
+    c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+    c.bool(spec.hostNetwork, 'spec.hostNetwork');
+    c.arr(spec.containers, 'spec.containers')?.forEach((ct, i) => {
+      const p = `spec.containers[${i}]`;
+      const co = c.obj(ct, p, true);
+      if (!co) return;
+      c.arr(co.ports, `${p}.ports`)?.forEach((port, j) => {
+        const pp = `${p}.ports[${j}]`;
+        const po = c.obj(port, pp, true);
+        if (!po) return;
+        c.int(po.containerPort, `${pp}.containerPort`, { required: true, min: 1, max: 65535 });
+        c.str(po.name, `${pp}.name`);
+      });
+    });
+  }
+  const st = c.obj(o.status, 'status');
+  if (st) {
+    ip(c, st.podIP, 'status.podIP');
+    ip(c, st.hostIP, 'status.hostIP');
+    c.arr(st.podIPs, 'status.podIPs')?.forEach((x, i) => {
+      const xo = c.obj(x, `status.podIPs[${i}]`, true);
+      if (xo) ip(c, xo.ip, `status.podIPs[${i}].ip`, true);
+    });
+  }
+}
+
+function validateService(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (!spec) return;
+  c.stringMap(spec.selector, 'spec.selector', LABEL_NAME, LABEL_VALUE);
+  const cip = c.str(spec.clusterIP, 'spec.clusterIP');
+  if (cip !== undefined && cip !== 'None' && cip !== '' && isIP(cip) === 0) c.fail('spec.clusterIP', `"${cip}" is not an IP address or None`);
+  c.strList(spec.clusterIPs, 'spec.clusterIPs', (s, p) => {
+    if (s !== 'None' && isIP(s) === 0) c.fail(p, `"${s}" is not an IP address`);
+  });
+  const names = new Set<string>();
+  const ports = c.arr(spec.ports, 'spec.ports');
+  ports?.forEach((port, i) => {
+    const p = `spec.ports[${i}]`;
+    const po = c.obj(port, p, true);
+    if (!po) return;
+    c.int(po.port, `${p}.port`, { required: true, min: 1, max: 65535 });
+    const name = c.str(po.name, `${p}.name`, { pattern: DNS1123_LABEL, patternText: 'a valid port name' });
+    if (name === undefined && ports.length > 1) c.fail(`${p}.name`, 'is required when a Service has more than one port');
+    if (name !== undefined) {
+      if (names.has(name)) c.fail(`${p}.name`, `duplicate port name "${name}"`);
+      names.add(name);
+    }
+    if (typeof po.targetPort === 'number') c.int(po.targetPort, `${p}.targetPort`, { min: 1, max: 65535 });
+    else c.str(po.targetPort, `${p}.targetPort`, { pattern: /^([0-9]+|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$/, patternText: 'a port number or name' });
+    c.str(po.protocol, `${p}.protocol`, { oneOf: ['TCP', 'UDP', 'SCTP'] });
+    c.str(po.appProtocol, `${p}.appProtocol`);
+  });
+}
+
+function validateEndpointSlice(c: Checker, o: Json): void {
+  const addressType = c.str(o.addressType, 'addressType', { required: true, oneOf: ['IPv4', 'IPv6', 'FQDN'] });
+  const labels = ((o.metadata as Json | undefined)?.labels ?? {}) as Record<string, unknown>;
+  if (typeof labels['kubernetes.io/service-name'] !== 'string') {
+    c.fail('metadata.labels["kubernetes.io/service-name"]', 'is required: it names the Service of this slice');
+  }
+  c.arr(o.endpoints, 'endpoints', true)?.forEach((e, i) => {
+    const p = `endpoints[${i}]`;
+    const eo = c.obj(e, p, true);
+    if (!eo) return;
+    c.strList(eo.addresses, `${p}.addresses`, (s, ap) => {
+      if (addressType === 'IPv4' && isIP(s) !== 4) c.fail(ap, `"${s}" is not an IPv4 address`);
+      if (addressType === 'IPv6' && isIP(s) !== 6) c.fail(ap, `"${s}" is not an IPv6 address`);
+    });
+    if (eo.addresses === undefined) c.fail(`${p}.addresses`, 'is required');
+    const cond = c.obj(eo.conditions, `${p}.conditions`);
+    if (cond) for (const k of ['ready', 'serving', 'terminating']) c.bool(cond[k], `${p}.conditions.${k}`);
+    c.str(eo.nodeName, `${p}.nodeName`);
+    const t = c.obj(eo.targetRef, `${p}.targetRef`);
+    if (t) for (const k of ['kind', 'name', 'namespace', 'uid']) c.str(t[k], `${p}.targetRef.${k}`);
+  });
+  c.arr(o.ports, 'ports')?.forEach((port, i) => {
+    const p = `ports[${i}]`;
+    const po = c.obj(port, p, true);
+    if (!po) return;
+    c.str(po.name, `${p}.name`);
+    c.int(po.port, `${p}.port`, { min: 1, max: 65535 });
+    c.str(po.protocol, `${p}.protocol`, { oneOf: ['TCP', 'UDP', 'SCTP'] });
+    c.str(po.appProtocol, `${p}.appProtocol`);
+  });
+}
+
+function validateWaypoint(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image']);
+  c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+  c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
+  c.str(spec.image, 'spec.image', { nonEmpty: true });
+}
+
+function selector(c: Checker, v: unknown, path: string): void {
+  const s = c.obj(v, path);
+  if (!s) return;
+  c.only(s, path, ['matchLabels']);
+  c.stringMap(s.matchLabels, `${path}.matchLabels`, LABEL_NAME, LABEL_VALUE);
+}
+
+function portList(c: Checker, v: unknown, path: string): void {
+  const a = c.arr(v, path);
+  a?.forEach((x, i) => {
+    const p = `${path}[${i}]`;
+    const n = typeof x === 'string' && /^[0-9]+$/.test(x) ? Number(x) : x;
+    c.int(n, p, { required: true, min: 1, max: 65535 });
+  });
+}
+
+function validateAuthorizationPolicy(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['selector', 'targetRefs', 'action', 'rules']);
+  selector(c, spec.selector, 'spec.selector');
+  const refs = c.arr(spec.targetRefs, 'spec.targetRefs');
+  if (refs && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
+  refs?.forEach((r, i) => {
+    const p = `spec.targetRefs[${i}]`;
+    const ro = c.obj(r, p, true);
+    if (!ro) return;
+    c.only(ro, p, ['group', 'kind', 'name']);
+    c.str(ro.group, `${p}.group`, { oneOf: [''] });
+    c.str(ro.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
+    c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  });
+  c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY'] });
+  c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
+    const p = `spec.rules[${i}]`;
+    const ro = c.obj(r, p, true);
+    if (!ro) return;
+    c.only(ro, p, ['from', 'to', 'when']);
+    c.arr(ro.from, `${p}.from`)?.forEach((f, j) => {
+      const fp = `${p}.from[${j}]`;
+      const fo = c.obj(f, fp, true);
+      if (!fo) return;
+      c.only(fo, fp, ['source']);
+      const sp = `${fp}.source`;
+      const so = c.obj(fo.source, sp, true);
+      if (!so) return;
+      c.only(so, sp, ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'ipBlocks', 'notIpBlocks']);
+      if (Object.keys(so).length === 0) c.fail(sp, 'must set at least one field');
+      for (const k of ['principals', 'notPrincipals']) c.strList(so[k], `${sp}.${k}`, principal(c), { nonEmpty: true });
+      for (const k of ['namespaces', 'notNamespaces']) c.strList(so[k], `${sp}.${k}`, wildcard(c, DNS1123_LABEL, 'a namespace name'), { nonEmpty: true });
+      for (const k of ['ipBlocks', 'notIpBlocks']) {
+        c.strList(so[k], `${sp}.${k}`, (s, ip) => {
+          if (!isCidr(s)) c.fail(ip, `"${s}" is not an IP address or CIDR block`);
+        }, { nonEmpty: true });
+      }
+    });
+    c.arr(ro.to, `${p}.to`)?.forEach((t, j) => {
+      const tp = `${p}.to[${j}]`;
+      const to = c.obj(t, tp, true);
+      if (!to) return;
+      c.only(to, tp, ['operation']);
+      const op = `${tp}.operation`;
+      const oo = c.obj(to.operation, op, true);
+      if (!oo) return;
+      c.only(oo, op, ['ports', 'notPorts', 'methods', 'notMethods', 'paths', 'notPaths', 'hosts', 'notHosts']);
+      if (Object.keys(oo).length === 0) c.fail(op, 'must set at least one field');
+      portList(c, oo.ports, `${op}.ports`);
+      portList(c, oo.notPorts, `${op}.notPorts`);
+      for (const k of ['methods', 'notMethods']) {
+        c.strList(oo[k], `${op}.${k}`, (s, mp) => {
+          if (s !== '*' && !HTTP_METHOD.test(s)) c.fail(mp, `"${s}" is not an HTTP method in upper case`);
+        }, { nonEmpty: true });
+      }
+      for (const k of ['paths', 'notPaths']) {
+        c.strList(oo[k], `${op}.${k}`, (s, pp) => {
+          if (s !== '*' && !s.startsWith('/') && !s.startsWith('*')) c.fail(pp, `"${s}" must start with / (or * for a suffix match)`);
+          if (s.length > 1 && s.slice(1, -1).includes('*')) c.fail(pp, `"${s}": * is only allowed as the first or last character`);
+        }, { nonEmpty: true });
+      }
+      for (const k of ['hosts', 'notHosts']) c.strList(oo[k], `${op}.${k}`, undefined, { nonEmpty: true });
+    });
+    c.arr(ro.when, `${p}.when`)?.forEach((w, j) => {
+      const wp = `${p}.when[${j}]`;
+      const wo = c.obj(w, wp, true);
+      if (!wo) return;
+      c.only(wo, wp, ['key', 'values', 'notValues']);
+      const key = c.str(wo.key, `${wp}.key`, { required: true });
+      if (key !== undefined && !L4_CONDITION_KEYS.includes(key) && !L7_CONDITION_KEYS.some((k) => k.endsWith('[') || k.endsWith('.') ? key.startsWith(k) : key === k)) {
+        c.fail(`${wp}.key`, `"${key}" is not a supported condition key (${[...L4_CONDITION_KEYS, ...L7_CONDITION_KEYS].join(', ')})`);
+      }
+      if (key !== undefined && key.includes('[') && !/^[a-z.]+\[[^\]]+\]$/.test(key)) c.fail(`${wp}.key`, `"${key}" must be written as name[field]`);
+      const values = c.strList(wo.values, `${wp}.values`);
+      const notValues = c.strList(wo.notValues, `${wp}.notValues`);
+      if (!values?.length && !notValues?.length) c.fail(wp, 'needs values or notValues');
+      const check = (list: string[] | undefined, field: string): void => list?.forEach((s, k) => {
+        const vp = `${wp}.${field}[${k}]`;
+        if ((key === 'source.ip' || key === 'remote.ip' || key === 'destination.ip') && !isCidr(s)) c.fail(vp, `"${s}" is not an IP address or CIDR block`);
+        if (key === 'destination.port' && !(/^[0-9]+$/.test(s) && Number(s) >= 1 && Number(s) <= 65535)) c.fail(vp, `"${s}" is not a port number`);
+      });
+      check(values, 'values');
+      check(notValues, 'notValues');
+    });
+  });
+}
+
+function principal(c: Checker): (s: string, p: string) => void {
+  return (s, p) => {
+    const bare = s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s;
+    if (bare === '*') return;
+    if (bare.slice(1, -1).includes('*')) c.fail(p, `"${s}": * is only allowed as the first or last character`);
+    else if (!bare.startsWith('*') && !bare.endsWith('*') && !/^[^/]+\/ns\/[^/]+\/sa\/[^/]+$/.test(bare)) {
+      c.fail(p, `"${s}" is not a principal (<trust-domain>/ns/<namespace>/sa/<service-account>, * allowed at either end)`);
+    }
+  };
+}
+
+function wildcard(c: Checker, re: RegExp, what: string): (s: string, p: string) => void {
+  return (s, p) => {
+    if (s === '*') return;
+    const core = s.replace(/^\*/, '').replace(/\*$/, '');
+    if (core.includes('*')) c.fail(p, `"${s}": * is only allowed as the first or last character`);
+    else if (core === s && !re.test(s)) c.fail(p, `"${s}" is not ${what}`);
+  };
+}
+
+const MTLS_MODES = ['STRICT', 'PERMISSIVE'] as const;
+
+function validatePeerAuthentication(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['selector', 'mtls', 'portLevelMtls']);
+  selector(c, spec.selector, 'spec.selector');
+  const m = c.obj(spec.mtls, 'spec.mtls');
+  if (m) {
+    c.only(m, 'spec.mtls', ['mode']);
+    c.str(m.mode, 'spec.mtls.mode', { required: true, oneOf: MTLS_MODES });
+  }
+  const pl = c.obj(spec.portLevelMtls, 'spec.portLevelMtls');
+  if (pl) {
+    if (spec.selector === undefined) c.fail('spec.portLevelMtls', 'needs spec.selector (port-level modes apply to selected workloads)');
+    for (const [port, v] of Object.entries(pl)) {
+      const p = `spec.portLevelMtls["${port}"]`;
+      if (!/^[0-9]+$/.test(port) || Number(port) < 1 || Number(port) > 65535) c.fail(p, `"${port}" is not a port number`);
+      const vo = c.obj(v, p, true);
+      if (!vo) continue;
+      c.only(vo, p, ['mode']);
+      c.str(vo.mode, `${p}.mode`, { required: true, oneOf: MTLS_MODES });
+    }
+  }
+}
+
+function percentage(c: Checker, v: unknown, path: string): void {
+  c.num(v, path, { min: 0, max: 100 });
+}
+
+function validateTrafficPolicy(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (!spec) return;
+  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'fault']);
+  const t = c.obj(spec.targetRef, 'spec.targetRef', true);
+  if (t) {
+    c.only(t, 'spec.targetRef', ['group', 'kind', 'name']);
+    c.str(t.group, 'spec.targetRef.group', { oneOf: [''] });
+    c.str(t.kind, 'spec.targetRef.kind', { required: true, oneOf: ['Service'] });
+    c.str(t.name, 'spec.targetRef.name', { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  }
+  const to = c.obj(spec.timeouts, 'spec.timeouts');
+  if (to) {
+    c.only(to, 'spec.timeouts', ['request', 'perTry', 'idle', 'connect']);
+    for (const k of ['request', 'perTry', 'idle', 'connect']) c.duration(to[k], `spec.timeouts.${k}`);
+  }
+  const r = c.obj(spec.retries, 'spec.retries');
+  if (r) {
+    c.only(r, 'spec.retries', ['attempts', 'retryOn', 'budget']);
+    c.int(r.attempts, 'spec.retries.attempts', { required: true, min: 0, max: 10 });
+    c.strList(r.retryOn, 'spec.retries.retryOn', (s, p) => {
+      if (!RETRY_ON.includes(s) && !/^[1-5][0-9][0-9]$/.test(s)) c.fail(p, `"${s}" is not a retry condition (${RETRY_ON.join(', ')}, or a status code)`);
+    });
+    const b = c.obj(r.budget, 'spec.retries.budget');
+    if (b) {
+      c.only(b, 'spec.retries.budget', ['percent', 'minRetryConcurrency']);
+      if (b.percent === undefined) c.fail('spec.retries.budget.percent', 'is required');
+      percentage(c, b.percent, 'spec.retries.budget.percent');
+      c.int(b.minRetryConcurrency, 'spec.retries.budget.minRetryConcurrency', { min: 0 });
+    }
+  }
+  const cl = c.obj(spec.connectionLimits, 'spec.connectionLimits');
+  if (cl) {
+    c.only(cl, 'spec.connectionLimits', ['maxConnections', 'maxPendingRequests', 'maxRequests']);
+    for (const k of ['maxConnections', 'maxPendingRequests', 'maxRequests']) c.int(cl[k], `spec.connectionLimits.${k}`, { min: 1 });
+  }
+  const od = c.obj(spec.outlierDetection, 'spec.outlierDetection');
+  if (od) {
+    c.only(od, 'spec.outlierDetection', ['consecutive5xx', 'interval', 'baseEjectionTime', 'maxEjectionPercent']);
+    c.int(od.consecutive5xx, 'spec.outlierDetection.consecutive5xx', { min: 1 });
+    c.duration(od.interval, 'spec.outlierDetection.interval');
+    c.duration(od.baseEjectionTime, 'spec.outlierDetection.baseEjectionTime');
+    c.int(od.maxEjectionPercent, 'spec.outlierDetection.maxEjectionPercent', { min: 0, max: 100 });
+  }
+  const lb = c.obj(spec.loadBalancer, 'spec.loadBalancer');
+  if (lb) {
+    c.only(lb, 'spec.loadBalancer', ['policy']);
+    c.str(lb.policy, 'spec.loadBalancer.policy', { required: true, oneOf: ['ROUND_ROBIN', 'LEAST_REQUEST', 'RANDOM'] });
+  }
+  const rl = c.obj(spec.rateLimit, 'spec.rateLimit');
+  if (rl) {
+    c.only(rl, 'spec.rateLimit', ['tokens', 'fillInterval', 'per']);
+    c.int(rl.tokens, 'spec.rateLimit.tokens', { required: true, min: 1 });
+    c.duration(rl.fillInterval, 'spec.rateLimit.fillInterval', true);
+    if (typeof rl.fillInterval === 'string' && /^0+(ms|s|m|h)$/.test(rl.fillInterval)) c.fail('spec.rateLimit.fillInterval', 'must be longer than zero');
+    c.str(rl.per, 'spec.rateLimit.per', { oneOf: ['route', 'source'] });
+  }
+  const f = c.obj(spec.fault, 'spec.fault');
+  if (f) {
+    c.only(f, 'spec.fault', ['delay', 'abort']);
+    const d = c.obj(f.delay, 'spec.fault.delay');
+    if (d) {
+      c.only(d, 'spec.fault.delay', ['fixedDelay', 'percentage']);
+      c.duration(d.fixedDelay, 'spec.fault.delay.fixedDelay', true);
+      percentage(c, d.percentage, 'spec.fault.delay.percentage');
+    }
+    const a = c.obj(f.abort, 'spec.fault.abort');
+    if (a) {
+      c.only(a, 'spec.fault.abort', ['httpStatus', 'percentage']);
+      c.int(a.httpStatus, 'spec.fault.abort.httpStatus', { required: true, min: 200, max: 599 });
+      percentage(c, a.percentage, 'spec.fault.abort.percentage');
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway API routes
+
+function parentRef(c: Checker, v: unknown, p: string): void {
+  const o = c.obj(v, p, true);
+  if (!o) return;
+  c.only(o, p, ['group', 'kind', 'name', 'namespace', 'port', 'sectionName']);
+  c.str(o.group, `${p}.group`, { oneOf: [''] });
+  c.str(o.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
+  c.str(o.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  c.str(o.namespace, `${p}.namespace`, { pattern: DNS1123_LABEL, patternText: 'a namespace name' });
+  c.int(o.port, `${p}.port`, { min: 1, max: 65535 });
+  c.str(o.sectionName, `${p}.sectionName`);
+}
+
+function backendRef(c: Checker, v: unknown, p: string, extra: readonly string[] = []): Json | undefined {
+  const o = c.obj(v, p, true);
+  if (!o) return undefined;
+  c.only(o, p, ['group', 'kind', 'name', 'namespace', 'port', 'weight', ...extra]);
+  c.str(o.group, `${p}.group`, { oneOf: [''] });
+  c.str(o.kind, `${p}.kind`, { oneOf: ['Service'] });
+  c.str(o.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  c.str(o.namespace, `${p}.namespace`, { pattern: DNS1123_LABEL, patternText: 'a namespace name' });
+  c.int(o.port, `${p}.port`, { required: true, min: 1, max: 65535 });
+  c.int(o.weight, `${p}.weight`, { min: 0, max: 1_000_000 });
+  return o;
+}
+
+function headerMatches(c: Checker, v: unknown, p: string, what: string): void {
+  const seen = new Set<string>();
+  c.arr(v, p)?.forEach((h, i) => {
+    const hp = `${p}[${i}]`;
+    const ho = c.obj(h, hp, true);
+    if (!ho) return;
+    c.only(ho, hp, ['type', 'name', 'value']);
+    const type = c.str(ho.type, `${hp}.type`, { oneOf: ['Exact', 'RegularExpression'] });
+    const name = c.str(ho.name, `${hp}.name`, { required: true, pattern: HEADER_NAME, patternText: `a ${what} name` });
+    if (name !== undefined) {
+      const k = what === 'header' ? name.toLowerCase() : name;
+      if (seen.has(k)) c.fail(`${hp}.name`, `duplicate ${what} "${name}"`);
+      seen.add(k);
+    }
+    if (type === 'RegularExpression') c.regex(ho.value, `${hp}.value`);
+    else c.str(ho.value, `${hp}.value`, { required: true });
+  });
+}
+
+function headerModifier(c: Checker, v: unknown, p: string): void {
+  const o = c.obj(v, p, true);
+  if (!o) return;
+  c.only(o, p, ['set', 'add', 'remove']);
+  for (const k of ['set', 'add']) {
+    c.arr(o[k], `${p}.${k}`)?.forEach((h, i) => {
+      const hp = `${p}.${k}[${i}]`;
+      const ho = c.obj(h, hp, true);
+      if (!ho) return;
+      c.only(ho, hp, ['name', 'value']);
+      c.str(ho.name, `${hp}.name`, { required: true, pattern: HEADER_NAME, patternText: 'a header name' });
+      c.str(ho.value, `${hp}.value`);
+      if (ho.value === undefined) c.fail(`${hp}.value`, 'is required');
+    });
+  }
+  c.strList(o.remove, `${p}.remove`, (s, sp) => {
+    if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`);
+  });
+}
+
+function pathModifier(c: Checker, v: unknown, p: string): void {
+  const o = c.obj(v, p);
+  if (!o) return;
+  c.only(o, p, ['type', 'replaceFullPath', 'replacePrefixMatch']);
+  const type = c.str(o.type, `${p}.type`, { required: true, oneOf: ['ReplaceFullPath', 'ReplacePrefixMatch'] });
+  if (type === 'ReplaceFullPath') c.str(o.replaceFullPath, `${p}.replaceFullPath`, { required: true, pattern: /^\//, patternText: 'a path starting with /' });
+  if (type === 'ReplacePrefixMatch') c.str(o.replacePrefixMatch, `${p}.replacePrefixMatch`, { required: true, pattern: /^\//, patternText: 'a path starting with /' });
+}
+
+const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'RequestMirror'] as const;
+const GRPC_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestMirror'] as const;
+const FILTER_FIELD: Record<string, string> = {
+  RequestHeaderModifier: 'requestHeaderModifier',
+  ResponseHeaderModifier: 'responseHeaderModifier',
+  URLRewrite: 'urlRewrite',
+  RequestRedirect: 'requestRedirect',
+  RequestMirror: 'requestMirror',
+};
+
+function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]): string[] {
+  const types: string[] = [];
+  c.arr(v, p)?.forEach((f, i) => {
+    const fp = `${p}[${i}]`;
+    const fo = c.obj(f, fp, true);
+    if (!fo) return;
+    const type = c.str(fo.type, `${fp}.type`, { required: true, oneOf: allowed });
+    if (type === undefined) return;
+    const field = FILTER_FIELD[type]!;
+    c.only(fo, fp, ['type', field]);
+    types.push(type);
+    const bp = `${fp}.${field}`;
+    switch (type) {
+      case 'RequestHeaderModifier':
+      case 'ResponseHeaderModifier':
+        headerModifier(c, fo[field], bp);
+        break;
+      case 'URLRewrite': {
+        const o = c.obj(fo[field], bp, true);
+        if (!o) break;
+        c.only(o, bp, ['hostname', 'path']);
+        c.str(o.hostname, `${bp}.hostname`, { pattern: HOSTNAME, patternText: 'a hostname' });
+        pathModifier(c, o.path, `${bp}.path`);
+        break;
+      }
+      case 'RequestRedirect': {
+        const o = c.obj(fo[field], bp, true);
+        if (!o) break;
+        c.only(o, bp, ['scheme', 'hostname', 'path', 'port', 'statusCode']);
+        c.str(o.scheme, `${bp}.scheme`, { oneOf: ['http', 'https'] });
+        c.str(o.hostname, `${bp}.hostname`, { pattern: HOSTNAME, patternText: 'a hostname' });
+        pathModifier(c, o.path, `${bp}.path`);
+        c.int(o.port, `${bp}.port`, { min: 1, max: 65535 });
+        const code = c.int(o.statusCode, `${bp}.statusCode`);
+        if (code !== undefined && ![301, 302, 303, 307, 308].includes(code)) c.fail(`${bp}.statusCode`, `${code} is not one of 301, 302, 303, 307, 308`);
+        break;
+      }
+      case 'RequestMirror': {
+        const o = c.obj(fo[field], bp, true);
+        if (!o) break;
+        c.only(o, bp, ['backendRef', 'percent']);
+        backendRef(c, o.backendRef, `${bp}.backendRef`);
+        c.int(o.percent, `${bp}.percent`, { min: 0, max: 100 });
+        break;
+      }
+    }
+  });
+  for (const t of ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect']) {
+    if (types.filter((x) => x === t).length > 1) c.fail(p, `${t} may appear only once`);
+  }
+  if (types.includes('URLRewrite') && types.includes('RequestRedirect')) c.fail(p, 'URLRewrite and RequestRedirect cannot be combined');
+  return types;
+}
+
+function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (!spec) return;
+  c.only(spec, 'spec', ['parentRefs', 'hostnames', 'rules']);
+  const parents = c.arr(spec.parentRefs, 'spec.parentRefs', true);
+  if (parents && parents.length === 0) c.fail('spec.parentRefs', 'needs at least one Service (the mesh profile routes traffic addressed to a Service)');
+  parents?.forEach((r, i) => parentRef(c, r, `spec.parentRefs[${i}]`));
+  c.strList(spec.hostnames, 'spec.hostnames', (s, p) => {
+    if (!HOSTNAME.test(s)) c.fail(p, `"${s}" is not a hostname`);
+  });
+  const allowed = kind === 'HTTPRoute' ? HTTP_FILTERS : GRPC_FILTERS;
+  c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
+    const p = `spec.rules[${i}]`;
+    const ro = c.obj(r, p, true);
+    if (!ro) return;
+    c.only(ro, p, kind === 'HTTPRoute' ? ['name', 'matches', 'filters', 'backendRefs', 'timeouts'] : ['name', 'matches', 'filters', 'backendRefs']);
+    c.str(ro.name, `${p}.name`, { pattern: DNS1123_LABEL, patternText: 'a rule name' });
+    c.arr(ro.matches, `${p}.matches`)?.forEach((m, j) => {
+      const mp = `${p}.matches[${j}]`;
+      const mo = c.obj(m, mp, true);
+      if (!mo) return;
+      if (kind === 'HTTPRoute') {
+        c.only(mo, mp, ['path', 'headers', 'queryParams', 'method']);
+        const path = c.obj(mo.path, `${mp}.path`);
+        if (path) {
+          c.only(path, `${mp}.path`, ['type', 'value']);
+          const type = c.str(path.type, `${mp}.path.type`, { oneOf: ['Exact', 'PathPrefix', 'RegularExpression'] });
+          if (type === 'RegularExpression') c.regex(path.value, `${mp}.path.value`);
+          else {
+            const value = c.str(path.value, `${mp}.path.value`, { pattern: /^\//, patternText: 'a path starting with /' });
+            if (value !== undefined && /\/\/|\/\.\.?(\/|$)|[?#]/.test(value)) c.fail(`${mp}.path.value`, `"${value}" must not contain //, /./, /../, ? or #`);
+          }
+        }
+        headerMatches(c, mo.headers, `${mp}.headers`, 'header');
+        headerMatches(c, mo.queryParams, `${mp}.queryParams`, 'query parameter');
+        c.str(mo.method, `${mp}.method`, { oneOf: GATEWAY_METHODS });
+      } else {
+        c.only(mo, mp, ['method', 'headers']);
+        const mm = c.obj(mo.method, `${mp}.method`);
+        if (mm) {
+          c.only(mm, `${mp}.method`, ['type', 'service', 'method']);
+          const type = c.str(mm.type, `${mp}.method.type`, { oneOf: ['Exact', 'RegularExpression'] });
+          if (mm.service === undefined && mm.method === undefined) c.fail(`${mp}.method`, 'needs service or method');
+          for (const k of ['service', 'method']) {
+            if (mm[k] === undefined) continue;
+            if (type === 'RegularExpression') c.regex(mm[k], `${mp}.method.${k}`);
+            else c.str(mm[k], `${mp}.method.${k}`, { pattern: k === 'service' ? /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/ : /^[A-Za-z_][A-Za-z0-9_]*$/, patternText: k === 'service' ? 'a gRPC service name' : 'a gRPC method name' });
+          }
+        }
+        headerMatches(c, mo.headers, `${mp}.headers`, 'header');
+      }
+    });
+    filters(c, ro.filters, `${p}.filters`, allowed);
+    c.arr(ro.backendRefs, `${p}.backendRefs`)?.forEach((b, j) => {
+      const bp = `${p}.backendRefs[${j}]`;
+      const bo = backendRef(c, b, bp, ['filters']);
+      if (bo) filters(c, bo.filters, `${bp}.filters`, allowed);
+    });
+    if (kind === 'HTTPRoute') {
+      const t = c.obj(ro.timeouts, `${p}.timeouts`);
+      if (t) {
+        c.only(t, `${p}.timeouts`, ['request', 'backendRequest']);
+        c.duration(t.request, `${p}.timeouts.request`);
+        c.duration(t.backendRequest, `${p}.timeouts.backendRequest`);
+      }
+    }
+  });
+}

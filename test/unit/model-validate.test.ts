@@ -1,0 +1,94 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { validateObject, assertValid, ValidationError, parseDuration } from '../../lib/model/index.ts';
+
+function policy(spec: unknown): unknown {
+  return { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec };
+}
+
+test('accepts an Istio-style authorization policy', () => {
+  const issues = validateObject(policy({
+    selector: { matchLabels: { app: 'web' } },
+    action: 'ALLOW',
+    rules: [{
+      from: [{ source: { principals: ['cluster.local/ns/shop/sa/front'], ipBlocks: ['10.0.0.0/8', '10.1.2.3'] } }],
+      to: [{ operation: { ports: ['8080', 9090], methods: ['GET'], paths: ['/api/*'] } }],
+      when: [{ key: 'request.headers[x-user]', values: ['alice'] }],
+    }],
+  }));
+  assert.deepEqual(issues, []);
+});
+
+test('reports a bad ip block with the exact field path and the object name', () => {
+  const issues = validateObject(policy({ rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/8', '10.0.0.300/8'] } }] }] }));
+  assert.equal(issues.length, 1);
+  assert.deepEqual(issues[0], {
+    kind: 'AuthorizationPolicy', namespace: 'shop', name: 'p',
+    path: 'spec.rules[0].from[0].source.ipBlocks[1]',
+    message: '"10.0.0.300/8" is not an IP address or CIDR block',
+  });
+});
+
+test('rejects unknown fields in weft specs so typos do not widen a policy', () => {
+  const issues = validateObject(policy({ rules: [{ form: [] }] }));
+  assert.equal(issues[0]?.path, 'spec.rules[0].form');
+});
+
+test('rejects selector and targetRefs together, and a bad action', () => {
+  const issues = validateObject(policy({ selector: {}, targetRefs: [{ kind: 'Service', name: 'a' }], action: 'AUDIT' }));
+  assert.deepEqual(issues.map((i) => i.path).sort(), ['spec.action', 'spec.targetRefs']);
+});
+
+test('assertValid throws a ValidationError with a stable code naming object and field', () => {
+  try {
+    assertValid({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'pa', namespace: 'a' }, spec: { mtls: { mode: 'DISABLE' } } });
+    assert.fail('expected a throw');
+  } catch (e) {
+    assert.ok(e instanceof ValidationError);
+    assert.equal(e.code, 'WEFT_INVALID_OBJECT');
+    assert.match(e.message, /PeerAuthentication a\/pa: spec\.mtls\.mode: "DISABLE" is not one of STRICT, PERMISSIVE/);
+  }
+});
+
+test('checks traffic policy durations, ranges and enums', () => {
+  const issues = validateObject({
+    apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 't', namespace: 'a' },
+    spec: {
+      targetRef: { kind: 'Service', name: 'web' },
+      timeouts: { request: '1m30s', perTry: '3 seconds' },
+      retries: { attempts: 3, retryOn: ['5xx', 'sometimes'] },
+      outlierDetection: { maxEjectionPercent: 150 },
+      loadBalancer: { policy: 'LEAST_REQUEST' },
+      rateLimit: { tokens: 10, fillInterval: '1s', per: 'source' },
+      fault: { abort: { httpStatus: 503, percentage: 10 } },
+    },
+  });
+  assert.deepEqual(issues.map((i) => i.path), ['spec.timeouts.perTry', 'spec.retries.retryOn[1]', 'spec.outlierDetection.maxEjectionPercent']);
+});
+
+test('checks HTTPRoute matches, filters and parents in the mesh profile', () => {
+  const issues = validateObject({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'a' },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Gateway', name: 'gw' }],
+      rules: [{
+        matches: [{ path: { type: 'RegularExpression', value: '([a-z' }, headers: [{ name: 'x-a', value: '1' }] }],
+        filters: [{ type: 'URLRewrite', urlRewrite: { path: { type: 'ReplacePrefixMatch', replacePrefixMatch: '/v2' } } }],
+        backendRefs: [{ name: 'web', port: 80, weight: 90 }, { name: 'web-v2', weight: 10 }],
+      }],
+    },
+  });
+  assert.deepEqual(issues.map((i) => i.path), ['spec.parentRefs[0].kind', 'spec.rules[0].matches[0].path.value', 'spec.rules[0].backendRefs[1].port']);
+});
+
+test('checks the dataplane-mode label value', () => {
+  const issues = validateObject({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'sidecar' } } });
+  assert.equal(issues[0]?.path, 'metadata.labels["weft.dev/dataplane-mode"]');
+});
+
+test('parses Gateway API durations to milliseconds', () => {
+  assert.equal(parseDuration('1m30s'), 90_000);
+  assert.equal(parseDuration('250ms'), 250);
+  assert.equal(parseDuration('1h'), 3_600_000);
+  assert.throws(() => parseDuration('1.5s'), { code: 'WEFT_BAD_DURATION' });
+});
