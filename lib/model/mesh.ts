@@ -297,6 +297,8 @@ export interface AgentConfig {
   policies: AuthorizationPolicy[];
   peerAuthentications: PeerAuthentication[];
   waypoints: Waypoint[];
+  /** Traffic policies of the services above (agents use loadBalancer and connection limits). */
+  trafficPolicies?: TrafficPolicy[];
 }
 
 /** What one namespace's waypoint needs. */

@@ -1,0 +1,207 @@
+// The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
+// from it: which local pod owns an address, and where a captured connection should go.
+import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, MtlsMode, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, policySelectsWorkload } from '../../lib/model/mesh.ts';
+
+/** Where one captured connection goes. */
+export type Upstream =
+  /** HBONE to a remote node's agent (or a waypoint), CONNECT to `target`. */
+  | { kind: 'hbone'; address: string; port: number; target: string; identity: string; endpoint?: Endpoint; waypoint?: Waypoint; service?: Service }
+  /** Destination pod on this node: policy applies, no TLS on the wire. */
+  | { kind: 'local'; workload: Workload; target: string; endpoint?: Endpoint; service?: Service }
+  /** Destination outside the mesh (not enrolled): plain TCP. */
+  | { kind: 'passthrough'; target: string; endpoint?: Endpoint; service?: Service };
+
+export class NoRouteError extends Error {
+  readonly code = 'WEFT_NO_ROUTE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'NoRouteError';
+  }
+}
+
+/** How long an endpoint that refused a connection is skipped. */
+export const ENDPOINT_BACKOFF_MS = 5_000;
+
+export class AgentState {
+  readonly node: string;
+  private config: AgentConfig;
+  private workloadsByIp = new Map<string, Workload>();
+  private servicesByVip = new Map<string, Service>();
+  private waypoints = new Map<string, Waypoint>();
+  private rr = new Map<string, number>();
+  private active = new Map<string, number>();
+  private failedUntil = new Map<string, number>();
+  private lb = new Map<string, LoadBalancerPolicy>();
+  /** Bumped on every apply(): lets callers cache per-version results. */
+  version = 0;
+
+  constructor(node: string) {
+    this.node = node;
+    this.config = { node, workloads: [], services: [], policies: [], peerAuthentications: [], waypoints: [] };
+  }
+
+  get current(): AgentConfig {
+    return this.config;
+  }
+
+  apply(config: AgentConfig): void {
+    const byIp = new Map<string, Workload>();
+    for (const w of config.workloads) if (w.ip) byIp.set(w.ip, w);
+    const byVip = new Map<string, Service>();
+    for (const s of config.services) for (const vip of s.vips) byVip.set(vip, s);
+    const lb = new Map<string, LoadBalancerPolicy>();
+    for (const tp of config.trafficPolicies ?? []) lb.set(tp.service, tp.loadBalancer);
+    const wps = new Map<string, Waypoint>();
+    for (const w of config.waypoints) wps.set(`${w.namespace}/${w.name}`, w);
+    this.config = config;
+    this.workloadsByIp = byIp;
+    this.servicesByVip = byVip;
+    this.waypoints = wps;
+    this.lb = lb;
+    this.version++;
+  }
+
+  /** An enrolled workload of this node, by pod IP. */
+  localWorkload(ip: string): Workload | undefined {
+    const w = this.workloadsByIp.get(ip);
+    return w && w.node === this.node ? w : undefined;
+  }
+
+  localWorkloads(): Workload[] {
+    return this.config.workloads.filter((w) => w.node === this.node);
+  }
+
+  service(vip: string): Service | undefined {
+    return this.servicesByVip.get(vip);
+  }
+
+  /** Every address the datapath must redirect: service VIPs (per port) and workload IPs. */
+  meshDestinations(): Array<{ ip: string; port: number }> {
+    const out: Array<{ ip: string; port: number }> = [];
+    for (const s of this.config.services) {
+      for (const vip of s.vips) for (const p of s.ports) out.push({ ip: vip, port: p.port });
+      for (const e of s.endpoints) if (e.enrolled) out.push({ ip: e.ip, port: 0 });
+    }
+    for (const w of this.config.workloads) if (w.enrolled) out.push({ ip: w.ip, port: 0 });
+    const seen = new Set<string>();
+    return out.filter((d) => {
+      const k = `${d.ip}:${d.port}`;
+      if (seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    });
+  }
+
+  /** Policies that apply to a local workload as a destination. */
+  policiesFor(workload: Workload): AuthorizationPolicy[] {
+    return this.config.policies.filter((p) => policySelectsWorkload(p, workload));
+  }
+
+  /** The mTLS mode for a port of a local workload (port-level overrides first). */
+  modeFor(workload: Workload, port: number): MtlsMode {
+    return workload.portModes?.[String(port)] ?? workload.mode;
+  }
+
+  waypointFor(ref: { name: string; namespace: string } | undefined): Waypoint | undefined {
+    return ref ? this.waypoints.get(`${ref.namespace}/${ref.name}`) : undefined;
+  }
+
+  /**
+   * Candidate upstreams for a connection from `source` to ip:port, best first: a caller tries them
+   * in order and reports failures with endpointFailed() so the next pick skips that endpoint.
+   */
+  resolve(source: Workload, ip: string, port: number): Upstream[] {
+    const svc = this.servicesByVip.get(ip);
+    if (svc) {
+      const wp = this.waypointFor(svc.waypoint);
+      if (wp && !isWaypointItself(source, wp)) return [this.viaWaypoint(wp, `${ip}:${port}`, svc)];
+      const sp = svc.ports.find((p) => p.port === port);
+      if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
+      const eps = this.pick(svc, port);
+      if (eps.length === 0) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}`);
+      return eps.map(({ endpoint, targetPort }) => this.toEndpoint(endpoint, targetPort, svc));
+    }
+    const wl = this.workloadsByIp.get(ip);
+    if (wl) {
+      const wp = this.waypointFor(wl.waypoint);
+      if (wp && !isWaypointItself(source, wp)) return [this.viaWaypoint(wp, `${ip}:${port}`)];
+      if (wl.node === this.node) return [{ kind: 'local', workload: wl, target: `${ip}:${port}` }];
+      if (!wl.enrolled || !wl.nodeIp) return [{ kind: 'passthrough', target: `${ip}:${port}` }];
+      return [{ kind: 'hbone', address: wl.nodeIp, port: HBONE_PORT, target: `${ip}:${port}`, identity: wl.spiffeId }];
+    }
+    const ep = this.endpointByIp(ip);
+    if (ep) return [this.toEndpoint(ep, port)];
+    throw new NoRouteError(`${ip}:${port} is not a service or workload the mesh knows`);
+  }
+
+  private viaWaypoint(wp: Waypoint, target: string, service?: Service): Upstream {
+    if (!wp.address || !wp.ready) {
+      throw new NoRouteError(`waypoint ${wp.namespace}/${wp.name} is not ready${wp.reason ? ` (${wp.reason})` : ''}; traffic that must pass it fails closed`);
+    }
+    return { kind: 'hbone', address: wp.address, port: wp.port || HBONE_PORT, target, identity: wp.spiffeId, waypoint: wp, ...(service ? { service } : {}) };
+  }
+
+  private toEndpoint(e: Endpoint, port: number, service?: Service): Upstream {
+    const target = `${e.ip}:${port}`;
+    const extra = { endpoint: e, ...(service ? { service } : {}) };
+    const local = e.node === this.node ? this.workloadsByIp.get(e.ip) : undefined;
+    if (local && local.enrolled) return { kind: 'local', workload: local, target, ...extra };
+    if (!e.enrolled || !e.nodeIp || !e.spiffeId) return { kind: 'passthrough', target, ...extra };
+    return { kind: 'hbone', address: e.nodeIp, port: HBONE_PORT, target, identity: e.spiffeId, ...extra };
+  }
+
+  private endpointByIp(ip: string): Endpoint | undefined {
+    for (const s of this.config.services) for (const e of s.endpoints) if (e.ip === ip) return e;
+    return undefined;
+  }
+
+  /** Ready endpoints ordered by the service's load-balancing choice, failing ones last. */
+  private pick(svc: Service, port: number): Array<{ endpoint: Endpoint; targetPort: number }> {
+    const sp = svc.ports.find((p) => p.port === port)!;
+    const now = Date.now();
+    const candidates: Array<{ endpoint: Endpoint; targetPort: number }> = [];
+    for (const e of svc.endpoints) {
+      if (!e.ready) continue;
+      const tp = e.ports[String(port)] ?? e.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
+      if (tp === undefined) continue;
+      candidates.push({ endpoint: e, targetPort: tp });
+    }
+    if (candidates.length === 0) return [];
+    const key = `${svc.namespace}/${svc.name}:${port}`;
+    const start = (this.rr.get(key) ?? 0) % candidates.length;
+    this.rr.set(key, start + 1);
+    let rotated = [...candidates.slice(start), ...candidates.slice(0, start)];
+    if (this.lb.get(`${svc.namespace}/${svc.name}`) === 'LEAST_REQUEST') {
+      // Stable sort: ties keep the round-robin order, so equal loads still rotate.
+      const load = (c: { endpoint: Endpoint }) => this.active.get(c.endpoint.ip) ?? 0;
+      rotated = rotated.sort((a, b) => load(a) - load(b));
+    }
+    const healthy = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) <= now);
+    const failing = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) > now);
+    return [...healthy, ...failing];
+  }
+
+  endpointFailed(ip: string): void {
+    this.failedUntil.set(ip, Date.now() + ENDPOINT_BACKOFF_MS);
+  }
+
+  endpointSucceeded(ip: string): void {
+    this.failedUntil.delete(ip);
+  }
+
+  connectionOpened(ip: string): void {
+    this.active.set(ip, (this.active.get(ip) ?? 0) + 1);
+  }
+
+  connectionClosed(ip: string): void {
+    const n = (this.active.get(ip) ?? 1) - 1;
+    if (n <= 0) this.active.delete(ip);
+    else this.active.set(ip, n);
+  }
+}
+
+/** A waypoint's own connections must not loop back into itself. */
+function isWaypointItself(source: Workload, wp: Waypoint): boolean {
+  return source.spiffeId === wp.spiffeId && source.namespace === wp.namespace;
+}

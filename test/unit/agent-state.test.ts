@@ -1,0 +1,94 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AgentState, NoRouteError } from '../../agent/src/state.ts';
+import type { AgentConfig, Endpoint, Service, Workload } from '../../lib/model/mesh.ts';
+
+const td = 'cluster.local';
+function wl(name: string, ns: string, node: string, ip: string, extra: Partial<Workload> = {}): Workload {
+  return {
+    uid: `${ns}/${name}`, name, namespace: ns, node, nodeIp: node === 'node1' ? '10.77.0.1' : '10.77.0.2', ip,
+    serviceAccount: name, spiffeId: `spiffe://${td}/ns/${ns}/sa/${name}`, labels: { app: name },
+    enrolled: true, mode: 'PERMISSIVE', services: [], ...extra,
+  };
+}
+function ep(w: Workload, port: number): Endpoint {
+  return { workloadUid: w.uid, ip: w.ip, node: w.node, nodeIp: w.nodeIp!, port, ports: { '80': port }, enrolled: w.enrolled, spiffeId: w.spiffeId, ready: true };
+}
+const client = wl('client', 'default', 'node1', '10.77.1.1');
+const local = wl('echo-a', 'default', 'node1', '10.77.1.2');
+const remote = wl('echo-b', 'default', 'node2', '10.77.2.1');
+const plain = wl('legacy', 'default', 'node2', '10.77.2.2', { enrolled: false });
+const echo: Service = {
+  name: 'echo', namespace: 'default', hostname: 'echo.default.svc.cluster.local', vips: ['10.96.0.10'],
+  ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }],
+  endpoints: [ep(local, 8080), ep(remote, 8080)],
+};
+function config(extra: Partial<AgentConfig> = {}): AgentConfig {
+  return { node: 'node1', workloads: [client, local, remote, plain], services: [echo], policies: [], peerAuthentications: [], waypoints: [], ...extra };
+}
+
+test('a service address resolves to its endpoints in round-robin order, local ones without TLS', () => {
+  const s = new AgentState('node1');
+  s.apply(config());
+  const first = s.resolve(client, '10.96.0.10', 80);
+  const second = s.resolve(client, '10.96.0.10', 80);
+  assert.equal(first.length, 2);
+  assert.notEqual(first[0]!.target, second[0]!.target, 'round robin rotates the first choice');
+  const kinds = Object.fromEntries(first.map((u) => [u.target, u.kind]));
+  assert.deepEqual(kinds, { '10.77.1.2:8080': 'local', '10.77.2.1:8080': 'hbone' });
+  const h = first.find((u) => u.kind === 'hbone');
+  assert.ok(h && h.kind === 'hbone');
+  assert.equal(h.address, '10.77.0.2');
+  assert.equal(h.port, 15008);
+  assert.equal(h.identity, 'spiffe://cluster.local/ns/default/sa/echo-b');
+});
+
+test('an endpoint that failed to connect goes last until its backoff ends', () => {
+  const s = new AgentState('node1');
+  s.apply(config());
+  s.endpointFailed('10.77.2.1');
+  for (let i = 0; i < 4; i++) assert.equal(s.resolve(client, '10.96.0.10', 80)[0]!.target, '10.77.1.2:8080');
+  s.endpointSucceeded('10.77.2.1');
+  const firsts = new Set([0, 1, 2].map(() => s.resolve(client, '10.96.0.10', 80)[0]!.target));
+  assert.equal(firsts.size, 2);
+});
+
+test('least-request prefers the endpoint with fewer open connections', () => {
+  const s = new AgentState('node1');
+  s.apply(config({ trafficPolicies: [{ name: 'lr', namespace: 'default', service: 'default/echo', timeouts: {}, loadBalancer: 'LEAST_REQUEST' }] }));
+  s.connectionOpened('10.77.1.2');
+  s.connectionOpened('10.77.1.2');
+  for (let i = 0; i < 4; i++) assert.equal(s.resolve(client, '10.96.0.10', 80)[0]!.target, '10.77.2.1:8080');
+});
+
+test('a workload address outside the mesh passes through in plaintext', () => {
+  const s = new AgentState('node1');
+  s.apply(config());
+  assert.deepEqual(s.resolve(client, '10.77.2.2', 5432).map((u) => u.kind), ['passthrough']);
+});
+
+test('a service behind a waypoint goes to the waypoint, and fails closed when it is not ready', () => {
+  const s = new AgentState('node1');
+  const wp = { name: 'waypoint', namespace: 'default', port: 15008, spiffeId: `spiffe://${td}/ns/default/sa/waypoint`, ready: true, address: '10.77.2.9' };
+  s.apply(config({ services: [{ ...echo, waypoint: { name: 'waypoint', namespace: 'default' } }], waypoints: [wp] }));
+  const [u] = s.resolve(client, '10.96.0.10', 80);
+  assert.ok(u && u.kind === 'hbone');
+  assert.equal(u.address, '10.77.2.9');
+  assert.equal(u.target, '10.96.0.10:80', 'the waypoint gets the service address');
+  s.apply(config({ services: [{ ...echo, waypoint: { name: 'waypoint', namespace: 'default' } }], waypoints: [{ ...wp, ready: false, reason: 'no pod' }] }));
+  assert.throws(() => s.resolve(client, '10.96.0.10', 80), (e: Error) => e instanceof NoRouteError && /fails closed/.test(e.message));
+});
+
+test('unknown addresses and ports are named in the error', () => {
+  const s = new AgentState('node1');
+  s.apply(config());
+  assert.throws(() => s.resolve(client, '10.96.0.10', 81), /no port 81/);
+  assert.throws(() => s.resolve(client, '192.0.2.1', 80), /192\.0\.2\.1:80 is not a service or workload/);
+});
+
+test('mesh destinations cover service ports and enrolled workload addresses, once each', () => {
+  const s = new AgentState('node1');
+  s.apply(config());
+  const d = s.meshDestinations().map((x) => `${x.ip}:${x.port}`).sort();
+  assert.deepEqual(d, ['10.77.1.1:0', '10.77.1.2:0', '10.77.2.1:0', '10.96.0.10:80']);
+});
