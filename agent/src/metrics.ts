@@ -1,0 +1,43 @@
+// The agent's Prometheus metrics, with the names and labels Istio users already graph.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export const TCP_LABELS = [
+  'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'destination_service',
+  'connection_security_policy',
+] as const;
+export type TcpLabels = Partial<Record<(typeof TCP_LABELS)[number], string>>;
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  readonly opened: Counter<(typeof TCP_LABELS)[number]>;
+  readonly closed: Counter<(typeof TCP_LABELS)[number]>;
+  readonly sent: Counter<(typeof TCP_LABELS)[number]>;
+  readonly received: Counter<(typeof TCP_LABELS)[number]>;
+  readonly denied: Counter<'reporter' | 'reason' | 'destination_workload' | 'destination_workload_namespace'>;
+  readonly failed: Counter<'reporter' | 'reason'>;
+  readonly active: Gauge<'direction'>;
+
+  constructor() {
+    const registers = [this.registry];
+    this.opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames: TCP_LABELS, registers });
+    this.closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: TCP_LABELS, registers });
+    this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent toward the destination', labelNames: TCP_LABELS, registers });
+    this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the destination', labelNames: TCP_LABELS, registers });
+    this.denied = new Counter({
+      name: 'weft_connections_denied_total',
+      help: 'Connections refused by authorization, identity or mTLS mode, by reason',
+      labelNames: ['reporter', 'reason', 'destination_workload', 'destination_workload_namespace'],
+      registers,
+    });
+    this.failed = new Counter({ name: 'weft_connections_failed_total', help: 'Connections that could not be established, by reason', labelNames: ['reporter', 'reason'], registers });
+    this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
+    collectDefaultMetrics({ register: this.registry });
+  }
+}

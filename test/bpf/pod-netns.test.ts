@@ -1,0 +1,34 @@
+// The agent finds a pod's network namespace from its IP, in named namespaces and in processes'.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { once } from 'node:events';
+import { Lab } from '../lab/lab.ts';
+import { PodNetnsResolver } from '../../agent/src/pods.ts';
+
+const lab = new Lab();
+after(() => lab.cleanup());
+
+test('finds a named pod namespace by its address and a late-assigned address on the next scan', () => {
+  const a = lab.netns('pa');
+  const b = lab.netns('pb');
+  lab.veth({ ns: a, name: 'a', addr: '10.251.0.1/24' }, { ns: b, name: 'b' });
+  const r = new PodNetnsResolver();
+  const first = r.resolve(['10.251.0.1', '10.251.0.2']);
+  assert.equal(statSync(first.get('10.251.0.1')!).ino, statSync(a.path).ino);
+  assert.equal(first.has('10.251.0.2'), false);
+  b.exec('ip', 'addr', 'add', '10.251.0.2/24', 'dev', `${lab.id}b`);
+  assert.equal(statSync(r.resolve(['10.251.0.2']).get('10.251.0.2')!).ino, statSync(b.path).ino);
+});
+
+test('finds the namespace of a process when the namespace has no name', async () => {
+  const n = lab.netns('pc');
+  n.exec('ip', 'addr', 'add', '10.251.1.1/32', 'dev', 'lo');
+  // unshare a fresh unnamed netns from inside a process, give it an address, and keep it alive.
+  const child = lab.spawn('unshare', ['--net', 'sh', '-c', 'ip link set lo up; ip addr add 10.251.2.1/32 dev lo; echo ready; sleep 30']);
+  const [chunk] = (await once(child.stdout!, 'data')) as [Buffer];
+  assert.match(chunk.toString(), /ready/);
+  const found = new PodNetnsResolver().resolve(['10.251.2.1']);
+  assert.match(found.get('10.251.2.1') ?? '', /^\/proc\/\d+\/ns\/net$/);
+  child.kill('SIGKILL');
+});
