@@ -1,0 +1,153 @@
+import { Socket } from 'node:net';
+import { constants as h2 } from 'node:http2';
+import type { Duplex } from 'node:stream';
+
+/** What a finished tunnel did, for telemetry and access logs. */
+export interface PipeResult {
+  /** Bytes read from `a` and written to `b`. */
+  bytesAtoB: number;
+  /** Bytes read from `b` and written to `a`. */
+  bytesBtoA: number;
+  /** The first error on either side, when the tunnel did not end cleanly. */
+  error?: Error;
+  /** Which side failed or was reset first, when one did. */
+  abortedBy?: 'a' | 'b';
+}
+
+export interface PipeOptions {
+  /**
+   * Make net.Socket sides allowHalfOpen so that a FIN from one peer half-closes only that direction
+   * (default true). Without it Node ends a socket's writable side as soon as its readable side ends.
+   */
+  halfClose?: boolean;
+}
+
+interface Http2StreamLike extends Duplex {
+  readonly rstCode: number | undefined;
+  readonly closed: boolean;
+  close(code?: number): void;
+}
+
+function isHttp2Stream(d: Duplex): d is Http2StreamLike {
+  return 'rstCode' in d && typeof (d as Partial<Http2StreamLike>).close === 'function';
+}
+
+/**
+ * Tears one side down the way RFC 9113 section 8.5 asks a CONNECT proxy to: a TCP error or RST
+ * becomes RST_STREAM(CONNECT_ERROR) and a stream error becomes a TCP RST.
+ */
+function abortSide(d: Duplex): void {
+  if (d.destroyed) return;
+  if (isHttp2Stream(d)) {
+    if (!d.closed) d.close(h2.NGHTTP2_CONNECT_ERROR);
+    return;
+  }
+  if (d instanceof Socket) {
+    try {
+      d.resetAndDestroy();
+      return;
+    } catch {
+      // Not a TCP handle (TLS socket, pipe): a plain destroy is the closest thing.
+    }
+  }
+  d.destroy();
+}
+
+/**
+ * Copies a → b and b → a with backpressure until both directions are done. An end on one side's
+ * readable ends the other side's writable (half-close) while the opposite direction keeps flowing.
+ * An error, reset or premature close on either side aborts the other side. The promise never
+ * rejects; it resolves once both sides are closed.
+ */
+export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}): Promise<PipeResult> {
+  if (opts.halfClose !== false) {
+    if (a instanceof Socket) a.allowHalfOpen = true;
+    if (b instanceof Socket) b.allowHalfOpen = true;
+  }
+  return new Promise<PipeResult>((resolve) => {
+    const result: PipeResult = { bytesAtoB: 0, bytesBtoA: 0 };
+    let aborted = false;
+    let doneAtoB = false;
+    let doneBtoA = false;
+    let closedA = a.destroyed;
+    let closedB = b.destroyed;
+    let settled = false;
+
+    const settle = (): void => {
+      if (settled || !closedA || !closedB) return;
+      settled = true;
+      a.off('data', onDataA).off('end', onEndA).off('error', onErrorA).off('close', onCloseA).off('drain', onDrainA);
+      b.off('data', onDataB).off('end', onEndB).off('error', onErrorB).off('close', onCloseB).off('drain', onDrainB);
+      // Late errors from teardown must not become uncaught exceptions.
+      a.on('error', noop);
+      b.on('error', noop);
+      resolve(result);
+    };
+
+    const abort = (side: 'a' | 'b', err: Error | undefined): void => {
+      if (err && !result.error) result.error = err;
+      if (aborted) return;
+      aborted = true;
+      result.abortedBy = side;
+      if (side === 'a') { abortSide(b); if (!a.destroyed) a.destroy(); }
+      else { abortSide(a); if (!b.destroyed) b.destroy(); }
+    };
+
+    const maybeFinish = (): void => {
+      if (!doneAtoB || !doneBtoA) return;
+      // Both directions delivered their FIN; release whatever does not close on its own.
+      if (!a.destroyed) a.destroy();
+      if (!b.destroyed) b.destroy();
+    };
+
+    const onDataA = (chunk: Buffer): void => {
+      result.bytesAtoB += chunk.length;
+      if (!b.write(chunk)) a.pause();
+    };
+    const onDataB = (chunk: Buffer): void => {
+      result.bytesBtoA += chunk.length;
+      if (!a.write(chunk)) b.pause();
+    };
+    const onDrainA = (): void => { b.resume(); };
+    const onDrainB = (): void => { a.resume(); };
+    const onEndA = (): void => {
+      b.end(() => { doneAtoB = true; maybeFinish(); });
+    };
+    const onEndB = (): void => {
+      a.end(() => { doneBtoA = true; maybeFinish(); });
+    };
+    const onErrorA = (err: Error): void => { abort('a', err); };
+    const onErrorB = (err: Error): void => { abort('b', err); };
+    const onCloseA = (): void => {
+      closedA = true;
+      if (!a.readableEnded || !(a.writableFinished || doneBtoA)) abort('a', resetError(a));
+      settle();
+    };
+    const onCloseB = (): void => {
+      closedB = true;
+      if (!b.readableEnded || !(b.writableFinished || doneAtoB)) abort('b', resetError(b));
+      settle();
+    };
+
+    a.on('data', onDataA).on('end', onEndA).on('error', onErrorA).on('close', onCloseA).on('drain', onDrainA);
+    b.on('data', onDataB).on('end', onEndB).on('error', onErrorB).on('close', onCloseB).on('drain', onDrainB);
+    if (closedA) abort('a', resetError(a));
+    if (closedB) abort('b', resetError(b));
+    settle();
+  });
+}
+
+function resetError(d: Duplex): Error | undefined {
+  if (isHttp2Stream(d)) {
+    const code = d.rstCode;
+    if (code !== undefined && code !== h2.NGHTTP2_NO_ERROR) {
+      const err = new Error(`HTTP/2 stream reset with code ${code}`) as Error & { code: string };
+      err.code = 'ERR_HTTP2_STREAM_RESET';
+      return err;
+    }
+    return undefined;
+  }
+  return undefined;
+}
+
+function noop(): void {}

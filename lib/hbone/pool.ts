@@ -1,0 +1,411 @@
+import {
+  connect as h2connect,
+  constants as h2,
+  type ClientHttp2Session,
+  type ClientHttp2Stream,
+  type IncomingHttpHeaders,
+  type OutgoingHttpHeaders,
+} from 'node:http2';
+import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import { formatAuthority, parseAuthority } from './authority.ts';
+import {
+  HboneConnectTimeoutError,
+  HboneError,
+  HbonePeerIdentityError,
+  HbonePoolClosedError,
+  HboneRefusedError,
+  HboneSessionError,
+  HboneStreamError,
+} from './errors.ts';
+import { checkPeer, expectedPeerKey, spiffeIdFromCert, type ExpectedPeer } from './peer.ts';
+import {
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_CONNECTION_WINDOW,
+  DEFAULT_MAX_FRAME_SIZE,
+  DEFAULT_MAX_SESSION_MEMORY_MB,
+  DEFAULT_POOL_IDLE_TIMEOUT_MS,
+  DEFAULT_STREAM_WINDOW,
+  HBONE_REASON_HEADER,
+  MAX_HEADER_LIST_SIZE,
+} from './tuning.ts';
+
+/** A source identity's TLS material as plain node:tls values. */
+export interface ClientTlsMaterial {
+  key: string | Buffer;
+  /** Leaf certificate followed by intermediates. */
+  cert: string | Buffer;
+  /** Trust bundle the server's chain must verify against. */
+  ca: string | Buffer | Array<string | Buffer>;
+  /** SNI to send (never an IP address). Default: none. */
+  servername?: string;
+}
+
+export interface HboneConnectOptions {
+  /**
+   * The source identity (e.g. its SPIFFE ID). Sessions are shared only between connects with the
+   * same source key, destination and expected peer; `tls` is read only when a session is created.
+   */
+  sourceKey: string;
+  tls: ClientTlsMaterial;
+  /** The HBONE endpoint: destination agent or waypoint, usually port 15008. */
+  dest: { host: string; port: number };
+  /** CONNECT target, `ip:port` or `[ipv6]:port`. */
+  target: string;
+  /** Who the server must be. */
+  expectPeer: ExpectedPeer;
+  /** Extra request headers (forwarded, baggage, traceparent). */
+  headers?: Record<string, string>;
+  /** Overrides the pool's connect timeout. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface HbonePoolOptions {
+  /** Session establishment plus the CONNECT's 200. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** A session without streams is closed after this long. Default 60 s. */
+  idleTimeoutMs?: number;
+  /** Per-stream receive window. Default 4 MiB. */
+  streamWindow?: number;
+  /** Per-session receive window. Default 64 MiB. */
+  connectionWindow?: number;
+  /** SETTINGS_MAX_FRAME_SIZE. Default 64 KiB. */
+  maxFrameSize?: number;
+  /** nghttp2 memory cap per session in MB. Default 256. */
+  maxSessionMemoryMb?: number;
+  /** Called once per new session, after the handshake and the identity check. */
+  onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined }) => void;
+}
+
+export interface HbonePoolStats {
+  sessionsOpened: number;
+  sessionsActive: number;
+  sessionFailures: number;
+  streamsOpened: number;
+  streamsActive: number;
+}
+
+interface PooledSession {
+  key: string;
+  sourceKey: string;
+  dest: string;
+  session: ClientHttp2Session;
+  ready: Promise<ClientHttp2Session>;
+  active: number;
+  idleTimer: NodeJS.Timeout | undefined;
+  /** Out of the pool: GOAWAY, error, idle close or retirement. Existing streams continue. */
+  retired: boolean;
+}
+
+/** A failure before the server could have acted on the stream: safe to retry on a new session. */
+class RetryableStreamError extends Error {
+  readonly inner: HboneError;
+  constructor(inner: HboneError) {
+    super(inner.message);
+    this.inner = inner;
+  }
+}
+
+/**
+ * Pooled HBONE client: one HTTP/2 session per (source identity, destination, expected peer), many
+ * CONNECT streams on it. Concurrent connects share one in-flight handshake; a session that fails
+ * or receives GOAWAY leaves the pool and the next connect builds a fresh one.
+ */
+export class HbonePool {
+  readonly #opts: HbonePoolOptions;
+  readonly #sessions = new Map<string, PooledSession>();
+  readonly #all = new Set<PooledSession>();
+  readonly #stats: HbonePoolStats = {
+    sessionsOpened: 0,
+    sessionsActive: 0,
+    sessionFailures: 0,
+    streamsOpened: 0,
+    streamsActive: 0,
+  };
+  #closed = false;
+
+  constructor(opts: HbonePoolOptions = {}) {
+    this.#opts = opts;
+  }
+
+  stats(): HbonePoolStats {
+    return { ...this.#stats };
+  }
+
+  /**
+   * Opens a tunnel to `target` through `dest`. Resolves with the stream (a Duplex carrying the
+   * tunnel's bytes) once the server answered 200. Rejects with HboneRefusedError (non-200, with
+   * status and reason), HboneConnectTimeoutError, HbonePeerIdentityError, HboneSessionError or
+   * HboneStreamError.
+   */
+  async connect(opts: HboneConnectOptions): Promise<ClientHttp2Stream> {
+    if (this.#closed) throw new HbonePoolClosedError();
+    parseAuthority(opts.target);
+    const timeoutMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const dest = formatAuthority(opts.dest.host, opts.dest.port);
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(new HboneConnectTimeoutError(dest, opts.target, timeoutMs)), timeoutMs);
+    const onCallerAbort = (): void => deadline.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onCallerAbort, { once: true });
+    try {
+      for (let attempt = 0; ; attempt++) {
+        const pooled = this.#acquire(opts, dest);
+        const session = await raceAbort(pooled.ready, deadline.signal);
+        try {
+          return await this.#openStream(pooled, session, opts, dest, deadline.signal);
+        } catch (err) {
+          if (err instanceof RetryableStreamError) {
+            this.#retire(pooled);
+            if (attempt < 2) continue;
+            throw err.inner;
+          }
+          throw err;
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onCallerAbort);
+    }
+  }
+
+  /**
+   * Takes every session of `sourceKey` (or all) out of the pool, e.g. after a certificate rotation.
+   * Their open tunnels continue; the sessions close when the last one ends.
+   */
+  retire(sourceKey?: string): void {
+    for (const p of this.#all) if (sourceKey === undefined || p.sourceKey === sourceKey) this.#retire(p);
+  }
+
+  /** Closes the pool: GOAWAY on every session, destroying them after `graceMs`. */
+  async close(graceMs = 5000): Promise<void> {
+    this.#closed = true;
+    const sessions = [...this.#all];
+    for (const p of sessions) this.#retire(p);
+    await Promise.race([
+      Promise.all(sessions.map((p) => new Promise<void>((resolve) => {
+        if (p.session.destroyed) resolve();
+        else p.session.once('close', () => resolve());
+      }))),
+      new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref()),
+    ]);
+    for (const p of sessions) p.session.destroy();
+  }
+
+  #acquire(opts: HboneConnectOptions, dest: string): PooledSession {
+    const key = `${opts.sourceKey}\u0000${dest}\u0000${expectedPeerKey(opts.expectPeer)}`;
+    const existing = this.#sessions.get(key);
+    if (existing && !existing.retired && !existing.session.destroyed && !existing.session.closed) return existing;
+    const pooled = this.#createSession(key, opts, dest);
+    this.#sessions.set(key, pooled);
+    this.#all.add(pooled);
+    return pooled;
+  }
+
+  #createSession(key: string, opts: HboneConnectOptions, dest: string): PooledSession {
+    const { tls, expectPeer } = opts;
+    let identityError: HbonePeerIdentityError | undefined;
+    let peerSpiffeId: string | undefined;
+    const session = h2connect(`https://${dest}`, {
+      createConnection: () => tlsConnect({
+        // Our own TCP socket so Nagle is off before the first byte: CONNECT frames are small.
+        socket: netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true }),
+        host: opts.dest.host,
+        key: tls.key,
+        cert: tls.cert,
+        ca: tls.ca,
+        ...(tls.servername ? { servername: tls.servername } : {}),
+        minVersion: 'TLSv1.3',
+        maxVersion: 'TLSv1.3',
+        ALPNProtocols: ['h2'],
+        rejectUnauthorized: true,
+        // Mesh certificates name workloads by SPIFFE ID, not host name: check that instead.
+        checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+          peerSpiffeId = spiffeIdFromCert(cert);
+          const reason = checkPeer(expectPeer, cert);
+          if (reason === undefined) return undefined;
+          identityError = new HbonePeerIdentityError(dest, peerSpiffeId, reason);
+          return identityError;
+        },
+      }),
+      maxSessionMemory: this.#opts.maxSessionMemoryMb ?? DEFAULT_MAX_SESSION_MEMORY_MB,
+      settings: {
+        enablePush: false,
+        initialWindowSize: this.#opts.streamWindow ?? DEFAULT_STREAM_WINDOW,
+        maxFrameSize: this.#opts.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+        maxHeaderListSize: MAX_HEADER_LIST_SIZE,
+      },
+    });
+    const pooled: PooledSession = {
+      key,
+      sourceKey: opts.sourceKey,
+      dest,
+      session,
+      ready: undefined as unknown as Promise<ClientHttp2Session>,
+      active: 0,
+      idleTimer: undefined,
+      retired: false,
+    };
+    this.#stats.sessionsActive++;
+    pooled.ready = new Promise<ClientHttp2Session>((resolve, reject) => {
+      const onError = (err: Error): void => {
+        this.#stats.sessionFailures++;
+        reject(identityError ?? (err instanceof HboneError ? err : sessionError(dest, err)));
+      };
+      session.once('error', onError);
+      session.once('close', () => reject(identityError ?? new HboneSessionError(dest, 'the session closed during setup')));
+      session.once('connect', () => {
+        session.off('error', onError);
+        this.#stats.sessionsOpened++;
+        try {
+          session.setLocalWindowSize(this.#opts.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+        } catch {
+          // Closed in the meantime; 'close' below retires it.
+        }
+        this.#opts.onSession?.({ sourceKey: opts.sourceKey, dest, peerSpiffeId });
+        this.#armIdle(pooled);
+        resolve(session);
+      });
+    });
+    // Waiters attach their own handlers; this one only keeps a failed setup from going unhandled.
+    pooled.ready.catch(noop);
+    session.on('error', noop);
+    session.once('goaway', () => this.#retire(pooled));
+    session.once('close', () => {
+      this.#retire(pooled);
+      if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+      this.#all.delete(pooled);
+      this.#stats.sessionsActive--;
+    });
+    return pooled;
+  }
+
+  #retire(pooled: PooledSession): void {
+    if (!pooled.retired) {
+      pooled.retired = true;
+      if (this.#sessions.get(pooled.key) === pooled) this.#sessions.delete(pooled.key);
+    }
+    if (pooled.active === 0 && !pooled.session.closed && !pooled.session.destroyed) {
+      // A session still connecting has nothing to say goodbye to.
+      if (pooled.session.connecting) pooled.session.destroy();
+      else pooled.session.close();
+    }
+  }
+
+  #armIdle(pooled: PooledSession): void {
+    if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+    pooled.idleTimer = setTimeout(() => {
+      if (pooled.active === 0) this.#retire(pooled);
+    }, this.#opts.idleTimeoutMs ?? DEFAULT_POOL_IDLE_TIMEOUT_MS);
+    pooled.idleTimer.unref();
+  }
+
+  #openStream(
+    pooled: PooledSession,
+    session: ClientHttp2Session,
+    opts: HboneConnectOptions,
+    dest: string,
+    signal: AbortSignal,
+  ): Promise<ClientHttp2Stream> {
+    const headers: OutgoingHttpHeaders = { ':method': 'CONNECT', ':authority': opts.target };
+    if (opts.headers) {
+      for (const [name, value] of Object.entries(opts.headers)) {
+        if (!name.startsWith(':')) headers[name.toLowerCase()] = value;
+      }
+    }
+    let stream: ClientHttp2Stream;
+    try {
+      stream = session.request(headers, { endStream: false });
+    } catch (err) {
+      // The session closed or got GOAWAY between the pool lookup and now.
+      throw new RetryableStreamError(new HboneStreamError(dest, opts.target, `session unusable: ${errText(err)}`, undefined, err));
+    }
+    this.#stats.streamsOpened++;
+    this.#stats.streamsActive++;
+    pooled.active++;
+    if (pooled.idleTimer) { clearTimeout(pooled.idleTimer); pooled.idleTimer = undefined; }
+    stream.once('close', () => {
+      this.#stats.streamsActive--;
+      if (--pooled.active === 0) {
+        if (pooled.retired) this.#retire(pooled);
+        else this.#armIdle(pooled);
+      }
+    });
+
+    return new Promise<ClientHttp2Stream>((resolve, reject) => {
+      const cleanup = (): void => {
+        stream.off('response', onResponse);
+        stream.off('error', onError);
+        stream.off('close', onClose);
+        signal.removeEventListener('abort', onAbort);
+      };
+      const fail = (err: Error): void => {
+        cleanup();
+        stream.on('error', noop);
+        if (!stream.closed) stream.close(h2.NGHTTP2_CANCEL);
+        reject(err);
+      };
+      const onResponse = (h: IncomingHttpHeaders): void => {
+        const status = Number(h[':status']);
+        if (status === 200) {
+          cleanup();
+          resolve(stream);
+          return;
+        }
+        const reason = h[HBONE_REASON_HEADER];
+        fail(new HboneRefusedError(dest, opts.target, status, Array.isArray(reason) ? reason.join(', ') : reason ?? ''));
+      };
+      const onError = (err: Error & { code?: string }): void => {
+        const inner = new HboneStreamError(dest, opts.target, errText(err), stream.rstCode, err);
+        fail(err.code === 'ERR_HTTP2_GOAWAY_SESSION' ? new RetryableStreamError(inner) : inner);
+      };
+      const onClose = (): void => {
+        const code = stream.rstCode;
+        const inner = new HboneStreamError(dest, opts.target,
+          `stream closed with HTTP/2 code ${code ?? 'none'}${code === h2.NGHTTP2_REFUSED_STREAM ? ' (refused, not processed)' : ''}`, code);
+        // REFUSED_STREAM and streams above a GOAWAY's last stream id were not processed: retry.
+        fail(code === h2.NGHTTP2_REFUSED_STREAM || pooled.retired ? new RetryableStreamError(inner) : inner);
+      };
+      const onAbort = (): void => {
+        const reason: unknown = signal.reason;
+        fail(reason instanceof Error ? reason : new HboneStreamError(dest, opts.target, 'aborted by the caller'));
+      };
+      stream.once('response', onResponse);
+      stream.once('error', onError);
+      stream.once('close', onClose);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (e: unknown) => { signal.removeEventListener('abort', onAbort); reject(e); },
+    );
+  });
+}
+
+function sessionError(dest: string, err: Error & { code?: string }): HboneSessionError {
+  const code = err.code ?? '';
+  let detail = errText(err);
+  if (code === 'ECONNREFUSED') detail = `connection refused (${code}); nothing listens there`;
+  else if (code === 'ECONNRESET') detail = `connection reset (${code}); the server may have rejected our client certificate`;
+  else if (code.startsWith('ERR_SSL') || /alert|certificate/i.test(err.message)) detail = `TLS handshake failed (${code || err.message})`;
+  return new HboneSessionError(dest, detail, err);
+}
+
+function errText(err: unknown): string {
+  if (err instanceof Error) {
+    const code = (err as Error & { code?: string }).code;
+    return code ? `${code}: ${err.message}` : err.message;
+  }
+  return String(err);
+}
+
+function noop(): void {}

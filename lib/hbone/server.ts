@@ -1,0 +1,450 @@
+import {
+  constants as h2,
+  createSecureServer,
+  type Http2SecureServer,
+  type IncomingHttpHeaders,
+  type ServerHttp2Session,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
+import { parseAuthority, type TunnelTarget } from './authority.ts';
+import { HboneError } from './errors.ts';
+import { spiffeIdFromCert, type PeerCheck } from './peer.ts';
+import { pipeBidirectional, type PipeResult } from './pipe.ts';
+import {
+  DEFAULT_CONNECTION_WINDOW,
+  DEFAULT_FORWARDED_HEADERS,
+  DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  DEFAULT_MAX_CONCURRENT_STREAMS,
+  DEFAULT_MAX_FRAME_SIZE,
+  DEFAULT_MAX_SESSION_MEMORY_MB,
+  DEFAULT_RAPID_RESET_INTERVAL_MS,
+  DEFAULT_RAPID_RESET_MAX,
+  DEFAULT_SERVER_IDLE_TIMEOUT_MS,
+  DEFAULT_STREAM_WINDOW,
+  HBONE_REASON_HEADER,
+  MAX_HEADER_LIST_SIZE,
+} from './tuning.ts';
+
+/** The server's TLS material as plain node:tls values (PEM strings or buffers). */
+export interface ServerTlsMaterial {
+  /** Private key of the server's identity. */
+  key: string | Buffer;
+  /** Leaf certificate followed by intermediates. */
+  cert: string | Buffer;
+  /** Trust bundle that client certificates must chain to (several roots during a rotation). */
+  ca: string | Buffer | Array<string | Buffer>;
+}
+
+/** Who is on the other end of a session, after chain verification. */
+export interface HbonePeer {
+  /** SPIFFE ID from the client certificate's URI SAN (undefined when the checker allowed none). */
+  spiffeId: string | undefined;
+  cert: PeerCertificate;
+  /** Address of the TCP peer (the source agent or waypoint, not the application). */
+  address: string;
+  port: number;
+}
+
+/** One CONNECT, as the owner's handler sees it. */
+export interface HboneConnectRequest {
+  target: TunnelTarget;
+  /** The raw `:authority`. */
+  authority: string;
+  peer: HbonePeer;
+  /** The selected request headers (lower-case names, see `forwardHeaders`). */
+  headers: Record<string, string>;
+  /** `for=` of the `forwarded` header: the application client's address as the source saw it. */
+  forwardedFor: string | undefined;
+  /** Aborted when the client resets the stream or the session goes away before the answer. */
+  signal: AbortSignal;
+}
+
+/** Accept with the upstream (already connected), or refuse with a status and a reason. */
+export type HboneConnectDecision =
+  | { upstream: Duplex }
+  | { status: number; reason: string };
+
+export type HboneConnectHandler = (req: HboneConnectRequest) => Promise<HboneConnectDecision>;
+
+/** Why the server turned something away. Stable strings: metric labels use them. */
+export type HboneRefusalKind =
+  | 'tls-handshake'
+  | 'peer-identity'
+  | 'method-not-allowed'
+  | 'bad-authority'
+  | 'denied'
+  | 'handler-failed'
+  | 'rapid-reset';
+
+export interface HboneRefusal {
+  kind: HboneRefusalKind;
+  /** HTTP status sent, when the refusal was an HTTP response. */
+  status?: number;
+  reason: string;
+  peer?: { spiffeId: string | undefined; address: string | undefined };
+  authority?: string;
+}
+
+export interface HboneTunnelClosed extends PipeResult {
+  request: HboneConnectRequest;
+  durationMs: number;
+}
+
+export interface HboneServerStats {
+  sessionsOpened: number;
+  sessionsActive: number;
+  streamsOpened: number;
+  tunnelsOpened: number;
+  tunnelsActive: number;
+  /** Refusals by kind; every refusal counts once. */
+  refusals: Record<HboneRefusalKind, number>;
+}
+
+export interface HboneServerOptions {
+  tls: ServerTlsMaterial;
+  /** Decides every CONNECT. */
+  handler: HboneConnectHandler;
+  /**
+   * Accepts or rejects a client whose chain verified. Default: any client with exactly one
+   * SPIFFE ID.
+   */
+  checkPeer?: PeerCheck;
+  /** Request headers passed to the handler. Default: forwarded, baggage, traceparent, tracestate. */
+  forwardHeaders?: readonly string[];
+  /** SETTINGS_MAX_CONCURRENT_STREAMS. Default 1000. */
+  maxConcurrentStreams?: number;
+  /** Per-stream receive window. Default 4 MiB. */
+  streamWindow?: number;
+  /** Per-session receive window. Default 64 MiB. */
+  connectionWindow?: number;
+  /** SETTINGS_MAX_FRAME_SIZE. Default 64 KiB. */
+  maxFrameSize?: number;
+  /** nghttp2 memory cap per session in MB. Default 256. */
+  maxSessionMemoryMb?: number;
+  /** A session with no open stream is closed after this long. Default 5 min. */
+  idleTimeoutMs?: number;
+  /** TLS handshake deadline. Default 10 s. */
+  handshakeTimeoutMs?: number;
+  /** Rapid-reset guard: more than `max` early resets inside `intervalMs` ends the session. Default 100 / 1 s. */
+  rapidReset?: { max: number; intervalMs: number };
+  onRefusal?: (refusal: HboneRefusal) => void;
+  onTunnelClosed?: (closed: HboneTunnelClosed) => void;
+}
+
+interface SessionState {
+  session: ServerHttp2Session;
+  peer: HbonePeer;
+  active: number;
+  idleTimer: NodeJS.Timeout | undefined;
+  resetWindowStart: number;
+  resetCount: number;
+}
+
+/** Streams we answered or reset ourselves; a reset on any other stream came from the peer early. */
+const answered = new WeakSet<ServerHttp2Stream>();
+
+/**
+ * The HBONE server: TLS 1.3 with client certificates, HTTP/2, CONNECT only. Each CONNECT goes to
+ * the owner's handler; an accepted one is answered 200 and piped to the upstream it returned.
+ */
+export class HboneServer {
+  readonly #opts: HboneServerOptions;
+  readonly #server: Http2SecureServer;
+  readonly #sessions = new Set<SessionState>();
+  readonly #forward: readonly string[];
+  readonly #stats: HboneServerStats = {
+    sessionsOpened: 0,
+    sessionsActive: 0,
+    streamsOpened: 0,
+    tunnelsOpened: 0,
+    tunnelsActive: 0,
+    refusals: {
+      'tls-handshake': 0,
+      'peer-identity': 0,
+      'method-not-allowed': 0,
+      'bad-authority': 0,
+      denied: 0,
+      'handler-failed': 0,
+      'rapid-reset': 0,
+    },
+  };
+  #closing = false;
+
+  constructor(opts: HboneServerOptions) {
+    this.#opts = opts;
+    this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
+    this.#server = createSecureServer({
+      key: opts.tls.key,
+      cert: opts.tls.cert,
+      ca: opts.tls.ca,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      maxVersion: 'TLSv1.3',
+      allowHTTP1: false,
+      noDelay: true,
+      handshakeTimeout: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      maxSessionMemory: opts.maxSessionMemoryMb ?? DEFAULT_MAX_SESSION_MEMORY_MB,
+      unknownProtocolTimeout: 1000,
+      settings: {
+        enablePush: false,
+        initialWindowSize: opts.streamWindow ?? DEFAULT_STREAM_WINDOW,
+        maxConcurrentStreams: opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
+        maxFrameSize: opts.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+        maxHeaderListSize: MAX_HEADER_LIST_SIZE,
+      },
+    });
+    this.#server.on('connection', (socket: Socket) => socket.setNoDelay(true));
+    this.#server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+      this.#refuse({
+        kind: 'tls-handshake',
+        reason: `TLS handshake failed: ${err.code ?? err.message}`,
+        peer: { spiffeId: undefined, address: socket.remoteAddress },
+      });
+    });
+    this.#server.on('unknownProtocol', (socket: TLSSocket) => {
+      this.#refuse({
+        kind: 'tls-handshake',
+        reason: 'client did not negotiate ALPN h2',
+        peer: { spiffeId: undefined, address: socket.remoteAddress },
+      });
+      socket.destroy();
+    });
+    this.#server.on('session', (session: ServerHttp2Session) => this.#onSession(session));
+  }
+
+  /** Starts listening; resolves with the bound address. */
+  listen(port: number, host?: string): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.#server.once('error', onError);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', onError);
+        resolve(this.#server.address() as AddressInfo);
+      });
+    });
+  }
+
+  /** Bound address (after listen). */
+  address(): AddressInfo {
+    return this.#server.address() as AddressInfo;
+  }
+
+  /** Replaces key, certificate and trust bundle for new sessions (certificate rotation). */
+  setTls(tls: ServerTlsMaterial): void {
+    this.#server.setSecureContext({ key: tls.key, cert: tls.cert, ca: tls.ca });
+  }
+
+  /** A snapshot of the counters. */
+  stats(): HboneServerStats {
+    return { ...this.#stats, refusals: { ...this.#stats.refusals } };
+  }
+
+  /**
+   * Stops accepting, sends GOAWAY to every session so clients move to another server, waits up to
+   * `graceMs` for open tunnels, then destroys what is left.
+   */
+  async close(graceMs = 5000): Promise<void> {
+    this.#closing = true;
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const s of this.#sessions) if (!s.session.closed) s.session.close();
+    const timer = setTimeout(() => {
+      for (const s of this.#sessions) s.session.destroy();
+    }, graceMs);
+    timer.unref();
+    await closed;
+    clearTimeout(timer);
+  }
+
+  #refuse(refusal: HboneRefusal): void {
+    this.#stats.refusals[refusal.kind]++;
+    this.#opts.onRefusal?.(refusal);
+  }
+
+  #onSession(session: ServerHttp2Session): void {
+    const socket = session.socket as TLSSocket;
+    const cert = socket.getPeerCertificate();
+    const spiffeId = spiffeIdFromCert(cert);
+    const peer: HbonePeer = {
+      spiffeId,
+      cert,
+      address: socket.remoteAddress ?? '',
+      port: socket.remotePort ?? 0,
+    };
+    // Sessions end on their own errors; one bad peer never takes the server down.
+    session.on('error', noop);
+    const verdict = this.#opts.checkPeer
+      ? this.#opts.checkPeer(spiffeId, cert)
+      : spiffeId !== undefined || 'client certificate has no SPIFFE ID';
+    if (verdict !== true) {
+      const reason = typeof verdict === 'string' ? verdict : 'client identity rejected';
+      this.#refuse({ kind: 'peer-identity', reason, peer: { spiffeId, address: peer.address } });
+      session.goaway(h2.NGHTTP2_REFUSED_STREAM, 0, Buffer.from(reason.slice(0, 256)));
+      session.close();
+      setTimeout(() => session.destroy(), 1000).unref();
+      return;
+    }
+    const state: SessionState = {
+      session,
+      peer,
+      active: 0,
+      idleTimer: undefined,
+      resetWindowStart: 0,
+      resetCount: 0,
+    };
+    this.#sessions.add(state);
+    this.#stats.sessionsOpened++;
+    this.#stats.sessionsActive++;
+    try {
+      session.setLocalWindowSize(this.#opts.connectionWindow ?? DEFAULT_CONNECTION_WINDOW);
+    } catch {
+      // The session died during setup; its close handler cleans up.
+    }
+    session.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) =>
+      this.#onStream(state, stream, headers));
+    session.once('close', () => {
+      if (state.idleTimer) clearTimeout(state.idleTimer);
+      this.#sessions.delete(state);
+      this.#stats.sessionsActive--;
+    });
+    this.#armIdle(state);
+    if (this.#closing) session.close();
+  }
+
+  #armIdle(state: SessionState): void {
+    if (state.idleTimer) clearTimeout(state.idleTimer);
+    state.idleTimer = setTimeout(() => {
+      if (state.active === 0 && !state.session.closed) state.session.close();
+    }, this.#opts.idleTimeoutMs ?? DEFAULT_SERVER_IDLE_TIMEOUT_MS);
+    state.idleTimer.unref();
+  }
+
+  #onStream(state: SessionState, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+    this.#stats.streamsOpened++;
+    state.active++;
+    if (state.idleTimer) { clearTimeout(state.idleTimer); state.idleTimer = undefined; }
+    const ac = new AbortController();
+    stream.on('error', noop);
+    stream.once('close', () => {
+      state.active--;
+      if (!answered.has(stream)) {
+        ac.abort();
+        this.#onEarlyReset(state);
+      }
+      if (state.active === 0 && !state.session.destroyed) this.#armIdle(state);
+    });
+
+    const peerInfo = { spiffeId: state.peer.spiffeId, address: state.peer.address };
+    const method = headers[':method'];
+    const authority = headers[':authority'] ?? '';
+    if (method !== 'CONNECT') {
+      this.#refuse({ kind: 'method-not-allowed', status: 405, reason: `method ${method} is not CONNECT`, peer: peerInfo, authority });
+      this.#respondRefusal(stream, 405, 'only CONNECT is served on the HBONE port');
+      return;
+    }
+    let target: TunnelTarget;
+    try {
+      target = parseAuthority(authority);
+    } catch (err) {
+      const reason = err instanceof HboneError ? err.message : String(err);
+      this.#refuse({ kind: 'bad-authority', status: 400, reason, peer: peerInfo, authority });
+      this.#respondRefusal(stream, 400, reason);
+      return;
+    }
+    const selected: Record<string, string> = {};
+    for (const name of this.#forward) {
+      const v = headers[name];
+      if (v !== undefined) selected[name] = Array.isArray(v) ? v.join(', ') : v;
+    }
+    const request: HboneConnectRequest = {
+      target,
+      authority,
+      peer: state.peer,
+      headers: selected,
+      forwardedFor: forwardedFor(selected['forwarded']),
+      signal: ac.signal,
+    };
+
+    let decision: Promise<HboneConnectDecision>;
+    try {
+      decision = this.#opts.handler(request);
+    } catch (err) {
+      decision = Promise.reject(err);
+    }
+    decision.then((d) => {
+      if ('upstream' in d) this.#accept(stream, request, d.upstream);
+      else {
+        if (stream.closed || stream.destroyed) return;
+        this.#refuse({ kind: 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority });
+        this.#respondRefusal(stream, d.status, d.reason);
+      }
+    }, (err: unknown) => {
+      if (stream.closed || stream.destroyed) return;
+      const reason = `connect handler failed: ${err instanceof Error ? err.message : String(err)}`;
+      this.#refuse({ kind: 'handler-failed', status: 503, reason, peer: peerInfo, authority });
+      this.#respondRefusal(stream, 503, reason);
+    });
+  }
+
+  #accept(stream: ServerHttp2Stream, request: HboneConnectRequest, upstream: Duplex): void {
+    if (stream.closed || stream.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    answered.add(stream);
+    stream.respond({ ':status': 200 });
+    this.#stats.tunnelsOpened++;
+    this.#stats.tunnelsActive++;
+    const started = performance.now();
+    void pipeBidirectional(stream, upstream).then((result) => {
+      this.#stats.tunnelsActive--;
+      this.#opts.onTunnelClosed?.({ ...result, request, durationMs: performance.now() - started });
+    });
+  }
+
+  #respondRefusal(stream: ServerHttp2Stream, status: number, reason: string): void {
+    if (stream.closed || stream.destroyed) return;
+    answered.add(stream);
+    stream.respond({ ':status': status, [HBONE_REASON_HEADER]: headerSafe(reason) }, { endStream: true });
+    // RST_STREAM(NO_ERROR) after the response: the client need not send anything more (RFC 9113 8.1).
+    stream.close(h2.NGHTTP2_NO_ERROR);
+  }
+
+  #onEarlyReset(state: SessionState): void {
+    const limit = this.#opts.rapidReset ?? { max: DEFAULT_RAPID_RESET_MAX, intervalMs: DEFAULT_RAPID_RESET_INTERVAL_MS };
+    const now = performance.now();
+    if (now - state.resetWindowStart > limit.intervalMs) {
+      state.resetWindowStart = now;
+      state.resetCount = 0;
+    }
+    if (++state.resetCount !== limit.max + 1) return;
+    const reason = `peer reset more than ${limit.max} streams before they were answered within ${limit.intervalMs} ms`;
+    this.#refuse({ kind: 'rapid-reset', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
+    const session = state.session;
+    if (session.destroyed) return;
+    session.goaway(h2.NGHTTP2_ENHANCE_YOUR_CALM, 0, Buffer.from('rapid reset'));
+    // Give the GOAWAY a moment to reach the wire, then drop everything the peer still holds open.
+    setImmediate(() => session.destroy(undefined, h2.NGHTTP2_ENHANCE_YOUR_CALM));
+  }
+}
+
+/** The first `for=` of a Forwarded header (RFC 7239), without quotes, brackets or port. */
+export function forwardedFor(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  const m = /(?:^|[;,\s])for=("?)([^;,"]+)\1/i.exec(value);
+  if (!m || m[2] === undefined) return undefined;
+  let v = m[2].trim();
+  if (v.startsWith('[')) v = v.slice(1, v.indexOf(']') > 0 ? v.indexOf(']') : undefined);
+  else if (v.split(':').length === 2) v = v.slice(0, v.indexOf(':'));
+  return v;
+}
+
+/** Header values may not contain CR, LF or NUL; keep reasons short. */
+function headerSafe(reason: string): string {
+  return reason.replace(/[^\x20-\x7e]/g, ' ').slice(0, 256);
+}
+
+function noop(): void {}

@@ -1,0 +1,58 @@
+/**
+ * HTTP/2 and TLS tunables shared by the HBONE server and pool. Measured with
+ * bench/hbone-throughput.ts; see lib/hbone/README.md for the numbers behind the defaults.
+ */
+
+/** The HBONE port on agents and waypoints. */
+export const HBONE_PORT = 15008;
+
+/** Response header that carries why a CONNECT was refused (free text, bounded, no CR/LF). */
+export const HBONE_REASON_HEADER = 'weft-reason';
+
+/**
+ * Per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE). The default 64 KiB caps one stream at
+ * 64 KiB per round trip; 4 MiB covers a 10 Gbit/s path with 3 ms RTT. Node only returns window when
+ * the application has read the data, so this is also the most a slow reader can make us buffer.
+ */
+export const DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024;
+
+/** Connection-level receive window, shared by all streams of a session. */
+export const DEFAULT_CONNECTION_WINDOW = 64 * 1024 * 1024;
+
+/** SETTINGS_MAX_FRAME_SIZE we accept; bigger DATA frames mean fewer frame headers and callbacks. */
+export const DEFAULT_MAX_FRAME_SIZE = 64 * 1024;
+
+/** SETTINGS_MAX_CONCURRENT_STREAMS the server advertises: tunnels one peer may hold per session. */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 1000;
+
+/**
+ * nghttp2 memory per session in MB. Node's default (10) is below what large windows can hold in
+ * flight; above the cap Node refuses new streams with ENHANCE_YOUR_CALM.
+ */
+export const DEFAULT_MAX_SESSION_MEMORY_MB = 256;
+
+/** Header block limit; CONNECT headers are small, anything large is abuse. */
+export const MAX_HEADER_LIST_SIZE = 16 * 1024;
+
+/** TLS handshake deadline on the server. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** A server session without open streams is closed after this long. */
+export const DEFAULT_SERVER_IDLE_TIMEOUT_MS = 5 * 60_000;
+
+/** A pooled client session without open streams is closed after this long. */
+export const DEFAULT_POOL_IDLE_TIMEOUT_MS = 60_000;
+
+/** Deadline for session establishment plus the CONNECT's 200. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Rapid-reset guard (CVE-2023-44487): streams the peer resets before we answered them cost us a
+ * handler call (and often an upstream connect) each. More than this many inside the interval gets
+ * the session a GOAWAY(ENHANCE_YOUR_CALM).
+ */
+export const DEFAULT_RAPID_RESET_MAX = 100;
+export const DEFAULT_RAPID_RESET_INTERVAL_MS = 1000;
+
+/** Request headers the server hands to the connect handler by default. */
+export const DEFAULT_FORWARDED_HEADERS: readonly string[] = ['forwarded', 'baggage', 'traceparent', 'tracestate'];
