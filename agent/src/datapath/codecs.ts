@@ -1,0 +1,268 @@
+// Byte layouts of the structs in bpf/include/weft.h, field by field. The header is the definition;
+// each codec here names the C struct it mirrors and checks its size, so a layout change that is not
+// made on both sides fails loudly (see test/bpf/datapath.test.ts, which also compares against BTF).
+// Conventions from the header: IPv4 addresses in network byte order, ports and counters in host
+// byte order.
+import { endianness } from 'node:os';
+import { isIPv4 } from 'node:net';
+
+const LE = endianness() === 'LE';
+
+export const MODE = { PERMISSIVE: 1, STRICT: 2 } as const;
+export type Mode = keyof typeof MODE;
+export const MAX_NODE_IPS = 4;
+
+function u16(buf: Buffer, off: number, v: number): void {
+  if (LE) buf.writeUInt16LE(v, off); else buf.writeUInt16BE(v, off);
+}
+function r16(buf: Buffer, off: number): number {
+  return LE ? buf.readUInt16LE(off) : buf.readUInt16BE(off);
+}
+function u32(buf: Buffer, off: number, v: number): void {
+  if (LE) buf.writeUInt32LE(v, off); else buf.writeUInt32BE(v, off);
+}
+function r32(buf: Buffer, off: number): number {
+  return LE ? buf.readUInt32LE(off) : buf.readUInt32BE(off);
+}
+function u64(buf: Buffer, off: number, v: bigint): void {
+  if (LE) buf.writeBigUInt64LE(v, off); else buf.writeBigUInt64BE(v, off);
+}
+function r64(buf: Buffer, off: number): bigint {
+  return LE ? buf.readBigUInt64LE(off) : buf.readBigUInt64BE(off);
+}
+
+/** Writes a dotted-quad IPv4 address in network byte order. The caller has validated it. */
+function ip(buf: Buffer, off: number, addr: string): void {
+  const parts = addr.split('.').map(Number);
+  for (let i = 0; i < 4; i++) buf[off + i] = parts[i]!;
+}
+function rip(buf: Buffer, off: number): string {
+  return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
+}
+
+/** `::ffff:10.0.0.1` (what a dual-stack socket reports) -> `10.0.0.1`; anything else unchanged. */
+export function unmapV4(addr: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
+  return m ? m[1]! : addr;
+}
+
+export function isIpv4(addr: unknown): addr is string {
+  return typeof addr === 'string' && isIPv4(addr);
+}
+
+// ---- keys -------------------------------------------------------------------------------------
+
+/** __u64 network-namespace cookie (weft_pods, weft_pod_counters). */
+export function cookieKey(cookie: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  u64(b, 0, cookie);
+  return b;
+}
+export function decodeCookieKey(b: Buffer): bigint {
+  return r64(b, 0);
+}
+
+/** __be32 (weft_pods_by_ip). */
+export function ipKey(addr: string): Buffer {
+  const b = Buffer.alloc(4);
+  ip(b, 0, addr);
+  return b;
+}
+export function decodeIpKey(b: Buffer): string {
+  return rip(b, 0);
+}
+
+/** __u16 host-order port (weft_excluded_ports). */
+export function portKey(port: number): Buffer {
+  const b = Buffer.alloc(2);
+  u16(b, 0, port);
+  return b;
+}
+export function decodePortKey(b: Buffer): number {
+  return r16(b, 0);
+}
+
+// ---- struct weft_pod (16 bytes) ----------------------------------------------------------------
+
+export interface PodEntry {
+  podIp: string;
+  agentIp: string;
+  agentPort: number;
+  mode: Mode;
+  flags: number;
+  ifindex: number;
+}
+export const POD_SIZE = 16;
+export function encodePod(v: PodEntry): Buffer {
+  const b = Buffer.alloc(POD_SIZE);
+  ip(b, 0, v.podIp);
+  ip(b, 4, v.agentIp);
+  u16(b, 8, v.agentPort);
+  b[10] = MODE[v.mode];
+  b[11] = v.flags;
+  u32(b, 12, v.ifindex);
+  return b;
+}
+export function decodePod(b: Buffer): PodEntry {
+  return {
+    podIp: rip(b, 0),
+    agentIp: rip(b, 4),
+    agentPort: r16(b, 8),
+    mode: modeName(b[10]!),
+    flags: b[11]!,
+    ifindex: r32(b, 12),
+  };
+}
+
+function modeName(n: number): Mode {
+  return n === MODE.STRICT ? 'STRICT' : 'PERMISSIVE';
+}
+
+// ---- struct weft_pod_in (32 bytes) -------------------------------------------------------------
+
+export interface PodInbound {
+  netnsCookie: bigint;
+  nodeIps: string[];
+  mode: Mode;
+}
+export const POD_IN_SIZE = 32;
+export function encodePodIn(v: PodInbound): Buffer {
+  const b = Buffer.alloc(POD_IN_SIZE);
+  u64(b, 0, v.netnsCookie);
+  v.nodeIps.slice(0, MAX_NODE_IPS).forEach((a, i) => ip(b, 8 + 4 * i, a));
+  b[24] = MODE[v.mode];
+  b[25] = Math.min(v.nodeIps.length, MAX_NODE_IPS);
+  return b;
+}
+export function decodePodIn(b: Buffer): PodInbound {
+  const n = b[25]!;
+  const nodeIps: string[] = [];
+  for (let i = 0; i < n && i < MAX_NODE_IPS; i++) nodeIps.push(rip(b, 8 + 4 * i));
+  return { netnsCookie: r64(b, 0), nodeIps, mode: modeName(b[24]!) };
+}
+
+// ---- struct weft_dest_key (8) / weft_dest (4) --------------------------------------------------
+
+export interface Destination {
+  ip: string;
+  /** 0 or absent: every port of this address. */
+  port?: number;
+}
+export function encodeDestKey(d: Destination): Buffer {
+  const b = Buffer.alloc(8);
+  ip(b, 0, d.ip);
+  u16(b, 4, d.port ?? 0);
+  return b;
+}
+export function decodeDestKey(b: Buffer): Required<Destination> {
+  return { ip: rip(b, 0), port: r16(b, 4) };
+}
+export function encodeDest(flags = 0): Buffer {
+  const b = Buffer.alloc(4);
+  u32(b, 0, flags);
+  return b;
+}
+
+/** struct weft_excluded (1 byte). */
+export const EXCLUDED_PRESENT = Buffer.from([1]);
+
+// ---- struct weft_tuple4 (12) / weft_orig (16) --------------------------------------------------
+
+export interface Endpoint {
+  ip: string;
+  port: number;
+}
+export function encodeTuple4(src: Endpoint, dst: Endpoint): Buffer {
+  const b = Buffer.alloc(12);
+  ip(b, 0, src.ip);
+  ip(b, 4, dst.ip);
+  u16(b, 8, src.port);
+  u16(b, 10, dst.port);
+  return b;
+}
+
+export interface OriginalDestination {
+  ip: string;
+  port: number;
+  /** Network-namespace cookie of the client pod that dialled it. */
+  clientNetnsCookie: bigint;
+}
+export function decodeOrig(b: Buffer): OriginalDestination {
+  return { ip: rip(b, 0), port: r16(b, 4), clientNetnsCookie: r64(b, 8) };
+}
+
+// ---- struct weft_peer_key (12) / weft_peer (8) -------------------------------------------------
+
+export function encodePeerKey(local: Endpoint, remote: Endpoint): Buffer {
+  const b = Buffer.alloc(12);
+  ip(b, 0, local.ip);
+  ip(b, 4, remote.ip);
+  u16(b, 8, local.port);
+  u16(b, 10, remote.port);
+  return b;
+}
+export function encodePeer(client: Endpoint): Buffer {
+  const b = Buffer.alloc(8);
+  ip(b, 0, client.ip);
+  u16(b, 4, client.port);
+  return b;
+}
+export function decodePeer(b: Buffer): Endpoint {
+  return { ip: rip(b, 0), port: r16(b, 4) };
+}
+
+// ---- counters ----------------------------------------------------------------------------------
+
+/** Field order of struct weft_counters (== enum weft_counter). */
+export const COUNTER_FIELDS = [
+  'connect4_redirected',
+  'connect4_passed',
+  'connect6_redirected',
+  'connect6_passed',
+  'connect6_native_skipped',
+  'sockops_rekeyed',
+  'sockops_rekey_failed',
+  'getpeername_rewritten',
+  'getpeername_peer_override',
+  'strict_denied',
+  'strict_rst_sent',
+  'permissive_plaintext',
+  'inbound_node_allowed',
+  'inbound_passed',
+] as const;
+export type CounterName = (typeof COUNTER_FIELDS)[number];
+export type Counters = Record<CounterName, number>;
+export const COUNTERS_SIZE = COUNTER_FIELDS.length * 8;
+
+/** Sums a PERCPU_ARRAY value (nCPU slots of roundup(size, 8) bytes) into one set of counters. */
+export function decodePercpuCounters(b: Buffer, cpus: number): Counters {
+  const out = Object.fromEntries(COUNTER_FIELDS.map((f) => [f, 0])) as Counters;
+  const stride = Math.ceil(COUNTERS_SIZE / 8) * 8;
+  for (let cpu = 0; cpu < cpus; cpu++) {
+    COUNTER_FIELDS.forEach((f, i) => {
+      out[f] += Number(r64(b, cpu * stride + i * 8));
+    });
+  }
+  return out;
+}
+
+/** Field order of struct weft_pod_counters (== enum weft_pod_counter). */
+export const POD_COUNTER_FIELDS = [
+  'connect_redirected',
+  'connect_passed',
+  'getpeername_rewritten',
+  'peer_override',
+  'strict_denied',
+  'permissive_plaintext',
+  'inbound_node_allowed',
+] as const;
+export type PodCounterName = (typeof POD_COUNTER_FIELDS)[number];
+export type PodCounters = Record<PodCounterName, number>;
+export const POD_COUNTERS_SIZE = POD_COUNTER_FIELDS.length * 8;
+
+export function decodePodCounters(b: Buffer): PodCounters {
+  return Object.fromEntries(POD_COUNTER_FIELDS.map((f, i) => [f, Number(r64(b, i * 8))])) as PodCounters;
+}
+export function zeroPodCounters(): Buffer {
+  return Buffer.alloc(POD_COUNTERS_SIZE);
+}

@@ -1,0 +1,515 @@
+// The agent's handle on the eBPF L4 datapath (bpf/redirect.bpf.c, bpf/inbound.bpf.c): loads the
+// objects with their maps pinned under the pin root, attaches (or adopts) the cgroup programs,
+// enrols pods, reconciles the mesh destinations and reads the bookkeeping maps.
+//
+// Everything the kernel needs to keep working lives in bpffs, not in this process:
+//   <pinRoot>/weft_*               maps (LIBBPF_PIN_BY_NAME)
+//   <pinRoot>/links/<program>      the cgroup links (one per program)
+//   <pinRoot>/links/pods/<cookie>  each enrolled pod's tcx link
+// so a killed agent leaves redirection and enforcement running, and a restarted one adopts the
+// pinned links with an atomic program update instead of attaching a second time.
+import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Socket } from 'node:net';
+import {
+  BpfError,
+  BpfLink,
+  BpfObject,
+  netnsCookie,
+  possibleCpus,
+  type BpfMap,
+  type BpfProgram,
+} from '../../libbpf/index.ts';
+import { ensureBpffs, findCgroup2Root } from '../../../lib/sys/mounts.ts';
+import * as c from './codecs.ts';
+import {
+  BadAddressError,
+  BadEnrolmentError,
+  BadModeError,
+  BadPortError,
+  CgroupNotFoundError,
+  DatapathClosedError,
+  InterfaceError,
+  NetnsNotFoundError,
+  ObjectNotFoundError,
+} from './errors.ts';
+
+/** Folder under the bpffs mount that holds Weft's pins unless DatapathOptions.pinRoot says otherwise. */
+export const DEFAULT_PIN_DIR = 'weft';
+/** Ports the mesh itself listens on; connections to them are never captured nor refused. */
+export const MESH_PORTS = [15001, 15008, 15020, 15021] as const;
+export const DEFAULT_AGENT_PORT = 15001;
+
+export const REDIRECT_OBJECT = 'redirect.bpf.o';
+export const INBOUND_OBJECT = 'inbound.bpf.o';
+/** Cgroup programs of redirect.bpf.o, in attach order. connect* go last so that, on a fresh node,
+ * nothing is captured before sockops and getpeername are in place to serve it. */
+export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'] as const;
+export const INBOUND_PROGRAM = 'weft_inbound';
+
+const MAPS = {
+  pods: 'weft_pods',
+  podsByIp: 'weft_pods_by_ip',
+  dests: 'weft_dests',
+  excluded: 'weft_excluded_ports',
+  origByTuple: 'weft_orig_by_tuple',
+  peerOverride: 'weft_peer_override',
+  counters: 'weft_counters',
+  podCounters: 'weft_pod_counters',
+} as const;
+
+export interface DatapathOptions {
+  /** Where maps and links are pinned. Default: `<bpffs>/weft` (bpffs is mounted if missing). */
+  pinRoot?: string;
+  /** cgroup v2 folder the cgroup programs attach to. Default: the cgroup v2 root. */
+  cgroupPath?: string;
+  /** Folder holding redirect.bpf.o and inbound.bpf.o. Default: `<repo>/build/bpf`. */
+  objectDir?: string;
+}
+
+export interface EnrollOptions {
+  /** The pod's network-namespace file (/var/run/netns/x, /proc/<pid>/ns/net). */
+  netnsPath: string;
+  /** The pod's IPv4 address (its side of the veth). */
+  podIp: string;
+  mode: c.Mode;
+  /** Where the pod's captured connections go: the node-side veth address, as seen from the pod. */
+  agentIp: string;
+  /** Default 15001. */
+  agentPort?: number;
+  /** Node addresses a STRICT pod accepts plaintext from (agent, kubelet). Default [agentIp]; at most 4. */
+  nodeIps?: string[];
+  /** The pod-side interface inside the pod netns; the inbound program attaches to its ingress. */
+  ifname: string;
+}
+
+export interface EnrolledPod extends c.PodEntry {
+  netnsCookie: bigint;
+  nodeIps: string[];
+}
+
+export interface PeerRegistration {
+  /** The server socket's own address (pod IP and the port it listens on). */
+  local: c.Endpoint;
+  /** The address the server sees as its peer (the agent's source address and port). */
+  remote: c.Endpoint;
+  /** What the server should see instead: the real client. */
+  client: c.Endpoint;
+}
+
+export interface LinkState {
+  program: string;
+  pin: string;
+  id: number;
+  progId: number;
+}
+
+function cookieOf(netnsPath: string): bigint {
+  if (typeof netnsPath !== 'string' || netnsPath === '' || !existsSync(netnsPath)) throw new NetnsNotFoundError(String(netnsPath));
+  try {
+    return netnsCookie(netnsPath);
+  } catch (err) {
+    throw new NetnsNotFoundError(netnsPath, err);
+  }
+}
+
+function checkIp(field: string, v: unknown): string {
+  if (!c.isIpv4(v)) throw new BadAddressError(field, v);
+  return v;
+}
+
+function checkPort(field: string, v: unknown, allowZero = false): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < (allowZero ? 0 : 1) || v > 65535) throw new BadPortError(field, v, allowZero);
+  return v;
+}
+
+function isEnoent(err: unknown): boolean {
+  return (err as { code?: string }).code === 'ENOENT';
+}
+
+function defaultObjectDir(): string {
+  return resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'build', 'bpf');
+}
+
+export class Datapath {
+  readonly pinRoot: string;
+  readonly cgroupPath: string;
+  readonly objectDir: string;
+  private readonly redirect: BpfObject;
+  private readonly inbound: BpfObject;
+  private readonly links = new Map<string, BpfLink>();
+  private readonly cpus = possibleCpus();
+  private closed = false;
+
+  private constructor(opts: Required<DatapathOptions>, redirect: BpfObject, inbound: BpfObject) {
+    this.pinRoot = opts.pinRoot;
+    this.cgroupPath = opts.cgroupPath;
+    this.objectDir = opts.objectDir;
+    this.redirect = redirect;
+    this.inbound = inbound;
+  }
+
+  /**
+   * Loads the programs (maps reused from pins), then attaches each cgroup program, or, when a link
+   * is already pinned for it, swaps the new program into that link atomically. Idempotent: opening
+   * twice or after a restart never attaches anything twice.
+   */
+  static open(opts: DatapathOptions = {}): Datapath {
+    const bpffs = ensureBpffs();
+    const cgroupPath = resolve(opts.cgroupPath ?? findCgroup2Root());
+    if (!existsSync(cgroupPath) || !statSync(cgroupPath).isDirectory()) throw new CgroupNotFoundError(cgroupPath);
+    const objectDir = resolve(opts.objectDir ?? defaultObjectDir());
+    const pinRoot = resolve(opts.pinRoot ?? join(bpffs, DEFAULT_PIN_DIR));
+    for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT]) {
+      if (!existsSync(join(objectDir, name))) throw new ObjectNotFoundError(join(objectDir, name));
+    }
+    mkdirSync(join(pinRoot, 'links', 'pods'), { recursive: true });
+
+    const objects: BpfObject[] = [];
+    try {
+      for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT]) {
+        const obj = BpfObject.open(join(objectDir, name), { pinRoot });
+        objects.push(obj);
+        obj.load();
+      }
+      const dp = new Datapath({ pinRoot, cgroupPath, objectDir }, objects[0]!, objects[1]!);
+      dp.attachCgroupPrograms();
+      dp.ensureExcludedDefaults();
+      return dp;
+    } catch (err) {
+      for (const o of objects) o.close();
+      throw err;
+    }
+  }
+
+  // ---- attachment -----------------------------------------------------------------------------
+
+  private linkPin(program: string): string {
+    return join(this.pinRoot, 'links', program);
+  }
+
+  private podLinkPin(cookie: bigint): string {
+    return join(this.pinRoot, 'links', 'pods', cookie.toString());
+  }
+
+  private attachCgroupPrograms(): void {
+    const cgroupId = statSync(this.cgroupPath, { bigint: true }).ino;
+    for (const name of CGROUP_PROGRAMS) {
+      const prog = this.redirect.program(name);
+      const pin = this.linkPin(name);
+      const adopted = this.adopt(pin, prog, (info) => info.cgroupId === cgroupId);
+      if (adopted) {
+        this.links.set(name, adopted);
+        continue;
+      }
+      const link = prog.attachCgroup(this.cgroupPath);
+      link.pin(pin);
+      this.links.set(name, link);
+    }
+  }
+
+  /**
+   * Opens the link pinned at `pin` and moves it to `prog`. A pin whose link no longer fits (another
+   * cgroup, a vanished interface) is detached and removed; returns undefined then, or when nothing
+   * is pinned, so the caller attaches afresh.
+   */
+  private adopt(pin: string, prog: BpfProgram, fits: (info: ReturnType<BpfLink['info']>) => boolean): BpfLink | undefined {
+    let link: BpfLink;
+    try {
+      link = BpfLink.openPinned(pin);
+    } catch (err) {
+      if (isEnoent(err)) return undefined;
+      throw err;
+    }
+    try {
+      if (fits(link.info())) {
+        if (link.info().progId !== prog.id) link.update(prog);
+        return link;
+      }
+    } catch (err) {
+      if (!(err instanceof BpfError)) throw err;
+      // A defunct link (its cgroup or interface is gone) cannot be updated: replace it below.
+    }
+    try { link.detach(); } catch { /* already detached */ }
+    link.unpin();
+    link.close();
+    return undefined;
+  }
+
+  private ensureExcludedDefaults(): void {
+    const m = this.map(MAPS.excluded);
+    for (const p of MESH_PORTS) m.update(c.portKey(p), c.EXCLUDED_PRESENT, 'any');
+  }
+
+  private map(name: string): BpfMap {
+    if (this.closed) throw new DatapathClosedError();
+    return this.redirect.map(name);
+  }
+
+  /** The cgroup links this process holds (after open(): exactly one per cgroup program). */
+  cgroupLinks(): LinkState[] {
+    if (this.closed) throw new DatapathClosedError();
+    return [...this.links].map(([program, link]) => {
+      const info = link.info();
+      return { program, pin: this.linkPin(program), id: info.id, progId: info.progId };
+    });
+  }
+
+  // ---- enrolment ------------------------------------------------------------------------------
+
+  /**
+   * Enrols a pod: its connections to mesh destinations are captured, and inbound plaintext is
+   * judged by `mode`. Everything is validated before anything changes; on error no map changes.
+   * Enrolling the same netns again updates it in place.
+   */
+  enroll(opts: EnrollOptions): EnrolledPod {
+    if (this.closed) throw new DatapathClosedError();
+    const podIp = checkIp('podIp', opts.podIp);
+    const agentIp = checkIp('agentIp', opts.agentIp);
+    const agentPort = checkPort('agentPort', opts.agentPort ?? DEFAULT_AGENT_PORT);
+    if (opts.mode !== 'STRICT' && opts.mode !== 'PERMISSIVE') throw new BadModeError(opts.mode);
+    const nodeIps = opts.nodeIps ?? [agentIp];
+    if (!Array.isArray(nodeIps) || nodeIps.length > c.MAX_NODE_IPS) {
+      throw new BadEnrolmentError(`nodeIps must be a list of at most ${c.MAX_NODE_IPS} IPv4 addresses, got ${JSON.stringify(nodeIps)}`);
+    }
+    nodeIps.forEach((ip, i) => checkIp(`nodeIps[${i}]`, ip));
+    if (typeof opts.ifname !== 'string' || opts.ifname === '' || opts.ifname.length > 15) {
+      throw new BadEnrolmentError(`ifname ${JSON.stringify(opts.ifname)} is not an interface name (1-15 characters)`);
+    }
+    const cookie = cookieOf(opts.netnsPath);
+
+    // The tcx link first: it resolves the interface inside the pod netns (and so its ifindex)
+    // and fails on a wrong name before any map has changed.
+    const prog = this.inbound.program(INBOUND_PROGRAM);
+    const pin = this.podLinkPin(cookie);
+    let link = this.adopt(pin, prog, (info) => (info.ifindex ?? 0) !== 0);
+    let created = false;
+    if (!link) {
+      try {
+        link = prog.attachTcx(opts.ifname, 'ingress', { netns: opts.netnsPath });
+      } catch (err) {
+        throw new InterfaceError(opts.ifname, opts.netnsPath, err);
+      }
+      created = true;
+    }
+    try {
+      const ifindex = link.info().ifindex ?? 0;
+      if (created) link.pin(pin);
+      const pods = this.map(MAPS.pods);
+      const byIp = this.map(MAPS.podsByIp);
+      const previous = pods.lookup(c.cookieKey(cookie));
+      const counters = this.map(MAPS.podCounters);
+      if (!counters.lookup(c.cookieKey(cookie))) counters.update(c.cookieKey(cookie), c.zeroPodCounters(), 'any');
+      byIp.update(c.ipKey(podIp), c.encodePodIn({ netnsCookie: cookie, nodeIps, mode: opts.mode }), 'any');
+      pods.update(c.cookieKey(cookie), c.encodePod({ podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex }), 'any');
+      if (previous) {
+        const old = c.decodePod(previous);
+        if (old.podIp !== podIp) this.deleteByIpIfOwned(old.podIp, cookie);
+      }
+      return { netnsCookie: cookie, podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex, nodeIps };
+    } catch (err) {
+      if (created) {
+        try { link.detach(); } catch { /* best effort */ }
+        try { link.unpin(); } catch { /* not pinned yet */ }
+      }
+      throw err;
+    } finally {
+      link.close();
+    }
+  }
+
+  private deleteByIpIfOwned(podIp: string, cookie: bigint): void {
+    const byIp = this.map(MAPS.podsByIp);
+    const cur = byIp.lookup(c.ipKey(podIp));
+    if (cur && c.decodePodIn(cur).netnsCookie === cookie) byIp.delete(c.ipKey(podIp));
+  }
+
+  /**
+   * Reverses enroll(): the pod's map entries, counters and tcx link go. Takes the netns path, or
+   * the cookie when the netns is already gone. Returns false when the pod was not enrolled.
+   */
+  unenroll(pod: string | bigint): boolean {
+    if (this.closed) throw new DatapathClosedError();
+    const cookie = typeof pod === 'bigint' ? pod : cookieOf(pod);
+    const pods = this.map(MAPS.pods);
+    const cur = pods.lookup(c.cookieKey(cookie));
+    let found = false;
+    if (cur) {
+      found = true;
+      // Inbound first, so the pod is never left enforced without being known.
+      this.deleteByIpIfOwned(c.decodePod(cur).podIp, cookie);
+      pods.delete(c.cookieKey(cookie));
+    }
+    this.map(MAPS.podCounters).delete(c.cookieKey(cookie));
+    const pin = this.podLinkPin(cookie);
+    try {
+      const link = BpfLink.openPinned(pin);
+      found = true;
+      try { link.detach(); } catch { /* the interface is gone already */ }
+      link.unpin();
+      link.close();
+    } catch (err) {
+      if (!isEnoent(err)) throw err;
+    }
+    return found;
+  }
+
+  /** Every enrolled pod, from the maps (so a restarted agent sees what its predecessor enrolled). */
+  pods(): EnrolledPod[] {
+    const byIp = this.map(MAPS.podsByIp);
+    const out: EnrolledPod[] = [];
+    for (const [k, v] of this.map(MAPS.pods).entries()) {
+      const pod = c.decodePod(v);
+      const inbound = byIp.lookup(c.ipKey(pod.podIp));
+      out.push({ netnsCookie: c.decodeCookieKey(k), ...pod, nodeIps: inbound ? c.decodePodIn(inbound).nodeIps : [] });
+    }
+    return out;
+  }
+
+  // ---- mesh destinations ----------------------------------------------------------------------
+
+  /**
+   * Makes weft_dests exactly `list`: adds and updates first, then deletes what is no longer listed,
+   * so a destination present before and after is never briefly missing. Validates the whole list
+   * before changing anything.
+   */
+  setDestinations(list: c.Destination[]): void {
+    const wanted = new Map<string, Buffer>();
+    list.forEach((d, i) => {
+      checkIp(`destinations[${i}].ip`, d?.ip);
+      checkPort(`destinations[${i}].port`, d.port ?? 0, true);
+      const key = c.encodeDestKey(d);
+      wanted.set(key.toString('hex'), key);
+    });
+    const m = this.map(MAPS.dests);
+    for (const key of wanted.values()) m.update(key, c.encodeDest(0), 'any');
+    for (const key of [...m.keys()]) if (!wanted.has(key.toString('hex'))) m.delete(key);
+  }
+
+  destinations(): Required<c.Destination>[] {
+    return [...this.map(MAPS.dests).keys()].map(c.decodeDestKey);
+  }
+
+  /** Ports never captured nor refused: the mesh's own (15001/15008/15020/15021) plus `ports`. */
+  setExcludedPorts(ports: number[]): void {
+    ports.forEach((p, i) => checkPort(`ports[${i}]`, p));
+    const wanted = new Set<number>([...MESH_PORTS, ...ports]);
+    const m = this.map(MAPS.excluded);
+    for (const p of wanted) m.update(c.portKey(p), c.EXCLUDED_PRESENT, 'any');
+    for (const key of [...m.keys()]) if (!wanted.has(c.decodePortKey(key))) m.delete(key);
+  }
+
+  excludedPorts(): number[] {
+    return [...this.map(MAPS.excluded).keys()].map(c.decodePortKey).sort((a, b) => a - b);
+  }
+
+  // ---- connection bookkeeping -----------------------------------------------------------------
+
+  /**
+   * The destination a captured connection was dialled to, for a socket the agent accepted on its
+   * capture port. Reads and deletes the entry (each connection is looked up once). undefined when
+   * the connection was not captured (or its entry aged out of the LRU).
+   */
+  originalDestination(socket: Socket): c.OriginalDestination | undefined {
+    const { remoteAddress, remotePort, localAddress, localPort } = socket;
+    if (!remoteAddress || !localAddress || remotePort === undefined || localPort === undefined) return undefined;
+    return this.takeOriginal({ ip: c.unmapV4(remoteAddress), port: remotePort }, { ip: c.unmapV4(localAddress), port: localPort });
+  }
+
+  /** originalDestination() by tuple: `client` is the pod's source address, `agent` the listener's. */
+  takeOriginal(client: c.Endpoint, agent: c.Endpoint): c.OriginalDestination | undefined {
+    if (!c.isIpv4(client.ip) || !c.isIpv4(agent.ip)) return undefined;
+    const m = this.map(MAPS.origByTuple);
+    const key = c.encodeTuple4(client, agent);
+    const v = m.lookup(key);
+    if (!v) return undefined;
+    m.delete(key);
+    return c.decodeOrig(v);
+  }
+
+  /**
+   * Before the agent connects to a local pod on behalf of a remote client: makes the pod's server
+   * socket report `client` from accept()/getpeername(). `local`/`remote` are the connection as the
+   * server sees it (so the agent binds its source port first, e.g. with the binding's bindSocket).
+   */
+  registerPeer(reg: PeerRegistration): void {
+    checkIp('local.ip', reg.local?.ip); checkPort('local.port', reg.local.port);
+    checkIp('remote.ip', reg.remote?.ip); checkPort('remote.port', reg.remote.port);
+    checkIp('client.ip', reg.client?.ip); checkPort('client.port', reg.client.port);
+    this.map(MAPS.peerOverride).update(c.encodePeerKey(reg.local, reg.remote), c.encodePeer(reg.client), 'any');
+  }
+
+  unregisterPeer(reg: Pick<PeerRegistration, 'local' | 'remote'>): boolean {
+    if (!c.isIpv4(reg.local?.ip) || !c.isIpv4(reg.remote?.ip)) return false;
+    return this.map(MAPS.peerOverride).delete(c.encodePeerKey(reg.local, reg.remote));
+  }
+
+  // ---- counters -------------------------------------------------------------------------------
+
+  /** Node-wide counters, summed over CPUs. */
+  counters(): c.Counters {
+    const v = this.map(MAPS.counters).lookup(Buffer.alloc(4));
+    if (!v) throw new BpfError('weft_counters has no slot 0', { code: 'ENOENT', errno: 2, map: MAPS.counters });
+    return c.decodePercpuCounters(v, this.cpus);
+  }
+
+  /** Per-pod counters by network-namespace cookie. */
+  podCounters(): Map<bigint, c.PodCounters> {
+    const out = new Map<bigint, c.PodCounters>();
+    for (const [k, v] of this.map(MAPS.podCounters).entries()) out.set(c.decodeCookieKey(k), c.decodePodCounters(v));
+    return out;
+  }
+
+  /** Where a map is pinned (for `bpftool map dump pinned <path>`). */
+  mapPin(name: string): string {
+    return join(this.pinRoot, name);
+  }
+
+  // ---- lifetime -------------------------------------------------------------------------------
+
+  /** Drops this process's fds. Pins and links stay: the datapath keeps running without the agent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const link of this.links.values()) link.close();
+    this.links.clear();
+    this.redirect.close();
+    this.inbound.close();
+  }
+
+  /** Detaches every program (cgroup and pod links) and removes every pin under the pin root. */
+  teardown(): void {
+    if (this.closed) throw new DatapathClosedError();
+    const podDir = join(this.pinRoot, 'links', 'pods');
+    for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
+      try { this.unenroll(BigInt(name)); } catch { /* keep tearing down */ }
+    }
+    for (const [name, link] of this.links) {
+      try { link.detach(); } catch { /* already gone */ }
+      try { link.unpin(); } catch { /* not pinned */ }
+      link.close();
+      this.links.delete(name);
+    }
+    this.close();
+    Datapath.removePins(this.pinRoot);
+  }
+
+  private static removePins(pinRoot: string): void {
+    // bpffs pins are unlinked like files; folders go bottom-up.
+    const walk = (dir: string): void => {
+      if (!existsSync(dir)) return;
+      for (const ent of readdirSync(dir, { withFileTypes: true })) {
+        const p = join(dir, ent.name);
+        if (ent.isDirectory()) walk(p);
+        else unlinkPin(p);
+      }
+      rmdirSync(dir);
+    };
+    walk(pinRoot);
+  }
+}
+
+function unlinkPin(path: string): void {
+  try { unlinkSync(path); } catch (err) { if (!isEnoent(err)) throw err; }
+}

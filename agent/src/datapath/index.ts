@@ -1,0 +1,27 @@
+// The datapath's public surface: what the rest of the agent (and weftctl) may use.
+export {
+  Datapath,
+  CGROUP_PROGRAMS,
+  DEFAULT_AGENT_PORT,
+  DEFAULT_PIN_DIR,
+  INBOUND_PROGRAM,
+  MESH_PORTS,
+  type DatapathOptions,
+  type EnrollOptions,
+  type EnrolledPod,
+  type LinkState,
+  type PeerRegistration,
+} from './datapath.ts';
+export {
+  COUNTER_FIELDS,
+  POD_COUNTER_FIELDS,
+  type CounterName,
+  type Counters,
+  type Destination,
+  type Endpoint,
+  type Mode,
+  type OriginalDestination,
+  type PodCounterName,
+  type PodCounters,
+} from './codecs.ts';
+export * from './errors.ts';
