@@ -1,0 +1,310 @@
+// The agent's certificate manager: one key and certificate per local workload identity.
+//
+// - On demand and cached: get(identity) returns the current certificate or fetches one;
+//   concurrent callers for one identity share a single key generation and signing call.
+// - Renewal at a fraction (default half) of the remaining lifetime at issuance, and at once for
+//   every identity when the trust bundle changes (root rotation).
+// - CA unreachable: retry with exponential backoff and jitter; the current certificate keeps
+//   being served until it expires. Refusals (identity not allowed, bad CSR) are not retried.
+// - Emits 'rotated' when an identity's certificate is replaced, 'trustBundleChanged', and
+//   'renewalFailed' for each failed attempt (metrics/logs).
+// - Builds the TLS credentials, SecureContexts and HBONE options of lib/identity/tls.ts.
+import { EventEmitter } from 'node:events';
+import type { ConnectionOptions, SecureContext, TlsOptions } from 'node:tls';
+import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identity/csr.ts';
+import { CaUnavailableError, CertificateRefusedError, IdentityError } from '../../../lib/identity/errors.ts';
+import { parseSpiffeId } from '../../../lib/identity/spiffe.ts';
+import {
+  hboneClientOptions, hboneSecureContext, hboneServerOptions, type PeerExpectation, type TlsCredentials, type VerificationFailureHook,
+} from '../../../lib/identity/tls.ts';
+import { parseCertificate } from '../../../lib/identity/x509.ts';
+import type { CertificateSigner } from './signer.ts';
+
+/** Fraction of the lifetime (from issuance) after which a certificate is renewed. */
+export const DEFAULT_RENEW_FRACTION = 0.5;
+export const DEFAULT_BACKOFF_INITIAL_MS = 500;
+export const DEFAULT_BACKOFF_MAX_MS = 30_000;
+/** How long get() waits for a first certificate before failing with CaUnavailableError. */
+export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+
+export interface BackoffOptions {
+  initialMs?: number;
+  maxMs?: number;
+  multiplier?: number;
+}
+
+export interface CertManagerOptions {
+  signer: CertificateSigner;
+  /** Roots to trust initially (updated from CA responses and setTrustBundle). */
+  trustBundle: readonly string[];
+  /** Requested certificate lifetime; 0 (default) = the CA's default (24 h). */
+  lifetimeSeconds?: number;
+  renewFraction?: number;
+  backoff?: BackoffOptions;
+  fetchTimeoutMs?: number;
+  clock?: () => number;
+}
+
+/** What `weftctl certs` and the admin endpoint show per identity. */
+export interface CertificateInfo {
+  identity: string;
+  serial: string;
+  issuer: string;
+  notBefore: Date;
+  notAfter: Date;
+  renewAt: Date;
+  state: 'valid' | 'renewing' | 'expired';
+}
+
+interface HeldCert {
+  keyPem: string;
+  certChain: string[];
+  serial: string;
+  issuer: string;
+  notBefore: Date;
+  notAfter: Date;
+  renewAt: number;
+}
+
+interface Entry {
+  identity: string;
+  cert: HeldCert | undefined;
+  inflight: Promise<HeldCert> | undefined;
+  timer: NodeJS.Timeout | undefined;
+  forgotten: boolean;
+  contexts: Map<string, SecureContext>;
+}
+
+export interface CertManagerEvents {
+  rotated: [info: CertificateInfo, previous: CertificateInfo | undefined];
+  trustBundleChanged: [bundle: readonly string[]];
+  renewalFailed: [identity: string, error: IdentityError];
+}
+
+export class CertManager extends EventEmitter<CertManagerEvents> {
+  readonly #signer: CertificateSigner;
+  readonly #lifetimeSeconds: number;
+  readonly #renewFraction: number;
+  readonly #backoff: Required<BackoffOptions>;
+  readonly #fetchTimeoutMs: number;
+  readonly #clock: () => number;
+  readonly #entries = new Map<string, Entry>();
+  #bundle: string[];
+  #closed = false;
+
+  constructor(opts: CertManagerOptions) {
+    super();
+    this.#signer = opts.signer;
+    this.#bundle = [...opts.trustBundle];
+    this.#lifetimeSeconds = opts.lifetimeSeconds ?? 0;
+    this.#renewFraction = opts.renewFraction ?? DEFAULT_RENEW_FRACTION;
+    this.#backoff = { initialMs: DEFAULT_BACKOFF_INITIAL_MS, maxMs: DEFAULT_BACKOFF_MAX_MS, multiplier: 2, ...opts.backoff };
+    this.#fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
+    this.#clock = opts.clock ?? Date.now;
+  }
+
+  /** The certificate for `identity`, fetching it if there is none that is still valid. */
+  async get(identity: string): Promise<TlsCredentials> {
+    const entry = this.#entry(identity);
+    const cert = entry.cert;
+    if (cert && this.#clock() < cert.notAfter.getTime()) return this.#creds(cert);
+    return this.#creds(await this.#waitFor(entry));
+  }
+
+  /** The current valid certificate, without fetching. */
+  current(identity: string): TlsCredentials | undefined {
+    const cert = this.#entries.get(identity)?.cert;
+    return cert && this.#clock() < cert.notAfter.getTime() ? this.#creds(cert) : undefined;
+  }
+
+  /** Stops holding and renewing `identity` (its last pod left the node). */
+  forget(identity: string): void {
+    const entry = this.#entries.get(identity);
+    if (!entry) return;
+    entry.forgotten = true;
+    clearTimeout(entry.timer);
+    this.#entries.delete(identity);
+  }
+
+  list(): CertificateInfo[] {
+    return [...this.#entries.values()].filter((e) => e.cert).map((e) => this.#info(e, e.cert!)).sort((a, b) => a.identity.localeCompare(b.identity));
+  }
+
+  trustBundle(): readonly string[] {
+    return this.#bundle;
+  }
+
+  /** New roots (from the CA's trust bundle stream or a response): renews every certificate. */
+  setTrustBundle(bundle: readonly string[]): void {
+    this.#applyTrustBundle(bundle, undefined);
+  }
+
+  #applyTrustBundle(bundle: readonly string[], fresh: Entry | undefined): void {
+    if (sameBundle(bundle, this.#bundle)) return;
+    this.#bundle = [...bundle];
+    this.#signer.setTrustBundle(bundle);
+    for (const e of this.#entries.values()) e.contexts.clear();
+    this.emit('trustBundleChanged', this.#bundle);
+    for (const e of this.#entries.values()) {
+      if (!e.cert || e.inflight || e === fresh) continue;
+      clearTimeout(e.timer);
+      this.#refresh(e).catch(() => undefined);
+    }
+  }
+
+  /** A SecureContext for `identity` with the current trust bundle (cached per certificate). */
+  async secureContext(identity: string): Promise<SecureContext> {
+    const creds = await this.get(identity);
+    const entry = this.#entry(identity);
+    const key = `${entry.cert?.serial}/${this.#bundle.length}:${this.#bundle.join('').length}`;
+    let ctx = entry.contexts.get(key);
+    if (!ctx) {
+      ctx = hboneSecureContext(creds);
+      entry.contexts.clear();
+      entry.contexts.set(key, ctx);
+    }
+    return ctx;
+  }
+
+  /** HBONE client options for a connection made as `identity` to a peer matching `expected`. */
+  async clientOptions(identity: string, expected: PeerExpectation, hook?: VerificationFailureHook): Promise<ConnectionOptions> {
+    return hboneClientOptions(await this.get(identity), expected, hook);
+  }
+
+  /**
+   * HBONE server options that pick the served identity per connection: `select` maps the TLS
+   * server name (SNI, may be undefined) to an identity held here.
+   */
+  serverOptions(select: (servername: string | undefined) => string | undefined): TlsOptions {
+    return hboneServerOptions({
+      SNICallback: (servername, cb) => {
+        const identity = select(servername || undefined);
+        if (!identity) {
+          cb(new IdentityError('WEFT_TLS_NO_LOCAL_IDENTITY', `no local workload identity serves server name "${servername}"`), undefined);
+          return;
+        }
+        this.secureContext(identity).then((ctx) => cb(null, ctx), (err: Error) => cb(err, undefined));
+      },
+    });
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const e of this.#entries.values()) {
+      e.forgotten = true;
+      clearTimeout(e.timer);
+    }
+    this.#entries.clear();
+    this.#signer.close();
+  }
+
+  #entry(identity: string): Entry {
+    let e = this.#entries.get(identity);
+    if (!e) {
+      parseSpiffeId(identity);
+      e = { identity, cert: undefined, inflight: undefined, timer: undefined, forgotten: false, contexts: new Map() };
+      this.#entries.set(identity, e);
+    }
+    return e;
+  }
+
+  #creds(cert: HeldCert): TlsCredentials {
+    return { key: cert.keyPem, certChain: cert.certChain, trustBundle: this.#bundle };
+  }
+
+  #info(e: Entry, c: HeldCert): CertificateInfo {
+    const now = this.#clock();
+    const state = now >= c.notAfter.getTime() ? 'expired' : e.inflight ? 'renewing' : 'valid';
+    return { identity: e.identity, serial: c.serial, issuer: c.issuer, notBefore: c.notBefore, notAfter: c.notAfter, renewAt: new Date(c.renewAt), state };
+  }
+
+  /** Waits for the (shared) fetch, at most fetchTimeoutMs. */
+  async #waitFor(entry: Entry): Promise<HeldCert> {
+    const inflight = entry.inflight ?? this.#refresh(entry);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new CaUnavailableError(`no certificate for ${entry.identity} within ${this.#fetchTimeoutMs} ms; the certificate service is unreachable or slow, retries continue in the background`)), this.#fetchTimeoutMs);
+      timer.unref();
+    });
+    try {
+      return await Promise.race([inflight, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Starts (or joins) the signing of a fresh certificate for `entry`, retrying until it succeeds or is refused. */
+  #refresh(entry: Entry): Promise<HeldCert> {
+    if (entry.inflight) return entry.inflight;
+    const p = this.#fetchWithRetry(entry).finally(() => {
+      if (entry.inflight === p) entry.inflight = undefined;
+    });
+    entry.inflight = p;
+    // Background renewals have no awaiting caller; failures are reported through events.
+    p.catch(() => undefined);
+    return p;
+  }
+
+  async #fetchWithRetry(entry: Entry): Promise<HeldCert> {
+    let delay = this.#backoff.initialMs;
+    for (;;) {
+      if (this.#closed || entry.forgotten) throw new CaUnavailableError(`certificate manager stopped before ${entry.identity} was signed`);
+      try {
+        return this.#install(entry, await this.#fetchOnce(entry.identity));
+      } catch (err) {
+        const typed = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${entry.identity} failed: ${(err as Error).message}`, { cause: err });
+        this.emit('renewalFailed', entry.identity, typed);
+        if (typed instanceof CertificateRefusedError) throw typed;
+        const jittered = delay * (0.8 + Math.random() * 0.4);
+        await new Promise<void>((r) => setTimeout(r, jittered).unref());
+        delay = Math.min(delay * this.#backoff.multiplier, this.#backoff.maxMs);
+      }
+    }
+  }
+
+  async #fetchOnce(identity: string): Promise<HeldCert & { trustBundle: string[] }> {
+    const { privateKey } = await generateKeyPair();
+    const res = await this.#signer.sign(identity, createCsr(identity, privateKey), this.#lifetimeSeconds);
+    const leaf = parseCertificate(res.certChain[0]!);
+    if (leaf.uris.length !== 1 || leaf.uris[0] !== identity) {
+      throw new CertificateRefusedError(`certificate service returned a certificate for ${leaf.uris.join(', ') || '(no URI SAN)'} when ${identity} was requested`);
+    }
+    const now = this.#clock();
+    const notAfter = leaf.notAfter.getTime();
+    return {
+      keyPem: privateKeyToPem(privateKey),
+      certChain: res.certChain,
+      serial: leaf.serial,
+      issuer: leaf.x509.issuer.replace(/\n/g, ', '),
+      notBefore: leaf.notBefore,
+      notAfter: leaf.notAfter,
+      renewAt: now + Math.max(0, notAfter - now) * this.#renewFraction,
+      trustBundle: res.trustBundle,
+    };
+  }
+
+  #install(entry: Entry, fetched: HeldCert & { trustBundle: string[] }): HeldCert {
+    const { trustBundle, ...cert } = fetched;
+    const previous = entry.cert;
+    if (entry.forgotten || this.#closed) return cert;
+    entry.cert = cert;
+    entry.contexts.clear();
+    clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => {
+      this.#refresh(entry).catch(() => undefined);
+    }, Math.max(0, cert.renewAt - this.#clock()));
+    entry.timer.unref();
+    if (previous) this.emit('rotated', this.#info(entry, cert), this.#info(entry, previous));
+    if (trustBundle.length > 0 && !sameBundle(trustBundle, this.#bundle)) {
+      // Learned new roots from the CA; this certificate was issued under them already.
+      this.#applyTrustBundle(trustBundle, entry);
+    }
+    return cert;
+  }
+}
+
+function sameBundle(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  const s = new Set(b.map((p) => p.trim()));
+  return a.every((p) => s.has(p.trim()));
+}

@@ -1,0 +1,157 @@
+// How the agent gets CSRs signed: the controller's certificate service over gRPC.
+//
+// Local mode: the agent holds a per-node bootstrap token. It exchanges the token once for a node
+// certificate (spiffe://<td>/node/<name>), then authenticates every request with mTLS using that
+// certificate, renewing it through mTLS at half-life. If the CA stops accepting the node
+// certificate (e.g. after a root rotation), it falls back to the token once.
+// Kubernetes mode (`useNodeCertificate: false`): every request carries the agent's projected
+// ServiceAccount token, which the controller checks with a TokenReview.
+import { CertificateServiceClient } from '../../../lib/identity/ca-client.ts';
+import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identity/csr.ts';
+import { CaAuthenticationError } from '../../../lib/identity/errors.ts';
+import { nodeId } from '../../../lib/identity/spiffe.ts';
+import type { PeerExpectation } from '../../../lib/identity/tls.ts';
+import { parseCertificate } from '../../../lib/identity/x509.ts';
+
+export interface SignResult {
+  /** PEM, leaf first. */
+  certChain: string[];
+  /** PEM roots as the CA currently publishes them. */
+  trustBundle: string[];
+}
+
+/** Anything that turns a CSR into a certificate chain for an identity. */
+export interface CertificateSigner {
+  sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<SignResult>;
+  /** Roots to verify the CA itself against changed. */
+  setTrustBundle(bundle: readonly string[]): void;
+  close(): void;
+}
+
+export interface GrpcSignerOptions {
+  /** host:port of the controller (15012). */
+  address: string;
+  /** Initial roots (from the install: a ConfigMap or a file). */
+  trustBundle: readonly string[];
+  /** The controller's SPIFFE ID or a predicate over it. */
+  serverIdentity: PeerExpectation;
+  /** Bootstrap token (local mode) or ServiceAccount token reader (Kubernetes mode). */
+  token: () => string | Promise<string>;
+  trustDomain: string;
+  nodeName: string;
+  /** Exchange the token for a node certificate and use mTLS afterwards (default true). */
+  useNodeCertificate?: boolean;
+  /** Requested lifetime of the node certificate; 0 = the CA's default. */
+  nodeCertLifetimeSeconds?: number;
+  deadlineMs?: number;
+  clock?: () => number;
+}
+
+interface NodeCert {
+  keyPem: string;
+  certChain: string[];
+  renewAt: number;
+}
+
+export class GrpcCertificateSigner implements CertificateSigner {
+  readonly #opts: GrpcSignerOptions;
+  readonly #clock: () => number;
+  #bundle: readonly string[];
+  #tokenClient: CertificateServiceClient | undefined;
+  #mtlsClient: CertificateServiceClient | undefined;
+  #nodeCert: NodeCert | undefined;
+  #nodeCertInflight: Promise<NodeCert> | undefined;
+
+  constructor(opts: GrpcSignerOptions) {
+    this.#opts = opts;
+    this.#bundle = [...opts.trustBundle];
+    this.#clock = opts.clock ?? Date.now;
+  }
+
+  get nodeIdentity(): string {
+    return nodeId(this.#opts.trustDomain, this.#opts.nodeName).uri;
+  }
+
+  setTrustBundle(bundle: readonly string[]): void {
+    if (bundle.join('') === this.#bundle.join('')) return;
+    this.#bundle = [...bundle];
+    this.#tokenClient?.close();
+    this.#mtlsClient?.close();
+    this.#tokenClient = undefined;
+    this.#mtlsClient = undefined;
+  }
+
+  #clientOpts() {
+    const o = { address: this.#opts.address, trustBundle: this.#bundle, serverIdentity: this.#opts.serverIdentity };
+    return this.#opts.deadlineMs !== undefined ? { ...o, deadlineMs: this.#opts.deadlineMs } : o;
+  }
+
+  #token(): CertificateServiceClient {
+    this.#tokenClient ??= new CertificateServiceClient({ ...this.#clientOpts(), credentials: { kind: 'token', token: this.#opts.token } });
+    return this.#tokenClient;
+  }
+
+  #mtls(cert: NodeCert): CertificateServiceClient {
+    this.#mtlsClient ??= new CertificateServiceClient({ ...this.#clientOpts(), credentials: { kind: 'mtls', key: cert.keyPem, certChain: cert.certChain } });
+    return this.#mtlsClient;
+  }
+
+  async sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<SignResult> {
+    if (this.#opts.useNodeCertificate === false) return this.#token().createCertificate(identity, csrPem, lifetimeSeconds);
+    const cert = await this.#ensureNodeCert();
+    try {
+      return await this.#mtls(cert).createCertificate(identity, csrPem, lifetimeSeconds);
+    } catch (err) {
+      if (!(err instanceof CaAuthenticationError)) throw err;
+      // The node certificate is no longer accepted: bootstrap again with the token, once.
+      this.#dropNodeCert();
+      return this.#mtls(await this.#ensureNodeCert()).createCertificate(identity, csrPem, lifetimeSeconds);
+    }
+  }
+
+  #dropNodeCert(): void {
+    this.#nodeCert = undefined;
+    this.#mtlsClient?.close();
+    this.#mtlsClient = undefined;
+  }
+
+  async #ensureNodeCert(): Promise<NodeCert> {
+    const now = this.#clock();
+    if (this.#nodeCert && now < this.#nodeCert.renewAt) return this.#nodeCert;
+    this.#nodeCertInflight ??= this.#fetchNodeCert().finally(() => {
+      this.#nodeCertInflight = undefined;
+    });
+    return this.#nodeCertInflight;
+  }
+
+  async #fetchNodeCert(): Promise<NodeCert> {
+    const { privateKey } = await generateKeyPair();
+    const csr = createCsr(this.nodeIdentity, privateKey);
+    const lifetime = this.#opts.nodeCertLifetimeSeconds ?? 0;
+    let res: SignResult;
+    const previous = this.#nodeCert;
+    if (previous) {
+      // Renew with the still-valid node certificate; fall back to the token if it is refused.
+      try {
+        res = await this.#mtls(previous).createCertificate(this.nodeIdentity, csr, lifetime);
+      } catch {
+        res = await this.#token().createCertificate(this.nodeIdentity, csr, lifetime);
+      }
+    } else {
+      res = await this.#token().createCertificate(this.nodeIdentity, csr, lifetime);
+    }
+    const leaf = parseCertificate(res.certChain[0]!);
+    const now = this.#clock();
+    const cert: NodeCert = { keyPem: privateKeyToPem(privateKey), certChain: res.certChain, renewAt: now + (leaf.notAfter.getTime() - now) / 2 };
+    this.#dropNodeCert();
+    this.#nodeCert = cert;
+    return cert;
+  }
+
+  close(): void {
+    this.#tokenClient?.close();
+    this.#mtlsClient?.close();
+    this.#tokenClient = undefined;
+    this.#mtlsClient = undefined;
+  }
+}

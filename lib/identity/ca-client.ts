@@ -1,0 +1,130 @@
+// gRPC client for the certificate service (proto/weft/ca.proto). Used by agents (and anything
+// else that holds workload certificates) to get CSRs signed.
+//
+// The channel is TLS; the controller's certificate is verified against the trust bundle and
+// its SPIFFE ID against `serverIdentity`. The caller authenticates with a bearer token (a
+// per-node bootstrap token, or a Kubernetes ServiceAccount token) or with its node
+// certificate (mTLS). Failures become typed errors: CaUnavailableError (retry),
+// CaAuthenticationError, CertificateRefusedError.
+import * as grpc from '@grpc/grpc-js';
+import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, IdentityError } from './errors.ts';
+import { certificateServiceClient, type CreateCertificateRequest, type CreateCertificateResponse, type TrustBundleMessage } from './ca-proto.ts';
+import { spiffeIdOfCertificate, type PeerExpectation } from './tls.ts';
+import type { SpiffeId } from './spiffe.ts';
+
+/** Default deadline of one CreateCertificate call. */
+export const DEFAULT_CA_CALL_DEADLINE_MS = 10_000;
+
+export type CaClientCredentials =
+  | { kind: 'token'; token: () => string | Promise<string> }
+  | { kind: 'mtls'; key: string; certChain: readonly string[] };
+
+export interface CaClientOptions {
+  /** host:port of the controller's TLS gRPC port (15012). */
+  address: string;
+  /** Roots to verify the controller's certificate against. */
+  trustBundle: readonly string[];
+  /** The controller's expected SPIFFE ID, or a predicate. */
+  serverIdentity: PeerExpectation;
+  credentials: CaClientCredentials;
+  /** Deadline per call (default 10 s). */
+  deadlineMs?: number;
+}
+
+interface RawClient extends grpc.Client {
+  createCertificate(req: CreateCertificateRequest, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: CreateCertificateResponse) => void): grpc.ClientUnaryCall;
+  watchTrustBundle(req: Record<string, never>, md: grpc.Metadata): grpc.ClientReadableStream<TrustBundleMessage>;
+}
+
+export class CertificateServiceClient {
+  readonly address: string;
+  readonly #client: RawClient;
+  readonly #deadlineMs: number;
+  readonly #token: (() => string | Promise<string>) | undefined;
+
+  constructor(opts: CaClientOptions) {
+    this.address = opts.address;
+    this.#deadlineMs = opts.deadlineMs ?? DEFAULT_CA_CALL_DEADLINE_MS;
+    const expected = opts.serverIdentity;
+    const verify: grpc.VerifyOptions = {
+      checkServerIdentity: (_host, cert) => {
+        try {
+          const id: SpiffeId = spiffeIdOfCertificate(cert);
+          const ok = typeof expected === 'string' ? id.uri === expected : expected(id);
+          return ok ? undefined : new CaAuthenticationError(`certificate service at ${opts.address} presented ${id.uri}, not the expected controller identity`);
+        } catch (err) {
+          return err as Error;
+        }
+      },
+    };
+    const roots = Buffer.from(opts.trustBundle.join(''));
+    const creds = opts.credentials;
+    const channelCreds = creds.kind === 'mtls'
+      ? grpc.credentials.createSsl(roots, Buffer.from(creds.key), Buffer.from(creds.certChain.join('')), verify)
+      : grpc.credentials.createSsl(roots, null, null, verify);
+    this.#token = creds.kind === 'token' ? creds.token : undefined;
+    const Ctor = certificateServiceClient();
+    this.#client = new Ctor(opts.address, channelCreds, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as RawClient;
+  }
+
+  async #metadata(): Promise<grpc.Metadata> {
+    const md = new grpc.Metadata();
+    if (this.#token) md.set('authorization', `Bearer ${await this.#token()}`);
+    return md;
+  }
+
+  /** Asks the CA to sign `csr` (PEM) for `identity`. */
+  async createCertificate(identity: string, csr: string, validitySeconds = 0): Promise<CreateCertificateResponse> {
+    const md = await this.#metadata();
+    return new Promise((resolve, reject) => {
+      this.#client.createCertificate(
+        { identity, csr, validitySeconds },
+        md,
+        { deadline: Date.now() + this.#deadlineMs },
+        (err, res) => {
+          if (err) reject(toIdentityError(err, this.address, identity));
+          else if (!res || res.certChain.length === 0) reject(new CaUnavailableError(`certificate service at ${this.address} answered without a certificate for ${identity}`));
+          else resolve(res);
+        },
+      );
+    });
+  }
+
+  /**
+   * Streams the trust bundle: `onBundle` gets the current roots, then every change. Returns a
+   * cancel function. `onEnd` is called once when the stream fails or ends (reconnect there).
+   */
+  async watchTrustBundle(onBundle: (roots: string[]) => void, onEnd: (err: IdentityError) => void): Promise<() => void> {
+    const call = this.#client.watchTrustBundle({}, await this.#metadata());
+    let cancelled = false;
+    call.on('data', (m: TrustBundleMessage) => onBundle(m.roots));
+    call.on('error', (err: grpc.ServiceError) => {
+      if (!cancelled) onEnd(toIdentityError(err, this.address, 'trust bundle'));
+    });
+    call.on('end', () => {
+      if (!cancelled) onEnd(new CaUnavailableError(`trust bundle stream from ${this.address} ended; reconnect`));
+    });
+    return () => {
+      cancelled = true;
+      call.cancel();
+    };
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+export function toIdentityError(err: grpc.ServiceError, address: string, what: string): IdentityError {
+  const detail = `${grpc.status[err.code] ?? err.code}: ${err.details || err.message}`;
+  switch (err.code) {
+    case grpc.status.UNAUTHENTICATED:
+      return new CaAuthenticationError(`certificate service at ${address} did not accept this node's credentials (${detail}); check the bootstrap token or ServiceAccount token`, { cause: err });
+    case grpc.status.PERMISSION_DENIED:
+    case grpc.status.INVALID_ARGUMENT:
+    case grpc.status.FAILED_PRECONDITION:
+      return new CertificateRefusedError(`certificate service at ${address} refused ${what} (${detail})`, { cause: err });
+    default:
+      return new CaUnavailableError(`certificate service at ${address} is unavailable for ${what} (${detail}); will retry`, { cause: err });
+  }
+}

@@ -1,0 +1,303 @@
+// The Weft certificate authority: a root (generated, or loaded with an optional intermediate)
+// that signs short-lived workload and node certificates from CSRs.
+//
+// Trust bundle: the PEM roots peers must trust. During a root rotation it holds more than one
+// root: `rotateTo(next)` switches signing to the next CA and keeps the previous roots in the
+// bundle until `retirePreviousRoots()`, so certificates from both roots verify while workloads
+// move over.
+import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { generateKeyPair, parseCsr, privateKeyToPem } from './csr.ts';
+import { CaLoadError, CsrIdentityMismatchError } from './errors.ts';
+import { parseSpiffeId, validateTrustDomain } from './spiffe.ts';
+import {
+  KeyUsage, OID, buildCertificate, buildName, certToPem, extension, generalNames, keyIdentifier, keyUsageValue,
+  parseCertificate, splitPemCertificates, type AltNames, type CertificateDetails,
+} from './x509.ts';
+import { bool, oid, octets, ctx, seq } from './der.ts';
+
+/** Default lifetime of workload and node certificates. */
+export const DEFAULT_WORKLOAD_CERT_LIFETIME_MS = 24 * 60 * 60 * 1000;
+/** Longest lifetime a requester may ask for. */
+export const DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS = 7 * 24 * 60 * 60 * 1000;
+/** Default lifetime of a generated root. */
+export const DEFAULT_ROOT_LIFETIME_MS = 10 * 365 * 24 * 60 * 60 * 1000;
+/** notBefore is set this far in the past to tolerate clock skew between nodes (capped at the lifetime). */
+export const DEFAULT_BACKDATE_MS = 60 * 1000;
+
+export interface CaOptions {
+  /** Trust domain of the identities this CA signs, e.g. "cluster.local". */
+  trustDomain: string;
+  /** Lifetime of issued certificates when the request names none (default 24 h). */
+  workloadCertLifetimeMs?: number;
+  /** Upper bound on requested lifetimes (default 7 days). */
+  maxWorkloadCertLifetimeMs?: number;
+  /** Backdating of notBefore (default 60 s). */
+  backdateMs?: number;
+  /** Clock in ms since the epoch (default Date.now); tests move it to mint expired certificates. */
+  clock?: () => number;
+}
+
+export interface GenerateRootOptions extends CaOptions {
+  rootLifetimeMs?: number;
+  /** Subject organization of the root (default "weft"). */
+  organization?: string;
+}
+
+export interface IssueOptions {
+  /** Requested lifetime; capped by the CA's maximum and by the signing certificate's own expiry. */
+  lifetimeMs?: number;
+}
+
+export interface IssuedCertificate {
+  /** The SPIFFE ID in the URI SAN. */
+  identity: string;
+  /** Leaf first, then intermediates (never the root); PEM each. */
+  certChain: string[];
+  serial: string;
+  notBefore: Date;
+  notAfter: Date;
+}
+
+interface Signer {
+  key: KeyObject;
+  cert: CertificateDetails;
+  /** PEMs of intermediates between the signing cert and the root, signing cert first (empty for a root signer). */
+  intermediates: string[];
+  roots: string[];
+}
+
+export type TrustBundleListener = (bundle: readonly string[]) => void;
+
+export class CertificateAuthority {
+  readonly trustDomain: string;
+  readonly #lifetimeMs: number;
+  readonly #maxLifetimeMs: number;
+  readonly #backdateMs: number;
+  readonly #clock: () => number;
+  #signer: Signer;
+  #previousRoots: string[] = [];
+  readonly #listeners = new Set<TrustBundleListener>();
+
+  private constructor(signer: Signer, opts: CaOptions) {
+    this.trustDomain = validateTrustDomain(opts.trustDomain);
+    this.#lifetimeMs = opts.workloadCertLifetimeMs ?? DEFAULT_WORKLOAD_CERT_LIFETIME_MS;
+    this.#maxLifetimeMs = opts.maxWorkloadCertLifetimeMs ?? DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS;
+    this.#backdateMs = opts.backdateMs ?? DEFAULT_BACKDATE_MS;
+    this.#clock = opts.clock ?? Date.now;
+    this.#signer = signer;
+  }
+
+  /** A new self-signed ECDSA P-256 root (CA:true, keyCertSign|cRLSign). */
+  static async generateRoot(opts: GenerateRootOptions): Promise<CertificateAuthority> {
+    validateTrustDomain(opts.trustDomain);
+    const { privateKey, publicKey } = await generateKeyPair();
+    const spki = publicKey.export({ type: 'spki', format: 'der' });
+    const now = (opts.clock ?? Date.now)();
+    const name = buildName([
+      [OID.organization, opts.organization ?? 'weft'],
+      [OID.commonName, `weft root CA ${opts.trustDomain} ${new Date(now).toISOString()}`],
+    ]);
+    const ski = keyIdentifier(spki);
+    const der = buildCertificate({
+      serial: newSerial(),
+      issuer: name,
+      subject: name,
+      notBefore: new Date(now - DEFAULT_BACKDATE_MS),
+      notAfter: new Date(now + (opts.rootLifetimeMs ?? DEFAULT_ROOT_LIFETIME_MS)),
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, seq(bool(true))),
+        extension(OID.keyUsage, true, keyUsageValue([KeyUsage.digitalSignature, KeyUsage.keyCertSign, KeyUsage.cRLSign])),
+        extension(OID.subjectKeyId, false, octets(ski)),
+      ],
+    }, privateKey);
+    const pem = certToPem(der);
+    return new CertificateAuthority({ key: privateKey, cert: parseCertificate(der), intermediates: [], roots: [pem] }, opts);
+  }
+
+  /**
+   * Loads a signing certificate and key. `certPem` may carry the chain after the signing
+   * certificate (as tls.crt often does); `rootsPem` is the root bundle (ca.crt). Without roots,
+   * the signing certificate must itself be a self-signed root.
+   */
+  static fromPem(material: { certPem: string; keyPem: string; rootsPem?: string }, opts: CaOptions): CertificateAuthority {
+    const certs = splitPemCertificates(material.certPem);
+    if (certs.length === 0) throw new CaLoadError('CA certificate has no PEM CERTIFICATE block; supply the signing certificate (tls.crt / ca-cert.pem)');
+    let signingCert: CertificateDetails;
+    let key: KeyObject;
+    try {
+      signingCert = parseCertificate(certs[0]!);
+      key = createPrivateKey(material.keyPem);
+    } catch (err) {
+      throw new CaLoadError(`CA certificate or key could not be parsed (${(err as Error).message}); supply PEM files`, { cause: err });
+    }
+    const keySpki = createPublicKey(key).export({ type: 'spki', format: 'der' });
+    if (!keySpki.equals(signingCert.spki)) {
+      throw new CaLoadError(`CA key does not belong to the CA certificate (${signingCert.x509.subject.replace(/\n/g, ', ')}); supply the matching key`);
+    }
+    if (!signingCert.isCa) {
+      throw new CaLoadError(`certificate ${signingCert.x509.subject.replace(/\n/g, ', ')} is not a CA (basicConstraints CA:false); supply a CA certificate`);
+    }
+    const roots = material.rootsPem ? splitPemCertificates(material.rootsPem) : [];
+    const selfSigned = signingCert.x509.checkIssued(signingCert.x509) && signingCert.x509.verify(signingCert.x509.publicKey);
+    if (roots.length === 0) {
+      if (!selfSigned) throw new CaLoadError('CA certificate is an intermediate but no root bundle (ca.crt / root-cert.pem) was supplied; supply the root');
+      roots.push(certs[0]!);
+    }
+    const intermediates = selfSigned ? [] : certs.filter((c) => !roots.includes(c));
+    // The top of the supplied chain must be issued by one of the roots.
+    const top = parseCertificate(intermediates.length ? intermediates[intermediates.length - 1]! : certs[0]!).x509;
+    const anchored = roots.some((r) => {
+      const root = parseCertificate(r).x509;
+      return top.checkIssued(root) && top.verify(root.publicKey);
+    });
+    if (!anchored) throw new CaLoadError('CA certificate chain does not lead to any certificate in the root bundle; supply the matching ca.crt');
+    return new CertificateAuthority({ key, cert: signingCert, intermediates, roots }, opts);
+  }
+
+  /** Loads from PEM files: the signing certificate (+ chain), its key, and optionally the root bundle. */
+  static async fromFiles(files: { certFile: string; keyFile: string; rootsFile?: string }, opts: CaOptions): Promise<CertificateAuthority> {
+    const read = async (f: string) => {
+      try {
+        return await readFile(f, 'utf8');
+      } catch (err) {
+        throw new CaLoadError(`cannot read CA file ${f} (${(err as Error).message}); check the path and permissions`, { cause: err });
+      }
+    };
+    const material: { certPem: string; keyPem: string; rootsPem?: string } = { certPem: await read(files.certFile), keyPem: await read(files.keyFile) };
+    if (files.rootsFile) material.rootsPem = await read(files.rootsFile);
+    return CertificateAuthority.fromPem(material, opts);
+  }
+
+  /**
+   * Loads from a Kubernetes Secret's `data` (base64 values, or `stringData` with PEM values):
+   * tls.crt / tls.key / ca.crt (kubernetes.io/tls), or Istio's cacerts names
+   * ca-cert.pem / ca-key.pem / root-cert.pem (+ cert-chain.pem).
+   */
+  static fromSecretData(data: Readonly<Record<string, string>>, opts: CaOptions): CertificateAuthority {
+    const get = (...names: string[]): string | undefined => {
+      for (const n of names) {
+        const v = data[n];
+        if (v === undefined || v === '') continue;
+        return v.includes('-----BEGIN') ? v : Buffer.from(v, 'base64').toString('utf8');
+      }
+      return undefined;
+    };
+    const certPem = get('tls.crt', 'ca-cert.pem');
+    const keyPem = get('tls.key', 'ca-key.pem');
+    if (!certPem || !keyPem) {
+      throw new CaLoadError(`CA Secret lacks ${certPem ? '' : 'tls.crt '}${keyPem ? '' : 'tls.key'}; it needs tls.crt, tls.key and (for an intermediate) ca.crt`.replace('  ', ' '));
+    }
+    const chain = get('cert-chain.pem');
+    const rootsPem = get('ca.crt', 'root-cert.pem');
+    const material: { certPem: string; keyPem: string; rootsPem?: string } = { certPem: chain && !certPem.includes(chain) ? certPem + chain : certPem, keyPem };
+    if (rootsPem) material.rootsPem = rootsPem;
+    return CertificateAuthority.fromPem(material, opts);
+  }
+
+  /** Roots peers must trust: the current roots first, then roots kept during a rotation. */
+  trustBundle(): string[] {
+    return [...new Set([...this.#signer.roots, ...this.#previousRoots])];
+  }
+
+  /** The certificate this CA signs with (root or intermediate), PEM. */
+  signingCertificate(): string {
+    return certToPem(this.#signer.cert.der);
+  }
+
+  onTrustBundleChange(listener: TrustBundleListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Starts a root rotation: sign with `next` from now on, keep trusting the current roots. */
+  rotateTo(next: CertificateAuthority): void {
+    if (next.trustDomain !== this.trustDomain) {
+      throw new CaLoadError(`cannot rotate from trust domain ${this.trustDomain} to ${next.trustDomain}; a rotation keeps the trust domain`);
+    }
+    this.#previousRoots = [...new Set([...this.#previousRoots, ...this.#signer.roots])].filter((r) => !next.#signer.roots.includes(r));
+    this.#signer = next.#signer;
+    this.#emit();
+  }
+
+  /** Ends a root rotation: only the current roots stay trusted. */
+  retirePreviousRoots(): void {
+    if (this.#previousRoots.length === 0) return;
+    this.#previousRoots = [];
+    this.#emit();
+  }
+
+  #emit(): void {
+    const bundle = this.trustBundle();
+    for (const l of this.#listeners) l(bundle);
+  }
+
+  /**
+   * Signs a CSR for `identity`. The CSR's signature must verify and its URI SANs must be
+   * exactly [identity]; otherwise MalformedCsrError / CsrSignatureError / CsrIdentityMismatchError.
+   */
+  signCsr(csr: string | Buffer, identity: string, opts: IssueOptions = {}): IssuedCertificate {
+    const id = parseSpiffeId(identity);
+    if (id.trustDomain !== this.trustDomain) {
+      throw new CsrIdentityMismatchError([identity], `an identity in trust domain ${this.trustDomain}`);
+    }
+    const parsed = parseCsr(csr);
+    if (parsed.uris.length !== 1 || parsed.uris[0] !== id.uri) throw new CsrIdentityMismatchError(parsed.uris, id.uri);
+    return this.issue(parsed.spki, { uris: [id.uri] }, opts);
+  }
+
+  /**
+   * Issues a leaf (CA:false, serverAuth+clientAuth) for a public key, with the given SANs. Used
+   * by signCsr and for serving certificates (the controller's, with DNS/IP SANs).
+   */
+  issue(spki: Buffer, names: AltNames, opts: IssueOptions = {}): IssuedCertificate {
+    const now = this.#clock();
+    const lifetime = Math.min(opts.lifetimeMs ?? this.#lifetimeMs, this.#maxLifetimeMs);
+    const notAfter = Math.min(now + lifetime, this.#signer.cert.notAfter.getTime());
+    const notBefore = now - Math.min(this.#backdateMs, lifetime);
+    const signer = this.#signer;
+    const subjectSpki = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+    const usage = subjectSpki.asymmetricKeyType === 'rsa' ? [KeyUsage.digitalSignature, KeyUsage.keyEncipherment] : [KeyUsage.digitalSignature];
+    const extensions = [
+      extension(OID.basicConstraints, true, seq()),
+      extension(OID.keyUsage, true, keyUsageValue(usage)),
+      extension(OID.extKeyUsage, false, seq(oid(OID.serverAuth), oid(OID.clientAuth))),
+      // The subject is empty, so the SAN is critical (RFC 5280 4.2.1.6).
+      extension(OID.subjectAltName, true, generalNames(names)),
+      extension(OID.subjectKeyId, false, octets(keyIdentifier(spki))),
+      extension(OID.authorityKeyId, false, seq(ctx(0, false, signer.cert.subjectKeyId ?? keyIdentifier(signer.cert.spki)))),
+    ];
+    const der = buildCertificate({
+      serial: newSerial(),
+      issuer: signer.cert.subjectName,
+      subject: seq(),
+      notBefore: new Date(notBefore),
+      notAfter: new Date(notAfter),
+      spki,
+      extensions,
+    }, signer.key);
+    const leaf = parseCertificate(der);
+    return {
+      identity: names.uris?.[0] ?? '',
+      certChain: [certToPem(der), ...signer.intermediates],
+      serial: leaf.serial,
+      notBefore: leaf.notBefore,
+      notAfter: leaf.notAfter,
+    };
+  }
+
+  /** A fresh key and certificate for a server (the controller's gRPC port), PEM. */
+  async issueServingCertificate(names: AltNames, opts: IssueOptions = {}): Promise<IssuedCertificate & { keyPem: string }> {
+    const { privateKey, publicKey } = await generateKeyPair();
+    const issued = this.issue(publicKey.export({ type: 'spki', format: 'der' }), names, opts);
+    return { ...issued, keyPem: privateKeyToPem(privateKey) };
+  }
+}
+
+/** 128-bit positive serial (RFC 5280 allows up to 20 octets). */
+function newSerial(): Buffer {
+  const b = randomBytes(16);
+  b[0] = (b[0]! & 0x7f) | 0x40;
+  return b;
+}
