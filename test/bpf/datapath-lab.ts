@@ -1,0 +1,136 @@
+// A one-node lab for the datapath tests: a node netns (where the agent runs) and pod netns joined
+// to it by veths, each pod in its own cgroup under the lab's cgroup folder, plus tiny Node programs
+// that stand in for applications (a client that reports what getpeername() says, a server that
+// reports whom accept() gave it).
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { Lab, run, type Netns } from '../lab/lab.ts';
+
+export const NODE_BIN = process.execPath;
+
+export interface LabPod {
+  name: string;
+  ns: Netns;
+  cgroup: string;
+  ip: string;
+  /** Node-side veth address: the pod's gateway and its agent address. */
+  gateway: string;
+  /** Pod-side interface name inside the pod netns. */
+  ifname: string;
+}
+
+/** Builds node + pods; pod i gets 10.77.<i>.2/24 with gateway 10.77.<i>.1. */
+export function buildNode(lab: Lab, podNames: string[]): { node: Netns; pods: Record<string, LabPod> } {
+  const node = lab.netns('node');
+  node.exec('sysctl', '-qw', 'net.ipv4.ip_forward=1');
+  const pods: Record<string, LabPod> = {};
+  podNames.forEach((name, i) => {
+    const ns = lab.netns(name);
+    const gateway = `10.77.${i + 1}.1`;
+    const ip = `10.77.${i + 1}.2`;
+    const { b } = lab.veth({ ns: node, name: `n${i}`, addr: `${gateway}/24` }, { ns, name: `p${i}`, addr: `${ip}/24` });
+    ns.exec('ip', 'route', 'add', 'default', 'via', gateway);
+    pods[name] = { name, ns, cgroup: lab.cgroup(name), ip, gateway, ifname: b };
+  });
+  return { node, pods };
+}
+
+/** What the client program prints. */
+export interface ClientResult {
+  ok: boolean;
+  code?: string;
+  /** getpeername() of the connected socket. */
+  remoteAddress?: string;
+  remotePort?: number;
+  localAddress?: string;
+  localPort?: number;
+  /** The whole reply the server sent (JSON from the server programs). */
+  reply?: string;
+  ms?: number;
+}
+
+const CLIENT_JS = `
+const net = require('node:net');
+const [host, port, bindHost, bindPort] = process.argv.slice(1);
+const t0 = Date.now();
+const out = (o) => { process.stdout.write(JSON.stringify({ ...o, ms: Date.now() - t0 }) + '\\n'); process.exit(0); };
+const opts = { host, port: Number(port) };
+if (bindHost) { opts.localAddress = bindHost; opts.localPort = Number(bindPort); }
+const s = net.connect(opts);
+let reply = '';
+let seen = {};
+s.setTimeout(4000, () => out({ ok: false, code: 'TIMEOUT' }));
+s.on('connect', () => { seen = { remoteAddress: s.remoteAddress, remotePort: s.remotePort, localAddress: s.localAddress, localPort: s.localPort }; });
+s.on('data', (d) => { reply += d; });
+s.on('end', () => out({ ok: true, ...seen, reply }));
+s.on('error', (e) => out({ ok: false, code: e.code }));
+`;
+
+/** Runs one connection from inside `ns` (and `cgroup`, when given) and returns what it saw. */
+export async function connectFrom(lab: Lab, where: { ns: Netns; cgroup?: string }, host: string, port: number,
+  bind?: { host: string; port: number }): Promise<ClientResult> {
+  const args = ['-e', CLIENT_JS, host, String(port)];
+  if (bind) args.push(bind.host, String(bind.port));
+  const child = lab.spawn(NODE_BIN, args, where.cgroup ? { netns: where.ns, cgroup: where.cgroup } : { netns: where.ns });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => { stdout += d; });
+  child.stderr!.on('data', (d) => { stderr += d; });
+  await once(child, 'exit');
+  const line = stdout.trim().split('\n').pop();
+  if (!line) throw new Error(`client in ${where.ns.name} printed nothing; stderr: ${stderr}`);
+  return JSON.parse(line) as ClientResult;
+}
+
+const SERVER_JS = `
+const net = require('node:net');
+const [name, ...listen] = process.argv.slice(1);
+let pending = listen.length;
+for (const hp of listen) {
+  const i = hp.lastIndexOf(':');
+  const host = hp.slice(0, i), port = Number(hp.slice(i + 1));
+  net.createServer((s) => {
+    s.end(JSON.stringify({ server: name, remoteAddress: s.remoteAddress, remotePort: s.remotePort, localAddress: s.localAddress, localPort: s.localPort }));
+  }).listen({ host, port, ipv6Only: false }, () => { if (--pending === 0) process.stdout.write('ready\\n'); });
+}
+`;
+
+/** Starts a server program in a pod (netns + cgroup) listening on each host:port; resolves when ready. */
+export async function startServer(lab: Lab, pod: { ns: Netns; cgroup: string }, name: string, listen: string[]): Promise<ChildProcess> {
+  const child = lab.spawn(NODE_BIN, ['-e', SERVER_JS, name, ...listen], { netns: pod.ns, cgroup: pod.cgroup });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d) => { err += d; });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`server ${name} exited (${code}): ${err}`)));
+  });
+  return child;
+}
+
+/**
+ * Kills processes and waits until each is reaped: a cgroup still counts a dying task for a moment
+ * after cgroup.procs stops listing it, and the lab's rmdir of a busy cgroup fails.
+ */
+export async function stopAll(children: Iterable<ChildProcess>): Promise<void> {
+  await Promise.all([...children].map(async (child) => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, 'exit');
+    child.kill('SIGKILL');
+    await exited;
+  }));
+}
+
+/** `bpftool -j ...` parsed. */
+export function bpftoolJson<T = unknown>(...args: string[]): T {
+  return JSON.parse(run('bpftool', ['-j', ...args])) as T;
+}
+
+/** A pinned map's contents as bpftool prints them (key/value byte arrays), for before/after diffs. */
+export function mapSnapshot(pin: string): string {
+  const entries = bpftoolJson<Array<{ key: string[]; value?: string[]; values?: unknown[] }>>('map', 'dump', 'pinned', pin);
+  return JSON.stringify(entries.map((e) => [e.key, e.value ?? e.values]));
+}

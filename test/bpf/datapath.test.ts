@@ -1,0 +1,305 @@
+// The eBPF L4 datapath against a real kernel: one node netns with pods joined by veths, each pod in
+// its own cgroup under the lab folder the cgroup programs attach to. Applications are real
+// processes inside the pods; the agent is stood in for by a listener in the node netns that asks
+// the datapath for each connection's original destination.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import { existsSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Lab } from '../lab/lab.ts';
+import { btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
+import { COUNTER_FIELDS, Datapath, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
+import type { ChildProcess } from 'node:child_process';
+import { bpftoolJson, buildNode, connectFrom, mapSnapshot, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+
+const OBJECT_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'bpf');
+const VIP = '10.96.0.10';
+const AGENT_PORT = 15001;
+const APP_PORT = 8080;
+const APP_PORT6 = 8081;
+
+interface Accepted {
+  remote: string;
+  remotePort: number;
+  orig: OriginalDestination | undefined;
+}
+
+describe('eBPF L4 datapath', () => {
+  let lab: Lab;
+  let dp: Datapath;
+  let agent: Server;
+  let pa: LabPod; // enrolled client pod
+  let pb: LabPod; // server pod (enrolled STRICT/PERMISSIVE in the enforcement tests)
+  let pc: LabPod; // never enrolled
+  let node: LabPod['ns'];
+  const accepted: Accepted[] = [];
+  const servers: ChildProcess[] = [];
+
+  before(async () => {
+    assert.ok(existsSync(join(OBJECT_DIR, 'redirect.bpf.o')), 'run `make bpf` first');
+    lab = new Lab();
+    const built = buildNode(lab, ['pa', 'pb', 'pc']);
+    node = built.node;
+    pa = built.pods.pa!;
+    pb = built.pods.pb!;
+    pc = built.pods.pc!;
+    dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+
+    // The agent stand-in: listens in the node netns on every address, like the real agent.
+    const fd = createSocketInNetns(node.path, { listen: { host: '0.0.0.0', port: AGENT_PORT } });
+    agent = createServer((s: Socket) => {
+      const orig = dp.originalDestination(s);
+      accepted.push({ remote: s.remoteAddress!, remotePort: s.remotePort!, orig });
+      s.end(JSON.stringify({ server: 'agent', orig: orig && { ip: orig.ip, port: orig.port } }));
+    });
+    await new Promise<void>((r) => agent.listen({ fd }, r));
+
+    // The real application in pod B, on IPv4 and on a dual-stack IPv6 socket.
+    servers.push(await startServer(lab, pb, 'pb', [`0.0.0.0:${APP_PORT}`, `:::${APP_PORT6}`]));
+  });
+
+  after(async () => {
+    agent?.close();
+    await stopAll(servers);
+    try { dp?.teardown(); } catch { /* the lab removes the pins anyway */ }
+    await lab?.cleanup();
+  });
+
+  test('loads every program named weft_* and attaches each cgroup program exactly once, even when opened twice', () => {
+    const second = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    try {
+      assert.deepEqual(second.cgroupLinks().map((l) => l.id).sort(), dp.cgroupLinks().map((l) => l.id).sort(),
+        'the second open adopted the pinned links instead of creating new ones');
+      const attached = bpftoolJson<Array<{ name: string; attach_type: string }>>('cgroup', 'show', lab.cgroupDir);
+      const names = attached.map((a) => a.name).sort();
+      assert.deepEqual(names, ['weft_connect4', 'weft_connect6', 'weft_getpeer4', 'weft_getpeer6', 'weft_sockops']);
+    } finally {
+      second.close();
+    }
+  });
+
+  test('struct layouts in the object BTF match the agent codecs', () => {
+    const obj = join(OBJECT_DIR, 'redirect.bpf.o');
+    const sizes: Record<string, number> = {
+      weft_pod: 16, weft_pod_in: 32, weft_dest_key: 8, weft_dest: 4, weft_tuple4: 12, weft_orig: 16,
+      weft_peer_key: 12, weft_peer: 8, weft_counters: COUNTER_FIELDS.length * 8, weft_pod_counters: POD_COUNTER_FIELDS.length * 8,
+    };
+    for (const [name, size] of Object.entries(sizes)) assert.equal(btfStruct(obj, name).size, size, `struct ${name}`);
+    assert.deepEqual(btfStruct(obj, 'weft_counters').members.map((m) => m.name), [...COUNTER_FIELDS]);
+    assert.deepEqual(btfStruct(obj, 'weft_pod_counters').members.map((m) => m.name), [...POD_COUNTER_FIELDS]);
+  });
+
+  test('redirects an enrolled pod\'s connection to a mesh address to the agent, which reads the original destination; the client still sees the dialled address', async () => {
+    dp.enroll({ netnsPath: pa.ns.path, podIp: pa.ip, mode: 'PERMISSIVE', agentIp: pa.gateway, agentPort: AGENT_PORT, ifname: pa.ifname });
+    dp.setDestinations([{ ip: VIP, port: 80 }]);
+    const before = dp.counters();
+    accepted.length = 0;
+
+    const r = await connectFrom(lab, pa, VIP, 80);
+    assert.equal(r.ok, true, `client failed: ${r.code}`);
+    assert.equal(JSON.parse(r.reply!).server, 'agent', 'the connection landed on the agent');
+    assert.equal(r.remoteAddress, VIP, 'getpeername shows the dialled address');
+    assert.equal(r.remotePort, 80);
+    assert.equal(accepted.length, 1);
+    assert.equal(accepted[0]!.remote, pa.ip);
+    assert.deepEqual(accepted[0]!.orig, { ip: VIP, port: 80, clientNetnsCookie: netnsCookie(pa.ns.path) });
+    // Read-then-delete: the entry is gone once the agent has it.
+    assert.equal(dp.takeOriginal({ ip: pa.ip, port: r.localPort! }, { ip: pa.gateway, port: AGENT_PORT }), undefined);
+
+    const after = dp.counters();
+    assert.equal(after.connect4_redirected - before.connect4_redirected, 1);
+    assert.equal(after.sockops_rekeyed - before.sockops_rekeyed, 1);
+    assert.ok(after.getpeername_rewritten > before.getpeername_rewritten);
+    assert.ok(dp.podCounters().get(netnsCookie(pa.ns.path))!.connect_redirected >= 1);
+  });
+
+  test('redirects a v4-mapped IPv6 connect() the same way and reports the v4-mapped dialled address', async () => {
+    accepted.length = 0;
+    const r = await connectFrom(lab, pa, `::ffff:${VIP}`, 80);
+    assert.equal(r.ok, true, `client failed: ${r.code}`);
+    assert.equal(JSON.parse(r.reply!).server, 'agent');
+    assert.equal(r.remoteAddress, `::ffff:${VIP}`);
+    assert.equal(r.remotePort, 80);
+    assert.deepEqual(accepted[0]!.orig, { ip: VIP, port: 80, clientNetnsCookie: netnsCookie(pa.ns.path) });
+  });
+
+  test('a destination given as an address with port 0 captures every port of it', async () => {
+    dp.setDestinations([{ ip: VIP, port: 80 }, { ip: '10.96.0.11' }]);
+    const r = await connectFrom(lab, pa, '10.96.0.11', 5432);
+    assert.equal(r.ok, true, `client failed: ${r.code}`);
+    assert.deepEqual(JSON.parse(r.reply!).orig, { ip: '10.96.0.11', port: 5432 });
+  });
+
+  test('leaves a pod that is not enrolled, a destination outside the mesh and an excluded port untouched', async () => {
+    dp.setDestinations([{ ip: VIP, port: 80 }, { ip: pb.ip, port: APP_PORT }]);
+    accepted.length = 0;
+    // pod C is not enrolled: its connection to a mesh destination reaches the real server.
+    const fromC = await connectFrom(lab, pc, pb.ip, APP_PORT);
+    assert.equal(fromC.ok, true, `client failed: ${fromC.code}`);
+    assert.equal(JSON.parse(fromC.reply!).server, 'pb');
+    assert.equal(JSON.parse(fromC.reply!).remoteAddress, pc.ip);
+
+    // pod A is enrolled, but pod B's dual-stack port is not a mesh destination.
+    const outside = await connectFrom(lab, pa, pb.ip, APP_PORT6);
+    assert.equal(outside.ok, true, `client failed: ${outside.code}`);
+    assert.equal(JSON.parse(outside.reply!).server, 'pb');
+
+    // A mesh destination on an excluded port is not captured either.
+    dp.setExcludedPorts([APP_PORT]);
+    try {
+      const excluded = await connectFrom(lab, pa, pb.ip, APP_PORT);
+      assert.equal(excluded.ok, true, `client failed: ${excluded.code}`);
+      assert.equal(JSON.parse(excluded.reply!).server, 'pb');
+    } finally {
+      dp.setExcludedPorts([]);
+    }
+    assert.deepEqual(dp.excludedPorts(), [15001, 15008, 15020, 15021]);
+    assert.equal(accepted.length, 0, 'nothing reached the agent');
+
+    // And once the excluded port is released, the same connection is captured.
+    const captured = await connectFrom(lab, pa, pb.ip, APP_PORT);
+    assert.equal(JSON.parse(captured.reply!).server, 'agent');
+  });
+
+  test('setDestinations reconciles to exactly the given list', () => {
+    dp.setDestinations([{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2' }, { ip: '10.96.0.1', port: 443 }]);
+    assert.deepEqual(dp.destinations().sort((a, b) => a.ip.localeCompare(b.ip)), [{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2', port: 0 }]);
+    dp.setDestinations([{ ip: '10.96.0.2' }]);
+    assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }]);
+    assert.throws(() => dp.setDestinations([{ ip: '10.96.0.3' }, { ip: 'nope' }]), { code: 'WEFT_BAD_ADDRESS' });
+    assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }], 'a bad list changes nothing');
+  });
+
+  test('denies plaintext to a STRICT pod from another pod with a RST and counts it, and accepts its node', async () => {
+    dp.setDestinations([]);
+    const cookie = netnsCookie(pb.ns.path);
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    const before = dp.counters();
+
+    const denied = await connectFrom(lab, pc, pb.ip, APP_PORT);
+    assert.equal(denied.ok, false);
+    assert.equal(denied.code, 'ECONNREFUSED', 'the client is refused at once (RST), not left to time out');
+    const deniedA = await connectFrom(lab, pa, pb.ip, APP_PORT);
+    assert.equal(deniedA.code, 'ECONNREFUSED', 'an enrolled pod dialling directly is refused too');
+
+    const mid = dp.counters();
+    assert.equal(mid.strict_denied - before.strict_denied, 2);
+    assert.equal(mid.strict_rst_sent - before.strict_rst_sent, 2);
+    assert.equal(dp.podCounters().get(cookie)!.strict_denied, 2);
+
+    // The node (the agent's address on pod B's veth) is let in.
+    const fromNode = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
+    assert.equal(fromNode.ok, true, `node client failed: ${fromNode.code}`);
+    assert.equal(JSON.parse(fromNode.reply!).remoteAddress, pb.gateway);
+    assert.ok(dp.counters().inbound_node_allowed > mid.inbound_node_allowed);
+
+    // An excluded port (e.g. a health port) stays reachable in STRICT mode.
+    dp.setExcludedPorts([APP_PORT]);
+    try {
+      assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).ok, true);
+    } finally {
+      dp.setExcludedPorts([]);
+    }
+  });
+
+  test('a PERMISSIVE pod accepts plaintext from other pods and from its node, and counts the plaintext', async () => {
+    const cookie = netnsCookie(pb.ns.path);
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+    const before = dp.counters();
+    const podBefore = dp.podCounters().get(cookie)!;
+    const fromC = await connectFrom(lab, pc, pb.ip, APP_PORT);
+    assert.equal(fromC.ok, true, `client failed: ${fromC.code}`);
+    assert.equal(JSON.parse(fromC.reply!).server, 'pb');
+    const fromNode = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
+    assert.equal(fromNode.ok, true);
+    const after = dp.counters();
+    assert.equal(after.permissive_plaintext - before.permissive_plaintext, 1);
+    assert.equal(after.strict_denied, before.strict_denied);
+    assert.equal(dp.podCounters().get(cookie)!.permissive_plaintext - podBefore.permissive_plaintext, 1);
+  });
+
+  test('a server in an enrolled pod sees the registered client address on accept (IPv4 and dual-stack sockets)', async () => {
+    const client = { ip: '10.200.0.7', port: 43210 };
+    for (const [port, srcPort] of [[APP_PORT, 41001], [APP_PORT6, 41002]] as const) {
+      const reg = { local: { ip: pb.ip, port }, remote: { ip: pb.gateway, port: srcPort }, client };
+      dp.registerPeer(reg);
+      const r = await connectFrom(lab, { ns: node }, pb.ip, port, { host: pb.gateway, port: srcPort });
+      assert.equal(r.ok, true, `client failed: ${r.code}`);
+      const seen = JSON.parse(r.reply!);
+      assert.equal(seen.remoteAddress.replace(/^::ffff:/, ''), client.ip, `server on ${port} sees the real client`);
+      assert.equal(seen.remotePort, client.port);
+      assert.equal(dp.unregisterPeer(reg), true);
+    }
+    // Without a registration the server sees the agent.
+    const plain = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT, { host: pb.gateway, port: 41003 });
+    assert.equal(JSON.parse(plain.reply!).remoteAddress, pb.gateway);
+    assert.ok(dp.counters().getpeername_peer_override >= 2);
+  });
+
+  test('refuses to enrol a missing netns or a malformed address, naming it, and changes no map', () => {
+    const pins = ['weft_pods', 'weft_pods_by_ip', 'weft_pod_counters'].map((m) => dp.mapPin(m));
+    const snapshot = () => pins.map(mapSnapshot).join('\n');
+    const links = () => bpftoolJson<unknown[]>('link', 'show').length;
+    const before = snapshot();
+    const linksBefore = links();
+    const good = { netnsPath: pc.ns.path, podIp: pc.ip, mode: 'STRICT' as const, agentIp: pc.gateway, ifname: pc.ifname };
+
+    const missing = `/var/run/netns/${lab.id}-nosuchpod`;
+    assert.throws(() => dp.enroll({ ...good, netnsPath: missing }),
+      (e: Error & { code?: string }) => e.code === 'WEFT_NETNS_NOT_FOUND' && e.message.includes(missing));
+    assert.throws(() => dp.enroll({ ...good, podIp: '10.77.3.300' }),
+      (e: Error & { code?: string }) => e.code === 'WEFT_BAD_ADDRESS' && e.message.includes('10.77.3.300'));
+    assert.throws(() => dp.enroll({ ...good, agentIp: 'gateway' }),
+      (e: Error & { code?: string }) => e.code === 'WEFT_BAD_ADDRESS' && e.message.includes('gateway'));
+    assert.throws(() => dp.enroll({ ...good, nodeIps: ['10.77.3.1', '::1'] }),
+      (e: Error & { code?: string }) => e.code === 'WEFT_BAD_ADDRESS' && e.message.includes('nodeIps[1]'));
+    assert.throws(() => dp.enroll({ ...good, ifname: 'nosuchif0' }),
+      (e: Error & { code?: string }) => e.code === 'WEFT_INTERFACE' && e.message.includes('nosuchif0'));
+    assert.throws(() => dp.enroll({ ...good, mode: 'LOOSE' as 'STRICT' }), { code: 'WEFT_BAD_MODE' });
+
+    assert.equal(snapshot(), before, 'no map changed');
+    assert.equal(links(), linksBefore, 'no link was left behind');
+    assert.equal(existsSync(join(lab.pinRoot, 'links', 'pods', netnsCookie(pc.ns.path).toString())), false);
+  });
+
+  test('re-enrolling is idempotent and unenroll removes the pod\'s entries and its link', () => {
+    const cookie = netnsCookie(pc.ns.path);
+    const pin = join(lab.pinRoot, 'links', 'pods', cookie.toString());
+    const opts = { netnsPath: pc.ns.path, podIp: pc.ip, mode: 'PERMISSIVE' as const, agentIp: pc.gateway, ifname: pc.ifname };
+    dp.enroll(opts);
+    const linkId = bpftoolJson<{ id: number }>('link', 'show', 'pinned', pin).id;
+    const linkCount = bpftoolJson<unknown[]>('link', 'show').length;
+    dp.enroll(opts);
+    assert.equal(bpftoolJson<{ id: number }>('link', 'show', 'pinned', pin).id, linkId, 'the same tcx link was adopted');
+    assert.equal(bpftoolJson<unknown[]>('link', 'show').length, linkCount, 'no second link');
+    assert.equal(dp.pods().filter((p) => p.netnsCookie === cookie).length, 1);
+
+    assert.equal(dp.unenroll(pc.ns.path), true);
+    assert.equal(dp.pods().some((p) => p.netnsCookie === cookie), false);
+    assert.equal(dp.podCounters().has(cookie), false);
+    assert.equal(existsSync(pin), false);
+    assert.equal(bpftoolJson<unknown[]>('link', 'show').length, linkCount - 1);
+    assert.equal(dp.unenroll(pc.ns.path), false, 'unenrolling twice is a no-op');
+  });
+
+  test('counters read through the module agree with bpftool map dump, which shows BTF field names', () => {
+    type Dump = Array<{ formatted?: { values: Array<{ cpu: number; value: Record<string, number> }> } }>;
+    const dump = bpftoolJson<Dump>('map', 'dump', 'pinned', dp.mapPin('weft_counters'));
+    const perCpu = dump[0]!.formatted!.values;
+    const mine = dp.counters();
+    for (const field of COUNTER_FIELDS) {
+      const sum = perCpu.reduce((acc, v) => acc + Number(v.value[field]), 0);
+      assert.equal(sum, mine[field], `counter ${field}`);
+    }
+    assert.ok(mine.connect4_redirected > 0 && mine.strict_denied > 0);
+
+    type PodDump = Array<{ formatted?: { key: number; value: Record<string, number> } }>;
+    const pods = bpftoolJson<PodDump>('map', 'dump', 'pinned', dp.mapPin('weft_pod_counters'));
+    const cookie = Number(netnsCookie(pb.ns.path));
+    const entry = pods.find((p) => Number(p.formatted?.key) === cookie);
+    assert.ok(entry, 'pod B has a counters entry');
+    assert.equal(Number(entry.formatted!.value.strict_denied), dp.podCounters().get(BigInt(cookie))!.strict_denied);
+  });
+});
