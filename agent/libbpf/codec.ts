@@ -1,0 +1,436 @@
+// Codecs: TypeScript mirrors of the C structs that BPF programs and user space share. Integers are
+// in host order (little-endian on every machine Weft runs on, as the kernel stores them); IPv4/IPv6
+// addresses and the be16/be32 codecs are in network order, as struct sockaddr and packet headers
+// keep them. Every codec has an explicit size and alignment, and struct() lays fields out the way
+// C does (natural alignment, explicit offsets and padding allowed), so a layout that drifts from
+// the header shows up as a size or offset mismatch (see checkLayout and BpfObject#btfStruct).
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+
+export class CodecError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'CodecError';
+    this.code = code;
+  }
+}
+
+export interface Codec<T> {
+  /** Bytes it occupies, like C's sizeof. */
+  readonly size: number;
+  /** Alignment, like C's _Alignof. */
+  readonly align: number;
+  /** For messages: 'u32', 'ipv4', 'struct weft_pod', ... */
+  readonly name: string;
+  read(buf: Uint8Array, offset: number): T;
+  write(buf: Uint8Array, offset: number, value: T): void;
+  /** A new zero-filled Buffer of `size` bytes holding the value, or `buf` with the value at 0. */
+  encode(value: T, buf?: Buffer): Buffer;
+  /** Reads the value at offset 0; the buffer must hold at least `size` bytes. */
+  decode(buf: Uint8Array): T;
+}
+
+export interface CodecSpec<T> {
+  name: string;
+  size: number;
+  align?: number;
+  read(buf: Uint8Array, offset: number): T;
+  write(buf: Uint8Array, offset: number, value: T): void;
+}
+
+function view(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+/** A codec from its read/write pair; encode and decode check sizes. */
+export function codec<T>(spec: CodecSpec<T>): Codec<T> {
+  const { name, size, read, write } = spec;
+  const align = spec.align ?? 1;
+  return {
+    name,
+    size,
+    align,
+    read,
+    write,
+    encode(value: T, buf?: Buffer): Buffer {
+      const out = buf ?? Buffer.alloc(size);
+      if (out.length < size) throw new CodecError('WEFT_CODEC_SIZE', `${name}: buffer of ${out.length} bytes is shorter than ${size}`);
+      write(out, 0, value);
+      return out;
+    },
+    decode(buf: Uint8Array): T {
+      if (buf.length < size) throw new CodecError('WEFT_CODEC_SIZE', `${name}: ${buf.length} bytes are fewer than its size ${size}`);
+      return read(buf, 0);
+    },
+  };
+}
+
+function intRange(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new CodecError('WEFT_CODEC_VALUE', `${name}: ${String(v)} is not an integer in ${min}..${max}`);
+  }
+  return v;
+}
+
+function bigRange(name: string, v: unknown, min: bigint, max: bigint): bigint {
+  const b = typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : v;
+  if (typeof b !== 'bigint' || b < min || b > max) {
+    throw new CodecError('WEFT_CODEC_VALUE', `${name}: ${String(v)} is not an integer in ${min}..${max}`);
+  }
+  return b;
+}
+
+export const u8: Codec<number> = codec({
+  name: 'u8', size: 1, align: 1,
+  read: (b, o) => b[o]!,
+  write: (b, o, v) => { b[o] = intRange('u8', v, 0, 0xff); },
+});
+export const i8: Codec<number> = codec({
+  name: 'i8', size: 1, align: 1,
+  read: (b, o) => view(b).getInt8(o),
+  write: (b, o, v) => view(b).setInt8(o, intRange('i8', v, -0x80, 0x7f)),
+});
+export const u16: Codec<number> = codec({
+  name: 'u16', size: 2, align: 2,
+  read: (b, o) => view(b).getUint16(o, true),
+  write: (b, o, v) => view(b).setUint16(o, intRange('u16', v, 0, 0xffff), true),
+});
+export const i16: Codec<number> = codec({
+  name: 'i16', size: 2, align: 2,
+  read: (b, o) => view(b).getInt16(o, true),
+  write: (b, o, v) => view(b).setInt16(o, intRange('i16', v, -0x8000, 0x7fff), true),
+});
+export const u32: Codec<number> = codec({
+  name: 'u32', size: 4, align: 4,
+  read: (b, o) => view(b).getUint32(o, true),
+  write: (b, o, v) => view(b).setUint32(o, intRange('u32', v, 0, 0xffffffff), true),
+});
+export const i32: Codec<number> = codec({
+  name: 'i32', size: 4, align: 4,
+  read: (b, o) => view(b).getInt32(o, true),
+  write: (b, o, v) => view(b).setInt32(o, intRange('i32', v, -0x80000000, 0x7fffffff), true),
+});
+export const u64: Codec<bigint> = codec({
+  name: 'u64', size: 8, align: 8,
+  read: (b, o) => view(b).getBigUint64(o, true),
+  write: (b, o, v) => view(b).setBigUint64(o, bigRange('u64', v, 0n, 0xffffffffffffffffn), true),
+});
+export const i64: Codec<bigint> = codec({
+  name: 'i64', size: 8, align: 8,
+  read: (b, o) => view(b).getBigInt64(o, true),
+  write: (b, o, v) => view(b).setBigInt64(o, bigRange('i64', v, -0x8000000000000000n, 0x7fffffffffffffffn), true),
+});
+/** A __be16 (a port as sockaddr_in and TCP headers hold it), read and written as a host number. */
+export const be16: Codec<number> = codec({
+  name: 'be16', size: 2, align: 2,
+  read: (b, o) => view(b).getUint16(o, false),
+  write: (b, o, v) => view(b).setUint16(o, intRange('be16', v, 0, 0xffff), false),
+});
+/** A __be32 read and written as a host number. */
+export const be32: Codec<number> = codec({
+  name: 'be32', size: 4, align: 4,
+  read: (b, o) => view(b).getUint32(o, false),
+  write: (b, o, v) => view(b).setUint32(o, intRange('be32', v, 0, 0xffffffff), false),
+});
+/** A u8 that is 0 or 1. */
+export const bool8: Codec<boolean> = codec({
+  name: 'bool8', size: 1, align: 1,
+  read: (b, o) => b[o] !== 0,
+  write: (b, o, v) => { b[o] = v ? 1 : 0; },
+});
+
+/** Dotted-quad IPv4 address <-> the 4 bytes of a __be32 (network order). */
+export function ipv4ToBytes(addr: string): Uint8Array {
+  if (isIP(addr) !== 4) throw new CodecError('WEFT_CODEC_VALUE', `ipv4: ${JSON.stringify(addr)} is not an IPv4 address`);
+  return Uint8Array.from(addr.split('.').map(Number));
+}
+
+export const ipv4: Codec<string> = codec({
+  name: 'ipv4', size: 4, align: 4,
+  read: (b, o) => `${b[o]}.${b[o + 1]}.${b[o + 2]}.${b[o + 3]}`,
+  write: (b, o, v) => b.set(ipv4ToBytes(v), o),
+});
+
+/** An IPv4 address as the host-order number of its network-order bytes (10.0.0.1 -> 0x0a000001). */
+export function ipv4ToNumber(addr: string): number {
+  const b = ipv4ToBytes(addr);
+  return ((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0;
+}
+
+export function numberToIpv4(n: number): string {
+  intRange('ipv4', n, 0, 0xffffffff);
+  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}`;
+}
+
+/** Byte-order helpers for code that works with raw numbers (host is little-endian). */
+export const htons = (v: number): number => ((v & 0xff) << 8) | ((v >>> 8) & 0xff);
+export const ntohs = htons;
+export const htonl = (v: number): number => (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+export const ntohl = htonl;
+
+function ipv6ToBytes(addr: string): Uint8Array {
+  if (isIP(addr) !== 6) throw new CodecError('WEFT_CODEC_VALUE', `ipv6: ${JSON.stringify(addr)} is not an IPv6 address`);
+  let text = addr;
+  // A trailing dotted quad (::ffff:10.0.0.1) is the last two groups.
+  const quad = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (quad) {
+    const q = ipv4ToBytes(quad[2]!);
+    text = `${quad[1]}${((q[0]! << 8) | q[1]!).toString(16)}:${((q[2]! << 8) | q[3]!).toString(16)}`;
+  }
+  const halves = text.split('::');
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length > 1 && halves[1] ? halves[1].split(':') : [];
+  const groups = halves.length > 1 ? [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail] : head;
+  const out = new Uint8Array(16);
+  groups.forEach((g, i) => {
+    const n = parseInt(g, 16);
+    out[i * 2] = n >> 8;
+    out[i * 2 + 1] = n & 0xff;
+  });
+  return out;
+}
+
+/** IPv6 address text <-> 16 bytes in network order. Decodes to the compressed RFC 5952 form. */
+export const ipv6: Codec<string> = codec({
+  name: 'ipv6', size: 16, align: 4,
+  read: (b, o) => {
+    const groups: number[] = [];
+    for (let i = 0; i < 8; i++) groups.push((b[o + i * 2]! << 8) | b[o + i * 2 + 1]!);
+    // Longest run (>= 2) of zero groups becomes '::'.
+    let best = -1, bestLen = 0;
+    for (let i = 0; i < 8;) {
+      if (groups[i] !== 0) { i++; continue; }
+      let j = i;
+      while (j < 8 && groups[j] === 0) j++;
+      if (j - i > bestLen && j - i >= 2) { best = i; bestLen = j - i; }
+      i = j;
+    }
+    const hex = groups.map((g) => g.toString(16));
+    if (best < 0) return hex.join(':');
+    return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+  },
+  write: (b, o, v) => b.set(ipv6ToBytes(v), o),
+});
+
+/** n raw bytes (a Buffer copy on read; shorter input is zero-padded on write). */
+export function bytes(n: number, align = 1): Codec<Buffer> {
+  return codec({
+    name: `u8[${n}]`, size: n, align,
+    read: (b, o) => Buffer.from(b.subarray(o, o + n)),
+    write: (b, o, v) => {
+      if (v.length > n) throw new CodecError('WEFT_CODEC_VALUE', `u8[${n}]: ${v.length} bytes do not fit`);
+      b.fill(0, o, o + n);
+      b.set(v, o);
+    },
+  });
+}
+
+/** A NUL-padded char[n] holding UTF-8 text (at most n-1 bytes, so it stays terminated). */
+export function cstring(n: number): Codec<string> {
+  return codec({
+    name: `char[${n}]`, size: n, align: 1,
+    read: (b, o) => {
+      const s = b.subarray(o, o + n);
+      const end = s.indexOf(0);
+      return Buffer.from(end < 0 ? s : s.subarray(0, end)).toString('utf8');
+    },
+    write: (b, o, v) => {
+      const enc = Buffer.from(v, 'utf8');
+      if (enc.length > n - 1) throw new CodecError('WEFT_CODEC_VALUE', `char[${n}]: ${JSON.stringify(v)} is longer than ${n - 1} bytes`);
+      b.fill(0, o, o + n);
+      b.set(enc, o);
+    },
+  });
+}
+
+/** T[n], like a C array member. */
+export function array<T>(item: Codec<T>, n: number): Codec<T[]> {
+  return codec({
+    name: `${item.name}[${n}]`, size: item.size * n, align: item.align,
+    read: (b, o) => Array.from({ length: n }, (_, i) => item.read(b, o + i * item.size)),
+    write: (b, o, v) => {
+      if (v.length !== n) throw new CodecError('WEFT_CODEC_VALUE', `${item.name}[${n}]: got ${v.length} items`);
+      v.forEach((x, i) => item.write(b, o + i * item.size, x));
+    },
+  });
+}
+
+/** One struct field: [name, codec] at the next aligned offset, [name, codec, offset] at an
+ *  explicit one, or ['pad', bytes] for explicit padding. */
+export type FieldSpec =
+  | readonly [name: string, codec: Codec<unknown>]
+  | readonly [name: string, codec: Codec<unknown>, offset: number]
+  | readonly ['pad', number];
+
+type FieldValue<E> = E extends readonly [string, Codec<infer V>, ...unknown[]] ? V : never;
+
+/** The object type a list of FieldSpecs decodes to. */
+export type StructValue<F extends readonly FieldSpec[]> = {
+  [E in F[number] as E extends readonly [infer N extends string, Codec<unknown>, ...unknown[]] ? N : never]: FieldValue<E>;
+};
+
+export interface FieldLayout {
+  name: string;
+  offset: number;
+  size: number;
+  codec: string;
+}
+
+export interface StructCodec<T> extends Codec<T> {
+  readonly fields: readonly FieldLayout[];
+}
+
+export interface StructOptions {
+  /** For messages, e.g. 'struct weft_pod'. */
+  name?: string;
+  /** sizeof the C struct when it is larger than the fields need (trailing padding); checked. */
+  size?: number;
+}
+
+const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/**
+ * A struct codec. Fields are laid out in order as C would (each at its natural alignment, the
+ * total rounded up to the largest alignment) unless an explicit offset or 'pad' says otherwise;
+ * overlapping fields and a `size` smaller than the fields are refused when the codec is built.
+ * Unused bytes (padding) encode as zero.
+ */
+export function struct<const F extends readonly FieldSpec[]>(fields: F, opts: StructOptions = {}): StructCodec<StructValue<F>> {
+  const name = opts.name ?? 'struct';
+  const layout: (FieldLayout & { c: Codec<unknown> })[] = [];
+  let offset = 0;
+  let align = 1;
+  for (const f of fields) {
+    if (typeof f[1] === 'number') {
+      offset += f[1];
+      continue;
+    }
+    const [fname, c, at] = f as readonly [string, Codec<unknown>, number?];
+    const off = at ?? alignUp(offset, c.align);
+    if (off < offset) throw new CodecError('WEFT_CODEC_LAYOUT', `${name}.${fname}: offset ${off} overlaps the previous field (ends at ${offset})`);
+    if (off % c.align !== 0) throw new CodecError('WEFT_CODEC_LAYOUT', `${name}.${fname}: offset ${off} is not aligned to ${c.align}`);
+    layout.push({ name: fname, offset: off, size: c.size, codec: c.name, c });
+    offset = off + c.size;
+    align = Math.max(align, c.align);
+  }
+  const natural = alignUp(offset, align);
+  const size = opts.size ?? natural;
+  if (size < offset) throw new CodecError('WEFT_CODEC_LAYOUT', `${name}: size ${size} is smaller than its fields (${offset} bytes)`);
+  const base = codec<StructValue<F>>({
+    name, size, align,
+    read: (b, o) => {
+      const out: Record<string, unknown> = {};
+      for (const f of layout) out[f.name] = f.c.read(b, o + f.offset);
+      return out as StructValue<F>;
+    },
+    write: (b, o, v) => {
+      const rec = v as Record<string, unknown>;
+      b.fill(0, o, o + size);
+      for (const f of layout) {
+        const x = rec[f.name];
+        if (x === undefined) throw new CodecError('WEFT_CODEC_VALUE', `${name}: field ${f.name} is missing`);
+        try {
+          f.c.write(b, o + f.offset, x);
+        } catch (err) {
+          if (err instanceof CodecError) throw new CodecError(err.code, `${name}.${f.name}: ${err.message}`);
+          throw err;
+        }
+      }
+    },
+  });
+  return { ...base, fields: layout.map(({ c: _c, ...rest }) => rest) };
+}
+
+/** The CPUs a percpu map has a slot for: /sys/devices/system/cpu/possible ("0-3", "0,2-5"). */
+export function parseCpuList(text: string): number {
+  let max = -1;
+  for (const part of text.trim().split(',')) {
+    if (!part) continue;
+    const [a, b] = part.split('-');
+    const hi = Number(b ?? a);
+    if (!Number.isInteger(hi)) throw new CodecError('WEFT_CODEC_VALUE', `cannot parse CPU list ${JSON.stringify(text)}`);
+    max = Math.max(max, hi);
+  }
+  return max + 1;
+}
+
+let cpus: number | undefined;
+/** The number of possible CPUs (what libbpf_num_possible_cpus() returns), read once. */
+export function possibleCpus(): number {
+  cpus ??= parseCpuList(readFileSync('/sys/devices/system/cpu/possible', 'utf8'));
+  return cpus;
+}
+
+/**
+ * The value of a percpu map: one `item` per possible CPU, each in a slot rounded up to 8 bytes
+ * (the layout bpf_map_lookup_elem fills for BPF_MAP_TYPE_PERCPU_*).
+ */
+export function percpu<T>(item: Codec<T>, ncpus: number = possibleCpus()): Codec<T[]> {
+  const slot = alignUp(item.size, 8);
+  return codec({
+    name: `percpu(${item.name})`, size: slot * ncpus, align: 8,
+    read: (b, o) => Array.from({ length: ncpus }, (_, i) => item.read(b, o + i * slot)),
+    write: (b, o, v) => {
+      if (v.length !== ncpus) throw new CodecError('WEFT_CODEC_VALUE', `percpu(${item.name}): got ${v.length} values for ${ncpus} CPUs`);
+      b.fill(0, o, o + slot * ncpus);
+      v.forEach((x, i) => item.write(b, o + i * slot, x));
+    },
+  });
+}
+
+/** Sum of a decoded percpu counter value (number or bigint items; struct items field by field). */
+export function sumPercpu(values: readonly bigint[]): bigint;
+export function sumPercpu(values: readonly number[]): number;
+export function sumPercpu<T extends Record<string, number | bigint>>(values: readonly T[]): T;
+export function sumPercpu(values: readonly unknown[]): unknown {
+  if (values.length === 0) return 0;
+  const first = values[0];
+  if (typeof first === 'bigint') return (values as bigint[]).reduce((a, b) => a + b, 0n);
+  if (typeof first === 'number') return (values as number[]).reduce((a, b) => a + b, 0);
+  const out: Record<string, number | bigint> = {};
+  for (const v of values as Record<string, number | bigint>[]) {
+    for (const [k, x] of Object.entries(v)) {
+      const cur = out[k];
+      out[k] = cur === undefined ? x : typeof x === 'bigint' ? (cur as bigint) + x : (cur as number) + x;
+    }
+  }
+  return out;
+}
+
+/** A C layout as BTF reports it (BpfObject#btfStruct / btfStruct()). */
+export interface CLayout {
+  name: string;
+  size: number;
+  members: readonly { name: string; bitOffset: number; size: number }[];
+}
+
+/**
+ * Differences between a struct codec and the C struct's BTF layout: size, and for each codec
+ * field the member of the same name's offset and size. Empty when they agree.
+ */
+export function layoutDiff(codecValue: StructCodec<unknown>, c: CLayout): string[] {
+  const out: string[] = [];
+  if (codecValue.size !== c.size) out.push(`${codecValue.name}: size ${codecValue.size}, C struct ${c.name} has ${c.size}`);
+  for (const f of codecValue.fields) {
+    const m = c.members.find((x) => x.name === f.name);
+    if (!m) {
+      out.push(`${codecValue.name}.${f.name}: no member of that name in struct ${c.name}`);
+      continue;
+    }
+    if (m.bitOffset !== f.offset * 8) out.push(`${codecValue.name}.${f.name}: offset ${f.offset}, C has ${m.bitOffset / 8}`);
+    if (m.size !== f.size) out.push(`${codecValue.name}.${f.name}: size ${f.size}, C has ${m.size}`);
+  }
+  for (const m of c.members) {
+    if (!codecValue.fields.some((f) => f.name === m.name) && !/^(__)?pad/.test(m.name)) {
+      out.push(`${codecValue.name}: C member ${c.name}.${m.name} has no field`);
+    }
+  }
+  return out;
+}
+
+/** Throws a CodecError listing every difference between the codec and the C layout. */
+export function checkLayout(codecValue: StructCodec<unknown>, c: CLayout): void {
+  const diff = layoutDiff(codecValue, c);
+  if (diff.length) throw new CodecError('WEFT_CODEC_LAYOUT', `codec does not match C layout:\n  ${diff.join('\n  ')}`);
+}

@@ -1,0 +1,85 @@
+// Network-namespace helpers: the cookie the kernel gives a namespace (what
+// bpf_get_netns_cookie() returns inside it, the key the datapath enrols pods by), socket cookies,
+// and TCP sockets created inside another namespace and handed to Node by fd.
+import type { Server, Socket } from 'node:net';
+import { BpfError, guard } from './errors.ts';
+import { native } from './native.ts';
+
+function nsPath(netnsPathOrPid: string | number): string {
+  return typeof netnsPathOrPid === 'number' ? `/proc/${netnsPathOrPid}/ns/net` : netnsPathOrPid;
+}
+
+/**
+ * The netns cookie of a namespace file (/var/run/netns/x, /proc/<pid>/ns/net) or of a process's
+ * namespace: SO_NETNS_COOKIE of a socket made inside it. Stable for the namespace's lifetime.
+ */
+export function netnsCookie(netnsPathOrPid: string | number): bigint {
+  const path = nsPath(netnsPathOrPid);
+  return guard(`cannot get the netns cookie of ${path}`, { path }, () => native().netnsCookie(path));
+}
+
+/** The socket's cookie (SO_COOKIE), as bpf_get_socket_cookie() sees it. */
+export function socketCookie(fdOrSocket: number | Socket | Server): bigint {
+  const fd = typeof fdOrSocket === 'number' ? fdOrSocket : fdOf(fdOrSocket);
+  return guard(`cannot get the cookie of socket fd ${fd}`, {}, () => native().socketCookie(fd));
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+export interface SocketInNetnsOptions {
+  /** 4 (default) or 6. */
+  family?: 4 | 6;
+  /** Bind and listen: hand the fd to `net.createServer().listen({ fd })`. */
+  listen?: HostPort & { backlog?: number };
+  /** Bind only: hand the fd to `new net.Socket({ fd }).connect(...)` to connect from inside. */
+  bind?: HostPort;
+}
+
+/** Default listen(2) backlog of createSocketInNetns. */
+export const DEFAULT_BACKLOG = 511;
+
+/**
+ * A TCP socket created inside another network namespace (the calling thread enters it with
+ * setns(2) and always returns), bound and optionally listening. Returns the fd (nonblocking,
+ * close-on-exec); the caller owns it. Without listen or bind it is bound to 0.0.0.0:0.
+ */
+export function createSocketInNetns(netnsPath: string, opts: SocketInNetnsOptions = {}): number {
+  const family = opts.family ?? 4;
+  const addr = opts.listen ?? opts.bind ?? { host: family === 6 ? '::' : '0.0.0.0', port: 0 };
+  const backlog = opts.listen ? (opts.listen.backlog ?? DEFAULT_BACKLOG) : -1;
+  const where = `${addr.host}:${addr.port} in ${netnsPath}`;
+  return guard(`cannot create a ${opts.listen ? 'listening ' : ''}socket on ${where}`, { path: netnsPath },
+    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: true }).fd);
+}
+
+export interface BindSocketOptions {
+  family?: 4 | 6;
+  host: string;
+  /** 0 or absent: the kernel picks one (returned). */
+  port?: number;
+  /** IP_TRANSPARENT, to bind an address this host does not own (needs CAP_NET_ADMIN). */
+  transparent?: boolean;
+}
+
+/**
+ * A bound, unconnected TCP socket in the current namespace, for
+ * `new net.Socket({ fd }).connect(...)` when the caller must know the source port beforehand.
+ */
+export function bindSocket(opts: BindSocketOptions): { fd: number; port: number } {
+  const port = opts.port ?? 0;
+  return guard(`cannot bind a socket to ${opts.host}:${port}`, {}, () =>
+    native().createTcpSocket({ family: opts.family ?? 4, host: opts.host, port, backlog: -1, transparent: opts.transparent ?? false }));
+}
+
+/** The fd under a connected net.Socket or a listening net.Server (Node's _handle.fd). */
+export function fdOf(socket: Socket | Server): number {
+  const handle = (socket as unknown as { _handle?: { fd?: number } | null })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    throw new BpfError('the socket has no fd (not connected or listening yet, or not a TCP socket)', { code: 'EBADF', errno: 9 });
+  }
+  return fd;
+}

@@ -1,0 +1,151 @@
+// Network-namespace helpers: the netns cookie of a namespace file, the cookie of a socket, and TCP
+// sockets created (bound, optionally listening) inside another namespace and handed to Node as fds.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "common.h"
+#include "exports.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
+
+namespace weft {
+namespace {
+
+// netnsCookie(nsPath) -> bigint: SO_NETNS_COOKIE of a socket made inside that namespace.
+Napi::Value NetnsCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ArgString(info, 0, "netnsPath", &path)) return env.Undefined();
+  uint64_t cookie = 0;
+  {
+    NetnsGuard guard;
+    std::string op;
+    int err = guard.Enter(path, &op);
+    if (err != 0) return ThrowErrno(env, err, op, path, {{"path", path}});
+    FdGuard s(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (s.get() < 0) return ThrowErrno(env, errno, "socket", "in " + path, {{"path", path}});
+    socklen_t len = sizeof cookie;
+    if (getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0) {
+      return ThrowErrno(env, errno, "getsockopt SO_NETNS_COOKIE", path, {{"path", path}});
+    }
+  }
+  return Napi::BigInt::New(env, cookie);
+}
+
+// socketCookie(fd) -> bigint (SO_COOKIE)
+Napi::Value SocketCookie(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t fd;
+  if (!ArgInt(info, 0, "fd", &fd)) return env.Undefined();
+  uint64_t cookie = 0;
+  socklen_t len = sizeof cookie;
+  if (getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0) {
+    return ThrowErrno(env, errno, "getsockopt SO_COOKIE", "fd " + std::to_string(fd));
+  }
+  return Napi::BigInt::New(env, cookie);
+}
+
+bool GetOpt(Napi::Object o, const char* key, std::string* out) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsString()) return false;
+  *out = v.As<Napi::String>().Utf8Value();
+  return true;
+}
+
+int64_t GetInt(Napi::Object o, const char* key, int64_t dflt) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Int64Value() : dflt;
+}
+
+// createTcpSocket({ netns?, family: 4|6, host, port, backlog? (listen when >= 0), transparent?,
+//                   reuseAddr? }) -> { fd, port }. Nonblocking and close-on-exec.
+Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) return ThrowType(env, "options must be an object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  std::string netns, host;
+  GetOpt(o, "netns", &netns);
+  if (!GetOpt(o, "host", &host)) return ThrowType(env, "host must be a string");
+  int family = GetInt(o, "family", 4) == 6 ? AF_INET6 : AF_INET;
+  int64_t port = GetInt(o, "port", 0);
+  int64_t backlog = GetInt(o, "backlog", -1);
+  bool transparent = o.Get("transparent").ToBoolean().Value();
+  bool reuseAddr = o.Get("reuseAddr").ToBoolean().Value();
+  if (port < 0 || port > 65535) return ThrowType(env, "port must be 0..65535");
+
+  sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  socklen_t slen;
+  if (family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) != 1) return ThrowType(env, "not an IPv4 address: " + host);
+    slen = sizeof *sin;
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) != 1) return ThrowType(env, "not an IPv6 address: " + host);
+    slen = sizeof *sin6;
+  }
+  std::string where = host + ":" + std::to_string(port) + (netns.empty() ? "" : " in " + netns);
+  Fields fields = {{"address", host}};
+  if (!netns.empty()) fields.push_back({"path", netns});
+
+  NetnsGuard guard;
+  if (!netns.empty()) {
+    std::string op;
+    int err = guard.Enter(netns, &op);
+    if (err != 0) return ThrowErrno(env, err, op, netns, fields);
+  }
+  FdGuard s(socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (s.get() < 0) return ThrowErrno(env, errno, "socket", where, fields);
+  int one = 1;
+  if (reuseAddr && setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+    return ThrowErrno(env, errno, "setsockopt SO_REUSEADDR", where, fields);
+  }
+  if (transparent) {
+    int level = family == AF_INET ? SOL_IP : SOL_IPV6;
+    int name = family == AF_INET ? IP_TRANSPARENT : IPV6_TRANSPARENT;
+    if (setsockopt(s.get(), level, name, &one, sizeof one) < 0) {
+      return ThrowErrno(env, errno, "setsockopt IP_TRANSPARENT", where, fields);
+    }
+  }
+  if (bind(s.get(), reinterpret_cast<sockaddr*>(&ss), slen) < 0) return ThrowErrno(env, errno, "bind", where, fields);
+  if (backlog >= 0 && listen(s.get(), static_cast<int>(backlog)) < 0) {
+    return ThrowErrno(env, errno, "listen", where, fields);
+  }
+  sockaddr_storage bound;
+  socklen_t blen = sizeof bound;
+  if (getsockname(s.get(), reinterpret_cast<sockaddr*>(&bound), &blen) < 0) {
+    return ThrowErrno(env, errno, "getsockname", where, fields);
+  }
+  uint16_t boundPort = family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
+                                         : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("port", boundPort);
+  out.Set("fd", s.release());
+  return out;
+}
+
+}  // namespace
+
+void InitNetns(Napi::Env env, Napi::Object exports) {
+  exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
+  exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
+  exports.Set("createTcpSocket", Napi::Function::New(env, CreateTcpSocket, "createTcpSocket"));
+}
+
+}  // namespace weft
