@@ -1,0 +1,242 @@
+// `weftctl check`: can this machine run a Weft agent (and the local mesh)? Each check says what
+// it found, and each one that fails or warns says in one line what to do.
+//
+// Everything is read from files (/proc, /sys) and the PATH, so the checks are synchronous, need
+// no root, and take their inputs from PreflightSources so the pure parts are testable.
+import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { readMounts, type MountEntry } from '../lib/sys/mounts.ts';
+
+export type CheckResult =
+  | { id: string; title: string; status: 'pass'; detail: string }
+  | { id: string; title: string; status: 'warn' | 'fail'; detail: string; /** One line: what to do. */ remedy: string };
+
+export interface KernelVersion {
+  major: number;
+  minor: number;
+  patch: number;
+}
+
+/** A kernel feature Weft uses and the upstream release that brought it. */
+export interface KernelFeature {
+  id: string;
+  title: string;
+  since: KernelVersion;
+}
+
+const v = (major: number, minor: number): KernelVersion => ({ major, minor, patch: 0 });
+
+export const KERNEL_FEATURES: readonly KernelFeature[] = [
+  { id: 'kernel.cgroup-sock-addr', title: 'cgroup connect4/connect6 hooks', since: v(4, 17) },
+  { id: 'kernel.sk-storage', title: 'socket-local storage (BPF_MAP_TYPE_SK_STORAGE)', since: v(5, 2) },
+  { id: 'kernel.netns-cookie', title: 'bpf_get_netns_cookie() in cgroup sock_addr programs', since: v(5, 7) },
+  { id: 'kernel.getpeername-hooks', title: 'cgroup getpeername4/getpeername6 hooks', since: v(5, 8) },
+  { id: 'kernel.cap-bpf', title: 'CAP_BPF', since: v(5, 8) },
+  { id: 'kernel.tcx', title: 'tcx links (BPF_TCX_INGRESS)', since: v(6, 6) },
+];
+
+/** Oldest kernel with every feature above. */
+export const MIN_KERNEL: KernelVersion = KERNEL_FEATURES.reduce((a, f) => (compareKernel(f.since, a) > 0 ? f.since : a), v(0, 0));
+
+export const MESH_PORTS: readonly { port: number; what: string }[] = [
+  { port: 15000, what: 'agent admin' },
+  { port: 15001, what: 'agent captured outbound' },
+  { port: 15008, what: 'HBONE' },
+  { port: 15012, what: 'controller config stream and certificate service' },
+  { port: 15020, what: 'metrics' },
+  { port: 15021, what: 'readiness' },
+];
+
+/** Capability bit numbers (linux/capability.h). */
+export const CAP = { NET_ADMIN: 12, NET_RAW: 13, SYS_PTRACE: 19, SYS_ADMIN: 21, PERFMON: 38, BPF: 39 } as const;
+export type CapName = keyof typeof CAP;
+
+/** Parses `uname -r` output such as `6.8.0-45-generic` or `5.15.153.1-microsoft-standard-WSL2`. */
+export function parseKernelRelease(rel: string): KernelVersion | undefined {
+  const m = /^(\d+)\.(\d+)(?:\.(\d+))?/.exec(rel.trim());
+  if (!m) return undefined;
+  return { major: Number(m[1]), minor: Number(m[2]), patch: Number(m[3] ?? 0) };
+}
+
+export function compareKernel(a: KernelVersion, b: KernelVersion): number {
+  return a.major - b.major || a.minor - b.minor || a.patch - b.patch;
+}
+
+const fmt = (k: KernelVersion) => `${k.major}.${k.minor}`;
+
+/** Decodes the CapEff hex mask of /proc/<pid>/status into the capabilities Weft cares about. */
+export function decodeCapEff(status: string): Set<CapName> {
+  const m = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(status);
+  const mask = m ? BigInt(`0x${m[1]}`) : 0n;
+  const out = new Set<CapName>();
+  for (const [name, bit] of Object.entries(CAP) as [CapName, number][]) {
+    if (mask & (1n << BigInt(bit))) out.add(name);
+  }
+  return out;
+}
+
+/** TCP ports in LISTEN state in /proc/net/tcp or /proc/net/tcp6 text. */
+export function listeningPorts(procNetTcp: string): Set<number> {
+  const out = new Set<number>();
+  for (const line of procNetTcp.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // sl local_address rem_address st ...; st 0A is TCP_LISTEN.
+    if (f.length < 4 || f[3] !== '0A') continue;
+    const port = parseInt(f[1]?.split(':')[1] ?? '', 16);
+    if (Number.isInteger(port)) out.add(port);
+  }
+  return out;
+}
+
+// ---- checks ----------------------------------------------------------------------------------
+
+export function checkKernel(rel: string): CheckResult[] {
+  const k = parseKernelRelease(rel);
+  if (!k) {
+    return [{
+      id: 'kernel.version', title: 'kernel version', status: 'warn', detail: `cannot parse kernel release "${rel}"`,
+      remedy: `make sure the kernel is ${fmt(MIN_KERNEL)} or newer (\`uname -r\`)`,
+    }];
+  }
+  const out: CheckResult[] = [];
+  const old = compareKernel(k, MIN_KERNEL) < 0;
+  out.push(old
+    ? { id: 'kernel.version', title: 'kernel version', status: 'fail', detail: `${rel} is older than ${fmt(MIN_KERNEL)}`, remedy: `upgrade to Linux ${fmt(MIN_KERNEL)} or newer (e.g. Debian 13, Ubuntu 24.04 HWE)` }
+    : { id: 'kernel.version', title: 'kernel version', status: 'pass', detail: rel });
+  for (const f of KERNEL_FEATURES) {
+    out.push(compareKernel(k, f.since) < 0
+      ? { id: f.id, title: f.title, status: 'fail', detail: `needs Linux ${fmt(f.since)}, running ${fmt(k)}`, remedy: `upgrade the kernel to ${fmt(f.since)} or newer (a distribution backport may also carry it: \`bpftool feature probe\` tells)` }
+      : { id: f.id, title: f.title, status: 'pass', detail: `Linux ${fmt(f.since)}+` });
+  }
+  return out;
+}
+
+export function checkBtf(vmlinuxBtf: string): CheckResult {
+  return existsSync(vmlinuxBtf)
+    ? { id: 'kernel.btf', title: 'kernel BTF', status: 'pass', detail: vmlinuxBtf }
+    : { id: 'kernel.btf', title: 'kernel BTF', status: 'fail', detail: `${vmlinuxBtf} is missing`, remedy: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels are)' };
+}
+
+export function checkBpffs(mounts: readonly MountEntry[]): CheckResult {
+  const m = mounts.find((e) => e.fsType === 'bpf');
+  return m
+    ? { id: 'fs.bpffs', title: 'BPF filesystem', status: 'pass', detail: `mounted at ${m.mountPoint}` }
+    : { id: 'fs.bpffs', title: 'BPF filesystem', status: 'fail', detail: 'no bpffs mount', remedy: 'mount it: `mount -t bpf bpf /sys/fs/bpf` (the agent also mounts it when it has CAP_SYS_ADMIN)' };
+}
+
+export function checkCgroup2(mounts: readonly MountEntry[]): CheckResult {
+  const m = mounts.find((e) => e.fsType === 'cgroup2');
+  return m
+    ? { id: 'fs.cgroup2', title: 'cgroup v2', status: 'pass', detail: `mounted at ${m.mountPoint}` }
+    : { id: 'fs.cgroup2', title: 'cgroup v2', status: 'fail', detail: 'no cgroup2 mount', remedy: 'mount one with `mount -t cgroup2 none /sys/fs/cgroup` or boot with systemd.unified_cgroup_hierarchy=1' };
+}
+
+/** CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (CAP_BPF is implied by CAP_SYS_ADMIN before 5.8). */
+export function checkCapabilities(procStatus: string): CheckResult {
+  const caps = decodeCapEff(procStatus);
+  const uid = /^Uid:\s*(\d+)/m.exec(procStatus)?.[1];
+  const needed: CapName[] = ['BPF', 'NET_ADMIN', 'SYS_ADMIN'];
+  const missing = needed.filter((c) => !caps.has(c));
+  const who = uid === '0' ? 'root' : `uid ${uid ?? '?'}`;
+  if (!missing.length) {
+    return { id: 'privileges', title: 'privileges', status: 'pass', detail: `${who} with CAP_${needed.join(', CAP_')}` };
+  }
+  return {
+    id: 'privileges', title: 'privileges', status: 'fail',
+    detail: `${who} lacks CAP_${missing.join(', CAP_')}`,
+    remedy: 'run as root (sudo weftctl ...), or grant CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to the process',
+  };
+}
+
+/** Absolute path of an executable on `pathEnv`, or undefined. */
+export function findExecutable(name: string, pathEnv: string): string | undefined {
+  for (const dir of pathEnv.split(delimiter)) {
+    if (!dir) continue;
+    const file = join(dir, name);
+    try {
+      accessSync(file, constants.X_OK);
+      return file;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+const TOOLS: readonly { name: string; why: string; install: string }[] = [
+  { name: 'clang', why: 'compiles bpf/*.bpf.c', install: 'apt-get install clang llvm (or `make deps`)' },
+  { name: 'bpftool', why: 'inspects loaded programs and maps', install: 'apt-get install bpftool (Ubuntu: linux-tools-common)' },
+];
+
+export function checkTools(pathEnv: string): CheckResult[] {
+  return TOOLS.map((t) => {
+    const at = findExecutable(t.name, pathEnv);
+    return at
+      ? { id: `tool.${t.name}`, title: t.name, status: 'pass', detail: at }
+      : { id: `tool.${t.name}`, title: t.name, status: 'fail', detail: `not on PATH (${t.why})`, remedy: t.install };
+  });
+}
+
+export function checkPorts(listening: ReadonlySet<number>, ports: readonly { port: number; what: string }[] = MESH_PORTS): CheckResult[] {
+  return ports.map(({ port, what }) => listening.has(port)
+    ? { id: `port.${port}`, title: `port ${port} (${what})`, status: 'fail', detail: 'already in use', remedy: `stop what listens on ${port} (\`ss -ltnp 'sport = :${port}'\` shows it) or run \`weftctl down\` if it is an old local mesh` }
+    : { id: `port.${port}`, title: `port ${port} (${what})`, status: 'pass', detail: 'free' });
+}
+
+// ---- the whole preflight ---------------------------------------------------------------------
+
+export interface PreflightSources {
+  /** `uname -r`. */
+  kernelRelease: string;
+  /** Path of the kernel's BTF. */
+  vmlinuxBtf: string;
+  mounts: readonly MountEntry[];
+  /** Text of /proc/self/status. */
+  procStatus: string;
+  /** Concatenated text of /proc/net/tcp and /proc/net/tcp6. */
+  procNetTcp: string;
+  pathEnv: string;
+  ports: readonly { port: number; what: string }[];
+}
+
+function readOr(file: string, fallback: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return fallback;
+  }
+}
+
+/** What the preflight reads on this machine. */
+export function hostSources(): PreflightSources {
+  return {
+    kernelRelease: release(),
+    vmlinuxBtf: '/sys/kernel/btf/vmlinux',
+    mounts: (() => {
+      try {
+        return readMounts();
+      } catch {
+        return [];
+      }
+    })(),
+    procStatus: readOr('/proc/self/status', ''),
+    procNetTcp: readOr('/proc/net/tcp', '') + readOr('/proc/net/tcp6', ''),
+    pathEnv: process.env.PATH ?? '',
+    ports: MESH_PORTS,
+  };
+}
+
+/** Runs every machine check; `sources` overrides what is read from the host. */
+export function runPreflight(sources: Partial<PreflightSources> = {}): CheckResult[] {
+  const s: PreflightSources = { ...hostSources(), ...sources };
+  return [
+    ...checkKernel(s.kernelRelease),
+    checkBtf(s.vmlinuxBtf),
+    checkBpffs(s.mounts),
+    checkCgroup2(s.mounts),
+    checkCapabilities(s.procStatus),
+    ...checkTools(s.pathEnv),
+    ...checkPorts(listeningPorts(s.procNetTcp), s.ports),
+  ];
+}

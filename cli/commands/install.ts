@@ -1,0 +1,97 @@
+// `weftctl install`: prints the Kubernetes objects of a Weft installation for `kubectl apply -f -`.
+//
+// Exit codes: 0 rendered; 1 a CRD file under the CRD folder is broken; 2 usage (unknown or
+// missing option, or a value that cannot render).
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { renderInstall, toJson, toYaml } from '../install/render.ts';
+import { CrdLoadError, InstallOptionError } from '../install/errors.ts';
+import {
+  CNI_MODES, DEFAULT_CONTROLLER_REPLICAS, DEFAULT_LOG_LEVEL, DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, LOG_LEVELS,
+} from '../install/options.ts';
+import { DEFAULT_CRD_DIR } from '../install/crds.ts';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+
+/** Where a command writes and how it exits; tests replace it. */
+export interface CommandIo {
+  out(text: string): void;
+  err(text: string): void;
+  /** Ends the process for usage errors found by commander itself. */
+  exit(code: number): never;
+  /** Sets the exit code of a command that ran to the end. */
+  setExitCode(code: number): void;
+}
+
+export const processIo: CommandIo = {
+  out: (text) => void process.stdout.write(text),
+  err: (text) => void process.stderr.write(text),
+  exit: (code) => process.exit(code),
+  setExitCode: (code) => {
+    process.exitCode = code;
+  },
+};
+
+/** Commander's own errors (unknown option, missing value, bad choice) exit with {@link EXIT_USAGE}. */
+export function exitUsageOnCommanderError(cmd: Command, io: CommandIo): Command {
+  return cmd
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride((err) => io.exit(err.exitCode === 0 ? EXIT_OK : EXIT_USAGE));
+}
+
+function parseWholeNumber(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError('give a whole number, e.g. 2.');
+  return Number(value);
+}
+
+interface InstallFlags {
+  image: string;
+  trustDomain: string;
+  namespace: string;
+  controllerReplicas: number;
+  logLevel: string;
+  cniMode: string;
+  crdDir: string;
+  output: 'yaml' | 'json';
+}
+
+export function installCommand(io: CommandIo = processIo): Command {
+  const cmd = new Command('install')
+    .description('print the Kubernetes manifests of a Weft installation (pipe into `kubectl apply -f -`)')
+    .requiredOption('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0')
+    .option('--trust-domain <domain>', 'SPIFFE trust domain of workload identities', DEFAULT_TRUST_DOMAIN)
+    .option('--namespace <name>', 'namespace of the controller and agents', DEFAULT_NAMESPACE)
+    .option('--controller-replicas <n>', 'controller replicas', parseWholeNumber, DEFAULT_CONTROLLER_REPLICAS)
+    .addOption(new Option('--log-level <level>', 'log level of agents and controller').choices(LOG_LEVELS).default(DEFAULT_LOG_LEVEL))
+    .addOption(new Option('--cni-mode <mode>', 'how the agent finds pod network namespaces').choices(CNI_MODES).default('none'))
+    .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .action((flags: InstallFlags) => {
+      try {
+        const objects = renderInstall({
+          image: flags.image,
+          trustDomain: flags.trustDomain,
+          namespace: flags.namespace,
+          controllerReplicas: flags.controllerReplicas,
+          logLevel: flags.logLevel,
+          cniMode: flags.cniMode,
+          crdDir: flags.crdDir,
+          warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
+        });
+        io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));
+        io.setExitCode(EXIT_OK);
+      } catch (err) {
+        if (err instanceof InstallOptionError) {
+          io.err(`weftctl install: ${err.message}\n`);
+          io.setExitCode(EXIT_USAGE);
+        } else if (err instanceof CrdLoadError) {
+          io.err(`weftctl install: ${err.message}\n`);
+          io.setExitCode(EXIT_FAILED);
+        } else {
+          throw err;
+        }
+      }
+    });
+  return exitUsageOnCommanderError(cmd, io);
+}

@@ -1,0 +1,231 @@
+// The agent DaemonSet. Every host privilege it holds is listed here with the reason, and the
+// same reasons are rendered as pod annotations (`capabilities.weft.dev/<CAP>`,
+// `volumes.weft.dev/<volume>`, `host.weft.dev/<field>`) so `kubectl describe` says why.
+//
+// Not privileged: the agent container gets exactly the capabilities below. The one privileged
+// piece is the `mount-bpffs` init container, because Kubernetes allows Bidirectional mount
+// propagation only in privileged containers, and only Bidirectional lets a mount made in the
+// pod (bpffs at /sys/fs/bpf, when the host has none) reach the host, where pins outlive the pod.
+// It runs `mount` once and exits.
+import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import type { IContainer } from 'kubernetes-models/v1/Container';
+import type { IVolume } from 'kubernetes-models/v1/Volume';
+import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
+import type { ResolvedInstallOptions } from './options.ts';
+import { controllerAddress } from './controller.ts';
+import {
+  AGENT_NAME, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
+} from './names.ts';
+
+export interface Capability {
+  name: 'BPF' | 'NET_ADMIN' | 'SYS_ADMIN' | 'SYS_PTRACE';
+  why: string;
+}
+
+/**
+ * Capabilities added to the agent (all others dropped). Not added, on purpose: NET_RAW (no raw or
+ * packet sockets; IP_TRANSPARENT is allowed by NET_ADMIN), PERFMON (implied by SYS_ADMIN, and no
+ * tracing programs), DAC_OVERRIDE (every host path it touches is root-owned and it runs as uid 0).
+ */
+export const AGENT_CAPABILITIES: readonly Capability[] = [
+  {
+    name: 'BPF',
+    why: 'bpf(2): load the redirect and inbound programs, create maps and pin them under /sys/fs/bpf/weft (kernel >= 5.8)',
+  },
+  {
+    name: 'NET_ADMIN',
+    why: 'attach cgroup connect/getpeername/sockops programs and tcx links on pod veths; IP_TRANSPARENT sockets so servers see the real client address',
+  },
+  {
+    name: 'SYS_ADMIN',
+    why: 'setns(2) into pod network namespaces (tcx attach, inbound listeners); re-open pinned programs and links by id after a restart',
+  },
+  {
+    name: 'SYS_PTRACE',
+    why: 'open /proc/<pid>/ns/net of pod processes that run as other users or with other capabilities (the kernel checks ptrace access on namespace files)',
+  },
+];
+
+export interface HostVolume {
+  volume: IVolume;
+  mount: IVolumeMount;
+  why: string;
+}
+
+/** Host paths the agent mounts. */
+export const AGENT_HOST_VOLUMES: readonly HostVolume[] = [
+  {
+    volume: { name: 'bpffs', hostPath: { path: '/sys/fs/bpf', type: 'DirectoryOrCreate' } },
+    // HostToContainer: the agent sees the host's bpffs (mounted by the init container when
+    // missing), so its pins live in the host's bpffs and survive agent restarts.
+    mount: { name: 'bpffs', mountPath: AGENT_PATHS.bpffs, mountPropagation: 'HostToContainer' },
+    why: 'pin maps and links under /sys/fs/bpf/weft so redirection and enforcement survive an agent restart',
+  },
+  {
+    volume: { name: 'cgroup', hostPath: { path: '/sys/fs/cgroup', type: 'Directory' } },
+    // Mounted over the container's own (namespaced) cgroup view, so /proc/self/mountinfo
+    // shows the host's cgroup v2 root at the usual place (lib/sys/mounts.ts finds it there).
+    mount: { name: 'cgroup', mountPath: AGENT_PATHS.cgroupRoot, readOnly: true },
+    why: 'the host cgroup v2 root that the connect/getpeername/sockops programs attach to (read-only: attaching needs only a directory fd)',
+  },
+  {
+    volume: { name: 'host-proc', hostPath: { path: '/proc', type: 'Directory' } },
+    mount: { name: 'host-proc', mountPath: AGENT_PATHS.hostProc, readOnly: true },
+    why: 'find pod network namespaces by scanning /proc/<pid>/ns/net of host processes',
+  },
+  {
+    volume: { name: 'netns', hostPath: { path: '/var/run/netns', type: 'DirectoryOrCreate' } },
+    // HostToContainer: namespaces that runtimes create after the agent started appear in it.
+    mount: { name: 'netns', mountPath: AGENT_PATHS.netns, mountPropagation: 'HostToContainer', readOnly: true },
+    why: 'named pod network namespaces that container runtimes (and the local mesh) bind-mount here',
+  },
+];
+
+/** Pod-level host access, with reasons. */
+export const AGENT_HOST_ACCESS = {
+  hostNetwork: 'listen on 15001 (captured outbound) and 15008 (HBONE) in the node network namespace, where redirected connections and peers arrive',
+  hostPID: 'the agent scans /proc/*/ns/net to find pod network namespaces; with the host PID namespace its own /proc lists pod processes (/host/proc gives the same view; hostPID can go once the agent reads WEFT_PROC_ROOT)',
+  dnsPolicy: 'ClusterFirstWithHostNet: resolve the controller Service name from the host network',
+  seccompProfile: 'RuntimeDefault: allows bpf(2) and setns(2) to a container holding CAP_BPF/CAP_SYS_ADMIN',
+  appArmorProfile: 'Unconfined: the runtime default AppArmor profile denies creating files under /sys/fs/*, which is how BPF pins are made',
+  seLinux: 'spc_t: SELinux denies bpf(2) and setns(2) to container_t',
+  runAsUser: '0: the host paths (bpffs, cgroup root, /proc/<pid>/ns) are root-owned, and added capabilities are effective only for uid 0',
+} as const;
+
+export const AGENT_RESOURCES = {
+  requests: { cpu: '100m', memory: '128Mi' },
+  limits: { cpu: '2', memory: '1Gi' },
+};
+
+const TOKEN_FILE = 'token';
+/** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */
+export const TRUST_BUNDLE_FILE = 'root-cert.pem';
+
+function podAnnotations(): Record<string, string> {
+  const out: Record<string, string> = {
+    'prometheus.io/scrape': 'true',
+    'prometheus.io/port': String(PORTS.metrics),
+    'prometheus.io/path': '/metrics',
+    // Clusters before 1.30 read AppArmor from this annotation; later ones from securityContext (kept equal).
+    'container.apparmor.security.beta.kubernetes.io/agent': 'unconfined',
+    'container.apparmor.security.beta.kubernetes.io/mount-bpffs': 'unconfined',
+  };
+  for (const c of AGENT_CAPABILITIES) out[`capabilities.weft.dev/${c.name}`] = c.why;
+  for (const v of AGENT_HOST_VOLUMES) out[`volumes.weft.dev/${v.volume.name}`] = v.why;
+  out['volumes.weft.dev/weft-token'] = `projected ServiceAccount token, audience ${CONTROLLER_TOKEN_AUDIENCE}: proves the agent's pod and node to the certificate service`;
+  out['volumes.weft.dev/trust-bundle'] = 'CA roots the controller publishes; the agent verifies the controller\'s TLS certificate with them';
+  for (const [k, why] of Object.entries(AGENT_HOST_ACCESS)) out[`host.weft.dev/${k}`] = why;
+  out['ports.weft.dev/admin'] = `${PORTS.admin} on 127.0.0.1 only (config dump, certificates, BPF state); not a container port`;
+  return out;
+}
+
+function mountBpffsContainer(o: ResolvedInstallOptions): IContainer {
+  return {
+    name: 'mount-bpffs',
+    image: o.image,
+    command: ['/bin/sh', '-c', `mountpoint -q ${AGENT_PATHS.bpffs} || mount -t bpf bpf ${AGENT_PATHS.bpffs}`],
+    // Privileged only because Bidirectional propagation requires it; see the file comment.
+    securityContext: { privileged: true, runAsUser: 0, appArmorProfile: { type: 'Unconfined' } },
+    volumeMounts: [{ name: 'bpffs', mountPath: AGENT_PATHS.bpffs, mountPropagation: 'Bidirectional' }],
+    resources: { requests: { cpu: '10m', memory: '16Mi' }, limits: { cpu: '100m', memory: '64Mi' } },
+  };
+}
+
+function agentContainer(o: ResolvedInstallOptions): IContainer {
+  return {
+    name: 'agent',
+    image: o.image,
+    args: ['agent'],
+    ports: [
+      { name: 'tcp-outbound', containerPort: PORTS.outbound, protocol: 'TCP' },
+      { name: 'tcp-hbone', containerPort: PORTS.hbone, protocol: 'TCP' },
+      { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
+      { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
+    ],
+    env: [
+      { name: ENV.nodeName, valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+      { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      { name: ENV.serviceAccount, valueFrom: { fieldRef: { fieldPath: 'spec.serviceAccountName' } } },
+      { name: ENV.trustDomain, value: o.trustDomain },
+      { name: ENV.logLevel, value: o.logLevel },
+      { name: ENV.controllerAddress, value: controllerAddress(o.namespace) },
+      { name: ENV.tokenFile, value: `${AGENT_PATHS.token}/${TOKEN_FILE}` },
+      { name: ENV.trustBundleFile, value: `${AGENT_PATHS.trustBundle}/${TRUST_BUNDLE_FILE}` },
+      { name: ENV.procRoot, value: AGENT_PATHS.hostProc },
+      { name: ENV.cgroupRoot, value: AGENT_PATHS.cgroupRoot },
+      { name: ENV.bpffs, value: AGENT_PATHS.bpffs },
+      { name: ENV.adminAddress, value: `127.0.0.1:${PORTS.admin}` },
+    ],
+    readinessProbe: {
+      httpGet: { path: READINESS_PATH, port: PORTS.readiness },
+      periodSeconds: 5,
+      failureThreshold: 3,
+    },
+    resources: AGENT_RESOURCES,
+    securityContext: {
+      privileged: false,
+      // allowPrivilegeEscalation stays unset: the API server rejects `false` together with SYS_ADMIN.
+      runAsUser: 0,
+      runAsNonRoot: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'], add: AGENT_CAPABILITIES.map((c) => c.name) },
+      seccompProfile: { type: 'RuntimeDefault' },
+      appArmorProfile: { type: 'Unconfined' },
+      seLinuxOptions: { type: 'spc_t', level: 's0' },
+    },
+    volumeMounts: [
+      ...AGENT_HOST_VOLUMES.map((v) => v.mount),
+      { name: 'weft-token', mountPath: AGENT_PATHS.token, readOnly: true },
+      { name: 'trust-bundle', mountPath: AGENT_PATHS.trustBundle, readOnly: true },
+    ],
+  };
+}
+
+export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'DaemonSet',
+    metadata: { name: AGENT_NAME, namespace: o.namespace, labels: labels(AGENT_NAME) },
+    spec: {
+      selector: { matchLabels: selectorLabels(AGENT_NAME) },
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
+      template: {
+        metadata: {
+          labels: { ...labels(AGENT_NAME), 'weft.dev/dataplane-mode': 'none' },
+          annotations: podAnnotations(),
+        },
+        spec: {
+          serviceAccountName: AGENT_NAME,
+          automountServiceAccountToken: false,
+          hostNetwork: true,
+          hostPID: true,
+          dnsPolicy: 'ClusterFirstWithHostNet',
+          priorityClassName: 'system-node-critical',
+          // Every node, whatever its taints: a node without an agent has no mesh.
+          tolerations: [{ operator: 'Exists' }],
+          terminationGracePeriodSeconds: 30,
+          initContainers: [mountBpffsContainer(o)],
+          containers: [agentContainer(o)],
+          volumes: [
+            ...AGENT_HOST_VOLUMES.map((v) => v.volume),
+            {
+              name: 'weft-token',
+              projected: {
+                sources: [{
+                  serviceAccountToken: { audience: CONTROLLER_TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_SECONDS, path: TOKEN_FILE },
+                }],
+              },
+            },
+            {
+              name: 'trust-bundle',
+              // Optional: the controller creates it on first start; the kubelet fills it in later.
+              configMap: { name: TRUST_BUNDLE_CONFIGMAP, optional: true },
+            },
+          ],
+        },
+      },
+    },
+  };
+}

@@ -1,0 +1,73 @@
+// Names, labels, ports and paths that the rendered objects share, and that the agent and the
+// controller read back (environment variable names are the contract with their main.ts).
+
+export const PART_OF = 'weft';
+export const CONTROLLER_NAME = 'weft-controller';
+export const AGENT_NAME = 'weft-agent';
+
+/** The Secret in the install namespace holding the CA certificate and key. */
+export const CA_SECRET_NAME = 'weft-ca';
+/** The ConfigMap in the install namespace with the CA's public root(s); agents trust the controller with it. */
+export const TRUST_BUNDLE_CONFIGMAP = 'weft-trust-bundle';
+/** Lease the controller replicas elect a leader with (CA writes, waypoint reconciling, status). */
+export const CONTROLLER_LEASE_NAME = 'weft-controller-leader';
+
+/** Audience of the projected ServiceAccount token that agents present to the certificate service. */
+export const CONTROLLER_TOKEN_AUDIENCE = 'weft-controller';
+/** Lifetime of that token; the kubelet refreshes it at 80%. */
+export const TOKEN_EXPIRATION_SECONDS = 3600;
+
+export const PORTS = {
+  admin: 15000,
+  outbound: 15001,
+  hbone: 15008,
+  xds: 15012,
+  metrics: 15020,
+  readiness: 15021,
+} as const;
+
+export const READINESS_PATH = '/healthz/ready';
+
+/** Where the agent's container sees host paths. */
+export const AGENT_PATHS = {
+  bpffs: '/sys/fs/bpf',
+  cgroupRoot: '/sys/fs/cgroup',
+  hostProc: '/host/proc',
+  netns: '/var/run/netns',
+  token: '/var/run/secrets/weft/tokens',
+  trustBundle: '/var/run/secrets/weft/trust',
+} as const;
+
+/** Environment variables the rendered pods set. */
+export const ENV = {
+  nodeName: 'NODE_NAME',
+  podName: 'POD_NAME',
+  podNamespace: 'POD_NAMESPACE',
+  serviceAccount: 'SERVICE_ACCOUNT',
+  trustDomain: 'WEFT_TRUST_DOMAIN',
+  logLevel: 'WEFT_LOG_LEVEL',
+  controllerAddress: 'WEFT_CONTROLLER_ADDRESS',
+  tokenFile: 'WEFT_TOKEN_FILE',
+  trustBundleFile: 'WEFT_TRUST_BUNDLE_FILE',
+  procRoot: 'WEFT_PROC_ROOT',
+  cgroupRoot: 'WEFT_CGROUP_ROOT',
+  bpffs: 'WEFT_BPFFS',
+  adminAddress: 'WEFT_ADMIN_ADDRESS',
+  caSecret: 'WEFT_CA_SECRET',
+  trustBundleConfigMap: 'WEFT_TRUST_BUNDLE_CONFIGMAP',
+  waypointImage: 'WEFT_WAYPOINT_IMAGE',
+  leaderLease: 'WEFT_LEADER_LEASE',
+} as const;
+
+export function labels(component: string): Record<string, string> {
+  return {
+    'app.kubernetes.io/name': component,
+    'app.kubernetes.io/part-of': PART_OF,
+    'app.kubernetes.io/component': component.replace(/^weft-/, ''),
+  };
+}
+
+/** The labels a selector matches on (a subset of {@link labels} that never changes across upgrades). */
+export function selectorLabels(component: string): Record<string, string> {
+  return { 'app.kubernetes.io/name': component, 'app.kubernetes.io/part-of': PART_OF };
+}

@@ -1,0 +1,101 @@
+// Options of `weftctl install`, their defaults, and the checks that run before anything renders.
+import { InstallOptionError } from './errors.ts';
+
+/** How the agent learns which pods run on its node. */
+export type CniMode = 'none';
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+export interface InstallOptions {
+  /** Container image with the agent, controller and waypoint (one image, chosen by command). Required. */
+  image: string;
+  /** SPIFFE trust domain of workload identities, e.g. `cluster.local`. Required. */
+  trustDomain: string;
+  /** Namespace of the controller and agents. Default {@link DEFAULT_NAMESPACE}. */
+  namespace?: string;
+  /** Controller replicas. Default 1. */
+  controllerReplicas?: number;
+  /** Log level of agents and controller. Default `info`. */
+  logLevel?: LogLevel | string;
+  /**
+   * `none` (the default and only mode so far): no CNI plugin; the agent finds pod network
+   * namespaces by scanning /proc/<pid>/ns/net and the named netns under /var/run/netns.
+   */
+  cniMode?: CniMode | string;
+  /** Folder of CRD YAML files. Default: `deploy/crds` of this repository. */
+  crdDir?: string;
+  /** Receives one line per thing the operator should know (e.g. built-in CRDs used). */
+  warn?: (message: string) => void;
+}
+
+export const DEFAULT_NAMESPACE = 'weft-system';
+export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
+export const DEFAULT_CONTROLLER_REPLICAS = 1;
+export const MAX_CONTROLLER_REPLICAS = 9;
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
+export const CNI_MODES: readonly CniMode[] = ['none'];
+
+/** Options after defaults and validation. */
+export interface ResolvedInstallOptions {
+  image: string;
+  trustDomain: string;
+  namespace: string;
+  controllerReplicas: number;
+  logLevel: LogLevel;
+  cniMode: CniMode;
+}
+
+// Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
+const DOMAIN_COMPONENT = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])';
+const DOMAIN = `(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[0-9a-fA-F:]+\\])(?::[0-9]+)?`;
+const PATH_COMPONENT = '[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*';
+const TAG = '[\\w][\\w.-]{0,127}';
+const DIGEST = '[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}';
+const IMAGE_REFERENCE = new RegExp(
+  `^(?:${DOMAIN}/)?${PATH_COMPONENT}(?:/${PATH_COMPONENT})*(?::${TAG})?(?:@${DIGEST})?$`,
+);
+const MAX_IMAGE_LENGTH = 255 + 128 + 100;
+
+// The SPIFFE ID spec's trust domain: lower-case letters, digits, '.', '-', '_' (as lib/identity/spiffe.ts).
+const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
+// A Kubernetes namespace is an RFC 1123 label.
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/** Applies defaults and rejects values that cannot render; throws {@link InstallOptionError}. */
+export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOptions {
+  const image = (opts.image ?? '').trim();
+  if (!image) {
+    throw new InstallOptionError('image', '--image is empty: give the Weft container image, e.g. --image ghcr.io/acme/weft:0.1.0');
+  }
+  if (image.length > MAX_IMAGE_LENGTH || !IMAGE_REFERENCE.test(image)) {
+    throw new InstallOptionError('image', `--image "${image}" is not a container image reference: use [registry/]repository[:tag][@sha256:digest] in lower case, e.g. ghcr.io/acme/weft:0.1.0`);
+  }
+
+  const trustDomain = opts.trustDomain ?? '';
+  if (!TRUST_DOMAIN.test(trustDomain)) {
+    throw new InstallOptionError('trustDomain', `--trust-domain "${trustDomain}" is invalid: use 1-255 lower-case letters, digits, '.', '-' or '_' (e.g. ${DEFAULT_TRUST_DOMAIN})`);
+  }
+
+  const namespace = opts.namespace ?? DEFAULT_NAMESPACE;
+  if (namespace.length > 63 || !DNS_LABEL.test(namespace)) {
+    throw new InstallOptionError('namespace', `--namespace "${namespace}" is not a Kubernetes namespace name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit`);
+  }
+
+  const controllerReplicas = opts.controllerReplicas ?? DEFAULT_CONTROLLER_REPLICAS;
+  if (!Number.isInteger(controllerReplicas) || controllerReplicas < 1 || controllerReplicas > MAX_CONTROLLER_REPLICAS) {
+    throw new InstallOptionError('controllerReplicas', `--controller-replicas ${String(controllerReplicas)} is out of range: give a whole number from 1 to ${MAX_CONTROLLER_REPLICAS}`);
+  }
+
+  const logLevel = opts.logLevel ?? DEFAULT_LOG_LEVEL;
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new InstallOptionError('logLevel', `--log-level "${logLevel}" is unknown: use one of ${LOG_LEVELS.join(', ')}`);
+  }
+
+  const cniMode = opts.cniMode ?? 'none';
+  if (!(CNI_MODES as readonly string[]).includes(cniMode)) {
+    throw new InstallOptionError('cniMode', `--cni-mode "${cniMode}" is not supported: use ${CNI_MODES.join(', ')} (the agent finds pod network namespaces through /proc; there is no Weft CNI plugin yet)`);
+  }
+
+  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode };
+}

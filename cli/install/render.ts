@@ -1,0 +1,61 @@
+// `weftctl install`: every Kubernetes object of a Weft installation, in apply order (Namespace,
+// CRDs, RBAC, controller, agent), and their YAML/JSON form.
+import { Document } from 'yaml';
+import type { INamespace } from 'kubernetes-models/v1/Namespace';
+import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition';
+import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
+import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import type { IService } from 'kubernetes-models/v1/Service';
+import { resolveInstallOptions, type InstallOptions } from './options.ts';
+import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
+import { renderRbac, type RbacObject } from './rbac.ts';
+import { renderController } from './controller.ts';
+import { renderAgent } from './agent.ts';
+import { PART_OF } from './names.ts';
+
+export type { InstallOptions } from './options.ts';
+
+export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet;
+
+/** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
+export function renderInstall(opts: InstallOptions): KubeObject[] {
+  const o = resolveInstallOptions(opts);
+  const namespace: INamespace = {
+    apiVersion: 'v1',
+    kind: 'Namespace',
+    metadata: {
+      name: o.namespace,
+      labels: {
+        'app.kubernetes.io/part-of': PART_OF,
+        // The agent needs host network, host paths and capabilities: the restricted and baseline
+        // Pod Security levels would reject it.
+        'pod-security.kubernetes.io/enforce': 'privileged',
+        // The mesh's own pods are never enrolled in the mesh.
+        'weft.dev/dataplane-mode': 'none',
+      },
+    },
+  };
+  return [
+    namespace,
+    ...loadCrds(opts.crdDir ?? DEFAULT_CRD_DIR, opts.warn),
+    ...renderRbac(o),
+    ...renderController(o),
+    renderAgent(o),
+  ];
+}
+
+/** Multi-document YAML, one document per object, for `kubectl apply -f -`. */
+export function toYaml(objects: readonly object[]): string {
+  return objects
+    .map((obj, i) => {
+      const doc = new Document(obj);
+      if (i === 0) doc.commentBefore = ' Weft installation, rendered by `weftctl install`.';
+      return doc.toString({ lineWidth: 0 });
+    })
+    .join('---\n');
+}
+
+/** A v1 List, for `kubectl apply -f -` or jq. */
+export function toJson(objects: readonly object[]): string {
+  return JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }, null, 2) + '\n';
+}

@@ -1,0 +1,271 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { Namespace } from 'kubernetes-models/v1/Namespace';
+import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import { Service } from 'kubernetes-models/v1/Service';
+import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
+import type { IContainer } from 'kubernetes-models/v1/Container';
+import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
+import type { IRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
+import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
+import type { IRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
+import { CustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition';
+import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition';
+import { renderInstall, toJson, toYaml, type KubeObject } from '../../cli/install/render.ts';
+import { builtinCrd, WEFT_KINDS } from '../../cli/install/crds.ts';
+import { CrdLoadError } from '../../cli/install/errors.ts';
+import { AGENT_CAPABILITIES } from '../../cli/install/agent.ts';
+
+type ModelClass = new (data: object) => { validate(): void };
+const MODELS: Record<string, ModelClass> = {
+  'v1/Namespace': Namespace as unknown as ModelClass,
+  'v1/ServiceAccount': ServiceAccount as unknown as ModelClass,
+  'v1/Service': Service as unknown as ModelClass,
+  'apps/v1/Deployment': Deployment as unknown as ModelClass,
+  'apps/v1/DaemonSet': DaemonSet as unknown as ModelClass,
+  'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole as unknown as ModelClass,
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding as unknown as ModelClass,
+  'rbac.authorization.k8s.io/v1/Role': Role as unknown as ModelClass,
+  'rbac.authorization.k8s.io/v1/RoleBinding': RoleBinding as unknown as ModelClass,
+  'apiextensions.k8s.io/v1/CustomResourceDefinition': CustomResourceDefinition as unknown as ModelClass,
+};
+
+const OPTS = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', warn: () => {} };
+
+function find<T extends KubeObject>(objects: KubeObject[], kind: string, name?: string): T {
+  const o = objects.find((x) => x.kind === kind && (name === undefined || x.metadata?.name === name));
+  assert.ok(o, `no ${kind} ${name ?? ''} rendered`);
+  return o as T;
+}
+
+function agentDaemonSet(objects = renderInstall(OPTS)): { ds: IDaemonSet; agent: IContainer } {
+  const ds = find<IDaemonSet>(objects, 'DaemonSet', 'weft-agent');
+  const agent = ds.spec?.template.spec?.containers.find((c) => c.name === 'agent');
+  assert.ok(agent);
+  return { ds, agent };
+}
+
+test('every rendered object passes the Kubernetes schema of its kind', () => {
+  const objects = renderInstall({ ...OPTS, controllerReplicas: 3, logLevel: 'debug' });
+  for (const o of objects) {
+    const Model = MODELS[`${o.apiVersion}/${o.kind}`];
+    assert.ok(Model, `no schema model for ${o.apiVersion} ${o.kind}`);
+    assert.doesNotThrow(() => new Model(o).validate(), `${o.kind} ${o.metadata?.name}`);
+  }
+});
+
+test('renders the namespace first, then the CRDs of all four Weft kinds, then RBAC, controller and agent', () => {
+  const objects = renderInstall(OPTS);
+  assert.equal(objects[0]?.kind, 'Namespace');
+  const crdNames = objects.filter((o) => o.kind === 'CustomResourceDefinition').map((o) => o.metadata?.name);
+  for (const k of WEFT_KINDS) assert.ok(crdNames.includes(`${k.plural}.weft.dev`), `CRD for ${k.kind}`);
+  const kinds = objects.map((o) => o.kind);
+  assert.ok(kinds.lastIndexOf('CustomResourceDefinition') < kinds.indexOf('ServiceAccount'));
+  assert.ok(kinds.indexOf('ClusterRoleBinding') < kinds.indexOf('Deployment'));
+  assert.equal(kinds.at(-1), 'DaemonSet');
+});
+
+test('every CRD validates as an apiextensions.k8s.io/v1 CustomResourceDefinition with a status subresource', () => {
+  for (const k of WEFT_KINDS) {
+    const crd = builtinCrd(k);
+    new CustomResourceDefinition(crd).validate();
+    const version = crd.spec.versions[0];
+    assert.equal(version?.storage, true);
+    assert.deepEqual(version?.subresources?.status, {});
+    assert.equal(crd.spec.names.kind, k.kind);
+  }
+});
+
+test('puts every namespaced object in the namespace option', () => {
+  const objects = renderInstall({ ...OPTS, namespace: 'mesh-infra' });
+  assert.equal(objects[0]?.metadata?.name, 'mesh-infra');
+  const clusterScoped = new Set(['Namespace', 'CustomResourceDefinition', 'ClusterRole', 'ClusterRoleBinding']);
+  for (const o of objects) {
+    if (!clusterScoped.has(o.kind)) assert.equal(o.metadata?.namespace, 'mesh-infra', `${o.kind} ${o.metadata?.name}`);
+  }
+  const binding = find<IClusterRoleBinding>(objects, 'ClusterRoleBinding');
+  assert.equal(binding.subjects?.[0]?.namespace, 'mesh-infra');
+  const { agent } = agentDaemonSet(objects);
+  assert.ok(agent.env?.some((e) => e.name === 'WEFT_CONTROLLER_ADDRESS' && e.value === 'weft-controller.mesh-infra.svc:15012'));
+});
+
+test('the agent adds exactly BPF, NET_ADMIN, SYS_ADMIN and SYS_PTRACE, drops the rest, and is not privileged', () => {
+  const { agent } = agentDaemonSet();
+  const sc = agent.securityContext;
+  assert.equal(sc?.privileged, false);
+  assert.deepEqual(sc?.capabilities?.drop, ['ALL']);
+  assert.deepEqual([...(sc?.capabilities?.add ?? [])].sort(), ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'SYS_PTRACE']);
+  // The API server rejects allowPrivilegeEscalation=false together with SYS_ADMIN.
+  assert.notEqual(sc?.allowPrivilegeEscalation, false);
+});
+
+test('the agent pod says why it holds each capability and each volume', () => {
+  const { ds, agent } = agentDaemonSet();
+  const annotations = ds.spec?.template.metadata?.annotations ?? {};
+  for (const cap of agent.securityContext?.capabilities?.add ?? []) {
+    assert.ok((annotations[`capabilities.weft.dev/${cap}`] ?? '').length > 20, `no reason for CAP_${cap}`);
+  }
+  for (const v of ds.spec?.template.spec?.volumes ?? []) {
+    assert.ok((annotations[`volumes.weft.dev/${v.name}`] ?? '').length > 20, `no reason for volume ${v.name}`);
+  }
+  for (const field of ['hostNetwork', 'hostPID', 'dnsPolicy']) {
+    assert.ok(annotations[`host.weft.dev/${field}`], `no reason for ${field}`);
+  }
+  assert.equal(AGENT_CAPABILITIES.length, agent.securityContext?.capabilities?.add?.length);
+});
+
+test('the agent mounts bpffs, the cgroup v2 root, host /proc read-only and /var/run/netns from the host', () => {
+  const { ds, agent } = agentDaemonSet();
+  const volumes = new Map((ds.spec?.template.spec?.volumes ?? []).map((v) => [v.name, v]));
+  const mounts = new Map((agent.volumeMounts ?? []).map((m) => [m.mountPath, m]));
+  const hostPathAt = (mountPath: string) => volumes.get(mounts.get(mountPath)?.name ?? '')?.hostPath?.path;
+
+  assert.equal(hostPathAt('/sys/fs/bpf'), '/sys/fs/bpf');
+  assert.equal(mounts.get('/sys/fs/bpf')?.mountPropagation, 'HostToContainer');
+  assert.equal(hostPathAt('/sys/fs/cgroup'), '/sys/fs/cgroup');
+  assert.equal(hostPathAt('/host/proc'), '/proc');
+  assert.equal(mounts.get('/host/proc')?.readOnly, true);
+  assert.equal(hostPathAt('/var/run/netns'), '/var/run/netns');
+  assert.equal(mounts.get('/var/run/netns')?.mountPropagation, 'HostToContainer');
+});
+
+test('bpffs reaches the host through a privileged init container, the only privileged container', () => {
+  const { ds } = agentDaemonSet();
+  const spec = ds.spec?.template.spec;
+  const init = spec?.initContainers?.find((c) => c.name === 'mount-bpffs');
+  assert.ok(init);
+  // Kubernetes allows Bidirectional propagation only in privileged containers.
+  assert.equal(init.securityContext?.privileged, true);
+  assert.equal(init.volumeMounts?.find((m) => m.mountPath === '/sys/fs/bpf')?.mountPropagation, 'Bidirectional');
+  const privileged = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].filter((c) => c.securityContext?.privileged);
+  assert.deepEqual(privileged.map((c) => c.name), ['mount-bpffs']);
+});
+
+test('the agent runs on every node in the host network and PID namespace with its node and pod name', () => {
+  const { ds, agent } = agentDaemonSet();
+  const spec = ds.spec?.template.spec;
+  assert.equal(spec?.hostNetwork, true);
+  assert.equal(spec?.hostPID, true);
+  assert.equal(spec?.dnsPolicy, 'ClusterFirstWithHostNet');
+  assert.deepEqual(spec?.tolerations, [{ operator: 'Exists' }]);
+  const env = new Map((agent.env ?? []).map((e) => [e.name, e]));
+  assert.equal(env.get('NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+  assert.equal(env.get('POD_NAME')?.valueFrom?.fieldRef?.fieldPath, 'metadata.name');
+  assert.equal(env.get('WEFT_TRUST_DOMAIN')?.value, 'cluster.local');
+  assert.ok(agent.resources?.requests && agent.resources.limits);
+});
+
+test('the agent serves 15001, 15008, 15020, 15021, is ready on /healthz/ready and keeps admin 15000 off the pod ports', () => {
+  const { agent } = agentDaemonSet();
+  assert.deepEqual(agent.ports?.map((p) => p.containerPort), [15001, 15008, 15020, 15021]);
+  assert.equal(agent.readinessProbe?.httpGet?.path, '/healthz/ready');
+  assert.equal(agent.readinessProbe?.httpGet?.port, 15021);
+  assert.ok(agent.env?.some((e) => e.name === 'WEFT_ADMIN_ADDRESS' && e.value === '127.0.0.1:15000'));
+});
+
+test('the agent has no Kubernetes API token, only a projected token for the weft-controller audience', () => {
+  const objects = renderInstall(OPTS);
+  const { ds, agent } = agentDaemonSet(objects);
+  const spec = ds.spec?.template.spec;
+  assert.equal(spec?.automountServiceAccountToken, false);
+  const token = spec?.volumes?.find((v) => v.projected)?.projected?.sources?.[0]?.serviceAccountToken;
+  assert.equal(token?.audience, 'weft-controller');
+  const tokenMount = agent.volumeMounts?.find((m) => m.name === 'weft-token');
+  assert.ok(tokenMount);
+  const tokenFile = agent.env?.find((e) => e.name === 'WEFT_TOKEN_FILE')?.value;
+  assert.equal(tokenFile, `${tokenMount.mountPath}/${token?.path}`);
+  // No role or binding names the agent's ServiceAccount.
+  const bindings = objects.filter((o): o is IRoleBinding | IClusterRoleBinding => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding');
+  for (const b of bindings) assert.ok(!b.subjects?.some((s) => s.name === 'weft-agent'), `${b.kind} ${b.metadata?.name} binds the agent`);
+});
+
+test('the controller serves 15012, 15020 and 15021 with a readiness probe and runs unprivileged', () => {
+  const objects = renderInstall({ ...OPTS, controllerReplicas: 2 });
+  const dep = find<IDeployment>(objects, 'Deployment', 'weft-controller');
+  assert.equal(dep.spec?.replicas, 2);
+  const c = dep.spec?.template.spec?.containers[0];
+  assert.deepEqual(c?.ports?.map((p) => [p.name, p.containerPort]), [['grpc-tls', 15012], ['http-metrics', 15020], ['http-ready', 15021]]);
+  assert.equal(c?.readinessProbe?.httpGet?.path, '/healthz/ready');
+  assert.equal(c?.readinessProbe?.httpGet?.port, 15021);
+  assert.equal(c?.securityContext?.allowPrivilegeEscalation, false);
+  assert.deepEqual(c?.securityContext?.capabilities?.drop, ['ALL']);
+  assert.equal(dep.spec?.template.spec?.securityContext?.runAsNonRoot, true);
+  const svc = objects.find((o) => o.kind === 'Service');
+  assert.ok(svc && 'spec' in svc);
+});
+
+test('the controller may list and watch the mesh inputs, write their status, review tokens and manage waypoints, and nothing with wildcards', () => {
+  const objects = renderInstall(OPTS);
+  const cr = find<IClusterRole>(objects, 'ClusterRole', 'weft-controller');
+  const allows = (group: string, resource: string, verb: string) =>
+    (cr.rules ?? []).some((r) => r.apiGroups?.includes(group) && r.resources?.includes(resource) && r.verbs.includes(verb));
+  for (const [g, r] of [['', 'namespaces'], ['', 'pods'], ['', 'services'], ['discovery.k8s.io', 'endpointslices'],
+    ['weft.dev', 'waypoints'], ['weft.dev', 'authorizationpolicies'], ['weft.dev', 'peerauthentications'], ['weft.dev', 'trafficpolicies'],
+    ['gateway.networking.k8s.io', 'httproutes'], ['gateway.networking.k8s.io', 'grpcroutes']] as const) {
+    assert.ok(allows(g, r, 'list') && allows(g, r, 'watch'), `list/watch ${g}/${r}`);
+  }
+  for (const r of ['waypoints/status', 'authorizationpolicies/status', 'peerauthentications/status', 'trafficpolicies/status']) {
+    assert.ok(allows('weft.dev', r, 'update'), r);
+  }
+  assert.ok(allows('gateway.networking.k8s.io', 'httproutes/status', 'update'));
+  assert.ok(allows('authentication.k8s.io', 'tokenreviews', 'create'));
+  assert.ok(allows('apps', 'deployments', 'create') && allows('', 'services', 'create'));
+  assert.ok(!allows('weft.dev', 'waypoints', 'delete'), 'the controller never deletes user objects');
+  assert.ok(!allows('', 'secrets', 'get'), 'no cluster-wide secret access');
+  for (const r of cr.rules ?? []) {
+    assert.ok(![...(r.verbs ?? []), ...(r.resources ?? []), ...(r.apiGroups ?? [])].includes('*'), JSON.stringify(r));
+  }
+  const role = find<IRole>(objects, 'Role', 'weft-controller');
+  const secretRule = role.rules?.find((r) => r.resources?.includes('secrets') && r.verbs.includes('update'));
+  assert.deepEqual(secretRule?.resourceNames, ['weft-ca']);
+});
+
+test('YAML output is one document per object and parses back to the same objects', () => {
+  const objects = renderInstall(OPTS);
+  const yaml = toYaml(objects);
+  const docs = parseAllDocuments(yaml).map((d) => d.toJS() as unknown);
+  assert.deepEqual(docs, JSON.parse(JSON.stringify(objects)));
+  const list = JSON.parse(toJson(objects)) as { kind: string; items: unknown[] };
+  assert.equal(list.kind, 'List');
+  assert.equal(list.items.length, objects.length);
+});
+
+function crdDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-crds-'));
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+test('takes CRDs from the CRD folder and fills only the missing kinds from built-in definitions', () => {
+  const own: ICustomResourceDefinition = builtinCrd({ kind: 'Waypoint', plural: 'waypoints' });
+  own.metadata = { name: 'waypoints.weft.dev', annotations: { origin: 'folder' } };
+  const dir = crdDir({ 'waypoint.yaml': toYaml([own]), 'README.md': 'not yaml' });
+  const warnings: string[] = [];
+  const objects = renderInstall({ ...OPTS, crdDir: dir, warn: (m) => warnings.push(m) });
+  const crds = objects.filter((o) => o.kind === 'CustomResourceDefinition');
+  assert.equal(crds.length, 4);
+  assert.equal(crds.find((c) => c.metadata?.name === 'waypoints.weft.dev')?.metadata?.annotations?.origin, 'folder');
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0] ?? '', /AuthorizationPolicy, PeerAuthentication, TrafficPolicy/);
+  assert.doesNotMatch(warnings[0] ?? '', /Waypoint,/);
+});
+
+test('names the file when the CRD folder holds something that is not a CRD', () => {
+  const dir = crdDir({ 'bad.yaml': 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n' });
+  assert.throws(() => renderInstall({ ...OPTS, crdDir: dir }), (err: unknown) =>
+    err instanceof CrdLoadError && err.code === 'WEFT_INSTALL_BAD_CRD' && err.message.includes('bad.yaml') && /ConfigMap/.test(err.message));
+  const broken = crdDir({ 'broken.yaml': 'kind: [unclosed\n' });
+  assert.throws(() => renderInstall({ ...OPTS, crdDir: broken }), (err: unknown) =>
+    err instanceof CrdLoadError && err.message.includes('broken.yaml') && /not valid YAML/.test(err.message));
+});
