@@ -247,6 +247,13 @@ export class Datapath {
     return this.redirect.map(name);
   }
 
+  /** This process's loaded programs (ids change with every load; a pinned link follows update()). */
+  programs(): { name: string; id: number }[] {
+    if (this.closed) throw new DatapathClosedError();
+    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM].map((name) =>
+      ({ name, id: (name === INBOUND_PROGRAM ? this.inbound : this.redirect).program(name).id }));
+  }
+
   /** The cgroup links this process holds (after open(): exactly one per cgroup program). */
   cgroupLinks(): LinkState[] {
     if (this.closed) throw new DatapathClosedError();
