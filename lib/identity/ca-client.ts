@@ -15,6 +15,9 @@ import type { SpiffeId } from './spiffe.ts';
 /** Default deadline of one CreateCertificate call. */
 export const DEFAULT_CA_CALL_DEADLINE_MS = 10_000;
 
+/** TLS server name (SNI) the client sends to the certificate service. */
+export const CA_TLS_SERVER_NAME = 'weft-controller';
+
 export type CaClientCredentials =
   | { kind: 'token'; token: () => string | Promise<string> }
   | { kind: 'mtls'; key: string; certChain: readonly string[] };
@@ -64,7 +67,10 @@ export class CertificateServiceClient {
       : grpc.credentials.createSsl(roots, null, null, verify);
     this.#token = creds.kind === 'token' ? creds.token : undefined;
     const Ctor = certificateServiceClient();
-    this.#client = new Ctor(opts.address, channelCreds, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as RawClient;
+    // The controller is identified by its SPIFFE ID, not its host name, so the TLS server name is
+    // a fixed label (an IP address there would be ignored with a warning, RFC 6066).
+    const channelOpts = { 'grpc.use_local_subchannel_pool': 1, 'grpc.ssl_target_name_override': CA_TLS_SERVER_NAME };
+    this.#client = new Ctor(opts.address, channelCreds, channelOpts) as unknown as RawClient;
   }
 
   async #metadata(): Promise<grpc.Metadata> {

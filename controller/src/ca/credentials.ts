@@ -34,16 +34,23 @@ class CaBackedProvider implements grpc.experimental.CertificateProvider {
   ca: grpc.experimental.CaCertificateUpdate | null = null;
   identity: grpc.experimental.IdentityCertificateUpdate | null = null;
 
+  // grpc-js registers its own watcher only after adding these listeners, so an update delivered
+  // synchronously here would be lost and the server would drop every connection: deliver the
+  // current value on the next microtask instead.
   addCaCertificateListener(l: CaListener): void {
     this.caListeners.add(l);
-    l(this.ca);
+    queueMicrotask(() => {
+      if (this.caListeners.has(l)) l(this.ca);
+    });
   }
   removeCaCertificateListener(l: CaListener): void {
     this.caListeners.delete(l);
   }
   addIdentityCertificateListener(l: IdListener): void {
     this.idListeners.add(l);
-    l(this.identity);
+    queueMicrotask(() => {
+      if (this.idListeners.has(l)) l(this.identity);
+    });
   }
   removeIdentityCertificateListener(l: IdListener): void {
     this.idListeners.delete(l);

@@ -1,0 +1,195 @@
+// The certificate service over a real gRPC TLS server on 127.0.0.1: authentication (bootstrap
+// token, node certificate over mTLS), authorization by pod placement, CSR validation, logging.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
+import { createCsr, generateKeyPair, privateKeyToPem } from '../../lib/identity/csr.ts';
+import { CaAuthenticationError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
+import { addCertificateService, createControllerCredentials, StaticTokenAuthenticator, type CaLogRecord, type ControllerCredentials } from '../../controller/src/ca/index.ts';
+import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
+import { TD, id } from './identity-fixtures.ts';
+
+const CONTROLLER = id('weft-system', 'weft-controller');
+const TOKENS = { 'node-a': 'token-a-0123456789abcdef', 'node-b': 'token-b-0123456789abcdef' };
+const placement = new Map<string, Set<string>>([
+  ['node-a', new Set([id('default', 'web')])],
+  ['node-b', new Set([id('default', 'db')])],
+]);
+
+let ca: CertificateAuthority;
+let server: grpc.Server;
+let creds: ControllerCredentials;
+let address: string;
+const logs: CaLogRecord[] = [];
+
+before(async () => {
+  ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  creds = await createControllerCredentials(ca, { identity: CONTROLLER, ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
+  server = new grpc.Server();
+  addCertificateService(server, {
+    ca,
+    authenticator: new StaticTokenAuthenticator(TOKENS),
+    pods: { identitiesOnNode: (node) => placement.get(node) ?? new Set() },
+    log: (r) => logs.push(r),
+  });
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds.credentials, (err, p) => (err ? reject(err) : resolve(p))));
+  address = `127.0.0.1:${port}`;
+});
+
+after(() => {
+  creds.close();
+  server.forceShutdown();
+});
+
+const tokenClient = (token: string) => new CertificateServiceClient({ address, trustBundle: ca.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'token', token: () => token } });
+
+async function csrFor(identity: string) {
+  const { privateKey } = await generateKeyPair();
+  return { csr: createCsr(identity, privateKey), keyPem: privateKeyToPem(privateKey) };
+}
+
+function grpcCode(err: unknown): string {
+  assert.ok(err instanceof IdentityError, `expected an IdentityError, got ${String(err)}`);
+  const cause = err.cause as grpc.ServiceError | undefined;
+  return grpc.status[cause?.code ?? -1] ?? 'none';
+}
+
+async function rejection(p: Promise<unknown>): Promise<unknown> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  assert.fail('request was expected to fail');
+}
+
+/** Bootstraps node-a: token → node certificate; returns an mTLS client authenticated as node-a. */
+async function nodeClient(node: keyof typeof TOKENS): Promise<CertificateServiceClient> {
+  const nodeIdentity = `spiffe://${TD}/node/${node}`;
+  const { csr, keyPem } = await csrFor(nodeIdentity);
+  const bootstrap = tokenClient(TOKENS[node]);
+  const res = await bootstrap.createCertificate(nodeIdentity, csr);
+  bootstrap.close();
+  return new CertificateServiceClient({ address, trustBundle: res.trustBundle, serverIdentity: CONTROLLER, credentials: { kind: 'mtls', key: keyPem, certChain: res.certChain } });
+}
+
+test('a bad bootstrap token is refused with UNAUTHENTICATED', async () => {
+  const client = tokenClient('not-a-valid-token-at-all');
+  const { csr } = await csrFor(`spiffe://${TD}/node/node-a`);
+  const err = await rejection(client.createCertificate(`spiffe://${TD}/node/node-a`, csr));
+  client.close();
+  assert.ok(err instanceof CaAuthenticationError);
+  assert.equal(grpcCode(err), 'UNAUTHENTICATED');
+});
+
+test('a request without any credentials is refused with UNAUTHENTICATED', async () => {
+  const client = new CertificateServiceClient({ address, trustBundle: ca.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'token', token: () => '' } });
+  const err = await rejection(client.createCertificate(id('default', 'web'), (await csrFor(id('default', 'web'))).csr));
+  client.close();
+  assert.equal(grpcCode(err), 'UNAUTHENTICATED');
+});
+
+test('token → node certificate → mTLS-authenticated signing of a workload identity works end to end', async () => {
+  const client = await nodeClient('node-a');
+  const web = id('default', 'web');
+  const { csr } = await csrFor(web);
+  const res = await client.createCertificate(web, csr, 3600);
+  client.close();
+  const leaf = new X509Certificate(res.certChain[0]!);
+  const root = new X509Certificate(res.trustBundle[0]!);
+  assert.equal(leaf.subjectAltName, `URI:${web}`);
+  assert.ok(leaf.verify(root.publicKey));
+  const lifetime = Date.parse(leaf.validTo) - Date.now();
+  assert.ok(lifetime > 3500_000 && lifetime <= 3600_000, `lifetime ${lifetime} ms`);
+  assert.ok(logs.some((l) => l.msg === 'certificate issued' && l.node === 'node-a' && l.identity === web && l.via === 'mtls'));
+});
+
+test('a node asking for the identity of a pod on another node is refused and the refusal is logged with both names', async () => {
+  const client = await nodeClient('node-a');
+  const db = id('default', 'db');
+  const err = await rejection(client.createCertificate(db, (await csrFor(db)).csr));
+  client.close();
+  assert.ok(err instanceof CertificateRefusedError);
+  assert.equal(grpcCode(err), 'PERMISSION_DENIED');
+  assert.match((err as Error).message, /node node-a may not obtain identity spiffe:\/\/cluster\.local\/ns\/default\/sa\/db/);
+  const entry = logs.find((l) => l.msg === 'certificate refused' && l.identity === db);
+  assert.ok(entry, 'refusal was not logged');
+  assert.equal(entry.node, 'node-a');
+  assert.equal(entry.code, 'PERMISSION_DENIED');
+  assert.doesNotThrow(() => JSON.parse(JSON.stringify(entry)));
+});
+
+test('a node cannot obtain another node\'s node identity with its bootstrap token', async () => {
+  const client = tokenClient(TOKENS['node-a']);
+  const other = `spiffe://${TD}/node/node-b`;
+  const err = await rejection(client.createCertificate(other, (await csrFor(other)).csr));
+  client.close();
+  assert.equal(grpcCode(err), 'PERMISSION_DENIED');
+});
+
+test('a malformed CSR is refused with INVALID_ARGUMENT', async () => {
+  const client = await nodeClient('node-a');
+  const web = id('default', 'web');
+  const garbage = '-----BEGIN CERTIFICATE REQUEST-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END CERTIFICATE REQUEST-----\n';
+  const err1 = await rejection(client.createCertificate(web, garbage));
+  assert.equal(grpcCode(err1), 'INVALID_ARGUMENT');
+  const err2 = await rejection(client.createCertificate(web, 'not a csr'));
+  assert.equal(grpcCode(err2), 'INVALID_ARGUMENT');
+  // A well-formed CSR for a different identity than the one requested.
+  const err3 = await rejection(client.createCertificate(web, (await csrFor(id('default', 'other'))).csr));
+  assert.equal(grpcCode(err3), 'INVALID_ARGUMENT');
+  assert.match((err3 as Error).message, /authorised for spiffe:\/\/cluster\.local\/ns\/default\/sa\/web/);
+  client.close();
+});
+
+test('the client refuses a controller whose SPIFFE ID is not the expected one', async () => {
+  const client = new CertificateServiceClient({ address, trustBundle: ca.trustBundle(), serverIdentity: id('weft-system', 'someone-else'), credentials: { kind: 'token', token: () => TOKENS['node-a'] }, deadlineMs: 2000 });
+  const err = await rejection(client.createCertificate(`spiffe://${TD}/node/node-a`, (await csrFor(`spiffe://${TD}/node/node-a`)).csr));
+  client.close();
+  assert.ok(err instanceof IdentityError);
+  assert.equal(grpcCode(err), 'UNAVAILABLE');
+});
+
+test('the agent cert manager bootstraps with its token and obtains workload certificates over mTLS', async () => {
+  const signer = new GrpcCertificateSigner({ address, trustBundle: ca.trustBundle(), serverIdentity: CONTROLLER, token: () => TOKENS['node-a'], trustDomain: TD, nodeName: 'node-a' });
+  const manager = new CertManager({ signer, trustBundle: ca.trustBundle() });
+  const web = id('default', 'web');
+  const got = await manager.get(web);
+  assert.equal(new X509Certificate(got.certChain[0]!).subjectAltName, `URI:${web}`);
+  const [info] = manager.list();
+  assert.equal(info?.identity, web);
+  assert.match(info?.issuer ?? '', /weft root CA/);
+  assert.ok(logs.some((l) => l.msg === 'certificate issued' && l.identity === `spiffe://${TD}/node/node-a` && l.via === 'token'));
+  assert.ok(logs.some((l) => l.msg === 'certificate issued' && l.identity === web && l.via === 'mtls'));
+  // Refusals are not retried: the caller learns at once.
+  await assert.rejects(manager.get(id('default', 'db')), CertificateRefusedError);
+  manager.close();
+});
+
+test('the trust bundle stream sends the roots and every change during a rotation', async () => {
+  const client = tokenClient(TOKENS['node-a']);
+  const seen: string[][] = [];
+  const cancel = await client.watchTrustBundle((roots) => seen.push(roots), () => undefined);
+  const until = async (n: number) => {
+    for (let i = 0; i < 200 && seen.length < n; i++) await new Promise((r) => setTimeout(r, 10));
+  };
+  await until(1);
+  assert.deepEqual(seen[0], ca.trustBundle());
+  const standalone = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const probe = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  // Rotate a separate CA handle's roots into view: rotateTo on the served CA, then back.
+  const before = ca.trustBundle();
+  ca.rotateTo(standalone);
+  await until(2);
+  assert.equal(seen[1]?.length, 2);
+  ca.rotateTo(probe);
+  ca.retirePreviousRoots();
+  await until(4);
+  assert.deepEqual(seen.at(-1), probe.trustBundle());
+  assert.notDeepEqual(seen.at(-1), before);
+  cancel();
+  client.close();
+});

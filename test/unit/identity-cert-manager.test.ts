@@ -1,0 +1,150 @@
+// The agent's certificate manager against an in-process signer that calls the CA directly.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { CaUnavailableError, CertificateRefusedError, type IdentityError } from '../../lib/identity/errors.ts';
+import { CertManager, type CertificateInfo, type CertificateSigner, type SignResult } from '../../agent/src/certs/index.ts';
+import { EchoServer, TD, connectHbone, id } from './identity-fixtures.ts';
+
+/** Signs through the CA in-process; can be told to fail like an unreachable CA. */
+class InProcessSigner implements CertificateSigner {
+  calls = 0;
+  failNext = 0;
+  delayMs = 0;
+  refuse = new Set<string>();
+  ca: CertificateAuthority;
+  constructor(ca: CertificateAuthority) {
+    this.ca = ca;
+  }
+  async sign(identity: string, csr: string, lifetimeSeconds: number): Promise<SignResult> {
+    this.calls++;
+    if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new CaUnavailableError('certificate service at 127.0.0.1:15012 is unavailable (test)');
+    }
+    if (this.refuse.has(identity)) throw new CertificateRefusedError(`node test may not obtain identity ${identity}`);
+    const issued = this.ca.signCsr(csr, identity, lifetimeSeconds > 0 ? { lifetimeMs: lifetimeSeconds * 1000 } : {});
+    return { certChain: issued.certChain, trustBundle: this.ca.trustBundle() };
+  }
+  setTrustBundle(): void {}
+  close(): void {}
+}
+
+const web = id('default', 'web');
+
+test('concurrent requests for one identity share one key generation and signing call', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  signer.delayMs = 50;
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle() });
+  t.after(() => m.close());
+  const results = await Promise.all(Array.from({ length: 20 }, () => m.get(web)));
+  assert.equal(signer.calls, 1);
+  assert.ok(results.every((r) => r.certChain[0] === results[0]!.certChain[0]));
+  await m.get(web);
+  assert.equal(signer.calls, 1, 'a cached certificate is served without signing again');
+  await m.get(id('default', 'api'));
+  assert.equal(signer.calls, 2, 'another identity gets its own certificate');
+});
+
+test('renews at half-life: the serial changes before the old certificate expires', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), lifetimeSeconds: 4 });
+  t.after(() => m.close());
+  await m.get(web);
+  const [first] = m.list();
+  assert.ok(first);
+  const halfLife = first.renewAt.getTime() - Date.now();
+  assert.ok(halfLife > 500 && halfLife <= 2000, `renewal scheduled ${halfLife} ms from now`);
+  const rotated = await new Promise<{ info: CertificateInfo; previous: CertificateInfo | undefined; at: number }>((resolve) =>
+    m.once('rotated', (info, previous) => resolve({ info, previous, at: Date.now() })),
+  );
+  assert.notEqual(rotated.info.serial, first.serial);
+  assert.equal(rotated.previous?.serial, first.serial);
+  assert.ok(rotated.at < first.notAfter.getTime(), 'renewed before the old certificate expired');
+  assert.equal(m.list()[0]?.serial, rotated.info.serial);
+});
+
+test('retries with backoff while the CA is unreachable and then succeeds', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  signer.failNext = 3;
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), backoff: { initialMs: 20, maxMs: 100 } });
+  t.after(() => m.close());
+  const failures: IdentityError[] = [];
+  m.on('renewalFailed', (_identity, err) => failures.push(err));
+  const started = Date.now();
+  await m.get(web);
+  assert.equal(signer.calls, 4);
+  assert.deepEqual(failures.map((f) => f.code), ['WEFT_CA_UNAVAILABLE', 'WEFT_CA_UNAVAILABLE', 'WEFT_CA_UNAVAILABLE']);
+  assert.ok(Date.now() - started >= 20 * 0.8 + 40 * 0.8 + 80 * 0.8 - 5, 'waited with growing delays');
+});
+
+test('keeps serving the current certificate while renewal fails', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), lifetimeSeconds: 4, backoff: { initialMs: 50, maxMs: 50 } });
+  t.after(() => m.close());
+  const first = await m.get(web);
+  signer.failNext = 1000;
+  await new Promise<void>((resolve) => m.once('renewalFailed', () => resolve()));
+  assert.equal(m.current(web)?.certChain[0], first.certChain[0]);
+  assert.equal((await m.get(web)).certChain[0], first.certChain[0]);
+  assert.equal(m.list()[0]?.state, 'renewing');
+});
+
+test('a refused identity fails at once and is not retried', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  signer.refuse.add(web);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle() });
+  t.after(() => m.close());
+  await assert.rejects(m.get(web), CertificateRefusedError);
+  assert.equal(signer.calls, 1);
+});
+
+test('a trust bundle change renews every certificate and the new certificates verify in HBONE handshakes', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle() });
+  t.after(() => m.close());
+  const api = id('default', 'api');
+  const webOld = await m.get(web);
+  await m.get(api);
+  const rotatedIds = new Set<string>();
+  const allRotated = new Promise<void>((resolve) =>
+    m.on('rotated', (info) => {
+      rotatedIds.add(info.identity);
+      if (rotatedIds.size === 2) resolve();
+    }),
+  );
+  ca.rotateTo(await CertificateAuthority.generateRoot({ trustDomain: TD }));
+  m.setTrustBundle(ca.trustBundle());
+  await allRotated;
+  const webNew = await m.get(web);
+  assert.notEqual(webNew.certChain[0], webOld.certChain[0]);
+  assert.equal(webNew.trustBundle.length, 2);
+
+  const srv = await EchoServer.start(await m.get(api));
+  t.after(() => srv.close());
+  const conn = await connectHbone(srv.port, await m.get(web), api);
+  assert.equal(conn.serverId, api);
+  conn.socket.destroy();
+  // A server with per-connection identity selection (SNI) built by the manager also works.
+  const sctx = await m.secureContext(api);
+  assert.equal(sctx, await m.secureContext(api), 'SecureContexts are cached per certificate');
+});
+
+test('forget stops renewing an identity', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), lifetimeSeconds: 2 });
+  t.after(() => m.close());
+  await m.get(web);
+  m.forget(web);
+  await new Promise((r) => setTimeout(r, 1300));
+  assert.equal(signer.calls, 1);
+  assert.deepEqual(m.list(), []);
+});
