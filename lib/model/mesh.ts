@@ -289,7 +289,7 @@ export interface Route {
 /** What one node's agent needs. */
 export interface AgentConfig {
   node: string;
-  /** Workloads scheduled on this node (enrolled or not: the agent must know both). */
+  /** Enrolled workloads scheduled on this node (services' endpoints say whether any address is enrolled). */
   workloads: Workload[];
   /** Every service a local workload may reach, with endpoints and their node addresses. */
   services: Service[];

@@ -1,0 +1,570 @@
+// Input objects → compiled mesh model. Pure: the same objects give the same model. Objects reach
+// this point already validated (controller/src/store.ts keeps the last valid version of each);
+// what can only be judged with other objects at hand (a route whose parent Service does not exist)
+// is reported as a status finding, not thrown.
+import { isIP } from 'node:net';
+import { parseDuration } from '../../lib/model/duration.ts';
+import {
+  LABEL_DATAPLANE_MODE,
+  LABEL_SERVICE_NAME,
+  LABEL_USE_WAYPOINT,
+  type AuthorizationPolicy as AuthorizationPolicyObject,
+  type EndpointSlice,
+  type GRPCRoute,
+  type HTTPRoute,
+  type HTTPRouteFilter,
+  type Namespace,
+  type Node,
+  type PeerAuthentication as PeerAuthenticationObject,
+  type Pod,
+  type Service as ServiceObject,
+  type TrafficPolicy as TrafficPolicyObject,
+  type Waypoint as WaypointObject,
+  type BackendRef,
+  type HeaderModifier,
+  type PathModifier,
+} from '../../lib/model/objects.ts';
+import {
+  DEFAULT_CLUSTER_DOMAIN,
+  DEFAULT_ROOT_NAMESPACE,
+  DEFAULT_TRUST_DOMAIN,
+  HBONE_PORT,
+  labelsMatch,
+  nsName,
+  spiffeIdOf,
+  type AuthorizationPolicy,
+  type CompiledRule,
+  type Endpoint,
+  type HeaderEdits,
+  type MeshModel,
+  type MtlsMode,
+  type PeerAuthentication,
+  type PolicyLayer,
+  type Route,
+  type RouteBackend,
+  type RouteFilter,
+  type RouteMatch,
+  type ServicePort,
+  type TrafficPolicy,
+  type Waypoint,
+  type WaypointRef,
+  type Workload,
+} from '../../lib/model/mesh.ts';
+import { L7_CONDITION_KEYS } from '../../lib/model/validate.ts';
+
+/** The accepted input objects, by kind. */
+export interface MeshInputs {
+  namespaces: Namespace[];
+  nodes: Node[];
+  pods: Pod[];
+  services: ServiceObject[];
+  endpointSlices: EndpointSlice[];
+  waypoints: WaypointObject[];
+  authorizationPolicies: AuthorizationPolicyObject[];
+  peerAuthentications: PeerAuthenticationObject[];
+  trafficPolicies: TrafficPolicyObject[];
+  httpRoutes: HTTPRoute[];
+  grpcRoutes: GRPCRoute[];
+}
+
+export function emptyInputs(): MeshInputs {
+  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], httpRoutes: [], grpcRoutes: [] };
+}
+
+/** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
+export interface WaypointRuntime {
+  address?: string;
+  ready: boolean;
+  reason?: string;
+}
+
+export interface CompileOptions {
+  /** Default `cluster.local`. */
+  trustDomain?: string;
+  /** Default `cluster.local`. */
+  clusterDomain?: string;
+  /** Default `weft-system`. */
+  rootNamespace?: string;
+  /** By `namespace/name`; overrides what the Waypoint's status says. */
+  waypointRuntime?: ReadonlyMap<string, WaypointRuntime>;
+}
+
+/** A problem found while compiling that belongs in an object's status. */
+export interface CompileFinding {
+  kind: string;
+  namespace: string;
+  name: string;
+  path: string;
+  reason: string;
+  message: string;
+}
+
+export interface CompileResult {
+  model: MeshModel;
+  findings: CompileFinding[];
+}
+
+
+export function compile(inputs: MeshInputs, options: CompileOptions = {}): CompileResult {
+  const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+  const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
+  const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const findings: CompileFinding[] = [];
+  const model: MeshModel = {
+    workloads: new Map(),
+    services: new Map(),
+    policies: new Map(),
+    peerAuthentications: new Map(),
+    trafficPolicies: new Map(),
+    routes: new Map(),
+    waypoints: new Map(),
+  };
+
+  const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
+  const nodeIps = new Map<string, string>();
+  for (const pod of inputs.pods) {
+    const node = pod.spec.nodeName;
+    if (node && pod.status?.hostIP && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
+  }
+  for (const n of inputs.nodes) {
+    const addr = n.status?.addresses?.find((a) => a.type === 'InternalIP') ?? n.status?.addresses?.[0];
+    if (addr) nodeIps.set(n.metadata.name, addr.address);
+  }
+
+  // Peer authentication first: workloads carry their resolved mode.
+  for (const pa of sortByAge(inputs.peerAuthentications)) {
+    const ns = pa.metadata.namespace!;
+    const hasSelector = pa.spec.selector !== undefined;
+    const compiled: PeerAuthentication = {
+      name: pa.metadata.name,
+      namespace: ns,
+      scope: hasSelector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
+      ...(hasSelector ? { selector: { ...pa.spec.selector?.matchLabels } } : {}),
+      ...(pa.spec.mtls ? { mode: pa.spec.mtls.mode } : {}),
+      ...(pa.spec.portLevelMtls
+        ? { portLevelMtls: Object.fromEntries(Object.entries(pa.spec.portLevelMtls).map(([p, v]) => [p, v.mode])) }
+        : {}),
+    };
+    model.peerAuthentications.set(nsName(ns, pa.metadata.name), compiled);
+  }
+  const peerAuths = [...model.peerAuthentications.values()];
+
+  // Waypoints.
+  for (const wp of inputs.waypoints) {
+    const ns = wp.metadata.namespace!;
+    const key = nsName(ns, wp.metadata.name);
+    const rt = options.waypointRuntime?.get(key);
+    const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
+    const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
+    const ready = rt ? rt.ready : readyCond?.status === 'True';
+    const reason = rt ? rt.reason : readyCond?.status === 'True' ? undefined : (readyCond?.reason ?? 'NotReconciled');
+    const compiled: Waypoint = {
+      name: wp.metadata.name,
+      namespace: ns,
+      port: HBONE_PORT,
+      spiffeId: spiffeIdOf(trustDomain, ns, wp.spec.serviceAccountName ?? wp.metadata.name),
+      ready: ready && address !== undefined,
+      ...(address !== undefined ? { address } : {}),
+      ...(ready && address !== undefined ? {} : { reason: reason ?? 'NoAddress' }),
+    };
+    model.waypoints.set(key, compiled);
+  }
+
+  // Workloads.
+  const podsByIp = new Map<string, Workload>();
+  const podObjects = new Map<string, Pod>();
+  for (const pod of inputs.pods) {
+    if (pod.metadata.deletionTimestamp) continue;
+    const phase = pod.status?.phase;
+    if (phase === 'Succeeded' || phase === 'Failed') continue;
+    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip;
+    if (!ip || pod.spec.hostNetwork) continue;
+    const ns = pod.metadata.namespace!;
+    const labels = { ...pod.metadata.labels };
+    const nsObj = namespaces.get(ns);
+    const mode = labels[LABEL_DATAPLANE_MODE] ?? nsObj?.metadata.labels?.[LABEL_DATAPLANE_MODE];
+    const sa = pod.spec.serviceAccountName ?? 'default';
+    const node = pod.spec.nodeName ?? '';
+    const nodeIp = nodeIps.get(node) ?? pod.status?.hostIP;
+    const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
+    const nsWaypoint = nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
+    const w: Workload = {
+      uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
+      name: pod.metadata.name,
+      namespace: ns,
+      node,
+      ...(nodeIp ? { nodeIp } : {}),
+      ip,
+      serviceAccount: sa,
+      spiffeId: spiffeIdOf(trustDomain, ns, sa),
+      labels,
+      enrolled: mode === 'ambient',
+      mode: mtls,
+      ...(portModes ? { portModes } : {}),
+      ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
+      services: [],
+    };
+    model.workloads.set(w.uid, w);
+    podsByIp.set(ip, w);
+    podObjects.set(w.uid, pod);
+  }
+
+  // Services and endpoints.
+  const slicesByService = new Map<string, EndpointSlice[]>();
+  for (const s of inputs.endpointSlices) {
+    const key = nsName(s.metadata.namespace!, s.metadata.labels?.[LABEL_SERVICE_NAME] ?? '');
+    let list = slicesByService.get(key);
+    if (!list) slicesByService.set(key, (list = []));
+    list.push(s);
+  }
+  const workloadsByNs = new Map<string, Workload[]>();
+  for (const w of model.workloads.values()) {
+    let list = workloadsByNs.get(w.namespace);
+    if (!list) workloadsByNs.set(w.namespace, (list = []));
+    list.push(w);
+  }
+  for (const svc of inputs.services) {
+    if (svc.spec.type === 'ExternalName') continue;
+    const ns = svc.metadata.namespace!;
+    const key = nsName(ns, svc.metadata.name);
+    const ports: ServicePort[] = (svc.spec.ports ?? []).map((p) => ({
+      name: p.name ?? '',
+      port: p.port,
+      targetPort: p.targetPort ?? p.port,
+      protocol: p.protocol ?? 'TCP',
+      appProtocol: appProtocolOf(p.appProtocol, p.name),
+    }));
+    const vips = [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+    const endpoints: Endpoint[] = [];
+    const slices = slicesByService.get(key);
+    if (slices && slices.length > 0) {
+      for (const slice of slices) {
+        if (slice.addressType === 'FQDN') continue;
+        for (const ep of slice.endpoints) {
+          for (const ip of ep.addresses) {
+            const w = (ep.targetRef?.uid ? model.workloads.get(ep.targetRef.uid) : undefined) ?? podsByIp.get(ip);
+            const epPorts: Record<string, number> = {};
+            for (const sp of ports) {
+              const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
+              const target = match?.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
+              if (target !== undefined) epPorts[String(sp.port)] = target;
+            }
+            endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', nodeIps, epPorts, ports, ep.conditions?.ready !== false));
+          }
+        }
+      }
+    } else if (svc.spec.selector && Object.keys(svc.spec.selector).length > 0) {
+      const selector = svc.spec.selector;
+      for (const w of workloadsByNs.get(ns) ?? []) {
+        if (!labelsMatch(selector, w.labels)) continue;
+        const pod = podObjects.get(w.uid)!;
+        const epPorts: Record<string, number> = {};
+        for (const sp of ports) {
+          const target = typeof sp.targetPort === 'number' ? sp.targetPort : namedPort(pod, sp.targetPort);
+          if (target !== undefined) epPorts[String(sp.port)] = target;
+        }
+        const ready = pod.status?.conditions ? pod.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True') : pod.status?.phase !== 'Pending';
+        endpoints.push(endpointOf(w, w.ip, w.node, nodeIps, epPorts, ports, ready));
+      }
+    }
+    for (const e of endpoints) {
+      const w = e.workloadUid ? model.workloads.get(e.workloadUid) : undefined;
+      if (w && !w.services.includes(key)) w.services.push(key);
+    }
+    endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
+    const wpName = svc.metadata.labels?.[LABEL_USE_WAYPOINT] ?? namespaces.get(ns)?.metadata.labels?.[LABEL_USE_WAYPOINT];
+    const waypoint: WaypointRef | undefined = wpName ? { name: wpName, namespace: ns } : undefined;
+    if (waypoint && !model.waypoints.has(nsName(ns, waypoint.name))) {
+      findings.push({ kind: 'Service', namespace: ns, name: svc.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${ns}/${waypoint.name} does not exist; traffic to this service fails closed until it does` });
+    }
+    model.services.set(key, {
+      name: svc.metadata.name,
+      namespace: ns,
+      hostname: `${svc.metadata.name}.${ns}.svc.${clusterDomain}`,
+      vips,
+      ports,
+      endpoints,
+      ...(waypoint ? { waypoint } : {}),
+    });
+  }
+  for (const w of model.workloads.values()) w.services.sort();
+
+  // Authorization policies.
+  for (const ap of inputs.authorizationPolicies) {
+    const ns = ap.metadata.namespace!;
+    const key = nsName(ns, ap.metadata.name);
+    const rules = (ap.spec.rules ?? []).map(compileRule);
+    const targets = ap.spec.targetRefs?.map((t) => nsName(ns, t.name));
+    targets?.forEach((t, i) => {
+      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.targetRefs[${i}].name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
+    });
+    const compiled: AuthorizationPolicy = {
+      name: ap.metadata.name,
+      namespace: ns,
+      action: ap.spec.action ?? 'ALLOW',
+      scope: targets ? 'service' : ap.spec.selector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
+      ...(ap.spec.selector && !targets ? { selector: { ...ap.spec.selector.matchLabels } } : {}),
+      ...(targets ? { targetServices: targets } : {}),
+      rules,
+      layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
+    };
+    model.policies.set(key, compiled);
+  }
+
+  // Traffic policies.
+  for (const tp of inputs.trafficPolicies) {
+    const ns = tp.metadata.namespace!;
+    const svcKey = nsName(ns, tp.spec.targetRef.name);
+    if (!model.services.has(svcKey)) findings.push({ kind: 'TrafficPolicy', namespace: ns, name: tp.metadata.name, path: 'spec.targetRef.name', reason: 'TargetNotFound', message: `Service ${svcKey} does not exist` });
+    model.trafficPolicies.set(nsName(ns, tp.metadata.name), compileTrafficPolicy(tp, svcKey));
+  }
+
+  // Routes.
+  for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) compileRoute(r, model, clusterDomain, findings);
+
+  return { model, findings };
+}
+
+function sortByAge<T extends { metadata: { name: string; namespace?: string; creationTimestamp?: string } }>(list: T[]): T[] {
+  const k = (o: T) => `${o.metadata.creationTimestamp ?? ''}\u0000${o.metadata.namespace ?? ''}/${o.metadata.name}`;
+  return [...list].sort((a, b) => (k(a) < k(b) ? -1 : k(a) > k(b) ? 1 : 0));
+}
+
+function resolveMtls(peerAuths: PeerAuthentication[], namespace: string, labels: Record<string, string>): { mode: MtlsMode; portModes?: Record<string, MtlsMode> } {
+  let mesh: MtlsMode | undefined;
+  let ns: MtlsMode | undefined;
+  let wl: PeerAuthentication | undefined;
+  for (const pa of peerAuths) {
+    if (pa.scope === 'mesh' && mesh === undefined) mesh = pa.mode;
+    else if (pa.scope === 'namespace' && pa.namespace === namespace && ns === undefined) ns = pa.mode;
+    else if (pa.scope === 'workload' && pa.namespace === namespace && !wl && labelsMatch(pa.selector ?? {}, labels)) wl = pa;
+  }
+  const mode = wl?.mode ?? ns ?? mesh ?? 'PERMISSIVE';
+  return wl?.portLevelMtls ? { mode, portModes: { ...wl.portLevelMtls } } : { mode };
+}
+
+function appProtocolOf(appProtocol: string | undefined, name: string | undefined): ServicePort['appProtocol'] {
+  const p = (appProtocol ?? name?.split('-')[0] ?? '').toLowerCase();
+  if (p === 'http' || p === 'http1' || p === 'kubernetes.io/http') return 'http';
+  if (p === 'http2' || p === 'h2c' || p === 'kubernetes.io/h2c') return 'http2';
+  if (p === 'grpc' || p === 'grpc-web') return 'grpc';
+  return 'tcp';
+}
+
+function namedPort(pod: Pod, name: string): number | undefined {
+  for (const c of pod.spec.containers ?? []) for (const p of c.ports ?? []) if (p.name === name) return p.containerPort;
+  return undefined;
+}
+
+function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: Map<string, string>, ports: Record<string, number>, svcPorts: ServicePort[], ready: boolean): Endpoint {
+  const nodeIp = nodeIps.get(node) ?? w?.nodeIp;
+  const only = svcPorts.length === 1 ? ports[String(svcPorts[0]!.port)] : undefined;
+  return {
+    workloadUid: w?.uid ?? '',
+    ip,
+    node,
+    ...(nodeIp ? { nodeIp } : {}),
+    ...(only !== undefined ? { port: only } : {}),
+    ports,
+    enrolled: w?.enrolled ?? false,
+    ...(w?.enrolled ? { spiffeId: w.spiffeId } : {}),
+    ready,
+  };
+}
+
+function nonEmpty<T>(list: T[] | undefined): T[] | undefined {
+  return list && list.length > 0 ? list : undefined;
+}
+
+function stripScheme(list: string[] | undefined): string[] | undefined {
+  return nonEmpty(list?.map((s) => (s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s)));
+}
+
+function compileRule(rule: NonNullable<AuthorizationPolicyObject['spec']['rules']>[number]): CompiledRule {
+  let layer: PolicyLayer = 'L4';
+  const from = (rule.from ?? []).map(({ source: s }) => clean({
+    principals: stripScheme(s.principals),
+    notPrincipals: stripScheme(s.notPrincipals),
+    namespaces: nonEmpty(s.namespaces),
+    notNamespaces: nonEmpty(s.notNamespaces),
+    ipBlocks: nonEmpty(s.ipBlocks),
+    notIpBlocks: nonEmpty(s.notIpBlocks),
+  }));
+  const to = (rule.to ?? []).map(({ operation: o }) => {
+    const op = clean({
+      ports: nonEmpty(o.ports?.map(Number)),
+      notPorts: nonEmpty(o.notPorts?.map(Number)),
+      methods: nonEmpty(o.methods),
+      notMethods: nonEmpty(o.notMethods),
+      paths: nonEmpty(o.paths),
+      notPaths: nonEmpty(o.notPaths),
+      hosts: nonEmpty(o.hosts),
+      notHosts: nonEmpty(o.notHosts),
+    });
+    if (op.methods || op.notMethods || op.paths || op.notPaths || op.hosts || op.notHosts) layer = 'L7';
+    return op;
+  });
+  const when = (rule.when ?? []).map((c) => {
+    if (L7_CONDITION_KEYS.some((k) => c.key === k || ((k.endsWith('[') || k.endsWith('.')) && c.key.startsWith(k)))) layer = 'L7';
+    return clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) });
+  });
+  return { from, to, when, layer };
+}
+
+/** Drops undefined fields so the JSON form is stable. */
+function clean<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as Array<keyof T>) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
+function ms(v: string | undefined): number | undefined {
+  return v === undefined ? undefined : parseDuration(v);
+}
+
+function compileTrafficPolicy(tp: TrafficPolicyObject, service: string): TrafficPolicy {
+  const s = tp.spec;
+  return clean({
+    name: tp.metadata.name,
+    namespace: tp.metadata.namespace!,
+    service,
+    timeouts: clean({ requestMs: ms(s.timeouts?.request), perTryMs: ms(s.timeouts?.perTry), idleMs: ms(s.timeouts?.idle), connectMs: ms(s.timeouts?.connect) }),
+    retries: s.retries
+      ? clean({
+          attempts: s.retries.attempts,
+          retryOn: s.retries.retryOn ?? ['5xx', 'connect-failure', 'reset'],
+          budget: s.retries.budget ? { percent: s.retries.budget.percent, minRetryConcurrency: s.retries.budget.minRetryConcurrency ?? 3 } : undefined,
+        })
+      : undefined,
+    connectionLimits: s.connectionLimits ? clean({ ...s.connectionLimits }) : undefined,
+    outlierDetection: s.outlierDetection
+      ? {
+          consecutive5xx: s.outlierDetection.consecutive5xx ?? 5,
+          intervalMs: ms(s.outlierDetection.interval) ?? 10_000,
+          baseEjectionTimeMs: ms(s.outlierDetection.baseEjectionTime) ?? 30_000,
+          maxEjectionPercent: s.outlierDetection.maxEjectionPercent ?? 10,
+        }
+      : undefined,
+    loadBalancer: s.loadBalancer?.policy ?? 'ROUND_ROBIN',
+    rateLimit: s.rateLimit ? { tokens: s.rateLimit.tokens, fillIntervalMs: parseDuration(s.rateLimit.fillInterval), per: s.rateLimit.per ?? 'route' } : undefined,
+    fault: s.fault
+      ? clean({
+          delay: s.fault.delay ? { fixedDelayMs: parseDuration(s.fault.delay.fixedDelay), percentage: s.fault.delay.percentage ?? 100 } : undefined,
+          abort: s.fault.abort ? { httpStatus: s.fault.abort.httpStatus, percentage: s.fault.abort.percentage ?? 100 } : undefined,
+        })
+      : undefined,
+  }) as TrafficPolicy;
+}
+
+function headerEdits(m: HeaderModifier): HeaderEdits {
+  return { set: m.set ?? [], add: m.add ?? [], remove: m.remove ?? [] };
+}
+
+function pathRewrite(p: PathModifier | undefined): { path?: { type: PathModifier['type']; value: string } } {
+  if (!p) return {};
+  return { path: { type: p.type, value: (p.type === 'ReplaceFullPath' ? p.replaceFullPath : p.replacePrefixMatch) ?? '/' } };
+}
+
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, findings: CompileFinding[]): void {
+  const ns = r.metadata.namespace!;
+  const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
+  const backend = (b: BackendRef, path: string, filters: HTTPRouteFilter[] | undefined): RouteBackend => {
+    const bns = b.namespace ?? ns;
+    const key = nsName(bns, b.name);
+    if (!model.services.has(key)) finding(path, 'BackendNotFound', `Service ${key} does not exist; requests routed to it get 500`);
+    return {
+      service: key,
+      hostname: `${b.name}.${bns}.svc.${clusterDomain}`,
+      ...(b.port !== undefined ? { port: b.port } : {}),
+      weight: b.weight ?? 1,
+      filters: (filters ?? []).map((f, i) => filter(f, `${path}.filters[${i}]`)),
+    };
+  };
+  const filter = (f: HTTPRouteFilter, path: string): RouteFilter => {
+    switch (f.type) {
+      case 'RequestHeaderModifier':
+        return { type: f.type, headers: headerEdits(f.requestHeaderModifier) };
+      case 'ResponseHeaderModifier':
+        return { type: f.type, headers: headerEdits(f.responseHeaderModifier) };
+      case 'URLRewrite':
+        return clean({ type: f.type, hostname: f.urlRewrite.hostname, ...pathRewrite(f.urlRewrite.path) });
+      case 'RequestRedirect':
+        return clean({
+          type: f.type,
+          scheme: f.requestRedirect.scheme,
+          hostname: f.requestRedirect.hostname,
+          ...pathRewrite(f.requestRedirect.path),
+          port: f.requestRedirect.port,
+          statusCode: f.requestRedirect.statusCode ?? 302,
+        });
+      case 'RequestMirror':
+        return { type: f.type, backend: backend(f.requestMirror.backendRef, `${path}.requestMirror.backendRef`, undefined), percent: f.requestMirror.percent ?? 100 };
+    }
+  };
+  const rules = (r.spec.rules ?? []).map((rule, i) => {
+    const p = `spec.rules[${i}]`;
+    let matches: RouteMatch[];
+    if (r.kind === 'HTTPRoute') {
+      const hr = rule as NonNullable<HTTPRoute['spec']['rules']>[number];
+      matches = (hr.matches ?? []).map((m) => clean({
+        path: { type: m.path?.type ?? 'PathPrefix', value: m.path?.value ?? '/' },
+        headers: (m.headers ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })),
+        queryParams: (m.queryParams ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name, value: h.value })),
+        method: m.method,
+      }));
+    } else {
+      const gr = rule as NonNullable<GRPCRoute['spec']['rules']>[number];
+      matches = (gr.matches ?? []).map((m) => ({
+        ...(m.method ? { path: grpcPath(m.method) } : { path: { type: 'PathPrefix' as const, value: '/' } }),
+        headers: (m.headers ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })),
+        queryParams: [],
+        method: 'POST',
+      }));
+    }
+    if (matches.length === 0) matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }];
+    const timeouts = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).timeouts : undefined;
+    return clean({
+      name: rule.name,
+      matches,
+      filters: (rule.filters ?? []).map((f, j) => filter(f as HTTPRouteFilter, `${p}.filters[${j}]`)),
+      backends: (rule.backendRefs ?? []).map((b, j) => backend(b, `${p}.backendRefs[${j}]`, b.filters as HTTPRouteFilter[] | undefined)),
+      timeouts: clean({ requestMs: ms(timeouts?.request), backendRequestMs: ms(timeouts?.backendRequest) }),
+    });
+  });
+  const order = `${r.metadata.creationTimestamp ?? ''}/${ns}/${r.metadata.name}`;
+  (r.spec.parentRefs ?? []).forEach((parent, i) => {
+    const pns = parent.namespace ?? ns;
+    const svc = nsName(pns, parent.name);
+    if (!model.services.has(svc)) {
+      finding(`spec.parentRefs[${i}]`, 'NoMatchingParent', `Service ${svc} does not exist`);
+      return;
+    }
+    const route: Route = {
+      name: r.metadata.name,
+      namespace: ns,
+      kind: r.kind,
+      service: svc,
+      ...(parent.port !== undefined ? { port: parent.port } : {}),
+      hostnames: r.spec.hostnames ?? [],
+      rules,
+      order,
+    };
+    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svc), route);
+  });
+}
+
+export function routeKey(kind: string, namespace: string, name: string, service: string): string {
+  return `${namespace}/${name}/${kind}/${service}`;
+}
+
+function escapeRe(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+function grpcPath(m: { type?: 'Exact' | 'RegularExpression'; service?: string; method?: string }): RouteMatch['path'] {
+  if ((m.type ?? 'Exact') === 'Exact') {
+    if (m.service && m.method) return { type: 'Exact', value: `/${m.service}/${m.method}` };
+    if (m.service) return { type: 'PathPrefix', value: `/${m.service}` };
+    return { type: 'RegularExpression', value: `^/[^/]+/${escapeRe(m.method ?? '')}$` };
+  }
+  return { type: 'RegularExpression', value: `^/${m.service ?? '[^/]+'}/${m.method ?? '[^/]+'}$` };
+}

@@ -1,0 +1,213 @@
+// The controller's reconcile loop: source events → object store (last valid version of each
+// object) → compile → publish on the config stream → status back to the source. One loop, fed by a
+// dirty flag; sources only enqueue.
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { formatIssue } from '../../lib/model/errors.ts';
+import { KINDS, type MeshKind } from '../../lib/model/objects.ts';
+import type { MeshModel } from '../../lib/model/mesh.ts';
+import { compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
+import { silentLogger, type Logger } from './log.ts';
+import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
+import { ObjectStore, invalidStatus } from './store.ts';
+import type { ConfigServer } from './xds/server.ts';
+
+/** Keeps waypoints running; reports their addresses and readiness. */
+export interface WaypointDriver {
+  /** Makes the running waypoints match `waypoints` (the accepted Waypoint objects). */
+  reconcile(waypoints: ReadonlyArray<import('../../lib/model/objects.ts').Waypoint>): Promise<void>;
+  /** Current facts by `namespace/name`. */
+  runtime(): ReadonlyMap<string, WaypointRuntime>;
+  /** Called by the driver when a waypoint's facts change. */
+  onChange(listener: () => void): void;
+  stop(): Promise<void>;
+}
+
+export interface ControllerOptions {
+  source: ConfigSource;
+  configServer: ConfigServer;
+  waypoints?: WaypointDriver;
+  compile?: Omit<CompileOptions, 'waypointRuntime'>;
+  logger?: Logger;
+  registry?: Registry;
+  /** Quiet time after a change before recompiling; default 10 ms. */
+  debounceMs?: number;
+}
+
+export const DEFAULT_DEBOUNCE_MS = 10;
+
+export class Controller {
+  readonly store = new ObjectStore();
+  readonly #o: ControllerOptions;
+  readonly #log: Logger;
+  #model: MeshModel | undefined;
+  #dirty = true;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<void> | undefined;
+  #stopped = false;
+  #ready = false;
+  #statuses = new Map<string, ObjectStatus>();
+  #written = new Map<string, string>();
+  #waypointsDirty = true;
+  readonly #metrics?: { compiles: Counter; rejected: Counter; objects: Gauge };
+
+  constructor(options: ControllerOptions) {
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    if (options.registry) {
+      const registers = [options.registry];
+      this.#metrics = {
+        compiles: new Counter({ name: 'weft_controller_compiles_total', help: 'Model compilations', registers }),
+        rejected: new Counter({ name: 'weft_controller_rejected_objects_total', help: 'Object updates refused as invalid', labelNames: ['kind'], registers }),
+        objects: new Gauge({ name: 'weft_controller_objects', help: 'Accepted input objects', registers }),
+      };
+    }
+    options.waypoints?.onChange(() => this.#markDirty());
+  }
+
+  /** True once the first snapshot is compiled and published. */
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  get model(): MeshModel | undefined {
+    return this.#model;
+  }
+
+  /** Current status of every status-bearing object, by key (`Kind/namespace/name`). */
+  statuses(): ReadonlyMap<string, ObjectStatus> {
+    return this.#statuses;
+  }
+
+  async start(): Promise<void> {
+    await this.#o.source.start((events) => this.#onEvents(events));
+    await this.#reconcile();
+    this.#ready = true;
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await this.#o.source.stop();
+    await this.#running;
+    await this.#o.waypoints?.stop();
+  }
+
+  /** Resolves when no reconcile is pending or running. */
+  async settled(): Promise<void> {
+    for (;;) {
+      if (this.#running) await this.#running;
+      else if (this.#timer) await new Promise((r) => setTimeout(r, this.#o.debounceMs ?? DEFAULT_DEBOUNCE_MS));
+      else return;
+    }
+  }
+
+  #onEvents(events: SourceEvent[]): void {
+    const r = this.store.apply(events);
+    for (const rej of r.rejections) {
+      const kind = rej.key.slice(0, rej.key.indexOf('/'));
+      this.#metrics?.rejected.inc({ kind });
+      this.#log.warn('invalid object refused; its previous version stays in force', {
+        object: rej.key,
+        ...(rej.origin ? { file: rej.origin } : {}),
+        issues: rej.issues.map(formatIssue),
+      });
+    }
+    if (r.changed || r.rejections.length > 0 || r.touched.length > 0) {
+      if (events.some((e) => (e.type === 'upsert' && e.object.kind === 'Waypoint') || (e.type === 'delete' && e.kind === 'Waypoint') || e.type === 'snapshot')) this.#waypointsDirty = true;
+      this.#markDirty(r.changed);
+    }
+  }
+
+  #markDirty(recompile = true): void {
+    if (recompile) this.#dirty = true;
+    if (this.#stopped || this.#timer) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#running) {
+        this.#running.then(() => this.#markDirty(false));
+        return;
+      }
+      this.#running = this.#reconcile().finally(() => (this.#running = undefined));
+    }, this.#o.debounceMs ?? DEFAULT_DEBOUNCE_MS);
+  }
+
+  async #reconcile(): Promise<void> {
+    if (this.#stopped) return;
+    if (this.#waypointsDirty && this.#o.waypoints) {
+      this.#waypointsDirty = false;
+      try {
+        await this.#o.waypoints.reconcile(this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>);
+      } catch (e) {
+        this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message });
+        this.#waypointsDirty = true;
+        setTimeout(() => this.#markDirty(false), 1000).unref();
+      }
+    }
+    let findings: CompileFinding[] = [];
+    const runtime = this.#o.waypoints?.runtime();
+    if (this.#dirty || !this.#model) {
+      this.#dirty = false;
+      const result = compile(this.store.inputs(), { ...this.#o.compile, ...(runtime ? { waypointRuntime: runtime } : {}) });
+      this.#model = result.model;
+      findings = result.findings;
+      this.#lastFindings = findings;
+      this.#metrics?.compiles.inc();
+      this.#metrics?.objects.set(this.store.objects().length);
+      const version = this.#o.configServer.publish(result.model);
+      this.#log.debug('model published', { version, workloads: result.model.workloads.size, services: result.model.services.size });
+    } else {
+      findings = this.#lastFindings;
+    }
+    await this.#writeStatuses(findings, runtime);
+  }
+
+  #lastFindings: CompileFinding[] = [];
+
+  async #writeStatuses(findings: CompileFinding[], runtime: ReadonlyMap<string, WaypointRuntime> | undefined): Promise<void> {
+    const byKey = new Map<string, CompileFinding>();
+    for (const f of findings) {
+      const key = `${f.kind}/${f.namespace}/${f.name}`;
+      if (!byKey.has(key)) byKey.set(key, f);
+    }
+    const next = new Map<string, ObjectStatus>();
+    for (const key of this.store.statusKeys()) {
+      const invalid = this.store.invalid(key);
+      if (invalid) {
+        next.set(key, invalidStatus(key, invalid.issues, invalid.generation));
+        continue;
+      }
+      const obj = this.store.get(key)!;
+      const base = { kind: obj.kind as MeshKind, namespace: obj.metadata.namespace ?? '', name: obj.metadata.name, ...(obj.metadata.generation !== undefined ? { generation: obj.metadata.generation } : {}) };
+      if (obj.kind === 'Waypoint') {
+        const wp = this.#model?.waypoints.get(`${base.namespace}/${base.name}`);
+        const rt = runtime?.get(`${base.namespace}/${base.name}`);
+        next.set(key, {
+          ...base,
+          ok: wp?.ready ?? false,
+          reason: wp?.ready ? 'Ready' : (rt?.reason ?? wp?.reason ?? 'Pending'),
+          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
+          ...(wp?.address ? { address: wp.address } : {}),
+        });
+        continue;
+      }
+      if (!KINDS[obj.kind].hasStatus) continue;
+      const f = byKey.get(key);
+      next.set(key, f
+        ? { ...base, ok: false, reason: f.reason, message: f.message, path: f.path }
+        : { ...base, ok: true, reason: 'Accepted', message: 'accepted and in force' });
+    }
+    this.#statuses = next;
+    for (const key of this.#written.keys()) if (!next.has(key)) this.#written.delete(key);
+    for (const [key, st] of next) {
+      const fp = JSON.stringify(st);
+      if (this.#written.get(key) === fp) continue;
+      try {
+        await this.#o.source.writeStatus(st);
+        this.#written.set(key, fp);
+      } catch (e) {
+        this.#log.warn('status write failed; will retry', { object: key, error: (e as Error).message });
+        setTimeout(() => this.#markDirty(false), 1000).unref();
+      }
+    }
+  }
+}

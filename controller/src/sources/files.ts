@@ -1,0 +1,202 @@
+// Local config directory source: every *.yaml / *.yml / *.json file under the directory (recursively)
+// holds one or more YAML documents, each a Kubernetes-shaped object. Watched with fs.watch and a
+// debounce. A file that fails to parse is reported by file (and line) and the objects last read
+// from it stay; an object that fails validation is reported by file and object name (by the
+// store) and its last good version stays.
+import { watch, type FSWatcher } from 'node:fs';
+import { readFile, readdir } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { KINDS, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
+
+/** A config file could not be read or parsed; its previous objects stay in force. */
+export class ConfigFileError extends Error {
+  readonly code = 'WEFT_CONFIG_FILE';
+  readonly file: string;
+  constructor(file: string, message: string) {
+    super(`${file}: ${message} (the objects last read from this file stay in force)`);
+    this.name = 'ConfigFileError';
+    this.file = file;
+  }
+}
+
+export interface ConfigDirSourceOptions {
+  dir: string;
+  /** Quiet time after a change before re-reading; default 50 ms. */
+  debounceMs?: number;
+  /** Namespace of namespaced objects that give none; default `default`. */
+  defaultNamespace?: string;
+  logger?: Logger;
+  /** Called for each file that fails to parse. */
+  onFileError?: (err: ConfigFileError) => void;
+  /** Called for each status the controller computes (a directory has nowhere to write them). */
+  onStatus?: (status: ObjectStatus) => void;
+}
+
+const EXTENSIONS = /\.(ya?ml|json)$/;
+const ALL_KINDS = Object.keys(KINDS) as MeshKind[];
+
+export class ConfigDirSource implements ConfigSource {
+  readonly name = 'config-dir';
+  readonly #o: ConfigDirSourceOptions;
+  readonly #log: Logger;
+  /** file → key → JSON of the object last read from it. */
+  #files = new Map<string, Map<string, string>>();
+  #watcher: FSWatcher | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #handler: SourceHandler | undefined;
+  #version = 0;
+  #scanning: Promise<void> = Promise.resolve();
+  readonly #statuses = new Map<string, ObjectStatus>();
+
+  constructor(options: ConfigDirSourceOptions) {
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+  }
+
+  /** Statuses the controller reported, by `Kind/namespace/name`. */
+  statuses(): ReadonlyMap<string, ObjectStatus> {
+    return this.#statuses;
+  }
+
+  async start(handler: SourceHandler): Promise<void> {
+    this.#handler = handler;
+    const objects: RawObject[] = [];
+    for (const file of await this.#list()) {
+      const parsed = await this.#read(file);
+      if (!parsed) continue;
+      this.#files.set(file, parsed.fingerprints);
+      objects.push(...parsed.objects);
+    }
+    handler([{ type: 'snapshot', kinds: ALL_KINDS, objects, resourceVersion: String(++this.#version) }]);
+    this.#watcher = watch(this.#o.dir, { recursive: true }, () => this.#schedule());
+    this.#watcher.on('error', (e) => this.#log.error('config directory watch failed', { dir: this.#o.dir, error: e.message }));
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    this.#handler = undefined;
+    await this.#scanning;
+  }
+
+  async writeStatus(status: ObjectStatus): Promise<void> {
+    this.#statuses.set(keyOf(status.kind, status.namespace || undefined, status.name), status);
+    this.#o.onStatus?.(status);
+    const who = `${status.kind} ${status.namespace ? `${status.namespace}/` : ''}${status.name}`;
+    if (status.ok) this.#log.debug('status', { object: who, reason: status.reason });
+    else this.#log.warn('status', { object: who, reason: status.reason, path: status.path, message: status.message });
+  }
+
+  /** Re-reads the directory now (tests; the watcher calls it after the debounce). */
+  rescan(): Promise<void> {
+    this.#scanning = this.#scanning.then(() => this.#rescan());
+    return this.#scanning;
+  }
+
+  #schedule(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => void this.rescan(), this.#o.debounceMs ?? 50);
+  }
+
+  async #rescan(): Promise<void> {
+    if (!this.#handler) return;
+    const events: SourceEvent[] = [];
+    const files = new Set(await this.#list());
+    for (const [file, old] of this.#files) {
+      if (files.has(file)) continue;
+      this.#files.delete(file);
+      for (const key of old.keys()) events.push(deleteEvent(key, file, String(++this.#version)));
+    }
+    for (const file of files) {
+      const parsed = await this.#read(file);
+      if (!parsed) continue;
+      const old = this.#files.get(file) ?? new Map<string, string>();
+      for (const o of parsed.objects) {
+        const key = keyFor(o);
+        if (old.get(key) !== parsed.fingerprints.get(key)) events.push({ type: 'upsert', object: o, resourceVersion: String(++this.#version), origin: file });
+      }
+      for (const key of old.keys()) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(key, file, String(++this.#version)));
+      this.#files.set(file, parsed.fingerprints);
+    }
+    if (events.length > 0) this.#handler(events);
+  }
+
+  async #list(): Promise<string[]> {
+    try {
+      const entries = await readdir(this.#o.dir, { recursive: true, withFileTypes: true });
+      return entries
+        .filter((e) => e.isFile() && EXTENSIONS.test(e.name) && !e.name.startsWith('.'))
+        .map((e) => relative(this.#o.dir, join(e.parentPath, e.name)))
+        .sort();
+    } catch (e) {
+      this.#log.error('cannot read config directory', { dir: this.#o.dir, error: (e as Error).message });
+      return [...this.#files.keys()];
+    }
+  }
+
+  /** Objects of one file, or undefined (reported) when it does not parse. */
+  async #read(file: string): Promise<{ objects: RawObject[]; fingerprints: Map<string, string> } | undefined> {
+    let text: string;
+    try {
+      text = await readFile(join(this.#o.dir, file), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { objects: [], fingerprints: new Map() };
+      this.#fileError(new ConfigFileError(file, `cannot read: ${(e as Error).message}`));
+      return undefined;
+    }
+    const docs = parseAllDocuments(text, { prettyErrors: true });
+    const list = Array.isArray(docs) ? docs : [docs];
+    const objects: RawObject[] = [];
+    const fingerprints = new Map<string, string>();
+    for (const [i, doc] of list.entries()) {
+      if (doc.errors.length > 0) {
+        const err = doc.errors[0]!;
+        const line = err.linePos?.[0]?.line;
+        this.#fileError(new ConfigFileError(file, `document ${i + 1}${line ? ` (line ${line})` : ''} does not parse: ${err.message.split('\n')[0]}`));
+        return undefined;
+      }
+      const value: unknown = doc.toJS();
+      if (value === null || value === undefined) continue;
+      if (typeof value !== 'object' || Array.isArray(value)) {
+        this.#fileError(new ConfigFileError(file, `document ${i + 1} is not an object`));
+        return undefined;
+      }
+      const o = value as RawObject;
+      if (o.kind === 'List' && Array.isArray(o.items)) {
+        for (const item of o.items as RawObject[]) this.#add(item, objects, fingerprints);
+      } else this.#add(o, objects, fingerprints);
+    }
+    return { objects, fingerprints };
+  }
+
+  #add(o: RawObject, objects: RawObject[], fingerprints: Map<string, string>): void {
+    if (isMeshKind(o.kind) && KINDS[o.kind].namespaced && o.metadata && typeof o.metadata === 'object' && o.metadata.namespace === undefined) {
+      o.metadata.namespace = this.#o.defaultNamespace ?? 'default';
+    }
+    objects.push(o);
+    fingerprints.set(keyFor(o), JSON.stringify(o));
+  }
+
+  #fileError(err: ConfigFileError): void {
+    this.#log.warn('config file refused', { file: err.file, error: err.message });
+    this.#o.onFileError?.(err);
+  }
+}
+
+function keyFor(o: RawObject): string {
+  const kind = typeof o.kind === 'string' ? o.kind : '?';
+  const ns = typeof o.metadata?.namespace === 'string' ? o.metadata.namespace : undefined;
+  const name = typeof o.metadata?.name === 'string' ? o.metadata.name : '?';
+  return keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
+}
+
+function deleteEvent(key: string, file: string, resourceVersion: string): SourceEvent {
+  const parts = key.split('/');
+  const kind = parts[0] as MeshKind;
+  const namespaced = parts.length === 3;
+  return { type: 'delete', kind, namespace: namespaced ? parts[1]! : '', name: parts[namespaced ? 2 : 1]!, resourceVersion, origin: file };
+}

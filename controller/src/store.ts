@@ -1,0 +1,170 @@
+// The controller's object store: the last valid version of every input object. An invalid update
+// is refused and the previous version stays in force (last good config keeps serving); the
+// object's status says why, naming the field.
+import { validateObject, type ValidationIssue } from '../../lib/model/validate.ts';
+import { formatIssue } from '../../lib/model/errors.ts';
+import { KINDS, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
+import { emptyInputs, type MeshInputs } from './compile.ts';
+import type { ObjectStatus, RawObject, SourceEvent } from './sources/source.ts';
+
+export interface Rejection {
+  key: string;
+  origin?: string;
+  issues: ValidationIssue[];
+}
+
+export interface ApplyResult {
+  /** Accepted objects changed: the model must be recompiled. */
+  changed: boolean;
+  rejections: Rejection[];
+  /** Keys of status-bearing objects that were accepted, updated or deleted. */
+  touched: string[];
+}
+
+interface Entry {
+  object: MeshObject;
+  /** JSON of the object without metadata.resourceVersion, to skip no-op updates. */
+  fingerprint: string;
+  origin?: string;
+}
+
+function fingerprint(o: MeshObject): string {
+  const { resourceVersion: _rv, ...meta } = o.metadata;
+  // status is written by us; a status-only change must not cause a recompile loop, except for
+  // Waypoints, whose status carries the address.
+  const { status, ...rest } = o as MeshObject & { status?: unknown };
+  return JSON.stringify({ ...rest, metadata: meta, ...(o.kind === 'Waypoint' ? { status } : {}) });
+}
+
+export class ObjectStore {
+  #objects = new Map<string, Entry>();
+  /** Latest validation verdict per key (objects whose last update was refused). */
+  #invalid = new Map<string, { issues: ValidationIssue[]; generation?: number; origin?: string }>();
+  #resourceVersion = '0';
+
+  get resourceVersion(): string {
+    return this.#resourceVersion;
+  }
+
+  apply(events: SourceEvent[]): ApplyResult {
+    const result: ApplyResult = { changed: false, rejections: [], touched: [] };
+    for (const e of events) {
+      this.#resourceVersion = e.resourceVersion;
+      if (e.type === 'snapshot') {
+        const seen = new Set<string>();
+        for (const o of e.objects) {
+          const key = this.#upsert(o, e.origin, result);
+          if (key) seen.add(key);
+        }
+        for (const [key, entry] of this.#objects) {
+          if (e.kinds.includes(entry.object.kind) && !seen.has(key) && (e.origin === undefined || entry.origin === e.origin)) {
+            this.#delete(key, result);
+          }
+        }
+        for (const key of this.#invalid.keys()) {
+          const kind = key.slice(0, key.indexOf('/'));
+          if (isMeshKind(kind) && e.kinds.includes(kind) && !seen.has(key)) this.#invalid.delete(key);
+        }
+      } else if (e.type === 'upsert') {
+        this.#upsert(e.object, e.origin, result);
+      } else {
+        this.#delete(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), result);
+      }
+    }
+    return result;
+  }
+
+  #upsert(raw: RawObject, origin: string | undefined, result: ApplyResult): string | undefined {
+    const issues = validateObject(raw);
+    const kind = typeof raw.kind === 'string' ? raw.kind : '';
+    const name = typeof raw.metadata?.name === 'string' ? raw.metadata.name : '';
+    const ns = typeof raw.metadata?.namespace === 'string' ? raw.metadata.namespace : undefined;
+    const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
+    if (issues.length > 0) {
+      const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
+      this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}) });
+      result.rejections.push({ key, issues, ...(origin ? { origin } : {}) });
+      if (isMeshKind(kind) && KINDS[kind].hasStatus) result.touched.push(key);
+      // Keep the key alive in a snapshot so the last good version is not deleted.
+      return this.#objects.has(key) ? key : undefined;
+    }
+    const object = raw as unknown as MeshObject;
+    const fp = fingerprint(object);
+    const wasInvalid = this.#invalid.delete(key);
+    const prev = this.#objects.get(key);
+    if (KINDS[object.kind].hasStatus && (wasInvalid || !prev || prev.fingerprint !== fp)) result.touched.push(key);
+    if (prev && prev.fingerprint === fp) {
+      prev.object = object;
+      return key;
+    }
+    this.#objects.set(key, { object, fingerprint: fp, ...(origin ? { origin } : {}) });
+    result.changed = true;
+    return key;
+  }
+
+  #delete(key: string, result: ApplyResult): void {
+    this.#invalid.delete(key);
+    if (this.#objects.delete(key)) {
+      result.changed = true;
+    }
+  }
+
+  get(key: string): MeshObject | undefined {
+    return this.#objects.get(key)?.object;
+  }
+
+  /** Issues of the most recent refused update of `key`, if its last update was refused. */
+  invalid(key: string): { issues: ValidationIssue[]; generation?: number; origin?: string } | undefined {
+    return this.#invalid.get(key);
+  }
+
+  /** Keys with a status to write: accepted status-bearing objects and refused ones. */
+  statusKeys(): string[] {
+    const keys = new Set<string>();
+    for (const [k, e] of this.#objects) if (KINDS[e.object.kind].hasStatus) keys.add(k);
+    for (const k of this.#invalid.keys()) keys.add(k);
+    return [...keys];
+  }
+
+  objects(kind?: MeshKind): MeshObject[] {
+    const out: MeshObject[] = [];
+    for (const e of this.#objects.values()) if (!kind || e.object.kind === kind) out.push(e.object);
+    return out;
+  }
+
+  inputs(): MeshInputs {
+    const i = emptyInputs();
+    for (const { object: o } of this.#objects.values()) {
+      switch (o.kind) {
+        case 'Namespace': i.namespaces.push(o); break;
+        case 'Node': i.nodes.push(o); break;
+        case 'Pod': i.pods.push(o); break;
+        case 'Service': i.services.push(o); break;
+        case 'EndpointSlice': i.endpointSlices.push(o); break;
+        case 'Waypoint': i.waypoints.push(o); break;
+        case 'AuthorizationPolicy': i.authorizationPolicies.push(o); break;
+        case 'PeerAuthentication': i.peerAuthentications.push(o); break;
+        case 'TrafficPolicy': i.trafficPolicies.push(o); break;
+        case 'HTTPRoute': i.httpRoutes.push(o); break;
+        case 'GRPCRoute': i.grpcRoutes.push(o); break;
+      }
+    }
+    return i;
+  }
+}
+
+/** The status of a refused object: Invalid, naming the first field at fault. */
+export function invalidStatus(key: string, issues: ValidationIssue[], generation?: number): ObjectStatus {
+  const first = issues[0]!;
+  const kind = key.slice(0, key.indexOf('/')) as MeshKind;
+  return {
+    kind,
+    namespace: first.namespace,
+    name: first.name,
+    ...(generation !== undefined ? { generation } : {}),
+    ok: false,
+    reason: 'Invalid',
+    message: issues.map(formatIssue).join('; ') + ' (the previous valid version, if any, stays in force)',
+    path: first.path,
+  };
+}

@@ -1,0 +1,359 @@
+// The config stream server (proto/weft/xds.proto): delta-xDS-style pushes of the compiled model
+// to agents and waypoints. publish() takes a new model; every connected client whose view changed
+// gets one response per subscribed type, all at the same system version, and ACKs or NACKs each.
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { MeshModel } from '../../../lib/model/mesh.ts';
+import {
+  CLIENT_TYPES,
+  TYPE_URLS,
+  configStreamServiceDefinition,
+  resourceTypeOf,
+  type ClientKind,
+  type ConfigStreamCall,
+  type DeltaConfigRequest,
+  type DeltaConfigResponse,
+  type ResourceType,
+} from '../../../lib/xds/protocol.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import { agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
+
+/** A client's request was malformed (missing node id, unknown kind, unknown type URL). */
+export class ConfigStreamRequestError extends Error {
+  readonly code = 'WEFT_XDS_BAD_REQUEST';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigStreamRequestError';
+  }
+}
+
+const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
+
+export interface ConfigServerOptions {
+  logger?: Logger;
+  /** Registers weft_xds_* metrics when given. */
+  registry?: Registry;
+}
+
+interface Pending {
+  type: ResourceType;
+  systemVersion: string;
+  upserts: Array<[string, string]>;
+  removed: string[];
+}
+
+interface Subscription {
+  wildcard: boolean;
+  names: Set<string>;
+}
+
+class Subscriber {
+  readonly call: ConfigStreamCall;
+  readonly streamId: string;
+  id = '';
+  kind: ClientKind | undefined;
+  namespace = '';
+  readonly subs = new Map<ResourceType, Subscription>();
+  /** What the client holds once every sent response is applied. */
+  readonly sent = new Map<ResourceType, Map<string, string>>();
+  /** What the client confirmed. */
+  readonly acked = new Map<ResourceType, Map<string, string>>();
+  readonly pending = new Map<string, Pending>();
+  force = false;
+  flushScheduled = false;
+  /** System version the client rejected; not re-sent until the model moves on. */
+  nackedVersion: string | undefined;
+  /** Latest system version acknowledged for every type. */
+  ackedVersion = '';
+  constructor(call: ConfigStreamCall, streamId: string) {
+    this.call = call;
+    this.streamId = streamId;
+  }
+  get label(): string {
+    return this.kind === 'waypoint' ? `waypoint ${this.namespace}/${this.id}` : `agent ${this.id}`;
+  }
+}
+
+export interface ConfigStreamClientInfo {
+  id: string;
+  kind: ClientKind | undefined;
+  namespace: string;
+  /** Latest system version the client acknowledged (all its types). */
+  ackedVersion: string;
+  nackedVersion?: string;
+}
+
+export class ConfigServer {
+  readonly #log: Logger;
+  #systemVersion = 0;
+  #published: PublishedSet = emptyPublished();
+  #index: ViewIndex | undefined;
+  readonly #subscribers = new Set<Subscriber>();
+  readonly #ackListeners = new Set<(c: ConfigStreamClientInfo) => void>();
+  readonly #metrics?: { pushes: Counter; nacks: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
+
+  constructor(options: ConfigServerOptions = {}) {
+    this.#log = options.logger ?? silentLogger;
+    if (options.registry) {
+      const registers = [options.registry];
+      this.#metrics = {
+        pushes: new Counter({ name: 'weft_xds_pushes_total', help: 'Config stream responses sent', labelNames: ['type'], registers }),
+        nacks: new Counter({ name: 'weft_xds_nacks_total', help: 'Config stream responses rejected by clients', labelNames: ['type'], registers }),
+        clients: new Gauge({ name: 'weft_xds_clients', help: 'Connected config stream clients', labelNames: ['kind'], registers }),
+        resources: new Gauge({ name: 'weft_xds_resources', help: 'Published resources', labelNames: ['type'], registers }),
+        publishSeconds: new Histogram({ name: 'weft_xds_publish_seconds', help: 'Time to diff and publish a model', registers }),
+      };
+    }
+  }
+
+  get systemVersion(): string {
+    return String(this.#systemVersion);
+  }
+
+  /** Publishes a new model: versions every changed resource and pushes to clients whose view changed. */
+  publish(model: MeshModel): string {
+    const started = process.hrtime.bigint();
+    const next = String(this.#systemVersion + 1);
+    const resources = modelResources(model);
+    const published = emptyPublished();
+    let changed = false;
+    for (const type of ALL_TYPES) {
+      const prev = this.#published[type];
+      const out = published[type];
+      for (const [name, obj] of resources[type]) {
+        const body = JSON.stringify(obj);
+        const old = prev.get(name);
+        if (old && old.body === body) out.set(name, old);
+        else {
+          out.set(name, { version: next, body });
+          changed = true;
+        }
+      }
+      if (prev.size !== out.size) changed = true;
+      else if (!changed) for (const name of prev.keys()) if (!out.has(name)) { changed = true; break; }
+      this.#metrics?.resources.set({ type }, out.size);
+    }
+    this.#index = buildIndex(model);
+    this.#published = published;
+    if (changed || this.#systemVersion === 0) {
+      this.#systemVersion += 1;
+      for (const s of this.#subscribers) this.#scheduleFlush(s);
+    }
+    this.#metrics?.publishSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    return this.systemVersion;
+  }
+
+  clients(): ConfigStreamClientInfo[] {
+    return [...this.#subscribers].map((s) => ({ id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, ...(s.nackedVersion ? { nackedVersion: s.nackedVersion } : {}) }));
+  }
+
+  /** Called whenever a client acknowledges a complete system version. */
+  onAck(listener: (c: ConfigStreamClientInfo) => void): () => void {
+    this.#ackListeners.add(listener);
+    return () => this.#ackListeners.delete(listener);
+  }
+
+  /** Ends every stream (clients reconnect to whichever controller is up). */
+  closeAll(): void {
+    for (const s of this.#subscribers) s.call.end();
+    this.#subscribers.clear();
+  }
+
+  /** The gRPC handler of DeltaConfig. */
+  handle(call: ConfigStreamCall): void {
+    const sub = new Subscriber(call, randomBytes(4).toString('hex'));
+    this.#subscribers.add(sub);
+    const done = () => {
+      if (!this.#subscribers.delete(sub)) return;
+      if (sub.kind) this.#metrics?.clients.dec({ kind: sub.kind });
+      this.#log.info('config stream closed', { client: sub.label, stream: sub.streamId });
+    };
+    call.on('data', (req: DeltaConfigRequest) => {
+      try {
+        this.#onRequest(sub, req);
+      } catch (e) {
+        const err = e as Error;
+        this.#log.warn('config stream request refused', { client: sub.label, error: err.message });
+        call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: err.message } as grpc.ServiceError);
+        done();
+      }
+    });
+    call.on('end', () => {
+      done();
+      call.end();
+    });
+    call.on('error', done);
+    call.on('cancelled', done);
+    call.on('close', done);
+  }
+
+  #onRequest(sub: Subscriber, req: DeltaConfigRequest): void {
+    if (req.node && !sub.kind) {
+      const kind = req.node.kind;
+      if (kind !== 'agent' && kind !== 'waypoint') throw new ConfigStreamRequestError(`node.kind "${kind}" is not agent or waypoint`);
+      if (!req.node.id) throw new ConfigStreamRequestError('node.id is required (agents: the node name)');
+      if (kind === 'waypoint' && !req.node.namespace) throw new ConfigStreamRequestError(`node.namespace is required for waypoint ${req.node.id}`);
+      sub.kind = kind;
+      sub.id = req.node.id;
+      sub.namespace = req.node.namespace;
+      this.#metrics?.clients.inc({ kind });
+      this.#log.info('config stream opened', { client: sub.label, stream: sub.streamId, userAgent: req.node.user_agent });
+    }
+    if (!sub.kind) throw new ConfigStreamRequestError('the first request must carry node (id, kind)');
+    const type = resourceTypeOf(req.type_url);
+    if (!type) throw new ConfigStreamRequestError(`type_url "${req.type_url}" is not one of ${Object.values(TYPE_URLS).join(', ')}`);
+    if (!CLIENT_TYPES[sub.kind].includes(type)) throw new ConfigStreamRequestError(`a ${sub.kind} cannot subscribe to ${req.type_url}`);
+
+    if (req.response_nonce) {
+      const p = sub.pending.get(req.response_nonce);
+      if (p) {
+        sub.pending.delete(req.response_nonce);
+        if (req.error_detail) this.#nack(sub, req.response_nonce, p, req.error_detail.message);
+        else this.#ack(sub, p);
+      }
+    }
+
+    let sub0 = sub.subs.get(type);
+    const isNew = !sub0;
+    if (!sub0) {
+      sub0 = { wildcard: false, names: new Set() };
+      sub.subs.set(type, sub0);
+      const initial = new Map(Object.entries(req.initial_resource_versions ?? {}));
+      sub.sent.set(type, initial);
+      sub.acked.set(type, new Map(initial));
+      if (req.resource_names_subscribe.length === 0) sub0.wildcard = true;
+    }
+    for (const n of req.resource_names_subscribe) {
+      if (n === '*') sub0.wildcard = true;
+      else sub0.names.add(n);
+    }
+    for (const n of req.resource_names_unsubscribe) {
+      if (n === '*') sub0.wildcard = false;
+      else sub0.names.delete(n);
+    }
+    if (isNew || req.resource_names_subscribe.length > 0 || req.resource_names_unsubscribe.length > 0) {
+      sub.force = true;
+      this.#scheduleFlush(sub);
+    }
+  }
+
+  #ack(sub: Subscriber, p: Pending): void {
+    const acked = sub.acked.get(p.type)!;
+    for (const [n, v] of p.upserts) acked.set(n, v);
+    for (const n of p.removed) acked.delete(n);
+    // A version is acknowledged once no response of it (or older) is outstanding.
+    let outstanding = false;
+    for (const q of sub.pending.values()) if (Number(q.systemVersion) <= Number(p.systemVersion)) outstanding = true;
+    if (!outstanding && Number(p.systemVersion) > Number(sub.ackedVersion || 0)) {
+      sub.ackedVersion = p.systemVersion;
+      const info = { id: sub.id, kind: sub.kind, namespace: sub.namespace, ackedVersion: sub.ackedVersion };
+      for (const l of this.#ackListeners) l(info);
+    }
+  }
+
+  #nack(sub: Subscriber, nonce: string, p: Pending, reason: string): void {
+    this.#metrics?.nacks.inc({ type: p.type });
+    if (sub.nackedVersion !== p.systemVersion) {
+      this.#log.warn('config rejected by client (NACK); it keeps its previous config', {
+        client: sub.label,
+        type: TYPE_URLS[p.type],
+        version: p.systemVersion,
+        nonce,
+        reason,
+      });
+    }
+    sub.nackedVersion = p.systemVersion;
+    // The client reverted to what it acknowledged; later responses of this type build on that.
+    const sent = new Map(sub.acked.get(p.type)!);
+    for (const q of sub.pending.values()) {
+      if (q.type !== p.type) continue;
+      for (const [n, v] of q.upserts) sent.set(n, v);
+      for (const n of q.removed) sent.delete(n);
+    }
+    sub.sent.set(p.type, sent);
+  }
+
+  #scheduleFlush(sub: Subscriber): void {
+    if (sub.flushScheduled) return;
+    sub.flushScheduled = true;
+    setImmediate(() => {
+      sub.flushScheduled = false;
+      try {
+        this.#flush(sub);
+      } catch (e) {
+        this.#log.error('config push failed', { client: sub.label, error: (e as Error).message });
+      }
+    });
+  }
+
+  #view(sub: Subscriber, type: ResourceType): Map<string, Published> {
+    const all = this.#published[type];
+    const ix = this.#index;
+    const s = sub.subs.get(type)!;
+    let names: Iterable<string> | undefined;
+    if (!ix) names = [];
+    else names = sub.kind === 'agent' ? agentView(ix, sub.id, type) : waypointView(ix, sub.namespace, type);
+    const out = new Map<string, Published>();
+    if (names === undefined) {
+      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) out.set(n, p);
+    } else {
+      for (const n of names) {
+        const p = all.get(n);
+        if (p && (s.wildcard || s.names.has(n))) out.set(n, p);
+      }
+    }
+    return out;
+  }
+
+  #flush(sub: Subscriber): void {
+    if (!this.#subscribers.has(sub) || sub.subs.size === 0 || !this.#index) return;
+    const version = this.systemVersion;
+    if (!sub.force && sub.nackedVersion === version) return;
+    const responses: Array<{ type: ResourceType; upserts: Array<[string, Published]>; removed: string[] }> = [];
+    let any = sub.force;
+    for (const type of sub.subs.keys()) {
+      const view = this.#view(sub, type);
+      const sent = sub.sent.get(type)!;
+      const upserts: Array<[string, Published]> = [];
+      const removed: string[] = [];
+      for (const [n, p] of view) if (sent.get(n) !== p.version) upserts.push([n, p]);
+      for (const n of sent.keys()) if (!view.has(n)) removed.push(n);
+      if (upserts.length > 0 || removed.length > 0) any = true;
+      responses.push({ type, upserts, removed });
+    }
+    sub.force = false;
+    if (!any) return;
+    for (const r of responses) {
+      const nonce = randomBytes(8).toString('hex');
+      const sent = sub.sent.get(r.type)!;
+      for (const [n, p] of r.upserts) sent.set(n, p.version);
+      for (const n of r.removed) sent.delete(n);
+      sub.pending.set(nonce, { type: r.type, systemVersion: version, upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
+      const msg: DeltaConfigResponse = {
+        system_version_info: version,
+        type_url: TYPE_URLS[r.type],
+        resources: r.upserts.map(([name, p]) => ({ name, version: p.version, body: p.body })),
+        removed_resources: r.removed,
+        nonce,
+      };
+      sub.call.write(msg);
+      this.#metrics?.pushes.inc({ type: r.type });
+    }
+  }
+}
+
+function emptyPublished(): PublishedSet {
+  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map() };
+}
+
+export interface ConfigStreamDeps {
+  configServer: ConfigServer;
+}
+
+/** Mounts weft.xds.v1.ConfigStream on a gRPC server (next to the certificate service on :15012). */
+export function addConfigStreamService(server: grpc.Server, deps: ConfigStreamDeps): void {
+  server.addService(configStreamServiceDefinition(), {
+    DeltaConfig: (call: ConfigStreamCall) => deps.configServer.handle(call),
+  });
+}

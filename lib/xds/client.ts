@@ -1,0 +1,319 @@
+// Config stream client for agents and waypoints. Keeps one DeltaConfig stream to the controller,
+// reconnecting with exponential backoff and jitter; on every (re)connect it tells the server which
+// resource versions it holds, so it receives only the difference and then a consistent snapshot.
+// Every complete update is checked by the caller's `validate` hook: accepted → applied, emitted
+// and ACKed; rejected → NACKed with the reason, and the last good config stays.
+import { EventEmitter } from 'node:events';
+import * as grpc from '@grpc/grpc-js';
+import type { AgentConfig, WaypointConfig } from '../model/mesh.ts';
+import {
+  CLIENT_TYPES,
+  TYPE_URLS,
+  agentConfigOf,
+  configStreamClientConstructor,
+  resourceTypeOf,
+  waypointConfigOf,
+  type ClientKind,
+  type ConfigStreamClientCall,
+  type DeltaConfigRequest,
+  type DeltaConfigResponse,
+  type ResourceSet,
+  type ResourceType,
+} from './protocol.ts';
+
+export type { ClientKind };
+export type SnapshotOf<K extends ClientKind> = K extends 'agent' ? AgentConfig : WaypointConfig;
+
+/** The controller sent something that is not a valid config stream response. */
+export class ConfigStreamProtocolError extends Error {
+  readonly code = 'WEFT_XDS_PROTOCOL';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigStreamProtocolError';
+  }
+}
+
+/** The caller's validate hook rejected an update; the client NACKed it. */
+export class ConfigRejectedError extends Error {
+  readonly code = 'WEFT_XDS_REJECTED';
+  readonly version: string;
+  constructor(version: string, reason: string) {
+    super(`config version ${version} rejected: ${reason}; keeping the previous config`);
+    this.name = 'ConfigRejectedError';
+    this.version = version;
+  }
+}
+
+export interface BackoffOptions {
+  /** First retry delay; default 250 ms. */
+  initialMs?: number;
+  /** Longest delay; default 30 s. */
+  maxMs?: number;
+  /** Growth per failed attempt; default 2. */
+  multiplier?: number;
+  /** Random spread, fraction of the delay either way; default 0.2. */
+  jitter?: number;
+}
+
+export interface ConfigClientOptions<K extends ClientKind> {
+  /** `host:port` of the controller (port 15012). */
+  target: string;
+  credentials: grpc.ChannelCredentials;
+  channelOptions?: grpc.ChannelOptions;
+  kind: K;
+  /** Agents: the node name. Waypoints: the instance (pod) name. */
+  id: string;
+  /** Waypoints: the namespace they serve. */
+  namespace?: string;
+  userAgent?: string;
+  /** Throw (or reject) to refuse an update; the message goes back to the controller as the NACK reason. */
+  validate?: (config: SnapshotOf<K>, version: string) => void | Promise<void>;
+  backoff?: BackoffOptions;
+}
+
+interface ClientEvents<K extends ClientKind> {
+  /** A new config was accepted. */
+  snapshot: [config: SnapshotOf<K>, version: string];
+  /** An update was rejected by `validate` (and NACKed). */
+  rejected: [error: ConfigRejectedError];
+  connected: [];
+  disconnected: [error: Error | undefined];
+  /** Protocol problems; the stream is restarted. */
+  error: [error: Error];
+}
+
+type Stored = Map<string, { version: string; body: unknown }>;
+
+export const DEFAULT_BACKOFF: Required<BackoffOptions> = { initialMs: 250, maxMs: 30_000, multiplier: 2, jitter: 0.2 };
+
+/** Delay before reconnect attempt `attempt` (0-based). */
+export function backoffDelay(attempt: number, o: BackoffOptions = {}, random: () => number = Math.random): number {
+  const b = { ...DEFAULT_BACKOFF, ...o };
+  const base = Math.min(b.maxMs, b.initialMs * b.multiplier ** attempt);
+  const spread = base * b.jitter;
+  return Math.max(0, Math.round(base - spread + random() * 2 * spread));
+}
+
+export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvents<K>> {
+  readonly #o: ConfigClientOptions<K>;
+  readonly #types: readonly ResourceType[];
+  #client: grpc.Client | undefined;
+  #call: ConfigStreamClientCall | undefined;
+  #closed = true;
+  #attempt = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #applied = new Map<ResourceType, Stored>();
+  #appliedVersion = '';
+  #snapshot: SnapshotOf<K> | undefined;
+  #pending: Map<ResourceType, Stored> | undefined;
+  #pendingVersion = '';
+  #pendingTypes = new Set<ResourceType>();
+  #pendingNonces: Array<{ type: ResourceType; nonce: string }> = [];
+  #queue: Promise<void> = Promise.resolve();
+  #generation = 0;
+
+  constructor(options: ConfigClientOptions<K>) {
+    super();
+    if (options.kind === 'waypoint' && !options.namespace) throw new TypeError('ConfigClient: a waypoint client needs options.namespace');
+    this.#o = options;
+    this.#types = CLIENT_TYPES[options.kind];
+    for (const t of this.#types) this.#applied.set(t, new Map());
+  }
+
+  /** The last accepted config, if any. */
+  get snapshot(): SnapshotOf<K> | undefined {
+    return this.#snapshot;
+  }
+
+  /** System version of the last accepted config ('' before the first). */
+  get version(): string {
+    return this.#appliedVersion;
+  }
+
+  start(): void {
+    if (!this.#closed) return;
+    this.#closed = false;
+    const Ctor = configStreamClientConstructor();
+    this.#client = new Ctor(this.#o.target, this.#o.credentials, {
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...this.#o.channelOptions,
+    });
+    this.#connect();
+  }
+
+  /** Resolves with the first accepted config (or immediately if there is one). */
+  ready(): Promise<SnapshotOf<K>> {
+    if (this.#snapshot) return Promise.resolve(this.#snapshot);
+    return new Promise((resolve) => this.once('snapshot', (c) => resolve(c)));
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#generation++;
+    this.#call?.cancel();
+    this.#call = undefined;
+    this.#client?.close();
+    this.#client = undefined;
+  }
+
+  #connect(): void {
+    if (this.#closed || !this.#client) return;
+    const gen = ++this.#generation;
+    const call = this.#client.makeBidiStreamRequest(
+      '/weft.xds.v1.ConfigStream/DeltaConfig',
+      (req: DeltaConfigRequest) => serialize(req),
+      (buf: Buffer) => deserialize(buf),
+    ) as ConfigStreamClientCall;
+    this.#call = call;
+    this.#pending = undefined;
+    this.#pendingTypes.clear();
+    this.#pendingNonces = [];
+    let gotResponse = false;
+    let ended = false;
+    const onEnd = (err?: Error) => {
+      if (ended || gen !== this.#generation) return;
+      ended = true;
+      this.#call = undefined;
+      this.emit('disconnected', err);
+      if (this.#closed) return;
+      if (gotResponse) this.#attempt = 0;
+      const delay = backoffDelay(this.#attempt++, this.#o.backoff);
+      this.#timer = setTimeout(() => this.#connect(), delay);
+    };
+    call.on('data', (res: DeltaConfigResponse) => {
+      if (gen !== this.#generation) return;
+      if (!gotResponse) {
+        gotResponse = true;
+        this.#attempt = 0;
+      }
+      this.#queue = this.#queue.then(() => this.#onResponse(gen, res)).catch((e: Error) => {
+        this.emit('error', e);
+        call.cancel();
+      });
+    });
+    call.on('error', (e) => onEnd(e));
+    call.on('end', () => onEnd());
+    call.on('status', (s) => {
+      if (s.code !== grpc.status.OK) onEnd(new Error(`config stream ended: ${grpc.status[s.code]} ${s.details}`));
+    });
+    this.emit('connected');
+    const node = { id: this.#o.id, kind: this.#o.kind, namespace: this.#o.namespace ?? '', user_agent: this.#o.userAgent ?? 'weft' };
+    for (const type of this.#types) {
+      const initial: Record<string, string> = {};
+      for (const [n, r] of this.#applied.get(type)!) initial[n] = r.version;
+      call.write({
+        node,
+        type_url: TYPE_URLS[type],
+        resource_names_subscribe: ['*'],
+        resource_names_unsubscribe: [],
+        initial_resource_versions: initial,
+        response_nonce: '',
+      });
+    }
+  }
+
+  async #onResponse(gen: number, res: DeltaConfigResponse): Promise<void> {
+    if (gen !== this.#generation) return;
+    const type = resourceTypeOf(res.type_url);
+    if (!type || !this.#types.includes(type)) throw new ConfigStreamProtocolError(`unexpected type_url "${res.type_url}"`);
+    if (!this.#pending) {
+      this.#pending = new Map();
+      for (const [t, m] of this.#applied) this.#pending.set(t, new Map(m));
+    }
+    if (res.system_version_info !== this.#pendingVersion) {
+      this.#pendingVersion = res.system_version_info;
+      this.#pendingTypes.clear();
+    }
+    const store = this.#pending.get(type)!;
+    for (const r of res.resources) {
+      let body: unknown;
+      try {
+        body = JSON.parse(r.body);
+      } catch (e) {
+        throw new ConfigStreamProtocolError(`resource ${r.name} of ${res.type_url} is not JSON: ${(e as Error).message}`);
+      }
+      store.set(r.name, { version: r.version, body });
+    }
+    for (const n of res.removed_resources) store.delete(n);
+    this.#pendingTypes.add(type);
+    this.#pendingNonces.push({ type, nonce: res.nonce });
+    if (!this.#types.every((t) => this.#pendingTypes.has(t))) return;
+
+    // A complete, consistent version: check it, then apply or refuse it.
+    const version = this.#pendingVersion;
+    const pending = this.#pending;
+    const nonces = this.#pendingNonces;
+    this.#pending = undefined;
+    this.#pendingNonces = [];
+    this.#pendingTypes.clear();
+    const config = this.#build(pending);
+    let error: string | undefined;
+    try {
+      await this.#o.validate?.(config, version);
+    } catch (e) {
+      error = e instanceof Error ? e.message : String(e);
+    }
+    if (gen !== this.#generation) return;
+    const call = this.#call;
+    if (error === undefined) {
+      this.#applied = pending;
+      this.#appliedVersion = version;
+      this.#snapshot = config;
+      this.emit('snapshot', config, version);
+    } else {
+      this.emit('rejected', new ConfigRejectedError(version, error));
+    }
+    for (const { type: t, nonce } of nonces) {
+      call?.write({
+        type_url: TYPE_URLS[t],
+        resource_names_subscribe: [],
+        resource_names_unsubscribe: [],
+        initial_resource_versions: {},
+        response_nonce: nonce,
+        ...(error !== undefined ? { error_detail: { code: grpc.status.INVALID_ARGUMENT, message: error } } : {}),
+      });
+    }
+  }
+
+  #build(stored: Map<ResourceType, Stored>): SnapshotOf<K> {
+    const set: ResourceSet = {};
+    for (const [t, m] of stored) {
+      const out = new Map<string, unknown>();
+      for (const [n, r] of m) out.set(n, r.body);
+      (set as Record<string, Map<string, unknown>>)[t] = out;
+    }
+    return (this.#o.kind === 'agent' ? agentConfigOf(this.#o.id, set) : waypointConfigOf(this.#o.namespace!, set)) as SnapshotOf<K>;
+  }
+}
+
+// Messages are encoded with the proto-loader definitions (one load, cached).
+let codec: { req: grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse> } | undefined;
+function method(): grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse> {
+  if (!codec) {
+    const def = configStreamClientConstructor().service as unknown as Record<string, grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse>>;
+    codec = { req: def.DeltaConfig! };
+  }
+  return codec.req;
+}
+function serialize(req: DeltaConfigRequest): Buffer {
+  return method().requestSerialize(req);
+}
+function deserialize(buf: Buffer): DeltaConfigResponse {
+  return method().responseDeserialize(buf);
+}
+
+/** Creates and starts a client for one node's agent. */
+export function agentConfigClient(options: Omit<ConfigClientOptions<'agent'>, 'kind'>): ConfigClient<'agent'> {
+  const c = new ConfigClient<'agent'>({ ...options, kind: 'agent' });
+  c.start();
+  return c;
+}
+
+/** Creates and starts a client for one namespace's waypoint. */
+export function waypointConfigClient(options: Omit<ConfigClientOptions<'waypoint'>, 'kind'> & { namespace: string }): ConfigClient<'waypoint'> {
+  const c = new ConfigClient<'waypoint'>({ ...options, kind: 'waypoint' });
+  c.start();
+  return c;
+}

@@ -1,0 +1,112 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import { authz, ns, pod, svc } from './controller-fixtures.ts';
+
+test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('plain'));
+  i.pods.push(pod('shop', 'web'), pod('shop', 'legacy', { labels: { app: 'legacy', 'weft.dev/dataplane-mode': 'none' } }), pod('plain', 'db'));
+  const { model } = compile(i);
+  const byName = new Map([...model.workloads.values()].map((w) => [w.name, w]));
+  assert.equal(byName.get('web')?.enrolled, true);
+  assert.equal(byName.get('web')?.spiffeId, 'spiffe://cluster.local/ns/shop/sa/web');
+  assert.equal(byName.get('legacy')?.enrolled, false);
+  assert.equal(byName.get('db')?.enrolled, false);
+});
+
+test('a pod label ambient enrols it even when its namespace is not', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('plain'));
+  i.pods.push(pod('plain', 'one', { labels: { app: 'one', 'weft.dev/dataplane-mode': 'ambient' } }));
+  assert.equal([...compile(i).model.workloads.values()][0]?.enrolled, true);
+});
+
+test('builds service endpoints from pod selectors with named target ports and node addresses', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { node: 'node-b', ip: '10.1.0.7' }));
+  i.services.push(svc('shop', 'web'));
+  const s = compile(i).model.services.get('shop/web')!;
+  assert.equal(s.hostname, 'web.shop.svc.cluster.local');
+  assert.deepEqual(s.vips, ['10.96.0.10']);
+  assert.equal(s.ports[0]?.appProtocol, 'http');
+  assert.deepEqual(s.endpoints, [{
+    workloadUid: 'uid-shop-web', ip: '10.1.0.7', node: 'node-b', nodeIp: '192.168.0.2', port: 8080, ports: { '80': 8080 },
+    enrolled: true, spiffeId: 'spiffe://cluster.local/ns/shop/sa/web', ready: true,
+  }]);
+});
+
+test('prefers EndpointSlices over selectors when the service has any', () => {
+  const i = emptyInputs();
+  i.pods.push(pod('shop', 'web', { ip: '10.1.0.8' }));
+  i.services.push(svc('shop', 'web'));
+  i.endpointSlices.push({
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
+    metadata: { name: 'web-abc', namespace: 'shop', labels: { 'kubernetes.io/service-name': 'web' } },
+    endpoints: [{ addresses: ['10.1.0.8'], nodeName: 'node-a', conditions: { ready: true }, targetRef: { kind: 'Pod', uid: 'uid-shop-web' } }, { addresses: ['10.9.9.9'], conditions: { ready: false } }],
+    ports: [{ name: 'http', port: 9090 }],
+  });
+  const eps = compile(i).model.services.get('shop/web')!.endpoints;
+  assert.deepEqual(eps.map((e) => [e.ip, e.workloadUid, e.port, e.ready]), [['10.1.0.8', 'uid-shop-web', 9090, true], ['10.9.9.9', '', 9090, false]]);
+});
+
+test('resolves mTLS mode: workload selector over namespace over mesh root', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('a', 'x'), pod('a', 'y'));
+  i.peerAuthentications.push(
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'mesh', namespace: 'weft-system' }, spec: { mtls: { mode: 'STRICT' } } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'y', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'y' } }, mtls: { mode: 'PERMISSIVE' }, portLevelMtls: { '9000': { mode: 'STRICT' } } } },
+  );
+  const w = new Map([...compile(i).model.workloads.values()].map((x) => [x.name, x]));
+  assert.equal(w.get('x')?.mode, 'STRICT');
+  assert.equal(w.get('y')?.mode, 'PERMISSIVE');
+  assert.deepEqual(w.get('y')?.portModes, { '9000': 'STRICT' });
+});
+
+test('classifies policy rules as L4 or L7 and normalises ports and principals', () => {
+  const i = emptyInputs();
+  i.authorizationPolicies.push(authz('a', 'p', {
+    selector: { matchLabels: { app: 'x' } },
+    rules: [
+      { from: [{ source: { principals: ['spiffe://cluster.local/ns/a/sa/b'] } }], to: [{ operation: { ports: ['8080'] } }] },
+      { to: [{ operation: { methods: ['GET'] } }] },
+    ],
+  }));
+  const p = compile(i).model.policies.get('a/p')!;
+  assert.equal(p.scope, 'workload');
+  assert.equal(p.action, 'ALLOW');
+  assert.equal(p.layer, 'L7');
+  assert.deepEqual(p.rules.map((r) => r.layer), ['L4', 'L7']);
+  assert.deepEqual(p.rules[0]?.from, [{ principals: ['cluster.local/ns/a/sa/b'] }]);
+  assert.deepEqual(p.rules[0]?.to, [{ ports: [8080] }]);
+});
+
+test('compiles GRPCRoute methods to path matches and reports missing backends', () => {
+  const i = emptyInputs();
+  i.services.push(svc('a', 'greeter'));
+  i.grpcRoutes.push({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'a' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'greeter' }], rules: [{ matches: [{ method: { service: 'hello.Greeter', method: 'SayHello' } }], backendRefs: [{ name: 'greeter-v2', port: 80 }] }] },
+  });
+  const { model, findings } = compile(i);
+  const r = [...model.routes.values()][0]!;
+  assert.equal(r.service, 'a/greeter');
+  assert.deepEqual(r.rules[0]?.matches[0]?.path, { type: 'Exact', value: '/hello.Greeter/SayHello' });
+  assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound']]);
+});
+
+test('uses the namespace waypoint for services unless the service names its own', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a', { 'weft.dev/use-waypoint': 'wp' }));
+  const own = svc('a', 'own');
+  own.metadata.labels = { 'weft.dev/use-waypoint': 'special' };
+  i.services.push(svc('a', 'plain'), own);
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: {}, status: { addresses: [{ value: '10.2.0.1' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Running', message: '' }] } });
+  const { model, findings } = compile(i);
+  assert.deepEqual(model.services.get('a/plain')?.waypoint, { name: 'wp', namespace: 'a' });
+  assert.deepEqual(model.services.get('a/own')?.waypoint, { name: 'special', namespace: 'a' });
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true });
+  assert.equal(findings[0]?.reason, 'WaypointNotFound');
+});
