@@ -124,6 +124,60 @@ export async function stopAll(children: Iterable<ChildProcess>): Promise<void> {
   }));
 }
 
+// Sends one SYN from a raw socket (so the kernel leaves the TCP checksum as written: complete, not
+// CHECKSUM_PARTIAL as veth traffic from a TCP socket is) with 12 bytes of options, then waits for
+// the answer on a raw socket and checks both of its checksums in software.
+const RAW_SYN_PY = `
+import socket, struct, sys, json, time
+src, dst, dport = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def fold(b):
+    if len(b) % 2: b += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
+def csum(b): return ~fold(b) & 0xffff
+opts = struct.pack('!BBH', 2, 4, 1460) + bytes([1, 3, 3, 7, 4, 2, 1, 1])
+sport, seq = 40555, 123456789
+hdr = struct.pack('!HHIIHHHH', sport, dport, seq, 0, ((20 + len(opts)) // 4 << 12) | 0x02, 64240, 0, 0) + opts
+pseudo = lambda s_, d_, n: socket.inet_aton(s_) + socket.inet_aton(d_) + struct.pack('!BBH', 0, 6, n)
+c = csum(pseudo(src, dst, len(hdr)) + hdr)
+hdr = hdr[:16] + struct.pack('!H', c) + hdr[18:]
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx.settimeout(3)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+tx.sendto(hdr, (dst, 0))
+deadline = time.time() + 3
+while time.time() < deadline:
+    pkt = rx.recv(2048)
+    ihl = (pkt[0] & 15) * 4
+    tcp = pkt[ihl:struct.unpack('!H', pkt[2:4])[0]]
+    sp, dp_, sq, ack, word = struct.unpack('!HHIIH', tcp[:14])
+    if sp != dport or dp_ != sport: continue
+    print(json.dumps({ 'flags': word & 0x3f, 'doff': word >> 12, 'seq': sq, 'ack': ack, 'sentSeq': seq,
+        'ipChecksumOk': fold(pkt[:ihl]) == 0xffff,
+        'tcpChecksumOk': fold(pseudo(socket.inet_ntoa(pkt[12:16]), socket.inet_ntoa(pkt[16:20]), len(tcp)) + tcp) == 0xffff,
+        'len': len(pkt) }))
+    sys.exit(0)
+print(json.dumps({ 'timeout': True }))
+`;
+
+export interface RawSynAnswer {
+  timeout?: boolean;
+  flags: number;
+  doff: number;
+  seq: number;
+  ack: number;
+  sentSeq: number;
+  ipChecksumOk: boolean;
+  tcpChecksumOk: boolean;
+  len: number;
+}
+
+/** Sends a raw SYN from `from` to dst:port and returns the answer as python3 decoded it. */
+export function rawSyn(from: { ns: Netns }, src: string, dst: string, port: number): RawSynAnswer {
+  return JSON.parse(from.ns.exec('python3', '-c', RAW_SYN_PY, src, dst, String(port)).trim().split('\n').pop()!) as RawSynAnswer;
+}
+
 /** `bpftool -j ...` parsed. */
 export function bpftoolJson<T = unknown>(...args: string[]): T {
   return JSON.parse(run('bpftool', ['-j', ...args])) as T;

@@ -12,7 +12,7 @@ import { Lab } from '../lab/lab.ts';
 import { btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
 import { COUNTER_FIELDS, Datapath, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
 import type { ChildProcess } from 'node:child_process';
-import { bpftoolJson, buildNode, connectFrom, mapSnapshot, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+import { bpftoolJson, buildNode, connectFrom, mapSnapshot, rawSyn, startServer, stopAll, type LabPod } from './datapath-lab.ts';
 
 const OBJECT_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'bpf');
 const VIP = '10.96.0.10';
@@ -202,6 +202,19 @@ describe('eBPF L4 datapath', () => {
     } finally {
       dp.setExcludedPorts([]);
     }
+  });
+
+  test('the RST for a SYN with options and a complete checksum is well formed: RST|ACK, ack = seq + 1, no options, both checksums valid', () => {
+    // pod B is STRICT since the previous test; a raw SYN bypasses checksum offload.
+    const answer = rawSyn(pc, pc.ip, pb.ip, APP_PORT);
+    assert.equal(answer.timeout, undefined, 'an answer came back');
+    assert.equal(answer.flags, 0x14, 'RST|ACK');
+    assert.equal(answer.doff, 5, 'options trimmed');
+    assert.equal(answer.len, 40, 'IP + bare TCP header');
+    assert.equal(answer.seq, 0);
+    assert.equal(answer.ack, answer.sentSeq + 1);
+    assert.equal(answer.ipChecksumOk, true, 'IP header checksum');
+    assert.equal(answer.tcpChecksumOk, true, 'TCP checksum');
   });
 
   test('a PERMISSIVE pod accepts plaintext from other pods and from its node, and counts the plaintext', async () => {
