@@ -197,6 +197,10 @@ export const ipv6: Codec<string> = codec({
   read: (b, o) => {
     const groups: number[] = [];
     for (let i = 0; i < 8; i++) groups.push((b[o + i * 2]! << 8) | b[o + i * 2 + 1]!);
+    // v4-mapped addresses in their usual text form, as Node reports them.
+    if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+      return `::ffff:${b[o + 12]}.${b[o + 13]}.${b[o + 14]}.${b[o + 15]}`;
+    }
     // Longest run (>= 2) of zero groups becomes '::'.
     let best = -1, bestLen = 0;
     for (let i = 0; i < 8;) {

@@ -1,0 +1,125 @@
+// Codecs of agent/libbpf: byte layouts that must match what clang lays out for the C structs.
+// No kernel, no addon: the BTF comparison against real objects is in test/bpf/binding.test.ts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  array, be16, bytes, checkLayout, CodecError, cstring, htonl, htons, i32, ipv4, ipv4ToNumber, ipv6, layoutDiff,
+  numberToIpv4, parseCpuList, percpu, struct, sumPercpu, u16, u32, u64, u8,
+} from '../../agent/libbpf/codec.ts';
+
+test('integers are little-endian host order, addresses and be16 ports network order', () => {
+  assert.deepEqual([...u32.encode(0x01020304)], [4, 3, 2, 1]);
+  assert.deepEqual([...u16.encode(0x0102)], [2, 1]);
+  assert.deepEqual([...u64.encode(0x0102030405060708n)], [8, 7, 6, 5, 4, 3, 2, 1]);
+  assert.deepEqual([...be16.encode(8080)], [0x1f, 0x90]);
+  assert.deepEqual([...ipv4.encode('10.0.0.1')], [10, 0, 0, 1]);
+  assert.equal(ipv4.decode(Buffer.from([192, 168, 1, 2])), '192.168.1.2');
+  assert.equal(i32.decode(i32.encode(-5)), -5);
+});
+
+test('network-order helpers agree with the codecs', () => {
+  assert.equal(htons(8080), u16.decode(be16.encode(8080)));
+  assert.equal(htonl(ipv4ToNumber('10.0.0.1')), u32.decode(ipv4.encode('10.0.0.1')));
+  assert.equal(numberToIpv4(0x0a000001), '10.0.0.1');
+});
+
+test('IPv6 addresses round-trip, including v4-mapped ones', () => {
+  const mapped = ipv6.encode('::ffff:10.1.2.3');
+  assert.deepEqual([...mapped.subarray(10)], [0xff, 0xff, 10, 1, 2, 3]);
+  assert.equal(ipv6.decode(mapped), '::ffff:10.1.2.3');
+  assert.equal(ipv6.decode(ipv6.encode('fd00::1')), 'fd00::1');
+  assert.equal(ipv6.decode(ipv6.encode('2001:db8:0:1:0:0:0:5')), '2001:db8:0:1::5');
+});
+
+test('refuses values that do not fit instead of truncating them', () => {
+  assert.throws(() => u8.encode(256), CodecError);
+  assert.throws(() => u32.encode(-1), CodecError);
+  assert.throws(() => u64.encode(-1n), CodecError);
+  assert.throws(() => ipv4.encode('10.0.0.256'), /not an IPv4 address/);
+  assert.throws(() => cstring(4).encode('abcd'), /longer than 3 bytes/);
+  assert.throws(() => u32.decode(Buffer.alloc(3)), (e: CodecError) => e.code === 'WEFT_CODEC_SIZE');
+});
+
+// struct weft_test_tuple and struct weft_test_event of test/bpf/fixtures/weft_test.h.
+const tuple = struct([['addr', ipv4], ['port', be16], ['proto', u8], ['flags', u8], ['netns_cookie', u64]], { name: 'struct weft_test_tuple' });
+const event = struct([
+  ['netns_cookie', u64], ['pid', u32], ['daddr', ipv4], ['dport', be16], ['family', u16], ['comm', cstring(16)], ['pad', 4],
+], { name: 'struct weft_test_event' });
+
+test('struct lays fields out with C alignment and pads the end to the largest alignment', () => {
+  assert.equal(tuple.size, 16);
+  assert.deepEqual(tuple.fields.map((f) => [f.name, f.offset]), [['addr', 0], ['port', 4], ['proto', 6], ['flags', 7], ['netns_cookie', 8]]);
+  assert.equal(event.size, 40);
+  // Alignment inserted: a u8 followed by a u32 lands at offset 4, like C.
+  const gap = struct([['a', u8], ['b', u32]]);
+  assert.deepEqual(gap.fields.map((f) => f.offset), [0, 4]);
+  assert.equal(gap.size, 8);
+});
+
+test('struct encodes, zeroes padding and decodes back to the same object', () => {
+  const v = { addr: '10.96.0.10', port: 80, proto: 6, flags: 0, netns_cookie: 4096n };
+  const buf = tuple.encode(v);
+  assert.deepEqual([...buf], [10, 96, 0, 10, 0, 80, 6, 0, 0, 16, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual(tuple.decode(buf), v);
+  const e = { netns_cookie: 7n, pid: 42, daddr: '127.0.0.1', dport: 9090, family: 2, comm: 'node' };
+  const eb = Buffer.alloc(40, 0xff);
+  event.encode(e, eb);
+  assert.deepEqual(event.decode(eb), e);
+  assert.equal(eb.readUInt32LE(36), 0, 'explicit padding is written as zero');
+});
+
+test('struct names the field that is missing or out of range', () => {
+  assert.throws(() => tuple.encode({ addr: '10.0.0.1', port: 70000, proto: 6, flags: 0, netns_cookie: 0n }),
+    /struct weft_test_tuple\.port/);
+  assert.throws(() => tuple.encode({ addr: '10.0.0.1', port: 1, proto: 6, flags: 0 } as never), /field netns_cookie is missing/);
+});
+
+test('struct refuses overlapping or misaligned explicit offsets and a size smaller than its fields', () => {
+  assert.throws(() => struct([['a', u32], ['b', u32, 2]]), /overlaps/);
+  assert.throws(() => struct([['a', u8], ['b', u32, 1]]), /not aligned/);
+  assert.throws(() => struct([['a', u64]], { size: 4 }), /smaller than its fields/);
+  assert.equal(struct([['a', u32]], { size: 16 }).size, 16);
+});
+
+test('layoutDiff reports every size and offset that differs from the C layout', () => {
+  const c = {
+    name: 'weft_test_tuple', size: 16,
+    members: [
+      { name: 'addr', bitOffset: 0, size: 4 }, { name: 'port', bitOffset: 32, size: 2 },
+      { name: 'proto', bitOffset: 48, size: 1 }, { name: 'flags', bitOffset: 56, size: 1 },
+      { name: 'netns_cookie', bitOffset: 64, size: 8 },
+    ],
+  };
+  assert.deepEqual(layoutDiff(tuple, c), []);
+  checkLayout(tuple, c);
+  const drifted = struct([['addr', ipv4], ['port', u32], ['proto', u8], ['flags', u8], ['netns_cookie', u64]]);
+  const diff = layoutDiff(drifted, c);
+  assert.ok(diff.some((d) => /port: size 4, C has 2/.test(d)), diff.join('\n'));
+  assert.ok(diff.some((d) => /proto: offset 8, C has 6/.test(d)), diff.join('\n'));
+  assert.throws(() => checkLayout(drifted, c), (e: CodecError) => e.code === 'WEFT_CODEC_LAYOUT');
+});
+
+test('percpu values have one slot per CPU, each rounded up to 8 bytes', () => {
+  const pc = percpu(u32, 3);
+  assert.equal(pc.size, 24);
+  const buf = pc.encode([1, 2, 3]);
+  assert.equal(buf.readUInt32LE(8), 2);
+  assert.deepEqual(pc.decode(buf), [1, 2, 3]);
+  assert.equal(sumPercpu(percpu(u64, 2).decode(percpu(u64, 2).encode([5n, 6n]))), 11n);
+  assert.deepEqual(sumPercpu([{ a: 1, b: 2n }, { a: 3, b: 4n }]), { a: 4, b: 6n });
+  assert.throws(() => pc.encode([1, 2]), /got 2 values for 3 CPUs/);
+});
+
+test('parses the kernel CPU list format', () => {
+  assert.equal(parseCpuList('0-3\n'), 4);
+  assert.equal(parseCpuList('0'), 1);
+  assert.equal(parseCpuList('0,2-5'), 6);
+});
+
+test('arrays and raw bytes', () => {
+  const a = array(u16, 3);
+  assert.equal(a.size, 6);
+  assert.deepEqual(a.decode(a.encode([1, 2, 3])), [1, 2, 3]);
+  const b = bytes(6);
+  assert.deepEqual([...b.encode(Buffer.from([1, 2]))], [1, 2, 0, 0, 0, 0]);
+});
