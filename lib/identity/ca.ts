@@ -134,10 +134,10 @@ export class CertificateAuthority {
     }
     const keySpki = createPublicKey(key).export({ type: 'spki', format: 'der' });
     if (!keySpki.equals(signingCert.spki)) {
-      throw new CaLoadError(`CA key does not belong to the CA certificate (${signingCert.x509.subject.replace(/\n/g, ', ')}); supply the matching key`);
+      throw new CaLoadError(`CA key does not belong to the CA certificate (${describe(signingCert)}); supply the matching key`);
     }
     if (!signingCert.isCa) {
-      throw new CaLoadError(`certificate ${signingCert.x509.subject.replace(/\n/g, ', ')} is not a CA (basicConstraints CA:false); supply a CA certificate`);
+      throw new CaLoadError(`certificate ${describe(signingCert)} is not a CA (basicConstraints CA:false); supply a CA certificate`);
     }
     const roots = material.rootsPem ? splitPemCertificates(material.rootsPem) : [];
     const selfSigned = signingCert.x509.checkIssued(signingCert.x509) && signingCert.x509.verify(signingCert.x509.publicKey);
@@ -293,6 +293,11 @@ export class CertificateAuthority {
     const issued = this.issue(publicKey.export({ type: 'spki', format: 'der' }), names, opts);
     return { ...issued, keyPem: privateKeyToPem(privateKey) };
   }
+}
+
+function describe(cert: CertificateDetails): string {
+  const subject = (cert.x509.subject ?? '').replace(/\n/g, ', ');
+  return subject || cert.uris.join(', ') || `serial ${cert.serial}`;
 }
 
 /** 128-bit positive serial (RFC 5280 allows up to 20 octets). */

@@ -275,7 +275,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
       keyPem: privateKeyToPem(privateKey),
       certChain: res.certChain,
       serial: leaf.serial,
-      issuer: leaf.x509.issuer.replace(/\n/g, ', '),
+      issuer: (leaf.x509.issuer ?? '').replace(/\n/g, ', '),
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
       renewAt: now + Math.max(0, notAfter - now) * this.#renewFraction,
