@@ -5,7 +5,7 @@ import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IService } from 'kubernetes-models/v1/Service';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
-  CA_SECRET_NAME, CONTROLLER_LEASE_NAME, CONTROLLER_NAME, ENV, PORTS, READINESS_PATH,
+  AGENT_NAME, CONTROLLER_TOKEN_AUDIENCE, CA_SECRET_NAME, CONTROLLER_LEASE_NAME, CONTROLLER_NAME, ENV, PORTS, READINESS_PATH,
   TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
 } from './names.ts';
 
@@ -79,6 +79,10 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
               { name: ENV.trustBundleConfigMap, value: TRUST_BUNDLE_CONFIGMAP },
               { name: ENV.leaderLease, value: CONTROLLER_LEASE_NAME },
               { name: ENV.waypointImage, value: o.image },
+              // The certificate service's TokenReview: the audience agents' tokens carry, and the
+              // ServiceAccount (user name) a token must belong to for its node to be trusted.
+              { name: ENV.tokenAudience, value: CONTROLLER_TOKEN_AUDIENCE },
+              { name: ENV.agentServiceAccounts, value: `system:serviceaccount:${o.namespace}:${AGENT_NAME}` },
             ],
             readinessProbe: {
               httpGet: { path: READINESS_PATH, port: PORTS.readiness },

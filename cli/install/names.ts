@@ -57,6 +57,8 @@ export const ENV = {
   trustBundleConfigMap: 'WEFT_TRUST_BUNDLE_CONFIGMAP',
   waypointImage: 'WEFT_WAYPOINT_IMAGE',
   leaderLease: 'WEFT_LEADER_LEASE',
+  tokenAudience: 'WEFT_TOKEN_AUDIENCE',
+  agentServiceAccounts: 'WEFT_AGENT_SERVICE_ACCOUNTS',
 } as const;
 
 export function labels(component: string): Record<string, string> {

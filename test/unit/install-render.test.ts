@@ -201,6 +201,10 @@ test('the controller serves 15012, 15020 and 15021 with a readiness probe and ru
   assert.equal(c?.securityContext?.allowPrivilegeEscalation, false);
   assert.deepEqual(c?.securityContext?.capabilities?.drop, ['ALL']);
   assert.equal(dep.spec?.template.spec?.securityContext?.runAsNonRoot, true);
+  const env = new Map((c?.env ?? []).map((e) => [e.name, e.value]));
+  assert.equal(env.get('WEFT_TOKEN_AUDIENCE'), 'weft-controller');
+  assert.equal(env.get('WEFT_AGENT_SERVICE_ACCOUNTS'), 'system:serviceaccount:weft-system:weft-agent');
+  assert.equal(env.get('WEFT_TRUST_DOMAIN'), 'cluster.local');
   const svc = objects.find((o) => o.kind === 'Service');
   assert.ok(svc && 'spec' in svc);
 });
