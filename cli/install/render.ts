@@ -1,6 +1,6 @@
 // `weftctl install`: every Kubernetes object of a Weft installation, in apply order (Namespace,
 // CRDs, RBAC, controller, agent), and their YAML/JSON form.
-import { Document } from 'yaml';
+import { Document, isMap, isScalar, isSeq, type Node } from 'yaml';
 import type { INamespace } from 'kubernetes-models/v1/Namespace';
 import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
@@ -44,15 +44,43 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
   ];
 }
 
-/** Multi-document YAML, one document per object, for `kubectl apply -f -`. */
+/**
+ * Multi-document YAML, one document per object, for `kubectl apply -f -`. The reasons a pod
+ * template gives in its `capabilities.weft.dev/*` and `volumes.weft.dev/*` annotations are also
+ * written as comments beside the capability and the volume they explain.
+ */
 export function toYaml(objects: readonly object[]): string {
   return objects
     .map((obj, i) => {
       const doc = new Document(obj);
       if (i === 0) doc.commentBefore = ' Weft installation, rendered by `weftctl install`.';
+      commentPodTemplate(doc);
       return doc.toString({ lineWidth: 0 });
     })
     .join('---\n');
+}
+
+function commentPodTemplate(doc: Document): void {
+  const annotations = doc.getIn(['spec', 'template', 'metadata', 'annotations']) as unknown;
+  const pod = doc.getIn(['spec', 'template', 'spec'], true) as Node | undefined;
+  if (!isMap(annotations) || !isMap(pod)) return;
+  const why = (prefix: string, name: unknown): string | undefined => {
+    const v = annotations.get(`${prefix}/${String(name)}`);
+    return typeof v === 'string' ? ` ${v}` : undefined;
+  };
+  for (const list of ['initContainers', 'containers']) {
+    const containers = pod.get(list, true);
+    if (!isSeq(containers)) continue;
+    for (const c of containers.items) {
+      const add = isMap(c) ? c.getIn(['securityContext', 'capabilities', 'add'], true) : undefined;
+      if (!isSeq(add)) continue;
+      for (const cap of add.items) if (isScalar(cap)) cap.comment = why('capabilities.weft.dev', cap.value);
+    }
+  }
+  const volumes = pod.get('volumes', true);
+  if (isSeq(volumes)) {
+    for (const v of volumes.items) if (isMap(v)) v.commentBefore = why('volumes.weft.dev', v.get('name'));
+  }
 }
 
 /** A v1 List, for `kubectl apply -f -` or jq. */

@@ -273,3 +273,57 @@ test('names the file when the CRD folder holds something that is not a CRD', () 
   assert.throws(() => renderInstall({ ...OPTS, crdDir: broken }), (err: unknown) =>
     err instanceof CrdLoadError && err.message.includes('broken.yaml') && /not valid YAML/.test(err.message));
 });
+
+test('the YAML says beside each capability and volume of the agent why it is there', () => {
+  const yaml = toYaml(renderInstall(OPTS));
+  for (const cap of ['BPF', 'NET_ADMIN', 'SYS_ADMIN', 'SYS_PTRACE']) {
+    assert.match(yaml, new RegExp(`^ +- ${cap} # \\S.{20,}$`, 'm'), cap);
+  }
+  for (const volume of ['bpffs', 'cgroup', 'host-proc', 'netns', 'weft-token', 'trust-bundle']) {
+    assert.match(yaml, new RegExp(`^ +# \\S.{20,}\\n +- name: ${volume}$`, 'm'), volume);
+  }
+});
+
+// What the API server checks beyond the OpenAPI schema (apimachinery validation).
+const QUALIFIED_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+function metadataOf(o: unknown): { labels?: Record<string, string>; annotations?: Record<string, string> }[] {
+  const out: { labels?: Record<string, string>; annotations?: Record<string, string> }[] = [];
+  const walk = (x: unknown): void => {
+    if (!x || typeof x !== 'object') return;
+    if (Array.isArray(x)) return x.forEach(walk);
+    for (const [k, v] of Object.entries(x)) {
+      if (k === 'metadata' && v && typeof v === 'object') out.push(v);
+      else if (k !== 'openAPIV3Schema') walk(v);
+    }
+  };
+  walk(o);
+  return out;
+}
+
+test('label and annotation keys and label values are what the API server accepts', () => {
+  for (const o of renderInstall({ ...OPTS, controllerReplicas: 2 })) {
+    for (const m of metadataOf(o)) {
+      for (const [k, v] of Object.entries(m.labels ?? {})) {
+        assert.match(k, QUALIFIED_NAME, `${o.kind} label key ${k}`);
+        assert.ok(v.length <= 63 && LABEL_VALUE.test(v), `${o.kind} label ${k}=${v}`);
+      }
+      for (const k of Object.keys(m.annotations ?? {})) assert.match(k, QUALIFIED_NAME, `${o.kind} annotation key ${k}`);
+    }
+  }
+});
+
+test('selectors match their pod templates and container ports are unique', () => {
+  for (const o of renderInstall(OPTS)) {
+    if (o.kind !== 'Deployment' && o.kind !== 'DaemonSet') continue;
+    const spec = (o as IDeployment | IDaemonSet).spec;
+    for (const [k, v] of Object.entries(spec?.selector.matchLabels ?? {})) {
+      assert.equal(spec?.template.metadata?.labels?.[k], v, `${o.kind} selector ${k}`);
+    }
+    const ports = (spec?.template.spec?.containers ?? []).flatMap((c) => c.ports ?? []);
+    assert.equal(new Set(ports.map((p) => p.containerPort)).size, ports.length);
+    assert.equal(new Set(ports.map((p) => p.name)).size, ports.length);
+    for (const p of ports) assert.ok((p.name ?? '').length <= 15, `port name ${p.name} is longer than 15`);
+  }
+});
