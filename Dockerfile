@@ -27,7 +27,8 @@ RUN make build \
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
 # libbpf1/libelf1/zlib1g: what the addon links; iproute2: `ip`/`tc` for the agent's host
-# networking (lib/sys/exec.ts); mount/mountpoint (util-linux) are in the base image.
+# networking (lib/sys/exec.ts); mount (util-linux) and stat (coreutils), which the agent pod's
+# mount-bpffs init container runs, are in the base image.
 RUN apt-get update -q \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       libbpf1 libelf1 zlib1g iproute2 ca-certificates \

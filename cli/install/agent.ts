@@ -99,6 +99,7 @@ export const AGENT_RESOURCES = {
 };
 
 const TOKEN_FILE = 'token';
+const BPF_FS_MAGIC = 'cafe4a11';
 /** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */
 export const TRUST_BUNDLE_FILE = 'root-cert.pem';
 
@@ -124,7 +125,9 @@ function mountBpffsContainer(o: ResolvedInstallOptions): IContainer {
   return {
     name: 'mount-bpffs',
     image: o.image,
-    command: ['/bin/sh', '-c', `mountpoint -q ${AGENT_PATHS.bpffs} || mount -t bpf bpf ${AGENT_PATHS.bpffs}`],
+    // The hostPath is always a (bind) mount point, so test the file system type instead:
+    // BPF_FS_MAGIC is 0xcafe4a11.
+    command: ['/bin/sh', '-c', `[ "$(stat -f -c %t ${AGENT_PATHS.bpffs})" = ${BPF_FS_MAGIC} ] || mount -t bpf bpf ${AGENT_PATHS.bpffs}`],
     // Privileged only because Bidirectional propagation requires it; see the file comment.
     securityContext: { privileged: true, runAsUser: 0, appArmorProfile: { type: 'Unconfined' } },
     volumeMounts: [{ name: 'bpffs', mountPath: AGENT_PATHS.bpffs, mountPropagation: 'Bidirectional' }],

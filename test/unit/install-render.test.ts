@@ -327,3 +327,17 @@ test('selectors match their pod templates and container ports are unique', () =>
     for (const p of ports) assert.ok((p.name ?? '').length <= 15, `port name ${p.name} is longer than 15`);
   }
 });
+
+test('the bpffs init container mounts bpffs only where none is mounted', async () => {
+  const { ds } = agentDaemonSet();
+  const command = ds.spec?.template.spec?.initContainers?.[0]?.command ?? [];
+  assert.deepEqual(command.slice(0, 2), ['/bin/sh', '-c']);
+  const script = command[2] ?? '';
+  const { execFileSync } = await import('node:child_process');
+  const { readMounts } = await import('../../lib/sys/mounts.ts');
+  const dry = (dir: string) => execFileSync('/bin/sh', ['-c', script.replaceAll('/sys/fs/bpf', dir).replace('mount -t bpf bpf', 'echo mount')], { encoding: 'utf8' });
+  const plain = mkdtempSync(join(tmpdir(), 'weft-nobpffs-'));
+  assert.equal(dry(plain).trim(), `mount ${plain}`);
+  const bpffs = readMounts().find((m) => m.fsType === 'bpf')?.mountPoint;
+  if (bpffs) assert.equal(dry(bpffs), '', `${bpffs} is bpffs already`);
+});
