@@ -257,8 +257,12 @@ export class CertificateAuthority {
     const notAfter = Math.min(now + lifetime, this.#signer.cert.notAfter.getTime());
     const notBefore = now - Math.min(this.#backdateMs, lifetime);
     const signer = this.#signer;
-    const subjectSpki = createPublicKey({ key: spki, format: 'der', type: 'spki' });
-    const usage = subjectSpki.asymmetricKeyType === 'rsa' ? [KeyUsage.digitalSignature, KeyUsage.keyEncipherment] : [KeyUsage.digitalSignature];
+    // keyEncipherment only makes sense for RSA keys (RFC 5280 4.2.1.3).
+    const usage = spki.includes(RSA_ENCRYPTION_OID_DER) ? [KeyUsage.digitalSignature, KeyUsage.keyEncipherment] : [KeyUsage.digitalSignature];
+    const serial = newSerial();
+    // Certificates carry whole seconds.
+    const notBeforeDate = new Date(Math.floor(notBefore / 1000) * 1000);
+    const notAfterDate = new Date(Math.floor(notAfter / 1000) * 1000);
     const extensions = [
       extension(OID.basicConstraints, true, seq()),
       extension(OID.keyUsage, true, keyUsageValue(usage)),
@@ -269,21 +273,20 @@ export class CertificateAuthority {
       extension(OID.authorityKeyId, false, seq(ctx(0, false, signer.cert.subjectKeyId ?? keyIdentifier(signer.cert.spki)))),
     ];
     const der = buildCertificate({
-      serial: newSerial(),
+      serial,
       issuer: signer.cert.subjectName,
       subject: seq(),
-      notBefore: new Date(notBefore),
-      notAfter: new Date(notAfter),
+      notBefore: notBeforeDate,
+      notAfter: notAfterDate,
       spki,
       extensions,
     }, signer.key);
-    const leaf = parseCertificate(der);
     return {
       identity: names.uris?.[0] ?? '',
       certChain: [certToPem(der), ...signer.intermediates],
-      serial: leaf.serial,
-      notBefore: leaf.notBefore,
-      notAfter: leaf.notAfter,
+      serial: serial.toString('hex'),
+      notBefore: notBeforeDate,
+      notAfter: notAfterDate,
     };
   }
 
@@ -299,6 +302,8 @@ function describe(cert: CertificateDetails): string {
   const subject = (cert.x509.subject ?? '').replace(/\n/g, ', ');
   return subject || cert.uris.join(', ') || `serial ${cert.serial}`;
 }
+
+const RSA_ENCRYPTION_OID_DER = oid(OID.rsaEncryption);
 
 /** 128-bit positive serial (RFC 5280 allows up to 20 octets). */
 function newSerial(): Buffer {

@@ -36,6 +36,17 @@ interface SignatureAlgorithm {
 
 /** The signature algorithm Weft uses for a signing key: ECDSA with SHA-256/384, or RSA PKCS#1 v1.5 SHA-256. */
 export function signatureAlgorithmFor(key: KeyObject): SignatureAlgorithm {
+  let alg = algorithmCache.get(key);
+  if (!alg) {
+    alg = pickSignatureAlgorithm(key);
+    algorithmCache.set(key, alg);
+  }
+  return alg;
+}
+
+const algorithmCache = new WeakMap<KeyObject, SignatureAlgorithm>();
+
+function pickSignatureAlgorithm(key: KeyObject): SignatureAlgorithm {
   if (key.asymmetricKeyType === 'ec') {
     const curve = key.asymmetricKeyDetails?.namedCurve;
     if (curve === 'secp384r1') return { id: seq(oid(OID.ecdsaWithSha384)), hash: 'sha384' };
