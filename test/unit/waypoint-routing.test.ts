@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import {
+  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
+  type Backend, type Listener,
+} from '../../waypoint/testing/harness.ts';
+
+describe('waypoint routing', () => {
+  let v1: Backend;
+  let v2: Backend;
+  let engine: WaypointEngine;
+  let listener: Listener;
+  const logs: string[] = [];
+
+  before(async () => {
+    v1 = await startHttpBackend(echo('v1'));
+    v2 = await startHttpBackend(echo('v2'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (l) => logs.push(l) } });
+    engine.applyConfig(config({
+      services: [
+        service('reviews', '10.96.0.10', [endpoint(v1.port)]),
+        service('reviews-v1', '10.96.0.11', [endpoint(v1.port)]),
+        service('reviews-v2', '10.96.0.12', [endpoint(v2.port)]),
+      ],
+      routes: [route('reviews', 'reviews', [
+        { matches: [match({ headers: [{ type: 'Exact', name: 'x-user', value: 'tester' }] })], backends: [backend('reviews-v2')] },
+        { backends: [backend('reviews-v1', 90), backend('reviews-v2', 10)] },
+      ])],
+    }));
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await engine.close();
+    await v1.close();
+    await v2.close();
+  });
+
+  it('sends about 90% of 1,000 requests to v1 on a 90/10 weighted route', async () => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 20 });
+    const before1 = v1.hits;
+    const before2 = v2.hits;
+    const replies = await Promise.all(Array.from({ length: 1000 }, () => request(listener.port, { agent })));
+    agent.destroy();
+    assert.ok(replies.every((r) => r.status === 200), `statuses: ${[...new Set(replies.map((r) => r.status))]}`);
+    const toV1 = v1.hits - before1;
+    const toV2 = v2.hits - before2;
+    assert.equal(toV1 + toV2, 1000);
+    assert.ok(toV1 >= 850 && toV1 <= 950, `v1 got ${toV1} of 1000`);
+  });
+
+  it('sends a request with the tester header only to v2', async () => {
+    const replies = await Promise.all(Array.from({ length: 50 }, () => request(listener.port, { headers: { 'x-user': 'tester' } })));
+    for (const r of replies) assert.equal(JSON.parse(r.body).backend, 'v2');
+  });
+});

@@ -1,0 +1,108 @@
+// Applying a WaypointConfig atomically: validate everything, build the new route, policy and service
+// tables, then swap one reference. A config with any problem is rejected as a whole with the reasons
+// (each naming the object and field) and the last good snapshot keeps serving.
+import { isIP } from 'node:net';
+import type { Service, TrafficPolicy, WaypointConfig } from '../../lib/model/mesh.ts';
+import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
+import { isKnownLoadBalancer } from './loadbalancer.ts';
+import { PolicyTable } from './policy.ts';
+import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
+import { RouteTable } from './router.ts';
+
+/** One immutable, validated configuration. */
+export interface Snapshot {
+  version: number;
+  namespace: string;
+  config: WaypointConfig;
+  /** `namespace/name` → service. */
+  services: ReadonlyMap<string, Service>;
+  /** `vip:port` → service, and `vip` → service. */
+  byAddress: ReadonlyMap<string, Service>;
+  /** Lower-case host names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`, and `name` in the waypoint's namespace). */
+  byHost: ReadonlyMap<string, Service>;
+  routes: RouteTable;
+  policies: PolicyTable;
+  /** `namespace/name` of a service → its resilience settings (defaults when no TrafficPolicy). */
+  settings: ReadonlyMap<string, ClusterSettings>;
+}
+
+export function serviceKey(s: { namespace: string; name: string }): string {
+  return `${s.namespace}/${s.name}`;
+}
+
+function addressKey(ip: string, port: number): string {
+  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+function checkShape(cfg: unknown, issues: ConfigIssue[]): cfg is WaypointConfig {
+  const c = cfg as Partial<Record<keyof WaypointConfig, unknown>> | null;
+  const issue = (path: string, message: string): void => { issues.push({ kind: 'WaypointConfig', object: '-', path, message }); };
+  if (typeof c !== 'object' || c === null) { issue('', 'not an object'); return false; }
+  if (typeof c.namespace !== 'string' || c.namespace === '') issue('namespace', 'must be a non-empty string');
+  for (const f of ['services', 'routes', 'trafficPolicies', 'policies', 'waypoints'] as const) {
+    if (!Array.isArray(c[f])) issue(f, 'must be an array');
+  }
+  return issues.length === 0;
+}
+
+function validateService(s: Service, issues: ConfigIssue[]): void {
+  const object = serviceKey(s);
+  const issue = (path: string, message: string): void => { issues.push({ kind: 'Service', object, path, message }); };
+  if (typeof s.hostname !== 'string' || s.hostname === '') issue('hostname', 'must be set');
+  s.vips.forEach((v, i) => { if (isIP(v) === 0) issue(`vips[${i}]`, `${JSON.stringify(v)} is not an IP address`); });
+  s.ports.forEach((p, i) => { if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) issue(`ports[${i}].port`, `${p.port} is not a port`); });
+  s.endpoints.forEach((e, i) => {
+    if (isIP(e.ip) === 0) issue(`endpoints[${i}].ip`, `${JSON.stringify(e.ip)} is not an IP address`);
+    if (e.nodeIp !== undefined && isIP(e.nodeIp) === 0) issue(`endpoints[${i}].nodeIp`, `${JSON.stringify(e.nodeIp)} is not an IP address`);
+  });
+}
+
+/** Validates and compiles; throws ConfigRejectedError listing every problem. */
+export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
+  const issues: ConfigIssue[] = [];
+  if (!checkShape(cfg, issues)) throw new ConfigRejectedError(issues);
+
+  const services = new Map<string, Service>();
+  const byAddress = new Map<string, Service>();
+  const byHost = new Map<string, Service>();
+  for (const s of cfg.services) {
+    const key = serviceKey(s);
+    if (services.has(key)) { issues.push({ kind: 'Service', object: key, path: '', message: 'listed twice' }); continue; }
+    validateService(s, issues);
+    services.set(key, s);
+    for (const vip of s.vips) {
+      for (const k of [vip, ...s.ports.map((p) => addressKey(vip, p.port))]) {
+        const other = byAddress.get(k);
+        if (other && other !== s) {
+          issues.push({ kind: 'Service', object: key, path: 'vips', message: `address ${k} is also claimed by ${serviceKey(other)}` });
+        } else byAddress.set(k, s);
+      }
+    }
+    const host = s.hostname.toLowerCase();
+    const names = [host, `${s.name}.${s.namespace}.svc`, `${s.name}.${s.namespace}`];
+    if (s.namespace === cfg.namespace) names.push(s.name);
+    for (const n of names) if (!byHost.has(n.toLowerCase())) byHost.set(n.toLowerCase(), s);
+  }
+
+  const settings = new Map<string, ClusterSettings>();
+  const policyOf = new Map<string, TrafficPolicy>();
+  for (const tp of cfg.trafficPolicies) {
+    const object = serviceKey(tp);
+    const problems = validateTrafficPolicy(tp);
+    if (!isKnownLoadBalancer(tp.loadBalancer)) problems.push(['loadBalancer', `${JSON.stringify(tp.loadBalancer)} is not ROUND_ROBIN, LEAST_REQUEST or RANDOM`]);
+    const prev = policyOf.get(tp.service);
+    if (prev) problems.push(['targetRef', `service ${tp.service} already has TrafficPolicy ${serviceKey(prev)}; merge them into one`]);
+    for (const [path, message] of problems) issues.push({ kind: 'TrafficPolicy', object, path, message });
+    if (problems.length === 0) policyOf.set(tp.service, tp);
+  }
+  for (const key of services.keys()) settings.set(key, clusterSettings(policyOf.get(key)));
+
+  const routes = new RouteTable(cfg.routes, new Set(services.keys()), issues);
+  const policies = new PolicyTable(cfg.policies, issues);
+  if (issues.length > 0) throw new ConfigRejectedError(issues);
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, policies, settings };
+}
+
+export function emptyConfig(namespace: string): WaypointConfig {
+  return { namespace, services: [], routes: [], trafficPolicies: [], policies: [], waypoints: [] };
+}

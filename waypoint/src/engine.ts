@@ -1,0 +1,321 @@
+// The waypoint engine: accepts tunnels, detects HTTP/1.1 or HTTP/2 (prior knowledge) per tunnel,
+// serves them with node:http / node:http2 servers that never listen on a port, and holds the state
+// that outlives a request: the config snapshot, upstream clusters, pools, limiters and telemetry.
+import http from 'node:http';
+import http2 from 'node:http2';
+import type { Duplex } from 'node:stream';
+import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
+import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
+import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
+import { ConfigRejectedError } from './errors.ts';
+import { FLAGS_HEADER } from './flags.ts';
+import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { RedisQuota, type QuotaOptions } from './quota.ts';
+import { LocalRateLimiter } from './ratelimit.ts';
+import { Cluster, type ClusterStats } from './resilience.ts';
+import { Telemetry, type TelemetryOptions } from './telemetry.ts';
+import { UpstreamPool, type Upstream } from './upstream.ts';
+import type { DownstreamResponse } from './local-reply.ts';
+
+/** The HTTP/2 connection preface (RFC 9113 3.4). */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
+export const DEFAULT_DETECT_TIMEOUT_MS = 10_000;
+/** A session whose client resets more streams than this within the window gets GOAWAY. */
+export const DEFAULT_RAPID_RESET_LIMIT = 200;
+export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
+
+/** What the waypoint knows about one accepted tunnel. */
+export interface TunnelInfo {
+  /** The caller's SPIFFE ID, verified by the HBONE server (mTLS). */
+  peerSpiffeId?: string;
+  /** `ip:port` the caller dialled: a service VIP and port. */
+  target: string;
+  /** The caller's address (original source). */
+  clientAddress?: string;
+}
+
+export interface WaypointEngineOptions {
+  namespace: string;
+  name: string;
+  /** How to reach endpoints (HBONE in production, TCP in tests). */
+  upstream: Upstream;
+  telemetry?: TelemetryOptions;
+  quota?: QuotaOptions;
+  /** Default 16 KiB; larger request headers get 431. */
+  maxHeaderBytes?: number;
+  /** Default 1 MiB; larger bodies are streamed but not retried or mirrored. */
+  retryBufferBytes?: number;
+  /** HTTP/2 rapid-reset guard: at most `limit` client resets per `windowMs` per session. */
+  rapidReset?: { limit: number; windowMs: number };
+  maxConcurrentStreams?: number;
+  /** Idle upstream connections close after this long (default 60 s). */
+  upstreamIdleTimeoutMs?: number;
+  /** Source of randomness (weighted routing, LB, faults, backoff). */
+  random?: () => number;
+}
+
+export interface AppliedConfig {
+  version: number;
+  services: number;
+  routes: number;
+  policies: number;
+}
+
+export class WaypointEngine {
+  readonly namespace: string;
+  readonly name: string;
+  readonly telemetry: Telemetry;
+  private snap: Snapshot;
+  private version = 0;
+  private readonly clusters = new Map<string, Cluster>();
+  private readonly pool: UpstreamPool;
+  private readonly rateLimiter = new LocalRateLimiter();
+  private readonly quota: RedisQuota | undefined;
+  private readonly env: ProxyEnv;
+  private readonly h1: http.Server;
+  private readonly h2: http2.Http2Server;
+  private readonly h1Conns = new WeakMap<object, ConnContext>();
+  private readonly h2Conns = new WeakMap<object, ConnContext>();
+  private pendingH2: ConnContext | undefined;
+  private readonly tunnels = new Set<Duplex>();
+  private readonly rapidReset: { limit: number; windowMs: number };
+  private readonly limits: ProxyLimits;
+  private closed = false;
+  /** Last rejection, for the admin endpoint. */
+  lastRejection: ConfigRejectedError | undefined;
+
+  constructor(opts: WaypointEngineOptions) {
+    this.namespace = opts.namespace;
+    this.name = opts.name;
+    this.telemetry = new Telemetry({ ...opts.telemetry, waypoint: `${opts.namespace}/${opts.name}` });
+    this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
+    this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
+    this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
+    this.rapidReset = opts.rapidReset ?? { limit: DEFAULT_RAPID_RESET_LIMIT, windowMs: DEFAULT_RAPID_RESET_WINDOW_MS };
+    this.limits = {
+      maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
+      retryBufferBytes: opts.retryBufferBytes ?? DEFAULT_RETRY_BUFFER_BYTES,
+    };
+    const random = opts.random ?? Math.random;
+    this.env = {
+      snapshot: () => this.snap,
+      cluster: (svc, port) => this.clusterFor(svc, port),
+      pool: this.pool,
+      telemetry: this.telemetry,
+      rateLimiter: this.rateLimiter,
+      quota: this.quota,
+      random,
+      limits: this.limits,
+    };
+
+    this.h1 = http.createServer({
+      maxHeaderSize: this.limits.maxHeaderBytes,
+      requestTimeout: 0,
+      headersTimeout: 60_000,
+      keepAliveTimeout: 60_000,
+    }, (req, res) => this.onRequest(this.h1Conns.get(req.socket), req, res));
+    this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
+
+    this.h2 = http2.createServer({
+      maxSessionRejectedStreams: 100,
+      maxSessionInvalidFrames: 100,
+      settings: {
+        maxConcurrentStreams: opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
+        // The protocol-level ceiling; requests between maxHeaderBytes and this get a 431 from the
+        // pipeline (a larger list is refused by nghttp2 itself).
+        maxHeaderListSize: this.limits.maxHeaderBytes * 4,
+        enablePush: false,
+      },
+      maxHeaderListPairs: 256,
+    }, (req, res) => this.onRequest(this.h2Conns.get(req.stream.session as object), req, res));
+    this.h2.on('session', (session) => this.onH2Session(session));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Configuration
+
+  /**
+   * Validates and applies a configuration atomically. Throws ConfigRejectedError (the previous
+   * configuration stays in force) naming each object and field at fault.
+   */
+  applyConfig(cfg: WaypointConfig): AppliedConfig {
+    let next: Snapshot;
+    try {
+      next = buildSnapshot(cfg, this.version + 1);
+    } catch (err) {
+      this.telemetry.configApplies.inc({ result: 'rejected' });
+      if (err instanceof ConfigRejectedError) this.lastRejection = err;
+      throw err;
+    }
+    this.version = next.version;
+    this.snap = next;
+    this.lastRejection = undefined;
+    this.refreshClusters();
+    const limited = new Set<string>();
+    for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
+    this.rateLimiter.retain(limited);
+    this.telemetry.configApplies.inc({ result: 'applied' });
+    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
+  }
+
+  /** The configuration in force. */
+  get config(): WaypointConfig {
+    return this.snap.config;
+  }
+
+  get configVersion(): number {
+    return this.snap.version;
+  }
+
+  private clusterEndpoints(svc: Service, port: number): Array<{ endpoint: Service['endpoints'][number]; port: number }> {
+    const sp = svc.ports.find((p) => p.port === port);
+    return svc.endpoints.filter((e) => e.ready).map((e) => ({
+      endpoint: e,
+      port: e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port,
+    }));
+  }
+
+  private clusterFor(svc: Service, port: number): Cluster {
+    const key = `${serviceKey(svc)}:${port}`;
+    let c = this.clusters.get(key);
+    if (!c) {
+      c = new Cluster(key, this.snap.settings.get(serviceKey(svc))!);
+      c.update(c.settings, this.clusterEndpoints(svc, port));
+      this.clusters.set(key, c);
+    }
+    return c;
+  }
+
+  private refreshClusters(): void {
+    for (const [key, c] of this.clusters) {
+      const colon = key.lastIndexOf(':');
+      const svc = this.snap.services.get(key.slice(0, colon));
+      if (!svc) { this.clusters.delete(key); continue; }
+      c.update(this.snap.settings.get(serviceKey(svc))!, this.clusterEndpoints(svc, Number(key.slice(colon + 1))));
+    }
+  }
+
+  /** Circuit breaker, retry and outlier state of every cluster used so far. */
+  clusterStats(): ClusterStats[] {
+    return [...this.clusters.values()].map((c) => c.stats());
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Tunnels
+
+  /**
+   * Serves one tunnel (an HBONE CONNECT stream, or any byte stream in tests). Returns at once; the
+   * tunnel is closed when its client is done or the engine closes.
+   */
+  handleTunnel(duplex: Duplex, info: TunnelInfo): void {
+    if (this.closed) { duplex.destroy(); return; }
+    this.tunnels.add(duplex);
+    duplex.once('close', () => this.tunnels.delete(duplex));
+    duplex.on('error', () => {});
+    void detectProtocol(duplex, DEFAULT_DETECT_TIMEOUT_MS).then((proto) => {
+      if (proto === undefined || this.closed) { duplex.destroy(); return; }
+      const ctx: ConnContext = { target: info.target, protocol: proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1' };
+      if (info.peerSpiffeId) ctx.peerSpiffeId = info.peerSpiffeId;
+      if (info.clientAddress) ctx.clientAddress = info.clientAddress;
+      if (proto === 'h2') {
+        this.pendingH2 = ctx;
+        try { this.h2.emit('connection', duplex); } finally { this.pendingH2 = undefined; }
+      } else {
+        this.h1Conns.set(duplex, ctx);
+        this.h1.emit('connection', duplex);
+      }
+      if (duplex.readableFlowing === false) duplex.resume();
+    });
+  }
+
+  private onRequest(ctx: ConnContext | undefined, req: DownstreamRequest, res: DownstreamResponse): void {
+    if (!ctx) { res.destroy(); return; }
+    void handleRequest(this.env, ctx, req, res);
+  }
+
+  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    if (!socket.writable || err.code === 'ECONNRESET') { socket.destroy(); return; }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'HPE_HEADERS_TIMEOUT' || err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const body = status === 431 ? `request header fields too large (limit ${this.limits.maxHeaderBytes} bytes)\n` : status === 408 ? 'request timeout\n' : `malformed HTTP/1.1 request: ${err.code ?? err.message}\n`;
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: text/plain\r\n` +
+      `${FLAGS_HEADER}: DPE\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    const ctx = this.h1Conns.get(socket);
+    this.telemetry.record({
+      startTime: Date.now(), durationMs: 0, method: '-', path: '-', authority: '-', protocol: 'HTTP/1.1', grpc: false,
+      responseCode: status, responseFlags: 'DPE', requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
+      responseBytes: Buffer.byteLength(body), attempts: 0, requestId: '-', detail: err.message,
+      ...(ctx?.peerSpiffeId ? { sourcePrincipal: ctx.peerSpiffeId } : {}),
+      ...(ctx?.clientAddress ? { sourceAddress: ctx.clientAddress } : {}),
+    }, undefined);
+    setTimeout(() => socket.destroy(), 1000).unref();
+  }
+
+  private onH2Session(session: http2.ServerHttp2Session): void {
+    const ctx = this.pendingH2;
+    if (!ctx) { session.destroy(); return; }
+    this.h2Conns.set(session, ctx);
+    session.on('error', () => {});
+    const resets: number[] = [];
+    let cut = false;
+    session.on('stream', (stream: http2.ServerHttp2Stream) => {
+      stream.on('error', () => {});
+      stream.once('close', () => {
+        // A reset from the client: the stream closed with an error code before we finished it.
+        const code = stream.rstCode;
+        if (code === undefined || code === http2.constants.NGHTTP2_NO_ERROR || stream.writableFinished) return;
+        const now = Date.now();
+        resets.push(now);
+        while (resets.length > 0 && resets[0]! < now - this.rapidReset.windowMs) resets.shift();
+        if (!cut && resets.length > this.rapidReset.limit) {
+          cut = true;
+          this.telemetry.rapidResetGoaways.inc();
+          session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          setTimeout(() => { if (!session.destroyed) session.destroy(); }, 100).unref();
+        }
+      });
+    });
+  }
+
+  /** Stops serving: closes tunnels, pooled upstream connections, Redis and span export. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const d of this.tunnels) d.destroy();
+    this.tunnels.clear();
+    this.h1.close();
+    this.h2.close();
+    this.pool.close();
+    await this.quota?.close();
+    await this.telemetry.shutdown();
+  }
+}
+
+/**
+ * Reads just enough of a tunnel to tell HTTP/2 prior knowledge (the connection preface) from
+ * HTTP/1.1, then puts the bytes back. Undefined when the tunnel ends or stays silent.
+ */
+export function detectProtocol(d: Duplex, timeoutMs: number): Promise<'h1' | 'h2' | undefined> {
+  return new Promise((resolve) => {
+    let buf: Buffer = Buffer.alloc(0);
+    const done = (p: 'h1' | 'h2' | undefined): void => {
+      clearTimeout(timer);
+      d.off('data', onData).off('end', onEnd).off('error', onEnd).off('close', onEnd);
+      d.pause();
+      if (buf.length > 0 && p !== undefined) d.unshift(buf);
+      resolve(p);
+    };
+    const onData = (chunk: Buffer): void => {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      const n = Math.min(buf.length, H2_PREFACE.length);
+      if (!buf.subarray(0, n).equals(H2_PREFACE.subarray(0, n))) done('h1');
+      else if (buf.length >= H2_PREFACE.length) done('h2');
+    };
+    const onEnd = (): void => done(undefined);
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    timer.unref();
+    d.on('data', onData).once('end', onEnd).once('error', onEnd).once('close', onEnd);
+  });
+}

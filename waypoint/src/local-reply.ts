@@ -1,0 +1,63 @@
+// Replies the waypoint makes itself (denials, limits, errors). gRPC callers get a gRPC status in
+// trailers (HTTP 200) as Envoy does, so their client libraries report a proper status code.
+import type http from 'node:http';
+import type http2 from 'node:http2';
+import { FLAGS_HEADER } from './flags.ts';
+
+export type DownstreamResponse = http.ServerResponse | http2.Http2ServerResponse;
+
+/** writeHead on either kind of response (their overloads do not unify). */
+export function writeHead(res: DownstreamResponse, status: number, headers: http.OutgoingHttpHeaders): void {
+  if ('stream' in res) res.writeHead(status, headers);
+  else res.writeHead(status, headers);
+}
+
+export function endResponse(res: DownstreamResponse, body?: string): void {
+  if ('stream' in res) {
+    if (body === undefined) res.end();
+    else res.end(body);
+  } else if (body === undefined) res.end();
+  else res.end(body);
+}
+
+/** HTTP status → gRPC status (grpc/doc/http-grpc-status-mapping.md). */
+export function grpcStatusForHttp(status: number): number {
+  switch (status) {
+    case 400: return 13; // INTERNAL
+    case 401: return 16; // UNAUTHENTICATED
+    case 403: return 7; // PERMISSION_DENIED
+    case 404: return 12; // UNIMPLEMENTED
+    case 429: case 502: case 503: case 504: return 14; // UNAVAILABLE
+    default: return 2; // UNKNOWN
+  }
+}
+
+export interface LocalReply {
+  status: number;
+  body: string;
+  flags: string;
+  headers?: Record<string, string>;
+}
+
+/** Sends a local reply; returns the bytes of body written and the gRPC status when one was used. */
+export function sendLocalReply(res: DownstreamResponse, reply: LocalReply, grpc: boolean): { bytes: number; grpcStatus?: string } {
+  const headers: Record<string, string> = { ...reply.headers };
+  if (reply.flags !== '-') headers[FLAGS_HEADER] = reply.flags;
+  if (res.headersSent) {
+    res.destroy();
+    return { bytes: 0 };
+  }
+  if (grpc && 'stream' in res) {
+    const code = grpcStatusForHttp(reply.status);
+    writeHead(res, 200, { ...headers, 'content-type': 'application/grpc' });
+    res.addTrailers({ 'grpc-status': String(code), 'grpc-message': encodeURIComponent(reply.body) });
+    res.end();
+    return { bytes: 0, grpcStatus: String(code) };
+  }
+  const body = reply.body.endsWith('\n') ? reply.body : `${reply.body}\n`;
+  headers['content-type'] = 'text/plain; charset=utf-8';
+  headers['content-length'] = String(Buffer.byteLength(body));
+  writeHead(res, reply.status, headers);
+  endResponse(res, body);
+  return { bytes: Buffer.byteLength(body) };
+}

@@ -1,0 +1,219 @@
+// HTTPRoute/GRPCRoute matching for one destination service, with Gateway API precedence, and the
+// weighted choice among a rule's backends.
+//
+// Precedence (Gateway API HTTPRoute spec, "across all rules of all routes attached to a parent"):
+//   1. Exact path, then RegularExpression path (implementation-specific; Envoy Gateway's order),
+//      then PathPrefix with the most characters;
+//   2. a method match; 3. the most header matches; 4. the most query param matches;
+//   ties: the older route (compiled `order`: creation time then namespace/name), then rule order,
+//   then match order within the rule.
+// GRPCRoute service/method matches arrive compiled to Exact or RegularExpression paths
+// (`/pkg.Service/Method`), so the same ordering applies.
+import type { Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
+import type { ConfigIssue } from './errors.ts';
+import { validateRouteFilter } from './filters.ts';
+import type { HeaderMap } from './headers.ts';
+
+export interface RouteRequest {
+  method: string;
+  /** Path with query string, as received. */
+  path: string;
+  headers: HeaderMap;
+}
+
+export interface RouteDecision {
+  route: Route;
+  rule: RouteRule;
+  ruleIndex: number;
+  /** The PathPrefix value that matched, for URLRewrite ReplacePrefixMatch. */
+  matchedPrefix?: string;
+}
+
+interface CompiledStringMatch {
+  name: string;
+  test: (value: string | undefined) => boolean;
+}
+
+interface CompiledEntry {
+  route: Route;
+  rule: RouteRule;
+  ruleIndex: number;
+  matchIndex: number;
+  pathType: 'Exact' | 'PathPrefix' | 'RegularExpression';
+  pathValue: string;
+  pathTest: (path: string) => boolean;
+  method?: string;
+  headers: CompiledStringMatch[];
+  query: CompiledStringMatch[];
+}
+
+const PATH_RANK = { Exact: 3, RegularExpression: 2, PathPrefix: 1 } as const;
+
+function compareEntries(a: CompiledEntry, b: CompiledEntry): number {
+  return (
+    PATH_RANK[b.pathType] - PATH_RANK[a.pathType] ||
+    (a.pathType === 'PathPrefix' ? b.pathValue.length - a.pathValue.length : 0) ||
+    Number(b.method !== undefined) - Number(a.method !== undefined) ||
+    b.headers.length - a.headers.length ||
+    b.query.length - a.query.length ||
+    (a.route.order < b.route.order ? -1 : a.route.order > b.route.order ? 1 : 0) ||
+    a.ruleIndex - b.ruleIndex ||
+    a.matchIndex - b.matchIndex
+  );
+}
+
+/** Full-string regular expression (RE2-style anchoring, as Envoy applies it). */
+function anchored(re: string): RegExp {
+  return new RegExp(`^(?:${re})$`);
+}
+
+/** Gateway API PathPrefix: element-wise, `/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`. */
+export function pathPrefixMatches(prefix: string, path: string): boolean {
+  const p = prefix.length > 1 ? prefix.replace(/\/+$/, '') : prefix;
+  if (p === '/' || p === '') return true;
+  if (!path.startsWith(p)) return false;
+  return path.length === p.length || path[p.length] === '/';
+}
+
+function compileString(m: StringMatch, lowerName: boolean): CompiledStringMatch {
+  const name = lowerName ? m.name.toLowerCase() : m.name;
+  if (m.type === 'RegularExpression') {
+    const re = anchored(m.value);
+    return { name, test: (v) => v !== undefined && re.test(v) };
+  }
+  return { name, test: (v) => v === m.value };
+}
+
+function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: RouteMatch, matchIndex: number): CompiledEntry {
+  const path = match.path ?? { type: 'PathPrefix' as const, value: '/' };
+  let pathTest: (p: string) => boolean;
+  if (path.type === 'Exact') pathTest = (p) => p === path.value;
+  else if (path.type === 'RegularExpression') {
+    const re = anchored(path.value);
+    pathTest = (p) => re.test(p);
+  } else pathTest = (p) => pathPrefixMatches(path.value, p);
+  const entry: CompiledEntry = {
+    route, rule, ruleIndex, matchIndex,
+    pathType: path.type, pathValue: path.value, pathTest,
+    headers: match.headers.map((h) => compileString(h, true)),
+    query: match.queryParams.map((q) => compileString(q, false)),
+  };
+  if (match.method !== undefined) entry.method = match.method.toUpperCase();
+  return entry;
+}
+
+function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues: ConfigIssue[]): void {
+  const object = `${route.namespace}/${route.name}`;
+  const issue = (path: string, message: string): void => { issues.push({ kind: route.kind, object, path, message }); };
+  const checkRe = (path: string, re: string): void => {
+    try { anchored(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re)}: ${(e as Error).message}`); }
+  };
+  const checkBackend = (path: string, b: RouteBackend): void => {
+    if (!knownServices.has(b.service)) issue(`${path}.service`, `backend service ${b.service} is not in the waypoint's configuration`);
+    if (!Number.isInteger(b.weight) || b.weight < 0 || b.weight > 1_000_000) issue(`${path}.weight`, `weight ${b.weight} must be an integer in 0-1000000`);
+  };
+  if (!knownServices.has(route.service)) issue('service', `parent service ${route.service} is not in the waypoint's configuration`);
+  route.rules.forEach((rule, ri) => {
+    rule.matches.forEach((m, mi) => {
+      const base = `rules[${ri}].matches[${mi}]`;
+      if (m.path) {
+        if (m.path.type === 'RegularExpression') checkRe(`${base}.path.value`, m.path.value);
+        else if (!m.path.value.startsWith('/')) issue(`${base}.path.value`, 'path must start with /');
+      }
+      m.headers.forEach((h, i) => { if (h.type === 'RegularExpression') checkRe(`${base}.headers[${i}].value`, h.value); });
+      m.queryParams.forEach((q, i) => { if (q.type === 'RegularExpression') checkRe(`${base}.queryParams[${i}].value`, q.value); });
+    });
+    rule.filters.forEach((f, fi) => {
+      const why = validateRouteFilter(f);
+      if (why) issue(`rules[${ri}].filters[${fi}]`, why);
+      if (f.type === 'RequestMirror') checkBackend(`rules[${ri}].filters[${fi}].backend`, f.backend);
+    });
+    rule.backends.forEach((b, bi) => {
+      checkBackend(`rules[${ri}].backends[${bi}]`, b);
+      b.filters.forEach((f, fi) => {
+        const why = validateRouteFilter(f);
+        if (why) issue(`rules[${ri}].backends[${bi}].filters[${fi}]`, why);
+      });
+    });
+    for (const [k, v] of Object.entries(rule.timeouts)) {
+      if (v !== undefined && (!Number.isFinite(v) || v < 0)) issue(`rules[${ri}].timeouts.${k}`, `${v} is not a duration`);
+    }
+  });
+}
+
+function queryParams(path: string): URLSearchParams {
+  const q = path.indexOf('?');
+  return new URLSearchParams(q < 0 ? '' : path.slice(q + 1));
+}
+
+/** The routes of every service, compiled and sorted by precedence; immutable once built. */
+export class RouteTable {
+  private readonly byService = new Map<string, CompiledEntry[]>();
+
+  /** Validates and compiles; problems are appended to `issues` (the caller rejects the config). */
+  constructor(routes: readonly Route[], knownServices: ReadonlySet<string>, issues: ConfigIssue[]) {
+    for (const route of routes) {
+      const before = issues.length;
+      validateRoute(route, knownServices, issues);
+      if (issues.length !== before) continue;
+      const list = this.byService.get(route.service) ?? [];
+      route.rules.forEach((rule, ri) => {
+        const matches = rule.matches.length > 0 ? rule.matches : [{ headers: [], queryParams: [] }];
+        matches.forEach((m, mi) => list.push(compileMatch(route, rule, ri, m, mi)));
+      });
+      this.byService.set(route.service, list);
+    }
+    for (const list of this.byService.values()) list.sort(compareEntries);
+  }
+
+  /** Does any route attach to the service (on that port)? */
+  hasRoutes(service: string, port: number): boolean {
+    return (this.byService.get(service) ?? []).some((e) => e.route.port === undefined || e.route.port === port);
+  }
+
+  /** The highest-precedence rule that matches, or undefined. */
+  match(service: string, port: number, req: RouteRequest): RouteDecision | undefined {
+    const list = this.byService.get(service);
+    if (!list) return undefined;
+    const q = req.path.indexOf('?');
+    const path = q < 0 ? req.path : req.path.slice(0, q);
+    let query: URLSearchParams | undefined;
+    const method = req.method.toUpperCase();
+    for (const e of list) {
+      if (e.route.port !== undefined && e.route.port !== port) continue;
+      if (!e.pathTest(path)) continue;
+      if (e.method !== undefined && e.method !== method) continue;
+      if (!e.headers.every((h) => h.test(joinHeader(req.headers[h.name])))) continue;
+      if (e.query.length > 0) {
+        query ??= queryParams(req.path);
+        const qp = query;
+        if (!e.query.every((m) => m.test(qp.get(m.name) ?? undefined))) continue;
+      }
+      const decision: RouteDecision = { route: e.route, rule: e.rule, ruleIndex: e.ruleIndex };
+      if (e.pathType === 'PathPrefix') decision.matchedPrefix = e.pathValue;
+      return decision;
+    }
+    return undefined;
+  }
+}
+
+function joinHeader(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(',') : v;
+}
+
+/**
+ * Weighted choice among backends (canary / blue-green). Weight 0 backends never receive traffic;
+ * undefined when every weight is 0 (the Gateway API answers 500 then).
+ */
+export function pickBackend(backends: readonly RouteBackend[], random: () => number): RouteBackend | undefined {
+  let total = 0;
+  for (const b of backends) total += b.weight;
+  if (total <= 0) return undefined;
+  let r = random() * total;
+  for (const b of backends) {
+    if (b.weight <= 0) continue;
+    if (r < b.weight) return b;
+    r -= b.weight;
+  }
+  return backends.findLast((b) => b.weight > 0);
+}

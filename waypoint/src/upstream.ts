@@ -1,0 +1,274 @@
+// Sending requests to endpoints. Connections come from an injected `Upstream` (production: an HBONE
+// tunnel to the endpoint's node agent with the waypoint's identity; tests: plain TCP), so this file
+// only pools them: one keep-alive HTTP/1.1 agent and one HTTP/2 session per endpoint.
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Duplex, Readable } from 'node:stream';
+import { UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError } from './errors.ts';
+import type { HeaderMap } from './headers.ts';
+
+export interface UpstreamEndpoint {
+  ip: string;
+  port: number;
+  /** Address of the endpoint's node agent, when it is reached over HBONE. */
+  node?: string;
+  /** Identity the endpoint must present (HBONE). */
+  spiffeId?: string;
+}
+
+export interface UpstreamConnectOptions {
+  timeoutMs: number;
+}
+
+/** Opens byte streams to endpoints. */
+export interface Upstream {
+  connect(endpoint: UpstreamEndpoint, opts: UpstreamConnectOptions): Promise<Duplex>;
+}
+
+export type UpstreamProtocol = 'http1' | 'http2';
+
+export interface UpstreamRequest {
+  method: string;
+  path: string;
+  authority: string;
+  headers: HeaderMap;
+  /** Request body; null for none. */
+  body: Readable | null;
+  signal: AbortSignal;
+}
+
+export interface UpstreamResponse {
+  status: number;
+  headers: HeaderMap;
+  body: Readable;
+  /** HTTP/2 only: the response headers carried END_STREAM (a gRPC trailers-only response). */
+  endStreamOnHeaders: boolean;
+  /** Trailers, once `body` has ended. */
+  trailers(): HeaderMap | undefined;
+  /** Stops reading and releases the stream (a response that is discarded, e.g. before a retry). */
+  discard(): void;
+}
+
+/** Plain TCP: endpoints outside the mesh, and tests. */
+export class TcpUpstream implements Upstream {
+  connect(ep: UpstreamEndpoint, opts: UpstreamConnectOptions): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const sock = net.connect({ host: ep.ip, port: ep.port });
+      const timer = setTimeout(() => {
+        sock.destroy();
+        reject(new UpstreamConnectError(addr(ep), `no connection within ${opts.timeoutMs} ms`));
+      }, opts.timeoutMs);
+      sock.once('connect', () => { clearTimeout(timer); sock.setNoDelay(true); resolve(sock); });
+      sock.once('error', (err) => { clearTimeout(timer); reject(new UpstreamConnectError(addr(ep), err.message, err)); });
+    });
+  }
+}
+
+export function addr(ep: { ip: string; port: number }): string {
+  return ep.ip.includes(':') ? `[${ep.ip}]:${ep.port}` : `${ep.ip}:${ep.port}`;
+}
+
+/** Gives a non-socket Duplex (an HTTP/2 CONNECT stream) the few socket methods http.Agent calls. */
+function socketShims(d: Duplex): net.Socket {
+  const s = d as Duplex & Partial<Pick<net.Socket, 'setKeepAlive' | 'ref' | 'unref' | 'setNoDelay' | 'setTimeout'>>;
+  if (typeof s.setKeepAlive !== 'function') s.setKeepAlive = () => s as net.Socket;
+  if (typeof s.ref !== 'function') s.ref = () => s as net.Socket;
+  if (typeof s.unref !== 'function') s.unref = () => s as net.Socket;
+  if (typeof s.setNoDelay !== 'function') s.setNoDelay = () => s as net.Socket;
+  if (typeof s.setTimeout !== 'function') s.setTimeout = () => s as net.Socket;
+  return s as net.Socket;
+}
+
+class TunnelAgent extends http.Agent {
+  private readonly open: () => Promise<Duplex>;
+  constructor(open: () => Promise<Duplex>, opts: http.AgentOptions) {
+    super(opts);
+    this.open = open;
+  }
+  override createConnection(_options: http.ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void): Duplex | undefined {
+    this.open().then((s) => cb?.(null, socketShims(s)), (err: Error) => cb?.(err, undefined as unknown as Duplex));
+    return undefined;
+  }
+}
+
+export interface UpstreamPoolOptions {
+  /** Idle keep-alive connections and HTTP/2 sessions close after this long. Default 60 s. */
+  idleTimeoutMs?: number;
+}
+
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+export class UpstreamPool {
+  private readonly upstream: Upstream;
+  private readonly agents = new Map<string, TunnelAgent>();
+  private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
+  private readonly idleMs: number;
+  private closed = false;
+  /** Connections opened so far (for tests and stats). */
+  connectionsOpened = 0;
+
+  constructor(upstream: Upstream, opts: UpstreamPoolOptions = {}) {
+    this.upstream = upstream;
+    this.idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  }
+
+  private connect(ep: UpstreamEndpoint, timeoutMs: number): Promise<Duplex> {
+    this.connectionsOpened++;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new UpstreamConnectError(addr(ep), `no connection within ${timeoutMs} ms`, new UpstreamTimeoutError('connect', timeoutMs))), timeoutMs);
+    });
+    const attempt = this.upstream.connect(ep, { timeoutMs }).then((d) => d, (err: unknown) => {
+      throw err instanceof UpstreamConnectError ? err : new UpstreamConnectError(addr(ep), (err as Error).message, err);
+    });
+    attempt.then((d) => { if (timer === undefined) d.destroy(); }, () => {});
+    return Promise.race([attempt, timeout]).finally(() => { clearTimeout(timer); timer = undefined; });
+  }
+
+  request(ep: UpstreamEndpoint, protocol: UpstreamProtocol, req: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
+    return protocol === 'http2' ? this.requestH2(ep, req, connectTimeoutMs) : this.requestH1(ep, req, connectTimeoutMs);
+  }
+
+  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number): TunnelAgent {
+    const key = addr(ep);
+    let a = this.agents.get(key);
+    if (!a) {
+      a = new TunnelAgent(() => this.connect(ep, connectTimeoutMs), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
+      this.agents.set(key, a);
+    }
+    return a;
+  }
+
+  private requestH1(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
+    return new Promise((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = { ...r.headers, host: r.authority };
+      const req = http.request({
+        agent: this.agentFor(ep, connectTimeoutMs), method: r.method, path: r.path, headers, setHost: false,
+      });
+      let responded = false;
+      const onAbort = (): void => { req.destroy(new UpstreamResetError(addr(ep), 'cancelled')); };
+      r.signal.addEventListener('abort', onAbort, { once: true });
+      req.on('error', (err) => {
+        r.body?.unpipe(req);
+        if (responded) return;
+        reject(err instanceof UpstreamConnectError ? err : new UpstreamResetError(addr(ep), err.message, err));
+      });
+      req.on('response', (res) => {
+        responded = true;
+        res.on('close', () => r.signal.removeEventListener('abort', onAbort));
+        resolve({
+          status: res.statusCode ?? 502,
+          headers: res.headers as HeaderMap,
+          body: res,
+          endStreamOnHeaders: false,
+          trailers: () => (Object.keys(res.trailers).length > 0 ? res.trailers as HeaderMap : undefined),
+          discard: () => { res.destroy(); },
+        });
+      });
+      if (r.body) r.body.pipe(req);
+      else req.end();
+    });
+  }
+
+  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number): Promise<http2.ClientHttp2Session> {
+    const key = addr(ep);
+    for (let i = 0; i < 2; i++) {
+      let p = this.sessions.get(key);
+      if (!p) {
+        p = this.openSession(ep, key, connectTimeoutMs);
+        this.sessions.set(key, p);
+        p.catch(() => { if (this.sessions.get(key) === p) this.sessions.delete(key); });
+      }
+      const s = await p;
+      if (!s.closed && !s.destroyed) return s;
+      if (this.sessions.get(key) === p) this.sessions.delete(key);
+    }
+    throw new UpstreamConnectError(key, 'HTTP/2 session closed while opening');
+  }
+
+  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number): Promise<http2.ClientHttp2Session> {
+    const duplex = await this.connect(ep, connectTimeoutMs);
+    if (this.closed) { duplex.destroy(); throw new UpstreamConnectError(key, 'pool closed'); }
+    const session = http2.connect(`http://${key}`, {
+      createConnection: () => duplex,
+      settings: { enablePush: false },
+      peerMaxConcurrentStreams: 1000,
+    });
+    const forget = (): void => {
+      const cur = this.sessions.get(key);
+      if (cur) cur.then((s) => { if (s === session) this.sessions.delete(key); }, () => {});
+    };
+    session.on('error', forget);
+    session.on('goaway', forget);
+    session.on('close', forget);
+    session.setTimeout(this.idleMs, () => { forget(); session.close(); });
+    return session;
+  }
+
+  private async requestH2(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
+    const session = await this.sessionFor(ep, connectTimeoutMs);
+    return new Promise((resolve, reject) => {
+      const headers: http2.OutgoingHttpHeaders = {
+        ...r.headers, ':method': r.method, ':path': r.path, ':authority': r.authority, ':scheme': 'http',
+      };
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = session.request(headers, { endStream: r.body === null });
+      } catch (err) {
+        reject(new UpstreamResetError(addr(ep), (err as Error).message, err));
+        return;
+      }
+      let responded = false;
+      let trailers: HeaderMap | undefined;
+      const onAbort = (): void => { if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL); };
+      r.signal.addEventListener('abort', onAbort, { once: true });
+      stream.on('trailers', (t) => { trailers = stripPseudo(t as HeaderMap); });
+      const fail = (detail: string, code: number | undefined, cause?: unknown): void => {
+        if (responded) return;
+        responded = true;
+        const err = new UpstreamResetError(addr(ep), detail, cause);
+        if (code === http2.constants.NGHTTP2_REFUSED_STREAM) (err as UpstreamResetError & { refusedStream?: boolean }).refusedStream = true;
+        reject(err);
+      };
+      stream.on('error', (err: Error) => fail(err.message, stream.rstCode, err));
+      stream.on('close', () => {
+        r.signal.removeEventListener('abort', onAbort);
+        fail(`stream closed with code ${stream.rstCode ?? 'none'} before a response`, stream.rstCode);
+      });
+      stream.on('response', (h, flags) => {
+        if (responded) return;
+        responded = true;
+        resolve({
+          status: Number(h[':status'] ?? 502),
+          headers: stripPseudo(h as HeaderMap),
+          body: stream,
+          endStreamOnHeaders: (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0,
+          trailers: () => trailers,
+          discard: () => { if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL); },
+        });
+      });
+      if (r.body) r.body.pipe(stream);
+    });
+  }
+
+  /** Closes pooled connections; requests in flight are cut. */
+  close(): void {
+    this.closed = true;
+    for (const a of this.agents.values()) a.destroy();
+    this.agents.clear();
+    for (const p of this.sessions.values()) p.then((s) => s.destroy(), () => {});
+    this.sessions.clear();
+  }
+}
+
+function stripPseudo(h: HeaderMap): HeaderMap {
+  const out: HeaderMap = {};
+  for (const [k, v] of Object.entries(h)) if (!k.startsWith(':')) out[k] = v;
+  return out;
+}
+
+/** Did the attempt fail because the stream was refused (HTTP/2 REFUSED_STREAM)? */
+export function isRefusedStream(err: unknown): boolean {
+  return (err as { refusedStream?: boolean } | undefined)?.refusedStream === true;
+}
