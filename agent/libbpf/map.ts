@@ -105,6 +105,16 @@ export class BpfMap {
     return guard(`cannot look up in map ${this.name}`, this.#ctx(), () => native().mapLookup(this.fd, key, this.valueLength, 0));
   }
 
+  /**
+   * Reads and deletes a key in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM): of two readers only one
+   * gets the entry. Undefined when absent. Hash-like maps, queues and stacks (key of size 0).
+   */
+  lookupAndDelete(key: Uint8Array): Buffer | undefined {
+    this.#check('key', key, this.keySize);
+    return guard(`cannot take from map ${this.name}`, this.#ctx(),
+      () => native().mapLookupAndDelete(this.fd, key, this.valueLength));
+  }
+
   /** Inserts or replaces; 'noexist' fails with EEXIST on an existing key, 'exist' with ENOENT on a missing one. */
   update(key: Uint8Array, value: Uint8Array, flags: UpdateFlag = 'any'): void {
     this.#check('key', key, this.keySize);
@@ -255,6 +265,12 @@ export class TypedMap<K, V> {
 
   delete(k: K): boolean {
     return this.map.delete(this.key.encode(k));
+  }
+
+  /** get() and delete() in one kernel step. */
+  take(k: K): V | undefined {
+    const v = this.map.lookupAndDelete(this.key.encode(k));
+    return v === undefined ? undefined : this.value.decode(v);
   }
 
   *keys(): Generator<K> {

@@ -99,6 +99,7 @@ export interface NativeBinding {
   progAttach(progFd: number, targetFd: number, attachType: number, flags?: number): void;
   progDetach(progFd: number, targetFd: number, attachType: number): void;
   mapLookup(fd: number, key: Uint8Array, valueLen: number, flags?: number): Buffer | undefined;
+  mapLookupAndDelete(fd: number, key: Uint8Array, valueLen: number): Buffer | undefined;
   mapUpdate(fd: number, key: Uint8Array, value: Uint8Array, flags?: number): void;
   mapDelete(fd: number, key: Uint8Array): boolean;
   mapNextKey(fd: number, key: Uint8Array | null, keyLen: number): Buffer | undefined;

@@ -55,10 +55,12 @@ export class BpfObject {
 
   /**
    * Loads every program into the kernel and creates (or reuses pinned) maps. A program the
-   * verifier rejects is BpfError code WEFT_VERIFIER with the tail of the verifier log.
+   * verifier rejects is BpfError code WEFT_VERIFIER with the tail of the verifier log. Loading
+   * twice is a no-op. Without a pinRoot, libbpf pins LIBBPF_PIN_BY_NAME maps under /sys/fs/bpf.
    */
   load(): void {
     const h = this.#handle();
+    if (this.#loaded) return; // libbpf refuses a second load; once is what callers mean
     guard(`cannot load BPF object ${this.path}`, { object: this.path }, () => h.load());
     this.#loaded = true;
   }

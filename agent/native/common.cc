@@ -17,7 +17,16 @@ namespace weft {
 std::string ErrnoCode(int err) {
   const char* name = strerrorname_np(err);
   if (name != nullptr) return name;
+  // Kernel-internal codes that BPF syscalls leak to user space (include/linux/errno.h).
+  if (err == 524) return "ENOTSUPP";
+  if (err == 525) return "ETOOSMALL";
   return "E" + std::to_string(err);
+}
+
+// strerror(), with words for the kernel-internal codes glibc does not know.
+static std::string Reason(int err) {
+  if (err == 524) return "Operation not supported by this kernel or map type";
+  return strerror(err);
 }
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& op, const std::string& subject,
@@ -27,14 +36,14 @@ Napi::Error ErrnoError(Napi::Env env, int err, const std::string& op, const std:
   std::string msg = op;
   if (!subject.empty()) msg += " " + subject;
   msg += ": ";
-  msg += strerror(err);
+  msg += Reason(err);
   msg += " (" + code + ")";
   Napi::Error e = Napi::Error::New(env, msg);
   Napi::Object o = e.Value();
   o.Set("errno", Napi::Number::New(env, err));
   o.Set("code", Napi::String::New(env, code));
   o.Set("syscall", Napi::String::New(env, op));
-  o.Set("reason", Napi::String::New(env, strerror(err)));
+  o.Set("reason", Napi::String::New(env, Reason(err)));
   for (const auto& f : fields) o.Set(f.first, Napi::String::New(env, f.second));
   return e;
 }

@@ -294,6 +294,25 @@ Napi::Value MapLookup(const Napi::CallbackInfo& info) {
   return value;
 }
 
+// mapLookupAndDelete(fd, key, valueLen) -> Buffer | undefined (ENOENT): one atomic step for hash
+// maps (kernel >= 5.14), so two readers never both take the same entry.
+Napi::Value MapLookupAndDelete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  uint8_t* key;
+  size_t keyLen;
+  int64_t valueLen;
+  if (!ArgFd(info, 0, &fd) || !ArgBytes(info, 1, "key", &key, &keyLen) || !ArgInt(info, 2, "valueLen", &valueLen)) {
+    return env.Undefined();
+  }
+  Napi::Buffer<uint8_t> value = Napi::Buffer<uint8_t>::New(env, static_cast<size_t>(valueLen));
+  if (bpf_map_lookup_and_delete_elem(fd, key, value.Data()) < 0) {
+    if (errno == ENOENT) return env.Undefined();
+    return ThrowErrno(env, errno, "bpf_map_lookup_and_delete_elem", "");
+  }
+  return value;
+}
+
 // mapUpdate(fd, key, value, flags)
 Napi::Value MapUpdate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -446,6 +465,7 @@ void InitFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("progAttach", Napi::Function::New(env, ProgAttach, "progAttach"));
   exports.Set("progDetach", Napi::Function::New(env, ProgDetach, "progDetach"));
   exports.Set("mapLookup", Napi::Function::New(env, MapLookup, "mapLookup"));
+  exports.Set("mapLookupAndDelete", Napi::Function::New(env, MapLookupAndDelete, "mapLookupAndDelete"));
   exports.Set("mapUpdate", Napi::Function::New(env, MapUpdate, "mapUpdate"));
   exports.Set("mapDelete", Napi::Function::New(env, MapDelete, "mapDelete"));
   exports.Set("mapNextKey", Napi::Function::New(env, MapNextKey, "mapNextKey"));

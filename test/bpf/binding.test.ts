@@ -257,6 +257,9 @@ describe('libbpf binding', () => {
     assert.throws(() => m.update(k(2), k(20), 'exist'), (e: BpfError) => e.code === 'ENOENT');
     m.update(k(1), k(12), 'exist');
     assert.equal(u32.decode(m.lookup(k(1))!), 12);
+    assert.equal(u32.decode(m.lookupAndDelete(k(1))!), 12);
+    assert.equal(m.lookupAndDelete(k(1)), undefined);
+    m.update(k(1), k(12));
     assert.equal(m.delete(k(1)), true);
     assert.equal(m.delete(k(1)), false);
     assert.equal(m.lookup(k(1)), undefined);
