@@ -39,7 +39,11 @@ function isHttp2Stream(d: Duplex): d is Http2StreamLike {
 function abortSide(d: Duplex): void {
   if (d.destroyed) return;
   if (isHttp2Stream(d)) {
-    if (!d.closed) d.close(h2.NGHTTP2_CONNECT_ERROR);
+    if (d.closed) return;
+    // close() ends the writable side first, and Node flushes that END_STREAM before the RST, so the
+    // far side would see a clean FIN. destroy(err) resets without it (as INTERNAL_ERROR).
+    if (d.writableEnded) d.close(h2.NGHTTP2_CONNECT_ERROR);
+    else d.destroy(new Error('HBONE tunnel peer reset'));
     return;
   }
   if (d instanceof Socket) {
@@ -111,21 +115,28 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     const onDrainA = (): void => { b.resume(); };
     const onDrainB = (): void => { a.resume(); };
     const onEndA = (): void => {
+      // Node ends an Http2Stream's readable side on RST_STREAM too; that is a reset, not a FIN.
+      const reset = resetError(a);
+      if (reset) { abort('a', reset); return; }
       b.end(() => { doneAtoB = true; maybeFinish(); });
     };
     const onEndB = (): void => {
+      const reset = resetError(b);
+      if (reset) { abort('b', reset); return; }
       a.end(() => { doneBtoA = true; maybeFinish(); });
     };
     const onErrorA = (err: Error): void => { abort('a', err); };
     const onErrorB = (err: Error): void => { abort('b', err); };
     const onCloseA = (): void => {
       closedA = true;
-      if (!a.readableEnded || !(a.writableFinished || doneBtoA)) abort('a', resetError(a));
+      const reset = resetError(a);
+      if (reset || !a.readableEnded || !(a.writableFinished || doneBtoA)) abort('a', reset);
       settle();
     };
     const onCloseB = (): void => {
       closedB = true;
-      if (!b.readableEnded || !(b.writableFinished || doneAtoB)) abort('b', resetError(b));
+      const reset = resetError(b);
+      if (reset || !b.readableEnded || !(b.writableFinished || doneAtoB)) abort('b', reset);
       settle();
     };
 

@@ -96,6 +96,10 @@ interface PooledSession {
   idleTimer: NodeJS.Timeout | undefined;
   /** Out of the pool: GOAWAY, error, idle close or retirement. Existing streams continue. */
   retired: boolean;
+  /** The session's error, if it died of one (TLS alert, reset): the best explanation for its streams. */
+  error: Error | undefined;
+  /** The session emitted 'close'. */
+  closeSeen: boolean;
 }
 
 /** A failure before the server could have acted on the stream: safe to retry on a new session. */
@@ -245,15 +249,42 @@ export class HbonePool {
       active: 0,
       idleTimer: undefined,
       retired: false,
+      error: undefined,
+      closeSeen: false,
     };
+    // Registered before the setup listeners so that they see the session's error and close reason.
+    session.on('error', (err: Error) => { pooled.error ??= err; });
+    session.once('goaway', (code: number, _lastStreamId: number, data?: Buffer) => {
+      if (code !== h2.NGHTTP2_NO_ERROR) {
+        const said = data && data.length > 0 ? `: ${data.toString('utf8').replace(/[^\x20-\x7e]/g, ' ')}` : '';
+        pooled.error ??= new HboneSessionError(dest, `the server ended the session with GOAWAY code ${code}${said}`);
+      }
+      this.#retire(pooled);
+    });
+    let remoteSettings = false;
+    session.once('remoteSettings', () => { remoteSettings = true; });
+    session.once('close', () => {
+      if (!remoteSettings && !pooled.error && !identityError) {
+        // Node servers verify client certificates after the TLS 1.3 handshake and just close the
+        // socket, so this is the only trace a rejected client certificate leaves.
+        pooled.error = new HboneSessionError(dest, 'the server closed the connection right after the TLS ' +
+          'handshake, before HTTP/2 started: it most likely rejected our client certificate (issuer not ' +
+          'in its trust bundle, expired, or no SPIFFE ID)');
+      }
+      pooled.closeSeen = true;
+      this.#retire(pooled);
+      if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+      this.#all.delete(pooled);
+      this.#stats.sessionsActive--;
+    });
     this.#stats.sessionsActive++;
     pooled.ready = new Promise<ClientHttp2Session>((resolve, reject) => {
       const onError = (err: Error): void => {
         this.#stats.sessionFailures++;
-        reject(identityError ?? (err instanceof HboneError ? err : sessionError(dest, err)));
+        reject(identityError ?? sessionError(dest, err));
       };
       session.once('error', onError);
-      session.once('close', () => reject(identityError ?? new HboneSessionError(dest, 'the session closed during setup')));
+      session.once('close', () => reject(identityError ?? pooled.error ?? new HboneSessionError(dest, 'the session closed during setup')));
       session.once('connect', () => {
         session.off('error', onError);
         this.#stats.sessionsOpened++;
@@ -269,14 +300,6 @@ export class HbonePool {
     });
     // Waiters attach their own handlers; this one only keeps a failed setup from going unhandled.
     pooled.ready.catch(noop);
-    session.on('error', noop);
-    session.once('goaway', () => this.#retire(pooled));
-    session.once('close', () => {
-      this.#retire(pooled);
-      if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
-      this.#all.delete(pooled);
-      this.#stats.sessionsActive--;
-    });
     return pooled;
   }
 
@@ -356,15 +379,32 @@ export class HbonePool {
         fail(new HboneRefusedError(dest, opts.target, status, Array.isArray(reason) ? reason.join(', ') : reason ?? ''));
       };
       const onError = (err: Error & { code?: string }): void => {
+        if (!err.code?.startsWith('ERR_HTTP2')) {
+          // The session died under the stream (TLS alert after the handshake, TCP reset).
+          fail(sessionError(dest, pooled.error ?? err));
+          return;
+        }
         const inner = new HboneStreamError(dest, opts.target, errText(err), stream.rstCode, err);
         fail(err.code === 'ERR_HTTP2_GOAWAY_SESSION' ? new RetryableStreamError(inner) : inner);
       };
-      const onClose = (): void => {
+      const decideAfterClose = (): void => {
+        if (pooled.error) {
+          fail(sessionError(dest, pooled.error));
+          return;
+        }
         const code = stream.rstCode;
         const inner = new HboneStreamError(dest, opts.target,
           `stream closed with HTTP/2 code ${code ?? 'none'}${code === h2.NGHTTP2_REFUSED_STREAM ? ' (refused, not processed)' : ''}`, code);
-        // REFUSED_STREAM and streams above a GOAWAY's last stream id were not processed: retry.
-        fail(code === h2.NGHTTP2_REFUSED_STREAM || pooled.retired ? new RetryableStreamError(inner) : inner);
+        // REFUSED_STREAM and streams above a GOAWAY's last stream id were not processed, and a
+        // session that went away under an unanswered CONNECT took any upstream with it. Nothing of
+        // the application's has been sent yet either way, so a fresh session may try again.
+        const sessionGone = pooled.retired || session.closed || session.destroyed;
+        fail(code === h2.NGHTTP2_REFUSED_STREAM || sessionGone ? new RetryableStreamError(inner) : inner);
+      };
+      const onClose = (): void => {
+        // A dying session closes its streams before it reports why (a TLS alert, say): wait for it.
+        if (session.destroyed && !pooled.closeSeen && !pooled.error) session.once('close', decideAfterClose);
+        else decideAfterClose();
       };
       const onAbort = (): void => {
         const reason: unknown = signal.reason;
@@ -391,12 +431,17 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-function sessionError(dest: string, err: Error & { code?: string }): HboneSessionError {
+function sessionError(dest: string, err: Error & { code?: string }): HboneError {
+  if (err instanceof HboneError) return err;
   const code = err.code ?? '';
   let detail = errText(err);
   if (code === 'ECONNREFUSED') detail = `connection refused (${code}); nothing listens there`;
   else if (code === 'ECONNRESET') detail = `connection reset (${code}); the server may have rejected our client certificate`;
-  else if (code.startsWith('ERR_SSL') || /alert|certificate/i.test(err.message)) detail = `TLS handshake failed (${code || err.message})`;
+  else if (/ALERT_UNKNOWN_CA|ALERT_BAD_CERTIFICATE|CERTIFICATE_REQUIRED/.test(code)) {
+    detail = `the server rejected our client certificate (${code}); is this node's certificate issued by the mesh CA the server trusts?`;
+  } else if (code.startsWith('ERR_SSL') || code.includes('CERT') || /alert|certificate/i.test(err.message)) {
+    detail = `TLS handshake failed (${code || err.message})`;
+  }
   return new HboneSessionError(dest, detail, err);
 }
 

@@ -238,6 +238,21 @@ export class HboneServer {
     this.#server.setSecureContext({ key: tls.key, cert: tls.cert, ca: tls.ca });
   }
 
+  /**
+   * Ends the sessions of peers that match (all when no filter): GOAWAY and let their tunnels finish,
+   * or with `abrupt`, destroy them at once (identity revoked, policy tightened). Returns how many.
+   */
+  dropSessions(match?: (peer: HbonePeer) => boolean, abrupt = false): number {
+    let n = 0;
+    for (const s of this.#sessions) {
+      if (match && !match(s.peer)) continue;
+      n++;
+      if (abrupt) s.session.destroy();
+      else if (!s.session.closed) s.session.close();
+    }
+    return n;
+  }
+
   /** A snapshot of the counters. */
   stats(): HboneServerStats {
     return { ...this.#stats, refusals: { ...this.#stats.refusals } };

@@ -1,6 +1,13 @@
-/** Test PKI for the HBONE tests: a CA and leaf certificates with SPIFFE URI SANs, made with node-forge. */
+/**
+ * Test PKI for the HBONE tests (a CA and leaf certificates with SPIFFE URI SANs, made with
+ * node-forge) and the loopback fixtures the hbone-*.test.ts files share.
+ */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import forge from 'node-forge';
+import { HboneServer } from '../../lib/hbone/index.ts';
+import type { HboneConnectHandler, HboneConnectOptions, HboneServerOptions } from '../../lib/hbone/index.ts';
 
 export interface TestLeaf {
   key: string;
@@ -75,4 +82,73 @@ export function createTestCa(commonName = 'Weft Test CA'): TestCa {
       return { key: k.pem, cert: forge.pki.certificateToPem(c), ca: caPem, spiffeId };
     },
   };
+}
+
+// ---- Fixtures shared by the hbone-*.test.ts files ----
+
+export const SERVER_ID = 'spiffe://test.local/ns/dest/sa/server';
+export const CLIENT_ID = 'spiffe://test.local/ns/src/sa/client';
+
+/** A connect handler that dials the target over loopback TCP (half-open allowed). */
+export function dialTarget(): HboneConnectHandler {
+  return async (req) => {
+    const up = connect({ host: req.target.host, port: req.target.port, allowHalfOpen: true, noDelay: true });
+    await new Promise<void>((resolve, reject) => {
+      up.once('connect', resolve);
+      up.once('error', reject);
+    });
+    return { upstream: up };
+  };
+}
+
+/** Starts a TCP server on 127.0.0.1 with `onConnection`; returns it and its port. */
+export async function tcpServer(onConnection: (s: Socket) => void): Promise<{ server: Server; port: number }> {
+  const server = createServer({ allowHalfOpen: true, noDelay: true }, onConnection);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+export interface HboneFixture {
+  ca: TestCa;
+  server: HboneServer;
+  port: number;
+  serverLeaf: TestLeaf;
+  clientLeaf: TestLeaf;
+  /** Connect options for the default client identity to `target`. */
+  to(target: string, overrides?: Partial<HboneConnectOptions>): HboneConnectOptions;
+  close(): Promise<void>;
+}
+
+/** An HboneServer with SERVER_ID on 127.0.0.1, plus a client leaf CLIENT_ID from the same CA. */
+export async function startHbone(opts: Partial<HboneServerOptions> = {}, ca: TestCa = createTestCa()): Promise<HboneFixture> {
+  const serverLeaf = ca.issue(SERVER_ID);
+  const clientLeaf = ca.issue(CLIENT_ID);
+  const server = new HboneServer({ tls: serverLeaf, handler: dialTarget(), ...opts });
+  const { port } = await server.listen(0, '127.0.0.1');
+  return {
+    ca,
+    server,
+    port,
+    serverLeaf,
+    clientLeaf,
+    to: (target, overrides = {}) => ({
+      sourceKey: CLIENT_ID,
+      tls: clientLeaf,
+      dest: { host: '127.0.0.1', port },
+      target,
+      expectPeer: SERVER_ID,
+      ...overrides,
+    }),
+    close: () => server.close(200),
+  };
+}
+
+/** Reads a stream to its end. */
+export function readAll(s: Duplex): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.once('end', () => resolve(Buffer.concat(chunks)));
+    s.once('error', reject);
+  });
 }

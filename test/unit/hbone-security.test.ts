@@ -1,0 +1,178 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect as h2connect, constants as h2, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import {
+  HbonePeerIdentityError,
+  HbonePool,
+  HboneRefusedError,
+  HboneSessionError,
+  type HboneRefusal,
+} from '../../lib/hbone/index.ts';
+import { createTestCa, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
+
+const cleanups: Array<() => unknown> = [];
+after(async () => { for (const c of cleanups.reverse()) await c(); });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A bare HTTP/2 client with a client certificate, for requests the pool would never send. */
+async function rawClient(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
+  const session = h2connect(`https://127.0.0.1:${port}`, {
+    key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined,
+  });
+  session.on('error', () => {});
+  await new Promise<void>((resolve, reject) => { session.once('connect', () => resolve()); session.once('error', reject); });
+  cleanups.push(() => session.destroy());
+  return session;
+}
+
+function respond(session: ClientHttp2Session, headers: Record<string, string>): Promise<IncomingHttpHeaders> {
+  return new Promise((resolve, reject) => {
+    const req = session.request(headers, { endStream: false });
+    req.on('response', resolve);
+    req.on('error', reject);
+    req.resume();
+  });
+}
+
+test('a client with a certificate from another CA is refused at the handshake', async () => {
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({ onRefusal: (r) => refusals.push(r) });
+  cleanups.push(() => hb.close());
+  const stranger = createTestCa('Some other CA').issue('spiffe://test.local/ns/src/sa/client');
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  // It trusts our server's CA, but the server does not trust its issuer.
+  await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { tls: { ...stranger, ca: hb.serverLeaf.ca } })), (err: unknown) => {
+    assert.ok(err instanceof HboneSessionError, String(err));
+    assert.match(err.message, /rejected our client certificate|TLS/);
+    return true;
+  });
+  for (let i = 0; i < 100 && refusals.length === 0; i++) await sleep(10);
+  assert.equal(refusals[0]?.kind, 'tls-handshake');
+  assert.equal(hb.server.stats().sessionsOpened, 0);
+});
+
+test('a server whose SPIFFE ID is not the expected one is refused by the pool', async () => {
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const expected = 'spiffe://test.local/ns/dest/sa/somebody-else';
+  await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { expectPeer: expected })), (err: unknown) => {
+    assert.ok(err instanceof HbonePeerIdentityError, String(err));
+    assert.equal(err.code, 'WEFT_HBONE_PEER_IDENTITY');
+    assert.equal(err.peerSpiffeId, SERVER_ID);
+    assert.match(err.message, new RegExp(`presented ${SERVER_ID}: expected ${expected}`));
+    return true;
+  });
+  assert.equal(hb.server.stats().sessionsOpened, 0);
+});
+
+test('a client certificate without a SPIFFE ID is turned away after the handshake', async () => {
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({ onRefusal: (r) => refusals.push(r) });
+  cleanups.push(() => hb.close());
+  const anonymous = hb.ca.issue(undefined);
+  const pool = new HbonePool({ connectTimeoutMs: 2000 });
+  cleanups.push(() => pool.close(100));
+  await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { sourceKey: 'anon', tls: anonymous })));
+  assert.equal(refusals[0]?.kind, 'peer-identity');
+  assert.match(refusals[0]?.reason ?? '', /no SPIFFE ID/);
+});
+
+test('a CONNECT the handler refuses reaches the client with its status and reason', async () => {
+  const hb = await startHbone({ handler: async (req) => ({ status: 403, reason: `policy deny-all forbids ${req.peer.spiffeId}` }) });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  await assert.rejects(pool.connect(hb.to('10.0.0.7:8080')), (err: unknown) => {
+    assert.ok(err instanceof HboneRefusedError, String(err));
+    assert.equal(err.code, 'WEFT_HBONE_REFUSED');
+    assert.equal(err.status, 403);
+    assert.equal(err.reason, 'policy deny-all forbids spiffe://test.local/ns/src/sa/client');
+    return true;
+  });
+  assert.equal(hb.server.stats().refusals.denied, 1);
+  // The refusal did not hurt the session.
+  assert.equal(pool.stats().sessionsActive, 1);
+});
+
+test('a handler that throws yields 503 with the reason, and the server keeps serving', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  let calls = 0;
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const flaky = await startHbone({ handler: async () => { calls++; throw new Error('connect ECONNREFUSED 10.0.0.9:80'); } }, hb.ca);
+  cleanups.push(() => flaky.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  await assert.rejects(pool.connect(flaky.to('10.0.0.9:80')), (err: unknown) =>
+    err instanceof HboneRefusedError && err.status === 503 && /ECONNREFUSED/.test(err.reason));
+  assert.equal(calls, 1);
+  const s = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+  const got = readAll(s);
+  s.end('ok');
+  assert.equal((await got).toString(), 'ok');
+});
+
+test('a request that is not CONNECT gets 405', async () => {
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const session = await rawClient(hb.port, hb.clientLeaf);
+  const res = await respond(session, { ':method': 'GET', ':path': '/', ':authority': '127.0.0.1' });
+  assert.equal(res[':status'], 405);
+  assert.match(String(res['weft-reason']), /only CONNECT/);
+  assert.equal(hb.server.stats().refusals['method-not-allowed'], 1);
+});
+
+test('a CONNECT to a host name or a bad port gets 400', async () => {
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const session = await rawClient(hb.port, hb.clientLeaf);
+  for (const authority of ['example.com:80', '10.0.0.1', '10.0.0.1:0', '10.0.0.1:99999', 'fd00::1:80', '[fd00::1%eth0]:80']) {
+    const res = await respond(session, { ':method': 'CONNECT', ':authority': authority });
+    assert.equal(res[':status'], 400, authority);
+    assert.match(String(res['weft-reason']), /is invalid/);
+  }
+  assert.equal(hb.server.stats().refusals['bad-authority'], 6);
+});
+
+test('a rapid-reset flood gets GOAWAY(ENHANCE_YOUR_CALM) and other sessions keep working', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const refusals: HboneRefusal[] = [];
+  // A slow handler: every CONNECT costs the server something until it is answered.
+  const hb = await startHbone({
+    handler: async () => { await sleep(200); return { status: 503, reason: 'slow' }; },
+    rapidReset: { max: 50, intervalMs: 1000 },
+    onRefusal: (r) => refusals.push(r),
+  });
+  cleanups.push(() => hb.close());
+  const attacker = await rawClient(hb.port, hb.clientLeaf);
+  const goaway = new Promise<number>((resolve) => attacker.once('goaway', (code: number) => resolve(code)));
+  const closed = new Promise<void>((resolve) => attacker.once('close', () => resolve()));
+  for (let round = 0; round < 10 && !attacker.destroyed && !attacker.closed; round++) {
+    const batch = Array.from({ length: 50 }, () => {
+      const req = attacker.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+      req.on('error', () => {});
+      return req;
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    for (const req of batch) req.close(h2.NGHTTP2_CANCEL);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.equal(await goaway, h2.NGHTTP2_ENHANCE_YOUR_CALM);
+  await closed;
+  assert.equal(hb.server.stats().refusals['rapid-reset'], 1);
+  assert.equal(refusals.filter((r) => r.kind === 'rapid-reset').length, 1);
+
+  // Meanwhile a well-behaved client is served normally.
+  const polite = await startHbone({}, hb.ca);
+  cleanups.push(() => polite.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const okServer = await pool.connect(hb.to('127.0.0.1:9')).catch((e: unknown) => e);
+  assert.ok(okServer instanceof HboneRefusedError && okServer.reason === 'slow', String(okServer));
+  assert.equal(hb.server.stats().sessionsActive, 1);
+});

@@ -1,0 +1,150 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { HbonePool, pipeBidirectional, type HboneConnectRequest, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
+import { CLIENT_ID, dialTarget, readAll, startHbone, tcpServer } from './hbone-certs.ts';
+
+const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const cleanups: Array<() => unknown> = [];
+after(async () => { for (const c of cleanups.reverse()) await c(); });
+
+test('20 MB each way arrive byte-exact, and the server still replies after the client half-closes', async () => {
+  const upload = randomBytes(20 * 1024 * 1024);
+  const reply = randomBytes(20 * 1024 * 1024);
+  let targetSaw = '';
+  // The target reads until the client's FIN, then sends its reply and closes.
+  const target = await tcpServer((s) => {
+    const hash = createHash('sha256');
+    s.on('data', (c: Buffer) => hash.update(c));
+    s.on('end', () => {
+      targetSaw = hash.digest('hex');
+      s.end(reply);
+    });
+  });
+  cleanups.push(() => target.server.close());
+  const closed: HboneTunnelClosed[] = [];
+  const hb = await startHbone({ onTunnelClosed: (c) => closed.push(c) });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+
+  const stream = await pool.connect(hb.to(`127.0.0.1:${target.port}`));
+  const received = readAll(stream);
+  stream.end(upload);
+  const got = await received;
+  assert.equal(got.length, reply.length);
+  assert.equal(sha256(got), sha256(reply));
+  assert.equal(targetSaw, sha256(upload));
+  await new Promise((resolve) => stream.once('close', resolve));
+  // The server's accounting saw both directions in full.
+  for (let i = 0; i < 100 && closed.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(closed.length, 1);
+  assert.equal(closed[0]?.bytesAtoB, upload.length);
+  assert.equal(closed[0]?.bytesBtoA, reply.length);
+  assert.equal(closed[0]?.error, undefined);
+});
+
+test('the target may half-close first while the client keeps sending', async () => {
+  const target = await tcpServer((s) => {
+    const chunks: Buffer[] = [];
+    s.end('banner\n');
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('end', () => { lastGot = Buffer.concat(chunks).toString(); });
+  });
+  let lastGot = '';
+  cleanups.push(() => target.server.close());
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const stream = await pool.connect(hb.to(`127.0.0.1:${target.port}`));
+  const banner = await readAll(stream);
+  assert.equal(banner.toString(), 'banner\n');
+  stream.end('still talking after your FIN');
+  await new Promise((resolve) => stream.once('close', resolve));
+  for (let i = 0; i < 100 && lastGot === ''; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(lastGot, 'still talking after your FIN');
+});
+
+test('the handler sees the client identity, target and forwarded headers', async () => {
+  let seen: HboneConnectRequest | undefined;
+  const target = await tcpServer((s) => s.end());
+  cleanups.push(() => target.server.close());
+  const dial = dialTarget();
+  const hb = await startHbone({ handler: (req) => { seen = req; return dial(req); } });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const stream = await pool.connect(hb.to(`127.0.0.1:${target.port}`, {
+    headers: { forwarded: 'for="[fd00::7]:5555"', baggage: 'k=v', 'x-not-forwarded': '1' },
+  }));
+  stream.end();
+  await readAll(stream);
+  assert.equal(seen?.peer.spiffeId, CLIENT_ID);
+  assert.deepEqual(seen?.target, { host: '127.0.0.1', port: target.port, family: 4 });
+  assert.equal(seen?.forwardedFor, 'fd00::7');
+  assert.deepEqual(seen?.headers, { forwarded: 'for="[fd00::7]:5555"', baggage: 'k=v' });
+});
+
+test('a reset of the target connection resets the tunnel stream at the client', async () => {
+  const target = await tcpServer((s) => { s.once('data', () => s.resetAndDestroy()); });
+  cleanups.push(() => target.server.close());
+  const closed: HboneTunnelClosed[] = [];
+  const hb = await startHbone({ onTunnelClosed: (c) => closed.push(c) });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const stream = await pool.connect(hb.to(`127.0.0.1:${target.port}`));
+  stream.on('error', () => {});
+  stream.write('boom');
+  await new Promise((resolve) => stream.once('close', resolve));
+  // RST_STREAM, not END_STREAM: CONNECT_ERROR when our side had already ended, else INTERNAL_ERROR.
+  assert.ok(stream.rstCode === 0xa || stream.rstCode === 0x2, `rstCode ${stream.rstCode}`);
+  for (let i = 0; i < 100 && closed.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(closed[0]?.abortedBy, 'b');
+});
+
+test('a client that resets its stream makes the target see a TCP reset, not a FIN', async () => {
+  let targetClosed!: (how: string) => void;
+  const targetGone = new Promise<string>((resolve) => { targetClosed = resolve; });
+  const target = await tcpServer((s) => {
+    s.on('error', (err: Error & { code?: string }) => targetClosed(err.code ?? err.message));
+    s.on('end', () => targetClosed('FIN'));
+  });
+  cleanups.push(() => target.server.close());
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const stream = await pool.connect(hb.to(`127.0.0.1:${target.port}`));
+  stream.write('hello');
+  stream.on('error', () => {});
+  stream.destroy(new Error('application crashed'));
+  // RFC 9113 8.5: a reset stream becomes a TCP RST, not a FIN the target could mistake for EOF.
+  assert.equal(await targetGone, 'ECONNRESET');
+});
+
+test('pipeBidirectional counts bytes, carries half-close both ways and resolves after both close', async () => {
+  // a1 <-> a2 and b1 <-> b2 are socket pairs; pipe a2 <-> b1 and talk between a1 and b2.
+  const pair = async (): Promise<[Socket, Socket]> => {
+    let accepted!: (s: Socket) => void;
+    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
+    const srv = await tcpServer((s) => accepted(s));
+    cleanups.push(() => srv.server.close());
+    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
+    return [c, await got];
+  };
+  const [a1, a2] = await pair();
+  const [b1, b2] = await pair();
+  const done = pipeBidirectional(a2, b1);
+  const atB = readAll(b2);
+  a1.end('ping');
+  assert.equal((await atB).toString(), 'ping');
+  // b2 saw a FIN but can still answer, and a1 still reads it.
+  const atA = readAll(a1);
+  b2.end('pong');
+  assert.equal((await atA).toString(), 'pong');
+  const result = await done;
+  assert.deepEqual(result, { bytesAtoB: 4, bytesBtoA: 4 });
+});
