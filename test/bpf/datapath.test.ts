@@ -67,6 +67,12 @@ describe('eBPF L4 datapath', () => {
     await lab?.cleanup();
   });
 
+  /** Links running this datapath's inbound program (other test runs may create links meanwhile). */
+  function inboundLinks(): number[] {
+    const prog = dp.programs().find((p) => p.name === 'weft_inbound')!.id;
+    return bpftoolJson<Array<{ id: number; prog_id: number }>>('link', 'show').filter((l) => l.prog_id === prog).map((l) => l.id);
+  }
+
   test('loads every program named weft_* and attaches each cgroup program exactly once, even when opened twice', () => {
     const second = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
     try {
@@ -254,7 +260,7 @@ describe('eBPF L4 datapath', () => {
   test('refuses to enrol a missing netns or a malformed address, naming it, and changes no map', () => {
     const pins = ['weft_pods', 'weft_pods_by_ip', 'weft_pod_counters'].map((m) => dp.mapPin(m));
     const snapshot = () => pins.map(mapSnapshot).join('\n');
-    const links = () => bpftoolJson<unknown[]>('link', 'show').length;
+    const links = () => inboundLinks().length;
     const before = snapshot();
     const linksBefore = links();
     const good = { netnsPath: pc.ns.path, podIp: pc.ip, mode: 'STRICT' as const, agentIp: pc.gateway, ifname: pc.ifname };
@@ -283,18 +289,25 @@ describe('eBPF L4 datapath', () => {
     const opts = { netnsPath: pc.ns.path, podIp: pc.ip, mode: 'PERMISSIVE' as const, agentIp: pc.gateway, ifname: pc.ifname };
     dp.enroll(opts);
     const linkId = bpftoolJson<{ id: number }>('link', 'show', 'pinned', pin).id;
-    const linkCount = bpftoolJson<unknown[]>('link', 'show').length;
+    const linkCount = inboundLinks().length;
     dp.enroll(opts);
     assert.equal(bpftoolJson<{ id: number }>('link', 'show', 'pinned', pin).id, linkId, 'the same tcx link was adopted');
-    assert.equal(bpftoolJson<unknown[]>('link', 'show').length, linkCount, 'no second link');
+    assert.equal(inboundLinks().length, linkCount, 'no second link');
     assert.equal(dp.pods().filter((p) => p.netnsCookie === cookie).length, 1);
 
     assert.equal(dp.unenroll(pc.ns.path), true);
     assert.equal(dp.pods().some((p) => p.netnsCookie === cookie), false);
     assert.equal(dp.podCounters().has(cookie), false);
     assert.equal(existsSync(pin), false);
-    assert.equal(bpftoolJson<unknown[]>('link', 'show').length, linkCount - 1);
+    assert.equal(inboundLinks().length, linkCount - 1);
     assert.equal(dp.unenroll(pc.ns.path), false, 'unenrolling twice is a no-op');
+
+    // A restarted agent's reconcile drops pods it no longer has, and keeps the others.
+    dp.enroll(opts);
+    const kept = dp.pods().map((p) => p.netnsCookie).filter((c) => c !== cookie);
+    assert.deepEqual(dp.prune(kept), [cookie]);
+    assert.equal(existsSync(pin), false);
+    assert.deepEqual(dp.pods().map((p) => p.netnsCookie).sort(), kept.sort());
   });
 
   test('counters read through the module agree with bpftool map dump, which shows BTF field names', () => {

@@ -362,6 +362,24 @@ export class Datapath {
     return found;
   }
 
+  /**
+   * For a restarted agent's reconcile: unenrols every pod (map entry or pinned pod link) whose
+   * cookie is not in `keep`, e.g. pods deleted while the agent was down. Returns the cookies removed.
+   */
+  prune(keep: Iterable<bigint>): bigint[] {
+    const live = new Set(keep);
+    const known = new Set<bigint>(this.pods().map((p) => p.netnsCookie));
+    const podDir = join(this.pinRoot, 'links', 'pods');
+    for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
+      if (/^\d+$/.test(name)) known.add(BigInt(name));
+    }
+    const removed: bigint[] = [];
+    for (const cookie of known) {
+      if (!live.has(cookie) && this.unenroll(cookie)) removed.push(cookie);
+    }
+    return removed;
+  }
+
   /** Every enrolled pod, from the maps (so a restarted agent sees what its predecessor enrolled). */
   pods(): EnrolledPod[] {
     const byIp = this.map(MAPS.podsByIp);
