@@ -15,6 +15,8 @@ export const ErrorCodes = {
 /** How many lines of the verifier log BpfError#verifierLog keeps, and how many the message shows. */
 export const VERIFIER_LOG_TAIL_LINES = 60;
 export const VERIFIER_MESSAGE_LINES = 12;
+/** How many of libbpf's warning lines a (non-verifier) failure's message quotes. */
+export const LIBBPF_MESSAGE_LINES = 3;
 
 export interface BpfErrorContext {
   /** Path of the object file involved. */
@@ -124,7 +126,10 @@ export function toBpfError(err: unknown, what: string, ctx: BpfErrorContext = {}
   }
   const hint = HINTS[e.code];
   const detail = e.reason ? `${e.reason} (${e.code} from ${e.syscall ?? 'libbpf'})` : (e.message ?? e.code);
-  return new BpfError(`${what}: ${detail}${hint ? `; ${hint}` : ''}`, fields);
+  // libbpf's first warnings name the cause ("couldn't reuse pinned map at '...': parameter mismatch").
+  const said = (e.libbpfLog ?? '').split('\n').map((l) => l.replace(/^libbpf: /, '').trim()).filter(Boolean);
+  const cause = said.length ? `\nlibbpf said: ${said.slice(0, LIBBPF_MESSAGE_LINES).join('; ')}` : '';
+  return new BpfError(`${what}: ${detail}${hint ? `; ${hint}` : ''}${cause}`, fields);
 }
 
 /** Runs a native call, converting whatever it throws with toBpfError. */

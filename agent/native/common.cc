@@ -20,12 +20,23 @@ std::string ErrnoCode(int err) {
   // Kernel-internal codes that BPF syscalls leak to user space (include/linux/errno.h).
   if (err == 524) return "ENOTSUPP";
   if (err == 525) return "ETOOSMALL";
+  // libbpf's own codes (enum libbpf_errno, from 4000).
+  static const char* const kLibbpf[] = {"LIBELF", "FORMAT", "KVERSION", "ENDIAN", "INTERNAL", "RELOC", "LOAD",
+                                         "VERIFY", "PROG2BIG", "KVER", "PROGTYPE", "WRNGPID", "INVSEQ", "NLPARSE"};
+  if (err >= 4000 && err < 4000 + static_cast<int>(sizeof kLibbpf / sizeof kLibbpf[0])) {
+    return std::string("LIBBPF_ERRNO__") + kLibbpf[err - 4000];
+  }
   return "E" + std::to_string(err);
 }
 
 // strerror(), with words for the kernel-internal codes glibc does not know.
 static std::string Reason(int err) {
   if (err == 524) return "Operation not supported by this kernel or map type";
+  if (err >= 4000 && err < 4100) {
+    char buf[128];
+    libbpf_strerror(err, buf, sizeof buf);
+    return buf;
+  }
   return strerror(err);
 }
 

@@ -39,11 +39,15 @@ async function greeter(ns: Netns, name: string, host = '127.0.0.1'): Promise<Gre
   return g;
 }
 
-/** Runs a client process (optionally in a cgroup) in the lab netns; resolves to what it read. */
-function clientIn(lab: Lab, ns: Netns, port: number, cgroup?: string): Promise<{ pid: number; out: string }> {
-  const script = "const s=require('net').connect(+process.argv[2],process.argv[1]);let d='';" +
-    "s.on('data',c=>d+=c);s.on('end',()=>console.log(d));s.on('error',e=>console.log('ERR '+e.code));";
-  const child = lab.spawn(process.execPath, ['-e', script, '127.0.0.1', String(port)],
+/**
+ * Runs a client process (optionally in a cgroup) in the lab netns that connects `times` times, one
+ * after the other; resolves to what it read (one line per connection).
+ */
+function clientIn(lab: Lab, ns: Netns, port: number, cgroup?: string, times = 1): Promise<{ pid: number; out: string }> {
+  const script = "const net=require('net');const [host,port,times]=process.argv.slice(1);" +
+    "const once=(n)=>{if(n===0)return;const s=net.connect(+port,host);let d='';" +
+    "s.on('data',c=>d+=c);s.on('end',()=>{console.log(d);once(n-1)});s.on('error',e=>console.log('ERR '+e.code))};once(+times);";
+  const child = lab.spawn(process.execPath, ['-e', script, '127.0.0.1', String(port), String(times)],
     cgroup === undefined ? { netns: ns } : { netns: ns, cgroup });
   let out = '';
   let err = '';
@@ -120,6 +124,12 @@ describe('libbpf binding', () => {
     });
   });
 
+  test('a file that is not an ELF object fails with libbpf\'s format error and the path', () => {
+    const path = resolve(OBJECTS, '..', '..', 'package.json');
+    assert.throws(() => BpfObject.open(path), (err: BpfError) =>
+      err.code === 'LIBBPF_ERRNO__FORMAT' && err.path === path && /not a proper ELF object/.test(err.message));
+  });
+
   test('a program the verifier rejects fails to load with the verifier\'s reason', () => {
     const o = BpfObject.open(obj('weft_test_reject'));
     closers.push(() => o.close());
@@ -165,6 +175,14 @@ describe('libbpf binding', () => {
     assert.equal(u32.decode(again.lookup(u32.encode(8080))!), 9090);
     // Unpinned maps are per load.
     assert.notEqual(second.map('weft_test_counts').id, first.map('weft_test_counts').id);
+
+    // A map pinned under that name with another layout is refused, and the message says why.
+    const other = load('weft_test_tc', 'mismatch-src');
+    other.map('weft_test_tc_counts').pin(join(lab.pinRoot, 'mismatch', 'weft_test_ports'));
+    const clash = BpfObject.open(obj('weft_test_connect'), { pinRoot: join(lab.pinRoot, 'mismatch') });
+    closers.push(() => clash.close());
+    assert.throws(() => clash.load(), (e: BpfError) =>
+      e.code === 'EINVAL' && e.object === obj('weft_test_connect') && /couldn't reuse pinned map .*weft_test_ports.*parameter mismatch/.test(e.message));
 
     const byPin = BpfMap.openPinned(pinned);
     closers.push(() => byPin.close());
@@ -327,6 +345,36 @@ describe('libbpf binding', () => {
     assert.equal(rb.closed, true);
     const notRing = load('weft_test_connect', 'rb-wrong').map('weft_test_ports');
     assert.throws(() => new RingBuffer(notRing, () => {}), (e: BpfError) => e.code === 'EINVAL' && /not a ringbuf/.test(e.message));
+  });
+
+  test('ring buffer delivers every record, and none after close()', async () => {
+    const ns = lab.netns('rb2');
+    const g = await serve(ns, 'S');
+    const o = load('weft_test_ringbuf', 'rb2');
+    const cg = lab.cgroup('rb2');
+    const link = o.program('weft_test_rb').attachCgroup(cg);
+    closers.push(() => link.close());
+    const times = 20;
+    let seen = 0;
+    let done: (() => void) | undefined;
+    const all = new Promise<void>((r) => { done = r; });
+    const rb = new RingBuffer(o.map('weft_test_events'), (data) => {
+      if (eventCodec.decode(data).dport === g.port && ++seen === times) done?.();
+    });
+    closers.push(() => rb.close());
+    const client = await clientIn(lab, ns, g.port, cg, times);
+    assert.equal(client.out.split('\n').length, times);
+    await all;
+    rb.close();
+    // A second consumer gets the next record; the closed one must not.
+    let next: (() => void) | undefined;
+    const arrived = new Promise<void>((r) => { next = r; });
+    const rb2 = new RingBuffer(o.map('weft_test_events'), () => next?.());
+    closers.push(() => rb2.close());
+    await clientIn(lab, ns, g.port, cg);
+    await arrived;
+    rb2.close();
+    assert.equal(seen, times, 'nothing is delivered after close()');
   });
 
   test('netnsCookie differs between namespaces and is stable', () => {
