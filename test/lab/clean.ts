@@ -4,16 +4,16 @@
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
-import { LAB_TAG, killNetnsProcesses, removeCgroupTree, run } from './lab.ts';
+import { removeCgroupTree } from '../../lib/sys/cgroup.ts';
+import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
+import { LAB_TAG } from './lab.ts';
 
 const tagged = (name: string) => new RegExp(`^${LAB_TAG}[0-9a-z]{4}(-|$)`).test(name);
 let removed = 0;
 
-for (const line of run('ip', ['netns', 'list'], { allowFail: true }).split('\n')) {
-  const name = line.split(' ')[0] ?? '';
+for (const name of listNetns()) {
   if (!tagged(name)) continue;
-  killNetnsProcesses(name);
-  run('ip', ['netns', 'del', name], { allowFail: true });
+  deleteNetns(name);
   removed++;
 }
 

@@ -2,14 +2,15 @@
 // with one per-run prefix (`wt` + 4 characters) and removed in teardown, on success, failure and
 // interrupt. `make clean-lab` (test/lab/clean.ts) removes whatever a killed run left behind.
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { run } from '../../lib/sys/exec.ts';
+import { removeCgroupTree, removeCgroupTreeSync } from '../../lib/sys/cgroup.ts';
+import { deleteNetns } from '../../lib/sys/netns.ts';
 
-export { run };
+export { run, removeCgroupTree };
 
 /** Every lab resource name starts with this tag; clean-lab removes anything that carries it. */
 export const LAB_TAG = 'wt';
@@ -34,44 +35,6 @@ export interface VethEnd {
 export interface SpawnInLab extends SpawnOptions {
   netns?: Netns;
   cgroup?: string;
-}
-
-/** Kills every process in a cgroup subtree and removes its folders bottom-up. */
-export async function removeCgroupTree(dir: string): Promise<void> {
-  if (!existsSync(dir)) return;
-  for (const ent of readdirSync(dir, { withFileTypes: true })) {
-    if (ent.isDirectory()) await removeCgroupTree(join(dir, ent.name));
-  }
-  const procs = join(dir, 'cgroup.procs');
-  for (let i = 0; i < 100; i++) {
-    let pids: string[] = [];
-    try {
-      pids = readFileSync(procs, 'utf8').split('\n').filter(Boolean);
-    } catch {
-      break;
-    }
-    if (pids.length === 0) break;
-    try {
-      writeFileSync(join(dir, 'cgroup.kill'), '1');
-    } catch {
-      for (const pid of pids) {
-        try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
-      }
-    }
-    await sleep(20);
-  }
-  try {
-    rmdirSync(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-}
-
-/** Kills the processes whose network namespace is the named one (ip netns pids). */
-export function killNetnsProcesses(name: string): void {
-  for (const pid of run('ip', ['netns', 'pids', name], { allowFail: true }).split('\n').filter(Boolean)) {
-    try { process.kill(Number(pid), 'SIGKILL'); } catch { /* already gone */ }
-  }
 }
 
 const liveLabs = new Set<Lab>();
@@ -178,31 +141,8 @@ export class Lab {
     this.cleaned = true;
     liveLabs.delete(this);
     for (const child of this.children) child.kill('SIGKILL');
-    for (const ns of this.namespaces) {
-      killNetnsProcesses(ns.name);
-      run('ip', ['netns', 'del', ns.name], { allowFail: true });
-    }
-    killCgroupSync(this.cgroupDir);
+    for (const ns of this.namespaces) deleteNetns(ns.name);
+    removeCgroupTreeSync(this.cgroupDir);
     rmSync(this.pinRoot, { recursive: true, force: true });
-  }
-}
-
-/** Best-effort synchronous cgroup removal for exit hooks (no waiting on the event loop). */
-function killCgroupSync(dir: string): void {
-  if (!existsSync(dir)) return;
-  for (const ent of readdirSync(dir, { withFileTypes: true })) {
-    if (ent.isDirectory()) killCgroupSync(join(dir, ent.name));
-  }
-  try { writeFileSync(join(dir, 'cgroup.kill'), '1'); } catch { /* no processes or old kernel */ }
-  for (let i = 0; i < 200; i++) {
-    try {
-      rmdirSync(dir);
-      return;
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return;
-      if (code !== 'EBUSY') throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
-    }
   }
 }
