@@ -117,6 +117,7 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 	struct weft_syn s = {};
 	__u16 dport;
 	__u32 tcp_len;
+	__u32 ihl;
 
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return WEFT_TCX_NEXT;
@@ -129,27 +130,20 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 	pod = bpf_map_lookup_elem(&weft_pods_by_ip, &ip->daddr);
 	if (!pod)
 		return WEFT_TCX_NEXT;
-	if (ip->ihl != 5) {
-		/* IP options are rare enough that a STRICT pod simply drops such a SYN (no RST). */
-		tcp = 0;
-	} else {
-		tcp = (void *)(ip + 1);
-		if ((void *)(tcp + 1) > end)
-			return WEFT_TCX_NEXT;
-		if (!tcp->syn || tcp->ack)
-			return WEFT_TCX_NEXT;
-	}
+	/* Judge by the TCP flags wherever the header starts; only the common 20-byte IP header is
+	 * answered with a RST (weft_refuse rewrites at fixed offsets), a SYN behind IP options is
+	 * dropped instead. */
+	ihl = ip->ihl;
+	if (ihl < 5)
+		return WEFT_TCX_NEXT;
+	tcp = (void *)ip + ihl * 4;
+	if ((void *)(tcp + 1) > end)
+		return WEFT_TCX_NEXT;
+	if (!tcp->syn || tcp->ack)
+		return WEFT_TCX_NEXT;
 	if (weft_node_source(pod, ip->saddr)) {
 		weft_count(WEFT_C_INBOUND_NODE_ALLOWED);
 		weft_pod_count(pod->netns_cookie, WEFT_PC_INBOUND_NODE_ALLOWED);
-		return WEFT_TCX_NEXT;
-	}
-	if (!tcp) {
-		if (pod->mode == WEFT_MODE_STRICT) {
-			weft_count(WEFT_C_STRICT_DENIED);
-			weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
-			return WEFT_TCX_DROP;
-		}
 		return WEFT_TCX_NEXT;
 	}
 	dport = bpf_ntohs(tcp->dest);
@@ -165,6 +159,8 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 
 	weft_count(WEFT_C_STRICT_DENIED);
 	weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
+	if (ihl != 5)
+		return WEFT_TCX_DROP;
 
 	__builtin_memcpy(s.eth_dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(s.eth_src, eth->h_source, ETH_ALEN);

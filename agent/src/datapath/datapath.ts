@@ -300,22 +300,34 @@ export class Datapath {
       }
       created = true;
     }
+    // Undo list for a kernel-side failure half way (a full map): every write is reverted.
+    const undo: (() => void)[] = [];
     try {
       const ifindex = link.info().ifindex ?? 0;
       if (created) link.pin(pin);
+      const key = c.cookieKey(cookie);
       const pods = this.map(MAPS.pods);
       const byIp = this.map(MAPS.podsByIp);
-      const previous = pods.lookup(c.cookieKey(cookie));
       const counters = this.map(MAPS.podCounters);
-      if (!counters.lookup(c.cookieKey(cookie))) counters.update(c.cookieKey(cookie), c.zeroPodCounters(), 'any');
+      const previous = pods.lookup(key);
+      const previousIn = byIp.lookup(c.ipKey(podIp));
+      if (!counters.lookup(key)) {
+        counters.update(key, c.zeroPodCounters(), 'noexist');
+        undo.push(() => counters.delete(key));
+      }
       byIp.update(c.ipKey(podIp), c.encodePodIn({ netnsCookie: cookie, nodeIps, mode: opts.mode }), 'any');
-      pods.update(c.cookieKey(cookie), c.encodePod({ podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex }), 'any');
+      undo.push(() => (previousIn ? byIp.update(c.ipKey(podIp), previousIn, 'any') : byIp.delete(c.ipKey(podIp))));
+      pods.update(key, c.encodePod({ podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex }), 'any');
+      undo.push(() => (previous ? pods.update(key, previous, 'any') : pods.delete(key)));
       if (previous) {
         const old = c.decodePod(previous);
         if (old.podIp !== podIp) this.deleteByIpIfOwned(old.podIp, cookie);
       }
       return { netnsCookie: cookie, podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex, nodeIps };
     } catch (err) {
+      for (const step of undo.reverse()) {
+        try { step(); } catch { /* keep undoing */ }
+      }
       if (created) {
         try { link.detach(); } catch { /* best effort */ }
         try { link.unpin(); } catch { /* not pinned yet */ }
