@@ -50,7 +50,7 @@ export function sendLocalReply(res: DownstreamResponse, reply: LocalReply, grpc:
   if (grpc && 'stream' in res) {
     const code = grpcStatusForHttp(reply.status);
     writeHead(res, 200, { ...headers, 'content-type': 'application/grpc' });
-    res.addTrailers({ 'grpc-status': String(code), 'grpc-message': encodeURIComponent(reply.body) });
+    res.addTrailers({ 'grpc-status': String(code), 'grpc-message': grpcPercentEncode(reply.body.trim()) });
     res.end();
     return { bytes: 0, grpcStatus: String(code) };
   }
@@ -60,4 +60,13 @@ export function sendLocalReply(res: DownstreamResponse, reply: LocalReply, grpc:
   writeHead(res, reply.status, headers);
   endResponse(res, body);
   return { bytes: Buffer.byteLength(body) };
+}
+
+/** gRPC's percent-encoding of grpc-message: bytes outside 0x20-0x7E, and '%', become %XX. */
+export function grpcPercentEncode(message: string): string {
+  let out = '';
+  for (const byte of Buffer.from(message, 'utf8')) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }

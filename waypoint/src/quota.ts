@@ -64,10 +64,14 @@ export class RedisQuota {
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_QUOTA_TIMEOUT_MS;
     if (typeof opts.redis === 'string') {
       this.redis = new Redis(opts.redis, {
-        enableOfflineQueue: false,
+        // Commands wait for the connection (bounded by timeoutMs) so the first requests after start
+        // are counted too; with no retries per request a refused connection fails them at once.
+        enableOfflineQueue: true,
         maxRetriesPerRequest: 0,
         commandTimeout: this.timeoutMs,
         retryStrategy: (times) => Math.min(times * 200, 2000),
+        // ioredis waits this long for a socket to close on disconnect, holding the process open.
+        disconnectTimeout: 100,
       });
       // Connection errors surface per command; without a listener ioredis would log each one.
       this.redis.on('error', () => {});
@@ -122,6 +126,7 @@ export class RedisQuota {
 
   async close(): Promise<void> {
     if (!this.ownsClient) return;
+    if (this.redis.status !== 'ready') { this.redis.disconnect(); return; }
     try { await this.redis.quit(); } catch { this.redis.disconnect(); }
   }
 }

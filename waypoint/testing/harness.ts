@@ -144,6 +144,8 @@ export function config(parts: Partial<WaypointConfig>): WaypointConfig {
 
 /** Reads a metric's samples from the engine's registry as `labels → value`. */
 export async function metricSamples(engine: WaypointEngine, name: string): Promise<Array<{ labels: Record<string, string | number>; value: number }>> {
-  const m = await engine.telemetry.registry.getSingleMetricAsJSON(name);
-  return (m?.values ?? []).map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value }));
+  const m = engine.telemetry.registry.getSingleMetric(name);
+  if (!m) return [];
+  const data = await m.get();
+  return data.values.map((v) => ({ labels: v.labels as Record<string, string | number>, value: v.value }));
 }

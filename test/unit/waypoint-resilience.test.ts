@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { setTimeout as delay } from 'node:timers/promises';
+import { after, afterEach, describe, it } from 'node:test';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import {
+  config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, trafficPolicy,
+  type Backend, type Listener,
+} from '../../waypoint/testing/harness.ts';
+
+describe('waypoint resilience', () => {
+  const cleanups: Array<() => Promise<void>> = [];
+  afterEach(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
+  after(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
+
+  async function setup(backends: Backend[], tp: Parameters<typeof trafficPolicy>[1]): Promise<{ engine: WaypointEngine; listener: Listener }> {
+    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', backends.map((b) => endpoint(b.port)))],
+      trafficPolicies: [trafficPolicy('reviews', tp)],
+    }));
+    const listener = await startTunnelListener(engine, '10.96.0.10:80');
+    cleanups.push(async () => { await listener.close(); await engine.close(); for (const b of backends) await b.close(); });
+    return { engine, listener };
+  }
+
+  it('hides a backend that fails every other request behind retries', async () => {
+    const flaky = await startHttpBackend((req, res, n) => {
+      if (n % 2 === 1) { res.writeHead(503); res.end('flaky'); return; }
+      echo('flaky')(req, res);
+    });
+    const { engine, listener } = await setup([flaky], { retries: { attempts: 3, retryOn: ['5xx'] } });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
+    const replies = [];
+    for (let i = 0; i < 100; i++) replies.push(await request(listener.port, { agent }));
+    agent.destroy();
+    assert.deepEqual([...new Set(replies.map((r) => r.status))], [200]);
+    assert.ok(flaky.hits >= 200, `backend saw ${flaky.hits} attempts`);
+    const stats = engine.clusterStats()[0]!;
+    assert.ok(stats.retries >= 100, `retries ${stats.retries}`);
+  });
+
+  it('retries a connect failure on another endpoint', async () => {
+    const good = await startHttpBackend(echo('good'));
+    const dead = await startHttpBackend(echo('dead'));
+    await dead.close();
+    const { listener } = await setup([dead, good], { loadBalancer: 'ROUND_ROBIN' });
+    for (let i = 0; i < 10; i++) {
+      const r = await request(listener.port);
+      assert.equal(r.status, 200, r.body);
+    }
+  });
+
+  it('ejects an endpoint that always fails and brings it back after the ejection time', async () => {
+    const good = await startHttpBackend(echo('good'));
+    const bad = await startHttpBackend((_req, res) => { res.writeHead(500); res.end('broken'); });
+    const { engine, listener } = await setup([good, bad], {
+      retries: { attempts: 0, retryOn: [] },
+      outlierDetection: { consecutive5xx: 3, intervalMs: 1000, baseEjectionTimeMs: 400, maxEjectionPercent: 50 },
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++) statuses.push((await request(listener.port)).status);
+    // Round robin: the bad endpoint fails 3 times, then it is ejected.
+    assert.equal(statuses.filter((s) => s === 500).length, 3);
+    const ejected = engine.clusterStats()[0]!.endpoints.find((e) => e.address.endsWith(`:${bad.port}`))!;
+    assert.equal(ejected.ejected, true);
+    const badHits = bad.hits;
+    for (let i = 0; i < 20; i++) assert.equal((await request(listener.port)).status, 200);
+    assert.equal(bad.hits, badHits, 'an ejected endpoint receives no traffic');
+    await delay(450);
+    for (let i = 0; i < 4; i++) await request(listener.port);
+    assert.ok(bad.hits > badHits, 'the endpoint returns after baseEjectionTime');
+    assert.equal(engine.clusterStats()[0]!.ejections, 1);
+  });
+
+  it('answers 503 with flag UO when maxConnections and maxPendingRequests are exhausted', async () => {
+    const slow = await startHttpBackend((req, res) => { setTimeout(() => echo('slow')(req, res), 300); });
+    const { engine, listener } = await setup([slow], { connectionLimits: { maxConnections: 1, maxPendingRequests: 1 } });
+    const replies = await Promise.all(Array.from({ length: 4 }, () => request(listener.port)));
+    const overflowed = replies.filter((r) => r.status === 503);
+    assert.equal(replies.filter((r) => r.status === 200).length, 2, 'one active and one pending request are served');
+    assert.equal(overflowed.length, 2);
+    for (const r of overflowed) assert.equal(r.headers['x-weft-flags'], 'UO');
+    const total = await metricSamples(engine, 'istio_requests_total');
+    assert.ok(total.some((v) => v.labels['response_flags'] === 'UO' && v.value === 2), JSON.stringify(total));
+  });
+
+  it('answers 503 UO beyond maxRequests', async () => {
+    const slow = await startHttpBackend((req, res) => { setTimeout(() => echo('slow')(req, res), 200); });
+    const { listener } = await setup([slow], { connectionLimits: { maxRequests: 2 } });
+    const replies = await Promise.all(Array.from({ length: 5 }, () => request(listener.port)));
+    assert.equal(replies.filter((r) => r.status === 200).length, 2);
+    assert.ok(replies.filter((r) => r.status === 503).every((r) => r.headers['x-weft-flags'] === 'UO'));
+  });
+
+  it('times out a slow backend with 504 UT and retries a per-try timeout', async () => {
+    let calls = 0;
+    const sometimesSlow = await startHttpBackend((req, res) => {
+      calls++;
+      if (calls === 1) setTimeout(() => echo('late')(req, res), 500);
+      else echo('fast')(req, res);
+    });
+    const { listener } = await setup([sometimesSlow], { timeouts: { perTryMs: 100, requestMs: 1000 }, retries: { attempts: 2, retryOn: ['5xx'] } });
+    const first = await request(listener.port);
+    assert.equal(first.status, 200);
+    assert.equal(JSON.parse(first.body).backend, 'fast');
+
+    const never = await startHttpBackend(() => { /* never answers */ });
+    const { listener: l2 } = await setup([never], { timeouts: { requestMs: 150 } });
+    const started = Date.now();
+    const r = await request(l2.port);
+    assert.equal(r.status, 504);
+    assert.equal(r.headers['x-weft-flags'], 'UT');
+    assert.ok(Date.now() - started < 1000);
+  });
+
+  it('injects an abort fault for the configured percentage and a delay', async () => {
+    const b = await startHttpBackend(echo('b'));
+    const { listener } = await setup([b], { fault: { abort: { httpStatus: 418, percentage: 100 } } });
+    const r = await request(listener.port);
+    assert.equal(r.status, 418);
+    assert.equal(r.headers['x-weft-flags'], 'FI');
+    assert.equal(b.hits, 0);
+
+    const c = await startHttpBackend(echo('c'));
+    const { listener: l2 } = await setup([c], { fault: { delay: { fixedDelayMs: 200, percentage: 100 } } });
+    const t0 = Date.now();
+    const d = await request(l2.port);
+    assert.equal(d.status, 200);
+    assert.ok(Date.now() - t0 >= 190);
+  });
+
+  it('spreads LEAST_REQUEST and RANDOM load over all endpoints', async () => {
+    for (const lb of ['LEAST_REQUEST', 'RANDOM'] as const) {
+      const a = await startHttpBackend(echo('a'));
+      const b = await startHttpBackend(echo('b'));
+      const { listener } = await setup([a, b], { loadBalancer: lb });
+      await Promise.all(Array.from({ length: 100 }, () => request(listener.port)));
+      assert.ok(a.hits > 15 && b.hits > 15, `${lb}: a=${a.hits} b=${b.hits}`);
+    }
+  });
+});
