@@ -74,8 +74,13 @@ export function logTail(log: string, lines: number): string {
 const HINTS: Record<string, string> = {
   EPERM: 'run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN',
   EACCES: 'run as root or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN',
-  ENOENT: 'check that the path or name exists',
-  EEXIST: 'the entry or pin already exists',
+  ENOENT: 'check that the path exists',
+  EEXIST: 'something is already there',
+};
+/** Hints for map element operations, where ENOENT and EEXIST are about keys. */
+const MAP_HINTS: Record<string, string> = {
+  ENOENT: 'the key is not in the map',
+  EEXIST: 'the key is already in the map',
   E2BIG: 'the map is full (max_entries)',
 };
 
@@ -124,7 +129,7 @@ export function toBpfError(err: unknown, what: string, ctx: BpfErrorContext = {}
       fields,
     );
   }
-  const hint = HINTS[e.code];
+  const hint = (e.syscall?.startsWith('bpf_map_') ? MAP_HINTS : HINTS)[e.code];
   const detail = e.reason ? `${e.reason} (${e.code} from ${e.syscall ?? 'libbpf'})` : (e.message ?? e.code);
   // libbpf's first warnings name the cause ("couldn't reuse pinned map at '...': parameter mismatch").
   const said = (e.libbpfLog ?? '').split('\n').map((l) => l.replace(/^libbpf: /, '').trim()).filter(Boolean);

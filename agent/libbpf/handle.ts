@@ -1,5 +1,7 @@
 // OwnedFd: the one owner of a kernel fd on the TypeScript side. The native Fd object closes the
 // fd when close() is called or, failing that, when it is garbage-collected.
+import { mkdirSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { closedError, type BpfErrorContext } from './errors.ts';
 import { native, type NativeFd } from './native.ts';
 
@@ -27,5 +29,20 @@ export class OwnedFd {
   close(): void {
     this.#fd?.close();
     this.#fd = undefined;
+  }
+}
+
+/** Pins a link, map or program fd at a bpffs path, creating missing parent folders. */
+export function pinFd(fd: number, path: string): void {
+  mkdirSync(dirname(path), { recursive: true });
+  native().objPin(fd, path);
+}
+
+/** Removes a pin; one that is already gone is fine. */
+export function removePin(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }

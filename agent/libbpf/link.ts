@@ -1,10 +1,8 @@
 // BpfLink: a kernel bpf_link (cgroup, tcx, ...) held by fd. A link outlives its fd only when it
 // is pinned; pin it under the pin root so the datapath survives an agent restart, re-open it with
 // openPinned, swap its program atomically with update(), and end it with detach().
-import { mkdirSync, unlinkSync } from 'node:fs';
-import { dirname } from 'node:path';
-import { guard, toBpfError } from './errors.ts';
-import { OwnedFd } from './handle.ts';
+import { guard } from './errors.ts';
+import { OwnedFd, pinFd, removePin } from './handle.ts';
 import { attachTypeName, linkTypeName } from './kinds.ts';
 import { native } from './native.ts';
 
@@ -74,10 +72,7 @@ export class BpfLink {
 
   /** Pins the link at `path` (a bpffs path; missing parent folders are created). */
   pin(path: string): void {
-    guard(`cannot pin link ${this.description} at ${path}`, { path }, () => {
-      mkdirSync(dirname(path), { recursive: true });
-      native().objPin(this.fd, path);
-    });
+    guard(`cannot pin link ${this.description} at ${path}`, { path }, () => pinFd(this.fd, path));
     this.#pinnedPath = path;
   }
 
@@ -85,13 +80,7 @@ export class BpfLink {
   unpin(): void {
     const path = this.#pinnedPath;
     if (path === undefined) return;
-    try {
-      unlinkSync(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw toBpfError(err, `cannot unpin link ${this.description} at ${path}`, { path });
-      }
-    }
+    guard(`cannot unpin link ${this.description} at ${path}`, { path }, () => removePin(path));
     this.#pinnedPath = undefined;
   }
 

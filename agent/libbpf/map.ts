@@ -1,11 +1,9 @@
 // BpfMap: a BPF map held by its own fd, with raw Buffer keys and values; TypedMap puts codecs on
 // top. Sizes are checked here, before the kernel reads user memory: a key or value of the wrong
 // length is a BpfError WEFT_SIZE_MISMATCH naming the map, never a short read.
-import { mkdirSync, unlinkSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { possibleCpus, type Codec } from './codec.ts';
-import { BpfError, ErrorCodes, guard, toBpfError, type BpfErrorContext } from './errors.ts';
-import { OwnedFd } from './handle.ts';
+import { BpfError, ErrorCodes, guard, type BpfErrorContext } from './errors.ts';
+import { OwnedFd, pinFd, removePin } from './handle.ts';
 import { BPF_F, mapTypeName, PERCPU_MAP_TYPES } from './kinds.ts';
 import { native, type NativeBatch } from './native.ts';
 
@@ -207,10 +205,7 @@ export class BpfMap {
 
   /** Pins the map at a bpffs path (parent folders created). */
   pin(path: string): void {
-    guard(`cannot pin map ${this.name} at ${path}`, { ...this.#ctx(), path }, () => {
-      mkdirSync(dirname(path), { recursive: true });
-      native().objPin(this.fd, path);
-    });
+    guard(`cannot pin map ${this.name} at ${path}`, { ...this.#ctx(), path }, () => pinFd(this.fd, path));
     this.#pinnedPath = path;
   }
 
@@ -218,11 +213,7 @@ export class BpfMap {
   unpin(): void {
     const path = this.#pinnedPath;
     if (path === undefined) return;
-    try {
-      unlinkSync(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toBpfError(err, `cannot unpin map ${this.name} at ${path}`, { ...this.#ctx(), path });
-    }
+    guard(`cannot unpin map ${this.name} at ${path}`, { ...this.#ctx(), path }, () => removePin(path));
     this.#pinnedPath = undefined;
   }
 

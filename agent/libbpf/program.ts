@@ -1,9 +1,7 @@
 // BpfProgram: a loaded program, held by its own fd (a dup of the object's), and the ways to attach
 // it: cgroup hooks and tcx through bpf_link, sockmap verdicts through bpf_prog_attach.
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { BpfError, guard } from './errors.ts';
-import { OwnedFd } from './handle.ts';
+import { OwnedFd, pinFd } from './handle.ts';
 import { attachTypeName, attachTypeNumber, progTypeName } from './kinds.ts';
 import { BpfLink, SockmapAttachment } from './link.ts';
 import { native } from './native.ts';
@@ -138,10 +136,7 @@ export class BpfProgram {
 
   /** Pins the program at a bpffs path (parent folders created). */
   pin(path: string): void {
-    guard(`cannot pin program ${this.name} at ${path}`, { ...this.#ctx(), path }, () => {
-      mkdirSync(dirname(path), { recursive: true });
-      native().objPin(this.fd, path);
-    });
+    guard(`cannot pin program ${this.name} at ${path}`, { ...this.#ctx(), path }, () => pinFd(this.fd, path));
   }
 
   get closed(): boolean {
