@@ -1,0 +1,262 @@
+// Kubernetes source: one informer (@kubernetes/client-node makeInformer) per resource. Handlers
+// only enqueue `Kind/namespace/name` keys; one flush turns the queued keys into upserts and deletes
+// by reading the informer caches. An informer that stops on an error (a reset connection, a failed
+// list) is restarted with backoff; a 410 Gone makes client-node relist by itself, and the relist's
+// differences arrive as ordinary add/update/delete events. Status goes back through the status
+// subresource with merge patches.
+import {
+  CoreV1Api,
+  CustomObjectsApi,
+  DiscoveryV1Api,
+  KubeConfig,
+  PatchStrategy,
+  makeInformer,
+  setHeaderOptions,
+  type Informer,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type ObjectCache,
+} from '@kubernetes/client-node';
+import { KINDS, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
+
+/** The controller's name in Gateway API route status. */
+export const CONTROLLER_NAME = 'weft.dev/controller';
+
+/** Writing status through the API failed. */
+export class StatusWriteError extends Error {
+  readonly code = 'WEFT_STATUS_WRITE';
+  constructor(object: string, cause: unknown) {
+    super(`cannot write status of ${object}: ${(cause as Error)?.message ?? String(cause)} (check the controller's RBAC for the status subresource)`, { cause });
+    this.name = 'StatusWriteError';
+  }
+}
+
+export interface KubeSourceOptions {
+  kubeConfig: KubeConfig;
+  logger?: Logger;
+  /** Also watch Nodes for their InternalIP (needs RBAC on nodes); default false (pods' hostIP is used). */
+  watchNodes?: boolean;
+  /** First restart delay after an informer error; default 500 ms, doubling up to 30 s. */
+  restartDelayMs?: number;
+  /** Quiet time before queued keys are flushed; default 5 ms. */
+  flushDelayMs?: number;
+}
+
+export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute'];
+
+type AnyInformer = Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
+
+interface Watched {
+  kind: MeshKind;
+  informer: AnyInformer;
+  failures: number;
+  restartTimer?: NodeJS.Timeout;
+  restarts: number;
+}
+
+export class KubeSource implements ConfigSource {
+  readonly name = 'kubernetes';
+  readonly #o: KubeSourceOptions;
+  readonly #log: Logger;
+  readonly #core: CoreV1Api;
+  readonly #discovery: DiscoveryV1Api;
+  readonly #custom: CustomObjectsApi;
+  readonly #watched = new Map<MeshKind, Watched>();
+  readonly #queue = new Set<string>();
+  #flushTimer: NodeJS.Timeout | undefined;
+  #handler: SourceHandler | undefined;
+  #started = false;
+  #stopped = false;
+
+  constructor(options: KubeSourceOptions) {
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.#discovery = options.kubeConfig.makeApiClient(DiscoveryV1Api);
+    this.#custom = options.kubeConfig.makeApiClient(CustomObjectsApi);
+  }
+
+  /** Restarts per kind (after errors), for tests and metrics. */
+  restarts(): Record<string, number> {
+    return Object.fromEntries([...this.#watched].map(([k, w]) => [k, w.restarts]));
+  }
+
+  async start(handler: SourceHandler): Promise<void> {
+    this.#handler = handler;
+    const kinds = this.#o.watchNodes ? [...WATCHED_KINDS, 'Node' as const] : WATCHED_KINDS;
+    for (const kind of kinds) {
+      const informer = makeInformer(this.#o.kubeConfig, this.#path(kind), this.#lister(kind)) as AnyInformer;
+      const w: Watched = { kind, informer, failures: 0, restarts: 0 };
+      const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);
+      informer.on('add', enqueue);
+      informer.on('update', enqueue);
+      informer.on('delete', enqueue);
+      informer.on('connect', () => {
+        w.failures = 0;
+      });
+      informer.on('error', (err: unknown) => this.#restart(w, err));
+      this.#watched.set(kind, w);
+    }
+    await Promise.all([...this.#watched.values()].map((w) => w.informer.start()));
+    const objects: RawObject[] = [];
+    for (const w of this.#watched.values()) for (const o of w.informer.list()) objects.push(normalize(w.kind, o));
+    this.#queue.clear();
+    this.#started = true;
+    handler([{ type: 'snapshot', kinds: [...this.#watched.keys()], objects, resourceVersion: this.#resourceVersion() }]);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#flushTimer);
+    for (const w of this.#watched.values()) {
+      clearTimeout(w.restartTimer);
+      await w.informer.stop();
+    }
+    this.#handler = undefined;
+  }
+
+  #path(kind: MeshKind): string {
+    const k = KINDS[kind];
+    return k.group ? `/apis/${k.group}/${k.version}/${k.plural}` : `/api/${k.version}/${k.plural}`;
+  }
+
+  #lister(kind: MeshKind): () => Promise<KubernetesListObject<KubernetesObject>> {
+    const k = KINDS[kind];
+    switch (kind) {
+      case 'Namespace':
+        return () => this.#core.listNamespace();
+      case 'Node':
+        return () => this.#core.listNode();
+      case 'Pod':
+        return () => this.#core.listPodForAllNamespaces();
+      case 'Service':
+        return () => this.#core.listServiceForAllNamespaces();
+      case 'EndpointSlice':
+        return () => this.#discovery.listEndpointSliceForAllNamespaces();
+      default:
+        return async () => (await this.#custom.listClusterCustomObject({ group: k.group, version: k.version, plural: k.plural })) as KubernetesListObject<KubernetesObject>;
+    }
+  }
+
+  #restart(w: Watched, err: unknown): void {
+    if (this.#stopped) return;
+    const delay = Math.min(30_000, (this.#o.restartDelayMs ?? 500) * 2 ** w.failures);
+    w.failures++;
+    this.#log.warn('informer stopped; restarting', { kind: w.kind, error: (err as Error)?.message ?? String(err), inMs: delay });
+    clearTimeout(w.restartTimer);
+    w.restartTimer = setTimeout(() => {
+      if (this.#stopped) return;
+      w.restarts++;
+      w.informer.start().catch((e: unknown) => this.#restart(w, e));
+    }, delay);
+  }
+
+  #enqueue(kind: MeshKind, obj: KubernetesObject): void {
+    const name = obj.metadata?.name;
+    if (!name) return;
+    this.#queue.add(keyOf(kind, KINDS[kind].namespaced ? obj.metadata?.namespace : undefined, name));
+    if (!this.#started || this.#flushTimer) return;
+    this.#flushTimer = setTimeout(() => this.#flush(), this.#o.flushDelayMs ?? 5);
+  }
+
+  #flush(): void {
+    this.#flushTimer = undefined;
+    if (!this.#handler) return;
+    const events: SourceEvent[] = [];
+    const rv = this.#resourceVersion();
+    for (const key of this.#queue) {
+      const parts = key.split('/');
+      const kind = parts[0] as MeshKind;
+      const namespaced = KINDS[kind].namespaced;
+      const namespace = namespaced ? parts[1]! : '';
+      const name = parts[namespaced ? 2 : 1]!;
+      const w = this.#watched.get(kind);
+      const obj = w?.informer.get(name, namespaced ? namespace : undefined);
+      if (obj) events.push({ type: 'upsert', object: normalize(kind, obj), resourceVersion: obj.metadata?.resourceVersion ?? rv });
+      else events.push({ type: 'delete', kind, namespace, name, resourceVersion: rv });
+    }
+    this.#queue.clear();
+    if (events.length > 0) this.#handler(events);
+  }
+
+  #resourceVersion(): string {
+    let max = '';
+    for (const w of this.#watched.values()) {
+      const rv = (w.informer as unknown as { latestResourceVersion?(): string }).latestResourceVersion?.() ?? '';
+      if (rv.length > max.length || (rv.length === max.length && rv > max)) max = rv;
+    }
+    return max;
+  }
+
+  async writeStatus(st: ObjectStatus): Promise<void> {
+    const k = KINDS[st.kind];
+    if (!k.hasStatus) return;
+    const who = `${st.kind} ${st.namespace}/${st.name}`;
+    const now = new Date().toISOString();
+    const current = this.#watched.get(st.kind)?.informer.get(st.name, st.namespace) as { status?: { conditions?: Condition[]; parents?: Array<{ controllerName: string; conditions?: Condition[] }> }; spec?: { parentRefs?: unknown[] } } | undefined;
+    const condition = (type: string, prevList: Condition[] | undefined): Condition => {
+      const status = st.ok ? 'True' : 'False';
+      const prev = prevList?.find((c) => c.type === type);
+      return {
+        type,
+        status,
+        reason: st.reason,
+        message: st.path ? `${st.message}` : st.message,
+        lastTransitionTime: prev && prev.status === status ? (prev.lastTransitionTime ?? now) : now,
+        ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
+      };
+    };
+    let status: Record<string, unknown>;
+    if (st.kind === 'HTTPRoute' || st.kind === 'GRPCRoute') {
+      const prevParents = current?.status?.parents?.find((p) => p.controllerName === CONTROLLER_NAME)?.conditions;
+      const parents = (current?.spec?.parentRefs ?? []).map((parentRef) => ({
+        parentRef,
+        controllerName: CONTROLLER_NAME,
+        conditions: [condition('Accepted', prevParents)],
+      }));
+      status = { parents };
+    } else if (st.kind === 'Waypoint') {
+      status = {
+        conditions: [condition('Ready', current?.status?.conditions)],
+        ...(st.address ? { addresses: [{ type: 'IPAddress', value: st.address }] } : {}),
+        ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
+      };
+    } else {
+      status = {
+        conditions: [condition('Accepted', current?.status?.conditions)],
+        ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
+      };
+    }
+    try {
+      await this.#custom.patchNamespacedCustomObjectStatus(
+        { group: k.group, version: k.version, namespace: st.namespace, plural: k.plural, name: st.name, body: { status } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    } catch (e) {
+      if ((e as { code?: number }).code === 404) return; // deleted meanwhile
+      throw new StatusWriteError(who, e);
+    }
+  }
+}
+
+/** Plain JSON with kind and apiVersion set (list items carry neither; typed lists carry Dates). */
+function normalize(kind: MeshKind, obj: KubernetesObject): RawObject {
+  const plain = JSON.parse(JSON.stringify(obj)) as RawObject;
+  plain.kind = kind;
+  plain.apiVersion = KINDS[kind].apiVersion;
+  return plain;
+}
+
+/** A KubeConfig for a plain-HTTP API server (tests, `kubectl proxy`). */
+export function kubeConfigForServer(server: string): KubeConfig {
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'weft', server, skipTLSVerify: true }],
+    users: [{ name: 'weft' }],
+    contexts: [{ name: 'weft', cluster: 'weft', user: 'weft' }],
+    currentContext: 'weft',
+  });
+  return kc;
+}

@@ -1,0 +1,118 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { startHarness, until, type Harness } from './controller-harness.ts';
+
+async function withKube(fn: (api: FakeApiServer, h: Harness, source: KubeSource) => Promise<void>, opts: { goneAsHttpStatus?: boolean } = {}): Promise<void> {
+  const api = new FakeApiServer(opts);
+  await api.start();
+  const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20 });
+  let h: Harness | undefined;
+  try {
+    h = await startHarness(source);
+    await fn(api, h, source);
+  } finally {
+    await h?.close();
+    await api.stop();
+  }
+}
+
+const names = (ws: Array<{ name: string }>) => ws.map((w) => w.name).sort().join();
+
+test('labelling a namespace through the API enrols its pods; unlabelling removes them; none stays out', () =>
+  withKube(async (api, h) => {
+    api.apply(ns('shop'));
+    api.apply(pod('shop', 'web', { node: 'node-a' }));
+    api.apply(pod('shop', 'api', { node: 'node-b' }));
+    api.apply(pod('shop', 'legacy', { node: 'node-a', labels: { app: 'legacy', 'weft.dev/dataplane-mode': 'none' } }));
+    const a = h.agent('node-a');
+    const b = h.agent('node-b');
+    await until('pods seen by the controller', () => h.controller.store.objects('Pod').length === 3);
+    await a.ready();
+    assert.equal(a.snapshot!.workloads.length, 0);
+
+    api.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+    await until('node-a agent gets web only', () => names(a.snapshot!.workloads) === 'web');
+    await until('node-b agent gets api only', () => names(b.snapshot!.workloads) === 'api');
+
+    api.apply(ns('shop'));
+    await until('unlabelled: node-a empty', () => a.snapshot!.workloads.length === 0);
+    await until('unlabelled: node-b empty', () => b.snapshot!.workloads.length === 0);
+  }));
+
+test('an invalid AuthorizationPolicy gets Accepted=False Invalid with the field path in its status, and the old one keeps serving', () =>
+  withKube(async (api, h) => {
+    api.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+    api.apply(pod('shop', 'web'));
+    api.apply(authz('shop', 'p', { selector: { matchLabels: { app: 'web' } }, rules: [{ to: [{ operation: { ports: ['8080'] } }] }] }));
+    const a = h.agent('node-a');
+    await until('policy delivered', () => a.snapshot?.policies.length === 1);
+    await until('status Accepted', () => api.get('AuthorizationPolicy', 'shop', 'p')?.status !== undefined);
+    const accepted = api.get('AuthorizationPolicy', 'shop', 'p')!.status as { conditions: Array<{ type: string; status: string; reason: string }> };
+    assert.deepEqual([accepted.conditions[0]!.type, accepted.conditions[0]!.status, accepted.conditions[0]!.reason], ['Accepted', 'True', 'Accepted']);
+    assert.ok(api.requests.some((r) => r.method === 'PATCH' && r.path.endsWith('/authorizationpolicies/p/status')), 'status written through the status subresource');
+
+    const before = structuredClone(a.snapshot);
+    const version = a.version;
+    api.apply(authz('shop', 'p', { selector: { matchLabels: { app: 'web' } }, rules: [{ to: [{ operation: { ports: ['8080', '99999'] } }] }] }));
+    await until('status Invalid', () => (api.get('AuthorizationPolicy', 'shop', 'p')?.status as { conditions?: Array<{ reason: string }> })?.conditions?.[0]?.reason === 'Invalid');
+    const st = api.get('AuthorizationPolicy', 'shop', 'p')!.status as { conditions: Array<{ status: string; message: string; observedGeneration: number }> };
+    assert.equal(st.conditions[0]!.status, 'False');
+    assert.match(st.conditions[0]!.message, /AuthorizationPolicy shop\/p: spec\.rules\[0\]\.to\[0\]\.operation\.ports\[1\]: 99999 is above the maximum 65535/);
+    assert.equal(st.conditions[0]!.observedGeneration, 2);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(a.snapshot, before);
+    assert.equal(a.version, version);
+    assert.deepEqual(h.controller.model!.policies.get('shop/p')!.rules[0]!.to, [{ ports: [8080] }]);
+  }));
+
+for (const goneAsHttpStatus of [false, true]) {
+  test(`an informer whose watch expires (410 Gone ${goneAsHttpStatus ? 'as HTTP status' : 'as watch event'}) relists and the agent converges`, () =>
+    withKube(async (api, h) => {
+      api.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+      api.apply(pod('shop', 'web'));
+      api.apply(pod('shop', 'gone-soon'));
+      const a = h.agent('node-a');
+      await until('initial', () => names(a.snapshot?.workloads ?? []) === 'gone-soon,web');
+      await until('watches open', () => api.watchers('Pod') === 1);
+      // Changes while the watch is down, then history compacted: the informer must relist.
+      api.closeWatches();
+      api.remove('Pod', 'shop', 'gone-soon');
+      api.apply(pod('shop', 'new-one'));
+      api.compact();
+      await until('agent converged after relist', () => names(a.snapshot!.workloads) === 'new-one,web', 8000);
+      const podLists = api.requests.filter((r) => r.method === 'GET' && r.path === '/api/v1/pods');
+      assert.equal(podLists.length, 2, 'the pod informer listed again after 410 Gone');
+    }, { goneAsHttpStatus }));
+}
+
+test('an informer whose connection is reset restarts and the agent converges', () =>
+  withKube(async (api, h, source) => {
+    api.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+    api.apply(pod('shop', 'web'));
+    const a = h.agent('node-a');
+    await until('initial', () => names(a.snapshot?.workloads ?? []) === 'web');
+    await until('watches open', () => api.watchers('Pod') === 1);
+    api.dropConnections();
+    api.apply(pod('shop', 'after-reset'));
+    await until('agent converged after reset', () => names(a.snapshot!.workloads) === 'after-reset,web', 8000);
+    assert.ok(Object.values(source.restarts()).some((n) => n > 0), 'some informer was restarted');
+  }));
+
+test('services get endpoints from EndpointSlices in Kubernetes mode', () =>
+  withKube(async (api, h) => {
+    api.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+    const p = api.apply(pod('shop', 'web', { ip: '10.1.7.7' }));
+    api.apply(svc('shop', 'web'));
+    api.apply({
+      apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
+      metadata: { name: 'web-1', namespace: 'shop', labels: { 'kubernetes.io/service-name': 'web' } },
+      endpoints: [{ addresses: ['10.1.7.7'], nodeName: 'node-a', conditions: { ready: true }, targetRef: { kind: 'Pod', name: 'web', namespace: 'shop', uid: p.metadata.uid } }],
+      ports: [{ name: 'http', port: 8443 }],
+    });
+    const a = h.agent('node-a');
+    await until('endpoint from slice', () => a.snapshot?.services[0]?.endpoints[0]?.port === 8443);
+    assert.equal(a.snapshot!.services[0]!.endpoints[0]!.workloadUid, p.metadata.uid);
+  }));
