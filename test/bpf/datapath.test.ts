@@ -172,7 +172,8 @@ describe('eBPF L4 datapath', () => {
   test('setDestinations reconciles to exactly the given list', () => {
     dp.setDestinations([{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2' }, { ip: '10.96.0.1', port: 443 }]);
     assert.deepEqual(dp.destinations().sort((a, b) => a.ip.localeCompare(b.ip)), [{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2', port: 0 }]);
-    dp.setDestinations([{ ip: '10.96.0.2' }]);
+    assert.deepEqual(dp.setDestinations([{ ip: '10.96.0.2' }, { ip: 'fd00::1', port: 80 }]), { applied: 1, skipped: [{ ip: 'fd00::1', port: 80 }] },
+      'IPv6 destinations are reported as skipped (not meshed yet), not an error');
     assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }]);
     assert.throws(() => dp.setDestinations([{ ip: '10.96.0.3' }, { ip: 'nope' }]), { code: 'WEFT_BAD_ADDRESS' });
     assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }], 'a bad list changes nothing');

@@ -11,7 +11,7 @@
 import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Socket } from 'node:net';
+import { isIPv6, type Socket } from 'node:net';
 import {
   BpfError,
   BpfLink,
@@ -409,19 +409,26 @@ export class Datapath {
   /**
    * Makes weft_dests exactly `list`: adds and updates first, then deletes what is no longer listed,
    * so a destination present before and after is never briefly missing. Validates the whole list
-   * before changing anything.
+   * before changing anything. IPv6 destinations are valid but not meshed by the kernel programs
+   * yet: they are returned as `skipped` rather than failing the whole list.
    */
-  setDestinations(list: c.Destination[]): void {
+  setDestinations(list: c.Destination[]): { applied: number; skipped: c.Destination[] } {
     const wanted = new Map<string, Buffer>();
+    const skipped: c.Destination[] = [];
     list.forEach((d, i) => {
-      checkIp(`destinations[${i}].ip`, d?.ip);
-      checkPort(`destinations[${i}].port`, d.port ?? 0, true);
-      const key = c.encodeDestKey(d);
+      checkPort(`destinations[${i}].port`, d?.port ?? 0, true);
+      if (typeof d.ip === 'string' && isIPv6(d.ip) && !c.isIpv4(c.unmapV4(d.ip))) {
+        skipped.push(d);
+        return;
+      }
+      const ip = checkIp(`destinations[${i}].ip`, typeof d.ip === 'string' ? c.unmapV4(d.ip) : d.ip);
+      const key = c.encodeDestKey({ ip, port: d.port ?? 0 });
       wanted.set(key.toString('hex'), key);
     });
     const m = this.map(MAPS.dests);
     for (const key of wanted.values()) m.update(key, c.encodeDest(0), 'any');
     for (const key of [...m.keys()]) if (!wanted.has(key.toString('hex'))) m.delete(key);
+    return { applied: wanted.size, skipped };
   }
 
   destinations(): Required<c.Destination>[] {
