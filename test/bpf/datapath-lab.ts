@@ -35,6 +35,22 @@ export function buildNode(lab: Lab, podNames: string[]): { node: Netns; pods: Re
   return { node, pods };
 }
 
+/**
+ * A second node joined to `node` by a veth (10.78.0.1 <-> 10.78.0.2), with one pod of its own at
+ * 10.77.99.2 (gateway 10.77.99.1 on node 2), routed both ways, for cross-node traffic.
+ */
+export function addRemoteNode(lab: Lab, node: Netns, podName: string): { node2: Netns; pod: LabPod } {
+  const node2 = lab.netns('node2');
+  node2.exec('sysctl', '-qw', 'net.ipv4.ip_forward=1');
+  lab.veth({ ns: node, name: 'x1', addr: '10.78.0.1/30' }, { ns: node2, name: 'x2', addr: '10.78.0.2/30' });
+  const ns = lab.netns(podName);
+  const { b } = lab.veth({ ns: node2, name: 'r0', addr: '10.77.99.1/24' }, { ns, name: 'q0', addr: '10.77.99.2/24' });
+  ns.exec('ip', 'route', 'add', 'default', 'via', '10.77.99.1');
+  node.exec('ip', 'route', 'add', '10.77.99.0/24', 'via', '10.78.0.2');
+  node2.exec('ip', 'route', 'add', 'default', 'via', '10.78.0.1');
+  return { node2, pod: { name: podName, ns, cgroup: lab.cgroup(podName), ip: '10.77.99.2', gateway: '10.77.99.1', ifname: b } };
+}
+
 /** What the client program prints. */
 export interface ClientResult {
   ok: boolean;

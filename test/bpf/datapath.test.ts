@@ -12,7 +12,7 @@ import { Lab } from '../lab/lab.ts';
 import { btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
 import { COUNTER_FIELDS, Datapath, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
 import type { ChildProcess } from 'node:child_process';
-import { bpftoolJson, buildNode, connectFrom, mapSnapshot, rawSyn, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+import { addRemoteNode, bpftoolJson, buildNode, connectFrom, mapSnapshot, rawSyn, startServer, stopAll, type LabPod } from './datapath-lab.ts';
 
 const OBJECT_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'bpf');
 const VIP = '10.96.0.10';
@@ -33,6 +33,7 @@ describe('eBPF L4 datapath', () => {
   let pa: LabPod; // enrolled client pod
   let pb: LabPod; // server pod (enrolled STRICT/PERMISSIVE in the enforcement tests)
   let pc: LabPod; // never enrolled
+  let pd: LabPod; // on a second node, never enrolled
   let node: LabPod['ns'];
   const accepted: Accepted[] = [];
   const servers: ChildProcess[] = [];
@@ -45,6 +46,7 @@ describe('eBPF L4 datapath', () => {
     pa = built.pods.pa!;
     pb = built.pods.pb!;
     pc = built.pods.pc!;
+    pd = addRemoteNode(lab, node, 'pd').pod;
     dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
 
     // The agent stand-in: listens in the node netns on every address, like the real agent.
@@ -179,7 +181,7 @@ describe('eBPF L4 datapath', () => {
     assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }], 'a bad list changes nothing');
   });
 
-  test('denies plaintext to a STRICT pod from another pod with a RST and counts it, and accepts its node', async () => {
+  test('denies plaintext to a STRICT pod from other pods (same and other node) with a RST and counts it, and accepts its node', async () => {
     dp.setDestinations([]);
     const cookie = netnsCookie(pb.ns.path);
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
@@ -190,11 +192,13 @@ describe('eBPF L4 datapath', () => {
     assert.equal(denied.code, 'ECONNREFUSED', 'the client is refused at once (RST), not left to time out');
     const deniedA = await connectFrom(lab, pa, pb.ip, APP_PORT);
     assert.equal(deniedA.code, 'ECONNREFUSED', 'an enrolled pod dialling directly is refused too');
+    const deniedRemote = await connectFrom(lab, pd, pb.ip, APP_PORT);
+    assert.equal(deniedRemote.code, 'ECONNREFUSED', 'a pod on another node is refused, the RST routed back across nodes');
 
     const mid = dp.counters();
-    assert.equal(mid.strict_denied - before.strict_denied, 2);
-    assert.equal(mid.strict_rst_sent - before.strict_rst_sent, 2);
-    assert.equal(dp.podCounters().get(cookie)!.strict_denied, 2);
+    assert.equal(mid.strict_denied - before.strict_denied, 3);
+    assert.equal(mid.strict_rst_sent - before.strict_rst_sent, 3);
+    assert.equal(dp.podCounters().get(cookie)!.strict_denied, 3);
 
     // The node (the agent's address on pod B's veth) is let in.
     const fromNode = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
@@ -224,7 +228,7 @@ describe('eBPF L4 datapath', () => {
     assert.equal(answer.tcpChecksumOk, true, 'TCP checksum');
   });
 
-  test('a PERMISSIVE pod accepts plaintext from other pods and from its node, and counts the plaintext', async () => {
+  test('a PERMISSIVE pod accepts plaintext from other pods (same and other node) and from its node, and counts the plaintext', async () => {
     const cookie = netnsCookie(pb.ns.path);
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
     const before = dp.counters();
@@ -232,12 +236,15 @@ describe('eBPF L4 datapath', () => {
     const fromC = await connectFrom(lab, pc, pb.ip, APP_PORT);
     assert.equal(fromC.ok, true, `client failed: ${fromC.code}`);
     assert.equal(JSON.parse(fromC.reply!).server, 'pb');
+    const fromRemote = await connectFrom(lab, pd, pb.ip, APP_PORT);
+    assert.equal(fromRemote.ok, true, `remote client failed: ${fromRemote.code}`);
+    assert.equal(JSON.parse(fromRemote.reply!).remoteAddress, pd.ip);
     const fromNode = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
     assert.equal(fromNode.ok, true);
     const after = dp.counters();
-    assert.equal(after.permissive_plaintext - before.permissive_plaintext, 1);
+    assert.equal(after.permissive_plaintext - before.permissive_plaintext, 2);
     assert.equal(after.strict_denied, before.strict_denied);
-    assert.equal(dp.podCounters().get(cookie)!.permissive_plaintext - podBefore.permissive_plaintext, 1);
+    assert.equal(dp.podCounters().get(cookie)!.permissive_plaintext - podBefore.permissive_plaintext, 2);
   });
 
   test('a server in an enrolled pod sees the registered client address on accept (IPv4 and dual-stack sockets)', async () => {
