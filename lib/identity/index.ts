@@ -17,7 +17,7 @@ export {
 export { parseCertificate, splitPemCertificates, type CertificateDetails, type AltNames } from './x509.ts';
 export {
   HBONE_ALPN, type TlsCredentials, type PeerExpectation, type VerificationFailureHook, type GuardOptions, secureContextOptions,
-  hboneSecureContext, hboneServerOptions, hboneClientOptions, peerIdentity, verifyPeer, spiffeIdOfCertificate, workloadInTrustDomain,
+  hboneSecureContext, tlsMaterial, hboneServerOptions, hboneClientOptions, peerIdentity, verifyPeer, spiffeIdOfCertificate, workloadInTrustDomain,
   classifyTlsError, guardHboneServer,
 } from './tls.ts';
 export { CertificateServiceClient, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';

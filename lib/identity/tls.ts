@@ -49,6 +49,14 @@ export function secureContextOptions(creds: TlsCredentials): SecureContextOption
   };
 }
 
+/**
+ * The same material as plain node:tls values ({ key, cert, ca }), the shape lib/hbone's
+ * ServerTlsMaterial and ClientTlsMaterial take.
+ */
+export function tlsMaterial(creds: TlsCredentials): { key: string; cert: string; ca: string[] } {
+  return { key: creds.key, cert: creds.certChain.join(''), ca: [...creds.trustBundle] };
+}
+
 export function hboneSecureContext(creds: TlsCredentials): SecureContext {
   return createSecureContext(secureContextOptions(creds));
 }

@@ -100,6 +100,7 @@ export async function connectHbone(port: number, creds: TlsCredentials, expected
   await new Promise<void>((resolve, reject) => {
     socket.once('secureConnect', resolve);
     socket.once('error', (err) => reject(classifyTlsError(err)));
+    socket.once('close', () => reject(classifyTlsError(new Error('peer closed the connection during the handshake'))));
   });
   const serverId = peerIdentity(socket).uri;
   await echo('hello');

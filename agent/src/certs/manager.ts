@@ -42,6 +42,8 @@ export interface CertManagerOptions {
   renewFraction?: number;
   backoff?: BackoffOptions;
   fetchTimeoutMs?: number;
+  /** Follow the CA's trust bundle stream when the signer offers one (default true). */
+  watchTrustBundle?: boolean;
   clock?: () => number;
 }
 
@@ -91,6 +93,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
   readonly #entries = new Map<string, Entry>();
   #bundle: string[];
   #closed = false;
+  #stopWatch: (() => void) | undefined;
 
   constructor(opts: CertManagerOptions) {
     super();
@@ -101,6 +104,11 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     this.#backoff = { initialMs: DEFAULT_BACKOFF_INITIAL_MS, maxMs: DEFAULT_BACKOFF_MAX_MS, multiplier: 2, ...opts.backoff };
     this.#fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
     this.#clock = opts.clock ?? Date.now;
+    if (opts.watchTrustBundle !== false && this.#signer.watchTrustBundle) {
+      this.#stopWatch = this.#signer.watchTrustBundle((roots) => {
+        if (roots.length > 0) this.setTrustBundle(roots);
+      });
+    }
   }
 
   /** The certificate for `identity`, fetching it if there is none that is still valid. */
@@ -190,6 +198,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
 
   close(): void {
     this.#closed = true;
+    this.#stopWatch?.();
     for (const e of this.#entries.values()) {
       e.forgotten = true;
       clearTimeout(e.timer);

@@ -25,6 +25,8 @@ export interface CertificateSigner {
   sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<SignResult>;
   /** Roots to verify the CA itself against changed. */
   setTrustBundle(bundle: readonly string[]): void;
+  /** Follows the CA's trust bundle (reconnecting as needed) until the returned function is called. */
+  watchTrustBundle?(onBundle: (roots: string[]) => void): () => void;
   close(): void;
 }
 
@@ -46,6 +48,9 @@ export interface GrpcSignerOptions {
   deadlineMs?: number;
   clock?: () => number;
 }
+
+const WATCH_RETRY_INITIAL_MS = 500;
+const WATCH_RETRY_MAX_MS = 30_000;
 
 interface NodeCert {
   keyPem: string;
@@ -75,6 +80,8 @@ export class GrpcCertificateSigner implements CertificateSigner {
   setTrustBundle(bundle: readonly string[]): void {
     if (bundle.join('') === this.#bundle.join('')) return;
     this.#bundle = [...bundle];
+    // A new root is being rolled out: move the node certificate over at the next request too.
+    if (this.#nodeCert) this.#nodeCert.renewAt = 0;
     this.#tokenClient?.close();
     this.#mtlsClient?.close();
     this.#tokenClient = undefined;
@@ -146,6 +153,36 @@ export class GrpcCertificateSigner implements CertificateSigner {
     this.#dropNodeCert();
     this.#nodeCert = cert;
     return cert;
+  }
+
+  watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
+    let stopped = false;
+    let cancel: (() => void) | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    let delay = WATCH_RETRY_INITIAL_MS;
+    const open = () => {
+      if (stopped) return;
+      // Roots are public: the stream needs no node credentials, so the bootstrap channel serves.
+      this.#token().watchTrustBundle((roots) => {
+        delay = WATCH_RETRY_INITIAL_MS;
+        onBundle(roots);
+      }, () => {
+        cancel = undefined;
+        if (stopped) return;
+        timer = setTimeout(open, delay * (0.8 + Math.random() * 0.4));
+        timer.unref();
+        delay = Math.min(delay * 2, WATCH_RETRY_MAX_MS);
+      }).then((c) => {
+        if (stopped) c();
+        else cancel = c;
+      }, () => undefined);
+    };
+    open();
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+      cancel?.();
+    };
   }
 
   close(): void {
