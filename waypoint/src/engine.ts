@@ -262,10 +262,8 @@ export class WaypointEngine {
     let cut = false;
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
       stream.on('error', () => {});
-      stream.once('close', () => {
-        // A reset from the client: the stream closed with an error code before we finished it.
-        const code = stream.rstCode;
-        if (code === undefined || code === http2.constants.NGHTTP2_NO_ERROR || stream.writableFinished) return;
+      // 'aborted': the client reset the stream before we finished it.
+      stream.once('aborted', () => {
         const now = Date.now();
         resets.push(now);
         while (resets.length > 0 && resets[0]! < now - this.rapidReset.windowMs) resets.shift();

@@ -113,11 +113,13 @@ export function resolveService(snap: Snapshot, target: string, authority: string
   return { service: svc, port };
 }
 
-function upstreamProtocol(service: Service, port: number, conn: ConnContext, grpc: boolean): UpstreamProtocol {
+/**
+ * HTTP/2 upstream for ports declared grpc or http2 and for gRPC requests; HTTP/1.1 otherwise, as
+ * Istio does (an undeclared backend may not speak HTTP/2 even when the client does).
+ */
+function upstreamProtocol(service: Service, port: number, grpc: boolean): UpstreamProtocol {
   const app = service.ports.find((p) => p.port === port)?.appProtocol;
-  if (app === 'grpc' || app === 'http2' || grpc) return 'http2';
-  if (app === 'http') return 'http1';
-  return conn.protocol === 'HTTP/2' ? 'http2' : 'http1';
+  return app === 'grpc' || app === 'http2' || grpc ? 'http2' : 'http1';
 }
 
 export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse): Promise<void> {
@@ -261,7 +263,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     out.headers['x-request-id'] = st.requestId;
     out.headers['traceparent'] = st.trace.traceparent;
     if (st.trace.tracestate) out.headers['tracestate'] = st.trace.tracestate;
-    const proto = upstreamProtocol(backendSvc, backendPort, conn, st.grpc);
+    const proto = upstreamProtocol(backendSvc, backendPort, st.grpc);
     if (proto === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
 
     if (requestHasBody(req)) st.body = new ReplayableBody(req as Readable, env.limits.retryBufferBytes);
@@ -301,7 +303,7 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
     const { host } = splitHostPort(out.authority);
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), 30_000);
-    const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, { protocol: 'HTTP/1.1', target: '' }, false), {
+    const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
       method: out.method, path: out.path, authority: `${host}-shadow`, headers: { ...out.headers }, body: stream, signal: ac.signal,
     }, cluster.settings.timeouts.connectMs);
     resp.body.resume();
@@ -372,6 +374,7 @@ async function forward(
         else if (!st.downstreamGone) reply({ status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
         return;
       }
+      if (st.downstreamGone) { release(); return; }
       tried.add(ep.key);
       ep.active++;
       ep.requests++;

@@ -1,0 +1,123 @@
+import assert from 'node:assert/strict';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import {
+  config, echo, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener,
+  type Backend, type Listener,
+} from '../../waypoint/testing/harness.ts';
+
+/** Writes raw bytes on a fresh connection and returns everything the waypoint answers until it closes. */
+function raw(port: number, data: string | Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(data));
+    const chunks: Buffer[] = [];
+    sock.on('data', (c: Buffer) => chunks.push(c));
+    sock.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    sock.on('error', reject);
+    sock.setTimeout(5000, () => sock.destroy());
+  });
+}
+
+describe('waypoint bad input', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let listener: Listener;
+  let stray: Listener;
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+    stray = await startTunnelListener(engine, '10.96.9.9:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await stray.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('answers a malformed HTTP/1.1 request with 400 and keeps serving', async () => {
+    const reply = await raw(listener.port, 'GET / HTTP/1.1\r\nHost: reviews\r\nBad Header Without Colon\r\n\r\n');
+    assert.match(reply, /^HTTP\/1\.1 400 /);
+    const garbage = await raw(listener.port, 'HELLO?\r\n\r\n');
+    assert.match(garbage, /^HTTP\/1\.1 400 /);
+    assert.equal((await request(listener.port)).status, 200);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    assert.ok(samples.some((s) => s.labels['response_code'] === '400' && s.labels['response_flags'] === 'DPE'));
+  });
+
+  it('answers oversized HTTP/1.1 headers with 431', async () => {
+    const reply = await raw(listener.port, `GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+    assert.match(reply, /^HTTP\/1\.1 431 /);
+  });
+
+  it('answers oversized HTTP/2 headers with 431', async () => {
+    const session = http2.connect(`http://127.0.0.1:${listener.port}`);
+    try {
+      const r = await h2request(session, { ':path': '/', ':authority': 'reviews', 'x-big': 'a'.repeat(20_000) });
+      assert.equal(r.status, 431);
+      const ok = await h2request(session, { ':path': '/', ':authority': 'reviews' });
+      assert.equal(ok.status, 200);
+    } finally {
+      session.close();
+    }
+  });
+
+  it('answers an unknown host with 404 naming the host and path', async () => {
+    const r = await request(stray.port, { host: 'nowhere.example.com', path: '/some/where?x=1' });
+    assert.equal(r.status, 404);
+    assert.match(r.body, /nowhere\.example\.com/);
+    assert.match(r.body, /\/some\/where/);
+    assert.equal(r.headers['x-weft-flags'], 'NR');
+  });
+
+  it('cuts a rapid-reset flood off with GOAWAY while another client keeps working', async () => {
+    const good = http2.connect(`http://127.0.0.1:${listener.port}`);
+    const bad = http2.connect(`http://127.0.0.1:${listener.port}`);
+    bad.on('error', () => {});
+    const goaway = new Promise<number>((resolve) => {
+      bad.on('goaway', (code) => resolve(code));
+      bad.on('close', () => resolve(-1));
+    });
+    let goodOk = 0;
+    let stop = false;
+    const goodLoop = (async () => {
+      while (!stop) {
+        const r = await h2request(good, { ':path': '/', ':authority': 'reviews' });
+        assert.equal(r.status, 200);
+        goodOk++;
+      }
+    })();
+    let sent = 0;
+    for (let round = 0; round < 50 && !bad.closed && !bad.destroyed; round++) {
+      for (let i = 0; i < 100; i++) {
+        if (bad.closed || bad.destroyed) break;
+        try {
+          const s = bad.request({ ':path': '/', ':authority': 'reviews' });
+          s.on('error', () => {});
+          s.close(http2.constants.NGHTTP2_CANCEL);
+          sent++;
+        } catch {
+          break;
+        }
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    const code = await goaway;
+    stop = true;
+    await goodLoop;
+    assert.equal(code, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM, `session ended with ${code} after ${sent} resets`);
+    assert.ok(goodOk > 0, 'the other client kept getting answers');
+    const r = await h2request(good, { ':path': '/', ':authority': 'reviews' });
+    assert.equal(r.status, 200);
+    good.close();
+    const cut = await metricSamples(engine, 'weft_waypoint_rapid_reset_goaways_total');
+    assert.equal(cut[0]?.value, 1);
+  });
+});
