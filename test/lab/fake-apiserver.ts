@@ -55,6 +55,7 @@ interface WatchEvent {
 
 interface Watcher {
   rt: ResourceType;
+  selector: (o: Obj) => boolean;
   namespace?: string;
   res: ServerResponse;
 }
@@ -78,6 +79,7 @@ export class FakeApiServer {
   #rv = 1;
   /** Oldest resourceVersion still watchable; older ones get 410. */
   #compactedRv = 0;
+  #nextClusterIp = 100;
   readonly #store = new Map<string, Map<string, Obj>>();
   readonly #history = new Map<string, WatchEvent[]>();
   readonly #watchers = new Set<Watcher>();
@@ -208,6 +210,14 @@ export class FakeApiServer {
     obj.metadata.uid ??= randomUUID();
     obj.metadata.generation = 1;
     obj.metadata.creationTimestamp ??= new Date().toISOString();
+    if (rt.kind === 'Service') {
+      // Like the real server: allocate a cluster IP from 10.96.0.0/16 when none is given.
+      const spec = ((obj.spec ??= {}) as { clusterIP?: string; type?: string });
+      if (!spec.clusterIP && spec.type !== 'ExternalName') {
+        const n = ++this.#nextClusterIp;
+        spec.clusterIP = `10.96.${(n >> 8) & 255}.${n & 255}`;
+      }
+    }
     return this.#write(rt, obj, 'ADDED');
   }
 
@@ -223,6 +233,7 @@ export class FakeApiServer {
     for (const w of this.#watchers) {
       if (w.rt !== rt) continue;
       if (w.namespace && ev.object.metadata.namespace !== w.namespace) continue;
+      if (!w.selector(ev.object)) continue;
       w.res.write(JSON.stringify({ type: ev.type, object: ev.object }) + '\n');
     }
   }
@@ -246,9 +257,10 @@ export class FakeApiServer {
     const store = this.#store.get(rt.plural)!;
     try {
       if (!name) {
-        if (req.method === 'GET' && url.searchParams.get('watch') === 'true') return this.#watch(rt, namespace, url.searchParams.get('resourceVersion') ?? '', res);
+        const selector = parseSelector(url.searchParams.get('labelSelector'));
+        if (req.method === 'GET' && url.searchParams.get('watch') === 'true') return this.#watch(rt, namespace, url.searchParams.get('resourceVersion') ?? '', selector, res);
         if (req.method === 'GET') {
-          const items = [...store.values()].filter((o) => !namespace || o.metadata.namespace === namespace);
+          const items = [...store.values()].filter((o) => (!namespace || o.metadata.namespace === namespace) && selector(o));
           return json(res, 200, { apiVersion: rt.group ? `${rt.group}/${rt.version}` : rt.version, kind: `${rt.kind}List`, metadata: { resourceVersion: String(this.#rv) }, items });
         }
         if (req.method === 'POST') {
@@ -312,7 +324,7 @@ export class FakeApiServer {
     return { rt, ...(namespace ? { namespace } : {}), ...(rest[1] ? { name: rest[1] } : {}), ...(rest[2] ? { subresource: rest[2] } : {}) };
   }
 
-  #watch(rt: ResourceType, namespace: string | undefined, rvParam: string, res: ServerResponse): void {
+  #watch(rt: ResourceType, namespace: string | undefined, rvParam: string, selector: (o: Obj) => boolean, res: ServerResponse): void {
     const from = rvParam === '' || rvParam === '0' ? undefined : Number(rvParam);
     if (from !== undefined && from < this.#compactedRv) {
       const gone = { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `too old resource version: ${from} (${this.#compactedRv})`, reason: 'Expired', code: 410 };
@@ -323,17 +335,30 @@ export class FakeApiServer {
     }
     res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
     res.flushHeaders();
-    const inNs = (o: Obj) => !namespace || o.metadata.namespace === namespace;
+    const inNs = (o: Obj) => (!namespace || o.metadata.namespace === namespace) && selector(o);
     if (from === undefined) {
       // No resourceVersion: synthetic ADDED for everything, then changes.
       for (const o of this.#store.get(rt.plural)!.values()) if (inNs(o)) res.write(JSON.stringify({ type: 'ADDED', object: o }) + '\n');
     } else {
       for (const ev of this.#history.get(rt.plural)!) if (ev.rv > from && inNs(ev.object)) res.write(JSON.stringify({ type: ev.type, object: ev.object }) + '\n');
     }
-    const w: Watcher = { rt, res, ...(namespace ? { namespace } : {}) };
+    const w: Watcher = { rt, res, selector, ...(namespace ? { namespace } : {}) };
     this.#watchers.add(w);
     res.on('close', () => this.#watchers.delete(w));
   }
+}
+
+/** Equality-based label selectors: `a=b,c!=d,e` (what client-node informers send). */
+function parseSelector(text: string | null): (o: Obj) => boolean {
+  if (!text) return () => true;
+  const terms = text.split(',').map((t) => t.trim()).filter(Boolean).map((t) => {
+    const m = /^([^!=]+)(==|=|!=)?(.*)$/.exec(t)!;
+    return { key: m[1]!.trim(), op: m[2], value: m[3]!.trim() };
+  });
+  return (o) => {
+    const labels = (o.metadata.labels ?? {}) as Record<string, string>;
+    return terms.every((t) => (t.op === undefined ? t.key in labels : t.op === '!=' ? labels[t.key] !== t.value : labels[t.key] === t.value));
+  };
 }
 
 function json(res: ServerResponse, code: number, body: unknown): void {

@@ -1,0 +1,328 @@
+// The Waypoint reconciler. In Kubernetes mode each Waypoint becomes a ServiceAccount, a Deployment
+// and a ClusterIP Service (port 15008, HBONE) created through the API; the waypoint is Ready when
+// its Deployment has a ready replica, and its address is the Service's cluster IP. In local mode
+// an injected LocalWaypointLauncher (the local mesh runner) starts a waypoint process per Waypoint.
+import { createHash } from 'node:crypto';
+import {
+  AppsV1Api,
+  CoreV1Api,
+  makeInformer,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1Deployment,
+  type V1Service,
+  type Informer,
+  type ObjectCache,
+} from '@kubernetes/client-node';
+import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName, spiffeIdOf } from '../../lib/model/mesh.ts';
+import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
+import type { WaypointRuntime } from './compile.ts';
+import type { WaypointDriver } from './controller.ts';
+import { silentLogger, type Logger } from './log.ts';
+
+/** What a launcher needs to run one waypoint. */
+export interface WaypointLaunchSpec {
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  spiffeId: string;
+  replicas: number;
+  image?: string;
+}
+
+/** Runs waypoints outside Kubernetes (the local mesh runner implements it). */
+export interface LocalWaypointLauncher {
+  /** Starts the waypoint, or updates a running one; resolves with the address agents dial (port 15008). */
+  ensure(spec: WaypointLaunchSpec): Promise<{ address: string }>;
+  /** Stops and removes it; resolves when gone. Must succeed for an unknown waypoint. */
+  remove(namespace: string, name: string): Promise<void>;
+  /** Optional: tells the reconciler when a launched waypoint dies or comes back. */
+  onExit?(listener: (namespace: string, name: string, reason: string) => void): void;
+}
+
+/** A waypoint could not be launched or its Kubernetes objects could not be written. */
+export class WaypointReconcileError extends Error {
+  readonly code = 'WEFT_WAYPOINT_RECONCILE';
+  constructor(waypoint: string, cause: unknown) {
+    super(`waypoint ${waypoint}: ${(cause as Error)?.message ?? String(cause)}`, { cause });
+    this.name = 'WaypointReconcileError';
+  }
+}
+
+function launchSpec(wp: Waypoint, trustDomain: string): WaypointLaunchSpec {
+  const sa = wp.spec.serviceAccountName ?? wp.metadata.name;
+  return {
+    name: wp.metadata.name,
+    namespace: wp.metadata.namespace!,
+    serviceAccount: sa,
+    spiffeId: spiffeIdOf(trustDomain, wp.metadata.namespace!, sa),
+    replicas: wp.spec.replicas ?? 1,
+    ...(wp.spec.image ? { image: wp.spec.image } : {}),
+  };
+}
+
+abstract class BaseDriver implements WaypointDriver {
+  protected readonly runtimeMap = new Map<string, WaypointRuntime>();
+  readonly #listeners: Array<() => void> = [];
+  runtime(): ReadonlyMap<string, WaypointRuntime> {
+    return this.runtimeMap;
+  }
+  onChange(listener: () => void): void {
+    this.#listeners.push(listener);
+  }
+  protected changed(): void {
+    for (const l of this.#listeners) l();
+  }
+  protected setRuntime(key: string, rt: WaypointRuntime | undefined): void {
+    const prev = this.runtimeMap.get(key);
+    if (JSON.stringify(prev) === JSON.stringify(rt)) return;
+    if (rt) this.runtimeMap.set(key, rt);
+    else this.runtimeMap.delete(key);
+    this.changed();
+  }
+  abstract reconcile(waypoints: readonly Waypoint[]): Promise<void>;
+  abstract stop(): Promise<void>;
+}
+
+export interface LocalWaypointDriverOptions {
+  launcher: LocalWaypointLauncher;
+  trustDomain?: string;
+  logger?: Logger;
+}
+
+/** Local mode: one launched waypoint per Waypoint object. */
+export class LocalWaypointDriver extends BaseDriver {
+  readonly #o: LocalWaypointDriverOptions;
+  readonly #log: Logger;
+  readonly #launched = new Map<string, string>();
+
+  constructor(options: LocalWaypointDriverOptions) {
+    super();
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    options.launcher.onExit?.((namespace, name, reason) => {
+      const key = nsName(namespace, name);
+      this.#launched.delete(key);
+      this.setRuntime(key, { ready: false, reason: `Exited: ${reason}` });
+    });
+  }
+
+  async reconcile(waypoints: readonly Waypoint[]): Promise<void> {
+    const want = new Map(waypoints.map((w) => [nsName(w.metadata.namespace!, w.metadata.name), w]));
+    const errors: Error[] = [];
+    for (const key of [...this.#launched.keys()]) {
+      if (want.has(key)) continue;
+      const [ns, name] = key.split('/') as [string, string];
+      try {
+        await this.#o.launcher.remove(ns, name);
+        this.#launched.delete(key);
+        this.setRuntime(key, undefined);
+      } catch (e) {
+        errors.push(new WaypointReconcileError(key, e));
+      }
+    }
+    for (const [key, wp] of want) {
+      const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
+      const fp = JSON.stringify(spec);
+      if (this.#launched.get(key) === fp && this.runtimeMap.get(key)?.ready) continue;
+      try {
+        const { address } = await this.#o.launcher.ensure(spec);
+        this.#launched.set(key, fp);
+        this.setRuntime(key, { address, ready: true });
+        this.#log.info('waypoint running', { waypoint: key, address });
+      } catch (e) {
+        const err = new WaypointReconcileError(key, e);
+        this.setRuntime(key, { ready: false, reason: `LaunchFailed: ${(e as Error).message}` });
+        errors.push(err);
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, errors.map((e) => e.message).join('; '));
+  }
+
+  async stop(): Promise<void> {}
+}
+
+export interface KubeWaypointDriverOptions {
+  kubeConfig: KubeConfig;
+  /** Waypoint container image (Waypoint spec.image overrides). */
+  image: string;
+  /** Address waypoints dial for config and certificates; default `weft-controller.weft-system.svc:15012`. */
+  controllerAddress?: string;
+  trustDomain?: string;
+  logger?: Logger;
+}
+
+type Inf<T extends KubernetesObject> = Informer<T> & ObjectCache<T>;
+
+/** Kubernetes mode: a ServiceAccount, Deployment and Service per Waypoint, through the API. */
+export class KubeWaypointDriver extends BaseDriver {
+  readonly #o: KubeWaypointDriverOptions;
+  readonly #log: Logger;
+  readonly #apps: AppsV1Api;
+  readonly #core: CoreV1Api;
+  #deployments: Inf<V1Deployment> | undefined;
+  #services: Inf<V1Service> | undefined;
+  #known = new Set<string>();
+
+  constructor(options: KubeWaypointDriverOptions) {
+    super();
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    this.#apps = options.kubeConfig.makeApiClient(AppsV1Api);
+    this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
+  }
+
+  async #startInformers(): Promise<void> {
+    if (this.#deployments) return;
+    const selector = LABEL_WAYPOINT_FOR;
+    this.#deployments = makeInformer<V1Deployment>(this.#o.kubeConfig, '/apis/apps/v1/deployments', () => this.#apps.listDeploymentForAllNamespaces({ labelSelector: selector }), selector);
+    this.#services = makeInformer<V1Service>(this.#o.kubeConfig, '/api/v1/services', () => this.#core.listServiceForAllNamespaces({ labelSelector: selector }), selector);
+    for (const inf of [this.#deployments, this.#services] as Array<Inf<KubernetesObject>>) {
+      inf.on('change', () => this.#refresh());
+      inf.on('error', (e: unknown) => {
+        this.#log.warn('waypoint informer stopped; restarting', { error: (e as Error)?.message });
+        setTimeout(() => void inf.start().catch(() => {}), 1000).unref();
+      });
+    }
+    await Promise.all([this.#deployments.start(), this.#services.start()]);
+  }
+
+  #refresh(): void {
+    for (const key of this.#known) {
+      const [ns, name] = key.split('/') as [string, string];
+      const d = this.#deployments?.get(name, ns);
+      const s = this.#services?.get(name, ns);
+      const address = s?.spec?.clusterIP && s.spec.clusterIP !== 'None' ? s.spec.clusterIP : undefined;
+      const ready = (d?.status?.readyReplicas ?? 0) > 0;
+      const reason = !d ? 'DeploymentMissing' : !ready ? 'NoReadyReplicas' : !address ? 'NoServiceAddress' : undefined;
+      this.setRuntime(key, { ...(address ? { address } : {}), ready: ready && !!address, ...(reason ? { reason } : {}) });
+    }
+  }
+
+  async reconcile(waypoints: readonly Waypoint[]): Promise<void> {
+    await this.#startInformers();
+    const want = new Set<string>();
+    const errors: Error[] = [];
+    for (const wp of waypoints) {
+      const key = nsName(wp.metadata.namespace!, wp.metadata.name);
+      want.add(key);
+      this.#known.add(key);
+      try {
+        await this.#ensure(wp);
+      } catch (e) {
+        errors.push(new WaypointReconcileError(key, e));
+      }
+    }
+    for (const key of [...this.#known]) {
+      if (want.has(key)) continue;
+      const [namespace, name] = key.split('/') as [string, string];
+      try {
+        await ignore404(this.#apps.deleteNamespacedDeployment({ name, namespace }));
+        await ignore404(this.#core.deleteNamespacedService({ name, namespace }));
+        this.#known.delete(key);
+        this.setRuntime(key, undefined);
+      } catch (e) {
+        errors.push(new WaypointReconcileError(key, e));
+      }
+    }
+    this.#refresh();
+    if (errors.length > 0) throw new AggregateError(errors, errors.map((e) => e.message).join('; '));
+  }
+
+  async #ensure(wp: Waypoint): Promise<void> {
+    const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
+    const { name, namespace } = spec;
+    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, 'app.kubernetes.io/managed-by': 'weft' };
+    const owner = wp.metadata.uid
+      ? [{ apiVersion: wp.apiVersion, kind: 'Waypoint', name, uid: wp.metadata.uid, controller: true, blockOwnerDeletion: true }]
+      : undefined;
+    const meta = (extra: Record<string, string> = {}) => ({ name, namespace, labels, annotations: extra, ...(owner ? { ownerReferences: owner } : {}) });
+
+    if (!(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
+      await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
+    }
+
+    const deployment: V1Deployment = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: meta(),
+      spec: {
+        replicas: spec.replicas,
+        selector: { matchLabels: { [LABEL_WAYPOINT_FOR]: name } },
+        template: {
+          // The waypoint terminates HBONE itself: it is never captured by the agent.
+          metadata: { labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' } },
+          spec: {
+            serviceAccountName: spec.serviceAccount,
+            containers: [{
+              name: 'waypoint',
+              image: spec.image ?? this.#o.image,
+              args: ['--namespace', namespace, '--name', name],
+              env: [
+                { name: 'WEFT_CONTROLLER', value: this.#o.controllerAddress ?? 'weft-controller.weft-system.svc:15012' },
+                { name: 'WEFT_SPIFFE_ID', value: spec.spiffeId },
+                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+              ],
+              ports: [{ name: 'hbone', containerPort: HBONE_PORT }, { name: 'metrics', containerPort: 15020 }, { name: 'health', containerPort: 15021 }],
+              readinessProbe: { httpGet: { path: '/healthz/ready', port: 15021 }, periodSeconds: 2 },
+            }],
+          },
+        },
+      },
+    };
+    const hash = createHash('sha256').update(JSON.stringify(deployment.spec)).digest('hex').slice(0, 16);
+    deployment.metadata!.annotations = { 'weft.dev/spec-hash': hash };
+    const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
+    if (!current) {
+      await this.#apps.createNamespacedDeployment({ namespace, body: deployment });
+      this.#log.info('waypoint deployment created', { waypoint: `${namespace}/${name}` });
+    } else if (current.metadata?.annotations?.['weft.dev/spec-hash'] !== hash) {
+      deployment.metadata!.resourceVersion = current.metadata?.resourceVersion;
+      await this.#apps.replaceNamespacedDeployment({ name, namespace, body: deployment });
+      this.#log.info('waypoint deployment updated', { waypoint: `${namespace}/${name}` });
+    }
+
+    const service: V1Service = {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: meta(),
+      spec: { type: 'ClusterIP', selector: { [LABEL_WAYPOINT_FOR]: name }, ports: [{ name: 'tcp-hbone', port: HBONE_PORT, targetPort: HBONE_PORT, protocol: 'TCP' }] },
+    };
+    const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
+    if (!currentSvc) await this.#core.createNamespacedService({ namespace, body: service });
+  }
+
+  async stop(): Promise<void> {
+    await this.#deployments?.stop();
+    await this.#services?.stop();
+  }
+}
+
+function statusOf(e: unknown): number | undefined {
+  return (e as { code?: number }).code;
+}
+
+async function readOrUndefined<T>(p: Promise<T>): Promise<T | undefined> {
+  try {
+    return await p;
+  } catch (e) {
+    if (statusOf(e) === 404) return undefined;
+    throw e;
+  }
+}
+
+async function exists(p: Promise<unknown>): Promise<boolean> {
+  return (await readOrUndefined(p)) !== undefined;
+}
+
+async function ignore404(p: Promise<unknown>): Promise<void> {
+  await readOrUndefined(p);
+}
+
+async function ignore409(p: Promise<unknown>): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    if (statusOf(e) !== 409) throw e;
+  }
+}

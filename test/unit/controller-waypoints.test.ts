@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import * as grpc from '@grpc/grpc-js';
+import { Controller } from '../../controller/src/controller.ts';
+import { ConfigDirSource } from '../../controller/src/sources/files.ts';
+import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher, type WaypointLaunchSpec } from '../../controller/src/waypoints.ts';
+import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
+import { ConfigClient } from '../../lib/xds/client.ts';
+import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { ns, svc, waypoint } from './controller-fixtures.ts';
+import { until } from './controller-harness.ts';
+
+async function serve(configServer: ConfigServer): Promise<{ target: string; server: grpc.Server }> {
+  const server = new grpc.Server();
+  addConfigStreamService(server, { configServer });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  return { target: `127.0.0.1:${port}`, server };
+}
+
+test('in Kubernetes mode a Waypoint becomes a Deployment and a Service, and turns Ready with the Service address', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const configServer = new ConfigServer();
+  const { target, server } = await serve(configServer);
+  const controller = new Controller({
+    source: new KubeSource({ kubeConfig, restartDelayMs: 20 }),
+    configServer,
+    waypoints: new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012' }),
+    debounceMs: 5,
+  });
+  const agent = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a' });
+  try {
+    api.apply(ns('shop', { 'weft.dev/use-waypoint': 'wp' }));
+    api.apply(svc('shop', 'web'));
+    api.apply(waypoint('shop', 'wp'));
+    await controller.start();
+    agent.start();
+    await until('deployment created', () => api.get('Deployment', 'shop', 'wp') !== undefined);
+    const d = api.get('Deployment', 'shop', 'wp') as unknown as { spec: { template: { spec: { serviceAccountName: string; containers: Array<{ image: string }> }; metadata: { labels: Record<string, string> } } }; metadata: { ownerReferences: Array<{ kind: string }> } };
+    assert.equal(d.spec.template.spec.containers[0]!.image, 'weft/waypoint:test');
+    assert.equal(d.spec.template.spec.serviceAccountName, 'wp');
+    assert.equal(d.spec.template.metadata.labels['weft.dev/dataplane-mode'], 'none');
+    assert.equal(d.metadata.ownerReferences[0]!.kind, 'Waypoint');
+    await until('service created', () => api.get('Service', 'shop', 'wp') !== undefined);
+    assert.ok(api.get('ServiceAccount', 'shop', 'wp'));
+    const clusterIP = (api.get('Service', 'shop', 'wp')!.spec as { clusterIP: string }).clusterIP;
+
+    await until('agent sees the waypoint not ready', () => agent.snapshot?.waypoints.some((w) => w.name === 'wp' && !w.ready) ?? false);
+    await until('status NotReady', () => ((api.get('Waypoint', 'shop', 'wp')?.status as { conditions?: Array<{ status: string }> })?.conditions?.[0]?.status) === 'False');
+
+    // The Deployment controller would do this:
+    api.apply({ ...api.get('Deployment', 'shop', 'wp')!, status: { readyReplicas: 1, replicas: 1 } });
+    await until('agent sees the waypoint ready', () => agent.snapshot?.waypoints.some((w) => w.ready && w.address === clusterIP) ?? false);
+    const st = api.get('Waypoint', 'shop', 'wp')!.status as { conditions: Array<{ type: string; status: string }>; addresses: Array<{ value: string }> };
+    await until('status Ready', () => ((api.get('Waypoint', 'shop', 'wp')?.status as typeof st)?.conditions?.[0]?.status) === 'True');
+    assert.equal((api.get('Waypoint', 'shop', 'wp')!.status as typeof st).addresses[0]!.value, clusterIP);
+    assert.deepEqual(agent.snapshot!.services.find((s) => s.name === 'web')?.waypoint, { name: 'wp', namespace: 'shop' });
+
+    api.remove('Waypoint', 'shop', 'wp');
+    await until('deployment removed', () => api.get('Deployment', 'shop', 'wp') === undefined && api.get('Service', 'shop', 'wp') === undefined);
+  } finally {
+    agent.close();
+    await controller.stop();
+    server.forceShutdown();
+    await api.stop();
+  }
+});
+
+class FakeLauncher implements LocalWaypointLauncher {
+  running = new Map<string, WaypointLaunchSpec>();
+  async ensure(spec: WaypointLaunchSpec): Promise<{ address: string }> {
+    this.running.set(`${spec.namespace}/${spec.name}`, spec);
+    return { address: '10.250.0.9' };
+  }
+  async remove(namespace: string, name: string): Promise<void> {
+    this.running.delete(`${namespace}/${name}`);
+  }
+}
+
+test('in local mode a Waypoint is launched through the injected launcher and removed with its object', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-wp-'));
+  const launcher = new FakeLauncher();
+  const source = new ConfigDirSource({ dir, debounceMs: 10 });
+  const controller = new Controller({ source, configServer: new ConfigServer(), waypoints: new LocalWaypointDriver({ launcher }), debounceMs: 5 });
+  try {
+    writeFileSync(join(dir, 'wp.yaml'), stringify(waypoint('shop', 'wp')));
+    await controller.start();
+    await until('launched', () => launcher.running.has('shop/wp'));
+    assert.equal(launcher.running.get('shop/wp')!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/wp');
+    await until('model has a ready waypoint', () => controller.model?.waypoints.get('shop/wp')?.ready === true);
+    assert.equal(controller.model!.waypoints.get('shop/wp')!.address, '10.250.0.9');
+    await until('status Ready', () => source.statuses().get('Waypoint/shop/wp')?.ok === true);
+    writeFileSync(join(dir, 'wp.yaml'), '');
+    await until('removed', () => !launcher.running.has('shop/wp'));
+  } finally {
+    await controller.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
