@@ -17,7 +17,7 @@
         "<!(node -p \"require('node-addon-api').include_dir\")",
         '/usr/include/bpf',
       ],
-      'defines': [ 'NAPI_VERSION=9', 'NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS', '_GNU_SOURCE' ],
+      'defines': [ 'NAPI_VERSION=9', 'NAPI_DISABLE_CPP_EXCEPTIONS', '_GNU_SOURCE' ],
       'cflags_cc!': [ '-std=gnu++17', '-std=gnu++20' ],
       'cflags_cc': [ '-std=c++17', '-fno-exceptions', '-Wall', '-Wextra', '-Wno-missing-field-initializers', '-Wno-unused-parameter' ],
       'libraries': [ '-lbpf', '-lelf', '-lz' ],

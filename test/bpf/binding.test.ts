@@ -9,7 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, run, type Netns } from '../lab/lab.ts';
 import {
-  be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createSocketInNetns, cstring, fdOf, ipv4,
+  AddonNotFoundError, addonCandidates, be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createSocketInNetns, cstring, fdOf, ipv4,
   netnsCookie, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
 } from '../../agent/libbpf/index.ts';
 
@@ -111,6 +111,23 @@ describe('libbpf binding', () => {
     servers.push(g.server);
     return g;
   }
+
+  test('the addon loader says which paths it tried', () => {
+    const saved = process.env.WEFT_BPF_ADDON;
+    process.env.WEFT_BPF_ADDON = '/nonexistent/weft_bpf.node';
+    try {
+      const tried = addonCandidates();
+      assert.equal(tried[0], '/nonexistent/weft_bpf.node');
+      assert.ok(tried.some((p) => p.endsWith(join('agent', 'native', 'build', 'Release', 'weft_bpf.node'))));
+      const err = new AddonNotFoundError(tried);
+      assert.equal(err.code, 'WEFT_ADDON_NOT_FOUND');
+      for (const p of tried) assert.ok(err.message.includes(p), `${p} named in: ${err.message}`);
+      assert.match(err.message, /make addon/);
+    } finally {
+      if (saved === undefined) delete process.env.WEFT_BPF_ADDON;
+      else process.env.WEFT_BPF_ADDON = saved;
+    }
+  });
 
   test('opening a missing object file fails with ENOENT and names the path', () => {
     const path = join(OBJECTS, 'no_such_object.bpf.o');
