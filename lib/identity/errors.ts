@@ -81,7 +81,7 @@ export class PeerIdentityMismatchError extends IdentityError {
   constructor(actual: string, expected: string) {
     super(
       'WEFT_TLS_PEER_ID_MISMATCH',
-      `peer presented SPIFFE ID ${actual} but ${expected} was expected; check that the destination workload runs under the expected service account`,
+      `peer presented SPIFFE ID ${actual} but ${expected} was expected; check the service account the peer runs under and the mesh model's expectation for it`,
     );
     this.actual = actual;
     this.expected = expected;

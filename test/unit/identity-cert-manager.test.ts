@@ -148,3 +148,31 @@ test('forget stops renewing an identity', async (t) => {
   assert.equal(signer.calls, 1);
   assert.deepEqual(m.list(), []);
 });
+
+test('an SNI-selected server identity verifies clients against that identity\'s trust bundle', async (t) => {
+  const { createServer, connect } = await import('node:tls');
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const other = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const m = new CertManager({ signer: new InProcessSigner(ca), trustBundle: ca.trustBundle() });
+  const stranger = new CertManager({ signer: new InProcessSigner(other), trustBundle: [...ca.trustBundle(), ...other.trustBundle()] });
+  t.after(() => m.close());
+  t.after(() => stranger.close());
+  const api = id('default', 'api');
+  const server = createServer(m.serverOptions((name) => (name === 'api.default.weft' ? api : undefined)));
+  server.on('secureConnection', (s) => s.end('ok'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => server.close());
+  const port = (server.address() as { port: number }).port;
+  const attempt = async (from: CertManager, servername: string) => new Promise<string>((resolve) => {
+    void from.clientOptions(web, api).then((opts) => {
+      const s = connect({ host: '127.0.0.1', port, servername, ...opts });
+      let got = '';
+      s.on('data', (d: Buffer) => (got += d.toString()));
+      s.on('end', () => resolve(got || 'closed'));
+      s.on('error', (e: Error & { code?: string }) => resolve(`error:${e.code ?? e.message}`));
+    });
+  });
+  assert.equal(await attempt(m, 'api.default.weft'), 'ok');
+  assert.notEqual(await attempt(stranger, 'api.default.weft'), 'ok', 'a client from another CA is refused by the SNI context');
+  assert.match(await attempt(m, 'unknown.name'), /^error:|closed/);
+});

@@ -75,6 +75,7 @@ interface Entry {
   timer: NodeJS.Timeout | undefined;
   forgotten: boolean;
   contexts: Map<string, SecureContext>;
+  lastError: IdentityError | undefined;
 }
 
 export interface CertManagerEvents {
@@ -211,7 +212,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     let e = this.#entries.get(identity);
     if (!e) {
       parseSpiffeId(identity);
-      e = { identity, cert: undefined, inflight: undefined, timer: undefined, forgotten: false, contexts: new Map() };
+      e = { identity, cert: undefined, inflight: undefined, timer: undefined, forgotten: false, contexts: new Map(), lastError: undefined };
       this.#entries.set(identity, e);
     }
     return e;
@@ -232,7 +233,10 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     const inflight = entry.inflight ?? this.#refresh(entry);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new CaUnavailableError(`no certificate for ${entry.identity} within ${this.#fetchTimeoutMs} ms; the certificate service is unreachable or slow, retries continue in the background`)), this.#fetchTimeoutMs);
+      timer = setTimeout(() => {
+        const last = entry.lastError ? ` (last error: ${entry.lastError.message})` : '';
+        reject(new CaUnavailableError(`no certificate for ${entry.identity} within ${this.#fetchTimeoutMs} ms${last}; retries continue in the background`, { cause: entry.lastError }));
+      }, this.#fetchTimeoutMs);
       timer.unref();
     });
     try {
@@ -259,9 +263,12 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     for (;;) {
       if (this.#closed || entry.forgotten) throw new CaUnavailableError(`certificate manager stopped before ${entry.identity} was signed`);
       try {
-        return this.#install(entry, await this.#fetchOnce(entry.identity));
+        const cert = this.#install(entry, await this.#fetchOnce(entry.identity));
+        entry.lastError = undefined;
+        return cert;
       } catch (err) {
         const typed = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${entry.identity} failed: ${(err as Error).message}`, { cause: err });
+        entry.lastError = typed;
         this.emit('renewalFailed', entry.identity, typed);
         if (typed instanceof CertificateRefusedError) throw typed;
         const jittered = delay * (0.8 + Math.random() * 0.4);

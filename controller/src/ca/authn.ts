@@ -8,6 +8,8 @@
 // After bootstrap an agent authenticates with mTLS and its node certificate instead; that path
 // is handled by the service itself (see service.ts), not by an authenticator.
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
 import { AuthenticationV1Api, KubeConfig, type V1TokenReview } from '@kubernetes/client-node';
 
 export interface AuthenticatedNode {
@@ -52,6 +54,20 @@ export class StaticTokenAuthenticator implements NodeAuthenticator {
       if (token.length < 16) throw new NodeAuthenticationError(`bootstrap token for node ${node} is shorter than 16 characters; generate a random one`);
       return { node, digest: digest(token) };
     });
+  }
+
+  /** Reads a YAML or JSON map of node name → token (e.g. a Secret mounted as a file). */
+  static async fromFile(path: string): Promise<StaticTokenAuthenticator> {
+    let data: unknown;
+    try {
+      data = parseYaml(await readFile(path, 'utf8'));
+    } catch (err) {
+      throw new NodeAuthenticationError(`cannot read bootstrap tokens from ${path} (${(err as Error).message}); write a YAML map of node name to token`);
+    }
+    if (!data || typeof data !== 'object' || Array.isArray(data) || !Object.values(data).every((v) => typeof v === 'string')) {
+      throw new NodeAuthenticationError(`bootstrap token file ${path} must be a YAML map of node name to token string`);
+    }
+    return new StaticTokenAuthenticator(data as Record<string, string>);
   }
 
   async authenticate(token: string): Promise<AuthenticatedNode> {
