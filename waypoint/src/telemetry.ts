@@ -111,8 +111,8 @@ export class Telemetry {
     const registers = [this.registry];
     this.requestsTotal = new Counter({ name: 'istio_requests_total', help: 'Requests handled by the waypoint', labelNames: REQUEST_LABELS, registers });
     this.requestDuration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames: REQUEST_LABELS, buckets: DURATION_BUCKETS, registers });
-    this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request size (headers and body, bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
-    this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response size (headers and body, bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
+    this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
+    this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
     this.quotaBackendErrors = new Counter({ name: 'weft_waypoint_quota_backend_errors_total', help: 'Quota checks that could not reach Redis', labelNames: ['failure_mode'], registers });
     this.configApplies = new Counter({ name: 'weft_waypoint_config_applies_total', help: 'Configuration updates, by result', labelNames: ['result'], registers });
     this.rapidResetGoaways = new Counter({ name: 'weft_waypoint_rapid_reset_goaways_total', help: 'HTTP/2 sessions closed for resetting streams too fast', registers });

@@ -1,0 +1,192 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
+import { after, before, describe, it } from 'node:test';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { ConfigRejectedError } from '../../waypoint/src/errors.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import {
+  backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener, trafficPolicy,
+  type Backend, type Listener,
+} from '../../waypoint/testing/harness.ts';
+
+describe('config application', () => {
+  let v1: Backend;
+  let v2: Backend;
+  let engine: WaypointEngine;
+  let listener: Listener;
+  const services = () => [
+    service('reviews', '10.96.0.10', [endpoint(v1.port)]),
+    service('reviews-v2', '10.96.0.12', [endpoint(v2.port)]),
+  ];
+
+  before(async () => {
+    v1 = await startHttpBackend(echo('v1'));
+    v2 = await startHttpBackend(echo('v2'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await engine.close();
+    await v1.close();
+    await v2.close();
+  });
+
+  it('answers 404 for every host before the first configuration', async () => {
+    assert.equal((await request(listener.port)).status, 404);
+  });
+
+  it('swaps routes atomically when a new configuration is applied', async () => {
+    const a = engine.applyConfig(config({ services: services() }));
+    assert.equal(a.version, 1);
+    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v1');
+    const b = engine.applyConfig(config({ services: services(), routes: [route('to-v2', 'reviews', [{ backends: [backend('reviews-v2')] }])] }));
+    assert.equal(b.version, 2);
+    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v2');
+  });
+
+  it('rejects a bad configuration naming the object and field, and keeps the last good one', async () => {
+    const bad = config({
+      services: services(),
+      routes: [route('broken', 'reviews', [{ matches: [match({ path: { type: 'RegularExpression', value: '/(unclosed' } })], backends: [backend('reviews')] }])],
+      trafficPolicies: [trafficPolicy('reviews', { retries: { attempts: 2, retryOn: ['sometimes'] } })],
+    });
+    assert.throws(() => engine.applyConfig(bad), (err: unknown) => {
+      assert.ok(err instanceof ConfigRejectedError);
+      assert.equal(err.code, 'WEFT_WAYPOINT_CONFIG_REJECTED');
+      assert.match(err.message, /HTTPRoute shop\/broken: rules\[0\]\.matches\[0\]\.path\.value: invalid regular expression/);
+      assert.match(err.message, /TrafficPolicy shop\/reviews-tp: retries\.retryOn\[0\]: unknown retry condition "sometimes"/);
+      assert.equal(err.issues.length, 2);
+      return true;
+    });
+    assert.equal(engine.configVersion, 2);
+    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v2');
+    const applies = await metricSamples(engine, 'weft_waypoint_config_applies_total');
+    assert.deepEqual(applies.map((s) => [s.labels['result'], s.value]).sort(), [['applied', 2], ['rejected', 1]]);
+  });
+
+  it('rejects a route to a service the configuration does not have', () => {
+    assert.throws(() => engine.applyConfig(config({ services: services(), routes: [route('r', 'reviews', [{ backends: [backend('ghost')] }])] })),
+      /HTTPRoute shop\/r: rules\[0\]\.backends\[0\]\.service: backend service shop\/ghost is not in the waypoint's configuration/);
+  });
+
+  it('rejects two services claiming one address', () => {
+    assert.throws(() => engine.applyConfig(config({ services: [...services(), service('dup', '10.96.0.10', [])] })),
+      /Service shop\/dup: vips: address 10\.96\.0\.10 is also claimed by shop\/reviews/);
+  });
+
+  it('rejects a structurally broken configuration', () => {
+    assert.throws(() => engine.applyConfig({ namespace: 'shop' } as never), /WaypointConfig -: services: must be an array/);
+  });
+
+  it('keeps endpoint health across a configuration update', async () => {
+    const bad = await startHttpBackend((_q, res) => { res.writeHead(500); res.end(); });
+    try {
+      const cfg = config({
+        services: [service('reviews', '10.96.0.10', [endpoint(v1.port), endpoint(bad.port)])],
+        trafficPolicies: [trafficPolicy('reviews', { retries: { attempts: 0, retryOn: [] }, outlierDetection: { consecutive5xx: 1, intervalMs: 1000, baseEjectionTimeMs: 60_000, maxEjectionPercent: 50 } })],
+      });
+      engine.applyConfig(cfg);
+      for (let i = 0; i < 4; i++) await request(listener.port);
+      engine.applyConfig(cfg);
+      const stats = engine.clusterStats().find((c) => c.service === 'shop/reviews:80')!;
+      assert.equal(stats.endpoints.find((e) => e.address.endsWith(`:${bad.port}`))?.ejected, true);
+    } finally {
+      await bad.close();
+    }
+  });
+});
+
+describe('telemetry', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let listener: Listener;
+  const lines: string[] = [];
+  const exporter = new InMemorySpanExporter();
+  const otlpBodies: Buffer[] = [];
+  let collector: http.Server;
+
+  before(async () => {
+    collector = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => { if (req.url === '/v1/traces') otlpBodies.push(Buffer.concat(chunks)); res.writeHead(200, { 'content-type': 'application/json' }); res.end('{}'); });
+    });
+    await new Promise<void>((r) => collector.listen(0, '127.0.0.1', r));
+    b = await startHttpBackend(echo('b'));
+    engine = new WaypointEngine({
+      namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(),
+      telemetry: {
+        accessLog: (l) => lines.push(l),
+        tracing: { exporter, endpoint: `http://127.0.0.1:${(collector.address() as AddressInfo).port}/v1/traces`, serviceName: 'waypoint-test' },
+      },
+    });
+    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await engine.close();
+    await b.close();
+    collector.close();
+  });
+
+  it('continues the caller trace with a new span id and exports the span', async () => {
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const parent = '00f067aa0ba902b7';
+    const r = await request(listener.port, { path: '/traced', headers: { traceparent: `00-${traceId}-${parent}-01`, tracestate: 'k=v' } });
+    const upstream = JSON.parse(r.body).headers;
+    const [, tid, sid, flags] = (upstream.traceparent as string).split('-');
+    assert.equal(tid, traceId);
+    assert.notEqual(sid, parent);
+    assert.equal(flags, '01');
+    assert.equal(upstream.tracestate, 'k=v');
+    await delay(20);
+    const span = exporter.getFinishedSpans().find((s) => s.spanContext().traceId === traceId);
+    assert.ok(span);
+    assert.equal(span.spanContext().spanId, sid);
+    assert.equal(span.parentSpanContext?.spanId, parent);
+    assert.equal(span.attributes['http.response.status_code'], 200);
+    await engine.telemetry.flush();
+    assert.ok(otlpBodies.length > 0, 'spans were posted to the OTLP/HTTP endpoint');
+    assert.ok(otlpBodies.some((body) => body.includes(Buffer.from(traceId, 'hex')) || body.toString().includes(traceId)));
+  });
+
+  it('writes one JSON access-log line per request', async () => {
+    lines.length = 0;
+    await request(listener.port, { path: '/logged?x=1', headers: { 'user-agent': 'probe/1' } });
+    await request(listener.port, { method: 'DELETE', path: '/other' });
+    assert.equal(lines.length, 2);
+    const first = JSON.parse(lines[0]!);
+    assert.equal(first.method, 'GET');
+    assert.equal(first.path, '/logged?x=1');
+    assert.equal(first.response_code, 200);
+    assert.equal(first.response_flags, '-');
+    assert.equal(first.source_principal, 'spiffe://cluster.local/ns/shop/sa/tester');
+    assert.equal(first.destination_service, 'reviews.shop.svc.cluster.local');
+    assert.equal(first.upstream_host, `127.0.0.1:${b.port}`);
+    assert.equal(first.protocol, 'HTTP/1.1');
+    assert.match(first.trace_id, /^[0-9a-f]{32}$/);
+    assert.equal(first.waypoint, 'shop/waypoint');
+    assert.equal(JSON.parse(lines[1]!).method, 'DELETE');
+  });
+
+  it('records request counts, durations and sizes with Istio labels', async () => {
+    await request(listener.port, { method: 'POST', path: '/sized', body: 'x'.repeat(1000) });
+    const total = await metricSamples(engine, 'istio_requests_total');
+    const s = total.find((v) => v.labels['response_code'] === '200')!;
+    assert.equal(s.labels['source_workload'], 'tester');
+    assert.equal(s.labels['source_workload_namespace'], 'shop');
+    assert.equal(s.labels['destination_workload'], `pod-${b.port}`);
+    assert.equal(s.labels['request_protocol'], 'http');
+    assert.equal(s.labels['reporter'], 'waypoint');
+    const text = await engine.telemetry.registry.metrics();
+    assert.match(text, /istio_request_duration_milliseconds_bucket\{/);
+    assert.match(text, /istio_request_bytes_sum\{[^}]*response_code="200"[^}]*\} 1000/);
+  });
+});

@@ -1,0 +1,162 @@
+import assert from 'node:assert/strict';
+import { setTimeout as delay } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { rewritePath } from '../../waypoint/src/filters.ts';
+import { RouteTable, pathPrefixMatches } from '../../waypoint/src/router.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import {
+  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
+  type Backend, type Listener,
+} from '../../waypoint/testing/harness.ts';
+
+describe('route filters', () => {
+  let main: Backend;
+  let mirror: Backend;
+  const mirrored: Array<{ host: string | undefined; body: string; url: string | undefined }> = [];
+  let engine: WaypointEngine;
+  let listener: Listener;
+
+  before(async () => {
+    main = await startHttpBackend(echo('main'));
+    mirror = await startHttpBackend((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        mirrored.push({ host: req.headers.host, body: Buffer.concat(chunks).toString(), url: req.url });
+        res.writeHead(500);
+        res.end('mirror answers are discarded');
+      });
+    });
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [
+        service('reviews', '10.96.0.10', [endpoint(main.port)]),
+        service('shadow', '10.96.0.11', [endpoint(mirror.port)]),
+      ],
+      routes: [route('reviews', 'reviews', [
+        {
+          matches: [match({ path: { type: 'PathPrefix', value: '/api/v1' } })],
+          filters: [
+            { type: 'RequestHeaderModifier', headers: { set: [{ name: 'X-Env', value: 'prod' }], add: [{ name: 'x-tag', value: 'b' }], remove: ['x-drop'] } },
+            { type: 'ResponseHeaderModifier', headers: { set: [{ name: 'x-served-by', value: 'waypoint' }], add: [], remove: ['x-backend'] } },
+            { type: 'URLRewrite', hostname: 'internal.reviews', path: { type: 'ReplacePrefixMatch', value: '/v2' } },
+          ],
+          backends: [backend('reviews')],
+        },
+        {
+          matches: [match({ path: { type: 'Exact', value: '/old' } })],
+          filters: [{ type: 'RequestRedirect', scheme: 'https', hostname: 'new.example.com', path: { type: 'ReplaceFullPath', value: '/new' }, statusCode: 301 }],
+          backends: [],
+        },
+        {
+          matches: [match({ path: { type: 'PathPrefix', value: '/mirror' } })],
+          filters: [{ type: 'RequestMirror', backend: backend('shadow'), percent: 100 }],
+          backends: [backend('reviews')],
+        },
+      ])],
+    }));
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await engine.close();
+    await main.close();
+    await mirror.close();
+  });
+
+  it('modifies request and response headers and rewrites host and path prefix', async () => {
+    const r = await request(listener.port, { path: '/api/v1/items?id=3', headers: { 'x-tag': 'a', 'x-drop': 'yes' } });
+    assert.equal(r.status, 200);
+    const seen = JSON.parse(r.body);
+    assert.equal(seen.url, '/v2/items?id=3');
+    assert.equal(seen.headers.host, 'internal.reviews');
+    assert.equal(seen.headers['x-env'], 'prod');
+    assert.equal(seen.headers['x-tag'], 'a, b');
+    assert.equal(seen.headers['x-drop'], undefined);
+    assert.match(seen.headers.traceparent, /^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+    assert.equal(r.headers['x-served-by'], 'waypoint');
+    assert.equal(r.headers['x-backend'], undefined);
+  });
+
+  it('redirects with scheme, host, path and status code', async () => {
+    const r = await request(listener.port, { path: '/old?q=1' });
+    assert.equal(r.status, 301);
+    assert.equal(r.headers.location, 'https://new.example.com/new?q=1');
+    assert.equal(main.hits, 1);
+  });
+
+  it('mirrors a copy with its body and discards the mirror answer', async () => {
+    const r = await request(listener.port, { method: 'POST', path: '/mirror/x', body: 'payload', headers: { 'content-type': 'text/plain' } });
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.body).body, 'payload');
+    for (let i = 0; i < 50 && mirrored.length === 0; i++) await delay(10);
+    assert.equal(mirrored.length, 1);
+    assert.equal(mirrored[0]!.body, 'payload');
+    assert.equal(mirrored[0]!.url, '/mirror/x');
+    assert.match(mirrored[0]!.host ?? '', /-shadow$/);
+  });
+
+  it('falls back to the service for a path no rule matches', async () => {
+    const r = await request(listener.port, { path: '/other' });
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.body).url, '/other');
+  });
+});
+
+describe('route precedence', () => {
+  const svc = new Set(['shop/a', 'shop/exact', 'shop/long', 'shop/method', 'shop/headers', 'shop/old', 'shop/new', 'shop/regex']);
+  const b = (name: string) => [backend(name)];
+
+  function pick(table: RouteTable, req: { method?: string; path: string; headers?: Record<string, string> }): string | undefined {
+    return table.match('shop/a', 80, { method: req.method ?? 'GET', path: req.path, headers: req.headers ?? {} })?.rule.backends[0]?.service;
+  }
+
+  it('prefers Exact, then RegularExpression, then the longest prefix, then method, headers, and the older route', () => {
+    const issues: never[] = [];
+    const table = new RouteTable([
+      route('new', 'a', [{ matches: [match({ path: { type: 'PathPrefix', value: '/x' } })], backends: b('new') }], { order: '2026-02-01/shop/new' }),
+      route('old', 'a', [{ matches: [match({ path: { type: 'PathPrefix', value: '/x' } })], backends: b('old') }], { order: '2026-01-01/shop/old' }),
+      route('r', 'a', [
+        { matches: [match({ path: { type: 'PathPrefix', value: '/x/y' } })], backends: b('long') },
+        { matches: [match({ path: { type: 'Exact', value: '/x/y/z' } })], backends: b('exact') },
+        { matches: [match({ path: { type: 'RegularExpression', value: '/x/y/[0-9]+' } })], backends: b('regex') },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/m' }, method: 'POST' })], backends: b('method') },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/m' }, headers: [{ type: 'Exact', name: 'x-a', value: '1' }, { type: 'Exact', name: 'x-b', value: '2' }] })], backends: b('headers') },
+      ], { order: '2026-03-01/shop/r' }),
+    ], svc, issues);
+    assert.deepEqual(issues, []);
+    assert.equal(pick(table, { path: '/x/y/z' }), 'shop/exact');
+    assert.equal(pick(table, { path: '/x/y/42' }), 'shop/regex');
+    assert.equal(pick(table, { path: '/x/y/q' }), 'shop/long');
+    assert.equal(pick(table, { path: '/x/q' }), 'shop/old');
+    assert.equal(pick(table, { path: '/xyz' }), undefined);
+    assert.equal(pick(table, { path: '/m', method: 'POST', headers: { 'x-a': '1', 'x-b': '2' } }), 'shop/method');
+    assert.equal(pick(table, { path: '/m', headers: { 'x-a': '1', 'x-b': '2' } }), 'shop/headers');
+    assert.equal(pick(table, { path: '/m' }), undefined);
+  });
+
+  it('matches query parameters', () => {
+    const table = new RouteTable([route('q', 'a', [
+      { matches: [match({ queryParams: [{ type: 'Exact', name: 'v', value: '2' }] })], backends: b('new') },
+      { backends: b('old') },
+    ])], svc, []);
+    assert.equal(pick(table, { path: '/p?v=2' }), 'shop/new');
+    assert.equal(pick(table, { path: '/p?v=3' }), 'shop/old');
+  });
+
+  it('matches path prefixes element-wise', () => {
+    assert.equal(pathPrefixMatches('/foo', '/foo'), true);
+    assert.equal(pathPrefixMatches('/foo/', '/foo/bar'), true);
+    assert.equal(pathPrefixMatches('/foo', '/foobar'), false);
+    assert.equal(pathPrefixMatches('/', '/anything'), true);
+  });
+
+  it('rewrites prefixes the Gateway API way', () => {
+    assert.equal(rewritePath('/foo/bar', { type: 'ReplacePrefixMatch', value: '/' }, '/foo'), '/bar');
+    assert.equal(rewritePath('/foo', { type: 'ReplacePrefixMatch', value: '/bar' }, '/foo'), '/bar');
+    assert.equal(rewritePath('/foo/x', { type: 'ReplacePrefixMatch', value: '/bar/' }, '/foo/'), '/bar/x');
+    assert.equal(rewritePath('/foo/x', { type: 'ReplaceFullPath', value: '/y' }, '/foo'), '/y');
+  });
+});
