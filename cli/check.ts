@@ -18,26 +18,63 @@ export interface KernelVersion {
   patch: number;
 }
 
-/** A kernel feature Weft uses and the upstream release that brought it. */
+/**
+ * A kernel feature Weft uses, the upstream release that brought it, and how to see it directly
+ * (distribution kernels backport BPF features, so the version is only the fallback).
+ */
 export interface KernelFeature {
   id: string;
   title: string;
   since: KernelVersion;
+  /** An enumerator (bpf_attach_type, bpf_map_type, bpf_func_id) in the kernel's BTF exactly when the feature exists. */
+  btfName?: string;
+  /** A capability number the kernel knows exactly when the feature exists (/proc/sys/kernel/cap_last_cap). */
+  capability?: number;
 }
 
 const v = (major: number, minor: number): KernelVersion => ({ major, minor, patch: 0 });
 
 export const KERNEL_FEATURES: readonly KernelFeature[] = [
-  { id: 'kernel.cgroup-sock-addr', title: 'cgroup connect4/connect6 hooks', since: v(4, 17) },
-  { id: 'kernel.sk-storage', title: 'socket-local storage (BPF_MAP_TYPE_SK_STORAGE)', since: v(5, 2) },
-  { id: 'kernel.netns-cookie', title: 'bpf_get_netns_cookie() in cgroup sock_addr programs', since: v(5, 7) },
-  { id: 'kernel.getpeername-hooks', title: 'cgroup getpeername4/getpeername6 hooks', since: v(5, 8) },
-  { id: 'kernel.cap-bpf', title: 'CAP_BPF', since: v(5, 8) },
-  { id: 'kernel.tcx', title: 'tcx links (BPF_TCX_INGRESS)', since: v(6, 6) },
+  { id: 'kernel.sockops', title: 'cgroup sockops programs', since: v(4, 13), btfName: 'BPF_CGROUP_SOCK_OPS' },
+  { id: 'kernel.cgroup-sock-addr', title: 'cgroup connect4/connect6 hooks', since: v(4, 17), btfName: 'BPF_CGROUP_INET4_CONNECT' },
+  { id: 'kernel.sk-storage', title: 'socket-local storage (BPF_MAP_TYPE_SK_STORAGE)', since: v(5, 2), btfName: 'BPF_MAP_TYPE_SK_STORAGE' },
+  { id: 'kernel.netns-cookie', title: 'bpf_get_netns_cookie() in cgroup sock_addr programs', since: v(5, 7), btfName: 'BPF_FUNC_get_netns_cookie' },
+  { id: 'kernel.getpeername-hooks', title: 'cgroup getpeername4/getpeername6 hooks', since: v(5, 8), btfName: 'BPF_CGROUP_INET4_GETPEERNAME' },
+  { id: 'kernel.cap-bpf', title: 'CAP_BPF', since: v(5, 8), capability: 39 },
+  { id: 'kernel.tcx', title: 'tcx links (BPF_TCX_INGRESS)', since: v(6, 6), btfName: 'BPF_TCX_INGRESS' },
 ];
 
-/** Oldest kernel with every feature above. */
+/** Oldest upstream kernel with every feature above. */
 export const MIN_KERNEL: KernelVersion = KERNEL_FEATURES.reduce((a, f) => (compareKernel(f.since, a) > 0 ? f.since : a), v(0, 0));
+
+/** What the kernel says about itself beyond its version. */
+export interface KernelProbes {
+  /** Contents of /sys/kernel/btf/vmlinux. */
+  btf?: Uint8Array;
+  /** /proc/sys/kernel/cap_last_cap. */
+  capLastCap?: number;
+}
+
+const BTF_MAGIC = 0xeb9f;
+
+/**
+ * Whether `name` is a string of the BTF blob (see the kernel's btf.rst: a header, then type and
+ * string sections; strings are NUL-terminated and the first is empty). Undefined when `btf` is
+ * not BTF.
+ */
+export function btfHasName(btf: Uint8Array, name: string): boolean | undefined {
+  if (btf.length < 24) return undefined;
+  const view = new DataView(btf.buffer, btf.byteOffset, btf.byteLength);
+  const le = view.getUint16(0, true) === BTF_MAGIC;
+  if (!le && view.getUint16(0, false) !== BTF_MAGIC) return undefined;
+  const hdrLen = view.getUint32(4, le);
+  const strOff = view.getUint32(16, le);
+  const strLen = view.getUint32(20, le);
+  const start = hdrLen + strOff;
+  if (start + strLen > btf.length) return undefined;
+  const strings = Buffer.from(btf.buffer, btf.byteOffset + start, strLen);
+  return strings.indexOf(`\0${name}\0`, 0, 'latin1') >= 0;
+}
 
 export const MESH_PORTS: readonly { port: number; what: string }[] = [
   { port: 15000, what: 'agent admin' },
@@ -91,25 +128,43 @@ export function listeningPorts(procNetTcp: string): Set<number> {
 
 // ---- checks ----------------------------------------------------------------------------------
 
-export function checkKernel(rel: string): CheckResult[] {
+type Presence = { present: boolean | undefined; how: string };
+
+function featurePresence(f: KernelFeature, k: KernelVersion | undefined, probes: KernelProbes): Presence {
+  if (f.btfName && probes.btf) {
+    const has = btfHasName(probes.btf, f.btfName);
+    if (has !== undefined) return { present: has, how: has ? `${f.btfName} in kernel BTF` : `kernel BTF has no ${f.btfName}` };
+  }
+  if (f.capability !== undefined && probes.capLastCap !== undefined) {
+    const has = f.capability <= probes.capLastCap;
+    return { present: has, how: `cap_last_cap is ${probes.capLastCap}` };
+  }
+  if (!k) return { present: undefined, how: 'unknown kernel version and no BTF' };
+  const has = compareKernel(k, f.since) >= 0;
+  return { present: has, how: has ? `Linux ${fmt(f.since)}+` : `needs Linux ${fmt(f.since)}, running ${fmt(k)}` };
+}
+
+/** The kernel version and each BPF feature, seen in BTF where possible and by version otherwise. */
+export function checkKernel(rel: string, probes: KernelProbes = {}): CheckResult[] {
   const k = parseKernelRelease(rel);
+  const features: CheckResult[] = KERNEL_FEATURES.map((f) => {
+    const p = featurePresence(f, k, probes);
+    if (p.present === true) return { id: f.id, title: f.title, status: 'pass', detail: p.how };
+    const remedy = `upgrade the kernel to Linux ${fmt(f.since)} or newer${f.btfName ? ` (or a distribution kernel whose BTF lists ${f.btfName})` : ''}`;
+    return { id: f.id, title: f.title, status: p.present === false ? 'fail' : 'warn', detail: p.how, remedy };
+  });
+  const allPresent = features.every((r) => r.status === 'pass');
+  let version: CheckResult;
   if (!k) {
-    return [{
-      id: 'kernel.version', title: 'kernel version', status: 'warn', detail: `cannot parse kernel release "${rel}"`,
-      remedy: `make sure the kernel is ${fmt(MIN_KERNEL)} or newer (\`uname -r\`)`,
-    }];
+    version = { id: 'kernel.version', title: 'kernel version', status: 'warn', detail: `cannot parse kernel release "${rel}"`, remedy: `make sure the kernel is Linux ${fmt(MIN_KERNEL)} or newer (\`uname -r\`)` };
+  } else if (compareKernel(k, MIN_KERNEL) >= 0) {
+    version = { id: 'kernel.version', title: 'kernel version', status: 'pass', detail: rel };
+  } else if (allPresent) {
+    version = { id: 'kernel.version', title: 'kernel version', status: 'warn', detail: `${rel} is older than ${fmt(MIN_KERNEL)}, but every feature is there (backported)`, remedy: `prefer Linux ${fmt(MIN_KERNEL)} or newer; backports are not what the tests run on` };
+  } else {
+    version = { id: 'kernel.version', title: 'kernel version', status: 'fail', detail: `${rel} is older than ${fmt(MIN_KERNEL)}`, remedy: `upgrade to Linux ${fmt(MIN_KERNEL)} or newer (e.g. Debian 13, Ubuntu 24.04 HWE)` };
   }
-  const out: CheckResult[] = [];
-  const old = compareKernel(k, MIN_KERNEL) < 0;
-  out.push(old
-    ? { id: 'kernel.version', title: 'kernel version', status: 'fail', detail: `${rel} is older than ${fmt(MIN_KERNEL)}`, remedy: `upgrade to Linux ${fmt(MIN_KERNEL)} or newer (e.g. Debian 13, Ubuntu 24.04 HWE)` }
-    : { id: 'kernel.version', title: 'kernel version', status: 'pass', detail: rel });
-  for (const f of KERNEL_FEATURES) {
-    out.push(compareKernel(k, f.since) < 0
-      ? { id: f.id, title: f.title, status: 'fail', detail: `needs Linux ${fmt(f.since)}, running ${fmt(k)}`, remedy: `upgrade the kernel to ${fmt(f.since)} or newer (a distribution backport may also carry it: \`bpftool feature probe\` tells)` }
-      : { id: f.id, title: f.title, status: 'pass', detail: `Linux ${fmt(f.since)}+` });
-  }
-  return out;
+  return [version, ...features];
 }
 
 export function checkBtf(vmlinuxBtf: string): CheckResult {
@@ -191,6 +246,8 @@ export interface PreflightSources {
   kernelRelease: string;
   /** Path of the kernel's BTF. */
   vmlinuxBtf: string;
+  /** Contents of /proc/sys/kernel/cap_last_cap. */
+  capLastCap: string;
   mounts: readonly MountEntry[];
   /** Text of /proc/self/status. */
   procStatus: string;
@@ -213,6 +270,7 @@ export function hostSources(): PreflightSources {
   return {
     kernelRelease: release(),
     vmlinuxBtf: '/sys/kernel/btf/vmlinux',
+    capLastCap: readOr('/proc/sys/kernel/cap_last_cap', ''),
     mounts: (() => {
       try {
         return readMounts();
@@ -227,11 +285,23 @@ export function hostSources(): PreflightSources {
   };
 }
 
+function kernelProbes(s: PreflightSources): KernelProbes {
+  const probes: KernelProbes = {};
+  try {
+    probes.btf = readFileSync(s.vmlinuxBtf);
+  } catch {
+    // no BTF: versions only (checkBtf reports it)
+  }
+  const cap = Number.parseInt(s.capLastCap, 10);
+  if (Number.isInteger(cap)) probes.capLastCap = cap;
+  return probes;
+}
+
 /** Runs every machine check; `sources` overrides what is read from the host. */
 export function runPreflight(sources: Partial<PreflightSources> = {}): CheckResult[] {
   const s: PreflightSources = { ...hostSources(), ...sources };
   return [
-    ...checkKernel(s.kernelRelease),
+    ...checkKernel(s.kernelRelease, kernelProbes(s)),
     checkBtf(s.vmlinuxBtf),
     checkBpffs(s.mounts),
     checkCgroup2(s.mounts),

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type AddressInfo } from 'node:net';
-import { chmodSync, mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  MIN_KERNEL, checkBpffs, checkCapabilities, checkCgroup2, checkKernel, checkPorts, checkTools, compareKernel,
+  MIN_KERNEL, btfHasName, checkBpffs, checkCapabilities, checkCgroup2, checkKernel, checkPorts, checkTools, compareKernel,
   decodeCapEff, listeningPorts, parseKernelRelease, runPreflight, type CheckResult, type PreflightSources,
 } from '../../cli/check.ts';
 
@@ -38,6 +38,50 @@ test('needs Linux 6.6 (tcx) and reports each feature a 5.10 kernel lacks', () =>
   const garbage = checkKernel('???');
   assert.equal(garbage[0]?.status, 'warn');
   assertRemedies(garbage);
+});
+
+/** A BTF blob with no types and the given strings (little-endian header, as on x86 and arm64). */
+function btf(names: string[]): Buffer {
+  const strings = Buffer.from(['', ...names].join('\0') + '\0', 'latin1');
+  const header = Buffer.alloc(24);
+  header.writeUInt16LE(0xeb9f, 0);
+  header.writeUInt8(1, 2);
+  header.writeUInt32LE(24, 4); // hdr_len
+  header.writeUInt32LE(0, 8); // type_off
+  header.writeUInt32LE(0, 12); // type_len
+  header.writeUInt32LE(0, 16); // str_off
+  header.writeUInt32LE(strings.length, 20);
+  return Buffer.concat([header, strings]);
+}
+
+test('finds whole names in the BTF string section, not prefixes, and rejects non-BTF', () => {
+  const blob = btf(['BPF_TCX_INGRESS', 'BPF_CGROUP_INET4_GETPEERNAME']);
+  assert.equal(btfHasName(blob, 'BPF_TCX_INGRESS'), true);
+  assert.equal(btfHasName(blob, 'BPF_TCX'), false);
+  assert.equal(btfHasName(blob, 'BPF_MAP_TYPE_SK_STORAGE'), false);
+  assert.equal(btfHasName(Buffer.from('not btf at all, just some bytes'), 'BPF_TCX_INGRESS'), undefined);
+});
+
+test('believes the kernel BTF over the version: a backported 5.14 kernel passes, a 6.8 without tcx fails', () => {
+  const all = btf(['BPF_CGROUP_SOCK_OPS', 'BPF_CGROUP_INET4_CONNECT', 'BPF_MAP_TYPE_SK_STORAGE', 'BPF_FUNC_get_netns_cookie', 'BPF_CGROUP_INET4_GETPEERNAME', 'BPF_TCX_INGRESS']);
+  const backported = checkKernel('5.14.0-427.el9.x86_64', { btf: all, capLastCap: 40 });
+  assert.ok(backported.filter((r) => r.id !== 'kernel.version').every((r) => r.status === 'pass'));
+  assert.equal(backported[0]?.status, 'warn');
+  assertRemedies(backported);
+
+  const noTcx = checkKernel('6.8.0', { btf: btf(['BPF_CGROUP_INET4_CONNECT']), capLastCap: 40 });
+  const tcx = noTcx.find((r) => r.id === 'kernel.tcx');
+  assert.equal(tcx?.status, 'fail');
+  assert.match(tcx?.detail ?? '', /kernel BTF has no BPF_TCX_INGRESS/);
+  assert.equal(noTcx.find((r) => r.id === 'kernel.cap-bpf')?.status, 'pass');
+  assert.equal(checkKernel('6.8.0', { capLastCap: 38 }).find((r) => r.id === 'kernel.cap-bpf')?.status, 'fail');
+  assertRemedies(noTcx);
+});
+
+test('reads the real kernel BTF when the machine has one', { skip: !existsSync('/sys/kernel/btf/vmlinux') && 'no /sys/kernel/btf/vmlinux' }, () => {
+  const blob = readFileSync('/sys/kernel/btf/vmlinux');
+  assert.equal(btfHasName(blob, 'BPF_CGROUP_INET4_CONNECT'), true);
+  assert.equal(btfHasName(blob, 'BPF_WEFT_NO_SUCH_THING'), false);
 });
 
 test('decodes CapEff: full root, a bounding-limited container and an unprivileged user', () => {
@@ -114,6 +158,7 @@ test('a machine that fails everything gets a remedy for every failure', () => {
   const bad: PreflightSources = {
     kernelRelease: '4.19.0',
     vmlinuxBtf: '/nonexistent/vmlinux',
+    capLastCap: '38',
     mounts: [],
     procStatus: 'Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n',
     procNetTcp: 'header\n   0: 00000000:3A99 00000000:0000 0A 0\n',
@@ -122,7 +167,7 @@ test('a machine that fails everything gets a remedy for every failure', () => {
   };
   const results = runPreflight(bad);
   const failed = results.filter((r) => r.status === 'fail').map((r) => r.id);
-  for (const id of ['kernel.version', 'kernel.btf', 'fs.bpffs', 'fs.cgroup2', 'privileges', 'tool.clang', 'tool.bpftool', 'port.15001']) {
+  for (const id of ['kernel.version', 'kernel.tcx', 'kernel.cap-bpf', 'kernel.btf', 'fs.bpffs', 'fs.cgroup2', 'privileges', 'tool.clang', 'tool.bpftool', 'port.15001']) {
     assert.ok(failed.includes(id), `${id} should fail`);
   }
   assertRemedies(results);

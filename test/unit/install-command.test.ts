@@ -76,17 +76,17 @@ test('install exits 2 on commander usage errors: missing --image, bad -o, bad re
 });
 
 test('check exits 1 when a check fails and 0 when all pass, printing the remedy', async () => {
-  const failing = await run((o) => checkCommand(o, { kernelRelease: '5.4.0-generic' }), ['check']);
+  const failing = await run((o) => checkCommand(o, { kernelRelease: '5.4.0-generic', vmlinuxBtf: '/nonexistent/vmlinux', capLastCap: '38' }), ['check']);
   assert.equal(failing.code, 1);
   assert.match(failing.stdout, /FAIL\s+tcx links/);
-  assert.match(failing.stdout, /-> upgrade the kernel to 6\.6/);
+  assert.match(failing.stdout, /-> upgrade the kernel to Linux 6\.6/);
 
   const results: CheckResult[] = [{ id: 'a', title: 'a', status: 'pass', detail: 'fine' }];
   assert.match(formatResults(results), /all checks passed/);
 });
 
 test('check -o json prints the results', async () => {
-  const r = await run((o) => checkCommand(o, { kernelRelease: '6.8.0' }), ['check', '-o', 'json']);
+  const r = await run((o) => checkCommand(o, { kernelRelease: '6.8.0', vmlinuxBtf: '/nonexistent/vmlinux' }), ['check', '-o', 'json']);
   const results = JSON.parse(r.stdout) as CheckResult[];
   assert.ok(results.some((x) => x.id === 'kernel.tcx' && x.status === 'pass'));
 });
