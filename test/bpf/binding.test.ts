@@ -78,7 +78,10 @@ function connectFromNetns(ns: Netns, from: string, to: string, port: number): Pr
 const counter = (o: BpfObject, idx: number): bigint =>
   sumPercpu(percpu(u64).decode(o.map('weft_test_counts').lookup(u32.encode(idx))!));
 
-describe('libbpf binding', () => {
+/** A broken binding must fail the run, not hang it (a lost record or packet would wait forever). */
+const SUITE_TIMEOUT_MS = 120_000;
+
+describe('libbpf binding', { timeout: SUITE_TIMEOUT_MS }, () => {
   let lab: Lab;
   const closers: (() => void)[] = [];
   const servers: Server[] = [];
@@ -95,7 +98,7 @@ describe('libbpf binding', () => {
       try { close(); } catch { /* teardown goes on */ }
     }
     await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-    await lab.cleanup();
+    await lab?.cleanup();
   });
 
   /** Opens and loads an object whose maps pin under a pin root of the test's own. */
