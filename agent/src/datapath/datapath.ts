@@ -8,7 +8,12 @@
 //   <pinRoot>/links/pods/<cookie>  each enrolled pod's tcx link
 // so a killed agent leaves redirection and enforcement running, and a restarted one adopts the
 // pinned links with an atomic program update instead of attaching a second time.
-import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+//
+// That only holds if the agent sees the host's bpffs. `ip netns exec` remounts /sys in a private
+// mount namespace, hiding /sys/fs/bpf and the cgroup tree: start an agent in a node netns with
+// `nsenter --net=<netns file>` instead (open() refuses to mount a private bpffs, see
+// PrivateBpffsError).
+import { existsSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isIPv6, type Socket } from 'node:net';
@@ -21,7 +26,7 @@ import {
   type BpfMap,
   type BpfProgram,
 } from '../../libbpf/index.ts';
-import { ensureBpffs, findCgroup2Root } from '../../../lib/sys/mounts.ts';
+import { ensureBpffs, findCgroup2Root, readMounts } from '../../../lib/sys/mounts.ts';
 import * as c from './codecs.ts';
 import {
   BadAddressError,
@@ -33,6 +38,7 @@ import {
   InterfaceError,
   NetnsNotFoundError,
   ObjectNotFoundError,
+  PrivateBpffsError,
 } from './errors.ts';
 
 /** Folder under the bpffs mount that holds Weft's pins unless DatapathOptions.pinRoot says otherwise. */
@@ -128,6 +134,21 @@ function isEnoent(err: unknown): boolean {
   return (err as { code?: string }).code === 'ENOENT';
 }
 
+/**
+ * Mounting a fresh bpffs is right on a host that has none, but in a private mount namespace (e.g.
+ * under `ip netns exec`) it would pin everything where no restarted agent can find it.
+ */
+function refusePrivateBpffs(): void {
+  if (readMounts().some((m) => m.fsType === 'bpf')) return;
+  const mntns = (pid: string): string | undefined => {
+    try { return readlinkSync(`/proc/${pid}/ns/mnt`); } catch { return undefined; }
+  };
+  const own = mntns('self');
+  // PID 1's namespace when we may read it, else our parent's (what `ip netns exec` left behind).
+  const reference = mntns('1') ?? mntns(String(process.ppid));
+  if (own && reference && own !== reference) throw new PrivateBpffsError();
+}
+
 function defaultObjectDir(): string {
   return resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'build', 'bpf');
 }
@@ -156,6 +177,7 @@ export class Datapath {
    * twice or after a restart never attaches anything twice.
    */
   static open(opts: DatapathOptions = {}): Datapath {
+    refusePrivateBpffs();
     const bpffs = ensureBpffs();
     const cgroupPath = resolve(opts.cgroupPath ?? findCgroup2Root());
     if (!existsSync(cgroupPath) || !statSync(cgroupPath).isDirectory()) throw new CgroupNotFoundError(cgroupPath);

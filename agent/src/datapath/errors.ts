@@ -88,3 +88,12 @@ export class DatapathClosedError extends DatapathError {
     super('WEFT_DATAPATH_CLOSED', 'the datapath was closed; open it again with Datapath.open()');
   }
 }
+
+/** No bpffs in this process's own mount namespace: pins made here would not outlive the agent. */
+export class PrivateBpffsError extends DatapathError {
+  constructor() {
+    super('WEFT_PRIVATE_BPFFS', 'bpffs is not mounted in this process\'s mount namespace (`ip netns exec` remounts /sys and hides it); ' +
+      'pins made in a private bpffs would be lost when the agent restarts. Start the agent with `nsenter --net=<netns file>` ' +
+      'instead of `ip netns exec`, or mount the host\'s /sys/fs/bpf into its mount namespace');
+  }
+}
