@@ -21,8 +21,11 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY . .
+# deploy/ holds the CRDs `weftctl install` renders; created when the checkout has none, so the
+# COPY below works either way (weftctl then renders its built-in CRDs and says so).
 RUN make build \
- && npm prune --omit=dev --no-audit --no-fund
+ && npm prune --omit=dev --no-audit --no-fund \
+ && mkdir -p deploy/crds
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime

@@ -3,6 +3,7 @@
 // everything taken from the build stage is either a repository path or an output of `make build`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
@@ -34,6 +35,15 @@ function instructions(text: string): Instruction[] {
 }
 
 const INSTR = instructions(DOCKERFILE);
+
+/** Whether a clean checkout has `rel`: tracked by git (the working tree when git is unavailable). */
+function inRepository(rel: string): boolean {
+  try {
+    return execFileSync('git', ['ls-files', '--', rel], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() !== '';
+  } catch {
+    return existsSync(join(ROOT, rel));
+  }
+}
 const projectNodeMajor = Number(/NODE_MAJOR_MIN := (\d+)/.exec(MAKEFILE)?.[1]);
 
 function nodeImage(): string {
@@ -71,7 +81,7 @@ test('every path COPY takes from the repository exists', () => {
   for (const i of INSTR.filter((x) => x.op === 'COPY' && !x.args.includes('--from') && !x.args.includes('<<'))) {
     const parts = i.args.split(/\s+/).filter((p) => !p.startsWith('--'));
     for (const src of parts.slice(0, -1)) {
-      assert.ok(existsSync(join(ROOT, src)), `COPY ${src}: missing in the repository`);
+      assert.ok(src === '.' || inRepository(src), `COPY ${src}: missing in the repository`);
       assert.ok(!dockerignore.split('\n').includes(src), `COPY ${src}: excluded by .dockerignore`);
     }
   }
@@ -82,6 +92,7 @@ const BUILD_OUTPUTS: Record<string, RegExp> = {
   'build/bpf': /^BPF_OBJ := .*build\/bpf\//m,
   'agent/native/build/Release/weft_bpf.node': /^ADDON := agent\/native\/build\/Release\/weft_bpf\.node$/m,
   node_modules: /npm ci/,
+  deploy: /mkdir -p deploy\/crds/,
 };
 
 test('every path the runtime stage copies from the build stage is in the repository or made by the build', () => {
@@ -93,9 +104,9 @@ test('every path the runtime stage copies from the build stage is in the reposit
     const rel = src.slice('/src/'.length);
     const made = BUILD_OUTPUTS[rel];
     if (made) {
-      assert.match(rel === 'node_modules' ? DOCKERFILE : MAKEFILE, made, `${rel} is not made by the build`);
+      assert.match(rel.startsWith('agent/') || rel.startsWith('build/') ? MAKEFILE : DOCKERFILE, made, `${rel} is not made by the build`);
     } else {
-      assert.ok(existsSync(join(ROOT, rel)), `COPY --from=build ${src}: ${rel} is missing in the repository`);
+      assert.ok(inRepository(rel), `COPY --from=build ${src}: ${rel} is missing in the repository`);
     }
   }
 });
@@ -116,4 +127,12 @@ test('the manifests start the parts the entrypoint knows', async () => {
     return (spec?.containers ?? []).map((c) => c.args?.[0]);
   });
   assert.deepEqual(args.sort(), ['agent', 'controller']);
+});
+
+// The entry files are written by the owners of each part; until all exist this is a todo, which
+// reports without failing the run.
+const ENTRY_FILES = ['agent/src/main.ts', 'controller/src/main.ts', 'waypoint/src/main.ts', 'cli/weftctl.ts'];
+const missingEntries = ENTRY_FILES.filter((f) => !inRepository(f));
+test('every file the entrypoint runs is in the repository', { todo: missingEntries.length ? `not yet written: ${missingEntries.join(', ')}` : false }, () => {
+  assert.deepEqual(missingEntries, []);
 });
