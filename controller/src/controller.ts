@@ -3,7 +3,7 @@
 // dirty flag; sources only enqueue.
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
-import { KINDS, type MeshKind } from '../../lib/model/objects.ts';
+import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import { compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -173,7 +173,7 @@ export class Controller {
     for (const key of this.store.statusKeys()) {
       const invalid = this.store.invalid(key);
       if (invalid) {
-        next.set(key, invalidStatus(key, invalid.issues, invalid.generation));
+        if (isMeshKind(key.slice(0, key.indexOf('/')))) next.set(key, invalidStatus(key, invalid.issues, invalid.generation));
         continue;
       }
       const obj = this.store.get(key)!;

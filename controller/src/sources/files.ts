@@ -15,8 +15,8 @@ import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler 
 export class ConfigFileError extends Error {
   readonly code = 'WEFT_CONFIG_FILE';
   readonly file: string;
-  constructor(file: string, message: string) {
-    super(`${file}: ${message} (the objects last read from this file stay in force)`);
+  constructor(file: string, message: string, keptPrevious = true) {
+    super(`${file}: ${message}${keptPrevious ? ' (the objects last read from this file stay in force)' : ''}`);
     this.name = 'ConfigFileError';
     this.file = file;
   }
@@ -166,6 +166,10 @@ export class ConfigDirSource implements ConfigSource {
         return undefined;
       }
       const o = value as RawObject;
+      if (typeof o.kind !== 'string' || typeof o.apiVersion !== 'string') {
+        this.#fileError(new ConfigFileError(file, `document ${i + 1} is not a Kubernetes object (no apiVersion/kind); skipped`, false));
+        continue;
+      }
       if (o.kind === 'List' && Array.isArray(o.items)) {
         for (const item of o.items as RawObject[]) this.#add(item, objects, fingerprints);
       } else this.#add(o, objects, fingerprints);

@@ -1,0 +1,293 @@
+// weft controller: reads a config directory (--config-dir) or Kubernetes (--kube), compiles the
+// mesh model, serves it on the config stream next to the certificate service (gRPC over TLS,
+// :15012), reconciles waypoints, writes status, exposes /metrics (:15020) and /healthz/ready
+// (:15021). `runController` is the embeddable entry point (the local mesh runner passes its
+// waypoint launcher); running this file parses the command line.
+import { createServer, type Server } from 'node:http';
+import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
+import {
+  addCertificateService,
+  createControllerCredentials,
+  StaticTokenAuthenticator,
+  TokenReviewAuthenticator,
+  type ControllerCredentials,
+  type NodeAuthenticator,
+  type PodDirectory,
+} from './ca/index.ts';
+import { Controller } from './controller.ts';
+import { jsonLogger, type Logger, type LogLevel } from './log.ts';
+import { ConfigDirSource } from './sources/files.ts';
+import { KubeSource } from './sources/kube.ts';
+import type { ConfigSource } from './sources/source.ts';
+import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
+import { ConfigServer, addConfigStreamService } from './xds/server.ts';
+
+export const DEFAULT_GRPC_PORT = 15012;
+export const DEFAULT_METRICS_PORT = 15020;
+export const DEFAULT_READY_PORT = 15021;
+
+/** The command line was wrong; the message says which flag. */
+export class UsageError extends Error {
+  readonly code = 'WEFT_USAGE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface ControllerMainOptions {
+  /** Exactly one of configDir and kube. */
+  configDir?: string;
+  kube?: boolean;
+  /** Path of a kubeconfig; default in-cluster, then $KUBECONFIG / ~/.kube/config. */
+  kubeconfig?: string;
+  /** Address the gRPC, metrics and health listeners bind; default 0.0.0.0. */
+  listenAddress?: string;
+  /** Defaults 15012 / 15020 / 15021; 0 picks a free port. */
+  grpcPort?: number;
+  metricsPort?: number;
+  readyPort?: number;
+  trustDomain?: string;
+  rootNamespace?: string;
+  /** CA material; without it a root is generated (fine for local mode, lost on restart). */
+  caCertFile?: string;
+  caKeyFile?: string;
+  caRootsFile?: string;
+  /** Local mode: YAML map of node name → bootstrap token for the certificate service. */
+  bootstrapTokensFile?: string;
+  /** SANs of the controller's serving certificate. */
+  dnsNames?: string[];
+  ipAddresses?: string[];
+  /** Plaintext gRPC without the certificate service: debugging only. */
+  insecure?: boolean;
+  /** Kubernetes mode: waypoint image and the address waypoints dial back. */
+  waypointImage?: string;
+  controllerAddress?: string;
+  /** Local mode: starts waypoint processes; without it Waypoints stay NotReady. */
+  launcher?: LocalWaypointLauncher;
+  logLevel?: LogLevel;
+  logger?: Logger;
+}
+
+export interface RunningController {
+  controller: Controller;
+  configServer: ConfigServer;
+  grpcPort: number;
+  metricsPort: number;
+  readyPort: number;
+  registry: Registry;
+  stop(): Promise<void>;
+}
+
+function listen(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve((server.address() as { port: number }).port));
+  });
+}
+
+export async function runController(o: ControllerMainOptions): Promise<RunningController> {
+  if (!!o.configDir === !!o.kube) throw new UsageError('give exactly one of --config-dir <dir> or --kube');
+  const log = o.logger ?? jsonLogger('controller', o.logLevel ?? 'info');
+  const host = o.listenAddress ?? '0.0.0.0';
+  const trustDomain = o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'weft_controller_' });
+
+  let kubeConfig: KubeConfig | undefined;
+  let source: ConfigSource;
+  if (o.kube) {
+    kubeConfig = new KubeConfig();
+    if (o.kubeconfig) kubeConfig.loadFromFile(o.kubeconfig);
+    else kubeConfig.loadFromDefault();
+    source = new KubeSource({ kubeConfig, logger: log });
+  } else {
+    source = new ConfigDirSource({ dir: o.configDir!, logger: log });
+  }
+  const waypoints = o.kube
+    ? new KubeWaypointDriver({ kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, ...(o.controllerAddress ? { controllerAddress: o.controllerAddress } : {}) })
+    : o.launcher
+      ? new LocalWaypointDriver({ launcher: o.launcher, trustDomain, logger: log })
+      : undefined;
+
+  const configServer = new ConfigServer({ logger: log, registry });
+  const controller = new Controller({
+    source,
+    configServer,
+    ...(waypoints ? { waypoints } : {}),
+    compile: { trustDomain, rootNamespace: o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE },
+    logger: log,
+    registry,
+  });
+
+  const grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_permit_without_calls': 1 });
+  addConfigStreamService(grpcServer, { configServer });
+  let credentials: grpc.ServerCredentials;
+  let controllerCreds: ControllerCredentials | undefined;
+  if (o.insecure) {
+    log.warn('serving the config stream in plaintext without the certificate service (--insecure)');
+    credentials = grpc.ServerCredentials.createInsecure();
+  } else {
+    const ca = o.caCertFile && o.caKeyFile
+      ? await CertificateAuthority.fromFiles({ certFile: o.caCertFile, keyFile: o.caKeyFile, ...(o.caRootsFile ? { rootsFile: o.caRootsFile } : {}) }, { trustDomain })
+      : await CertificateAuthority.generateRoot({ trustDomain });
+    let authenticator: NodeAuthenticator;
+    if (o.kube) authenticator = new TokenReviewAuthenticator({ kubeConfig: kubeConfig! });
+    else if (o.bootstrapTokensFile) authenticator = await StaticTokenAuthenticator.fromFile(o.bootstrapTokensFile);
+    else throw new UsageError('local mode needs --bootstrap-tokens <file> (YAML map of node name to token) for the certificate service, or --insecure');
+    const pods: PodDirectory = {
+      identitiesOnNode(node: string): ReadonlySet<string> {
+        const ids = new Set<string>();
+        for (const w of controller.model?.workloads.values() ?? []) if (w.node === node) ids.add(w.spiffeId);
+        return ids;
+      },
+    };
+    addCertificateService(grpcServer, { ca, authenticator, pods });
+    controllerCreds = await createControllerCredentials(ca, {
+      identity: `spiffe://${trustDomain}/ns/${o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE}/sa/weft-controller`,
+      dnsNames: o.dnsNames ?? ['weft-controller', `weft-controller.${o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE}.svc`, 'localhost'],
+      ipAddresses: o.ipAddresses ?? ['127.0.0.1'],
+    });
+    credentials = controllerCreds.credentials;
+  }
+  const grpcPort = await new Promise<number>((resolve, reject) =>
+    grpcServer.bindAsync(`${host}:${o.grpcPort ?? DEFAULT_GRPC_PORT}`, credentials, (err, port) => (err ? reject(err) : resolve(port))),
+  );
+
+  const metrics = createServer((req, res) => {
+    if (req.url?.split('?')[0] !== '/metrics') {
+      res.writeHead(404).end();
+      return;
+    }
+    registry.metrics().then(
+      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+      (e: Error) => res.writeHead(500).end(e.message),
+    );
+  });
+  const ready = createServer((req, res) => {
+    if (req.url?.split('?')[0] !== '/healthz/ready') {
+      res.writeHead(404).end();
+      return;
+    }
+    if (controller.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
+    else res.writeHead(503, { 'content-type': 'text/plain' }).end('initial config not loaded yet\n');
+  });
+  const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
+  const readyPort = await listen(ready, o.readyPort ?? DEFAULT_READY_PORT, host);
+
+  await controller.start();
+  log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, tls: !o.insecure });
+
+  return {
+    controller,
+    configServer,
+    grpcPort,
+    metricsPort,
+    readyPort,
+    registry,
+    async stop() {
+      await controller.stop();
+      configServer.closeAll();
+      await new Promise<void>((r) => grpcServer.tryShutdown(() => r()));
+      controllerCreds?.close();
+      await new Promise<void>((r) => metrics.close(() => r()));
+      await new Promise<void>((r) => ready.close(() => r()));
+    },
+  };
+}
+
+export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube [--kubeconfig <file>]) [options]
+  --listen-address <ip>       bind address (default 0.0.0.0)
+  --grpc-port <n>             config stream + certificate service, TLS (default 15012)
+  --metrics-port <n>          Prometheus /metrics (default 15020)
+  --ready-port <n>            /healthz/ready (default 15021)
+  --trust-domain <td>         SPIFFE trust domain (default cluster.local)
+  --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
+  --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: generate a root)
+  --bootstrap-tokens <file>   local mode: YAML map node → token for the certificate service
+  --dns-name <n>, --ip-address <ip>   SANs of the serving certificate (repeatable)
+  --waypoint-image <ref>      Kubernetes mode: waypoint image
+  --controller-address <h:p>  Kubernetes mode: address waypoints dial back
+  --insecure                  plaintext gRPC, no certificate service (debugging only)
+  --log-level <debug|info|warn|error>`;
+
+export function parseControllerArgs(argv: string[]): ControllerMainOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'config-dir': { type: 'string' },
+      kube: { type: 'boolean' },
+      kubeconfig: { type: 'string' },
+      'listen-address': { type: 'string' },
+      'grpc-port': { type: 'string' },
+      'metrics-port': { type: 'string' },
+      'ready-port': { type: 'string' },
+      'trust-domain': { type: 'string' },
+      'root-namespace': { type: 'string' },
+      'ca-cert': { type: 'string' },
+      'ca-key': { type: 'string' },
+      'ca-roots': { type: 'string' },
+      'bootstrap-tokens': { type: 'string' },
+      'dns-name': { type: 'string', multiple: true },
+      'ip-address': { type: 'string', multiple: true },
+      'waypoint-image': { type: 'string' },
+      'controller-address': { type: 'string' },
+      insecure: { type: 'boolean' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) throw new UsageError(USAGE);
+  const port = (flag: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0 || n > 65535) throw new UsageError(`--${flag}: "${v}" is not a port number`);
+    return n;
+  };
+  const level = values['log-level'];
+  if (level !== undefined && !['debug', 'info', 'warn', 'error'].includes(level)) throw new UsageError(`--log-level: "${level}" is not debug, info, warn or error`);
+  if (!!values['ca-cert'] !== !!values['ca-key']) throw new UsageError('--ca-cert and --ca-key go together');
+  const o: ControllerMainOptions = {};
+  const set = <K extends keyof ControllerMainOptions>(k: K, v: ControllerMainOptions[K] | undefined) => {
+    if (v !== undefined) o[k] = v;
+  };
+  set('configDir', values['config-dir']);
+  set('kube', values.kube);
+  set('kubeconfig', values.kubeconfig);
+  set('listenAddress', values['listen-address']);
+  set('grpcPort', port('grpc-port', values['grpc-port']));
+  set('metricsPort', port('metrics-port', values['metrics-port']));
+  set('readyPort', port('ready-port', values['ready-port']));
+  set('trustDomain', values['trust-domain']);
+  set('rootNamespace', values['root-namespace']);
+  set('caCertFile', values['ca-cert']);
+  set('caKeyFile', values['ca-key']);
+  set('caRootsFile', values['ca-roots']);
+  set('bootstrapTokensFile', values['bootstrap-tokens']);
+  set('dnsNames', values['dns-name']);
+  set('ipAddresses', values['ip-address']);
+  set('waypointImage', values['waypoint-image']);
+  set('controllerAddress', values['controller-address']);
+  set('insecure', values.insecure);
+  set('logLevel', level as LogLevel | undefined);
+  if (!!o.configDir === !!o.kube) throw new UsageError(`give exactly one of --config-dir <dir> or --kube\n${USAGE}`);
+  return o;
+}
+
+if (import.meta.main) {
+  try {
+    const running = await runController(parseControllerArgs(process.argv.slice(2)));
+    const shutdown = () => void running.stop().then(() => process.exit(0));
+    process.once('SIGTERM', shutdown);
+    process.once('SIGINT', shutdown);
+  } catch (e) {
+    process.stderr.write(`${(e as Error).message}\n`);
+    process.exit(e instanceof UsageError ? 2 : 1);
+  }
+}

@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import * as grpc from '@grpc/grpc-js';
+import { parseControllerArgs, runController, UsageError } from '../../controller/src/main.ts';
+import { silentLogger } from '../../controller/src/log.ts';
+import { ConfigClient } from '../../lib/xds/client.ts';
+import { ns, pod } from './controller-fixtures.ts';
+
+test('parses the controller flags and refuses a source that is not exactly one of --config-dir and --kube', () => {
+  assert.deepEqual(parseControllerArgs(['--config-dir', '/etc/weft', '--grpc-port', '0', '--dns-name', 'a', '--dns-name', 'b']), { configDir: '/etc/weft', grpcPort: 0, dnsNames: ['a', 'b'] });
+  assert.throws(() => parseControllerArgs(['--kube', '--config-dir', 'x']), UsageError);
+  assert.throws(() => parseControllerArgs([]), { code: 'WEFT_USAGE' });
+  assert.throws(() => parseControllerArgs(['--kube', '--grpc-port', '70000']), /--grpc-port: "70000" is not a port number/);
+});
+
+test('the controller serves config, /healthz/ready and /metrics on its ports', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-'));
+  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')].map((o) => stringify(o)).join('---\n'));
+  const running = await runController({ configDir: dir, insecure: true, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, logger: silentLogger });
+  const client = new ConfigClient({ target: `127.0.0.1:${running.grpcPort}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a' });
+  try {
+    const ready = await fetch(`http://127.0.0.1:${running.readyPort}/healthz/ready`);
+    assert.equal(ready.status, 200);
+    client.start();
+    const cfg = await client.ready();
+    assert.deepEqual(cfg.workloads.map((w) => w.name), ['web']);
+    const metrics = await (await fetch(`http://127.0.0.1:${running.metricsPort}/metrics`)).text();
+    assert.match(metrics, /weft_xds_pushes_total\{type="Workload"\} [1-9]/);
+    assert.match(metrics, /weft_controller_compiles_total [1-9]/);
+  } finally {
+    client.close();
+    await running.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
