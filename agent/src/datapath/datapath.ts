@@ -196,8 +196,14 @@ export class Datapath {
         obj.load();
       }
       const dp = new Datapath({ pinRoot, cgroupPath, objectDir }, objects[0]!, objects[1]!);
-      dp.attachCgroupPrograms();
-      dp.ensureExcludedDefaults();
+      try {
+        dp.attachCgroupPrograms();
+        dp.ensureExcludedDefaults();
+      } catch (err) {
+        // Links attached so far stay pinned (the next open adopts them); only our fds go.
+        dp.close();
+        throw err;
+      }
       return dp;
     } catch (err) {
       for (const o of objects) o.close();
