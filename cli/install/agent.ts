@@ -116,6 +116,7 @@ function podAnnotations(): Record<string, string> {
   for (const v of AGENT_HOST_VOLUMES) out[`volumes.weft.dev/${v.volume.name}`] = v.why;
   out['volumes.weft.dev/weft-token'] = `projected ServiceAccount token, audience ${CONTROLLER_TOKEN_AUDIENCE}: proves the agent's pod and node to the certificate service`;
   out['volumes.weft.dev/trust-bundle'] = 'CA roots the controller publishes; the agent verifies the controller\'s TLS certificate with them';
+  out['volumes.weft.dev/tmp'] = 'scratch space: the root filesystem is read-only';
   for (const [k, why] of Object.entries(AGENT_HOST_ACCESS)) out[`host.weft.dev/${k}`] = why;
   out['ports.weft.dev/admin'] = `${PORTS.admin} on 127.0.0.1 only (config dump, certificates, BPF state); not a container port`;
   return out;
@@ -182,6 +183,7 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       ...AGENT_HOST_VOLUMES.map((v) => v.mount),
       { name: 'weft-token', mountPath: AGENT_PATHS.token, readOnly: true },
       { name: 'trust-bundle', mountPath: AGENT_PATHS.trustBundle, readOnly: true },
+      { name: 'tmp', mountPath: '/tmp' },
     ],
   };
 }
@@ -226,6 +228,7 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
               // Optional: the controller creates it on first start; the kubelet fills it in later.
               configMap: { name: TRUST_BUNDLE_CONFIGMAP, optional: true },
             },
+            { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } },
           ],
         },
       },

@@ -95,7 +95,10 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
               readOnlyRootFilesystem: true,
               capabilities: { drop: ['ALL'] },
             },
+            // Scratch space: the root filesystem is read-only.
+            volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
           }],
+          volumes: [{ name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } }],
         },
       },
     },
