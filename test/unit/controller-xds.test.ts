@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { ConfigServer } from '../../controller/src/xds/server.ts';
+import { ConfigClient, backoffDelay } from '../../lib/xds/client.ts';
+import { configStreamServiceDefinition, type ConfigStreamCall, type DeltaConfigResponse } from '../../lib/xds/protocol.ts';
+import { ns, pod, svc } from './controller-fixtures.ts';
+import { until } from './controller-harness.ts';
+
+function inputs(podNames: string[]): MeshInputs {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  for (const [n, name] of podNames.entries()) i.pods.push(pod('shop', name, { ip: `10.3.0.${n + 1}` }));
+  i.services.push(svc('shop', 'web'), svc('shop', 'other', { app: 'other' }, '10.96.0.11'));
+  return i;
+}
+
+async function serveRecording(configServer: ConfigServer, sent: DeltaConfigResponse[], port = 0): Promise<{ server: grpc.Server; port: number }> {
+  const server = new grpc.Server();
+  server.addService(configStreamServiceDefinition(), {
+    DeltaConfig: (call: ConfigStreamCall) => {
+      const write = call.write.bind(call);
+      call.write = ((m: DeltaConfigResponse) => {
+        sent.push(m);
+        return write(m);
+      }) as typeof call.write;
+      configServer.handle(call);
+    },
+  });
+  const bound = await new Promise<number>((res, rej) => server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  return { server, port: bound };
+}
+
+test('backoff grows exponentially to its cap with bounded jitter', () => {
+  const o = { initialMs: 100, maxMs: 1000, multiplier: 2, jitter: 0.2 };
+  assert.equal(backoffDelay(0, o, () => 0.5), 100);
+  assert.equal(backoffDelay(3, o, () => 0.5), 800);
+  assert.equal(backoffDelay(10, o, () => 0.5), 1000);
+  assert.equal(backoffDelay(0, o, () => 0), 80);
+  assert.equal(backoffDelay(0, o, () => 1), 120);
+});
+
+test('a client that reconnects sends the versions it holds and receives only what changed', async () => {
+  const configServer = new ConfigServer();
+  configServer.publish(compile(inputs(['web', 'api'])).model);
+  const sent: DeltaConfigResponse[] = [];
+  let { server, port } = await serveRecording(configServer, sent);
+  const client = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a', backoff: { initialMs: 20, maxMs: 100 } });
+  const snapshots: string[] = [];
+  client.on('snapshot', (c) => snapshots.push(c.workloads.map((w) => w.name).sort().join()));
+  try {
+    client.start();
+    await client.ready();
+    assert.equal(client.snapshot!.workloads.length, 2);
+    assert.equal(client.snapshot!.services.length, 2);
+
+    const disconnected = new Promise((r) => client.once('disconnected', r));
+    server.forceShutdown();
+    await disconnected;
+    configServer.closeAll();
+    configServer.publish(compile(inputs(['web', 'api', 'new'])).model);
+    sent.length = 0;
+    ({ server } = await serveRecording(configServer, sent, port));
+    await until('client reconnected and converged', () => snapshots.at(-1) === 'api,new,web', 5000);
+    const resources = sent.flatMap((r) => r.resources.map((x) => `${r.type_url.split('.').pop()}:${x.name}`));
+    // Only the new workload travelled again; everything else was already held at its version.
+    assert.deepEqual(resources.sort(), ['Workload:uid-shop-new']);
+    assert.ok(sent.every((r) => r.system_version_info === sent[0]!.system_version_info), 'one consistent version');
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
+});
+
+test('an agent is not sent workloads of other nodes nor policies that select none of its workloads', async () => {
+  const i = inputs(['web']);
+  i.pods.push(pod('shop', 'far', { node: 'node-b' }));
+  i.authorizationPolicies.push(
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-web', namespace: 'shop' }, spec: { selector: { matchLabels: { app: 'web' } } } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-far', namespace: 'shop' }, spec: { selector: { matchLabels: { app: 'far' } } } },
+  );
+  const configServer = new ConfigServer();
+  configServer.publish(compile(i).model);
+  const sent: DeltaConfigResponse[] = [];
+  const { server, port } = await serveRecording(configServer, sent);
+  const client = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a' });
+  try {
+    client.start();
+    const cfg = await client.ready();
+    assert.deepEqual(cfg.workloads.map((w) => w.name), ['web']);
+    assert.deepEqual(cfg.policies.map((p) => p.name), ['for-web']);
+    assert.ok(!sent.some((r) => r.resources.some((x) => x.name.includes('far'))), 'nothing about node-b went on the wire');
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
+});
