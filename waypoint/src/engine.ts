@@ -161,6 +161,11 @@ export class WaypointEngine {
     return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
   }
 
+  /** Validates a configuration without applying it (the config stream's NACK check). */
+  validateConfig(cfg: WaypointConfig): void {
+    buildSnapshot(cfg, this.version + 1);
+  }
+
   /** The configuration in force. */
   get config(): WaypointConfig {
     return this.snap.config;

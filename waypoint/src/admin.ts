@@ -1,0 +1,61 @@
+// The waypoint's HTTP side ports: admin (localhost: config dump, clusters, last rejection),
+// Prometheus metrics, and readiness.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { WaypointEngine } from './engine.ts';
+
+function json(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body, (_k, v: unknown) => (v === Infinity ? 'unlimited' : v), 2);
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(text + '\n');
+}
+
+/** `/config_dump`, `/clusters`, `/stats` (Prometheus text), `/rejection`. */
+export function adminServer(engine: WaypointEngine, extra: () => Record<string, unknown> = () => ({})): http.Server {
+  return http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    switch (path) {
+      case '/config_dump':
+        json(res, 200, { version: engine.configVersion, config: engine.config, ...extra() });
+        return;
+      case '/clusters':
+        json(res, 200, engine.clusterStats());
+        return;
+      case '/rejection':
+        json(res, 200, engine.lastRejection ? { code: engine.lastRejection.code, message: engine.lastRejection.message, issues: engine.lastRejection.issues } : null);
+        return;
+      case '/stats':
+        engine.telemetry.registry.metrics().then((t) => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(t); }, (e: Error) => { res.writeHead(500); res.end(e.message); });
+        return;
+      default:
+        json(res, 404, { error: `unknown admin path ${path}; try /config_dump, /clusters, /rejection or /stats` });
+    }
+  });
+}
+
+export function metricsServer(engine: WaypointEngine): http.Server {
+  return http.createServer((req, res) => {
+    if ((req.url ?? '').split('?')[0] !== '/metrics') { res.writeHead(404); res.end(); return; }
+    engine.telemetry.registry.metrics().then(
+      (text) => { res.writeHead(200, { 'content-type': engine.telemetry.registry.contentType }); res.end(text); },
+      (e: Error) => { res.writeHead(500); res.end(e.message); },
+    );
+  });
+}
+
+/** 200 once `ready()` says so (first config applied and HBONE listening), else 503 with the reason. */
+export function readyServer(ready: () => string | true): http.Server {
+  return http.createServer((req, res) => {
+    if ((req.url ?? '').split('?')[0] !== '/healthz/ready') { res.writeHead(404); res.end(); return; }
+    const r = ready();
+    res.writeHead(r === true ? 200 : 503, { 'content-type': 'text/plain' });
+    res.end(r === true ? 'ready\n' : `${r}\n`);
+  });
+}
+
+export function listenOn(server: http.Server, hostPort: { host: string; port: number }): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(hostPort.port, hostPort.host, () => { server.off('error', reject); resolve(server.address() as AddressInfo); });
+  });
+}

@@ -1,0 +1,66 @@
+// The waypoint on HBONE: tunnels accepted by lib/hbone's HboneServer become engine tunnels, and
+// requests leave through an HbonePool tunnel to the endpoint's node agent with the waypoint's own
+// identity (plain TCP for endpoints outside the mesh).
+import { duplexPair, type Duplex } from 'node:stream';
+import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
+import { HBONE_PORT, formatAuthority } from '../../lib/hbone/index.ts';
+import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
+import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
+import { UpstreamConnectError } from './errors.ts';
+import type { TunnelInfo } from './engine.ts';
+import { TcpUpstream, addr, type Upstream, type UpstreamConnectOptions, type UpstreamEndpoint } from './upstream.ts';
+
+/**
+ * An HboneServer handler that hands every CONNECT to the engine. HboneServer pipes the CONNECT
+ * stream to the Duplex it is given, so the engine gets the other end of an in-memory pair.
+ */
+export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo): void }): HboneConnectHandler {
+  return async (req) => {
+    const [ours, theirs] = duplexPair();
+    const info: TunnelInfo = { target: req.authority };
+    if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
+    const client = req.forwardedFor ?? req.peer.address;
+    if (client) info.clientAddress = client;
+    engine.handleTunnel(ours, info);
+    return { upstream: theirs };
+  };
+}
+
+export interface HboneUpstreamOptions {
+  pool: HbonePool;
+  /** The waypoint's current credentials (they rotate). */
+  credentials: () => TlsCredentials;
+  /** The waypoint's SPIFFE ID: the pool's source key. */
+  spiffeId: string;
+  /** Port of the agents' HBONE servers. Default 15008. */
+  hbonePort?: number;
+  /** For endpoints outside the mesh. Default plain TCP. */
+  direct?: Upstream;
+}
+
+export class HboneUpstream implements Upstream {
+  private readonly o: HboneUpstreamOptions;
+  private readonly direct: Upstream;
+
+  constructor(o: HboneUpstreamOptions) {
+    this.o = o;
+    this.direct = o.direct ?? new TcpUpstream();
+  }
+
+  async connect(ep: UpstreamEndpoint, opts: UpstreamConnectOptions): Promise<Duplex> {
+    if (!ep.node || !ep.spiffeId) return this.direct.connect(ep, opts);
+    const servername = serverNameForIdentity(ep.spiffeId);
+    try {
+      return await this.o.pool.connect({
+        sourceKey: this.o.spiffeId,
+        tls: { ...tlsMaterial(this.o.credentials()), ...(servername ? { servername } : {}) },
+        dest: { host: ep.node, port: this.o.hbonePort ?? HBONE_PORT },
+        target: formatAuthority(ep.ip, ep.port),
+        expectPeer: ep.spiffeId,
+        timeoutMs: opts.timeoutMs,
+      });
+    } catch (err) {
+      throw new UpstreamConnectError(addr(ep), `HBONE via ${ep.node}: ${(err as Error).message}`, err);
+    }
+  }
+}
