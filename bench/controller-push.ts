@@ -1,0 +1,139 @@
+// Controller push benchmark: with 1,000 services and 10,000 workloads (50 nodes × 200 pods) in the
+// model and 50 agents subscribed over gRPC on loopback, how long from a change to every agent
+// having acknowledged it, and the controller's peak RSS. The agents run in a child process so the
+// RSS is the controller's own.
+//
+//   node bench/controller-push.ts [--services 1000] [--workloads 10000] [--clients 50] [--changes 20]
+//
+// Prints one summary line (and a JSON line with the numbers).
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import { Controller } from '../controller/src/controller.ts';
+import { MemorySource } from '../controller/src/sources/memory.ts';
+import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
+import { ConfigClient } from '../lib/xds/client.ts';
+
+const { values } = parseArgs({
+  options: {
+    services: { type: 'string', default: '1000' },
+    workloads: { type: 'string', default: '10000' },
+    clients: { type: 'string', default: '50' },
+    changes: { type: 'string', default: '20' },
+    'clients-only': { type: 'string' },
+  },
+});
+const SERVICES = Number(values.services);
+const WORKLOADS = Number(values.workloads);
+const CLIENTS = Number(values.clients);
+const CHANGES = Number(values.changes);
+
+const nodeName = (i: number) => `node-${i}`;
+
+if (values['clients-only']) {
+  // Child: CLIENTS agents, one per node; reports when all have a first snapshot.
+  const target = values['clients-only'];
+  let ready = 0;
+  const clients: ConfigClient<'agent'>[] = [];
+  for (let i = 0; i < CLIENTS; i++) {
+    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: nodeName(i), channelOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
+    c.once('snapshot', () => {
+      if (++ready === CLIENTS) process.stdout.write('ready\n');
+    });
+    c.start();
+    clients.push(c);
+  }
+  process.stdin.on('end', () => {
+    for (const c of clients) c.close();
+    process.exit(0);
+  });
+  process.stdin.resume();
+} else {
+  await main();
+}
+
+function objects(): object[] {
+  const out: object[] = [];
+  const namespaces = 20;
+  for (let n = 0; n < namespaces; n++) out.push({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: `ns-${n}`, labels: { 'weft.dev/dataplane-mode': 'ambient' } } });
+  for (let s = 0; s < SERVICES; s++) {
+    out.push({
+      apiVersion: 'v1', kind: 'Service',
+      metadata: { name: `svc-${s}`, namespace: `ns-${s % namespaces}` },
+      spec: { selector: { app: `svc-${s}` }, clusterIP: `10.96.${s >> 8}.${s & 255}`, ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
+    });
+  }
+  for (let w = 0; w < WORKLOADS; w++) out.push(podObject(w, `svc-${w % SERVICES}`));
+  return out;
+}
+
+function podObject(w: number, app: string): object {
+  const s = w % SERVICES;
+  return {
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: { name: `pod-${w}`, namespace: `ns-${s % 20}`, uid: `uid-${w}`, labels: { app } },
+    spec: { nodeName: nodeName(w % CLIENTS), serviceAccountName: app },
+    status: { phase: 'Running', podIP: `10.${64 + (w >> 16)}.${(w >> 8) & 255}.${w & 255}`, hostIP: `192.168.${(w % CLIENTS) >> 8}.${(w % CLIENTS) & 255}` },
+  };
+}
+
+async function main(): Promise<void> {
+  const source = new MemorySource(objects());
+  const configServer = new ConfigServer();
+  const controller = new Controller({ source, configServer, debounceMs: 1 });
+  const server = new grpc.Server({ 'grpc.max_send_message_length': 256 * 1024 * 1024 });
+  addConfigStreamService(server, { configServer });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const t0 = performance.now();
+  await controller.start();
+  const compileMs = performance.now() - t0;
+
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const t1 = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+    child.on('exit', (code) => reject(new Error(`clients exited with ${code}`)));
+  });
+  const initialMs = performance.now() - t1;
+
+  // Each change adds a pod to a service: every agent gets the service's new endpoint.
+  const samples: number[] = [];
+  for (let i = 0; i < CHANGES; i++) {
+    const acked = new Set<string>();
+    const start = performance.now();
+    let target = '';
+    const done = new Promise<void>((resolve) => {
+      const off = configServer.onAck((c) => {
+        if (!target || Number(c.ackedVersion) < Number(target)) return;
+        acked.add(c.id);
+        if (acked.size === CLIENTS) {
+          off();
+          resolve();
+        }
+      });
+    });
+    source.upsert(podObject(WORKLOADS + i, `svc-${i}`));
+    await controller.settled();
+    target = configServer.systemVersion;
+    for (const c of configServer.clients()) if (Number(c.ackedVersion) >= Number(target)) acked.add(c.id);
+    if (acked.size < CLIENTS) await done;
+    samples.push(performance.now() - start);
+  }
+  samples.sort((a, b) => a - b);
+  const p = (q: number) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))]!;
+  const peakRssMb = process.resourceUsage().maxRSS / 1024;
+  const result = {
+    services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, changes: CHANGES,
+    initialCompileMs: Math.round(compileMs), initialSyncMs: Math.round(initialMs),
+    pushToAllAckedMs: { p50: +p(0.5).toFixed(1), p90: +p(0.9).toFixed(1), max: +samples.at(-1)!.toFixed(1) },
+    controllerPeakRssMb: Math.round(peakRssMb),
+  };
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB`);
+  console.log(JSON.stringify(result));
+  child.stdin.end();
+  await new Promise((r) => child.once('exit', r));
+  await controller.stop();
+  configServer.closeAll();
+  server.forceShutdown();
+}
