@@ -12,10 +12,17 @@ export interface NetnsCandidate {
   inode: number;
 }
 
+export interface PodNetns {
+  /** The namespace file, for setns(2) and the datapath. */
+  path: string;
+  /** The interface inside the namespace that holds the pod address. */
+  ifname: string;
+}
+
 export class PodNetnsResolver {
   private readonly procRoot: string;
   private readonly netnsDir: string;
-  private addrsByInode = new Map<number, { path: string; addrs: string[] }>();
+  private addrsByInode = new Map<number, { path: string; addrs: Array<{ ip: string; ifname: string }> }>();
 
   constructor(opts: { procRoot?: string; netnsDir?: string } = {}) {
     this.procRoot = opts.procRoot ?? '/proc';
@@ -46,20 +53,21 @@ export class PodNetnsResolver {
     return out;
   }
 
-  private addressesOf(path: string): string[] {
+  private addressesOf(path: string): Array<{ ip: string; ifname: string }> {
     const out = run('nsenter', [`--net=${path}`, 'ip', '-o', 'addr', 'show'], { allowFail: true });
-    const addrs: string[] = [];
+    const addrs: Array<{ ip: string; ifname: string }> = [];
     for (const line of out.split('\n')) {
-      const m = /\sinet6?\s([0-9a-f.:]+)\//.exec(line);
-      if (m && m[1]) addrs.push(m[1]);
+      // "2: eth0    inet 10.77.1.1/32 scope global eth0 ..."
+      const m = /^\d+:\s+([^\s@]+)\s+inet6?\s([0-9a-f.:]+)\//.exec(line);
+      if (m && m[1] && m[2]) addrs.push({ ip: m[2], ifname: m[1] });
     }
     return addrs;
   }
 
-  /** Rescans and returns a map of pod IP → netns path for the wanted addresses. */
-  resolve(ips: Iterable<string>): Map<string, string> {
+  /** Rescans and returns, for each wanted address found, its netns path and interface. */
+  resolve(ips: Iterable<string>): Map<string, PodNetns> {
     const wanted = new Set(ips);
-    const found = new Map<string, string>();
+    const found = new Map<string, PodNetns>();
     const live = new Set<number>();
     for (const c of this.candidates()) {
       live.add(c.inode);
@@ -68,9 +76,9 @@ export class PodNetnsResolver {
         entry = { path: c.path, addrs: this.addressesOf(c.path) };
         // A namespace with only loopback may be a pod whose address is not assigned yet: look
         // again next time instead of caching the empty answer.
-        if (entry.addrs.some((a) => a !== '127.0.0.1' && a !== '::1')) this.addrsByInode.set(c.inode, entry);
+        if (entry.addrs.some((a) => a.ifname !== 'lo')) this.addrsByInode.set(c.inode, entry);
       }
-      for (const a of entry.addrs) if (wanted.has(a) && !found.has(a)) found.set(a, entry.path);
+      for (const a of entry.addrs) if (wanted.has(a.ip) && !found.has(a.ip)) found.set(a.ip, { path: entry.path, ifname: a.ifname });
     }
     for (const inode of this.addrsByInode.keys()) if (!live.has(inode)) this.addrsByInode.delete(inode);
     return found;

@@ -165,7 +165,8 @@ export class LocalNetwork {
     runIn(netns, 'ip', ['link', 'set', 'lo', 'up']);
     run('ip', ['link', 'add', 'eth0', 'netns', netns, 'type', 'veth', 'peer', 'name', hostIf, 'netns', node.netns]);
     runIn(node.netns, 'ip', ['link', 'set', hostIf, 'up']);
-    runIn(node.netns, 'ip', ['route', 'add', `${pod.ip}/32`, 'dev', hostIf]);
+    // The node talks to its pods from its own address (the agent's, which STRICT pods accept).
+    runIn(node.netns, 'ip', ['route', 'add', `${pod.ip}/32`, 'dev', hostIf, 'src', node.ip]);
     runIn(netns, 'ip', ['addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
     runIn(netns, 'ip', ['link', 'set', 'eth0', 'up']);
     runIn(netns, 'ip', ['route', 'add', POD_GATEWAY, 'dev', 'eth0', 'scope', 'link']);
@@ -183,7 +184,9 @@ export class LocalNetwork {
     const { logFile, ...rest } = opts;
     const cgroup = where.cgroup ?? join(this.cgroupDir, 'system');
     // $0 = cgroup, $1 = netns, the rest is the command: join the cgroup, then enter the netns.
-    const script = 'echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec ip netns exec "$ns" "$@"';
+    // nsenter, not `ip netns exec`: the latter remounts /sys privately, which hides bpffs and the
+    // cgroup tree from the process (an agent would pin into a bpffs nobody else sees).
+    const script = 'echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec nsenter --net="/var/run/netns/$ns" "$@"';
     let stdio: SpawnOptions['stdio'] = ['ignore', 'pipe', 'pipe'];
     if (logFile) {
       const fd = openSync(logFile, 'a');

@@ -28,14 +28,19 @@ export async function removeCgroupTree(dir: string): Promise<void> {
   for (const ent of readdirSync(dir, { withFileTypes: true })) {
     if (ent.isDirectory()) await removeCgroupTree(join(dir, ent.name));
   }
-  for (let i = 0; i < 250 && procsOf(dir).length > 0; i++) {
-    killAll(dir);
+  // A killed process leaves cgroup.procs only once its parent reaps it: until then rmdir says
+  // EBUSY, so keep killing and retrying for a while (5 s) before giving up.
+  for (let i = 0; ; i++) {
+    if (procsOf(dir).length > 0) killAll(dir);
+    try {
+      rmdirSync(dir);
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      if (code !== 'EBUSY' || i >= 250) throw err;
+    }
     await sleep(20);
-  }
-  try {
-    rmdirSync(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
 

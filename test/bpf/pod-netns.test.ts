@@ -15,10 +15,11 @@ test('finds a named pod namespace by its address and a late-assigned address on 
   lab.veth({ ns: a, name: 'a', addr: '10.251.0.1/24' }, { ns: b, name: 'b' });
   const r = new PodNetnsResolver();
   const first = r.resolve(['10.251.0.1', '10.251.0.2']);
-  assert.equal(statSync(first.get('10.251.0.1')!).ino, statSync(a.path).ino);
+  assert.equal(first.get('10.251.0.1')?.ifname, `${lab.id}a`);
+  assert.equal(statSync(first.get('10.251.0.1')!.path).ino, statSync(a.path).ino);
   assert.equal(first.has('10.251.0.2'), false);
   b.exec('ip', 'addr', 'add', '10.251.0.2/24', 'dev', `${lab.id}b`);
-  assert.equal(statSync(r.resolve(['10.251.0.2']).get('10.251.0.2')!).ino, statSync(b.path).ino);
+  assert.equal(statSync(r.resolve(['10.251.0.2']).get('10.251.0.2')!.path).ino, statSync(b.path).ino);
 });
 
 test('finds the namespace of a process when the namespace has no name', async () => {
@@ -29,6 +30,7 @@ test('finds the namespace of a process when the namespace has no name', async ()
   const [chunk] = (await once(child.stdout!, 'data')) as [Buffer];
   assert.match(chunk.toString(), /ready/);
   const found = new PodNetnsResolver().resolve(['10.251.2.1']);
-  assert.match(found.get('10.251.2.1') ?? '', /^\/proc\/\d+\/ns\/net$/);
+  assert.match(found.get('10.251.2.1')?.path ?? '', /^\/proc\/\d+\/ns\/net$/);
+  assert.equal(found.get('10.251.2.1')?.ifname, 'lo');
   child.kill('SIGKILL');
 });

@@ -120,7 +120,8 @@ export class Lab {
   spawn(cmd: string, args: string[], opts: SpawnInLab = {}): ChildProcess {
     const { netns, cgroup, ...rest } = opts;
     let argv = [cmd, ...args];
-    if (netns) argv = ['ip', 'netns', 'exec', netns.name, ...argv];
+    // nsenter rather than `ip netns exec`, which remounts /sys and so hides bpffs and cgroups.
+    if (netns) argv = ['nsenter', `--net=${netns.path}`, ...argv];
     if (cgroup) argv = ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroup, ...argv];
     const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], ...rest });
     this.children.add(child);
