@@ -42,7 +42,8 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --insecure-xds               plaintext config stream (debugging only; needs static identity material)
   --quota <service=ns/name,limit=N,window=1m[,per=source]>   shared quota (repeatable; needs --quota-redis)
   --quota-redis <redis://host:port>   --quota-failure-mode <open|closed> (default open)
-  --otlp-endpoint <url>        OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces`;
+  --otlp-endpoint <url>        OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces
+  --access-log <stdout|off>    JSON access log, one line per request (default stdout)`;
 
 export interface HostPort { host: string; port: number }
 
@@ -68,6 +69,7 @@ export interface WaypointMainOptions {
   quotaRedis?: string;
   quotaFailureMode: 'open' | 'closed';
   otlpEndpoint?: string;
+  accessLog: boolean;
 }
 
 function hostPort(flag: string, v: string): HostPort {
@@ -107,7 +109,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'cert-file': { type: 'string' }, 'key-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'token-file': { type: 'string' }, 'ca-bundle': { type: 'string' }, 'controller-identity': { type: 'string' },
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
-        'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, help: { type: 'boolean' },
+        'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
       },
       strict: true,
     }));
@@ -133,7 +135,11 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     insecureXds: values['insecure-xds'] === true,
     quotas: ((values['quota'] as string[] | undefined) ?? []).map(parseQuotaFlag),
     quotaFailureMode: 'open',
+    accessLog: true,
   };
+  const al = s('access-log');
+  if (al !== undefined && al !== 'stdout' && al !== 'off') throw new FlagError(`--access-log: "${al}" is not stdout or off`);
+  if (al === 'off') o.accessLog = false;
   const controller = s('controller') ?? env['WEFT_CONTROLLER'];
   if (controller) o.controller = controller;
   for (const [flag, key] of [['cert-file', 'certFile'], ['key-file', 'keyFile'], ['ca-file', 'caFile'], ['ca-bundle', 'caBundle'], ['quota-redis', 'quotaRedis'], ['otlp-endpoint', 'otlpEndpoint']] as const) {
@@ -225,7 +231,10 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const engine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
     upstream: new HboneUpstream({ pool, credentials: () => identity.current(), spiffeId: o.spiffeId }),
-    telemetry: o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {},
+    telemetry: {
+      ...(o.accessLog ? {} : { accessLog: null }),
+      ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
+    },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
   });
   const hbone = new HboneServer({

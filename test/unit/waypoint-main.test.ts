@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
+import * as grpc from '@grpc/grpc-js';
+import { after, before, describe, it } from 'node:test';
+import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
+import { HbonePool } from '../../lib/hbone/index.ts';
+import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
+import { silentLogger } from '../../lib/log.ts';
+import type { EndpointSlice, HTTPRoute, Service } from '../../lib/model/objects.ts';
+import { FlagError } from '../../waypoint/src/errors.ts';
+import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
+import { echo, startHttpBackend, type Backend } from '../../waypoint/testing/harness.ts';
+
+const TD = 'cluster.local';
+const WAYPOINT = `spiffe://${TD}/ns/shop/sa/waypoint`;
+const TESTER = `spiffe://${TD}/ns/shop/sa/tester`;
+
+async function creds(ca: CertificateAuthority, id: string): Promise<TlsCredentials> {
+  const { privateKey } = await generateKeyPair();
+  const issued = ca.signCsr(createCsr(id, privateKey), id);
+  return { key: privateKeyToPem(privateKey), certChain: issued.certChain, trustBundle: ca.trustBundle() };
+}
+
+function service(name: string, ip: string): Service {
+  return { apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'shop' }, spec: { clusterIP: ip, ports: [{ name: 'http', port: 80, targetPort: 80 }] } };
+}
+
+function slice(name: string, port: number): EndpointSlice {
+  return {
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
+    metadata: { name: `${name}-1`, namespace: 'shop', labels: { 'kubernetes.io/service-name': name } },
+    endpoints: [{ addresses: ['127.0.0.1'], conditions: { ready: true } }],
+    ports: [{ name: 'http', port, protocol: 'TCP' }],
+  };
+}
+
+function get(tunnel: Duplex, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ createConnection: () => tunnel, path: '/', headers: { host: 'reviews.shop.svc.cluster.local', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+async function fetchText(port: number, path: string): Promise<{ status: number; body: string }> {
+  const r = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: r.status, body: await r.text() };
+}
+
+describe('waypoint main', () => {
+  let dir: string;
+  let v1: Backend;
+  let v2: Backend;
+  let grpcServer: grpc.Server;
+  let configServer: ConfigServer;
+  let controllerPort: number;
+  let wp: RunningWaypoint;
+  let pool: HbonePool;
+  let testerCreds: TlsCredentials;
+
+  function inputs(withRoute: boolean): MeshInputs {
+    const i = emptyInputs();
+    i.namespaces.push({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } });
+    i.services.push(service('reviews', '10.96.0.10'), service('reviews-v2', '10.96.0.12'));
+    i.endpointSlices.push(slice('reviews', v1.port), slice('reviews-v2', v2.port));
+    i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'waypoint', namespace: 'shop' }, spec: {} });
+    if (withRoute) {
+      const route: HTTPRoute = {
+        apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'reviews', namespace: 'shop', creationTimestamp: '2026-01-01T00:00:00Z' },
+        spec: {
+          parentRefs: [{ group: '', kind: 'Service', name: 'reviews', port: 80 }],
+          rules: [
+            { matches: [{ headers: [{ name: 'x-user', value: 'tester' }] }], backendRefs: [{ name: 'reviews-v2', port: 80 }] },
+            { backendRefs: [{ name: 'reviews', port: 80 }] },
+          ],
+        },
+      };
+      i.httpRoutes.push(route);
+    }
+    return i;
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'weft-waypoint-main-'));
+    v1 = await startHttpBackend(echo('v1'));
+    v2 = await startHttpBackend(echo('v2'));
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const wpCreds = await creds(ca, WAYPOINT);
+    testerCreds = await creds(ca, TESTER);
+    await writeFile(join(dir, 'tls.crt'), wpCreds.certChain.join(''));
+    await writeFile(join(dir, 'tls.key'), wpCreds.key);
+    await writeFile(join(dir, 'ca.crt'), wpCreds.trustBundle.join(''));
+
+    configServer = new ConfigServer();
+    grpcServer = new grpc.Server();
+    addConfigStreamService(grpcServer, { configServer });
+    controllerPort = await new Promise<number>((res, rej) => grpcServer.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+    const compiled = compile(inputs(true));
+    configServer.publish(compiled.model);
+
+    wp = await runWaypoint(parseFlags([
+      '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${controllerPort}`, '--insecure-xds', '--id', 'waypoint-0',
+      '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0',
+      '--access-log', 'off', '--cert-file', join(dir, 'tls.crt'), '--key-file', join(dir, 'tls.key'), '--ca-file', join(dir, 'ca.crt'),
+    ], {}), silentLogger);
+    pool = new HbonePool();
+  });
+
+  after(async () => {
+    await pool.close(100);
+    await wp.close();
+    configServer.closeAll();
+    await new Promise<void>((r) => grpcServer.tryShutdown(() => r()));
+    await v1.close();
+    await v2.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const tunnel = (): Promise<Duplex> => pool.connect({
+    sourceKey: TESTER, tls: tlsMaterial(testerCreds), dest: { host: '127.0.0.1', port: wp.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT,
+  });
+
+  it('becomes ready once the controller config arrives', async () => {
+    let ready = await fetchText(wp.ready.port, '/healthz/ready');
+    for (let i = 0; i < 100 && ready.status !== 200; i++) { await delay(20); ready = await fetchText(wp.ready.port, '/healthz/ready'); }
+    assert.equal(ready.status, 200, ready.body);
+    const dump = JSON.parse((await fetchText(wp.admin.port, '/config_dump')).body);
+    assert.equal(dump.identity, WAYPOINT);
+    assert.deepEqual(dump.config.routes.map((r: { name: string }) => r.name), ['reviews']);
+  });
+
+  it('routes HBONE traffic with the compiled HTTPRoute', async () => {
+    assert.equal(JSON.parse((await get(await tunnel())).body).backend, 'v1');
+    assert.equal(JSON.parse((await get(await tunnel(), { 'x-user': 'tester' })).body).backend, 'v2');
+    const metrics = await fetchText(wp.metrics.port, '/metrics');
+    assert.match(metrics.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/tester"[^}]*\} 2/);
+  });
+
+  it('follows config updates from the stream', async () => {
+    configServer.publish(compile(inputs(false)).model);
+    let routes = 1;
+    for (let i = 0; i < 100 && routes !== 0; i++) {
+      await delay(20);
+      routes = JSON.parse((await fetchText(wp.admin.port, '/config_dump')).body).config.routes.length;
+    }
+    assert.equal(routes, 0);
+    assert.equal(JSON.parse((await get(await tunnel(), { 'x-user': 'tester' })).body).backend, 'v1');
+  });
+});
+
+describe('waypoint flags', () => {
+  it('requires namespace and name, and pairs static identity files', () => {
+    assert.throws(() => parseFlags(['--name', 'x'], {}), FlagError);
+    assert.throws(() => parseFlags(['--namespace', 'a', '--name', 'b', '--cert-file', 'c'], {}), /go together/);
+    assert.throws(() => parseFlags(['--namespace', 'a', '--name', 'b'], {}), /--controller/);
+    assert.throws(() => parseFlags(['--namespace', 'a', '--name', 'b', '--controller', 'c:1', '--listen', 'nope'], {}), /--listen: "nope" is not host:port/);
+  });
+
+  it('reads the controller and identity from the environment the reconciler sets', () => {
+    const o = parseFlags(['--namespace', 'shop', '--name', 'waypoint'], { WEFT_CONTROLLER: 'weft-controller.weft-system.svc:15012', WEFT_SPIFFE_ID: WAYPOINT, POD_NAME: 'waypoint-abc' });
+    assert.equal(o.controller, 'weft-controller.weft-system.svc:15012');
+    assert.equal(o.spiffeId, WAYPOINT);
+    assert.equal(o.id, 'waypoint-abc');
+    assert.deepEqual(o.listen, { host: '0.0.0.0', port: 15008 });
+    assert.deepEqual(o.admin, { host: '127.0.0.1', port: 15000 });
+  });
+
+  it('parses quota flags', () => {
+    assert.deepEqual(parseQuotaFlag('service=shop/reviews,limit=100,window=1s,per=source'), { service: 'shop/reviews', limit: 100, windowMs: 1000, per: 'source' });
+    assert.throws(() => parseQuotaFlag('limit=1'), /service=/);
+    assert.throws(() => parseFlags(['--namespace', 'a', '--name', 'b', '--controller', 'c:1', '--quota', 'service=a/b,limit=1'], {}), /--quota-redis/);
+  });
+});
