@@ -52,6 +52,7 @@ interface InstallFlags {
   controllerReplicas: number;
   logLevel: string;
   cniMode: string;
+  caSecret?: string;
   crdDir: string;
   output: 'yaml' | 'json';
 }
@@ -65,6 +66,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--controller-replicas <n>', 'controller replicas', parseWholeNumber, DEFAULT_CONTROLLER_REPLICAS)
     .addOption(new Option('--log-level <level>', 'log level of agents and controller').choices(LOG_LEVELS).default(DEFAULT_LOG_LEVEL))
     .addOption(new Option('--cni-mode <mode>', 'how the agent finds pod network namespaces').choices(CNI_MODES).default('none'))
+    .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
     .action((flags: InstallFlags) => {
@@ -77,6 +79,7 @@ export function installCommand(io: CommandIo = processIo): Command {
           logLevel: flags.logLevel,
           cniMode: flags.cniMode,
           crdDir: flags.crdDir,
+          ...(flags.caSecret !== undefined ? { caSecret: flags.caSecret } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));

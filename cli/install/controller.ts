@@ -1,12 +1,14 @@
 // The controller: a Deployment and the Service agents and waypoints dial (config stream and
 // certificate service on 15012). It needs no host access, so it runs as the image's non-root
-// user with a read-only root filesystem and no capabilities.
+// user with a read-only root filesystem and no capabilities. It is configured by command-line
+// flags (controller/src/main.ts `parseControllerArgs`).
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IService } from 'kubernetes-models/v1/Service';
+import type { IVolume } from 'kubernetes-models/v1/Volume';
+import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
-  AGENT_NAME, CONTROLLER_TOKEN_AUDIENCE, CA_SECRET_NAME, CONTROLLER_LEASE_NAME, CONTROLLER_NAME, ENV, PORTS, READINESS_PATH,
-  TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
+  CONTROLLER_CA_DIR, CONTROLLER_NAME, ENV, PORTS, READINESS_PATH, labels, selectorLabels,
 } from './names.ts';
 
 /** The image's unprivileged user (`node` in the node:24 images). */
@@ -22,8 +24,29 @@ export function controllerAddress(namespace: string): string {
   return `${CONTROLLER_NAME}.${namespace}.svc:${PORTS.xds}`;
 }
 
+/** The controller's command line after the image's `controller` part name. */
+export function controllerArgs(o: ResolvedInstallOptions): string[] {
+  return [
+    '--kube',
+    '--trust-domain', o.trustDomain,
+    // Its serving certificate's SPIFFE ID and DNS names (weft-controller.<ns>.svc) come from here.
+    '--root-namespace', o.namespace,
+    '--waypoint-image', o.image,
+    '--controller-address', controllerAddress(o.namespace),
+    '--log-level', o.logLevel,
+    ...(o.caSecret ? ['--ca-cert', `${CONTROLLER_CA_DIR}/tls.crt`, '--ca-key', `${CONTROLLER_CA_DIR}/tls.key`] : []),
+  ];
+}
+
 export function renderController(o: ResolvedInstallOptions): [IDeployment, IService] {
   const podLabels = { ...labels(CONTROLLER_NAME), 'weft.dev/dataplane-mode': 'none' };
+  const volumes: IVolume[] = [{ name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } }];
+  // Scratch space: the root filesystem is read-only.
+  const volumeMounts: IVolumeMount[] = [{ name: 'tmp', mountPath: '/tmp' }];
+  if (o.caSecret) {
+    volumes.push({ name: 'ca', secret: { secretName: o.caSecret, defaultMode: 0o440, items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] } });
+    volumeMounts.push({ name: 'ca', mountPath: CONTROLLER_CA_DIR, readOnly: true });
+  }
   const deployment: IDeployment = {
     apiVersion: 'apps/v1',
     kind: 'Deployment',
@@ -47,6 +70,8 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
             runAsNonRoot: true,
             runAsUser: IMAGE_NONROOT_UID,
             runAsGroup: IMAGE_NONROOT_UID,
+            // The mounted CA key (mode 0440, group fsGroup) is readable by the controller through its group.
+            fsGroup: IMAGE_NONROOT_UID,
             seccompProfile: { type: 'RuntimeDefault' },
           },
           ...(o.controllerReplicas > 1
@@ -64,7 +89,7 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
           containers: [{
             name: 'controller',
             image: o.image,
-            args: ['controller'],
+            args: ['controller', ...controllerArgs(o)],
             ports: [
               { name: 'grpc-tls', containerPort: PORTS.xds, protocol: 'TCP' },
               { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
@@ -73,16 +98,6 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
             env: [
               { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
-              { name: ENV.trustDomain, value: o.trustDomain },
-              { name: ENV.logLevel, value: o.logLevel },
-              { name: ENV.caSecret, value: CA_SECRET_NAME },
-              { name: ENV.trustBundleConfigMap, value: TRUST_BUNDLE_CONFIGMAP },
-              { name: ENV.leaderLease, value: CONTROLLER_LEASE_NAME },
-              { name: ENV.waypointImage, value: o.image },
-              // The certificate service's TokenReview: the audience agents' tokens carry, and the
-              // ServiceAccount (user name) a token must belong to for its node to be trusted.
-              { name: ENV.tokenAudience, value: CONTROLLER_TOKEN_AUDIENCE },
-              { name: ENV.agentServiceAccounts, value: `system:serviceaccount:${o.namespace}:${AGENT_NAME}` },
             ],
             readinessProbe: {
               httpGet: { path: READINESS_PATH, port: PORTS.readiness },
@@ -95,10 +110,9 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
               readOnlyRootFilesystem: true,
               capabilities: { drop: ['ALL'] },
             },
-            // Scratch space: the root filesystem is read-only.
-            volumeMounts: [{ name: 'tmp', mountPath: '/tmp' }],
+            volumeMounts,
           }],
-          volumes: [{ name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } }],
+          volumes,
         },
       },
     },

@@ -9,9 +9,11 @@ import { parseAllDocuments } from 'yaml';
 import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.k8s.io/v1/CustomResourceDefinition';
 import { CrdLoadError } from './errors.ts';
 import { labels } from './names.ts';
+import { KINDS, WEFT_API_VERSION } from '../../lib/model/objects.ts';
 
-export const WEFT_GROUP = 'weft.dev';
-export const WEFT_VERSION = 'v1alpha1';
+const [group = 'weft.dev', version = 'v1alpha1'] = WEFT_API_VERSION.split('/');
+export const WEFT_GROUP = group;
+export const WEFT_VERSION = version;
 
 /** deploy/crds of this repository (also present in the image). */
 export const DEFAULT_CRD_DIR = fileURLToPath(new URL('../../deploy/crds/', import.meta.url));
@@ -21,13 +23,10 @@ interface KindNames {
   plural: string;
 }
 
-/** The kinds Weft defines; each needs a CRD. */
-export const WEFT_KINDS: readonly KindNames[] = [
-  { kind: 'Waypoint', plural: 'waypoints' },
-  { kind: 'AuthorizationPolicy', plural: 'authorizationpolicies' },
-  { kind: 'PeerAuthentication', plural: 'peerauthentications' },
-  { kind: 'TrafficPolicy', plural: 'trafficpolicies' },
-];
+/** The kinds Weft defines (lib/model's weft.dev kinds); each needs a CRD. */
+export const WEFT_KINDS: readonly KindNames[] = Object.values(KINDS)
+  .filter((k) => k.group === WEFT_GROUP)
+  .map((k) => ({ kind: k.kind, plural: k.plural }));
 
 /** A minimal CRD: served and stored v1alpha1, any spec, a status subresource. */
 export function builtinCrd(k: KindNames): ICustomResourceDefinition {

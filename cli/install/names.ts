@@ -5,12 +5,10 @@ export const PART_OF = 'weft';
 export const CONTROLLER_NAME = 'weft-controller';
 export const AGENT_NAME = 'weft-agent';
 
-/** The Secret in the install namespace holding the CA certificate and key. */
-export const CA_SECRET_NAME = 'weft-ca';
 /** The ConfigMap in the install namespace with the CA's public root(s); agents trust the controller with it. */
 export const TRUST_BUNDLE_CONFIGMAP = 'weft-trust-bundle';
-/** Lease the controller replicas elect a leader with (CA writes, waypoint reconciling, status). */
-export const CONTROLLER_LEASE_NAME = 'weft-controller-leader';
+/** Where the controller container sees the CA Secret (tls.crt, tls.key). */
+export const CONTROLLER_CA_DIR = '/etc/weft/ca';
 
 /** Audience of the projected ServiceAccount token that agents present to the certificate service. */
 export const CONTROLLER_TOKEN_AUDIENCE = 'weft-controller';
@@ -38,7 +36,7 @@ export const AGENT_PATHS = {
   trustBundle: '/var/run/secrets/weft/trust',
 } as const;
 
-/** Environment variables the rendered pods set. */
+/** Environment variables the agent pod sets (the controller takes command-line flags). */
 export const ENV = {
   nodeName: 'NODE_NAME',
   podName: 'POD_NAME',
@@ -53,12 +51,6 @@ export const ENV = {
   cgroupRoot: 'WEFT_CGROUP_ROOT',
   bpffs: 'WEFT_BPFFS',
   adminAddress: 'WEFT_ADMIN_ADDRESS',
-  caSecret: 'WEFT_CA_SECRET',
-  trustBundleConfigMap: 'WEFT_TRUST_BUNDLE_CONFIGMAP',
-  waypointImage: 'WEFT_WAYPOINT_IMAGE',
-  leaderLease: 'WEFT_LEADER_LEASE',
-  tokenAudience: 'WEFT_TOKEN_AUDIENCE',
-  agentServiceAccounts: 'WEFT_AGENT_SERVICE_ACCOUNTS',
 } as const;
 
 export function labels(component: string): Record<string, string> {

@@ -4,7 +4,8 @@ import { InstallOptionError } from './errors.ts';
 /** How the agent learns which pods run on its node. */
 export type CniMode = 'none';
 
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+/** The levels the controller's --log-level accepts (controller/src/log.ts). */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export interface InstallOptions {
   /** Container image with the agent, controller and waypoint (one image, chosen by command). Required. */
@@ -22,6 +23,13 @@ export interface InstallOptions {
    * namespaces by scanning /proc/<pid>/ns/net and the named netns under /var/run/netns.
    */
   cniMode?: CniMode | string;
+  /**
+   * A kubernetes.io/tls Secret in the install namespace holding the CA (tls.crt, tls.key), e.g.
+   * `kubectl -n weft-system create secret tls weft-ca --cert ca.crt --key ca.key`. Without it the
+   * controller generates a root on every start (workload certificates do not survive a controller
+   * restart), so more than one controller replica needs it.
+   */
+  caSecret?: string;
   /** Folder of CRD YAML files. Default: `deploy/crds` of this repository. */
   crdDir?: string;
   /** Receives one line per thing the operator should know (e.g. built-in CRDs used). */
@@ -33,7 +41,7 @@ export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 export const DEFAULT_CONTROLLER_REPLICAS = 1;
 export const MAX_CONTROLLER_REPLICAS = 9;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
-export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
 export const CNI_MODES: readonly CniMode[] = ['none'];
 
 /** Options after defaults and validation. */
@@ -44,6 +52,7 @@ export interface ResolvedInstallOptions {
   controllerReplicas: number;
   logLevel: LogLevel;
   cniMode: CniMode;
+  caSecret: string | undefined;
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -61,6 +70,8 @@ const MAX_IMAGE_LENGTH = 255 + 128 + 100;
 const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
 // A Kubernetes namespace is an RFC 1123 label.
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+// Secret names are RFC 1123 subdomains.
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 /** Applies defaults and rejects values that cannot render; throws {@link InstallOptionError}. */
 export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOptions {
@@ -97,5 +108,13 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
     throw new InstallOptionError('cniMode', `--cni-mode "${cniMode}" is not supported: use ${CNI_MODES.join(', ')} (the agent finds pod network namespaces through /proc; there is no Weft CNI plugin yet)`);
   }
 
-  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode };
+  const caSecret = opts.caSecret;
+  if (caSecret !== undefined && (caSecret.length > 253 || !DNS_SUBDOMAIN.test(caSecret))) {
+    throw new InstallOptionError('caSecret', `--ca-secret "${caSecret}" is not a Secret name: use lower-case letters, digits, '-' and '.', e.g. weft-ca`);
+  }
+  if (controllerReplicas > 1 && caSecret === undefined) {
+    throw new InstallOptionError('caSecret', `--controller-replicas ${controllerReplicas} needs --ca-secret: replicas must sign with one CA (create it with \`kubectl -n ${namespace} create secret tls weft-ca --cert ca.crt --key ca.key\`)`);
+  }
+
+  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret };
 }

@@ -5,94 +5,71 @@
 // (audience weft-controller) that the controller checks with a TokenReview.
 //
 // The controller reads the objects the mesh model is compiled from, writes their status, turns
-// Waypoints into Deployments/Services/ServiceAccounts, reviews agent tokens, and keeps the CA
-// Secret, the trust-bundle ConfigMap and its leader Lease in its own namespace only.
+// Waypoints into Deployments/Services/ServiceAccounts, reviews agent tokens, and publishes the
+// trust-bundle ConfigMap in its own namespace. It reads no Secrets through the API: the CA
+// Secret (--ca-secret) is mounted into its pod.
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
 import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
 import type { IRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import type { IRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
 import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
+import { KINDS, type KindInfo } from '../../lib/model/objects.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
-  AGENT_NAME, CA_SECRET_NAME, CONTROLLER_LEASE_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
+  AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
 } from './names.ts';
 
-/** The weft.dev resources (plural names) the controller watches; the CRDs define the same set. */
-export const WEFT_RESOURCES = ['waypoints', 'authorizationpolicies', 'peerauthentications', 'trafficpolicies'] as const;
-export const GATEWAY_ROUTE_RESOURCES = ['httproutes', 'grpcroutes'] as const;
+/**
+ * The kinds the controller's Kubernetes source watches: every kind of the model except Node
+ * (read only with the source's `watchNodes`, which the controller does not set).
+ */
+export const WATCHED: readonly KindInfo[] = Object.values(KINDS).filter((k) => k.kind !== 'Node');
 
 const READ = ['get', 'list', 'watch'];
 const WRITE_STATUS = ['get', 'update', 'patch'];
 const MANAGE = ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'];
 
+function byGroup(kinds: readonly KindInfo[], resource: (k: KindInfo) => string): [string, string[]][] {
+  const groups = new Map<string, string[]>();
+  for (const k of kinds) groups.set(k.group, [...(groups.get(k.group) ?? []), resource(k)]);
+  return [...groups];
+}
+
 /** Cluster-wide rules of the controller, each with the reason it exists. */
 export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule }[] = [
+  ...byGroup(WATCHED, (k) => k.plural).map(([group, resources]) => ({
+    why: `mesh inputs (${group || 'core'}): informers on ${resources.join(', ')}`,
+    rule: { apiGroups: [group], resources, verbs: READ },
+  })),
+  ...byGroup(WATCHED.filter((k) => k.hasStatus), (k) => `${k.plural}/status`).map(([group, resources]) => ({
+    why: `accepted/invalid/ready conditions on ${group} objects`,
+    rule: { apiGroups: [group], resources, verbs: WRITE_STATUS },
+  })),
   {
-    why: 'enrolment labels on namespaces; pod IPs, nodes and service accounts for workload identity and the node check of certificate requests',
-    rule: { apiGroups: [''], resources: ['namespaces', 'pods'], verbs: READ },
-  },
-  {
-    why: 'services and their endpoints for the mesh model; waypoint Services are created and updated by the controller',
-    rule: { apiGroups: [''], resources: ['services'], verbs: MANAGE },
-  },
-  {
-    why: 'endpoints of services',
-    rule: { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: READ },
-  },
-  {
-    why: 'the Weft API',
-    rule: { apiGroups: ['weft.dev'], resources: [...WEFT_RESOURCES], verbs: READ },
-  },
-  {
-    why: 'accepted/rejected conditions on the Weft API objects',
-    rule: { apiGroups: ['weft.dev'], resources: WEFT_RESOURCES.map((r) => `${r}/status`), verbs: WRITE_STATUS },
-  },
-  {
-    why: 'Gateway API routes with a Service parent (mesh profile)',
-    rule: { apiGroups: ['gateway.networking.k8s.io'], resources: [...GATEWAY_ROUTE_RESOURCES], verbs: READ },
-  },
-  {
-    why: 'route status (parent accepted / resolved refs)',
-    rule: { apiGroups: ['gateway.networking.k8s.io'], resources: GATEWAY_ROUTE_RESOURCES.map((r) => `${r}/status`), verbs: WRITE_STATUS },
-  },
-  {
-    why: 'validate the projected tokens agents and waypoints present to the certificate service',
+    why: 'validate the projected tokens agents present to the certificate service',
     rule: { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
   },
   {
-    why: 'one Deployment per Waypoint, in the Waypoint\'s namespace',
+    why: 'one Deployment, Service and ServiceAccount per Waypoint, in the Waypoint\'s namespace (its own identity, not the namespace default)',
     rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: MANAGE },
   },
   {
-    why: 'one ServiceAccount per Waypoint, so a waypoint has an identity of its own and not the namespace default',
-    rule: { apiGroups: [''], resources: ['serviceaccounts'], verbs: MANAGE },
+    why: 'waypoint Services (services are also read above)',
+    rule: { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs: MANAGE },
   },
 ];
 
 /** Rules of the controller in its own namespace only. */
 export const CONTROLLER_NAMESPACE_RULES: readonly { why: string; rule: IPolicyRule }[] = [
   {
-    why: 'read and rotate the CA Secret',
-    rule: { apiGroups: [''], resources: ['secrets'], resourceNames: [CA_SECRET_NAME], verbs: ['get', 'watch', 'update', 'patch'] },
-  },
-  {
     why: 'publish the CA roots that agents mount to trust the controller',
     rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'watch', 'update', 'patch'] },
   },
   {
-    // RBAC cannot restrict create by name: the controller may create Secrets and ConfigMaps in
-    // its own namespace, and read/update only the two above.
-    why: 'create the CA Secret and the trust-bundle ConfigMap on first start',
-    rule: { apiGroups: [''], resources: ['secrets', 'configmaps'], verbs: ['create'] },
-  },
-  {
-    why: 'leader election between controller replicas',
-    rule: { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: [CONTROLLER_LEASE_NAME], verbs: ['get', 'watch', 'update', 'patch'] },
-  },
-  {
-    why: 'create the leader Lease on first start',
-    rule: { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+    // RBAC cannot restrict create by name.
+    why: 'create the trust-bundle ConfigMap on first start',
+    rule: { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
   },
 ];
 

@@ -35,6 +35,9 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
       },
     },
   };
+  if (!o.caSecret) {
+    opts.warn?.(`no --ca-secret: the controller generates a CA root at every start, so workload certificates do not survive a controller restart; for production create one with \`kubectl -n ${o.namespace} create secret tls weft-ca --cert ca.crt --key ca.key\` and pass --ca-secret weft-ca`);
+  }
   return [
     namespace,
     ...loadCrds(opts.crdDir ?? DEFAULT_CRD_DIR, opts.warn),

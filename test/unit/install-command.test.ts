@@ -49,6 +49,13 @@ test('install prints YAML for kubectl and exits 0', async () => {
   assert.match(r.stdout, /value: example\.org/);
 });
 
+test('install --ca-secret mounts the CA into the controller', async () => {
+  const r = await run(installCommand, ['install', '--image', 'weft:dev', '--ca-secret', 'weft-ca', '--controller-replicas', '2']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /secretName: weft-ca/);
+  assert.doesNotMatch(r.stderr, /--ca-secret/);
+});
+
 test('install -o json prints a v1 List', async () => {
   const r = await run(installCommand, ['install', '--image', 'weft:dev', '-o', 'json', '--namespace', 'mesh']);
   assert.equal(r.code, 0);

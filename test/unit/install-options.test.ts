@@ -20,7 +20,7 @@ function rejects(opts: Parameters<typeof renderInstall>[0], option: string, flag
 test('applies documented defaults', () => {
   assert.deepEqual(resolveInstallOptions(OK), {
     image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', namespace: 'weft-system',
-    controllerReplicas: 1, logLevel: 'info', cniMode: 'none',
+    controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined,
   });
 });
 
@@ -56,11 +56,20 @@ test('rejects a namespace that is not a DNS label and names --namespace', () => 
 
 test('rejects controller replicas that are not a whole number from 1 to 9', () => {
   for (const controllerReplicas of [0, -1, 1.5, Number.NaN, 10]) {
-    rejects({ ...OK, controllerReplicas }, 'controllerReplicas', /^--controller-replicas .* give a whole number from 1 to 9/);
+    rejects({ ...OK, controllerReplicas, caSecret: 'weft-ca' }, 'controllerReplicas', /^--controller-replicas .* give a whole number from 1 to 9/);
   }
 });
 
 test('rejects unknown log levels and CNI modes with the allowed values', () => {
-  rejects({ ...OK, logLevel: 'verbose' }, 'logLevel', /--log-level "verbose" is unknown: use one of error, warn, info, debug, trace/);
+  rejects({ ...OK, logLevel: 'verbose' }, 'logLevel', /--log-level "verbose" is unknown: use one of error, warn, info, debug$/);
   rejects({ ...OK, cniMode: 'chained' }, 'cniMode', /--cni-mode "chained" is not supported: use none/);
+});
+
+test('more than one controller replica needs a shared CA Secret', () => {
+  rejects({ ...OK, controllerReplicas: 2 }, 'caSecret', /^--controller-replicas 2 needs --ca-secret: .*kubectl -n weft-system create secret tls weft-ca/);
+  assert.equal(resolveInstallOptions({ ...OK, controllerReplicas: 2, caSecret: 'weft-ca' }).controllerReplicas, 2);
+});
+
+test('rejects a CA Secret name that is not a Kubernetes name', () => {
+  for (const caSecret of ['', 'Weft_CA', 'ca/secret']) rejects({ ...OK, caSecret }, 'caSecret', /^--ca-secret ".*" is not a Secret name/);
 });

@@ -57,7 +57,7 @@ function agentDaemonSet(objects = renderInstall(OPTS)): { ds: IDaemonSet; agent:
 }
 
 test('every rendered object passes the Kubernetes schema of its kind', () => {
-  const objects = renderInstall({ ...OPTS, controllerReplicas: 3, logLevel: 'debug' });
+  const objects = renderInstall({ ...OPTS, controllerReplicas: 3, logLevel: 'debug', caSecret: 'weft-ca' });
   for (const o of objects) {
     const Model = MODELS[`${o.apiVersion}/${o.kind}`];
     assert.ok(Model, `no schema model for ${o.apiVersion} ${o.kind}`);
@@ -191,7 +191,7 @@ test('the agent has no Kubernetes API token, only a projected token for the weft
 });
 
 test('the controller serves 15012, 15020 and 15021 with a readiness probe and runs unprivileged', () => {
-  const objects = renderInstall({ ...OPTS, controllerReplicas: 2 });
+  const objects = renderInstall({ ...OPTS, controllerReplicas: 2, caSecret: 'weft-ca' });
   const dep = find<IDeployment>(objects, 'Deployment', 'weft-controller');
   assert.equal(dep.spec?.replicas, 2);
   const c = dep.spec?.template.spec?.containers[0];
@@ -201,12 +201,40 @@ test('the controller serves 15012, 15020 and 15021 with a readiness probe and ru
   assert.equal(c?.securityContext?.allowPrivilegeEscalation, false);
   assert.deepEqual(c?.securityContext?.capabilities?.drop, ['ALL']);
   assert.equal(dep.spec?.template.spec?.securityContext?.runAsNonRoot, true);
-  const env = new Map((c?.env ?? []).map((e) => [e.name, e.value]));
-  assert.equal(env.get('WEFT_TOKEN_AUDIENCE'), 'weft-controller');
-  assert.equal(env.get('WEFT_AGENT_SERVICE_ACCOUNTS'), 'system:serviceaccount:weft-system:weft-agent');
-  assert.equal(env.get('WEFT_TRUST_DOMAIN'), 'cluster.local');
   const svc = objects.find((o) => o.kind === 'Service');
   assert.ok(svc && 'spec' in svc);
+});
+
+test('the controller runs in Kubernetes mode with the install\'s trust domain, namespace, image and log level', () => {
+  const dep = find<IDeployment>(renderInstall({ ...OPTS, namespace: 'mesh', logLevel: 'warn' }), 'Deployment');
+  const args = dep.spec?.template.spec?.containers[0]?.args ?? [];
+  const flag = (name: string) => args[args.indexOf(name) + 1];
+  assert.equal(args[0], 'controller');
+  assert.ok(args.includes('--kube'));
+  assert.equal(flag('--trust-domain'), 'cluster.local');
+  assert.equal(flag('--root-namespace'), 'mesh');
+  assert.equal(flag('--waypoint-image'), OPTS.image);
+  assert.equal(flag('--controller-address'), 'weft-controller.mesh.svc:15012');
+  assert.equal(flag('--log-level'), 'warn');
+  assert.ok(!args.includes('--ca-cert'), 'no CA files without --ca-secret');
+});
+
+test('the controller reads the CA from the --ca-secret Secret mounted read-only, not through the API', () => {
+  const warnings: string[] = [];
+  const objects = renderInstall({ ...OPTS, caSecret: 'my-ca', warn: (m) => warnings.push(m) });
+  const spec = find<IDeployment>(objects, 'Deployment').spec?.template.spec;
+  const c = spec?.containers[0];
+  const args = c?.args ?? [];
+  const mount = c?.volumeMounts?.find((m) => m.name === 'ca');
+  assert.equal(mount?.readOnly, true);
+  assert.equal(args[args.indexOf('--ca-cert') + 1], `${mount?.mountPath}/tls.crt`);
+  assert.equal(args[args.indexOf('--ca-key') + 1], `${mount?.mountPath}/tls.key`);
+  assert.equal(spec?.volumes?.find((v) => v.name === 'ca')?.secret?.secretName, 'my-ca');
+  assert.ok(!warnings.some((w) => /--ca-secret/.test(w)));
+
+  const without: string[] = [];
+  renderInstall({ ...OPTS, warn: (m) => without.push(m) });
+  assert.ok(without.some((w) => /no --ca-secret: the controller generates a CA root at every start/.test(w)));
 });
 
 test('the controller may list and watch the mesh inputs, write their status, review tokens and manage waypoints, and nothing with wildcards', () => {
@@ -231,8 +259,9 @@ test('the controller may list and watch the mesh inputs, write their status, rev
     assert.ok(![...(r.verbs ?? []), ...(r.resources ?? []), ...(r.apiGroups ?? [])].includes('*'), JSON.stringify(r));
   }
   const role = find<IRole>(objects, 'Role', 'weft-controller');
-  const secretRule = role.rules?.find((r) => r.resources?.includes('secrets') && r.verbs.includes('update'));
-  assert.deepEqual(secretRule?.resourceNames, ['weft-ca']);
+  assert.ok(!(role.rules ?? []).some((r) => r.resources?.includes('secrets')), 'no secret access through the API');
+  const cm = role.rules?.find((r) => r.resources?.includes('configmaps') && r.verbs.includes('update'));
+  assert.deepEqual(cm?.resourceNames, ['weft-trust-bundle']);
 });
 
 test('YAML output is one document per object and parses back to the same objects', () => {
@@ -256,7 +285,7 @@ test('takes CRDs from the CRD folder and fills only the missing kinds from built
   own.metadata = { name: 'waypoints.weft.dev', annotations: { origin: 'folder' } };
   const dir = crdDir({ 'waypoint.yaml': toYaml([own]), 'README.md': 'not yaml' });
   const warnings: string[] = [];
-  const objects = renderInstall({ ...OPTS, crdDir: dir, warn: (m) => warnings.push(m) });
+  const objects = renderInstall({ ...OPTS, caSecret: 'weft-ca', crdDir: dir, warn: (m) => warnings.push(m) });
   const crds = objects.filter((o) => o.kind === 'CustomResourceDefinition');
   assert.equal(crds.length, 4);
   assert.equal(crds.find((c) => c.metadata?.name === 'waypoints.weft.dev')?.metadata?.annotations?.origin, 'folder');
@@ -303,7 +332,7 @@ function metadataOf(o: unknown): { labels?: Record<string, string>; annotations?
 }
 
 test('label and annotation keys and label values are what the API server accepts', () => {
-  for (const o of renderInstall({ ...OPTS, controllerReplicas: 2 })) {
+  for (const o of renderInstall({ ...OPTS, controllerReplicas: 2, caSecret: 'weft-ca' })) {
     for (const m of metadataOf(o)) {
       for (const [k, v] of Object.entries(m.labels ?? {})) {
         assert.match(k, QUALIFIED_NAME, `${o.kind} label key ${k}`);

@@ -1,0 +1,28 @@
+// The rendered controller command line is parsed by the controller's own parser, so a flag the
+// controller renames or drops fails here instead of in a crash-looping pod.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseControllerArgs } from '../../controller/src/main.ts';
+import { controllerArgs } from '../../cli/install/controller.ts';
+import { LOG_LEVELS, resolveInstallOptions } from '../../cli/install/options.ts';
+
+const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'example.org', namespace: 'mesh' };
+
+test('the controller accepts the command line the install renders', () => {
+  const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions(OK)));
+  assert.equal(parsed.kube, true);
+  assert.equal(parsed.trustDomain, 'example.org');
+  assert.equal(parsed.rootNamespace, 'mesh');
+  assert.equal(parsed.waypointImage, OK.image);
+  assert.equal(parsed.controllerAddress, 'weft-controller.mesh.svc:15012');
+  assert.equal(parsed.caCertFile, undefined);
+});
+
+test('the controller accepts the CA files and every log level the install offers', () => {
+  for (const logLevel of LOG_LEVELS) {
+    const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, logLevel, caSecret: 'weft-ca' })));
+    assert.equal(parsed.logLevel, logLevel);
+    assert.equal(parsed.caCertFile, '/etc/weft/ca/tls.crt');
+    assert.equal(parsed.caKeyFile, '/etc/weft/ca/tls.key');
+  }
+});
