@@ -187,7 +187,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const node = pod.spec.nodeName ?? '';
     const nodeIp = nodeIps.get(node) ?? pod.status?.hostIP;
     const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
-    const nsWaypoint = nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
+    const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
     const w: Workload = {
       uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
       name: pod.metadata.name,
@@ -217,12 +217,24 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     if (!list) slicesByService.set(key, (list = []));
     list.push(s);
   }
-  const workloadsByNs = new Map<string, Workload[]>();
+  // Workloads by `namespace\0label=value`, so a selector only looks at pods carrying one of its labels.
+  const workloadsByLabel = new Map<string, Workload[]>();
   for (const w of model.workloads.values()) {
-    let list = workloadsByNs.get(w.namespace);
-    if (!list) workloadsByNs.set(w.namespace, (list = []));
-    list.push(w);
+    for (const [k, v] of Object.entries(w.labels)) {
+      const key = `${w.namespace}\0${k}=${v}`;
+      let list = workloadsByLabel.get(key);
+      if (!list) workloadsByLabel.set(key, (list = []));
+      list.push(w);
+    }
   }
+  const selectWorkloads = (namespace: string, selector: Record<string, string>): Workload[] => {
+    let smallest: Workload[] | undefined;
+    for (const [k, v] of Object.entries(selector)) {
+      const list = workloadsByLabel.get(`${namespace}\0${k}=${v}`) ?? [];
+      if (!smallest || list.length < smallest.length) smallest = list;
+    }
+    return (smallest ?? []).filter((w) => labelsMatch(selector, w.labels));
+  };
   for (const svc of inputs.services) {
     if (svc.spec.type === 'ExternalName') continue;
     const ns = svc.metadata.namespace!;
@@ -255,8 +267,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       }
     } else if (svc.spec.selector && Object.keys(svc.spec.selector).length > 0) {
       const selector = svc.spec.selector;
-      for (const w of workloadsByNs.get(ns) ?? []) {
-        if (!labelsMatch(selector, w.labels)) continue;
+      for (const w of selectWorkloads(ns, selector)) {
         const pod = podObjects.get(w.uid)!;
         const epPorts: Record<string, number> = {};
         for (const sp of ports) {

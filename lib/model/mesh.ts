@@ -46,7 +46,7 @@ export interface Workload {
   mode: MtlsMode;
   /** Per-port overrides from a workload-selecting PeerAuthentication, keyed by port number. */
   portModes?: Record<string, MtlsMode>;
-  /** Waypoint for traffic addressed to this workload directly (namespace `use-waypoint`). */
+  /** Waypoint for traffic addressed to this workload directly (Pod, else Namespace `use-waypoint`). */
   waypoint?: WaypointRef;
   /** `namespace/name` of every Service that selects this workload. */
   services: string[];

@@ -33,7 +33,7 @@ export interface LabelSelector {
 
 /** `ambient` enrols pods; `none` opts a pod (or a whole namespace) out. Pod overrides namespace. */
 export const LABEL_DATAPLANE_MODE = 'weft.dev/dataplane-mode';
-/** Name of a Waypoint in the same namespace, on a Namespace or a Service. */
+/** Name of a Waypoint in the same namespace, on a Namespace or a Service (or a Pod, for traffic to its IP). */
 export const LABEL_USE_WAYPOINT = 'weft.dev/use-waypoint';
 /** EndpointSlice label that names its Service. */
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';

@@ -250,20 +250,16 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
   c.stringMap(m.labels, 'metadata.labels', LABEL_NAME, LABEL_VALUE);
   const ann = c.obj(m.annotations, 'metadata.annotations');
   if (ann) for (const [k, val] of Object.entries(ann)) c.str(val, join('metadata.annotations', k));
-  if (namespaced || kind === 'Namespace') {
-    const labels = (m.labels ?? {}) as Record<string, unknown>;
-    const mode = labels['weft.dev/dataplane-mode'];
-    if (mode !== undefined && kind !== 'Namespace' && kind !== 'Pod') {
-      c.fail('metadata.labels["weft.dev/dataplane-mode"]', 'only applies to a Namespace or a Pod');
-    } else if (mode !== undefined && mode !== 'ambient' && mode !== 'none') {
-      c.fail('metadata.labels["weft.dev/dataplane-mode"]', `"${String(mode)}" is not ambient or none`);
-    }
-    const wp = labels['weft.dev/use-waypoint'];
-    if (wp !== undefined && kind !== 'Namespace' && kind !== 'Service') {
-      c.fail('metadata.labels["weft.dev/use-waypoint"]', 'only applies to a Namespace or a Service');
-    } else if (wp !== undefined && (typeof wp !== 'string' || !DNS1123_LABEL.test(wp))) {
-      c.fail('metadata.labels["weft.dev/use-waypoint"]', `"${String(wp)}" is not a Waypoint name`);
-    }
+  // The mesh labels are checked where they mean something; elsewhere they are ignored, as
+  // Kubernetes ignores labels nobody selects on.
+  const labels = (m.labels ?? {}) as Record<string, unknown>;
+  const mode = labels['weft.dev/dataplane-mode'];
+  if ((kind === 'Namespace' || kind === 'Pod') && mode !== undefined && mode !== 'ambient' && mode !== 'none') {
+    c.fail('metadata.labels["weft.dev/dataplane-mode"]', `"${String(mode)}" is not ambient or none`);
+  }
+  const wp = labels['weft.dev/use-waypoint'];
+  if ((kind === 'Namespace' || kind === 'Service' || kind === 'Pod') && wp !== undefined && (typeof wp !== 'string' || !DNS1123_LABEL.test(wp))) {
+    c.fail('metadata.labels["weft.dev/use-waypoint"]', `"${String(wp)}" is not a Waypoint name`);
   }
 }
 

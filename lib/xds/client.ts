@@ -78,7 +78,7 @@ interface ClientEvents<K extends ClientKind> {
   rejected: [error: ConfigRejectedError];
   connected: [];
   disconnected: [error: Error | undefined];
-  /** Protocol problems; the stream is restarted. */
+  /** Protocol problems (only emitted when someone listens); the stream is restarted. */
   error: [error: Error];
 }
 
@@ -189,7 +189,8 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
         this.#attempt = 0;
       }
       this.#queue = this.#queue.then(() => this.#onResponse(gen, res)).catch((e: Error) => {
-        this.emit('error', e);
+        // 'error' without a listener would throw; the stream restart is the recovery either way.
+        if (this.listenerCount('error') > 0) this.emit('error', e);
         call.cancel();
       });
     });

@@ -116,3 +116,21 @@ test('services get endpoints from EndpointSlices in Kubernetes mode', () =>
     await until('endpoint from slice', () => a.snapshot?.services[0]?.endpoints[0]?.port === 8443);
     assert.equal(a.snapshot!.services[0]!.endpoints[0]!.workloadUid, p.metadata.uid);
   }));
+
+test('an HTTPRoute with a Service parent gets a parent status from the weft controller; a missing parent is reported', () =>
+  withKube(async (api) => {
+    api.apply(svc('shop', 'web'));
+    const route = (parent: string) => ({
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'shop' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: parent, port: 80 }], rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/api' } }], backendRefs: [{ name: 'web', port: 80 }] }] },
+    });
+    type RouteStatus = { parents?: Array<{ controllerName: string; parentRef: { name: string }; conditions: Array<{ type: string; status: string; reason: string; message: string }> }> };
+    api.apply(route('web'));
+    await until('route accepted', () => (api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus)?.parents?.[0]?.conditions[0]?.status === 'True');
+    const st = api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus;
+    assert.equal(st.parents![0]!.controllerName, 'weft.dev/controller');
+    assert.equal(st.parents![0]!.parentRef.name, 'web');
+    api.apply(route('nope'));
+    await until('route not accepted', () => (api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus)?.parents?.[0]?.conditions[0]?.reason === 'NoMatchingParent');
+    assert.match((api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus).parents![0]!.conditions[0]!.message, /Service shop\/nope does not exist/);
+  }));
