@@ -1,39 +1,101 @@
 /**
- * Loopback HBONE micro-benchmark. The parent process is the client (HbonePool); a forked child is
- * the far side (HboneServer plus TCP sink and echo servers), so the two ends get their own CPU the
- * way two agents do. Prints one line per figure:
+ * Loopback HBONE micro-benchmark. Prints one line per figure (`make bench` runs it):
  *
- *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32]
+ *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--no-stunnel]
+ *
+ * Processes, so that each proxy gets its own event loop the way agents do:
+ *   main      the application side: load generator plus the targets (sink, source, echo)
+ *   inbound   HboneServer that dials the targets (the destination agent)
+ *   outbound  TCP listeners that tunnel through an HbonePool (the source agent's captured outbound)
+ *
+ * Paths measured, each against plain TCP to the same target:
+ *   pool        main speaks HBONE itself through an HbonePool → inbound → target (one proxy hop)
+ *   agent-pair  main → outbound → HBONE → inbound → target (the mesh's L4 path)
+ *   stunnel     main → stunnel client → mTLS → stunnel server → target (when stunnel is installed)
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createTestCa, type TestLeaf } from '../test/unit/hbone-certs.ts';
-import { HbonePool, HboneServer } from '../lib/hbone/index.ts';
-
-interface Ports { hbone: number; sink: number; source: number; echo: number }
-interface ChildInit { leaf: TestLeaf }
+import { HbonePool, HboneServer, pipeBidirectional } from '../lib/hbone/index.ts';
 
 const CHUNK = 64 * 1024;
-const SERVER_ID = 'spiffe://bench.local/ns/bench/sa/server';
-const CLIENT_ID = 'spiffe://bench.local/ns/bench/sa/client';
+const SERVER_ID = 'spiffe://bench.local/ns/bench/sa/inbound';
+const CLIENT_ID = 'spiffe://bench.local/ns/bench/sa/outbound';
+
+interface Targets { sink: number; source: number; echo: number }
+type Msg =
+  | { kind: 'inbound'; leaf: TestLeaf }
+  | { kind: 'outbound'; leaf: TestLeaf; hbonePort: number; targets: Targets }
+  | { kind: 'cpu' };
+type Reply = { ports: Targets | { hbone: number } } | { cpuMicros: number };
+
+function noop(): void {}
 
 async function listen(server: Server): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return (server.address() as AddressInfo).port;
 }
 
-/** The far side: HBONE server that connects to local targets, a sink, a source and an echo server. */
+function cpuMicros(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
+// ---- child roles ----
+
 async function runChild(): Promise<void> {
-  const init = await new Promise<ChildInit>((resolve) => process.once('message', (m) => resolve(m as ChildInit)));
+  process.on('message', async (m: Msg) => {
+    if (m.kind === 'cpu') { process.send?.({ cpuMicros: cpuMicros() } satisfies Reply); return; }
+    if (m.kind === 'inbound') {
+      const server = new HboneServer({
+        tls: m.leaf,
+        handler: async (req) => {
+          const up = connect({ host: req.target.host, port: req.target.port, noDelay: true, allowHalfOpen: true });
+          await new Promise<void>((resolve, reject) => { up.once('connect', resolve); up.once('error', reject); });
+          return { upstream: up };
+        },
+      });
+      process.send?.({ ports: { hbone: (await server.listen(0, '127.0.0.1')).port } } satisfies Reply);
+      return;
+    }
+    const pool = new HbonePool();
+    const listenFor = (targetPort: number): Promise<number> => listen(createServer({ allowHalfOpen: true, noDelay: true }, (app) => {
+      app.on('error', noop);
+      pool.connect({
+        sourceKey: CLIENT_ID,
+        tls: m.leaf,
+        dest: { host: '127.0.0.1', port: m.hbonePort },
+        target: `127.0.0.1:${targetPort}`,
+        expectPeer: SERVER_ID,
+      }).then((tunnel) => pipeBidirectional(app, tunnel), () => app.resetAndDestroy());
+    }));
+    const ports: Targets = {
+      sink: await listenFor(m.targets.sink),
+      source: await listenFor(m.targets.source),
+      echo: await listenFor(m.targets.echo),
+    };
+    process.send?.({ ports } satisfies Reply);
+  });
+}
+
+// ---- targets and load (main process) ----
+
+async function startTargets(): Promise<Targets> {
   // Sink: reads everything, answers the FIN with its own.
   const sink = createServer({ allowHalfOpen: true, noDelay: true }, (s) => {
     s.on('data', noop);
     s.on('end', () => s.end());
+    s.on('error', noop);
   });
   // Source: the first 8 bytes are a big-endian byte count to send back, then FIN.
   const source = createServer({ allowHalfOpen: true, noDelay: true }, (s) => {
+    s.on('error', noop);
     s.once('readable', () => {
       const head = s.read(8) as Buffer | null;
       if (!head) { s.destroy(); return; }
@@ -48,31 +110,15 @@ async function runChild(): Promise<void> {
         s.end();
       };
       pump();
+      s.on('data', noop);
     });
-    s.on('data', noop);
   });
-  const echo = createServer({ allowHalfOpen: true, noDelay: true }, (s) => s.pipe(s));
-  const hbone = new HboneServer({
-    tls: init.leaf,
-    handler: async (req) => {
-      const up = connect({ host: req.target.host, port: req.target.port, noDelay: true, allowHalfOpen: true });
-      await new Promise<void>((resolve, reject) => { up.once('connect', resolve); up.once('error', reject); });
-      return { upstream: up };
-    },
-  });
-  const ports: Ports = {
-    hbone: (await hbone.listen(0, '127.0.0.1')).port,
-    sink: await listen(sink),
-    source: await listen(source),
-    echo: await listen(echo),
-  };
-  process.send?.(ports);
+  const echo = createServer({ allowHalfOpen: true, noDelay: true }, (s) => { s.on('error', noop); s.pipe(s); });
+  return { sink: await listen(sink), source: await listen(source), echo: await listen(echo) };
 }
 
-function noop(): void {}
-
-/** Writes `bytes` into `s`, ends it, resolves when the far side's FIN arrives. */
-function upload(s: NodeJS.ReadWriteStream & { destroy(): void }, bytes: number): Promise<void> {
+/** Writes `bytes`, ends, resolves when the far side's FIN arrives. */
+function upload(s: Duplex, bytes: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const block = Buffer.alloc(CHUNK, 0x62);
     let left = bytes;
@@ -91,8 +137,8 @@ function upload(s: NodeJS.ReadWriteStream & { destroy(): void }, bytes: number):
   });
 }
 
-/** Asks the source for `bytes`, resolves when all arrived and the FIN came. */
-function download(s: NodeJS.ReadWriteStream, bytes: number): Promise<void> {
+/** Asks the source for `bytes`; resolves when all arrived with the FIN. */
+function download(s: Duplex, bytes: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let got = 0;
     s.on('data', (c: Buffer) => { got += c.length; });
@@ -100,8 +146,7 @@ function download(s: NodeJS.ReadWriteStream, bytes: number): Promise<void> {
     s.once('error', reject);
     const head = Buffer.alloc(8);
     head.writeBigUInt64BE(BigInt(bytes));
-    s.write(head);
-    s.end();
+    s.end(head);
   });
 }
 
@@ -113,111 +158,205 @@ function tcp(port: number): Promise<Socket> {
   });
 }
 
+type Open = (target: keyof Targets) => Promise<Duplex>;
+
+async function mbPerSec(open: Open, dir: 'upload' | 'download', bytes: number): Promise<number> {
+  const s = await open(dir === 'upload' ? 'sink' : 'source');
+  const t0 = performance.now();
+  if (dir === 'upload') await upload(s, bytes);
+  else await download(s, bytes);
+  return bytes / 1e6 / ((performance.now() - t0) / 1000);
+}
+
+/** 64-byte request, 64-byte echo, over `concurrency` connections held open (wrk keep-alive style). */
+async function persistentRps(open: Open, concurrency: number, seconds: number): Promise<number> {
+  const conns = await Promise.all(Array.from({ length: concurrency }, () => open('echo')));
+  const msg = Buffer.alloc(64, 0x63);
+  let done = 0;
+  const until = performance.now() + seconds * 1000;
+  await Promise.all(conns.map((s) => new Promise<void>((resolve) => {
+    let got = 0;
+    s.on('error', noop);
+    s.on('data', (c: Buffer) => {
+      got += c.length;
+      while (got >= 64) {
+        got -= 64;
+        done++;
+        if (performance.now() < until) s.write(msg);
+        else { s.destroy(); resolve(); return; }
+      }
+    });
+    s.write(msg);
+  })));
+  return done / seconds;
+}
+
+/** A new connection per 64-byte request/response. */
+async function perConnectionRps(open: Open, concurrency: number, seconds: number): Promise<number> {
+  let done = 0;
+  const until = performance.now() + seconds * 1000;
+  const msg = Buffer.alloc(64, 0x64);
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < until) {
+      const s = await open('echo');
+      await new Promise<void>((resolve, reject) => {
+        s.on('data', noop);
+        s.once('end', () => resolve());
+        s.once('error', reject);
+        s.end(msg);
+      });
+      done++;
+    }
+  }));
+  return done / seconds;
+}
+
+function forkRole(): ChildProcess {
+  return fork(fileURLToPath(import.meta.url), ['--child'], { stdio: 'inherit' });
+}
+
+function ask(child: ChildProcess, msg: Msg): Promise<Reply> {
+  return new Promise((resolve) => {
+    child.once('message', (m) => resolve(m as Reply));
+    child.send(msg);
+  });
+}
+
+async function cpuOf(child: ChildProcess): Promise<number> {
+  return ((await ask(child, { kind: 'cpu' })) as { cpuMicros: number }).cpuMicros;
+}
+
+/** A stunnel client/server pair with the same kind of certificates, or undefined without stunnel. */
+async function startStunnel(targets: Targets, ca: string, server: TestLeaf, client: TestLeaf): Promise<{ ports: Targets; stop(): void } | undefined> {
+  try { execFileSync('stunnel', ['-version'], { stdio: 'ignore' }); } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'weft-bench-stunnel-'));
+  const file = (name: string, text: string): string => { writeFileSync(join(dir, name), text); return join(dir, name); };
+  const caFile = file('ca.pem', ca);
+  const free = async (): Promise<number> => {
+    const s = createServer();
+    const port = await listen(s);
+    await new Promise((r) => s.close(r));
+    return port;
+  };
+  const sections = { server: '', client: '' };
+  const ports = { sink: 0, source: 0, echo: 0 } as Targets;
+  for (const name of ['sink', 'source', 'echo'] as const) {
+    const mid = await free();
+    ports[name] = await free();
+    sections.server += `[${name}]\naccept = 127.0.0.1:${mid}\nconnect = 127.0.0.1:${targets[name]}\n` +
+      `cert = ${file('s.pem', server.cert)}\nkey = ${file('s.key', server.key)}\nCAfile = ${caFile}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n`;
+    sections.client += `[${name}]\nclient = yes\naccept = 127.0.0.1:${ports[name]}\nconnect = 127.0.0.1:${mid}\n` +
+      `cert = ${file('c.pem', client.cert)}\nkey = ${file('c.key', client.key)}\nCAfile = ${caFile}\nverifyChain = yes\nsslVersionMin = TLSv1.3\n`;
+  }
+  const head = 'foreground = yes\npid =\ndebug = 3\n';
+  const procs = ['server', 'client'].map((which) =>
+    spawn('stunnel', [file(`${which}.conf`, head + sections[which as 'server' | 'client'])], { stdio: 'ignore' }));
+  // Wait until the client side accepts.
+  for (let i = 0; i < 100; i++) {
+    const ok = await tcp(ports.echo).then((s) => { s.destroy(); return true; }, () => false);
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    ports,
+    stop: () => {
+      for (const p of procs) p.kill();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       mb: { type: 'string', default: '512' },
       seconds: { type: 'string', default: '5' },
       concurrency: { type: 'string', default: '32' },
+      'no-stunnel': { type: 'boolean', default: false },
+      repeat: { type: 'string', default: '3' },
+      'throughput-only': { type: 'boolean', default: false },
     },
   });
-  const mb = Number(values.mb);
+  const bytes = Number(values.mb) * 1e6;
   const seconds = Number(values.seconds);
   const concurrency = Number(values.concurrency);
-  const bytes = mb * 1024 * 1024;
+  const repeat = Number(values.repeat);
 
   const ca = createTestCa('Weft bench CA');
-  const serverLeaf = ca.issue(SERVER_ID);
-  const clientLeaf = ca.issue(CLIENT_ID);
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--child'], { stdio: 'inherit' });
-  const ports = await new Promise<Ports>((resolve) => {
-    child.once('message', (m) => resolve(m as Ports));
-    child.send({ leaf: serverLeaf } satisfies ChildInit);
-  });
+  const inboundLeaf = ca.issue(SERVER_ID);
+  const outboundLeaf = ca.issue(CLIENT_ID);
+  const targets = await startTargets();
+  const inbound = forkRole();
+  const outbound = forkRole();
+  const hbonePort = ((await ask(inbound, { kind: 'inbound', leaf: inboundLeaf })) as { ports: { hbone: number } }).ports.hbone;
+  const agentPorts = ((await ask(outbound, { kind: 'outbound', leaf: outboundLeaf, hbonePort, targets })) as { ports: Targets }).ports;
+  const stunnel = values['no-stunnel'] ? undefined : await startStunnel(targets, ca.cert, inboundLeaf, outboundLeaf);
+
   const pool = new HbonePool();
-  const tunnel = (port: number) => pool.connect({
-    sourceKey: CLIENT_ID,
-    tls: clientLeaf,
-    dest: { host: '127.0.0.1', port: ports.hbone },
-    target: `127.0.0.1:${port}`,
-    expectPeer: SERVER_ID,
-  });
-  // Warm the session (handshake) and the JIT.
-  await upload(await tunnel(ports.sink), 16 * 1024 * 1024);
-  await upload(await tcp(ports.sink), 16 * 1024 * 1024);
+  const paths: Array<[string, Open]> = [
+    ['plain-tcp', (t) => tcp(targets[t])],
+    ['hbone-pool', (t) => pool.connect({
+      sourceKey: CLIENT_ID,
+      tls: outboundLeaf,
+      dest: { host: '127.0.0.1', port: hbonePort },
+      target: `127.0.0.1:${targets[t]}`,
+      expectPeer: SERVER_ID,
+    })],
+    ['hbone-agent-pair', (t) => tcp(agentPorts[t])],
+  ];
+  if (stunnel) paths.push(['stunnel-pair', (t) => tcp(stunnel.ports[t])]);
 
-  const rate = async (open: () => Promise<NodeJS.ReadWriteStream & { destroy(): void }>, dir: 'up' | 'down'): Promise<number> => {
-    const s = await open();
-    const t0 = performance.now();
-    if (dir === 'up') await upload(s, bytes);
-    else await download(s, bytes);
-    return bytes / 1024 / 1024 / ((performance.now() - t0) / 1000);
-  };
-  const line = (what: string, value: number, unit: string, base?: number): void => {
-    const ratio = base ? ` (${(value / base).toFixed(2)}x plain TCP)` : '';
-    console.log(`hbone-bench ${what}: ${value.toFixed(unit === 'MB/s' ? 1 : 0)} ${unit}${ratio}`);
+  const print = (figure: string, path: string, value: number, unit: string, base: number | undefined): void => {
+    const ratio = base !== undefined && path !== 'plain-tcp' ? `  (${(value / base).toFixed(2)}x plain-tcp)` : '';
+    console.log(`hbone-bench ${figure} ${path}: ${value.toFixed(unit === 'MB/s' ? 1 : 0)} ${unit}${ratio}`);
   };
 
-  for (const dir of ['up', 'down'] as const) {
-    const port = dir === 'up' ? ports.sink : ports.source;
-    const plain = await rate(() => tcp(port), dir);
-    const hb = await rate(() => tunnel(port), dir);
-    line(`single-stream ${dir === 'up' ? 'upload' : 'download'} ${mb} MiB plain-tcp`, plain, 'MB/s');
-    line(`single-stream ${dir === 'up' ? 'upload' : 'download'} ${mb} MiB hbone`, hb, 'MB/s', plain);
+  // Warm up every path (handshakes, JIT).
+  for (const [, open] of paths) await upload(await open('sink'), 32e6);
+
+  // Best of `repeat` runs: loopback figures on a shared machine only ever err on the low side.
+  for (const dir of ['upload', 'download'] as const) {
+    let base: number | undefined;
+    for (const [name, open] of paths) {
+      let best = 0;
+      let cpuOut = Infinity;
+      let cpuIn = Infinity;
+      for (let r = 0; r < repeat; r++) {
+        const agent = name === 'hbone-agent-pair';
+        const c0 = agent ? [await cpuOf(outbound), await cpuOf(inbound)] : [0, 0];
+        best = Math.max(best, await mbPerSec(open, dir, bytes));
+        if (agent) {
+          cpuOut = Math.min(cpuOut, (await cpuOf(outbound) - (c0[0] ?? 0)) / 1000 / (bytes / 1e9));
+          cpuIn = Math.min(cpuIn, (await cpuOf(inbound) - (c0[1] ?? 0)) / 1000 / (bytes / 1e9));
+        }
+      }
+      base ??= best;
+      print(`single-stream ${dir} ${values.mb} MB`, name, best, 'MB/s', base);
+      if (cpuOut !== Infinity) {
+        console.log(`hbone-bench single-stream ${dir} cpu ms per GB hbone-agent-pair: outbound ${cpuOut.toFixed(0)}, inbound ${cpuIn.toFixed(0)}`);
+      }
+    }
+  }
+  if (values['throughput-only']) paths.length = 0;
+  for (const [figure, fn] of [
+    [`req/s 64B echo on ${concurrency} open connections`, persistentRps],
+    [`req/s 64B echo with a new connection per request, ${concurrency} concurrent`, perConnectionRps],
+  ] as const) {
+    let base: number | undefined;
+    for (const [name, open] of paths) {
+      const v = await fn(open, concurrency, seconds);
+      base ??= v;
+      print(figure, name, v, 'req/s', base);
+    }
   }
 
-  // Request/response: 64-byte request, 64-byte echo, over connections held open (wrk keep-alive style).
-  const persistent = async (open: () => Promise<NodeJS.ReadWriteStream & { destroy(): void }>): Promise<number> => {
-    const conns = await Promise.all(Array.from({ length: concurrency }, () => open()));
-    const msg = Buffer.alloc(64, 0x63);
-    let done = 0;
-    const until = performance.now() + seconds * 1000;
-    await Promise.all(conns.map((s) => new Promise<void>((resolve) => {
-      let got = 0;
-      s.on('data', (c: Buffer) => {
-        got += c.length;
-        if (got < 64) return;
-        got -= 64;
-        done++;
-        if (performance.now() < until) s.write(msg);
-        else { s.destroy(); resolve(); }
-      });
-      s.on('error', noop);
-      s.write(msg);
-    })));
-    return done / seconds;
-  };
-  const plainRr = await persistent(() => tcp(ports.echo));
-  const hbRr = await persistent(() => tunnel(ports.echo));
-  line(`req/s 64B echo on ${concurrency} open connections plain-tcp`, plainRr, 'req/s');
-  line(`req/s 64B echo on ${concurrency} open connections hbone`, hbRr, 'req/s', plainRr);
-
-  // A new connection (CONNECT stream on the pooled session) per request.
-  const perRequest = async (open: () => Promise<NodeJS.ReadWriteStream & { destroy(): void }>): Promise<number> => {
-    let done = 0;
-    const until = performance.now() + seconds * 1000;
-    const msg = Buffer.alloc(64, 0x64);
-    await Promise.all(Array.from({ length: concurrency }, async () => {
-      while (performance.now() < until) {
-        const s = await open();
-        await new Promise<void>((resolve, reject) => {
-          s.on('data', noop);
-          s.once('end', () => resolve());
-          s.once('error', reject);
-          s.end(msg);
-        });
-        done++;
-      }
-    }));
-    return done / seconds;
-  };
-  const plainNew = await perRequest(() => tcp(ports.echo));
-  const hbNew = await perRequest(() => tunnel(ports.echo));
-  line(`req/s 64B echo, new connection per request, c=${concurrency}, plain-tcp`, plainNew, 'req/s');
-  line(`req/s 64B echo, new connection per request, c=${concurrency}, hbone`, hbNew, 'req/s', plainNew);
-
   await pool.close(100);
-  child.kill();
+  stunnel?.stop();
+  inbound.kill();
+  outbound.kill();
+  process.exit(0);
 }
 
 if (process.argv.includes('--child')) await runChild();

@@ -18,7 +18,7 @@ export type {
 export { forwardedFor } from './server.ts';
 export { HbonePool } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HbonePoolOptions, HbonePoolStats } from './pool.ts';
-export { pipeBidirectional } from './pipe.ts';
+export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';
 export type { PipeOptions, PipeResult } from './pipe.ts';
 export { formatAuthority, parseAuthority } from './authority.ts';
 export type { TunnelTarget } from './authority.ts';

@@ -70,7 +70,7 @@ export interface HbonePoolOptions {
   streamWindow?: number;
   /** Per-session receive window. Default 64 MiB. */
   connectionWindow?: number;
-  /** SETTINGS_MAX_FRAME_SIZE. Default 64 KiB. */
+  /** SETTINGS_MAX_FRAME_SIZE. Default 16 KiB. */
   maxFrameSize?: number;
   /** nghttp2 memory cap per session in MB. Default 256. */
   maxSessionMemoryMb?: number;

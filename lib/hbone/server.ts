@@ -1,3 +1,4 @@
+import type { SecureContext } from 'node:tls';
 import {
   constants as h2,
   createSecureServer,
@@ -30,12 +31,17 @@ import {
 
 /** The server's TLS material as plain node:tls values (PEM strings or buffers). */
 export interface ServerTlsMaterial {
-  /** Private key of the server's identity. */
-  key: string | Buffer;
-  /** Leaf certificate followed by intermediates. */
-  cert: string | Buffer;
+  /** Private key of the server's identity (optional with SNICallback). */
+  key?: string | Buffer;
+  /** Leaf certificate followed by intermediates (optional with SNICallback). */
+  cert?: string | Buffer;
   /** Trust bundle that client certificates must chain to (several roots during a rotation). */
   ca: string | Buffer | Array<string | Buffer>;
+  /**
+   * Chooses the served identity per connection from the SNI (a node agent serves every local
+   * workload's identity). Client certificates are still verified against `ca`.
+   */
+  SNICallback?: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
 }
 
 /** Who is on the other end of a session, after chain verification. */
@@ -120,7 +126,7 @@ export interface HboneServerOptions {
   streamWindow?: number;
   /** Per-session receive window. Default 64 MiB. */
   connectionWindow?: number;
-  /** SETTINGS_MAX_FRAME_SIZE. Default 64 KiB. */
+  /** SETTINGS_MAX_FRAME_SIZE. Default 16 KiB. */
   maxFrameSize?: number;
   /** nghttp2 memory cap per session in MB. Default 256. */
   maxSessionMemoryMb?: number;
@@ -177,8 +183,9 @@ export class HboneServer {
     this.#opts = opts;
     this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
     this.#server = createSecureServer({
-      key: opts.tls.key,
-      cert: opts.tls.cert,
+      ...(opts.tls.key !== undefined ? { key: opts.tls.key } : {}),
+      ...(opts.tls.cert !== undefined ? { cert: opts.tls.cert } : {}),
+      ...(opts.tls.SNICallback ? { SNICallback: opts.tls.SNICallback } : {}),
       ca: opts.tls.ca,
       requestCert: true,
       rejectUnauthorized: true,
@@ -235,7 +242,11 @@ export class HboneServer {
 
   /** Replaces key, certificate and trust bundle for new sessions (certificate rotation). */
   setTls(tls: ServerTlsMaterial): void {
-    this.#server.setSecureContext({ key: tls.key, cert: tls.cert, ca: tls.ca });
+    this.#server.setSecureContext({
+      ...(tls.key !== undefined ? { key: tls.key } : {}),
+      ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
+      ca: tls.ca,
+    });
   }
 
   /**

@@ -148,3 +148,36 @@ test('pipeBidirectional counts bytes, carries half-close both ways and resolves 
   const result = await done;
   assert.deepEqual(result, { bytesAtoB: 4, bytesBtoA: 4 });
 });
+
+test('a reader that stops reading pushes back to the writer instead of filling the proxy memory', async () => {
+  const pair = async (): Promise<[Socket, Socket]> => {
+    let accepted!: (s: Socket) => void;
+    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
+    const srv = await tcpServer((s) => accepted(s));
+    cleanups.push(() => srv.server.close());
+    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
+    return [c, await got];
+  };
+  const [a1, a2] = await pair();
+  const [b1, b2] = await pair();
+  const done = pipeBidirectional(a2, b1, { maxBuffered: 128 * 1024 });
+  b2.pause();
+  const total = 64 * 1024 * 1024;
+  const block = Buffer.alloc(1024 * 1024, 7);
+  for (let i = 0; i < total / block.length; i++) a1.write(block);
+  await new Promise((r) => setTimeout(r, 300));
+  // The proxy holds at most its buffer plus one read; the rest waits in the sender and the kernel.
+  assert.ok(b1.writableLength <= 128 * 1024 + 64 * 1024, `proxy buffered ${b1.writableLength}`);
+  assert.ok(a1.writableLength > 16 * 1024 * 1024, `sender buffered only ${a1.writableLength}`);
+  const received = new Promise<number>((resolve) => {
+    let n = 0;
+    b2.on('data', (c: Buffer) => { n += c.length; });
+    b2.on('end', () => resolve(n));
+  });
+  b2.resume();
+  a1.end();
+  assert.equal(await received, total);
+  b2.end();
+  a1.resume();
+  assert.equal((await done).bytesAtoB, total);
+});
