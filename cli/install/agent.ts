@@ -72,7 +72,7 @@ export const AGENT_HOST_VOLUMES: readonly HostVolume[] = [
   {
     volume: { name: 'host-proc', hostPath: { path: '/proc', type: 'Directory' } },
     mount: { name: 'host-proc', mountPath: AGENT_PATHS.hostProc, readOnly: true },
-    why: 'find pod network namespaces by scanning /proc/<pid>/ns/net of host processes',
+    why: 'host processes\' /proc/<pid>/ns/net without the host PID namespace: the same view as /proc under hostPID; once the agent takes a proc root (its PodDirectory has one) hostPID can go',
   },
   {
     volume: { name: 'netns', hostPath: { path: '/var/run/netns', type: 'DirectoryOrCreate' } },
@@ -85,7 +85,7 @@ export const AGENT_HOST_VOLUMES: readonly HostVolume[] = [
 /** Pod-level host access, with reasons. */
 export const AGENT_HOST_ACCESS = {
   hostNetwork: 'listen on 15001 (captured outbound) and 15008 (HBONE) in the node network namespace, where redirected connections and peers arrive',
-  hostPID: 'the agent scans /proc/*/ns/net to find pod network namespaces; with the host PID namespace its own /proc lists pod processes (/host/proc gives the same view; hostPID can go once the agent reads WEFT_PROC_ROOT)',
+  hostPID: 'the agent scans /proc/<pid>/ns/net to find pod network namespaces; in the host PID namespace its own /proc lists pod processes',
   dnsPolicy: 'ClusterFirstWithHostNet: resolve the controller Service name from the host network',
   seccompProfile: 'RuntimeDefault: allows bpf(2) and setns(2) to a container holding CAP_BPF/CAP_SYS_ADMIN',
   appArmorProfile: 'Unconfined: the runtime default AppArmor profile denies creating files under /sys/fs/*, which is how BPF pins are made',
@@ -136,31 +136,38 @@ function mountBpffsContainer(o: ResolvedInstallOptions): IContainer {
   };
 }
 
+/** The agent's command line after the image's `agent` part name (agent/src/main.ts). */
+export function agentArgs(o: ResolvedInstallOptions): string[] {
+  return [
+    '--node', `$(${ENV.nodeName})`,
+    '--node-ip', `$(${ENV.nodeIp})`,
+    '--controller', controllerAddress(o.namespace),
+    '--trust-bundle', `${AGENT_PATHS.trustBundle}/${TRUST_BUNDLE_FILE}`,
+    // Re-read on every use: the kubelet rotates the projected token.
+    '--token-file', `${AGENT_PATHS.token}/${TOKEN_FILE}`,
+    '--trust-domain', o.trustDomain,
+    '--cgroup', AGENT_PATHS.cgroupRoot,
+    '--log-level', o.logLevel,
+  ];
+}
+
 function agentContainer(o: ResolvedInstallOptions): IContainer {
   return {
     name: 'agent',
     image: o.image,
-    args: ['agent'],
+    args: ['agent', ...agentArgs(o)],
     ports: [
       { name: 'tcp-outbound', containerPort: PORTS.outbound, protocol: 'TCP' },
       { name: 'tcp-hbone', containerPort: PORTS.hbone, protocol: 'TCP' },
       { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
       { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
     ],
+    // Downward API values the command line refers to as $(NAME).
     env: [
       { name: ENV.nodeName, valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
+      { name: ENV.nodeIp, valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } } },
       { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
-      { name: ENV.serviceAccount, valueFrom: { fieldRef: { fieldPath: 'spec.serviceAccountName' } } },
-      { name: ENV.trustDomain, value: o.trustDomain },
-      { name: ENV.logLevel, value: o.logLevel },
-      { name: ENV.controllerAddress, value: controllerAddress(o.namespace) },
-      { name: ENV.tokenFile, value: `${AGENT_PATHS.token}/${TOKEN_FILE}` },
-      { name: ENV.trustBundleFile, value: `${AGENT_PATHS.trustBundle}/${TRUST_BUNDLE_FILE}` },
-      { name: ENV.procRoot, value: AGENT_PATHS.hostProc },
-      { name: ENV.cgroupRoot, value: AGENT_PATHS.cgroupRoot },
-      { name: ENV.bpffs, value: AGENT_PATHS.bpffs },
-      { name: ENV.adminAddress, value: `127.0.0.1:${PORTS.admin}` },
     ],
     readinessProbe: {
       httpGet: { path: READINESS_PATH, port: PORTS.readiness },

@@ -1,5 +1,5 @@
-// Names, labels, ports and paths that the rendered objects share, and that the agent and the
-// controller read back (environment variable names are the contract with their main.ts).
+// Names, labels, ports and paths that the rendered objects share. The agent and the controller
+// get theirs as command-line flags (agent.ts `agentArgs`, controller.ts `controllerArgs`).
 
 export const PART_OF = 'weft';
 export const CONTROLLER_NAME = 'weft-controller';
@@ -36,21 +36,12 @@ export const AGENT_PATHS = {
   trustBundle: '/var/run/secrets/weft/trust',
 } as const;
 
-/** Environment variables the agent pod sets (the controller takes command-line flags). */
+/** Environment variables of the rendered pods (Downward API; the parts take command-line flags). */
 export const ENV = {
   nodeName: 'NODE_NAME',
+  nodeIp: 'NODE_IP',
   podName: 'POD_NAME',
   podNamespace: 'POD_NAMESPACE',
-  serviceAccount: 'SERVICE_ACCOUNT',
-  trustDomain: 'WEFT_TRUST_DOMAIN',
-  logLevel: 'WEFT_LOG_LEVEL',
-  controllerAddress: 'WEFT_CONTROLLER_ADDRESS',
-  tokenFile: 'WEFT_TOKEN_FILE',
-  trustBundleFile: 'WEFT_TRUST_BUNDLE_FILE',
-  procRoot: 'WEFT_PROC_ROOT',
-  cgroupRoot: 'WEFT_CGROUP_ROOT',
-  bpffs: 'WEFT_BPFFS',
-  adminAddress: 'WEFT_ADMIN_ADDRESS',
 } as const;
 
 export function labels(component: string): Record<string, string> {

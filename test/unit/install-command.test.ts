@@ -46,7 +46,7 @@ test('install prints YAML for kubectl and exits 0', async () => {
   const kinds = parseAllDocuments(r.stdout).map((d) => (d.toJS() as { kind: string }).kind);
   assert.equal(kinds[0], 'Namespace');
   assert.ok(kinds.includes('DaemonSet') && kinds.includes('Deployment'));
-  assert.match(r.stdout, /value: example\.org/);
+  assert.match(r.stdout, /- --trust-domain\n +- example\.org\n/);
 });
 
 test('install --ca-secret mounts the CA into the controller', async () => {

@@ -49,6 +49,12 @@ function find<T extends KubeObject>(objects: KubeObject[], kind: string, name?: 
   return o as T;
 }
 
+function flagOf(c: IContainer, flag: string): string | undefined {
+  const args = c.args ?? [];
+  const i = args.indexOf(flag);
+  return i < 0 ? undefined : args[i + 1];
+}
+
 function agentDaemonSet(objects = renderInstall(OPTS)): { ds: IDaemonSet; agent: IContainer } {
   const ds = find<IDaemonSet>(objects, 'DaemonSet', 'weft-agent');
   const agent = ds.spec?.template.spec?.containers.find((c) => c.name === 'agent');
@@ -97,7 +103,7 @@ test('puts every namespaced object in the namespace option', () => {
   const binding = find<IClusterRoleBinding>(objects, 'ClusterRoleBinding');
   assert.equal(binding.subjects?.[0]?.namespace, 'mesh-infra');
   const { agent } = agentDaemonSet(objects);
-  assert.ok(agent.env?.some((e) => e.name === 'WEFT_CONTROLLER_ADDRESS' && e.value === 'weft-controller.mesh-infra.svc:15012'));
+  assert.equal(flagOf(agent, '--controller'), 'weft-controller.mesh-infra.svc:15012');
 });
 
 test('the agent adds exactly BPF, NET_ADMIN, SYS_ADMIN and SYS_PTRACE, drops the rest, and is not privileged', () => {
@@ -162,7 +168,12 @@ test('the agent runs on every node in the host network and PID namespace with it
   const env = new Map((agent.env ?? []).map((e) => [e.name, e]));
   assert.equal(env.get('NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
   assert.equal(env.get('POD_NAME')?.valueFrom?.fieldRef?.fieldPath, 'metadata.name');
-  assert.equal(env.get('WEFT_TRUST_DOMAIN')?.value, 'cluster.local');
+  assert.equal(env.get('NODE_IP')?.valueFrom?.fieldRef?.fieldPath, 'status.hostIP');
+  // $(NAME) in args is expanded by the kubelet from the container's env.
+  assert.equal(flagOf(agent, '--node'), '$(NODE_NAME)');
+  assert.equal(flagOf(agent, '--node-ip'), '$(NODE_IP)');
+  assert.equal(flagOf(agent, '--trust-domain'), 'cluster.local');
+  assert.equal(flagOf(agent, '--cgroup'), '/sys/fs/cgroup');
   assert.ok(agent.resources?.requests && agent.resources.limits);
 });
 
@@ -171,7 +182,7 @@ test('the agent serves 15001, 15008, 15020, 15021, is ready on /healthz/ready an
   assert.deepEqual(agent.ports?.map((p) => p.containerPort), [15001, 15008, 15020, 15021]);
   assert.equal(agent.readinessProbe?.httpGet?.path, '/healthz/ready');
   assert.equal(agent.readinessProbe?.httpGet?.port, 15021);
-  assert.ok(agent.env?.some((e) => e.name === 'WEFT_ADMIN_ADDRESS' && e.value === '127.0.0.1:15000'));
+  assert.ok(!agent.ports?.some((p) => p.containerPort === 15000));
 });
 
 test('the agent has no Kubernetes API token, only a projected token for the weft-controller audience', () => {
@@ -183,8 +194,9 @@ test('the agent has no Kubernetes API token, only a projected token for the weft
   assert.equal(token?.audience, 'weft-controller');
   const tokenMount = agent.volumeMounts?.find((m) => m.name === 'weft-token');
   assert.ok(tokenMount);
-  const tokenFile = agent.env?.find((e) => e.name === 'WEFT_TOKEN_FILE')?.value;
-  assert.equal(tokenFile, `${tokenMount.mountPath}/${token?.path}`);
+  assert.equal(flagOf(agent, '--token-file'), `${tokenMount.mountPath}/${token?.path}`);
+  const bundleMount = agent.volumeMounts?.find((m) => m.name === 'trust-bundle');
+  assert.equal(flagOf(agent, '--trust-bundle'), `${bundleMount?.mountPath}/root-cert.pem`);
   // No role or binding names the agent's ServiceAccount.
   const bindings = objects.filter((o): o is IRoleBinding | IClusterRoleBinding => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding');
   for (const b of bindings) assert.ok(!b.subjects?.some((s) => s.name === 'weft-agent'), `${b.kind} ${b.metadata?.name} binds the agent`);
