@@ -12,7 +12,11 @@ const method = (name: string): grpc.MethodDefinition<Buffer, Buffer> => ({
   path: `/test.Echo/${name}`, requestStream: false, responseStream: false,
   requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity,
 });
-const definition: grpc.ServiceDefinition = { Echo: method('Echo'), Fail: method('Fail') };
+const definition: grpc.ServiceDefinition = {
+  Echo: method('Echo'),
+  Fail: method('Fail'),
+  Chat: { ...method('Chat'), requestStream: true, responseStream: true },
+};
 
 async function startGrpcBackend(name: string): Promise<{ port: number; calls: number; stop(): Promise<void> }> {
   const server = new grpc.Server();
@@ -20,6 +24,10 @@ async function startGrpcBackend(name: string): Promise<{ port: number; calls: nu
   server.addService(definition, {
     Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => { state.calls++; cb(null, Buffer.from(`${name}:${call.request.toString()}`)); },
     Fail: (_call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => { state.calls++; cb({ code: grpc.status.NOT_FOUND, details: 'no such thing' }); },
+    Chat: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+      call.on('data', (m: Buffer) => call.write(Buffer.from(`${name}:${m.toString()}`)));
+      call.on('end', () => call.end());
+    },
   });
   state.port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
   return state;
@@ -78,6 +86,23 @@ describe('waypoint gRPC', () => {
         (err: grpc.ServiceError | null, res?: Buffer) => (err ? reject(err) : resolve(res!.toString())));
     });
     assert.equal(r, 'canary:hi');
+  });
+
+  it('streams a bidirectional call message by message', async () => {
+    const stream = (client as unknown as { makeBidiStreamRequest: grpc.Client['makeBidiStreamRequest'] })
+      .makeBidiStreamRequest('/test.Echo/Chat', identity, identity, new grpc.Metadata());
+    const replies: string[] = [];
+    const next = (): Promise<string> => new Promise((resolve) => stream.once('data', (m: Buffer) => resolve(m.toString())));
+    for (const word of ['one', 'two', 'three']) {
+      const reply = next();
+      stream.write(Buffer.from(word));
+      // Each answer arrives before the next message is sent: nothing waits for the end of the request.
+      replies.push(await reply);
+    }
+    const status = new Promise<grpc.StatusObject>((resolve) => stream.on('status', resolve));
+    stream.end();
+    assert.deepEqual(replies, ['main:one', 'main:two', 'main:three']);
+    assert.equal((await status).code, grpc.status.OK);
   });
 
   it('passes the backend gRPC status through and labels metrics with grpc_response_status', async () => {

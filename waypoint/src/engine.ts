@@ -220,6 +220,9 @@ export class WaypointEngine {
     this.tunnels.add(duplex);
     duplex.once('close', () => this.tunnels.delete(duplex));
     duplex.on('error', () => {});
+    // Responses are written as headers then body; Nagle would hold the second write for an ACK.
+    const sock = duplex as Duplex & { setNoDelay?: (on: boolean) => unknown };
+    if (typeof sock.setNoDelay === 'function') sock.setNoDelay(true);
     void detectProtocol(duplex, DEFAULT_DETECT_TIMEOUT_MS).then((proto) => {
       if (proto === undefined || this.closed) { duplex.destroy(); return; }
       const ctx: ConnContext = { target: info.target, protocol: proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1' };

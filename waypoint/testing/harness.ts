@@ -48,7 +48,7 @@ export interface Listener {
 /** A loopback TCP listener whose connections become engine tunnels (the HBONE server's role). */
 export async function startTunnelListener(engine: WaypointEngine, target: string, peerSpiffeId: string | undefined = CALLER): Promise<Listener> {
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((sock) => {
+  const server = net.createServer({ noDelay: true }, (sock) => {
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
     const info: { target: string; peerSpiffeId?: string; clientAddress?: string } = { target };
