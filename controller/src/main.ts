@@ -26,6 +26,7 @@ import { KubeSource } from './sources/kube.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
+import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
 export const DEFAULT_GRPC_PORT = 15012;
 export const DEFAULT_METRICS_PORT = 15020;
@@ -65,6 +66,8 @@ export interface ControllerMainOptions {
   ipAddresses?: string[];
   /** Plaintext gRPC without the certificate service: debugging only. */
   insecure?: boolean;
+  /** Config stream: agents must present their node certificate, waypoints a workload certificate of their namespace. */
+  requireClientIdentity?: boolean;
   /** Kubernetes mode: waypoint image and the address waypoints dial back. */
   waypointImage?: string;
   controllerAddress?: string;
@@ -81,6 +84,8 @@ export interface RunningController {
   metricsPort: number;
   readyPort: number;
   registry: Registry;
+  /** The CA behind the certificate service and the serving certificate (absent with --insecure). */
+  ca?: CertificateAuthority;
   stop(): Promise<void>;
 }
 
@@ -115,7 +120,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       ? new LocalWaypointDriver({ launcher: o.launcher, trustDomain, logger: log })
       : undefined;
 
-  const configServer = new ConfigServer({ logger: log, registry });
+  if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
+  const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain) } : {}) });
   const controller = new Controller({
     source,
     configServer,
@@ -129,6 +135,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   addConfigStreamService(grpcServer, { configServer });
   let credentials: grpc.ServerCredentials;
   let controllerCreds: ControllerCredentials | undefined;
+  let authority: CertificateAuthority | undefined;
   if (o.insecure) {
     log.warn('serving the config stream in plaintext without the certificate service (--insecure)');
     credentials = grpc.ServerCredentials.createInsecure();
@@ -136,6 +143,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     const ca = o.caCertFile && o.caKeyFile
       ? await CertificateAuthority.fromFiles({ certFile: o.caCertFile, keyFile: o.caKeyFile, ...(o.caRootsFile ? { rootsFile: o.caRootsFile } : {}) }, { trustDomain })
       : await CertificateAuthority.generateRoot({ trustDomain });
+    authority = ca;
     let authenticator: NodeAuthenticator;
     if (o.kube) authenticator = new TokenReviewAuthenticator({ kubeConfig: kubeConfig! });
     else if (o.bootstrapTokensFile) authenticator = await StaticTokenAuthenticator.fromFile(o.bootstrapTokensFile);
@@ -190,6 +198,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     metricsPort,
     readyPort,
     registry,
+    ...(authority ? { ca: authority } : {}),
     async stop() {
       await controller.stop();
       configServer.closeAll();
@@ -214,6 +223,7 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --waypoint-image <ref>      Kubernetes mode: waypoint image
   --controller-address <h:p>  Kubernetes mode: address waypoints dial back
   --insecure                  plaintext gRPC, no certificate service (debugging only)
+  --require-client-identity   config stream needs node / namespace certificates (mTLS)
   --log-level <debug|info|warn|error>`;
 
 export function parseControllerArgs(argv: string[]): ControllerMainOptions {
@@ -238,6 +248,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'waypoint-image': { type: 'string' },
       'controller-address': { type: 'string' },
       insecure: { type: 'boolean' },
+      'require-client-identity': { type: 'boolean' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -275,6 +286,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('waypointImage', values['waypoint-image']);
   set('controllerAddress', values['controller-address']);
   set('insecure', values.insecure);
+  set('requireClientIdentity', values['require-client-identity']);
   set('logLevel', level as LogLevel | undefined);
   if (!!o.configDir === !!o.kube) throw new UsageError(`give exactly one of --config-dir <dir> or --kube\n${USAGE}`);
   return o;

@@ -37,3 +37,34 @@ test('the controller serves config, /healthz/ready and /metrics on its ports', a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('over TLS the config stream verifies against the controller CA and can require node certificates', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-tls-'));
+  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')].map((o) => stringify(o)).join('---\n'));
+  const secrets = mkdtempSync(join(tmpdir(), 'weft-main-secrets-'));
+  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
+  const running = await runController({
+    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'), requireClientIdentity: true,
+    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, logger: silentLogger,
+  });
+  const roots = Buffer.from(running.ca!.trustBundle().join(''));
+  const node = await running.ca!.issueServingCertificate({ uris: ['spiffe://cluster.local/node/node-a'], dnsNames: [], ipAddresses: [] });
+  const withCert = new ConfigClient({
+    target: `127.0.0.1:${running.grpcPort}`, kind: 'agent', id: 'node-a',
+    credentials: grpc.credentials.createSsl(roots, Buffer.from(node.keyPem), Buffer.from(node.certChain.join(''))),
+  });
+  const without = new ConfigClient({ target: `127.0.0.1:${running.grpcPort}`, kind: 'agent', id: 'node-a', credentials: grpc.credentials.createSsl(roots), backoff: { initialMs: 5000 } });
+  try {
+    withCert.start();
+    assert.deepEqual((await withCert.ready()).workloads.map((w) => w.name), ['web']);
+    const refused = new Promise<Error | undefined>((r) => without.once('disconnected', r));
+    without.start();
+    assert.match(String((await refused)?.message), /PERMISSION_DENIED/);
+  } finally {
+    withCert.close();
+    without.close();
+    await running.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(secrets, { recursive: true, force: true });
+  }
+});

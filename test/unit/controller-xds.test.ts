@@ -96,3 +96,39 @@ test('an agent is not sent workloads of other nodes nor policies that select non
     server.forceShutdown();
   }
 });
+
+test('with client identity required, an agent may read only its own node and a waypoint only its namespace', async () => {
+  const { X509Certificate } = await import('node:crypto');
+  const { CertificateAuthority } = await import('../../lib/identity/ca.ts');
+  const { spiffeStreamAuthorizer } = await import('../../controller/src/xds/authz.ts');
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: 'cluster.local' });
+  const cert = async (uri: string) => {
+    const issued = await ca.issueServingCertificate({ uris: [uri], dnsNames: [], ipAddresses: [] });
+    return { raw: new X509Certificate(issued.certChain[0]!).raw } as import('node:tls').PeerCertificate;
+  };
+  const authorize = spiffeStreamAuthorizer('cluster.local');
+  const nodeA = await cert('spiffe://cluster.local/node/node-a');
+  const shopWp = await cert('spiffe://cluster.local/ns/shop/sa/wp');
+  assert.equal(authorize({ kind: 'agent', id: 'node-a', namespace: '' }, nodeA), undefined);
+  assert.match(authorize({ kind: 'agent', id: 'node-b', namespace: '' }, nodeA)!, /may not read the config of node node-b/);
+  assert.match(authorize({ kind: 'agent', id: 'node-a', namespace: '' }, undefined)!, /no client certificate/);
+  assert.equal(authorize({ kind: 'waypoint', id: 'wp-1', namespace: 'shop' }, shopWp), undefined);
+  assert.match(authorize({ kind: 'waypoint', id: 'wp-1', namespace: 'bank' }, shopWp)!, /may not read the waypoint config of namespace bank/);
+  assert.match(authorize({ kind: 'waypoint', id: 'wp-1', namespace: 'shop' }, nodeA)!, /may not read/);
+});
+
+test('a refused client gets PERMISSION_DENIED and no config', async () => {
+  const configServer = new ConfigServer({ authorize: () => 'no certificate, no config' });
+  configServer.publish(compile(inputs(['web'])).model);
+  const { server, port } = await serveRecording(configServer, []);
+  const client = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a', backoff: { initialMs: 1000 } });
+  try {
+    const err = new Promise<Error | undefined>((r) => client.once('disconnected', r));
+    client.start();
+    assert.match(String((await err)?.message), /PERMISSION_DENIED.*no certificate, no config/);
+    assert.equal(client.snapshot, undefined);
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
+});

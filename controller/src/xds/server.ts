@@ -17,14 +17,26 @@ import {
   type ResourceType,
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
+import type { StreamAuthorizer } from './authz.ts';
 import { agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
 
 /** A client's request was malformed (missing node id, unknown kind, unknown type URL). */
 export class ConfigStreamRequestError extends Error {
-  readonly code = 'WEFT_XDS_BAD_REQUEST';
+  readonly code: string = 'WEFT_XDS_BAD_REQUEST';
+  readonly grpcCode: grpc.status = grpc.status.INVALID_ARGUMENT;
   constructor(message: string) {
     super(message);
     this.name = 'ConfigStreamRequestError';
+  }
+}
+
+/** The client's identity may not read the config it asked for. */
+export class ConfigStreamDeniedError extends ConfigStreamRequestError {
+  override readonly code = 'WEFT_XDS_DENIED';
+  override readonly grpcCode = grpc.status.PERMISSION_DENIED;
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigStreamDeniedError';
   }
 }
 
@@ -32,6 +44,8 @@ const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
 
 export interface ConfigServerOptions {
   logger?: Logger;
+  /** Checks the client's TLS identity against the node it claims; default: everyone is allowed. */
+  authorize?: StreamAuthorizer;
   /** Registers weft_xds_* metrics when given. */
   registry?: Registry;
 }
@@ -86,6 +100,7 @@ export interface ConfigStreamClientInfo {
 
 export class ConfigServer {
   readonly #log: Logger;
+  readonly #authorize: StreamAuthorizer | undefined;
   #systemVersion = 0;
   #published: PublishedSet = emptyPublished();
   #index: ViewIndex | undefined;
@@ -95,6 +110,7 @@ export class ConfigServer {
 
   constructor(options: ConfigServerOptions = {}) {
     this.#log = options.logger ?? silentLogger;
+    this.#authorize = options.authorize;
     if (options.registry) {
       const registers = [options.registry];
       this.#metrics = {
@@ -175,7 +191,8 @@ export class ConfigServer {
       } catch (e) {
         const err = e as Error;
         this.#log.warn('config stream request refused', { client: sub.label, error: err.message });
-        call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: err.message } as grpc.ServiceError);
+        const code = err instanceof ConfigStreamRequestError ? err.grpcCode : grpc.status.INTERNAL;
+        call.emit('error', { code, details: err.message } as grpc.ServiceError);
         done();
       }
     });
@@ -194,6 +211,8 @@ export class ConfigServer {
       if (kind !== 'agent' && kind !== 'waypoint') throw new ConfigStreamRequestError(`node.kind "${kind}" is not agent or waypoint`);
       if (!req.node.id) throw new ConfigStreamRequestError('node.id is required (agents: the node name)');
       if (kind === 'waypoint' && !req.node.namespace) throw new ConfigStreamRequestError(`node.namespace is required for waypoint ${req.node.id}`);
+      const denied = this.#authorize?.({ kind, id: req.node.id, namespace: req.node.namespace }, sub.call.getAuthContext?.()?.sslPeerCertificate);
+      if (denied) throw new ConfigStreamDeniedError(denied);
       sub.kind = kind;
       sub.id = req.node.id;
       sub.namespace = req.node.namespace;
