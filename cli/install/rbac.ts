@@ -51,11 +51,11 @@ export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule
     rule: { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
   },
   {
-    why: 'one Deployment, Service and ServiceAccount per Waypoint, in the Waypoint\'s namespace (its own identity, not the namespace default)',
+    why: 'one Deployment per Waypoint, in the Waypoint\'s namespace',
     rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: MANAGE },
   },
   {
-    why: 'waypoint Services (services are also read above)',
+    why: 'one Service and one ServiceAccount per Waypoint (a waypoint has an identity of its own, not the namespace default)',
     rule: { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs: MANAGE },
   },
 ];

@@ -55,7 +55,8 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
 export function toYaml(objects: readonly object[]): string {
   return objects
     .map((obj, i) => {
-      const doc = new Document(obj);
+      // No anchors/aliases for shared arrays: plain YAML for every consumer.
+      const doc = new Document(obj, { aliasDuplicateObjects: false });
       if (i === 0) doc.commentBefore = ' Weft installation, rendered by `weftctl install`.';
       commentPodTemplate(doc);
       return doc.toString({ lineWidth: 0 });

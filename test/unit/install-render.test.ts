@@ -382,3 +382,8 @@ test('the bpffs init container mounts bpffs only where none is mounted', async (
   const bpffs = readMounts().find((m) => m.fsType === 'bpf')?.mountPoint;
   if (bpffs) assert.equal(dry(bpffs), '', `${bpffs} is bpffs already`);
 });
+
+test('the YAML has no anchors or aliases', () => {
+  const yaml = toYaml(renderInstall(OPTS));
+  assert.doesNotMatch(yaml, /: [&*]a\d+$|^\s*- [&*]a\d+$/m);
+});
