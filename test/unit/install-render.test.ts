@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
@@ -26,6 +27,7 @@ import { renderInstall, toJson, toYaml, type KubeObject } from '../../cli/instal
 import { builtinCrd, WEFT_KINDS } from '../../cli/install/crds.ts';
 import { CrdLoadError } from '../../cli/install/errors.ts';
 import { AGENT_CAPABILITIES } from '../../cli/install/agent.ts';
+import { readMounts } from '../../lib/sys/mounts.ts';
 
 type ModelClass = new (data: object) => { validate(): void };
 const MODELS: Record<string, ModelClass> = {
@@ -369,13 +371,11 @@ test('selectors match their pod templates and container ports are unique', () =>
   }
 });
 
-test('the bpffs init container mounts bpffs only where none is mounted', async () => {
+test('the bpffs init container mounts bpffs only where none is mounted', () => {
   const { ds } = agentDaemonSet();
   const command = ds.spec?.template.spec?.initContainers?.[0]?.command ?? [];
   assert.deepEqual(command.slice(0, 2), ['/bin/sh', '-c']);
   const script = command[2] ?? '';
-  const { execFileSync } = await import('node:child_process');
-  const { readMounts } = await import('../../lib/sys/mounts.ts');
   const dry = (dir: string) => execFileSync('/bin/sh', ['-c', script.replaceAll('/sys/fs/bpf', dir).replace('mount -t bpf bpf', 'echo mount')], { encoding: 'utf8' });
   const plain = mkdtempSync(join(tmpdir(), 'weft-nobpffs-'));
   assert.equal(dry(plain).trim(), `mount ${plain}`);
@@ -386,4 +386,28 @@ test('the bpffs init container mounts bpffs only where none is mounted', async (
 test('the YAML has no anchors or aliases', () => {
   const yaml = toYaml(renderInstall(OPTS));
   assert.doesNotMatch(yaml, /: [&*]a\d+$|^\s*- [&*]a\d+$/m);
+});
+
+test('renders the repository\'s CRDs from deploy/crds, each with a status subresource for the controller\'s status patches', () => {
+  const warnings: string[] = [];
+  const crds = renderInstall({ ...OPTS, caSecret: 'weft-ca', warn: (m) => warnings.push(m) })
+    .filter((o): o is ICustomResourceDefinition => o.kind === 'CustomResourceDefinition');
+  assert.deepEqual(warnings, [], 'deploy/crds has every Weft kind');
+  assert.deepEqual(crds.map((c) => c.spec.names.kind).sort(), WEFT_KINDS.map((k) => k.kind).sort());
+  for (const crd of crds) {
+    new CustomResourceDefinition(crd).validate();
+    assert.equal(crd.metadata?.annotations?.['weft.dev/crd-source'], undefined, `${crd.metadata?.name} is the built-in fallback`);
+    const stored = crd.spec.versions.find((v) => v.storage);
+    assert.equal(`${crd.spec.group}/${stored?.name}`, 'weft.dev/v1alpha1');
+    assert.deepEqual(stored?.subresources?.status, {}, `${crd.metadata?.name} status subresource`);
+    assert.ok(stored?.schema?.openAPIV3Schema?.properties?.spec, `${crd.metadata?.name} has a spec schema`);
+  }
+});
+
+test('the renderer imports kubernetes-models for types only (it is a devDependency, pruned from the image)', () => {
+  const dir = new URL('../../cli/install/', import.meta.url);
+  for (const f of readdirSync(dir).filter((n) => n.endsWith('.ts'))) {
+    const text = readFileSync(new URL(f, dir), 'utf8');
+    assert.doesNotMatch(text, /^import (?!type )[^;]*from 'kubernetes-models/m, f);
+  }
 });
