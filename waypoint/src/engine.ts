@@ -26,6 +26,12 @@ export const DEFAULT_DETECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_RAPID_RESET_LIMIT = 200;
 export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
+/**
+ * HTTP/2 header lists up to this many times maxHeaderBytes reach the pipeline, which answers 431;
+ * beyond it nghttp2 refuses the stream (REFUSED_STREAM): the client ignored our
+ * SETTINGS_MAX_HEADER_LIST_SIZE.
+ */
+export const H2_HEADER_CEILING_FACTOR = 16;
 
 /** What the waypoint knows about one accepted tunnel. */
 export interface TunnelInfo {
@@ -126,7 +132,7 @@ export class WaypointEngine {
         maxConcurrentStreams: opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
         // The protocol-level ceiling; requests between maxHeaderBytes and this get a 431 from the
         // pipeline (a larger list is refused by nghttp2 itself).
-        maxHeaderListSize: this.limits.maxHeaderBytes * 4,
+        maxHeaderListSize: this.limits.maxHeaderBytes * H2_HEADER_CEILING_FACTOR,
         enablePush: false,
       },
       maxHeaderListPairs: 256,
