@@ -379,8 +379,8 @@ export class HbonePool {
         fail(new HboneRefusedError(dest, opts.target, status, Array.isArray(reason) ? reason.join(', ') : reason ?? ''));
       };
       const onError = (err: Error & { code?: string }): void => {
-        if (!err.code?.startsWith('ERR_HTTP2')) {
-          // The session died under the stream (TLS alert after the handshake, TCP reset).
+        if (!err.code?.startsWith('ERR_HTTP2') || err.code === 'ERR_HTTP2_SESSION_ERROR') {
+          // The session died under the stream (TLS alert, TCP reset, GOAWAY with an error code).
           fail(sessionError(dest, pooled.error ?? err));
           return;
         }

@@ -141,3 +141,36 @@ test('a destination where nothing listens fails fast with a session error', asyn
   await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { dest: { host: '127.0.0.1', port } })), (err: unknown) =>
     err instanceof HboneSessionError && err.code === 'WEFT_HBONE_SESSION_FAILED' && /connection refused/.test(err.message));
 });
+
+test('a CONNECT the server does not answer in time is cancelled, and the handler sees the abort', async () => {
+  let aborted!: () => void;
+  const sawAbort = new Promise<void>((resolve) => { aborted = resolve; });
+  const hb = await startHbone({
+    handler: (req) => new Promise((_resolve, reject) => {
+      req.signal.addEventListener('abort', () => { aborted(); reject(new Error('cancelled')); });
+    }),
+  });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  await assert.rejects(pool.connect(hb.to('10.0.0.1:80', { timeoutMs: 300 })), HboneConnectTimeoutError);
+  await sawAbort;
+  // The session survives a timed-out stream.
+  assert.equal(pool.stats().sessionsActive, 1);
+});
+
+test('IPv6 targets are tunnelled', async (t) => {
+  const v6 = createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+  const ok = await new Promise<boolean>((resolve) => {
+    v6.once('error', () => resolve(false));
+    v6.listen(0, '::1', () => resolve(true));
+  });
+  if (!ok) { t.skip('no IPv6 loopback here'); return; }
+  cleanups.push(() => v6.close());
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const s = await pool.connect(hb.to(`[::1]:${(v6.address() as AddressInfo).port}`));
+  assert.equal(await roundTrip(s, 'six'), 'six');
+});

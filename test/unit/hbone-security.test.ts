@@ -75,7 +75,11 @@ test('a client certificate without a SPIFFE ID is turned away after the handshak
   const anonymous = hb.ca.issue(undefined);
   const pool = new HbonePool({ connectTimeoutMs: 2000 });
   cleanups.push(() => pool.close(100));
-  await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { sourceKey: 'anon', tls: anonymous })));
+  await assert.rejects(pool.connect(hb.to('127.0.0.1:80', { sourceKey: 'anon', tls: anonymous })), (err: unknown) => {
+    assert.ok(err instanceof HboneSessionError, String(err));
+    assert.match(err.message, /GOAWAY code 7: client certificate has no SPIFFE ID/);
+    return true;
+  });
   assert.equal(refusals[0]?.kind, 'peer-identity');
   assert.match(refusals[0]?.reason ?? '', /no SPIFFE ID/);
 });
