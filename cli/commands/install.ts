@@ -69,6 +69,16 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .addHelpText('after', `
+Before installing:
+  - Gateway API v1 CRDs (HTTPRoute, GRPCRoute) in the cluster; Weft does not ship them.
+  - Nodes with Linux 6.6+ and BTF: run \`weftctl check\` on one.
+  - A CA: kubectl -n weft-system create secret tls weft-ca --cert ca.crt --key ca.key
+    and its root for the agents (until the controller publishes it):
+    kubectl -n weft-system create configmap weft-trust-bundle --from-file=root-cert.pem=ca.crt
+
+Then:
+  weftctl install --image <ref> --ca-secret weft-ca | kubectl apply --server-side -f -`)
     .action((flags: InstallFlags) => {
       try {
         const objects = renderInstall({
