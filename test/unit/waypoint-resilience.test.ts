@@ -41,6 +41,22 @@ describe('waypoint resilience', () => {
     assert.ok(stats.retries >= 100, `retries ${stats.retries}`);
   });
 
+  it('stops retrying when the retry budget is spent', async () => {
+    let n = 0;
+    const slowFlaky = await startHttpBackend((req, res) => {
+      n++;
+      // Every first attempt fails slowly, so many retries would be in flight at once.
+      if (n % 2 === 1) setTimeout(() => { res.writeHead(503); res.end(); }, 50);
+      else echo('ok')(req, res);
+    });
+    const { engine, listener } = await setup([slowFlaky], { retries: { attempts: 3, retryOn: ['5xx'], budget: { percent: 0, minRetryConcurrency: 1 } } });
+    const replies = await Promise.all(Array.from({ length: 20 }, () => request(listener.port)));
+    const stats = engine.clusterStats()[0]!;
+    assert.ok(stats.retryBudgetExhausted > 0, JSON.stringify(stats));
+    assert.ok(replies.some((r) => r.status === 503), 'requests denied a retry return the failure');
+    assert.equal(stats.activeRetries, 0);
+  });
+
   it('retries a connect failure on another endpoint', async () => {
     const good = await startHttpBackend(echo('good'));
     const dead = await startHttpBackend(echo('dead'));

@@ -1,0 +1,16 @@
+// The waypoint's public surface: the engine, its options and the pieces other parts may embed.
+export { WaypointEngine, detectProtocol, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RAPID_RESET_LIMIT, DEFAULT_RAPID_RESET_WINDOW_MS } from './engine.ts';
+export type { AppliedConfig, TunnelInfo, WaypointEngineOptions } from './engine.ts';
+export { TcpUpstream, UpstreamPool } from './upstream.ts';
+export type { Upstream, UpstreamConnectOptions, UpstreamEndpoint } from './upstream.ts';
+export { HboneUpstream, tunnelHandler } from './hbone.ts';
+export type { HboneUpstreamOptions } from './hbone.ts';
+export { ConfigRejectedError, QuotaBackendError, UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError, WaypointError, FlagError } from './errors.ts';
+export type { ConfigIssue } from './errors.ts';
+export type { QuotaOptions, QuotaRule, QuotaFailureMode } from './quota.ts';
+export type { TelemetryOptions, TracingOptions } from './telemetry.ts';
+export { registerRouteFilter } from './filters.ts';
+export { registerConditionKey, registerOperationField, registerSourceField } from './policy.ts';
+export { registerLoadBalancer } from './loadbalancer.ts';
+export { runWaypoint, parseFlags } from './main.ts';
+export type { RunningWaypoint, WaypointMainOptions } from './main.ts';
