@@ -3,8 +3,9 @@
 // everything taken from the build stage is either a repository path or an output of `make build`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 
@@ -135,4 +136,24 @@ const ENTRY_FILES = ['agent/src/main.ts', 'controller/src/main.ts', 'waypoint/sr
 const missingEntries = ENTRY_FILES.filter((f) => !inRepository(f));
 test('every file the entrypoint runs is in the repository', { todo: missingEntries.length ? `not yet written: ${missingEntries.join(', ')}` : false }, () => {
   assert.deepEqual(missingEntries, []);
+});
+
+test('the entrypoint script passes the remaining arguments to the chosen part and exits 2 on an unknown one', () => {
+  const body = /<<'EOF_WEFT' \/usr\/local\/bin\/weft\n([\s\S]*?)\nEOF_WEFT\n/.exec(DOCKERFILE)?.[1];
+  assert.ok(body, 'heredoc of /usr/local/bin/weft');
+  const dir = mkdtempSync(join(tmpdir(), 'weft-entry-'));
+  const bin = join(dir, 'bin');
+  mkdirSync(bin);
+  // A stand-in node that prints what it was asked to run.
+  writeFileSync(join(bin, 'node'), '#!/bin/sh\necho "$PWD $*"\n', { mode: 0o755 });
+  const script = join(dir, 'weft');
+  writeFileSync(script, body.replace('cd /opt/weft', `cd ${dir}`), { mode: 0o755 });
+  const run = (...args: string[]) => spawnSync('/bin/sh', [script, ...args], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` } });
+  assert.equal(run('agent', '--node', 'n 1').stdout, `${dir} agent/src/main.ts --node n 1\n`);
+  assert.equal(run('controller', '--kube').stdout, `${dir} controller/src/main.ts --kube\n`);
+  assert.equal(run('waypoint').stdout, `${dir} waypoint/src/main.ts\n`);
+  assert.equal(run('weftctl', 'check').stdout, `${dir} cli/weftctl.ts check\n`);
+  const bad = run('--namespace', 'x');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /usage: weft agent\|controller\|waypoint\|weftctl/);
 });
