@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { after, before, describe, it } from 'node:test';
 import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
+import { StaticTokenAuthenticator, addCertificateService, createControllerCredentials } from '../../controller/src/ca/index.ts';
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { silentLogger } from '../../lib/log.ts';
@@ -155,6 +156,56 @@ describe('waypoint main', () => {
     }
     assert.equal(routes, 0);
     assert.equal(JSON.parse((await get(await tunnel(), { 'x-user': 'tester' })).body).backend, 'v1');
+  });
+});
+
+describe('waypoint main with an issued identity', () => {
+  it('gets its certificate from the certificate service and its config over mTLS', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'weft-waypoint-ca-'));
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const token = 'node-a-bootstrap-token-0123456789';
+    await writeFile(join(dir, 'token'), token);
+    await writeFile(join(dir, 'roots.pem'), ca.trustBundle().join(''));
+    const controllerId = `spiffe://${TD}/ns/weft-system/sa/weft-controller`;
+    const controllerCreds = await createControllerCredentials(ca, { identity: controllerId, ipAddresses: ['127.0.0.1'], dnsNames: ['weft-controller'] });
+    const configServer = new ConfigServer();
+    const server = new grpc.Server();
+    addConfigStreamService(server, { configServer });
+    addCertificateService(server, {
+      ca, authenticator: new StaticTokenAuthenticator({ 'node-a': token }),
+      pods: { identitiesOnNode: (node) => new Set(node === 'node-a' ? [WAYPOINT] : []) },
+      log: () => {},
+    });
+    const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', controllerCreds.credentials, (e, p) => (e ? rej(e) : res(p))));
+    const b = await startHttpBackend(echo('v1'));
+    const i = emptyInputs();
+    i.namespaces.push({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient' } } });
+    i.services.push(service('reviews', '10.96.0.10'));
+    i.endpointSlices.push(slice('reviews', b.port));
+    configServer.publish(compile(i).model);
+    let wp: RunningWaypoint | undefined;
+    const pool = new HbonePool();
+    try {
+      wp = await runWaypoint(parseFlags([
+        '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${port}`, '--id', 'waypoint-0',
+        '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0', '--access-log', 'off',
+        '--token-file', join(dir, 'token'), '--ca-bundle', join(dir, 'roots.pem'),
+      ], {}), silentLogger);
+      let ready = await fetchText(wp.ready.port, '/healthz/ready');
+      for (let n = 0; n < 150 && ready.status !== 200; n++) { await delay(20); ready = await fetchText(wp.ready.port, '/healthz/ready'); }
+      assert.equal(ready.status, 200, ready.body);
+      const tester = await creds(ca, TESTER);
+      const t = await pool.connect({ sourceKey: TESTER, tls: tlsMaterial(tester), dest: { host: '127.0.0.1', port: wp.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT });
+      assert.equal(JSON.parse((await get(t)).body).backend, 'v1');
+    } finally {
+      await pool.close(100);
+      await wp?.close();
+      configServer.closeAll();
+      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      controllerCreds.close();
+      await b.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
