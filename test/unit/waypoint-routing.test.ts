@@ -51,6 +51,8 @@ describe('waypoint routing', () => {
     const toV2 = v2.hits - before2;
     assert.equal(toV1 + toV2, 1000);
     assert.ok(toV1 >= 850 && toV1 <= 950, `v1 got ${toV1} of 1000`);
+    // Keep-alive pooling: at most one upstream connection per concurrent request, per endpoint.
+    assert.ok(engine.upstreamConnectionsOpened() <= 40, `${engine.upstreamConnectionsOpened()} upstream connections for 1000 requests`);
   });
 
   it('sends a request with the tester header only to v2', async () => {

@@ -26,6 +26,8 @@ export const DEFAULT_DETECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_RAPID_RESET_LIMIT = 200;
 export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
+/** A client HTTP/2 session with no activity for this long is closed (HTTP/1.1: keepAliveTimeout). */
+export const DOWNSTREAM_IDLE_TIMEOUT_MS = 300_000;
 /**
  * HTTP/2 header lists up to this many times maxHeaderBytes reach the pipeline, which answers 431;
  * beyond it nghttp2 refuses the stream (REFUSED_STREAM): the client ignored our
@@ -209,6 +211,11 @@ export class WaypointEngine {
     }
   }
 
+  /** Upstream connections (HBONE tunnels or TCP) opened so far; pooling keeps this small. */
+  upstreamConnectionsOpened(): number {
+    return this.pool.connectionsOpened;
+  }
+
   /** Circuit breaker, retry and outlier state of every cluster used so far. */
   clusterStats(): ClusterStats[] {
     return [...this.clusters.values()].map((c) => c.stats());
@@ -272,6 +279,7 @@ export class WaypointEngine {
     if (!ctx) { session.destroy(); return; }
     this.h2Conns.set(session, ctx);
     session.on('error', () => {});
+    session.setTimeout(DOWNSTREAM_IDLE_TIMEOUT_MS, () => session.close());
     const resets: number[] = [];
     let cut = false;
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
