@@ -88,6 +88,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   await controller.start();
   const compileMs = performance.now() - t0;
+  const rssBeforeClientsMb = process.resourceUsage().maxRSS / 1024;
 
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const t1 = performance.now();
@@ -123,13 +124,19 @@ async function main(): Promise<void> {
   samples.sort((a, b) => a - b);
   const p = (q: number) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))]!;
   const peakRssMb = process.resourceUsage().maxRSS / 1024;
+  global.gc?.();
+  const steadyRssMb = process.memoryUsage().rss / 1024 / 1024;
+  const heapUsedMb = process.memoryUsage().heapUsed / 1024 / 1024;
   const result = {
     services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, changes: CHANGES,
     initialCompileMs: Math.round(compileMs), initialSyncMs: Math.round(initialMs),
     pushToAllAckedMs: { p50: +p(0.5).toFixed(1), p90: +p(0.9).toFixed(1), max: +samples.at(-1)!.toFixed(1) },
     controllerPeakRssMb: Math.round(peakRssMb),
+    controllerPeakRssBeforeClientsMb: Math.round(rssBeforeClientsMb),
+    controllerRssAfterMb: Math.round(steadyRssMb),
+    controllerHeapUsedMb: Math.round(heapUsedMb),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

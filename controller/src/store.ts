@@ -1,6 +1,7 @@
 // The controller's object store: the last valid version of every input object. An invalid update
 // is refused and the previous version stays in force (last good config keeps serving); the
 // object's status says why, naming the field.
+import { createHash } from 'node:crypto';
 import { validateObject, type ValidationIssue } from '../../lib/model/validate.ts';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
@@ -23,17 +24,18 @@ export interface ApplyResult {
 
 interface Entry {
   object: MeshObject;
-  /** JSON of the object without metadata.resourceVersion, to skip no-op updates. */
+  /** Digest of the object's JSON without metadata.resourceVersion, to skip no-op updates. */
   fingerprint: string;
   origin?: string;
 }
 
+/** A digest of the object without metadata.resourceVersion (and status, except Waypoints'). */
 function fingerprint(o: MeshObject): string {
   const { resourceVersion: _rv, ...meta } = o.metadata;
   // status is written by us; a status-only change must not cause a recompile loop, except for
   // Waypoints, whose status carries the address.
   const { status, ...rest } = o as MeshObject & { status?: unknown };
-  return JSON.stringify({ ...rest, metadata: meta, ...(o.kind === 'Waypoint' ? { status } : {}) });
+  return createHash('sha1').update(JSON.stringify({ ...rest, metadata: meta, ...(o.kind === 'Waypoint' ? { status } : {}) })).digest('base64');
 }
 
 export class ObjectStore {

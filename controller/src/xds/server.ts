@@ -42,7 +42,14 @@ export class ConfigStreamDeniedError extends ConfigStreamRequestError {
 
 const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
 
+/** Bytes of pushed, not yet acknowledged config across all clients before further pushes wait. */
+export const DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024;
+/** A response unacknowledged for this long stops counting against the budget (a stuck client must not stall everyone). */
+export const UNACKED_TIMEOUT_MS = 10_000;
+
 export interface ConfigServerOptions {
+  /** Flow control: default DEFAULT_MAX_UNACKED_BYTES. Big pushes (initial syncs) wait for ACKs; small deltas rarely do. */
+  maxUnackedBytes?: number;
   logger?: Logger;
   /** Checks the client's TLS identity against the node it claims; default: everyone is allowed. */
   authorize?: StreamAuthorizer;
@@ -53,6 +60,9 @@ export interface ConfigServerOptions {
 interface Pending {
   type: ResourceType;
   systemVersion: string;
+  /** Body bytes sent and not yet acknowledged (flow control). */
+  bytes: number;
+  sentAt: number;
   upserts: Array<[string, string]>;
   removed: string[];
 }
@@ -75,7 +85,6 @@ class Subscriber {
   readonly acked = new Map<ResourceType, Map<string, string>>();
   readonly pending = new Map<string, Pending>();
   force = false;
-  flushScheduled = false;
   /** System version the client rejected; not re-sent until the model moves on. */
   nackedVersion: string | undefined;
   /** Latest system version acknowledged for every type. */
@@ -105,12 +114,17 @@ export class ConfigServer {
   #published: PublishedSet = emptyPublished();
   #index: ViewIndex | undefined;
   readonly #subscribers = new Set<Subscriber>();
+  readonly #flushQueue = new Set<Subscriber>();
+  #pumpScheduled = false;
+  #unackedBytes = 0;
+  readonly #maxUnackedBytes: number;
   readonly #ackListeners = new Set<(c: ConfigStreamClientInfo) => void>();
   readonly #metrics?: { pushes: Counter; nacks: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
 
   constructor(options: ConfigServerOptions = {}) {
     this.#log = options.logger ?? silentLogger;
     this.#authorize = options.authorize;
+    this.#maxUnackedBytes = options.maxUnackedBytes ?? DEFAULT_MAX_UNACKED_BYTES;
     if (options.registry) {
       const registers = [options.registry];
       this.#metrics = {
@@ -172,8 +186,12 @@ export class ConfigServer {
 
   /** Ends every stream (clients reconnect to whichever controller is up). */
   closeAll(): void {
-    for (const s of this.#subscribers) s.call.end();
+    for (const s of this.#subscribers) {
+      for (const p of s.pending.values()) this.#release(p);
+      s.call.end();
+    }
     this.#subscribers.clear();
+    this.#flushQueue.clear();
   }
 
   /** The gRPC handler of DeltaConfig. */
@@ -181,6 +199,8 @@ export class ConfigServer {
     const sub = new Subscriber(call, randomBytes(4).toString('hex'));
     this.#subscribers.add(sub);
     const done = () => {
+      this.#flushQueue.delete(sub);
+      for (const p of sub.pending.values()) this.#release(p);
       if (!this.#subscribers.delete(sub)) return;
       if (sub.kind) this.#metrics?.clients.dec({ kind: sub.kind });
       this.#log.info('config stream closed', { client: sub.label, stream: sub.streamId });
@@ -228,6 +248,7 @@ export class ConfigServer {
       const p = sub.pending.get(req.response_nonce);
       if (p) {
         sub.pending.delete(req.response_nonce);
+        this.#release(p);
         if (req.error_detail) this.#nack(sub, req.response_nonce, p, req.error_detail.message);
         else this.#ack(sub, p);
       }
@@ -294,16 +315,45 @@ export class ConfigServer {
   }
 
   #scheduleFlush(sub: Subscriber): void {
-    if (sub.flushScheduled) return;
-    sub.flushScheduled = true;
+    this.#flushQueue.add(sub);
+    this.#schedulePump();
+  }
+
+  #schedulePump(): void {
+    if (this.#pumpScheduled) return;
+    this.#pumpScheduled = true;
     setImmediate(() => {
-      sub.flushScheduled = false;
+      this.#pumpScheduled = false;
+      this.#pump();
+    });
+  }
+
+  /** Flushes queued clients while the unacknowledged-bytes budget allows (at least one at a time). */
+  #pump(): void {
+    for (const sub of this.#flushQueue) {
+      if (this.#unackedBytes >= this.#maxUnackedBytes) {
+        this.#expireUnacked();
+        if (this.#unackedBytes >= this.#maxUnackedBytes) return;
+      }
+      this.#flushQueue.delete(sub);
       try {
         this.#flush(sub);
       } catch (e) {
         this.#log.error('config push failed', { client: sub.label, error: (e as Error).message });
       }
-    });
+    }
+  }
+
+  #release(p: Pending): void {
+    if (p.bytes === 0) return;
+    this.#unackedBytes -= p.bytes;
+    p.bytes = 0;
+    if (this.#flushQueue.size > 0) this.#schedulePump();
+  }
+
+  #expireUnacked(): void {
+    const cutoff = Date.now() - UNACKED_TIMEOUT_MS;
+    for (const s of this.#subscribers) for (const p of s.pending.values()) if (p.sentAt < cutoff) this.#release(p);
   }
 
   #view(sub: Subscriber, type: ResourceType): Map<string, Published> {
@@ -348,7 +398,10 @@ export class ConfigServer {
       const sent = sub.sent.get(r.type)!;
       for (const [n, p] of r.upserts) sent.set(n, p.version);
       for (const n of r.removed) sent.delete(n);
-      sub.pending.set(nonce, { type: r.type, systemVersion: version, upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
+      let bytes = 0;
+      for (const [, p] of r.upserts) bytes += p.body.length;
+      this.#unackedBytes += bytes;
+      sub.pending.set(nonce, { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
       const msg: DeltaConfigResponse = {
         system_version_info: version,
         type_url: TYPE_URLS[r.type],
