@@ -24,6 +24,7 @@ import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_MAX_SESSION_MEMORY_MB,
+  DEFAULT_MAX_STREAMS_PER_SESSION,
   DEFAULT_POOL_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
@@ -74,6 +75,11 @@ export interface HbonePoolOptions {
   maxFrameSize?: number;
   /** nghttp2 memory cap per session in MB. Default 256. */
   maxSessionMemoryMb?: number;
+  /**
+   * Streams per session before the pool opens another session to the same destination; the
+   * server's SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Default 1000.
+   */
+  maxStreamsPerSession?: number;
   /** Called once per new session, after the handshake and the identity check. */
   onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined }) => void;
 }
@@ -92,7 +98,10 @@ interface PooledSession {
   dest: string;
   session: ClientHttp2Session;
   ready: Promise<ClientHttp2Session>;
+  /** Streams open on the session. */
   active: number;
+  /** Connects that picked this session and have not sent their CONNECT yet. */
+  pending: number;
   idleTimer: NodeJS.Timeout | undefined;
   /** Out of the pool: GOAWAY, error, idle close or retirement. Existing streams continue. */
   retired: boolean;
@@ -118,7 +127,8 @@ class RetryableStreamError extends Error {
  */
 export class HbonePool {
   readonly #opts: HbonePoolOptions;
-  readonly #sessions = new Map<string, PooledSession>();
+  /** Live sessions per pool key; more than one only when the first is at its stream limit. */
+  readonly #sessions = new Map<string, PooledSession[]>();
   readonly #all = new Set<PooledSession>();
   readonly #stats: HbonePoolStats = {
     sessionsOpened: 0,
@@ -155,16 +165,33 @@ export class HbonePool {
     try {
       for (let attempt = 0; ; attempt++) {
         const pooled = this.#acquire(opts, dest);
-        const session = await raceAbort(pooled.ready, deadline.signal);
+        let reserved = true;
+        const release = (): void => {
+          if (!reserved) return;
+          reserved = false;
+          pooled.pending--;
+        };
         try {
-          return await this.#openStream(pooled, session, opts, dest, deadline.signal);
+          const session = await raceAbort(pooled.ready, deadline.signal);
+          if (pooled.active + pooled.pending > this.#capacity(pooled)) {
+            // A burst larger than the server's stream limit piled onto a new session before its
+            // SETTINGS said so: move on to (or start) another session.
+            release();
+            attempt--;
+            continue;
+          }
+          return await this.#openStream(pooled, session, opts, dest, deadline.signal, release);
         } catch (err) {
           if (err instanceof RetryableStreamError) {
+            release();
             this.#retire(pooled);
             if (attempt < 2) continue;
             throw err.inner;
           }
           throw err;
+        } finally {
+          release();
+          if (pooled.retired) this.#retire(pooled);
         }
       }
     } finally {
@@ -196,14 +223,30 @@ export class HbonePool {
     for (const p of sessions) p.session.destroy();
   }
 
+  /** Picks a live session with a free stream slot for the key (or starts one) and reserves the slot. */
   #acquire(opts: HboneConnectOptions, dest: string): PooledSession {
     const key = `${opts.sourceKey}\u0000${dest}\u0000${expectedPeerKey(opts.expectPeer)}`;
-    const existing = this.#sessions.get(key);
-    if (existing && !existing.retired && !existing.session.destroyed && !existing.session.closed) return existing;
-    const pooled = this.#createSession(key, opts, dest);
-    this.#sessions.set(key, pooled);
-    this.#all.add(pooled);
+    let list = this.#sessions.get(key);
+    if (!list) {
+      list = [];
+      this.#sessions.set(key, list);
+    }
+    let pooled = list.find((p) => !p.retired && !p.session.destroyed && !p.session.closed &&
+      p.active + p.pending < this.#capacity(p));
+    if (!pooled) {
+      pooled = this.#createSession(key, opts, dest);
+      list.push(pooled);
+      this.#all.add(pooled);
+    }
+    pooled.pending++;
     return pooled;
+  }
+
+  #capacity(pooled: PooledSession): number {
+    const local = this.#opts.maxStreamsPerSession ?? DEFAULT_MAX_STREAMS_PER_SESSION;
+    // Before the server's SETTINGS arrive Node reports the protocol default (unlimited).
+    const remote = pooled.session.remoteSettings?.maxConcurrentStreams ?? local;
+    return Math.min(local, remote);
   }
 
   #createSession(key: string, opts: HboneConnectOptions, dest: string): PooledSession {
@@ -247,6 +290,7 @@ export class HbonePool {
       session,
       ready: undefined as unknown as Promise<ClientHttp2Session>,
       active: 0,
+      pending: 0,
       idleTimer: undefined,
       retired: false,
       error: undefined,
@@ -285,7 +329,9 @@ export class HbonePool {
       };
       session.once('error', onError);
       session.once('close', () => reject(identityError ?? pooled.error ?? new HboneSessionError(dest, 'the session closed during setup')));
-      session.once('connect', () => {
+      // Ready once the server's SETTINGS arrive: that is after it accepted our certificate (TLS 1.3
+      // servers check it after the client considers the handshake done) and tells us its stream limit.
+      session.once('remoteSettings', () => {
         session.off('error', onError);
         this.#stats.sessionsOpened++;
         try {
@@ -306,9 +352,14 @@ export class HbonePool {
   #retire(pooled: PooledSession): void {
     if (!pooled.retired) {
       pooled.retired = true;
-      if (this.#sessions.get(pooled.key) === pooled) this.#sessions.delete(pooled.key);
+      const list = this.#sessions.get(pooled.key);
+      const i = list ? list.indexOf(pooled) : -1;
+      if (list && i >= 0) {
+        list.splice(i, 1);
+        if (list.length === 0) this.#sessions.delete(pooled.key);
+      }
     }
-    if (pooled.active === 0 && !pooled.session.closed && !pooled.session.destroyed) {
+    if (pooled.active === 0 && pooled.pending === 0 && !pooled.session.closed && !pooled.session.destroyed) {
       // A session still connecting has nothing to say goodbye to.
       if (pooled.session.connecting) pooled.session.destroy();
       else pooled.session.close();
@@ -318,7 +369,7 @@ export class HbonePool {
   #armIdle(pooled: PooledSession): void {
     if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
     pooled.idleTimer = setTimeout(() => {
-      if (pooled.active === 0) this.#retire(pooled);
+      if (pooled.active === 0 && pooled.pending === 0) this.#retire(pooled);
     }, this.#opts.idleTimeoutMs ?? DEFAULT_POOL_IDLE_TIMEOUT_MS);
     pooled.idleTimer.unref();
   }
@@ -329,6 +380,7 @@ export class HbonePool {
     opts: HboneConnectOptions,
     dest: string,
     signal: AbortSignal,
+    release: () => void,
   ): Promise<ClientHttp2Stream> {
     const headers: OutgoingHttpHeaders = { ':method': 'CONNECT', ':authority': opts.target };
     if (opts.headers) {
@@ -345,6 +397,7 @@ export class HbonePool {
     }
     this.#stats.streamsOpened++;
     this.#stats.streamsActive++;
+    release();
     pooled.active++;
     if (pooled.idleTimer) { clearTimeout(pooled.idleTimer); pooled.idleTimer = undefined; }
     stream.once('close', () => {

@@ -29,6 +29,13 @@ export const DEFAULT_MAX_FRAME_SIZE = 16 * 1024;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 1000;
 
 /**
+ * Streams the pool puts on one client session before it opens another to the same destination
+ * (the server's SETTINGS_MAX_CONCURRENT_STREAMS caps it too). Without this, connects beyond the
+ * server's limit would queue inside nghttp2 until some tunnel ends.
+ */
+export const DEFAULT_MAX_STREAMS_PER_SESSION = 1000;
+
+/**
  * nghttp2 memory per session in MB. Node's default (10) is below what large windows can hold in
  * flight; above the cap Node refuses new streams with ENHANCE_YOUR_CALM.
  */

@@ -174,3 +174,18 @@ test('IPv6 targets are tunnelled', async (t) => {
   const s = await pool.connect(hb.to(`[::1]:${(v6.address() as AddressInfo).port}`));
   assert.equal(await roundTrip(s, 'six'), 'six');
 });
+
+test('connects beyond the server stream limit go to a second session instead of waiting', async () => {
+  const echo = await echoTarget();
+  const hb = await startHbone({ maxConcurrentStreams: 10 });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool({ connectTimeoutMs: 3000 });
+  cleanups.push(() => pool.close(100));
+  const streams = await Promise.all(Array.from({ length: 25 }, () => pool.connect(hb.to(`127.0.0.1:${echo}`))));
+  assert.equal(hb.server.stats().sessionsOpened, 3);
+  const replies = await Promise.all(streams.map((s, i) => roundTrip(s, `m${i}`)));
+  replies.forEach((r, i) => assert.equal(r, `m${i}`));
+  // Once tunnels end, new connects reuse the sessions that exist.
+  await roundTrip(await pool.connect(hb.to(`127.0.0.1:${echo}`)), 'again');
+  assert.equal(hb.server.stats().sessionsOpened, 3);
+});
