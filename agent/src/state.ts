@@ -2,6 +2,7 @@
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, MtlsMode, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { isIP } from 'node:net';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -11,6 +12,29 @@ export type Upstream =
   | { kind: 'local'; workload: Workload; target: string; endpoint?: Endpoint; service?: Service }
   /** Destination outside the mesh (not enrolled): plain TCP. */
   | { kind: 'passthrough'; target: string; endpoint?: Endpoint; service?: Service };
+
+/**
+ * Refuses a config the agent cannot act on safely (the config stream NACKs it and the last good
+ * one keeps serving): every address the datapath would be given must parse.
+ */
+export function validateAgentConfig(config: AgentConfig): void {
+  const bad = (what: string, v: unknown) => {
+    throw new Error(`${what}: ${JSON.stringify(v)} is not a valid address`);
+  };
+  const port = (what: string, v: unknown) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw new Error(`${what}: ${JSON.stringify(v)} is not a port`);
+  };
+  for (const w of config.workloads) {
+    if (w.ip && !isIP(w.ip)) bad(`workload ${w.namespace}/${w.name} ip`, w.ip);
+    if (w.nodeIp && !isIP(w.nodeIp)) bad(`workload ${w.namespace}/${w.name} nodeIp`, w.nodeIp);
+  }
+  for (const s of config.services) {
+    for (const v of s.vips) if (!isIP(v)) bad(`service ${s.namespace}/${s.name} vip`, v);
+    for (const p of s.ports) port(`service ${s.namespace}/${s.name} port ${p.name}`, p.port);
+    for (const e of s.endpoints) if (!isIP(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
+  }
+  for (const w of config.waypoints) if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
+}
 
 export class NoRouteError extends Error {
   readonly code = 'WEFT_NO_ROUTE';

@@ -156,6 +156,18 @@ export class CertificateAuthority {
     return new CertificateAuthority({ key, cert: signingCert, intermediates, roots }, opts);
   }
 
+  /**
+   * The signing certificate (with its chain) and key as PEM, the inverse of fromPem: for writing a
+   * generated root to files or a Secret so a restarted controller keeps the same CA.
+   */
+  exportPem(): { certPem: string; keyPem: string; rootsPem: string } {
+    return {
+      certPem: this.#signer.cert.x509.toString() + this.#signer.intermediates.join(''),
+      keyPem: this.#signer.key.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      rootsPem: this.#signer.roots.join(''),
+    };
+  }
+
   /** Loads from PEM files: the signing certificate (+ chain), its key, and optionally the root bundle. */
   static async fromFiles(files: { certFile: string; keyFile: string; rootsFile?: string }, opts: CaOptions): Promise<CertificateAuthority> {
     const read = async (f: string) => {

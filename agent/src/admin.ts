@@ -1,0 +1,60 @@
+// The agent's HTTP side doors: admin on localhost (config dump, certificates, BPF state, log
+// level), Prometheus metrics, and readiness.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export type Route = (url: URL, req: http.IncomingMessage) => Promise<unknown> | unknown;
+
+export class HttpStatusError extends Error {
+  readonly status: number;
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** A small JSON (or text) HTTP server over a table of routes; unknown paths list the known ones. */
+export function jsonServer(routes: Record<string, Route>, opts: { text?: Record<string, () => Promise<{ type: string; body: string }>> } = {}): http.Server {
+  return http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const text = opts.text?.[url.pathname];
+    if (text) {
+      text().then(
+        (r) => res.writeHead(200, { 'content-type': r.type }).end(r.body),
+        (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`),
+      );
+      return;
+    }
+    const route = routes[url.pathname];
+    if (!route) {
+      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `no ${url.pathname}`, paths: Object.keys(routes) }) + '\n');
+      return;
+    }
+    Promise.resolve()
+      .then(() => route(url, req))
+      .then(
+        (body) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, jsonReplacer, 2) + '\n'),
+        (e: Error) => {
+          const status = e instanceof HttpStatusError ? e.status : 500;
+          res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message }) + '\n');
+        },
+      );
+  });
+}
+
+/** bigint (netns cookies) and Map survive JSON. */
+export function jsonReplacer(_k: string, v: unknown): unknown {
+  if (typeof v === 'bigint') return v.toString();
+  if (v instanceof Map) return Object.fromEntries([...v.entries()].map(([k, x]) => [String(k), x]));
+  return v;
+}
+
+export function listen(server: http.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}

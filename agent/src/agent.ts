@@ -1,0 +1,244 @@
+// The node agent: one per node. It loads the datapath, follows the controller's config for this
+// node, enrols the node's ambient pods into the datapath, holds their certificates, and runs the
+// outbound (15001) and inbound HBONE (15008) proxies plus admin, metrics and readiness.
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
+import { HbonePool } from '../../lib/hbone/index.ts';
+import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
+import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
+import type { AgentConfig } from '../../lib/model/mesh.ts';
+import { Datapath, MESH_PORTS } from './datapath/index.ts';
+import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
+import { AgentState, validateAgentConfig } from './state.ts';
+import { AgentMetrics } from './metrics.ts';
+import { Outbound } from './outbound.ts';
+import { Inbound, InboundAuthorizer } from './inbound.ts';
+import { PodNetnsResolver } from './pods.ts';
+import { HttpStatusError, jsonServer, listen } from './admin.ts';
+
+export const ADMIN_PORT = 15000;
+export const OUTBOUND_PORT = 15001;
+export const HBONE_PORT = 15008;
+export const METRICS_PORT = 15020;
+export const READY_PORT = 15021;
+/** How often the agent looks again for pods it knows of but could not find a netns for. */
+export const ENROL_RETRY_MS = 1_000;
+
+export interface AgentOptions {
+  node: string;
+  /** The node address: listeners bind here and pods are redirected here. */
+  nodeIp: string;
+  /** Controller gRPC address, host:port (15012). */
+  controller: string;
+  /** PEM file with the mesh's root certificate(s). */
+  trustBundleFile: string;
+  /** Bootstrap token (local mode) or ServiceAccount token file (Kubernetes mode). */
+  token: () => string;
+  trustDomain: string;
+  /** Namespace the controller runs in (its SPIFFE ID). Default weft-system. */
+  controllerNamespace?: string;
+  cgroupPath?: string;
+  pinRoot?: string;
+  objectDir?: string;
+  /** Extra destination ports the datapath never redirects. */
+  excludedPorts?: number[];
+  ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
+  logLevel?: LogLevel;
+  logger?: Logger;
+  /** Where access-log lines go; default stdout. */
+  accessLog?: (line: string) => void;
+}
+
+export class Agent {
+  readonly o: AgentOptions;
+  readonly log: Logger;
+  readonly metrics = new AgentMetrics();
+  readonly state: AgentState;
+  readonly resolver = new PodNetnsResolver();
+  datapath!: Datapath;
+  certs!: CertManager;
+  xds!: ConfigClient<'agent'>;
+  pool!: HbonePool;
+  outbound!: Outbound;
+  inbound!: Inbound;
+  #servers: import('node:http').Server[] = [];
+  /** pod IP → netns cookie of what this agent enrolled. */
+  #enrolled = new Map<string, bigint>();
+  #retry: NodeJS.Timeout | undefined;
+  #configured = false;
+  #certsReady = false;
+  #accessLog: (entry: Record<string, unknown>) => void;
+
+  constructor(o: AgentOptions) {
+    this.o = o;
+    this.log = o.logger ?? jsonLogger('agent', o.logLevel ?? 'info');
+    this.state = new AgentState(o.node);
+    const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
+    this.#accessLog = (entry) => write(JSON.stringify({ time: new Date().toISOString(), type: 'access', node: o.node, ...entry }));
+  }
+
+  get ready(): boolean {
+    return this.#configured && this.#certsReady && this.datapath !== undefined;
+  }
+
+  async start(): Promise<void> {
+    const o = this.o;
+    const ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT, ...o.ports };
+
+    // 1. The datapath first: pinned programs keep redirecting while the rest comes up.
+    this.datapath = Datapath.open({
+      ...(o.pinRoot ? { pinRoot: o.pinRoot } : {}),
+      ...(o.cgroupPath ? { cgroupPath: o.cgroupPath } : {}),
+      ...(o.objectDir ? { objectDir: o.objectDir } : {}),
+    });
+    this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
+    this.log.info('datapath loaded', { programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length });
+
+    // 2. Certificates and the config stream, both from the controller.
+    const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
+    if (trustBundle.length === 0) throw new Error(`no certificate in trust bundle file ${o.trustBundleFile}`);
+    const controllerId = `spiffe://${o.trustDomain}/ns/${o.controllerNamespace ?? 'weft-system'}/sa/weft-controller`;
+    const signer = new GrpcCertificateSigner({ address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node });
+    this.certs = new CertManager({ signer, trustBundle });
+    this.certs.on('renewalFailed', (id, err) => this.log.warn('certificate renewal failed', { identity: id, error: err.message }));
+    this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
+
+    this.pool = new HbonePool();
+    const authorizer = new InboundAuthorizer({ state: this.state, datapath: this.datapath, nodeIp: o.nodeIp, metrics: this.metrics, log: this.log });
+    this.outbound = new Outbound({
+      node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
+      authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+    });
+    this.inbound = new Inbound({
+      node: o.node, trustDomain: o.trustDomain, state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
+      trustBundle: () => this.certs.trustBundle(),
+    });
+    this.certs.on('trustBundleChanged', () => this.inbound.trustBundleChanged());
+
+    const verify: grpc.VerifyOptions = {
+      checkServerIdentity: (_host, cert) => {
+        try {
+          const id = spiffeIdOfCertificate(cert);
+          return id.uri === controllerId ? undefined : new Error(`controller at ${o.controller} presented ${id.uri}, expected ${controllerId}`);
+        } catch (err) {
+          return err as Error;
+        }
+      },
+    };
+    this.xds = agentConfigClient({
+      target: o.controller,
+      credentials: grpc.credentials.createSsl(Buffer.from(trustBundle.join('')), null, null, verify),
+      channelOptions: { 'grpc.ssl_target_name_override': 'weft-controller' },
+      id: o.node,
+      validate: (config) => validateAgentConfig(config),
+    });
+    this.xds.on('snapshot', (config, version) => this.#onConfig(config, version));
+    this.xds.on('rejected', (err) => this.log.warn('config rejected, keeping the last good one', { error: err.message }));
+    this.xds.on('disconnected', (err) => this.log.warn('config stream disconnected; serving the last good config', { error: err?.message }));
+
+    // 3. Listeners.
+    await this.outbound.listen(ports.outbound, o.nodeIp);
+    await this.inbound.server.listen(ports.hbone, o.nodeIp);
+    this.#servers.push(this.#adminServer());
+    await listen(this.#servers[0]!, ports.admin, '127.0.0.1');
+    const metrics = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    this.#servers.push(metrics);
+    await listen(metrics, ports.metrics, '0.0.0.0');
+    const ready = jsonServer({
+      '/healthz/ready': () => {
+        if (!this.ready) throw new HttpStatusError(503, this.#notReadyReason());
+        return { ready: true };
+      },
+    });
+    this.#servers.push(ready);
+    await listen(ready, ports.ready, '0.0.0.0');
+    this.xds.start();
+    this.log.info('agent started', { node: o.node, nodeIp: o.nodeIp, controller: o.controller, ports });
+  }
+
+  #notReadyReason(): string {
+    if (!this.#configured) return 'no config from the controller yet';
+    if (!this.#certsReady) return 'certificates for local workloads not issued yet';
+    return 'starting';
+  }
+
+  #onConfig(config: AgentConfig, version: string): void {
+    this.state.apply(config);
+    this.#configured = true;
+    this.datapath.setDestinations(this.state.meshDestinations());
+    this.#reconcilePods();
+    const local = this.state.localWorkloads().filter((w) => w.enrolled);
+    const ids = new Set(local.map((w) => w.spiffeId));
+    for (const info of this.certs.list()) if (!ids.has(info.identity)) this.certs.forget(info.identity);
+    Promise.all([...ids].map((id) => this.certs.get(id))).then(
+      () => {
+        this.#certsReady = true;
+      },
+      (err: Error) => this.log.warn('cannot get certificates for local workloads yet', { error: err.message }),
+    );
+    this.log.info('config applied', { version, workloads: config.workloads.length, services: config.services.length, policies: config.policies.length, enrolled: this.#enrolled.size });
+  }
+
+  /** Enrols every local ambient pod whose netns is found; unenrols the rest; retries the missing. */
+  #reconcilePods(): void {
+    clearTimeout(this.#retry);
+    const wanted = this.state.localWorkloads().filter((w) => w.enrolled && w.ip);
+    const found = this.resolver.resolve(wanted.map((w) => w.ip));
+    const keep = new Set<bigint>();
+    let missing = 0;
+    for (const w of wanted) {
+      const ns = found.get(w.ip);
+      if (!ns) {
+        missing++;
+        const cookie = this.#enrolled.get(w.ip);
+        if (cookie !== undefined) keep.add(cookie);
+        continue;
+      }
+      try {
+        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
+        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
+        this.#enrolled.set(w.ip, pod.netnsCookie);
+        keep.add(pod.netnsCookie);
+      } catch (err) {
+        this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
+      }
+    }
+    for (const cookie of this.datapath.prune(keep)) {
+      for (const [ip, c] of this.#enrolled) if (c === cookie) this.#enrolled.delete(ip);
+      this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
+    }
+    if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  #adminServer(): import('node:http').Server {
+    return jsonServer({
+      '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging'] }),
+      '/config_dump': () => ({ node: this.o.node, version: this.xds.version, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
+      '/certs': () => ({ trustBundle: this.certs.trustBundle().length, certificates: this.certs.list() }),
+      '/bpf': () => ({
+        pinRoot: this.datapath.pinRoot,
+        programs: this.datapath.programs(),
+        links: this.datapath.cgroupLinks(),
+        pods: this.datapath.pods(),
+        destinations: this.datapath.destinations(),
+        excludedPorts: this.datapath.excludedPorts(),
+        counters: this.datapath.counters(),
+        podCounters: this.datapath.podCounters(),
+        pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
+      }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats() }),
+    });
+  }
+
+  /** Stops listening and drains; the datapath stays pinned (enrolled pods stay redirected). */
+  async stop(): Promise<void> {
+    clearTimeout(this.#retry);
+    this.xds?.close();
+    await Promise.all([this.outbound?.close(), this.inbound?.server.close(), ...this.#servers.map((s) => new Promise((r) => s.close(r)))]);
+    this.pool?.close();
+    this.certs?.close();
+    this.datapath?.close();
+  }
+}

@@ -1,0 +1,51 @@
+// Opening the agent's own TCP connections to pods and plain destinations.
+import net from 'node:net';
+import { once } from 'node:events';
+import { bindSocket } from '../libbpf/index.ts';
+
+export class UpstreamConnectError extends Error {
+  readonly code = 'WEFT_UPSTREAM_CONNECT';
+  readonly target: string;
+  constructor(target: string, cause: Error & { code?: string }) {
+    super(`cannot connect to ${target}: ${cause.code ?? cause.message}`);
+    this.name = 'UpstreamConnectError';
+    this.target = target;
+  }
+}
+
+export function splitHostPort(target: string): { host: string; port: number } {
+  const i = target.lastIndexOf(':');
+  const host = target.slice(0, i).replace(/^\[|\]$/g, '');
+  return { host, port: Number(target.slice(i + 1)) };
+}
+
+/**
+ * Connects to `target`, optionally from a source port chosen before the connect (so the caller
+ * can tell the datapath who the server should see as its peer), with a timeout.
+ */
+export async function connectTcp(
+  target: string,
+  opts: { sourceIp?: string; beforeConnect?: (localPort: number) => void; timeoutMs?: number } = {},
+): Promise<net.Socket> {
+  const { host, port } = splitHostPort(target);
+  let socket: net.Socket;
+  if (opts.sourceIp && opts.beforeConnect) {
+    const bound = bindSocket({ host: opts.sourceIp });
+    opts.beforeConnect(bound.port);
+    socket = new net.Socket({ fd: bound.fd, readable: true, writable: true });
+    socket.connect(port, host);
+  } else {
+    socket = net.connect({ host, port, ...(opts.sourceIp ? { localAddress: opts.sourceIp } : {}) });
+  }
+  socket.setNoDelay(true);
+  const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), opts.timeoutMs ?? 5_000);
+  try {
+    await once(socket, 'connect');
+    return socket;
+  } catch (err) {
+    socket.destroy();
+    throw new UpstreamConnectError(target, err as Error);
+  } finally {
+    clearTimeout(timer);
+  }
+}

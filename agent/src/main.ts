@@ -1,0 +1,87 @@
+// The agent's command line: `node agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> ...`
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { Agent } from './agent.ts';
+import type { LogLevel } from '../../lib/log.ts';
+
+export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
+       (--token <token> | --token-file <file>) [options]
+  --trust-domain <td>        default cluster.local
+  --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
+  --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
+  --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
+  --exclude-port <port>      never redirect this destination port (repeatable)
+  --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
+  --log-level debug|info|warn|error`;
+
+function fail(msg: string): never {
+  process.stderr.write(`agent: ${msg}\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function port(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) fail(`--${name} ${v} is not a port`);
+  return n;
+}
+
+const { values } = parseArgs({
+  options: {
+    node: { type: 'string' },
+    'node-ip': { type: 'string' },
+    controller: { type: 'string' },
+    'trust-bundle': { type: 'string' },
+    token: { type: 'string' },
+    'token-file': { type: 'string' },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    cgroup: { type: 'string' },
+    'pin-root': { type: 'string' },
+    'bpf-objects': { type: 'string' },
+    'exclude-port': { type: 'string', multiple: true },
+    'outbound-port': { type: 'string' },
+    'hbone-port': { type: 'string' },
+    'admin-port': { type: 'string' },
+    'metrics-port': { type: 'string' },
+    'ready-port': { type: 'string' },
+    'log-level': { type: 'string', default: 'info' },
+  },
+});
+
+for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
+if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
+const level = values['log-level'] as LogLevel;
+if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
+const tokenFile = values['token-file'];
+const ports = Object.fromEntries(
+  (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
+    .map((k) => [k, port(`${k}-port`, values[`${k}-port`])] as const)
+    .filter(([, v]) => v !== undefined),
+);
+
+const agent = new Agent({
+  node: values.node!,
+  nodeIp: values['node-ip']!,
+  controller: values.controller!,
+  trustBundleFile: values['trust-bundle']!,
+  // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
+  token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
+  trustDomain: values['trust-domain']!,
+  ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
+  ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
+  ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
+  excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+  ports,
+  logLevel: level,
+});
+
+agent.start().catch((err: Error & { code?: string }) => {
+  process.stderr.write(`agent: ${err.code ? `${err.code}: ` : ''}${err.message}\n`);
+  process.exit(1);
+});
+for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(sig, () => {
+    agent.log.info('stopping; the datapath stays pinned', { signal: sig });
+    agent.stop().finally(() => process.exit(0));
+  });
+}

@@ -1,0 +1,245 @@
+// A whole mesh on one Linux machine: the local network (cli/local/network.ts), a CA and bootstrap
+// tokens, the controller on a config directory (in the wire namespace, 10.77.0.254:15012), one
+// agent per node, and workloads as pods. `weftctl up` and the e2e tests both build on this.
+import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ChildProcess } from 'node:child_process';
+import { stringify } from 'yaml';
+import { CertificateAuthority } from '../../lib/identity/index.ts';
+import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
+import { requestInNetns, getJsonInNetns } from './netns-http.ts';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
+export const CONTROLLER_PORT = 15012;
+
+export interface LocalMeshOptions {
+  prefix: string;
+  /** Config directory, CA, tokens and logs live here. */
+  stateDir: string;
+  nodes: string[];
+  trustDomain?: string;
+  /** Processes outlive this one (weftctl up); tests keep them attached. */
+  detached?: boolean;
+  logLevel?: string;
+}
+
+export interface WorkloadSpec {
+  node: string;
+  namespace: string;
+  name: string;
+  serviceAccount?: string;
+  labels?: Record<string, string>;
+  /** Command to run in the pod (argv); node scripts are run with this Node. */
+  command?: string[];
+  env?: Record<string, string>;
+}
+
+export interface Workload {
+  spec: WorkloadSpec;
+  pod: LocalPod;
+  process?: ChildProcess;
+}
+
+export class LocalMesh {
+  readonly o: LocalMeshOptions;
+  readonly net: LocalNetwork;
+  readonly trustDomain: string;
+  readonly configDir: string;
+  readonly logDir: string;
+  readonly caFile: string;
+  readonly tokens = new Map<string, string>();
+  readonly workloads = new Map<string, Workload>();
+  controller?: ChildProcess;
+  readonly agents = new Map<string, ChildProcess>();
+
+  private constructor(o: LocalMeshOptions, net: LocalNetwork) {
+    this.o = o;
+    this.net = net;
+    this.trustDomain = o.trustDomain ?? 'cluster.local';
+    this.configDir = join(o.stateDir, 'config');
+    this.logDir = join(o.stateDir, 'logs');
+    this.caFile = join(o.stateDir, 'ca.crt');
+  }
+
+  /** Builds the network and nodes and writes the CA and tokens; nothing runs yet. */
+  static async create(o: LocalMeshOptions): Promise<LocalMesh> {
+    mkdirSync(join(o.stateDir, 'config'), { recursive: true });
+    mkdirSync(join(o.stateDir, 'logs'), { recursive: true });
+    const net = LocalNetwork.create(o.prefix);
+    const mesh = new LocalMesh(o, net);
+    try {
+      for (const n of o.nodes) net.addNode(n);
+      const ca = await CertificateAuthority.generateRoot({ trustDomain: mesh.trustDomain });
+      const pem = ca.exportPem();
+      writeFileSync(mesh.caFile, pem.certPem);
+      writeFileSync(join(o.stateDir, 'ca.key'), pem.keyPem, { mode: 0o600 });
+      for (const n of o.nodes) mesh.tokens.set(n, randomBytes(24).toString('base64url'));
+      writeFileSync(join(o.stateDir, 'tokens.yaml'), stringify(Object.fromEntries(mesh.tokens)), { mode: 0o600 });
+      writeFileSync(join(mesh.configDir, '00-nodes.yaml'), o.nodes.map((n) => stringify({
+        apiVersion: 'v1', kind: 'Node', metadata: { name: n },
+        status: { addresses: [{ type: 'InternalIP', address: net.node(n).ip }] },
+      })).join('---\n'));
+    } catch (err) {
+      await net.destroy();
+      throw err;
+    }
+    return mesh;
+  }
+
+  node(name: string): LocalNode {
+    return this.net.node(name);
+  }
+
+  private spawnNode(where: Parameters<LocalNetwork['spawn']>[0], script: string, args: string[], log: string, env?: Record<string, string>): ChildProcess {
+    const child = this.net.spawn(where, process.execPath, [join(REPO_ROOT, script), ...args], {
+      logFile: join(this.logDir, log),
+      detached: this.o.detached ?? false,
+      env: { ...process.env, ...env },
+    });
+    if (this.o.detached) child.unref();
+    return child;
+  }
+
+  /** The controller on the config directory, listening on the wire (10.77.0.254). */
+  startController(): ChildProcess {
+    const wire = { netns: this.net.wireNetns, cgroup: join(this.net.cgroupDir, 'system') };
+    this.controller = this.spawnNode(wire, 'controller/src/main.ts', [
+      '--config-dir', this.configDir,
+      '--listen-address', CONTROLLER_IP,
+      '--ip-address', CONTROLLER_IP,
+      '--trust-domain', this.trustDomain,
+      '--ca-cert', this.caFile,
+      '--ca-key', join(this.o.stateDir, 'ca.key'),
+      '--bootstrap-tokens', join(this.o.stateDir, 'tokens.yaml'),
+      '--log-level', this.o.logLevel ?? 'info',
+    ], 'controller.log');
+    return this.controller;
+  }
+
+  /** One agent per node, in the node's netns, attached to the node's cgroup subtree. */
+  startAgent(nodeName: string): ChildProcess {
+    const n = this.node(nodeName);
+    const cgroup = join(this.net.cgroupDir, 'system', `agent-${nodeName}`);
+    mkdirSync(cgroup, { recursive: true });
+    const child = this.spawnNode({ netns: n.netns, cgroup }, 'agent/src/main.ts', [
+      '--node', nodeName,
+      '--node-ip', n.ip,
+      '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`,
+      '--trust-bundle', this.caFile,
+      '--token', this.tokens.get(nodeName)!,
+      '--trust-domain', this.trustDomain,
+      '--cgroup', n.cgroup,
+      '--pin-root', n.pinRoot,
+      '--log-level', this.o.logLevel ?? 'info',
+    ], `agent-${nodeName}.log`);
+    this.agents.set(nodeName, child);
+    return child;
+  }
+
+  startAgents(): void {
+    for (const n of this.o.nodes) this.startAgent(n);
+  }
+
+  /** Kills a node's agent (SIGKILL: no goodbye), as a crash or an upgrade would. */
+  async killAgent(nodeName: string): Promise<void> {
+    const a = this.agents.get(nodeName);
+    if (!a) return;
+    if (a.exitCode === null && a.signalCode === null) {
+      a.kill('SIGKILL');
+      await once(a, 'exit');
+    }
+    this.agents.delete(nodeName);
+  }
+
+  /** Creates a pod, declares it to the controller (a Pod object in the config dir), starts its command. */
+  addWorkload(spec: WorkloadSpec): Workload {
+    const pod = this.net.addPod(spec.node, spec.namespace, spec.name);
+    const obj = {
+      apiVersion: 'v1', kind: 'Pod',
+      metadata: { name: spec.name, namespace: spec.namespace, labels: spec.labels ?? { app: spec.name }, uid: `${spec.namespace}-${spec.name}` },
+      spec: { nodeName: spec.node, serviceAccountName: spec.serviceAccount ?? spec.name },
+      status: { phase: 'Running', podIP: pod.ip, hostIP: this.node(spec.node).ip, conditions: [{ type: 'Ready', status: 'True' }] },
+    };
+    this.writeConfig(`pod-${spec.namespace}-${spec.name}.yaml`, [obj]);
+    const w: Workload = { spec, pod };
+    if (spec.command && spec.command.length > 0) {
+      const [cmd, ...args] = spec.command;
+      const isScript = cmd!.endsWith('.ts') || cmd!.endsWith('.js');
+      w.process = this.net.spawn(pod, isScript ? process.execPath : cmd!, isScript ? [join(REPO_ROOT, cmd!), ...args] : args, {
+        logFile: join(this.logDir, `pod-${spec.namespace}-${spec.name}.log`),
+        detached: this.o.detached ?? false,
+        env: { ...process.env, POD_NAME: spec.name, POD_NAMESPACE: spec.namespace, ...spec.env },
+      });
+      if (this.o.detached) w.process.unref();
+    }
+    this.workloads.set(`${spec.namespace}/${spec.name}`, w);
+    return w;
+  }
+
+  /** Writes objects (or YAML text) into the config directory; the controller picks it up. */
+  writeConfig(file: string, objects: object[] | string): void {
+    const text = typeof objects === 'string' ? objects : objects.map((o) => stringify(o)).join('---\n');
+    const tmp = join(this.configDir, `.${file}.tmp`);
+    writeFileSync(tmp, text);
+    // rename is atomic: the controller never reads half a file.
+    writeFileSync(join(this.configDir, file), readFileSync(tmp));
+    rmSync(tmp);
+  }
+
+  removeConfig(file: string): void {
+    rmSync(join(this.configDir, file), { force: true });
+  }
+
+  /** GET on a node agent's admin port (localhost:15000 inside the node's netns). */
+  agentAdmin<T>(nodeName: string, path: string): Promise<T> {
+    return getJsonInNetns<T>(this.node(nodeName).netnsPath, `http://127.0.0.1:15000${path}`);
+  }
+
+  async agentMetrics(nodeName: string): Promise<string> {
+    const n = this.node(nodeName);
+    return (await requestInNetns(n.netnsPath, `http://${n.ip}:15020/metrics`)).body;
+  }
+
+  async agentReady(nodeName: string): Promise<{ ready: boolean; reason: string }> {
+    const n = this.node(nodeName);
+    try {
+      const r = await requestInNetns(n.netnsPath, `http://${n.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
+      return { ready: r.status === 200, reason: r.body.trim() };
+    } catch (err) {
+      return { ready: false, reason: (err as Error).message };
+    }
+  }
+
+  /** Waits until every agent reports ready (certificates, config and BPF in place). */
+  async waitReady(timeoutMs = 60_000, agents: string[] = [...this.agents.keys()]): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (const name of agents) {
+      for (;;) {
+        const a = this.agents.get(name);
+        if (a && (a.exitCode !== null || a.signalCode !== null)) {
+          throw new Error(`agent on ${name} exited (${a.exitCode ?? a.signalCode}); see ${join(this.logDir, `agent-${name}.log`)}:\n${this.logTail(`agent-${name}.log`)}`);
+        }
+        const r = await this.agentReady(name);
+        if (r.ready) break;
+        if (Date.now() > deadline) throw new Error(`agent on ${name} not ready after ${timeoutMs} ms: ${r.reason}\n${this.logTail(`agent-${name}.log`)}`);
+        await sleep(200);
+      }
+    }
+  }
+
+  logTail(file: string, lines = 30): string {
+    const p = join(this.logDir, file);
+    if (!existsSync(p)) return '(no log)';
+    return readFileSync(p, 'utf8').split('\n').slice(-lines).join('\n');
+  }
+
+  /** Kills every process and removes every namespace, cgroup and pin of this mesh. */
+  async destroy(): Promise<void> {
+    await this.net.destroy();
+  }
+}

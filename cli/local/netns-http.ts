@@ -1,0 +1,47 @@
+// HTTP requests from this process into another network namespace (an agent's localhost admin
+// port, a node's metrics): the socket is created inside that namespace by the binding, then Node
+// connects it there.
+import http from 'node:http';
+import net from 'node:net';
+import { createSocketInNetns } from '../../agent/libbpf/index.ts';
+
+export interface NetnsResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+export function requestInNetns(netnsPath: string, url: string, opts: { method?: string; body?: string; timeoutMs?: number } = {}): Promise<NetnsResponse> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        method: opts.method ?? 'GET',
+        host: u.hostname,
+        port: Number(u.port || 80),
+        path: u.pathname + u.search,
+        timeout: opts.timeoutMs ?? 5_000,
+        createConnection: () => {
+          const fd = createSocketInNetns(netnsPath, { bind: { host: '0.0.0.0', port: 0 } });
+          const s = new net.Socket({ fd, readable: true, writable: true });
+          return s.connect(Number(u.port || 80), u.hostname);
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`request to ${url} in ${netnsPath} timed out`)));
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+export async function getJsonInNetns<T>(netnsPath: string, url: string): Promise<T> {
+  const r = await requestInNetns(netnsPath, url);
+  if (r.status !== 200) throw new Error(`GET ${url} in ${netnsPath}: ${r.status} ${r.body.trim()}`);
+  return JSON.parse(r.body) as T;
+}
