@@ -132,3 +132,55 @@ test('a refused client gets PERMISSION_DENIED and no config', async () => {
     server.forceShutdown();
   }
 });
+
+test('flow control: with a tiny unacknowledged-bytes budget every client still converges', async () => {
+  const configServer = new ConfigServer({ maxUnackedBytes: 1 });
+  configServer.publish(compile(inputs(['web', 'api'])).model);
+  const sent: DeltaConfigResponse[] = [];
+  const { server, port } = await serveRecording(configServer, sent);
+  const clients = ['node-a', 'node-b', 'node-c', 'node-d'].map((id) => {
+    const c = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id });
+    c.start();
+    return c;
+  });
+  try {
+    await Promise.all(clients.map((c) => c.ready()));
+    // A second web pod changes the web service, which every agent holds.
+    const next = inputs(['web', 'api']);
+    next.pods.push(pod('shop', 'web-2', { labels: { app: 'web' }, ip: '10.3.0.9', node: 'node-c' }));
+    configServer.publish(compile(next).model);
+    await until('all clients at the new version', () => clients.every((c) => c.version === configServer.systemVersion));
+    for (const c of clients) assert.equal(c.snapshot!.services.find((s) => s.name === 'web')!.endpoints.length, 2);
+    assert.deepEqual(clients[2]!.snapshot!.workloads.map((w) => w.name), ['web-2']);
+  } finally {
+    for (const c of clients) c.close();
+    server.forceShutdown();
+  }
+});
+
+test('a client may subscribe to named resources only, and unsubscribe again', async () => {
+  const { configStreamClientConstructor, TYPE_URLS } = await import('../../lib/xds/protocol.ts');
+  const configServer = new ConfigServer();
+  configServer.publish(compile(inputs(['web'])).model);
+  const { server, port } = await serveRecording(configServer, []);
+  const Ctor = configStreamClientConstructor();
+  const raw = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  const call = (raw as unknown as { DeltaConfig(): grpc.ClientDuplexStream<object, DeltaConfigResponse> }).DeltaConfig();
+  const responses: DeltaConfigResponse[] = [];
+  call.on('data', (r: DeltaConfigResponse) => responses.push(r));
+  call.on('error', () => {});
+  try {
+    call.write({ node: { id: 'node-a', kind: 'agent', namespace: '', user_agent: 'test' }, type_url: TYPE_URLS.Service, resource_names_subscribe: ['shop/other'], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '' });
+    await until('first response', () => responses.length === 1);
+    assert.deepEqual(responses[0]!.resources.map((r) => r.name), ['shop/other']);
+    call.write({ type_url: TYPE_URLS.Service, resource_names_subscribe: ['shop/web'], resource_names_unsubscribe: ['shop/other'], initial_resource_versions: {}, response_nonce: responses[0]!.nonce });
+    await until('second response', () => responses.length === 2);
+    assert.deepEqual(responses[1]!.resources.map((r) => r.name), ['shop/web']);
+    assert.deepEqual(responses[1]!.removed_resources, ['shop/other']);
+    assert.equal(JSON.parse(responses[1]!.resources[0]!.body).hostname, 'web.shop.svc.cluster.local');
+  } finally {
+    call.cancel();
+    raw.close();
+    server.forceShutdown();
+  }
+});

@@ -328,12 +328,16 @@ export class ConfigServer {
     });
   }
 
-  /** Flushes queued clients while the unacknowledged-bytes budget allows (at least one at a time). */
+  /**
+   * Flushes queued clients while the unacknowledged-bytes budget allows. A client that still has
+   * responses outstanding is already admitted and is never held back: its batch may be incomplete,
+   * and it ACKs only complete batches.
+   */
   #pump(): void {
     for (const sub of this.#flushQueue) {
-      if (this.#unackedBytes >= this.#maxUnackedBytes) {
+      if (sub.pending.size === 0 && this.#unackedBytes >= this.#maxUnackedBytes) {
         this.#expireUnacked();
-        if (this.#unackedBytes >= this.#maxUnackedBytes) return;
+        if (this.#unackedBytes >= this.#maxUnackedBytes) continue;
       }
       this.#flushQueue.delete(sub);
       try {
