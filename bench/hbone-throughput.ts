@@ -14,7 +14,7 @@
  *   stunnel     main → stunnel client → mTLS → stunnel server → target (when stunnel is installed)
  */
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -227,7 +227,21 @@ async function cpuOf(child: ChildProcess): Promise<number> {
 }
 
 /** A stunnel client/server pair with the same kind of certificates, or undefined without stunnel. */
-async function startStunnel(targets: Targets, ca: string, server: TestLeaf, client: TestLeaf): Promise<{ ports: Targets; stop(): void } | undefined> {
+interface Stunnel { ports: Targets; cpuMicros(): [number, number]; stop(): void }
+
+/** utime + stime of a process in microseconds, from /proc (USER_HZ is 100 on Linux). */
+function procCpuMicros(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return 0;
+  }
+}
+
+async function startStunnel(targets: Targets, ca: string, server: TestLeaf, client: TestLeaf): Promise<Stunnel | undefined> {
   try { execFileSync('stunnel', ['-version'], { stdio: 'ignore' }); } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
   }
@@ -261,6 +275,7 @@ async function startStunnel(targets: Targets, ca: string, server: TestLeaf, clie
   }
   return {
     ports,
+    cpuMicros: () => [procCpuMicros(procs[1]?.pid), procCpuMicros(procs[0]?.pid)],
     stop: () => {
       for (const p of procs) p.kill();
       rmSync(dir, { recursive: true, force: true });
@@ -324,18 +339,24 @@ async function main(): Promise<void> {
       let cpuOut = Infinity;
       let cpuIn = Infinity;
       for (let r = 0; r < repeat; r++) {
-        const agent = name === 'hbone-agent-pair';
-        const c0 = agent ? [await cpuOf(outbound), await cpuOf(inbound)] : [0, 0];
+        // CPU of the two proxies (client side, server side) around the transfer.
+        const cpu = async (): Promise<[number, number] | undefined> => {
+          if (name === 'hbone-agent-pair') return [await cpuOf(outbound), await cpuOf(inbound)];
+          if (name === 'stunnel-pair' && stunnel) return stunnel.cpuMicros();
+          return undefined;
+        };
+        const c0 = await cpu();
         best = Math.max(best, await mbPerSec(open, dir, bytes));
-        if (agent) {
-          cpuOut = Math.min(cpuOut, (await cpuOf(outbound) - (c0[0] ?? 0)) / 1000 / (bytes / 1e9));
-          cpuIn = Math.min(cpuIn, (await cpuOf(inbound) - (c0[1] ?? 0)) / 1000 / (bytes / 1e9));
+        const c1 = await cpu();
+        if (c0 && c1) {
+          cpuOut = Math.min(cpuOut, (c1[0] - c0[0]) / 1000 / (bytes / 1e9));
+          cpuIn = Math.min(cpuIn, (c1[1] - c0[1]) / 1000 / (bytes / 1e9));
         }
       }
       base ??= best;
       print(`single-stream ${dir} ${values.mb} MB`, name, best, 'MB/s', base);
       if (cpuOut !== Infinity) {
-        console.log(`hbone-bench single-stream ${dir} cpu ms per GB hbone-agent-pair: outbound ${cpuOut.toFixed(0)}, inbound ${cpuIn.toFixed(0)}`);
+        console.log(`hbone-bench single-stream ${dir} cpu ms per GB ${name}: client-side proxy ${cpuOut.toFixed(0)}, server-side proxy ${cpuIn.toFixed(0)}`);
       }
     }
   }

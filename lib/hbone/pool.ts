@@ -111,6 +111,9 @@ interface PooledSession {
   closeSeen: boolean;
 }
 
+/** How often one connect may move to another session because the chosen one turned out full. */
+const MAX_SESSION_MOVES = 8;
+
 /** A failure before the server could have acted on the stream: safe to retry on a new session. */
 class RetryableStreamError extends Error {
   readonly inner: HboneError;
@@ -162,6 +165,7 @@ export class HbonePool {
     const timer = setTimeout(() => deadline.abort(new HboneConnectTimeoutError(dest, opts.target, timeoutMs)), timeoutMs);
     const onCallerAbort = (): void => deadline.abort(opts.signal?.reason);
     opts.signal?.addEventListener('abort', onCallerAbort, { once: true });
+    let moves = 0;
     try {
       for (let attempt = 0; ; attempt++) {
         const pooled = this.#acquire(opts, dest);
@@ -173,7 +177,11 @@ export class HbonePool {
         };
         try {
           const session = await raceAbort(pooled.ready, deadline.signal);
-          if (pooled.active + pooled.pending > this.#capacity(pooled)) {
+          const capacity = this.#capacity(pooled);
+          if (capacity === 0) {
+            throw new HboneSessionError(dest, 'the server advertises SETTINGS_MAX_CONCURRENT_STREAMS 0 (it is shutting down or overloaded)');
+          }
+          if (pooled.active + pooled.pending > capacity && moves++ < MAX_SESSION_MOVES) {
             // A burst larger than the server's stream limit piled onto a new session before its
             // SETTINGS said so: move on to (or start) another session.
             release();
