@@ -53,6 +53,11 @@ if (values['clients-only']) {
   await main();
 }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
 function objects(): object[] {
   const out: object[] = [];
   const namespaces = 20;
@@ -87,7 +92,7 @@ async function main(): Promise<void> {
   const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
   const t0 = performance.now();
   await controller.start();
-  const compileMs = performance.now() - t0;
+  const initialCompileMs = performance.now() - t0;
   const rssBeforeClientsMb = process.resourceUsage().maxRSS / 1024;
 
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -100,6 +105,8 @@ async function main(): Promise<void> {
 
   // Each change adds a pod to a service: every agent gets the service's new endpoint.
   const samples: number[] = [];
+  const compileMs: number[] = [];
+  const publishMs: number[] = [];
   for (let i = 0; i < CHANGES; i++) {
     const acked = new Set<string>();
     const start = performance.now();
@@ -116,6 +123,8 @@ async function main(): Promise<void> {
     });
     source.upsert(podObject(WORKLOADS + i, `svc-${i}`));
     await controller.settled();
+    compileMs.push(controller.lastCompileMs);
+    publishMs.push(configServer.lastPublishMs);
     target = configServer.systemVersion;
     for (const c of configServer.clients()) if (Number(c.ackedVersion) >= Number(target)) acked.add(c.id);
     if (acked.size < CLIENTS) await done;
@@ -129,14 +138,16 @@ async function main(): Promise<void> {
   const heapUsedMb = process.memoryUsage().heapUsed / 1024 / 1024;
   const result = {
     services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, changes: CHANGES,
-    initialCompileMs: Math.round(compileMs), initialSyncMs: Math.round(initialMs),
+    initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs),
+    compileMsMedian: +median(compileMs).toFixed(1),
+    publishMsMedian: +median(publishMs).toFixed(1),
     pushToAllAckedMs: { p50: +p(0.5).toFixed(1), p90: +p(0.9).toFixed(1), max: +samples.at(-1)!.toFixed(1) },
     controllerPeakRssMb: Math.round(peakRssMb),
     controllerPeakRssBeforeClientsMb: Math.round(rssBeforeClientsMb),
     controllerRssAfterMb: Math.round(steadyRssMb),
     controllerHeapUsedMb: Math.round(heapUsedMb),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

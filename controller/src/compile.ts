@@ -78,7 +78,18 @@ export interface WaypointRuntime {
   reason?: string;
 }
 
+/**
+ * Carries workload objects from one compilation to the next: a workload whose pod and inputs did
+ * not change keeps its object identity, so the config server reuses its serialized form instead
+ * of serializing 10,000 workloads on every change.
+ */
+export class CompileCache {
+  workloads = new Map<string, { pod: Pod; deps: string; base: Workload; final?: Workload }>();
+}
+
 export interface CompileOptions {
+  /** Reuse unchanged workload objects across compilations (the controller keeps one). */
+  cache?: CompileCache;
   /** Default `cluster.local`. */
   trustDomain?: string;
   /** Default `cluster.local`. */
@@ -170,7 +181,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     model.waypoints.set(key, compiled);
   }
 
-  // Workloads.
+  // Workloads. `services` stays empty on these base objects; memberships are added at the end.
+  const nextCache: CompileCache['workloads'] = new Map();
+  const memberOf = new Map<string, string[]>();
   const podsByIp = new Map<string, Workload>();
   const podObjects = new Map<string, Pod>();
   for (const pod of inputs.pods) {
@@ -188,6 +201,16 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const nodeIp = nodeIps.get(node) ?? pod.status?.hostIP;
     const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
     const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
+    const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
+    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}`;
+    const cached = options.cache?.workloads.get(uid);
+    if (cached && cached.pod === pod && cached.deps === deps) {
+      nextCache.set(uid, cached);
+      model.workloads.set(uid, cached.base);
+      podsByIp.set(ip, cached.base);
+      podObjects.set(uid, pod);
+      continue;
+    }
     const w: Workload = {
       uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
       name: pod.metadata.name,
@@ -207,6 +230,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     model.workloads.set(w.uid, w);
     podsByIp.set(ip, w);
     podObjects.set(w.uid, pod);
+    nextCache.set(uid, { pod, deps, base: w });
   }
 
   // Services and endpoints.
@@ -280,7 +304,10 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     }
     for (const e of endpoints) {
       const w = e.workloadUid ? model.workloads.get(e.workloadUid) : undefined;
-      if (w && !w.services.includes(key)) w.services.push(key);
+      if (!w) continue;
+      let list = memberOf.get(w.uid);
+      if (!list) memberOf.set(w.uid, (list = []));
+      if (!list.includes(key)) list.push(key);
     }
     endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
     const wpName = svc.metadata.labels?.[LABEL_USE_WAYPOINT] ?? namespaces.get(ns)?.metadata.labels?.[LABEL_USE_WAYPOINT];
@@ -298,7 +325,19 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       ...(waypoint ? { waypoint } : {}),
     });
   }
-  for (const w of model.workloads.values()) w.services.sort();
+  for (const [uid, base] of model.workloads) {
+    const services = (memberOf.get(uid) ?? []).sort();
+    const entry = nextCache.get(uid);
+    if (services.length === 0) {
+      if (entry) entry.final = base;
+      continue;
+    }
+    const prev = entry?.final;
+    const final = prev && prev !== base && prev.services.length === services.length && prev.services.every((s, i) => s === services[i]) ? prev : { ...base, services };
+    if (entry) entry.final = final;
+    model.workloads.set(uid, final);
+  }
+  if (options.cache) options.cache.workloads = nextCache;
 
   // Authorization policies.
   for (const ap of inputs.authorizationPolicies) {

@@ -1,11 +1,11 @@
 // The controller's reconcile loop: source events → object store (last valid version of each
 // object) → compile → publish on the config stream → status back to the source. One loop, fed by a
 // dirty flag; sources only enqueue.
-import { Counter, Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
+import { CompileCache, compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
 import { ObjectStore, invalidStatus } from './store.ts';
@@ -48,7 +48,7 @@ export class Controller {
   #statuses = new Map<string, ObjectStatus>();
   #written = new Map<string, string>();
   #waypointsDirty = true;
-  readonly #metrics?: { compiles: Counter; rejected: Counter; objects: Gauge };
+  readonly #metrics?: { compiles: Counter; rejected: Counter; objects: Gauge; compileSeconds: Histogram };
 
   constructor(options: ControllerOptions) {
     this.#o = options;
@@ -59,6 +59,7 @@ export class Controller {
         compiles: new Counter({ name: 'weft_controller_compiles_total', help: 'Model compilations', registers }),
         rejected: new Counter({ name: 'weft_controller_rejected_objects_total', help: 'Object updates refused as invalid', labelNames: ['kind'], registers }),
         objects: new Gauge({ name: 'weft_controller_objects', help: 'Accepted input objects', registers }),
+        compileSeconds: new Histogram({ name: 'weft_controller_compile_seconds', help: 'Time to compile the model from the accepted objects', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
       };
     }
     options.waypoints?.onChange(() => this.#markDirty());
@@ -147,7 +148,10 @@ export class Controller {
     const runtime = this.#o.waypoints?.runtime();
     if (this.#dirty || !this.#model) {
       this.#dirty = false;
-      const result = compile(this.store.inputs(), { ...this.#o.compile, ...(runtime ? { waypointRuntime: runtime } : {}) });
+      const started = performance.now();
+      const result = compile(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) });
+      this.#lastCompileMs = performance.now() - started;
+      this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
       this.#model = result.model;
       findings = result.findings;
       this.#lastFindings = findings;
@@ -162,6 +166,13 @@ export class Controller {
   }
 
   #lastFindings: CompileFinding[] = [];
+  #lastCompileMs = 0;
+  readonly #cache = new CompileCache();
+
+  /** Duration of the most recent compilation. */
+  get lastCompileMs(): number {
+    return this.#lastCompileMs;
+  }
 
   async #writeStatuses(findings: CompileFinding[], runtime: ReadonlyMap<string, WaypointRuntime> | undefined): Promise<void> {
     const byKey = new Map<string, CompileFinding>();

@@ -110,3 +110,35 @@ test('uses the namespace waypoint for services unless the service names its own'
   assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true });
   assert.equal(findings[0]?.reason, 'WaypointNotFound');
 });
+
+test('with a compile cache, unchanged workloads keep their object identity and changed ones do not', async () => {
+  const { CompileCache } = await import('../../controller/src/compile.ts');
+  const cache = new CompileCache();
+  const i = emptyInputs();
+  i.namespaces.push(ns('a', { 'weft.dev/dataplane-mode': 'ambient' }));
+  const x = pod('a', 'x');
+  const y = pod('a', 'y');
+  i.pods.push(x, y);
+  i.services.push(svc('a', 'x'));
+  const first = compile(i, { cache }).model;
+  const second = compile(i, { cache }).model;
+  assert.equal(second.workloads.get('uid-a-x'), first.workloads.get('uid-a-x'));
+  assert.equal(second.workloads.get('uid-a-y'), first.workloads.get('uid-a-y'));
+  assert.deepEqual(second.workloads.get('uid-a-x')!.services, ['a/x']);
+
+  // y joins service x: a new object for y, x untouched.
+  i.services[0] = svc('a', 'x', { tier: 'web' });
+  x.metadata.labels = { app: 'x', tier: 'web' };
+  const x2 = structuredClone(x);
+  const y2 = structuredClone(y);
+  y2.metadata.labels = { app: 'y', tier: 'web' };
+  i.pods = [x2, y2];
+  const third = compile(i, { cache }).model;
+  assert.notEqual(third.workloads.get('uid-a-y'), second.workloads.get('uid-a-y'));
+  assert.deepEqual(third.workloads.get('uid-a-y')!.services, ['a/x']);
+  // Namespace label change invalidates every workload of the namespace.
+  i.namespaces[0] = ns('a');
+  const fourth = compile(i, { cache }).model;
+  assert.equal(fourth.workloads.get('uid-a-x')!.enrolled, false);
+  assert.notEqual(fourth.workloads.get('uid-a-x'), third.workloads.get('uid-a-x'));
+});

@@ -115,6 +115,7 @@ export class ConfigServer {
   #index: ViewIndex | undefined;
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
+  #bodies = new WeakMap<object, string>();
   #pumpScheduled = false;
   #unackedBytes = 0;
   readonly #maxUnackedBytes: number;
@@ -137,6 +138,13 @@ export class ConfigServer {
     }
   }
 
+  #lastPublishMs = 0;
+
+  /** Duration of the most recent publish (versioning and diffing, before the pushes). */
+  get lastPublishMs(): number {
+    return this.#lastPublishMs;
+  }
+
   get systemVersion(): string {
     return String(this.#systemVersion);
   }
@@ -152,7 +160,12 @@ export class ConfigServer {
       const prev = this.#published[type];
       const out = published[type];
       for (const [name, obj] of resources[type]) {
-        const body = JSON.stringify(obj);
+        // Unchanged model objects keep their identity across compilations (CompileCache): reuse their JSON.
+        let body = this.#bodies.get(obj as object);
+        if (body === undefined) {
+          body = JSON.stringify(obj);
+          this.#bodies.set(obj as object, body);
+        }
         const old = prev.get(name);
         if (old && old.body === body) out.set(name, old);
         else {
@@ -170,7 +183,8 @@ export class ConfigServer {
       this.#systemVersion += 1;
       for (const s of this.#subscribers) this.#scheduleFlush(s);
     }
-    this.#metrics?.publishSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    this.#lastPublishMs = Number(process.hrtime.bigint() - started) / 1e6;
+    this.#metrics?.publishSeconds.observe(this.#lastPublishMs / 1000);
     return this.systemVersion;
   }
 
