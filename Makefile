@@ -104,3 +104,10 @@ clean:
 
 node-path:
 	@echo $(NODE_HOME)/bin
+
+## up / down: the local mesh with sample apps (root)
+up: deps build
+	node cli/weftctl.ts up
+
+down:
+	node cli/weftctl.ts down

@@ -156,6 +156,34 @@ export class LocalMesh {
     this.agents.delete(nodeName);
   }
 
+  /**
+   * Like addWorkload, but when the node's agent runs and the pod is meant to be in the mesh, waits
+   * until the agent has enrolled it before starting its command, as the CNI plugin holds a pod
+   * in Kubernetes: the application's first connection is already captured.
+   */
+  async startWorkload(spec: WorkloadSpec, opts: { enrolled?: boolean; timeoutMs?: number } = {}): Promise<Workload> {
+    const command = spec.command;
+    const w = this.addWorkload({ ...spec, command: [] });
+    if (opts.enrolled !== false && this.agents.has(spec.node)) await this.waitEnrolled(spec.node, w.pod.ip, opts.timeoutMs);
+    if (command && command.length > 0) this.startCommand(w, command);
+    return w;
+  }
+
+  /** Waits until the node's agent lists the pod IP among its enrolled pods. */
+  async waitEnrolled(nodeName: string, podIp: string, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const bpf = await this.agentAdmin<{ pods: Array<{ podIp: string }> }>(nodeName, '/bpf');
+        if (bpf.pods.some((p) => p.podIp === podIp)) return;
+      } catch {
+        /* the agent may be restarting */
+      }
+      if (Date.now() > deadline) throw new Error(`pod ${podIp} was not enrolled by the agent on ${nodeName} within ${timeoutMs} ms\n${this.logTail(`agent-${nodeName}.log`)}`);
+      await sleep(100);
+    }
+  }
+
   /** Creates a pod, declares it to the controller (a Pod object in the config dir), starts its command. */
   addWorkload(spec: WorkloadSpec): Workload {
     const pod = this.net.addPod(spec.node, spec.namespace, spec.name);
@@ -167,18 +195,21 @@ export class LocalMesh {
     };
     this.writeConfig(`pod-${spec.namespace}-${spec.name}.yaml`, [obj]);
     const w: Workload = { spec, pod };
-    if (spec.command && spec.command.length > 0) {
-      const [cmd, ...args] = spec.command;
-      const isScript = cmd!.endsWith('.ts') || cmd!.endsWith('.js');
-      w.process = this.net.spawn(pod, isScript ? process.execPath : cmd!, isScript ? [join(REPO_ROOT, cmd!), ...args] : args, {
-        logFile: join(this.logDir, `pod-${spec.namespace}-${spec.name}.log`),
-        detached: this.o.detached ?? false,
-        env: { ...process.env, POD_NAME: spec.name, POD_NAMESPACE: spec.namespace, ...spec.env },
-      });
-      if (this.o.detached) w.process.unref();
-    }
+    if (spec.command && spec.command.length > 0) this.startCommand(w, spec.command);
     this.workloads.set(`${spec.namespace}/${spec.name}`, w);
     return w;
+  }
+
+  private startCommand(w: Workload, command: string[]): void {
+    const [cmd, ...args] = command;
+    const isScript = cmd!.endsWith('.ts') || cmd!.endsWith('.js');
+    const { spec, pod } = w;
+    w.process = this.net.spawn(pod, isScript ? process.execPath : cmd!, isScript ? [join(REPO_ROOT, cmd!), ...args] : args, {
+      logFile: join(this.logDir, `pod-${spec.namespace}-${spec.name}.log`),
+      detached: this.o.detached ?? false,
+      env: { ...process.env, POD_NAME: spec.name, POD_NAMESPACE: spec.namespace, ...spec.env },
+    });
+    if (this.o.detached) w.process.unref();
   }
 
   /** Writes objects (or YAML text) into the config directory; the controller picks it up. */

@@ -1,0 +1,139 @@
+// weftctl workloads | services | policies | certs | bpf | config-dump: what the running mesh is
+// doing, read from each node agent's admin endpoint (localhost:15000 inside the node). Tables by
+// default, `-o json|yaml` for machines.
+import { Command, Option } from 'commander';
+import { stringify } from 'yaml';
+import type { AgentConfig } from '../../lib/model/mesh.ts';
+import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
+import { getJsonInNetns } from '../local/netns-http.ts';
+import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
+
+type Output = 'table' | 'json' | 'yaml';
+interface Flags {
+  prefix: string;
+  stateDir: string;
+  output: Output;
+  node?: string;
+}
+
+/** Columns of text, padded to the widest cell. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  return [line(header), ...rows.map(line)].join('\n') + '\n';
+}
+
+function render(io: CommandIo, output: Output, data: unknown, header: string[], rows: string[][]): void {
+  if (output === 'json') io.out(JSON.stringify(data, null, 2) + '\n');
+  else if (output === 'yaml') io.out(stringify(data));
+  else io.out(table(header, rows));
+}
+
+async function perNode<T>(st: LocalState, path: string, only?: string): Promise<Array<{ node: string; data: T }>> {
+  const out: Array<{ node: string; data: T }> = [];
+  for (const n of st.nodes) {
+    if (only && n.name !== only) continue;
+    out.push({ node: n.name, data: await getJsonInNetns<T>(`/var/run/netns/${n.netns}`, `http://127.0.0.1:15000${path}`) });
+  }
+  if (only && out.length === 0) throw new Error(`no node named ${only} (nodes: ${st.nodes.map((n) => n.name).join(', ')})`);
+  return out;
+}
+
+function command(name: string, description: string, io: CommandIo, run: (st: LocalState, f: Flags) => Promise<void>): Command {
+  return exitUsageOnCommanderError(new Command(name), io)
+    .description(description)
+    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
+    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
+    .option('--node <name>', 'only this node')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+    .action(async (f: Flags) => {
+      const st = readState(f.stateDir);
+      if (!st || !isRunning(f.prefix)) {
+        io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
+        io.setExitCode(EXIT_FAILED);
+        return;
+      }
+      try {
+        await run(st, f);
+      } catch (err) {
+        io.err(`weftctl ${name}: ${(err as Error).message}\n`);
+        io.setExitCode(EXIT_FAILED);
+      }
+    });
+}
+
+interface ConfigDump { node: string; version: string; config: AgentConfig; enrolled: Record<string, string> }
+interface CertsDump { certificates: Array<{ identity: string; serial: string; issuer: string; notAfter: string; state: string }> }
+interface BpfDump {
+  pinRoot: string;
+  programs: Array<{ name: string; id: number }>;
+  links: Array<{ program: string; pin: string; id: number; progId: number }>;
+  pods: Array<{ netnsCookie: string; podIp: string; mode: string; agentIp: string; agentPort: number }>;
+  destinations: Array<{ ip: string; port: number }>;
+  excludedPorts: number[];
+  counters: Record<string, number>;
+  podCounters: Record<string, Record<string, number>>;
+  pins: Record<string, string>;
+}
+
+export function inspectCommands(io: CommandIo = processIo): Command[] {
+  return [
+    command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (st, f) => {
+      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+      const wls = dumps.flatMap((d) => d.data.config.workloads.filter((w) => w.node === d.node));
+      render(io, f.output, wls, ['NAMESPACE', 'NAME', 'NODE', 'IP', 'MODE', 'ENROLLED', 'IDENTITY'],
+        wls.map((w) => [w.namespace, w.name, w.node, w.ip, w.mode, w.enrolled ? 'yes' : 'no', w.spiffeId]));
+    }),
+    command('services', 'services, their addresses, endpoints and waypoints', io, async (st, f) => {
+      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+      const seen = new Map<string, AgentConfig['services'][number]>();
+      for (const d of dumps) for (const s of d.data.config.services) seen.set(`${s.namespace}/${s.name}`, s);
+      const svcs = [...seen.values()];
+      render(io, f.output, svcs, ['NAMESPACE', 'NAME', 'VIPS', 'PORTS', 'ENDPOINTS', 'WAYPOINT'],
+        svcs.map((s) => [s.namespace, s.name, s.vips.join(','), s.ports.map((p) => `${p.port}/${p.appProtocol}`).join(','),
+          s.endpoints.map((e) => `${e.ip}${e.enrolled ? '' : '(plain)'}`).join(','), s.waypoint ? `${s.waypoint.namespace}/${s.waypoint.name}` : '-']));
+    }),
+    command('policies', 'authorization and peer authentication policies in force on the nodes', io, async (st, f) => {
+      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+      const seen = new Map<string, AgentConfig['policies'][number]>();
+      for (const d of dumps) for (const p of d.data.config.policies) seen.set(`${p.namespace}/${p.name}`, p);
+      const pols = [...seen.values()];
+      render(io, f.output, pols, ['NAMESPACE', 'NAME', 'ACTION', 'SCOPE', 'LAYER', 'RULES'],
+        pols.map((p) => [p.namespace, p.name, p.action, p.scope, p.layer, String(p.rules.length)]));
+    }),
+    command('certs', 'workload certificates held by each node agent', io, async (st, f) => {
+      const dumps = await perNode<CertsDump>(st, '/certs', f.node);
+      const rows = dumps.flatMap((d) => d.data.certificates.map((c) => ({ node: d.node, ...c })));
+      render(io, f.output, rows, ['NODE', 'IDENTITY', 'SERIAL', 'EXPIRES', 'STATE'],
+        rows.map((c) => [c.node, c.identity, c.serial.slice(0, 16), c.notAfter, c.state]));
+    }),
+    command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node (with the bpftool command for each)', io, async (st, f) => {
+      const dumps = await perNode<BpfDump>(st, '/bpf', f.node);
+      if (f.output !== 'table') {
+        render(io, f.output, dumps, [], []);
+        return;
+      }
+      for (const { node, data } of dumps) {
+        io.out(`node ${node}  (pins under ${data.pinRoot})\n\n`);
+        io.out(table(['PROGRAM', 'ID', 'LINK', 'BPFTOOL'], data.programs.map((p) => {
+          const link = data.links.find((l) => l.program === p.name);
+          return [p.name, String(p.id), link ? String(link.id) : '-', `bpftool prog show id ${p.id}`];
+        })));
+        io.out('\n');
+        io.out(table(['ENROLLED POD', 'MODE', 'NETNS COOKIE', 'REDIRECTED', 'STRICT DENIED'], data.pods.map((p) => {
+          const c = data.podCounters[p.netnsCookie] ?? {};
+          return [p.podIp, p.mode, p.netnsCookie, String(c.connect_redirected ?? 0), String(c.strict_denied ?? 0)];
+        })));
+        io.out(`  bpftool map dump pinned ${data.pins.weft_pods}\n\n`);
+        io.out(table(['MESH DESTINATION'], data.destinations.map((d) => [`${d.ip}:${d.port === 0 ? '*' : d.port}`])));
+        io.out(`  bpftool map dump pinned ${data.pins.weft_dests}\n\n`);
+        io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)])));
+        io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
+      }
+    }),
+    command('config-dump', 'the full config an agent holds (use --node)', io, async (st, f) => {
+      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+      io.out(f.output === 'yaml' ? stringify(dumps) : JSON.stringify(dumps, null, 2) + '\n');
+    }),
+  ];
+}

@@ -1,0 +1,188 @@
+// `weftctl up` / `down` / `status`: the local mesh with sample applications, on this machine.
+//
+// Two nodes; namespace `demo` (ambient: a load generator on node1 calling `echo` on node2 and
+// `near` on node1) and namespace `shop` (ambient: `reviews` v1 on node1 and v2 on node2). Every
+// part is a real process: the controller reads the config directory, one agent per node steers
+// the pods' connections with eBPF into HBONE tunnels. Processes outlive the command; `down`
+// removes namespaces, cgroups, pins and processes.
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { LocalMesh, REPO_ROOT } from './mesh.ts';
+import { destroyLocalNetwork } from './network.ts';
+import { listNetns } from '../../lib/sys/netns.ts';
+import { requestInNetns } from './netns-http.ts';
+
+export const DEFAULT_PREFIX = 'weft';
+export const DEFAULT_STATE_DIR = '/var/lib/weft/local';
+
+export interface UpOptions {
+  prefix: string;
+  stateDir: string;
+  /** Progress lines go here. */
+  say: (line: string) => void;
+}
+
+export interface LocalState {
+  prefix: string;
+  stateDir: string;
+  startedAt: string;
+  nodes: Array<{ name: string; ip: string; netns: string; pinRoot: string; cgroup: string }>;
+  pods: Array<{ namespace: string; name: string; node: string; ip: string; netns: string }>;
+  services: Array<{ namespace: string; name: string; vip: string; port: number }>;
+}
+
+export class LocalMeshError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'LocalMeshError';
+    this.code = code;
+  }
+}
+
+const stateFile = (stateDir: string) => join(stateDir, 'state.json');
+
+export function readState(stateDir: string): LocalState | undefined {
+  const f = stateFile(stateDir);
+  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as LocalState) : undefined;
+}
+
+export function isRunning(prefix: string): boolean {
+  return listNetns().includes(`${prefix}-wire`);
+}
+
+function preflight(): void {
+  if (process.getuid?.() !== 0) throw new LocalMeshError('WEFT_NOT_ROOT', 'weftctl up needs root (network namespaces, cgroups and eBPF): run it with sudo');
+  for (const f of ['build/bpf/redirect.bpf.o', 'build/bpf/inbound.bpf.o', 'agent/native/build/Release/weft_bpf.node']) {
+    if (!existsSync(join(REPO_ROOT, f))) throw new LocalMeshError('WEFT_NOT_BUILT', `${f} is missing: run \`make build\` first (or \`make up\`, which builds)`);
+  }
+}
+
+const SERVICES = [
+  { namespace: 'demo', name: 'echo', vip: '10.96.0.10', port: 80, app: 'echo' },
+  { namespace: 'demo', name: 'near', vip: '10.96.0.11', port: 80, app: 'near' },
+  { namespace: 'shop', name: 'reviews', vip: '10.96.1.10', port: 80, app: 'reviews' },
+];
+
+export async function up(o: UpOptions): Promise<LocalState> {
+  preflight();
+  if (isRunning(o.prefix)) {
+    const st = readState(o.stateDir);
+    if (st) {
+      o.say(`the local mesh "${o.prefix}" is already running (since ${st.startedAt}); \`weftctl down\` removes it`);
+      return st;
+    }
+    o.say(`leftovers of a local mesh "${o.prefix}" found without state; removing them first`);
+    await destroyLocalNetwork(o.prefix);
+  }
+  rmSync(o.stateDir, { recursive: true, force: true });
+  o.say('creating nodes node1, node2 (network namespaces, veths, cgroups)');
+  const mesh = await LocalMesh.create({ prefix: o.prefix, stateDir: o.stateDir, nodes: ['node1', 'node2'], detached: true });
+  try {
+    mesh.writeConfig('10-namespaces.yaml', [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    ]);
+    mesh.writeConfig('20-services.yaml', SERVICES.map((s) => ({
+      apiVersion: 'v1', kind: 'Service', metadata: { name: s.name, namespace: s.namespace },
+      spec: { clusterIP: s.vip, selector: { app: s.app }, ports: [{ name: 'http', port: s.port, targetPort: 8080 }] },
+    })));
+    o.say('starting the controller (config directory ' + mesh.configDir + ')');
+    mesh.startController();
+    o.say('starting sample applications');
+    const echo = (name: string, version = 'v1') => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name, '--version', version];
+    mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: echo('echo') });
+    mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'near', labels: { app: 'near' }, command: echo('near') });
+    mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'reviews-v1', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v1' }, command: echo('reviews-v1', 'v1') });
+    mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'reviews-v2', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v2' }, command: echo('reviews-v2', 'v2') });
+    o.say('starting one agent per node (loads eBPF, enrols pods, gets certificates)');
+    mesh.startAgents();
+    await mesh.waitReady(90_000);
+    await mesh.startWorkload({
+      node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' },
+      command: ['cli/local/apps/loadgen.ts', '--rate', '4', 'http://10.96.0.10/', 'http://10.96.0.11/', 'http://10.96.1.10/'],
+    });
+    const state: LocalState = {
+      prefix: o.prefix,
+      stateDir: o.stateDir,
+      startedAt: new Date().toISOString(),
+      nodes: mesh.net.nodes.map((n) => ({ name: n.name, ip: n.ip, netns: n.netns, pinRoot: n.pinRoot, cgroup: n.cgroup })),
+      pods: mesh.net.nodes.flatMap((n) => n.pods.map((p) => ({ namespace: p.namespace, name: p.name, node: n.name, ip: p.ip, netns: p.netns }))),
+      services: SERVICES.map(({ namespace, name, vip, port }) => ({ namespace, name, vip, port })),
+    };
+    writeFileSync(stateFile(o.stateDir), JSON.stringify(state, null, 2));
+    return state;
+  } catch (err) {
+    o.say(`start failed; logs in ${mesh.logDir}`);
+    await mesh.destroy();
+    throw err;
+  }
+}
+
+/** Sends a few requests from the client pod and reports who answered (the README's proof). */
+export async function showTraffic(st: LocalState, say: (l: string) => void, requests = 6): Promise<boolean> {
+  const client = st.pods.find((p) => p.namespace === 'demo' && p.name === 'client');
+  if (!client) return false;
+  let allOk = true;
+  for (const s of st.services) {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < requests; i++) {
+      try {
+        const r = await inPodHttp(st, client.netns, `http://${s.vip}:${s.port}/`);
+        const body = JSON.parse(r) as { pod: string; peer: string };
+        seen.set(`${body.pod} (saw client ${body.peer.replace(/^::ffff:/, '')})`, (seen.get(body.pod) ?? 0) + 1);
+      } catch (err) {
+        allOk = false;
+        seen.set(`error: ${(err as Error).message}`, (seen.get('error') ?? 0) + 1);
+      }
+    }
+    say(`  demo/client → ${s.name}.${s.namespace} (${s.vip}:${s.port}): ${[...seen.keys()].join(', ')}`);
+  }
+  return allOk;
+}
+
+/**
+ * An HTTP request from inside a pod: run in the pod's cgroup and netns (so eBPF steers it) with
+ * curl, exactly as an application there would connect.
+ */
+async function inPodHttp(st: LocalState, netns: string, url: string): Promise<string> {
+  const { spawn } = await import('node:child_process');
+  const pod = st.pods.find((p) => p.netns === netns)!;
+  const node = st.nodes.find((n) => n.name === pod.node)!;
+  const cgroup = join(node.cgroup, 'pods', `${pod.namespace}_${pod.name}`);
+  const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec nsenter --net="/var/run/netns/$1" curl -sS --max-time 5 "$2"', cgroup, netns, url]);
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c));
+  child.stderr.on('data', (c: Buffer) => (err += c));
+  const code = await new Promise<number | null>((r) => child.on('exit', r));
+  if (code !== 0) throw new Error(err.trim() || `curl exited ${code}`);
+  return out;
+}
+
+export async function down(prefix: string, stateDir: string, say: (l: string) => void): Promise<void> {
+  const running = isRunning(prefix);
+  await destroyLocalNetwork(prefix);
+  rmSync(stateFile(stateDir), { force: true });
+  say(running ? `local mesh "${prefix}" removed (namespaces, cgroups, BPF pins, processes)` : `no local mesh "${prefix}" was running; leftovers (if any) removed`);
+}
+
+export interface NodeStatus {
+  node: string;
+  ready: boolean;
+  reason: string;
+}
+
+export async function status(st: LocalState): Promise<NodeStatus[]> {
+  const out: NodeStatus[] = [];
+  for (const n of st.nodes) {
+    try {
+      const r = await requestInNetns(`/var/run/netns/${n.netns}`, `http://${n.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
+      out.push({ node: n.name, ready: r.status === 200, reason: r.body.trim() });
+    } catch (err) {
+      out.push({ node: n.name, ready: false, reason: (err as Error).message });
+    }
+  }
+  return out;
+}
+

@@ -1,0 +1,19 @@
+#!/usr/bin/env node
+// weftctl: the Weft command line. Local mesh (up/down/status), inspection, install, preflight.
+import { Command } from 'commander';
+import { installCommand } from './commands/install.ts';
+import { checkCommand } from './commands/check.ts';
+import { downCommand, statusCommand, upCommand } from './commands/local.ts';
+import { inspectCommands } from './commands/inspect.ts';
+
+const program = new Command('weftctl')
+  .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
+  .showHelpAfterError()
+  .addCommand(upCommand())
+  .addCommand(downCommand())
+  .addCommand(statusCommand())
+  .addCommand(installCommand())
+  .addCommand(checkCommand());
+for (const c of inspectCommands()) program.addCommand(c);
+
+await program.parseAsync(process.argv);
