@@ -184,3 +184,30 @@ test('a client may subscribe to named resources only, and unsubscribe again', as
     server.forceShutdown();
   }
 });
+
+test('a client reconnecting to a restarted controller never keeps a resource because of a reused version number', async () => {
+  const sent: DeltaConfigResponse[] = [];
+  const first = new ConfigServer();
+  first.publish(compile(inputs(['web'])).model);
+  let { server, port } = await serveRecording(first, sent);
+  const client = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a', backoff: { initialMs: 20, maxMs: 50 } });
+  try {
+    client.start();
+    await client.ready();
+    const ipBefore = client.snapshot!.workloads[0]!.ip;
+    const disconnected = new Promise((r) => client.once('disconnected', r));
+    server.forceShutdown();
+    await disconnected;
+    // A new controller process: same names, different content, version counters from scratch.
+    const second = new ConfigServer();
+    const changed = inputs([]);
+    changed.pods.push(pod('shop', 'web', { ip: '10.3.3.3' }));
+    second.publish(compile(changed).model);
+    ({ server } = await serveRecording(second, sent, port));
+    await until('client has the new controller\'s workload', () => client.snapshot!.workloads[0]!.ip === '10.3.3.3', 5000);
+    assert.notEqual(ipBefore, '10.3.3.3');
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
+});

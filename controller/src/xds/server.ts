@@ -116,6 +116,11 @@ export class ConfigServer {
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
   #bodies = new WeakMap<object, string>();
+  /**
+   * Resource versions are `<epoch>.<n>`: a client reconnecting to a restarted controller must not
+   * mistake an old version number for a new resource's (it would keep stale config).
+   */
+  readonly #epoch = randomBytes(4).toString('hex');
   #pumpScheduled = false;
   #unackedBytes = 0;
   readonly #maxUnackedBytes: number;
@@ -169,7 +174,7 @@ export class ConfigServer {
         const old = prev.get(name);
         if (old && old.body === body) out.set(name, old);
         else {
-          out.set(name, { version: next, body });
+          out.set(name, { version: `${this.#epoch}.${next}`, body });
           changed = true;
         }
       }
