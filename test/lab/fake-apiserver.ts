@@ -106,12 +106,17 @@ export class FakeApiServer {
   }
 
   async start(): Promise<void> {
+    return this.startOn(0);
+  }
+
+  /** Listens on a given port (tests that bring an API server back where it was). */
+  async startOn(port: number): Promise<void> {
     this.#server = createServer((req, res) => void this.#handle(req, res));
     this.#server.on('connection', (s) => {
       this.#sockets.add(s);
       s.on('close', () => this.#sockets.delete(s));
     });
-    await new Promise<void>((resolve) => this.#server!.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => this.#server!.listen(port, '127.0.0.1', resolve));
     this.port = (this.#server.address() as { port: number }).port;
   }
 

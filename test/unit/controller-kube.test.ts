@@ -134,3 +134,28 @@ test('an HTTPRoute with a Service parent gets a parent status from the weft cont
     await until('route not accepted', () => (api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus)?.parents?.[0]?.conditions[0]?.reason === 'NoMatchingParent');
     assert.match((api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus).parents![0]!.conditions[0]!.message, /Service shop\/nope does not exist/);
   }));
+
+test('an API server that is down at start delays the first snapshot instead of serving an empty mesh', async () => {
+  // Find a free port, then leave it closed: the API server is not up yet.
+  const api = new FakeApiServer();
+  await api.start();
+  const url = api.url;
+  const port = api.port;
+  await api.stop();
+  const source = new KubeSource({ kubeConfig: kubeConfigForServer(url), restartDelayMs: 20 });
+  const batches: number[] = [];
+  const started = source.start((events) => batches.push(events.length));
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(batches.length, 0, 'no snapshot while nothing could be listed');
+  const again = new FakeApiServer();
+  await again.startOn(port);
+  again.apply(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  again.apply(pod('shop', 'web'));
+  try {
+    await started;
+    assert.deepEqual(batches, [1], 'one snapshot, once everything could be listed');
+  } finally {
+    await source.stop();
+    await again.stop();
+  }
+});

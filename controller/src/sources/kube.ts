@@ -86,8 +86,20 @@ export class KubeSource implements ConfigSource {
   async start(handler: SourceHandler): Promise<void> {
     this.#handler = handler;
     const kinds = this.#o.watchNodes ? [...WATCHED_KINDS, 'Node' as const] : WATCHED_KINDS;
+    const synced: Array<Promise<void>> = [];
     for (const kind of kinds) {
-      const informer = makeInformer(this.#o.kubeConfig, this.#path(kind), this.#lister(kind)) as AnyInformer;
+      // The first successful list marks the informer synced (its items are in the cache right
+      // after the list resolves). Until every informer is synced there is no snapshot: an API
+      // server that is down at start must not look like a mesh without objects.
+      let markSynced!: () => void;
+      synced.push(new Promise<void>((resolve) => (markSynced = resolve)));
+      const list = this.#lister(kind);
+      const lister = async () => {
+        const result = await list();
+        setImmediate(markSynced);
+        return result;
+      };
+      const informer = makeInformer(this.#o.kubeConfig, this.#path(kind), lister) as AnyInformer;
       const w: Watched = { kind, informer, failures: 0, restarts: 0 };
       const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);
       informer.on('add', enqueue);
@@ -99,7 +111,9 @@ export class KubeSource implements ConfigSource {
       informer.on('error', (err: unknown) => this.#restart(w, err));
       this.#watched.set(kind, w);
     }
-    await Promise.all([...this.#watched.values()].map((w) => w.informer.start()));
+    await Promise.all([...this.#watched.values()].map((w) => w.informer.start().catch((e: unknown) => this.#restart(w, e))));
+    await Promise.all(synced);
+    if (this.#stopped) return;
     const objects: RawObject[] = [];
     for (const w of this.#watched.values()) for (const o of w.informer.list()) objects.push(normalize(w.kind, o));
     this.#queue.clear();
