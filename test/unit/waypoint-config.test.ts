@@ -176,6 +176,27 @@ describe('telemetry', () => {
     assert.equal(JSON.parse(lines[1]!).method, 'DELETE');
   });
 
+  it('records a client that hangs up before the answer with code 0 and flag DC', async () => {
+    const slow = await startHttpBackend((req, res) => { setTimeout(() => echo('slow')(req, res), 300); });
+    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)]), service('slow', '10.96.0.30', [endpoint(slow.port)])] }));
+    const slowListener = await startTunnelListener(engine, '10.96.0.30:80');
+    lines.length = 0;
+    await new Promise<void>((resolve) => {
+      const req = http.request({ host: '127.0.0.1', port: slowListener.port, path: '/hangup', headers: { host: 'slow.shop.svc.cluster.local' } });
+      req.on('error', () => resolve());
+      req.end();
+      // A reset, not a FIN: an HTTP/1.1 half-close still lets the response be delivered.
+      setTimeout(() => { req.socket?.resetAndDestroy(); resolve(); }, 50);
+    });
+    for (let i = 0; i < 50 && lines.length === 0; i++) await delay(10);
+    await slowListener.close();
+    await slow.close();
+    const entry = JSON.parse(lines[0]!);
+    assert.equal(entry.path, '/hangup');
+    assert.equal(entry.response_code, 0);
+    assert.equal(entry.response_flags, 'DC');
+  });
+
   it('records request counts, durations and sizes with Istio labels', async () => {
     await request(listener.port, { method: 'POST', path: '/sized', body: 'x'.repeat(1000) });
     const total = await metricSamples(engine, 'istio_requests_total');

@@ -41,6 +41,26 @@ describe('waypoint resilience', () => {
     assert.ok(stats.retries >= 100, `retries ${stats.retries}`);
   });
 
+  it('replays the request body on a retry', async () => {
+    const bodies: string[] = [];
+    const failsFirst = await startHttpBackend((req, res, n) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        bodies.push(Buffer.concat(chunks).toString());
+        if (n === 1) { res.writeHead(503); res.end(); return; }
+        res.writeHead(200);
+        res.end('ok');
+      });
+    });
+    const { listener } = await setup([failsFirst], { retries: { attempts: 2, retryOn: ['503'] } });
+    const payload = 'x'.repeat(100_000);
+    const r = await request(listener.port, { method: 'POST', body: payload, headers: { 'content-type': 'text/plain' } });
+    assert.equal(r.status, 200);
+    assert.deepEqual(bodies.map((b) => b.length), [100_000, 100_000]);
+    assert.equal(bodies[1], payload);
+  });
+
   it('stops retrying when the retry budget is spent', async () => {
     let n = 0;
     const slowFlaky = await startHttpBackend((req, res) => {
