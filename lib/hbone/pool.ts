@@ -53,7 +53,10 @@ export interface HboneConnectOptions {
   dest: { host: string; port: number };
   /** CONNECT target, `ip:port` or `[ipv6]:port`. */
   target: string;
-  /** Who the server must be. */
+  /**
+   * Who the server must be. Sessions are keyed by it: pass a string, an array, or the same check
+   * function every time (a fresh closure per connect would get a fresh session per connect).
+   */
   expectPeer: ExpectedPeer;
   /** Extra request headers (forwarded, baggage, traceparent). */
   headers?: Record<string, string>;

@@ -358,7 +358,8 @@ export class HboneServer {
       state.active--;
       if (!answered.has(stream)) {
         ac.abort();
-        this.#onEarlyReset(state);
+        // Streams torn down with their session (ours or the peer's TCP close) are not resets.
+        if (!state.session.destroyed) this.#onEarlyReset(state);
       }
       if (state.active === 0 && !state.session.destroyed) this.#armIdle(state);
     });
