@@ -157,3 +157,21 @@ test('a waypoint receives only its own namespace', () =>
       await h.close();
     }
   }));
+
+test('reads a mounted ConfigMap layout (hidden timestamped folder, top-level symlinks) once, and refuses a missing directory', async () => {
+  const { mkdirSync, symlinkSync } = await import('node:fs');
+  await withDir(async (dir) => {
+    mkdirSync(join(dir, '..2026_01_01'));
+    writeFileSync(join(dir, '..2026_01_01', 'mesh.yaml'), yamlDocs(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')));
+    symlinkSync('..2026_01_01', join(dir, '..data'));
+    symlinkSync(join('..data', 'mesh.yaml'), join(dir, 'mesh.yaml'));
+    const h = await startHarness(new ConfigDirSource({ dir, debounceMs: 10 }));
+    try {
+      assert.equal(h.controller.store.objects('Pod').length, 1);
+      assert.equal(h.controller.store.objects('Namespace').length, 1);
+    } finally {
+      await h.close();
+    }
+  });
+  await assert.rejects(new ConfigDirSource({ dir: '/nonexistent/weft' }).start(() => {}), { code: 'WEFT_CONFIG_FILE' });
+});

@@ -4,8 +4,8 @@
 // from it stay; an object that fails validation is reported by file and object name (by the
 // store) and its last good version stays.
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { join, relative, sep } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { KINDS, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
 import { silentLogger, type Logger } from '../log.ts';
@@ -62,6 +62,8 @@ export class ConfigDirSource implements ConfigSource {
   }
 
   async start(handler: SourceHandler): Promise<void> {
+    const st = await stat(this.#o.dir).catch(() => undefined);
+    if (!st?.isDirectory()) throw new ConfigFileError(this.#o.dir, 'is not a readable directory; pass the config directory with --config-dir', false);
     this.#handler = handler;
     const objects: RawObject[] = [];
     for (const file of await this.#list()) {
@@ -128,10 +130,15 @@ export class ConfigDirSource implements ConfigSource {
   async #list(): Promise<string[]> {
     try {
       const entries = await readdir(this.#o.dir, { recursive: true, withFileTypes: true });
-      return entries
-        .filter((e) => e.isFile() && EXTENSIONS.test(e.name) && !e.name.startsWith('.'))
-        .map((e) => relative(this.#o.dir, join(e.parentPath, e.name)))
-        .sort();
+      const out: string[] = [];
+      for (const e of entries) {
+        const rel = relative(this.#o.dir, join(e.parentPath, e.name));
+        // Hidden files and folders are skipped: a mounted ConfigMap keeps its real files in
+        // `..<timestamp>/` and exposes them through top-level symlinks, which are followed.
+        if (!EXTENSIONS.test(e.name) || rel.split(sep).some((seg) => seg.startsWith('.'))) continue;
+        if (e.isFile() || (e.isSymbolicLink() && (await stat(join(this.#o.dir, rel)).then((st) => st.isFile(), () => false)))) out.push(rel);
+      }
+      return out.sort();
     } catch (e) {
       this.#log.error('cannot read config directory', { dir: this.#o.dir, error: (e as Error).message });
       return [...this.#files.keys()];
