@@ -8,6 +8,7 @@ import {
   LABEL_DATAPLANE_MODE,
   LABEL_SERVICE_NAME,
   LABEL_USE_WAYPOINT,
+  LABEL_WAYPOINT_FOR,
   type AuthorizationPolicy as AuthorizationPolicyObject,
   type EndpointSlice,
   type GRPCRoute,
@@ -160,11 +161,22 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
   const peerAuths = [...model.peerAuthentications.values()];
 
-  // Waypoints.
+  // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
+  // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
+  const waypointPods = new Map<string, WaypointRuntime>();
+  for (const pod of inputs.pods) {
+    const name = pod.metadata.labels?.[LABEL_WAYPOINT_FOR];
+    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip;
+    if (!name || pod.metadata.deletionTimestamp) continue;
+    const key = nsName(pod.metadata.namespace!, name);
+    const running = pod.status?.phase === 'Running' && !!ip;
+    if (running) waypointPods.set(key, { address: ip, ready: true });
+    else if (!waypointPods.has(key)) waypointPods.set(key, { ready: false, reason: 'PodNotRunning' });
+  }
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
-    const rt = options.waypointRuntime?.get(key);
+    const rt = options.waypointRuntime?.get(key) ?? waypointPods.get(key);
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
     const ready = rt ? rt.ready : readyCond?.status === 'True';

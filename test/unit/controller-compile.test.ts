@@ -142,3 +142,14 @@ test('with a compile cache, unchanged workloads keep their object identity and c
   assert.equal(fourth.workloads.get('uid-a-x')!.enrolled, false);
   assert.notEqual(fourth.workloads.get('uid-a-x'), third.workloads.get('uid-a-x'));
 });
+
+test('without a reconciler, a running pod labelled weft.dev/waypoint makes its Waypoint ready at the pod address', () => {
+  const i = emptyInputs();
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: {} });
+  let { model } = compile(i);
+  assert.deepEqual([model.waypoints.get('a/wp')!.ready, model.waypoints.get('a/wp')!.reason], [false, 'NotReconciled']);
+  i.pods.push(pod('a', 'wp-0', { ip: '10.4.0.2', labels: { 'weft.dev/waypoint': 'wp', 'weft.dev/dataplane-mode': 'none' } }));
+  ({ model } = compile(i));
+  assert.equal(model.waypoints.get('a/wp')!.ready, true);
+  assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.2');
+});
