@@ -34,6 +34,8 @@ export interface ControllerOptions {
 }
 
 export const DEFAULT_DEBOUNCE_MS = 10;
+/** Status writes in flight at once (startup writes one per policy, route and waypoint). */
+export const STATUS_WRITE_CONCURRENCY = 8;
 
 export class Controller {
   readonly store = new ObjectStore();
@@ -209,16 +211,25 @@ export class Controller {
     }
     this.#statuses = next;
     for (const key of this.#written.keys()) if (!next.has(key)) this.#written.delete(key);
+    const todo: Array<[string, ObjectStatus, string]> = [];
     for (const [key, st] of next) {
       const fp = JSON.stringify(st);
-      if (this.#written.get(key) === fp) continue;
-      try {
-        await this.#o.source.writeStatus(st);
-        this.#written.set(key, fp);
-      } catch (e) {
-        this.#log.warn('status write failed; will retry', { object: key, error: (e as Error).message });
-        setTimeout(() => this.#markDirty(false), 1000).unref();
-      }
+      if (this.#written.get(key) !== fp) todo.push([key, st, fp]);
     }
+    let retry = false;
+    const worker = async () => {
+      for (let item = todo.shift(); item; item = todo.shift()) {
+        const [key, st, fp] = item;
+        try {
+          await this.#o.source.writeStatus(st);
+          this.#written.set(key, fp);
+        } catch (e) {
+          this.#log.warn('status write failed; will retry', { object: key, error: (e as Error).message });
+          retry = true;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(STATUS_WRITE_CONCURRENCY, todo.length) }, worker));
+    if (retry) setTimeout(() => this.#markDirty(false), 1000).unref();
   }
 }

@@ -159,3 +159,21 @@ test('an API server that is down at start delays the first snapshot instead of s
     await again.stop();
   }
 });
+
+test('a restarted controller does not rewrite statuses that are already right', () =>
+  withKube(async (api, h) => {
+    api.apply(authz('shop', 'p', { rules: [{ to: [{ operation: { ports: ['8080'] } }] }] }));
+    await until('status written', () => api.get('AuthorizationPolicy', 'shop', 'p')?.status !== undefined);
+    await h.controller.settled();
+    const patches = () => api.requests.filter((r) => r.method === 'PATCH').length;
+    const before = patches();
+    const again = await startHarness(new KubeSource({ kubeConfig: kubeConfigForServer(api.url) }));
+    try {
+      await again.controller.settled();
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(again.controller.statuses().get('AuthorizationPolicy/shop/p')?.ok, true);
+      assert.equal(patches(), before);
+    } finally {
+      await again.close();
+    }
+  }));

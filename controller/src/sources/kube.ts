@@ -4,6 +4,7 @@
 // list) is restarted with backoff; a 410 Gone makes client-node relist by itself, and the relist's
 // differences arrive as ordinary add/update/delete events. Status goes back through the status
 // subresource with merge patches.
+import { isDeepStrictEqual } from 'node:util';
 import {
   CoreV1Api,
   CustomObjectsApi,
@@ -217,7 +218,7 @@ export class KubeSource implements ConfigSource {
         type,
         status,
         reason: st.reason,
-        message: st.path ? `${st.message}` : st.message,
+        message: st.message,
         lastTransitionTime: prev && prev.status === status ? (prev.lastTransitionTime ?? now) : now,
         ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
       };
@@ -243,9 +244,12 @@ export class KubeSource implements ConfigSource {
         ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
       };
     }
+    // Already so (a restarted controller, or our own write seen back): no write.
+    if (isDeepStrictEqual(current?.status ?? {}, status)) return;
+    const body = { status: st.kind === 'Waypoint' && !st.address ? { ...status, addresses: null } : status };
     try {
       await this.#custom.patchNamespacedCustomObjectStatus(
-        { group: k.group, version: k.version, namespace: st.namespace, plural: k.plural, name: st.name, body: { status } },
+        { group: k.group, version: k.version, namespace: st.namespace, plural: k.plural, name: st.name, body },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
     } catch (e) {
