@@ -92,3 +92,54 @@ test('parses Gateway API durations to milliseconds', () => {
   assert.equal(parseDuration('1h'), 3_600_000);
   assert.throws(() => parseDuration('1.5s'), { code: 'WEFT_BAD_DURATION' });
 });
+
+test('checks GRPCRoute method matches and refuses HTTP-only filters', () => {
+  const issues = validateObject({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'a' },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Service', name: 'greeter' }],
+      rules: [{
+        matches: [{ method: { service: 'hello.Greeter', method: 'Say Hello' } }, { method: {} }],
+        filters: [{ type: 'URLRewrite', urlRewrite: {} }],
+        backendRefs: [{ name: 'greeter', port: 50051 }],
+      }],
+    },
+  });
+  assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].matches[0].method.method', 'spec.rules[0].matches[1].method', 'spec.rules[0].filters[0].type']);
+});
+
+test('requires names on multi-port Services and valid target ports', () => {
+  const issues = validateObject({
+    apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'a' },
+    spec: { clusterIP: '10.96.0.300', ports: [{ port: 80 }, { name: 'grpc', port: 90, targetPort: 'Not_A_Name' }] },
+  });
+  assert.deepEqual(issues.map((i) => i.path), ['spec.clusterIP', 'spec.ports[0].name', 'spec.ports[1].targetPort']);
+});
+
+test('checks EndpointSlice addresses against their address type and needs the service-name label', () => {
+  const issues = validateObject({
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 's', namespace: 'a' }, addressType: 'IPv4',
+    endpoints: [{ addresses: ['10.0.0.1', 'fd00::1'] }],
+  });
+  assert.deepEqual(issues.map((i) => i.path), ['metadata.labels["kubernetes.io/service-name"]', 'endpoints[0].addresses[1]']);
+});
+
+test('refuses port-level mTLS without a selector, and unknown Waypoint fields', () => {
+  assert.deepEqual(validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'p', namespace: 'a' }, spec: { portLevelMtls: { '80': { mode: 'STRICT' }, x: { mode: 'STRICT' } } } }).map((i) => i.path),
+    ['spec.portLevelMtls', 'spec.portLevelMtls["x"]']);
+  assert.deepEqual(validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'w', namespace: 'a' }, spec: { replica: 2 } }).map((i) => i.path), ['spec.replica']);
+});
+
+test('names the object even when the kind or apiVersion is wrong, and refuses namespaces on cluster-scoped kinds', () => {
+  const [wrongVersion] = validateObject({ apiVersion: 'weft.dev/v1', kind: 'Waypoint', metadata: { name: 'w', namespace: 'a' }, spec: {} });
+  assert.deepEqual([wrongVersion!.kind, wrongVersion!.namespace, wrongVersion!.name, wrongVersion!.path], ['Waypoint', 'a', 'w', 'apiVersion']);
+  assert.equal(validateObject({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'c' } })[0]!.path, 'kind');
+  assert.equal(validateObject({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'n', namespace: 'x' } })[0]!.path, 'metadata.namespace');
+});
+
+test('checks authorization condition keys and their values', () => {
+  const issues = validateObject(policy({
+    rules: [{ when: [{ key: 'source.ip', values: ['10.0.0.0/33'] }, { key: 'destination.port', notValues: ['http'] }, { key: 'request.cookie', values: ['a'] }, { key: 'source.namespace' }] }],
+  }));
+  assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].when[0].values[0]', 'spec.rules[0].when[1].notValues[0]', 'spec.rules[0].when[2].key', 'spec.rules[0].when[3]']);
+});
