@@ -5,6 +5,7 @@ import { installCommand } from './commands/install.ts';
 import { checkCommand } from './commands/check.ts';
 import { downCommand, statusCommand, upCommand } from './commands/local.ts';
 import { inspectCommands } from './commands/inspect.ts';
+import { applyCommand, deleteCommand } from './commands/apply.ts';
 
 const program = new Command('weftctl')
   .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
@@ -12,6 +13,8 @@ const program = new Command('weftctl')
   .addCommand(upCommand())
   .addCommand(downCommand())
   .addCommand(statusCommand())
+  .addCommand(applyCommand())
+  .addCommand(deleteCommand())
   .addCommand(installCommand())
   .addCommand(checkCommand());
 for (const c of inspectCommands()) program.addCommand(c);
