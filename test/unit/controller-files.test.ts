@@ -175,3 +175,20 @@ test('reads a mounted ConfigMap layout (hidden timestamped folder, top-level sym
   });
   await assert.rejects(new ConfigDirSource({ dir: '/nonexistent/weft' }).start(() => {}), { code: 'WEFT_CONFIG_FILE' });
 });
+
+test('an object removed from one file but still defined in another stays', () =>
+  withDir(async (dir, write) => {
+    write('a.yaml', ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web'));
+    write('b.yaml', pod('shop', 'web'));
+    const h = await startHarness(new ConfigDirSource({ dir, debounceMs: 10 }));
+    try {
+      const a = h.agent('node-a');
+      await until('web delivered', () => a.snapshot?.workloads.length === 1);
+      rmSync(join(dir, 'b.yaml'));
+      write('a.yaml', ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web'), pod('shop', 'marker'));
+      await until('rescan applied', () => a.snapshot!.workloads.length === 2);
+      assert.deepEqual(names(a.snapshot!.workloads), ['marker', 'web']);
+    } finally {
+      await h.close();
+    }
+  }));

@@ -72,6 +72,7 @@ export class ConfigDirSource implements ConfigSource {
       this.#files.set(file, parsed.fingerprints);
       objects.push(...parsed.objects);
     }
+    this.#reportDuplicates();
     handler([{ type: 'snapshot', kinds: ALL_KINDS, objects, resourceVersion: String(++this.#version) }]);
     this.#watcher = watch(this.#o.dir, { recursive: true }, () => this.#schedule());
     this.#watcher.on('error', (e) => this.#log.error('config directory watch failed', { dir: this.#o.dir, error: e.message }));
@@ -124,7 +125,32 @@ export class ConfigDirSource implements ConfigSource {
       for (const key of old.keys()) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(key, file, String(++this.#version)));
       this.#files.set(file, parsed.fingerprints);
     }
-    if (events.length > 0) this.#handler(events);
+    // An object removed from one file but still defined in another comes back from that one.
+    const resolved = events.map((e): SourceEvent => {
+      if (e.type !== 'delete') return e;
+      const key = keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name);
+      for (const [file, objects] of this.#files) {
+        const json = objects.get(key);
+        if (json !== undefined) return { type: 'upsert', object: JSON.parse(json) as RawObject, resourceVersion: e.resourceVersion, origin: file };
+      }
+      return e;
+    });
+    if (resolved.length > 0) {
+      this.#reportDuplicates();
+      this.#handler(resolved);
+    }
+  }
+
+  /** Keys defined in more than one file (the last file read wins); reported once per scan. */
+  #reportDuplicates(): void {
+    const seen = new Map<string, string>();
+    for (const [file, objects] of this.#files) {
+      for (const key of objects.keys()) {
+        const other = seen.get(key);
+        if (other !== undefined) this.#log.warn('object defined in two files; the later one wins', { object: key, files: [other, file] });
+        else seen.set(key, file);
+      }
+    }
   }
 
   async #list(): Promise<string[]> {
