@@ -11,6 +11,12 @@ import type { TunnelInfo } from './engine.ts';
 import { TcpUpstream, addr, type Upstream, type UpstreamConnectOptions, type UpstreamEndpoint } from './upstream.ts';
 
 /**
+ * After the engine closes its end of a tunnel, the HBONE side gets end-of-stream at once (and passes
+ * it on); if the peer has not closed its direction within this long, the tunnel is torn down.
+ */
+export const TUNNEL_CLOSE_GRACE_MS = 5000;
+
+/**
  * An HboneServer handler that hands every CONNECT to the engine. HboneServer pipes the CONNECT
  * stream to the Duplex it is given, so the engine gets the other end of an in-memory pair.
  */
@@ -21,6 +27,9 @@ export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
     const client = req.forwardedFor ?? req.peer.address;
     if (client) info.clientAddress = client;
+    ours.once('close', () => {
+      setTimeout(() => { if (!theirs.destroyed) theirs.destroy(); }, TUNNEL_CLOSE_GRACE_MS).unref();
+    });
     engine.handleTunnel(ours, info);
     return { upstream: theirs };
   };
