@@ -121,6 +121,25 @@ export class LocalMesh {
     return this.controller;
   }
 
+  /** Waits for the controller's readiness (config loaded, listening), so agents find it at once. */
+  async waitControllerReady(timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const c = this.controller;
+      if (c && (c.exitCode !== null || c.signalCode !== null)) {
+        throw new Error(`the controller exited (${c.exitCode ?? c.signalCode}):\n${this.logTail('controller.log')}`);
+      }
+      try {
+        const r = await requestInNetns(`/var/run/netns/${this.net.wireNetns}`, `http://${CONTROLLER_IP}:15021/healthz/ready`, { timeoutMs: 2_000 });
+        if (r.status === 200) return;
+      } catch {
+        /* not listening yet */
+      }
+      if (Date.now() > deadline) throw new Error(`the controller is not ready after ${timeoutMs} ms:\n${this.logTail('controller.log')}`);
+      await sleep(100);
+    }
+  }
+
   /** One agent per node, in the node's netns, attached to the node's cgroup subtree. */
   startAgent(nodeName: string): ChildProcess {
     const n = this.node(nodeName);
@@ -249,6 +268,7 @@ export class LocalMesh {
   /** Waits until every agent reports ready (certificates, config and BPF in place). */
   async waitReady(timeoutMs = 60_000, agents: string[] = [...this.agents.keys()]): Promise<void> {
     const deadline = Date.now() + timeoutMs;
+    if (this.controller) await this.waitControllerReady(timeoutMs);
     for (const name of agents) {
       for (;;) {
         const a = this.agents.get(name);

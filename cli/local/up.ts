@@ -89,6 +89,7 @@ export async function up(o: UpOptions): Promise<LocalState> {
     })));
     o.say('starting the controller (config directory ' + mesh.configDir + ')');
     mesh.startController();
+    await mesh.waitControllerReady();
     o.say('starting sample applications');
     const echo = (name: string, version = 'v1') => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name, '--version', version];
     mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: echo('echo') });

@@ -47,8 +47,13 @@ before(async () => {
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'near', labels: { app: 'near' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near'] });
   mesh.addWorkload({ node: 'node1', namespace: 'legacy', name: 'outsider' });
   mesh.startController();
+  await mesh.waitControllerReady();
   mesh.startAgents();
   await mesh.waitReady(60_000);
+  for (const key of ['demo/client', 'demo/echo', 'demo/near']) {
+    const w = mesh.workloads.get(key)!;
+    await mesh.waitEnrolled(w.spec.node, w.pod.ip);
+  }
 });
 
 after(async () => {
@@ -58,13 +63,8 @@ after(async () => {
 });
 
 test('a client pod on node1 reaches a server pod on node2 by service address, and the server sees the client pod IP', async () => {
-  let r = { code: 1 as number | null, stdout: '', stderr: '' };
-  // The agents enrol pods as soon as config arrives; allow a moment for the first pass.
-  for (let i = 0; i < 20; i++) {
-    r = await curl([`http://${VIP}/hello`]);
-    if (r.code === 0) break;
-    await new Promise((res) => setTimeout(res, 250));
-  }
+  // Every pod is enrolled (before()), so the very first connection is captured and carried.
+  const r = await curl([`http://${VIP}/hello`]);
   assert.equal(r.code, 0, `curl failed: ${r.stderr}\n${mesh.logTail('agent-node1.log')}\n${mesh.logTail('agent-node2.log')}`);
   const body = JSON.parse(r.stdout);
   assert.equal(body.pod, 'echo');
