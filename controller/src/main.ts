@@ -1,7 +1,7 @@
 // weft controller: reads a config directory (--config-dir) or Kubernetes (--kube), compiles the
 // mesh model, serves it on the config stream next to the certificate service (gRPC over TLS,
 // :15012), reconciles waypoints, writes status, exposes /metrics (:15020) and /healthz/ready
-// (:15021). `runController` is the embeddable entry point (the local mesh runner passes its
+// (:15021) and a loopback admin port (:15000). `runController` is the embeddable entry point (the local mesh runner passes its
 // waypoint launcher); running this file parses the command line.
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
@@ -31,6 +31,7 @@ import { spiffeStreamAuthorizer } from './xds/authz.ts';
 export const DEFAULT_GRPC_PORT = 15012;
 export const DEFAULT_METRICS_PORT = 15020;
 export const DEFAULT_READY_PORT = 15021;
+export const DEFAULT_ADMIN_PORT = 15000;
 
 /** The command line was wrong; the message says which flag. */
 export class UsageError extends Error {
@@ -53,6 +54,8 @@ export interface ControllerMainOptions {
   grpcPort?: number;
   metricsPort?: number;
   readyPort?: number;
+  /** Admin (loopback only): /debug/model, /debug/status, /debug/clients; default 15000. */
+  adminPort?: number;
   trustDomain?: string;
   rootNamespace?: string;
   /** CA material; without it a root is generated (fine for local mode, lost on restart). */
@@ -83,6 +86,7 @@ export interface RunningController {
   grpcPort: number;
   metricsPort: number;
   readyPort: number;
+  adminPort: number;
   registry: Registry;
   /** The CA behind the certificate service and the serving certificate (absent with --insecure). */
   ca?: CertificateAuthority;
@@ -185,11 +189,24 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     if (controller.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
     else res.writeHead(503, { 'content-type': 'text/plain' }).end('initial config not loaded yet\n');
   });
+  const admin = createServer((req, res) => {
+    const path = req.url?.split('?')[0];
+    const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));
+    const model = controller.model;
+    if (path === '/debug/model') {
+      send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
+    } else if (path === '/debug/status') {
+      send([...controller.statuses().values()]);
+    } else if (path === '/debug/clients') {
+      send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
+    } else res.writeHead(404).end();
+  });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
+  const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1');
   const readyPort = await listen(ready, o.readyPort ?? DEFAULT_READY_PORT, host);
 
   await controller.start();
-  log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, tls: !o.insecure });
+  log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, adminPort, tls: !o.insecure });
 
   return {
     controller,
@@ -197,6 +214,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     grpcPort,
     metricsPort,
     readyPort,
+    adminPort,
     registry,
     ...(authority ? { ca: authority } : {}),
     async stop() {
@@ -206,6 +224,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       controllerCreds?.close();
       await new Promise<void>((r) => metrics.close(() => r()));
       await new Promise<void>((r) => ready.close(() => r()));
+      await new Promise<void>((r) => admin.close(() => r()));
     },
   };
 }
@@ -215,6 +234,7 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --grpc-port <n>             config stream + certificate service, TLS (default 15012)
   --metrics-port <n>          Prometheus /metrics (default 15020)
   --ready-port <n>            /healthz/ready (default 15021)
+  --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: generate a root)
@@ -237,6 +257,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'grpc-port': { type: 'string' },
       'metrics-port': { type: 'string' },
       'ready-port': { type: 'string' },
+      'admin-port': { type: 'string' },
       'trust-domain': { type: 'string' },
       'root-namespace': { type: 'string' },
       'ca-cert': { type: 'string' },
@@ -275,6 +296,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('grpcPort', port('grpc-port', values['grpc-port']));
   set('metricsPort', port('metrics-port', values['metrics-port']));
   set('readyPort', port('ready-port', values['ready-port']));
+  set('adminPort', port('admin-port', values['admin-port']));
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
   set('caCertFile', values['ca-cert']);

@@ -20,7 +20,7 @@ test('parses the controller flags and refuses a source that is not exactly one o
 test('the controller serves config, /healthz/ready and /metrics on its ports', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'weft-main-'));
   writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')].map((o) => stringify(o)).join('---\n'));
-  const running = await runController({ configDir: dir, insecure: true, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, logger: silentLogger });
+  const running = await runController({ configDir: dir, insecure: true, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger });
   const client = new ConfigClient({ target: `127.0.0.1:${running.grpcPort}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a' });
   try {
     const ready = await fetch(`http://127.0.0.1:${running.readyPort}/healthz/ready`);
@@ -31,6 +31,10 @@ test('the controller serves config, /healthz/ready and /metrics on its ports', a
     const metrics = await (await fetch(`http://127.0.0.1:${running.metricsPort}/metrics`)).text();
     assert.match(metrics, /weft_xds_pushes_total\{type="Workload"\} [1-9]/);
     assert.match(metrics, /weft_controller_compiles_total [1-9]/);
+    const dump = await (await fetch(`http://127.0.0.1:${running.adminPort}/debug/model`)).json() as { workloads: Array<{ name: string }> };
+    assert.deepEqual(dump.workloads.map((w) => w.name), ['web']);
+    const clients = await (await fetch(`http://127.0.0.1:${running.adminPort}/debug/clients`)).json() as { clients: Array<{ id: string }> };
+    assert.deepEqual(clients.clients.map((c) => c.id), ['node-a']);
   } finally {
     client.close();
     await running.stop();
@@ -45,7 +49,7 @@ test('over TLS the config stream verifies against the controller CA and can requ
   writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
   const running = await runController({
     configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'), requireClientIdentity: true,
-    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, logger: silentLogger,
+    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
   });
   const roots = Buffer.from(running.ca!.trustBundle().join(''));
   const node = await running.ca!.issueServingCertificate({ uris: ['spiffe://cluster.local/node/node-a'], dnsNames: [], ipAddresses: [] });
