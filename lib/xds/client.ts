@@ -72,7 +72,7 @@ export interface ConfigClientOptions<K extends ClientKind> {
 }
 
 interface ClientEvents<K extends ClientKind> {
-  /** A new config was accepted. */
+  /** A new config was accepted (not emitted again for a version that changes nothing). */
   snapshot: [config: SnapshotOf<K>, version: string];
   /** An update was rejected by `validate` (and NACKed). */
   rejected: [error: ConfigRejectedError];
@@ -109,6 +109,8 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   #pendingVersion = '';
   #pendingTypes = new Set<ResourceType>();
   #pendingNonces: Array<{ type: ResourceType; nonce: string }> = [];
+  /** The pending batch changes something (else it is ACKed without validating or emitting). */
+  #pendingChanged = false;
   #queue: Promise<void> = Promise.resolve();
   #generation = 0;
 
@@ -170,6 +172,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     this.#pending = undefined;
     this.#pendingTypes.clear();
     this.#pendingNonces = [];
+    this.#pendingChanged = false;
     let gotResponse = false;
     let ended = false;
     const onEnd = (err?: Error) => {
@@ -228,6 +231,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       this.#pendingTypes.clear();
     }
     const store = this.#pending.get(type)!;
+    if (res.resources.length > 0 || res.removed_resources.length > 0) this.#pendingChanged = true;
     for (const r of res.resources) {
       let body: unknown;
       try {
@@ -246,19 +250,26 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     const version = this.#pendingVersion;
     const pending = this.#pending;
     const nonces = this.#pendingNonces;
+    const changed = this.#pendingChanged || this.#snapshot === undefined;
     this.#pending = undefined;
     this.#pendingNonces = [];
     this.#pendingTypes.clear();
-    const config = this.#build(pending);
+    this.#pendingChanged = false;
+    const config = changed ? this.#build(pending) : this.#snapshot!;
     let error: string | undefined;
-    try {
-      await this.#o.validate?.(config, version);
-    } catch (e) {
-      error = e instanceof Error ? e.message : String(e);
+    if (changed) {
+      try {
+        await this.#o.validate?.(config, version);
+      } catch (e) {
+        error = e instanceof Error ? e.message : String(e);
+      }
     }
     if (gen !== this.#generation) return;
     const call = this.#call;
-    if (error === undefined) {
+    if (!changed) {
+      // Same content under a new version (a reconnect, or a change that did not touch this client).
+      this.#appliedVersion = version;
+    } else if (error === undefined) {
       this.#applied = pending;
       this.#appliedVersion = version;
       this.#snapshot = config;

@@ -211,3 +211,24 @@ test('a client reconnecting to a restarted controller never keeps a resource bec
     server.forceShutdown();
   }
 });
+
+test('a reconnect that changes nothing is acknowledged without a new snapshot event', async () => {
+  const configServer = new ConfigServer();
+  configServer.publish(compile(inputs(['web'])).model);
+  const { server, port } = await serveRecording(configServer, []);
+  const client = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a', backoff: { initialMs: 10, maxMs: 20 } });
+  let snapshots = 0;
+  let connects = 0;
+  client.on('snapshot', () => snapshots++);
+  client.on('connected', () => connects++);
+  try {
+    client.start();
+    await client.ready();
+    configServer.closeAll();
+    await until('reconnected and acknowledged', () => connects === 2 && configServer.clients().some((c) => c.ackedVersion === configServer.systemVersion));
+    assert.equal(snapshots, 1);
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
+});
