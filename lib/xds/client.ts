@@ -3,21 +3,20 @@
 // resource versions it holds, so it receives only the difference and then a consistent snapshot.
 // Every complete update is checked by the caller's `validate` hook: accepted → applied, emitted
 // and ACKed; rejected → NACKed with the reason, and the last good config stays.
+// Snapshots share the arrays of types an update did not touch with the previous snapshot:
+// treat them as immutable.
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentConfig, WaypointConfig } from '../model/mesh.ts';
 import {
   CLIENT_TYPES,
   TYPE_URLS,
-  agentConfigOf,
   configStreamClientConstructor,
   resourceTypeOf,
-  waypointConfigOf,
   type ClientKind,
   type ConfigStreamClientCall,
   type DeltaConfigRequest,
   type DeltaConfigResponse,
-  type ResourceSet,
   type ResourceType,
 } from './protocol.ts';
 
@@ -111,6 +110,9 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   #pendingNonces: Array<{ type: ResourceType; nonce: string }> = [];
   /** The pending batch changes something (else it is ACKed without validating or emitting). */
   #pendingChanged = false;
+  #pendingCloned = new Set<ResourceType>();
+  /** Per-type value arrays of the last built config, reused for types a batch left alone. */
+  #arrays = new Map<ResourceType, { source: Stored; values: unknown[] }>();
   #queue: Promise<void> = Promise.resolve();
   #generation = 0;
 
@@ -223,12 +225,17 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     const type = resourceTypeOf(res.type_url);
     if (!type || !this.#types.includes(type)) throw new ConfigStreamProtocolError(`unexpected type_url "${res.type_url}"`);
     if (!this.#pending) {
-      this.#pending = new Map();
-      for (const [t, m] of this.#applied) this.#pending.set(t, new Map(m));
+      // Copy on write: a type's map is cloned only when the batch changes it.
+      this.#pending = new Map(this.#applied);
+      this.#pendingCloned.clear();
     }
     if (res.system_version_info !== this.#pendingVersion) {
       this.#pendingVersion = res.system_version_info;
       this.#pendingTypes.clear();
+    }
+    if ((res.resources.length > 0 || res.removed_resources.length > 0) && !this.#pendingCloned.has(type)) {
+      this.#pending.set(type, new Map(this.#pending.get(type)!));
+      this.#pendingCloned.add(type);
     }
     const store = this.#pending.get(type)!;
     if (res.resources.length > 0 || res.removed_resources.length > 0) this.#pendingChanged = true;
@@ -290,13 +297,20 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   }
 
   #build(stored: Map<ResourceType, Stored>): SnapshotOf<K> {
-    const set: ResourceSet = {};
+    const lists: Record<string, unknown[]> = {};
     for (const [t, m] of stored) {
-      const out = new Map<string, unknown>();
-      for (const [n, r] of m) out.set(n, r.body);
-      (set as Record<string, Map<string, unknown>>)[t] = out;
+      let cached = this.#arrays.get(t);
+      if (!cached || cached.source !== m) {
+        cached = { source: m, values: [...m.values()].map((r) => r.body) };
+        this.#arrays.set(t, cached);
+      }
+      lists[t] = cached.values;
     }
-    return (this.#o.kind === 'agent' ? agentConfigOf(this.#o.id, set) : waypointConfigOf(this.#o.namespace!, set)) as SnapshotOf<K>;
+    const l = <T>(t: ResourceType) => (lists[t] ?? []) as T[];
+    const config = this.#o.kind === 'agent'
+      ? { node: this.#o.id, workloads: l('Workload'), services: l('Service'), policies: l('AuthorizationPolicy'), peerAuthentications: l('PeerAuthentication'), waypoints: l('Waypoint') }
+      : { namespace: this.#o.namespace!, services: l('Service'), routes: l('Route'), trafficPolicies: l('TrafficPolicy'), policies: l('AuthorizationPolicy'), waypoints: l('Waypoint') };
+    return config as SnapshotOf<K>;
   }
 }
 
