@@ -13,6 +13,7 @@ import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv,
 import { RedisQuota, type QuotaOptions } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
 import { Cluster, type ClusterStats } from './resilience.ts';
+import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
 import { UpstreamPool, type Upstream } from './upstream.ts';
 import type { DownstreamResponse } from './local-reply.ts';
@@ -21,7 +22,11 @@ import type { DownstreamResponse } from './local-reply.ts';
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
-export const DEFAULT_DETECT_TIMEOUT_MS = 10_000;
+/**
+ * A tunnel whose client sends nothing for this long is taken to carry a server-first protocol
+ * (MySQL, SMTP, ...) and passed through as TCP.
+ */
+export const DEFAULT_SERVER_FIRST_TIMEOUT_MS = 1000;
 /** A session whose client resets more streams than this within the window gets GOAWAY. */
 export const DEFAULT_RAPID_RESET_LIMIT = 200;
 export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
@@ -61,6 +66,8 @@ export interface WaypointEngineOptions {
   maxConcurrentStreams?: number;
   /** Idle upstream connections close after this long (default 60 s). */
   upstreamIdleTimeoutMs?: number;
+  /** Silence before a tunnel is treated as a server-first TCP protocol. Default 1 s. */
+  serverFirstTimeoutMs?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
 }
@@ -91,6 +98,7 @@ export class WaypointEngine {
   private readonly tunnels = new Set<Duplex>();
   private readonly rapidReset: { limit: number; windowMs: number };
   private readonly limits: ProxyLimits;
+  private readonly serverFirstTimeoutMs: number;
   private closed = false;
   /** Last rejection, for the admin endpoint. */
   lastRejection: ConfigRejectedError | undefined;
@@ -107,6 +115,7 @@ export class WaypointEngine {
       maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
       retryBufferBytes: opts.retryBufferBytes ?? DEFAULT_RETRY_BUFFER_BYTES,
     };
+    this.serverFirstTimeoutMs = opts.serverFirstTimeoutMs ?? DEFAULT_SERVER_FIRST_TIMEOUT_MS;
     const random = opts.random ?? Math.random;
     this.env = {
       snapshot: () => this.snap,
@@ -236,11 +245,20 @@ export class WaypointEngine {
     // Responses are written as headers then body; Nagle would hold the second write for an ACK.
     const sock = duplex as Duplex & { setNoDelay?: (on: boolean) => unknown };
     if (typeof sock.setNoDelay === 'function') sock.setNoDelay(true);
-    void detectProtocol(duplex, DEFAULT_DETECT_TIMEOUT_MS).then((proto) => {
+    void detectProtocol(duplex, this.serverFirstTimeoutMs).then((proto) => {
       if (proto === undefined || this.closed) { duplex.destroy(); return; }
       const ctx: ConnContext = { target: info.target, protocol: proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1' };
       if (info.peerSpiffeId) ctx.peerSpiffeId = info.peerSpiffeId;
       if (info.clientAddress) ctx.clientAddress = info.clientAddress;
+      if (proto === 'silent' && this.needsHttp(info.target)) {
+        // Passing a silent tunnel through would let a client that waits skip routes and limits.
+        duplex.destroy();
+        return;
+      }
+      if (proto === 'tcp' || proto === 'silent') {
+        void proxyTcp(this.env, duplex, ctx);
+        return;
+      }
       if (proto === 'h2') {
         this.pendingH2 = ctx;
         try { this.h2.emit('connection', duplex); } finally { this.pendingH2 = undefined; }
@@ -250,6 +268,16 @@ export class WaypointEngine {
       }
       if (duplex.readableFlowing === false) duplex.resume();
     });
+  }
+
+  /** Does the service at `target` have configuration only HTTP can honour (routes, limits, faults)? */
+  private needsHttp(target: string): boolean {
+    const svc = this.snap.byAddress.get(target);
+    if (!svc) return false;
+    const key = serviceKey(svc);
+    const port = Number(target.slice(target.lastIndexOf(':') + 1));
+    const st = this.snap.settings.get(key);
+    return this.snap.routes.hasRoutes(key, port) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
   }
 
   private onRequest(ctx: ConnContext | undefined, req: DownstreamRequest, res: DownstreamResponse): void {
@@ -314,13 +342,16 @@ export class WaypointEngine {
 }
 
 /**
- * Reads just enough of a tunnel to tell HTTP/2 prior knowledge (the connection preface) from
- * HTTP/1.1, then puts the bytes back. Undefined when the tunnel ends or stays silent.
+ * Reads just enough of a tunnel to tell HTTP/2 prior knowledge (the connection preface), HTTP/1.1
+ * (a request line starts with an upper-case method token, or with the empty lines RFC 9112 lets a
+ * server skip) and anything else (TCP: TLS, binary protocols), then puts the bytes back. `silent`:
+ * the client said nothing for `silenceMs` (a server-first protocol); undefined when the tunnel ends
+ * before saying anything.
  */
-export function detectProtocol(d: Duplex, timeoutMs: number): Promise<'h1' | 'h2' | undefined> {
+export function detectProtocol(d: Duplex, silenceMs: number): Promise<'h1' | 'h2' | 'tcp' | 'silent' | undefined> {
   return new Promise((resolve) => {
     let buf: Buffer = Buffer.alloc(0);
-    const done = (p: 'h1' | 'h2' | undefined): void => {
+    const done = (p: 'h1' | 'h2' | 'tcp' | 'silent' | undefined): void => {
       clearTimeout(timer);
       d.off('data', onData).off('end', onEnd).off('error', onEnd).off('close', onEnd);
       d.pause();
@@ -329,12 +360,14 @@ export function detectProtocol(d: Duplex, timeoutMs: number): Promise<'h1' | 'h2
     };
     const onData = (chunk: Buffer): void => {
       buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      const first = buf[0]!;
+      if (first !== H2_PREFACE[0]) { done((first >= 0x41 && first <= 0x5a) || first === 0x0d || first === 0x0a ? 'h1' : 'tcp'); return; }
       const n = Math.min(buf.length, H2_PREFACE.length);
       if (!buf.subarray(0, n).equals(H2_PREFACE.subarray(0, n))) done('h1');
       else if (buf.length >= H2_PREFACE.length) done('h2');
     };
     const onEnd = (): void => done(undefined);
-    const timer = setTimeout(() => done(undefined), timeoutMs);
+    const timer = setTimeout(() => done(buf.length === 0 ? 'silent' : 'h1'), silenceMs);
     timer.unref();
     d.on('data', onData).once('end', onEnd).once('error', onEnd).once('close', onEnd);
   });

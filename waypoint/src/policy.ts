@@ -10,6 +10,10 @@
 // service behind this waypoint. Workload-selector policies are enforced by the node agents (as in
 // Istio ambient) and are skipped here.
 //
+// TCP connections (no HTTP) follow Istio too: an HTTP-only field (methods, paths, hosts, request.*
+// conditions) never matches in an ALLOW rule and is ignored in a DENY rule, so policies only ever get
+// stricter for traffic they cannot fully inspect.
+//
 // Field and `when` key matchers live in registries: a new attribute is one `register*` call.
 import { BlockList, isIP } from 'node:net';
 import type { AuthorizationPolicy, CompiledCondition, CompiledOperation, CompiledRule, CompiledSource } from '../../lib/model/mesh.ts';
@@ -30,6 +34,8 @@ export interface PolicyRequest {
   path: string;
   host: string;
   headers: HeaderMap;
+  /** False for a TCP connection the waypoint passes through without HTTP. Default true. */
+  l7?: boolean;
 }
 
 export type PolicyDecision =
@@ -47,10 +53,23 @@ const operationFields = new Map<string, FieldMatcher>();
 /** `key` → values compiler, for `when` conditions. Keys with `[...]` register their prefix, e.g. `request.headers`. */
 const conditionKeys = new Map<string, (arg: string | undefined, values: readonly string[]) => Predicate>();
 
+/** Fields and condition keys that need HTTP (see the TCP rule in the module comment). */
+const httpOnly = new Set<string>();
+
 export function registerSourceField(field: string, m: FieldMatcher): void { sourceFields.set(field, m); }
-export function registerOperationField(field: string, m: FieldMatcher): void { operationFields.set(field, m); }
-export function registerConditionKey(key: string, m: (arg: string | undefined, values: readonly string[]) => Predicate): void {
+export function registerOperationField(field: string, m: FieldMatcher, opts: { httpOnly?: boolean } = {}): void {
+  operationFields.set(field, m);
+  if (opts.httpOnly) httpOnly.add(`to:${field}`);
+}
+export function registerConditionKey(key: string, m: (arg: string | undefined, values: readonly string[]) => Predicate, opts: { httpOnly?: boolean } = {}): void {
   conditionKeys.set(key, m);
+  if (opts.httpOnly) httpOnly.add(`when:${key}`);
+}
+
+/** For a TCP request an HTTP-only predicate is true in a DENY rule and false in an ALLOW rule. */
+function l7Only(p: Predicate, action: string): Predicate {
+  const tcpVerdict = action === 'DENY';
+  return (r) => (r.l7 === false ? tcpVerdict : p(r));
 }
 
 /** Istio string matching: exact, `prefix*`, `*suffix`, `*` = any non-empty value. */
@@ -122,8 +141,8 @@ registerSourceField('principals', (vs) => {
 registerSourceField('namespaces', (vs) => anyString(vs, (r) => namespaceOfPrincipal(r.principal)));
 registerSourceField('ipBlocks', (vs) => ipPredicate(vs, (r) => r.sourceIp));
 
-registerOperationField('methods', (vs) => anyString(vs, (r) => r.method));
-registerOperationField('paths', (vs) => anyString(vs, (r) => r.path));
+registerOperationField('methods', (vs) => anyString(vs, (r) => r.method), { httpOnly: true });
+registerOperationField('paths', (vs) => anyString(vs, (r) => r.path), { httpOnly: true });
 registerOperationField('hosts', (vs) => {
   const lower = vs.map((v) => v.toLowerCase());
   return (r) => {
@@ -131,14 +150,14 @@ registerOperationField('hosts', (vs) => {
     const bare = h.replace(/:[0-9]+$/, '');
     return lower.some((p) => istioStringMatch(p, h) || istioStringMatch(p, bare));
   };
-});
+}, { httpOnly: true });
 registerOperationField('ports', (vs) => portPredicate(vs, (r) => r.port));
 
 registerConditionKey('request.headers', (arg, vs) => {
   if (!arg) throw new Error('request.headers needs a header name: request.headers[x-name]');
   const name = arg.toLowerCase();
   return anyString(vs, (r) => { const v = r.headers[name]; return Array.isArray(v) ? v.join(',') : v; });
-});
+}, { httpOnly: true });
 registerConditionKey('source.ip', (_a, vs) => ipPredicate(vs, (r) => r.sourceIp));
 registerConditionKey('remote.ip', (_a, vs) => ipPredicate(vs, (r) => r.sourceIp));
 registerConditionKey('destination.ip', (_a, vs) => ipPredicate(vs, (r) => r.destinationIp));
@@ -148,15 +167,15 @@ registerConditionKey('source.principal', (_a, vs) => {
   return (r) => { const p = r.principal ? stripSpiffe(r.principal) : undefined; return patterns.some((x) => istioStringMatch(x, p)); };
 });
 registerConditionKey('source.namespace', (_a, vs) => anyString(vs, (r) => namespaceOfPrincipal(r.principal)));
-registerConditionKey('request.method', (_a, vs) => anyString(vs, (r) => r.method));
-registerConditionKey('request.path', (_a, vs) => anyString(vs, (r) => r.path));
+registerConditionKey('request.method', (_a, vs) => anyString(vs, (r) => r.method), { httpOnly: true });
+registerConditionKey('request.path', (_a, vs) => anyString(vs, (r) => r.path), { httpOnly: true });
 
 function parseKey(key: string): { base: string; arg: string | undefined } {
   const m = /^([a-z.]+)\[([^\]]+)\]$/.exec(key);
   return m ? { base: m[1]!, arg: m[2] } : { base: key, arg: undefined };
 }
 
-function compileFields(obj: object, registry: Map<string, FieldMatcher>, path: string, issues: string[]): Predicate[] {
+function compileFields(obj: object, registry: Map<string, FieldMatcher>, kind: 'from' | 'to', action: string, path: string, issues: string[]): Predicate[] {
   const preds: Predicate[] = [];
   for (const [field, raw] of Object.entries(obj)) {
     if (raw === undefined) continue;
@@ -167,7 +186,8 @@ function compileFields(obj: object, registry: Map<string, FieldMatcher>, path: s
     const values = (raw as Array<string | number>).map(String);
     try {
       const p = m(values);
-      preds.push(negated ? (r) => !p(r) : p);
+      const pred: Predicate = negated ? (r) => !p(r) : p;
+      preds.push(httpOnly.has(`${kind}:${base}`) ? l7Only(pred, action) : pred);
     } catch (e) {
       issues.push(`${path}.${field}: ${(e as Error).message}`);
     }
@@ -175,7 +195,7 @@ function compileFields(obj: object, registry: Map<string, FieldMatcher>, path: s
   return preds;
 }
 
-function compileCondition(c: CompiledCondition, path: string, issues: string[]): Predicate[] {
+function compileCondition(c: CompiledCondition, action: string, path: string, issues: string[]): Predicate[] {
   const { base, arg } = parseKey(c.key);
   const m = conditionKeys.get(base);
   if (!m) { issues.push(`${path}.key: ${JSON.stringify(c.key)} is not a supported condition key`); return []; }
@@ -186,7 +206,7 @@ function compileCondition(c: CompiledCondition, path: string, issues: string[]):
   } catch (e) {
     issues.push(`${path}: ${(e as Error).message}`);
   }
-  return preds;
+  return httpOnly.has(`when:${base}`) ? preds.map((p) => l7Only(p, action)) : preds;
 }
 
 function all(preds: Predicate[]): Predicate {
@@ -197,10 +217,10 @@ function anyOf(groups: Predicate[]): Predicate {
   return groups.length === 0 ? () => true : (r) => groups.some((g) => g(r));
 }
 
-function compileRule(rule: CompiledRule, path: string, issues: string[]): Predicate {
-  const from = rule.from.map((s: CompiledSource, i) => all(compileFields(s, sourceFields, `${path}.from[${i}]`, issues)));
-  const to = rule.to.map((o: CompiledOperation, i) => all(compileFields(o, operationFields, `${path}.to[${i}]`, issues)));
-  const when = rule.when.flatMap((c, i) => compileCondition(c, `${path}.when[${i}]`, issues));
+function compileRule(rule: CompiledRule, action: string, path: string, issues: string[]): Predicate {
+  const from = rule.from.map((s: CompiledSource, i) => all(compileFields(s, sourceFields, 'from', action, `${path}.from[${i}]`, issues)));
+  const to = rule.to.map((o: CompiledOperation, i) => all(compileFields(o, operationFields, 'to', action, `${path}.to[${i}]`, issues)));
+  const when = rule.when.flatMap((c, i) => compileCondition(c, action, `${path}.when[${i}]`, issues));
   const f = anyOf(from);
   const t = anyOf(to);
   const w = all(when);
@@ -225,7 +245,7 @@ export class PolicyTable {
       const id = `${p.namespace}/${p.name}`;
       const problems: string[] = [];
       if (p.action !== 'ALLOW' && p.action !== 'DENY') problems.push(`action: ${String(p.action)} is not ALLOW or DENY`);
-      const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`, problems));
+      const rules = p.rules.map((r, i) => compileRule(r, p.action, `rules[${i}]`, problems));
       if (problems.length > 0) {
         for (const m of problems) {
           const colon = m.indexOf(': ');

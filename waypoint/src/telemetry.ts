@@ -14,6 +14,30 @@ export const REQUEST_LABELS = [
 ] as const;
 type RequestLabel = (typeof REQUEST_LABELS)[number];
 
+export const TCP_LABELS = [
+  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
+  'destination_service_name', 'destination_service_namespace', 'destination_workload', 'response_flags',
+] as const;
+type TcpLabel = (typeof TCP_LABELS)[number];
+
+/** One TCP connection passed through (opened, or closed with its byte counts). */
+export interface TcpRecord {
+  startTime: number;
+  durationMs?: number;
+  sourcePrincipal?: string;
+  sourceAddress?: string;
+  destinationService?: string;
+  destinationServiceKey?: string;
+  destinationWorkload?: string;
+  upstreamHost?: string;
+  responseFlags: string;
+  /** Client → endpoint. */
+  receivedBytes?: number;
+  /** Endpoint → client. */
+  sentBytes?: number;
+  detail?: string;
+}
+
 /** Istio's default duration buckets (ms). */
 const DURATION_BUCKETS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
 const BYTES_BUCKETS = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000];
@@ -109,6 +133,10 @@ export class Telemetry {
   readonly requestDuration: Histogram<RequestLabel>;
   readonly requestBytes: Histogram<RequestLabel>;
   readonly responseBytes: Histogram<RequestLabel>;
+  readonly tcpOpened: Counter<TcpLabel>;
+  readonly tcpClosed: Counter<TcpLabel>;
+  readonly tcpSent: Counter<TcpLabel>;
+  readonly tcpReceived: Counter<TcpLabel>;
   readonly quotaBackendErrors: Counter<'failure_mode'>;
   readonly configApplies: Counter<'result'>;
   readonly rapidResetGoaways: Counter<never>;
@@ -124,6 +152,10 @@ export class Telemetry {
     this.requestDuration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames: REQUEST_LABELS, buckets: DURATION_BUCKETS, registers });
     this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
     this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
+    this.tcpOpened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections passed through', labelNames: TCP_LABELS, registers });
+    this.tcpClosed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: TCP_LABELS, registers });
+    this.tcpSent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent to clients of TCP connections', labelNames: TCP_LABELS, registers });
+    this.tcpReceived = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from clients of TCP connections', labelNames: TCP_LABELS, registers });
     this.quotaBackendErrors = new Counter({ name: 'weft_waypoint_quota_backend_errors_total', help: 'Quota checks that could not reach Redis', labelNames: ['failure_mode'], registers });
     this.configApplies = new Counter({ name: 'weft_waypoint_config_applies_total', help: 'Configuration updates, by result', labelNames: ['result'], registers });
     this.rapidResetGoaways = new Counter({ name: 'weft_waypoint_rapid_reset_goaways_total', help: 'HTTP/2 sessions closed for resetting streams too fast', registers });
@@ -222,6 +254,42 @@ export class Telemetry {
       });
       if (r.responseCode >= 500 || r.responseCode === 0) span.setStatus({ code: SpanStatusCode.ERROR });
       span.end();
+    }
+  }
+
+  private tcpLabels(r: TcpRecord): Record<TcpLabel, string> {
+    const svcKey = r.destinationServiceKey ?? '';
+    const slash = svcKey.indexOf('/');
+    return {
+      reporter: 'waypoint',
+      source_workload: serviceAccountOf(r.sourcePrincipal) ?? 'unknown',
+      source_workload_namespace: namespaceOfPrincipal(r.sourcePrincipal) ?? 'unknown',
+      source_principal: r.sourcePrincipal ?? 'unknown',
+      destination_service: r.destinationService ?? 'unknown',
+      destination_service_name: slash >= 0 ? svcKey.slice(slash + 1) : 'unknown',
+      destination_service_namespace: slash >= 0 ? svcKey.slice(0, slash) : 'unknown',
+      destination_workload: r.destinationWorkload ?? 'unknown',
+      response_flags: r.responseFlags,
+    };
+  }
+
+  tcpOpen(r: TcpRecord): void {
+    this.tcpOpened.inc(this.tcpLabels(r));
+  }
+
+  /** Counts the close and the bytes, and writes the access-log line. */
+  tcpClose(r: TcpRecord): void {
+    const labels = this.tcpLabels(r);
+    this.tcpClosed.inc(labels);
+    if (r.sentBytes) this.tcpSent.inc(labels, r.sentBytes);
+    if (r.receivedBytes) this.tcpReceived.inc(labels, r.receivedBytes);
+    if (this.accessLog) {
+      this.accessLog(JSON.stringify({
+        start_time: new Date(r.startTime).toISOString(), waypoint: this.waypoint, protocol: 'TCP',
+        response_flags: r.responseFlags, bytes_received: r.receivedBytes ?? 0, bytes_sent: r.sentBytes ?? 0,
+        duration_ms: r.durationMs, source_principal: r.sourcePrincipal, source_address: r.sourceAddress,
+        destination_service: r.destinationService, upstream_host: r.upstreamHost, detail: r.detail,
+      }));
     }
   }
 

@@ -126,6 +126,11 @@ export class UpstreamPool {
     return Promise.race([attempt, timeout]).finally(() => { clearTimeout(timer); timer = undefined; });
   }
 
+  /** A raw byte stream to the endpoint (TCP passthrough); not pooled. */
+  openStream(ep: UpstreamEndpoint, connectTimeoutMs: number): Promise<Duplex> {
+    return this.connect(ep, connectTimeoutMs);
+  }
+
   request(ep: UpstreamEndpoint, protocol: UpstreamProtocol, req: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
     return protocol === 'http2' ? this.requestH2(ep, req, connectTimeoutMs) : this.requestH1(ep, req, connectTimeoutMs);
   }
