@@ -177,3 +177,39 @@ test('a restarted controller does not rewrite statuses that are already right', 
       await again.close();
     }
   }));
+
+test('the fake API server keeps status and spec apart like the status subresource does', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  try {
+    const created = api.apply(authz('shop', 'p', { action: 'DENY' }));
+    const base = `${api.url}/apis/weft.dev/v1alpha1/namespaces/shop/authorizationpolicies/p`;
+    const put = (url: string, body: unknown) => fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    // PUT on /status changes only status.
+    let res = await put(`${base}/status`, { ...created, spec: { action: 'ALLOW' }, status: { conditions: [{ type: 'Accepted', status: 'True', reason: 'Accepted', message: '' }] } });
+    assert.equal(res.status, 200);
+    let now = api.get('AuthorizationPolicy', 'shop', 'p')!;
+    assert.equal((now.spec as { action: string }).action, 'DENY');
+    assert.equal((now.status as { conditions: unknown[] }).conditions.length, 1);
+    // PUT on the object changes spec, keeps status, moves generation; a stale resourceVersion conflicts.
+    res = await put(base, { ...now, spec: { action: 'ALLOW' }, status: {} });
+    assert.equal(res.status, 200);
+    now = api.get('AuthorizationPolicy', 'shop', 'p')!;
+    assert.equal((now.spec as { action: string }).action, 'ALLOW');
+    assert.equal((now.status as { conditions: unknown[] }).conditions.length, 1);
+    assert.equal(now.metadata.generation, 2);
+    res = await put(base, { ...created, spec: { action: 'DENY' } });
+    assert.equal(res.status, 409);
+    // Merge patch on /status; a JSON patch is refused with 415.
+    res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ status: { observedGeneration: 2 } }) });
+    assert.equal(((await res.json()) as { status: { observedGeneration: number } }).status.observedGeneration, 2);
+    res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/json-patch+json' }, body: '[]' });
+    assert.equal(res.status, 415);
+    // A list carries the resourceVersion a watch continues from.
+    const list = (await (await fetch(`${api.url}/apis/weft.dev/v1alpha1/authorizationpolicies`)).json()) as { kind: string; metadata: { resourceVersion: string }; items: unknown[] };
+    assert.equal(list.kind, 'AuthorizationPolicyList');
+    assert.equal(list.metadata.resourceVersion, api.resourceVersion);
+  } finally {
+    await api.stop();
+  }
+});
