@@ -111,6 +111,18 @@ describe('policy table', () => {
     assert.equal(t.evaluate({ ...req, path: '/x/index.html' }).allowed, true);
   });
 
+  it('never matches HTTP-only fields of an ALLOW rule for a TCP connection, and ignores them in DENY rules', () => {
+    const tcp = { ...base, method: '', path: '', host: '', l7: false, principal: 'spiffe://cluster.local/ns/shop/sa/a' };
+    const allow = new PolicyTable([policy('get-only', 'ALLOW', [{ from: [], to: [{ methods: ['GET'] }], when: [], layer: 'L7' }])], []);
+    assert.equal(allow.evaluate(tcp).allowed, false);
+    assert.equal(allow.evaluate({ ...tcp, l7: true, method: 'GET', path: '/' }).allowed, true);
+    const allowL4 = new PolicyTable([policy('from-shop', 'ALLOW', [{ from: [{ namespaces: ['shop'] }], to: [], when: [], layer: 'L4' }])], []);
+    assert.equal(allowL4.evaluate(tcp).allowed, true);
+    const deny = new PolicyTable([policy('no-header', 'DENY', [{ from: [{ namespaces: ['shop'] }], to: [], when: [{ key: 'request.headers[x-a]', values: ['1'] }], layer: 'L7' }])], []);
+    assert.equal(deny.evaluate(tcp).allowed, false);
+    assert.equal(deny.evaluate({ ...tcp, l7: true, path: '/' }).allowed, true);
+  });
+
   it('rejects unknown condition keys and bad CIDRs, naming the policy', () => {
     const issues: ConfigIssue[] = [];
     new PolicyTable([policy('bad', 'ALLOW', [{
