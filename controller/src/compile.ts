@@ -373,10 +373,18 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     model.policies.set(key, compiled);
   }
 
-  // Traffic policies.
-  for (const tp of inputs.trafficPolicies) {
+  // Traffic policies: one per service; with several, the oldest wins (Gateway API policy
+  // attachment) and the others are reported Conflicted.
+  const trafficPolicyOf = new Map<string, string>();
+  for (const tp of sortByAge(inputs.trafficPolicies)) {
     const ns = tp.metadata.namespace!;
     const svcKey = nsName(ns, tp.spec.targetRef.name);
+    const winner = trafficPolicyOf.get(svcKey);
+    if (winner) {
+      findings.push({ kind: 'TrafficPolicy', namespace: ns, name: tp.metadata.name, path: 'spec.targetRef', reason: 'Conflicted', message: `Service ${svcKey} already has TrafficPolicy ${winner} (the oldest one applies)` });
+      continue;
+    }
+    trafficPolicyOf.set(svcKey, nsName(ns, tp.metadata.name));
     if (!model.services.has(svcKey)) findings.push({ kind: 'TrafficPolicy', namespace: ns, name: tp.metadata.name, path: 'spec.targetRef.name', reason: 'TargetNotFound', message: `Service ${svcKey} does not exist` });
     model.trafficPolicies.set(nsName(ns, tp.metadata.name), compileTrafficPolicy(tp, svcKey));
   }

@@ -153,3 +153,17 @@ test('without a reconciler, a running pod labelled weft.dev/waypoint makes its W
   assert.equal(model.waypoints.get('a/wp')!.ready, true);
   assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.2');
 });
+
+test('two TrafficPolicies for one Service: the oldest applies, the other is Conflicted', () => {
+  const i = emptyInputs();
+  i.services.push(svc('a', 'web'));
+  const tp = (name: string, created: string, request: string) => ({
+    apiVersion: 'weft.dev/v1alpha1' as const, kind: 'TrafficPolicy' as const,
+    metadata: { name, namespace: 'a', creationTimestamp: created },
+    spec: { targetRef: { kind: 'Service' as const, name: 'web' }, timeouts: { request } },
+  });
+  i.trafficPolicies.push(tp('newer', '2026-02-01T00:00:00Z', '5s'), tp('older', '2026-01-01T00:00:00Z', '1s'));
+  const { model, findings } = compile(i);
+  assert.deepEqual([...model.trafficPolicies.values()].map((t) => [t.name, t.timeouts.requestMs]), [['older', 1000]]);
+  assert.deepEqual(findings.map((f) => [f.name, f.reason, f.path]), [['newer', 'Conflicted', 'spec.targetRef']]);
+});
