@@ -150,7 +150,8 @@ export class LocalMesh {
       '--node-ip', n.ip,
       '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`,
       '--trust-bundle', this.caFile,
-      '--token', this.tokens.get(nodeName)!,
+      // One argument: a base64url token may start with '-', which parseArgs would take for an option.
+      `--token=${this.tokens.get(nodeName)!}`,
       '--trust-domain', this.trustDomain,
       '--cgroup', n.cgroup,
       '--pin-root', n.pinRoot,
