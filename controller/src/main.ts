@@ -86,7 +86,8 @@ export interface RunningController {
   grpcPort: number;
   metricsPort: number;
   readyPort: number;
-  adminPort: number;
+  /** Undefined when the admin port could not be bound. */
+  adminPort: number | undefined;
   registry: Registry;
   /** The CA behind the certificate service and the serving certificate (absent with --insecure). */
   ca?: CertificateAuthority;
@@ -202,7 +203,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     } else res.writeHead(404).end();
   });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
-  const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1');
+  // The admin port is a convenience: a controller that cannot bind it still serves the mesh.
+  const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1').catch((e: Error) => {
+    log.warn('admin port not available; continuing without it', { port: o.adminPort ?? DEFAULT_ADMIN_PORT, error: e.message });
+    return undefined;
+  });
   const readyPort = await listen(ready, o.readyPort ?? DEFAULT_READY_PORT, host);
 
   await controller.start();
@@ -224,7 +229,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       controllerCreds?.close();
       await new Promise<void>((r) => metrics.close(() => r()));
       await new Promise<void>((r) => ready.close(() => r()));
-      await new Promise<void>((r) => admin.close(() => r()));
+      if (adminPort !== undefined) await new Promise<void>((r) => admin.close(() => r()));
     },
   };
 }
