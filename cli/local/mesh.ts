@@ -165,6 +165,46 @@ export class LocalMesh {
     for (const n of this.o.nodes) this.startAgent(n);
   }
 
+  /**
+   * A waypoint for a namespace: the Waypoint object, and a pod (labelled `weft.dev/waypoint`, not
+   * captured itself) on `nodeName` running waypoint/src/main.ts. It gets its certificate from the
+   * controller with the node's bootstrap token, as a pod of that node.
+   */
+  startWaypoint(nodeName: string, namespace: string, name = 'waypoint'): Workload {
+    const tokenFile = join(this.o.stateDir, `token-${nodeName}`);
+    writeFileSync(tokenFile, this.tokens.get(nodeName)!, { mode: 0o600 });
+    this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [{ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace } }]);
+    return this.addWorkload({
+      node: nodeName, namespace, name: `${name}-0`, serviceAccount: name,
+      labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
+      command: [
+        'waypoint/src/main.ts', '--namespace', namespace, '--name', name, '--id', `${name}-0`,
+        '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', this.trustDomain,
+        '--token-file', tokenFile, '--ca-bundle', this.caFile,
+      ],
+    });
+  }
+
+  /** Waits until a waypoint pod answers ready on 15021. */
+  async waitWaypointReady(namespace: string, name = 'waypoint', timeoutMs = 60_000): Promise<void> {
+    const w = this.workloads.get(`${namespace}/${name}-0`);
+    if (!w) throw new Error(`no waypoint ${namespace}/${name} was started`);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const r = await requestInNetns(w.pod.netnsPath, `http://${w.pod.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
+        if (r.status === 200) return;
+      } catch {
+        /* not listening yet */
+      }
+      if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
+        throw new Error(`waypoint ${namespace}/${name} exited:\n${this.logTail(`pod-${namespace}-${name}-0.log`)}`);
+      }
+      if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${name} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${name}-0.log`)}`);
+      await sleep(200);
+    }
+  }
+
   /** Kills a node's agent (SIGKILL: no goodbye), as a crash or an upgrade would. */
   async killAgent(nodeName: string): Promise<void> {
     const a = this.agents.get(nodeName);
@@ -278,7 +318,9 @@ export class LocalMesh {
         }
         const r = await this.agentReady(name);
         if (r.ready) break;
-        if (Date.now() > deadline) throw new Error(`agent on ${name} not ready after ${timeoutMs} ms: ${r.reason}\n${this.logTail(`agent-${name}.log`)}`);
+        if (Date.now() > deadline) {
+          throw new Error(`agent on ${name} not ready after ${timeoutMs} ms: ${r.reason}\n${this.logTail(`agent-${name}.log`, 10)}\ncontroller:\n${this.logTail('controller.log', 20)}`);
+        }
         await sleep(200);
       }
     }

@@ -136,6 +136,9 @@ export class LocalNetwork {
     // Pods' gateway: a local address of the node, so the node answers their ARP for it.
     runIn(netns, 'ip', ['addr', 'add', `${POD_GATEWAY}/32`, 'dev', 'lo']);
     mkdirSync(node.cgroup, { recursive: true });
+    // The wire (where the controller listens) reaches pods through their node: waypoint pods
+    // talk to the controller from their own address.
+    runIn(this.wireNetns, 'ip', ['route', 'add', node.podCidr, 'via', node.ip]);
     // Routes between every pair of nodes' pod ranges.
     for (const other of this.nodes) {
       runIn(netns, 'ip', ['route', 'add', other.podCidr, 'via', other.ip]);

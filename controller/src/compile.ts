@@ -185,7 +185,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       name: wp.metadata.name,
       namespace: ns,
       port: HBONE_PORT,
-      spiffeId: spiffeIdOf(trustDomain, ns, wp.spec.serviceAccountName ?? wp.metadata.name),
+      spiffeId: spiffeIdOf(trustDomain, ns, wp.spec?.serviceAccountName ?? wp.metadata.name),
       ready: ready && address !== undefined,
       ...(address !== undefined ? { address } : {}),
       ...(ready && address !== undefined ? {} : { reason: reason ?? 'NoAddress' }),

@@ -50,7 +50,7 @@ export class Controller {
   #statuses = new Map<string, ObjectStatus>();
   #written = new Map<string, string>();
   #waypointsDirty = true;
-  readonly #metrics?: { compiles: Counter; rejected: Counter; objects: Gauge; compileSeconds: Histogram };
+  readonly #metrics?: { compiles: Counter; compileErrors: Counter; rejected: Counter; objects: Gauge; compileSeconds: Histogram };
 
   constructor(options: ControllerOptions) {
     this.#o = options;
@@ -59,6 +59,7 @@ export class Controller {
       const registers = [options.registry];
       this.#metrics = {
         compiles: new Counter({ name: 'weft_controller_compiles_total', help: 'Model compilations', registers }),
+        compileErrors: new Counter({ name: 'weft_controller_compile_errors_total', help: 'Compilations that failed (the last good model kept serving)', registers }),
         rejected: new Counter({ name: 'weft_controller_rejected_objects_total', help: 'Object updates refused as invalid', labelNames: ['kind'], registers }),
         objects: new Gauge({ name: 'weft_controller_objects', help: 'Accepted input objects', registers }),
         compileSeconds: new Histogram({ name: 'weft_controller_compile_seconds', help: 'Time to compile the model from the accepted objects', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
@@ -151,7 +152,15 @@ export class Controller {
     if (this.#dirty || !this.#model) {
       this.#dirty = false;
       const started = performance.now();
-      const result = compile(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) });
+      let result: ReturnType<typeof compile>;
+      try {
+        result = compile(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) });
+      } catch (e) {
+        // A compiler bug must not take the mesh down: keep serving the last good model.
+        this.#log.error('compile failed; the last good config keeps serving', { error: (e as Error).message, stack: (e as Error).stack });
+        this.#metrics?.compileErrors.inc();
+        return;
+      }
       this.#lastCompileMs = performance.now() - started;
       this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
       this.#model = result.model;

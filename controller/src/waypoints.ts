@@ -50,14 +50,14 @@ export class WaypointReconcileError extends Error {
 }
 
 function launchSpec(wp: Waypoint, trustDomain: string): WaypointLaunchSpec {
-  const sa = wp.spec.serviceAccountName ?? wp.metadata.name;
+  const sa = wp.spec?.serviceAccountName ?? wp.metadata.name;
   return {
     name: wp.metadata.name,
     namespace: wp.metadata.namespace!,
     serviceAccount: sa,
     spiffeId: spiffeIdOf(trustDomain, wp.metadata.namespace!, sa),
-    replicas: wp.spec.replicas ?? 1,
-    ...(wp.spec.image ? { image: wp.spec.image } : {}),
+    replicas: wp.spec?.replicas ?? 1,
+    ...(wp.spec?.image ? { image: wp.spec.image } : {}),
   };
 }
 

@@ -131,7 +131,8 @@ export interface Waypoint {
   apiVersion: 'weft.dev/v1alpha1';
   kind: 'Waypoint';
   metadata: ObjectMeta;
-  spec: {
+  /** Optional: a Waypoint with no spec takes every default. */
+  spec?: {
     /** Identity the waypoint runs as; default `<name>` (the reconciler creates it). */
     serviceAccountName?: string;
     /** Deployment replicas in Kubernetes mode; default 1. */
