@@ -6,6 +6,7 @@ import { checkCommand } from './commands/check.ts';
 import { downCommand, statusCommand, upCommand } from './commands/local.ts';
 import { inspectCommands } from './commands/inspect.ts';
 import { applyCommand, deleteCommand } from './commands/apply.ts';
+import { topCommand } from './commands/top.ts';
 
 const program = new Command('weftctl')
   .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
@@ -15,6 +16,7 @@ const program = new Command('weftctl')
   .addCommand(statusCommand())
   .addCommand(applyCommand())
   .addCommand(deleteCommand())
+  .addCommand(topCommand())
   .addCommand(installCommand())
   .addCommand(checkCommand());
 for (const c of inspectCommands()) program.addCommand(c);

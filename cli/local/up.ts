@@ -58,11 +58,25 @@ function preflight(): void {
   }
 }
 
-const SERVICES = [
-  { namespace: 'demo', name: 'echo', vip: '10.96.0.10', port: 80, app: 'echo' },
-  { namespace: 'demo', name: 'near', vip: '10.96.0.11', port: 80, app: 'near' },
-  { namespace: 'shop', name: 'reviews', vip: '10.96.1.10', port: 80, app: 'reviews' },
+const SERVICES: Array<{ namespace: string; name: string; vip: string; port: number; selector: Record<string, string>; show?: boolean }> = [
+  { namespace: 'demo', name: 'echo', vip: '10.96.0.10', port: 80, selector: { app: 'echo' }, show: true },
+  { namespace: 'demo', name: 'near', vip: '10.96.0.11', port: 80, selector: { app: 'near' }, show: true },
+  { namespace: 'shop', name: 'reviews', vip: '10.96.1.10', port: 80, selector: { app: 'reviews' }, show: true },
+  { namespace: 'shop', name: 'reviews-v1', vip: '10.96.1.11', port: 80, selector: { app: 'reviews', version: 'v1' } },
+  { namespace: 'shop', name: 'reviews-v2', vip: '10.96.1.12', port: 80, selector: { app: 'reviews', version: 'v2' } },
 ];
+
+/** shop/reviews through the shop waypoint: 90% to v1, 10% to v2 (a canary), testers to v2. */
+const CANARY_ROUTE = {
+  apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'reviews-canary', namespace: 'shop' },
+  spec: {
+    parentRefs: [{ group: '', kind: 'Service', name: 'reviews', port: 80 }],
+    rules: [
+      { matches: [{ headers: [{ name: 'x-user', value: 'tester' }] }], backendRefs: [{ name: 'reviews-v2', port: 80 }] },
+      { backendRefs: [{ name: 'reviews-v1', port: 80, weight: 90 }, { name: 'reviews-v2', port: 80, weight: 10 }] },
+    ],
+  },
+};
 
 export async function up(o: UpOptions): Promise<LocalState> {
   preflight();
@@ -81,12 +95,13 @@ export async function up(o: UpOptions): Promise<LocalState> {
   try {
     mesh.writeConfig('10-namespaces.yaml', [
       { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
-      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
     ]);
     mesh.writeConfig('20-services.yaml', SERVICES.map((s) => ({
       apiVersion: 'v1', kind: 'Service', metadata: { name: s.name, namespace: s.namespace },
-      spec: { clusterIP: s.vip, selector: { app: s.app }, ports: [{ name: 'http', port: s.port, targetPort: 8080 }] },
+      spec: { clusterIP: s.vip, selector: s.selector, ports: [{ name: 'http', port: s.port, targetPort: 8080 }] },
     })));
+    mesh.writeConfig('30-routes.yaml', [CANARY_ROUTE]);
     o.say('starting the controller (config directory ' + mesh.configDir + ')');
     mesh.startController();
     await mesh.waitControllerReady();
@@ -99,6 +114,9 @@ export async function up(o: UpOptions): Promise<LocalState> {
     o.say('starting one agent per node (loads eBPF, enrols pods, gets certificates)');
     mesh.startAgents();
     await mesh.waitReady(90_000);
+    o.say('starting the shop waypoint (L7 routing: reviews 90% v1 / 10% v2)');
+    mesh.startWaypoint('node2', 'shop');
+    await mesh.waitWaypointReady('shop');
     await mesh.startWorkload({
       node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' },
       command: ['cli/local/apps/loadgen.ts', '--rate', '4', 'http://10.96.0.10/', 'http://10.96.0.11/', 'http://10.96.1.10/'],
@@ -109,7 +127,7 @@ export async function up(o: UpOptions): Promise<LocalState> {
       startedAt: new Date().toISOString(),
       nodes: mesh.net.nodes.map((n) => ({ name: n.name, ip: n.ip, netns: n.netns, pinRoot: n.pinRoot, cgroup: n.cgroup })),
       pods: mesh.net.nodes.flatMap((n) => n.pods.map((p) => ({ namespace: p.namespace, name: p.name, node: n.name, ip: p.ip, netns: p.netns }))),
-      services: SERVICES.map(({ namespace, name, vip, port }) => ({ namespace, name, vip, port })),
+      services: SERVICES.filter((x) => x.show).map(({ namespace, name, vip, port }) => ({ namespace, name, vip, port })),
     };
     writeFileSync(stateFile(o.stateDir), JSON.stringify(state, null, 2));
     return state;
@@ -121,7 +139,7 @@ export async function up(o: UpOptions): Promise<LocalState> {
 }
 
 /** Sends a few requests from the client pod and reports who answered (the README's proof). */
-export async function showTraffic(st: LocalState, say: (l: string) => void, requests = 6): Promise<boolean> {
+export async function showTraffic(st: LocalState, say: (l: string) => void, requests = 20): Promise<boolean> {
   const client = st.pods.find((p) => p.namespace === 'demo' && p.name === 'client');
   if (!client) return false;
   let allOk = true;
@@ -131,13 +149,17 @@ export async function showTraffic(st: LocalState, say: (l: string) => void, requ
       try {
         const r = await inPodHttp(st, client.netns, `http://${s.vip}:${s.port}/`);
         const body = JSON.parse(r) as { pod: string; peer: string };
-        seen.set(`${body.pod} (saw client ${body.peer.replace(/^::ffff:/, '')})`, (seen.get(body.pod) ?? 0) + 1);
+        const peer = body.peer.replace(/^::ffff:/, '');
+        const via = st.pods.find((p) => p.ip === peer && p.name.startsWith('waypoint'));
+        const key = via ? `${body.pod} (via the ${via.namespace} waypoint ${peer})` : `${body.pod} (server saw client ${peer})`;
+        seen.set(key, (seen.get(key) ?? 0) + 1);
       } catch (err) {
         allOk = false;
-        seen.set(`error: ${(err as Error).message}`, (seen.get('error') ?? 0) + 1);
+        const key = `error: ${(err as Error).message}`;
+        seen.set(key, (seen.get(key) ?? 0) + 1);
       }
     }
-    say(`  demo/client → ${s.name}.${s.namespace} (${s.vip}:${s.port}): ${[...seen.keys()].join(', ')}`);
+    say(`  demo/client → ${s.name}.${s.namespace} (${s.vip}:${s.port}): ${[...seen.entries()].map(([k, n]) => `${n}× ${k}`).join(', ')}`);
   }
   return allOk;
 }
