@@ -33,7 +33,7 @@ BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
 
 .PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e \
-	clean clean-lab up down node-path
+	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
 deps: deps-apt deps-node node_modules/.installed
@@ -111,3 +111,8 @@ up: deps build
 
 down:
 	node cli/weftctl.ts down
+
+## bench: Weft beside stunnel and HAProxy on one netns topology, plus the micro-benchmarks (root;
+## about 6 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
+bench: deps build
+	node bench/run.ts

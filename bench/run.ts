@@ -1,0 +1,430 @@
+// `make bench` (root): Weft side by side with stunnel and HAProxy on one network-namespace
+// topology, in one run, plus the micro-benchmarks (CA signing, controller push, loopback HBONE).
+//
+//   node bench/run.ts [--seconds 10] [--rate 1000] [--cases direct,weft-l4,...] [--no-micro]
+//                     [--profile]   (agents under `node --cpu-prof`; prints where their time goes)
+//
+// Topology (cli/local/mesh.ts): node1 and node2 on a bridge, pods as network namespaces.
+//   namespace `bench` (ambient): client (node1), web = nginx (node2), near = nginx (node1), iperf (node2)
+//   namespace `plain` (not in the mesh): client (node1), web = nginx (node2), near = nginx (node1), iperf (node2)
+//   stunnel and HAProxy pairs: one end in node1's netns, the other in node2's, in front of plain/web.
+// Every load tool runs inside a client pod (its netns and cgroup, so eBPF steers it when ambient).
+// Everything carries one prefix (`wb` + 4 characters) and is removed at the end, on failure and on
+// SIGINT/SIGTERM. Results: a table on stdout and bench/results/latest.json.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, existsSync } from 'node:fs';
+import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LocalMesh, REPO_ROOT, type Workload } from '../cli/local/mesh.ts';
+import type { LocalPod } from '../cli/local/network.ts';
+import {
+  parseHey, parseIperf3, parseWrk, parseProcStatCpuTicks, parseProcStatusKb, parseHboneBench, lastJsonLine, topSelfTime,
+  type HeyResult, type IperfResult, type WrkResult, type CpuProfile, type ProfileEntry,
+} from './parse.ts';
+import {
+  nginxConf, makePairCerts, stunnelClientConf, stunnelServerConf, haproxyClientConf, haproxyServerConf, type PairSpec,
+} from './proxies.ts';
+import { report, type CaseResult, type BenchResults } from './report.ts';
+
+const CLOCK_TICKS = 100; // USER_HZ on Linux
+const NGINX_PORT = 8080;
+const IPERF_PORT = 5201;
+const VIP = { web: '10.96.0.10', near: '10.96.0.11', iperf: '10.96.0.12', nearIperf: '10.96.0.13' };
+const WRK_THREADS = 2;
+const WRK_CONNECTIONS = 16;
+const HEY_WORKERS = 10;
+const STUNNEL_PORTS = { frontHttp: 18081, frontTcp: 18082, backHttp: 18443, backTcp: 18444 };
+const HAPROXY_PORTS = { frontHttp: 18091, frontTcp: 18092, backHttp: 18543, backTcp: 18544 };
+const ALL_CASES = ['direct', 'direct-same-node', 'weft-l4', 'weft-same-node', 'weft-l7', 'stunnel', 'haproxy'] as const;
+type CaseName = typeof ALL_CASES[number];
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '10' },
+    rate: { type: 'string', default: '1000' },
+    cases: { type: 'string', default: ALL_CASES.join(',') },
+    'no-micro': { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
+    out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results', 'latest.json') },
+  },
+});
+const SECONDS = Number(values.seconds);
+const RATE = Number(values.rate);
+const PROFILE = values.profile;
+const selected = new Set(values.cases.split(',').map((s) => s.trim()).filter(Boolean));
+for (const c of selected) if (!(ALL_CASES as readonly string[]).includes(c)) throw new Error(`unknown case "${c}"; cases are ${ALL_CASES.join(', ')}`);
+
+const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+// ---- processes ----
+
+interface Output { code: number | null; stdout: string; stderr: string }
+
+async function collect(child: ChildProcess, timeoutMs: number): Promise<Output> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (c: Buffer) => (stdout += c));
+  child.stderr?.on('data', (c: Buffer) => (stderr += c));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+function cpuTicks(pid: number): number | undefined {
+  try { return parseProcStatCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return undefined; }
+}
+
+function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
+  try { return parseProcStatusKb(readFileSync(`/proc/${pid}/status`, 'utf8'), field); } catch { return undefined; }
+}
+
+interface Proc { label: string; pid: number }
+
+/** CPU seconds each process spent while `fn` ran, and the highest RSS sampled meanwhile. */
+async function measured<T>(procs: Proc[], fn: () => Promise<T>): Promise<{ value: T; cpuSeconds: Record<string, number>; maxRssMb: Record<string, number> }> {
+  const before = procs.map((p) => cpuTicks(p.pid));
+  const maxRss = new Map<string, number>();
+  const sample = () => {
+    for (const p of procs) {
+      const kb = statusKb(p.pid, 'VmRSS');
+      if (kb !== undefined) maxRss.set(p.label, Math.max(maxRss.get(p.label) ?? 0, kb));
+    }
+  };
+  const timer = setInterval(sample, 250);
+  sample();
+  let value: T;
+  try {
+    value = await fn();
+  } finally {
+    clearInterval(timer);
+  }
+  sample();
+  const cpuSeconds: Record<string, number> = {};
+  const maxRssMb: Record<string, number> = {};
+  procs.forEach((p, i) => {
+    const a = before[i];
+    const b = cpuTicks(p.pid);
+    if (a !== undefined && b !== undefined) cpuSeconds[p.label] = +((b - a) / CLOCK_TICKS).toFixed(2);
+    const kb = maxRss.get(p.label);
+    if (kb !== undefined) maxRssMb[p.label] = +(kb / 1024).toFixed(1);
+  });
+  return { value, cpuSeconds, maxRssMb };
+}
+
+// ---- the topology ----
+
+const prefix = `wb${randomBytes(4).toString('hex').replace(/[^a-z0-9]/g, '').slice(0, 4)}`;
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-bench-'));
+let mesh: LocalMesh | undefined;
+let destroyed = false;
+
+function cleanupSync(): void {
+  if (destroyed) return;
+  destroyed = true;
+  try { mesh?.net.destroySync(); } catch (err) { process.stderr.write(`bench cleanup: ${(err as Error).message}\n`); }
+  rmSync(stateDir, { recursive: true, force: true });
+}
+process.on('exit', cleanupSync);
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    log(`${sig}: removing ${prefix}-* and exiting`);
+    cleanupSync();
+    process.exit(130);
+  });
+}
+
+interface Case {
+  name: CaseName;
+  title: string;
+  client: LocalPod;
+  url: string;
+  iperf?: { host: string; port: number };
+  procs: () => Proc[];
+  /** The case whose latency is subtracted for "added" latency. */
+  baseline: CaseName;
+}
+
+function inPod(pod: LocalPod, cmd: string, args: string[], timeoutMs: number): Promise<Output> {
+  return collect(mesh!.net.spawn(pod, cmd, args), timeoutMs);
+}
+
+async function waitHttp(pod: LocalPod, url: string, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: Output | undefined;
+  while (Date.now() < deadline) {
+    last = await inPod(pod, 'curl', ['-sS', '--max-time', '3', '-o', '/dev/null', '-w', '%{http_code}', url], 5_000);
+    if (last.code === 0 && last.stdout.trim() === '200') return;
+    await sleep(250);
+  }
+  throw new Error(`${what}: ${url} did not answer 200 from ${pod.namespace}/${pod.name} within ${timeoutMs} ms (curl: ${last?.stderr.trim() || last?.stdout})`);
+}
+
+async function waitTcp(pod: LocalPod, host: string, port: number, what: string, timeoutMs = 20_000): Promise<void> {
+  // An iperf3 server takes one test at a time, so probe with a tiny test rather than a bare connect.
+  const deadline = Date.now() + timeoutMs;
+  let last: Output | undefined;
+  while (Date.now() < deadline) {
+    last = await inPod(pod, 'iperf3', ['-c', host, '-p', String(port), '-n', '64K', '-J'], 10_000);
+    if (last.code === 0) return;
+    await sleep(500);
+  }
+  throw new Error(`${what}: iperf3 to ${host}:${port} failed from ${pod.namespace}/${pod.name}: ${last?.stdout.slice(0, 300)}${last?.stderr}`);
+}
+
+function nginxCommand(name: string): string[] {
+  const dir = join(stateDir, `nginx-${name}`);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'nginx.conf'), nginxConf(dir, NGINX_PORT));
+  return ['/usr/sbin/nginx', '-c', join(dir, 'nginx.conf'), '-p', dir];
+}
+
+/** A daemon in a node's network namespace, in a cgroup of its own under the mesh's `system` folder. */
+function startOnNode(node: string, name: string, cmd: string, args: string[]): ChildProcess {
+  const m = mesh!;
+  const cgroup = join(m.net.cgroupDir, 'system', name);
+  mkdirSync(cgroup, { recursive: true });
+  return m.net.spawn({ netns: m.node(node).netns, cgroup }, cmd, args, { logFile: join(m.logDir, `${name}.log`) });
+}
+
+// ---- measurements ----
+
+async function runWrk(c: Case, seconds: number): Promise<WrkResult> {
+  const args = [`-t${WRK_THREADS}`, `-c${WRK_CONNECTIONS}`, `-d${seconds}s`, '--latency', c.url];
+  const r = await inPod(c.client, 'wrk', args, (seconds + 30) * 1000);
+  if (r.code !== 0) throw new Error(`wrk ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return parseWrk(r.stdout);
+}
+
+async function runHey(c: Case, seconds: number): Promise<HeyResult> {
+  const perWorker = RATE / HEY_WORKERS;
+  const args = ['-z', `${seconds}s`, '-q', String(perWorker), '-c', String(HEY_WORKERS), c.url];
+  const r = await inPod(c.client, 'hey', args, (seconds + 30) * 1000);
+  if (r.code !== 0) throw new Error(`hey ${args.join(' ')} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return parseHey(r.stdout);
+}
+
+async function runIperf(c: Case): Promise<IperfResult> {
+  const { host, port } = c.iperf!;
+  const args = ['-c', host, '-p', String(port), '-t', String(SECONDS), '-J'];
+  const r = await inPod(c.client, 'iperf3', args, (SECONDS + 30) * 1000);
+  if (r.code !== 0) throw new Error(`iperf3 ${args.join(' ')} failed (${r.code}): ${r.stdout.slice(0, 500)}${r.stderr}`);
+  return parseIperf3(r.stdout);
+}
+
+async function runCase(c: Case): Promise<CaseResult> {
+  const procs = c.procs();
+  const res: CaseResult = { name: c.name, title: c.title, baseline: c.baseline, proxies: procs.map((p) => p.label), errors: [] };
+  res.rssMbIdle = {};
+  for (const p of procs) {
+    const kb = statusKb(p.pid, 'VmRSS');
+    if (kb !== undefined) res.rssMbIdle[p.label] = +(kb / 1024).toFixed(1);
+  }
+  // Fixed rate first, so the RSS at that rate is not the high-water mark of the saturation run.
+  log(`${c.title}: warm-up, then hey at ${RATE} req/s`);
+  try {
+    await runHey(c, 2);
+    const h = await measured(procs, () => runHey(c, SECONDS));
+    res.hey = h.value;
+    res.cpuSecondsAtRate = h.cpuSeconds;
+    res.rssMbAtRate = h.maxRssMb;
+  } catch (err) { res.errors.push(`hey: ${(err as Error).message}`); }
+  log(`${c.title}: wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s`);
+  try {
+    const w = await measured(procs, () => runWrk(c, SECONDS));
+    res.wrk = w.value;
+    res.cpuSecondsSaturation = w.cpuSeconds;
+  } catch (err) { res.errors.push(`wrk: ${(err as Error).message}`); }
+  if (c.iperf) {
+    log(`${c.title}: iperf3 single stream`);
+    try {
+      const i = await measured(procs, () => runIperf(c));
+      res.iperf = i.value;
+      res.cpuSecondsBulk = i.cpuSeconds;
+    } catch (err) { res.errors.push(`iperf3: ${(err as Error).message}`); }
+  } else {
+    res.errors.push('iperf3: not measured on this path');
+  }
+  res.peakRssMb = {};
+  for (const p of procs) {
+    const kb = statusKb(p.pid, 'VmHWM');
+    if (kb !== undefined) res.peakRssMb[p.label] = +(kb / 1024).toFixed(1);
+  }
+  for (const e of res.errors) log(`${c.title}: ${e}`);
+  return res;
+}
+
+// ---- micro-benchmarks (child processes, run before the topology exists) ----
+
+async function micro(): Promise<BenchResults['micro']> {
+  // A higher open-files limit: hbone-throughput's HAProxy pair asks for maxconn 20000 (40,000 fds).
+  const node = (script: string, args: string[], timeoutMs: number) =>
+    collect(spawn('sh', ['-c', 'ulimit -n 65536 2>/dev/null; exec "$0" "$@"', process.execPath, join(REPO_ROOT, 'bench', script), ...args],
+      { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] }), timeoutMs);
+  const out: BenchResults['micro'] = {};
+  log('micro: bench/ca-sign.ts --json');
+  const ca = await node('ca-sign.ts', ['--json', '--seconds', '3'], 60_000);
+  out.caSign = ca.code === 0 ? lastJsonLine(ca.stdout) : { error: ca.stderr.slice(-500) };
+  log('micro: bench/controller-push.ts');
+  const push = await node('controller-push.ts', [], 180_000);
+  out.controllerPush = push.code === 0 ? lastJsonLine(push.stdout) : { error: push.stderr.slice(-500) };
+  log('micro: bench/hbone-throughput.ts --mb 256 --repeat 1 --seconds 3');
+  const hb = await node('hbone-throughput.ts', ['--mb', '256', '--repeat', '1', '--seconds', '3'], 240_000);
+  out.hbone = hb.code === 0 ? { figures: parseHboneBench(hb.stdout), cpuLines: hb.stdout.split('\n').filter((l) => l.includes('cpu ms per GB')) } : { error: hb.stderr.slice(-500) };
+  return out;
+}
+
+// ---- main ----
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('make bench needs root (network namespaces, cgroups, eBPF); run it with sudo');
+  const started = Date.now();
+  const results: BenchResults = {
+    startedAt: new Date().toISOString(),
+    host: { cpus: (await import('node:os')).cpus().length, kernel: (await import('node:os')).release(), node: process.version },
+    settings: { seconds: SECONDS, rate: RATE, wrk: `-t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s --latency`, hey: `-z ${SECONDS}s -q ${RATE / HEY_WORKERS} -c ${HEY_WORKERS}`, iperf3: `-t ${SECONDS} (one stream)` },
+    cases: [],
+    notes: [],
+  };
+  if (!values['no-micro'] && !PROFILE) results.micro = await micro();
+
+  log(`topology ${prefix}: two nodes, controller, two agents${PROFILE ? ' (under --cpu-prof)' : ''}`);
+  mesh = await LocalMesh.create({ prefix, stateDir, nodes: ['node1', 'node2'], logLevel: 'warn' });
+  const m = mesh;
+  m.writeConfig('10-bench.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'bench', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'plain' } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'bench' }, spec: { clusterIP: VIP.web, selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: NGINX_PORT }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near', namespace: 'bench' }, spec: { clusterIP: VIP.near, selector: { app: 'near' }, ports: [{ name: 'http', port: 80, targetPort: NGINX_PORT }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'iperf', namespace: 'bench' }, spec: { clusterIP: VIP.iperf, selector: { app: 'iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near-iperf', namespace: 'bench' }, spec: { clusterIP: VIP.nearIperf, selector: { app: 'near-iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
+  ]);
+  m.startController();
+  const profDir = join(stateDir, 'cpu-prof');
+  if (PROFILE) {
+    mkdirSync(profDir, { recursive: true });
+    const saved = process.env.NODE_OPTIONS;
+    // Only the agents inherit this (LocalMesh passes process.env to the processes it starts).
+    process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profDir}`.trim();
+    m.startAgents();
+    if (saved === undefined) delete process.env.NODE_OPTIONS; else process.env.NODE_OPTIONS = saved;
+  } else {
+    m.startAgents();
+  }
+  await m.waitReady(60_000);
+
+  const iperfServer = ['/usr/bin/iperf3', '-s', '-p', String(IPERF_PORT)];
+  const w: Record<string, Workload> = {};
+  w.client = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'client' });
+  w.web = await m.startWorkload({ node: 'node2', namespace: 'bench', name: 'web', labels: { app: 'web' }, command: nginxCommand('bench-web') });
+  w.near = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near', labels: { app: 'near' }, command: nginxCommand('bench-near') });
+  w.iperf = await m.startWorkload({ node: 'node2', namespace: 'bench', name: 'iperf', labels: { app: 'iperf' }, command: iperfServer });
+  w.nearIperf = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near-iperf', labels: { app: 'near-iperf' }, command: iperfServer });
+  w.pclient = m.addWorkload({ node: 'node1', namespace: 'plain', name: 'client' });
+  w.pweb = m.addWorkload({ node: 'node2', namespace: 'plain', name: 'web', labels: { app: 'pweb' }, command: nginxCommand('plain-web') });
+  w.pnear = m.addWorkload({ node: 'node1', namespace: 'plain', name: 'near', labels: { app: 'pnear' }, command: nginxCommand('plain-near') });
+  w.piperf = m.addWorkload({ node: 'node2', namespace: 'plain', name: 'iperf', labels: { app: 'piperf' }, command: iperfServer });
+  w.pnearIperf = m.addWorkload({ node: 'node1', namespace: 'plain', name: 'near-iperf', labels: { app: 'pnear-iperf' }, command: iperfServer });
+
+  const n1 = m.node('node1').ip;
+  const n2 = m.node('node2').ip;
+  const pair = (ports: PairSpec['ports'], certs: PairSpec['certs']): PairSpec => ({
+    ports, clientNodeIp: n1, serverNodeIp: n2, certs,
+    httpTarget: `${w.pweb!.pod.ip}:${NGINX_PORT}`, tcpTarget: `${w.piperf!.pod.ip}:${IPERF_PORT}`,
+  });
+  const procsOf = new Map<string, Proc[]>();
+  const agentProcs = (): Proc[] => ['node1', 'node2'].map((n) => ({ label: `agent-${n}`, pid: m.agents.get(n)!.pid! }));
+  if (selected.has('stunnel') || selected.has('haproxy')) {
+    const certDir = join(stateDir, 'certs');
+    mkdirSync(certDir, { recursive: true });
+    const certs = makePairCerts(certDir);
+    if (selected.has('stunnel')) {
+      const spec = pair(STUNNEL_PORTS, certs);
+      writeFileSync(join(stateDir, 'stunnel-server.conf'), stunnelServerConf(spec));
+      writeFileSync(join(stateDir, 'stunnel-client.conf'), stunnelClientConf(spec));
+      const s = startOnNode('node2', 'stunnel-node2', 'stunnel', [join(stateDir, 'stunnel-server.conf')]);
+      const c = startOnNode('node1', 'stunnel-node1', 'stunnel', [join(stateDir, 'stunnel-client.conf')]);
+      procsOf.set('stunnel', [{ label: 'stunnel-node1', pid: c.pid! }, { label: 'stunnel-node2', pid: s.pid! }]);
+    }
+    if (selected.has('haproxy')) {
+      const spec = pair(HAPROXY_PORTS, certs);
+      writeFileSync(join(stateDir, 'haproxy-server.cfg'), haproxyServerConf(spec));
+      writeFileSync(join(stateDir, 'haproxy-client.cfg'), haproxyClientConf(spec));
+      const s = startOnNode('node2', 'haproxy-node2', 'haproxy', ['-db', '-f', join(stateDir, 'haproxy-server.cfg')]);
+      const c = startOnNode('node1', 'haproxy-node1', 'haproxy', ['-db', '-f', join(stateDir, 'haproxy-client.cfg')]);
+      procsOf.set('haproxy', [{ label: 'haproxy-node1', pid: c.pid! }, { label: 'haproxy-node2', pid: s.pid! }]);
+    }
+  }
+
+  const cases: Case[] = [
+    { name: 'direct', title: 'direct (no proxy)', client: w.pclient!.pod, url: `http://${w.pweb!.pod.ip}:${NGINX_PORT}/`, iperf: { host: w.piperf!.pod.ip, port: IPERF_PORT }, procs: () => [], baseline: 'direct' },
+    { name: 'direct-same-node', title: 'direct, same node', client: w.pclient!.pod, url: `http://${w.pnear!.pod.ip}:${NGINX_PORT}/`, iperf: { host: w.pnearIperf!.pod.ip, port: IPERF_PORT }, procs: () => [], baseline: 'direct-same-node' },
+    { name: 'weft-l4', title: 'Weft L4 (two agents, HBONE)', client: w.client!.pod, url: `http://${VIP.web}/`, iperf: { host: VIP.iperf, port: IPERF_PORT }, procs: agentProcs, baseline: 'direct' },
+    { name: 'weft-same-node', title: 'Weft same node', client: w.client!.pod, url: `http://${VIP.near}/`, iperf: { host: VIP.nearIperf, port: IPERF_PORT }, procs: agentProcs, baseline: 'direct-same-node' },
+    { name: 'stunnel', title: 'stunnel pair (mTLS, TCP)', client: w.pclient!.pod, url: `http://${n1}:${STUNNEL_PORTS.frontHttp}/`, iperf: { host: n1, port: STUNNEL_PORTS.frontTcp }, procs: () => procsOf.get('stunnel') ?? [], baseline: 'direct' },
+    { name: 'haproxy', title: 'HAProxy pair (mTLS, HTTP mode)', client: w.pclient!.pod, url: `http://${n1}:${HAPROXY_PORTS.frontHttp}/`, iperf: { host: n1, port: HAPROXY_PORTS.frontTcp }, procs: () => procsOf.get('haproxy') ?? [], baseline: 'direct' },
+  ];
+  if (selected.has('weft-l7')) {
+    results.notes.push('weft-l7: not measured yet — the local mesh (cli/local/) has no way to run a waypoint pod with a route and an L7 policy in it yet');
+  }
+
+  // Every path answers before anything is measured.
+  for (const c of cases) {
+    if (!selected.has(c.name)) continue;
+    await waitHttp(c.client, c.url, c.title);
+    if (c.iperf) await waitTcp(c.client, c.iperf.host, c.iperf.port, c.title);
+  }
+
+  for (const c of cases) {
+    if (!selected.has(c.name)) continue;
+    results.cases.push(await runCase(c));
+    await sleep(1000); // let TIME_WAIT and GC settle between cases
+  }
+
+  if (PROFILE) results.profile = await stopAndProfile(m, profDir);
+  results.durationSeconds = Math.round((Date.now() - started) / 1000);
+  log(`measured in ${results.durationSeconds} s; removing ${prefix}-*`);
+  await m.destroy();
+  destroyed = true;
+  rmSync(stateDir, { recursive: true, force: true });
+
+  mkdirSync(join(values.out, '..'), { recursive: true });
+  writeFileSync(values.out, JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write(report(results));
+  process.stdout.write(`\nJSON: ${values.out}\n`);
+}
+
+/** SIGTERM to the agents (they exit cleanly, so V8 writes the profiles), then the top functions of each. */
+async function stopAndProfile(m: LocalMesh, dir: string): Promise<Record<string, ProfileEntry[]>> {
+  const out: Record<string, ProfileEntry[]> = {};
+  const keep = join(REPO_ROOT, 'bench', 'results');
+  mkdirSync(keep, { recursive: true });
+  for (const [node, child] of m.agents) {
+    const before = new Set(existsSync(dir) ? readdirSync(dir) : []);
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      await Promise.race([once(child, 'exit'), sleep(10_000)]);
+    }
+    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && !before.has(f));
+    if (!file) { log(`profile: agent on ${node} wrote no profile`); continue; }
+    copyFileSync(join(dir, file), join(keep, `agent-${node}.cpuprofile`));
+    out[`agent-${node}`] = topSelfTime(JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile, 20, REPO_ROOT);
+  }
+  return out;
+}
+
+try {
+  await main();
+  process.exit(0);
+} catch (err) {
+  log(`failed: ${(err as Error).stack ?? err}`);
+  if (mesh) {
+    for (const f of existsSync(mesh.logDir) ? readdirSync(mesh.logDir) : []) log(`${f}:\n${mesh.logTail(f, 8)}`);
+  }
+  cleanupSync();
+  process.exit(1);
+}
