@@ -1,7 +1,8 @@
 /**
  * Loopback HBONE micro-benchmark. Prints one line per figure (`make bench` runs it):
  *
- *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--no-stunnel]
+ *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--repeat 3]
+ *                                  [--no-stunnel] [--throughput-only]
  *
  * Processes, so that each proxy gets its own event loop the way agents do:
  *   main      the application side: load generator plus the targets (sink, source, echo)
@@ -50,6 +51,7 @@ function cpuMicros(): number {
 // ---- child roles ----
 
 async function runChild(): Promise<void> {
+  process.on('disconnect', () => process.exit(0));
   process.on('message', async (m: Msg) => {
     if (m.kind === 'cpu') { process.send?.({ cpuMicros: cpuMicros() } satisfies Reply); return; }
     if (m.kind === 'inbound') {
@@ -199,11 +201,16 @@ async function perConnectionRps(open: Open, concurrency: number, seconds: number
   await Promise.all(Array.from({ length: concurrency }, async () => {
     while (performance.now() < until) {
       const s = await open('echo');
+      // Request, whole response, then close.
       await new Promise<void>((resolve, reject) => {
-        s.on('data', noop);
+        let got = 0;
+        s.on('data', (c: Buffer) => {
+          got += c.length;
+          if (got >= msg.length) s.end();
+        });
         s.once('end', () => resolve());
         s.once('error', reject);
-        s.end(msg);
+        s.write(msg);
       });
       done++;
     }
@@ -227,6 +234,15 @@ async function cpuOf(child: ChildProcess): Promise<number> {
 }
 
 /** A stunnel client/server pair with the same kind of certificates, or undefined without stunnel. */
+/** Polls until something accepts on the port (5 s). */
+async function waitFor(port: number): Promise<boolean> {
+  for (let i = 0; i < 100; i++) {
+    if (await tcp(port).then((s) => { s.destroy(); return true; }, () => false)) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
 interface Stunnel { ports: Targets; cpuMicros(): [number, number]; stop(): void }
 
 /** utime + stime of a process in microseconds, from /proc (USER_HZ is 100 on Linux). */
@@ -267,20 +283,17 @@ async function startStunnel(targets: Targets, ca: string, server: TestLeaf, clie
   const head = 'foreground = yes\npid =\ndebug = 3\n';
   const procs = ['server', 'client'].map((which) =>
     spawn('stunnel', [file(`${which}.conf`, head + sections[which as 'server' | 'client'])], { stdio: 'ignore' }));
-  // Wait until the client side accepts.
-  for (let i = 0; i < 100; i++) {
-    const ok = await tcp(ports.echo).then((s) => { s.destroy(); return true; }, () => false);
-    if (ok) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    ports,
-    cpuMicros: () => [procCpuMicros(procs[1]?.pid), procCpuMicros(procs[0]?.pid)],
-    stop: () => {
-      for (const p of procs) p.kill();
-      rmSync(dir, { recursive: true, force: true });
-    },
+  const stop = (): void => {
+    for (const p of procs) p.kill();
+    rmSync(dir, { recursive: true, force: true });
   };
+  process.once('exit', stop);
+  if (!(await waitFor(ports.echo))) {
+    stop();
+    console.log(`hbone-bench ${procs[0]?.spawnfile}-pair: did not start, skipped (run it in the foreground on the generated config to see why)`);
+    return undefined;
+  }
+  return { ports, cpuMicros: () => [procCpuMicros(procs[1]?.pid), procCpuMicros(procs[0]?.pid)], stop };
 }
 
 async function main(): Promise<void> {
@@ -379,6 +392,9 @@ async function main(): Promise<void> {
   outbound.kill();
   process.exit(0);
 }
+
+// Helpers (stunnel) are stopped from 'exit' handlers; make signals go through them.
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(1));
 
 if (process.argv.includes('--child')) await runChild();
 else await main();
