@@ -41,6 +41,8 @@ export interface AgentOptions {
   cgroupPath?: string;
   pinRoot?: string;
   objectDir?: string;
+  /** Look for pod namespaces only among named ones with this prefix (local mode); default: all. */
+  podNetnsPrefix?: string;
   /** Extra destination ports the datapath never redirects. */
   excludedPorts?: number[];
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
@@ -55,7 +57,7 @@ export class Agent {
   readonly log: Logger;
   readonly metrics = new AgentMetrics();
   readonly state: AgentState;
-  readonly resolver = new PodNetnsResolver();
+  readonly resolver: PodNetnsResolver;
   datapath!: Datapath;
   certs!: CertManager;
   xds!: ConfigClient<'agent'>;
@@ -74,6 +76,7 @@ export class Agent {
     this.o = o;
     this.log = o.logger ?? jsonLogger('agent', o.logLevel ?? 'info');
     this.state = new AgentState(o.node);
+    this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
     this.#accessLog = (entry) => write(JSON.stringify({ time: new Date().toISOString(), type: 'access', node: o.node, ...entry }));
   }

@@ -11,6 +11,7 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
   --exclude-port <port>      never redirect this destination port (repeatable)
+  --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
   --log-level debug|info|warn|error`;
 
@@ -39,6 +40,7 @@ const { values } = parseArgs({
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
     'exclude-port': { type: 'string', multiple: true },
+    'pod-netns-prefix': { type: 'string' },
     'outbound-port': { type: 'string' },
     'hbone-port': { type: 'string' },
     'admin-port': { type: 'string' },
@@ -71,6 +73,7 @@ const agent = new Agent({
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+  ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   logLevel: level,
 });

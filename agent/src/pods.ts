@@ -22,11 +22,18 @@ export interface PodNetns {
 export class PodNetnsResolver {
   private readonly procRoot: string;
   private readonly netnsDir: string;
+  private readonly namePrefix: string | undefined;
   private addrsByInode = new Map<number, { path: string; addrs: Array<{ ip: string; ifname: string }> }>();
 
-  constructor(opts: { procRoot?: string; netnsDir?: string } = {}) {
+  /**
+   * `namePrefix`: only named namespaces whose name starts with it, and no process scan. Several
+   * local meshes on one machine reuse the same pod addresses, so each agent must look only at its
+   * own mesh's namespaces; on a Kubernetes node pod addresses are unique and everything is scanned.
+   */
+  constructor(opts: { procRoot?: string; netnsDir?: string; namePrefix?: string } = {}) {
     this.procRoot = opts.procRoot ?? '/proc';
     this.netnsDir = opts.netnsDir ?? '/var/run/netns';
+    this.namePrefix = opts.namePrefix;
   }
 
   private candidates(): NetnsCandidate[] {
@@ -43,10 +50,13 @@ export class PodNetnsResolver {
       }
     };
     try {
-      for (const name of readdirSync(this.netnsDir)) add(join(this.netnsDir, name));
+      for (const name of readdirSync(this.netnsDir)) {
+        if (this.namePrefix === undefined || name.startsWith(this.namePrefix)) add(join(this.netnsDir, name));
+      }
     } catch {
       /* no named namespaces on this host */
     }
+    if (this.namePrefix !== undefined) return out;
     for (const pid of readdirSync(this.procRoot)) {
       if (/^\d+$/.test(pid)) add(join(this.procRoot, pid, 'ns', 'net'));
     }

@@ -155,6 +155,7 @@ export class LocalMesh {
       '--trust-domain', this.trustDomain,
       '--cgroup', n.cgroup,
       '--pin-root', n.pinRoot,
+      '--pod-netns-prefix', `${this.o.prefix}-`,
       '--log-level', this.o.logLevel ?? 'info',
     ], `agent-${nodeName}.log`);
     this.agents.set(nodeName, child);

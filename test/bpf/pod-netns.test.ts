@@ -34,3 +34,14 @@ test('finds the namespace of a process when the namespace has no name', async ()
   assert.equal(found.get('10.251.2.1')?.ifname, 'lo');
   child.kill('SIGKILL');
 });
+
+test('with a name prefix, only that mesh\'s namespaces are considered, even for an address another holds', () => {
+  const mine = lab.netns('pm');
+  const other = lab.netns('xo');
+  mine.exec('ip', 'addr', 'add', '10.251.3.1/32', 'dev', 'lo');
+  other.exec('ip', 'addr', 'add', '10.251.3.2/32', 'dev', 'lo');
+  const r = new PodNetnsResolver({ namePrefix: `${lab.id}-p` });
+  const found = r.resolve(['10.251.3.1', '10.251.3.2']);
+  assert.equal(found.get('10.251.3.1')?.path, mine.path);
+  assert.equal(found.has('10.251.3.2'), false, 'a namespace outside the prefix is never chosen');
+});

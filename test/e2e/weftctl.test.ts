@@ -1,0 +1,76 @@
+// weftctl as a new user runs it: `up` brings the local mesh up and shows traffic, `top` shows the
+// canary split, `bpf` shows the enrolled pods, `down` leaves nothing behind. Runs the real CLI as a
+// child process, with this run's prefix so it cannot touch a mesh the user has running.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { once } from 'node:events';
+import { Lab } from '../lab/lab.ts';
+import { REPO_ROOT } from '../../cli/local/mesh.ts';
+import { destroyLocalNetwork } from '../../cli/local/network.ts';
+import { listNetns } from '../../lib/sys/netns.ts';
+
+const lab = new Lab();
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-ctl-'));
+const common = ['--prefix', lab.id, '--state-dir', stateDir];
+
+async function weftctl(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'cli/weftctl.ts'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c));
+  child.stderr.on('data', (c: Buffer) => (err += c));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, out, err };
+}
+
+after(async () => {
+  await destroyLocalNetwork(lab.id);
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and down leaves nothing', async () => {
+  const up = await weftctl(['up', ...common]);
+  assert.equal(up.code, 0, `${up.out}\n${up.err}`);
+  assert.match(up.out, /demo\/client → echo\.demo \(10\.96\.0\.10:80\): 20× echo \(server saw client 10\.77\.1\.\d+\)/);
+  assert.match(up.out, /reviews\.shop .*reviews-v1 \(via the shop waypoint/);
+
+  const again = await weftctl(['up', ...common]);
+  assert.equal(again.code, 0);
+  assert.match(again.out, /already running/);
+
+  // Drive 150 requests to the canary while top measures.
+  const top = weftctl(['top', ...common, '--once', '-i', '8']);
+  const st = JSON.parse(execFileSync('cat', [join(stateDir, 'state.json')], { encoding: 'utf8' }));
+  const client = st.pods.find((p: { name: string }) => p.name === 'client');
+  const cgroup = join(st.nodes.find((n: { name: string }) => n.name === client.node).cgroup, 'pods', 'demo_client');
+  execFileSync('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs; exec nsenter --net=/var/run/netns/${client.netns} sh -c 'for i in $(seq 150); do curl -s -o /dev/null --max-time 5 http://10.96.1.10/; done'`]);
+  const t = await top;
+  assert.equal(t.code, 0, t.err);
+  assert.match(t.out, /reviews\.shop\.svc\.cluster\.local\s+L7 → \S*reviews-v1\s+[\d.]+\s+(8\d|9\d)%/, t.out);
+  assert.match(t.out, /reviews\.shop\.svc\.cluster\.local\s+L7 → \S*reviews-v2\s+[\d.]+\s+([1-9]|1\d)%/, t.out);
+
+  const bpf = await weftctl(['bpf', ...common, '--node', 'node1']);
+  assert.equal(bpf.code, 0, bpf.err);
+  assert.match(bpf.out, /weft_connect4\s+\d+\s+\d+\s+bpftool prog show id \d+/);
+  assert.match(bpf.out, new RegExp(`${client.ip.replace(/\./g, '\\.')}\\s+PERMISSIVE`));
+  assert.match(bpf.out, /bpftool map dump pinned \S+\/weft_pods/);
+
+  const down = await weftctl(['down', ...common]);
+  assert.equal(down.code, 0, down.err);
+  assert.deepEqual(listNetns().filter((n) => n.startsWith(`${lab.id}-`)), []);
+  assert.equal(existsSync(lab.cgroupDir) && readdirSync(lab.cgroupDir).length > 0, false, 'no cgroups left');
+  assert.equal(existsSync(lab.pinRoot) && readdirSync(lab.pinRoot).length > 0, false, 'no pins left');
+  const procs = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(stateDir));
+  assert.deepEqual(procs, [], 'no process of the mesh left');
+});
+
+test('inspection without a running mesh says how to start one and fails', async () => {
+  const r = await weftctl(['workloads', ...common]);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /no local mesh ".+" is running; start one with `weftctl up`/);
+});
