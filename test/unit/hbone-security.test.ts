@@ -1,6 +1,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as h2connect, constants as h2, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import {
   HbonePeerIdentityError,
   HbonePool,
@@ -179,4 +181,34 @@ test('a rapid-reset flood gets GOAWAY(ENHANCE_YOUR_CALM) and other sessions keep
   const okServer = await pool.connect(hb.to('127.0.0.1:9')).catch((e: unknown) => e);
   assert.ok(okServer instanceof HboneRefusedError && okServer.reason === 'slow', String(okServer));
   assert.equal(hb.server.stats().sessionsActive, 1);
+});
+
+test('garbage instead of TLS or instead of HTTP/2 is dropped and counted, and the server keeps serving', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  // Plain text on the TLS port.
+  const plain = netConnect({ host: '127.0.0.1', port: hb.port });
+  plain.on('error', () => {});
+  plain.resume();
+  plain.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await new Promise((resolve) => plain.once('close', resolve));
+  // A proper mTLS handshake followed by bytes that are not an HTTP/2 preface.
+  const junk = tlsConnect({
+    host: '127.0.0.1', port: hb.port, key: hb.clientLeaf.key, cert: hb.clientLeaf.cert, ca: hb.clientLeaf.ca,
+    ALPNProtocols: ['h2'], checkServerIdentity: () => undefined,
+  });
+  junk.on('error', () => {});
+  junk.resume();
+  await new Promise((resolve) => junk.once('secureConnect', resolve));
+  junk.write(Buffer.alloc(4096, 0xff));
+  await new Promise((resolve) => junk.once('close', resolve));
+  assert.ok(hb.server.stats().refusals['tls-handshake'] >= 1);
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const s = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+  const got = readAll(s);
+  s.end('still here');
+  assert.equal((await got).toString(), 'still here');
 });
