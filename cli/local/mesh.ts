@@ -273,6 +273,24 @@ export class LocalMesh {
     if (this.o.detached) w.process.unref();
   }
 
+  /**
+   * Runs a command inside a workload's pod (its cgroup and netns, so the datapath sees it) and
+   * collects its output; killed after `timeoutMs`.
+   */
+  async exec(workload: string, cmd: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const w = this.workloads.get(workload);
+    if (!w) throw new Error(`no workload ${workload} in this mesh`);
+    const child = this.net.spawn(w.pod, cmd, args);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (c: Buffer) => (stdout += c));
+    child.stderr!.on('data', (c: Buffer) => (stderr += c));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(timer);
+    return { code, stdout, stderr };
+  }
+
   /** Writes objects (or YAML text) into the config directory; the controller picks it up. */
   writeConfig(file: string, objects: object[] | string): void {
     const text = typeof objects === 'string' ? objects : objects.map((o) => stringify(o)).join('---\n');

@@ -18,19 +18,7 @@ const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
 const NEAR_VIP = '10.96.0.11';
 
-/** Runs a command inside a pod (its netns and cgroup, so the datapath sees it). */
-async function inPod(name: string, cmd: string, args: string[], timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const w = mesh.workloads.get(name)!;
-  const child = mesh.net.spawn(w.pod, cmd, args);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (c: Buffer) => (stdout += c));
-  child.stderr!.on('data', (c: Buffer) => (stderr += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
-  return { code, stdout, stderr };
-}
+const inPod = (name: string, cmd: string, args: string[]) => mesh.exec(name, cmd, args);
 
 const curl = (args: string[]) => inPod('demo/client', 'curl', ['-sS', '--max-time', '10', ...args]);
 

@@ -4,7 +4,6 @@
 // HBONE tunnel to the endpoint's agent. Real kernel, eBPF, TLS and processes in namespaces.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -16,16 +15,7 @@ let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.1.10';
 
-async function inPod(name: string, cmd: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const w = mesh.workloads.get(name)!;
-  const child = mesh.net.spawn(w.pod, cmd, args);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (c: Buffer) => (stdout += c));
-  child.stderr!.on('data', (c: Buffer) => (stderr += c));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return { code, stdout, stderr };
-}
+const inPod = (name: string, cmd: string, args: string[]) => mesh.exec(name, cmd, args);
 
 /** n sequential requests from the client pod with curl; returns status and served-by per request. */
 async function requests(n: number, extra: string[] = [], path = '/'): Promise<Array<{ status: number; by: string }>> {
