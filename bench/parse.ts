@@ -195,3 +195,33 @@ export function lastJsonLine(text: string): Record<string, unknown> | undefined 
   }
   return undefined;
 }
+
+/** The value of an unlabelled sample in Prometheus text exposition (`name 123`), or undefined. */
+export function promSample(text: string, name: string): number | undefined {
+  const m = new RegExp(`^${name.replace(/[^a-zA-Z0-9_:]/g, '')}(?:\\{\\})? ([0-9.eE+-]+)`, 'm').exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Self time of a `.cpuprofile` by where the code lives, in % of the non-idle samples. */
+export function selfTimeByOrigin(profile: CpuProfile, repoRoot: string): Record<string, number> {
+  const hits: Record<string, number> = {};
+  let busy = 0;
+  for (const n of profile.nodes) {
+    const h = n.hitCount ?? 0;
+    const { functionName, url } = n.callFrame;
+    if (h === 0 || functionName === '(idle)') continue;
+    busy += h;
+    let origin: string;
+    if (functionName === '(program)') origin = 'native, outside JS calls (libuv, TLS reads, HTTP/2 parsing)';
+    else if (functionName === '(garbage collector)') origin = 'garbage collector';
+    else if (!url) origin = 'native calls from JS (socket and TLS writes: writeBuffer, writev)';
+    else if (url.startsWith('node:')) origin = 'Node internals (streams, net, http2, tls)';
+    else if (url.includes('/node_modules/')) origin = 'dependencies (node_modules)';
+    else if (url.replace(/^file:\/\//, '').startsWith(repoRoot)) origin = 'Weft code (lib/, agent/)';
+    else origin = 'other';
+    hits[origin] = (hits[origin] ?? 0) + h;
+  }
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(hits).sort((a, b) => b[1] - a[1])) out[k] = +(100 * v / Math.max(1, busy)).toFixed(1);
+  return out;
+}

@@ -18,6 +18,8 @@ export interface CaseResult {
   rssMbIdle?: Record<string, number>;
   /** Highest RSS sampled (every 250 ms) during the fixed-rate run. */
   rssMbAtRate?: Record<string, number>;
+  /** Weft cases: the agents' heap and RSS from their own metrics after the case, MB. */
+  agentMemoryMb?: Record<string, { rss: number; heapUsed: number; heapTotal: number; external: number }>;
   /** VmHWM at the end of the case (the agents serve several cases: cumulative for them). */
   peakRssMb?: Record<string, number>;
   errors: string[];
@@ -34,7 +36,7 @@ export interface BenchResults {
     controllerPush?: Record<string, unknown>;
     hbone?: { figures: HboneBenchFigure[]; cpuLines: string[] } | { error: string };
   };
-  profile?: Record<string, ProfileEntry[]>;
+  profile?: Record<string, { top: ProfileEntry[]; byOrigin: Record<string, number> }>;
   notes: string[];
 }
 
@@ -63,7 +65,7 @@ export function report(r: BenchResults): string {
     `wrk ${r.settings.wrk}; hey ${r.settings.hey}; iperf3 ${r.settings.iperf3}\n\n`;
   const rows: string[][] = [[
     'case', 'req/s', 'p50 ms', 'p99 ms', `@${r.settings.rate}/s p50/p90/p99 ms`, 'added p50/p90/p99 ms',
-    'iperf3 Gbit/s', 'CPU s sat.', `CPU s @${r.settings.rate}/s`, 'CPU s bulk', `RSS MB @${r.settings.rate}/s`, 'peak RSS MB',
+    'iperf3 Gbit/s', 'CPU s sat.', `CPU s @${r.settings.rate}/s`, 'CPU s bulk', 'RSS MB idle', `RSS MB @${r.settings.rate}/s`, 'peak RSS MB',
   ]];
   for (const c of r.cases) {
     const base = by.get(c.baseline);
@@ -80,12 +82,18 @@ export function report(r: BenchResults): string {
       c.proxies.length ? f(sum(c.cpuSecondsSaturation)) : '-',
       c.proxies.length ? f(sum(c.cpuSecondsAtRate)) : '-',
       c.proxies.length ? f(sum(c.cpuSecondsBulk)) : '-',
+      c.proxies.length ? Object.values(c.rssMbIdle ?? {}).map((v) => f(v, 0)).join('+') || '-' : '-',
       c.proxies.length ? Object.values(c.rssMbAtRate ?? {}).map((v) => f(v, 0)).join('+') || '-' : '-',
       c.proxies.length ? Object.values(c.peakRssMb ?? {}).map((v) => f(v, 0)).join('+') || '-' : '-',
     ]);
   }
   out += table(rows);
   out += '\nCPU s: both proxy processes together (utime+stime from /proc); RSS: client-side + server-side process.\n';
+  for (const c of r.cases) {
+    for (const [who, m] of Object.entries(c.agentMemoryMb ?? {})) {
+      out += `${c.name}: ${who} after the case: RSS ${f(m.rss, 0)} MB, V8 heap used ${f(m.heapUsed, 0)} of ${f(m.heapTotal, 0)} MB, external ${f(m.external, 0)} MB\n`;
+    }
+  }
   out += 'Errors seen by the load tools: ' + (r.cases.map((c) => {
     const e = (c.wrk?.socketErrors ?? 0) + (c.wrk?.non2xx ?? 0) + (c.hey?.errors ?? 0);
     return e ? `${c.name} ${e}` : '';
@@ -146,9 +154,10 @@ export function report(r: BenchResults): string {
     }
   }
   if (r.profile) {
-    for (const [who, top] of Object.entries(r.profile)) {
-      out += `\nTop self time, ${who} (node --cpu-prof)\n\n`;
-      out += table([['function (file:line)', 'self ms', '% of busy'], ...top.map((e) => [e.frame, f(e.selfMs, 0), f(e.selfPercent, 1)])]);
+    for (const [who, { top, byOrigin }] of Object.entries(r.profile)) {
+      out += `\nWhere ${who}'s CPU goes (node --cpu-prof, self time, % of non-idle samples)\n\n`;
+      out += table([['origin', '%'], ...Object.entries(byOrigin).map(([k, v]) => [k, f(v, 1)])]);
+      out += '\n' + table([['top functions (file:line)', 'self ms', '% of busy'], ...top.map((e) => [e.frame, f(e.selfMs, 0), f(e.selfPercent, 1)])]);
     }
   }
   for (const c of r.cases) for (const e of c.errors) out += `\nnote: ${c.name}: ${e}`;

@@ -22,8 +22,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { LocalMesh, REPO_ROOT, type Workload } from '../cli/local/mesh.ts';
 import type { LocalPod } from '../cli/local/network.ts';
 import {
-  parseHey, parseIperf3, parseWrk, parseProcStatCpuTicks, parseProcStatusKb, parseHboneBench, lastJsonLine, topSelfTime,
-  type HeyResult, type IperfResult, type WrkResult, type CpuProfile, type ProfileEntry,
+  parseHey, parseIperf3, parseWrk, parseProcStatCpuTicks, parseProcStatusKb, parseHboneBench, lastJsonLine, topSelfTime, promSample, selfTimeByOrigin,
+  type HeyResult, type IperfResult, type WrkResult, type CpuProfile,
 } from './parse.ts';
 import {
   nginxConf, makePairCerts, stunnelClientConf, stunnelServerConf, haproxyClientConf, haproxyServerConf, type PairSpec,
@@ -249,6 +249,20 @@ async function runCase(c: Case): Promise<CaseResult> {
   } else {
     res.errors.push('iperf3: not measured on this path');
   }
+  if (c.name.startsWith('weft-')) {
+    // The agents' own view of their memory (prom-client default metrics) after the case.
+    res.agentMemoryMb = {};
+    for (const node of ['node1', 'node2']) {
+      try {
+        const text = await mesh!.agentMetrics(node);
+        const mb = (name: string) => { const v = promSample(text, name); return v === undefined ? -1 : +(v / 1048576).toFixed(1); };
+        res.agentMemoryMb[`agent-${node}`] = {
+          rss: mb('process_resident_memory_bytes'), heapUsed: mb('nodejs_heap_size_used_bytes'),
+          heapTotal: mb('nodejs_heap_size_total_bytes'), external: mb('nodejs_external_memory_bytes'),
+        };
+      } catch (err) { res.errors.push(`agent metrics on ${node}: ${(err as Error).message}`); }
+    }
+  }
   res.peakRssMb = {};
   for (const p of procs) {
     const kb = statusKb(p.pid, 'VmHWM');
@@ -261,10 +275,11 @@ async function runCase(c: Case): Promise<CaseResult> {
 // ---- micro-benchmarks (child processes, run before the topology exists) ----
 
 async function micro(): Promise<BenchResults['micro']> {
-  // A higher open-files limit: hbone-throughput's HAProxy pair asks for maxconn 20000 (40,000 fds).
-  const node = (script: string, args: string[], timeoutMs: number) =>
-    collect(spawn('sh', ['-c', 'ulimit -n 65536 2>/dev/null; exec "$0" "$@"', process.execPath, join(REPO_ROOT, 'bench', script), ...args],
-      { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] }), timeoutMs);
+  const node = async (script: string, args: string[], timeoutMs: number): Promise<Output> => {
+    const r = await collect(spawn(process.execPath, [join(REPO_ROOT, 'bench', script), ...args], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] }), timeoutMs);
+    if (r.code !== 0 && !r.stderr.trim()) r.stderr = `exited with ${r.code ?? 'a signal'} (killed after ${timeoutMs / 1000} s?)`;
+    return r;
+  };
   const out: BenchResults['micro'] = {};
   log('micro: bench/ca-sign.ts --json');
   const ca = await node('ca-sign.ts', ['--json', '--seconds', '3'], 60_000);
@@ -273,7 +288,7 @@ async function micro(): Promise<BenchResults['micro']> {
   const push = await node('controller-push.ts', [], 180_000);
   out.controllerPush = push.code === 0 ? lastJsonLine(push.stdout) : { error: push.stderr.slice(-500) };
   log('micro: bench/hbone-throughput.ts --mb 256 --repeat 1 --seconds 3');
-  const hb = await node('hbone-throughput.ts', ['--mb', '256', '--repeat', '1', '--seconds', '3'], 240_000);
+  const hb = await node('hbone-throughput.ts', ['--mb', '256', '--repeat', '1', '--seconds', '3'], 180_000);
   out.hbone = hb.code === 0 ? { figures: parseHboneBench(hb.stdout), cpuLines: hb.stdout.split('\n').filter((l) => l.includes('cpu ms per GB')) } : { error: hb.stderr.slice(-500) };
   return out;
 }
@@ -399,8 +414,8 @@ async function main(): Promise<void> {
 }
 
 /** SIGTERM to the agents (they exit cleanly, so V8 writes the profiles), then the top functions of each. */
-async function stopAndProfile(m: LocalMesh, dir: string): Promise<Record<string, ProfileEntry[]>> {
-  const out: Record<string, ProfileEntry[]> = {};
+async function stopAndProfile(m: LocalMesh, dir: string): Promise<NonNullable<BenchResults['profile']>> {
+  const out: NonNullable<BenchResults['profile']> = {};
   const keep = join(REPO_ROOT, 'bench', 'results');
   mkdirSync(keep, { recursive: true });
   for (const [node, child] of m.agents) {
@@ -412,7 +427,8 @@ async function stopAndProfile(m: LocalMesh, dir: string): Promise<Record<string,
     const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && !before.has(f));
     if (!file) { log(`profile: agent on ${node} wrote no profile`); continue; }
     copyFileSync(join(dir, file), join(keep, `agent-${node}.cpuprofile`));
-    out[`agent-${node}`] = topSelfTime(JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile, 20, REPO_ROOT);
+    const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile;
+    out[`agent-${node}`] = { top: topSelfTime(profile, 20, REPO_ROOT), byOrigin: selfTimeByOrigin(profile, REPO_ROOT) };
   }
   return out;
 }

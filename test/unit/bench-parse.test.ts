@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   parseWrk, parseHey, parseIperf3, parseProcStatCpuTicks, parseProcStatusKb, wrkTimeToMs, topSelfTime, parseHboneBench, lastJsonLine,
-  BenchParseError,
+  BenchParseError, promSample, selfTimeByOrigin,
 } from '../../bench/parse.ts';
 
 const WRK = `Running 10s test @ http://10.96.0.10/
@@ -147,4 +147,30 @@ test('reads the figures of bench/hbone-throughput.ts and the JSON line of the ot
   ]);
   assert.deepEqual(lastJsonLine('controller-push: summary\n{"p50":98.7}\n'), { p50: 98.7 });
   assert.equal(lastJsonLine('no json here'), undefined);
+});
+
+test('reads an unlabelled Prometheus sample (the agent heap gauges) and nothing for a missing one', () => {
+  const text = '# HELP nodejs_heap_size_used_bytes Process heap size used from Node.js in bytes.\n# TYPE nodejs_heap_size_used_bytes gauge\n' +
+    'nodejs_heap_size_used_bytes 23456789\nnodejs_heap_size_total_bytes 3.5e7\nnodejs_heap_space_size_used_bytes{space="old"} 1\n';
+  assert.equal(promSample(text, 'nodejs_heap_size_used_bytes'), 23456789);
+  assert.equal(promSample(text, 'nodejs_heap_size_total_bytes'), 35_000_000);
+  assert.equal(promSample(text, 'process_resident_memory_bytes'), undefined);
+});
+
+test('groups CPU profile self time by origin: native, GC, Node internals, Weft code, dependencies', () => {
+  const node = (id: number, functionName: string, url: string, hitCount: number) => ({ id, callFrame: { functionName, url, lineNumber: 0 }, hitCount });
+  const profile = {
+    startTime: 0, endTime: 100,
+    nodes: [
+      node(1, '(idle)', '', 100), node(2, '(program)', '', 40), node(3, 'writev', '', 30), node(4, '(garbage collector)', '', 10),
+      node(5, 'onStreamRead', 'node:internal/stream_base_commons', 10), node(6, 'pipe', 'file:///repo/lib/hbone/pipe.ts', 5),
+      node(7, 'encode', 'file:///repo/node_modules/x/index.js', 5),
+    ],
+  };
+  const by = selfTimeByOrigin(profile, '/repo');
+  assert.equal(Object.values(by).reduce((a, b) => a + b, 0), 100);
+  assert.equal(by['Weft code (lib/, agent/)'], 5);
+  assert.equal(by['dependencies (node_modules)'], 5);
+  assert.equal(by['garbage collector'], 10);
+  assert.equal(Object.keys(by)[0], 'native, outside JS calls (libuv, TLS reads, HTTP/2 parsing)');
 });
