@@ -3,7 +3,7 @@
 // default, `-o json|yaml` for machines.
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import type { AgentConfig } from '../../lib/model/mesh.ts';
+import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
 import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
 import { getJsonInNetns } from '../local/netns-http.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
@@ -14,6 +14,7 @@ interface Flags {
   stateDir: string;
   output: Output;
   node?: string;
+  waypoints?: boolean;
 }
 
 /** Columns of text, padded to the widest cell. */
@@ -45,6 +46,7 @@ function command(name: string, description: string, io: CommandIo, run: (st: Loc
     .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
     .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
     .option('--node <name>', 'only this node')
+    .option('--waypoints', 'config-dump: the waypoints\' config instead of the agents\'')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
     .action(async (f: Flags) => {
       const st = readState(f.stateDir);
@@ -76,8 +78,34 @@ interface BpfDump {
   pins: Record<string, string>;
 }
 
+interface WaypointDump { version: number; config: WaypointConfig; identity?: unknown }
+
+/** Each local waypoint pod's admin /config_dump (localhost:15000 inside the pod). */
+async function perWaypoint(st: LocalState): Promise<Array<{ pod: string; data: WaypointDump }>> {
+  const out: Array<{ pod: string; data: WaypointDump }> = [];
+  for (const p of st.pods.filter((x) => x.name.startsWith('waypoint'))) {
+    out.push({ pod: `${p.namespace}/${p.name}`, data: await getJsonInNetns<WaypointDump>(`/var/run/netns/${p.netns}`, 'http://127.0.0.1:15000/config_dump') });
+  }
+  return out;
+}
+
 export function inspectCommands(io: CommandIo = processIo): Command[] {
   return [
+    command('waypoints', 'waypoints, their addresses, identities and readiness as the agents see them', io, async (st, f) => {
+      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+      const seen = new Map<string, AgentConfig['waypoints'][number]>();
+      for (const d of dumps) for (const w of d.data.config.waypoints) seen.set(`${w.namespace}/${w.name}`, w);
+      const wps = [...seen.values()];
+      render(io, f.output, wps, ['NAMESPACE', 'NAME', 'ADDRESS', 'READY', 'IDENTITY'],
+        wps.map((w) => [w.namespace, w.name, w.address ? `${w.address}:${w.port}` : '-', w.ready ? 'True' : `False (${w.reason ?? 'unknown'})`, w.spiffeId]));
+    }),
+    command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (st, f) => {
+      const dumps = await perWaypoint(st);
+      const routes = dumps.flatMap((d) => d.data.config.routes.map((r) => ({ waypoint: d.pod, ...r })));
+      render(io, f.output, routes, ['NAMESPACE', 'NAME', 'KIND', 'SERVICE', 'RULES', 'BACKENDS'],
+        routes.map((r) => [r.namespace, r.name, r.kind, r.service, String(r.rules.length),
+          r.rules.map((rule) => rule.backends.map((b) => `${b.service.split('/').pop()}:${b.weight}`).join('+')).join(' | ')]));
+    }),
     command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (st, f) => {
       const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
       const wls = dumps.flatMap((d) => d.data.config.workloads.filter((w) => w.node === d.node));
@@ -131,8 +159,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
       }
     }),
-    command('config-dump', 'the full config an agent holds (use --node)', io, async (st, f) => {
-      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
+    command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint) holds', io, async (st, f) => {
+      const dumps = f.waypoints ? await perWaypoint(st) : await perNode<ConfigDump>(st, '/config_dump', f.node);
       io.out(f.output === 'yaml' ? stringify(dumps) : JSON.stringify(dumps, null, 2) + '\n');
     }),
   ];

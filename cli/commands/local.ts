@@ -35,7 +35,7 @@ export function upCommand(io: CommandIo = processIo): Command {
         say(`pods:     ${st.pods.map((p) => `${p.namespace}/${p.name}@${p.node}`).join(', ')}`);
         say(`config:   ${st.stateDir}/config (the controller watches it; weftctl apply -f adds to it)`);
         say(`logs:     ${st.stateDir}/logs`);
-        say('inspect:  weftctl status | workloads | services | certs | bpf | config-dump --node node1');
+        say('inspect:  weftctl status | workloads | services | waypoints | routes | policies | certs | bpf | top | config-dump');
         say('remove:   weftctl down');
         if (!ok) io.setExitCode(EXIT_FAILED);
       } catch (err) {
