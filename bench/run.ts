@@ -2,6 +2,7 @@
 // topology, in one run, plus the micro-benchmarks (CA signing, controller push, loopback HBONE).
 //
 //   node bench/run.ts [--seconds 10] [--rate 1000] [--cases direct,weft-l4,...] [--no-micro]
+//                     [--no-bulk]   (no iperf3)
 //                     [--profile]   (agents under `node --cpu-prof`; prints where their time goes)
 //
 // Topology (cli/local/mesh.ts): node1 and node2 on a bridge, pods as network namespaces.
@@ -33,7 +34,7 @@ import { report, type CaseResult, type BenchResults } from './report.ts';
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 const NGINX_PORT = 8080;
 const IPERF_PORT = 5201;
-const VIP = { web: '10.96.0.10', near: '10.96.0.11', iperf: '10.96.0.12', nearIperf: '10.96.0.13' };
+const VIP = { web: '10.96.0.10', near: '10.96.0.11', iperf: '10.96.0.12', nearIperf: '10.96.0.13', l7: '10.96.0.20' };
 const WRK_THREADS = 2;
 const WRK_CONNECTIONS = 16;
 const HEY_WORKERS = 10;
@@ -49,6 +50,7 @@ const { values } = parseArgs({
     cases: { type: 'string', default: ALL_CASES.join(',') },
     'no-micro': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    'no-bulk': { type: 'boolean', default: false },
     out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results', 'latest.json') },
   },
 });
@@ -239,15 +241,13 @@ async function runCase(c: Case): Promise<CaseResult> {
     res.wrk = w.value;
     res.cpuSecondsSaturation = w.cpuSeconds;
   } catch (err) { res.errors.push(`wrk: ${(err as Error).message}`); }
-  if (c.iperf) {
+  if (c.iperf && !values['no-bulk']) {
     log(`${c.title}: iperf3 single stream`);
     try {
       const i = await measured(procs, () => runIperf(c));
       res.iperf = i.value;
       res.cpuSecondsBulk = i.cpuSeconds;
     } catch (err) { res.errors.push(`iperf3: ${(err as Error).message}`); }
-  } else {
-    res.errors.push('iperf3: not measured on this path');
   }
   if (c.name.startsWith('weft-')) {
     // The agents' own view of their memory (prom-client default metrics) after the case.
@@ -319,6 +319,7 @@ async function main(): Promise<void> {
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near-iperf', namespace: 'bench' }, spec: { clusterIP: VIP.nearIperf, selector: { app: 'near-iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
   ]);
   m.startController();
+  await m.waitControllerReady();
   const profDir = join(stateDir, 'cpu-prof');
   if (PROFILE) {
     mkdirSync(profDir, { recursive: true });
@@ -332,6 +333,29 @@ async function main(): Promise<void> {
   }
   await m.waitReady(60_000);
 
+  // L7: namespace `l7` uses a waypoint (on node2) with one HTTPRoute and one L7 ALLOW policy.
+  let l7Note: string | undefined;
+  if (selected.has('weft-l7')) {
+    m.writeConfig('20-l7.yaml', [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'l7', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'l7' }, spec: { clusterIP: VIP.l7, selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: NGINX_PORT }] } },
+      {
+        apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'web', namespace: 'l7' },
+        spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', port: 80 }], rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/' } }], backendRefs: [{ name: 'web', port: 80 }] }] },
+      },
+      {
+        apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'client-get', namespace: 'l7' },
+        spec: { targetRefs: [{ kind: 'Service', group: '', name: 'web' }], action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/l7/sa/client'] } }], to: [{ operation: { methods: ['GET'] } }] }] },
+      },
+    ]);
+    try {
+      m.startWaypoint('node2', 'l7');
+      await m.waitWaypointReady('l7');
+    } catch (err) {
+      l7Note = `weft-l7: not measured — the waypoint did not start: ${(err as Error).message.split('\n')[0]}`;
+    }
+  }
+
   const iperfServer = ['/usr/bin/iperf3', '-s', '-p', String(IPERF_PORT)];
   const w: Record<string, Workload> = {};
   w.client = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'client' });
@@ -339,6 +363,10 @@ async function main(): Promise<void> {
   w.near = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near', labels: { app: 'near' }, command: nginxCommand('bench-near') });
   w.iperf = await m.startWorkload({ node: 'node2', namespace: 'bench', name: 'iperf', labels: { app: 'iperf' }, command: iperfServer });
   w.nearIperf = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near-iperf', labels: { app: 'near-iperf' }, command: iperfServer });
+  if (selected.has('weft-l7') && !l7Note) {
+    w.l7client = await m.startWorkload({ node: 'node1', namespace: 'l7', name: 'client' });
+    w.l7web = await m.startWorkload({ node: 'node2', namespace: 'l7', name: 'web', labels: { app: 'web' }, command: nginxCommand('l7-web') });
+  }
   w.pclient = m.addWorkload({ node: 'node1', namespace: 'plain', name: 'client' });
   w.pweb = m.addWorkload({ node: 'node2', namespace: 'plain', name: 'web', labels: { app: 'pweb' }, command: nginxCommand('plain-web') });
   w.pnear = m.addWorkload({ node: 'node1', namespace: 'plain', name: 'near', labels: { app: 'pnear' }, command: nginxCommand('plain-near') });
@@ -383,8 +411,16 @@ async function main(): Promise<void> {
     { name: 'stunnel', title: 'stunnel pair (mTLS, TCP)', client: w.pclient!.pod, url: `http://${n1}:${STUNNEL_PORTS.frontHttp}/`, iperf: { host: n1, port: STUNNEL_PORTS.frontTcp }, procs: () => procsOf.get('stunnel') ?? [], baseline: 'direct' },
     { name: 'haproxy', title: 'HAProxy pair (mTLS, HTTP mode)', client: w.pclient!.pod, url: `http://${n1}:${HAPROXY_PORTS.frontHttp}/`, iperf: { host: n1, port: HAPROXY_PORTS.frontTcp }, procs: () => procsOf.get('haproxy') ?? [], baseline: 'direct' },
   ];
-  if (selected.has('weft-l7')) {
-    results.notes.push('weft-l7: not measured yet — the local mesh (cli/local/) has no way to run a waypoint pod with a route and an L7 policy in it yet');
+  if (w.l7client) {
+    const waypoint = m.workloads.get('l7/waypoint-0')!;
+    cases.splice(4, 0, {
+      name: 'weft-l7', title: 'Weft L7 (waypoint: route + L7 policy)', client: w.l7client.pod, url: `http://${VIP.l7}/`, baseline: 'direct',
+      procs: () => [...agentProcs().slice(0, 1), { label: 'waypoint', pid: waypoint.process!.pid! }, ...agentProcs().slice(1)],
+    });
+    results.notes.push('weft-l7: iperf3 not run through the waypoint (an HTTP route; the bulk figure is the L4 path\'s); the waypoint runs with its default per-request JSON access log');
+  } else if (l7Note) {
+    results.notes.push(l7Note);
+    selected.delete('weft-l7');
   }
 
   // Every path answers before anything is measured.
@@ -393,6 +429,18 @@ async function main(): Promise<void> {
     await waitHttp(c.client, c.url, c.title);
     if (c.iperf) await waitTcp(c.client, c.iperf.host, c.iperf.port, c.title);
   }
+
+  if (w.l7client) {
+    // The route and the policy are in force at the waypoint: a POST (not allowed) is refused.
+    const deadline = Date.now() + 20_000;
+    let code = '';
+    while (Date.now() < deadline && code !== '403') {
+      code = (await inPod(w.l7client.pod, 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST', '--max-time', '3', `http://${VIP.l7}/`], 5_000)).stdout.trim();
+      if (code !== '403') await sleep(250);
+    }
+    if (code !== '403') results.notes.push(`weft-l7: the L7 policy did not refuse a POST within 20 s (got ${code}); measured anyway`);
+  }
+  await sleep(3000); // let start-up work (JIT, config pushes, certificate fetches) finish before the first figure
 
   for (const c of cases) {
     if (!selected.has(c.name)) continue;
