@@ -60,7 +60,7 @@ export class Agent {
   readonly resolver: PodNetnsResolver;
   datapath!: Datapath;
   certs!: CertManager;
-  xds!: ConfigClient<'agent'>;
+  xds: ConfigClient<'agent'> | undefined;
   pool!: HbonePool;
   outbound!: Outbound;
   inbound!: Inbound;
@@ -71,6 +71,10 @@ export class Agent {
   #configured = false;
   #certsReady = false;
   #accessLog: (entry: Record<string, unknown>) => void;
+  #signer!: GrpcCertificateSigner;
+  #controllerId = '';
+  #xdsTimer: NodeJS.Timeout | undefined;
+  #stopped = false;
 
   constructor(o: AgentOptions) {
     this.o = o;
@@ -120,26 +124,8 @@ export class Agent {
     });
     this.certs.on('trustBundleChanged', () => this.inbound.trustBundleChanged());
 
-    const verify: grpc.VerifyOptions = {
-      checkServerIdentity: (_host, cert) => {
-        try {
-          const id = spiffeIdOfCertificate(cert);
-          return id.uri === controllerId ? undefined : new Error(`controller at ${o.controller} presented ${id.uri}, expected ${controllerId}`);
-        } catch (err) {
-          return err as Error;
-        }
-      },
-    };
-    this.xds = agentConfigClient({
-      target: o.controller,
-      credentials: grpc.credentials.createSsl(Buffer.from(trustBundle.join('')), null, null, verify),
-      channelOptions: { 'grpc.ssl_target_name_override': 'weft-controller' },
-      id: o.node,
-      validate: (config) => validateAgentConfig(config),
-    });
-    this.xds.on('snapshot', (config, version) => this.#onConfig(config, version));
-    this.xds.on('rejected', (err) => this.log.warn('config rejected, keeping the last good one', { error: err.message }));
-    this.xds.on('disconnected', (err) => this.log.warn('config stream disconnected; serving the last good config', { error: err?.message }));
+    this.#signer = signer;
+    this.#controllerId = controllerId;
 
     // 3. Listeners.
     await this.outbound.listen(ports.outbound, o.nodeIp);
@@ -157,8 +143,57 @@ export class Agent {
     });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
-    this.xds.start();
+    this.#connectConfig(0);
     this.log.info('agent started', { node: o.node, nodeIp: o.nodeIp, controller: o.controller, ports });
+  }
+
+  /**
+   * (Re)opens the config stream with this node's certificate, so the controller can tell which
+   * node is asking; again whenever that certificate is renewed. Until the first stream is up the
+   * agent keeps retrying with backoff; an open stream keeps serving the last good config.
+   */
+  #connectConfig(attempt: number): void {
+    const o = this.o;
+    this.#signer.nodeCredentials().then(
+      (node) => {
+        if (this.#stopped) return;
+        const controllerId = this.#controllerId;
+        const verify: grpc.VerifyOptions = {
+          checkServerIdentity: (_host, cert) => {
+            try {
+              const id = spiffeIdOfCertificate(cert);
+              return id.uri === controllerId ? undefined : new Error(`controller at ${o.controller} presented ${id.uri}, expected ${controllerId}`);
+            } catch (err) {
+              return err as Error;
+            }
+          },
+        };
+        const roots = Buffer.from(this.certs.trustBundle().join(''));
+        const client = agentConfigClient({
+          target: o.controller,
+          credentials: grpc.credentials.createSsl(roots, Buffer.from(node.keyPem), Buffer.from(node.certChain.join('')), verify),
+          channelOptions: { 'grpc.ssl_target_name_override': 'weft-controller' },
+          id: o.node,
+          validate: (config) => validateAgentConfig(config),
+        });
+        client.on('snapshot', (config, version) => this.#onConfig(config, version));
+        client.on('rejected', (err) => this.log.warn('config rejected, keeping the last good one', { error: err.message }));
+        client.on('disconnected', (err) => this.log.warn('config stream disconnected; serving the last good config', { error: err?.message }));
+        client.start();
+        const previous = this.xds;
+        this.xds = client;
+        previous?.close();
+        clearTimeout(this.#xdsTimer);
+        this.#xdsTimer = setTimeout(() => this.#connectConfig(0), Math.max(node.renewAt - Date.now(), 1_000) + 1_000).unref();
+      },
+      (err: Error) => {
+        if (this.#stopped) return;
+        const delay = Math.min(250 * 2 ** attempt, 30_000);
+        this.log.warn('cannot get the node certificate for the config stream; retrying', { error: err.message, retryInMs: delay });
+        clearTimeout(this.#xdsTimer);
+        this.#xdsTimer = setTimeout(() => this.#connectConfig(attempt + 1), delay).unref();
+      },
+    );
   }
 
   #notReadyReason(): string {
@@ -218,7 +253,7 @@ export class Agent {
   #adminServer(): import('node:http').Server {
     return jsonServer({
       '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging'] }),
-      '/config_dump': () => ({ node: this.o.node, version: this.xds.version, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
+      '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
       '/certs': () => ({ trustBundle: this.certs.trustBundle().length, certificates: this.certs.list() }),
       '/bpf': () => ({
         pinRoot: this.datapath.pinRoot,
@@ -237,7 +272,9 @@ export class Agent {
 
   /** Stops listening and drains; the datapath stays pinned (enrolled pods stay redirected). */
   async stop(): Promise<void> {
+    this.#stopped = true;
     clearTimeout(this.#retry);
+    clearTimeout(this.#xdsTimer);
     this.xds?.close();
     await Promise.all([this.outbound?.close(), this.inbound?.server.close(), ...this.#servers.map((s) => new Promise((r) => s.close(r)))]);
     this.pool?.close();

@@ -116,6 +116,8 @@ export class LocalMesh {
       '--ca-cert', this.caFile,
       '--ca-key', join(this.o.stateDir, 'ca.key'),
       '--bootstrap-tokens', join(this.o.stateDir, 'tokens.yaml'),
+      // Agents and waypoints present their node / workload certificates on the config stream.
+      '--require-client-identity',
       '--log-level', this.o.logLevel ?? 'info',
     ], 'controller.log');
     return this.controller;

@@ -116,6 +116,15 @@ export class GrpcCertificateSigner implements CertificateSigner {
     }
   }
 
+  /**
+   * This node's own certificate (bootstrapping it with the token if needed): the agent presents it
+   * on the config stream so the controller serves it only its node's config.
+   */
+  async nodeCredentials(): Promise<{ keyPem: string; certChain: readonly string[]; renewAt: number }> {
+    const c = await this.#ensureNodeCert();
+    return { keyPem: c.keyPem, certChain: c.certChain, renewAt: c.renewAt };
+  }
+
   #dropNodeCert(): void {
     this.#nodeCert = undefined;
     this.#mtlsClient?.close();
