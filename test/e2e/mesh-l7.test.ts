@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
+import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
@@ -18,8 +19,8 @@ const VIP = '10.96.1.10';
 const inPod = (name: string, cmd: string, args: string[]) => mesh.exec(name, cmd, args);
 
 /** n sequential requests from the client pod with curl; returns status and served-by per request. */
-async function requests(n: number, extra: string[] = [], path = '/'): Promise<Array<{ status: number; by: string }>> {
-  const script = `for i in $(seq ${n}); do curl -s -o /dev/null -w '%{http_code} %header{x-served-by}\\n' --max-time 5 ${extra.map((e) => `'${e}'`).join(' ')} http://${VIP}${path}; done`;
+async function requests(n: number, extra: string[] = [], path = '/', vip = VIP): Promise<Array<{ status: number; by: string }>> {
+  const script = `for i in $(seq ${n}); do curl -s -o /dev/null -w '%{http_code} %header{x-served-by}\\n' --max-time 5 ${extra.map((e) => `'${e}'`).join(' ')} http://${vip}${path}; done`;
   const r = await inPod('shop/client', 'sh', ['-c', script]);
   return r.stdout.trim().split('\n').filter(Boolean).map((l) => {
     const [status, by] = l.split(' ');
@@ -53,7 +54,22 @@ before(async () => {
       spec: { targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/client'] } }], to: [{ operation: { methods: ['POST'], paths: ['/admin*'] } }] }] },
     },
   ]);
-  const echo = (name: string, version: string) => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name, '--version', version];
+  const tp = (name: string, spec: Record<string, unknown>) => ({
+    apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name, namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name }, ...spec },
+  });
+  mesh.writeConfig('20-resilience.yaml', [
+    svc('flaky', '10.96.1.20', { app: 'flaky' }),
+    svc('limited', '10.96.1.21', { app: 'limited' }),
+    svc('pair', '10.96.1.22', { app: 'pair' }),
+    tp('flaky', { retries: { attempts: 5, retryOn: ['5xx'] } }),
+    tp('limited', { rateLimit: { tokens: 10, fillInterval: '1s' } }),
+    tp('pair', { outlierDetection: { consecutive5xx: 3, interval: '1s', baseEjectionTime: '4s', maxEjectionPercent: 50 } }),
+  ]);
+  const echo = (name: string, version: string, ...extra: string[]) => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name, '--version', version, ...extra];
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'flaky', labels: { app: 'flaky' }, command: echo('flaky', 'v1', '--fail-every', '2') });
+  mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'limited', labels: { app: 'limited' }, command: echo('limited', 'v1') });
+  mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'pair-good', labels: { app: 'pair' }, command: echo('pair-good', 'v1') });
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'pair-bad', labels: { app: 'pair' }, command: echo('pair-bad', 'v1', '--fail-rate', '1') });
   mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'client' });
   mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'reviews-v1', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v1' }, command: echo('reviews-v1', 'v1') });
   mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'reviews-v2', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v2' }, command: echo('reviews-v2', 'v2') });
@@ -108,4 +124,41 @@ test('the waypoint reports requests with source principal and response code', as
   const m = await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`);
   assert.match(m.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/client"[^}]*response_code="200"[^}]*\} [1-9]/);
   assert.match(m.body, /istio_requests_total\{[^}]*response_code="403"[^}]*\} [1-9]/);
+});
+
+test('a backend failing half the time is hidden by retries', async () => {
+  const r = await requests(60, [], '/', '10.96.1.20');
+  assert.deepEqual(r.filter((x) => x.status !== 200), [], `every request succeeds after retries: ${JSON.stringify(r.filter((x) => x.status !== 200))}`);
+});
+
+test('a rate limit of 10 per second answers 429 with retry-after beyond it', async () => {
+  const script = `for i in $(seq 30); do curl -s -o /dev/null -D - --max-time 5 http://10.96.1.21/ | tr -d '\\r' | grep -iE '^(HTTP|retry-after)'; done`;
+  const out = (await inPod('shop/client', 'sh', ['-c', script])).stdout;
+  const ok = (out.match(/^HTTP\/1\.1 200/gm) ?? []).length;
+  const limited = (out.match(/^HTTP\/1\.1 429/gm) ?? []).length;
+  assert.equal(ok + limited, 30, out);
+  assert.ok(ok >= 10 && ok <= 20, `between 10 and 20 pass in the burst (30 requests take about a second): ${ok}`);
+  assert.ok(limited >= 10, `the rest are limited: ${limited}`);
+  assert.match(out, /^retry-after: \d+/im);
+});
+
+test('an always-failing endpoint is ejected by outlier detection and comes back after its ejection time', async () => {
+  // Warm up: the bad endpoint fails its way to ejection (3 consecutive 5xx).
+  await requests(12, [], '/', '10.96.1.22');
+  const ejected = await requests(20, [], '/', '10.96.1.22');
+  assert.deepEqual(new Set(ejected.map((x) => `${x.status} ${x.by}`)), new Set(['200 pair-good']), 'while ejected, only the good endpoint answers');
+  const bad = mesh.workloads.get('shop/pair-bad')!.pod.ip;
+  const clusters = async () => {
+    const wp = mesh.workloads.get('shop/waypoint-0')!;
+    const dump = await getJsonInNetns<Array<{ endpoints: Array<{ address: string; requests: number; ejected: boolean }> }>>(wp.pod.netnsPath, 'http://127.0.0.1:15000/clusters');
+    const ep = dump.flatMap((c) => c.endpoints).find((e) => e.address.includes(bad));
+    assert.ok(ep, `the waypoint lists ${bad}: ${JSON.stringify(dump)}`);
+    return ep;
+  };
+  const during = await clusters();
+  assert.equal(during.ejected, true, 'the bad endpoint is ejected');
+  await new Promise((r) => setTimeout(r, 4_500));
+  await requests(10, [], '/', '10.96.1.22');
+  const afterwards = await clusters();
+  assert.ok(afterwards.requests > during.requests, `after its ejection time the bad endpoint gets requests again (${during.requests} → ${afterwards.requests})`);
 });

@@ -14,12 +14,17 @@ const { values } = parseArgs({
     namespace: { type: 'string', default: process.env.POD_NAMESPACE ?? 'default' },
     version: { type: 'string', default: 'v1' },
     'fail-rate': { type: 'string', default: '0' },
+    'fail-every': { type: 'string', default: '0' },
   },
 });
+// --fail-rate answers 503 at random; --fail-every N answers 503 to every Nth request (repeatable tests).
 const failRate = Number(values['fail-rate']);
+const failEvery = Number(values['fail-every']);
+let served = 0;
 
 function answer(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>) {
-  const fail = failRate > 0 && Math.random() < failRate;
+  served++;
+  const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
   const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, headers });
   return { status: fail ? 503 : 200, body: body + '\n' };
 }
