@@ -12,7 +12,7 @@ import type { Workload } from '../../lib/model/mesh.ts';
 import type { AgentState, Upstream } from './state.ts';
 import type { AgentMetrics, TcpLabels } from './metrics.ts';
 import type { InboundAuthorizer } from './inbound.ts';
-import { connectTcp } from './connect.ts';
+import { connectTcp, splitHostPort } from './connect.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -142,7 +142,7 @@ export class Outbound {
       case 'local': {
         // Same node: no TLS on the wire, but the destination's policy applies exactly as it would
         // to an inbound tunnel from the source's identity.
-        const { port } = splitTarget(up.target);
+        const { port } = splitHostPort(up.target);
         this.#o.authorizer.authorize(up.workload, port, {
           sourcePrincipal: source.spiffeId,
           sourceNamespace: source.namespace,
@@ -203,11 +203,6 @@ export class Outbound {
   }
 }
 
-function splitTarget(target: string): { ip: string; port: number } {
-  const i = target.lastIndexOf(':');
-  return { ip: target.slice(0, i), port: Number(target.slice(i + 1)) };
-}
-
 function splitIp(target: string): string {
-  return splitTarget(target).ip;
+  return splitHostPort(target).host;
 }
