@@ -113,8 +113,11 @@ export function parseProcStatCpuTicks(text: string): number {
   return utime + stime;
 }
 
-/** A `Vm...:   1234 kB` line of /proc/<pid>/status, in kB (VmHWM = peak RSS, VmRSS = current). */
-export function parseProcStatusKb(text: string, field: 'VmHWM' | 'VmRSS'): number {
+/**
+ * A `Vm...:   1234 kB` line of /proc/<pid>/status, in kB (VmHWM = peak RSS, VmRSS = current,
+ * RssAnon = the anonymous part of VmRSS: what the process itself allocated, without shared file pages).
+ */
+export function parseProcStatusKb(text: string, field: 'VmHWM' | 'VmRSS' | 'RssAnon'): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text);
   if (!m) throw new BenchParseError('/proc/<pid>/status', field, text);
   return Number(m[1]);

@@ -20,6 +20,8 @@ export interface CaseResult {
   rssMbAtRate?: Record<string, number>;
   /** Weft cases: the agents' heap and RSS from their own metrics after the case, MB. */
   agentMemoryMb?: Record<string, { rss: number; heapUsed: number; heapTotal: number; external: number }>;
+  /** The anonymous part of that RSS (RssAnon: without the shared pages of the executable and libraries). */
+  rssAnonMbAtRate?: Record<string, number>;
   /** VmHWM at the end of the case (the agents serve several cases: cumulative for them). */
   peakRssMb?: Record<string, number>;
   errors: string[];
@@ -28,7 +30,8 @@ export interface CaseResult {
 export interface BenchResults {
   startedAt: string;
   durationSeconds?: number;
-  host: { cpus: number; kernel: string; node: string };
+  /** 1-minute load averages: other work on the machine shows up here (the bench's own load is about 2). */
+  host: { cpus: number; kernel: string; node: string; loadavgAtStart: number; loadavgAtEnd?: number };
   settings: Record<string, string | number>;
   cases: CaseResult[];
   micro?: {
@@ -62,7 +65,8 @@ export function addedLatency(c: CaseResult, base: CaseResult | undefined, pct: s
 export function report(r: BenchResults): string {
   const by = new Map(r.cases.map((c) => [c.name, c]));
   let out = `\nWeft bench, ${r.startedAt} (${r.host.cpus} CPUs, kernel ${r.host.kernel}, Node ${r.host.node}); ` +
-    `wrk ${r.settings.wrk}; hey ${r.settings.hey}; iperf3 ${r.settings.iperf3}\n\n`;
+    `wrk ${r.settings.wrk}; hey ${r.settings.hey}; iperf3 ${r.settings.iperf3}; ` +
+    `load average ${f(r.host.loadavgAtStart)} at start, ${f(r.host.loadavgAtEnd)} at end\n\n`;
   const rows: string[][] = [[
     'case', 'req/s', 'p50 ms', 'p99 ms', `@${r.settings.rate}/s p50/p90/p99 ms`, 'added p50/p90/p99 ms',
     'iperf3 Gbit/s', 'CPU s sat.', `CPU s @${r.settings.rate}/s`, 'CPU s bulk', 'RSS MB idle', `RSS MB @${r.settings.rate}/s`, 'peak RSS MB',
@@ -131,6 +135,7 @@ export function report(r: BenchResults): string {
   tRows.push(['Weft L7 (waypoint) req/s ÷ HAProxy pair req/s', l7 ? f(wpRatio) : 'not measured', '≥ 0.50', verdict(wpRatio === undefined ? undefined : wpRatio >= 0.5)]);
   const rss = max(l4?.rssMbAtRate);
   tRows.push([`Agent RSS at ${r.settings.rate} req/s, larger of two (MB)`, f(rss, 1), '< 60', verdict(rss === undefined ? undefined : rss < 60)]);
+  tRows.push([`  (of which anonymous, RssAnon; the rest is the shared node binary)`, f(max(l4?.rssAnonMbAtRate), 1), '', '']);
   const cpuL4 = sum(l4?.cpuSecondsSaturation);
   const cpuHa = sum(ha?.cpuSecondsSaturation);
   const perReq = (cpu: number | undefined, c: CaseResult | undefined) =>

@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, existsSync } from 'node:fs';
 import { once } from 'node:events';
-import { tmpdir } from 'node:os';
+import { tmpdir, cpus, release, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -81,20 +81,23 @@ function cpuTicks(pid: number): number | undefined {
   try { return parseProcStatCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return undefined; }
 }
 
-function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
+function statusKb(pid: number, field: 'VmHWM' | 'VmRSS' | 'RssAnon'): number | undefined {
   try { return parseProcStatusKb(readFileSync(`/proc/${pid}/status`, 'utf8'), field); } catch { return undefined; }
 }
 
 interface Proc { label: string; pid: number }
 
 /** CPU seconds each process spent while `fn` ran, and the highest RSS sampled meanwhile. */
-async function measured<T>(procs: Proc[], fn: () => Promise<T>): Promise<{ value: T; cpuSeconds: Record<string, number>; maxRssMb: Record<string, number> }> {
+async function measured<T>(procs: Proc[], fn: () => Promise<T>): Promise<{ value: T; cpuSeconds: Record<string, number>; maxRssMb: Record<string, number>; maxRssAnonMb: Record<string, number> }> {
   const before = procs.map((p) => cpuTicks(p.pid));
   const maxRss = new Map<string, number>();
+  const maxAnon = new Map<string, number>();
   const sample = () => {
     for (const p of procs) {
       const kb = statusKb(p.pid, 'VmRSS');
       if (kb !== undefined) maxRss.set(p.label, Math.max(maxRss.get(p.label) ?? 0, kb));
+      const anon = statusKb(p.pid, 'RssAnon');
+      if (anon !== undefined) maxAnon.set(p.label, Math.max(maxAnon.get(p.label) ?? 0, anon));
     }
   };
   const timer = setInterval(sample, 250);
@@ -108,14 +111,17 @@ async function measured<T>(procs: Proc[], fn: () => Promise<T>): Promise<{ value
   sample();
   const cpuSeconds: Record<string, number> = {};
   const maxRssMb: Record<string, number> = {};
+  const maxRssAnonMb: Record<string, number> = {};
   procs.forEach((p, i) => {
+    const anon = maxAnon.get(p.label);
+    if (anon !== undefined) maxRssAnonMb[p.label] = +(anon / 1024).toFixed(1);
     const a = before[i];
     const b = cpuTicks(p.pid);
     if (a !== undefined && b !== undefined) cpuSeconds[p.label] = +((b - a) / CLOCK_TICKS).toFixed(2);
     const kb = maxRss.get(p.label);
     if (kb !== undefined) maxRssMb[p.label] = +(kb / 1024).toFixed(1);
   });
-  return { value, cpuSeconds, maxRssMb };
+  return { value, cpuSeconds, maxRssMb, maxRssAnonMb };
 }
 
 // ---- the topology ----
@@ -234,6 +240,7 @@ async function runCase(c: Case): Promise<CaseResult> {
     res.hey = h.value;
     res.cpuSecondsAtRate = h.cpuSeconds;
     res.rssMbAtRate = h.maxRssMb;
+    res.rssAnonMbAtRate = h.maxRssAnonMb;
   } catch (err) { res.errors.push(`hey: ${(err as Error).message}`); }
   log(`${c.title}: wrk -t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s`);
   try {
@@ -300,7 +307,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   const results: BenchResults = {
     startedAt: new Date().toISOString(),
-    host: { cpus: (await import('node:os')).cpus().length, kernel: (await import('node:os')).release(), node: process.version },
+    host: { cpus: cpus().length, kernel: release(), node: process.version, loadavgAtStart: loadavg()[0]! },
     settings: { seconds: SECONDS, rate: RATE, wrk: `-t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s --latency`, hey: `-z ${SECONDS}s -q ${RATE / HEY_WORKERS} -c ${HEY_WORKERS}`, iperf3: `-t ${SECONDS} (one stream)` },
     cases: [],
     notes: [],
@@ -450,6 +457,7 @@ async function main(): Promise<void> {
 
   if (PROFILE) results.profile = await stopAndProfile(m, profDir);
   results.durationSeconds = Math.round((Date.now() - started) / 1000);
+  results.host.loadavgAtEnd = loadavg()[0]!;
   log(`measured in ${results.durationSeconds} s; removing ${prefix}-*`);
   await m.destroy();
   destroyed = true;

@@ -109,10 +109,11 @@ test('reads utime + stime from /proc/<pid>/stat even when the command name has s
   assert.equal(parseProcStatCpuTicks(stat), 1234 + 567);
 });
 
-test('reads VmHWM and VmRSS in kB from /proc/<pid>/status', () => {
-  const status = 'Name:\tnode\nVmPeak:\t 1200000 kB\nVmHWM:\t   81234 kB\nVmRSS:\t   70000 kB\n';
+test('reads VmHWM, VmRSS and RssAnon in kB from /proc/<pid>/status', () => {
+  const status = 'Name:\tnode\nVmPeak:\t 1200000 kB\nVmHWM:\t   81234 kB\nVmRSS:\t   70000 kB\nRssAnon:\t   41000 kB\nRssFile:\t   29000 kB\n';
   assert.equal(parseProcStatusKb(status, 'VmHWM'), 81234);
   assert.equal(parseProcStatusKb(status, 'VmRSS'), 70000);
+  assert.equal(parseProcStatusKb(status, 'RssAnon'), 41000);
   assert.throws(() => parseProcStatusKb('Name:\tkthreadd\n', 'VmRSS'), BenchParseError);
 });
 
