@@ -39,6 +39,24 @@ export interface WorkloadSpec {
   env?: Record<string, string>;
 }
 
+export interface WaypointOptions {
+  /** Pods `<name>-0` … `<name>-<replicas-1>`; default 1. */
+  replicas?: number;
+  /** Nodes to spread the replicas over, round robin; default the node given to startWaypoint. */
+  nodes?: string[];
+  /** More waypoint/src/main.ts flags for every replica (`--quota`, `--quota-redis`, ...). */
+  extraArgs?: string[];
+}
+
+/** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
+export function waypointCommand(o: { namespace: string; name: string; id: string; trustDomain: string; tokenFile: string; caFile: string }): string[] {
+  return [
+    'waypoint/src/main.ts', '--namespace', o.namespace, '--name', o.name, '--id', o.id,
+    '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
+    '--token-file', o.tokenFile, '--ca-bundle', o.caFile,
+  ];
+}
+
 export interface Workload {
   spec: WorkloadSpec;
   pod: LocalPod;
@@ -169,42 +187,58 @@ export class LocalMesh {
   }
 
   /**
-   * A waypoint for a namespace: the Waypoint object, and a pod (labelled `weft.dev/waypoint`, not
-   * captured itself) on `nodeName` running waypoint/src/main.ts. It gets its certificate from the
-   * controller with the node's bootstrap token, as a pod of that node.
+   * A waypoint for a namespace: the Waypoint object, and pods `<name>-0` … `<name>-<replicas-1>`
+   * (labelled `weft.dev/waypoint`, not captured themselves) running waypoint/src/main.ts. Replica i
+   * runs on `opts.nodes[i % nodes.length]` (default: `nodeName` only). Each gets its certificate
+   * from the controller with its node's bootstrap token, as a pod of that node. Returns the first
+   * replica; `waypointReplicas()` lists them all.
    */
-  startWaypoint(nodeName: string, namespace: string, name = 'waypoint'): Workload {
-    const tokenFile = join(this.o.stateDir, `token-${nodeName}`);
-    writeFileSync(tokenFile, this.tokens.get(nodeName)!, { mode: 0o600 });
+  startWaypoint(nodeName: string, namespace: string, name = 'waypoint', opts: WaypointOptions = {}): Workload {
+    const replicas = opts.replicas ?? 1;
+    if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`waypoint ${namespace}/${name}: replicas must be a positive integer, not ${replicas}`);
+    const nodes = opts.nodes && opts.nodes.length > 0 ? opts.nodes : [nodeName];
     this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [{ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace } }]);
-    return this.addWorkload({
-      node: nodeName, namespace, name: `${name}-0`, serviceAccount: name,
-      labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
-      command: [
-        'waypoint/src/main.ts', '--namespace', namespace, '--name', name, '--id', `${name}-0`,
-        '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', this.trustDomain,
-        '--token-file', tokenFile, '--ca-bundle', this.caFile,
-      ],
-    });
+    const started: Workload[] = [];
+    for (let i = 0; i < replicas; i++) {
+      const node = nodes[i % nodes.length]!;
+      const tokenFile = join(this.o.stateDir, `token-${node}`);
+      writeFileSync(tokenFile, this.tokens.get(node)!, { mode: 0o600 });
+      started.push(this.addWorkload({
+        node, namespace, name: `${name}-${i}`, serviceAccount: name,
+        labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
+        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile }), ...(opts.extraArgs ?? [])],
+      }));
+    }
+    return started[0]!;
   }
 
-  /** Waits until a waypoint pod answers ready on 15021. */
+  /** The running replicas of a waypoint, `<name>-0` first. */
+  waypointReplicas(namespace: string, name = 'waypoint'): Workload[] {
+    const out: Workload[] = [];
+    for (let i = 0; this.workloads.has(`${namespace}/${name}-${i}`); i++) out.push(this.workloads.get(`${namespace}/${name}-${i}`)!);
+    return out;
+  }
+
+  /** Waits until every replica of a waypoint answers ready on 15021. */
   async waitWaypointReady(namespace: string, name = 'waypoint', timeoutMs = 60_000): Promise<void> {
-    const w = this.workloads.get(`${namespace}/${name}-0`);
-    if (!w) throw new Error(`no waypoint ${namespace}/${name} was started`);
+    const replicas = this.waypointReplicas(namespace, name);
+    if (replicas.length === 0) throw new Error(`no waypoint ${namespace}/${name} was started`);
     const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        const r = await requestInNetns(w.pod.netnsPath, `http://${w.pod.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
-        if (r.status === 200) return;
-      } catch {
-        /* not listening yet */
+    for (const w of replicas) {
+      const id = w.spec.name;
+      for (;;) {
+        try {
+          const r = await requestInNetns(w.pod.netnsPath, `http://${w.pod.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
+          if (r.status === 200) break;
+        } catch {
+          /* not listening yet */
+        }
+        if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
+          throw new Error(`waypoint ${namespace}/${id} exited:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
+        }
+        if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${id} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
+        await sleep(200);
       }
-      if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
-        throw new Error(`waypoint ${namespace}/${name} exited:\n${this.logTail(`pod-${namespace}-${name}-0.log`)}`);
-      }
-      if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${name} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${name}-0.log`)}`);
-      await sleep(200);
     }
   }
 

@@ -490,17 +490,26 @@ function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResp
     };
     const onDrain = (): void => { up.body.resume(); };
     const onAbort = (): void => { up.discard(); resetDownstream(res); end(); };
-    signal.addEventListener('abort', onAbort, { once: true });
-    up.body.on('data', onData);
-    res.on('drain', onDrain);
-    up.body.once('end', () => {
+    const onEnd = (): void => {
+      if (finished) return;
       const trailers = { ...movedTrailers, ...(up.trailers() ? forwardableHeaders(up.trailers()!) : {}) };
       const gs = grpcStatusOf(trailers);
       if (gs !== undefined) st.grpcStatus = String(gs);
       if (h2down && Object.keys(trailers).length > 0) (res as http2.Http2ServerResponse).addTrailers(trailers as http.OutgoingHttpHeaders);
       endResponse(res);
       end();
-    });
+    };
+    if (up.endStreamOnHeaders) {
+      // No body by definition (a gRPC trailers-only response). The upstream stream may already be
+      // closed and destroyed by now without ever emitting 'end', so do not wait for it.
+      up.body.resume();
+      onEnd();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    up.body.on('data', onData);
+    res.on('drain', onDrain);
+    up.body.once('end', onEnd);
     up.body.once('error', () => { st.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); });
     up.body.once('close', () => {
       if (!up.body.readableEnded) { st.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); }
