@@ -328,16 +328,7 @@ async function main(): Promise<void> {
   m.startController();
   await m.waitControllerReady();
   const profDir = join(stateDir, 'cpu-prof');
-  if (PROFILE) {
-    mkdirSync(profDir, { recursive: true });
-    const saved = process.env.NODE_OPTIONS;
-    // Only the agents inherit this (LocalMesh passes process.env to the processes it starts).
-    process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${profDir}`.trim();
-    m.startAgents();
-    if (saved === undefined) delete process.env.NODE_OPTIONS; else process.env.NODE_OPTIONS = saved;
-  } else {
-    m.startAgents();
-  }
+  withProfile(PROFILE, profDir, () => m.startAgents());
   await m.waitReady(60_000);
 
   // L7: namespace `l7` uses a waypoint (on node2) with one HTTPRoute and one L7 ALLOW policy.
@@ -356,7 +347,8 @@ async function main(): Promise<void> {
       },
     ]);
     try {
-      m.startWaypoint('node2', 'l7');
+      // No per-request access log, like the HAProxy pair (which logs nothing).
+      withProfile(PROFILE, profDir, () => m.startWaypoint('node2', 'l7', 'waypoint', { extraArgs: ['--access-log', 'off'] }));
       await m.waitWaypointReady('l7');
     } catch (err) {
       l7Note = `weft-l7: not measured — the waypoint did not start: ${(err as Error).message.split('\n')[0]}`;
@@ -424,7 +416,7 @@ async function main(): Promise<void> {
       name: 'weft-l7', title: 'Weft L7 (waypoint: route + L7 policy)', client: w.l7client.pod, url: `http://${VIP.l7}/`, baseline: 'direct',
       procs: () => [...agentProcs().slice(0, 1), { label: 'waypoint', pid: waypoint.process!.pid! }, ...agentProcs().slice(1)],
     });
-    results.notes.push('weft-l7: iperf3 not run through the waypoint (an HTTP route; the bulk figure is the L4 path\'s); the waypoint runs with its default per-request JSON access log');
+    results.notes.push('weft-l7: iperf3 not run through the waypoint (an HTTP route; the bulk figure is the L4 path\'s); the waypoint runs with --access-log off, as the HAProxy pair logs nothing');
   } else if (l7Note) {
     results.notes.push(l7Note);
     selected.delete('weft-l7');
@@ -469,22 +461,41 @@ async function main(): Promise<void> {
   process.stdout.write(`\nJSON: ${values.out}\n`);
 }
 
-/** SIGTERM to the agents (they exit cleanly, so V8 writes the profiles), then the top functions of each. */
+/**
+ * Runs `start` with `--cpu-prof` in NODE_OPTIONS when profiling: LocalMesh passes process.env to the
+ * processes it starts, so only those started inside (the agents, the waypoint) are profiled.
+ */
+function withProfile<T>(on: boolean, dir: string, start: () => T): T {
+  if (!on) return start();
+  mkdirSync(dir, { recursive: true });
+  const saved = process.env.NODE_OPTIONS;
+  process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim();
+  try {
+    return start();
+  } finally {
+    if (saved === undefined) delete process.env.NODE_OPTIONS; else process.env.NODE_OPTIONS = saved;
+  }
+}
+
+/** SIGTERM to the agents and the waypoint (they exit cleanly, so V8 writes the profiles), then where each one's time went. */
 async function stopAndProfile(m: LocalMesh, dir: string): Promise<NonNullable<BenchResults['profile']>> {
   const out: NonNullable<BenchResults['profile']> = {};
   const keep = join(REPO_ROOT, 'bench', 'results');
   mkdirSync(keep, { recursive: true });
-  for (const [node, child] of m.agents) {
+  const targets: Array<[string, ChildProcess]> = [...m.agents].map(([node, child]) => [`agent-${node}`, child]);
+  const waypoint = m.workloads.get('l7/waypoint-0')?.process;
+  if (waypoint) targets.push(['waypoint', waypoint]);
+  for (const [who, child] of targets) {
     const before = new Set(existsSync(dir) ? readdirSync(dir) : []);
     if (child.exitCode === null) {
       child.kill('SIGTERM');
       await Promise.race([once(child, 'exit'), sleep(10_000)]);
     }
     const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && !before.has(f));
-    if (!file) { log(`profile: agent on ${node} wrote no profile`); continue; }
-    copyFileSync(join(dir, file), join(keep, `agent-${node}.cpuprofile`));
+    if (!file) { log(`profile: ${who} wrote no profile`); continue; }
+    copyFileSync(join(dir, file), join(keep, `${who}.cpuprofile`));
     const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile;
-    out[`agent-${node}`] = { top: topSelfTime(profile, 20, REPO_ROOT), byOrigin: selfTimeByOrigin(profile, REPO_ROOT) };
+    out[who] = { top: topSelfTime(profile, 20, REPO_ROOT), byOrigin: selfTimeByOrigin(profile, REPO_ROOT) };
   }
   return out;
 }
