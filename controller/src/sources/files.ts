@@ -96,13 +96,16 @@ export class ConfigDirSource implements ConfigSource {
 
   /** Re-reads the directory now (tests; the watcher calls it after the debounce). */
   rescan(): Promise<void> {
-    this.#scanning = this.#scanning.then(() => this.#rescan());
+    // A failed scan must not poison the chain: later changes are still read.
+    this.#scanning = this.#scanning.catch(() => {}).then(() => this.#rescan());
     return this.#scanning;
   }
 
   #schedule(): void {
     clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => void this.rescan(), this.#o.debounceMs ?? 50);
+    this.#timer = setTimeout(() => {
+      this.rescan().catch((e: Error) => this.#log.error('config directory scan failed; the previous objects stay in force', { dir: this.#o.dir, error: e.message }));
+    }, this.#o.debounceMs ?? 50);
   }
 
   async #rescan(): Promise<void> {
@@ -192,7 +195,14 @@ export class ConfigDirSource implements ConfigSource {
         this.#fileError(new ConfigFileError(file, `document ${i + 1}${line ? ` (line ${line})` : ''} does not parse: ${err.message.split('\n')[0]}`));
         return undefined;
       }
-      const value: unknown = doc.toJS();
+      let value: unknown;
+      try {
+        // toJS expands aliases: a file of nested aliases (a "billion laughs" bomb) throws here.
+        value = doc.toJS();
+      } catch (e) {
+        this.#fileError(new ConfigFileError(file, `document ${i + 1} cannot be read: ${(e as Error).message}`));
+        return undefined;
+      }
       if (value === null || value === undefined) continue;
       if (typeof value !== 'object' || Array.isArray(value)) {
         this.#fileError(new ConfigFileError(file, `document ${i + 1} is not an object`));
