@@ -3,6 +3,7 @@
 // outbound (15001) and inbound HBONE (15008) proxies plus admin, metrics and readiness.
 import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
+import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
@@ -45,6 +46,8 @@ export interface AgentOptions {
   podNetnsPrefix?: string;
   /** Extra destination ports the datapath never redirects. */
   excludedPorts?: number[];
+  /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
+  certLifetimeSeconds?: number;
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
   logLevel?: LogLevel;
   logger?: Logger;
@@ -79,6 +82,16 @@ export class Agent {
   constructor(o: AgentOptions) {
     this.o = o;
     this.log = o.logger ?? jsonLogger('agent', o.logLevel ?? 'info');
+    // Readiness does not depend on the controller (the last good config keeps serving); this says
+    // whether the config stream is up right now.
+    const agent = this;
+    new Gauge({
+      name: 'weft_controller_connected', help: '1 while the config stream to the controller is up, 0 while reconnecting',
+      registers: [this.metrics.registry],
+      collect() {
+        this.set(agent.xds?.connected ? 1 : 0);
+      },
+    });
     this.state = new AgentState(o.node);
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
@@ -107,7 +120,7 @@ export class Agent {
     if (trustBundle.length === 0) throw new Error(`no certificate in trust bundle file ${o.trustBundleFile}`);
     const controllerId = `spiffe://${o.trustDomain}/ns/${o.controllerNamespace ?? 'weft-system'}/sa/weft-controller`;
     const signer = new GrpcCertificateSigner({ address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node });
-    this.certs = new CertManager({ signer, trustBundle });
+    this.certs = new CertManager({ signer, trustBundle, ...(o.certLifetimeSeconds ? { lifetimeSeconds: o.certLifetimeSeconds } : {}) });
     this.certs.on('renewalFailed', (id, err) => this.log.warn('certificate renewal failed', { identity: id, error: err.message }));
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
@@ -253,7 +266,7 @@ export class Agent {
   #adminServer(): import('node:http').Server {
     return jsonServer({
       '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging'] }),
-      '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
+      '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', controllerConnected: this.xds?.connected ?? false, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
       '/certs': () => ({ trustBundle: this.certs.trustBundle().length, certificates: this.certs.list() }),
       '/bpf': () => ({
         pinRoot: this.datapath.pinRoot,

@@ -12,6 +12,8 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
   --exclude-port <port>      never redirect this destination port (repeatable)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
+  --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
+                             (default: the CA's, 24 h)
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
   --log-level debug|info|warn|error`;
 
@@ -46,6 +48,7 @@ const { values } = parseArgs({
     'admin-port': { type: 'string' },
     'metrics-port': { type: 'string' },
     'ready-port': { type: 'string' },
+    'cert-lifetime': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
   },
 });
@@ -54,6 +57,8 @@ for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (
 if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
 const level = values['log-level'] as LogLevel;
 if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
+const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
+if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
 const tokenFile = values['token-file'];
 const ports = Object.fromEntries(
   (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
@@ -75,6 +80,7 @@ const agent = new Agent({
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
+  ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
   logLevel: level,
 });
 

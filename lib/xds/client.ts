@@ -115,6 +115,8 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   #arrays = new Map<ResourceType, { source: Stored; values: unknown[] }>();
   #queue: Promise<void> = Promise.resolve();
   #generation = 0;
+  /** The current stream has had a response from the controller and has not ended. */
+  #streamUp = false;
 
   constructor(options: ConfigClientOptions<K>) {
     super();
@@ -127,6 +129,11 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   /** The last accepted config, if any. */
   get snapshot(): SnapshotOf<K> | undefined {
     return this.#snapshot;
+  }
+
+  /** True while a stream is open and the controller has answered on it; false while reconnecting. */
+  get connected(): boolean {
+    return this.#streamUp;
   }
 
   /** System version of the last accepted config ('' before the first). */
@@ -154,6 +161,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
 
   close(): void {
     this.#closed = true;
+    this.#streamUp = false;
     clearTimeout(this.#timer);
     this.#generation++;
     this.#call?.cancel();
@@ -181,6 +189,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       if (ended || gen !== this.#generation) return;
       ended = true;
       this.#call = undefined;
+      this.#streamUp = false;
       this.emit('disconnected', err);
       if (this.#closed) return;
       if (gotResponse) this.#attempt = 0;
@@ -191,6 +200,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       if (gen !== this.#generation) return;
       if (!gotResponse) {
         gotResponse = true;
+        this.#streamUp = true;
         this.#attempt = 0;
       }
       this.#queue = this.#queue.then(() => this.#onResponse(gen, res)).catch((e: Error) => {
