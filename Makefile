@@ -113,6 +113,6 @@ down:
 	node cli/weftctl.ts down
 
 ## bench: Weft beside stunnel and HAProxy on one netns topology, plus the micro-benchmarks (root;
-## about 6 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
+## about 5 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
 bench: deps build
 	node bench/run.ts

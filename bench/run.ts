@@ -130,10 +130,13 @@ const prefix = `wb${randomBytes(4).toString('hex').replace(/[^a-z0-9]/g, '').sli
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-bench-'));
 let mesh: LocalMesh | undefined;
 let destroyed = false;
+/** Micro-benchmark children (outside the mesh's cgroups): killed on interrupt too. */
+const microChildren = new Set<ChildProcess>();
 
 function cleanupSync(): void {
   if (destroyed) return;
   destroyed = true;
+  for (const c of microChildren) c.kill('SIGKILL');
   try { mesh?.net.destroySync(); } catch (err) { process.stderr.write(`bench cleanup: ${(err as Error).message}\n`); }
   rmSync(stateDir, { recursive: true, force: true });
 }
@@ -283,7 +286,10 @@ async function runCase(c: Case): Promise<CaseResult> {
 
 async function micro(): Promise<BenchResults['micro']> {
   const node = async (script: string, args: string[], timeoutMs: number): Promise<Output> => {
-    const r = await collect(spawn(process.execPath, [join(REPO_ROOT, 'bench', script), ...args], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] }), timeoutMs);
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'bench', script), ...args], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    microChildren.add(child);
+    const r = await collect(child, timeoutMs);
+    microChildren.delete(child);
     if (r.code !== 0 && !r.stderr.trim()) r.stderr = `exited with ${r.code ?? 'a signal'} (killed after ${timeoutMs / 1000} s?)`;
     return r;
   };
