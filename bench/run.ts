@@ -3,12 +3,18 @@
 //
 //   node bench/run.ts [--seconds 10] [--rate 1000] [--cases direct,weft-l4,...] [--no-micro]
 //                     [--no-bulk]   (no iperf3)
-//                     [--profile]   (agents under `node --cpu-prof`; prints where their time goes)
+//                     [--profile]   (agents and waypoint under `node --cpu-prof`; prints where their time goes)
+// Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy (all by default).
 //
 // Topology (cli/local/mesh.ts): node1 and node2 on a bridge, pods as network namespaces.
-//   namespace `bench` (ambient): client (node1), web = nginx (node2), near = nginx (node1), iperf (node2)
-//   namespace `plain` (not in the mesh): client (node1), web = nginx (node2), near = nginx (node1), iperf (node2)
-//   stunnel and HAProxy pairs: one end in node1's netns, the other in node2's, in front of plain/web.
+//   namespace `bench` (ambient): client (node1), web = nginx (node2), near = nginx (node1),
+//                                iperf (node2), near-iperf (node1), each behind a service VIP
+//   namespace `l7` (ambient, uses a waypoint on node2 with one HTTPRoute and one L7 ALLOW policy):
+//                                client (node1), web = nginx (node2)
+//   namespace `plain` (not in the mesh): client (node1), web = nginx (node2), near = nginx (node1),
+//                                iperf (node2), near-iperf (node1)
+//   stunnel and HAProxy pairs: one end in node1's netns, the other in node2's, in front of plain/web
+//   and plain/iperf.
 // Every load tool runs inside a client pod (its netns and cgroup, so eBPF steers it when ambient).
 // Everything carries one prefix (`wb` + 4 characters) and is removed at the end, on failure and on
 // SIGINT/SIGTERM. Results: a table on stdout and bench/results/latest.json.
