@@ -1,0 +1,115 @@
+// Hostile HTTP clients against a waypoint, end to end: a pod in namespace `shop` (which uses a
+// waypoint) speaks raw bytes to a service VIP; the agent tunnels them to the waypoint, which
+// parses them. The backend prints every request it receives, so a smuggled request would show.
+// - request smuggling (Content-Length with Transfer-Encoding, two Content-Lengths, an obfuscated
+//   Transfer-Encoding): 400, and the backend never sees the hidden second request;
+// - slowloris: connections trickling headers do not keep others from being served;
+// - HTTP/2: a frame larger than SETTINGS_MAX_FRAME_SIZE and a CONTINUATION flood end the session
+//   (GOAWAY or close) within bounded bytes, and the waypoint keeps serving.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lab } from '../lab/lab.ts';
+import { LocalMesh } from '../../cli/local/mesh.ts';
+
+const lab = new Lab();
+let mesh: LocalMesh;
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const VIP = '10.96.3.10';
+const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
+
+before(async () => {
+  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh.writeConfig('10-shop.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'backend', namespace: 'shop' }, spec: { clusterIP: VIP, selector: { app: 'backend' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'backend', labels: { app: 'backend' }, command: ['test/e2e/fixtures/request-log-backend.ts', '--port', '8080'] });
+  mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'client' });
+  mesh.startController();
+  await mesh.waitControllerReady();
+  mesh.startAgents();
+  mesh.startWaypoint('node2', 'shop');
+  await mesh.waitReady(60_000);
+  await mesh.waitWaypointReady('shop');
+  for (const key of ['shop/client', 'shop/backend']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
+  // The waypoint has the service once a plain request through it is answered.
+  for (let i = 0; i < 40 && (await curl()).stdout !== '200'; i++) await sleep(250);
+});
+
+after(async () => {
+  await mesh?.destroy();
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+const curl = (path = '/') => mesh.exec('shop/client', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${VIP}${path}`]);
+
+async function hostile(args: string[], timeoutMs = 30_000): Promise<Record<string, unknown>> {
+  const r = await mesh.exec('shop/client', process.execPath, [fixture('hostile-http.ts'), '--host', VIP, '--port', '80', ...args], timeoutMs);
+  assert.ok(r.stdout.trim(), `hostile-http printed nothing (exit ${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+}
+
+/** URLs the backend has received so far (its log: one JSON line per request). */
+function backendUrls(): string[] {
+  return mesh.logTail('pod-shop-backend.log', 100_000).split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { url: string }).url);
+}
+
+const SMUGGLED = '/smuggled-admin';
+const smuggling: Record<string, string> = {
+  'Content-Length and Transfer-Encoding together (CL.TE)':
+    `POST /a HTTP/1.1\r\nhost: backend\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET ${SMUGGLED} HTTP/1.1\r\nhost: backend\r\n\r\n`,
+  'Transfer-Encoding then Content-Length (TE.CL)':
+    `POST /b HTTP/1.1\r\nhost: backend\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n5c\r\nGET ${SMUGGLED} HTTP/1.1\r\nhost: backend\r\ncontent-length: 15\r\n\r\nx=1\r\n0\r\n\r\n`,
+  'two different Content-Lengths':
+    `POST /c HTTP/1.1\r\nhost: backend\r\ncontent-length: 0\r\ncontent-length: 44\r\n\r\nGET ${SMUGGLED} HTTP/1.1\r\nhost: backend\r\n\r\n`,
+  'an obfuscated Transfer-Encoding with a Content-Length':
+    `POST /d HTTP/1.1\r\nhost: backend\r\ncontent-length: 4\r\ntransfer-encoding: xchunked\r\n\r\n0\r\n\r\nGET ${SMUGGLED} HTTP/1.1\r\nhost: backend\r\n\r\n`,
+};
+
+test('request smuggling attempts through the waypoint get 400 and the backend never sees the hidden request', async () => {
+  for (const [name, payload] of Object.entries(smuggling)) {
+    const r = await hostile(['--mode', 'raw', '--payload', Buffer.from(payload).toString('base64')]);
+    const reply = String(r.reply);
+    const statuses = [...reply.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => m[1]);
+    console.log(`# smuggling, ${name}: waypoint answered ${statuses.join(', ') || '(nothing)'}`);
+    assert.equal(statuses[0], '400', `${name}: answered 400, got ${JSON.stringify(reply.slice(0, 200))}`);
+    assert.equal(statuses.length, 1, `${name}: exactly one response, no second request was parsed`);
+  }
+  // The control: a legitimate request goes through and shows up in the backend log.
+  assert.equal((await curl('/after-smuggling')).stdout, '200');
+  for (let i = 0; i < 20 && !backendUrls().includes('/after-smuggling'); i++) await sleep(100);
+  const urls = backendUrls();
+  assert.ok(urls.includes('/after-smuggling'), `the backend log works: ${JSON.stringify(urls)}`);
+  assert.equal(urls.filter((u) => u === SMUGGLED).length, 0, `the backend never received ${SMUGGLED}: ${JSON.stringify(urls)}`);
+});
+
+test('slowloris connections trickling headers do not keep other clients from being served', async () => {
+  const slow = hostile(['--mode', 'slowloris', '--count', '50', '--duration-ms', '5000']);
+  await sleep(1_000);
+  const started = Date.now();
+  for (let i = 0; i < 10; i++) assert.equal((await curl(`/while-slow-${i}`)).stdout, '200', `request ${i} while 50 slow clients hold connections`);
+  const elapsed = Date.now() - started;
+  const r = await slow;
+  console.log(`# slowloris: 10 normal requests took ${elapsed} ms with ${r.count} slow connections open (${r.open} still open after 5 s; replies ${JSON.stringify(r.replies)})`);
+  assert.ok(elapsed < 10_000, `served promptly (${elapsed} ms)`);
+  assert.equal(backendUrls().filter((u) => u.startsWith('/slow-')).length, 0, 'no unfinished request reached the backend');
+});
+
+test('an HTTP/2 frame beyond the maximum frame size and a CONTINUATION flood end the session within bounded bytes, and the waypoint keeps serving', async () => {
+  const big = await hostile(['--mode', 'h2-oversized-frame']);
+  console.log(`# h2 oversized frame: ${JSON.stringify(big)}`);
+  assert.ok(big.goaway !== null || big.closed === true, `the session is ended: ${JSON.stringify(big)}`);
+  if (big.goaway !== null) assert.equal(big.goaway, 6, 'GOAWAY FRAME_SIZE_ERROR (6)');
+
+  const flood = await hostile(['--mode', 'h2-continuation-flood', '--bytes', String(8 << 20)]);
+  console.log(`# h2 CONTINUATION flood: ${JSON.stringify(flood)}`);
+  assert.ok(flood.goaway !== null || flood.closed === true, `the session is ended: ${JSON.stringify(flood)}`);
+  assert.ok(Number(flood.written) < 8 << 20, `the server stopped it before 8 MiB of header blocks (${flood.written} bytes written)`);
+
+  for (let i = 0; i < 3; i++) assert.equal((await curl(`/after-h2-${i}`)).stdout, '200', 'the waypoint still serves');
+});
