@@ -33,7 +33,10 @@ export function validateAgentConfig(config: AgentConfig): void {
     for (const p of s.ports) port(`service ${s.namespace}/${s.name} port ${p.name}`, p.port);
     for (const e of s.endpoints) if (!isIP(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
   }
-  for (const w of config.waypoints) if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
+  for (const w of config.waypoints) {
+    if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
+    for (const a of w.addresses ?? []) if (!isIP(a)) bad(`waypoint ${w.namespace}/${w.name} addresses`, a);
+  }
 }
 
 export class NoRouteError extends Error {
@@ -139,7 +142,7 @@ export class AgentState {
     const svc = this.servicesByVip.get(ip);
     if (svc) {
       const wp = this.waypointFor(svc.waypoint);
-      if (wp && !isWaypointItself(source, wp)) return [this.viaWaypoint(wp, `${ip}:${port}`, svc)];
+      if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`, svc);
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
       const eps = this.pick(svc, port);
@@ -149,7 +152,7 @@ export class AgentState {
     const wl = this.workloadsByIp.get(ip);
     if (wl) {
       const wp = this.waypointFor(wl.waypoint);
-      if (wp && !isWaypointItself(source, wp)) return [this.viaWaypoint(wp, `${ip}:${port}`)];
+      if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`);
       if (wl.node === this.node) return [{ kind: 'local', workload: wl, target: `${ip}:${port}` }];
       if (!wl.enrolled || !wl.nodeIp) return [{ kind: 'passthrough', target: `${ip}:${port}` }];
       return [{ kind: 'hbone', address: wl.nodeIp, port: HBONE_PORT, target: `${ip}:${port}`, identity: wl.spiffeId }];
@@ -159,11 +162,21 @@ export class AgentState {
     throw new NoRouteError(`${ip}:${port} is not a service or workload the mesh knows`);
   }
 
-  private viaWaypoint(wp: Waypoint, target: string, service?: Service): Upstream {
+  /**
+   * One candidate per waypoint replica, starting round robin per connection so load spreads
+   * (state such as a shared quota lives in Redis, not in one replica); a caller that cannot open
+   * the first tries the next replica.
+   */
+  private viaWaypoint(wp: Waypoint, target: string, service?: Service): Upstream[] {
     if (!wp.address || !wp.ready) {
       throw new NoRouteError(`waypoint ${wp.namespace}/${wp.name} is not ready${wp.reason ? ` (${wp.reason})` : ''}; traffic that must pass it fails closed`);
     }
-    return { kind: 'hbone', address: wp.address, port: wp.port || HBONE_PORT, target, identity: wp.spiffeId, waypoint: wp, ...(service ? { service } : {}) };
+    const addresses = wp.addresses && wp.addresses.length > 0 ? wp.addresses : [wp.address];
+    const key = `waypoint ${wp.namespace}/${wp.name}`;
+    const start = (this.rr.get(key) ?? 0) % addresses.length;
+    this.rr.set(key, start + 1);
+    const rotated = [...addresses.slice(start), ...addresses.slice(0, start)];
+    return rotated.map((address) => ({ kind: 'hbone', address, port: wp.port || HBONE_PORT, target, identity: wp.spiffeId, waypoint: wp, ...(service ? { service } : {}) }));
   }
 
   private toEndpoint(e: Endpoint, port: number, service?: Service): Upstream {

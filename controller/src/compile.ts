@@ -75,6 +75,8 @@ export function emptyInputs(): MeshInputs {
 /** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
 export interface WaypointRuntime {
   address?: string;
+  /** Every ready replica's address when there are several (`address` is one of them). */
+  addresses?: string[];
   ready: boolean;
   reason?: string;
 }
@@ -170,8 +172,12 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     if (!name || pod.metadata.deletionTimestamp) continue;
     const key = nsName(pod.metadata.namespace!, name);
     const running = pod.status?.phase === 'Running' && !!ip;
-    if (running) waypointPods.set(key, { address: ip, ready: true });
-    else if (!waypointPods.has(key)) waypointPods.set(key, { ready: false, reason: 'PodNotRunning' });
+    const seen = waypointPods.get(key);
+    if (running) {
+      // Replicas: every running pod's address, sorted so that compilations agree.
+      const addresses = [...(seen?.addresses ?? []), ip].sort();
+      waypointPods.set(key, { address: addresses[0]!, addresses, ready: true });
+    } else if (!seen) waypointPods.set(key, { ready: false, reason: 'PodNotRunning' });
   }
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
@@ -179,6 +185,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const rt = options.waypointRuntime?.get(key) ?? waypointPods.get(key);
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
+    const addresses = rt?.address !== undefined ? rt.addresses : wp.status?.addresses?.map((a) => a.value);
     const ready = rt ? rt.ready : readyCond?.status === 'True';
     const reason = rt ? rt.reason : readyCond?.status === 'True' ? undefined : (readyCond?.reason ?? 'NotReconciled');
     const compiled: Waypoint = {
@@ -188,6 +195,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       spiffeId: spiffeIdOf(trustDomain, ns, wp.spec?.serviceAccountName ?? wp.metadata.name),
       ready: ready && address !== undefined,
       ...(address !== undefined ? { address } : {}),
+      ...(address !== undefined && addresses && addresses.length > 1 ? { addresses } : {}),
       ...(ready && address !== undefined ? {} : { reason: reason ?? 'NoAddress' }),
     };
     model.waypoints.set(key, compiled);

@@ -96,6 +96,11 @@ export interface Waypoint {
   namespace: string;
   /** Where agents send HBONE for services behind this waypoint; absent until it runs. */
   address?: string;
+  /**
+   * Every ready replica's address, sorted, when there is more than one (`address` is the first).
+   * Agents spread connections over them, round robin, and try the next one when one fails.
+   */
+  addresses?: string[];
   port: number;
   spiffeId: string;
   ready: boolean;

@@ -79,6 +79,14 @@ test('a service behind a waypoint goes to the waypoint, and fails closed when it
   assert.throws(() => s.resolve(client, '10.96.0.10', 80), (e: Error) => e instanceof NoRouteError && /fails closed/.test(e.message));
 });
 
+test('connections to a service behind a waypoint with two replicas alternate between them, the other replica next', () => {
+  const s = new AgentState('node1');
+  const wp = { name: 'waypoint', namespace: 'default', port: 15008, spiffeId: `spiffe://${td}/ns/default/sa/waypoint`, ready: true, address: '10.77.1.9', addresses: ['10.77.1.9', '10.77.2.9'] };
+  s.apply(config({ services: [{ ...echo, waypoint: { name: 'waypoint', namespace: 'default' } }], waypoints: [wp] }));
+  const picks = Array.from({ length: 4 }, () => s.resolve(client, '10.96.0.10', 80).map((u) => (u.kind === 'hbone' ? u.address : u.kind)));
+  assert.deepEqual(picks, [['10.77.1.9', '10.77.2.9'], ['10.77.2.9', '10.77.1.9'], ['10.77.1.9', '10.77.2.9'], ['10.77.2.9', '10.77.1.9']]);
+});
+
 test('unknown addresses and ports are named in the error', () => {
   const s = new AgentState('node1');
   s.apply(config());

@@ -154,6 +154,19 @@ test('without a reconciler, a running pod labelled weft.dev/waypoint makes its W
   assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.2');
 });
 
+test('without a reconciler, two running replicas of a waypoint give it both addresses, sorted, and one that stops running drops out', () => {
+  const i = emptyInputs();
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: {} });
+  const labels = { 'weft.dev/waypoint': 'wp', 'weft.dev/dataplane-mode': 'none' };
+  i.pods.push(pod('a', 'wp-0', { ip: '10.4.0.7', labels }), pod('a', 'wp-1', { ip: '10.3.0.2', labels }));
+  let { model } = compile(i);
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, address: '10.3.0.2', addresses: ['10.3.0.2', '10.4.0.7'] });
+  i.pods[1]!.status!.phase = 'Pending';
+  ({ model } = compile(i));
+  assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.7');
+  assert.equal(model.waypoints.get('a/wp')!.addresses, undefined, 'one replica: address alone, as before');
+});
+
 test('two TrafficPolicies for one Service: the oldest applies, the other is Conflicted', () => {
   const i = emptyInputs();
   i.services.push(svc('a', 'web'));
