@@ -1,0 +1,116 @@
+// Load through one agent, with the real agent in namespaces: 10,000 concurrent idle connections
+// held open while ~1,000 new connections per second come and go for 20 s (the issue asks for a
+// minute; same rates, shorter), all from one pod on node1 through its agent (HBONE) to an echo
+// server on node2. The agent's memory stays bounded and its file descriptors return to the
+// baseline once the connections close (no fd leak).
+//
+// Cross-node, not same-node: on one node the agent holds two descriptors per connection, and this
+// machine's hard RLIMIT_NOFILE is 20,000 (the test cannot raise it). Environment for 10,000
+// connections (test set-up, not agent changes): the pods raise their soft `ulimit -n` to the hard
+// limit, and the client pod and node2 use the port range 1024-65000.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lab } from '../lab/lab.ts';
+import { LocalMesh } from '../../cli/local/mesh.ts';
+
+const lab = new Lab();
+let mesh: LocalMesh;
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const VIP = '10.96.5.10';
+const IDLE = Number(process.env.WEFT_LOAD_IDLE ?? 10_000);
+const RATE = Number(process.env.WEFT_LOAD_RATE ?? 1_000);
+const CHURN_MS = Number(process.env.WEFT_LOAD_CHURN_MS ?? 20_000);
+const NOFILE = 20_000;
+const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
+
+before(async () => {
+  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh.writeConfig('10-load.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'load', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'sink', namespace: 'load' }, spec: { clusterIP: VIP, selector: { app: 'sink' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
+  ]);
+  mesh.addWorkload({
+    node: 'node2', namespace: 'load', name: 'sink', labels: { app: 'sink' },
+    command: ['sh', '-c', `ulimit -n ${NOFILE}; exec "${process.execPath}" "${fixture('line-echo.ts')}" --port 7000`],
+  });
+  mesh.addWorkload({ node: 'node1', namespace: 'load', name: 'client' });
+  mesh.startController();
+  await mesh.waitControllerReady();
+  mesh.startAgents();
+  await mesh.waitReady();
+  for (const k of ['load/client', 'load/sink']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  for (const netns of [mesh.node('node2').netnsPath, mesh.workloads.get('load/client')!.pod.netnsPath]) {
+    execFileSync('nsenter', [`--net=${netns}`, 'sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000']);
+  }
+});
+
+after(async () => {
+  await mesh?.destroy();
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+function agentPid(node = 'node1'): number {
+  const pid = mesh.agents.get(node)!.pid!;
+  // The spawn chain execs (sh → nsenter → node): the child's pid is the agent's.
+  assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /agent\/src\/main\.ts/);
+  return pid;
+}
+const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
+const rssMb = (pid: number) => Math.round(Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024);
+
+test(`${IDLE} idle connections and ${RATE} new connections per second through one agent: every one served, memory bounded, file descriptors back to the baseline afterwards`, async () => {
+  const pid = agentPid();
+  const pid2 = agentPid('node2');
+  // Warm up (first connection, certificates, pools) before taking the baseline.
+  const warm = await mesh.exec('load/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '10', '--rate', '100', '--churn-ms', '500', '--hold-ms', '0']);
+  assert.equal(JSON.parse(warm.stdout.trim()).idleOpen, 10, `warm-up works: ${warm.stdout} ${warm.stderr}`);
+  await sleep(1_000);
+  const base = { fds: fds(pid), rss: rssMb(pid) };
+  const base2 = { fds: fds(pid2), rss: rssMb(pid2) };
+
+  let peak = { fds: 0, rss: 0 };
+  let peak2 = { fds: 0, rss: 0 };
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      peak = { fds: Math.max(peak.fds, fds(pid)), rss: Math.max(peak.rss, rssMb(pid)) };
+      peak2 = { fds: Math.max(peak2.fds, fds(pid2)), rss: Math.max(peak2.rss, rssMb(pid2)) };
+      await sleep(250);
+    }
+  })();
+  const started = Date.now();
+  const r = await mesh.exec('load/client', 'sh', ['-c', `ulimit -n ${NOFILE}; exec "${process.execPath}" "${fixture('load-conns.ts')}" --host ${VIP} --port 7000 --idle ${IDLE} --rate ${RATE} --churn-ms ${CHURN_MS} --hold-ms 2000`], CHURN_MS + 180_000);
+  sampling = false;
+  await sampler;
+  assert.ok(r.stdout.trim(), `load-conns printed nothing (exit ${r.code}): ${r.stderr}`);
+  const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { idleOpen: number; idleMs: number; idleDropped: number; stillOpen: number; churnOk: number; churnFailed: number; churnPerSecond: number; errors: Record<string, number> };
+
+  const closedAt = Date.now();
+  let after = fds(pid);
+  while (after > base.fds + 20 && Date.now() - closedAt < 30_000) {
+    await sleep(250);
+    after = fds(pid);
+  }
+  const fdsBackMs = Date.now() - closedAt;
+  const rssAfter = rssMb(pid);
+  console.log(`# load: ${res.idleOpen} idle connections opened in ${res.idleMs} ms, ${res.churnOk} new connections (${res.churnPerSecond}/s, ${res.churnFailed} failed ${JSON.stringify(res.errors)}) in ${Math.round((Date.now() - started) / 1000)} s`);
+  console.log(`# node2 agent (server side) fds: baseline ${base2.fds}, peak ${peak2.fds}, ${fds(pid2)} after; RSS MB: baseline ${base2.rss}, peak ${peak2.rss}, after ${rssMb(pid2)}`);
+  console.log(`# node1 agent fds: baseline ${base.fds}, peak ${peak.fds}, ${after} ${fdsBackMs} ms after the close; agent RSS MB: baseline ${base.rss}, peak ${peak.rss}, after ${rssAfter}`);
+
+  assert.equal(res.idleOpen, IDLE, `every idle connection was established end to end (${JSON.stringify(res.errors)})`);
+  assert.equal(res.idleDropped, 0, 'none of the idle connections was dropped while the churn ran');
+  assert.equal(res.stillOpen, IDLE);
+  assert.ok(res.churnFailed <= res.churnOk / 100, `at most 1% of the new connections failed (${res.churnFailed} of ${res.churnOk + res.churnFailed}: ${JSON.stringify(res.errors)})`);
+  assert.ok(res.churnPerSecond >= RATE * 0.8, `the churn ran at about the asked rate (${res.churnPerSecond}/s)`);
+  assert.ok(peak.fds >= base.fds + IDLE, `the agent really held the idle connections (peak ${peak.fds} fds)`);
+  assert.ok(after <= base.fds + 20, `file descriptors return to the baseline (${after} vs ${base.fds})`);
+  assert.ok(peak.rss < 1_024, `agent RSS stays bounded (peak ${peak.rss} MB)`);
+  // The agent is still fine.
+  assert.equal((await mesh.agentReady('node1')).ready, true);
+});
