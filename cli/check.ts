@@ -310,3 +310,75 @@ export function runPreflight(sources: Partial<PreflightSources> = {}): CheckResu
     ...checkPorts(listeningPorts(s.procNetTcp), s.ports),
   ];
 }
+
+// ---- a running local mesh ----------------------------------------------------------------------
+
+/** Cgroup programs every agent attaches (agent/src/datapath/datapath.ts CGROUP_PROGRAMS). */
+export const AGENT_CGROUP_PROGRAMS: readonly string[] = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'];
+/**
+ * Workload certificates live 24 h by default and agents renew them at half-life, so a healthy one
+ * has more than 12 h left; under this much, renewal has been failing.
+ */
+export const CERT_EXPIRY_WARN_MS = 2 * 3600_000;
+
+/** What `weftctl check` reads from a running local mesh; gathered by cli/local/health.ts. */
+export interface MeshFacts {
+  now: number;
+  logDir: string;
+  controller: { ready: boolean; detail: string };
+  agents: Array<{
+    node: string;
+    ready: boolean;
+    detail: string;
+    /** Undefined when the admin endpoint did not answer. */
+    certificates?: Array<{ identity: string; notAfter: string }>;
+    links?: Array<{ program: string; id: number }>;
+  }>;
+  waypoints: Array<{ namespace: string; name: string; ready: boolean; reason?: string }>;
+}
+
+/** One result per component of a running mesh; each failure says what to do. */
+export function checkMesh(f: MeshFacts): CheckResult[] {
+  const out: CheckResult[] = [];
+  const logs = (file: string) => `see ${f.logDir}/${file}`;
+  out.push(f.controller.ready
+    ? { id: 'mesh.controller', title: 'controller ready', status: 'pass', detail: f.controller.detail }
+    : { id: 'mesh.controller', title: 'controller ready', status: 'fail', detail: f.controller.detail, remedy: `${logs('controller.log')}; an invalid object in the config folder is named there (\`weftctl down && weftctl up\` starts over)` });
+  for (const a of f.agents) {
+    out.push(a.ready
+      ? { id: `mesh.agent.${a.node}`, title: `agent ${a.node} ready`, status: 'pass', detail: a.detail }
+      : { id: `mesh.agent.${a.node}`, title: `agent ${a.node} ready`, status: 'fail', detail: a.detail, remedy: `${logs(`agent-${a.node}.log`)}: readiness waits for certificates, config and BPF; a controller that is down keeps agents unready` });
+    if (a.links) {
+      const have = new Set(a.links.map((l) => l.program));
+      const missing = AGENT_CGROUP_PROGRAMS.filter((p) => !have.has(p));
+      out.push(missing.length === 0
+        ? { id: `mesh.bpf.${a.node}`, title: `BPF programs on ${a.node}`, status: 'pass', detail: `${AGENT_CGROUP_PROGRAMS.length} cgroup links attached` }
+        : { id: `mesh.bpf.${a.node}`, title: `BPF programs on ${a.node}`, status: 'fail', detail: `no link for ${missing.join(', ')}: pods' connections are not captured`, remedy: `restart the agent (it re-attaches and adopts pinned links); ${logs(`agent-${a.node}.log`)}; \`weftctl bpf --node ${a.node}\` lists links` });
+    }
+    if (a.certificates) {
+      const soon = a.certificates
+        .map((c) => ({ ...c, left: Date.parse(c.notAfter) - f.now }))
+        .filter((c) => !(c.left > CERT_EXPIRY_WARN_MS))
+        .sort((x, y) => x.left - y.left);
+      const expired = soon.filter((c) => !(c.left > 0));
+      if (soon.length === 0) {
+        out.push({ id: `mesh.certs.${a.node}`, title: `certificates on ${a.node}`, status: 'pass', detail: `${a.certificates.length} valid for more than ${CERT_EXPIRY_WARN_MS / 3600_000} h` });
+      } else {
+        const first = soon[0]!;
+        const when = expired.length ? `expired at ${first.notAfter}` : `expires in ${Math.round(first.left / 60_000)} min (${first.notAfter})`;
+        out.push({
+          id: `mesh.certs.${a.node}`, title: `certificates on ${a.node}`, status: expired.length ? 'fail' : 'warn',
+          detail: `${soon.length} near expiry; ${first.identity} ${when}`,
+          remedy: `renewal at half-life is failing: check that the agent reaches the controller (${logs(`agent-${a.node}.log`)}); \`weftctl certs --node ${a.node}\` lists them`,
+        });
+      }
+    }
+  }
+  for (const w of f.waypoints) {
+    const id = `mesh.waypoint.${w.namespace}.${w.name}`;
+    out.push(w.ready
+      ? { id, title: `waypoint ${w.namespace}/${w.name} ready`, status: 'pass', detail: 'ready at every agent' }
+      : { id, title: `waypoint ${w.namespace}/${w.name} ready`, status: 'fail', detail: w.reason ?? 'not ready', remedy: `traffic through it fails closed; \`weftctl waypoint status -n ${w.namespace} --name ${w.name}\`, ${logs(`pod-${w.namespace}-${w.name}-0.log`)}; \`weftctl waypoint apply -n ${w.namespace} --name ${w.name}\` starts it if it is gone` });
+  }
+  return out;
+}

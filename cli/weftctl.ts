@@ -7,6 +7,7 @@ import { downCommand, statusCommand, upCommand } from './commands/local.ts';
 import { inspectCommands } from './commands/inspect.ts';
 import { applyCommand, deleteCommand } from './commands/apply.ts';
 import { topCommand } from './commands/top.ts';
+import { waypointCommand } from './commands/waypoint.ts';
 
 const program = new Command('weftctl')
   .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
@@ -17,6 +18,7 @@ const program = new Command('weftctl')
   .addCommand(applyCommand())
   .addCommand(deleteCommand())
   .addCommand(topCommand())
+  .addCommand(waypointCommand())
   .addCommand(installCommand())
   .addCommand(checkCommand());
 for (const c of inspectCommands()) program.addCommand(c);

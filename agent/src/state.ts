@@ -142,6 +142,7 @@ export class AgentState {
     const svc = this.servicesByVip.get(ip);
     if (svc) {
       const wp = this.waypointFor(svc.waypoint);
+      if (svc.waypoint && !wp) throw missingWaypoint(svc.waypoint, `service ${svc.namespace}/${svc.name}`);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`, svc);
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
@@ -152,6 +153,7 @@ export class AgentState {
     const wl = this.workloadsByIp.get(ip);
     if (wl) {
       const wp = this.waypointFor(wl.waypoint);
+      if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`);
       if (wl.node === this.node) return [{ kind: 'local', workload: wl, target: `${ip}:${port}` }];
       if (!wl.enrolled || !wl.nodeIp) return [{ kind: 'passthrough', target: `${ip}:${port}` }];
@@ -236,6 +238,14 @@ export class AgentState {
     if (n <= 0) this.active.delete(ip);
     else this.active.set(ip, n);
   }
+}
+
+/**
+ * A destination that must pass a waypoint that does not exist fails closed: its L7 policies hold
+ * only there, so going around it would skip them.
+ */
+function missingWaypoint(ref: { name: string; namespace: string }, what: string): NoRouteError {
+  return new NoRouteError(`${what} uses waypoint ${ref.namespace}/${ref.name}, which does not exist; traffic that must pass it fails closed`);
 }
 
 /** A waypoint's own connections must not loop back into itself. */

@@ -1,8 +1,10 @@
-// `weftctl check`: machine preflight (kernel, BPF features, mounts, privileges, tools, ports).
+// `weftctl check`: machine preflight (kernel, BPF features, mounts, privileges, tools, ports) and,
+// when a local mesh runs, its health (controller, agents, waypoints, certificates, BPF links).
 //
 // Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 usage.
 import { Command, Option } from 'commander';
-import { runPreflight, type CheckResult, type PreflightSources } from '../check.ts';
+import { checkMesh, runPreflight, type CheckResult, type MeshFacts, type PreflightSources } from '../check.ts';
+import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
 import { EXIT_FAILED, EXIT_OK, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 
 const MARK = { pass: 'ok  ', warn: 'WARN', fail: 'FAIL' } as const;
@@ -21,12 +23,27 @@ export function formatResults(results: readonly CheckResult[]): string {
   return lines.join('\n') + '\n';
 }
 
-export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}): Command {
+export interface CheckCommandDeps {
+  /** Facts about a running local mesh; default: read from it (cli/local/health.ts). */
+  meshFacts?: (st: LocalState) => Promise<MeshFacts>;
+}
+
+export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}, deps: CheckCommandDeps = {}): Command {
   const cmd = new Command('check')
-    .description('check that this machine can run the Weft agent: kernel, BPF features, mounts, privileges, tools, ports')
+    .description('check that this machine can run the Weft agent (kernel, BPF features, mounts, privileges, tools, ports) and, when a local mesh runs, that its controller, agents, waypoints, certificates and BPF links are healthy')
+    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
+    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
+    .option('--mesh', 'only the running local mesh (fails when none runs)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
-    .action((flags: { output: 'text' | 'json' }) => {
-      const results = runPreflight(sources);
+    .action(async (flags: { output: 'text' | 'json'; prefix: string; stateDir: string; mesh?: boolean }) => {
+      const results: CheckResult[] = flags.mesh ? [] : runPreflight(sources);
+      const st = readState(flags.stateDir);
+      if (st && isRunning(flags.prefix)) {
+        const gather = deps.meshFacts ?? (async (s: LocalState) => (await import('../local/health.ts')).gatherMeshFacts(s));
+        results.push(...checkMesh(await gather(st)));
+      } else if (flags.mesh) {
+        results.push({ id: 'mesh.running', title: 'local mesh running', status: 'fail', detail: `no local mesh "${flags.prefix}" runs (state folder ${flags.stateDir})`, remedy: 'start one with `weftctl up` (or pass the --prefix and --state-dir it was started with)' });
+      }
       io.out(flags.output === 'json' ? JSON.stringify(results, null, 2) + '\n' : formatResults(results));
       io.setExitCode(results.some((r) => r.status === 'fail') ? EXIT_FAILED : EXIT_OK);
     });

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChildProcess } from 'node:child_process';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
@@ -106,6 +106,17 @@ export class LocalMesh {
       await net.destroy();
       throw err;
     }
+    return mesh;
+  }
+
+  /**
+   * A LocalMesh over a mesh another process started and left running (`weftctl up` runs detached):
+   * the adopted network, the tokens and CA from the state folder. Processes it starts are detached.
+   */
+  static attach(o: LocalMeshOptions, net: LocalNetwork): LocalMesh {
+    const mesh = new LocalMesh({ ...o, detached: true }, net);
+    const tokens = parse(readFileSync(join(o.stateDir, 'tokens.yaml'), 'utf8')) as Record<string, string>;
+    for (const [node, token] of Object.entries(tokens)) mesh.tokens.set(node, token);
     return mesh;
   }
 

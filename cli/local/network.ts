@@ -96,6 +96,33 @@ export class LocalNetwork {
     return net;
   }
 
+  /**
+   * The network of a local mesh that runs already (created by another process, e.g. `weftctl up`):
+   * nodes and pods as that process recorded them. Nothing is created; processes this object
+   * spawns are added to it.
+   */
+  static adopt(prefix: string, nodes: Array<{ name: string; ip: string }>, pods: Array<{ namespace: string; name: string; node: string; ip: string }>): LocalNetwork {
+    const net = new LocalNetwork(prefix, join(findCgroup2Root(), prefix), join(ensureBpffs(), prefix));
+    if (!listNetns().includes(net.wireNetns)) throw new Error(`no local mesh "${prefix}" is running (no network namespace ${net.wireNetns})`);
+    for (const n of nodes) {
+      const index = Number(n.ip.split('.')[3]);
+      const netns = `${prefix}-${n.name}`;
+      net.nodes.push({
+        name: n.name, index, ip: n.ip, netns, netnsPath: `/var/run/netns/${netns}`, cgroup: join(net.cgroupDir, n.name),
+        pinRoot: join(net.pinDir, n.name), podCidr: `${LOCAL_NET}.${index}.0/24`, pods: [],
+      });
+    }
+    for (const p of pods) {
+      const node = net.node(p.node);
+      const netns = `${prefix}-${p.namespace}-${p.name}`;
+      node.pods.push({
+        name: p.name, namespace: p.namespace, node: p.node, ip: p.ip, netns, netnsPath: `/var/run/netns/${netns}`,
+        cgroup: join(node.cgroup, 'pods', `${p.namespace}_${p.name}`), hostIf: `p${p.ip.split('.')[3]}`,
+      });
+    }
+    return net;
+  }
+
   node(name: string): LocalNode {
     const n = this.nodes.find((x) => x.name === name);
     if (!n) throw new Error(`no local node named ${name}`);
@@ -150,7 +177,10 @@ export class LocalNetwork {
 
   addPod(nodeName: string, namespace: string, name: string): LocalPod {
     const node = this.node(nodeName);
-    const j = node.pods.length + 1;
+    // The smallest free index: a pod removed (weftctl waypoint delete) frees its address.
+    const used = new Set(node.pods.map((p) => Number(p.ip.split('.')[3])));
+    let j = 1;
+    while (used.has(j)) j++;
     if (j > 250) throw new Error(`node ${nodeName} already has 250 pods`);
     const netns = `${this.prefix}-${namespace}-${name}`;
     const hostIf = `p${j}`;
@@ -177,6 +207,15 @@ export class LocalNetwork {
     mkdirSync(pod.cgroup, { recursive: true });
     node.pods.push(pod);
     return pod;
+  }
+
+  /** Kills a pod's processes and removes its namespace (its veth and route go with it) and cgroup. */
+  async removePod(namespace: string, name: string): Promise<void> {
+    const pod = this.pod(namespace, name);
+    await removeCgroupTree(pod.cgroup);
+    deleteNetns(pod.netns);
+    const node = this.node(pod.node);
+    node.pods.splice(node.pods.indexOf(pod), 1);
   }
 
   /**

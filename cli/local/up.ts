@@ -5,7 +5,7 @@
 // part is a real process: the controller reads the config directory, one agent per node steers
 // the pods' connections with eBPF into HBONE tunnels. Processes outlive the command; `down`
 // removes namespaces, cgroups, pins and processes.
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { destroyLocalNetwork } from './network.ts';
@@ -45,6 +45,13 @@ const stateFile = (stateDir: string) => join(stateDir, 'state.json');
 export function readState(stateDir: string): LocalState | undefined {
   const f = stateFile(stateDir);
   return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as LocalState) : undefined;
+}
+
+/** Rewrites state.json (weftctl waypoint apply/delete add and remove pods). */
+export function writeState(st: LocalState): void {
+  const tmp = `${stateFile(st.stateDir)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(st, null, 2));
+  renameSync(tmp, stateFile(st.stateDir));
 }
 
 export function isRunning(prefix: string): boolean {

@@ -87,6 +87,13 @@ test('connections to a service behind a waypoint with two replicas alternate bet
   assert.deepEqual(picks, [['10.77.1.9', '10.77.2.9'], ['10.77.2.9', '10.77.1.9'], ['10.77.1.9', '10.77.2.9'], ['10.77.2.9', '10.77.1.9']]);
 });
 
+test('a service or workload whose waypoint does not exist fails closed instead of going around it', () => {
+  const s = new AgentState('node1');
+  s.apply(config({ services: [{ ...echo, waypoint: { name: 'gone', namespace: 'default' } }], workloads: [client, { ...remote, waypoint: { name: 'gone', namespace: 'default' } }] }));
+  assert.throws(() => s.resolve(client, '10.96.0.10', 80), (e: Error) => e instanceof NoRouteError && /waypoint default\/gone, which does not exist; .*fails closed/.test(e.message));
+  assert.throws(() => s.resolve(client, remote.ip, 8080), (e: Error) => e instanceof NoRouteError && /fails closed/.test(e.message));
+});
+
 test('unknown addresses and ports are named in the error', () => {
   const s = new AgentState('node1');
   s.apply(config());
