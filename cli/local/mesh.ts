@@ -12,6 +12,7 @@ import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
+import { explainBusyPort } from './ports.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
@@ -158,7 +159,8 @@ export class LocalMesh {
     for (;;) {
       const c = this.controller;
       if (c && (c.exitCode !== null || c.signalCode !== null)) {
-        throw new Error(`the controller exited (${c.exitCode ?? c.signalCode}):\n${this.logTail('controller.log')}`);
+        const hint = explainBusyPort(this.net.wireNetns, this.logTail('controller.log', 200));
+        throw new Error(`the controller exited (${c.exitCode ?? c.signalCode})${hint ? `: ${hint}` : ''}:\n${this.logTail('controller.log')}`);
       }
       try {
         const r = await requestInNetns(`/var/run/netns/${this.net.wireNetns}`, `http://${CONTROLLER_IP}:15021/healthz/ready`, { timeoutMs: 2_000 });
@@ -380,7 +382,8 @@ export class LocalMesh {
       for (;;) {
         const a = this.agents.get(name);
         if (a && (a.exitCode !== null || a.signalCode !== null)) {
-          throw new Error(`agent on ${name} exited (${a.exitCode ?? a.signalCode}); see ${join(this.logDir, `agent-${name}.log`)}:\n${this.logTail(`agent-${name}.log`)}`);
+          const hint = explainBusyPort(this.node(name).netns, this.logTail(`agent-${name}.log`, 200));
+          throw new Error(`agent on ${name} exited (${a.exitCode ?? a.signalCode})${hint ? `: ${hint}` : ''}; see ${join(this.logDir, `agent-${name}.log`)}:\n${this.logTail(`agent-${name}.log`)}`);
         }
         const r = await this.agentReady(name);
         if (r.ready) break;
