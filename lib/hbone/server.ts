@@ -149,6 +149,10 @@ interface SessionState {
   resetCount: number;
 }
 
+/** nghttp2 RST_STREAM rate limit (token bucket) on HBONE sessions: effectively off; see the server options. */
+export const STREAM_RESET_BURST = 1_000_000;
+export const STREAM_RESET_RATE = 1_000_000;
+
 /** Streams we answered or reset ourselves; a reset on any other stream came from the peer early. */
 const answered = new WeakSet<ServerHttp2Stream>();
 
@@ -196,6 +200,13 @@ export class HboneServer {
       handshakeTimeout: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       maxSessionMemory: opts.maxSessionMemoryMb ?? DEFAULT_MAX_SESSION_MEMORY_MB,
       unknownProtocolTimeout: 1000,
+      // nghttp2's own rapid-reset limit (a burst of 1,000 RST_STREAMs, then 33/s) counts every
+      // reset, and a tunnel whose application connection was reset ends with one: a node with a
+      // few hundred aborted connections per second would get whole sessions, with every tunnel on
+      // them, torn down (GOAWAY INTERNAL_ERROR). The guard that matters is #onEarlyReset, which
+      // counts only streams reset before they were answered (the attack); this one is lifted.
+      streamResetBurst: STREAM_RESET_BURST,
+      streamResetRate: STREAM_RESET_RATE,
       settings: {
         enablePush: false,
         initialWindowSize: opts.streamWindow ?? DEFAULT_STREAM_WINDOW,
