@@ -103,6 +103,12 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   console.log(`# node2 agent (server side) fds: baseline ${base2.fds}, peak ${peak2.fds}, ${fds(pid2)} after; RSS MB: baseline ${base2.rss}, peak ${peak2.rss}, after ${rssMb(pid2)}`);
   console.log(`# node1 agent fds: baseline ${base.fds}, peak ${peak.fds}, ${after} ${fdsBackMs} ms after the close; agent RSS MB: baseline ${base.rss}, peak ${peak.rss}, after ${rssAfter}`);
 
+  // What the agents saw, for the record (and to explain failures).
+  const stats1 = await mesh.agentAdmin<{ hbonePool: unknown }>('node1', '/stats');
+  const stats2 = await mesh.agentAdmin<{ hboneServer: { refusals: Record<string, number> } }>('node2', '/stats');
+  const failed = (await mesh.agentMetrics('node1')).split('\n').filter((l) => l.startsWith('weft_connections_failed_total'));
+  console.log(`# node1 pool ${JSON.stringify(stats1.hbonePool)}; node2 refusals ${JSON.stringify(Object.fromEntries(Object.entries(stats2.hboneServer.refusals).filter(([, v]) => v > 0)))}; node1 ${failed.join(' ') || 'no failed connections'}`);
+
   assert.equal(res.idleOpen, IDLE, `every idle connection was established end to end (${JSON.stringify(res.errors)})`);
   assert.equal(res.idleDropped, 0, 'none of the idle connections was dropped while the churn ran');
   assert.equal(res.stillOpen, IDLE);
