@@ -3,30 +3,21 @@
 // (this run's prefix, so a mesh the user has running is never touched).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { once } from 'node:events';
 import { Lab } from '../lab/lab.ts';
-import { REPO_ROOT } from '../../cli/local/mesh.ts';
 import { destroyLocalNetwork } from '../../cli/local/network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
 import type { LocalState } from '../../cli/local/up.ts';
+
+import { weftctl } from './weftctl-run.ts';
 
 const lab = new Lab();
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-ctlwp-'));
 const common = ['--prefix', lab.id, '--state-dir', stateDir];
 
-async function weftctl(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'cli/weftctl.ts'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (c: Buffer) => (out += c));
-  child.stderr.on('data', (c: Buffer) => (err += c));
-  const [code] = (await once(child, 'exit')) as [number | null];
-  return { code, out, err };
-}
 
 const readState = (): LocalState => JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as LocalState;
 
