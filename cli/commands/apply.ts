@@ -6,7 +6,7 @@ import { basename, join } from 'node:path';
 import { Command } from 'commander';
 import { parseAllDocuments } from 'yaml';
 import { validateObject } from '../../lib/model/validate.ts';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState } from '../local/up.ts';
+import { localMeshOptions, runningMesh } from './local-mesh.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, EXIT_USAGE, type CommandIo } from './install.ts';
 
 interface Flags {
@@ -40,18 +40,13 @@ function target(stateDir: string, file: string): string {
 }
 
 function base(name: string, description: string, io: CommandIo): Command {
-  return exitUsageOnCommanderError(new Command(name), io)
+  return localMeshOptions(exitUsageOnCommanderError(new Command(name), io))
     .description(description)
-    .requiredOption('-f, --filename <file>', 'YAML file with one or more objects')
-    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR);
+    .requiredOption('-f, --filename <file>', 'YAML file with one or more objects');
 }
 
 function meshRunning(io: CommandIo, f: Flags): boolean {
-  if (readState(f.stateDir) && isRunning(f.prefix)) return true;
-  io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
-  io.setExitCode(EXIT_FAILED);
-  return false;
+  return runningMesh(io, f) !== undefined;
 }
 
 export function applyCommand(io: CommandIo = processIo): Command {

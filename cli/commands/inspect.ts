@@ -4,9 +4,10 @@
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
 import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
+import type { LocalState } from '../local/up.ts';
+import { localMeshCommand } from './local-mesh.ts';
 import { getJsonInNetns } from '../local/netns-http.ts';
-import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
+import { processIo, type CommandIo } from './install.ts';
 
 type Output = 'table' | 'json' | 'yaml';
 interface Flags {
@@ -41,27 +42,11 @@ async function perNode<T>(st: LocalState, path: string, only?: string): Promise<
 }
 
 function command(name: string, description: string, io: CommandIo, run: (st: LocalState, f: Flags) => Promise<void>): Command {
-  return exitUsageOnCommanderError(new Command(name), io)
+  return localMeshCommand<Flags>(name, name, io, (cmd) => cmd
     .description(description)
-    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
     .option('--node <name>', 'only this node')
     .option('--waypoints', 'config-dump: the waypoints\' config instead of the agents\'')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
-    .action(async (f: Flags) => {
-      const st = readState(f.stateDir);
-      if (!st || !isRunning(f.prefix)) {
-        io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
-        io.setExitCode(EXIT_FAILED);
-        return;
-      }
-      try {
-        await run(st, f);
-      } catch (err) {
-        io.err(`weftctl ${name}: ${(err as Error).message}\n`);
-        io.setExitCode(EXIT_FAILED);
-      }
-    });
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table')), run);
 }
 
 interface ConfigDump { node: string; version: string; config: AgentConfig; enrolled: Record<string, string> }

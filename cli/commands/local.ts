@@ -1,18 +1,8 @@
 // weftctl up / down / status: the local mesh (cli/local/up.ts).
 import { Command } from 'commander';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, down, isRunning, readState, showTraffic, status, up } from '../local/up.ts';
+import { down, showTraffic, status, up } from '../local/up.ts';
+import { localMeshOptions as localOptions, runningMesh, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
-
-interface LocalFlags {
-  prefix: string;
-  stateDir: string;
-}
-
-function localOptions(cmd: Command): Command {
-  return cmd
-    .option('--prefix <name>', 'name prefix of every namespace, cgroup and pin', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'config directory, CA, tokens and logs', DEFAULT_STATE_DIR);
-}
 
 function fail(io: CommandIo, err: unknown): void {
   const e = err as Error & { code?: string };
@@ -60,12 +50,8 @@ export function statusCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('status')), io)
     .description('readiness of each node agent of the local mesh')
     .action(async (f: LocalFlags) => {
-      const st = readState(f.stateDir);
-      if (!st || !isRunning(f.prefix)) {
-        io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
-        io.setExitCode(EXIT_FAILED);
-        return;
-      }
+      const st = runningMesh(io, f);
+      if (!st) return;
       const rows = await status(st);
       for (const r of rows) io.out(`${r.node.padEnd(8)} ${r.ready ? 'ready' : `not ready: ${r.reason}`}\n`);
       if (rows.some((r) => !r.ready)) io.setExitCode(EXIT_FAILED);

@@ -4,11 +4,12 @@
 // connections/s and how they were secured, from the agents' istio_tcp_* metrics.
 import { Command } from 'commander';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
+import type { LocalState } from '../local/up.ts';
+import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
 import { requestInNetns } from '../local/netns-http.ts';
 import { delta, histogramQuantile, parseProm, sumBy, type Sample } from '../local/prom.ts';
 import { table } from './inspect.ts';
-import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
+import { processIo, type CommandIo } from './install.ts';
 
 interface Scrape {
   at: number;
@@ -78,19 +79,10 @@ export function topTable(a: Scrape, b: Scrape): string {
 }
 
 export function topCommand(io: CommandIo = processIo): Command {
-  return exitUsageOnCommanderError(new Command('top'), io)
+  return localMeshCommand<LocalMeshFlags & { interval: string; once?: boolean }>('top', 'top', io, (cmd) => cmd
     .description('live per-service requests/s, error rate, latency percentiles and mTLS status of the local mesh')
-    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
     .option('-i, --interval <seconds>', 'refresh interval', '2')
-    .option('--once', 'print one table after one interval and exit')
-    .action(async (f: { prefix: string; stateDir: string; interval: string; once?: boolean }) => {
-      const st = readState(f.stateDir);
-      if (!st || !isRunning(f.prefix)) {
-        io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
-        io.setExitCode(EXIT_FAILED);
-        return;
-      }
+    .option('--once', 'print one table after one interval and exit'), async (st, f) => {
       const interval = Math.max(Number(f.interval) || 2, 0.5) * 1000;
       let prev = await scrape(st);
       for (;;) {

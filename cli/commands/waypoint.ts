@@ -2,7 +2,8 @@
 // waypoint` does them for Istio ambient (cli/local/waypoints.ts does the work).
 import { Command, Option } from 'commander';
 import { stringify } from 'yaml';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
+import type { LocalState } from '../local/up.ts';
+import { localMeshCommand } from './local-mesh.ts';
 import { applyWaypoint, deleteWaypoint, waypointStatuses } from '../local/waypoints.ts';
 import { table } from './inspect.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
@@ -19,26 +20,10 @@ interface Flags {
 }
 
 function sub(name: string, description: string, io: CommandIo, run: (st: LocalState, f: Flags) => Promise<void>): Command {
-  return exitUsageOnCommanderError(new Command(name), io)
+  return localMeshCommand<Flags>(name, `waypoint ${name}`, io, (cmd) => cmd
     .description(description)
-    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
     .option('-n, --namespace <ns>', 'namespace of the waypoint')
-    .option('--name <name>', 'waypoint name', 'waypoint')
-    .action(async (f: Flags) => {
-      const st = readState(f.stateDir);
-      if (!st || !isRunning(f.prefix)) {
-        io.err(`weftctl: no local mesh "${f.prefix}" is running; start one with \`weftctl up\`\n`);
-        io.setExitCode(EXIT_FAILED);
-        return;
-      }
-      try {
-        await run(st, f);
-      } catch (err) {
-        io.err(`weftctl waypoint ${name}: ${(err as Error).message}\n`);
-        io.setExitCode(EXIT_FAILED);
-      }
-    });
+    .option('--name <name>', 'waypoint name', 'waypoint'), run);
 }
 
 function needNamespace(f: Flags): string {
