@@ -173,10 +173,16 @@ export class LocalMesh {
     }
   }
 
-  /** One agent per node, in the node's netns, attached to the node's cgroup subtree. */
-  startAgent(nodeName: string): ChildProcess {
+  /**
+   * One agent per node, in the node's netns, attached to the node's cgroup subtree. `extraArgs` are
+   * appended to the command line; `instance` names a second process for the same node (an upgrade
+   * that overlaps the running one): its own cgroup and log file, and it does not replace the
+   * registered agent in `agents` (the caller swaps them when the old one is gone).
+   */
+  startAgent(nodeName: string, opts: { extraArgs?: string[]; instance?: string } = {}): ChildProcess {
     const n = this.node(nodeName);
-    const cgroup = join(this.net.cgroupDir, 'system', `agent-${nodeName}`);
+    const suffix = opts.instance ? `-${opts.instance}` : '';
+    const cgroup = join(this.net.cgroupDir, 'system', `agent-${nodeName}${suffix}`);
     mkdirSync(cgroup, { recursive: true });
     const child = this.spawnNode({ netns: n.netns, cgroup }, 'agent/src/main.ts', [
       '--node', nodeName,
@@ -190,8 +196,9 @@ export class LocalMesh {
       '--pin-root', n.pinRoot,
       '--pod-netns-prefix', `${this.o.prefix}-`,
       '--log-level', this.o.logLevel ?? 'info',
-    ], `agent-${nodeName}.log`);
-    this.agents.set(nodeName, child);
+      ...(opts.extraArgs ?? []),
+    ], `agent-${nodeName}${suffix}.log`);
+    if (!opts.instance) this.agents.set(nodeName, child);
     return child;
   }
 

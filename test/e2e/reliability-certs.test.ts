@@ -6,13 +6,13 @@
 //   in the handshake and counted, while a valid one (the control) gets through.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lab } from '../lab/lab.ts';
-import { LocalMesh, CONTROLLER_IP, CONTROLLER_PORT, REPO_ROOT } from '../../cli/local/mesh.ts';
+import { LocalMesh } from '../../cli/local/mesh.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
@@ -22,23 +22,6 @@ const CERT_LIFETIME_S = 6;
 const CLIENT_ID = 'spiffe://cluster.local/ns/demo/sa/client';
 const LINES_ID = 'spiffe://cluster.local/ns/demo/sa/lines';
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
-
-/**
- * LocalMesh.startAgent with extra flags: the same command line (kept in step with
- * cli/local/mesh.ts by hand), plus --cert-lifetime.
- */
-function startAgentWith(nodeName: string, extra: string[]): void {
-  const n = mesh.node(nodeName);
-  const cgroup = join(mesh.net.cgroupDir, 'system', `agent-${nodeName}`);
-  mkdirSync(cgroup, { recursive: true });
-  const child = mesh.net.spawn({ netns: n.netns, cgroup }, process.execPath, [
-    join(REPO_ROOT, 'agent/src/main.ts'),
-    '--node', nodeName, '--node-ip', n.ip, '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`,
-    '--trust-bundle', mesh.caFile, `--token=${mesh.tokens.get(nodeName)!}`, '--trust-domain', mesh.trustDomain,
-    '--cgroup', n.cgroup, '--pin-root', n.pinRoot, '--pod-netns-prefix', `${lab.id}-`, ...extra,
-  ], { logFile: join(mesh.logDir, `agent-${nodeName}.log`), env: { ...process.env } });
-  mesh.agents.set(nodeName, child);
-}
 
 before(async () => {
   mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
@@ -50,7 +33,7 @@ before(async () => {
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
   mesh.startController();
   await mesh.waitControllerReady();
-  for (const n of ['node1', 'node2']) startAgentWith(n, ['--cert-lifetime', String(CERT_LIFETIME_S)]);
+  for (const n of ['node1', 'node2']) mesh.startAgent(n, { extraArgs: ['--cert-lifetime', String(CERT_LIFETIME_S)] });
   await mesh.waitReady();
   for (const k of ['demo/client', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
 });
