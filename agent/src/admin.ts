@@ -49,10 +49,11 @@ export function jsonReplacer(_k: string, v: unknown): unknown {
   return v;
 }
 
+/** Listens with SO_REUSEPORT, so an upgraded agent can bind the same port while the old one drains. */
 export function listen(server: http.Server, port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => {
+    server.listen({ port, host, reusePort: true }, () => {
       server.off('error', reject);
       resolve((server.address() as AddressInfo).port);
     });

@@ -1,7 +1,7 @@
 // The node agent: one per node. It loads the datapath, follows the controller's config for this
 // node, enrols the node's ambient pods into the datapath, holds their certificates, and runs the
 // outbound (15001) and inbound HBONE (15008) proxies plus admin, metrics and readiness.
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
@@ -17,6 +17,7 @@ import { Outbound } from './outbound.ts';
 import { Inbound, InboundAuthorizer } from './inbound.ts';
 import { PodNetnsResolver } from './pods.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
+import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 export const ADMIN_PORT = 15000;
 export const OUTBOUND_PORT = 15001;
@@ -25,6 +26,8 @@ export const METRICS_PORT = 15020;
 export const READY_PORT = 15021;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
+/** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
 
 export interface AgentOptions {
   node: string;
@@ -49,6 +52,13 @@ export interface AgentOptions {
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
+  /** How long stop() lets open connections finish before cutting them. Default 20 s. */
+  drainTimeoutMs?: number;
+  /**
+   * A file that exists exactly while this process is ready (a readiness probe that cannot be
+   * answered by another agent process sharing the ports during an upgrade).
+   */
+  readyFile?: string;
   logLevel?: LogLevel;
   logger?: Logger;
   /** Where access-log lines go; default stdout. */
@@ -78,6 +88,10 @@ export class Agent {
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
   #stopped = false;
+  #serveStarted = false;
+  #ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
+  #listening = false;
+  #serving: { promise: Promise<void>; resolve: () => void; reject: (err: Error) => void } = Promise.withResolvers<void>();
 
   constructor(o: AgentOptions) {
     this.o = o;
@@ -92,19 +106,35 @@ export class Agent {
         this.set(agent.xds?.connected ? 1 : 0);
       },
     });
+    // Observed by main.ts (a port that cannot be bound is fatal); never an unhandled rejection.
+    this.#serving.promise.catch(() => undefined);
     this.state = new AgentState(o.node);
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
     this.#accessLog = (entry) => write(JSON.stringify({ time: new Date().toISOString(), type: 'access', node: o.node, ...entry }));
   }
 
+  /** Config, certificates and datapath in place, and the data ports listening. */
   get ready(): boolean {
+    return this.#prepared && this.#listening;
+  }
+
+  get #prepared(): boolean {
     return this.#configured && this.#certsReady && this.datapath !== undefined;
+  }
+
+  /**
+   * Settles when the data ports (outbound, HBONE) listen, which is once the agent is ready to
+   * serve what arrives on them; rejects if they cannot be bound (a fatal error).
+   */
+  get serving(): Promise<void> {
+    return this.#serving.promise;
   }
 
   async start(): Promise<void> {
     const o = this.o;
-    const ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT, ...o.ports };
+    const ports = { ...this.#ports, ...o.ports };
+    this.#ports = ports;
 
     // 1. The datapath first: pinned programs keep redirecting while the rest comes up.
     this.datapath = Datapath.open({
@@ -140,9 +170,18 @@ export class Agent {
     this.#signer = signer;
     this.#controllerId = controllerId;
 
-    // 3. Listeners.
-    await this.outbound.listen(ports.outbound, o.nodeIp);
-    await this.inbound.server.listen(ports.hbone, o.nodeIp);
+    // 3. Listeners, all with SO_REUSEPORT: an upgraded agent starts beside the running one and
+    // shares its ports. The side doors now; the data ports once this process can serve them
+    // (#serveWhenReady): until then the kernel keeps sending connections to the predecessor, or
+    // refuses them at once when there is none (a crash), which fails fast rather than leaking.
+    const predecessor = isListening(o.nodeIp, ports.outbound);
+    const migration = enableRequestMigration();
+    if (!migration.enabled) {
+      this.log.warn('cannot enable net.ipv4.tcp_migrate_req; connections queued on a stopping agent\'s listeners will be reset', { error: migration.error });
+    }
+    if (predecessor) {
+      this.log.info('another agent listens on this node\'s ports: sharing them until it drains (upgrade)', { outbound: `${o.nodeIp}:${ports.outbound}`, migrateQueuedConnections: migration.enabled });
+    }
     this.#servers.push(this.#adminServer());
     await listen(this.#servers[0]!, ports.admin, '127.0.0.1');
     const metrics = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
@@ -210,9 +249,33 @@ export class Agent {
   }
 
   #notReadyReason(): string {
+    if (this.#stopped) return 'stopping';
     if (!this.#configured) return 'no config from the controller yet';
     if (!this.#certsReady) return 'certificates for local workloads not issued yet';
+    if (!this.#listening) return 'opening the data ports';
     return 'starting';
+  }
+
+  /** Opens the data ports the first time the agent is prepared; then it is ready. */
+  #serveWhenReady(): void {
+    if (!this.#prepared || this.#listening || this.#stopped || this.#serveStarted) return;
+    this.#serveStarted = true;
+    const { outbound, hbone } = this.#ports;
+    Promise.all([
+      this.outbound.listen(outbound, this.o.nodeIp),
+      this.inbound.server.listen(hbone, this.o.nodeIp, { reusePort: true }),
+    ]).then(
+      () => {
+        this.#listening = true;
+        if (this.o.readyFile) writeFileSync(this.o.readyFile, `${process.pid}\n`);
+        this.log.info('agent ready', { outbound: `${this.o.nodeIp}:${outbound}`, hbone: `${this.o.nodeIp}:${hbone}`, pid: process.pid });
+        this.#serving.resolve();
+      },
+      (err: Error & { code?: string }) => {
+        this.log.error('cannot listen on the data ports', { error: err.message, code: err.code });
+        this.#serving.reject(new Error(`cannot listen on ${this.o.nodeIp}:${outbound} and :${hbone}: ${err.message}`));
+      },
+    );
   }
 
   #onConfig(config: AgentConfig, version: string): void {
@@ -226,6 +289,7 @@ export class Agent {
     Promise.all([...ids].map((id) => this.certs.get(id))).then(
       () => {
         this.#certsReady = true;
+        this.#serveWhenReady();
       },
       (err: Error) => this.log.warn('cannot get certificates for local workloads yet', { error: err.message }),
     );
@@ -283,13 +347,27 @@ export class Agent {
     });
   }
 
-  /** Stops listening and drains; the datapath stays pinned (enrolled pods stay redirected). */
-  async stop(): Promise<void> {
+  /**
+   * Stops accepting at once (a successor sharing the ports gets every new connection, and the
+   * kernel moves those queued on ours to it), lets open connections and tunnels finish for up to
+   * `drainMs` (default the agent's drain timeout), then cuts what is left. The datapath stays
+   * pinned: enrolled pods stay redirected.
+   */
+  async stop(drainMs = this.o.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
     this.xds?.close();
-    await Promise.all([this.outbound?.close(), this.inbound?.server.close(), ...this.#servers.map((s) => new Promise((r) => s.close(r)))]);
+    if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
+    for (const s of this.#servers) {
+      s.close();
+      s.closeAllConnections();
+    }
+    const started = Date.now();
+    const hboneSessions = this.inbound?.server.stats().sessionsActive ?? 0;
+    this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
+    const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
+    this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
     this.pool?.close();
     this.certs?.close();
     this.datapath?.close();

@@ -14,6 +14,10 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
+  --drain-timeout <seconds>  on SIGTERM, how long open connections may finish before they are cut
+                             (default 20; new connections go to the successor at once)
+  --ready-file <path>        create this file while ready, remove it when stopping (an exec
+                             readiness probe only this process answers)
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
   --log-level debug|info|warn|error`;
 
@@ -49,6 +53,8 @@ const { values } = parseArgs({
     'metrics-port': { type: 'string' },
     'ready-port': { type: 'string' },
     'cert-lifetime': { type: 'string' },
+    'drain-timeout': { type: 'string' },
+    'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
   },
 });
@@ -59,6 +65,8 @@ const level = values['log-level'] as LogLevel;
 if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
 const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
 if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
+const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
+if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
 const tokenFile = values['token-file'];
 const ports = Object.fromEntries(
   (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
@@ -81,16 +89,21 @@ const agent = new Agent({
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
+  ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
+  ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
   logLevel: level,
 });
 
-agent.start().catch((err: Error & { code?: string }) => {
+const fatal = (err: Error & { code?: string }): never => {
   process.stderr.write(`agent: ${err.code ? `${err.code}: ` : ''}${err.message}\n`);
   process.exit(1);
-});
+};
+agent.start().then(() => agent.serving).catch(fatal);
 for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.once(sig, () => {
-    agent.log.info('stopping; the datapath stays pinned', { signal: sig });
+    agent.log.info('stopping: draining open connections; the datapath stays pinned', { signal: sig });
     agent.stop().finally(() => process.exit(0));
+    // A second signal stops at once.
+    process.once(sig, () => process.exit(0));
   });
 }

@@ -43,10 +43,13 @@ export interface OutboundOptions {
 export class Outbound {
   readonly #o: OutboundOptions;
   readonly #server: net.Server;
+  readonly #sockets = new Set<net.Socket>();
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
     this.#server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
       this.#handle(socket).catch((err: Error) => {
         this.#o.log.error('outbound connection failed unexpectedly', { error: err.message });
         socket.destroy();
@@ -54,27 +57,47 @@ export class Outbound {
     });
   }
 
+  /**
+   * Listens with SO_REUSEPORT: during an upgrade the old and the new agent share the port, and when
+   * the old one closes its listener the kernel moves its queued connections to the new one
+   * (net.ipv4.tcp_migrate_req).
+   */
   listen(port: number, host: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
-      this.#server.listen({ port, host, backlog: 4096 }, () => {
+      this.#server.listen({ port, host, backlog: 4096, reusePort: true }, () => {
         this.#server.off('error', reject);
         resolve();
       });
     });
   }
 
-  /** Takes over an already-listening socket (handed over by a previous agent process). */
-  listenFd(fd: number): Promise<void> {
-    return new Promise((resolve) => this.#server.listen({ fd }, resolve));
-  }
-
   get server(): net.Server {
     return this.#server;
   }
 
-  close(): Promise<void> {
-    return new Promise((resolve) => this.#server.close(() => resolve()));
+  /** Connections accepted and not yet closed. */
+  get active(): number {
+    return this.#sockets.size;
+  }
+
+  /**
+   * Stops accepting and lets the open connections finish for up to `graceMs`, then destroys what
+   * is left (their tunnels end with them). Resolves with how many had to be destroyed.
+   */
+  async close(graceMs = 0): Promise<number> {
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    let cut = 0;
+    const timer = setTimeout(() => {
+      for (const s of this.#sockets) {
+        cut++;
+        s.destroy();
+      }
+    }, graceMs);
+    timer.unref();
+    await closed;
+    clearTimeout(timer);
+    return cut;
   }
 
   async #handle(socket: net.Socket): Promise<void> {

@@ -234,12 +234,15 @@ export class HboneServer {
     this.#server.on('session', (session: ServerHttp2Session) => this.#onSession(session));
   }
 
-  /** Starts listening; resolves with the bound address. */
-  listen(port: number, host?: string): Promise<AddressInfo> {
+  /**
+   * Starts listening; resolves with the bound address. `reusePort` shares the port with another
+   * process that also sets it (an agent upgrade: old and new listen side by side).
+   */
+  listen(port: number, host?: string, opts: { reusePort?: boolean } = {}): Promise<AddressInfo> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.#server.once('error', onError);
-      this.#server.listen(port, host, () => {
+      this.#server.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
         this.#server.off('error', onError);
         resolve(this.#server.address() as AddressInfo);
       });
@@ -282,18 +285,24 @@ export class HboneServer {
 
   /**
    * Stops accepting, sends GOAWAY to every session so clients move to another server, waits up to
-   * `graceMs` for open tunnels, then destroys what is left.
+   * `graceMs` for open tunnels, then destroys what is left. Resolves with how many sessions had
+   * to be destroyed at the deadline (0: everything ended on its own).
    */
-  async close(graceMs = 5000): Promise<void> {
+  async close(graceMs = 5000): Promise<number> {
     this.#closing = true;
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const s of this.#sessions) if (!s.session.closed) s.session.close();
+    let cut = 0;
     const timer = setTimeout(() => {
-      for (const s of this.#sessions) s.session.destroy();
+      for (const s of this.#sessions) {
+        cut++;
+        s.session.destroy();
+      }
     }, graceMs);
     timer.unref();
     await closed;
     clearTimeout(timer);
+    return cut;
   }
 
   #refuse(refusal: HboneRefusal): void {

@@ -2,10 +2,15 @@
 // plaintext path while it is down (the pinned programs keep redirecting to the dead listener, which
 // refuses fast, and STRICT pods keep refusing plaintext), traffic resumes when it is back, and the
 // new agent adopts the pinned links instead of attaching anything twice.
+// An upgrade that overlaps (the new agent starts beside the old one, then the old one gets
+// SIGTERM): no new connection is refused, and the old agent's open connections drain within
+// --drain-timeout.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
@@ -17,6 +22,10 @@ const lab = new Lab();
 let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
+const LINES_VIP = '10.96.0.11';
+const DRAIN_S = 8;
+const AGENT_FLAGS = { extraArgs: ['--drain-timeout', String(DRAIN_S)] };
+const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
 function counters(node: string): Record<string, number> {
   const m = BpfMap.openPinned(join(mesh.node(node).pinRoot, 'weft_counters'));
@@ -39,17 +48,20 @@ before(async () => {
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'legacy' } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: LINES_VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'demo' }, spec: { mtls: { mode: 'STRICT' } } },
   ]);
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'guarded', labels: { app: 'guarded' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'guarded'] });
   mesh.addWorkload({ node: 'node1', namespace: 'legacy', name: 'outsider' });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'] });
+  mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
   mesh.startController();
   await mesh.waitControllerReady();
-  mesh.startAgents();
+  mesh.startAgent('node1', AGENT_FLAGS);
+  mesh.startAgent('node2');
   await mesh.waitReady();
-  for (const k of ['demo/client', 'demo/guarded', 'demo/echo']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  for (const k of ['demo/client', 'demo/guarded', 'demo/echo', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
 });
 
 after(async () => {
@@ -79,7 +91,7 @@ test('with the agent killed, captured connections fail fast instead of leaking, 
   assert.notEqual(plain.code, 0, 'STRICT holds with no agent running');
   assert.ok(counters('node1').strict_denied! > before.strict_denied!);
 
-  mesh.startAgent('node1');
+  mesh.startAgent('node1', AGENT_FLAGS);
   await mesh.waitReady(60_000, ['node1']);
   let code = '';
   for (let i = 0; i < 20 && code !== '200'; i++) {
@@ -88,4 +100,80 @@ test('with the agent killed, captured connections fail fast instead of leaking, 
   }
   assert.equal(code, '200', 'traffic resumes through the restarted agent');
   assert.deepEqual(cgroupPrograms('node1'), programsBefore, 'the restarted agent attached nothing twice');
+});
+
+interface LineResult { sent: number; echoed: number; outOfOrder: number; failure: string | null }
+interface ChurnResult { churnOk: number; churnFailed: number; errors: Record<string, number> }
+
+const lastJson = <T>(r: { code: number | null; stdout: string; stderr: string }): T => {
+  assert.ok(r.stdout.trim(), `the fixture printed nothing (exit ${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
+};
+
+/** The JSON log lines of a log file in the mesh's log folder with this msg. */
+function logLines(file: string, msg: string): Record<string, unknown>[] {
+  const p = join(mesh.logDir, file);
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8').split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function waitLog(file: string, msg: string, proc: ChildProcess, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = logLines(file, msg)[0];
+    if (found) return found;
+    assert.ok(proc.exitCode === null && proc.signalCode === null, `${file}: the process exited before logging "${msg}":\n${mesh.logTail(file)}`);
+    assert.ok(Date.now() < deadline, `${file}: no "${msg}" within ${timeoutMs} ms:\n${mesh.logTail(file)}`);
+    await sleep(100);
+  }
+}
+
+test('an upgrade that overlaps the running agent refuses no new connection, and the old agent drains within --drain-timeout', async () => {
+  const old = mesh.agents.get('node1')!;
+  const lines = (durationMs: number) => mesh.exec('demo/client', process.execPath,
+    [fixture('line-client.ts'), '--host', LINES_VIP, '--port', '7000', '--interval-ms', '200', '--duration-ms', String(durationMs)], durationMs + 20_000);
+  // Through the old agent: one connection that ends during the drain, one that outlasts it.
+  const started = Date.now();
+  const SHORT_MS = 6_000;
+  const short = lines(SHORT_MS);
+  const long = lines(60_000);
+  // New connections all along: 100/s, each echoes a byte through the mesh.
+  const churn = mesh.exec('demo/client', process.execPath,
+    [fixture('load-conns.ts'), '--host', LINES_VIP, '--port', '7000', '--idle', '0', '--rate', '100', '--churn-ms', '15000', '--hold-ms', '0'], 60_000);
+  await sleep(1_000);
+
+  const next = mesh.startAgent('node1', { ...AGENT_FLAGS, instance: 'next' });
+  const sharing = await waitLog('agent-node1-next.log', 'another agent listens on this node\'s ports: sharing them until it drains (upgrade)', next);
+  assert.equal(sharing.migrateQueuedConnections, true, 'net.ipv4.tcp_migrate_req is on');
+  await waitLog('agent-node1-next.log', 'agent ready', next);
+  // Both serve side by side for a moment, then the old one is told to stop.
+  await sleep(500);
+  const sigterm = Date.now();
+  assert.ok(sigterm - started < SHORT_MS - 1_000, `the new agent was ready in time for the short connection to end during the drain (${sigterm - started} ms)`);
+  old.kill('SIGTERM');
+  await once(old, 'exit');
+  const exitMs = Date.now() - sigterm;
+  mesh.agents.set('node1', next);
+
+  const draining = logLines('agent-node1.log', 'draining').pop()!;
+  const drained = logLines('agent-node1.log', 'drained').pop()!;
+  assert.ok((draining.outboundConnections as number) >= 2, `the old agent still carried both long connections when told to stop (${JSON.stringify(draining)})`);
+  assert.ok((drained.outboundConnectionsCut as number) >= 1, `the connection that outlasted the drain was cut (${JSON.stringify(drained)})`);
+  assert.ok(exitMs >= DRAIN_S * 1000 - 200 && exitMs < DRAIN_S * 1000 + 3_000, `the old agent exited at its drain deadline (${exitMs} ms after SIGTERM, --drain-timeout ${DRAIN_S})`);
+
+  const s = lastJson<LineResult>(await short);
+  assert.equal(s.failure, null, `the connection that ended during the drain was not disturbed: ${JSON.stringify(s)} (SIGTERM at ${sigterm - started} ms)\n${mesh.logTail("agent-node1.log", 12)}`);
+  assert.equal(s.echoed, s.sent);
+  const l = lastJson<LineResult>(await long);
+  const cutAfterMs = started + l.echoed * 200 - sigterm;
+  assert.notEqual(l.failure, null, 'the long connection was cut');
+  assert.equal(l.outOfOrder, 0);
+  assert.ok(cutAfterMs >= DRAIN_S * 1000 - 1_500, `the long connection kept working through the drain (its last echo ~${cutAfterMs} ms after SIGTERM)`);
+  const c = lastJson<ChurnResult>(await churn);
+  assert.ok(c.churnOk > 1_000, `new connections kept flowing (${JSON.stringify(c)})`);
+  assert.equal(c.churnFailed, 0, `no new connection failed during the upgrade: ${JSON.stringify(c)}`);
+  process.stdout.write(`# upgrade: new agent ready ${sigterm - started - 500} ms after the test began; old agent exited ${exitMs} ms after SIGTERM; short connection ${s.echoed}/${s.sent} echoed; long connection cut ~${cutAfterMs} ms after SIGTERM; ${c.churnOk} new connections, ${c.churnFailed} failed\n`);
+
+  assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200', 'the new agent serves on its own');
+  assert.deepEqual(cgroupPrograms('node1'), ['weft_connect4', 'weft_connect6', 'weft_getpeer4', 'weft_getpeer6', 'weft_sockops'], 'nothing attached twice');
 });

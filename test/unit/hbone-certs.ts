@@ -139,7 +139,7 @@ export async function startHbone(opts: Partial<HboneServerOptions> = {}, ca: Tes
       expectPeer: SERVER_ID,
       ...overrides,
     }),
-    close: () => server.close(200),
+    close: async () => { await server.close(200); },
   };
 }
 
