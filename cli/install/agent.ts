@@ -14,7 +14,7 @@ import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
-  AGENT_NAME, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
 } from './names.ts';
 
@@ -147,6 +147,8 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     '--token-file', `${AGENT_PATHS.token}/${TOKEN_FILE}`,
     '--trust-domain', o.trustDomain,
     '--cgroup', AGENT_PATHS.cgroupRoot,
+    '--drain-timeout', String(AGENT_DRAIN_SECONDS),
+    '--ready-file', AGENT_PATHS.readyFile,
     '--log-level', o.logLevel,
   ];
 }
@@ -169,9 +171,13 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
     ],
+    // Not an HTTP probe on 15021: during an upgrade the old and the new agent share the host's
+    // ports (SO_REUSEPORT), so either could answer. The ready file lives in this pod's /tmp and
+    // exists exactly while this container's agent is ready (`/healthz/ready` on 15021 stays for
+    // people and `weftctl check`).
     readinessProbe: {
-      httpGet: { path: READINESS_PATH, port: PORTS.readiness },
-      periodSeconds: 5,
+      exec: { command: ['test', '-f', AGENT_PATHS.readyFile] },
+      periodSeconds: 2,
       failureThreshold: 3,
     },
     resources: AGENT_RESOURCES,
@@ -202,7 +208,9 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
     metadata: { name: AGENT_NAME, namespace: o.namespace, labels: labels(AGENT_NAME) },
     spec: {
       selector: { matchLabels: selectorLabels(AGENT_NAME) },
-      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } },
+      // Surge: the new agent starts beside the old one on each node and shares its ports; the old
+      // one is stopped (and drains) only once the new one is ready, so no connection is refused.
+      updateStrategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
       template: {
         metadata: {
           labels: { ...labels(AGENT_NAME), 'weft.dev/dataplane-mode': 'none' },

@@ -34,7 +34,12 @@ export const AGENT_PATHS = {
   netns: '/var/run/netns',
   token: '/var/run/secrets/weft/tokens',
   trustBundle: '/var/run/secrets/weft/trust',
+  /** In the pod's own /tmp: only this container's agent process can make it exist. */
+  readyFile: '/tmp/weft-agent.ready',
 } as const;
+
+/** Seconds a stopping agent lets open connections finish; below terminationGracePeriodSeconds. */
+export const AGENT_DRAIN_SECONDS = 20;
 
 /** Environment variables of the rendered pods (Downward API; the parts take command-line flags). */
 export const ENV = {

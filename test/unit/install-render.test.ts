@@ -179,12 +179,22 @@ test('the agent runs on every node in the host network and PID namespace with it
   assert.ok(agent.resources?.requests && agent.resources.limits);
 });
 
-test('the agent serves 15001, 15008, 15020, 15021, is ready on /healthz/ready and keeps admin 15000 off the pod ports', () => {
+test('the agent serves 15001, 15008, 15020, 15021 and keeps admin 15000 off the pod ports', () => {
   const { agent } = agentDaemonSet();
   assert.deepEqual(agent.ports?.map((p) => p.containerPort), [15001, 15008, 15020, 15021]);
-  assert.equal(agent.readinessProbe?.httpGet?.path, '/healthz/ready');
-  assert.equal(agent.readinessProbe?.httpGet?.port, 15021);
   assert.ok(!agent.ports?.some((p) => p.containerPort === 15000));
+});
+
+test('agent upgrades surge: the new agent shares the ports, is ready by its own file, and the old one drains within the grace period', () => {
+  const { ds, agent } = agentDaemonSet();
+  assert.deepEqual(ds.spec?.updateStrategy?.rollingUpdate, { maxSurge: 1, maxUnavailable: 0 });
+  // An HTTP probe on the shared host port could be answered by the other agent process.
+  assert.equal(agent.readinessProbe?.httpGet, undefined);
+  const readyFile = flagOf(agent, '--ready-file');
+  assert.deepEqual(agent.readinessProbe?.exec?.command, ['test', '-f', readyFile]);
+  assert.ok(agent.volumeMounts?.some((m) => m.name === 'tmp' && readyFile?.startsWith(`${m.mountPath}/`)), 'the ready file is in the pod\'s own writable /tmp');
+  const drain = Number(flagOf(agent, '--drain-timeout'));
+  assert.ok(drain > 0 && drain < (ds.spec?.template.spec?.terminationGracePeriodSeconds ?? 30), 'the drain ends before the kubelet kills the container');
 });
 
 test('the agent has no Kubernetes API token, only a projected token for the weft-controller audience', () => {
