@@ -133,6 +133,8 @@ export class Agent {
 
   async start(): Promise<void> {
     const o = this.o;
+    // Left behind by a crashed predecessor in the same container: not ours to claim.
+    if (o.readyFile) rmSync(o.readyFile, { force: true });
     const ports = { ...this.#ports, ...o.ports };
     this.#ports = ports;
 

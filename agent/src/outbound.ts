@@ -140,9 +140,15 @@ export class Outbound {
       await this.#proxy(socket, upstream, source, up, dest, started);
       return;
     }
-    const reason = lastError?.message ?? 'no upstream';
+    // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
+    const wp = candidates[0]?.kind === 'hbone' ? candidates[0].waypoint : undefined;
+    const via = wp ? `waypoint ${wp.namespace}/${wp.name}` : undefined;
+    const reason = `${via ? `${via} unreachable (${candidates.length} ${candidates.length === 1 ? 'replica' : 'replicas'} tried; failing closed): ` : ''}${lastError?.message ?? 'no upstream'}`;
     this.#o.metrics.failed.inc({ reporter: 'source', reason: (lastError as { code?: string } | undefined)?.code ?? 'connect' });
-    this.#o.accessLog({ direction: 'outbound', src: `${srcIp}:${socket.remotePort}`, src_workload: source.name, src_namespace: source.namespace, dst: dest, error: reason, duration_ms: Date.now() - started });
+    this.#o.accessLog({
+      direction: 'outbound', src: `${srcIp}:${socket.remotePort}`, src_workload: source.name, src_namespace: source.namespace, dst: dest,
+      ...(via ? { via } : {}), error: reason, duration_ms: Date.now() - started,
+    });
     socket.destroy();
   }
 

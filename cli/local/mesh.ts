@@ -262,7 +262,7 @@ export class LocalMesh {
     }
   }
 
-  /** Kills a node's agent (SIGKILL: no goodbye), as a crash or an upgrade would. */
+  /** Kills a node's agent (SIGKILL: no goodbye), as a crash would (an upgrade: startAgent with an instance, then SIGTERM). */
   async killAgent(nodeName: string): Promise<void> {
     const a = this.agents.get(nodeName);
     if (!a) return;

@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { once } from 'node:events';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
@@ -161,4 +162,24 @@ test('an always-failing endpoint is ejected by outlier detection and comes back 
   await requests(10, [], '/', '10.96.1.22');
   const afterwards = await clusters();
   assert.ok(afterwards.requests > during.requests, `after its ejection time the bad endpoint gets requests again (${during.requests} → ${afterwards.requests})`);
+});
+
+// Last: it stops the waypoint.
+test('with its waypoint killed, traffic that must pass it fails closed and fast, never bypassing L7 policy, and the agent says why', async () => {
+  const wp = mesh.workloads.get('shop/waypoint-0')!;
+  wp.process!.kill('SIGKILL');
+  await once(wp.process!, 'exit');
+  const started = Date.now();
+  const post = await inPod('shop/client', 'curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '-X', 'POST', '--max-time', '5', `http://${VIP}/admin/users`]);
+  const get = await inPod('shop/client', 'curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', `http://${VIP}/`]);
+  const elapsed = Date.now() - started;
+  // A bypass would have reached the reviews pods directly: 200 for both, with the DENY rule unseen.
+  assert.equal(post.stdout, '000', `POST /admin got no HTTP answer at all (${post.stderr.trim()})`);
+  assert.equal(get.stdout, '000', `GET / got no HTTP answer either (${get.stderr.trim()})`);
+  assert.match(get.stderr, /reset|Empty reply|closed/i, 'the client sees the connection closed, not a timeout');
+  assert.ok(elapsed < 3_000, `both failed fast (${elapsed} ms), they did not hang`);
+  const logged = mesh.logTail('agent-node1.log', 50).split('\n').filter((l) => l.includes('"direction":"outbound"') && l.includes('"via":"waypoint shop/waypoint"') && l.includes('unreachable'));
+  assert.ok(logged.length >= 2, `the agent's access log names the waypoint it could not reach:\n${mesh.logTail('agent-node1.log', 5)}`);
+  assert.match(logged.at(-1)!, /waypoint shop\/waypoint unreachable \(1 replica tried; failing closed\)/);
+  process.stdout.write(`# waypoint down: 2 requests failed closed in ${elapsed} ms; agent said: ${JSON.parse(logged.at(-1)!).error}\n`);
 });
