@@ -345,7 +345,7 @@ export class Agent {
         podCounters: this.datapath.podCounters(),
         pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, memory: process.memoryUsage() }),
     });
   }
 

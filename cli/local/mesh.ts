@@ -13,6 +13,7 @@ import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
+import { AGENT_NODE_OPTIONS } from '../install/names.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
@@ -179,7 +180,7 @@ export class LocalMesh {
    * that overlaps the running one): its own cgroup and log file, and it does not replace the
    * registered agent in `agents` (the caller swaps them when the old one is gone).
    */
-  startAgent(nodeName: string, opts: { extraArgs?: string[]; instance?: string } = {}): ChildProcess {
+  startAgent(nodeName: string, opts: { extraArgs?: string[]; instance?: string; env?: Record<string, string> } = {}): ChildProcess {
     const n = this.node(nodeName);
     const suffix = opts.instance ? `-${opts.instance}` : '';
     const cgroup = join(this.net.cgroupDir, 'system', `agent-${nodeName}${suffix}`);
@@ -197,7 +198,7 @@ export class LocalMesh {
       '--pod-netns-prefix', `${this.o.prefix}-`,
       '--log-level', this.o.logLevel ?? 'info',
       ...(opts.extraArgs ?? []),
-    ], `agent-${nodeName}${suffix}.log`);
+    ], `agent-${nodeName}${suffix}.log`, { NODE_OPTIONS: AGENT_NODE_OPTIONS, ...opts.env });
     if (!opts.instance) this.agents.set(nodeName, child);
     return child;
   }

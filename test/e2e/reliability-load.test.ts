@@ -1,6 +1,5 @@
 // Load through one agent, with the real agent in namespaces: 10,000 concurrent idle connections
-// held open while ~1,000 new connections per second come and go for 20 s (the issue asks for a
-// minute; same rates, shorter), all from one pod on node1 through its agent (HBONE) to an echo
+// held open while ~1,000 new connections per second come and go for a minute, all from one pod on node1 through its agent (HBONE) to an echo
 // server on node2. The agent's memory stays bounded and its file descriptors return to the
 // baseline once the connections close (no fd leak).
 //
@@ -24,7 +23,7 @@ const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.5.10';
 const IDLE = Number(process.env.WEFT_LOAD_IDLE ?? 10_000);
 const RATE = Number(process.env.WEFT_LOAD_RATE ?? 1_000);
-const CHURN_MS = Number(process.env.WEFT_LOAD_CHURN_MS ?? 20_000);
+const CHURN_MS = Number(process.env.WEFT_LOAD_CHURN_MS ?? 60_000);
 const NOFILE = 20_000;
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
@@ -77,14 +76,21 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   let peak = { fds: 0, rss: 0 };
   let peak2 = { fds: 0, rss: 0 };
   let sampling = true;
+  const started = Date.now();
+  const series: string[] = [];
+  let lastSeries = 0;
   const sampler = (async () => {
     while (sampling) {
+      if (Date.now() - lastSeries > 5_000) {
+        lastSeries = Date.now();
+        const st = await mesh.agentAdmin<{ memory: NodeJS.MemoryUsage; outboundConnections: number }>('node1', '/stats');
+        series.push(`${Math.round((Date.now() - started) / 1000)}s rss=${rssMb(pid)} heap=${Math.round(st.memory.heapUsed / 1048576)}/${Math.round(st.memory.heapTotal / 1048576)} ext=${Math.round(st.memory.external / 1048576)} ab=${Math.round(st.memory.arrayBuffers / 1048576)} conns=${st.outboundConnections}`);
+      }
       peak = { fds: Math.max(peak.fds, fds(pid)), rss: Math.max(peak.rss, rssMb(pid)) };
       peak2 = { fds: Math.max(peak2.fds, fds(pid2)), rss: Math.max(peak2.rss, rssMb(pid2)) };
       await sleep(250);
     }
   })();
-  const started = Date.now();
   const r = await mesh.exec('load/client', 'sh', ['-c', `ulimit -n ${NOFILE}; exec "${process.execPath}" "${fixture('load-conns.ts')}" --host ${VIP} --port 7000 --idle ${IDLE} --rate ${RATE} --churn-ms ${CHURN_MS} --hold-ms 2000`], CHURN_MS + 180_000);
   sampling = false;
   await sampler;
@@ -99,6 +105,7 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   }
   const fdsBackMs = Date.now() - closedAt;
   const rssAfter = rssMb(pid);
+  console.log(`# node1 agent over time: ${series.join('; ')}`);
   console.log(`# load: ${res.idleOpen} idle connections opened in ${res.idleMs} ms, ${res.churnOk} new connections (${res.churnPerSecond}/s, ${res.churnFailed} failed ${JSON.stringify(res.errors)}) in ${Math.round((Date.now() - started) / 1000)} s`);
   console.log(`# node2 agent (server side) fds: baseline ${base2.fds}, peak ${peak2.fds}, ${fds(pid2)} after; RSS MB: baseline ${base2.rss}, peak ${peak2.rss}, after ${rssMb(pid2)}`);
   console.log(`# node1 agent fds: baseline ${base.fds}, peak ${peak.fds}, ${after} ${fdsBackMs} ms after the close; agent RSS MB: baseline ${base.rss}, peak ${peak.rss}, after ${rssAfter}`);

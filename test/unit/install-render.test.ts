@@ -421,3 +421,12 @@ test('the renderer imports kubernetes-models for types only (it is a devDependen
     assert.doesNotMatch(text, /^import (?!type )[^;]*from 'kubernetes-models/m, f);
   }
 });
+
+test('the agent caps its V8 heap well below its memory limit, so garbage is collected before the kernel OOM-kills it', () => {
+  const { agent } = agentDaemonSet();
+  const opts = agent.env?.find((e) => e.name === 'NODE_OPTIONS')?.value ?? '';
+  const heapMb = Number(/--max-old-space-size=(\d+)/.exec(opts)?.[1]);
+  const limit = String(agent.resources?.limits?.memory ?? '');
+  const limitMb = limit.endsWith('Gi') ? Number(limit.slice(0, -2)) * 1024 : Number(limit.replace(/Mi$/, ''));
+  assert.ok(heapMb > 0 && heapMb <= limitMb * 0.75, `heap cap ${heapMb} MB vs limit ${limit}`);
+});
