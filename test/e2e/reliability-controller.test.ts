@@ -23,6 +23,7 @@ let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
 const NEW_VIP = '10.96.0.11';
+const SHOP_VIP = '10.96.0.12';
 const NODES = ['node1', 'node2'];
 
 before(async () => {
@@ -32,14 +33,25 @@ before(async () => {
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'fuzz', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'demo' }, spec: { mtls: { mode: 'STRICT' } } },
+    // L7 through a waypoint: its policy must hold while the controller is away.
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'shop', namespace: 'shop' }, spec: { clusterIP: SHOP_VIP, selector: { app: 'shop' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    {
+      apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'no-admin', namespace: 'shop' },
+      spec: { targetRefs: [{ kind: 'Service', group: '', name: 'shop' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] },
+    },
   ]);
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
+  mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'buyer' });
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'shop', labels: { app: 'shop' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'shop'] });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'] });
   mesh.startController();
   await mesh.waitControllerReady();
   mesh.startAgents();
+  mesh.startWaypoint('node2', 'shop');
   await mesh.waitReady();
-  for (const k of ['demo/client', 'demo/echo']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  await mesh.waitWaypointReady('shop');
+  for (const k of ['demo/client', 'demo/echo', 'shop/buyer', 'shop/shop']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
 });
 
 after(async () => {
@@ -74,6 +86,7 @@ function metricSum(text: string, name: string): number {
 
 test('with the controller killed, traffic keeps flowing on the last good config and agents stay ready while reporting the stream down; restarted, they reconnect and converge on new config', async () => {
   assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200');
+  await until('the waypoint serves and enforces its policy', async () => (await curl('shop/buyer', `http://${SHOP_VIP}/`)).stdout === '200' && (await curl('shop/buyer', `http://${SHOP_VIP}/admin`)).stdout === '403', 20_000);
   for (const n of NODES) assert.equal(await connected(n), true, `${n} is connected to start with`);
   const certsBefore = await mesh.agentAdmin<{ certificates: Array<{ serial: string }> }>('node1', '/certs');
 
@@ -88,6 +101,8 @@ test('with the controller killed, traffic keeps flowing on the last good config 
   for (let i = 0; i < 5; i++) {
     for (const n of NODES) assert.deepEqual((await mesh.agentReady(n)).ready, true, `${n} stays ready without a controller`);
     assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200', `request ${i} while the controller is down`);
+    assert.equal((await curl('shop/buyer', `http://${SHOP_VIP}/`)).stdout, '200', `the waypoint keeps serving (request ${i})`);
+    assert.equal((await curl('shop/buyer', `http://${SHOP_VIP}/admin`)).stdout, '403', `and keeps enforcing its L7 policy (request ${i})`);
     await sleep(400);
   }
   assert.deepEqual(
@@ -109,6 +124,16 @@ test('with the controller killed, traffic keeps flowing on the last good config 
   ]);
   const convergeMs = await until('the new Service works', async () => (await curl('demo/client', `http://${NEW_VIP}/`)).stdout === '200', 20_000);
   console.log(`# a Service written after the restart served traffic ${convergeMs} ms later`);
+  // The waypoint reconnected too: a policy written after the restart is enforced there.
+  const policyWritten = Date.now();
+  mesh.writeConfig('30-shop-private.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'no-private', namespace: 'shop' },
+    spec: { targetRefs: [{ kind: 'Service', group: '', name: 'shop' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/private'] } }] }] },
+  }]);
+  const wpMs = await until('the waypoint enforces the new policy', async () => (await curl('shop/buyer', `http://${SHOP_VIP}/private`)).stdout === '403', 30_000);
+  console.log(`# an L7 policy written after the restart was enforced by the waypoint ${wpMs} ms later`);
+  assert.ok(Date.now() - policyWritten < 30_000);
+  assert.equal((await curl('shop/buyer', `http://${SHOP_VIP}/`)).stdout, '200');
   assert.ok(Date.now() - written < 20_000);
   assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200');
 });
