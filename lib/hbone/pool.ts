@@ -7,7 +7,7 @@ import {
   type OutgoingHttpHeaders,
 } from 'node:http2';
 import { connect as netConnect } from 'node:net';
-import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import {
   HboneConnectTimeoutError,
@@ -265,7 +265,7 @@ export class HbonePool {
     let identityError: HbonePeerIdentityError | undefined;
     let peerSpiffeId: string | undefined;
     const session = h2connect(`https://${dest}`, {
-      createConnection: () => tlsConnect({
+      createConnection: () => destroyOnError(tlsConnect({
         // Our own TCP socket so Nagle is off before the first byte: CONNECT frames are small.
         socket: netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true }),
         host: opts.dest.host,
@@ -285,7 +285,7 @@ export class HbonePool {
           identityError = new HbonePeerIdentityError(dest, peerSpiffeId, reason);
           return identityError;
         },
-      }),
+      })),
       maxSessionMemory: this.#opts.maxSessionMemoryMb ?? DEFAULT_MAX_SESSION_MEMORY_MB,
       settings: {
         enablePush: false,
@@ -334,15 +334,22 @@ export class HbonePool {
     });
     this.#stats.sessionsActive++;
     pooled.ready = new Promise<ClientHttp2Session>((resolve, reject) => {
-      const onError = (err: Error): void => {
+      let settled = false;
+      const fail = (err: HboneError): void => {
+        if (settled) return;
+        settled = true;
         this.#stats.sessionFailures++;
-        reject(identityError ?? sessionError(dest, err));
+        reject(err);
       };
+      const onError = (err: Error): void => fail(identityError ?? sessionError(dest, err));
       session.once('error', onError);
-      session.once('close', () => reject(identityError ?? pooled.error ?? new HboneSessionError(dest, 'the session closed during setup')));
+      // A close after 'remoteSettings' is not a setup failure (nor counted as one).
+      session.once('close', () => fail(identityError ?? (pooled.error ? sessionError(dest, pooled.error) : new HboneSessionError(dest, 'the session closed during setup'))));
       // Ready once the server's SETTINGS arrive: that is after it accepted our certificate (TLS 1.3
       // servers check it after the client considers the handshake done) and tells us its stream limit.
       session.once('remoteSettings', () => {
+        if (settled) return;
+        settled = true;
         session.off('error', onError);
         this.#stats.sessionsOpened++;
         try {
@@ -483,6 +490,25 @@ export class HbonePool {
   }
 }
 
+/**
+ * A TLS alert that arrives after the client considered the handshake done (TLS 1.3: the server's
+ * verdict on our certificate, e.g. alert 116 "certificate required") makes the TLS socket emit
+ * 'error' without destroying it (node:tls destroys the socket itself only for errors before
+ * 'secureConnect'). http2 then destroys the session, but waits for its GOAWAY to be written before
+ * it emits 'error' and 'close', and that write never completes on a socket whose TLS state has
+ * failed: the session hung, silent, until the connect timeout. Destroying the socket on such an
+ * error lets the session finish at once with it. Earlier errors (refused, reset, handshake alerts)
+ * already destroy the socket and are left to node:tls and http2.
+ */
+function destroyOnError(socket: TLSSocket): TLSSocket {
+  socket.once('secureConnect', () => {
+    socket.on('error', (err: Error) => {
+      if (!socket.destroyed) socket.destroy(err);
+    });
+  });
+  return socket;
+}
+
 function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
@@ -501,7 +527,9 @@ function sessionError(dest: string, err: Error & { code?: string }): HboneError 
   let detail = errText(err);
   if (code === 'ECONNREFUSED') detail = `connection refused (${code}); nothing listens there`;
   else if (code === 'ECONNRESET') detail = `connection reset (${code}); the server may have rejected our client certificate`;
-  else if (/ALERT_UNKNOWN_CA|ALERT_BAD_CERTIFICATE|CERTIFICATE_REQUIRED/.test(code)) {
+  else if (code === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') {
+    detail = `the server refused the connection because we presented no client certificate (${code}); HBONE needs this workload's mesh certificate`;
+  } else if (/ALERT_UNKNOWN_CA|ALERT_BAD_CERTIFICATE|ALERT_CERTIFICATE_EXPIRED|CERTIFICATE_REQUIRED/.test(code)) {
     detail = `the server rejected our client certificate (${code}); is this node's certificate issued by the mesh CA the server trusts?`;
   } else if (code.startsWith('ERR_SSL') || code.includes('CERT') || /alert|certificate/i.test(err.message)) {
     detail = `TLS handshake failed (${code || err.message})`;
