@@ -1,5 +1,6 @@
 // The agent's Prometheus metrics, with the names and labels Istio users already graph.
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { CertManager } from './certs/index.ts';
 
 export const TCP_LABELS = [
   'reporter',
@@ -39,5 +40,40 @@ export class AgentMetrics {
     this.failed = new Counter({ name: 'weft_connections_failed_total', help: 'Connections that could not be established, by reason', labelNames: ['reporter', 'reason'], registers });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  #certs: CertManager | undefined;
+
+  /**
+   * Certificate metrics of `certs` (call once, after creating the CertManager):
+   * - weft_certificate_renewal_failures_total{reason}: failed signing attempts (initial issue or
+   *   renewal), by error code (WEFT_CA_UNAVAILABLE while the controller is down);
+   * - weft_certificate_rotations_total: certificates replaced by a renewed one;
+   * - weft_certificates{state}: certificates held, by state (valid, renewing, expired).
+   */
+  watchCertificates(certs: CertManager): void {
+    if (this.#certs) throw new Error('AgentMetrics.watchCertificates: already watching a certificate manager');
+    this.#certs = certs;
+    const registers = [this.registry];
+    const failures = new Counter({
+      name: 'weft_certificate_renewal_failures_total',
+      help: 'Failed attempts to get a workload certificate signed (initial or renewal), by error code',
+      labelNames: ['reason'],
+      registers,
+    });
+    const rotations = new Counter({ name: 'weft_certificate_rotations_total', help: 'Workload certificates replaced by a renewed one', registers });
+    new Gauge({
+      name: 'weft_certificates',
+      help: 'Workload certificates held, by state (valid, renewing, expired)',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const counts = { valid: 0, renewing: 0, expired: 0 };
+        for (const c of certs.list()) counts[c.state]++;
+        for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
+      },
+    });
+    certs.on('renewalFailed', (_identity, err) => failures.inc({ reason: err.code }));
+    certs.on('rotated', () => rotations.inc());
   }
 }

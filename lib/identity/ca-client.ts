@@ -41,9 +41,12 @@ interface RawClient extends grpc.Client {
 
 export class CertificateServiceClient {
   readonly address: string;
-  readonly #client: RawClient;
+  /** The gRPC client of the current channel; replaced after a call found no connection. */
+  #client: RawClient | undefined;
+  readonly #newClient: () => RawClient;
   readonly #deadlineMs: number;
   readonly #token: (() => string | Promise<string>) | undefined;
+  #closed = false;
 
   constructor(opts: CaClientOptions) {
     this.address = opts.address;
@@ -70,7 +73,24 @@ export class CertificateServiceClient {
     // The controller is identified by its SPIFFE ID, not its host name, so the TLS server name is
     // a fixed label (an IP address there would be ignored with a warning, RFC 6066).
     const channelOpts = { 'grpc.use_local_subchannel_pool': 1, 'grpc.ssl_target_name_override': CA_TLS_SERVER_NAME };
-    this.#client = new Ctor(opts.address, channelCreds, channelOpts) as unknown as RawClient;
+    this.#newClient = () => new Ctor(opts.address, channelCreds, channelOpts) as unknown as RawClient;
+  }
+
+  #current(): RawClient {
+    this.#client ??= this.#newClient();
+    return this.#client;
+  }
+
+  /**
+   * A call on `used` found no connection (UNAVAILABLE): drop that channel, so that the next call
+   * connects at once. Left alone, the channel would stay in gRPC's own reconnect backoff (1 s,
+   * growing 1.6× up to 120 s) and fail every call without trying until it ends, on top of the
+   * caller's retry schedule: a CA that is back would be seen late.
+   */
+  #dropIfUnavailable(used: RawClient, err: grpc.ServiceError): void {
+    if (err.code !== grpc.status.UNAVAILABLE || this.#client !== used) return;
+    this.#client = undefined;
+    used.close();
   }
 
   async #metadata(): Promise<grpc.Metadata> {
@@ -82,14 +102,18 @@ export class CertificateServiceClient {
   /** Asks the CA to sign `csr` (PEM) for `identity`. */
   async createCertificate(identity: string, csr: string, validitySeconds = 0): Promise<CreateCertificateResponse> {
     const md = await this.#metadata();
+    if (this.#closed) throw new CaUnavailableError(`certificate service client for ${this.address} is closed`);
+    const client = this.#current();
     return new Promise((resolve, reject) => {
-      this.#client.createCertificate(
+      client.createCertificate(
         { identity, csr, validitySeconds },
         md,
         { deadline: Date.now() + this.#deadlineMs },
         (err, res) => {
-          if (err) reject(toIdentityError(err, this.address, identity));
-          else if (!res || res.certChain.length === 0) reject(new CaUnavailableError(`certificate service at ${this.address} answered without a certificate for ${identity}`));
+          if (err) {
+            this.#dropIfUnavailable(client, err);
+            reject(toIdentityError(err, this.address, identity));
+          } else if (!res || res.certChain.length === 0) reject(new CaUnavailableError(`certificate service at ${this.address} answered without a certificate for ${identity}`));
           else resolve(res);
         },
       );
@@ -101,11 +125,16 @@ export class CertificateServiceClient {
    * cancel function. `onEnd` is called once when the stream fails or ends (reconnect there).
    */
   async watchTrustBundle(onBundle: (roots: string[]) => void, onEnd: (err: IdentityError) => void): Promise<() => void> {
-    const call = this.#client.watchTrustBundle({}, await this.#metadata());
+    const md = await this.#metadata();
+    if (this.#closed) throw new CaUnavailableError(`certificate service client for ${this.address} is closed`);
+    const client = this.#current();
+    const call = client.watchTrustBundle({}, md);
     let cancelled = false;
     call.on('data', (m: TrustBundleMessage) => onBundle(m.roots));
     call.on('error', (err: grpc.ServiceError) => {
-      if (!cancelled) onEnd(toIdentityError(err, this.address, 'trust bundle'));
+      if (cancelled) return;
+      this.#dropIfUnavailable(client, err);
+      onEnd(toIdentityError(err, this.address, 'trust bundle'));
     });
     call.on('end', () => {
       if (!cancelled) onEnd(new CaUnavailableError(`trust bundle stream from ${this.address} ended; reconnect`));
@@ -117,7 +146,9 @@ export class CertificateServiceClient {
   }
 
   close(): void {
-    this.#client.close();
+    this.#closed = true;
+    this.#client?.close();
+    this.#client = undefined;
   }
 }
 

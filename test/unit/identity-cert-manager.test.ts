@@ -3,7 +3,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CaUnavailableError, CertificateRefusedError, type IdentityError } from '../../lib/identity/errors.ts';
-import { CertManager, type CertificateInfo, type CertificateSigner, type SignResult } from '../../agent/src/certs/index.ts';
+import {
+  CertManager, DEFAULT_BACKOFF_INITIAL_MS, DEFAULT_BACKOFF_MAX_MS, MIN_RETRY_MS, nextRetry,
+  type CertificateInfo, type CertificateSigner, type RenewalRetry, type SignResult,
+} from '../../agent/src/certs/index.ts';
+import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { EchoServer, TD, connectHbone, id } from './identity-fixtures.ts';
 
 /** Signs through the CA in-process; can be told to fail like an unreachable CA. */
@@ -175,4 +179,92 @@ test('an SNI-selected server identity verifies clients against that identity\'s 
   assert.equal(await attempt(m, 'api.default.weft'), 'ok');
   assert.notEqual(await attempt(stranger, 'api.default.weft'), 'ok', 'a client from another CA is refused by the SNI context');
   assert.match(await attempt(m, 'unknown.name'), /^error:|closed/);
+});
+
+test('retry waits near expiry: at most half of the validity left (not below 250 ms), without advancing the backoff, which resumes after expiry where it was', () => {
+  const backoff = { initialMs: DEFAULT_BACKOFF_INITIAL_MS, maxMs: DEFAULT_BACKOFF_MAX_MS, multiplier: 2 };
+  const noJitter = () => 0.5;
+  // A 6 s certificate renewed at half-life; every attempt fails at once. Time 0 = first failure.
+  const expiresAt = 3_000;
+  let t = 0;
+  let delay = backoff.initialMs;
+  const waits: number[] = [];
+  while (t < 40_000) {
+    const next = nextRetry(delay, expiresAt - t, backoff, noJitter);
+    waits.push(Math.round(next.waitMs));
+    delay = next.nextDelayMs;
+    t += next.waitMs;
+  }
+  assert.equal(MIN_RETRY_MS, 250);
+  // 500 and 1000: the backoff; 750, 375: half of what is left; 250, 250: the floor (the second
+  // lands after expiry); then 2000, 4000, ... from the step reached before, up to the 30 s cap.
+  assert.deepEqual(waits, [500, 1000, 750, 375, 250, 250, 2000, 4000, 8000, 16000, 30000]);
+  // Without a certificate (or an expired one) nothing is shortened.
+  assert.deepEqual(nextRetry(500, 0, backoff, noJitter), { waitMs: 500, nextDelayMs: 1000 });
+  assert.deepEqual(nextRetry(20_000, -5, backoff, noJitter), { waitMs: 20_000, nextDelayMs: 30_000 });
+  // The floor never makes a wait longer than the backoff's own.
+  assert.deepEqual(nextRetry(100, 150, backoff, noJitter), { waitMs: 100, nextDelayMs: 200 });
+  // Jitter stays within ±20 %.
+  assert.equal(nextRetry(1000, 0, backoff, () => 0).waitMs, 800);
+  assert.equal(nextRetry(1000, 0, backoff, () => 0.999_999).waitMs.toFixed(0), '1200');
+});
+
+test('a CA that comes back shortly before the certificate expires gets it renewed before expiry; list() shows the failing renewal meanwhile', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  // A first retry 2 s after the first failure would land after expiry (the certificate has 1-1.5 s
+  // left when its renewal falls due): only the shortened waits near expiry can make it in time.
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), lifetimeSeconds: 3, backoff: { initialMs: 2_000, maxMs: 30_000 } });
+  t.after(() => m.close());
+  await m.get(web);
+  const [first] = m.list();
+  assert.ok(first);
+  assert.equal(first.renewalFailures, 0);
+  // Two failures: at 1-1.5 s left, then at half of that; the third attempt, at three quarters, works.
+  signer.failNext = 2;
+  const seen: Array<{ at: number; retry: RenewalRetry; info: CertificateInfo }> = [];
+  m.on('renewalFailed', (_id, _err, retry) => seen.push({ at: Date.now(), retry, info: m.list()[0]! }));
+  const rotated = await new Promise<{ at: number; previous: CertificateInfo | undefined }>((resolve) =>
+    m.once('rotated', (_info, previous) => resolve({ at: Date.now(), previous })));
+  const notAfter = first.notAfter.getTime();
+  assert.equal(seen.length, 2);
+  assert.ok(rotated.at < notAfter, `renewed ${notAfter - rotated.at} ms before the old certificate expired`);
+  seen.forEach(({ at, retry, info }, i) => {
+    assert.equal(retry.failures, i + 1);
+    assert.equal(retry.expiresAt?.getTime(), notAfter);
+    assert.ok(retry.retryInMs !== undefined && retry.retryInMs <= Math.max((notAfter - at) / 2, MIN_RETRY_MS) + 5,
+      `attempt ${i + 1}: waits ${retry.retryInMs} ms with ${notAfter - at} ms left`);
+    assert.equal(info.state, 'renewing');
+    assert.equal(info.serial, first.serial, 'the held certificate is still the one served');
+    assert.equal(info.renewalFailures, i + 1);
+    assert.match(info.lastRenewalError ?? '', /unavailable/);
+    assert.ok(info.nextRenewalAttempt && Math.abs(info.nextRenewalAttempt.getTime() - (at + retry.retryInMs!)) < 20);
+  });
+  const [now] = m.list();
+  assert.equal(now?.renewalFailures, 0);
+  assert.equal(now?.lastRenewalError, undefined);
+  assert.equal(now?.nextRenewalAttempt, undefined);
+  assert.equal(now?.state, 'valid');
+});
+
+test('agent metrics count renewal failures by reason and rotations, and certificates by state', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const signer = new InProcessSigner(ca);
+  const m = new CertManager({ signer, trustBundle: ca.trustBundle(), lifetimeSeconds: 2, backoff: { initialMs: 20, maxMs: 20 } });
+  t.after(() => m.close());
+  const metrics = new AgentMetrics();
+  metrics.watchCertificates(m);
+  assert.throws(() => metrics.watchCertificates(m), /already/);
+  signer.failNext = 2;
+  await m.get(web);
+  signer.refuse.add(id('default', 'nope'));
+  await assert.rejects(m.get(id('default', 'nope')), CertificateRefusedError);
+  let text = await metrics.registry.metrics();
+  assert.match(text, /^weft_certificate_renewal_failures_total\{reason="WEFT_CA_UNAVAILABLE"\} 2$/m);
+  assert.match(text, /^weft_certificate_renewal_failures_total\{reason="WEFT_CA_REFUSED"\} 1$/m);
+  assert.match(text, /^weft_certificates\{state="valid"\} 1$/m);
+  assert.match(text, /^weft_certificate_rotations_total 0$/m);
+  await new Promise<void>((resolve) => m.once('rotated', () => resolve()));
+  text = await metrics.registry.metrics();
+  assert.match(text, /^weft_certificate_rotations_total 1$/m);
 });

@@ -5,9 +5,13 @@
 // - Renewal at a fraction (default half) of the remaining lifetime at issuance, and at once for
 //   every identity when the trust bundle changes (root rotation).
 // - CA unreachable: retry with exponential backoff and jitter; the current certificate keeps
-//   being served until it expires. Refusals (identity not allowed, bad CSR) are not retried.
+//   being served until it expires. Close to expiry the wait never exceeds half of the validity
+//   left (down to MIN_RETRY_MS), so a CA that returns before the certificate expires is seen
+//   before it does; the backoff goes on where it was afterwards. Refusals (identity not
+//   allowed, bad CSR) are not retried.
 // - Emits 'rotated' when an identity's certificate is replaced, 'trustBundleChanged', and
-//   'renewalFailed' for each failed attempt (metrics/logs).
+//   'renewalFailed' for each failed attempt (metrics/logs), with when the next one is due.
+//   list() shows the failures of a renewal in progress.
 // - Builds the TLS credentials, SecureContexts and HBONE options of lib/identity/tls.ts.
 import { EventEmitter } from 'node:events';
 import type { ConnectionOptions, SecureContext, TlsOptions } from 'node:tls';
@@ -26,6 +30,8 @@ export const DEFAULT_BACKOFF_INITIAL_MS = 500;
 export const DEFAULT_BACKOFF_MAX_MS = 30_000;
 /** How long get() waits for a first certificate before failing with CaUnavailableError. */
 export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
+/** Shortest wait between attempts when the held certificate is about to expire. */
+export const MIN_RETRY_MS = 250;
 
 export interface BackoffOptions {
   initialMs?: number;
@@ -56,6 +62,22 @@ export interface CertificateInfo {
   notAfter: Date;
   renewAt: Date;
   state: 'valid' | 'renewing' | 'expired';
+  /** Failed attempts of the renewal in progress (0 when none failed). */
+  renewalFailures: number;
+  /** The last failure of the renewal in progress. */
+  lastRenewalError?: string;
+  /** When the renewal in progress tries again after a failure. */
+  nextRenewalAttempt?: Date;
+}
+
+/** What 'renewalFailed' reports besides the error. */
+export interface RenewalRetry {
+  /** Failed attempts of this renewal so far, this one included. */
+  failures: number;
+  /** Wait before the next attempt; undefined when there is none (the CA refused the identity). */
+  retryInMs: number | undefined;
+  /** The certificate still held and served meanwhile, if any. */
+  expiresAt: Date | undefined;
 }
 
 interface HeldCert {
@@ -76,12 +98,17 @@ interface Entry {
   forgotten: boolean;
   contexts: Map<string, SecureContext>;
   lastError: IdentityError | undefined;
+  /** A fetch is under way and has not got its certificate yet. */
+  renewing: boolean;
+  /** Failed attempts of the fetch under way. */
+  failures: number;
+  nextAttemptAt: number | undefined;
 }
 
 export interface CertManagerEvents {
   rotated: [info: CertificateInfo, previous: CertificateInfo | undefined];
   trustBundleChanged: [bundle: readonly string[]];
-  renewalFailed: [identity: string, error: IdentityError];
+  renewalFailed: [identity: string, error: IdentityError, retry: RenewalRetry];
 }
 
 export class CertManager extends EventEmitter<CertManagerEvents> {
@@ -212,7 +239,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     let e = this.#entries.get(identity);
     if (!e) {
       parseSpiffeId(identity);
-      e = { identity, cert: undefined, inflight: undefined, timer: undefined, forgotten: false, contexts: new Map(), lastError: undefined };
+      e = { identity, cert: undefined, inflight: undefined, timer: undefined, forgotten: false, contexts: new Map(), lastError: undefined, renewing: false, failures: 0, nextAttemptAt: undefined };
       this.#entries.set(identity, e);
     }
     return e;
@@ -224,8 +251,14 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
 
   #info(e: Entry, c: HeldCert): CertificateInfo {
     const now = this.#clock();
-    const state = now >= c.notAfter.getTime() ? 'expired' : e.inflight ? 'renewing' : 'valid';
-    return { identity: e.identity, serial: c.serial, issuer: c.issuer, notBefore: c.notBefore, notAfter: c.notAfter, renewAt: new Date(c.renewAt), state };
+    const state = now >= c.notAfter.getTime() ? 'expired' : e.renewing ? 'renewing' : 'valid';
+    const info: CertificateInfo = {
+      identity: e.identity, serial: c.serial, issuer: c.issuer, notBefore: c.notBefore, notAfter: c.notAfter, renewAt: new Date(c.renewAt), state,
+      renewalFailures: e.renewing ? e.failures : 0,
+    };
+    if (e.renewing && e.failures > 0 && e.lastError) info.lastRenewalError = e.lastError.message;
+    if (e.renewing && e.nextAttemptAt !== undefined) info.nextRenewalAttempt = new Date(e.nextAttemptAt);
+    return info;
   }
 
   /** Waits for the (shared) fetch, at most fetchTimeoutMs. */
@@ -260,21 +293,40 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
 
   async #fetchWithRetry(entry: Entry): Promise<HeldCert> {
     let delay = this.#backoff.initialMs;
-    for (;;) {
-      if (this.#closed || entry.forgotten) throw new CaUnavailableError(`certificate manager stopped before ${entry.identity} was signed`);
-      try {
-        const cert = this.#install(entry, await this.#fetchOnce(entry.identity));
-        entry.lastError = undefined;
-        return cert;
-      } catch (err) {
-        const typed = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${entry.identity} failed: ${(err as Error).message}`, { cause: err });
-        entry.lastError = typed;
-        this.emit('renewalFailed', entry.identity, typed);
-        if (typed instanceof CertificateRefusedError) throw typed;
-        const jittered = delay * (0.8 + Math.random() * 0.4);
-        await new Promise<void>((r) => setTimeout(r, jittered).unref());
-        delay = Math.min(delay * this.#backoff.multiplier, this.#backoff.maxMs);
+    entry.renewing = true;
+    entry.failures = 0;
+    entry.nextAttemptAt = undefined;
+    try {
+      for (;;) {
+        if (this.#closed || entry.forgotten) throw new CaUnavailableError(`certificate manager stopped before ${entry.identity} was signed`);
+        try {
+          const fetched = await this.#fetchOnce(entry.identity);
+          // Done before #install emits 'rotated', so that listeners see the new state.
+          entry.renewing = false;
+          entry.lastError = undefined;
+          entry.failures = 0;
+          entry.nextAttemptAt = undefined;
+          return this.#install(entry, fetched);
+        } catch (err) {
+          entry.renewing = true;
+          const typed = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${entry.identity} failed: ${(err as Error).message}`, { cause: err });
+          entry.lastError = typed;
+          entry.failures++;
+          const refused = typed instanceof CertificateRefusedError;
+          let wait: number | undefined;
+          if (!refused) {
+            const next = nextRetry(delay, entry.cert ? entry.cert.notAfter.getTime() - this.#clock() : 0, this.#backoff);
+            wait = next.waitMs;
+            delay = next.nextDelayMs;
+            entry.nextAttemptAt = this.#clock() + wait;
+          }
+          this.emit('renewalFailed', entry.identity, typed, { failures: entry.failures, retryInMs: wait, expiresAt: entry.cert?.notAfter });
+          if (wait === undefined) throw typed;
+          await new Promise<void>((r) => setTimeout(r, wait).unref());
+        }
       }
+    } finally {
+      entry.renewing = false;
     }
   }
 
@@ -317,6 +369,26 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     }
     return cert;
   }
+}
+
+/**
+ * The wait before the next signing attempt, from the backoff step `delayMs` (jittered ±20 %), and
+ * the step after it. The backoff must not sleep through the end of the certificate still held:
+ * while it is valid (`validForMs` > 0) the wait is at most half of what is left, but not below
+ * MIN_RETRY_MS (never longer than the backoff's own wait). Such shortened waits do not advance
+ * the step, so once the certificate has expired the backoff resumes where it was rather than at
+ * its cap.
+ */
+export function nextRetry(
+  delayMs: number,
+  validForMs: number,
+  backoff: Required<BackoffOptions>,
+  random: () => number = Math.random,
+): { waitMs: number; nextDelayMs: number } {
+  const jittered = delayMs * (0.8 + random() * 0.4);
+  const cap = validForMs > 0 ? Math.max(validForMs / 2, MIN_RETRY_MS) : Infinity;
+  if (jittered > cap) return { waitMs: cap, nextDelayMs: delayMs };
+  return { waitMs: jittered, nextDelayMs: Math.min(delayMs * backoff.multiplier, backoff.maxMs) };
 }
 
 function sameBundle(a: readonly string[], b: readonly string[]): boolean {
