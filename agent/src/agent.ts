@@ -153,7 +153,11 @@ export class Agent {
     const controllerId = `spiffe://${o.trustDomain}/ns/${o.controllerNamespace ?? 'weft-system'}/sa/weft-controller`;
     const signer = new GrpcCertificateSigner({ address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node });
     this.certs = new CertManager({ signer, trustBundle, ...(o.certLifetimeSeconds ? { lifetimeSeconds: o.certLifetimeSeconds } : {}) });
-    this.certs.on('renewalFailed', (id, err) => this.log.warn('certificate renewal failed', { identity: id, error: err.message }));
+    this.metrics.watchCertificates(this.certs);
+    this.certs.on('renewalFailed', (id, err, retry) => this.log.warn('certificate renewal failed', {
+      identity: id, error: err.message, failures: retry.failures,
+      retryInMs: retry.retryInMs === undefined ? undefined : Math.round(retry.retryInMs), expiresAt: retry.expiresAt?.toISOString(),
+    }));
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
     this.pool = new HbonePool();
@@ -167,7 +171,16 @@ export class Agent {
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
-    this.certs.on('trustBundleChanged', () => this.inbound.trustBundleChanged());
+    this.certs.on('trustBundleChanged', () => {
+      this.inbound.trustBundleChanged();
+      // Root rotation: the config stream verifies the controller with the roots it was opened
+      // with and presents a node certificate from the old root; reopen it with the new roots and
+      // a node certificate the controller will still accept once the old root is retired.
+      if (this.xds && !this.#stopped) {
+        this.log.info('trust bundle changed: reopening the config stream with the new roots', { roots: this.certs.trustBundle().length });
+        this.#connectConfig(0);
+      }
+    });
 
     this.#signer = signer;
     this.#controllerId = controllerId;

@@ -136,16 +136,20 @@ export class LocalMesh {
     return child;
   }
 
-  /** The controller on the config directory, listening on the wire (10.77.0.254). */
-  startController(): ChildProcess {
+  /**
+   * The controller on the config directory, listening on the wire (10.77.0.254), with the mesh's
+   * CA files, or others (`ca`: a root rotation restarts it with a new signing CA and root bundle).
+   */
+  startController(ca: { certFile: string; keyFile: string; rootsFile?: string } = { certFile: this.caFile, keyFile: join(this.o.stateDir, 'ca.key') }): ChildProcess {
     const wire = { netns: this.net.wireNetns, cgroup: join(this.net.cgroupDir, 'system') };
     this.controller = this.spawnNode(wire, 'controller/src/main.ts', [
       '--config-dir', this.configDir,
       '--listen-address', CONTROLLER_IP,
       '--ip-address', CONTROLLER_IP,
       '--trust-domain', this.trustDomain,
-      '--ca-cert', this.caFile,
-      '--ca-key', join(this.o.stateDir, 'ca.key'),
+      '--ca-cert', ca.certFile,
+      '--ca-key', ca.keyFile,
+      ...(ca.rootsFile ? ['--ca-roots', ca.rootsFile] : []),
       '--bootstrap-tokens', join(this.o.stateDir, 'tokens.yaml'),
       // Agents and waypoints present their node / workload certificates on the config stream.
       '--require-client-identity',

@@ -222,17 +222,32 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     adminPort,
     registry,
     ...(authority ? { ca: authority } : {}),
-    async stop() {
+    /**
+     * Ends the config streams, gives in-flight calls (a certificate being signed) up to `graceMs`,
+     * then cuts what is left: the agents' long-lived streams (trust bundle watches) would otherwise
+     * hold a graceful shutdown open until the kubelet's SIGKILL. Agents reconnect to the next one.
+     */
+    async stop(graceMs = STOP_GRACE_MS) {
       await controller.stop();
       configServer.closeAll();
-      await new Promise<void>((r) => grpcServer.tryShutdown(() => r()));
+      await new Promise<void>((r) => {
+        const timer = setTimeout(() => grpcServer.forceShutdown(), graceMs);
+        grpcServer.tryShutdown(() => {
+          clearTimeout(timer);
+          r();
+        });
+      });
       controllerCreds?.close();
+      for (const s of [metrics, ready, ...(adminPort !== undefined ? [admin] : [])]) s.closeAllConnections();
       await new Promise<void>((r) => metrics.close(() => r()));
       await new Promise<void>((r) => ready.close(() => r()));
       if (adminPort !== undefined) await new Promise<void>((r) => admin.close(() => r()));
     },
   };
 }
+
+/** How long a stopping controller lets in-flight gRPC calls finish. */
+export const STOP_GRACE_MS = 2_000;
 
 export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube [--kubeconfig <file>]) [options]
   --listen-address <ip>       bind address (default 0.0.0.0)

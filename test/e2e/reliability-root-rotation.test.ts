@@ -1,0 +1,128 @@
+// Root CA rotation with the real controller and agents, while a long-lived cross-node connection
+// and a stream of new connections run through the mesh. The operator's procedure, one controller
+// restart per step (the controller reads its CA files at start):
+//   1. trust both: sign with the old root A, publish roots A+B;   wait until every agent trusts 2
+//   2. sign with B, still publish A+B;                          wait until every certificate is B's
+//   3. retire A: sign with B, publish B only;                   wait until every agent trusts 1
+// No connection may fail at any step: established TLS sessions are not re-verified, and new ones
+// always meet a peer whose certificate the other side trusts.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Lab } from '../lab/lab.ts';
+import { LocalMesh } from '../../cli/local/mesh.ts';
+import { CertificateAuthority } from '../../lib/identity/index.ts';
+
+const lab = new Lab();
+let mesh: LocalMesh;
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const VIP = '10.96.0.30';
+const NODES = ['node1', 'node2'];
+const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
+
+before(async () => {
+  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: NODES });
+  mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
+  ]);
+  mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
+  mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
+  mesh.startController();
+  await mesh.waitControllerReady();
+  // Short-lived workload certificates (renewed every ~5 s), so step 2 does not wait for hours.
+  for (const n of NODES) mesh.startAgent(n, { extraArgs: ['--cert-lifetime', '10'] });
+  await mesh.waitReady();
+  for (const k of ['demo/client', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+});
+
+after(async () => {
+  await mesh?.destroy();
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+interface CertsView { trustBundle: number; certificates: Array<{ identity: string; serial: string; issuer: string }> }
+const certs = (node: string) => mesh.agentAdmin<CertsView>(node, '/certs');
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if (await check().catch(() => false)) return Date.now() - started;
+    assert.ok(Date.now() - started < timeoutMs, `${what}: not within ${timeoutMs} ms\n${mesh.logTail('controller.log', 10)}\n${mesh.logTail('agent-node1.log', 10)}`);
+    await sleep(200);
+  }
+}
+
+async function restartController(ca: { certFile: string; keyFile: string; rootsFile?: string }): Promise<void> {
+  const c = mesh.controller!;
+  const stopping = Date.now();
+  c.kill('SIGTERM');
+  await once(c, 'exit');
+  // The agents' open streams must not hold a graceful stop open (the kubelet would SIGKILL it).
+  assert.ok(Date.now() - stopping < 5_000, `the controller stopped ${Date.now() - stopping} ms after SIGTERM`);
+  mesh.startController(ca);
+  await mesh.waitControllerReady();
+}
+
+const lastJson = <T>(r: { code: number | null; stdout: string; stderr: string }): T => {
+  assert.ok(r.stdout.trim(), `the fixture printed nothing (exit ${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
+};
+
+test('a root CA rotation in three controller restarts breaks no connection, long-lived or new', async () => {
+  const a = { certFile: mesh.caFile, keyFile: join(stateDir, 'ca.key') };
+  const rootB = (await CertificateAuthority.generateRoot({ trustDomain: mesh.trustDomain, organization: 'weft-root-b' })).exportPem();
+  const b = { certFile: join(stateDir, 'b.crt'), keyFile: join(stateDir, 'b.key') };
+  writeFileSync(b.certFile, rootB.certPem);
+  writeFileSync(b.keyFile, rootB.keyPem, { mode: 0o600 });
+  const both = join(stateDir, 'roots-ab.crt');
+  writeFileSync(both, readFileSync(mesh.caFile, 'utf8') + rootB.certPem);
+  for (const n of NODES) {
+    const c = await certs(n);
+    assert.equal(c.trustBundle, 1);
+    assert.ok(c.certificates.length > 0 && c.certificates.every((x) => !/weft-root-b/.test(x.issuer)), `${n} starts on root A`);
+  }
+
+  const LONG_MS = 30_000;
+  const started = Date.now();
+  const long = mesh.exec('demo/client', process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '250', '--duration-ms', String(LONG_MS)], LONG_MS + 20_000);
+  const churn = mesh.exec('demo/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '0', '--rate', '20', '--churn-ms', String(LONG_MS - 5_000), '--hold-ms', '0'], LONG_MS + 20_000);
+  await sleep(1_000);
+
+  const t: Record<string, number> = {};
+  await restartController({ ...a, rootsFile: both });
+  t.trustBoth = await until('every agent trusts A and B', async () => (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 2));
+  process.stdout.write(`# step trustBoth: ${t.trustBoth} ms (at ${Date.now() - started} ms)\n`);
+
+  await restartController({ ...b, rootsFile: both });
+  t.signedByB = await until('every workload certificate is signed by B', async () =>
+    (await Promise.all(NODES.map(certs))).every((c) => c.certificates.length > 0 && c.certificates.every((x) => /weft-root-b/.test(x.issuer))));
+  process.stdout.write(`# step signedByB: ${t.signedByB} ms (at ${Date.now() - started} ms)\n`);
+
+  await restartController(b);
+  t.retireA = await until('every agent trusts B only', async () => (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 1));
+  process.stdout.write(`# step retireA: ${t.retireA} ms (at ${Date.now() - started} ms)\n`);
+  for (const n of NODES) {
+    assert.ok((await certs(n)).certificates.every((x) => /weft-root-b/.test(x.issuer)), `${n} holds only certificates from B`);
+  }
+  const rotatedAt = Date.now() - started;
+  assert.ok(rotatedAt < LONG_MS - 8_000, `the rotation finished while the connections still ran (${rotatedAt} ms)`);
+
+  const l = lastJson<{ sent: number; echoed: number; outOfOrder: number; failure: string | null }>(await long);
+  const c = lastJson<{ churnOk: number; churnFailed: number; errors: Record<string, number> }>(await churn);
+  process.stdout.write(`# root rotation: trust A+B in ${t.trustBoth} ms, all certificates from B ${t.signedByB} ms after the signing switch, A retired in ${t.retireA} ms; long-lived connection ${l.echoed}/${l.sent} echoed; ${c.churnOk} new connections, ${c.churnFailed} failed ${JSON.stringify(c.errors)}\n`);
+  assert.equal(l.failure, null, `the long-lived connection survived the rotation: ${JSON.stringify(l)}`);
+  assert.equal(l.echoed, l.sent);
+  assert.equal(l.outOfOrder, 0);
+  assert.ok(c.churnOk > 500, `new connections ran all along (${c.churnOk})`);
+  assert.equal(c.churnFailed, 0, `no new connection failed during the rotation: ${JSON.stringify(c.errors)}`);
+  // And after it: the agents talk to the controller on B alone.
+  for (const n of NODES) {
+    await until(`${n} is connected to the controller signing with B`, async () => (await mesh.agentAdmin<{ controllerConnected: boolean }>(n, '/config_dump')).controllerConnected, 15_000);
+  }
+});
