@@ -3,7 +3,9 @@
 // parses them. The backend prints every request it receives, so a smuggled request would show.
 // - request smuggling (Content-Length with Transfer-Encoding, two Content-Lengths, an obfuscated
 //   Transfer-Encoding): 400, and the backend never sees the hidden second request;
-// - slowloris: connections trickling headers do not keep others from being served;
+// - slowloris: connections trickling headers do not keep others from being served, and the waypoint
+//   (started with a short --header-timeout) cuts them with 408 within the timeout plus about a
+//   second; an HTTP/2 client that never finishes its HEADERS gets GOAWAY within the same bound;
 // - HTTP/2: a frame larger than SETTINGS_MAX_FRAME_SIZE and a CONTINUATION flood end the session
 //   (GOAWAY or close) within bounded bytes, and the waypoint keeps serving.
 import { test, before, after } from 'node:test';
@@ -14,12 +16,20 @@ import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
+import { requestInNetns } from '../../cli/local/netns-http.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.3.10';
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
+/** The waypoint's --header-timeout (seconds): short, so the test sees slow clients cut. */
+const HEADER_TIMEOUT_S = 3;
+/**
+ * Slow clients must be gone within the header timeout plus this: the waypoint checks every
+ * min(1 s, timeout/4) (750 ms here); the rest is the way back through two agents and scheduling.
+ */
+const CUT_SLACK_MS = 2_000;
 
 before(async () => {
   mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
@@ -32,7 +42,7 @@ before(async () => {
   mesh.startController();
   await mesh.waitControllerReady();
   mesh.startAgents();
-  mesh.startWaypoint('node2', 'shop');
+  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--header-timeout', String(HEADER_TIMEOUT_S)] });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('shop');
   for (const key of ['shop/client', 'shop/backend']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
@@ -52,6 +62,14 @@ async function hostile(args: string[], timeoutMs = 30_000): Promise<Record<strin
   const r = await mesh.exec('shop/client', process.execPath, [fixture('hostile-http.ts'), '--host', VIP, '--port', '80', ...args], timeoutMs);
   assert.ok(r.stdout.trim(), `hostile-http printed nothing (exit ${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+}
+
+/** weft_waypoint_downstream_timeouts_total for one protocol and timeout kind. */
+async function waypointTimeouts(protocol: string, timeout: string): Promise<number> {
+  const wp = mesh.waypointReplicas('shop')[0]!;
+  const body = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`, { timeoutMs: 5_000 })).body;
+  const line = body.split('\n').find((l) => l.startsWith('weft_waypoint_downstream_timeouts_total{') && l.includes(`protocol="${protocol}"`) && l.includes(`timeout="${timeout}"`));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
 }
 
 /** URLs the backend has received so far (its log: one JSON line per request). */
@@ -88,16 +106,44 @@ test('request smuggling attempts through the waypoint get 400 and the backend ne
   assert.equal(urls.filter((u) => u === SMUGGLED).length, 0, `the backend never received ${SMUGGLED}: ${JSON.stringify(urls)}`);
 });
 
-test('slowloris connections trickling headers do not keep other clients from being served', async () => {
-  const slow = hostile(['--mode', 'slowloris', '--count', '50', '--duration-ms', '5000']);
+test('slowloris connections are cut with 408 within the header timeout, and other clients are served meanwhile', async () => {
+  const timeoutsBefore = await waypointTimeouts('HTTP/1.1', 'request_headers');
+  const timeoutMs = HEADER_TIMEOUT_S * 1000;
+  // Up to 15 s, but the fixture returns as soon as the waypoint has closed all 50.
+  const slow = hostile(['--mode', 'slowloris', '--count', '50', '--duration-ms', '15000']);
   await sleep(1_000);
   const started = Date.now();
   for (let i = 0; i < 10; i++) assert.equal((await curl(`/while-slow-${i}`)).stdout, '200', `request ${i} while 50 slow clients hold connections`);
   const elapsed = Date.now() - started;
   const r = await slow;
-  console.log(`# slowloris: 10 normal requests took ${elapsed} ms with ${r.count} slow connections open (${r.open} still open after 5 s; replies ${JSON.stringify(r.replies)})`);
+  const closedAt = r.closedAt as number[];
+  const replies = r.replies as string[];
+  console.log(`# slowloris: 10 normal requests took ${elapsed} ms while ${r.count} slow connections were open; ` +
+    `with --header-timeout ${HEADER_TIMEOUT_S} the waypoint closed ${r.closed} of them ${closedAt[0]}-${closedAt[closedAt.length - 1]} ms after they connected ` +
+    `(${r.open} still open); replies ${JSON.stringify(replies)}`);
   assert.ok(elapsed < 10_000, `served promptly (${elapsed} ms)`);
+  assert.equal(r.open, 0, 'every slow connection was closed');
+  assert.equal(r.closed, 50);
+  assert.deepEqual(replies, ['HTTP/1.1 408 Request Timeout'], 'each was answered 408 before the close');
+  assert.ok(closedAt[0]! >= timeoutMs, `none was cut before the timeout (first at ${closedAt[0]} ms)`);
+  assert.ok(closedAt[closedAt.length - 1]! <= timeoutMs + CUT_SLACK_MS, `all were cut within ${timeoutMs + CUT_SLACK_MS} ms (last at ${closedAt[closedAt.length - 1]} ms)`);
+  assert.equal(await waypointTimeouts('HTTP/1.1', 'request_headers') - timeoutsBefore, 50, 'the waypoint counted 50 header timeouts');
+  for (let i = 0; i < 3; i++) assert.equal((await curl(`/after-slow-${i}`)).stdout, '200', 'the waypoint still serves');
   assert.equal(backendUrls().filter((u) => u.startsWith('/slow-')).length, 0, 'no unfinished request reached the backend');
+});
+
+test('an HTTP/2 client that never finishes its HEADERS gets GOAWAY within the header timeout', async () => {
+  const before = await waypointTimeouts('HTTP/2', 'request_headers');
+  const r = await hostile(['--mode', 'h2-slow-headers', '--duration-ms', String(HEADER_TIMEOUT_S * 1000 + 10_000)]);
+  const cutAfter = Number(r.closedMs) - Number(r.stalledMs);
+  console.log(`# h2 slow headers: ${JSON.stringify(r)}; closed ${cutAfter} ms after the unfinished HEADERS`);
+  assert.deepEqual(r.responses, [1], 'the complete request before it was answered');
+  assert.equal(r.closed, true, 'the session was closed');
+  assert.equal(r.goaway, 0, 'GOAWAY NO_ERROR');
+  assert.ok(cutAfter >= HEADER_TIMEOUT_S * 1000 - 250, `not before the timeout (${cutAfter} ms)`);
+  assert.ok(cutAfter <= HEADER_TIMEOUT_S * 1000 + CUT_SLACK_MS, `within the timeout plus ${CUT_SLACK_MS} ms (${cutAfter} ms)`);
+  assert.equal(await waypointTimeouts('HTTP/2', 'request_headers') - before, 1);
+  assert.equal((await curl('/after-h2-slow')).stdout, '200', 'the waypoint still serves');
 });
 
 test('an HTTP/2 frame beyond the maximum frame size and a CONTINUATION flood end the session within bounded bytes, and the waypoint keeps serving', async () => {

@@ -15,6 +15,9 @@ import { LocalRateLimiter } from './ratelimit.ts';
 import { Cluster, type ClusterStats } from './resilience.ts';
 import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
+import {
+  DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, H2Timeouts, addInactivityTimeout, timeoutCheckIntervalMs,
+} from './timeouts.ts';
 import { UpstreamPool, type Upstream } from './upstream.ts';
 import type { DownstreamResponse } from './local-reply.ts';
 
@@ -31,8 +34,7 @@ export const DEFAULT_SERVER_FIRST_TIMEOUT_MS = 1000;
 export const DEFAULT_RAPID_RESET_LIMIT = 200;
 export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
-/** A client HTTP/2 session with no activity for this long is closed (HTTP/1.1: keepAliveTimeout). */
-export const DOWNSTREAM_IDLE_TIMEOUT_MS = 300_000;
+export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS } from './timeouts.ts';
 /**
  * HTTP/2 header lists up to this many times maxHeaderBytes reach the pipeline, which answers 431;
  * beyond it nghttp2 refuses the stream (REFUSED_STREAM): the client ignored our
@@ -68,6 +70,16 @@ export interface WaypointEngineOptions {
   upstreamIdleTimeoutMs?: number;
   /** Silence before a tunnel is treated as a server-first TCP protocol. Default 1 s. */
   serverFirstTimeoutMs?: number;
+  /**
+   * A client must send complete request headers within this long after the request began (HTTP/1.1:
+   * 408 and close; HTTP/2: GOAWAY). Bodies and responses are not limited by it. Default 10 s.
+   */
+  requestHeadersTimeoutMs?: number;
+  /**
+   * A client connection with no request in progress (HTTP/1.1 between requests, HTTP/2 with no open
+   * stream) is closed after this long. Default 60 s.
+   */
+  idleTimeoutMs?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
 }
@@ -94,11 +106,14 @@ export class WaypointEngine {
   private readonly h2: http2.Http2Server;
   private readonly h1Conns = new WeakMap<object, ConnContext>();
   private readonly h2Conns = new WeakMap<object, ConnContext>();
-  private pendingH2: ConnContext | undefined;
+  private pendingH2: { ctx: ConnContext; socket: Duplex } | undefined;
   private readonly tunnels = new Set<Duplex>();
   private readonly rapidReset: { limit: number; windowMs: number };
   private readonly limits: ProxyLimits;
   private readonly serverFirstTimeoutMs: number;
+  private readonly h2Timeouts: H2Timeouts;
+  /** The downstream timeouts in force (ms). */
+  readonly timeouts: { requestHeadersMs: number; idleMs: number; checkIntervalMs: number };
   private closed = false;
   /** Last rejection, for the admin endpoint. */
   lastRejection: ConfigRejectedError | undefined;
@@ -116,6 +131,12 @@ export class WaypointEngine {
       retryBufferBytes: opts.retryBufferBytes ?? DEFAULT_RETRY_BUFFER_BYTES,
     };
     this.serverFirstTimeoutMs = opts.serverFirstTimeoutMs ?? DEFAULT_SERVER_FIRST_TIMEOUT_MS;
+    const requestHeadersMs = opts.requestHeadersTimeoutMs ?? DEFAULT_REQUEST_HEADERS_TIMEOUT_MS;
+    const idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    for (const [k, v] of [['requestHeadersTimeoutMs', requestHeadersMs], ['idleTimeoutMs', idleMs]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > 2 ** 31 - 1) throw new RangeError(`${k} must be a whole number of milliseconds from 1 to 2^31-1, not ${v}`);
+    }
+    this.timeouts = { requestHeadersMs, idleMs, checkIntervalMs: timeoutCheckIntervalMs(requestHeadersMs) };
     const random = opts.random ?? Math.random;
     this.env = {
       snapshot: () => this.snap,
@@ -130,11 +151,23 @@ export class WaypointEngine {
 
     this.h1 = http.createServer({
       maxHeaderSize: this.limits.maxHeaderBytes,
+      // Only the headers are timed: a long body or a long response is not a slow client.
       requestTimeout: 0,
-      headersTimeout: 60_000,
-      keepAliveTimeout: 60_000,
+      headersTimeout: requestHeadersMs,
+      connectionsCheckingInterval: this.timeouts.checkIntervalMs,
+      keepAliveTimeout: idleMs,
     }, (req, res) => this.onRequest(this.h1Conns.get(req.socket), req, res));
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
+    // keepAliveTimeout expired on a connection between requests (with a listener here node leaves
+    // the socket to us).
+    this.h1.on('timeout', (socket: Duplex) => {
+      this.telemetry.downstreamTimeouts.inc({ protocol: 'HTTP/1.1', timeout: 'idle' });
+      socket.destroy();
+    });
+    // node:http tracks connections for headersTimeout, and checks them every
+    // connectionsCheckingInterval, from the moment a server starts listening. This one never
+    // listens (tunnels are handed to it), so without this the header timeout never fired.
+    this.h1.emit('listening');
 
     this.h2 = http2.createServer({
       maxSessionRejectedStreams: 100,
@@ -149,6 +182,10 @@ export class WaypointEngine {
       maxHeaderListPairs: 256,
     }, (req, res) => this.onRequest(this.h2Conns.get(req.stream.session as object), req, res));
     this.h2.on('session', (session) => this.onH2Session(session));
+    this.h2Timeouts = new H2Timeouts({
+      headersTimeoutMs: requestHeadersMs, idleTimeoutMs: idleMs, checkIntervalMs: this.timeouts.checkIntervalMs,
+      onTimeout: (timeout) => this.telemetry.downstreamTimeouts.inc({ protocol: 'HTTP/2', timeout }),
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -260,10 +297,11 @@ export class WaypointEngine {
         return;
       }
       if (proto === 'h2') {
-        this.pendingH2 = ctx;
+        this.pendingH2 = { ctx, socket: duplex };
         try { this.h2.emit('connection', duplex); } finally { this.pendingH2 = undefined; }
       } else {
         this.h1Conns.set(duplex, ctx);
+        addInactivityTimeout(duplex);
         this.h1.emit('connection', duplex);
       }
       if (duplex.readableFlowing === false) duplex.resume();
@@ -286,16 +324,19 @@ export class WaypointEngine {
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    if (!socket.writable || err.code === 'ECONNRESET') { socket.destroy(); return; }
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'HPE_HEADERS_TIMEOUT' || err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    const body = status === 431 ? `request header fields too large (limit ${this.limits.maxHeaderBytes} bytes)\n` : status === 408 ? 'request timeout\n' : `malformed HTTP/1.1 request: ${err.code ?? err.message}\n`;
+    // ERR_HTTP_REQUEST_TIMEOUT: headersTimeout expired (requestTimeout is off).
+    if (status === 408) this.telemetry.downstreamTimeouts.inc({ protocol: 'HTTP/1.1', timeout: 'request_headers' });
+    if (!socket.writable || err.code === 'ECONNRESET') { socket.destroy(); return; }
+    const body = status === 431 ? `request header fields too large (limit ${this.limits.maxHeaderBytes} bytes)\n`
+      : status === 408 ? `request headers not received within ${this.timeouts.requestHeadersMs} ms\n` : `malformed HTTP/1.1 request: ${err.code ?? err.message}\n`;
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: text/plain\r\n` +
       `${FLAGS_HEADER}: DPE\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     const ctx = this.h1Conns.get(socket);
     this.telemetry.record({
       startTime: Date.now(), durationMs: 0, method: '-', path: '-', authority: '-', protocol: 'HTTP/1.1', grpc: false,
       responseCode: status, responseFlags: 'DPE', requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
-      responseBytes: Buffer.byteLength(body), attempts: 0, requestId: '-', detail: err.message,
+      responseBytes: Buffer.byteLength(body), attempts: 0, requestId: '-', detail: status === 408 ? 'request_headers_timeout' : err.message,
       ...(ctx?.peerSpiffeId ? { sourcePrincipal: ctx.peerSpiffeId } : {}),
       ...(ctx?.clientAddress ? { sourceAddress: ctx.clientAddress } : {}),
     }, undefined);
@@ -303,11 +344,11 @@ export class WaypointEngine {
   }
 
   private onH2Session(session: http2.ServerHttp2Session): void {
-    const ctx = this.pendingH2;
-    if (!ctx) { session.destroy(); return; }
-    this.h2Conns.set(session, ctx);
+    const pending = this.pendingH2;
+    if (!pending) { session.destroy(); return; }
+    this.h2Conns.set(session, pending.ctx);
     session.on('error', () => {});
-    session.setTimeout(DOWNSTREAM_IDLE_TIMEOUT_MS, () => session.close());
+    this.h2Timeouts.watch(session, pending.socket);
     const resets: number[] = [];
     let cut = false;
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
@@ -335,6 +376,7 @@ export class WaypointEngine {
     this.tunnels.clear();
     this.h1.close();
     this.h2.close();
+    this.h2Timeouts.close();
     this.pool.close();
     await this.quota?.close();
     await this.telemetry.shutdown();

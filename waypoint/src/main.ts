@@ -20,7 +20,7 @@ import { jsonLogger, type Logger } from '../../lib/log.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
-import { WaypointEngine } from './engine.ts';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
 import { FlagError } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import type { QuotaRule } from './quota.ts';
@@ -43,7 +43,12 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --quota <service=ns/name,limit=N,window=1m[,per=source]>   shared quota (repeatable; needs --quota-redis)
   --quota-redis <redis://host:port>   --quota-failure-mode <open|closed> (default open)
   --otlp-endpoint <url>        OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces
-  --access-log <stdout|off>    JSON access log, one line per request (default stdout)`;
+  --access-log <stdout|off>    JSON access log, one line per request (default stdout)
+  --header-timeout <seconds>   a client must send complete request headers within this long, or gets
+                               408 (HTTP/1.1) or GOAWAY (HTTP/2); bodies and responses are not limited
+                               (default 10)
+  --idle-timeout <seconds>     close a client connection with no request in progress after this long
+                               (default 60)`;
 
 export interface HostPort { host: string; port: number }
 
@@ -70,6 +75,23 @@ export interface WaypointMainOptions {
   quotaFailureMode: 'open' | 'closed';
   otlpEndpoint?: string;
   accessLog: boolean;
+  /** --header-timeout, in ms. */
+  headerTimeoutMs: number;
+  /** --idle-timeout, in ms. */
+  idleTimeoutMs: number;
+}
+
+/** The longest timeout a flag takes: a day (timers take at most 2^31-1 ms). */
+const MAX_TIMEOUT_SECONDS = 86_400;
+
+/** A positive number of seconds (fractions allowed, at least 1 ms), returned in ms. */
+export function secondsFlag(flag: string, v: string): number {
+  const n = /^\s*[0-9]*\.?[0-9]+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isFinite(n) || n <= 0) throw new FlagError(`--${flag}: "${v}" is not a positive number of seconds`);
+  if (n > MAX_TIMEOUT_SECONDS) throw new FlagError(`--${flag}: ${v} s is more than ${MAX_TIMEOUT_SECONDS} s (a day)`);
+  const ms = Math.round(n * 1000);
+  if (ms < 1) throw new FlagError(`--${flag}: ${v} s is less than a millisecond`);
+  return ms;
 }
 
 function hostPort(flag: string, v: string): HostPort {
@@ -110,6 +132,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'token-file': { type: 'string' }, 'ca-bundle': { type: 'string' }, 'controller-identity': { type: 'string' },
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
         'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
+        'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
       },
       strict: true,
     }));
@@ -136,7 +159,13 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     quotas: ((values['quota'] as string[] | undefined) ?? []).map(parseQuotaFlag),
     quotaFailureMode: 'open',
     accessLog: true,
+    headerTimeoutMs: DEFAULT_REQUEST_HEADERS_TIMEOUT_MS,
+    idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
   };
+  const ht = s('header-timeout');
+  if (ht !== undefined) o.headerTimeoutMs = secondsFlag('header-timeout', ht);
+  const it = s('idle-timeout');
+  if (it !== undefined) o.idleTimeoutMs = secondsFlag('idle-timeout', it);
   const al = s('access-log');
   if (al !== undefined && al !== 'stdout' && al !== 'off') throw new FlagError(`--access-log: "${al}" is not stdout or off`);
   if (al === 'off') o.accessLog = false;
@@ -231,6 +260,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const engine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
     upstream: new HboneUpstream({ pool, credentials: () => identity.current(), spiffeId: o.spiffeId }),
+    requestHeadersTimeoutMs: o.headerTimeoutMs,
+    idleTimeoutMs: o.idleTimeoutMs,
     telemetry: {
       ...(o.accessLog ? {} : { accessLog: null }),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),

@@ -140,6 +140,7 @@ export class Telemetry {
   readonly quotaBackendErrors: Counter<'failure_mode'>;
   readonly configApplies: Counter<'result'>;
   readonly rapidResetGoaways: Counter<never>;
+  readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   private readonly accessLog: ((line: string) => void) | null;
   private readonly provider: TracerProvider | undefined;
   private readonly tracer: Tracer | undefined;
@@ -159,6 +160,11 @@ export class Telemetry {
     this.quotaBackendErrors = new Counter({ name: 'weft_waypoint_quota_backend_errors_total', help: 'Quota checks that could not reach Redis', labelNames: ['failure_mode'], registers });
     this.configApplies = new Counter({ name: 'weft_waypoint_config_applies_total', help: 'Configuration updates, by result', labelNames: ['result'], registers });
     this.rapidResetGoaways = new Counter({ name: 'weft_waypoint_rapid_reset_goaways_total', help: 'HTTP/2 sessions closed for resetting streams too fast', registers });
+    this.downstreamTimeouts = new Counter({
+      name: 'weft_waypoint_downstream_timeouts_total',
+      help: 'Client connections cut by a waypoint timeout: request_headers (headers not complete in time; HTTP/1.1 gets 408) or idle (no request in progress)',
+      labelNames: ['protocol', 'timeout'], registers,
+    });
     this.accessLog = opts.accessLog === undefined ? (line) => { process.stdout.write(line + '\n'); } : opts.accessLog;
     this.waypoint = opts.waypoint;
     const t = opts.tracing;
