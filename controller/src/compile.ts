@@ -148,15 +148,16 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   // Peer authentication first: workloads carry their resolved mode.
   for (const pa of sortByAge(inputs.peerAuthentications)) {
     const ns = pa.metadata.namespace!;
-    const hasSelector = pa.spec.selector !== undefined;
+    const paSpec = pa.spec ?? {};
+    const hasSelector = paSpec.selector !== undefined;
     const compiled: PeerAuthentication = {
       name: pa.metadata.name,
       namespace: ns,
       scope: hasSelector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
-      ...(hasSelector ? { selector: { ...pa.spec.selector?.matchLabels } } : {}),
-      ...(pa.spec.mtls ? { mode: pa.spec.mtls.mode } : {}),
-      ...(pa.spec.portLevelMtls
-        ? { portLevelMtls: Object.fromEntries(Object.entries(pa.spec.portLevelMtls).map(([p, v]) => [p, v.mode])) }
+      ...(hasSelector ? { selector: { ...paSpec.selector?.matchLabels } } : {}),
+      ...(paSpec.mtls ? { mode: paSpec.mtls.mode } : {}),
+      ...(paSpec.portLevelMtls
+        ? { portLevelMtls: Object.fromEntries(Object.entries(paSpec.portLevelMtls).map(([p, v]) => [p, v.mode])) }
         : {}),
     };
     model.peerAuthentications.set(nsName(ns, pa.metadata.name), compiled);
@@ -363,17 +364,18 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   for (const ap of inputs.authorizationPolicies) {
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);
-    const rules = (ap.spec.rules ?? []).map(compileRule);
-    const targets = ap.spec.targetRefs?.map((t) => nsName(ns, t.name));
+    const apSpec = ap.spec ?? {};
+    const rules = (apSpec.rules ?? []).map(compileRule);
+    const targets = apSpec.targetRefs?.map((t) => nsName(ns, t.name));
     targets?.forEach((t, i) => {
       if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.targetRefs[${i}].name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
     });
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
-      action: ap.spec.action ?? 'ALLOW',
-      scope: targets ? 'service' : ap.spec.selector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
-      ...(ap.spec.selector && !targets ? { selector: { ...ap.spec.selector.matchLabels } } : {}),
+      action: apSpec.action ?? 'ALLOW',
+      scope: targets ? 'service' : apSpec.selector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
+      ...(apSpec.selector && !targets ? { selector: { ...apSpec.selector.matchLabels } } : {}),
       ...(targets ? { targetServices: targets } : {}),
       rules,
       layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
@@ -458,7 +460,7 @@ function stripScheme(list: string[] | undefined): string[] | undefined {
   return nonEmpty(list?.map((s) => (s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s)));
 }
 
-function compileRule(rule: NonNullable<AuthorizationPolicyObject['spec']['rules']>[number]): CompiledRule {
+function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number]): CompiledRule {
   let layer: PolicyLayer = 'L4';
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: stripScheme(s.principals),

@@ -2,7 +2,7 @@
 // is refused and the previous version stays in force (last good config keeps serving); the
 // object's status says why, naming the field.
 import { createHash } from 'node:crypto';
-import { validateObject, type ValidationIssue } from '../../lib/model/validate.ts';
+import { validateObject, withoutNullFields, type ValidationIssue } from '../../lib/model/validate.ts';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
 import { emptyInputs, type MeshInputs } from './compile.ts';
@@ -76,7 +76,9 @@ export class ObjectStore {
     return result;
   }
 
-  #upsert(raw: RawObject, origin: string | undefined, result: ApplyResult): string | undefined {
+  #upsert(input: RawObject, origin: string | undefined, result: ApplyResult): string | undefined {
+    // What is validated is exactly what is compiled: null fields are unset, as Kubernetes reads them.
+    const raw = withoutNullFields(input);
     const issues = validateObject(raw);
     const kind = typeof raw.kind === 'string' ? raw.kind : '';
     const name = typeof raw.metadata?.name === 'string' ? raw.metadata.name : '';

@@ -198,7 +198,8 @@ export interface AuthorizationPolicy {
   apiVersion: 'weft.dev/v1alpha1';
   kind: 'AuthorizationPolicy';
   metadata: ObjectMeta;
-  spec: {
+  /** Optional, as in Istio: no spec is an ALLOW policy with no rules (allows nothing in scope). */
+  spec?: {
     selector?: LabelSelector;
     targetRefs?: PolicyTargetRef[];
     /** Default ALLOW. */
@@ -214,7 +215,8 @@ export interface PeerAuthentication {
   apiVersion: 'weft.dev/v1alpha1';
   kind: 'PeerAuthentication';
   metadata: ObjectMeta;
-  spec: {
+  /** Optional: no spec inherits the mode from above (namespace, then mesh). */
+  spec?: {
     selector?: LabelSelector;
     mtls?: { mode: MtlsMode };
     /** Keyed by container port number; only with a selector (as in Istio). */

@@ -141,6 +141,10 @@ class Checker {
     const out: string[] = [];
     a.forEach((x, i) => {
       const p = `${path}[${i}]`;
+      if (x === null) {
+        this.fail(p, 'must be a string, not null');
+        return;
+      }
       const s = this.str(x, p, { nonEmpty: true });
       if (s === undefined) return;
       out.push(s);
@@ -199,6 +203,19 @@ export function isCidr(s: string): boolean {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * A deep copy without the object fields whose value is null: Kubernetes reads a null field as
+ * unset (and a merge patch deletes it), so `principals: null` means no principals. Nulls inside
+ * lists stay, for validation to report.
+ */
+export function withoutNullFields<T>(v: T): T {
+  if (Array.isArray(v)) return v.map((x) => withoutNullFields(x)) as T;
+  if (v === null || typeof v !== 'object') return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = withoutNullFields(x);
+  return out as T;
+}
 
 /** Validates one object of any mesh kind. An empty list means valid. */
 export function validateObject(input: unknown): ValidationIssue[] {

@@ -13,17 +13,17 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { stringify } from 'yaml';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh, CONTROLLER_IP } from '../../cli/local/mesh.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
+import { FUZZ_SEEDS, mutateFile, prng } from '../lab/config-fuzz.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
 const NEW_VIP = '10.96.0.11';
-const SHOP_VIP = '10.96.0.12';
+const SHOP_VIP = '10.96.0.20';
 const NODES = ['node1', 'node2'];
 
 before(async () => {
@@ -138,94 +138,7 @@ test('with the controller killed, traffic keeps flowing on the last good config 
   assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200');
 });
 
-// ---- config fuzzing ------------------------------------------------------------------------
-
-/** mulberry32: small, seeded, good enough to pick mutations reproducibly. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Valid objects in namespace `fuzz` (nothing of `demo` depends on them). */
-const SEEDS: Array<Record<string, unknown>> = [
-  { apiVersion: 'v1', kind: 'Service', metadata: { name: 'svc', namespace: 'fuzz' }, spec: { clusterIP: '10.96.9.10', selector: { app: 'x' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
-  {
-    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'ap', namespace: 'fuzz' },
-    spec: { selector: { matchLabels: { app: 'x' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/fuzz/sa/a'], ipBlocks: ['10.77.0.0/16'] } }], to: [{ operation: { ports: ['8080'] } }] }] },
-  },
-  { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'pa', namespace: 'fuzz' }, spec: { selector: { matchLabels: { app: 'x' } }, mtls: { mode: 'PERMISSIVE' } } },
-  {
-    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'rt', namespace: 'fuzz' },
-    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'svc', port: 80 }], rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/a' } }], backendRefs: [{ name: 'svc', port: 80, weight: 1 }] }] },
-  },
-  { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'svc', namespace: 'fuzz' }, spec: { targetRef: { kind: 'Service', name: 'svc' }, retries: { attempts: 2, retryOn: ['5xx'] } } },
-];
-
-/** Paths never mutated: the object stays in namespace `fuzz` and keeps its kind and name. */
-const PINNED = new Set(['apiVersion', 'kind', 'metadata', 'metadata.namespace', 'metadata.name']);
-
-function paths(v: unknown, prefix = ''): string[] {
-  if (v === null || typeof v !== 'object') return [];
-  const out: string[] = [];
-  for (const [k, child] of Object.entries(v)) {
-    const p = prefix ? `${prefix}.${k}` : k;
-    if (!PINNED.has(p)) out.push(p);
-    out.push(...paths(child, p));
-  }
-  return out;
-}
-
-function nested(depth: number): unknown {
-  let v: unknown = 'leaf';
-  for (let i = 0; i < depth; i++) v = i % 2 ? [v] : { n: v };
-  return v;
-}
-
-/** One mutation of one seed object, or a broken file; returns the file text and what was done. */
-function mutate(rand: () => number): { text: string; what: string } {
-  const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
-  const r = rand();
-  if (r < 0.08) return { text: 'a: [unclosed\n  b: {', what: 'broken YAML' };
-  if (r < 0.12) return { text: `a: &a ["x","x","x","x","x","x","x","x","x"]\n${Array.from({ length: 9 }, (_, i) => `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)},*${String.fromCharCode(97 + i)}]`).join('\n')}\n`, what: 'alias bomb' };
-  if (r < 0.15) return { text: String.fromCharCode(...Array.from({ length: 512 }, () => Math.floor(rand() * 256))), what: 'random bytes' };
-  const obj = structuredClone(pick(SEEDS));
-  const n = 1 + Math.floor(rand() * 3);
-  const done: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const all = paths(obj);
-    if (all.length === 0) break;
-    const p = pick(all);
-    const keys = p.split('.');
-    let parent = obj as Record<string, unknown>;
-    for (const k of keys.slice(0, -1)) parent = parent[k] as Record<string, unknown>;
-    const last = keys[keys.length - 1]!;
-    const op = pick(['delete', 'type', 'huge', 'cidr', 'nest', 'null', 'number', 'negative']);
-    done.push(`${op} ${p}`);
-    switch (op) {
-      case 'delete': delete parent[last]; break;
-      case 'type': parent[last] = Array.isArray(parent[last]) ? 'not-a-list' : typeof parent[last] === 'object' ? ['not', 'an', 'object'] : { wrapped: parent[last] }; break;
-      case 'huge': parent[last] = 'x'.repeat(1 + Math.floor(rand() * 1_000_000)); break;
-      case 'cidr': parent[last] = pick(['10.0.0.0/33', '999.1.1.1', '10.96.9.10/', '::/129', '1.2.3.4/-1', '']); break;
-      case 'nest': parent[last] = nested(50 + Math.floor(rand() * 2_000)); break;
-      case 'null': parent[last] = null; break;
-      case 'number': parent[last] = pick([0, -1, 65536, 1e308, Number.MAX_SAFE_INTEGER, 0.5]); break;
-      case 'negative': parent[last] = pick([true, false, '', '-', '\u0000', '../../etc/passwd']); break;
-    }
-  }
-  let text: string;
-  try {
-    text = stringify(obj, { aliasDuplicateObjects: false });
-  } catch {
-    text = JSON.stringify(obj);
-  }
-  return { text, what: `${obj.kind as string}: ${done.join(', ')}` };
-}
+// ---- config fuzzing (mutations: test/lab/config-fuzz.ts) -----------------------------------
 
 test('randomly mutated config files never stop the controller or reach agents, a known-good request keeps working, and invalid objects are reported', async () => {
   const seed = Number(process.env.WEFT_FUZZ_SEED ?? Date.now() % 2 ** 31);
@@ -233,13 +146,13 @@ test('randomly mutated config files never stop the controller or reach agents, a
   console.log(`# config fuzz seed ${seed} (rerun with WEFT_FUZZ_SEED=${seed}), ${rounds} rounds`);
   const rand = prng(seed);
   // The valid objects first, so the mutations replace something that is in force.
-  mesh.writeConfig('90-fuzz.yaml', SEEDS);
+  mesh.writeConfig('90-fuzz.yaml', FUZZ_SEEDS);
   await sleep(300);
   const rejectedBefore = metricSum(await controllerMetrics(), 'weft_controller_rejected_objects_total');
   const logBefore = readFileSync(join(mesh.logDir, 'controller.log'), 'utf8').length;
   const history: string[] = [];
   for (let i = 0; i < rounds; i++) {
-    const m = mutate(rand);
+    const m = mutateFile(rand);
     history.push(`${i}: ${m.what}`);
     mesh.writeConfig('90-fuzz.yaml', m.text);
     await sleep(100);
@@ -250,7 +163,7 @@ test('randomly mutated config files never stop the controller or reach agents, a
     }
   }
   // Restore a valid file, let the controller settle, then check everything.
-  mesh.writeConfig('90-fuzz.yaml', SEEDS);
+  mesh.writeConfig('90-fuzz.yaml', FUZZ_SEEDS);
   await until('the controller answers ready', async () => {
     const r = await requestInNetns(`/var/run/netns/${mesh.net.wireNetns}`, `http://${CONTROLLER_IP}:15021/healthz/ready`, { timeoutMs: 2_000 });
     return r.status === 200;
@@ -263,6 +176,8 @@ test('randomly mutated config files never stop the controller or reach agents, a
   console.log(`# fuzz: ${rejected} invalid objects refused (metric), ${refusedFiles} unreadable files reported, over ${rounds} rounds`);
   assert.ok(rejected > rounds / 5, `invalid objects are counted (${rejected})`);
   assert.ok(refusedFiles > 0, 'unparsable files are reported');
+  const internal = log.split('\n').filter((l) => l.includes('"level":"error"'));
+  assert.deepEqual(internal, [], 'no mutation reached the compiler as an internal error (every bad object was refused by validation)');
   for (const n of NODES) {
     assert.equal((await mesh.agentReady(n)).ready, true, `${n} is still ready`);
     const agentLog = mesh.logTail(`agent-${n}.log`, 100_000);

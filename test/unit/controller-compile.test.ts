@@ -180,3 +180,17 @@ test('two TrafficPolicies for one Service: the oldest applies, the other is Conf
   assert.deepEqual([...model.trafficPolicies.values()].map((t) => [t.name, t.timeouts.requestMs]), [['older', 1000]]);
   assert.deepEqual(findings.map((f) => [f.name, f.reason, f.path]), [['newer', 'Conflicted', 'spec.targetRef']]);
 });
+
+test('an AuthorizationPolicy or PeerAuthentication without a spec compiles (allow-nothing; inherit the mode) instead of failing the whole compile', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.pods.push(pod('shop', 'web'));
+  inputs.authorizationPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'nothing', namespace: 'shop' } });
+  inputs.peerAuthentications.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'empty', namespace: 'shop' } });
+  const { model } = compile(inputs);
+  const p = model.policies.get('shop/nothing')!;
+  assert.equal(p.action, 'ALLOW');
+  assert.equal(p.scope, 'namespace');
+  assert.deepEqual(p.rules, []);
+  assert.ok(model.peerAuthentications.has('shop/empty'));
+});

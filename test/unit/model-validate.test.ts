@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateObject, assertValid, ValidationError, parseDuration } from '../../lib/model/index.ts';
+import { withoutNullFields } from '../../lib/model/validate.ts';
 
 function policy(spec: unknown): unknown {
   return { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec };
@@ -142,4 +143,11 @@ test('checks authorization condition keys and their values', () => {
     rules: [{ when: [{ key: 'source.ip', values: ['10.0.0.0/33'] }, { key: 'destination.port', notValues: ['http'] }, { key: 'request.cookie', values: ['a'] }, { key: 'source.namespace' }] }],
   }));
   assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].when[0].values[0]', 'spec.rules[0].when[1].notValues[0]', 'spec.rules[0].when[2].key', 'spec.rules[0].when[3]']);
+});
+
+test('null fields are unset (as Kubernetes reads them) but a null inside a list of strings is an error naming its index', () => {
+  assert.deepEqual(validateObject(withoutNullFields(policy({ selector: null, rules: [{ from: [{ source: { principals: null, ipBlocks: ['10.0.0.0/8'] } }] }] }))), []);
+  const issues = validateObject(policy({ rules: [{ from: [{ source: { principals: ['cluster.local/ns/a/sa/b', null] } }] }] }));
+  assert.deepEqual(issues.map((i) => [i.path, i.message]), [['spec.rules[0].from[0].source.principals[1]', 'must be a string, not null']]);
+  assert.deepEqual(withoutNullFields({ a: null, b: [null, { c: null, d: 1 }] }), { b: [null, { d: 1 }] });
 });
