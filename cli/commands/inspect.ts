@@ -117,8 +117,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     command('certs', 'workload certificates held by each node agent', io, async (st, f) => {
       const dumps = await perNode<CertsDump>(st, '/certs', f.node);
       const rows = dumps.flatMap((d) => d.data.certificates.map((c) => ({ node: d.node, ...c })));
-      render(io, f.output, rows, ['NODE', 'IDENTITY', 'SERIAL', 'EXPIRES', 'STATE'],
-        rows.map((c) => [c.node, c.identity, c.serial.slice(0, 16), c.notAfter, c.state]));
+      // The issuer's subject tells the roots apart during a root rotation.
+      render(io, f.output, rows, ['NODE', 'IDENTITY', 'SERIAL', 'EXPIRES', 'STATE', 'ISSUER'],
+        rows.map((c) => [c.node, c.identity, c.serial.slice(0, 16), c.notAfter, c.state, c.issuer]));
     }),
     command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node (with the bpftool command for each)', io, async (st, f) => {
       const dumps = await perNode<BpfDump>(st, '/bpf', f.node);

@@ -51,6 +51,11 @@ test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and
   assert.match(bpf.out, new RegExp(`${client.ip.replace(/\./g, '\\.')}\\s+PERMISSIVE`));
   assert.match(bpf.out, /bpftool map dump pinned \S+\/weft_pods/);
 
+  const certs = await weftctl(['certs', ...common, '--node', 'node1']);
+  assert.equal(certs.code, 0, certs.err);
+  assert.match(certs.out, /IDENTITY\s+SERIAL\s+EXPIRES\s+STATE\s+ISSUER/);
+  assert.match(certs.out, /node1\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/\S+\s+[0-9a-f]+\s+\S+\s+valid\s+O=weft, CN=weft root CA/);
+
   const down = await weftctl(['down', ...common]);
   assert.equal(down.code, 0, down.err);
   assert.deepEqual(listNetns().filter((n) => n.startsWith(`${lab.id}-`)), []);
