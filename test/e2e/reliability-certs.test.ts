@@ -229,7 +229,7 @@ function assertNewConnectionWorks(r: LineResult, what: string): void {
 
 /** A connection from the client pod to the lines service across nodes, held open until stop(). */
 async function openConnection(): Promise<{ stop(): Promise<LineResult> }> {
-  const child = mesh.net.spawn(mesh.workloads.get('demo/client')!.pod, process.execPath, [fixture('line-client-open.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '200']);
+  const child = mesh.net.spawn(mesh.workloads.get('demo/client')!.pod, process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '200', '--duration-ms', '60000']);
   let out = '';
   let err = '';
   child.stdout!.on('data', (c: Buffer) => (out += c));
