@@ -291,6 +291,15 @@ export class LocalMesh {
     return w;
   }
 
+  /** waitEnrolled for each workload, by `namespace/name`, on its own node. */
+  async waitWorkloadsEnrolled(keys: string[], timeoutMs = 30_000): Promise<void> {
+    for (const key of keys) {
+      const w = this.workloads.get(key);
+      if (!w) throw new Error(`no workload ${key} in this mesh (known: ${[...this.workloads.keys()].join(', ')})`);
+      await this.waitEnrolled(w.spec.node, w.pod.ip, timeoutMs);
+    }
+  }
+
   /** Waits until the node's agent lists the pod IP among its enrolled pods. */
   async waitEnrolled(nodeName: string, podIp: string, timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;

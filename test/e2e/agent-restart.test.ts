@@ -5,22 +5,20 @@
 // An upgrade that overlaps (the new agent starts beside the old one, then the old one gets
 // SIGTERM): no new connection is refused, and the old agent's open connections drain within
 // --drain-timeout.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { BpfMap, possibleCpus } from '../../agent/libbpf/index.ts';
 import { decodePercpuCounters } from '../../agent/src/datapath/codecs.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
 const LINES_VIP = '10.96.0.11';
 const DRAIN_S = 8;
@@ -43,7 +41,7 @@ function cgroupPrograms(node: string): string[] {
 }
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'legacy' } },
@@ -61,13 +59,7 @@ before(async () => {
   mesh.startAgent('node1', AGENT_FLAGS);
   mesh.startAgent('node2');
   await mesh.waitReady();
-  for (const k of ['demo/client', 'demo/guarded', 'demo/echo', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/guarded', 'demo/echo', 'demo/lines']);
 });
 
 const curl = (from: string, url: string) => mesh.exec(from, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url]);

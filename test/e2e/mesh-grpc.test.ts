@@ -4,18 +4,15 @@
 // DENY policy on the Admin method answers PERMISSION_DENIED; the backend answers NOT_FOUND on its
 // own. The client sees the gRPC status codes, and the waypoint counts them in
 // istio_requests_total{grpc_response_status}. Real kernel, eBPF, TLS and processes in namespaces.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.2.10';
 const TARGET = `${VIP}:9000`;
 const GRPC = { OK: 0, NOT_FOUND: 5, PERMISSION_DENIED: 7 } as const;
@@ -35,7 +32,7 @@ async function calls(method: string, name: string, headers: string[] = [], count
 }
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   const svc = (name: string, vip: string, selector: Record<string, string>) => ({
     apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'rpc' },
     spec: { clusterIP: vip, selector, ports: [{ name: 'grpc', port: 9000, targetPort: 9000 }] },
@@ -71,10 +68,7 @@ before(async () => {
   mesh.startWaypoint('node2', 'rpc');
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('rpc');
-  for (const key of ['rpc/client', 'rpc/greeter-v1', 'rpc/greeter-v2']) {
-    const w = mesh.workloads.get(key)!;
-    await mesh.waitEnrolled(w.spec.node, w.pod.ip);
-  }
+  await mesh.waitWorkloadsEnrolled(['rpc/client', 'rpc/greeter-v1', 'rpc/greeter-v2']);
   // Config reaches the waypoint asynchronously: wait until the route is in force.
   for (let i = 0; i < 60; i++) {
     const [r] = await calls('Lookup', 'alice');
@@ -82,12 +76,6 @@ before(async () => {
     await new Promise((res) => setTimeout(res, 250));
   }
   throw new Error(`the GRPCRoute did not come into force:\n${mesh.logTail('pod-rpc-waypoint-0.log')}`);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
 });
 
 test('a GRPCRoute sends Hello to v1, Lookup to v2 by method, and a caller with x-canary: 1 to v2 by header', async () => {

@@ -1,20 +1,19 @@
 // The L4 mesh end to end: two nodes in network namespaces, the controller on a config directory,
 // an agent per node, a client pod on node1 and a server pod on node2 (the Kubernetes API server is
 // not involved: local mode reads YAML). Everything here is real: kernel, eBPF, TLS, processes.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes, createHash } from 'node:crypto';
-import { writeFileSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const stateDir = suite.stateDir;
 const VIP = '10.96.0.10';
 const NEAR_VIP = '10.96.0.11';
 
@@ -23,7 +22,7 @@ const inPod = (name: string, cmd: string, args: string[]) => mesh.exec(name, cmd
 const curl = (args: string[]) => inPod('demo/client', 'curl', ['-sS', '--max-time', '10', ...args]);
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
@@ -38,16 +37,7 @@ before(async () => {
   await mesh.waitControllerReady();
   mesh.startAgents();
   await mesh.waitReady(60_000);
-  for (const key of ['demo/client', 'demo/echo', 'demo/near']) {
-    const w = mesh.workloads.get(key)!;
-    await mesh.waitEnrolled(w.spec.node, w.pod.ip);
-  }
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo', 'demo/near']);
 });
 
 test('a client pod on node1 reaches a server pod on node2 by service address, and the server sees the client pod IP', async () => {

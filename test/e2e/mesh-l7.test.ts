@@ -2,19 +2,15 @@
 // sends the client's connection to the waypoint over HBONE, the waypoint applies the HTTPRoute
 // (90/10 canary, header match), an L7 AuthorizationPolicy and a rate limit, then opens its own
 // HBONE tunnel to the endpoint's agent. Real kernel, eBPF, TLS and processes in namespaces.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
-import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.1.10';
 
 const inPod = (name: string, cmd: string, args: string[]) => mesh.exec(name, cmd, args);
@@ -30,7 +26,7 @@ async function requests(n: number, extra: string[] = [], path = '/', vip = VIP):
 }
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   const svc = (name: string, vip: string, selector: Record<string, string>) => ({
     apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'shop' },
     spec: { clusterIP: vip, selector, ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
@@ -80,16 +76,7 @@ before(async () => {
   mesh.startWaypoint('node2', 'shop');
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('shop');
-  for (const key of ['shop/client', 'shop/reviews-v1', 'shop/reviews-v2']) {
-    const w = mesh.workloads.get(key)!;
-    await mesh.waitEnrolled(w.spec.node, w.pod.ip);
-  }
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
+  await mesh.waitWorkloadsEnrolled(['shop/client', 'shop/reviews-v1', 'shop/reviews-v2']);
 });
 
 test('a 90/10 canary route sends about 90% of requests to v1, and a header match sends a tester to v2 only', async () => {

@@ -3,18 +3,14 @@
 // and one Redis (redis-server in a pod of its own, outside the mesh). The client's agent spreads
 // connections over the replicas; the total admitted across both is the quota, and each replica
 // both admitted and refused some, so the count was shared, not per replica.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh, type Workload } from '../../cli/local/mesh.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const LIMIT = 20;
 
 /** n sequential requests (one connection each) from the client pod; one status per request. */
@@ -37,7 +33,7 @@ async function countsOn(wp: Workload): Promise<Map<string, number>> {
 }
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   const svc = (name: string, vip: string) => ({
     apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'quota' },
     spec: { clusterIP: vip, selector: { app: name }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
@@ -65,10 +61,7 @@ before(async () => {
   });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('quota');
-  for (const key of ['quota/client', 'quota/api', 'quota/warm']) {
-    const w = mesh.workloads.get(key)!;
-    await mesh.waitEnrolled(w.spec.node, w.pod.ip);
-  }
+  await mesh.waitWorkloadsEnrolled(['quota/client', 'quota/api', 'quota/warm']);
   // Both replicas have the namespace's config once `warm` (no quota) answers through each; the
   // agent alternates replicas per connection, so 8 good answers in a row cover both.
   for (let i = 0; i < 40; i++) {
@@ -77,12 +70,6 @@ before(async () => {
     await new Promise((res) => setTimeout(res, 250));
   }
   throw new Error(`the waypoint replicas did not both serve:\n${mesh.logTail('pod-quota-waypoint-0.log', 10)}\n${mesh.logTail('pod-quota-waypoint-1.log', 10)}`);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
 });
 
 test('the client node agent holds the addresses of both replicas, one per node', async () => {

@@ -4,19 +4,18 @@
 //   both ends rotate several times, and new connections keep succeeding;
 // - at the agent's HBONE port, expired, self-signed and missing client certificates are refused
 //   in the handshake and counted, while a valid one (the control) gets through.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const stateDir = suite.stateDir;
 const VIP = '10.96.0.20';
 const CERT_LIFETIME_S = 6;
 const CLIENT_ID = 'spiffe://cluster.local/ns/demo/sa/client';
@@ -24,7 +23,7 @@ const LINES_ID = 'spiffe://cluster.local/ns/demo/sa/lines';
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
@@ -35,13 +34,7 @@ before(async () => {
   await mesh.waitControllerReady();
   for (const n of ['node1', 'node2']) mesh.startAgent(n, { extraArgs: ['--cert-lifetime', String(CERT_LIFETIME_S)] });
   await mesh.waitReady();
-  for (const k of ['demo/client', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/lines']);
 });
 
 interface LineResult { sent: number; echoed: number; outOfOrder: number; failure: string | null }

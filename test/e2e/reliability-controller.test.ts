@@ -6,28 +6,26 @@
 //   strings, invalid CIDRs, deep nesting, broken YAML, alias bombs) written into the config
 //   directory many times: the controller never exits, agents never receive a config they reject,
 //   a known-good request keeps working, and the invalid objects are reported.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh, CONTROLLER_IP } from '../../cli/local/mesh.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 import { FUZZ_SEEDS, mutateFile, prng } from '../lab/config-fuzz.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.10';
 const NEW_VIP = '10.96.0.11';
 const SHOP_VIP = '10.96.0.20';
 const NODES = ['node1', 'node2'];
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: NODES });
+  mesh = await suite.create(NODES);
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'fuzz', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
@@ -51,13 +49,7 @@ before(async () => {
   mesh.startWaypoint('node2', 'shop');
   await mesh.waitReady();
   await mesh.waitWaypointReady('shop');
-  for (const k of ['demo/client', 'demo/echo', 'shop/buyer', 'shop/shop']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo', 'shop/buyer', 'shop/shop']);
 });
 
 const curl = (from: string, url: string) => mesh.exec(from, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url]);

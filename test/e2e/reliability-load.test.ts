@@ -7,19 +7,17 @@
 // machine's hard RLIMIT_NOFILE is 20,000 (the test cannot raise it). Environment for 10,000
 // connections (test set-up, not agent changes): the pods raise their soft `ulimit -n` to the hard
 // limit, and the client pod and node2 use the port range 1024-65000.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.5.10';
 const IDLE = Number(process.env.WEFT_LOAD_IDLE ?? 10_000);
 const RATE = Number(process.env.WEFT_LOAD_RATE ?? 1_000);
@@ -28,7 +26,7 @@ const NOFILE = 20_000;
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   mesh.writeConfig('10-load.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'load', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'sink', namespace: 'load' }, spec: { clusterIP: VIP, selector: { app: 'sink' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
@@ -42,16 +40,10 @@ before(async () => {
   await mesh.waitControllerReady();
   mesh.startAgents();
   await mesh.waitReady();
-  for (const k of ['load/client', 'load/sink']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  await mesh.waitWorkloadsEnrolled(['load/client', 'load/sink']);
   for (const netns of [mesh.node('node2').netnsPath, mesh.workloads.get('load/client')!.pod.netnsPath]) {
     execFileSync('nsenter', [`--net=${netns}`, 'sysctl', '-qw', 'net.ipv4.ip_local_port_range=1024 65000']);
   }
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
 });
 
 function agentPid(node = 'node1'): number {
