@@ -83,7 +83,8 @@ export type HboneRefusalKind =
   | 'bad-authority'
   | 'denied'
   | 'handler-failed'
-  | 'rapid-reset';
+  | 'rapid-reset'
+  | 'too-many-connections';
 
 export interface HboneRefusal {
   kind: HboneRefusalKind;
@@ -134,6 +135,12 @@ export interface HboneServerOptions {
   idleTimeoutMs?: number;
   /** TLS handshake deadline. Default 10 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * Open TCP connections one source address may hold (TLS handshakes included); beyond it a new
+   * connection is closed at once and counted. Agents pool one session per (source identity,
+   * destination), so a node needs a handful; default 1024.
+   */
+  maxConnectionsPerSource?: number;
   /** Rapid-reset guard: more than `max` early resets inside `intervalMs` ends the session. Default 100 / 1 s. */
   rapidReset?: { max: number; intervalMs: number };
   onRefusal?: (refusal: HboneRefusal) => void;
@@ -149,9 +156,14 @@ interface SessionState {
   resetCount: number;
 }
 
+export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
+
 /** nghttp2 RST_STREAM rate limit (token bucket) on HBONE sessions: effectively off; see the server options. */
 export const STREAM_RESET_BURST = 1_000_000;
 export const STREAM_RESET_RATE = 1_000_000;
+
+/** TCP connections closed for their source's connection count, before TLS. */
+const refusedSockets = new WeakSet<Socket>();
 
 /** Streams we answered or reset ourselves; a reset on any other stream came from the peer early. */
 const answered = new WeakSet<ServerHttp2Stream>();
@@ -179,8 +191,11 @@ export class HboneServer {
       denied: 0,
       'handler-failed': 0,
       'rapid-reset': 0,
+      'too-many-connections': 0,
     },
   };
+  /** Open TCP connections per source address. */
+  readonly #perSource = new Map<string, number>();
   #closing = false;
 
   constructor(opts: HboneServerOptions) {
@@ -215,8 +230,29 @@ export class HboneServer {
         maxHeaderListSize: MAX_HEADER_LIST_SIZE,
       },
     });
-    this.#server.on('connection', (socket: Socket) => socket.setNoDelay(true));
+    const perSourceMax = opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
+    this.#server.on('connection', (socket: Socket) => {
+      const from = socket.remoteAddress ?? '';
+      const open = (this.#perSource.get(from) ?? 0) + 1;
+      if (open > perSourceMax) {
+        // Before TLS: costs the attacker a TCP handshake, us nothing more.
+        this.#refuse({ kind: 'too-many-connections', reason: `${from} already holds ${perSourceMax} connections`, peer: { spiffeId: undefined, address: from } });
+        refusedSockets.add(socket);
+        socket.destroy();
+        return;
+      }
+      this.#perSource.set(from, open);
+      socket.once('close', () => {
+        const n = (this.#perSource.get(from) ?? 1) - 1;
+        if (n <= 0) this.#perSource.delete(from);
+        else this.#perSource.set(from, n);
+      });
+      socket.setNoDelay(true);
+    });
     this.#server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+      // A connection closed for its source's count fails its handshake too; it counts once.
+      // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
+      if (refusedSockets.has((socket as unknown as { _parent?: Socket })._parent!)) return;
       this.#refuse({
         kind: 'tls-handshake',
         reason: `TLS handshake failed: ${err.code ?? err.message}`,

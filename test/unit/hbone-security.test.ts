@@ -212,3 +212,33 @@ test('garbage instead of TLS or instead of HTTP/2 is dropped and counted, and th
   s.end('still here');
   assert.equal((await got).toString(), 'still here');
 });
+
+test('one source holding too many connections gets the next ones closed before TLS, counted once each; freed slots are reusable', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const refusals: string[] = [];
+  const hb = await startHbone({ maxConnectionsPerSource: 3, onRefusal: (r) => refusals.push(r.kind) });
+  cleanups.push(() => hb.close());
+  // Three idle TCP connections (no TLS yet) use up 127.0.0.1's share.
+  const idle = await Promise.all([1, 2, 3].map(() => new Promise<import('node:net').Socket>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port: hb.port }, () => resolve(s));
+    s.on('error', () => {});
+  })));
+  await sleep(50);
+  const extra = netConnect({ host: '127.0.0.1', port: hb.port });
+  extra.on('error', () => {});
+  const started = Date.now();
+  await new Promise((resolve) => extra.once('close', resolve));
+  assert.ok(Date.now() - started < 1_000, 'the fourth is closed at once');
+  assert.equal(hb.server.stats().refusals['too-many-connections'], 1);
+  assert.deepEqual(refusals, ['too-many-connections'], 'counted once, not also as a failed TLS handshake');
+  // Freed: a real HBONE client gets through again.
+  for (const s of idle) s.destroy();
+  await sleep(50);
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+  const got = readAll(t);
+  t.end('back');
+  assert.equal((await got).toString(), 'back');
+});
