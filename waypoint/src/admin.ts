@@ -10,11 +10,18 @@ function json(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(text + '\n');
 }
 
-/** `/config_dump`, `/clusters`, `/stats` (Prometheus text), `/rejection`. */
-export function adminServer(engine: WaypointEngine, extra: () => Record<string, unknown> = () => ({})): http.Server {
+/**
+ * `/config_dump`, `/clusters`, `/stats` (Prometheus text), `/rejection`, and `/certs` (the
+ * waypoint's certificate: serial, issuer, validity, renewal state, trusted roots) when `certs` is given.
+ */
+export function adminServer(engine: WaypointEngine, extra: () => Record<string, unknown> = () => ({}), certs?: () => unknown): http.Server {
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     switch (path) {
+      case '/certs':
+        if (!certs) break;
+        json(res, 200, certs());
+        return;
       case '/config_dump':
         json(res, 200, { version: engine.configVersion, config: engine.config, ...extra() });
         return;
@@ -27,9 +34,8 @@ export function adminServer(engine: WaypointEngine, extra: () => Record<string, 
       case '/stats':
         engine.telemetry.registry.metrics().then((t) => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(t); }, (e: Error) => { res.writeHead(500); res.end(e.message); });
         return;
-      default:
-        json(res, 404, { error: `unknown admin path ${path}; try /config_dump, /clusters, /rejection or /stats` });
     }
+    json(res, 404, { error: `unknown admin path ${path}; try /config_dump, /clusters, /rejection, /stats${certs ? ' or /certs' : ''}` });
   });
 }
 

@@ -5,17 +5,16 @@
 //   node waypoint/src/main.ts --namespace shop --name waypoint --controller weft-controller:15012
 //
 // Identity: --cert-file/--key-file/--ca-file (static material, e.g. mounted), or a certificate from
-// the controller's certificate service authenticated with --token-file, renewed at half its life.
+// the controller's certificate service authenticated with --token-file, renewed at half its life,
+// retried with backoff, and following root rotations (waypoint/src/identity.ts).
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
+import { Gauge, type Registry } from 'prom-client';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
-import {
-  CertificateServiceClient, createCsr, generateKeyPair, parseCertificate, privateKeyToPem, spiffeIdOfCertificate, splitPemCertificates, tlsMaterial,
-  type TlsCredentials,
-} from '../../lib/identity/index.ts';
+import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { jsonLogger, type Logger } from '../../lib/log.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
@@ -23,13 +22,14 @@ import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
 import { FlagError } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
+import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
 
 export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name> [options]
   --controller <host:port>     config stream and certificate service (env WEFT_CONTROLLER)
   --listen <host:port>         HBONE (default 0.0.0.0:15008)
-  --admin <host:port>          admin: /config_dump /clusters /rejection /stats (default 127.0.0.1:15000)
+  --admin <host:port>          admin: /config_dump /clusters /rejection /stats /certs (default 127.0.0.1:15000)
   --metrics <host:port>        Prometheus /metrics (default 0.0.0.0:15020)
   --ready <host:port>          /healthz/ready (default 0.0.0.0:15021)
   --trust-domain <td>          (default cluster.local)
@@ -37,6 +37,8 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --id <instance>              instance name on the config stream (env POD_NAME; default host name)
   --cert-file <f> --key-file <f> --ca-file <f>   static identity material (PEM)
   --token-file <f>             token for the certificate service (default the service account token)
+  --cert-lifetime <seconds>    requested lifetime of the issued certificate (default: the CA's, 24 h);
+                               renewed at half of it
   --ca-bundle <f>              roots that sign the controller's certificate (default --ca-file)
   --controller-identity <id>   expected controller SPIFFE ID (default spiffe://<td>/ns/weft-system/sa/weft-controller)
   --insecure-xds               plaintext config stream (debugging only; needs static identity material)
@@ -79,6 +81,8 @@ export interface WaypointMainOptions {
   headerTimeoutMs: number;
   /** --idle-timeout, in ms. */
   idleTimeoutMs: number;
+  /** --cert-lifetime in seconds; 0 = the CA's default. */
+  certLifetimeSeconds: number;
 }
 
 /** The longest timeout a flag takes: a day (timers take at most 2^31-1 ms). */
@@ -92,6 +96,13 @@ export function secondsFlag(flag: string, v: string): number {
   const ms = Math.round(n * 1000);
   if (ms < 1) throw new FlagError(`--${flag}: ${v} s is less than a millisecond`);
   return ms;
+}
+
+/** A whole number from `min` to `max`. */
+function countFlag(flag: string, v: string, what: string, min: number, max: number): number {
+  const n = /^\s*[0-9]+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new FlagError(`--${flag}: "${v}" is not a whole number of ${what} from ${min} to ${max}`);
+  return n;
 }
 
 function hostPort(flag: string, v: string): HostPort {
@@ -133,6 +144,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
         'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
         'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
+        'cert-lifetime': { type: 'string' },
       },
       strict: true,
     }));
@@ -161,7 +173,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     accessLog: true,
     headerTimeoutMs: DEFAULT_REQUEST_HEADERS_TIMEOUT_MS,
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
+    certLifetimeSeconds: 0,
   };
+  const cl = s('cert-lifetime');
+  if (cl !== undefined) o.certLifetimeSeconds = countFlag('cert-lifetime', cl, 'seconds', 1, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000);
   const ht = s('header-timeout');
   if (ht !== undefined) o.headerTimeoutMs = secondsFlag('header-timeout', ht);
   const it = s('idle-timeout');
@@ -185,6 +200,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (o.quotas.length > 0 && !o.quotaRedis) throw new FlagError('--quota needs --quota-redis');
   if (o.insecureXds && staticFiles === 0) throw new FlagError('--insecure-xds needs static identity material (--cert-file, --key-file, --ca-file) for HBONE');
   if (staticFiles === 0 && !o.controller) throw new FlagError('without --cert-file/--key-file/--ca-file the identity comes from the controller: give --controller');
+  if (staticFiles !== 0 && cl !== undefined) throw new FlagError('--cert-lifetime applies to a certificate from the controller, not to --cert-file');
   return o;
 }
 
@@ -197,69 +213,34 @@ export interface RunningWaypoint {
   close(): Promise<void>;
 }
 
-interface IdentitySource {
-  current(): TlsCredentials;
-  /** Calls `onRotate` with new credentials until closed. */
-  start(onRotate: (c: TlsCredentials) => void): void;
-  close(): void;
-}
-
-async function staticIdentity(o: WaypointMainOptions): Promise<IdentitySource> {
-  const [cert, key, ca] = await Promise.all([readFile(o.certFile!, 'utf8'), readFile(o.keyFile!, 'utf8'), readFile(o.caFile!, 'utf8')]);
-  const creds: TlsCredentials = { key, certChain: splitPemCertificates(cert), trustBundle: splitPemCertificates(ca) };
-  const id = spiffeIdOfCertificate(parseCertificate(creds.certChain[0]!).der).uri;
-  if (id !== o.spiffeId) throw new FlagError(`--cert-file holds ${id}, not the waypoint identity ${o.spiffeId} (--spiffe-id)`);
-  return { current: () => creds, start: () => {}, close: () => {} };
-}
-
-async function issuedIdentity(o: WaypointMainOptions, log: Logger): Promise<IdentitySource> {
+/** The identity from static files, or issued by the controller (its first certificate obtained). */
+async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log: Logger): Promise<WaypointIdentity> {
+  if (o.certFile) {
+    const id = await staticIdentity({ certFile: o.certFile, keyFile: o.keyFile!, caFile: o.caFile! }, o.spiffeId);
+    watchIdentity(id, registry, log);
+    return id;
+  }
   const roots = splitPemCertificates(await readFile(o.caBundle ?? o.caFile ?? '/var/run/secrets/weft/ca.crt', 'utf8'));
-  const client = new CertificateServiceClient({
-    address: o.controller!, trustBundle: roots, serverIdentity: o.controllerIdentity,
-    credentials: { kind: 'token', token: async () => (await readFile(o.tokenFile, 'utf8')).trim() },
+  const signer = new ControllerSigner({
+    address: o.controller!, trustBundle: roots, serverIdentity: o.controllerIdentity, log,
+    token: async () => (await readFile(o.tokenFile, 'utf8')).trim(),
   });
-  const issue = async (): Promise<{ creds: TlsCredentials; notAfter: number; notBefore: number }> => {
-    const { privateKey } = await generateKeyPair();
-    const res = await client.createCertificate(o.spiffeId, createCsr(o.spiffeId, privateKey));
-    const leaf = parseCertificate(res.certChain[0]!);
-    return {
-      creds: { key: privateKeyToPem(privateKey), certChain: res.certChain, trustBundle: res.trustBundle.length > 0 ? res.trustBundle : roots },
-      notAfter: leaf.notAfter.getTime(), notBefore: leaf.notBefore.getTime(),
-    };
-  };
-  let cur = await issue();
-  let timer: NodeJS.Timeout | undefined;
-  let closed = false;
-  return {
-    current: () => cur.creds,
-    start(onRotate) {
-      const schedule = (delayMs: number): void => {
-        timer = setTimeout(() => {
-          issue().then((next) => {
-            cur = next;
-            log.info('waypoint certificate renewed', { notAfter: new Date(next.notAfter).toISOString() });
-            onRotate(next.creds);
-            if (!closed) schedule((next.notAfter - next.notBefore) / 2);
-          }, (err: Error) => {
-            log.warn('waypoint certificate renewal failed; retrying in 30 s', { error: err.message });
-            if (!closed) schedule(30_000);
-          });
-        }, Math.max(1000, delayMs));
-        timer.unref();
-      };
-      schedule(cur.notBefore + (cur.notAfter - cur.notBefore) / 2 - Date.now());
-    },
-    close() { closed = true; clearTimeout(timer); client.close(); },
-  };
+  const id = new IssuedIdentity({ spiffeId: o.spiffeId, signer, trustBundle: roots, lifetimeSeconds: o.certLifetimeSeconds });
+  // Before start(): failures of the first issuance are logged and counted too.
+  watchIdentity(id, registry, log);
+  await id.start();
+  const v = id.view();
+  log.info('waypoint certificate issued', { serial: v.serial, issuer: v.issuer, notAfter: v.notAfter, roots: v.trustBundle });
+  return id;
 }
 
 /** Starts a waypoint: identity, HBONE server, engine, config stream and the side ports. */
 export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogger('waypoint')): Promise<RunningWaypoint> {
-  const identity = o.certFile ? await staticIdentity(o) : await issuedIdentity(o, log);
   const pool = new HbonePool();
+  let identity: WaypointIdentity | undefined;
   const engine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
-    upstream: new HboneUpstream({ pool, credentials: () => identity.current(), spiffeId: o.spiffeId }),
+    upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId }),
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     telemetry: {
@@ -268,54 +249,76 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
   });
+  try {
+    identity = await waypointIdentity(o, engine.telemetry.registry, log);
+  } catch (err) {
+    await engine.close();
+    throw err;
+  }
+  const id = identity;
   const hbone = new HboneServer({
-    tls: tlsMaterial(identity.current()),
+    tls: tlsMaterial(id.current()),
     handler: tunnelHandler(engine),
     onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),
   });
-  identity.start((creds) => {
-    hbone.setTls(tlsMaterial(creds));
+  // New sessions, both ways, use the new certificate and roots; open ones carry on.
+  const moveHbone = (): void => {
+    hbone.setTls(tlsMaterial(id.current()));
     pool.retire(o.spiffeId);
-  });
+  };
+  id.on('rotated', moveHbone);
+  id.on('trustBundleChanged', moveHbone);
   const hboneAddr = await hbone.listen(o.listen.port, o.listen.host);
 
   let xds: ConfigClient<'waypoint'> | undefined;
   let configured = false;
   if (o.controller) {
-    const creds = identity.current();
-    const credentials = o.insecureXds
-      ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(Buffer.from(creds.trustBundle.join('')), Buffer.from(creds.key), Buffer.from(creds.certChain.join('')), {
-          checkServerIdentity: (_host, cert) => {
-            try {
-              const id = spiffeIdOfCertificate(cert).uri;
-              return id === o.controllerIdentity ? undefined : new Error(`controller presented ${id}, expected ${o.controllerIdentity} (--controller-identity)`);
-            } catch (err) {
-              return err as Error;
-            }
-          },
-        });
-    xds = waypointConfigClient({
-      target: o.controller, credentials, id: o.id, namespace: o.namespace, userAgent: 'weft-waypoint',
-      ...(o.insecureXds ? {} : { channelOptions: { 'grpc.ssl_target_name_override': 'weft-controller' } }),
-      validate: (cfg) => engine.validateConfig(cfg),
-    });
-    xds.on('snapshot', (cfg, version) => {
-      try {
-        const applied = engine.applyConfig(cfg);
-        configured = true;
-        log.info('config applied', { streamVersion: version, ...applied });
-      } catch (err) {
-        log.error('config rejected after validation', { version, error: (err as Error).message });
-      }
-    });
-    xds.on('rejected', (err) => log.warn('config rejected', { error: err.message }));
-    xds.on('disconnected', (err) => log.warn('config stream disconnected', { error: err?.message }));
-    xds.on('error', (err) => log.warn('config stream error', { error: err.message }));
+    // The credentials follow the identity: a reconnect presents the current certificate and
+    // verifies the controller with the current roots.
+    const credentials = o.insecureXds ? grpc.credentials.createInsecure() : controllerChannelCredentials(id, o.controllerIdentity);
+    const openConfigStream = (): void => {
+      const client = waypointConfigClient({
+        target: o.controller!, credentials, id: o.id, namespace: o.namespace, userAgent: 'weft-waypoint',
+        // Own subchannels: a reopened stream must not reuse the previous stream's TLS connection.
+        channelOptions: { 'grpc.use_local_subchannel_pool': 1, ...(o.insecureXds ? {} : { 'grpc.ssl_target_name_override': 'weft-controller' }) },
+        validate: (cfg) => engine.validateConfig(cfg),
+      });
+      client.on('snapshot', (cfg, version) => {
+        try {
+          const applied = engine.applyConfig(cfg);
+          configured = true;
+          log.info('config applied', { streamVersion: version, ...applied });
+        } catch (err) {
+          log.error('config rejected after validation', { version, error: (err as Error).message });
+        }
+      });
+      client.on('rejected', (err) => log.warn('config rejected', { error: err.message }));
+      client.on('disconnected', (err) => log.warn('config stream disconnected', { error: err?.message }));
+      client.on('error', (err) => log.warn('config stream error', { error: err.message }));
+      const previous = xds;
+      xds = client;
+      previous?.close();
+    };
+    openConfigStream();
+    if (!o.insecureXds) {
+      // Root rotation: the open stream was verified against the old roots (and may present a
+      // certificate from a root being retired); reopen it under the new ones.
+      id.on('trustBundleChanged', () => {
+        log.info('trust bundle changed: reopening the config stream with the new roots');
+        openConfigStream();
+      });
+    }
   }
+  new Gauge({
+    name: 'weft_waypoint_controller_connected', help: '1 while the config stream is open and the controller has answered on it',
+    registers: [engine.telemetry.registry], collect() { this.set(xds?.connected ? 1 : 0); },
+  });
 
   const servers: http.Server[] = [];
-  const admin = adminServer(engine, () => ({ identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}` }));
+  const admin = adminServer(engine, () => ({
+    identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
+    controllerConnected: xds?.connected ?? false,
+  }), () => id.view());
   const metrics = metricsServer(engine);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   const adminAddr = await listenOn(admin, o.admin);
@@ -332,7 +335,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     ready: { port: readyAddr.port },
     async close() {
       xds?.close();
-      identity.close();
+      id.close();
       await hbone.close(1000);
       await engine.close();
       await pool.close(1000);
