@@ -6,6 +6,10 @@
 //   3. retire A: sign with B, publish B only;                   wait until every agent trusts 1
 // No connection may fail at any step: established TLS sessions are not re-verified, and new ones
 // always meet a peer whose certificate the other side trusts.
+// A waypoint (namespace `shop`, with an L7 DENY rule) rotates with them: HTTP requests through it,
+// on new and on kept-alive connections, keep getting their answers (200, and 403 from the policy)
+// at every step; its certificate ends up issued by B; and after A is retired it still gets new
+// config from the controller (a policy written then is enforced).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
@@ -15,12 +19,14 @@ import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
+import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.0.30';
+const SHOP_VIP = '10.96.0.40';
 const NODES = ['node1', 'node2'];
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
@@ -29,15 +35,26 @@ before(async () => {
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'shop', namespace: 'shop' }, spec: { clusterIP: SHOP_VIP, selector: { app: 'shop' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    {
+      apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'no-admin', namespace: 'shop' },
+      spec: { targetRefs: [{ kind: 'Service', group: '', name: 'shop' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] },
+    },
   ]);
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
+  mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'buyer' });
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'shop', labels: { app: 'shop' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'shop'] });
   mesh.startController();
   await mesh.waitControllerReady();
   // Short-lived workload certificates (renewed every ~5 s), so step 2 does not wait for hours.
   for (const n of NODES) mesh.startAgent(n, { extraArgs: ['--cert-lifetime', '10'] });
+  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--cert-lifetime', '10'] });
   await mesh.waitReady();
-  for (const k of ['demo/client', 'demo/lines']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  await mesh.waitWaypointReady('shop');
+  for (const k of ['demo/client', 'demo/lines', 'shop/buyer', 'shop/shop']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  await until('the waypoint serves and enforces its policy', async () => (await curl(`http://${SHOP_VIP}/`)) === '200' && (await curl(`http://${SHOP_VIP}/admin`)) === '403', 20_000);
 });
 
 after(async () => {
@@ -48,12 +65,17 @@ after(async () => {
 
 interface CertsView { trustBundle: number; certificates: Array<{ identity: string; serial: string; issuer: string }> }
 const certs = (node: string) => mesh.agentAdmin<CertsView>(node, '/certs');
+/** The waypoint's admin port (localhost in its pod). */
+const waypointAdmin = <T>(path: string) => getJsonInNetns<T>(mesh.waypointReplicas('shop')[0]!.pod.netnsPath, `http://127.0.0.1:15000${path}`);
+interface WaypointCerts { identity: string; serial: string; issuer: string; trustBundle: number; roots: string[]; issued: number; state: string }
+const waypointCerts = () => waypointAdmin<WaypointCerts>('/certs');
+const curl = async (url: string) => (await mesh.exec('shop/buyer', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url])).stdout;
 
 async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<number> {
   const started = Date.now();
   for (;;) {
     if (await check().catch(() => false)) return Date.now() - started;
-    assert.ok(Date.now() - started < timeoutMs, `${what}: not within ${timeoutMs} ms\n${mesh.logTail('controller.log', 10)}\n${mesh.logTail('agent-node1.log', 10)}`);
+    assert.ok(Date.now() - started < timeoutMs, `${what}: not within ${timeoutMs} ms\n${mesh.logTail('controller.log', 10)}\n${mesh.logTail('agent-node1.log', 10)}\n${mesh.logTail('pod-shop-waypoint-0.log', 10)}`);
     await sleep(200);
   }
 }
@@ -87,42 +109,68 @@ test('a root CA rotation in three controller restarts breaks no connection, long
     assert.equal(c.trustBundle, 1);
     assert.ok(c.certificates.length > 0 && c.certificates.every((x) => !/weft-root-b/.test(x.issuer)), `${n} starts on root A`);
   }
+  const wpStart = await waypointCerts();
+  assert.equal(wpStart.trustBundle, 1);
+  assert.doesNotMatch(wpStart.issuer, /weft-root-b/, 'the waypoint starts on root A');
 
   const LONG_MS = 30_000;
   const started = Date.now();
   const long = mesh.exec('demo/client', process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '250', '--duration-ms', String(LONG_MS)], LONG_MS + 20_000);
   const churn = mesh.exec('demo/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '0', '--rate', '20', '--churn-ms', String(LONG_MS - 5_000), '--hold-ms', '0'], LONG_MS + 20_000);
+  const http = mesh.exec('shop/buyer', process.execPath, [fixture('http-prober.ts'), '--host', SHOP_VIP, '--port', '80', '--expect', '/=200', '--expect', '/admin=403', '--interval-ms', '100', '--duration-ms', String(LONG_MS - 5_000)], LONG_MS + 20_000);
   await sleep(1_000);
 
   const t: Record<string, number> = {};
   await restartController({ ...a, rootsFile: both });
-  t.trustBoth = await until('every agent trusts A and B', async () => (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 2));
+  t.trustBoth = await until('every agent and the waypoint trust A and B', async () =>
+    (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 2) && (await waypointCerts()).trustBundle === 2);
   process.stdout.write(`# step trustBoth: ${t.trustBoth} ms (at ${Date.now() - started} ms)\n`);
 
   await restartController({ ...b, rootsFile: both });
-  t.signedByB = await until('every workload certificate is signed by B', async () =>
-    (await Promise.all(NODES.map(certs))).every((c) => c.certificates.length > 0 && c.certificates.every((x) => /weft-root-b/.test(x.issuer))));
+  t.signedByB = await until('every workload certificate and the waypoint\'s are signed by B', async () =>
+    (await Promise.all(NODES.map(certs))).every((c) => c.certificates.length > 0 && c.certificates.every((x) => /weft-root-b/.test(x.issuer))) &&
+    /weft-root-b/.test((await waypointCerts()).issuer));
   process.stdout.write(`# step signedByB: ${t.signedByB} ms (at ${Date.now() - started} ms)\n`);
 
   await restartController(b);
-  t.retireA = await until('every agent trusts B only', async () => (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 1));
+  t.retireA = await until('every agent and the waypoint trust B only', async () =>
+    (await Promise.all(NODES.map(certs))).every((c) => c.trustBundle === 1) && (await waypointCerts()).trustBundle === 1);
   process.stdout.write(`# step retireA: ${t.retireA} ms (at ${Date.now() - started} ms)\n`);
   for (const n of NODES) {
     assert.ok((await certs(n)).certificates.every((x) => /weft-root-b/.test(x.issuer)), `${n} holds only certificates from B`);
   }
+  const wpEnd = await waypointCerts();
+  assert.match(wpEnd.issuer, /weft-root-b/, 'the waypoint holds a certificate from B');
+  assert.ok(wpEnd.roots.every((r) => /weft-root-b/.test(r)), `the waypoint trusts only B: ${JSON.stringify(wpEnd.roots)}`);
   const rotatedAt = Date.now() - started;
   assert.ok(rotatedAt < LONG_MS - 8_000, `the rotation finished while the connections still ran (${rotatedAt} ms)`);
 
   const l = lastJson<{ sent: number; echoed: number; outOfOrder: number; failure: string | null }>(await long);
   const c = lastJson<{ churnOk: number; churnFailed: number; errors: Record<string, number> }>(await churn);
+  interface Lane { sent: number; expected: number; unexpected: Record<string, number>; errors: Record<string, number> }
+  const h = lastJson<{ fresh: Lane; keepalive: Lane }>(await http);
+  process.stdout.write(`# through the waypoint: new connections ${h.fresh.expected}/${h.fresh.sent} as expected, kept-alive ${h.keepalive.expected}/${h.keepalive.sent} (${JSON.stringify(h)}); waypoint certificates issued ${wpEnd.issued}\n`);
   process.stdout.write(`# root rotation: trust A+B in ${t.trustBoth} ms, all certificates from B ${t.signedByB} ms after the signing switch, A retired in ${t.retireA} ms; long-lived connection ${l.echoed}/${l.sent} echoed; ${c.churnOk} new connections, ${c.churnFailed} failed ${JSON.stringify(c.errors)}\n`);
   assert.equal(l.failure, null, `the long-lived connection survived the rotation: ${JSON.stringify(l)}`);
   assert.equal(l.echoed, l.sent);
   assert.equal(l.outOfOrder, 0);
   assert.ok(c.churnOk > 500, `new connections ran all along (${c.churnOk})`);
   assert.equal(c.churnFailed, 0, `no new connection failed during the rotation: ${JSON.stringify(c.errors)}`);
+  for (const [name, lane] of Object.entries(h)) {
+    assert.ok(lane.sent > 100, `${name}: requests ran all along (${lane.sent})`);
+    assert.equal(lane.expected, lane.sent, `${name}: every request through the waypoint got its answer (200, or 403 from the policy): ${JSON.stringify(lane)}`);
+  }
   // And after it: the agents talk to the controller on B alone.
   for (const n of NODES) {
     await until(`${n} is connected to the controller signing with B`, async () => (await mesh.agentAdmin<{ controllerConnected: boolean }>(n, '/config_dump')).controllerConnected, 15_000);
   }
+  // The waypoint too: a policy written after A was retired reaches it and is enforced.
+  await until('the waypoint is connected to the controller signing with B', async () => (await waypointAdmin<{ controllerConnected: boolean }>('/config_dump')).controllerConnected, 15_000);
+  mesh.writeConfig('20-shop-private.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'no-private', namespace: 'shop' },
+    spec: { targetRefs: [{ kind: 'Service', group: '', name: 'shop' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/private'] } }] }] },
+  }]);
+  const policyMs = await until('the waypoint enforces a policy written after the rotation', async () => (await curl(`http://${SHOP_VIP}/private`)) === '403', 15_000);
+  process.stdout.write(`# a policy written after A was retired was enforced by the waypoint ${policyMs} ms later\n`);
+  assert.equal(await curl(`http://${SHOP_VIP}/`), '200');
 });
