@@ -7,7 +7,10 @@
 //   (started with a short --header-timeout) cuts them with 408 within the timeout plus about a
 //   second; an HTTP/2 client that never finishes its HEADERS gets GOAWAY within the same bound;
 // - HTTP/2: a frame larger than SETTINGS_MAX_FRAME_SIZE and a CONTINUATION flood end the session
-//   (GOAWAY or close) within bounded bytes, and the waypoint keeps serving.
+//   (GOAWAY or close) within bounded bytes, and the waypoint keeps serving;
+// - overload: with the waypoint's --max-requests requests held open at a slow backend, the next
+//   request (HTTP/1.1 and HTTP/2) gets 503 with x-weft-overloaded at once and never reaches the
+//   backend; once the held requests finish the waypoint serves again.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -22,6 +25,10 @@ const lab = new Lab();
 let mesh: LocalMesh;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.3.10';
+/** A service whose backend answers after `?ms=` milliseconds (fixtures/slow-backend.ts). */
+const SLOW_VIP = '10.96.3.11';
+/** The waypoint's --max-requests: small, so the test can fill it. */
+const MAX_REQUESTS = 4;
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 /** The waypoint's --header-timeout (seconds): short, so the test sees slow clients cut. */
 const HEADER_TIMEOUT_S = 3;
@@ -36,16 +43,18 @@ before(async () => {
   mesh.writeConfig('10-shop.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'backend', namespace: 'shop' }, spec: { clusterIP: VIP, selector: { app: 'backend' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'slow', namespace: 'shop' }, spec: { clusterIP: SLOW_VIP, selector: { app: 'slow' }, ports: [{ name: 'http', port: 80, targetPort: 8081 }] } },
   ]);
   mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'backend', labels: { app: 'backend' }, command: ['test/e2e/fixtures/request-log-backend.ts', '--port', '8080'] });
+  mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'slow', labels: { app: 'slow' }, command: ['test/e2e/fixtures/slow-backend.ts', '--port', '8081'] });
   mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'client' });
   mesh.startController();
   await mesh.waitControllerReady();
   mesh.startAgents();
-  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--header-timeout', String(HEADER_TIMEOUT_S)] });
+  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--header-timeout', String(HEADER_TIMEOUT_S), '--max-requests', String(MAX_REQUESTS)] });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('shop');
-  for (const key of ['shop/client', 'shop/backend']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
+  for (const key of ['shop/client', 'shop/backend', 'shop/slow']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
   // The waypoint has the service once a plain request through it is answered.
   for (let i = 0; i < 40 && (await curl()).stdout !== '200'; i++) await sleep(250);
 });
@@ -64,13 +73,20 @@ async function hostile(args: string[], timeoutMs = 30_000): Promise<Record<strin
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
-/** weft_waypoint_downstream_timeouts_total for one protocol and timeout kind. */
-async function waypointTimeouts(protocol: string, timeout: string): Promise<number> {
+/** The sum of a waypoint metric's samples whose label set contains every one of `labels` (`name="value"`). */
+async function waypointMetric(name: string, ...labels: string[]): Promise<number> {
   const wp = mesh.waypointReplicas('shop')[0]!;
   const body = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`, { timeoutMs: 5_000 })).body;
-  const line = body.split('\n').find((l) => l.startsWith('weft_waypoint_downstream_timeouts_total{') && l.includes(`protocol="${protocol}"`) && l.includes(`timeout="${timeout}"`));
-  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+  let sum = 0;
+  for (const l of body.split('\n')) {
+    if ((l.startsWith(`${name}{`) || l.startsWith(`${name} `)) && labels.every((x) => l.includes(x))) sum += Number(l.slice(l.lastIndexOf(' ') + 1));
+  }
+  return sum;
 }
+
+/** weft_waypoint_downstream_timeouts_total for one protocol and timeout kind. */
+const waypointTimeouts = (protocol: string, timeout: string): Promise<number> =>
+  waypointMetric('weft_waypoint_downstream_timeouts_total', `protocol="${protocol}"`, `timeout="${timeout}"`);
 
 /** URLs the backend has received so far (its log: one JSON line per request). */
 function backendUrls(): string[] {
@@ -158,4 +174,60 @@ test('an HTTP/2 frame beyond the maximum frame size and a CONTINUATION flood end
   assert.ok(Number(flood.written) < 8 << 20, `the server stopped it before 8 MiB of header blocks (${flood.written} bytes written)`);
 
   for (let i = 0; i < 3; i++) assert.equal((await curl(`/after-h2-${i}`)).stdout, '200', 'the waypoint still serves');
+});
+
+/** URLs the slow backend has received so far. */
+function slowUrls(): string[] {
+  return mesh.logTail('pod-shop-slow.log', 100_000).split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { url: string }).url);
+}
+
+test('over --max-requests the waypoint answers 503 with x-weft-overloaded at once, forwards nothing, and serves again once requests finish', async () => {
+  const HOLD_MS = 5_000;
+  const rejectedBefore = await waypointMetric('weft_waypoint_overload_rejections_total');
+  const flaggedBefore = await waypointMetric('istio_requests_total', 'response_flags="OM"');
+  // Fill the waypoint: MAX_REQUESTS requests the backend holds for HOLD_MS.
+  const holdStarted = Date.now();
+  const holders = Array.from({ length: MAX_REQUESTS }, (_, i) => mesh.exec('shop/client', 'curl',
+    ['-sS', '--max-time', '20', '-o', '/dev/null', '-w', '%{http_code}', `http://${SLOW_VIP}/hold-${i}?ms=${HOLD_MS}`], 30_000));
+  for (let i = 0; ; i++) {
+    if ((await waypointMetric('weft_waypoint_downstream_requests_active')) === MAX_REQUESTS && slowUrls().filter((u) => u.startsWith('/hold-')).length === MAX_REQUESTS) break;
+    assert.ok(Date.now() - holdStarted < HOLD_MS - 2_000, `the ${MAX_REQUESTS} held requests are in the waypoint and at the backend`);
+    await sleep(50);
+  }
+  const filledMs = Date.now() - holdStarted;
+
+  // One more, on HTTP/1.1 and on HTTP/2 (prior knowledge): refused at once.
+  const over = async (name: string, extra: string[]) => {
+    const r = await mesh.exec('shop/client', 'curl', ['-sS', '--max-time', '5', ...extra, '-D', '-', '-o', '/dev/null', '-w', '\n%{http_code} %{time_total}', `http://${SLOW_VIP}/${name}?ms=0`]);
+    const lines = r.stdout.trim().split('\n');
+    const [code, seconds] = lines.pop()!.split(' ');
+    return { code, ms: Math.round(Number(seconds) * 1000), headers: lines.join('\n').toLowerCase() };
+  };
+  const h1 = await over('over-h1', []);
+  const h2 = await over('over-h2', ['--http2-prior-knowledge']);
+  const stillHeld = Date.now() - holdStarted < HOLD_MS;
+  const codes = await Promise.all(holders);
+  const heldFor = Date.now() - holdStarted;
+  console.log(`# overload: --max-requests ${MAX_REQUESTS} filled in ${filledMs} ms; request ${MAX_REQUESTS + 1} answered ${h1.code} in ${h1.ms} ms (HTTP/1.1) and ${h2.code} in ${h2.ms} ms (HTTP/2); ` +
+    `held requests ${codes.map((c) => c.stdout).join(',')} after ${heldFor} ms`);
+  assert.ok(stillHeld, 'the extra requests were made while the others were held');
+  for (const r of [h1, h2]) {
+    assert.equal(r.code, '503');
+    assert.match(r.headers, new RegExp(`^x-weft-overloaded: waypoint shop/waypoint at ${MAX_REQUESTS} concurrent requests\\r?$`, 'm'));
+    assert.match(r.headers, /^x-weft-flags: om\r?$/m);
+    assert.ok(r.ms < 1_000, `answered at once, not after the held requests (${r.ms} ms)`);
+  }
+  assert.deepEqual(codes.map((c) => c.stdout), Array(MAX_REQUESTS).fill('200'), 'the held requests themselves finish normally');
+  assert.deepEqual(slowUrls().filter((u) => u.startsWith('/over-')), [], 'the refused requests never reached the backend');
+  assert.equal(await waypointMetric('weft_waypoint_overload_rejections_total') - rejectedBefore, 2);
+  assert.equal(await waypointMetric('istio_requests_total', 'response_flags="OM"', 'response_code="503"') - flaggedBefore, 2);
+
+  // Recovered: the slots are free and requests pass again.
+  for (let i = 0; (await waypointMetric('weft_waypoint_downstream_requests_active')) !== 0; i++) {
+    assert.ok(i < 40, 'the waypoint has no request in progress once the held ones finished');
+    await sleep(50);
+  }
+  const after = await Promise.all(Array.from({ length: MAX_REQUESTS }, (_, i) => mesh.exec('shop/client', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${SLOW_VIP}/after-${i}?ms=200`])));
+  assert.deepEqual(after.map((r) => r.stdout), Array(MAX_REQUESTS).fill('200'), `${MAX_REQUESTS} concurrent requests pass again`);
+  assert.equal((await curl('/after-overload')).stdout, '200');
 });

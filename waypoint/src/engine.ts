@@ -4,12 +4,14 @@
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { Gauge } from 'prom-client';
 import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError } from './errors.ts';
 import { FLAGS_HEADER } from './flags.ts';
 import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
 import { Cluster, type ClusterStats } from './resilience.ts';
@@ -80,6 +82,11 @@ export interface WaypointEngineOptions {
    * stream) is closed after this long. Default 60 s.
    */
   idleTimeoutMs?: number;
+  /**
+   * Requests in progress at once, over all connections; beyond it a request gets 503 (gRPC:
+   * UNAVAILABLE) with `x-weft-overloaded` and flag OM, and is not forwarded. Default 10,000.
+   */
+  maxRequests?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
 }
@@ -110,6 +117,8 @@ export class WaypointEngine {
   private readonly tunnels = new Set<Duplex>();
   private readonly rapidReset: { limit: number; windowMs: number };
   private readonly limits: ProxyLimits;
+  /** Requests in progress and the --max-requests ceiling. */
+  readonly admission: RequestAdmission;
   private readonly serverFirstTimeoutMs: number;
   private readonly h2Timeouts: H2Timeouts;
   /** The downstream timeouts in force (ms). */
@@ -138,6 +147,16 @@ export class WaypointEngine {
     }
     this.timeouts = { requestHeadersMs, idleMs, checkIntervalMs: timeoutCheckIntervalMs(requestHeadersMs) };
     const random = opts.random ?? Math.random;
+    this.admission = new RequestAdmission(opts.maxRequests ?? DEFAULT_MAX_REQUESTS);
+    const admission = this.admission;
+    new Gauge({
+      name: 'weft_waypoint_downstream_requests_active', help: 'Requests in progress (admitted under --max-requests and not finished)',
+      registers: [this.telemetry.registry], collect() { this.set(admission.active); },
+    });
+    new Gauge({
+      name: 'weft_waypoint_max_requests', help: 'The --max-requests ceiling on requests in progress',
+      registers: [this.telemetry.registry], collect() { this.set(admission.max); },
+    });
     this.env = {
       snapshot: () => this.snap,
       cluster: (svc, port) => this.clusterFor(svc, port),
@@ -147,6 +166,8 @@ export class WaypointEngine {
       quota: this.quota,
       random,
       limits: this.limits,
+      admission,
+      waypoint: `${opts.namespace}/${opts.name}`,
     };
 
     this.h1 = http.createServer({

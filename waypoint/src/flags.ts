@@ -14,6 +14,8 @@ export const FLAG_RATE_LIMIT_SERVICE_ERROR = 'RLSE';
 export const FLAG_DELAY_INJECTED = 'DI';
 export const FLAG_FAULT_INJECTED = 'FI';
 export const FLAG_DOWNSTREAM_TERMINATED = 'DC';
+/** The waypoint was at --max-requests and refused the request (Envoy: overload manager). */
+export const FLAG_OVERLOADED = 'OM';
 /** Weft-specific: an AuthorizationPolicy denied the request (Envoy records this only in details). */
 export const FLAG_POLICY_DENIED = 'RBAC';
 

@@ -23,6 +23,7 @@ import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEn
 import { FlagError } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
+import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
 
@@ -50,7 +51,10 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
                                408 (HTTP/1.1) or GOAWAY (HTTP/2); bodies and responses are not limited
                                (default 10)
   --idle-timeout <seconds>     close a client connection with no request in progress after this long
-                               (default 60)`;
+                               (default 60)
+  --max-requests <n>           requests in progress at once in this waypoint; beyond it a request gets
+                               503 (gRPC: UNAVAILABLE) with x-weft-overloaded and is not forwarded
+                               (default ${DEFAULT_MAX_REQUESTS})`;
 
 export interface HostPort { host: string; port: number }
 
@@ -83,6 +87,8 @@ export interface WaypointMainOptions {
   idleTimeoutMs: number;
   /** --cert-lifetime in seconds; 0 = the CA's default. */
   certLifetimeSeconds: number;
+  /** --max-requests. */
+  maxRequests: number;
 }
 
 /** The longest timeout a flag takes: a day (timers take at most 2^31-1 ms). */
@@ -144,7 +150,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
         'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
         'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
-        'cert-lifetime': { type: 'string' },
+        'cert-lifetime': { type: 'string' }, 'max-requests': { type: 'string' },
       },
       strict: true,
     }));
@@ -174,7 +180,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     headerTimeoutMs: DEFAULT_REQUEST_HEADERS_TIMEOUT_MS,
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
     certLifetimeSeconds: 0,
+    maxRequests: DEFAULT_MAX_REQUESTS,
   };
+  const mr = s('max-requests');
+  if (mr !== undefined) o.maxRequests = countFlag('max-requests', mr, 'requests', 1, MAX_REQUESTS_CEILING);
   const cl = s('cert-lifetime');
   if (cl !== undefined) o.certLifetimeSeconds = countFlag('cert-lifetime', cl, 'seconds', 1, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000);
   const ht = s('header-timeout');
@@ -243,6 +252,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId }),
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
+    maxRequests: o.maxRequests,
     telemetry: {
       ...(o.accessLog ? {} : { accessLog: null }),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
@@ -317,7 +327,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const servers: http.Server[] = [];
   const admin = adminServer(engine, () => ({
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
-    controllerConnected: xds?.connected ?? false,
+    controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view());
   const metrics = metricsServer(engine);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));

@@ -15,6 +15,7 @@ import * as F from './flags.ts';
 import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, splitHostPort, type HeaderMap } from './headers.ts';
 import { endResponse, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
 import type { RedisQuota } from './quota.ts';
+import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type ClusterSettings, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
@@ -50,6 +51,10 @@ export interface ProxyEnv {
   quota: RedisQuota | undefined;
   random: () => number;
   limits: ProxyLimits;
+  /** The ceiling on requests in progress in this waypoint. */
+  admission: RequestAdmission;
+  /** `namespace/name` of the waypoint, for overload answers. */
+  waypoint: string;
 }
 
 interface RequestState {
@@ -154,6 +159,18 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     st.responseBytes += out.bytes;
     if (out.grpcStatus) st.grpcStatus = out.grpcStatus;
   };
+
+  // Overload: over the ceiling nothing else is looked at, and nothing leaves the waypoint.
+  if (!env.admission.tryAdmit()) {
+    env.telemetry.overloadRejections.inc({ protocol: conn.protocol });
+    reply({
+      status: 503, flags: F.FLAG_OVERLOADED,
+      body: `waypoint ${env.waypoint} is overloaded: ${env.admission.max} requests in progress (--max-requests); not forwarded, retry later`,
+      headers: { [OVERLOADED_HEADER]: `waypoint ${env.waypoint} at ${env.admission.max} concurrent requests` },
+    });
+    return;
+  }
+  res.once('close', () => env.admission.release());
 
   try {
     if ('stream' in req && headerListSize(headers) > env.limits.maxHeaderBytes) {

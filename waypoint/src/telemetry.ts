@@ -141,6 +141,7 @@ export class Telemetry {
   readonly configApplies: Counter<'result'>;
   readonly rapidResetGoaways: Counter<never>;
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
+  readonly overloadRejections: Counter<'protocol'>;
   private readonly accessLog: ((line: string) => void) | null;
   private readonly provider: TracerProvider | undefined;
   private readonly tracer: Tracer | undefined;
@@ -164,6 +165,11 @@ export class Telemetry {
       name: 'weft_waypoint_downstream_timeouts_total',
       help: 'Client connections cut by a waypoint timeout: request_headers (headers not complete in time; HTTP/1.1 gets 408) or idle (no request in progress)',
       labelNames: ['protocol', 'timeout'], registers,
+    });
+    this.overloadRejections = new Counter({
+      name: 'weft_waypoint_overload_rejections_total',
+      help: 'Requests refused with 503 (gRPC UNAVAILABLE) because the waypoint had --max-requests in progress; none was sent upstream',
+      labelNames: ['protocol'], registers,
     });
     this.accessLog = opts.accessLog === undefined ? (line) => { process.stdout.write(line + '\n'); } : opts.accessLog;
     this.waypoint = opts.waypoint;
