@@ -2,9 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { RENEWAL_BACKOFF_DEFAULTS } from '../../lib/identity/renewal.ts';
 import { CaUnavailableError, CertificateRefusedError, type IdentityError } from '../../lib/identity/errors.ts';
 import {
-  CertManager, DEFAULT_BACKOFF_INITIAL_MS, DEFAULT_BACKOFF_MAX_MS, MIN_RETRY_MS, nextRetry,
+  CertManager,
   type CertificateInfo, type CertificateSigner, type RenewalRetry, type SignResult,
 } from '../../agent/src/certs/index.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
@@ -181,34 +182,6 @@ test('an SNI-selected server identity verifies clients against that identity\'s 
   assert.match(await attempt(m, 'unknown.name'), /^error:|closed/);
 });
 
-test('retry waits near expiry: at most half of the validity left (not below 250 ms), without advancing the backoff, which resumes after expiry where it was', () => {
-  const backoff = { initialMs: DEFAULT_BACKOFF_INITIAL_MS, maxMs: DEFAULT_BACKOFF_MAX_MS, multiplier: 2 };
-  const noJitter = () => 0.5;
-  // A 6 s certificate renewed at half-life; every attempt fails at once. Time 0 = first failure.
-  const expiresAt = 3_000;
-  let t = 0;
-  let delay = backoff.initialMs;
-  const waits: number[] = [];
-  while (t < 40_000) {
-    const next = nextRetry(delay, expiresAt - t, backoff, noJitter);
-    waits.push(Math.round(next.waitMs));
-    delay = next.nextDelayMs;
-    t += next.waitMs;
-  }
-  assert.equal(MIN_RETRY_MS, 250);
-  // 500 and 1000: the backoff; 750, 375: half of what is left; 250, 250: the floor (the second
-  // lands after expiry); then 2000, 4000, ... from the step reached before, up to the 30 s cap.
-  assert.deepEqual(waits, [500, 1000, 750, 375, 250, 250, 2000, 4000, 8000, 16000, 30000]);
-  // Without a certificate (or an expired one) nothing is shortened.
-  assert.deepEqual(nextRetry(500, 0, backoff, noJitter), { waitMs: 500, nextDelayMs: 1000 });
-  assert.deepEqual(nextRetry(20_000, -5, backoff, noJitter), { waitMs: 20_000, nextDelayMs: 30_000 });
-  // The floor never makes a wait longer than the backoff's own.
-  assert.deepEqual(nextRetry(100, 150, backoff, noJitter), { waitMs: 100, nextDelayMs: 200 });
-  // Jitter stays within ±20 %.
-  assert.equal(nextRetry(1000, 0, backoff, () => 0).waitMs, 800);
-  assert.equal(nextRetry(1000, 0, backoff, () => 0.999_999).waitMs.toFixed(0), '1200');
-});
-
 test('a CA that comes back shortly before the certificate expires gets it renewed before expiry; list() shows the failing renewal meanwhile', async (t) => {
   const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
   const signer = new InProcessSigner(ca);
@@ -232,7 +205,7 @@ test('a CA that comes back shortly before the certificate expires gets it renewe
   seen.forEach(({ at, retry, info }, i) => {
     assert.equal(retry.failures, i + 1);
     assert.equal(retry.expiresAt?.getTime(), notAfter);
-    assert.ok(retry.retryInMs !== undefined && retry.retryInMs <= Math.max((notAfter - at) / 2, MIN_RETRY_MS) + 5,
+    assert.ok(retry.retryInMs !== undefined && retry.retryInMs <= Math.max((notAfter - at) / 2, RENEWAL_BACKOFF_DEFAULTS.minMs) + 5,
       `attempt ${i + 1}: waits ${retry.retryInMs} ms with ${notAfter - at} ms left`);
     assert.equal(info.state, 'renewing');
     assert.equal(info.serial, first.serial, 'the held certificate is still the one served');

@@ -22,22 +22,13 @@ import {
   hboneClientOptions, hboneSecureContext, hboneServerOptions, type PeerExpectation, type TlsCredentials, type VerificationFailureHook,
 } from '../../../lib/identity/tls.ts';
 import { parseCertificate } from '../../../lib/identity/x509.ts';
+import { RenewalBackoff, type RenewalBackoffOptions } from '../../../lib/identity/renewal.ts';
 import type { CertificateSigner } from './signer.ts';
 
 /** Fraction of the lifetime (from issuance) after which a certificate is renewed. */
 export const DEFAULT_RENEW_FRACTION = 0.5;
-export const DEFAULT_BACKOFF_INITIAL_MS = 500;
-export const DEFAULT_BACKOFF_MAX_MS = 30_000;
 /** How long get() waits for a first certificate before failing with CaUnavailableError. */
 export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
-/** Shortest wait between attempts when the held certificate is about to expire. */
-export const MIN_RETRY_MS = 250;
-
-export interface BackoffOptions {
-  initialMs?: number;
-  maxMs?: number;
-  multiplier?: number;
-}
 
 export interface CertManagerOptions {
   signer: CertificateSigner;
@@ -46,7 +37,8 @@ export interface CertManagerOptions {
   /** Requested certificate lifetime; 0 (default) = the CA's default (24 h). */
   lifetimeSeconds?: number;
   renewFraction?: number;
-  backoff?: BackoffOptions;
+  /** Retry schedule of a failing signing (lib/identity/renewal.ts; default 500 ms doubling to 30 s). */
+  backoff?: RenewalBackoffOptions;
   fetchTimeoutMs?: number;
   /** Follow the CA's trust bundle stream when the signer offers one (default true). */
   watchTrustBundle?: boolean;
@@ -115,7 +107,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
   readonly #signer: CertificateSigner;
   readonly #lifetimeSeconds: number;
   readonly #renewFraction: number;
-  readonly #backoff: Required<BackoffOptions>;
+  readonly #backoff: RenewalBackoffOptions;
   readonly #fetchTimeoutMs: number;
   readonly #clock: () => number;
   readonly #entries = new Map<string, Entry>();
@@ -129,7 +121,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     this.#bundle = [...opts.trustBundle];
     this.#lifetimeSeconds = opts.lifetimeSeconds ?? 0;
     this.#renewFraction = opts.renewFraction ?? DEFAULT_RENEW_FRACTION;
-    this.#backoff = { initialMs: DEFAULT_BACKOFF_INITIAL_MS, maxMs: DEFAULT_BACKOFF_MAX_MS, multiplier: 2, ...opts.backoff };
+    this.#backoff = { ...opts.backoff };
     this.#fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
     this.#clock = opts.clock ?? Date.now;
     if (opts.watchTrustBundle !== false && this.#signer.watchTrustBundle) {
@@ -292,7 +284,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
   }
 
   async #fetchWithRetry(entry: Entry): Promise<HeldCert> {
-    let delay = this.#backoff.initialMs;
+    const backoff = new RenewalBackoff(this.#backoff);
     entry.renewing = true;
     entry.failures = 0;
     entry.nextAttemptAt = undefined;
@@ -315,9 +307,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
           const refused = typed instanceof CertificateRefusedError;
           let wait: number | undefined;
           if (!refused) {
-            const next = nextRetry(delay, entry.cert ? entry.cert.notAfter.getTime() - this.#clock() : 0, this.#backoff);
-            wait = next.waitMs;
-            delay = next.nextDelayMs;
+            wait = backoff.next(entry.cert ? entry.cert.notAfter.getTime() - this.#clock() : undefined);
             entry.nextAttemptAt = this.#clock() + wait;
           }
           this.emit('renewalFailed', entry.identity, typed, { failures: entry.failures, retryInMs: wait, expiresAt: entry.cert?.notAfter });
@@ -369,26 +359,6 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     }
     return cert;
   }
-}
-
-/**
- * The wait before the next signing attempt, from the backoff step `delayMs` (jittered ±20 %), and
- * the step after it. The backoff must not sleep through the end of the certificate still held:
- * while it is valid (`validForMs` > 0) the wait is at most half of what is left, but not below
- * MIN_RETRY_MS (never longer than the backoff's own wait). Such shortened waits do not advance
- * the step, so once the certificate has expired the backoff resumes where it was rather than at
- * its cap.
- */
-export function nextRetry(
-  delayMs: number,
-  validForMs: number,
-  backoff: Required<BackoffOptions>,
-  random: () => number = Math.random,
-): { waitMs: number; nextDelayMs: number } {
-  const jittered = delayMs * (0.8 + random() * 0.4);
-  const cap = validForMs > 0 ? Math.max(validForMs / 2, MIN_RETRY_MS) : Infinity;
-  if (jittered > cap) return { waitMs: cap, nextDelayMs: delayMs };
-  return { waitMs: jittered, nextDelayMs: Math.min(delayMs * backoff.multiplier, backoff.maxMs) };
 }
 
 function sameBundle(a: readonly string[], b: readonly string[]): boolean {
