@@ -10,16 +10,21 @@
 //   (GOAWAY or close) within bounded bytes, and the waypoint keeps serving;
 // - overload: with the waypoint's --max-requests requests held open at a slow backend, the next
 //   request (HTTP/1.1 and HTTP/2) gets 503 with x-weft-overloaded at once and never reaches the
-//   backend; once the held requests finish the waypoint serves again.
+//   backend; once the held requests finish the waypoint serves again;
+// - the controller killed just after the waypoint renewed its (short-lived) certificate: the next
+//   renewal fails and is retried with backoff, shown in /certs, the log and the failure metric,
+//   while requests through the waypoint go on; restarted before the certificate expires, the
+//   controller renews it at the next attempt and the config stream is back.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
-import { requestInNetns } from '../../cli/local/netns-http.ts';
+import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 
 const lab = new Lab();
 let mesh: LocalMesh;
@@ -29,6 +34,8 @@ const VIP = '10.96.3.10';
 const SLOW_VIP = '10.96.3.11';
 /** The waypoint's --max-requests: small, so the test can fill it. */
 const MAX_REQUESTS = 4;
+/** The waypoint's --cert-lifetime (seconds): short, so a renewal falls due during an outage. */
+const CERT_LIFETIME_S = 6;
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 /** The waypoint's --header-timeout (seconds): short, so the test sees slow clients cut. */
 const HEADER_TIMEOUT_S = 3;
@@ -51,7 +58,7 @@ before(async () => {
   mesh.startController();
   await mesh.waitControllerReady();
   mesh.startAgents();
-  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--header-timeout', String(HEADER_TIMEOUT_S), '--max-requests', String(MAX_REQUESTS)] });
+  mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--header-timeout', String(HEADER_TIMEOUT_S), '--max-requests', String(MAX_REQUESTS), '--cert-lifetime', String(CERT_LIFETIME_S)] });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('shop');
   for (const key of ['shop/client', 'shop/backend', 'shop/slow']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
@@ -230,4 +237,70 @@ test('over --max-requests the waypoint answers 503 with x-weft-overloaded at onc
   const after = await Promise.all(Array.from({ length: MAX_REQUESTS }, (_, i) => mesh.exec('shop/client', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${SLOW_VIP}/after-${i}?ms=200`])));
   assert.deepEqual(after.map((r) => r.stdout), Array(MAX_REQUESTS).fill('200'), `${MAX_REQUESTS} concurrent requests pass again`);
   assert.equal((await curl('/after-overload')).stdout, '200');
+});
+
+interface WaypointCerts { serial: string; notAfter: string; state: string; issued: number; renewalFailures: number; lastRenewalError?: string; nextRenewalAttempt?: string }
+const waypointCerts = () => getJsonInNetns<WaypointCerts>(mesh.waypointReplicas('shop')[0]!.pod.netnsPath, 'http://127.0.0.1:15000/certs');
+
+test('with the controller down when its certificate falls due, the waypoint retries with backoff, keeps serving, and renews at the first attempt after the controller is back', async () => {
+  const failuresBefore = await waypointMetric('weft_waypoint_certificate_renewal_failures_total');
+  // Start right after a renewal: the certificate has its whole lifetime ahead.
+  const first = await waypointCerts();
+  for (let i = 0; (await waypointCerts()).issued === first.issued; i++) {
+    assert.ok(i < 100, 'the waypoint renews every few seconds');
+    await sleep(50);
+  }
+  const held = await waypointCerts();
+  const expiresAt = Date.parse(held.notAfter);
+  const controller = mesh.controller!;
+  controller.kill('SIGKILL');
+  await once(controller, 'exit');
+  const killedAt = Date.now();
+
+  // Down: renewal attempts fail; requests through the waypoint still pass.
+  const seen: WaypointCerts[] = [];
+  let requests = 0;
+  for (;;) {
+    const c = await waypointCerts();
+    seen.push(c);
+    assert.equal(c.serial, held.serial, 'no certificate can be issued while the controller is down');
+    assert.equal((await curl(`/during-outage-${requests++}`)).stdout, '200', 'requests through the waypoint pass during the outage');
+    if (c.renewalFailures >= 1) break;
+    assert.ok(Date.now() < expiresAt - 1_500, `a renewal attempt failed with time to spare before expiry (${JSON.stringify(c)})`);
+    await sleep(100);
+  }
+  const down = seen[seen.length - 1]!;
+  assert.equal(down.state, 'renewing');
+  assert.match(down.lastRenewalError ?? '', /unavailable/i);
+  assert.ok(down.nextRenewalAttempt && Date.parse(down.nextRenewalAttempt) <= expiresAt, `the next attempt is due before expiry: ${JSON.stringify(down)}`);
+  const restartedAt = Date.now();
+  mesh.startController();
+  await mesh.waitControllerReady();
+  const readyAt = Date.now();
+  let renewed: WaypointCerts | undefined;
+  for (;;) {
+    const c = await waypointCerts();
+    if (c.serial !== held.serial && c.state === 'valid') { renewed = c; break; }
+    assert.ok(Date.now() < expiresAt, `renewed before the old certificate expired: ${JSON.stringify(c)}`);
+    await sleep(50);
+  }
+  const renewedAt = Date.now();
+  const failures = mesh.logTail('pod-shop-waypoint-0.log', 100_000).split('\n').filter((l) => l.includes('"waypoint certificate renewal failed"'))
+    .map((l) => JSON.parse(l) as { time: string; retryInMs: number; code: string }).filter((f) => Date.parse(f.time) >= killedAt);
+  console.log(`# controller down ${restartedAt - killedAt} ms from just after a waypoint renewal (certificate ${Math.round((expiresAt - killedAt) / 100) / 10} s left at the kill): ` +
+    `${failures.length} failed attempts (${failures.map((f) => `${f.code} at ${Date.parse(f.time) - killedAt} ms, next in ${f.retryInMs} ms`).join('; ')}); controller ready ${readyAt - restartedAt} ms after the restart, ` +
+    `certificate renewed ${renewedAt - readyAt} ms later, ${expiresAt - renewedAt} ms before expiry; ${requests} requests through the waypoint during the outage, all 200`);
+  assert.ok(failures.length >= 1, 'each failure is logged with its retry');
+  for (const f of failures) {
+    const left = expiresAt - Date.parse(f.time);
+    assert.ok(f.retryInMs >= 250 && f.retryInMs <= Math.max(left / 2, 250) + 5, `waits from the backoff, never past half the validity left (${f.retryInMs} ms with ${left} ms left)`);
+  }
+  assert.equal(await waypointMetric('weft_waypoint_certificate_renewal_failures_total') - failuresBefore, failures.length, 'and counted');
+  assert.ok(await waypointMetric('weft_waypoint_certificate_renewal_failures_total', 'reason="WEFT_CA_UNAVAILABLE"') >= 1, 'as the CA being unavailable');
+  assert.equal(renewed.renewalFailures, 0);
+  assert.equal((await curl('/after-outage')).stdout, '200');
+  for (let i = 0; !(await getJsonInNetns<{ controllerConnected: boolean }>(mesh.waypointReplicas('shop')[0]!.pod.netnsPath, 'http://127.0.0.1:15000/config_dump')).controllerConnected; i++) {
+    assert.ok(i < 100, 'the config stream is back');
+    await sleep(100);
+  }
 });
