@@ -175,10 +175,13 @@ test('an HTTP/2 frame beyond the maximum frame size and a CONTINUATION flood end
   assert.ok(big.goaway !== null || big.closed === true, `the session is ended: ${JSON.stringify(big)}`);
   if (big.goaway !== null) assert.equal(big.goaway, 6, 'GOAWAY FRAME_SIZE_ERROR (6)');
 
-  const flood = await hostile(['--mode', 'h2-continuation-flood', '--bytes', String(8 << 20)]);
+  // What leaves the client before the close includes what the kernel and both agents buffer on the
+  // way (1.7-8.4 MB seen), so the bound is set well above that: the server, not the fixture's
+  // budget, must end the flood.
+  const flood = await hostile(['--mode', 'h2-continuation-flood', '--bytes', String(32 << 20)]);
   console.log(`# h2 CONTINUATION flood: ${JSON.stringify(flood)}`);
   assert.ok(flood.goaway !== null || flood.closed === true, `the session is ended: ${JSON.stringify(flood)}`);
-  assert.ok(Number(flood.written) < 8 << 20, `the server stopped it before 8 MiB of header blocks (${flood.written} bytes written)`);
+  assert.ok(Number(flood.written) < 32 << 20, `the server stopped it before 32 MiB of header blocks (${flood.written} bytes written)`);
 
   for (let i = 0; i < 3; i++) assert.equal((await curl(`/after-h2-${i}`)).stdout, '200', 'the waypoint still serves');
 });
