@@ -10,28 +10,27 @@
 // on new and on kept-alive connections, keep getting their answers (200, and 403 from the policy)
 // at every step; its certificate ends up issued by B; and after A is retired it still gets new
 // config from the controller (a policy written then is enforced).
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
+const stateDir = suite.stateDir;
 const VIP = '10.96.0.30';
 const SHOP_VIP = '10.96.0.40';
 const NODES = ['node1', 'node2'];
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: NODES });
+  mesh = await suite.create(NODES);
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
@@ -53,14 +52,8 @@ before(async () => {
   mesh.startWaypoint('node2', 'shop', 'waypoint', { extraArgs: ['--cert-lifetime', '10'] });
   await mesh.waitReady();
   await mesh.waitWaypointReady('shop');
-  for (const k of ['demo/client', 'demo/lines', 'shop/buyer', 'shop/shop']) await mesh.waitEnrolled(mesh.workloads.get(k)!.spec.node, mesh.workloads.get(k)!.pod.ip);
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/lines', 'shop/buyer', 'shop/shop']);
   await until('the waypoint serves and enforces its policy', async () => (await curl(`http://${SHOP_VIP}/`)) === '200' && (await curl(`http://${SHOP_VIP}/admin`)) === '403', 20_000);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
 });
 
 interface CertsView { trustBundle: number; certificates: Array<{ identity: string; serial: string; issuer: string }> }

@@ -15,20 +15,17 @@
 //   renewal fails and is retried with backoff, shown in /certs, the log and the failure metric,
 //   while requests through the waypoint go on; restarted before the certificate expires, the
 //   controller renews it at the next attempt and the config stream is back.
-import { test, before, after } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Lab } from '../lab/lab.ts';
+import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 
-const lab = new Lab();
+const suite = localMeshSuite();
 let mesh: LocalMesh;
-const stateDir = mkdtempSync(join(tmpdir(), 'weft-e2e-'));
 const VIP = '10.96.3.10';
 /** A service whose backend answers after `?ms=` milliseconds (fixtures/slow-backend.ts). */
 const SLOW_VIP = '10.96.3.11';
@@ -46,7 +43,7 @@ const HEADER_TIMEOUT_S = 3;
 const CUT_SLACK_MS = 2_000;
 
 before(async () => {
-  mesh = await LocalMesh.create({ prefix: lab.id, stateDir, nodes: ['node1', 'node2'] });
+  mesh = await suite.create();
   mesh.writeConfig('10-shop.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'backend', namespace: 'shop' }, spec: { clusterIP: VIP, selector: { app: 'backend' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
@@ -64,12 +61,6 @@ before(async () => {
   for (const key of ['shop/client', 'shop/backend', 'shop/slow']) await mesh.waitEnrolled(mesh.workloads.get(key)!.spec.node, mesh.workloads.get(key)!.pod.ip);
   // The waypoint has the service once a plain request through it is answered.
   for (let i = 0; i < 40 && (await curl()).stdout !== '200'; i++) await sleep(250);
-});
-
-after(async () => {
-  await mesh?.destroy();
-  await lab.cleanup();
-  rmSync(stateDir, { recursive: true, force: true });
 });
 
 const curl = (path = '/') => mesh.exec('shop/client', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${VIP}${path}`]);
