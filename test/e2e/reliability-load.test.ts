@@ -106,6 +106,15 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   const stats1 = await mesh.agentAdmin<{ hbonePool: unknown }>('node1', '/stats');
   const stats2 = await mesh.agentAdmin<{ hboneServer: { refusals: Record<string, number> } }>('node2', '/stats');
   const failed = (await mesh.agentMetrics('node1')).split('\n').filter((l) => l.startsWith('weft_connections_failed_total'));
+  // Why connections failed, by message (numbers and addresses blanked), from node1's access log.
+  const reasons = new Map<string, number>();
+  for (const line of mesh.logTail('agent-node1.log', 1_000_000).split('\n')) {
+    if (!line.includes('"direction":"outbound"') || !line.includes('"error"')) continue;
+    const error = String((JSON.parse(line) as { error?: unknown }).error).replace(/\d+(\.\d+)*/g, 'N');
+    if (/ECONNRESET|reset by the client/i.test(error) && !/HBONE/.test(error)) continue; // the churn's own resets
+    reasons.set(error, (reasons.get(error) ?? 0) + 1);
+  }
+  if (reasons.size > 0) console.log(`# node1 failures by reason: ${JSON.stringify(Object.fromEntries(reasons))}`);
   console.log(`# node1 pool ${JSON.stringify(stats1.hbonePool)}; node2 refusals ${JSON.stringify(Object.fromEntries(Object.entries(stats2.hboneServer.refusals).filter(([, v]) => v > 0)))}; node1 ${failed.join(' ') || 'no failed connections'}`);
 
   assert.equal(res.idleOpen, IDLE, `every idle connection was established end to end (${JSON.stringify(res.errors)})`);
