@@ -16,7 +16,7 @@ export type {
   ServerTlsMaterial,
 } from './server.ts';
 export { forwardedFor } from './server.ts';
-export { HbonePool } from './pool.ts';
+export { HbonePool, streamHeadroom } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HbonePoolOptions, HbonePoolStats } from './pool.ts';
 export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';
 export type { PipeOptions, PipeResult } from './pipe.ts';

@@ -108,22 +108,44 @@ interface PooledSession {
   idleTimer: NodeJS.Timeout | undefined;
   /** Out of the pool: GOAWAY, error, idle close or retirement. Existing streams continue. */
   retired: boolean;
+  /**
+   * The server refused a stream as over its limit (it still counts streams we already closed):
+   * no new streams here until one of ours closes.
+   */
+  saturated: boolean;
   /** The session's error, if it died of one (TLS alert, reset): the best explanation for its streams. */
   error: Error | undefined;
   /** The session emitted 'close'. */
   closeSeen: boolean;
 }
 
+/** Streams the server refused as over its limit (their own 'close' frees no slot). */
+const overLimit = new WeakSet<ClientHttp2Stream>();
+
 /** How often one connect may move to another session because the chosen one turned out full. */
 const MAX_SESSION_MOVES = 8;
 
-/** A failure before the server could have acted on the stream: safe to retry on a new session. */
+/**
+ * A failure before the server could have acted on the stream: safe to retry on another session.
+ * `retire`: the session itself is unusable (GOAWAY, closed); otherwise it was only full.
+ */
 class RetryableStreamError extends Error {
   readonly inner: HboneError;
-  constructor(inner: HboneError) {
+  readonly retire: boolean;
+  constructor(inner: HboneError, retire = true) {
     super(inner.message);
     this.inner = inner;
+    this.retire = retire;
   }
+}
+
+/**
+ * Streams a session keeps free of its server's SETTINGS_MAX_CONCURRENT_STREAMS (for limits of 64 and
+ * up): the server frees a stream a little after we consider it closed, so under churn a session
+ * filled to the last slot gets new streams refused (Node: RST_STREAM ENHANCE_YOUR_CALM).
+ */
+export function streamHeadroom(limit: number): number {
+  return limit >= 64 ? Math.ceil(limit / 32) : 0;
 }
 
 /**
@@ -195,7 +217,7 @@ export class HbonePool {
         } catch (err) {
           if (err instanceof RetryableStreamError) {
             release();
-            this.#retire(pooled);
+            if (err.retire) this.#retire(pooled);
             if (attempt < 2) continue;
             throw err.inner;
           }
@@ -242,7 +264,7 @@ export class HbonePool {
       list = [];
       this.#sessions.set(key, list);
     }
-    let pooled = list.find((p) => !p.retired && !p.session.destroyed && !p.session.closed &&
+    let pooled = list.find((p) => !p.retired && !p.saturated && !p.session.destroyed && !p.session.closed &&
       p.active + p.pending < this.#capacity(p));
     if (!pooled) {
       pooled = this.#createSession(key, opts, dest);
@@ -257,7 +279,8 @@ export class HbonePool {
     const local = this.#opts.maxStreamsPerSession ?? DEFAULT_MAX_STREAMS_PER_SESSION;
     // Before the server's SETTINGS arrive Node reports the protocol default (unlimited).
     const remote = pooled.session.remoteSettings?.maxConcurrentStreams ?? local;
-    return Math.min(local, remote);
+    const limit = Math.min(local, remote);
+    return limit - streamHeadroom(limit);
   }
 
   #createSession(key: string, opts: HboneConnectOptions, dest: string): PooledSession {
@@ -304,6 +327,7 @@ export class HbonePool {
       pending: 0,
       idleTimer: undefined,
       retired: false,
+      saturated: false,
       error: undefined,
       closeSeen: false,
     };
@@ -420,6 +444,8 @@ export class HbonePool {
     if (pooled.idleTimer) { clearTimeout(pooled.idleTimer); pooled.idleTimer = undefined; }
     stream.once('close', () => {
       this.#stats.streamsActive--;
+      // A slot on the server frees up, unless this is the stream it refused for want of one.
+      if (!overLimit.has(stream)) pooled.saturated = false;
       if (--pooled.active === 0) {
         if (pooled.retired) this.#retire(pooled);
         else this.#armIdle(pooled);
@@ -456,7 +482,17 @@ export class HbonePool {
           return;
         }
         const inner = new HboneStreamError(dest, opts.target, errText(err), stream.rstCode, err);
-        fail(err.code === 'ERR_HTTP2_GOAWAY_SESSION' ? new RetryableStreamError(inner) : inner);
+        if (err.code === 'ERR_HTTP2_GOAWAY_SESSION') {
+          fail(new RetryableStreamError(inner));
+        } else if (stream.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM || stream.rstCode === h2.NGHTTP2_REFUSED_STREAM) {
+          // Refused unanswered as over the server's stream limit: not processed, and the session
+          // is fine, only full for now.
+          overLimit.add(stream);
+          pooled.saturated = true;
+          fail(new RetryableStreamError(inner, false));
+        } else {
+          fail(inner);
+        }
       };
       const decideAfterClose = (): void => {
         if (pooled.error) {
@@ -470,7 +506,15 @@ export class HbonePool {
         // session that went away under an unanswered CONNECT took any upstream with it. Nothing of
         // the application's has been sent yet either way, so a fresh session may try again.
         const sessionGone = pooled.retired || session.closed || session.destroyed;
-        fail(code === h2.NGHTTP2_REFUSED_STREAM || sessionGone ? new RetryableStreamError(inner) : inner);
+        if (sessionGone) {
+          fail(new RetryableStreamError(inner));
+        } else if (code === h2.NGHTTP2_REFUSED_STREAM || code === h2.NGHTTP2_ENHANCE_YOUR_CALM) {
+          overLimit.add(stream);
+          pooled.saturated = true;
+          fail(new RetryableStreamError(inner, false));
+        } else {
+          fail(inner);
+        }
       };
       const onClose = (): void => {
         // A dying session closes its streams before it reports why (a TLS alert, say): wait for it.
