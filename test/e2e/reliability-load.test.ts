@@ -120,7 +120,9 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   assert.equal(res.idleOpen, IDLE, `every idle connection was established end to end (${JSON.stringify(res.errors)})`);
   assert.equal(res.idleDropped, 0, 'none of the idle connections was dropped while the churn ran');
   assert.equal(res.stillOpen, IDLE);
-  assert.ok(res.churnFailed <= res.churnOk / 100, `at most 1% of the new connections failed (${res.churnFailed} of ${res.churnOk + res.churnFailed}: ${JSON.stringify(res.errors)})`);
+  // 0 in every run since the pool retries streams refused as over the limit; before, 119 and 224 of
+  // ~58,000 failed in two of five runs. A few stray failures would not be a bug of this kind.
+  assert.ok(res.churnFailed <= res.churnOk / 1000, `at most 0.1% of the new connections failed (${res.churnFailed} of ${res.churnOk + res.churnFailed}: ${JSON.stringify(res.errors)})`);
   assert.ok(res.churnPerSecond >= RATE * 0.8, `the churn ran at about the asked rate (${res.churnPerSecond}/s)`);
   assert.ok(peak.fds >= base.fds + IDLE, `the agent really held the idle connections (peak ${peak.fds} fds)`);
   assert.ok(after <= base.fds + 20, `file descriptors return to the baseline (${after} vs ${base.fds})`);
