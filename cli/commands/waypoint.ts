@@ -15,6 +15,7 @@ interface Flags {
   name: string;
   node?: string;
   enrollNamespace?: boolean;
+  maxRequests?: string;
   allNamespaces?: boolean;
   output: 'table' | 'json' | 'yaml';
 }
@@ -31,15 +32,26 @@ function needNamespace(f: Flags): string {
   return f.namespace;
 }
 
+/** --max-requests, checked as the Waypoint's spec.maxRequests is. */
+function maxRequestsFlag(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > 1_000_000) throw new Error(`--max-requests ${v}: give a whole number of requests from 1 to 1000000`);
+  return n;
+}
+
 export function waypointCommand(io: CommandIo = processIo): Command {
   const say = (l: string) => io.out(`${l}\n`);
   const output = () => new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table');
   return exitUsageOnCommanderError(new Command('waypoint'), io)
     .description('waypoints of the local mesh: apply, list, status, delete')
     .addCommand(sub('apply', 'create a namespace\'s waypoint (the Waypoint object and its pod) and wait until every agent sees it ready', io, async (st, f) => {
-      await applyWaypoint(st, { namespace: needNamespace(f), name: f.name, ...(f.node ? { node: f.node } : {}), enrollNamespace: f.enrollNamespace ?? false, say });
+      await applyWaypoint(st, {
+        namespace: needNamespace(f), name: f.name, ...(f.node ? { node: f.node } : {}), enrollNamespace: f.enrollNamespace ?? false, say,
+        ...(f.maxRequests !== undefined ? { maxRequests: maxRequestsFlag(f.maxRequests) } : {}),
+      });
     })
       .option('--node <node>', 'node for the waypoint pod (default: the node with the fewest pods)')
+      .option('--max-requests <n>', 'requests in progress at once in the waypoint (spec.maxRequests); beyond it 503 at once (default 10000)')
       .option('--enroll-namespace', 'label the namespace weft.dev/use-waypoint=<name> so its services use the waypoint'))
     .addCommand(sub('list', 'waypoints, their addresses and readiness as the agents see them', io, async (st, f) => {
       const ws = await waypointStatuses(st, f.allNamespaces || !f.namespace ? {} : { namespace: f.namespace });

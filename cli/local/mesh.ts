@@ -48,6 +48,8 @@ export interface WaypointOptions {
   nodes?: string[];
   /** More waypoint/src/main.ts flags for every replica (`--quota`, `--quota-redis`, ...). */
   extraArgs?: string[];
+  /** The Waypoint's spec.maxRequests, passed to each replica as --max-requests. */
+  maxRequests?: number;
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
@@ -222,7 +224,11 @@ export class LocalMesh {
     const replicas = opts.replicas ?? 1;
     if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`waypoint ${namespace}/${name}: replicas must be a positive integer, not ${replicas}`);
     const nodes = opts.nodes && opts.nodes.length > 0 ? opts.nodes : [nodeName];
-    this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [{ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace } }]);
+    this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [{
+      apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace },
+      ...(opts.maxRequests !== undefined ? { spec: { maxRequests: opts.maxRequests } } : {}),
+    }]);
+    const limit = opts.maxRequests !== undefined ? ['--max-requests', String(opts.maxRequests)] : [];
     const started: Workload[] = [];
     for (let i = 0; i < replicas; i++) {
       const node = nodes[i % nodes.length]!;
@@ -231,7 +237,7 @@ export class LocalMesh {
       started.push(this.addWorkload({
         node, namespace, name: `${name}-${i}`, serviceAccount: name,
         labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
-        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile }), ...(opts.extraArgs ?? [])],
+        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile }), ...limit, ...(opts.extraArgs ?? [])],
       }));
     }
     return started[0]!;

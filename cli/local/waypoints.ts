@@ -29,6 +29,8 @@ export interface WaypointApplyOptions {
   node?: string;
   /** Label the namespace `weft.dev/use-waypoint: <name>` so its services use the waypoint. */
   enrollNamespace?: boolean;
+  /** The Waypoint's spec.maxRequests (the waypoint's --max-requests). */
+  maxRequests?: number;
   say: (line: string) => void;
   /** How long to wait for the pod and the agents to see it ready; default 60 s. */
   timeoutMs?: number;
@@ -114,7 +116,7 @@ export async function applyWaypoint(st: LocalState, o: WaypointApplyOptions): Pr
   if (existing.length > 0) {
     o.say(`waypoint ${o.namespace}/${o.name} already runs (${existing.map((p) => `${p.name} on ${p.node}`).join(', ')}); unchanged`);
   } else {
-    const w = mesh.startWaypoint(node, o.namespace, o.name);
+    const w = mesh.startWaypoint(node, o.namespace, o.name, o.maxRequests !== undefined ? { maxRequests: o.maxRequests } : {});
     st.pods.push({ namespace: o.namespace, name: w.spec.name, node, ip: w.pod.ip, netns: w.pod.netns });
     writeState(st);
     o.say(`waypoint ${o.namespace}/${o.name} created: pod ${w.spec.name} on ${node} (${w.pod.ip}), log ${join(mesh.logDir, `pod-${o.namespace}-${w.spec.name}.log`)}`);

@@ -28,6 +28,8 @@ export interface WaypointLaunchSpec {
   spiffeId: string;
   replicas: number;
   image?: string;
+  /** The waypoint's --max-requests; unset: its default. */
+  maxRequests?: number;
 }
 
 /** Runs waypoints outside Kubernetes (the local mesh runner implements it). */
@@ -58,6 +60,7 @@ function launchSpec(wp: Waypoint, trustDomain: string): WaypointLaunchSpec {
     spiffeId: spiffeIdOf(trustDomain, wp.metadata.namespace!, sa),
     replicas: wp.spec?.replicas ?? 1,
     ...(wp.spec?.image ? { image: wp.spec.image } : {}),
+    ...(wp.spec?.maxRequests !== undefined ? { maxRequests: wp.spec.maxRequests } : {}),
   };
 }
 
@@ -257,7 +260,7 @@ export class KubeWaypointDriver extends BaseDriver {
             containers: [{
               name: 'waypoint',
               image: spec.image ?? this.#o.image,
-              args: ['--namespace', namespace, '--name', name],
+              args: ['--namespace', namespace, '--name', name, ...(spec.maxRequests !== undefined ? ['--max-requests', String(spec.maxRequests)] : [])],
               env: [
                 { name: 'WEFT_CONTROLLER', value: this.#o.controllerAddress ?? 'weft-controller.weft-system.svc:15012' },
                 { name: 'WEFT_SPIFFE_ID', value: spec.spiffeId },

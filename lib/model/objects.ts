@@ -139,6 +139,11 @@ export interface Waypoint {
     replicas?: number;
     /** Container image in Kubernetes mode; default the controller's `--waypoint-image`. */
     image?: string;
+    /**
+     * Requests in progress at once per waypoint replica (its `--max-requests`); beyond it a request
+     * gets 503 at once. Default the waypoint's (10,000).
+     */
+    maxRequests?: number;
   };
   status?: {
     conditions?: Condition[];

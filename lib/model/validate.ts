@@ -404,7 +404,8 @@ function validateEndpointSlice(c: Checker, o: Json): void {
 
 function validateWaypoint(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image']);
+  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests']);
+  c.int(spec.maxRequests, 'spec.maxRequests', { min: 1, max: 1_000_000 });
   c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
   c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
   c.str(spec.image, 'spec.image', { nonEmpty: true });

@@ -13,6 +13,7 @@ import { listNetns } from '../../lib/sys/netns.ts';
 import type { LocalState } from '../../cli/local/up.ts';
 
 import { weftctl } from './weftctl-run.ts';
+import { requestInNetns } from '../../cli/local/netns-http.ts';
 
 const lab = new Lab();
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-ctlwp-'));
@@ -46,13 +47,18 @@ after(async () => {
 });
 
 test('waypoint apply --enroll-namespace starts a waypoint pod on the chosen node, and the namespace traffic then passes it', async () => {
-  const r = await weftctl(['waypoint', 'apply', ...common, '-n', 'demo', '--node', 'node1', '--enroll-namespace']);
+  const bad = await weftctl(['waypoint', 'apply', ...common, '-n', 'demo', '--max-requests', '0']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.err, /--max-requests 0: give a whole number of requests from 1 to 1000000/);
+  const r = await weftctl(['waypoint', 'apply', ...common, '-n', 'demo', '--node', 'node1', '--enroll-namespace', '--max-requests', '300']);
   assert.equal(r.code, 0, `${r.out}\n${r.err}`);
   assert.match(r.out, /waypoint demo\/waypoint created: pod waypoint-0 on node1 \(10\.77\.1\.\d+\)/);
   assert.match(r.out, /namespace demo labelled weft\.dev\/use-waypoint=waypoint/);
   assert.match(r.out, /waypoint demo\/waypoint ready at 10\.77\.1\.\d+, identity spiffe:\/\/cluster\.local\/ns\/demo\/sa\/waypoint/);
   const wp = readState().pods.find((p) => p.namespace === 'demo' && p.name === 'waypoint-0');
   assert.ok(wp && wp.node === 'node1', 'state.json records the pod');
+  const metrics = await requestInNetns(`/var/run/netns/${wp.netns}`, `http://${wp.ip}:15020/metrics`);
+  assert.match(metrics.body, /^weft_waypoint_max_requests 300$/m, 'spec.maxRequests reached the waypoint');
   // The enrolment reaches the agents through the controller: wait for the echo to see the waypoint.
   let seen = '';
   for (let i = 0; i < 40; i++) {

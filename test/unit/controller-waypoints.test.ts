@@ -62,6 +62,12 @@ test('in Kubernetes mode a Waypoint becomes a Deployment and a Service, and turn
     assert.equal((api.get('Waypoint', 'shop', 'wp')!.status as typeof st).addresses[0]!.value, clusterIP);
     assert.deepEqual(agent.snapshot!.services.find((s) => s.name === 'web')?.waypoint, { name: 'wp', namespace: 'shop' });
 
+    // spec.maxRequests reaches every replica's command line (the Deployment is updated in place).
+    api.apply({ ...waypoint('shop', 'wp'), spec: { maxRequests: 500 } });
+    const args = () => (api.get('Deployment', 'shop', 'wp')?.spec as { template: { spec: { containers: Array<{ args: string[] }> } } } | undefined)?.template.spec.containers[0]!.args ?? [];
+    await until('the Deployment passes --max-requests 500', () => args().join(' ').endsWith('--max-requests 500'));
+    assert.deepEqual(args(), ['--namespace', 'shop', '--name', 'wp', '--max-requests', '500']);
+
     api.remove('Waypoint', 'shop', 'wp');
     await until('deployment removed', () => api.get('Deployment', 'shop', 'wp') === undefined && api.get('Service', 'shop', 'wp') === undefined);
   } finally {

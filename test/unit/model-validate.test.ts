@@ -151,3 +151,10 @@ test('null fields are unset (as Kubernetes reads them) but a null inside a list 
   assert.deepEqual(issues.map((i) => [i.path, i.message]), [['spec.rules[0].from[0].source.principals[1]', 'must be a string, not null']]);
   assert.deepEqual(withoutNullFields({ a: null, b: [null, { c: null, d: 1 }] }), { b: [null, { d: 1 }] });
 });
+
+test('a Waypoint\'s maxRequests is a whole number from 1 to 1,000,000', () => {
+  const wp = (spec: unknown) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec });
+  assert.deepEqual(validateObject(wp({ maxRequests: 500 })), []);
+  assert.deepEqual(validateObject(wp({ maxRequests: 0 })).map((i) => [i.path, i.message]), [['spec.maxRequests', '0 is below the minimum 1']]);
+  assert.deepEqual(validateObject(wp({ maxRequests: 2.5 })).map((i) => i.path), ['spec.maxRequests']);
+});
