@@ -20,6 +20,7 @@ import {
   type TlsCredentials,
 } from '../../lib/identity/index.ts';
 import type { Logger } from '../../lib/log.ts';
+import type { CertificateSigner, HeldCertificate } from '../../lib/identity/signing.ts';
 import { FlagError } from './errors.ts';
 
 /** What the admin endpoint `/certs` shows. */
@@ -83,15 +84,7 @@ function sameRoots(a: readonly string[], b: readonly string[]): boolean {
   return a.every((p) => s.has(p.trim()));
 }
 
-interface Held {
-  keyPem: string;
-  certChain: string[];
-  serial: string;
-  issuer: string;
-  notBefore: Date;
-  notAfter: Date;
-  renewAt: number;
-}
+type Held = HeldCertificate;
 
 function describe(keyPem: string, certChain: string[], renewAt: number): Held {
   const leaf = parseCertificate(certChain[0]!);
@@ -146,14 +139,7 @@ export async function staticIdentity(files: { certFile: string; keyFile: string;
 // The controller's certificate service
 
 /** Signs CSRs and publishes the roots: the controller, or a stand-in in tests. */
-export interface WaypointSigner {
-  sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<{ certChain: string[]; trustBundle: string[] }>;
-  /** The roots to verify the CA itself with changed. */
-  setTrustBundle(roots: readonly string[]): void;
-  /** Follows the published roots (reconnecting as needed) until the returned function is called. */
-  watchTrustBundle?(onBundle: (roots: string[]) => void): () => void;
-  close(): void;
-}
+export type WaypointSigner = CertificateSigner;
 
 export interface ControllerSignerOptions {
   address: string;

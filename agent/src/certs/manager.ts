@@ -23,7 +23,7 @@ import {
 } from '../../../lib/identity/tls.ts';
 import { parseCertificate } from '../../../lib/identity/x509.ts';
 import { RenewalBackoff, type RenewalBackoffOptions } from '../../../lib/identity/renewal.ts';
-import type { CertificateSigner } from './signer.ts';
+import type { CertificateSigner, HeldCertificate } from '../../../lib/identity/signing.ts';
 
 /** Fraction of the lifetime (from issuance) after which a certificate is renewed. */
 export const DEFAULT_RENEW_FRACTION = 0.5;
@@ -72,15 +72,7 @@ export interface RenewalRetry {
   expiresAt: Date | undefined;
 }
 
-interface HeldCert {
-  keyPem: string;
-  certChain: string[];
-  serial: string;
-  issuer: string;
-  notBefore: Date;
-  notAfter: Date;
-  renewAt: number;
-}
+type HeldCert = HeldCertificate;
 
 interface Entry {
   identity: string;

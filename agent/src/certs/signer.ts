@@ -13,22 +13,8 @@ import { nodeId } from '../../../lib/identity/spiffe.ts';
 import type { PeerExpectation } from '../../../lib/identity/tls.ts';
 import { parseCertificate } from '../../../lib/identity/x509.ts';
 
-export interface SignResult {
-  /** PEM, leaf first. */
-  certChain: string[];
-  /** PEM roots as the CA currently publishes them. */
-  trustBundle: string[];
-}
-
-/** Anything that turns a CSR into a certificate chain for an identity. */
-export interface CertificateSigner {
-  sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<SignResult>;
-  /** Roots to verify the CA itself against changed. */
-  setTrustBundle(bundle: readonly string[]): void;
-  /** Follows the CA's trust bundle (reconnecting as needed) until the returned function is called. */
-  watchTrustBundle?(onBundle: (roots: string[]) => void): () => void;
-  close(): void;
-}
+export type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
+import type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
 
 export interface GrpcSignerOptions {
   /** host:port of the controller (15012). */
