@@ -497,13 +497,16 @@ async function stopAndProfile(m: LocalMesh, dir: string): Promise<NonNullable<Be
   const targets: Array<[string, ChildProcess]> = [...m.agents].map(([node, child]) => [`agent-${node}`, child]);
   const waypoint = m.workloads.get('l7/waypoint-0')?.process;
   if (waypoint) targets.push(['waypoint', waypoint]);
+  // All at once: an agent drains open tunnels (the waypoint's keep-alive upstreams) for up to its
+  // --drain-timeout (20 s) before it exits and V8 writes the profile.
+  const before = new Set(existsSync(dir) ? readdirSync(dir) : []);
+  const exited = new Map(targets.map(([who, child]) => [who, child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : once(child, 'exit').then(() => undefined)]));
+  for (const [, child] of targets) if (child.exitCode === null) child.kill('SIGTERM');
+  await Promise.race([Promise.all(exited.values()), sleep(30_000)]);
+  const written = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f));
   for (const [who, child] of targets) {
-    const before = new Set(existsSync(dir) ? readdirSync(dir) : []);
-    if (child.exitCode === null) {
-      child.kill('SIGTERM');
-      await Promise.race([once(child, 'exit'), sleep(10_000)]);
-    }
-    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile') && !before.has(f));
+    // V8 names a profile CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile.
+    const file = written.find((f) => f.split('.')[3] === String(child.pid));
     if (!file) { log(`profile: ${who} wrote no profile`); continue; }
     copyFileSync(join(dir, file), join(keep, `${who}.cpuprofile`));
     const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile;

@@ -204,7 +204,11 @@ export class LocalMesh {
       '--pod-netns-prefix', `${this.o.prefix}-`,
       '--log-level', this.o.logLevel ?? 'info',
       ...(opts.extraArgs ?? []),
-    ], `agent-${nodeName}${suffix}.log`, { NODE_OPTIONS: AGENT_NODE_OPTIONS, ...opts.env });
+    ], `agent-${nodeName}${suffix}.log`, {
+      // Added to what the caller runs with (make bench --profile puts --cpu-prof there).
+      NODE_OPTIONS: [process.env.NODE_OPTIONS, AGENT_NODE_OPTIONS].filter(Boolean).join(' '),
+      ...opts.env,
+    });
     if (!opts.instance) this.agents.set(nodeName, child);
     return child;
   }
