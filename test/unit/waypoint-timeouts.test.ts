@@ -172,37 +172,42 @@ const INTERVAL_MS = timeoutCheckIntervalMs(HEADER_MS);
 /** Scheduling slack on a loaded test machine. */
 const SLACK_MS = 400;
 
-describe('waypoint HTTP/1.1 timeouts', () => {
-  let b: Backend;
-  let engine: WaypointEngine;
-  let l: Listener;
-
+/**
+ * For one describe block: a waypoint engine with the short test timeouts, listening for tunnels to
+ * VIP, in front of a streaming backend; built before the block's tests, closed after them.
+ */
+function engineUnderTest(): { b: Backend; engine: WaypointEngine; l: Listener } {
+  const f = {} as { b: Backend; engine: WaypointEngine; l: Listener };
   before(async () => {
-    b = await streamingBackend();
-    engine = new WaypointEngine({
+    f.b = await streamingBackend();
+    f.engine = new WaypointEngine({
       namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), telemetry: { accessLog: null },
       requestHeadersTimeoutMs: HEADER_MS, idleTimeoutMs: IDLE_MS,
     });
-    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
-    l = await startTunnelListener(engine, VIP);
+    f.engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(f.b.port)])] }));
+    f.l = await startTunnelListener(f.engine, VIP);
   });
-
   after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
+    await f.l.close();
+    await f.engine.close();
+    await f.b.close();
   });
+  return f;
+}
+
+describe('waypoint HTTP/1.1 timeouts', () => {
+  const f = engineUnderTest();
 
   for (const via of ['TCP', 'an HBONE-shaped duplexPair'] as const) {
     it(`cuts a client trickling headers with 408 within the header timeout, over ${via}, while another connection is served`, T, async () => {
-      const before408 = await counter(engine, 'HTTP/1.1', 'request_headers');
-      const c: Conn = via === 'TCP' ? await tcp(l.port) : pairTunnel(engine);
+      const before408 = await counter(f.engine, 'HTTP/1.1', 'request_headers');
+      const c: Conn = via === 'TCP' ? await tcp(f.l.port) : pairTunnel(f.engine);
       const cut = whenCut(c);
       const stop = trickle(c, 50);
       try {
         await sleep(HEADER_MS / 2);
         // A normal request on another connection while the slow one is mid-headers.
-        const other: Conn = via === 'TCP' ? await tcp(l.port) : pairTunnel(engine);
+        const other: Conn = via === 'TCP' ? await tcp(f.l.port) : pairTunnel(f.engine);
         const ok = await requestOn(other, '/normal');
         assert.equal(ok.status, 200);
         assert.equal(JSON.parse(ok.body).url, '/normal');
@@ -216,14 +221,14 @@ describe('waypoint HTTP/1.1 timeouts', () => {
         stop();
         hangUp(c);
       }
-      assert.equal(await counter(engine, 'HTTP/1.1', 'request_headers'), before408 + 1);
-      const samples = await metricSamples(engine, 'istio_requests_total');
+      assert.equal(await counter(f.engine, 'HTTP/1.1', 'request_headers'), before408 + 1);
+      const samples = await metricSamples(f.engine, 'istio_requests_total');
       assert.ok(samples.some((s) => s.labels['response_code'] === '408'), 'the 408 is in istio_requests_total');
     });
   }
 
   it('times the headers of each request on a keep-alive connection anew', T, async () => {
-    const c = await tcp(l.port);
+    const c = await tcp(f.l.port);
     const first = await requestOn(c, '/first');
     assert.equal(first.status, 200);
     // Well past the header timeout since the connection opened, the next request is still welcome.
@@ -242,7 +247,7 @@ describe('waypoint HTTP/1.1 timeouts', () => {
   });
 
   it('does not cut a request whose body arrives slowly after complete headers', T, async () => {
-    const c = await tcp(l.port);
+    const c = await tcp(f.l.port);
     const got = new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = http.request({ createConnection: () => c, method: 'POST', path: '/upload', headers: { host: 'reviews', 'content-length': '30' } }, (res) => {
         let body = '';
@@ -266,7 +271,7 @@ describe('waypoint HTTP/1.1 timeouts', () => {
 
   it('does not cut a response that streams for longer than either timeout', T, async () => {
     for (const via of ['TCP', 'duplexPair'] as const) {
-      const c: Conn = via === 'TCP' ? await tcp(l.port) : pairTunnel(engine);
+      const c: Conn = via === 'TCP' ? await tcp(f.l.port) : pairTunnel(f.engine);
       const started = Date.now();
       const r = await requestOn(c, '/stream?n=12&every=150');
       assert.equal(r.status, 200);
@@ -278,8 +283,8 @@ describe('waypoint HTTP/1.1 timeouts', () => {
 
   for (const via of ['TCP', 'an HBONE-shaped duplexPair'] as const) {
     it(`closes a keep-alive connection idle between requests, over ${via}`, T, async () => {
-      const idleBefore = await counter(engine, 'HTTP/1.1', 'idle');
-      const c: Conn = via === 'TCP' ? await tcp(l.port) : pairTunnel(engine);
+      const idleBefore = await counter(f.engine, 'HTTP/1.1', 'idle');
+      const c: Conn = via === 'TCP' ? await tcp(f.l.port) : pairTunnel(f.engine);
       assert.equal((await requestOn(c, '/one')).status, 200);
       const cut = whenCut(c);
       const { atMs, reply } = await cut;
@@ -287,7 +292,7 @@ describe('waypoint HTTP/1.1 timeouts', () => {
       assert.equal(reply, '', 'closed without a response');
       // node closes idle keep-alive connections keepAliveTimeoutBuffer (1 s) after the advertised timeout.
       assert.ok(atMs >= IDLE_MS - 50 && atMs <= IDLE_MS + 1000 + SLACK_MS, `idle connection closed after ${atMs} ms`);
-      assert.equal(await counter(engine, 'HTTP/1.1', 'idle'), idleBefore + 1);
+      assert.equal(await counter(f.engine, 'HTTP/1.1', 'idle'), idleBefore + 1);
       hangUp(c);
     });
   }
@@ -341,30 +346,12 @@ function rawH2(c: Conn): { goaway: () => number | undefined; responses: () => nu
 }
 
 describe('waypoint HTTP/2 timeouts', () => {
-  let b: Backend;
-  let engine: WaypointEngine;
-  let l: Listener;
-
-  before(async () => {
-    b = await streamingBackend();
-    engine = new WaypointEngine({
-      namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), telemetry: { accessLog: null },
-      requestHeadersTimeoutMs: HEADER_MS, idleTimeoutMs: IDLE_MS,
-    });
-    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
-    l = await startTunnelListener(engine, VIP);
-  });
-
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
+  const f = engineUnderTest();
 
   for (const via of ['TCP', 'an HBONE-shaped duplexPair'] as const) {
     it(`ends a session whose HEADERS never reach END_HEADERS within the header timeout, over ${via}, while another session is served`, T, async () => {
-      const before = await counter(engine, 'HTTP/2', 'request_headers');
-      const c: Conn = via === 'TCP' ? await tcp(l.port) : pairTunnel(engine);
+      const before = await counter(f.engine, 'HTTP/2', 'request_headers');
+      const c: Conn = via === 'TCP' ? await tcp(f.l.port) : pairTunnel(f.engine);
       const h = rawH2(c);
       // One complete request first: the session is in use, then a header block that never ends.
       c.write(frame(0x1, END_HEADERS | END_STREAM, 1, REQUEST_BLOCK));
@@ -373,7 +360,7 @@ describe('waypoint HTTP/2 timeouts', () => {
       const stalledAt = Date.now();
       c.write(frame(0x1, END_STREAM, 3, REQUEST_BLOCK.subarray(0, 3)));
 
-      const session = http2.connect(`http://127.0.0.1:${l.port}`);
+      const session = http2.connect(`http://127.0.0.1:${f.l.port}`);
       try {
         assert.equal((await h2request(session, { ':path': '/normal', ':authority': 'reviews' })).status, 200);
       } finally {
@@ -384,14 +371,14 @@ describe('waypoint HTTP/2 timeouts', () => {
       assert.equal(h.goaway(), 0, 'GOAWAY NO_ERROR before the close');
       assert.ok(atMs >= HEADER_MS - 50, `not cut before the timeout (${atMs} ms)`);
       assert.ok(atMs <= HEADER_MS + 2 * INTERVAL_MS + SLACK_MS, `cut within the timeout plus the check interval (${atMs} ms)`);
-      assert.equal(await counter(engine, 'HTTP/2', 'request_headers'), before + 1);
+      assert.equal(await counter(f.engine, 'HTTP/2', 'request_headers'), before + 1);
       hangUp(c);
     });
   }
 
   it('ends a session that sends only PINGs once it has been idle for the idle timeout', T, async () => {
-    const before = await counter(engine, 'HTTP/2', 'idle');
-    const c = await tcp(l.port);
+    const before = await counter(f.engine, 'HTTP/2', 'idle');
+    const c = await tcp(f.l.port);
     const h = rawH2(c);
     const pings = setInterval(() => { if (c.writable) c.write(frame(0x6, 0, 0, Buffer.alloc(8))); }, 50);
     try {
@@ -402,11 +389,11 @@ describe('waypoint HTTP/2 timeouts', () => {
       clearInterval(pings);
       hangUp(c);
     }
-    assert.equal(await counter(engine, 'HTTP/2', 'idle'), before + 1);
+    assert.equal(await counter(f.engine, 'HTTP/2', 'idle'), before + 1);
   });
 
   it('keeps a session with a stream open longer than both timeouts, and closes it once idle', T, async () => {
-    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    const session = http2.connect(`http://127.0.0.1:${f.l.port}`);
     let goaway = false;
     session.on('goaway', () => { goaway = true; });
     const closed = new Promise<number>((r) => session.once('close', () => r(Date.now())));
