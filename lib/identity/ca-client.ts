@@ -11,6 +11,7 @@ import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, Ide
 import { certificateServiceClient, type CreateCertificateRequest, type CreateCertificateResponse, type TrustBundleMessage } from './ca-proto.ts';
 import { spiffeIdOfCertificate, type PeerExpectation } from './tls.ts';
 import type { SpiffeId } from './spiffe.ts';
+import { RenewalBackoff, type RenewalBackoffOptions } from './renewal.ts';
 
 /** Default deadline of one CreateCertificate call. */
 export const DEFAULT_CA_CALL_DEADLINE_MS = 10_000;
@@ -150,6 +151,48 @@ export class CertificateServiceClient {
     this.#client?.close();
     this.#client = undefined;
   }
+}
+
+/**
+ * Follows the CA's published roots for as long as the caller wants them: opens the trust bundle
+ * stream on the client `client()` returns at that moment (a caller may swap channels, e.g. after
+ * new roots), and when the stream ends or cannot be opened, opens it again after a backoff that a
+ * received bundle resets. Returns the function that stops it.
+ */
+export function followTrustBundle(
+  client: () => Pick<CertificateServiceClient, 'watchTrustBundle'>,
+  onBundle: (roots: string[]) => void,
+  opts: { backoff?: RenewalBackoffOptions; onRetry?: (err: Error, retryInMs: number) => void; stopped?: () => boolean } = {},
+): () => void {
+  let stopped = false;
+  let cancel: (() => void) | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const backoff = new RenewalBackoff(opts.backoff);
+  const gone = (): boolean => stopped || (opts.stopped?.() ?? false);
+  const again = (err: Error): void => {
+    cancel = undefined;
+    if (gone()) return;
+    const wait = backoff.next();
+    opts.onRetry?.(err, wait);
+    timer = setTimeout(open, wait);
+    timer.unref();
+  };
+  function open(): void {
+    if (gone()) return;
+    client().watchTrustBundle((roots) => {
+      backoff.reset();
+      onBundle(roots);
+    }, again).then((c) => {
+      if (stopped) c();
+      else cancel = c;
+    }, (err: Error) => again(err));
+  }
+  open();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    cancel?.();
+  };
 }
 
 export function toIdentityError(err: grpc.ServiceError, address: string, what: string): IdentityError {

@@ -20,6 +20,6 @@ export {
   hboneSecureContext, tlsMaterial, hboneServerOptions, hboneClientOptions, peerIdentity, verifyPeer, spiffeIdOfCertificate, workloadInTrustDomain,
   classifyTlsError, guardHboneServer,
 } from './tls.ts';
-export { CertificateServiceClient, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';
+export { CertificateServiceClient, followTrustBundle, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';
 export { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalBackoffOptions } from './renewal.ts';
 export { CA_PROTO_PATH, CERTIFICATE_SERVICE_NAME } from './ca-proto.ts';

@@ -23,3 +23,27 @@ test('retry waits near expiry: at most half of the validity left (not below 250 
   const short = new RenewalBackoff({ initialMs: 100 }, () => 0.5);
   assert.equal(short.next(150), 100);
 });
+
+test('followTrustBundle reopens the stream after it fails to open or ends, until stopped', async () => {
+  const { followTrustBundle } = await import('../../lib/identity/ca-client.ts');
+  let opens = 0;
+  const seen: string[][] = [];
+  const client = {
+    async watchTrustBundle(onBundle: (roots: string[]) => void, onEnd: (err: Error) => void): Promise<() => void> {
+      opens++;
+      if (opens === 1) throw new Error('no connection');
+      onBundle([`root-${opens}`]);
+      if (opens === 2) setImmediate(() => onEnd(new Error('stream ended')));
+      return () => undefined;
+    },
+  };
+  const retries: string[] = [];
+  const stop = followTrustBundle(() => client as never, (r) => seen.push(r), { backoff: { initialMs: 5, maxMs: 10 }, onRetry: (e) => retries.push(e.message) });
+  const deadline = Date.now() + 2_000;
+  while (seen.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  stop();
+  assert.deepEqual(seen, [['root-2'], ['root-3']]);
+  assert.deepEqual(retries, ['no connection', 'stream ended']);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(opens, 3, 'nothing opened after stop');
+});

@@ -15,7 +15,7 @@ import { readFile } from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import {
-  CaUnavailableError, CertificateRefusedError, CertificateServiceClient, IdentityError, RenewalBackoff, createCsr, generateKeyPair,
+  CaUnavailableError, CertificateRefusedError, CertificateServiceClient, IdentityError, followTrustBundle, RenewalBackoff, createCsr, generateKeyPair,
   parseCertificate, privateKeyToPem, spiffeIdOfCertificate, splitPemCertificates, type PeerExpectation, type RenewalBackoffOptions,
   type TlsCredentials,
 } from '../../lib/identity/index.ts';
@@ -188,34 +188,11 @@ export class ControllerSigner implements WaypointSigner {
   }
 
   watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
-    let stopped = false;
-    let cancel: (() => void) | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const backoff = new RenewalBackoff(this.#o.watchBackoff);
-    const again = (err: Error): void => {
-      cancel = undefined;
-      if (stopped || this.#closed) return;
-      const wait = backoff.next();
-      this.#o.log.debug('trust bundle stream ended; reconnecting', { error: err.message, retryInMs: Math.round(wait) });
-      timer = setTimeout(open, wait);
-      timer.unref();
-    };
-    const open = (): void => {
-      if (stopped || this.#closed) return;
-      this.#current().watchTrustBundle((roots) => {
-        backoff.reset();
-        onBundle(roots);
-      }, again).then((c) => {
-        if (stopped) c();
-        else cancel = c;
-      }, (err: Error) => again(err));
-    };
-    open();
-    return () => {
-      stopped = true;
-      clearTimeout(timer);
-      cancel?.();
-    };
+    return followTrustBundle(() => this.#current(), onBundle, {
+      ...(this.#o.watchBackoff ? { backoff: this.#o.watchBackoff } : {}),
+      stopped: () => this.#closed,
+      onRetry: (err, wait) => this.#o.log.debug('trust bundle stream ended; reconnecting', { error: err.message, retryInMs: Math.round(wait) }),
+    });
   }
 
   close(): void {

@@ -6,7 +6,7 @@
 // certificate (e.g. after a root rotation), it falls back to the token once.
 // Kubernetes mode (`useNodeCertificate: false`): every request carries the agent's projected
 // ServiceAccount token, which the controller checks with a TokenReview.
-import { CertificateServiceClient } from '../../../lib/identity/ca-client.ts';
+import { CertificateServiceClient, followTrustBundle } from '../../../lib/identity/ca-client.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identity/csr.ts';
 import { CaAuthenticationError } from '../../../lib/identity/errors.ts';
 import { nodeId } from '../../../lib/identity/spiffe.ts';
@@ -34,9 +34,6 @@ export interface GrpcSignerOptions {
   deadlineMs?: number;
   clock?: () => number;
 }
-
-const WATCH_RETRY_INITIAL_MS = 500;
-const WATCH_RETRY_MAX_MS = 30_000;
 
 interface NodeCert {
   keyPem: string;
@@ -151,33 +148,8 @@ export class GrpcCertificateSigner implements CertificateSigner {
   }
 
   watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
-    let stopped = false;
-    let cancel: (() => void) | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let delay = WATCH_RETRY_INITIAL_MS;
-    const open = () => {
-      if (stopped) return;
-      // Roots are public: the stream needs no node credentials, so the bootstrap channel serves.
-      this.#token().watchTrustBundle((roots) => {
-        delay = WATCH_RETRY_INITIAL_MS;
-        onBundle(roots);
-      }, () => {
-        cancel = undefined;
-        if (stopped) return;
-        timer = setTimeout(open, delay * (0.8 + Math.random() * 0.4));
-        timer.unref();
-        delay = Math.min(delay * 2, WATCH_RETRY_MAX_MS);
-      }).then((c) => {
-        if (stopped) c();
-        else cancel = c;
-      }, () => undefined);
-    };
-    open();
-    return () => {
-      stopped = true;
-      clearTimeout(timer);
-      cancel?.();
-    };
+    // Roots are public: the stream needs no node credentials, so the bootstrap channel serves.
+    return followTrustBundle(() => this.#token(), onBundle);
   }
 
   close(): void {
