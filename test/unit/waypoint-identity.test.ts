@@ -3,11 +3,9 @@
 // change, and a whole root rotation against an in-process controller (certificate service, config
 // stream with client certificates required, restarts) with HBONE handshakes along the way.
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Duplex } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import * as grpc from '@grpc/grpc-js';
 import { Registry } from 'prom-client';
@@ -21,10 +19,10 @@ import {
   CaUnavailableError, CertificateAuthority, RenewalBackoff, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials,
 } from '../../lib/identity/index.ts';
 import type { Logger } from '../../lib/log.ts';
-import type { EndpointSlice, Service } from '../../lib/model/objects.ts';
 import { IssuedIdentity, watchIdentity, type CertificateView, type RenewalRetry, type WaypointSigner } from '../../waypoint/src/identity.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend } from '../../waypoint/testing/harness.ts';
+import { get, service, slice } from './waypoint-process-fixtures.ts';
 
 const TD = 'cluster.local';
 const WAYPOINT = `spiffe://${TD}/ns/shop/sa/waypoint`;
@@ -212,31 +210,6 @@ describe('--cert-lifetime', () => {
 // ---------------------------------------------------------------------------------------------
 // Root rotation against an in-process controller
 
-function service(name: string, ip: string): Service {
-  return { apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'shop' }, spec: { clusterIP: ip, ports: [{ name: 'http', port: 80, targetPort: 80 }] } };
-}
-
-function slice(name: string, port: number): EndpointSlice {
-  return {
-    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
-    metadata: { name: `${name}-1`, namespace: 'shop', labels: { 'kubernetes.io/service-name': name } },
-    endpoints: [{ addresses: ['127.0.0.1'], conditions: { ready: true } }],
-    ports: [{ name: 'http', port, protocol: 'TCP' }],
-  };
-}
-
-function get(tunnel: Duplex, path = '/'): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ createConnection: () => tunnel, path, headers: { host: 'reviews.shop.svc.cluster.local' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
 async function adminJson<T>(port: number, path: string): Promise<T> {
   return (await fetch(`http://127.0.0.1:${port}${path}`)).json() as Promise<T>;
 }
@@ -306,7 +279,7 @@ describe('waypoint through a root rotation (in-process controller)', () => {
       let n = 0;
       const request = async (tester: TlsCredentials, path = '/'): Promise<number> => {
         const t = await pool.connect({ sourceKey: `${TESTER}#${n++}`, tls: tlsMaterial(tester), dest: { host: '127.0.0.1', port: w.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT });
-        return (await get(t, path)).status;
+        return (await get(t, { path })).status;
       };
       await until('the waypoint is connected', connected);
       const start = await certs();

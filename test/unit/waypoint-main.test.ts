@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,10 +12,11 @@ import { StaticTokenAuthenticator, addCertificateService, createControllerCreden
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { silentLogger } from '../../lib/log.ts';
-import type { EndpointSlice, HTTPRoute, Service } from '../../lib/model/objects.ts';
+import type { HTTPRoute } from '../../lib/model/objects.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
 import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend, type Backend } from '../../waypoint/testing/harness.ts';
+import { get, service, slice } from './waypoint-process-fixtures.ts';
 
 const TD = 'cluster.local';
 const WAYPOINT = `spiffe://${TD}/ns/shop/sa/waypoint`;
@@ -26,31 +26,6 @@ async function creds(ca: CertificateAuthority, id: string): Promise<TlsCredentia
   const { privateKey } = await generateKeyPair();
   const issued = ca.signCsr(createCsr(id, privateKey), id);
   return { key: privateKeyToPem(privateKey), certChain: issued.certChain, trustBundle: ca.trustBundle() };
-}
-
-function service(name: string, ip: string): Service {
-  return { apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'shop' }, spec: { clusterIP: ip, ports: [{ name: 'http', port: 80, targetPort: 80 }] } };
-}
-
-function slice(name: string, port: number): EndpointSlice {
-  return {
-    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
-    metadata: { name: `${name}-1`, namespace: 'shop', labels: { 'kubernetes.io/service-name': name } },
-    endpoints: [{ addresses: ['127.0.0.1'], conditions: { ready: true } }],
-    ports: [{ name: 'http', port, protocol: 'TCP' }],
-  };
-}
-
-function get(tunnel: Duplex, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ createConnection: () => tunnel, path: '/', headers: { host: 'reviews.shop.svc.cluster.local', ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 async function fetchText(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -142,7 +117,7 @@ describe('waypoint main', () => {
 
   it('routes HBONE traffic with the compiled HTTPRoute', async () => {
     assert.equal(JSON.parse((await get(await tunnel())).body).backend, 'v1');
-    assert.equal(JSON.parse((await get(await tunnel(), { 'x-user': 'tester' })).body).backend, 'v2');
+    assert.equal(JSON.parse((await get(await tunnel(), { headers: { 'x-user': 'tester' } })).body).backend, 'v2');
     const metrics = await fetchText(wp.metrics.port, '/metrics');
     assert.match(metrics.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/tester"[^}]*\} 2/);
   });
@@ -155,7 +130,7 @@ describe('waypoint main', () => {
       routes = JSON.parse((await fetchText(wp.admin.port, '/config_dump')).body).config.routes.length;
     }
     assert.equal(routes, 0);
-    assert.equal(JSON.parse((await get(await tunnel(), { 'x-user': 'tester' })).body).backend, 'v1');
+    assert.equal(JSON.parse((await get(await tunnel(), { headers: { 'x-user': 'tester' } })).body).backend, 'v1');
   });
 });
 
