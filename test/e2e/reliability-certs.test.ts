@@ -153,6 +153,17 @@ async function certOf(node: string, identity: string): Promise<CertView> {
   return c;
 }
 
+/** When node1's client and node2's server certificates were first seen replaced (polled, 10 s at most). */
+async function renewalTimes(client: CertView, lines: CertView): Promise<{ client: number; lines: number }> {
+  const at = { client: 0, lines: 0 };
+  await until('both certificates renewed', async () => {
+    if (!at.client && (await certOf('node1', CLIENT_ID)).serial !== client.serial) at.client = Date.now();
+    if (!at.lines && (await certOf('node2', LINES_ID)).serial !== lines.serial) at.lines = Date.now();
+    return at.client > 0 && at.lines > 0;
+  }, 10_000);
+  return at;
+}
+
 /** The agent's 'certificate renewal failed' log lines for `identity` since `sinceMs`. */
 function renewalFailures(node: string, identity: string, sinceMs: number): Array<{ at: number; error: string }> {
   return agentLog(node, 'certificate renewal failed', identity, sinceMs);
@@ -288,12 +299,7 @@ test('controller down: agents keep serving the certificates they hold until expi
   assert.ok(Date.now() < expiry, 'the controller comes back before the held certificates expire');
   const restartedAt = Date.now();
   const readyAt = await restartController();
-  const renewedAt = { client: 0, lines: 0 };
-  await until('both certificates renewed', async () => {
-    if (!renewedAt.client && (await certOf('node1', CLIENT_ID)).serial !== client.serial) renewedAt.client = Date.now();
-    if (!renewedAt.lines && (await certOf('node2', LINES_ID)).serial !== lines.serial) renewedAt.lines = Date.now();
-    return renewedAt.client > 0 && renewedAt.lines > 0;
-  }, 10_000);
+  const renewedAt = await renewalTimes(client, lines);
   const renewedBy = Math.max(renewedAt.client, renewedAt.lines);
   const vsExpiry = (at: number, held: CertView) => (at < Date.parse(held.notAfter) ? `${Date.parse(held.notAfter) - at} ms before` : `${at - Date.parse(held.notAfter)} ms after`);
   console.log(`# controller restarted ${rel(restartedAt)}, ready ${rel(readyAt)}; renewed ${renewedAt.client - readyAt} ms (client, ${vsExpiry(renewedAt.client, client)} expiry) and ${renewedAt.lines - readyAt} ms (server, ${vsExpiry(renewedAt.lines, lines)} expiry) after it was ready`);
@@ -335,12 +341,7 @@ test('an outage that outlasts the certificates: they expire and new connections 
   assert.equal(stalled.echoed, 0, `no new traffic on expired certificates: ${JSON.stringify(stalled)}`);
 
   const readyAt = await restartController();
-  const renewedAt = { client: 0, lines: 0 };
-  await until('both certificates renewed after the controller returned', async () => {
-    if (!renewedAt.client && (await certOf('node1', CLIENT_ID)).serial !== client.serial) renewedAt.client = Date.now();
-    if (!renewedAt.lines && (await certOf('node2', LINES_ID)).serial !== lines.serial) renewedAt.lines = Date.now();
-    return renewedAt.client > 0 && renewedAt.lines > 0;
-  }, 10_000);
+  const renewedAt = await renewalTimes(client, lines);
   const failures = renewalFailures('node1', CLIENT_ID, killedAt);
   const issued = agentLog('node1', 'certificate issued', CLIENT_ID, readyAt - 1_000);
   assert.ok(issued.length >= 1 && failures.length >= 2, 'the agent logged the failures and the renewal');
