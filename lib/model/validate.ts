@@ -205,16 +205,30 @@ export function isCidr(s: string): boolean {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A deep copy without the object fields whose value is null: Kubernetes reads a null field as
- * unset (and a merge patch deletes it), so `principals: null` means no principals. Nulls inside
- * lists stay, for validation to report.
+ * `v` without the object fields whose value is null: Kubernetes reads a null field as unset (and a
+ * merge patch deletes it), so `principals: null` means no principals. Nulls inside lists stay, for
+ * validation to report. Only the objects and lists on the way to a null are copied; without any
+ * null (the usual case, on every object the controller reads) `v` itself comes back.
  */
 export function withoutNullFields<T>(v: T): T {
-  if (Array.isArray(v)) return v.map((x) => withoutNullFields(x)) as T;
   if (v === null || typeof v !== 'object') return v;
-  const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) if (x !== null) out[k] = withoutNullFields(x);
-  return out as T;
+  if (Array.isArray(v)) {
+    let out: unknown[] | undefined;
+    v.forEach((x, i) => {
+      const y = withoutNullFields(x);
+      if (y !== x) (out ??= v.slice())[i] = y;
+    });
+    return (out ?? v) as T;
+  }
+  let out: Record<string, unknown> | undefined;
+  for (const [k, x] of Object.entries(v)) {
+    const y = x === null ? undefined : withoutNullFields(x);
+    if (y === x) continue;
+    out ??= { ...(v as Record<string, unknown>) };
+    if (x === null) delete out[k];
+    else out[k] = y;
+  }
+  return (out ?? v) as T;
 }
 
 /** Validates one object of any mesh kind. An empty list means valid. */

@@ -149,7 +149,12 @@ test('null fields are unset (as Kubernetes reads them) but a null inside a list 
   assert.deepEqual(validateObject(withoutNullFields(policy({ selector: null, rules: [{ from: [{ source: { principals: null, ipBlocks: ['10.0.0.0/8'] } }] }] }))), []);
   const issues = validateObject(policy({ rules: [{ from: [{ source: { principals: ['cluster.local/ns/a/sa/b', null] } }] }] }));
   assert.deepEqual(issues.map((i) => [i.path, i.message]), [['spec.rules[0].from[0].source.principals[1]', 'must be a string, not null']]);
-  assert.deepEqual(withoutNullFields({ a: null, b: [null, { c: null, d: 1 }] }), { b: [null, { d: 1 }] });
+  const input = { a: null, b: [null, { c: null, d: 1 }], e: { f: [1] } };
+  assert.deepEqual(withoutNullFields(input), { b: [null, { d: 1 }], e: { f: [1] } });
+  assert.deepEqual(input, { a: null, b: [null, { c: null, d: 1 }], e: { f: [1] } }, 'the input is left alone');
+  assert.equal(withoutNullFields(input).e, input.e, 'branches without a null are shared, not copied');
+  const clean = { spec: { rules: [{ to: [] }] } };
+  assert.equal(withoutNullFields(clean), clean, 'an object without nulls comes back as is');
 });
 
 test('a Waypoint\'s maxRequests is a whole number from 1 to 1,000,000', () => {
