@@ -426,6 +426,14 @@ export class LocalMesh {
     }
   }
 
+  /** The JSON lines of a log file in logDir whose `msg` is `msg`, parsed, oldest first. */
+  logEntries(file: string, msg: string): Array<Record<string, unknown>> {
+    const p = join(this.logDir, file);
+    if (!existsSync(p)) return [];
+    const needle = `"msg":${JSON.stringify(msg)}`;
+    return readFileSync(p, 'utf8').split('\n').filter((l) => l.includes(needle)).map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+
   logTail(file: string, lines = 30): string {
     const p = join(this.logDir, file);
     if (!existsSync(p)) return '(no log)';

@@ -9,7 +9,6 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { localMeshSuite } from './mesh-suite.ts';
@@ -102,17 +101,10 @@ const lastJson = <T>(r: { code: number | null; stdout: string; stderr: string })
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
 };
 
-/** The JSON log lines of a log file in the mesh's log folder with this msg. */
-function logLines(file: string, msg: string): Record<string, unknown>[] {
-  const p = join(mesh.logDir, file);
-  if (!existsSync(p)) return [];
-  return readFileSync(p, 'utf8').split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
 async function waitLog(file: string, msg: string, proc: ChildProcess, timeoutMs = 60_000): Promise<Record<string, unknown>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const found = logLines(file, msg)[0];
+    const found = mesh.logEntries(file, msg)[0];
     if (found) return found;
     assert.ok(proc.exitCode === null && proc.signalCode === null, `${file}: the process exited before logging "${msg}":\n${mesh.logTail(file)}`);
     assert.ok(Date.now() < deadline, `${file}: no "${msg}" within ${timeoutMs} ms:\n${mesh.logTail(file)}`);
@@ -147,8 +139,8 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
   const exitMs = Date.now() - sigterm;
   mesh.agents.set('node1', next);
 
-  const draining = logLines('agent-node1.log', 'draining').pop()!;
-  const drained = logLines('agent-node1.log', 'drained').pop()!;
+  const draining = mesh.logEntries('agent-node1.log', 'draining').pop()!;
+  const drained = mesh.logEntries('agent-node1.log', 'drained').pop()!;
   assert.ok((draining.outboundConnections as number) >= 2, `the old agent still carried both long connections when told to stop (${JSON.stringify(draining)})`);
   assert.ok((drained.outboundConnectionsCut as number) >= 1, `the connection that outlasted the drain was cut (${JSON.stringify(drained)})`);
   assert.ok(exitMs >= DRAIN_S * 1000 - 200 && exitMs < DRAIN_S * 1000 + 3_000, `the old agent exited at its drain deadline (${exitMs} ms after SIGTERM, --drain-timeout ${DRAIN_S})`);

@@ -6,11 +6,10 @@
 //   in the handshake and counted, while a valid one (the control) gets through.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localMeshSuite } from './mesh-suite.ts';
+import { localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
 const suite = localMeshSuite();
@@ -20,6 +19,8 @@ const VIP = '10.96.0.20';
 const CERT_LIFETIME_S = 6;
 const CLIENT_ID = 'spiffe://cluster.local/ns/demo/sa/client';
 const LINES_ID = 'spiffe://cluster.local/ns/demo/sa/lines';
+/** Renewal times are measured with these waits: poll often; on failure show node1's log. */
+const TIMING = { intervalMs: 50, explain: () => mesh.logTail('agent-node1.log', 15) };
 const fixture = (name: string) => join(import.meta.dirname, 'fixtures', name);
 
 before(async () => {
@@ -160,7 +161,7 @@ async function renewalTimes(client: CertView, lines: CertView): Promise<{ client
     if (!at.client && (await certOf('node1', CLIENT_ID)).serial !== client.serial) at.client = Date.now();
     if (!at.lines && (await certOf('node2', LINES_ID)).serial !== lines.serial) at.lines = Date.now();
     return at.client > 0 && at.lines > 0;
-  }, 10_000);
+  }, 10_000, TIMING);
   return at;
 }
 
@@ -171,27 +172,14 @@ function renewalFailures(node: string, identity: string, sinceMs: number): Array
 
 /** The agent's log lines with message `msg` for `identity` since `sinceMs`, with their times. */
 function agentLog(node: string, msg: string, identity: string, sinceMs: number): Array<{ at: number; error: string }> {
-  const out: Array<{ at: number; error: string }> = [];
-  for (const line of readFileSync(join(mesh.logDir, `agent-${node}.log`), 'utf8').split('\n')) {
-    if (!line.includes(`"msg":"${msg}"`)) continue;
-    const j = JSON.parse(line) as { time: string; identity: string; error?: string };
-    const at = Date.parse(j.time);
-    if (j.identity === identity && at >= sinceMs) out.push({ at, error: j.error ?? '' });
-  }
-  return out;
+  return mesh.logEntries(`agent-${node}.log`, msg)
+    .map((j) => ({ at: Date.parse(String(j.time)), identity: j.identity, error: String(j.error ?? '') }))
+    .filter((e) => e.identity === identity && e.at >= sinceMs)
+    .map(({ at, error }) => ({ at, error }));
 }
 
 const gapsOf = (xs: Array<{ at: number }>) => xs.slice(1).map((x, i) => x.at - xs[i]!.at);
 
-/** Polls `check` every 50 ms until it is true; returns when, or throws after timeoutMs. */
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return Date.now();
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms\n${mesh.logTail('agent-node1.log', 15)}`);
-    await sleep(50);
-  }
-}
 
 /**
  * Waits for a rotation after which both certificates (client on node1, server on node2) have at
@@ -239,7 +227,7 @@ async function openConnection(): Promise<{ stop(): Promise<LineResult> }> {
   child.stdout!.on('data', (c: Buffer) => (out += c));
   child.stderr!.on('data', (c: Buffer) => (err += c));
   const exited = once(child, 'exit');
-  await until('the long-lived connection carries data', () => out.includes('"up":true') || child.exitCode !== null, 10_000);
+  await until('the long-lived connection carries data', () => out.includes('"up":true') || child.exitCode !== null, 10_000, TIMING);
   assert.ok(out.includes('"up":true'), `the long-lived connection came up: ${out} ${err}`);
   return {
     async stop() {
@@ -268,7 +256,7 @@ test('controller down: agents keep serving the certificates they hold until expi
 
   // Renewal falls due and fails on both nodes; until expiry the held certificates keep serving.
   await until('a renewal attempt failed on both nodes', async () =>
-    (await certOf('node1', CLIENT_ID)).renewalFailures >= 1 && (await certOf('node2', LINES_ID)).renewalFailures >= 1, 5_000);
+    (await certOf('node1', CLIENT_ID)).renewalFailures >= 1 && (await certOf('node2', LINES_ID)).renewalFailures >= 1, 5_000, TIMING);
   const [fresh, served] = await Promise.all([lineClient(400), servedByNode2()]);
   const checkedAt = Date.now();
   assertNewConnectionWorks(fresh, 'a new connection across nodes while renewal fails');
@@ -286,7 +274,7 @@ test('controller down: agents keep serving the certificates they hold until expi
   // Retries keep failing. The controller comes back after three failed attempts on node1, or
   // 400 ms before the first certificate expires if that comes sooner (the two nodes' certificates
   // need not expire together; whole seconds).
-  await until('three failed renewal attempts on node1, or expiry close', () => renewalFailures('node1', CLIENT_ID, killedAt).length >= 3 || Date.now() >= expiry - 400, 5_000);
+  await until('three failed renewal attempts on node1, or expiry close', () => renewalFailures('node1', CLIENT_ID, killedAt).length >= 3 || Date.now() >= expiry - 400, 5_000, TIMING);
   const failures = renewalFailures('node1', CLIENT_ID, killedAt);
   const gaps = gapsOf(failures);
   console.log(`# renewal attempts failed at ${failures.map((f) => rel(f.at)).join(', ')}: gaps ${gaps.join(', ')} ms`);
@@ -331,7 +319,7 @@ test('an outage that outlasts the certificates: they expire and new connections 
   const rel = (t: number) => `${t - killedAt} ms`;
 
   await until('both certificates expired', async () =>
-    (await certOf('node1', CLIENT_ID)).state === 'expired' && (await certOf('node2', LINES_ID)).state === 'expired', 8_000);
+    (await certOf('node1', CLIENT_ID)).state === 'expired' && (await certOf('node2', LINES_ID)).state === 'expired', 8_000, TIMING);
   assert.equal((await certOf('node1', CLIENT_ID)).serial, client.serial, 'nothing was renewed while the controller was down');
   assert.equal((await certOf('node2', LINES_ID)).serial, lines.serial);
   // A new connection now has no valid certificate to go out with: it waits for one (no bytes through).

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localMeshSuite } from './mesh-suite.ts';
+import { localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh, CONTROLLER_IP } from '../../cli/local/mesh.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 import { FUZZ_SEEDS, mutateFile, prng } from '../lab/config-fuzz.ts';
@@ -54,15 +54,6 @@ before(async () => {
 
 const curl = (from: string, url: string) => mesh.exec(from, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url]);
 
-/** Polls `check` every 100 ms until it is true; returns the time it took, or throws after timeoutMs. */
-async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
-  const started = Date.now();
-  for (;;) {
-    if (await check().catch(() => false)) return Date.now() - started;
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await sleep(100);
-  }
-}
 
 const connected = async (node: string) => (await mesh.agentAdmin<{ controllerConnected: boolean }>(node, '/config_dump')).controllerConnected;
 

@@ -16,7 +16,13 @@ import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localMeshSuite } from './mesh-suite.ts';
+import { localMeshSuite, until as untilWithin } from './mesh-suite.ts';
+
+/** Every wait here gets 30 s unless it says otherwise, and shows the logs that explain a timeout. */
+const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000) => untilWithin(what, check, timeoutMs, {
+  intervalMs: 200,
+  explain: () => `${mesh.logTail('controller.log', 10)}\n${mesh.logTail('agent-node1.log', 10)}\n${mesh.logTail('pod-shop-waypoint-0.log', 10)}`,
+});
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
@@ -64,14 +70,6 @@ interface WaypointCerts { identity: string; serial: string; issuer: string; trus
 const waypointCerts = () => waypointAdmin<WaypointCerts>('/certs');
 const curl = async (url: string) => (await mesh.exec('shop/buyer', 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url])).stdout;
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<number> {
-  const started = Date.now();
-  for (;;) {
-    if (await check().catch(() => false)) return Date.now() - started;
-    assert.ok(Date.now() - started < timeoutMs, `${what}: not within ${timeoutMs} ms\n${mesh.logTail('controller.log', 10)}\n${mesh.logTail('agent-node1.log', 10)}\n${mesh.logTail('pod-shop-waypoint-0.log', 10)}`);
-    await sleep(200);
-  }
-}
 
 async function restartController(ca: { certFile: string; keyFile: string; rootsFile?: string }): Promise<void> {
   const c = mesh.controller!;
