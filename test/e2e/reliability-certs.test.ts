@@ -305,7 +305,9 @@ test('controller down: agents keep serving the certificates they hold until expi
   const [after, servedAfter] = await Promise.all([lineClient(400), servedByNode2()]);
   assertNewConnectionWorks(after, 'a new connection after the controller returned');
   assert.equal(servedAfter.ok, true, `a fresh handshake after the controller returned: ${servedAfter.message}`);
-  assert.equal(servedAfter.peerSerial, (await certOf('node2', LINES_ID)).serial, 'on the renewed certificate');
+  // Not the certificate held through the outage. (With 6 s certificates node2 may already have
+  // renewed once more by the time /certs is read, so it is not compared with that.)
+  assert.ok(servedAfter.peerSerial && servedAfter.peerSerial !== lines.serial, `on a renewed certificate (served ${servedAfter.peerSerial}, held through the outage ${lines.serial})`);
 
   const l = await long.stop();
   assert.equal(l.failure, null, `the long-lived connection lived through the outage: ${JSON.stringify(l)}`);
@@ -355,7 +357,7 @@ test('an outage that outlasts the certificates: they expire and new connections 
   const [after, served] = await Promise.all([lineClient(400), servedByNode2()]);
   assertNewConnectionWorks(after, 'a new connection after recovery');
   assert.equal(served.ok, true, `a fresh handshake after recovery: ${served.message}`);
-  assert.equal(served.peerSerial, (await certOf('node2', LINES_ID)).serial, 'on the renewed certificate');
+  assert.ok(served.peerSerial && served.peerSerial !== lines.serial, `on a renewed certificate, not the expired one (served ${served.peerSerial})`);
   const l = await long.stop();
   console.log(`# long-lived connection through the expiry: ${JSON.stringify(l)}`);
   assert.equal(l.failure, null, `a connection established before the expiry survives it (TLS does not re-check certificates): ${JSON.stringify(l)}`);
