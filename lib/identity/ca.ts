@@ -317,8 +317,12 @@ function describe(cert: CertificateDetails): string {
 
 const RSA_ENCRYPTION_OID_DER = oid(OID.rsaEncryption);
 
-/** 128-bit positive serial (RFC 5280 allows up to 20 octets). */
-function newSerial(): Buffer {
+/**
+ * 128-bit positive serial (RFC 5280 allows up to 20 octets). The top byte is 0x40-0x7f, so the
+ * DER INTEGER is positive and minimal: a leading 0x00 followed by a byte below 0x80 is a
+ * non-minimal encoding that OpenSSL refuses ("illegal padding").
+ */
+export function newSerial(): Buffer {
   const b = randomBytes(16);
   b[0] = (b[0]! & 0x7f) | 0x40;
   return b;

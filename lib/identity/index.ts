@@ -12,7 +12,7 @@ export {
 export { type KeyPair, generateKeyPair, createCsr, parseCsr, privateKeyToPem, type ParsedCsr } from './csr.ts';
 export {
   CertificateAuthority, type CaOptions, type GenerateRootOptions, type IssueOptions, type IssuedCertificate, type TrustBundleListener,
-  DEFAULT_WORKLOAD_CERT_LIFETIME_MS, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS,
+  DEFAULT_WORKLOAD_CERT_LIFETIME_MS, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, newSerial,
 } from './ca.ts';
 export { parseCertificate, splitPemCertificates, type CertificateDetails, type AltNames } from './x509.ts';
 export {

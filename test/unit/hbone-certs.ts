@@ -2,11 +2,12 @@
  * Test PKI for the HBONE tests (a CA and leaf certificates with SPIFFE URI SANs, made with
  * node-forge) and the loopback fixtures the hbone-*.test.ts files share.
  */
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import forge from 'node-forge';
 import { HboneServer } from '../../lib/hbone/index.ts';
+import { newSerial } from '../../lib/identity/index.ts';
 import type { HboneConnectHandler, HboneConnectOptions, HboneServerOptions } from '../../lib/hbone/index.ts';
 
 export interface TestLeaf {
@@ -32,11 +33,8 @@ function newKey(): { pem: string; forgeKey: forge.pki.rsa.PrivateKey; forgePub: 
   return { pem, forgeKey, forgePub };
 }
 
-function serial(): string {
-  const b = randomBytes(16);
-  b[0] = (b[0] ?? 0) & 0x7f;
-  return b.toString('hex');
-}
+// node-forge writes the serial's hex as given: the product's serial is positive and minimal in DER.
+const serial = (): string => newSerial().toString('hex');
 
 export function createTestCa(commonName = 'Weft Test CA'): TestCa {
   const caKey = newKey();

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { CertificateAuthority, newSerial } from '../../lib/identity/ca.ts';
 import { createCsr, generateKeyPair, parseCsr, privateKeyToPem } from '../../lib/identity/csr.ts';
 import { CaLoadError, CsrIdentityMismatchError, CsrSignatureError, MalformedCsrError, SpiffeIdError } from '../../lib/identity/errors.ts';
 import { formatSpiffeId, nodeId, parseSpiffeId, workloadId } from '../../lib/identity/spiffe.ts';
@@ -141,4 +141,12 @@ test('loading refuses a key that does not match, a non-CA certificate, an interm
   assert.throws(() => CertificateAuthority.fromSecretData({ 'ca.crt': 'eA==' }, { trustDomain: TD }), (err: Error) => err instanceof CaLoadError && /tls\.crt/.test(err.message));
   await assert.rejects(CertificateAuthority.fromFiles({ certFile: '/nonexistent/tls.crt', keyFile: '/nonexistent/tls.key' }, { trustDomain: TD }), CaLoadError);
   assert.ok(createPublicKey(leaf.key));
+});
+
+test('certificate serials are positive, 16 octets and minimal in DER (a leading 0x00 before a byte below 0x80 is refused by OpenSSL)', () => {
+  for (let i = 0; i < 4096; i++) {
+    const s = newSerial();
+    assert.equal(s.length, 16);
+    assert.ok(s[0]! >= 0x40 && s[0]! < 0x80, `serial ${s.toString('hex')} starts with 0x${s[0]!.toString(16)}`);
+  }
 });
