@@ -19,6 +19,13 @@ export interface PodNetns {
   ifname: string;
 }
 
+/** An address a pod can be known by: not loopback, not link-local (fe80::/10, 169.254.0.0/16). */
+export function isPodAddress(a: { ip: string; ifname: string }): boolean {
+  if (a.ifname === 'lo') return false;
+  const ip = a.ip.toLowerCase();
+  return !(ip.startsWith('169.254.') || /^fe[89ab][0-9a-f]:/.test(ip) || ip === '::1' || ip.startsWith('127.'));
+}
+
 export class PodNetnsResolver {
   private readonly procRoot: string;
   private readonly netnsDir: string;
@@ -84,9 +91,11 @@ export class PodNetnsResolver {
       let entry = this.addrsByInode.get(c.inode);
       if (!entry) {
         entry = { path: c.path, addrs: this.addressesOf(c.path) };
-        // A namespace with only loopback may be a pod whose address is not assigned yet: look
-        // again next time instead of caching the empty answer.
-        if (entry.addrs.some((a) => a.ifname !== 'lo')) this.addrsByInode.set(c.inode, entry);
+        // A namespace with no routable address may be a pod whose address is not assigned yet: look
+        // again next time instead of caching the answer. Link-local addresses do not count: the
+        // kernel gives an interface fe80::/64 as soon as its link is up, often before the CNI (or
+        // the lab) assigns the pod's address.
+        if (entry.addrs.some(isPodAddress)) this.addrsByInode.set(c.inode, entry);
       }
       for (const a of entry.addrs) if (wanted.has(a.ip) && !found.has(a.ip)) found.set(a.ip, { path: entry.path, ifname: a.ifname });
     }

@@ -5,14 +5,19 @@ import { statSync } from 'node:fs';
 import { once } from 'node:events';
 import { Lab } from '../lab/lab.ts';
 import { PodNetnsResolver } from '../../agent/src/pods.ts';
+import { until } from '../lab/wait.ts';
 
 const lab = new Lab();
 after(() => lab.cleanup());
 
-test('finds a named pod namespace by its address and a late-assigned address on the next scan', () => {
+test('finds a named pod namespace by its address and a late-assigned address on the next scan', async () => {
   const a = lab.netns('pa');
   const b = lab.netns('pb');
   lab.veth({ ns: a, name: 'a', addr: '10.251.0.1/24' }, { ns: b, name: 'b' });
+  // The kernel gives b's interface an fe80:: address once its link is up, before the pod address
+  // is assigned: the first scan must see that and still look again later (this used to be a race
+  // the first scan sometimes lost, and then the late address was never found).
+  await until('b holds its link-local address', () => /inet6 fe80:/.test(b.exec('ip', '-o', 'addr', 'show', 'dev', `${lab.id}b`)), 10_000);
   const r = new PodNetnsResolver();
   const first = r.resolve(['10.251.0.1', '10.251.0.2']);
   assert.equal(first.get('10.251.0.1')?.ifname, `${lab.id}a`);
@@ -26,7 +31,7 @@ test('finds the namespace of a process when the namespace has no name', async ()
   const n = lab.netns('pc');
   n.exec('ip', 'addr', 'add', '10.251.1.1/32', 'dev', 'lo');
   // unshare a fresh unnamed netns from inside a process, give it an address, and keep it alive.
-  const child = lab.spawn('unshare', ['--net', 'sh', '-c', 'ip link set lo up; ip addr add 10.251.2.1/32 dev lo; echo ready; sleep 30']);
+  const child = lab.spawn('unshare', ['--net', 'sh', '-c', 'ip link set lo up; ip addr add 10.251.2.1/32 dev lo; echo ready; exec sleep 30']);
   const [chunk] = (await once(child.stdout!, 'data')) as [Buffer];
   assert.match(chunk.toString(), /ready/);
   const found = new PodNetnsResolver().resolve(['10.251.2.1']);

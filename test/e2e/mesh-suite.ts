@@ -3,7 +3,6 @@
 // file's tests, whatever happened.
 import { after } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
@@ -36,24 +35,4 @@ export function localMeshSuite(): MeshSuite {
   };
 }
 
-/**
- * Polls `check` until it is true and returns how long that took; after `timeoutMs` fails naming
- * `what`, the last error `check` threw (a throw counts as "not yet": a process may be restarting)
- * and `explain()` (log tails).
- */
-export async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number, opts: { intervalMs?: number; explain?: () => string } = {}): Promise<number> {
-  const started = Date.now();
-  let lastError: unknown;
-  for (;;) {
-    try {
-      if (await check()) return Date.now() - started;
-    } catch (err) {
-      lastError = err;
-    }
-    if (Date.now() - started > timeoutMs) {
-      const last = lastError ? ` (last error: ${(lastError as Error).message})` : '';
-      throw new Error(`${what}: not within ${timeoutMs} ms${last}${opts.explain ? `\n${opts.explain()}` : ''}`);
-    }
-    await sleep(opts.intervalMs ?? 100);
-  }
-}
+export { until } from '../lab/wait.ts';
