@@ -22,6 +22,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, existsSync } from 'node:fs';
 import { once } from 'node:events';
+import { collectOutput } from '../lib/sys/exec.ts';
 import { tmpdir, cpus, release, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -73,13 +74,7 @@ const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOStri
 interface Output { code: number | null; stdout: string; stderr: string }
 
 async function collect(child: ChildProcess, timeoutMs: number): Promise<Output> {
-  let stdout = '';
-  let stderr = '';
-  child.stdout?.on('data', (c: Buffer) => (stdout += c));
-  child.stderr?.on('data', (c: Buffer) => (stderr += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
+  const { code, stdout, stderr } = await collectOutput(child, timeoutMs);
   return { code, stdout, stderr };
 }
 

@@ -6,6 +6,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
@@ -360,14 +361,7 @@ export class LocalMesh {
   async exec(workload: string, cmd: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
     const w = this.workloads.get(workload);
     if (!w) throw new Error(`no workload ${workload} in this mesh`);
-    const child = this.net.spawn(w.pod, cmd, args);
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (c: Buffer) => (stdout += c));
-    child.stderr!.on('data', (c: Buffer) => (stderr += c));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    const [code] = (await once(child, 'exit')) as [number | null];
-    clearTimeout(timer);
+    const { code, stdout, stderr } = await collectOutput(this.net.spawn(w.pod, cmd, args), timeoutMs);
     return { code, stdout, stderr };
   }
 

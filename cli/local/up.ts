@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { destroyLocalNetwork } from './network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { requestInNetns } from './netns-http.ts';
 
 export const DEFAULT_PREFIX = 'weft';
@@ -181,13 +182,9 @@ async function inPodHttp(st: LocalState, netns: string, url: string): Promise<st
   const node = st.nodes.find((n) => n.name === pod.node)!;
   const cgroup = join(node.cgroup, 'pods', `${pod.namespace}_${pod.name}`);
   const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec nsenter --net="/var/run/netns/$1" curl -sS --max-time 5 "$2"', cgroup, netns, url]);
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (c: Buffer) => (out += c));
-  child.stderr.on('data', (c: Buffer) => (err += c));
-  const code = await new Promise<number | null>((r) => child.on('exit', r));
-  if (code !== 0) throw new Error(err.trim() || `curl exited ${code}`);
-  return out;
+  const { code, stdout, stderr } = await collectOutput(child);
+  if (code !== 0) throw new Error(stderr.trim() || `curl exited ${code}`);
+  return stdout;
 }
 
 export async function down(prefix: string, stateDir: string, say: (l: string) => void): Promise<void> {

@@ -1,5 +1,7 @@
-// Running the host's networking tools (ip, sysctl, tc) with errors that say which command failed.
-import { execFileSync } from 'node:child_process';
+// Running the host's networking tools (ip, sysctl, tc) with errors that say which command failed,
+// and collecting a spawned child's output.
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 
 export class CommandError extends Error {
   readonly code = 'WEFT_COMMAND_FAILED';
@@ -31,4 +33,31 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): string 
 /** Runs a command inside a named network namespace (ip netns exec). */
 export function runIn(netns: string, cmd: string, args: string[], opts: RunOptions = {}): string {
   return run('ip', ['netns', 'exec', netns, cmd, ...args], opts);
+}
+
+export interface ChildOutput {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Collects a child's stdout and stderr until it has exited AND its pipes are drained ('close',
+ * not 'exit': 'exit' can come before the last output is read, so a loaded machine would sometimes
+ * see a child that printed its answer as having printed nothing). After `timeoutMs` the child is
+ * SIGKILLed and what it printed so far is returned. Call it right after spawning.
+ */
+export async function collectOutput(child: ChildProcess, timeoutMs = 60_000): Promise<ChildOutput> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (c: Buffer) => (stdout += c));
+  child.stderr?.on('data', (c: Buffer) => (stderr += c));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  try {
+    const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
+    return { code, signal, stdout, stderr };
+  } finally {
+    clearTimeout(timer);
+  }
 }

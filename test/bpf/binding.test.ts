@@ -8,6 +8,7 @@ import { createServer, Socket, type Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, run, type Netns } from '../lab/lab.ts';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import {
   AddonNotFoundError, addonCandidates, be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createSocketInNetns, cstring, fdOf, ipv4,
   netnsCookie, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
@@ -49,16 +50,9 @@ function clientIn(lab: Lab, ns: Netns, port: number, cgroup?: string, times = 1)
     "s.on('data',c=>d+=c);s.on('end',()=>{console.log(d);once(n-1)});s.on('error',e=>console.log('ERR '+e.code))};once(+times);";
   const child = lab.spawn(process.execPath, ['-e', script, '127.0.0.1', String(port), String(times)],
     cgroup === undefined ? { netns: ns } : { netns: ns, cgroup });
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
-  child.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
-  return new Promise((resolvePromise, reject) => {
-    child.on('error', reject);
-    child.on('exit', (code) => {
-      if (code !== 0) reject(new Error(`client exited ${code}: ${err}`));
-      else resolvePromise({ pid: child.pid!, out: out.trim() });
-    });
+  return collectOutput(child).then(({ code, stdout, stderr }) => {
+    if (code !== 0) throw new Error(`client exited ${code}: ${stderr}`);
+    return { pid: child.pid!, out: stdout.trim() };
   });
 }
 

@@ -4,6 +4,7 @@
 // reports whom accept() gave it).
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { Lab, run, type Netns } from '../lab/lab.ts';
 
 export const NODE_BIN = process.execPath;
@@ -88,11 +89,7 @@ export async function connectFrom(lab: Lab, where: { ns: Netns; cgroup?: string 
   const args = ['-e', CLIENT_JS, host, String(port)];
   if (bind) args.push(bind.host, String(bind.port));
   const child = lab.spawn(NODE_BIN, args, where.cgroup ? { netns: where.ns, cgroup: where.cgroup } : { netns: where.ns });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d) => { stdout += d; });
-  child.stderr!.on('data', (d) => { stderr += d; });
-  await once(child, 'exit');
+  const { stdout, stderr } = await collectOutput(child);
   const line = stdout.trim().split('\n').pop();
   if (!line) throw new Error(`client in ${where.ns.name} printed nothing; stderr: ${stderr}`);
   return JSON.parse(line) as ClientResult;

@@ -5,6 +5,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { randomBytes, createHash } from 'node:crypto';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -89,11 +90,7 @@ test('the link from node1 to the other nodes carries TLS to port 15008 and no pl
 /** Runs a node script (a fixture) inside a node's network namespace. */
 async function onNode(node: string, script: string, args: string[]): Promise<Record<string, unknown>> {
   const child = mesh.net.spawn(mesh.node(node), process.execPath, [join(import.meta.dirname, 'fixtures', script), ...args]);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c));
-  child.stderr!.on('data', (c: Buffer) => (err += c));
-  await once(child, 'exit');
+  const { stdout: out, stderr: err } = await collectOutput(child);
   assert.ok(out.trim(), `fixture ${script} printed nothing: ${err}`);
   return JSON.parse(out.trim().split('\n').pop()!);
 }
@@ -150,9 +147,7 @@ test('a DENY policy makes the connection fail and counts the reason; removing it
 test('1,000 concurrent connections through the mesh all complete', async () => {
   const w = mesh.workloads.get('demo/client')!;
   const child = mesh.net.spawn(w.pod, process.execPath, [join(import.meta.dirname, 'fixtures', 'concurrent.ts'), '--host', VIP, '--port', '80', '--count', '1000']);
-  let out = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c));
-  await once(child, 'exit');
+  const { stdout: out } = await collectOutput(child);
   const r = JSON.parse(out.trim());
   assert.deepEqual({ connected: r.connected, answered: r.answered }, { connected: 1000, answered: 1000 }, JSON.stringify(r));
 });

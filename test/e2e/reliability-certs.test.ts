@@ -7,6 +7,7 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { localMeshSuite, until } from './mesh-suite.ts';
@@ -89,13 +90,7 @@ interface Attempt { ok: boolean; code?: string; message?: string; reply?: string
 
 async function onNode(node: string, script: string, args: string[]): Promise<Attempt> {
   const child = mesh.net.spawn(mesh.node(node), process.execPath, [fixture(script), ...args]);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c));
-  child.stderr!.on('data', (c: Buffer) => (err += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  await once(child, 'exit');
-  clearTimeout(timer);
+  const { stdout: out, stderr: err } = await collectOutput(child, 20_000);
   assert.ok(out.trim(), `fixture ${script} printed nothing: ${err}`);
   return JSON.parse(out.trim().split('\n').pop()!);
 }

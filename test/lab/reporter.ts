@@ -1,0 +1,67 @@
+// The test reporter `make test` uses: Node's spec reporter, with the tests that took longer than
+// SLOW_TEST_MS listed just before the closing summary, slowest first, so the next slow or
+// timing-bound test is seen before it blocks a submission. The summary lines (tests, pass, fail,
+// ...) stay the last ones a CI reads, as with the plain spec reporter.
+import { spec as SpecReporter } from 'node:test/reporters';
+import { relative } from 'node:path';
+import type { Transform } from 'node:stream';
+import { finished } from 'node:stream/promises';
+
+/** A test (not a suite) slower than this is listed. */
+export const SLOW_TEST_MS = Number(process.env.WEFT_SLOW_TEST_MS) || 10_000;
+
+interface TestEventData {
+  name: string;
+  nesting: number;
+  file?: string;
+  message?: string;
+  details?: { duration_ms?: number; type?: string };
+}
+interface TestEvent {
+  type: string;
+  data: TestEventData;
+}
+
+export interface SlowTest {
+  name: string;
+  file: string;
+  ms: number;
+}
+
+/** The lines the reporter prints for `slow` (already filtered), slowest first. */
+export function slowTestLines(slow: SlowTest[], thresholdMs = SLOW_TEST_MS): string[] {
+  if (slow.length === 0) return [`tests over ${thresholdMs / 1000} s: none`];
+  const sorted = [...slow].sort((a, b) => b.ms - a.ms);
+  return [
+    `tests over ${thresholdMs / 1000} s (${sorted.length}), slowest first:`,
+    ...sorted.map((t) => `  ${(t.ms / 1000).toFixed(1).padStart(6)} s  ${t.file}  ${t.name}`),
+  ];
+}
+
+/** The run's closing totals ("tests 21", "pass 21", ...): held back until the slow list is out. */
+const isClosingTotal = (e: TestEvent) =>
+  e.type === 'test:diagnostic' && e.data.nesting === 0 &&
+  /^(tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) /.test(e.data.message ?? '');
+
+export default async function* slowTestsReporter(source: AsyncIterable<TestEvent>): AsyncGenerator<string> {
+  const spec = new SpecReporter() as unknown as Transform;
+  const out: string[] = [];
+  spec.on('data', (chunk: Buffer | string) => out.push(chunk.toString()));
+  const slow: SlowTest[] = [];
+  const held: TestEvent[] = [];
+  const drain = function* () { while (out.length) yield out.shift()!; };
+  for await (const event of source) {
+    if ((event.type === 'test:pass' || event.type === 'test:fail') && event.data.details?.type !== 'suite') {
+      const ms = event.data.details?.duration_ms ?? 0;
+      if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms });
+    }
+    if (isClosingTotal(event)) held.push(event);
+    else spec.write(event);
+    yield* drain();
+  }
+  yield `\n${slowTestLines(slow).join('\n')}\n\n`;
+  for (const event of held) spec.write(event);
+  spec.end();
+  await finished(spec);
+  yield* drain();
+}
