@@ -8,6 +8,7 @@ import { once } from 'node:events';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { until } from '../lab/wait.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -82,12 +83,8 @@ before(async () => {
 test('a 90/10 canary route sends about 90% of requests to v1, and a header match sends a tester to v2 only', async () => {
   // Config reaches the waypoint asynchronously: wait until the route is in force.
   let first: Array<{ status: number; by: string }> = [];
-  for (let i = 0; i < 40; i++) {
-    first = await requests(1, ['-H', 'x-user: tester']);
-    if (first[0]?.by === 'reviews-v2') break;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  assert.equal(first[0]?.by, 'reviews-v2', `tester goes to v2: ${JSON.stringify(first)}\n${mesh.logTail('pod-shop-waypoint-0.log')}`);
+  await until('the tester goes to v2', async () => (first = await requests(1, ['-H', 'x-user: tester']))[0]?.by === 'reviews-v2', 10_000,
+    { intervalMs: 250, explain: () => `${JSON.stringify(first)}\n${mesh.logTail('pod-shop-waypoint-0.log')}` });
   const tester = await requests(20, ['-H', 'x-user: tester']);
   assert.deepEqual(new Set(tester.map((r) => r.by)), new Set(['reviews-v2']));
   const all = await requests(300);
@@ -145,10 +142,11 @@ test('an always-failing endpoint is ejected by outlier detection and comes back 
   };
   const during = await clusters();
   assert.equal(during.ejected, true, 'the bad endpoint is ejected');
-  await new Promise((r) => setTimeout(r, 4_500));
-  await requests(10, [], '/', '10.96.1.22');
-  const afterwards = await clusters();
-  assert.ok(afterwards.requests > during.requests, `after its ejection time the bad endpoint gets requests again (${during.requests} → ${afterwards.requests})`);
+  // Its ejection time is a few seconds: keep sending until it gets requests again.
+  await until('after its ejection time the bad endpoint gets requests again', async () => {
+    await requests(5, [], '/', '10.96.1.22');
+    return (await clusters()).requests > during.requests;
+  }, 20_000, { intervalMs: 250 });
 });
 
 // Last: it stops the waypoint.

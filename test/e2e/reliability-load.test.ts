@@ -13,6 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { until } from '../lab/wait.ts';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
@@ -61,7 +62,10 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   // Warm up (first connection, certificates, pools) before taking the baseline.
   const warm = await mesh.exec('load/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '10', '--rate', '100', '--churn-ms', '500', '--hold-ms', '0']);
   assert.equal(JSON.parse(warm.stdout.trim()).idleOpen, 10, `warm-up works: ${warm.stdout} ${warm.stderr}`);
-  await sleep(1_000);
+  // The warm-up's connections close asynchronously: the baseline is taken once both agents' file
+  // descriptor counts have stopped moving.
+  let last = '';
+  await until('the agents settle after the warm-up', () => { const now = `${fds(pid)}/${fds(pid2)}`; const same = now === last; last = now; return same; }, 15_000, { intervalMs: 300 });
   const base = { fds: fds(pid), rss: rssMb(pid) };
   const base2 = { fds: fds(pid2), rss: rssMb(pid2) };
 

@@ -23,3 +23,17 @@ export async function until(what: string, check: () => Promise<boolean> | boolea
     await sleep(opts.intervalMs ?? 100);
   }
 }
+
+/**
+ * For a test that asserts that something does NOT happen: checks `check` every `intervalMs` for
+ * `forMs` and fails naming `what` the first time it is false. The window is the test's stated
+ * timing dependency; prefer a barrier (a later event that must come after) where one exists.
+ */
+export async function holds(what: string, check: () => Promise<boolean> | boolean, forMs: number, opts: { intervalMs?: number } = {}): Promise<void> {
+  const end = Date.now() + forMs;
+  for (;;) {
+    if (!(await check())) throw new Error(`${what}: stopped holding after ${forMs - (end - Date.now())} ms of ${forMs} ms`);
+    if (Date.now() >= end) return;
+    await sleep(Math.min(opts.intervalMs ?? 10, Math.max(1, end - Date.now())));
+  }
+}

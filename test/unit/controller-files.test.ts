@@ -7,6 +7,7 @@ import { stringify } from 'yaml';
 import { ConfigDirSource, type ConfigFileError } from '../../controller/src/sources/files.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { startHarness, until } from './controller-harness.ts';
+import { holds } from '../lab/wait.ts';
 
 function yamlDocs(...objects: unknown[]): string {
   return objects.map((o) => stringify(o)).join('---\n');
@@ -76,7 +77,7 @@ test('an invalid AuthorizationPolicy is marked Invalid with the field path and t
       assert.equal(st.path, 'spec.rules[0].from[0].source.ipBlocks[1]');
       assert.match(st.message, /AuthorizationPolicy shop\/allow-front/);
       assert.ok(h.logs.some((l) => l.msg.startsWith('invalid object refused') && l.fields.file === 'policy.yaml'));
-      await new Promise((r) => setTimeout(r, 100));
+      await holds('the agent keeps the last good snapshot', () => JSON.stringify(a.snapshot) === JSON.stringify(before), 100);
       assert.deepEqual(a.snapshot, before);
       assert.equal(a.version, versionBefore);
       assert.deepEqual(h.controller.model!.policies.get('shop/allow-front')!.rules[0]!.from[0]!.ipBlocks, ['10.0.0.0/8']);
@@ -100,8 +101,7 @@ test('a file that does not parse is reported by name and its last good objects s
       await until('parse error reported', () => errors.length > 0);
       assert.equal(errors[0]!.file, 'mesh.yaml');
       assert.equal(errors[0]!.code, 'WEFT_CONFIG_FILE');
-      await new Promise((r) => setTimeout(r, 50));
-      assert.equal(a.snapshot!.workloads.length, 1);
+      await holds('the workload stays delivered after a file that does not parse', () => a.snapshot!.workloads.length === 1, 100);
       assert.equal(h.controller.store.objects('Pod').length, 1);
     } finally {
       await h.close();

@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { HbonePool, pipeBidirectional, type HboneConnectRequest, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { CLIENT_ID, dialTarget, readAll, startHbone, tcpServer } from './hbone-certs.ts';
+import { holds, until } from '../lab/wait.ts';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const cleanups: Array<() => unknown> = [];
@@ -165,7 +166,9 @@ test('a reader that stops reading pushes back to the writer instead of filling t
   const total = 64 * 1024 * 1024;
   const block = Buffer.alloc(1024 * 1024, 7);
   for (let i = 0; i < total / block.length; i++) a1.write(block);
-  await new Promise((r) => setTimeout(r, 300));
+  // Steady state: the proxy has filled its buffer towards the paused reader and stopped reading.
+  await until('the proxy has filled its buffer', () => b1.writableLength >= 128 * 1024, 10_000, { intervalMs: 20 });
+  await holds('the proxy buffers no more than its limit plus one read', () => b1.writableLength <= 128 * 1024 + 64 * 1024, 200, { intervalMs: 20 });
   // The proxy holds at most its buffer plus one read; the rest waits in the sender and the kernel.
   assert.ok(b1.writableLength <= 128 * 1024 + 64 * 1024, `proxy buffered ${b1.writableLength}`);
   assert.ok(a1.writableLength > 16 * 1024 * 1024, `sender buffered only ${a1.writableLength}`);
