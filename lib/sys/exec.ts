@@ -45,15 +45,15 @@ export interface ChildOutput {
 /**
  * Collects a child's stdout and stderr until it has exited AND its pipes are drained ('close',
  * not 'exit': 'exit' can come before the last output is read, so a loaded machine would sometimes
- * see a child that printed its answer as having printed nothing). After `timeoutMs` the child is
- * SIGKILLed and what it printed so far is returned. Call it right after spawning.
+ * see a child that printed its answer as having printed nothing). After `timeoutMs` (when given)
+ * the child is SIGKILLed and what it printed so far is returned. Call it right after spawning.
  */
-export async function collectOutput(child: ChildProcess, timeoutMs = 60_000): Promise<ChildOutput> {
+export async function collectOutput(child: ChildProcess, timeoutMs?: number): Promise<ChildOutput> {
   let stdout = '';
   let stderr = '';
   child.stdout?.on('data', (c: Buffer) => (stdout += c));
   child.stderr?.on('data', (c: Buffer) => (stderr += c));
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const timer = timeoutMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), timeoutMs);
   try {
     const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
     return { code, signal, stdout, stderr };
