@@ -8,6 +8,8 @@ import { inspectCommands } from './commands/inspect.ts';
 import { applyCommand, deleteCommand } from './commands/apply.ts';
 import { topCommand } from './commands/top.ts';
 import { waypointCommand } from './commands/waypoint.ts';
+import { tapCommand } from './commands/tap.ts';
+import { dashboardCommand } from './commands/dashboard.ts';
 
 const program = new Command('weftctl')
   .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
@@ -18,6 +20,8 @@ const program = new Command('weftctl')
   .addCommand(applyCommand())
   .addCommand(deleteCommand())
   .addCommand(topCommand())
+  .addCommand(tapCommand())
+  .addCommand(dashboardCommand())
   .addCommand(waypointCommand())
   .addCommand(installCommand())
   .addCommand(checkCommand());

@@ -14,9 +14,18 @@ export class HttpStatusError extends Error {
 }
 
 /** A small JSON (or text) HTTP server over a table of routes; unknown paths list the known ones. */
-export function jsonServer(routes: Record<string, Route>, opts: { text?: Record<string, () => Promise<{ type: string; body: string }>> } = {}): http.Server {
+export function jsonServer(routes: Record<string, Route>, opts: {
+  text?: Record<string, () => Promise<{ type: string; body: string }>>;
+  /** Paths that answer by themselves (streams such as /flows). */
+  raw?: Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>;
+} = {}): http.Server {
   return http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
+    const raw = opts.raw?.[url.pathname];
+    if (raw) {
+      raw(req, res);
+      return;
+    }
     const text = opts.text?.[url.pathname];
     if (text) {
       text().then(

@@ -17,6 +17,7 @@ import { Outbound } from './outbound.ts';
 import { Inbound, InboundAuthorizer } from './inbound.ts';
 import { PodNetnsResolver } from './pods.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
+import { FlowTap } from '../../lib/tap.ts';
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 export const ADMIN_PORT = 15000;
@@ -69,6 +70,8 @@ export class Agent {
   readonly o: AgentOptions;
   readonly log: Logger;
   readonly metrics = new AgentMetrics();
+  /** Live access-log entries for `weftctl tap` and the dashboard (admin `/flows`). */
+  readonly flows = new FlowTap();
   readonly state: AgentState;
   readonly resolver: PodNetnsResolver;
   datapath!: Datapath;
@@ -111,7 +114,11 @@ export class Agent {
     this.state = new AgentState(o.node);
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
-    this.#accessLog = (entry) => write(JSON.stringify({ time: new Date().toISOString(), type: 'access', node: o.node, ...entry }));
+    this.#accessLog = (entry) => {
+      const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
+      write(JSON.stringify(line));
+      this.flows.publish(line);
+    };
   }
 
   /** Config, certificates and datapath in place, and the data ports listening. */
@@ -344,7 +351,7 @@ export class Agent {
 
   #adminServer(): import('node:http').Server {
     return jsonServer({
-      '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging'] }),
+      '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging', '/flows'] }),
       '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', controllerConnected: this.xds?.connected ?? false, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
       '/certs': () => ({ trustBundle: this.certs.trustBundle().length, certificates: this.certs.list() }),
       '/bpf': () => ({
@@ -358,8 +365,8 @@ export class Agent {
         podCounters: this.datapath.podCounters(),
         pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, memory: process.memoryUsage() }),
-    });
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
+    }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
   }
 
   /**

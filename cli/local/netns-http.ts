@@ -45,3 +45,49 @@ export async function getJsonInNetns<T>(netnsPath: string, url: string): Promise
   if (r.status !== 200) throw new Error(`GET ${url} in ${netnsPath}: ${r.status} ${r.body.trim()}`);
   return JSON.parse(r.body) as T;
 }
+
+/**
+ * Streams a newline-delimited response from inside a netns: `onLine` gets each line as it arrives.
+ * Resolves when the stream ends (the server closed it) and rejects on a connection error or a
+ * status other than 200; `signal` ends it from this side.
+ */
+export function streamLinesInNetns(netnsPath: string, url: string, onLine: (line: string) => void, signal?: AbortSignal): Promise<void> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: u.hostname,
+        port: Number(u.port || 80),
+        path: u.pathname + u.search,
+        ...(signal ? { signal } : {}),
+        createConnection: () => {
+          const fd = createSocketInNetns(netnsPath, { bind: { host: '0.0.0.0', port: 0 } });
+          const s = new net.Socket({ fd, readable: true, writable: true });
+          return s.connect(Number(u.port || 80), u.hostname);
+        },
+      },
+      (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          reject(new Error(`GET ${url} in ${netnsPath}: ${res.statusCode}`));
+          return;
+        }
+        let rest = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => {
+          rest += c;
+          let nl: number;
+          while ((nl = rest.indexOf('\n')) >= 0) {
+            const line = rest.slice(0, nl);
+            rest = rest.slice(nl + 1);
+            if (line.trim()) onLine(line);
+          }
+        });
+        res.on('end', () => resolve());
+        res.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));
+      },
+    );
+    req.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));
+    req.end();
+  });
+}

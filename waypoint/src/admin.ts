@@ -3,6 +3,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { WaypointEngine } from './engine.ts';
+import type { FlowTap } from '../../lib/tap.ts';
 
 function json(res: http.ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body, (_k, v: unknown) => (v === Infinity ? 'unlimited' : v), 2);
@@ -11,13 +12,18 @@ function json(res: http.ServerResponse, status: number, body: unknown): void {
 }
 
 /**
- * `/config_dump`, `/clusters`, `/stats` (Prometheus text), `/rejection`, and `/certs` (the
- * waypoint's certificate: serial, issuer, validity, renewal state, trusted roots) when `certs` is given.
+ * `/config_dump`, `/clusters`, `/stats` (Prometheus text), `/rejection`, `/certs` (the
+ * waypoint's certificate: serial, issuer, validity, renewal state, trusted roots) when `certs` is given,
+ * and `/flows` (live access-log entries, NDJSON; lib/tap.ts) when `flows` is given.
  */
-export function adminServer(engine: WaypointEngine, extra: () => Record<string, unknown> = () => ({}), certs?: () => unknown): http.Server {
+export function adminServer(engine: WaypointEngine, extra: () => Record<string, unknown> = () => ({}), certs?: () => unknown, flows?: FlowTap): http.Server {
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     switch (path) {
+      case '/flows':
+        if (!flows) break;
+        flows.serve(req, res);
+        return;
       case '/certs':
         if (!certs) break;
         json(res, 200, certs());

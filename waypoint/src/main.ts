@@ -19,6 +19,7 @@ import { jsonLogger, type Logger } from '../../lib/log.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
+import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
 import { FlagError } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
@@ -247,6 +248,8 @@ async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log:
 export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogger('waypoint')): Promise<RunningWaypoint> {
   const pool = new HbonePool();
   let identity: WaypointIdentity | undefined;
+  // Access-log lines go to stdout and to whoever watches /flows (weftctl tap, the dashboard).
+  const flows = new FlowTap();
   const engine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
     upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId }),
@@ -254,7 +257,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
     telemetry: {
-      ...(o.accessLog ? {} : { accessLog: null }),
+      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); flows.publishLine(line); } : null,
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
@@ -328,7 +331,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const admin = adminServer(engine, () => ({
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
-  }), () => id.view());
+  }), () => id.view(), flows);
   const metrics = metricsServer(engine);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   const adminAddr = await listenOn(admin, o.admin);

@@ -1,0 +1,81 @@
+// weftctl dashboard's HTTP server: the static UI (cli/dashboard/ui, cytoscape from node_modules; no
+// CDN) and a read-only JSON API over LocalMeshData: /api/graph, /api/flows (server-sent events),
+// /api/nodes. It binds to loopback by default, answers GET only, refuses a Host header that is not
+// the address it serves (a web page elsewhere cannot read it through DNS rebinding), and shows no
+// secrets: no keys, no certificates, no tokens, only the state `weftctl` itself prints.
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { flowMatches, type FlowFilter, type Verdict } from '../flows.ts';
+import type { LocalMeshData } from './data.ts';
+
+const UI_DIR = join(import.meta.dirname, 'ui');
+const STATIC: Record<string, { file: () => string; type: string }> = {
+  '/': { file: () => join(UI_DIR, 'index.html'), type: 'text/html; charset=utf-8' },
+  '/app.js': { file: () => join(UI_DIR, 'app.js'), type: 'text/javascript; charset=utf-8' },
+  '/style.css': { file: () => join(UI_DIR, 'style.css'), type: 'text/css; charset=utf-8' },
+  '/vendor/cytoscape.min.js': { file: () => createRequire(import.meta.url).resolve('cytoscape/dist/cytoscape.min.js'), type: 'text/javascript; charset=utf-8' },
+};
+const SECURITY_HEADERS = {
+  'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-store',
+};
+
+export interface DashboardServerOptions {
+  data: LocalMeshData;
+  /** Host names a request may carry besides the bound address (e.g. when served behind a proxy). */
+  allowedHosts?: string[];
+}
+
+function send(res: http.ServerResponse, status: number, type: string, body: string | Buffer): void {
+  res.writeHead(status, { 'content-type': type, ...SECURITY_HEADERS }).end(body);
+}
+const json = (res: http.ServerResponse, status: number, body: unknown) => send(res, status, 'application/json', JSON.stringify(body) + '\n');
+
+export function dashboardServer(o: DashboardServerOptions): http.Server {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://dashboard');
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      return json(res, 405, { error: 'the dashboard is read-only' });
+    }
+    const addr = server.address() as AddressInfo | null;
+    const host = (req.headers.host ?? '').replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+    const allowed = new Set(['localhost', '127.0.0.1', '::1', addr?.address ?? '', ...(o.allowedHosts ?? [])]);
+    if (!allowed.has(host)) return json(res, 403, { error: `host ${req.headers.host ?? '(none)'} is not this dashboard's address` });
+    const st = STATIC[url.pathname];
+    if (st) {
+      readFile(st.file()).then((b) => send(res, 200, st.type, b), (e: Error) => json(res, 500, { error: e.message }));
+      return;
+    }
+    switch (url.pathname) {
+      case '/api/graph':
+        o.data.graph().then((g) => json(res, 200, g), (e: Error) => json(res, 502, { error: e.message }));
+        return;
+      case '/api/nodes':
+        o.data.nodes().then((n) => json(res, 200, n), (e: Error) => json(res, 502, { error: e.message }));
+        return;
+      case '/api/flows': {
+        const verdict = url.searchParams.get('verdict');
+        const filter: FlowFilter = {
+          ...(url.searchParams.get('namespace') ? { namespace: url.searchParams.get('namespace')! } : {}),
+          ...(url.searchParams.get('workload') ? { workload: url.searchParams.get('workload')! } : {}),
+          ...(verdict === 'allowed' || verdict === 'denied' || verdict === 'error' ? { verdict: verdict as Verdict } : {}),
+        };
+        res.writeHead(200, { 'content-type': 'text/event-stream', ...SECURITY_HEADERS });
+        const write = (f: object) => { if (!res.writableNeedDrain) res.write(`data: ${JSON.stringify(f)}\n\n`); };
+        if (url.searchParams.get('recent') === '1') for (const f of o.data.recentFlows().slice(-200)) if (flowMatches(f, filter)) write(f);
+        res.write(': open\n\n');
+        const off = o.data.onFlow((f) => { if (flowMatches(f, filter)) write(f); });
+        req.on('close', off);
+        return;
+      }
+    }
+    json(res, 404, { error: `no ${url.pathname}`, paths: [...Object.keys(STATIC), '/api/graph', '/api/flows', '/api/nodes'] });
+  });
+  return server;
+}

@@ -1,0 +1,89 @@
+// weftctl dashboard: the service graph as a pure function of metrics, flows and config, and the
+// server's guarantees (read-only, loopback Host only, no secrets).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import { buildGraph } from '../../cli/dashboard/graph.ts';
+import { dashboardServer } from '../../cli/dashboard/server.ts';
+import type { LocalMeshData } from '../../cli/dashboard/data.ts';
+import type { Sample } from '../../cli/local/prom.ts';
+import type { Flow } from '../../cli/flows.ts';
+import type { AuthorizationPolicy, Service, Workload } from '../../lib/model/mesh.ts';
+
+const wl = (ns: string, name: string, ip: string, services: string[], labels: Record<string, string> = { app: name }): Workload => ({
+  uid: `${ns}/${name}`, name, namespace: ns, node: 'node1', ip, serviceAccount: name, spiffeId: `spiffe://cluster.local/ns/${ns}/sa/${name}`,
+  labels, enrolled: true, mode: 'PERMISSIVE', services,
+});
+const svc = (ns: string, name: string, vip: string, waypoint?: string): Service => ({
+  name, namespace: ns, hostname: `${name}.${ns}.svc.cluster.local`, vips: [vip], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] as Service['ports'], endpoints: [],
+  ...(waypoint ? { waypoint: { namespace: ns, name: waypoint } as Service['waypoint'] } : {}),
+});
+const tcp = (name: string, value: number, l: Record<string, string>): Sample => ({ name, value, labels: { reporter: 'source', source_workload_namespace: 'demo', source_workload: 'client', destination_service: 'echo.demo.svc.cluster.local', connection_security_policy: 'mutual_tls', ...l } });
+const config = {
+  workloads: [wl('demo', 'client', '10.77.1.3', []), wl('demo', 'echo', '10.77.2.1', ['demo/echo']), wl('shop', 'reviews-v1', '10.77.2.5', ['shop/reviews'])],
+  services: [svc('demo', 'echo', '10.96.0.10'), svc('shop', 'reviews', '10.96.1.10', 'waypoint')],
+  policies: [
+    { name: 'allow-client', namespace: 'demo', action: 'ALLOW', scope: 'workload', selector: { app: 'echo' }, rules: [], layer: 'L4' },
+    { name: 'other', namespace: 'demo', action: 'DENY', scope: 'workload', selector: { app: 'nothing' }, rules: [], layer: 'L4' },
+  ] as AuthorizationPolicy[],
+};
+
+test('edges carry connection and byte rates, mTLS, the policies on the destination, and denials with their reason', () => {
+  const before = [tcp('istio_tcp_connections_opened_total', 10, {}), tcp('istio_tcp_sent_bytes_total', 1000, {}), tcp('istio_tcp_received_bytes_total', 0, {})];
+  const after = [tcp('istio_tcp_connections_opened_total', 40, {}), tcp('istio_tcp_sent_bytes_total', 4000, {}), tcp('istio_tcp_received_bytes_total', 3000, {})];
+  const denial: Flow = { time: '2026-12-04T10:00:00.000Z', reporter: 'agent node2', kind: 'tcp', direction: 'inbound', source: { address: '10.77.1.3:41000', namespace: 'demo', workload: 'client' }, destination: { address: '10.77.2.1:8080', namespace: 'demo', workload: 'echo' }, verdict: 'denied', reason: 'denied by policy demo/deny', policy: 'demo/deny' };
+  const g = buildGraph({ before, after, seconds: 10, flows: [denial], config });
+  const e = g.edges.find((x) => x.id === 'workload:demo/client->service:demo/echo')!;
+  assert.ok(e, JSON.stringify(g.edges));
+  assert.equal(e.connectionRate, 3);
+  assert.equal(e.bytesRate, 600);
+  assert.equal(e.security, 'mutual_tls');
+  assert.equal(e.denied, 1);
+  assert.deepEqual(e.denials[0], { time: denial.time, reporter: 'agent node2', reason: 'denied by policy demo/deny', policy: 'demo/deny' });
+  assert.deepEqual(e.policies, [{ name: 'demo/allow-client', action: 'ALLOW' }], 'only the policy that selects the service\'s pods');
+  assert.deepEqual(g.nodes.map((n) => n.id), ['service:demo/echo', 'workload:demo/client']);
+});
+
+test('plaintext marks an edge open; HTTP through a waypoint gives request rate, error share, p99 and the waypoint on the path', () => {
+  const plain = buildGraph({ before: [], after: [tcp('istio_tcp_connections_opened_total', 5, { connection_security_policy: 'none' })], seconds: 5, flows: [], config });
+  assert.equal(plain.edges[0]!.security, 'none');
+  const r = (code: string, v: number): Sample => ({ name: 'istio_requests_total', value: v, labels: { reporter: 'waypoint', source_workload_namespace: 'shop', source_workload: 'client', destination_service: 'reviews.shop.svc.cluster.local', response_code: code } });
+  const b = (le: string, v: number): Sample => ({ name: 'istio_request_duration_milliseconds_bucket', value: v, labels: { reporter: 'waypoint', source_workload_namespace: 'shop', source_workload: 'client', destination_service: 'reviews.shop.svc.cluster.local', le } });
+  const g = buildGraph({ before: [r('200', 0), r('503', 0)], after: [r('200', 90), r('503', 10), b('5', 50), b('10', 99), b('50', 100), b('+Inf', 100)], seconds: 10, flows: [], config });
+  const e = g.edges.find((x) => x.target === 'service:shop/reviews')!;
+  assert.equal(e.protocol, 'http');
+  assert.equal(e.requestRate, 10);
+  assert.equal(e.errorRate, 0.1);
+  assert.ok(e.p99Ms! > 5 && e.p99Ms! <= 10, `p99 ${e.p99Ms}`);
+  assert.equal(e.waypoint, 'shop/waypoint');
+  assert.ok(g.nodes.some((n) => n.id === 'waypoint:shop/waypoint'), 'the waypoint is drawn as a node');
+});
+
+test('the dashboard server is read-only, answers only to its own address, and serves the UI and the API', async () => {
+  const fake = {
+    graph: async () => ({ nodes: [], edges: [], windowSeconds: 30 }),
+    nodes: async () => [{ node: 'node1', ip: '10.77.0.1', bpf: { programs: [] } }],
+    recentFlows: () => [],
+    onFlow: () => () => {},
+  } as unknown as LocalMeshData;
+  const server = dashboardServer({ data: fake });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  after(() => { server.closeAllConnections(); server.close(); });
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const page = await fetch(`${base}/`);
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get('content-security-policy') ?? '', /default-src 'self'/);
+  assert.match(await page.text(), /<title>Weft mesh<\/title>/);
+  assert.equal((await fetch(`${base}/vendor/cytoscape.min.js`)).status, 200, 'the graph library is served locally, no CDN');
+  assert.deepEqual(await (await fetch(`${base}/api/graph`)).json(), { nodes: [], edges: [], windowSeconds: 30 });
+  for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) assert.equal((await fetch(`${base}/api/graph`, { method })).status, 405, `${method} is refused`);
+  // DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host.
+  const rebound = await new Promise<number>((resolve, reject) => {
+    import('node:http').then(({ request }) => request(`${base}/api/graph`, { headers: { host: 'evil.example' } }, (res) => { res.resume(); resolve(res.statusCode ?? 0); }).on('error', reject).end());
+  });
+  assert.equal(rebound, 403);
+  assert.equal((await fetch(`${base}/etc/passwd`)).status, 404);
+  assert.equal((await fetch(`${base}/../../lib/identity/ca.ts`)).status, 404, 'only the listed files are served');
+});
