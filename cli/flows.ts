@@ -2,7 +2,8 @@
 // entries, read from each one's admin `/flows` stream (lib/tap.ts), turned into one shape, and
 // filtered by namespace, workload and verdict.
 import type { LocalState } from './local/up.ts';
-import { streamLinesInNetns } from './local/netns-http.ts';
+import { getJsonInNetns, streamLinesInNetns } from './local/netns-http.ts';
+import type { AgentConfig, Service, Workload } from '../lib/model/mesh.ts';
 
 export type Verdict = 'allowed' | 'denied' | 'error';
 
@@ -173,4 +174,52 @@ export async function watchFlows(sources: FlowSource[], onFlow: (f: Flow) => voi
       if (!signal.aborted) await new Promise((r) => setTimeout(r, 1_000).unref());
     }
   }));
+}
+
+/**
+ * Fills in what a reporter did not name from the mesh's configuration: the service behind a VIP
+ * the source agent saw dialled, the workload and namespace behind a pod address.
+ */
+export class FlowEnricher {
+  #byVip = new Map<string, Service>();
+  #byIp = new Map<string, Workload>();
+
+  update(services: Service[], workloads: Workload[]): void {
+    this.#byVip = new Map(services.flatMap((s) => s.vips.map((v) => [v, s] as const)));
+    this.#byIp = new Map(workloads.map((w) => [w.ip, w]));
+  }
+
+  enrich(f: Flow): Flow {
+    const ip = (a: string | undefined) => a?.replace(/^\[|\]?:\d+$/g, '').replace(/^::ffff:/, '');
+    const svc = this.#byVip.get(ip(f.destination.address) ?? '');
+    if (svc && !f.destination.service) f.destination.service = svc.hostname;
+    if (svc && !f.destination.namespace) f.destination.namespace = svc.namespace;
+    const dw = this.#byIp.get(ip(f.destination.address) ?? '');
+    if (dw) {
+      f.destination.namespace ??= dw.namespace;
+      f.destination.workload ??= dw.name;
+      if (!f.destination.service && dw.services[0]) {
+        const [ns, name] = dw.services[0].split('/');
+        f.destination.service = `${name}.${ns}.svc.cluster.local`;
+      }
+    }
+    const sw = this.#byIp.get(ip(f.source.address) ?? '');
+    if (sw) {
+      f.source.namespace ??= sw.namespace;
+      f.source.workload ??= sw.name;
+    }
+    return f;
+  }
+
+  /** Loads services and workloads from every agent of a local mesh. */
+  async loadLocal(st: LocalState): Promise<void> {
+    const services = new Map<string, Service>();
+    const workloads = new Map<string, Workload>();
+    for (const n of st.nodes) {
+      const d = await getJsonInNetns<{ config: AgentConfig | null }>(`/var/run/netns/${n.netns}`, 'http://127.0.0.1:15000/config_dump').catch(() => ({ config: null }));
+      for (const s of d.config?.services ?? []) services.set(`${s.namespace}/${s.name}`, s);
+      for (const w of d.config?.workloads ?? []) workloads.set(w.uid, w);
+    }
+    this.update([...services.values()], [...workloads.values()]);
+  }
 }

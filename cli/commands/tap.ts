@@ -1,7 +1,7 @@
 // weftctl tap: the mesh's live flows in the terminal (like `linkerd viz tap` and `hubble observe`),
 // from every agent's and waypoint's admin /flows stream, filtered by namespace, workload and verdict.
 import { Option } from 'commander';
-import { flowMatches, localFlowSources, watchFlows, type Flow, type FlowFilter, type Verdict } from '../flows.ts';
+import { FlowEnricher, flowMatches, localFlowSources, watchFlows, type Flow, type FlowFilter, type Verdict } from '../flows.ts';
 import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
 import { processIo, type CommandIo } from './install.ts';
 
@@ -46,8 +46,13 @@ export function tapCommand(io: CommandIo = processIo) {
       process.once('SIGTERM', stop);
       const timer = f.duration ? setTimeout(stop, Number(f.duration) * 1000) : undefined;
       let seen = 0;
+      // Names for the addresses reporters give (a service VIP, a pod IP), refreshed now and then.
+      const names = new FlowEnricher();
+      await names.loadLocal(st);
+      const refresh = setInterval(() => void names.loadLocal(st), 10_000);
       try {
-        await watchFlows(localFlowSources(st), (flow) => {
+        await watchFlows(localFlowSources(st), (raw) => {
+          const flow = names.enrich(raw);
           if (ac.signal.aborted || !flowMatches(flow, filter)) return;
           io.out(f.output === 'json' ? JSON.stringify(flow) + '\n' : flowLine(flow) + '\n');
           if (++seen >= max) ac.abort();
@@ -57,6 +62,7 @@ export function tapCommand(io: CommandIo = processIo) {
           onError: (who, e) => io.err(`weftctl tap: ${who}: ${e.message} (retrying)\n`),
         });
       } finally {
+        clearInterval(refresh);
         clearTimeout(timer);
         process.off('SIGINT', stop);
         process.off('SIGTERM', stop);

@@ -4,7 +4,7 @@
 import type { LocalState } from '../local/up.ts';
 import { getJsonInNetns, requestInNetns } from '../local/netns-http.ts';
 import { parseProm, type Sample } from '../local/prom.ts';
-import { localFlowSources, watchFlows, type Flow } from '../flows.ts';
+import { FlowEnricher, localFlowSources, watchFlows, type Flow } from '../flows.ts';
 import { buildGraph, type GraphConfig, type MeshGraph } from './graph.ts';
 import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
 
@@ -34,6 +34,7 @@ export class LocalMeshData {
   readonly #flows: Flow[] = [];
   readonly #listeners = new Set<(f: Flow) => void>();
   readonly #ac = new AbortController();
+  readonly #names = new FlowEnricher();
   #timer: NodeJS.Timeout | undefined;
 
   constructor(st: LocalState, opts: DashboardSourceOptions = {}) {
@@ -43,7 +44,9 @@ export class LocalMeshData {
 
   /** Starts following flows (and scraping, without Prometheus). */
   start(): void {
-    void watchFlows(localFlowSources(this.st), (f) => {
+    void this.#names.loadLocal(this.st);
+    void watchFlows(localFlowSources(this.st), (raw) => {
+      const f = this.#names.enrich(raw);
       this.#flows.push(f);
       if (this.#flows.length > FLOWS_KEPT) this.#flows.splice(0, this.#flows.length - FLOWS_KEPT);
       for (const l of this.#listeners) l(f);
@@ -76,6 +79,7 @@ export class LocalMeshData {
 
   async graph(): Promise<MeshGraph> {
     const [pair, config] = await Promise.all([this.#metricsPair(), this.config()]);
+    this.#names.update(config.services, config.workloads);
     const since = Date.now() - this.#o.windowSeconds * 1000;
     return buildGraph({ ...pair, flows: this.#flows.filter((f) => Date.parse(f.time) >= since), config });
   }

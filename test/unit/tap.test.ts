@@ -6,7 +6,8 @@ import http from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { FlowTap } from '../../lib/tap.ts';
-import { flowMatches, toFlow } from '../../cli/flows.ts';
+import { FlowEnricher, flowMatches, toFlow } from '../../cli/flows.ts';
+import type { Service, Workload } from '../../lib/model/mesh.ts';
 import { flowLine } from '../../cli/commands/tap.ts';
 import { until } from '../lab/wait.ts';
 
@@ -85,4 +86,15 @@ test('flows from the source agent, the destination agent and a waypoint read as 
   assert.ok(!flowMatches(wp, { verdict: 'allowed' }));
   assert.ok(flowMatches(denied, { workload: 'echo', verdict: 'denied' }));
   assert.match(flowLine(denied), /DENIED .*demo\/client .*→ demo\/echo .*policy demo\/deny-client/);
+});
+
+test('a flow the source agent reported by VIP gets the service and its namespace; pod addresses get their workload', () => {
+  const names = new FlowEnricher();
+  names.update(
+    [{ name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [], endpoints: [] } as Service],
+    [{ uid: 'u1', name: 'client', namespace: 'demo', ip: '10.77.1.3', services: [] } as unknown as Workload],
+  );
+  const f = names.enrich(toFlow('agent node1', { type: 'access', direction: 'outbound', src: '10.77.1.3:41000', dst: '10.96.0.10:80' })!);
+  assert.deepEqual({ s: f.destination.service, ns: f.destination.namespace, sw: f.source.workload, sns: f.source.namespace }, { s: 'echo.demo.svc.cluster.local', ns: 'demo', sw: 'client', sns: 'demo' });
+  assert.ok(flowMatches(f, { namespace: 'demo', workload: 'echo' }));
 });
