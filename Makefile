@@ -25,15 +25,16 @@ ADDON := agent/native/build/Release/weft_bpf.node
 
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
-	make g++ python3 curl ca-certificates iputils-ping procps
+	make g++ python3 curl ca-certificates iputils-ping procps chromium
 
 # The spec reporter, plus the tests over 10 s listed before the summary (test/lab/reporter.ts).
 NODE_TEST := node --test --test-reporter=./test/lab/reporter.ts
 UNIT_TESTS := 'test/unit/**/*.test.ts'
 BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
+UI_TESTS := 'test/ui/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e \
+.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -84,7 +85,7 @@ typecheck:
 ## test: every tier, one runner, one summary
 test: deps build
 	$(MAKE) --no-print-directory clean-lab
-	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS)
 	$(MAKE) --no-print-directory clean-lab
 
 test-unit:
@@ -95,6 +96,10 @@ test-bpf: bpf addon
 
 test-e2e: build
 	$(NODE_TEST) $(E2E_TESTS)
+
+## test-ui: Debian's Chromium (playwright-core) against weftctl dashboard on a local mesh (root)
+test-ui: build
+	$(NODE_TEST) $(UI_TESTS)
 
 ## clean-lab: remove leftover netns, cgroups, BPF pins and processes of test runs
 clean-lab:

@@ -48,12 +48,34 @@ const cy = cytoscape({
 });
 window.weftDashboard = { cy, state };
 
+// A padlock, closed (mutual TLS) or open (plaintext), as inline SVG: no emoji font needed.
+const SVG = 'http://www.w3.org/2000/svg';
+function lockIcon(closed) {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 16 16');
+  svg.setAttribute('width', '14');
+  svg.setAttribute('height', '14');
+  svg.setAttribute('class', `lock ${closed ? 'secure' : 'plain'}`);
+  svg.setAttribute('data-lock', closed ? 'closed' : 'open');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', closed ? 'mutual TLS' : 'plaintext');
+  const shackle = document.createElementNS(SVG, 'path');
+  shackle.setAttribute('d', closed ? 'M4.5 7V5a3.5 3.5 0 0 1 7 0v2' : 'M4.5 7V5a3.5 3.5 0 0 1 6.8-1.2');
+  shackle.setAttribute('fill', 'none');
+  shackle.setAttribute('stroke', 'currentColor');
+  shackle.setAttribute('stroke-width', '1.6');
+  const body = document.createElementNS(SVG, 'rect');
+  for (const [k, v] of Object.entries({ x: '2.5', y: '7', width: '11', height: '8', rx: '1.5', fill: 'currentColor' })) body.setAttribute(k, v);
+  svg.append(shackle, body);
+  return svg;
+}
+
 function edgeLabel(e) {
-  const lock = secure(e) ? '🔒' : '🔓';
+  const lock = secure(e) ? 'mTLS' : 'PLAINTEXT';
   const traffic = e.protocol === 'http'
     ? `${fmt(e.requestRate)} rps ${fmt((e.errorRate ?? 0) * 100, 0)}% p99 ${fmt(e.p99Ms, 0)}ms`
     : `${fmt(e.connectionRate)} conn/s ${fmt((e.bytesRate ?? 0) / 1024)} KiB/s`;
-  return `${lock} ${traffic}${e.denied ? ` ⛔ ${e.denied}` : ''}`;
+  return `${lock} · ${traffic}${e.denied ? ` · ${e.denied} denied` : ''}`;
 }
 
 function drawGraph(g) {
@@ -84,7 +106,27 @@ function drawGraph(g) {
     }
     cy.elements().filter((x) => !ids.has(x.id())).remove();
   });
-  if (!same) cy.layout({ name: 'breadthfirst', directed: true, padding: 30, spacingFactor: 1.3 }).run();
+  if (!same) cy.layout({ name: 'preset', positions: positions(g), padding: 30, fit: true }).run();
+}
+
+// Callers on the left, waypoints in the middle, what is called on the right; one horizontal band
+// per namespace, so each namespace's box holds only its own nodes.
+function positions(g) {
+  const hasOut = new Set(g.edges.map((e) => e.source));
+  const hasIn = new Set(g.edges.map((e) => e.target));
+  const column = (n) => (n.kind === 'waypoint' ? 1 : n.kind === 'service' || (hasIn.has(n.id) && !hasOut.has(n.id)) ? 2 : 0);
+  const out = {};
+  let band = 0;
+  for (const ns of [...new Set(g.nodes.map((n) => n.namespace))].sort()) {
+    const rows = [0, 0, 0];
+    for (const n of g.nodes.filter((x) => x.namespace === ns).sort((a, b) => a.name.localeCompare(b.name))) {
+      const c = column(n);
+      out[n.id] = { x: 80 + c * 320, y: 60 + (band + rows[c]) * 110 };
+      rows[c]++;
+    }
+    band += Math.max(...rows) + 0.6;
+  }
+  return out;
 }
 
 function drawTable(g) {
@@ -92,7 +134,7 @@ function drawTable(g) {
   const body = $('#edges tbody');
   body.replaceChildren(...g.edges.map((e) => {
     const tr = el('tr', { class: `edge${e.denied ? ' denied' : ''}`, 'data-edge': e.id, 'data-security': e.security ?? 'unknown', 'data-denied': String(e.denied) },
-      el('td', {}, el('span', { class: `lock ${secure(e) ? 'secure' : 'plain'}`, title: secure(e) ? 'mutual TLS' : 'plaintext' }, secure(e) ? '🔒' : '🔓')),
+      el('td', {}, lockIcon(secure(e))),
       el('td', {}, label(e.source)), el('td', {}, label(e.target)),
       el('td', {}, e.protocol === 'http' ? `${fmt(e.requestRate)} req/s` : `${fmt(e.connectionRate)} conn/s`),
       el('td', {}, e.protocol === 'http' ? `${fmt((e.errorRate ?? 0) * 100, 0)}%` : '-'),
@@ -113,7 +155,7 @@ function select(id) {
   aside.hidden = false;
   $('#edge-title').textContent = `${label(e.source)} → ${label(e.target)}`;
   const fig = [
-    ['security', secure(e) ? '🔒 mutual TLS' : '🔓 plaintext'],
+    ['security', secure(e) ? 'mutual TLS' : 'plaintext'],
     ...(e.protocol === 'http' ? [['requests', `${fmt(e.requestRate)}/s`], ['errors', `${fmt((e.errorRate ?? 0) * 100, 1)}%`], ['p99', `${fmt(e.p99Ms, 0)} ms`]] : [['connections', `${fmt(e.connectionRate)}/s`], ['bytes', `${fmt((e.bytesRate ?? 0) / 1024)} KiB/s`]]),
     ...(e.waypoint ? [['waypoint', e.waypoint]] : []),
   ];
