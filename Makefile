@@ -33,8 +33,9 @@ UNIT_TESTS := 'test/unit/**/*.test.ts'
 BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
 UI_TESTS := 'test/ui/**/*.test.ts'
+CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui \
+.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui test-conformance \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -85,7 +86,7 @@ typecheck:
 ## test: every tier, one runner, one summary
 test: deps build
 	$(MAKE) --no-print-directory clean-lab
-	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS)
 	$(MAKE) --no-print-directory clean-lab
 
 test-unit:
@@ -100,6 +101,11 @@ test-e2e: build
 ## test-ui: Debian's Chromium (playwright-core) against weftctl dashboard on a local mesh (root)
 test-ui: build
 	$(NODE_TEST) $(UI_TESTS)
+
+## test-conformance: the Gateway API mesh conformance tests, translated (root; one local mesh,
+## about 1.5 minutes); prints the report and writes it to docs/CONFORMANCE.md
+test-conformance: build
+	CONFORMANCE_REPORT=docs/CONFORMANCE.md $(NODE_TEST) $(CONFORMANCE_TESTS)
 
 ## clean-lab: remove leftover netns, cgroups, BPF pins and processes of test runs
 clean-lab:

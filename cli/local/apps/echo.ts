@@ -1,6 +1,7 @@
 // Sample application for the local mesh: an HTTP/1.1 and h2c echo server that says who it is and
 // who it sees as the client, so traffic through the mesh can be checked by eye and by tests.
 //   node cli/local/apps/echo.ts --port 8080 --name reviews-v1 --version v1 [--fail-rate 0.5]
+//     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -15,6 +16,7 @@ const { values } = parseArgs({
     version: { type: 'string', default: 'v1' },
     'fail-rate': { type: 'string', default: '0' },
     'fail-every': { type: 'string', default: '0' },
+    'grpc-port': { type: 'string' },
   },
 });
 // --fail-rate answers 503 at random; --fail-every N answers 503 to every Nth request (repeatable tests).
@@ -27,6 +29,22 @@ function answer(method: string, path: string, peer: string | undefined, headers:
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
   const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, headers });
   return { status: fail ? 503 : 200, body: body + '\n' };
+}
+
+/**
+ * Response headers a client asks for with `x-echo-set-header: name:value,name:value` (a route's
+ * ResponseHeaderModifier needs headers from the backend to set, add to and remove).
+ */
+function requestedHeaders(v: string | string[] | undefined): Record<string, string | string[]> {
+  const out: Record<string, string[]> = {};
+  for (const item of (Array.isArray(v) ? v.join(',') : v ?? '').split(',')) {
+    const colon = item.indexOf(':');
+    if (colon <= 0) continue;
+    const name = item.slice(0, colon).trim().toLowerCase();
+    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name)) continue;
+    (out[name] ??= []).push(item.slice(colon + 1).trim());
+  }
+  return out;
 }
 
 const h1 = http.createServer((req, res) => {
@@ -44,7 +62,7 @@ const h1 = http.createServer((req, res) => {
       return;
     }
     const { status, body } = answer(req.method ?? 'GET', req.url ?? '/', req.socket.remoteAddress, req.headers);
-    res.writeHead(status, { 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
+    res.writeHead(status, { ...requestedHeaders(req.headers['x-echo-set-header']), 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
     res.end(body);
   });
 });
@@ -53,7 +71,7 @@ h2.on('stream', (stream, headers) => {
   stream.resume();
   stream.on('end', () => {
     const { status, body } = answer(String(headers[':method']), String(headers[':path']), stream.session?.socket.remoteAddress, headers);
-    stream.respond({ ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
+    stream.respond({ ...requestedHeaders(headers['x-echo-set-header']), ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
     stream.end(body);
   });
 });
@@ -72,4 +90,10 @@ const server = net.createServer((socket) => {
 server.listen(Number(values.port), '0.0.0.0', () => {
   console.log(JSON.stringify({ msg: 'echo listening', port: Number(values.port), name: values.name, version: values.version }));
 });
+if (values['grpc-port'] !== undefined) {
+  const { startEchoGrpc } = await import('./echo-grpc.ts');
+  const port = Number(values['grpc-port']);
+  await startEchoGrpc(port, { pod: values.name!, namespace: values.namespace!, version: values.version! });
+  console.log(JSON.stringify({ msg: 'echo grpc listening', port, name: values.name }));
+}
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -1,0 +1,295 @@
+// The Gateway API mesh conformance tier's harness: one local mesh for the whole tier (the GAMMA
+// test topology, in Weft's local-mesh config), manifests applied one test at a time, long-lived
+// clients inside mesh pods, and the comparison of what a client got with what a case expects.
+//
+// Topology (the upstream suite's shape, our own objects):
+//   namespace `gamma` (ambient, waypoint `waypoint` on node2): Deployments echo-v1 (node1) and
+//     echo-v2 (node2) of the echo app (cli/local/apps/echo.ts: HTTP on 8080, gRPC on 7070);
+//     Services echo (both), echo-v1, echo-v2, each with ports 80→8080 (http), 8080 (http-alt) and
+//     7070 (grpc).
+//     A third backend, backend-v3 (node2), outside `echo`.
+//   namespace `gamma-consumer` (ambient, no waypoint): echo-v1, a client for consumer routes, and
+//     Service web-backend selecting it (cross-namespace backendRefs).
+// Clients run in the echo pods themselves, as the upstream suite execs into them.
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import type { ChildProcess } from 'node:child_process';
+import { LocalMesh, REPO_ROOT } from '../../cli/local/mesh.ts';
+import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { until, type MeshSuite } from '../e2e/mesh-suite.ts';
+import type { ClientRequest, ClientResponse, WireRequest, WireResult } from './client-protocol.ts';
+
+export const NS = 'gamma';
+export const CONSUMER_NS = 'gamma-consumer';
+/** Services by `namespace/name` and their cluster IPs. */
+export const SERVICES: Array<{ namespace: string; name: string; vip: string; selector: Record<string, string> }> = [
+  { namespace: NS, name: 'echo', vip: '10.96.7.10', selector: { app: 'echo' } },
+  { namespace: NS, name: 'echo-v1', vip: '10.96.7.11', selector: { app: 'echo', version: 'v1' } },
+  { namespace: NS, name: 'echo-v2', vip: '10.96.7.12', selector: { app: 'echo', version: 'v2' } },
+  // A third backend outside `echo`, for the core tests that tell three backends apart.
+  { namespace: NS, name: 'backend-v3', vip: '10.96.7.13', selector: { app: 'backend-v3' } },
+  // A Service in another namespace, for cross-namespace backendRefs and ReferenceGrant.
+  { namespace: CONSUMER_NS, name: 'web-backend', vip: '10.96.7.14', selector: { app: 'echo' } },
+];
+const PORTS = [
+  { name: 'http', port: 80, targetPort: 8080 },
+  { name: 'http-alt', port: 8080 },
+  { name: 'grpc', port: 7070 },
+];
+
+/** A client process inside a pod, speaking fixtures/client.ts's line protocol. */
+export class PodClient {
+  readonly pod: string;
+  private readonly child: ChildProcess;
+  private readonly waiting = new Map<number, (r: WireResult) => void>();
+  private nextId = 1;
+  private ready!: Promise<void>;
+
+  constructor(pod: string, child: ChildProcess) {
+    this.pod = pod;
+    this.child = child;
+    const lines = createInterface({ input: child.stdout! });
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-2000); });
+    this.ready = new Promise((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`client in ${pod} exited (${code}): ${stderr}`)));
+      lines.on('line', (line) => {
+        const msg = JSON.parse(line) as WireResult | { ready: true };
+        if ('ready' in msg) { resolve(); return; }
+        this.waiting.get(msg.id)?.(msg);
+        this.waiting.delete(msg.id);
+      });
+    });
+    this.ready.catch(() => undefined);
+  }
+
+  whenReady(): Promise<void> {
+    return this.ready;
+  }
+
+  /** Sends `request` `count` times (up to 8 at once); one response per request. */
+  async send(request: ClientRequest, count = 1): Promise<ClientResponse[]> {
+    await this.ready;
+    const id = this.nextId++;
+    const wire: WireRequest = { id, request, count };
+    const result = new Promise<WireResult>((resolve) => this.waiting.set(id, resolve));
+    this.child.stdin!.write(JSON.stringify(wire) + '\n');
+    return (await result).responses;
+  }
+
+  close(): void {
+    this.child.stdin!.end();
+  }
+}
+
+/** The waypoint refused a test's config: no point waiting for it. */
+export class ConfigRejected extends Error {
+  readonly code = 'CONFIG_REJECTED';
+}
+
+export interface Expected {
+  /** HTTP status or gRPC code; default 200 (gRPC: 0). */
+  status?: number;
+  /** The answering pod's name starts with this (upstream `Backend`). */
+  backend?: string;
+  /** Namespace of the answering pod; default `gamma` when `backend` is set. */
+  namespace?: string;
+  /** Path (with query) the backend received. */
+  path?: string;
+  requestHeaders?: Record<string, string>;
+  absentRequestHeaders?: string[];
+  responseHeaders?: Record<string, string>;
+  absentResponseHeaders?: string[];
+  /** A redirect: fields of the Location URL; unset ones must keep the request's. */
+  redirect?: { scheme?: string; host?: string; port?: string; path?: string };
+}
+
+/** All values of a header as one string, `,` between values (the upstream suite's join). */
+function joined(v: string | string[] | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  return (Array.isArray(v) ? v : [v]).flatMap((x) => x.split(',')).map((x) => x.trim()).join(',');
+}
+
+function lowerKeys<T>(o: Record<string, T>): Record<string, T> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k.toLowerCase(), v]));
+}
+
+/** What differs between a response and the expectation; empty when it conforms. */
+export function mismatches(req: ClientRequest, r: ClientResponse, exp: Expected): string[] {
+  const out: string[] = [];
+  const grpc = req.protocol === 'grpc';
+  const wantStatus = exp.status ?? (grpc ? 0 : 200);
+  if (r.status !== wantStatus) {
+    out.push(`status ${r.status} (want ${wantStatus})${r.error ? `: ${r.error}` : r.body ? `: ${r.body.trim().slice(0, 200)}` : ''}`);
+    return out;
+  }
+  const echo = r.echo;
+  const needsEcho = exp.backend !== undefined || exp.path !== undefined || exp.requestHeaders !== undefined || exp.absentRequestHeaders !== undefined;
+  if (needsEcho && !echo) {
+    out.push(`no echo backend answered (body: ${(r.body ?? '').slice(0, 200)})`);
+    return out;
+  }
+  if (echo && exp.backend !== undefined) {
+    if (!echo.pod.startsWith(exp.backend)) out.push(`served by ${echo.namespace}/${echo.pod} (want ${exp.backend})`);
+    const ns = exp.namespace ?? NS;
+    if (echo.namespace !== ns) out.push(`served from namespace ${echo.namespace} (want ${ns})`);
+  }
+  if (echo && exp.path !== undefined && echo.path !== exp.path) out.push(`backend saw path ${echo.path} (want ${exp.path})`);
+  if (echo) {
+    const seen = lowerKeys(echo.headers);
+    for (const [k, v] of Object.entries(exp.requestHeaders ?? {})) {
+      const got = joined(seen[k.toLowerCase()]);
+      if (got !== v) out.push(`backend saw ${k}: ${got ?? '(absent)'} (want ${v})`);
+    }
+    for (const k of exp.absentRequestHeaders ?? []) {
+      const got = seen[k.toLowerCase()];
+      if (got !== undefined) out.push(`backend saw ${k}: ${joined(got)} (want it absent)`);
+    }
+  }
+  const rh = lowerKeys(r.headers);
+  for (const [k, v] of Object.entries(exp.responseHeaders ?? {})) {
+    const got = joined(rh[k.toLowerCase()]);
+    if (got !== v) out.push(`response ${k}: ${got ?? '(absent)'} (want ${v})`);
+  }
+  for (const k of exp.absentResponseHeaders ?? []) {
+    const got = rh[k.toLowerCase()];
+    if (got !== undefined) out.push(`response ${k}: ${joined(got)} (want it absent)`);
+  }
+  if (exp.redirect) {
+    const loc = rh['location']?.[0];
+    if (!loc) out.push('no Location header');
+    else {
+      const u = new URL(loc);
+      const reqHost = req.host.replace(/:\d+$/, '');
+      const want = { scheme: exp.redirect.scheme ?? 'http', host: exp.redirect.host ?? reqHost, port: exp.redirect.port ?? '', path: exp.redirect.path ?? (req.path ?? '/') };
+      const got = { scheme: u.protocol.replace(/:$/, ''), host: u.hostname, port: u.port, path: u.pathname + u.search };
+      for (const k of ['scheme', 'host', 'port', 'path'] as const) {
+        if (got[k] !== want[k]) out.push(`Location ${loc}: ${k} ${JSON.stringify(got[k])} (want ${JSON.stringify(want[k])})`);
+      }
+    }
+  }
+  return out;
+}
+
+export interface ConformanceMesh {
+  mesh: LocalMesh;
+  /** Clients by `namespace/pod`. */
+  clients: Map<string, PodClient>;
+  client(pod: string): PodClient;
+  /** Replaces the previous test's manifests with `objects` and waits until the waypoint holds exactly their routes. */
+  apply(test: string, objects: object[]): Promise<void>;
+  /** The pod IP of a workload (`namespace/name`). */
+  podIp(key: string): string;
+  waypointLog(lines?: number): string;
+}
+
+
+/** Builds the tier's mesh (call from `before`); torn down by the suite's `after` (localMeshSuite). */
+export async function startConformanceMesh(suite: MeshSuite): Promise<ConformanceMesh> {
+  const mesh = await suite.create(['node1', 'node2']);
+  const ambient = (name: string, waypoint?: string) => ({
+    apiVersion: 'v1', kind: 'Namespace',
+    metadata: { name, labels: { 'weft.dev/dataplane-mode': 'ambient', ...(waypoint ? { 'weft.dev/use-waypoint': waypoint } : {}) } },
+  });
+  mesh.writeConfig('10-gamma.yaml', [
+    ambient(NS, 'waypoint'),
+    ambient(CONSUMER_NS),
+    ...SERVICES.map((x) => ({
+      apiVersion: 'v1', kind: 'Service', metadata: { name: x.name, namespace: x.namespace },
+      spec: { clusterIP: x.vip, selector: x.selector, ports: PORTS },
+    })),
+  ]);
+  const echo = (name: string, ns: string, version: string) => ['cli/local/apps/echo.ts', '--port', '8080', '--grpc-port', '7070', '--name', name, '--namespace', ns, '--version', version];
+  const pods: Array<{ node: string; namespace: string; name: string; version: string; app?: string }> = [
+    { node: 'node1', namespace: NS, name: 'echo-v1', version: 'v1' },
+    { node: 'node2', namespace: NS, name: 'echo-v2', version: 'v2' },
+    { node: 'node1', namespace: CONSUMER_NS, name: 'echo-v1', version: 'v1' },
+    { node: 'node2', namespace: NS, name: 'backend-v3', version: 'v3', app: 'backend-v3' },
+  ];
+  for (const p of pods) {
+    mesh.addWorkload({ node: p.node, namespace: p.namespace, name: p.name, serviceAccount: 'echo', labels: { app: p.app ?? 'echo', version: p.version }, command: echo(p.name, p.namespace, p.version) });
+  }
+  mesh.startController();
+  await mesh.waitControllerReady();
+  mesh.startAgents();
+  mesh.startWaypoint('node2', NS);
+  await mesh.waitReady(60_000);
+  await mesh.waitWaypointReady(NS);
+  const keys = pods.map((p) => `${p.namespace}/${p.name}`);
+  await mesh.waitWorkloadsEnrolled(keys);
+
+  // The hosts table plays cluster DNS: short names in gamma, `<svc>.<ns>` and the FQDN anywhere.
+  const hosts: Record<string, string> = {};
+  for (const x of SERVICES) {
+    if (x.namespace === NS) hosts[x.name] = x.vip;
+    hosts[`${x.name}.${x.namespace}`] = x.vip;
+    hosts[`${x.name}.${x.namespace}.svc.cluster.local`] = x.vip;
+  }
+  const clients = new Map<string, PodClient>();
+  for (const key of keys.filter((k) => k.includes('/echo-'))) {
+    const w = mesh.workloads.get(key)!;
+    const child = mesh.net.spawn(w.pod, process.execPath, [join(REPO_ROOT, 'test/conformance/fixtures/client.ts'), '--hosts', JSON.stringify(hosts)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    clients.set(key, new PodClient(key, child));
+  }
+  for (const c of clients.values()) await c.whenReady();
+
+  const waypoint = mesh.workloads.get(`${NS}/waypoint-0`)!;
+  const admin = <T>(path: string) => getJsonInNetns<T>(waypoint.pod.netnsPath, `http://127.0.0.1:15000${path}`);
+  const cm: ConformanceMesh = {
+    mesh,
+    clients,
+    client(pod) {
+      const c = clients.get(pod);
+      if (!c) throw new Error(`no client in ${pod}`);
+      return c;
+    },
+    podIp(key) {
+      return mesh.workloads.get(key)!.pod.ip;
+    },
+    waypointLog(lines = 20) {
+      return mesh.logTail(`pod-${NS}-waypoint-0.log`, lines);
+    },
+    async apply(test, objects) {
+      mesh.writeConfig('50-test.yaml', objects.length > 0 ? objects.map((o) => stringify(o)).join('---\n') : '');
+      const want = new Set(objects.filter((o) => /Route$/.test((o as { kind: string }).kind)).map((o) => {
+        const { kind, metadata } = o as { kind: string; metadata: { name: string; namespace: string } };
+        return `${kind}/${metadata.namespace}/${metadata.name}`;
+      }));
+      let last = '';
+      let refusal: string | undefined;
+      // Route names are unique per test: a rejection that names one of them is this test's.
+      const names = [...want].map((k) => k.split('/').slice(1).join('/'));
+      await until(`${test}: the waypoint holds exactly this test's routes`, async () => {
+        const dump = await admin<{ config: { routes: Array<{ kind: string; namespace: string; name: string }> } }>('/config_dump');
+        const have = new Set(dump.config.routes.map((r) => `${r.kind}/${r.namespace}/${r.name}`));
+        last = [...have].sort().join(', ') || '(none)';
+        if (have.size === want.size && [...want].every((k) => have.has(k))) return true;
+        const rejected = await admin<{ message: string } | null>('/rejection');
+        if (rejected && names.some((n) => rejected.message.includes(`${n}:`))) refusal = rejected.message;
+        return refusal !== undefined;
+      }, 15_000, {
+        explain: () => `routes held: ${last}; want: ${[...want].sort().join(', ') || '(none)'}\ncontroller:\n${mesh.logTail('controller.log', 5)}`,
+      });
+      if (refusal !== undefined) throw new ConfigRejected(`${test}: the waypoint rejected the config holding this test's routes and keeps its previous one: ${refusal}`);
+    },
+  };
+  return cm;
+}
+
+/** Sends each case's request `times` times; returns one line per response that did not conform. */
+export async function runCases(client: PodClient, cases: Array<{ name: string; request: ClientRequest; expect: Expected }>, times = 3): Promise<string[]> {
+  const failures: string[] = [];
+  await Promise.all(cases.map(async (c) => {
+    const responses = await client.send(c.request, times);
+    const bad = responses.map((r) => mismatches(c.request, r, c.expect)).filter((m) => m.length > 0);
+    if (bad.length > 0) failures.push(`${c.name} [${describe(c.request)}]: ${bad[0]!.join('; ')}${bad.length > 1 ? ` (${bad.length}/${responses.length} responses)` : ''}`);
+  }));
+  return failures;
+}
+
+export function describe(r: ClientRequest): string {
+  const h = Object.entries(r.headers ?? {}).map(([k, v]) => `${k}: ${v}`).join(', ');
+  if (r.protocol === 'grpc') return `gRPC ${r.host} ${r.grpcMethod ?? 'Echo'}${h ? ` {${h}}` : ''}`;
+  return `${r.method ?? 'GET'} http://${r.host}${r.path ?? '/'}${h ? ` {${h}}` : ''}`;
+}
