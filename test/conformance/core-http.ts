@@ -254,3 +254,91 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
     todo: 'issue 16 item 6: ReferenceGrant is not implemented, so deleting it changes nothing (wp-policy branch)',
   },
 ];
+
+/** A route rule with timeouts on echo-v1 (upstream: infra-backend-v1). */
+function timeoutRule(path: string, timeouts: Record<string, string>): Record<string, unknown> {
+  return { matches: [prefix(path)], backendRefs: [v(1)], timeouts };
+}
+
+CORE_HTTP_TESTS.push(
+  {
+    name: 'HTTPRouteRequestTimeout',
+    upstream: 'httproute-timeout-request.go',
+    description: 'timeouts.request answers 504 when the backend is slower; 0s disables it',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteRequestTimeout'],
+    manifests: [httpRoute('request-timeout', PARENT, [timeoutRule('/request-timeout', { request: '500ms' }), timeoutRule('/disable-request-timeout', { request: '0s' })])],
+    run: cases([
+      { name: 'fast backend', request: req('/request-timeout'), expect: { backend: B[1] } },
+      { name: 'backend takes 1s', request: req('/request-timeout?delay=1s'), expect: { status: 504 } },
+      { name: 'timeout disabled', request: req('/disable-request-timeout?delay=1s'), expect: { backend: B[1] } },
+    ]),
+  },
+  {
+    name: 'HTTPRouteBackendTimeout',
+    upstream: 'httproute-timeout-backend-request.go',
+    description: 'timeouts.backendRequest answers 504 when the backend is slower; 0s disables it',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteBackendTimeout'],
+    manifests: [httpRoute('backend-timeout', PARENT, [timeoutRule('/backend-timeout', { backendRequest: '500ms' }), timeoutRule('/disable-backend-timeout', { backendRequest: '0s' })])],
+    run: cases([
+      { name: 'fast backend', request: req('/backend-timeout'), expect: { backend: B[1] } },
+      { name: 'backend takes 1s', request: req('/backend-timeout?delay=1s'), expect: { status: 504 } },
+      { name: 'timeout disabled', request: req('/disable-backend-timeout?delay=1s'), expect: { backend: B[1] } },
+    ]),
+  },
+  {
+    name: 'HTTPRouteOmittedBackendRefs',
+    upstream: 'httproute-omitted-backendrefs.go',
+    description: 'a rule with no backendRefs (omitted or empty) answers 500; other rules still forward',
+    features: ['Mesh', 'HTTPRoute'],
+    manifests: [httpRoute('omitted-backends', PARENT, [
+      { matches: [exact('/omitted-no-forward')] },
+      { matches: [exact('/empty-no-forward')], backendRefs: [] },
+      { matches: [prefix('/')], backendRefs: [v(1)] },
+    ])],
+    run: cases([
+      { name: 'forwarded', request: req('/forward'), expect: { backend: B[1] } },
+      { name: 'backendRefs omitted', request: req('/omitted-no-forward'), expect: { status: 500 } },
+      { name: 'backendRefs empty', request: req('/empty-no-forward'), expect: { status: 500 } },
+    ]),
+  },
+  {
+    name: 'HTTPRouteRequestMirror',
+    upstream: 'httproute-request-mirror.go',
+    description: 'RequestMirror sends a copy (after the rule\'s header edits) to another backend while the answer comes from the route\'s backend',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteRequestMirror'],
+    manifests: [httpRoute('request-mirror', PARENT, [
+      { matches: [prefix('/mirror')], filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'echo-v2', namespace: NS, port: 8080 } } }], backendRefs: [backend('echo-v1', 8080, { namespace: NS })] },
+      {
+        matches: [prefix('/mirror-and-modify-headers')],
+        filters: [
+          requestHeaders({ set: [['X-Header-Set', 'set-overwrites-values']], add: [['X-Header-Add', 'header-val-1'], ['X-Header-Add-Append', 'header-val-2']], remove: ['X-Header-Remove'] }),
+          { type: 'RequestMirror', requestMirror: { backendRef: { name: 'echo-v2', namespace: NS, port: 8080 } } },
+        ],
+        backendRefs: [backend('echo-v1', 8080, { namespace: NS })],
+      },
+    ])],
+    run: async (cm) => {
+      const id = () => `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+      const plain = `/mirror?request-id=${id()}`;
+      const edited = `/mirror-and-modify-headers?request-id=${id()}`;
+      const editedHeaders = { 'X-Header-Add': 'header-val-1', 'X-Header-Add-Append': 'append-val-1,header-val-2', 'X-Header-Set': 'set-overwrites-values' };
+      const failures = await runCases(cm.client(`${NS}/echo-v1`), [
+        { name: 'mirrored', request: req(plain), expect: { backend: B[1], path: plain } },
+        { name: 'mirrored with header edits', request: req(edited, { headers: { 'X-Header-Remove': 'remove-val', 'X-Header-Add-Append': 'append-val-1' } }), expect: { backend: B[1], path: edited, requestHeaders: editedHeaders, absentRequestHeaders: ['X-Header-Remove'] } },
+      ], 1);
+      // The copy is fire-and-forget: wait for echo-v2 to log it.
+      const mirrored = (path: string) => cm.requestsSeen(`${NS}/echo-v2`).find((r) => r.path === path);
+      const deadline = Date.now() + 5_000;
+      while ((!mirrored(plain) || !mirrored(edited)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (!mirrored(plain)) failures.push(`no copy of ${plain} reached echo-v2`);
+      const copy = mirrored(edited);
+      if (!copy) failures.push(`no copy of ${edited} reached echo-v2`);
+      else {
+        const h = Object.fromEntries(Object.entries(copy.headers).map(([k, val]) => [k.toLowerCase(), (Array.isArray(val) ? val : [val]).flatMap((x) => x.split(',')).map((x) => x.trim()).join(',')]));
+        for (const [k, val] of Object.entries(editedHeaders)) if (h[k.toLowerCase()] !== val) failures.push(`the copy of ${edited} carried ${k}: ${h[k.toLowerCase()] ?? '(absent)'} (want ${val})`);
+        if (h['x-header-remove'] !== undefined) failures.push(`the copy of ${edited} still carried X-Header-Remove`);
+      }
+      return failures;
+    },
+  },
+);

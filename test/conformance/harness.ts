@@ -179,6 +179,8 @@ export interface ConformanceMesh {
   client(pod: string): PodClient;
   /** Replaces the previous test's manifests with `objects` and waits until the waypoint holds exactly their routes. */
   apply(test: string, objects: object[]): Promise<void>;
+  /** The requests a pod's echo app logged (--log-requests), oldest first. */
+  requestsSeen(key: string): Array<{ method: string; path: string; headers: Record<string, string | string[]> }>;
   /** The pod IP of a workload (`namespace/name`). */
   podIp(key: string): string;
   waypointLog(lines?: number): string;
@@ -200,7 +202,7 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
       spec: { clusterIP: x.vip, selector: x.selector, ports: PORTS },
     })),
   ]);
-  const echo = (name: string, ns: string, version: string) => ['cli/local/apps/echo.ts', '--port', '8080', '--grpc-port', '7070', '--name', name, '--namespace', ns, '--version', version];
+  const echo = (name: string, ns: string, version: string) => ['cli/local/apps/echo.ts', '--port', '8080', '--grpc-port', '7070', '--name', name, '--namespace', ns, '--version', version, '--log-requests'];
   const pods: Array<{ node: string; namespace: string; name: string; version: string; app?: string }> = [
     { node: 'node1', namespace: NS, name: 'echo-v1', version: 'v1' },
     { node: 'node2', namespace: NS, name: 'echo-v2', version: 'v2' },
@@ -244,6 +246,10 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
       if (!c) throw new Error(`no client in ${pod}`);
       return c;
     },
+    requestsSeen(key) {
+      const [ns, name] = key.split('/');
+      return mesh.logEntries(`pod-${ns}-${name}.log`, 'request') as unknown as Array<{ method: string; path: string; headers: Record<string, string | string[]> }>;
+    },
     podIp(key) {
       return mesh.workloads.get(key)!.pod.ip;
     },
@@ -265,8 +271,10 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
         const have = new Set(dump.config.routes.map((r) => `${r.kind}/${r.namespace}/${r.name}`));
         last = [...have].sort().join(', ') || '(none)';
         if (have.size === want.size && [...want].every((k) => have.has(k))) return true;
-        const rejected = await admin<{ message: string } | null>('/rejection');
-        if (rejected && names.some((n) => rejected.message.includes(`${n}:`))) refusal = rejected.message;
+        // The waypoint NACKs a config it cannot apply and logs why (its /rejection holds only
+        // failures at apply time, not at validation).
+        const rejected = mesh.logEntries(`pod-${NS}-waypoint-0.log`, 'config rejected').map((e) => String(e['error'] ?? ''));
+        refusal = rejected.find((m) => names.some((n) => m.includes(`${n}:`)));
         return refusal !== undefined;
       }, 15_000, {
         explain: () => `routes held: ${last}; want: ${[...want].sort().join(', ') || '(none)'}\ncontroller:\n${mesh.logTail('controller.log', 5)}`,

@@ -2,11 +2,15 @@
 // who it sees as the client, so traffic through the mesh can be checked by eye and by tests.
 //   node cli/local/apps/echo.ts --port 8080 --name reviews-v1 --version v1 [--fail-rate 0.5]
 //     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
+//     [--log-requests]     print one JSON line per request (method, path, headers)
+// A request may ask for a slow answer (`?delay=1s`, a Gateway API duration) and for response
+// headers (`x-echo-set-header: name:value,...`).
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { createHash } from 'node:crypto';
+import { parseDuration } from '../../../lib/model/duration.ts';
 
 const { values } = parseArgs({
   options: {
@@ -17,12 +21,32 @@ const { values } = parseArgs({
     'fail-rate': { type: 'string', default: '0' },
     'fail-every': { type: 'string', default: '0' },
     'grpc-port': { type: 'string' },
+    'log-requests': { type: 'boolean', default: false },
   },
 });
 // --fail-rate answers 503 at random; --fail-every N answers 503 to every Nth request (repeatable tests).
 const failRate = Number(values['fail-rate']);
 const failEvery = Number(values['fail-every']);
 let served = 0;
+
+/** The `delay` query parameter in milliseconds (0 when absent or not a duration). */
+function delayOf(path: string): number {
+  const q = path.indexOf('?');
+  const d = q < 0 ? null : new URLSearchParams(path.slice(q + 1)).get('delay');
+  try {
+    return d ? parseDuration(d) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Answers after the delay the request asks for; logs it first with --log-requests. */
+function answerLater(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>, send: (a: { status: number; body: string }) => void): void {
+  if (values['log-requests']) console.log(JSON.stringify({ msg: 'request', method, path, headers }));
+  const delay = delayOf(path);
+  if (delay > 0) setTimeout(() => send(answer(method, path, peer, headers)), delay);
+  else send(answer(method, path, peer, headers));
+}
 
 function answer(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>) {
   served++;
@@ -61,18 +85,22 @@ const h1 = http.createServer((req, res) => {
       res.end(JSON.stringify({ pod: values.name, bytes, sha256: hash.digest('hex'), peer: req.socket.remoteAddress }) + '\n');
       return;
     }
-    const { status, body } = answer(req.method ?? 'GET', req.url ?? '/', req.socket.remoteAddress, req.headers);
-    res.writeHead(status, { ...requestedHeaders(req.headers['x-echo-set-header']), 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
-    res.end(body);
+    answerLater(req.method ?? 'GET', req.url ?? '/', req.socket.remoteAddress, req.headers, ({ status, body }) => {
+      if (res.destroyed) return;
+      res.writeHead(status, { ...requestedHeaders(req.headers['x-echo-set-header']), 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
+      res.end(body);
+    });
   });
 });
 const h2 = http2.createServer();
 h2.on('stream', (stream, headers) => {
   stream.resume();
   stream.on('end', () => {
-    const { status, body } = answer(String(headers[':method']), String(headers[':path']), stream.session?.socket.remoteAddress, headers);
-    stream.respond({ ...requestedHeaders(headers['x-echo-set-header']), ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
-    stream.end(body);
+    answerLater(String(headers[':method']), String(headers[':path']), stream.session?.socket.remoteAddress, headers, ({ status, body }) => {
+      if (stream.destroyed) return;
+      stream.respond({ ...requestedHeaders(headers['x-echo-set-header']), ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
+      stream.end(body);
+    });
   });
 });
 
