@@ -2,7 +2,8 @@
 
 /** A request as a conformance case states it. */
 export interface ClientRequest {
-  protocol?: 'http' | 'grpc';
+  /** `http` (HTTP/1.1, default), `h2c` (HTTP/2 prior knowledge) or `grpc`. */
+  protocol?: 'http' | 'h2c' | 'grpc';
   /** `name[:port]` as a client would dial it (`echo`, `echo-v1.conf`, `10.77.2.3:8080`). */
   host: string;
   /** HTTP: path with query, default `/`. */

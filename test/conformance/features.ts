@@ -19,8 +19,11 @@ export type Feature =
   | 'HTTPRouteMethodMatching' | 'HTTPRouteHostRewrite' | 'HTTPRouteRequestMirror'
   | 'HTTPRouteRequestTimeout' | 'HTTPRouteBackendTimeout' | 'ReferenceGrant'
   | 'HTTPRoute303RedirectStatusCode' | 'HTTPRoute307RedirectStatusCode' | 'HTTPRoute308RedirectStatusCode'
+  | 'HTTPRouteRequestMultipleMirrors' | 'HTTPRouteBackendRequestRedirect' | 'HTTPRouteBackendURLRewrite'
+  | 'HTTPRouteBackendRequestHeaderModification' | 'HTTPRouteBackendProtocolH2C' | 'HTTPRouteCORS'
+  | 'HTTPRouteBackendProtocolWebSocket' | 'HTTPRouteRetry'
   // GRPCRoute.
-  | 'GRPCRoute';
+  | 'GRPCRoute' | 'GRPCRouteNamedRouteRule';
 
 export type ProfileName = 'MESH-HTTP' | 'MESH-GRPC';
 

@@ -36,6 +36,8 @@ const PORTS = [
   { name: 'http', port: 80, targetPort: 8080 },
   { name: 'http-alt', port: 8080 },
   { name: 'grpc', port: 7070 },
+  // The echo app's 8080 speaks h2c prior knowledge too.
+  { name: 'h2c', port: 8081, targetPort: 8080, appProtocol: 'kubernetes.io/h2c' },
 ];
 
 /** A client process inside a pod, speaking fixtures/client.ts's line protocol. */

@@ -103,4 +103,19 @@ export const MESH_GRPC_TESTS: ConformanceTest[] = [
     ]),
     todo: 'issue 16 item 6: a call matching no rule goes to the Service instead of UNIMPLEMENTED (wp-proxy branch)',
   },
+  {
+    name: 'GRPCRouteNamedRule',
+    upstream: 'grpcroute-named-rule.go',
+    description: 'a GRPCRoute rule may carry a name; named and unnamed rules both route',
+    features: ['Mesh', 'GRPCRoute', 'GRPCRouteNamedRouteRule'],
+    provisional: true,
+    manifests: [grpcRoute('grpc-named-rules', { service: 'echo', port: 7070 }, [
+      { name: 'the-named-rule', matches: [{ method: { service: SERVICE, method: 'Echo' } }], backendRefs: [backend('echo-v1', 7070)] },
+      { matches: [{ method: { service: SERVICE, method: 'EchoTwo' } }], backendRefs: [backend('echo-v2', 7070)] },
+    ])],
+    run: cases([
+      { name: 'Echo (named rule)', request: call(undefined, 'Echo'), expect: { status: GRPC_OK, backend: 'echo-v1' } },
+      { name: 'EchoTwo (unnamed rule)', request: call(undefined, 'EchoTwo'), expect: { status: GRPC_OK, backend: 'echo-v2' } },
+    ]),
+  },
 ];

@@ -110,7 +110,13 @@ const server = net.createServer((socket) => {
   socket.once('data', (first: Buffer) => {
     socket.pause();
     socket.unshift(first);
-    (first.toString('latin1', 0, PREFACE.length) === PREFACE ? h2 : h1).emit('connection', socket);
+    if (first.toString('latin1', 0, PREFACE.length) === PREFACE) {
+      // The HTTP/2 session reads the socket itself (and the unshifted preface); resuming the JS
+      // stream here would take the bytes from under it and the session would never answer.
+      h2.emit('connection', socket);
+      return;
+    }
+    h1.emit('connection', socket);
     socket.resume();
   });
   socket.on('error', () => socket.destroy());
