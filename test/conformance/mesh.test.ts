@@ -25,9 +25,8 @@ before(async () => {
   cm = await startConformanceMesh(suite);
 });
 
-// Registered before the suite's clean-up runs (node:test runs `after` hooks in order).
 after(() => {
-  writeReport(results);
+  writeReport([...results].sort((a, b) => ALL.indexOf(a.test) - ALL.indexOf(b.test)));
 });
 
 for (const t of ALL) {

@@ -3,7 +3,7 @@
 // at the end of every run; written as Markdown (docs/CONFORMANCE.md) when CONFORMANCE_REPORT names
 // a file, the way implementations publish their Gateway API conformance reports.
 import { writeFileSync } from 'node:fs';
-import { GATEWAY_API_MAIN_COMMIT, GATEWAY_API_VERSION, PROFILES, isCore, profileOf, type ConformanceTest, type Feature } from './features.ts';
+import { GATEWAY_API_MAIN_COMMIT, GATEWAY_API_VERSION, NOT_TRANSLATED, PROFILES, isCore, profileOf, type ConformanceTest, type Feature } from './features.ts';
 
 export type Outcome = 'passed' | 'failed' | 'skipped';
 
@@ -97,9 +97,23 @@ export function renderMarkdown(results: TestResult[], when: Date): string {
     out.push(`| ${r.test.name} (\`${r.test.upstream}\`) | ${profileOf(r.test)} | ${isCore(r.test) ? 'core' : 'extended'} | ${r.test.features.join(', ')} | ${r.outcome} | ${notes.replace(/\|/g, '\\|')} |`);
   }
   out.push('');
+  const skipped = results.filter((r) => r.outcome === 'skipped');
+  out.push('## Not supported');
+  out.push('');
+  out.push('Features Weft does not implement; their tests are reported as skipped.');
+  out.push('');
+  for (const r of skipped) out.push(`- \`${r.test.features.at(-1)}\` (${r.test.name}): ${r.test.skip ?? r.details.join('; ')}`);
+  if (skipped.length === 0) out.push('- none');
+  out.push('');
+  out.push('## Upstream tests not translated');
+  out.push('');
+  for (const n of NOT_TRANSLATED) out.push(`- ${n.tests}: ${n.why}.`);
+  out.push('');
   const failed = results.filter((r) => r.outcome === 'failed');
   if (failed.length > 0) {
     out.push('## Failed cases');
+    out.push('');
+    out.push('Each failing test names the known bug in the tests table; these are the answers that did not conform.');
     out.push('');
     for (const r of failed) {
       out.push(`### ${r.test.name}`);
