@@ -53,6 +53,8 @@ export interface ConformanceTest {
   /** What it proves, in our words. */
   description: string;
   features: Feature[];
+  /** The feature this test exists to prove (default: the last of `features`); its result is that feature's. */
+  proves?: Feature;
   /** Upstream marks it provisional (not yet counted for a profile's result). */
   provisional?: boolean;
   /** Objects applied for this test (HTTPRoute, GRPCRoute, ReferenceGrant, ...). */
@@ -68,6 +70,10 @@ export interface ConformanceTest {
 /** The profile a test counts for: GRPCRoute tests for MESH-GRPC, the others for MESH-HTTP. */
 export function profileOf(t: ConformanceTest): ProfileName {
   return t.features.includes('GRPCRoute') ? 'MESH-GRPC' : 'MESH-HTTP';
+}
+
+export function provedBy(t: ConformanceTest): Feature {
+  return t.proves ?? t.features.at(-1)!;
 }
 
 /** Core when every feature it needs is a core feature of its profile. */

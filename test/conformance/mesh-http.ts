@@ -54,6 +54,7 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
     upstream: 'mesh/mesh-frontend.go',
     description: 'a route on a Service applies to traffic sent to that Service, not to traffic sent to its pods directly',
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteResponseHeaderModification'],
+    proves: 'Mesh',
     manifests: [httpRoute('frontend-v2', { service: 'echo-v2' }, [{ filters: [setResponseHeader('X-Header-Set', 'set')], backendRefs: [backend('echo-v2', 80)] }])],
     run: async (cm) => runCases(cm.client(CLIENT), [
       { name: 'to the Service', request: get('/', undefined, 'echo-v2'), expect: { backend: 'echo-v2', responseHeaders: { 'X-Header-Set': 'set' } } },
@@ -65,6 +66,7 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
     upstream: 'mesh/mesh-frontend-hostname.go',
     description: 'the parent Service is chosen by the address dialled (cluster IP), never by the Host header',
     features: ['Mesh', 'MeshClusterIPMatching', 'HTTPRoute', 'HTTPRouteResponseHeaderModification'],
+    proves: 'MeshClusterIPMatching',
     manifests: [httpRoute('frontend-v2', { service: 'echo-v2' }, [{ filters: [setResponseHeader('X-Header-Set', 'set')], backendRefs: [backend('echo-v2', 80)] }])],
     run: cases([
       { name: 'to echo-v2 with Host echo-v1', request: get('/', { Host: 'echo-v1' }, 'echo-v2'), expect: { backend: 'echo-v2', responseHeaders: { 'X-Header-Set': 'set' } } },
@@ -76,6 +78,7 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
     upstream: 'mesh/mesh-ports.go',
     description: 'a parentRef with a port applies to that Service port only; without a port, to all of them',
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteParentRefPort', 'HTTPRouteResponseHeaderModification'],
+    proves: 'HTTPRouteParentRefPort',
     manifests: [
       httpRoute('ports-v1', { service: 'echo-v1', port: 80 }, [{ filters: [setResponseHeader('X-Header-Set', 'v1')], backendRefs: [backend('echo-v1', 80)] }]),
       httpRoute('ports-v2', { service: 'echo-v2' }, [{ filters: [setResponseHeader('X-Header-Set', 'v2')], backendRefs: [backend('echo-v2', 80)] }]),
@@ -106,6 +109,7 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
     upstream: 'mesh/mesh-consumer-route.go',
     description: "a route in another namespace than its parent Service (a consumer route) applies only to clients in the route's namespace",
     features: ['Mesh', 'MeshConsumerRoute', 'HTTPRoute', 'HTTPRouteResponseHeaderModification'],
+    proves: 'MeshConsumerRoute',
     manifests: [httpRoute('consumer-add-header', { service: 'echo-v1', namespace: NS }, [
       { filters: [setResponseHeader('X-Header-Set', 'set')], backendRefs: [backend('echo-v1', 80, { namespace: NS })] },
     ], CONSUMER_NS)],

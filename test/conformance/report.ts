@@ -3,7 +3,7 @@
 // at the end of every run; written as Markdown (docs/CONFORMANCE.md) when CONFORMANCE_REPORT names
 // a file, the way implementations publish their Gateway API conformance reports.
 import { writeFileSync } from 'node:fs';
-import { GATEWAY_API_MAIN_COMMIT, GATEWAY_API_VERSION, NOT_TRANSLATED, PROFILES, isCore, profileOf, type ConformanceTest, type Feature } from './features.ts';
+import { GATEWAY_API_MAIN_COMMIT, GATEWAY_API_VERSION, NOT_TRANSLATED, PROFILES, isCore, profileOf, provedBy, type ConformanceTest, type Feature } from './features.ts';
 
 export type Outcome = 'passed' | 'failed' | 'skipped';
 
@@ -15,9 +15,10 @@ export interface TestResult {
   ms: number;
 }
 
+/** Each feature's result is that of the tests that exist to prove it (ConformanceTest.proves). */
 function featureTable(results: TestResult[]): Array<{ feature: Feature; outcome: Outcome; tests: string[] }> {
   const byFeature = new Map<Feature, TestResult[]>();
-  for (const r of results) for (const f of r.test.features) byFeature.set(f, [...(byFeature.get(f) ?? []), r]);
+  for (const r of results) byFeature.set(provedBy(r.test), [...(byFeature.get(provedBy(r.test)) ?? []), r]);
   return [...byFeature.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([feature, rs]) => ({
     feature,
     outcome: rs.some((r) => r.outcome === 'failed') ? 'failed' : rs.every((r) => r.outcome === 'skipped') ? 'skipped' : 'passed',
@@ -77,16 +78,16 @@ export function renderMarkdown(results: TestResult[], when: Date): string {
   out.push('');
   out.push('## Features');
   out.push('');
-  out.push('A feature passes when every test that needs it passes.');
+  out.push('A feature passes when every test that exists to prove it passes (the tests table names the feature each test proves).');
   out.push('');
   for (const o of ['passed', 'failed', 'skipped'] as const) {
-    out.push(`- **${o}**: ${features.filter((f) => f.outcome === o).map((f) => `\`${f.feature}\``).join(', ') || 'none'}`);
+    out.push(`- **${o}**: ${features.filter((f) => f.outcome === o).map((f) => `\`${f.feature}\` (${f.tests.length})`).join(', ') || 'none'}`);
   }
   out.push('');
   out.push('## Tests');
   out.push('');
-  out.push('| test (upstream name) | profile | core / extended | features | result | notes |');
-  out.push('| --- | --- | --- | --- | --- | --- |');
+  out.push('| test (upstream name) | profile | core / extended | proves | needs | result | notes |');
+  out.push('| --- | --- | --- | --- | --- | --- | --- |');
   for (const r of results) {
     const notes = [
       r.test.provisional ? 'provisional upstream' : '',
@@ -94,7 +95,7 @@ export function renderMarkdown(results: TestResult[], when: Date): string {
       r.test.skip ? `not supported: ${r.test.skip}` : '',
       r.outcome === 'failed' ? `failed cases: ${r.details.length}` : '',
     ].filter(Boolean).join('; ');
-    out.push(`| ${r.test.name} (\`${r.test.upstream}\`) | ${profileOf(r.test)} | ${isCore(r.test) ? 'core' : 'extended'} | ${r.test.features.join(', ')} | ${r.outcome} | ${notes.replace(/\|/g, '\\|')} |`);
+    out.push(`| ${r.test.name} (\`${r.test.upstream}\`) | ${profileOf(r.test)} | ${isCore(r.test) ? 'core' : 'extended'} | ${provedBy(r.test)} | ${r.test.features.filter((f) => f !== provedBy(r.test)).join(', ')} | ${r.outcome} | ${notes.replace(/\|/g, '\\|')} |`);
   }
   out.push('');
   const skipped = results.filter((r) => r.outcome === 'skipped');
