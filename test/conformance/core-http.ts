@@ -261,7 +261,7 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
     features: ['Mesh', 'HTTPRoute'],
     manifests: [httpRoute('unknown-kind-backend', PARENT, [{ backendRefs: [backend('echo-v1', 8080, { group: 'unknownkind.example.com', kind: 'NonExistent' })] }])],
     run: cases([{ name: 'GET /v2', request: req('/v2'), expect: { status: 500 } }]),
-    todo: 'issue 16 item 6: a backendRef of an unknown group/kind is followed as a Service of that name (controller/src/compile.ts ignores kind; no branch owns it yet)',
+    todo: 'issue 16 item 6: validation refuses the whole HTTPRoute for a backendRef of an unknown group/kind, where the spec accepts it (ResolvedRefs False, InvalidKind) and answers 500 (lib/model/validate.ts; no branch owns it yet)',
   },
   {
     name: 'HTTPRouteReferenceGrant',

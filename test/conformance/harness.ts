@@ -197,11 +197,14 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
         // failures at apply time, not at validation).
         const rejected = mesh.logEntries(`pod-${NS}-waypoint-0.log`, 'config rejected').map((e) => String(e['error'] ?? ''));
         refusal = rejected.find((m) => names.some((n) => m.includes(`${n}:`)));
+        // The controller refuses an object it cannot accept (its status says why; it never reaches a waypoint).
+        const refused = mesh.logEntries('controller.log', 'invalid object refused').find((e) => want.has(String(e['object'])));
+        if (refused) refusal ??= `the controller refused ${String(refused['object'])}: ${JSON.stringify(refused['issues'])}`;
         return refusal !== undefined;
       }, 15_000, {
         explain: () => `routes held: ${last}; want: ${[...want].sort().join(', ') || '(none)'}\ncontroller:\n${mesh.logTail('controller.log', 5)}`,
       });
-      if (refusal !== undefined) throw new ConfigRejected(`${test}: the waypoint rejected the config holding this test's routes and keeps its previous one: ${refusal}`);
+      if (refusal !== undefined) throw new ConfigRejected(`${test}: this test's routes never took effect: ${refusal}`);
     },
   };
   return cm;
