@@ -7,6 +7,7 @@ import type { ConformanceTest } from './features.ts';
 import { CONSUMER_NS, NS, runCases, type ConformanceMesh, type Expected } from './harness.ts';
 import type { ClientRequest } from './client-protocol.ts';
 import { joined } from './expect.ts';
+import { until } from '../lab/wait.ts';
 import { backend, exact, header, httpRoute, prefix, redirect, requestHeaders, rewrite } from './manifests.ts';
 
 type Case = { name: string; request: ClientRequest; expect: Expected };
@@ -319,8 +320,7 @@ function mirrorTest(name: string, upstream: string, mirrors: string[]): Conforma
       ], 1);
       for (const to of mirrors) {
         const copyOf = (path: string) => cm.requestsSeen(`${NS}/${to}`).find((r) => r.path === path);
-        const deadline = Date.now() + 5_000;
-        while ((!copyOf(plain) || !copyOf(edited)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        await until(`copies at ${to}`, () => copyOf(plain) !== undefined && copyOf(edited) !== undefined, 5_000).catch(() => undefined);
         if (!copyOf(plain)) failures.push(`no copy of ${plain} reached ${to}`);
         const copy = copyOf(edited);
         if (!copy) {

@@ -17,7 +17,8 @@ import { stringify } from 'yaml';
 import type { ChildProcess } from 'node:child_process';
 import { LocalMesh, REPO_ROOT } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
-import { until, type MeshSuite } from '../e2e/mesh-suite.ts';
+import type { MeshSuite } from '../e2e/mesh-suite.ts';
+import { until } from '../lab/wait.ts';
 import type { ClientRequest, ClientResponse, WireRequest, WireResult } from './client-protocol.ts';
 import { DEFAULT_NAMESPACE, mismatches, type Expected } from './expect.ts';
 
