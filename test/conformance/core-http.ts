@@ -453,7 +453,7 @@ CORE_HTTP_TESTS.push(
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteCORS'],
     manifests: [],
     run: async () => ['not translated yet'],
-    skip: 'the CORS filter is not implemented by the waypoint (docs/CONFORMANCE.md, not supported)',
+    skip: 'the CORS filter is not implemented by the waypoint',
   },
   {
     name: 'HTTPRouteBackendProtocolWebSocket',
@@ -462,7 +462,7 @@ CORE_HTTP_TESTS.push(
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteBackendProtocolWebSocket'],
     manifests: [],
     run: async () => ['not translated yet'],
-    skip: 'the waypoint does not proxy HTTP/1.1 Upgrade (WebSocket) (docs/CONFORMANCE.md, not supported)',
+    skip: 'the waypoint does not proxy HTTP/1.1 Upgrade (WebSocket)',
   },
   {
     name: 'HTTPRouteRetry',
@@ -471,6 +471,6 @@ CORE_HTTP_TESTS.push(
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteRetry'],
     manifests: [],
     run: async () => ['not translated yet'],
-    skip: "HTTPRoute rules' retry field is not read; retries come from TrafficPolicy (docs/CONFORMANCE.md, not supported)",
+    skip: "HTTPRoute rules' retry field is not read; retries come from TrafficPolicy",
   },
 );

@@ -199,7 +199,11 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
         const rejected = mesh.logEntries(`pod-${NS}-waypoint-0.log`, 'config rejected').map((e) => String(e['error'] ?? ''));
         refusal = rejected.find((m) => names.some((n) => m.includes(`${n}:`)));
         // The controller refuses an object it cannot accept (its status says why; it never reaches a waypoint).
-        const refused = mesh.logEntries('controller.log', 'invalid object refused').find((e) => want.has(String(e['object'])));
+        // (`object` is `Kind/name` or `Kind/namespace/name`.)
+        const refused = mesh.logEntries('controller.log', 'invalid object refused; its previous version stays in force').find((e) => [...want].some((k) => {
+          const [kind, ns, name] = k.split('/');
+          return e['object'] === k || (e['object'] === `${kind}/${name}` && String(e['issues']).includes(`${ns}/${name}`));
+        }));
         if (refused) refusal ??= `the controller refused ${String(refused['object'])}: ${JSON.stringify(refused['issues'])}`;
         return refusal !== undefined;
       }, 15_000, {
@@ -213,13 +217,12 @@ export async function startConformanceMesh(suite: MeshSuite): Promise<Conformanc
 
 /** Sends each case's request `times` times; returns one line per response that did not conform. */
 export async function runCases(client: PodClient, cases: Array<{ name: string; request: ClientRequest; expect: Expected }>, times = 3): Promise<string[]> {
-  const failures: string[] = [];
-  await Promise.all(cases.map(async (c) => {
+  const failures = await Promise.all(cases.map(async (c) => {
     const responses = await client.send(c.request, times);
     const bad = responses.map((r) => mismatches(c.request, r, c.expect)).filter((m) => m.length > 0);
-    if (bad.length > 0) failures.push(`${c.name} [${describe(c.request)}]: ${bad[0]!.join('; ')}${bad.length > 1 ? ` (${bad.length}/${responses.length} responses)` : ''}`);
+    return bad.length === 0 ? undefined : `${c.name} [${describe(c.request)}]: ${bad[0]!.join('; ')}${bad.length > 1 ? ` (${bad.length}/${responses.length} responses)` : ''}`;
   }));
-  return failures;
+  return failures.filter((f): f is string => f !== undefined);
 }
 
 export function describe(r: ClientRequest): string {

@@ -103,7 +103,7 @@ export function renderMarkdown(results: TestResult[], when: Date): string {
   out.push('');
   out.push('Features Weft does not implement; their tests are reported as skipped.');
   out.push('');
-  for (const r of skipped) out.push(`- \`${r.test.features.at(-1)}\` (${r.test.name}): ${r.test.skip ?? r.details.join('; ')}`);
+  for (const r of skipped) out.push(`- \`${provedBy(r.test)}\`${provedBy(r.test) === r.test.name ? '' : ` (${r.test.name})`}: ${r.test.skip ?? r.details.join('; ')}.`);
   if (skipped.length === 0) out.push('- none');
   out.push('');
   out.push('## Upstream tests not translated');
@@ -119,7 +119,10 @@ export function renderMarkdown(results: TestResult[], when: Date): string {
     for (const r of failed) {
       out.push(`### ${r.test.name}`);
       out.push('');
-      for (const d of r.details) out.push(`- ${d.replace(/\n/g, ' ')}`);
+      for (const d of r.details) {
+        const line = d.replace(/\n/g, ' ');
+        out.push(`- ${line.length > 400 ? `${line.slice(0, 400)}...` : line}`);
+      }
       out.push('');
     }
   }
