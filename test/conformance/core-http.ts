@@ -474,3 +474,54 @@ CORE_HTTP_TESTS.push(
     skip: "HTTPRoute rules' retry field is not read; retries come from TrafficPolicy",
   },
 );
+
+/**
+ * HTTPRouteRequestPercentageMirror: `percent` (and `fraction`) of the requests are copied to
+ * echo-v2. Upstream accepts a copy count within 3 standard deviations of the binomial mean and retries
+ * a statistical miss (here up to 3 times).
+ */
+function percentageMirror(): ConformanceTest {
+  const mirror = (share: Record<string, unknown>) => ({ type: 'RequestMirror', requestMirror: { backendRef: { name: 'echo-v2', namespace: NS, port: 8080 }, ...share } });
+  const edits = requestHeaders({ set: [['X-Header-Set', 'set-overwrites-values']], add: [['X-Header-Add', 'header-val-1'], ['X-Header-Add-Append', 'header-val-2']], remove: ['X-Header-Remove'] });
+  const list = [
+    { path: '/percent-mirror', percent: 20, filters: [mirror({ percent: 20 })] },
+    { path: '/percent-mirror-fraction', percent: 50, filters: [mirror({ fraction: { numerator: 25, denominator: 50 } })] },
+    { path: '/percent-mirror-and-modify-headers', percent: 35, filters: [edits, mirror({ percent: 35 })], headers: { 'X-Header-Remove': 'remove-val', 'X-Header-Add-Append': 'append-val-1' } },
+  ];
+  // Upstream sends 500; 300 keeps the case under 10 s on a loaded 2-core machine, and the band
+  // (3 standard deviations) is computed for the count actually sent.
+  const COUNT = 300;
+  return {
+    name: 'HTTPRouteRequestPercentageMirror',
+    upstream: 'httproute-request-percentage-mirror.go',
+    description: 'RequestMirror with percent or fraction copies that share of the requests (within 3 standard deviations)',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteRequestMirror', 'HTTPRouteRequestPercentageMirror'],
+    manifests: [httpRoute('percentage-mirror', PARENT, list.map((c) => ({ matches: [prefix(c.path)], filters: c.filters, backendRefs: [backend('echo-v1', 8080, { namespace: NS })] })))],
+    run: async (cm) => {
+      const failures: string[] = [];
+      for (const c of list) {
+        let last = '';
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const path = `${c.path}?request-id=${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+          const answers = await cm.client(`${NS}/echo-v1`).send(req(path, c.headers ? { headers: c.headers } : {}), COUNT);
+          const bad = answers.find((r) => r.status !== 200 || r.echo?.pod !== B[1]);
+          if (bad) { last = `${c.path}: a request got ${bad.status} from ${bad.echo?.pod ?? '-'} ${bad.error ?? ''}`; continue; }
+          const p = c.percent / 100;
+          const sd = Math.sqrt(COUNT * p * (1 - p));
+          const [lo, hi] = [COUNT * p - 3 * sd, COUNT * p + 3 * sd];
+          // Copies are fire-and-forget: wait until the count settles inside the band, or give up.
+          const copies = () => cm.requestsSeen(`${NS}/echo-v2`).filter((r) => r.path === path).length;
+          await until(`${c.path} copies`, () => copies() >= lo, 5_000).catch(() => undefined);
+          const n = copies();
+          last = n < lo || n > hi ? `${c.path}: ${n} of ${COUNT} requests copied to echo-v2 (want ${c.percent}%: ${Math.ceil(lo)}-${Math.floor(hi)})` : '';
+          if (last === '') break;
+        }
+        if (last) failures.push(last);
+      }
+      return failures;
+    },
+    todo: 'issue 16 item 6: requestMirror.fraction is refused by validation (lib/model/validate.ts allows only percent), so the whole route never applies; no branch owns it yet',
+  };
+}
+
+CORE_HTTP_TESTS.push(percentageMirror());

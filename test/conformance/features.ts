@@ -21,7 +21,7 @@ export type Feature =
   | 'HTTPRoute303RedirectStatusCode' | 'HTTPRoute307RedirectStatusCode' | 'HTTPRoute308RedirectStatusCode'
   | 'HTTPRouteRequestMultipleMirrors' | 'HTTPRouteBackendRequestRedirect' | 'HTTPRouteBackendURLRewrite'
   | 'HTTPRouteBackendRequestHeaderModification' | 'HTTPRouteBackendProtocolH2C' | 'HTTPRouteCORS'
-  | 'HTTPRouteBackendProtocolWebSocket' | 'HTTPRouteRetry'
+  | 'HTTPRouteBackendProtocolWebSocket' | 'HTTPRouteRetry' | 'HTTPRouteRequestPercentageMirror'
   // GRPCRoute.
   | 'GRPCRoute' | 'GRPCRouteNamedRouteRule';
 
@@ -93,6 +93,6 @@ export const NOT_TRANSLATED: Array<{ tests: string; why: string }> = [
     why: 'the tier runs their mesh versions (the Mesh... tests above), which make the same requests',
   },
   { tests: 'HTTPRouteObservedGenerationBump, and the route status conditions every upstream test also checks', why: 'the local mesh has no API server to hold status; route status is the kube tier\'s (issue 16, wp-policy)' },
-  { tests: 'HTTPRouteRequestPercentageMirror, HTTPRouteServiceTypes', why: 'not translated yet (percentage mirroring and headless Services are implemented)' },
+  { tests: 'HTTPRouteServiceTypes', why: 'not translated yet (headless Services and EndpointSlices without a selector are implemented)' },
   { tests: 'HTTPRouteRetryConnectionError, HTTPRouteRetryWithTimeouts', why: 'need the rule retry field, not supported (see HTTPRouteRetry)' },
 ];
