@@ -214,6 +214,7 @@ export class Agent {
         if (!this.ready) throw new HttpStatusError(503, this.#notReadyReason());
         return { ready: true };
       },
+      '/healthz/live': () => ({ live: true }),
     });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');

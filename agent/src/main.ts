@@ -7,6 +7,8 @@ import type { LogLevel } from '../../lib/log.ts';
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
        (--token <token> | --token-file <file>) [options]
   --trust-domain <td>        default cluster.local
+  --controller-namespace <ns>  namespace of the controller, whose SPIFFE ID the agent expects
+                             (default weft-system)
   --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
@@ -42,6 +44,7 @@ const { values } = parseArgs({
     token: { type: 'string' },
     'token-file': { type: 'string' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
+    'controller-namespace': { type: 'string' },
     cgroup: { type: 'string' },
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
@@ -82,6 +85,7 @@ const agent = new Agent({
   // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
   token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
   trustDomain: values['trust-domain']!,
+  ...(values['controller-namespace'] ? { controllerNamespace: values['controller-namespace'] } : {}),
   ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),

@@ -15,7 +15,7 @@ import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
   AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, TOKEN_EXPIRATION_SECONDS,
-  TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels,
 } from './names.ts';
 
 export interface Capability {
@@ -101,7 +101,7 @@ export const AGENT_RESOURCES = {
 const TOKEN_FILE = 'token';
 const BPF_FS_MAGIC = 'cafe4a11';
 /** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */
-export const TRUST_BUNDLE_FILE = 'root-cert.pem';
+export const TRUST_BUNDLE_FILE = TRUST_BUNDLE_KEY;
 
 function podAnnotations(): Record<string, string> {
   const out: Record<string, string> = {
@@ -146,6 +146,8 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     // Re-read on every use: the kubelet rotates the projected token.
     '--token-file', `${AGENT_PATHS.token}/${TOKEN_FILE}`,
     '--trust-domain', o.trustDomain,
+    // The controller's SPIFFE ID names its namespace: spiffe://<td>/ns/<namespace>/sa/weft-controller.
+    '--controller-namespace', o.namespace,
     '--cgroup', AGENT_PATHS.cgroupRoot,
     '--drain-timeout', String(AGENT_DRAIN_SECONDS),
     '--ready-file', AGENT_PATHS.readyFile,

@@ -6,6 +6,7 @@ import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IService } from 'kubernetes-models/v1/Service';
+import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
 import { renderRbac, type RbacObject } from './rbac.ts';
@@ -15,7 +16,7 @@ import { PART_OF } from './names.ts';
 
 export type { InstallOptions } from './options.ts';
 
-export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet;
+export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget;
 
 /** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
 export function renderInstall(opts: InstallOptions): KubeObject[] {
@@ -36,7 +37,7 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     },
   };
   if (!o.caSecret) {
-    opts.warn?.(`no --ca-secret: the controller generates a CA root at every start, so workload certificates do not survive a controller restart; for production create one with \`kubectl -n ${o.namespace} create secret tls weft-ca --cert ca.crt --key ca.key\` and pass --ca-secret weft-ca`);
+    opts.warn?.(`no --ca-secret: the controller generates the cluster's CA root once and keeps it in the Secret ${o.namespace}/weft-ca; to use your own PKI (for example Istio's cacerts layout with an intermediate), create a Secret and pass --ca-secret`);
   }
   return [
     namespace,
