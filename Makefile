@@ -26,6 +26,8 @@ ADDON := agent/native/build/Release/weft_bpf.node
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
 	make g++ python3 curl ca-certificates iputils-ping procps chromium
+# The k8s tier drives the lab API server with a real kubectl: Debian's, unless one is installed.
+APT_PACKAGES += $(if $(shell command -v kubectl),,kubernetes-client)
 
 # The spec reporter, plus the tests over 10 s listed before the summary (test/lab/reporter.ts).
 NODE_TEST := node --test --test-reporter=./test/lab/reporter.ts
@@ -34,8 +36,9 @@ BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
 UI_TESTS := 'test/ui/**/*.test.ts'
 CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
+K8S_TESTS := 'test/k8s/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui test-conformance \
+.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -86,7 +89,7 @@ typecheck:
 ## test: every tier, one runner, one summary
 test: deps build
 	$(MAKE) --no-print-directory clean-lab
-	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS) $(K8S_TESTS)
 	$(MAKE) --no-print-directory clean-lab
 
 test-unit:
@@ -106,6 +109,10 @@ test-ui: build
 ## about 1.5 minutes); prints the report and writes it to docs/CONFORMANCE.md
 test-conformance: build
 	CONFORMANCE_REPORT=docs/CONFORMANCE.md $(NODE_TEST) $(CONFORMANCE_TESTS)
+
+## test-k8s: the rendered install applied by the real kubectl to the kube lab's API server
+test-k8s: build
+	$(NODE_TEST) $(K8S_TESTS)
 
 ## clean-lab: remove leftover netns, cgroups, BPF pins and processes of test runs
 clean-lab:

@@ -65,7 +65,7 @@ function describe(e: ErrorObject, obj: unknown): string {
   let value: unknown = obj;
   for (const p of e.instancePath.split('/').filter(Boolean)) value = (value as Record<string, unknown> | undefined)?.[p];
   if (e.keyword === 'enum') return `${path}: Unsupported value: ${JSON.stringify(value)}: supported values: ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
-  if (e.keyword === 'type') return `${path}: Invalid value: "${typeof value}": ${path} in body must be of type ${(e.params as { type: string }).type}`;
+  if (e.keyword === 'type') return `${path}: Invalid value: "${typeof value}": ${path} in body must be of type ${(e.params as { type: string }).type}: ${JSON.stringify(value)}`;
   return `${path}: Invalid value: ${JSON.stringify(value)}: ${e.message ?? e.keyword}`;
 }
 

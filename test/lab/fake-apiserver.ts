@@ -87,6 +87,12 @@ const CUSTOM_GROUPS = new Set(['weft.dev', 'gateway.networking.k8s.io', 'monitor
 /** Kinds whose status is only written through /status (core kinds; CRDs say so in their spec). */
 const STATUS_SUBRESOURCE = new Set(['Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute', 'Deployment', 'DaemonSet', 'ReplicaSet', 'Pod', 'Node', 'Namespace', 'PodDisruptionBudget']);
 
+/** kubectl's short names of the built-in kinds (`kubectl get ns`). */
+const SHORT_NAMES: Record<string, string[]> = {
+  Namespace: ['ns'], Node: ['no'], Pod: ['po'], Service: ['svc'], ServiceAccount: ['sa'], ConfigMap: ['cm'], Event: ['ev'],
+  Endpoints: ['ep'], Deployment: ['deploy'], DaemonSet: ['ds'], ReplicaSet: ['rs'], PodDisruptionBudget: ['pdb'], CustomResourceDefinition: ['crd', 'crds'],
+};
+
 /** The API server's own audience: what a TokenReview without audiences checks against. */
 export const API_SERVER_AUDIENCE = 'https://kubernetes.default.svc.cluster.local';
 export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
@@ -163,6 +169,7 @@ export class FakeApiServer {
   readonly #schemas = new Map<string, CrdVersionSchema>();
   readonly #statusKinds = new Set(STATUS_SUBRESOURCE);
   readonly #tokenKey = randomBytes(32);
+  readonly #shortNames = new Map<string, string[]>();
   /** Every request served (tests assert on writes). */
   readonly requests: Request[] = [];
   /** Clock for token expiry (seconds); tests move it. */
@@ -407,6 +414,8 @@ export class FakeApiServer {
         this.#addType(rt);
       }
       if (v.subresources?.status) this.#statusKinds.add(spec.names.kind);
+      const short = (spec.names as { shortNames?: string[] }).shortNames;
+      if (short) this.#shortNames.set(spec.names.kind, short);
       if (v.schema?.openAPIV3Schema) this.#schemas.set(`${spec.group}/${v.name}/${spec.names.plural}`, new CrdVersionSchema(spec.names.kind, spec.group, v.schema.openAPIV3Schema));
     }
     (crd as { status?: unknown }).status = {
@@ -564,7 +573,7 @@ export class FakeApiServer {
       if (url.searchParams.get('dryRun') === 'All') return json(res, 200, next);
       return json(res, 200, this.#write(rt, next, 'MODIFIED'));
     } catch (e) {
-      if (e instanceof SchemaInvalidError) return json(res, 422, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: e.message, reason: 'Invalid', details: { name, kind: rt.kind, causes: e.causes.map((c) => ({ reason: 'FieldValueInvalid', message: c, field: c.slice(0, c.indexOf(':')) })) }, code: 422 });
+      if (e instanceof SchemaInvalidError) return invalid(res, rt, name ?? (body as Obj | undefined)?.metadata?.name ?? "", e);
       if (e instanceof JsonPatchError) return status(res, 422, 'Invalid', e.message);
       return status(res, 500, 'InternalError', (e as Error).message);
     }
@@ -602,7 +611,7 @@ export class FakeApiServer {
     try {
       if (subresource !== 'status') this.#validate(rt, next);
     } catch (e) {
-      if (e instanceof SchemaInvalidError) return status(res, 422, 'Invalid', e.message);
+      if (e instanceof SchemaInvalidError) return invalid(res, rt, name, e);
       throw e;
     }
     const same = JSON.stringify({ ...next, metadata: { ...next.metadata, managedFields: undefined } }) === JSON.stringify({ ...prev, metadata: { ...prev.metadata, managedFields: undefined } });
@@ -633,6 +642,29 @@ export class FakeApiServer {
       });
       return true;
     }
+    if (p === '/openapi/v3') {
+      // Only what kubectl asks before it lets the server validate fields (fieldValidation=Strict):
+      // per group version, the PATCH operations and their parameters. No schemas.
+      const gvs = new Set(this.#resources.map((r) => (r.group ? `apis/${r.group}/${r.version}` : `api/${r.version}`)));
+      json(res, 200, { paths: Object.fromEntries([...gvs].map((gv) => [gv, { serverRelativeURL: `/openapi/v3/${gv}?hash=${this.#rv}` }])) });
+      return true;
+    }
+    const oa = /^\/openapi\/v3\/(api\/v1|apis\/[^/]+\/[^/]+)$/.exec(p);
+    if (oa) {
+      const paths: Record<string, unknown> = {};
+      const params = [{ name: 'fieldValidation', in: 'query', schema: { type: 'string' } }, { name: 'fieldManager', in: 'query', schema: { type: 'string' } }, { name: 'dryRun', in: 'query', schema: { type: 'string' } }];
+      for (const r of this.#resources) {
+        const gv = r.group ? `apis/${r.group}/${r.version}` : `api/${r.version}`;
+        if (gv !== oa[1]) continue;
+        const gvk = [{ group: r.group, version: r.version, kind: r.kind }];
+        const item = `/${gv}${r.namespaced ? '/namespaces/{namespace}' : ''}/${r.plural}/{name}`;
+        const coll = `/${gv}${r.namespaced ? '/namespaces/{namespace}' : ''}/${r.plural}`;
+        paths[item] = { patch: { parameters: params, 'x-kubernetes-group-version-kind': gvk[0] }, put: { parameters: params, 'x-kubernetes-group-version-kind': gvk[0] } };
+        paths[coll] = { post: { parameters: params, 'x-kubernetes-group-version-kind': gvk[0] } };
+      }
+      json(res, 200, { openapi: '3.0.0', info: { title: 'Kubernetes (weft lab)', version: 'v1.31.0' }, paths, components: { schemas: {} } });
+      return true;
+    }
     const m = /^\/(?:api\/(v1)|apis\/([^/]+)\/([^/]+))$/.exec(p);
     if (!m) return false;
     const group = m[2] ?? '';
@@ -642,7 +674,8 @@ export class FakeApiServer {
     const verbs = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'];
     const resources: unknown[] = [];
     for (const r of rts) {
-      resources.push({ name: r.plural, singularName: r.kind.toLowerCase(), namespaced: r.namespaced, kind: r.kind, verbs });
+      const shortNames = SHORT_NAMES[r.kind] ?? this.#shortNames.get(r.kind);
+      resources.push({ name: r.plural, singularName: r.kind.toLowerCase(), namespaced: r.namespaced, kind: r.kind, verbs, ...(shortNames ? { shortNames } : {}) });
       if (this.#statusKinds.has(r.kind)) resources.push({ name: `${r.plural}/status`, singularName: '', namespaced: r.namespaced, kind: r.kind, verbs: ['get', 'patch', 'update'] });
       if (r.kind === 'ServiceAccount') resources.push({ name: 'serviceaccounts/token', singularName: '', namespaced: true, group: 'authentication.k8s.io', version: 'v1', kind: 'TokenRequest', verbs: ['create'] });
     }
@@ -740,6 +773,15 @@ function status(res: ServerResponse, code: number, reason: string, message: stri
 
 function notFound(res: ServerResponse, rt: ResourceType, name: string): void {
   status(res, 404, 'NotFound', `${rt.plural}${rt.group ? `.${rt.group}` : ''} "${name}" not found`);
+}
+
+/** 422 Invalid with one cause per field, as the API server answers (kubectl prints the causes). */
+function invalid(res: ServerResponse, rt: ResourceType, name: string, e: SchemaInvalidError): void {
+  const causes = e.causes.map((c) => {
+    const i = c.indexOf(': ');
+    return { reason: 'FieldValueInvalid', field: c.slice(0, i), message: c.slice(i + 2) };
+  });
+  json(res, 422, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: e.message, reason: 'Invalid', details: { name, group: rt.group, kind: rt.kind, causes }, code: 422 });
 }
 
 function conflict(res: ServerResponse, rt: ResourceType, name: string): void {
