@@ -21,7 +21,10 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
                              readiness probe only this process answers)
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
-  --log-level debug|info|warn|error`;
+  --log-level debug|info|warn|error
+       agent/src/main.ts --uninstall [--pin-root <path>] [--cgroup <path>] [--bpf-objects <dir>] [--ready-file <path>]
+  --uninstall                detach every Weft program and remove every pin of this node, then exit
+                             (with --ready-file: create it and wait for SIGTERM, as a DaemonSet pod)`;
 
 function fail(msg: string): never {
   process.stderr.write(`agent: ${msg}\n${USAGE}\n`);
@@ -59,8 +62,24 @@ const { values } = parseArgs({
     'drain-timeout': { type: 'string' },
     'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    uninstall: { type: 'boolean' },
   },
 });
+
+if (values.uninstall) {
+  const { uninstallDatapath } = await import('./uninstall.ts');
+  const removed = uninstallDatapath({
+    ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
+    ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
+    ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
+  });
+  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: removed ? 'datapath removed: pods are no longer redirected' : 'no Weft datapath pinned on this node', ...removed })}\n`);
+  if (!values['ready-file']) process.exit(0);
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(values['ready-file'], 'uninstalled\n');
+  await new Promise<void>((resolve) => process.once('SIGTERM', resolve));
+  process.exit(0);
+}
 
 for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
 if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
