@@ -253,3 +253,45 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
     },
   };
 }
+
+export const AGENT_CLEANUP_NAME = `${AGENT_NAME}-cleanup`;
+const UNINSTALLED_FILE = '/tmp/weft-uninstalled';
+
+/**
+ * `weftctl uninstall`'s cleanup DaemonSet: on every node, after the agents are gone, the same image
+ * runs `agent --uninstall`, which detaches the programs and removes the pins under
+ * /sys/fs/bpf/weft (agent/src/uninstall.ts), then reports ready and waits to be deleted.
+ */
+export function renderAgentCleanup(o: ResolvedInstallOptions): IDaemonSet {
+  const agent = agentContainer(o);
+  const volumes = AGENT_HOST_VOLUMES.filter((v) => v.volume.name === 'bpffs' || v.volume.name === 'cgroup');
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'DaemonSet',
+    metadata: { name: AGENT_CLEANUP_NAME, namespace: o.namespace, labels: labels(AGENT_CLEANUP_NAME) },
+    spec: {
+      selector: { matchLabels: selectorLabels(AGENT_CLEANUP_NAME) },
+      template: {
+        metadata: { labels: { ...labels(AGENT_CLEANUP_NAME), 'weft.dev/dataplane-mode': 'none' } },
+        spec: {
+          serviceAccountName: AGENT_NAME,
+          automountServiceAccountToken: false,
+          hostNetwork: true,
+          priorityClassName: 'system-node-critical',
+          tolerations: [{ operator: 'Exists' }],
+          terminationGracePeriodSeconds: 5,
+          containers: [{
+            name: 'uninstall',
+            image: o.image,
+            args: ['agent', '--uninstall', '--cgroup', AGENT_PATHS.cgroupRoot, '--ready-file', UNINSTALLED_FILE],
+            readinessProbe: { exec: { command: ['test', '-f', UNINSTALLED_FILE] }, periodSeconds: 1 },
+            resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { cpu: '500m', memory: '256Mi' } },
+            securityContext: agent.securityContext!,
+            volumeMounts: [...volumes.map((v) => v.mount), { name: 'tmp', mountPath: '/tmp' }],
+          }],
+          volumes: [...volumes.map((v) => v.volume), { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }],
+        },
+      },
+    },
+  };
+}
