@@ -9,6 +9,16 @@ import {
   CNI_MODES, DEFAULT_CONTROLLER_REPLICAS, DEFAULT_LOG_LEVEL, DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, LOG_LEVELS,
 } from '../install/options.ts';
 import { DEFAULT_CRD_DIR } from '../install/crds.ts';
+import { parseValues } from '../install/values.ts';
+import { readFileSync } from 'node:fs';
+
+function readValuesFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InstallOptionError('values', `-f ${file}: ${(e as Error).message}`);
+  }
+}
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -46,7 +56,8 @@ function parseWholeNumber(value: string): number {
 }
 
 interface InstallFlags {
-  image: string;
+  image?: string;
+  values?: string;
   trustDomain: string;
   namespace: string;
   controllerReplicas: number;
@@ -60,7 +71,8 @@ interface InstallFlags {
 export function installCommand(io: CommandIo = processIo): Command {
   const cmd = new Command('install')
     .description('print the Kubernetes manifests of a Weft installation (pipe into `kubectl apply -f -`)')
-    .requiredOption('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0')
+    .option('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0 (required, here or in -f)')
+    .option('-f, --values <file>', 'YAML values: image, trustDomain, namespace, caSecret, logLevel, controller/agent resources, nodeSelector, tolerations, imagePullSecrets, podLabels, podAnnotations, podMonitor (flags win)')
     .option('--trust-domain <domain>', 'SPIFFE trust domain of workload identities', DEFAULT_TRUST_DOMAIN)
     .option('--namespace <name>', 'namespace of the controller and agents', DEFAULT_NAMESPACE)
     .option('--controller-replicas <n>', 'controller replicas', parseWholeNumber, DEFAULT_CONTROLLER_REPLICAS)
@@ -81,15 +93,21 @@ Then:
   weftctl install --image <ref> --ca-secret weft-ca | kubectl apply --server-side -f -`)
     .action((flags: InstallFlags) => {
       try {
+        const values = flags.values ? parseValues(readValuesFile(flags.values), flags.values) : undefined;
+        // A flag given on the command line wins over the values file, which wins over the flag's default.
+        const pick = <K extends 'trustDomain' | 'namespace' | 'logLevel'>(k: K): string =>
+          (cmd.getOptionValueSource(k) === 'cli' ? flags[k] : values?.[k] ?? flags[k]);
+        const caSecret = flags.caSecret ?? values?.caSecret;
         const objects = renderInstall({
-          image: flags.image,
-          trustDomain: flags.trustDomain,
-          namespace: flags.namespace,
-          controllerReplicas: flags.controllerReplicas,
-          logLevel: flags.logLevel,
+          image: flags.image ?? values?.image ?? '',
+          trustDomain: pick('trustDomain'),
+          namespace: pick('namespace'),
+          ...(cmd.getOptionValueSource('controllerReplicas') === 'cli' || values?.controller?.replicas === undefined ? { controllerReplicas: flags.controllerReplicas } : {}),
+          logLevel: pick('logLevel'),
           cniMode: flags.cniMode,
           crdDir: flags.crdDir,
-          ...(flags.caSecret !== undefined ? { caSecret: flags.caSecret } : {}),
+          ...(caSecret !== undefined ? { caSecret } : {}),
+          ...(values ? { values } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));

@@ -1,5 +1,6 @@
 // Options of `weftctl install`, their defaults, and the checks that run before anything renders.
 import { InstallOptionError } from './errors.ts';
+import type { InstallValues } from './values.ts';
 
 /** How the agent learns which pods run on its node. */
 export type CniMode = 'none';
@@ -34,6 +35,8 @@ export interface InstallOptions {
   crdDir?: string;
   /** Receives one line per thing the operator should know (e.g. built-in CRDs used). */
   warn?: (message: string) => void;
+  /** Operator knobs from `-f values.yaml` (values.ts): resources, nodeSelector, tolerations, ... */
+  values?: InstallValues;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';

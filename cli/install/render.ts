@@ -13,6 +13,7 @@ import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
 import { renderAgent } from './agent.ts';
 import { PART_OF } from './names.ts';
+import { applyValues } from './values.ts';
 
 export type { InstallOptions } from './options.ts';
 
@@ -20,7 +21,7 @@ export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | I
 
 /** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
 export function renderInstall(opts: InstallOptions): KubeObject[] {
-  const o = resolveInstallOptions(opts);
+  const o = resolveInstallOptions({ ...opts, ...(opts.controllerReplicas === undefined && opts.values?.controller?.replicas !== undefined ? { controllerReplicas: opts.values.controller.replicas } : {}) });
   const namespace: INamespace = {
     apiVersion: 'v1',
     kind: 'Namespace',
@@ -39,13 +40,14 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
   if (!o.caSecret) {
     opts.warn?.(`no --ca-secret: the controller generates the cluster's CA root once and keeps it in the Secret ${o.namespace}/weft-ca; to use your own PKI (for example Istio's cacerts layout with an intermediate), create a Secret and pass --ca-secret`);
   }
-  return [
+  const objects: KubeObject[] = [
     namespace,
     ...loadCrds(opts.crdDir ?? DEFAULT_CRD_DIR, opts.warn),
     ...renderRbac(o),
     ...renderController(o),
     renderAgent(o),
   ];
+  return opts.values ? applyValues(objects, opts.values, o.namespace) as KubeObject[] : objects;
 }
 
 /**
