@@ -3,14 +3,15 @@
 // Exit codes: 0 rendered; 1 a CRD file under the CRD folder is broken; 2 usage (unknown or
 // missing option, or a value that cannot render).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { renderInstall, toJson, toYaml } from '../install/render.ts';
+import { renderInstall, toJson, toKustomizeBase, toYaml } from '../install/render.ts';
 import { CrdLoadError, InstallOptionError } from '../install/errors.ts';
 import {
   CNI_MODES, DEFAULT_CONTROLLER_REPLICAS, DEFAULT_LOG_LEVEL, DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, LOG_LEVELS,
 } from '../install/options.ts';
 import { DEFAULT_CRD_DIR } from '../install/crds.ts';
 import { parseValues } from '../install/values.ts';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 function readValuesFile(file: string): string {
   try {
@@ -58,6 +59,7 @@ function parseWholeNumber(value: string): number {
 interface InstallFlags {
   image?: string;
   values?: string;
+  kustomize?: string;
   trustDomain: string;
   namespace: string;
   controllerReplicas: number;
@@ -81,6 +83,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
 Before installing:
   - Gateway API v1 CRDs (HTTPRoute, GRPCRoute) in the cluster; Weft does not ship them.
@@ -110,7 +113,12 @@ Then:
           ...(values ? { values } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
-        io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));
+        if (flags.kustomize) {
+          mkdirSync(flags.kustomize, { recursive: true });
+          const files = toKustomizeBase(objects);
+          for (const [name, text] of files) writeFileSync(join(flags.kustomize, name), text);
+          io.out(`wrote a kustomize base of ${files.size - 1} objects to ${flags.kustomize} (check it with \`kubectl kustomize ${flags.kustomize}\`)\n`);
+        } else io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));
         io.setExitCode(EXIT_OK);
       } catch (err) {
         if (err instanceof InstallOptionError) {

@@ -94,3 +94,27 @@ function commentPodTemplate(doc: Document): void {
 export function toJson(objects: readonly object[]): string {
   return JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }, null, 2) + '\n';
 }
+
+/**
+ * A kustomize base: one file per object (`<kind>-<name>.yaml`, in apply order) and a
+ * kustomization.yaml listing them, from the same renderer, so overlays can patch what values.yaml
+ * does not cover. `kubectl kustomize <dir>` gives back exactly the rendered objects (in kustomize's
+ * own kind order, which also puts Namespace and CRDs first). Written for kustomize v2 as well (the
+ * one in Debian's kubectl 1.20): no fields newer than that.
+ */
+export function toKustomizeBase(objects: readonly KubeObject[]): Map<string, string> {
+  const files = new Map<string, string>();
+  const names: string[] = [];
+  objects.forEach((obj, i) => {
+    const o = obj as { kind: string; metadata?: { name?: string } };
+    const file = `${String(i).padStart(2, '0')}-${o.kind.toLowerCase()}-${(o.metadata?.name ?? 'unnamed').replace(/[^a-z0-9.-]/g, '-')}.yaml`;
+    files.set(file, toYaml([obj]));
+    names.push(file);
+  });
+  files.set('kustomization.yaml', toYaml([{
+    apiVersion: 'kustomize.config.k8s.io/v1beta1',
+    kind: 'Kustomization',
+    resources: names,
+  }]).replace(/^# Weft installation, rendered by `weftctl install`.\n/, '# Weft kustomize base, rendered by `weftctl install --kustomize`.\n'));
+  return files;
+}

@@ -642,6 +642,18 @@ export class FakeApiServer {
       });
       return true;
     }
+    if (p === '/openapi/v2') {
+      // kubectl before 1.27 (Debian's 1.20) validates client-side with the protobuf OpenAPI v2
+      // document. This one is honest about what the lab knows: no definitions, so kubectl skips
+      // client-side validation of every kind and the server validates custom resources itself.
+      // gnostic openapi_v2.Document { swagger = 1: "2.0"; info = 2: { title = 1, version = 2 } }.
+      const str = (field: number, v: string) => Buffer.concat([Buffer.from([(field << 3) | 2, Buffer.byteLength(v)]), Buffer.from(v)]);
+      const info = Buffer.concat([str(1, 'Kubernetes (weft lab)'), str(2, 'v1.31.0')]);
+      const doc = Buffer.concat([str(1, '2.0'), Buffer.from([(2 << 3) | 2, info.length]), info]);
+      res.writeHead(200, { 'content-type': 'application/com.github.proto-openapiv2.v2.v1.0+protobuf', 'content-length': doc.length });
+      res.end(doc);
+      return true;
+    }
     if (p === '/openapi/v3') {
       // Only what kubectl asks before it lets the server validate fields (fieldValidation=Strict):
       // per group version, the PATCH operations and their parameters. No schemas.
