@@ -14,7 +14,7 @@ import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
-  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, TOKEN_EXPIRATION_SECONDS,
+  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, LIVENESS_PATH, PORTS, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels,
 } from './names.ts';
 
@@ -182,6 +182,14 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       exec: { command: ['test', '-f', AGENT_PATHS.readyFile] },
       periodSeconds: 2,
       failureThreshold: 3,
+    },
+    // Liveness on the shared readiness port: during a surge either agent may answer, so this only
+    // catches an agent whose node has no live agent at all; it never restarts one for being unready.
+    livenessProbe: {
+      httpGet: { path: LIVENESS_PATH, port: PORTS.readiness },
+      initialDelaySeconds: 15,
+      periodSeconds: 10,
+      failureThreshold: 6,
     },
     resources: AGENT_RESOURCES,
     securityContext: {

@@ -451,6 +451,7 @@ test('the controller has a liveness probe and a PodDisruptionBudget that keeps o
   const c = find<IDeployment>(one, 'Deployment').spec?.template.spec?.containers[0];
   assert.equal(c?.livenessProbe?.httpGet?.path, '/healthz/live');
   assert.equal(c?.livenessProbe?.httpGet?.port, 15021);
+  assert.equal(agentDaemonSet(one).agent.livenessProbe?.httpGet?.path, '/healthz/live');
   const pdb1 = one.find((o) => o.kind === 'PodDisruptionBudget') as { spec: { maxUnavailable?: number; minAvailable?: number } };
   assert.deepEqual(pdb1.spec.maxUnavailable, 1, 'a single replica never blocks a node drain');
   const three = renderInstall({ ...OPTS, controllerReplicas: 3 });
