@@ -191,6 +191,8 @@ test('a second replica waits on the Lease: only the leader writes status; when i
   withLab(async (lab) => {
     const a = await lab.start();
     await until('a leads', () => a.elector!.isLeader);
+    // The liveness probe the install renders answers while the process turns.
+    assert.equal((await fetch(`http://127.0.0.1:${a.readyPort}/healthz/live`)).status, 200);
     const b = await lab.start();
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(b.elector!.isLeader, false, 'b follows');

@@ -1,8 +1,8 @@
 // The waypoint's HTTP side ports: admin (localhost: config dump, clusters, last rejection),
 // Prometheus metrics, and readiness.
-import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
 import type { WaypointEngine } from './engine.ts';
 import type { FlowTap } from '../../lib/tap.ts';
 
