@@ -69,9 +69,19 @@ describe('config application', () => {
     assert.deepEqual(applies.map((s) => [s.labels['result'], s.value]).sort(), [['applied', 2], ['rejected', 1]]);
   });
 
-  it('rejects a route to a service the configuration does not have', () => {
-    assert.throws(() => engine.applyConfig(config({ services: services(), routes: [route('r', 'reviews', [{ backends: [backend('ghost')] }])] })),
-      /HTTPRoute shop\/r: rules\[0\]\.backends\[0\]\.service: backend service shop\/ghost is not in the waypoint's configuration/);
+  it('accepts a route to a service the configuration lacks: only requests routed there get 500, weight 0 gets nothing (Gateway API)', async () => {
+    engine.applyConfig(config({
+      services: services(),
+      routes: [route('r', 'reviews', [
+        { matches: [match({ path: { type: 'PathPrefix', value: '/ghost' } })], backends: [backend('ghost')] },
+        { backends: [backend('reviews'), backend('ghost', 0)] },
+      ])],
+    }));
+    const ghost = await request(listener.port, { path: '/ghost/x' });
+    assert.equal(ghost.status, 500);
+    assert.match(ghost.body, /backend service shop\/ghost is unknown/);
+    const rest = await Promise.all(Array.from({ length: 20 }, () => request(listener.port, { path: '/page' })));
+    assert.deepEqual([...new Set(rest.map((r) => r.status))], [200]);
   });
 
   it('rejects two services claiming one address', () => {

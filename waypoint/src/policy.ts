@@ -27,6 +27,8 @@ export interface PolicyRequest {
   /** The caller's SPIFFE ID (the tunnel's peer identity); undefined for plaintext. */
   principal?: string;
   sourceIp?: string;
+  /** The original client for `remote.ip` (X-Forwarded-For at the waypoint); `sourceIp` when absent. */
+  remoteIp?: string;
   destinationIp?: string;
   port: number;
   method: string;
@@ -159,7 +161,7 @@ registerConditionKey('request.headers', (arg, vs) => {
   return anyString(vs, (r) => { const v = r.headers[name]; return Array.isArray(v) ? v.join(',') : v; });
 }, { httpOnly: true });
 registerConditionKey('source.ip', (_a, vs) => ipPredicate(vs, (r) => r.sourceIp));
-registerConditionKey('remote.ip', (_a, vs) => ipPredicate(vs, (r) => r.sourceIp));
+registerConditionKey('remote.ip', (_a, vs) => ipPredicate(vs, (r) => r.remoteIp ?? r.sourceIp));
 registerConditionKey('destination.ip', (_a, vs) => ipPredicate(vs, (r) => r.destinationIp));
 registerConditionKey('destination.port', (_a, vs) => portPredicate(vs, (r) => r.port));
 registerConditionKey('source.principal', (_a, vs) => {

@@ -1,13 +1,15 @@
 // The request pipeline: an ordered list of stages over one request context,
 //
-//   admit → resolve → authorize → rate limit → quota → route → fault → forward
+//   admit → normalize → resolve → authorize → rate limit → quota → route → fault → forward
 //
 // each of which either passes the request on or ends it with a local reply (`localReply`, the one
-// place a waypoint answers by itself). `forward(ctx, cluster)` sends the request upstream with
+// place a waypoint answers by itself). Normalization runs once, before routing and policy, and what
+// it produces is what is judged, routed and forwarded. `forward(ctx, cluster)` sends the request upstream with
 // retries, timeouts, circuit breaking and outlier detection, and streams the answer back. Every
 // request ends in exactly one telemetry record (`finish`).
 import { randomUUID } from 'node:crypto';
 import type http from 'node:http';
+import { isIP } from 'node:net';
 import http2 from 'node:http2';
 import type { Readable } from 'node:stream';
 import type { RouteBackend, Service } from '../../lib/model/mesh.ts';
@@ -19,6 +21,7 @@ import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
 import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, splitHostPort, type HeaderMap } from './headers.ts';
 import { endResponse, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
+import { normalizeRequestTarget, type NormalizeOptions } from './normalize.ts';
 import type { RedisQuota } from './quota.ts';
 import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
@@ -60,6 +63,8 @@ export interface ProxyEnv {
   admission: RequestAdmission;
   /** `namespace/name` of the waypoint, for overload answers. */
   waypoint: string;
+  /** Path normalization (Istio MeshConfig pathNormalization). */
+  normalize: NormalizeOptions;
 }
 
 /** The destination service port the request was addressed to (set by `resolve`). */
@@ -98,9 +103,17 @@ export interface RequestContext {
   readonly start: number;
   readonly startHr: bigint;
   method: string;
-  /** Path with query string. */
+  /** Path with query string: as received until `normalize`, then origin-form and normalized. */
   path: string;
   authority: string;
+  /** The address the tunnel came from (`source.ip`, `ipBlocks`): the caller, as the mesh vouches. */
+  directIp?: string;
+  /**
+   * The original client (`remote.ip`, `remoteIpBlocks`): the last X-Forwarded-For entry when it is an
+   * address, as Envoy reads it at a proxy that is not the edge (xff_num_trusted_hops 0), else
+   * `directIp`. Callers write X-Forwarded-For, so this is no stronger than the last hop's word.
+   */
+  remoteIp?: string;
   grpc: boolean;
   flags: F.ResponseFlags;
   requestId: string;
@@ -140,21 +153,56 @@ function requestHasBody(req: DownstreamRequest): boolean {
   return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
 }
 
-/** Where the request goes: the tunnel's target address, else the Host header. */
-export function resolveService(snap: Snapshot, target: string, authority: string): { service: Service; port: number } | undefined {
-  const byTarget = snap.byAddress.get(target);
-  if (byTarget) {
-    const { port } = splitHostPort(target);
-    if (port !== undefined && byTarget.ports.some((p) => p.port === port)) return { service: byTarget, port };
+/** Endpoint IP → the Services that have it, per snapshot (for tunnels addressed to a workload). */
+const servicesByEndpoint = new WeakMap<Snapshot, Map<string, Service[]>>();
+
+function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
+  let index = servicesByEndpoint.get(snap);
+  if (!index) {
+    index = new Map();
+    for (const key of [...snap.services.keys()].sort()) {
+      const svc = snap.services.get(key)!;
+      for (const e of svc.endpoints) {
+        const list = index.get(e.ip) ?? [];
+        if (!list.includes(svc)) list.push(svc);
+        index.set(e.ip, list);
+      }
+    }
+    servicesByEndpoint.set(snap, index);
   }
+  return index.get(ip) ?? [];
+}
+
+/** The service port of `svc` whose endpoint `ip` listens on `targetPort`, if any. */
+function servicePortFor(svc: Service, ip: string, targetPort: number): number | undefined {
+  const e = svc.endpoints.find((x) => x.ip === ip);
+  if (!e) return undefined;
+  return svc.ports.find((sp) => (e.ports[String(sp.port)] ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? sp.port) === targetPort)?.port;
+}
+
+/**
+ * The Service a request is for. The tunnel's CONNECT target decides, never Host alone: Host is the
+ * caller's to write, and letting it choose would reach another namespace's Service past that
+ * namespace's policy (issue 16).
+ *  - a Service VIP: that Service; its port is the target's, else Host's if declared, else the first;
+ *  - a workload's address (a pod that uses this waypoint): a Service that has it as an endpoint on
+ *    that port (Host chooses among those only);
+ *  - anything else: none.
+ */
+export function resolveService(snap: Snapshot, target: string, authority: string): { service: Service; port: number } | undefined {
+  const { host: targetIp, port: targetPort } = splitHostPort(target);
   const { host, port: hostPort } = splitHostPort(authority);
-  const byHost = snap.byHost.get(host.toLowerCase()) ?? snap.byAddress.get(host);
-  const svc = byHost ?? byTarget;
-  if (!svc) return undefined;
-  const targetPort = splitHostPort(target).port;
-  const port = [hostPort, targetPort].find((p) => p !== undefined && svc.ports.some((sp) => sp.port === p))
-    ?? svc.ports[0]?.port ?? hostPort ?? targetPort ?? 80;
-  return { service: svc, port };
+  const byVip = snap.byAddress.get(target) ?? snap.byAddress.get(targetIp);
+  if (byVip) {
+    const port = [targetPort, hostPort].find((p) => p !== undefined && byVip.ports.some((sp) => sp.port === p)) ?? byVip.ports[0]?.port ?? targetPort ?? 80;
+    return { service: byVip, port };
+  }
+  if (targetPort === undefined) return undefined;
+  const candidates = servicesWithEndpoint(snap, targetIp)
+    .map((service) => ({ service, port: servicePortFor(service, targetIp, targetPort) }))
+    .filter((c): c is { service: Service; port: number } => c.port !== undefined);
+  const named = snap.byHost.get(host.toLowerCase());
+  return candidates.find((c) => c.service === named) ?? candidates[0];
 }
 
 /**
@@ -219,7 +267,33 @@ const admit: Stage = (ctx) => {
   }
 };
 
-/** The destination service port, from the tunnel's target (and, failing that, Host). */
+/**
+ * The request target becomes origin-form and normalized (normalize.ts); anything it refuses gets 400
+ * with flag DPE and the reason in the access log. From here on, `ctx.path` is what policy judges,
+ * routes match and the backend receives.
+ */
+const normalize: Stage = (ctx) => {
+  const host = headerValue(ctx.headers, ':authority') ?? headerValue(ctx.headers, 'host');
+  const n = normalizeRequestTarget(ctx.method, ctx.path, host, ctx.env.normalize);
+  if (!n.ok) {
+    ctx.detail = `${n.reason}: ${n.message}`;
+    localReply(ctx, { status: 400, flags: F.FLAG_DOWNSTREAM_PROTOCOL_ERROR, body: `bad request: ${n.message}` });
+    return;
+  }
+  ctx.path = n.path;
+  ctx.directIp = ctx.conn.clientAddress;
+  ctx.remoteIp = lastForwardedFor(ctx.headers) ?? ctx.directIp;
+};
+
+/** The last X-Forwarded-For entry, when it is an IP address. */
+function lastForwardedFor(headers: HeaderMap): string | undefined {
+  const xff = headerValue(headers, 'x-forwarded-for');
+  if (!xff) return undefined;
+  const last = xff.slice(xff.lastIndexOf(',') + 1).trim();
+  return isIP(last) !== 0 ? last : undefined;
+}
+
+/** The destination service port, chosen by the tunnel's target (never by Host alone). */
 const resolve: Stage = (ctx) => {
   const dest = resolveService(ctx.snap, ctx.conn.target, ctx.authority);
   if (!dest) {
@@ -234,7 +308,7 @@ const authorize: Stage = (ctx) => {
   const { conn } = ctx;
   const dest = destination(ctx);
   const decision = ctx.snap.policies.evaluate({
-    service: dest.key, principal: conn.peerSpiffeId, sourceIp: conn.clientAddress, port: dest.port, method: ctx.method,
+    service: dest.key, principal: conn.peerSpiffeId, sourceIp: ctx.directIp, remoteIp: ctx.remoteIp, port: dest.port, method: ctx.method,
     path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers, destinationIp: splitHostPort(conn.target).host,
   });
   if (!decision.allowed) {
@@ -284,6 +358,11 @@ const route: Stage = (ctx) => {
     backends = matched.rule.backends;
     timeouts = matched.rule.timeouts;
     applyRouteFilters(matched.rule.filters, fctx);
+  } else if (snap.routes.hasRoutes(dest.key, dest.port)) {
+    // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
+    // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes.
+    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path.split('?')[0]}` });
+    return;
   } else {
     backends = [{ service: dest.key, hostname: dest.service.hostname, port: dest.port, weight: 1, filters: [] }];
   }
@@ -297,6 +376,7 @@ const route: Stage = (ctx) => {
   if (answerRedirect(ctx, fctx)) return;
   const backendSvc = snap.services.get(backend.service);
   if (!backendSvc) {
+    // Gateway API: a backendRef that does not resolve costs the requests routed to it (500), nothing else.
     localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
     return;
   }
@@ -329,11 +409,11 @@ const fault: Stage = async (ctx) => {
 
 /** Upstream request headers, the body, mirrors; then `forward`. */
 const send: Stage = async (ctx) => {
-  const { env, conn, headers } = ctx;
+  const { env, headers } = ctx;
   const up = plan(ctx);
   const out = up.request;
   const xff = headerValue(headers, 'x-forwarded-for');
-  if (conn.clientAddress) out.headers['x-forwarded-for'] = xff ? `${xff}, ${conn.clientAddress}` : conn.clientAddress;
+  if (ctx.directIp) out.headers['x-forwarded-for'] = xff ? `${xff}, ${ctx.directIp}` : ctx.directIp;
   out.headers['x-forwarded-proto'] ??= 'http';
   out.headers['x-request-id'] = ctx.requestId;
   out.headers['traceparent'] = ctx.trace!.traceparent;
@@ -352,6 +432,7 @@ const send: Stage = async (ctx) => {
 /** The stages in order; a request goes through them until one answers. */
 export const STAGES: ReadonlyArray<readonly [name: string, stage: Stage]> = [
   ['admit', admit],
+  ['normalize', normalize],
   ['resolve', resolve],
   ['authorize', authorize],
   ['rate-limit', rateLimit],
