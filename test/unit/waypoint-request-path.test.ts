@@ -303,3 +303,38 @@ describe('URLRewrite ReplacePrefixMatch with an empty replacement (Gateway API H
     assert.deepEqual(problems, []);
   });
 });
+
+describe('remote.ip is the last X-Forwarded-For address at the waypoint (Istio remoteIpBlocks)', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let listener: Listener;
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [{
+        name: 'no-doc-net', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+        rules: [{ from: [], to: [], when: [{ key: 'remote.ip', values: ['203.0.113.0/24'] }], layer: 'L7' }],
+      }],
+    }));
+    listener = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await listener.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('denies by the last X-Forwarded-For entry, not an earlier one, and ignores an entry that is not an address', async () => {
+    assert.equal((await request(listener.port, { headers: { 'x-forwarded-for': '10.0.0.1, 203.0.113.7' } })).status, 403);
+    assert.equal((await request(listener.port, { headers: { 'x-forwarded-for': '203.0.113.7, 10.0.0.1' } })).status, 200);
+    assert.equal((await request(listener.port, { headers: { 'x-forwarded-for': 'not-an-address' } })).status, 200);
+    const r = await request(listener.port);
+    assert.equal(r.status, 200);
+    // The tunnel's source is appended for the backend (it is not what remote.ip read).
+    assert.equal(JSON.parse(r.body).headers['x-forwarded-for'], '127.0.0.1');
+  });
+});
