@@ -281,8 +281,6 @@ const normalize: Stage = (ctx) => {
     return;
   }
   ctx.path = n.path;
-  ctx.directIp = ctx.conn.clientAddress;
-  ctx.remoteIp = lastForwardedFor(ctx.headers) ?? ctx.directIp;
 };
 
 /** The last X-Forwarded-For entry, when it is an IP address. */
@@ -454,6 +452,9 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     flags: new F.ResponseFlags(), requestId: headerValue(headers, 'x-request-id') ?? randomUUID(),
     attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
   };
+  if (conn.clientAddress) ctx.directIp = conn.clientAddress;
+  const remoteIp = lastForwardedFor(headers) ?? ctx.directIp;
+  if (remoteIp) ctx.remoteIp = remoteIp;
   res.on('close', () => {
     if (!res.writableFinished) {
       ctx.downstreamGone = true;
