@@ -11,7 +11,7 @@ import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.
 import { ConfigRejectedError } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
 import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
-import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
@@ -260,11 +260,7 @@ export class WaypointEngine {
   }
 
   private clusterEndpoints(svc: Service, port: number): Array<{ endpoint: Service['endpoints'][number]; port: number }> {
-    const sp = svc.ports.find((p) => p.port === port);
-    return svc.endpoints.filter((e) => e.ready).map((e) => ({
-      endpoint: e,
-      port: e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port,
-    }));
+    return svc.endpoints.filter((e) => e.ready).map((e) => ({ endpoint: e, port: endpointPort(svc, e, port) }));
   }
 
   private clusterFor(svc: Service, port: number): Cluster {

@@ -173,11 +173,16 @@ function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
   return index.get(ip) ?? [];
 }
 
+/** The port an endpoint of `svc` serves service port `port` on (named target ports resolved per endpoint). */
+export function endpointPort(svc: Service, e: Service['endpoints'][number], port: number): number {
+  const sp = svc.ports.find((p) => p.port === port);
+  return e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port;
+}
+
 /** The service port of `svc` whose endpoint `ip` listens on `targetPort`, if any. */
 function servicePortFor(svc: Service, ip: string, targetPort: number): number | undefined {
   const e = svc.endpoints.find((x) => x.ip === ip);
-  if (!e) return undefined;
-  return svc.ports.find((sp) => (e.ports[String(sp.port)] ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? sp.port) === targetPort)?.port;
+  return e && svc.ports.find((sp) => endpointPort(svc, e, sp.port) === targetPort)?.port;
 }
 
 /**
