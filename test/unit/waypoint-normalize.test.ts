@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { normalizePath, normalizeRequestTarget, removeDotSegments, type NormalizeOptions, type PathNormalization } from '../../waypoint/src/normalize.ts';
+import { STAGES } from '../../waypoint/src/proxy.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   config, echo, endpoint, h2request, metricSamples, service, startHttpBackend, startTunnelListener, type Backend, type Listener,
@@ -17,6 +18,10 @@ import {
 const opts = (pathNormalization: PathNormalization, escapedSlashes: NormalizeOptions['escapedSlashes'] = 'KEEP_UNCHANGED'): NormalizeOptions => ({ pathNormalization, escapedSlashes });
 
 describe('path normalization (pure)', () => {
+  it('runs once, after admission and before the Service is resolved, policy judges or a route matches', () => {
+    assert.deepEqual(STAGES.map(([name]) => name), ['admit', 'normalize', 'resolve', 'authorize', 'rate-limit', 'quota', 'route', 'fault', 'forward']);
+  });
+
   it('removes dot segments as RFC 3986 section 5.2.4 does', () => {
     const cases: Array<[string, string]> = [
       ['/a/b/c/./../../g', '/a/g'], ['/mid/content=5/../6', '/mid/6'], ['/x/../admin', '/admin'], ['/./admin', '/admin'],
