@@ -41,6 +41,8 @@ export interface AgentOptions {
   /** Bootstrap token (local mode) or ServiceAccount token file (Kubernetes mode). */
   token: () => string;
   trustDomain: string;
+  /** Other trust domains whose workload identities are admitted on 15008 (trust-domain aliases). */
+  trustDomainAliases?: string[];
   /** Namespace the controller runs in (its SPIFFE ID). Default weft-system. */
   controllerNamespace?: string;
   cgroupPath?: string;
@@ -83,6 +85,8 @@ export class Agent {
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
+  /** netns cookie → pod IP: who a captured connection really came from. */
+  #podIpByCookie = new Map<bigint, string>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
   #certsReady = false;
@@ -171,10 +175,11 @@ export class Agent {
     const authorizer = new InboundAuthorizer({ state: this.state, datapath: this.datapath, nodeIp: o.nodeIp, metrics: this.metrics, log: this.log });
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
+      podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
     this.inbound = new Inbound({
-      node: o.node, trustDomain: o.trustDomain, state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
@@ -336,17 +341,30 @@ export class Agent {
       try {
         const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
         if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
-        this.#enrolled.set(w.ip, pod.netnsCookie);
+        this.#recordEnrolled(w.ip, pod.netnsCookie);
         keep.add(pod.netnsCookie);
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
     }
     for (const cookie of this.datapath.prune(keep)) {
-      for (const [ip, c] of this.#enrolled) if (c === cookie) this.#enrolled.delete(ip);
+      this.#forgetEnrolled(cookie);
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
     }
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  #recordEnrolled(ip: string, cookie: bigint): void {
+    const previous = this.#enrolled.get(ip);
+    if (previous !== undefined && previous !== cookie) this.#podIpByCookie.delete(previous);
+    this.#enrolled.set(ip, cookie);
+    this.#podIpByCookie.set(cookie, ip);
+  }
+
+  #forgetEnrolled(cookie: bigint): void {
+    const ip = this.#podIpByCookie.get(cookie);
+    this.#podIpByCookie.delete(cookie);
+    if (ip !== undefined && this.#enrolled.get(ip) === cookie) this.#enrolled.delete(ip);
   }
 
   #adminServer(): import('node:http').Server {

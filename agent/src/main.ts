@@ -2,11 +2,13 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
+import { validateTrustDomain } from '../../lib/identity/index.ts';
 import type { LogLevel } from '../../lib/log.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
        (--token <token> | --token-file <file>) [options]
   --trust-domain <td>        default cluster.local
+  --trust-domain-alias <td>  also admit workload identities of this trust domain on 15008 (repeatable)
   --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
@@ -42,6 +44,7 @@ const { values } = parseArgs({
     token: { type: 'string' },
     'token-file': { type: 'string' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
+    'trust-domain-alias': { type: 'string', multiple: true },
     cgroup: { type: 'string' },
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
@@ -67,6 +70,9 @@ const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(
 if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
 const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
 if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
+for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
+  try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
+}
 const tokenFile = values['token-file'];
 const ports = Object.fromEntries(
   (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
@@ -82,6 +88,7 @@ const agent = new Agent({
   // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
   token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
   trustDomain: values['trust-domain']!,
+  ...(values['trust-domain-alias'] ? { trustDomainAliases: values['trust-domain-alias'] } : {}),
   ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
