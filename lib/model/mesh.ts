@@ -294,7 +294,10 @@ export interface Route {
 /** What one node's agent needs. */
 export interface AgentConfig {
   node: string;
-  /** Enrolled workloads scheduled on this node (services' endpoints say whether any address is enrolled). */
+  /**
+   * Every workload scheduled on this node (enrolled or not) and every enrolled workload of the mesh
+   * (its identity and node vouch for a tunnel's forwarded client; pods are dialled by address).
+   */
   workloads: Workload[];
   /** Every service a local workload may reach, with endpoints and their node addresses. */
   services: Service[];
