@@ -22,10 +22,12 @@ const failRate = Number(values['fail-rate']);
 const failEvery = Number(values['fail-every']);
 let served = 0;
 
-function answer(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>) {
+function answer(method: string, path: string, socket: net.Socket | undefined, headers: Record<string, unknown>) {
   served++;
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
-  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, headers });
+  const peer = socket?.remoteAddress;
+  const peerPort = socket?.remotePort;
+  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, peerPort, headers });
   return { status: fail ? 503 : 200, body: body + '\n' };
 }
 
@@ -43,7 +45,7 @@ const h1 = http.createServer((req, res) => {
       res.end(JSON.stringify({ pod: values.name, bytes, sha256: hash.digest('hex'), peer: req.socket.remoteAddress }) + '\n');
       return;
     }
-    const { status, body } = answer(req.method ?? 'GET', req.url ?? '/', req.socket.remoteAddress, req.headers);
+    const { status, body } = answer(req.method ?? 'GET', req.url ?? '/', req.socket, req.headers);
     res.writeHead(status, { 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
     res.end(body);
   });
@@ -52,7 +54,7 @@ const h2 = http2.createServer();
 h2.on('stream', (stream, headers) => {
   stream.resume();
   stream.on('end', () => {
-    const { status, body } = answer(String(headers[':method']), String(headers[':path']), stream.session?.socket.remoteAddress, headers);
+    const { status, body } = answer(String(headers[':method']), String(headers[':path']), stream.session?.socket as net.Socket | undefined, headers);
     stream.respond({ ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
     stream.end(body);
   });
