@@ -15,7 +15,10 @@ import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics } from './metrics.ts';
 import { Outbound } from './outbound.ts';
 import { Inbound, InboundAuthorizer } from './inbound.ts';
-import { PodNetnsResolver } from './pods.ts';
+import { PodNetnsResolver, type PodNetns } from './pods.ts';
+import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
+import { netnsCookie } from '../libbpf/index.ts';
+import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
@@ -27,6 +30,8 @@ export const METRICS_PORT = 15020;
 export const READY_PORT = 15021;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
+/** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
+export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
 
@@ -50,6 +55,13 @@ export interface AgentOptions {
   objectDir?: string;
   /** Look for pod namespaces only among named ones with this prefix (local mode); default: all. */
   podNetnsPrefix?: string;
+  /**
+   * Unix socket the chained CNI plugin (agent/cni/weft-cni.c) asks to enrol each new pod on,
+   * before its containers start. Default: none (pods are found by scanning namespaces).
+   */
+  cniSocket?: string;
+  /** How long a CNI ADD waits for the config to name the pod. Default 10 s. */
+  cniWaitMs?: number;
   /** Extra destination ports the datapath never redirects. */
   excludedPorts?: number[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
@@ -87,6 +99,11 @@ export class Agent {
   #enrolled = new Map<string, bigint>();
   /** netns cookie → pod IP: who a captured connection really came from. */
   #podIpByCookie = new Map<bigint, string>();
+  /** pod IP → the netns and interface the CNI plugin named for it (no scan needed). */
+  #cniNetns = new Map<string, PodNetns>();
+  #cni: CniServer | undefined;
+  /** Called after every config is applied (CNI ADDs waiting for their pod). */
+  #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
   #certsReady = false;
@@ -157,6 +174,12 @@ export class Agent {
     });
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.log.info('datapath loaded', { programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length });
+    if (o.cniSocket) {
+      // Right after the datapath: a pod being created can be enrolled as soon as the config names it.
+      this.#cni = new CniServer(this.#cniBackend(), this.log);
+      await this.#cni.listen(o.cniSocket);
+      this.log.info('CNI socket listening', { path: o.cniSocket });
+    }
 
     // 2. Certificates and the config stream, both from the controller.
     const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
@@ -310,6 +333,7 @@ export class Agent {
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();
+    for (const wake of [...this.#configWaiters]) wake();
     const local = this.state.localWorkloads().filter((w) => w.enrolled);
     const ids = new Set(local.map((w) => w.spiffeId));
     for (const info of this.certs.list()) if (!ids.has(info.identity)) this.certs.forget(info.identity);
@@ -327,11 +351,13 @@ export class Agent {
   #reconcilePods(): void {
     clearTimeout(this.#retry);
     const wanted = this.state.localWorkloads().filter((w) => w.enrolled && w.ip);
+    const wantedIps = new Set(wanted.map((w) => w.ip));
+    for (const ip of this.#cniNetns.keys()) if (!wantedIps.has(ip)) this.#cniNetns.delete(ip);
     const found = this.resolver.resolve(wanted.map((w) => w.ip));
     const keep = new Set<bigint>();
     let missing = 0;
     for (const w of wanted) {
-      const ns = found.get(w.ip);
+      const ns = this.#cniNetns.get(w.ip) ?? found.get(w.ip);
       if (!ns) {
         missing++;
         const cookie = this.#enrolled.get(w.ip);
@@ -339,10 +365,7 @@ export class Agent {
         continue;
       }
       try {
-        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
-        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
-        this.#recordEnrolled(w.ip, pod.netnsCookie);
-        keep.add(pod.netnsCookie);
+        keep.add(this.#enrollPod(w, ns));
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
@@ -352,6 +375,89 @@ export class Agent {
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
     }
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
+  #enrollPod(w: Workload, ns: PodNetns): bigint {
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
+    if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
+    this.#recordEnrolled(w.ip, pod.netnsCookie);
+    return pod.netnsCookie;
+  }
+
+  /** The local workload a CNI call names: by pod UID when the runtime passes one, else by name. */
+  #cniWorkload(pod: Pick<CniPod, 'namespace' | 'name' | 'uid'>): Workload | undefined {
+    return this.state.localWorkloads().find((w) =>
+      pod.uid !== undefined ? w.uid === pod.uid : w.namespace === pod.namespace && w.name === pod.name);
+  }
+
+  /** Resolves with the workload once a config names it, or undefined after `ms`. */
+  #awaitCniWorkload(pod: CniPod, ms: number): Promise<Workload | undefined> {
+    const now = this.#configured ? this.#cniWorkload(pod) : undefined;
+    if (now) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const done = (w: Workload | undefined) => {
+        clearTimeout(timer);
+        this.#configWaiters.delete(wake);
+        resolve(w);
+      };
+      const wake = () => {
+        const w = this.#cniWorkload(pod);
+        if (w) done(w);
+      };
+      const timer = setTimeout(() => done(undefined), ms);
+      this.#configWaiters.add(wake);
+    });
+  }
+
+  #cniBackend(): CniBackend {
+    return {
+      add: async (pod) => {
+        const waitMs = this.o.cniWaitMs ?? DEFAULT_CNI_WAIT_MS;
+        const w = await this.#awaitCniWorkload(pod, waitMs);
+        if (!w) {
+          throw new CniError(CNI_ERROR.tryAgainLater,
+            `pod ${pod.namespace}/${pod.name} is not in node ${this.o.node}'s mesh config after ${waitMs} ms (is the controller up and does it see the pod?); the kubelet retries`,
+            this.#configured ? `config ${this.xds?.version ?? ''}` : 'no config from the controller yet');
+        }
+        if (!w.enrolled) return { enrolled: false };
+        if (pod.ips.length > 0 && !pod.ips.includes(w.ip)) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `pod ${pod.namespace}/${pod.name} was given ${pod.ips.join(', ')} but the mesh config says ${w.ip}`);
+        }
+        const ns: PodNetns = { path: pod.netns, ifname: pod.ifname };
+        try {
+          this.#enrollPod(w, ns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `cannot enrol pod ${pod.namespace}/${pod.name}: ${(err as Error).message}`, (err as { code?: string }).code);
+        }
+        this.#cniNetns.set(w.ip, ns);
+        return { enrolled: true, mode: w.mode };
+      },
+      del: async (pod) => {
+        for (const [ip, ns] of this.#cniNetns) {
+          if (ns.path !== pod.netns) continue;
+          this.#cniNetns.delete(ip);
+          const cookie = this.#enrolled.get(ip);
+          if (cookie !== undefined && this.datapath.unenroll(cookie)) {
+            this.#forgetEnrolled(cookie);
+            this.log.info('pod unenrolled', { pod: `${pod.namespace ?? '?'}/${pod.name ?? '?'}`, ip, netnsCookie: cookie.toString() });
+          }
+        }
+      },
+      check: async (pod) => {
+        const w = this.#cniWorkload(pod);
+        if (!w || !w.enrolled) return;
+        let cookie: bigint;
+        try {
+          cookie = netnsCookie(pod.netns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.notEnrolled, `pod ${pod.namespace}/${pod.name}: cannot read its network namespace ${pod.netns}`, (err as Error).message);
+        }
+        if (this.#enrolled.get(w.ip) !== cookie) {
+          throw new CniError(CNI_ERROR.notEnrolled, `ambient pod ${pod.namespace}/${pod.name} is not enrolled in the datapath`);
+        }
+      },
+    };
   }
 
   #recordEnrolled(ip: string, cookie: bigint): void {
@@ -398,6 +504,7 @@ export class Agent {
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
     this.xds?.close();
+    void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
     for (const s of this.#servers) {
       s.close();

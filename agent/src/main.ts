@@ -13,6 +13,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
   --exclude-port <port>      never redirect this destination port (repeatable)
+  --cni-socket <path>        serve the chained CNI plugin (agent/cni/weft-cni.c) on this unix socket:
+                             pods are enrolled before their containers start
+  --cni-wait <seconds>       how long a CNI ADD waits for the config to name the pod (default 10)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
@@ -49,6 +52,8 @@ const { values } = parseArgs({
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
     'exclude-port': { type: 'string', multiple: true },
+    'cni-socket': { type: 'string' },
+    'cni-wait': { type: 'string' },
     'pod-netns-prefix': { type: 'string' },
     'outbound-port': { type: 'string' },
     'hbone-port': { type: 'string' },
@@ -73,6 +78,8 @@ if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeou
 for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
   try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
 }
+const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
+if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
 const tokenFile = values['token-file'];
 const ports = Object.fromEntries(
   (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
@@ -93,6 +100,8 @@ const agent = new Agent({
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+  ...(values['cni-socket'] ? { cniSocket: values['cni-socket'] } : {}),
+  ...(cniWait !== undefined ? { cniWaitMs: cniWait * 1000 } : {}),
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
