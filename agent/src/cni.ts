@@ -6,7 +6,7 @@
 // prevResult through, this plugin changes no interface or address) or a CNI error
 // `{ cniVersion, code, msg, details }` (CNI spec 1.1, "Error").
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { isIPv4 } from 'node:net';
 import type { Logger } from '../../lib/log.ts';
@@ -111,6 +111,7 @@ export class CniServer {
   readonly #log: Logger;
   readonly #server: Server;
   #path: string | undefined;
+  #inode: number | undefined;
 
   constructor(backend: CniBackend, log: Logger) {
     this.#backend = backend;
@@ -130,12 +131,24 @@ export class CniServer {
         this.#server.off('error', reject);
         chmodSync(path, 0o600);
         this.#path = path;
+        this.#inode = statSync(path).ino;
         resolve();
       });
     });
   }
 
+  /**
+   * Stops serving. Closing a unix listener unlinks its path, so when a successor has bound the
+   * path since (an upgrade: both agents run side by side), this one only stops holding the
+   * process open and leaves the path to the successor.
+   */
   close(): Promise<void> {
+    let ours = false;
+    try { ours = this.#path !== undefined && statSync(this.#path).ino === this.#inode; } catch { /* gone */ }
+    if (!ours && this.#path !== undefined) {
+      this.#server.unref();
+      return Promise.resolve();
+    }
     return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 

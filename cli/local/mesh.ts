@@ -377,9 +377,13 @@ export class LocalMesh {
     if (command && command.length > 0) this.startCommand(w, command);
   }
 
-  /** Is a node's agent there to set up new pods (started by us, or a running mesh we attached to)? */
+  /**
+   * Is the CNI plugin "installed" on a node: has an agent served its socket there? From then on
+   * every new pod's network goes through the plugin, whether the agent is up or not (a crashed
+   * agent leaves the socket file, and the plugin fails until one answers again).
+   */
   private agentServesCni(nodeName: string): boolean {
-    return existsSync(this.cniSocket(nodeName)) && (this.agents.has(nodeName) || this.o.detached === true);
+    return existsSync(this.cniSocket(nodeName));
   }
 
   /** waitEnrolled for each workload, by `namespace/name`, on its own node. */
