@@ -99,8 +99,8 @@ export class Agent {
   #enrolled = new Map<string, bigint>();
   /** netns cookie → pod IP: who a captured connection really came from. */
   #podIpByCookie = new Map<bigint, string>();
-  /** pod IP → the netns and interface the CNI plugin named for it (no scan needed). */
-  #cniNetns = new Map<string, PodNetns>();
+  /** pod IP → the netns and interface the CNI plugin named for it (no scan needed), and the pod's UID. */
+  #cniNetns = new Map<string, PodNetns & { uid: string }>();
   #cni: CniServer | undefined;
   /** Called after every config is applied (CNI ADDs waiting for their pod). */
   #configWaiters = new Set<() => void>();
@@ -350,11 +350,19 @@ export class Agent {
   /** Enrols every local ambient pod whose netns is found; unenrols the rest; retries the missing. */
   #reconcilePods(): void {
     clearTimeout(this.#retry);
-    const wanted = this.state.localWorkloads().filter((w) => w.enrolled && w.ip);
+    const ambient = this.state.localWorkloads().filter((w) => w.enrolled);
+    const wanted = ambient.filter((w) => w.ip);
     const wantedIps = new Set(wanted.map((w) => w.ip));
-    for (const ip of this.#cniNetns.keys()) if (!wantedIps.has(ip)) this.#cniNetns.delete(ip);
-    const found = this.resolver.resolve(wanted.map((w) => w.ip));
+    // Pods the CNI plugin enrolled before the config has their address stay enrolled.
+    const pendingUids = new Set(ambient.filter((w) => !w.ip).map((w) => w.uid));
     const keep = new Set<bigint>();
+    for (const [ip, ns] of this.#cniNetns) {
+      if (wantedIps.has(ip)) continue;
+      const cookie = this.#enrolled.get(ip);
+      if (pendingUids.has(ns.uid) && cookie !== undefined) keep.add(cookie);
+      else this.#cniNetns.delete(ip);
+    }
+    const found = this.resolver.resolve(wanted.map((w) => w.ip));
     let missing = 0;
     for (const w of wanted) {
       const ns = this.#cniNetns.get(w.ip) ?? found.get(w.ip);
@@ -421,16 +429,20 @@ export class Agent {
             this.#configured ? `config ${this.xds?.version ?? ''}` : 'no config from the controller yet');
         }
         if (!w.enrolled) return { enrolled: false };
-        if (pod.ips.length > 0 && !pod.ips.includes(w.ip)) {
-          throw new CniError(CNI_ERROR.enrolmentFailed, `pod ${pod.namespace}/${pod.name} was given ${pod.ips.join(', ')} but the mesh config says ${w.ip}`);
+        // The config has no address for a pod whose network is being set up right now (Kubernetes
+        // records it after this call); the network plugin's result says which it got.
+        const ip = w.ip || pod.ips[0];
+        if (!ip) throw new CniError(CNI_ERROR.invalidConfig, `pod ${pod.namespace}/${pod.name}: prevResult has no IPv4 address and the mesh config none either`);
+        if (pod.ips.length > 0 && !pod.ips.includes(ip)) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `pod ${pod.namespace}/${pod.name} was given ${pod.ips.join(', ')} but the mesh config says ${ip}`);
         }
         const ns: PodNetns = { path: pod.netns, ifname: pod.ifname };
         try {
-          this.#enrollPod(w, ns);
+          this.#enrollPod({ ...w, ip }, ns);
         } catch (err) {
           throw new CniError(CNI_ERROR.enrolmentFailed, `cannot enrol pod ${pod.namespace}/${pod.name}: ${(err as Error).message}`, (err as { code?: string }).code);
         }
-        this.#cniNetns.set(w.ip, ns);
+        this.#cniNetns.set(ip, { ...ns, uid: w.uid });
         return { enrolled: true, mode: w.mode };
       },
       del: async (pod) => {

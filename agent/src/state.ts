@@ -143,7 +143,7 @@ export class AgentState {
       for (const vip of s.vips) for (const p of s.ports) out.push({ ip: vip, port: p.port });
       for (const e of s.endpoints) if (e.enrolled) out.push({ ip: e.ip, port: 0 });
     }
-    for (const w of this.config.workloads) if (w.enrolled) out.push({ ip: w.ip, port: 0 });
+    for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
     const seen = new Set<string>();
     return out.filter((d) => {
       const k = `${d.ip}:${d.port}`;

@@ -36,6 +36,10 @@ export interface Workload {
   node: string;
   /** Address of the node's agent, where HBONE for this workload goes (port 15008). */
   nodeIp?: string;
+  /**
+   * The pod's IPv4 address; '' while a scheduled pod has none yet (its network is being set up:
+   * the CNI plugin enrols it with the address the network plugin gave it).
+   */
   ip: string;
   serviceAccount: string;
   spiffeId: string;
