@@ -140,3 +140,32 @@ test('bad input costs only itself: each gets a CNI error naming what was wrong',
   // The socket still serves after all that.
   assert.equal((await plugin('ADD', netconf(a.socket))).code, 0);
 });
+
+test('install-cni copies the plugin and chains it last in the node\'s first conflist, once, leaving the others', async () => {
+  const { withWeftPlugin } = await import('../../agent/cni/install.ts');
+  const { mkdirSync, writeFileSync, readFileSync } = await import('node:fs');
+  const bin = join(dir, 'host-bin');
+  const conf = join(dir, 'host-conf');
+  mkdirSync(bin);
+  mkdirSync(conf);
+  const main = { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'ptp' }, { type: 'portmap', capabilities: { portMappings: true } }] };
+  writeFileSync(join(conf, '10-ptp.conflist'), JSON.stringify(main));
+  writeFileSync(join(conf, '99-other.conflist'), JSON.stringify(main));
+  const run = () => new Promise<number | null>((resolve) => {
+    const c = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'agent', 'cni', 'install.ts'), '--bin-dir', bin, '--conf-dir', conf,
+      '--socket', '/var/run/weft/cni.sock', '--exclude-namespace', 'kube-system', '--exclude-namespace', 'weft-system'], { stdio: 'ignore' });
+    c.once('close', resolve);
+  });
+  assert.equal(await run(), 0);
+  assert.equal(await run(), 0, 'idempotent');
+  const got = JSON.parse(readFileSync(join(conf, '10-ptp.conflist'), 'utf8'));
+  assert.deepEqual(got.plugins.map((p: { type: string }) => p.type), ['ptp', 'portmap', 'weft-cni']);
+  assert.deepEqual(got.plugins[2], { type: 'weft-cni', agentSocket: '/var/run/weft/cni.sock', excludeNamespaces: ['kube-system', 'weft-system'] });
+  assert.deepEqual(JSON.parse(readFileSync(join(conf, '99-other.conflist'), 'utf8')), main, 'only the conflist the runtime uses');
+  assert.equal(statSync(join(bin, 'weft-cni')).mode & 0o777, 0o755);
+  assert.throws(() => withWeftPlugin({ name: 'x' }, {}), /no "plugins" array/);
+  // No network configuration yet (the node's network plugin has not started): fail, the kubelet retries.
+  rmSync(join(conf, '10-ptp.conflist'));
+  rmSync(join(conf, '99-other.conflist'));
+  assert.equal(await run(), 1);
+});
