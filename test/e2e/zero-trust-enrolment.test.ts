@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { localMeshSuite, until } from './mesh-suite.ts';
+import { holds } from '../lab/wait.ts';
 import type { LocalMesh } from '../../cli/local/mesh.ts';
 
 const suite = localMeshSuite();
@@ -53,7 +54,8 @@ test('a new STRICT pod never answers plaintext, probed by an outsider from befor
     const served = await until('the mesh client is served by the new pod', async () =>
       (await mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '3', `http://${VIP}/`])).stdout.includes('"pod":"fresh"'), 30_000);
     t.diagnostic(`served through the mesh ${served} ms later`);
-    await new Promise((r) => setTimeout(r, 1000)); // keep probing a live server a while longer
+    // Keep probing the live server a while longer: the server's first second is the window at stake.
+    await holds('the prober keeps running', () => prober.exitCode === null, 1000, { intervalMs: 100 });
   } finally {
     writeFileSync(stop, '');
     await once(prober, 'exit');
@@ -88,8 +90,7 @@ test('the CNI plugin\'s CHECK and DEL act on the agent\'s enrolment; with the ag
   const direct = await mesh.runCni('ADD', late);
   assert.equal(direct.code, 1);
   assert.match(direct.stdout, /"code":11.*cannot be reached/);
-  await new Promise((r) => setTimeout(r, 1000));
-  assert.equal(late.process, undefined, 'the pod\'s command waits for its network');
+  await holds('the pod\'s command waits for its network', () => late.process === undefined, 1500, { intervalMs: 50 });
   // The agent back: the pending pod is enrolled, then started.
   mesh.startAgent('node2');
   await late.started;
