@@ -291,6 +291,8 @@ export class LocalMesh {
         if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
           throw new Error(`waypoint ${namespace}/${id} exited:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         }
+        // Its network could not be set up (the CNI plugin kept failing): say so rather than time out.
+        await Promise.race([w.started, sleep(0)]);
         if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${id} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         await sleep(200);
       }
