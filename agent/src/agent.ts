@@ -9,12 +9,16 @@ import { HbonePool } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
-import { Datapath, MESH_PORTS } from './datapath/index.ts';
+import { Datapath, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics } from './metrics.ts';
 import { Outbound } from './outbound.ts';
-import { Inbound, InboundAuthorizer } from './inbound.ts';
+import { Inbound } from './inbound.ts';
+import { LocalDelivery } from './delivery.ts';
+import { PlaintextInbound } from './plaintext.ts';
+import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
+import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { PodNetnsResolver } from './pods.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
@@ -48,8 +52,19 @@ export interface AgentOptions {
   objectDir?: string;
   /** Look for pod namespaces only among named ones with this prefix (local mode); default: all. */
   podNetnsPrefix?: string;
-  /** Extra destination ports the datapath never redirects. */
+  /** Extra destination ports the datapath never redirects (outbound only). */
   excludedPorts?: number[];
+  /**
+   * Pod ports inbound enforcement leaves alone (plaintext reaches the application directly, even
+   * on STRICT pods). Default none; an explicit choice, shown by `weftctl bpf`.
+   */
+  inboundExcludedPorts?: number[];
+  /**
+   * cgroup v2 folders whose processes' connections to pods are kubelet probes, the one exemption
+   * from inbound enforcement. Default: found at start (systemd's kubelet.service under the
+   * agent's cgroup root, or the cgroup of a process named kubelet). [] turns the exemption off.
+   */
+  kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
@@ -80,6 +95,8 @@ export class Agent {
   pool!: HbonePool;
   outbound!: Outbound;
   inbound!: Inbound;
+  delivery!: LocalDelivery;
+  plaintext!: PlaintextInbound;
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
@@ -152,7 +169,18 @@ export class Agent {
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
-    this.log.info('datapath loaded', { programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length });
+    this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
+    const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
+    this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
+    if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
+    this.log.info('datapath loaded', {
+      programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length,
+      kubeletCgroups: kubelet, inboundExcludedPorts: o.inboundExcludedPorts ?? [],
+    });
+    this.metrics.watchKernelRefusals(() => {
+      const counters = this.datapath.counters();
+      return Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, counters[r]]));
+    });
 
     // 2. Certificates and the config stream, both from the controller.
     const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
@@ -168,13 +196,16 @@ export class Agent {
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
     this.pool = new HbonePool();
-    const authorizer = new InboundAuthorizer({ state: this.state, datapath: this.datapath, nodeIp: o.nodeIp, metrics: this.metrics, log: this.log });
+    this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
+    this.plaintext = new PlaintextInbound({
+      node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+    });
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
-      authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
     this.inbound = new Inbound({
-      node: o.node, trustDomain: o.trustDomain, state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      node: o.node, trustDomain: o.trustDomain, state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
@@ -335,16 +366,25 @@ export class Agent {
         continue;
       }
       try {
-        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
-        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
-        this.#enrolled.set(w.ip, pod.netnsCookie);
+        const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
+        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
         keep.add(pod.netnsCookie);
+        this.delivery.podEnrolled(w.ip, ns.path);
+        // Plaintext into the pod is steered here from now on; without a listener it is refused.
+        this.plaintext.open(w.ip, ns.path);
+        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
+        this.#enrolled.set(w.ip, pod.netnsCookie);
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
     }
     for (const cookie of this.datapath.prune(keep)) {
-      for (const [ip, c] of this.#enrolled) if (c === cookie) this.#enrolled.delete(ip);
+      for (const [ip, c] of this.#enrolled) {
+        if (c !== cookie) continue;
+        this.#enrolled.delete(ip);
+        this.delivery.podRemoved(ip);
+        this.plaintext.close(ip);
+      }
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
     }
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
@@ -362,9 +402,13 @@ export class Agent {
         pods: this.datapath.pods(),
         destinations: this.datapath.destinations(),
         excludedPorts: this.datapath.excludedPorts(),
+        inboundExcludedPorts: this.datapath.inboundExcludedPorts(),
+        kubeletCgroups: this.datapath.proberCgroups().map(String),
+        plaintextListeners: this.plaintext.pods().map((ip) => ({ podIp: ip, registered: this.datapath.hasPodListener(ip) })),
         counters: this.datapath.counters(),
+        refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
-        pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
@@ -391,6 +435,7 @@ export class Agent {
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
+    this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();
     this.datapath?.close();

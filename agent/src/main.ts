@@ -12,7 +12,14 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
-  --exclude-port <port>      never redirect this destination port (repeatable)
+  --exclude-port <port>      never redirect this destination port (repeatable; outbound only)
+  --inbound-exclude-port <port>
+                             let plaintext reach this pod port directly, even on STRICT pods
+                             (repeatable; default none)
+  --kubelet-cgroup <path>    cgroup v2 folder of the kubelet, whose probes are the one exemption
+                             from inbound enforcement (repeatable; "none" for no exemption;
+                             default: <cgroup>/system.slice/kubelet.service or the cgroup of a
+                             process named kubelet)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
@@ -52,6 +59,8 @@ const { values } = parseArgs({
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
     'exclude-port': { type: 'string', multiple: true },
+    'inbound-exclude-port': { type: 'string', multiple: true },
+    'kubelet-cgroup': { type: 'string', multiple: true },
     'pod-netns-prefix': { type: 'string' },
     'outbound-port': { type: 'string' },
     'hbone-port': { type: 'string' },
@@ -109,6 +118,8 @@ const agent = new Agent({
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+  inboundExcludedPorts: (values['inbound-exclude-port'] ?? []).map((p) => port('inbound-exclude-port', p)!),
+  ...(values['kubelet-cgroup'] ? { kubeletCgroups: values['kubelet-cgroup'].filter((c) => c !== 'none') } : {}),
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),

@@ -11,14 +11,12 @@ import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import type { AgentState, Upstream } from './state.ts';
 import type { AgentMetrics, TcpLabels } from './metrics.ts';
-import type { InboundAuthorizer } from './inbound.ts';
+import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
   originalDestination(socket: net.Socket): { ip: string; port: number } | undefined;
-  registerPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number }; client: { ip: string; port: number } }): void;
-  unregisterPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } }): boolean;
 }
 
 export interface CredentialSource {
@@ -33,7 +31,8 @@ export interface OutboundOptions {
   datapath: OriginalDestinationSource;
   certs: CredentialSource;
   pool: HbonePool;
-  authorizer: InboundAuthorizer;
+  /** Same-node destinations: authorization and the connection into the pod. */
+  authorizer: LocalDelivery;
   metrics: AgentMetrics;
   log: Logger;
   accessLog: (entry: Record<string, unknown>) => void;
