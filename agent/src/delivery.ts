@@ -75,11 +75,14 @@ export class LocalDelivery {
 
   /** Throws DeniedError (and counts it) unless the destination's policies allow the connection. */
   authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
-    const decision = evaluate(this.#state.policiesFor(dest), { ...src, destinationIp: dest.ip, destinationPort: port });
+    const policies = this.#state.policiesFor(dest);
+    const decision = evaluate(policies, { ...src, destinationIp: dest.ip, destinationPort: port });
     if (decision.allowed) return;
+    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
+    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
     this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
-    this.#log.info('connection denied', { reason: decision.reason, policy: decision.policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
-    throw new DeniedError(decision.reason, 403, decision.policy);
+    this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
+    throw new DeniedError(decision.reason, 403, policy);
   }
 
   /**

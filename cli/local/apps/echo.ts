@@ -1,6 +1,6 @@
 // Sample application for the local mesh: an HTTP/1.1 and h2c echo server that says who it is and
 // who it sees as the client, so traffic through the mesh can be checked by eye and by tests.
-//   node cli/local/apps/echo.ts --port 8080 --name reviews-v1 --version v1 [--fail-rate 0.5]
+//   node cli/local/apps/echo.ts --port 8080 [--host ::] --name reviews-v1 --version v1 [--fail-rate 0.5]
 //     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
 //     [--log-requests]     print one JSON line per request (method, path, headers)
 // A request may ask for a slow answer (`?delay=1s`, a Gateway API duration) and for response
@@ -15,6 +15,8 @@ import { parseDuration } from '../../../lib/model/duration.ts';
 const { values } = parseArgs({
   options: {
     port: { type: 'string', default: '8080' },
+    // '::' listens on IPv6 and IPv4 (dual stack).
+    host: { type: 'string', default: '0.0.0.0' },
     name: { type: 'string', default: process.env.POD_NAME ?? 'echo' },
     namespace: { type: 'string', default: process.env.POD_NAMESPACE ?? 'default' },
     version: { type: 'string', default: 'v1' },
@@ -121,7 +123,7 @@ const server = net.createServer((socket) => {
   });
   socket.on('error', () => socket.destroy());
 });
-server.listen(Number(values.port), '0.0.0.0', () => {
+server.listen(Number(values.port), values.host, () => {
   console.log(JSON.stringify({ msg: 'echo listening', port: Number(values.port), name: values.name, version: values.version }));
 });
 if (values['grpc-port'] !== undefined) {
