@@ -97,6 +97,7 @@ export class Agent {
   inbound!: Inbound;
   delivery!: LocalDelivery;
   plaintext!: PlaintextInbound;
+  #refusals: { close(): void } | undefined;
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
@@ -200,6 +201,7 @@ export class Agent {
     this.plaintext = new PlaintextInbound({
       node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
+    this.#refusals = this.datapath.watchRefusals((r) => this.plaintext.kernelRefused(r));
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
@@ -435,6 +437,7 @@ export class Agent {
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
+    this.#refusals?.close();
     this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();

@@ -19,7 +19,19 @@ import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics, TcpLabels } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
-import { unmapV4 } from './datapath/codecs.ts';
+import { unmapV4, type Refusal } from './datapath/codecs.ts';
+
+/** Access-log lines for kernel refusals, at most this many a second (an attack can be a flood). */
+export const KERNEL_REFUSAL_LOG_PER_SECOND = 50;
+
+const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
+  strict_denied: { denied: 'plaintext to a STRICT pod or port: RST in the kernel', policy: 'mtls:STRICT' },
+  fragment_dropped: { denied: 'IPv4 fragment to a STRICT pod: dropped in the kernel', policy: 'mtls:STRICT' },
+  header_unreadable: { denied: 'TCP header cannot be read: dropped in the kernel' },
+  ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
+  lookup_ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
+  lookup_no_agent: { denied: 'no agent listener in the pod (agent down or restarting): refused in the kernel' },
+};
 
 /** The agent's listener in each pod's netns (Istio's inbound plaintext port). Bound to the pod's
  * loopback: weft_lookup selects it whatever address was dialled, and nothing outside the pod can
@@ -49,6 +61,7 @@ export class PlaintextInbound {
   /** pod IP → its listener and the netns it lives in. */
   readonly #listeners = new Map<string, { server: net.Server; netns: string }>();
   readonly #sockets = new Set<net.Socket>();
+  #logWindow = { second: 0, lines: 0, suppressed: 0 };
 
   constructor(opts: PlaintextInboundOptions) {
     this.#o = opts;
@@ -101,6 +114,32 @@ export class PlaintextInbound {
   closeAll(): void {
     for (const ip of [...this.#listeners.keys()]) this.close(ip);
     for (const s of this.#sockets) s.destroy();
+  }
+
+  /**
+   * A connection the kernel refused before it reached any listener (weft_refusals): one access-log
+   * line, like the agent's own refusals, at most KERNEL_REFUSAL_LOG_PER_SECOND a second (the
+   * counters and weft_connections_denied_total{reporter="kernel"} count every one).
+   */
+  kernelRefused(r: Refusal): void {
+    const second = Math.floor(Date.now() / 1000);
+    const w = this.#logWindow;
+    if (second !== w.second) {
+      if (w.suppressed > 0) this.#o.log.warn('kernel refusals not access-logged (rate limit)', { count: w.suppressed, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND });
+      this.#logWindow = { second, lines: 0, suppressed: 0 };
+    }
+    if (this.#logWindow.lines >= KERNEL_REFUSAL_LOG_PER_SECOND) {
+      this.#logWindow.suppressed++;
+      return;
+    }
+    this.#logWindow.lines++;
+    const dest = r.dst.ip !== '0.0.0.0' ? this.#o.state.localWorkload(r.dst.ip) : undefined;
+    const what = KERNEL_REASONS[r.reason] ?? { denied: `refused in the kernel (${r.reason})` };
+    this.#o.accessLog({
+      direction: 'inbound', reporter: 'kernel', src: `${r.src.ip}:${r.src.port}`, dst: `${r.dst.ip}:${r.dst.port}`,
+      ...(dest ? { dst_workload: dest.name, dst_namespace: dest.namespace } : {}),
+      security: 'none', denied: what.denied, reason: r.reason, ...(what.policy ? { policy: what.policy } : {}),
+    });
   }
 
   async #handle(socket: net.Socket, podIp: string): Promise<void> {

@@ -127,6 +127,18 @@ struct weft_peer {
 };
 _Static_assert(sizeof(struct weft_peer) == 8, "weft_peer layout");
 
+/* weft_refusals record: one connection the kernel refused, for the agent's access log. */
+struct weft_refusal {
+	__u64 netns_cookie;  /* the pod's; 0 when not known (IPv6 at the interface) */
+	__be32 saddr;        /* IPv4 addresses; 0 for IPv6 */
+	__be32 daddr;
+	__u16 sport;         /* host order; 0 when the TCP header was not read (fragments) */
+	__u16 dport;
+	__u16 reason;        /* the enum weft_counter index of the refusal's counter */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_refusal) == 24, "weft_refusal layout");
+
 /* Node-wide counters: weft_counters is a one-slot PERCPU_ARRAY whose value is this struct, so
  * `bpftool map dump` prints every counter by name. Programs address a counter by its index in
  * enum weft_counter; the asserts below pin each index to its field. */

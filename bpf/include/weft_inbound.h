@@ -132,19 +132,19 @@ static __always_inline int weft_inbound6(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
 		return WEFT_TCX_NEXT; /* not IPv6 the stack would take either */
 	if (ip6.nexthdr == WEFT_NEXTHDR_FRAGMENT) {
-		weft_count(WEFT_C_IPV6_REFUSED);
+		weft_refused(WEFT_C_IPV6_REFUSED, 0, 0, 0, 0, 0);
 		return WEFT_TCX_DROP;
 	}
 	if (ip6.nexthdr != IPPROTO_TCP)
 		return WEFT_TCX_NEXT; /* ICMPv6 (neighbour discovery), UDP; TCP behind other extension
 				       * headers meets weft_lookup, which refuses IPv6 too */
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &tcp, sizeof(tcp))) {
-		weft_count(WEFT_C_HEADER_UNREADABLE);
+		weft_refused(WEFT_C_HEADER_UNREADABLE, 0, 0, 0, 0, 0);
 		return WEFT_TCX_DROP;
 	}
 	if (!tcp.syn || tcp.ack)
 		return WEFT_TCX_NEXT;
-	weft_count(WEFT_C_IPV6_REFUSED);
+	weft_refused(WEFT_C_IPV6_REFUSED, 0, 0, 0, bpf_ntohs(tcp.source), bpf_ntohs(tcp.dest));
 	return WEFT_TCX_DROP;
 }
 
@@ -177,13 +177,13 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 		/* A PERMISSIVE pod's fragments are reassembled by its stack and meet weft_lookup whole. */
 		if (pod->mode != WEFT_MODE_STRICT && !(pod->flags & WEFT_POD_F_STRICT_PORT))
 			return WEFT_TCX_NEXT;
-		weft_count(WEFT_C_FRAGMENT_DROPPED);
+		weft_refused(WEFT_C_FRAGMENT_DROPPED, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
 		weft_pod_count(pod->netns_cookie, WEFT_PC_FRAGMENT_DROPPED);
 		return WEFT_TCX_DROP;
 	}
 	ihl = iph.ihl;
 	if (ihl < 5 || bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4, &th, sizeof(th))) {
-		weft_count(WEFT_C_HEADER_UNREADABLE);
+		weft_refused(WEFT_C_HEADER_UNREADABLE, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
 		return WEFT_TCX_DROP;
 	}
 	if (!th.syn || th.ack)
@@ -206,7 +206,7 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 		return WEFT_TCX_NEXT;
 	}
 
-	weft_count(WEFT_C_STRICT_DENIED);
+	weft_refused(WEFT_C_STRICT_DENIED, pod->netns_cookie, iph.saddr, iph.daddr, sport, dport);
 	weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
 	/* weft_refuse rewrites at fixed offsets: only the common 20-byte IP header is answered with a
 	 * RST, a SYN behind IP options is dropped instead. */

@@ -42,7 +42,7 @@ static __always_inline int weft_do_lookup(struct bpf_sk_lookup *ctx)
 		if (ctx->remote_ip6[0] == ctx->local_ip6[0] && ctx->remote_ip6[1] == ctx->local_ip6[1] &&
 		    ctx->remote_ip6[2] == ctx->local_ip6[2] && ctx->remote_ip6[3] == ctx->local_ip6[3])
 			return SK_PASS;
-		weft_count(WEFT_C_LOOKUP_IPV6_REFUSED);
+		weft_refused(WEFT_C_LOOKUP_IPV6_REFUSED, 0, 0, 0, bpf_ntohs((__be16)ctx->remote_port), (__u16)ctx->local_port);
 		return SK_DROP;
 	}
 	if (ctx->remote_ip4 == ctx->local_ip4)
@@ -60,7 +60,8 @@ static __always_inline int weft_do_lookup(struct bpf_sk_lookup *ctx)
 	}
 	sk = bpf_map_lookup_elem(&weft_pod_listeners, &pod_ip);
 	if (!sk) {
-		weft_count(WEFT_C_LOOKUP_NO_AGENT);
+		weft_refused(WEFT_C_LOOKUP_NO_AGENT, pod ? pod->netns_cookie : 0, ctx->remote_ip4, pod_ip,
+			     bpf_ntohs((__be16)ctx->remote_port), port);
 		if (pod)
 			weft_pod_count(pod->netns_cookie, WEFT_PC_NO_AGENT);
 		return SK_DROP;
@@ -70,7 +71,8 @@ static __always_inline int weft_do_lookup(struct bpf_sk_lookup *ctx)
 	err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
 	bpf_sk_release(sk);
 	if (err) {
-		weft_count(WEFT_C_LOOKUP_NO_AGENT);
+		weft_refused(WEFT_C_LOOKUP_NO_AGENT, pod ? pod->netns_cookie : 0, ctx->remote_ip4, pod_ip,
+			     bpf_ntohs((__be16)ctx->remote_port), port);
 		return SK_DROP;
 	}
 	weft_count(WEFT_C_LOOKUP_STEERED);

@@ -147,4 +147,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_pod_counters SEC(".maps");
 
+/* Refusals, one record each, for the agent's access log. Written only on a refusal, never on a
+ * connection that is let through; a full ring drops records (the counters still count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_refusals SEC(".maps");
+
 #endif /* WEFT_MAPS_H */

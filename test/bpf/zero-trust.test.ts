@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
 import { Lab } from '../lab/lab.ts';
 import { createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
-import { Datapath, type Counters } from '../../agent/src/datapath/index.ts';
+import { Datapath, type Counters, type Refusal } from '../../agent/src/datapath/index.ts';
 import { cgroupId } from '../../lib/sys/cgroup.ts';
 import { PLAINTEXT_HOST, PLAINTEXT_PORT } from '../../agent/src/plaintext.ts';
 import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
@@ -55,6 +55,19 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   let kubeletCg: string;
   let daemonCg: string;
   const procs: ChildProcess[] = [];
+  const refusals: Refusal[] = [];
+  let ring: { close(): void } | undefined;
+
+  /** Waits (up to 5 s) for the kernel's refusal record matching `want`. */
+  async function refusal(want: (r: Refusal) => boolean): Promise<Refusal> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const r = refusals.find(want);
+      if (r) return r;
+      if (Date.now() > deadline) throw new Error(`no such refusal record; got ${JSON.stringify(refusals, (_k, v) => typeof v === 'bigint' ? String(v) : v)}`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
 
   const delta = (a: Counters, b: Counters, k: keyof Counters) => b[k] - a[k];
 
@@ -95,6 +108,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     daemonCg = lab.cgroup('system.slice/some-daemon.service');
     dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
     dp.setProberCgroups([cgroupId(kubeletCg)]);
+    ring = dp.watchRefusals((r) => refusals.push(r));
     const fd = createSocketInNetns(node.path, { listen: { host: '0.0.0.0', port: 15001 } });
     capture = createServer((s: Socket) => s.end(JSON.stringify({ server: 'agent' })));
     await new Promise<void>((r) => capture.listen({ fd }, r));
@@ -105,6 +119,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   });
 
   after(async () => {
+    ring?.close();
     capture?.close();
     inPod?.close();
     await stopAll(procs);
@@ -168,6 +183,8 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.equal(daemon.code, 'ECONNREFUSED', 'any other node process is a client like any other');
     const root = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
     assert.equal(root.code, 'ECONNREFUSED', 'a process outside the node\'s cgroup programs too');
+    const rec = await refusal((x) => x.reason === 'strict_denied' && x.src.ip === pb.gateway && x.dst.port === APP_PORT);
+    assert.equal(rec.dst.ip, pb.ip);
     const after = dp.counters();
     assert.equal(delta(before, after, 'probe_tagged'), 1);
     assert.equal(delta(before, after, 'probe_allowed'), 1);
@@ -176,13 +193,16 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.deepEqual(bpftoolJson<unknown[]>('map', 'dump', 'pinned', dp.mapPin('weft_probe_tuples')), [], 'no probe tuple outlives its socket');
   });
 
-  test('STRICT: a SYN in two IPv4 fragments (8 bytes of TCP header in the first) from another node gets no answer and is counted fragment_dropped', () => {
+  test('STRICT: a SYN in two IPv4 fragments (8 bytes of TCP header in the first) from another node gets no answer and is counted fragment_dropped', async () => {
     const before = dp.counters();
     const r = craftedSyn(pd, 'fragments', pd.ip, pb.ip, APP_PORT);
     assert.equal(r.answered, false, `the pod answered: flags ${r.flags}`);
     const after = dp.counters();
     assert.equal(delta(before, after, 'fragment_dropped'), 2, 'both fragments');
     assert.equal(dp.podCounters().get(netnsCookie(pb.ns.path))!.fragment_dropped >= 2, true);
+    // The agent hears of it too (its access log): who, to whom, why.
+    const rec = await refusal((x) => x.reason === 'fragment_dropped');
+    assert.deepEqual({ src: rec.src.ip, dst: rec.dst.ip, cookie: rec.netnsCookie }, { src: pd.ip, dst: pb.ip, cookie: netnsCookie(pb.ns.path) });
   });
 
   test('PERMISSIVE: the same fragments are reassembled by the pod and meet the agent, not the application', () => {

@@ -306,6 +306,27 @@ export function decodePercpuCounters(b: Buffer, cpus: number): Counters {
   return out;
 }
 
+// ---- struct weft_refusal (24 bytes) ------------------------------------------------------------
+
+export interface Refusal {
+  /** The pod's netns cookie; 0n when the kernel did not know the pod (IPv6 at the interface). */
+  netnsCookie: bigint;
+  /** IPv4 addresses; '0.0.0.0' for IPv6. */
+  src: Endpoint;
+  dst: Endpoint;
+  /** The counter that counted it (a REFUSAL_COUNTERS name). */
+  reason: CounterName;
+}
+export const REFUSAL_SIZE = 24;
+export function decodeRefusal(b: Buffer): Refusal {
+  return {
+    netnsCookie: r64(b, 0),
+    src: { ip: rip(b, 8), port: r16(b, 16) },
+    dst: { ip: rip(b, 12), port: r16(b, 18) },
+    reason: COUNTER_FIELDS[r16(b, 20)] ?? 'strict_denied',
+  };
+}
+
 /** Field order of struct weft_pod_counters (== enum weft_pod_counter). */
 export const POD_COUNTER_FIELDS = [
   'connect_redirected',

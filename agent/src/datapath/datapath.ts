@@ -23,6 +23,7 @@ import {
   BpfLink,
   BpfMap,
   BpfObject,
+  RingBuffer,
   netnsCookie,
   possibleCpus,
   type BpfProgram,
@@ -69,6 +70,7 @@ const MAPS = {
   skTag: 'weft_sk_tag',
   probers: 'weft_probers',
   probeTuples: 'weft_probe_tuples',
+  refusals: 'weft_refusals',
   origByTuple: 'weft_orig_by_tuple',
   peerOverride: 'weft_peer_override',
   counters: 'weft_counters',
@@ -643,6 +645,17 @@ export class Datapath {
   }
 
   // ---- counters -------------------------------------------------------------------------------
+
+  /**
+   * Each connection the kernel refuses (weft_refusals ring buffer), as it happens; the ring is
+   * shared by every consumer on the node (an agent and its successor each get some). Close the
+   * returned ring buffer to stop. A full ring drops records; the counters still count them.
+   */
+  watchRefusals(onRefusal: (r: c.Refusal) => void): RingBuffer {
+    return new RingBuffer(this.map(MAPS.refusals), (data) => {
+      if (data.length >= c.REFUSAL_SIZE) onRefusal(c.decodeRefusal(data));
+    }, { ref: false });
+  }
 
   /** Node-wide counters, summed over CPUs. */
   counters(): c.Counters {

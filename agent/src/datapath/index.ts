@@ -25,5 +25,6 @@ export {
   type OriginalDestination,
   type PodCounterName,
   type PodCounters,
+  type Refusal,
 } from './codecs.ts';
 export * from './errors.ts';
