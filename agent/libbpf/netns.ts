@@ -59,7 +59,9 @@ export function createBoundSocketInNetns(netnsPath: string, opts: SocketInNetnsO
   const backlog = opts.listen ? (opts.listen.backlog ?? DEFAULT_BACKLOG) : -1;
   const where = `${addr.host}:${addr.port} in ${netnsPath}`;
   return guard(`cannot create a ${opts.listen ? 'listening ' : ''}socket on ${where}`, { path: netnsPath },
-    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: true, reusePort: opts.reusePort ?? false }));
+    // SO_REUSEADDR only for listeners (a restarted one rebinds past TIME_WAIT); a socket bound to
+    // connect gets a port of its own, so its 4-tuple can never collide with another's.
+    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: opts.listen !== undefined, reusePort: opts.reusePort ?? false }));
 }
 
 export interface BindSocketOptions {
