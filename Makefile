@@ -29,6 +29,8 @@ CNI_CFLAGS := -O2 -Wall -Wextra -Werror -static
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
 	make g++ python3 curl ca-certificates iputils-ping procps chromium
+# The k8s tier drives the lab API server with a real kubectl: Debian's, unless one is installed.
+APT_PACKAGES += $(if $(shell command -v kubectl),,kubernetes-client)
 
 # The spec reporter, plus the tests over 10 s listed before the summary (test/lab/reporter.ts).
 NODE_TEST := node --test --test-reporter=./test/lab/reporter.ts
@@ -36,8 +38,10 @@ UNIT_TESTS := 'test/unit/**/*.test.ts'
 BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
 UI_TESTS := 'test/ui/**/*.test.ts'
+CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
+K8S_TESTS := 'test/k8s/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon cni typecheck test test-unit test-bpf test-e2e test-ui \
+.PHONY: deps deps-apt deps-node build bpf addon cni typecheck test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -94,7 +98,7 @@ typecheck:
 ## test: every tier, one runner, one summary
 test: deps build
 	$(MAKE) --no-print-directory clean-lab
-	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS)
+	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS) $(K8S_TESTS)
 	$(MAKE) --no-print-directory clean-lab
 
 test-unit:
@@ -109,6 +113,15 @@ test-e2e: build
 ## test-ui: Debian's Chromium (playwright-core) against weftctl dashboard on a local mesh (root)
 test-ui: build
 	$(NODE_TEST) $(UI_TESTS)
+
+## test-conformance: the Gateway API mesh conformance tests, translated (root; one local mesh,
+## about 1.5 minutes); prints the report and writes it to docs/CONFORMANCE.md
+test-conformance: build
+	CONFORMANCE_REPORT=docs/CONFORMANCE.md $(NODE_TEST) $(CONFORMANCE_TESTS)
+
+## test-k8s: the rendered install applied by the real kubectl to the kube lab's API server
+test-k8s: build
+	$(NODE_TEST) $(K8S_TESTS)
 
 ## clean-lab: remove leftover netns, cgroups, BPF pins and processes of test runs
 clean-lab:

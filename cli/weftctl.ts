@@ -2,6 +2,7 @@
 // weftctl: the Weft command line. Local mesh (up/down/status), inspection, install, preflight.
 import { Command } from 'commander';
 import { installCommand } from './commands/install.ts';
+import { uninstallCommand } from './commands/uninstall.ts';
 import { checkCommand } from './commands/check.ts';
 import { downCommand, statusCommand, upCommand } from './commands/local.ts';
 import { inspectCommands } from './commands/inspect.ts';
@@ -24,6 +25,7 @@ const program = new Command('weftctl')
   .addCommand(dashboardCommand())
   .addCommand(waypointCommand())
   .addCommand(installCommand())
+  .addCommand(uninstallCommand())
   .addCommand(checkCommand());
 for (const c of inspectCommands()) program.addCommand(c);
 

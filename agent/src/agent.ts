@@ -9,12 +9,16 @@ import { HbonePool } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
-import { Datapath, MESH_PORTS } from './datapath/index.ts';
+import { Datapath, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics } from './metrics.ts';
 import { Outbound } from './outbound.ts';
-import { Inbound, InboundAuthorizer } from './inbound.ts';
+import { Inbound } from './inbound.ts';
+import { LocalDelivery } from './delivery.ts';
+import { PlaintextInbound } from './plaintext.ts';
+import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
+import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { PodNetnsResolver, type PodNetns } from './pods.ts';
 import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
 import { netnsCookie } from '../libbpf/index.ts';
@@ -62,8 +66,19 @@ export interface AgentOptions {
   cniSocket?: string;
   /** How long a CNI ADD waits for the config to name the pod. Default 10 s. */
   cniWaitMs?: number;
-  /** Extra destination ports the datapath never redirects. */
+  /** Extra destination ports the datapath never redirects (outbound only). */
   excludedPorts?: number[];
+  /**
+   * Pod ports inbound enforcement leaves alone (plaintext reaches the application directly, even
+   * on STRICT pods). Default none; an explicit choice, shown by `weftctl bpf`.
+   */
+  inboundExcludedPorts?: number[];
+  /**
+   * cgroup v2 folders whose processes' connections to pods are kubelet probes, the one exemption
+   * from inbound enforcement. Default: found at start (systemd's kubelet.service under the
+   * agent's cgroup root, or the cgroup of a process named kubelet). [] turns the exemption off.
+   */
+  kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
@@ -94,6 +109,9 @@ export class Agent {
   pool!: HbonePool;
   outbound!: Outbound;
   inbound!: Inbound;
+  delivery!: LocalDelivery;
+  plaintext!: PlaintextInbound;
+  #refusals: { close(): void } | undefined;
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
@@ -173,7 +191,18 @@ export class Agent {
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
-    this.log.info('datapath loaded', { programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length });
+    this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
+    const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
+    this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
+    if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
+    this.log.info('datapath loaded', {
+      programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length,
+      kubeletCgroups: kubelet, inboundExcludedPorts: o.inboundExcludedPorts ?? [],
+    });
+    this.metrics.watchKernelRefusals(() => {
+      const counters = this.datapath.counters();
+      return Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, counters[r]]));
+    });
     if (o.cniSocket) {
       // Right after the datapath: a pod being created can be enrolled as soon as the config names it.
       this.#cni = new CniServer(this.#cniBackend(), this.log);
@@ -195,14 +224,18 @@ export class Agent {
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
     this.pool = new HbonePool();
-    const authorizer = new InboundAuthorizer({ state: this.state, datapath: this.datapath, nodeIp: o.nodeIp, metrics: this.metrics, log: this.log });
+    this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
+    this.plaintext = new PlaintextInbound({
+      node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+    });
+    this.#refusals = this.datapath.watchRefusals((r) => this.plaintext.kernelRefused(r));
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
-      authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
     this.inbound = new Inbound({
-      node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
@@ -242,6 +275,7 @@ export class Agent {
         if (!this.ready) throw new HttpStatusError(503, this.#notReadyReason());
         return { ready: true };
       },
+      '/healthz/live': () => ({ live: true }),
     });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
@@ -387,8 +421,12 @@ export class Agent {
 
   /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
   #enrollPod(w: Workload, ns: PodNetns): bigint {
-    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
-    if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
+    const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
+    this.delivery.podEnrolled(w.ip, ns.path);
+    // Plaintext into the pod is steered here from now on; without a listener it is refused.
+    this.plaintext.open(w.ip, ns.path);
+    if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
     this.#recordEnrolled(w.ip, pod.netnsCookie);
     return pod.netnsCookie;
   }
@@ -482,7 +520,11 @@ export class Agent {
   #forgetEnrolled(cookie: bigint): void {
     const ip = this.#podIpByCookie.get(cookie);
     this.#podIpByCookie.delete(cookie);
-    if (ip !== undefined && this.#enrolled.get(ip) === cookie) this.#enrolled.delete(ip);
+    if (ip !== undefined && this.#enrolled.get(ip) === cookie) {
+      this.#enrolled.delete(ip);
+      this.delivery.podRemoved(ip);
+      this.plaintext.close(ip);
+    }
   }
 
   #adminServer(): import('node:http').Server {
@@ -497,9 +539,13 @@ export class Agent {
         pods: this.datapath.pods(),
         destinations: this.datapath.destinations(),
         excludedPorts: this.datapath.excludedPorts(),
+        inboundExcludedPorts: this.datapath.inboundExcludedPorts(),
+        kubeletCgroups: this.datapath.proberCgroups().map(String),
+        plaintextListeners: this.plaintext.pods().map((ip) => ({ podIp: ip, registered: this.datapath.hasPodListener(ip) })),
         counters: this.datapath.counters(),
+        refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
-        pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
@@ -527,6 +573,8 @@ export class Agent {
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
+    this.#refusals?.close();
+    this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();
     this.datapath?.close();

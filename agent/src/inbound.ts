@@ -3,82 +3,14 @@
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
-import type { Duplex } from 'node:stream';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
-import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
-import type { Workload } from '../../lib/model/mesh.ts';
 import type { Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
-import type { OriginalDestinationSource } from './outbound.ts';
-import { connectTcp } from './connect.ts';
+import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { tunnelClient, type TunnelClient } from './forwarded.ts';
-
-export class DeniedError extends Error {
-  readonly code = 'WEFT_DENIED';
-  readonly status: number;
-  readonly policy: string | undefined;
-  constructor(message: string, status = 403, policy?: string) {
-    super(message);
-    this.name = 'DeniedError';
-    this.status = status;
-    this.policy = policy;
-  }
-}
-
-/** Authorization and pod connections, shared by inbound tunnels and same-node outbound. */
-export class InboundAuthorizer {
-  readonly #state: AgentState;
-  readonly #datapath: OriginalDestinationSource;
-  readonly #nodeIp: string;
-  readonly #metrics: AgentMetrics;
-  readonly #log: Logger;
-
-  constructor(opts: { state: AgentState; datapath: OriginalDestinationSource; nodeIp: string; metrics: AgentMetrics; log: Logger }) {
-    this.#state = opts.state;
-    this.#datapath = opts.datapath;
-    this.#nodeIp = opts.nodeIp;
-    this.#metrics = opts.metrics;
-    this.#log = opts.log;
-  }
-
-  /** Throws DeniedError (and counts it) unless the destination's policies allow the connection. */
-  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
-    const decision = evaluate(this.#state.policiesFor(dest), { ...src, destinationIp: dest.ip, destinationPort: port });
-    if (decision.allowed) return;
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
-    this.#log.info('connection denied', { reason: decision.reason, policy: decision.policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
-    throw new DeniedError(decision.reason, 403, decision.policy);
-  }
-
-  /** Connects to a local pod so that the pod sees `client` as its peer. */
-  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number): Promise<Duplex> {
-    let reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } } | undefined;
-    const socket = await connectTcp(`${dest.ip}:${port}`, {
-      sourceIp: this.#nodeIp,
-      timeoutMs,
-      beforeConnect: (localPort) => {
-        reg = { local: { ip: dest.ip, port }, remote: { ip: this.#nodeIp, port: localPort } };
-        try {
-          this.#datapath.registerPeer({ ...reg, client: { ip: client.ip, port: client.port || localPort } });
-        } catch (err) {
-          reg = undefined;
-          this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
-        }
-      },
-    }).catch((err: Error) => {
-      if (reg) this.#datapath.unregisterPeer(reg);
-      throw err;
-    });
-    if (reg) {
-      const r = reg;
-      socket.once('close', () => this.#datapath.unregisterPeer(r));
-    }
-    return socket;
-  }
-}
 
 export interface InboundOptions {
   node: string;
@@ -86,7 +18,7 @@ export interface InboundOptions {
   /** More trust domains whose workload identities this node admits on 15008 (aliases). Default none. */
   trustDomainAliases?: readonly string[];
   state: AgentState;
-  authorizer: InboundAuthorizer;
+  delivery: LocalDelivery;
   /** TLS options choosing the served identity per SNI (CertManager#serverOptions). */
   serverTls: import('node:tls').TlsOptions;
   /** Current trust bundle: client chains verify against it (re-read on trustBundleChanged). */
@@ -145,7 +77,7 @@ export class Inbound {
       });
     }
     try {
-      this.#o.authorizer.authorize(dest, port, {
+      this.#o.delivery.authorize(dest, port, {
         ...(principal ? { sourcePrincipal: principal } : {}),
         ...(sourceNamespace ? { sourceNamespace } : {}),
         sourceIp: client.ip,
@@ -158,7 +90,7 @@ export class Inbound {
       throw err;
     }
     try {
-      const upstream = await this.#o.authorizer.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
+      const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
       this.#clients.set(req, client);
       return { upstream };
     } catch (err) {

@@ -12,10 +12,19 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
-  --exclude-port <port>      never redirect this destination port (repeatable)
   --cni-socket <path>        serve the chained CNI plugin (agent/cni/weft-cni.c) on this unix socket:
                              pods are enrolled before their containers start
   --cni-wait <seconds>       how long a CNI ADD waits for the config to name the pod (default 10)
+  --controller-namespace <ns>  namespace of the controller, whose SPIFFE ID the agent expects
+                             (default weft-system)
+  --exclude-port <port>      never redirect this destination port (repeatable; outbound only)
+  --inbound-exclude-port <port>
+                             let plaintext reach this pod port directly, even on STRICT pods
+                             (repeatable; default none)
+  --kubelet-cgroup <path>    cgroup v2 folder of the kubelet, whose probes are the one exemption
+                             from inbound enforcement (repeatable; "none" for no exemption;
+                             default: <cgroup>/system.slice/kubelet.service or the cgroup of a
+                             process named kubelet)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
@@ -24,7 +33,10 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
                              readiness probe only this process answers)
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
-  --log-level debug|info|warn|error`;
+  --log-level debug|info|warn|error
+       agent/src/main.ts --uninstall [--pin-root <path>] [--cgroup <path>] [--bpf-objects <dir>] [--ready-file <path>]
+  --uninstall                detach every Weft program and remove every pin of this node, then exit
+                             (with --ready-file: create it and wait for SIGTERM, as a DaemonSet pod)`;
 
 function fail(msg: string): never {
   process.stderr.write(`agent: ${msg}\n${USAGE}\n`);
@@ -48,12 +60,15 @@ const { values } = parseArgs({
     'token-file': { type: 'string' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
     'trust-domain-alias': { type: 'string', multiple: true },
+    'controller-namespace': { type: 'string' },
     cgroup: { type: 'string' },
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
     'exclude-port': { type: 'string', multiple: true },
     'cni-socket': { type: 'string' },
     'cni-wait': { type: 'string' },
+    'inbound-exclude-port': { type: 'string', multiple: true },
+    'kubelet-cgroup': { type: 'string', multiple: true },
     'pod-netns-prefix': { type: 'string' },
     'outbound-port': { type: 'string' },
     'hbone-port': { type: 'string' },
@@ -64,8 +79,24 @@ const { values } = parseArgs({
     'drain-timeout': { type: 'string' },
     'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
+    uninstall: { type: 'boolean' },
   },
 });
+
+if (values.uninstall) {
+  const { uninstallDatapath } = await import('./uninstall.ts');
+  const removed = uninstallDatapath({
+    ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
+    ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
+    ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
+  });
+  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: removed ? 'datapath removed: pods are no longer redirected' : 'no Weft datapath pinned on this node', ...removed })}\n`);
+  if (!values['ready-file']) process.exit(0);
+  const { writeFileSync } = await import('node:fs');
+  writeFileSync(values['ready-file'], 'uninstalled\n');
+  await new Promise<void>((resolve) => process.once('SIGTERM', resolve));
+  process.exit(0);
+}
 
 for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
 if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
@@ -96,12 +127,15 @@ const agent = new Agent({
   token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
   trustDomain: values['trust-domain']!,
   ...(values['trust-domain-alias'] ? { trustDomainAliases: values['trust-domain-alias'] } : {}),
+  ...(values['controller-namespace'] ? { controllerNamespace: values['controller-namespace'] } : {}),
   ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
   ...(values['cni-socket'] ? { cniSocket: values['cni-socket'] } : {}),
   ...(cniWait !== undefined ? { cniWaitMs: cniWait * 1000 } : {}),
+  inboundExcludedPorts: (values['inbound-exclude-port'] ?? []).map((p) => port('inbound-exclude-port', p)!),
+  ...(values['kubelet-cgroup'] ? { kubeletCgroups: values['kubelet-cgroup'].filter((c) => c !== 'none') } : {}),
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),

@@ -11,7 +11,7 @@ import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import type { AgentState, Upstream } from './state.ts';
 import type { AgentMetrics, TcpLabels } from './metrics.ts';
-import type { InboundAuthorizer } from './inbound.ts';
+import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 
@@ -19,8 +19,6 @@ import { unmapV4 } from './datapath/codecs.ts';
 export interface OriginalDestinationSource {
   /** Where a captured connection was going, and the network namespace (cookie) it came from. */
   originalDestination(socket: net.Socket): { ip: string; port: number; clientNetnsCookie: bigint } | undefined;
-  registerPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number }; client: { ip: string; port: number } }): void;
-  unregisterPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } }): boolean;
 }
 
 export interface CredentialSource {
@@ -41,7 +39,8 @@ export interface OutboundOptions {
   podIpOf: (netnsCookie: bigint) => string | undefined;
   certs: CredentialSource;
   pool: HbonePool;
-  authorizer: InboundAuthorizer;
+  /** Same-node destinations: authorization and the connection into the pod. */
+  authorizer: LocalDelivery;
   metrics: AgentMetrics;
   log: Logger;
   accessLog: (entry: Record<string, unknown>) => void;

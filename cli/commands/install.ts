@@ -3,12 +3,23 @@
 // Exit codes: 0 rendered; 1 a CRD file under the CRD folder is broken; 2 usage (unknown or
 // missing option, or a value that cannot render).
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { renderInstall, toJson, toYaml } from '../install/render.ts';
+import { renderInstall, toJson, toKustomizeBase, toYaml } from '../install/render.ts';
 import { CrdLoadError, InstallOptionError } from '../install/errors.ts';
 import {
   CNI_MODES, DEFAULT_CONTROLLER_REPLICAS, DEFAULT_LOG_LEVEL, DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, LOG_LEVELS,
 } from '../install/options.ts';
 import { DEFAULT_CRD_DIR } from '../install/crds.ts';
+import { parseValues } from '../install/values.ts';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+function readValuesFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new InstallOptionError('values', `-f ${file}: ${(e as Error).message}`);
+  }
+}
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -46,7 +57,9 @@ function parseWholeNumber(value: string): number {
 }
 
 interface InstallFlags {
-  image: string;
+  image?: string;
+  values?: string;
+  kustomize?: string;
   trustDomain: string;
   namespace: string;
   controllerReplicas: number;
@@ -60,7 +73,8 @@ interface InstallFlags {
 export function installCommand(io: CommandIo = processIo): Command {
   const cmd = new Command('install')
     .description('print the Kubernetes manifests of a Weft installation (pipe into `kubectl apply -f -`)')
-    .requiredOption('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0')
+    .option('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0 (required, here or in -f)')
+    .option('-f, --values <file>', 'YAML values: image, trustDomain, namespace, caSecret, logLevel, controller/agent resources, nodeSelector, tolerations, imagePullSecrets, podLabels, podAnnotations, podMonitor (flags win)')
     .option('--trust-domain <domain>', 'SPIFFE trust domain of workload identities', DEFAULT_TRUST_DOMAIN)
     .option('--namespace <name>', 'namespace of the controller and agents', DEFAULT_NAMESPACE)
     .option('--controller-replicas <n>', 'controller replicas', parseWholeNumber, DEFAULT_CONTROLLER_REPLICAS)
@@ -69,6 +83,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
+    .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
 Before installing:
   - Gateway API v1 CRDs (HTTPRoute, GRPCRoute) in the cluster; Weft does not ship them.
@@ -81,18 +96,29 @@ Then:
   weftctl install --image <ref> --ca-secret weft-ca | kubectl apply --server-side -f -`)
     .action((flags: InstallFlags) => {
       try {
+        const values = flags.values ? parseValues(readValuesFile(flags.values), flags.values) : undefined;
+        // A flag given on the command line wins over the values file, which wins over the flag's default.
+        const pick = <K extends 'trustDomain' | 'namespace' | 'logLevel'>(k: K): string =>
+          (cmd.getOptionValueSource(k) === 'cli' ? flags[k] : values?.[k] ?? flags[k]);
+        const caSecret = flags.caSecret ?? values?.caSecret;
         const objects = renderInstall({
-          image: flags.image,
-          trustDomain: flags.trustDomain,
-          namespace: flags.namespace,
-          controllerReplicas: flags.controllerReplicas,
-          logLevel: flags.logLevel,
+          image: flags.image ?? values?.image ?? '',
+          trustDomain: pick('trustDomain'),
+          namespace: pick('namespace'),
+          ...(cmd.getOptionValueSource('controllerReplicas') === 'cli' || values?.controller?.replicas === undefined ? { controllerReplicas: flags.controllerReplicas } : {}),
+          logLevel: pick('logLevel'),
           cniMode: flags.cniMode,
           crdDir: flags.crdDir,
-          ...(flags.caSecret !== undefined ? { caSecret: flags.caSecret } : {}),
+          ...(caSecret !== undefined ? { caSecret } : {}),
+          ...(values ? { values } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
-        io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));
+        if (flags.kustomize) {
+          mkdirSync(flags.kustomize, { recursive: true });
+          const files = toKustomizeBase(objects);
+          for (const [name, text] of files) writeFileSync(join(flags.kustomize, name), text);
+          io.out(`wrote a kustomize base of ${files.size - 1} objects to ${flags.kustomize} (check it with \`kubectl kustomize ${flags.kustomize}\`)\n`);
+        } else io.out(flags.output === 'json' ? toJson(objects) : toYaml(objects));
         io.setExitCode(EXIT_OK);
       } catch (err) {
         if (err instanceof InstallOptionError) {

@@ -14,8 +14,8 @@ import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
-  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, PORTS, TOKEN_EXPIRATION_SECONDS,
-  TRUST_BUNDLE_CONFIGMAP, labels, selectorLabels,
+  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, LIVENESS_PATH, PORTS, TOKEN_EXPIRATION_SECONDS,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels,
 } from './names.ts';
 
 export interface Capability {
@@ -120,7 +120,7 @@ export const AGENT_RESOURCES = {
 const TOKEN_FILE = 'token';
 const BPF_FS_MAGIC = 'cafe4a11';
 /** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */
-export const TRUST_BUNDLE_FILE = 'root-cert.pem';
+export const TRUST_BUNDLE_FILE = TRUST_BUNDLE_KEY;
 
 function podAnnotations(): Record<string, string> {
   const out: Record<string, string> = {
@@ -182,6 +182,8 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     // Re-read on every use: the kubelet rotates the projected token.
     '--token-file', `${AGENT_PATHS.token}/${TOKEN_FILE}`,
     '--trust-domain', o.trustDomain,
+    // The controller's SPIFFE ID names its namespace: spiffe://<td>/ns/<namespace>/sa/weft-controller.
+    '--controller-namespace', o.namespace,
     '--cgroup', AGENT_PATHS.cgroupRoot,
     '--drain-timeout', String(AGENT_DRAIN_SECONDS),
     '--ready-file', AGENT_PATHS.readyFile,
@@ -217,6 +219,14 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       exec: { command: ['test', '-f', AGENT_PATHS.readyFile] },
       periodSeconds: 2,
       failureThreshold: 3,
+    },
+    // Liveness on the shared readiness port: during a surge either agent may answer, so this only
+    // catches an agent whose node has no live agent at all; it never restarts one for being unready.
+    livenessProbe: {
+      httpGet: { path: LIVENESS_PATH, port: PORTS.readiness },
+      initialDelaySeconds: 15,
+      periodSeconds: 10,
+      failureThreshold: 6,
     },
     resources: AGENT_RESOURCES,
     securityContext: {
@@ -284,6 +294,48 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
             },
             { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } },
           ],
+        },
+      },
+    },
+  };
+}
+
+export const AGENT_CLEANUP_NAME = `${AGENT_NAME}-cleanup`;
+const UNINSTALLED_FILE = '/tmp/weft-uninstalled';
+
+/**
+ * `weftctl uninstall`'s cleanup DaemonSet: on every node, after the agents are gone, the same image
+ * runs `agent --uninstall`, which detaches the programs and removes the pins under
+ * /sys/fs/bpf/weft (agent/src/uninstall.ts), then reports ready and waits to be deleted.
+ */
+export function renderAgentCleanup(o: ResolvedInstallOptions): IDaemonSet {
+  const agent = agentContainer(o);
+  const volumes = AGENT_HOST_VOLUMES.filter((v) => v.volume.name === 'bpffs' || v.volume.name === 'cgroup');
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'DaemonSet',
+    metadata: { name: AGENT_CLEANUP_NAME, namespace: o.namespace, labels: labels(AGENT_CLEANUP_NAME) },
+    spec: {
+      selector: { matchLabels: selectorLabels(AGENT_CLEANUP_NAME) },
+      template: {
+        metadata: { labels: { ...labels(AGENT_CLEANUP_NAME), 'weft.dev/dataplane-mode': 'none' } },
+        spec: {
+          serviceAccountName: AGENT_NAME,
+          automountServiceAccountToken: false,
+          hostNetwork: true,
+          priorityClassName: 'system-node-critical',
+          tolerations: [{ operator: 'Exists' }],
+          terminationGracePeriodSeconds: 5,
+          containers: [{
+            name: 'uninstall',
+            image: o.image,
+            args: ['agent', '--uninstall', '--cgroup', AGENT_PATHS.cgroupRoot, '--ready-file', UNINSTALLED_FILE],
+            readinessProbe: { exec: { command: ['test', '-f', UNINSTALLED_FILE] }, periodSeconds: 1 },
+            resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { cpu: '500m', memory: '256Mi' } },
+            securityContext: agent.securityContext!,
+            volumeMounts: [...volumes.map((v) => v.mount), { name: 'tmp', mountPath: '/tmp' }],
+          }],
+          volumes: [...volumes.map((v) => v.volume), { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }],
         },
       },
     },

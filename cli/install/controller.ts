@@ -4,11 +4,12 @@
 // flags (controller/src/main.ts `parseControllerArgs`).
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IService } from 'kubernetes-models/v1/Service';
+import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import type { IVolume } from 'kubernetes-models/v1/Volume';
 import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
-  CONTROLLER_CA_DIR, CONTROLLER_NAME, ENV, PORTS, READINESS_PATH, labels, selectorLabels,
+  CONTROLLER_CA_DIR, CONTROLLER_NAME, ENV, LIVENESS_PATH, PORTS, READINESS_PATH, labels, selectorLabels,
 } from './names.ts';
 
 /** The image's unprivileged user (`node` in the node:24 images). */
@@ -19,10 +20,8 @@ export const CONTROLLER_RESOURCES = {
   limits: { cpu: '1', memory: '512Mi' },
 };
 
-/** host:port of the controller's config stream and certificate service, as agents dial it. */
-export function controllerAddress(namespace: string): string {
-  return `${CONTROLLER_NAME}.${namespace}.svc:${PORTS.xds}`;
-}
+import { controllerAddress } from '../../lib/defaults.ts';
+export { controllerAddress };
 
 /** The controller's command line after the image's `controller` part name. */
 export function controllerArgs(o: ResolvedInstallOptions): string[] {
@@ -34,17 +33,23 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
     '--waypoint-image', o.image,
     '--controller-address', controllerAddress(o.namespace),
     '--log-level', o.logLevel,
-    ...(o.caSecret ? ['--ca-cert', `${CONTROLLER_CA_DIR}/tls.crt`, '--ca-key', `${CONTROLLER_CA_DIR}/tls.key`] : []),
+    // Without it any pod that reaches 15012 could stream the whole mesh model: agents must present
+    // their node certificate, waypoints a workload certificate of their namespace.
+    '--require-client-identity',
+    // The whole Secret: tls.crt/tls.key[/ca.crt] or Istio's cacerts (ca-cert.pem, ca-key.pem,
+    // root-cert.pem, cert-chain.pem). Without --ca-secret the controller keeps the cluster's CA in
+    // the weft-ca Secret it creates once, shared by every replica.
+    ...(o.caSecret ? ['--ca-dir', CONTROLLER_CA_DIR] : []),
   ];
 }
 
-export function renderController(o: ResolvedInstallOptions): [IDeployment, IService] {
+export function renderController(o: ResolvedInstallOptions): [IDeployment, IService, IPodDisruptionBudget] {
   const podLabels = { ...labels(CONTROLLER_NAME), 'weft.dev/dataplane-mode': 'none' };
   const volumes: IVolume[] = [{ name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } }];
   // Scratch space: the root filesystem is read-only.
   const volumeMounts: IVolumeMount[] = [{ name: 'tmp', mountPath: '/tmp' }];
   if (o.caSecret) {
-    volumes.push({ name: 'ca', secret: { secretName: o.caSecret, defaultMode: 0o440, items: [{ key: 'tls.crt', path: 'tls.crt' }, { key: 'tls.key', path: 'tls.key' }] } });
+    volumes.push({ name: 'ca', secret: { secretName: o.caSecret, defaultMode: 0o440 } });
     volumeMounts.push({ name: 'ca', mountPath: CONTROLLER_CA_DIR, readOnly: true });
   }
   const deployment: IDeployment = {
@@ -104,6 +109,13 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
               periodSeconds: 5,
               failureThreshold: 3,
             },
+            // Restarted when its event loop stops turning (not when it is merely not ready yet).
+            livenessProbe: {
+              httpGet: { path: LIVENESS_PATH, port: PORTS.readiness },
+              initialDelaySeconds: 10,
+              periodSeconds: 10,
+              failureThreshold: 3,
+            },
             resources: CONTROLLER_RESOURCES,
             securityContext: {
               allowPrivilegeEscalation: false,
@@ -130,5 +142,16 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
       ],
     },
   };
-  return [deployment, service];
+  // Voluntary disruptions (node drains) keep one replica serving when there are several, and
+  // never block a drain of a single replica.
+  const pdb: IPodDisruptionBudget = {
+    apiVersion: 'policy/v1',
+    kind: 'PodDisruptionBudget',
+    metadata: { name: CONTROLLER_NAME, namespace: o.namespace, labels: labels(CONTROLLER_NAME) },
+    spec: {
+      selector: { matchLabels: selectorLabels(CONTROLLER_NAME) },
+      ...(o.controllerReplicas > 1 ? { minAvailable: 1 } : { maxUnavailable: 1 }),
+    },
+  };
+  return [deployment, service, pdb];
 }

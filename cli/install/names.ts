@@ -2,29 +2,14 @@
 // get theirs as command-line flags (agent.ts `agentArgs`, controller.ts `controllerArgs`).
 
 export const PART_OF = 'weft';
-export const CONTROLLER_NAME = 'weft-controller';
-export const AGENT_NAME = 'weft-agent';
+export {
+  AGENT_NAME, CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, LIVENESS_PATH, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY,
+} from '../../lib/defaults.ts';
+import { POD_PATHS } from '../../lib/defaults.ts';
 
-/** The ConfigMap in the install namespace with the CA's public root(s); agents trust the controller with it. */
-export const TRUST_BUNDLE_CONFIGMAP = 'weft-trust-bundle';
-/** Where the controller container sees the CA Secret (tls.crt, tls.key). */
+/** Where the controller container sees the CA Secret (tls.crt/tls.key/ca.crt, or Istio's cacerts names). */
 export const CONTROLLER_CA_DIR = '/etc/weft/ca';
-
-/** Audience of the projected ServiceAccount token that agents present to the certificate service. */
-export const CONTROLLER_TOKEN_AUDIENCE = 'weft-controller';
-/** Lifetime of that token; the kubelet refreshes it at 80%. */
-export const TOKEN_EXPIRATION_SECONDS = 3600;
-
-export const PORTS = {
-  admin: 15000,
-  outbound: 15001,
-  hbone: 15008,
-  xds: 15012,
-  metrics: 15020,
-  readiness: 15021,
-} as const;
-
-export const READINESS_PATH = '/healthz/ready';
 
 /** Where the agent's container sees host paths. */
 export const AGENT_PATHS = {
@@ -32,8 +17,8 @@ export const AGENT_PATHS = {
   cgroupRoot: '/sys/fs/cgroup',
   hostProc: '/host/proc',
   netns: '/var/run/netns',
-  token: '/var/run/secrets/weft/tokens',
-  trustBundle: '/var/run/secrets/weft/trust',
+  token: POD_PATHS.token,
+  trustBundle: POD_PATHS.trustBundle,
   /** In the pod's own /tmp: only this container's agent process can make it exist. */
   readyFile: '/tmp/weft-agent.ready',
   /** The unix socket the chained CNI plugin asks the agent on (a host path: the runtime runs the plugin on the host). */

@@ -1,5 +1,6 @@
 // Options of `weftctl install`, their defaults, and the checks that run before anything renders.
 import { InstallOptionError } from './errors.ts';
+import type { InstallValues } from './values.ts';
 
 /** How the agent learns which pods run on its node. */
 export type CniMode = 'none';
@@ -24,16 +25,18 @@ export interface InstallOptions {
    */
   cniMode?: CniMode | string;
   /**
-   * A kubernetes.io/tls Secret in the install namespace holding the CA (tls.crt, tls.key), e.g.
-   * `kubectl -n weft-system create secret tls weft-ca --cert ca.crt --key ca.key`. Without it the
-   * controller generates a root on every start (workload certificates do not survive a controller
-   * restart), so more than one controller replica needs it.
+   * A Secret in the install namespace holding the CA: kubernetes.io/tls (tls.crt, tls.key, and
+   * ca.crt for an intermediate), or Istio's `cacerts` layout (ca-cert.pem, ca-key.pem,
+   * root-cert.pem, cert-chain.pem). Without it the controller generates the cluster's root once and
+   * keeps it in the Secret `weft-ca`, which every replica and restart then shares.
    */
   caSecret?: string;
   /** Folder of CRD YAML files. Default: `deploy/crds` of this repository. */
   crdDir?: string;
   /** Receives one line per thing the operator should know (e.g. built-in CRDs used). */
   warn?: (message: string) => void;
+  /** Operator knobs from `-f values.yaml` (values.ts): resources, nodeSelector, tolerations, ... */
+  values?: InstallValues;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -111,9 +114,6 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const caSecret = opts.caSecret;
   if (caSecret !== undefined && (caSecret.length > 253 || !DNS_SUBDOMAIN.test(caSecret))) {
     throw new InstallOptionError('caSecret', `--ca-secret "${caSecret}" is not a Secret name: use lower-case letters, digits, '-' and '.', e.g. weft-ca`);
-  }
-  if (controllerReplicas > 1 && caSecret === undefined) {
-    throw new InstallOptionError('caSecret', `--controller-replicas ${controllerReplicas} needs --ca-secret: replicas must sign with one CA (create it with \`kubectl -n ${namespace} create secret tls weft-ca --cert ca.crt --key ca.key\`)`);
   }
 
   return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret };

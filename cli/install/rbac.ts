@@ -5,9 +5,10 @@
 // (audience weft-controller) that the controller checks with a TokenReview.
 //
 // The controller reads the objects the mesh model is compiled from, writes their status, turns
-// Waypoints into Deployments/Services/ServiceAccounts, reviews agent tokens, and publishes the
-// trust-bundle ConfigMap in its own namespace. It reads no Secrets through the API: the CA
-// Secret (--ca-secret) is mounted into its pod.
+// Waypoints into Deployments/Services/ServiceAccounts, reviews agent and waypoint tokens, records
+// Events, and publishes the trust-bundle ConfigMap in its own namespace and in each waypoint's.
+// In its own namespace it elects a leader on a Lease and keeps the cluster CA in the Secret
+// weft-ca (created once when no --ca-secret is given; a given one is mounted into its pod).
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
 import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
@@ -19,6 +20,7 @@ import type { ResolvedInstallOptions } from './options.ts';
 import {
   AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
 } from './names.ts';
+import { CONTROLLER_LEASE, DEFAULT_CA_SECRET } from '../../lib/defaults.ts';
 
 /**
  * The kinds the controller's Kubernetes source watches: every kind of the model except Node
@@ -58,18 +60,38 @@ export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule
     why: 'one Service and one ServiceAccount per Waypoint (a waypoint has an identity of its own, not the namespace default)',
     rule: { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs: MANAGE },
   },
+  {
+    why: 'keep the CA roots current in each namespace a waypoint runs in (waypoints mount them to trust the controller)',
+    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'update', 'patch'] },
+  },
+  {
+    // RBAC cannot restrict create by name.
+    why: 'create the trust-bundle ConfigMap in the install namespace and in waypoint namespaces',
+    rule: { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
+  },
+  {
+    why: 'Events on the objects a finding concerns (a Service naming a missing Waypoint, a route to a missing backend)',
+    rule: { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+  },
 ];
 
 /** Rules of the controller in its own namespace only. */
 export const CONTROLLER_NAMESPACE_RULES: readonly { why: string; rule: IPolicyRule }[] = [
   {
-    why: 'publish the CA roots that agents mount to trust the controller',
-    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'watch', 'update', 'patch'] },
+    why: `elect the one replica that writes status and waypoint Deployments (Lease ${CONTROLLER_LEASE})`,
+    rule: { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: [CONTROLLER_LEASE], verbs: ['get', 'update'] },
   },
   {
-    // RBAC cannot restrict create by name.
-    why: 'create the trust-bundle ConfigMap on first start',
-    rule: { apiGroups: [''], resources: ['configmaps'], verbs: ['create'] },
+    why: 'create that Lease on first start',
+    rule: { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+  },
+  {
+    why: `read the cluster CA (Secret ${DEFAULT_CA_SECRET}) every replica signs with`,
+    rule: { apiGroups: [''], resources: ['secrets'], resourceNames: [DEFAULT_CA_SECRET], verbs: ['get'] },
+  },
+  {
+    why: `create Secret ${DEFAULT_CA_SECRET} with a new root once, when the cluster has none and no --ca-secret is given`,
+    rule: { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
   },
 ];
 

@@ -6,20 +6,22 @@ import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IService } from 'kubernetes-models/v1/Service';
+import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
 import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
 import { renderAgent } from './agent.ts';
 import { PART_OF } from './names.ts';
+import { applyValues } from './values.ts';
 
 export type { InstallOptions } from './options.ts';
 
-export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet;
+export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget;
 
 /** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
 export function renderInstall(opts: InstallOptions): KubeObject[] {
-  const o = resolveInstallOptions(opts);
+  const o = resolveInstallOptions({ ...opts, ...(opts.controllerReplicas === undefined && opts.values?.controller?.replicas !== undefined ? { controllerReplicas: opts.values.controller.replicas } : {}) });
   const namespace: INamespace = {
     apiVersion: 'v1',
     kind: 'Namespace',
@@ -36,15 +38,16 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     },
   };
   if (!o.caSecret) {
-    opts.warn?.(`no --ca-secret: the controller generates a CA root at every start, so workload certificates do not survive a controller restart; for production create one with \`kubectl -n ${o.namespace} create secret tls weft-ca --cert ca.crt --key ca.key\` and pass --ca-secret weft-ca`);
+    opts.warn?.(`no --ca-secret: the controller generates the cluster's CA root once and keeps it in the Secret ${o.namespace}/weft-ca; to use your own PKI (for example Istio's cacerts layout with an intermediate), create a Secret and pass --ca-secret`);
   }
-  return [
+  const objects: KubeObject[] = [
     namespace,
     ...loadCrds(opts.crdDir ?? DEFAULT_CRD_DIR, opts.warn),
     ...renderRbac(o),
     ...renderController(o),
     renderAgent(o),
   ];
+  return opts.values ? applyValues(objects, opts.values, o.namespace) as KubeObject[] : objects;
 }
 
 /**
@@ -90,4 +93,28 @@ function commentPodTemplate(doc: Document): void {
 /** A v1 List, for `kubectl apply -f -` or jq. */
 export function toJson(objects: readonly object[]): string {
   return JSON.stringify({ apiVersion: 'v1', kind: 'List', items: objects }, null, 2) + '\n';
+}
+
+/**
+ * A kustomize base: one file per object (`<kind>-<name>.yaml`, in apply order) and a
+ * kustomization.yaml listing them, from the same renderer, so overlays can patch what values.yaml
+ * does not cover. `kubectl kustomize <dir>` gives back exactly the rendered objects (in kustomize's
+ * own kind order, which also puts Namespace and CRDs first). Written for kustomize v2 as well (the
+ * one in Debian's kubectl 1.20): no fields newer than that.
+ */
+export function toKustomizeBase(objects: readonly KubeObject[]): Map<string, string> {
+  const files = new Map<string, string>();
+  const names: string[] = [];
+  objects.forEach((obj, i) => {
+    const o = obj as { kind: string; metadata?: { name?: string } };
+    const file = `${String(i).padStart(2, '0')}-${o.kind.toLowerCase()}-${(o.metadata?.name ?? 'unnamed').replace(/[^a-z0-9.-]/g, '-')}.yaml`;
+    files.set(file, toYaml([obj]));
+    names.push(file);
+  });
+  files.set('kustomization.yaml', toYaml([{
+    apiVersion: 'kustomize.config.k8s.io/v1beta1',
+    kind: 'Kustomization',
+    resources: names,
+  }]).replace(/^# Weft installation, rendered by `weftctl install`.\n/, '# Weft kustomize base, rendered by `weftctl install --kustomize`.\n'));
+  return files;
 }

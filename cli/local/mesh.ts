@@ -1,7 +1,7 @@
 // A whole mesh on one Linux machine: the local network (cli/local/network.ts), a CA and bootstrap
 // tokens, the controller on a config directory (in the wire namespace, 10.77.0.254:15012), one
 // agent per node, and workloads as pods. `weftctl up` and the e2e tests both build on this.
-import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync, renameSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
@@ -33,6 +33,8 @@ export interface LocalMeshOptions {
   trustDomain?: string;
   /** Processes outlive this one (weftctl up); tests keep them attached. */
   detached?: boolean;
+  /** Pods and nodes get IPv6 addresses too (not meshed: Weft refuses IPv6 into enrolled pods). */
+  dualStack?: boolean;
   logLevel?: string;
 }
 
@@ -44,6 +46,8 @@ export interface WorkloadSpec {
   labels?: Record<string, string>;
   /** Command to run in the pod (argv); node scripts are run with this Node. */
   command?: string[];
+  /** The node's kubelet probes this port (HTTP GET /), as a readiness probe would. */
+  probePort?: number;
   env?: Record<string, string>;
 }
 
@@ -96,6 +100,7 @@ export class LocalMesh {
   readonly workloads = new Map<string, Workload>();
   controller?: ChildProcess;
   readonly agents = new Map<string, ChildProcess>();
+  readonly kubelets = new Map<string, ChildProcess>();
 
   private constructor(o: LocalMeshOptions, net: LocalNetwork) {
     this.o = o;
@@ -110,7 +115,7 @@ export class LocalMesh {
   static async create(o: LocalMeshOptions): Promise<LocalMesh> {
     mkdirSync(join(o.stateDir, 'config'), { recursive: true });
     mkdirSync(join(o.stateDir, 'logs'), { recursive: true });
-    const net = LocalNetwork.create(o.prefix);
+    const net = LocalNetwork.create(o.prefix, { dualStack: o.dualStack ?? false });
     const mesh = new LocalMesh(o, net);
     try {
       for (const n of o.nodes) net.addNode(n);
@@ -233,8 +238,49 @@ export class LocalMesh {
     return child;
   }
 
+  /** Each node's kubelet, then its agent (which finds the kubelet's cgroup when it starts). */
   startAgents(): void {
-    for (const n of this.o.nodes) this.startAgent(n);
+    for (const n of this.o.nodes) {
+      if (!this.kubelets.has(n)) this.startKubelet(n);
+      this.startAgent(n);
+    }
+  }
+
+  /**
+   * The node's "kubelet" (cli/local/apps/kubelet.ts): in the node's netns and its
+   * system.slice/kubelet.service cgroup, probing every workload with a probePort. Weft's only
+   * exemption from inbound enforcement, so every run of the local mesh exercises it.
+   */
+  startKubelet(nodeName: string): ChildProcess {
+    const n = this.node(nodeName);
+    this.#writeProbeTargets(nodeName);
+    const child = this.spawnNode({ netns: n.netns, cgroup: n.kubeletCgroup }, 'cli/local/apps/kubelet.ts', [
+      '--targets', this.#probeFile(nodeName, 'targets'), '--status', this.#probeFile(nodeName, 'status'), '--interval-ms', '1000',
+    ], `kubelet-${nodeName}.log`);
+    this.kubelets.set(nodeName, child);
+    return child;
+  }
+
+  #probeFile(nodeName: string, what: 'targets' | 'status'): string {
+    return join(this.o.stateDir, `kubelet-${nodeName}-${what}.json`);
+  }
+
+  #writeProbeTargets(nodeName: string): void {
+    const targets = [...this.workloads.values()]
+      .filter((w) => w.spec.node === nodeName && w.spec.probePort)
+      .map((w) => ({ pod: `${w.spec.namespace}/${w.spec.name}`, ip: w.pod.ip, port: w.spec.probePort! }));
+    const file = this.#probeFile(nodeName, 'targets');
+    writeFileSync(`${file}.tmp`, JSON.stringify(targets));
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** What a node's kubelet last saw of each probed pod (`namespace/name` → result). */
+  kubeletStatus(nodeName: string): Record<string, { ok: boolean; status?: number; error?: string; at: string; okCount: number; failCount: number }> {
+    try {
+      return JSON.parse(readFileSync(this.#probeFile(nodeName, 'status'), 'utf8')) as ReturnType<LocalMesh['kubeletStatus']>;
+    } catch {
+      return {};
+    }
   }
 
   /**
@@ -433,6 +479,7 @@ export class LocalMesh {
       this.startCommand(w, spec.command);
     }
     this.workloads.set(`${spec.namespace}/${spec.name}`, w);
+    if (spec.probePort) this.#writeProbeTargets(spec.node);
     return w;
   }
 

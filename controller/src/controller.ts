@@ -8,6 +8,7 @@ import type { MeshModel } from '../../lib/model/mesh.ts';
 import { CompileCache, compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
+import { ALWAYS_LEADER, type Leadership } from './cluster/leader.ts';
 import { ObjectStore, invalidStatus } from './store.ts';
 import type { ConfigServer } from './xds/server.ts';
 
@@ -19,6 +20,11 @@ export interface WaypointDriver {
   runtime(): ReadonlyMap<string, WaypointRuntime>;
   /** Called by the driver when a waypoint's facts change. */
   onChange(listener: () => void): void;
+  /**
+   * Follows the waypoints' facts without writing anything (a replica that is not the leader);
+   * drivers without it report nothing until they reconcile.
+   */
+  observe?(waypoints: ReadonlyArray<import('../../lib/model/objects.ts').Waypoint>): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -31,6 +37,13 @@ export interface ControllerOptions {
   registry?: Registry;
   /** Quiet time after a change before recompiling; default 10 ms. */
   debounceMs?: number;
+  /**
+   * Whether this replica may write (status, waypoint Deployments, findings); default: always.
+   * Every replica compiles and serves; only the leader writes.
+   */
+  leadership?: Leadership;
+  /** The leader hands each compilation's findings here (Kubernetes Events). */
+  onFindings?: (findings: readonly CompileFinding[]) => Promise<void>;
 }
 
 export const DEFAULT_DEBOUNCE_MS = 10;
@@ -66,6 +79,23 @@ export class Controller {
       };
     }
     options.waypoints?.onChange(() => this.#markDirty());
+    this.#leadership = options.leadership ?? ALWAYS_LEADER;
+    this.#leadership.onChange((leader) => {
+      if (!leader) return;
+      // A new leader writes what it computes, whatever an earlier leader left behind.
+      this.#written.clear();
+      this.#findingsDirty = true;
+      this.#waypointsDirty = true;
+      this.#markDirty(false);
+    });
+  }
+
+  readonly #leadership: Leadership;
+  #findingsDirty = true;
+
+  /** Whether this replica writes status and waypoint Deployments. */
+  get leader(): boolean {
+    return this.#leadership.isLeader;
   }
 
   /** True once the first snapshot is compiled and published. */
@@ -137,7 +167,15 @@ export class Controller {
 
   async #reconcile(): Promise<void> {
     if (this.#stopped) return;
-    if (this.#waypointsDirty && this.#o.waypoints) {
+    const leader = this.#leadership.isLeader;
+    if (this.#waypointsDirty && this.#o.waypoints && !leader) {
+      this.#waypointsDirty = false;
+      await this.#o.waypoints.observe?.(this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>).catch((e: Error) => {
+        this.#log.warn('waypoint observe failed; will retry', { error: e.message });
+        this.#waypointsDirty = true;
+      });
+    }
+    if (this.#waypointsDirty && this.#o.waypoints && leader) {
       this.#waypointsDirty = false;
       try {
         await this.#o.waypoints.reconcile(this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>);
@@ -165,6 +203,7 @@ export class Controller {
       this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
       this.#model = result.model;
       findings = result.findings;
+      this.#findingsDirty = true;
       this.#lastFindings = findings;
       this.#metrics?.compiles.inc();
       this.#metrics?.objects.set(this.store.objects().length);
@@ -174,6 +213,10 @@ export class Controller {
       findings = this.#lastFindings;
     }
     await this.#writeStatuses(findings, runtime);
+    if (leader && this.#findingsDirty && this.#o.onFindings) {
+      this.#findingsDirty = false;
+      await this.#o.onFindings(findings).catch((e: Error) => this.#log.warn('findings not recorded', { error: e.message }));
+    }
   }
 
   #lastFindings: CompileFinding[] = [];
@@ -219,6 +262,8 @@ export class Controller {
         : { ...base, ok: true, reason: 'Accepted', message: 'accepted and in force' });
     }
     this.#statuses = next;
+    // Followers compute status (admin /debug/status) but leave writing it to the leader.
+    if (!this.#leadership.isLeader) return;
     for (const key of this.#written.keys()) if (!next.has(key)) this.#written.delete(key);
     const todo: Array<[string, ObjectStatus, string]> = [];
     for (const [key, st] of next) {

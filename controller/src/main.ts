@@ -3,13 +3,21 @@
 // :15012), reconciles waypoints, writes status, exposes /metrics (:15020) and /healthz/ready
 // (:15021) and a loopback admin port (:15000). `runController` is the embeddable entry point (the local mesh runner passes its
 // waypoint launcher); running this file parses the command line.
+import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
-import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
+import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
+import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
+import { clusterCertificateAuthority } from './cluster/ca-secret.ts';
+import { EventRecorder } from './cluster/events.ts';
+import { LeaseElector } from './cluster/leader.ts';
+import { TrustBundlePublisher } from './cluster/trust-bundle.ts';
 import {
   addCertificateService,
   createControllerCredentials,
@@ -28,10 +36,10 @@ import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } f
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
-export const DEFAULT_GRPC_PORT = 15012;
-export const DEFAULT_METRICS_PORT = 15020;
-export const DEFAULT_READY_PORT = 15021;
-export const DEFAULT_ADMIN_PORT = 15000;
+export const DEFAULT_GRPC_PORT = PORTS.xds;
+export const DEFAULT_METRICS_PORT = PORTS.metrics;
+export const DEFAULT_READY_PORT = PORTS.readiness;
+export const DEFAULT_ADMIN_PORT = PORTS.admin;
 
 /** The command line was wrong; the message says which flag. */
 export class UsageError extends Error {
@@ -58,10 +66,29 @@ export interface ControllerMainOptions {
   adminPort?: number;
   trustDomain?: string;
   rootNamespace?: string;
-  /** CA material; without it a root is generated (fine for local mode, lost on restart). */
+  /**
+   * The controller's own namespace: its SPIFFE ID, DNS names, the agents' ServiceAccount, the CA
+   * Secret, the trust bundle and the Lease live there. Default $POD_NAMESPACE, else rootNamespace.
+   */
+  namespace?: string;
+  /** This replica's name for the Lease and Events; default $POD_NAME, else the host name. */
+  instance?: string;
+  /**
+   * CA material; without it a Kubernetes-mode controller uses the cluster's CA Secret (weft-ca,
+   * created once with a new root), a local one generates a root (lost on restart).
+   */
   caCertFile?: string;
   caKeyFile?: string;
   caRootsFile?: string;
+  /**
+   * A mounted CA Secret: tls.crt, tls.key (+ ca.crt), or Istio's cacerts layout ca-cert.pem,
+   * ca-key.pem, root-cert.pem (+ cert-chain.pem).
+   */
+  caDir?: string;
+  /** Kubernetes mode: Lease renewal period (tests shorten it); default 2 s. */
+  leaseRetryMs?: number;
+  /** Kubernetes mode: lease duration; default 15 s. */
+  leaseDurationSeconds?: number;
   /** Local mode: YAML map of node name → bootstrap token for the certificate service. */
   bootstrapTokensFile?: string;
   /** SANs of the controller's serving certificate. */
@@ -91,6 +118,10 @@ export interface RunningController {
   registry: Registry;
   /** The CA behind the certificate service and the serving certificate (absent with --insecure). */
   ca?: CertificateAuthority;
+  /** Kubernetes mode: the Lease elector (only the leader writes). */
+  elector?: LeaseElector;
+  /** Kubernetes mode: the trust-bundle ConfigMaps this replica keeps current. */
+  trustBundle?: TrustBundlePublisher;
   stop(): Promise<void>;
 }
 
@@ -119,8 +150,34 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   } else {
     source = new ConfigDirSource({ dir: o.configDir!, logger: log });
   }
+  const rootNamespace = o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const namespace = o.namespace ?? process.env['POD_NAMESPACE'] ?? rootNamespace;
+  const instance = o.instance ?? process.env['POD_NAME'] ?? hostname();
+  if (o.caDir && (o.caCertFile || o.caKeyFile)) throw new UsageError('give --ca-dir or --ca-cert/--ca-key, not both');
+
+  // The CA first: in Kubernetes mode the trust bundle it publishes is what waypoints mount.
+  let authority: CertificateAuthority | undefined;
+  if (!o.insecure) {
+    if (o.caCertFile && o.caKeyFile) authority = await CertificateAuthority.fromFiles({ certFile: o.caCertFile, keyFile: o.caKeyFile, ...(o.caRootsFile ? { rootsFile: o.caRootsFile } : {}) }, { trustDomain });
+    else if (o.caDir) authority = CertificateAuthority.fromSecretData(await readSecretDir(o.caDir), { trustDomain });
+    else if (kubeConfig) authority = (await clusterCertificateAuthority({ kubeConfig, namespace, trustDomain, logger: log })).ca;
+    else authority = await CertificateAuthority.generateRoot({ trustDomain });
+  }
+  const trustBundle = kubeConfig && authority
+    ? new TrustBundlePublisher({ kubeConfig, roots: () => authority!.trustBundle(), onRootsChange: (l) => authority!.onTrustBundleChange(() => l()), logger: log })
+    : undefined;
+  await trustBundle?.ensure(namespace);
+  const elector = kubeConfig
+    ? new LeaseElector({ kubeConfig, namespace, identity: instance, logger: log, ...(o.leaseRetryMs ? { retryPeriodMs: o.leaseRetryMs } : {}), ...(o.leaseDurationSeconds ? { leaseDurationSeconds: o.leaseDurationSeconds } : {}) })
+    : undefined;
+  const events = kubeConfig ? new EventRecorder({ kubeConfig, instance, logger: log }) : undefined;
+
   const waypoints = o.kube
-    ? new KubeWaypointDriver({ kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, ...(o.controllerAddress ? { controllerAddress: o.controllerAddress } : {}) })
+    ? new KubeWaypointDriver({
+      kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, controllerNamespace: namespace,
+      controllerAddress: o.controllerAddress ?? controllerAddress(namespace),
+      ...(trustBundle ? { trustBundle } : {}),
+    })
     : o.launcher
       ? new LocalWaypointDriver({ launcher: o.launcher, trustDomain, logger: log })
       : undefined;
@@ -131,26 +188,35 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace: o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE },
+    compile: { trustDomain, rootNamespace },
     logger: log,
     registry,
+    ...(elector ? { leadership: elector } : {}),
+    ...(events ? { onFindings: (f: Parameters<EventRecorder['record']>[0]) => events.record(f) } : {}),
   });
 
   const grpcServer = new grpc.Server({ 'grpc.keepalive_time_ms': 30_000, 'grpc.keepalive_permit_without_calls': 1 });
   addConfigStreamService(grpcServer, { configServer });
   let credentials: grpc.ServerCredentials;
   let controllerCreds: ControllerCredentials | undefined;
-  let authority: CertificateAuthority | undefined;
-  if (o.insecure) {
+  if (o.insecure || !authority) {
     log.warn('serving the config stream in plaintext without the certificate service (--insecure)');
     credentials = grpc.ServerCredentials.createInsecure();
   } else {
-    const ca = o.caCertFile && o.caKeyFile
-      ? await CertificateAuthority.fromFiles({ certFile: o.caCertFile, keyFile: o.caKeyFile, ...(o.caRootsFile ? { rootsFile: o.caRootsFile } : {}) }, { trustDomain })
-      : await CertificateAuthority.generateRoot({ trustDomain });
-    authority = ca;
+    const ca = authority;
     let authenticator: NodeAuthenticator;
-    if (o.kube) authenticator = new TokenReviewAuthenticator({ kubeConfig: kubeConfig! });
+    if (o.kube) {
+      authenticator = new TokenReviewAuthenticator({
+        kubeConfig: kubeConfig!,
+        agentServiceAccounts: [agentServiceAccountUser(namespace)],
+        // A waypoint's own projected token obtains the waypoint's identity (and nothing else).
+        workloadServiceAccount: (ns, sa) => {
+          const id = spiffeIdOf(trustDomain, ns, sa);
+          for (const w of controller.model?.waypoints.values() ?? []) if (w.namespace === ns && w.spiffeId === id) return true;
+          return false;
+        },
+      });
+    }
     else if (o.bootstrapTokensFile) authenticator = await StaticTokenAuthenticator.fromFile(o.bootstrapTokensFile);
     else throw new UsageError('local mode needs --bootstrap-tokens <file> (YAML map of node name to token) for the certificate service, or --insecure');
     const pods: PodDirectory = {
@@ -162,8 +228,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     };
     addCertificateService(grpcServer, { ca, authenticator, pods });
     controllerCreds = await createControllerCredentials(ca, {
-      identity: `spiffe://${trustDomain}/ns/${o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE}/sa/weft-controller`,
-      dnsNames: o.dnsNames ?? ['weft-controller', `weft-controller.${o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE}.svc`, 'localhost'],
+      identity: controllerSpiffeId(trustDomain, namespace),
+      dnsNames: o.dnsNames ?? [CONTROLLER_NAME, `${CONTROLLER_NAME}.${namespace}.svc`, `${CONTROLLER_NAME}.${namespace}.svc.cluster.local`, 'localhost'],
       ipAddresses: o.ipAddresses ?? ['127.0.0.1'],
     });
     credentials = controllerCreds.credentials;
@@ -183,7 +249,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     );
   });
   const ready = createServer((req, res) => {
-    if (req.url?.split('?')[0] !== '/healthz/ready') {
+    const path = req.url?.split('?')[0];
+    if (path === LIVENESS_PATH) {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('live\n');
+      return;
+    }
+    if (path !== READINESS_PATH) {
       res.writeHead(404).end();
       return;
     }
@@ -210,6 +281,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   });
   const readyPort = await listen(ready, o.readyPort ?? DEFAULT_READY_PORT, host);
 
+  await elector?.start();
   await controller.start();
   log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, adminPort, tls: !o.insecure });
 
@@ -227,7 +299,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
      * then cuts what is left: the agents' long-lived streams (trust bundle watches) would otherwise
      * hold a graceful shutdown open until the kubelet's SIGKILL. Agents reconnect to the next one.
      */
+    ...(elector ? { elector } : {}),
+    ...(trustBundle ? { trustBundle } : {}),
     async stop(graceMs = STOP_GRACE_MS) {
+      await elector?.stop();
+      trustBundle?.close();
       await controller.stop();
       configServer.closeAll();
       await new Promise<void>((r) => {
@@ -246,6 +322,22 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   };
 }
 
+/** A Secret mounted as files (one file per key; the kubelet's `..data` links skipped). */
+async function readSecretDir(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    throw new UsageError(`--ca-dir ${dir}: ${(e as Error).message}`);
+  }
+  for (const n of names) {
+    if (n.startsWith('.')) continue;
+    out[n] = await readFile(join(dir, n), 'utf8').catch(() => '');
+  }
+  return out;
+}
+
 /** How long a stopping controller lets in-flight gRPC calls finish. */
 export const STOP_GRACE_MS = 2_000;
 
@@ -257,7 +349,11 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
-  --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: generate a root)
+  --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
+  --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
+                              created once; local: generate a root)
+  --ca-dir <dir>              a mounted CA Secret: tls.crt/tls.key[/ca.crt] or Istio's cacerts
+                              (ca-cert.pem, ca-key.pem, root-cert.pem[, cert-chain.pem])
   --bootstrap-tokens <file>   local mode: YAML map node → token for the certificate service
   --dns-name <n>, --ip-address <ip>   SANs of the serving certificate (repeatable)
   --waypoint-image <ref>      Kubernetes mode: waypoint image
@@ -283,6 +379,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },
+      'ca-dir': { type: 'string' },
+      namespace: { type: 'string' },
       'bootstrap-tokens': { type: 'string' },
       'dns-name': { type: 'string', multiple: true },
       'ip-address': { type: 'string', multiple: true },
@@ -305,6 +403,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   const level = values['log-level'];
   if (level !== undefined && !['debug', 'info', 'warn', 'error'].includes(level)) throw new UsageError(`--log-level: "${level}" is not debug, info, warn or error`);
   if (!!values['ca-cert'] !== !!values['ca-key']) throw new UsageError('--ca-cert and --ca-key go together');
+  if (values['ca-dir'] && values['ca-cert']) throw new UsageError('give --ca-dir or --ca-cert/--ca-key, not both');
   const o: ControllerMainOptions = {};
   const set = <K extends keyof ControllerMainOptions>(k: K, v: ControllerMainOptions[K] | undefined) => {
     if (v !== undefined) o[k] = v;
@@ -322,6 +421,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);
   set('caRootsFile', values['ca-roots']);
+  set('caDir', values['ca-dir']);
+  set('namespace', values.namespace);
   set('bootstrapTokensFile', values['bootstrap-tokens']);
   set('dnsNames', values['dns-name']);
   set('ipAddresses', values['ip-address']);

@@ -15,6 +15,10 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName, spiffeIdOf } from '../../lib/model/mesh.ts';
+import {
+  CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, controllerAddress, controllerSpiffeId,
+} from '../../lib/defaults.ts';
 import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
 import type { WaypointRuntime } from './compile.ts';
 import type { WaypointDriver } from './controller.ts';
@@ -84,6 +88,7 @@ abstract class BaseDriver implements WaypointDriver {
     this.changed();
   }
   abstract reconcile(waypoints: readonly Waypoint[]): Promise<void>;
+  async observe(_waypoints: readonly Waypoint[]): Promise<void> {}
   abstract stop(): Promise<void>;
 }
 
@@ -149,10 +154,42 @@ export interface KubeWaypointDriverOptions {
   kubeConfig: KubeConfig;
   /** Waypoint container image (Waypoint spec.image overrides). */
   image: string;
-  /** Address waypoints dial for config and certificates; default `weft-controller.weft-system.svc:15012`. */
+  /** The controller's namespace (its Service and SPIFFE ID); default weft-system. */
+  controllerNamespace?: string;
+  /** Address waypoints dial for config and certificates; default `weft-controller.<controllerNamespace>.svc:15012`. */
   controllerAddress?: string;
   trustDomain?: string;
+  /** Publishes the trust-bundle ConfigMap a waypoint mounts, in its namespace, before its Deployment. */
+  trustBundle?: { ensure(namespace: string): Promise<void> };
   logger?: Logger;
+}
+
+/** Requests and limits of a waypoint container (one Node.js process, L7 proxy). */
+export const WAYPOINT_RESOURCES = {
+  requests: { cpu: '100m', memory: '128Mi' },
+  limits: { cpu: '2', memory: '1Gi' },
+};
+
+const WAYPOINT_TOKEN_VOLUME = 'weft-token';
+const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
+
+/**
+ * The waypoint container's arguments: the image's entrypoint takes the part name first (the
+ * Dockerfile's `weft waypoint ...`), then waypoint/src/main.ts flags.
+ */
+export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; controllerNamespace: string; controllerAddress: string }): string[] {
+  return [
+    'waypoint',
+    '--namespace', spec.namespace,
+    '--name', spec.name,
+    '--controller', o.controllerAddress,
+    '--controller-identity', controllerSpiffeId(o.trustDomain, o.controllerNamespace),
+    '--trust-domain', o.trustDomain,
+    '--spiffe-id', spec.spiffeId,
+    '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
+    '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
+    ...(spec.maxRequests !== undefined ? ['--max-requests', String(spec.maxRequests)] : []),
+  ];
 }
 
 type Inf<T extends KubernetesObject> = Informer<T> & ObjectCache<T>;
@@ -202,6 +239,14 @@ export class KubeWaypointDriver extends BaseDriver {
     }
   }
 
+  /** Follows the waypoints' Deployments and Services without writing (a replica that is not the leader). */
+  override async observe(waypoints: readonly Waypoint[]): Promise<void> {
+    await this.#startInformers();
+    this.#known = new Set(waypoints.map((wp) => nsName(wp.metadata.namespace!, wp.metadata.name)));
+    for (const key of [...this.runtimeMap.keys()]) if (!this.#known.has(key)) this.setRuntime(key, undefined);
+    this.#refresh();
+  }
+
   async reconcile(waypoints: readonly Waypoint[]): Promise<void> {
     await this.#startInformers();
     const want = new Set<string>();
@@ -245,6 +290,10 @@ export class KubeWaypointDriver extends BaseDriver {
       await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
     }
 
+    const trustDomain = this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+    const controllerNamespace = this.#o.controllerNamespace ?? DEFAULT_INSTALL_NAMESPACE;
+    // The waypoint verifies the controller with the published roots, mounted from its namespace.
+    await this.#o.trustBundle?.ensure(namespace);
     const deployment: V1Deployment = {
       apiVersion: 'apps/v1',
       kind: 'Deployment',
@@ -252,23 +301,46 @@ export class KubeWaypointDriver extends BaseDriver {
       spec: {
         replicas: spec.replicas,
         selector: { matchLabels: { [LABEL_WAYPOINT_FOR]: name } },
+        // Surge: a new waypoint replica is ready before an old one stops.
+        strategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
         template: {
           // The waypoint terminates HBONE itself: it is never captured by the agent.
-          metadata: { labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' } },
+          metadata: {
+            labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' },
+            annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.metrics), 'prometheus.io/path': '/metrics' },
+          },
           spec: {
             serviceAccountName: spec.serviceAccount,
+            // No API token: the waypoint proves itself with the projected controller-audience token.
+            automountServiceAccountToken: false,
             containers: [{
               name: 'waypoint',
               image: spec.image ?? this.#o.image,
-              args: ['--namespace', namespace, '--name', name, ...(spec.maxRequests !== undefined ? ['--max-requests', String(spec.maxRequests)] : [])],
+              args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace) }),
               env: [
-                { name: 'WEFT_CONTROLLER', value: this.#o.controllerAddress ?? 'weft-controller.weft-system.svc:15012' },
-                { name: 'WEFT_SPIFFE_ID', value: spec.spiffeId },
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               ],
-              ports: [{ name: 'hbone', containerPort: HBONE_PORT }, { name: 'metrics', containerPort: 15020 }, { name: 'health', containerPort: 15021 }],
-              readinessProbe: { httpGet: { path: '/healthz/ready', port: 15021 }, periodSeconds: 2 },
+              ports: [
+                { name: 'tcp-hbone', containerPort: HBONE_PORT, protocol: 'TCP' },
+                { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
+                { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
+              ],
+              readinessProbe: { httpGet: { path: READINESS_PATH, port: PORTS.readiness }, periodSeconds: 2 },
+              livenessProbe: { httpGet: { path: LIVENESS_PATH, port: PORTS.readiness }, periodSeconds: 10, failureThreshold: 3 },
+              resources: WAYPOINT_RESOURCES,
+              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } },
+              volumeMounts: [
+                { name: WAYPOINT_TOKEN_VOLUME, mountPath: POD_PATHS.token, readOnly: true },
+                { name: WAYPOINT_TRUST_VOLUME, mountPath: POD_PATHS.trustBundle, readOnly: true },
+              ],
             }],
+            volumes: [
+              {
+                name: WAYPOINT_TOKEN_VOLUME,
+                projected: { sources: [{ serviceAccountToken: { audience: CONTROLLER_TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_SECONDS, path: POD_PATHS.tokenFile } }] },
+              },
+              { name: WAYPOINT_TRUST_VOLUME, configMap: { name: TRUST_BUNDLE_CONFIGMAP } },
+            ],
           },
         },
       },

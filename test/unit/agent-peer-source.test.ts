@@ -9,7 +9,7 @@ import { AgentState } from '../../agent/src/state.ts';
 import { tunnelClient } from '../../agent/src/forwarded.ts';
 import { Outbound } from '../../agent/src/outbound.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
-import type { InboundAuthorizer } from '../../agent/src/inbound.ts';
+import type { LocalDelivery } from '../../agent/src/delivery.ts';
 import { HbonePool, forwardedFor } from '../../lib/hbone/index.ts';
 import { silentLogger } from '../../lib/log.ts';
 import type { AgentConfig, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
@@ -98,10 +98,10 @@ async function outbound(podIpOf: (cookie: bigint) => string | undefined, orig: {
   cleanups.push(() => pool.close(0));
   const o = new Outbound({
     node: 'node1', nodeIp: '127.0.0.1', state: s, pool, metrics,
-    datapath: { originalDestination: () => ({ ...orig, clientNetnsCookie: 7n }), registerPeer() {}, unregisterPeer: () => true },
+    datapath: { originalDestination: () => ({ ...orig, clientNetnsCookie: 7n }) },
     podIpOf,
     certs: { get: () => Promise.reject(new Error('no certificates in this test')) },
-    authorizer: {} as InboundAuthorizer,
+    authorizer: {} as LocalDelivery,
     log: { ...silentLogger, warn: (_m: string, f?: Record<string, unknown>) => { warnings.push(f ?? {}); } },
     accessLog: () => {},
   });

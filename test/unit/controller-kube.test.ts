@@ -207,10 +207,12 @@ test('the fake API server keeps status and spec apart like the status subresourc
     assert.equal(now.metadata.generation, 2);
     res = await put(base, { ...created, spec: { action: 'DENY' } });
     assert.equal(res.status, 409);
-    // Merge patch on /status; a JSON patch is refused with 415.
+    // Merge patch and JSON patch (RFC 6902) on /status; an unknown patch type is refused with 415.
     res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ status: { observedGeneration: 2 } }) });
     assert.equal(((await res.json()) as { status: { observedGeneration: number } }).status.observedGeneration, 2);
-    res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/json-patch+json' }, body: '[]' });
+    res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/json-patch+json' }, body: JSON.stringify([{ op: 'replace', path: '/status/observedGeneration', value: 3 }]) });
+    assert.equal(((await res.json()) as { status: { observedGeneration: number } }).status.observedGeneration, 3);
+    res = await fetch(`${base}/status`, { method: 'PATCH', headers: { 'content-type': 'application/vnd.unknown-patch+json' }, body: '{}' });
     assert.equal(res.status, 415);
     // A list carries the resourceVersion a watch continues from.
     const list = (await (await fetch(`${api.url}/apis/weft.dev/v1alpha1/authorizationpolicies`)).json()) as { kind: string; metadata: { resourceVersion: string }; items: unknown[] };

@@ -66,7 +66,15 @@ test('in Kubernetes mode a Waypoint becomes a Deployment and a Service, and turn
     api.apply({ ...waypoint('shop', 'wp'), spec: { maxRequests: 500 } });
     const args = () => (api.get('Deployment', 'shop', 'wp')?.spec as { template: { spec: { containers: Array<{ args: string[] }> } } } | undefined)?.template.spec.containers[0]!.args ?? [];
     await until('the Deployment passes --max-requests 500', () => args().join(' ').endsWith('--max-requests 500'));
-    assert.deepEqual(args(), ['--namespace', 'shop', '--name', 'wp', '--max-requests', '500']);
+    // The image's entrypoint takes the part name first (Dockerfile: `weft waypoint ...`); the
+    // waypoint gets its controller, the controller's identity, its trust domain, the mounted roots
+    // and its projected token (issue 17, defect 3).
+    assert.deepEqual(args(), [
+      'waypoint', '--namespace', 'shop', '--name', 'wp', '--controller', 'ctl:15012',
+      '--controller-identity', 'spiffe://cluster.local/ns/weft-system/sa/weft-controller', '--trust-domain', 'cluster.local',
+      '--spiffe-id', 'spiffe://cluster.local/ns/shop/sa/wp', '--ca-bundle', '/var/run/secrets/weft/trust/root-cert.pem',
+      '--token-file', '/var/run/secrets/weft/tokens/token', '--max-requests', '500',
+    ]);
 
     api.remove('Waypoint', 'shop', 'wp');
     await until('deployment removed', () => api.get('Deployment', 'shop', 'wp') === undefined && api.get('Service', 'shop', 'wp') === undefined);

@@ -75,7 +75,11 @@ test('install exits 2 and names the option for an empty image or a bad trust dom
 });
 
 test('install exits 2 on commander usage errors: missing --image, bad -o, bad replicas', async () => {
-  for (const args of [['install'], ['install', '--image', 'weft', '-o', 'xml'], ['install', '--image', 'weft', '--controller-replicas', 'two']]) {
+  // --image may come from -f values.yaml, so its absence is the renderer's usage error.
+  const missing = await run(installCommand, ['install']);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /--image is empty/);
+  for (const args of [['install', '--image', 'weft', '-o', 'xml'], ['install', '--image', 'weft', '--controller-replicas', 'two']]) {
     const r = await run(installCommand, args);
     assert.equal(r.code, 2, args.join(' '));
     assert.match(r.stderr, /error: /);

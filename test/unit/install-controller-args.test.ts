@@ -25,8 +25,8 @@ test('the controller accepts the CA files and every log level the install offers
   for (const logLevel of LOG_LEVELS) {
     const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, logLevel, caSecret: 'weft-ca' })));
     assert.equal(parsed.logLevel, logLevel);
-    assert.equal(parsed.caCertFile, '/etc/weft/ca/tls.crt');
-    assert.equal(parsed.caKeyFile, '/etc/weft/ca/tls.key');
+    assert.equal(parsed.caDir, '/etc/weft/ca');
+    assert.equal(parsed.requireClientIdentity, true);
   }
 });
 

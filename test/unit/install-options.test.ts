@@ -65,8 +65,8 @@ test('rejects unknown log levels and CNI modes with the allowed values', () => {
   rejects({ ...OK, cniMode: 'chained' }, 'cniMode', /--cni-mode "chained" is not supported: use none/);
 });
 
-test('more than one controller replica needs a shared CA Secret', () => {
-  rejects({ ...OK, controllerReplicas: 2 }, 'caSecret', /^--controller-replicas 2 needs --ca-secret: .*kubectl -n weft-system create secret tls weft-ca/);
+test('several controller replicas need no --ca-secret: they share the one CA Secret the controller creates (issue 17, defect 2)', () => {
+  assert.equal(resolveInstallOptions({ ...OK, controllerReplicas: 2 }).controllerReplicas, 2);
   assert.equal(resolveInstallOptions({ ...OK, controllerReplicas: 2, caSecret: 'weft-ca' }).controllerReplicas, 2);
 });
 

@@ -10,6 +10,7 @@ import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { Service } from 'kubernetes-models/v1/Service';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
 import { DaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
+import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IContainer } from 'kubernetes-models/v1/Container';
@@ -36,6 +37,7 @@ const MODELS: Record<string, ModelClass> = {
   'v1/Service': Service as unknown as ModelClass,
   'apps/v1/Deployment': Deployment as unknown as ModelClass,
   'apps/v1/DaemonSet': DaemonSet as unknown as ModelClass,
+  'policy/v1/PodDisruptionBudget': PodDisruptionBudget as unknown as ModelClass,
   'rbac.authorization.k8s.io/v1/ClusterRole': ClusterRole as unknown as ModelClass,
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': ClusterRoleBinding as unknown as ModelClass,
   'rbac.authorization.k8s.io/v1/Role': Role as unknown as ModelClass,
@@ -251,14 +253,17 @@ test('the controller reads the CA from the --ca-secret Secret mounted read-only,
   const args = c?.args ?? [];
   const mount = c?.volumeMounts?.find((m) => m.name === 'ca');
   assert.equal(mount?.readOnly, true);
-  assert.equal(args[args.indexOf('--ca-cert') + 1], `${mount?.mountPath}/tls.crt`);
-  assert.equal(args[args.indexOf('--ca-key') + 1], `${mount?.mountPath}/tls.key`);
-  assert.equal(spec?.volumes?.find((v) => v.name === 'ca')?.secret?.secretName, 'my-ca');
+  // The whole Secret, so Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+  // cert-chain.pem) works as well as tls.crt/tls.key/ca.crt (issue 17, defect 5).
+  assert.equal(args[args.indexOf('--ca-dir') + 1], mount?.mountPath);
+  const vol = spec?.volumes?.find((v) => v.name === 'ca')?.secret;
+  assert.equal(vol?.secretName, 'my-ca');
+  assert.equal(vol?.items, undefined, 'every key of the Secret is mounted, not only tls.crt/tls.key');
   assert.ok(!warnings.some((w) => /--ca-secret/.test(w)));
 
   const without: string[] = [];
   renderInstall({ ...OPTS, warn: (m) => without.push(m) });
-  assert.ok(without.some((w) => /no --ca-secret: the controller generates a CA root at every start/.test(w)));
+  assert.ok(without.some((w) => /no --ca-secret: the controller generates the cluster's CA root once and keeps it in the Secret weft-system\/weft-ca/.test(w)));
 });
 
 test('the controller may list and watch the mesh inputs, write their status, review tokens and manage waypoints, and nothing with wildcards', () => {
@@ -279,13 +284,18 @@ test('the controller may list and watch the mesh inputs, write their status, rev
   assert.ok(allows('apps', 'deployments', 'create') && allows('', 'services', 'create'));
   assert.ok(!allows('weft.dev', 'waypoints', 'delete'), 'the controller never deletes user objects');
   assert.ok(!allows('', 'secrets', 'get'), 'no cluster-wide secret access');
+  assert.ok(allows('', 'events', 'create'), 'Events for findings');
+  const cmUpdate = cr.rules?.find((r) => r.resources?.includes('configmaps') && r.verbs.includes('update'));
+  assert.deepEqual(cmUpdate?.resourceNames, ['weft-trust-bundle'], 'the trust bundle in waypoint namespaces, nothing else');
   for (const r of cr.rules ?? []) {
     assert.ok(![...(r.verbs ?? []), ...(r.resources ?? []), ...(r.apiGroups ?? [])].includes('*'), JSON.stringify(r));
   }
   const role = find<IRole>(objects, 'Role', 'weft-controller');
-  assert.ok(!(role.rules ?? []).some((r) => r.resources?.includes('secrets')), 'no secret access through the API');
-  const cm = role.rules?.find((r) => r.resources?.includes('configmaps') && r.verbs.includes('update'));
-  assert.deepEqual(cm?.resourceNames, ['weft-trust-bundle']);
+  // In its own namespace: read only the cluster CA Secret by name (create cannot be limited by name).
+  const secretRead = (role.rules ?? []).filter((r) => r.resources?.includes('secrets') && r.verbs.some((v) => ['get', 'list', 'watch', 'update'].includes(v)));
+  assert.deepEqual(secretRead.map((r) => [r.resourceNames, r.verbs]), [[['weft-ca'], ['get']]]);
+  const lease = role.rules?.find((r) => r.resources?.includes('leases') && r.verbs.includes('update'));
+  assert.deepEqual(lease?.resourceNames, ['weft-controller-leader']);
 });
 
 test('YAML output is one document per object and parses back to the same objects', () => {
@@ -429,4 +439,34 @@ test('the agent caps its V8 heap well below its memory limit, so garbage is coll
   const limit = String(agent.resources?.limits?.memory ?? '');
   const limitMb = limit.endsWith('Gi') ? Number(limit.slice(0, -2)) * 1024 : Number(limit.replace(/Mi$/, ''));
   assert.ok(heapMb > 0 && heapMb <= limitMb * 0.75, `heap cap ${heapMb} MB vs limit ${limit}`);
+});
+
+test('the controller requires client identities on the config stream (issue 17, defect 7)', () => {
+  const args = find<IDeployment>(renderInstall(OPTS), 'Deployment').spec?.template.spec?.containers[0]?.args ?? [];
+  assert.ok(args.includes('--require-client-identity'), args.join(' '));
+});
+
+test('the controller has a liveness probe and a PodDisruptionBudget that keeps one of several replicas (issue 17, defect 9)', () => {
+  const one = renderInstall(OPTS);
+  const c = find<IDeployment>(one, 'Deployment').spec?.template.spec?.containers[0];
+  assert.equal(c?.livenessProbe?.httpGet?.path, '/healthz/live');
+  assert.equal(c?.livenessProbe?.httpGet?.port, 15021);
+  assert.equal(agentDaemonSet(one).agent.livenessProbe?.httpGet?.path, '/healthz/live');
+  const pdb1 = one.find((o) => o.kind === 'PodDisruptionBudget') as { spec: { maxUnavailable?: number; minAvailable?: number } };
+  assert.deepEqual(pdb1.spec.maxUnavailable, 1, 'a single replica never blocks a node drain');
+  const three = renderInstall({ ...OPTS, controllerReplicas: 3 });
+  const pdb3 = three.find((o) => o.kind === 'PodDisruptionBudget') as { spec: { minAvailable?: number; selector: { matchLabels: Record<string, string> } } };
+  assert.equal(pdb3.spec.minAvailable, 1);
+  const d = find<IDeployment>(three, 'Deployment');
+  for (const [k, v] of Object.entries(pdb3.spec.selector.matchLabels)) assert.equal(d.spec?.template.metadata?.labels?.[k], v);
+});
+
+test('with --namespace, every identity and address names that namespace, never weft-system (issue 17, defect 4)', () => {
+  const objects = renderInstall({ ...OPTS, namespace: 'mesh-b' });
+  const text = JSON.stringify(objects.filter((o) => o.kind !== 'CustomResourceDefinition'));
+  assert.ok(!text.includes('weft-system'), text.match(/.{60}weft-system.{60}/)?.[0]);
+  const { agent } = agentDaemonSet(objects);
+  const args = agent.args ?? [];
+  assert.equal(args[args.indexOf('--controller-namespace') + 1], 'mesh-b');
+  assert.equal(args[args.indexOf('--controller') + 1], 'weft-controller.mesh-b.svc:15012');
 });

@@ -2,6 +2,7 @@
 // Prometheus metrics, and readiness.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
 import type { WaypointEngine } from './engine.ts';
 import type { FlowTap } from '../../lib/tap.ts';
 
@@ -55,10 +56,15 @@ export function metricsServer(engine: WaypointEngine): http.Server {
   });
 }
 
-/** 200 once `ready()` says so (first config applied and HBONE listening), else 503 with the reason. */
+/**
+ * /healthz/ready: 200 once `ready()` says so (first config applied and HBONE listening), else 503
+ * with the reason. /healthz/live: 200 while the event loop turns (the liveness probe).
+ */
 export function readyServer(ready: () => string | true): http.Server {
   return http.createServer((req, res) => {
-    if ((req.url ?? '').split('?')[0] !== '/healthz/ready') { res.writeHead(404); res.end(); return; }
+    const path = (req.url ?? '').split('?')[0];
+    if (path === LIVENESS_PATH) { res.writeHead(200, { 'content-type': 'text/plain' }); res.end('live\n'); return; }
+    if (path !== READINESS_PATH) { res.writeHead(404); res.end(); return; }
     const r = ready();
     res.writeHead(r === true ? 200 : 503, { 'content-type': 'text/plain' });
     res.end(r === true ? 'ready\n' : `${r}\n`);

@@ -11,11 +11,18 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import { AuthenticationV1Api, KubeConfig, type V1TokenReview } from '@kubernetes/client-node';
+import { CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, agentServiceAccountUser } from '../../../lib/defaults.ts';
 
 export interface AuthenticatedNode {
+  /** The node the caller runs on ('' when a workload token names none). */
   node: string;
   /** Who vouched, for logs: "bootstrap-token", a ServiceAccount username, or "node-certificate". */
   principal: string;
+  /**
+   * Set when the token is a workload's own ServiceAccount token (a waypoint's), not an agent's:
+   * the caller may then obtain exactly the identity of that ServiceAccount and nothing else.
+   */
+  workload?: { namespace: string; serviceAccount: string };
 }
 
 export interface NodeAuthenticator {
@@ -81,8 +88,9 @@ export class StaticTokenAuthenticator implements NodeAuthenticator {
 }
 
 export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
-/** Default ServiceAccount of the agent DaemonSet. */
-export const DEFAULT_AGENT_SERVICE_ACCOUNTS = ['system:serviceaccount:weft-system:weft-agent'];
+/** Default ServiceAccount of the agent DaemonSet (install namespace weft-system). */
+export const DEFAULT_AGENT_SERVICE_ACCOUNTS = [agentServiceAccountUser(DEFAULT_INSTALL_NAMESPACE)];
+const SA_USER = /^system:serviceaccount:([a-z0-9][-a-z0-9]*):([a-z0-9][-a-z0-9.]*)$/;
 /** How long a positive TokenReview is reused (the token itself may live for an hour). */
 export const TOKEN_REVIEW_CACHE_TTL_MS = 30_000;
 
@@ -91,8 +99,17 @@ export interface TokenReviewAuthenticatorOptions {
   kubeConfig?: KubeConfig;
   /** ServiceAccount usernames allowed to act as node agents (default system:serviceaccount:weft-system:weft-agent). */
   agentServiceAccounts?: readonly string[];
-  /** Audiences to request in the TokenReview (default: the API server's). */
+  /**
+   * Audiences the token must carry, sent in the TokenReview (default `weft-controller`, the audience
+   * of the projected tokens the install mounts). Without them the API server reviews a token
+   * against its own audience and refuses every projected token made for the controller.
+   */
   audiences?: readonly string[];
+  /**
+   * Other ServiceAccounts whose own token may obtain their own identity (the controller passes
+   * "is this a Waypoint's ServiceAccount"); default none.
+   */
+  workloadServiceAccount?: (namespace: string, serviceAccount: string) => boolean;
   cacheTtlMs?: number;
   clock?: () => number;
 }
@@ -101,7 +118,8 @@ export interface TokenReviewAuthenticatorOptions {
 export class TokenReviewAuthenticator implements NodeAuthenticator {
   readonly #api: AuthenticationV1Api;
   readonly #allowed: ReadonlySet<string>;
-  readonly #audiences: readonly string[] | undefined;
+  readonly #audiences: readonly string[];
+  readonly #workload: ((namespace: string, serviceAccount: string) => boolean) | undefined;
   readonly #ttl: number;
   readonly #clock: () => number;
   readonly #cache = new Map<string, { result: AuthenticatedNode; until: number }>();
@@ -116,7 +134,8 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     this.#server = kc.getCurrentCluster()?.server ?? 'the API server';
     this.#api = kc.makeApiClient(AuthenticationV1Api);
     this.#allowed = new Set(opts.agentServiceAccounts ?? DEFAULT_AGENT_SERVICE_ACCOUNTS);
-    this.#audiences = opts.audiences;
+    this.#audiences = opts.audiences ?? [CONTROLLER_TOKEN_AUDIENCE];
+    this.#workload = opts.workloadServiceAccount;
     this.#ttl = opts.cacheTtlMs ?? TOKEN_REVIEW_CACHE_TTL_MS;
     this.#clock = opts.clock ?? Date.now;
   }
@@ -126,8 +145,7 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     const now = this.#clock();
     const hit = this.#cache.get(key);
     if (hit && hit.until > now) return hit.result;
-    const body: V1TokenReview = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token } };
-    if (this.#audiences) body.spec.audiences = [...this.#audiences];
+    const body: V1TokenReview = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [...this.#audiences] } };
     let review: V1TokenReview;
     try {
       review = await this.#api.createTokenReview({ body });
@@ -138,11 +156,21 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     if (!status?.authenticated) {
       throw new NodeAuthenticationError(`ServiceAccount token was rejected by the API server${status?.error ? ` (${status.error})` : ''}; the agent must send its projected ServiceAccount token`);
     }
-    const username = status.user?.username ?? '';
-    if (!this.#allowed.has(username)) {
-      throw new NodeAuthenticationError(`token belongs to ${username || 'an unnamed user'}, which is not a Weft agent ServiceAccount (${[...this.#allowed].join(', ')})`);
+    // The API server answers with the audiences the token is valid for, a subset of those asked.
+    if (status.audiences && !status.audiences.some((a) => this.#audiences.includes(a))) {
+      throw new NodeAuthenticationError(`token is not valid for audience ${this.#audiences.join(', ')}; mount a projected ServiceAccount token with audience ${CONTROLLER_TOKEN_AUDIENCE}`);
     }
+    const username = status.user?.username ?? '';
     const node = status.user?.extra?.[NODE_NAME_EXTRA]?.[0];
+    if (!this.#allowed.has(username)) {
+      const sa = SA_USER.exec(username);
+      if (sa && this.#workload?.(sa[1]!, sa[2]!)) {
+        const result: AuthenticatedNode = { node: node ?? '', principal: username, workload: { namespace: sa[1]!, serviceAccount: sa[2]! } };
+        this.#cache.set(key, { result, until: now + this.#ttl });
+        return result;
+      }
+      throw new NodeAuthenticationError(`token belongs to ${username || 'an unnamed user'}, which is not a Weft agent ServiceAccount (${[...this.#allowed].join(', ')}) nor a waypoint's`);
+    }
     if (!node) {
       throw new NodeAuthenticationError(`token of ${username} is not bound to a node (no ${NODE_NAME_EXTRA} extra); mount a projected ServiceAccount token in the agent pod (Kubernetes >= 1.30)`);
     }

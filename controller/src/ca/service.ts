@@ -88,7 +88,8 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     }
   }
 
-  function authorise(node: string, identity: string): void {
+  function authorise(who: AuthenticatedNode, identity: string): void {
+    const node = who.node;
     let id: SpiffeId;
     try {
       id = parseSpiffeId(identity);
@@ -97,6 +98,12 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     }
     if (id.trustDomain !== ca.trustDomain) {
       throw new RpcFailure(grpc.status.PERMISSION_DENIED, 'denied', `node ${node} may not obtain identity ${identity}: this CA signs only trust domain ${ca.trustDomain}`);
+    }
+    if (who.workload) {
+      // A workload's own token (a waypoint's): its own ServiceAccount identity, nothing else.
+      const own = `spiffe://${ca.trustDomain}/ns/${who.workload.namespace}/sa/${who.workload.serviceAccount}`;
+      if (id.uri !== own) throw new RpcFailure(grpc.status.PERMISSION_DENIED, 'denied', `${who.principal} may not obtain identity ${identity}: a workload token obtains only its own identity ${own}`);
+      return;
     }
     if (id.kind === 'node') {
       if (id.node !== node) throw new RpcFailure(grpc.status.PERMISSION_DENIED, 'denied', `node ${node} may not obtain identity ${identity}: a node may obtain only its own node identity`);
@@ -117,7 +124,7 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
       if (!req.csr || req.csr.length > MAX_CSR_LENGTH) {
         throw new RpcFailure(grpc.status.INVALID_ARGUMENT, 'invalid', `CSR for ${req.identity || '(no identity)'} from node ${node} is ${req.csr ? 'longer than ' + MAX_CSR_LENGTH + ' characters' : 'empty'}; send one PEM PKCS#10 request`);
       }
-      authorise(who.node, req.identity);
+      authorise(who, req.identity);
       let issued;
       try {
         const opts = req.validitySeconds > 0 ? { lifetimeMs: req.validitySeconds * 1000 } : {};

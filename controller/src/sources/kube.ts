@@ -43,6 +43,8 @@ export interface KubeSourceOptions {
   restartDelayMs?: number;
   /** Quiet time before queued keys are flushed; default 5 ms. */
   flushDelayMs?: number;
+  /** How often kinds whose CRD is not installed are looked for again; default 30 s. */
+  absentKindRetryMs?: number;
 }
 
 export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute'];
@@ -84,9 +86,70 @@ export class KubeSource implements ConfigSource {
     return Object.fromEntries([...this.#watched].map(([k, w]) => [k, w.restarts]));
   }
 
+  /** Kinds whose resource the API server does not serve (CRD not installed): their objects are absent. */
+  absentKinds(): MeshKind[] {
+    return [...this.#absent];
+  }
+
+  readonly #absent = new Set<MeshKind>();
+  #absentTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Whether the API server serves `kind`. Core kinds always; a custom resource only when its CRD is
+   * installed (the Gateway API CRDs are optional: without GRPCRoute the mesh simply has none).
+   */
+  async #served(kind: MeshKind): Promise<boolean> {
+    const k = KINDS[kind];
+    if (!k.group || k.group === 'discovery.k8s.io') return true;
+    try {
+      await this.#custom.listClusterCustomObject({ group: k.group, version: k.version, plural: k.plural, limit: 1 });
+      return true;
+    } catch (e) {
+      if ((e as { code?: number }).code === 404) return false;
+      return true; // another failure: let the informer retry it like any list
+    }
+  }
+
   async start(handler: SourceHandler): Promise<void> {
     this.#handler = handler;
-    const kinds = this.#o.watchNodes ? [...WATCHED_KINDS, 'Node' as const] : WATCHED_KINDS;
+    const all = this.#o.watchNodes ? [...WATCHED_KINDS, 'Node' as const] : WATCHED_KINDS;
+    const served = await Promise.all(all.map((k) => this.#served(k)));
+    const kinds = all.filter((_, i) => served[i]);
+    for (const kind of all.filter((_, i) => !served[i])) {
+      this.#absent.add(kind);
+      this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind, resource: this.#path(kind) });
+    }
+    const synced = this.#startInformers(kinds);
+    await Promise.all([...this.#watched.values()].map((w) => w.informer.start().catch((e: unknown) => this.#restart(w, e))));
+    await Promise.all(synced);
+    if (this.#stopped) return;
+    const objects: RawObject[] = [];
+    for (const w of this.#watched.values()) for (const o of w.informer.list()) objects.push(normalize(w.kind, o));
+    this.#queue.clear();
+    this.#started = true;
+    // Every watched kind, absent ones included: the snapshot says there are none of them.
+    handler([{ type: 'snapshot', kinds: [...all], objects, resourceVersion: this.#resourceVersion() }]);
+    this.#lookForAbsentKinds();
+  }
+
+  /** A CRD installed later is picked up: its informer starts and its objects arrive as upserts. */
+  #lookForAbsentKinds(): void {
+    if (this.#absent.size === 0 || this.#stopped) return;
+    this.#absentTimer = setTimeout(async () => {
+      for (const kind of [...this.#absent]) {
+        if (this.#stopped || !(await this.#served(kind))) continue;
+        this.#absent.delete(kind);
+        this.#log.info('resource now served: watching it', { kind });
+        this.#startInformers([kind]);
+        const w = this.#watched.get(kind)!;
+        w.informer.start().catch((e: unknown) => this.#restart(w, e));
+      }
+      this.#lookForAbsentKinds();
+    }, this.#o.absentKindRetryMs ?? 30_000);
+    this.#absentTimer.unref();
+  }
+
+  #startInformers(kinds: readonly MeshKind[]): Array<Promise<void>> {
     const synced: Array<Promise<void>> = [];
     for (const kind of kinds) {
       // The first successful list marks the informer synced (its items are in the cache right
@@ -112,19 +175,13 @@ export class KubeSource implements ConfigSource {
       informer.on('error', (err: unknown) => this.#restart(w, err));
       this.#watched.set(kind, w);
     }
-    await Promise.all([...this.#watched.values()].map((w) => w.informer.start().catch((e: unknown) => this.#restart(w, e))));
-    await Promise.all(synced);
-    if (this.#stopped) return;
-    const objects: RawObject[] = [];
-    for (const w of this.#watched.values()) for (const o of w.informer.list()) objects.push(normalize(w.kind, o));
-    this.#queue.clear();
-    this.#started = true;
-    handler([{ type: 'snapshot', kinds: [...this.#watched.keys()], objects, resourceVersion: this.#resourceVersion() }]);
+    return synced;
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#flushTimer);
+    clearTimeout(this.#absentTimer);
     for (const w of this.#watched.values()) {
       clearTimeout(w.restartTimer);
       await w.informer.stop();

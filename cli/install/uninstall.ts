@@ -1,0 +1,126 @@
+// `weftctl uninstall`: removes a Weft installation from a cluster, BPF pins included.
+//
+// Order matters. The agents' pins outlive their pods on purpose (a restarted agent adopts them), so
+// deleting the objects alone would leave every enrolled pod's connect() redirected to a port
+// nobody listens on. So: (1) delete the agent DaemonSet and wait for its pods to go (a running
+// agent would pin again); (2) run the cleanup DaemonSet (`agent --uninstall` on every node, same
+// image) and wait until it is ready on every node it is scheduled to; (3) delete it, the waypoint
+// objects and ConfigMaps the controller made, the CA Secret and Lease it created, and every object
+// `weftctl install` renders (the namespace last but one, the CRDs last unless kept).
+import { KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { AGENT_NAME, CONTROLLER_LEASE, DEFAULT_CA_SECRET, TRUST_BUNDLE_CONFIGMAP } from '../../lib/defaults.ts';
+import { LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
+import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
+import { resolveInstallOptions, type InstallOptions } from './options.ts';
+import { renderInstall } from './render.ts';
+
+export class UninstallError extends Error {
+  readonly code = 'WEFT_UNINSTALL';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'UninstallError';
+  }
+}
+
+export interface UninstallOptions {
+  kubeConfig: KubeConfig;
+  namespace?: string;
+  /** Image of the cleanup DaemonSet; default: the installed agent DaemonSet's image. */
+  image?: string;
+  /** Keep the CustomResourceDefinitions (and so users' Waypoints and policies). */
+  keepCrds?: boolean;
+  /** Longest wait for each step; default 180 s. */
+  timeoutMs?: number;
+  pollMs?: number;
+  say?: (line: string) => void;
+}
+
+type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<string, unknown> };
+
+const code = (e: unknown): number | undefined => (e as { code?: number }).code;
+
+export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[] }> {
+  const api = KubernetesObjectApi.makeApiClient(o.kubeConfig);
+  const ns = o.namespace ?? 'weft-system';
+  const say = o.say ?? (() => {});
+  const timeoutMs = o.timeoutMs ?? 180_000;
+  const pollMs = o.pollMs ?? 500;
+  const deleted: string[] = [];
+  const name = (x: KubernetesObject) => `${x.kind}${x.metadata?.namespace ? ` ${x.metadata.namespace}/` : ' '}${x.metadata?.name}`;
+  const read = async (x: KubernetesObject): Promise<Obj | undefined> => {
+    try {
+      return (await api.read(x as Parameters<typeof api.read>[0])) as Obj;
+    } catch (e) {
+      if (code(e) === 404) return undefined;
+      throw new UninstallError(`cannot read ${name(x)}: ${(e as Error).message}`, { cause: e });
+    }
+  };
+  const remove = async (x: KubernetesObject): Promise<void> => {
+    try {
+      await api.delete(x);
+      deleted.push(name(x));
+    } catch (e) {
+      if (code(e) === 404) return;
+      throw new UninstallError(`cannot delete ${name(x)}: ${(e as Error).message}`, { cause: e });
+    }
+  };
+  const until = async (what: string, done: () => Promise<boolean>): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await done())) {
+      if (Date.now() > deadline) throw new UninstallError(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  };
+  const podsOf = async (app: string): Promise<number> =>
+    ((await api.list('v1', 'Pod', ns, undefined, undefined, undefined, undefined, `app.kubernetes.io/name=${app}`)).items ?? []).length;
+
+  // 1. The agents go first, and are gone before the cleanup runs.
+  const agentRef = { apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: { name: AGENT_NAME, namespace: ns } };
+  const agentDs = await read(agentRef);
+  const image = o.image ?? ((agentDs?.spec?.['template'] as { spec?: { containers?: Array<{ image?: string }> } } | undefined)?.spec?.containers?.[0]?.image);
+  if (agentDs) {
+    await remove(agentRef);
+    say(`deleted DaemonSet ${ns}/${AGENT_NAME}; waiting for its pods to stop`);
+    await until(`the agent pods in ${ns} to stop`, async () => (await podsOf(AGENT_NAME)) === 0);
+  }
+
+  // 2. The cleanup DaemonSet removes the datapath on every node.
+  if (image) {
+    const opts: InstallOptions = { image, trustDomain: 'cluster.local', namespace: ns };
+    const cleanup = renderAgentCleanup(resolveInstallOptions(opts)) as Obj;
+    if (!(await read(cleanup))) await api.create(cleanup);
+    say(`started DaemonSet ${ns}/${AGENT_CLEANUP_NAME}: removing BPF programs and pins on every node`);
+    await until(`DaemonSet ${ns}/${AGENT_CLEANUP_NAME} to be ready on every node`, async () => {
+      const ds = await read(cleanup);
+      const st = (ds?.status ?? {}) as { desiredNumberScheduled?: number; numberReady?: number; observedGeneration?: number };
+      return !!ds && (st.observedGeneration ?? 0) >= (ds.metadata?.generation ?? 1) && st.numberReady === st.desiredNumberScheduled;
+    });
+    say('BPF programs detached and pins removed on every node');
+    await remove(cleanup);
+  } else {
+    say(`no agent DaemonSet in ${ns} and no --image: skipping the node cleanup`);
+  }
+
+  // 3. What the controller made, then what install rendered.
+  for (const [apiVersion, kind, selector] of [
+    ['apps/v1', 'Deployment', LABEL_WAYPOINT_FOR],
+    ['v1', 'Service', LABEL_WAYPOINT_FOR],
+    ['v1', 'ConfigMap', 'app.kubernetes.io/managed-by=weft-controller'],
+  ] as const) {
+    const list = await api.list(apiVersion, kind, undefined, undefined, undefined, undefined, undefined, selector);
+    for (const item of list.items ?? []) {
+      if (kind === 'ConfigMap' && item.metadata?.name !== TRUST_BUNDLE_CONFIGMAP) continue;
+      await remove({ apiVersion, kind, metadata: { name: item.metadata!.name!, namespace: item.metadata!.namespace! } });
+    }
+  }
+  const secret = await read({ apiVersion: 'v1', kind: 'Secret', metadata: { name: DEFAULT_CA_SECRET, namespace: ns } });
+  if (secret?.metadata?.labels?.['app.kubernetes.io/managed-by'] === 'weft-controller') await remove(secret);
+  await remove({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: CONTROLLER_LEASE, namespace: ns } });
+  const rendered = renderInstall({ image: image ?? 'weft:uninstall', trustDomain: 'cluster.local', namespace: ns, warn: () => {} }) as KubernetesObject[];
+  const crds = rendered.filter((x) => x.kind === 'CustomResourceDefinition');
+  const namespace = rendered.filter((x) => x.kind === 'Namespace');
+  for (const x of rendered.filter((r) => !crds.includes(r) && !namespace.includes(r)).reverse()) await remove(x);
+  for (const x of namespace) await remove(x);
+  if (!o.keepCrds) for (const x of crds) await remove(x);
+  return { deleted };
+}

@@ -1,0 +1,79 @@
+// Kubernetes Events for the compiler's findings (a Service naming a Waypoint that does not exist, a
+// route whose backend is missing, a policy whose target is gone), so `kubectl describe` and
+// `kubectl get events` show them beside the object. One Event per (object, reason, message); a
+// finding seen again bumps that Event's count and lastTimestamp instead of adding another, as the
+// kubelet's recorder does. Only the leader records (see leader.ts).
+import { CoreV1Api, PatchStrategy, setHeaderOptions, type CoreV1Event, type KubeConfig } from '@kubernetes/client-node';
+import { CONTROLLER_NAME } from '../../../lib/defaults.ts';
+import { KINDS, isMeshKind } from '../../../lib/model/objects.ts';
+import type { CompileFinding } from '../compile.ts';
+import { silentLogger, type Logger } from '../log.ts';
+
+export interface EventRecorderOptions {
+  kubeConfig: KubeConfig;
+  /** The reporting instance (pod name). */
+  instance: string;
+  logger?: Logger;
+}
+
+export class EventRecorder {
+  readonly #api: CoreV1Api;
+  readonly #o: EventRecorderOptions;
+  readonly #log: Logger;
+  /** finding fingerprint → the Event's name and count. */
+  readonly #recorded = new Map<string, { name: string; namespace: string; count: number }>();
+  /** Fingerprints of the findings of the last call: a finding still present is not recounted. */
+  #current = new Set<string>();
+
+  constructor(options: EventRecorderOptions) {
+    this.#o = options;
+    this.#api = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.#log = options.logger ?? silentLogger;
+  }
+
+  /** Records the findings that are new since the last call (a finding that persists is one Event). */
+  async record(findings: readonly CompileFinding[]): Promise<void> {
+    const next = new Set<string>();
+    for (const f of findings) {
+      const fp = JSON.stringify([f.kind, f.namespace, f.name, f.reason, f.message]);
+      next.add(fp);
+      if (this.#current.has(fp)) continue;
+      try {
+        await this.#emit(fp, f);
+      } catch (e) {
+        this.#log.warn('event not recorded', { object: `${f.kind} ${f.namespace}/${f.name}`, reason: f.reason, error: (e as Error).message });
+        next.delete(fp); // try again next time
+      }
+    }
+    this.#current = next;
+  }
+
+  async #emit(fp: string, f: CompileFinding): Promise<void> {
+    const now = new Date();
+    const prev = this.#recorded.get(fp);
+    if (prev) {
+      prev.count++;
+      await this.#api.patchNamespacedEvent({ name: prev.name, namespace: prev.namespace, body: { count: prev.count, lastTimestamp: now } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      return;
+    }
+    const apiVersion = isMeshKind(f.kind) ? KINDS[f.kind].apiVersion : 'v1';
+    const name = `${f.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`;
+    const body: CoreV1Event = {
+      apiVersion: 'v1',
+      kind: 'Event',
+      metadata: { name, namespace: f.namespace },
+      involvedObject: { apiVersion, kind: f.kind, namespace: f.namespace, name: f.name, fieldPath: f.path },
+      reason: f.reason,
+      message: f.message,
+      type: 'Warning',
+      count: 1,
+      firstTimestamp: now,
+      lastTimestamp: now,
+      source: { component: CONTROLLER_NAME },
+      reportingComponent: `weft.dev/${CONTROLLER_NAME}`,
+      reportingInstance: this.#o.instance,
+    };
+    await this.#api.createNamespacedEvent({ namespace: f.namespace, body });
+    this.#recorded.set(fp, { name, namespace: f.namespace, count: 1 });
+  }
+}

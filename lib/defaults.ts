@@ -1,0 +1,65 @@
+// Ports, names and paths that several parts agree on: the controller, the agent, waypoints, the
+// rendered install (cli/install) and the waypoint Deployments the controller writes. One place, so
+// a port or a mount path cannot drift between the process that listens and the manifest that
+// points at it.
+
+/** Ports of the parts (docs/ARCHITECTURE.md, "Ports"). */
+export const PORTS = {
+  /** agent, waypoint: loopback admin (config dump, certificates, BPF state). */
+  admin: 15000,
+  /** agent: captured outbound connections. */
+  outbound: 15001,
+  /** agent, waypoint: HBONE (mTLS + HTTP/2 CONNECT). */
+  hbone: 15008,
+  /** controller: config stream and certificate service (gRPC over TLS). */
+  xds: 15012,
+  /** every part: Prometheus /metrics. */
+  metrics: 15020,
+  /** every part: /healthz/ready. */
+  readiness: 15021,
+} as const;
+
+export const READINESS_PATH = '/healthz/ready';
+/** Liveness: answers while the process's event loop turns (every part serves it beside readiness). */
+export const LIVENESS_PATH = '/healthz/live';
+
+export const CONTROLLER_NAME = 'weft-controller';
+export const AGENT_NAME = 'weft-agent';
+/** Default install namespace (and so the controller's and the agents' namespace). */
+export const DEFAULT_INSTALL_NAMESPACE = 'weft-system';
+
+/** Audience of the projected ServiceAccount tokens agents and waypoints present to the certificate service. */
+export const CONTROLLER_TOKEN_AUDIENCE = 'weft-controller';
+/** Lifetime of those tokens; the kubelet refreshes them at 80 %. */
+export const TOKEN_EXPIRATION_SECONDS = 3600;
+
+/** ConfigMap with the CA's public roots, in the install namespace and in every waypoint namespace. */
+export const TRUST_BUNDLE_CONFIGMAP = 'weft-trust-bundle';
+/** Its key, and so the file name where pods see it (Istio's name for the root bundle). */
+export const TRUST_BUNDLE_KEY = 'root-cert.pem';
+/** Secret in the install namespace holding the cluster's one CA when none is supplied. */
+export const DEFAULT_CA_SECRET = 'weft-ca';
+/** Lease the controller replicas elect their writer with. */
+export const CONTROLLER_LEASE = 'weft-controller-leader';
+
+/** Where pods that talk to the controller (agents, waypoints) see their token and the roots. */
+export const POD_PATHS = {
+  token: '/var/run/secrets/weft/tokens',
+  tokenFile: 'token',
+  trustBundle: '/var/run/secrets/weft/trust',
+} as const;
+
+/** host:port of the controller Service, as agents and waypoints dial it. */
+export function controllerAddress(namespace: string): string {
+  return `${CONTROLLER_NAME}.${namespace}.svc:${PORTS.xds}`;
+}
+
+/** The controller's SPIFFE ID (its serving certificate), which agents and waypoints expect. */
+export function controllerSpiffeId(trustDomain: string, namespace: string): string {
+  return `spiffe://${trustDomain}/ns/${namespace}/sa/${CONTROLLER_NAME}`;
+}
+
+/** The TokenReview username of the agents' ServiceAccount. */
+export function agentServiceAccountUser(namespace: string): string {
+  return `system:serviceaccount:${namespace}:${AGENT_NAME}`;
+}

@@ -1,0 +1,69 @@
+// `weftctl uninstall` (issue 17, defect 8) against the kube lab: the install applied by kubectl,
+// the objects the controller makes at run time beside it, then the real weftctl command. The lab
+// has no kubelet yet, so this test plays the node side: it removes the agent pod once its
+// DaemonSet is deleted and reports the cleanup DaemonSet ready. What the cleanup pod itself does on
+// a node (detach programs, remove pins) is test/bpf/agent-uninstall.test.ts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { renderInstall, toYaml } from '../../cli/install/render.ts';
+import { FakeApiServer } from '../lab/fake-apiserver.ts';
+
+const run = promisify(execFile);
+const skip = spawnSync('kubectl', ['version', '--client']).status !== 0 && 'kubectl is not installed';
+const WEFTCTL = new URL('../../cli/weftctl.ts', import.meta.url).pathname;
+
+test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to completion, then removes everything install and the controller made', { skip }, async () => {
+  const api = new FakeApiServer({ crdsFromApi: true });
+  await api.start();
+  const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-uninstall-'));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, api.kubeconfig());
+  const file = join(dir, 'install.yaml');
+  writeFileSync(file, toYaml(renderInstall({ image: 'ghcr.io/weft-mesh/weft:lab', trustDomain: 'cluster.local', warn: () => {} })));
+  let nodeSide: NodeJS.Timeout | undefined;
+  try {
+    await run('kubectl', ['--kubeconfig', kubeconfig, 'apply', '--server-side', '-f', file], { env: { ...process.env, HOME: dir } });
+    // What the controller and the kubelet made at run time.
+    api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-agent-x1', namespace: 'weft-system', labels: { 'app.kubernetes.io/name': 'weft-agent' } }, spec: { nodeName: 'node-a' } });
+    api.apply({ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'weft-ca', namespace: 'weft-system', labels: { 'app.kubernetes.io/managed-by': 'weft-controller' } }, data: {} });
+    api.apply({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'weft-controller-leader', namespace: 'weft-system' }, spec: {} });
+    api.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop' } });
+    api.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'weft-trust-bundle', namespace: 'shop', labels: { 'app.kubernetes.io/managed-by': 'weft-controller' } }, data: {} });
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'wp', namespace: 'shop', labels: { 'weft.dev/waypoint': 'wp' } }, spec: {} });
+    api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'wp', namespace: 'shop', labels: { 'weft.dev/waypoint': 'wp' } }, spec: {} });
+    api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: {} });
+
+    // The node side: agent pods go with their DaemonSet; the cleanup pods become ready on 2 nodes.
+    let cleanupSeenWhileAgentRan = false;
+    nodeSide = setInterval(() => {
+      if (!api.get('DaemonSet', 'weft-system', 'weft-agent') && api.get('Pod', 'weft-system', 'weft-agent-x1')) api.remove('Pod', 'weft-system', 'weft-agent-x1');
+      const ds = api.get('DaemonSet', 'weft-system', 'weft-agent-cleanup');
+      if (ds && api.get('Pod', 'weft-system', 'weft-agent-x1')) cleanupSeenWhileAgentRan = true;
+      if (ds && !ds['status']) api.apply({ ...ds, status: { desiredNumberScheduled: 2, numberReady: 2, observedGeneration: ds.metadata.generation } });
+    }, 50);
+
+    const r = await run(process.execPath, [WEFTCTL, 'uninstall', '--kubeconfig', kubeconfig, '--timeout', '30'], { env: { ...process.env, HOME: dir } });
+    assert.match(r.stdout, /BPF programs detached and pins removed on every node/);
+    assert.equal(cleanupSeenWhileAgentRan, false, 'the cleanup ran only after the agents were gone');
+    const cleanupDs = api.requests.find((q) => q.method === 'POST' && q.path.includes('/daemonsets'));
+    const cleanupArgs = ((cleanupDs?.body as { spec: { template: { spec: { containers: Array<{ args: string[] }> } } } }).spec.template.spec.containers[0]!.args);
+    assert.deepEqual(cleanupArgs.slice(0, 2), ['agent', '--uninstall'], 'the same image, the agent in uninstall mode');
+    assert.ok(api.requests.some((q) => q.method === 'DELETE' && q.path.endsWith('/daemonsets/weft-agent-cleanup')));
+
+    for (const [kind, ns, name] of [['DaemonSet', 'weft-system', 'weft-agent'], ['Deployment', 'weft-system', 'weft-controller'], ['Namespace', undefined, 'weft-system'],
+      ['Deployment', 'shop', 'wp'], ['Service', 'shop', 'wp'], ['ConfigMap', 'shop', 'weft-trust-bundle'], ['ClusterRole', undefined, 'weft-controller']] as const) {
+      assert.equal(api.get(kind, ns, name), undefined, `${kind} ${ns ?? ''}/${name} removed`);
+    }
+    assert.equal(api.list('CustomResourceDefinition').length, 0);
+    assert.ok(api.get('Service', 'shop', 'web'), 'users\' objects stay');
+  } finally {
+    clearInterval(nodeSide);
+    await api.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
