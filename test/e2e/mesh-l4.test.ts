@@ -9,6 +9,7 @@ import { collectOutput } from '../../lib/sys/exec.ts';
 import { randomBytes, createHash } from 'node:crypto';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { until } from '../lab/wait.ts';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
@@ -182,15 +183,14 @@ test('a STRICT pod refuses plaintext from a pod outside the mesh while mesh traf
   }]);
   try {
     const nearIp = mesh.workloads.get('demo/near')!.pod.ip;
-    let refused = false;
-    for (let i = 0; i < 40 && !refused; i++) {
+    // The agent takes up STRICT a moment before the kernel map does (in that moment its plaintext
+    // listener refuses): keep trying until the kernel itself answers with a RST and counts it.
+    await until('plaintext from outside the mesh is refused by the kernel, and counted', async () => {
       const r = await inPod('legacy/outsider', 'curl', ['-sS', '--max-time', '5', `http://${nearIp}:8080/`]);
-      refused = r.code !== 0;
-      if (!refused) await new Promise((res) => setTimeout(res, 250));
-    }
-    assert.ok(refused, 'plaintext from outside the mesh is refused');
-    const bpf = await mesh.agentAdmin<{ counters: Record<string, number> }>('node1', '/bpf');
-    assert.ok(bpf.counters.strict_denied! >= 1, 'the kernel counted the refusal');
+      if (r.code === 0) return false; // still PERMISSIVE: the policy is not in force yet
+      const bpf = await mesh.agentAdmin<{ counters: Record<string, number> }>('node1', '/bpf');
+      return bpf.counters.strict_denied! >= 1;
+    }, 10_000, { intervalMs: 250 });
     const viaMesh = await curl([`http://${NEAR_VIP}/strict`]);
     assert.equal(viaMesh.code, 0, viaMesh.stderr);
     const viaMeshRemote = await curl([`http://${VIP}/strict`]);
