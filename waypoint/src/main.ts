@@ -296,6 +296,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const hbone = new HboneServer({
     tls: tlsMaterial(id.current()),
     handler: tunnelHandler(engine),
+    // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
+    trustDomains: [o.trustDomain],
     onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),
   });
   // New sessions, both ways, use the new certificate and roots; open ones carry on.
