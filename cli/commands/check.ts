@@ -4,7 +4,8 @@
 // Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 usage.
 import { Command, Option } from 'commander';
 import { checkMesh, runPreflight, type CheckResult, type MeshFacts, type PreflightSources } from '../check.ts';
-import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, isRunning, readState, type LocalState } from '../local/up.ts';
+import { isRunning, readState, type LocalState } from '../local/up.ts';
+import { localMeshOptions } from './local-mesh.ts';
 import { EXIT_FAILED, EXIT_OK, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 
 const MARK = { pass: 'ok  ', warn: 'WARN', fail: 'FAIL' } as const;
@@ -29,10 +30,8 @@ export interface CheckCommandDeps {
 }
 
 export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}, deps: CheckCommandDeps = {}): Command {
-  const cmd = new Command('check')
+  const cmd = localMeshOptions(new Command('check'))
     .description('check that this machine can run the Weft agent (kernel, BPF features, mounts, privileges, tools, ports) and, when a local mesh runs, that its controller, agents, waypoints, certificates and BPF links are healthy')
-    .option('--prefix <name>', 'local mesh prefix', DEFAULT_PREFIX)
-    .option('--state-dir <dir>', 'local mesh state folder', DEFAULT_STATE_DIR)
     .option('--mesh', 'only the running local mesh (fails when none runs)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (flags: { output: 'text' | 'json'; prefix: string; stateDir: string; mesh?: boolean }) => {
@@ -42,7 +41,7 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
         const gather = deps.meshFacts ?? (async (s: LocalState) => (await import('../local/health.ts')).gatherMeshFacts(s));
         results.push(...checkMesh(await gather(st)));
       } else if (flags.mesh) {
-        results.push({ id: 'mesh.running', title: 'local mesh running', status: 'fail', detail: `no local mesh "${flags.prefix}" runs (state folder ${flags.stateDir})`, remedy: 'start one with `weftctl up` (or pass the --prefix and --state-dir it was started with)' });
+        results.push({ id: 'mesh.running', title: 'local mesh running', status: 'fail', detail: `no local mesh "${flags.prefix}" runs (state folder ${flags.stateDir})`, remedy: 'start one with `weftctl up` (or set WEFT_LOCAL_PREFIX and WEFT_LOCAL_STATE_DIR to the ones it was started with)' });
       }
       io.out(flags.output === 'json' ? JSON.stringify(results, null, 2) + '\n' : formatResults(results));
       io.setExitCode(results.some((r) => r.status === 'fail') ? EXIT_FAILED : EXIT_OK);

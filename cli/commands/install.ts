@@ -33,6 +33,8 @@ export interface CommandIo {
   exit(code: number): never;
   /** Sets the exit code of a command that ran to the end. */
   setExitCode(code: number): void;
+  /** Whether standard output is a terminal (screen-redrawing output only then); default no. */
+  isTerminal?(): boolean;
 }
 
 export const processIo: CommandIo = {
@@ -42,6 +44,7 @@ export const processIo: CommandIo = {
   setExitCode: (code) => {
     process.exitCode = code;
   },
+  isTerminal: () => process.stdout.isTTY === true,
 };
 
 /** Commander's own errors (unknown option, missing value, bad choice) exit with {@link EXIT_USAGE}. */

@@ -11,7 +11,7 @@ function fail(io: CommandIo, err: unknown): void {
 }
 
 export function upCommand(io: CommandIo = processIo): Command {
-  return exitUsageOnCommanderError(localOptions(new Command('up')), io)
+  return exitUsageOnCommanderError(localOptions(new Command('up'), true), io)
     .description('start a local two-node mesh with sample applications and show traffic flowing')
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
     .action(async (f: LocalFlags & { dualStack?: boolean }) => {
@@ -36,7 +36,7 @@ export function upCommand(io: CommandIo = processIo): Command {
 }
 
 export function downCommand(io: CommandIo = processIo): Command {
-  return exitUsageOnCommanderError(localOptions(new Command('down')), io)
+  return exitUsageOnCommanderError(localOptions(new Command('down'), true), io)
     .description('remove the local mesh: processes, namespaces, cgroups and BPF pins')
     .action(async (f: LocalFlags) => {
       try {

@@ -1,14 +1,16 @@
 // weftctl top: live per-service traffic of the local mesh, refreshed in the terminal. L7 rows
 // (services behind a waypoint) show requests/s per destination workload (the canary split), error
 // rate and latency percentiles from the waypoints' istio_request_* metrics; L4 rows show new
-// connections/s and how they were secured, from the agents' istio_tcp_* metrics.
-import { Command } from 'commander';
+// connections/s and how they were secured, from the agents' istio_tcp_* metrics. On a terminal the
+// view is redrawn in place; into a pipe each interval's table follows the last (no escape codes);
+// `-o json` prints one JSON object per interval (one line each).
+import { Command, Option } from 'commander';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LocalState } from '../local/up.ts';
 import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
 import { requestInNetns } from '../local/netns-http.ts';
 import { delta, histogramQuantile, parseProm, sumBy, type Sample } from '../local/prom.ts';
-import { table } from './inspect.ts';
+import { table } from './output.ts';
 import { processIo, type CommandIo } from './install.ts';
 
 interface Scrape {
@@ -36,10 +38,27 @@ async function scrape(st: LocalState): Promise<Scrape> {
 const SEP = '\u0000';
 const fmt = (v: number | undefined, digits = 1) => (v === undefined ? '-' : v.toFixed(digits));
 
-/** The table for the interval between two scrapes. */
-export function topTable(a: Scrape, b: Scrape): string {
+/** One row of `weftctl top`: a service's L7 traffic to one workload, or its L4 connections. */
+export interface TopRow {
+  service: string;
+  layer: 'L7' | 'L4';
+  /** L7: the destination workload; L4: absent. */
+  workload?: string;
+  /** Requests/s (L7) or new connections/s (L4). */
+  rate: number;
+  /** L7: percentage of the service's requests that went to this workload. */
+  sharePercent?: number;
+  errorPercent?: number;
+  p50Ms?: number;
+  p90Ms?: number;
+  p99Ms?: number;
+  security: string;
+}
+
+/** The rows for the interval between two scrapes. */
+export function topRows(a: Scrape, b: Scrape): TopRow[] {
   const secs = Math.max((b.at - a.at) / 1000, 0.001);
-  const rows: string[][] = [];
+  const rows: TopRow[] = [];
   // L7: requests by service and destination workload.
   const reqBy = ['destination_service', 'destination_workload'];
   const reqs = delta(sumBy(a.samples, 'istio_requests_total', reqBy), sumBy(b.samples, 'istio_requests_total', reqBy));
@@ -63,8 +82,10 @@ export function topTable(a: Scrape, b: Scrape): string {
       if (s2 === svc && w2 === wl) hist.set(le === '+Inf' ? Infinity : Number(le), c);
     }
     const share = (100 * n) / (perService.get(svc) || 1);
-    rows.push([svc, `L7 → ${wl}`, fmt(n / secs), `${fmt(share, 0)}%`, `${fmt((100 * (errs.get(k) ?? 0)) / n)}%`,
-      fmt(histogramQuantile(0.5, hist)), fmt(histogramQuantile(0.9, hist)), fmt(histogramQuantile(0.99, hist)), 'mutual_tls']);
+    rows.push(clean({
+      service: svc, layer: 'L7', workload: wl, rate: n / secs, sharePercent: share, errorPercent: (100 * (errs.get(k) ?? 0)) / n,
+      p50Ms: histogramQuantile(0.5, hist), p90Ms: histogramQuantile(0.9, hist), p99Ms: histogramQuantile(0.99, hist), security: 'mutual_tls',
+    }));
   }
   // L4: connections opened by the source agents, by service and how they were carried.
   const tcpBy = ['destination_service', 'connection_security_policy'];
@@ -73,29 +94,55 @@ export function topTable(a: Scrape, b: Scrape): string {
   for (const [k, n] of [...conns.entries()].sort()) {
     if (n === 0) continue;
     const [svc, sec] = k.split(SEP) as [string, string];
-    rows.push([svc, 'L4 connections', fmt(n / secs), '-', '-', '-', '-', '-', sec]);
+    rows.push({ service: svc, layer: 'L4', rate: n / secs, security: sec });
   }
-  return table(['SERVICE', 'PATH', 'RATE/S', 'SHARE', 'ERRORS', 'P50 MS', 'P90 MS', 'P99 MS', 'SECURITY'], rows);
+  return rows;
+}
+
+function clean(r: TopRow): TopRow {
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => v !== undefined && !Number.isNaN(v))) as unknown as TopRow;
+}
+
+/** The table of {@link topRows}. */
+export function topTable(a: Scrape, b: Scrape, headers = true): string {
+  const pct = (v: number | undefined, digits = 1) => (v === undefined ? '-' : `${fmt(v, digits)}%`);
+  return table(['SERVICE', 'PATH', 'RATE/S', 'SHARE', 'ERRORS', 'P50 MS', 'P90 MS', 'P99 MS', 'SECURITY'], topRows(a, b).map((r) => [
+    r.service, r.layer === 'L7' ? `L7 → ${r.workload}` : 'L4 connections', fmt(r.rate), pct(r.sharePercent, 0), pct(r.errorPercent),
+    fmt(r.p50Ms), fmt(r.p90Ms), fmt(r.p99Ms), r.security,
+  ]), headers);
+}
+
+interface TopFlags extends LocalMeshFlags {
+  interval: string;
+  once?: boolean;
+  output: 'table' | 'json';
+  headers: boolean;
 }
 
 export function topCommand(io: CommandIo = processIo): Command {
-  return localMeshCommand<LocalMeshFlags & { interval: string; once?: boolean }>('top', 'top', io, (cmd) => cmd
+  return localMeshCommand<TopFlags>('top', 'top', io, (cmd) => cmd
     .description('live per-service requests/s, error rate, latency percentiles and mTLS status of the local mesh')
     .option('-i, --interval <seconds>', 'refresh interval', '2')
-    .option('--once', 'print one table after one interval and exit'), async (st, f) => {
+    .option('--once', 'print one table after one interval and exit')
+    .addOption(new Option('-o, --output <format>', 'table, or json: one object per interval, one line each').choices(['table', 'json']).default('table'))
+    .option('--no-headers', 'tables without their header line'), async (st, f) => {
       const interval = Math.max(Number(f.interval) || 2, 0.5) * 1000;
+      const terminal = io.isTerminal?.() ?? false;
       let prev = await scrape(st);
       for (;;) {
         await sleep(interval);
         const next = await scrape(st);
-        const text = topTable(prev, next);
-        prev = next;
-        if (f.once) {
-          io.out(text);
-          return;
+        if (f.output === 'json') io.out(JSON.stringify({ at: new Date(next.at).toISOString(), intervalSeconds: (next.at - prev.at) / 1000, rows: topRows(prev, next) }) + '\n');
+        else {
+          const text = topTable(prev, next, f.headers);
+          // A terminal gets a view redrawn in place like top(1); a pipe or file gets each table after
+          // the last, with a timestamp line, and no escape codes.
+          if (f.once) io.out(text);
+          else if (terminal) io.out(`\x1b[2J\x1b[H weft top: ${st.prefix}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
+          else io.out(`# ${new Date(next.at).toISOString()}\n${text}\n`);
         }
-        // Clear the screen and home the cursor, then draw: a refreshing view like top(1).
-        io.out(`\x1b[2J\x1b[H weft top: ${st.prefix}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
+        prev = next;
+        if (f.once) return;
       }
     });
 }

@@ -1,14 +1,13 @@
 // weftctl waypoint apply | list | status | delete: waypoints of the local mesh, as `istioctl
 // waypoint` does them for Istio ambient (cli/local/waypoints.ts does the work).
-import { Command, Option } from 'commander';
-import { stringify } from 'yaml';
+import { Command } from 'commander';
 import type { LocalState } from '../local/up.ts';
 import { localMeshCommand } from './local-mesh.ts';
 import { applyWaypoint, deleteWaypoint, waypointStatuses } from '../local/waypoints.ts';
-import { table } from './inspect.ts';
+import { outputOptions, renderData, renderList, table, type OutputFlags } from './output.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
 
-interface Flags {
+interface Flags extends OutputFlags {
   prefix: string;
   stateDir: string;
   namespace?: string;
@@ -17,7 +16,6 @@ interface Flags {
   enrollNamespace?: boolean;
   maxRequests?: string;
   allNamespaces?: boolean;
-  output: 'table' | 'json' | 'yaml';
 }
 
 function sub(name: string, description: string, io: CommandIo, run: (st: LocalState, f: Flags) => Promise<void>): Command {
@@ -41,7 +39,6 @@ function maxRequestsFlag(v: string): number {
 
 export function waypointCommand(io: CommandIo = processIo): Command {
   const say = (l: string) => io.out(`${l}\n`);
-  const output = () => new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table');
   return exitUsageOnCommanderError(new Command('waypoint'), io)
     .description('waypoints of the local mesh: apply, list, status, delete')
     .addCommand(sub('apply', 'create a namespace\'s waypoint (the Waypoint object and its pod) and wait until every agent sees it ready', io, async (st, f) => {
@@ -53,31 +50,32 @@ export function waypointCommand(io: CommandIo = processIo): Command {
       .option('--node <node>', 'node for the waypoint pod (default: the node with the fewest pods)')
       .option('--max-requests <n>', 'requests in progress at once in the waypoint (spec.maxRequests); beyond it 503 at once (default 10000)')
       .option('--enroll-namespace', 'label the namespace weft.dev/use-waypoint=<name> so its services use the waypoint'))
-    .addCommand(sub('list', 'waypoints, their addresses and readiness as the agents see them', io, async (st, f) => {
+    .addCommand(outputOptions(sub('list', 'waypoints, their addresses and readiness as the agents see them', io, async (st, f) => {
       const ws = await waypointStatuses(st, f.allNamespaces || !f.namespace ? {} : { namespace: f.namespace });
-      if (f.output !== 'table') {
-        io.out(f.output === 'json' ? JSON.stringify(ws, null, 2) + '\n' : stringify(ws));
-        return;
-      }
-      io.out(table(['NAMESPACE', 'NAME', 'ADDRESSES', 'READY', 'PODS'],
-        ws.map((w) => [w.namespace, w.name, w.addresses.join(',') || '-', w.ready ? 'True' : `False (${w.reason ?? 'unknown'})`, w.pods.map((p) => `${p.name}@${p.node}`).join(',') || '-'])));
-    }).option('-A, --all-namespaces', 'every namespace (the default without -n)').addOption(output()))
-    .addCommand(sub('status', 'a waypoint\'s pods (readiness, config version) and what each agent sees; exit 1 unless ready', io, async (st, f) => {
+      renderList(io, f, ws, [
+        { header: 'NAMESPACE', value: (w) => w.namespace },
+        { header: 'NAME', value: (w) => w.name },
+        { header: 'ADDRESSES', value: (w) => w.addresses.join(',') || '-' },
+        { header: 'READY', value: (w) => (w.ready ? 'True' : `False (${w.reason ?? 'unknown'})`) },
+        { header: 'PODS', value: (w) => w.pods.map((p) => `${p.name}@${p.node}`).join(',') || '-' },
+        { header: 'IDENTITY', value: (w) => w.identity ?? '-', wide: true },
+      ]);
+    }).option('-A, --all-namespaces', 'every namespace (the default without -n)')))
+    .addCommand(outputOptions(sub('status', 'a waypoint\'s pods (readiness, config version) and what each agent sees; exit 1 unless ready', io, async (st, f) => {
       const ns = needNamespace(f);
       const [w] = await waypointStatuses(st, { namespace: ns, name: f.name });
       if (!w) throw new Error(`no waypoint ${ns}/${f.name} (\`weftctl waypoint apply -n ${ns}${f.name === 'waypoint' ? '' : ` --name ${f.name}`}\` creates one)`);
-      if (f.output !== 'table') io.out(f.output === 'json' ? JSON.stringify(w, null, 2) + '\n' : stringify(w));
-      else {
+      if (!renderData(io, f, w)) {
         say(`waypoint ${w.namespace}/${w.name}: ${w.ready ? 'ready' : `NOT READY: ${w.reason}`}`);
         say(`identity  ${w.identity ?? '-'}`);
         say(`addresses ${w.addresses.join(', ') || '-'}`);
         say('');
-        io.out(table(['POD', 'NODE', 'IP', 'READY', 'CONFIG VERSION', 'DETAIL'], w.pods.map((p) => [p.name, p.node, p.ip, p.ready ? 'True' : 'False', p.configVersion !== undefined ? String(p.configVersion) : '-', p.detail])));
+        io.out(table(['POD', 'NODE', 'IP', 'READY', 'CONFIG VERSION', 'DETAIL'], w.pods.map((p) => [p.name, p.node, p.ip, p.ready ? 'True' : 'False', p.configVersion !== undefined ? String(p.configVersion) : '-', p.detail]), f.headers));
         say('');
-        io.out(table(['AGENT', 'SEES IT READY', 'DETAIL'], w.agents.map((a) => [a.node, a.ready ? 'True' : 'False', a.detail])));
+        io.out(table(['AGENT', 'SEES IT READY', 'DETAIL'], w.agents.map((a) => [a.node, a.ready ? 'True' : 'False', a.detail]), f.headers));
       }
       if (!w.ready) io.setExitCode(EXIT_FAILED);
-    }).addOption(output()))
+    })))
     .addCommand(sub('delete', 'stop and remove a waypoint\'s pods and its Waypoint object', io, async (st, f) => {
       const ns = needNamespace(f);
       if (!(await deleteWaypoint(st, ns, f.name, say))) io.setExitCode(EXIT_FAILED);

@@ -6,8 +6,8 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
-import { parseAllDocuments } from 'yaml';
 import { KINDS, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
+import { formatManifestProblem, parseManifest } from '../../../lib/model/manifest.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
 
@@ -184,39 +184,14 @@ export class ConfigDirSource implements ConfigSource {
       this.#fileError(new ConfigFileError(file, `cannot read: ${(e as Error).message}`));
       return undefined;
     }
-    const docs = parseAllDocuments(text, { prettyErrors: true });
-    const list = Array.isArray(docs) ? docs : [docs];
+    const parsed = parseManifest(text);
+    for (const p of parsed.problems) {
+      this.#fileError(new ConfigFileError(file, formatManifestProblem(p), p.fatal));
+      if (p.fatal) return undefined;
+    }
     const objects: RawObject[] = [];
     const fingerprints = new Map<string, string>();
-    for (const [i, doc] of list.entries()) {
-      if (doc.errors.length > 0) {
-        const err = doc.errors[0]!;
-        const line = err.linePos?.[0]?.line;
-        this.#fileError(new ConfigFileError(file, `document ${i + 1}${line ? ` (line ${line})` : ''} does not parse: ${err.message.split('\n')[0]}`));
-        return undefined;
-      }
-      let value: unknown;
-      try {
-        // toJS expands aliases: a file of nested aliases (a "billion laughs" bomb) throws here.
-        value = doc.toJS();
-      } catch (e) {
-        this.#fileError(new ConfigFileError(file, `document ${i + 1} cannot be read: ${(e as Error).message}`));
-        return undefined;
-      }
-      if (value === null || value === undefined) continue;
-      if (typeof value !== 'object' || Array.isArray(value)) {
-        this.#fileError(new ConfigFileError(file, `document ${i + 1} is not an object`));
-        return undefined;
-      }
-      const o = value as RawObject;
-      if (typeof o.kind !== 'string' || typeof o.apiVersion !== 'string') {
-        this.#fileError(new ConfigFileError(file, `document ${i + 1} is not a Kubernetes object (no apiVersion/kind); skipped`, false));
-        continue;
-      }
-      if (o.kind === 'List' && Array.isArray(o.items)) {
-        for (const item of o.items as RawObject[]) this.#add(item, objects, fingerprints);
-      } else this.#add(o, objects, fingerprints);
-    }
+    for (const o of parsed.objects) this.#add(o as RawObject, objects, fingerprints);
     return { objects, fingerprints };
   }
 

@@ -1,0 +1,43 @@
+// Runs a weftctl command in-process with captured output and exit code (no child process).
+import { Command } from 'commander';
+import type { CommandIo } from '../../cli/commands/install.ts';
+
+class Exit extends Error {
+  readonly exitCode: number;
+  constructor(code: number) {
+    super(`exit ${code}`);
+    this.exitCode = code;
+  }
+}
+
+export interface CapturedIo extends CommandIo {
+  stdout: string;
+  stderr: string;
+  code: number | undefined;
+}
+
+export function captureIo(opts: { terminal?: boolean } = {}): CapturedIo {
+  const s: CapturedIo = {
+    stdout: '', stderr: '', code: undefined,
+    out(text: string) { s.stdout += text; },
+    err(text: string) { s.stderr += text; },
+    exit(code: number): never { s.code = code; throw new Exit(code); },
+    setExitCode(code: number) { s.code = code; },
+    isTerminal: () => opts.terminal ?? false,
+  };
+  return s;
+}
+
+/** `weftctl <args>` with the commands `make` builds; exit code 0 when none was set. */
+export async function runCommands(make: (io: CommandIo) => Command[], args: string[], opts: { terminal?: boolean } = {}): Promise<CapturedIo> {
+  const out = captureIo(opts);
+  const program = new Command('weftctl').exitOverride();
+  for (const c of make(out)) program.addCommand(c);
+  try {
+    await program.parseAsync(args, { from: 'user' });
+  } catch (err) {
+    if (!(err instanceof Exit)) throw err;
+  }
+  out.code ??= 0;
+  return out;
+}
