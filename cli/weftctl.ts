@@ -11,6 +11,7 @@ import { topCommand } from './commands/top.ts';
 import { waypointCommand } from './commands/waypoint.ts';
 import { tapCommand } from './commands/tap.ts';
 import { dashboardCommand } from './commands/dashboard.ts';
+import { analyzeCommand } from './commands/analyze.ts';
 
 const program = new Command('weftctl')
   .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
@@ -20,6 +21,7 @@ const program = new Command('weftctl')
   .addCommand(statusCommand())
   .addCommand(applyCommand())
   .addCommand(deleteCommand())
+  .addCommand(analyzeCommand())
   .addCommand(topCommand())
   .addCommand(tapCommand())
   .addCommand(dashboardCommand())

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { applyCommand, checkManifest, deleteCommand } from '../../cli/commands/apply.ts';
 import { readManifests, ManifestInputError } from '../../cli/commands/manifests.ts';
-import { runCommands } from './cli-harness.ts';
+import { aliasBomb, runCommands } from './cli-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-cli-apply-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -24,13 +24,6 @@ const NAMESPACE = `apiVersion: v1
 kind: Namespace
 metadata: { name: shop, labels: { weft.dev/dataplane-mode: ambient } }
 `;
-
-/** Nine levels of nine aliases each: 9^10 leaves once expanded. */
-export function aliasBomb(): string {
-  const lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]'];
-  for (let i = 1; i <= 9; i++) lines.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`);
-  return lines.join('\n') + '\n';
-}
 
 function file(name: string, text: string | Buffer): string {
   const p = join(dir, name);

@@ -41,3 +41,11 @@ export async function runCommands(make: (io: CommandIo) => Command[], args: stri
   out.code ??= 0;
   return out;
 }
+
+/** Nine levels of nine aliases each: 9^10 leaves once expanded. */
+export function aliasBomb(): string {
+  const lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]'];
+  for (let i = 1; i <= 9; i++) lines.push(`${String.fromCharCode(97 + i)}: &${String.fromCharCode(97 + i)} [${Array(9).fill(`*${String.fromCharCode(96 + i)}`).join(',')}]`);
+  return lines.join('\n') + '\n';
+}
+

@@ -1,0 +1,58 @@
+// Which mesh a command talks to: a cluster through a kubeconfig, or the local mesh (`weftctl up`).
+//   --local, or WEFT_LOCAL_PREFIX/WEFT_LOCAL_STATE_DIR set      → the local mesh
+//   --kubeconfig, --context, or $KUBECONFIG set                  → the cluster
+//   otherwise: the local mesh when one runs, else the default kubeconfig (~/.kube/config)
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { isRunning, readState, type LocalState } from '../local/up.ts';
+import { KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
+import { ENV_LOCAL_PREFIX, ENV_LOCAL_STATE_DIR, localMeshOptions, type LocalMeshFlags } from './local-mesh.ts';
+
+export type Target = { kind: 'local'; st: LocalState } | { kind: 'cluster'; kube: KubeClient };
+
+export interface TargetFlags extends KubeFlags, LocalMeshFlags {
+  local?: boolean;
+}
+
+export class NoTargetError extends Error {
+  readonly code = 'WEFT_NO_TARGET';
+  constructor(message: string) {
+    super(message);
+    this.name = 'NoTargetError';
+  }
+}
+
+/** Adds --kubeconfig, --context and --local (and the hidden local-mesh flags). */
+export function targetOptions(cmd: Command): Command {
+  return localMeshOptions(cmd)
+    .option('--kubeconfig <file>', 'kubeconfig of the cluster (default $KUBECONFIG, then ~/.kube/config)')
+    .option('--context <name>', 'kubeconfig context (default: its current context)')
+    .option('--local', 'the local mesh started with `weftctl up`, not a cluster');
+}
+
+/** The mesh the flags and environment point at; NoTargetError or KubeConfigError when none. */
+export function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.env): Target {
+  const local = (): Target | undefined => {
+    const st = readState(f.stateDir);
+    return st && isRunning(f.prefix) ? { kind: 'local', st } : undefined;
+  };
+  const wantsLocal = f.local || env[ENV_LOCAL_PREFIX] !== undefined || env[ENV_LOCAL_STATE_DIR] !== undefined;
+  const wantsCluster = f.kubeconfig !== undefined || f.context !== undefined || !!env.KUBECONFIG;
+  if (wantsLocal && !wantsCluster) {
+    const t = local();
+    if (!t) throw new NoTargetError(`no local mesh "${f.prefix}" is running; start one with \`weftctl up\``);
+    return t;
+  }
+  if (!wantsCluster) {
+    const t = local();
+    if (t) return t;
+    if (!existsSync(join(homedir(), '.kube', 'config'))) {
+      throw new NoTargetError(`no cluster and no local mesh: pass --kubeconfig (or set KUBECONFIG), or start a local mesh with \`weftctl up\``);
+    }
+  }
+  return { kind: 'cluster', kube: new KubeClient(loadKubeConfig(f)) };
+}
+
+export { KubeConfigError };

@@ -1,0 +1,141 @@
+// weftctl's way to a cluster: a kubeconfig (--kubeconfig, $KUBECONFIG or ~/.kube/config, and
+// --context), and plain GETs against the API server with the credentials it names (client
+// certificates, bearer tokens, exec plugins: @kubernetes/client-node applies them). Lists of the
+// kinds the mesh reads, and the API server's pod proxy to reach a component's HTTP port.
+import http from 'node:http';
+import https from 'node:https';
+import { KubeConfig } from '@kubernetes/client-node';
+import { KINDS, type MeshKind } from '../lib/model/objects.ts';
+
+/** How long one API request may take. */
+export const KUBE_REQUEST_TIMEOUT_MS = 10_000;
+/** Largest response read from the API server. */
+export const KUBE_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+export class KubeApiError extends Error {
+  readonly code = 'WEFT_KUBE_API';
+  readonly status: number;
+  constructor(path: string, status: number, message: string) {
+    super(`GET ${path}: ${status ? `${status} ` : ''}${message}`);
+    this.name = 'KubeApiError';
+    this.status = status;
+  }
+}
+
+export class KubeConfigError extends Error {
+  readonly code = 'WEFT_KUBECONFIG';
+  constructor(message: string) {
+    super(message);
+    this.name = 'KubeConfigError';
+  }
+}
+
+export interface KubeFlags {
+  kubeconfig?: string;
+  context?: string;
+}
+
+/** The kubeconfig the flags (or the environment) name; KubeConfigError when there is none usable. */
+export function loadKubeConfig(f: KubeFlags): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (f.kubeconfig) kc.loadFromFile(f.kubeconfig);
+    else kc.loadFromDefault();
+  } catch (e) {
+    throw new KubeConfigError(`cannot read kubeconfig ${f.kubeconfig ?? process.env.KUBECONFIG ?? '~/.kube/config'}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (f.context) {
+    if (!kc.getContextObject(f.context)) throw new KubeConfigError(`no context "${f.context}" in the kubeconfig (contexts: ${kc.getContexts().map((c) => c.name).join(', ') || 'none'})`);
+    kc.setCurrentContext(f.context);
+  }
+  if (!kc.getCurrentCluster()) throw new KubeConfigError('the kubeconfig names no cluster for its current context');
+  return kc;
+}
+
+export class KubeClient {
+  readonly kc: KubeConfig;
+  readonly server: URL;
+
+  constructor(kc: KubeConfig) {
+    this.kc = kc;
+    this.server = new URL(kc.getCurrentCluster()!.server);
+  }
+
+  /** The namespace of the current context (kubectl's default), or `default`. */
+  get contextNamespace(): string {
+    return this.kc.getContextObject(this.kc.getCurrentContext())?.namespace ?? 'default';
+  }
+
+  async getText(path: string): Promise<string> {
+    const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
+    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' }, timeout: KUBE_REQUEST_TIMEOUT_MS };
+    await this.kc.applyToHTTPSOptions(opts);
+    const lib = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(url, opts, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > KUBE_MAX_RESPONSE_BYTES) req.destroy(new KubeApiError(path, 0, `response larger than ${KUBE_MAX_RESPONSE_BYTES} bytes`));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode === 200) return resolve(body);
+          let message = body.trim().slice(0, 300);
+          try {
+            message = (JSON.parse(body) as { message?: string }).message ?? message;
+          } catch {
+            /* not a Status */
+          }
+          reject(new KubeApiError(path, res.statusCode ?? 0, message));
+        });
+        res.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(new KubeApiError(path, 0, `no answer from ${this.server.origin} within ${KUBE_REQUEST_TIMEOUT_MS} ms`)));
+      req.on('error', (e) => reject(e instanceof KubeApiError ? e : new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`)));
+      req.end();
+    });
+  }
+
+  async get<T>(path: string): Promise<T> {
+    const text = await this.getText(path);
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new KubeApiError(path, 200, 'the answer is not JSON');
+    }
+  }
+
+  /** Items of a collection; `namespace` undefined lists every namespace. A kind the server does not serve (404) lists empty. */
+  async list<T = Record<string, unknown>>(apiVersion: string, plural: string, namespace?: string, opts: { labelSelector?: string; missingOk?: boolean } = {}): Promise<T[]> {
+    const base = apiVersion.includes('/') ? `/apis/${apiVersion}` : `/api/${apiVersion}`;
+    const qs = opts.labelSelector ? `?labelSelector=${encodeURIComponent(opts.labelSelector)}` : '';
+    const path = `${base}${namespace ? `/namespaces/${encodeURIComponent(namespace)}` : ''}/${plural}${qs}`;
+    try {
+      const list = await this.get<{ kind?: string; items?: T[] }>(path);
+      const kind = (list.kind ?? '').replace(/List$/, '');
+      // A List's items carry no apiVersion/kind on the wire; give them back.
+      return (list.items ?? []).map((i) => ({ apiVersion, ...(kind ? { kind } : {}), ...(i as object) }) as T);
+    } catch (e) {
+      if (opts.missingOk !== false && e instanceof KubeApiError && e.status === 404) return [];
+      throw e;
+    }
+  }
+
+  /** Every object of the mesh's kinds (and `extra` kinds), in one namespace or all. */
+  async meshObjects(namespace?: string, extra: Array<{ apiVersion: string; plural: string; namespaced: boolean }> = []): Promise<Array<Record<string, unknown>>> {
+    const kinds = [
+      ...(Object.keys(KINDS) as MeshKind[]).map((k) => KINDS[k]).filter((k) => k.kind !== 'Node'),
+      ...extra,
+    ];
+    const lists = await Promise.all(kinds.map((k) => this.list(k.apiVersion, k.plural, k.namespaced ? namespace : undefined)));
+    return lists.flat();
+  }
+
+  /** GET through the API server's pod proxy: `/api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy<path>`. */
+  podProxyPath(namespace: string, pod: string, port: number, path: string): string {
+    return `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(pod)}:${port}/proxy${path}`;
+  }
+}
