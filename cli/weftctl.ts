@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// weftctl: the Weft command line. Local mesh (up/down/status), inspection, install, preflight.
+// weftctl: the Weft command line. Local mesh (up/down/status), inspection, analysis, install,
+// preflight. `program()` builds the command tree (completion scripts are generated from it).
 import { Command } from 'commander';
 import { installCommand } from './commands/install.ts';
 import { uninstallCommand } from './commands/uninstall.ts';
@@ -12,23 +13,30 @@ import { waypointCommand } from './commands/waypoint.ts';
 import { tapCommand } from './commands/tap.ts';
 import { dashboardCommand } from './commands/dashboard.ts';
 import { analyzeCommand } from './commands/analyze.ts';
+import { versionCommand } from './commands/version.ts';
+import { completionCommand } from './commands/completion.ts';
 
-const program = new Command('weftctl')
-  .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
-  .showHelpAfterError()
-  .addCommand(upCommand())
-  .addCommand(downCommand())
-  .addCommand(statusCommand())
-  .addCommand(applyCommand())
-  .addCommand(deleteCommand())
-  .addCommand(analyzeCommand())
-  .addCommand(topCommand())
-  .addCommand(tapCommand())
-  .addCommand(dashboardCommand())
-  .addCommand(waypointCommand())
-  .addCommand(installCommand())
-  .addCommand(uninstallCommand())
-  .addCommand(checkCommand());
-for (const c of inspectCommands()) program.addCommand(c);
+export function program(): Command {
+  const p = new Command('weftctl')
+    .description('Weft: a sidecarless, eBPF-assisted ambient service mesh')
+    .showHelpAfterError()
+    .addCommand(upCommand())
+    .addCommand(downCommand())
+    .addCommand(statusCommand())
+    .addCommand(applyCommand())
+    .addCommand(deleteCommand())
+    .addCommand(analyzeCommand())
+    .addCommand(topCommand())
+    .addCommand(tapCommand())
+    .addCommand(dashboardCommand())
+    .addCommand(waypointCommand())
+    .addCommand(installCommand())
+    .addCommand(uninstallCommand())
+    .addCommand(checkCommand())
+    .addCommand(versionCommand())
+    .addCommand(completionCommand(program));
+  for (const c of inspectCommands()) p.addCommand(c);
+  return p;
+}
 
-await program.parseAsync(process.argv);
+if (import.meta.main) await program().parseAsync(process.argv);

@@ -29,11 +29,14 @@
 //     that the bound ServiceAccount and pod still exist, and answers the user with the
 //     authentication.kubernetes.io/node-name extra;
 //   - Services get a cluster IP; generation moves with spec changes; uid, creationTimestamp.
+//   - the pod proxy (GET /api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy/<path>): forwarded over
+//     HTTP to the pod's status.podIP:<port> (or where `podProxyTarget` says), 503 when the pod
+//     does not run or the port does not answer, as the real server does.
 // Not done: authorization (RBAC objects are stored, not enforced), admission, defaulting,
 // garbage collection by ownerReferences (the lab kubelet deletes what it owns), protobuf.
 // One global resourceVersion counter orders all changes, as etcd does. Tests drive it directly
 // (apply, remove, compact, dropWatches) and read back what the controller wrote.
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
@@ -174,6 +177,8 @@ export class FakeApiServer {
   readonly requests: Request[] = [];
   /** Clock for token expiry (seconds); tests move it. */
   now: () => number = () => Math.floor(Date.now() / 1000);
+  /** Where the pod proxy connects for a pod's port; default its status.podIP and that port. */
+  podProxyTarget: ((namespace: string, pod: string, port: number) => { host: string; port: number } | undefined) | undefined;
   port = 0;
 
   constructor(options: FakeApiServerOptions = {}) {
@@ -494,6 +499,8 @@ export class FakeApiServer {
       }
     }
     this.requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, ...(body !== undefined ? { body } : {}) });
+    const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)?$/.exec(url.pathname);
+    if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res);
     if (req.method === 'GET' && this.#discovery(url.pathname, res)) return;
     if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') {
       const review = body as { spec?: { token?: string; audiences?: string[] } };
@@ -694,6 +701,21 @@ export class FakeApiServer {
     if (group === 'authentication.k8s.io') resources.push({ name: 'tokenreviews', singularName: 'tokenreview', namespaced: false, kind: 'TokenReview', verbs: ['create'] });
     json(res, 200, { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: group ? `${group}/${version}` : version, resources });
     return true;
+  }
+
+  #podProxy(namespace: string, name: string, port: number, path: string, res: ServerResponse): void {
+    const pod = this.get('Pod', namespace, name);
+    if (!pod) return status(res, 404, 'NotFound', `pods "${name}" not found`);
+    const podIP = (pod.status as { podIP?: string } | undefined)?.podIP;
+    const target = this.podProxyTarget?.(namespace, name, port) ?? (podIP ? { host: podIP, port } : undefined);
+    if (!target) return status(res, 503, 'ServiceUnavailable', `pod ${namespace}/${name} has no IP address`);
+    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000 }, (r) => {
+      res.writeHead(r.statusCode ?? 502, { 'content-type': r.headers['content-type'] ?? 'text/plain' });
+      r.pipe(res);
+    });
+    up.on('timeout', () => up.destroy(new Error('timed out')));
+    up.on('error', (e) => { if (!res.headersSent) status(res, 503, 'ServiceUnavailable', `error trying to reach service: ${e.message}`); else res.destroy(); });
+    up.end();
   }
 
   #route(path: string): { rt: ResourceType; namespace?: string; name?: string; subresource?: string } | undefined {
