@@ -41,7 +41,7 @@ UI_TESTS := 'test/ui/**/*.test.ts'
 CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
 K8S_TESTS := 'test/k8s/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon cni typecheck test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
+.PHONY: deps deps-apt deps-node build bpf addon cni typecheck cli test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -69,7 +69,7 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 ## build: BPF objects (clang, warnings are errors), the libbpf addon (node-gyp), typecheck (tsc)
-build: bpf addon cni typecheck
+build: bpf addon cni typecheck cli
 
 bpf: $(BPF_OBJ)
 
@@ -94,6 +94,12 @@ $(ADDON): $(wildcard agent/native/*.cc agent/native/*.h agent/native/src/*.cc ag
 
 typecheck:
 	tsc -p tsconfig.json
+
+## cli: weftctl bundled into one file with its package.json (build/weftctl/), runs without the repository
+cli: build/weftctl/weftctl.mjs
+
+build/weftctl/weftctl.mjs: $(shell find cli lib controller/src -name '*.ts') package.json
+	node cli/bundle.ts build/weftctl >/dev/null
 
 ## test: every tier, one runner, one summary
 test: deps build
