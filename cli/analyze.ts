@@ -13,10 +13,10 @@
 //   - backendRefs to another namespace without a ReferenceGrant there (Gateway API: RefNotPermitted);
 //   - a namespace label naming a Waypoint that does not exist.
 // Severities follow `istioctl analyze`: Error and Warning fail the run (exit 1), Info does not.
-import { ObjectStore } from '../controller/src/store.ts';
-import { compile, type CompileFinding } from '../controller/src/compile.ts';
+import type { CompileFinding } from '../controller/src/compile.ts';
+import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, type MeshKind } from '../lib/model/objects.ts';
+import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf } from '../lib/model/objects.ts';
 import { labelsMatch, nsName, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -50,7 +50,6 @@ export interface AnalyzeOptions {
   complete?: boolean;
 }
 
-const ALL_KINDS = Object.keys(KINDS) as MeshKind[];
 const GATEWAY_GROUP = 'gateway.networking.k8s.io';
 /** Kinds whose pod template's labels stand for the pods they will create. */
 const POD_TEMPLATE_KINDS = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
@@ -104,16 +103,13 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   }
 
   // The controller's own path: validate into the object store, then compile.
-  const store = new ObjectStore();
-  const applied = store.apply([{ type: 'snapshot', kinds: ALL_KINDS, objects: raw, resourceVersion: '1' }]);
-  for (const r of applied.rejections) {
+  const { model, findings: compiled, rejections, inputs: meshInputs } = compileObjects(raw);
+  for (const r of rejections) {
     for (const i of r.issues) {
       const source = sourceOf.get(r.key);
       findings.push({ severity: 'Error', code: 'Invalid', kind: i.kind, namespace: i.namespace, name: i.name, ...(i.path ? { path: i.path } : {}), message: i.message, ...(source ? { source } : {}) });
     }
   }
-  const meshInputs = store.inputs();
-  const { model, findings: compiled } = compile(meshInputs);
   const at = (kind: string, namespace: string, name: string) => {
     const source = sourceOf.get(keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? namespace : undefined, name));
     return source ? { source } : {};
@@ -137,7 +133,7 @@ function fromCompile(c: CompileFinding): Omit<Finding, 'source'> {
 }
 
 type Add = (f: Omit<Finding, 'source'>) => void;
-type Inputs = ReturnType<ObjectStore['inputs']>;
+type Inputs = Compiled['inputs'];
 
 function routeChecks(model: MeshModel, inputs: Inputs, others: Loose[], add: Add): void {
   // Routes are enforced by the waypoint of their parent Service; without one nothing applies them.

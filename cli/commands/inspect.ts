@@ -1,17 +1,20 @@
-// weftctl workloads | services | policies | certs | bpf | config-dump: what the running mesh is
-// doing, read from each node agent's admin endpoint (localhost:15000 inside the node). Tables by
-// default, `-o json|yaml` for machines.
+// weftctl workloads | services | policies | waypoints | routes | certs | bpf | config-dump: what the
+// mesh is doing. On the local mesh it is read from each node agent's and waypoint's admin endpoint
+// (localhost:15000 inside the node or pod); on a cluster (kubeconfig) workloads, services, policies,
+// waypoints, routes and config-dump are the per-agent and per-waypoint views the controller computes
+// from the API's objects (cli/mesh-view.ts), with the same rows. certs and bpf read agent state
+// that only the agents' loopback admin port has: local mesh only for now. Tables by default,
+// `-o wide|json|yaml` and `--no-headers`.
 import { Command } from 'commander';
 import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
 import type { LocalState } from '../local/up.ts';
-import { localMeshCommand } from './local-mesh.ts';
 import { getJsonInNetns } from '../local/netns-http.ts';
-import { processIo, type CommandIo } from './install.ts';
+import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { inNamespace, namespaceOptions, outputOptions, renderData, renderList, table, type NamespaceFlags, type OutputFlags, type OutputFormat } from './output.ts';
+import { chooseTarget, targetOptions, KubeConfigError, NoTargetError, type Target, type TargetFlags } from './target.ts';
+import { clusterViews, type AgentDump, type WaypointDump as ComputedWaypointDump } from '../mesh-view.ts';
 
-interface Flags extends OutputFlags, NamespaceFlags {
-  prefix: string;
-  stateDir: string;
+interface Flags extends OutputFlags, NamespaceFlags, TargetFlags {
   node?: string;
   waypoints?: boolean;
 }
@@ -26,8 +29,69 @@ async function perNode<T>(st: LocalState, path: string, only?: string): Promise<
   return out;
 }
 
-function command(name: string, description: string, io: CommandIo, run: (st: LocalState, f: Flags) => Promise<void>, opts: { namespaced?: boolean; formats?: OutputFormat[] } = {}): Command {
-  return localMeshCommand<Flags>(name, name, io, (cmd) => {
+/** The mesh a command inspects, on either transport. */
+export interface Mesh {
+  target: Target;
+  /** Each node agent's config (local: what it holds; cluster: what the controller sends it). */
+  agents(onlyNode?: string): Promise<AgentDump[]>;
+  /** Each waypoint's config. */
+  waypoints(): Promise<Array<{ pod: string; config: WaypointConfig }>>;
+  /** The local mesh, for what only the agents' admin port has; an error on a cluster. */
+  local(what: string): LocalState;
+}
+
+export function meshOf(target: Target): Mesh {
+  let views: Promise<Awaited<ReturnType<typeof clusterViews>>> | undefined;
+  const cluster = () => (views ??= clusterViews((target as Extract<Target, { kind: 'cluster' }>).kube));
+  return {
+    target,
+    async agents(only) {
+      if (target.kind === 'local') return (await perNode<ConfigDump>(target.st, '/config_dump', only)).map((d) => ({ node: d.node, config: d.data.config }));
+      const all = (await cluster()).agents;
+      const out = only ? all.filter((a) => a.node === only) : all;
+      if (only && out.length === 0) throw new Error(`no node named ${only} runs mesh workloads (nodes: ${all.map((a) => a.node).join(', ')})`);
+      return out;
+    },
+    async waypoints() {
+      if (target.kind === 'local') return (await perWaypoint(target.st)).map((d) => ({ pod: d.pod, config: d.data.config }));
+      return (await cluster()).waypoints satisfies ComputedWaypointDump[];
+    },
+    local(what) {
+      if (target.kind === 'local') return target.st;
+      throw new Error(`${what} is read from the node agents' admin port (loopback only), which the API server cannot reach yet; on a cluster use \`kubectl -n weft-system port-forward <agent pod> 15000\` and GET localhost:15000/${what === 'bpf' ? 'bpf' : 'certs'}`);
+    },
+  };
+}
+
+/**
+ * A command that inspects the mesh on either transport: `run` does the work; a missing mesh or
+ * kubeconfig is one line and exit 1, as is any error while reading it.
+ */
+export function inspectCommand<F extends TargetFlags>(name: string, label: string, io: CommandIo, configure: (cmd: Command) => Command, run: (m: Mesh, f: F) => Promise<void>): Command {
+  const cmd = configure(targetOptions(exitUsageOnCommanderError(new Command(name), io)));
+  return cmd.action(async (f: F) => {
+    // --prefix/--state-dir on the command line ask for the local mesh as --local does.
+    const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
+    let target: Target;
+    try {
+      target = chooseTarget({ ...f, local: f.local || explicitLocal });
+    } catch (err) {
+      if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
+      io.err(`weftctl: ${err.message}\n`);
+      io.setExitCode(EXIT_FAILED);
+      return;
+    }
+    try {
+      await run(meshOf(target), f);
+    } catch (err) {
+      io.err(`weftctl ${label}: ${(err as Error).message}\n`);
+      io.setExitCode(EXIT_FAILED);
+    }
+  });
+}
+
+function command(name: string, description: string, io: CommandIo, run: (m: Mesh, f: Flags) => Promise<void>, opts: { namespaced?: boolean; formats?: OutputFormat[] } = {}): Command {
+  return inspectCommand<Flags>(name, name, io, (cmd) => {
     cmd.description(description).option('--node <name>', 'only this node');
     if (opts.namespaced !== false) namespaceOptions(cmd);
     return outputOptions(cmd, opts.formats);
@@ -75,9 +139,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
   type Svc = AgentConfig['services'][number];
   type Pol = AgentConfig['policies'][number];
   return [
-    command('waypoints', 'waypoints, their addresses, identities and readiness as the agents see them', io, async (st, f) => {
-      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
-      const wps = unique(dumps.map((d) => d.data.config.waypoints), f);
+    command('waypoints', 'waypoints, their addresses, identities and readiness as the agents see them', io, async (m, f) => {
+      const wps = unique((await m.agents(f.node)).map((d) => d.config.waypoints), f);
       renderList<W>(io, f, wps, [
         { header: 'NAMESPACE', value: (w) => w.namespace },
         { header: 'NAME', value: (w) => w.name },
@@ -86,9 +149,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'IDENTITY', value: (w) => w.spiffeId },
       ]);
     }),
-    command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (st, f) => {
-      const dumps = await perWaypoint(st);
-      const routes = dumps.flatMap((d) => d.data.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })));
+    command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (m, f) => {
+      const dumps = await m.waypoints();
+      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })));
       renderList(io, f, routes, [
         { header: 'NAMESPACE', value: (r) => r.namespace },
         { header: 'NAME', value: (r) => r.name },
@@ -99,9 +162,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'BACKENDS', value: (r) => r.rules.map((rule) => rule.backends.map((b) => `${b.service.split('/').pop()}:${b.weight}`).join('+')).join(' | ') },
       ]);
     }),
-    command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (st, f) => {
-      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
-      const wls = dumps.flatMap((d) => d.data.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)));
+    command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (m, f) => {
+      const dumps = await m.agents(f.node);
+      const wls = dumps.flatMap((d) => d.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)));
       renderList<Wl>(io, f, wls, [
         { header: 'NAMESPACE', value: (w) => w.namespace },
         { header: 'NAME', value: (w) => w.name },
@@ -113,9 +176,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'IDENTITY', value: (w) => w.spiffeId },
       ]);
     }),
-    command('services', 'services, their addresses, endpoints and waypoints', io, async (st, f) => {
-      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
-      const svcs = unique(dumps.map((d) => d.data.config.services), f);
+    command('services', 'services, their addresses, endpoints and waypoints', io, async (m, f) => {
+      const svcs = unique((await m.agents(f.node)).map((d) => d.config.services), f);
       renderList<Svc>(io, f, svcs, [
         { header: 'NAMESPACE', value: (s) => s.namespace },
         { header: 'NAME', value: (s) => s.name },
@@ -126,9 +188,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'HOSTNAME', value: (s) => s.hostname, wide: true },
       ]);
     }),
-    command('policies', 'authorization and peer authentication policies in force on the nodes', io, async (st, f) => {
-      const dumps = await perNode<ConfigDump>(st, '/config_dump', f.node);
-      const pols = unique(dumps.map((d) => d.data.config.policies), f);
+    command('policies', 'authorization and peer authentication policies in force on the nodes', io, async (m, f) => {
+      const pols = unique((await m.agents(f.node)).map((d) => d.config.policies), f);
       renderList<Pol>(io, f, pols, [
         { header: 'NAMESPACE', value: (p) => p.namespace },
         { header: 'NAME', value: (p) => p.name },
@@ -139,8 +200,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'SELECTS', value: (p) => (p.targetServices?.join(',') ?? (p.selector ? Object.entries(p.selector).map(([k, v]) => `${k}=${v}`).join(',') : '-')), wide: true },
       ]);
     }),
-    command('certs', 'workload certificates held by each node agent', io, async (st, f) => {
-      const dumps = await perNode<CertsDump>(st, '/certs', f.node);
+    command('certs', 'workload certificates held by each node agent (local mesh)', io, async (m, f) => {
+      const dumps = await perNode<CertsDump>(m.local('certs'), '/certs', f.node);
       const rows = dumps.flatMap((d) => d.data.certificates.filter((c) => inNamespace(f, namespaceOfSpiffe(c.identity))).map((c) => ({ node: d.node, ...c })));
       // The issuer's subject tells the roots apart during a root rotation.
       renderList(io, f, rows, [
@@ -152,8 +213,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'ISSUER', value: (c) => c.issuer },
       ]);
     }),
-    command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node (with the bpftool command for each)', io, async (st, f) => {
-      const dumps = await perNode<BpfDump>(st, '/bpf', f.node);
+    command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node, with the bpftool command for each (local mesh)', io, async (m, f) => {
+      const dumps = await perNode<BpfDump>(m.local('bpf'), '/bpf', f.node);
       if (renderData(io, f, dumps)) return;
       const h = f.headers;
       for (const { node, data } of dumps) {
@@ -183,8 +244,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
       }
     }, { namespaced: false }),
-    command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint) holds', io, async (st, f) => {
-      renderData(io, f, f.waypoints ? await perWaypoint(st) : await perNode<ConfigDump>(st, '/config_dump', f.node));
+    command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint) holds (on a cluster: what the controller sends each)', io, async (m, f) => {
+      if (m.target.kind === 'local') renderData(io, f, f.waypoints ? await perWaypoint(m.target.st) : await perNode<ConfigDump>(m.target.st, '/config_dump', f.node));
+      else renderData(io, f, f.waypoints ? await m.waypoints() : await m.agents(f.node));
     }, { namespaced: false, formats: ['json', 'yaml'] }).option('--waypoints', 'the waypoints\' config instead of the agents\''),
   ];
 }

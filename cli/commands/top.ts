@@ -6,10 +6,10 @@
 // `-o json` prints one JSON object per interval (one line each).
 import { Command, Option } from 'commander';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { LocalState } from '../local/up.ts';
-import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
-import { requestInNetns } from '../local/netns-http.ts';
-import { delta, histogramQuantile, parseProm, sumBy, type Sample } from '../local/prom.ts';
+import { delta, histogramQuantile, sumBy, type Sample } from '../local/prom.ts';
+import { components, scrapeComponent } from '../components.ts';
+import { inspectCommand } from './inspect.ts';
+import type { Target, TargetFlags } from './target.ts';
 import { table } from './output.ts';
 import { processIo, type CommandIo } from './install.ts';
 
@@ -19,19 +19,11 @@ interface Scrape {
 }
 
 /** Every agent's and waypoint's /metrics, concatenated (labels keep them apart). */
-async function scrape(st: LocalState): Promise<Scrape> {
-  const targets = [
-    ...st.nodes.map((n) => ({ netns: n.netns, url: `http://${n.ip}:15020/metrics` })),
-    ...st.pods.filter((p) => p.name.startsWith('waypoint')).map((p) => ({ netns: p.netns, url: `http://${p.ip}:15020/metrics` })),
-  ];
+async function scrape(t: Target): Promise<Scrape> {
+  const comps = (await components(t)).filter((c) => c.role !== 'controller');
   const samples: Sample[] = [];
-  await Promise.all(targets.map(async (t) => {
-    try {
-      samples.push(...parseProm((await requestInNetns(`/var/run/netns/${t.netns}`, t.url, { timeoutMs: 2_000 })).body));
-    } catch {
-      /* a component that does not answer shows no rows */
-    }
-  }));
+  // A component that does not answer shows no rows.
+  for (const r of await Promise.all(comps.map(scrapeComponent))) if ('samples' in r) samples.push(...r.samples);
   return { at: Date.now(), samples };
 }
 
@@ -112,37 +104,41 @@ export function topTable(a: Scrape, b: Scrape, headers = true): string {
   ]), headers);
 }
 
-interface TopFlags extends LocalMeshFlags {
+interface TopFlags extends TargetFlags {
   interval: string;
   once?: boolean;
+  count?: string;
   output: 'table' | 'json';
   headers: boolean;
 }
 
 export function topCommand(io: CommandIo = processIo): Command {
-  return localMeshCommand<TopFlags>('top', 'top', io, (cmd) => cmd
-    .description('live per-service requests/s, error rate, latency percentiles and mTLS status of the local mesh')
+  return inspectCommand<TopFlags>('top', 'top', io, (cmd) => cmd
+    .description('live per-service requests/s, error rate, latency percentiles and mTLS status (agents\' and waypoints\' metrics; on a cluster through the API server\'s pod proxy)')
     .option('-i, --interval <seconds>', 'refresh interval', '2')
-    .option('--once', 'print one table after one interval and exit')
+    .option('--once', 'print one table after one interval and exit (--count 1)')
+    .option('--count <n>', 'exit after n refreshes')
     .addOption(new Option('-o, --output <format>', 'table, or json: one object per interval, one line each').choices(['table', 'json']).default('table'))
-    .option('--no-headers', 'tables without their header line'), async (st, f) => {
+    .option('--no-headers', 'tables without their header line'), async (m, f) => {
       const interval = Math.max(Number(f.interval) || 2, 0.5) * 1000;
       const terminal = io.isTerminal?.() ?? false;
-      let prev = await scrape(st);
-      for (;;) {
+      const count = f.once ? 1 : f.count !== undefined ? Math.max(1, Math.floor(Number(f.count)) || 1) : Infinity;
+      const label = m.target.kind === 'local' ? m.target.st.prefix : m.target.kube.server.origin;
+      let prev = await scrape(m.target);
+      for (let i = 1; ; i++) {
         await sleep(interval);
-        const next = await scrape(st);
+        const next = await scrape(m.target);
         if (f.output === 'json') io.out(JSON.stringify({ at: new Date(next.at).toISOString(), intervalSeconds: (next.at - prev.at) / 1000, rows: topRows(prev, next) }) + '\n');
         else {
           const text = topTable(prev, next, f.headers);
           // A terminal gets a view redrawn in place like top(1); a pipe or file gets each table after
           // the last, with a timestamp line, and no escape codes.
           if (f.once) io.out(text);
-          else if (terminal) io.out(`\x1b[2J\x1b[H weft top: ${st.prefix}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
+          else if (terminal) io.out(`\x1b[2J\x1b[H weft top: ${label}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
           else io.out(`# ${new Date(next.at).toISOString()}\n${text}\n`);
         }
         prev = next;
-        if (f.once) return;
+        if (i >= count) return;
       }
     });
 }

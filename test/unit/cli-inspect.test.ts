@@ -1,0 +1,102 @@
+// Inspection on a cluster (the kube lab's in-process API server): workloads, services, policies,
+// waypoints, routes and config-dump give the per-agent and per-waypoint views the controller
+// computes, with -n/-A, -o wide/json, --no-headers; certs/bpf say why they need the local mesh;
+// top reads the agents' and waypoints' metrics through the pod proxy and never writes escape
+// codes into a pipe.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { inspectCommands } from '../../cli/commands/inspect.ts';
+import { topCommand } from '../../cli/commands/top.ts';
+import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
+import { runCommands } from './cli-harness.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'weft-cli-inspect-'));
+const api = new FakeApiServer();
+let kubeconfig = '';
+const metrics: Server[] = [];
+let requests = 0;
+
+before(async () => {
+  await api.start();
+  kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, stringify({ apiVersion: 'v1', kind: 'Config', clusters: [{ name: 'lab', cluster: { server: api.url, 'insecure-skip-tls-verify': true } }], users: [{ name: 'u', user: {} }], contexts: [{ name: 'lab', context: { cluster: 'lab', user: 'u' } }], 'current-context': 'lab' }));
+  const wp = { ...waypoint('shop', 'waypoint'), status: { addresses: [{ type: 'IPAddress' as const, value: '10.96.9.9' }], conditions: [{ type: 'Ready', status: 'True' as const, reason: 'Ready', message: '', lastTransitionTime: '2026-01-01T00:00:00Z' }] } };
+  for (const o of [
+    ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' }), ns('web', { 'weft.dev/dataplane-mode': 'ambient' }), wp,
+    pod('shop', 'reviews-v1', { labels: { app: 'reviews' }, node: 'node-a', ip: '10.1.0.11' }), pod('shop', 'ratings', { node: 'node-b', ip: '10.1.0.12' }), pod('web', 'front', { node: 'node-b', ip: '10.1.0.13' }),
+    svc('shop', 'reviews', { app: 'reviews' }, '10.96.1.10'), svc('web', 'front', { app: 'front' }, '10.96.2.10'),
+    authz('shop', 'allow-web', { selector: { matchLabels: { app: 'ratings' } }, rules: [{ from: [{ source: { namespaces: ['web'] } }] }] }),
+    { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'reviews', namespace: 'shop' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ backendRefs: [{ name: 'reviews', port: 80 }] }] } },
+  ]) api.apply(o);
+  // An agent and a waypoint pod whose metrics the pod proxy reaches; each scrape counts 10 more requests.
+  const s = createServer((_req, res) => {
+    requests += 10;
+    res.writeHead(200, { 'content-type': 'text/plain' }).end(`istio_requests_total{destination_service="reviews.shop.svc.cluster.local",destination_workload="reviews-v1",response_code="200"} ${requests}\n`);
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  metrics.push(s);
+  api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waypoint-0', namespace: 'shop', labels: { 'weft.dev/waypoint': 'waypoint', 'weft.dev/dataplane-mode': 'none' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.99' } });
+  api.podProxyTarget = (_ns, p, port) => (p === 'waypoint-0' && port === 15020 ? { host: '127.0.0.1', port: (s.address() as { port: number }).port } : undefined);
+});
+after(async () => {
+  await api.stop();
+  for (const s of metrics) s.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const run = (args: string[], terminal = false) => runCommands((io) => [...inspectCommands(io), topCommand(io)], [...args, '--kubeconfig', kubeconfig], { terminal });
+
+test('workloads on a cluster: each node agent\'s enrolled pods, filtered by -n, wide and without headers', async () => {
+  const r = await run(['workloads']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, [
+    'NAMESPACE  NAME        NODE    IP         MODE        ENROLLED  IDENTITY',
+    'shop       reviews-v1  node-a  10.1.0.11  PERMISSIVE  yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    'shop       ratings     node-b  10.1.0.12  PERMISSIVE  yes       spiffe://cluster.local/ns/shop/sa/ratings',
+    'web        front       node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
+    ''].join('\n'));
+  const web = await run(['workloads', '-n', 'web', '--no-headers', '-o', 'wide']);
+  assert.equal(web.stdout, 'web  front  node-b  10.1.0.13  PERMISSIVE  yes  web/front  spiffe://cluster.local/ns/web/sa/front\n');
+  const one = await run(['workloads', '--node', 'node-a', '-o', 'json']);
+  assert.deepEqual(JSON.parse(one.stdout).map((w: { name: string }) => w.name), ['reviews-v1']);
+});
+
+test('services, policies, waypoints and routes on a cluster', async () => {
+  const s = await run(['services', '-A']);
+  assert.match(s.stdout, /^shop\s+reviews\s+10\.96\.1\.10\s+80\/http\s+10\.1\.0\.11\s+shop\/waypoint$/m);
+  assert.match(s.stdout, /^web\s+front\s+10\.96\.2\.10\s+80\/http\s+10\.1\.0\.13\s+-$/m);
+  const p = await run(['policies', '-o', 'wide']);
+  assert.match(p.stdout, /^shop\s+allow-web\s+ALLOW\s+workload\s+L4\s+1\s+app=ratings$/m);
+  const w = await run(['waypoints']);
+  // A running waypoint pod's address wins over the status (compile.ts), as the controller decides.
+  assert.match(w.stdout, /^shop\s+waypoint\s+10\.1\.0\.99:15008\s+True\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/waypoint$/m);
+  const rt = await run(['routes', '-o', 'wide']);
+  assert.match(rt.stdout, /^shop\s+reviews\s+HTTPRoute\s+shop\/reviews\s+shop\/waypoint\s+1\s+reviews:1$/m);
+  const dump = await run(['config-dump', '--waypoints']);
+  assert.deepEqual(JSON.parse(dump.stdout).map((d: { pod: string; config: { routes: unknown[] } }) => [d.pod, d.config.routes.length]), [['shop/waypoint', 1]]);
+});
+
+test('certs and bpf on a cluster say how to reach the agent instead', async () => {
+  const r = await run(['certs']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^weftctl certs: certs is read from the node agents' admin port .*kubectl -n weft-system port-forward/);
+});
+
+test('top on a cluster reads metrics through the pod proxy; -o json is one object a line; no escape codes into a pipe', async () => {
+  const j = await run(['top', '--once', '-i', '0.5', '-o', 'json']);
+  assert.equal(j.code, 0, j.stderr);
+  const o = JSON.parse(j.stdout.trim());
+  assert.deepEqual(o.rows.map((r: { service: string; layer: string; workload: string; sharePercent: number }) => [r.service, r.layer, r.workload, r.sharePercent]), [['reviews.shop.svc.cluster.local', 'L7', 'reviews-v1', 100]]);
+  const pipe = await run(['top', '--count', '2', '-i', '0.5']);
+  assert.equal(pipe.code, 0, pipe.stderr);
+  assert.doesNotMatch(pipe.stdout, /\x1b/, 'no escape codes into a pipe');
+  assert.equal(pipe.stdout.match(/^SERVICE\s+PATH/gm)?.length, 2, 'one table per refresh');
+  const tty = await run(['top', '--count', '1', '-i', '0.5'], true);
+  assert.match(tty.stdout, /^\x1b\[2J\x1b\[H weft top: http:\/\/127\.0\.0\.1:\d+, every 0\.5 s/);
+});
