@@ -6,6 +6,8 @@ import { Command, Option } from 'commander';
 import { checkMesh, runPreflight, type CheckResult, type MeshFacts, type PreflightSources } from '../check.ts';
 import { isRunning, readState, type LocalState } from '../local/up.ts';
 import { localMeshOptions } from './local-mesh.ts';
+import { clusterPreflight } from '../check-cluster.ts';
+import { KubeApiError, KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
 import { EXIT_FAILED, EXIT_OK, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 
 const MARK = { pass: 'ok  ', warn: 'WARN', fail: 'FAIL' } as const;
@@ -33,8 +35,25 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
   const cmd = localMeshOptions(new Command('check'))
     .description('check that this machine can run the Weft agent (kernel, BPF features, mounts, privileges, tools, ports) and, when a local mesh runs, that its controller, agents, waypoints, certificates and BPF links are healthy')
     .option('--mesh', 'only the running local mesh (fails when none runs)')
+    .option('--pre', 'before installing on a cluster: node kernels and OS, Gateway API and Weft CRDs, read from the API (no local tools needed)')
+    .option('--kubeconfig <file>', 'with --pre: kubeconfig of the cluster (default $KUBECONFIG, then ~/.kube/config)')
+    .option('--context <name>', 'with --pre: kubeconfig context')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
-    .action(async (flags: { output: 'text' | 'json'; prefix: string; stateDir: string; mesh?: boolean }) => {
+    .action(async (flags: { output: 'text' | 'json'; prefix: string; stateDir: string; mesh?: boolean; pre?: boolean } & KubeFlags) => {
+      if (flags.pre) {
+        let results: CheckResult[];
+        try {
+          results = await clusterPreflight(new KubeClient(loadKubeConfig(flags)));
+        } catch (e) {
+          if (!(e instanceof KubeConfigError || e instanceof KubeApiError)) throw e;
+          io.err(`weftctl check --pre: ${e.message}\n`);
+          io.setExitCode(EXIT_FAILED);
+          return;
+        }
+        io.out(flags.output === 'json' ? JSON.stringify(results, null, 2) + '\n' : formatResults(results));
+        io.setExitCode(results.some((r) => r.status === 'fail') ? EXIT_FAILED : EXIT_OK);
+        return;
+      }
       const results: CheckResult[] = flags.mesh ? [] : runPreflight(sources);
       const st = readState(flags.stateDir);
       if (st && isRunning(flags.prefix)) {
