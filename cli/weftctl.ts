@@ -15,6 +15,7 @@ import { dashboardCommand } from './commands/dashboard.ts';
 import { analyzeCommand } from './commands/analyze.ts';
 import { versionCommand } from './commands/version.ts';
 import { completionCommand } from './commands/completion.ts';
+import { describeCommand } from './commands/describe.ts';
 
 export function program(): Command {
   const p = new Command('weftctl')
@@ -33,6 +34,7 @@ export function program(): Command {
     .addCommand(installCommand())
     .addCommand(uninstallCommand())
     .addCommand(checkCommand())
+    .addCommand(describeCommand())
     .addCommand(versionCommand())
     .addCommand(completionCommand(program));
   for (const c of inspectCommands()) p.addCommand(c);

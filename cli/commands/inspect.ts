@@ -69,7 +69,8 @@ export function meshOf(target: Target): Mesh {
  */
 export function inspectCommand<F extends TargetFlags>(name: string, label: string, io: CommandIo, configure: (cmd: Command) => Command, run: (m: Mesh, f: F) => Promise<void>): Command {
   const cmd = configure(targetOptions(exitUsageOnCommanderError(new Command(name), io)));
-  return cmd.action(async (f: F) => {
+  return cmd.action(async () => {
+    const f = cmd.opts<F>();
     // --prefix/--state-dir on the command line ask for the local mesh as --local does.
     const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
     let target: Target;

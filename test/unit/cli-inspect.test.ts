@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { inspectCommands } from '../../cli/commands/inspect.ts';
 import { topCommand } from '../../cli/commands/top.ts';
+import { describeCommand } from '../../cli/commands/describe.ts';
 import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { runCommands } from './cli-harness.ts';
@@ -32,6 +33,8 @@ before(async () => {
     pod('shop', 'reviews-v1', { labels: { app: 'reviews' }, node: 'node-a', ip: '10.1.0.11' }), pod('shop', 'ratings', { node: 'node-b', ip: '10.1.0.12' }), pod('web', 'front', { node: 'node-b', ip: '10.1.0.13' }),
     svc('shop', 'reviews', { app: 'reviews' }, '10.96.1.10'), svc('web', 'front', { app: 'front' }, '10.96.2.10'),
     authz('shop', 'allow-web', { selector: { matchLabels: { app: 'ratings' } }, rules: [{ from: [{ source: { namespaces: ['web'] } }] }] }),
+    authz('shop', 'reviews-get', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ to: [{ operation: { methods: ['GET'] } }] }] }),
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } },
     { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'reviews', namespace: 'shop' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ backendRefs: [{ name: 'reviews', port: 80 }] }] } },
   ]) api.apply(o);
   // An agent and a waypoint pod whose metrics the pod proxy reaches; each scrape counts 10 more requests.
@@ -50,15 +53,15 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const run = (args: string[], terminal = false) => runCommands((io) => [...inspectCommands(io), topCommand(io)], [...args, '--kubeconfig', kubeconfig], { terminal });
+const run = (args: string[], terminal = false) => runCommands((io) => [...inspectCommands(io), topCommand(io), describeCommand(io)], [...args, '--kubeconfig', kubeconfig], { terminal });
 
 test('workloads on a cluster: each node agent\'s enrolled pods, filtered by -n, wide and without headers', async () => {
   const r = await run(['workloads']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, [
     'NAMESPACE  NAME        NODE    IP         MODE        ENROLLED  IDENTITY',
-    'shop       reviews-v1  node-a  10.1.0.11  PERMISSIVE  yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
-    'shop       ratings     node-b  10.1.0.12  PERMISSIVE  yes       spiffe://cluster.local/ns/shop/sa/ratings',
+    'shop       reviews-v1  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    'shop       ratings     node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
     'web        front       node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
     ''].join('\n'));
   const web = await run(['workloads', '-n', 'web', '--no-headers', '-o', 'wide']);
@@ -73,6 +76,7 @@ test('services, policies, waypoints and routes on a cluster', async () => {
   assert.match(s.stdout, /^web\s+front\s+10\.96\.2\.10\s+80\/http\s+10\.1\.0\.13\s+-$/m);
   const p = await run(['policies', '-o', 'wide']);
   assert.match(p.stdout, /^shop\s+allow-web\s+ALLOW\s+workload\s+L4\s+1\s+app=ratings$/m);
+  assert.doesNotMatch(p.stdout, /reviews-get/, 'a targetRefs policy is the waypoint\'s, not the agents\'');
   const w = await run(['waypoints']);
   // A running waypoint pod's address wins over the status (compile.ts), as the controller decides.
   assert.match(w.stdout, /^shop\s+waypoint\s+10\.1\.0\.99:15008\s+True\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/waypoint$/m);
@@ -99,4 +103,28 @@ test('top on a cluster reads metrics through the pod proxy; -o json is one objec
   assert.equal(pipe.stdout.match(/^SERVICE\s+PATH/gm)?.length, 2, 'one table per refresh');
   const tty = await run(['top', '--count', '1', '-i', '0.5'], true);
   assert.match(tty.stdout, /^\x1b\[2J\x1b\[H weft top: http:\/\/127\.0\.0\.1:\d+, every 0\.5 s/);
+});
+
+test('describe pod on a cluster: each decision with the object that made it', async () => {
+  const r = await run(['describe', 'pod', 'reviews-v1', '-n', 'shop']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, [
+    'Pod:        shop/reviews-v1',
+    'Node:       node-a',
+    'IP:         10.1.0.11',
+    'Identity:   spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    'Enrolled:   yes (Namespace shop label weft.dev/dataplane-mode=ambient)',
+    'Mode:       x',
+  ].join('\n').replace('Mode:       x', 'mTLS mode:  STRICT (PeerAuthentication shop/strict (namespace scope))') + '\n' + [
+    'Waypoint:   shop/waypoint for traffic addressed to the pod (Namespace shop label weft.dev/use-waypoint)',
+    'Services:   ',
+    '  shop/reviews via waypoint shop/waypoint',
+    'Policies:   ',
+    '  shop/reviews-get: ALLOW L7, enforced by waypoint shop/waypoint (Service shop/reviews): allows requests to shop/reviews matching 1 rule(s)',
+    ''].join('\n'));
+  const j = await run(['describe', 'pod', 'ratings', '-n', 'shop', '-o', 'json']);
+  assert.deepEqual(JSON.parse(j.stdout).policies.map((p: { name: string; enforcedBy: string }) => [p.name, p.enforcedBy]), [['shop/allow-web', 'node agent (workload scope)']]);
+  const none = await run(['describe', 'pod', 'nope', '-n', 'shop']);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /^weftctl describe pod: no pod shop\/nope$/m);
 });
