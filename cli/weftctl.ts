@@ -16,6 +16,7 @@ import { analyzeCommand } from './commands/analyze.ts';
 import { versionCommand } from './commands/version.ts';
 import { completionCommand } from './commands/completion.ts';
 import { describeCommand } from './commands/describe.ts';
+import { proxyStatusCommand } from './commands/proxy-status.ts';
 
 export function program(): Command {
   const p = new Command('weftctl')
@@ -35,6 +36,7 @@ export function program(): Command {
     .addCommand(uninstallCommand())
     .addCommand(checkCommand())
     .addCommand(describeCommand())
+    .addCommand(proxyStatusCommand())
     .addCommand(versionCommand())
     .addCommand(completionCommand(program));
   for (const c of inspectCommands()) p.addCommand(c);

@@ -92,7 +92,7 @@ export class LocalNetwork {
     this.prefix = prefix;
     this.cgroupDir = cgroupDir;
     this.pinDir = pinDir;
-    this.wireNetns = `${prefix}-wire`;
+    this.wireNetns = wireNetnsName(prefix);
   }
 
   /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. `dualStack`: IPv6 too (not meshed). */
@@ -309,4 +309,9 @@ export function destroyLocalNetworkSync(prefix: string): void {
   removeCgroupTreeSync(join(findCgroup2Root(), prefix));
   for (const ns of prefixed(prefix)) deleteNetns(ns);
   rmSync(join(ensureBpffs(), prefix), { recursive: true, force: true });
+}
+
+/** The wire (bridge) namespace of the local mesh `prefix`, where the controller runs. */
+export function wireNetnsName(prefix: string): string {
+  return `${prefix}-wire`;
 }

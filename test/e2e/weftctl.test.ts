@@ -56,6 +56,21 @@ test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and
   assert.match(certs.out, /IDENTITY\s+SERIAL\s+EXPIRES\s+STATE\s+ISSUER/);
   assert.match(certs.out, /node1\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/\S+\s+[0-9a-f]+\s+\S+\s+valid\s+O=weft, CN=weft root CA/);
 
+  // Every agent and waypoint acknowledged the controller's config version.
+  const ps = await weftctl(['proxy-status', ...common]);
+  assert.equal(ps.code, 0, `${ps.out}\n${ps.err}`);
+  assert.match(ps.out, /^agent\s+\S*node1\s+\S+\s+-\s+\S+\s+SYNCED$/m);
+  assert.match(ps.out, /^waypoint\s+.*SYNCED$/m);
+  // describe pod: identity, enrolment and the certificate its agent holds.
+  const d = await weftctl(['describe', 'pod', 'client', '-n', 'demo', ...common]);
+  assert.equal(d.code, 0, d.err);
+  assert.match(d.out, /^Identity:   spiffe:\/\/cluster\.local\/ns\/demo\/sa\/\S+$/m);
+  assert.match(d.out, /^Enrolled:   yes \(/m);
+  assert.match(d.out, /^Certificate: valid, serial [0-9a-f]+, expires /m);
+  // The same rows as JSON, filtered by namespace.
+  const wl = await weftctl(['workloads', '-n', 'demo', '-o', 'json', ...common]);
+  assert.ok(JSON.parse(wl.out).every((w: { namespace: string }) => w.namespace === 'demo'));
+
   const down = await weftctl(['down', ...common]);
   assert.equal(down.code, 0, down.err);
   assert.deepEqual(listNetns().filter((n) => n.startsWith(`${lab.id}-`)), []);

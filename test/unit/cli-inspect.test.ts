@@ -13,6 +13,7 @@ import { stringify } from 'yaml';
 import { inspectCommands } from '../../cli/commands/inspect.ts';
 import { topCommand } from '../../cli/commands/top.ts';
 import { describeCommand } from '../../cli/commands/describe.ts';
+import { clientStatuses, proxyStatusCommand } from '../../cli/commands/proxy-status.ts';
 import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { runCommands } from './cli-harness.ts';
@@ -127,4 +128,17 @@ test('describe pod on a cluster: each decision with the object that made it', as
   const none = await run(['describe', 'pod', 'nope', '-n', 'shop']);
   assert.equal(none.code, 1);
   assert.match(none.stderr, /^weftctl describe pod: no pod shop\/nope$/m);
+});
+
+test('proxy-status: SYNCED when a client acknowledged the controller\'s version, NACKED when it refused it, else STALE', async () => {
+  const rows = clientStatuses({ systemVersion: '7', clients: [
+    { id: 'node-b', kind: 'agent', namespace: '', ackedVersion: '7' },
+    { id: 'node-a', kind: 'agent', namespace: '', ackedVersion: '6' },
+    { id: 'shop/waypoint-0', kind: 'waypoint', namespace: 'shop', ackedVersion: '6', nackedVersion: '7' },
+    { id: 'web/waypoint-0', kind: 'waypoint', namespace: 'web', ackedVersion: '7', nackedVersion: '5' },
+  ] });
+  assert.deepEqual(rows.map((r) => [r.kind, r.id, r.state]), [['agent', 'node-a', 'STALE'], ['agent', 'node-b', 'SYNCED'], ['waypoint', 'shop/waypoint-0', 'NACKED'], ['waypoint', 'web/waypoint-0', 'SYNCED']]);
+  const r = await runCommands((io) => [proxyStatusCommand(io)], ['proxy-status', '--kubeconfig', kubeconfig]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^weftctl proxy-status: reads the controller's admin port .*port-forward deploy\/weft-controller 15000/);
 });
