@@ -1,6 +1,9 @@
 // weftctl proxy-status: each agent's and waypoint's config stream against the controller, as
 // `istioctl proxy-status` shows Envoy's: the system version the controller has published, the one
-// each client acknowledged last, and SYNCED / STALE / NACKED. Read from the controller's admin
+// each client acknowledged last, and the one it refused, if any. The controller pushes a version
+// only to the clients whose view it changes, so an acknowledged version older than the
+// controller's is normal (nothing of that client's changed since); a refusal newer than the last
+// acknowledgement is not: that client runs older config than the controller means it to (NACKED). Read from the controller's admin
 // /debug/clients (loopback only: in the local mesh's wire namespace). On a cluster that port is
 // reachable with `kubectl -n weft-system port-forward deploy/weft-controller 15000`.
 import { Command } from 'commander';
@@ -18,7 +21,8 @@ export interface ClientStatus {
   ackedVersion: string;
   nackedVersion?: string;
   controllerVersion: string;
-  state: 'SYNCED' | 'STALE' | 'NACKED';
+  /** ACKED: the client applied the last version sent to it; NACKED: it refused a newer one. */
+  state: 'ACKED' | 'NACKED';
 }
 
 interface DebugClients {
@@ -35,14 +39,20 @@ export function clientStatuses(d: DebugClients): ClientStatus[] {
     ackedVersion: c.ackedVersion || '-',
     ...(c.nackedVersion ? { nackedVersion: c.nackedVersion } : {}),
     controllerVersion: d.systemVersion,
-    // A NACK of the current version is the newest news; an older NACK was since superseded by an ACK.
-    state: c.nackedVersion && c.nackedVersion === d.systemVersion ? 'NACKED' : c.ackedVersion === d.systemVersion ? 'SYNCED' : 'STALE',
+    // A refusal is news only until a later version is acknowledged.
+    state: c.nackedVersion && versionAfter(c.nackedVersion, c.ackedVersion) ? 'NACKED' : 'ACKED',
   })).sort((a, b) => `${a.kind}/${a.id}`.localeCompare(`${b.kind}/${b.id}`));
+}
+
+/** Is system version `a` (a decimal count) later than `b` ('' or '-': none)? */
+function versionAfter(a: string, b: string): boolean {
+  const n = (v: string) => (/^\d+$/.test(v) ? BigInt(v) : -1n);
+  return n(a) > n(b);
 }
 
 export function proxyStatusCommand(io: CommandIo = processIo): Command {
   return inspectCommand<TargetFlags & OutputFlags>('proxy-status', 'proxy-status', io, (cmd) => outputOptions(cmd
-    .description('config version each agent and waypoint acknowledged (ACK/NACK) against the controller\'s; exit 1 unless every one is SYNCED')), async (m, f) => {
+    .description('config version each agent and waypoint acknowledged or refused against the controller\'s; exit 1 when one refused its latest config (NACKED)')), async (m, f) => {
     if (m.target.kind === 'cluster') {
       throw new Error('reads the controller\'s admin port (loopback only), which the API server cannot reach; run `kubectl -n weft-system port-forward deploy/weft-controller 15000` and GET localhost:15000/debug/clients');
     }
@@ -57,6 +67,6 @@ export function proxyStatusCommand(io: CommandIo = processIo): Command {
       { header: 'CONTROLLER', value: (r) => r.controllerVersion },
       { header: 'STATE', value: (r) => r.state },
     ]);
-    if (rows.some((r) => r.state !== 'SYNCED')) io.setExitCode(EXIT_FAILED);
+    if (rows.some((r) => r.state === 'NACKED')) io.setExitCode(EXIT_FAILED);
   });
 }

@@ -56,11 +56,12 @@ test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and
   assert.match(certs.out, /IDENTITY\s+SERIAL\s+EXPIRES\s+STATE\s+ISSUER/);
   assert.match(certs.out, /node1\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/\S+\s+[0-9a-f]+\s+\S+\s+valid\s+O=weft, CN=weft root CA/);
 
-  // Every agent and waypoint acknowledged the controller's config version.
+  // Every agent and waypoint acknowledged its latest config and refused none.
   const ps = await weftctl(['proxy-status', ...common]);
   assert.equal(ps.code, 0, `${ps.out}\n${ps.err}`);
-  assert.match(ps.out, /^agent\s+\S*node1\s+\S+\s+-\s+\S+\s+SYNCED$/m);
-  assert.match(ps.out, /^waypoint\s+.*SYNCED$/m);
+  assert.match(ps.out, /^agent\s+node1\s+\d+\s+-\s+\d+\s+ACKED$/m);
+  assert.match(ps.out, /^agent\s+node2\s+\d+\s+-\s+\d+\s+ACKED$/m);
+  assert.match(ps.out, /^waypoint\s+\S+\s+\d+\s+-\s+\d+\s+ACKED$/m);
   // describe pod: identity, enrolment and the certificate its agent holds.
   const d = await weftctl(['describe', 'pod', 'client', '-n', 'demo', ...common]);
   assert.equal(d.code, 0, d.err);

@@ -130,14 +130,15 @@ test('describe pod on a cluster: each decision with the object that made it', as
   assert.match(none.stderr, /^weftctl describe pod: no pod shop\/nope$/m);
 });
 
-test('proxy-status: SYNCED when a client acknowledged the controller\'s version, NACKED when it refused it, else STALE', async () => {
+test('proxy-status: NACKED when a client refused a version newer than its last acknowledged one, else ACKED (an older ACK is normal: the controller pushes only changed views)', async () => {
   const rows = clientStatuses({ systemVersion: '7', clients: [
     { id: 'node-b', kind: 'agent', namespace: '', ackedVersion: '7' },
     { id: 'node-a', kind: 'agent', namespace: '', ackedVersion: '6' },
     { id: 'shop/waypoint-0', kind: 'waypoint', namespace: 'shop', ackedVersion: '6', nackedVersion: '7' },
     { id: 'web/waypoint-0', kind: 'waypoint', namespace: 'web', ackedVersion: '7', nackedVersion: '5' },
+    { id: 'node-c', kind: 'agent', namespace: '', ackedVersion: '10', nackedVersion: '9' },
   ] });
-  assert.deepEqual(rows.map((r) => [r.kind, r.id, r.state]), [['agent', 'node-a', 'STALE'], ['agent', 'node-b', 'SYNCED'], ['waypoint', 'shop/waypoint-0', 'NACKED'], ['waypoint', 'web/waypoint-0', 'SYNCED']]);
+  assert.deepEqual(rows.map((r) => [r.kind, r.id, r.state]), [['agent', 'node-a', 'ACKED'], ['agent', 'node-b', 'ACKED'], ['agent', 'node-c', 'ACKED'], ['waypoint', 'shop/waypoint-0', 'NACKED'], ['waypoint', 'web/waypoint-0', 'ACKED']]);
   const r = await runCommands((io) => [proxyStatusCommand(io)], ['proxy-status', '--kubeconfig', kubeconfig]);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /^weftctl proxy-status: reads the controller's admin port .*port-forward deploy\/weft-controller 15000/);
