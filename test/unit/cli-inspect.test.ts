@@ -62,13 +62,15 @@ test('workloads on a cluster: each node agent\'s enrolled pods, filtered by -n, 
   assert.equal(r.stdout, [
     'NAMESPACE  NAME        NODE    IP         MODE        ENROLLED  IDENTITY',
     'shop       reviews-v1  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    // Agents also know the pods they do not capture (the waypoint's, dataplane-mode none).
+    'shop       waypoint-0  node-a  10.1.0.99  STRICT      no        spiffe://cluster.local/ns/shop/sa/default',
     'shop       ratings     node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
     'web        front       node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
     ''].join('\n'));
   const web = await run(['workloads', '-n', 'web', '--no-headers', '-o', 'wide']);
   assert.equal(web.stdout, 'web  front  node-b  10.1.0.13  PERMISSIVE  yes  web/front  spiffe://cluster.local/ns/web/sa/front\n');
   const one = await run(['workloads', '--node', 'node-a', '-o', 'json']);
-  assert.deepEqual(JSON.parse(one.stdout).map((w: { name: string }) => w.name), ['reviews-v1']);
+  assert.deepEqual(JSON.parse(one.stdout).map((w: { name: string }) => w.name), ['reviews-v1', 'waypoint-0']);
 });
 
 test('services, policies, waypoints and routes on a cluster', async () => {
