@@ -11,7 +11,8 @@ import type { Workload } from '../../lib/model/mesh.ts';
 import type { Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
-import type { AgentMetrics } from './metrics.ts';
+import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
+import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import type { OriginalDestinationSource } from './outbound.ts';
 import { connectTcp } from './connect.ts';
 
@@ -47,7 +48,7 @@ export class InboundAuthorizer {
   authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
     const decision = evaluate(this.#state.policiesFor(dest), { ...src, destinationIp: dest.ip, destinationPort: port });
     if (decision.allowed) return;
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
+    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
     this.#log.info('connection denied', { reason: decision.reason, policy: decision.policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
     throw new DeniedError(decision.reason, 403, decision.policy);
   }
@@ -90,13 +91,15 @@ export interface InboundOptions {
   trustBundle: () => readonly string[];
   metrics: AgentMetrics;
   log: Logger;
-  accessLog: (entry: Record<string, unknown>) => void;
+  accessLog: AccessLogSink;
   connectTimeoutMs?: number;
 }
 
 export class Inbound {
   readonly #o: InboundOptions;
   readonly server: HboneServer;
+  /** The record of each tunnel carried, until the server reports it closed. */
+  readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
@@ -129,6 +132,20 @@ export class Inbound {
     const principal = req.peer.spiffeId;
     const sourceNamespace = workloadOf(principal)?.namespace;
     const client = parseForwarded(req.forwardedFor) ?? { ip: req.peer.address.replace(/^::ffff:/, ''), port: 0 };
+    const service = inboundService(this.#o.state.current.services, dest, port);
+    const record = new ConnectionRecord(this.#o.metrics, {
+      reporter: 'destination',
+      // The peer's agent (or waypoint) describes its workload in `baggage`; believed only for the
+      // namespace the peer's certificate proves.
+      source: { meta: peerFromBaggage(req.headers['baggage'], principal), principal },
+      destination: { meta: dest, principal: dest.spiffeId },
+      service: service ? { hostname: service.hostname, name: service.name, namespace: service.namespace } : undefined,
+      security: 'mutual_tls',
+      srcAddr: `${client.ip}:${client.port}`,
+      dstAddr: `${host}:${port}`,
+      hboneAddr: req.authority,
+      dstPod: dest.name,
+    }, this.#o.accessLog);
     try {
       this.#o.authorizer.authorize(dest, port, {
         ...(principal ? { sourcePrincipal: principal } : {}),
@@ -137,15 +154,17 @@ export class Inbound {
       });
     } catch (err) {
       if (err instanceof DeniedError) {
-        this.#o.accessLog({ direction: 'inbound', src: `${client.ip}:${client.port}`, src_principal: principal, dst: `${host}:${port}`, dst_workload: dest.name, dst_namespace: dest.namespace, denied: err.message, policy: err.policy });
+        record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
         return { status: err.status, reason: err.message };
       }
       throw err;
     }
     try {
       const upstream = await this.#o.authorizer.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
+      this.#records.set(req, record);
       return { upstream };
     } catch (err) {
+      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message };
     }
   }
@@ -156,39 +175,11 @@ export class Inbound {
   }
 
   #closed(c: HboneTunnelClosed): void {
-    const dest = this.#o.state.localWorkload(c.request.target.host);
-    const principal = c.request.peer.spiffeId;
-    const src = workloadOf(principal);
-    const labels = {
-      reporter: 'destination',
-      source_workload: src?.serviceAccount ?? 'unknown',
-      source_workload_namespace: src?.namespace ?? 'unknown',
-      source_principal: principal ?? 'unknown',
-      destination_workload: dest?.name ?? 'unknown',
-      destination_workload_namespace: dest?.namespace ?? 'unknown',
-      destination_principal: dest?.spiffeId ?? 'unknown',
-      destination_service: 'unknown',
-      connection_security_policy: 'mutual_tls',
-    };
-    const m = this.#o.metrics;
-    m.opened.inc(labels);
-    m.closed.inc(labels);
-    // From the destination's point of view: bytes from the tunnel (a) are received by the pod.
-    m.received.inc(labels, c.bytesAtoB);
-    m.sent.inc(labels, c.bytesBtoA);
-    this.#o.accessLog({
-      direction: 'inbound',
-      src: c.request.forwardedFor ?? c.request.peer.address,
-      src_principal: principal,
-      dst: c.request.authority,
-      dst_workload: dest?.name,
-      dst_namespace: dest?.namespace,
-      security: 'mutual_tls',
-      bytes_in: c.bytesAtoB,
-      bytes_out: c.bytesBtoA,
-      duration_ms: Math.round(c.durationMs),
-      ...(c.error ? { error: c.error.message } : {}),
-    });
+    const record = this.#records.get(c.request);
+    if (!record) return;
+    this.#records.delete(c.request);
+    // From the destination's point of view: bytes from the tunnel (a) go to the pod.
+    record.close({ bytesToDestination: c.bytesAtoB, bytesToSource: c.bytesBtoA, error: c.error?.message });
   }
 }
 

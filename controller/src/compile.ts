@@ -52,6 +52,7 @@ import {
   type Workload,
 } from '../../lib/model/mesh.ts';
 import { L7_CONDITION_KEYS } from '../../lib/model/validate.ts';
+import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 
 /** The accepted input objects, by kind. */
 export interface MeshInputs {
@@ -99,6 +100,8 @@ export interface CompileOptions {
   clusterDomain?: string;
   /** Default `weft-system`. */
   rootNamespace?: string;
+  /** Cluster ID in telemetry (`*_cluster` labels); default `Kubernetes`, Istio's default. */
+  clusterId?: string;
   /** By `namespace/name`; overrides what the Waypoint's status says. */
   waypointRuntime?: ReadonlyMap<string, WaypointRuntime>;
 }
@@ -123,6 +126,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
   const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const clusterId = options.clusterId ?? DEFAULT_CLUSTER_ID;
   const findings: CompileFinding[] = [];
   const model: MeshModel = {
     workloads: new Map(),
@@ -198,6 +202,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       ...(address !== undefined ? { address } : {}),
       ...(address !== undefined && addresses && addresses.length > 1 ? { addresses } : {}),
       ...(ready && address !== undefined ? {} : { reason: reason ?? 'NoAddress' }),
+      // The reconciler's Deployment is named after the Waypoint, its pods labelled app.kubernetes.io/name=<name>.
+      workload: { workloadName: wp.metadata.name, namespace: ns, canonicalService: wp.metadata.name, canonicalRevision: 'latest', cluster: clusterId },
     };
     model.waypoints.set(key, compiled);
   }
@@ -223,7 +229,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
     const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
     const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
-    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}`;
+    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}`;
     const cached = options.cache?.workloads.get(uid);
     if (cached && cached.pod === pod && cached.deps === deps) {
       nextCache.set(uid, cached);
@@ -235,6 +241,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const w: Workload = {
       uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
       name: pod.metadata.name,
+      ...workloadMetaOf(pod, clusterId),
       namespace: ns,
       node,
       ...(nodeIp ? { nodeIp } : {}),
@@ -449,6 +456,7 @@ function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: 
     enrolled: w?.enrolled ?? false,
     ...(w?.enrolled ? { spiffeId: w.spiffeId } : {}),
     ready,
+    ...(w ? { workload: { workloadName: w.workloadName, namespace: w.namespace, canonicalService: w.canonicalService, canonicalRevision: w.canonicalRevision, cluster: w.cluster } } : {}),
   };
 }
 

@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry } from 'prom-client';
+import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
@@ -66,6 +67,8 @@ export interface ControllerMainOptions {
   adminPort?: number;
   trustDomain?: string;
   rootNamespace?: string;
+  /** Cluster ID in telemetry labels (`*_cluster`); default `Kubernetes`, as Istio's. */
+  clusterId?: string;
   /**
    * The controller's own namespace: its SPIFFE ID, DNS names, the agents' ServiceAccount, the CA
    * Secret, the trust bundle and the Lease live there. Default $POD_NAMESPACE, else rootNamespace.
@@ -138,7 +141,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const host = o.listenAddress ?? '0.0.0.0';
   const trustDomain = o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'weft_controller_' });
+  registerProcessMetrics(registry, 'controller');
 
   let kubeConfig: KubeConfig | undefined;
   let source: ConfigSource;
@@ -188,7 +191,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace },
+    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}) },
     logger: log,
     registry,
     ...(elector ? { leadership: elector } : {}),
@@ -349,6 +352,7 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
+  --cluster-id <id>           cluster name in metric labels (default Kubernetes)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
                               created once; local: generate a root)
@@ -376,6 +380,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'admin-port': { type: 'string' },
       'trust-domain': { type: 'string' },
       'root-namespace': { type: 'string' },
+      'cluster-id': { type: 'string' },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },
@@ -418,6 +423,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('adminPort', port('admin-port', values['admin-port']));
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
+  set('clusterId', values['cluster-id']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);
   set('caRootsFile', values['ca-roots']);

@@ -2,8 +2,9 @@
 // from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
 // Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
+import type { WorkloadMeta } from './workload-meta.ts';
 
-export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope };
+export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope, WorkloadMeta };
 
 /** Default trust domain of SPIFFE identities. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -28,9 +29,11 @@ export interface WaypointRef {
   namespace: string;
 }
 
-export interface Workload {
+/** A pod, with its telemetry identity (WorkloadMeta: controlling workload, canonical service, cluster). */
+export interface Workload extends WorkloadMeta {
   /** Pod UID (or `namespace/name` when the source gave none). */
   uid: string;
+  /** The pod's name (`workloadName` is its controlling workload's). */
   name: string;
   namespace: string;
   node: string;
@@ -77,6 +80,8 @@ export interface Endpoint {
   enrolled: boolean;
   spiffeId?: string;
   ready: boolean;
+  /** Telemetry identity of the pod behind the address; absent when there is none. */
+  workload?: WorkloadMeta;
 }
 
 export interface Service {
@@ -106,6 +111,8 @@ export interface Waypoint {
   ready: boolean;
   /** Why it is not ready. */
   reason?: string;
+  /** Telemetry identity of its pods (the Deployment the reconciler names after the Waypoint). */
+  workload?: WorkloadMeta;
 }
 
 // ---------------------------------------------------------------------------------------------

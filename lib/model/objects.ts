@@ -13,6 +13,8 @@ export interface ObjectMeta {
   annotations?: Record<string, string>;
   creationTimestamp?: string;
   deletionTimestamp?: string;
+  /** Read for pods: the controlling owner names the workload in telemetry (lib/model/workload-meta.ts). */
+  ownerReferences?: Array<{ apiVersion?: string; kind: string; name: string; uid?: string; controller?: boolean }>;
 }
 
 export interface Condition {

@@ -276,6 +276,15 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
     c.fail('metadata.namespace', `${kind} is cluster-scoped and has no namespace`);
   }
   c.str(m.uid, 'metadata.uid');
+  const owners = c.arr(m.ownerReferences, 'metadata.ownerReferences');
+  owners?.forEach((o, i) => {
+    const p = `metadata.ownerReferences[${i}]`;
+    const r = c.obj(o, p, true);
+    if (!r) return;
+    c.str(r.kind, `${p}.kind`, { required: true, nonEmpty: true });
+    c.str(r.name, `${p}.name`, { required: true, nonEmpty: true });
+    c.bool(r.controller, `${p}.controller`);
+  });
   c.str(m.resourceVersion, 'metadata.resourceVersion');
   c.int(m.generation, 'metadata.generation', { min: 0 });
   c.stringMap(m.labels, 'metadata.labels', LABEL_NAME, LABEL_VALUE);

@@ -34,6 +34,7 @@ test('builds service endpoints from pod selectors with named target ports and no
   assert.deepEqual(s.endpoints, [{
     workloadUid: 'uid-shop-web', ip: '10.1.0.7', node: 'node-b', nodeIp: '192.168.0.2', port: 8080, ports: { '80': 8080 },
     enrolled: true, spiffeId: 'spiffe://cluster.local/ns/shop/sa/web', ready: true,
+    workload: { workloadName: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'latest', cluster: 'Kubernetes' },
   }]);
 });
 
@@ -97,6 +98,9 @@ test('compiles GRPCRoute methods to path matches and reports missing backends', 
   assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound']]);
 });
 
+/** The reconciler's Deployment for Waypoint a/wp is named wp and labelled app.kubernetes.io/name=wp. */
+const WP_META = { workloadName: 'wp', namespace: 'a', canonicalService: 'wp', canonicalRevision: 'latest', cluster: 'Kubernetes' };
+
 test('uses the namespace waypoint for services unless the service names its own', () => {
   const i = emptyInputs();
   i.namespaces.push(ns('a', { 'weft.dev/use-waypoint': 'wp' }));
@@ -107,7 +111,7 @@ test('uses the namespace waypoint for services unless the service names its own'
   const { model, findings } = compile(i);
   assert.deepEqual(model.services.get('a/plain')?.waypoint, { name: 'wp', namespace: 'a' });
   assert.deepEqual(model.services.get('a/own')?.waypoint, { name: 'special', namespace: 'a' });
-  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true });
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, workload: WP_META });
   assert.equal(findings[0]?.reason, 'WaypointNotFound');
 });
 
@@ -160,7 +164,7 @@ test('without a reconciler, two running replicas of a waypoint give it both addr
   const labels = { 'weft.dev/waypoint': 'wp', 'weft.dev/dataplane-mode': 'none' };
   i.pods.push(pod('a', 'wp-0', { ip: '10.4.0.7', labels }), pod('a', 'wp-1', { ip: '10.3.0.2', labels }));
   let { model } = compile(i);
-  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, address: '10.3.0.2', addresses: ['10.3.0.2', '10.4.0.7'] });
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, address: '10.3.0.2', addresses: ['10.3.0.2', '10.4.0.7'], workload: WP_META });
   i.pods[1]!.status!.phase = 'Pending';
   ({ model } = compile(i));
   assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.7');

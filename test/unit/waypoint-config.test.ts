@@ -201,9 +201,22 @@ describe('telemetry', () => {
     await request(listener.port, { method: 'POST', path: '/sized', body: 'x'.repeat(1000) });
     const total = await metricSamples(engine, 'istio_requests_total');
     const s = total.find((v) => v.labels['response_code'] === '200')!;
+    // Istio's standard labels: the caller from its tunnel's baggage, the destination from the
+    // endpoint's workload in the model.
     assert.equal(s.labels['source_workload'], 'tester');
     assert.equal(s.labels['source_workload_namespace'], 'shop');
+    assert.equal(s.labels['source_canonical_service'], 'tester-app');
+    assert.equal(s.labels['source_canonical_revision'], 'v1');
+    assert.equal(s.labels['source_app'], 'tester-app');
+    assert.equal(s.labels['source_version'], 'v1');
+    assert.equal(s.labels['source_cluster'], 'Kubernetes');
+    assert.equal(s.labels['source_principal'], 'spiffe://cluster.local/ns/shop/sa/tester');
     assert.equal(s.labels['destination_workload'], `pod-${b.port}`);
+    assert.equal(s.labels['destination_workload_namespace'], 'shop');
+    assert.equal(s.labels['destination_service'], 'reviews.shop.svc.cluster.local');
+    assert.equal(s.labels['destination_service_name'], 'reviews');
+    assert.equal(s.labels['destination_service_namespace'], 'shop');
+    assert.equal(s.labels['connection_security_policy'], 'mutual_tls');
     assert.equal(s.labels['request_protocol'], 'http');
     assert.equal(s.labels['reporter'], 'waypoint');
     const text = await engine.telemetry.registry.metrics();

@@ -5,7 +5,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Gauge } from 'prom-client';
-import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
+import type { Service, WaypointConfig, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError } from './errors.ts';
@@ -48,6 +48,8 @@ export const H2_HEADER_CEILING_FACTOR = 16;
 export interface TunnelInfo {
   /** The caller's SPIFFE ID, verified by the HBONE server (mTLS). */
   peerSpiffeId?: string;
+  /** The caller's workload, from the CONNECT's baggage (already checked against peerSpiffeId). */
+  peerMeta?: WorkloadMeta;
   /** `ip:port` the caller dialled: a service VIP and port. */
   target: string;
   /** The caller's address (original source). */
@@ -232,6 +234,7 @@ export class WaypointEngine {
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
+    this.telemetry.setSelf(cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace)?.workload);
     this.telemetry.configApplies.inc({ result: 'applied' });
     return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
   }
@@ -307,6 +310,7 @@ export class WaypointEngine {
       if (proto === undefined || this.closed) { duplex.destroy(); return; }
       const ctx: ConnContext = { target: info.target, protocol: proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1' };
       if (info.peerSpiffeId) ctx.peerSpiffeId = info.peerSpiffeId;
+      if (info.peerMeta) ctx.peerMeta = info.peerMeta;
       if (info.clientAddress) ctx.clientAddress = info.clientAddress;
       if (proto === 'silent' && this.needsHttp(info.target)) {
         // Passing a silent tunnel through would let a client that waits skip routes and limits.

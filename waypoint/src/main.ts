@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge, type Registry } from 'prom-client';
+import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { jsonLogger, type Logger } from '../../lib/log.ts';
@@ -250,9 +251,9 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   let identity: WaypointIdentity | undefined;
   // Access-log lines go to stdout and to whoever watches /flows (weftctl tap, the dashboard).
   const flows = new FlowTap();
-  const engine = new WaypointEngine({
+  const engine: WaypointEngine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
-    upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId }),
+    upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId, baggage: (): string | undefined => engine.telemetry.selfBaggage }),
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
@@ -322,6 +323,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       });
     }
   }
+  registerProcessMetrics(engine.telemetry.registry, 'waypoint');
   new Gauge({
     name: 'weft_waypoint_controller_connected', help: '1 while the config stream is open and the controller has answered on it',
     registers: [engine.telemetry.registry], collect() { this.set(xds?.connected ? 1 : 0); },

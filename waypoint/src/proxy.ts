@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type http from 'node:http';
 import http2 from 'node:http2';
 import type { Readable } from 'node:stream';
-import type { RouteBackend, Service } from '../../lib/model/mesh.ts';
+import type { Endpoint, RouteBackend, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
 import { serviceKey } from './config.ts';
@@ -27,6 +27,8 @@ export type DownstreamRequest = http.IncomingMessage | http2.Http2ServerRequest;
 /** What the engine knows about the tunnel a request arrived on. */
 export interface ConnContext {
   peerSpiffeId?: string;
+  /** The caller's workload, from the tunnel's baggage (believed for the namespace its certificate proves). */
+  peerMeta?: WorkloadMeta;
   /** `ip:port` the client dialled (the service VIP and port). */
   target: string;
   clientAddress?: string;
@@ -70,7 +72,7 @@ interface RequestState {
   service?: Service;
   routeName?: string;
   upstreamHost?: string;
-  destinationWorkload?: string;
+  destinationEndpoint?: Endpoint;
   attempts: number;
   status: number;
   grpcStatus?: string;
@@ -397,7 +399,7 @@ async function forward(
       ep.requests++;
       st.attempts++;
       st.upstreamHost = ep.key;
-      st.destinationWorkload = ep.endpoint.workloadUid || undefined;
+      st.destinationEndpoint = ep.endpoint;
       const tryAc = new AbortController();
       const onOverall = (): void => tryAc.abort(overall.signal.reason);
       overall.signal.addEventListener('abort', onOverall, { once: true });
@@ -555,9 +557,10 @@ function finish(env: ProxyEnv, conn: ConnContext, st: RequestState): void {
   };
   if (st.grpcStatus !== undefined) rec.grpcStatus = st.grpcStatus;
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
+  if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;
   if (st.service) { rec.destinationService = st.service.hostname; rec.destinationServiceKey = serviceKey(st.service); }
-  if (st.destinationWorkload) rec.destinationWorkload = st.destinationWorkload;
+  if (st.destinationEndpoint) rec.destinationEndpoint = st.destinationEndpoint;
   if (st.upstreamHost) rec.upstreamHost = st.upstreamHost;
   if (st.routeName) rec.routeName = st.routeName;
   if (st.trace) { rec.traceId = st.trace.traceId; rec.spanId = st.trace.spanId; }

@@ -37,6 +37,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   const start = Date.now();
   const rec: TcpRecord = { startTime: start, responseFlags: '-' };
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
+  if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;
   const flags = new F.ResponseFlags();
   const fail = (flag: string, detail: string): void => {
@@ -73,7 +74,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     if (!ep) break;
     tried.add(ep.key);
     rec.upstreamHost = ep.key;
-    if (ep.endpoint.workloadUid) rec.destinationWorkload = ep.endpoint.workloadUid;
+    rec.destinationEndpoint = ep.endpoint;
     const target: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
     if (ep.endpoint.enrolled && ep.endpoint.nodeIp && ep.endpoint.spiffeId) { target.node = ep.endpoint.nodeIp; target.spiffeId = ep.endpoint.spiffeId; }
     try {

@@ -5,30 +5,27 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ParentBasedSampler, AlwaysOnSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { Counter, Histogram, Registry } from 'prom-client';
-import { namespaceOfPrincipal } from './policy.ts';
+import type { Endpoint } from '../../lib/model/mesh.ts';
+import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
+import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, trafficLabels, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
-export const REQUEST_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
-  'destination_service_name', 'destination_service_namespace', 'destination_workload', 'response_code',
-  'response_flags', 'grpc_response_status', 'request_protocol',
-] as const;
-type RequestLabel = (typeof REQUEST_LABELS)[number];
-
-export const TCP_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
-  'destination_service_name', 'destination_service_namespace', 'destination_workload', 'response_flags',
-] as const;
-type TcpLabel = (typeof TCP_LABELS)[number];
+export { REQUEST_LABELS } from '../../lib/telemetry/labels.ts';
+type RequestLabel = import('../../lib/telemetry/labels.ts').RequestLabel;
+export const TCP_LABELS = TRAFFIC_LABELS;
+type TcpLabel = TrafficLabel;
 
 /** One TCP connection passed through (opened, or closed with its byte counts). */
 export interface TcpRecord {
   startTime: number;
   durationMs?: number;
   sourcePrincipal?: string;
+  /** The caller's workload, from the tunnel's baggage (lib/telemetry/labels.ts peerFromBaggage). */
+  sourceMeta?: WorkloadMeta;
   sourceAddress?: string;
   destinationService?: string;
   destinationServiceKey?: string;
-  destinationWorkload?: string;
+  /** The endpoint the connection went to (its workload and identity label the destination). */
+  destinationEndpoint?: Endpoint;
   upstreamHost?: string;
   responseFlags: string;
   /** Client → endpoint. */
@@ -58,11 +55,14 @@ export interface RequestRecord {
   requestBytes: number;
   responseBytes: number;
   sourcePrincipal?: string;
+  /** The caller's workload, from the tunnel's baggage. */
+  sourceMeta?: WorkloadMeta;
   sourceAddress?: string;
   /** Destination service hostname and `namespace/name`. */
   destinationService?: string;
   destinationServiceKey?: string;
-  destinationWorkload?: string;
+  /** The endpoint of the last attempt. */
+  destinationEndpoint?: Endpoint;
   upstreamHost?: string;
   routeName?: string;
   attempts: number;
@@ -220,24 +220,10 @@ export class Telemetry {
 
   /** Records metrics, the access log line and ends the span. */
   record(r: RequestRecord, tc: TraceContext | undefined): void {
-    const sourceNs = namespaceOfPrincipal(r.sourcePrincipal);
-    const svcKey = r.destinationServiceKey ?? '';
-    const slash = svcKey.indexOf('/');
     const labels: Record<RequestLabel, string> = {
-      reporter: 'waypoint',
-      // The peer identity proves namespace and service account; the service account stands for the
-      // workload (the compiled config carries no workload names for callers).
-      source_workload: serviceAccountOf(r.sourcePrincipal) ?? 'unknown',
-      source_workload_namespace: sourceNs ?? 'unknown',
-      source_principal: r.sourcePrincipal ?? 'unknown',
-      destination_service: r.destinationService ?? 'unknown',
-      destination_service_name: slash >= 0 ? svcKey.slice(slash + 1) : 'unknown',
-      destination_service_namespace: slash >= 0 ? svcKey.slice(0, slash) : 'unknown',
-      destination_workload: r.destinationWorkload ?? 'unknown',
+      ...this.trafficLabels(r, r.grpc ? 'grpc' : 'http'),
       response_code: String(r.responseCode),
-      response_flags: r.responseFlags,
       grpc_response_status: r.grpcStatus ?? '',
-      request_protocol: r.grpc ? 'grpc' : 'http',
     };
     this.requestsTotal.inc(labels);
     this.requestDuration.observe(labels, r.durationMs);
@@ -269,21 +255,33 @@ export class Telemetry {
     }
   }
 
-  private tcpLabels(r: TcpRecord): Record<TcpLabel, string> {
+  /** Istio's labels for what passed this waypoint (lib/telemetry/labels.ts, reporter `waypoint`). */
+  private trafficLabels(r: TcpRecord | RequestRecord, protocol: 'tcp' | 'http' | 'grpc'): Record<TcpLabel, string> {
     const svcKey = r.destinationServiceKey ?? '';
     const slash = svcKey.indexOf('/');
-    return {
+    const ep = r.destinationEndpoint;
+    return trafficLabels({
       reporter: 'waypoint',
-      source_workload: serviceAccountOf(r.sourcePrincipal) ?? 'unknown',
-      source_workload_namespace: namespaceOfPrincipal(r.sourcePrincipal) ?? 'unknown',
-      source_principal: r.sourcePrincipal ?? 'unknown',
-      destination_service: r.destinationService ?? 'unknown',
-      destination_service_name: slash >= 0 ? svcKey.slice(slash + 1) : 'unknown',
-      destination_service_namespace: slash >= 0 ? svcKey.slice(0, slash) : 'unknown',
-      destination_workload: r.destinationWorkload ?? 'unknown',
-      response_flags: r.responseFlags,
-    };
+      source: { meta: r.sourceMeta, principal: r.sourcePrincipal },
+      destination: { meta: ep?.workload, principal: ep?.spiffeId },
+      service: r.destinationService && slash >= 0 ? { hostname: r.destinationService, namespace: svcKey.slice(0, slash), name: svcKey.slice(slash + 1) } : undefined,
+      protocol,
+      flags: r.responseFlags,
+      // Every tunnel into a waypoint is HBONE: mTLS with the caller's verified identity.
+      security: 'mutual_tls',
+    });
   }
+
+  private tcpLabels(r: TcpRecord): Record<TcpLabel, string> {
+    return this.trafficLabels(r, 'tcp');
+  }
+
+  /** The waypoint's own workload (from its config), described to the agents it tunnels to. */
+  setSelf(meta: WorkloadMeta | undefined): void {
+    this.selfBaggage = meta ? encodeBaggage(meta) : undefined;
+  }
+
+  selfBaggage: string | undefined;
 
   tcpOpen(r: TcpRecord): void {
     this.tcpOpened.inc(this.tcpLabels(r));
@@ -314,8 +312,3 @@ export class Telemetry {
   }
 }
 
-function serviceAccountOf(principal: string | undefined): string | undefined {
-  if (!principal) return undefined;
-  const m = /\/sa\/([^/]+)$/.exec(principal);
-  return m ? m[1] : undefined;
-}
