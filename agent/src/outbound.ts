@@ -149,7 +149,9 @@ export class Outbound {
     this.#o.metrics.failed.inc({ reporter: 'source', reason: code ?? 'connect' });
     const first = candidates[0];
     if (first) {
-      this.#record(source, first, socket, dest, started).close({ bytesToDestination: 0, bytesToSource: 0, flags: code === 'WEFT_DENIED' ? FLAG_DENY : FLAG_CONNECT, error: reason });
+      // Denied here (same node) or by the destination's agent (its 403 on the CONNECT).
+      const denied = code === 'WEFT_DENIED' || (lastError as { status?: number } | undefined)?.status === 403;
+      this.#record(source, first, socket, dest, started).close({ bytesToDestination: 0, bytesToSource: 0, flags: denied ? FLAG_DENY : FLAG_CONNECT, error: reason });
     } else {
       this.#o.accessLog({ msg: 'connection failed', 'src.addr': `${srcIp}:${socket.remotePort}`, 'src.workload': source.name, 'src.namespace': source.namespace, 'dst.addr': dest, direction: 'outbound', error: reason });
     }
