@@ -145,6 +145,7 @@ export class Inbound {
       dstAddr: `${host}:${port}`,
       hboneAddr: req.authority,
       dstPod: dest.name,
+      logging: dest.telemetry?.accessLogging,
     }, this.#o.accessLog);
     try {
       this.#o.authorizer.authorize(dest, port, {

@@ -4,14 +4,31 @@
 // with its bytes and outcome (counted, and one access-log line written from the same labels).
 import { Counter, Gauge, Registry } from 'prom-client';
 import type { CertManager } from './certs/index.ts';
-import type { Service, Workload } from '../../lib/model/mesh.ts';
+import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export type TcpLabels = Record<TrafficLabel, string>;
 
-/** Receives one access-log entry (the agent adds time, type and node). */
-export type AccessLogSink = (entry: Record<string, unknown>) => void;
+/**
+ * Receives one access-log entry (the agent adds time, type and node) with the reporter's
+ * workload's access-log settings (written to stdout unless disabled, in their encoding).
+ */
+export type AccessLogSink = (entry: Record<string, unknown>, logging?: TelemetrySettings['accessLogging']) => void;
+
+/**
+ * One access-log line: JSON, or ztunnel's text form (`<time> info access <msg> key=value ...`,
+ * values with spaces quoted). Undefined values are left out of both.
+ */
+export function formatAccessLog(entry: Record<string, unknown>, encoding: 'JSON' | 'TEXT' = 'JSON'): string {
+  if (encoding === 'JSON') return JSON.stringify(entry);
+  const { time, msg, ...rest } = entry;
+  const kv = Object.entries(rest).filter(([, v]) => v !== undefined).map(([k, v]) => {
+    const s = typeof v === 'string' ? v : JSON.stringify(v);
+    return `${k}=${/[\s"=]/.test(s) ? JSON.stringify(s) : s}`;
+  });
+  return [String(time ?? new Date().toISOString()), 'info', 'access', String(msg ?? ''), ...kv].join(' ');
+}
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -106,6 +123,8 @@ export interface ConnectionOpen {
   dstPod?: string | undefined;
   /** Extra access-log fields (`via` for a waypoint). */
   extra?: Record<string, unknown>;
+  /** The access-log settings of the reporter's own workload (Telemetry); default on, JSON. */
+  logging?: TelemetrySettings['accessLogging'] | undefined;
 }
 
 export interface ConnectionOutcome {
@@ -177,7 +196,7 @@ export class ConnectionRecord {
       duration: `${Date.now() - this.#started}ms`,
       ...(l.response_flags !== FLAG_NONE ? { response_flags: l.response_flags } : {}),
       ...(outcome.error ? { error: outcome.error } : {}),
-    });
+    }, o.logging);
   }
 }
 

@@ -210,6 +210,7 @@ export class Outbound {
       dstAddr: up.kind === 'hbone' ? `${up.address}:${up.port}` : up.target,
       hboneAddr: up.kind === 'hbone' ? up.target : undefined,
       dstPod: up.kind === 'local' ? up.workload.name : undefined,
+      logging: source.telemetry?.accessLogging,
       extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind },
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);

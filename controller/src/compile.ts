@@ -20,6 +20,7 @@ import {
   type Pod,
   type Service as ServiceObject,
   type TrafficPolicy as TrafficPolicyObject,
+  type Telemetry as TelemetryObject,
   type Waypoint as WaypointObject,
   type BackendRef,
   type HeaderModifier,
@@ -33,6 +34,7 @@ import {
   labelsMatch,
   nsName,
   spiffeIdOf,
+  DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
   type CompiledRule,
   type Endpoint,
@@ -40,6 +42,7 @@ import {
   type MeshModel,
   type MtlsMode,
   type PeerAuthentication,
+  type TelemetrySettings,
   type PolicyLayer,
   type Route,
   type RouteBackend,
@@ -65,12 +68,13 @@ export interface MeshInputs {
   authorizationPolicies: AuthorizationPolicyObject[];
   peerAuthentications: PeerAuthenticationObject[];
   trafficPolicies: TrafficPolicyObject[];
+  telemetries: TelemetryObject[];
   httpRoutes: HTTPRoute[];
   grpcRoutes: GRPCRoute[];
 }
 
 export function emptyInputs(): MeshInputs {
-  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], httpRoutes: [], grpcRoutes: [] };
+  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], telemetries: [], httpRoutes: [], grpcRoutes: [] };
 }
 
 /** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
@@ -168,6 +172,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
   const peerAuths = [...model.peerAuthentications.values()];
 
+  // Telemetry: resolved per workload and per waypoint, most specific object first.
+  const telemetries = sortByAge(inputs.telemetries);
+  const telemetryFor = (namespace: string, labels: Record<string, string>): TelemetrySettings | undefined =>
+    resolveTelemetry(telemetries, rootNamespace, namespace, labels);
+
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = new Map<string, WaypointRuntime>();
@@ -205,6 +214,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       // The reconciler's Deployment is named after the Waypoint, its pods labelled app.kubernetes.io/name=<name>.
       workload: { workloadName: wp.metadata.name, namespace: ns, canonicalService: wp.metadata.name, canonicalRevision: 'latest', cluster: clusterId },
     };
+    const wpTelemetry = telemetryFor(ns, { [LABEL_WAYPOINT_FOR]: wp.metadata.name, 'app.kubernetes.io/name': wp.metadata.name });
+    if (wpTelemetry) compiled.telemetry = wpTelemetry;
     model.waypoints.set(key, compiled);
   }
 
@@ -229,7 +240,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
     const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
     const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
-    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}`;
+    const telemetry = telemetryFor(ns, labels);
+    const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
+    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
     const cached = options.cache?.workloads.get(uid);
     if (cached && cached.pod === pod && cached.deps === deps) {
       nextCache.set(uid, cached);
@@ -254,6 +267,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       ...(portModes ? { portModes } : {}),
       ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
       services: [],
+      ...(telemetry ? { telemetry } : {}),
     };
     model.workloads.set(w.uid, w);
     podsByIp.set(ip, w);
@@ -410,6 +424,46 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) compileRoute(r, model, clusterDomain, findings);
 
   return { model, findings };
+}
+
+/**
+ * The Telemetry settings of a workload (namespace + labels): for each field, the value of the most
+ * specific object that sets it: a selecting object in its namespace, else the namespace-wide one,
+ * else the root namespace's mesh-wide one (the oldest at each level). Undefined when none applies.
+ */
+export function resolveTelemetry(telemetries: readonly TelemetryObject[], rootNamespace: string, namespace: string, labels: Record<string, string>): TelemetrySettings | undefined {
+  const pick = (level: (t: TelemetryObject) => boolean) => telemetries.find(level);
+  const levels = [
+    pick((t) => t.metadata.namespace === namespace && t.spec?.selector !== undefined && labelsMatch(t.spec.selector.matchLabels ?? {}, labels)),
+    pick((t) => t.metadata.namespace === namespace && t.spec?.selector === undefined && namespace !== rootNamespace),
+    pick((t) => t.metadata.namespace === rootNamespace && t.spec?.selector === undefined),
+  ].filter((t): t is TelemetryObject => t !== undefined);
+  if (levels.length === 0) return undefined;
+  const first = <T>(get: (t: TelemetryObject) => T | undefined): T | undefined => {
+    for (const t of levels) {
+      const v = get(t);
+      if (v !== undefined) return v;
+    }
+    return undefined;
+  };
+  const endpoint = first((t) => t.spec?.tracing?.otlp?.endpoint);
+  const tracingSet = levels.some((t) => t.spec?.tracing !== undefined);
+  const logEndpoint = first((t) => t.spec?.accessLogging?.otlp?.endpoint);
+  return {
+    sources: levels.map((t) => nsName(t.metadata.namespace!, t.metadata.name)),
+    ...(tracingSet ? {
+      tracing: {
+        ...(endpoint ? { otlpEndpoint: endpoint } : {}),
+        samplingPercentage: first((t) => t.spec?.tracing?.randomSamplingPercentage) ?? DEFAULT_SAMPLING_PERCENTAGE,
+        disabled: first((t) => t.spec?.tracing?.disableSpanReporting) ?? false,
+      },
+    } : {}),
+    accessLogging: {
+      disabled: first((t) => t.spec?.accessLogging?.disabled) ?? false,
+      encoding: first((t) => t.spec?.accessLogging?.encoding) ?? 'JSON',
+      ...(logEndpoint ? { otlpEndpoint: logEndpoint } : {}),
+    },
+  };
 }
 
 function sortByAge<T extends { metadata: { name: string; namespace?: string; creationTimestamp?: string } }>(list: T[]): T[] {

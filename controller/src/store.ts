@@ -149,6 +149,7 @@ export class ObjectStore {
         case 'AuthorizationPolicy': i.authorizationPolicies.push(o); break;
         case 'PeerAuthentication': i.peerAuthentications.push(o); break;
         case 'TrafficPolicy': i.trafficPolicies.push(o); break;
+        case 'Telemetry': i.telemetries.push(o); break;
         case 'HTTPRoute': i.httpRoutes.push(o); break;
         case 'GRPCRoute': i.grpcRoutes.push(o); break;
       }

@@ -53,6 +53,20 @@ export interface Workload extends WorkloadMeta {
   waypoint?: WaypointRef;
   /** `namespace/name` of every Service that selects this workload. */
   services: string[];
+  /** From Telemetry objects (workload > namespace > root namespace); absent: the defaults. */
+  telemetry?: TelemetrySettings;
+}
+
+/** Default percentage of new traces sampled when a Telemetry names a tracing provider (Istio's 1 %). */
+export const DEFAULT_SAMPLING_PERCENTAGE = 1;
+
+/** What Telemetry objects resolve to for one workload or waypoint. */
+export interface TelemetrySettings {
+  /** `namespace/name` of the Telemetry objects that contributed, most specific first. */
+  sources: string[];
+  /** Absent: no tracing provider (trace context is still propagated). */
+  tracing?: { otlpEndpoint?: string; samplingPercentage: number; disabled: boolean };
+  accessLogging: { disabled: boolean; encoding: 'JSON' | 'TEXT'; otlpEndpoint?: string };
 }
 
 export interface ServicePort {
@@ -113,6 +127,8 @@ export interface Waypoint {
   reason?: string;
   /** Telemetry identity of its pods (the Deployment the reconciler names after the Waypoint). */
   workload?: WorkloadMeta;
+  /** Telemetry settings for its pods (selectors see the reconciler's pod labels). */
+  telemetry?: TelemetrySettings;
 }
 
 // ---------------------------------------------------------------------------------------------

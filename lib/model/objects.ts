@@ -392,6 +392,37 @@ export interface GRPCRoute {
   status?: RouteStatus;
 }
 
+/**
+ * Telemetry (Istio's Telemetry, simplified: providers inline): tracing, sampling and access logs
+ * for the mesh (in the root namespace, no selector), a namespace (no selector) or the workloads a
+ * selector picks. The most specific object sets each field; the others fill what it leaves out.
+ */
+export interface Telemetry {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'Telemetry';
+  metadata: ObjectMeta;
+  spec?: {
+    selector?: LabelSelector;
+    tracing?: {
+      /** OTLP/HTTP traces endpoint, e.g. `http://otel-collector.observability:4318/v1/traces`. */
+      otlp?: { endpoint: string };
+      /** Percentage of new traces sampled (a caller's sampled flag is honoured); default 1. */
+      randomSamplingPercentage?: number;
+      /** No spans at all from the selected workloads. */
+      disableSpanReporting?: boolean;
+    };
+    accessLogging?: {
+      /** No access log lines for the selected workloads. */
+      disabled?: boolean;
+      /** `json` (default) or `text`. */
+      encoding?: 'JSON' | 'TEXT';
+      /** Also export each line as an OTLP/HTTP log record (agents). */
+      otlp?: { endpoint: string };
+    };
+  };
+  status?: PolicyStatus;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export type MeshObject =
@@ -404,6 +435,7 @@ export type MeshObject =
   | AuthorizationPolicy
   | PeerAuthentication
   | TrafficPolicy
+  | Telemetry
   | HTTPRoute
   | GRPCRoute;
 
@@ -438,6 +470,7 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true),
   PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true),
   TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
+  Telemetry: kindInfo('Telemetry', WEFT_API_VERSION, 'telemetries', true, true),
   HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),
   GRPCRoute: kindInfo('GRPCRoute', GATEWAY_API_VERSION, 'grpcroutes', true, true),
 };

@@ -325,6 +325,7 @@ const VALIDATORS: Record<MeshKind, Validator> = {
   AuthorizationPolicy: validateAuthorizationPolicy,
   PeerAuthentication: validatePeerAuthentication,
   TrafficPolicy: validateTrafficPolicy,
+  Telemetry: validateTelemetry,
   HTTPRoute: (c, o) => validateRoute(c, o, 'HTTPRoute'),
   GRPCRoute: (c, o) => validateRoute(c, o, 'GRPCRoute'),
 };
@@ -559,6 +560,42 @@ function wildcard(c: Checker, re: RegExp, what: string): (s: string, p: string) 
 }
 
 const MTLS_MODES = ['STRICT', 'PERMISSIVE'] as const;
+
+/** An OTLP/HTTP endpoint: an absolute http(s) URL. */
+function otlpEndpoint(c: Checker, v: unknown, path: string): void {
+  const o = c.obj(v, path);
+  if (!o) return;
+  c.only(o, path, ['endpoint']);
+  const e = c.str(o.endpoint, `${path}.endpoint`, { required: true, nonEmpty: true });
+  if (e === undefined) return;
+  let u: URL | undefined;
+  try {
+    u = new URL(e);
+  } catch {
+    u = undefined;
+  }
+  if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || !u.hostname) c.fail(`${path}.endpoint`, `"${e}" is not an http:// or https:// URL (e.g. http://otel-collector:4318/v1/traces)`);
+}
+
+function validateTelemetry(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['selector', 'tracing', 'accessLogging']);
+  selector(c, spec.selector, 'spec.selector');
+  const t = c.obj(spec.tracing, 'spec.tracing');
+  if (t) {
+    c.only(t, 'spec.tracing', ['otlp', 'randomSamplingPercentage', 'disableSpanReporting']);
+    otlpEndpoint(c, t.otlp, 'spec.tracing.otlp');
+    c.num(t.randomSamplingPercentage, 'spec.tracing.randomSamplingPercentage', { min: 0, max: 100 });
+    c.bool(t.disableSpanReporting, 'spec.tracing.disableSpanReporting');
+  }
+  const a = c.obj(spec.accessLogging, 'spec.accessLogging');
+  if (a) {
+    c.only(a, 'spec.accessLogging', ['disabled', 'encoding', 'otlp']);
+    c.bool(a.disabled, 'spec.accessLogging.disabled');
+    c.str(a.encoding, 'spec.accessLogging.encoding', { oneOf: ['JSON', 'TEXT'] });
+    otlpEndpoint(c, a.otlp, 'spec.accessLogging.otlp');
+  }
+}
 
 function validatePeerAuthentication(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};

@@ -234,7 +234,9 @@ export class WaypointEngine {
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
-    this.telemetry.setSelf(cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace)?.workload);
+    const self = cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace);
+    this.telemetry.setSelf(self?.workload);
+    this.telemetry.configure(self?.telemetry);
     this.telemetry.configApplies.inc({ result: 'applied' });
     return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
   }

@@ -258,7 +258,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
     telemetry: {
-      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); flows.publishLine(line); } : null,
+      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); } : null,
+      entries: (json: string) => flows.publishLine(json),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),

@@ -19,7 +19,7 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type ClusterSettings, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
-import type { RequestRecord, Telemetry, TraceContext } from './telemetry.ts';
+import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
 import { isRefusedStream, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
 export type DownstreamRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -149,7 +149,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     }
     finish(env, conn, st);
   });
-  st.trace = env.telemetry.startTrace(headerValue(headers, 'traceparent'), headerValue(headers, 'tracestate'), `${method} ${path.split('?')[0]}`, {
+  st.trace = env.telemetry.startTrace((n) => headerValue(headers, n), method, {
     'http.request.method': method, 'url.path': path.split('?')[0]!, 'server.address': authority,
     ...(conn.peerSpiffeId ? { 'weft.source_principal': conn.peerSpiffeId } : {}),
   });
@@ -280,8 +280,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     if (conn.clientAddress) out.headers['x-forwarded-for'] = xff ? `${xff}, ${conn.clientAddress}` : conn.clientAddress;
     out.headers['x-forwarded-proto'] ??= 'http';
     out.headers['x-request-id'] = st.requestId;
-    out.headers['traceparent'] = st.trace.traceparent;
-    if (st.trace.tracestate) out.headers['tracestate'] = st.trace.tracestate;
+    Object.assign(out.headers, outgoingTraceHeaders(st.trace, headerValue(headers, 'b3') !== undefined));
     const proto = upstreamProtocol(backendSvc, backendPort, st.grpc);
     if (proto === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
 

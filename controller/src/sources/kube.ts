@@ -47,7 +47,7 @@ export interface KubeSourceOptions {
   absentKindRetryMs?: number;
 }
 
-export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute'];
+export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute'];
 
 type AnyInformer = Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
 
