@@ -40,7 +40,6 @@ import {
   type MeshModel,
   type MtlsMode,
   type PeerAuthentication,
-  type PolicyLayer,
   type Route,
   type RouteBackend,
   type RouteFilter,
@@ -51,7 +50,7 @@ import {
   type WaypointRef,
   type Workload,
 } from '../../lib/model/mesh.ts';
-import { L7_CONDITION_KEYS } from '../../lib/model/validate.ts';
+import { ruleLayer } from '../../lib/policy/authz.ts';
 
 /** The accepted input objects, by kind. */
 export interface MeshInputs {
@@ -374,7 +373,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       name: ap.metadata.name,
       namespace: ns,
       action: apSpec.action ?? 'ALLOW',
-      scope: targets ? 'service' : apSpec.selector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
+      // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
+      // workloads of every namespace.
+      scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',
       ...(apSpec.selector && !targets ? { selector: { ...apSpec.selector.matchLabels } } : {}),
       ...(targets ? { targetServices: targets } : {}),
       rules,
@@ -461,7 +462,6 @@ function stripScheme(list: string[] | undefined): string[] | undefined {
 }
 
 function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number]): CompiledRule {
-  let layer: PolicyLayer = 'L4';
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: stripScheme(s.principals),
     notPrincipals: stripScheme(s.notPrincipals),
@@ -469,26 +469,21 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     notNamespaces: nonEmpty(s.notNamespaces),
     ipBlocks: nonEmpty(s.ipBlocks),
     notIpBlocks: nonEmpty(s.notIpBlocks),
+    remoteIpBlocks: nonEmpty(s.remoteIpBlocks),
+    notRemoteIpBlocks: nonEmpty(s.notRemoteIpBlocks),
   }));
-  const to = (rule.to ?? []).map(({ operation: o }) => {
-    const op = clean({
-      ports: nonEmpty(o.ports?.map(Number)),
-      notPorts: nonEmpty(o.notPorts?.map(Number)),
-      methods: nonEmpty(o.methods),
-      notMethods: nonEmpty(o.notMethods),
-      paths: nonEmpty(o.paths),
-      notPaths: nonEmpty(o.notPaths),
-      hosts: nonEmpty(o.hosts),
-      notHosts: nonEmpty(o.notHosts),
-    });
-    if (op.methods || op.notMethods || op.paths || op.notPaths || op.hosts || op.notHosts) layer = 'L7';
-    return op;
-  });
-  const when = (rule.when ?? []).map((c) => {
-    if (L7_CONDITION_KEYS.some((k) => c.key === k || ((k.endsWith('[') || k.endsWith('.')) && c.key.startsWith(k)))) layer = 'L7';
-    return clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) });
-  });
-  return { from, to, when, layer };
+  const to = (rule.to ?? []).map(({ operation: o }) => clean({
+    ports: nonEmpty(o.ports?.map(Number)),
+    notPorts: nonEmpty(o.notPorts?.map(Number)),
+    methods: nonEmpty(o.methods),
+    notMethods: nonEmpty(o.notMethods),
+    paths: nonEmpty(o.paths),
+    notPaths: nonEmpty(o.notPaths),
+    hosts: nonEmpty(o.hosts),
+    notHosts: nonEmpty(o.notHosts),
+  }));
+  const when = (rule.when ?? []).map((c) => clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) }));
+  return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 
 /** Drops undefined fields so the JSON form is stable. */

@@ -1,6 +1,7 @@
 // The compiled mesh model: what agents and waypoints consume. controller/src/compile.ts builds it
 // from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
 // Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
+import type { PolicyLayer } from '../policy/keys.ts';
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
 
 export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope };
@@ -119,6 +120,9 @@ export interface CompiledSource {
   /** CIDRs (a bare address becomes /32 or /128). */
   ipBlocks?: string[];
   notIpBlocks?: string[];
+  /** CIDRs matched against the X-Forwarded-For client address (L7). */
+  remoteIpBlocks?: string[];
+  notRemoteIpBlocks?: string[];
 }
 
 export interface CompiledOperation {
@@ -139,7 +143,7 @@ export interface CompiledCondition {
 }
 
 /** L4 rules use only addresses, identities, namespaces and ports; anything else needs a waypoint. */
-export type PolicyLayer = 'L4' | 'L7';
+export type { PolicyLayer };
 
 export interface CompiledRule {
   /** OR of sources; empty = any source. */
@@ -152,7 +156,10 @@ export interface CompiledRule {
 }
 
 export type PolicyScope =
-  /** In the root namespace without selector: every workload in the mesh. */
+  /**
+   * In the root namespace: every workload in the mesh, or with `selector` every matching workload
+   * in every namespace (Istio's root-namespace rule).
+   */
   | 'mesh'
   /** No selector: every workload in its namespace. */
   | 'namespace'
@@ -166,13 +173,13 @@ export interface AuthorizationPolicy {
   namespace: string;
   action: AuthorizationAction;
   scope: PolicyScope;
-  /** For scope `workload`. */
+  /** For scope `workload`, and `mesh` with a selector. */
   selector?: Record<string, string>;
   /** For scope `service`: `namespace/name` of each targeted Service. */
   targetServices?: string[];
   /** No rules: ALLOW matches nothing (deny all), DENY matches nothing. Istio semantics. */
   rules: CompiledRule[];
-  /** `L7` when any rule is L7: agents must fail closed on such rules, waypoints enforce them. */
+  /** `L7` when any rule is L7 (lib/policy/authz.ts ruleLayer): agents see only their L4 parts. */
   layer: PolicyLayer;
 }
 
@@ -337,7 +344,7 @@ export function policySelectsWorkload(
 ): boolean {
   switch (policy.scope) {
     case 'mesh':
-      return true;
+      return labelsMatch(policy.selector ?? {}, workload.labels);
     case 'namespace':
       return policy.namespace === workload.namespace;
     case 'workload':

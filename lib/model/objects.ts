@@ -153,7 +153,8 @@ export interface Waypoint {
   };
 }
 
-export type AuthorizationAction = 'ALLOW' | 'DENY';
+/** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */
+export type AuthorizationAction = 'ALLOW' | 'DENY' | 'AUDIT';
 
 export interface PolicyTargetRef {
   group?: string;
@@ -168,6 +169,9 @@ export interface AuthorizationSource {
   notNamespaces?: string[];
   ipBlocks?: string[];
   notIpBlocks?: string[];
+  /** The client address from X-Forwarded-For (a waypoint sees it; L7). */
+  remoteIpBlocks?: string[];
+  notRemoteIpBlocks?: string[];
 }
 
 export interface AuthorizationOperation {

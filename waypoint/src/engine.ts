@@ -8,7 +8,7 @@ import { Gauge } from 'prom-client';
 import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
-import { ConfigRejectedError } from './errors.ts';
+import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER } from './flags.ts';
 import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
@@ -96,6 +96,8 @@ export interface AppliedConfig {
   services: number;
   routes: number;
   policies: number;
+  /** Objects left out or failing closed (a controller/waypoint version skew), naming object and field. */
+  issues: ConfigIssue[];
 }
 
 export class WaypointEngine {
@@ -232,13 +234,18 @@ export class WaypointEngine {
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
-    this.telemetry.configApplies.inc({ result: 'applied' });
-    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
+    this.telemetry.configApplies.inc({ result: next.issues.length > 0 ? 'partial' : 'applied' });
+    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length, issues: [...next.issues] };
   }
 
   /** Validates a configuration without applying it (the config stream's NACK check). */
   validateConfig(cfg: WaypointConfig): void {
     buildSnapshot(cfg, this.version + 1);
+  }
+
+  /** Objects of the configuration in force that were left out or fail closed. */
+  get configIssues(): readonly ConfigIssue[] {
+    return this.snap.issues;
   }
 
   /** The configuration in force. */

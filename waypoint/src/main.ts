@@ -21,7 +21,7 @@ import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts'
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
-import { FlagError } from './errors.ts';
+import { FlagError, formatConfigIssue } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
@@ -298,9 +298,10 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       });
       client.on('snapshot', (cfg, version) => {
         try {
-          const applied = engine.applyConfig(cfg);
+          const { issues, ...applied } = engine.applyConfig(cfg);
           configured = true;
           log.info('config applied', { streamVersion: version, ...applied });
+          if (issues.length > 0) log.warn('config objects left out or failing closed', { streamVersion: version, issues: issues.map(formatConfigIssue) });
         } catch (err) {
           log.error('config rejected after validation', { version, error: (err as Error).message });
         }

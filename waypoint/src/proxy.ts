@@ -19,6 +19,7 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type ClusterSettings, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
+import { remoteIpOf } from '../../lib/policy/authz.ts';
 import type { RequestRecord, Telemetry, TraceContext } from './telemetry.ts';
 import { isRefusedStream, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
@@ -77,6 +78,8 @@ interface RequestState {
   requestBytes: number;
   responseBytes: number;
   detail?: string;
+  /** AUDIT policies that matched (logged, never deciding). */
+  audit?: string[];
   body?: ReplayableBody;
   downstreamGone: boolean;
   recorded: boolean;
@@ -188,10 +191,13 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     st.service = service;
 
     const pathOnly = path.split('?')[0]!;
-    const decision = snap.policies.evaluate({
-      service: svcKey, principal: conn.peerSpiffeId, sourceIp: conn.clientAddress, port, method, path: pathOnly,
-      host: authority, headers, destinationIp: splitHostPort(conn.target).host,
+    const decision = snap.policies.evaluate(svcKey, {
+      ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
+      ...(conn.clientAddress ? { sourceIp: conn.clientAddress } : {}),
+      remoteIp: remoteIpOf(headers['x-forwarded-for'], conn.clientAddress),
+      destinationIp: splitHostPort(conn.target).host, destinationPort: port, method, path: pathOnly, host: authority, headers,
     });
+    if (decision.audit) st.audit = decision.audit;
     if (!decision.allowed) {
       reply({ status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
       return;
@@ -562,5 +568,6 @@ function finish(env: ProxyEnv, conn: ConnContext, st: RequestState): void {
   if (st.routeName) rec.routeName = st.routeName;
   if (st.trace) { rec.traceId = st.trace.traceId; rec.spanId = st.trace.spanId; }
   if (st.detail) rec.detail = st.detail;
+  if (st.audit) rec.auditPolicies = st.audit;
   env.telemetry.record(rec, st.trace);
 }

@@ -109,7 +109,8 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
     try { anchored(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re)}: ${(e as Error).message}`); }
   };
   const checkBackend = (path: string, b: RouteBackend): void => {
-    if (!knownServices.has(b.service)) issue(`${path}.service`, `backend service ${b.service} is not in the waypoint's configuration`);
+    // A backend the configuration lacks costs only its own requests (500 when picked), as the
+    // Gateway API says for a backendRef that does not resolve.
     if (!Number.isInteger(b.weight) || b.weight < 0 || b.weight > 1_000_000) issue(`${path}.weight`, `weight ${b.weight} must be an integer in 0-1000000`);
   };
   if (!knownServices.has(route.service)) issue('service', `parent service ${route.service} is not in the waypoint's configuration`);

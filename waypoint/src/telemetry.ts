@@ -5,7 +5,7 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ParentBasedSampler, AlwaysOnSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { Counter, Histogram, Registry } from 'prom-client';
-import { namespaceOfPrincipal } from './policy.ts';
+import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 
 export const REQUEST_LABELS = [
   'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
@@ -72,6 +72,8 @@ export interface RequestRecord {
   userAgent?: string;
   /** Why a local reply was sent (policy name, limit, ...). */
   detail?: string;
+  /** AUDIT AuthorizationPolicies that matched the request (`namespace/name`). */
+  auditPolicies?: string[];
 }
 
 export interface TracingOptions {
@@ -253,7 +255,7 @@ export class Telemetry {
         source_principal: r.sourcePrincipal, source_address: r.sourceAddress,
         destination_service: r.destinationService, upstream_host: r.upstreamHost, route_name: r.routeName,
         attempts: r.attempts, request_id: r.requestId, trace_id: r.traceId, span_id: r.spanId,
-        user_agent: r.userAgent, detail: r.detail,
+        user_agent: r.userAgent, detail: r.detail, audit_policies: r.auditPolicies,
       }));
     }
     const span = tc?.span;
