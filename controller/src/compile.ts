@@ -22,6 +22,9 @@ import {
   type TrafficPolicy as TrafficPolicyObject,
   type Waypoint as WaypointObject,
   type BackendRef,
+  type ParentReference,
+  type ReferenceGrant,
+  isServiceParent,
   type HeaderModifier,
   type PathModifier,
 } from '../../lib/model/objects.ts';
@@ -30,6 +33,7 @@ import {
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
   HBONE_PORT,
+  isConsumerRoute,
   labelsMatch,
   nsName,
   spiffeIdOf,
@@ -65,10 +69,11 @@ export interface MeshInputs {
   trafficPolicies: TrafficPolicyObject[];
   httpRoutes: HTTPRoute[];
   grpcRoutes: GRPCRoute[];
+  referenceGrants: ReferenceGrant[];
 }
 
 export function emptyInputs(): MeshInputs {
-  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], httpRoutes: [], grpcRoutes: [] };
+  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], httpRoutes: [], grpcRoutes: [], referenceGrants: [] };
 }
 
 /** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
@@ -112,9 +117,28 @@ export interface CompileFinding {
   message: string;
 }
 
+/** One Gateway API condition as the controller decided it. */
+export interface RouteCondition {
+  type: 'Accepted' | 'ResolvedRefs';
+  status: boolean;
+  reason: string;
+  message: string;
+}
+
+/** Status of a route for one of its Service parents (status.parents[] in the Gateway API). */
+export interface RouteParentResult {
+  parentRef: ParentReference;
+  conditions: RouteCondition[];
+}
+
 export interface CompileResult {
   model: MeshModel;
   findings: CompileFinding[];
+  /**
+   * By `Kind/namespace/name` of each HTTPRoute and GRPCRoute: one entry per Service parentRef
+   * (parents of other kinds are other controllers' and get none).
+   */
+  routeParents: Map<string, RouteParentResult[]>;
 }
 
 
@@ -401,9 +425,13 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
 
   // Routes.
-  for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) compileRoute(r, model, clusterDomain, findings);
+  const grants = new ReferenceGrants(inputs.referenceGrants);
+  const routeParents = new Map<string, RouteParentResult[]>();
+  for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
+    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, findings));
+  }
 
-  return { model, findings };
+  return { model, findings, routeParents };
 }
 
 function sortByAge<T extends { metadata: { name: string; namespace?: string; creationTimestamp?: string } }>(list: T[]): T[] {
@@ -539,19 +567,53 @@ function pathRewrite(p: PathModifier | undefined): { path?: { type: PathModifier
   return { path: { type: p.type, value: (p.type === 'ReplaceFullPath' ? p.replaceFullPath : p.replacePrefixMatch) ?? '/' } };
 }
 
-function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, findings: CompileFinding[]): void {
+/** ReferenceGrants by the namespace they grant access into. */
+class ReferenceGrants {
+  readonly #byNamespace = new Map<string, ReferenceGrant[]>();
+  constructor(grants: readonly ReferenceGrant[]) {
+    for (const g of grants) {
+      const ns = g.metadata.namespace!;
+      this.#byNamespace.set(ns, [...(this.#byNamespace.get(ns) ?? []), g]);
+    }
+  }
+
+  /**
+   * May a `fromKind` (gateway.networking.k8s.io) in `fromNs` refer to Service `toNs/name`? Always
+   * within a namespace; across namespaces only with a ReferenceGrant in `toNs` (Gateway API).
+   */
+  permits(fromKind: string, fromNs: string, toNs: string, name: string): boolean {
+    if (fromNs === toNs) return true;
+    return (this.#byNamespace.get(toNs) ?? []).some((g) =>
+      g.spec.from.some((f) => f.group === 'gateway.networking.k8s.io' && f.kind === fromKind && f.namespace === fromNs) &&
+      g.spec.to.some((t) => t.group === '' && t.kind === 'Service' && (t.name === undefined || t.name === name)));
+  }
+}
+
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, findings: CompileFinding[]): RouteParentResult[] {
   const ns = r.metadata.namespace!;
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
+  // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
+  let unresolved: { reason: string; message: string } | undefined;
   const backend = (b: BackendRef, path: string, filters: HTTPRouteFilter[] | undefined): RouteBackend => {
     const bns = b.namespace ?? ns;
     const key = nsName(bns, b.name);
-    if (!model.services.has(key)) finding(path, 'BackendNotFound', `Service ${key} does not exist; requests routed to it get 500`);
+    let refused: string | undefined;
+    if (!grants.permits(r.kind, ns, bns, b.name)) {
+      refused = `${r.kind} ${ns}/${r.metadata.name} may not send to Service ${key}: no ReferenceGrant in namespace ${bns} allows it; requests routed to it get 500`;
+      finding(path, 'RefNotPermitted', refused);
+      unresolved ??= { reason: 'RefNotPermitted', message: `${path}: ${refused}` };
+    } else if (!model.services.has(key)) {
+      const message = `Service ${key} does not exist; requests routed to it get 500`;
+      finding(path, 'BackendNotFound', message);
+      unresolved ??= { reason: 'BackendNotFound', message: `${path}: ${message}` };
+    }
     return {
       service: key,
       hostname: `${b.name}.${bns}.svc.${clusterDomain}`,
       ...(b.port !== undefined ? { port: b.port } : {}),
       weight: b.weight ?? 1,
       filters: (filters ?? []).map((f, i) => filter(f, `${path}.filters[${i}]`)),
+      ...(refused !== undefined ? { refused } : {}),
     };
   };
   const filter = (f: HTTPRouteFilter, path: string): RouteFilter => {
@@ -605,26 +667,53 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       timeouts: clean({ requestMs: ms(timeouts?.request), backendRequestMs: ms(timeouts?.backendRequest) }),
     });
   });
+  const resolved: RouteCondition = unresolved
+    ? { type: 'ResolvedRefs', status: false, ...unresolved }
+    : { type: 'ResolvedRefs', status: true, reason: 'ResolvedRefs', message: 'every backendRef resolved' };
   const order = `${r.metadata.creationTimestamp ?? ''}/${ns}/${r.metadata.name}`;
+  const parents: RouteParentResult[] = [];
   (r.spec.parentRefs ?? []).forEach((parent, i) => {
+    // Parents of other kinds (an ingress Gateway) are other controllers': no route, no status.
+    if (!isServiceParent(parent)) return;
+    const accepted = (status: boolean, reason: string, message: string): void => {
+      if (!status) finding(`spec.parentRefs[${i}]`, reason, message);
+      parents.push({ parentRef: parent, conditions: [{ type: 'Accepted', status, reason, message }, resolved] });
+    };
     const pns = parent.namespace ?? ns;
-    const svc = nsName(pns, parent.name);
-    if (!model.services.has(svc)) {
-      finding(`spec.parentRefs[${i}]`, 'NoMatchingParent', `Service ${svc} does not exist`);
+    const svcKey = nsName(pns, parent.name);
+    const svc = model.services.get(svcKey);
+    if (!svc) { accepted(false, 'NoMatchingParent', `Service ${svcKey} does not exist`); return; }
+    let port = parent.port;
+    if (parent.sectionName !== undefined) {
+      const named = svc.ports.find((sp) => sp.name === parent.sectionName);
+      if (!named || (port !== undefined && named.port !== port)) { accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port named ${parent.sectionName}${port !== undefined ? ` with port ${port}` : ''}`); return; }
+      port = named.port;
+    } else if (port !== undefined && !svc.ports.some((sp) => sp.port === port)) {
+      accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port ${port}`);
       return;
     }
     const route: Route = {
       name: r.metadata.name,
       namespace: ns,
       kind: r.kind,
-      service: svc,
-      ...(parent.port !== undefined ? { port: parent.port } : {}),
+      service: svcKey,
+      ...(port !== undefined ? { port } : {}),
       hostnames: r.spec.hostnames ?? [],
       rules,
       order,
     };
-    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svc), route);
+    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
+    const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
+    if (!svc.waypoint) {
+      // Only a waypoint applies routes: say so rather than let the route look in force.
+      accepted(false, 'NoWaypoint', `Service ${svcKey} has no waypoint (label weft.dev/use-waypoint on the Service or its namespace); nothing enforces this route`);
+    } else if (!model.waypoints.has(nsName(svc.waypoint.namespace, svc.waypoint.name))) {
+      accepted(false, 'NoWaypoint', `Service ${svcKey} uses waypoint ${svc.waypoint.namespace}/${svc.waypoint.name}, which does not exist; nothing enforces this route`);
+    } else {
+      accepted(true, 'Accepted', `enforced by waypoint ${svc.waypoint.namespace}/${svc.waypoint.name} as ${scope}`);
+    }
   });
+  return parents;
 }
 
 export function routeKey(kind: string, namespace: string, name: string, service: string): string {

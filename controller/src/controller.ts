@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { CompileCache, compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
+import { CompileCache, compile, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
 import { ALWAYS_LEADER, type Leadership } from './cluster/leader.ts';
@@ -205,6 +205,7 @@ export class Controller {
       findings = result.findings;
       this.#findingsDirty = true;
       this.#lastFindings = findings;
+      this.#lastRouteParents = result.routeParents;
       this.#metrics?.compiles.inc();
       this.#metrics?.objects.set(this.store.objects().length);
       const version = this.#o.configServer.publish(result.model);
@@ -220,6 +221,7 @@ export class Controller {
   }
 
   #lastFindings: CompileFinding[] = [];
+  #lastRouteParents: CompileResult['routeParents'] = new Map();
   #lastCompileMs = 0;
   readonly #cache = new CompileCache();
 
@@ -257,6 +259,20 @@ export class Controller {
       }
       if (!KINDS[obj.kind].hasStatus) continue;
       const f = byKey.get(key);
+      if (obj.kind === 'HTTPRoute' || obj.kind === 'GRPCRoute') {
+        // Gateway API: a verdict per Service parent; the flat fields summarize the first failure.
+        const parents = this.#lastRouteParents.get(key) ?? [];
+        const failed = parents.flatMap((p) => p.conditions).find((c) => !c.status);
+        next.set(key, {
+          ...base,
+          ok: failed === undefined,
+          reason: failed?.reason ?? (parents.length > 0 ? 'Accepted' : 'NoServiceParent'),
+          message: failed?.message ?? (parents.length > 0 ? 'accepted and in force' : 'no Service parent: left to the controllers of its other parents'),
+          ...(failed && f ? { path: f.path } : {}),
+          parents,
+        });
+        continue;
+      }
       next.set(key, f
         ? { ...base, ok: false, reason: f.reason, message: f.message, path: f.path }
         : { ...base, ok: true, reason: 'Accepted', message: 'accepted and in force' });

@@ -151,6 +151,7 @@ export class ObjectStore {
         case 'TrafficPolicy': i.trafficPolicies.push(o); break;
         case 'HTTPRoute': i.httpRoutes.push(o); break;
         case 'GRPCRoute': i.grpcRoutes.push(o); break;
+        case 'ReferenceGrant': i.referenceGrants.push(o); break;
       }
     }
     return i;

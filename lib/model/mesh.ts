@@ -256,6 +256,11 @@ export interface RouteBackend {
   port?: number;
   weight: number;
   filters: RouteFilter[];
+  /**
+   * Why the controller refused the reference (a cross-namespace backendRef without a
+   * ReferenceGrant): requests routed here get 500, as for a Service that does not exist.
+   */
+  refused?: string;
 }
 
 export type RouteFilter =
@@ -285,7 +290,10 @@ export interface Route {
   name: string;
   namespace: string;
   kind: 'HTTPRoute' | 'GRPCRoute';
-  /** `namespace/name` of the parent Service. */
+  /**
+   * `namespace/name` of the parent Service. When its namespace is not the route's, the route is a
+   * GAMMA consumer route: it applies only to clients in the route's namespace (isConsumerRoute).
+   */
   service: string;
   /** Parent port, if the parentRef names one; otherwise every port of the service. */
   port?: number;
@@ -293,6 +301,15 @@ export interface Route {
   rules: RouteRule[];
   /** Creation time then name: the Gateway API's precedence tie-break between routes. */
   order: string;
+}
+
+/**
+ * GAMMA (GEP-1294): a route in the parent Service's namespace is a producer route and applies to
+ * every client; one in another namespace is a consumer route and applies only to clients in its own
+ * namespace, where it takes the place of the Service's producer routes.
+ */
+export function isConsumerRoute(r: Pick<Route, 'namespace' | 'service'>): boolean {
+  return !r.service.startsWith(`${r.namespace}/`);
 }
 
 // ---------------------------------------------------------------------------------------------

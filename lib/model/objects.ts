@@ -274,13 +274,19 @@ export interface TrafficPolicy {
 // gateway.networking.k8s.io/v1 (mesh profile: a Service as parent)
 
 export interface ParentReference {
-  /** '' (core) for a Service parent. */
+  /** '' (core) for a Service parent; `gateway.networking.k8s.io` for a Gateway (not Weft's). */
   group?: string;
-  /** Service for the mesh profile. */
+  /** Service for the mesh profile; other kinds belong to other controllers and are left alone. */
   kind?: string;
   name: string;
   namespace?: string;
   port?: number;
+  sectionName?: string;
+}
+
+/** Is a parentRef a Service (the mesh profile, GEP-1426), i.e. Weft's to implement and report? */
+export function isServiceParent(p: Pick<ParentReference, 'group' | 'kind'>): boolean {
+  return (p.group ?? '') === '' && p.kind === 'Service';
 }
 
 export interface BackendRef {
@@ -394,6 +400,20 @@ export interface GRPCRoute {
   status?: RouteStatus;
 }
 
+/**
+ * Gateway API ReferenceGrant (v1beta1): lets objects of `from` in other namespaces refer to objects
+ * of `to` in this one. A cross-namespace backendRef needs one in the backend's namespace.
+ */
+export interface ReferenceGrant {
+  apiVersion: 'gateway.networking.k8s.io/v1beta1';
+  kind: 'ReferenceGrant';
+  metadata: ObjectMeta;
+  spec: {
+    from: Array<{ group: string; kind: string; namespace: string }>;
+    to: Array<{ group: string; kind: string; name?: string }>;
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export type MeshObject =
@@ -407,7 +427,8 @@ export type MeshObject =
   | PeerAuthentication
   | TrafficPolicy
   | HTTPRoute
-  | GRPCRoute;
+  | GRPCRoute
+  | ReferenceGrant;
 
 export type MeshKind = MeshObject['kind'];
 
@@ -442,6 +463,7 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
   HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),
   GRPCRoute: kindInfo('GRPCRoute', GATEWAY_API_VERSION, 'grpcroutes', true, true),
+  ReferenceGrant: kindInfo('ReferenceGrant', 'gateway.networking.k8s.io/v1beta1', 'referencegrants', true, false),
 };
 
 export function isMeshKind(kind: unknown): kind is MeshKind {

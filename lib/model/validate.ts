@@ -309,7 +309,40 @@ const VALIDATORS: Record<MeshKind, Validator> = {
   TrafficPolicy: validateTrafficPolicy,
   HTTPRoute: (c, o) => validateRoute(c, o, 'HTTPRoute'),
   GRPCRoute: (c, o) => validateRoute(c, o, 'GRPCRoute'),
+  ReferenceGrant: validateReferenceGrant,
 };
+
+const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+
+function validateReferenceGrant(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (!spec) return;
+  c.only(spec, 'spec', ['from', 'to']);
+  const from = c.arr(spec.from, 'spec.from', true);
+  if (from && from.length === 0) c.fail('spec.from', 'needs at least one entry');
+  from?.forEach((f, i) => {
+    const p = `spec.from[${i}]`;
+    const fo = c.obj(f, p, true);
+    if (!fo) return;
+    c.only(fo, p, ['group', 'kind', 'namespace']);
+    c.str(fo.group, `${p}.group`, { pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, patternText: 'an API group' });
+    if (fo.group === undefined) c.fail(`${p}.group`, 'is required');
+    c.str(fo.kind, `${p}.kind`, { required: true });
+    c.str(fo.namespace, `${p}.namespace`, { required: true, pattern: DNS1123_LABEL, patternText: 'a namespace name' });
+  });
+  const to = c.arr(spec.to, 'spec.to', true);
+  if (to && to.length === 0) c.fail('spec.to', 'needs at least one entry');
+  to?.forEach((t, i) => {
+    const p = `spec.to[${i}]`;
+    const tobj = c.obj(t, p, true);
+    if (!tobj) return;
+    c.only(tobj, p, ['group', 'kind', 'name']);
+    c.str(tobj.group, `${p}.group`, { pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, patternText: 'an API group' });
+    if (tobj.group === undefined) c.fail(`${p}.group`, 'is required');
+    c.str(tobj.kind, `${p}.kind`, { required: true });
+    c.str(tobj.name, `${p}.name`, { pattern: DNS1123_SUBDOMAIN, patternText: 'an object name' });
+  });
+}
 
 function ip(c: Checker, v: unknown, path: string, required = false): void {
   const s = c.str(v, path, { required });
@@ -618,9 +651,15 @@ function parentRef(c: Checker, v: unknown, p: string): void {
   const o = c.obj(v, p, true);
   if (!o) return;
   c.only(o, p, ['group', 'kind', 'name', 'namespace', 'port', 'sectionName']);
-  c.str(o.group, `${p}.group`, { oneOf: [''] });
-  c.str(o.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
-  c.str(o.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  // A Gateway parent is another controller's (an ingress): accepted and left alone, so a route
+  // with both kinds of parents is not refused (GEP-1426 allows them side by side).
+  // The spec's defaults are group gateway.networking.k8s.io, kind Gateway; a Service parent says
+  // kind: Service (group "" or left out).
+  const group = c.str(o.group, `${p}.group`, { oneOf: ['', GATEWAY_GROUP] });
+  const kinds = group === '' ? ['Service'] : group === GATEWAY_GROUP ? ['Gateway', 'ListenerSet'] : ['Service', 'Gateway', 'ListenerSet'];
+  const kind = c.str(o.kind, `${p}.kind`, { required: group === '', oneOf: kinds });
+  const service = kind === 'Service';
+  c.str(o.name, `${p}.name`, { required: true, pattern: service ? DNS1123_LABEL : DNS1123_SUBDOMAIN, patternText: service ? 'a Service name' : 'a name' });
   c.str(o.namespace, `${p}.namespace`, { pattern: DNS1123_LABEL, patternText: 'a namespace name' });
   c.int(o.port, `${p}.port`, { min: 1, max: 65535 });
   c.str(o.sectionName, `${p}.sectionName`);

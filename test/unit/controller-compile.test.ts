@@ -94,7 +94,7 @@ test('compiles GRPCRoute methods to path matches and reports missing backends', 
   const r = [...model.routes.values()][0]!;
   assert.equal(r.service, 'a/greeter');
   assert.deepEqual(r.rules[0]?.matches[0]?.path, { type: 'Exact', value: '/hello.Greeter/SayHello' });
-  assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound']]);
+  assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound'], ['spec.parentRefs[0]', 'NoWaypoint']]);
 });
 
 test('uses the namespace waypoint for services unless the service names its own', () => {

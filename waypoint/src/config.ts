@@ -6,7 +6,8 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import type { Service, TrafficPolicy, WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
@@ -24,7 +25,13 @@ export interface Snapshot {
   byAddress: ReadonlyMap<string, Service>;
   /** Lower-case host names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`, and `name` in the waypoint's namespace). */
   byHost: ReadonlyMap<string, Service>;
+  /** Producer routes: what clients see that have no consumer route for the Service. */
   routes: RouteTable;
+  /**
+   * Per client namespace with consumer routes (GAMMA, GEP-1294): its consumer routes, and the
+   * producer routes of the Services it has none for.
+   */
+  consumerRoutes: ReadonlyMap<string, RouteTable>;
   policies: PolicyTable;
   /** `namespace/name` of a service → its resilience settings (defaults when no TrafficPolicy). */
   settings: ReadonlyMap<string, ClusterSettings>;
@@ -34,6 +41,20 @@ export interface Snapshot {
 
 export function serviceKey(s: { namespace: string; name: string }): string {
   return `${s.namespace}/${s.name}`;
+}
+
+/**
+ * The Service a route backend sends to; undefined (its requests get 500, as the Gateway API says)
+ * when the configuration lacks it or the controller refused the reference (no ReferenceGrant).
+ */
+export function backendService(snap: Pick<Snapshot, 'services'>, backend: RouteBackend): Service | undefined {
+  return backend.refused === undefined ? snap.services.get(backend.service) : undefined;
+}
+
+/** The route table for a client: its namespace's consumer routes first (GAMMA), else the producers'. */
+export function routesFor(snap: Pick<Snapshot, 'routes' | 'consumerRoutes'>, clientPrincipal: string | undefined): RouteTable {
+  const ns = namespaceOfPrincipal(clientPrincipal);
+  return (ns !== undefined ? snap.consumerRoutes.get(ns) : undefined) ?? snap.routes;
 }
 
 function addressKey(ip: string, port: number): string {
@@ -106,12 +127,23 @@ export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   }
   for (const key of services.keys()) settings.set(key, clusterSettings(policyOf.get(key)));
 
-  const routes = new RouteTable(cfg.routes, new Set(services.keys()), issues);
+  const known = new Set(services.keys());
+  const producer = cfg.routes.filter((r) => !isConsumerRoute(r));
+  const routes = new RouteTable(producer, known, issues);
+  const consumerRoutes = new Map<string, RouteTable>();
+  const byConsumer = new Map<string, Route[]>();
+  for (const r of cfg.routes) if (isConsumerRoute(r)) byConsumer.set(r.namespace, [...(byConsumer.get(r.namespace) ?? []), r]);
+  for (const [ns, own] of byConsumer) {
+    const overridden = new Set(own.map((r) => r.service));
+    const scratch: ConfigIssue[] = [];
+    consumerRoutes.set(ns, new RouteTable([...own, ...producer.filter((r) => !overridden.has(r.service))], known, scratch));
+    issues.push(...scratch.filter((i) => i.object.startsWith(`${ns}/`)));
+  }
   const policies = new PolicyTable(cfg.policies);
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, policies, settings, issues };
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues };
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

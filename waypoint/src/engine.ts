@@ -343,7 +343,7 @@ export class WaypointEngine {
     const key = serviceKey(svc);
     const port = Number(target.slice(target.lastIndexOf(':') + 1));
     const st = this.snap.settings.get(key);
-    return this.snap.routes.hasRoutes(key, port) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
+    return this.snap.routes.hasRoutes(key, port) || [...this.snap.consumerRoutes.values()].some((t) => t.hasRoutes(key, port)) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
   }
 
   private onRequest(ctx: ConnContext | undefined, req: DownstreamRequest, res: DownstreamResponse): void {

@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import type { RouteBackend, Service } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
-import { serviceKey } from './config.ts';
+import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
@@ -226,7 +226,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
 
     // Routing.
     const routeReq = { method, path, headers };
-    const matched = snap.routes.match(svcKey, port, routeReq);
+    const matched = routesFor(snap, conn.peerSpiffeId).match(svcKey, port, routeReq);
     let backends: RouteBackend[];
     const fctx: FilterContext = {
       request: { method, path, authority, headers: forwardableHeaders(headers) },
@@ -258,7 +258,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
       reply({ status: backendRedirect.statusCode, flags: '-', body: `redirect to ${backendRedirect.location}`, headers: { location: backendRedirect.location } });
       return;
     }
-    const backendSvc = snap.services.get(backend.service);
+    const backendSvc = backendService(snap, backend);
     if (!backendSvc) {
       reply({ status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
       return;
@@ -311,7 +311,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
 /** Sends one copy of the request to a mirror backend and discards the answer. */
 async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined): Promise<void> {
   try {
-    const svc = snap.services.get(backend.service);
+    const svc = backendService(snap, backend);
     if (!svc) return;
     const port = backend.port ?? svc.ports[0]?.port ?? 80;
     let stream: Readable | null = null;
