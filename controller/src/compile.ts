@@ -55,6 +55,7 @@ import {
   type Workload,
 } from '../../lib/model/mesh.ts';
 import { ruleLayer } from '../../lib/policy/authz.ts';
+import { admitWaypoint, type WaypointAllowList } from './waypoint-admission.ts';
 
 /** The accepted input objects, by kind. */
 export interface MeshInputs {
@@ -105,6 +106,8 @@ export interface CompileOptions {
   rootNamespace?: string;
   /** By `namespace/name`; overrides what the Waypoint's status says. */
   waypointRuntime?: ReadonlyMap<string, WaypointRuntime>;
+  /** ServiceAccounts and images Waypoints may use (controller/src/waypoint-admission.ts). */
+  waypointAllowList?: WaypointAllowList;
 }
 
 /** A problem found while compiling that belongs in an object's status. */
@@ -206,6 +209,14 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
+    const refusal = admitWaypoint(wp, options.waypointAllowList);
+    if (refusal) {
+      // Not launched (the controller filters it out of the reconcile), so never ready: the
+      // Services that use it fail closed.
+      findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, ...refusal });
+      model.waypoints.set(key, { name: wp.metadata.name, namespace: ns, port: HBONE_PORT, spiffeId: spiffeIdOf(trustDomain, ns, wp.metadata.name), ready: false, reason: refusal.reason });
+      continue;
+    }
     const rt = options.waypointRuntime?.get(key) ?? waypointPods.get(key);
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     const address = rt?.address ?? wp.status?.addresses?.[0]?.value;

@@ -7,6 +7,7 @@ import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import { CompileCache, compile, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
+import { admitWaypoint } from './waypoint-admission.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
 import { ALWAYS_LEADER, type Leadership } from './cluster/leader.ts';
 import { ObjectStore, invalidStatus } from './store.ts';
@@ -178,7 +179,10 @@ export class Controller {
     if (this.#waypointsDirty && this.#o.waypoints && leader) {
       this.#waypointsDirty = false;
       try {
-        await this.#o.waypoints.reconcile(this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>);
+        // A Waypoint whose ServiceAccount or image is not allowed is never launched.
+        const admitted = (this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>)
+          .filter((w) => admitWaypoint(w, this.#o.compile?.waypointAllowList) === undefined);
+        await this.#o.waypoints.reconcile(admitted);
       } catch (e) {
         this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message });
         this.#waypointsDirty = true;
@@ -248,11 +252,13 @@ export class Controller {
       if (obj.kind === 'Waypoint') {
         const wp = this.#model?.waypoints.get(`${base.namespace}/${base.name}`);
         const rt = runtime?.get(`${base.namespace}/${base.name}`);
+        const refused = byKey.get(key);
         next.set(key, {
           ...base,
           ok: wp?.ready ?? false,
-          reason: wp?.ready ? 'Ready' : (rt?.reason ?? wp?.reason ?? 'Pending'),
-          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
+          ...(refused ? { path: refused.path } : {}),
+          reason: wp?.ready ? 'Ready' : (refused?.reason ?? rt?.reason ?? wp?.reason ?? 'Pending'),
+          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${refused?.message ?? rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
           ...(wp?.address ? { address: wp.address } : {}),
         });
         continue;

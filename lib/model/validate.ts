@@ -444,7 +444,10 @@ function validateWaypoint(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
   c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests']);
   c.int(spec.maxRequests, 'spec.maxRequests', { min: 1, max: 1_000_000 });
-  c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+  const sa = c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+  // Every pod of the namespace runs as `default`; as the waypoint's identity it would let each of
+  // them pass as "the waypoint itself" (controller/src/waypoint-admission.ts has the allow-list).
+  if (sa === 'default') c.fail('spec.serviceAccountName', '"default" is never allowed: every pod of the namespace runs as it and would count as the waypoint');
   c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
   c.str(spec.image, 'spec.image', { nonEmpty: true });
 }

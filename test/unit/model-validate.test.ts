@@ -163,3 +163,8 @@ test('a Waypoint\'s maxRequests is a whole number from 1 to 1,000,000', () => {
   assert.deepEqual(validateObject(wp({ maxRequests: 0 })).map((i) => [i.path, i.message]), [['spec.maxRequests', '0 is below the minimum 1']]);
   assert.deepEqual(validateObject(wp({ maxRequests: 2.5 })).map((i) => i.path), ['spec.maxRequests']);
 });
+
+test('a Waypoint may never run as the namespace\'s default ServiceAccount', () => {
+  const issues = validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: { serviceAccountName: 'default' } });
+  assert.deepEqual(issues.map((i) => [i.path, /never allowed/.test(i.message)]), [['spec.serviceAccountName', true]]);
+});
