@@ -560,6 +560,7 @@ function compileTrafficPolicy(tp: TrafficPolicyObject, service: string): Traffic
       : undefined,
     loadBalancer: s.loadBalancer?.policy ?? 'ROUND_ROBIN',
     rateLimit: s.rateLimit ? { tokens: s.rateLimit.tokens, fillIntervalMs: parseDuration(s.rateLimit.fillInterval), per: s.rateLimit.per ?? 'route' } : undefined,
+    quota: s.quota ? { limit: s.quota.requests, windowMs: parseDuration(s.quota.window), per: s.quota.per ?? 'service' } : undefined,
     fault: s.fault
       ? clean({
           delay: s.fault.delay ? { fixedDelayMs: parseDuration(s.fault.delay.fixedDelay), percentage: s.fault.delay.percentage ?? 100 } : undefined,

@@ -216,6 +216,8 @@ export interface TrafficPolicy {
   };
   loadBalancer: LoadBalancerPolicy;
   rateLimit?: { tokens: number; fillIntervalMs: number; per: RateLimitScope };
+  /** Shared quota: `limit` requests per `windowMs`, counted in the waypoint's quota store. */
+  quota?: { limit: number; windowMs: number; per: 'service' | 'source' };
   fault?: {
     delay?: { fixedDelayMs: number; percentage: number };
     abort?: { httpStatus: number; percentage: number };

@@ -144,6 +144,11 @@ export interface Waypoint {
      * gets 503 at once. Default the waypoint's (10,000).
      */
     maxRequests?: number;
+    /**
+     * The Redis that TrafficPolicy `quota`s of this waypoint's Services count in, shared by its
+     * replicas (`--quota-redis`, `--quota-failure-mode`). Without it such quotas are not enforced.
+     */
+    quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
   };
   status?: {
     conditions?: Condition[];
@@ -262,6 +267,8 @@ export interface TrafficPolicy {
     };
     loadBalancer?: { policy: LoadBalancerPolicy };
     rateLimit?: { tokens: number; fillInterval: string; per?: RateLimitScope };
+    /** A quota shared by every replica of the waypoint (Redis, the Waypoint's spec.quotaStore). */
+    quota?: { requests: number; window: string; per?: 'service' | 'source' };
     fault?: {
       delay?: { fixedDelay: string; percentage?: number };
       abort?: { httpStatus: number; percentage?: number };

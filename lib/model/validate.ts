@@ -442,7 +442,13 @@ function validateEndpointSlice(c: Checker, o: Json): void {
 
 function validateWaypoint(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests']);
+  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests', 'quotaStore']);
+  const qs = c.obj(spec.quotaStore, 'spec.quotaStore');
+  if (qs) {
+    c.only(qs, 'spec.quotaStore', ['redis', 'failureMode']);
+    c.str(qs.redis, 'spec.quotaStore.redis', { required: true, pattern: /^rediss?:\/\/[^\s/]+(\/[0-9]*)?$/, patternText: 'a redis://host:port URL' });
+    c.str(qs.failureMode, 'spec.quotaStore.failureMode', { oneOf: ['open', 'closed'] });
+  }
   c.int(spec.maxRequests, 'spec.maxRequests', { min: 1, max: 1_000_000 });
   const sa = c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
   // Every pod of the namespace runs as `default`; as the waypoint's identity it would let each of
@@ -575,7 +581,15 @@ function percentage(c: Checker, v: unknown, path: string): void {
 function validateTrafficPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec', true);
   if (!spec) return;
-  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'fault']);
+  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'quota', 'fault']);
+  const q = c.obj(spec.quota, 'spec.quota');
+  if (q) {
+    c.only(q, 'spec.quota', ['requests', 'window', 'per']);
+    c.int(q.requests, 'spec.quota.requests', { required: true, min: 0 });
+    c.duration(q.window, 'spec.quota.window', true);
+    if (typeof q.window === 'string' && /^0+(ms|s|m|h)$/.test(q.window)) c.fail('spec.quota.window', 'must be longer than zero');
+    c.str(q.per, 'spec.quota.per', { oneOf: ['service', 'source'] });
+  }
   const t = c.obj(spec.targetRef, 'spec.targetRef', true);
   if (t) {
     c.only(t, 'spec.targetRef', ['group', 'kind', 'name']);

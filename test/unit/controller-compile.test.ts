@@ -4,6 +4,7 @@ import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { isConsumerRoute, policySelectsWorkload } from '../../lib/model/mesh.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
+import { waypointContainerArgs } from '../../controller/src/waypoints.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
   const i = emptyInputs();
@@ -257,4 +258,13 @@ test('consumer and producer routes, and ReferenceGrant for cross-namespace backe
   r = compile(i);
   assert.equal(r.model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused, undefined);
   assert.equal(r.routeParents.get('HTTPRoute/shop/canary')![0]!.conditions.every((c) => c.status), true);
+});
+
+test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint quotaStore reaches its command line', () => {
+  const i = emptyInputs();
+  i.services.push(svc('shop', 'reviews'));
+  i.trafficPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'tp', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'reviews' }, quota: { requests: 100, window: '1m', per: 'source' } } });
+  assert.deepEqual(compile(i).model.trafficPolicies.get('shop/tp')!.quota, { limit: 100, windowMs: 60_000, per: 'source' });
+  const args = waypointContainerArgs({ name: 'wp', namespace: 'shop', serviceAccount: 'wp', spiffeId: 'x', replicas: 1, quotaStore: { redis: 'redis://redis.shop:6379', failureMode: 'closed' } }, { trustDomain: 'cluster.local', controllerNamespace: 'weft-system', controllerAddress: 'ctl:15012' });
+  assert.deepEqual(args.slice(-4), ['--quota-redis', 'redis://redis.shop:6379', '--quota-failure-mode', 'closed']);
 });

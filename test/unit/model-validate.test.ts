@@ -168,3 +168,12 @@ test('a Waypoint may never run as the namespace\'s default ServiceAccount', () =
   const issues = validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: { serviceAccountName: 'default' } });
   assert.deepEqual(issues.map((i) => [i.path, /never allowed/.test(i.message)]), [['spec.serviceAccountName', true]]);
 });
+
+test('TrafficPolicy quota and Waypoint quotaStore are checked field by field', () => {
+  const tp = (quota: unknown) => validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 't', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'r' }, quota } });
+  assert.deepEqual(tp({ requests: 10, window: '1m', per: 'source' }), []);
+  assert.deepEqual(tp({ requests: -1, window: '0s', per: 'route' }).map((i) => i.path), ['spec.quota.requests', 'spec.quota.window', 'spec.quota.per']);
+  const wp = (quotaStore: unknown) => validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: { quotaStore } });
+  assert.deepEqual(wp({ redis: 'redis://redis.shop:6379', failureMode: 'closed' }), []);
+  assert.deepEqual(wp({ redis: 'http://x', failureMode: 'maybe' }).map((i) => i.path), ['spec.quotaStore.redis', 'spec.quotaStore.failureMode']);
+});

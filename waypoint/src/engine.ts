@@ -12,9 +12,9 @@ import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER } from './flags.ts';
 import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
-import { RedisQuota, type QuotaOptions } from './quota.ts';
+import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
-import { Cluster, type ClusterStats } from './resilience.ts';
+import { Cluster, type ClusterSettings, type ClusterStats } from './resilience.ts';
 import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
 import {
@@ -110,6 +110,8 @@ export class WaypointEngine {
   private readonly pool: UpstreamPool;
   private readonly rateLimiter = new LocalRateLimiter();
   private readonly quota: RedisQuota | undefined;
+  /** Quotas from the command line (--quota); a TrafficPolicy quota for the same Service wins. */
+  private readonly flagQuotaRules: readonly QuotaRule[];
   private readonly env: ProxyEnv;
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
@@ -136,6 +138,7 @@ export class WaypointEngine {
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
     this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
+    this.flagQuotaRules = opts.quota?.rules ?? [];
     this.rapidReset = opts.rapidReset ?? { limit: DEFAULT_RAPID_RESET_LIMIT, windowMs: DEFAULT_RAPID_RESET_WINDOW_MS };
     this.limits = {
       maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
@@ -231,6 +234,7 @@ export class WaypointEngine {
     this.snap = next;
     this.lastRejection = undefined;
     this.refreshClusters();
+    this.quota?.setRules(quotaRules(this.flagQuotaRules, next.settings));
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
@@ -441,4 +445,14 @@ export function detectProtocol(d: Duplex, silenceMs: number): Promise<'h1' | 'h2
     timer.unref();
     d.on('data', onData).once('end', onEnd).once('error', onEnd).once('close', onEnd);
   });
+}
+
+/**
+ * The quotas in force: the TrafficPolicy `quota`s the snapshot accepted, over the --quota flags for
+ * the same Service.
+ */
+export function quotaRules(flags: readonly QuotaRule[], settings: ReadonlyMap<string, ClusterSettings>): QuotaRule[] {
+  const rules = new Map(flags.map((r) => [r.service, r]));
+  for (const [service, s] of settings) if (s.quota) rules.set(service, { service, limit: s.quota.limit, windowMs: s.quota.windowMs, per: s.quota.per });
+  return [...rules.values()];
 }
