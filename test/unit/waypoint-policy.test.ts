@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
@@ -9,7 +10,7 @@ import {
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
-function policy(name: string, action: 'ALLOW' | 'DENY', rules: AuthorizationPolicy['rules'], targets = ['shop/reviews']): AuthorizationPolicy {
+function policy(name: string, action: AuthorizationPolicy['action'], rules: AuthorizationPolicy['rules'], targets = ['shop/reviews']): AuthorizationPolicy {
   return { name, namespace: 'shop', action, scope: 'service', targetServices: targets, rules, layer: 'L7' };
 }
 
@@ -118,5 +119,65 @@ describe('policy table (waypoint scoping)', () => {
     assert.equal(d.allowed, false);
     assert.match(d.reason, /fails closed/);
     assert.equal(t.evaluate('shop/other', base).allowed, true, 'it costs only the services it applies to');
+  });
+});
+
+// Istio AuthorizationPolicy reference: remoteIpBlocks / remote.ip are "populated from
+// X-Forwarded-For"; ipBlocks / source.ip are the connection's. AUDIT "does not affect whether
+// requests are allowed or denied".
+describe('remote.ip and AUDIT through the waypoint', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+  const lines: string[] = [];
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x) } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [
+        policy('no-bad-client', 'DENY', [{ from: [{ remoteIpBlocks: ['198.51.100.0/24'] }], to: [], when: [], layer: 'L7' }]),
+        policy('watch-admin', 'AUDIT', [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }]),
+        // A DENY on the connection's own address never reads X-Forwarded-For.
+        policy('no-lab', 'DENY', [{ from: [{ ipBlocks: ['192.0.2.0/24'] }], to: [], when: [], layer: 'L4' }]),
+      ],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80');
+  });
+
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('denies by the last X-Forwarded-For address, and not by an earlier one', async () => {
+    const denied = await request(l.port, { headers: { 'x-forwarded-for': '203.0.113.5, 198.51.100.7' } });
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /shop\/no-bad-client/);
+    assert.equal((await request(l.port, { headers: { 'x-forwarded-for': '198.51.100.7, 203.0.113.5' } })).status, 200);
+  });
+
+  it('a forged X-Forwarded-For does not move a connection out of an ipBlocks DENY', async () => {
+    // A tunnel whose client address (from the HBONE peer) is in 192.0.2.0/24.
+    const server = net.createServer((sock) => engine.handleTunnel(sock, { target: '10.96.0.10:80', peerSpiffeId: CALLER, clientAddress: '192.0.2.9' }));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const r = await request(port, { headers: { 'x-forwarded-for': '10.0.0.1' }, agent: false });
+      assert.equal(r.status, 403);
+      assert.match(r.body, /shop\/no-lab/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('an AUDIT match is logged and decides nothing', async () => {
+    lines.length = 0;
+    const r = await request(l.port, { path: '/admin/x' });
+    assert.equal(r.status, 200);
+    const entry = lines.map((x) => JSON.parse(x) as { path: string; audit_policies?: string[] }).find((e) => e.path === '/admin/x');
+    assert.deepEqual(entry?.audit_policies, ['shop/watch-admin']);
   });
 });
