@@ -19,7 +19,10 @@ import { LocalDelivery } from './delivery.ts';
 import { PlaintextInbound } from './plaintext.ts';
 import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
-import { PodNetnsResolver } from './pods.ts';
+import { PodNetnsResolver, type PodNetns } from './pods.ts';
+import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
+import { netnsCookie } from '../libbpf/index.ts';
+import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
@@ -31,6 +34,8 @@ export const METRICS_PORT = 15020;
 export const READY_PORT = 15021;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
+/** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
+export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
 
@@ -45,6 +50,8 @@ export interface AgentOptions {
   /** Bootstrap token (local mode) or ServiceAccount token file (Kubernetes mode). */
   token: () => string;
   trustDomain: string;
+  /** Other trust domains whose workload identities are admitted on 15008 (trust-domain aliases). */
+  trustDomainAliases?: string[];
   /** Namespace the controller runs in (its SPIFFE ID). Default weft-system. */
   controllerNamespace?: string;
   cgroupPath?: string;
@@ -52,6 +59,13 @@ export interface AgentOptions {
   objectDir?: string;
   /** Look for pod namespaces only among named ones with this prefix (local mode); default: all. */
   podNetnsPrefix?: string;
+  /**
+   * Unix socket the chained CNI plugin (agent/cni/weft-cni.c) asks to enrol each new pod on,
+   * before its containers start. Default: none (pods are found by scanning namespaces).
+   */
+  cniSocket?: string;
+  /** How long a CNI ADD waits for the config to name the pod. Default 10 s. */
+  cniWaitMs?: number;
   /** Extra destination ports the datapath never redirects (outbound only). */
   excludedPorts?: number[];
   /**
@@ -101,6 +115,13 @@ export class Agent {
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
+  /** netns cookie → pod IP: who a captured connection really came from. */
+  #podIpByCookie = new Map<bigint, string>();
+  /** pod IP → the netns and interface the CNI plugin named for it (no scan needed), and the pod's UID. */
+  #cniNetns = new Map<string, PodNetns & { uid: string }>();
+  #cni: CniServer | undefined;
+  /** Called after every config is applied (CNI ADDs waiting for their pod). */
+  #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
   #certsReady = false;
@@ -182,6 +203,12 @@ export class Agent {
       const counters = this.datapath.counters();
       return Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, counters[r]]));
     });
+    if (o.cniSocket) {
+      // Right after the datapath: a pod being created can be enrolled as soon as the config names it.
+      this.#cni = new CniServer(this.#cniBackend(), this.log);
+      await this.#cni.listen(o.cniSocket);
+      this.log.info('CNI socket listening', { path: o.cniSocket });
+    }
 
     // 2. Certificates and the config stream, both from the controller.
     const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
@@ -204,10 +231,11 @@ export class Agent {
     this.#refusals = this.datapath.watchRefusals((r) => this.plaintext.kernelRefused(r));
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
+      podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
     this.inbound = new Inbound({
-      node: o.node, trustDomain: o.trustDomain, state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
@@ -339,6 +367,7 @@ export class Agent {
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();
+    for (const wake of [...this.#configWaiters]) wake();
     const local = this.state.localWorkloads().filter((w) => w.enrolled);
     const ids = new Set(local.map((w) => w.spiffeId));
     for (const info of this.certs.list()) if (!ids.has(info.identity)) this.certs.forget(info.identity);
@@ -355,12 +384,22 @@ export class Agent {
   /** Enrols every local ambient pod whose netns is found; unenrols the rest; retries the missing. */
   #reconcilePods(): void {
     clearTimeout(this.#retry);
-    const wanted = this.state.localWorkloads().filter((w) => w.enrolled && w.ip);
-    const found = this.resolver.resolve(wanted.map((w) => w.ip));
+    const ambient = this.state.localWorkloads().filter((w) => w.enrolled);
+    const wanted = ambient.filter((w) => w.ip);
+    const wantedIps = new Set(wanted.map((w) => w.ip));
+    // Pods the CNI plugin enrolled before the config has their address stay enrolled.
+    const pendingUids = new Set(ambient.filter((w) => !w.ip).map((w) => w.uid));
     const keep = new Set<bigint>();
+    for (const [ip, ns] of this.#cniNetns) {
+      if (wantedIps.has(ip)) continue;
+      const cookie = this.#enrolled.get(ip);
+      if (pendingUids.has(ns.uid) && cookie !== undefined) keep.add(cookie);
+      else this.#cniNetns.delete(ip);
+    }
+    const found = this.resolver.resolve(wanted.map((w) => w.ip));
     let missing = 0;
     for (const w of wanted) {
-      const ns = found.get(w.ip);
+      const ns = this.#cniNetns.get(w.ip) ?? found.get(w.ip);
       if (!ns) {
         missing++;
         const cookie = this.#enrolled.get(w.ip);
@@ -368,28 +407,124 @@ export class Agent {
         continue;
       }
       try {
-        const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
-        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
-        keep.add(pod.netnsCookie);
-        this.delivery.podEnrolled(w.ip, ns.path);
-        // Plaintext into the pod is steered here from now on; without a listener it is refused.
-        this.plaintext.open(w.ip, ns.path);
-        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
-        this.#enrolled.set(w.ip, pod.netnsCookie);
+        keep.add(this.#enrollPod(w, ns));
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
     }
     for (const cookie of this.datapath.prune(keep)) {
-      for (const [ip, c] of this.#enrolled) {
-        if (c !== cookie) continue;
-        this.#enrolled.delete(ip);
-        this.delivery.podRemoved(ip);
-        this.plaintext.close(ip);
-      }
+      this.#forgetEnrolled(cookie);
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
     }
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
+  #enrollPod(w: Workload, ns: PodNetns): bigint {
+    const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
+    this.delivery.podEnrolled(w.ip, ns.path);
+    // Plaintext into the pod is steered here from now on; without a listener it is refused.
+    this.plaintext.open(w.ip, ns.path);
+    if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
+    this.#recordEnrolled(w.ip, pod.netnsCookie);
+    return pod.netnsCookie;
+  }
+
+  /** The local workload a CNI call names: by pod UID when the runtime passes one, else by name. */
+  #cniWorkload(pod: Pick<CniPod, 'namespace' | 'name' | 'uid'>): Workload | undefined {
+    return this.state.localWorkloads().find((w) =>
+      pod.uid !== undefined ? w.uid === pod.uid : w.namespace === pod.namespace && w.name === pod.name);
+  }
+
+  /** Resolves with the workload once a config names it, or undefined after `ms`. */
+  #awaitCniWorkload(pod: CniPod, ms: number): Promise<Workload | undefined> {
+    const now = this.#configured ? this.#cniWorkload(pod) : undefined;
+    if (now) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const done = (w: Workload | undefined) => {
+        clearTimeout(timer);
+        this.#configWaiters.delete(wake);
+        resolve(w);
+      };
+      const wake = () => {
+        const w = this.#cniWorkload(pod);
+        if (w) done(w);
+      };
+      const timer = setTimeout(() => done(undefined), ms);
+      this.#configWaiters.add(wake);
+    });
+  }
+
+  #cniBackend(): CniBackend {
+    return {
+      add: async (pod) => {
+        const waitMs = this.o.cniWaitMs ?? DEFAULT_CNI_WAIT_MS;
+        const w = await this.#awaitCniWorkload(pod, waitMs);
+        if (!w) {
+          throw new CniError(CNI_ERROR.tryAgainLater,
+            `pod ${pod.namespace}/${pod.name} is not in node ${this.o.node}'s mesh config after ${waitMs} ms (is the controller up and does it see the pod?); the kubelet retries`,
+            this.#configured ? `config ${this.xds?.version ?? ''}` : 'no config from the controller yet');
+        }
+        if (!w.enrolled) return { enrolled: false };
+        // The config has no address for a pod whose network is being set up right now (Kubernetes
+        // records it after this call); the network plugin's result says which it got.
+        const ip = w.ip || pod.ips[0];
+        if (!ip) throw new CniError(CNI_ERROR.invalidConfig, `pod ${pod.namespace}/${pod.name}: prevResult has no IPv4 address and the mesh config none either`);
+        if (pod.ips.length > 0 && !pod.ips.includes(ip)) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `pod ${pod.namespace}/${pod.name} was given ${pod.ips.join(', ')} but the mesh config says ${ip}`);
+        }
+        const ns: PodNetns = { path: pod.netns, ifname: pod.ifname };
+        try {
+          this.#enrollPod({ ...w, ip }, ns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `cannot enrol pod ${pod.namespace}/${pod.name}: ${(err as Error).message}`, (err as { code?: string }).code);
+        }
+        this.#cniNetns.set(ip, { ...ns, uid: w.uid });
+        return { enrolled: true, mode: w.mode };
+      },
+      del: async (pod) => {
+        for (const [ip, ns] of this.#cniNetns) {
+          if (ns.path !== pod.netns) continue;
+          this.#cniNetns.delete(ip);
+          const cookie = this.#enrolled.get(ip);
+          if (cookie !== undefined && this.datapath.unenroll(cookie)) {
+            this.#forgetEnrolled(cookie);
+            this.log.info('pod unenrolled', { pod: `${pod.namespace ?? '?'}/${pod.name ?? '?'}`, ip, netnsCookie: cookie.toString() });
+          }
+        }
+      },
+      check: async (pod) => {
+        const w = this.#cniWorkload(pod);
+        if (!w || !w.enrolled) return;
+        let cookie: bigint;
+        try {
+          cookie = netnsCookie(pod.netns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.notEnrolled, `pod ${pod.namespace}/${pod.name}: cannot read its network namespace ${pod.netns}`, (err as Error).message);
+        }
+        if (this.#enrolled.get(w.ip) !== cookie) {
+          throw new CniError(CNI_ERROR.notEnrolled, `ambient pod ${pod.namespace}/${pod.name} is not enrolled in the datapath`);
+        }
+      },
+    };
+  }
+
+  #recordEnrolled(ip: string, cookie: bigint): void {
+    const previous = this.#enrolled.get(ip);
+    if (previous !== undefined && previous !== cookie) this.#podIpByCookie.delete(previous);
+    this.#enrolled.set(ip, cookie);
+    this.#podIpByCookie.set(cookie, ip);
+  }
+
+  #forgetEnrolled(cookie: bigint): void {
+    const ip = this.#podIpByCookie.get(cookie);
+    this.#podIpByCookie.delete(cookie);
+    if (ip !== undefined && this.#enrolled.get(ip) === cookie) {
+      this.#enrolled.delete(ip);
+      this.delivery.podRemoved(ip);
+      this.plaintext.close(ip);
+    }
   }
 
   #adminServer(): import('node:http').Server {
@@ -427,6 +562,7 @@ export class Agent {
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
     this.xds?.close();
+    void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
     for (const s of this.#servers) {
       s.close();

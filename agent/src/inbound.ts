@@ -10,10 +10,13 @@ import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
+import { tunnelClient, type TunnelClient } from './forwarded.ts';
 
 export interface InboundOptions {
   node: string;
   trustDomain: string;
+  /** More trust domains whose workload identities this node admits on 15008 (aliases). Default none. */
+  trustDomainAliases?: readonly string[];
   state: AgentState;
   delivery: LocalDelivery;
   /** TLS options choosing the served identity per SNI (CertManager#serverOptions). */
@@ -29,11 +32,16 @@ export interface InboundOptions {
 export class Inbound {
   readonly #o: InboundOptions;
   readonly server: HboneServer;
+  /** The client each accepted tunnel carries, as decided when it was opened (for its access log). */
+  readonly #clients = new WeakMap<HboneConnectRequest, TunnelClient>();
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
     this.server = new HboneServer({
       tls: { SNICallback: opts.serverTls.SNICallback!, ca: [...opts.trustBundle()] },
+      // Workload identities of this mesh only: an agent's node certificate or another mesh's
+      // workload is refused before it can open a tunnel.
+      trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       handler: (req) => this.#handle(req),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
@@ -60,7 +68,14 @@ export class Inbound {
     }
     const principal = req.peer.spiffeId;
     const sourceNamespace = workloadOf(principal)?.namespace;
-    const client = parseForwarded(req.forwardedFor) ?? { ip: req.peer.address.replace(/^::ffff:/, ''), port: 0 };
+    const client = tunnelClient(this.#o.state, dest, req);
+    if (client.ignored) {
+      this.#o.metrics.forwardedIgnored.inc({ reason: client.ignored.reason });
+      this.#o.log.warn('forwarded client address not honoured: the peer may not speak for it', {
+        reason: client.ignored.reason, claimed: client.ignored.claimed, peer: principal, address: req.peer.address,
+        using: `${client.ip}:${client.port}`, destination: `${dest.namespace}/${dest.name}:${port}`,
+      });
+    }
     try {
       this.#o.delivery.authorize(dest, port, {
         ...(principal ? { sourcePrincipal: principal } : {}),
@@ -76,6 +91,7 @@ export class Inbound {
     }
     try {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
+      this.#clients.set(req, client);
       return { upstream };
     } catch (err) {
       return { status: 503, reason: (err as Error).message };
@@ -110,7 +126,8 @@ export class Inbound {
     m.sent.inc(labels, c.bytesBtoA);
     this.#o.accessLog({
       direction: 'inbound',
-      src: c.request.forwardedFor ?? c.request.peer.address,
+      src: clientAddress(this.#clients.get(c.request)) ?? c.request.peer.address,
+      peer: `${c.request.peer.address}:${c.request.peer.port}`,
       src_principal: principal,
       dst: c.request.authority,
       dst_workload: dest?.name,
@@ -134,11 +151,6 @@ function workloadOf(principal: string | undefined): { namespace: string; service
   }
 }
 
-/** `1.2.3.4:5678`, `"1.2.3.4:5678"` or `1.2.3.4` from a Forwarded `for=` value. */
-function parseForwarded(v: string | undefined): { ip: string; port: number } | undefined {
-  if (!v) return undefined;
-  const s = v.replace(/^"|"$/g, '');
-  const m = /^\[?([0-9a-fA-F.:]+?)\]?(?::(\d+))?$/.exec(s);
-  if (!m || !m[1]) return undefined;
-  return { ip: m[1], port: m[2] ? Number(m[2]) : 0 };
+function clientAddress(c: TunnelClient | undefined): string | undefined {
+  return c ? `${c.ip}:${c.port}` : undefined;
 }

@@ -23,6 +23,7 @@ export class AgentMetrics {
   readonly received: Counter<(typeof TCP_LABELS)[number]>;
   readonly denied: Counter<'reporter' | 'reason' | 'destination_workload' | 'destination_workload_namespace'>;
   readonly failed: Counter<'reporter' | 'reason'>;
+  readonly forwardedIgnored: Counter<'reason'>;
   readonly active: Gauge<'direction'>;
 
   constructor() {
@@ -42,6 +43,12 @@ export class AgentMetrics {
       },
     });
     this.failed = new Counter({ name: 'weft_connections_failed_total', help: 'Connections that could not be established, by reason', labelNames: ['reporter', 'reason'], registers });
+    this.forwardedIgnored = new Counter({
+      name: 'weft_hbone_forwarded_ignored_total',
+      help: 'HBONE forwarded for= claims not honoured (the peer may not speak for that client), by reason',
+      labelNames: ['reason'],
+      registers,
+    });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     collectDefaultMetrics({ register: this.registry });
   }

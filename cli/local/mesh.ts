@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
@@ -19,6 +19,11 @@ import { AGENT_NODE_OPTIONS } from '../install/names.ts';
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
 export const CONTROLLER_PORT = 15012;
+/** The chained CNI plugin (agent/cni/weft-cni.c, built by `make build`), run as a container runtime runs it. */
+export const CNI_PLUGIN = join(REPO_ROOT, 'build', 'cni', 'weft-cni');
+/** How long a pod waits for its network (the CNI plugin retried, as the kubelet retries a sandbox). */
+export const POD_NETWORK_DEADLINE_MS = 120_000;
+const CNI_RETRY_MS = 250;
 
 export interface LocalMeshOptions {
   prefix: string;
@@ -70,6 +75,18 @@ export interface Workload {
   spec: WorkloadSpec;
   pod: LocalPod;
   process?: ChildProcess;
+  /**
+   * Settles once the pod's network is set up (the CNI plugin's ADD succeeded, when the node's
+   * agent runs) and its command was started; rejects when ADD kept failing past the deadline.
+   */
+  started: Promise<void>;
+}
+
+/** What one run of the CNI plugin printed and exited with. */
+export interface CniRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
 }
 
 export class LocalMesh {
@@ -208,6 +225,8 @@ export class LocalMesh {
       '--cgroup', n.cgroup,
       '--pin-root', n.pinRoot,
       '--pod-netns-prefix', `${this.o.prefix}-`,
+      // The CNI plugin asks the agent to enrol each pod created from now on before it starts.
+      '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {
@@ -318,6 +337,8 @@ export class LocalMesh {
         if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
           throw new Error(`waypoint ${namespace}/${id} exited:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         }
+        // Its network could not be set up (the CNI plugin kept failing): say so rather than time out.
+        await Promise.race([w.started, sleep(0)]);
         if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${id} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         await sleep(200);
       }
@@ -335,17 +356,82 @@ export class LocalMesh {
     this.agents.delete(nodeName);
   }
 
-  /**
-   * Like addWorkload, but when the node's agent runs and the pod is meant to be in the mesh, waits
-   * until the agent has enrolled it before starting its command, as the CNI plugin holds a pod
-   * in Kubernetes: the application's first connection is already captured.
-   */
-  async startWorkload(spec: WorkloadSpec, opts: { enrolled?: boolean; timeoutMs?: number } = {}): Promise<Workload> {
-    const command = spec.command;
-    const w = this.addWorkload({ ...spec, command: [] });
-    if (opts.enrolled !== false && this.agents.has(spec.node)) await this.waitEnrolled(spec.node, w.pod.ip, opts.timeoutMs);
-    if (command && command.length > 0) this.startCommand(w, command);
+  /** addWorkload, resolving once the pod's network is set up and its command started. */
+  async startWorkload(spec: WorkloadSpec): Promise<Workload> {
+    const w = this.addWorkload(spec);
+    await w.started;
     return w;
+  }
+
+  /** The unix socket a node's agent serves the CNI plugin on. */
+  cniSocket(nodeName: string): string {
+    return join(this.o.stateDir, 'run', nodeName, 'cni.sock');
+  }
+
+  /**
+   * Runs the CNI plugin for a pod as a container runtime would: CNI_* variables, the network
+   * configuration on stdin with the main plugin's result as prevResult (the local network set the
+   * pod's veth and address up already, which is the main plugin's job).
+   */
+  runCni(command: 'ADD' | 'DEL' | 'CHECK', w: Pick<Workload, 'spec' | 'pod'>, opts: { socket?: string; excludeNamespaces?: string[] } = {}): Promise<CniRun> {
+    const { pod } = w;
+    const netconf = {
+      cniVersion: '1.0.0', name: 'weft-local', type: 'weft-cni',
+      agentSocket: opts.socket ?? this.cniSocket(pod.node),
+      ...(opts.excludeNamespaces ? { excludeNamespaces: opts.excludeNamespaces } : {}),
+      prevResult: {
+        cniVersion: '1.0.0',
+        interfaces: [{ name: 'eth0', sandbox: pod.netnsPath }],
+        ips: [{ address: `${pod.ip}/32`, interface: 0 }],
+      },
+    };
+    const child = spawn(CNI_PLUGIN, [], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: `${pod.namespace}-${pod.name}`,
+        CNI_NETNS: pod.netnsPath,
+        CNI_IFNAME: 'eth0',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_UID=${podUid(w.spec)}`,
+        CNI_PATH: dirname(CNI_PLUGIN),
+      },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c));
+    child.stderr.on('data', (c: Buffer) => (stderr += c));
+    child.stdin.end(JSON.stringify(netconf));
+    return new Promise((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  /**
+   * The kubelet's part: the pod's network first (the CNI plugin, retried while it fails, as the
+   * kubelet retries a pod sandbox), then the command, at once.
+   */
+  private async setUpPod(w: Workload, command: string[] | undefined): Promise<void> {
+    const deadline = Date.now() + POD_NETWORK_DEADLINE_MS;
+    for (;;) {
+      const r = await this.runCni('ADD', w);
+      if (r.code === 0) break;
+      if (Date.now() > deadline) {
+        throw new Error(`pod ${w.spec.namespace}/${w.spec.name}: CNI ADD kept failing for ${POD_NETWORK_DEADLINE_MS} ms: ${r.stdout.trim() || r.stderr.trim()}`);
+      }
+      await sleep(CNI_RETRY_MS);
+    }
+    if (command && command.length > 0) this.startCommand(w, command);
+  }
+
+  /**
+   * Is the CNI plugin "installed" on a node: has an agent served its socket there? From then on
+   * every new pod's network goes through the plugin, whether the agent is up or not (a crashed
+   * agent leaves the socket file, and the plugin fails until one answers again).
+   */
+  private agentServesCni(nodeName: string): boolean {
+    return existsSync(this.cniSocket(nodeName));
   }
 
   /** waitEnrolled for each workload, by `namespace/name`, on its own node. */
@@ -377,13 +463,21 @@ export class LocalMesh {
     const pod = this.net.addPod(spec.node, spec.namespace, spec.name);
     const obj = {
       apiVersion: 'v1', kind: 'Pod',
-      metadata: { name: spec.name, namespace: spec.namespace, labels: spec.labels ?? { app: spec.name }, uid: `${spec.namespace}-${spec.name}` },
+      metadata: { name: spec.name, namespace: spec.namespace, labels: spec.labels ?? { app: spec.name }, uid: podUid(spec) },
       spec: { nodeName: spec.node, serviceAccountName: spec.serviceAccount ?? spec.name },
       status: { phase: 'Running', podIP: pod.ip, hostIP: this.node(spec.node).ip, conditions: [{ type: 'Ready', status: 'True' }] },
     };
     this.writeConfig(`pod-${spec.namespace}-${spec.name}.yaml`, [obj]);
-    const w: Workload = { spec, pod };
-    if (spec.command && spec.command.length > 0) this.startCommand(w, spec.command);
+    const w: Workload = { spec, pod, started: Promise.resolve() };
+    if (this.agentServesCni(spec.node)) {
+      // Created on a node whose agent runs: through the CNI plugin, like a kubelet's pod.
+      w.started = this.setUpPod(w, spec.command);
+      w.started.catch(() => undefined);
+    } else if (spec.command && spec.command.length > 0) {
+      // The node has no agent yet: the pod predates it (as pods that ran before Weft was
+      // installed), and the agent enrols it when it finds its network namespace.
+      this.startCommand(w, spec.command);
+    }
     this.workloads.set(`${spec.namespace}/${spec.name}`, w);
     if (spec.probePort) this.#writeProbeTargets(spec.node);
     return w;
@@ -485,4 +579,9 @@ export class LocalMesh {
   async destroy(): Promise<void> {
     await this.net.destroy();
   }
+}
+
+/** The pod's UID in the config directory (and K8S_POD_UID for the CNI plugin). */
+function podUid(spec: Pick<WorkloadSpec, 'namespace' | 'name'>): string {
+  return `${spec.namespace}-${spec.name}`;
 }

@@ -245,8 +245,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     if (pod.metadata.deletionTimestamp) continue;
     const phase = pod.status?.phase;
     if (phase === 'Succeeded' || phase === 'Failed') continue;
-    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip;
-    if (!ip || pod.spec.hostNetwork) continue;
+    // A scheduled pod without an address yet is published too (ip ''): its node's agent must know
+    // whether it is ambient when the CNI plugin asks to enrol it, before the kubelet records the
+    // address the network plugin gave it.
+    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip ?? '';
+    if ((!ip && !pod.spec.nodeName) || pod.spec.hostNetwork) continue;
     const ns = pod.metadata.namespace!;
     const labels = { ...pod.metadata.labels };
     const nsObj = namespaces.get(ns);
@@ -262,7 +265,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     if (cached && cached.pod === pod && cached.deps === deps) {
       nextCache.set(uid, cached);
       model.workloads.set(uid, cached.base);
-      podsByIp.set(ip, cached.base);
+      if (ip) podsByIp.set(ip, cached.base);
       podObjects.set(uid, pod);
       continue;
     }
@@ -283,7 +286,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       services: [],
     };
     model.workloads.set(w.uid, w);
-    podsByIp.set(ip, w);
+    if (ip) podsByIp.set(ip, w);
     podObjects.set(w.uid, pod);
     nextCache.set(uid, { pod, deps, base: w });
   }

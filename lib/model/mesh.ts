@@ -37,6 +37,10 @@ export interface Workload {
   node: string;
   /** Address of the node's agent, where HBONE for this workload goes (port 15008). */
   nodeIp?: string;
+  /**
+   * The pod's IPv4 address; '' while a scheduled pod has none yet (its network is being set up:
+   * the CNI plugin enrols it with the address the network plugin gave it).
+   */
   ip: string;
   serviceAccount: string;
   spiffeId: string;
@@ -320,7 +324,10 @@ export function isConsumerRoute(r: Pick<Route, 'namespace' | 'service'>): boolea
 /** What one node's agent needs. */
 export interface AgentConfig {
   node: string;
-  /** Enrolled workloads scheduled on this node (services' endpoints say whether any address is enrolled). */
+  /**
+   * Every workload scheduled on this node (enrolled or not) and every enrolled workload of the mesh
+   * (its identity and node vouch for a tunnel's forwarded client; pods are dialled by address).
+   */
   workloads: Workload[];
   /** Every service a local workload may reach, with endpoints and their node addresses. */
   services: Service[];

@@ -8,6 +8,7 @@ import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, 
 import { isDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
+import { regexProblem } from '../regex.ts';
 
 export type { ValidationIssue };
 
@@ -173,11 +174,9 @@ class Checker {
   regex(v: unknown, path: string): void {
     const s = this.str(v, path, { required: true });
     if (s === undefined) return;
-    try {
-      new RegExp(s);
-    } catch (e) {
-      this.fail(path, `"${s}" is not a valid regular expression: ${(e as Error).message}`);
-    }
+    // RE2, as the waypoint matches them (lib/regex.ts).
+    const why = regexProblem(s);
+    if (why) this.fail(path, `"${s.slice(0, 80)}" is not a valid regular expression: it ${why}`);
   }
 }
 
@@ -740,7 +739,11 @@ function pathModifier(c: Checker, v: unknown, p: string): void {
   c.only(o, p, ['type', 'replaceFullPath', 'replacePrefixMatch']);
   const type = c.str(o.type, `${p}.type`, { required: true, oneOf: ['ReplaceFullPath', 'ReplacePrefixMatch'] });
   if (type === 'ReplaceFullPath') c.str(o.replaceFullPath, `${p}.replaceFullPath`, { required: true, pattern: /^\//, patternText: 'a path starting with /' });
-  if (type === 'ReplacePrefixMatch') c.str(o.replacePrefixMatch, `${p}.replacePrefixMatch`, { required: true, pattern: /^\//, patternText: 'a path starting with /' });
+  // Gateway API HTTPPathModifier: an empty ReplacePrefixMatch is allowed (`/foo/bar` under prefix `/foo` becomes `/bar`).
+  if (type === 'ReplacePrefixMatch') {
+    if (o.replacePrefixMatch === undefined || o.replacePrefixMatch === null) c.fail(`${p}.replacePrefixMatch`, 'is required');
+    else c.str(o.replacePrefixMatch, `${p}.replacePrefixMatch`, { pattern: /^(\/|$)/, patternText: 'a path starting with /, or empty' });
+  }
 }
 
 const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'RequestMirror'] as const;

@@ -9,8 +9,9 @@ import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
-import { FLAGS_HEADER } from './flags.ts';
-import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
+import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
+import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
@@ -89,6 +90,10 @@ export interface WaypointEngineOptions {
   maxRequests?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
+  /** Request path normalization (Istio MeshConfig pathNormalization). Default BASE. */
+  pathNormalization?: PathNormalization;
+  /** `%2F`/`%5C` in paths outside DECODE_AND_MERGE_SLASHES. Default KEEP_UNCHANGED. */
+  escapedSlashes?: EscapedSlashesAction;
 }
 
 export interface AppliedConfig {
@@ -173,6 +178,10 @@ export class WaypointEngine {
       limits: this.limits,
       admission,
       waypoint: `${opts.namespace}/${opts.name}`,
+      normalize: {
+        pathNormalization: opts.pathNormalization ?? DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
+        escapedSlashes: opts.escapedSlashes ?? DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
+      },
     };
 
     this.h1 = http.createServer({
@@ -262,11 +271,7 @@ export class WaypointEngine {
   }
 
   private clusterEndpoints(svc: Service, port: number): Array<{ endpoint: Service['endpoints'][number]; port: number }> {
-    const sp = svc.ports.find((p) => p.port === port);
-    return svc.endpoints.filter((e) => e.ready).map((e) => ({
-      endpoint: e,
-      port: e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port,
-    }));
+    return svc.endpoints.filter((e) => e.ready).map((e) => ({ endpoint: e, port: endpointPort(svc, e, port) }));
   }
 
   private clusterFor(svc: Service, port: number): Cluster {
@@ -363,11 +368,11 @@ export class WaypointEngine {
     const body = status === 431 ? `request header fields too large (limit ${this.limits.maxHeaderBytes} bytes)\n`
       : status === 408 ? `request headers not received within ${this.timeouts.requestHeadersMs} ms\n` : `malformed HTTP/1.1 request: ${err.code ?? err.message}\n`;
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: text/plain\r\n` +
-      `${FLAGS_HEADER}: DPE\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      `${FLAGS_HEADER}: ${FLAG_DOWNSTREAM_PROTOCOL_ERROR}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     const ctx = this.h1Conns.get(socket);
     this.telemetry.record({
       startTime: Date.now(), durationMs: 0, method: '-', path: '-', authority: '-', protocol: 'HTTP/1.1', grpc: false,
-      responseCode: status, responseFlags: 'DPE', requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
+      responseCode: status, responseFlags: FLAG_DOWNSTREAM_PROTOCOL_ERROR, requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
       responseBytes: Buffer.byteLength(body), attempts: 0, requestId: '-', detail: status === 408 ? 'request_headers_timeout' : err.message,
       ...(ctx?.peerSpiffeId ? { sourcePrincipal: ctx.peerSpiffeId } : {}),
       ...(ctx?.clientAddress ? { sourceAddress: ctx.clientAddress } : {}),

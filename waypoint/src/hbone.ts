@@ -25,7 +25,7 @@ export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo
     const [ours, theirs] = duplexPair();
     const info: TunnelInfo = { target: req.authority };
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
-    const client = req.forwardedFor ?? req.peer.address;
+    const client = req.forwardedFor?.ip ?? req.peer.address;
     if (client) info.clientAddress = client;
     ours.once('close', () => {
       setTimeout(() => { if (!theirs.destroyed) theirs.destroy(); }, TUNNEL_CLOSE_GRACE_MS).unref();
