@@ -22,6 +22,9 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -Wno-unus
 BPF_SRC := $(wildcard bpf/*.bpf.c) $(wildcard test/bpf/fixtures/*.bpf.c)
 BPF_OBJ := $(patsubst %.bpf.c,build/bpf/%.bpf.o,$(notdir $(BPF_SRC)))
 ADDON := agent/native/build/Release/weft_bpf.node
+# The chained CNI plugin the agent DaemonSet installs on hosts: static, so it runs on any host libc.
+CNI_PLUGIN := build/cni/weft-cni
+CNI_CFLAGS := -O2 -Wall -Wextra -Werror -static
 
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
 	tcpdump tshark wrk iperf3 stunnel4 haproxy nginx-light redis-server hey nghttp2-client \
@@ -39,7 +42,7 @@ UI_TESTS := 'test/ui/**/*.test.ts'
 CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
 K8S_TESTS := 'test/k8s/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon typecheck test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
+.PHONY: deps deps-apt deps-node build bpf addon cni typecheck test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -69,7 +72,7 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 ## build: BPF objects (clang, warnings are errors), the libbpf addon (node-gyp), typecheck (tsc)
-build: bpf addon typecheck
+build: bpf addon cni typecheck
 
 bpf: $(BPF_OBJ)
 
@@ -82,6 +85,12 @@ build/bpf/%.bpf.o: test/bpf/fixtures/%.bpf.c $(wildcard bpf/include/*.h)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
 addon: $(ADDON)
+
+cni: $(CNI_PLUGIN)
+
+$(CNI_PLUGIN): agent/cni/weft-cni.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CNI_CFLAGS) $< -o $@
 
 $(ADDON): $(wildcard agent/native/*.cc agent/native/*.h agent/native/src/*.cc agent/native/src/*.h) agent/native/binding.gyp
 	cd agent/native && node-gyp rebuild --nodedir="$(NODE_HOME)" >/dev/null

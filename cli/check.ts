@@ -42,6 +42,7 @@ export const KERNEL_FEATURES: readonly KernelFeature[] = [
   { id: 'kernel.getpeername-hooks', title: 'cgroup getpeername4/getpeername6 hooks', since: v(5, 8), btfName: 'BPF_CGROUP_INET4_GETPEERNAME' },
   { id: 'kernel.cap-bpf', title: 'CAP_BPF', since: v(5, 8), capability: 39 },
   { id: 'kernel.tcx', title: 'tcx links (BPF_TCX_INGRESS)', since: v(6, 6), btfName: 'BPF_TCX_INGRESS' },
+  { id: 'kernel.sk-lookup', title: 'sk_lookup programs (steer plaintext into the agent)', since: v(5, 9), btfName: 'BPF_SK_LOOKUP' },
 ];
 
 /** Oldest upstream kernel with every feature above. */
@@ -255,6 +256,8 @@ export interface PreflightSources {
   procNetTcp: string;
   pathEnv: string;
   ports: readonly { port: number; what: string }[];
+  /** /proc/sys/net/ipv6/conf/all/disable_ipv6 ('' when IPv6 is not built in). */
+  disableIpv6: string;
 }
 
 function readOr(file: string, fallback: string): string {
@@ -282,6 +285,22 @@ export function hostSources(): PreflightSources {
     procNetTcp: readOr('/proc/net/tcp', '') + readOr('/proc/net/tcp6', ''),
     pathEnv: process.env.PATH ?? '',
     ports: MESH_PORTS,
+    disableIpv6: readOr('/proc/sys/net/ipv6/conf/all/disable_ipv6', ''),
+  };
+}
+
+/**
+ * IPv6 is not meshed: Weft refuses IPv6 TCP into enrolled pods in the kernel (weft_inbound and
+ * weft_lookup count it as ipv6_refused) so that it cannot go around mTLS and policy. On a host
+ * with IPv6 that is worth knowing before a dual-stack client is refused.
+ */
+export function checkIpv6(disableIpv6: string): CheckResult {
+  const title = 'IPv6 (not meshed)';
+  if (disableIpv6.trim() !== '0') return { id: 'net.ipv6', title, status: 'pass', detail: 'IPv6 is off on this host' };
+  return {
+    id: 'net.ipv6', title, status: 'warn',
+    detail: 'IPv6 is on: Weft meshes IPv4 only and refuses IPv6 TCP into enrolled pods (counter ipv6_refused)',
+    remedy: 'reach meshed pods over IPv4 (a dual-stack Service\'s IPv4 address); `weftctl bpf` shows the IPv6 refusals per node',
   };
 }
 
@@ -308,6 +327,7 @@ export function runPreflight(sources: Partial<PreflightSources> = {}): CheckResu
     checkCapabilities(s.procStatus),
     ...checkTools(s.pathEnv),
     ...checkPorts(listeningPorts(s.procNetTcp), s.ports),
+    checkIpv6(s.disableIpv6),
   ];
 }
 
@@ -333,8 +353,29 @@ export interface MeshFacts {
     /** Undefined when the admin endpoint did not answer. */
     certificates?: Array<{ identity: string; notAfter: string }>;
     links?: Array<{ program: string; id: number }>;
+    /** The agent's inbound enforcement (admin /bpf); undefined when it did not answer. */
+    inbound?: { ipv6Refused: number; kubeletCgroups: number; inboundExcludedPorts: number[] };
   }>;
   waypoints: Array<{ namespace: string; name: string; ready: boolean; reason?: string }>;
+}
+
+/** An agent's inbound enforcement: IPv6 refusals, the kubelet exemption, inbound exclusions. */
+function checkInbound(node: string, i: NonNullable<MeshFacts['agents'][number]['inbound']>): CheckResult[] {
+  const out: CheckResult[] = [];
+  const ipv6 = { id: `mesh.ipv6.${node}`, title: `IPv6 into enrolled pods on ${node}` };
+  out.push(i.ipv6Refused > 0
+    ? { ...ipv6, status: 'warn', detail: `${i.ipv6Refused} IPv6 connection attempts refused: Weft meshes IPv4 only`, remedy: 'clients must reach meshed pods over IPv4; IPv6 is refused so that it cannot bypass mTLS and policy (docs/SECURITY.md)' }
+    : { ...ipv6, status: 'pass', detail: 'refused in the kernel (none tried)' });
+  const inbound = { id: `mesh.inbound.${node}`, title: `inbound exemptions on ${node}` };
+  const open = i.inboundExcludedPorts;
+  if (open.length > 0) {
+    out.push({ ...inbound, status: 'warn', detail: `ports ${open.join(', ')} take plaintext on every enrolled pod, past mTLS and policy`, remedy: `drop --inbound-exclude-port from the agent on ${node} unless that is meant` });
+  } else if (i.kubeletCgroups === 0) {
+    out.push({ ...inbound, status: 'warn', detail: 'no kubelet cgroup: kubelet probes are judged like any plaintext client (refused by STRICT pods)', remedy: 'start the agent with --kubelet-cgroup <the kubelet\'s cgroup v2 folder>' });
+  } else {
+    out.push({ ...inbound, status: 'pass', detail: `only the kubelet (${i.kubeletCgroups} cgroup${i.kubeletCgroups === 1 ? '' : 's'}) is exempt; no inbound-excluded port` });
+  }
+  return out;
 }
 
 /** One result per component of a running mesh; each failure says what to do. */
@@ -355,6 +396,7 @@ export function checkMesh(f: MeshFacts): CheckResult[] {
         ? { id: `mesh.bpf.${a.node}`, title: `BPF programs on ${a.node}`, status: 'pass', detail: `${AGENT_CGROUP_PROGRAMS.length} cgroup links attached` }
         : { id: `mesh.bpf.${a.node}`, title: `BPF programs on ${a.node}`, status: 'fail', detail: `no link for ${missing.join(', ')}: pods' connections are not captured`, remedy: `restart the agent (it re-attaches and adopts pinned links); ${logs(`agent-${a.node}.log`)}; \`weftctl bpf --node ${a.node}\` lists links` });
     }
+    if (a.inbound) out.push(...checkInbound(a.node, a.inbound));
     if (a.certificates) {
       const soon = a.certificates
         .map((c) => ({ ...c, left: Date.parse(c.notAfter) - f.now }))

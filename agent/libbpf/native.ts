@@ -79,6 +79,7 @@ export interface NativeTcpSocketOptions {
   backlog?: number;
   transparent?: boolean;
   reuseAddr?: boolean;
+  reusePort?: boolean;
 }
 
 export interface NativeBinding {
@@ -93,6 +94,7 @@ export interface NativeBinding {
   objGet(path: string): number;
   objPin(fd: number, path: string): void;
   linkCreateCgroup(progFd: number, cgroupPath: string, attachType: number): number;
+  linkCreateNetns(progFd: number, netnsPath: string, attachType: number): number;
   linkCreateTcx(progFd: number, ifname: string, attachType: number, netnsPath?: string): number;
   linkUpdate(linkFd: number, progFd: number, oldProgFd?: number): void;
   linkDetach(linkFd: number): void;

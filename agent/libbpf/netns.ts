@@ -36,6 +36,8 @@ export interface SocketInNetnsOptions {
   listen?: HostPort & { backlog?: number };
   /** Bind only: hand the fd to `new net.Socket({ fd }).connect(...)` to connect from inside. */
   bind?: HostPort;
+  /** SO_REUSEPORT: several processes may listen on the same address (an agent and its successor). */
+  reusePort?: boolean;
 }
 
 /** Default listen(2) backlog of createSocketInNetns. */
@@ -47,12 +49,19 @@ export const DEFAULT_BACKLOG = 511;
  * close-on-exec); the caller owns it. Without listen or bind it is bound to 0.0.0.0:0.
  */
 export function createSocketInNetns(netnsPath: string, opts: SocketInNetnsOptions = {}): number {
+  return createBoundSocketInNetns(netnsPath, opts).fd;
+}
+
+/** createSocketInNetns, also returning the port the socket is bound to (the kernel's pick for 0). */
+export function createBoundSocketInNetns(netnsPath: string, opts: SocketInNetnsOptions = {}): { fd: number; port: number } {
   const family = opts.family ?? 4;
   const addr = opts.listen ?? opts.bind ?? { host: family === 6 ? '::' : '0.0.0.0', port: 0 };
   const backlog = opts.listen ? (opts.listen.backlog ?? DEFAULT_BACKLOG) : -1;
   const where = `${addr.host}:${addr.port} in ${netnsPath}`;
   return guard(`cannot create a ${opts.listen ? 'listening ' : ''}socket on ${where}`, { path: netnsPath },
-    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: true }).fd);
+    // SO_REUSEADDR only for listeners (a restarted one rebinds past TIME_WAIT); a socket bound to
+    // connect gets a port of its own, so its 4-tuple can never collide with another's.
+    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: opts.listen !== undefined, reusePort: opts.reusePort ?? false }));
 }
 
 export interface BindSocketOptions {

@@ -119,6 +119,18 @@ export class BpfProgram {
   }
 
   /**
+   * Attaches an sk_lookup program to a network namespace (its file, e.g. /var/run/netns/x) with a
+   * bpf_link: the link lives as long as it is held or pinned, or until the namespace goes.
+   */
+  attachNetns(netnsPath: string): BpfLink {
+    const attach = this.#expectedAttachType ?? attachTypeNumber('sk_lookup');
+    const ctx = { ...this.#ctx(), path: netnsPath };
+    const fd = guard(`cannot attach ${this.name} (${attachTypeName(attach)}) to network namespace ${netnsPath}`, ctx,
+      () => native().linkCreateNetns(this.fd, netnsPath, attach));
+    return new BpfLink(fd, `${this.name} -> netns ${netnsPath} (${attachTypeName(attach)})`);
+  }
+
+  /**
    * Attaches an sk_msg or sk_skb program to a sockmap/sockhash (bpf_prog_attach on the map).
    * The attachment holds its own fds, so it can be detached after the object is closed.
    */

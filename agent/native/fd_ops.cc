@@ -193,6 +193,23 @@ Napi::Value LinkCreateCgroup(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// linkCreateNetns(progFd, netnsPath, attachType) -> link fd: a program attached to a network
+// namespace (sk_lookup, flow dissector); the namespace is named by its file.
+Napi::Value LinkCreateNetns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int progFd;
+  std::string path;
+  int64_t type;
+  if (!ArgFd(info, 0, &progFd) || !ArgString(info, 1, "netnsPath", &path) || !ArgInt(info, 2, "attachType", &type)) {
+    return env.Undefined();
+  }
+  FdGuard ns(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (ns.get() < 0) return ThrowErrno(env, errno, "open netns", path, {{"path", path}});
+  int fd = bpf_link_create(progFd, ns.get(), static_cast<bpf_attach_type>(type), nullptr);
+  if (fd < 0) return ThrowErrno(env, errno, "bpf_link_create", "netns " + path, {{"path", path}});
+  return Napi::Number::New(env, fd);
+}
+
 // linkCreateTcx(progFd, ifname, attachType, netnsPath?) -> link fd. The interface name is
 // resolved, and the link created, inside the given network namespace.
 Napi::Value LinkCreateTcx(const Napi::CallbackInfo& info) {
@@ -459,6 +476,7 @@ void InitFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("objGet", Napi::Function::New(env, ObjGet, "objGet"));
   exports.Set("objPin", Napi::Function::New(env, ObjPin, "objPin"));
   exports.Set("linkCreateCgroup", Napi::Function::New(env, LinkCreateCgroup, "linkCreateCgroup"));
+  exports.Set("linkCreateNetns", Napi::Function::New(env, LinkCreateNetns, "linkCreateNetns"));
   exports.Set("linkCreateTcx", Napi::Function::New(env, LinkCreateTcx, "linkCreateTcx"));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate, "linkUpdate"));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach, "linkDetach"));

@@ -69,7 +69,7 @@ int64_t GetInt(Napi::Object o, const char* key, int64_t dflt) {
 }
 
 // createTcpSocket({ netns?, family: 4|6, host, port, backlog? (listen when >= 0), transparent?,
-//                   reuseAddr? }) -> { fd, port }. Nonblocking and close-on-exec.
+//                   reuseAddr?, reusePort? }) -> { fd, port }. Nonblocking and close-on-exec.
 Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) return ThrowType(env, "options must be an object");
@@ -82,6 +82,7 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   int64_t backlog = GetInt(o, "backlog", -1);
   bool transparent = o.Get("transparent").ToBoolean().Value();
   bool reuseAddr = o.Get("reuseAddr").ToBoolean().Value();
+  bool reusePort = o.Get("reusePort").ToBoolean().Value();
   if (port < 0 || port > 65535) return ThrowType(env, "port must be 0..65535");
 
   sockaddr_storage ss;
@@ -115,6 +116,9 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   int one = 1;
   if (reuseAddr && setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
     return ThrowErrno(env, errno, "setsockopt SO_REUSEADDR", where, fields);
+  }
+  if (reusePort && setsockopt(s.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+    return ThrowErrno(env, errno, "setsockopt SO_REUSEPORT", where, fields);
   }
   if (transparent) {
     int level = family == AF_INET ? SOL_IP : SOL_IPV6;

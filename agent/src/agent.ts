@@ -9,13 +9,20 @@ import { HbonePool } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
-import { Datapath, MESH_PORTS } from './datapath/index.ts';
+import { Datapath, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
-import { Inbound, InboundAuthorizer } from './inbound.ts';
-import { PodNetnsResolver } from './pods.ts';
+import { Inbound } from './inbound.ts';
+import { LocalDelivery } from './delivery.ts';
+import { PlaintextInbound } from './plaintext.ts';
+import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
+import { findCgroup2Root } from '../../lib/sys/mounts.ts';
+import { PodNetnsResolver, type PodNetns } from './pods.ts';
+import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
+import { netnsCookie } from '../libbpf/index.ts';
+import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
@@ -27,6 +34,8 @@ export const METRICS_PORT = 15020;
 export const READY_PORT = 15021;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
+/** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
+export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
 
@@ -41,6 +50,8 @@ export interface AgentOptions {
   /** Bootstrap token (local mode) or ServiceAccount token file (Kubernetes mode). */
   token: () => string;
   trustDomain: string;
+  /** Other trust domains whose workload identities are admitted on 15008 (trust-domain aliases). */
+  trustDomainAliases?: string[];
   /** Namespace the controller runs in (its SPIFFE ID). Default weft-system. */
   controllerNamespace?: string;
   cgroupPath?: string;
@@ -48,8 +59,26 @@ export interface AgentOptions {
   objectDir?: string;
   /** Look for pod namespaces only among named ones with this prefix (local mode); default: all. */
   podNetnsPrefix?: string;
-  /** Extra destination ports the datapath never redirects. */
+  /**
+   * Unix socket the chained CNI plugin (agent/cni/weft-cni.c) asks to enrol each new pod on,
+   * before its containers start. Default: none (pods are found by scanning namespaces).
+   */
+  cniSocket?: string;
+  /** How long a CNI ADD waits for the config to name the pod. Default 10 s. */
+  cniWaitMs?: number;
+  /** Extra destination ports the datapath never redirects (outbound only). */
   excludedPorts?: number[];
+  /**
+   * Pod ports inbound enforcement leaves alone (plaintext reaches the application directly, even
+   * on STRICT pods). Default none; an explicit choice, shown by `weftctl bpf`.
+   */
+  inboundExcludedPorts?: number[];
+  /**
+   * cgroup v2 folders whose processes' connections to pods are kubelet probes, the one exemption
+   * from inbound enforcement. Default: found at start (systemd's kubelet.service under the
+   * agent's cgroup root, or the cgroup of a process named kubelet). [] turns the exemption off.
+   */
+  kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
@@ -80,9 +109,19 @@ export class Agent {
   pool!: HbonePool;
   outbound!: Outbound;
   inbound!: Inbound;
+  delivery!: LocalDelivery;
+  plaintext!: PlaintextInbound;
+  #refusals: { close(): void } | undefined;
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
+  /** netns cookie → pod IP: who a captured connection really came from. */
+  #podIpByCookie = new Map<bigint, string>();
+  /** pod IP → the netns and interface the CNI plugin named for it (no scan needed), and the pod's UID. */
+  #cniNetns = new Map<string, PodNetns & { uid: string }>();
+  #cni: CniServer | undefined;
+  /** Called after every config is applied (CNI ADDs waiting for their pod). */
+  #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
   #certsReady = false;
@@ -153,7 +192,24 @@ export class Agent {
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
-    this.log.info('datapath loaded', { programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length });
+    this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
+    const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
+    this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
+    if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
+    this.log.info('datapath loaded', {
+      programs: this.datapath.programs().map((p) => p.name), adoptedPods: this.datapath.pods().length,
+      kubeletCgroups: kubelet, inboundExcludedPorts: o.inboundExcludedPorts ?? [],
+    });
+    this.metrics.watchKernelRefusals(() => {
+      const counters = this.datapath.counters();
+      return Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, counters[r]]));
+    });
+    if (o.cniSocket) {
+      // Right after the datapath: a pod being created can be enrolled as soon as the config names it.
+      this.#cni = new CniServer(this.#cniBackend(), this.log);
+      await this.#cni.listen(o.cniSocket);
+      this.log.info('CNI socket listening', { path: o.cniSocket });
+    }
 
     // 2. Certificates and the config stream, both from the controller.
     const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
@@ -169,13 +225,18 @@ export class Agent {
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
     this.pool = new HbonePool();
-    const authorizer = new InboundAuthorizer({ state: this.state, datapath: this.datapath, nodeIp: o.nodeIp, metrics: this.metrics, log: this.log });
+    this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
+    this.plaintext = new PlaintextInbound({
+      node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+    });
+    this.#refusals = this.datapath.watchRefusals((r) => this.plaintext.kernelRefused(r));
     this.outbound = new Outbound({
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
-      authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
+      authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
     });
     this.inbound = new Inbound({
-      node: o.node, trustDomain: o.trustDomain, state: this.state, authorizer, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
       serverTls: this.certs.serverOptions((sni) => Inbound.selectIdentity(this.state, o.trustDomain, sni)),
       trustBundle: () => this.certs.trustBundle(),
     });
@@ -307,6 +368,7 @@ export class Agent {
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();
+    for (const wake of [...this.#configWaiters]) wake();
     const local = this.state.localWorkloads().filter((w) => w.enrolled);
     const ids = new Set(local.map((w) => w.spiffeId));
     for (const info of this.certs.list()) if (!ids.has(info.identity)) this.certs.forget(info.identity);
@@ -323,12 +385,22 @@ export class Agent {
   /** Enrols every local ambient pod whose netns is found; unenrols the rest; retries the missing. */
   #reconcilePods(): void {
     clearTimeout(this.#retry);
-    const wanted = this.state.localWorkloads().filter((w) => w.enrolled && w.ip);
-    const found = this.resolver.resolve(wanted.map((w) => w.ip));
+    const ambient = this.state.localWorkloads().filter((w) => w.enrolled);
+    const wanted = ambient.filter((w) => w.ip);
+    const wantedIps = new Set(wanted.map((w) => w.ip));
+    // Pods the CNI plugin enrolled before the config has their address stay enrolled.
+    const pendingUids = new Set(ambient.filter((w) => !w.ip).map((w) => w.uid));
     const keep = new Set<bigint>();
+    for (const [ip, ns] of this.#cniNetns) {
+      if (wantedIps.has(ip)) continue;
+      const cookie = this.#enrolled.get(ip);
+      if (pendingUids.has(ns.uid) && cookie !== undefined) keep.add(cookie);
+      else this.#cniNetns.delete(ip);
+    }
+    const found = this.resolver.resolve(wanted.map((w) => w.ip));
     let missing = 0;
     for (const w of wanted) {
-      const ns = found.get(w.ip);
+      const ns = this.#cniNetns.get(w.ip) ?? found.get(w.ip);
       if (!ns) {
         missing++;
         const cookie = this.#enrolled.get(w.ip);
@@ -336,19 +408,124 @@ export class Agent {
         continue;
       }
       try {
-        const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, nodeIps: [this.o.nodeIp], ifname: ns.ifname });
-        if (!this.#enrolled.has(w.ip)) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, netns: ns.path });
-        this.#enrolled.set(w.ip, pod.netnsCookie);
-        keep.add(pod.netnsCookie);
+        keep.add(this.#enrollPod(w, ns));
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
     }
     for (const cookie of this.datapath.prune(keep)) {
-      for (const [ip, c] of this.#enrolled) if (c === cookie) this.#enrolled.delete(ip);
+      this.#forgetEnrolled(cookie);
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
     }
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
+  #enrollPod(w: Workload, ns: PodNetns): bigint {
+    const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
+    this.delivery.podEnrolled(w.ip, ns.path);
+    // Plaintext into the pod is steered here from now on; without a listener it is refused.
+    this.plaintext.open(w.ip, ns.path);
+    if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
+    this.#recordEnrolled(w.ip, pod.netnsCookie);
+    return pod.netnsCookie;
+  }
+
+  /** The local workload a CNI call names: by pod UID when the runtime passes one, else by name. */
+  #cniWorkload(pod: Pick<CniPod, 'namespace' | 'name' | 'uid'>): Workload | undefined {
+    return this.state.localWorkloads().find((w) =>
+      pod.uid !== undefined ? w.uid === pod.uid : w.namespace === pod.namespace && w.name === pod.name);
+  }
+
+  /** Resolves with the workload once a config names it, or undefined after `ms`. */
+  #awaitCniWorkload(pod: CniPod, ms: number): Promise<Workload | undefined> {
+    const now = this.#configured ? this.#cniWorkload(pod) : undefined;
+    if (now) return Promise.resolve(now);
+    return new Promise((resolve) => {
+      const done = (w: Workload | undefined) => {
+        clearTimeout(timer);
+        this.#configWaiters.delete(wake);
+        resolve(w);
+      };
+      const wake = () => {
+        const w = this.#cniWorkload(pod);
+        if (w) done(w);
+      };
+      const timer = setTimeout(() => done(undefined), ms);
+      this.#configWaiters.add(wake);
+    });
+  }
+
+  #cniBackend(): CniBackend {
+    return {
+      add: async (pod) => {
+        const waitMs = this.o.cniWaitMs ?? DEFAULT_CNI_WAIT_MS;
+        const w = await this.#awaitCniWorkload(pod, waitMs);
+        if (!w) {
+          throw new CniError(CNI_ERROR.tryAgainLater,
+            `pod ${pod.namespace}/${pod.name} is not in node ${this.o.node}'s mesh config after ${waitMs} ms (is the controller up and does it see the pod?); the kubelet retries`,
+            this.#configured ? `config ${this.xds?.version ?? ''}` : 'no config from the controller yet');
+        }
+        if (!w.enrolled) return { enrolled: false };
+        // The config has no address for a pod whose network is being set up right now (Kubernetes
+        // records it after this call); the network plugin's result says which it got.
+        const ip = w.ip || pod.ips[0];
+        if (!ip) throw new CniError(CNI_ERROR.invalidConfig, `pod ${pod.namespace}/${pod.name}: prevResult has no IPv4 address and the mesh config none either`);
+        if (pod.ips.length > 0 && !pod.ips.includes(ip)) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `pod ${pod.namespace}/${pod.name} was given ${pod.ips.join(', ')} but the mesh config says ${ip}`);
+        }
+        const ns: PodNetns = { path: pod.netns, ifname: pod.ifname };
+        try {
+          this.#enrollPod({ ...w, ip }, ns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.enrolmentFailed, `cannot enrol pod ${pod.namespace}/${pod.name}: ${(err as Error).message}`, (err as { code?: string }).code);
+        }
+        this.#cniNetns.set(ip, { ...ns, uid: w.uid });
+        return { enrolled: true, mode: w.mode };
+      },
+      del: async (pod) => {
+        for (const [ip, ns] of this.#cniNetns) {
+          if (ns.path !== pod.netns) continue;
+          this.#cniNetns.delete(ip);
+          const cookie = this.#enrolled.get(ip);
+          if (cookie !== undefined && this.datapath.unenroll(cookie)) {
+            this.#forgetEnrolled(cookie);
+            this.log.info('pod unenrolled', { pod: `${pod.namespace ?? '?'}/${pod.name ?? '?'}`, ip, netnsCookie: cookie.toString() });
+          }
+        }
+      },
+      check: async (pod) => {
+        const w = this.#cniWorkload(pod);
+        if (!w || !w.enrolled) return;
+        let cookie: bigint;
+        try {
+          cookie = netnsCookie(pod.netns);
+        } catch (err) {
+          throw new CniError(CNI_ERROR.notEnrolled, `pod ${pod.namespace}/${pod.name}: cannot read its network namespace ${pod.netns}`, (err as Error).message);
+        }
+        if (this.#enrolled.get(w.ip) !== cookie) {
+          throw new CniError(CNI_ERROR.notEnrolled, `ambient pod ${pod.namespace}/${pod.name} is not enrolled in the datapath`);
+        }
+      },
+    };
+  }
+
+  #recordEnrolled(ip: string, cookie: bigint): void {
+    const previous = this.#enrolled.get(ip);
+    if (previous !== undefined && previous !== cookie) this.#podIpByCookie.delete(previous);
+    this.#enrolled.set(ip, cookie);
+    this.#podIpByCookie.set(cookie, ip);
+  }
+
+  #forgetEnrolled(cookie: bigint): void {
+    const ip = this.#podIpByCookie.get(cookie);
+    this.#podIpByCookie.delete(cookie);
+    if (ip !== undefined && this.#enrolled.get(ip) === cookie) {
+      this.#enrolled.delete(ip);
+      this.delivery.podRemoved(ip);
+      this.plaintext.close(ip);
+    }
   }
 
   #adminServer(): import('node:http').Server {
@@ -363,9 +540,13 @@ export class Agent {
         pods: this.datapath.pods(),
         destinations: this.datapath.destinations(),
         excludedPorts: this.datapath.excludedPorts(),
+        inboundExcludedPorts: this.datapath.inboundExcludedPorts(),
+        kubeletCgroups: this.datapath.proberCgroups().map(String),
+        plaintextListeners: this.plaintext.pods().map((ip) => ({ podIp: ip, registered: this.datapath.hasPodListener(ip) })),
         counters: this.datapath.counters(),
+        refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
-        pins: Object.fromEntries(['weft_pods', 'weft_dests', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
@@ -382,6 +563,7 @@ export class Agent {
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
     this.xds?.close();
+    void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
     for (const s of this.#servers) {
       s.close();
@@ -392,6 +574,8 @@ export class Agent {
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
+    this.#refusals?.close();
+    this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();
     this.datapath?.close();

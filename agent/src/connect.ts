@@ -1,7 +1,6 @@
 // Opening the agent's own TCP connections to pods and plain destinations.
 import net from 'node:net';
 import { once } from 'node:events';
-import { bindSocket } from '../libbpf/index.ts';
 
 export class UpstreamConnectError extends Error {
   readonly code = 'WEFT_UPSTREAM_CONNECT';
@@ -20,19 +19,18 @@ export function splitHostPort(target: string): { host: string; port: number } {
 }
 
 /**
- * Connects to `target`, optionally from a source port chosen before the connect (so the caller
- * can tell the datapath who the server should see as its peer), with a timeout.
+ * Connects to `target`, optionally from a socket the caller created and bound (`bound`: its fd,
+ * which this takes over; e.g. one made inside a pod's netns whose source port the caller told the
+ * datapath about), with a timeout.
  */
 export async function connectTcp(
   target: string,
-  opts: { sourceIp?: string; beforeConnect?: (localPort: number) => void; timeoutMs?: number } = {},
+  opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number } = {},
 ): Promise<net.Socket> {
   const { host, port } = splitHostPort(target);
   let socket: net.Socket;
-  if (opts.sourceIp && opts.beforeConnect) {
-    const bound = bindSocket({ host: opts.sourceIp });
-    opts.beforeConnect(bound.port);
-    socket = new net.Socket({ fd: bound.fd, readable: true, writable: true });
+  if (opts.bound) {
+    socket = new net.Socket({ fd: opts.bound.fd, readable: true, writable: true });
     socket.connect(port, host);
   } else {
     socket = net.connect({ host, port, ...(opts.sourceIp ? { localAddress: opts.sourceIp } : {}) });

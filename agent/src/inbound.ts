@@ -3,88 +3,23 @@
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
-import type { Duplex } from 'node:stream';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
-import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
-import type { Workload } from '../../lib/model/mesh.ts';
 import type { Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
-import type { OriginalDestinationSource } from './outbound.ts';
-import { connectTcp } from './connect.ts';
-
-export class DeniedError extends Error {
-  readonly code = 'WEFT_DENIED';
-  readonly status: number;
-  readonly policy: string | undefined;
-  constructor(message: string, status = 403, policy?: string) {
-    super(message);
-    this.name = 'DeniedError';
-    this.status = status;
-    this.policy = policy;
-  }
-}
-
-/** Authorization and pod connections, shared by inbound tunnels and same-node outbound. */
-export class InboundAuthorizer {
-  readonly #state: AgentState;
-  readonly #datapath: OriginalDestinationSource;
-  readonly #nodeIp: string;
-  readonly #metrics: AgentMetrics;
-  readonly #log: Logger;
-
-  constructor(opts: { state: AgentState; datapath: OriginalDestinationSource; nodeIp: string; metrics: AgentMetrics; log: Logger }) {
-    this.#state = opts.state;
-    this.#datapath = opts.datapath;
-    this.#nodeIp = opts.nodeIp;
-    this.#metrics = opts.metrics;
-    this.#log = opts.log;
-  }
-
-  /** Throws DeniedError (and counts it) unless the destination's policies allow the connection. */
-  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
-    const decision = evaluate(this.#state.policiesFor(dest), { ...src, destinationIp: dest.ip, destinationPort: port });
-    if (decision.allowed) return;
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-    this.#log.info('connection denied', { reason: decision.reason, policy: decision.policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
-    throw new DeniedError(decision.reason, 403, decision.policy);
-  }
-
-  /** Connects to a local pod so that the pod sees `client` as its peer. */
-  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number): Promise<Duplex> {
-    let reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } } | undefined;
-    const socket = await connectTcp(`${dest.ip}:${port}`, {
-      sourceIp: this.#nodeIp,
-      timeoutMs,
-      beforeConnect: (localPort) => {
-        reg = { local: { ip: dest.ip, port }, remote: { ip: this.#nodeIp, port: localPort } };
-        try {
-          this.#datapath.registerPeer({ ...reg, client: { ip: client.ip, port: client.port || localPort } });
-        } catch (err) {
-          reg = undefined;
-          this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
-        }
-      },
-    }).catch((err: Error) => {
-      if (reg) this.#datapath.unregisterPeer(reg);
-      throw err;
-    });
-    if (reg) {
-      const r = reg;
-      socket.once('close', () => this.#datapath.unregisterPeer(r));
-    }
-    return socket;
-  }
-}
+import { DeniedError, type LocalDelivery } from './delivery.ts';
+import { tunnelClient } from './forwarded.ts';
 
 export interface InboundOptions {
   node: string;
   trustDomain: string;
+  /** More trust domains whose workload identities this node admits on 15008 (aliases). Default none. */
+  trustDomainAliases?: readonly string[];
   state: AgentState;
-  authorizer: InboundAuthorizer;
+  delivery: LocalDelivery;
   /** TLS options choosing the served identity per SNI (CertManager#serverOptions). */
   serverTls: import('node:tls').TlsOptions;
   /** Current trust bundle: client chains verify against it (re-read on trustBundleChanged). */
@@ -105,6 +40,9 @@ export class Inbound {
     this.#o = opts;
     this.server = new HboneServer({
       tls: { SNICallback: opts.serverTls.SNICallback!, ca: [...opts.trustBundle()] },
+      // Workload identities of this mesh only: an agent's node certificate or another mesh's
+      // workload is refused before it can open a tunnel.
+      trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       handler: (req) => this.#handle(req),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
@@ -131,7 +69,14 @@ export class Inbound {
     }
     const principal = req.peer.spiffeId;
     const sourceNamespace = workloadOf(principal)?.namespace;
-    const client = parseForwarded(req.forwardedFor) ?? { ip: req.peer.address.replace(/^::ffff:/, ''), port: 0 };
+    const client = tunnelClient(this.#o.state, dest, req);
+    if (client.ignored) {
+      this.#o.metrics.forwardedIgnored.inc({ reason: client.ignored.reason });
+      this.#o.log.warn('forwarded client address not honoured: the peer may not speak for it', {
+        reason: client.ignored.reason, claimed: client.ignored.claimed, peer: principal, address: req.peer.address,
+        using: `${client.ip}:${client.port}`, destination: `${dest.namespace}/${dest.name}:${port}`,
+      });
+    }
     const service = inboundService(this.#o.state.current.services, dest, port);
     const record = new ConnectionRecord(this.#o.metrics, {
       reporter: 'destination',
@@ -148,7 +93,7 @@ export class Inbound {
       logging: dest.telemetry?.accessLogging,
     }, this.#o.accessLog);
     try {
-      this.#o.authorizer.authorize(dest, port, {
+      this.#o.delivery.authorize(dest, port, {
         ...(principal ? { sourcePrincipal: principal } : {}),
         ...(sourceNamespace ? { sourceNamespace } : {}),
         sourceIp: client.ip,
@@ -161,7 +106,7 @@ export class Inbound {
       throw err;
     }
     try {
-      const upstream = await this.#o.authorizer.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
+      const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
       this.#records.set(req, record);
       return { upstream };
     } catch (err) {
@@ -194,11 +139,3 @@ function workloadOf(principal: string | undefined): { namespace: string; service
   }
 }
 
-/** `1.2.3.4:5678`, `"1.2.3.4:5678"` or `1.2.3.4` from a Forwarded `for=` value. */
-function parseForwarded(v: string | undefined): { ip: string; port: number } | undefined {
-  if (!v) return undefined;
-  const s = v.replace(/^"|"$/g, '');
-  const m = /^\[?([0-9a-fA-F.:]+?)\]?(?::(\d+))?$/.exec(s);
-  if (!m || !m[1]) return undefined;
-  return { ip: m[1], port: m[2] ? Number(m[2]) : 0 };
-}

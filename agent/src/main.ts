@@ -2,17 +2,29 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent } from './agent.ts';
+import { validateTrustDomain } from '../../lib/identity/index.ts';
 import type { LogLevel } from '../../lib/log.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
        (--token <token> | --token-file <file>) [options]
   --trust-domain <td>        default cluster.local
-  --controller-namespace <ns>  namespace of the controller, whose SPIFFE ID the agent expects
-                             (default weft-system)
+  --trust-domain-alias <td>  also admit workload identities of this trust domain on 15008 (repeatable)
   --cgroup <path>            cgroup v2 folder the programs attach to (default: the cgroup v2 root)
   --pin-root <path>          BPF pin folder (default: <bpffs>/weft)
   --bpf-objects <dir>        folder of redirect.bpf.o and inbound.bpf.o (default: build/bpf)
-  --exclude-port <port>      never redirect this destination port (repeatable)
+  --cni-socket <path>        serve the chained CNI plugin (agent/cni/weft-cni.c) on this unix socket:
+                             pods are enrolled before their containers start
+  --cni-wait <seconds>       how long a CNI ADD waits for the config to name the pod (default 10)
+  --controller-namespace <ns>  namespace of the controller, whose SPIFFE ID the agent expects
+                             (default weft-system)
+  --exclude-port <port>      never redirect this destination port (repeatable; outbound only)
+  --inbound-exclude-port <port>
+                             let plaintext reach this pod port directly, even on STRICT pods
+                             (repeatable; default none)
+  --kubelet-cgroup <path>    cgroup v2 folder of the kubelet, whose probes are the one exemption
+                             from inbound enforcement (repeatable; "none" for no exemption;
+                             default: <cgroup>/system.slice/kubelet.service or the cgroup of a
+                             process named kubelet)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
@@ -47,11 +59,16 @@ const { values } = parseArgs({
     token: { type: 'string' },
     'token-file': { type: 'string' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
+    'trust-domain-alias': { type: 'string', multiple: true },
     'controller-namespace': { type: 'string' },
     cgroup: { type: 'string' },
     'pin-root': { type: 'string' },
     'bpf-objects': { type: 'string' },
     'exclude-port': { type: 'string', multiple: true },
+    'cni-socket': { type: 'string' },
+    'cni-wait': { type: 'string' },
+    'inbound-exclude-port': { type: 'string', multiple: true },
+    'kubelet-cgroup': { type: 'string', multiple: true },
     'pod-netns-prefix': { type: 'string' },
     'outbound-port': { type: 'string' },
     'hbone-port': { type: 'string' },
@@ -89,6 +106,11 @@ const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(
 if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
 const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
 if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
+for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
+  try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
+}
+const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
+if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
 const tokenFile = values['token-file'];
 const ports = Object.fromEntries(
   (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
@@ -104,11 +126,16 @@ const agent = new Agent({
   // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
   token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
   trustDomain: values['trust-domain']!,
+  ...(values['trust-domain-alias'] ? { trustDomainAliases: values['trust-domain-alias'] } : {}),
   ...(values['controller-namespace'] ? { controllerNamespace: values['controller-namespace'] } : {}),
   ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
   ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
   ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
   excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+  ...(values['cni-socket'] ? { cniSocket: values['cni-socket'] } : {}),
+  ...(cniWait !== undefined ? { cniWaitMs: cniWait * 1000 } : {}),
+  inboundExcludedPorts: (values['inbound-exclude-port'] ?? []).map((p) => port('inbound-exclude-port', p)!),
+  ...(values['kubelet-cgroup'] ? { kubeletCgroups: values['kubelet-cgroup'].filter((c) => c !== 'none') } : {}),
   ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),

@@ -38,6 +38,7 @@ export class AgentMetrics {
   readonly received: Counter<TrafficLabel>;
   readonly denied: Counter<'reporter' | 'reason' | 'destination_workload' | 'destination_workload_namespace'>;
   readonly failed: Counter<'reporter' | 'reason'>;
+  readonly forwardedIgnored: Counter<'reason'>;
   readonly active: Gauge<'direction'>;
 
   constructor() {
@@ -46,18 +47,49 @@ export class AgentMetrics {
     this.closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'The total number of TCP connections closed', labelNames: TRAFFIC_LABELS, registers });
     this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent during response (destination to source) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
     this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received during request (source to destination) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
+    const metrics = this;
     this.denied = new Counter({
       name: 'weft_connections_denied_total',
-      help: 'Connections refused by authorization, identity or mTLS mode, by reason',
+      help: 'Connections refused by authorization, identity or mTLS mode, by reason (reporter="kernel": refused by the BPF programs)',
       labelNames: ['reporter', 'reason', 'destination_workload', 'destination_workload_namespace'],
       registers,
+      collect() {
+        metrics.#refreshKernel?.();
+      },
     });
     this.failed = new Counter({ name: 'weft_connections_failed_total', help: 'Connections that could not be established, by reason', labelNames: ['reporter', 'reason'], registers });
+    this.forwardedIgnored = new Counter({
+      name: 'weft_hbone_forwarded_ignored_total',
+      help: 'HBONE forwarded for= claims not honoured (the peer may not speak for that client), by reason',
+      labelNames: ['reason'],
+      registers,
+    });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     registerProcessMetrics(this.registry, 'agent');
   }
 
   #certs: CertManager | undefined;
+  #kernelSeen = new Map<string, number>();
+  #refreshKernel: (() => void) | undefined;
+
+  /**
+   * Refusals the kernel made before any connection reached the agent (a RST to a STRICT pod, a
+   * dropped fragment, IPv6, no agent listener), added at each scrape to
+   * weft_connections_denied_total{reporter="kernel", reason=<BPF counter>}; `read` returns the
+   * node-wide BPF counters by name.
+   */
+  watchKernelRefusals(read: () => Record<string, number>): void {
+    const seen = this.#kernelSeen;
+    this.#refreshKernel = () => {
+      let now: Record<string, number>;
+      try { now = read(); } catch { return; }
+      for (const [reason, n] of Object.entries(now)) {
+        const delta = n - (seen.get(reason) ?? 0);
+        if (delta > 0) this.denied.inc({ reporter: 'kernel', reason, destination_workload: 'unknown', destination_workload_namespace: 'unknown' }, delta);
+        seen.set(reason, n);
+      }
+    };
+  }
 
   /**
    * Certificate metrics of `certs` (call once, after creating the CertManager):

@@ -5,21 +5,21 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import type { AgentState, Upstream } from './state.ts';
 import { ConnectionRecord, type AccessLogSink, type AgentMetrics, type ConnectionOpen } from './metrics.ts';
 import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labels.ts';
-import type { InboundAuthorizer } from './inbound.ts';
+import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
+import { unmapV4 } from './datapath/codecs.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
-  originalDestination(socket: net.Socket): { ip: string; port: number } | undefined;
-  registerPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number }; client: { ip: string; port: number } }): void;
-  unregisterPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } }): boolean;
+  /** Where a captured connection was going, and the network namespace (cookie) it came from. */
+  originalDestination(socket: net.Socket): { ip: string; port: number; clientNetnsCookie: bigint } | undefined;
 }
 
 export interface CredentialSource {
@@ -32,9 +32,16 @@ export interface OutboundOptions {
   nodeIp: string;
   state: AgentState;
   datapath: OriginalDestinationSource;
+  /**
+   * The pod IP the agent enrolled under a network-namespace cookie. The source of a captured
+   * connection is the pod whose netns the kernel recorded at connect(), never whoever the source
+   * address says: an address can be borrowed, a netns cookie cannot.
+   */
+  podIpOf: (netnsCookie: bigint) => string | undefined;
   certs: CredentialSource;
   pool: HbonePool;
-  authorizer: InboundAuthorizer;
+  /** Same-node destinations: authorization and the connection into the pod. */
+  authorizer: LocalDelivery;
   metrics: AgentMetrics;
   log: Logger;
   accessLog: AccessLogSink;
@@ -105,12 +112,26 @@ export class Outbound {
     const started = Date.now();
     socket.on('error', () => {});
     const orig = this.#o.datapath.originalDestination(socket);
-    const srcIp = (socket.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const source = this.#o.state.localWorkload(srcIp);
+    const srcIp = unmapV4(socket.remoteAddress ?? '');
+    const podIp = orig ? this.#o.podIpOf(orig.clientNetnsCookie) : undefined;
+    const source = podIp !== undefined ? this.#o.state.localWorkload(podIp) : undefined;
     if (!orig || !source) {
-      const reason = !orig ? 'no original destination recorded for this connection' : `source ${srcIp} is not an enrolled pod on node ${this.#o.node}`;
+      const reason = !orig
+        ? 'no original destination recorded for this connection'
+        : `the connection came from network namespace ${orig.clientNetnsCookie}, which is not an enrolled pod on node ${this.#o.node}`;
       this.#o.metrics.failed.inc({ reporter: 'source', reason: !orig ? 'no_original_destination' : 'unknown_source' });
       this.#o.log.warn('outbound connection refused', { reason, source: `${srcIp}:${socket.remotePort}` });
+      socket.destroy();
+      return;
+    }
+    if (source.ip !== srcIp) {
+      // A process in one pod using another pod's address (added to its own interface): the
+      // kernel says which pod it really is, and that pod does not own the address.
+      this.#o.metrics.denied.inc({ reporter: 'source', reason: 'source-mismatch', destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
+      this.#o.log.warn('outbound connection refused: its source address is not its pod\'s', {
+        reason: 'source-mismatch', pod: `${source.namespace}/${source.name}`, podIp: source.ip, source: `${srcIp}:${socket.remotePort}`,
+        netnsCookie: orig.clientNetnsCookie.toString(), destination: `${orig.ip}:${orig.port}`,
+      });
       socket.destroy();
       return;
     }
@@ -170,7 +191,7 @@ export class Outbound {
           dest: { host: up.address, port: up.port },
           target: up.target,
           expectPeer: up.identity,
-          headers: { forwarded: `for="${source.ip}:${client.remotePort}"`, baggage: encodeBaggage(source) },
+          headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) },
           timeoutMs,
         });
       }

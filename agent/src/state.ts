@@ -55,6 +55,8 @@ export class AgentState {
   private config: AgentConfig;
   private workloadsByIp = new Map<string, Workload>();
   private servicesByVip = new Map<string, Service>();
+  private servicesByName = new Map<string, Service>();
+  private endpointsByIp = new Map<string, Endpoint>();
   private waypoints = new Map<string, Waypoint>();
   private rr = new Map<string, number>();
   private active = new Map<string, number>();
@@ -76,7 +78,13 @@ export class AgentState {
     const byIp = new Map<string, Workload>();
     for (const w of config.workloads) if (w.ip) byIp.set(w.ip, w);
     const byVip = new Map<string, Service>();
-    for (const s of config.services) for (const vip of s.vips) byVip.set(vip, s);
+    const byName = new Map<string, Service>();
+    const eps = new Map<string, Endpoint>();
+    for (const s of config.services) {
+      for (const vip of s.vips) byVip.set(vip, s);
+      byName.set(`${s.namespace}/${s.name}`, s);
+      for (const e of s.endpoints) if (!eps.has(e.ip)) eps.set(e.ip, e);
+    }
     const lb = new Map<string, LoadBalancerPolicy>();
     for (const tp of config.trafficPolicies ?? []) lb.set(tp.service, tp.loadBalancer);
     const wps = new Map<string, Waypoint>();
@@ -84,6 +92,8 @@ export class AgentState {
     this.config = config;
     this.workloadsByIp = byIp;
     this.servicesByVip = byVip;
+    this.servicesByName = byName;
+    this.endpointsByIp = eps;
     this.waypoints = wps;
     this.lb = lb;
     this.version++;
@@ -93,6 +103,29 @@ export class AgentState {
   localWorkload(ip: string): Workload | undefined {
     const w = this.workloadsByIp.get(ip);
     return w && w.node === this.node ? w : undefined;
+  }
+
+  /**
+   * Who owns an address anywhere in the mesh, as far as this agent's config says: the workload
+   * (any node) or a service endpoint, with its identity and its node's address.
+   */
+  addressOwner(ip: string): { spiffeId: string | undefined; nodeIp: string | undefined } | undefined {
+    const w = this.workloadsByIp.get(ip);
+    if (w) return { spiffeId: w.enrolled ? w.spiffeId : undefined, nodeIp: w.nodeIp };
+    const e = this.endpointsByIp.get(ip);
+    return e ? { spiffeId: e.enrolled ? e.spiffeId : undefined, nodeIp: e.nodeIp } : undefined;
+  }
+
+  /** The waypoints traffic to a workload passes: its own (`use-waypoint`) and its services'. */
+  waypointsServing(w: Workload): Waypoint[] {
+    const out = new Set<Waypoint>();
+    const own = this.waypointFor(w.waypoint);
+    if (own) out.add(own);
+    for (const key of w.services) {
+      const wp = this.waypointFor(this.servicesByName.get(key)?.waypoint);
+      if (wp) out.add(wp);
+    }
+    return [...out];
   }
 
   localWorkloads(): Workload[] {
@@ -110,7 +143,7 @@ export class AgentState {
       for (const vip of s.vips) for (const p of s.ports) out.push({ ip: vip, port: p.port });
       for (const e of s.endpoints) if (e.enrolled) out.push({ ip: e.ip, port: 0 });
     }
-    for (const w of this.config.workloads) if (w.enrolled) out.push({ ip: w.ip, port: 0 });
+    for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
     const seen = new Set<string>();
     return out.filter((d) => {
       const k = `${d.ip}:${d.port}`;
@@ -191,8 +224,7 @@ export class AgentState {
   }
 
   private endpointByIp(ip: string): Endpoint | undefined {
-    for (const s of this.config.services) for (const e of s.endpoints) if (e.ip === ip) return e;
-    return undefined;
+    return this.endpointsByIp.get(ip);
   }
 
   /** Ready endpoints ordered by the service's load-balancing choice, failing ones last. */

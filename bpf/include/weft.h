@@ -14,13 +14,20 @@
 #define WEFT_MODE_PERMISSIVE 1
 #define WEFT_MODE_STRICT 2
 
-/* How many node addresses may reach a STRICT pod in plaintext (agent, kubelet probes). */
-#define WEFT_MAX_NODE_IPS 4
+/* weft_pod_in.flags */
+#define WEFT_POD_F_PORT_MODES 0x01   /* some port has its own mode: look it up in weft_port_modes */
+#define WEFT_POD_F_STRICT_PORT 0x02  /* some port is STRICT (fragments are dropped as for a STRICT pod) */
+
+/* weft_sk_tag.kind: what a socket is, set by the agent (AGENT) or by connect4 (PROBE). */
+#define WEFT_SK_AGENT 1  /* one of the agent's own sockets: never captured */
+#define WEFT_SK_PROBE 2  /* a kubelet probe to a pod: its 4-tuple goes to weft_probe_tuples */
 
 #define WEFT_MAX_PODS 4096
 #define WEFT_MAX_DESTS 65536
 #define WEFT_MAX_EXCLUDED_PORTS 256
 #define WEFT_MAX_TUPLES 65536
+#define WEFT_MAX_PORT_MODES 16384
+#define WEFT_MAX_PROBERS 16
 
 /* weft_pods: network-namespace cookie -> the enrolled pod it belongs to. */
 struct weft_pod {
@@ -33,16 +40,38 @@ struct weft_pod {
 };
 _Static_assert(sizeof(struct weft_pod) == 16, "weft_pod layout");
 
-/* weft_pods_by_ip: pod IPv4 -> what inbound enforcement needs to know. */
+/* weft_inbound_pods: pod IPv4 -> what inbound enforcement needs to know. No address is trusted:
+ * the agent's own deliveries are made inside the pod's netns, from a socket bound to the pod's own
+ * address (see weft_lookup.h), kubelet probes are recognised by the prober's cgroup
+ * (weft_probe_tuples). */
 struct weft_pod_in {
-	__u64 netns_cookie;                   /* key into weft_pod_counters */
-	__be32 node_ips[WEFT_MAX_NODE_IPS];   /* sources allowed in plaintext; unused slots are 0 */
-	__u8 mode;
-	__u8 n_node_ips;
+	__u64 netns_cookie;  /* key into weft_pod_counters */
+	__u8 mode;           /* the pod's default WEFT_MODE_* */
+	__u8 flags;          /* WEFT_POD_F_* */
 	__u16 pad0;
 	__u32 pad1;
 };
-_Static_assert(sizeof(struct weft_pod_in) == 32, "weft_pod_in layout");
+_Static_assert(sizeof(struct weft_pod_in) == 16, "weft_pod_in layout");
+
+/* weft_port_modes key: one port of a pod with its own mode (PeerAuthentication portLevelMtls). */
+struct weft_pod_port {
+	__be32 pod_ip;
+	__u16 port;  /* host order */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_pod_port) == 8, "weft_pod_port layout");
+
+struct weft_port_mode {
+	__u8 mode;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct weft_port_mode) == 4, "weft_port_mode layout");
+
+/* weft_sk_tag value (socket-local storage). */
+struct weft_sk_tag {
+	__u32 kind;  /* WEFT_SK_* */
+};
+_Static_assert(sizeof(struct weft_sk_tag) == 4, "weft_sk_tag layout");
 
 /* weft_dests key: a mesh destination; port 0 means every port of that address. */
 struct weft_dest_key {
@@ -57,7 +86,8 @@ struct weft_dest {
 };
 _Static_assert(sizeof(struct weft_dest) == 4, "weft_dest layout");
 
-/* weft_excluded_ports value (the key is a host-order __u16 port). */
+/* weft_excluded_ports (outbound: never captured) and weft_inbound_excluded (inbound: never judged)
+ * value; the key is a host-order __u16 port. */
 struct weft_excluded {
 	__u8 present;
 };
@@ -81,7 +111,7 @@ struct weft_orig {
 };
 _Static_assert(sizeof(struct weft_orig) == 16, "weft_orig layout");
 
-/* weft_peer_override key: a connection as the SERVER socket in the pod sees it. */
+/* weft_peer_override and weft_probe_tuples key: a connection as the SERVER socket in the pod sees it. */
 struct weft_peer_key {
 	__be32 local_ip;
 	__be32 remote_ip;
@@ -96,6 +126,18 @@ struct weft_peer {
 	__u16 pad;
 };
 _Static_assert(sizeof(struct weft_peer) == 8, "weft_peer layout");
+
+/* weft_refusals record: one connection the kernel refused, for the agent's access log. */
+struct weft_refusal {
+	__u64 netns_cookie;  /* the pod's; 0 when not known (IPv6 at the interface) */
+	__be32 saddr;        /* IPv4 addresses; 0 for IPv6 */
+	__be32 daddr;
+	__u16 sport;         /* host order; 0 when the TCP header was not read (fragments) */
+	__u16 dport;
+	__u16 reason;        /* the enum weft_counter index of the refusal's counter */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_refusal) == 24, "weft_refusal layout");
 
 /* Node-wide counters: weft_counters is a one-slot PERCPU_ARRAY whose value is this struct, so
  * `bpftool map dump` prints every counter by name. Programs address a counter by its index in
@@ -113,8 +155,18 @@ struct weft_counters {
 	__u64 strict_denied;
 	__u64 strict_rst_sent;
 	__u64 permissive_plaintext;
-	__u64 inbound_node_allowed;
-	__u64 inbound_passed;
+	__u64 probe_allowed;
+	__u64 inbound_excluded;
+	__u64 connect_agent_skipped;
+	__u64 probe_tagged;
+	__u64 fragment_dropped;
+	__u64 header_unreadable;
+	__u64 ipv6_refused;
+	__u64 lookup_steered;
+	__u64 lookup_probe_allowed;
+	__u64 lookup_excluded;
+	__u64 lookup_no_agent;
+	__u64 lookup_ipv6_refused;
 };
 
 enum weft_counter {
@@ -130,15 +182,26 @@ enum weft_counter {
 	WEFT_C_STRICT_DENIED,
 	WEFT_C_STRICT_RST_SENT,
 	WEFT_C_PERMISSIVE_PLAINTEXT,
-	WEFT_C_INBOUND_NODE_ALLOWED,
-	WEFT_C_INBOUND_PASSED,
+	WEFT_C_PROBE_ALLOWED,
+	WEFT_C_INBOUND_EXCLUDED,
+	WEFT_C_CONNECT_AGENT_SKIPPED,
+	WEFT_C_PROBE_TAGGED,
+	WEFT_C_FRAGMENT_DROPPED,
+	WEFT_C_HEADER_UNREADABLE,
+	WEFT_C_IPV6_REFUSED,
+	WEFT_C_LOOKUP_STEERED,
+	WEFT_C_LOOKUP_PROBE_ALLOWED,
+	WEFT_C_LOOKUP_EXCLUDED,
+	WEFT_C_LOOKUP_NO_AGENT,
+	WEFT_C_LOOKUP_IPV6_REFUSED,
 	WEFT_C__COUNT,
 };
 _Static_assert(sizeof(struct weft_counters) == WEFT_C__COUNT * 8, "weft_counters layout");
 _Static_assert(__builtin_offsetof(struct weft_counters, connect4_redirected) == WEFT_C_CONNECT4_REDIRECTED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, getpeername_rewritten) == WEFT_C_GETPEERNAME_REWRITTEN * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, strict_denied) == WEFT_C_STRICT_DENIED * 8, "idx");
-_Static_assert(__builtin_offsetof(struct weft_counters, inbound_passed) == WEFT_C_INBOUND_PASSED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, probe_allowed) == WEFT_C_PROBE_ALLOWED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, lookup_ipv6_refused) == WEFT_C_LOOKUP_IPV6_REFUSED * 8, "idx");
 
 /* weft_pod_counters: netns cookie -> per-pod counters (shared across CPUs, updated atomically). */
 struct weft_pod_counters {
@@ -148,7 +211,10 @@ struct weft_pod_counters {
 	__u64 peer_override;
 	__u64 strict_denied;
 	__u64 permissive_plaintext;
-	__u64 inbound_node_allowed;
+	__u64 probe_allowed;
+	__u64 fragment_dropped;
+	__u64 steered;
+	__u64 no_agent;
 };
 
 enum weft_pod_counter {
@@ -158,11 +224,14 @@ enum weft_pod_counter {
 	WEFT_PC_PEER_OVERRIDE,
 	WEFT_PC_STRICT_DENIED,
 	WEFT_PC_PERMISSIVE_PLAINTEXT,
-	WEFT_PC_INBOUND_NODE_ALLOWED,
+	WEFT_PC_PROBE_ALLOWED,
+	WEFT_PC_FRAGMENT_DROPPED,
+	WEFT_PC_STEERED,
+	WEFT_PC_NO_AGENT,
 	WEFT_PC__COUNT,
 };
 _Static_assert(sizeof(struct weft_pod_counters) == WEFT_PC__COUNT * 8, "weft_pod_counters layout");
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, strict_denied) == WEFT_PC_STRICT_DENIED * 8, "idx");
-_Static_assert(__builtin_offsetof(struct weft_pod_counters, inbound_node_allowed) == WEFT_PC_INBOUND_NODE_ALLOWED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_pod_counters, no_agent) == WEFT_PC_NO_AGENT * 8, "idx");
 
 #endif /* WEFT_H */

@@ -25,4 +25,13 @@ static __always_inline void weft_pod_count(__u64 cookie, __u32 idx)
 		__sync_fetch_and_add(&slots[idx], 1);
 }
 
+/* A refusal: counted node-wide (and per pod when the pod is known), and reported to the agent. */
+static __always_inline void weft_refused(__u32 idx, __u64 cookie, __be32 saddr, __be32 daddr, __u16 sport, __u16 dport)
+{
+	struct weft_refusal r = { .netns_cookie = cookie, .saddr = saddr, .daddr = daddr, .sport = sport, .dport = dport, .reason = (__u16)idx };
+
+	weft_count(idx);
+	bpf_ringbuf_output(&weft_refusals, &r, sizeof(r), 0);
+}
+
 #endif /* WEFT_COUNT_H */

@@ -1,18 +1,30 @@
-/* Inbound enforcement for enrolled pods: a STRICT pod accepts plaintext TCP only from its own node
- * (the agent, which delivers decrypted HBONE traffic, and kubelet-style probes); everyone else's
- * SYN is answered with a RST, so a client fails at once instead of timing out. PERMISSIVE pods
- * accept everything and the plaintext is counted. Only the first SYN is judged: an established
- * flow was allowed when it started, and SYN-ACKs/ACKs belong to the pod's own connections. */
+/* Inbound enforcement for enrolled pods at the pod's interface, the first of two gates (the second
+ * is weft_lookup, weft_lookup.h, which steers what passes here into the agent). Nothing that
+ * arrives on the interface is trusted by its address: the agent delivers over the pod's loopback
+ * and never crosses it, and the only exemption is a kubelet probe, known by its 4-tuple that
+ * sockops filed for a socket of the kubelet's cgroup (weft_probe_tuples).
+ *  - a SYN to a STRICT pod (or STRICT port, portLevelMtls) is answered with a RST, so a client
+ *    fails at once instead of timing out; PERMISSIVE plaintext passes, counted, to weft_lookup;
+ *  - IPv4 fragments to a STRICT pod are dropped: a later fragment has no header to judge, and a
+ *    first fragment may carry only part of one;
+ *  - a TCP header that cannot be read (even after bpf_skb_load_bytes, which reads paged data) is
+ *    dropped, never passed unjudged;
+ *  - IPv6 TCP SYNs and IPv6 fragments are dropped: Weft meshes IPv4 only, so IPv6 would be a way
+ *    around every check (the link exists only on enrolled pods, so this touches no one else).
+ * Only the first SYN is judged: an established flow was allowed when it started, and SYN-ACKs and
+ * ACKs belong to the pod's own connections. */
 #ifndef WEFT_INBOUND_H
 #define WEFT_INBOUND_H
 
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 #include "weft_count.h"
+#include "weft_probe.h"
 
 /* tcx verdicts: NEXT lets later programs in the chain (and then the stack) decide, so Weft does not
  * override another tcx user's drop; the uapi headers of this distribution predate tcx. */
@@ -96,70 +108,120 @@ static __always_inline int weft_refuse(struct __sk_buff *skb, struct weft_syn *s
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-static __always_inline int weft_node_source(struct weft_pod_in *pod, __be32 saddr)
+#define WEFT_IP_MF 0x2000
+#define WEFT_IP_OFFSET 0x1fff
+#define WEFT_NEXTHDR_FRAGMENT 44
+
+/* The mode a port of a pod runs in: its portLevelMtls entry, else the pod's. */
+static __always_inline __u8 weft_port_mode(struct weft_pod_in *pod, __be32 pod_ip, __u16 port)
 {
-#pragma unroll
-	for (int i = 0; i < WEFT_MAX_NODE_IPS; i++) {
-		if (i < pod->n_node_ips && pod->node_ips[i] == saddr)
-			return 1;
+	struct weft_pod_port key = { .pod_ip = pod_ip, .port = port };
+	struct weft_port_mode *pm;
+
+	if (!(pod->flags & WEFT_POD_F_PORT_MODES))
+		return pod->mode;
+	pm = bpf_map_lookup_elem(&weft_port_modes, &key);
+	return pm ? pm->mode : pod->mode;
+}
+
+static __always_inline int weft_inbound6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip6;
+	struct tcphdr tcp;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		return WEFT_TCX_NEXT; /* not IPv6 the stack would take either */
+	if (ip6.nexthdr == WEFT_NEXTHDR_FRAGMENT) {
+		weft_refused(WEFT_C_IPV6_REFUSED, 0, 0, 0, 0, 0);
+		return WEFT_TCX_DROP;
 	}
-	return 0;
+	if (ip6.nexthdr != IPPROTO_TCP)
+		return WEFT_TCX_NEXT; /* ICMPv6 (neighbour discovery), UDP; TCP behind other extension
+				       * headers meets weft_lookup, which refuses IPv6 too */
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &tcp, sizeof(tcp))) {
+		weft_refused(WEFT_C_HEADER_UNREADABLE, 0, 0, 0, 0, 0);
+		return WEFT_TCX_DROP;
+	}
+	if (!tcp.syn || tcp.ack)
+		return WEFT_TCX_NEXT;
+	weft_refused(WEFT_C_IPV6_REFUSED, 0, 0, 0, bpf_ntohs(tcp.source), bpf_ntohs(tcp.dest));
+	return WEFT_TCX_DROP;
 }
 
 static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	struct iphdr iph;
+	struct tcphdr th;
+	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct tcphdr *tcp;
 	struct weft_pod_in *pod;
 	struct weft_syn s = {};
-	__u16 dport;
-	__u32 tcp_len;
-	__u32 ihl;
+	void *data, *end;
+	__u16 dport, sport;
+	__u32 tcp_len, ihl, hdr_end;
+	__u8 mode;
 
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return weft_inbound6(skb);
+	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return WEFT_TCX_NEXT;
-	ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_TCP)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)))
+		return WEFT_TCX_NEXT; /* shorter than an IPv4 header: the stack drops it */
+	if (iph.protocol != IPPROTO_TCP)
 		return WEFT_TCX_NEXT;
-	/* Later fragments carry no TCP header to judge. */
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return WEFT_TCX_NEXT;
-	pod = bpf_map_lookup_elem(&weft_pods_by_ip, &ip->daddr);
+	pod = bpf_map_lookup_elem(&weft_inbound_pods, &iph.daddr);
 	if (!pod)
 		return WEFT_TCX_NEXT;
-	/* Judge by the TCP flags wherever the header starts; only the common 20-byte IP header is
-	 * answered with a RST (weft_refuse rewrites at fixed offsets), a SYN behind IP options is
-	 * dropped instead. */
-	ihl = ip->ihl;
-	if (ihl < 5)
+	if (iph.frag_off & bpf_htons(WEFT_IP_MF | WEFT_IP_OFFSET)) {
+		/* A PERMISSIVE pod's fragments are reassembled by its stack and meet weft_lookup whole. */
+		if (pod->mode != WEFT_MODE_STRICT && !(pod->flags & WEFT_POD_F_STRICT_PORT))
+			return WEFT_TCX_NEXT;
+		weft_refused(WEFT_C_FRAGMENT_DROPPED, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
+		weft_pod_count(pod->netns_cookie, WEFT_PC_FRAGMENT_DROPPED);
+		return WEFT_TCX_DROP;
+	}
+	ihl = iph.ihl;
+	if (ihl < 5 || bpf_skb_load_bytes(skb, ETH_HLEN + ihl * 4, &th, sizeof(th))) {
+		weft_refused(WEFT_C_HEADER_UNREADABLE, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
+		return WEFT_TCX_DROP;
+	}
+	if (!th.syn || th.ack)
 		return WEFT_TCX_NEXT;
-	tcp = (void *)ip + ihl * 4;
-	if ((void *)(tcp + 1) > end)
-		return WEFT_TCX_NEXT;
-	if (!tcp->syn || tcp->ack)
-		return WEFT_TCX_NEXT;
-	if (weft_node_source(pod, ip->saddr)) {
-		weft_count(WEFT_C_INBOUND_NODE_ALLOWED);
-		weft_pod_count(pod->netns_cookie, WEFT_PC_INBOUND_NODE_ALLOWED);
+	dport = bpf_ntohs(th.dest);
+	sport = bpf_ntohs(th.source);
+	if (weft_is_probe_tuple(iph.daddr, iph.saddr, dport, sport)) {
+		weft_count(WEFT_C_PROBE_ALLOWED);
+		weft_pod_count(pod->netns_cookie, WEFT_PC_PROBE_ALLOWED);
 		return WEFT_TCX_NEXT;
 	}
-	dport = bpf_ntohs(tcp->dest);
-	if (bpf_map_lookup_elem(&weft_excluded_ports, &dport)) {
-		weft_count(WEFT_C_INBOUND_PASSED);
+	if (bpf_map_lookup_elem(&weft_inbound_excluded, &dport)) {
+		weft_count(WEFT_C_INBOUND_EXCLUDED);
 		return WEFT_TCX_NEXT;
 	}
-	if (pod->mode != WEFT_MODE_STRICT) {
+	mode = weft_port_mode(pod, iph.daddr, dport);
+	if (mode != WEFT_MODE_STRICT) {
 		weft_count(WEFT_C_PERMISSIVE_PLAINTEXT);
 		weft_pod_count(pod->netns_cookie, WEFT_PC_PERMISSIVE_PLAINTEXT);
 		return WEFT_TCX_NEXT;
 	}
 
-	weft_count(WEFT_C_STRICT_DENIED);
+	weft_refused(WEFT_C_STRICT_DENIED, pod->netns_cookie, iph.saddr, iph.daddr, sport, dport);
 	weft_pod_count(pod->netns_cookie, WEFT_PC_STRICT_DENIED);
+	/* weft_refuse rewrites at fixed offsets: only the common 20-byte IP header is answered with a
+	 * RST, a SYN behind IP options is dropped instead. */
 	if (ihl != 5)
+		return WEFT_TCX_DROP;
+	/* The whole header linear, so the options can be summed in place. */
+	hdr_end = WEFT_TCP_OFF + (__u32)th.doff * 4;
+	if (hdr_end > skb->len || bpf_skb_pull_data(skb, hdr_end))
+		return WEFT_TCX_DROP;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	tcp = (void *)(ip + 1);
+	if ((void *)(tcp + 1) > end)
 		return WEFT_TCX_DROP;
 
 	__builtin_memcpy(s.eth_dst, eth->h_dest, ETH_ALEN);

@@ -2,7 +2,9 @@
  * are identical everywhere; LIBBPF_PIN_BY_NAME makes libbpf pin them under the agent's pin root on
  * first load and reuse the pinned map on every later load (another object, a restarted agent). A
  * definition change therefore needs a new map name or an explicit migration: libbpf refuses to reuse
- * a pin whose type, sizes or max_entries differ. */
+ * a pin whose type, sizes or max_entries differ. The agent's explicit migrations (Datapath.open):
+ * counters whose layout grew are re-created (counts restart from zero), and pins of retired maps
+ * (weft_pods_by_ip, replaced by weft_inbound_pods) are removed once nothing new uses them. */
 #ifndef WEFT_MAPS_H
 #define WEFT_MAPS_H
 
@@ -24,7 +26,66 @@ struct {
 	__type(key, __be32); /* pod IPv4 */
 	__type(value, struct weft_pod_in);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weft_pods_by_ip SEC(".maps");
+} weft_inbound_pods SEC(".maps");
+
+/* PeerAuthentication portLevelMtls: ports whose mode differs from their pod's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PORT_MODES);
+	__type(key, struct weft_pod_port);
+	__type(value, struct weft_port_mode);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_port_modes SEC(".maps");
+
+/* Ports an operator excluded from inbound enforcement (explicitly; outbound exclusions never
+ * open a port inbound). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_EXCLUDED_PORTS);
+	__type(key, __u16); /* host-order port */
+	__type(value, struct weft_excluded);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_inbound_excluded SEC(".maps");
+
+/* The agent's plaintext listener inside each enrolled pod's netns, by pod IPv4: weft_lookup steers
+ * every TCP connection that reaches the pod from outside its netns into it. A listener that closes
+ * (the agent died) leaves the map by itself, and the pod's plaintext is then refused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, WEFT_MAX_PODS);
+	__type(key, __be32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_pod_listeners SEC(".maps");
+
+/* What a socket is (WEFT_SK_*): the agent tags its own sockets through the map's fd interface,
+ * connect4 tags kubelet probes. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct weft_sk_tag);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_sk_tag SEC(".maps");
+
+/* cgroup ids of the kubelet (the only prober exempt from inbound enforcement). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PROBERS);
+	__type(key, __u64);
+	__type(value, struct weft_excluded);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_probers SEC(".maps");
+
+/* Live kubelet probe connections, as the pod sees them: written by sockops when the probe's SYN is
+ * about to leave, deleted when its socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_TUPLES);
+	__type(key, struct weft_peer_key);
+	__type(value, struct weft_excluded);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_probe_tuples SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -85,5 +146,13 @@ struct {
 	__type(value, struct weft_pod_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_pod_counters SEC(".maps");
+
+/* Refusals, one record each, for the agent's access log. Written only on a refusal, never on a
+ * connection that is let through; a full ring drops records (the counters still count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_refusals SEC(".maps");
 
 #endif /* WEFT_MAPS_H */

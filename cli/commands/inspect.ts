@@ -55,9 +55,12 @@ interface BpfDump {
   pinRoot: string;
   programs: Array<{ name: string; id: number }>;
   links: Array<{ program: string; pin: string; id: number; progId: number }>;
-  pods: Array<{ netnsCookie: string; podIp: string; mode: string; agentIp: string; agentPort: number }>;
+  pods: Array<{ netnsCookie: string; podIp: string; mode: string; agentIp: string; agentPort: number; portModes?: Record<string, string> }>;
   destinations: Array<{ ip: string; port: number }>;
   excludedPorts: number[];
+  inboundExcludedPorts?: number[];
+  kubeletCgroups?: string[];
+  refusals?: Record<string, number>;
   counters: Record<string, number>;
   podCounters: Record<string, Record<string, number>>;
   pins: Record<string, string>;
@@ -134,11 +137,20 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
           return [p.name, String(p.id), link ? String(link.id) : '-', `bpftool prog show id ${p.id}`];
         })));
         io.out('\n');
-        io.out(table(['ENROLLED POD', 'MODE', 'NETNS COOKIE', 'REDIRECTED', 'STRICT DENIED'], data.pods.map((p) => {
+        io.out(table(['ENROLLED POD', 'MODE', 'PORT MODES', 'NETNS COOKIE', 'REDIRECTED', 'STEERED', 'STRICT DENIED'], data.pods.map((p) => {
           const c = data.podCounters[p.netnsCookie] ?? {};
-          return [p.podIp, p.mode, p.netnsCookie, String(c.connect_redirected ?? 0), String(c.strict_denied ?? 0)];
+          const ports = Object.entries(p.portModes ?? {}).map(([port, m]) => `${port}=${m}`).join(',') || '-';
+          return [p.podIp, p.mode, ports, p.netnsCookie, String(c.connect_redirected ?? 0), String(c.steered ?? 0), String(c.strict_denied ?? 0)];
         })));
         io.out(`  bpftool map dump pinned ${data.pins.weft_pods}\n\n`);
+        // Inbound and outbound exclusions are separate: an outbound one never opens a pod port.
+        io.out(table(['INBOUND ENFORCEMENT', 'VALUE'], [
+          ['outbound-excluded ports (never captured)', data.excludedPorts.join(',') || '-'],
+          ['inbound-excluded ports (plaintext reaches every pod)', (data.inboundExcludedPorts ?? []).join(',') || 'none'],
+          ['kubelet cgroups (probes exempt)', (data.kubeletCgroups ?? []).join(',') || 'none: probes are judged like any client'],
+          ...Object.entries(data.refusals ?? {}).map(([k, v]) => [`refused: ${k}`, String(v)]),
+        ]));
+        if (data.pins.weft_inbound_excluded) io.out(`  bpftool map dump pinned ${data.pins.weft_inbound_excluded}\n\n`);
         io.out(table(['MESH DESTINATION'], data.destinations.map((d) => [`${d.ip}:${d.port === 0 ? '*' : d.port}`])));
         io.out(`  bpftool map dump pinned ${data.pins.weft_dests}\n\n`);
         io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)])));

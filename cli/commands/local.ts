@@ -13,11 +13,12 @@ function fail(io: CommandIo, err: unknown): void {
 export function upCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('up')), io)
     .description('start a local two-node mesh with sample applications and show traffic flowing')
-    .action(async (f: LocalFlags) => {
+    .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
+    .action(async (f: LocalFlags & { dualStack?: boolean }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
       try {
-        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say });
+        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false });
         say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
         const ok = await showTraffic(st, say);
         say('');

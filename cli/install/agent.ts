@@ -75,10 +75,29 @@ export const AGENT_HOST_VOLUMES: readonly HostVolume[] = [
     why: 'host processes\' /proc/<pid>/ns/net without the host PID namespace: the same view as /proc under hostPID; once the agent takes a proc root (its PodDirectory has one) hostPID can go',
   },
   {
+    volume: { name: 'weft-run', hostPath: { path: '/var/run/weft', type: 'DirectoryOrCreate' } },
+    mount: { name: 'weft-run', mountPath: '/var/run/weft' },
+    why: 'the unix socket on which the chained CNI plugin (run by the container runtime on the host) asks the agent to enrol each new pod before it starts',
+  },
+  {
     volume: { name: 'netns', hostPath: { path: '/var/run/netns', type: 'DirectoryOrCreate' } },
     // HostToContainer: namespaces that runtimes create after the agent started appear in it.
     mount: { name: 'netns', mountPath: AGENT_PATHS.netns, mountPropagation: 'HostToContainer', readOnly: true },
     why: 'named pod network namespaces that container runtimes (and the local mesh) bind-mount here',
+  },
+];
+
+/** Host CNI folders only the install-cni init container mounts. */
+export const CNI_HOST_VOLUMES: readonly HostVolume[] = [
+  {
+    volume: { name: 'cni-bin', hostPath: { path: '/opt/cni/bin', type: 'DirectoryOrCreate' } },
+    mount: { name: 'cni-bin', mountPath: AGENT_PATHS.hostCniBin },
+    why: 'install-cni copies the chained plugin weft-cni here, where the container runtime finds CNI plugins',
+  },
+  {
+    volume: { name: 'cni-conf', hostPath: { path: '/etc/cni/net.d', type: 'DirectoryOrCreate' } },
+    mount: { name: 'cni-conf', mountPath: AGENT_PATHS.hostCniConf },
+    why: 'install-cni appends weft-cni to the node\'s network configuration list, so every new pod is enrolled before it starts',
   },
 ];
 
@@ -113,7 +132,7 @@ function podAnnotations(): Record<string, string> {
     'container.apparmor.security.beta.kubernetes.io/mount-bpffs': 'unconfined',
   };
   for (const c of AGENT_CAPABILITIES) out[`capabilities.weft.dev/${c.name}`] = c.why;
-  for (const v of AGENT_HOST_VOLUMES) out[`volumes.weft.dev/${v.volume.name}`] = v.why;
+  for (const v of [...AGENT_HOST_VOLUMES, ...CNI_HOST_VOLUMES]) out[`volumes.weft.dev/${v.volume.name}`] = v.why;
   out['volumes.weft.dev/weft-token'] = `projected ServiceAccount token, audience ${CONTROLLER_TOKEN_AUDIENCE}: proves the agent's pod and node to the certificate service`;
   out['volumes.weft.dev/trust-bundle'] = 'CA roots the controller publishes; the agent verifies the controller\'s TLS certificate with them';
   out['volumes.weft.dev/tmp'] = 'scratch space: the root filesystem is read-only';
@@ -136,6 +155,23 @@ function mountBpffsContainer(o: ResolvedInstallOptions): IContainer {
   };
 }
 
+/**
+ * Installs the chained CNI plugin on the host (agent/cni/install.ts) before the agent starts; its
+ * pods' namespace and kube-system are passed through without asking an agent (the control plane
+ * must start before any agent has a config).
+ */
+function installCniContainer(o: ResolvedInstallOptions): IContainer {
+  return {
+    name: 'install-cni',
+    image: o.image,
+    command: ['node', '/opt/weft/agent/cni/install.ts', '--bin-dir', AGENT_PATHS.hostCniBin, '--conf-dir', AGENT_PATHS.hostCniConf,
+      '--socket', AGENT_PATHS.cniSocket, '--exclude-namespace', 'kube-system', '--exclude-namespace', o.namespace],
+    securityContext: { runAsUser: 0, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'], add: ['DAC_OVERRIDE'] } },
+    volumeMounts: CNI_HOST_VOLUMES.map((v) => v.mount),
+    resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { cpu: '200m', memory: '128Mi' } },
+  };
+}
+
 /** The agent's command line after the image's `agent` part name (agent/src/main.ts). */
 export function agentArgs(o: ResolvedInstallOptions): string[] {
   return [
@@ -151,6 +187,7 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     '--cgroup', AGENT_PATHS.cgroupRoot,
     '--drain-timeout', String(AGENT_DRAIN_SECONDS),
     '--ready-file', AGENT_PATHS.readyFile,
+    '--cni-socket', AGENT_PATHS.cniSocket,
     '--log-level', o.logLevel,
   ];
 }
@@ -237,10 +274,11 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
           // Every node, whatever its taints: a node without an agent has no mesh.
           tolerations: [{ operator: 'Exists' }],
           terminationGracePeriodSeconds: 30,
-          initContainers: [mountBpffsContainer(o)],
+          initContainers: [mountBpffsContainer(o), installCniContainer(o)],
           containers: [agentContainer(o)],
           volumes: [
             ...AGENT_HOST_VOLUMES.map((v) => v.volume),
+            ...CNI_HOST_VOLUMES.map((v) => v.volume),
             {
               name: 'weft-token',
               projected: {

@@ -21,6 +21,11 @@ export const AGENT_PATHS = {
   trustBundle: POD_PATHS.trustBundle,
   /** In the pod's own /tmp: only this container's agent process can make it exist. */
   readyFile: '/tmp/weft-agent.ready',
+  /** The unix socket the chained CNI plugin asks the agent on (a host path: the runtime runs the plugin on the host). */
+  cniSocket: '/var/run/weft/cni.sock',
+  /** Where the install-cni init container sees the host's CNI folders. */
+  hostCniBin: '/host/opt/cni/bin',
+  hostCniConf: '/host/etc/cni/net.d',
 } as const;
 
 /** Seconds a stopping agent lets open connections finish; below terminationGracePeriodSeconds. */

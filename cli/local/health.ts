@@ -25,7 +25,13 @@ export async function gatherMeshFacts(st: LocalState): Promise<MeshFacts> {
     const a: MeshFacts['agents'][number] = { node: s.node, ready: s.ready, detail: s.ready ? 'ready' : s.reason || 'not ready' };
     try {
       a.certificates = (await admin<{ certificates: Array<{ identity: string; notAfter: string }> }>('/certs')).certificates;
-      a.links = (await admin<{ links: Array<{ program: string; id: number }> }>('/bpf')).links;
+      const bpf = await admin<{ links: Array<{ program: string; id: number }>; refusals?: Record<string, number>; kubeletCgroups?: string[]; inboundExcludedPorts?: number[] }>('/bpf');
+      a.links = bpf.links;
+      a.inbound = {
+        ipv6Refused: (bpf.refusals?.ipv6_refused ?? 0) + (bpf.refusals?.lookup_ipv6_refused ?? 0),
+        kubeletCgroups: bpf.kubeletCgroups?.length ?? 0,
+        inboundExcludedPorts: bpf.inboundExcludedPorts ?? [],
+      };
     } catch {
       /* readiness already says the agent does not answer */
     }

@@ -1,14 +1,14 @@
 // A whole mesh on one Linux machine: the local network (cli/local/network.ts), a CA and bootstrap
 // tokens, the controller on a config directory (in the wire namespace, 10.77.0.254:15012), one
 // agent per node, and workloads as pods. `weftctl up` and the e2e tests both build on this.
-import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync, renameSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
@@ -19,6 +19,11 @@ import { AGENT_NODE_OPTIONS } from '../install/names.ts';
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
 export const CONTROLLER_PORT = 15012;
+/** The chained CNI plugin (agent/cni/weft-cni.c, built by `make build`), run as a container runtime runs it. */
+export const CNI_PLUGIN = join(REPO_ROOT, 'build', 'cni', 'weft-cni');
+/** How long a pod waits for its network (the CNI plugin retried, as the kubelet retries a sandbox). */
+export const POD_NETWORK_DEADLINE_MS = 120_000;
+const CNI_RETRY_MS = 250;
 
 export interface LocalMeshOptions {
   prefix: string;
@@ -28,6 +33,8 @@ export interface LocalMeshOptions {
   trustDomain?: string;
   /** Processes outlive this one (weftctl up); tests keep them attached. */
   detached?: boolean;
+  /** Pods and nodes get IPv6 addresses too (not meshed: Weft refuses IPv6 into enrolled pods). */
+  dualStack?: boolean;
   logLevel?: string;
 }
 
@@ -48,6 +55,8 @@ export interface WorkloadSpec {
   deployment?: string;
   /** Command to run in the pod (argv); node scripts are run with this Node. */
   command?: string[];
+  /** The node's kubelet probes this port (HTTP GET /), as a readiness probe would. */
+  probePort?: number;
   env?: Record<string, string>;
 }
 
@@ -75,6 +84,18 @@ export interface Workload {
   spec: WorkloadSpec;
   pod: LocalPod;
   process?: ChildProcess;
+  /**
+   * Settles once the pod's network is set up (the CNI plugin's ADD succeeded, when the node's
+   * agent runs) and its command was started; rejects when ADD kept failing past the deadline.
+   */
+  started: Promise<void>;
+}
+
+/** What one run of the CNI plugin printed and exited with. */
+export interface CniRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
 }
 
 export class LocalMesh {
@@ -88,6 +109,7 @@ export class LocalMesh {
   readonly workloads = new Map<string, Workload>();
   controller?: ChildProcess;
   readonly agents = new Map<string, ChildProcess>();
+  readonly kubelets = new Map<string, ChildProcess>();
 
   private constructor(o: LocalMeshOptions, net: LocalNetwork) {
     this.o = o;
@@ -102,7 +124,7 @@ export class LocalMesh {
   static async create(o: LocalMeshOptions): Promise<LocalMesh> {
     mkdirSync(join(o.stateDir, 'config'), { recursive: true });
     mkdirSync(join(o.stateDir, 'logs'), { recursive: true });
-    const net = LocalNetwork.create(o.prefix);
+    const net = LocalNetwork.create(o.prefix, { dualStack: o.dualStack ?? false });
     const mesh = new LocalMesh(o, net);
     try {
       for (const n of o.nodes) net.addNode(n);
@@ -212,6 +234,8 @@ export class LocalMesh {
       '--cgroup', n.cgroup,
       '--pin-root', n.pinRoot,
       '--pod-netns-prefix', `${this.o.prefix}-`,
+      // The CNI plugin asks the agent to enrol each pod created from now on before it starts.
+      '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {
@@ -223,8 +247,49 @@ export class LocalMesh {
     return child;
   }
 
+  /** Each node's kubelet, then its agent (which finds the kubelet's cgroup when it starts). */
   startAgents(): void {
-    for (const n of this.o.nodes) this.startAgent(n);
+    for (const n of this.o.nodes) {
+      if (!this.kubelets.has(n)) this.startKubelet(n);
+      this.startAgent(n);
+    }
+  }
+
+  /**
+   * The node's "kubelet" (cli/local/apps/kubelet.ts): in the node's netns and its
+   * system.slice/kubelet.service cgroup, probing every workload with a probePort. Weft's only
+   * exemption from inbound enforcement, so every run of the local mesh exercises it.
+   */
+  startKubelet(nodeName: string): ChildProcess {
+    const n = this.node(nodeName);
+    this.#writeProbeTargets(nodeName);
+    const child = this.spawnNode({ netns: n.netns, cgroup: n.kubeletCgroup }, 'cli/local/apps/kubelet.ts', [
+      '--targets', this.#probeFile(nodeName, 'targets'), '--status', this.#probeFile(nodeName, 'status'), '--interval-ms', '1000',
+    ], `kubelet-${nodeName}.log`);
+    this.kubelets.set(nodeName, child);
+    return child;
+  }
+
+  #probeFile(nodeName: string, what: 'targets' | 'status'): string {
+    return join(this.o.stateDir, `kubelet-${nodeName}-${what}.json`);
+  }
+
+  #writeProbeTargets(nodeName: string): void {
+    const targets = [...this.workloads.values()]
+      .filter((w) => w.spec.node === nodeName && w.spec.probePort)
+      .map((w) => ({ pod: `${w.spec.namespace}/${w.spec.name}`, ip: w.pod.ip, port: w.spec.probePort! }));
+    const file = this.#probeFile(nodeName, 'targets');
+    writeFileSync(`${file}.tmp`, JSON.stringify(targets));
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** What a node's kubelet last saw of each probed pod (`namespace/name` → result). */
+  kubeletStatus(nodeName: string): Record<string, { ok: boolean; status?: number; error?: string; at: string; okCount: number; failCount: number }> {
+    try {
+      return JSON.parse(readFileSync(this.#probeFile(nodeName, 'status'), 'utf8')) as ReturnType<LocalMesh['kubeletStatus']>;
+    } catch {
+      return {};
+    }
   }
 
   /**
@@ -281,6 +346,8 @@ export class LocalMesh {
         if (w.process && (w.process.exitCode !== null || w.process.signalCode !== null)) {
           throw new Error(`waypoint ${namespace}/${id} exited:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         }
+        // Its network could not be set up (the CNI plugin kept failing): say so rather than time out.
+        await Promise.race([w.started, sleep(0)]);
         if (Date.now() > deadline) throw new Error(`waypoint ${namespace}/${id} not ready after ${timeoutMs} ms:\n${this.logTail(`pod-${namespace}-${id}.log`)}`);
         await sleep(200);
       }
@@ -298,17 +365,82 @@ export class LocalMesh {
     this.agents.delete(nodeName);
   }
 
-  /**
-   * Like addWorkload, but when the node's agent runs and the pod is meant to be in the mesh, waits
-   * until the agent has enrolled it before starting its command, as the CNI plugin holds a pod
-   * in Kubernetes: the application's first connection is already captured.
-   */
-  async startWorkload(spec: WorkloadSpec, opts: { enrolled?: boolean; timeoutMs?: number } = {}): Promise<Workload> {
-    const command = spec.command;
-    const w = this.addWorkload({ ...spec, command: [] });
-    if (opts.enrolled !== false && this.agents.has(spec.node)) await this.waitEnrolled(spec.node, w.pod.ip, opts.timeoutMs);
-    if (command && command.length > 0) this.startCommand(w, command);
+  /** addWorkload, resolving once the pod's network is set up and its command started. */
+  async startWorkload(spec: WorkloadSpec): Promise<Workload> {
+    const w = this.addWorkload(spec);
+    await w.started;
     return w;
+  }
+
+  /** The unix socket a node's agent serves the CNI plugin on. */
+  cniSocket(nodeName: string): string {
+    return join(this.o.stateDir, 'run', nodeName, 'cni.sock');
+  }
+
+  /**
+   * Runs the CNI plugin for a pod as a container runtime would: CNI_* variables, the network
+   * configuration on stdin with the main plugin's result as prevResult (the local network set the
+   * pod's veth and address up already, which is the main plugin's job).
+   */
+  runCni(command: 'ADD' | 'DEL' | 'CHECK', w: Pick<Workload, 'spec' | 'pod'>, opts: { socket?: string; excludeNamespaces?: string[] } = {}): Promise<CniRun> {
+    const { pod } = w;
+    const netconf = {
+      cniVersion: '1.0.0', name: 'weft-local', type: 'weft-cni',
+      agentSocket: opts.socket ?? this.cniSocket(pod.node),
+      ...(opts.excludeNamespaces ? { excludeNamespaces: opts.excludeNamespaces } : {}),
+      prevResult: {
+        cniVersion: '1.0.0',
+        interfaces: [{ name: 'eth0', sandbox: pod.netnsPath }],
+        ips: [{ address: `${pod.ip}/32`, interface: 0 }],
+      },
+    };
+    const child = spawn(CNI_PLUGIN, [], {
+      env: {
+        PATH: process.env.PATH ?? '/usr/bin:/bin',
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: `${pod.namespace}-${pod.name}`,
+        CNI_NETNS: pod.netnsPath,
+        CNI_IFNAME: 'eth0',
+        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_UID=${podUid(w.spec)}`,
+        CNI_PATH: dirname(CNI_PLUGIN),
+      },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c));
+    child.stderr.on('data', (c: Buffer) => (stderr += c));
+    child.stdin.end(JSON.stringify(netconf));
+    return new Promise((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (code) => resolve({ code, stdout, stderr }));
+    });
+  }
+
+  /**
+   * The kubelet's part: the pod's network first (the CNI plugin, retried while it fails, as the
+   * kubelet retries a pod sandbox), then the command, at once.
+   */
+  private async setUpPod(w: Workload, command: string[] | undefined): Promise<void> {
+    const deadline = Date.now() + POD_NETWORK_DEADLINE_MS;
+    for (;;) {
+      const r = await this.runCni('ADD', w);
+      if (r.code === 0) break;
+      if (Date.now() > deadline) {
+        throw new Error(`pod ${w.spec.namespace}/${w.spec.name}: CNI ADD kept failing for ${POD_NETWORK_DEADLINE_MS} ms: ${r.stdout.trim() || r.stderr.trim()}`);
+      }
+      await sleep(CNI_RETRY_MS);
+    }
+    if (command && command.length > 0) this.startCommand(w, command);
+  }
+
+  /**
+   * Is the CNI plugin "installed" on a node: has an agent served its socket there? From then on
+   * every new pod's network goes through the plugin, whether the agent is up or not (a crashed
+   * agent leaves the socket file, and the plugin fails until one answers again).
+   */
+  private agentServesCni(nodeName: string): boolean {
+    return existsSync(this.cniSocket(nodeName));
   }
 
   /** waitEnrolled for each workload, by `namespace/name`, on its own node. */
@@ -341,7 +473,7 @@ export class LocalMesh {
     const obj = {
       apiVersion: 'v1', kind: 'Pod',
       metadata: {
-        name: spec.name, namespace: spec.namespace, uid: `${spec.namespace}-${spec.name}`,
+        name: spec.name, namespace: spec.namespace, uid: podUid(spec),
         labels: { ...(spec.labels ?? { app: spec.name }), ...(spec.deployment ? { 'pod-template-hash': LOCAL_TEMPLATE_HASH } : {}) },
         ...(spec.deployment ? { ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${spec.deployment}-${LOCAL_TEMPLATE_HASH}`, controller: true }] } : {}),
       },
@@ -349,9 +481,18 @@ export class LocalMesh {
       status: { phase: 'Running', podIP: pod.ip, hostIP: this.node(spec.node).ip, conditions: [{ type: 'Ready', status: 'True' }] },
     };
     this.writeConfig(`pod-${spec.namespace}-${spec.name}.yaml`, [obj]);
-    const w: Workload = { spec, pod };
-    if (spec.command && spec.command.length > 0) this.startCommand(w, spec.command);
+    const w: Workload = { spec, pod, started: Promise.resolve() };
+    if (this.agentServesCni(spec.node)) {
+      // Created on a node whose agent runs: through the CNI plugin, like a kubelet's pod.
+      w.started = this.setUpPod(w, spec.command);
+      w.started.catch(() => undefined);
+    } else if (spec.command && spec.command.length > 0) {
+      // The node has no agent yet: the pod predates it (as pods that ran before Weft was
+      // installed), and the agent enrols it when it finds its network namespace.
+      this.startCommand(w, spec.command);
+    }
     this.workloads.set(`${spec.namespace}/${spec.name}`, w);
+    if (spec.probePort) this.#writeProbeTargets(spec.node);
     return w;
   }
 
@@ -451,4 +592,9 @@ export class LocalMesh {
   async destroy(): Promise<void> {
     await this.net.destroy();
   }
+}
+
+/** The pod's UID in the config directory (and K8S_POD_UID for the CNI plugin). */
+function podUid(spec: Pick<WorkloadSpec, 'namespace' | 'name'>): string {
+  return `${spec.namespace}-${spec.name}`;
 }

@@ -6,6 +6,11 @@
 //     │    └─ pod netns: eth0 10.77.i.j/32, default route via 169.254.1.1 (a local address of
 //     │                  the node, so the node answers the pod's ARP, as Calico does), its processes in a cgroup of its own
 //
+// Dual stack (LocalNetwork.create(prefix, { dualStack: true })): nodes also get fd77::i/64 on the
+// wire and forward IPv6, each pod fd77:0:i:j::2/64 on a link of its own (fd77:0:i:j::1 on the
+// node's end), with routes between nodes' fd77:0:i::/48 ranges. Weft meshes IPv4 only: the IPv6
+// addresses are there so tests can check that IPv6 into an enrolled pod is refused.
+//
 // Every name carries one prefix: netns `<prefix>-<name>`, cgroups under `<cgroup2>/<prefix>/`,
 // BPF pins under `<bpffs>/<prefix>/<node>`. Each node has its own cgroup subtree and pin root,
 // so each node's agent attaches to its own "host" exactly as it would on a real machine.
@@ -21,6 +26,10 @@ import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
 export const LOCAL_NET = '10.77';
 /** The link-local gateway pods route through (a local address of every node). */
 const POD_GATEWAY = '169.254.1.1';
+/** First groups of every local-mesh IPv6 address (dual stack only). */
+export const LOCAL_NET6 = 'fd77';
+/** Where systemd runs the kubelet, under a node's cgroup root (the agent looks there). */
+export const KUBELET_CGROUP = 'system.slice/kubelet.service';
 
 export interface LocalNode {
   name: string;
@@ -35,6 +44,10 @@ export interface LocalNode {
   pinRoot: string;
   /** Pod addresses on this node are 10.77.<index>.x */
   podCidr: string;
+  /** The node's kubelet cgroup (`<cgroup>/system.slice/kubelet.service`). */
+  kubeletCgroup: string;
+  /** Dual stack: the node's IPv6 address on the wire. */
+  ip6?: string;
   pods: LocalPod[];
 }
 
@@ -48,6 +61,8 @@ export interface LocalPod {
   cgroup: string;
   /** The node-side end of the pod's veth. */
   hostIf: string;
+  /** Dual stack: the pod's IPv6 address (not meshed). */
+  ip6?: string;
 }
 
 export interface NetworkState {
@@ -69,23 +84,25 @@ export class LocalNetwork {
   readonly pinDir: string;
   readonly wireNetns: string;
   readonly nodes: LocalNode[] = [];
+  readonly dualStack: boolean;
   private readonly children = new Set<ChildProcess>();
 
-  private constructor(prefix: string, cgroupDir: string, pinDir: string) {
+  private constructor(prefix: string, cgroupDir: string, pinDir: string, dualStack = false) {
+    this.dualStack = dualStack;
     this.prefix = prefix;
     this.cgroupDir = cgroupDir;
     this.pinDir = pinDir;
     this.wireNetns = `${prefix}-wire`;
   }
 
-  /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. */
-  static create(prefix: string): LocalNetwork {
+  /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. `dualStack`: IPv6 too (not meshed). */
+  static create(prefix: string, opts: { dualStack?: boolean } = {}): LocalNetwork {
     if (!/^[a-z][a-z0-9]{1,11}$/.test(prefix)) {
       throw new Error(`local mesh prefix "${prefix}" must be 2-12 lowercase letters or digits, starting with a letter`);
     }
     const cgroupDir = join(findCgroup2Root(), prefix);
     const pinDir = join(ensureBpffs(), prefix);
-    const net = new LocalNetwork(prefix, cgroupDir, pinDir);
+    const net = new LocalNetwork(prefix, cgroupDir, pinDir, opts.dualStack ?? false);
     mkdirSync(cgroupDir, { recursive: true });
     mkdirSync(join(cgroupDir, 'system'), { recursive: true });
     run('ip', ['netns', 'add', net.wireNetns]);
@@ -93,6 +110,7 @@ export class LocalNetwork {
     runIn(net.wireNetns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
     runIn(net.wireNetns, 'ip', ['addr', 'add', `${LOCAL_NET}.0.254/24`, 'dev', 'br0']);
     runIn(net.wireNetns, 'ip', ['link', 'set', 'br0', 'up']);
+    if (net.dualStack) runIn(net.wireNetns, 'ip', ['-6', 'addr', 'add', `${LOCAL_NET6}::fe/64`, 'dev', 'br0', 'nodad']);
     return net;
   }
 
@@ -109,7 +127,7 @@ export class LocalNetwork {
       const netns = `${prefix}-${n.name}`;
       net.nodes.push({
         name: n.name, index, ip: n.ip, netns, netnsPath: `/var/run/netns/${netns}`, cgroup: join(net.cgroupDir, n.name),
-        pinRoot: join(net.pinDir, n.name), podCidr: `${LOCAL_NET}.${index}.0/24`, pods: [],
+        pinRoot: join(net.pinDir, n.name), podCidr: `${LOCAL_NET}.${index}.0/24`, kubeletCgroup: join(net.cgroupDir, n.name, KUBELET_CGROUP), pods: [],
       });
     }
     for (const p of pods) {
@@ -151,6 +169,8 @@ export class LocalNetwork {
       cgroup: join(this.cgroupDir, name),
       pinRoot: join(this.pinDir, name),
       podCidr: `${LOCAL_NET}.${index}.0/24`,
+      kubeletCgroup: join(this.cgroupDir, name, KUBELET_CGROUP),
+      ...(this.dualStack ? { ip6: `${LOCAL_NET6}::${index}` } : {}),
       pods: [],
     };
     run('ip', ['netns', 'add', netns]);
@@ -162,7 +182,7 @@ export class LocalNetwork {
     runIn(netns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
     // Pods' gateway: a local address of the node, so the node answers their ARP for it.
     runIn(netns, 'ip', ['addr', 'add', `${POD_GATEWAY}/32`, 'dev', 'lo']);
-    mkdirSync(node.cgroup, { recursive: true });
+    mkdirSync(node.kubeletCgroup, { recursive: true });
     // The wire (where the controller listens) reaches pods through their node: waypoint pods
     // talk to the controller from their own address.
     runIn(this.wireNetns, 'ip', ['route', 'add', node.podCidr, 'via', node.ip]);
@@ -170,6 +190,15 @@ export class LocalNetwork {
     for (const other of this.nodes) {
       runIn(netns, 'ip', ['route', 'add', other.podCidr, 'via', other.ip]);
       runIn(other.netns, 'ip', ['route', 'add', node.podCidr, 'via', node.ip]);
+    }
+    if (this.dualStack) {
+      runIn(netns, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1']);
+      runIn(netns, 'ip', ['-6', 'addr', 'add', `${node.ip6}/64`, 'dev', 'eth0', 'nodad']);
+      runIn(this.wireNetns, 'ip', ['-6', 'route', 'add', `${LOCAL_NET6}:0:${index}::/48`, 'via', node.ip6!]);
+      for (const other of this.nodes) {
+        runIn(netns, 'ip', ['-6', 'route', 'add', `${LOCAL_NET6}:0:${other.index}::/48`, 'via', other.ip6!]);
+        runIn(other.netns, 'ip', ['-6', 'route', 'add', `${LOCAL_NET6}:0:${index}::/48`, 'via', node.ip6!]);
+      }
     }
     this.nodes.push(node);
     return node;
@@ -193,17 +222,25 @@ export class LocalNetwork {
       netnsPath: `/var/run/netns/${netns}`,
       cgroup: join(node.cgroup, 'pods', `${namespace}_${name}`),
       hostIf,
+      ...(this.dualStack ? { ip6: `${LOCAL_NET6}:0:${node.index}:${j}::2` } : {}),
     };
     run('ip', ['netns', 'add', netns]);
     runIn(netns, 'ip', ['link', 'set', 'lo', 'up']);
     run('ip', ['link', 'add', 'eth0', 'netns', netns, 'type', 'veth', 'peer', 'name', hostIf, 'netns', node.netns]);
     runIn(node.netns, 'ip', ['link', 'set', hostIf, 'up']);
-    // The node talks to its pods from its own address (the agent's, which STRICT pods accept).
+    // The node talks to its pods from its own address (no pass into an enrolled pod: only the
+    // kubelet's cgroup is, see docs/SECURITY.md).
     runIn(node.netns, 'ip', ['route', 'add', `${pod.ip}/32`, 'dev', hostIf, 'src', node.ip]);
     runIn(netns, 'ip', ['addr', 'add', `${pod.ip}/32`, 'dev', 'eth0']);
     runIn(netns, 'ip', ['link', 'set', 'eth0', 'up']);
     runIn(netns, 'ip', ['route', 'add', POD_GATEWAY, 'dev', 'eth0', 'scope', 'link']);
     runIn(netns, 'ip', ['route', 'add', 'default', 'via', POD_GATEWAY, 'dev', 'eth0', 'onlink']);
+    if (pod.ip6) {
+      const link = `${LOCAL_NET6}:0:${node.index}:${j}::`;
+      runIn(node.netns, 'ip', ['-6', 'addr', 'add', `${link}1/64`, 'dev', hostIf, 'nodad']);
+      runIn(netns, 'ip', ['-6', 'addr', 'add', `${pod.ip6}/64`, 'dev', 'eth0', 'nodad']);
+      runIn(netns, 'ip', ['-6', 'route', 'add', 'default', 'via', `${link}1`]);
+    }
     mkdirSync(pod.cgroup, { recursive: true });
     node.pods.push(pod);
     return pod;

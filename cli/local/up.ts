@@ -21,6 +21,8 @@ export interface UpOptions {
   stateDir: string;
   /** Progress lines go here. */
   say: (line: string) => void;
+  /** IPv6 addresses too (not meshed). */
+  dualStack?: boolean;
 }
 
 export interface LocalState {
@@ -99,7 +101,7 @@ export async function up(o: UpOptions): Promise<LocalState> {
   }
   rmSync(o.stateDir, { recursive: true, force: true });
   o.say('creating nodes node1, node2 (network namespaces, veths, cgroups)');
-  const mesh = await LocalMesh.create({ prefix: o.prefix, stateDir: o.stateDir, nodes: ['node1', 'node2'], detached: true });
+  const mesh = await LocalMesh.create({ prefix: o.prefix, stateDir: o.stateDir, nodes: ['node1', 'node2'], detached: true, dualStack: o.dualStack ?? false });
   try {
     mesh.writeConfig('10-namespaces.yaml', [
       { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
@@ -115,10 +117,11 @@ export async function up(o: UpOptions): Promise<LocalState> {
     await mesh.waitControllerReady();
     o.say('starting sample applications');
     const echo = (name: string, version = 'v1') => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name, '--version', version];
-    mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: echo('echo') });
-    mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'near', labels: { app: 'near' }, command: echo('near') });
-    mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'reviews-v1', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v1' }, command: echo('reviews-v1', 'v1') });
-    mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'reviews-v2', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v2' }, command: echo('reviews-v2', 'v2') });
+    // probePort: each node's kubelet probes them, the one exemption from inbound enforcement.
+    mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: echo('echo'), probePort: 8080 });
+    mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'near', labels: { app: 'near' }, command: echo('near'), probePort: 8080 });
+    mesh.addWorkload({ node: 'node1', namespace: 'shop', name: 'reviews-v1', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v1' }, command: echo('reviews-v1', 'v1'), probePort: 8080 });
+    mesh.addWorkload({ node: 'node2', namespace: 'shop', name: 'reviews-v2', serviceAccount: 'reviews', labels: { app: 'reviews', version: 'v2' }, command: echo('reviews-v2', 'v2'), probePort: 8080 });
     o.say('starting one agent per node (loads eBPF, enrols pods, gets certificates)');
     mesh.startAgents();
     await mesh.waitReady(90_000);

@@ -34,6 +34,7 @@ import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
+import type { WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
@@ -103,6 +104,8 @@ export interface ControllerMainOptions {
   requireClientIdentity?: boolean;
   /** Kubernetes mode: waypoint image and the address waypoints dial back. */
   waypointImage?: string;
+  /** ServiceAccounts and images a Waypoint may name (controller/src/waypoint-admission.ts). */
+  waypointAllowList?: WaypointAllowList;
   controllerAddress?: string;
   /** Local mode: starts waypoint processes; without it Waypoints stay NotReady. */
   launcher?: LocalWaypointLauncher;
@@ -191,7 +194,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}) },
+    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}) },
     logger: log,
     registry,
     ...(elector ? { leadership: elector } : {}),
@@ -361,6 +364,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --bootstrap-tokens <file>   local mode: YAML map node → token for the certificate service
   --dns-name <n>, --ip-address <ip>   SANs of the serving certificate (repeatable)
   --waypoint-image <ref>      Kubernetes mode: waypoint image
+  --waypoint-service-accounts <sa,...>  ServiceAccounts a Waypoint may name besides its own name ("default" never)
+  --waypoint-images <ref,...> images a Waypoint may name in spec.image (exact, or prefix*); default none
   --controller-address <h:p>  Kubernetes mode: address waypoints dial back
   --insecure                  plaintext gRPC, no certificate service (debugging only)
   --require-client-identity   config stream needs node / namespace certificates (mTLS)
@@ -390,6 +395,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'dns-name': { type: 'string', multiple: true },
       'ip-address': { type: 'string', multiple: true },
       'waypoint-image': { type: 'string' },
+      'waypoint-service-accounts': { type: 'string', multiple: true },
+      'waypoint-images': { type: 'string', multiple: true },
       'controller-address': { type: 'string' },
       insecure: { type: 'boolean' },
       'require-client-identity': { type: 'boolean' },
@@ -433,6 +440,11 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('dnsNames', values['dns-name']);
   set('ipAddresses', values['ip-address']);
   set('waypointImage', values['waypoint-image']);
+  const list = (v: string[] | undefined) => v?.flatMap((x) => x.split(',')).map((x) => x.trim()).filter((x) => x !== '');
+  const allowedSas = list(values['waypoint-service-accounts']);
+  if (allowedSas?.includes('default')) throw new UsageError('--waypoint-service-accounts: "default" is never allowed (every pod of a namespace runs as it)');
+  const allowedImages = list(values['waypoint-images']);
+  if (allowedSas || allowedImages) set('waypointAllowList', { ...(allowedSas ? { serviceAccounts: allowedSas } : {}), ...(allowedImages ? { images: allowedImages } : {}) });
   set('controllerAddress', values['controller-address']);
   set('insecure', values.insecure);
   set('requireClientIdentity', values['require-client-identity']);

@@ -15,15 +15,16 @@ export type {
   HboneTunnelClosed,
   ServerTlsMaterial,
 } from './server.ts';
-export { forwardedFor } from './server.ts';
+export { formatForwardedFor, forwardedFor, parseForwarded, parseForwardedNode } from './forwarded.ts';
+export type { ForwardedNode } from './forwarded.ts';
 export { HbonePool, streamHeadroom } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HbonePoolOptions, HbonePoolStats } from './pool.ts';
 export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';
 export type { PipeOptions, PipeResult } from './pipe.ts';
 export { formatAuthority, parseAuthority } from './authority.ts';
 export type { TunnelTarget } from './authority.ts';
-export { checkPeer, spiffeIdFromCert } from './peer.ts';
-export type { ExpectedPeer, PeerCheck } from './peer.ts';
+export { admitWorkloadPeer, checkPeer, spiffeIdFromCert } from './peer.ts';
+export type { ExpectedPeer, PeerAdmissionKind, PeerCheck } from './peer.ts';
 export {
   HboneAuthorityError,
   HboneConnectTimeoutError,

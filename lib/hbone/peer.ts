@@ -1,4 +1,5 @@
 import type { PeerCertificate } from 'node:tls';
+import { parseSpiffeId } from '../identity/spiffe.ts';
 
 /**
  * Decides whether a verified peer certificate is acceptable: true, or false / a string saying why not.
@@ -75,4 +76,31 @@ export function expectedPeerKey(expect: ExpectedPeer): string {
     return `check#${id}`;
   }
   return [...expect].sort().join(',');
+}
+
+/** Why a data port turned a peer away (stable strings: they are metric labels). */
+export type PeerAdmissionKind = 'peer-identity' | 'peer-trust-domain' | 'peer-not-workload';
+
+/**
+ * Admission on a data port (15008): only workload identities
+ * `spiffe://<td>/ns/<namespace>/sa/<service-account>` whose trust domain is one of `trustDomains`
+ * (the mesh's own, then its configured aliases). A node identity (`spiffe://<td>/node/<name>`,
+ * which every agent holds to talk to the controller) never speaks for a workload, and another
+ * trust domain is another mesh. Returns undefined when admitted, else the kind and a reason.
+ */
+export function admitWorkloadPeer(spiffeId: string | undefined, trustDomains: readonly string[]): { kind: PeerAdmissionKind; reason: string } | undefined {
+  if (spiffeId === undefined) return { kind: 'peer-identity', reason: 'client certificate has no SPIFFE ID (or more than one)' };
+  let id;
+  try {
+    id = parseSpiffeId(spiffeId);
+  } catch (err) {
+    return { kind: 'peer-identity', reason: (err as Error).message };
+  }
+  if (!trustDomains.includes(id.trustDomain)) {
+    return { kind: 'peer-trust-domain', reason: `${spiffeId} is of trust domain ${id.trustDomain}; this port admits ${trustDomains.join(', ')}` };
+  }
+  if (id.kind !== 'workload') {
+    return { kind: 'peer-not-workload', reason: `${spiffeId} is a node identity; only workload identities (spiffe://<td>/ns/<ns>/sa/<sa>) may open tunnels` };
+  }
+  return undefined;
 }

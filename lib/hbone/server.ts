@@ -12,7 +12,8 @@ import type { Duplex } from 'node:stream';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { parseAuthority, type TunnelTarget } from './authority.ts';
 import { HboneError } from './errors.ts';
-import { spiffeIdFromCert, type PeerCheck } from './peer.ts';
+import { admitWorkloadPeer, spiffeIdFromCert, type PeerCheck } from './peer.ts';
+import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
@@ -62,8 +63,12 @@ export interface HboneConnectRequest {
   peer: HbonePeer;
   /** The selected request headers (lower-case names, see `forwardHeaders`). */
   headers: Record<string, string>;
-  /** `for=` of the `forwarded` header: the application client's address as the source saw it. */
-  forwardedFor: string | undefined;
+  /**
+   * `for=` of the `forwarded` header's last element (RFC 7239): the client the peer says it
+   * carries. A claim, not a fact: the owner decides whether this peer may make it. undefined when
+   * the header is absent, malformed or names no address (`headers.forwarded` has the raw value).
+   */
+  forwardedFor: ForwardedNode | undefined;
   /** Aborted when the client resets the stream or the session goes away before the answer. */
   signal: AbortSignal;
 }
@@ -78,7 +83,12 @@ export type HboneConnectHandler = (req: HboneConnectRequest) => Promise<HboneCon
 /** Why the server turned something away. Stable strings: metric labels use them. */
 export type HboneRefusalKind =
   | 'tls-handshake'
+  /** No (or several, or a malformed) SPIFFE ID, or `checkPeer` said no. */
   | 'peer-identity'
+  /** A SPIFFE ID of a trust domain not in `trustDomains`. */
+  | 'peer-trust-domain'
+  /** A node identity (or any non-workload SPIFFE ID) where `trustDomains` admits workloads only. */
+  | 'peer-not-workload'
   | 'method-not-allowed'
   | 'bad-authority'
   | 'denied'
@@ -115,8 +125,15 @@ export interface HboneServerOptions {
   /** Decides every CONNECT. */
   handler: HboneConnectHandler;
   /**
-   * Accepts or rejects a client whose chain verified. Default: any client with exactly one
-   * SPIFFE ID.
+   * Data-port admission: when set, only workload identities (`spiffe://<td>/ns/<ns>/sa/<sa>`) of
+   * these trust domains (the mesh's, then its aliases) get a session; node identities and other
+   * trust domains are refused after the handshake (`peer-not-workload`, `peer-trust-domain`).
+   * Default: unset (any SPIFFE ID; `checkPeer` decides).
+   */
+  trustDomains?: readonly string[];
+  /**
+   * Accepts or rejects a client whose chain verified (after `trustDomains`). Default: any client
+   * with exactly one SPIFFE ID.
    */
   checkPeer?: PeerCheck;
   /** Request headers passed to the handler. Default: forwarded, baggage, traceparent, tracestate. */
@@ -186,6 +203,8 @@ export class HboneServer {
     refusals: {
       'tls-handshake': 0,
       'peer-identity': 0,
+      'peer-trust-domain': 0,
+      'peer-not-workload': 0,
       'method-not-allowed': 0,
       'bad-authority': 0,
       denied: 0,
@@ -358,12 +377,10 @@ export class HboneServer {
     };
     // Sessions end on their own errors; one bad peer never takes the server down.
     session.on('error', noop);
-    const verdict = this.#opts.checkPeer
-      ? this.#opts.checkPeer(spiffeId, cert)
-      : spiffeId !== undefined || 'client certificate has no SPIFFE ID';
-    if (verdict !== true) {
-      const reason = typeof verdict === 'string' ? verdict : 'client identity rejected';
-      this.#refuse({ kind: 'peer-identity', reason, peer: { spiffeId, address: peer.address } });
+    const refusal = this.#admit(spiffeId, cert);
+    if (refusal) {
+      const { kind, reason } = refusal;
+      this.#refuse({ kind, reason, peer: { spiffeId, address: peer.address } });
       session.goaway(h2.NGHTTP2_REFUSED_STREAM, 0, Buffer.from(reason.slice(0, 256)));
       session.close();
       setTimeout(() => session.destroy(), 1000).unref();
@@ -394,6 +411,19 @@ export class HboneServer {
     });
     this.#armIdle(state);
     if (this.#closing) session.close();
+  }
+
+  /** Undefined when the peer may open tunnels, else why not. */
+  #admit(spiffeId: string | undefined, cert: PeerCertificate): { kind: HboneRefusalKind; reason: string } | undefined {
+    if (this.#opts.trustDomains) {
+      const refused = admitWorkloadPeer(spiffeId, this.#opts.trustDomains);
+      if (refused) return refused;
+    }
+    const verdict = this.#opts.checkPeer
+      ? this.#opts.checkPeer(spiffeId, cert)
+      : spiffeId !== undefined || 'client certificate has no SPIFFE ID';
+    if (verdict === true) return undefined;
+    return { kind: 'peer-identity', reason: typeof verdict === 'string' ? verdict : 'client identity rejected' };
   }
 
   #armIdle(state: SessionState): void {
@@ -512,17 +542,6 @@ export class HboneServer {
     // Give the GOAWAY a moment to reach the wire, then drop everything the peer still holds open.
     setImmediate(() => session.destroy(undefined, h2.NGHTTP2_ENHANCE_YOUR_CALM));
   }
-}
-
-/** The first `for=` of a Forwarded header (RFC 7239), without quotes, brackets or port. */
-export function forwardedFor(value: string | undefined): string | undefined {
-  if (!value) return undefined;
-  const m = /(?:^|[;,\s])for=("?)([^;,"]+)\1/i.exec(value);
-  if (!m || m[2] === undefined) return undefined;
-  let v = m[2].trim();
-  if (v.startsWith('[')) v = v.slice(1, v.indexOf(']') > 0 ? v.indexOf(']') : undefined);
-  else if (v.split(':').length === 2) v = v.slice(0, v.indexOf(':'));
-  return v;
 }
 
 /** Header values may not contain CR, LF or NUL; keep reasons short. */

@@ -1,6 +1,7 @@
 // The compiled mesh model: what agents and waypoints consume. controller/src/compile.ts builds it
 // from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
 // Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
+import type { PolicyLayer } from '../policy/keys.ts';
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
@@ -39,6 +40,10 @@ export interface Workload extends WorkloadMeta {
   node: string;
   /** Address of the node's agent, where HBONE for this workload goes (port 15008). */
   nodeIp?: string;
+  /**
+   * The pod's IPv4 address; '' while a scheduled pod has none yet (its network is being set up:
+   * the CNI plugin enrols it with the address the network plugin gave it).
+   */
   ip: string;
   serviceAccount: string;
   spiffeId: string;
@@ -142,6 +147,9 @@ export interface CompiledSource {
   /** CIDRs (a bare address becomes /32 or /128). */
   ipBlocks?: string[];
   notIpBlocks?: string[];
+  /** CIDRs matched against the X-Forwarded-For client address (L7). */
+  remoteIpBlocks?: string[];
+  notRemoteIpBlocks?: string[];
 }
 
 export interface CompiledOperation {
@@ -162,7 +170,7 @@ export interface CompiledCondition {
 }
 
 /** L4 rules use only addresses, identities, namespaces and ports; anything else needs a waypoint. */
-export type PolicyLayer = 'L4' | 'L7';
+export type { PolicyLayer };
 
 export interface CompiledRule {
   /** OR of sources; empty = any source. */
@@ -175,7 +183,10 @@ export interface CompiledRule {
 }
 
 export type PolicyScope =
-  /** In the root namespace without selector: every workload in the mesh. */
+  /**
+   * In the root namespace: every workload in the mesh, or with `selector` every matching workload
+   * in every namespace (Istio's root-namespace rule).
+   */
   | 'mesh'
   /** No selector: every workload in its namespace. */
   | 'namespace'
@@ -189,13 +200,13 @@ export interface AuthorizationPolicy {
   namespace: string;
   action: AuthorizationAction;
   scope: PolicyScope;
-  /** For scope `workload`. */
+  /** For scope `workload`, and `mesh` with a selector. */
   selector?: Record<string, string>;
   /** For scope `service`: `namespace/name` of each targeted Service. */
   targetServices?: string[];
   /** No rules: ALLOW matches nothing (deny all), DENY matches nothing. Istio semantics. */
   rules: CompiledRule[];
-  /** `L7` when any rule is L7: agents must fail closed on such rules, waypoints enforce them. */
+  /** `L7` when any rule is L7 (lib/policy/authz.ts ruleLayer): agents see only their L4 parts. */
   layer: PolicyLayer;
 }
 
@@ -232,6 +243,8 @@ export interface TrafficPolicy {
   };
   loadBalancer: LoadBalancerPolicy;
   rateLimit?: { tokens: number; fillIntervalMs: number; per: RateLimitScope };
+  /** Shared quota: `limit` requests per `windowMs`, counted in the waypoint's quota store. */
+  quota?: { limit: number; windowMs: number; per: 'service' | 'source' };
   fault?: {
     delay?: { fixedDelayMs: number; percentage: number };
     abort?: { httpStatus: number; percentage: number };
@@ -272,6 +285,11 @@ export interface RouteBackend {
   port?: number;
   weight: number;
   filters: RouteFilter[];
+  /**
+   * Why the controller refused the reference (a cross-namespace backendRef without a
+   * ReferenceGrant): requests routed here get 500, as for a Service that does not exist.
+   */
+  refused?: string;
 }
 
 export type RouteFilter =
@@ -301,7 +319,10 @@ export interface Route {
   name: string;
   namespace: string;
   kind: 'HTTPRoute' | 'GRPCRoute';
-  /** `namespace/name` of the parent Service. */
+  /**
+   * `namespace/name` of the parent Service. When its namespace is not the route's, the route is a
+   * GAMMA consumer route: it applies only to clients in the route's namespace (isConsumerRoute).
+   */
   service: string;
   /** Parent port, if the parentRef names one; otherwise every port of the service. */
   port?: number;
@@ -311,13 +332,25 @@ export interface Route {
   order: string;
 }
 
+/**
+ * GAMMA (GEP-1294): a route in the parent Service's namespace is a producer route and applies to
+ * every client; one in another namespace is a consumer route and applies only to clients in its own
+ * namespace, where it takes the place of the Service's producer routes.
+ */
+export function isConsumerRoute(r: Pick<Route, 'namespace' | 'service'>): boolean {
+  return !r.service.startsWith(`${r.namespace}/`);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-consumer views
 
 /** What one node's agent needs. */
 export interface AgentConfig {
   node: string;
-  /** Enrolled workloads scheduled on this node (services' endpoints say whether any address is enrolled). */
+  /**
+   * Every workload scheduled on this node (enrolled or not) and every enrolled workload of the mesh
+   * (its identity and node vouch for a tunnel's forwarded client; pods are dialled by address).
+   */
   workloads: Workload[];
   /** Every service a local workload may reach, with endpoints and their node addresses. */
   services: Service[];
@@ -360,7 +393,7 @@ export function policySelectsWorkload(
 ): boolean {
   switch (policy.scope) {
     case 'mesh':
-      return true;
+      return labelsMatch(policy.selector ?? {}, workload.labels);
     case 'namespace':
       return policy.namespace === workload.namespace;
     case 'workload':

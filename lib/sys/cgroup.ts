@@ -1,6 +1,6 @@
 // cgroup v2 folders: create, move a process in, and tear down a subtree with everything in it.
-import { existsSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { join, relative, isAbsolute } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 function procsOf(dir: string): string[] {
@@ -62,4 +62,38 @@ export function removeCgroupTreeSync(dir: string): void {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
     }
   }
+}
+
+/** The cgroup v2 id of a folder: what bpf_get_current_cgroup_id() returns for its processes. */
+export function cgroupId(dir: string): bigint {
+  return statSync(dir, { bigint: true }).ino;
+}
+
+/** Where systemd runs a kubelet, relative to a (node's) cgroup v2 root. */
+export const SYSTEMD_KUBELET_CGROUP = 'system.slice/kubelet.service';
+
+/**
+ * The kubelet's cgroups under `root` (the cgroup v2 folder the agent attaches to): systemd's
+ * kubelet.service when it exists, and the cgroup of every process named `kubelet` below `root`
+ * (`mount` is the cgroup v2 mount point, which /proc/<pid>/cgroup paths are relative to).
+ */
+export function findKubeletCgroups(root: string, mount: string, procRoot = '/proc'): string[] {
+  const found = new Set<string>();
+  const systemd = join(root, SYSTEMD_KUBELET_CGROUP);
+  if (existsSync(systemd)) found.add(systemd);
+  let pids: string[] = [];
+  try { pids = readdirSync(procRoot).filter((p) => /^\d+$/.test(p)); } catch { /* no /proc */ }
+  for (const pid of pids) {
+    try {
+      if (readFileSync(join(procRoot, pid, 'comm'), 'utf8').trim() !== 'kubelet') continue;
+      const line = readFileSync(join(procRoot, pid, 'cgroup'), 'utf8').split('\n').find((l) => l.startsWith('0::'));
+      if (!line) continue;
+      const dir = join(mount, line.slice(3));
+      const rel = relative(root, dir);
+      if (!rel.startsWith('..') && !isAbsolute(rel)) found.add(dir);
+    } catch {
+      /* the process went away */
+    }
+  }
+  return [...found];
 }

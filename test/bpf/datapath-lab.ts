@@ -201,3 +201,54 @@ export function mapSnapshot(pin: string): string {
   const entries = bpftoolJson<Array<{ key: string[]; value?: string[]; values?: unknown[] }>>('map', 'dump', 'pinned', pin);
   return JSON.stringify(entries.map((e) => [e.key, e.value ?? e.values]));
 }
+
+// Crafted SYNs an attacker would try past a header check, sent with IP_HDRINCL (IPPROTO_RAW) so
+// the kernel sends the IP header as written:
+//   fragments: the SYN split in two IPv4 fragments, the first with only 8 bytes of TCP header
+//              (ports and sequence number; no flags), the second with the other 12;
+//   short:     one unfragmented packet whose TCP header is cut after 8 bytes.
+// Then listens for any TCP answer from dst:port for 2 s.
+const CRAFTED_SYN_PY = `
+import socket, struct, sys, json, time
+src, dst, dport, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def fold(b):
+    if len(b) % 2: b += b'\\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return s
+sport, seq = 40777, 987654321
+tcp = struct.pack('!HHIIHHHH', sport, dport, seq, 0, (5 << 12) | 0x02, 64240, 0, 0)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
+c = ~fold(pseudo + tcp) & 0xffff
+tcp = tcp[:16] + struct.pack('!H', c) + tcp[18:]
+def ip(payload, frag):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload), 4242, frag, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    h = h[:10] + struct.pack('!H', ~fold(h) & 0xffff) + h[12:]
+    return h + payload
+if kind == 'fragments':
+    packets = [ip(tcp[:8], 0x2000), ip(tcp[8:], 1)]
+else:
+    packets = [ip(tcp[:8], 0)]
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+rx.settimeout(0.5)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for p in packets: tx.sendto(p, (dst, 0))
+deadline = time.time() + 2
+while time.time() < deadline:
+    try: pkt = rx.recv(2048)
+    except socket.timeout: continue
+    ihl = (pkt[0] & 15) * 4
+    sp, dp_ = struct.unpack('!HH', pkt[ihl:ihl + 4])
+    if sp != dport or dp_ != sport: continue
+    word = struct.unpack('!H', pkt[ihl + 12:ihl + 14])[0]
+    print(json.dumps({ 'answered': True, 'flags': word & 0x3f }))
+    sys.exit(0)
+print(json.dumps({ 'answered': False }))
+`;
+
+export type CraftedSyn = 'fragments' | 'short';
+
+/** Sends a crafted SYN (see CRAFTED_SYN_PY) from `from` and reports whether dst:port answered. */
+export function craftedSyn(from: { ns: Netns }, kind: CraftedSyn, src: string, dst: string, port: number): { answered: boolean; flags?: number } {
+  return JSON.parse(from.ns.exec('python3', '-c', CRAFTED_SYN_PY, src, dst, String(port), kind).trim().split('\n').pop()!) as { answered: boolean; flags?: number };
+}

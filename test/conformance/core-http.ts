@@ -16,7 +16,6 @@ const req = (path: string, extra: Partial<ClientRequest> = {}): ClientRequest =>
 const PARENT = { service: 'echo', port: 80 };
 const v = (n: 1 | 2 | 3) => backend(n === 3 ? 'backend-v3' : `echo-v${n}`, 8080);
 const B = { 1: 'echo-v1', 2: 'echo-v2', 3: 'backend-v3' } as const;
-const NO_RULE_TODO = 'issue 16 item 6: a request matching no rule goes to the Service instead of 404 (wp-proxy branch)';
 
 function responseHeaderModifier(): Record<string, unknown> {
   const edits = (set: Array<[string, string]>, add: Array<[string, string]>, remove: string[]) => ({
@@ -67,7 +66,6 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
       { name: '/two/', request: req('/two/'), expect: { status: 404 } },
       { name: '/Two', request: req('/Two'), expect: { status: 404 } },
     ]),
-    todo: NO_RULE_TODO,
   },
   {
     name: 'HTTPRouteHeaderMatching',
@@ -94,7 +92,6 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
       { name: 'color yellow', request: req('/', { headers: { Color: 'yellow' } }), expect: { backend: B[2] } },
       { name: 'color purple', request: req('/', { headers: { Color: 'purple' } }), expect: { status: 404 } },
     ]),
-    todo: NO_RULE_TODO,
   },
   {
     name: 'HTTPRouteMethodMatching',
@@ -126,7 +123,6 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
       { name: 'PATCH /path5: path beats method', request: req('/path5', { method: 'PATCH' }), expect: { backend: B[1] } },
       { name: 'PATCH with version four: method beats header', request: req('/', { method: 'PATCH', headers: { version: 'four' } }), expect: { backend: B[2] } },
     ]),
-    todo: NO_RULE_TODO,
   },
   {
     name: 'HTTPRoutePathMatchOrder',
@@ -223,7 +219,6 @@ export const CORE_HTTP_TESTS: ConformanceTest[] = [
       // Not in upstream: the route's other rule still works (issue 16: a bad object costs only itself).
       { name: 'another rule of the same route', request: req('/'), expect: { backend: B[1] } },
     ]),
-    todo: 'issue 16 item 2: a backendRef to a missing Service makes the waypoint reject its whole config (wp-policy branch)',
   },
   {
     name: 'HTTPRouteInvalidCrossNamespaceBackendRef',

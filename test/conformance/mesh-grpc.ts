@@ -28,7 +28,6 @@ export const MESH_GRPC_TESTS: ConformanceTest[] = [
       if (first.length > 0) return first;
       return distribution(cm, call(), { 'echo-v1': 0.7, 'echo-v2': 0.3 });
     },
-    todo: 'issue 16 item 2: a backendRef to a missing Service (weight 0 here) makes the waypoint reject its whole config (wp-policy branch)',
   },
   {
     name: 'MeshGRPCRouteRequestHeaderModifier',
@@ -74,7 +73,6 @@ export const MESH_GRPC_TESTS: ConformanceTest[] = [
       { name: 'EchoTwo', request: call(undefined, 'EchoTwo'), expect: { status: GRPC_OK, backend: 'echo-v2', path: `/${SERVICE}/EchoTwo` } },
       { name: 'EchoThree matches no rule', request: call(undefined, 'EchoThree'), expect: { status: GRPC_UNIMPLEMENTED } },
     ]),
-    todo: 'issue 16 item 6: a call matching no rule goes to the Service instead of UNIMPLEMENTED (wp-proxy branch)',
   },
   {
     name: 'GRPCRouteHeaderMatching',
@@ -101,7 +99,6 @@ export const MESH_GRPC_TESTS: ConformanceTest[] = [
       { name: 'color yellow', request: call({ color: 'yellow' }), expect: { status: GRPC_OK, backend: 'echo-v2' } },
       { name: 'color purple', request: call({ color: 'purple' }), expect: { status: GRPC_UNIMPLEMENTED } },
     ]),
-    todo: 'issue 16 item 6: a call matching no rule goes to the Service instead of UNIMPLEMENTED (wp-proxy branch)',
   },
   {
     name: 'GRPCRouteNamedRule',

@@ -189,7 +189,6 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
       { name: 'path and query without the ANDed header', request: get('/path4?animal=kraken'), expect: { status: 404 } },
       { name: 'a path match takes precedence over a query match', request: get('/path5?animal=hydra'), expect: { backend: 'echo-v1' } },
     ]),
-    todo: 'issue 16 item 6: a request matching no rule goes to the Service instead of 404 (wp-proxy branch)',
   },
   {
     name: 'MeshHTTPRouteNamedRule',

@@ -133,7 +133,7 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
   // Both serve side by side for a moment, then the old one is told to stop.
   await sleep(500);
   const sigterm = Date.now();
-  assert.ok(sigterm - started < SHORT_MS - 1_000, `the new agent was ready in time for the short connection to end during the drain (${sigterm - started} ms)`);
+  assert.ok(sigterm - started < SHORT_MS - 1_000, `the new agent was ready in time for the short connection to end during the drain (${sigterm - started} ms):\n${mesh.logTail('agent-node1-next.log', 40)}`);
   old.kill('SIGTERM');
   await once(old, 'exit');
   const exitMs = Date.now() - sigterm;

@@ -9,6 +9,7 @@ import { collectOutput } from '../../lib/sys/exec.ts';
 import { randomBytes, createHash } from 'node:crypto';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { until } from '../lab/wait.ts';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 
@@ -185,20 +186,81 @@ test('a STRICT pod refuses plaintext from a pod outside the mesh while mesh traf
   }]);
   try {
     const nearIp = mesh.workloads.get('demo/near')!.pod.ip;
-    let refused = false;
-    for (let i = 0; i < 40 && !refused; i++) {
+    // The agent takes up STRICT a moment before the kernel map does (in that moment its plaintext
+    // listener refuses): keep trying until the kernel itself answers with a RST and counts it.
+    await until('plaintext from outside the mesh is refused by the kernel, and counted', async () => {
       const r = await inPod('legacy/outsider', 'curl', ['-sS', '--max-time', '5', `http://${nearIp}:8080/`]);
-      refused = r.code !== 0;
-      if (!refused) await new Promise((res) => setTimeout(res, 250));
-    }
-    assert.ok(refused, 'plaintext from outside the mesh is refused');
-    const bpf = await mesh.agentAdmin<{ counters: Record<string, number> }>('node1', '/bpf');
-    assert.ok(bpf.counters.strict_denied! >= 1, 'the kernel counted the refusal');
+      if (r.code === 0) return false; // still PERMISSIVE: the policy is not in force yet
+      const bpf = await mesh.agentAdmin<{ counters: Record<string, number> }>('node1', '/bpf');
+      return bpf.counters.strict_denied! >= 1;
+    }, 10_000, { intervalMs: 250 });
     const viaMesh = await curl([`http://${NEAR_VIP}/strict`]);
     assert.equal(viaMesh.code, 0, viaMesh.stderr);
     const viaMeshRemote = await curl([`http://${VIP}/strict`]);
     assert.equal(viaMeshRemote.code, 0, viaMeshRemote.stderr);
   } finally {
     mesh.removeConfig('22-strict.yaml');
+  }
+});
+
+// ---- HBONE peers (issue 15, item 7), from the attacker's side ----------------------------------
+
+/** The JSON body echo answered inside a probe's raw HTTP/1.0 reply. */
+function echoBody(reply: unknown): { pod: string; peer: string; peerPort: number } {
+  const text = String(reply);
+  return JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+}
+
+test('a node identity and a workload of a foreign trust domain are refused on 15008, counted and logged', async () => {
+  const echoIp = mesh.workloads.get('demo/echo')!.pod.ip;
+  // A valid chain from the mesh CA: an agent's node certificate, used to open a tunnel.
+  const asNode = await probe(['--identity', 'spiffe://cluster.local/node/node1', '--target', `${echoIp}:8080`]);
+  assert.equal(asNode.ok, false, JSON.stringify(asNode));
+  assert.match(String(asNode.message), /node identity/);
+  // The same CA signing another trust domain's workload (a second mesh sharing a root).
+  const foreign = await probe(['--identity', 'spiffe://evil.example/ns/demo/sa/client', '--trust-domain', 'evil.example', '--target', `${echoIp}:8080`]);
+  assert.equal(foreign.ok, false, JSON.stringify(foreign));
+  const metrics = await mesh.agentMetrics('node2');
+  assert.match(metrics, /weft_connections_denied_total\{[^}]*reason="peer-not-workload"[^}]*\} [1-9]/);
+  assert.match(metrics, /weft_connections_denied_total\{[^}]*reason="peer-(trust-domain|identity)"[^}]*\} [1-9]/);
+  const logged = mesh.logEntries('agent-node2.log', 'HBONE refused').map((e) => [e.kind, e.peer]);
+  assert.ok(logged.some(([k, p]) => k === 'peer-not-workload' && p === 'spiffe://cluster.local/node/node1'), JSON.stringify(logged));
+  assert.ok(logged.some(([k, p]) => k === 'peer-trust-domain' && p === 'spiffe://evil.example/ns/demo/sa/client'), JSON.stringify(logged));
+  // The control: the mesh's own workload identity gets through.
+  const ok = await probe(['--identity', 'spiffe://cluster.local/ns/demo/sa/client', '--target', `${echoIp}:8080`]);
+  assert.equal(ok.ok, true, JSON.stringify(ok));
+});
+
+test('a forged forwarded for= from a peer that is not a waypoint is not honoured: the server sees the peer itself, and it is counted', async () => {
+  const echoIp = mesh.workloads.get('demo/echo')!.pod.ip;
+  const clientIp = mesh.workloads.get('demo/client')!.pod.ip;
+  const nearIp = mesh.workloads.get('demo/near')!.pod.ip;
+  const node1 = mesh.node('node1').ip;
+  const as = (forwarded: string) => probe(['--identity', 'spiffe://cluster.local/ns/demo/sa/client', '--target', `${echoIp}:8080`, '--forwarded', forwarded]);
+  // Claims an address the mesh does not know, then another workload's (demo/near, same node).
+  for (const [forged, reason] of [['for="192.0.2.66:4444"', 'unknown-address'], [`for="${nearIp}:4444"`, 'identity-mismatch']] as const) {
+    const r = await as(forged);
+    assert.equal(r.ok, true, JSON.stringify(r));
+    const body = echoBody(r.reply);
+    assert.equal(body.peer.replace(/^::ffff:/, ''), node1, `${forged}: the server sees the tunnel's own peer (node1), not the claim`);
+    assert.notEqual(body.peerPort, 4444);
+    const metrics = await mesh.agentMetrics('node2');
+    assert.match(metrics, new RegExp(`weft_hbone_forwarded_ignored_total\\{reason="${reason}"\\} [1-9]`));
+  }
+  const logged = mesh.logEntries('agent-node2.log', 'forwarded client address not honoured: the peer may not speak for it');
+  assert.ok(logged.some((e) => e.claimed === '192.0.2.66:4444' && e.reason === 'unknown-address'), JSON.stringify(logged));
+  // The control: the same identity, from the client's own node, for the client's own address: honoured, port and all.
+  const honest = await as(`for="${clientIp}:4321"`);
+  const body = echoBody(honest.reply);
+  assert.deepEqual([body.peer.replace(/^::ffff:/, ''), body.peerPort], [clientIp, 4321]);
+});
+
+test('the client\'s port reaches the server across two agents, and on the same node', async () => {
+  const clientIp = mesh.workloads.get('demo/client')!.pod.ip;
+  for (const [vip, port] of [[VIP, 45071], [NEAR_VIP, 45072]] as const) {
+    const r = await curl(['--local-port', String(port), `http://${vip}/port`]);
+    assert.equal(r.code, 0, r.stderr);
+    const body = JSON.parse(r.stdout);
+    assert.deepEqual([body.peer.replace(/^::ffff:/, ''), body.peerPort], [clientIp, port], `via ${vip}`);
   }
 });

@@ -62,6 +62,7 @@ export const DEFAULT_RESOURCES: ResourceType[] = [
   { group: 'weft.dev', version: 'v1alpha1', kind: 'Telemetry', plural: 'telemetries', namespaced: true },
   { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'HTTPRoute', plural: 'httproutes', namespaced: true },
   { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'GRPCRoute', plural: 'grpcroutes', namespaced: true },
+  { group: 'gateway.networking.k8s.io', version: 'v1beta1', kind: 'ReferenceGrant', plural: 'referencegrants', namespaced: true },
 ];
 
 /** Built-in kinds of a cluster beyond the ones the controller reads (always served). */

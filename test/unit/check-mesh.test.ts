@@ -125,3 +125,23 @@ test('enrolling a namespace labels it in the file that declares it, leaving the 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('inbound enforcement: IPv6 refusals and inbound-excluded ports warn, a missing kubelet cgroup warns, otherwise it passes', () => {
+  const f = healthy();
+  f.agents[0]!.inbound = { ipv6Refused: 0, kubeletCgroups: 1, inboundExcludedPorts: [] };
+  f.agents[1]!.inbound = { ipv6Refused: 3, kubeletCgroups: 0, inboundExcludedPorts: [9090] };
+  const r = checkMesh(f);
+  const by = (id: string) => r.find((x) => x.id === id)!;
+  assert.equal(by('mesh.ipv6.node1').status, 'pass');
+  assert.equal(by('mesh.inbound.node1').status, 'pass');
+  const v6 = by('mesh.ipv6.node2');
+  assert.equal(v6.status, 'warn');
+  assert.match(v6.detail, /3 IPv6 connection attempts refused/);
+  const open = by('mesh.inbound.node2');
+  assert.equal(open.status, 'warn');
+  assert.match(open.detail, /9090/);
+  f.agents[1]!.inbound = { ipv6Refused: 0, kubeletCgroups: 0, inboundExcludedPorts: [] };
+  const noKubelet = checkMesh(f).find((x) => x.id === 'mesh.inbound.node2')!;
+  assert.equal(noKubelet.status, 'warn');
+  assert.match(noKubelet.status === 'warn' ? noKubelet.remedy : '', /--kubelet-cgroup/);
+});

@@ -5,7 +5,7 @@ import { chmodSync, existsSync, mkdtempSync, writeFileSync, readFileSync } from 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  MIN_KERNEL, btfHasName, checkBpffs, checkCapabilities, checkCgroup2, checkKernel, checkPorts, checkTools, compareKernel,
+  checkIpv6, MIN_KERNEL, btfHasName, checkBpffs, checkCapabilities, checkCgroup2, checkKernel, checkPorts, checkTools, compareKernel,
   decodeCapEff, listeningPorts, parseKernelRelease, runPreflight, type CheckResult, type PreflightSources,
 } from '../../cli/check.ts';
 
@@ -63,7 +63,7 @@ test('finds whole names in the BTF string section, not prefixes, and rejects non
 });
 
 test('believes the kernel BTF over the version: a backported 5.14 kernel passes, a 6.8 without tcx fails', () => {
-  const all = btf(['BPF_CGROUP_SOCK_OPS', 'BPF_CGROUP_INET4_CONNECT', 'BPF_MAP_TYPE_SK_STORAGE', 'BPF_FUNC_get_netns_cookie', 'BPF_CGROUP_INET4_GETPEERNAME', 'BPF_TCX_INGRESS']);
+  const all = btf(['BPF_CGROUP_SOCK_OPS', 'BPF_CGROUP_INET4_CONNECT', 'BPF_MAP_TYPE_SK_STORAGE', 'BPF_FUNC_get_netns_cookie', 'BPF_CGROUP_INET4_GETPEERNAME', 'BPF_TCX_INGRESS', 'BPF_SK_LOOKUP']);
   const backported = checkKernel('5.14.0-427.el9.x86_64', { btf: all, capLastCap: 40 });
   assert.ok(backported.filter((r) => r.id !== 'kernel.version').every((r) => r.status === 'pass'));
   assert.equal(backported[0]?.status, 'warn');
@@ -163,6 +163,7 @@ test('a machine that fails everything gets a remedy for every failure', () => {
     procStatus: 'Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n',
     procNetTcp: 'header\n   0: 00000000:3A99 00000000:0000 0A 0\n',
     pathEnv: '',
+    disableIpv6: '0',
     ports: [{ port: 15001, what: 'outbound' }],
   };
   const results = runPreflight(bad);
@@ -178,4 +179,13 @@ test('runs against this machine without throwing', () => {
   const results = runPreflight();
   assert.ok(results.length > 10);
   assertRemedies(results);
+});
+
+test('IPv6 on the host is flagged: Weft meshes IPv4 only and refuses IPv6 into enrolled pods', () => {
+  const on = checkIpv6('0\n');
+  assert.equal(on.status, 'warn');
+  assert.match(on.detail, /refuses IPv6 TCP into enrolled pods/);
+  assertRemedies([on]);
+  assert.equal(checkIpv6('1\n').status, 'pass');
+  assert.equal(checkIpv6('').status, 'pass');
 });

@@ -38,18 +38,21 @@ test('labelling a namespace enrols its pods for the agent of their node only, an
       const b = h.agent('node-b');
       await a.ready();
       await b.ready();
-      assert.equal(a.snapshot!.workloads.length, 0);
+      const enrolledHere = (c: typeof a, node: string) => names(c.snapshot!.workloads.filter((w) => w.enrolled && w.node === node)).join();
+      assert.equal(enrolledHere(a, 'node-a'), '');
+      // Its own node's plain pods only (the CNI plugin asks the agent about them), nothing of node-b's.
+      assert.deepEqual(names(a.snapshot!.workloads.filter((w) => !w.enrolled)), ['legacy', 'web']);
       assert.equal(a.snapshot!.services.length, 1);
 
       write('ns.yaml', ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
-      await until('node-a agent sees web', () => names(a.snapshot!.workloads).join() === 'web');
-      await until('node-b agent sees api', () => names(b.snapshot!.workloads).join() === 'api');
-      assert.equal(a.snapshot!.workloads[0]!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/web');
+      await until('node-a agent enrols web', () => enrolledHere(a, 'node-a') === 'web');
+      await until('node-b agent enrols api', () => enrolledHere(b, 'node-b') === 'api');
+      assert.equal(a.snapshot!.workloads.find((w) => w.name === 'web')!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/web');
       assert.equal(a.snapshot!.services[0]!.endpoints[0]!.enrolled, true);
 
       write('ns.yaml', ns('shop'));
-      await until('enrolment removed on node-a', () => a.snapshot!.workloads.length === 0);
-      await until('enrolment removed on node-b', () => b.snapshot!.workloads.length === 0);
+      await until('enrolment removed on node-a', () => enrolledHere(a, 'node-a') === '' && a.snapshot!.workloads.every((w) => w.node === 'node-a'));
+      await until('enrolment removed on node-b', () => enrolledHere(b, 'node-b') === '' && b.snapshot!.workloads.every((w) => w.node === 'node-b'));
     } finally {
       await h.close();
     }

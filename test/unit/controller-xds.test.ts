@@ -73,9 +73,12 @@ test('a client that reconnects sends the versions it holds and receives only wha
   }
 });
 
-test('an agent is not sent workloads of other nodes nor policies that select none of its workloads', async () => {
+test('an agent is sent the mesh\'s enrolled workloads but not other nodes\' plain pods nor policies that select none of its workloads', async () => {
   const i = inputs(['web']);
   i.pods.push(pod('shop', 'far', { node: 'node-b' }));
+  // Outside the mesh: sent to its own node's agent (the CNI plugin asks about it), to no other.
+  i.pods.push(pod('shop', 'plain-near', { labels: { app: 'plain-near', 'weft.dev/dataplane-mode': 'none' } }));
+  i.pods.push(pod('shop', 'plain-far', { node: 'node-b', labels: { app: 'plain-far', 'weft.dev/dataplane-mode': 'none' } }));
   i.authorizationPolicies.push(
     { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-web', namespace: 'shop' }, spec: { selector: { matchLabels: { app: 'web' } } } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-far', namespace: 'shop' }, spec: { selector: { matchLabels: { app: 'far' } } } },
@@ -88,9 +91,10 @@ test('an agent is not sent workloads of other nodes nor policies that select non
   try {
     client.start();
     const cfg = await client.ready();
-    assert.deepEqual(cfg.workloads.map((w) => w.name), ['web']);
+    // Other nodes' enrolled workloads: an inbound tunnel's forwarded client is checked against them.
+    assert.deepEqual(cfg.workloads.map((w) => w.name).sort(), ['far', 'plain-near', 'web']);
     assert.deepEqual(cfg.policies.map((p) => p.name), ['for-web']);
-    assert.ok(!sent.some((r) => r.resources.some((x) => x.name.includes('far'))), 'nothing about node-b went on the wire');
+    assert.ok(!sent.some((r) => r.resources.some((x) => x.name.includes('for-far') || x.name.includes('plain-far'))), 'node-b\'s policies and plain pods did not go on the wire');
   } finally {
     client.close();
     server.forceShutdown();
@@ -151,7 +155,7 @@ test('flow control: with a tiny unacknowledged-bytes budget every client still c
     configServer.publish(compile(next).model);
     await until('all clients at the new version', () => clients.every((c) => c.version === configServer.systemVersion));
     for (const c of clients) assert.equal(c.snapshot!.services.find((s) => s.name === 'web')!.endpoints.length, 2);
-    assert.deepEqual(clients[2]!.snapshot!.workloads.map((w) => w.name), ['web-2']);
+    for (const c of clients) assert.deepEqual(c.snapshot!.workloads.map((w) => w.name).sort(), ['api', 'web', 'web-2']);
   } finally {
     for (const c of clients) c.close();
     server.forceShutdown();

@@ -2,8 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { PeerCertificate } from 'node:tls';
 import {
+  admitWorkloadPeer,
   checkPeer,
+  formatForwardedFor,
   forwardedFor,
+  parseForwarded,
   formatAuthority,
   HboneAuthorityError,
   parseAuthority,
@@ -47,9 +50,58 @@ test('peer expectations: one ID, a set, or a check that explains itself', () => 
   assert.equal(checkPeer(() => 'wrong trust domain', c), 'wrong trust domain');
 });
 
-test('reads the client address from a Forwarded header', () => {
-  assert.equal(forwardedFor('for=10.0.0.5'), '10.0.0.5');
-  assert.equal(forwardedFor('for=10.0.0.5:4711;proto=tcp'), '10.0.0.5');
-  assert.equal(forwardedFor('for="[fd00::5]:4711"'), 'fd00::5');
-  assert.equal(forwardedFor('proto=tcp'), undefined);
+// RFC 7239 section 4 (syntax) and section 6 (node names, ports, quoting).
+test('reads the client address and port from the last element of a Forwarded header (RFC 7239)', () => {
+  const table: Array<[string | undefined, { ip: string; port: number | undefined } | undefined]> = [
+    ['for=10.0.0.5', { ip: '10.0.0.5', port: undefined }],
+    ['for="10.0.0.5:4711";proto=tcp', { ip: '10.0.0.5', port: 4711 }],
+    ['For="[fd00::5]:4711"', { ip: 'fd00::5', port: 4711 }],
+    ['for="[2001:db8:cafe::17]"', { ip: '2001:db8:cafe::17', port: undefined }],
+    ['for="10.0.0.5:_hidden"', { ip: '10.0.0.5', port: undefined }],
+    // Proxies append: the last element is what our peer added itself; earlier ones it only relayed.
+    ['for=192.0.2.43, for="198.51.100.17:99"', { ip: '198.51.100.17', port: 99 }],
+    ['for="10.0.0.\\5:1"', { ip: '10.0.0.5', port: 1 }], // a quoted-pair stands for its character (RFC 7230)
+    ['for="10.0.0.5:4711"; by=10.0.0.1 ; proto=tcp', { ip: '10.0.0.5', port: 4711 }],
+    // No address: unknown, obfuscated, absent, malformed, quoting required but missing, duplicates.
+    ['for=unknown', undefined],
+    ['for=_hidden', undefined],
+    ['proto=tcp', undefined],
+    [undefined, undefined],
+    ['', undefined],
+    ['for=10.0.0.5:4711', undefined],
+    ['for=[fd00::5]', undefined],
+    ['for="10.0.0.5:4711', undefined],
+    ['for=10.0.0.5;for=10.0.0.6', undefined],
+    ['for="10.0.0.5:0"', undefined],
+    ['for="10.0.0.5:65536"', undefined],
+    ['for="10.0.0.256"', undefined],
+    ['for="example.com:80"', undefined],
+    ['for', undefined],
+    ['for=10.0.0.5 x=1', undefined],
+  ];
+  for (const [header, want] of table) assert.deepEqual(forwardedFor(header), want, String(header));
+  assert.deepEqual(parseForwarded('for=a;proto=http, ;, for="b, c"'), [{ for: 'a', proto: 'http' }, { for: 'b, c' }]);
+});
+
+test('writes for= with the quotes RFC 7239 requires for ports and IPv6, and reads it back', () => {
+  assert.equal(formatForwardedFor('10.0.0.5', 4711), 'for="10.0.0.5:4711"');
+  assert.equal(formatForwardedFor('10.0.0.5'), 'for=10.0.0.5');
+  assert.equal(formatForwardedFor('fd00::5', 80), 'for="[fd00::5]:80"');
+  assert.equal(formatForwardedFor('fd00::5'), 'for="[fd00::5]"');
+  for (const [ip, port] of [['10.0.0.5', 4711], ['fd00::5', 80], ['10.0.0.5', undefined]] as const) {
+    assert.deepEqual(forwardedFor(formatForwardedFor(ip, port)), { ip, port });
+  }
+});
+
+test('the data port admits workload identities of the mesh and its aliases only', () => {
+  const tds = ['cluster.local', 'old.example'];
+  assert.equal(admitWorkloadPeer('spiffe://cluster.local/ns/demo/sa/client', tds), undefined);
+  assert.equal(admitWorkloadPeer('spiffe://old.example/ns/demo/sa/client', tds), undefined);
+  assert.equal(admitWorkloadPeer('spiffe://cluster.local/node/node1', tds)?.kind, 'peer-not-workload');
+  assert.match(admitWorkloadPeer('spiffe://cluster.local/node/node1', tds)?.reason ?? '', /node identity/);
+  assert.equal(admitWorkloadPeer('spiffe://evil.example/ns/demo/sa/client', tds)?.kind, 'peer-trust-domain');
+  assert.equal(admitWorkloadPeer('spiffe://evil.example/node/node1', tds)?.kind, 'peer-trust-domain');
+  assert.equal(admitWorkloadPeer(undefined, tds)?.kind, 'peer-identity');
+  assert.equal(admitWorkloadPeer('spiffe://cluster.local/ns/demo', tds)?.kind, 'peer-identity');
+  assert.equal(admitWorkloadPeer('spiffe://Cluster.Local/ns/demo/sa/x', tds)?.kind, 'peer-identity');
 });

@@ -248,3 +248,35 @@ test('one source holding too many connections gets the next ones closed before T
   }, 5_000, { intervalMs: 20 });
   assert.equal(got, 'back');
 });
+
+// Data-port admission (issue 15, item 7): workload identities of the mesh (and its aliases) only.
+test('a node identity and a workload of a foreign trust domain are refused on the data port and counted by name', async () => {
+  const refusals: HboneRefusal[] = [];
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const hb = await startHbone({ trustDomains: ['test.local', 'legacy.local'], onRefusal: (r) => refusals.push(r) });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool({ connectTimeoutMs: 3000 });
+  cleanups.push(() => pool.close(100));
+  const attempt = (id: string) => pool.connect(hb.to(`127.0.0.1:${echo.port}`, { sourceKey: id, tls: hb.ca.issue(id) }));
+  // Same CA, valid chain: only the identity is wrong. The attacker holds an agent's node certificate.
+  await assert.rejects(attempt('spiffe://test.local/node/node1'), (err: unknown) =>
+    err instanceof HboneSessionError && /node identity/.test(err.message));
+  await assert.rejects(attempt('spiffe://other.mesh/ns/src/sa/client'), (err: unknown) =>
+    err instanceof HboneSessionError && /trust domain other\.mesh/.test(err.message));
+  const stats = hb.server.stats();
+  assert.equal(stats.refusals['peer-not-workload'], 1);
+  assert.equal(stats.refusals['peer-trust-domain'], 1);
+  assert.equal(stats.sessionsOpened, 0, 'no session, so no stream, for either');
+  assert.deepEqual(refusals.map((r) => [r.kind, r.peer?.spiffeId]), [
+    ['peer-not-workload', 'spiffe://test.local/node/node1'],
+    ['peer-trust-domain', 'spiffe://other.mesh/ns/src/sa/client'],
+  ]);
+  // The controls: a workload of the mesh and one of an alias trust domain get through.
+  for (const id of ['spiffe://test.local/ns/src/sa/client', 'spiffe://legacy.local/ns/src/sa/client']) {
+    const s = await attempt(id);
+    const got = readAll(s);
+    s.end('hello');
+    assert.equal((await got).toString(), 'hello', id);
+  }
+});

@@ -84,7 +84,7 @@ test('the handler sees the client identity, target and forwarded headers', async
   await readAll(stream);
   assert.equal(seen?.peer.spiffeId, CLIENT_ID);
   assert.deepEqual(seen?.target, { host: '127.0.0.1', port: target.port, family: 4 });
-  assert.equal(seen?.forwardedFor, 'fd00::7');
+  assert.deepEqual(seen?.forwardedFor, { ip: 'fd00::7', port: 5555 });
   assert.deepEqual(seen?.headers, { forwarded: 'for="[fd00::7]:5555"', baggage: 'k=v' });
 });
 

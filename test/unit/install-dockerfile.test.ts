@@ -68,7 +68,7 @@ test('the build stage installs the BPF and addon toolchain and runs npm ci and m
   }
   assert.match(build, /RUN npm ci/);
   assert.match(build, /make build/);
-  assert.match(MAKEFILE, /^build: bpf addon typecheck$/m);
+  assert.match(MAKEFILE, /^build: bpf addon cni typecheck$/m);
 });
 
 test('the runtime stage has the libraries the addon links and iproute2, and no compiler', () => {
@@ -88,9 +88,10 @@ test('every path COPY takes from the repository exists', () => {
   }
 });
 
-// Outputs of `make build` (the Makefile's BPF_OBJ and ADDON) the runtime stage copies.
+// Outputs of `make build` (the Makefile's BPF_OBJ, CNI_PLUGIN and ADDON) the runtime stage copies.
 const BUILD_OUTPUTS: Record<string, RegExp> = {
   'build/bpf': /^BPF_OBJ := .*build\/bpf\//m,
+  'build/cni': /^CNI_PLUGIN := build\/cni\/weft-cni$/m,
   'agent/native/build/Release/weft_bpf.node': /^ADDON := agent\/native\/build\/Release\/weft_bpf\.node$/m,
   node_modules: /npm ci/,
   deploy: /mkdir -p deploy\/crds/,

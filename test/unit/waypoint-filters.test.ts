@@ -98,10 +98,13 @@ describe('route filters', () => {
     assert.match(mirrored[0]!.host ?? '', /-shadow$/);
   });
 
-  it('falls back to the service for a path no rule matches', async () => {
+  it('answers 404 NR to a path no rule matches instead of sending it to the service (Gateway API GAMMA)', async () => {
+    const before = main.hits;
     const r = await request(listener.port, { path: '/other' });
-    assert.equal(r.status, 200);
-    assert.equal(JSON.parse(r.body).url, '/other');
+    assert.equal(r.status, 404);
+    assert.equal(r.headers['x-weft-flags'], 'NR');
+    assert.match(r.body, /no route rule of shop\/reviews port 80 matches GET \/other/);
+    assert.equal(main.hits, before);
   });
 });
 

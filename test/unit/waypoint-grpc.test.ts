@@ -57,6 +57,7 @@ describe('waypoint gRPC', () => {
       ],
       routes: [route('echo', 'echo', [
         { matches: [match({ path: { type: 'Exact', value: '/test.Echo/Echo' }, headers: [{ type: 'Exact', name: 'x-canary', value: '1' }] })], backends: [{ ...backend('echo-canary'), port: 9000 }] },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/test.Echo' } })], backends: [{ ...backend('echo'), port: 9000 }] },
       ], { kind: 'GRPCRoute' })],
     }));
     listener = await startTunnelListener(engine, '10.96.0.20:9000');
@@ -115,6 +116,18 @@ describe('waypoint gRPC', () => {
     assert.equal(failed.labels['request_protocol'], 'grpc');
     assert.equal(failed.labels['response_code'], '200');
     assert.ok(samples.some((s) => s.labels['grpc_response_status'] === '0'));
+  });
+
+  it('answers UNIMPLEMENTED to a method no GRPCRoute rule matches, without calling a backend (Gateway API GAMMA)', async () => {
+    const calls = main.calls + canary.calls;
+    const r = await new Promise<grpc.ServiceError | null>((resolve) => {
+      (client as unknown as { makeUnaryRequest: grpc.Client['makeUnaryRequest'] }).makeUnaryRequest('/other.Service/Call', identity, identity, Buffer.from('x'), new grpc.Metadata(),
+        (err: grpc.ServiceError | null) => resolve(err));
+    });
+    assert.equal(r?.code, grpc.status.UNIMPLEMENTED);
+    assert.equal(main.calls + canary.calls, calls);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    assert.ok(samples.some((s) => s.labels['grpc_response_status'] === String(grpc.status.UNIMPLEMENTED) && s.labels['response_flags'] === 'NR'));
   });
 
   it('turns a local denial into a gRPC PERMISSION_DENIED status', async () => {

@@ -201,6 +201,17 @@ describe('waypoint flags', () => {
     assert.deepEqual(o.admin, { host: '127.0.0.1', port: 15000 });
   });
 
+  it('reads --path-normalization and --escaped-slashes (Istio pathNormalization; default BASE, KEEP_UNCHANGED)', () => {
+    const base = ['--namespace', 'a', '--name', 'b', '--controller', 'c:1'];
+    const d = parseFlags(base, {});
+    assert.equal(d.pathNormalization, 'BASE');
+    assert.equal(d.escapedSlashes, 'KEEP_UNCHANGED');
+    const o = parseFlags([...base, '--path-normalization', 'MERGE_SLASHES', '--escaped-slashes', 'REJECT_REQUEST'], {});
+    assert.equal(o.pathNormalization, 'MERGE_SLASHES');
+    assert.equal(o.escapedSlashes, 'REJECT_REQUEST');
+    assert.throws(() => parseFlags([...base, '--path-normalization', 'merge'], {}), /--path-normalization: "merge" is not one of NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES/);
+  });
+
   it('parses quota flags', () => {
     assert.deepEqual(parseQuotaFlag('service=shop/reviews,limit=100,window=1s,per=source'), { service: 'shop/reviews', limit: 100, windowMs: 1000, per: 'source' });
     assert.throws(() => parseQuotaFlag('limit=1'), /service=/);

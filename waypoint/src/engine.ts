@@ -8,13 +8,14 @@ import { Gauge } from 'prom-client';
 import type { Service, WaypointConfig, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
-import { ConfigRejectedError } from './errors.ts';
-import { FLAGS_HEADER } from './flags.ts';
-import { handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
+import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
+import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
+import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
-import { RedisQuota, type QuotaOptions } from './quota.ts';
+import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
-import { Cluster, type ClusterStats } from './resilience.ts';
+import { Cluster, type ClusterSettings, type ClusterStats } from './resilience.ts';
 import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
 import {
@@ -91,6 +92,10 @@ export interface WaypointEngineOptions {
   maxRequests?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
+  /** Request path normalization (Istio MeshConfig pathNormalization). Default BASE. */
+  pathNormalization?: PathNormalization;
+  /** `%2F`/`%5C` in paths outside DECODE_AND_MERGE_SLASHES. Default KEEP_UNCHANGED. */
+  escapedSlashes?: EscapedSlashesAction;
 }
 
 export interface AppliedConfig {
@@ -98,6 +103,8 @@ export interface AppliedConfig {
   services: number;
   routes: number;
   policies: number;
+  /** Objects left out or failing closed (a controller/waypoint version skew), naming object and field. */
+  issues: ConfigIssue[];
 }
 
 export class WaypointEngine {
@@ -110,6 +117,8 @@ export class WaypointEngine {
   private readonly pool: UpstreamPool;
   private readonly rateLimiter = new LocalRateLimiter();
   private readonly quota: RedisQuota | undefined;
+  /** Quotas from the command line (--quota); a TrafficPolicy quota for the same Service wins. */
+  private readonly flagQuotaRules: readonly QuotaRule[];
   private readonly env: ProxyEnv;
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
@@ -136,6 +145,7 @@ export class WaypointEngine {
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
     this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
+    this.flagQuotaRules = opts.quota?.rules ?? [];
     this.rapidReset = opts.rapidReset ?? { limit: DEFAULT_RAPID_RESET_LIMIT, windowMs: DEFAULT_RAPID_RESET_WINDOW_MS };
     this.limits = {
       maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
@@ -170,6 +180,10 @@ export class WaypointEngine {
       limits: this.limits,
       admission,
       waypoint: `${opts.namespace}/${opts.name}`,
+      normalize: {
+        pathNormalization: opts.pathNormalization ?? DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
+        escapedSlashes: opts.escapedSlashes ?? DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
+      },
     };
 
     this.h1 = http.createServer({
@@ -231,19 +245,25 @@ export class WaypointEngine {
     this.snap = next;
     this.lastRejection = undefined;
     this.refreshClusters();
+    this.quota?.setRules(quotaRules(this.flagQuotaRules, next.settings));
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
     const self = cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace);
     this.telemetry.setSelf(self?.workload);
     this.telemetry.configure(self?.telemetry);
-    this.telemetry.configApplies.inc({ result: 'applied' });
-    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
+    this.telemetry.configApplies.inc({ result: next.issues.length > 0 ? 'partial' : 'applied' });
+    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length, issues: [...next.issues] };
   }
 
   /** Validates a configuration without applying it (the config stream's NACK check). */
   validateConfig(cfg: WaypointConfig): void {
     buildSnapshot(cfg, this.version + 1);
+  }
+
+  /** Objects of the configuration in force that were left out or fail closed. */
+  get configIssues(): readonly ConfigIssue[] {
+    return this.snap.issues;
   }
 
   /** The configuration in force. */
@@ -256,11 +276,7 @@ export class WaypointEngine {
   }
 
   private clusterEndpoints(svc: Service, port: number): Array<{ endpoint: Service['endpoints'][number]; port: number }> {
-    const sp = svc.ports.find((p) => p.port === port);
-    return svc.endpoints.filter((e) => e.ready).map((e) => ({
-      endpoint: e,
-      port: e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port,
-    }));
+    return svc.endpoints.filter((e) => e.ready).map((e) => ({ endpoint: e, port: endpointPort(svc, e, port) }));
   }
 
   private clusterFor(svc: Service, port: number): Cluster {
@@ -342,7 +358,7 @@ export class WaypointEngine {
     const key = serviceKey(svc);
     const port = Number(target.slice(target.lastIndexOf(':') + 1));
     const st = this.snap.settings.get(key);
-    return this.snap.routes.hasRoutes(key, port) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
+    return this.snap.routes.hasRoutes(key, port) || [...this.snap.consumerRoutes.values()].some((t) => t.hasRoutes(key, port)) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
   }
 
   private onRequest(ctx: ConnContext | undefined, req: DownstreamRequest, res: DownstreamResponse): void {
@@ -358,11 +374,11 @@ export class WaypointEngine {
     const body = status === 431 ? `request header fields too large (limit ${this.limits.maxHeaderBytes} bytes)\n`
       : status === 408 ? `request headers not received within ${this.timeouts.requestHeadersMs} ms\n` : `malformed HTTP/1.1 request: ${err.code ?? err.message}\n`;
     socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: text/plain\r\n` +
-      `${FLAGS_HEADER}: DPE\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      `${FLAGS_HEADER}: ${FLAG_DOWNSTREAM_PROTOCOL_ERROR}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
     const ctx = this.h1Conns.get(socket);
     this.telemetry.record({
       startTime: Date.now(), durationMs: 0, method: '-', path: '-', authority: '-', protocol: 'HTTP/1.1', grpc: false,
-      responseCode: status, responseFlags: 'DPE', requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
+      responseCode: status, responseFlags: FLAG_DOWNSTREAM_PROTOCOL_ERROR, requestBytes: (err as { bytesParsed?: number }).bytesParsed ?? 0,
       responseBytes: Buffer.byteLength(body), attempts: 0, requestId: '-', detail: status === 408 ? 'request_headers_timeout' : err.message,
       ...(ctx?.peerSpiffeId ? { sourcePrincipal: ctx.peerSpiffeId } : {}),
       ...(ctx?.clientAddress ? { sourceAddress: ctx.clientAddress } : {}),
@@ -440,4 +456,14 @@ export function detectProtocol(d: Duplex, silenceMs: number): Promise<'h1' | 'h2
     timer.unref();
     d.on('data', onData).once('end', onEnd).once('error', onEnd).once('close', onEnd);
   });
+}
+
+/**
+ * The quotas in force: the TrafficPolicy `quota`s the snapshot accepted, over the --quota flags for
+ * the same Service.
+ */
+export function quotaRules(flags: readonly QuotaRule[], settings: ReadonlyMap<string, ClusterSettings>): QuotaRule[] {
+  const rules = new Map(flags.map((r) => [r.service, r]));
+  for (const [service, s] of settings) if (s.quota) rules.set(service, { service, limit: s.quota.limit, windowMs: s.quota.windowMs, per: s.quota.per });
+  return [...rules.values()];
 }

@@ -77,7 +77,9 @@ function splitQuery(pathWithQuery: string): { path: string; query: string } {
 function validatePathRewrite(p: PathRewrite | undefined): string | undefined {
   if (!p) return undefined;
   if (p.type !== 'ReplaceFullPath' && p.type !== 'ReplacePrefixMatch') return `path.type ${String(p.type)} is unknown`;
-  if (typeof p.value !== 'string' || !p.value.startsWith('/')) return 'path value must start with /';
+  if (typeof p.value !== 'string') return 'path value must be a string';
+  // Gateway API HTTPPathModifier: ReplacePrefixMatch may be empty (prefix /foo on /foo/bar gives /bar).
+  if (p.type === 'ReplacePrefixMatch' ? p.value !== '' && !p.value.startsWith('/') : !p.value.startsWith('/')) return 'path value must start with /';
   return undefined;
 }
 

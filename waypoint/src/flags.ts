@@ -16,6 +16,8 @@ export const FLAG_FAULT_INJECTED = 'FI';
 export const FLAG_DOWNSTREAM_TERMINATED = 'DC';
 /** The waypoint was at --max-requests and refused the request (Envoy: overload manager). */
 export const FLAG_OVERLOADED = 'OM';
+/** A malformed request: a parse error, or a request target normalization refused (Envoy: DPE). */
+export const FLAG_DOWNSTREAM_PROTOCOL_ERROR = 'DPE';
 /** Weft-specific: an AuthorizationPolicy denied the request (Envoy records this only in details). */
 export const FLAG_POLICY_DENIED = 'RBAC';
 

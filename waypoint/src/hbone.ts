@@ -28,7 +28,7 @@ export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
     const peerMeta = peerFromBaggage(req.headers['baggage'], req.peer.spiffeId);
     if (peerMeta) info.peerMeta = peerMeta;
-    const client = req.forwardedFor ?? req.peer.address;
+    const client = req.forwardedFor?.ip ?? req.peer.address;
     if (client) info.clientAddress = client;
     ours.once('close', () => {
       setTimeout(() => { if (!theirs.destroyed) theirs.destroy(); }, TUNNEL_CLOSE_GRACE_MS).unref();

@@ -22,10 +22,11 @@ import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts'
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
-import { FlagError } from './errors.ts';
+import { FlagError, formatConfigIssue } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
+import { DEFAULT_NORMALIZE_OPTIONS, ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
 
@@ -56,7 +57,12 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
                                (default 60)
   --max-requests <n>           requests in progress at once in this waypoint; beyond it a request gets
                                503 (gRPC: UNAVAILABLE) with x-weft-overloaded and is not forwarded
-                               (default ${DEFAULT_MAX_REQUESTS})`;
+                               (default ${DEFAULT_MAX_REQUESTS})
+  --path-normalization <mode>  NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES, as Istio's
+                               MeshConfig pathNormalization; applied before routing and policy, and
+                               what is forwarded (default BASE)
+  --escaped-slashes <action>   %2F/%5C in paths (except under DECODE_AND_MERGE_SLASHES): KEEP_UNCHANGED
+                               or REJECT_REQUEST (400) (default KEEP_UNCHANGED)`;
 
 export interface HostPort { host: string; port: number }
 
@@ -91,6 +97,10 @@ export interface WaypointMainOptions {
   certLifetimeSeconds: number;
   /** --max-requests. */
   maxRequests: number;
+  /** --path-normalization. */
+  pathNormalization: PathNormalization;
+  /** --escaped-slashes. */
+  escapedSlashes: EscapedSlashesAction;
 }
 
 /** The longest timeout a flag takes: a day (timers take at most 2^31-1 ms). */
@@ -107,6 +117,11 @@ export function secondsFlag(flag: string, v: string): number {
 }
 
 /** A whole number from `min` to `max`. */
+function oneOfFlag<T extends string>(flag: string, v: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(v)) throw new FlagError(`--${flag}: "${v}" is not one of ${allowed.join(', ')}`);
+  return v as T;
+}
+
 function countFlag(flag: string, v: string, what: string, min: number, max: number): number {
   const n = /^\s*[0-9]+\s*$/.test(v) ? Number(v) : NaN;
   if (!Number.isSafeInteger(n) || n < min || n > max) throw new FlagError(`--${flag}: "${v}" is not a whole number of ${what} from ${min} to ${max}`);
@@ -153,6 +168,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
         'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
         'cert-lifetime': { type: 'string' }, 'max-requests': { type: 'string' },
+        'path-normalization': { type: 'string' }, 'escaped-slashes': { type: 'string' },
       },
       strict: true,
     }));
@@ -183,7 +199,13 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
     certLifetimeSeconds: 0,
     maxRequests: DEFAULT_MAX_REQUESTS,
+    pathNormalization: DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
+    escapedSlashes: DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
   };
+  const pn = s('path-normalization');
+  if (pn !== undefined) o.pathNormalization = oneOfFlag('path-normalization', pn, PATH_NORMALIZATIONS);
+  const es = s('escaped-slashes');
+  if (es !== undefined) o.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS);
   const mr = s('max-requests');
   if (mr !== undefined) o.maxRequests = countFlag('max-requests', mr, 'requests', 1, MAX_REQUESTS_CEILING);
   const cl = s('cert-lifetime');
@@ -257,6 +279,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
+    pathNormalization: o.pathNormalization,
+    escapedSlashes: o.escapedSlashes,
     telemetry: {
       accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); } : null,
       entries: (json: string) => flows.publishLine(json),
@@ -274,6 +298,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const hbone = new HboneServer({
     tls: tlsMaterial(id.current()),
     handler: tunnelHandler(engine),
+    // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
+    trustDomains: [o.trustDomain],
     onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),
   });
   // New sessions, both ways, use the new certificate and roots; open ones carry on.
@@ -300,9 +326,10 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       });
       client.on('snapshot', (cfg, version) => {
         try {
-          const applied = engine.applyConfig(cfg);
+          const { issues, ...applied } = engine.applyConfig(cfg);
           configured = true;
           log.info('config applied', { streamVersion: version, ...applied });
+          if (issues.length > 0) log.warn('config objects left out or failing closed', { streamVersion: version, issues: issues.map(formatConfigIssue) });
         } catch (err) {
           log.error('config rejected after validation', { version, error: (err as Error).message });
         }

@@ -1,6 +1,12 @@
-// The request pipeline: resolve the destination service, authorize, rate-limit, route, apply filters
-// and faults, then send upstream with retries, timeouts, circuit breaking and outlier detection, and
-// stream the answer back. Every request ends in exactly one telemetry record.
+// The request pipeline: an ordered list of stages over one request context,
+//
+//   admit → normalize → resolve → authorize → rate limit → quota → route → fault → forward
+//
+// each of which either passes the request on or ends it with a local reply (`localReply`, the one
+// place a waypoint answers by itself). Normalization runs once, before routing and policy, and what
+// it produces is what is judged, routed and forwarded. `forward(ctx, cluster)` sends the request upstream with
+// retries, timeouts, circuit breaking and outlier detection, and streams the answer back. Every
+// request ends in exactly one telemetry record (`finish`).
 import { randomUUID } from 'node:crypto';
 import type http from 'node:http';
 import http2 from 'node:http2';
@@ -8,17 +14,19 @@ import type { Readable } from 'node:stream';
 import type { Endpoint, RouteBackend, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
-import { serviceKey } from './config.ts';
+import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
 import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, splitHostPort, type HeaderMap } from './headers.ts';
 import { endResponse, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
+import { normalizeRequestTarget, type NormalizeOptions } from './normalize.ts';
 import type { RedisQuota } from './quota.ts';
 import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
-import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type ClusterSettings, type EndpointState } from './resilience.ts';
+import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
+import { remoteIpOf } from '../../lib/policy/authz.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
 import { isRefusedStream, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
@@ -57,32 +65,82 @@ export interface ProxyEnv {
   admission: RequestAdmission;
   /** `namespace/name` of the waypoint, for overload answers. */
   waypoint: string;
+  /** Path normalization (Istio MeshConfig pathNormalization). */
+  normalize: NormalizeOptions;
 }
 
-interface RequestState {
-  start: number;
-  startHr: bigint;
+/** The destination service port the request was addressed to (set by `resolve`). */
+export interface Destination {
+  service: Service;
+  port: number;
+  /** `namespace/name`. */
+  key: string;
+}
+
+/** What `route` decided: where the request goes and how it is sent (read by `fault` and `forward`). */
+export interface UpstreamPlan {
+  service: Service;
+  port: number;
+  /** `namespace/name` of the backend service. */
+  key: string;
+  protocol: UpstreamProtocol;
+  /** The request as it will be sent (method, path, authority, headers after filters). */
+  request: FilterContext['request'];
+  responseEdits: FilterContext['responseEdits'];
+  mirrors: FilterContext['mirrors'];
+  timeouts: { requestMs?: number; perTryMs?: number };
+}
+
+/** One request on its way through the stages; also what its telemetry record is made of. */
+export interface RequestContext {
+  readonly env: ProxyEnv;
+  readonly conn: ConnContext;
+  readonly req: DownstreamRequest;
+  readonly res: DownstreamResponse;
+  /** Request headers as received. */
+  readonly headers: HeaderMap;
+  readonly snap: Snapshot;
+  /** Cancels everything upstream: the client went away, or the request timeout fired. */
+  readonly overall: AbortController;
+  readonly start: number;
+  readonly startHr: bigint;
   method: string;
+  /** Path with query string: as received until `normalize`, then origin-form and normalized. */
   path: string;
   authority: string;
+  /** The address the tunnel came from (`source.ip`, `ipBlocks`): the caller, as the mesh vouches. */
+  directIp?: string;
+  /**
+   * The original client (`remote.ip`, `remoteIpBlocks`): the last X-Forwarded-For entry when it is an
+   * address, as Envoy reads it at a proxy that is not the edge (xff_num_trusted_hops 0), else
+   * `directIp`. Callers write X-Forwarded-For, so this is no stronger than the last hop's word.
+   */
+  remoteIp?: string;
   grpc: boolean;
   flags: F.ResponseFlags;
   requestId: string;
   trace?: TraceContext;
-  service?: Service;
+  dest?: Destination;
+  upstream?: UpstreamPlan;
   routeName?: string;
   upstreamHost?: string;
   destinationEndpoint?: Endpoint;
   attempts: number;
   status: number;
   grpcStatus?: string;
-  requestBytes: number;
   responseBytes: number;
   detail?: string;
+  /** AUDIT policies that matched (logged, never deciding). */
+  audit?: string[];
   body?: ReplayableBody;
+  /** A stage answered; no later stage runs. */
+  done: boolean;
   downstreamGone: boolean;
   recorded: boolean;
 }
+
+/** One step of the pipeline: it passes the request on by returning, or ends it with `localReply`. */
+export type Stage = (ctx: RequestContext) => void | Promise<void>;
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -99,25 +157,61 @@ function requestHasBody(req: DownstreamRequest): boolean {
   return req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
 }
 
-function rawHeaders(req: DownstreamRequest): HeaderMap {
-  return req.headers as HeaderMap;
+/** Endpoint IP → the Services that have it, per snapshot (for tunnels addressed to a workload). */
+const servicesByEndpoint = new WeakMap<Snapshot, Map<string, Service[]>>();
+
+function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
+  let index = servicesByEndpoint.get(snap);
+  if (!index) {
+    index = new Map();
+    for (const key of [...snap.services.keys()].sort()) {
+      const svc = snap.services.get(key)!;
+      for (const e of svc.endpoints) {
+        const list = index.get(e.ip) ?? [];
+        if (!list.includes(svc)) list.push(svc);
+        index.set(e.ip, list);
+      }
+    }
+    servicesByEndpoint.set(snap, index);
+  }
+  return index.get(ip) ?? [];
 }
 
-/** Where the request goes: the tunnel's target address, else the Host header. */
+/** The port an endpoint of `svc` serves service port `port` on (named target ports resolved per endpoint). */
+export function endpointPort(svc: Service, e: Service['endpoints'][number], port: number): number {
+  const sp = svc.ports.find((p) => p.port === port);
+  return e.ports[String(port)] ?? (typeof sp?.targetPort === 'number' ? sp.targetPort : undefined) ?? e.port ?? port;
+}
+
+/** The service port of `svc` whose endpoint `ip` listens on `targetPort`, if any. */
+function servicePortFor(svc: Service, ip: string, targetPort: number): number | undefined {
+  const e = svc.endpoints.find((x) => x.ip === ip);
+  return e && svc.ports.find((sp) => endpointPort(svc, e, sp.port) === targetPort)?.port;
+}
+
+/**
+ * The Service a request is for. The tunnel's CONNECT target decides, never Host alone: Host is the
+ * caller's to write, and letting it choose would reach another namespace's Service past that
+ * namespace's policy (issue 16).
+ *  - a Service VIP: that Service; its port is the target's, else Host's if declared, else the first;
+ *  - a workload's address (a pod that uses this waypoint): a Service that has it as an endpoint on
+ *    that port (Host chooses among those only);
+ *  - anything else: none.
+ */
 export function resolveService(snap: Snapshot, target: string, authority: string): { service: Service; port: number } | undefined {
-  const byTarget = snap.byAddress.get(target);
-  if (byTarget) {
-    const { port } = splitHostPort(target);
-    if (port !== undefined && byTarget.ports.some((p) => p.port === port)) return { service: byTarget, port };
-  }
+  const { host: targetIp, port: targetPort } = splitHostPort(target);
   const { host, port: hostPort } = splitHostPort(authority);
-  const byHost = snap.byHost.get(host.toLowerCase()) ?? snap.byAddress.get(host);
-  const svc = byHost ?? byTarget;
-  if (!svc) return undefined;
-  const targetPort = splitHostPort(target).port;
-  const port = [hostPort, targetPort].find((p) => p !== undefined && svc.ports.some((sp) => sp.port === p))
-    ?? svc.ports[0]?.port ?? hostPort ?? targetPort ?? 80;
-  return { service: svc, port };
+  const byVip = snap.byAddress.get(target) ?? snap.byAddress.get(targetIp);
+  if (byVip) {
+    const port = [targetPort, hostPort].find((p) => p !== undefined && byVip.ports.some((sp) => sp.port === p)) ?? byVip.ports[0]?.port ?? targetPort ?? 80;
+    return { service: byVip, port };
+  }
+  if (targetPort === undefined) return undefined;
+  const candidates = servicesWithEndpoint(snap, targetIp)
+    .map((service) => ({ service, port: servicePortFor(service, targetIp, targetPort) }))
+    .filter((c): c is { service: Service; port: number } => c.port !== undefined);
+  const named = snap.byHost.get(host.toLowerCase());
+  return candidates.find((c) => c.service === named) ?? candidates[0];
 }
 
 /**
@@ -129,43 +223,47 @@ function upstreamProtocol(service: Service, port: number, grpc: boolean): Upstre
   return app === 'grpc' || app === 'http2' || grpc ? 'http2' : 'http1';
 }
 
-export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse): Promise<void> {
-  const headers = rawHeaders(req);
-  const method = req.method ?? 'GET';
-  const path = req.url ?? '/';
-  const authority = headerValue(headers, ':authority') ?? headerValue(headers, 'host') ?? conn.target;
-  const st: RequestState = {
-    start: Date.now(), startHr: process.hrtime.bigint(), method, path, authority,
-    grpc: (headerValue(headers, 'content-type') ?? '').startsWith('application/grpc'),
-    flags: new F.ResponseFlags(), requestId: headerValue(headers, 'x-request-id') ?? randomUUID(),
-    attempts: 0, status: 0, requestBytes: 0, responseBytes: 0, downstreamGone: false, recorded: false,
-  };
-  const overall = new AbortController();
-  res.on('close', () => {
-    if (!res.writableFinished) {
-      st.downstreamGone = true;
-      if (!st.recorded) st.flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
-      overall.abort(new Error('downstream closed'));
-    }
-    finish(env, conn, st);
-  });
-  st.trace = env.telemetry.startTrace((n) => headerValue(headers, n), method, {
-    'http.request.method': method, 'url.path': path.split('?')[0]!, 'server.address': authority,
-    ...(conn.peerSpiffeId ? { 'weft.source_principal': conn.peerSpiffeId } : {}),
-  });
-  const reply = (r: LocalReply): void => {
-    for (const f of r.flags.split(',')) if (f !== '-' && f !== '') st.flags.add(f);
-    st.status = r.status;
-    st.detail ??= r.body.trim();
-    const out = sendLocalReply(res, { ...r, flags: st.flags.toString() }, st.grpc);
-    st.responseBytes += out.bytes;
-    if (out.grpcStatus) st.grpcStatus = out.grpcStatus;
-  };
+/**
+ * The one way the waypoint answers by itself: records status, flags and detail on the context, sends
+ * the reply (a gRPC status for gRPC callers) and ends the pipeline.
+ */
+export function localReply(ctx: RequestContext, r: LocalReply): void {
+  ctx.done = true;
+  for (const f of r.flags.split(',')) if (f !== '-' && f !== '') ctx.flags.add(f);
+  ctx.status = r.status;
+  ctx.detail ??= r.body.trim();
+  const out = sendLocalReply(ctx.res, { ...r, flags: ctx.flags.toString() }, ctx.grpc);
+  ctx.responseBytes += out.bytes;
+  if (out.grpcStatus) ctx.grpcStatus = out.grpcStatus;
+}
 
-  // Overload: over the ceiling nothing else is looked at, and nothing leaves the waypoint.
+function destination(ctx: RequestContext): Destination {
+  if (!ctx.dest) throw new Error('stage ran before resolve');
+  return ctx.dest;
+}
+
+function plan(ctx: RequestContext): UpstreamPlan {
+  if (!ctx.upstream) throw new Error('stage ran before route');
+  return ctx.upstream;
+}
+
+/** A RequestRedirect filter ran: answer with its redirect instead of forwarding. */
+function answerRedirect(ctx: RequestContext, fctx: FilterContext): boolean {
+  const r = fctx.redirect;
+  if (!r) return false;
+  localReply(ctx, { status: r.statusCode, flags: '-', body: `redirect to ${r.location}`, headers: { location: r.location } });
+  return true;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Stages
+
+/** Overload: over the ceiling nothing else is looked at, and nothing leaves the waypoint. */
+const admit: Stage = (ctx) => {
+  const { env, conn, res } = ctx;
   if (!env.admission.tryAdmit()) {
     env.telemetry.overloadRejections.inc({ protocol: conn.protocol });
-    reply({
+    localReply(ctx, {
       status: 503, flags: F.FLAG_OVERLOADED,
       body: `waypoint ${env.waypoint} is overloaded: ${env.admission.max} requests in progress (--max-requests); not forwarded, retry later`,
       headers: { [OVERLOADED_HEADER]: `waypoint ${env.waypoint} at ${env.admission.max} concurrent requests` },
@@ -173,132 +271,217 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     return;
   }
   res.once('close', () => env.admission.release());
+  if ('stream' in ctx.req && headerListSize(ctx.headers) > env.limits.maxHeaderBytes) {
+    localReply(ctx, { status: 431, body: `request header fields too large: more than ${env.limits.maxHeaderBytes} bytes`, flags: '-' });
+  }
+};
 
-  try {
-    if ('stream' in req && headerListSize(headers) > env.limits.maxHeaderBytes) {
-      reply({ status: 431, body: `request header fields too large: more than ${env.limits.maxHeaderBytes} bytes`, flags: '-' });
-      return;
-    }
-    const snap = env.snapshot();
-    const dest = resolveService(snap, conn.target, authority);
-    if (!dest) {
-      reply({ status: 404, flags: F.FLAG_NO_ROUTE, body: `no service for host "${authority}" (path ${path}) behind waypoint namespace ${snap.namespace}` });
-      return;
-    }
-    const { service, port } = dest;
-    const svcKey = serviceKey(service);
-    st.service = service;
+/**
+ * The request target becomes origin-form and normalized (normalize.ts); anything it refuses gets 400
+ * with flag DPE and the reason in the access log. From here on, `ctx.path` is what policy judges,
+ * routes match and the backend receives.
+ */
+const normalize: Stage = (ctx) => {
+  const host = headerValue(ctx.headers, ':authority') ?? headerValue(ctx.headers, 'host');
+  const n = normalizeRequestTarget(ctx.method, ctx.path, host, ctx.env.normalize);
+  if (!n.ok) {
+    ctx.detail = `${n.reason}: ${n.message}`;
+    localReply(ctx, { status: 400, flags: F.FLAG_DOWNSTREAM_PROTOCOL_ERROR, body: `bad request: ${n.message}` });
+    return;
+  }
+  ctx.path = n.path;
+};
 
-    const pathOnly = path.split('?')[0]!;
-    const decision = snap.policies.evaluate({
-      service: svcKey, principal: conn.peerSpiffeId, sourceIp: conn.clientAddress, port, method, path: pathOnly,
-      host: authority, headers, destinationIp: splitHostPort(conn.target).host,
-    });
-    if (!decision.allowed) {
-      reply({ status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
-      return;
-    }
+/** The last X-Forwarded-For entry, when it is an IP address. */
+/** The destination service port, chosen by the tunnel's target (never by Host alone). */
+const resolve: Stage = (ctx) => {
+  const dest = resolveService(ctx.snap, ctx.conn.target, ctx.authority);
+  if (!dest) {
+    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no service for host "${ctx.authority}" (path ${ctx.path}) behind waypoint namespace ${ctx.snap.namespace}` });
+    return;
+  }
+  ctx.dest = { ...dest, key: serviceKey(dest.service) };
+};
 
-    const svcSettings = snap.settings.get(svcKey);
-    if (svcSettings?.rateLimit) {
-      const v = env.rateLimiter.check(svcKey, svcSettings.rateLimit, conn.peerSpiffeId ?? conn.clientAddress);
-      if (!v.allowed) {
-        reply({ status: 429, flags: F.FLAG_RATE_LIMITED, body: `local rate limit of ${svcSettings.rateLimit.tokens} requests per ${svcSettings.rateLimit.fillIntervalMs} ms exceeded for ${svcKey}`, headers: { 'retry-after': retryAfterSeconds(v.retryAfterMs) } });
-        return;
-      }
-    }
-    if (env.quota?.hasRule(svcKey)) {
-      const q = await env.quota.check(svcKey, conn.peerSpiffeId ?? conn.clientAddress);
-      if (q.backendError) {
-        st.flags.add(F.FLAG_RATE_LIMIT_SERVICE_ERROR);
-        env.telemetry.quotaBackendErrors.inc({ failure_mode: env.quota.failureMode });
-      }
-      if (st.downstreamGone) return;
-      if (!q.allowed) {
-        reply({ status: 429, flags: q.backendError ? '-' : F.FLAG_RATE_LIMITED, body: q.backendError ? `quota store unavailable and quota for ${svcKey} fails closed` : `shared quota for ${svcKey} exceeded`, headers: { 'retry-after': retryAfterSeconds(q.retryAfterMs) } });
-        return;
-      }
-    }
+/** AuthorizationPolicy: the one call into the policy engine. */
+const authorize: Stage = (ctx) => {
+  const { conn } = ctx;
+  const dest = destination(ctx);
+  const decision = ctx.snap.policies.evaluate(dest.key, {
+    ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
+    ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
+    ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
+    destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
+    path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers,
+  });
+  if (decision.audit) ctx.audit = decision.audit;
+  if (!decision.allowed) {
+    localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
+  }
+};
 
-    // Routing.
-    const routeReq = { method, path, headers };
-    const matched = snap.routes.match(svcKey, port, routeReq);
-    let backends: RouteBackend[];
-    const fctx: FilterContext = {
-      request: { method, path, authority, headers: forwardableHeaders(headers) },
-      listenerPort: port, responseEdits: [], mirrors: [],
-    };
-    let timeouts: { requestMs?: number; backendRequestMs?: number } = {};
-    if (matched) {
-      st.routeName = `${matched.route.namespace}/${matched.route.name}${matched.rule.name ? `/${matched.rule.name}` : ''}`;
-      if (matched.matchedPrefix !== undefined) fctx.matchedPrefix = matched.matchedPrefix;
-      backends = matched.rule.backends;
-      timeouts = matched.rule.timeouts;
-      applyRouteFilters(matched.rule.filters, fctx);
-    } else {
-      backends = [{ service: svcKey, hostname: service.hostname, port, weight: 1, filters: [] }];
-    }
-    const redirect = redirectOf(fctx);
-    if (redirect) {
-      reply({ status: redirect.statusCode, flags: '-', body: `redirect to ${redirect.location}`, headers: { location: redirect.location } });
-      return;
-    }
-    const backend = pickBackend(backends, env.random);
-    if (!backend) {
-      reply({ status: 500, flags: F.FLAG_NO_ROUTE, body: `route ${st.routeName ?? svcKey} has no backend with a weight above 0` });
-      return;
-    }
-    applyRouteFilters(backend.filters, fctx);
-    const backendRedirect = redirectOf(fctx);
-    if (backendRedirect) {
-      reply({ status: backendRedirect.statusCode, flags: '-', body: `redirect to ${backendRedirect.location}`, headers: { location: backendRedirect.location } });
-      return;
-    }
-    const backendSvc = snap.services.get(backend.service);
-    if (!backendSvc) {
-      reply({ status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
-      return;
-    }
-    const backendPort = backend.port ?? (backend.service === svcKey ? port : backendSvc.ports[0]?.port ?? port);
-    const settings = snap.settings.get(backend.service)!;
+const rateLimit: Stage = (ctx) => {
+  const { key } = destination(ctx);
+  const limit = ctx.snap.settings.get(key)?.rateLimit;
+  if (!limit) return;
+  const v = ctx.env.rateLimiter.check(key, limit, ctx.conn.peerSpiffeId ?? ctx.conn.clientAddress);
+  if (!v.allowed) {
+    localReply(ctx, { status: 429, flags: F.FLAG_RATE_LIMITED, body: `local rate limit of ${limit.tokens} requests per ${limit.fillIntervalMs} ms exceeded for ${key}`, headers: { 'retry-after': retryAfterSeconds(v.retryAfterMs) } });
+  }
+};
 
-    // Fault injection.
-    const fault = decideFault(settings.fault, env.random);
-    if (fault.delayMs !== undefined) {
-      st.flags.add(F.FLAG_DELAY_INJECTED);
-      await sleep(fault.delayMs, overall.signal);
-      if (st.downstreamGone) return;
-    }
-    if (fault.abortStatus !== undefined) {
-      reply({ status: fault.abortStatus, flags: F.FLAG_FAULT_INJECTED, body: 'fault filter abort' });
-      return;
-    }
+const quota: Stage = async (ctx) => {
+  const { env } = ctx;
+  const { key } = destination(ctx);
+  if (!env.quota?.hasRule(key)) return;
+  const q = await env.quota.check(key, ctx.conn.peerSpiffeId ?? ctx.conn.clientAddress);
+  if (q.backendError) {
+    ctx.flags.add(F.FLAG_RATE_LIMIT_SERVICE_ERROR);
+    env.telemetry.quotaBackendErrors.inc({ failure_mode: env.quota.failureMode });
+  }
+  if (ctx.downstreamGone) return;
+  if (!q.allowed) {
+    localReply(ctx, { status: 429, flags: q.backendError ? '-' : F.FLAG_RATE_LIMITED, body: q.backendError ? `quota store unavailable and quota for ${key} fails closed` : `shared quota for ${key} exceeded`, headers: { 'retry-after': retryAfterSeconds(q.retryAfterMs) } });
+  }
+};
 
-    // Upstream request headers.
-    const out = fctx.request;
-    const xff = headerValue(headers, 'x-forwarded-for');
-    if (conn.clientAddress) out.headers['x-forwarded-for'] = xff ? `${xff}, ${conn.clientAddress}` : conn.clientAddress;
-    out.headers['x-forwarded-proto'] ??= 'http';
-    out.headers['x-request-id'] = st.requestId;
-    Object.assign(out.headers, outgoingTraceHeaders(st.trace, headerValue(headers, 'b3') !== undefined));
-    const proto = upstreamProtocol(backendSvc, backendPort, st.grpc);
-    if (proto === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
-
-    if (requestHasBody(req)) st.body = new ReplayableBody(req as Readable, env.limits.retryBufferBytes);
-    else (req as Readable).resume();
-
-    for (const m of fctx.mirrors) {
-      if (env.random() * 100 < m.percent) void sendMirror(env, snap, m.backend, out, st.body);
-    }
-
-    const cluster = env.cluster(backendSvc, backendPort);
-    await forward(env, conn, st, res, cluster, settings, proto, out, fctx.responseEdits, {
+/** HTTPRoute/GRPCRoute: the rule, its filters, the weighted backend, and the request as it will be sent. */
+const route: Stage = (ctx) => {
+  const { snap, env } = ctx;
+  const dest = destination(ctx);
+  const matched = routesFor(snap, ctx.conn.peerSpiffeId).match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
+  let backends: RouteBackend[];
+  const fctx: FilterContext = {
+    request: { method: ctx.method, path: ctx.path, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
+    listenerPort: dest.port, responseEdits: [], mirrors: [],
+  };
+  let timeouts: { requestMs?: number; backendRequestMs?: number } = {};
+  if (matched) {
+    ctx.routeName = `${matched.route.namespace}/${matched.route.name}${matched.rule.name ? `/${matched.rule.name}` : ''}`;
+    if (matched.matchedPrefix !== undefined) fctx.matchedPrefix = matched.matchedPrefix;
+    backends = matched.rule.backends;
+    timeouts = matched.rule.timeouts;
+    applyRouteFilters(matched.rule.filters, fctx);
+  } else if (snap.routes.hasRoutes(dest.key, dest.port)) {
+    // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
+    // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes.
+    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path.split('?')[0]}` });
+    return;
+  } else {
+    backends = [{ service: dest.key, hostname: dest.service.hostname, port: dest.port, weight: 1, filters: [] }];
+  }
+  if (answerRedirect(ctx, fctx)) return;
+  const backend = pickBackend(backends, env.random);
+  if (!backend) {
+    localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `route ${ctx.routeName ?? dest.key} has no backend with a weight above 0` });
+    return;
+  }
+  applyRouteFilters(backend.filters, fctx);
+  if (answerRedirect(ctx, fctx)) return;
+  const backendSvc = backendService(snap, backend);
+  if (!backendSvc) {
+    // Gateway API: a backendRef that does not resolve costs the requests routed to it (500), nothing else.
+    localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
+    return;
+  }
+  const backendPort = backend.port ?? (backend.service === dest.key ? dest.port : backendSvc.ports[0]?.port ?? dest.port);
+  const settings = snap.settings.get(backend.service)!;
+  ctx.upstream = {
+    service: backendSvc, port: backendPort, key: backend.service,
+    protocol: upstreamProtocol(backendSvc, backendPort, ctx.grpc),
+    request: fctx.request, responseEdits: fctx.responseEdits, mirrors: fctx.mirrors,
+    timeouts: {
       requestMs: timeouts.requestMs ?? settings.timeouts.requestMs,
       perTryMs: timeouts.backendRequestMs ?? settings.timeouts.perTryMs,
-    }, overall);
+    },
+  };
+};
+
+/** Fault injection (TrafficPolicy of the backend service). */
+const fault: Stage = async (ctx) => {
+  const settings = ctx.snap.settings.get(plan(ctx).key)!;
+  const f = decideFault(settings.fault, ctx.env.random);
+  if (f.delayMs !== undefined) {
+    ctx.flags.add(F.FLAG_DELAY_INJECTED);
+    await sleep(f.delayMs, ctx.overall.signal);
+    if (ctx.downstreamGone) return;
+  }
+  if (f.abortStatus !== undefined) {
+    localReply(ctx, { status: f.abortStatus, flags: F.FLAG_FAULT_INJECTED, body: 'fault filter abort' });
+  }
+};
+
+/** Upstream request headers, the body, mirrors; then `forward`. */
+const send: Stage = async (ctx) => {
+  const { env, headers } = ctx;
+  const up = plan(ctx);
+  const out = up.request;
+  const xff = headerValue(headers, 'x-forwarded-for');
+  if (ctx.directIp) out.headers['x-forwarded-for'] = xff ? `${xff}, ${ctx.directIp}` : ctx.directIp;
+  out.headers['x-forwarded-proto'] ??= 'http';
+  out.headers['x-request-id'] = ctx.requestId;
+  Object.assign(out.headers, outgoingTraceHeaders(ctx.trace!, headerValue(ctx.headers, 'b3') !== undefined));
+  if (up.protocol === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
+
+  if (requestHasBody(ctx.req)) ctx.body = new ReplayableBody(ctx.req as Readable, env.limits.retryBufferBytes);
+  else (ctx.req as Readable).resume();
+
+  for (const m of up.mirrors) {
+    if (env.random() * 100 < m.percent) void sendMirror(env, ctx.snap, m.backend, out, ctx.body);
+  }
+  await forward(ctx, env.cluster(up.service, up.port));
+};
+
+/** The stages in order; a request goes through them until one answers. */
+export const STAGES: ReadonlyArray<readonly [name: string, stage: Stage]> = [
+  ['admit', admit],
+  ['normalize', normalize],
+  ['resolve', resolve],
+  ['authorize', authorize],
+  ['rate-limit', rateLimit],
+  ['quota', quota],
+  ['route', route],
+  ['fault', fault],
+  ['forward', send],
+];
+
+export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse): Promise<void> {
+  const headers = req.headers as HeaderMap;
+  const method = req.method ?? 'GET';
+  const path = req.url ?? '/';
+  const authority = headerValue(headers, ':authority') ?? headerValue(headers, 'host') ?? conn.target;
+  const ctx: RequestContext = {
+    env, conn, req, res, headers, snap: env.snapshot(), overall: new AbortController(),
+    start: Date.now(), startHr: process.hrtime.bigint(), method, path, authority,
+    grpc: (headerValue(headers, 'content-type') ?? '').startsWith('application/grpc'),
+    flags: new F.ResponseFlags(), requestId: headerValue(headers, 'x-request-id') ?? randomUUID(),
+    attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
+  };
+  if (conn.clientAddress) ctx.directIp = conn.clientAddress;
+  const remoteIp = remoteIpOf(headerValue(headers, 'x-forwarded-for'), ctx.directIp);
+  if (remoteIp) ctx.remoteIp = remoteIp;
+  res.on('close', () => {
+    if (!res.writableFinished) {
+      ctx.downstreamGone = true;
+      if (!ctx.recorded) ctx.flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
+      ctx.overall.abort(new Error('downstream closed'));
+    }
+    finish(ctx);
+  });
+  ctx.trace = env.telemetry.startTrace((n) => headerValue(headers, n), method, {
+    'http.request.method': method, 'url.path': path.split('?')[0]!, 'server.address': authority,
+    ...(conn.peerSpiffeId ? { 'weft.source_principal': conn.peerSpiffeId } : {}),
+  });
+
+  try {
+    for (const [, stage] of STAGES) {
+      const pending = stage(ctx);
+      if (pending) await pending;
+      if (ctx.done || ctx.downstreamGone) return;
+    }
   } catch (err) {
-    st.detail = `internal error: ${(err as Error).message}`;
-    if (!res.headersSent && !st.downstreamGone) reply({ status: 500, flags: '-', body: 'waypoint internal error' });
+    ctx.detail = `internal error: ${(err as Error).message}`;
+    if (!res.headersSent && !ctx.downstreamGone) localReply(ctx, { status: 500, flags: '-', body: 'waypoint internal error' });
     else res.destroy();
   }
 }
@@ -306,7 +489,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
 /** Sends one copy of the request to a mirror backend and discards the answer. */
 async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined): Promise<void> {
   try {
-    const svc = snap.services.get(backend.service);
+    const svc = backendService(snap, backend);
     if (!svc) return;
     const port = backend.port ?? svc.ports[0]?.port ?? 80;
     let stream: Readable | null = null;
@@ -332,10 +515,6 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
   }
 }
 
-function redirectOf(f: FilterContext): FilterContext['redirect'] {
-  return f.redirect;
-}
-
 function upstreamEndpoint(ep: EndpointState): { ip: string; port: number; node?: string; spiffeId?: string } {
   const out: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
   if (ep.endpoint.enrolled && ep.endpoint.nodeIp) out.node = ep.endpoint.nodeIp;
@@ -355,21 +534,17 @@ function grpcStatusOf(h: HeaderMap | undefined): number | undefined {
   return v === undefined ? undefined : Number(v);
 }
 
-async function forward(
-  env: ProxyEnv, conn: ConnContext, st: RequestState, res: DownstreamResponse, cluster: Cluster, settings: ClusterSettings,
-  proto: UpstreamProtocol, out: FilterContext['request'], responseEdits: FilterContext['responseEdits'],
-  timeouts: { requestMs?: number; perTryMs?: number }, overall: AbortController,
-): Promise<void> {
-  const reply = (r: LocalReply): void => {
-    for (const f of r.flags.split(',')) if (f !== '-' && f !== '') st.flags.add(f);
-    st.status = r.status;
-    st.detail ??= r.body.trim();
-    const sent = sendLocalReply(res, { ...r, flags: st.flags.toString() }, st.grpc);
-    st.responseBytes += sent.bytes;
-    if (sent.grpcStatus) st.grpcStatus = sent.grpcStatus;
-  };
+/**
+ * Sends the planned request (`ctx.upstream`) to an endpoint of `cluster` and streams the answer back:
+ * circuit breaking, the request and per-try timeouts, retries with backoff, outlier reports.
+ */
+async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
+  const { env } = ctx;
+  const { protocol, request: out, responseEdits, timeouts } = plan(ctx);
+  const settings = cluster.settings;
+  const overall = ctx.overall;
   if (!cluster.beginRequest()) {
-    reply({ status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
+    localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
     return;
   }
   let overallTimedOut = false;
@@ -380,25 +555,25 @@ async function forward(
   let inRetry = false;
   try {
     for (let attempt = 0; ; attempt++) {
-      if (st.downstreamGone) return;
+      if (ctx.downstreamGone) return;
       const ep = cluster.pick(env.random, tried);
       if (!ep) {
-        reply({ status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
+        localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
         return;
       }
       const release = await cluster.acquireConnection(overall.signal);
       if (release === OVERFLOW) {
-        if (overallTimedOut) reply({ status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout after ${timeouts.requestMs} ms` });
-        else if (!st.downstreamGone) reply({ status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
+        if (overallTimedOut) localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout after ${timeouts.requestMs} ms` });
+        else if (!ctx.downstreamGone) localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
         return;
       }
-      if (st.downstreamGone) { release(); return; }
+      if (ctx.downstreamGone) { release(); return; }
       tried.add(ep.key);
       ep.active++;
       ep.requests++;
-      st.attempts++;
-      st.upstreamHost = ep.key;
-      st.destinationEndpoint = ep.endpoint;
+      ctx.attempts++;
+      ctx.upstreamHost = ep.key;
+      ctx.destinationEndpoint = ep.endpoint;
       const tryAc = new AbortController();
       const onOverall = (): void => tryAc.abort(overall.signal.reason);
       overall.signal.addEventListener('abort', onOverall, { once: true });
@@ -409,9 +584,9 @@ async function forward(
       let resp: UpstreamResponse | undefined;
       let outcome: AttemptOutcome;
       try {
-        resp = await env.pool.request(upstreamEndpoint(ep), proto, {
+        resp = await env.pool.request(upstreamEndpoint(ep), protocol, {
           method: out.method, path: out.path, authority: out.authority, headers: out.headers,
-          body: st.body ? st.body.open() : null, signal: tryAc.signal,
+          body: ctx.body ? ctx.body.open() : null, signal: tryAc.signal,
         }, settings.timeouts.connectMs);
         outcome = { kind: 'response', status: resp.status };
         const gs = grpcStatusOf(resp.headers);
@@ -428,8 +603,8 @@ async function forward(
         release();
       };
 
-      const canRetry = attempt < settings.retries.attempts && !overallTimedOut && !st.downstreamGone &&
-        (st.body === undefined || st.body.replayable) && isRetriable(settings.retries.retryOn, outcome);
+      const canRetry = attempt < settings.retries.attempts && !overallTimedOut && !ctx.downstreamGone &&
+        (ctx.body === undefined || ctx.body.replayable) && isRetriable(settings.retries.retryOn, outcome);
       if (canRetry && cluster.tryBeginRetry()) {
         inRetry = true;
         resp?.discard();
@@ -440,21 +615,21 @@ async function forward(
 
       if (!resp) {
         done();
-        if (st.downstreamGone) return;
-        if (attempt > 0) st.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
+        if (ctx.downstreamGone) return;
+        if (attempt > 0) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
         if (outcome.kind === 'timeout') {
-          reply({ status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream ${overallTimedOut ? 'request' : 'per-try'} timeout (${overallTimedOut ? timeouts.requestMs : timeouts.perTryMs} ms) from ${ep.key}` });
+          localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream ${overallTimedOut ? 'request' : 'per-try'} timeout (${overallTimedOut ? timeouts.requestMs : timeouts.perTryMs} ms) from ${ep.key}` });
         } else if (outcome.kind === 'connect-failure') {
-          reply({ status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key} (${cluster.name})` });
+          localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key} (${cluster.name})` });
         } else {
-          reply({ status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
+          localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
         }
         return;
       }
-      if (attempt > 0 && isRetriable(settings.retries.retryOn, outcome)) st.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
-      await streamResponse(st, conn, res, resp, responseEdits, overall.signal);
+      if (attempt > 0 && isRetriable(settings.retries.retryOn, outcome)) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
+      await streamResponse(ctx, resp, responseEdits);
       done();
-      if (overallTimedOut && !res.writableFinished) st.flags.add(F.FLAG_UPSTREAM_TIMEOUT);
+      if (overallTimedOut && !ctx.res.writableFinished) ctx.flags.add(F.FLAG_UPSTREAM_TIMEOUT);
       return;
     }
   } finally {
@@ -467,12 +642,13 @@ async function forward(
 const GRPC_TRAILER_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin'];
 
 /** Copies the upstream response to the client, with trailers; resolves when it is done either way. */
-function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResponse, up: UpstreamResponse,
-  edits: FilterContext['responseEdits'], signal: AbortSignal): Promise<void> {
+function streamResponse(ctx: RequestContext, up: UpstreamResponse, edits: FilterContext['responseEdits']): Promise<void> {
+  const { res, conn } = ctx;
+  const signal = ctx.overall.signal;
   return new Promise((resolve) => {
     const headers = forwardableHeaders(up.headers);
     for (const e of edits) applyHeaderEdits(headers, e);
-    if (!st.flags.empty) headers[F.FLAGS_HEADER] = st.flags.toString();
+    if (!ctx.flags.empty) headers[F.FLAGS_HEADER] = ctx.flags.toString();
     const h2down = conn.protocol === 'HTTP/2';
     let movedTrailers: HeaderMap | undefined;
     if (h2down && up.endStreamOnHeaders && headers['grpc-status'] !== undefined) {
@@ -480,15 +656,15 @@ function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResp
       movedTrailers = {};
       for (const f of GRPC_TRAILER_FIELDS) if (headers[f] !== undefined) { movedTrailers[f] = headers[f]; delete headers[f]; }
     }
-    st.status = up.status;
+    ctx.status = up.status;
     const gsHead = grpcStatusOf(up.headers);
-    if (gsHead !== undefined) st.grpcStatus = String(gsHead);
-    if (st.downstreamGone) { up.discard(); resolve(); return; }
+    if (gsHead !== undefined) ctx.grpcStatus = String(gsHead);
+    if (ctx.downstreamGone) { up.discard(); resolve(); return; }
     try {
       writeHead(res, up.status, headers as http.OutgoingHttpHeaders);
     } catch (err) {
       up.discard();
-      st.detail = `bad response headers from upstream: ${(err as Error).message}`;
+      ctx.detail = `bad response headers from upstream: ${(err as Error).message}`;
       res.destroy();
       resolve();
       return;
@@ -503,7 +679,7 @@ function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResp
       resolve();
     };
     const onData = (c: Buffer): void => {
-      st.responseBytes += c.length;
+      ctx.responseBytes += c.length;
       if (!(res as http.ServerResponse).write(c)) up.body.pause();
     };
     const onDrain = (): void => { up.body.resume(); };
@@ -512,7 +688,7 @@ function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResp
       if (finished) return;
       const trailers = { ...movedTrailers, ...(up.trailers() ? forwardableHeaders(up.trailers()!) : {}) };
       const gs = grpcStatusOf(trailers);
-      if (gs !== undefined) st.grpcStatus = String(gs);
+      if (gs !== undefined) ctx.grpcStatus = String(gs);
       if (h2down && Object.keys(trailers).length > 0) (res as http2.Http2ServerResponse).addTrailers(trailers as http.OutgoingHttpHeaders);
       endResponse(res);
       end();
@@ -528,9 +704,9 @@ function streamResponse(st: RequestState, conn: ConnContext, res: DownstreamResp
     up.body.on('data', onData);
     res.on('drain', onDrain);
     up.body.once('end', onEnd);
-    up.body.once('error', () => { st.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); });
+    up.body.once('error', () => { ctx.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); });
     up.body.once('close', () => {
-      if (!up.body.readableEnded) { st.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); }
+      if (!up.body.readableEnded) { ctx.flags.add(F.FLAG_UPSTREAM_RESET); resetDownstream(res); end(); }
     });
   });
 }
@@ -544,25 +720,27 @@ function resetDownstream(res: DownstreamResponse): void {
   }
 }
 
-function finish(env: ProxyEnv, conn: ConnContext, st: RequestState): void {
-  if (st.recorded) return;
-  st.recorded = true;
-  const durationMs = Number(process.hrtime.bigint() - st.startHr) / 1e6;
+function finish(ctx: RequestContext): void {
+  const { env, conn } = ctx;
+  if (ctx.recorded) return;
+  ctx.recorded = true;
+  const durationMs = Number(process.hrtime.bigint() - ctx.startHr) / 1e6;
   const rec: RequestRecord = {
-    startTime: st.start, durationMs, method: st.method, path: st.path, authority: st.authority,
-    protocol: conn.protocol, grpc: st.grpc, responseCode: st.downstreamGone && st.status === 0 ? 0 : st.status,
-    responseFlags: st.flags.toString(), requestBytes: st.body?.bytes ?? 0, responseBytes: st.responseBytes,
-    attempts: st.attempts, requestId: st.requestId,
+    startTime: ctx.start, durationMs, method: ctx.method, path: ctx.path, authority: ctx.authority,
+    protocol: conn.protocol, grpc: ctx.grpc, responseCode: ctx.downstreamGone && ctx.status === 0 ? 0 : ctx.status,
+    responseFlags: ctx.flags.toString(), requestBytes: ctx.body?.bytes ?? 0, responseBytes: ctx.responseBytes,
+    attempts: ctx.attempts, requestId: ctx.requestId,
   };
-  if (st.grpcStatus !== undefined) rec.grpcStatus = st.grpcStatus;
+  if (ctx.grpcStatus !== undefined) rec.grpcStatus = ctx.grpcStatus;
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
   if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;
-  if (st.service) { rec.destinationService = st.service.hostname; rec.destinationServiceKey = serviceKey(st.service); }
-  if (st.destinationEndpoint) rec.destinationEndpoint = st.destinationEndpoint;
-  if (st.upstreamHost) rec.upstreamHost = st.upstreamHost;
-  if (st.routeName) rec.routeName = st.routeName;
-  if (st.trace) { rec.traceId = st.trace.traceId; rec.spanId = st.trace.spanId; }
-  if (st.detail) rec.detail = st.detail;
-  env.telemetry.record(rec, st.trace);
+  if (ctx.dest) { rec.destinationService = ctx.dest.service.hostname; rec.destinationServiceKey = ctx.dest.key; }
+  if (ctx.destinationEndpoint) rec.destinationEndpoint = ctx.destinationEndpoint;
+  if (ctx.upstreamHost) rec.upstreamHost = ctx.upstreamHost;
+  if (ctx.routeName) rec.routeName = ctx.routeName;
+  if (ctx.trace) { rec.traceId = ctx.trace.traceId; rec.spanId = ctx.trace.spanId; }
+  if (ctx.detail) rec.detail = ctx.detail;
+  if (ctx.audit) rec.auditPolicies = ctx.audit;
+  env.telemetry.record(rec, ctx.trace);
 }

@@ -9,7 +9,9 @@
 //   then match order within the rule.
 // GRPCRoute service/method matches arrive compiled to Exact or RegularExpression paths
 // (`/pkg.Service/Method`), so the same ordering applies.
+// Regular expressions are RE2 (lib/regex.ts): linear-time matching, full-string anchoring, as Envoy.
 import type { Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
+import { compileFullMatch } from '../../lib/regex.ts';
 import type { ConfigIssue } from './errors.ts';
 import { validateRouteFilter } from './filters.ts';
 import type { HeaderMap } from './headers.ts';
@@ -62,10 +64,6 @@ function compareEntries(a: CompiledEntry, b: CompiledEntry): number {
   );
 }
 
-/** Full-string regular expression (RE2-style anchoring, as Envoy applies it). */
-function anchored(re: string): RegExp {
-  return new RegExp(`^(?:${re})$`);
-}
 
 /** Gateway API PathPrefix: element-wise, `/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`. */
 export function pathPrefixMatches(prefix: string, path: string): boolean {
@@ -78,8 +76,8 @@ export function pathPrefixMatches(prefix: string, path: string): boolean {
 function compileString(m: StringMatch, lowerName: boolean): CompiledStringMatch {
   const name = lowerName ? m.name.toLowerCase() : m.name;
   if (m.type === 'RegularExpression') {
-    const re = anchored(m.value);
-    return { name, test: (v) => v !== undefined && re.test(v) };
+    const re = compileFullMatch(m.value);
+    return { name, test: (v) => v !== undefined && re(v) };
   }
   return { name, test: (v) => v === m.value };
 }
@@ -88,17 +86,17 @@ function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: R
   const path = match.path ?? { type: 'PathPrefix' as const, value: '/' };
   let pathTest: (p: string) => boolean;
   if (path.type === 'Exact') pathTest = (p) => p === path.value;
-  else if (path.type === 'RegularExpression') {
-    const re = anchored(path.value);
-    pathTest = (p) => re.test(p);
-  } else pathTest = (p) => pathPrefixMatches(path.value, p);
+  else if (path.type === 'RegularExpression') pathTest = compileFullMatch(path.value);
+  else pathTest = (p) => pathPrefixMatches(path.value, p);
   const entry: CompiledEntry = {
     route, rule, ruleIndex, matchIndex,
     pathType: path.type, pathValue: path.value, pathTest,
     headers: match.headers.map((h) => compileString(h, true)),
     query: match.queryParams.map((q) => compileString(q, false)),
   };
-  if (match.method !== undefined) entry.method = match.method.toUpperCase();
+  // Methods are case-sensitive (RFC 9110 section 9.1); requests with lower-case methods are refused
+  // before routing (normalize.ts), so `GET` never meets `get` here.
+  if (match.method !== undefined) entry.method = match.method;
   return entry;
 }
 
@@ -106,10 +104,11 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
   const object = `${route.namespace}/${route.name}`;
   const issue = (path: string, message: string): void => { issues.push({ kind: route.kind, object, path, message }); };
   const checkRe = (path: string, re: string): void => {
-    try { anchored(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re)}: ${(e as Error).message}`); }
+    try { compileFullMatch(re); } catch (e) { issue(path, `invalid regular expression ${JSON.stringify(re.slice(0, 80))}: it ${(e as Error).message}`); }
   };
   const checkBackend = (path: string, b: RouteBackend): void => {
-    if (!knownServices.has(b.service)) issue(`${path}.service`, `backend service ${b.service} is not in the waypoint's configuration`);
+    // A backend the configuration lacks costs only its own requests (500 when picked), as the
+    // Gateway API says for a backendRef that does not resolve.
     if (!Number.isInteger(b.weight) || b.weight < 0 || b.weight > 1_000_000) issue(`${path}.weight`, `weight ${b.weight} must be an integer in 0-1000000`);
   };
   if (!knownServices.has(route.service)) issue('service', `parent service ${route.service} is not in the waypoint's configuration`);
@@ -178,7 +177,7 @@ export class RouteTable {
     const q = req.path.indexOf('?');
     const path = q < 0 ? req.path : req.path.slice(0, q);
     let query: URLSearchParams | undefined;
-    const method = req.method.toUpperCase();
+    const method = req.method;
     for (const e of list) {
       if (e.route.port !== undefined && e.route.port !== port) continue;
       if (!e.pathTest(path)) continue;

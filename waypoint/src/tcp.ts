@@ -56,9 +56,10 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   const svcKey = serviceKey(service);
   rec.destinationService = service.hostname;
   rec.destinationServiceKey = svcKey;
-  const decision = snap.policies.evaluate({
-    service: svcKey, principal: conn.peerSpiffeId, sourceIp: conn.clientAddress, destinationIp: targetIp, port,
-    method: '', path: '', host: '', headers: {}, l7: false,
+  const decision = snap.policies.evaluate(svcKey, {
+    ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
+    ...(conn.clientAddress ? { sourceIp: conn.clientAddress } : {}),
+    destinationIp: targetIp, destinationPort: port,
   });
   if (!decision.allowed) { fail(F.FLAG_POLICY_DENIED, `denied by AuthorizationPolicy ${decision.policy}: ${decision.reason}`); return; }
 

@@ -72,6 +72,8 @@ export interface RequestRecord {
   userAgent?: string;
   /** Why a local reply was sent (policy name, limit, ...). */
   detail?: string;
+  /** AUDIT AuthorizationPolicies that matched the request (`namespace/name`). */
+  auditPolicies?: string[];
 }
 
 export interface TracingOptions {
@@ -336,6 +338,7 @@ export class Telemetry {
         // Weft's: the waypoint, identities, gRPC status, retries, trace.
         waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
         grpc_status: r.grpcStatus, attempts: r.attempts, trace_id: r.traceId, span_id: r.spanId,
+        audit_policies: r.auditPolicies,
       });
     }
     const span = tc?.span;

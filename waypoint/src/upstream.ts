@@ -148,6 +148,15 @@ export class UpstreamPool {
   private requestH1(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
     return new Promise((resolve, reject) => {
       const headers: http.OutgoingHttpHeaders = { ...r.headers, host: r.authority };
+      // Every body is framed (RFC 9112 section 6): Content-Length when the client sent one, else
+      // chunked. Node frames only POST/PUT/PATCH-like methods by default and writes the body of a
+      // GET, DELETE or OPTIONS raw onto the keep-alive connection, where the backend would read it
+      // as a second request (request smuggling). No body: no framing fields at all.
+      if (r.body) {
+        if (headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
+      } else if (headers['content-length'] !== undefined && headers['content-length'] !== '0') {
+        delete headers['content-length'];
+      }
       const req = http.request({
         agent: this.agentFor(ep, connectTimeoutMs), method: r.method, path: r.path, headers, setHost: false,
       });

@@ -10,7 +10,8 @@ const LE = endianness() === 'LE';
 
 export const MODE = { PERMISSIVE: 1, STRICT: 2 } as const;
 export type Mode = keyof typeof MODE;
-export const MAX_NODE_IPS = 4;
+/** WEFT_MAX_PROBERS: entries of weft_probers. */
+export const MAX_PROBERS = 16;
 
 function u16(buf: Buffer, off: number, v: number): void {
   if (LE) buf.writeUInt16LE(v, off); else buf.writeUInt16BE(v, off);
@@ -62,7 +63,7 @@ export function decodeCookieKey(b: Buffer): bigint {
   return r64(b, 0);
 }
 
-/** __be32 (weft_pods_by_ip). */
+/** __be32 (weft_inbound_pods, weft_pod_listeners). */
 export function ipKey(addr: string): Buffer {
   const b = Buffer.alloc(4);
   ip(b, 0, addr);
@@ -118,27 +119,68 @@ function modeName(n: number): Mode {
   return n === MODE.STRICT ? 'STRICT' : 'PERMISSIVE';
 }
 
-// ---- struct weft_pod_in (32 bytes) -------------------------------------------------------------
+// ---- struct weft_pod_in (16 bytes) -------------------------------------------------------------
+
+/** weft_pod_in.flags */
+export const POD_F = { PORT_MODES: 0x01, STRICT_PORT: 0x02 } as const;
 
 export interface PodInbound {
   netnsCookie: bigint;
-  nodeIps: string[];
   mode: Mode;
+  flags: number;
 }
-export const POD_IN_SIZE = 32;
+export const POD_IN_SIZE = 16;
 export function encodePodIn(v: PodInbound): Buffer {
   const b = Buffer.alloc(POD_IN_SIZE);
   u64(b, 0, v.netnsCookie);
-  v.nodeIps.slice(0, MAX_NODE_IPS).forEach((a, i) => ip(b, 8 + 4 * i, a));
-  b[24] = MODE[v.mode];
-  b[25] = Math.min(v.nodeIps.length, MAX_NODE_IPS);
+  b[8] = MODE[v.mode];
+  b[9] = v.flags;
   return b;
 }
 export function decodePodIn(b: Buffer): PodInbound {
-  const n = b[25]!;
-  const nodeIps: string[] = [];
-  for (let i = 0; i < n && i < MAX_NODE_IPS; i++) nodeIps.push(rip(b, 8 + 4 * i));
-  return { netnsCookie: r64(b, 0), nodeIps, mode: modeName(b[24]!) };
+  return { netnsCookie: r64(b, 0), mode: modeName(b[8]!), flags: b[9]! };
+}
+
+// ---- struct weft_pod_port (8) / weft_port_mode (4) ---------------------------------------------
+
+export function encodePodPort(podIp: string, port: number): Buffer {
+  const b = Buffer.alloc(8);
+  ip(b, 0, podIp);
+  u16(b, 4, port);
+  return b;
+}
+export function decodePodPort(b: Buffer): Endpoint {
+  return { ip: rip(b, 0), port: r16(b, 4) };
+}
+export function encodePortMode(mode: Mode): Buffer {
+  const b = Buffer.alloc(4);
+  b[0] = MODE[mode];
+  return b;
+}
+export function decodePortMode(b: Buffer): Mode {
+  return modeName(b[0]!);
+}
+
+// ---- struct weft_sk_tag (4), socket fds, cgroup ids --------------------------------------------
+
+/** weft_sk_tag.kind */
+export const SK_TAG = { AGENT: 1, PROBE: 2 } as const;
+export function encodeSkTag(kind: number): Buffer {
+  const b = Buffer.alloc(4);
+  u32(b, 0, kind);
+  return b;
+}
+/** An int socket fd: the key user space gives a socket-local storage map. */
+export function fdKey(fd: number): Buffer {
+  const b = Buffer.alloc(4);
+  if (LE) b.writeInt32LE(fd, 0); else b.writeInt32BE(fd, 0);
+  return b;
+}
+/** A __u64 socket fd: the value user space gives a SOCKHASH (lookups return the socket cookie). */
+export function fdValue(fd: number): Buffer {
+  const b = Buffer.alloc(8);
+  u64(b, 0, BigInt(fd));
+  return b;
 }
 
 // ---- struct weft_dest_key (8) / weft_dest (4) --------------------------------------------------
@@ -213,6 +255,14 @@ export function decodePeer(b: Buffer): Endpoint {
 
 // ---- counters ----------------------------------------------------------------------------------
 
+/**
+ * Counters that record a refusal, by the reason `weftctl bpf` and the docs name them (every exit
+ * of the inbound programs that keeps a connection from the pod).
+ */
+export const REFUSAL_COUNTERS = [
+  'strict_denied', 'fragment_dropped', 'header_unreadable', 'ipv6_refused', 'lookup_no_agent', 'lookup_ipv6_refused',
+] as const;
+
 /** Field order of struct weft_counters (== enum weft_counter). */
 export const COUNTER_FIELDS = [
   'connect4_redirected',
@@ -227,8 +277,18 @@ export const COUNTER_FIELDS = [
   'strict_denied',
   'strict_rst_sent',
   'permissive_plaintext',
-  'inbound_node_allowed',
-  'inbound_passed',
+  'probe_allowed',
+  'inbound_excluded',
+  'connect_agent_skipped',
+  'probe_tagged',
+  'fragment_dropped',
+  'header_unreadable',
+  'ipv6_refused',
+  'lookup_steered',
+  'lookup_probe_allowed',
+  'lookup_excluded',
+  'lookup_no_agent',
+  'lookup_ipv6_refused',
 ] as const;
 export type CounterName = (typeof COUNTER_FIELDS)[number];
 export type Counters = Record<CounterName, number>;
@@ -246,6 +306,27 @@ export function decodePercpuCounters(b: Buffer, cpus: number): Counters {
   return out;
 }
 
+// ---- struct weft_refusal (24 bytes) ------------------------------------------------------------
+
+export interface Refusal {
+  /** The pod's netns cookie; 0n when the kernel did not know the pod (IPv6 at the interface). */
+  netnsCookie: bigint;
+  /** IPv4 addresses; '0.0.0.0' for IPv6. */
+  src: Endpoint;
+  dst: Endpoint;
+  /** The counter that counted it (a REFUSAL_COUNTERS name). */
+  reason: CounterName;
+}
+export const REFUSAL_SIZE = 24;
+export function decodeRefusal(b: Buffer): Refusal {
+  return {
+    netnsCookie: r64(b, 0),
+    src: { ip: rip(b, 8), port: r16(b, 16) },
+    dst: { ip: rip(b, 12), port: r16(b, 18) },
+    reason: COUNTER_FIELDS[r16(b, 20)] ?? 'strict_denied',
+  };
+}
+
 /** Field order of struct weft_pod_counters (== enum weft_pod_counter). */
 export const POD_COUNTER_FIELDS = [
   'connect_redirected',
@@ -254,7 +335,10 @@ export const POD_COUNTER_FIELDS = [
   'peer_override',
   'strict_denied',
   'permissive_plaintext',
-  'inbound_node_allowed',
+  'probe_allowed',
+  'fragment_dropped',
+  'steered',
+  'no_agent',
 ] as const;
 export type PodCounterName = (typeof POD_COUNTER_FIELDS)[number];
 export type PodCounters = Record<PodCounterName, number>;

@@ -6,6 +6,7 @@
 //   <pinRoot>/weft_*               maps (LIBBPF_PIN_BY_NAME)
 //   <pinRoot>/links/<program>      the cgroup links (one per program)
 //   <pinRoot>/links/pods/<cookie>  each enrolled pod's tcx link
+//   <pinRoot>/links/lookup/<cookie> each enrolled pod's sk_lookup link
 // so a killed agent leaves redirection and enforcement running, and a restarted one adopts the
 // pinned links with an atomic program update instead of attaching a second time.
 //
@@ -20,10 +21,11 @@ import { isIPv6, type Socket } from 'node:net';
 import {
   BpfError,
   BpfLink,
+  BpfMap,
   BpfObject,
+  RingBuffer,
   netnsCookie,
   possibleCpus,
-  type BpfMap,
   type BpfProgram,
 } from '../../libbpf/index.ts';
 import { ensureBpffs, findCgroup2Root, readMounts } from '../../../lib/sys/mounts.ts';
@@ -43,7 +45,7 @@ import {
 
 /** Folder under the bpffs mount that holds Weft's pins unless DatapathOptions.pinRoot says otherwise. */
 export const DEFAULT_PIN_DIR = 'weft';
-/** Ports the mesh itself listens on; connections to them are never captured nor refused. */
+/** Ports the mesh itself listens on; connections to them are never captured. */
 export const MESH_PORTS = [15001, 15008, 15020, 15021] as const;
 export const DEFAULT_AGENT_PORT = 15001;
 
@@ -53,12 +55,22 @@ export const INBOUND_OBJECT = 'inbound.bpf.o';
  * nothing is captured before sockops and getpeername are in place to serve it. */
 export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'] as const;
 export const INBOUND_PROGRAM = 'weft_inbound';
+export const LOOKUP_PROGRAM = 'weft_lookup';
+/** Pins of maps earlier versions used and this one does not (removed by open()). */
+const RETIRED_MAPS = ['weft_pods_by_ip'];
 
 const MAPS = {
   pods: 'weft_pods',
-  podsByIp: 'weft_pods_by_ip',
+  inboundPods: 'weft_inbound_pods',
+  portModes: 'weft_port_modes',
   dests: 'weft_dests',
   excluded: 'weft_excluded_ports',
+  inboundExcluded: 'weft_inbound_excluded',
+  podListeners: 'weft_pod_listeners',
+  skTag: 'weft_sk_tag',
+  probers: 'weft_probers',
+  probeTuples: 'weft_probe_tuples',
+  refusals: 'weft_refusals',
   origByTuple: 'weft_orig_by_tuple',
   peerOverride: 'weft_peer_override',
   counters: 'weft_counters',
@@ -84,15 +96,16 @@ export interface EnrollOptions {
   agentIp: string;
   /** Default 15001. */
   agentPort?: number;
-  /** Node addresses a STRICT pod accepts plaintext from (agent, kubelet). Default [agentIp]; at most 4. */
-  nodeIps?: string[];
+  /** PeerAuthentication portLevelMtls: ports whose mode differs from `mode`. */
+  portModes?: Record<number, c.Mode>;
   /** The pod-side interface inside the pod netns; the inbound program attaches to its ingress. */
   ifname: string;
 }
 
 export interface EnrolledPod extends c.PodEntry {
   netnsCookie: bigint;
-  nodeIps: string[];
+  /** Ports with their own mode (portLevelMtls). */
+  portModes: Record<number, c.Mode>;
 }
 
 export interface PeerRegistration {
@@ -187,6 +200,8 @@ export class Datapath {
       if (!existsSync(join(objectDir, name))) throw new ObjectNotFoundError(join(objectDir, name));
     }
     mkdirSync(join(pinRoot, 'links', 'pods'), { recursive: true });
+    mkdirSync(join(pinRoot, 'links', 'lookup'), { recursive: true });
+    migratePins(pinRoot);
 
     const objects: BpfObject[] = [];
     try {
@@ -219,6 +234,10 @@ export class Datapath {
 
   private podLinkPin(cookie: bigint): string {
     return join(this.pinRoot, 'links', 'pods', cookie.toString());
+  }
+
+  private lookupLinkPin(cookie: bigint): string {
+    return join(this.pinRoot, 'links', 'lookup', cookie.toString());
   }
 
   private attachCgroupPrograms(): void {
@@ -278,8 +297,8 @@ export class Datapath {
   /** This process's loaded programs (ids change with every load; a pinned link follows update()). */
   programs(): { name: string; id: number }[] {
     if (this.closed) throw new DatapathClosedError();
-    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM].map((name) =>
-      ({ name, id: (name === INBOUND_PROGRAM ? this.inbound : this.redirect).program(name).id }));
+    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM, LOOKUP_PROGRAM].map((name) =>
+      ({ name, id: (name === INBOUND_PROGRAM || name === LOOKUP_PROGRAM ? this.inbound : this.redirect).program(name).id }));
   }
 
   /** The cgroup links this process holds (after open(): exactly one per cgroup program). */
@@ -294,9 +313,11 @@ export class Datapath {
   // ---- enrolment ------------------------------------------------------------------------------
 
   /**
-   * Enrols a pod: its connections to mesh destinations are captured, and inbound plaintext is
-   * judged by `mode`. Everything is validated before anything changes; on error no map changes.
-   * Enrolling the same netns again updates it in place.
+   * Enrols a pod: its connections to mesh destinations are captured, and every connection into it
+   * from outside its netns is judged: by `mode` (and `portModes`) at its interface (tcx), then
+   * steered into the agent's listener in its netns (sk_lookup; see setPodListener). Everything is
+   * validated before anything changes; on error no map changes. Enrolling the same netns again
+   * updates it in place.
    */
   enroll(opts: EnrollOptions): EnrolledPod {
     if (this.closed) throw new DatapathClosedError();
@@ -304,76 +325,113 @@ export class Datapath {
     const agentIp = checkIp('agentIp', opts.agentIp);
     const agentPort = checkPort('agentPort', opts.agentPort ?? DEFAULT_AGENT_PORT);
     if (opts.mode !== 'STRICT' && opts.mode !== 'PERMISSIVE') throw new BadModeError(opts.mode);
-    const nodeIps = opts.nodeIps ?? [agentIp];
-    if (!Array.isArray(nodeIps) || nodeIps.length > c.MAX_NODE_IPS) {
-      throw new BadEnrolmentError(`nodeIps must be a list of at most ${c.MAX_NODE_IPS} IPv4 addresses, got ${JSON.stringify(nodeIps)}`);
+    const portModes: Record<number, c.Mode> = {};
+    for (const [p, m] of Object.entries(opts.portModes ?? {})) {
+      const port = checkPort(`portModes[${JSON.stringify(p)}]`, Number(p));
+      if (m !== 'STRICT' && m !== 'PERMISSIVE') throw new BadModeError(m, `portModes[${port}]`);
+      if (m !== opts.mode) portModes[port] = m;
     }
-    nodeIps.forEach((ip, i) => checkIp(`nodeIps[${i}]`, ip));
     if (typeof opts.ifname !== 'string' || opts.ifname === '' || opts.ifname.length > 15) {
       throw new BadEnrolmentError(`ifname ${JSON.stringify(opts.ifname)} is not an interface name (1-15 characters)`);
     }
     const cookie = cookieOf(opts.netnsPath);
 
-    // The tcx link first: it resolves the interface inside the pod netns (and so its ifindex)
-    // and fails on a wrong name before any map has changed.
-    const prog = this.inbound.program(INBOUND_PROGRAM);
-    const pin = this.podLinkPin(cookie);
-    let link = this.adopt(pin, prog, (info) => (info.ifindex ?? 0) !== 0);
-    let created = false;
-    if (!link) {
-      try {
-        link = prog.attachTcx(opts.ifname, 'ingress', { netns: opts.netnsPath });
-      } catch (err) {
-        throw new InterfaceError(opts.ifname, opts.netnsPath, err);
-      }
-      created = true;
-    }
-    // Undo list for a kernel-side failure half way (a full map): every write is reverted.
+    // The links first: the tcx link resolves the interface inside the pod netns (and so its
+    // ifindex) and fails on a wrong name before any map has changed.
+    const attached: Array<{ link: BpfLink; pin: string; created: boolean }> = [];
     const undo: (() => void)[] = [];
     try {
-      const ifindex = link.info().ifindex ?? 0;
-      if (created) link.pin(pin);
+      const tcxProg = this.inbound.program(INBOUND_PROGRAM);
+      const tcxPin = this.podLinkPin(cookie);
+      let tcx = this.adopt(tcxPin, tcxProg, (info) => (info.ifindex ?? 0) !== 0);
+      if (tcx) attached.push({ link: tcx, pin: tcxPin, created: false });
+      else {
+        try {
+          tcx = tcxProg.attachTcx(opts.ifname, 'ingress', { netns: opts.netnsPath });
+        } catch (err) {
+          throw new InterfaceError(opts.ifname, opts.netnsPath, err);
+        }
+        attached.push({ link: tcx, pin: tcxPin, created: true });
+      }
+      const lookupProg = this.inbound.program(LOOKUP_PROGRAM);
+      const lookupPin = this.lookupLinkPin(cookie);
+      const lookup = this.adopt(lookupPin, lookupProg, (info) => (info.netnsIno ?? 0) !== 0);
+      attached.push(lookup ? { link: lookup, pin: lookupPin, created: false } : { link: lookupProg.attachNetns(opts.netnsPath), pin: lookupPin, created: true });
+
+      const ifindex = tcx.info().ifindex ?? 0;
+      for (const a of attached) if (a.created) a.link.pin(a.pin);
       const key = c.cookieKey(cookie);
       const pods = this.map(MAPS.pods);
-      const byIp = this.map(MAPS.podsByIp);
+      const inbound = this.map(MAPS.inboundPods);
       const counters = this.map(MAPS.podCounters);
       const previous = pods.lookup(key);
-      const previousIn = byIp.lookup(c.ipKey(podIp));
+      const previousIn = inbound.lookup(c.ipKey(podIp));
       if (!counters.lookup(key)) {
         counters.update(key, c.zeroPodCounters(), 'noexist');
         undo.push(() => counters.delete(key));
       }
-      byIp.update(c.ipKey(podIp), c.encodePodIn({ netnsCookie: cookie, nodeIps, mode: opts.mode }), 'any');
-      undo.push(() => (previousIn ? byIp.update(c.ipKey(podIp), previousIn, 'any') : byIp.delete(c.ipKey(podIp))));
+      // Port modes before the pod entry that tells the programs to look them up.
+      const previousPorts = this.portModesOf(podIp);
+      this.writePortModes(podIp, portModes);
+      undo.push(() => this.writePortModes(podIp, previousPorts));
+      const ports = Object.values(portModes);
+      const flags = (ports.length > 0 ? c.POD_F.PORT_MODES : 0) | (ports.includes('STRICT') ? c.POD_F.STRICT_PORT : 0);
+      inbound.update(c.ipKey(podIp), c.encodePodIn({ netnsCookie: cookie, mode: opts.mode, flags }), 'any');
+      undo.push(() => (previousIn ? inbound.update(c.ipKey(podIp), previousIn, 'any') : inbound.delete(c.ipKey(podIp))));
       pods.update(key, c.encodePod({ podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex }), 'any');
       undo.push(() => (previous ? pods.update(key, previous, 'any') : pods.delete(key)));
       if (previous) {
         const old = c.decodePod(previous);
-        if (old.podIp !== podIp) this.deleteByIpIfOwned(old.podIp, cookie);
+        if (old.podIp !== podIp) this.deleteInboundIfOwned(old.podIp, cookie);
       }
-      return { netnsCookie: cookie, podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex, nodeIps };
+      return { netnsCookie: cookie, podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex, portModes };
     } catch (err) {
       for (const step of undo.reverse()) {
         try { step(); } catch { /* keep undoing */ }
       }
-      if (created) {
-        try { link.detach(); } catch { /* best effort */ }
-        try { link.unpin(); } catch { /* not pinned yet */ }
+      for (const a of attached) {
+        if (!a.created) continue;
+        try { a.link.detach(); } catch { /* best effort */ }
+        try { a.link.unpin(); } catch { /* not pinned yet */ }
       }
       throw err;
     } finally {
-      link.close();
+      for (const a of attached) a.link.close();
     }
   }
 
-  private deleteByIpIfOwned(podIp: string, cookie: bigint): void {
-    const byIp = this.map(MAPS.podsByIp);
-    const cur = byIp.lookup(c.ipKey(podIp));
-    if (cur && c.decodePodIn(cur).netnsCookie === cookie) byIp.delete(c.ipKey(podIp));
+  /** The portLevelMtls entries of a pod, from weft_port_modes. */
+  private portModesOf(podIp: string): Record<number, c.Mode> {
+    const out: Record<number, c.Mode> = {};
+    for (const [k, v] of this.map(MAPS.portModes).entries()) {
+      const pp = c.decodePodPort(k);
+      if (pp.ip === podIp) out[pp.port] = c.decodePortMode(v);
+    }
+    return out;
+  }
+
+  /** Makes the pod's entries in weft_port_modes exactly `modes` (adds first, then removes). */
+  private writePortModes(podIp: string, modes: Record<number, c.Mode>): void {
+    const m = this.map(MAPS.portModes);
+    for (const [port, mode] of Object.entries(modes)) m.update(c.encodePodPort(podIp, Number(port)), c.encodePortMode(mode), 'any');
+    for (const k of [...m.keys()]) {
+      const pp = c.decodePodPort(k);
+      if (pp.ip === podIp && modes[pp.port] === undefined) m.delete(k);
+    }
+  }
+
+  private deleteInboundIfOwned(podIp: string, cookie: bigint): void {
+    const inbound = this.map(MAPS.inboundPods);
+    const cur = inbound.lookup(c.ipKey(podIp));
+    if (cur && c.decodePodIn(cur).netnsCookie === cookie) {
+      inbound.delete(c.ipKey(podIp));
+      this.writePortModes(podIp, {});
+      this.map(MAPS.podListeners).delete(c.ipKey(podIp));
+    }
   }
 
   /**
-   * Reverses enroll(): the pod's map entries, counters and tcx link go. Takes the netns path, or
+   * Reverses enroll(): the pod's map entries, counters and links go. Takes the netns path, or
    * the cookie when the netns is already gone. Returns false when the pod was not enrolled.
    */
   unenroll(pod: string | bigint): boolean {
@@ -385,19 +443,20 @@ export class Datapath {
     if (cur) {
       found = true;
       // Inbound first, so the pod is never left enforced without being known.
-      this.deleteByIpIfOwned(c.decodePod(cur).podIp, cookie);
+      this.deleteInboundIfOwned(c.decodePod(cur).podIp, cookie);
       pods.delete(c.cookieKey(cookie));
     }
     this.map(MAPS.podCounters).delete(c.cookieKey(cookie));
-    const pin = this.podLinkPin(cookie);
-    try {
-      const link = BpfLink.openPinned(pin);
-      found = true;
-      try { link.detach(); } catch { /* the interface is gone already */ }
-      link.unpin();
-      link.close();
-    } catch (err) {
-      if (!isEnoent(err)) throw err;
+    for (const pin of [this.podLinkPin(cookie), this.lookupLinkPin(cookie)]) {
+      try {
+        const link = BpfLink.openPinned(pin);
+        found = true;
+        try { link.detach(); } catch { /* the interface or netns is gone already */ }
+        link.unpin();
+        link.close();
+      } catch (err) {
+        if (!isEnoent(err)) throw err;
+      }
     }
     return found;
   }
@@ -409,9 +468,11 @@ export class Datapath {
   prune(keep: Iterable<bigint>): bigint[] {
     const live = new Set(keep);
     const known = new Set<bigint>(this.pods().map((p) => p.netnsCookie));
-    const podDir = join(this.pinRoot, 'links', 'pods');
-    for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
-      if (/^\d+$/.test(name)) known.add(BigInt(name));
+    for (const dir of ['pods', 'lookup']) {
+      const podDir = join(this.pinRoot, 'links', dir);
+      for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
+        if (/^\d+$/.test(name)) known.add(BigInt(name));
+      }
     }
     const removed: bigint[] = [];
     for (const cookie of known) {
@@ -422,12 +483,10 @@ export class Datapath {
 
   /** Every enrolled pod, from the maps (so a restarted agent sees what its predecessor enrolled). */
   pods(): EnrolledPod[] {
-    const byIp = this.map(MAPS.podsByIp);
     const out: EnrolledPod[] = [];
     for (const [k, v] of this.map(MAPS.pods).entries()) {
       const pod = c.decodePod(v);
-      const inbound = byIp.lookup(c.ipKey(pod.podIp));
-      out.push({ netnsCookie: c.decodeCookieKey(k), ...pod, nodeIps: inbound ? c.decodePodIn(inbound).nodeIps : [] });
+      out.push({ netnsCookie: c.decodeCookieKey(k), ...pod, portModes: this.portModesOf(pod.podIp) });
     }
     return out;
   }
@@ -463,7 +522,10 @@ export class Datapath {
     return [...this.map(MAPS.dests).keys()].map(c.decodeDestKey);
   }
 
-  /** Ports never captured nor refused: the mesh's own (15001/15008/15020/15021) plus `ports`. */
+  /**
+   * Destination ports outbound capture leaves alone: the mesh's own (15001/15008/15020/15021) plus
+   * `ports`. Outbound only: an excluded port is still judged inbound (setInboundExcludedPorts).
+   */
   setExcludedPorts(ports: number[]): void {
     ports.forEach((p, i) => checkPort(`ports[${i}]`, p));
     const wanted = new Set<number>([...MESH_PORTS, ...ports]);
@@ -474,6 +536,71 @@ export class Datapath {
 
   excludedPorts(): number[] {
     return [...this.map(MAPS.excluded).keys()].map(c.decodePortKey).sort((a, b) => a - b);
+  }
+
+  /**
+   * Pod ports that inbound enforcement leaves alone (plaintext reaches the application directly,
+   * in every mode): exactly `ports`, nothing by default. An explicit operator choice, shown by
+   * `weftctl bpf`.
+   */
+  setInboundExcludedPorts(ports: number[]): void {
+    ports.forEach((p, i) => checkPort(`inboundExcludedPorts[${i}]`, p));
+    const wanted = new Set(ports);
+    const m = this.map(MAPS.inboundExcluded);
+    for (const p of wanted) m.update(c.portKey(p), c.EXCLUDED_PRESENT, 'any');
+    for (const key of [...m.keys()]) if (!wanted.has(c.decodePortKey(key))) m.delete(key);
+  }
+
+  inboundExcludedPorts(): number[] {
+    return [...this.map(MAPS.inboundExcluded).keys()].map(c.decodePortKey).sort((a, b) => a - b);
+  }
+
+  /**
+   * The cgroups whose connections to pods are kubelet probes (exempt from inbound enforcement):
+   * exactly these cgroup v2 ids (a cgroup folder's inode number, see cgroupId()).
+   */
+  setProberCgroups(ids: bigint[]): void {
+    if (ids.length > c.MAX_PROBERS) throw new BadEnrolmentError(`at most ${c.MAX_PROBERS} prober cgroups, got ${ids.length}`);
+    const wanted = new Set(ids);
+    const m = this.map(MAPS.probers);
+    for (const id of wanted) m.update(c.cookieKey(id), c.EXCLUDED_PRESENT, 'any');
+    for (const key of [...m.keys()]) if (!wanted.has(c.decodeCookieKey(key))) m.delete(key);
+  }
+
+  proberCgroups(): bigint[] {
+    return [...this.map(MAPS.probers).keys()].map(c.decodeCookieKey);
+  }
+
+  // ---- the agent's sockets --------------------------------------------------------------------
+
+  /**
+   * Registers the agent's listening socket inside a pod's netns (`fd`, listening): weft_lookup
+   * hands it every connection that reaches the pod from outside its netns. Replaces an earlier
+   * one (a restarted or upgraded agent). The entry leaves the map by itself when the socket closes.
+   */
+  setPodListener(podIp: string, fd: number): void {
+    checkIp('podIp', podIp);
+    this.map(MAPS.podListeners).update(c.ipKey(podIp), c.fdValue(fd), 'any');
+  }
+
+  /** Whether a pod has an agent listener registered (the kernel steers its plaintext there). */
+  hasPodListener(podIp: string): boolean {
+    if (!c.isIpv4(podIp)) return false;
+    return this.map(MAPS.podListeners).lookup(c.ipKey(podIp)) !== undefined;
+  }
+
+  removePodListener(podIp: string): boolean {
+    if (!c.isIpv4(podIp)) return false;
+    return this.map(MAPS.podListeners).delete(c.ipKey(podIp));
+  }
+
+  /**
+   * Marks a socket of the agent's (an fd this process holds) so connect4 never captures it: the
+   * agent delivering into a pod connects from inside the pod's netns, to the pod's own address.
+   * Call before connect(). The mark lives and dies with the socket.
+   */
+  tagAgentSocket(fd: number): void {
+    this.map(MAPS.skTag).update(c.fdKey(fd), c.encodeSkTag(c.SK_TAG.AGENT), 'any');
   }
 
   // ---- connection bookkeeping -----------------------------------------------------------------
@@ -519,6 +646,17 @@ export class Datapath {
 
   // ---- counters -------------------------------------------------------------------------------
 
+  /**
+   * Each connection the kernel refuses (weft_refusals ring buffer), as it happens; the ring is
+   * shared by every consumer on the node (an agent and its successor each get some). Close the
+   * returned ring buffer to stop. A full ring drops records; the counters still count them.
+   */
+  watchRefusals(onRefusal: (r: c.Refusal) => void): RingBuffer {
+    return new RingBuffer(this.map(MAPS.refusals), (data) => {
+      if (data.length >= c.REFUSAL_SIZE) onRefusal(c.decodeRefusal(data));
+    }, { ref: false });
+  }
+
   /** Node-wide counters, summed over CPUs. */
   counters(): c.Counters {
     const v = this.map(MAPS.counters).lookup(Buffer.alloc(4));
@@ -553,9 +691,11 @@ export class Datapath {
   /** Detaches every program (cgroup and pod links) and removes every pin under the pin root. */
   teardown(): void {
     if (this.closed) throw new DatapathClosedError();
-    const podDir = join(this.pinRoot, 'links', 'pods');
-    for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
-      try { this.unenroll(BigInt(name)); } catch { /* keep tearing down */ }
+    for (const dir of ['pods', 'lookup']) {
+      const podDir = join(this.pinRoot, 'links', dir);
+      for (const name of existsSync(podDir) ? readdirSync(podDir) : []) {
+        try { this.unenroll(BigInt(name)); } catch { /* keep tearing down */ }
+      }
     }
     for (const [name, link] of this.links) {
       try { link.detach(); } catch { /* already gone */ }
@@ -580,6 +720,24 @@ export class Datapath {
     };
     walk(pinRoot);
   }
+}
+
+/**
+ * The explicit migrations the rule in bpf/include/weft_maps.h asks for, before the objects load:
+ * counters whose struct grew are re-created (the counts restart; links of the previous programs
+ * keep their old map until they are moved to the new programs), and retired maps' pins go.
+ */
+function migratePins(pinRoot: string): void {
+  const sizes: Record<string, number> = { [MAPS.counters]: c.COUNTERS_SIZE, [MAPS.podCounters]: c.POD_COUNTERS_SIZE };
+  for (const [name, size] of Object.entries(sizes)) {
+    const pin = join(pinRoot, name);
+    if (!existsSync(pin)) continue;
+    const m = BpfMap.openPinned(pin);
+    const stale = m.valueSize !== size;
+    m.close();
+    if (stale) unlinkPin(pin);
+  }
+  for (const name of RETIRED_MAPS) unlinkPin(join(pinRoot, name));
 }
 
 function unlinkPin(path: string): void {

@@ -43,8 +43,8 @@ export class BadPortError extends DatapathError {
 
 export class BadModeError extends DatapathError {
   readonly value: unknown;
-  constructor(value: unknown) {
-    super('WEFT_BAD_MODE', `mode ${JSON.stringify(value)} is not STRICT or PERMISSIVE`);
+  constructor(value: unknown, field = 'mode') {
+    super('WEFT_BAD_MODE', `${field} ${JSON.stringify(value)} is not STRICT or PERMISSIVE`);
     this.value = value;
   }
 }

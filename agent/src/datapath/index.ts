@@ -5,6 +5,7 @@ export {
   DEFAULT_AGENT_PORT,
   DEFAULT_PIN_DIR,
   INBOUND_PROGRAM,
+  LOOKUP_PROGRAM,
   MESH_PORTS,
   type DatapathOptions,
   type EnrollOptions,
@@ -15,6 +16,7 @@ export {
 export {
   COUNTER_FIELDS,
   POD_COUNTER_FIELDS,
+  REFUSAL_COUNTERS,
   type CounterName,
   type Counters,
   type Destination,
@@ -23,5 +25,6 @@ export {
   type OriginalDestination,
   type PodCounterName,
   type PodCounters,
+  type Refusal,
 } from './codecs.ts';
 export * from './errors.ts';

@@ -1,6 +1,6 @@
 // Sample application for the local mesh: an HTTP/1.1 and h2c echo server that says who it is and
 // who it sees as the client, so traffic through the mesh can be checked by eye and by tests.
-//   node cli/local/apps/echo.ts --port 8080 --name reviews-v1 --version v1 [--fail-rate 0.5]
+//   node cli/local/apps/echo.ts --port 8080 [--host ::] --name reviews-v1 --version v1 [--fail-rate 0.5]
 //     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
 //     [--log-requests]     print one JSON line per request (method, path, headers)
 // A request may ask for a slow answer (`?delay=1s`, a Gateway API duration) and for response
@@ -15,6 +15,8 @@ import { parseDuration } from '../../../lib/model/duration.ts';
 const { values } = parseArgs({
   options: {
     port: { type: 'string', default: '8080' },
+    // '::' listens on IPv6 and IPv4 (dual stack).
+    host: { type: 'string', default: '0.0.0.0' },
     name: { type: 'string', default: process.env.POD_NAME ?? 'echo' },
     namespace: { type: 'string', default: process.env.POD_NAMESPACE ?? 'default' },
     version: { type: 'string', default: 'v1' },
@@ -41,17 +43,19 @@ function delayOf(path: string): number {
 }
 
 /** Answers after the delay the request asks for; logs it first with --log-requests. */
-function answerLater(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>, send: (a: { status: number; body: string }) => void): void {
+function answerLater(method: string, path: string, peer: net.Socket | undefined, headers: Record<string, unknown>, send: (a: { status: number; body: string }) => void): void {
   if (values['log-requests']) console.log(JSON.stringify({ msg: 'request', method, path, headers }));
   const delay = delayOf(path);
   if (delay > 0) setTimeout(() => send(answer(method, path, peer, headers)), delay);
   else send(answer(method, path, peer, headers));
 }
 
-function answer(method: string, path: string, peer: string | undefined, headers: Record<string, unknown>) {
+function answer(method: string, path: string, socket: net.Socket | undefined, headers: Record<string, unknown>) {
   served++;
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
-  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, headers });
+  const peer = socket?.remoteAddress;
+  const peerPort = socket?.remotePort;
+  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, peerPort, headers });
   return { status: fail ? 503 : 200, body: body + '\n' };
 }
 
@@ -85,7 +89,7 @@ const h1 = http.createServer((req, res) => {
       res.end(JSON.stringify({ pod: values.name, bytes, sha256: hash.digest('hex'), peer: req.socket.remoteAddress }) + '\n');
       return;
     }
-    answerLater(req.method ?? 'GET', req.url ?? '/', req.socket.remoteAddress, req.headers, ({ status, body }) => {
+    answerLater(req.method ?? 'GET', req.url ?? '/', req.socket, req.headers, ({ status, body }) => {
       if (res.destroyed) return;
       res.writeHead(status, { ...requestedHeaders(req.headers['x-echo-set-header']), 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
       res.end(body);
@@ -96,7 +100,7 @@ const h2 = http2.createServer();
 h2.on('stream', (stream, headers) => {
   stream.resume();
   stream.on('end', () => {
-    answerLater(String(headers[':method']), String(headers[':path']), stream.session?.socket.remoteAddress, headers, ({ status, body }) => {
+    answerLater(String(headers[':method']), String(headers[':path']), stream.session?.socket as net.Socket | undefined, headers, ({ status, body }) => {
       if (stream.destroyed) return;
       stream.respond({ ...requestedHeaders(headers['x-echo-set-header']), ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
       stream.end(body);
@@ -121,7 +125,7 @@ const server = net.createServer((socket) => {
   });
   socket.on('error', () => socket.destroy());
 });
-server.listen(Number(values.port), '0.0.0.0', () => {
+server.listen(Number(values.port), values.host, () => {
   console.log(JSON.stringify({ msg: 'echo listening', port: Number(values.port), name: values.name, version: values.version }));
 });
 if (values['grpc-port'] !== undefined) {

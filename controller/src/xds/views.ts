@@ -1,6 +1,8 @@
-// Which resources each client may see. An agent gets its node's enrolled workloads, every service
-// (any local workload may dial any of them), the policies and peer authentications that select a
-// local workload, and every waypoint. A waypoint gets its namespace's services, routes, traffic
+// Which resources each client may see. An agent gets every workload of its node (enrolled or not:
+// the CNI plugin asks it about each pod it sets up) and every enrolled workload of the mesh (whose
+// identity and node it checks a tunnel's forwarded client against, and which it may dial by pod
+// address), every service (any local workload may dial any of them), the policies and peer
+// authentications that select an enrolled local workload, and every waypoint. A waypoint gets its namespace's services, routes, traffic
 // policies and policies (plus the services its routes send to), and its namespace's waypoints.
 import { policySelectsWorkload, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
@@ -18,17 +20,24 @@ export interface ViewIndex {
   model: MeshModel;
   /** Enrolled workloads by node. */
   workloadsByNode: Map<string, Workload[]>;
+  /** Workloads that are not enrolled, by node. */
+  plainByNode: Map<string, Workload[]>;
+  /** Every enrolled workload's uid. */
+  enrolled: string[];
 }
 
 export function buildIndex(model: MeshModel): ViewIndex {
   const workloadsByNode = new Map<string, Workload[]>();
+  const plainByNode = new Map<string, Workload[]>();
+  const enrolled: string[] = [];
   for (const w of model.workloads.values()) {
-    if (!w.enrolled) continue;
-    let list = workloadsByNode.get(w.node);
-    if (!list) workloadsByNode.set(w.node, (list = []));
+    if (w.enrolled) enrolled.push(w.uid);
+    const byNode = w.enrolled ? workloadsByNode : plainByNode;
+    let list = byNode.get(w.node);
+    if (!list) byNode.set(w.node, (list = []));
     list.push(w);
   }
-  return { model, workloadsByNode };
+  return { model, workloadsByNode, plainByNode, enrolled };
 }
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
@@ -36,7 +45,7 @@ export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iter
   const local = ix.workloadsByNode.get(node) ?? [];
   switch (type) {
     case 'Workload':
-      return local.map((w) => w.uid);
+      return [...ix.enrolled, ...(ix.plainByNode.get(node) ?? []).map((w) => w.uid)];
     case 'Service':
     case 'Waypoint':
       return undefined;

@@ -1,0 +1,121 @@
+// Local delivery: the last step of every connection into a pod on this node, whatever brought it
+// (an HBONE tunnel, a same-node mesh client, plaintext the kernel steered to the agent). One place
+// authorizes it against the pod's L4 AuthorizationPolicies and one place connects to the pod.
+//
+// The agent connects from a socket it creates inside the pod's network namespace, bound to the
+// pod's own address, to the pod's address: the connection never leaves the namespace. That is how
+// the kernel tells the agent's deliveries from everyone else's: weft_lookup lets through a
+// connection whose source is the pod's own address (no packet from outside the namespace can
+// carry it: the kernel drops it as a martian) and steers the rest to the agent; no node address,
+// which every process on the node could use, is trusted. The socket is tagged in weft_sk_tag
+// first so connect4 does not capture it, and the pod's accept() reports the real client
+// (weft_peer_override).
+import type { Duplex } from 'node:stream';
+import { createBoundSocketInNetns } from '../libbpf/index.ts';
+import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
+import type { Workload } from '../../lib/model/mesh.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { AgentState } from './state.ts';
+import type { AgentMetrics } from './metrics.ts';
+import { connectTcp, UpstreamConnectError } from './connect.ts';
+
+export class DeniedError extends Error {
+  readonly code = 'WEFT_DENIED';
+  readonly status: number;
+  readonly policy: string | undefined;
+  /** The label of weft_connections_denied_total: 'policy', 'plaintext_strict'. */
+  readonly reason: string;
+  constructor(message: string, status = 403, policy?: string, reason = 'policy') {
+    super(message);
+    this.name = 'DeniedError';
+    this.status = status;
+    this.policy = policy;
+    this.reason = reason;
+  }
+}
+
+/** What delivery needs from the datapath (the real Datapath, or a test double). */
+export interface DeliveryDatapath {
+  registerPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number }; client: { ip: string; port: number } }): void;
+  unregisterPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } }): boolean;
+  /** Marks one of the agent's sockets so connect4 never captures it. */
+  tagAgentSocket(fd: number): void;
+}
+
+export interface LocalDeliveryOptions {
+  state: AgentState;
+  datapath: DeliveryDatapath;
+  metrics: AgentMetrics;
+  log: Logger;
+}
+
+export class LocalDelivery {
+  readonly #state: AgentState;
+  readonly #datapath: DeliveryDatapath;
+  readonly #metrics: AgentMetrics;
+  readonly #log: Logger;
+  /** pod IP → its network-namespace file, for every pod this agent enrolled. */
+  readonly #netns = new Map<string, string>();
+
+  constructor(opts: LocalDeliveryOptions) {
+    this.#state = opts.state;
+    this.#datapath = opts.datapath;
+    this.#metrics = opts.metrics;
+    this.#log = opts.log;
+  }
+
+  /** The agent enrolled a pod: deliveries to it go through this namespace. */
+  podEnrolled(podIp: string, netnsPath: string): void {
+    this.#netns.set(podIp, netnsPath);
+  }
+
+  podRemoved(podIp: string): void {
+    this.#netns.delete(podIp);
+  }
+
+  /** Throws DeniedError (and counts it) unless the destination's policies allow the connection. */
+  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
+    const policies = this.#state.policiesFor(dest);
+    const decision = evaluate(policies, { ...src, destinationIp: dest.ip, destinationPort: port });
+    // AUDIT policies never decide; a match is logged.
+    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
+    if (decision.allowed) return;
+    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
+    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
+    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+    this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
+    throw new DeniedError(decision.reason, 403, policy);
+  }
+
+  /**
+   * Connects to a local pod from inside its network namespace, so that the pod sees `client` as
+   * its peer. Rejects with UpstreamConnectError when the pod's namespace is unknown (not enrolled
+   * by this agent) or the pod refuses.
+   */
+  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number): Promise<Duplex> {
+    const target = `${dest.ip}:${port}`;
+    const netns = this.#netns.get(dest.ip);
+    if (!netns) throw new UpstreamConnectError(target, Object.assign(new Error(`pod ${dest.namespace}/${dest.name} is not enrolled by this agent`), { code: 'WEFT_NOT_ENROLLED' }));
+    let bound: { fd: number; port: number };
+    try {
+      bound = createBoundSocketInNetns(netns, { bind: { host: dest.ip, port: 0 } });
+      this.#datapath.tagAgentSocket(bound.fd);
+    } catch (err) {
+      throw new UpstreamConnectError(target, err as Error);
+    }
+    const reg = { local: { ip: dest.ip, port }, remote: { ip: dest.ip, port: bound.port } };
+    let registered = false;
+    try {
+      this.#datapath.registerPeer({ ...reg, client: { ip: client.ip, port: client.port || bound.port } });
+      registered = true;
+    } catch (err) {
+      this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
+    }
+    const socket = await connectTcp(target, { bound, timeoutMs }).catch((err: Error) => {
+      if (registered) this.#datapath.unregisterPeer(reg);
+      throw err;
+    });
+    if (registered) socket.once('close', () => this.#datapath.unregisterPeer(reg));
+    return socket;
+  }
+}

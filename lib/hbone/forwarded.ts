@@ -1,0 +1,123 @@
+// The `forwarded` request header of an HBONE CONNECT (RFC 7239): the source says which client it
+// carries, as `for="<ip>:<port>"`. Parsed strictly: a value the grammar does not allow is no
+// address at all, so a sloppy or hostile header can never be half-read into one.
+import { isIPv4, isIPv6 } from 'node:net';
+
+/** A `for=` node that names an address (not `unknown` or an obfuscated identifier). */
+export interface ForwardedNode {
+  ip: string;
+  /** Absent when the node has no port (or an obfuscated one). */
+  port: number | undefined;
+}
+
+/** RFC 7230 tchar: what a token (a parameter name or an unquoted value) may hold. */
+const TCHAR = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+/**
+ * The elements of a Forwarded header, each a map of lower-case parameter names to values (quotes
+ * and escapes removed). undefined when the header does not follow RFC 7239 section 4: a bad token,
+ * an unterminated quoted string, a pair without `=`, or a parameter twice in one element.
+ */
+export function parseForwarded(value: string): Array<Record<string, string>> | undefined {
+  const elements: Array<Record<string, string>> = [];
+  let element: Record<string, string> = {};
+  let i = 0;
+  const n = value.length;
+  const skipSpace = (): void => { while (i < n && (value[i] === ' ' || value[i] === '\t')) i++; };
+  for (;;) {
+    skipSpace();
+    // An empty pair (";;" or a leading/trailing ";") and empty list members are allowed.
+    if (i < n && value[i] !== ',' && value[i] !== ';') {
+      const eq = value.indexOf('=', i);
+      if (eq < 0) return undefined;
+      const name = value.slice(i, eq).toLowerCase();
+      if (!TCHAR.test(name)) return undefined;
+      i = eq + 1;
+      let v: string;
+      if (value[i] === '"') {
+        v = '';
+        i++;
+        for (;;) {
+          if (i >= n) return undefined;
+          const c = value[i]!;
+          if (c === '"') { i++; break; }
+          if (c === '\\') {
+            if (i + 1 >= n) return undefined;
+            v += value[i + 1];
+            i += 2;
+            continue;
+          }
+          v += c;
+          i++;
+        }
+      } else {
+        const start = i;
+        while (i < n && value[i] !== ';' && value[i] !== ',' && value[i] !== ' ' && value[i] !== '\t') i++;
+        v = value.slice(start, i);
+        if (!TCHAR.test(v)) return undefined;
+      }
+      if (Object.hasOwn(element, name)) return undefined;
+      element[name] = v;
+      skipSpace();
+    }
+    if (i >= n) break;
+    if (value[i] === ';') { i++; continue; }
+    if (value[i] === ',') {
+      i++;
+      if (Object.keys(element).length > 0) elements.push(element);
+      element = {};
+      continue;
+    }
+    return undefined;
+  }
+  if (Object.keys(element).length > 0) elements.push(element);
+  return elements;
+}
+
+/**
+ * A `for=` node value (RFC 7239 section 6) as an address: `192.0.2.1`, `192.0.2.1:4711`,
+ * `[2001:db8::1]`, `[2001:db8::1]:4711`. undefined for `unknown`, obfuscated identifiers and
+ * anything malformed.
+ */
+export function parseForwardedNode(node: string): ForwardedNode | undefined {
+  let host: string;
+  let rest: string;
+  if (node.startsWith('[')) {
+    const close = node.indexOf(']');
+    if (close < 0) return undefined;
+    host = node.slice(1, close);
+    if (!isIPv6(host)) return undefined;
+    rest = node.slice(close + 1);
+  } else {
+    const colon = node.indexOf(':');
+    host = colon < 0 ? node : node.slice(0, colon);
+    if (!isIPv4(host)) return undefined;
+    rest = colon < 0 ? '' : node.slice(colon);
+  }
+  if (rest === '') return { ip: host, port: undefined };
+  if (/^:_[A-Za-z0-9._-]+$/.test(rest)) return { ip: host, port: undefined }; // obfuscated port
+  const m = /^:(\d{1,5})$/.exec(rest);
+  if (!m) return undefined;
+  const port = Number(m[1]);
+  if (port < 1 || port > 65535) return undefined;
+  return { ip: host, port };
+}
+
+/**
+ * The client a Forwarded header names: the `for=` of its LAST element, the one the sender (our
+ * peer) added itself; earlier elements are claims the peer only relayed. undefined when the
+ * header is absent, malformed, or its last element names no address.
+ */
+export function forwardedFor(value: string | undefined): ForwardedNode | undefined {
+  if (value === undefined || value === '') return undefined;
+  const elements = parseForwarded(value);
+  const last = elements?.[elements.length - 1];
+  const node = last?.['for'];
+  return node === undefined ? undefined : parseForwardedNode(node);
+}
+
+/** `for="192.0.2.1:4711"` / `for="[2001:db8::1]:4711"`: the port forces the quotes (RFC 7239 section 6). */
+export function formatForwardedFor(ip: string, port?: number): string {
+  const host = isIPv6(ip) ? `[${ip}]` : ip;
+  return port ? `for="${host}:${port}"` : isIPv6(ip) ? `for="${host}"` : `for=${host}`;
+}

@@ -1,0 +1,52 @@
+// Regular expressions from configuration (route path/header/query matches) run on RE2 semantics, as
+// Envoy's safe_regex does: matching takes time linear in the input, so a pattern such as `^/(a+)+$`
+// cannot stall the event loop on an attacker's path (V8's RegExp backtracks). re2js is RE2 ported to
+// JavaScript: no native build, and no look-around or backreferences (RE2 rejects them; so do we,
+// with the reason, at validation time).
+import { RE2JS } from 're2js';
+
+/** Longest pattern accepted (characters). */
+export const MAX_REGEX_LENGTH = 1024;
+/**
+ * Largest compiled program accepted (RE2 instructions; Envoy's limit is `max_program_size`). Repeats
+ * such as `[a-z]{1,1000}` grow the program, and matching time is proportional to it.
+ */
+export const MAX_REGEX_PROGRAM_SIZE = 2000;
+/** Longest input matched (characters); a longer value does not match. */
+export const MAX_REGEX_INPUT_LENGTH = 16 * 1024;
+
+export class RegexError extends Error {
+  readonly code = 'WEFT_REGEX_INVALID';
+  constructor(message: string) {
+    super(message);
+    this.name = 'RegexError';
+  }
+}
+
+/** A compiled full-string matcher (RE2 anchoring, as Envoy applies route regexes). */
+export type FullMatch = (input: string) => boolean;
+
+/** Compiles `pattern` to a full-string matcher; throws RegexError saying why RE2 cannot take it. */
+export function compileFullMatch(pattern: string): FullMatch {
+  if (typeof pattern !== 'string') throw new RegexError('is not a string');
+  if (pattern.length > MAX_REGEX_LENGTH) throw new RegexError(`is ${pattern.length} characters long; the limit is ${MAX_REGEX_LENGTH}`);
+  let re: RE2JS;
+  try {
+    re = RE2JS.compile(pattern);
+  } catch (e) {
+    throw new RegexError(`is not an RE2 regular expression: ${(e as Error).message}`);
+  }
+  const size = Number(re.re2().numberOfInstructions());
+  if (size > MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`compiles to ${size} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`);
+  return (input) => input.length <= MAX_REGEX_INPUT_LENGTH && re.matches(input);
+}
+
+/** Why `pattern` cannot be used, or undefined (for validators). */
+export function regexProblem(pattern: string): string | undefined {
+  try {
+    compileFullMatch(pattern);
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}

@@ -1,0 +1,276 @@
+// Zero trust in the kernel, tried as an attacker would (issue 15): nothing reaches an enrolled pod
+// but what passes the agent, the agent's own deliveries and the kubelet's probes. One node netns
+// with pods joined by veths and a second node; the agent is stood in for by this process (its
+// listener inside pod B's netns, registered in weft_pod_listeners) and by small processes in the
+// lab's cgroup (an agent delivery, a kubelet). Each test asserts the attack fails and that the
+// counter naming why moved.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import { existsSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { once } from 'node:events';
+import type { ChildProcess } from 'node:child_process';
+import { Lab } from '../lab/lab.ts';
+import { createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
+import { Datapath, type Counters, type Refusal } from '../../agent/src/datapath/index.ts';
+import { cgroupId } from '../../lib/sys/cgroup.ts';
+import { PLAINTEXT_HOST, PLAINTEXT_PORT } from '../../agent/src/plaintext.ts';
+import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const OBJECT_DIR = join(REPO, 'build', 'bpf');
+const APP_PORT = 8080;
+const APP_PORT6 = 8081;
+const POD_B6 = 'fd00:77:2::2';
+
+// The agent delivering into a pod: a socket made inside the pod's netns, bound to the pod's own
+// address, tagged in weft_sk_tag (or not, argv[5]), connected to the pod. Prints the server's reply.
+const DELIVER_JS = `
+import net from 'node:net';
+import { BpfMap, createBoundSocketInNetns } from '${REPO}/agent/libbpf/index.ts';
+import { encodeSkTag, fdKey, SK_TAG } from '${REPO}/agent/src/datapath/codecs.ts';
+const [pin, netns, ip, port, tag] = process.argv.slice(1);
+const b = createBoundSocketInNetns(netns, { bind: { host: ip, port: 0 } });
+if (tag === 'tag') BpfMap.openPinned(pin).update(fdKey(b.fd), encodeSkTag(SK_TAG.AGENT));
+const s = new net.Socket({ fd: b.fd, readable: true, writable: true });
+let reply = '';
+s.on('data', (d) => { reply += d; });
+s.on('end', () => { process.stdout.write(reply + '\\n'); process.exit(0); });
+s.on('error', (e) => { process.stdout.write(JSON.stringify({ error: e.code }) + '\\n'); process.exit(0); });
+s.connect(Number(port), ip);
+`;
+
+describe('zero trust in the kernel: every connection into an enrolled pod passes the agent', () => {
+  let lab: Lab;
+  let dp: Datapath;
+  let node: LabPod['ns'];
+  let pa: LabPod; // enrolled client pod
+  let pb: LabPod; // the pod under attack
+  let pc: LabPod; // a pod outside the mesh, same node
+  let pd: LabPod; // a pod outside the mesh, other node
+  let capture: Server; // the agent's capture port (15001) in the node netns
+  let inPod: Server | undefined; // the agent's plaintext listener in pod B's netns
+  let kubeletCg: string;
+  let daemonCg: string;
+  const procs: ChildProcess[] = [];
+  const refusals: Refusal[] = [];
+  let ring: { close(): void } | undefined;
+
+  /** Waits (up to 5 s) for the kernel's refusal record matching `want`. */
+  async function refusal(want: (r: Refusal) => boolean): Promise<Refusal> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const r = refusals.find(want);
+      if (r) return r;
+      if (Date.now() > deadline) throw new Error(`no such refusal record; got ${JSON.stringify(refusals, (_k, v) => typeof v === 'bigint' ? String(v) : v)}`);
+      await new Promise((res) => setTimeout(res, 50));
+    }
+  }
+
+  const delta = (a: Counters, b: Counters, k: keyof Counters) => b[k] - a[k];
+
+  async function openInPodListener(): Promise<void> {
+    const fd = createSocketInNetns(pb.ns.path, { listen: { host: PLAINTEXT_HOST, port: PLAINTEXT_PORT }, reusePort: true });
+    dp.setPodListener(pb.ip, fd);
+    inPod = createServer((s: Socket) => {
+      s.end(JSON.stringify({ server: 'agent-in-pod', localAddress: s.localAddress, localPort: s.localPort, remoteAddress: s.remoteAddress, remotePort: s.remotePort }));
+    });
+    await new Promise<void>((r) => inPod!.listen({ fd }, r));
+  }
+
+  async function deliver(tag: boolean): Promise<Record<string, unknown>> {
+    const child = lab.spawn(NODE_BIN, ['--input-type=module', '-e', DELIVER_JS, dp.mapPin('weft_sk_tag'), pb.ns.path, pb.ip, String(APP_PORT), tag ? 'tag' : 'no'],
+      { cgroup: lab.cgroup('agent') });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => { out += d; });
+    child.stderr!.on('data', (d) => { err += d; });
+    await once(child, 'exit');
+    assert.ok(out.trim(), `delivery printed nothing: ${err}`);
+    return JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
+  }
+
+  before(async () => {
+    assert.ok(existsSync(join(OBJECT_DIR, 'inbound.bpf.o')), 'run `make bpf` first');
+    lab = new Lab();
+    const built = buildNode(lab, ['pa', 'pb', 'pc']);
+    node = built.node;
+    pa = built.pods.pa!;
+    pb = built.pods.pb!;
+    pc = built.pods.pc!;
+    pd = addRemoteNode(lab, node, 'pd').pod;
+    // Dual stack on pod B's link, so IPv6 can be tried against it.
+    node.exec('ip', '-6', 'addr', 'add', 'fd00:77:2::1/64', 'dev', lab.ifname('n1'), 'nodad');
+    pb.ns.exec('ip', '-6', 'addr', 'add', `${POD_B6}/64`, 'dev', pb.ifname, 'nodad');
+    kubeletCg = lab.cgroup('system.slice/kubelet.service');
+    daemonCg = lab.cgroup('system.slice/some-daemon.service');
+    dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    dp.setProberCgroups([cgroupId(kubeletCg)]);
+    ring = dp.watchRefusals((r) => refusals.push(r));
+    const fd = createSocketInNetns(node.path, { listen: { host: '0.0.0.0', port: 15001 } });
+    capture = createServer((s: Socket) => s.end(JSON.stringify({ server: 'agent' })));
+    await new Promise<void>((r) => capture.listen({ fd }, r));
+    procs.push(await startServer(lab, pb, 'pb', [`0.0.0.0:${APP_PORT}`, `:::${APP_PORT6}`]));
+    dp.enroll({ netnsPath: pa.ns.path, podIp: pa.ip, mode: 'PERMISSIVE', agentIp: pa.gateway, ifname: pa.ifname });
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+    await openInPodListener();
+  });
+
+  after(async () => {
+    ring?.close();
+    capture?.close();
+    inPod?.close();
+    await stopAll(procs);
+    try { dp?.teardown(); } catch { /* the lab removes the pins anyway */ }
+    await lab?.cleanup();
+  });
+
+  test('plaintext into a PERMISSIVE pod from a node process, a pod outside the mesh and another node is steered to the agent, which sees the dialled address and the real client', async () => {
+    const before = dp.counters();
+    const cookie = netnsCookie(pb.ns.path);
+    const podBefore = dp.podCounters().get(cookie)!;
+    for (const [who, from, ip] of [['node', { ns: node, cgroup: daemonCg }, pb.gateway], ['pod outside the mesh', pc, pc.ip], ['other node', pd, pd.ip]] as const) {
+      const r = await connectFrom(lab, from, pb.ip, APP_PORT);
+      assert.equal(r.ok, true, `${who}: ${r.code}`);
+      const seen = JSON.parse(r.reply!);
+      assert.equal(seen.server, 'agent-in-pod', `${who}: the agent got it, not the application`);
+      assert.equal(seen.localAddress, pb.ip, `${who}: the agent sees the pod address that was dialled`);
+      assert.equal(seen.localPort, APP_PORT);
+      assert.equal(seen.remoteAddress, ip, `${who}: and the real client`);
+      assert.equal(r.remoteAddress, pb.ip, `${who}: the client sees the address it dialled`);
+    }
+    const after = dp.counters();
+    assert.equal(delta(before, after, 'lookup_steered'), 3);
+    assert.equal(delta(before, after, 'permissive_plaintext'), 3);
+    assert.equal(dp.podCounters().get(cookie)!.steered - podBefore.steered, 3);
+  });
+
+  test('with no agent listener in the pod, its plaintext is refused (fail closed) and counted as lookup_no_agent', async () => {
+    inPod!.close();
+    inPod = undefined;
+    assert.equal(dp.hasPodListener(pb.ip), false, 'a closed listener leaves the map by itself');
+    const before = dp.counters();
+    const r = await connectFrom(lab, pc, pb.ip, APP_PORT);
+    assert.equal(r.code, 'ECONNREFUSED');
+    assert.equal(delta(before, dp.counters(), 'lookup_no_agent'), 1);
+    await openInPodListener();
+  });
+
+  test('the agent\'s own delivery (a tagged socket inside the pod\'s netns) reaches the application uncaptured; an untagged one is captured', async () => {
+    dp.setDestinations([{ ip: pb.ip, port: APP_PORT }]);
+    try {
+      const before = dp.counters();
+      const delivered = await deliver(true);
+      assert.equal(delivered.server, 'pb', `the application answered: ${JSON.stringify(delivered)}`);
+      assert.equal(delivered.remoteAddress, pb.ip);
+      assert.equal(delta(before, dp.counters(), 'connect_agent_skipped'), 1);
+      const captured = await deliver(false);
+      assert.equal(captured.server, 'agent', 'a socket the agent did not tag is captured like any pod connection');
+    } finally {
+      dp.setDestinations([]);
+    }
+  });
+
+  test('STRICT: the kubelet\'s probe (its cgroup) reaches the pod; a node daemon in another cgroup is refused; the probe\'s tuple goes when it closes', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    const before = dp.counters();
+    const probe = await connectFrom(lab, { ns: node, cgroup: kubeletCg }, pb.ip, APP_PORT);
+    assert.equal(probe.ok, true, `probe failed: ${probe.code}`);
+    assert.equal(JSON.parse(probe.reply!).server, 'pb', 'the probe reached the application');
+    const daemon = await connectFrom(lab, { ns: node, cgroup: daemonCg }, pb.ip, APP_PORT);
+    assert.equal(daemon.code, 'ECONNREFUSED', 'any other node process is a client like any other');
+    const root = await connectFrom(lab, { ns: node }, pb.ip, APP_PORT);
+    assert.equal(root.code, 'ECONNREFUSED', 'a process outside the node\'s cgroup programs too');
+    const rec = await refusal((x) => x.reason === 'strict_denied' && x.src.ip === pb.gateway && x.dst.port === APP_PORT);
+    assert.equal(rec.dst.ip, pb.ip);
+    const after = dp.counters();
+    assert.equal(delta(before, after, 'probe_tagged'), 1);
+    assert.equal(delta(before, after, 'probe_allowed'), 1);
+    assert.equal(delta(before, after, 'lookup_probe_allowed'), 1);
+    assert.equal(delta(before, after, 'strict_denied'), 2);
+    assert.deepEqual(bpftoolJson<unknown[]>('map', 'dump', 'pinned', dp.mapPin('weft_probe_tuples')), [], 'no probe tuple outlives its socket');
+  });
+
+  test('STRICT: a SYN in two IPv4 fragments (8 bytes of TCP header in the first) from another node gets no answer and is counted fragment_dropped', async () => {
+    const before = dp.counters();
+    const r = craftedSyn(pd, 'fragments', pd.ip, pb.ip, APP_PORT);
+    assert.equal(r.answered, false, `the pod answered: flags ${r.flags}`);
+    const after = dp.counters();
+    assert.equal(delta(before, after, 'fragment_dropped'), 2, 'both fragments');
+    assert.equal(dp.podCounters().get(netnsCookie(pb.ns.path))!.fragment_dropped >= 2, true);
+    // The agent hears of it too (its access log): who, to whom, why.
+    const rec = await refusal((x) => x.reason === 'fragment_dropped');
+    assert.deepEqual({ src: rec.src.ip, dst: rec.dst.ip, cookie: rec.netnsCookie }, { src: pd.ip, dst: pb.ip, cookie: netnsCookie(pb.ns.path) });
+  });
+
+  test('PERMISSIVE: the same fragments are reassembled by the pod and meet the agent, not the application', () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+    const before = dp.counters();
+    const r = craftedSyn(pd, 'fragments', pd.ip, pb.ip, APP_PORT);
+    assert.equal(r.answered, true, 'the agent\'s listener answers');
+    assert.equal(r.flags, 0x12, 'SYN|ACK');
+    assert.equal(delta(before, dp.counters(), 'lookup_steered'), 1, 'steered to the agent after reassembly');
+  });
+
+  test('a TCP header cut short (8 of 20 bytes, not a fragment) is dropped and counted header_unreadable, never passed unjudged', () => {
+    const before = dp.counters();
+    const r = craftedSyn(pd, 'short', pd.ip, pb.ip, APP_PORT);
+    assert.equal(r.answered, false);
+    assert.equal(delta(before, dp.counters(), 'header_unreadable'), 1);
+  });
+
+  test('IPv6 into an enrolled pod is refused (the mesh is IPv4 only) and counted ipv6_refused', async () => {
+    for (const mode of ['STRICT', 'PERMISSIVE'] as const) {
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode, agentIp: pb.gateway, ifname: pb.ifname });
+      const before = dp.counters();
+      const r = await connectFrom(lab, { ns: node, cgroup: daemonCg }, POD_B6, APP_PORT6);
+      assert.equal(r.ok, false, `${mode}: served over IPv6`);
+      assert.ok(delta(before, dp.counters(), 'ipv6_refused') >= 1, `${mode}: counted`);
+    }
+    // The application does listen on IPv6: from inside the pod it answers.
+    const inside = await connectFrom(lab, { ns: pb.ns }, POD_B6, APP_PORT6);
+    assert.equal(inside.ok, true, `the pod's own IPv6 connection: ${inside.code}`);
+  });
+
+  test('a port excluded from outbound capture stays closed inbound; an inbound exclusion is explicit and listed', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    dp.setExcludedPorts([APP_PORT]);
+    try {
+      const r = await connectFrom(lab, pc, pb.ip, APP_PORT);
+      assert.equal(r.code, 'ECONNREFUSED', 'an outbound exclusion opens nothing inbound');
+      assert.deepEqual(dp.inboundExcludedPorts(), []);
+      dp.setInboundExcludedPorts([APP_PORT]);
+      const before = dp.counters();
+      const open = await connectFrom(lab, pc, pb.ip, APP_PORT);
+      assert.equal(open.ok, true, `inbound exclusion: ${open.code}`);
+      assert.equal(JSON.parse(open.reply!).server, 'pb');
+      assert.deepEqual(dp.inboundExcludedPorts(), [APP_PORT]);
+      const after = dp.counters();
+      assert.equal(delta(before, after, 'inbound_excluded'), 1);
+      assert.equal(delta(before, after, 'lookup_excluded'), 1);
+    } finally {
+      dp.setExcludedPorts([]);
+      dp.setInboundExcludedPorts([]);
+    }
+  });
+
+  test('portLevelMtls in the kernel: a PERMISSIVE port of a STRICT pod is steered to the agent, a STRICT port of a PERMISSIVE pod is refused', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', portModes: { [APP_PORT6]: 'PERMISSIVE' }, agentIp: pb.gateway, ifname: pb.ifname });
+    assert.deepEqual(dp.pods().find((p) => p.podIp === pb.ip)!.portModes, { [APP_PORT6]: 'PERMISSIVE' });
+    assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).code, 'ECONNREFUSED', 'the pod is STRICT');
+    const permissive = await connectFrom(lab, pc, pb.ip, APP_PORT6);
+    assert.equal(JSON.parse(permissive.reply!).server, 'agent-in-pod', 'its PERMISSIVE port goes to the agent');
+
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', portModes: { [APP_PORT]: 'STRICT' }, agentIp: pb.gateway, ifname: pb.ifname });
+    const before = dp.counters();
+    assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).code, 'ECONNREFUSED', 'the STRICT port refuses');
+    assert.equal(delta(before, dp.counters(), 'strict_denied'), 1);
+    assert.equal(JSON.parse((await connectFrom(lab, pc, pb.ip, APP_PORT6)).reply!).server, 'agent-in-pod');
+    // Re-enrolling without port modes removes them.
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+    assert.deepEqual(dp.pods().find((p) => p.podIp === pb.ip)!.portModes, {});
+    assert.deepEqual(bpftoolJson<unknown[]>('map', 'dump', 'pinned', dp.mapPin('weft_port_modes')), []);
+  });
+});

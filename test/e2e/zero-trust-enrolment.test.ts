@@ -1,0 +1,99 @@
+// No window before enrolment (issue 15, item 5): a pod created on a node whose agent runs gets its
+// network through the chained CNI plugin, which has the agent enrol it before the pod's command
+// starts; the local mesh starts the command right after the plugin, as a kubelet does, without
+// waiting on anything else. An outsider probes the new STRICT pod in a tight loop from before the
+// pod exists and must never get an answer in plaintext, while mesh clients are served.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { localMeshSuite, until } from './mesh-suite.ts';
+import { holds } from '../lab/wait.ts';
+import type { LocalMesh } from '../../cli/local/mesh.ts';
+
+const suite = localMeshSuite();
+let mesh: LocalMesh;
+const VIP = '10.96.0.20';
+
+before(async () => {
+  mesh = await suite.create();
+  mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'demo' }, spec: { mtls: { mode: 'STRICT' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'fresh', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'fresh' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'legacy' } },
+  ]);
+  mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
+  mesh.addWorkload({ node: 'node1', namespace: 'legacy', name: 'outsider' });
+  mesh.startController();
+  await mesh.waitControllerReady();
+  mesh.startAgents();
+  await mesh.waitReady(60_000);
+  await mesh.waitWorkloadsEnrolled(['demo/client']);
+});
+
+test('a new STRICT pod never answers plaintext, probed by an outsider from before its first instant', async (t) => {
+  const outsider = mesh.workloads.get('legacy/outsider')!;
+  const stop = join(suite.stateDir, 'stop-prober');
+  // The address the next pod on node2 gets (the local network hands out the smallest free index).
+  const freshIp = `${mesh.node('node2').ip.split('.').slice(0, 2).join('.')}.2.1`;
+  const prober = mesh.net.spawn(outsider.pod, process.execPath, [join(import.meta.dirname, 'fixtures', 'first-instant-prober.ts'), '--target', `${freshIp}:8080`, '--until', stop]);
+  let out = '';
+  prober.stdout!.on('data', (c: Buffer) => (out += c));
+  try {
+    const w = mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'fresh', labels: { app: 'fresh' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'fresh'] });
+    assert.equal(w.pod.ip, freshIp);
+    const t0 = Date.now();
+    await w.started;
+    t.diagnostic(`network set up and command started after ${Date.now() - t0} ms`);
+    // The pod is enrolled by the time its command runs: no waiting on the agent's scan here.
+    const bpf = await mesh.agentAdmin<{ pods: Array<{ podIp: string; mode: string }> }>('node2', '/bpf');
+    assert.deepEqual(bpf.pods.filter((p) => p.podIp === freshIp).map((p) => p.mode), ['STRICT'], 'enrolled STRICT before its command started');
+    // Mesh clients are served as soon as the application listens: the prober ran against a live server.
+    const served = await until('the mesh client is served by the new pod', async () =>
+      (await mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '3', `http://${VIP}/`])).stdout.includes('"pod":"fresh"'), 30_000);
+    t.diagnostic(`served through the mesh ${served} ms later`);
+    // Keep probing the live server a while longer: the server's first second is the window at stake.
+    await holds('the prober keeps running', () => prober.exitCode === null, 1000, { intervalMs: 100 });
+  } finally {
+    writeFileSync(stop, '');
+    await once(prober, 'exit');
+  }
+  const r = JSON.parse(out.trim()) as { attempts: number; outcomes: Record<string, number>; leaks: unknown[] };
+  t.diagnostic(`prober: ${JSON.stringify(r)}`);
+  assert.deepEqual(r.leaks, [], `the outsider got plaintext answers: ${JSON.stringify(r)}`);
+  assert.ok(r.attempts >= 20, `the prober ran in a tight loop (${JSON.stringify(r)})`);
+  assert.ok((r.outcomes['ECONNREFUSED'] ?? 0) >= 1, `the pod's kernel refused it (RST) while the server listened: ${JSON.stringify(r)}`);
+  const counters = await mesh.agentAdmin<{ counters: Record<string, number> }>('node2', '/bpf');
+  assert.ok(counters.counters.strict_denied! >= 1, 'and counted the refusals');
+});
+
+test('the CNI plugin\'s CHECK and DEL act on the agent\'s enrolment; with the agent down, a new pod waits for its network', async () => {
+  const w = mesh.workloads.get('demo/fresh')!;
+  const ok = await mesh.runCni('CHECK', w);
+  assert.equal(ok.code, 0, ok.stdout);
+  const enrolled = async () => (await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node2', '/bpf')).pods.some((p) => p.podIp === w.pod.ip);
+  const del = await mesh.runCni('DEL', w);
+  assert.equal(del.code, 0, del.stdout);
+  assert.equal(await enrolled(), false, 'DEL unenrolled the pod');
+  const bad = await mesh.runCni('CHECK', w);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stdout, /"code":101.*not enrolled/);
+  const again = await mesh.runCni('ADD', w);
+  assert.equal(again.code, 0, again.stdout);
+  assert.equal(await enrolled(), true, 'ADD enrolled it again');
+
+  // The agent killed: a pod created now gets no network (ADD fails, retried) and its command does not run.
+  await mesh.killAgent('node2');
+  const late = mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'late', labels: { app: 'late' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'late'] });
+  const direct = await mesh.runCni('ADD', late);
+  assert.equal(direct.code, 1);
+  assert.match(direct.stdout, /"code":11.*cannot be reached/);
+  await holds('the pod\'s command waits for its network', () => late.process === undefined, 1500, { intervalMs: 50 });
+  // The agent back: the pending pod is enrolled, then started.
+  mesh.startAgent('node2');
+  await late.started;
+  assert.ok(late.process, 'started once the plugin succeeded');
+  assert.ok((await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node2', '/bpf')).pods.some((p) => p.podIp === late.pod.ip));
+});

@@ -1,0 +1,143 @@
+// Normalizing the request target once, before routing and policy; the normalized target is also what
+// is forwarded, so a backend never sees a path other than the one that was judged.
+//
+// Modes, as Istio's MeshConfig `pathNormalization` (istio.io "Authorization Policy Normalization"):
+//   NONE                      nothing beyond turning absolute-form into origin-form;
+//   BASE (default)            RFC 3986 section 6.2.2: `%XX` of unreserved characters decoded (once,
+//                             never twice), remaining `%xx` upper-cased, `\` read as `/` (Envoy
+//                             normalize_path), dot segments removed (RFC 3986 section 5.2.4);
+//   MERGE_SLASHES             BASE, then `//` runs merged (Envoy merge_slashes);
+//   DECODE_AND_MERGE_SLASHES  `%2F` and `%5C` decoded first (Envoy path_with_escaped_slashes_action
+//                             UNESCAPE_AND_FORWARD), then MERGE_SLASHES.
+// In the other modes an encoded slash or backslash is kept encoded (KEEP_UNCHANGED, Istio's default)
+// or the request is refused with 400 (REJECT_REQUEST), per `escapedSlashes`.
+//
+// Always (every mode): `%00` is refused (Istio), as is a malformed `%`, a byte outside the URI
+// character set (RFC 3986 appendix A), a fragment, and a target that is none of origin-form,
+// absolute-form or asterisk-form (RFC 9112 section 3.2). An absolute-form target becomes origin-form
+// and its authority must name the same host and port as Host (or :authority). Methods are compared
+// case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
+// that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
+import { splitHostPort } from './headers.ts';
+
+export const PATH_NORMALIZATIONS = ['NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'] as const;
+export type PathNormalization = (typeof PATH_NORMALIZATIONS)[number];
+
+/** What happens to `%2F`/`%5C` outside DECODE_AND_MERGE_SLASHES (Envoy's names). */
+export const ESCAPED_SLASHES_ACTIONS = ['KEEP_UNCHANGED', 'REJECT_REQUEST'] as const;
+export type EscapedSlashesAction = (typeof ESCAPED_SLASHES_ACTIONS)[number];
+
+export interface NormalizeOptions {
+  /** Default BASE. */
+  pathNormalization: PathNormalization;
+  /** Default KEEP_UNCHANGED. */
+  escapedSlashes: EscapedSlashesAction;
+}
+
+export const DEFAULT_NORMALIZE_OPTIONS: NormalizeOptions = { pathNormalization: 'BASE', escapedSlashes: 'KEEP_UNCHANGED' };
+
+/** Why a request target or method was refused; stable strings, used in access-log details. */
+export type TargetRejection =
+  | 'invalid_character' | 'invalid_percent_encoding' | 'null_character' | 'escaped_slash' | 'fragment'
+  | 'invalid_request_target' | 'absolute_form_userinfo' | 'absolute_form_host_mismatch' | 'method_not_uppercase'
+  | 'invalid_method';
+
+export type NormalizeResult =
+  | { ok: true; path: string }
+  | { ok: false; reason: TargetRejection; message: string };
+
+const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+/**
+ * Visible ASCII (RFC 9112 section 3.2: a request target has no whitespace or controls, and RFC 3986
+ * is ASCII). Characters RFC 3986 does not allow unencoded (`"`, `<`, `{`...) are tolerated as HTTP
+ * parsers do; they are forwarded exactly as judged.
+ */
+const TARGET_CHARS = /^[\x21-\x7e]*$/;
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function reject(reason: TargetRejection, message: string): NormalizeResult {
+  return { ok: false, reason, message };
+}
+
+/** RFC 3986 section 5.2.4 remove_dot_segments, on a path that starts with `/`. */
+export function removeDotSegments(path: string): string {
+  const out: string[] = [];
+  const segs = path.split('/');
+  // segs[0] is '' (the path starts with '/').
+  for (let i = 1; i < segs.length; i++) {
+    const s = segs[i]!;
+    const last = i === segs.length - 1;
+    if (s === '.') { if (last) out.push(''); continue; }
+    if (s === '..') { out.pop(); if (last) out.push(''); continue; }
+    out.push(s);
+  }
+  return `/${out.join('/')}`;
+}
+
+/** Normalizes the path part (no query) per `opts`; see the module comment. */
+export function normalizePath(path: string, opts: NormalizeOptions): NormalizeResult {
+  const mode = opts.pathNormalization;
+  let out = '';
+  for (let i = 0; i < path.length; i++) {
+    const c = path[i]!;
+    if (c !== '%') { out += c; continue; }
+    const hex = path.slice(i + 1, i + 3);
+    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return reject('invalid_percent_encoding', `"%${hex}" is not a percent-encoded byte`);
+    i += 2;
+    const byte = parseInt(hex, 16);
+    if (byte === 0) return reject('null_character', '%00 in the path');
+    if (mode === 'NONE') { out += `%${hex}`; continue; }
+    const ch = String.fromCharCode(byte);
+    if (ch === '/' || ch === '\\') {
+      if (mode === 'DECODE_AND_MERGE_SLASHES') { out += '/'; continue; }
+      if (opts.escapedSlashes === 'REJECT_REQUEST') return reject('escaped_slash', `encoded ${ch === '/' ? 'slash' : 'backslash'} %${hex} in the path`);
+      out += `%${hex.toUpperCase()}`;
+      continue;
+    }
+    out += UNRESERVED.test(ch) ? ch : `%${hex.toUpperCase()}`;
+  }
+  if (mode === 'NONE') return { ok: true, path: out };
+  out = removeDotSegments(out.replaceAll('\\', '/'));
+  if (mode === 'MERGE_SLASHES' || mode === 'DECODE_AND_MERGE_SLASHES') out = out.replace(/\/{2,}/g, '/');
+  return { ok: true, path: out };
+}
+
+function sameAuthority(a: string, b: string, scheme: string): boolean {
+  const def = scheme === 'https' ? 443 : 80;
+  const x = splitHostPort(a.toLowerCase());
+  const y = splitHostPort(b.toLowerCase());
+  return x.host === y.host && (x.port ?? def) === (y.port ?? def);
+}
+
+/**
+ * The request target as it will be judged and forwarded: origin-form, normalized. `host` is the
+ * Host header (HTTP/1.1) or :authority (HTTP/2), if any.
+ */
+export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): NormalizeResult {
+  if (!TOKEN.test(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
+  if (/[a-z]/.test(method)) return reject('method_not_uppercase', `method ${JSON.stringify(method)} is not upper case (methods are case-sensitive, RFC 9110 section 9.1)`);
+  if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*' };
+  let originForm = target;
+  const abs = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s.exec(target);
+  if (abs) {
+    const scheme = abs[1]!.toLowerCase();
+    const authority = abs[2]!;
+    if (scheme !== 'http' && scheme !== 'https') return reject('invalid_request_target', `absolute-form with scheme ${JSON.stringify(abs[1])}`);
+    // RFC 9110 section 4.2.4: userinfo in an http(s) URI is an error.
+    if (authority.includes('@')) return reject('absolute_form_userinfo', 'absolute-form target carries userinfo');
+    if (authority === '') return reject('invalid_request_target', 'absolute-form target without a host');
+    if (host !== undefined && !sameAuthority(authority, host, scheme)) {
+      return reject('absolute_form_host_mismatch', `absolute-form target names ${JSON.stringify(authority)} but Host is ${JSON.stringify(host)}`);
+    }
+    // RFC 9110 section 4.2.3: an empty path is "/".
+    originForm = abs[3]!.startsWith('/') ? abs[3]! : `/${abs[3]!}`;
+  }
+  if (!originForm.startsWith('/')) return reject('invalid_request_target', `request target ${JSON.stringify(target.slice(0, 64))} is not origin-form`);
+  if (originForm.includes('#')) return reject('fragment', 'a fragment in the request target (RFC 9112 section 3.2.1)');
+  if (!TARGET_CHARS.test(originForm)) return reject('invalid_character', 'a byte outside the URI character set in the request target');
+  const q = originForm.indexOf('?');
+  const path = q < 0 ? originForm : originForm.slice(0, q);
+  const query = q < 0 ? '' : originForm.slice(q);
+  const n = normalizePath(path, opts);
+  return n.ok ? { ok: true, path: n.path + query } : n;
+}
