@@ -31,6 +31,7 @@ APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool i
 	make g++ python3 curl ca-certificates iputils-ping procps chromium
 # The k8s tier drives the lab API server with a real kubectl: Debian's, unless one is installed.
 APT_PACKAGES += $(if $(shell command -v kubectl),,kubernetes-client)
+APT_PACKAGES += prometheus
 
 # The spec reporter, plus the tests over 10 s listed before the summary (test/lab/reporter.ts).
 NODE_TEST := node --test --test-reporter=./test/lab/reporter.ts
@@ -55,6 +56,8 @@ deps-apt:
 	fi
 	@# Debian starts these services on install; the benchmarks start their own instances.
 	@-systemctl disable --now nginx haproxy redis-server stunnel4 >/dev/null 2>&1 || true
+	@# The observability tests start their own Prometheus with a config they write.
+	@-systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 
 deps-node:
 	@if [ "$$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt $(NODE_MAJOR_MIN) ]; then \

@@ -120,9 +120,10 @@ export function toFlow(reporter: string, e: Entry): Flow | undefined {
       workload: str(e, 'dst_workload', 'dst.workload'),
       service: str(e, 'dst_service', 'dst.service'),
     },
-    verdict: denied || /denied|WEFT_DENIED|refused by policy|not allowed/i.test(error ?? '') ? 'denied' : error ? 'error' : 'allowed',
+    verdict: denied || str(e, 'response_flags') === 'DENY' || /denied|WEFT_DENIED|refused by policy|not allowed/i.test(error ?? '') ? 'denied' : error ? 'error' : 'allowed',
     security: str(e, 'security', 'connection_security_policy'),
-    bytesSent: num(e, 'bytes_sent'), bytesReceived: num(e, 'bytes_received', 'bytes_recv'), durationMs: num(e, 'duration_ms', 'duration'),
+    bytesSent: num(e, 'bytes_sent'), bytesReceived: num(e, 'bytes_received', 'bytes_recv'),
+    durationMs: num(e, 'duration_ms') ?? (/^(\d+)ms$/.exec(str(e, 'duration') ?? '') ? Number(str(e, 'duration')!.slice(0, -2)) : undefined),
   };
   const reason = denied ?? error;
   if (reason) flow.reason = reason;

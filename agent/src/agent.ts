@@ -12,7 +12,7 @@ import type { AgentConfig } from '../../lib/model/mesh.ts';
 import { Datapath, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
-import { AgentMetrics } from './metrics.ts';
+import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
 import { Inbound } from './inbound.ts';
 import { LocalDelivery } from './delivery.ts';
@@ -125,7 +125,7 @@ export class Agent {
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
   #certsReady = false;
-  #accessLog: (entry: Record<string, unknown>) => void;
+  #accessLog: AccessLogSink;
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
@@ -153,9 +153,10 @@ export class Agent {
     this.state = new AgentState(o.node);
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
-    this.#accessLog = (entry) => {
+    // Every entry reaches /flows (weftctl tap, the dashboard); stdout as the workload's Telemetry says.
+    this.#accessLog = (entry, logging) => {
       const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
-      write(JSON.stringify(line));
+      if (!logging?.disabled) write(formatAccessLog(line, logging?.encoding));
       this.flows.publish(line);
     };
   }

@@ -77,10 +77,12 @@ export class LocalDelivery {
   authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
     const policies = this.#state.policiesFor(dest);
     const decision = evaluate(policies, { ...src, destinationIp: dest.ip, destinationPort: port });
+    // AUDIT policies never decide; a match is logged.
+    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
     if (decision.allowed) return;
     // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
     const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
+    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
     this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
     throw new DeniedError(decision.reason, 403, policy);
   }

@@ -8,9 +8,10 @@ import { identityForServerName } from '../../lib/hbone/sni.ts';
 import type { Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
-import type { AgentMetrics } from './metrics.ts';
+import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
+import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
-import { tunnelClient, type TunnelClient } from './forwarded.ts';
+import { tunnelClient } from './forwarded.ts';
 
 export interface InboundOptions {
   node: string;
@@ -25,15 +26,15 @@ export interface InboundOptions {
   trustBundle: () => readonly string[];
   metrics: AgentMetrics;
   log: Logger;
-  accessLog: (entry: Record<string, unknown>) => void;
+  accessLog: AccessLogSink;
   connectTimeoutMs?: number;
 }
 
 export class Inbound {
   readonly #o: InboundOptions;
   readonly server: HboneServer;
-  /** The client each accepted tunnel carries, as decided when it was opened (for its access log). */
-  readonly #clients = new WeakMap<HboneConnectRequest, TunnelClient>();
+  /** The record of each tunnel carried, until the server reports it closed. */
+  readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
@@ -76,6 +77,21 @@ export class Inbound {
         using: `${client.ip}:${client.port}`, destination: `${dest.namespace}/${dest.name}:${port}`,
       });
     }
+    const service = inboundService(this.#o.state.current.services, dest, port);
+    const record = new ConnectionRecord(this.#o.metrics, {
+      reporter: 'destination',
+      // The peer's agent (or waypoint) describes its workload in `baggage`; believed only for the
+      // namespace the peer's certificate proves.
+      source: { meta: peerFromBaggage(req.headers['baggage'], principal), principal },
+      destination: { meta: dest, principal: dest.spiffeId },
+      service: service ? { hostname: service.hostname, name: service.name, namespace: service.namespace } : undefined,
+      security: 'mutual_tls',
+      srcAddr: `${client.ip}:${client.port}`,
+      dstAddr: `${host}:${port}`,
+      hboneAddr: req.authority,
+      dstPod: dest.name,
+      logging: dest.telemetry?.accessLogging,
+    }, this.#o.accessLog);
     try {
       this.#o.delivery.authorize(dest, port, {
         ...(principal ? { sourcePrincipal: principal } : {}),
@@ -84,16 +100,17 @@ export class Inbound {
       });
     } catch (err) {
       if (err instanceof DeniedError) {
-        this.#o.accessLog({ direction: 'inbound', src: `${client.ip}:${client.port}`, src_principal: principal, dst: `${host}:${port}`, dst_workload: dest.name, dst_namespace: dest.namespace, denied: err.message, policy: err.policy });
+        record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
         return { status: err.status, reason: err.message };
       }
       throw err;
     }
     try {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
-      this.#clients.set(req, client);
+      this.#records.set(req, record);
       return { upstream };
     } catch (err) {
+      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message };
     }
   }
@@ -104,40 +121,11 @@ export class Inbound {
   }
 
   #closed(c: HboneTunnelClosed): void {
-    const dest = this.#o.state.localWorkload(c.request.target.host);
-    const principal = c.request.peer.spiffeId;
-    const src = workloadOf(principal);
-    const labels = {
-      reporter: 'destination',
-      source_workload: src?.serviceAccount ?? 'unknown',
-      source_workload_namespace: src?.namespace ?? 'unknown',
-      source_principal: principal ?? 'unknown',
-      destination_workload: dest?.name ?? 'unknown',
-      destination_workload_namespace: dest?.namespace ?? 'unknown',
-      destination_principal: dest?.spiffeId ?? 'unknown',
-      destination_service: 'unknown',
-      connection_security_policy: 'mutual_tls',
-    };
-    const m = this.#o.metrics;
-    m.opened.inc(labels);
-    m.closed.inc(labels);
-    // From the destination's point of view: bytes from the tunnel (a) are received by the pod.
-    m.received.inc(labels, c.bytesAtoB);
-    m.sent.inc(labels, c.bytesBtoA);
-    this.#o.accessLog({
-      direction: 'inbound',
-      src: clientAddress(this.#clients.get(c.request)) ?? c.request.peer.address,
-      peer: `${c.request.peer.address}:${c.request.peer.port}`,
-      src_principal: principal,
-      dst: c.request.authority,
-      dst_workload: dest?.name,
-      dst_namespace: dest?.namespace,
-      security: 'mutual_tls',
-      bytes_in: c.bytesAtoB,
-      bytes_out: c.bytesBtoA,
-      duration_ms: Math.round(c.durationMs),
-      ...(c.error ? { error: c.error.message } : {}),
-    });
+    const record = this.#records.get(c.request);
+    if (!record) return;
+    this.#records.delete(c.request);
+    // From the destination's point of view: bytes from the tunnel (a) go to the pod.
+    record.close({ bytesToDestination: c.bytesAtoB, bytesToSource: c.bytesBtoA, error: c.error?.message });
   }
 }
 
@@ -151,6 +139,3 @@ function workloadOf(principal: string | undefined): { namespace: string; service
   }
 }
 
-function clientAddress(c: TunnelClient | undefined): string | undefined {
-  return c ? `${c.ip}:${c.port}` : undefined;
-}

@@ -1,26 +1,41 @@
-// The agent's Prometheus metrics, with the names and labels Istio users already graph.
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+// The agent's Prometheus metrics (Istio's names and labels: lib/telemetry/labels.ts) and its access
+// log. Both directions describe each connection with one ConnectionRecord, as ztunnel's
+// ConnectionResult does: opened when the agent has decided to carry it (counted then), closed once
+// with its bytes and outcome (counted, and one access-log line written from the same labels).
+import { Counter, Gauge, Registry } from 'prom-client';
 import type { CertManager } from './certs/index.ts';
+import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
+import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
+import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
-export const TCP_LABELS = [
-  'reporter',
-  'source_workload',
-  'source_workload_namespace',
-  'source_principal',
-  'destination_workload',
-  'destination_workload_namespace',
-  'destination_principal',
-  'destination_service',
-  'connection_security_policy',
-] as const;
-export type TcpLabels = Partial<Record<(typeof TCP_LABELS)[number], string>>;
+export type TcpLabels = Record<TrafficLabel, string>;
+
+/**
+ * Receives one access-log entry (the agent adds time, type and node) with the reporter's
+ * workload's access-log settings (written to stdout unless disabled, in their encoding).
+ */
+export type AccessLogSink = (entry: Record<string, unknown>, logging?: TelemetrySettings['accessLogging']) => void;
+
+/**
+ * One access-log line: JSON, or ztunnel's text form (`<time> info access <msg> key=value ...`,
+ * values with spaces quoted). Undefined values are left out of both.
+ */
+export function formatAccessLog(entry: Record<string, unknown>, encoding: 'JSON' | 'TEXT' = 'JSON'): string {
+  if (encoding === 'JSON') return JSON.stringify(entry);
+  const { time, msg, ...rest } = entry;
+  const kv = Object.entries(rest).filter(([, v]) => v !== undefined).map(([k, v]) => {
+    const s = typeof v === 'string' ? v : JSON.stringify(v);
+    return `${k}=${/[\s"=]/.test(s) ? JSON.stringify(s) : s}`;
+  });
+  return [String(time ?? new Date().toISOString()), 'info', 'access', String(msg ?? ''), ...kv].join(' ');
+}
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly opened: Counter<(typeof TCP_LABELS)[number]>;
-  readonly closed: Counter<(typeof TCP_LABELS)[number]>;
-  readonly sent: Counter<(typeof TCP_LABELS)[number]>;
-  readonly received: Counter<(typeof TCP_LABELS)[number]>;
+  readonly opened: Counter<TrafficLabel>;
+  readonly closed: Counter<TrafficLabel>;
+  readonly sent: Counter<TrafficLabel>;
+  readonly received: Counter<TrafficLabel>;
   readonly denied: Counter<'reporter' | 'reason' | 'destination_workload' | 'destination_workload_namespace'>;
   readonly failed: Counter<'reporter' | 'reason'>;
   readonly forwardedIgnored: Counter<'reason'>;
@@ -28,10 +43,10 @@ export class AgentMetrics {
 
   constructor() {
     const registers = [this.registry];
-    this.opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames: TCP_LABELS, registers });
-    this.closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: TCP_LABELS, registers });
-    this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent toward the destination', labelNames: TCP_LABELS, registers });
-    this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the destination', labelNames: TCP_LABELS, registers });
+    this.opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'The total number of TCP connections opened', labelNames: TRAFFIC_LABELS, registers });
+    this.closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'The total number of TCP connections closed', labelNames: TRAFFIC_LABELS, registers });
+    this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent during response (destination to source) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
+    this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received during request (source to destination) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
     const metrics = this;
     this.denied = new Counter({
       name: 'weft_connections_denied_total',
@@ -50,7 +65,7 @@ export class AgentMetrics {
       registers,
     });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
-    collectDefaultMetrics({ register: this.registry });
+    registerProcessMetrics(this.registry, 'agent');
   }
 
   #certs: CertManager | undefined;
@@ -81,7 +96,9 @@ export class AgentMetrics {
    * - weft_certificate_renewal_failures_total{reason}: failed signing attempts (initial issue or
    *   renewal), by error code (WEFT_CA_UNAVAILABLE while the controller is down);
    * - weft_certificate_rotations_total: certificates replaced by a renewed one;
-   * - weft_certificates{state}: certificates held, by state (valid, renewing, expired).
+   * - weft_certificates{state}: certificates held, by state (valid, renewing, expired);
+   * - weft_certificate_expiry_timestamp_seconds{identity}: when each held certificate expires
+   *   (alert on `... - time() < 3600`).
    */
   watchCertificates(certs: CertManager): void {
     if (this.#certs) throw new Error('AgentMetrics.watchCertificates: already watching a certificate manager');
@@ -105,7 +122,127 @@ export class AgentMetrics {
         for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
       },
     });
+    new Gauge({
+      name: 'weft_certificate_expiry_timestamp_seconds',
+      help: 'Expiry (notAfter, Unix seconds) of each workload certificate the agent holds, by SPIFFE identity',
+      labelNames: ['identity'],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of certs.list()) this.set({ identity: c.identity }, Math.floor(c.notAfter.getTime() / 1000));
+      },
+    });
     certs.on('renewalFailed', (_identity, err) => failures.inc({ reason: err.code }));
     certs.on('rotated', () => rotations.inc());
   }
+}
+
+/** What is known about a connection when the agent decides to carry (or refuse) it. */
+export interface ConnectionOpen {
+  reporter: Exclude<Reporter, 'waypoint'>;
+  source: Peer;
+  destination: Peer;
+  service?: ServiceRef | undefined;
+  security: SecurityPolicy;
+  /** Client address as `ip:port`. */
+  srcAddr: string;
+  /** Pod name of the source, when it is a pod the reporter knows (access log only). */
+  srcPod?: string | undefined;
+  /** Address the connection goes to (the pod's, or the service address it dialled), `ip:port`. */
+  dstAddr: string;
+  /** The HBONE `:authority` when tunnelled (the address inside the tunnel). */
+  hboneAddr?: string | undefined;
+  dstPod?: string | undefined;
+  /** Extra access-log fields (`via` for a waypoint). */
+  extra?: Record<string, unknown>;
+  /** The access-log settings of the reporter's own workload (Telemetry); default on, JSON. */
+  logging?: TelemetrySettings['accessLogging'] | undefined;
+}
+
+export interface ConnectionOutcome {
+  /** Source to destination (request direction). */
+  bytesToDestination: number;
+  /** Destination to source. */
+  bytesToSource: number;
+  error?: string | undefined;
+  /** response_flags: DENY, CONNECT, or none. */
+  flags?: string;
+}
+
+/**
+ * One connection, for metrics and the access log alike (ztunnel's ConnectionResult): created when
+ * the agent decides, which counts istio_tcp_connections_opened_total; `close()` once, which counts
+ * the close and the bytes and writes the line. Istio's byte metrics are from the destination's
+ * view in both reporters: received = request bytes, sent = response bytes; the log's
+ * bytes_sent / bytes_recv are the reporter's own pod's (as ztunnel writes them).
+ */
+export class ConnectionRecord {
+  readonly labels: TcpLabels;
+  readonly #m: AgentMetrics;
+  readonly #open: ConnectionOpen;
+  readonly #log: AccessLogSink;
+  readonly #started: number;
+  #closed = false;
+
+  /** `started`: when the connection was accepted (default now). */
+  constructor(metrics: AgentMetrics, open: ConnectionOpen, log: AccessLogSink, started = Date.now()) {
+    this.#started = started;
+    this.#m = metrics;
+    this.#open = open;
+    this.#log = log;
+    this.labels = trafficLabels({ ...open, protocol: 'tcp', flags: FLAG_NONE });
+    metrics.opened.inc(this.labels);
+  }
+
+  close(outcome: ConnectionOutcome): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const labels = outcome.flags && outcome.flags !== FLAG_NONE ? { ...this.labels, response_flags: outcome.flags } : this.labels;
+    const m = this.#m;
+    m.closed.inc(labels);
+    if (outcome.bytesToDestination) m.received.inc(labels, outcome.bytesToDestination);
+    if (outcome.bytesToSource) m.sent.inc(labels, outcome.bytesToSource);
+    const o = this.#open;
+    const mtls = o.security === 'mutual_tls';
+    const l = labels;
+    const known = (v: string) => (v === 'unknown' ? undefined : v);
+    const outbound = o.reporter === 'source';
+    // Keys as ztunnel writes them (src.*, dst.*, direction, bytes_sent, bytes_recv, duration, error).
+    this.#log({
+      msg: 'connection complete',
+      'src.addr': o.srcAddr,
+      'src.workload': o.srcPod ?? known(l.source_workload),
+      'src.namespace': known(l.source_workload_namespace),
+      'src.identity': mtls ? known(l.source_principal) : undefined,
+      'dst.addr': o.dstAddr,
+      'dst.hbone_addr': o.hboneAddr,
+      'dst.service': known(l.destination_service),
+      'dst.workload': o.dstPod ?? known(l.destination_workload),
+      'dst.namespace': known(l.destination_workload_namespace),
+      'dst.identity': mtls ? known(l.destination_principal) : undefined,
+      direction: outbound ? 'outbound' : 'inbound',
+      connection_security_policy: o.security,
+      ...o.extra,
+      bytes_sent: outbound ? outcome.bytesToDestination : outcome.bytesToSource,
+      bytes_recv: outbound ? outcome.bytesToSource : outcome.bytesToDestination,
+      duration: `${Date.now() - this.#started}ms`,
+      ...(l.response_flags !== FLAG_NONE ? { response_flags: l.response_flags } : {}),
+      ...(outcome.error ? { error: outcome.error } : {}),
+    }, o.logging);
+  }
+}
+
+/**
+ * The service an inbound connection to `workload:port` was most likely addressed to (the tunnel
+ * names the pod, not the service; ztunnel guesses the same way): the first of the workload's
+ * services, by name, with a port that targets `port`, else its only service.
+ */
+export function inboundService(services: readonly Service[], workload: Workload, port: number): Service | undefined {
+  const mine = services.filter((s) => workload.services.includes(`${s.namespace}/${s.name}`)).sort((a, b) => (a.hostname < b.hostname ? -1 : 1));
+  for (const s of mine) {
+    const ep = s.endpoints.find((e) => e.ip === workload.ip);
+    if (ep && Object.values(ep.ports).includes(port)) return s;
+    if (!ep && s.ports.some((p) => p.targetPort === port)) return s;
+  }
+  return mine.length === 1 ? mine[0] : undefined;
 }

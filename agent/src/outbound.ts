@@ -10,7 +10,8 @@ import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import type { AgentState, Upstream } from './state.ts';
-import type { AgentMetrics, TcpLabels } from './metrics.ts';
+import { ConnectionRecord, type AccessLogSink, type AgentMetrics, type ConnectionOpen } from './metrics.ts';
+import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labels.ts';
 import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
@@ -43,7 +44,7 @@ export interface OutboundOptions {
   authorizer: LocalDelivery;
   metrics: AgentMetrics;
   log: Logger;
-  accessLog: (entry: Record<string, unknown>) => void;
+  accessLog: AccessLogSink;
   connectTimeoutMs?: number;
 }
 
@@ -140,7 +141,7 @@ export class Outbound {
       candidates = this.#o.state.resolve(source, orig.ip, orig.port);
     } catch (err) {
       this.#o.metrics.failed.inc({ reporter: 'source', reason: 'no_route' });
-      this.#o.accessLog({ direction: 'outbound', src: `${srcIp}:${socket.remotePort}`, src_workload: source.name, src_namespace: source.namespace, dst: dest, error: (err as Error).message });
+      this.#o.accessLog({ msg: 'connection failed', 'src.addr': `${srcIp}:${socket.remotePort}`, 'src.workload': source.name, 'src.namespace': source.namespace, 'dst.addr': dest, direction: 'outbound', error: (err as Error).message });
       socket.destroy();
       return;
     }
@@ -158,18 +159,23 @@ export class Outbound {
       }
       const epIp = up.endpoint?.ip ?? splitIp(up.target);
       this.#o.state.endpointSucceeded(epIp);
-      await this.#proxy(socket, upstream, source, up, dest, started);
+      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started));
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
     const wp = candidates[0]?.kind === 'hbone' ? candidates[0].waypoint : undefined;
     const via = wp ? `waypoint ${wp.namespace}/${wp.name}` : undefined;
     const reason = `${via ? `${via} unreachable (${candidates.length} ${candidates.length === 1 ? 'replica' : 'replicas'} tried; failing closed): ` : ''}${lastError?.message ?? 'no upstream'}`;
-    this.#o.metrics.failed.inc({ reporter: 'source', reason: (lastError as { code?: string } | undefined)?.code ?? 'connect' });
-    this.#o.accessLog({
-      direction: 'outbound', src: `${srcIp}:${socket.remotePort}`, src_workload: source.name, src_namespace: source.namespace, dst: dest,
-      ...(via ? { via } : {}), error: reason, duration_ms: Date.now() - started,
-    });
+    const code = (lastError as { code?: string } | undefined)?.code;
+    this.#o.metrics.failed.inc({ reporter: 'source', reason: code ?? 'connect' });
+    const first = candidates[0];
+    if (first) {
+      // Denied here (same node) or by the destination's agent (its 403 on the CONNECT).
+      const denied = code === 'WEFT_DENIED' || (lastError as { status?: number } | undefined)?.status === 403;
+      this.#record(source, first, socket, dest, started).close({ bytesToDestination: 0, bytesToSource: 0, flags: denied ? FLAG_DENY : FLAG_CONNECT, error: reason });
+    } else {
+      this.#o.accessLog({ msg: 'connection failed', 'src.addr': `${srcIp}:${socket.remotePort}`, 'src.workload': source.name, 'src.namespace': source.namespace, 'dst.addr': dest, direction: 'outbound', error: reason });
+    }
     socket.destroy();
   }
 
@@ -185,7 +191,7 @@ export class Outbound {
           dest: { host: up.address, port: up.port },
           target: up.target,
           expectPeer: up.identity,
-          headers: { forwarded: formatForwardedFor(source.ip, client.remotePort) },
+          headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) },
           timeoutMs,
         });
       }
@@ -206,20 +212,33 @@ export class Outbound {
     }
   }
 
-  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, source: Workload, up: Upstream, dest: string, started: number): Promise<void> {
-    const labels: TcpLabels = {
+  /** The connection record (counted as opened) for carrying `socket` to `up`. */
+  #record(source: Workload, up: Upstream, socket: net.Socket, dest: string, started?: number): ConnectionRecord {
+    const svc = up.service;
+    const open: ConnectionOpen = {
       reporter: 'source',
-      source_workload: source.name,
-      source_workload_namespace: source.namespace,
-      source_principal: source.spiffeId,
-      destination_workload: up.kind === 'local' ? up.workload.name : (up.endpoint?.workloadUid.split('/').pop() ?? 'unknown'),
-      destination_workload_namespace: up.kind === 'local' ? up.workload.namespace : (up.service?.namespace ?? 'unknown'),
-      destination_principal: up.kind === 'hbone' ? up.identity : up.kind === 'local' ? up.workload.spiffeId : 'unknown',
-      destination_service: up.service?.hostname ?? 'unknown',
-      connection_security_policy: up.kind === 'hbone' ? 'mutual_tls' : up.kind === 'local' ? 'node_local' : 'none',
+      source: { meta: source, principal: source.spiffeId },
+      destination:
+        up.kind === 'hbone' ? { meta: up.waypoint ? up.waypoint.workload : up.endpoint?.workload, principal: up.identity }
+        : up.kind === 'local' ? { meta: up.workload, principal: up.workload.spiffeId }
+        : { meta: up.endpoint?.workload },
+      service: svc ? { hostname: svc.hostname, name: svc.name, namespace: svc.namespace } : undefined,
+      // Same node: the agent itself established both identities and applied the destination's
+      // policy, as an mTLS hop would; nothing crosses the wire.
+      security: up.kind === 'passthrough' ? 'none' : 'mutual_tls',
+      srcAddr: `${source.ip}:${socket.remotePort}`,
+      srcPod: source.name,
+      dstAddr: up.kind === 'hbone' ? `${up.address}:${up.port}` : up.target,
+      hboneAddr: up.kind === 'hbone' ? up.target : undefined,
+      dstPod: up.kind === 'local' ? up.workload.name : undefined,
+      logging: source.telemetry?.accessLogging,
+      extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind },
     };
+    return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
+  }
+
+  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord): Promise<void> {
     const m = this.#o.metrics;
-    m.opened.inc(labels);
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
     this.#o.state.connectionOpened(epIp);
@@ -231,25 +250,7 @@ export class Outbound {
       this.#o.state.connectionClosed(epIp);
       m.active.dec({ direction: 'outbound' });
     }
-    m.closed.inc(labels);
-    m.sent.inc(labels, result.bytesAtoB);
-    m.received.inc(labels, result.bytesBtoA);
-    this.#o.accessLog({
-      direction: 'outbound',
-      src: `${source.ip}:${socket.remotePort}`,
-      src_workload: source.name,
-      src_namespace: source.namespace,
-      src_principal: source.spiffeId,
-      dst: dest,
-      upstream: up.kind === 'hbone' ? `${up.address}:${up.port}` : up.target,
-      target: up.target,
-      via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind,
-      security: labels.connection_security_policy,
-      bytes_sent: result.bytesAtoB,
-      bytes_received: result.bytesBtoA,
-      duration_ms: Date.now() - started,
-      ...(result.error ? { error: result.error.message } : {}),
-    });
+    record.close({ bytesToDestination: result.bytesAtoB, bytesToSource: result.bytesBtoA, error: result.error?.message });
   }
 }
 

@@ -17,7 +17,7 @@ import type { Logger } from '../../lib/log.ts';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
 import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
-import type { AgentMetrics, TcpLabels } from './metrics.ts';
+import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { unmapV4, type Refusal } from './datapath/codecs.ts';
 
@@ -52,7 +52,7 @@ export interface PlaintextInboundOptions {
   delivery: LocalDelivery;
   metrics: AgentMetrics;
   log: Logger;
-  accessLog: (entry: Record<string, unknown>) => void;
+  accessLog: AccessLogSink;
   connectTimeoutMs?: number;
 }
 
@@ -161,7 +161,7 @@ export class PlaintextInbound {
     const mode = o.state.modeFor(dest, dst.port);
     try {
       if (mode === 'STRICT') {
-        o.metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
+        o.metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
         o.log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: client.ip, destination: `${dest.namespace}/${dest.name}:${dst.port}` });
         throw new DeniedError(`plaintext to ${dest.namespace}/${dest.name}:${dst.port}, whose PeerAuthentication mode is STRICT`, 403, `mtls:STRICT`, 'plaintext_strict');
       }
@@ -181,19 +181,21 @@ export class PlaintextInbound {
       socket.resetAndDestroy();
       return;
     }
-    const labels: TcpLabels = {
+    // One connection record: metrics at the open and the close, and the access-log line (no
+    // identity: plaintext has none; connection_security_policy="none").
+    const service = inboundService(o.state.current.services, dest, dst.port);
+    const record = new ConnectionRecord(o.metrics, {
       reporter: 'destination',
-      source_workload: 'unknown',
-      source_workload_namespace: 'unknown',
-      source_principal: 'unknown',
-      destination_workload: dest.name,
-      destination_workload_namespace: dest.namespace,
-      destination_principal: dest.spiffeId,
-      destination_service: 'unknown',
-      connection_security_policy: 'none',
-    };
+      source: {},
+      destination: { meta: dest, principal: dest.spiffeId },
+      service: service ? { hostname: service.hostname, name: service.name, namespace: service.namespace } : undefined,
+      security: 'none',
+      srcAddr: `${client.ip}:${client.port}`,
+      dstAddr: `${dst.ip}:${dst.port}`,
+      dstPod: dest.name,
+      logging: dest.telemetry?.accessLogging,
+    }, o.accessLog, started);
     const m = o.metrics;
-    m.opened.inc(labels);
     m.active.inc({ direction: 'inbound' });
     socket.resume();
     let result;
@@ -202,12 +204,6 @@ export class PlaintextInbound {
     } finally {
       m.active.dec({ direction: 'inbound' });
     }
-    m.closed.inc(labels);
-    m.received.inc(labels, result.bytesAtoB);
-    m.sent.inc(labels, result.bytesBtoA);
-    o.accessLog({
-      ...log, ...where, bytes_in: result.bytesAtoB, bytes_out: result.bytesBtoA, duration_ms: Date.now() - started,
-      ...(result.error ? { error: result.error.message } : {}),
-    });
+    record.close({ bytesToDestination: result.bytesAtoB, bytesToSource: result.bytesBtoA, error: result.error?.message });
   }
 }

@@ -163,15 +163,16 @@ export function buildGraph(inp: GraphInput): MeshGraph {
     if (f.verdict !== 'denied') continue;
     const srcWl = f.source.address ? wlByIp.get(f.source.address.replace(/:\d+$/, '')) : undefined;
     const sNs = srcWl?.namespace ?? f.source.namespace;
-    const sName = srcWl?.name ?? f.source.workload;
+    // Metrics name the controlling workload (a Deployment), logs the pod: nodes use the former.
+    const sName = (srcWl?.workloadName || srcWl?.name) ?? f.source.workload;
     if (!sNs || !sName) continue;
     const dIp = f.destination.address?.replace(/:\d+$/, '');
     const viaVip = dIp ? svcByVip.get(dIp) : undefined;
     const dWl = f.destination.workload && f.destination.namespace
-      ? inp.config.workloads.find((w) => w.name === f.destination.workload && w.namespace === f.destination.namespace)
+      ? inp.config.workloads.find((w) => (w.name === f.destination.workload || w.workloadName === f.destination.workload) && w.namespace === f.destination.namespace)
       : dIp ? wlByIp.get(dIp) : undefined;
     const svcKey = serviceKeyOfHost(f.destination.service) ?? (viaVip ? `${viaVip.namespace}/${viaVip.name}` : dWl?.services[0]);
-    const dst = target(svcKey, dWl?.namespace ?? f.destination.namespace, dWl?.name ?? f.destination.workload);
+    const dst = target(svcKey, dWl?.namespace ?? f.destination.namespace, (dWl?.workloadName || dWl?.name) ?? f.destination.workload);
     if (!dst) continue;
     const e = edge(node('workload', sNs, sName), dst);
     e.denied++;
@@ -187,7 +188,7 @@ export function buildGraph(inp: GraphInput): MeshGraph {
     }
     const t = nodes.get(e.target)!;
     const svcKey = t.kind === 'service' ? `${t.namespace}/${t.name}` : undefined;
-    const backends = inp.config.workloads.filter((w) => (svcKey ? w.services.includes(svcKey) : w.namespace === t.namespace && w.name === t.name));
+    const backends = inp.config.workloads.filter((w) => (svcKey ? w.services.includes(svcKey) : w.namespace === t.namespace && (w.workloadName || w.name) === t.name));
     const seen = new Set<string>();
     for (const p of inp.config.policies) {
       const key = `${p.namespace}/${p.name}`;

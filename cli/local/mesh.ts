@@ -38,12 +38,21 @@ export interface LocalMeshOptions {
   logLevel?: string;
 }
 
+/** The pod-template-hash of local "Deployments" (WorkloadSpec.deployment). */
+const LOCAL_TEMPLATE_HASH = '5c9d7f6b8';
+
 export interface WorkloadSpec {
   node: string;
   namespace: string;
   name: string;
   serviceAccount?: string;
   labels?: Record<string, string>;
+  /**
+   * The pod belongs to this Deployment, as Kubernetes would record it: a ReplicaSet
+   * `<deployment>-<hash>` as controlling owner and the `pod-template-hash` label (telemetry names
+   * the workload after the Deployment).
+   */
+  deployment?: string;
   /** Command to run in the pod (argv); node scripts are run with this Node. */
   command?: string[];
   /** The node's kubelet probes this port (HTTP GET /), as a readiness probe would. */
@@ -463,7 +472,11 @@ export class LocalMesh {
     const pod = this.net.addPod(spec.node, spec.namespace, spec.name);
     const obj = {
       apiVersion: 'v1', kind: 'Pod',
-      metadata: { name: spec.name, namespace: spec.namespace, labels: spec.labels ?? { app: spec.name }, uid: podUid(spec) },
+      metadata: {
+        name: spec.name, namespace: spec.namespace, uid: podUid(spec),
+        labels: { ...(spec.labels ?? { app: spec.name }), ...(spec.deployment ? { 'pod-template-hash': LOCAL_TEMPLATE_HASH } : {}) },
+        ...(spec.deployment ? { ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${spec.deployment}-${LOCAL_TEMPLATE_HASH}`, controller: true }] } : {}),
+      },
       spec: { nodeName: spec.node, serviceAccountName: spec.serviceAccount ?? spec.name },
       status: { phase: 'Running', podIP: pod.ip, hostIP: this.node(spec.node).ip, conditions: [{ type: 'Ready', status: 'True' }] },
     };

@@ -20,8 +20,12 @@ import {
   type Pod,
   type Service as ServiceObject,
   type TrafficPolicy as TrafficPolicyObject,
+  type Telemetry as TelemetryObject,
   type Waypoint as WaypointObject,
   type BackendRef,
+  type ParentReference,
+  type ReferenceGrant,
+  isServiceParent,
   type HeaderModifier,
   type PathModifier,
 } from '../../lib/model/objects.ts';
@@ -30,9 +34,11 @@ import {
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
   HBONE_PORT,
+  isConsumerRoute,
   labelsMatch,
   nsName,
   spiffeIdOf,
+  DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
   type CompiledRule,
   type Endpoint,
@@ -40,7 +46,7 @@ import {
   type MeshModel,
   type MtlsMode,
   type PeerAuthentication,
-  type PolicyLayer,
+  type TelemetrySettings,
   type Route,
   type RouteBackend,
   type RouteFilter,
@@ -51,7 +57,9 @@ import {
   type WaypointRef,
   type Workload,
 } from '../../lib/model/mesh.ts';
-import { L7_CONDITION_KEYS } from '../../lib/model/validate.ts';
+import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
+import { ruleLayer } from '../../lib/policy/authz.ts';
+import { admitWaypoint, type WaypointAllowList } from './waypoint-admission.ts';
 
 /** The accepted input objects, by kind. */
 export interface MeshInputs {
@@ -64,12 +72,14 @@ export interface MeshInputs {
   authorizationPolicies: AuthorizationPolicyObject[];
   peerAuthentications: PeerAuthenticationObject[];
   trafficPolicies: TrafficPolicyObject[];
+  telemetries: TelemetryObject[];
   httpRoutes: HTTPRoute[];
   grpcRoutes: GRPCRoute[];
+  referenceGrants: ReferenceGrant[];
 }
 
 export function emptyInputs(): MeshInputs {
-  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], httpRoutes: [], grpcRoutes: [] };
+  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], telemetries: [], httpRoutes: [], grpcRoutes: [], referenceGrants: [] };
 }
 
 /** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
@@ -99,8 +109,12 @@ export interface CompileOptions {
   clusterDomain?: string;
   /** Default `weft-system`. */
   rootNamespace?: string;
+  /** Cluster ID in telemetry (`*_cluster` labels); default `Kubernetes`, Istio's default. */
+  clusterId?: string;
   /** By `namespace/name`; overrides what the Waypoint's status says. */
   waypointRuntime?: ReadonlyMap<string, WaypointRuntime>;
+  /** ServiceAccounts and images Waypoints may use (controller/src/waypoint-admission.ts). */
+  waypointAllowList?: WaypointAllowList;
 }
 
 /** A problem found while compiling that belongs in an object's status. */
@@ -113,9 +127,28 @@ export interface CompileFinding {
   message: string;
 }
 
+/** One Gateway API condition as the controller decided it. */
+export interface RouteCondition {
+  type: 'Accepted' | 'ResolvedRefs';
+  status: boolean;
+  reason: string;
+  message: string;
+}
+
+/** Status of a route for one of its Service parents (status.parents[] in the Gateway API). */
+export interface RouteParentResult {
+  parentRef: ParentReference;
+  conditions: RouteCondition[];
+}
+
 export interface CompileResult {
   model: MeshModel;
   findings: CompileFinding[];
+  /**
+   * By `Kind/namespace/name` of each HTTPRoute and GRPCRoute: one entry per Service parentRef
+   * (parents of other kinds are other controllers' and get none).
+   */
+  routeParents: Map<string, RouteParentResult[]>;
 }
 
 
@@ -123,6 +156,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
   const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  const clusterId = options.clusterId ?? DEFAULT_CLUSTER_ID;
   const findings: CompileFinding[] = [];
   const model: MeshModel = {
     workloads: new Map(),
@@ -164,6 +198,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
   const peerAuths = [...model.peerAuthentications.values()];
 
+  // Telemetry: resolved per workload and per waypoint, most specific object first.
+  const telemetries = sortByAge(inputs.telemetries);
+  const telemetryFor = (namespace: string, labels: Record<string, string>): TelemetrySettings | undefined =>
+    resolveTelemetry(telemetries, rootNamespace, namespace, labels);
+
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = new Map<string, WaypointRuntime>();
@@ -183,6 +222,14 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
+    const refusal = admitWaypoint(wp, options.waypointAllowList);
+    if (refusal) {
+      // Not launched (the controller filters it out of the reconcile), so never ready: the
+      // Services that use it fail closed.
+      findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, ...refusal });
+      model.waypoints.set(key, { name: wp.metadata.name, namespace: ns, port: HBONE_PORT, spiffeId: spiffeIdOf(trustDomain, ns, wp.metadata.name), ready: false, reason: refusal.reason });
+      continue;
+    }
     const rt = options.waypointRuntime?.get(key) ?? waypointPods.get(key);
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
@@ -198,7 +245,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       ...(address !== undefined ? { address } : {}),
       ...(address !== undefined && addresses && addresses.length > 1 ? { addresses } : {}),
       ...(ready && address !== undefined ? {} : { reason: reason ?? 'NoAddress' }),
+      // The reconciler's Deployment is named after the Waypoint, its pods labelled app.kubernetes.io/name=<name>.
+      workload: { workloadName: wp.metadata.name, namespace: ns, canonicalService: wp.metadata.name, canonicalRevision: 'latest', cluster: clusterId },
     };
+    const wpTelemetry = telemetryFor(ns, { [LABEL_WAYPOINT_FOR]: wp.metadata.name, 'app.kubernetes.io/name': wp.metadata.name });
+    if (wpTelemetry) compiled.telemetry = wpTelemetry;
     model.waypoints.set(key, compiled);
   }
 
@@ -226,7 +277,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
     const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
     const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
-    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}`;
+    const telemetry = telemetryFor(ns, labels);
+    const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
+    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
     const cached = options.cache?.workloads.get(uid);
     if (cached && cached.pod === pod && cached.deps === deps) {
       nextCache.set(uid, cached);
@@ -238,6 +291,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const w: Workload = {
       uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
       name: pod.metadata.name,
+      ...workloadMetaOf(pod, clusterId),
       namespace: ns,
       node,
       ...(nodeIp ? { nodeIp } : {}),
@@ -250,6 +304,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       ...(portModes ? { portModes } : {}),
       ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
       services: [],
+      ...(telemetry ? { telemetry } : {}),
     };
     model.workloads.set(w.uid, w);
     if (ip) podsByIp.set(ip, w);
@@ -377,7 +432,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       name: ap.metadata.name,
       namespace: ns,
       action: apSpec.action ?? 'ALLOW',
-      scope: targets ? 'service' : apSpec.selector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
+      // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
+      // workloads of every namespace.
+      scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',
       ...(apSpec.selector && !targets ? { selector: { ...apSpec.selector.matchLabels } } : {}),
       ...(targets ? { targetServices: targets } : {}),
       rules,
@@ -403,9 +460,53 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
 
   // Routes.
-  for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) compileRoute(r, model, clusterDomain, findings);
+  const grants = new ReferenceGrants(inputs.referenceGrants);
+  const routeParents = new Map<string, RouteParentResult[]>();
+  for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
+    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, findings));
+  }
 
-  return { model, findings };
+  return { model, findings, routeParents };
+}
+
+/**
+ * The Telemetry settings of a workload (namespace + labels): for each field, the value of the most
+ * specific object that sets it: a selecting object in its namespace, else the namespace-wide one,
+ * else the root namespace's mesh-wide one (the oldest at each level). Undefined when none applies.
+ */
+export function resolveTelemetry(telemetries: readonly TelemetryObject[], rootNamespace: string, namespace: string, labels: Record<string, string>): TelemetrySettings | undefined {
+  const pick = (level: (t: TelemetryObject) => boolean) => telemetries.find(level);
+  const levels = [
+    pick((t) => t.metadata.namespace === namespace && t.spec?.selector !== undefined && labelsMatch(t.spec.selector.matchLabels ?? {}, labels)),
+    pick((t) => t.metadata.namespace === namespace && t.spec?.selector === undefined && namespace !== rootNamespace),
+    pick((t) => t.metadata.namespace === rootNamespace && t.spec?.selector === undefined),
+  ].filter((t): t is TelemetryObject => t !== undefined);
+  if (levels.length === 0) return undefined;
+  const first = <T>(get: (t: TelemetryObject) => T | undefined): T | undefined => {
+    for (const t of levels) {
+      const v = get(t);
+      if (v !== undefined) return v;
+    }
+    return undefined;
+  };
+  const endpoint = first((t) => t.spec?.tracing?.otlp?.endpoint);
+  const tracingSet = levels.some((t) => t.spec?.tracing !== undefined);
+  const logEndpoint = first((t) => t.spec?.accessLogging?.otlp?.endpoint);
+  return {
+    sources: levels.map((t) => nsName(t.metadata.namespace!, t.metadata.name)),
+    ...(tracingSet ? {
+      tracing: {
+        ...(endpoint ? { otlpEndpoint: endpoint } : {}),
+        samplingPercentage: first((t) => t.spec?.tracing?.randomSamplingPercentage) ?? DEFAULT_SAMPLING_PERCENTAGE,
+        disabled: first((t) => t.spec?.tracing?.disableSpanReporting) ?? false,
+      },
+    } : {}),
+    accessLogging: {
+      disabled: first((t) => t.spec?.accessLogging?.disabled) ?? false,
+      encoding: first((t) => t.spec?.accessLogging?.encoding) ?? 'JSON',
+      ...(logEndpoint ? { otlpEndpoint: logEndpoint } : {}),
+    },
+  };
 }
 
 function sortByAge<T extends { metadata: { name: string; namespace?: string; creationTimestamp?: string } }>(list: T[]): T[] {
@@ -452,6 +553,7 @@ function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: 
     enrolled: w?.enrolled ?? false,
     ...(w?.enrolled ? { spiffeId: w.spiffeId } : {}),
     ready,
+    ...(w ? { workload: { workloadName: w.workloadName, namespace: w.namespace, canonicalService: w.canonicalService, canonicalRevision: w.canonicalRevision, cluster: w.cluster } } : {}),
   };
 }
 
@@ -464,7 +566,6 @@ function stripScheme(list: string[] | undefined): string[] | undefined {
 }
 
 function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number]): CompiledRule {
-  let layer: PolicyLayer = 'L4';
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: stripScheme(s.principals),
     notPrincipals: stripScheme(s.notPrincipals),
@@ -472,26 +573,21 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     notNamespaces: nonEmpty(s.notNamespaces),
     ipBlocks: nonEmpty(s.ipBlocks),
     notIpBlocks: nonEmpty(s.notIpBlocks),
+    remoteIpBlocks: nonEmpty(s.remoteIpBlocks),
+    notRemoteIpBlocks: nonEmpty(s.notRemoteIpBlocks),
   }));
-  const to = (rule.to ?? []).map(({ operation: o }) => {
-    const op = clean({
-      ports: nonEmpty(o.ports?.map(Number)),
-      notPorts: nonEmpty(o.notPorts?.map(Number)),
-      methods: nonEmpty(o.methods),
-      notMethods: nonEmpty(o.notMethods),
-      paths: nonEmpty(o.paths),
-      notPaths: nonEmpty(o.notPaths),
-      hosts: nonEmpty(o.hosts),
-      notHosts: nonEmpty(o.notHosts),
-    });
-    if (op.methods || op.notMethods || op.paths || op.notPaths || op.hosts || op.notHosts) layer = 'L7';
-    return op;
-  });
-  const when = (rule.when ?? []).map((c) => {
-    if (L7_CONDITION_KEYS.some((k) => c.key === k || ((k.endsWith('[') || k.endsWith('.')) && c.key.startsWith(k)))) layer = 'L7';
-    return clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) });
-  });
-  return { from, to, when, layer };
+  const to = (rule.to ?? []).map(({ operation: o }) => clean({
+    ports: nonEmpty(o.ports?.map(Number)),
+    notPorts: nonEmpty(o.notPorts?.map(Number)),
+    methods: nonEmpty(o.methods),
+    notMethods: nonEmpty(o.notMethods),
+    paths: nonEmpty(o.paths),
+    notPaths: nonEmpty(o.notPaths),
+    hosts: nonEmpty(o.hosts),
+    notHosts: nonEmpty(o.notHosts),
+  }));
+  const when = (rule.when ?? []).map((c) => clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) }));
+  return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 
 /** Drops undefined fields so the JSON form is stable. */
@@ -529,6 +625,7 @@ function compileTrafficPolicy(tp: TrafficPolicyObject, service: string): Traffic
       : undefined,
     loadBalancer: s.loadBalancer?.policy ?? 'ROUND_ROBIN',
     rateLimit: s.rateLimit ? { tokens: s.rateLimit.tokens, fillIntervalMs: parseDuration(s.rateLimit.fillInterval), per: s.rateLimit.per ?? 'route' } : undefined,
+    quota: s.quota ? { limit: s.quota.requests, windowMs: parseDuration(s.quota.window), per: s.quota.per ?? 'service' } : undefined,
     fault: s.fault
       ? clean({
           delay: s.fault.delay ? { fixedDelayMs: parseDuration(s.fault.delay.fixedDelay), percentage: s.fault.delay.percentage ?? 100 } : undefined,
@@ -547,19 +644,53 @@ function pathRewrite(p: PathModifier | undefined): { path?: { type: PathModifier
   return { path: { type: p.type, value: (p.type === 'ReplaceFullPath' ? p.replaceFullPath : p.replacePrefixMatch) ?? '/' } };
 }
 
-function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, findings: CompileFinding[]): void {
+/** ReferenceGrants by the namespace they grant access into. */
+class ReferenceGrants {
+  readonly #byNamespace = new Map<string, ReferenceGrant[]>();
+  constructor(grants: readonly ReferenceGrant[]) {
+    for (const g of grants) {
+      const ns = g.metadata.namespace!;
+      this.#byNamespace.set(ns, [...(this.#byNamespace.get(ns) ?? []), g]);
+    }
+  }
+
+  /**
+   * May a `fromKind` (gateway.networking.k8s.io) in `fromNs` refer to Service `toNs/name`? Always
+   * within a namespace; across namespaces only with a ReferenceGrant in `toNs` (Gateway API).
+   */
+  permits(fromKind: string, fromNs: string, toNs: string, name: string): boolean {
+    if (fromNs === toNs) return true;
+    return (this.#byNamespace.get(toNs) ?? []).some((g) =>
+      g.spec.from.some((f) => f.group === 'gateway.networking.k8s.io' && f.kind === fromKind && f.namespace === fromNs) &&
+      g.spec.to.some((t) => t.group === '' && t.kind === 'Service' && (t.name === undefined || t.name === name)));
+  }
+}
+
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, findings: CompileFinding[]): RouteParentResult[] {
   const ns = r.metadata.namespace!;
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
+  // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
+  let unresolved: { reason: string; message: string } | undefined;
   const backend = (b: BackendRef, path: string, filters: HTTPRouteFilter[] | undefined): RouteBackend => {
     const bns = b.namespace ?? ns;
     const key = nsName(bns, b.name);
-    if (!model.services.has(key)) finding(path, 'BackendNotFound', `Service ${key} does not exist; requests routed to it get 500`);
+    let refused: string | undefined;
+    if (!grants.permits(r.kind, ns, bns, b.name)) {
+      refused = `${r.kind} ${ns}/${r.metadata.name} may not send to Service ${key}: no ReferenceGrant in namespace ${bns} allows it; requests routed to it get 500`;
+      finding(path, 'RefNotPermitted', refused);
+      unresolved ??= { reason: 'RefNotPermitted', message: `${path}: ${refused}` };
+    } else if (!model.services.has(key)) {
+      const message = `Service ${key} does not exist; requests routed to it get 500`;
+      finding(path, 'BackendNotFound', message);
+      unresolved ??= { reason: 'BackendNotFound', message: `${path}: ${message}` };
+    }
     return {
       service: key,
       hostname: `${b.name}.${bns}.svc.${clusterDomain}`,
       ...(b.port !== undefined ? { port: b.port } : {}),
       weight: b.weight ?? 1,
       filters: (filters ?? []).map((f, i) => filter(f, `${path}.filters[${i}]`)),
+      ...(refused !== undefined ? { refused } : {}),
     };
   };
   const filter = (f: HTTPRouteFilter, path: string): RouteFilter => {
@@ -613,26 +744,53 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       timeouts: clean({ requestMs: ms(timeouts?.request), backendRequestMs: ms(timeouts?.backendRequest) }),
     });
   });
+  const resolved: RouteCondition = unresolved
+    ? { type: 'ResolvedRefs', status: false, ...unresolved }
+    : { type: 'ResolvedRefs', status: true, reason: 'ResolvedRefs', message: 'every backendRef resolved' };
   const order = `${r.metadata.creationTimestamp ?? ''}/${ns}/${r.metadata.name}`;
+  const parents: RouteParentResult[] = [];
   (r.spec.parentRefs ?? []).forEach((parent, i) => {
+    // Parents of other kinds (an ingress Gateway) are other controllers': no route, no status.
+    if (!isServiceParent(parent)) return;
+    const accepted = (status: boolean, reason: string, message: string): void => {
+      if (!status) finding(`spec.parentRefs[${i}]`, reason, message);
+      parents.push({ parentRef: parent, conditions: [{ type: 'Accepted', status, reason, message }, resolved] });
+    };
     const pns = parent.namespace ?? ns;
-    const svc = nsName(pns, parent.name);
-    if (!model.services.has(svc)) {
-      finding(`spec.parentRefs[${i}]`, 'NoMatchingParent', `Service ${svc} does not exist`);
+    const svcKey = nsName(pns, parent.name);
+    const svc = model.services.get(svcKey);
+    if (!svc) { accepted(false, 'NoMatchingParent', `Service ${svcKey} does not exist`); return; }
+    let port = parent.port;
+    if (parent.sectionName !== undefined) {
+      const named = svc.ports.find((sp) => sp.name === parent.sectionName);
+      if (!named || (port !== undefined && named.port !== port)) { accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port named ${parent.sectionName}${port !== undefined ? ` with port ${port}` : ''}`); return; }
+      port = named.port;
+    } else if (port !== undefined && !svc.ports.some((sp) => sp.port === port)) {
+      accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port ${port}`);
       return;
     }
     const route: Route = {
       name: r.metadata.name,
       namespace: ns,
       kind: r.kind,
-      service: svc,
-      ...(parent.port !== undefined ? { port: parent.port } : {}),
+      service: svcKey,
+      ...(port !== undefined ? { port } : {}),
       hostnames: r.spec.hostnames ?? [],
       rules,
       order,
     };
-    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svc), route);
+    model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
+    const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
+    if (!svc.waypoint) {
+      // Only a waypoint applies routes: say so rather than let the route look in force.
+      accepted(false, 'NoWaypoint', `Service ${svcKey} has no waypoint (label weft.dev/use-waypoint on the Service or its namespace); nothing enforces this route`);
+    } else if (!model.waypoints.has(nsName(svc.waypoint.namespace, svc.waypoint.name))) {
+      accepted(false, 'NoWaypoint', `Service ${svcKey} uses waypoint ${svc.waypoint.namespace}/${svc.waypoint.name}, which does not exist; nothing enforces this route`);
+    } else {
+      accepted(true, 'Accepted', `enforced by waypoint ${svc.waypoint.namespace}/${svc.waypoint.name} as ${scope}`);
+    }
   });
+  return parents;
 }
 
 export function routeKey(kind: string, namespace: string, name: string, service: string): string {

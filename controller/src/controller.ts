@@ -5,8 +5,9 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { CompileCache, compile, type CompileFinding, type CompileOptions, type WaypointRuntime } from './compile.ts';
+import { CompileCache, compile, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
 import { silentLogger, type Logger } from './log.ts';
+import { admitWaypoint } from './waypoint-admission.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
 import { ALWAYS_LEADER, type Leadership } from './cluster/leader.ts';
 import { ObjectStore, invalidStatus } from './store.ts';
@@ -178,7 +179,10 @@ export class Controller {
     if (this.#waypointsDirty && this.#o.waypoints && leader) {
       this.#waypointsDirty = false;
       try {
-        await this.#o.waypoints.reconcile(this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>);
+        // A Waypoint whose ServiceAccount or image is not allowed is never launched.
+        const admitted = (this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>)
+          .filter((w) => admitWaypoint(w, this.#o.compile?.waypointAllowList) === undefined);
+        await this.#o.waypoints.reconcile(admitted);
       } catch (e) {
         this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message });
         this.#waypointsDirty = true;
@@ -205,6 +209,7 @@ export class Controller {
       findings = result.findings;
       this.#findingsDirty = true;
       this.#lastFindings = findings;
+      this.#lastRouteParents = result.routeParents;
       this.#metrics?.compiles.inc();
       this.#metrics?.objects.set(this.store.objects().length);
       const version = this.#o.configServer.publish(result.model);
@@ -220,6 +225,7 @@ export class Controller {
   }
 
   #lastFindings: CompileFinding[] = [];
+  #lastRouteParents: CompileResult['routeParents'] = new Map();
   #lastCompileMs = 0;
   readonly #cache = new CompileCache();
 
@@ -246,17 +252,33 @@ export class Controller {
       if (obj.kind === 'Waypoint') {
         const wp = this.#model?.waypoints.get(`${base.namespace}/${base.name}`);
         const rt = runtime?.get(`${base.namespace}/${base.name}`);
+        const refused = byKey.get(key);
         next.set(key, {
           ...base,
           ok: wp?.ready ?? false,
-          reason: wp?.ready ? 'Ready' : (rt?.reason ?? wp?.reason ?? 'Pending'),
-          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
+          ...(refused ? { path: refused.path } : {}),
+          reason: wp?.ready ? 'Ready' : (refused?.reason ?? rt?.reason ?? wp?.reason ?? 'Pending'),
+          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${refused?.message ?? rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
           ...(wp?.address ? { address: wp.address } : {}),
         });
         continue;
       }
       if (!KINDS[obj.kind].hasStatus) continue;
       const f = byKey.get(key);
+      if (obj.kind === 'HTTPRoute' || obj.kind === 'GRPCRoute') {
+        // Gateway API: a verdict per Service parent; the flat fields summarize the first failure.
+        const parents = this.#lastRouteParents.get(key) ?? [];
+        const failed = parents.flatMap((p) => p.conditions).find((c) => !c.status);
+        next.set(key, {
+          ...base,
+          ok: failed === undefined,
+          reason: failed?.reason ?? (parents.length > 0 ? 'Accepted' : 'NoServiceParent'),
+          message: failed?.message ?? (parents.length > 0 ? 'accepted and in force' : 'no Service parent: left to the controllers of its other parents'),
+          ...(failed && f ? { path: f.path } : {}),
+          parents,
+        });
+        continue;
+      }
       next.set(key, f
         ? { ...base, ok: false, reason: f.reason, message: f.message, path: f.path }
         : { ...base, ok: true, reason: 'Accepted', message: 'accepted and in force' });

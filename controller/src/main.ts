@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry } from 'prom-client';
+import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
@@ -33,6 +34,7 @@ import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
+import type { WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
@@ -66,6 +68,8 @@ export interface ControllerMainOptions {
   adminPort?: number;
   trustDomain?: string;
   rootNamespace?: string;
+  /** Cluster ID in telemetry labels (`*_cluster`); default `Kubernetes`, as Istio's. */
+  clusterId?: string;
   /**
    * The controller's own namespace: its SPIFFE ID, DNS names, the agents' ServiceAccount, the CA
    * Secret, the trust bundle and the Lease live there. Default $POD_NAMESPACE, else rootNamespace.
@@ -100,6 +104,8 @@ export interface ControllerMainOptions {
   requireClientIdentity?: boolean;
   /** Kubernetes mode: waypoint image and the address waypoints dial back. */
   waypointImage?: string;
+  /** ServiceAccounts and images a Waypoint may name (controller/src/waypoint-admission.ts). */
+  waypointAllowList?: WaypointAllowList;
   controllerAddress?: string;
   /** Local mode: starts waypoint processes; without it Waypoints stay NotReady. */
   launcher?: LocalWaypointLauncher;
@@ -138,7 +144,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const host = o.listenAddress ?? '0.0.0.0';
   const trustDomain = o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'weft_controller_' });
+  registerProcessMetrics(registry, 'controller');
 
   let kubeConfig: KubeConfig | undefined;
   let source: ConfigSource;
@@ -188,7 +194,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace },
+    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}) },
     logger: log,
     registry,
     ...(elector ? { leadership: elector } : {}),
@@ -349,6 +355,7 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
+  --cluster-id <id>           cluster name in metric labels (default Kubernetes)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
                               created once; local: generate a root)
@@ -357,6 +364,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --bootstrap-tokens <file>   local mode: YAML map node → token for the certificate service
   --dns-name <n>, --ip-address <ip>   SANs of the serving certificate (repeatable)
   --waypoint-image <ref>      Kubernetes mode: waypoint image
+  --waypoint-service-accounts <sa,...>  ServiceAccounts a Waypoint may name besides its own name ("default" never)
+  --waypoint-images <ref,...> images a Waypoint may name in spec.image (exact, or prefix*); default none
   --controller-address <h:p>  Kubernetes mode: address waypoints dial back
   --insecure                  plaintext gRPC, no certificate service (debugging only)
   --require-client-identity   config stream needs node / namespace certificates (mTLS)
@@ -376,6 +385,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'admin-port': { type: 'string' },
       'trust-domain': { type: 'string' },
       'root-namespace': { type: 'string' },
+      'cluster-id': { type: 'string' },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },
@@ -385,6 +395,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'dns-name': { type: 'string', multiple: true },
       'ip-address': { type: 'string', multiple: true },
       'waypoint-image': { type: 'string' },
+      'waypoint-service-accounts': { type: 'string', multiple: true },
+      'waypoint-images': { type: 'string', multiple: true },
       'controller-address': { type: 'string' },
       insecure: { type: 'boolean' },
       'require-client-identity': { type: 'boolean' },
@@ -418,6 +430,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('adminPort', port('admin-port', values['admin-port']));
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
+  set('clusterId', values['cluster-id']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);
   set('caRootsFile', values['ca-roots']);
@@ -427,6 +440,11 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('dnsNames', values['dns-name']);
   set('ipAddresses', values['ip-address']);
   set('waypointImage', values['waypoint-image']);
+  const list = (v: string[] | undefined) => v?.flatMap((x) => x.split(',')).map((x) => x.trim()).filter((x) => x !== '');
+  const allowedSas = list(values['waypoint-service-accounts']);
+  if (allowedSas?.includes('default')) throw new UsageError('--waypoint-service-accounts: "default" is never allowed (every pod of a namespace runs as it)');
+  const allowedImages = list(values['waypoint-images']);
+  if (allowedSas || allowedImages) set('waypointAllowList', { ...(allowedSas ? { serviceAccounts: allowedSas } : {}), ...(allowedImages ? { images: allowedImages } : {}) });
   set('controllerAddress', values['controller-address']);
   set('insecure', values.insecure);
   set('requireClientIdentity', values['require-client-identity']);

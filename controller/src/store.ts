@@ -54,8 +54,11 @@ export class ObjectStore {
       this.#resourceVersion = e.resourceVersion;
       if (e.type === 'snapshot') {
         const seen = new Set<string>();
+        // Every key the snapshot holds, refused ones included: a refused object new in this
+        // snapshot keeps its Invalid verdict (and so its status).
+        const listed = new Set<string>();
         for (const o of e.objects) {
-          const key = this.#upsert(o, e.origin, result);
+          const key = this.#upsert(o, e.origin, result, listed);
           if (key) seen.add(key);
         }
         for (const [key, entry] of this.#objects) {
@@ -65,7 +68,7 @@ export class ObjectStore {
         }
         for (const key of this.#invalid.keys()) {
           const kind = key.slice(0, key.indexOf('/'));
-          if (isMeshKind(kind) && e.kinds.includes(kind) && !seen.has(key)) this.#invalid.delete(key);
+          if (isMeshKind(kind) && e.kinds.includes(kind) && !listed.has(key)) this.#invalid.delete(key);
         }
       } else if (e.type === 'upsert') {
         this.#upsert(e.object, e.origin, result);
@@ -76,7 +79,7 @@ export class ObjectStore {
     return result;
   }
 
-  #upsert(input: RawObject, origin: string | undefined, result: ApplyResult): string | undefined {
+  #upsert(input: RawObject, origin: string | undefined, result: ApplyResult, listed?: Set<string>): string | undefined {
     // What is validated is exactly what is compiled: null fields are unset, as Kubernetes reads them.
     const raw = withoutNullFields(input);
     const issues = validateObject(raw);
@@ -84,6 +87,7 @@ export class ObjectStore {
     const name = typeof raw.metadata?.name === 'string' ? raw.metadata.name : '';
     const ns = typeof raw.metadata?.namespace === 'string' ? raw.metadata.namespace : undefined;
     const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
+    listed?.add(key);
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
       this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}) });
@@ -149,8 +153,10 @@ export class ObjectStore {
         case 'AuthorizationPolicy': i.authorizationPolicies.push(o); break;
         case 'PeerAuthentication': i.peerAuthentications.push(o); break;
         case 'TrafficPolicy': i.trafficPolicies.push(o); break;
+        case 'Telemetry': i.telemetries.push(o); break;
         case 'HTTPRoute': i.httpRoutes.push(o); break;
         case 'GRPCRoute': i.grpcRoutes.push(o); break;
+        case 'ReferenceGrant': i.referenceGrants.push(o); break;
       }
     }
     return i;

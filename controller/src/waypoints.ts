@@ -34,6 +34,8 @@ export interface WaypointLaunchSpec {
   image?: string;
   /** The waypoint's --max-requests; unset: its default. */
   maxRequests?: number;
+  /** The waypoint's --quota-redis and --quota-failure-mode (Waypoint spec.quotaStore). */
+  quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
 }
 
 /** Runs waypoints outside Kubernetes (the local mesh runner implements it). */
@@ -65,6 +67,7 @@ function launchSpec(wp: Waypoint, trustDomain: string): WaypointLaunchSpec {
     replicas: wp.spec?.replicas ?? 1,
     ...(wp.spec?.image ? { image: wp.spec.image } : {}),
     ...(wp.spec?.maxRequests !== undefined ? { maxRequests: wp.spec.maxRequests } : {}),
+    ...(wp.spec?.quotaStore ? { quotaStore: { ...wp.spec.quotaStore } } : {}),
   };
 }
 
@@ -189,6 +192,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
     '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
     ...(spec.maxRequests !== undefined ? ['--max-requests', String(spec.maxRequests)] : []),
+    ...(spec.quotaStore ? ['--quota-redis', spec.quotaStore.redis, ...(spec.quotaStore.failureMode ? ['--quota-failure-mode', spec.quotaStore.failureMode] : [])] : []),
   ];
 }
 

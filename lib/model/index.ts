@@ -14,3 +14,4 @@ export {
 export { validateObject, assertValid, isCidr, L4_CONDITION_KEYS, L7_CONDITION_KEYS } from './validate.ts';
 export { ValidationError, DurationError, formatIssue, type ValidationIssue } from './errors.ts';
 export { parseDuration, isDuration } from './duration.ts';
+export { workloadNameOf, canonicalOf, workloadMetaOf, DEFAULT_CLUSTER_ID, LABEL_CANONICAL_NAME, LABEL_CANONICAL_REVISION, type WorkloadMeta } from './workload-meta.ts';

@@ -1,9 +1,11 @@
 // The compiled mesh model: what agents and waypoints consume. controller/src/compile.ts builds it
 // from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
 // Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
+import type { PolicyLayer } from '../policy/keys.ts';
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
+import type { WorkloadMeta } from './workload-meta.ts';
 
-export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope };
+export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope, WorkloadMeta };
 
 /** Default trust domain of SPIFFE identities. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -28,9 +30,11 @@ export interface WaypointRef {
   namespace: string;
 }
 
-export interface Workload {
+/** A pod, with its telemetry identity (WorkloadMeta: controlling workload, canonical service, cluster). */
+export interface Workload extends WorkloadMeta {
   /** Pod UID (or `namespace/name` when the source gave none). */
   uid: string;
+  /** The pod's name (`workloadName` is its controlling workload's). */
   name: string;
   namespace: string;
   node: string;
@@ -54,6 +58,20 @@ export interface Workload {
   waypoint?: WaypointRef;
   /** `namespace/name` of every Service that selects this workload. */
   services: string[];
+  /** From Telemetry objects (workload > namespace > root namespace); absent: the defaults. */
+  telemetry?: TelemetrySettings;
+}
+
+/** Default percentage of new traces sampled when a Telemetry names a tracing provider (Istio's 1 %). */
+export const DEFAULT_SAMPLING_PERCENTAGE = 1;
+
+/** What Telemetry objects resolve to for one workload or waypoint. */
+export interface TelemetrySettings {
+  /** `namespace/name` of the Telemetry objects that contributed, most specific first. */
+  sources: string[];
+  /** Absent: no tracing provider (trace context is still propagated). */
+  tracing?: { otlpEndpoint?: string; samplingPercentage: number; disabled: boolean };
+  accessLogging: { disabled: boolean; encoding: 'JSON' | 'TEXT'; otlpEndpoint?: string };
 }
 
 export interface ServicePort {
@@ -81,6 +99,8 @@ export interface Endpoint {
   enrolled: boolean;
   spiffeId?: string;
   ready: boolean;
+  /** Telemetry identity of the pod behind the address; absent when there is none. */
+  workload?: WorkloadMeta;
 }
 
 export interface Service {
@@ -110,6 +130,10 @@ export interface Waypoint {
   ready: boolean;
   /** Why it is not ready. */
   reason?: string;
+  /** Telemetry identity of its pods (the Deployment the reconciler names after the Waypoint). */
+  workload?: WorkloadMeta;
+  /** Telemetry settings for its pods (selectors see the reconciler's pod labels). */
+  telemetry?: TelemetrySettings;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,6 +147,9 @@ export interface CompiledSource {
   /** CIDRs (a bare address becomes /32 or /128). */
   ipBlocks?: string[];
   notIpBlocks?: string[];
+  /** CIDRs matched against the X-Forwarded-For client address (L7). */
+  remoteIpBlocks?: string[];
+  notRemoteIpBlocks?: string[];
 }
 
 export interface CompiledOperation {
@@ -143,7 +170,7 @@ export interface CompiledCondition {
 }
 
 /** L4 rules use only addresses, identities, namespaces and ports; anything else needs a waypoint. */
-export type PolicyLayer = 'L4' | 'L7';
+export type { PolicyLayer };
 
 export interface CompiledRule {
   /** OR of sources; empty = any source. */
@@ -156,7 +183,10 @@ export interface CompiledRule {
 }
 
 export type PolicyScope =
-  /** In the root namespace without selector: every workload in the mesh. */
+  /**
+   * In the root namespace: every workload in the mesh, or with `selector` every matching workload
+   * in every namespace (Istio's root-namespace rule).
+   */
   | 'mesh'
   /** No selector: every workload in its namespace. */
   | 'namespace'
@@ -170,13 +200,13 @@ export interface AuthorizationPolicy {
   namespace: string;
   action: AuthorizationAction;
   scope: PolicyScope;
-  /** For scope `workload`. */
+  /** For scope `workload`, and `mesh` with a selector. */
   selector?: Record<string, string>;
   /** For scope `service`: `namespace/name` of each targeted Service. */
   targetServices?: string[];
   /** No rules: ALLOW matches nothing (deny all), DENY matches nothing. Istio semantics. */
   rules: CompiledRule[];
-  /** `L7` when any rule is L7: agents must fail closed on such rules, waypoints enforce them. */
+  /** `L7` when any rule is L7 (lib/policy/authz.ts ruleLayer): agents see only their L4 parts. */
   layer: PolicyLayer;
 }
 
@@ -213,6 +243,8 @@ export interface TrafficPolicy {
   };
   loadBalancer: LoadBalancerPolicy;
   rateLimit?: { tokens: number; fillIntervalMs: number; per: RateLimitScope };
+  /** Shared quota: `limit` requests per `windowMs`, counted in the waypoint's quota store. */
+  quota?: { limit: number; windowMs: number; per: 'service' | 'source' };
   fault?: {
     delay?: { fixedDelayMs: number; percentage: number };
     abort?: { httpStatus: number; percentage: number };
@@ -253,6 +285,11 @@ export interface RouteBackend {
   port?: number;
   weight: number;
   filters: RouteFilter[];
+  /**
+   * Why the controller refused the reference (a cross-namespace backendRef without a
+   * ReferenceGrant): requests routed here get 500, as for a Service that does not exist.
+   */
+  refused?: string;
 }
 
 export type RouteFilter =
@@ -282,7 +319,10 @@ export interface Route {
   name: string;
   namespace: string;
   kind: 'HTTPRoute' | 'GRPCRoute';
-  /** `namespace/name` of the parent Service. */
+  /**
+   * `namespace/name` of the parent Service. When its namespace is not the route's, the route is a
+   * GAMMA consumer route: it applies only to clients in the route's namespace (isConsumerRoute).
+   */
   service: string;
   /** Parent port, if the parentRef names one; otherwise every port of the service. */
   port?: number;
@@ -290,6 +330,15 @@ export interface Route {
   rules: RouteRule[];
   /** Creation time then name: the Gateway API's precedence tie-break between routes. */
   order: string;
+}
+
+/**
+ * GAMMA (GEP-1294): a route in the parent Service's namespace is a producer route and applies to
+ * every client; one in another namespace is a consumer route and applies only to clients in its own
+ * namespace, where it takes the place of the Service's producer routes.
+ */
+export function isConsumerRoute(r: Pick<Route, 'namespace' | 'service'>): boolean {
+  return !r.service.startsWith(`${r.namespace}/`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,7 +393,7 @@ export function policySelectsWorkload(
 ): boolean {
   switch (policy.scope) {
     case 'mesh':
-      return true;
+      return labelsMatch(policy.selector ?? {}, workload.labels);
     case 'namespace':
       return policy.namespace === workload.namespace;
     case 'workload':

@@ -13,6 +13,8 @@ export interface ObjectMeta {
   annotations?: Record<string, string>;
   creationTimestamp?: string;
   deletionTimestamp?: string;
+  /** Read for pods: the controlling owner names the workload in telemetry (lib/model/workload-meta.ts). */
+  ownerReferences?: Array<{ apiVersion?: string; kind: string; name: string; uid?: string; controller?: boolean }>;
 }
 
 export interface Condition {
@@ -144,6 +146,11 @@ export interface Waypoint {
      * gets 503 at once. Default the waypoint's (10,000).
      */
     maxRequests?: number;
+    /**
+     * The Redis that TrafficPolicy `quota`s of this waypoint's Services count in, shared by its
+     * replicas (`--quota-redis`, `--quota-failure-mode`). Without it such quotas are not enforced.
+     */
+    quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
   };
   status?: {
     conditions?: Condition[];
@@ -153,7 +160,8 @@ export interface Waypoint {
   };
 }
 
-export type AuthorizationAction = 'ALLOW' | 'DENY';
+/** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */
+export type AuthorizationAction = 'ALLOW' | 'DENY' | 'AUDIT';
 
 export interface PolicyTargetRef {
   group?: string;
@@ -168,6 +176,9 @@ export interface AuthorizationSource {
   notNamespaces?: string[];
   ipBlocks?: string[];
   notIpBlocks?: string[];
+  /** The client address from X-Forwarded-For (a waypoint sees it; L7). */
+  remoteIpBlocks?: string[];
+  notRemoteIpBlocks?: string[];
 }
 
 export interface AuthorizationOperation {
@@ -258,6 +269,8 @@ export interface TrafficPolicy {
     };
     loadBalancer?: { policy: LoadBalancerPolicy };
     rateLimit?: { tokens: number; fillInterval: string; per?: RateLimitScope };
+    /** A quota shared by every replica of the waypoint (Redis, the Waypoint's spec.quotaStore). */
+    quota?: { requests: number; window: string; per?: 'service' | 'source' };
     fault?: {
       delay?: { fixedDelay: string; percentage?: number };
       abort?: { httpStatus: number; percentage?: number };
@@ -270,13 +283,19 @@ export interface TrafficPolicy {
 // gateway.networking.k8s.io/v1 (mesh profile: a Service as parent)
 
 export interface ParentReference {
-  /** '' (core) for a Service parent. */
+  /** '' (core) for a Service parent; `gateway.networking.k8s.io` for a Gateway (not Weft's). */
   group?: string;
-  /** Service for the mesh profile. */
+  /** Service for the mesh profile; other kinds belong to other controllers and are left alone. */
   kind?: string;
   name: string;
   namespace?: string;
   port?: number;
+  sectionName?: string;
+}
+
+/** Is a parentRef a Service (the mesh profile, GEP-1426), i.e. Weft's to implement and report? */
+export function isServiceParent(p: Pick<ParentReference, 'group' | 'kind'>): boolean {
+  return (p.group ?? '') === '' && p.kind === 'Service';
 }
 
 export interface BackendRef {
@@ -390,6 +409,51 @@ export interface GRPCRoute {
   status?: RouteStatus;
 }
 
+/**
+ * Telemetry (Istio's Telemetry, simplified: providers inline): tracing, sampling and access logs
+ * for the mesh (in the root namespace, no selector), a namespace (no selector) or the workloads a
+ * selector picks. The most specific object sets each field; the others fill what it leaves out.
+ */
+export interface Telemetry {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'Telemetry';
+  metadata: ObjectMeta;
+  spec?: {
+    selector?: LabelSelector;
+    tracing?: {
+      /** OTLP/HTTP traces endpoint, e.g. `http://otel-collector.observability:4318/v1/traces`. */
+      otlp?: { endpoint: string };
+      /** Percentage of new traces sampled (a caller's sampled flag is honoured); default 1. */
+      randomSamplingPercentage?: number;
+      /** No spans at all from the selected workloads. */
+      disableSpanReporting?: boolean;
+    };
+    accessLogging?: {
+      /** No access log lines for the selected workloads. */
+      disabled?: boolean;
+      /** `json` (default) or `text`. */
+      encoding?: 'JSON' | 'TEXT';
+      /** Also export each line as an OTLP/HTTP log record (agents). */
+      otlp?: { endpoint: string };
+    };
+  };
+  status?: PolicyStatus;
+}
+
+/**
+ * Gateway API ReferenceGrant (v1beta1): lets objects of `from` in other namespaces refer to objects
+ * of `to` in this one. A cross-namespace backendRef needs one in the backend's namespace.
+ */
+export interface ReferenceGrant {
+  apiVersion: 'gateway.networking.k8s.io/v1beta1';
+  kind: 'ReferenceGrant';
+  metadata: ObjectMeta;
+  spec: {
+    from: Array<{ group: string; kind: string; namespace: string }>;
+    to: Array<{ group: string; kind: string; name?: string }>;
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export type MeshObject =
@@ -402,8 +466,10 @@ export type MeshObject =
   | AuthorizationPolicy
   | PeerAuthentication
   | TrafficPolicy
+  | Telemetry
   | HTTPRoute
-  | GRPCRoute;
+  | GRPCRoute
+  | ReferenceGrant;
 
 export type MeshKind = MeshObject['kind'];
 
@@ -436,8 +502,10 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true),
   PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true),
   TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
+  Telemetry: kindInfo('Telemetry', WEFT_API_VERSION, 'telemetries', true, true),
   HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),
   GRPCRoute: kindInfo('GRPCRoute', GATEWAY_API_VERSION, 'grpcroutes', true, true),
+  ReferenceGrant: kindInfo('ReferenceGrant', 'gateway.networking.k8s.io/v1beta1', 'referencegrants', true, false),
 };
 
 export function isMeshKind(kind: unknown): kind is MeshKind {

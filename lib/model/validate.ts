@@ -4,6 +4,7 @@
 // (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
 // fields Weft uses, since the API server has validated the rest.
 import { isIP } from 'node:net';
+import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
@@ -17,14 +18,14 @@ const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const LABEL_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
-const HTTP_METHOD = /^[A-Z]+$/;
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 const HOSTNAME = /^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const GATEWAY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const RETRY_ON = ['5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-4xx', 'refused-stream', 'cancelled', 'deadline-exceeded', 'unavailable', 'resource-exhausted'];
-/** Istio `when` keys an agent can evaluate (L4) and those that need a waypoint (L7). */
-export const L4_CONDITION_KEYS = ['source.ip', 'remote.ip', 'source.namespace', 'source.principal', 'destination.ip', 'destination.port', 'connection.sni'];
-export const L7_CONDITION_KEYS = ['request.auth.principal', 'request.auth.audiences', 'request.auth.presenter', 'request.auth.claims[', 'request.headers[', 'experimental.envoy.filters.'];
+/** `when` keys an agent can evaluate (L4) and those that need a waypoint (L7), from lib/policy/keys.ts. */
+export const L4_CONDITION_KEYS = Object.keys(CONDITION_KEYS).filter((k) => CONDITION_KEYS[k]!.layer === 'L4');
+export const L7_CONDITION_KEYS = Object.entries(CONDITION_KEYS).filter(([, s]) => s.layer === 'L7').map(([k, s]) => (s.arg ? `${k}[` : k));
+export { isCidr };
 
 /** Collects issues for one object. */
 class Checker {
@@ -190,16 +191,6 @@ function join(path: string, field: string): string {
   return /^[A-Za-z_][A-Za-z0-9_]*$/.test(field) ? `${path}.${field}` : `${path}["${field}"]`;
 }
 
-export function isCidr(s: string): boolean {
-  const slash = s.indexOf('/');
-  const addr = slash < 0 ? s : s.slice(0, slash);
-  const family = isIP(addr);
-  if (family === 0) return false;
-  if (slash < 0) return true;
-  const bits = s.slice(slash + 1);
-  if (!/^[0-9]{1,3}$/.test(bits)) return false;
-  return Number(bits) <= (family === 4 ? 32 : 128);
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -275,6 +266,15 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
     c.fail('metadata.namespace', `${kind} is cluster-scoped and has no namespace`);
   }
   c.str(m.uid, 'metadata.uid');
+  const owners = c.arr(m.ownerReferences, 'metadata.ownerReferences');
+  owners?.forEach((o, i) => {
+    const p = `metadata.ownerReferences[${i}]`;
+    const r = c.obj(o, p, true);
+    if (!r) return;
+    c.str(r.kind, `${p}.kind`, { required: true, nonEmpty: true });
+    c.str(r.name, `${p}.name`, { required: true, nonEmpty: true });
+    c.bool(r.controller, `${p}.controller`);
+  });
   c.str(m.resourceVersion, 'metadata.resourceVersion');
   c.int(m.generation, 'metadata.generation', { min: 0 });
   c.stringMap(m.labels, 'metadata.labels', LABEL_NAME, LABEL_VALUE);
@@ -315,9 +315,43 @@ const VALIDATORS: Record<MeshKind, Validator> = {
   AuthorizationPolicy: validateAuthorizationPolicy,
   PeerAuthentication: validatePeerAuthentication,
   TrafficPolicy: validateTrafficPolicy,
+  Telemetry: validateTelemetry,
   HTTPRoute: (c, o) => validateRoute(c, o, 'HTTPRoute'),
   GRPCRoute: (c, o) => validateRoute(c, o, 'GRPCRoute'),
+  ReferenceGrant: validateReferenceGrant,
 };
+
+const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+
+function validateReferenceGrant(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true);
+  if (!spec) return;
+  c.only(spec, 'spec', ['from', 'to']);
+  const from = c.arr(spec.from, 'spec.from', true);
+  if (from && from.length === 0) c.fail('spec.from', 'needs at least one entry');
+  from?.forEach((f, i) => {
+    const p = `spec.from[${i}]`;
+    const fo = c.obj(f, p, true);
+    if (!fo) return;
+    c.only(fo, p, ['group', 'kind', 'namespace']);
+    c.str(fo.group, `${p}.group`, { pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, patternText: 'an API group' });
+    if (fo.group === undefined) c.fail(`${p}.group`, 'is required');
+    c.str(fo.kind, `${p}.kind`, { required: true });
+    c.str(fo.namespace, `${p}.namespace`, { required: true, pattern: DNS1123_LABEL, patternText: 'a namespace name' });
+  });
+  const to = c.arr(spec.to, 'spec.to', true);
+  if (to && to.length === 0) c.fail('spec.to', 'needs at least one entry');
+  to?.forEach((t, i) => {
+    const p = `spec.to[${i}]`;
+    const tobj = c.obj(t, p, true);
+    if (!tobj) return;
+    c.only(tobj, p, ['group', 'kind', 'name']);
+    c.str(tobj.group, `${p}.group`, { pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, patternText: 'an API group' });
+    if (tobj.group === undefined) c.fail(`${p}.group`, 'is required');
+    c.str(tobj.kind, `${p}.kind`, { required: true });
+    c.str(tobj.name, `${p}.name`, { pattern: DNS1123_SUBDOMAIN, patternText: 'an object name' });
+  });
+}
 
 function ip(c: Checker, v: unknown, path: string, required = false): void {
   const s = c.str(v, path, { required });
@@ -417,9 +451,18 @@ function validateEndpointSlice(c: Checker, o: Json): void {
 
 function validateWaypoint(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests']);
+  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests', 'quotaStore']);
+  const qs = c.obj(spec.quotaStore, 'spec.quotaStore');
+  if (qs) {
+    c.only(qs, 'spec.quotaStore', ['redis', 'failureMode']);
+    c.str(qs.redis, 'spec.quotaStore.redis', { required: true, pattern: /^rediss?:\/\/[^\s/]+(\/[0-9]*)?$/, patternText: 'a redis://host:port URL' });
+    c.str(qs.failureMode, 'spec.quotaStore.failureMode', { oneOf: ['open', 'closed'] });
+  }
   c.int(spec.maxRequests, 'spec.maxRequests', { min: 1, max: 1_000_000 });
-  c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+  const sa = c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
+  // Every pod of the namespace runs as `default`; as the waypoint's identity it would let each of
+  // them pass as "the waypoint itself" (controller/src/waypoint-admission.ts has the allow-list).
+  if (sa === 'default') c.fail('spec.serviceAccountName', '"default" is never allowed: every pod of the namespace runs as it and would count as the waypoint');
   c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
   c.str(spec.image, 'spec.image', { nonEmpty: true });
 }
@@ -429,15 +472,6 @@ function selector(c: Checker, v: unknown, path: string): void {
   if (!s) return;
   c.only(s, path, ['matchLabels']);
   c.stringMap(s.matchLabels, `${path}.matchLabels`, LABEL_NAME, LABEL_VALUE);
-}
-
-function portList(c: Checker, v: unknown, path: string): void {
-  const a = c.arr(v, path);
-  a?.forEach((x, i) => {
-    const p = `${path}[${i}]`;
-    const n = typeof x === 'string' && /^[0-9]+$/.test(x) ? Number(x) : x;
-    c.int(n, p, { required: true, min: 1, max: 65535 });
-  });
 }
 
 function validateAuthorizationPolicy(c: Checker, o: Json): void {
@@ -455,7 +489,7 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
     c.str(ro.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
     c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
   });
-  c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY'] });
+  c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT'] });
   c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
     const ro = c.obj(r, p, true);
@@ -466,43 +500,14 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       const fo = c.obj(f, fp, true);
       if (!fo) return;
       c.only(fo, fp, ['source']);
-      const sp = `${fp}.source`;
-      const so = c.obj(fo.source, sp, true);
-      if (!so) return;
-      c.only(so, sp, ['principals', 'notPrincipals', 'namespaces', 'notNamespaces', 'ipBlocks', 'notIpBlocks']);
-      if (Object.keys(so).length === 0) c.fail(sp, 'must set at least one field');
-      for (const k of ['principals', 'notPrincipals']) c.strList(so[k], `${sp}.${k}`, principal(c), { nonEmpty: true });
-      for (const k of ['namespaces', 'notNamespaces']) c.strList(so[k], `${sp}.${k}`, wildcard(c, DNS1123_LABEL, 'a namespace name'), { nonEmpty: true });
-      for (const k of ['ipBlocks', 'notIpBlocks']) {
-        c.strList(so[k], `${sp}.${k}`, (s, ip) => {
-          if (!isCidr(s)) c.fail(ip, `"${s}" is not an IP address or CIDR block`);
-        }, { nonEmpty: true });
-      }
+      policyFields(c, fo.source, `${fp}.source`, SOURCE_FIELDS);
     });
     c.arr(ro.to, `${p}.to`)?.forEach((t, j) => {
       const tp = `${p}.to[${j}]`;
       const to = c.obj(t, tp, true);
       if (!to) return;
       c.only(to, tp, ['operation']);
-      const op = `${tp}.operation`;
-      const oo = c.obj(to.operation, op, true);
-      if (!oo) return;
-      c.only(oo, op, ['ports', 'notPorts', 'methods', 'notMethods', 'paths', 'notPaths', 'hosts', 'notHosts']);
-      if (Object.keys(oo).length === 0) c.fail(op, 'must set at least one field');
-      portList(c, oo.ports, `${op}.ports`);
-      portList(c, oo.notPorts, `${op}.notPorts`);
-      for (const k of ['methods', 'notMethods']) {
-        c.strList(oo[k], `${op}.${k}`, (s, mp) => {
-          if (s !== '*' && !HTTP_METHOD.test(s)) c.fail(mp, `"${s}" is not an HTTP method in upper case`);
-        }, { nonEmpty: true });
-      }
-      for (const k of ['paths', 'notPaths']) {
-        c.strList(oo[k], `${op}.${k}`, (s, pp) => {
-          if (s !== '*' && !s.startsWith('/') && !s.startsWith('*')) c.fail(pp, `"${s}" must start with / (or * for a suffix match)`);
-          if (s.length > 1 && s.slice(1, -1).includes('*')) c.fail(pp, `"${s}": * is only allowed as the first or last character`);
-        }, { nonEmpty: true });
-      }
-      for (const k of ['hosts', 'notHosts']) c.strList(oo[k], `${op}.${k}`, undefined, { nonEmpty: true });
+      policyFields(c, to.operation, `${tp}.operation`, OPERATION_FIELDS);
     });
     c.arr(ro.when, `${p}.when`)?.forEach((w, j) => {
       const wp = `${p}.when[${j}]`;
@@ -510,45 +515,86 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       if (!wo) return;
       c.only(wo, wp, ['key', 'values', 'notValues']);
       const key = c.str(wo.key, `${wp}.key`, { required: true });
-      if (key !== undefined && !L4_CONDITION_KEYS.includes(key) && !L7_CONDITION_KEYS.some((k) => k.endsWith('[') || k.endsWith('.') ? key.startsWith(k) : key === k)) {
-        c.fail(`${wp}.key`, `"${key}" is not a supported condition key (${[...L4_CONDITION_KEYS, ...L7_CONDITION_KEYS].join(', ')})`);
-      }
-      if (key !== undefined && key.includes('[') && !/^[a-z.]+\[[^\]]+\]$/.test(key)) c.fail(`${wp}.key`, `"${key}" must be written as name[field]`);
-      const values = c.strList(wo.values, `${wp}.values`);
-      const notValues = c.strList(wo.notValues, `${wp}.notValues`);
+      const k = key === undefined ? undefined : conditionKey(key);
+      if (k && 'error' in k) c.fail(`${wp}.key`, k.error);
+      const spec = k && 'spec' in k ? k.spec : undefined;
+      const values = c.strList(wo.values, `${wp}.values`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
+      const notValues = c.strList(wo.notValues, `${wp}.notValues`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
       if (!values?.length && !notValues?.length) c.fail(wp, 'needs values or notValues');
-      const check = (list: string[] | undefined, field: string): void => list?.forEach((s, k) => {
-        const vp = `${wp}.${field}[${k}]`;
-        if ((key === 'source.ip' || key === 'remote.ip' || key === 'destination.ip') && !isCidr(s)) c.fail(vp, `"${s}" is not an IP address or CIDR block`);
-        if (key === 'destination.port' && !(/^[0-9]+$/.test(s) && Number(s) >= 1 && Number(s) <= 65535)) c.fail(vp, `"${s}" is not a port number`);
-      });
-      check(values, 'values');
-      check(notValues, 'notValues');
     });
   });
 }
 
-function principal(c: Checker): (s: string, p: string) => void {
-  return (s, p) => {
-    const bare = s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s;
-    if (bare === '*') return;
-    if (bare.slice(1, -1).includes('*')) c.fail(p, `"${s}": * is only allowed as the first or last character`);
-    else if (!bare.startsWith('*') && !bare.endsWith('*') && !/^[^/]+\/ns\/[^/]+\/sa\/[^/]+$/.test(bare)) {
-      c.fail(p, `"${s}" is not a principal (<trust-domain>/ns/<namespace>/sa/<service-account>, * allowed at either end)`);
+/** A `source` or `operation`: fields from lib/policy/keys.ts, each value checked for its kind. */
+function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Record<string, FieldSpec>>): void {
+  const o = c.obj(v, path, true);
+  if (!o) return;
+  const fields = Object.keys(table).flatMap((f) => [f, `not${f[0]!.toUpperCase()}${f.slice(1)}`]);
+  for (const k of Object.keys(o)) {
+    const why = unsupportedReason(k);
+    if (why) c.fail(join(path, k), `is not supported: ${why}`);
+    else if (!fields.includes(k)) c.fail(join(path, k), `unknown field (expected one of: ${fields.join(', ')})`);
+  }
+  if (Object.keys(o).length === 0) c.fail(path, 'must set at least one field');
+  for (const f of fields) {
+    if (o[f] === undefined) continue;
+    const spec = table[f.startsWith('not') && !table[f] ? f[3]!.toLowerCase() + f.slice(4) : f]!;
+    const fp = `${path}.${f}`;
+    if (spec.kind === 'port') {
+      // Istio writes ports as strings; numbers are accepted too.
+      c.arr(o[f], fp)?.forEach((x, i) => {
+        const n = typeof x === 'string' && /^[0-9]+$/.test(x) ? Number(x) : x;
+        c.int(n, `${fp}[${i}]`, { required: true, min: 1, max: 65535 });
+      });
+      if (Array.isArray(o[f]) && (o[f] as unknown[]).length === 0) c.fail(fp, 'must not be an empty list (leave the field out instead)');
+      continue;
     }
-  };
+    c.strList(o[f], fp, (s, vp) => policyValue(c, spec, s, vp), { nonEmpty: true });
+  }
 }
 
-function wildcard(c: Checker, re: RegExp, what: string): (s: string, p: string) => void {
-  return (s, p) => {
-    if (s === '*') return;
-    const core = s.replace(/^\*/, '').replace(/\*$/, '');
-    if (core.includes('*')) c.fail(p, `"${s}": * is only allowed as the first or last character`);
-    else if (core === s && !re.test(s)) c.fail(p, `"${s}" is not ${what}`);
-  };
+function policyValue(c: Checker, spec: FieldSpec, s: string, path: string): void {
+  const problem = valueProblem(spec.kind, s);
+  if (problem) c.fail(path, problem);
 }
 
 const MTLS_MODES = ['STRICT', 'PERMISSIVE'] as const;
+
+/** An OTLP/HTTP endpoint: an absolute http(s) URL. */
+function otlpEndpoint(c: Checker, v: unknown, path: string): void {
+  const o = c.obj(v, path);
+  if (!o) return;
+  c.only(o, path, ['endpoint']);
+  const e = c.str(o.endpoint, `${path}.endpoint`, { required: true, nonEmpty: true });
+  if (e === undefined) return;
+  let u: URL | undefined;
+  try {
+    u = new URL(e);
+  } catch {
+    u = undefined;
+  }
+  if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || !u.hostname) c.fail(`${path}.endpoint`, `"${e}" is not an http:// or https:// URL (e.g. http://otel-collector:4318/v1/traces)`);
+}
+
+function validateTelemetry(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['selector', 'tracing', 'accessLogging']);
+  selector(c, spec.selector, 'spec.selector');
+  const t = c.obj(spec.tracing, 'spec.tracing');
+  if (t) {
+    c.only(t, 'spec.tracing', ['otlp', 'randomSamplingPercentage', 'disableSpanReporting']);
+    otlpEndpoint(c, t.otlp, 'spec.tracing.otlp');
+    c.num(t.randomSamplingPercentage, 'spec.tracing.randomSamplingPercentage', { min: 0, max: 100 });
+    c.bool(t.disableSpanReporting, 'spec.tracing.disableSpanReporting');
+  }
+  const a = c.obj(spec.accessLogging, 'spec.accessLogging');
+  if (a) {
+    c.only(a, 'spec.accessLogging', ['disabled', 'encoding', 'otlp']);
+    c.bool(a.disabled, 'spec.accessLogging.disabled');
+    c.str(a.encoding, 'spec.accessLogging.encoding', { oneOf: ['JSON', 'TEXT'] });
+    otlpEndpoint(c, a.otlp, 'spec.accessLogging.otlp');
+  }
+}
 
 function validatePeerAuthentication(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
@@ -580,7 +626,15 @@ function percentage(c: Checker, v: unknown, path: string): void {
 function validateTrafficPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec', true);
   if (!spec) return;
-  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'fault']);
+  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'quota', 'fault']);
+  const q = c.obj(spec.quota, 'spec.quota');
+  if (q) {
+    c.only(q, 'spec.quota', ['requests', 'window', 'per']);
+    c.int(q.requests, 'spec.quota.requests', { required: true, min: 0 });
+    c.duration(q.window, 'spec.quota.window', true);
+    if (typeof q.window === 'string' && /^0+(ms|s|m|h)$/.test(q.window)) c.fail('spec.quota.window', 'must be longer than zero');
+    c.str(q.per, 'spec.quota.per', { oneOf: ['service', 'source'] });
+  }
   const t = c.obj(spec.targetRef, 'spec.targetRef', true);
   if (t) {
     c.only(t, 'spec.targetRef', ['group', 'kind', 'name']);
@@ -659,9 +713,15 @@ function parentRef(c: Checker, v: unknown, p: string): void {
   const o = c.obj(v, p, true);
   if (!o) return;
   c.only(o, p, ['group', 'kind', 'name', 'namespace', 'port', 'sectionName']);
-  c.str(o.group, `${p}.group`, { oneOf: [''] });
-  c.str(o.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
-  c.str(o.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  // A Gateway parent is another controller's (an ingress): accepted and left alone, so a route
+  // with both kinds of parents is not refused (GEP-1426 allows them side by side).
+  // The spec's defaults are group gateway.networking.k8s.io, kind Gateway; a Service parent says
+  // kind: Service (group "" or left out).
+  const group = c.str(o.group, `${p}.group`, { oneOf: ['', GATEWAY_GROUP] });
+  const kinds = group === '' ? ['Service'] : group === GATEWAY_GROUP ? ['Gateway', 'ListenerSet'] : ['Service', 'Gateway', 'ListenerSet'];
+  const kind = c.str(o.kind, `${p}.kind`, { required: group === '', oneOf: kinds });
+  const service = kind === 'Service';
+  c.str(o.name, `${p}.name`, { required: true, pattern: service ? DNS1123_LABEL : DNS1123_SUBDOMAIN, patternText: service ? 'a Service name' : 'a name' });
   c.str(o.namespace, `${p}.namespace`, { pattern: DNS1123_LABEL, patternText: 'a namespace name' });
   c.int(o.port, `${p}.port`, { min: 1, max: 65535 });
   c.str(o.sectionName, `${p}.sectionName`);

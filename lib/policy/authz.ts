@@ -1,189 +1,423 @@
-// AuthorizationPolicy evaluation, Istio semantics, shared by agents (L4) and waypoints (L7).
+// The one AuthorizationPolicy engine, Istio semantics, for every enforcement point: agents judge
+// connections (L4), waypoints judge HTTP requests (L7) and the TCP connections they pass through
+// (L4). The vocabulary (fields, `when` keys, their layer and value kind) is lib/policy/keys.ts.
 //
-// DENY policies first: any matching rule denies. Then, if any ALLOW policy applies, the request
-// must match one of their rules; with no ALLOW policy, it is allowed. An ALLOW policy without rules
-// matches nothing (deny all); a DENY policy without rules denies nothing.
+// Order: DENY policies first (any matching rule denies); then, if any ALLOW policy applies, the
+// request must match one of their rules; with no ALLOW policy it is allowed. AUDIT policies never
+// decide: the decision lists the ones that matched, for the caller to log. An ALLOW policy without
+// rules matches nothing (deny all); a DENY or AUDIT policy without rules matches nothing.
+// A rule matches when all of `from` (OR of sources), `to` (OR of operations) and `when` (AND of
+// conditions) match; a field's values are OR'ed, a `notX` field fails the rule when any value
+// matches.
 //
-// At L4 (an agent, no HTTP in sight) a rule that needs L7 attributes cannot be checked, so it fails
-// closed: in an ALLOW policy it never matches, in a DENY policy it matches on its L4 parts alone.
+// What an enforcement point cannot see (Istio's rule, the same at every layer): an ALLOW or AUDIT
+// rule that needs an attribute of a higher layer never matches there; a DENY rule is narrowed to
+// the parts it can see (its L7 fields and conditions are dropped, so it denies more, never less).
+//
+// Each AuthorizationPolicy object is compiled once into predicates (a WeakMap keyed by the object:
+// a new config version brings new objects, an unchanged one is not recompiled); a PolicyTable
+// holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
 import type { AuthorizationPolicy, CompiledCondition, CompiledOperation, CompiledRule, CompiledSource } from '../model/mesh.ts';
+import { OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
   /** Peer SPIFFE ID (spiffe://td/ns/x/sa/y), absent for plaintext. */
   sourcePrincipal?: string;
+  /** Default: the namespace of `sourcePrincipal`. */
   sourceNamespace?: string;
-  sourceIp: string;
+  /** The connection's source address (`source.ip`, `ipBlocks`); absent when unknown. */
+  sourceIp?: string;
   destinationIp?: string;
   destinationPort: number;
 }
 
 export interface RequestAttributes extends ConnectionAttributes {
+  /** The method the backend will see (compared case-sensitively). */
   method: string;
+  /** The path the backend will see (normalized); a query string is ignored. */
   path: string;
   host?: string;
   /** Lower-case header names. */
-  headers: Record<string, string | string[] | undefined>;
+  headers: Readonly<Record<string, string | readonly string[] | undefined>>;
+  /**
+   * The original client address for `remote.ip` / `remoteIpBlocks`, from X-Forwarded-For (see
+   * remoteIpOf); `sourceIp` when absent.
+   */
+  remoteIp?: string;
 }
 
-export type EvaluationLayer = 'L4' | 'L7';
+export type EvaluationLayer = PolicyLayer;
 
 export interface Decision {
   allowed: boolean;
   /** `namespace/name` of the deciding policy, when one decided. */
   policy?: string;
+  /** DENY, or ALLOW when no ALLOW rule matched. */
+  action?: 'ALLOW' | 'DENY';
   reason: string;
+  /** `namespace/name` of every AUDIT policy that matched (absent when none). */
+  audit?: string[];
 }
 
-/** Glob as Istio writes it: `*`, `prefix*`, `*suffix`, or exact. */
-export function globMatch(pattern: string, value: string): boolean {
-  if (pattern === '*') return true;
+type Attributes = ConnectionAttributes | RequestAttributes;
+type Predicate = (a: Attributes) => boolean;
+
+function isRequest(a: Attributes): a is RequestAttributes {
+  return typeof (a as RequestAttributes).method === 'string';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matchers
+
+/**
+ * Istio string matching: exact, `prefix*`, `*suffix`; `*` alone matches any non-empty value (for
+ * headers: any value of a header that is present, even empty, as Envoy's present_match).
+ */
+export function globMatch(pattern: string, value: string | undefined, starMatchesEmpty = false): boolean {
+  if (value === undefined) return false;
+  if (pattern === '*') return starMatchesEmpty || value !== '';
   if (pattern.endsWith('*')) return value.startsWith(pattern.slice(0, -1));
   if (pattern.startsWith('*')) return value.endsWith(pattern.slice(1));
   return pattern === value;
 }
 
-/** Istio principals omit the `spiffe://` scheme; accept both spellings. */
-function principalMatch(pattern: string, principal: string | undefined): boolean {
-  if (principal === undefined) return false;
-  const strip = (s: string) => (s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s);
-  return globMatch(strip(pattern), strip(principal));
+function stripSpiffe(id: string): string {
+  return id.startsWith('spiffe://') ? id.slice('spiffe://'.length) : id;
 }
 
-const blockCache = new Map<string, BlockList>();
-/** Does `ip` fall in any of the CIDRs (or bare addresses)? Invalid entries never match. */
-export function ipInBlocks(blocks: string[], ip: string): boolean {
-  const family = isIP(ip);
-  if (!family) return false;
-  const key = blocks.join(',');
-  let list = blockCache.get(key);
-  if (!list) {
-    list = new BlockList();
-    for (const b of blocks) {
-      const [addr, len] = b.split('/');
-      const fam = isIP(addr ?? '');
-      if (!fam || !addr) continue;
-      const type = fam === 6 ? 'ipv6' : 'ipv4';
-      if (len === undefined) list.addAddress(addr, type);
-      else list.addSubnet(addr, Number(len), type);
-    }
-    if (blockCache.size > 1000) blockCache.clear();
-    blockCache.set(key, list);
+/** Namespace of a SPIFFE ID `spiffe://td/ns/<ns>/sa/<sa>`. */
+export function namespaceOfPrincipal(principal: string | undefined): string | undefined {
+  if (!principal) return undefined;
+  const m = /\/ns\/([^/]+)\/sa\//.exec(principal);
+  return m ? m[1] : undefined;
+}
+
+function blockList(values: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const v of values) {
+    if (!isCidr(v)) throw new Error(`${JSON.stringify(v)} is not an IP address or CIDR block`);
+    const [addr, bits] = v.split('/') as [string, string | undefined];
+    const family = isIP(addr);
+    list.addSubnet(addr, bits === undefined ? (family === 4 ? 32 : 128) : Number(bits), family === 4 ? 'ipv4' : 'ipv6');
   }
+  return list;
+}
+
+function inBlocks(list: BlockList, ip: string | undefined): boolean {
+  if (!ip) return false;
   // An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is checked as IPv4.
   const v4 = ip.startsWith('::ffff:') && isIP(ip.slice(7)) === 4 ? ip.slice(7) : undefined;
   if (v4) return list.check(v4, 'ipv4');
-  return list.check(ip, family === 6 ? 'ipv6' : 'ipv4');
+  const family = isIP(ip);
+  return family !== 0 && list.check(ip, family === 4 ? 'ipv4' : 'ipv6');
 }
 
-function anyOf<T>(patterns: T[] | undefined, test: (p: T) => boolean): boolean {
-  return patterns !== undefined && patterns.some(test);
+/** Does `ip` fall in any of the CIDRs (or bare addresses)? */
+export function ipInBlocks(blocks: readonly string[], ip: string): boolean {
+  return inBlocks(blockList(blocks.filter(isCidr)), ip);
 }
 
-/** A field that is present must match; absent fields match anything. */
-function sourceMatches(s: CompiledSource, a: ConnectionAttributes): boolean {
-  if (s.principals && !anyOf(s.principals, (p) => principalMatch(p, a.sourcePrincipal))) return false;
-  if (anyOf(s.notPrincipals, (p) => principalMatch(p, a.sourcePrincipal))) return false;
-  const ns = a.sourceNamespace ?? '';
-  if (s.namespaces && !(a.sourceNamespace !== undefined && anyOf(s.namespaces, (p) => globMatch(p, ns)))) return false;
-  if (a.sourceNamespace !== undefined && anyOf(s.notNamespaces, (p) => globMatch(p, ns))) return false;
-  if (s.ipBlocks && !ipInBlocks(s.ipBlocks, a.sourceIp)) return false;
-  if (s.notIpBlocks && ipInBlocks(s.notIpBlocks, a.sourceIp)) return false;
-  return true;
-}
-
-function isRequest(a: ConnectionAttributes): a is RequestAttributes {
-  return typeof (a as RequestAttributes).method === 'string';
-}
-
-/** Matches the L4 fields always; L7 fields only when `a` is a request (else `l7Unknown` decides). */
-function operationMatches(o: CompiledOperation, a: ConnectionAttributes, l7Unknown: boolean): boolean {
-  if (o.ports && !o.ports.includes(a.destinationPort)) return false;
-  if (o.notPorts && o.notPorts.includes(a.destinationPort)) return false;
-  const hasL7 = Boolean(o.methods || o.notMethods || o.paths || o.notPaths || o.hosts || o.notHosts);
-  if (!hasL7) return true;
-  if (!isRequest(a)) return l7Unknown;
-  if (o.methods && !o.methods.some((m) => m === '*' || m.toUpperCase() === a.method.toUpperCase())) return false;
-  if (o.notMethods && o.notMethods.some((m) => m === '*' || m.toUpperCase() === a.method.toUpperCase())) return false;
-  const path = a.path.split('?')[0] ?? a.path;
-  if (o.paths && !o.paths.some((p) => globMatch(p, path))) return false;
-  if (o.notPaths && o.notPaths.some((p) => globMatch(p, path))) return false;
-  const host = (a.host ?? '').toLowerCase();
-  if (o.hosts && !o.hosts.some((h) => globMatch(h.toLowerCase(), host))) return false;
-  if (o.notHosts && o.notHosts.some((h) => globMatch(h.toLowerCase(), host))) return false;
-  return true;
-}
-
-/** The values a `when` key names; undefined when the key needs L7 and `a` is a connection. */
-function conditionValues(key: string, a: ConnectionAttributes): string[] | undefined {
-  switch (key) {
-    case 'source.ip':
-    case 'remote.ip':
-      return [a.sourceIp];
-    case 'source.namespace':
-      return a.sourceNamespace === undefined ? [] : [a.sourceNamespace];
-    case 'source.principal':
-      return a.sourcePrincipal === undefined ? [] : [a.sourcePrincipal];
-    case 'destination.ip':
-      return a.destinationIp === undefined ? [] : [a.destinationIp];
-    case 'destination.port':
-      return [String(a.destinationPort)];
+/**
+ * The client address Envoy would call the downstream remote address of a request at a proxy that is
+ * not the edge (use_remote_address false, xff_num_trusted_hops 0): the last X-Forwarded-For entry,
+ * else the connection's source. Callers can write X-Forwarded-For, so `remote.ip` is no stronger
+ * than what the last hop wrote; identity and `source.ip` come from the tunnel.
+ */
+export function remoteIpOf(xff: string | readonly string[] | undefined, sourceIp: string | undefined): string | undefined {
+  const joined = Array.isArray(xff) ? xff.join(',') : (xff as string | undefined);
+  if (joined) {
+    const last = joined.split(',').map((s) => s.trim()).filter((s) => s !== '').pop();
+    if (last !== undefined && isIP(last) !== 0) return last;
   }
+  return sourceIp;
+}
+
+/** The values of the attribute a field or key reads, for a request or connection. */
+type Getter = (a: Attributes) => string | number | undefined | readonly string[];
+
+function headerValue(a: Attributes, name: string): string | undefined {
   if (!isRequest(a)) return undefined;
-  const header = /^request\.headers\[(.+)\]$/.exec(key);
-  if (header) {
-    const v = a.headers[header[1]!.toLowerCase()];
-    return v === undefined ? [] : Array.isArray(v) ? v : [v];
+  const v = a.headers[name];
+  return v === undefined ? undefined : typeof v === 'string' ? v : v.join(',');
+}
+
+const getters = {
+  principal: (a: Attributes) => a.sourcePrincipal,
+  namespace: (a: Attributes) => a.sourceNamespace ?? namespaceOfPrincipal(a.sourcePrincipal),
+  sourceIp: (a: Attributes) => a.sourceIp,
+  remoteIp: (a: Attributes) => (isRequest(a) ? (a.remoteIp ?? a.sourceIp) : a.sourceIp),
+  destinationIp: (a: Attributes) => a.destinationIp,
+  port: (a: Attributes) => a.destinationPort,
+  method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
+  path: (a: Attributes) => (isRequest(a) ? a.path.split('?')[0] : undefined),
+  host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
+} satisfies Record<string, Getter>;
+
+/** A predicate true when any of `values` matches the attribute `get` reads. */
+function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown): Predicate {
+  switch (kind) {
+    case 'principal': {
+      const ps = values.map(stripSpiffe);
+      return (a) => { const v = get(a) as string | undefined; const p = v ? stripSpiffe(v) : undefined; return ps.some((x) => globMatch(x, p)); };
+    }
+    case 'namespace':
+    case 'path':
+    case 'method':
+      // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not `DELETE`; the caller passes
+      // the method the backend will see.
+      return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
+    case 'header':
+      return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v, true)); };
+    case 'host': {
+      const lower = values.map((v) => v.toLowerCase());
+      return (a) => {
+        const h = (get(a) as string | undefined)?.toLowerCase();
+        if (h === undefined) return false;
+        const bare = h.replace(/:[0-9]+$/, '');
+        return lower.some((p) => globMatch(p, h) || globMatch(p, bare));
+      };
+    }
+    case 'cidr': {
+      const list = blockList(values);
+      return (a) => inBlocks(list, get(a) as string | undefined);
+    }
+    case 'port': {
+      const ports = values.map((v) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`${JSON.stringify(v)} is not a port`);
+        return n;
+      });
+      return (a) => ports.includes(get(a) as number);
+    }
   }
-  if (key === 'request.method') return [a.method];
-  if (key === 'request.path') return [a.path];
-  if (key === 'request.host') return a.host === undefined ? [] : [a.host];
-  return [];
 }
 
-function conditionMatches(c: CompiledCondition, a: ConnectionAttributes, l7Unknown: boolean): boolean {
-  const values = conditionValues(c.key, a);
-  if (values === undefined) return l7Unknown;
-  const match = (p: string, v: string) => (c.key.endsWith('.ip') ? ipInBlocks([p], v) : principalOrGlob(c.key, p, v));
-  if (c.values && !values.some((v) => c.values!.some((p) => match(p, v)))) return false;
-  if (c.notValues && values.some((v) => c.notValues!.some((p) => match(p, v)))) return false;
-  return true;
+const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
+  principals: getters.principal,
+  namespaces: getters.namespace,
+  ipBlocks: getters.sourceIp,
+  remoteIpBlocks: getters.remoteIp,
+};
+const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
+  ports: getters.port,
+  methods: getters.method,
+  paths: getters.path,
+  hosts: getters.host,
+};
+const CONDITION_GETTERS: Record<string, (arg: string | undefined) => (a: Attributes) => unknown> = {
+  'source.ip': () => getters.sourceIp,
+  'source.namespace': () => getters.namespace,
+  'source.principal': () => getters.principal,
+  'destination.ip': () => getters.destinationIp,
+  'destination.port': () => getters.port,
+  'remote.ip': () => getters.remoteIp,
+  'request.headers': (arg) => { const name = arg!.toLowerCase(); return (a) => headerValue(a, name); },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Compilation
+
+/** One clause of a rule: a predicate and the layer needed to see it. */
+interface Clause {
+  layer: PolicyLayer;
+  test: Predicate;
 }
 
-function principalOrGlob(key: string, pattern: string, value: string): boolean {
-  return key === 'source.principal' ? principalMatch(pattern, value) : globMatch(pattern, value);
+export class PolicyCompileError extends Error {
+  readonly code = 'WEFT_POLICY_COMPILE';
+  /** Field path inside the compiled rule list, e.g. `rules[0].from[1].ipBlocks`. */
+  readonly path: string;
+  constructor(path: string, message: string) {
+    super(`${path}: ${message}`);
+    this.name = 'PolicyCompileError';
+    this.path = path;
+  }
 }
 
-/** Does the rule match? `l7Unknown` is what an unanswerable L7 clause counts as. */
-export function ruleMatches(rule: CompiledRule, a: ConnectionAttributes, l7Unknown: boolean): boolean {
-  if (rule.from.length > 0 && !rule.from.some((s) => sourceMatches(s, a))) return false;
-  if (rule.to.length > 0 && !rule.to.some((o) => operationMatches(o, a, l7Unknown))) return false;
-  return rule.when.every((c) => conditionMatches(c, a, l7Unknown));
+function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, getters: Record<string, (a: Attributes) => unknown>, path: string): Clause[] {
+  const out: Clause[] = [];
+  for (const [field, raw] of Object.entries(obj)) {
+    if (raw === undefined) continue;
+    const base = positiveField(field) ?? field;
+    const spec = table[base];
+    const get = getters[base];
+    if (!spec || !get) throw new PolicyCompileError(`${path}.${field}`, 'field is not supported');
+    if (!Array.isArray(raw)) throw new PolicyCompileError(`${path}.${field}`, 'must be a list');
+    let test: Predicate;
+    try {
+      test = matcher(spec.kind, raw.map(String), get);
+    } catch (e) {
+      throw new PolicyCompileError(`${path}.${field}`, (e as Error).message);
+    }
+    out.push({ layer: spec.layer, test: base === field ? test : (a) => !test(a) });
+  }
+  return out;
 }
 
-const id = (p: AuthorizationPolicy) => `${p.namespace}/${p.name}`;
+function conditionClauses(c: CompiledCondition, path: string): Clause[] {
+  const k = conditionKey(c.key);
+  if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
+  const { base } = parseConditionKey(c.key);
+  const get = CONDITION_GETTERS[base]!(k.arg);
+  const out: Clause[] = [];
+  try {
+    if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get) });
+    if (c.notValues && c.notValues.length > 0) {
+      const m = matcher(k.spec.kind, c.notValues, get);
+      out.push({ layer: k.spec.layer, test: (a) => !m(a) });
+    }
+  } catch (e) {
+    throw new PolicyCompileError(path, (e as Error).message);
+  }
+  return out;
+}
+
+/** A rule compiled for both layers: what it needs and its predicate as seen from each. */
+interface CompiledRulePredicates {
+  /** The rule needs L7 attributes somewhere. */
+  layer: PolicyLayer;
+  /** All clauses checked (an L7 enforcement point). */
+  full: Predicate;
+  /** Only the L4 clauses checked: the DENY narrowing at L4. */
+  l4Part: Predicate;
+}
+
+function allOf(cs: Clause[], upTo: PolicyLayer): Predicate {
+  const tests = cs.filter((c) => upTo === 'L7' || c.layer === 'L4').map((c) => c.test);
+  return (a) => tests.every((t) => t(a));
+}
+
+function compileRule(rule: CompiledRule, path: string): CompiledRulePredicates {
+  const from = rule.from.map((s: CompiledSource, i) => fieldClauses(s, SOURCE_FIELDS, SOURCE_GETTERS, `${path}.from[${i}]`));
+  const to = rule.to.map((o: CompiledOperation, i) => fieldClauses(o, OPERATION_FIELDS, OPERATION_GETTERS, `${path}.to[${i}]`));
+  const when = rule.when.flatMap((c, i) => conditionClauses(c, `${path}.when[${i}]`));
+  const needsL7 = [...from.flat(), ...to.flat(), ...when].some((c) => c.layer === 'L7');
+  const build = (upTo: PolicyLayer): Predicate => {
+    const f = from.map((cs) => allOf(cs, upTo));
+    const t = to.map((cs) => allOf(cs, upTo));
+    const w = allOf(when, upTo);
+    return (a) => (f.length === 0 || f.some((p) => p(a))) && (t.length === 0 || t.some((p) => p(a))) && w(a);
+  };
+  return { layer: needsL7 ? 'L7' : 'L4', full: build('L7'), l4Part: build('L4') };
+}
+
+/** The layer a rule needs: L7 when any of its fields or conditions is one only a request shows. */
+export function ruleLayer(rule: Pick<CompiledRule, 'from' | 'to' | 'when'>): PolicyLayer {
+  const fields = (o: object, table: Readonly<Record<string, FieldSpec>>) =>
+    Object.keys(o).some((f) => table[positiveField(f) ?? f]?.layer === 'L7');
+  if (rule.from.some((s) => fields(s, SOURCE_FIELDS))) return 'L7';
+  if (rule.to.some((o) => fields(o, OPERATION_FIELDS))) return 'L7';
+  return rule.when.some((c) => { const k = conditionKey(c.key); return 'spec' in k && k.spec.layer === 'L7'; }) ? 'L7' : 'L4';
+}
+
+interface CompiledPolicy {
+  id: string;
+  action: AuthorizationPolicy['action'];
+  /** Does the policy match, as seen from `layer`? */
+  matches(a: Attributes, layer: PolicyLayer): boolean;
+  /** Why it could not be compiled (a data plane newer or older than the controller); it then fails closed. */
+  error?: PolicyCompileError;
+}
+
+const compiled = new WeakMap<AuthorizationPolicy, CompiledPolicy>();
+
+/**
+ * Compiles one policy (once per object). A policy that does not compile (which validation prevents;
+ * only a version skew between controller and data plane can cause it) fails closed and costs only
+ * its own scope: a DENY policy denies everything it applies to, an ALLOW policy allows nothing.
+ */
+export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
+  let c = compiled.get(p);
+  if (c) return c;
+  const id = `${p.namespace}/${p.name}`;
+  try {
+    if (p.action !== 'ALLOW' && p.action !== 'DENY' && p.action !== 'AUDIT') throw new PolicyCompileError('action', `${JSON.stringify(p.action)} is not ALLOW, DENY or AUDIT`);
+    const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`));
+    const deny = p.action === 'DENY';
+    c = {
+      id, action: p.action,
+      matches: (a, layer) => rules.some((r) => {
+        if (layer === 'L7' || r.layer === 'L4') return r.full(a);
+        // L4 cannot see the rule's L7 parts: ALLOW and AUDIT never match, DENY is narrowed.
+        return deny && r.l4Part(a);
+      }),
+    };
+  } catch (e) {
+    const error = e instanceof PolicyCompileError ? e : new PolicyCompileError('', (e as Error).message);
+    const failClosed = p.action === 'DENY';
+    c = { id, action: p.action === 'ALLOW' || p.action === 'AUDIT' ? p.action : 'DENY', matches: () => failClosed, error };
+  }
+  compiled.set(p, c);
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
 
 /**
  * Decides a connection (L4) or a request (L7) against the policies that apply to the destination.
- * The caller selects the policies (policySelectsWorkload for agents, targetServices for waypoints).
+ * The caller selects the policies (policySelectsWorkload for agents, PolicyTable for waypoints).
+ * `layer` defaults to L7 for a request and L4 for a connection.
  */
-export function evaluate(policies: readonly AuthorizationPolicy[], a: ConnectionAttributes | RequestAttributes): Decision {
-  const l4 = !isRequest(a);
+export function evaluate(policies: readonly AuthorizationPolicy[], a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4'): Decision {
+  return decide(policies.map(compilePolicy), a, layer);
+}
+
+function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: PolicyLayer): Decision {
+  const audit = policies.filter((p) => p.action === 'AUDIT' && p.matches(a, layer)).map((p) => p.id);
+  const withAudit = (d: Decision): Decision => (audit.length > 0 ? { ...d, audit } : d);
   for (const p of policies) {
-    if (p.action !== 'DENY') continue;
-    // Fail closed: at L4 an L7 clause of a DENY rule counts as matching.
-    if (p.rules.some((r) => ruleMatches(r, a, l4))) {
-      const why = l4 && p.layer === 'L7' ? 'DENY policy with L7 rules, enforced at L4 without a waypoint' : 'matched a DENY rule';
-      return { allowed: false, policy: id(p), reason: `denied by ${id(p)}: ${why}` };
-    }
+    if (p.action !== 'DENY' || !p.matches(a, layer)) continue;
+    const why = p.error ? `policy cannot be evaluated (${p.error.message}), fails closed` : 'matched a DENY rule';
+    return withAudit({ allowed: false, policy: p.id, action: 'DENY', reason: `denied by ${p.id}: ${why}` });
   }
   const allows = policies.filter((p) => p.action === 'ALLOW');
-  if (allows.length === 0) return { allowed: true, reason: 'no ALLOW policy applies' };
+  if (allows.length === 0) return withAudit({ allowed: true, reason: 'no ALLOW policy applies' });
   for (const p of allows) {
-    // Fail closed: at L4 an L7 clause of an ALLOW rule never matches.
-    if (p.rules.some((r) => ruleMatches(r, a, false))) return { allowed: true, policy: id(p), reason: `allowed by ${id(p)}` };
+    if (p.matches(a, layer)) return withAudit({ allowed: true, policy: p.id, reason: `allowed by ${p.id}` });
   }
-  const names = allows.map(id).join(', ');
-  const l7 = l4 && allows.some((p) => p.layer === 'L7') ? ' (rules with L7 attributes cannot match without a waypoint)' : '';
-  return { allowed: false, reason: `no ALLOW rule matched in ${names}${l7}` };
+  const names = allows.map((p) => p.id).join(', ');
+  const l7 = layer === 'L4' ? ' (rules with L7 attributes cannot match without a waypoint)' : '';
+  return withAudit({ allowed: false, policy: allows[0]!.id, action: 'ALLOW', reason: `no ALLOW rule matched in ${names}${l7}` });
+}
+
+/**
+ * Does a policy apply to a Service at its waypoint? Service-targeted policies to their Services;
+ * namespace policies to the Services of their namespace; mesh policies (root namespace, no
+ * selector) everywhere. Selector policies are the agents' (Istio ambient: ztunnel enforces them).
+ */
+export function appliesToService(p: AuthorizationPolicy, service: string): boolean {
+  switch (p.scope) {
+    case 'service': return p.targetServices?.includes(service) ?? false;
+    case 'namespace': return service.startsWith(`${p.namespace}/`);
+    case 'mesh': return p.selector === undefined;
+    case 'workload': return false;
+  }
+}
+
+/** One config version's policies for a waypoint, compiled once, listed per Service on first use. */
+export class PolicyTable {
+  readonly #policies: readonly AuthorizationPolicy[];
+  readonly #byService = new Map<string, CompiledPolicy[]>();
+
+  constructor(policies: readonly AuthorizationPolicy[]) {
+    this.#policies = policies;
+    for (const p of policies) compilePolicy(p);
+  }
+
+  /** Policies that could not be compiled (each failing closed), with the field at fault. */
+  get errors(): Array<{ policy: string; error: PolicyCompileError }> {
+    return this.#policies.map(compilePolicy).filter((c) => c.error).map((c) => ({ policy: c.id, error: c.error! }));
+  }
+
+  /** Judges a request (L7) or a passed-through connection (L4) to `service` (`namespace/name`). */
+  evaluate(service: string, a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4'): Decision {
+    let list = this.#byService.get(service);
+    if (!list) {
+      list = this.#policies.filter((p) => appliesToService(p, service)).map(compilePolicy);
+      this.#byService.set(service, list);
+    }
+    return decide(list, a, layer);
+  }
 }

@@ -62,8 +62,10 @@ export const DEFAULT_RESOURCES: ResourceType[] = [
   { group: 'weft.dev', version: 'v1alpha1', kind: 'AuthorizationPolicy', plural: 'authorizationpolicies', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'PeerAuthentication', plural: 'peerauthentications', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'TrafficPolicy', plural: 'trafficpolicies', namespaced: true },
+  { group: 'weft.dev', version: 'v1alpha1', kind: 'Telemetry', plural: 'telemetries', namespaced: true },
   { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'HTTPRoute', plural: 'httproutes', namespaced: true },
   { group: 'gateway.networking.k8s.io', version: 'v1', kind: 'GRPCRoute', plural: 'grpcroutes', namespaced: true },
+  { group: 'gateway.networking.k8s.io', version: 'v1beta1', kind: 'ReferenceGrant', plural: 'referencegrants', namespaced: true },
 ];
 
 /** Built-in kinds of a cluster beyond the ones the controller reads (always served). */
@@ -88,7 +90,7 @@ export const CLUSTER_RESOURCES: ResourceType[] = [
 const CUSTOM_GROUPS = new Set(['weft.dev', 'gateway.networking.k8s.io', 'monitoring.coreos.com']);
 
 /** Kinds whose status is only written through /status (core kinds; CRDs say so in their spec). */
-const STATUS_SUBRESOURCE = new Set(['Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute', 'Deployment', 'DaemonSet', 'ReplicaSet', 'Pod', 'Node', 'Namespace', 'PodDisruptionBudget']);
+const STATUS_SUBRESOURCE = new Set(['Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'Deployment', 'DaemonSet', 'ReplicaSet', 'Pod', 'Node', 'Namespace', 'PodDisruptionBudget']);
 
 /** kubectl's short names of the built-in kinds (`kubectl get ns`). */
 const SHORT_NAMES: Record<string, string[]> = {

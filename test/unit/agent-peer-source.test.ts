@@ -24,8 +24,8 @@ function wl(name: string, node: 'node1' | 'node2', ip: string, extra: Partial<Wo
   return {
     uid: `demo/${name}`, name, namespace: 'demo', node, nodeIp: node === 'node1' ? NODE1 : NODE2, ip,
     serviceAccount: name, spiffeId: `spiffe://${td}/ns/demo/sa/${name}`, labels: { app: name },
-    enrolled: true, mode: 'STRICT', services: [], ...extra,
-  };
+    enrolled: true, mode: 'STRICT', services: [], workloadName: name, canonicalService: name, canonicalRevision: 'latest', cluster: 'Kubernetes', ...extra,
+  } as Workload;
 }
 const client = wl('client', 'node1', '10.77.1.1');
 const other = wl('other', 'node1', '10.77.1.2');

@@ -8,7 +8,7 @@ function wl(name: string, ns: string, node: string, ip: string, extra: Partial<W
   return {
     uid: `${ns}/${name}`, name, namespace: ns, node, nodeIp: node === 'node1' ? '10.77.0.1' : '10.77.0.2', ip,
     serviceAccount: name, spiffeId: `spiffe://${td}/ns/${ns}/sa/${name}`, labels: { app: name },
-    enrolled: true, mode: 'PERMISSIVE', services: [], ...extra,
+    enrolled: true, mode: 'PERMISSIVE', services: [], workloadName: name, canonicalService: name, canonicalRevision: 'latest', cluster: 'Kubernetes', ...extra,
   };
 }
 function ep(w: Workload, port: number): Endpoint {

@@ -2,6 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { isConsumerRoute, policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { appliesToService } from '../../lib/policy/authz.ts';
+import { waypointContainerArgs } from '../../controller/src/waypoints.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
   const i = emptyInputs();
@@ -34,6 +37,7 @@ test('builds service endpoints from pod selectors with named target ports and no
   assert.deepEqual(s.endpoints, [{
     workloadUid: 'uid-shop-web', ip: '10.1.0.7', node: 'node-b', nodeIp: '192.168.0.2', port: 8080, ports: { '80': 8080 },
     enrolled: true, spiffeId: 'spiffe://cluster.local/ns/shop/sa/web', ready: true,
+    workload: { workloadName: 'web', namespace: 'shop', canonicalService: 'web', canonicalRevision: 'latest', cluster: 'Kubernetes' },
   }]);
 });
 
@@ -94,8 +98,11 @@ test('compiles GRPCRoute methods to path matches and reports missing backends', 
   const r = [...model.routes.values()][0]!;
   assert.equal(r.service, 'a/greeter');
   assert.deepEqual(r.rules[0]?.matches[0]?.path, { type: 'Exact', value: '/hello.Greeter/SayHello' });
-  assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound']]);
+  assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound'], ['spec.parentRefs[0]', 'NoWaypoint']]);
 });
+
+/** The reconciler's Deployment for Waypoint a/wp is named wp and labelled app.kubernetes.io/name=wp. */
+const WP_META = { workloadName: 'wp', namespace: 'a', canonicalService: 'wp', canonicalRevision: 'latest', cluster: 'Kubernetes' };
 
 test('uses the namespace waypoint for services unless the service names its own', () => {
   const i = emptyInputs();
@@ -107,7 +114,7 @@ test('uses the namespace waypoint for services unless the service names its own'
   const { model, findings } = compile(i);
   assert.deepEqual(model.services.get('a/plain')?.waypoint, { name: 'wp', namespace: 'a' });
   assert.deepEqual(model.services.get('a/own')?.waypoint, { name: 'special', namespace: 'a' });
-  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true });
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', address: '10.2.0.1', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, workload: WP_META });
   assert.equal(findings[0]?.reason, 'WaypointNotFound');
 });
 
@@ -160,7 +167,7 @@ test('without a reconciler, two running replicas of a waypoint give it both addr
   const labels = { 'weft.dev/waypoint': 'wp', 'weft.dev/dataplane-mode': 'none' };
   i.pods.push(pod('a', 'wp-0', { ip: '10.4.0.7', labels }), pod('a', 'wp-1', { ip: '10.3.0.2', labels }));
   let { model } = compile(i);
-  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, address: '10.3.0.2', addresses: ['10.3.0.2', '10.4.0.7'] });
+  assert.deepEqual(model.waypoints.get('a/wp'), { name: 'wp', namespace: 'a', port: 15008, spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', ready: true, address: '10.3.0.2', addresses: ['10.3.0.2', '10.4.0.7'], workload: WP_META });
   i.pods[1]!.status!.phase = 'Pending';
   ({ model } = compile(i));
   assert.equal(model.waypoints.get('a/wp')!.address, '10.4.0.7');
@@ -193,4 +200,75 @@ test('an AuthorizationPolicy or PeerAuthentication without a spec compiles (allo
   assert.equal(p.scope, 'namespace');
   assert.deepEqual(p.rules, []);
   assert.ok(model.peerAuthentications.has('shop/empty'));
+});
+
+// Istio AuthorizationPolicy reference: "If the policy is in the root namespace, the selector applies
+// to workloads in all namespaces" (with no selector: every workload).
+test('a root-namespace policy with a selector applies to matching workloads of every namespace', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('weft-system'), ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'db', { labels: { app: 'db' } }), pod('shop', 'web', { labels: { app: 'web' } }));
+  i.authorizationPolicies.push(authz('weft-system', 'no-db', { selector: { matchLabels: { app: 'db' } }, action: 'DENY', rules: [{}] }));
+  const { model } = compile(i);
+  const p = model.policies.get('weft-system/no-db')!;
+  assert.equal(p.scope, 'mesh');
+  const byName = new Map([...model.workloads.values()].map((w) => [w.name, w]));
+  assert.equal(policySelectsWorkload(p, byName.get('db')!), true);
+  assert.equal(policySelectsWorkload(p, byName.get('web')!), false);
+  assert.equal(appliesToService(p, 'shop/db'), false, 'a selector policy is the agents\', not the waypoint\'s');
+});
+
+test('AUDIT and remoteIpBlocks compile; remoteIpBlocks make a rule L7', () => {
+  const i = emptyInputs();
+  i.authorizationPolicies.push(authz('shop', 'audit', { action: 'AUDIT', rules: [{ from: [{ source: { remoteIpBlocks: ['192.0.2.0/24'] } }] }] }));
+  const p = compile(i).model.policies.get('shop/audit')!;
+  assert.equal(p.action, 'AUDIT');
+  assert.deepEqual(p.rules[0]!.from, [{ remoteIpBlocks: ['192.0.2.0/24'] }]);
+  assert.equal(p.layer, 'L7');
+});
+
+// GEP-1294 (GAMMA): a route in the parent Service's namespace is a producer route; one in another
+// namespace is a consumer route. Gateway API: a backendRef into another namespace needs a
+// ReferenceGrant there (ResolvedRefs=False, RefNotPermitted otherwise).
+test('consumer and producer routes, and ReferenceGrant for cross-namespace backendRefs', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }), ns('evil'), ns('web'));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  i.services.push(svc('shop', 'payments'), svc('evil', 'sink', { app: 'sink' }, '10.96.0.20'), svc('web', 'cache', { app: 'cache' }, '10.96.0.30'));
+  const route = (namespace: string, name: string, backend: { name: string; namespace?: string }) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name, namespace },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments', namespace: 'shop' }], rules: [{ backendRefs: [{ ...backend, port: 80 }] }] },
+  });
+  i.httpRoutes.push(route('evil', 'steal', { name: 'sink' }), route('shop', 'canary', { name: 'cache', namespace: 'web' }));
+  let r = compile(i);
+  const steal = r.model.routes.get('evil/steal/HTTPRoute/shop/payments')!;
+  assert.equal(isConsumerRoute(steal), true);
+  assert.match(r.routeParents.get('HTTPRoute/evil/steal')![0]!.conditions[0]!.message, /consumer route: it applies to clients in namespace evil only/);
+  const canary = r.model.routes.get('shop/canary/HTTPRoute/shop/payments')!;
+  assert.equal(isConsumerRoute(canary), false);
+  assert.match(canary.rules[0]!.backends[0]!.refused ?? '', /no ReferenceGrant in namespace web/);
+  const resolved = r.routeParents.get('HTTPRoute/shop/canary')![0]!.conditions.find((c) => c.type === 'ResolvedRefs')!;
+  assert.deepEqual([resolved.status, resolved.reason], [false, 'RefNotPermitted']);
+  assert.ok(r.findings.some((f) => f.name === 'canary' && f.reason === 'RefNotPermitted' && f.path === 'spec.rules[0].backendRefs[0]'));
+
+  // A grant for another kind or another Service does not help; the right one does.
+  const grant = (to: { group: string; kind: string; name?: string }) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1beta1' as const, kind: 'ReferenceGrant' as const, metadata: { name: 'g', namespace: 'web' },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'shop' }], to: [to] },
+  });
+  i.referenceGrants = [grant({ group: '', kind: 'Service', name: 'other' })];
+  assert.ok(compile(i).model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused);
+  i.referenceGrants = [grant({ group: '', kind: 'Service', name: 'cache' })];
+  r = compile(i);
+  assert.equal(r.model.routes.get('shop/canary/HTTPRoute/shop/payments')!.rules[0]!.backends[0]!.refused, undefined);
+  assert.equal(r.routeParents.get('HTTPRoute/shop/canary')![0]!.conditions.every((c) => c.status), true);
+});
+
+test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint quotaStore reaches its command line', () => {
+  const i = emptyInputs();
+  i.services.push(svc('shop', 'reviews'));
+  i.trafficPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'tp', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'reviews' }, quota: { requests: 100, window: '1m', per: 'source' } } });
+  assert.deepEqual(compile(i).model.trafficPolicies.get('shop/tp')!.quota, { limit: 100, windowMs: 60_000, per: 'source' });
+  const args = waypointContainerArgs({ name: 'wp', namespace: 'shop', serviceAccount: 'wp', spiffeId: 'x', replicas: 1, quotaStore: { redis: 'redis://redis.shop:6379', failureMode: 'closed' } }, { trustDomain: 'cluster.local', controllerNamespace: 'weft-system', controllerAddress: 'ctl:15012' });
+  assert.deepEqual(args.slice(-4), ['--quota-redis', 'redis://redis.shop:6379', '--quota-failure-mode', 'closed']);
 });

@@ -124,22 +124,54 @@ test('services get endpoints from EndpointSlices in Kubernetes mode', () =>
     assert.equal(a.snapshot!.services[0]!.endpoints[0]!.workloadUid, p.metadata.uid);
   }));
 
-test('an HTTPRoute with a Service parent gets a parent status from the weft controller; a missing parent is reported', () =>
+// Gateway API route status (GEP-1426 for Service parents): one status.parents entry per Service
+// parentRef under controllerName weft.dev/controller with Accepted and ResolvedRefs; a Gateway
+// parent and another controller's entry are left as they are.
+test('an HTTPRoute gets per-parent status for its Service parents only, keeping other controllers\' entries', () =>
   withKube(async (api) => {
     api.apply(svc('shop', 'web'));
-    const route = (parent: string) => ({
+    const ingress = { group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'public', namespace: 'edge' };
+    const route = (parent: string, backendNs?: string) => ({
       apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'shop' },
-      spec: { parentRefs: [{ group: '', kind: 'Service', name: parent, port: 80 }], rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/api' } }], backendRefs: [{ name: 'web', port: 80 }] }] },
+      spec: {
+        parentRefs: [ingress, { group: '', kind: 'Service', name: parent, port: 80 }],
+        rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/api' } }], backendRefs: [{ name: 'web', port: 80, ...(backendNs ? { namespace: backendNs } : {}) }] }],
+      },
     });
-    type RouteStatus = { parents?: Array<{ controllerName: string; parentRef: { name: string }; conditions: Array<{ type: string; status: string; reason: string; message: string }> }> };
-    api.apply(route('web'));
-    await until('route accepted', () => (api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus)?.parents?.[0]?.conditions[0]?.status === 'True');
-    const st = api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus;
-    assert.equal(st.parents![0]!.controllerName, 'weft.dev/controller');
-    assert.equal(st.parents![0]!.parentRef.name, 'web');
-    api.apply(route('nope'));
-    await until('route not accepted', () => (api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus)?.parents?.[0]?.conditions[0]?.reason === 'NoMatchingParent');
-    assert.match((api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus).parents![0]!.conditions[0]!.message, /Service shop\/nope does not exist/);
+    type Cond = { type: string; status: string; reason: string; message: string };
+    type RouteStatus = { parents?: Array<{ controllerName: string; parentRef: { name: string; kind?: string }; conditions: Cond[] }> };
+    const ours = () => ((api.get('HTTPRoute', 'shop', 'r')?.status as RouteStatus | undefined)?.parents ?? []).filter((p) => p.controllerName === 'weft.dev/controller');
+    const cond = (type: string) => ours()[0]?.conditions.find((c) => c.type === type);
+    const obj = api.apply(route('web'));
+    // An ingress controller already wrote its entry for the Gateway parent.
+    const theirs = { parentRef: ingress, controllerName: 'example.com/ingress', conditions: [{ type: 'Accepted', status: 'True', reason: 'Accepted', message: 'ok', lastTransitionTime: '2026-01-01T00:00:00Z' }] };
+    api.apply({ ...obj, status: { parents: [theirs] } });
+
+    // A Service without a waypoint: valid, but nothing enforces the route.
+    await until('route reported as not enforced', () => cond('Accepted')?.reason === 'NoWaypoint');
+    assert.equal(cond('Accepted')!.status, 'False');
+    assert.equal(cond('ResolvedRefs')!.status, 'True');
+    let st = api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus;
+    assert.equal(ours().length, 1, 'no entry for the Gateway parent');
+    assert.equal(ours()[0]!.parentRef.name, 'web');
+    assert.deepEqual(st.parents!.find((p) => p.controllerName === 'example.com/ingress'), theirs, 'the ingress controller\'s entry is kept');
+
+    api.apply({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+    api.apply({ ...svc('shop', 'web'), metadata: { name: 'web', namespace: 'shop', labels: { 'weft.dev/use-waypoint': 'wp' } } });
+    await until('route accepted', () => cond('Accepted')?.status === 'True');
+    assert.match(cond('Accepted')!.message, /producer route/);
+
+    // (Test control: apply replaces status too, so carry it over as a spec update would.)
+    const update = (o: object) => api.apply({ ...o, status: api.get('HTTPRoute', 'shop', 'r')!.status });
+    update(route('web', 'other'));
+    await until('cross-namespace backend refused', () => cond('ResolvedRefs')?.reason === 'RefNotPermitted');
+    assert.match(cond('ResolvedRefs')!.message, /spec\.rules\[0\]\.backendRefs\[0\].*no ReferenceGrant in namespace other/);
+
+    update(route('nope'));
+    await until('route not accepted', () => cond('Accepted')?.reason === 'NoMatchingParent');
+    assert.match(cond('Accepted')!.message, /Service shop\/nope does not exist/);
+    st = api.get('HTTPRoute', 'shop', 'r')!.status as RouteStatus;
+    assert.ok(st.parents!.some((p) => p.controllerName === 'example.com/ingress'), 'still kept after our updates: ' + JSON.stringify(st));
   }));
 
 test('an API server that is down at start delays the first snapshot instead of serving an empty mesh', async () => {

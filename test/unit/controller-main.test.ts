@@ -72,3 +72,8 @@ test('over TLS the config stream verifies against the controller CA and can requ
     rmSync(secrets, { recursive: true, force: true });
   }
 });
+
+test('--waypoint-service-accounts and --waypoint-images set the Waypoint allow-list; "default" is refused', () => {
+  assert.deepEqual(parseControllerArgs(['--kube', '--waypoint-service-accounts', 'a,b', '--waypoint-images', 'r/x:1', '--waypoint-images', 'r/y*']).waypointAllowList, { serviceAccounts: ['a', 'b'], images: ['r/x:1', 'r/y*'] });
+  assert.throws(() => parseControllerArgs(['--kube', '--waypoint-service-accounts', 'default']), /"default" is never allowed/);
+});

@@ -117,3 +117,40 @@ test('in local mode a Waypoint is launched through the injected launcher and rem
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a Waypoint naming a ServiceAccount or image outside the allow-list is not launched and says why; an allowed one is', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const controller = new Controller({
+    source: new KubeSource({ kubeConfig, restartDelayMs: 20 }),
+    configServer: new ConfigServer(),
+    waypoints: new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012' }),
+    compile: { waypointAllowList: { serviceAccounts: ['mesh-proxy'], images: ['registry.example/weft/*'] } },
+    debounceMs: 5,
+  });
+  type St = { conditions?: Array<{ status: string; reason: string; message: string }> };
+  const cond = (name: string) => (api.get('Waypoint', 'shop', name)?.status as St | undefined)?.conditions?.[0];
+  try {
+    api.apply(ns('shop'));
+    // The attack: name a ServiceAccount that application pods run as (here: an app's own SA).
+    api.apply({ ...waypoint('shop', 'borrowed'), spec: { serviceAccountName: 'payments' } });
+    api.apply({ ...waypoint('shop', 'own-image'), spec: { image: 'evil.example/waypoint:1' } });
+    api.apply({ ...waypoint('shop', 'allowed'), spec: { serviceAccountName: 'mesh-proxy', image: 'registry.example/weft/waypoint:2' } });
+    await controller.start();
+    await until('allowed waypoint launched', () => api.get('Deployment', 'shop', 'allowed') !== undefined);
+    const d = api.get('Deployment', 'shop', 'allowed')!.spec as { template: { spec: { serviceAccountName: string; containers: Array<{ image: string }> } } };
+    assert.equal(d.template.spec.serviceAccountName, 'mesh-proxy');
+    assert.equal(d.template.spec.containers[0]!.image, 'registry.example/weft/waypoint:2');
+    await until('refusals in status', () => cond('borrowed')?.reason === 'ServiceAccountNotAllowed' && cond('own-image')?.reason === 'ImageNotAllowed');
+    assert.match(cond('borrowed')!.message, /ServiceAccount "payments" is not allowed.*--waypoint-service-accounts/);
+    assert.match(cond('own-image')!.message, /image "evil\.example\/waypoint:1" is not allowed/);
+    assert.equal(api.get('Deployment', 'shop', 'borrowed'), undefined);
+    assert.equal(api.get('Deployment', 'shop', 'own-image'), undefined);
+    assert.equal(controller.model!.waypoints.get('shop/borrowed')!.ready, false, 'Services using it fail closed');
+    assert.equal(controller.model!.waypoints.get('shop/borrowed')!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/borrowed', 'the refused SA never becomes a trusted waypoint identity');
+  } finally {
+    await controller.stop();
+    await api.stop();
+  }
+});

@@ -13,7 +13,7 @@ import type { AuthorizationPolicy, Service, Workload } from '../../lib/model/mes
 
 const wl = (ns: string, name: string, ip: string, services: string[], labels: Record<string, string> = { app: name }): Workload => ({
   uid: `${ns}/${name}`, name, namespace: ns, node: 'node1', ip, serviceAccount: name, spiffeId: `spiffe://cluster.local/ns/${ns}/sa/${name}`,
-  labels, enrolled: true, mode: 'PERMISSIVE', services,
+  labels, enrolled: true, mode: 'PERMISSIVE', services, workloadName: name, canonicalService: name, canonicalRevision: 'latest', cluster: 'Kubernetes',
 });
 const svc = (ns: string, name: string, vip: string, waypoint?: string): Service => ({
   name, namespace: ns, hostname: `${name}.${ns}.svc.cluster.local`, vips: [vip], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] as Service['ports'], endpoints: [],

@@ -35,8 +35,8 @@ test('rejects unknown fields in weft specs so typos do not widen a policy', () =
   assert.equal(issues[0]?.path, 'spec.rules[0].form');
 });
 
-test('rejects selector and targetRefs together, and a bad action', () => {
-  const issues = validateObject(policy({ selector: {}, targetRefs: [{ kind: 'Service', name: 'a' }], action: 'AUDIT' }));
+test('rejects selector and targetRefs together, and an action Weft does not have (CUSTOM)', () => {
+  const issues = validateObject(policy({ selector: {}, targetRefs: [{ kind: 'Service', name: 'a' }], action: 'CUSTOM' }));
   assert.deepEqual(issues.map((i) => i.path).sort(), ['spec.action', 'spec.targetRefs']);
 });
 
@@ -162,4 +162,18 @@ test('a Waypoint\'s maxRequests is a whole number from 1 to 1,000,000', () => {
   assert.deepEqual(validateObject(wp({ maxRequests: 500 })), []);
   assert.deepEqual(validateObject(wp({ maxRequests: 0 })).map((i) => [i.path, i.message]), [['spec.maxRequests', '0 is below the minimum 1']]);
   assert.deepEqual(validateObject(wp({ maxRequests: 2.5 })).map((i) => i.path), ['spec.maxRequests']);
+});
+
+test('a Waypoint may never run as the namespace\'s default ServiceAccount', () => {
+  const issues = validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: { serviceAccountName: 'default' } });
+  assert.deepEqual(issues.map((i) => [i.path, /never allowed/.test(i.message)]), [['spec.serviceAccountName', true]]);
+});
+
+test('TrafficPolicy quota and Waypoint quotaStore are checked field by field', () => {
+  const tp = (quota: unknown) => validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 't', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'r' }, quota } });
+  assert.deepEqual(tp({ requests: 10, window: '1m', per: 'source' }), []);
+  assert.deepEqual(tp({ requests: -1, window: '0s', per: 'route' }).map((i) => i.path), ['spec.quota.requests', 'spec.quota.window', 'spec.quota.per']);
+  const wp = (quotaStore: unknown) => validateObject({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: { quotaStore } });
+  assert.deepEqual(wp({ redis: 'redis://redis.shop:6379', failureMode: 'closed' }), []);
+  assert.deepEqual(wp({ redis: 'http://x', failureMode: 'maybe' }).map((i) => i.path), ['spec.quotaStore.redis', 'spec.quotaStore.failureMode']);
 });

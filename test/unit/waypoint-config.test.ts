@@ -5,7 +5,6 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
-import { ConfigRejectedError } from '../../waypoint/src/errors.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener, trafficPolicy,
@@ -49,24 +48,26 @@ describe('config application', () => {
     assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v2');
   });
 
-  it('rejects a bad configuration naming the object and field, and keeps the last good one', async () => {
+  it('a bad object costs only itself: it is left out and named, while a new DENY policy and an endpoint change in the same config take effect', async () => {
     const bad = config({
-      services: services(),
+      // The endpoint of reviews changes to v2's backend in the same config as the bad objects.
+      services: [service('reviews', '10.96.0.10', [endpoint(v2.port)]), service('reviews-v2', '10.96.0.12', [endpoint(v2.port)])],
       routes: [route('broken', 'reviews', [{ matches: [match({ path: { type: 'RegularExpression', value: '/(unclosed' } })], backends: [backend('reviews')] }])],
       trafficPolicies: [trafficPolicy('reviews', { retries: { attempts: 2, retryOn: ['sometimes'] } })],
+      policies: [{ name: 'no-private', namespace: 'shop', action: 'DENY', scope: 'service', targetServices: ['shop/reviews'], rules: [{ from: [], to: [{ paths: ['/private'] }], when: [], layer: 'L7' }], layer: 'L7' }],
     });
-    assert.throws(() => engine.applyConfig(bad), (err: unknown) => {
-      assert.ok(err instanceof ConfigRejectedError);
-      assert.equal(err.code, 'WEFT_WAYPOINT_CONFIG_REJECTED');
-      assert.match(err.message, /HTTPRoute shop\/broken: rules\[0\]\.matches\[0\]\.path\.value: invalid regular expression/);
-      assert.match(err.message, /TrafficPolicy shop\/reviews-tp: retries\.retryOn\[0\]: unknown retry condition "sometimes"/);
-      assert.equal(err.issues.length, 2);
-      return true;
-    });
-    assert.equal(engine.configVersion, 2);
-    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v2');
+    const applied = engine.applyConfig(bad);
+    assert.equal(applied.version, 3);
+    assert.deepEqual(applied.issues.map((i) => `${i.kind} ${i.object}: ${i.path}`).sort(), [
+      'HTTPRoute shop/broken: rules[0].matches[0].path.value',
+      'TrafficPolicy shop/reviews-tp: retries.retryOn[0]',
+    ]);
+    assert.match(applied.issues.find((i) => i.kind === 'TrafficPolicy')!.message, /unknown retry condition "sometimes"/);
+    assert.equal((await request(listener.port, { path: '/private' })).status, 403, 'the new DENY policy is enforced');
+    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v2', 'the endpoint change took effect');
     const applies = await metricSamples(engine, 'weft_waypoint_config_applies_total');
-    assert.deepEqual(applies.map((s) => [s.labels['result'], s.value]).sort(), [['applied', 2], ['rejected', 1]]);
+    assert.deepEqual(applies.map((s) => [s.labels['result'], s.value]).sort(), [['applied', 2], ['partial', 1]]);
+    assert.equal(engine.configIssues.length, 2);
   });
 
   it('accepts a route to a service the configuration lacks: only requests routed there get 500, weight 0 gets nothing (Gateway API)', async () => {
@@ -77,6 +78,7 @@ describe('config application', () => {
         { backends: [backend('reviews'), backend('ghost', 0)] },
       ])],
     }));
+    assert.deepEqual(engine.configIssues, [], 'nothing is left out for it');
     const ghost = await request(listener.port, { path: '/ghost/x' });
     assert.equal(ghost.status, 500);
     assert.match(ghost.body, /backend service shop\/ghost is unknown/);
@@ -84,9 +86,10 @@ describe('config application', () => {
     assert.deepEqual([...new Set(rest.map((r) => r.status))], [200]);
   });
 
-  it('rejects two services claiming one address', () => {
-    assert.throws(() => engine.applyConfig(config({ services: [...services(), service('dup', '10.96.0.10', [])] })),
-      /Service shop\/dup: vips: address 10\.96\.0\.10 is also claimed by shop\/reviews/);
+  it('leaves out a second Service claiming a taken address; the first keeps it', async () => {
+    const applied = engine.applyConfig(config({ services: [...services(), service('dup', '10.96.0.10', [])] }));
+    assert.match(applied.issues.map((i) => `${i.kind} ${i.object}: ${i.path}: ${i.message}`).join('\n'), /Service shop\/dup: vips: address 10\.96\.0\.10 is also claimed by shop\/reviews/);
+    assert.equal(JSON.parse((await request(listener.port)).body).backend, 'v1');
   });
 
   it('rejects a structurally broken configuration', () => {
@@ -211,9 +214,22 @@ describe('telemetry', () => {
     await request(listener.port, { method: 'POST', path: '/sized', body: 'x'.repeat(1000) });
     const total = await metricSamples(engine, 'istio_requests_total');
     const s = total.find((v) => v.labels['response_code'] === '200')!;
+    // Istio's standard labels: the caller from its tunnel's baggage, the destination from the
+    // endpoint's workload in the model.
     assert.equal(s.labels['source_workload'], 'tester');
     assert.equal(s.labels['source_workload_namespace'], 'shop');
+    assert.equal(s.labels['source_canonical_service'], 'tester-app');
+    assert.equal(s.labels['source_canonical_revision'], 'v1');
+    assert.equal(s.labels['source_app'], 'tester-app');
+    assert.equal(s.labels['source_version'], 'v1');
+    assert.equal(s.labels['source_cluster'], 'Kubernetes');
+    assert.equal(s.labels['source_principal'], 'spiffe://cluster.local/ns/shop/sa/tester');
     assert.equal(s.labels['destination_workload'], `pod-${b.port}`);
+    assert.equal(s.labels['destination_workload_namespace'], 'shop');
+    assert.equal(s.labels['destination_service'], 'reviews.shop.svc.cluster.local');
+    assert.equal(s.labels['destination_service_name'], 'reviews');
+    assert.equal(s.labels['destination_service_namespace'], 'shop');
+    assert.equal(s.labels['connection_security_policy'], 'mutual_tls');
     assert.equal(s.labels['request_protocol'], 'http');
     assert.equal(s.labels['reporter'], 'waypoint');
     const text = await engine.telemetry.registry.metrics();

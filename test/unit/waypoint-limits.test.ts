@@ -111,6 +111,37 @@ describe('shared quota in Redis', () => {
     }
   });
 
+  it('a TrafficPolicy quota is enforced from the config (no --quota flag), over a flag rule for the same Service, and dropped with the policy', async () => {
+    const mk = () => {
+      const e = new WaypointEngine({
+        namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), telemetry: { accessLog: null },
+        quota: { redis: redis.url, rules: [{ service: 'shop/reviews', limit: 1000, windowMs: 60_000 }], keyPrefix: 'test-tp', timeoutMs: 300 },
+      });
+      e.applyConfig(config({
+        services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+        trafficPolicies: [trafficPolicy('reviews', { quota: { limit: 6, windowMs: 60_000, per: 'service' } })],
+      }));
+      return e;
+    };
+    const e1 = mk();
+    const e2 = mk();
+    const l1 = await startTunnelListener(e1, '10.96.0.10:80');
+    const l2 = await startTunnelListener(e2, '10.96.0.10:80');
+    try {
+      const replies = await Promise.all(Array.from({ length: 12 }, (_, i) => request(i % 2 === 0 ? l1.port : l2.port)));
+      assert.equal(replies.filter((r) => r.status === 200).length, 6, 'the TrafficPolicy limit of 6, shared, not the flag\'s 1000');
+      assert.ok(replies.filter((r) => r.status === 429).every((r) => r.headers['x-weft-flags'] === 'RL'));
+      // Without the TrafficPolicy the flag rule is back (its own, much larger, count).
+      e1.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
+      assert.equal((await request(l1.port)).status, 200);
+    } finally {
+      await l1.close();
+      await l2.close();
+      await e1.close();
+      await e2.close();
+    }
+  });
+
   it('fails open by default when Redis is unreachable, and counts it', async () => {
     const dead = `redis://127.0.0.1:${await freePort()}`;
     const e = engineWith(dead, 'open', 'test2');

@@ -1,16 +1,16 @@
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
-import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
-import { PolicyTable } from '../../waypoint/src/policy.ts';
+import { PolicyTable } from '../../lib/policy/authz.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
-function policy(name: string, action: 'ALLOW' | 'DENY', rules: AuthorizationPolicy['rules'], targets = ['shop/reviews']): AuthorizationPolicy {
+function policy(name: string, action: AuthorizationPolicy['action'], rules: AuthorizationPolicy['rules'], targets = ['shop/reviews']): AuthorizationPolicy {
   return { name, namespace: 'shop', action, scope: 'service', targetServices: targets, rules, layer: 'L7' };
 }
 
@@ -86,50 +86,98 @@ describe('waypoint authorization', () => {
   });
 });
 
-describe('policy table', () => {
-  const base = { service: 'shop/reviews', port: 80, method: 'GET', path: '/', host: 'reviews', headers: {} };
+describe('policy table (waypoint scoping)', () => {
+  const svc = 'shop/reviews';
+  const base = { destinationPort: 80, method: 'GET', path: '/', host: 'reviews', headers: {} };
 
-  it('allows everything when no policy applies', () => {
-    const t = new PolicyTable([policy('p', 'DENY', [{ from: [], to: [], when: [], layer: 'L7' }], ['shop/other'])], []);
-    assert.deepEqual(t.evaluate(base), { allowed: true });
+  it('allows everything when no policy applies to the service', () => {
+    const t = new PolicyTable([policy('p', 'DENY', [{ from: [], to: [], when: [], layer: 'L7' }], ['shop/other'])]);
+    assert.equal(t.evaluate(svc, base).allowed, true);
   });
 
   it('denies everything with an ALLOW policy without rules', () => {
-    const t = new PolicyTable([policy('nothing', 'ALLOW', [])], []);
-    assert.equal(t.evaluate(base).allowed, false);
+    const t = new PolicyTable([policy('nothing', 'ALLOW', [])]);
+    assert.equal(t.evaluate(svc, base).allowed, false);
   });
 
-  it('matches namespaces, ipBlocks, suffix paths and notValues', () => {
-    const t = new PolicyTable([policy('p', 'DENY', [{
-      from: [{ namespaces: ['shop'], ipBlocks: ['10.0.0.0/8'] }], to: [{ paths: ['*.php'], notMethods: ['HEAD'] }], when: [], layer: 'L7',
-    }])], []);
-    const req = { ...base, principal: 'spiffe://cluster.local/ns/shop/sa/a', sourceIp: '10.1.2.3', path: '/x/index.php' };
-    assert.equal(t.evaluate(req).allowed, false);
-    assert.equal(t.evaluate({ ...req, method: 'HEAD' }).allowed, true);
-    assert.equal(t.evaluate({ ...req, sourceIp: '192.168.0.1' }).allowed, true);
-    assert.equal(t.evaluate({ ...req, principal: 'spiffe://cluster.local/ns/web/sa/a' }).allowed, true);
-    assert.equal(t.evaluate({ ...req, path: '/x/index.html' }).allowed, true);
+  it('applies namespace policies to the services of their namespace only, and skips selector policies', () => {
+    const ns: AuthorizationPolicy = { name: 'ns', namespace: 'shop', action: 'DENY', scope: 'namespace', rules: [{ from: [], to: [{ paths: ['/x'] }], when: [], layer: 'L7' }], layer: 'L7' };
+    const wl: AuthorizationPolicy = { ...ns, name: 'wl', scope: 'workload', selector: { app: 'reviews' }, rules: [{ from: [], to: [], when: [], layer: 'L4' }] };
+    const t = new PolicyTable([ns, wl]);
+    assert.equal(t.evaluate(svc, { ...base, path: '/x' }).allowed, false);
+    assert.equal(t.evaluate(svc, base).allowed, true);
+    assert.equal(t.evaluate('web/front', { ...base, path: '/x' }).allowed, true);
   });
 
-  it('never matches HTTP-only fields of an ALLOW rule for a TCP connection, and ignores them in DENY rules', () => {
-    const tcp = { ...base, method: '', path: '', host: '', l7: false, principal: 'spiffe://cluster.local/ns/shop/sa/a' };
-    const allow = new PolicyTable([policy('get-only', 'ALLOW', [{ from: [], to: [{ methods: ['GET'] }], when: [], layer: 'L7' }])], []);
-    assert.equal(allow.evaluate(tcp).allowed, false);
-    assert.equal(allow.evaluate({ ...tcp, l7: true, method: 'GET', path: '/' }).allowed, true);
-    const allowL4 = new PolicyTable([policy('from-shop', 'ALLOW', [{ from: [{ namespaces: ['shop'] }], to: [], when: [], layer: 'L4' }])], []);
-    assert.equal(allowL4.evaluate(tcp).allowed, true);
-    const deny = new PolicyTable([policy('no-header', 'DENY', [{ from: [{ namespaces: ['shop'] }], to: [], when: [{ key: 'request.headers[x-a]', values: ['1'] }], layer: 'L7' }])], []);
-    assert.equal(deny.evaluate(tcp).allowed, false);
-    assert.equal(deny.evaluate({ ...tcp, l7: true, path: '/' }).allowed, true);
+  it('fails closed on a policy it cannot compile and reports the field (a controller/waypoint version skew)', () => {
+    const bad = policy('bad', 'DENY', [{ from: [{ ipBlocks: ['10.0.0.0/33'] }], to: [], when: [], layer: 'L4' }]);
+    const t = new PolicyTable([bad]);
+    assert.equal(t.errors.length, 1);
+    assert.equal(t.errors[0]!.policy, 'shop/bad');
+    assert.match(t.errors[0]!.error.path, /rules\[0\]\.from\[0\]\.ipBlocks/);
+    const d = t.evaluate(svc, base);
+    assert.equal(d.allowed, false);
+    assert.match(d.reason, /fails closed/);
+    assert.equal(t.evaluate('shop/other', base).allowed, true, 'it costs only the services it applies to');
+  });
+});
+
+// Istio AuthorizationPolicy reference: remoteIpBlocks / remote.ip are "populated from
+// X-Forwarded-For"; ipBlocks / source.ip are the connection's. AUDIT "does not affect whether
+// requests are allowed or denied".
+describe('remote.ip and AUDIT through the waypoint', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+  const lines: string[] = [];
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x) } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [
+        policy('no-bad-client', 'DENY', [{ from: [{ remoteIpBlocks: ['198.51.100.0/24'] }], to: [], when: [], layer: 'L7' }]),
+        policy('watch-admin', 'AUDIT', [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }]),
+        // A DENY on the connection's own address never reads X-Forwarded-For.
+        policy('no-lab', 'DENY', [{ from: [{ ipBlocks: ['192.0.2.0/24'] }], to: [], when: [], layer: 'L4' }]),
+      ],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80');
   });
 
-  it('rejects unknown condition keys and bad CIDRs, naming the policy', () => {
-    const issues: ConfigIssue[] = [];
-    new PolicyTable([policy('bad', 'ALLOW', [{
-      from: [{ ipBlocks: ['10.0.0.0/33'] }], to: [], when: [{ key: 'request.auth.claims[iss]', values: ['x'] }], layer: 'L7',
-    }])], issues);
-    assert.equal(issues.length, 2);
-    assert.ok(issues.every((i) => i.object === 'shop/bad' && i.kind === 'AuthorizationPolicy'));
-    assert.match(issues[0]!.path, /rules\[0\]\.from\[0\]\.ipBlocks/);
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('denies by the last X-Forwarded-For address, and not by an earlier one', async () => {
+    const denied = await request(l.port, { headers: { 'x-forwarded-for': '203.0.113.5, 198.51.100.7' } });
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /shop\/no-bad-client/);
+    assert.equal((await request(l.port, { headers: { 'x-forwarded-for': '198.51.100.7, 203.0.113.5' } })).status, 200);
+  });
+
+  it('a forged X-Forwarded-For does not move a connection out of an ipBlocks DENY', async () => {
+    // A tunnel whose client address (from the HBONE peer) is in 192.0.2.0/24.
+    const server = net.createServer((sock) => engine.handleTunnel(sock, { target: '10.96.0.10:80', peerSpiffeId: CALLER, clientAddress: '192.0.2.9' }));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const r = await request(port, { headers: { 'x-forwarded-for': '10.0.0.1' }, agent: false });
+      assert.equal(r.status, 403);
+      assert.match(r.body, /shop\/no-lab/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('an AUDIT match is logged and decides nothing', async () => {
+    lines.length = 0;
+    const r = await request(l.port, { path: '/admin/x' });
+    assert.equal(r.status, 200);
+    const entry = lines.map((x) => JSON.parse(x) as { path: string; audit_policies?: string[] }).find((e) => e.path === '/admin/x');
+    assert.deepEqual(entry?.audit_policies, ['shop/watch-admin']);
   });
 });

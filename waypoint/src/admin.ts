@@ -36,7 +36,9 @@ export function adminServer(engine: WaypointEngine, extra: () => Record<string, 
         json(res, 200, engine.clusterStats());
         return;
       case '/rejection':
-        json(res, 200, engine.lastRejection ? { code: engine.lastRejection.code, message: engine.lastRejection.message, issues: engine.lastRejection.issues } : null);
+        json(res, 200, engine.lastRejection
+          ? { code: engine.lastRejection.code, message: engine.lastRejection.message, issues: engine.lastRejection.issues }
+          : engine.configIssues.length > 0 ? { code: 'WEFT_WAYPOINT_CONFIG_PARTIAL', message: 'objects left out or failing closed', issues: engine.configIssues } : null);
         return;
       case '/stats':
         engine.telemetry.registry.metrics().then((t) => { res.writeHead(200, { 'content-type': 'text/plain' }); res.end(t); }, (e: Error) => { res.writeHead(500); res.end(e.message); });

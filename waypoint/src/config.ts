@@ -1,11 +1,16 @@
 // Applying a WaypointConfig atomically: validate everything, build the new route, policy and service
-// tables, then swap one reference. A config with any problem is rejected as a whole with the reasons
-// (each naming the object and field) and the last good snapshot keeps serving.
+// tables, then swap one reference. A bad object costs only itself: it is left out (a route, a
+// TrafficPolicy, a Service claiming a taken address) or fails closed (an AuthorizationPolicy that
+// cannot be evaluated denies what it applies to), and its issue is reported; everything else in the
+// config takes effect. Only a config whose shape is broken is rejected as a whole, and then the
+// last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
+// issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import type { Service, TrafficPolicy, WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
-import { PolicyTable } from './policy.ts';
+import { PolicyTable } from '../../lib/policy/authz.ts';
 import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
 import { RouteTable } from './router.ts';
 
@@ -20,14 +25,36 @@ export interface Snapshot {
   byAddress: ReadonlyMap<string, Service>;
   /** Lower-case host names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`, and `name` in the waypoint's namespace). */
   byHost: ReadonlyMap<string, Service>;
+  /** Producer routes: what clients see that have no consumer route for the Service. */
   routes: RouteTable;
+  /**
+   * Per client namespace with consumer routes (GAMMA, GEP-1294): its consumer routes, and the
+   * producer routes of the Services it has none for.
+   */
+  consumerRoutes: ReadonlyMap<string, RouteTable>;
   policies: PolicyTable;
   /** `namespace/name` of a service → its resilience settings (defaults when no TrafficPolicy). */
   settings: ReadonlyMap<string, ClusterSettings>;
+  /** Objects left out or failing closed, each naming the object and field. */
+  issues: readonly ConfigIssue[];
 }
 
 export function serviceKey(s: { namespace: string; name: string }): string {
   return `${s.namespace}/${s.name}`;
+}
+
+/**
+ * The Service a route backend sends to; undefined (its requests get 500, as the Gateway API says)
+ * when the configuration lacks it or the controller refused the reference (no ReferenceGrant).
+ */
+export function backendService(snap: Pick<Snapshot, 'services'>, backend: RouteBackend): Service | undefined {
+  return backend.refused === undefined ? snap.services.get(backend.service) : undefined;
+}
+
+/** The route table for a client: its namespace's consumer routes first (GAMMA), else the producers'. */
+export function routesFor(snap: Pick<Snapshot, 'routes' | 'consumerRoutes'>, clientPrincipal: string | undefined): RouteTable {
+  const ns = namespaceOfPrincipal(clientPrincipal);
+  return (ns !== undefined ? snap.consumerRoutes.get(ns) : undefined) ?? snap.routes;
 }
 
 function addressKey(ip: string, port: number): string {
@@ -57,7 +84,10 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
-/** Validates and compiles; throws ConfigRejectedError listing every problem. */
+/**
+ * Validates and compiles. Throws ConfigRejectedError only for a broken shape; a bad object is left
+ * out (or fails closed) and listed in `issues`.
+ */
 export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   const issues: ConfigIssue[] = [];
   if (!checkShape(cfg, issues)) throw new ConfigRejectedError(issues);
@@ -67,17 +97,17 @@ export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   const byHost = new Map<string, Service>();
   for (const s of cfg.services) {
     const key = serviceKey(s);
-    if (services.has(key)) { issues.push({ kind: 'Service', object: key, path: '', message: 'listed twice' }); continue; }
+    if (services.has(key)) { issues.push({ kind: 'Service', object: key, path: '', message: 'listed twice; the first one is used' }); continue; }
+    const before = issues.length;
     validateService(s, issues);
-    services.set(key, s);
-    for (const vip of s.vips) {
-      for (const k of [vip, ...s.ports.map((p) => addressKey(vip, p.port))]) {
-        const other = byAddress.get(k);
-        if (other && other !== s) {
-          issues.push({ kind: 'Service', object: key, path: 'vips', message: `address ${k} is also claimed by ${serviceKey(other)}` });
-        } else byAddress.set(k, s);
-      }
+    const claims = s.vips.flatMap((vip) => [vip, ...s.ports.map((p) => addressKey(vip, p.port))]);
+    for (const k of claims) {
+      const other = byAddress.get(k);
+      if (other) issues.push({ kind: 'Service', object: key, path: 'vips', message: `address ${k} is also claimed by ${serviceKey(other)}; ${key} is left out` });
     }
+    if (issues.length !== before) continue;
+    services.set(key, s);
+    for (const k of claims) byAddress.set(k, s);
     const host = s.hostname.toLowerCase();
     const names = [host, `${s.name}.${s.namespace}.svc`, `${s.name}.${s.namespace}`];
     if (s.namespace === cfg.namespace) names.push(s.name);
@@ -97,10 +127,23 @@ export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   }
   for (const key of services.keys()) settings.set(key, clusterSettings(policyOf.get(key)));
 
-  const routes = new RouteTable(cfg.routes, new Set(services.keys()), issues);
-  const policies = new PolicyTable(cfg.policies, issues);
-  if (issues.length > 0) throw new ConfigRejectedError(issues);
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, policies, settings };
+  const known = new Set(services.keys());
+  const producer = cfg.routes.filter((r) => !isConsumerRoute(r));
+  const routes = new RouteTable(producer, known, issues);
+  const consumerRoutes = new Map<string, RouteTable>();
+  const byConsumer = new Map<string, Route[]>();
+  for (const r of cfg.routes) if (isConsumerRoute(r)) byConsumer.set(r.namespace, [...(byConsumer.get(r.namespace) ?? []), r]);
+  for (const [ns, own] of byConsumer) {
+    const overridden = new Set(own.map((r) => r.service));
+    const scratch: ConfigIssue[] = [];
+    consumerRoutes.set(ns, new RouteTable([...own, ...producer.filter((r) => !overridden.has(r.service))], known, scratch));
+    issues.push(...scratch.filter((i) => i.object.startsWith(`${ns}/`)));
+  }
+  const policies = new PolicyTable(cfg.policies);
+  for (const { policy, error } of policies.errors) {
+    issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
+  }
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues };
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

@@ -5,17 +5,17 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Gauge } from 'prom-client';
-import type { Service, WaypointConfig } from '../../lib/model/mesh.ts';
+import type { Service, WaypointConfig, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
-import { ConfigRejectedError } from './errors.ts';
+import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
 import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
 import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
-import { RedisQuota, type QuotaOptions } from './quota.ts';
+import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
-import { Cluster, type ClusterStats } from './resilience.ts';
+import { Cluster, type ClusterSettings, type ClusterStats } from './resilience.ts';
 import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
 import {
@@ -49,6 +49,8 @@ export const H2_HEADER_CEILING_FACTOR = 16;
 export interface TunnelInfo {
   /** The caller's SPIFFE ID, verified by the HBONE server (mTLS). */
   peerSpiffeId?: string;
+  /** The caller's workload, from the CONNECT's baggage (already checked against peerSpiffeId). */
+  peerMeta?: WorkloadMeta;
   /** `ip:port` the caller dialled: a service VIP and port. */
   target: string;
   /** The caller's address (original source). */
@@ -101,6 +103,8 @@ export interface AppliedConfig {
   services: number;
   routes: number;
   policies: number;
+  /** Objects left out or failing closed (a controller/waypoint version skew), naming object and field. */
+  issues: ConfigIssue[];
 }
 
 export class WaypointEngine {
@@ -113,6 +117,8 @@ export class WaypointEngine {
   private readonly pool: UpstreamPool;
   private readonly rateLimiter = new LocalRateLimiter();
   private readonly quota: RedisQuota | undefined;
+  /** Quotas from the command line (--quota); a TrafficPolicy quota for the same Service wins. */
+  private readonly flagQuotaRules: readonly QuotaRule[];
   private readonly env: ProxyEnv;
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
@@ -139,6 +145,7 @@ export class WaypointEngine {
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
     this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
+    this.flagQuotaRules = opts.quota?.rules ?? [];
     this.rapidReset = opts.rapidReset ?? { limit: DEFAULT_RAPID_RESET_LIMIT, windowMs: DEFAULT_RAPID_RESET_WINDOW_MS };
     this.limits = {
       maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
@@ -238,16 +245,25 @@ export class WaypointEngine {
     this.snap = next;
     this.lastRejection = undefined;
     this.refreshClusters();
+    this.quota?.setRules(quotaRules(this.flagQuotaRules, next.settings));
     const limited = new Set<string>();
     for (const [k, s] of next.settings) if (s.rateLimit) limited.add(k);
     this.rateLimiter.retain(limited);
-    this.telemetry.configApplies.inc({ result: 'applied' });
-    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length };
+    const self = cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace);
+    this.telemetry.setSelf(self?.workload);
+    this.telemetry.configure(self?.telemetry);
+    this.telemetry.configApplies.inc({ result: next.issues.length > 0 ? 'partial' : 'applied' });
+    return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length, issues: [...next.issues] };
   }
 
   /** Validates a configuration without applying it (the config stream's NACK check). */
   validateConfig(cfg: WaypointConfig): void {
     buildSnapshot(cfg, this.version + 1);
+  }
+
+  /** Objects of the configuration in force that were left out or fail closed. */
+  get configIssues(): readonly ConfigIssue[] {
+    return this.snap.issues;
   }
 
   /** The configuration in force. */
@@ -312,6 +328,7 @@ export class WaypointEngine {
       if (proto === undefined || this.closed) { duplex.destroy(); return; }
       const ctx: ConnContext = { target: info.target, protocol: proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1' };
       if (info.peerSpiffeId) ctx.peerSpiffeId = info.peerSpiffeId;
+      if (info.peerMeta) ctx.peerMeta = info.peerMeta;
       if (info.clientAddress) ctx.clientAddress = info.clientAddress;
       if (proto === 'silent' && this.needsHttp(info.target)) {
         // Passing a silent tunnel through would let a client that waits skip routes and limits.
@@ -341,7 +358,7 @@ export class WaypointEngine {
     const key = serviceKey(svc);
     const port = Number(target.slice(target.lastIndexOf(':') + 1));
     const st = this.snap.settings.get(key);
-    return this.snap.routes.hasRoutes(key, port) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
+    return this.snap.routes.hasRoutes(key, port) || [...this.snap.consumerRoutes.values()].some((t) => t.hasRoutes(key, port)) || st?.rateLimit !== undefined || st?.fault !== undefined || (this.quota?.hasRule(key) ?? false);
   }
 
   private onRequest(ctx: ConnContext | undefined, req: DownstreamRequest, res: DownstreamResponse): void {
@@ -439,4 +456,14 @@ export function detectProtocol(d: Duplex, silenceMs: number): Promise<'h1' | 'h2
     timer.unref();
     d.on('data', onData).once('end', onEnd).once('error', onEnd).once('close', onEnd);
   });
+}
+
+/**
+ * The quotas in force: the TrafficPolicy `quota`s the snapshot accepted, over the --quota flags for
+ * the same Service.
+ */
+export function quotaRules(flags: readonly QuotaRule[], settings: ReadonlyMap<string, ClusterSettings>): QuotaRule[] {
+  const rules = new Map(flags.map((r) => [r.service, r]));
+  for (const [service, s] of settings) if (s.quota) rules.set(service, { service, limit: s.quota.limit, windowMs: s.quota.windowMs, per: s.quota.per });
+  return [...rules.values()];
 }

@@ -6,6 +6,7 @@ import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
 import { HBONE_PORT, formatAuthority } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
+import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import { UpstreamConnectError } from './errors.ts';
 import type { TunnelInfo } from './engine.ts';
 import { TcpUpstream, addr, type Upstream, type UpstreamConnectOptions, type UpstreamEndpoint } from './upstream.ts';
@@ -25,6 +26,8 @@ export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo
     const [ours, theirs] = duplexPair();
     const info: TunnelInfo = { target: req.authority };
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
+    const peerMeta = peerFromBaggage(req.headers['baggage'], req.peer.spiffeId);
+    if (peerMeta) info.peerMeta = peerMeta;
     const client = req.forwardedFor?.ip ?? req.peer.address;
     if (client) info.clientAddress = client;
     ours.once('close', () => {
@@ -45,6 +48,8 @@ export interface HboneUpstreamOptions {
   hbonePort?: number;
   /** For endpoints outside the mesh. Default plain TCP. */
   direct?: Upstream;
+  /** The waypoint's own workload as W3C baggage, sent on each CONNECT (the agent labels its source with it). */
+  baggage?: () => string | undefined;
 }
 
 export class HboneUpstream implements Upstream {
@@ -59,6 +64,7 @@ export class HboneUpstream implements Upstream {
   async connect(ep: UpstreamEndpoint, opts: UpstreamConnectOptions): Promise<Duplex> {
     if (!ep.node || !ep.spiffeId) return this.direct.connect(ep, opts);
     const servername = serverNameForIdentity(ep.spiffeId);
+    const baggage = this.o.baggage?.();
     try {
       return await this.o.pool.connect({
         sourceKey: this.o.spiffeId,
@@ -67,6 +73,7 @@ export class HboneUpstream implements Upstream {
         target: formatAuthority(ep.ip, ep.port),
         expectPeer: ep.spiffeId,
         timeoutMs: opts.timeoutMs,
+        ...(baggage ? { headers: { baggage } } : {}),
       });
     } catch (err) {
       throw new UpstreamConnectError(addr(ep), `HBONE via ${ep.node}: ${(err as Error).message}`, err);

@@ -13,7 +13,6 @@ export type { ConfigIssue } from './errors.ts';
 export type { QuotaOptions, QuotaRule, QuotaFailureMode } from './quota.ts';
 export type { TelemetryOptions, TracingOptions } from './telemetry.ts';
 export { registerRouteFilter } from './filters.ts';
-export { registerConditionKey, registerOperationField, registerSourceField } from './policy.ts';
 export { registerLoadBalancer } from './loadbalancer.ts';
 export { runWaypoint, parseFlags } from './main.ts';
 export type { RunningWaypoint, WaypointMainOptions } from './main.ts';

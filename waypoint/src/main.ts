@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge, type Registry } from 'prom-client';
+import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { jsonLogger, type Logger } from '../../lib/log.ts';
@@ -21,7 +22,7 @@ import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts'
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
-import { FlagError } from './errors.ts';
+import { FlagError, formatConfigIssue } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
@@ -272,16 +273,17 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   let identity: WaypointIdentity | undefined;
   // Access-log lines go to stdout and to whoever watches /flows (weftctl tap, the dashboard).
   const flows = new FlowTap();
-  const engine = new WaypointEngine({
+  const engine: WaypointEngine = new WaypointEngine({
     namespace: o.namespace, name: o.name,
-    upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId }),
+    upstream: new HboneUpstream({ pool, credentials: () => identity!.current(), spiffeId: o.spiffeId, baggage: (): string | undefined => engine.telemetry.selfBaggage }),
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
     pathNormalization: o.pathNormalization,
     escapedSlashes: o.escapedSlashes,
     telemetry: {
-      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); flows.publishLine(line); } : null,
+      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); } : null,
+      entries: (json: string) => flows.publishLine(json),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
@@ -324,9 +326,10 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       });
       client.on('snapshot', (cfg, version) => {
         try {
-          const applied = engine.applyConfig(cfg);
+          const { issues, ...applied } = engine.applyConfig(cfg);
           configured = true;
           log.info('config applied', { streamVersion: version, ...applied });
+          if (issues.length > 0) log.warn('config objects left out or failing closed', { streamVersion: version, issues: issues.map(formatConfigIssue) });
         } catch (err) {
           log.error('config rejected after validation', { version, error: (err as Error).message });
         }
@@ -348,6 +351,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       });
     }
   }
+  registerProcessMetrics(engine.telemetry.registry, 'waypoint');
   new Gauge({
     name: 'weft_waypoint_controller_connected', help: '1 while the config stream is open and the controller has answered on it',
     registers: [engine.telemetry.registry], collect() { this.set(xds?.connected ? 1 : 0); },

@@ -9,13 +9,12 @@
 // request ends in exactly one telemetry record (`finish`).
 import { randomUUID } from 'node:crypto';
 import type http from 'node:http';
-import { isIP } from 'node:net';
 import http2 from 'node:http2';
 import type { Readable } from 'node:stream';
-import type { RouteBackend, Service } from '../../lib/model/mesh.ts';
+import type { Endpoint, RouteBackend, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
-import { serviceKey } from './config.ts';
+import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
@@ -27,7 +26,8 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
-import type { RequestRecord, Telemetry, TraceContext } from './telemetry.ts';
+import { remoteIpOf } from '../../lib/policy/authz.ts';
+import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
 import { isRefusedStream, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
 export type DownstreamRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -35,6 +35,8 @@ export type DownstreamRequest = http.IncomingMessage | http2.Http2ServerRequest;
 /** What the engine knows about the tunnel a request arrived on. */
 export interface ConnContext {
   peerSpiffeId?: string;
+  /** The caller's workload, from the tunnel's baggage (believed for the namespace its certificate proves). */
+  peerMeta?: WorkloadMeta;
   /** `ip:port` the client dialled (the service VIP and port). */
   target: string;
   clientAddress?: string;
@@ -122,12 +124,14 @@ export interface RequestContext {
   upstream?: UpstreamPlan;
   routeName?: string;
   upstreamHost?: string;
-  destinationWorkload?: string;
+  destinationEndpoint?: Endpoint;
   attempts: number;
   status: number;
   grpcStatus?: string;
   responseBytes: number;
   detail?: string;
+  /** AUDIT policies that matched (logged, never deciding). */
+  audit?: string[];
   body?: ReplayableBody;
   /** A stage answered; no later stage runs. */
   done: boolean;
@@ -289,13 +293,6 @@ const normalize: Stage = (ctx) => {
 };
 
 /** The last X-Forwarded-For entry, when it is an IP address. */
-function lastForwardedFor(headers: HeaderMap): string | undefined {
-  const xff = headerValue(headers, 'x-forwarded-for');
-  if (!xff) return undefined;
-  const last = xff.slice(xff.lastIndexOf(',') + 1).trim();
-  return isIP(last) !== 0 ? last : undefined;
-}
-
 /** The destination service port, chosen by the tunnel's target (never by Host alone). */
 const resolve: Stage = (ctx) => {
   const dest = resolveService(ctx.snap, ctx.conn.target, ctx.authority);
@@ -310,10 +307,14 @@ const resolve: Stage = (ctx) => {
 const authorize: Stage = (ctx) => {
   const { conn } = ctx;
   const dest = destination(ctx);
-  const decision = ctx.snap.policies.evaluate({
-    service: dest.key, principal: conn.peerSpiffeId, sourceIp: ctx.directIp, remoteIp: ctx.remoteIp, port: dest.port, method: ctx.method,
-    path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers, destinationIp: splitHostPort(conn.target).host,
+  const decision = ctx.snap.policies.evaluate(dest.key, {
+    ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
+    ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
+    ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
+    destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
+    path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers,
   });
+  if (decision.audit) ctx.audit = decision.audit;
   if (!decision.allowed) {
     localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
   }
@@ -348,7 +349,7 @@ const quota: Stage = async (ctx) => {
 const route: Stage = (ctx) => {
   const { snap, env } = ctx;
   const dest = destination(ctx);
-  const matched = snap.routes.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
+  const matched = routesFor(snap, ctx.conn.peerSpiffeId).match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
   let backends: RouteBackend[];
   const fctx: FilterContext = {
     request: { method: ctx.method, path: ctx.path, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
@@ -377,7 +378,7 @@ const route: Stage = (ctx) => {
   }
   applyRouteFilters(backend.filters, fctx);
   if (answerRedirect(ctx, fctx)) return;
-  const backendSvc = snap.services.get(backend.service);
+  const backendSvc = backendService(snap, backend);
   if (!backendSvc) {
     // Gateway API: a backendRef that does not resolve costs the requests routed to it (500), nothing else.
     localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
@@ -419,8 +420,7 @@ const send: Stage = async (ctx) => {
   if (ctx.directIp) out.headers['x-forwarded-for'] = xff ? `${xff}, ${ctx.directIp}` : ctx.directIp;
   out.headers['x-forwarded-proto'] ??= 'http';
   out.headers['x-request-id'] = ctx.requestId;
-  out.headers['traceparent'] = ctx.trace!.traceparent;
-  if (ctx.trace!.tracestate) out.headers['tracestate'] = ctx.trace!.tracestate;
+  Object.assign(out.headers, outgoingTraceHeaders(ctx.trace!, headerValue(ctx.headers, 'b3') !== undefined));
   if (up.protocol === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
 
   if (requestHasBody(ctx.req)) ctx.body = new ReplayableBody(ctx.req as Readable, env.limits.retryBufferBytes);
@@ -458,7 +458,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
   };
   if (conn.clientAddress) ctx.directIp = conn.clientAddress;
-  const remoteIp = lastForwardedFor(headers) ?? ctx.directIp;
+  const remoteIp = remoteIpOf(headerValue(headers, 'x-forwarded-for'), ctx.directIp);
   if (remoteIp) ctx.remoteIp = remoteIp;
   res.on('close', () => {
     if (!res.writableFinished) {
@@ -468,7 +468,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     }
     finish(ctx);
   });
-  ctx.trace = env.telemetry.startTrace(headerValue(headers, 'traceparent'), headerValue(headers, 'tracestate'), `${method} ${path.split('?')[0]}`, {
+  ctx.trace = env.telemetry.startTrace((n) => headerValue(headers, n), method, {
     'http.request.method': method, 'url.path': path.split('?')[0]!, 'server.address': authority,
     ...(conn.peerSpiffeId ? { 'weft.source_principal': conn.peerSpiffeId } : {}),
   });
@@ -489,7 +489,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
 /** Sends one copy of the request to a mirror backend and discards the answer. */
 async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined): Promise<void> {
   try {
-    const svc = snap.services.get(backend.service);
+    const svc = backendService(snap, backend);
     if (!svc) return;
     const port = backend.port ?? svc.ports[0]?.port ?? 80;
     let stream: Readable | null = null;
@@ -573,7 +573,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
       ep.requests++;
       ctx.attempts++;
       ctx.upstreamHost = ep.key;
-      ctx.destinationWorkload = ep.endpoint.workloadUid || undefined;
+      ctx.destinationEndpoint = ep.endpoint;
       const tryAc = new AbortController();
       const onOverall = (): void => tryAc.abort(overall.signal.reason);
       overall.signal.addEventListener('abort', onOverall, { once: true });
@@ -733,12 +733,14 @@ function finish(ctx: RequestContext): void {
   };
   if (ctx.grpcStatus !== undefined) rec.grpcStatus = ctx.grpcStatus;
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
+  if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;
   if (ctx.dest) { rec.destinationService = ctx.dest.service.hostname; rec.destinationServiceKey = ctx.dest.key; }
-  if (ctx.destinationWorkload) rec.destinationWorkload = ctx.destinationWorkload;
+  if (ctx.destinationEndpoint) rec.destinationEndpoint = ctx.destinationEndpoint;
   if (ctx.upstreamHost) rec.upstreamHost = ctx.upstreamHost;
   if (ctx.routeName) rec.routeName = ctx.routeName;
   if (ctx.trace) { rec.traceId = ctx.trace.traceId; rec.spanId = ctx.trace.spanId; }
   if (ctx.detail) rec.detail = ctx.detail;
+  if (ctx.audit) rec.auditPolicies = ctx.audit;
   env.telemetry.record(rec, ctx.trace);
 }

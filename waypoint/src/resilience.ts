@@ -33,6 +33,8 @@ export interface ClusterSettings {
   timeouts: { requestMs?: number; perTryMs?: number; connectMs: number; idleMs?: number };
   fault?: TrafficPolicy['fault'];
   rateLimit?: TrafficPolicy['rateLimit'];
+  /** Shared quota (counted in the waypoint's Redis quota store). */
+  quota?: TrafficPolicy['quota'];
 }
 
 export function clusterSettings(tp: TrafficPolicy | undefined): ClusterSettings {
@@ -55,6 +57,7 @@ export function clusterSettings(tp: TrafficPolicy | undefined): ClusterSettings 
   if (tp?.outlierDetection) s.outlier = { ...tp.outlierDetection };
   if (tp?.fault) s.fault = tp.fault;
   if (tp?.rateLimit) s.rateLimit = tp.rateLimit;
+  if (tp?.quota) s.quota = tp.quota;
   return s;
 }
 
@@ -85,6 +88,11 @@ export function validateTrafficPolicy(tp: TrafficPolicy): Array<[string, string]
     nonNeg('outlierDetection.baseEjectionTimeMs', od.baseEjectionTimeMs);
     nonNeg('outlierDetection.intervalMs', od.intervalMs);
     if (od.maxEjectionPercent < 0 || od.maxEjectionPercent > 100) out.push(['outlierDetection.maxEjectionPercent', `${od.maxEjectionPercent} is outside 0-100`]);
+  }
+  if (tp.quota) {
+    if (!Number.isInteger(tp.quota.limit) || tp.quota.limit < 0) out.push(['quota.limit', `${tp.quota.limit} must be a non-negative integer`]);
+    if (!(tp.quota.windowMs >= 1)) out.push(['quota.windowMs', 'must be positive']);
+    if (tp.quota.per !== 'service' && tp.quota.per !== 'source') out.push(['quota.per', `${JSON.stringify(tp.quota.per)} is not service or source`]);
   }
   if (tp.rateLimit) {
     if (!Number.isInteger(tp.rateLimit.tokens) || tp.rateLimit.tokens < 1) out.push(['rateLimit.tokens', `${tp.rateLimit.tokens} must be a positive integer`]);

@@ -37,6 +37,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   const start = Date.now();
   const rec: TcpRecord = { startTime: start, responseFlags: '-' };
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
+  if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;
   const flags = new F.ResponseFlags();
   const fail = (flag: string, detail: string): void => {
@@ -55,9 +56,10 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   const svcKey = serviceKey(service);
   rec.destinationService = service.hostname;
   rec.destinationServiceKey = svcKey;
-  const decision = snap.policies.evaluate({
-    service: svcKey, principal: conn.peerSpiffeId, sourceIp: conn.clientAddress, destinationIp: targetIp, port,
-    method: '', path: '', host: '', headers: {}, l7: false,
+  const decision = snap.policies.evaluate(svcKey, {
+    ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
+    ...(conn.clientAddress ? { sourceIp: conn.clientAddress } : {}),
+    destinationIp: targetIp, destinationPort: port,
   });
   if (!decision.allowed) { fail(F.FLAG_POLICY_DENIED, `denied by AuthorizationPolicy ${decision.policy}: ${decision.reason}`); return; }
 
@@ -73,7 +75,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     if (!ep) break;
     tried.add(ep.key);
     rec.upstreamHost = ep.key;
-    if (ep.endpoint.workloadUid) rec.destinationWorkload = ep.endpoint.workloadUid;
+    rec.destinationEndpoint = ep.endpoint;
     const target: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
     if (ep.endpoint.enrolled && ep.endpoint.nodeIp && ep.endpoint.spiffeId) { target.node = ep.endpoint.nodeIp; target.spiffeId = ep.endpoint.spiffeId; }
     try {

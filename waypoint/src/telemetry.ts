@@ -3,32 +3,29 @@ import { randomFillSync } from 'node:crypto';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace, type Span, type Tracer } from '@opentelemetry/api';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { BatchSpanProcessor, ParentBasedSampler, AlwaysOnSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
+import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { Counter, Histogram, Registry } from 'prom-client';
-import { namespaceOfPrincipal } from './policy.ts';
+import { DEFAULT_SAMPLING_PERCENTAGE, type Endpoint, type TelemetrySettings } from '../../lib/model/mesh.ts';
+import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
+import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, trafficLabels, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
-export const REQUEST_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
-  'destination_service_name', 'destination_service_namespace', 'destination_workload', 'response_code',
-  'response_flags', 'grpc_response_status', 'request_protocol',
-] as const;
-type RequestLabel = (typeof REQUEST_LABELS)[number];
-
-export const TCP_LABELS = [
-  'reporter', 'source_workload', 'source_workload_namespace', 'source_principal', 'destination_service',
-  'destination_service_name', 'destination_service_namespace', 'destination_workload', 'response_flags',
-] as const;
-type TcpLabel = (typeof TCP_LABELS)[number];
+export { REQUEST_LABELS } from '../../lib/telemetry/labels.ts';
+type RequestLabel = import('../../lib/telemetry/labels.ts').RequestLabel;
+export const TCP_LABELS = TRAFFIC_LABELS;
+type TcpLabel = TrafficLabel;
 
 /** One TCP connection passed through (opened, or closed with its byte counts). */
 export interface TcpRecord {
   startTime: number;
   durationMs?: number;
   sourcePrincipal?: string;
+  /** The caller's workload, from the tunnel's baggage (lib/telemetry/labels.ts peerFromBaggage). */
+  sourceMeta?: WorkloadMeta;
   sourceAddress?: string;
   destinationService?: string;
   destinationServiceKey?: string;
-  destinationWorkload?: string;
+  /** The endpoint the connection went to (its workload and identity label the destination). */
+  destinationEndpoint?: Endpoint;
   upstreamHost?: string;
   responseFlags: string;
   /** Client → endpoint. */
@@ -58,11 +55,14 @@ export interface RequestRecord {
   requestBytes: number;
   responseBytes: number;
   sourcePrincipal?: string;
+  /** The caller's workload, from the tunnel's baggage. */
+  sourceMeta?: WorkloadMeta;
   sourceAddress?: string;
   /** Destination service hostname and `namespace/name`. */
   destinationService?: string;
   destinationServiceKey?: string;
-  destinationWorkload?: string;
+  /** The endpoint of the last attempt. */
+  destinationEndpoint?: Endpoint;
   upstreamHost?: string;
   routeName?: string;
   attempts: number;
@@ -72,6 +72,8 @@ export interface RequestRecord {
   userAgent?: string;
   /** Why a local reply was sent (policy name, limit, ...). */
   detail?: string;
+  /** AUDIT AuthorizationPolicies that matched the request (`namespace/name`). */
+  auditPolicies?: string[];
 }
 
 export interface TracingOptions {
@@ -80,13 +82,17 @@ export interface TracingOptions {
   /** A ready exporter (tests: InMemorySpanExporter); exported synchronously per span. */
   exporter?: SpanExporter;
   serviceName?: string;
+  /** Percentage of new traces sampled (a caller's sampled flag is honoured); default 1, as Istio's. */
+  samplingPercentage?: number;
 }
 
 export interface TelemetryOptions {
   /** Registry to register metrics in; default a fresh one (engines in one process stay separate). */
   registry?: Registry;
-  /** Receives one JSON line per request; default: stdout. `null` disables access logs. */
+  /** Receives one line per request (JSON, or TEXT when a Telemetry says so); default: stdout. `null` disables access logs. */
   accessLog?: ((line: string) => void) | null;
+  /** Receives every entry as one JSON line, whatever the access-log settings (live flows: /flows). */
+  entries?: (json: string) => void;
   tracing?: TracingOptions;
   /** Extra metric, span and log attribute: the waypoint's `namespace/name`. */
   waypoint?: string;
@@ -99,6 +105,8 @@ export interface TraceContext {
   /** traceparent for the upstream request: same trace, this hop's span as parent. */
   traceparent: string;
   tracestate?: string;
+  /** The caller's span, when it sent one. */
+  parentSpanId?: string;
   span?: Span;
 }
 
@@ -114,6 +122,46 @@ export function parseTraceparent(v: string | undefined): { traceId: string; pare
   const parentSpanId = m[3]!;
   if (/^0+$/.test(traceId) || /^0+$/.test(parentSpanId)) return undefined;
   return { traceId, parentSpanId, sampled: (parseInt(m[4]!, 16) & 1) === 1 };
+}
+
+/**
+ * The caller's trace context from W3C `traceparent`, else B3 (single `b3` header or the
+ * `x-b3-*` multi headers, as Istio's proxies propagate both). 64-bit B3 trace ids are left-padded.
+ */
+export function incomingTraceContext(get: (name: string) => string | undefined): { traceId: string; parentSpanId: string; sampled: boolean } | undefined {
+  const w3c = parseTraceparent(get('traceparent'));
+  if (w3c) return w3c;
+  const hex = (v: string | undefined, lens: number[]) => (v && lens.includes(v.length) && /^[0-9a-f]+$/.test(v) && !/^0+$/.test(v) ? v : undefined);
+  const single = get('b3')?.trim().toLowerCase();
+  let traceId: string | undefined;
+  let spanId: string | undefined;
+  let sampledFlag: string | undefined;
+  if (single && single.includes('-')) {
+    const [t, sp, smp] = single.split('-');
+    traceId = hex(t, [16, 32]);
+    spanId = hex(sp, [16]);
+    sampledFlag = smp;
+  } else {
+    traceId = hex(get('x-b3-traceid')?.trim().toLowerCase(), [16, 32]);
+    spanId = hex(get('x-b3-spanid')?.trim().toLowerCase(), [16]);
+    sampledFlag = get('x-b3-flags') === '1' ? '1' : get('x-b3-sampled')?.trim();
+  }
+  if (!traceId || !spanId) return undefined;
+  return { traceId: traceId.padStart(32, '0'), parentSpanId: spanId, sampled: sampledFlag === '1' || sampledFlag === 'd' || sampledFlag === 'true' };
+}
+
+/** Headers that carry this hop's context upstream: W3C and B3 (multi and, if the caller used it, single). */
+export function outgoingTraceHeaders(tc: TraceContext, callerUsedSingleB3: boolean): Record<string, string> {
+  const out: Record<string, string> = {
+    traceparent: tc.traceparent,
+    'x-b3-traceid': tc.traceId,
+    'x-b3-spanid': tc.spanId,
+    'x-b3-sampled': tc.sampled ? '1' : '0',
+  };
+  if (tc.parentSpanId) out['x-b3-parentspanid'] = tc.parentSpanId;
+  if (tc.tracestate) out['tracestate'] = tc.tracestate;
+  if (callerUsedSingleB3) out['b3'] = `${tc.traceId}-${tc.spanId}-${tc.sampled ? '1' : '0'}${tc.parentSpanId ? `-${tc.parentSpanId}` : ''}`;
+  return out;
 }
 
 /** Random hex ids from a pooled buffer: one getrandom call per 4 KiB instead of one per id. */
@@ -142,10 +190,17 @@ export class Telemetry {
   readonly rapidResetGoaways: Counter<never>;
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
-  private readonly accessLog: ((line: string) => void) | null;
-  private readonly provider: TracerProvider | undefined;
-  private readonly tracer: Tracer | undefined;
+  /** Where lines go (from the options); `null`: nowhere, whatever the Telemetry objects say. */
+  private readonly accessLogSink: ((line: string) => void) | null;
+  private accessLog: ((line: string) => void) | null;
+  private accessLogEncoding: 'JSON' | 'TEXT' = 'JSON';
+  private provider: TracerProvider | undefined;
+  private tracer: Tracer | undefined;
   private readonly waypoint: string | undefined;
+  private readonly entries: ((json: string) => void) | undefined;
+  /** Tracing as the options set it, before any Telemetry object. */
+  private readonly tracingDefaults: TracingOptions | undefined;
+  private tracingKey = '';
 
   constructor(opts: TelemetryOptions = {}) {
     this.registry = opts.registry ?? new Registry();
@@ -171,28 +226,72 @@ export class Telemetry {
       help: 'Requests refused with 503 (gRPC UNAVAILABLE) because the waypoint had --max-requests in progress; none was sent upstream',
       labelNames: ['protocol'], registers,
     });
-    this.accessLog = opts.accessLog === undefined ? (line) => { process.stdout.write(line + '\n'); } : opts.accessLog;
+    this.accessLogSink = opts.accessLog === undefined ? (line) => { process.stdout.write(line + '\n'); } : opts.accessLog;
+    this.accessLog = this.accessLogSink;
     this.waypoint = opts.waypoint;
-    const t = opts.tracing;
-    if (t && (t.endpoint || t.exporter)) {
-      const processors: SpanProcessor[] = [];
-      if (t.exporter) processors.push(new SimpleSpanProcessor({ exporter: t.exporter }));
-      if (t.endpoint) processors.push(new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url: t.endpoint }) }));
-      this.provider = new TracerProvider({
-        resource: resourceFromAttributes({ 'service.name': t.serviceName ?? 'weft-waypoint' }),
-        sampler: new ParentBasedSampler({ root: new AlwaysOnSampler() }),
-        spanProcessors: processors,
-      });
-      this.tracer = this.provider.getTracer('weft-waypoint');
+    this.entries = opts.entries;
+    this.tracingDefaults = opts.tracing;
+    this.setTracing(opts.tracing);
+  }
+
+  /** (Re)builds the tracer for `t`; a no-op when nothing changed. The previous provider flushes and stops. */
+  private setTracing(t: TracingOptions | undefined): void {
+    const enabled = !!t && !!(t.endpoint || t.exporter);
+    const key = enabled ? JSON.stringify([t!.endpoint ?? '', !!t!.exporter, t!.samplingPercentage ?? DEFAULT_SAMPLING_PERCENTAGE, t!.serviceName ?? '']) : '';
+    if (key === this.tracingKey) return;
+    this.tracingKey = key;
+    const old = this.provider;
+    this.provider = undefined;
+    this.tracer = undefined;
+    if (old) void old.shutdown().catch(() => undefined);
+    if (!enabled) return;
+    const processors: SpanProcessor[] = [];
+    if (t!.exporter) {
+      // The given exporter outlives this provider (a reconfiguration builds a new one): not ours to shut down.
+      const given = t!.exporter;
+      const borrowed: SpanExporter = { export: (spans, done) => given.export(spans, done), shutdown: async () => {}, forceFlush: async () => { await given.forceFlush?.(); } };
+      processors.push(new SimpleSpanProcessor({ exporter: borrowed }));
     }
+    if (t!.endpoint) processors.push(new BatchSpanProcessor({ exporter: new OTLPTraceExporter({ url: t!.endpoint }) }));
+    this.provider = new TracerProvider({
+      resource: resourceFromAttributes({ 'service.name': t!.serviceName ?? 'weft-waypoint' }),
+      // A caller's decision stands (W3C / B3 sampled flag); new traces are sampled at the percentage.
+      sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler((t!.samplingPercentage ?? DEFAULT_SAMPLING_PERCENTAGE) / 100) }),
+      spanProcessors: processors,
+    });
+    this.tracer = this.provider.getTracer('weft-waypoint');
+  }
+
+  /**
+   * Applies the waypoint's Telemetry settings (from its config): tracing provider and sampling
+   * (default 1 %), access logs on or off and their encoding. Without settings, the options given
+   * at construction (command-line flags) apply.
+   */
+  configure(settings: TelemetrySettings | undefined): void {
+    const t = settings?.tracing;
+    if (!t) this.setTracing(this.tracingDefaults);
+    else if (t.disabled) this.setTracing(undefined);
+    else {
+      const endpoint = t.otlpEndpoint ?? this.tracingDefaults?.endpoint;
+      this.setTracing({
+        ...(endpoint ? { endpoint } : {}),
+        ...(this.tracingDefaults?.exporter ? { exporter: this.tracingDefaults.exporter } : {}),
+        serviceName: this.tracingDefaults?.serviceName ?? 'weft-waypoint',
+        samplingPercentage: t.samplingPercentage ?? DEFAULT_SAMPLING_PERCENTAGE,
+      });
+    }
+    this.accessLog = settings?.accessLogging.disabled ? null : this.accessLogSink;
+    this.accessLogEncoding = settings?.accessLogging.encoding ?? 'JSON';
   }
 
   /**
    * Continues the caller's trace (or starts one): a new span id for this hop, and the traceparent
    * to send upstream. A span is recorded and exported when tracing is configured.
    */
-  startTrace(traceparent: string | undefined, tracestate: string | undefined, name: string, attrs: Record<string, string | number>): TraceContext {
-    const parent = parseTraceparent(traceparent);
+  startTrace(get: (name: string) => string | undefined, name: string, attrs: Record<string, string | number>): TraceContext {
+    const parent = incomingTraceContext(get);
+    const tracestate = get('tracestate');
+    let out: TraceContext;
     if (this.tracer) {
       const ctx = parent
         ? trace.setSpanContext(ROOT_CONTEXT, {
@@ -203,87 +302,113 @@ export class Telemetry {
       const span = this.tracer.startSpan(name, { kind: SpanKind.SERVER, attributes: attrs }, ctx);
       const sc = span.spanContext();
       const sampled = (sc.traceFlags & TraceFlags.SAMPLED) !== 0;
-      const out: TraceContext = {
-        traceId: sc.traceId, spanId: sc.spanId, sampled, span,
-        traceparent: `00-${sc.traceId}-${sc.spanId}-${sampled ? '01' : '00'}`,
-      };
-      if (tracestate) out.tracestate = tracestate;
-      return out;
+      out = { traceId: sc.traceId, spanId: sc.spanId, sampled, span, traceparent: `00-${sc.traceId}-${sc.spanId}-${sampled ? '01' : '00'}` };
+    } else {
+      const traceId = parent?.traceId ?? randomHex(16);
+      const spanId = randomHex(8);
+      const sampled = parent?.sampled ?? false;
+      out = { traceId, spanId, sampled, traceparent: `00-${traceId}-${spanId}-${sampled ? '01' : '00'}` };
     }
-    const traceId = parent?.traceId ?? randomHex(16);
-    const spanId = randomHex(8);
-    const sampled = parent?.sampled ?? false;
-    const out: TraceContext = { traceId, spanId, sampled, traceparent: `00-${traceId}-${spanId}-${sampled ? '01' : '00'}` };
+    if (parent) out.parentSpanId = parent.parentSpanId;
     if (tracestate) out.tracestate = tracestate;
     return out;
   }
 
   /** Records metrics, the access log line and ends the span. */
   record(r: RequestRecord, tc: TraceContext | undefined): void {
-    const sourceNs = namespaceOfPrincipal(r.sourcePrincipal);
-    const svcKey = r.destinationServiceKey ?? '';
-    const slash = svcKey.indexOf('/');
     const labels: Record<RequestLabel, string> = {
-      reporter: 'waypoint',
-      // The peer identity proves namespace and service account; the service account stands for the
-      // workload (the compiled config carries no workload names for callers).
-      source_workload: serviceAccountOf(r.sourcePrincipal) ?? 'unknown',
-      source_workload_namespace: sourceNs ?? 'unknown',
-      source_principal: r.sourcePrincipal ?? 'unknown',
-      destination_service: r.destinationService ?? 'unknown',
-      destination_service_name: slash >= 0 ? svcKey.slice(slash + 1) : 'unknown',
-      destination_service_namespace: slash >= 0 ? svcKey.slice(0, slash) : 'unknown',
-      destination_workload: r.destinationWorkload ?? 'unknown',
+      ...this.trafficLabels(r, r.grpc ? 'grpc' : 'http'),
       response_code: String(r.responseCode),
-      response_flags: r.responseFlags,
       grpc_response_status: r.grpcStatus ?? '',
-      request_protocol: r.grpc ? 'grpc' : 'http',
     };
     this.requestsTotal.inc(labels);
     this.requestDuration.observe(labels, r.durationMs);
     this.requestBytes.observe(labels, r.requestBytes);
     this.responseBytes.observe(labels, r.responseBytes);
-    if (this.accessLog) {
-      this.accessLog(JSON.stringify({
+    if (this.accessLog || this.entries) {
+      // Istio's JSON access-log keys (meshConfig.accessLogEncoding JSON), then Weft's extras.
+      this.writeLog({
         start_time: new Date(r.startTime).toISOString(),
-        waypoint: this.waypoint,
-        method: r.method, path: r.path, authority: r.authority, protocol: r.protocol,
-        response_code: r.responseCode, response_flags: r.responseFlags, grpc_status: r.grpcStatus,
-        bytes_received: r.requestBytes, bytes_sent: r.responseBytes, duration_ms: Math.round(r.durationMs * 1000) / 1000,
-        source_principal: r.sourcePrincipal, source_address: r.sourceAddress,
-        destination_service: r.destinationService, upstream_host: r.upstreamHost, route_name: r.routeName,
-        attempts: r.attempts, request_id: r.requestId, trace_id: r.traceId, span_id: r.spanId,
-        user_agent: r.userAgent, detail: r.detail,
-      }));
+        method: r.method, path: r.path, protocol: r.protocol,
+        response_code: r.responseCode, response_flags: r.responseFlags, response_code_details: r.detail,
+        bytes_received: r.requestBytes, bytes_sent: r.responseBytes, duration: Math.round(r.durationMs),
+        user_agent: r.userAgent, request_id: r.requestId, authority: r.authority,
+        upstream_host: r.upstreamHost, upstream_cluster: r.destinationServiceKey ? `outbound|${r.destinationServiceKey}` : undefined,
+        downstream_remote_address: r.sourceAddress, route_name: r.routeName,
+        // Weft's: the waypoint, identities, gRPC status, retries, trace.
+        waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
+        grpc_status: r.grpcStatus, attempts: r.attempts, trace_id: r.traceId, span_id: r.spanId,
+        audit_policies: r.auditPolicies,
+      });
     }
     const span = tc?.span;
     if (span) {
+      // OpenTelemetry HTTP server semantic conventions; the span is named after the route that
+      // matched (`GET shop/reviews`), never the raw path (unbounded cardinality), else the method.
+      span.updateName(r.routeName ? `${r.method} ${r.routeName}` : r.method);
       span.setAttributes({
         'http.response.status_code': r.responseCode,
+        'url.scheme': 'http',
+        'network.protocol.name': 'http',
+        'network.protocol.version': r.protocol === 'HTTP/2' ? '2' : '1.1',
+        ...(r.sourceAddress ? { 'client.address': r.sourceAddress.replace(/:\d+$/, '') } : {}),
+        ...(r.userAgent ? { 'user_agent.original': r.userAgent } : {}),
+        ...(r.routeName ? { 'weft.route': r.routeName } : {}),
+        ...(r.destinationService ? { 'weft.destination_service': r.destinationService } : {}),
+        ...(r.upstreamHost ? { 'weft.upstream_host': r.upstreamHost } : {}),
         'weft.response_flags': r.responseFlags,
-        ...(r.upstreamHost ? { 'server.address': r.upstreamHost } : {}),
-        ...(r.grpcStatus ? { 'rpc.grpc.status_code': Number(r.grpcStatus) } : {}),
+        ...(r.grpcStatus ? { 'rpc.system': 'grpc', 'rpc.grpc.status_code': Number(r.grpcStatus) } : {}),
       });
-      if (r.responseCode >= 500 || r.responseCode === 0) span.setStatus({ code: SpanStatusCode.ERROR });
+      if (r.responseCode >= 500 || r.responseCode === 0) {
+        span.setAttribute('error.type', r.responseCode === 0 ? 'downstream_disconnect' : String(r.responseCode));
+        span.setStatus({ code: SpanStatusCode.ERROR });
+      }
       span.end();
     }
   }
 
-  private tcpLabels(r: TcpRecord): Record<TcpLabel, string> {
+  /** The entry to the live flows (JSON) and, unless disabled, to the access log in its encoding. */
+  private writeLog(e: Record<string, unknown>): void {
+    const json = JSON.stringify(e);
+    this.entries?.(json);
+    if (this.accessLog) this.accessLog(this.accessLogEncoding === 'JSON' ? json : this.formatText(e));
+  }
+
+  /** Envoy's default text format (Istio's TEXT access-log encoding). */
+  private formatText(e: Record<string, unknown>): string {
+    const v = (x: unknown) => (x === undefined || x === null || x === '' ? '-' : String(x));
+    return `[${v(e['start_time'])}] "${v(e['method'])} ${v(e['path'])} ${v(e['protocol'])}" ${v(e['response_code'])} ${v(e['response_flags'])} ${v(e['response_code_details'])} - ` +
+      `${v(e['bytes_received'])} ${v(e['bytes_sent'])} ${v(e['duration'])} - "-" "${v(e['user_agent'])}" "${v(e['request_id'])}" "${v(e['authority'])}" "${v(e['upstream_host'])}" ` +
+      `${v(e['upstream_cluster'])} - - ${v(e['downstream_remote_address'])} - ${v(e['route_name'])}`;
+  }
+
+  /** Istio's labels for what passed this waypoint (lib/telemetry/labels.ts, reporter `waypoint`). */
+  private trafficLabels(r: TcpRecord | RequestRecord, protocol: 'tcp' | 'http' | 'grpc'): Record<TcpLabel, string> {
     const svcKey = r.destinationServiceKey ?? '';
     const slash = svcKey.indexOf('/');
-    return {
+    const ep = r.destinationEndpoint;
+    return trafficLabels({
       reporter: 'waypoint',
-      source_workload: serviceAccountOf(r.sourcePrincipal) ?? 'unknown',
-      source_workload_namespace: namespaceOfPrincipal(r.sourcePrincipal) ?? 'unknown',
-      source_principal: r.sourcePrincipal ?? 'unknown',
-      destination_service: r.destinationService ?? 'unknown',
-      destination_service_name: slash >= 0 ? svcKey.slice(slash + 1) : 'unknown',
-      destination_service_namespace: slash >= 0 ? svcKey.slice(0, slash) : 'unknown',
-      destination_workload: r.destinationWorkload ?? 'unknown',
-      response_flags: r.responseFlags,
-    };
+      source: { meta: r.sourceMeta, principal: r.sourcePrincipal },
+      destination: { meta: ep?.workload, principal: ep?.spiffeId },
+      service: r.destinationService && slash >= 0 ? { hostname: r.destinationService, namespace: svcKey.slice(0, slash), name: svcKey.slice(slash + 1) } : undefined,
+      protocol,
+      flags: r.responseFlags,
+      // Every tunnel into a waypoint is HBONE: mTLS with the caller's verified identity.
+      security: 'mutual_tls',
+    });
   }
+
+  private tcpLabels(r: TcpRecord): Record<TcpLabel, string> {
+    return this.trafficLabels(r, 'tcp');
+  }
+
+  /** The waypoint's own workload (from its config), described to the agents it tunnels to. */
+  setSelf(meta: WorkloadMeta | undefined): void {
+    this.selfBaggage = meta ? encodeBaggage(meta) : undefined;
+  }
+
+  selfBaggage: string | undefined;
 
   tcpOpen(r: TcpRecord): void {
     this.tcpOpened.inc(this.tcpLabels(r));
@@ -295,13 +420,14 @@ export class Telemetry {
     this.tcpClosed.inc(labels);
     if (r.sentBytes) this.tcpSent.inc(labels, r.sentBytes);
     if (r.receivedBytes) this.tcpReceived.inc(labels, r.receivedBytes);
-    if (this.accessLog) {
-      this.accessLog(JSON.stringify({
-        start_time: new Date(r.startTime).toISOString(), waypoint: this.waypoint, protocol: 'TCP',
-        response_flags: r.responseFlags, bytes_received: r.receivedBytes ?? 0, bytes_sent: r.sentBytes ?? 0,
-        duration_ms: r.durationMs, source_principal: r.sourcePrincipal, source_address: r.sourceAddress,
-        destination_service: r.destinationService, upstream_host: r.upstreamHost, detail: r.detail,
-      }));
+    if (this.accessLog || this.entries) {
+      this.writeLog({
+        start_time: new Date(r.startTime).toISOString(), protocol: 'TCP',
+        response_flags: r.responseFlags, response_code_details: r.detail, bytes_received: r.receivedBytes ?? 0, bytes_sent: r.sentBytes ?? 0,
+        duration: r.durationMs, upstream_host: r.upstreamHost,
+        upstream_cluster: r.destinationServiceKey ? `outbound|${r.destinationServiceKey}` : undefined, downstream_remote_address: r.sourceAddress,
+        waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
+      });
     }
   }
 
@@ -314,8 +440,3 @@ export class Telemetry {
   }
 }
 
-function serviceAccountOf(principal: string | undefined): string | undefined {
-  if (!principal) return undefined;
-  const m = /\/sa\/([^/]+)$/.exec(principal);
-  return m ? m[1] : undefined;
-}

@@ -4,11 +4,13 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import type { Endpoint, Route, RouteBackend, RouteFilter, RouteMatch, Service, TrafficPolicy, WaypointConfig } from '../../lib/model/mesh.ts';
+import type { Endpoint, Route, RouteBackend, RouteFilter, RouteMatch, Service, TrafficPolicy, WaypointConfig, WorkloadMeta } from '../../lib/model/mesh.ts';
 import type { WaypointEngine } from '../src/engine.ts';
 
 export const NS = 'shop';
 export const CALLER = 'spiffe://cluster.local/ns/shop/sa/tester';
+/** The caller's workload, as its agent's baggage would describe it. */
+export const CALLER_META: WorkloadMeta = { workloadName: 'tester', namespace: NS, canonicalService: 'tester-app', canonicalRevision: 'v1', cluster: 'Kubernetes' };
 
 export interface Backend {
   port: number;
@@ -46,13 +48,14 @@ export interface Listener {
 }
 
 /** A loopback TCP listener whose connections become engine tunnels (the HBONE server's role). */
-export async function startTunnelListener(engine: WaypointEngine, target: string, peerSpiffeId: string | undefined = CALLER): Promise<Listener> {
+export async function startTunnelListener(engine: WaypointEngine, target: string, peerSpiffeId: string | undefined = CALLER, peerMeta: WorkloadMeta | undefined = peerSpiffeId === CALLER ? CALLER_META : undefined): Promise<Listener> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer({ noDelay: true }, (sock) => {
     sockets.add(sock);
     sock.on('close', () => sockets.delete(sock));
-    const info: { target: string; peerSpiffeId?: string; clientAddress?: string } = { target };
+    const info: { target: string; peerSpiffeId?: string; peerMeta?: WorkloadMeta; clientAddress?: string } = { target };
     if (peerSpiffeId) info.peerSpiffeId = peerSpiffeId;
+    if (peerMeta) info.peerMeta = peerMeta;
     if (sock.remoteAddress) info.clientAddress = sock.remoteAddress;
     engine.handleTunnel(sock, info);
   });
@@ -105,7 +108,10 @@ export function h2request(session: http2.ClientHttp2Session, headers: http2.Outg
 // Compiled-config builders
 
 export function endpoint(port: number, ip = '127.0.0.1', uid = `pod-${port}`): Endpoint {
-  return { workloadUid: uid, ip, node: 'node-a', port, ports: {}, enrolled: false, ready: true };
+  return {
+    workloadUid: uid, ip, node: 'node-a', port, ports: {}, enrolled: false, ready: true,
+    workload: { workloadName: uid, namespace: NS, canonicalService: uid, canonicalRevision: 'latest', cluster: 'Kubernetes' },
+  };
 }
 
 export function service(name: string, vip: string, endpoints: Endpoint[], opts: { port?: number; appProtocol?: 'http' | 'http2' | 'grpc' | 'tcp'; namespace?: string } = {}): Service {

@@ -47,7 +47,7 @@ export interface KubeSourceOptions {
   absentKindRetryMs?: number;
 }
 
-export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'HTTPRoute', 'GRPCRoute'];
+export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'ReferenceGrant'];
 
 type AnyInformer = Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
 
@@ -280,14 +280,30 @@ export class KubeSource implements ConfigSource {
         ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
       };
     };
+    const parentCondition = (c: { type: string; status: boolean; reason: string; message: string }, prevList: Condition[] | undefined): Condition => {
+      const status = c.status ? 'True' : 'False';
+      const prev = prevList?.find((p) => p.type === c.type);
+      return {
+        type: c.type, status, reason: c.reason, message: c.message,
+        lastTransitionTime: prev && prev.status === status ? (prev.lastTransitionTime ?? now) : now,
+        ...(st.generation !== undefined ? { observedGeneration: st.generation } : {}),
+      };
+    };
     let status: Record<string, unknown>;
     if (st.kind === 'HTTPRoute' || st.kind === 'GRPCRoute') {
-      const prevParents = current?.status?.parents?.find((p) => p.controllerName === CONTROLLER_NAME)?.conditions;
-      const parents = (current?.spec?.parentRefs ?? []).map((parentRef) => ({
-        parentRef,
+      // Only Service parents are Weft's; other controllers' entries (an ingress Gateway's) stay.
+      type ParentStatus = { parentRef: Record<string, unknown>; controllerName: string; conditions?: Condition[] };
+      const existing = (current?.status?.parents ?? []) as ParentStatus[];
+      const others = existing.filter((p) => p.controllerName !== CONTROLLER_NAME);
+      const prevOf = (ref: unknown) => existing.find((p) => p.controllerName === CONTROLLER_NAME && isDeepStrictEqual(p.parentRef, ref))?.conditions;
+      const ours = st.parents ?? ((current?.spec?.parentRefs ?? []) as Array<{ group?: string; kind?: string; name: string }>)
+        .filter((r) => (r.group ?? '') === '' && r.kind === 'Service')
+        .map((parentRef) => ({ parentRef, conditions: [{ type: 'Accepted', status: st.ok, reason: st.reason, message: st.message }] }));
+      const parents = [...others, ...ours.map((p) => ({
+        parentRef: p.parentRef,
         controllerName: CONTROLLER_NAME,
-        conditions: [condition('Accepted', prevParents)],
-      }));
+        conditions: p.conditions.map((c) => parentCondition(c, prevOf(p.parentRef))),
+      }))];
       status = { parents };
     } else if (st.kind === 'Waypoint') {
       status = {

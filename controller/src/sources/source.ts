@@ -32,6 +32,15 @@ export interface ObjectStatus {
   path?: string;
   /** Waypoint address, when known. */
   address?: string;
+  /**
+   * HTTPRoute/GRPCRoute: one entry per Service parentRef (Gateway API status.parents, written
+   * under Weft's controllerName; other controllers' entries are kept). Absent for a route refused
+   * as invalid: then every Service parent gets Accepted=False with `reason`.
+   */
+  parents?: Array<{
+    parentRef: { group?: string; kind?: string; name: string; namespace?: string; port?: number; sectionName?: string };
+    conditions: Array<{ type: string; status: boolean; reason: string; message: string }>;
+  }>;
 }
 
 export interface ConfigSource {

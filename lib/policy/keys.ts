@@ -1,0 +1,167 @@
+// The AuthorizationPolicy vocabulary, in one place: every source field, operation field and `when`
+// key Weft reads, the layer that can see it (L4: an agent, or a waypoint passing TCP through; L7: a
+// waypoint looking at an HTTP request), and the kind of value it takes. Validation
+// (lib/model/validate.ts), compilation (controller/src/compile.ts) and both data planes
+// (lib/policy/authz.ts) read this table, so a key the validator accepts is one every enforcement
+// point understands, and one it does not know is refused before it reaches any of them.
+//
+// Istio keys Weft refuses, with the reason in the validation message:
+//   - `request.auth.*`, `requestPrincipals`: no RequestAuthentication (JWT) in Weft;
+//   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point;
+//   - `experimental.envoy.filters.*`: Envoy filter metadata, which no Weft data plane has.
+import { isIP } from 'node:net';
+
+/** Where an attribute can be seen. */
+export type PolicyLayer = 'L4' | 'L7';
+
+/** What a field's values are and how they match. */
+export type ValueKind =
+  /** `<td>/ns/<ns>/sa/<sa>` (the `spiffe://` scheme optional), `*` at either end. */
+  | 'principal'
+  /** A namespace name, `*` at either end. */
+  | 'namespace'
+  /** An IP address or CIDR block. */
+  | 'cidr'
+  /** 1-65535. */
+  | 'port'
+  /** An HTTP method, compared case-sensitively (RFC 9110 §9.1). */
+  | 'method'
+  /** A path: exact, `prefix*`, `*suffix` or `*`. */
+  | 'path'
+  /** A host, compared case-insensitively, with or without its port. */
+  | 'host'
+  /** A header value: exact, `prefix*`, `*suffix`; `*` means the header is present. */
+  | 'header';
+
+export interface FieldSpec {
+  layer: PolicyLayer;
+  kind: ValueKind;
+}
+
+/** `rules[].from[].source` fields (each also exists as `not<Field>`). */
+export const SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = {
+  principals: { layer: 'L4', kind: 'principal' },
+  namespaces: { layer: 'L4', kind: 'namespace' },
+  ipBlocks: { layer: 'L4', kind: 'cidr' },
+  /** The client address from X-Forwarded-For: only a waypoint reading the request sees it. */
+  remoteIpBlocks: { layer: 'L7', kind: 'cidr' },
+};
+
+/** `rules[].to[].operation` fields (each also exists as `not<Field>`). */
+export const OPERATION_FIELDS: Readonly<Record<string, FieldSpec>> = {
+  ports: { layer: 'L4', kind: 'port' },
+  methods: { layer: 'L7', kind: 'method' },
+  paths: { layer: 'L7', kind: 'path' },
+  hosts: { layer: 'L7', kind: 'host' },
+};
+
+/** `when` keys; `request.headers` takes a header name: `request.headers[x-user]`. */
+export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header' }>> = {
+  'source.ip': { layer: 'L4', kind: 'cidr' },
+  'source.namespace': { layer: 'L4', kind: 'namespace' },
+  'source.principal': { layer: 'L4', kind: 'principal' },
+  'destination.ip': { layer: 'L4', kind: 'cidr' },
+  'destination.port': { layer: 'L4', kind: 'port' },
+  'remote.ip': { layer: 'L7', kind: 'cidr' },
+  'request.headers': { layer: 'L7', kind: 'header', arg: 'header' },
+};
+
+/** Istio keys and fields Weft knowingly does not evaluate, with why (for validation messages). */
+export const UNSUPPORTED: ReadonlyArray<{ prefix: string; why: string }> = [
+  { prefix: 'request.auth.', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
+  { prefix: 'requestPrincipals', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
+  { prefix: 'notRequestPrincipals', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
+  { prefix: 'connection.sni', why: 'HBONE tunnels carry no application SNI to an enforcement point' },
+  { prefix: 'experimental.envoy.filters.', why: 'Envoy filter metadata exists in no Weft data plane' },
+];
+
+export function unsupportedReason(name: string): string | undefined {
+  return UNSUPPORTED.find((u) => name === u.prefix || (u.prefix.endsWith('.') && name.startsWith(u.prefix)))?.why;
+}
+
+const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
+
+/** Splits `request.headers[x-user]` into its base key and argument. */
+export function parseConditionKey(key: string): { base: string; arg?: string } {
+  const m = /^([a-z.]+)\[([^\]]*)\]$/.exec(key);
+  return m ? { base: m[1]!, arg: m[2]! } : { base: key };
+}
+
+/** The spec of a `when` key, or why it is refused. */
+export function conditionKey(key: string): { spec: FieldSpec; arg?: string } | { error: string } {
+  const { base, arg } = parseConditionKey(key);
+  const spec = CONDITION_KEYS[base];
+  if (!spec) {
+    const why = unsupportedReason(key);
+    const known = Object.entries(CONDITION_KEYS).map(([k, s]) => (s.arg ? `${k}[<name>]` : k)).join(', ');
+    return { error: why ? `"${key}" is not supported: ${why}` : `"${key}" is not a supported condition key (${known})` };
+  }
+  if (spec.arg && (arg === undefined || !HEADER_NAME.test(arg))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
+  if (!spec.arg && arg !== undefined) return { error: `"${key}" takes no [argument]` };
+  return arg !== undefined ? { spec, arg } : { spec };
+}
+
+/** `notPaths` → `paths`; undefined when the field is not negated. */
+export function positiveField(field: string): string | undefined {
+  return /^not[A-Z]/.test(field) ? field[3]!.toLowerCase() + field.slice(4) : undefined;
+}
+
+/** Is `s` an IP address or a CIDR block with a valid prefix length? */
+export function isCidr(s: string): boolean {
+  const slash = s.indexOf('/');
+  const addr = slash < 0 ? s : s.slice(0, slash);
+  const family = isIP(addr);
+  if (family === 0) return false;
+  if (slash < 0) return true;
+  const bits = s.slice(slash + 1);
+  if (!/^[0-9]{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+function starOnlyAtEnds(s: string): boolean {
+  return s === '*' || !s.slice(1, -1).includes('*');
+}
+
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const METHOD = /^[A-Za-z!#$%&'*+\-.^_`|~0-9]+$/;
+
+/** What is wrong with `value` for a field of `kind`; undefined when it is fine. */
+export function valueProblem(kind: ValueKind, value: string): string | undefined {
+  const q = JSON.stringify(value);
+  switch (kind) {
+    case 'principal': {
+      const bare = value.startsWith('spiffe://') ? value.slice('spiffe://'.length) : value;
+      if (bare === '*') return undefined;
+      if (!starOnlyAtEnds(bare)) return `${q}: * is only allowed as the first or last character`;
+      if (!bare.startsWith('*') && !bare.endsWith('*') && !/^[^/]+\/ns\/[^/]+\/sa\/[^/]+$/.test(bare)) {
+        return `${q} is not a principal (<trust-domain>/ns/<namespace>/sa/<service-account>, * allowed at either end)`;
+      }
+      return undefined;
+    }
+    case 'namespace': {
+      if (value === '*') return undefined;
+      const core = value.replace(/^\*/, '').replace(/\*$/, '');
+      if (core.includes('*')) return `${q}: * is only allowed as the first or last character`;
+      if (core === value && !DNS1123_LABEL.test(value)) return `${q} is not a namespace name`;
+      return undefined;
+    }
+    case 'cidr':
+      return isCidr(value) ? undefined : `${q} is not an IP address or CIDR block`;
+    case 'port':
+      return /^[0-9]+$/.test(value) && Number(value) >= 1 && Number(value) <= 65535 ? undefined : `${q} is not a port number`;
+    case 'method':
+      if (value === '*') return undefined;
+      if (!METHOD.test(value)) return `${q} is not an HTTP method`;
+      // Methods are case-sensitive (RFC 9110 §9.1): a lower-case entry would never match the method
+      // a client sends for the standard one, which is almost certainly a mistake.
+      if (value !== value.toUpperCase()) return `${q} is not an HTTP method in upper case (methods are case-sensitive; "${value.toUpperCase()}" matches the standard method)`;
+      return undefined;
+    case 'path':
+      if (value !== '*' && !value.startsWith('/') && !value.startsWith('*')) return `${q} must start with / (or * for a suffix match)`;
+      if (!starOnlyAtEnds(value)) return `${q}: * is only allowed as the first or last character`;
+      return undefined;
+    case 'host':
+    case 'header':
+      return starOnlyAtEnds(value) ? undefined : `${q}: * is only allowed as the first or last character`;
+  }
+}

@@ -1,0 +1,77 @@
+// A bad object costs only itself, end to end from the controller to a waypoint: an object the
+// controller refuses is marked in its status with the field path and never reaches a data plane;
+// one it accepts with a dangling reference (a missing backend, a cross-namespace backend without a
+// ReferenceGrant) reaches the waypoint, which accepts the whole config and answers 500 only for
+// the requests routed there. After both, a new DENY policy and an endpoint change still take effect.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { MemorySource } from '../../controller/src/sources/memory.ts';
+import { buildSnapshot } from '../../waypoint/src/config.ts';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
+import { startHarness, until } from './controller-harness.ts';
+
+test('after a refused policy and a route to missing backends, a new DENY policy and an endpoint change still reach the waypoint and take effect', async () => {
+  const route = {
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'dangling', namespace: 'shop' },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Service', name: 'reviews' }],
+      rules: [
+        { matches: [{ path: { type: 'PathPrefix', value: '/ghost' } }], backendRefs: [{ name: 'ghost', port: 80 }] },
+        { matches: [{ path: { type: 'PathPrefix', value: '/other' } }], backendRefs: [{ name: 'cache', namespace: 'web', port: 80 }] },
+        { backendRefs: [{ name: 'reviews', port: 80 }, { name: 'ghost', port: 80, weight: 0 }] },
+      ],
+    },
+  };
+  const badPolicy = authz('shop', 'sni', { action: 'DENY', rules: [{ when: [{ key: 'connection.sni', values: ['x'] }] }] });
+  const source = new MemorySource([
+    ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('web'),
+    waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'), svc('web', 'cache', { app: 'cache' }, '10.96.0.30'),
+    route, badPolicy,
+  ]);
+  const h = await startHarness(source);
+  const engine = new WaypointEngine({ namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+  try {
+    const wp = h.waypoint('shop');
+    const applied: Array<{ version: number; issues: number }> = [];
+    wp.on('snapshot', (cfg) => { const a = engine.applyConfig(cfg); applied.push({ version: a.version, issues: a.issues.length }); });
+    await wp.ready();
+
+    // The refused policy: Invalid with the field path, and absent from every data plane.
+    await until('refused policy status', () => source.statuses.get('AuthorizationPolicy/shop/sni')?.reason === 'Invalid');
+    const st = source.statuses.get('AuthorizationPolicy/shop/sni')!;
+    assert.equal(st.path, 'spec.rules[0].when[0].key');
+    assert.match(st.message, /connection\.sni.*not supported/);
+    assert.equal(wp.snapshot!.policies.some((p) => p.name === 'sni'), false);
+    const agent = h.agent('node-a');
+    await agent.ready();
+    assert.equal(agent.snapshot!.policies.some((p) => p.name === 'sni'), false);
+
+    // The route with dangling backends: accepted by the controller with ResolvedRefs=False, and by
+    // the waypoint without any issue.
+    await until('route status', () => source.statuses.get('HTTPRoute/shop/dangling') !== undefined);
+    const rs = source.statuses.get('HTTPRoute/shop/dangling')!;
+    assert.deepEqual(rs.parents![0]!.conditions.map((c) => [c.type, c.status, c.reason]), [['Accepted', true, 'Accepted'], ['ResolvedRefs', false, 'BackendNotFound']]);
+    assert.equal(wp.snapshot!.routes.length, 1);
+    assert.deepEqual(applied.at(-1), { version: applied.at(-1)!.version, issues: 0 });
+
+    // A new DENY policy takes effect at the waypoint.
+    source.upsert(authz('shop', 'no-admin', { targetRefs: [{ kind: 'Service', name: 'reviews' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] }));
+    await until('DENY policy at the waypoint', () => engine.config.policies.some((p) => p.name === 'no-admin'));
+    const snap = buildSnapshot(engine.config, 1);
+    assert.deepEqual(snap.issues, []);
+    const req = { sourcePrincipal: 'spiffe://cluster.local/ns/web/sa/x', destinationPort: 80, method: 'GET', path: '/admin', host: 'reviews', headers: {} };
+    assert.equal(snap.policies.evaluate('shop/reviews', req).allowed, false);
+    assert.equal(snap.policies.evaluate('shop/reviews', { ...req, path: '/' }).allowed, true);
+
+    // An endpoint change takes effect at the waypoint.
+    source.delete('Pod', 'shop', 'reviews');
+    source.upsert(pod('shop', 'reviews-2', { ip: '10.1.9.2', labels: { app: 'reviews' } }));
+    await until('new endpoint at the waypoint', () => engine.config.services.find((s) => s.name === 'reviews')?.endpoints.map((e) => e.ip).join() === '10.1.9.2');
+    assert.equal(applied.every((a) => a.issues === 0), true, `every config applied whole: ${JSON.stringify(applied)}`);
+  } finally {
+    await engine.close();
+    await h.close();
+  }
+});

@@ -1,0 +1,221 @@
+// One table of AuthorizationPolicy cases, run against every enforcement point the engine serves:
+// the agent (L4, evaluate() over the policies that select the workload), the waypoint passing TCP
+// through (L4, PolicyTable) and the waypoint judging an HTTP request (L7, PolicyTable). Semantics
+// from Istio's AuthorizationPolicy reference and the ambient L4-policy page: what an enforcement
+// point cannot see never lets an ALLOW rule match, and narrows a DENY rule to what it can see.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { AuthorizationPolicy, CompiledRule } from '../../lib/model/mesh.ts';
+import { validateObject } from '../../lib/model/validate.ts';
+import { PolicyTable, evaluate, remoteIpOf, ruleLayer, type ConnectionAttributes, type RequestAttributes } from '../../lib/policy/authz.ts';
+import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS } from '../../lib/policy/keys.ts';
+
+const SVC = 'shop/reviews';
+const CALLER = 'spiffe://cluster.local/ns/web/sa/frontend';
+
+function rule(r: Partial<Omit<CompiledRule, 'layer'>>): CompiledRule {
+  const full = { from: [], to: [], when: [], ...r };
+  return { ...full, layer: ruleLayer(full) };
+}
+function policy(name: string, action: AuthorizationPolicy['action'], rules: CompiledRule[]): AuthorizationPolicy {
+  return { name, namespace: 'shop', action, scope: 'namespace', rules, layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4' };
+}
+
+const conn: ConnectionAttributes = { sourcePrincipal: CALLER, sourceIp: '10.77.1.4', destinationIp: '10.96.0.10', destinationPort: 80 };
+const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', path: '/', host: 'reviews.shop', headers: {}, ...r });
+
+interface Case {
+  name: string;
+  policies: AuthorizationPolicy[];
+  /** The request at L7; its connection part is what L4 sees. */
+  request: RequestAttributes;
+  l7: boolean;
+  l4: boolean;
+}
+
+const CASES: Case[] = [
+  {
+    name: 'DENY paths /admin*: 403 on /admin at L7; at L4 the rule narrows to nothing, so it denies every connection',
+    policies: [policy('no-admin', 'DENY', [rule({ to: [{ paths: ['/admin*'] }] })])],
+    request: req({ path: '/admin/users?x=1' }), l7: false, l4: false,
+  },
+  {
+    name: 'DENY paths /admin* lets /public through at L7',
+    policies: [policy('no-admin', 'DENY', [rule({ to: [{ paths: ['/admin*'] }] })])],
+    request: req({ path: '/public' }), l7: true, l4: false,
+  },
+  {
+    name: 'methods are case-sensitive (RFC 9110 §9.1): DENY DELETE does not match an HTTP/2 `delete`, which the backend sees as another method',
+    policies: [policy('no-delete', 'DENY', [rule({ from: [{ namespaces: ['other'] }], to: [{ methods: ['DELETE'] }] })]), policy('allow-web', 'ALLOW', [rule({ from: [{ namespaces: ['web'] }] })])],
+    request: req({ method: 'delete' }), l7: true, l4: true,
+  },
+  {
+    name: 'DENY DELETE matches DELETE',
+    policies: [policy('no-delete', 'DENY', [rule({ to: [{ methods: ['DELETE'] }] })])],
+    request: req({ method: 'DELETE' }), l7: false, l4: false,
+  },
+  {
+    name: 'an ALLOW rule mixing a port with an HTTP method never matches at L4 (Istio drops the whole rule there)',
+    policies: [policy('get-80', 'ALLOW', [rule({ to: [{ ports: [80] }, { methods: ['GET'] }] })])],
+    request: req(), l7: true, l4: false,
+  },
+  {
+    name: 'a DENY rule mixing a namespace with a path denies the namespace at L4, and only the path at L7',
+    policies: [policy('web-no-admin', 'DENY', [rule({ from: [{ namespaces: ['web'] }], to: [{ paths: ['/admin'] }] })])],
+    request: req({ path: '/' }), l7: true, l4: false,
+  },
+  {
+    name: 'the same DENY rule leaves other namespaces alone at both layers',
+    policies: [policy('other-no-admin', 'DENY', [rule({ from: [{ namespaces: ['other'] }], to: [{ paths: ['/admin'] }] })])],
+    request: req({ path: '/admin' }), l7: true, l4: true,
+  },
+  {
+    name: 'header `*` matches a present header even when empty (Envoy present_match)',
+    policies: [policy('needs-x-user', 'ALLOW', [rule({ when: [{ key: 'request.headers[X-User]', values: ['*'] }] })])],
+    request: req({ headers: { 'x-user': '' } }), l7: true, l4: false,
+  },
+  {
+    name: 'header `*` does not match an absent header',
+    policies: [policy('needs-x-user', 'ALLOW', [rule({ when: [{ key: 'request.headers[x-user]', values: ['*'] }] })])],
+    request: req(), l7: false, l4: false,
+  },
+  {
+    name: 'notValues on a header: an absent header is not excluded',
+    policies: [policy('not-tester', 'DENY', [rule({ when: [{ key: 'request.headers[x-user]', notValues: ['tester'] }] })])],
+    request: req({ headers: { 'x-user': 'tester' } }), l7: true, l4: false,
+  },
+  {
+    name: 'principals `*` means any authenticated peer, with or without spiffe://',
+    policies: [policy('mtls-only', 'ALLOW', [rule({ from: [{ principals: ['*'] }] })])],
+    request: req(), l7: true, l4: true,
+  },
+  {
+    name: 'a plaintext peer matches no principal (and no namespace)',
+    policies: [policy('mtls-only', 'ALLOW', [rule({ from: [{ principals: ['*'] }, { namespaces: ['*'] }] })])],
+    request: (() => { const { sourcePrincipal: _p, ...r } = req(); return r; })(), l7: false, l4: false,
+  },
+  {
+    name: 'source.namespace comes from the peer identity',
+    policies: [policy('web-only', 'ALLOW', [rule({ when: [{ key: 'source.namespace', values: ['web'] }] })])],
+    request: req(), l7: true, l4: true,
+  },
+  {
+    name: 'ipBlocks and source.ip read the connection, never X-Forwarded-For',
+    policies: [policy('no-lab', 'DENY', [rule({ from: [{ ipBlocks: ['10.77.0.0/16'] }] })])],
+    request: req({ headers: { 'x-forwarded-for': '192.0.2.1' }, remoteIp: '192.0.2.1' }), l7: false, l4: false,
+  },
+  {
+    name: 'remoteIpBlocks read X-Forwarded-For at L7; an ALLOW on them never matches at L4',
+    policies: [policy('office', 'ALLOW', [rule({ from: [{ remoteIpBlocks: ['192.0.2.0/24'] }] })])],
+    request: req({ remoteIp: '192.0.2.1' }), l7: true, l4: false,
+  },
+  {
+    name: 'a DENY on remote.ip denies that client at L7 and, narrowed, everything at L4',
+    policies: [policy('no-bad-client', 'DENY', [rule({ when: [{ key: 'remote.ip', values: ['198.51.100.7'] }] })])],
+    request: req({ remoteIp: '198.51.100.7' }), l7: false, l4: false,
+  },
+  {
+    name: 'remote.ip falls back to the connection address without X-Forwarded-For',
+    policies: [policy('no-bad-client', 'DENY', [rule({ when: [{ key: 'remote.ip', values: ['198.51.100.7'] }] })])],
+    request: req(), l7: true, l4: false,
+  },
+  {
+    name: 'AUDIT never decides, at either layer',
+    policies: [policy('audit-all', 'AUDIT', [rule({})]), policy('audit-admin', 'AUDIT', [rule({ to: [{ paths: ['/admin'] }] })])],
+    request: req({ path: '/admin' }), l7: true, l4: true,
+  },
+  {
+    name: 'an AUDIT match does not count as an ALLOW match',
+    policies: [policy('audit-all', 'AUDIT', [rule({})]), policy('allow-none', 'ALLOW', [rule({ from: [{ namespaces: ['nobody'] }] })])],
+    request: req(), l7: false, l4: false,
+  },
+  {
+    name: 'hosts match case-insensitively with or without the port',
+    policies: [policy('no-internal', 'DENY', [rule({ to: [{ hosts: ['*.INTERNAL'] }] })])],
+    request: req({ host: 'api.internal:8080' }), l7: false, l4: false,
+  },
+  {
+    name: 'destination.port and ports at both layers',
+    policies: [policy('only-8080', 'ALLOW', [rule({ to: [{ ports: [8080] }] }), rule({ when: [{ key: 'destination.port', values: ['9090'] }] })])],
+    request: req(), l7: false, l4: false,
+  },
+];
+
+function connectionPart(r: RequestAttributes): ConnectionAttributes {
+  const { method: _m, path: _p, host: _h, headers: _hd, remoteIp: _r, ...c } = r;
+  return c;
+}
+
+describe('one policy table, every enforcement point', () => {
+  for (const c of CASES) {
+    it(c.name, () => {
+      const table = new PolicyTable(c.policies);
+      const l7 = table.evaluate(SVC, c.request);
+      assert.equal(l7.allowed, c.l7, `waypoint L7: ${l7.reason}`);
+      assert.equal(evaluate(c.policies, c.request).allowed, c.l7, 'evaluate() at L7 agrees');
+      const tcp = connectionPart(c.request);
+      const agent = evaluate(c.policies, tcp);
+      assert.equal(agent.allowed, c.l4, `agent L4: ${agent.reason}`);
+      assert.equal(table.evaluate(SVC, tcp).allowed, c.l4, 'waypoint passing TCP through (L4) agrees with the agent');
+    });
+  }
+
+  it('lists the AUDIT policies that matched, for the log', () => {
+    const ps = [policy('audit-all', 'AUDIT', [rule({})]), policy('audit-admin', 'AUDIT', [rule({ to: [{ paths: ['/admin'] }] })])];
+    assert.deepEqual(evaluate(ps, req({ path: '/admin' })).audit, ['shop/audit-all', 'shop/audit-admin']);
+    assert.deepEqual(evaluate(ps, req({ path: '/' })).audit, ['shop/audit-all']);
+    assert.deepEqual(evaluate(ps, conn).audit, ['shop/audit-all'], 'an AUDIT rule needing L7 does not match at L4');
+  });
+});
+
+describe('remote.ip', () => {
+  it('is the last X-Forwarded-For entry (Envoy, not the edge, no trusted hops), else the connection', () => {
+    assert.equal(remoteIpOf('203.0.113.9, 192.0.2.1', '10.0.0.1'), '192.0.2.1');
+    assert.equal(remoteIpOf(['203.0.113.9', '192.0.2.1 '], '10.0.0.1'), '192.0.2.1');
+    assert.equal(remoteIpOf('not-an-ip', '10.0.0.1'), '10.0.0.1');
+    assert.equal(remoteIpOf(undefined, '10.0.0.1'), '10.0.0.1');
+  });
+});
+
+describe('validation and the data planes share one vocabulary', () => {
+  const ap = (rules: unknown[]) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec: { action: 'DENY', rules } });
+  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v' };
+
+  it('every field and condition key validation accepts compiles at both layers', () => {
+    for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
+      const neg = `not${field[0]!.toUpperCase()}${field.slice(1)}`;
+      assert.deepEqual(validateObject(ap([{ from: [{ source: { [field]: [sample[spec.kind]], [neg]: [sample[spec.kind]] } }] }])), [], field);
+      const t = new PolicyTable([policy('p', 'DENY', [rule({ from: [{ [field]: [sample[spec.kind]!], [neg]: [sample[spec.kind]!] }] })])]);
+      assert.deepEqual(t.errors, [], field);
+    }
+    for (const [field, spec] of Object.entries(OPERATION_FIELDS)) {
+      const v = spec.kind === 'port' ? 80 : sample[spec.kind]!;
+      assert.deepEqual(validateObject(ap([{ to: [{ operation: { [field]: [v] } }] }])), [], field);
+      const t = new PolicyTable([policy('p', 'DENY', [rule({ to: [{ [field]: [v] }] })])]);
+      assert.deepEqual(t.errors, [], field);
+    }
+    for (const [key, spec] of Object.entries(CONDITION_KEYS)) {
+      const k = spec.arg ? `${key}[x-a]` : key;
+      assert.deepEqual(validateObject(ap([{ when: [{ key: k, values: [sample[spec.kind]] }] }])), [], k);
+      const t = new PolicyTable([policy('p', 'DENY', [rule({ when: [{ key: k, values: [sample[spec.kind]!] }] })])]);
+      assert.deepEqual(t.errors, [], k);
+      assert.equal(t.evaluate(SVC, req()).allowed !== undefined, true);
+    }
+  });
+
+  it('refuses keys no Weft data plane evaluates, naming the field and why', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      [[{ when: [{ key: 'connection.sni', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "connection\.sni" is not supported: HBONE/],
+      [[{ when: [{ key: 'request.auth.claims[iss]', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: .*RequestAuthentication/],
+      [[{ when: [{ key: 'request.method', values: ['GET'] }] }], /is not a supported condition key/],
+      [[{ when: [{ key: 'request.headers', values: ['x'] }] }], /needs a header name/],
+      [[{ from: [{ source: { requestPrincipals: ['*'] } }] }], /spec\.rules\[0\]\.from\[0\]\.source\.requestPrincipals: is not supported/],
+      [[{ to: [{ operation: { methods: ['delete'] } }] }], /methods\[0\]: "delete" is not an HTTP method in upper case/],
+      [[{ from: [{ source: { remoteIpBlocks: ['10.0.0.0/33'] } }] }], /remoteIpBlocks\[0\]: "10\.0\.0\.0\/33" is not an IP address or CIDR block/],
+    ];
+    for (const [rules, re] of cases) {
+      const issues = validateObject(ap(rules as unknown[]));
+      assert.ok(issues.some((i) => re.test(`${i.path}: ${i.message}`)), `${JSON.stringify(rules)} → ${JSON.stringify(issues)}`);
+    }
+  });
+});

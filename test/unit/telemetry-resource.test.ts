@@ -1,0 +1,129 @@
+// The Telemetry resource: validation with field paths, resolution mesh < namespace < workload (the
+// most specific object sets each field, Istio's Telemetry inheritance), delivery on the compiled
+// Workload and Waypoint, and what the waypoint does with it (sampling, access logs, B3).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
+import { validateObject } from '../../lib/model/validate.ts';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import type { Telemetry as TelemetryObject } from '../../lib/model/objects.ts';
+import { Telemetry, incomingTraceContext, outgoingTraceHeaders } from '../../waypoint/src/telemetry.ts';
+import { formatAccessLog } from '../../agent/src/metrics.ts';
+import { pod, ns } from './controller-fixtures.ts';
+
+const tel = (namespace: string, name: string, spec: TelemetryObject['spec'], created = '2026-01-01T00:00:00Z'): TelemetryObject =>
+  ({ apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name, namespace, creationTimestamp: created }, ...(spec ? { spec } : {}) });
+
+test('bad Telemetry objects are refused naming the field', () => {
+  const paths = (spec: unknown) => validateObject({ ...tel('shop', 't', undefined), spec }).map((i) => `${i.path}: ${i.message}`);
+  assert.deepEqual(paths({ tracing: { randomSamplingPercentage: 1 } }), []);
+  assert.match(paths({ tracing: { randomSamplingPercentage: 101 } })[0]!, /^spec\.tracing\.randomSamplingPercentage: 101 is above the maximum 100/);
+  assert.match(paths({ tracing: { otlp: { endpoint: 'collector:4318' } } })[0]!, /^spec\.tracing\.otlp\.endpoint: .*not an http/);
+  assert.match(paths({ tracing: { otlp: {} } })[0]!, /^spec\.tracing\.otlp\.endpoint/);
+  assert.match(paths({ accessLogging: { encoding: 'XML' } })[0]!, /^spec\.accessLogging\.encoding/);
+  assert.match(paths({ accessLogging: { disabled: 'yes' } })[0]!, /^spec\.accessLogging\.disabled/);
+  assert.match(paths({ metrics: [] })[0]!, /^spec\.metrics: unknown field/);
+});
+
+test('resolution: workload selector > namespace > root namespace, field by field; default sampling 1 %', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('other', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { labels: { app: 'web' } }), pod('shop', 'db', { labels: { app: 'db' } }), pod('other', 'x'));
+  i.telemetries.push(
+    tel('weft-system', 'mesh', { tracing: { otlp: { endpoint: 'http://collector:4318/v1/traces' } } }),
+    tel('shop', 'ns', { tracing: { randomSamplingPercentage: 10 }, accessLogging: { encoding: 'TEXT' } }),
+    tel('shop', 'quiet-db', { selector: { matchLabels: { app: 'db' } }, accessLogging: { disabled: true } }),
+  );
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'waypoint', namespace: 'shop' } });
+  const { model } = compile(i);
+  const w = (uid: string) => model.workloads.get(uid)!.telemetry;
+  assert.deepEqual(w('uid-other-x'), {
+    sources: ['weft-system/mesh'],
+    tracing: { otlpEndpoint: 'http://collector:4318/v1/traces', samplingPercentage: 1, disabled: false },
+    accessLogging: { disabled: false, encoding: 'JSON' },
+  });
+  assert.deepEqual(w('uid-shop-web'), {
+    sources: ['shop/ns', 'weft-system/mesh'],
+    tracing: { otlpEndpoint: 'http://collector:4318/v1/traces', samplingPercentage: 10, disabled: false },
+    accessLogging: { disabled: false, encoding: 'TEXT' },
+  });
+  assert.deepEqual(w('uid-shop-db')?.accessLogging, { disabled: true, encoding: 'TEXT' });
+  assert.deepEqual(w('uid-shop-db')?.sources, ['shop/quiet-db', 'shop/ns', 'weft-system/mesh']);
+  // The waypoint gets its namespace's settings (its pods match no app=db selector).
+  assert.deepEqual(model.waypoints.get('shop/waypoint')?.telemetry?.sources, ['shop/ns', 'weft-system/mesh']);
+  // No Telemetry at all: nothing on the model (the defaults apply).
+  assert.equal(compile({ ...i, telemetries: [] }).model.workloads.get('uid-shop-web')!.telemetry, undefined);
+});
+
+test('a changed Telemetry reaches a cached workload (the compile cache keys on it)', async () => {
+  const { CompileCache } = await import('../../controller/src/compile.ts');
+  const cache = new CompileCache();
+  const i = emptyInputs();
+  i.pods.push(pod('shop', 'web'));
+  compile(i, { cache });
+  i.telemetries.push(tel('shop', 'ns', { accessLogging: { disabled: true } }));
+  assert.equal(compile(i, { cache }).model.workloads.get('uid-shop-web')!.telemetry?.accessLogging.disabled, true);
+});
+
+test('waypoint: Telemetry settings switch access logs off and on, and set the encoding', () => {
+  const lines: string[] = [];
+  const t = new Telemetry({ accessLog: (l) => lines.push(l) });
+  const rec = { startTime: Date.now(), durationMs: 1, method: 'GET', path: '/a', authority: 'svc', protocol: 'HTTP/1.1', grpc: false, responseCode: 200, responseFlags: '-', requestBytes: 0, responseBytes: 2, attempts: 1, requestId: 'r1' };
+  t.record(rec, undefined);
+  assert.equal(JSON.parse(lines[0]!).response_code, 200);
+  t.configure({ sources: ['shop/x'], accessLogging: { disabled: true, encoding: 'JSON' } });
+  t.record(rec, undefined);
+  assert.equal(lines.length, 1, 'disabled: no line');
+  t.configure({ sources: ['shop/x'], accessLogging: { disabled: false, encoding: 'TEXT' } });
+  t.record(rec, undefined);
+  assert.match(lines[1]!, /^\[\S+\] "GET \/a HTTP\/1\.1" 200 - /);
+  t.configure(undefined);
+  t.record(rec, undefined);
+  assert.equal(JSON.parse(lines[2]!).path, '/a');
+});
+
+test('waypoint: new traces are sampled at the Telemetry percentage (0 % and 100 %), a caller\'s sampled flag always wins; spans are named after the route', async () => {
+  const exporter = new InMemorySpanExporter();
+  const t = new Telemetry({ accessLog: null, tracing: { exporter } });
+  const none = () => undefined;
+  const rec = (routeName?: string) => ({ startTime: Date.now(), durationMs: 1, method: 'GET', path: '/users/42?x=1', authority: 'svc', protocol: 'HTTP/2', grpc: false, responseCode: 200, responseFlags: '-', requestBytes: 0, responseBytes: 2, attempts: 1, requestId: 'r', ...(routeName ? { routeName } : {}) });
+  t.configure({ sources: ['weft-system/mesh'], tracing: { samplingPercentage: 0, disabled: false }, accessLogging: { disabled: false, encoding: 'JSON' } });
+  for (let i = 0; i < 20; i++) t.record(rec(), t.startTrace(none, 'GET', {}));
+  assert.equal(exporter.getFinishedSpans().length, 0, '0 %: no new trace sampled');
+  const parent = { traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' } as Record<string, string>;
+  t.record(rec('shop/users'), t.startTrace((n) => parent[n], 'GET', {}));
+  const spans = exporter.getFinishedSpans();
+  assert.equal(spans.length, 1, 'the caller sampled it: recorded');
+  assert.equal(spans[0]!.name, 'GET shop/users', 'named after the route, not /users/42');
+  assert.equal(spans[0]!.attributes['network.protocol.version'], '2');
+  t.configure({ sources: ['weft-system/mesh'], tracing: { samplingPercentage: 100, disabled: false }, accessLogging: { disabled: false, encoding: 'JSON' } });
+  t.record(rec(), t.startTrace(none, 'GET', {}));
+  assert.equal(exporter.getFinishedSpans().at(-1)!.name, 'GET', 'no route: the method alone');
+  assert.equal(exporter.getFinishedSpans().length, 2);
+  await t.shutdown();
+});
+
+test('trace context: W3C first, else B3 single or multi headers; both propagated upstream', () => {
+  const h = (o: Record<string, string>) => (n: string) => o[n];
+  assert.deepEqual(incomingTraceContext(h({ 'x-b3-traceid': '463ac35c9f6413ad', 'x-b3-spanid': 'a2fb4a1d1a96d312', 'x-b3-sampled': '1' })),
+    { traceId: '0000000000000000463ac35c9f6413ad', parentSpanId: 'a2fb4a1d1a96d312', sampled: true });
+  assert.deepEqual(incomingTraceContext(h({ b3: '80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90' })),
+    { traceId: '80f198ee56343ba864fe8b2a57d3eff7', parentSpanId: 'e457b5a2e4d86bd1', sampled: true });
+  assert.equal(incomingTraceContext(h({ 'x-b3-traceid': 'zz', 'x-b3-spanid': 'a2fb4a1d1a96d312' })), undefined, 'malformed B3 is ignored');
+  assert.equal(incomingTraceContext(h({ traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00', 'x-b3-traceid': '463ac35c9f6413ad', 'x-b3-spanid': 'a2fb4a1d1a96d312' }))?.traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
+  const t = new Telemetry({ accessLog: null });
+  const tc = t.startTrace(h({ 'x-b3-traceid': '463ac35c9f6413ad', 'x-b3-spanid': 'a2fb4a1d1a96d312', 'x-b3-sampled': '1' }), 'GET', {});
+  const out = outgoingTraceHeaders(tc, true);
+  assert.equal(out['x-b3-traceid'], '0000000000000000463ac35c9f6413ad');
+  assert.equal(out['x-b3-parentspanid'], 'a2fb4a1d1a96d312');
+  assert.notEqual(out['x-b3-spanid'], 'a2fb4a1d1a96d312', 'a span id of this hop');
+  assert.equal(out['x-b3-sampled'], '1');
+  assert.match(out['traceparent']!, /^00-0000000000000000463ac35c9f6413ad-[0-9a-f]{16}-01$/);
+  assert.match(out['b3']!, /^0000000000000000463ac35c9f6413ad-[0-9a-f]{16}-1-a2fb4a1d1a96d312$/);
+});
+
+test('agent access log: JSON, or ztunnel-like text with key=value pairs', () => {
+  const e = { time: '2026-01-01T00:00:00.000Z', msg: 'connection complete', 'src.addr': '10.0.0.1:5000', error: 'reset by peer', bytes_sent: 3, skipped: undefined };
+  assert.deepEqual(JSON.parse(formatAccessLog(e)), { time: e.time, msg: e.msg, 'src.addr': '10.0.0.1:5000', error: 'reset by peer', bytes_sent: 3 });
+  assert.equal(formatAccessLog(e, 'TEXT'), '2026-01-01T00:00:00.000Z info access connection complete src.addr=10.0.0.1:5000 error="reset by peer" bytes_sent=3');
+});
