@@ -10,7 +10,7 @@
 //     StatefulSets, DaemonSets, ReplicaSets and Jobs in the same input);
 //   - GAMMA consumer routes (a route whose parent Service is in another namespace applies to
 //     requests from the route's namespace only);
-//   - backendRefs to another namespace without a ReferenceGrant there (Gateway API: RefNotPermitted);
+//     (route status reasons NoWaypoint and RefNotPermitted come from compile.ts itself);
 //   - a namespace label naming a Waypoint that does not exist.
 // Severities follow `istioctl analyze`: Error and Warning fail the run (exit 1), Info does not.
 import type { CompileFinding } from '../controller/src/compile.ts';
@@ -23,7 +23,7 @@ export type Severity = 'Error' | 'Warning' | 'Info';
 
 export interface Finding {
   severity: Severity;
-  /** Stable: the controller's status reason, or an analyzer code (RouteNotEnforced, …). */
+  /** Stable: the controller's status reason, or an analyzer code (RouteConflict, …). */
   code: string;
   kind: string;
   namespace: string;
@@ -50,7 +50,6 @@ export interface AnalyzeOptions {
   complete?: boolean;
 }
 
-const GATEWAY_GROUP = 'gateway.networking.k8s.io';
 /** Kinds whose pod template's labels stand for the pods they will create. */
 const POD_TEMPLATE_KINDS = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
 
@@ -62,6 +61,7 @@ const COMPILE_SEVERITY: Record<string, Severity> = {
   NoMatchingParent: 'Warning',
   Conflicted: 'Warning',
   RefNotPermitted: 'Warning',
+  NoWaypoint: 'Warning',
 };
 
 type Meta = { name?: unknown; namespace?: unknown; labels?: unknown };
@@ -117,7 +117,7 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   const add = (f: Omit<Finding, 'source'>) => findings.push({ ...f, ...at(f.kind, f.namespace, f.name) });
   for (const c of compiled) add(fromCompile(c));
 
-  routeChecks(model, meshInputs, others, add);
+  routeChecks(model, meshInputs, add);
   policyChecks(model, meshInputs, others, options, add);
   for (const n of meshInputs.namespaces) {
     const wp = n.metadata.labels?.[LABEL_USE_WAYPOINT];
@@ -135,15 +135,13 @@ function fromCompile(c: CompileFinding): Omit<Finding, 'source'> {
 type Add = (f: Omit<Finding, 'source'>) => void;
 type Inputs = Compiled['inputs'];
 
-function routeChecks(model: MeshModel, inputs: Inputs, others: Loose[], add: Add): void {
+function routeChecks(model: MeshModel, inputs: Inputs, add: Add): void {
   // Routes are enforced by the waypoint of their parent Service; without one nothing applies them.
   const claimed = new Map<string, { route: string; order: string }>();
   const routes = [...model.routes.values()].sort((a, b) => (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
   for (const r of routes) {
-    const svc = model.services.get(r.service);
-    if (svc && !svc.waypoint) {
-      add({ severity: 'Warning', code: 'RouteNotEnforced', kind: r.kind, namespace: r.namespace, name: r.name, path: 'spec.parentRefs', message: `Service ${r.service} uses no waypoint, so nothing enforces this route (label the Service or its namespace ${LABEL_USE_WAYPOINT}=<waypoint>)` });
-    }
+    // A route on a Service without a waypoint, and backendRefs no ReferenceGrant permits, are the
+    // controller's own findings (NoWaypoint, RefNotPermitted in compile.ts), reported above.
     // Gateway API: among routes claiming the same match on the same parent, the oldest wins.
     r.rules.forEach((rule, i) => {
       for (const m of rule.matches) {
@@ -157,7 +155,6 @@ function routeChecks(model: MeshModel, inputs: Inputs, others: Loose[], add: Add
     });
   }
   // GAMMA: a route in another namespace than its parent Service is a consumer route.
-  const grants = others.filter((o) => o.kind === 'ReferenceGrant' && str(o.apiVersion).startsWith(`${GATEWAY_GROUP}/`));
   for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
     const ns = r.metadata.namespace!;
     (r.spec.parentRefs ?? []).forEach((p, i) => {
@@ -165,31 +162,7 @@ function routeChecks(model: MeshModel, inputs: Inputs, others: Loose[], add: Add
         add({ severity: 'Info', code: 'ConsumerRoute', kind: r.kind, namespace: ns, name: r.metadata.name, path: `spec.parentRefs[${i}]`, message: `consumer route: it applies only to requests from namespace ${ns} to Service ${p.namespace}/${p.name} (Gateway API GAMMA)` });
       }
     });
-    const rules = (r.spec.rules ?? []) as Array<{ backendRefs?: Array<{ name: string; namespace?: string; filters?: unknown[] }>; filters?: unknown[] }>;
-    rules.forEach((rule, i) => {
-      const refs: Array<{ ref: { name: string; namespace?: string; kind?: string; group?: string }; path: string }> = [];
-      (rule.backendRefs ?? []).forEach((b, j) => refs.push({ ref: b, path: `spec.rules[${i}].backendRefs[${j}]` }));
-      (rule.filters ?? []).forEach((f, j) => {
-        const mirror = (f as { requestMirror?: { backendRef?: { name: string; namespace?: string } } }).requestMirror?.backendRef;
-        if (mirror) refs.push({ ref: mirror, path: `spec.rules[${i}].filters[${j}].requestMirror.backendRef` });
-      });
-      for (const { ref, path } of refs) {
-        if (!ref.namespace || ref.namespace === ns) continue;
-        if (!grants.some((g) => grantAllows(g, r.kind, ns, ref.namespace!, ref.name))) {
-          add({ severity: 'Warning', code: 'RefNotPermitted', kind: r.kind, namespace: ns, name: r.metadata.name, path, message: `backend Service ${ref.namespace}/${ref.name} is in another namespace and no ReferenceGrant in ${ref.namespace} allows ${r.kind}s from ${ns} to refer to it; requests routed to it get 500 (Gateway API)` });
-        }
-      }
-    });
   }
-}
-
-/** Does ReferenceGrant `g` (in the backend's namespace) let a `fromKind` in `fromNs` refer to Service `name`? */
-function grantAllows(g: Loose, fromKind: string, fromNs: string, toNs: string, name: string): boolean {
-  if (str(g.metadata?.namespace) !== toNs) return false;
-  const spec = g.spec as { from?: Array<{ group?: string; kind?: string; namespace?: string }>; to?: Array<{ group?: string; kind?: string; name?: string }> } | undefined;
-  const from = (spec?.from ?? []).some((f) => f.group === GATEWAY_GROUP && f.kind === fromKind && f.namespace === fromNs);
-  const to = (spec?.to ?? []).some((t) => (t.group ?? '') === '' && t.kind === 'Service' && (t.name === undefined || t.name === name));
-  return from && to;
 }
 
 function describeMatch(m: { path?: { type: string; value: string }; headers?: unknown[]; method?: string }): string {
@@ -261,7 +234,7 @@ function byObject(a: Finding, b: Finding): number {
   return RANK[a.severity] - RANK[b.severity] || `${a.kind}/${a.namespace}/${a.name}/${a.path ?? ''}`.localeCompare(`${b.kind}/${b.namespace}/${b.name}/${b.path ?? ''}`);
 }
 
-/** `Warning [RouteNotEnforced] HTTPRoute shop/reviews spec.parentRefs (routes.yaml): message` */
+/** `Warning [NoWaypoint] HTTPRoute shop/reviews spec.parentRefs (routes.yaml): message` */
 export function formatFinding(f: Finding): string {
   const obj = `${f.kind} ${f.namespace ? `${f.namespace}/` : ''}${f.name}`;
   return `${f.severity} [${f.code}] ${obj}${f.path ? ` ${f.path}` : ''}${f.source ? ` (${f.source})` : ''}: ${f.message}`;

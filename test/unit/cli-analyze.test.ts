@@ -50,7 +50,7 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
   {
     name: 'a route on a Service without waypoint is enforced by nothing',
     objects: () => [ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'), route('plain', 'api-split', { name: 'api' }, [{ name: 'api' }])],
-    findings: [/^Warning \[RouteNotEnforced\] HTTPRoute plain\/api-split spec\.parentRefs .*Service plain\/api uses no waypoint, so nothing enforces this route/],
+    findings: [/^Warning \[NoWaypoint\] HTTPRoute plain\/api-split spec\.parentRefs\[0\] .*Service plain\/api has no waypoint.*nothing enforces this route/],
   },
   {
     name: 'two routes claiming the same match conflict; the older wins',
@@ -103,7 +103,7 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     name: 'a route in another namespace than its parent is a consumer route (Info; exit 0)',
     objects: () => [...shop(), ns('client', AMBIENT), route('client', 'my-view', { name: 'reviews', namespace: 'shop' }, [{ name: 'reviews-v1', namespace: 'shop' }])],
     findings: [/^Info \[ConsumerRoute\] HTTPRoute client\/my-view spec\.parentRefs\[0\] .*applies only to requests from namespace client to Service shop\/reviews/,
-      /^Warning \[RefNotPermitted\] HTTPRoute client\/my-view spec\.rules\[0\]\.backendRefs\[0\] .*no ReferenceGrant in shop allows HTTPRoutes from client/],
+      /^Warning \[RefNotPermitted\] HTTPRoute client\/my-view spec\.rules\[0\]\.backendRefs\[0\] .*no ReferenceGrant in namespace shop allows it/],
   },
   {
     name: 'a ReferenceGrant in the backend namespace permits the cross-namespace backend',

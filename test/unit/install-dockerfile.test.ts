@@ -68,7 +68,7 @@ test('the build stage installs the BPF and addon toolchain and runs npm ci and m
   }
   assert.match(build, /RUN npm ci/);
   assert.match(build, /make build/);
-  assert.match(MAKEFILE, /^build: bpf addon cni typecheck$/m);
+  assert.match(MAKEFILE, /^build: bpf addon cni typecheck cli$/m);
 });
 
 test('the runtime stage has the libraries the addon links and iproute2, and no compiler', () => {
