@@ -75,6 +75,12 @@ export interface Destination {
   port: number;
   /** `namespace/name`. */
   key: string;
+  /**
+   * The pod address the tunnel was addressed to, when it was not a service address. Gateway API
+   * GAMMA (MeshFrontend): a Service's routes apply to traffic sent to the Service, not to traffic
+   * sent to its pods directly; such a request goes to that pod, under the Service's policy.
+   */
+  workloadIp?: string;
 }
 
 /** What `route` decided: where the request goes and how it is sent (read by `fault` and `forward`). */
@@ -89,6 +95,8 @@ export interface UpstreamPlan {
   responseEdits: FilterContext['responseEdits'];
   mirrors: FilterContext['mirrors'];
   timeouts: { requestMs?: number; perTryMs?: number };
+  /** Only this endpoint address (a request addressed to a pod, not to the Service). */
+  onlyEndpoint?: string;
 }
 
 /** One request on its way through the stages; also what its telemetry record is made of. */
@@ -198,7 +206,7 @@ function servicePortFor(svc: Service, ip: string, targetPort: number): number | 
  *    that port (Host chooses among those only);
  *  - anything else: none.
  */
-export function resolveService(snap: Snapshot, target: string, authority: string): { service: Service; port: number } | undefined {
+export function resolveService(snap: Snapshot, target: string, authority: string): { service: Service; port: number; workloadIp?: string } | undefined {
   const { host: targetIp, port: targetPort } = splitHostPort(target);
   const { host, port: hostPort } = splitHostPort(authority);
   const byVip = snap.byAddress.get(target) ?? snap.byAddress.get(targetIp);
@@ -211,7 +219,8 @@ export function resolveService(snap: Snapshot, target: string, authority: string
     .map((service) => ({ service, port: servicePortFor(service, targetIp, targetPort) }))
     .filter((c): c is { service: Service; port: number } => c.port !== undefined);
   const named = snap.byHost.get(host.toLowerCase());
-  return candidates.find((c) => c.service === named) ?? candidates[0];
+  const chosen = candidates.find((c) => c.service === named) ?? candidates[0];
+  return chosen ? { ...chosen, workloadIp: targetIp } : undefined;
 }
 
 /**
@@ -349,7 +358,7 @@ const quota: Stage = async (ctx) => {
 const route: Stage = (ctx) => {
   const { snap, env } = ctx;
   const dest = destination(ctx);
-  const matched = routesFor(snap, ctx.conn.peerSpiffeId).match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
+  const matched = dest.workloadIp ? undefined : routesFor(snap, ctx.conn.peerSpiffeId).match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
   let backends: RouteBackend[];
   const fctx: FilterContext = {
     request: { method: ctx.method, path: ctx.path, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
@@ -362,7 +371,7 @@ const route: Stage = (ctx) => {
     backends = matched.rule.backends;
     timeouts = matched.rule.timeouts;
     applyRouteFilters(matched.rule.filters, fctx);
-  } else if (snap.routes.hasRoutes(dest.key, dest.port)) {
+  } else if (!dest.workloadIp && snap.routes.hasRoutes(dest.key, dest.port)) {
     // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
     // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes.
     localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path.split('?')[0]}` });
@@ -394,6 +403,7 @@ const route: Stage = (ctx) => {
       requestMs: timeouts.requestMs ?? settings.timeouts.requestMs,
       perTryMs: timeouts.backendRequestMs ?? settings.timeouts.perTryMs,
     },
+    ...(dest.workloadIp && backend.service === dest.key ? { onlyEndpoint: dest.workloadIp } : {}),
   };
 };
 
@@ -556,7 +566,8 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   try {
     for (let attempt = 0; ; attempt++) {
       if (ctx.downstreamGone) return;
-      const ep = cluster.pick(env.random, tried);
+      const only = ctx.upstream?.onlyEndpoint;
+      const ep = only !== undefined ? cluster.endpointAt(only) : cluster.pick(env.random, tried);
       if (!ep) {
         localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
         return;

@@ -285,6 +285,11 @@ export class Cluster {
     return this.lb.pick(candidates, random);
   }
 
+  /** The endpoint at `ip` (a request addressed to one pod), ejected or not: the caller chose it. */
+  endpointAt(ip: string): EndpointState | undefined {
+    return this.endpoints.find((e) => e.ip === ip);
+  }
+
   /** maxRequests: admit a request or report overflow. Pair with endRequest(). */
   beginRequest(): boolean {
     if (this.activeRequests >= this.settings.maxRequests) { this.overflows++; return false; }
