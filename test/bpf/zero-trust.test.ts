@@ -10,7 +10,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import type { ChildProcess } from 'node:child_process';
 import { Lab } from '../lab/lab.ts';
 import { createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
@@ -83,11 +83,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   async function deliver(tag: boolean): Promise<Record<string, unknown>> {
     const child = lab.spawn(NODE_BIN, ['--input-type=module', '-e', DELIVER_JS, dp.mapPin('weft_sk_tag'), pb.ns.path, pb.ip, String(APP_PORT), tag ? 'tag' : 'no'],
       { cgroup: lab.cgroup('agent') });
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (d) => { out += d; });
-    child.stderr!.on('data', (d) => { err += d; });
-    await once(child, 'exit');
+    const { stdout: out, stderr: err } = await collectOutput(child);
     assert.ok(out.trim(), `delivery printed nothing: ${err}`);
     return JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
   }

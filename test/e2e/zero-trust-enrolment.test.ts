@@ -5,7 +5,7 @@
 // pod exists and must never get an answer in plaintext, while mesh clients are served.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { localMeshSuite, until } from './mesh-suite.ts';
@@ -39,8 +39,7 @@ test('a new STRICT pod never answers plaintext, probed by an outsider from befor
   // The address the next pod on node2 gets (the local network hands out the smallest free index).
   const freshIp = `${mesh.node('node2').ip.split('.').slice(0, 2).join('.')}.2.1`;
   const prober = mesh.net.spawn(outsider.pod, process.execPath, [join(import.meta.dirname, 'fixtures', 'first-instant-prober.ts'), '--target', `${freshIp}:8080`, '--until', stop]);
-  let out = '';
-  prober.stdout!.on('data', (c: Buffer) => (out += c));
+  const output = collectOutput(prober);
   try {
     const w = mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'fresh', labels: { app: 'fresh' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'fresh'] });
     assert.equal(w.pod.ip, freshIp);
@@ -58,8 +57,8 @@ test('a new STRICT pod never answers plaintext, probed by an outsider from befor
     await holds('the prober keeps running', () => prober.exitCode === null, 1000, { intervalMs: 100 });
   } finally {
     writeFileSync(stop, '');
-    await once(prober, 'exit');
   }
+  const out = (await output).stdout;
   const r = JSON.parse(out.trim()) as { attempts: number; outcomes: Record<string, number>; leaks: unknown[] };
   t.diagnostic(`prober: ${JSON.stringify(r)}`);
   assert.deepEqual(r.leaks, [], `the outsider got plaintext answers: ${JSON.stringify(r)}`);

@@ -7,7 +7,7 @@
 // weft_connections_denied_total reason, an access-log line naming the policy.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { localMeshSuite, until } from './mesh-suite.ts';
@@ -30,11 +30,7 @@ async function fromNode(node: string, args: string[]): Promise<{ code: number | 
   const cgroup = join(n.cgroup, 'system.slice', 'node-daemon.service');
   mkdirSync(cgroup, { recursive: true });
   const child = mesh.net.spawn({ netns: n.netns, cgroup }, 'curl', ['-sS', '--max-time', '5', ...args]);
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (c: Buffer) => (stdout += c));
-  child.stderr!.on('data', (c: Buffer) => (stderr += c));
-  const [code] = (await once(child, 'exit')) as [number | null];
+  const { code, stdout, stderr } = await collectOutput(child);
   return { code, stdout, stderr };
 }
 
