@@ -147,7 +147,10 @@ export class Controller {
         issues: rej.issues.map(formatIssue),
       });
     }
-    if (r.changed || r.rejections.length > 0 || r.touched.length > 0) {
+    // A status-only or no-op update: ours seen back, or someone else's that replaced ours. Forget
+    // what was written: the next pass compares with the live status and restores ours if it is gone.
+    for (const key of r.restated) this.#written.delete(key);
+    if (r.changed || r.rejections.length > 0 || r.touched.length > 0 || r.restated.length > 0) {
       if (events.some((e) => (e.type === 'upsert' && e.object.kind === 'Waypoint') || (e.type === 'delete' && e.kind === 'Waypoint') || e.type === 'snapshot')) this.#waypointsDirty = true;
       this.#markDirty(r.changed);
     }

@@ -20,6 +20,8 @@ export interface ApplyResult {
   rejections: Rejection[];
   /** Keys of status-bearing objects that were accepted, updated or deleted. */
   touched: string[];
+  /** Keys of status-bearing objects updated with nothing compiled changed (status-only or no-op). */
+  restated: string[];
 }
 
 interface Entry {
@@ -49,7 +51,7 @@ export class ObjectStore {
   }
 
   apply(events: SourceEvent[]): ApplyResult {
-    const result: ApplyResult = { changed: false, rejections: [], touched: [] };
+    const result: ApplyResult = { changed: false, rejections: [], touched: [], restated: [] };
     for (const e of events) {
       this.#resourceVersion = e.resourceVersion;
       if (e.type === 'snapshot') {
@@ -102,6 +104,9 @@ export class ObjectStore {
     const prev = this.#objects.get(key);
     if (KINDS[object.kind].hasStatus && (wasInvalid || !prev || prev.fingerprint !== fp)) result.touched.push(key);
     if (prev && prev.fingerprint === fp) {
+      // Nothing compiled changed, but the status may have (updates coalesce in the source: ours
+      // seen back, or someone else's replacing it): the status is checked against the live one.
+      if (KINDS[object.kind].hasStatus && !wasInvalid) result.restated.push(key);
       prev.object = object;
       return key;
     }

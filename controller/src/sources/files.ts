@@ -6,6 +6,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { KINDS, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
 import { formatManifestProblem, parseManifest } from '../../../lib/model/manifest.ts';
 import { silentLogger, type Logger } from '../log.ts';
@@ -87,7 +88,10 @@ export class ConfigDirSource implements ConfigSource {
   }
 
   async writeStatus(status: ObjectStatus): Promise<void> {
-    this.#statuses.set(keyOf(status.kind, status.namespace || undefined, status.name), status);
+    const key = keyOf(status.kind, status.namespace || undefined, status.name);
+    // Already so (the controller re-checks statuses after a rescan): nothing new to report.
+    if (isDeepStrictEqual(this.#statuses.get(key), status)) return;
+    this.#statuses.set(key, status);
     this.#o.onStatus?.(status);
     const who = `${status.kind} ${status.namespace ? `${status.namespace}/` : ''}${status.name}`;
     if (status.ok) this.#log.debug('status', { object: who, reason: status.reason });
