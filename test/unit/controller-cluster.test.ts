@@ -3,6 +3,7 @@
 // real install hit, each from the side that used to fail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { holds } from '../lab/wait.ts';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -194,8 +195,7 @@ test('a second replica waits on the Lease: only the leader writes status; when i
     // The liveness probe the install renders answers while the process turns.
     assert.equal((await fetch(`http://127.0.0.1:${a.readyPort}/healthz/live`)).status, 200);
     const b = await lab.start();
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(b.elector!.isLeader, false, 'b follows');
+    await holds('b follows while a renews', () => !b.elector!.isLeader, 500);
     const lease = lab.api.get('Lease', 'weft-system', 'weft-controller-leader')!;
     assert.equal((lease['spec'] as { holderIdentity: string }).holderIdentity, a.elector!.identity);
 
