@@ -644,6 +644,13 @@ function pathRewrite(p: PathModifier | undefined): { path?: { type: PathModifier
   return { path: { type: p.type, value: (p.type === 'ReplaceFullPath' ? p.replaceFullPath : p.replacePrefixMatch) ?? '/' } };
 }
 
+/** The share of requests a RequestMirror copies, in percent: `percent`, else `fraction` (denominator default 100), else all. */
+function mirrorPercent(m: { percent?: number; fraction?: { numerator: number; denominator?: number } }): number {
+  if (m.percent !== undefined) return m.percent;
+  if (m.fraction !== undefined) return (100 * m.fraction.numerator) / (m.fraction.denominator ?? 100);
+  return 100;
+}
+
 /** ReferenceGrants by the namespace they grant access into. */
 class ReferenceGrants {
   readonly #byNamespace = new Map<string, ReferenceGrant[]>();
@@ -671,11 +678,22 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
   // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
   let unresolved: { reason: string; message: string } | undefined;
+  // A consumer route may send to the Service it is attached to without a ReferenceGrant: that only
+  // lets the route's own namespace's callers reach what they addressed anyway (GAMMA consumer
+  // routes; Gateway API conformance MeshConsumerRoute routes to its producer parent without a grant).
+  const isOwnParent = (bns: string, name: string): boolean =>
+    (r.spec.parentRefs ?? []).some((p) => isServiceParent(p) && (p.namespace ?? ns) === bns && p.name === name);
   const backend = (b: BackendRef, path: string, filters: HTTPRouteFilter[] | undefined): RouteBackend => {
     const bns = b.namespace ?? ns;
     const key = nsName(bns, b.name);
     let refused: string | undefined;
-    if (!grants.permits(r.kind, ns, bns, b.name)) {
+    if ((b.group ?? '') !== '' || (b.kind ?? 'Service') !== 'Service') {
+      // Gateway API HTTPRouteInvalidBackendRefUnknownKind: the route is accepted, ResolvedRefs
+      // False (InvalidKind), and only the requests routed to this backend get 500.
+      refused = `${path}: ${b.group ? `${b.group}/` : ''}${b.kind ?? 'Service'} is not a kind Weft sends to (only core Service); requests routed to it get 500`;
+      finding(path, 'InvalidKind', refused);
+      unresolved ??= { reason: 'InvalidKind', message: refused };
+    } else if (!grants.permits(r.kind, ns, bns, b.name) && !isOwnParent(bns, b.name)) {
       refused = `${r.kind} ${ns}/${r.metadata.name} may not send to Service ${key}: no ReferenceGrant in namespace ${bns} allows it; requests routed to it get 500`;
       finding(path, 'RefNotPermitted', refused);
       unresolved ??= { reason: 'RefNotPermitted', message: `${path}: ${refused}` };
@@ -711,7 +729,7 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
           statusCode: f.requestRedirect.statusCode ?? 302,
         });
       case 'RequestMirror':
-        return { type: f.type, backend: backend(f.requestMirror.backendRef, `${path}.requestMirror.backendRef`, undefined), percent: f.requestMirror.percent ?? 100 };
+        return { type: f.type, backend: backend(f.requestMirror.backendRef, `${path}.requestMirror.backendRef`, undefined), percent: mirrorPercent(f.requestMirror) };
     }
   };
   const rules = (r.spec.rules ?? []).map((rule, i) => {

@@ -350,7 +350,7 @@ export type HTTPRouteFilter =
     }
   | {
       type: 'RequestMirror';
-      requestMirror: { backendRef: BackendRef; percent?: number };
+      requestMirror: { backendRef: BackendRef; percent?: number; fraction?: { numerator: number; denominator?: number } };
     };
 
 export interface RouteParentStatus {
@@ -441,11 +441,11 @@ export interface Telemetry {
 }
 
 /**
- * Gateway API ReferenceGrant (v1beta1): lets objects of `from` in other namespaces refer to objects
+ * Gateway API ReferenceGrant (v1beta1, or v1 from Gateway API v1.5): lets objects of `from` in other namespaces refer to objects
  * of `to` in this one. A cross-namespace backendRef needs one in the backend's namespace.
  */
 export interface ReferenceGrant {
-  apiVersion: 'gateway.networking.k8s.io/v1beta1';
+  apiVersion: 'gateway.networking.k8s.io/v1beta1' | 'gateway.networking.k8s.io/v1';
   kind: 'ReferenceGrant';
   metadata: ObjectMeta;
   spec: {
@@ -482,13 +482,15 @@ export interface KindInfo {
   namespaced: boolean;
   /** Objects of this kind carry a status the controller writes (Accepted/Invalid, Ready). */
   hasStatus: boolean;
+  /** Every apiVersion accepted for this kind, newest first (`apiVersion` is the one Weft writes and watches by default). */
+  apiVersions: readonly string[];
 }
 
-function kindInfo(kind: MeshKind, apiVersion: string, plural: string, namespaced: boolean, hasStatus: boolean): KindInfo {
+function kindInfo(kind: MeshKind, apiVersion: string, plural: string, namespaced: boolean, hasStatus: boolean, alsoAccepted: readonly string[] = []): KindInfo {
   const slash = apiVersion.indexOf('/');
   const group = slash < 0 ? '' : apiVersion.slice(0, slash);
   const version = slash < 0 ? apiVersion : apiVersion.slice(slash + 1);
-  return { kind, apiVersion, group, version, plural, namespaced, hasStatus };
+  return { kind, apiVersion, group, version, plural, namespaced, hasStatus, apiVersions: [...alsoAccepted, apiVersion] };
 }
 
 /** Every kind the controller reads, with its API coordinates. */
@@ -505,7 +507,7 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   Telemetry: kindInfo('Telemetry', WEFT_API_VERSION, 'telemetries', true, true),
   HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),
   GRPCRoute: kindInfo('GRPCRoute', GATEWAY_API_VERSION, 'grpcroutes', true, true),
-  ReferenceGrant: kindInfo('ReferenceGrant', 'gateway.networking.k8s.io/v1beta1', 'referencegrants', true, false),
+  ReferenceGrant: kindInfo('ReferenceGrant', 'gateway.networking.k8s.io/v1beta1', 'referencegrants', true, false, ['gateway.networking.k8s.io/v1']),
 };
 
 export function isMeshKind(kind: unknown): kind is MeshKind {

@@ -238,7 +238,7 @@ export function validateObject(input: unknown): ValidationIssue[] {
     return c.issues;
   }
   const info = KINDS[top.kind];
-  if (top.apiVersion !== info.apiVersion) c.fail('apiVersion', `must be ${info.apiVersion} for ${info.kind}, not ${describe(top.apiVersion)}`);
+  if (!info.apiVersions.includes(top.apiVersion as string)) c.fail('apiVersion', `must be ${info.apiVersions.join(' or ')} for ${info.kind}, not ${describe(top.apiVersion)}`);
   checkMetadata(c, top.metadata, info.namespaced, info.kind);
   VALIDATORS[info.kind](c, top);
   return c.issues;
@@ -731,9 +731,13 @@ function backendRef(c: Checker, v: unknown, p: string, extra: readonly string[] 
   const o = c.obj(v, p, true);
   if (!o) return undefined;
   c.only(o, p, ['group', 'kind', 'name', 'namespace', 'port', 'weight', ...extra]);
-  c.str(o.group, `${p}.group`, { oneOf: [''] });
-  c.str(o.kind, `${p}.kind`, { oneOf: ['Service'] });
-  c.str(o.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  // Any group and kind is accepted: a kind Weft cannot send to costs only its own requests (the
+  // controller marks the route ResolvedRefs False, InvalidKind, and they get 500; Gateway API
+  // HTTPRouteInvalidBackendRefUnknownKind), it never refuses the whole route.
+  const group = c.str(o.group, `${p}.group`, { pattern: /^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, patternText: 'an API group' });
+  const kind = c.str(o.kind, `${p}.kind`, { pattern: /^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$/, patternText: 'a kind' });
+  const isService = (group ?? '') === '' && (kind ?? 'Service') === 'Service';
+  c.str(o.name, `${p}.name`, { required: true, ...(isService ? { pattern: DNS1123_LABEL, patternText: 'a Service name' } : {}) });
   c.str(o.namespace, `${p}.namespace`, { pattern: DNS1123_LABEL, patternText: 'a namespace name' });
   c.int(o.port, `${p}.port`, { required: true, min: 1, max: 65535 });
   c.int(o.weight, `${p}.weight`, { min: 0, max: 1_000_000 });
@@ -842,9 +846,19 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
       case 'RequestMirror': {
         const o = c.obj(fo[field], bp, true);
         if (!o) break;
-        c.only(o, bp, ['backendRef', 'percent']);
+        c.only(o, bp, ['backendRef', 'percent', 'fraction']);
         backendRef(c, o.backendRef, `${bp}.backendRef`);
         c.int(o.percent, `${bp}.percent`, { min: 0, max: 100 });
+        // Gateway API HTTPRequestMirrorFilter: percent or fraction (numerator / denominator,
+        // denominator default 100), not both.
+        if (o.percent !== undefined && o.fraction !== undefined) c.fail(bp, 'only one of percent or fraction may be specified');
+        const fr = c.obj(o.fraction, `${bp}.fraction`);
+        if (fr) {
+          c.only(fr, `${bp}.fraction`, ['numerator', 'denominator']);
+          const num = c.int(fr.numerator, `${bp}.fraction.numerator`, { required: true, min: 0 });
+          const den = c.int(fr.denominator, `${bp}.fraction.denominator`, { min: 1 }) ?? 100;
+          if (num !== undefined && num > den) c.fail(`${bp}.fraction`, `numerator ${num} is greater than denominator ${den}`);
+        }
         break;
       }
     }

@@ -121,7 +121,6 @@ export const MESH_HTTP_TESTS: ConformanceTest[] = [
         { name: 'client in the Service namespace', request: get('/', undefined, `echo-v1.${NS}`), expect: { backend: 'echo-v1', absentResponseHeaders: ['X-Header-Set'] } },
       ]),
     ],
-    todo: 'issue 16 item 6: consumer routes apply to every caller (wp-policy branch: GAMMA consumer/producer routes)',
   },
   {
     name: 'MeshHTTPRouteSimpleSameNamespace',

@@ -264,6 +264,43 @@ test('consumer and producer routes, and ReferenceGrant for cross-namespace backe
   assert.equal(r.routeParents.get('HTTPRoute/shop/canary')![0]!.conditions.every((c) => c.status), true);
 });
 
+// Gateway API conformance MeshConsumerRoute: a consumer route sends to its own parent Service in the
+// producer namespace without a ReferenceGrant; any other Service there still needs one (the
+// attacker's consumer route cannot reach a Service its namespace did not address).
+// HTTPRouteInvalidBackendRefUnknownKind: Accepted, ResolvedRefs False InvalidKind, 500 for that backend.
+// HTTPRouteRequestPercentageMirror: `fraction` is a share like `percent`.
+test('a consumer route reaches its own parent without a grant; unknown backend kinds are InvalidKind; mirror fractions', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }), ns('evil'));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  i.services.push(svc('shop', 'payments'), svc('shop', 'ledger', { app: 'ledger' }, '10.96.0.40'));
+  const parentRefs = [{ group: '', kind: 'Service', name: 'payments', namespace: 'shop' }];
+  i.httpRoutes.push(
+    { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'own', namespace: 'evil' }, spec: { parentRefs, rules: [{ backendRefs: [{ name: 'payments', namespace: 'shop', port: 80 }] }] } },
+    { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'other', namespace: 'evil' }, spec: { parentRefs, rules: [{ backendRefs: [{ name: 'ledger', namespace: 'shop', port: 80 }] }] } },
+    {
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'kinds', namespace: 'shop' },
+      spec: {
+        parentRefs,
+        rules: [{
+          filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'ledger', port: 80 }, fraction: { numerator: 25, denominator: 50 } } }],
+          backendRefs: [{ group: 'unknownkind.example.com', kind: 'NonExistent', name: 'payments', port: 80 }],
+        }],
+      },
+    },
+  );
+  const r = compile(i);
+  const backendOf = (key: string) => r.model.routes.get(key)!.rules[0]!.backends[0]!;
+  assert.equal(backendOf('evil/own/HTTPRoute/shop/payments').refused, undefined);
+  assert.match(backendOf('evil/other/HTTPRoute/shop/payments').refused ?? '', /no ReferenceGrant in namespace shop/);
+  assert.match(backendOf('shop/kinds/HTTPRoute/shop/payments').refused ?? '', /unknownkind\.example\.com\/NonExistent is not a kind Weft sends to/);
+  const [accepted, resolved] = r.routeParents.get('HTTPRoute/shop/kinds')![0]!.conditions;
+  assert.deepEqual([accepted!.type, accepted!.status, resolved!.type, resolved!.status, resolved!.reason], ['Accepted', true, 'ResolvedRefs', false, 'InvalidKind']);
+  assert.ok(r.findings.some((f) => f.name === 'kinds' && f.reason === 'InvalidKind' && f.path === 'spec.rules[0].backendRefs[0]'));
+  const mirror = r.model.routes.get('shop/kinds/HTTPRoute/shop/payments')!.rules[0]!.filters[0]!;
+  assert.deepEqual(mirror.type === 'RequestMirror' ? mirror.percent : undefined, 50);
+});
+
 test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint quotaStore reaches its command line', () => {
   const i = emptyInputs();
   i.services.push(svc('shop', 'reviews'));

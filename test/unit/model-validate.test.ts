@@ -177,3 +177,29 @@ test('TrafficPolicy quota and Waypoint quotaStore are checked field by field', (
   assert.deepEqual(wp({ redis: 'redis://redis.shop:6379', failureMode: 'closed' }), []);
   assert.deepEqual(wp({ redis: 'http://x', failureMode: 'maybe' }).map((i) => i.path), ['spec.quotaStore.redis', 'spec.quotaStore.failureMode']);
 });
+
+// Gateway API: ReferenceGrant is served as v1 (v1.5+) and v1beta1; HTTPRequestMirrorFilter takes
+// `percent` or `fraction`, not both; a backendRef of an unknown kind is the controller's to report
+// (ResolvedRefs InvalidKind), not a reason to refuse the route.
+test('ReferenceGrant v1 and v1beta1, mirror percent or fraction, backendRefs of any kind', () => {
+  const grant = (apiVersion: string) => validateObject({
+    apiVersion, kind: 'ReferenceGrant', metadata: { name: 'g', namespace: 'web' },
+    spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'shop' }], to: [{ group: '', kind: 'Service' }] },
+  });
+  assert.deepEqual(grant('gateway.networking.k8s.io/v1'), []);
+  assert.deepEqual(grant('gateway.networking.k8s.io/v1beta1'), []);
+  assert.deepEqual(grant('gateway.networking.k8s.io/v1alpha2').map((i) => i.path), ['apiVersion']);
+  const route = (requestMirror: object, backendRef: object = { name: 'web', port: 80 }) => validateObject({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'a' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web' }], rules: [{ filters: [{ type: 'RequestMirror', requestMirror: { backendRef: { name: 'm', port: 80 }, ...requestMirror } }], backendRefs: [backendRef] }] },
+  }).map((i) => `${i.path}: ${i.message}`);
+  assert.deepEqual(route({ fraction: { numerator: 25, denominator: 50 } }), []);
+  assert.deepEqual(route({ fraction: { numerator: 5 } }), []);
+  const m = 'spec.rules[0].filters[0].requestMirror';
+  assert.deepEqual(route({ percent: 10, fraction: { numerator: 1 } }), [`${m}: only one of percent or fraction may be specified`]);
+  assert.deepEqual(route({ fraction: { numerator: 60, denominator: 50 } }), [`${m}.fraction: numerator 60 is greater than denominator 50`]);
+  assert.match(route({ fraction: { numerator: 1, denominator: 0 } })[0] ?? '', /^spec\.rules\[0\]\.filters\[0\]\.requestMirror\.fraction\.denominator: /);
+  assert.match(route({ fraction: {} })[0] ?? '', /fraction\.numerator: is required/);
+  assert.deepEqual(route({}, { group: 'unknownkind.example.com', kind: 'NonExistent', name: 'echo-v1', port: 8080 }), []);
+  assert.match(route({}, { group: 'Not A Group!', kind: 'X', name: 'echo', port: 8080 })[0] ?? '', /^spec\.rules\[0\]\.backendRefs\[0\]\.group: /);
+});

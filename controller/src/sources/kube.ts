@@ -101,13 +101,25 @@ export class KubeSource implements ConfigSource {
   async #served(kind: MeshKind): Promise<boolean> {
     const k = KINDS[kind];
     if (!k.group || k.group === 'discovery.k8s.io') return true;
-    try {
-      await this.#custom.listClusterCustomObject({ group: k.group, version: k.version, plural: k.plural, limit: 1 });
-      return true;
-    } catch (e) {
-      if ((e as { code?: number }).code === 404) return false;
-      return true; // another failure: let the informer retry it like any list
+    // A kind accepted in several versions (ReferenceGrant v1 and v1beta1) is watched in the
+    // newest one the API server serves.
+    for (const apiVersion of k.apiVersions) {
+      const version = apiVersion.slice(apiVersion.indexOf('/') + 1);
+      try {
+        await this.#custom.listClusterCustomObject({ group: k.group, version, plural: k.plural, limit: 1 });
+        this.#versions.set(kind, version);
+        return true;
+      } catch (e) {
+        if ((e as { code?: number }).code !== 404) return true; // another failure: let the informer retry it like any list
+      }
     }
+    return false;
+  }
+
+  /** The version each custom kind is watched in, when not its default (`#served` found it). */
+  readonly #versions = new Map<MeshKind, string>();
+  #version(kind: MeshKind): string {
+    return this.#versions.get(kind) ?? KINDS[kind].version;
   }
 
   async start(handler: SourceHandler): Promise<void> {
@@ -191,7 +203,7 @@ export class KubeSource implements ConfigSource {
 
   #path(kind: MeshKind): string {
     const k = KINDS[kind];
-    return k.group ? `/apis/${k.group}/${k.version}/${k.plural}` : `/api/${k.version}/${k.plural}`;
+    return k.group ? `/apis/${k.group}/${this.#version(kind)}/${k.plural}` : `/api/${k.version}/${k.plural}`;
   }
 
   #lister(kind: MeshKind): () => Promise<KubernetesListObject<KubernetesObject>> {
@@ -208,7 +220,7 @@ export class KubeSource implements ConfigSource {
       case 'EndpointSlice':
         return () => this.#discovery.listEndpointSliceForAllNamespaces();
       default:
-        return async () => (await this.#custom.listClusterCustomObject({ group: k.group, version: k.version, plural: k.plural })) as KubernetesListObject<KubernetesObject>;
+        return async () => (await this.#custom.listClusterCustomObject({ group: k.group, version: this.#version(kind), plural: k.plural })) as KubernetesListObject<KubernetesObject>;
     }
   }
 
