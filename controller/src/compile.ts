@@ -43,6 +43,7 @@ import {
   type CompiledRule,
   type Endpoint,
   type HeaderEdits,
+  type MeshHttpSettings,
   type MeshModel,
   type MtlsMode,
   type PeerAuthentication,
@@ -115,6 +116,8 @@ export interface CompileOptions {
   waypointRuntime?: ReadonlyMap<string, WaypointRuntime>;
   /** ServiceAccounts and images Waypoints may use (controller/src/waypoint-admission.ts). */
   waypointAllowList?: WaypointAllowList;
+  /** Mesh-wide HTTP settings every waypoint gets (path normalization, trusted proxies). */
+  meshHttp?: MeshHttpSettings;
 }
 
 /** A problem found while compiling that belongs in an object's status. */
@@ -250,6 +253,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     };
     const wpTelemetry = telemetryFor(ns, { [LABEL_WAYPOINT_FOR]: wp.metadata.name, 'app.kubernetes.io/name': wp.metadata.name });
     if (wpTelemetry) compiled.telemetry = wpTelemetry;
+    if (options.meshHttp && Object.keys(options.meshHttp).length > 0) compiled.http = options.meshHttp;
     model.waypoints.set(key, compiled);
   }
 

@@ -13,7 +13,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
-import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
+import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
 import { clusterCertificateAuthority } from './cluster/ca-secret.ts';
 import { EventRecorder } from './cluster/events.ts';
@@ -106,6 +106,8 @@ export interface ControllerMainOptions {
   waypointImage?: string;
   /** ServiceAccounts and images a Waypoint may name (controller/src/waypoint-admission.ts). */
   waypointAllowList?: WaypointAllowList;
+  /** Mesh-wide HTTP settings for every waypoint (path normalization, trusted proxies). */
+  meshHttp?: MeshHttpSettings;
   controllerAddress?: string;
   /** Local mode: starts waypoint processes; without it Waypoints stay NotReady. */
   launcher?: LocalWaypointLauncher;
@@ -194,7 +196,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}) },
+    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}), ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}) },
     logger: log,
     registry,
     ...(elector ? { leadership: elector } : {}),
@@ -367,6 +369,13 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --waypoint-service-accounts <sa,...>  ServiceAccounts a Waypoint may name besides its own name ("default" never)
   --waypoint-images <ref,...> images a Waypoint may name in spec.image (exact, or prefix*); default none
   --controller-address <h:p>  Kubernetes mode: address waypoints dial back
+  --path-normalization <mode> every waypoint's path normalization, as Istio's MeshConfig
+                              pathNormalization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES
+                              (default: the waypoint's own, BASE)
+  --escaped-slashes <action>  every waypoint's %2F/%5C handling: KEEP_UNCHANGED or REJECT_REQUEST
+  --num-trusted-proxies <n>   proxies in front of waypoints that append X-Forwarded-For (Istio
+                              gatewayTopology.numTrustedProxies; remote.ip is the entry n places
+                              from the right; default 0, the last entry)
   --insecure                  plaintext gRPC, no certificate service (debugging only)
   --require-client-identity   config stream needs node / namespace certificates (mTLS)
   --log-level <debug|info|warn|error>`;
@@ -398,6 +407,9 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'waypoint-service-accounts': { type: 'string', multiple: true },
       'waypoint-images': { type: 'string', multiple: true },
       'controller-address': { type: 'string' },
+      'path-normalization': { type: 'string' },
+      'escaped-slashes': { type: 'string' },
+      'num-trusted-proxies': { type: 'string' },
       insecure: { type: 'boolean' },
       'require-client-identity': { type: 'boolean' },
       'log-level': { type: 'string' },
@@ -445,6 +457,24 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   if (allowedSas?.includes('default')) throw new UsageError('--waypoint-service-accounts: "default" is never allowed (every pod of a namespace runs as it)');
   const allowedImages = list(values['waypoint-images']);
   if (allowedSas || allowedImages) set('waypointAllowList', { ...(allowedSas ? { serviceAccounts: allowedSas } : {}), ...(allowedImages ? { images: allowedImages } : {}) });
+  const meshHttp: MeshHttpSettings = {};
+  const pn = values['path-normalization'];
+  if (pn !== undefined) {
+    if (!(PATH_NORMALIZATIONS as readonly string[]).includes(pn)) throw new UsageError(`--path-normalization: "${pn}" is not one of ${PATH_NORMALIZATIONS.join(', ')}`);
+    meshHttp.pathNormalization = pn as PathNormalization;
+  }
+  const es = values['escaped-slashes'];
+  if (es !== undefined) {
+    if (!(ESCAPED_SLASHES_ACTIONS as readonly string[]).includes(es)) throw new UsageError(`--escaped-slashes: "${es}" is not one of ${ESCAPED_SLASHES_ACTIONS.join(', ')}`);
+    meshHttp.escapedSlashes = es as EscapedSlashesAction;
+  }
+  const ntp = values['num-trusted-proxies'];
+  if (ntp !== undefined) {
+    const n = Number(ntp);
+    if (!/^\d+$/.test(ntp) || n > MAX_TRUSTED_PROXIES) throw new UsageError(`--num-trusted-proxies: "${ntp}" is not a whole number from 0 to ${MAX_TRUSTED_PROXIES}`);
+    meshHttp.numTrustedProxies = n;
+  }
+  if (Object.keys(meshHttp).length > 0) set('meshHttp', meshHttp);
   set('controllerAddress', values['controller-address']);
   set('insecure', values.insecure);
   set('requireClientIdentity', values['require-client-identity']);

@@ -115,6 +115,34 @@ export interface Service {
   waypoint?: WaypointRef;
 }
 
+/** Istio MeshConfig `pathNormalization` modes (waypoint/src/normalize.ts says what each does). */
+export const PATH_NORMALIZATIONS = ['NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'] as const;
+export type PathNormalization = (typeof PATH_NORMALIZATIONS)[number];
+
+/** What happens to `%2F`/`%5C` outside DECODE_AND_MERGE_SLASHES (Envoy's names). */
+export const ESCAPED_SLASHES_ACTIONS = ['KEEP_UNCHANGED', 'REJECT_REQUEST'] as const;
+export type EscapedSlashesAction = (typeof ESCAPED_SLASHES_ACTIONS)[number];
+
+/** A sanity ceiling on numTrustedProxies (X-Forwarded-For hops in front of a waypoint). */
+export const MAX_TRUSTED_PROXIES = 32;
+
+/**
+ * Mesh-wide HTTP settings the controller gives every waypoint (its flags, as Istio's MeshConfig);
+ * an unset field leaves the waypoint's own flag or default in force.
+ */
+export interface MeshHttpSettings {
+  /** Istio MeshConfig pathNormalization. Waypoint default BASE. */
+  pathNormalization?: PathNormalization;
+  /** Waypoint default KEEP_UNCHANGED. */
+  escapedSlashes?: EscapedSlashesAction;
+  /**
+   * Istio gatewayTopology.numTrustedProxies (Envoy xff_num_trusted_hops): how many proxies in front
+   * of the waypoint append to X-Forwarded-For; `remote.ip` is the entry that many places from the
+   * right. Waypoint default 0 (the last entry).
+   */
+  numTrustedProxies?: number;
+}
+
 export interface Waypoint {
   name: string;
   namespace: string;
@@ -134,6 +162,8 @@ export interface Waypoint {
   workload?: WorkloadMeta;
   /** Telemetry settings for its pods (selectors see the reconciler's pod labels). */
   telemetry?: TelemetrySettings;
+  /** Mesh-wide HTTP settings (controller flags). */
+  http?: MeshHttpSettings;
 }
 
 // ---------------------------------------------------------------------------------------------

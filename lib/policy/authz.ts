@@ -120,15 +120,19 @@ export function ipInBlocks(blocks: readonly string[], ip: string): boolean {
 
 /**
  * The client address Envoy would call the downstream remote address of a request at a proxy that is
- * not the edge (use_remote_address false, xff_num_trusted_hops 0): the last X-Forwarded-For entry,
- * else the connection's source. Callers can write X-Forwarded-For, so `remote.ip` is no stronger
- * than what the last hop wrote; identity and `source.ip` come from the tunnel.
+ * not the edge (use_remote_address false) with `trustedHops` proxies in front of it (Istio
+ * gatewayTopology.numTrustedProxies, Envoy xff_num_trusted_hops): the X-Forwarded-For entry
+ * `trustedHops` places from the right (0: the last one). With fewer entries than that, or an entry
+ * that is not an address, the connection's source. Whoever is left of the trusted hops can write
+ * X-Forwarded-For, so `remote.ip` is no stronger than what the last trusted hop wrote; identity
+ * and `source.ip` come from the tunnel.
  */
-export function remoteIpOf(xff: string | readonly string[] | undefined, sourceIp: string | undefined): string | undefined {
+export function remoteIpOf(xff: string | readonly string[] | undefined, sourceIp: string | undefined, trustedHops = 0): string | undefined {
   const joined = Array.isArray(xff) ? xff.join(',') : (xff as string | undefined);
   if (joined) {
-    const last = joined.split(',').map((s) => s.trim()).filter((s) => s !== '').pop();
-    if (last !== undefined && isIP(last) !== 0) return last;
+    const entries = joined.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    const chosen = entries[entries.length - 1 - trustedHops];
+    if (chosen !== undefined && isIP(chosen) !== 0) return chosen;
   }
   return sourceIp;
 }

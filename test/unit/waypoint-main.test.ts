@@ -203,9 +203,13 @@ describe('waypoint flags', () => {
 
   it('reads --path-normalization and --escaped-slashes (Istio pathNormalization; default BASE, KEEP_UNCHANGED)', () => {
     const base = ['--namespace', 'a', '--name', 'b', '--controller', 'c:1'];
+    // Unset: the controller's mesh-wide setting applies, else the engine's defaults (BASE, KEEP_UNCHANGED, 0).
     const d = parseFlags(base, {});
-    assert.equal(d.pathNormalization, 'BASE');
-    assert.equal(d.escapedSlashes, 'KEEP_UNCHANGED');
+    assert.equal(d.pathNormalization, undefined);
+    assert.equal(d.escapedSlashes, undefined);
+    assert.equal(d.numTrustedProxies, undefined);
+    assert.equal(parseFlags([...base, '--num-trusted-proxies', '2'], {}).numTrustedProxies, 2);
+    assert.throws(() => parseFlags([...base, '--num-trusted-proxies=x'], {}), /--num-trusted-proxies/);
     const o = parseFlags([...base, '--path-normalization', 'MERGE_SLASHES', '--escaped-slashes', 'REJECT_REQUEST'], {});
     assert.equal(o.pathNormalization, 'MERGE_SLASHES');
     assert.equal(o.escapedSlashes, 'REJECT_REQUEST');

@@ -5,7 +5,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Gauge } from 'prom-client';
-import type { Service, WaypointConfig, WorkloadMeta } from '../../lib/model/mesh.ts';
+import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
@@ -92,10 +92,15 @@ export interface WaypointEngineOptions {
   maxRequests?: number;
   /** Source of randomness (weighted routing, LB, faults, backoff). */
   random?: () => number;
-  /** Request path normalization (Istio MeshConfig pathNormalization). Default BASE. */
+  /**
+   * Request path normalization (Istio MeshConfig pathNormalization). Set: this waypoint's own
+   * (flag), over the controller's mesh-wide setting; unset: the controller's, else BASE.
+   */
   pathNormalization?: PathNormalization;
-  /** `%2F`/`%5C` in paths outside DECODE_AND_MERGE_SLASHES. Default KEEP_UNCHANGED. */
+  /** `%2F`/`%5C` in paths outside DECODE_AND_MERGE_SLASHES; as pathNormalization, default KEEP_UNCHANGED. */
   escapedSlashes?: EscapedSlashesAction;
+  /** X-Forwarded-For hops trusted for `remote.ip` (Istio numTrustedProxies); as pathNormalization, default 0. */
+  numTrustedProxies?: number;
 }
 
 export interface AppliedConfig {
@@ -137,6 +142,8 @@ export class WaypointEngine {
   private closed = false;
   /** Last rejection, for the admin endpoint. */
   lastRejection: ConfigRejectedError | undefined;
+  /** HTTP settings set on this waypoint itself (flags); they win over the controller's mesh-wide ones. */
+  private readonly ownHttp: MeshHttpSettings;
 
   constructor(opts: WaypointEngineOptions) {
     this.namespace = opts.namespace;
@@ -180,11 +187,15 @@ export class WaypointEngine {
       limits: this.limits,
       admission,
       waypoint: `${opts.namespace}/${opts.name}`,
-      normalize: {
-        pathNormalization: opts.pathNormalization ?? DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
-        escapedSlashes: opts.escapedSlashes ?? DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
-      },
+      normalize: { ...DEFAULT_NORMALIZE_OPTIONS },
+      numTrustedProxies: 0,
     };
+    this.ownHttp = {
+      ...(opts.pathNormalization ? { pathNormalization: opts.pathNormalization } : {}),
+      ...(opts.escapedSlashes ? { escapedSlashes: opts.escapedSlashes } : {}),
+      ...(opts.numTrustedProxies !== undefined ? { numTrustedProxies: opts.numTrustedProxies } : {}),
+    };
+    this.applyHttpSettings(undefined);
 
     this.h1 = http.createServer({
       maxHeaderSize: this.limits.maxHeaderBytes,
@@ -252,8 +263,30 @@ export class WaypointEngine {
     const self = cfg.waypoints.find((w) => w.name === this.name && w.namespace === this.namespace);
     this.telemetry.setSelf(self?.workload);
     this.telemetry.configure(self?.telemetry);
+    this.applyHttpSettings(self?.http);
     this.telemetry.configApplies.inc({ result: next.issues.length > 0 ? 'partial' : 'applied' });
     return { version: next.version, services: next.services.size, routes: cfg.routes.length, policies: cfg.policies.length, issues: [...next.issues] };
+  }
+
+  /**
+   * The HTTP settings in force: this waypoint's own flags, else the controller's mesh-wide ones
+   * (`mesh`, from this waypoint's entry in the config), else the defaults. A mesh-wide value this
+   * waypoint does not know (a newer controller) is ignored.
+   */
+  private applyHttpSettings(mesh: MeshHttpSettings | undefined): void {
+    const known = <T extends string>(v: T | undefined, names: readonly string[]) => (v !== undefined && names.includes(v) ? v : undefined);
+    const n = mesh?.numTrustedProxies;
+    const meshTrusted = Number.isInteger(n) && n! >= 0 && n! <= MAX_TRUSTED_PROXIES ? n : undefined;
+    this.env.normalize = {
+      pathNormalization: this.ownHttp.pathNormalization ?? known(mesh?.pathNormalization, PATH_NORMALIZATIONS) ?? DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
+      escapedSlashes: this.ownHttp.escapedSlashes ?? known(mesh?.escapedSlashes, ESCAPED_SLASHES_ACTIONS) ?? DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
+    };
+    this.env.numTrustedProxies = this.ownHttp.numTrustedProxies ?? meshTrusted ?? 0;
+  }
+
+  /** The HTTP settings in force (admin config dump, tests). */
+  get httpSettings(): Required<MeshHttpSettings> {
+    return { ...this.env.normalize, numTrustedProxies: this.env.numTrustedProxies };
   }
 
   /** Validates a configuration without applying it (the config stream's NACK check). */

@@ -26,7 +26,8 @@ import { FlagError, formatConfigIssue } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
 import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
-import { DEFAULT_NORMALIZE_OPTIONS, ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
+import { ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
+import { MAX_TRUSTED_PROXIES } from '../../lib/model/mesh.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
 
@@ -60,9 +61,13 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
                                (default ${DEFAULT_MAX_REQUESTS})
   --path-normalization <mode>  NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES, as Istio's
                                MeshConfig pathNormalization; applied before routing and policy, and
-                               what is forwarded (default BASE)
+                               what is forwarded (default: the controller's mesh-wide
+                               --path-normalization, else BASE)
   --escaped-slashes <action>   %2F/%5C in paths (except under DECODE_AND_MERGE_SLASHES): KEEP_UNCHANGED
-                               or REJECT_REQUEST (400) (default KEEP_UNCHANGED)`;
+                               or REJECT_REQUEST (400) (default: the controller's, else KEEP_UNCHANGED)
+  --num-trusted-proxies <n>    proxies in front of this waypoint that append X-Forwarded-For; remote.ip
+                               is the entry n places from the right (Istio numTrustedProxies; default:
+                               the controller's, else 0)`;
 
 export interface HostPort { host: string; port: number }
 
@@ -97,10 +102,12 @@ export interface WaypointMainOptions {
   certLifetimeSeconds: number;
   /** --max-requests. */
   maxRequests: number;
-  /** --path-normalization. */
-  pathNormalization: PathNormalization;
-  /** --escaped-slashes. */
-  escapedSlashes: EscapedSlashesAction;
+  /** --path-normalization; unset: the controller's mesh-wide setting, else BASE. */
+  pathNormalization?: PathNormalization;
+  /** --escaped-slashes; unset: the controller's, else KEEP_UNCHANGED. */
+  escapedSlashes?: EscapedSlashesAction;
+  /** --num-trusted-proxies; unset: the controller's, else 0. */
+  numTrustedProxies?: number;
 }
 
 /** The longest timeout a flag takes: a day (timers take at most 2^31-1 ms). */
@@ -168,7 +175,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
         'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
         'cert-lifetime': { type: 'string' }, 'max-requests': { type: 'string' },
-        'path-normalization': { type: 'string' }, 'escaped-slashes': { type: 'string' },
+        'path-normalization': { type: 'string' }, 'escaped-slashes': { type: 'string' }, 'num-trusted-proxies': { type: 'string' },
       },
       strict: true,
     }));
@@ -199,13 +206,13 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
     certLifetimeSeconds: 0,
     maxRequests: DEFAULT_MAX_REQUESTS,
-    pathNormalization: DEFAULT_NORMALIZE_OPTIONS.pathNormalization,
-    escapedSlashes: DEFAULT_NORMALIZE_OPTIONS.escapedSlashes,
   };
   const pn = s('path-normalization');
   if (pn !== undefined) o.pathNormalization = oneOfFlag('path-normalization', pn, PATH_NORMALIZATIONS);
   const es = s('escaped-slashes');
   if (es !== undefined) o.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS);
+  const ntp = s('num-trusted-proxies');
+  if (ntp !== undefined) o.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES);
   const mr = s('max-requests');
   if (mr !== undefined) o.maxRequests = countFlag('max-requests', mr, 'requests', 1, MAX_REQUESTS_CEILING);
   const cl = s('cert-lifetime');
@@ -279,8 +286,9 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     requestHeadersTimeoutMs: o.headerTimeoutMs,
     idleTimeoutMs: o.idleTimeoutMs,
     maxRequests: o.maxRequests,
-    pathNormalization: o.pathNormalization,
-    escapedSlashes: o.escapedSlashes,
+    ...(o.pathNormalization ? { pathNormalization: o.pathNormalization } : {}),
+    ...(o.escapedSlashes ? { escapedSlashes: o.escapedSlashes } : {}),
+    ...(o.numTrustedProxies !== undefined ? { numTrustedProxies: o.numTrustedProxies } : {}),
     telemetry: {
       accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); } : null,
       entries: (json: string) => flows.publishLine(json),

@@ -19,13 +19,10 @@
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
 import { splitHostPort } from './headers.ts';
+import type { EscapedSlashesAction, PathNormalization } from '../../lib/model/mesh.ts';
 
-export const PATH_NORMALIZATIONS = ['NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'] as const;
-export type PathNormalization = (typeof PATH_NORMALIZATIONS)[number];
-
-/** What happens to `%2F`/`%5C` outside DECODE_AND_MERGE_SLASHES (Envoy's names). */
-export const ESCAPED_SLASHES_ACTIONS = ['KEEP_UNCHANGED', 'REJECT_REQUEST'] as const;
-export type EscapedSlashesAction = (typeof ESCAPED_SLASHES_ACTIONS)[number];
+// The mode names are the mesh model's (the controller sets them mesh-wide, lib/model/mesh.ts).
+export { PATH_NORMALIZATIONS, ESCAPED_SLASHES_ACTIONS, type PathNormalization, type EscapedSlashesAction } from '../../lib/model/mesh.ts';
 
 export interface NormalizeOptions {
   /** Default BASE. */

@@ -67,6 +67,8 @@ export interface ProxyEnv {
   waypoint: string;
   /** Path normalization (Istio MeshConfig pathNormalization). */
   normalize: NormalizeOptions;
+  /** X-Forwarded-For hops trusted for `remote.ip` (Istio numTrustedProxies). */
+  numTrustedProxies: number;
 }
 
 /** The destination service port the request was addressed to (set by `resolve`). */
@@ -468,7 +470,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
   };
   if (conn.clientAddress) ctx.directIp = conn.clientAddress;
-  const remoteIp = remoteIpOf(headerValue(headers, 'x-forwarded-for'), ctx.directIp);
+  const remoteIp = remoteIpOf(headerValue(headers, 'x-forwarded-for'), ctx.directIp, env.numTrustedProxies);
   if (remoteIp) ctx.remoteIp = remoteIp;
   res.on('close', () => {
     if (!res.writableFinished) {
