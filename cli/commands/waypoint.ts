@@ -15,6 +15,8 @@ interface Flags extends OutputFlags {
   node?: string;
   enrollNamespace?: boolean;
   maxRequests?: string;
+  quotaRedis?: string;
+  quotaFailureMode?: string;
   allNamespaces?: boolean;
 }
 
@@ -45,10 +47,13 @@ export function waypointCommand(io: CommandIo = processIo): Command {
       await applyWaypoint(st, {
         namespace: needNamespace(f), name: f.name, ...(f.node ? { node: f.node } : {}), enrollNamespace: f.enrollNamespace ?? false, say,
         ...(f.maxRequests !== undefined ? { maxRequests: maxRequestsFlag(f.maxRequests) } : {}),
+        ...(f.quotaRedis !== undefined ? { quotaStore: { redis: f.quotaRedis, ...(f.quotaFailureMode ? { failureMode: f.quotaFailureMode as 'open' | 'closed' } : {}) } } : {}),
       });
     })
       .option('--node <node>', 'node for the waypoint pod (default: the node with the fewest pods)')
       .option('--max-requests <n>', 'requests in progress at once in the waypoint (spec.maxRequests); beyond it 503 at once (default 10000)')
+      .option('--quota-redis <url>', 'Redis the replicas share for TrafficPolicy quotas (spec.quotaStore.redis, redis://host:port)')
+      .option('--quota-failure-mode <open|closed>', 'when Redis is unreachable: admit (open, default) or refuse (closed) (spec.quotaStore.failureMode)')
       .option('--enroll-namespace', 'label the namespace weft.dev/use-waypoint=<name> so its services use the waypoint'))
     .addCommand(outputOptions(sub('list', 'waypoints, their addresses and readiness as the agents see them', io, async (st, f) => {
       const ws = await waypointStatuses(st, f.allNamespaces || !f.namespace ? {} : { namespace: f.namespace });

@@ -15,6 +15,8 @@ import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './networ
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
 import { AGENT_NODE_OPTIONS } from '../install/names.ts';
+import { assertValid } from '../../lib/model/validate.ts';
+import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
@@ -69,6 +71,11 @@ export interface WaypointOptions {
   extraArgs?: string[];
   /** The Waypoint's spec.maxRequests, passed to each replica as --max-requests. */
   maxRequests?: number;
+  /**
+   * The Waypoint's spec.quotaStore (a Redis shared by the replicas), passed to each replica as
+   * --quota-redis / --quota-failure-mode, as the controller's Deployment does.
+   */
+  quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
@@ -303,11 +310,15 @@ export class LocalMesh {
     const replicas = opts.replicas ?? 1;
     if (!Number.isInteger(replicas) || replicas < 1) throw new Error(`waypoint ${namespace}/${name}: replicas must be a positive integer, not ${replicas}`);
     const nodes = opts.nodes && opts.nodes.length > 0 ? opts.nodes : [nodeName];
-    this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [{
-      apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace },
-      ...(opts.maxRequests !== undefined ? { spec: { maxRequests: opts.maxRequests } } : {}),
-    }]);
-    const limit = opts.maxRequests !== undefined ? ['--max-requests', String(opts.maxRequests)] : [];
+    const spec = {
+      ...(opts.maxRequests !== undefined ? { maxRequests: opts.maxRequests } : {}),
+      ...(opts.quotaStore ? { quotaStore: opts.quotaStore } : {}),
+    };
+    const object = { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace }, ...(Object.keys(spec).length > 0 ? { spec } : {}) };
+    // The object the controller will read, checked as it will be (a bad value named by field path).
+    assertValid(object);
+    this.writeConfig(`waypoint-${namespace}-${name}.yaml`, [object]);
+    const limit = waypointSpecArgs(spec);
     const started: Workload[] = [];
     for (let i = 0; i < replicas; i++) {
       const node = nodes[i % nodes.length]!;

@@ -31,6 +31,8 @@ export interface WaypointApplyOptions {
   enrollNamespace?: boolean;
   /** The Waypoint's spec.maxRequests (the waypoint's --max-requests). */
   maxRequests?: number;
+  /** The Waypoint's spec.quotaStore (the waypoint's --quota-redis, --quota-failure-mode). */
+  quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
   say: (line: string) => void;
   /** How long to wait for the pod and the agents to see it ready; default 60 s. */
   timeoutMs?: number;
@@ -116,7 +118,7 @@ export async function applyWaypoint(st: LocalState, o: WaypointApplyOptions): Pr
   if (existing.length > 0) {
     o.say(`waypoint ${o.namespace}/${o.name} already runs (${existing.map((p) => `${p.name} on ${p.node}`).join(', ')}); unchanged`);
   } else {
-    const w = mesh.startWaypoint(node, o.namespace, o.name, o.maxRequests !== undefined ? { maxRequests: o.maxRequests } : {});
+    const w = mesh.startWaypoint(node, o.namespace, o.name, { ...(o.maxRequests !== undefined ? { maxRequests: o.maxRequests } : {}), ...(o.quotaStore ? { quotaStore: o.quotaStore } : {}) });
     st.pods.push({ namespace: o.namespace, name: w.spec.name, node, ip: w.pod.ip, netns: w.pod.netns });
     writeState(st);
     o.say(`waypoint ${o.namespace}/${o.name} created: pod ${w.spec.name} on ${node} (${w.pod.ip}), log ${join(mesh.logDir, `pod-${o.namespace}-${w.spec.name}.log`)}`);

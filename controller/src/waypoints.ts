@@ -23,6 +23,7 @@ import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../l
 import type { WaypointRuntime } from './compile.ts';
 import type { WaypointDriver } from './controller.ts';
 import { silentLogger, type Logger } from './log.ts';
+import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
 /** What a launcher needs to run one waypoint. */
 export interface WaypointLaunchSpec {
@@ -191,10 +192,10 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     '--spiffe-id', spec.spiffeId,
     '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
     '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
-    ...(spec.maxRequests !== undefined ? ['--max-requests', String(spec.maxRequests)] : []),
-    ...(spec.quotaStore ? ['--quota-redis', spec.quotaStore.redis, ...(spec.quotaStore.failureMode ? ['--quota-failure-mode', spec.quotaStore.failureMode] : [])] : []),
+    ...waypointSpecArgs(spec),
   ];
 }
+
 
 type Inf<T extends KubernetesObject> = Informer<T> & ObjectCache<T>;
 

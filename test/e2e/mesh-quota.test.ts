@@ -1,6 +1,7 @@
-// A quota shared by two waypoint replicas, end to end: namespace `quota` has a waypoint with two
-// replicas on different nodes, both started with `--quota service=quota/api,limit=20,window=1m`
-// and one Redis (redis-server in a pod of its own, outside the mesh). The client's agent spreads
+// A quota shared by two waypoint replicas, end to end and set only by objects: namespace `quota` has
+// a Waypoint with two replicas on different nodes whose spec.quotaStore names one Redis
+// (redis-server in a pod of its own, outside the mesh, failureMode closed), and a TrafficPolicy
+// quota of 20 requests a minute on Service `api`. The client's agent spreads
 // connections over the replicas; the total admitted across both is the quota, and each replica
 // both admitted and refused some, so the count was shared, not per replica.
 import { test, before } from 'node:test';
@@ -43,6 +44,7 @@ before(async () => {
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'infra', labels: { 'weft.dev/dataplane-mode': 'none' } } },
     svc('api', '10.96.3.10'),
     svc('warm', '10.96.3.11'),
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'api-quota', namespace: 'quota' }, spec: { targetRef: { kind: 'Service', name: 'api' }, quota: { requests: LIMIT, window: '1m' } } },
   ]);
   const redis = mesh.addWorkload({
     node: 'node1', namespace: 'infra', name: 'redis', labels: { app: 'redis' },
@@ -57,7 +59,7 @@ before(async () => {
   mesh.startAgents();
   mesh.startWaypoint('node1', 'quota', 'waypoint', {
     replicas: 2, nodes: ['node1', 'node2'],
-    extraArgs: ['--quota-redis', `redis://${redis.pod.ip}:6379`, '--quota', `service=quota/api,limit=${LIMIT},window=1m`, '--quota-failure-mode', 'closed'],
+    quotaStore: { redis: `redis://${redis.pod.ip}:6379`, failureMode: 'closed' },
   });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('quota');
