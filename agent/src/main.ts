@@ -35,8 +35,11 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
   --log-level debug|info|warn|error
        agent/src/main.ts --uninstall [--pin-root <path>] [--cgroup <path>] [--bpf-objects <dir>] [--ready-file <path>]
+                             [--cni-conf-dir <dir> [--cni-bin-dir <dir>]]
   --uninstall                detach every Weft program and remove every pin of this node, then exit
-                             (with --ready-file: create it and wait for SIGTERM, as a DaemonSet pod)`;
+                             (with --ready-file: create it and wait for SIGTERM, as a DaemonSet pod)
+  --cni-conf-dir/--cni-bin-dir  with --uninstall: first take the chained plugin weft-cni out of every
+                             *.conflist there and remove its binary (it would fail new pods closed)`;
 
 function fail(msg: string): never {
   process.stderr.write(`agent: ${msg}\n${USAGE}\n`);
@@ -80,11 +83,21 @@ const { values } = parseArgs({
     'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     uninstall: { type: 'boolean' },
+    'cni-conf-dir': { type: 'string' },
+    'cni-bin-dir': { type: 'string' },
   },
 });
 
 if (values.uninstall) {
   const { uninstallDatapath } = await import('./uninstall.ts');
+  if (values['cni-conf-dir']) {
+    // The plugin first: from here on, new pods start without asking an agent.
+    const { removeWeftCni } = await import('../cni/install.ts');
+    const cni = removeWeftCni({ confDir: values['cni-conf-dir'], ...(values['cni-bin-dir'] ? { binDir: values['cni-bin-dir'] } : {}) });
+    process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: cni.unreadable.length > 0 ? 'warn' : 'info', msg: cni.conflists.length > 0 || cni.binary ? 'chained CNI plugin removed: new pods no longer ask an agent' : 'no chained CNI plugin on this node', ...cni })}\n`);
+  } else if (values['cni-bin-dir']) {
+    fail('--cni-bin-dir goes with --cni-conf-dir');
+  }
   const removed = uninstallDatapath({
     ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
     ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),

@@ -3,7 +3,8 @@
 // what makes an agent restart seamless), and every enrolled pod's connect() to a mesh address keeps
 // landing on port 15001 where nobody listens any more. It adopts the pinned links, detaches every
 // cgroup and pod program, and removes every pin under the pin root. `weftctl uninstall` runs it on
-// every node (a cleanup DaemonSet) after the agent DaemonSet is gone.
+// every node (a cleanup DaemonSet) after the agent DaemonSet is gone. Given the host's CNI folders,
+// it first takes the chained plugin out of the chain (agent/cni/install.ts removeWeftCni).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Datapath, DEFAULT_PIN_DIR, type DatapathOptions } from './datapath/index.ts';

@@ -305,12 +305,13 @@ const UNINSTALLED_FILE = '/tmp/weft-uninstalled';
 
 /**
  * `weftctl uninstall`'s cleanup DaemonSet: on every node, after the agents are gone, the same image
- * runs `agent --uninstall`, which detaches the programs and removes the pins under
- * /sys/fs/bpf/weft (agent/src/uninstall.ts), then reports ready and waits to be deleted.
+ * runs `agent --uninstall`, which takes the chained CNI plugin out of the node's conflist (it would
+ * fail every new pod closed with no agent to answer), detaches the programs and removes the pins
+ * under /sys/fs/bpf/weft (agent/src/uninstall.ts), then reports ready and waits to be deleted.
  */
 export function renderAgentCleanup(o: ResolvedInstallOptions): IDaemonSet {
   const agent = agentContainer(o);
-  const volumes = AGENT_HOST_VOLUMES.filter((v) => v.volume.name === 'bpffs' || v.volume.name === 'cgroup');
+  const volumes = [...AGENT_HOST_VOLUMES.filter((v) => v.volume.name === 'bpffs' || v.volume.name === 'cgroup'), ...CNI_HOST_VOLUMES];
   return {
     apiVersion: 'apps/v1',
     kind: 'DaemonSet',
@@ -329,10 +330,11 @@ export function renderAgentCleanup(o: ResolvedInstallOptions): IDaemonSet {
           containers: [{
             name: 'uninstall',
             image: o.image,
-            args: ['agent', '--uninstall', '--cgroup', AGENT_PATHS.cgroupRoot, '--ready-file', UNINSTALLED_FILE],
+            args: ['agent', '--uninstall', '--cgroup', AGENT_PATHS.cgroupRoot, '--cni-conf-dir', AGENT_PATHS.hostCniConf, '--cni-bin-dir', AGENT_PATHS.hostCniBin, '--ready-file', UNINSTALLED_FILE],
             readinessProbe: { exec: { command: ['test', '-f', UNINSTALLED_FILE] }, periodSeconds: 1 },
             resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { cpu: '500m', memory: '256Mi' } },
-            securityContext: agent.securityContext!,
+            // The agent's, plus what install-cni has to rewrite the host's conflist.
+            securityContext: { ...agent.securityContext!, capabilities: { drop: ['ALL'], add: [...AGENT_CAPABILITIES.map((c) => c.name), 'DAC_OVERRIDE'] } },
             volumeMounts: [...volumes.map((v) => v.mount), { name: 'tmp', mountPath: '/tmp' }],
           }],
           volumes: [...volumes.map((v) => v.volume), { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } }],

@@ -169,3 +169,43 @@ test('install-cni copies the plugin and chains it last in the node\'s first conf
   rmSync(join(conf, '99-other.conflist'));
   assert.equal(await run(), 1);
 });
+
+// Issue 15: the plugin fails a pod's network setup when no agent answers, so uninstall must take it
+// out of the chain, or every new pod on the node would fail to start once the agents are gone.
+test('agent --uninstall takes weft-cni out of every conflist and removes its binary, leaving the other plugins; idempotent', async () => {
+  const { mkdirSync, writeFileSync, readFileSync, copyFileSync } = await import('node:fs');
+  const bin = join(dir, 'uninstall-bin');
+  const conf = join(dir, 'uninstall-conf');
+  mkdirSync(bin);
+  mkdirSync(conf);
+  copyFileSync(CNI_PLUGIN, join(bin, 'weft-cni'));
+  const main = { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'ptp' }, { type: 'portmap', capabilities: { portMappings: true } }] };
+  const chained = { ...main, plugins: [...main.plugins, { type: 'weft-cni', agentSocket: '/var/run/weft/cni.sock', excludeNamespaces: ['kube-system'] }] };
+  writeFileSync(join(conf, '10-ptp.conflist'), JSON.stringify(chained));
+  writeFileSync(join(conf, '20-other.conflist'), JSON.stringify(main));
+  writeFileSync(join(conf, '30-broken.conflist'), '{ not json');
+  const other = readFileSync(join(conf, '20-other.conflist'), 'utf8');
+  // The agent in uninstall mode, as the cleanup DaemonSet runs it (no BPF pinned under this root).
+  const run = () => new Promise<{ code: number | null; out: string }>((resolve) => {
+    const c = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'agent', 'src', 'main.ts'), '--uninstall',
+      '--pin-root', join(dir, 'no-pins'), '--cni-conf-dir', conf, '--cni-bin-dir', bin], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    c.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    c.once('close', (code) => resolve({ code, out }));
+  });
+  const first = await run();
+  assert.equal(first.code, 0, first.out);
+  assert.deepEqual(JSON.parse(readFileSync(join(conf, '10-ptp.conflist'), 'utf8')), main, 'the chain as the network plugin wrote it');
+  assert.equal(readFileSync(join(conf, '20-other.conflist'), 'utf8'), other, 'a conflist without weft-cni is not rewritten');
+  assert.equal(readFileSync(join(conf, '30-broken.conflist'), 'utf8'), '{ not json', 'an unreadable file is left alone');
+  assert.equal(existsSync(join(bin, 'weft-cni')), false);
+  const line = first.out.split('\n').map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return undefined; } }).find((l) => l?.['msg'] !== undefined && String(l['msg']).includes('CNI'));
+  assert.ok(line, first.out);
+  assert.equal(line['level'], 'warn', 'the unreadable conflist is reported');
+  assert.deepEqual(line['conflists'], [join(conf, '10-ptp.conflist')]);
+  assert.deepEqual(line['unreadable'], [join(conf, '30-broken.conflist')]);
+  const second = await run();
+  assert.equal(second.code, 0, second.out);
+  assert.match(second.out, /no chained CNI plugin on this node/);
+});
