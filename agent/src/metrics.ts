@@ -69,24 +69,46 @@ export class AgentMetrics {
   }
 
   #certs: CertManager | undefined;
-  #kernelSeen = new Map<string, number>();
+  /** Per kernel refusal reason: events counted with labels, counts added as `unknown`, the counter at the last scrape. */
+  #kernel = new Map<string, { events: number; unknown: number; prev: number | undefined }>();
   #refreshKernel: (() => void) | undefined;
+
+  #kernelState(reason: string): { events: number; unknown: number; prev: number | undefined } {
+    let st = this.#kernel.get(reason);
+    if (!st) this.#kernel.set(reason, st = { events: 0, unknown: 0, prev: undefined });
+    return st;
+  }
+
+  /**
+   * One refusal the kernel reported on its ring buffer (weft_refusals), counted in
+   * weft_connections_denied_total{reporter="kernel", reason} with the refused destination's workload
+   * labels from the model (`unknown` when the address is no local workload's).
+   */
+  kernelRefusal(reason: string, dest: { name: string; namespace: string } | undefined): void {
+    this.denied.inc({ reporter: 'kernel', reason, destination_workload: dest?.name ?? 'unknown', destination_workload_namespace: dest?.namespace ?? 'unknown' });
+    this.#kernelState(reason).events++;
+  }
 
   /**
    * Refusals the kernel made before any connection reached the agent (a RST to a STRICT pod, a
-   * dropped fragment, IPv6, no agent listener), added at each scrape to
-   * weft_connections_denied_total{reporter="kernel", reason=<BPF counter>}; `read` returns the
-   * node-wide BPF counters by name.
+   * dropped fragment, IPv6, no agent listener) are counted per ring-buffer event (kernelRefusal);
+   * the node-wide BPF counters (`read`, by name) are the total. At each scrape, what the counters
+   * counted up to the previous scrape and no event accounted for (a full ring, refusals from before
+   * this agent started) is added with destination `unknown`: one scrape late, so that an event
+   * still on its way is not counted twice.
    */
   watchKernelRefusals(read: () => Record<string, number>): void {
-    const seen = this.#kernelSeen;
     this.#refreshKernel = () => {
       let now: Record<string, number>;
       try { now = read(); } catch { return; }
       for (const [reason, n] of Object.entries(now)) {
-        const delta = n - (seen.get(reason) ?? 0);
-        if (delta > 0) this.denied.inc({ reporter: 'kernel', reason, destination_workload: 'unknown', destination_workload_namespace: 'unknown' }, delta);
-        seen.set(reason, n);
+        const st = this.#kernelState(reason);
+        const due = st.prev === undefined ? 0 : st.prev - st.events - st.unknown;
+        if (due > 0) {
+          this.denied.inc({ reporter: 'kernel', reason, destination_workload: 'unknown', destination_workload_namespace: 'unknown' }, due);
+          st.unknown += due;
+        }
+        st.prev = n;
       }
     };
   }

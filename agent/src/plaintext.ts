@@ -122,6 +122,9 @@ export class PlaintextInbound {
    * counters and weft_connections_denied_total{reporter="kernel"} count every one).
    */
   kernelRefused(r: Refusal): void {
+    const dest = r.dst.ip !== '0.0.0.0' ? this.#o.state.localWorkload(r.dst.ip) : undefined;
+    // Every one is counted, with the refused pod's workload labels; only the log line is rate limited.
+    this.#o.metrics.kernelRefusal(r.reason, dest ? { name: dest.workloadName, namespace: dest.namespace } : undefined);
     const second = Math.floor(Date.now() / 1000);
     const w = this.#logWindow;
     if (second !== w.second) {
@@ -133,7 +136,6 @@ export class PlaintextInbound {
       return;
     }
     this.#logWindow.lines++;
-    const dest = r.dst.ip !== '0.0.0.0' ? this.#o.state.localWorkload(r.dst.ip) : undefined;
     const what = KERNEL_REASONS[r.reason] ?? { denied: `refused in the kernel (${r.reason})` };
     this.#o.accessLog({
       direction: 'inbound', reporter: 'kernel', src: `${r.src.ip}:${r.src.port}`, dst: `${r.dst.ip}:${r.dst.port}`,

@@ -114,6 +114,9 @@ test('a node process (not the kubelet) gets no plaintext into a STRICT pod: RST 
   assert.equal(r.code, 7, `curl could not connect (refused at once): ${r.stdout}${r.stderr}`);
   assert.ok((await bpf('node2')).counters.strict_denied! > before, 'counted in the kernel');
   assert.ok(deniedMetric(await mesh.agentMetrics('node2'), { reporter: 'kernel', reason: 'strict_denied' }) >= 1);
+  // The refused pod's workload labels come from the model (the ring buffer event's destination).
+  await until('weft_connections_denied_total names the refused workload', async () =>
+    deniedMetric(await mesh.agentMetrics('node2'), { reporter: 'kernel', reason: 'strict_denied', destination_workload: 'echo', destination_workload_namespace: 'demo' }) >= 1, 5_000);
   await until('an access-log line for the kernel\'s refusal', () => deniedLines('node2').some((l) =>
     l.reporter === 'kernel' && l.reason === 'strict_denied' && l.dst_workload === 'echo' && l.policy === 'mtls:STRICT' && String(l.src).startsWith(`${mesh.node('node2').ip}:`)), 5_000);
 });
