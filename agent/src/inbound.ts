@@ -11,7 +11,7 @@ import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
-import { tunnelClient } from './forwarded.ts';
+import { tunnelClient } from '../../lib/hbone/index.ts';
 
 export interface InboundOptions {
   node: string;

@@ -1,7 +1,22 @@
 // The `forwarded` request header of an HBONE CONNECT (RFC 7239): the source says which client it
 // carries, as `for="<ip>:<port>"`. Parsed strictly: a value the grammar does not allow is no
 // address at all, so a sloppy or hostile header can never be half-read into one.
+//
+// Who the client of an inbound HBONE tunnel is. The TCP peer of port 15008 is the source's agent
+// (its node address) or a waypoint, never the application, so the source says which client it
+// carries in `forwarded: for="ip:port"`. That is a claim, and policy (`ipBlocks`) and the server's
+// accept() rest on it, so it is honoured only where the peer is entitled to make it:
+//
+//  - a waypoint that serves the destination (identity AND address of one of its replicas) speaks
+//    for anyone: its clients reached it over HBONE of their own (Istio ztunnel honoured Forwarded
+//    only from the destination's waypoint, `check_from_waypoint`, for the same reason);
+//  - anyone else speaks only for itself: the address must belong to a workload whose identity is
+//    the peer certificate's and whose node address is the TCP peer's (what its agent would send).
+//
+// Otherwise the claim is ignored, counted and logged, and the client is the TCP peer itself.
+// Agents (agent/src/inbound.ts) and waypoints (waypoint/src/hbone.ts) both decide with tunnelClient.
 import { isIPv4, isIPv6 } from 'node:net';
+import type { Waypoint, Workload } from '../model/mesh.ts';
 
 /** A `for=` node that names an address (not `unknown` or an obfuscated identifier). */
 export interface ForwardedNode {
@@ -120,4 +135,68 @@ export function forwardedFor(value: string | undefined): ForwardedNode | undefin
 export function formatForwardedFor(ip: string, port?: number): string {
   const host = isIPv6(ip) ? `[${ip}]` : ip;
   return port ? `for="${host}:${port}"` : isIPv6(ip) ? `for="${host}"` : `for=${host}`;
+}
+
+/** `::ffff:10.0.0.1` (what a dual-stack socket reports) -> `10.0.0.1`; anything else unchanged. */
+export function unmapV4(addr: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
+  return m ? m[1]! : addr;
+}
+
+/** Why a `for=` was not honoured (stable strings: metric labels). */
+export type ForwardedIgnoredReason =
+  /** A forwarded header that names no address under RFC 7239 (or `unknown`, obfuscated). */
+  | 'malformed'
+  /** No workload or endpoint of the mesh has that address. */
+  | 'unknown-address'
+  /** The address belongs to a workload of another identity than the peer's. */
+  | 'identity-mismatch'
+  /** The peer's identity, but the workload runs on another node than the one the tunnel came from. */
+  | 'node-mismatch';
+
+export interface TunnelClient {
+  ip: string;
+  /** 0 when the peer did not say (the agent then lets the kernel report its own source port). */
+  port: number;
+  /** `forwarded`: the peer's `for=` was honoured; `peer`: the TCP peer itself. */
+  source: 'forwarded' | 'peer';
+  /** Set when a `for=` was present and not honoured. */
+  ignored?: { reason: ForwardedIgnoredReason; claimed: string };
+}
+
+/** What the decision needs from the receiver's view of the mesh (the agent's AgentState, the waypoint's snapshot). */
+export interface ForwardedView<D = Workload> {
+  addressOwner(ip: string): { spiffeId: string | undefined; nodeIp: string | undefined } | undefined;
+  /** The waypoints entitled to speak for anyone to `dest` (none where the receiver is a waypoint itself). */
+  waypointsServing(dest: D): readonly Waypoint[];
+}
+
+/** Is the peer (identity and address) a replica of a waypoint that serves `dest`? */
+export function isServingWaypoint<D>(view: ForwardedView<D>, dest: D, spiffeId: string | undefined, address: string): boolean {
+  if (!spiffeId) return false;
+  return view.waypointsServing(dest).some((wp) =>
+    wp.spiffeId === spiffeId && (wp.address === address || (wp.addresses ?? []).includes(address)));
+}
+
+/** The client of a tunnel to `dest`, from the peer and its `for=` claim (see the top of this file). */
+export function tunnelClient<D>(
+  view: ForwardedView<D>,
+  dest: D,
+  req: { peer: { spiffeId: string | undefined; address: string; port: number }; forwardedFor: ForwardedNode | undefined; headers: Record<string, string> },
+): TunnelClient {
+  const peerIp = unmapV4(req.peer.address);
+  const peer: TunnelClient = { ip: peerIp, port: req.peer.port, source: 'peer' };
+  const claim = req.forwardedFor;
+  const raw = req.headers['forwarded'];
+  if (!claim) {
+    return raw === undefined ? peer : { ...peer, ignored: { reason: 'malformed', claimed: raw.slice(0, 200) } };
+  }
+  const honoured: TunnelClient = { ip: unmapV4(claim.ip), port: claim.port ?? 0, source: 'forwarded' };
+  if (isServingWaypoint(view, dest, req.peer.spiffeId, peerIp)) return honoured;
+  const claimed = claim.port ? `${claim.ip}:${claim.port}` : claim.ip;
+  const owner = view.addressOwner(honoured.ip);
+  if (!owner) return { ...peer, ignored: { reason: 'unknown-address', claimed } };
+  if (owner.spiffeId === undefined || owner.spiffeId !== req.peer.spiffeId) return { ...peer, ignored: { reason: 'identity-mismatch', claimed } };
+  if (owner.nodeIp === undefined || unmapV4(owner.nodeIp) !== peerIp) return { ...peer, ignored: { reason: 'node-mismatch', claimed } };
+  return honoured;
 }

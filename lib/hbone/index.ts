@@ -15,8 +15,8 @@ export type {
   HboneTunnelClosed,
   ServerTlsMaterial,
 } from './server.ts';
-export { formatForwardedFor, forwardedFor, parseForwarded, parseForwardedNode } from './forwarded.ts';
-export type { ForwardedNode } from './forwarded.ts';
+export { formatForwardedFor, forwardedFor, isServingWaypoint, parseForwarded, parseForwardedNode, tunnelClient, unmapV4 } from './forwarded.ts';
+export type { ForwardedIgnoredReason, ForwardedNode, ForwardedView, TunnelClient } from './forwarded.ts';
 export { HbonePool, streamHeadroom } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HbonePoolOptions, HbonePoolStats } from './pool.ts';
 export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';

@@ -403,6 +403,11 @@ export interface WaypointConfig {
   policies: AuthorizationPolicy[];
   /** This namespace's waypoints (for its own identity and address). */
   waypoints: Waypoint[];
+  /**
+   * The mesh's workloads, for who owns a client address (identity and node): a caller's
+   * `forwarded: for=` is honoured only as the agents honour it (lib/hbone/forwarded.ts).
+   */
+  workloads?: Workload[];
 }
 
 /** The whole compiled mesh, indexed for the config server. */

@@ -141,5 +141,6 @@ export function waypointConfigOf(namespace: string, set: ResourceSet): WaypointC
     trafficPolicies: values(set.TrafficPolicy),
     policies: values(set.AuthorizationPolicy),
     waypoints: values(set.Waypoint),
+    workloads: values(set.Workload),
   };
 }

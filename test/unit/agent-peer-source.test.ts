@@ -1,12 +1,12 @@
 // Who a connection comes from, as the agent decides it (issue 15, item 7): the inbound tunnel's
-// client from the peer and its forwarded for= claim (agent/src/forwarded.ts), and the outbound
+// client from the peer and its forwarded for= claim (lib/hbone/forwarded.ts), and the outbound
 // source from the netns cookie the kernel recorded (agent/src/outbound.ts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
 import { AgentState } from '../../agent/src/state.ts';
-import { tunnelClient } from '../../agent/src/forwarded.ts';
+import { tunnelClient } from '../../lib/hbone/forwarded.ts';
 import { Outbound } from '../../agent/src/outbound.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { LocalDelivery } from '../../agent/src/delivery.ts';

@@ -37,6 +37,8 @@ export interface Snapshot {
   settings: ReadonlyMap<string, ClusterSettings>;
   /** Objects left out or failing closed, each naming the object and field. */
   issues: readonly ConfigIssue[];
+  /** Client address → its workload's identity and node (for `forwarded: for=` claims). */
+  addressOwners: ReadonlyMap<string, { spiffeId: string | undefined; nodeIp: string | undefined }>;
 }
 
 export function serviceKey(s: { namespace: string; name: string }): string {
@@ -143,7 +145,12 @@ export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues };
+  const addressOwners = new Map<string, { spiffeId: string | undefined; nodeIp: string | undefined }>();
+  // As the agents' AgentState.addressOwner: a workload's identity counts only when it is enrolled.
+  for (const w of cfg.workloads ?? []) {
+    if (w.ip) addressOwners.set(w.ip, { spiffeId: w.enrolled ? w.spiffeId : undefined, nodeIp: w.nodeIp });
+  }
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues, addressOwners };
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

@@ -4,7 +4,8 @@
 import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
-import { Gauge } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
+import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
@@ -55,6 +56,8 @@ export interface TunnelInfo {
   target: string;
   /** The caller's address (original source). */
   clientAddress?: string;
+  /** The caller's port, when its `forwarded: for=` was honoured (0: unknown). */
+  clientPort?: number;
 }
 
 export interface WaypointEngineOptions {
@@ -144,6 +147,8 @@ export class WaypointEngine {
   lastRejection: ConfigRejectedError | undefined;
   /** HTTP settings set on this waypoint itself (flags); they win over the controller's mesh-wide ones. */
   private readonly ownHttp: MeshHttpSettings;
+  /** weft_hbone_forwarded_ignored_total{reason}: callers' for= claims not honoured. */
+  private readonly forwardedIgnored: Counter<'reason'>;
 
   constructor(opts: WaypointEngineOptions) {
     this.namespace = opts.namespace;
@@ -190,6 +195,11 @@ export class WaypointEngine {
       normalize: { ...DEFAULT_NORMALIZE_OPTIONS },
       numTrustedProxies: 0,
     };
+    this.forwardedIgnored = new Counter({
+      name: 'weft_hbone_forwarded_ignored_total',
+      help: 'HBONE forwarded for= claims not honoured (the peer may not speak for that client), by reason',
+      labelNames: ['reason'], registers: [this.telemetry.registry],
+    });
     this.ownHttp = {
       ...(opts.pathNormalization ? { pathNormalization: opts.pathNormalization } : {}),
       ...(opts.escapedSlashes ? { escapedSlashes: opts.escapedSlashes } : {}),
@@ -284,6 +294,19 @@ export class WaypointEngine {
     this.env.numTrustedProxies = this.ownHttp.numTrustedProxies ?? meshTrusted ?? 0;
   }
 
+  /**
+   * The client of a tunnel a caller opened to this waypoint: its `forwarded: for=` only where the
+   * peer may speak for that address, as the agents decide (lib/hbone/forwarded.ts: a workload of the
+   * peer's identity on the peer's node); otherwise the TCP peer, and the ignored claim is counted.
+   * Nobody speaks for others to a waypoint: its callers are agents carrying their own workloads.
+   */
+  tunnelClient(req: { peer: { spiffeId: string | undefined; address: string; port: number }; forwardedFor: ForwardedNode | undefined; headers: Record<string, string> }): TunnelClient {
+    const owners = this.snap.addressOwners;
+    const client = tunnelClient({ addressOwner: (ip) => owners.get(ip), waypointsServing: () => [] }, undefined, req);
+    if (client.ignored) this.forwardedIgnored.inc({ reason: client.ignored.reason });
+    return client;
+  }
+
   /** The HTTP settings in force (admin config dump, tests). */
   get httpSettings(): Required<MeshHttpSettings> {
     return { ...this.env.normalize, numTrustedProxies: this.env.numTrustedProxies };
@@ -363,6 +386,7 @@ export class WaypointEngine {
       if (info.peerSpiffeId) ctx.peerSpiffeId = info.peerSpiffeId;
       if (info.peerMeta) ctx.peerMeta = info.peerMeta;
       if (info.clientAddress) ctx.clientAddress = info.clientAddress;
+      if (info.clientPort) ctx.clientPort = info.clientPort;
       if (proto === 'silent' && this.needsHttp(info.target)) {
         // Passing a silent tunnel through would let a client that waits skip routes and limits.
         duplex.destroy();

@@ -3,12 +3,12 @@
 // identity (plain TCP for endpoints outside the mesh).
 import { duplexPair, type Duplex } from 'node:stream';
 import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
-import { HBONE_PORT, formatAuthority } from '../../lib/hbone/index.ts';
+import { HBONE_PORT, formatAuthority, formatForwardedFor } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import { UpstreamConnectError } from './errors.ts';
-import type { TunnelInfo } from './engine.ts';
+import type { TunnelInfo, WaypointEngine } from './engine.ts';
 import { TcpUpstream, addr, type Upstream, type UpstreamConnectOptions, type UpstreamEndpoint } from './upstream.ts';
 
 /**
@@ -21,15 +21,20 @@ export const TUNNEL_CLOSE_GRACE_MS = 5000;
  * An HboneServer handler that hands every CONNECT to the engine. HboneServer pipes the CONNECT
  * stream to the Duplex it is given, so the engine gets the other end of an in-memory pair.
  */
-export function tunnelHandler(engine: { handleTunnel(d: Duplex, info: TunnelInfo): void }): HboneConnectHandler {
+export function tunnelHandler(
+  engine: Pick<WaypointEngine, 'handleTunnel' | 'tunnelClient'>,
+  onForwardedIgnored?: (fields: Record<string, unknown>) => void,
+): HboneConnectHandler {
   return async (req) => {
     const [ours, theirs] = duplexPair();
     const info: TunnelInfo = { target: req.authority };
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
     const peerMeta = peerFromBaggage(req.headers['baggage'], req.peer.spiffeId);
     if (peerMeta) info.peerMeta = peerMeta;
-    const client = req.forwardedFor?.ip ?? req.peer.address;
-    if (client) info.clientAddress = client;
+    const client = engine.tunnelClient(req);
+    if (client.ignored) onForwardedIgnored?.({ reason: client.ignored.reason, claimed: client.ignored.claimed, peer: req.peer.spiffeId, peerAddress: client.ip });
+    if (client.ip) info.clientAddress = client.ip;
+    if (client.source === 'forwarded' && client.port) info.clientPort = client.port;
     ours.once('close', () => {
       setTimeout(() => { if (!theirs.destroyed) theirs.destroy(); }, TUNNEL_CLOSE_GRACE_MS).unref();
     });
@@ -65,6 +70,10 @@ export class HboneUpstream implements Upstream {
     if (!ep.node || !ep.spiffeId) return this.direct.connect(ep, opts);
     const servername = serverNameForIdentity(ep.spiffeId);
     const baggage = this.o.baggage?.();
+    const headers: Record<string, string> = {
+      ...(baggage ? { baggage } : {}),
+      ...(opts.forwardedFor ? { forwarded: formatForwardedFor(opts.forwardedFor.ip, opts.forwardedFor.port || undefined) } : {}),
+    };
     try {
       return await this.o.pool.connect({
         sourceKey: this.o.spiffeId,
@@ -73,7 +82,7 @@ export class HboneUpstream implements Upstream {
         target: formatAuthority(ep.ip, ep.port),
         expectPeer: ep.spiffeId,
         timeoutMs: opts.timeoutMs,
-        ...(baggage ? { headers: { baggage } } : {}),
+        ...(Object.keys(headers).length > 0 ? { headers } : {}),
       });
     } catch (err) {
       throw new UpstreamConnectError(addr(ep), `HBONE via ${ep.node}: ${(err as Error).message}`, err);

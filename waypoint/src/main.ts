@@ -305,7 +305,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const id = identity;
   const hbone = new HboneServer({
     tls: tlsMaterial(id.current()),
-    handler: tunnelHandler(engine),
+    handler: tunnelHandler(engine, (f) => log.warn('forwarded for= not honoured: the caller may not speak for that address', f)),
     // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
     trustDomains: [o.trustDomain],
     onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),

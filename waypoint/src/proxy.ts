@@ -40,6 +40,8 @@ export interface ConnContext {
   /** `ip:port` the client dialled (the service VIP and port). */
   target: string;
   clientAddress?: string;
+  /** The caller's port when it is known (its agent's for= was honoured). */
+  clientPort?: number;
   protocol: 'HTTP/1.1' | 'HTTP/2';
 }
 

@@ -79,7 +79,9 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     const target: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
     if (ep.endpoint.enrolled && ep.endpoint.nodeIp && ep.endpoint.spiffeId) { target.node = ep.endpoint.nodeIp; target.spiffeId = ep.endpoint.spiffeId; }
     try {
-      upstream = await env.pool.openStream(target, settings.timeouts.connectMs);
+      // One stream per caller: the destination's agent learns the original client (RFC 7239 for=),
+      // which it believes because it comes from a waypoint serving the destination.
+      upstream = await env.pool.openStream(target, settings.timeouts.connectMs, conn.clientAddress ? { ip: conn.clientAddress, port: conn.clientPort ?? 0 } : undefined);
       cluster.report(ep, { kind: 'response', status: 200 });
       ep.active++;
       upstream.once('close', () => { ep.active--; });

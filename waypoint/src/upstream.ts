@@ -19,6 +19,8 @@ export interface UpstreamEndpoint {
 
 export interface UpstreamConnectOptions {
   timeoutMs: number;
+  /** The original client this stream carries (a passthrough stream of one caller); HBONE sends it as `forwarded: for=`. */
+  forwardedFor?: { ip: string; port: number };
 }
 
 /** Opens byte streams to endpoints. */
@@ -113,22 +115,22 @@ export class UpstreamPool {
     this.idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   }
 
-  private connect(ep: UpstreamEndpoint, timeoutMs: number): Promise<Duplex> {
+  private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<Duplex> {
     this.connectionsOpened++;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new UpstreamConnectError(addr(ep), `no connection within ${timeoutMs} ms`, new UpstreamTimeoutError('connect', timeoutMs))), timeoutMs);
     });
-    const attempt = this.upstream.connect(ep, { timeoutMs }).then((d) => d, (err: unknown) => {
+    const attempt = this.upstream.connect(ep, { timeoutMs, ...(forwardedFor ? { forwardedFor } : {}) }).then((d) => d, (err: unknown) => {
       throw err instanceof UpstreamConnectError ? err : new UpstreamConnectError(addr(ep), (err as Error).message, err);
     });
     attempt.then((d) => { if (timer === undefined) d.destroy(); }, () => {});
     return Promise.race([attempt, timeout]).finally(() => { clearTimeout(timer); timer = undefined; });
   }
 
-  /** A raw byte stream to the endpoint (TCP passthrough); not pooled. */
-  openStream(ep: UpstreamEndpoint, connectTimeoutMs: number): Promise<Duplex> {
-    return this.connect(ep, connectTimeoutMs);
+  /** A raw byte stream to the endpoint (TCP passthrough) for one caller (`forwardedFor`); not pooled. */
+  openStream(ep: UpstreamEndpoint, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<Duplex> {
+    return this.connect(ep, connectTimeoutMs, forwardedFor);
   }
 
   request(ep: UpstreamEndpoint, protocol: UpstreamProtocol, req: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {

@@ -41,11 +41,8 @@ function rip(buf: Buffer, off: number): string {
   return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
 }
 
-/** `::ffff:10.0.0.1` (what a dual-stack socket reports) -> `10.0.0.1`; anything else unchanged. */
-export function unmapV4(addr: string): string {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(addr);
-  return m ? m[1]! : addr;
-}
+// One copy, beside the forwarded-client decision that needs it too.
+export { unmapV4 } from '../../../lib/hbone/forwarded.ts';
 
 export function isIpv4(addr: unknown): addr is string {
   return typeof addr === 'string' && isIPv4(addr);

@@ -3,7 +3,7 @@
 // identity and node it checks a tunnel's forwarded client against, and which it may dial by pod
 // address), every service (any local workload may dial any of them), the policies and peer
 // authentications that select an enrolled local workload, and every waypoint. A waypoint gets its namespace's services, routes, traffic
-// policies and policies (plus the services its routes send to), and its namespace's waypoints.
+// policies and policies (plus the services its routes send to), its namespace's waypoints, and every workload (who owns a client address).
 import { policySelectsWorkload, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import { routeKey } from '../compile.ts';
@@ -74,7 +74,8 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
   };
   switch (type) {
     case 'Workload':
-      return [];
+      // Who owns each client address: the waypoint judges callers' for= claims as agents do.
+      return m.workloads.keys();
     case 'Service': {
       const names = new Set(inNs(m.services));
       for (const r of m.routes.values()) {
