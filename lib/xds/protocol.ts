@@ -46,7 +46,8 @@ export type ClientKind = 'agent' | 'waypoint';
 /** The types each kind of client subscribes to. */
 export const CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>> = {
   agent: ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'Waypoint'],
-  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint'],
+  // Workload: who owns each client address (a waypoint judges callers' for= as agents do).
+  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'Workload'],
 };
 
 const TYPE_BY_URL = new Map<string, ResourceType>(Object.entries(TYPE_URLS).map(([t, u]) => [u, t as ResourceType]));

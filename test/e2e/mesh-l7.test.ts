@@ -115,6 +115,8 @@ test('the waypoint reports requests with source principal and response code', as
   const m = await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`);
   assert.match(m.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/client"[^}]*response_code="200"[^}]*\} [1-9]/);
   assert.match(m.body, /istio_requests_total\{[^}]*response_code="403"[^}]*\} [1-9]/);
+  // The client's agent (on node1) names its own pod in for=, and the waypoint believes it: no claim ignored.
+  assert.doesNotMatch(m.body, /weft_hbone_forwarded_ignored_total\{[^}]*\} [1-9]/);
 });
 
 test('a backend failing half the time is hidden by retries', async () => {

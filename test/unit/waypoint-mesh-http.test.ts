@@ -41,6 +41,8 @@ describe('mesh-wide HTTP settings from the controller', () => {
       await until('mesh settings at the waypoint', () => plain.httpSettings.pathNormalization === 'MERGE_SLASHES');
       assert.deepEqual(plain.httpSettings, { pathNormalization: 'MERGE_SLASHES', escapedSlashes: 'KEEP_UNCHANGED', numTrustedProxies: 2 });
       assert.deepEqual(own.httpSettings, { pathNormalization: 'NONE', escapedSlashes: 'KEEP_UNCHANGED', numTrustedProxies: 2 });
+      // The same stream brings who owns each client address (the waypoint's for= decision).
+      assert.deepEqual(plain.config.workloads?.map((w) => [w.ip, w.spiffeId]), [['10.1.9.1', 'spiffe://cluster.local/ns/shop/sa/reviews']]);
     } finally {
       await plain.close();
       await own.close();
