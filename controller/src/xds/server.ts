@@ -167,29 +167,41 @@ export class ConfigServer {
     const resources = modelResources(model);
     const published = emptyPublished();
     const changes = new Map<ResourceType, string[]>();
+    const before = this.#index ? modelResources(this.#index.model) : undefined;
     for (const type of ALL_TYPES) {
       const prev = this.#published[type];
-      const out = published[type];
+      // An incremental compile hands over the maps it did not touch as they were.
+      if (before && resources[type] === before[type]) {
+        published[type] = prev;
+        continue;
+      }
+      // Start from what was published and replace what changed: an unchanged model object keeps
+      // its identity across compilations (CompileCache), so its entry stays as it is.
+      const out = new Map(prev);
       const touched: string[] = [];
       for (const [name, obj] of resources[type]) {
-        // Unchanged model objects keep their identity across compilations (CompileCache): reuse their JSON.
+        const old = out.get(name);
+        if (old?.source === obj) continue;
         let body = this.#bodies.get(obj as object);
         if (body === undefined) {
           body = JSON.stringify(obj);
           this.#bodies.set(obj as object, body);
         }
-        const old = prev.get(name);
-        if (old && old.body === body) out.set(name, old);
+        if (old && old.body === body) out.set(name, { ...old, source: obj as object });
         else {
-          out.set(name, { version: `${this.#epoch}.${next}`, body });
+          out.set(name, { version: `${this.#epoch}.${next}`, body, source: obj as object });
           touched.push(name);
         }
       }
-      // Some names went away unless every previous one is still there.
-      let kept = 0;
-      for (const name of touched) if (prev.has(name)) kept++;
-      if (out.size - (touched.length - kept) !== prev.size) for (const name of prev.keys()) if (!out.has(name)) touched.push(name);
+      if (out.size !== resources[type].size) {
+        for (const name of prev.keys()) {
+          if (resources[type].has(name)) continue;
+          out.delete(name);
+          touched.push(name);
+        }
+      }
       if (touched.length > 0) changes.set(type, touched);
+      published[type] = out;
       this.#metrics?.resources.set({ type }, out.size);
     }
     // Nodes whose workloads changed (before or after): their agents' policy views follow them.

@@ -12,6 +12,8 @@ import { routeKey } from '../compile.ts';
 export interface Published {
   version: string;
   body: string;
+  /** The model object it was serialized from (identity: unchanged objects are not looked at again). */
+  source: object;
 }
 
 export type PublishedSet = Record<ResourceType, Map<string, Published>>;
