@@ -44,6 +44,13 @@ if (values['clients-only']) {
     c.start();
     clients.push(c);
   }
+  process.stdin.on('data', (d: Buffer) => {
+    // "cpu\n": report this process's CPU time so far (the clients' share of a push).
+    if (d.toString().includes('cpu')) {
+      const u = process.cpuUsage();
+      process.stdout.write(`cpu ${(u.user + u.system) / 1000}\n`);
+    }
+  });
   process.stdin.on('end', () => {
     for (const c of clients) c.close();
     process.exit(0);
@@ -103,6 +110,21 @@ async function main(): Promise<void> {
   });
   const initialMs = performance.now() - t1;
 
+  // CPU time of both processes across the changes: load on a shared machine stretches the wall
+  // clock figures, much less these.
+  const childCpuMs = () => new Promise<number>((resolve) => {
+    const on = (d: Buffer) => {
+      const m = /cpu ([\d.]+)/.exec(d.toString());
+      if (!m) return;
+      child.stdout.off('data', on);
+      resolve(Number(m[1]));
+    };
+    child.stdout.on('data', on);
+    child.stdin.write('cpu\n');
+  });
+  const cpuMs = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+  const controllerCpu0 = cpuMs();
+  const clientsCpu0 = await childCpuMs();
   // Each change adds a pod to a service: every agent gets the service's new endpoint.
   const samples: number[] = [];
   const compileMs: number[] = [];
@@ -130,6 +152,8 @@ async function main(): Promise<void> {
     if (acked.size < CLIENTS) await done;
     samples.push(performance.now() - start);
   }
+  const controllerCpuPerChangeMs = (cpuMs() - controllerCpu0) / CHANGES;
+  const clientsCpuPerChangeMs = ((await childCpuMs()) - clientsCpu0) / CHANGES;
   samples.sort((a, b) => a - b);
   const p = (q: number) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))]!;
   const peakRssMb = process.resourceUsage().maxRSS / 1024;
@@ -146,8 +170,11 @@ async function main(): Promise<void> {
     controllerPeakRssBeforeClientsMb: Math.round(rssBeforeClientsMb),
     controllerRssAfterMb: Math.round(steadyRssMb),
     controllerHeapUsedMb: Math.round(heapUsedMb),
+    controllerCpuPerChangeMs: +controllerCpuPerChangeMs.toFixed(1),
+    clientsCpuPerChangeMs: +clientsCpuPerChangeMs.toFixed(1),
+    loadAverage: +(await import('node:os')).loadavg()[0]!.toFixed(1),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, ${CLIENTS} clients ${result.clientsCpuPerChangeMs} ms; load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

@@ -14,7 +14,7 @@ import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
-  AGENT_DRAIN_SECONDS, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, LIVENESS_PATH, PORTS, TOKEN_EXPIRATION_SECONDS,
+  AGENT_DRAIN_SECONDS, AGENT_ENV, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, LIVENESS_PATH, PORTS, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels,
 } from './names.ts';
 
@@ -210,6 +210,7 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
       { name: 'NODE_OPTIONS', value: AGENT_NODE_OPTIONS },
+      ...Object.entries(AGENT_ENV).map(([name, value]) => ({ name, value })),
     ],
     // Not an HTTP probe on 15021: during an upgrade the old and the new agent share the host's
     // ports (SO_REUSEPORT), so either could answer. The ready file lives in this pod's /tmp and

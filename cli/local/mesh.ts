@@ -14,7 +14,7 @@ import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
-import { AGENT_NODE_OPTIONS } from '../install/names.ts';
+import { AGENT_ENV, AGENT_NODE_OPTIONS } from '../install/names.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
@@ -248,6 +248,7 @@ export class LocalMesh {
     ], `agent-${nodeName}${suffix}.log`, {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).
       NODE_OPTIONS: [process.env.NODE_OPTIONS, AGENT_NODE_OPTIONS].filter(Boolean).join(' '),
+      ...AGENT_ENV,
       ...opts.env,
     });
     if (!opts.instance) this.agents.set(nodeName, child);

@@ -52,6 +52,7 @@ import {
   type RouteBackend,
   type RouteFilter,
   type RouteMatch,
+  type Service,
   type ServicePort,
   type TrafficPolicy,
   type Waypoint,
@@ -98,7 +99,73 @@ export interface WaypointRuntime {
  * of serializing 10,000 workloads on every change.
  */
 export class CompileCache {
-  workloads = new Map<string, { pod: Pod; deps: string; base: Workload; final?: Workload }>();
+  workloads = new Map<string, WorkloadUnit>();
+  /** What the last full or incremental compilation knew (controller/src/compile-incremental.ts). */
+  last: CompileState | undefined;
+}
+
+/** One pod's compiled workload: `base` without service memberships, `final` with them. */
+export interface WorkloadUnit {
+  pod: Pod;
+  deps: string;
+  base: Workload;
+  final?: Workload;
+}
+
+/** One Service's compiled form and what it was compiled from. */
+export interface ServiceUnit {
+  service: Service;
+  /** Workload uids among its endpoints. */
+  members: string[];
+  /** Workload uids and pod addresses its EndpointSlices looked up. */
+  refs: string[];
+}
+
+/** What workloads and services are compiled against (the rest of the inputs, already compiled). */
+export interface WorkloadEnv {
+  namespaces: ReadonlyMap<string, Namespace>;
+  nodeIps: ReadonlyMap<string, string>;
+  peerAuths: readonly PeerAuthentication[];
+  telemetries: readonly TelemetryObject[];
+  rootNamespace: string;
+  trustDomain: string;
+  clusterDomain: string;
+  clusterId: string;
+  waypoints: ReadonlyMap<string, Waypoint>;
+}
+
+/** Indexes over the base workloads that Services select from. */
+export interface WorkloadIndex {
+  /** Base workloads by uid. */
+  byUid: Map<string, Workload>;
+  /** Base workloads by pod address (the last pod listed wins, as in a full compile). */
+  byIp: Map<string, Workload>;
+  /** How many workloads hold each address (an incremental compile steps aside on a shared one). */
+  ipHolders: Map<string, number>;
+  pods: Map<string, Pod>;
+  /** Base workloads by `namespace\0label=value`, so a selector only looks at pods carrying one of its labels. */
+  byLabel: Map<string, Workload[]>;
+  slicesByService: Map<string, EndpointSlice[]>;
+}
+
+/** The state an incremental compilation continues from. */
+export interface CompileState {
+  /** The options that shaped it (a change of any means a full compile). */
+  optionsKey: string;
+  result: CompileResult;
+  env: WorkloadEnv;
+  waypointPodsKey: string;
+  index: WorkloadIndex;
+  /** Pod key (`Pod/ns/name`) → workload uid. */
+  uidByPodKey: Map<string, string>;
+  /** Workload uid → keys of the Services it is an endpoint of. */
+  memberOf: Map<string, string[]>;
+  services: Map<string, ServiceUnit>;
+  /** Service objects by key, and the keys by namespace. */
+  serviceObjects: Map<string, ServiceObject>;
+  servicesByNamespace: Map<string, string[]>;
+  /** Workload uid or pod address → Services whose EndpointSlices refer to it. */
+  sliceRefs: Map<string, Set<string>>;
 }
 
 export interface CompileOptions {
@@ -172,15 +239,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   };
 
   const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
-  const nodeIps = new Map<string, string>();
-  for (const pod of inputs.pods) {
-    const node = pod.spec.nodeName;
-    if (node && pod.status?.hostIP && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
-  }
-  for (const n of inputs.nodes) {
-    const addr = n.status?.addresses?.find((a) => a.type === 'InternalIP') ?? n.status?.addresses?.[0];
-    if (addr) nodeIps.set(n.metadata.name, addr.address);
-  }
+  const nodeIps = nodeIpsOf(inputs);
 
   // Peer authentication first: workloads carry their resolved mode.
   for (const pa of sortByAge(inputs.peerAuthentications)) {
@@ -208,20 +267,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
 
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
-  const waypointPods = new Map<string, WaypointRuntime>();
-  for (const pod of inputs.pods) {
-    const name = pod.metadata.labels?.[LABEL_WAYPOINT_FOR];
-    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip;
-    if (!name || pod.metadata.deletionTimestamp) continue;
-    const key = nsName(pod.metadata.namespace!, name);
-    const running = pod.status?.phase === 'Running' && !!ip;
-    const seen = waypointPods.get(key);
-    if (running) {
-      // Replicas: every running pod's address, sorted so that compilations agree.
-      const addresses = [...(seen?.addresses ?? []), ip].sort();
-      waypointPods.set(key, { address: addresses[0]!, addresses, ready: true });
-    } else if (!seen) waypointPods.set(key, { ready: false, reason: 'PodNotRunning' });
-  }
+  const waypointPods = waypointPodsOf(inputs.pods);
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -258,168 +304,54 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
 
   // Workloads. `services` stays empty on these base objects; memberships are added at the end.
+  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints };
   const nextCache: CompileCache['workloads'] = new Map();
-  const memberOf = new Map<string, string[]>();
-  const podsByIp = new Map<string, Workload>();
-  const podObjects = new Map<string, Pod>();
+  const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
+  const uidByPodKey = new Map<string, string>();
   for (const pod of inputs.pods) {
-    if (pod.metadata.deletionTimestamp) continue;
-    const phase = pod.status?.phase;
-    if (phase === 'Succeeded' || phase === 'Failed') continue;
-    // A scheduled pod without an address yet is published too (ip ''): its node's agent must know
-    // whether it is ambient when the CNI plugin asks to enrol it, before the kubelet records the
-    // address the network plugin gave it.
-    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip ?? '';
-    if ((!ip && !pod.spec.nodeName) || pod.spec.hostNetwork) continue;
-    const ns = pod.metadata.namespace!;
-    const labels = { ...pod.metadata.labels };
-    const nsObj = namespaces.get(ns);
-    const mode = labels[LABEL_DATAPLANE_MODE] ?? nsObj?.metadata.labels?.[LABEL_DATAPLANE_MODE];
-    const sa = pod.spec.serviceAccountName ?? 'default';
-    const node = pod.spec.nodeName ?? '';
-    const nodeIp = nodeIps.get(node) ?? pod.status?.hostIP;
-    const { mode: mtls, portModes } = resolveMtls(peerAuths, ns, labels);
-    const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
-    const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
-    const telemetry = telemetryFor(ns, labels);
-    const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
-    const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
-    const cached = options.cache?.workloads.get(uid);
-    if (cached && cached.pod === pod && cached.deps === deps) {
-      nextCache.set(uid, cached);
-      model.workloads.set(uid, cached.base);
-      if (ip) podsByIp.set(ip, cached.base);
-      podObjects.set(uid, pod);
-      continue;
-    }
-    const w: Workload = {
-      uid: pod.metadata.uid ?? nsName(ns, pod.metadata.name),
-      name: pod.metadata.name,
-      ...workloadMetaOf(pod, clusterId),
-      namespace: ns,
-      node,
-      ...(nodeIp ? { nodeIp } : {}),
-      ip,
-      serviceAccount: sa,
-      spiffeId: spiffeIdOf(trustDomain, ns, sa),
-      labels,
-      enrolled: mode === 'ambient',
-      mode: mtls,
-      ...(portModes ? { portModes } : {}),
-      ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
-      services: [],
-      ...(telemetry ? { telemetry } : {}),
-    };
-    model.workloads.set(w.uid, w);
-    if (ip) podsByIp.set(ip, w);
-    podObjects.set(w.uid, pod);
-    nextCache.set(uid, { pod, deps, base: w });
+    const unit = workloadOf(pod, env, options.cache?.workloads);
+    if (!unit) continue;
+    nextCache.set(unit.base.uid, unit);
+    uidByPodKey.set(podKey(pod), unit.base.uid);
+    indexWorkload(index, unit.base, pod);
   }
 
   // Services and endpoints.
-  const slicesByService = new Map<string, EndpointSlice[]>();
   for (const s of inputs.endpointSlices) {
-    const key = nsName(s.metadata.namespace!, s.metadata.labels?.[LABEL_SERVICE_NAME] ?? '');
-    let list = slicesByService.get(key);
-    if (!list) slicesByService.set(key, (list = []));
+    const key = sliceServiceKey(s);
+    let list = index.slicesByService.get(key);
+    if (!list) index.slicesByService.set(key, (list = []));
     list.push(s);
   }
-  // Workloads by `namespace\0label=value`, so a selector only looks at pods carrying one of its labels.
-  const workloadsByLabel = new Map<string, Workload[]>();
-  for (const w of model.workloads.values()) {
-    for (const [k, v] of Object.entries(w.labels)) {
-      const key = `${w.namespace}\0${k}=${v}`;
-      let list = workloadsByLabel.get(key);
-      if (!list) workloadsByLabel.set(key, (list = []));
-      list.push(w);
-    }
-  }
-  const selectWorkloads = (namespace: string, selector: Record<string, string>): Workload[] => {
-    let smallest: Workload[] | undefined;
-    for (const [k, v] of Object.entries(selector)) {
-      const list = workloadsByLabel.get(`${namespace}\0${k}=${v}`) ?? [];
-      if (!smallest || list.length < smallest.length) smallest = list;
-    }
-    return (smallest ?? []).filter((w) => labelsMatch(selector, w.labels));
-  };
+  const memberOf = new Map<string, string[]>();
+  const serviceUnits = new Map<string, ServiceUnit>();
+  const serviceObjects = new Map<string, ServiceObject>();
+  const servicesByNamespace = new Map<string, string[]>();
+  const sliceRefs = new Map<string, Set<string>>();
   for (const svc of inputs.services) {
     if (svc.spec.type === 'ExternalName') continue;
-    const ns = svc.metadata.namespace!;
-    const key = nsName(ns, svc.metadata.name);
-    const ports: ServicePort[] = (svc.spec.ports ?? []).map((p) => ({
-      name: p.name ?? '',
-      port: p.port,
-      targetPort: p.targetPort ?? p.port,
-      protocol: p.protocol ?? 'TCP',
-      appProtocol: appProtocolOf(p.appProtocol, p.name),
-    }));
-    const vips = [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
-    const endpoints: Endpoint[] = [];
-    const slices = slicesByService.get(key);
-    if (slices && slices.length > 0) {
-      for (const slice of slices) {
-        if (slice.addressType === 'FQDN') continue;
-        for (const ep of slice.endpoints) {
-          for (const ip of ep.addresses) {
-            const w = (ep.targetRef?.uid ? model.workloads.get(ep.targetRef.uid) : undefined) ?? podsByIp.get(ip);
-            const epPorts: Record<string, number> = {};
-            for (const sp of ports) {
-              const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
-              const target = match?.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
-              if (target !== undefined) epPorts[String(sp.port)] = target;
-            }
-            endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', nodeIps, epPorts, ports, ep.conditions?.ready !== false));
-          }
-        }
-      }
-    } else if (svc.spec.selector && Object.keys(svc.spec.selector).length > 0) {
-      const selector = svc.spec.selector;
-      for (const w of selectWorkloads(ns, selector)) {
-        const pod = podObjects.get(w.uid)!;
-        const epPorts: Record<string, number> = {};
-        for (const sp of ports) {
-          const target = typeof sp.targetPort === 'number' ? sp.targetPort : namedPort(pod, sp.targetPort);
-          if (target !== undefined) epPorts[String(sp.port)] = target;
-        }
-        const ready = pod.status?.conditions ? pod.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True') : pod.status?.phase !== 'Pending';
-        endpoints.push(endpointOf(w, w.ip, w.node, nodeIps, epPorts, ports, ready));
-      }
-    }
-    for (const e of endpoints) {
-      const w = e.workloadUid ? model.workloads.get(e.workloadUid) : undefined;
-      if (!w) continue;
-      let list = memberOf.get(w.uid);
-      if (!list) memberOf.set(w.uid, (list = []));
+    const key = nsName(svc.metadata.namespace!, svc.metadata.name);
+    const unit = compileService(svc, env, index);
+    serviceObjects.set(key, svc);
+    let inNs = servicesByNamespace.get(svc.metadata.namespace!);
+    if (!inNs) servicesByNamespace.set(svc.metadata.namespace!, (inNs = []));
+    inNs.push(key);
+    serviceUnits.set(key, unit);
+    for (const uid of unit.members) {
+      let list = memberOf.get(uid);
+      if (!list) memberOf.set(uid, (list = []));
       if (!list.includes(key)) list.push(key);
     }
-    endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
-    const wpName = svc.metadata.labels?.[LABEL_USE_WAYPOINT] ?? namespaces.get(ns)?.metadata.labels?.[LABEL_USE_WAYPOINT];
-    const waypoint: WaypointRef | undefined = wpName ? { name: wpName, namespace: ns } : undefined;
-    if (waypoint && !model.waypoints.has(nsName(ns, waypoint.name))) {
-      findings.push({ kind: 'Service', namespace: ns, name: svc.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${ns}/${waypoint.name} does not exist; traffic to this service fails closed until it does` });
+    for (const r of unit.refs) {
+      let set = sliceRefs.get(r);
+      if (!set) sliceRefs.set(r, (set = new Set()));
+      set.add(key);
     }
-    model.services.set(key, {
-      name: svc.metadata.name,
-      namespace: ns,
-      hostname: `${svc.metadata.name}.${ns}.svc.${clusterDomain}`,
-      vips,
-      ports,
-      endpoints,
-      ...(waypoint ? { waypoint } : {}),
-    });
+    const finding = serviceFinding(svc, unit.service, model.waypoints);
+    if (finding) findings.push(finding);
+    model.services.set(key, unit.service);
   }
-  for (const [uid, base] of model.workloads) {
-    const services = (memberOf.get(uid) ?? []).sort();
-    const entry = nextCache.get(uid);
-    if (services.length === 0) {
-      if (entry) entry.final = base;
-      continue;
-    }
-    const prev = entry?.final;
-    const final = prev && prev !== base && prev.services.length === services.length && prev.services.every((s, i) => s === services[i]) ? prev : { ...base, services };
-    if (entry) entry.final = final;
-    model.workloads.set(uid, final);
-  }
+  for (const uid of nextCache.keys()) model.workloads.set(uid, finalWorkload(nextCache.get(uid)!, memberOf.get(uid)));
   if (options.cache) options.cache.workloads = nextCache;
 
   // Authorization policies.
@@ -470,7 +402,255 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, findings));
   }
 
-  return { model, findings, routeParents };
+  const result = { model, findings, routeParents };
+  if (options.cache) {
+    options.cache.last = {
+      optionsKey: optionsKeyOf(options),
+      result,
+      env,
+      waypointPodsKey: JSON.stringify([...waypointPods]),
+      index,
+      uidByPodKey,
+      memberOf,
+      services: serviceUnits,
+      serviceObjects,
+      servicesByNamespace,
+      sliceRefs,
+    };
+  }
+  return result;
+}
+
+/** The options that shape a compilation, as a string: equal strings, equal compilations of equal inputs. */
+export function optionsKeyOf(options: CompileOptions): string {
+  return JSON.stringify([
+    options.trustDomain, options.clusterDomain, options.rootNamespace, options.clusterId,
+    options.waypointRuntime ? [...options.waypointRuntime] : null, options.waypointAllowList ?? null,
+  ]);
+}
+
+/** Node addresses: a Node object's InternalIP, else the hostIP of the first pod listed on it. */
+export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<string, string> {
+  const nodeIps = new Map<string, string>();
+  for (const pod of inputs.pods) {
+    const node = pod.spec.nodeName;
+    if (node && pod.status?.hostIP && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
+  }
+  for (const n of inputs.nodes) {
+    const addr = n.status?.addresses?.find((a) => a.type === 'InternalIP') ?? n.status?.addresses?.[0];
+    if (addr) nodeIps.set(n.metadata.name, addr.address);
+  }
+  return nodeIps;
+}
+
+/** Waypoint facts from running pods labelled weft.dev/waypoint=<name> (a local mesh without a reconciler). */
+export function waypointPodsOf(pods: readonly Pod[]): Map<string, WaypointRuntime> {
+  const waypointPods = new Map<string, WaypointRuntime>();
+  for (const pod of pods) {
+    const name = pod.metadata.labels?.[LABEL_WAYPOINT_FOR];
+    const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip;
+    if (!name || pod.metadata.deletionTimestamp) continue;
+    const key = nsName(pod.metadata.namespace!, name);
+    const running = pod.status?.phase === 'Running' && !!ip;
+    const seen = waypointPods.get(key);
+    if (running) {
+      // Replicas: every running pod's address, sorted so that compilations agree.
+      const addresses = [...(seen?.addresses ?? []), ip].sort();
+      waypointPods.set(key, { address: addresses[0]!, addresses, ready: true });
+    } else if (!seen) waypointPods.set(key, { ready: false, reason: 'PodNotRunning' });
+  }
+  return waypointPods;
+}
+
+export function podKey(pod: Pod): string {
+  return `Pod/${pod.metadata.namespace}/${pod.metadata.name}`;
+}
+
+export function sliceServiceKey(s: EndpointSlice): string {
+  return nsName(s.metadata.namespace!, s.metadata.labels?.[LABEL_SERVICE_NAME] ?? '');
+}
+
+/**
+ * A pod's workload (without service memberships), or undefined for a pod the mesh does not list.
+ * `cache` holds the previous compilation's units: an unchanged pod with unchanged inputs keeps its
+ * object, so the config server reuses its serialized form.
+ */
+export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string, WorkloadUnit> | undefined): WorkloadUnit | undefined {
+  if (pod.metadata.deletionTimestamp) return undefined;
+  const phase = pod.status?.phase;
+  if (phase === 'Succeeded' || phase === 'Failed') return undefined;
+  // A scheduled pod without an address yet is published too (ip ''): its node's agent must know
+  // whether it is ambient when the CNI plugin asks to enrol it, before the kubelet records the
+  // address the network plugin gave it.
+  const ip = pod.status?.podIP ?? pod.status?.podIPs?.[0]?.ip ?? '';
+  if ((!ip && !pod.spec.nodeName) || pod.spec.hostNetwork) return undefined;
+  const { trustDomain, clusterId } = env;
+  const ns = pod.metadata.namespace!;
+  const labels = { ...pod.metadata.labels };
+  const nsObj = env.namespaces.get(ns);
+  const mode = labels[LABEL_DATAPLANE_MODE] ?? nsObj?.metadata.labels?.[LABEL_DATAPLANE_MODE];
+  const sa = pod.spec.serviceAccountName ?? 'default';
+  const node = pod.spec.nodeName ?? '';
+  const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
+  const { mode: mtls, portModes } = resolveMtls(env.peerAuths, ns, labels);
+  const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
+  const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
+  const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
+  const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
+  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
+  const cached = cache?.get(uid);
+  if (cached && cached.pod === pod && cached.deps === deps) return cached;
+  const w: Workload = {
+    uid,
+    name: pod.metadata.name,
+    ...workloadMetaOf(pod, clusterId),
+    namespace: ns,
+    node,
+    ...(nodeIp ? { nodeIp } : {}),
+    ip,
+    serviceAccount: sa,
+    spiffeId: spiffeIdOf(trustDomain, ns, sa),
+    labels,
+    enrolled: mode === 'ambient',
+    mode: mtls,
+    ...(portModes ? { portModes } : {}),
+    ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
+    services: [],
+    ...(telemetry ? { telemetry } : {}),
+  };
+  return { pod, deps, base: w };
+}
+
+/** Adds a base workload to the indexes Services select from. */
+export function indexWorkload(index: WorkloadIndex, w: Workload, pod: Pod): void {
+  index.byUid.set(w.uid, w);
+  index.pods.set(w.uid, pod);
+  if (w.ip) {
+    index.byIp.set(w.ip, w);
+    index.ipHolders.set(w.ip, (index.ipHolders.get(w.ip) ?? 0) + 1);
+  }
+  for (const [k, v] of Object.entries(w.labels)) {
+    const key = `${w.namespace}\0${k}=${v}`;
+    let list = index.byLabel.get(key);
+    if (!list) index.byLabel.set(key, (list = []));
+    list.push(w);
+  }
+}
+
+/** Removes a base workload from the indexes (the inverse of indexWorkload). */
+export function unindexWorkload(index: WorkloadIndex, w: Workload): void {
+  index.byUid.delete(w.uid);
+  index.pods.delete(w.uid);
+  if (w.ip) {
+    if (index.byIp.get(w.ip) === w) index.byIp.delete(w.ip);
+    const n = (index.ipHolders.get(w.ip) ?? 1) - 1;
+    if (n > 0) index.ipHolders.set(w.ip, n);
+    else index.ipHolders.delete(w.ip);
+  }
+  for (const [k, v] of Object.entries(w.labels)) {
+    const key = `${w.namespace}\0${k}=${v}`;
+    const list = index.byLabel.get(key);
+    if (!list) continue;
+    const rest = list.filter((x) => x !== w);
+    if (rest.length > 0) index.byLabel.set(key, rest);
+    else index.byLabel.delete(key);
+  }
+}
+
+function selectWorkloads(index: WorkloadIndex, namespace: string, selector: Record<string, string>): Workload[] {
+  let smallest: Workload[] | undefined;
+  for (const [k, v] of Object.entries(selector)) {
+    const list = index.byLabel.get(`${namespace}\0${k}=${v}`) ?? [];
+    if (!smallest || list.length < smallest.length) smallest = list;
+  }
+  return (smallest ?? []).filter((w) => labelsMatch(selector, w.labels));
+}
+
+/** A Service with its endpoints: from its EndpointSlices when it has some, else from its selector. */
+export function compileService(svc: ServiceObject, env: WorkloadEnv, index: WorkloadIndex): ServiceUnit {
+  const ns = svc.metadata.namespace!;
+  const key = nsName(ns, svc.metadata.name);
+  const ports: ServicePort[] = (svc.spec.ports ?? []).map((p) => ({
+    name: p.name ?? '',
+    port: p.port,
+    targetPort: p.targetPort ?? p.port,
+    protocol: p.protocol ?? 'TCP',
+    appProtocol: appProtocolOf(p.appProtocol, p.name),
+  }));
+  const vips = [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+  const endpoints: Endpoint[] = [];
+  const refs: string[] = [];
+  const slices = index.slicesByService.get(key);
+  if (slices && slices.length > 0) {
+    for (const slice of slices) {
+      if (slice.addressType === 'FQDN') continue;
+      for (const ep of slice.endpoints) {
+        for (const ip of ep.addresses) {
+          if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
+          refs.push(ip);
+          const w = (ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined) ?? index.byIp.get(ip);
+          const epPorts: Record<string, number> = {};
+          for (const sp of ports) {
+            const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
+            const target = match?.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
+            if (target !== undefined) epPorts[String(sp.port)] = target;
+          }
+          endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', env.nodeIps, epPorts, ports, ep.conditions?.ready !== false));
+        }
+      }
+    }
+  } else if (svc.spec.selector && Object.keys(svc.spec.selector).length > 0) {
+    for (const w of selectWorkloads(index, ns, svc.spec.selector)) {
+      const pod = index.pods.get(w.uid)!;
+      const epPorts: Record<string, number> = {};
+      for (const sp of ports) {
+        const target = typeof sp.targetPort === 'number' ? sp.targetPort : namedPort(pod, sp.targetPort);
+        if (target !== undefined) epPorts[String(sp.port)] = target;
+      }
+      const ready = pod.status?.conditions ? pod.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True') : pod.status?.phase !== 'Pending';
+      endpoints.push(endpointOf(w, w.ip, w.node, env.nodeIps, epPorts, ports, ready));
+    }
+  }
+  const members: string[] = [];
+  for (const e of endpoints) if (e.workloadUid && index.byUid.has(e.workloadUid) && !members.includes(e.workloadUid)) members.push(e.workloadUid);
+  // By address, then workload: the same order however the workloads were listed.
+  endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.workloadUid < b.workloadUid ? -1 : a.workloadUid > b.workloadUid ? 1 : 0));
+  const wpName = svc.metadata.labels?.[LABEL_USE_WAYPOINT] ?? env.namespaces.get(ns)?.metadata.labels?.[LABEL_USE_WAYPOINT];
+  const waypoint: WaypointRef | undefined = wpName ? { name: wpName, namespace: ns } : undefined;
+  return {
+    service: {
+      name: svc.metadata.name,
+      namespace: ns,
+      hostname: `${svc.metadata.name}.${ns}.svc.${env.clusterDomain}`,
+      vips,
+      ports,
+      endpoints,
+      ...(waypoint ? { waypoint } : {}),
+    },
+    members,
+    refs,
+  };
+}
+
+/** A Service's own finding: the waypoint it names does not exist. */
+function serviceFinding(svc: ServiceObject, compiled: Service, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+  const wp = compiled.waypoint;
+  if (!wp || waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
+  return { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
+}
+
+/** The workload with its service memberships (sorted); the previous object when they did not change. */
+export function finalWorkload(unit: WorkloadUnit, memberships: readonly string[] | undefined): Workload {
+  const base = unit.base;
+  const services = [...(memberships ?? [])].sort();
+  if (services.length === 0) {
+    unit.final = base;
+    return base;
+  }
+  const prev = unit.final;
+  const final = prev && prev !== base && prev.services.length === services.length && prev.services.every((s, i) => s === services[i]) ? prev : { ...base, services };
+  unit.final = final;
+  return final;
 }
 
 /**
@@ -518,7 +698,7 @@ function sortByAge<T extends { metadata: { name: string; namespace?: string; cre
   return [...list].sort((a, b) => (k(a) < k(b) ? -1 : k(a) > k(b) ? 1 : 0));
 }
 
-function resolveMtls(peerAuths: PeerAuthentication[], namespace: string, labels: Record<string, string>): { mode: MtlsMode; portModes?: Record<string, MtlsMode> } {
+function resolveMtls(peerAuths: readonly PeerAuthentication[], namespace: string, labels: Record<string, string>): { mode: MtlsMode; portModes?: Record<string, MtlsMode> } {
   let mesh: MtlsMode | undefined;
   let ns: MtlsMode | undefined;
   let wl: PeerAuthentication | undefined;
@@ -544,7 +724,7 @@ function namedPort(pod: Pod, name: string): number | undefined {
   return undefined;
 }
 
-function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: Map<string, string>, ports: Record<string, number>, svcPorts: ServicePort[], ready: boolean): Endpoint {
+function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: ReadonlyMap<string, string>, ports: Record<string, number>, svcPorts: ServicePort[], ready: boolean): Endpoint {
   const nodeIp = nodeIps.get(node) ?? w?.nodeIp;
   const only = svcPorts.length === 1 ? ports[String(svcPorts[0]!.port)] : undefined;
   return {

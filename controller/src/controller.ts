@@ -5,7 +5,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { CompileCache, compile, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
+import { CompileCache, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
+import { compileChanges } from './compile-incremental.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { admitWaypoint } from './waypoint-admission.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
@@ -197,10 +198,13 @@ export class Controller {
     if (this.#dirty || !this.#model) {
       this.#dirty = false;
       const started = performance.now();
-      let result: ReturnType<typeof compile>;
+      let result: CompileResult;
       try {
-        result = compile(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) });
+        // Only what changed since the last compilation is recompiled (pods and EndpointSlices; anything else in full).
+        result = compileChanges(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) }, this.store.takeChanges());
       } catch (e) {
+        // The next compilation starts afresh: the changes this one consumed are not lost.
+        this.#cache.last = undefined;
         // A compiler bug must not take the mesh down: keep serving the last good model.
         this.#log.error('compile failed; the last good config keeps serving', { error: (e as Error).message, stack: (e as Error).stack });
         this.#metrics?.compileErrors.inc();

@@ -31,13 +31,15 @@ interface Entry {
   origin?: string;
 }
 
-/** A digest of the object without metadata.resourceVersion (and status, except Waypoints'). */
+/** A digest of the object without metadata.resourceVersion (and without the status we write). */
 function fingerprint(o: MeshObject): string {
   const { resourceVersion: _rv, ...meta } = o.metadata;
-  // status is written by us; a status-only change must not cause a recompile loop, except for
-  // Waypoints, whose status carries the address.
+  // The status of a mesh kind is written by us: a status-only change must not cause a recompile
+  // loop, except for Waypoints, whose status carries the address. The status of a Pod or a Node
+  // (addresses, phase, readiness) is input.
   const { status, ...rest } = o as MeshObject & { status?: unknown };
-  return createHash('sha1').update(JSON.stringify({ ...rest, metadata: meta, ...(o.kind === 'Waypoint' ? { status } : {}) })).digest('base64');
+  const ours = KINDS[o.kind].hasStatus && o.kind !== 'Waypoint';
+  return createHash('sha1').update(JSON.stringify({ ...rest, metadata: meta, ...(ours ? {} : { status }) })).digest('base64');
 }
 
 export class ObjectStore {
@@ -45,6 +47,8 @@ export class ObjectStore {
   /** Latest validation verdict per key (objects whose last update was refused). */
   #invalid = new Map<string, { issues: ValidationIssue[]; generation?: number; origin?: string }>();
   #resourceVersion = '0';
+  /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
+  #changed = new Set<string>();
 
   get resourceVersion(): string {
     return this.#resourceVersion;
@@ -111,6 +115,7 @@ export class ObjectStore {
       return key;
     }
     this.#objects.set(key, { object, fingerprint: fp, ...(origin ? { origin } : {}) });
+    this.#changed.add(key);
     result.changed = true;
     return key;
   }
@@ -118,8 +123,16 @@ export class ObjectStore {
   #delete(key: string, result: ApplyResult): void {
     this.#invalid.delete(key);
     if (this.#objects.delete(key)) {
+      this.#changed.add(key);
       result.changed = true;
     }
+  }
+
+  /** Keys (`Kind/namespace/name`) of the accepted objects that changed since the last call: what an incremental compile recompiles. */
+  takeChanges(): Set<string> {
+    const changed = this.#changed;
+    this.#changed = new Set();
+    return changed;
   }
 
   get(key: string): MeshObject | undefined {

@@ -82,6 +82,8 @@ interface ClientEvents<K extends ClientKind> {
 }
 
 type Stored = Map<string, { version: string; body: unknown }>;
+/** Changes of a batch not yet applied, by name: the new resource, or null for a removal. */
+type Overlay = Map<string, { version: string; body: unknown } | null>;
 
 export const DEFAULT_BACKOFF: Required<BackoffOptions> = { initialMs: 250, maxMs: 30_000, multiplier: 2, jitter: 0.2 };
 
@@ -104,15 +106,18 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   #applied = new Map<ResourceType, Stored>();
   #appliedVersion = '';
   #snapshot: SnapshotOf<K> | undefined;
-  #pending: Map<ResourceType, Stored> | undefined;
+  /**
+   * The batch being received: per type, its changes over `#applied` (an overlay, so that a small
+   * update to a large config costs what it changes, not a copy of every map).
+   */
+  #pending: Map<ResourceType, Overlay> | undefined;
   #pendingVersion = '';
   #pendingTypes = new Set<ResourceType>();
   #pendingNonces: Array<{ type: ResourceType; nonce: string }> = [];
   /** The pending batch changes something (else it is ACKed without validating or emitting). */
   #pendingChanged = false;
-  #pendingCloned = new Set<ResourceType>();
-  /** Per-type value arrays of the last built config, reused for types a batch left alone. */
-  #arrays = new Map<ResourceType, { source: Stored; values: unknown[] }>();
+  /** Per-type value arrays of the last accepted config, reused for types a batch left alone. */
+  #arrays = new Map<ResourceType, unknown[]>();
   #queue: Promise<void> = Promise.resolve();
   #generation = 0;
   /** The current stream has had a response from the controller and has not ended. */
@@ -234,20 +239,13 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     if (gen !== this.#generation) return;
     const type = resourceTypeOf(res.type_url);
     if (!type || !this.#types.includes(type)) throw new ConfigStreamProtocolError(`unexpected type_url "${res.type_url}"`);
-    if (!this.#pending) {
-      // Copy on write: a type's map is cloned only when the batch changes it.
-      this.#pending = new Map(this.#applied);
-      this.#pendingCloned.clear();
-    }
+    this.#pending ??= new Map();
     if (res.system_version_info !== this.#pendingVersion) {
       this.#pendingVersion = res.system_version_info;
       this.#pendingTypes.clear();
     }
-    if ((res.resources.length > 0 || res.removed_resources.length > 0) && !this.#pendingCloned.has(type)) {
-      this.#pending.set(type, new Map(this.#pending.get(type)!));
-      this.#pendingCloned.add(type);
-    }
-    const store = this.#pending.get(type)!;
+    let store = this.#pending.get(type);
+    if (!store && (res.resources.length > 0 || res.removed_resources.length > 0)) this.#pending.set(type, (store = new Map()));
     if (res.resources.length > 0 || res.removed_resources.length > 0) this.#pendingChanged = true;
     for (const r of res.resources) {
       let body: unknown;
@@ -256,9 +254,9 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       } catch (e) {
         throw new ConfigStreamProtocolError(`resource ${r.name} of ${res.type_url} is not JSON: ${(e as Error).message}`);
       }
-      store.set(r.name, { version: r.version, body });
+      store!.set(r.name, { version: r.version, body });
     }
-    for (const n of res.removed_resources) store.delete(n);
+    for (const n of res.removed_resources) store!.set(n, null);
     this.#pendingTypes.add(type);
     this.#pendingNonces.push({ type, nonce: res.nonce });
     if (!this.#types.every((t) => this.#pendingTypes.has(t))) return;
@@ -272,7 +270,8 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     this.#pendingNonces = [];
     this.#pendingTypes.clear();
     this.#pendingChanged = false;
-    const config = changed ? this.#build(pending) : this.#snapshot!;
+    const arrays = changed ? this.#arraysWith(pending) : this.#arrays;
+    const config = changed ? this.#build(arrays) : this.#snapshot!;
     let error: string | undefined;
     if (changed) {
       try {
@@ -287,7 +286,14 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       // Same content under a new version (a reconnect, or a change that did not touch this client).
       this.#appliedVersion = version;
     } else if (error === undefined) {
-      this.#applied = pending;
+      for (const [t, overlay] of pending) {
+        const stored = this.#applied.get(t)!;
+        for (const [n, r] of overlay) {
+          if (r) stored.set(n, r);
+          else stored.delete(n);
+        }
+      }
+      this.#arrays = arrays;
       this.#appliedVersion = version;
       this.#snapshot = config;
       this.emit('snapshot', config, version);
@@ -306,17 +312,31 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     }
   }
 
-  #build(stored: Map<ResourceType, Stored>): SnapshotOf<K> {
-    const lists: Record<string, unknown[]> = {};
-    for (const [t, m] of stored) {
-      let cached = this.#arrays.get(t);
-      if (!cached || cached.source !== m) {
-        cached = { source: m, values: [...m.values()].map((r) => r.body) };
-        this.#arrays.set(t, cached);
+  /** The value arrays of the applied config with `pending` on top; types it does not touch keep their array. */
+  #arraysWith(pending: Map<ResourceType, Overlay>): Map<ResourceType, unknown[]> {
+    const out = new Map<ResourceType, unknown[]>();
+    for (const t of this.#types) {
+      const stored = this.#applied.get(t)!;
+      const overlay = pending.get(t);
+      const cached = this.#arrays.get(t);
+      if (!overlay && cached) {
+        out.set(t, cached);
+        continue;
       }
-      lists[t] = cached.values;
+      const values: unknown[] = [];
+      for (const [n, r] of stored) {
+        const o = overlay?.get(n);
+        if (o === undefined) values.push(r.body);
+        else if (o) values.push(o.body);
+      }
+      if (overlay) for (const [n, o] of overlay) if (o && !stored.has(n)) values.push(o.body);
+      out.set(t, values);
     }
-    const l = <T>(t: ResourceType) => (lists[t] ?? []) as T[];
+    return out;
+  }
+
+  #build(lists: Map<ResourceType, unknown[]>): SnapshotOf<K> {
+    const l = <T>(t: ResourceType) => (lists.get(t) ?? []) as T[];
     const config = this.#o.kind === 'agent'
       ? { node: this.#o.id, workloads: l('Workload'), services: l('Service'), policies: l('AuthorizationPolicy'), peerAuthentications: l('PeerAuthentication'), waypoints: l('Waypoint') }
       : { namespace: this.#o.namespace!, services: l('Service'), routes: l('Route'), trafficPolicies: l('TrafficPolicy'), policies: l('AuthorizationPolicy'), waypoints: l('Waypoint'), workloads: l('Workload') };

@@ -236,3 +236,56 @@ test('a reconnect that changes nothing is acknowledged without a new snapshot ev
     server.forceShutdown();
   }
 });
+
+test('a push after a pod change carries only the objects that changed, to the agents whose view holds them; a client that connects afresh gets the full state', async () => {
+  const base = () => {
+    const i = inputs(['web']);
+    i.pods.push(pod('shop', 'api', { node: 'node-b', ip: '10.3.1.1' }));
+    i.authorizationPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-canary', namespace: 'shop' }, spec: { selector: { matchLabels: { track: 'canary' } } } });
+    return i;
+  };
+  const configServer = new ConfigServer();
+  configServer.publish(compile(base()).model);
+  const sentA: DeltaConfigResponse[] = [];
+  const sentB: DeltaConfigResponse[] = [];
+  const a = await serveRecording(configServer, sentA);
+  const b = await serveRecording(configServer, sentB);
+  const client = (port: number, id: string) => new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id });
+  const ca = client(a.port, 'node-a');
+  const cb = client(b.port, 'node-b');
+  const names = (sent: DeltaConfigResponse[]) => sent.flatMap((r) => r.resources.map((x) => `${r.type_url.split('.').pop()}:${x.name}`)).sort();
+  let fresh: ConfigClient<'agent'> | undefined;
+  try {
+    ca.start();
+    cb.start();
+    await Promise.all([ca.ready(), cb.ready()]);
+    sentA.length = 0;
+    sentB.length = 0;
+    // A canary replica of web lands on node-b: web's endpoints change, and node-b now runs a
+    // workload that for-canary selects.
+    const next = base();
+    next.pods.push(pod('shop', 'web-canary', { node: 'node-b', ip: '10.3.1.2', labels: { app: 'web', track: 'canary' } }));
+    const version = configServer.publish(compile(next).model);
+    await until('both agents acknowledged', () => configServer.clients().every((c) => c.ackedVersion === version), 5000);
+    assert.deepEqual(names(sentA), ['Service:shop/web', 'Workload:uid-shop-web-canary']);
+    assert.deepEqual(names(sentB), ['AuthorizationPolicy:shop/for-canary', 'Service:shop/web', 'Workload:uid-shop-web-canary']);
+    assert.ok([...sentA, ...sentB].every((r) => r.removed_resources.length === 0));
+    assert.deepEqual(cb.snapshot!.policies.map((p) => p.name), ['for-canary']);
+
+    // A client holding nothing (a restarted agent) gets the whole view, equal to what the
+    // incrementally updated client holds.
+    sentA.length = 0;
+    fresh = client(a.port, 'node-b');
+    fresh.start();
+    const full = await fresh.ready();
+    const sorted = (c: typeof full) => JSON.stringify({ w: c.workloads.map((w) => w.uid).sort(), s: c.services.map((s) => JSON.stringify(s)).sort(), p: c.policies.map((p) => p.name).sort() });
+    assert.equal(sorted(full), sorted(cb.snapshot!));
+    assert.deepEqual(names(sentA), ['AuthorizationPolicy:shop/for-canary', 'Service:shop/other', 'Service:shop/web', 'Workload:uid-shop-api', 'Workload:uid-shop-web', 'Workload:uid-shop-web-canary']);
+  } finally {
+    ca.close();
+    cb.close();
+    fresh?.close();
+    a.server.forceShutdown();
+    b.server.forceShutdown();
+  }
+});

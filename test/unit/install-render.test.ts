@@ -441,6 +441,20 @@ test('the agent caps its V8 heap well below its memory limit, so garbage is coll
   assert.ok(heapMb > 0 && heapMb <= limitMb * 0.75, `heap cap ${heapMb} MB vs limit ${limit}`);
 });
 
+test('the agent runs with a small V8 young generation and two malloc arenas, as the local mesh runs it (issue 20: memory returns after a bulk stream)', async () => {
+  const { AGENT_ENV, AGENT_NODE_OPTIONS } = await import('../../cli/install/names.ts');
+  const { agent } = agentDaemonSet();
+  const env = new Map((agent.env ?? []).map((e) => [e.name, e.value]));
+  assert.match(env.get('NODE_OPTIONS') ?? '', /--max-semi-space-size=1\b/);
+  assert.equal(env.get('MALLOC_ARENA_MAX'), '2');
+  assert.equal(env.get('NODE_OPTIONS'), AGENT_NODE_OPTIONS);
+  for (const [k, v] of Object.entries(AGENT_ENV)) assert.equal(env.get(k), v, k);
+  // The local mesh starts its agents from the same constants.
+  const mesh = readFileSync(new URL('../../cli/local/mesh.ts', import.meta.url), 'utf8');
+  assert.match(mesh, /\.\.\.AGENT_ENV,/);
+  assert.match(mesh, /AGENT_NODE_OPTIONS\]/);
+});
+
 test('the controller requires client identities on the config stream (issue 17, defect 7)', () => {
   const args = find<IDeployment>(renderInstall(OPTS), 'Deployment').spec?.template.spec?.containers[0]?.args ?? [];
   assert.ok(args.includes('--require-client-identity'), args.join(' '));

@@ -18,7 +18,7 @@ import {
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
-import { agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
+import { AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS, agentHolds, agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
 
 /** A client's request was malformed (missing node id, unknown kind, unknown type URL). */
 export class ConfigStreamRequestError extends Error {
@@ -84,6 +84,12 @@ class Subscriber {
   /** What the client confirmed. */
   readonly acked = new Map<ResourceType, Map<string, string>>();
   readonly pending = new Map<string, Pending>();
+  /**
+   * Per type, what may differ between `sent` and the client's view since the last flush: the
+   * names published changes touched, or 'all' (a new subscription, a NACK, a change its view
+   * depends on as a whole). A flush diffs only these, not the whole view.
+   */
+  readonly dirty = new Map<ResourceType, Set<string> | 'all'>();
   force = false;
   /** System version the client rejected; not re-sent until the model moves on. */
   nackedVersion: string | undefined;
@@ -160,37 +166,84 @@ export class ConfigServer {
     const next = String(this.#systemVersion + 1);
     const resources = modelResources(model);
     const published = emptyPublished();
-    let changed = false;
+    const changes = new Map<ResourceType, string[]>();
+    const before = this.#index ? modelResources(this.#index.model) : undefined;
     for (const type of ALL_TYPES) {
       const prev = this.#published[type];
-      const out = published[type];
+      // An incremental compile hands over the maps it did not touch as they were.
+      if (before && resources[type] === before[type]) {
+        published[type] = prev;
+        continue;
+      }
+      // Start from what was published and replace what changed: an unchanged model object keeps
+      // its identity across compilations (CompileCache), so its entry stays as it is.
+      const out = new Map(prev);
+      const touched: string[] = [];
       for (const [name, obj] of resources[type]) {
-        // Unchanged model objects keep their identity across compilations (CompileCache): reuse their JSON.
+        const old = out.get(name);
+        if (old?.source === obj) continue;
         let body = this.#bodies.get(obj as object);
         if (body === undefined) {
           body = JSON.stringify(obj);
           this.#bodies.set(obj as object, body);
         }
-        const old = prev.get(name);
-        if (old && old.body === body) out.set(name, old);
+        if (old && old.body === body) out.set(name, { ...old, source: obj as object });
         else {
-          out.set(name, { version: `${this.#epoch}.${next}`, body });
-          changed = true;
+          out.set(name, { version: `${this.#epoch}.${next}`, body, source: obj as object });
+          touched.push(name);
         }
       }
-      if (prev.size !== out.size) changed = true;
-      else if (!changed) for (const name of prev.keys()) if (!out.has(name)) { changed = true; break; }
+      if (out.size !== resources[type].size) {
+        for (const name of prev.keys()) {
+          if (resources[type].has(name)) continue;
+          out.delete(name);
+          touched.push(name);
+        }
+      }
+      if (touched.length > 0) changes.set(type, touched);
+      published[type] = out;
       this.#metrics?.resources.set({ type }, out.size);
+    }
+    // Nodes whose workloads changed (before or after): their agents' policy views follow them.
+    const nodes = new Set<string>();
+    for (const name of changes.get('Workload') ?? []) {
+      const before = this.#index?.model.workloads.get(name);
+      const after = model.workloads.get(name);
+      if (before) nodes.add(before.node);
+      if (after) nodes.add(after.node);
     }
     this.#index = buildIndex(model);
     this.#published = published;
-    if (changed || this.#systemVersion === 0) {
+    if (changes.size > 0 || this.#systemVersion === 0) {
       this.#systemVersion += 1;
-      for (const s of this.#subscribers) this.#scheduleFlush(s);
+      for (const s of this.#subscribers) {
+        this.#markChanged(s, changes, nodes);
+        this.#scheduleFlush(s);
+      }
     }
     this.#lastPublishMs = Number(process.hrtime.bigint() - started) / 1e6;
     this.#metrics?.publishSeconds.observe(this.#lastPublishMs / 1000);
     return this.systemVersion;
+  }
+
+  /** Records on `sub` what a publish changed, as far as its view can tell. */
+  #markChanged(sub: Subscriber, changes: ReadonlyMap<ResourceType, readonly string[]>, nodes: ReadonlySet<string>): void {
+    for (const type of sub.subs.keys()) {
+      let d = sub.dirty.get(type);
+      if (d === 'all') continue;
+      // A waypoint's views (its namespace's services, routes' backends) are small: recomputed whole.
+      const whole = sub.kind === 'waypoint'
+        ? changes.size > 0
+        : AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS.includes(type) && nodes.has(sub.id);
+      if (whole) {
+        sub.dirty.set(type, 'all');
+        continue;
+      }
+      const names = changes.get(type);
+      if (!names) continue;
+      if (!d) sub.dirty.set(type, (d = new Set()));
+      for (const n of names) d.add(n);
+    }
   }
 
   clients(): ConfigStreamClientInfo[] {
@@ -331,6 +384,7 @@ export class ConfigServer {
       for (const n of q.removed) sent.delete(n);
     }
     sub.sent.set(p.type, sent);
+    sub.dirty.set(p.type, 'all');
   }
 
   #scheduleFlush(sub: Subscriber): void {
@@ -398,6 +452,16 @@ export class ConfigServer {
     return out;
   }
 
+  /** The published resource if `sub` may see it (the one-name form of #view). */
+  #holds(sub: Subscriber, type: ResourceType, name: string): Published | undefined {
+    const p = this.#published[type].get(name);
+    const s = sub.subs.get(type)!;
+    if (!p || !this.#index || !(s.wildcard || s.names.has(name))) return undefined;
+    if (sub.kind === 'agent') return agentHolds(this.#index, sub.id, type, name) ? p : undefined;
+    const names = waypointView(this.#index, sub.namespace, type);
+    return names === undefined || [...names].includes(name) ? p : undefined;
+  }
+
   #flush(sub: Subscriber): void {
     if (!this.#subscribers.has(sub) || sub.subs.size === 0 || !this.#index) return;
     const version = this.systemVersion;
@@ -405,16 +469,26 @@ export class ConfigServer {
     const responses: Array<{ type: ResourceType; upserts: Array<[string, Published]>; removed: string[] }> = [];
     let any = sub.force;
     for (const type of sub.subs.keys()) {
-      const view = this.#view(sub, type);
       const sent = sub.sent.get(type)!;
       const upserts: Array<[string, Published]> = [];
       const removed: string[] = [];
-      for (const [n, p] of view) if (sent.get(n) !== p.version) upserts.push([n, p]);
-      for (const n of sent.keys()) if (!view.has(n)) removed.push(n);
+      const dirty = sub.force ? 'all' : sub.dirty.get(type);
+      if (dirty === 'all') {
+        const view = this.#view(sub, type);
+        for (const [n, p] of view) if (sent.get(n) !== p.version) upserts.push([n, p]);
+        for (const n of sent.keys()) if (!view.has(n)) removed.push(n);
+      } else if (dirty) {
+        for (const n of dirty) {
+          const p = this.#holds(sub, type, n);
+          if (p && sent.get(n) !== p.version) upserts.push([n, p]);
+          else if (!p && sent.has(n)) removed.push(n);
+        }
+      }
       if (upserts.length > 0 || removed.length > 0) any = true;
       responses.push({ type, upserts, removed });
     }
     sub.force = false;
+    sub.dirty.clear();
     if (!any) return;
     for (const r of responses) {
       const nonce = randomBytes(8).toString('hex');

@@ -12,6 +12,8 @@ import { routeKey } from '../compile.ts';
 export interface Published {
   version: string;
   body: string;
+  /** The model object it was serialized from (identity: unchanged objects are not looked at again). */
+  source: object;
 }
 
 export type PublishedSet = Record<ResourceType, Map<string, Published>>;
@@ -42,21 +44,16 @@ export function buildIndex(model: MeshModel): ViewIndex {
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
 export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iterable<string> | undefined {
-  const local = ix.workloadsByNode.get(node) ?? [];
   switch (type) {
     case 'Workload':
       return [...ix.enrolled, ...(ix.plainByNode.get(node) ?? []).map((w) => w.uid)];
     case 'Service':
     case 'Waypoint':
       return undefined;
-    case 'AuthorizationPolicy': {
-      const out: string[] = [];
-      for (const [k, p] of ix.model.policies) if (p.scope !== 'service' && local.some((w) => policySelectsWorkload(p, w))) out.push(k);
-      return out;
-    }
+    case 'AuthorizationPolicy':
     case 'PeerAuthentication': {
       const out: string[] = [];
-      for (const [k, p] of ix.model.peerAuthentications) if (local.some((w) => policySelectsWorkload(p, w))) out.push(k);
+      for (const k of modelResources(ix.model)[type].keys()) if (agentHolds(ix, node, type, k)) out.push(k);
       return out;
     }
     case 'TrafficPolicy':
@@ -64,6 +61,42 @@ export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iter
       return [];
   }
 }
+
+/**
+ * Whether the agent of `node` may see resource `name` of `type`: the same answer as agentView, one
+ * name at a time, so that a push after a small change looks only at the names it touched.
+ */
+export function agentHolds(ix: ViewIndex, node: string, type: ResourceType, name: string): boolean {
+  const m = ix.model;
+  switch (type) {
+    case 'Workload': {
+      const w = m.workloads.get(name);
+      return w !== undefined && (w.enrolled || w.node === node);
+    }
+    case 'Service':
+      return m.services.has(name);
+    case 'Waypoint':
+      return m.waypoints.has(name);
+    case 'AuthorizationPolicy': {
+      const p = m.policies.get(name);
+      return p !== undefined && p.scope !== 'service' && (ix.workloadsByNode.get(node) ?? []).some((w) => policySelectsWorkload(p, w));
+    }
+    case 'PeerAuthentication': {
+      const p = m.peerAuthentications.get(name);
+      return p !== undefined && (ix.workloadsByNode.get(node) ?? []).some((w) => policySelectsWorkload(p, w));
+    }
+    case 'TrafficPolicy':
+    case 'Route':
+      return false;
+  }
+}
+
+/**
+ * Agent view types whose membership of a name depends on more than that resource: the policies
+ * and peer authentications an agent sees follow its node's workloads, so a workload change on a
+ * node re-evaluates them all for that node's agent.
+ */
+export const AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS: readonly ResourceType[] = ['AuthorizationPolicy', 'PeerAuthentication'];
 
 export function waypointView(ix: ViewIndex, namespace: string, type: ResourceType): Iterable<string> | undefined {
   const m = ix.model;

@@ -1,0 +1,129 @@
+// Incremental compile (controller/src/compile-incremental.ts) against a full compile: after every
+// step of seeded random change sequences (pods added, moved, relabelled, readdressed, finished,
+// deleted; EndpointSlices rewritten; now and then a Service, Namespace or PeerAuthentication, which
+// forces a full compile), the incremental result equals compiling the same objects from scratch.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CompileCache, compile, type CompileResult } from '../../controller/src/compile.ts';
+import { compileChanges, compileIncrementally } from '../../controller/src/compile-incremental.ts';
+import { ObjectStore } from '../../controller/src/store.ts';
+import type { SourceEvent } from '../../controller/src/sources/source.ts';
+import { prng } from '../lab/config-fuzz.ts';
+
+const NS = ['a', 'b'];
+const APPS = ['web', 'api', 'db'];
+const NODES = ['n1', 'n2', 'n3'];
+
+function pick<T>(r: () => number, xs: readonly T[]): T {
+  return xs[Math.floor(r() * xs.length)]!;
+}
+
+function pod(r: () => number, i: number, uidGen: number): object {
+  const node = pick(r, NODES);
+  const ns = pick(r, NS);
+  const phase = pick(r, ['Running', 'Running', 'Running', 'Pending', 'Succeeded']);
+  return {
+    apiVersion: 'v1', kind: 'Pod',
+    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}) } },
+    spec: { nodeName: node, serviceAccountName: pick(r, APPS), containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
+    status: {
+      phase,
+      // A small address pool: pods now and then share an address (the incremental compile must step aside).
+      ...(r() < 0.9 ? { podIP: `10.0.0.${1 + Math.floor(r() * 40)}` } : {}),
+      // Now and then a node's address moves (a full compile).
+      hostIP: r() < 0.05 ? '192.168.9.9' : `192.168.0.${NODES.indexOf(node) + 1}`,
+      ...(r() < 0.3 ? { conditions: [{ type: 'Ready', status: r() < 0.5 ? 'True' : 'False' }] } : {}),
+    },
+  };
+}
+
+function service(ns: string, app: string, selector: boolean): object {
+  return {
+    apiVersion: 'v1', kind: 'Service', metadata: { name: app, namespace: ns },
+    spec: { clusterIP: `10.96.${NS.indexOf(ns)}.${APPS.indexOf(app) + 1}`, ...(selector ? { selector: { app } } : {}), ports: [{ name: 'http', port: 80, targetPort: 'http' }] },
+  };
+}
+
+function slice(r: () => number, ns: string, app: string, gen: number): object {
+  const endpoints = Array.from({ length: 1 + Math.floor(r() * 3) }, () => {
+    const i = Math.floor(r() * 12);
+    return { addresses: [`10.0.0.${1 + Math.floor(r() * 40)}`], ...(r() < 0.5 ? { targetRef: { kind: 'Pod', name: `p${i}`, uid: `u${ns}${i}-0` } } : {}), conditions: { ready: r() < 0.8 } };
+  });
+  return { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4', metadata: { name: `${app}-${gen % 2}`, namespace: ns, labels: { 'kubernetes.io/service-name': app } }, endpoints, ports: [{ name: 'http', port: 8080 }] };
+}
+
+function normal(r: CompileResult): unknown {
+  const sorted = (m: Map<string, unknown>) => [...m].sort(([a], [b]) => (a < b ? -1 : 1));
+  const m = r.model;
+  return {
+    workloads: sorted(m.workloads), services: sorted(m.services), policies: sorted(m.policies), peerAuthentications: sorted(m.peerAuthentications),
+    trafficPolicies: sorted(m.trafficPolicies), routes: sorted(m.routes), waypoints: sorted(m.waypoints),
+    findings: r.findings.map((f) => JSON.stringify(f)).sort(),
+    routeParents: sorted(r.routeParents),
+  };
+}
+
+for (const seed of [1, 2, 3, 4, 5, 6]) {
+  test(`incremental compile equals a full compile after random pod and EndpointSlice changes (seed ${seed})`, () => {
+    const r = prng(seed);
+    const store = new ObjectStore();
+    let version = 0;
+    const apply = (events: Array<Omit<SourceEvent, 'resourceVersion'>>) => store.apply(events.map((e) => ({ ...e, resourceVersion: String(++version) })) as SourceEvent[]);
+    const initial: object[] = [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'b' } },
+      { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-db', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'STRICT' } } },
+      { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'web', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'web' } }, rules: [{ from: [{ source: { namespaces: ['a'] } }] }] } },
+      { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'rt', namespace: 'a' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', port: 80 }], rules: [{ backendRefs: [{ name: 'api', port: 80 }] }] } },
+    ];
+    for (const ns of NS) for (const app of APPS) initial.push(service(ns, app, app !== 'db' || ns === 'b'));
+    for (let i = 0; i < 12; i++) initial.push(pod(r, i, 0));
+    initial.push(slice(r, 'a', 'db', 0));
+    apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'PeerAuthentication', 'AuthorizationPolicy', 'HTTPRoute'], objects: initial } as never]);
+    const cache = new CompileCache();
+    compileChanges(store.inputs(), { cache }, store.takeChanges());
+    let incremental = 0;
+    for (let step = 0; step < 150; step++) {
+      const events: Array<Record<string, unknown>> = [];
+      for (let k = 1 + Math.floor(r() * 3); k > 0; k--) {
+        const x = r();
+        const i = Math.floor(r() * 16);
+        if (x < 0.55) events.push({ type: 'upsert', object: pod(r, i, r() < 0.2 ? step : 0) });
+        else if (x < 0.7) events.push({ type: 'delete', kind: 'Pod', namespace: pick(r, NS), name: `p${i}` });
+        else if (x < 0.82) events.push({ type: 'upsert', object: slice(r, pick(r, NS), pick(r, APPS), step) });
+        else if (x < 0.88) events.push({ type: 'delete', kind: 'EndpointSlice', namespace: pick(r, NS), name: `${pick(r, APPS)}-${step % 2}` });
+        else if (x < 0.93) events.push({ type: 'upsert', object: service(pick(r, NS), pick(r, APPS), r() < 0.7) });
+        else if (x < 0.97) events.push({ type: 'upsert', object: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'b', labels: r() < 0.5 ? { 'weft.dev/dataplane-mode': 'ambient' } : {} } } });
+        else events.push({ type: 'upsert', object: { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-db', namespace: 'a' }, spec: { mtls: { mode: r() < 0.5 ? 'STRICT' : 'PERMISSIVE' } } } });
+      }
+      apply(events as never);
+      const inputs = store.inputs();
+      const changed = store.takeChanges();
+      const inc = compileIncrementally(inputs, { cache }, changed);
+      if (inc) incremental++;
+      const got = inc ?? compile(inputs, { cache });
+      assert.deepEqual(normal(got), normal(compile(inputs)), `seed ${seed}, step ${step}: ${[...changed].join(', ')}`);
+    }
+    // Most steps change only pods and slices: most take the incremental path.
+    assert.ok(incremental > 60, `only ${incremental} of 150 steps were incremental`);
+  });
+}
+
+test('an incremental compile of one pod change recompiles only its services: other objects keep their identity', () => {
+  const store = new ObjectStore();
+  const objs: object[] = [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } }];
+  for (const app of APPS) objs.push(service('a', app, true));
+  const r = prng(9);
+  for (let i = 0; i < 30; i++) objs.push({ ...(pod(r, i, 0) as Record<string, unknown>), metadata: { name: `p${i}`, namespace: 'a', uid: `u${i}`, labels: { app: APPS[i % 3] } } });
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service'], objects: objs as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  const first = compileChanges(store.inputs(), { cache }, store.takeChanges());
+  store.apply([{ type: 'upsert', object: { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'new', namespace: 'a', uid: 'unew', labels: { app: 'web' } }, spec: { nodeName: 'n1' }, status: { phase: 'Running', podIP: '10.1.1.1', hostIP: '192.168.0.1' } } as never, resourceVersion: '2' }]);
+  const second = compileIncrementally(store.inputs(), { cache }, store.takeChanges());
+  assert.ok(second, 'a pod change compiles incrementally');
+  assert.notEqual(second.model.services.get('a/web'), first.model.services.get('a/web'));
+  assert.equal(second.model.services.get('a/api'), first.model.services.get('a/api'));
+  assert.equal(second.model.services.get('a/db'), first.model.services.get('a/db'));
+  const changedWorkloads = [...second.model.workloads].filter(([uid, w]) => first.model.workloads.get(uid) !== w).map(([uid]) => uid);
+  assert.deepEqual(changedWorkloads, ['unew']);
+});
