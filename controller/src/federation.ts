@@ -107,6 +107,12 @@ export class Federation {
     }));
   }
 
+  /** The federation listener's port (undefined when not serving). */
+  get port(): number | undefined {
+    const a = this.#server?.address();
+    return a && typeof a === 'object' ? a.port : undefined;
+  }
+
   async start(): Promise<void> {
     if (this.#o.listen) await this.#serve(this.#o.listen);
     this.#schedule(0);
