@@ -25,6 +25,8 @@ export interface EastWestOptions {
   controllerId: string;
   pollMs?: number;
   connectTimeoutMs?: number;
+  /** The node agents' HBONE port; default 15008 (tests move it). */
+  agentPort?: number;
   log: Logger;
   registry?: Registry;
 }
@@ -73,10 +75,11 @@ export class EastWestGateway {
     return this.#nodeOf.size;
   }
 
-  async listen(port: number, host: string): Promise<void> {
+  /** Resolves with the bound port. */
+  async listen(port: number, host: string): Promise<number> {
     await this.#refresh().catch((e: Error) => this.#o.log.warn('controller export not read yet', { error: e.message }));
     this.#schedule();
-    await this.#server.listen(port, host);
+    return (await this.#server.listen(port, host)).port;
   }
 
   async close(): Promise<void> {
@@ -101,11 +104,11 @@ export class EastWestGateway {
       return this.#refuse('unknown-endpoint', req, 403, `${ip} is not an endpoint of this cluster`);
     }
     try {
-      const upstream = await connectTcp(node, HBONE_PORT, this.#o.connectTimeoutMs ?? 5_000, req.signal);
+      const upstream = await connectTcp(node, this.#o.agentPort ?? HBONE_PORT, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
       return { upstream };
     } catch (e) {
-      return this.#refuse('upstream-unreachable', req, 503, `the node agent of ${ip} (${node}:${HBONE_PORT}) did not answer: ${(e as Error).message}`);
+      return this.#refuse('upstream-unreachable', req, 503, `the node agent of ${ip} (${node}:${this.#o.agentPort ?? HBONE_PORT}) did not answer: ${(e as Error).message}`);
     }
   }
 
