@@ -18,7 +18,8 @@ export function upCommand(io: CommandIo = processIo): Command {
     .description('start a local two-node mesh with sample applications and show traffic flowing')
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
     .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
-    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string }) => {
+    .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
+    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string; trustDomains: string }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
       if (f.clusters !== undefined) {
@@ -28,8 +29,13 @@ export function upCommand(io: CommandIo = processIo): Command {
           io.setExitCode(2);
           return;
         }
+        if (f.trustDomains !== 'shared' && f.trustDomains !== 'per-cluster') {
+          io.err(`weftctl up: --trust-domains must be shared or per-cluster, not "${f.trustDomains}"\n`);
+          io.setExitCode(2);
+          return;
+        }
         try {
-          const { state, mc } = await upClusters({ prefix: f.prefix, stateDir: f.stateDir, clusters: n, say });
+          const { state, mc } = await upClusters({ prefix: f.prefix, stateDir: f.stateDir, clusters: n, trustDomains: f.trustDomains, say });
           say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from ${state.clusters[0]!.name}'s demo/client:`);
           const ok = await showClusterTraffic(mc, say);
           say('');

@@ -49,6 +49,8 @@ export interface LocalMeshOptions {
   /** The controller's cluster ID (`--cluster-id`) and network (`--network`); multi-cluster only. */
   clusterId?: string;
   network?: string;
+  /** Other trust domains admitted as this mesh's own (per-cluster trust domains): agents and controller. */
+  trustDomainAliases?: string[];
 }
 
 /** The pod-template-hash of local "Deployments" (WorkloadSpec.deployment). */
@@ -213,6 +215,7 @@ export class LocalMesh {
       '--ip-address', this.controllerIp,
       ...(this.o.clusterId ? ['--cluster-id', this.o.clusterId] : []),
       ...(this.o.network ? ['--network', this.o.network] : []),
+      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
       ...this.controllerArgs,
       '--trust-domain', this.trustDomain,
       '--ca-cert', ca.certFile,
@@ -277,6 +280,7 @@ export class LocalMesh {
       // The CNI plugin asks the agent to enrol each pod created from now on before it starts.
       '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
+      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).

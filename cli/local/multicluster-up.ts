@@ -32,7 +32,7 @@ function sampleApps(c: LocalCluster): void {
   });
 }
 
-export async function upClusters(o: { prefix: string; stateDir: string; clusters: number; say: (l: string) => void }): Promise<{ state: MultiClusterState; mc: LocalMultiCluster }> {
+export async function upClusters(o: { prefix: string; stateDir: string; clusters: number; trustDomains?: 'shared' | 'per-cluster'; say: (l: string) => void }): Promise<{ state: MultiClusterState; mc: LocalMultiCluster }> {
   if (process.getuid?.() !== 0) throw new LocalMeshError('WEFT_NOT_ROOT', 'weftctl up needs root (network namespaces, cgroups and eBPF): run it with sudo');
   if (!existsSync(join(REPO_ROOT, 'build/bpf/redirect.bpf.o'))) throw new LocalMeshError('WEFT_NOT_BUILT', 'build/bpf is missing: run `make build` first');
   if (listNetns().some((n) => n.startsWith(`${o.prefix}c1-`) || n === `${o.prefix}x-xchg`)) {
@@ -41,7 +41,7 @@ export async function upClusters(o: { prefix: string; stateDir: string; clusters
   }
   rmSync(o.stateDir, { recursive: true, force: true });
   o.say(`creating ${o.clusters} clusters (one root CA, an intermediate each; networks joined only at the exchange ${'192.168.77.0/24'})`);
-  const mc = await LocalMultiCluster.create({ prefix: o.prefix, stateDir: o.stateDir, clusters: o.clusters, nodes: ['node1', 'node2'], detached: true });
+  const mc = await LocalMultiCluster.create({ prefix: o.prefix, stateDir: o.stateDir, clusters: o.clusters, nodes: ['node1', 'node2'], detached: true, ...(o.trustDomains ? { trustDomains: o.trustDomains } : {}) });
   try {
     for (const c of mc.clusters) sampleApps(c);
     o.say('starting each cluster\'s controller (federation with the others over mutual TLS)');

@@ -34,6 +34,12 @@ export interface MultiClusterOptions {
   /** Nodes per cluster; default ['node1']. */
   nodes?: string[];
   trustDomain?: string;
+  /**
+   * `shared` (default): every cluster in `trustDomain`; `per-cluster`: cluster i in
+   * `cluster<i>.local`, admitting the others' as aliases (`--trust-domain-alias`), so policies can
+   * tell a caller's cluster by its principal.
+   */
+  trustDomains?: 'shared' | 'per-cluster';
   /** How long a controller keeps an unreachable remote's endpoints (`--remote-stale-after`); default 30s. */
   remoteStaleAfter?: string;
   detached?: boolean;
@@ -75,15 +81,18 @@ export class LocalMultiCluster {
       for (let i = 1; i <= o.clusters; i++) {
         const name = `cluster${i}`;
         const intermediate = await root.issueIntermediate(name);
+        const perCluster = o.trustDomains === 'per-cluster';
+        const td = perCluster ? `cluster${i}.local` : trustDomain;
+        const aliases = perCluster ? Array.from({ length: o.clusters }, (_, k) => `cluster${k + 1}.local`).filter((x) => x !== td) : [];
         const mesh = await LocalMesh.create({
           prefix: `${o.prefix}c${i}`, stateDir: join(o.stateDir, name), nodes: o.nodes ?? ['node1'],
-          trustDomain, base: `10.${76 + i}`, intermediate, clusterId: name, network: `network${i}`,
+          trustDomain: td, ...(aliases.length ? { trustDomainAliases: aliases } : {}), base: `10.${76 + i}`, intermediate, clusterId: name, network: `network${i}`,
           ...(o.detached ? { detached: true } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}),
         });
         const c: LocalCluster = { name, network: `network${i}`, index: i, mesh, edgeIp: `${EXCHANGE_NET}.${i}` };
         mc.clusters.push(c);
         mc.#joinExchange(c);
-        await mc.#writeGatewayIdentity(c, await CertificateAuthority.fromPem({ certPem: intermediate.certPem, keyPem: intermediate.keyPem, rootsPem: intermediate.rootPem }, { trustDomain }));
+        await mc.#writeGatewayIdentity(c, await CertificateAuthority.fromPem({ certPem: intermediate.certPem, keyPem: intermediate.keyPem, rootsPem: intermediate.rootPem }, { trustDomain: td }));
       }
       // The gateways answer callers of other clusters: each wire routes the others' node ranges
       // back over the exchange (node ranges only: no pod range is routed across networks).
@@ -149,6 +158,7 @@ export class LocalMultiCluster {
         '--cert', join(dir, 'cert.pem'), '--key', join(dir, 'key.pem'), '--trust-bundle', c.mesh.caFile,
         '--controller', `https://${c.edgeIp}:${FEDERATION_PORT}`,
         '--trust-domain', c.mesh.trustDomain,
+        ...(c.mesh.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
         '--log-level', this.o.logLevel ?? 'info',
       ], { logFile: join(c.mesh.logDir, 'eastwest.log'), detached: this.o.detached ?? false });
       if (this.o.detached) c.gateway.unref();
