@@ -127,6 +127,12 @@ export class Federation {
     }
   }
 
+  /** The identity certificate was renewed: new connections to the listener get the new one. */
+  renewedTls(): void {
+    const tls = this.#o.tls();
+    this.#server?.setSecureContext({ key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3' });
+  }
+
   #serve(at: { host: string; port: number }): Promise<void> {
     const tls = this.#o.tls();
     const server = createServer({ key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (req, res) => {

@@ -364,9 +364,20 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
   const ids = (sa: string, ns: string) => domains.map((td) => `spiffe://${td}/ns/${ns}/sa/${sa}`);
   const controllers = new Set(ids(CONTROLLER_NAME, namespace));
   const readers = new Set([...controllers, ...ids(EASTWEST_SERVICE_ACCOUNT, rootNamespace)]);
-  const issued = await ca.issueServingCertificate({ uris: [controllerSpiffeId(trustDomain, namespace)], ...(o.federationListen ? { ipAddresses: [o.federationListen.host] } : {}) });
-  const tls = { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
-  return new Federation({
+  const issue = async () => {
+    const issued = await ca.issueServingCertificate({ uris: [controllerSpiffeId(trustDomain, namespace)], ...(o.federationListen ? { ipAddresses: [o.federationListen.host] } : {}) });
+    return { tls: { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() }, lifetimeMs: issued.notAfter.getTime() - issued.notBefore.getTime() };
+  };
+  const first = await issue();
+  let tls = first.tls;
+  // Renewed at half-life, and at once when the trust bundle changes (root rotation).
+  const renew = () => void issue().then((next) => {
+    tls = next.tls;
+    federation.renewedTls();
+  }, (e: Error) => log.error('federation certificate not renewed; retrying', { error: e.message }));
+  setInterval(renew, Math.max(60_000, first.lifetimeMs / 2)).unref();
+  ca.onTrustBundleChange(renew);
+  const federation = new Federation({
     cluster, network,
     ...(o.networkGateway ? { gateway: { network, ...o.networkGateway, spiffeId: spiffeIdOf(trustDomain, rootNamespace, EASTWEST_SERVICE_ACCOUNT) } } : {}),
     ...(o.federationListen ? { listen: o.federationListen } : {}),
@@ -377,6 +388,7 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
     ...(o.remoteStaleAfterMs !== undefined ? { staleAfterMs: o.remoteStaleAfterMs } : {}),
     log, registry,
   });
+  return federation;
 }
 
 /** A Secret mounted as files (one file per key; the kubelet's `..data` links skipped). */
