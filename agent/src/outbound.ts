@@ -202,7 +202,10 @@ export class Outbound {
             dest: `${up.address}:${up.port}`,
             target: up.target,
             expectPeer: up.identity,
-            headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) },
+            // No `forwarded`: the destination's TCP peer is the gateway, so no claim about the
+            // caller's address could be honoured there (agent/src/forwarded.ts); the caller's
+            // identity is in the inner TLS, its telemetry in the baggage.
+            headers: { baggage: encodeBaggage(source) },
             timeoutMs,
           });
         }

@@ -93,6 +93,8 @@ test('the destination agent in cluster2 sees the caller\'s own SPIFFE identity f
   assert.ok(line, `no destination-side connection from cluster1's client in cluster2's metrics:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
   const c1 = await mc.cluster('cluster1').mesh.agentMetrics('node1');
   assert.ok(c1.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="source"') && l.includes('source_cluster="cluster1"') && l.includes('destination_cluster="cluster2"')), 'the source side names the destination cluster');
+  // Through a gateway the caller makes no address claim the destination would have to ignore.
+  assert.equal(mc.cluster('cluster2').mesh.logEntries('agent-node1.log', 'forwarded client address not honoured').length, 0);
 });
 
 test('the exchange link carries only TLS to the gateway (15008) and the federation port: no plaintext of the inner tunnel', async () => {
