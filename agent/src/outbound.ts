@@ -203,7 +203,7 @@ export class Outbound {
             target: up.target,
             expectPeer: up.identity,
             // No `forwarded`: the destination's TCP peer is the gateway, so no claim about the
-            // caller's address could be honoured there (agent/src/forwarded.ts); the caller's
+            // caller's address could be honoured there (lib/hbone/forwarded.ts); the caller's
             // identity is in the inner TLS, its telemetry in the baggage.
             headers: { baggage: encodeBaggage(source) },
             timeoutMs,
