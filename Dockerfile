@@ -48,6 +48,7 @@ COPY --from=build /src/agent/libbpf ./agent/libbpf
 COPY --from=build /src/agent/src ./agent/src
 COPY --from=build /src/controller/src ./controller/src
 COPY --from=build /src/waypoint/src ./waypoint/src
+COPY --from=build /src/eastwest/src ./eastwest/src
 COPY --from=build /src/lib ./lib
 COPY --from=build /src/cli ./cli
 COPY --from=build /src/proto ./proto
@@ -63,8 +64,9 @@ case "$part" in
   agent)      exec node agent/src/main.ts "$@" ;;
   controller) exec node controller/src/main.ts "$@" ;;
   waypoint)   exec node waypoint/src/main.ts "$@" ;;
+  eastwest)   exec node eastwest/src/main.ts "$@" ;;
   weftctl)    exec node cli/weftctl.ts "$@" ;;
-  *) echo "usage: weft agent|controller|waypoint|weftctl [arguments]" >&2; exit 2 ;;
+  *) echo "usage: weft agent|controller|waypoint|weftctl|eastwest [arguments]" >&2; exit 2 ;;
 esac
 EOF_WEFT
 # The controller and waypoints run as this user; the agent's pod sets runAsUser 0 (host paths).

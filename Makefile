@@ -153,3 +153,7 @@ down:
 ## about 5 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
 bench: deps build
 	node bench/run.ts
+
+# Multi-cluster: the cross-network data path (client → east-west gateway → remote pod) beside L4.
+bench-cross-network: build
+	node bench/cross-network.ts

@@ -5,7 +5,7 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { connectInner, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -185,6 +185,30 @@ export class Outbound {
       case 'hbone': {
         const creds = await this.#o.certs.get(source.spiffeId);
         const servername = up.waypoint ? undefined : serverNameForIdentity(up.identity);
+        if (up.gateway) {
+          // Another network: HBONE to its east-west gateway naming the endpoint, and the tunnel to
+          // the endpoint's agent inside it (double HBONE), so the gateway sees only ciphertext.
+          const outer = await this.#o.pool.connect({
+            sourceKey: source.spiffeId,
+            tls: tlsMaterial(creds),
+            dest: { host: up.gateway.address, port: up.gateway.port },
+            target: up.target,
+            expectPeer: up.gateway.spiffeId,
+            timeoutMs,
+          });
+          return connectInner({
+            outer,
+            tls: { ...tlsMaterial(creds), ...(servername ? { servername } : {}) },
+            dest: `${up.address}:${up.port}`,
+            target: up.target,
+            expectPeer: up.identity,
+            // No `forwarded`: the destination's TCP peer is the gateway, so no claim about the
+            // caller's address could be honoured there (lib/hbone/forwarded.ts); the caller's
+            // identity is in the inner TLS, its telemetry in the baggage.
+            headers: { baggage: encodeBaggage(source) },
+            timeoutMs,
+          });
+        }
         return this.#o.pool.connect({
           sourceKey: source.spiffeId,
           tls: { ...tlsMaterial(creds), ...(servername ? { servername } : {}) },
@@ -232,7 +256,7 @@ export class Outbound {
       hboneAddr: up.kind === 'hbone' ? up.target : undefined,
       dstPod: up.kind === 'local' ? up.workload.name : undefined,
       logging: source.telemetry?.accessLogging,
-      extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind },
+      extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind === 'hbone' && up.gateway ? `gateway ${up.gateway.network} ${up.gateway.address}:${up.gateway.port}` : up.kind },
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }

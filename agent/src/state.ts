@@ -1,13 +1,16 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
-import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, MtlsMode, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
+import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, policySelectsWorkload } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 
 /** Where one captured connection goes. */
 export type Upstream =
-  /** HBONE to a remote node's agent (or a waypoint), CONNECT to `target`. */
-  | { kind: 'hbone'; address: string; port: number; target: string; identity: string; endpoint?: Endpoint; waypoint?: Waypoint; service?: Service }
+  /**
+   * HBONE to a remote node's agent (or a waypoint), CONNECT to `target`; with `gateway`, that
+   * tunnel runs inside an outer one to the endpoint's network gateway (double HBONE).
+   */
+  | { kind: 'hbone'; address: string; port: number; target: string; identity: string; endpoint?: Endpoint; waypoint?: Waypoint; service?: Service; gateway?: NetworkGateway }
   /** Destination pod on this node: policy applies, no TLS on the wire. */
   | { kind: 'local'; workload: Workload; target: string; endpoint?: Endpoint; service?: Service }
   /** Destination outside the mesh (not enrolled): plain TCP. */
@@ -31,7 +34,13 @@ export function validateAgentConfig(config: AgentConfig): void {
   for (const s of config.services) {
     for (const v of s.vips) if (!isIP(v)) bad(`service ${s.namespace}/${s.name} vip`, v);
     for (const p of s.ports) port(`service ${s.namespace}/${s.name} port ${p.name}`, p.port);
-    for (const e of s.endpoints) if (!isIP(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
+    for (const e of s.endpoints) {
+      if (!isIP(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
+      if (e.gateway) {
+        if (!isIP(e.gateway.address)) bad(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway`, e.gateway.address);
+        port(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway port`, e.gateway.port);
+      }
+    }
   }
   for (const w of config.waypoints) {
     if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
@@ -62,6 +71,7 @@ export class AgentState {
   private active = new Map<string, number>();
   private failedUntil = new Map<string, number>();
   private lb = new Map<string, LoadBalancerPolicy>();
+  private locality = new Map<string, LocalityPolicy>();
   /** Bumped on every apply(): lets callers cache per-version results. */
   version = 0;
 
@@ -86,7 +96,11 @@ export class AgentState {
       for (const e of s.endpoints) if (!eps.has(e.ip)) eps.set(e.ip, e);
     }
     const lb = new Map<string, LoadBalancerPolicy>();
-    for (const tp of config.trafficPolicies ?? []) lb.set(tp.service, tp.loadBalancer);
+    const locality = new Map<string, LocalityPolicy>();
+    for (const tp of config.trafficPolicies ?? []) {
+      lb.set(tp.service, tp.loadBalancer);
+      if (tp.locality) locality.set(tp.service, tp.locality);
+    }
     const wps = new Map<string, Waypoint>();
     for (const w of config.waypoints) wps.set(`${w.namespace}/${w.name}`, w);
     this.config = config;
@@ -96,6 +110,7 @@ export class AgentState {
     this.endpointsByIp = eps;
     this.waypoints = wps;
     this.lb = lb;
+    this.locality = locality;
     this.version++;
   }
 
@@ -179,8 +194,8 @@ export class AgentState {
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`, svc);
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
-      const eps = this.pick(svc, port);
-      if (eps.length === 0) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}`);
+      const eps = this.pick(svc, port, source);
+      if (eps.length === 0) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}${this.locality.get(`${svc.namespace}/${svc.name}`)?.mode === 'local-only' ? ` in cluster ${source.cluster} (locality local-only)` : ''}`);
       return eps.map(({ endpoint, targetPort }) => this.toEndpoint(endpoint, targetPort, svc));
     }
     const wl = this.workloadsByIp.get(ip);
@@ -217,18 +232,22 @@ export class AgentState {
   private toEndpoint(e: Endpoint, port: number, service?: Service): Upstream {
     const target = `${e.ip}:${port}`;
     const extra = { endpoint: e, ...(service ? { service } : {}) };
-    const local = e.node === this.node ? this.workloadsByIp.get(e.ip) : undefined;
+    const local = e.node === this.node && e.cluster === undefined ? this.workloadsByIp.get(e.ip) : undefined;
     if (local && local.enrolled) return { kind: 'local', workload: local, target, ...extra };
     if (!e.enrolled || !e.nodeIp || !e.spiffeId) return { kind: 'passthrough', target, ...extra };
-    return { kind: 'hbone', address: e.nodeIp, port: HBONE_PORT, target, identity: e.spiffeId, ...extra };
+    return { kind: 'hbone', address: e.nodeIp, port: HBONE_PORT, target, identity: e.spiffeId, ...extra, ...(e.gateway ? { gateway: e.gateway } : {}) };
   }
 
   private endpointByIp(ip: string): Endpoint | undefined {
     return this.endpointsByIp.get(ip);
   }
 
-  /** Ready endpoints ordered by the service's load-balancing choice, failing ones last. */
-  private pick(svc: Service, port: number): Array<{ endpoint: Endpoint; targetPort: number }> {
+  /**
+   * Ready endpoints ordered by the service's load-balancing choice, failing ones last; with a
+   * locality policy, the caller's own cluster first (prefer-local), only (local-only), or the
+   * cluster a weighted draw picked first.
+   */
+  private pick(svc: Service, port: number, source?: Workload): Array<{ endpoint: Endpoint; targetPort: number }> {
     const sp = svc.ports.find((p) => p.port === port)!;
     const now = Date.now();
     const candidates: Array<{ endpoint: Endpoint; targetPort: number }> = [];
@@ -250,7 +269,9 @@ export class AgentState {
     }
     const healthy = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) <= now);
     const failing = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) > now);
-    return [...healthy, ...failing];
+    const locality = this.locality.get(`${svc.namespace}/${svc.name}`);
+    if (!locality || !source) return [...healthy, ...failing];
+    return orderByLocality(locality, source.cluster, healthy, failing);
   }
 
   endpointFailed(ip: string): void {
@@ -269,6 +290,41 @@ export class AgentState {
     const n = (this.active.get(ip) ?? 1) - 1;
     if (n <= 0) this.active.delete(ip);
     else this.active.set(ip, n);
+  }
+}
+
+/** The cluster an endpoint runs in: the one it was learnt from, else its pod's (the caller's own). */
+function clusterOf(e: Endpoint, own: string): string {
+  return e.cluster ?? e.workload?.cluster ?? own;
+}
+
+/**
+ * Applies a service's locality policy to endpoints already in load-balancing order (healthy, then
+ * failing): prefer-local puts the caller's cluster first while it has a healthy endpoint, so an
+ * endpoint that just failed falls over to another cluster at once and comes back once healthy;
+ * local-only drops other clusters; weighted draws a cluster by weight and tries it first.
+ */
+export function orderByLocality<T extends { endpoint: Endpoint }>(policy: LocalityPolicy, own: string, healthy: T[], failing: T[], random: () => number = Math.random): T[] {
+  const isLocal = (c: T) => clusterOf(c.endpoint, own) === own;
+  switch (policy.mode) {
+    case 'local-only':
+      return [...healthy.filter(isLocal), ...failing.filter(isLocal)];
+    case 'prefer-local':
+      return [...healthy.filter(isLocal), ...healthy.filter((c) => !isLocal(c)), ...failing.filter(isLocal), ...failing.filter((c) => !isLocal(c))];
+    case 'weighted': {
+      const weights = policy.weights ?? {};
+      const clusters = [...new Set(healthy.map((c) => clusterOf(c.endpoint, own)))].filter((c) => (weights[c] ?? 0) > 0);
+      const total = clusters.reduce((n, c) => n + weights[c]!, 0);
+      if (total === 0) return [...healthy, ...failing];
+      let draw = random() * total;
+      let chosen = clusters[clusters.length - 1]!;
+      for (const c of clusters) {
+        draw -= weights[c]!;
+        if (draw < 0) { chosen = c; break; }
+      }
+      const inChosen = (c: T) => clusterOf(c.endpoint, own) === chosen;
+      return [...healthy.filter(inChosen), ...healthy.filter((c) => !inChosen(c)), ...failing];
+    }
   }
 }
 

@@ -169,6 +169,7 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
       renderList<Wl>(io, f, wls, [
         { header: 'NAMESPACE', value: (w) => w.namespace },
         { header: 'NAME', value: (w) => w.name },
+        { header: 'CLUSTER', value: (w) => w.cluster },
         { header: 'NODE', value: (w) => w.node },
         { header: 'IP', value: (w) => w.ip },
         { header: 'MODE', value: (w) => w.mode },
@@ -184,7 +185,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'NAME', value: (s) => s.name },
         { header: 'VIPS', value: (s) => s.vips.join(',') },
         { header: 'PORTS', value: (s) => s.ports.map((p) => `${p.port}/${p.appProtocol}`).join(',') },
-        { header: 'ENDPOINTS', value: (s) => s.endpoints.map((e) => `${e.ip}${e.enrolled ? '' : '(plain)'}`).join(',') },
+        // Multi-cluster: endpoints of other clusters carry their cluster, and `via <gateway>` on another network.
+        { header: 'CLUSTERS', value: (s) => [...new Set(s.endpoints.map((e) => e.cluster ?? e.workload?.cluster ?? '-'))].join(',') || '-' },
+        { header: 'ENDPOINTS', value: (s) => s.endpoints.map((e) => `${e.ip}${e.enrolled ? '' : '(plain)'}${e.cluster ? `@${e.cluster}` : ''}`).join(',') },
         { header: 'WAYPOINT', value: (s) => (s.waypoint ? `${s.waypoint.namespace}/${s.waypoint.name}` : '-') },
         { header: 'HOSTNAME', value: (s) => s.hostname, wide: true },
       ]);

@@ -1,6 +1,9 @@
 // weftctl up / down / status: the local mesh (cli/local/up.ts).
 import { Command } from 'commander';
 import { down, showTraffic, status, up } from '../local/up.ts';
+import { downClusters, showClusterTraffic, upClusters } from '../local/multicluster-up.ts';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { localMeshOptions as localOptions, runningMesh, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
 
@@ -14,9 +17,36 @@ export function upCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('up'), true), io)
     .description('start a local two-node mesh with sample applications and show traffic flowing')
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
-    .action(async (f: LocalFlags & { dualStack?: boolean }) => {
+    .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
+    .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
+    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string; trustDomains: string }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
+      if (f.clusters !== undefined) {
+        const n = Number(f.clusters);
+        if (!Number.isInteger(n) || n < 2 || n > 9) {
+          io.err(`weftctl up: --clusters must be a whole number from 2 to 9, not "${f.clusters}"\n`);
+          io.setExitCode(2);
+          return;
+        }
+        if (f.trustDomains !== 'shared' && f.trustDomains !== 'per-cluster') {
+          io.err(`weftctl up: --trust-domains must be shared or per-cluster, not "${f.trustDomains}"\n`);
+          io.setExitCode(2);
+          return;
+        }
+        try {
+          const { state, mc } = await upClusters({ prefix: f.prefix, stateDir: f.stateDir, clusters: n, trustDomains: f.trustDomains, say });
+          say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from ${state.clusters[0]!.name}'s demo/client:`);
+          const ok = await showClusterTraffic(mc, say);
+          say('');
+          for (const c of state.clusters) say(`${c.name}: network ${c.network}, gateway ${c.edgeIp}:15008; inspect with WEFT_LOCAL_PREFIX=${c.prefix} WEFT_LOCAL_STATE_DIR=${c.stateDir} weftctl workloads | services`);
+          say(`remove:   weftctl down --prefix ${f.prefix} --state-dir ${f.stateDir}`);
+          if (!ok) io.setExitCode(EXIT_FAILED);
+        } catch (err) {
+          fail(io, err);
+        }
+        return;
+      }
       try {
         const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false });
         say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
@@ -40,7 +70,8 @@ export function downCommand(io: CommandIo = processIo): Command {
     .description('remove the local mesh: processes, namespaces, cgroups and BPF pins')
     .action(async (f: LocalFlags) => {
       try {
-        await down(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
+        if (existsSync(join(f.stateDir, 'clusters.json'))) await downClusters(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
+        else await down(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
       } catch (err) {
         fail(io, err);
       }

@@ -38,6 +38,19 @@ export interface LocalMeshOptions {
   /** Pods and nodes get IPv6 addresses too (not meshed: Weft refuses IPv6 into enrolled pods). */
   dualStack?: boolean;
   logLevel?: string;
+  /** First two octets of the mesh's addresses (default 10.77); a second cluster takes another. */
+  base?: string;
+  /**
+   * Plug-in CA (Istio's cacerts model): this mesh's controller signs with an intermediate that a
+   * shared root issued; `caFile` then holds the root, the bundle every part trusts. Default: a root
+   * of its own.
+   */
+  intermediate?: { certPem: string; keyPem: string; rootPem: string };
+  /** The controller's cluster ID (`--cluster-id`) and network (`--network`); multi-cluster only. */
+  clusterId?: string;
+  network?: string;
+  /** Other trust domains admitted as this mesh's own (per-cluster trust domains): agents and controller. */
+  trustDomainAliases?: string[];
 }
 
 /** The pod-template-hash of local "Deployments" (WorkloadSpec.deployment). */
@@ -79,10 +92,10 @@ export interface WaypointOptions {
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
-export function waypointCommand(o: { namespace: string; name: string; id: string; trustDomain: string; tokenFile: string; caFile: string }): string[] {
+export function waypointCommand(o: { namespace: string; name: string; id: string; trustDomain: string; tokenFile: string; caFile: string; controllerIp?: string }): string[] {
   return [
     'waypoint/src/main.ts', '--namespace', o.namespace, '--name', o.name, '--id', o.id,
-    '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
+    '--controller', `${o.controllerIp ?? CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
     '--token-file', o.tokenFile, '--ca-bundle', o.caFile,
   ];
 }
@@ -117,10 +130,15 @@ export class LocalMesh {
   controller?: ChildProcess;
   readonly agents = new Map<string, ChildProcess>();
   readonly kubelets = new Map<string, ChildProcess>();
+  /** Where the controller listens (`<base>.0.254`, on the wire bridge). */
+  readonly controllerIp: string;
+  /** More controller flags (multi-cluster: federation and the network's gateway). */
+  controllerArgs: string[] = [];
 
   private constructor(o: LocalMeshOptions, net: LocalNetwork) {
     this.o = o;
     this.net = net;
+    this.controllerIp = `${net.base}.0.254`;
     this.trustDomain = o.trustDomain ?? 'cluster.local';
     this.configDir = join(o.stateDir, 'config');
     this.logDir = join(o.stateDir, 'logs');
@@ -131,14 +149,22 @@ export class LocalMesh {
   static async create(o: LocalMeshOptions): Promise<LocalMesh> {
     mkdirSync(join(o.stateDir, 'config'), { recursive: true });
     mkdirSync(join(o.stateDir, 'logs'), { recursive: true });
-    const net = LocalNetwork.create(o.prefix, { dualStack: o.dualStack ?? false });
+    const net = LocalNetwork.create(o.prefix, { dualStack: o.dualStack ?? false, ...(o.base ? { base: o.base } : {}) });
     const mesh = new LocalMesh(o, net);
     try {
       for (const n of o.nodes) net.addNode(n);
-      const ca = await CertificateAuthority.generateRoot({ trustDomain: mesh.trustDomain });
-      const pem = ca.exportPem();
-      writeFileSync(mesh.caFile, pem.certPem);
-      writeFileSync(join(o.stateDir, 'ca.key'), pem.keyPem, { mode: 0o600 });
+      if (o.intermediate) {
+        // Plug-in CA: the controller signs with the intermediate (its chain in ca-chain.crt), every
+        // part trusts the shared root (ca.crt).
+        writeFileSync(mesh.caFile, o.intermediate.rootPem);
+        writeFileSync(join(o.stateDir, 'ca-chain.crt'), o.intermediate.certPem);
+        writeFileSync(join(o.stateDir, 'ca.key'), o.intermediate.keyPem, { mode: 0o600 });
+      } else {
+        const ca = await CertificateAuthority.generateRoot({ trustDomain: mesh.trustDomain });
+        const pem = ca.exportPem();
+        writeFileSync(mesh.caFile, pem.certPem);
+        writeFileSync(join(o.stateDir, 'ca.key'), pem.keyPem, { mode: 0o600 });
+      }
       for (const n of o.nodes) mesh.tokens.set(n, randomBytes(24).toString('base64url'));
       writeFileSync(join(o.stateDir, 'tokens.yaml'), stringify(Object.fromEntries(mesh.tokens)), { mode: 0o600 });
       writeFileSync(join(mesh.configDir, '00-nodes.yaml'), o.nodes.map((n) => stringify({
@@ -181,12 +207,16 @@ export class LocalMesh {
    * The controller on the config directory, listening on the wire (10.77.0.254), with the mesh's
    * CA files, or others (`ca`: a root rotation restarts it with a new signing CA and root bundle).
    */
-  startController(ca: { certFile: string; keyFile: string; rootsFile?: string } = { certFile: this.caFile, keyFile: join(this.o.stateDir, 'ca.key') }): ChildProcess {
+  startController(ca: { certFile: string; keyFile: string; rootsFile?: string } = this.#caFiles()): ChildProcess {
     const wire = { netns: this.net.wireNetns, cgroup: join(this.net.cgroupDir, 'system') };
     this.controller = this.spawnNode(wire, 'controller/src/main.ts', [
       '--config-dir', this.configDir,
-      '--listen-address', CONTROLLER_IP,
-      '--ip-address', CONTROLLER_IP,
+      '--listen-address', this.controllerIp,
+      '--ip-address', this.controllerIp,
+      ...(this.o.clusterId ? ['--cluster-id', this.o.clusterId] : []),
+      ...(this.o.network ? ['--network', this.o.network] : []),
+      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+      ...this.controllerArgs,
       '--trust-domain', this.trustDomain,
       '--ca-cert', ca.certFile,
       '--ca-key', ca.keyFile,
@@ -199,6 +229,12 @@ export class LocalMesh {
     return this.controller;
   }
 
+  /** The CA files the controller signs with: the mesh's own root, or the plug-in intermediate and its root. */
+  #caFiles(): { certFile: string; keyFile: string; rootsFile?: string } {
+    const keyFile = join(this.o.stateDir, 'ca.key');
+    return this.o.intermediate ? { certFile: join(this.o.stateDir, 'ca-chain.crt'), keyFile, rootsFile: this.caFile } : { certFile: this.caFile, keyFile };
+  }
+
   /** Waits for the controller's readiness (config loaded, listening), so agents find it at once. */
   async waitControllerReady(timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
@@ -209,7 +245,7 @@ export class LocalMesh {
         throw new Error(`the controller exited (${c.exitCode ?? c.signalCode})${hint ? `: ${hint}` : ''}:\n${this.logTail('controller.log')}`);
       }
       try {
-        const r = await requestInNetns(`/var/run/netns/${this.net.wireNetns}`, `http://${CONTROLLER_IP}:15021/healthz/ready`, { timeoutMs: 2_000 });
+        const r = await requestInNetns(`/var/run/netns/${this.net.wireNetns}`, `http://${this.controllerIp}:15021/healthz/ready`, { timeoutMs: 2_000 });
         if (r.status === 200) return;
       } catch {
         /* not listening yet */
@@ -233,7 +269,7 @@ export class LocalMesh {
     const child = this.spawnNode({ netns: n.netns, cgroup }, 'agent/src/main.ts', [
       '--node', nodeName,
       '--node-ip', n.ip,
-      '--controller', `${CONTROLLER_IP}:${CONTROLLER_PORT}`,
+      '--controller', `${this.controllerIp}:${CONTROLLER_PORT}`,
       '--trust-bundle', this.caFile,
       // One argument: a base64url token may start with '-', which parseArgs would take for an option.
       `--token=${this.tokens.get(nodeName)!}`,
@@ -244,6 +280,7 @@ export class LocalMesh {
       // The CNI plugin asks the agent to enrol each pod created from now on before it starts.
       '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
+      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).
@@ -328,7 +365,7 @@ export class LocalMesh {
       started.push(this.addWorkload({
         node, namespace, name: `${name}-${i}`, serviceAccount: name,
         labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
-        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile }), ...limit, ...(opts.extraArgs ?? [])],
+        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile, controllerIp: this.controllerIp }), ...limit, ...(opts.extraArgs ?? [])],
       }));
     }
     return started[0]!;

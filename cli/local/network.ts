@@ -85,10 +85,13 @@ export class LocalNetwork {
   readonly wireNetns: string;
   readonly nodes: LocalNode[] = [];
   readonly dualStack: boolean;
+  /** First two octets of this network's addresses (LOCAL_NET unless a second cluster asks for another). */
+  readonly base: string;
   private readonly children = new Set<ChildProcess>();
 
-  private constructor(prefix: string, cgroupDir: string, pinDir: string, dualStack = false) {
+  private constructor(prefix: string, cgroupDir: string, pinDir: string, dualStack = false, base = LOCAL_NET) {
     this.dualStack = dualStack;
+    this.base = base;
     this.prefix = prefix;
     this.cgroupDir = cgroupDir;
     this.pinDir = pinDir;
@@ -96,19 +99,20 @@ export class LocalNetwork {
   }
 
   /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. `dualStack`: IPv6 too (not meshed). */
-  static create(prefix: string, opts: { dualStack?: boolean } = {}): LocalNetwork {
+  static create(prefix: string, opts: { dualStack?: boolean; base?: string } = {}): LocalNetwork {
     if (!/^[a-z][a-z0-9]{1,11}$/.test(prefix)) {
       throw new Error(`local mesh prefix "${prefix}" must be 2-12 lowercase letters or digits, starting with a letter`);
     }
     const cgroupDir = join(findCgroup2Root(), prefix);
     const pinDir = join(ensureBpffs(), prefix);
-    const net = new LocalNetwork(prefix, cgroupDir, pinDir, opts.dualStack ?? false);
+    if (opts.base !== undefined && !/^10\.\d{1,3}$/.test(opts.base)) throw new Error(`local network base "${opts.base}" must be like 10.77`);
+    const net = new LocalNetwork(prefix, cgroupDir, pinDir, opts.dualStack ?? false, opts.base ?? LOCAL_NET);
     mkdirSync(cgroupDir, { recursive: true });
     mkdirSync(join(cgroupDir, 'system'), { recursive: true });
     run('ip', ['netns', 'add', net.wireNetns]);
     runIn(net.wireNetns, 'ip', ['link', 'set', 'lo', 'up']);
     runIn(net.wireNetns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
-    runIn(net.wireNetns, 'ip', ['addr', 'add', `${LOCAL_NET}.0.254/24`, 'dev', 'br0']);
+    runIn(net.wireNetns, 'ip', ['addr', 'add', `${net.base}.0.254/24`, 'dev', 'br0']);
     runIn(net.wireNetns, 'ip', ['link', 'set', 'br0', 'up']);
     if (net.dualStack) runIn(net.wireNetns, 'ip', ['-6', 'addr', 'add', `${LOCAL_NET6}::fe/64`, 'dev', 'br0', 'nodad']);
     return net;
@@ -120,14 +124,15 @@ export class LocalNetwork {
    * spawns are added to it.
    */
   static adopt(prefix: string, nodes: Array<{ name: string; ip: string }>, pods: Array<{ namespace: string; name: string; node: string; ip: string }>): LocalNetwork {
-    const net = new LocalNetwork(prefix, join(findCgroup2Root(), prefix), join(ensureBpffs(), prefix));
+    const base = nodes[0] ? nodes[0].ip.split('.').slice(0, 2).join('.') : LOCAL_NET;
+    const net = new LocalNetwork(prefix, join(findCgroup2Root(), prefix), join(ensureBpffs(), prefix), false, base);
     if (!listNetns().includes(net.wireNetns)) throw new Error(`no local mesh "${prefix}" is running (no network namespace ${net.wireNetns})`);
     for (const n of nodes) {
       const index = Number(n.ip.split('.')[3]);
       const netns = `${prefix}-${n.name}`;
       net.nodes.push({
         name: n.name, index, ip: n.ip, netns, netnsPath: `/var/run/netns/${netns}`, cgroup: join(net.cgroupDir, n.name),
-        pinRoot: join(net.pinDir, n.name), podCidr: `${LOCAL_NET}.${index}.0/24`, kubeletCgroup: join(net.cgroupDir, n.name, KUBELET_CGROUP), pods: [],
+        pinRoot: join(net.pinDir, n.name), podCidr: `${base}.${index}.0/24`, kubeletCgroup: join(net.cgroupDir, n.name, KUBELET_CGROUP), pods: [],
       });
     }
     for (const p of pods) {
@@ -163,12 +168,12 @@ export class LocalNetwork {
     const node: LocalNode = {
       name,
       index,
-      ip: `${LOCAL_NET}.0.${index}`,
+      ip: `${this.base}.0.${index}`,
       netns,
       netnsPath: `/var/run/netns/${netns}`,
       cgroup: join(this.cgroupDir, name),
       pinRoot: join(this.pinDir, name),
-      podCidr: `${LOCAL_NET}.${index}.0/24`,
+      podCidr: `${this.base}.${index}.0/24`,
       kubeletCgroup: join(this.cgroupDir, name, KUBELET_CGROUP),
       ...(this.dualStack ? { ip6: `${LOCAL_NET6}::${index}` } : {}),
       pods: [],
@@ -217,7 +222,7 @@ export class LocalNetwork {
       name,
       namespace,
       node: nodeName,
-      ip: `${LOCAL_NET}.${node.index}.${j}`,
+      ip: `${this.base}.${node.index}.${j}`,
       netns,
       netnsPath: `/var/run/netns/${netns}`,
       cgroup: join(node.cgroup, 'pods', `${namespace}_${name}`),

@@ -808,6 +808,12 @@ function compileTrafficPolicy(tp: TrafficPolicyObject, service: string): Traffic
         }
       : undefined,
     loadBalancer: s.loadBalancer?.policy ?? 'ROUND_ROBIN',
+    locality: s.locality
+      ? clean({
+          mode: s.locality.mode === 'LocalOnly' ? 'local-only' : s.locality.mode === 'Weighted' ? 'weighted' : 'prefer-local',
+          weights: s.locality.weights ? Object.fromEntries(s.locality.weights.map((w) => [w.cluster, w.weight])) : undefined,
+        })
+      : undefined,
     rateLimit: s.rateLimit ? { tokens: s.rateLimit.tokens, fillIntervalMs: parseDuration(s.rateLimit.fillInterval), per: s.rateLimit.per ?? 'route' } : undefined,
     quota: s.quota ? { limit: s.quota.requests, windowMs: parseDuration(s.quota.window), per: s.quota.per ?? 'service' } : undefined,
     fault: s.fault

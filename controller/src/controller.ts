@@ -46,6 +46,11 @@ export interface ControllerOptions {
   leadership?: Leadership;
   /** The leader hands each compilation's findings here (Kubernetes Events). */
   onFindings?: (findings: readonly CompileFinding[]) => Promise<void>;
+  /**
+   * Multi-cluster (controller/src/federation.ts): merges other clusters' endpoints into each
+   * compiled model before it is published, and asks for a new round when they change.
+   */
+  federation?: { merge(local: MeshModel): MeshModel; onChange(listener: () => void): void };
 }
 
 export const DEFAULT_DEBOUNCE_MS = 10;
@@ -81,6 +86,7 @@ export class Controller {
       };
     }
     options.waypoints?.onChange(() => this.#markDirty());
+    options.federation?.onChange(() => this.#markDirty());
     this.#leadership = options.leadership ?? ALWAYS_LEADER;
     this.#leadership.onChange((leader) => {
       if (!leader) return;
@@ -212,15 +218,16 @@ export class Controller {
       }
       this.#lastCompileMs = performance.now() - started;
       this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
-      this.#model = result.model;
+      const model = this.#o.federation ? this.#o.federation.merge(result.model) : result.model;
+      this.#model = model;
       findings = result.findings;
       this.#findingsDirty = true;
       this.#lastFindings = findings;
       this.#lastRouteParents = result.routeParents;
       this.#metrics?.compiles.inc();
       this.#metrics?.objects.set(this.store.objects().length);
-      const version = this.#o.configServer.publish(result.model);
-      this.#log.debug('model published', { version, workloads: result.model.workloads.size, services: result.model.services.size });
+      const version = this.#o.configServer.publish(model);
+      this.#log.debug('model published', { version, workloads: model.workloads.size, services: model.services.size });
     } else {
       findings = this.#lastFindings;
     }

@@ -8,6 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { Registry } from 'prom-client';
@@ -29,6 +30,10 @@ import {
   type PodDirectory,
 } from './ca/index.ts';
 import { Controller } from './controller.ts';
+import { Federation, type RemoteCluster } from './federation.ts';
+import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
+import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
+import { parseDuration } from '../../lib/model/duration.ts';
 import { jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
@@ -70,6 +75,18 @@ export interface ControllerMainOptions {
   rootNamespace?: string;
   /** Cluster ID in telemetry labels (`*_cluster`); default `Kubernetes`, as Istio's. */
   clusterId?: string;
+  /** Multi-cluster: this cluster's network (default: the cluster ID). */
+  network?: string;
+  /** Multi-cluster: serve this cluster's export (controller/src/federation.ts) here. */
+  federationListen?: { host: string; port: number };
+  /** Multi-cluster: this network's east-west gateway as other networks reach it. */
+  networkGateway?: { address: string; port: number };
+  /** Multi-cluster: other clusters' controllers, read for their services and endpoints. */
+  remoteClusters?: RemoteCluster[];
+  /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
+  remoteStaleAfterMs?: number;
+  /** Trust domains whose controllers and gateways are federation peers too (per-cluster trust domains). */
+  trustDomainAliases?: string[];
   /**
    * The controller's own namespace: its SPIFFE ID, DNS names, the agents' ServiceAccount, the CA
    * Secret, the trust bundle and the Lease live there. Default $POD_NAMESPACE, else rootNamespace.
@@ -192,7 +209,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
   const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain) } : {}) });
+  const federation = (o.remoteClusters?.length || o.federationListen) && authority
+    ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
+    : undefined;
+  if ((o.remoteClusters?.length || o.federationListen) && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
   const controller = new Controller({
+    ...(federation ? { federation } : {}),
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
@@ -273,7 +295,9 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     const path = req.url?.split('?')[0];
     const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));
     const model = controller.model;
-    if (path === '/debug/model') {
+    if (path === '/debug/federation') {
+      send(federation ? { export: federation.export(), remotes: federation.status() } : { remotes: [] });
+    } else if (path === '/debug/model') {
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {
       send([...controller.statuses().values()]);
@@ -290,6 +314,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const readyPort = await listen(ready, o.readyPort ?? DEFAULT_READY_PORT, host);
 
   await elector?.start();
+  await federation?.start();
   await controller.start();
   log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, adminPort, tls: !o.insecure });
 
@@ -311,6 +336,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ...(trustBundle ? { trustBundle } : {}),
     async stop(graceMs = STOP_GRACE_MS) {
       await elector?.stop();
+      await federation?.stop();
       trustBundle?.close();
       await controller.stop();
       configServer.closeAll();
@@ -328,6 +354,41 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       if (adminPort !== undefined) await new Promise<void>((r) => admin.close(() => r()));
     },
   };
+}
+
+/** The federation (multi-cluster discovery) of this controller, with its own identity certificate. */
+async function createFederation(o: ControllerMainOptions, ca: CertificateAuthority, trustDomain: string, rootNamespace: string, namespace: string, log: Logger, registry: Registry): Promise<Federation> {
+  const cluster = o.clusterId ?? DEFAULT_CLUSTER_ID;
+  const network = o.network ?? cluster;
+  const domains = [trustDomain, ...(o.trustDomainAliases ?? [])];
+  const ids = (sa: string, ns: string) => domains.map((td) => `spiffe://${td}/ns/${ns}/sa/${sa}`);
+  const controllers = new Set(ids(CONTROLLER_NAME, namespace));
+  const readers = new Set([...controllers, ...ids(EASTWEST_SERVICE_ACCOUNT, rootNamespace)]);
+  const issue = async () => {
+    const issued = await ca.issueServingCertificate({ uris: [controllerSpiffeId(trustDomain, namespace)], ...(o.federationListen ? { ipAddresses: [o.federationListen.host] } : {}) });
+    return { tls: { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() }, lifetimeMs: issued.notAfter.getTime() - issued.notBefore.getTime() };
+  };
+  const first = await issue();
+  let tls = first.tls;
+  // Renewed at half-life, and at once when the trust bundle changes (root rotation).
+  const renew = () => void issue().then((next) => {
+    tls = next.tls;
+    federation.renewedTls();
+  }, (e: Error) => log.error('federation certificate not renewed; retrying', { error: e.message }));
+  setInterval(renew, Math.max(60_000, first.lifetimeMs / 2)).unref();
+  ca.onTrustBundleChange(renew);
+  const federation = new Federation({
+    cluster, network,
+    ...(o.networkGateway ? { gateway: { network, ...o.networkGateway, spiffeId: spiffeIdOf(trustDomain, rootNamespace, EASTWEST_SERVICE_ACCOUNT) } } : {}),
+    ...(o.federationListen ? { listen: o.federationListen } : {}),
+    remotes: o.remoteClusters ?? [],
+    tls: () => tls,
+    mayRead: (id) => readers.has(id),
+    isController: (id) => controllers.has(id),
+    ...(o.remoteStaleAfterMs !== undefined ? { staleAfterMs: o.remoteStaleAfterMs } : {}),
+    log, registry,
+  });
+  return federation;
 }
 
 /** A Secret mounted as files (one file per key; the kubelet's `..data` links skipped). */
@@ -358,6 +419,12 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
   --cluster-id <id>           cluster name in metric labels (default Kubernetes)
+  --network <name>            multi-cluster: this cluster's network (default: the cluster ID)
+  --federation-listen <ip:port>  multi-cluster: serve this cluster's services and endpoints (mTLS) here
+  --network-gateway <ip:port> multi-cluster: this network's east-west gateway, as other networks reach it
+  --remote-cluster <name>=https://<ip>:<port>  multi-cluster: read another cluster's controller (repeatable)
+  --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
+  --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
                               created once; local: generate a root)
@@ -395,6 +462,12 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'trust-domain': { type: 'string' },
       'root-namespace': { type: 'string' },
       'cluster-id': { type: 'string' },
+      network: { type: 'string' },
+      'federation-listen': { type: 'string' },
+      'network-gateway': { type: 'string' },
+      'remote-cluster': { type: 'string', multiple: true },
+      'remote-stale-after': { type: 'string' },
+      'trust-domain-alias': { type: 'string', multiple: true },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },
@@ -443,6 +516,29 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
   set('clusterId', values['cluster-id']);
+  set('network', values.network);
+  const hostPort = (flag: string, v: string | undefined): { host: string; port: number } | undefined => {
+    if (v === undefined) return undefined;
+    const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(v);
+    if (!m || isIP(m[1]!) !== 4 || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new UsageError(`--${flag}: "${v}" is not <ipv4>:<port>`);
+    return { host: m[1]!, port: Number(m[2]) };
+  };
+  set('federationListen', hostPort('federation-listen', values['federation-listen']));
+  const gw = hostPort('network-gateway', values['network-gateway']);
+  if (gw) set('networkGateway', { address: gw.host, port: gw.port });
+  set('remoteClusters', values['remote-cluster']?.map((v) => {
+    const m = /^([a-z0-9][a-z0-9-]{0,62})=(https:\/\/\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})\/?$/.exec(v);
+    if (!m) throw new UsageError(`--remote-cluster: "${v}" is not <cluster>=https://<ip>:<port>`);
+    return { name: m[1]!, url: m[2]! };
+  }));
+  if (values['remote-stale-after'] !== undefined) {
+    try {
+      set('remoteStaleAfterMs', parseDuration(values['remote-stale-after']));
+    } catch (e) {
+      throw new UsageError(`--remote-stale-after: ${(e as Error).message}`);
+    }
+  }
+  set('trustDomainAliases', values['trust-domain-alias']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);
   set('caRootsFile', values['ca-roots']);

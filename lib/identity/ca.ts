@@ -14,7 +14,7 @@ import {
   KeyUsage, OID, buildCertificate, buildName, certToPem, extension, generalNames, keyIdentifier, keyUsageValue,
   parseCertificate, splitPemCertificates, type AltNames, type CertificateDetails,
 } from './x509.ts';
-import { bool, oid, octets, ctx, seq } from './der.ts';
+import { bool, oid, octets, ctx, seq, uint } from './der.ts';
 
 /** Default lifetime of workload and node certificates. */
 export const DEFAULT_WORKLOAD_CERT_LIFETIME_MS = 24 * 60 * 60 * 1000;
@@ -154,6 +154,35 @@ export class CertificateAuthority {
     });
     if (!anchored) throw new CaLoadError('CA certificate chain does not lead to any certificate in the root bundle; supply the matching ca.crt');
     return new CertificateAuthority({ key, cert: signingCert, intermediates, roots }, opts);
+  }
+
+  /**
+   * A new intermediate CA (CA:true, pathLen 0) that this CA signs: the plug-in CA of Istio's
+   * multi-cluster model, one intermediate per cluster under a shared root, so workload
+   * identities of every cluster verify against the one root. Returned as PEM for fromPem: the
+   * intermediate followed by this CA's chain, its key, and the root bundle.
+   */
+  async issueIntermediate(name: string, opts: { lifetimeMs?: number } = {}): Promise<{ certPem: string; keyPem: string; rootPem: string }> {
+    const { privateKey, publicKey } = await generateKeyPair();
+    const spki = publicKey.export({ type: 'spki', format: 'der' });
+    const signer = this.#signer;
+    const now = this.#clock();
+    const notAfter = Math.min(now + (opts.lifetimeMs ?? DEFAULT_ROOT_LIFETIME_MS), signer.cert.notAfter.getTime());
+    const der = buildCertificate({
+      serial: newSerial(),
+      issuer: signer.cert.subjectName,
+      subject: buildName([[OID.organization, 'weft'], [OID.commonName, `weft intermediate CA ${name} ${this.trustDomain}`]]),
+      notBefore: new Date(Math.floor((now - DEFAULT_BACKDATE_MS) / 1000) * 1000),
+      notAfter: new Date(Math.floor(notAfter / 1000) * 1000),
+      spki,
+      extensions: [
+        extension(OID.basicConstraints, true, seq(bool(true), uint(Buffer.from([0])))),
+        extension(OID.keyUsage, true, keyUsageValue([KeyUsage.digitalSignature, KeyUsage.keyCertSign, KeyUsage.cRLSign])),
+        extension(OID.subjectKeyId, false, octets(keyIdentifier(spki))),
+        extension(OID.authorityKeyId, false, seq(ctx(0, false, signer.cert.subjectKeyId ?? keyIdentifier(signer.cert.spki)))),
+      ],
+    }, signer.key);
+    return { certPem: certToPem(der) + signer.intermediates.join(''), keyPem: privateKeyToPem(privateKey), rootPem: signer.roots.join('') };
   }
 
   /**

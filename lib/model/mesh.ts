@@ -101,6 +101,36 @@ export interface Endpoint {
   ready: boolean;
   /** Telemetry identity of the pod behind the address; absent when there is none. */
   workload?: WorkloadMeta;
+  /** Multi-cluster: the cluster the endpoint runs in (set on endpoints learnt from another cluster). */
+  cluster?: string;
+  /** Multi-cluster: the endpoint's network; absent: the caller's own network. */
+  network?: string;
+  /**
+   * Multi-cluster: the endpoint is on another network, reachable only through that network's
+   * east-west gateway (double HBONE: an outer tunnel to the gateway carries the inner one to
+   * `nodeIp`). Absent: dial `nodeIp` directly.
+   */
+  gateway?: NetworkGateway;
+}
+
+/** An east-west gateway: the one door into a network (port 15008, HBONE). */
+export interface NetworkGateway {
+  network: string;
+  address: string;
+  port: number;
+  /** The gateway's identity (the outer tunnel's peer). */
+  spiffeId: string;
+}
+
+/** Multi-cluster: which clusters a caller prefers for a service (TrafficPolicy `spec.locality`). */
+export interface LocalityPolicy {
+  /**
+   * `prefer-local`: the caller's own cluster while it has a ready endpoint, others after (failover);
+   * `local-only`: never another cluster; `weighted`: clusters picked by `weights`.
+   */
+  mode: 'prefer-local' | 'local-only' | 'weighted';
+  /** `weighted`: cluster → relative weight (clusters not named get 0). */
+  weights?: Record<string, number>;
 }
 
 export interface Service {
@@ -272,6 +302,8 @@ export interface TrafficPolicy {
     maxEjectionPercent: number;
   };
   loadBalancer: LoadBalancerPolicy;
+  /** Multi-cluster: cluster preference; absent: endpoints of every cluster alike (Istio's default). */
+  locality?: LocalityPolicy;
   rateLimit?: { tokens: number; fillIntervalMs: number; per: RateLimitScope };
   /** Shared quota: `limit` requests per `windowMs`, counted in the waypoint's quota store. */
   quota?: { limit: number; windowMs: number; per: 'service' | 'source' };

@@ -268,6 +268,12 @@ export interface TrafficPolicy {
       maxEjectionPercent?: number;
     };
     loadBalancer?: { policy: LoadBalancerPolicy };
+    /**
+     * Multi-cluster: which clusters callers prefer (absent: every cluster's endpoints alike).
+     * PreferLocal fails over to other clusters while the caller's own has no ready endpoint;
+     * LocalOnly never leaves it; Weighted splits connections by `weights`.
+     */
+    locality?: { mode: 'PreferLocal' | 'LocalOnly' | 'Weighted'; weights?: Array<{ cluster: string; weight: number }> };
     rateLimit?: { tokens: number; fillInterval: string; per?: RateLimitScope };
     /** A quota shared by every replica of the waypoint (Redis, the Waypoint's spec.quotaStore). */
     quota?: { requests: number; window: string; per?: 'service' | 'source' };

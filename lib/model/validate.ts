@@ -626,7 +626,7 @@ function percentage(c: Checker, v: unknown, path: string): void {
 function validateTrafficPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec', true);
   if (!spec) return;
-  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'rateLimit', 'quota', 'fault']);
+  c.only(spec, 'spec', ['targetRef', 'timeouts', 'retries', 'connectionLimits', 'outlierDetection', 'loadBalancer', 'locality', 'rateLimit', 'quota', 'fault']);
   const q = c.obj(spec.quota, 'spec.quota');
   if (q) {
     c.only(q, 'spec.quota', ['requests', 'window', 'per']);
@@ -679,6 +679,22 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
   if (lb) {
     c.only(lb, 'spec.loadBalancer', ['policy']);
     c.str(lb.policy, 'spec.loadBalancer.policy', { required: true, oneOf: ['ROUND_ROBIN', 'LEAST_REQUEST', 'RANDOM'] });
+  }
+  const loc = c.obj(spec.locality, 'spec.locality');
+  if (loc) {
+    c.only(loc, 'spec.locality', ['mode', 'weights']);
+    c.str(loc.mode, 'spec.locality.mode', { required: true, oneOf: ['PreferLocal', 'LocalOnly', 'Weighted'] });
+    if (loc.weights !== undefined) {
+      if (!Array.isArray(loc.weights)) c.fail('spec.locality.weights', 'must be a list of {cluster, weight}');
+      else loc.weights.forEach((w: unknown, i: number) => {
+        const wo = c.obj(w, `spec.locality.weights[${i}]`);
+        if (!wo) return;
+        c.only(wo, `spec.locality.weights[${i}]`, ['cluster', 'weight']);
+        c.str(wo.cluster, `spec.locality.weights[${i}].cluster`, { required: true });
+        c.int(wo.weight, `spec.locality.weights[${i}].weight`, { required: true, min: 0, max: 1_000_000 });
+      });
+    }
+    if (loc.mode === 'Weighted' && !(Array.isArray(loc.weights) && loc.weights.length > 0)) c.fail('spec.locality.weights', 'mode Weighted needs at least one {cluster, weight}');
   }
   const rl = c.obj(spec.rateLimit, 'spec.rateLimit');
   if (rl) {

@@ -338,7 +338,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
   #build(lists: Map<ResourceType, unknown[]>): SnapshotOf<K> {
     const l = <T>(t: ResourceType) => (lists.get(t) ?? []) as T[];
     const config = this.#o.kind === 'agent'
-      ? { node: this.#o.id, workloads: l('Workload'), services: l('Service'), policies: l('AuthorizationPolicy'), peerAuthentications: l('PeerAuthentication'), waypoints: l('Waypoint') }
+      ? { node: this.#o.id, workloads: l('Workload'), services: l('Service'), policies: l('AuthorizationPolicy'), peerAuthentications: l('PeerAuthentication'), waypoints: l('Waypoint'), trafficPolicies: l('TrafficPolicy') }
       : { namespace: this.#o.namespace!, services: l('Service'), routes: l('Route'), trafficPolicies: l('TrafficPolicy'), policies: l('AuthorizationPolicy'), waypoints: l('Waypoint'), workloads: l('Workload') };
     return config as SnapshotOf<K>;
   }

@@ -45,7 +45,7 @@ export type ClientKind = 'agent' | 'waypoint';
 
 /** The types each kind of client subscribes to. */
 export const CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>> = {
-  agent: ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'Waypoint'],
+  agent: ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'Waypoint', 'TrafficPolicy'],
   // Workload: who owns each client address (a waypoint judges callers' for= as agents do).
   waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'Workload'],
 };
@@ -131,6 +131,7 @@ export function agentConfigOf(node: string, set: ResourceSet): AgentConfig {
     policies: values(set.AuthorizationPolicy),
     peerAuthentications: values(set.PeerAuthentication),
     waypoints: values(set.Waypoint),
+    trafficPolicies: values(set.TrafficPolicy),
   };
 }
 

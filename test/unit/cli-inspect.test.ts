@@ -60,23 +60,23 @@ test('workloads on a cluster: each node agent\'s enrolled pods, filtered by -n, 
   const r = await run(['workloads']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, [
-    'NAMESPACE  NAME        NODE    IP         MODE        ENROLLED  IDENTITY',
-    'shop       reviews-v1  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    'NAMESPACE  NAME        CLUSTER     NODE    IP         MODE        ENROLLED  IDENTITY',
+    'shop       reviews-v1  Kubernetes  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
     // Agents also know the pods they do not capture (the waypoint's, dataplane-mode none).
-    'shop       waypoint-0  node-a  10.1.0.99  STRICT      no        spiffe://cluster.local/ns/shop/sa/default',
-    'shop       ratings     node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
-    'web        front       node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
+    'shop       waypoint-0  Kubernetes  node-a  10.1.0.99  STRICT      no        spiffe://cluster.local/ns/shop/sa/default',
+    'shop       ratings     Kubernetes  node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
+    'web        front       Kubernetes  node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
     ''].join('\n'));
   const web = await run(['workloads', '-n', 'web', '--no-headers', '-o', 'wide']);
-  assert.equal(web.stdout, 'web  front  node-b  10.1.0.13  PERMISSIVE  yes  web/front  spiffe://cluster.local/ns/web/sa/front\n');
+  assert.equal(web.stdout, 'web  front  Kubernetes  node-b  10.1.0.13  PERMISSIVE  yes  web/front  spiffe://cluster.local/ns/web/sa/front\n');
   const one = await run(['workloads', '--node', 'node-a', '-o', 'json']);
-  assert.deepEqual(JSON.parse(one.stdout).map((w: { name: string }) => w.name), ['reviews-v1', 'waypoint-0']);
+  assert.deepEqual(JSON.parse(one.stdout).map((w: { name: string; cluster: string }) => [w.name, w.cluster]), [['reviews-v1', 'Kubernetes'], ['waypoint-0', 'Kubernetes']]);
 });
 
 test('services, policies, waypoints and routes on a cluster', async () => {
   const s = await run(['services', '-A']);
-  assert.match(s.stdout, /^shop\s+reviews\s+10\.96\.1\.10\s+80\/http\s+10\.1\.0\.11\s+shop\/waypoint$/m);
-  assert.match(s.stdout, /^web\s+front\s+10\.96\.2\.10\s+80\/http\s+10\.1\.0\.13\s+-$/m);
+  assert.match(s.stdout, /^shop\s+reviews\s+10\.96\.1\.10\s+80\/http\s+Kubernetes\s+10\.1\.0\.11\s+shop\/waypoint$/m);
+  assert.match(s.stdout, /^web\s+front\s+10\.96\.2\.10\s+80\/http\s+Kubernetes\s+10\.1\.0\.13\s+-$/m);
   const p = await run(['policies', '-o', 'wide']);
   assert.match(p.stdout, /^shop\s+allow-web\s+ALLOW\s+workload\s+L4\s+1\s+app=ratings$/m);
   assert.doesNotMatch(p.stdout, /reviews-get/, 'a targetRefs policy is the waypoint\'s, not the agents\'');

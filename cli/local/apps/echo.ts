@@ -55,7 +55,7 @@ function answer(method: string, path: string, socket: net.Socket | undefined, he
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
   const peer = socket?.remoteAddress;
   const peerPort = socket?.remotePort;
-  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, method, path, peer, peerPort, headers });
+  const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, ...(process.env.WEFT_CLUSTER ? { cluster: process.env.WEFT_CLUSTER } : {}), method, path, peer, peerPort, headers });
   return { status: fail ? 503 : 200, body: body + '\n' };
 }
 

@@ -57,6 +57,8 @@ export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iter
       return out;
     }
     case 'TrafficPolicy':
+      // Agents see every Service, so every policy of one (load balancing, locality).
+      return undefined;
     case 'Route':
       return [];
   }

@@ -1,0 +1,83 @@
+// `make bench-cross-network`: the multi-cluster data path beside the single-cluster L4 one, on one
+// topology (cli/local/multicluster.ts, two clusters of two nodes):
+//   l4-cross-node   cluster1 client (node1) → cluster1 echo (node2): one HBONE tunnel
+//   cross-network   cluster1 client (node1) → cluster2 echo (node2), through cluster2's east-west
+//                   gateway: HBONE inside HBONE
+// Each case: wrk (closed loop, throughput and latency) then hey at a fixed rate (latency
+// percentiles). Results: build/bench/cross-network.json and a table on stdout.
+//   node bench/cross-network.ts [--seconds 10] [--rate 200]
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { parseArgs } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import { LocalMultiCluster } from '../cli/local/multicluster.ts';
+import { REPO_ROOT } from '../cli/local/mesh.ts';
+import { parseHey, parseWrk, type HeyResult, type WrkResult } from './parse.ts';
+
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, rate: { type: 'string', default: '200' } } });
+const SECONDS = Number(values.seconds);
+const RATE = Number(values.rate);
+const log = (l: string) => process.stdout.write(`${l}\n`);
+
+const prefix = `wb${randomBytes(2).toString('hex')}`;
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-bench-mc-'));
+const mc = await LocalMultiCluster.create({ prefix, stateDir, clusters: 2, nodes: ['node1', 'node2'] });
+const cleanup = async () => {
+  await mc.destroy();
+  rmSync(stateDir, { recursive: true, force: true });
+};
+process.once('SIGINT', () => void cleanup().then(() => process.exit(130)));
+
+interface Result { name: string; url: string; wrk?: WrkResult; hey?: HeyResult; errors: string[] }
+const results: Result[] = [];
+try {
+  for (const c of mc.clusters) {
+    c.mesh.writeConfig('10-demo.yaml', [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: '10.96.0.10', selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    ]);
+    c.mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' } });
+    c.mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'], env: { WEFT_CLUSTER: c.name } });
+  }
+  log(`building two clusters (${prefix})`);
+  mc.startControllers();
+  for (const c of mc.clusters) await c.mesh.waitControllerReady();
+  for (const c of mc.clusters) c.mesh.startAgents();
+  for (const c of mc.clusters) await c.mesh.waitReady(120_000);
+  mc.startGateways();
+  await mc.waitGatewaysReady(120_000);
+  const c1 = mc.cluster('cluster1');
+  const cases = [
+    { name: 'l4-cross-node', url: `http://${c1.mesh.workloads.get('demo/echo')!.pod.ip}:8080/` },
+    { name: 'cross-network', url: `http://${mc.cluster('cluster2').mesh.workloads.get('demo/echo')!.pod.ip}:8080/` },
+  ];
+  // The remote pod is known once the first federation poll is merged and pushed.
+  for (let i = 0; i < 60; i++) {
+    const r = await c1.mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '3', cases[1]!.url], 10_000);
+    if (r.code === 0 && r.stdout.includes('"cluster":"cluster2"')) break;
+    if (i === 59) throw new Error(`the cross-network case never answered: ${r.stderr}`);
+    await new Promise((res) => setTimeout(res, 1_000));
+  }
+  for (const c of cases) {
+    const res: Result = { ...c, errors: [] };
+    log(`${c.name}: wrk ${SECONDS}s, then hey at ${RATE} req/s`);
+    const w = await c1.mesh.exec('demo/client', 'wrk', ['-t2', '-c16', `-d${SECONDS}s`, '--latency', c.url], (SECONDS + 60) * 1000);
+    try { res.wrk = parseWrk(w.stdout); } catch (e) { res.errors.push(`wrk: ${(e as Error).message}`); }
+    const h = await c1.mesh.exec('demo/client', 'hey', ['-z', `${SECONDS}s`, '-q', String(RATE / 8), '-c', '8', c.url], (SECONDS + 60) * 1000);
+    try { res.hey = parseHey(h.stdout); } catch (e) { res.errors.push(`hey: ${(e as Error).message}`); }
+    results.push(res);
+  }
+  const out = join(REPO_ROOT, 'build', 'bench');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'cross-network.json'), JSON.stringify({ at: new Date().toISOString(), seconds: SECONDS, rate: RATE, results }, null, 2));
+  log('');
+  log('case            wrk req/s   wrk p50 ms  wrk p99 ms  hey p50 ms  hey p99 ms  errors');
+  for (const r of results) {
+    const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(2)).padStart(10);
+    log(`${r.name.padEnd(15)} ${f(r.wrk?.requestsPerSec)}  ${f(r.wrk?.latencyMs['50'])}  ${f(r.wrk?.latencyMs['99'])}  ${f(r.hey?.latencyMs['50'])}  ${f(r.hey?.latencyMs['99'])}  ${r.errors.length + (r.wrk?.socketErrors ?? 0) + (r.hey?.errors ?? 0)}`);
+  }
+  log(`\nwritten to build/bench/cross-network.json`);
+} finally {
+  await cleanup();
+}

@@ -1,0 +1,237 @@
+// Multi-cluster discovery for one controller: it serves its own cluster's export (services and
+// endpoints, its network and gateway; lib/model/federation.ts) over mutual TLS to the other
+// clusters' controllers and to its own east-west gateway, and polls every remote cluster's export.
+// The compiled model is merged with the remote endpoints before it is published. A remote that
+// stops answering keeps its last known endpoints for `staleAfterMs`, then they are removed.
+import { createServer, request, type Server } from 'node:https';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
+import { Gauge, Counter, type Registry } from 'prom-client';
+import type { Logger } from '../../lib/log.ts';
+import type { MeshModel, NetworkGateway } from '../../lib/model/mesh.ts';
+import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
+
+/** How often a remote export is read. */
+export const DEFAULT_FEDERATION_POLL_MS = 1_000;
+/** How long a remote that stopped answering keeps its last known endpoints. */
+export const DEFAULT_REMOTE_STALE_AFTER_MS = 30_000;
+const FETCH_TIMEOUT_MS = 2_000;
+const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
+
+export interface RemoteCluster {
+  /** The cluster ID it must report. */
+  name: string;
+  /** `https://<ip>:<port>` of its controller's federation listener. */
+  url: string;
+}
+
+export interface FederationOptions {
+  cluster: string;
+  network: string;
+  gateway?: NetworkGateway;
+  /** Where to serve this cluster's export; absent: not served. */
+  listen?: { host: string; port: number };
+  remotes: readonly RemoteCluster[];
+  /** This controller's identity (server and client certificate) and the trust bundle (the shared root). */
+  tls: () => { key: string; cert: string; ca: readonly string[] };
+  /** Who may read the export, by SPIFFE ID (other controllers, this cluster's gateway). */
+  mayRead: (spiffeId: string) => boolean;
+  /** Which identity a remote controller must present. */
+  isController: (spiffeId: string) => boolean;
+  pollMs?: number;
+  staleAfterMs?: number;
+  log: Logger;
+  registry?: Registry;
+}
+
+interface RemoteState {
+  remote: RemoteCluster;
+  export: ClusterExport | undefined;
+  /** Text of the last good export: a poll that reads the same changes nothing. */
+  text: string;
+  lastOk: number;
+  lastError: string | undefined;
+  /** Its endpoints were dropped for staleness (until it answers again). */
+  stale: boolean;
+}
+
+export class Federation {
+  readonly #o: FederationOptions;
+  readonly #remotes: RemoteState[];
+  readonly #listeners = new Set<() => void>();
+  #local: MeshModel | undefined;
+  #server: Server | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter };
+
+  constructor(o: FederationOptions) {
+    this.#o = o;
+    const now = Date.now();
+    this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false }));
+    if (o.registry) {
+      const registers = [o.registry];
+      this.#metrics = {
+        up: new Gauge({ name: 'weft_federation_remote_up', help: 'Whether the remote cluster\'s export was read within the stale bound (1) or its endpoints were dropped (0)', labelNames: ['cluster'], registers }),
+        endpoints: new Gauge({ name: 'weft_federation_remote_endpoints', help: 'Endpoints imported from the remote cluster', labelNames: ['cluster'], registers }),
+        failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
+        reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
+      };
+    }
+  }
+
+  /** Called when imported endpoints change (the controller recompiles and republishes). */
+  onChange(listener: () => void): void {
+    this.#listeners.add(listener);
+  }
+
+  /** The compiled local model with every live remote's endpoints merged in; remembers the local one for the export. */
+  merge(local: MeshModel): MeshModel {
+    this.#local = local;
+    const live = this.#remotes.filter((r) => r.export && !r.stale).map((r) => r.export!);
+    if (live.length === 0) return local;
+    return { ...local, services: mergeRemoteServices(local.services.values(), { network: this.#o.network }, live) };
+  }
+
+  /** This cluster's own services and endpoints (nothing imported). */
+  export(): ClusterExport {
+    const services = [...(this.#local?.services.values() ?? [])];
+    return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services };
+  }
+
+  status(): Array<{ cluster: string; url: string; up: boolean; endpoints: number; lastOk: string; lastError?: string }> {
+    return this.#remotes.map((r) => ({
+      cluster: r.remote.name, url: r.remote.url, up: !!r.export && !r.stale,
+      endpoints: r.export ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0,
+      lastOk: new Date(r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
+    }));
+  }
+
+  /** The federation listener's port (undefined when not serving). */
+  get port(): number | undefined {
+    const a = this.#server?.address();
+    return a && typeof a === 'object' ? a.port : undefined;
+  }
+
+  async start(): Promise<void> {
+    if (this.#o.listen) await this.#serve(this.#o.listen);
+    this.#schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#server) {
+      this.#server.closeAllConnections();
+      await new Promise<void>((r) => this.#server!.close(() => r()));
+    }
+  }
+
+  /** The identity certificate was renewed: new connections to the listener get the new one. */
+  renewedTls(): void {
+    const tls = this.#o.tls();
+    this.#server?.setSecureContext({ key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3' });
+  }
+
+  #serve(at: { host: string; port: number }): Promise<void> {
+    const tls = this.#o.tls();
+    const server = createServer({ key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (req, res) => {
+      const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate);
+      if (!peer || !this.#o.mayRead(peer)) {
+        this.#metrics?.reads.inc({ result: 'forbidden' });
+        this.#o.log.warn('federation export refused', { peer: peer ?? 'none', address: req.socket.remoteAddress });
+        res.writeHead(403, { 'content-type': 'text/plain' }).end(`${peer ?? 'a peer without a SPIFFE ID'} may not read this cluster's export\n`);
+        return;
+      }
+      if (req.method !== 'GET' || req.url?.split('?')[0] !== FEDERATION_PATH) {
+        res.writeHead(404).end();
+        return;
+      }
+      this.#metrics?.reads.inc({ result: 'ok' });
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.export()));
+    });
+    this.#server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(at.port, at.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  #schedule(ms: number): void {
+    if (this.#stopped || this.#remotes.length === 0) return;
+    this.#timer = setTimeout(() => {
+      void this.#pollAll().finally(() => this.#schedule(this.#o.pollMs ?? DEFAULT_FEDERATION_POLL_MS));
+    }, ms);
+    this.#timer.unref();
+  }
+
+  async #pollAll(): Promise<void> {
+    let changed = false;
+    await Promise.all(this.#remotes.map(async (r) => {
+      try {
+        const text = await this.#fetch(r.remote);
+        const parsed = parseClusterExport(JSON.parse(text));
+        if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
+        r.lastOk = Date.now();
+        r.lastError = undefined;
+        if (r.stale || text !== r.text) {
+          if (r.stale) this.#o.log.info('remote cluster back; its endpoints are imported again', { cluster: r.remote.name });
+          r.stale = false;
+          r.text = text;
+          r.export = parsed;
+          changed = true;
+        }
+      } catch (e) {
+        const msg = (e as Error).message;
+        this.#metrics?.failures.inc({ cluster: r.remote.name });
+        if (r.lastError !== msg) this.#o.log.warn('remote cluster export not read', { cluster: r.remote.name, url: r.remote.url, error: msg });
+        r.lastError = msg;
+        const bound = this.#o.staleAfterMs ?? DEFAULT_REMOTE_STALE_AFTER_MS;
+        if (!r.stale && r.export && Date.now() - r.lastOk > bound) {
+          r.stale = true;
+          changed = true;
+          this.#o.log.warn('remote cluster unreachable past the stale bound; its endpoints are removed', { cluster: r.remote.name, staleAfterMs: bound, lastOk: new Date(r.lastOk).toISOString() });
+        }
+      }
+      this.#metrics?.up.set({ cluster: r.remote.name }, r.export && !r.stale ? 1 : 0);
+      this.#metrics?.endpoints.set({ cluster: r.remote.name }, r.export && !r.stale ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0);
+    }));
+    if (changed) for (const l of this.#listeners) l();
+  }
+
+  #fetch(remote: RemoteCluster): Promise<string> {
+    const url = new URL(FEDERATION_PATH, remote.url);
+    const tls = this.#o.tls();
+    return new Promise((resolve, reject) => {
+      const req = request({
+        host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET',
+        key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3', agent: false,
+        timeout: FETCH_TIMEOUT_MS,
+        checkServerIdentity: (_host, cert) => {
+          const id = spiffeIdFromCert(cert);
+          return id && this.#o.isController(id) ? undefined : new Error(`the peer at ${remote.url} is ${id ?? 'no SPIFFE identity'}, not a controller of the mesh`);
+        },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_EXPORT_BYTES) req.destroy(new Error(`export larger than ${MAX_EXPORT_BYTES} bytes`));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}: ${body.trim().slice(0, 200)}`));
+          else resolve(body);
+        });
+        res.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${FETCH_TIMEOUT_MS} ms`)));
+      req.on('error', reject);
+      req.end();
+    });
+  }
+}

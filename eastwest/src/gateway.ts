@@ -1,0 +1,177 @@
+// The east-west gateway: the one door into a cluster's network from other networks (Istio's
+// multi-network "east-west gateway", ambient double HBONE). It listens for HBONE on 15008 at the
+// network's edge. A caller in another network opens an outer tunnel whose CONNECT authority names
+// the endpoint it wants (`podIp:port`); the gateway checks that the endpoint is an enrolled
+// workload of its own cluster, connects to that workload's node agent on 15008 and pipes the
+// bytes: they are the caller's inner HBONE tunnel (TLS with the caller's own certificate), so the
+// gateway never sees plaintext and the destination agent authenticates the caller and applies
+// its own policy. It learns its cluster's endpoints from its controller's federation export.
+import net from 'node:net';
+import { request } from 'node:https';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import { HboneServer, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
+import type { Logger } from '../../lib/log.ts';
+import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
+import { HBONE_PORT } from '../../lib/model/mesh.ts';
+
+export interface EastWestOptions {
+  /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root). */
+  tls: { key: string; cert: string; ca: readonly string[] };
+  /** Trust domains whose workload identities may open tunnels (the mesh's, then its aliases). */
+  trustDomains: readonly string[];
+  /** `https://<ip>:<port>` of this cluster's controller federation listener. */
+  controllerUrl: string;
+  /** Which identity the controller must present. */
+  controllerId: string;
+  pollMs?: number;
+  connectTimeoutMs?: number;
+  /** The node agents' HBONE port; default 15008 (tests move it). */
+  agentPort?: number;
+  log: Logger;
+  registry?: Registry;
+}
+
+/** Why a tunnel was refused; stable strings (metric labels). */
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'no-config' | 'upstream-unreachable';
+
+export class EastWestGateway {
+  readonly #o: EastWestOptions;
+  readonly #server: HboneServer;
+  /** Enrolled pod IP → its node agent's address, from the controller's export. */
+  #nodeOf = new Map<string, string>();
+  #notEnrolled = new Set<string>();
+  #configured = false;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #m?: { tunnels: Counter; refused: Counter; bytes: Counter; endpoints: Gauge };
+
+  constructor(o: EastWestOptions) {
+    this.#o = o;
+    if (o.registry) {
+      const registers = [o.registry];
+      this.#m = {
+        tunnels: new Counter({ name: 'weft_eastwest_tunnels_total', help: 'Outer tunnels piped to a node agent', registers }),
+        refused: new Counter({ name: 'weft_eastwest_refused_total', help: 'Outer tunnels and sessions refused, by reason', labelNames: ['reason'], registers }),
+        bytes: new Counter({ name: 'weft_eastwest_bytes_total', help: 'Bytes piped (ciphertext of inner tunnels), by direction', labelNames: ['direction'], registers }),
+        endpoints: new Gauge({ name: 'weft_eastwest_endpoints', help: 'Enrolled endpoints of this cluster the gateway can reach', registers }),
+      };
+    }
+    this.#server = new HboneServer({
+      tls: { key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca] },
+      trustDomains: o.trustDomains,
+      handler: (req) => this.#connect(req),
+      onRefusal: (r: HboneRefusal) => {
+        this.#m?.refused.inc({ reason: r.kind });
+        this.#o.log.warn('tunnel refused', { reason: r.kind, detail: r.reason, peer: r.peer?.spiffeId, address: r.peer?.address, authority: r.authority });
+      },
+      onTunnelClosed: (c) => {
+        this.#m?.bytes.inc({ direction: 'inbound' }, c.bytesAtoB);
+        this.#m?.bytes.inc({ direction: 'outbound' }, c.bytesBtoA);
+      },
+    });
+  }
+
+  get endpoints(): number {
+    return this.#nodeOf.size;
+  }
+
+  /** Resolves with the bound port. */
+  async listen(port: number, host: string): Promise<number> {
+    await this.#refresh().catch((e: Error) => this.#o.log.warn('controller export not read yet', { error: e.message }));
+    this.#schedule();
+    return (await this.#server.listen(port, host)).port;
+  }
+
+  async close(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#server.close(1_000);
+  }
+
+  #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
+    this.#m?.refused.inc({ reason });
+    this.#o.log.warn('tunnel refused', { reason, detail, peer: req.peer.spiffeId, address: req.peer.address, authority: req.authority });
+    return { status, reason: detail };
+  }
+
+  async #connect(req: HboneConnectRequest): Promise<HboneConnectDecision> {
+    if (!this.#configured) return this.#refuse('no-config', req, 503, 'the gateway has not read its cluster\'s endpoints yet');
+    const ip = req.target.host;
+    const node = this.#nodeOf.get(ip);
+    if (!node) {
+      // Not an open proxy: only enrolled workloads of this cluster, through their own agent.
+      if (this.#notEnrolled.has(ip)) return this.#refuse('not-enrolled', req, 403, `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic`);
+      return this.#refuse('unknown-endpoint', req, 403, `${ip} is not an endpoint of this cluster`);
+    }
+    try {
+      const upstream = await connectTcp(node, this.#o.agentPort ?? HBONE_PORT, this.#o.connectTimeoutMs ?? 5_000, req.signal);
+      this.#m?.tunnels.inc();
+      return { upstream };
+    } catch (e) {
+      return this.#refuse('upstream-unreachable', req, 503, `the node agent of ${ip} (${node}:${this.#o.agentPort ?? HBONE_PORT}) did not answer: ${(e as Error).message}`);
+    }
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      void this.#refresh().catch((e: Error) => this.#o.log.warn('controller export not read; keeping the last one', { error: e.message })).finally(() => this.#schedule());
+    }, this.#o.pollMs ?? 1_000);
+    this.#timer.unref();
+  }
+
+  async #refresh(): Promise<void> {
+    const text = await fetchText(this.#o.controllerUrl, this.#o);
+    const exp = parseClusterExport(JSON.parse(text));
+    const nodeOf = new Map<string, string>();
+    const notEnrolled = new Set<string>();
+    for (const s of exp.services) {
+      for (const e of s.endpoints) {
+        if (e.enrolled && e.nodeIp) nodeOf.set(e.ip, e.nodeIp);
+        else notEnrolled.add(e.ip);
+      }
+    }
+    this.#nodeOf = nodeOf;
+    this.#notEnrolled = notEnrolled;
+    this.#configured = true;
+    this.#m?.endpoints.set(nodeOf.size);
+  }
+}
+
+function connectTcp(host: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host, port, noDelay: true });
+    const timer = setTimeout(() => s.destroy(new Error(`no connection within ${timeoutMs} ms`)), timeoutMs);
+    const onAbort = () => s.destroy(new Error('the caller went away'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    s.once('connect', () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      resolve(s);
+    });
+    s.once('error', (e) => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      reject(e);
+    });
+  });
+}
+
+function fetchText(base: string, o: EastWestOptions): Promise<string> {
+  const url = new URL(FEDERATION_PATH, base);
+  return new Promise((resolve, reject) => {
+    const req = request({
+      host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET', agent: false, timeout: 2_000,
+      key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3',
+      checkServerIdentity: (_h, cert) => (spiffeIdFromCert(cert) === o.controllerId ? undefined : new Error(`${base} is not the controller ${o.controllerId}`)),
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`HTTP ${res.statusCode}`))));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 2000 ms')));
+    req.on('error', reject);
+    req.end();
+  });
+}

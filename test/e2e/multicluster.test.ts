@@ -1,0 +1,227 @@
+// Two clusters on two networks, one mesh (Istio ambient multi-network, translated): each cluster
+// its own controller, CA intermediate (one shared root), node and agent, the same sample apps in
+// both; the networks meet only at the exchange, through each cluster's east-west gateway (double
+// HBONE). One set-up is shared by every test here, in order.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { Lab } from '../lab/lab.ts';
+import { until } from '../lab/wait.ts';
+import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multicluster.ts';
+import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import type { AgentConfig } from '../../lib/model/mesh.ts';
+
+const lab = new Lab();
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-mc-'));
+let mc: LocalMultiCluster;
+const VIP = '10.96.0.10';
+const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
+
+after(async () => {
+  await mc?.destroy();
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+function sampleApps(c: LocalCluster): void {
+  c.mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  c.mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' } });
+  addEcho(c);
+}
+
+function addEcho(c: LocalCluster): void {
+  c.mesh.addWorkload({
+    node: 'node1', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, deployment: 'echo',
+    command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'], env: { WEFT_CLUSTER: c.name },
+  });
+}
+
+/** One request from a cluster's client pod; the answering cluster, or the curl error. */
+async function ask(from: string, url = `http://${VIP}/`, extra: string[] = []): Promise<{ ok: true; cluster: string; peer: string } | { ok: false; error: string }> {
+  const r = await mc.cluster(from).mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '5', ...extra, url]);
+  if (r.code !== 0) return { ok: false, error: r.stderr.trim() || `curl exited ${r.code}` };
+  const body = JSON.parse(r.stdout) as { cluster: string; peer: string };
+  return { ok: true, cluster: body.cluster, peer: body.peer };
+}
+
+async function echoEndpoints(c: string): Promise<Array<{ ip: string; cluster?: string }>> {
+  const dump = await getJsonInNetns<{ config: AgentConfig }>(mc.cluster(c).mesh.node('node1').netnsPath, 'http://127.0.0.1:15000/config_dump');
+  return dump.config.services.find((s) => s.namespace === 'demo' && s.name === 'echo')?.endpoints ?? [];
+}
+
+before(async () => {
+  mc = await LocalMultiCluster.create({ prefix: lab.id, stateDir, clusters: 2, remoteStaleAfter: '3s' });
+  for (const c of mc.clusters) sampleApps(c);
+  mc.startControllers();
+  for (const c of mc.clusters) await c.mesh.waitControllerReady();
+  for (const c of mc.clusters) c.mesh.startAgents();
+  for (const c of mc.clusters) {
+    await c.mesh.waitReady(90_000);
+    await c.mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo']);
+  }
+  mc.startGateways();
+  await mc.waitGatewaysReady();
+  for (const c of ['cluster1', 'cluster2']) {
+    await until(`${c}'s agent knows echo's endpoints in both clusters`, async () => (await echoEndpoints(c).catch(() => [])).length === 2, 30_000);
+  }
+});
+
+test('namespace sameness: demo/echo is one service; a request from cluster1 is served by pods of both clusters (Istio multi-network, double HBONE through the east-west gateway)', async () => {
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 30 && seen.size < 2; i++) {
+    const r = await ask('cluster1');
+    assert.ok(r.ok, `request ${i} failed: ${!r.ok ? r.error : ''}\n${mc.cluster('cluster1').mesh.logTail('agent-node1.log', 10)}\n${mc.cluster('cluster2').mesh.logTail('eastwest.log', 10)}`);
+    seen.set(r.cluster, (seen.get(r.cluster) ?? 0) + 1);
+  }
+  assert.deepEqual([...seen.keys()].sort(), ['cluster1', 'cluster2'], `answers: ${JSON.stringify([...seen])}`);
+  // The gateway piped tunnels: it carried the remote answers.
+  assert.match(await mc.gatewayMetrics('cluster2'), /^weft_eastwest_tunnels_total [1-9]/m);
+});
+
+test('the destination agent in cluster2 sees the caller\'s own SPIFFE identity from cluster1 (one root, one intermediate per cluster), with source_cluster and destination_cluster', async () => {
+  const metrics = await mc.cluster('cluster2').mesh.agentMetrics('node1');
+  const line = metrics.split('\n').find((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"')
+    && l.includes(`source_principal="${CLIENT}"`) && l.includes('source_cluster="cluster1"') && l.includes('destination_cluster="cluster2"'));
+  assert.ok(line, `no destination-side connection from cluster1's client in cluster2's metrics:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
+  const c1 = await mc.cluster('cluster1').mesh.agentMetrics('node1');
+  assert.ok(c1.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="source"') && l.includes('source_cluster="cluster1"') && l.includes('destination_cluster="cluster2"')), 'the source side names the destination cluster');
+  // Through a gateway the caller makes no address claim the destination would have to ignore.
+  assert.equal(mc.cluster('cluster2').mesh.logEntries('agent-node1.log', 'forwarded client address not honoured').length, 0);
+});
+
+test('the exchange link carries only TLS to the gateway (15008) and the federation port: no plaintext of the inner tunnel', async () => {
+  const marker = `weft-mc-secret-${randomBytes(6).toString('hex')}`;
+  const pcap = join(stateDir, 'exchange.pcap');
+  const wire = mc.cluster('cluster1').mesh.net.wireNetns;
+  const dump = spawn('nsenter', [`--net=/var/run/netns/${wire}`, 'tcpdump', '-Z', 'root', '--immediate-mode', '-i', 'ew0', '-U', '-w', pcap, 'tcp'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let dumpErr = '';
+  dump.stderr!.on('data', (c: Buffer) => (dumpErr += c));
+  await until('tcpdump listens', () => dumpErr.includes('listening on'), 10_000, { intervalMs: 50 });
+  // Requests with the marker until cluster2 answered a few of them (through the exchange).
+  let remote = 0;
+  for (let i = 0; i < 40 && remote < 3; i++) {
+    const r = await ask('cluster1', `http://${VIP}/${marker}`, ['-H', `x-marker: ${marker}`]);
+    assert.ok(r.ok, !r.ok ? r.error : '');
+    if (r.cluster === 'cluster2') remote++;
+  }
+  assert.ok(remote >= 3, 'cluster2 answered some of the marked requests');
+  const before = readFileSync(pcap).length;
+  await until('the capture is flushed', () => readFileSync(pcap).length >= before, 2_000, { intervalMs: 50 });
+  dump.kill('SIGINT');
+  await once(dump, 'exit');
+  const bytes = readFileSync(pcap);
+  assert.ok(bytes.length > 2_000, `the capture saw the tunnels (${bytes.length} bytes)`);
+  assert.equal(bytes.includes(Buffer.from(marker)), false, 'the marker never crosses the exchange in plaintext');
+  const ports = new Set<number>();
+  const text = await new Promise<string>((resolve) => {
+    const rd = spawn('tcpdump', ['-nn', '-r', pcap], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    rd.stdout.on('data', (c: Buffer) => (out += c));
+    rd.once('close', () => resolve(out));
+  });
+  for (const m of text.matchAll(/ > [\d.]+\.(\d+):/g)) ports.add(Number(m[1]));
+  for (const m of text.matchAll(/ ([\d.]+)\.(\d+) > /g)) ports.add(Number(m[2]));
+  const serverPorts = [...ports].filter((p) => p === 15008 || p === 15014);
+  assert.ok(serverPorts.includes(15008), `tunnels went to the gateway's 15008 (ports seen: ${[...ports].join(',')})`);
+  // Every packet has 15008 or 15014 at one end.
+  for (const line of text.split('\n').filter((l) => l.includes(' > '))) {
+    assert.match(line, /\.(15008|15014)[ :]/, `a packet to neither the gateway nor the federation port crossed: ${line}`);
+  }
+});
+
+test('a DENY in cluster2 naming cluster1\'s client refuses it at cluster2\'s agent (policy applies at the destination), and the refusal is counted', async () => {
+  const c2 = mc.cluster('cluster2');
+  const echo2 = c2.mesh.workloads.get('demo/echo')!.pod.ip;
+  // Control: cluster1's client reaches cluster2's pod by its own address, through the gateway.
+  const ok = await ask('cluster1', `http://${echo2}:8080/`);
+  assert.ok(ok.ok && ok.cluster === 'cluster2', `control request to ${echo2}: ${JSON.stringify(ok)}`);
+  const deniedBefore = deniedCount(await c2.mesh.agentMetrics('node1'));
+  c2.mesh.writeConfig('50-deny.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-cluster1-client', namespace: 'demo' },
+    spec: { selector: { matchLabels: { app: 'echo' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/client'] } }] }] },
+  }]);
+  try {
+    await until('cluster2 refuses cluster1\'s client', async () => !(await ask('cluster1', `http://${echo2}:8080/`)).ok, 20_000);
+    const after_ = await c2.mesh.agentMetrics('node1');
+    assert.ok(deniedCount(after_) > deniedBefore, 'weft_connections_denied_total{reason="policy"} went up at cluster2');
+    const log = c2.mesh.logEntries('agent-node1.log', 'connection denied');
+    assert.ok(log.some((l) => l.policy === 'demo/deny-cluster1-client' && l.source === CLIENT), 'the refusal names the policy and the caller from cluster1');
+  } finally {
+    c2.mesh.removeConfig('50-deny.yaml');
+  }
+  await until('cluster1\'s client is served by cluster2 again', async () => (await ask('cluster1', `http://${echo2}:8080/`)).ok, 20_000);
+});
+
+function deniedCount(metrics: string): number {
+  let n = 0;
+  for (const l of metrics.split('\n')) {
+    if (l.startsWith('weft_connections_denied_total{') && l.includes('reason="policy"')) n += Number(l.split(' ').pop());
+  }
+  return n;
+}
+
+test('locality PreferLocal: answers stay in cluster1; deleting cluster1\'s echo pod moves them to cluster2 with no failed request, and they come back', async () => {
+  const c1 = mc.cluster('cluster1');
+  c1.mesh.writeConfig('40-locality.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'echo', namespace: 'demo' },
+    spec: { targetRef: { kind: 'Service', name: 'echo' }, locality: { mode: 'PreferLocal' } },
+  }]);
+  await until('cluster1 prefers its own echo', async () => {
+    for (let i = 0; i < 6; i++) {
+      const r = await ask('cluster1');
+      if (!r.ok || r.cluster !== 'cluster1') return false;
+    }
+    return true;
+  }, 20_000);
+  // Delete the pod; keep asking the whole time.
+  const answers: string[] = [];
+  let stop = false;
+  const loop = (async () => {
+    while (!stop) {
+      const r = await ask('cluster1');
+      answers.push(r.ok ? r.cluster : `error: ${r.error}`);
+    }
+  })();
+  await until('some requests before the deletion', () => answers.length >= 3, 10_000);
+  await c1.mesh.net.removePod('demo', 'echo');
+  c1.mesh.removeConfig('pod-demo-echo.yaml');
+  c1.mesh.workloads.delete('demo/echo');
+  const deletedAt = answers.length;
+  await until('answers come from cluster2', () => answers.slice(deletedAt).filter((a) => a === 'cluster2').length >= 5, 20_000);
+  // Bring it back.
+  addEcho(c1);
+  await c1.mesh.workloads.get('demo/echo')!.started;
+  const backAt = answers.length;
+  await until('answers come back to cluster1', () => answers.slice(backAt).filter((a) => a === 'cluster1').length >= 3, 30_000);
+  stop = true;
+  await loop;
+  const failed = answers.filter((a) => a.startsWith('error'));
+  // A request in flight at the very moment the pod died may fail; nothing after it.
+  assert.ok(failed.length <= 1, `failed requests: ${failed.length} of ${answers.length}: ${failed.join('; ')}`);
+});
+
+test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the stale bound, local traffic keeps flowing, and they return with the link', async () => {
+  const answers: string[] = [];
+  mc.setLink('cluster1', false);
+  try {
+    await until('cluster1\'s agent no longer lists cluster2\'s endpoints', async () => (await echoEndpoints('cluster1')).every((e) => e.cluster === undefined), 20_000);
+    for (let i = 0; i < 5; i++) {
+      const r = await ask('cluster1');
+      answers.push(r.ok ? r.cluster : `error: ${r.error}`);
+    }
+    assert.deepEqual(answers, Array(5).fill('cluster1'), 'local traffic is served while the other network is cut off');
+    const m = await getJsonInNetns<{ remotes: Array<{ cluster: string; up: boolean }> }>(`/var/run/netns/${mc.cluster('cluster1').mesh.net.wireNetns}`, 'http://127.0.0.1:15000/debug/federation');
+    assert.deepEqual(m.remotes.map((r) => [r.cluster, r.up]), [['cluster2', false]]);
+  } finally {
+    mc.setLink('cluster1', true);
+  }
+  await until('cluster2\'s endpoints are back in cluster1', async () => (await echoEndpoints('cluster1')).some((e) => e.cluster === 'cluster2'), 20_000);
+});

@@ -1,0 +1,120 @@
+// The east-west gateway on loopback, from the caller's side and the attacker's: double HBONE
+// through it reaches the destination agent with the caller's own identity (the gateway only
+// pipes), and it is no open proxy: endpoints that are not enrolled workloads of its cluster, and
+// identities that are not workloads, are refused and counted.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Registry } from 'prom-client';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { connectInner, HbonePool, HboneServer, HboneRefusedError, type HbonePeer } from '../../lib/hbone/index.ts';
+import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
+import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { Federation } from '../../controller/src/federation.ts';
+import { EastWestGateway } from '../../eastwest/src/gateway.ts';
+import { silentLogger } from '../../lib/log.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+const CTRL = id('weft-system', 'weft-controller');
+const GW_ID = id('weft-system', 'weft-eastwest');
+const ECHO = id('demo', 'echo');
+const CLIENT = id('demo', 'client');
+
+let c1: CertificateAuthority, c2: CertificateAuthority;
+let federation: Federation, gateway: EastWestGateway, agent: HboneServer, echoServer: net.Server;
+let gwPort = 0;
+const registry = new Registry();
+const seenPeers: HbonePeer[] = [];
+const pools: HbonePool[] = [];
+
+async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: string; cert: string; ca: string[] }> {
+  const issued = await ca.issueServingCertificate({ uris: [spiffe] });
+  return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
+}
+
+const ep = (ip: string, enrolled: boolean): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled, ...(enrolled ? { spiffeId: ECHO } : {}), ready: true });
+const svc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep('10.78.1.1', true), ep('10.78.1.9', false)] };
+
+before(async () => {
+  const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const load = async (n: string) => {
+    const i = await root.issueIntermediate(n);
+    return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+  };
+  c1 = await load('cluster1');
+  c2 = await load('cluster2');
+  // cluster2: the controller's export, a "node agent" (HBONE server holding echo's identity) in front of an echo.
+  const ctrlTls = await creds(c2, CTRL);
+  federation = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
+  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc]]), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  federation.merge(model);
+  await federation.start();
+  echoServer = net.createServer((s) => s.pipe(s));
+  await new Promise<void>((r) => echoServer.listen(0, '127.0.0.1', () => r()));
+  const echoPort = (echoServer.address() as net.AddressInfo).port;
+  const echoTls = await creds(c2, ECHO);
+  agent = new HboneServer({
+    tls: echoTls, trustDomains: [TD],
+    handler: async (req) => {
+      seenPeers.push(req.peer);
+      return { upstream: net.connect(echoPort, '127.0.0.1') };
+    },
+  });
+  const agentPort = (await agent.listen(0, '127.0.0.1')).port;
+  const gwTls = await creds(c2, GW_ID);
+  gateway = new EastWestGateway({ tls: gwTls, trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: silentLogger, registry });
+  gwPort = await gateway.listen(0, '127.0.0.1');
+});
+
+after(async () => {
+  for (const p of pools) await p.close(0);
+  await gateway?.close();
+  await agent?.close(0);
+  echoServer?.close();
+  await federation?.stop();
+});
+
+async function outer(as: string, target: string, ca: CertificateAuthority = c1) {
+  const pool = new HbonePool();
+  pools.push(pool);
+  return pool.connect({ sourceKey: as, tls: await creds(ca, as), dest: { host: '127.0.0.1', port: gwPort }, target, expectPeer: GW_ID, timeoutMs: 5_000 });
+}
+
+test('double HBONE through the gateway reaches the destination agent, which sees the caller\'s own identity from the other cluster; the bytes come back', async () => {
+  const o = await outer(CLIENT, '10.78.1.1:8080');
+  const inner = await connectInner({ outer: o, tls: { ...(await creds(c1, CLIENT)), servername: serverNameForIdentity(ECHO) }, dest: '127.0.0.1:15008', target: '10.78.1.1:8080', expectPeer: ECHO, timeoutMs: 5_000 });
+  const back = new Promise<string>((resolve) => {
+    let got = '';
+    inner.on('data', (c: Buffer) => {
+      got += c;
+      if (got.includes('\n')) resolve(got);
+    });
+  });
+  inner.write('hello across networks\n');
+  assert.equal(await back, 'hello across networks\n');
+  inner.end();
+  assert.equal(seenPeers.at(-1)?.spiffeId, CLIENT, 'the destination authenticated the caller itself, not the gateway');
+  assert.match(await registry.metrics(), /^weft_eastwest_tunnels_total 1$/m);
+});
+
+test('the inner tunnel checks the destination identity end to end: a caller expecting another identity refuses it', async () => {
+  const o = await outer(CLIENT, '10.78.1.1:8080');
+  await assert.rejects(connectInner({ outer: o, tls: await creds(c1, CLIENT), dest: '127.0.0.1:15008', target: '10.78.1.1:8080', expectPeer: id('demo', 'other'), timeoutMs: 5_000 }), (e: Error & { code?: string }) => e.code === 'HBONE_PEER_IDENTITY' || /identity|expected/i.test(e.message));
+});
+
+test('the gateway is no open proxy: an address that is not an endpoint of its cluster, and an endpoint outside the mesh, are refused (403) and counted by reason', async () => {
+  await assert.rejects(outer(CLIENT, '10.78.0.254:15012'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /not an endpoint of this cluster/.test(e.message));
+  await assert.rejects(outer(CLIENT, '10.78.1.9:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /not enrolled/.test(e.message));
+  const m = await registry.metrics();
+  assert.match(m, /^weft_eastwest_refused_total\{reason="unknown-endpoint"\} 1$/m);
+  assert.match(m, /^weft_eastwest_refused_total\{reason="not-enrolled"\} 1$/m);
+});
+
+test('only workload identities of the mesh may open tunnels: a node identity and a foreign root are refused and counted', async () => {
+  await assert.rejects(outer(`spiffe://${TD}/node/node9`, '10.78.1.1:8080'));
+  const stranger = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  await assert.rejects(outer(CLIENT, '10.78.1.1:8080', stranger));
+  const m = await registry.metrics();
+  assert.match(m, /^weft_eastwest_refused_total\{reason="peer-not-workload"\} 1$/m);
+});

@@ -1,0 +1,173 @@
+// Multi-cluster pieces without root: the plug-in CA (one root, an intermediate per cluster), the
+// federation export (parsing hostile input, merging by namespace sameness), locality ordering,
+// TrafficPolicy locality validation, and two controllers' federation on loopback (mutual TLS,
+// who may read, the stale bound).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect as tlsConnect, createServer as tlsServer, type TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
+import { mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport } from '../../lib/model/federation.ts';
+import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { orderByLocality } from '../../agent/src/state.ts';
+import { validateObject } from '../../lib/model/validate.ts';
+import { Federation } from '../../controller/src/federation.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { until } from '../lab/wait.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+
+async function plugIn(): Promise<{ root: CertificateAuthority; c1: CertificateAuthority; c2: CertificateAuthority }> {
+  const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const load = async (name: string) => {
+    const i = await root.issueIntermediate(name);
+    return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+  };
+  return { root, c1: await load('cluster1'), c2: await load('cluster2') };
+}
+
+async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: string; cert: string; ca: string[] }> {
+  const issued = await ca.issueServingCertificate({ uris: [spiffe] });
+  return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
+}
+
+test('plug-in CA: identities issued by two clusters\' intermediates verify each other in mutual TLS against the one root; a foreign root does not', async (t) => {
+  const { root, c1, c2 } = await plugIn();
+  assert.deepEqual(c1.trustBundle(), root.trustBundle(), 'each cluster trusts the shared root');
+  const server = await creds(c2, id('demo', 'echo'));
+  const srv = tlsServer({ ...server, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (s) => s.end(spiffeIdFromCert(s.getPeerCertificate()) ?? 'none'));
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  t.after(() => srv.close());
+  const port = (srv.address() as AddressInfo).port;
+  const client = await creds(c1, id('demo', 'client'));
+  const seen = await new Promise<string>((resolve, reject) => {
+    const s: TLSSocket = tlsConnect({ ...client, host: '127.0.0.1', port, checkServerIdentity: () => undefined }, () => {
+      assert.equal(spiffeIdFromCert(s.getPeerCertificate()), id('demo', 'echo'));
+    });
+    let out = '';
+    s.on('data', (c: Buffer) => (out += c));
+    s.on('end', () => resolve(out));
+    s.on('error', reject);
+  });
+  assert.equal(seen, id('demo', 'client'), 'cluster2 saw the caller\'s own identity from cluster1');
+  // A CA of another root is refused.
+  const stranger = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const bad = await creds(stranger, id('demo', 'client'));
+  await assert.rejects(new Promise<void>((resolve, reject) => {
+    const s = tlsConnect({ ...bad, ca: client.ca, host: '127.0.0.1', port, checkServerIdentity: () => undefined });
+    s.on('data', () => resolve());
+    s.on('end', () => reject(new Error('closed without an answer')));
+    s.on('error', reject);
+  }));
+});
+
+const ep = (ip: string, extra: Partial<Endpoint> = {}): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '10.78.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: id('demo', 'echo'), ready: true, ...extra });
+const svc = (name: string, endpoints: Endpoint[]): Service => ({ name, namespace: 'demo', hostname: `${name}.demo.svc.cluster.local`, vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints });
+const GW = { network: 'network2', address: '192.168.77.2', port: 15008, spiffeId: id('weft-system', 'weft-eastwest') };
+
+test('namespace sameness: a remote cluster\'s endpoints join the local Service of the same namespace/name; another network goes through its gateway, the same network directly; remote-only services are not imported', () => {
+  const local = [svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })]), svc('near', [])];
+  const remote: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')]), svc('only-there', [ep('10.78.1.2')])] };
+  const merged = mergeRemoteServices(local, { network: 'network1' }, [remote]);
+  const echo = merged.get('demo/echo')!;
+  assert.deepEqual(echo.endpoints.map((e) => [e.ip, e.cluster, e.gateway?.address]), [['10.77.1.1', undefined, undefined], ['10.78.1.1', 'cluster2', '192.168.77.2']]);
+  assert.equal(merged.has('demo/only-there'), false);
+  assert.equal(local[0]!.endpoints.length, 1, 'the compiled model is not changed');
+  const same = mergeRemoteServices(local, { network: 'network2' }, [remote]).get('demo/echo')!;
+  assert.equal(same.endpoints[1]!.gateway, undefined, 'same network: dialled directly');
+  const { gateway: _gw, ...noGateway } = remote;
+  assert.equal(mergeRemoteServices(local, { network: 'network1' }, [noGateway]).get('demo/echo')!.endpoints.length, 1, 'another network without a gateway cannot be reached');
+});
+
+test('a federation export from another cluster is checked field by field before use', () => {
+  const good = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')])] };
+  assert.equal(parseClusterExport(JSON.parse(JSON.stringify(good))).services[0]!.endpoints.length, 1);
+  const cases: Array<[unknown, RegExp]> = [
+    [null, /\$: must be an object/],
+    [{ ...good, cluster: '' }, /cluster: must be a non-empty string/],
+    [{ ...good, gateway: { ...GW, address: 'evil.example' } }, /gateway\.address: "evil\.example" is not an IP address/],
+    [{ ...good, gateway: { ...GW, port: 70000 } }, /gateway\.port/],
+    [{ ...good, services: {} }, /services: must be a list/],
+    [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ip: '1.2.3' }] }] }, /services\[0\]\.endpoints\[0\]\.ip/],
+    [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), spiffeId: undefined }] }] }, /services\[0\]\.endpoints\[0\]\.spiffeId/],
+    [{ ...good, services: [{ ...svc('echo', []), ports: [{ port: 0 }] }] }, /services\[0\]\.ports\[0\]\.port/],
+  ];
+  for (const [input, msg] of cases) assert.throws(() => parseClusterExport(input), (e: Error) => e instanceof FederationExportError && msg.test(e.message), JSON.stringify(input)?.slice(0, 80));
+});
+
+test('locality: prefer-local keeps the caller\'s cluster first and fails over to others while its endpoints fail; local-only never leaves it; weighted draws by weight', () => {
+  const c = (ip: string, cluster?: string) => ({ endpoint: ep(ip, cluster ? { cluster } : {}) });
+  const l1 = c('10.77.1.1'), l2 = c('10.77.1.2'), r1 = c('10.78.1.1', 'cluster2');
+  const ips = (xs: Array<{ endpoint: Endpoint }>) => xs.map((x) => x.endpoint.ip);
+  assert.deepEqual(ips(orderByLocality({ mode: 'prefer-local' }, 'cluster1', [r1, l1, l2], [])), ['10.77.1.1', '10.77.1.2', '10.78.1.1']);
+  assert.deepEqual(ips(orderByLocality({ mode: 'prefer-local' }, 'cluster1', [r1], [l1])), ['10.78.1.1', '10.77.1.1'], 'a failing local endpoint goes after healthy remote ones');
+  assert.deepEqual(ips(orderByLocality({ mode: 'local-only' }, 'cluster1', [r1], [l1])), ['10.77.1.1']);
+  assert.deepEqual(ips(orderByLocality({ mode: 'local-only' }, 'cluster1', [r1], [])), []);
+  const w = { mode: 'weighted' as const, weights: { cluster1: 1, cluster2: 3 } };
+  assert.equal(ips(orderByLocality(w, 'cluster1', [l1, r1], [], () => 0.1))[0], '10.77.1.1');
+  assert.equal(ips(orderByLocality(w, 'cluster1', [l1, r1], [], () => 0.5))[0], '10.78.1.1');
+  assert.equal(ips(orderByLocality({ mode: 'weighted', weights: { cluster2: 1 } }, 'cluster1', [l1, r1], [], () => 0.99))[0], '10.78.1.1');
+});
+
+test('TrafficPolicy locality is validated with the field named', () => {
+  const tp = (locality: unknown) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'x', namespace: 'demo' }, spec: { targetRef: { kind: 'Service', name: 'echo' }, locality } });
+  assert.deepEqual(validateObject(tp({ mode: 'PreferLocal' })), []);
+  assert.deepEqual(validateObject(tp({ mode: 'Weighted', weights: [{ cluster: 'cluster1', weight: 80 }, { cluster: 'cluster2', weight: 20 }] })), []);
+  const msgs = (l: unknown) => validateObject(tp(l)).map((i) => `${i.path}: ${i.message}`).join('\n');
+  assert.match(msgs({ mode: 'Nearest' }), /spec\.locality\.mode/);
+  assert.match(msgs({ mode: 'Weighted' }), /spec\.locality\.weights: mode Weighted needs/);
+  assert.match(msgs({ mode: 'Weighted', weights: [{ cluster: 'c', weight: -1 }] }), /spec\.locality\.weights\[0\]\.weight/);
+  assert.match(msgs({ mode: 'LocalOnly', extra: 1 }), /spec\.locality/);
+});
+
+function model(services: Service[]): MeshModel {
+  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+}
+
+test('federation: controllers read each other\'s export over mutual TLS; a reader that is not a peer gets 403; an unreachable remote keeps its endpoints for the stale bound, then loses them', async (t) => {
+  const { c1, c2 } = await plugIn();
+  const ctrl = id('weft-system', 'weft-controller');
+  const a = new Federation({
+    cluster: 'cluster2', network: 'network2', gateway: GW, listen: { host: '127.0.0.1', port: 0 }, remotes: [],
+    tls: () => tlsA, mayRead: (x) => x === ctrl, isController: (x) => x === ctrl, log: silentLogger,
+  });
+  const tlsA = await creds(c2, ctrl);
+  a.merge(model([svc('echo', [ep('10.78.1.1')])]));
+  await a.start();
+  t.after(() => a.stop());
+  const port = a.port!;
+  const tlsB = await creds(c1, ctrl);
+  const b = new Federation({
+    cluster: 'cluster1', network: 'network1', remotes: [{ name: 'cluster2', url: `https://127.0.0.1:${port}` }],
+    tls: () => tlsB, mayRead: () => true, isController: (x) => x === ctrl, pollMs: 50, staleAfterMs: 400, log: silentLogger,
+  });
+  let changes = 0;
+  b.onChange(() => changes++);
+  const local = model([svc('echo', [ep('10.77.1.1')])]);
+  await b.start();
+  t.after(() => b.stop());
+  await until('cluster1 imports cluster2\'s endpoint', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 2, 5_000);
+  assert.ok(changes >= 1);
+  assert.equal(b.merge(local).services.get('demo/echo')!.endpoints[1]!.gateway?.address, '192.168.77.2');
+  // A workload identity (not a controller or gateway) may not read the export.
+  const intruder = await creds(c1, id('demo', 'client'));
+  const status = await new Promise<number>((resolve, reject) => {
+    import('node:https').then(({ request }) => {
+      const req = request({ host: '127.0.0.1', port, path: '/federation/v1/export', ...intruder, checkServerIdentity: () => undefined, agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end();
+    }, reject);
+  });
+  assert.equal(status, 403);
+  // cluster2's controller goes away: its endpoints stay for the bound, then go.
+  await a.stop();
+  const stoppedAt = Date.now();
+  await until('cluster2\'s endpoints are dropped', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 1, 5_000);
+  assert.ok(Date.now() - stoppedAt >= 300, 'kept for (about) the stale bound first');
+  assert.equal(b.status()[0]!.up, false);
+});
