@@ -88,6 +88,8 @@ export function agentHolds(ix: ViewIndex, node: string, type: ResourceType, name
       return p !== undefined && (ix.workloadsByNode.get(node) ?? []).some((w) => policySelectsWorkload(p, w));
     }
     case 'TrafficPolicy':
+      // As agentView: every Service's policy (load balancing, locality).
+      return m.trafficPolicies.has(name);
     case 'Route':
       return false;
   }
