@@ -151,8 +151,9 @@ down:
 
 ## bench: Weft beside stunnel and HAProxy on one netns topology, plus the micro-benchmarks (root;
 ## about 5 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
+## `make bench REPEAT=3`: every case three times, medians and spreads in the table, every run in the JSON.
 bench: deps build
-	node bench/run.ts
+	node bench/run.ts $(if $(REPEAT),--repeat $(REPEAT))
 
 # Multi-cluster: the cross-network data path (client → east-west gateway → remote pod) beside L4.
 bench-cross-network: build

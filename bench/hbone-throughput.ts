@@ -3,6 +3,8 @@
  *
  *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--repeat 3]
  *                                  [--no-stunnel] [--throughput-only]
+ *                                  [--strace]   (agent-pair figures once more with both proxies' syscalls
+ *                                                counted: per MB and per request; counts, not speed)
  *
  * Processes, so that each proxy gets its own event loop the way agents do:
  *   main      the application side: load generator plus the targets (sink, source, echo)
@@ -24,6 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createTestCa, type TestLeaf } from '../test/unit/hbone-certs.ts';
 import { HbonePool, HboneServer, pipeBidirectional } from '../lib/hbone/index.ts';
+import { perUnit, straceCount } from './strace.ts';
 
 const CHUNK = 64 * 1024;
 const SERVER_ID = 'spiffe://bench.local/ns/bench/sa/inbound';
@@ -305,6 +308,7 @@ async function main(): Promise<void> {
       'no-stunnel': { type: 'boolean', default: false },
       repeat: { type: 'string', default: '3' },
       'throughput-only': { type: 'boolean', default: false },
+      strace: { type: 'boolean', default: false },
     },
   });
   const bytes = Number(values.mb) * 1e6;
@@ -384,6 +388,20 @@ async function main(): Promise<void> {
       base ??= v;
       print(figure, name, v, 'req/s', base);
     }
+  }
+
+  if (values.strace) {
+    // Syscalls of both proxies (outbound + inbound) per unit of work on the agent-pair path.
+    const open: Open = (t) => tcp(agentPorts[t]);
+    const pids = [outbound.pid!, inbound.pid!];
+    for (const dir of ['upload', 'download'] as const) {
+      const w = await straceCount(pids);
+      await mbPerSec(open, dir, bytes);
+      console.log(`hbone-bench syscalls per MB ${dir} hbone-agent-pair: ${JSON.stringify(perUnit(await w.stop(), bytes / 1e6))}`);
+    }
+    const w = await straceCount(pids);
+    const rps = await persistentRps(open, concurrency, seconds);
+    console.log(`hbone-bench syscalls per request 64B echo on ${concurrency} open connections hbone-agent-pair: ${JSON.stringify(perUnit(await w.stop(), rps * seconds))}`);
   }
 
   await pool.close(100);

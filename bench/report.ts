@@ -1,4 +1,5 @@
 // The figures of `make bench` as a table and as the issue's targets (targets, not assertions).
+import { medianOf, spreadOf } from './stats.ts';
 import type { HeyResult, IperfResult, WrkResult, HboneBenchFigure, ProfileEntry } from './parse.ts';
 
 export interface CaseResult {
@@ -28,6 +29,8 @@ export interface CaseResult {
 }
 
 export interface BenchResults {
+  /** Every run of every case (`--repeat`); `cases` holds their field-by-field medians. */
+  runs?: CaseResult[][];
   startedAt: string;
   durationSeconds?: number;
   /** 1-minute load averages: other work on the machine shows up here (the bench's own load is about 2). */
@@ -103,45 +106,19 @@ export function report(r: BenchResults): string {
     return e ? `${c.name} ${e}` : '';
   }).filter(Boolean).join(', ') || 'none') + '\n';
 
-  // Ratios against the reference tools, with the issue's targets beside them.
-  const l4 = by.get('weft-l4');
-  const ha = by.get('haproxy');
-  const st = by.get('stunnel');
-  const same = by.get('weft-same-node');
-  const dsame = by.get('direct-same-node');
-  const direct = by.get('direct');
-  const l7 = by.get('weft-l7');
-  const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
-  const verdict = (ok: boolean | undefined) => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
-  const tRows: string[][] = [['figure', 'measured', 'target', '']];
-  const rpsRatio = ratio(l4?.wrk?.requestsPerSec, ha?.wrk?.requestsPerSec);
-  tRows.push(['Weft L4 req/s ÷ HAProxy pair req/s', f(rpsRatio), '≥ 1.00', verdict(rpsRatio === undefined ? undefined : rpsRatio >= 1)]);
-  const p99Ratio = ratio(l4?.wrk?.latencyMs['99'], ha?.wrk?.latencyMs['99']);
-  tRows.push(['Weft L4 p99 ÷ HAProxy pair p99 (saturation)', f(p99Ratio), '≤ 1.00', verdict(p99Ratio === undefined ? undefined : p99Ratio <= 1)]);
-  const added = l4 ? addedLatency(l4, direct, '99') : undefined;
-  tRows.push([`Weft L4 added p99 at ${r.settings.rate} req/s (ms)`, f(added, 2), '≤ 0.25', verdict(added === undefined ? undefined : added <= 0.25)]);
-  const addedHa = ha ? addedLatency(ha, direct, '99') : undefined;
-  const addedSt = st ? addedLatency(st, direct, '99') : undefined;
-  tRows.push([`  (HAProxy pair / stunnel pair added p99, ms)`, `${f(addedHa, 2)} / ${f(addedSt, 2)}`, '', '']);
-  const tput = ratio(gbps(l4?.iperf), gbps(st?.iperf));
-  tRows.push(['Weft L4 single stream ÷ stunnel pair', f(tput), '≥ 1.00', verdict(tput === undefined ? undefined : tput >= 1)]);
-  const tputHa = ratio(gbps(l4?.iperf), gbps(ha?.iperf));
-  tRows.push(['  (Weft L4 single stream ÷ HAProxy pair TCP mode)', f(tputHa), '', '']);
-  const sameRatio = ratio(same?.wrk?.requestsPerSec, dsame?.wrk?.requestsPerSec);
-  tRows.push(['Weft same-node req/s ÷ direct same-node req/s', f(sameRatio), '≥ 0.80', verdict(sameRatio === undefined ? undefined : sameRatio >= 0.8)]);
-  const sameT = ratio(gbps(same?.iperf), gbps(dsame?.iperf));
-  tRows.push(['  (Weft same-node single stream ÷ direct same-node)', f(sameT), '', '']);
-  const wpRatio = ratio(l7?.wrk?.requestsPerSec, ha?.wrk?.requestsPerSec);
-  tRows.push(['Weft L7 (waypoint) req/s ÷ HAProxy pair req/s', l7 ? f(wpRatio) : 'not measured', '≥ 0.50', verdict(wpRatio === undefined ? undefined : wpRatio >= 0.5)]);
-  const rss = max(l4?.rssMbAtRate);
-  tRows.push([`Agent RSS at ${r.settings.rate} req/s, larger of two (MB)`, f(rss, 1), '< 60', verdict(rss === undefined ? undefined : rss < 60)]);
-  tRows.push([`  (of which anonymous, RssAnon; the rest is the shared node binary)`, f(max(l4?.rssAnonMbAtRate), 1), '', '']);
-  const cpuL4 = sum(l4?.cpuSecondsSaturation);
-  const cpuHa = sum(ha?.cpuSecondsSaturation);
-  const perReq = (cpu: number | undefined, c: CaseResult | undefined) =>
-    cpu === undefined || !c?.wrk ? undefined : (cpu * 1e6) / (c.wrk.requests || 1);
-  tRows.push(['CPU µs per request at saturation, Weft L4 / HAProxy pair', `${f(perReq(cpuL4, l4), 1)} / ${f(perReq(cpuHa, ha), 1)}`, '', '']);
-  out += '\nTargets (from the issue; reported, not asserted)\n\n' + table(tRows);
+  // The issue's targets, each computed per run; with several runs the median and the spread.
+  const runs = r.runs?.length ? r.runs : [r.cases];
+  const perRun = runs.map((cases) => targetFigures(cases, r));
+  const pushFigures = targetPushFigures(r);
+  const tRows: string[][] = [['figure', 'measured', runs.length > 1 ? `min–max of ${runs.length}` : '', 'target', '']];
+  for (let i = 0; i < perRun[0]!.length; i++) {
+    const t = perRun[0]![i]!;
+    const s = spreadOf(perRun.map((p) => p[i]!.value));
+    tRows.push([t.figure, f(s?.median, t.digits ?? 2), runs.length > 1 && s ? `${f(s.min, t.digits ?? 2)}–${f(s.max, t.digits ?? 2)}` : '', t.target ?? '', t.check ? verdict(s === undefined ? undefined : t.check(s.median)) : '']);
+  }
+  for (const t of pushFigures) tRows.push([t.figure, f(t.value, t.digits ?? 2), '', t.target ?? '', t.check ? verdict(t.value === undefined ? undefined : t.check(t.value)) : '']);
+  out += '\nTargets (issue 20; reported, not asserted)\n\n' + table(tRows);
+  if (runs.length > 1) out += spreadTable(r.cases, runs);
 
   if (r.micro) {
     out += '\nMicro-benchmarks\n\n';
@@ -168,4 +145,103 @@ export function report(r: BenchResults): string {
   for (const c of r.cases) for (const e of c.errors) out += `\nnote: ${c.name}: ${e}`;
   for (const n of r.notes) out += `\nnote: ${n}`;
   return out + '\n';
+}
+
+const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
+const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
+
+/** Per case, the field-by-field median of its runs (a case missing from a run does not count there). */
+export function medianCases(runs: CaseResult[][]): CaseResult[] {
+  const names = [...new Set(runs.flatMap((run) => run.map((c) => c.name)))];
+  return names.map((name) => {
+    const of = runs.flatMap((run) => run.filter((c) => c.name === name));
+    const m = medianOf(of);
+    m.errors = of.flatMap((c, i) => c.errors.map((e) => (of.length > 1 ? `run ${i + 1}: ${e}` : e)));
+    return m;
+  });
+}
+
+/** CPU µs per request of the listed processes (all when `only` is not given) in the saturation run. */
+export function cpuUsPerRequestSaturation(c: CaseResult | undefined, only?: string): number | undefined {
+  if (!c?.wrk?.requests || !c.cpuSecondsSaturation) return undefined;
+  const cpu = only ? c.cpuSecondsSaturation[only] : sum(c.cpuSecondsSaturation);
+  return cpu === undefined ? undefined : (cpu * 1e6) / c.wrk.requests;
+}
+
+/** CPU µs per request in the fixed-rate run (hey: requests = rate × seconds measured). */
+export function cpuUsPerRequestAtRate(c: CaseResult | undefined, seconds: number, only?: string): number | undefined {
+  if (!c?.hey?.requestsPerSec || !c.cpuSecondsAtRate) return undefined;
+  const cpu = only ? c.cpuSecondsAtRate[only] : sum(c.cpuSecondsAtRate);
+  return cpu === undefined ? undefined : (cpu * 1e6) / (c.hey.requestsPerSec * seconds);
+}
+
+interface TargetFigure {
+  figure: string;
+  value: number | undefined;
+  target?: string;
+  check?: (v: number) => boolean;
+  digits?: number;
+}
+
+/** The figures of issue 20's table (and the references beside them) from one run's cases. */
+export function targetFigures(cases: CaseResult[], r: Pick<BenchResults, 'settings'>): TargetFigure[] {
+  const by = new Map(cases.map((c) => [c.name, c]));
+  const l4 = by.get('weft-l4');
+  const ha = by.get('haproxy');
+  const st = by.get('stunnel');
+  const same = by.get('weft-same-node');
+  const dsame = by.get('direct-same-node');
+  const direct = by.get('direct');
+  const l7 = by.get('weft-l7');
+  const rate = r.settings.rate;
+  const seconds = Number(r.settings.seconds);
+  const agentRssAfterBulk = l4?.agentMemoryMb ? Math.max(...Object.values(l4.agentMemoryMb).map((m) => m.rss)) : undefined;
+  return [
+    { figure: 'Weft same-node req/s ÷ direct same-node req/s', value: ratio(same?.wrk?.requestsPerSec, dsame?.wrk?.requestsPerSec), target: '≥ 0.80', check: (v) => v >= 0.8 },
+    { figure: 'Weft same-node single stream ÷ direct same-node', value: ratio(gbps(same?.iperf), gbps(dsame?.iperf)), target: '≥ 0.70', check: (v) => v >= 0.7 },
+    { figure: 'Weft L4 single stream ÷ stunnel pair', value: ratio(gbps(l4?.iperf), gbps(st?.iperf)), target: '≥ 1.00', check: (v) => v >= 1 },
+    { figure: '  (Weft L4 single stream ÷ HAProxy pair TCP mode)', value: ratio(gbps(l4?.iperf), gbps(ha?.iperf)) },
+    { figure: 'Weft L4 req/s ÷ HAProxy pair req/s', value: ratio(l4?.wrk?.requestsPerSec, ha?.wrk?.requestsPerSec), target: '≥ 1.30', check: (v) => v >= 1.3 },
+    { figure: 'Weft L7 (waypoint) req/s ÷ HAProxy pair req/s', value: ratio(l7?.wrk?.requestsPerSec, ha?.wrk?.requestsPerSec), target: '≥ 0.60', check: (v) => v >= 0.6 },
+    { figure: `Waypoint CPU µs per request at ${rate} req/s`, value: cpuUsPerRequestAtRate(l7, seconds, 'waypoint'), target: '≤ 150', check: (v) => v <= 150, digits: 0 },
+    { figure: '  (waypoint CPU µs per request at saturation)', value: cpuUsPerRequestSaturation(l7, 'waypoint'), digits: 0 },
+    { figure: `Agent RSS at ${rate} req/s, larger of two (MB)`, value: max(l4?.rssMbAtRate), target: '≤ 80', check: (v) => v <= 80, digits: 1 },
+    { figure: '  (of which anonymous, RssAnon; the rest is the shared node binary)', value: max(l4?.rssAnonMbAtRate), digits: 1 },
+    { figure: '  (agent RSS after the L4 case with its bulk stream, larger of two, MB)', value: agentRssAfterBulk, digits: 1 },
+    { figure: 'Weft L4 p99 ÷ HAProxy pair p99 (saturation)', value: ratio(l4?.wrk?.latencyMs['99'], ha?.wrk?.latencyMs['99']) },
+    { figure: `Weft L4 added p99 at ${rate} req/s (ms; HAProxy pair beside it below)`, value: l4 ? addedLatency(l4, direct, '99') : undefined },
+    { figure: `  (HAProxy pair added p99 at ${rate} req/s, ms)`, value: ha ? addedLatency(ha, direct, '99') : undefined },
+    { figure: 'CPU µs per request at saturation, Weft L4 (both agents)', value: cpuUsPerRequestSaturation(l4), digits: 1 },
+    { figure: '  (HAProxy pair, both ends)', value: cpuUsPerRequestSaturation(ha), digits: 1 },
+  ];
+}
+
+/** The controller-push targets (one micro-benchmark run). */
+function targetPushFigures(r: BenchResults): TargetFigure[] {
+  const push = r.micro?.controllerPush as { pushToAllAckedMs?: { p90?: number }; controllerPeakRssMb?: number } | undefined;
+  if (!push || 'error' in push) return [];
+  return [
+    { figure: 'Controller push, 10k workloads → 50 agents, p90 (ms)', value: push.pushToAllAckedMs?.p90, target: '≤ 100', check: (v) => v <= 100, digits: 0 },
+    { figure: 'Controller peak RSS during the push benchmark (MB)', value: push.controllerPeakRssMb, target: '≤ 250', check: (v) => v <= 250, digits: 0 },
+  ];
+}
+
+/** Per case: median and min–max of the figures that decide the targets, over every run. */
+function spreadTable(cases: CaseResult[], runs: CaseResult[][]): string {
+  const rows: string[][] = [['case (median, min–max over runs)', 'req/s', 'p99 ms', 'iperf3 Gbit/s', 'CPU µs/req sat.']];
+  const cell = (vals: Array<number | undefined>, digits: number): string => {
+    const s = spreadOf(vals);
+    return s ? `${f(s.median, digits)} (${f(s.min, digits)}–${f(s.max, digits)})` : '-';
+  };
+  for (const c of cases) {
+    const of = runs.map((run) => run.find((x) => x.name === c.name));
+    rows.push([
+      c.title,
+      cell(of.map((x) => x?.wrk?.requestsPerSec), 0),
+      cell(of.map((x) => x?.wrk?.latencyMs['99']), 2),
+      cell(of.map((x) => gbps(x?.iperf)), 2),
+      c.proxies.length ? cell(of.map((x) => cpuUsPerRequestSaturation(x)), 1) : '-',
+    ]);
+  }
+  return `\nSpread over ${runs.length} runs (every figure above is the median of its runs)\n\n` + table(rows);
 }

@@ -4,6 +4,8 @@
 //   node bench/run.ts [--seconds 10] [--rate 1000] [--cases direct,weft-l4,...] [--no-micro]
 //                     [--no-bulk]   (no iperf3)
 //                     [--profile]   (agents and waypoint under `node --cpu-prof`; prints where their time goes)
+//                     [--repeat 3]  (every case N times on the same topology; the table shows medians and
+//                                    spreads, the JSON keeps every run under `runs`)
 // Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy (all by default).
 //
 // Topology (cli/local/mesh.ts): node1 and node2 on a bridge, pods as network namespaces.
@@ -36,7 +38,7 @@ import {
 import {
   nginxConf, makePairCerts, stunnelClientConf, stunnelServerConf, haproxyClientConf, haproxyServerConf, type PairSpec,
 } from './proxies.ts';
-import { report, type CaseResult, type BenchResults } from './report.ts';
+import { report, medianCases, type CaseResult, type BenchResults } from './report.ts';
 
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 const NGINX_PORT = 8080;
@@ -58,12 +60,15 @@ const { values } = parseArgs({
     'no-micro': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     'no-bulk': { type: 'boolean', default: false },
+    repeat: { type: 'string', default: '1' },
     out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results', 'latest.json') },
   },
 });
 const SECONDS = Number(values.seconds);
 const RATE = Number(values.rate);
 const PROFILE = values.profile;
+const REPEAT = Number(values.repeat);
+if (!Number.isInteger(REPEAT) || REPEAT < 1) throw new Error(`--repeat: expected a whole number ≥ 1, got "${values.repeat}"`);
 const selected = new Set(values.cases.split(',').map((s) => s.trim()).filter(Boolean));
 for (const c of selected) if (!(ALL_CASES as readonly string[]).includes(c)) throw new Error(`unknown case "${c}"; cases are ${ALL_CASES.join(', ')}`);
 
@@ -315,7 +320,7 @@ async function main(): Promise<void> {
   const results: BenchResults = {
     startedAt: new Date().toISOString(),
     host: { cpus: cpus().length, kernel: release(), node: process.version, loadavgAtStart: loadavg()[0]! },
-    settings: { seconds: SECONDS, rate: RATE, wrk: `-t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s --latency`, hey: `-z ${SECONDS}s -q ${RATE / HEY_WORKERS} -c ${HEY_WORKERS}`, iperf3: `-t ${SECONDS} (one stream)` },
+    settings: { seconds: SECONDS, rate: RATE, repeat: REPEAT, wrk: `-t${WRK_THREADS} -c${WRK_CONNECTIONS} -d${SECONDS}s --latency`, hey: `-z ${SECONDS}s -q ${RATE / HEY_WORKERS} -c ${HEY_WORKERS}`, iperf3: `-t ${SECONDS} (one stream)` },
     cases: [],
     notes: [],
   };
@@ -448,11 +453,19 @@ async function main(): Promise<void> {
   }
   await sleep(3000); // let start-up work (JIT, config pushes, certificate fetches) finish before the first figure
 
-  for (const c of cases) {
-    if (!selected.has(c.name)) continue;
-    results.cases.push(await runCase(c));
-    await sleep(1000); // let TIME_WAIT and GC settle between cases
+  // Rounds of every selected case, so that slow drifts of the machine's load spread over all cases.
+  results.runs = [];
+  for (let round = 0; round < REPEAT; round++) {
+    if (REPEAT > 1) log(`round ${round + 1} of ${REPEAT}`);
+    const run: CaseResult[] = [];
+    for (const c of cases) {
+      if (!selected.has(c.name)) continue;
+      run.push(await runCase(c));
+      await sleep(1000); // let TIME_WAIT and GC settle between cases
+    }
+    results.runs.push(run);
   }
+  results.cases = medianCases(results.runs);
 
   if (PROFILE) results.profile = await stopAndProfile(m, profDir);
   results.durationSeconds = Math.round((Date.now() - started) / 1000);

@@ -30,6 +30,7 @@ import { ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction
 import { MAX_TRUSTED_PROXIES } from '../../lib/model/mesh.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
+import { stdoutLines } from '../../lib/sys/line-batch.ts';
 
 export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name> [options]
   --controller <host:port>     config stream and certificate service (env WEFT_CONTROLLER)
@@ -290,7 +291,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     ...(o.escapedSlashes ? { escapedSlashes: o.escapedSlashes } : {}),
     ...(o.numTrustedProxies !== undefined ? { numTrustedProxies: o.numTrustedProxies } : {}),
     telemetry: {
-      accessLog: o.accessLog ? (line: string) => { process.stdout.write(line + '\n'); } : null,
+      // One write per event-loop turn, not per request (lib/sys/line-batch.ts).
+      accessLog: o.accessLog ? stdoutLines() : null,
       entries: (json: string) => flows.publishLine(json),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },

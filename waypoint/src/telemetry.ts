@@ -7,6 +7,7 @@ import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, Trace
 import { Counter, Histogram, Registry } from 'prom-client';
 import { DEFAULT_SAMPLING_PERCENTAGE, type Endpoint, type TelemetrySettings } from '../../lib/model/mesh.ts';
 import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
+import { stdoutLines } from '../../lib/sys/line-batch.ts';
 import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, trafficLabels, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export { REQUEST_LABELS } from '../../lib/telemetry/labels.ts';
@@ -226,7 +227,7 @@ export class Telemetry {
       help: 'Requests refused with 503 (gRPC UNAVAILABLE) because the waypoint had --max-requests in progress; none was sent upstream',
       labelNames: ['protocol'], registers,
     });
-    this.accessLogSink = opts.accessLog === undefined ? (line) => { process.stdout.write(line + '\n'); } : opts.accessLog;
+    this.accessLogSink = opts.accessLog === undefined ? stdoutLines() : opts.accessLog;
     this.accessLog = this.accessLogSink;
     this.waypoint = opts.waypoint;
     this.entries = opts.entries;
