@@ -1,6 +1,7 @@
 // The node agent: one per node. It loads the datapath, follows the controller's config for this
 // node, enrols the node's ambient pods into the datapath, holds their certificates, and runs the
 // outbound (15001) and inbound HBONE (15008) proxies plus admin, metrics and readiness.
+import { stdoutLines } from '../../lib/sys/line-batch.ts';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge } from 'prom-client';
@@ -152,7 +153,8 @@ export class Agent {
     this.#serving.promise.catch(() => undefined);
     this.state = new AgentState(o.node);
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
-    const write = o.accessLog ?? ((l: string) => process.stdout.write(l + '\n'));
+    // One write per event-loop turn, not per connection (lib/sys/line-batch.ts).
+    const write = o.accessLog ?? stdoutLines();
     // Every entry reaches /flows (weftctl tap, the dashboard); stdout as the workload's Telemetry says.
     this.#accessLog = (entry, logging) => {
       const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
