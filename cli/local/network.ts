@@ -85,10 +85,13 @@ export class LocalNetwork {
   readonly wireNetns: string;
   readonly nodes: LocalNode[] = [];
   readonly dualStack: boolean;
+  /** First two octets of this network's addresses (LOCAL_NET unless created with another). */
+  readonly subnet: string;
   private readonly children = new Set<ChildProcess>();
 
-  private constructor(prefix: string, cgroupDir: string, pinDir: string, dualStack = false) {
+  private constructor(prefix: string, cgroupDir: string, pinDir: string, dualStack = false, subnet = LOCAL_NET) {
     this.dualStack = dualStack;
+    this.subnet = subnet;
     this.prefix = prefix;
     this.cgroupDir = cgroupDir;
     this.pinDir = pinDir;
@@ -96,19 +99,20 @@ export class LocalNetwork {
   }
 
   /** Creates the wire (bridge) namespace; nodes and pods are added afterwards. `dualStack`: IPv6 too (not meshed). */
-  static create(prefix: string, opts: { dualStack?: boolean } = {}): LocalNetwork {
+  static create(prefix: string, opts: { dualStack?: boolean; subnet?: string } = {}): LocalNetwork {
     if (!/^[a-z][a-z0-9]{1,11}$/.test(prefix)) {
       throw new Error(`local mesh prefix "${prefix}" must be 2-12 lowercase letters or digits, starting with a letter`);
     }
     const cgroupDir = join(findCgroup2Root(), prefix);
     const pinDir = join(ensureBpffs(), prefix);
-    const net = new LocalNetwork(prefix, cgroupDir, pinDir, opts.dualStack ?? false);
+    if (opts.subnet !== undefined && !/^10\.(\d{1,3})$/.test(opts.subnet)) throw new Error(`local network subnet "${opts.subnet}" must be two octets, 10.x`);
+    const net = new LocalNetwork(prefix, cgroupDir, pinDir, opts.dualStack ?? false, opts.subnet);
     mkdirSync(cgroupDir, { recursive: true });
     mkdirSync(join(cgroupDir, 'system'), { recursive: true });
     run('ip', ['netns', 'add', net.wireNetns]);
     runIn(net.wireNetns, 'ip', ['link', 'set', 'lo', 'up']);
     runIn(net.wireNetns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
-    runIn(net.wireNetns, 'ip', ['addr', 'add', `${LOCAL_NET}.0.254/24`, 'dev', 'br0']);
+    runIn(net.wireNetns, 'ip', ['addr', 'add', `${net.subnet}.0.254/24`, 'dev', 'br0']);
     runIn(net.wireNetns, 'ip', ['link', 'set', 'br0', 'up']);
     if (net.dualStack) runIn(net.wireNetns, 'ip', ['-6', 'addr', 'add', `${LOCAL_NET6}::fe/64`, 'dev', 'br0', 'nodad']);
     return net;
@@ -163,12 +167,12 @@ export class LocalNetwork {
     const node: LocalNode = {
       name,
       index,
-      ip: `${LOCAL_NET}.0.${index}`,
+      ip: `${this.subnet}.0.${index}`,
       netns,
       netnsPath: `/var/run/netns/${netns}`,
       cgroup: join(this.cgroupDir, name),
       pinRoot: join(this.pinDir, name),
-      podCidr: `${LOCAL_NET}.${index}.0/24`,
+      podCidr: `${this.subnet}.${index}.0/24`,
       kubeletCgroup: join(this.cgroupDir, name, KUBELET_CGROUP),
       ...(this.dualStack ? { ip6: `${LOCAL_NET6}::${index}` } : {}),
       pods: [],
@@ -217,7 +221,7 @@ export class LocalNetwork {
       name,
       namespace,
       node: nodeName,
-      ip: `${LOCAL_NET}.${node.index}.${j}`,
+      ip: `${this.subnet}.${node.index}.${j}`,
       netns,
       netnsPath: `/var/run/netns/${netns}`,
       cgroup: join(node.cgroup, 'pods', `${namespace}_${name}`),

@@ -106,7 +106,7 @@ test('a Deployment applied with kubectl runs as pods on two lab nodes: volumes, 
   for (const p of pods) {
     const st = p['status'] as { phase: string; podIP: string; hostIP: string; conditions: Array<{ type: string; status: string }>; containerStatuses: Array<{ ready: boolean; restartCount: number }> };
     assert.equal(st.phase, 'Running');
-    assert.match(st.podIP, /^10\.77\.\d+\.\d+$/);
+    assert.match(st.podIP, new RegExp(`^${kube.net.subnet.replace('.', '\\.')}\\.[12]\\.\\d+$`));
     assert.ok(st.conditions.some((c) => c.type === 'Ready' && c.status === 'True'));
     assert.equal(st.containerStatuses[0]!.ready, true);
   }

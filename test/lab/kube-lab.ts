@@ -7,10 +7,11 @@
 //     Node object each, and a lab kubelet per node (kubelet.ts);
 //   - the controllers and the scheduler (kube-controllers.ts);
 //   - the Service network: THIS IS NOT kube-proxy OR CoreDNS. Every Service's cluster IP is an
-//     address of each node, where this process listens (a socket made inside the node's netns)
-//     and relays each connection to a ready endpoint from the Service's EndpointSlices (kube-proxy's
-//     old userspace mode: the endpoint sees the node's address as the client); a hosts file mounted
-//     as every container's /etc/hosts names each Service `<svc>.<ns>.svc[.cluster.local]`.
+//     address of the wire namespace (nodes route 10.96.0.0/16 there), where this process listens (a
+//     socket made inside that netns) and relays each connection to a ready endpoint from the
+//     Service's EndpointSlices (kube-proxy's old userspace mode: the endpoint sees the wire's
+//     address as the client); a hosts file mounted as every container's /etc/hosts names each
+//     Service `<svc>.<ns>.svc[.cluster.local]`.
 // Used by test/k8s/* and `weftctl up --kube`.
 import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -29,12 +30,16 @@ export interface KubeLabOptions {
   prefix: string;
   stateDir: string;
   nodes: string[];
+  /** First two octets of the lab's node and pod addresses; default a random 10.100-10.199. */
+  subnet?: string;
   /** More images than labImages() knows. */
   images?: (image: string) => LabImage | undefined;
 }
 
 interface Listener { server: net.Server; key: string }
 
+/** Where the lab API server allocates cluster IPs (fake-apiserver.ts). */
+const SERVICE_CIDR = '10.96.0.0/16';
 /** The `kubernetes` Service's port, as in every cluster. */
 const API_SERVICE_PORT = 443;
 
@@ -65,7 +70,8 @@ export class KubeLab {
     mkdirSync(o.stateDir, { recursive: true });
     const api = new FakeApiServer({ crdsFromApi: true });
     await api.start();
-    const net = LocalNetwork.create(o.prefix);
+    // A range of its own: agents look pods up by address, and other meshes on this machine use 10.77.
+    const net = LocalNetwork.create(o.prefix, { subnet: o.subnet ?? `10.${100 + Math.floor(Math.random() * 100)}` });
     const lab = new KubeLab(o, api, net);
     try {
       writeFileSync(lab.kubeconfigFile, api.kubeconfig());
@@ -80,6 +86,9 @@ export class KubeLab {
       const images = labImages(o.stateDir);
       for (const name of o.nodes) {
         const node = net.addNode(name);
+        // Cluster IPs live on the wire, where the Service relays listen (not on the nodes, whose
+        // ports belong to hostNetwork pods).
+        run('ip', ['-n', node.netns, 'route', 'add', SERVICE_CIDR, 'via', `${net.subnet}.0.254`]);
         api.apply({
           apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, 'kubernetes.io/os': 'linux' } },
           status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: name }], conditions: [{ type: 'Ready', status: 'True' }] },
@@ -122,10 +131,9 @@ export class KubeLab {
       if (!spec.clusterIP || spec.clusterIP === 'None') continue;
       const { name, namespace } = s.metadata;
       hosts.push(`${spec.clusterIP} ${name}.${namespace}.svc.cluster.local ${name}.${namespace}.svc`);
-      for (const node of this.net.nodes) {
-        for (const p of spec.ports ?? []) {
-          want.set(`${node.netns}/${spec.clusterIP}:${p.port}`, { netnsPath: node.netnsPath, netns: node.netns, ip: spec.clusterIP, port: p.port, ns: namespace!, svc: name, ...(p.name ? { portName: p.name } : {}), ...(p.targetPort !== undefined ? { targetPort: p.targetPort } : {}) });
-        }
+      const wire = this.net.wireNetns;
+      for (const p of spec.ports ?? []) {
+        want.set(`${wire}/${spec.clusterIP}:${p.port}`, { netnsPath: `/var/run/netns/${wire}`, netns: wire, ip: spec.clusterIP, port: p.port, ns: namespace!, svc: name, ...(p.name ? { portName: p.name } : {}), ...(p.targetPort !== undefined ? { targetPort: p.targetPort } : {}) });
       }
     }
     writeFileSync(this.hostsFile, `${hosts.join('\n')}\n`);

@@ -164,8 +164,8 @@ interface RunningContainer {
   /** Why it is not running (ErrImagePull, CrashLoopBackOff, ...). */
   waiting?: string;
   liveFailures: number;
-  /** The liveness result last counted. */
-  lastLiveAt?: string;
+  /** When the liveness result last counted was taken (ms). */
+  lastLiveAt?: number;
   nextStart: number;
   stopping: boolean;
 }
@@ -372,7 +372,7 @@ export class LabKubelet {
           plugin: bin, command, netnsPath: rp.netnsPath!, podIp: rp.ip!, namespace: rp.namespace, name: rp.name, uid: rp.uid,
           containerId: rp.uid, netconf: { cniVersion: list.cniVersion ?? '1.0.0', name: list.name ?? 'lab', ...plugin },
           // On the node's file system: the plugin finds the agent's socket at /var/run/weft.
-          wrap: this.#chrootArgv(join(rp.dir, 'cni-root'), this.#nodeMounts(), {}, '/'),
+          wrap: this.#chrootArgv(join(rp.dir, 'cni-root'), this.#nodeMounts(), undefined, '/'),
         });
       } catch (e) {
         return (e as Error).message;
@@ -522,7 +522,7 @@ export class LabKubelet {
    * argv that runs `cmd` in a fresh mount namespace chrooted into `root` (a tmpfs holding the host's
    * system folders, then `mounts` in order), with exactly `env`, in `workdir`.
    */
-  #chrootArgv(root: string, mounts: Array<{ src: string; dst: string; ro?: boolean }>, env: Record<string, string>, workdir: string): string[] {
+  #chrootArgv(root: string, mounts: Array<{ src: string; dst: string; ro?: boolean }>, env: Record<string, string> | undefined, workdir: string): string[] {
     mkdirSync(root, { recursive: true });
     const lines = [
       'set -e',
@@ -544,8 +544,9 @@ export class LabKubelet {
         : `mkdir -p "$R"${shq(dst)} && mount --rbind ${shq(m.src)} "$R"${shq(dst)}`);
       if (m.ro) lines.push(`mount -o remount,bind,ro "$R"${shq(dst)} 2>/dev/null || true`);
     }
-    const envArgs = Object.entries(env).map(([k, v]) => `${k}=${v}`);
-    lines.push(`cd "$R"; exec chroot "$R" /usr/bin/env -i ${envArgs.map(shq).join(' ')} /bin/sh -c 'cd "$0" && exec "$@"' ${shq(workdir)} "$@"`);
+    // Exactly the container's environment; without one (a CNI plugin) the caller's.
+    const envArgs = env ? ['-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)] : [];
+    lines.push(`cd "$R"; exec chroot "$R" /usr/bin/env ${envArgs.map(shq).join(' ')} /bin/sh -c 'cd "$0" && exec "$@"' ${shq(workdir)} "$@"`);
     return ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', lines.join('\n'), 'lab-container'];
   }
 
@@ -669,10 +670,12 @@ export class LabKubelet {
       const l = c.livenessProbe;
       if (l && Date.now() - started >= (l.initialDelaySeconds ?? 0) * 1000) {
         const res = l.exec ? await this.#execProbe(rc, l, key('liveness')) : probe[key('liveness')];
-        if (res && Date.parse(res.at) >= started && res.at !== rc.lastLiveAt) {
-          rc.lastLiveAt = res.at;
+        // One result per periodSeconds counts (the prober runs more often than that).
+        const period = (l.periodSeconds ?? 10) * 1000;
+        if (res && Date.parse(res.at) >= started && Date.parse(res.at) - (rc.lastLiveAt ?? 0) >= period) {
+          rc.lastLiveAt = Date.parse(res.at);
           rc.liveFailures = res.ok ? 0 : rc.liveFailures + 1;
-          if (rc.liveFailures >= (l.failureThreshold ?? 3)) {
+          if (rc.liveFailures >= (l.failureThreshold ?? 3) && rc.process) {
             this.errors.set(`${rp.namespace}/${rp.name}/${c.name}`, `liveness probe failed ${rc.liveFailures} times: restarting`);
             rc.process.kill('SIGKILL');
           }
