@@ -29,6 +29,8 @@
 //     conditions (Initialized, ContainersReady, Ready), containerStatuses (ready, restartCount,
 //     state, image);
 //   - a deleted Pod: SIGTERM, terminationGracePeriodSeconds, SIGKILL, CNI DEL, sandbox removed.
+// Lab deviation: liveness failures count only once a container was ready once (or after 2 min),
+// since Node programs start many times slower on a loaded 2-core machine than on a node.
 // Not done: resource limits, security contexts (every container runs as root), image pulls,
 // token refresh (tests are shorter than a token's life), ephemeral containers, pod lifecycle hooks.
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -164,6 +166,8 @@ interface RunningContainer {
   /** Why it is not running (ErrImagePull, CrashLoopBackOff, ...). */
   waiting?: string;
   liveFailures: number;
+  /** Ready at least once since it started. */
+  everReady?: boolean;
   /** When the liveness result last counted was taken (ms). */
   lastLiveAt?: number;
   nextStart: number;
@@ -194,6 +198,8 @@ const MAIN_CONFLIST = { cniVersion: '1.0.0', name: 'lab', plugins: [{ type: 'lab
 const MAIN_PLUGIN = 'lab-veth';
 const SA_MOUNT = '/var/run/secrets/kubernetes.io/serviceaccount';
 const CNI_RETRY_MS = 250;
+/** Liveness failures of a container that was never ready count only after this long. */
+const LIVENESS_GRACE_MS = 120_000;
 
 /** Kubelet backoff: 1 s doubling to 10 s here (the real one caps at 5 min). */
 function backoffMs(restarts: number): number {
@@ -615,6 +621,7 @@ export class LabKubelet {
     rc.waiting = undefined;
     rc.ready = false;
     rc.liveFailures = 0;
+    rc.everReady = false;
     const proc = rc.process;
     proc.once('exit', (code, signal) => {
       if (rc.process !== proc) return;
@@ -667,8 +674,11 @@ export class LabKubelet {
         const res = r.exec ? await this.#execProbe(rc, r, key('readiness')) : probe[key('readiness')];
         if (res && Date.parse(res.at) >= started) rc.ready = res.ok;
       }
+      if (rc.ready) rc.everReady = true;
       const l = c.livenessProbe;
-      if (l && Date.now() - started >= (l.initialDelaySeconds ?? 0) * 1000) {
+      // Liveness counts once the container was ready once, or after LIVENESS_GRACE_MS: Node programs
+      // start many times slower on a loaded 2-core lab machine than on a node (a startupProbe's job).
+      if (l && Date.now() - started >= (l.initialDelaySeconds ?? 0) * 1000 && (rc.everReady || Date.now() - started >= LIVENESS_GRACE_MS)) {
         const res = l.exec ? await this.#execProbe(rc, l, key('liveness')) : probe[key('liveness')];
         // One result per periodSeconds counts (the prober runs more often than that).
         const period = (l.periodSeconds ?? 10) * 1000;
