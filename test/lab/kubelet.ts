@@ -308,12 +308,12 @@ export class LabKubelet {
         void this.#setUpSandbox(rp, p);
       }
       if (rp.gone || !rp.sandboxReady) {
-        this.#writeStatus(rp, p);
+        this.#writeStatus(rp);
         continue;
       }
       this.#refreshVolumes(rp, p);
       await this.#runContainers(rp, p, probe);
-      this.#writeStatus(rp, this.o.api.get('Pod', rp.namespace, rp.name) ?? p);
+      this.#writeStatus(rp);
     }
     this.#writeProbeTargets();
   }
@@ -743,7 +743,7 @@ export class LabKubelet {
     renameSync(`${file}.tmp`, file);
   }
 
-  #writeStatus(rp: RunningPod, p: Obj): void {
+  #writeStatus(rp: RunningPod): void {
     if (rp.gone) return;
     const containers = rp.spec.containers.map((c) => rp.containers.get(c.name));
     const allReady = containers.every((rc) => rc?.process && rc.ready);
