@@ -9,7 +9,7 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -31,6 +31,7 @@ let stateDir: string;
 after(async () => {
   await kube?.destroy();
   await lab.cleanup();
+  if (stateDir) rmSync(stateDir, { recursive: true, force: true });
 });
 
 type Obj = ReturnType<KubeLab['api']['apply']>;
