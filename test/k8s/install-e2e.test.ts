@@ -9,7 +9,7 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -238,7 +238,11 @@ spec:
     assert.equal(kube.api.get('Namespace', undefined, 'weft-system'), undefined);
     assert.equal(kube.api.list('CustomResourceDefinition').length, 0);
     await until('no Weft pod runs on any node', () => [...kube.kubelets.values()].every((k) => [...k.pods.values()].every((p) => p.namespace !== 'weft-system' && !(p.namespace === 'shop' && p.name.startsWith('wp-')))), 60_000, { explain });
-    for (const k of kube.kubelets.values()) assert.equal(existsSync(join(k.node.pinRoot, 'weft')), false, `pins removed on ${k.o.node}`);
+    for (const k of kube.kubelets.values()) {
+      assert.equal(existsSync(join(k.node.pinRoot, 'weft')), false, `pins removed on ${k.o.node}`);
+      // The chained plugin left the node's CNI configuration (new pods no longer wait for an agent).
+      assert.doesNotMatch(readFileSync(join(k.hostPath('/etc/cni/net.d'), '10-lab.conflist'), 'utf8'), /weft-cni/, `weft-cni unchained on ${k.o.node}`);
+    }
     // Straight to the echo pod: no agent, no redirection; it answers the client itself.
     const echoIp = statusOf<{ podIP: string }>(kube.api.list('Pod').find((p) => p.metadata.namespace === 'shop' && p.metadata.name.startsWith('echo-'))).podIP;
     const [res] = JSON.parse(await inPod('shop', 'client', getScript(`http://${echoIp}:8080/`))) as Array<{ status?: number }>;
