@@ -57,6 +57,10 @@ export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule
     rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: MANAGE },
   },
   {
+    why: 'a PodDisruptionBudget per Waypoint with more than one replica (one stays serving through node drains)',
+    rule: { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: MANAGE },
+  },
+  {
     why: 'one Service and one ServiceAccount per Waypoint (a waypoint has an identity of its own, not the namespace default)',
     rule: { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs: MANAGE },
   },

@@ -8,12 +8,13 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './network.ts';
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
+import { runCniPlugin, type CniRun } from './cni.ts';
 import { AGENT_ENV, AGENT_NODE_OPTIONS } from '../install/names.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -111,12 +112,7 @@ export interface Workload {
   started: Promise<void>;
 }
 
-/** What one run of the CNI plugin printed and exited with. */
-export interface CniRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+export type { CniRun };
 
 export class LocalMesh {
   readonly o: LocalMeshOptions;
@@ -433,36 +429,14 @@ export class LocalMesh {
    */
   runCni(command: 'ADD' | 'DEL' | 'CHECK', w: Pick<Workload, 'spec' | 'pod'>, opts: { socket?: string; excludeNamespaces?: string[] } = {}): Promise<CniRun> {
     const { pod } = w;
-    const netconf = {
-      cniVersion: '1.0.0', name: 'weft-local', type: 'weft-cni',
-      agentSocket: opts.socket ?? this.cniSocket(pod.node),
-      ...(opts.excludeNamespaces ? { excludeNamespaces: opts.excludeNamespaces } : {}),
-      prevResult: {
-        cniVersion: '1.0.0',
-        interfaces: [{ name: 'eth0', sandbox: pod.netnsPath }],
-        ips: [{ address: `${pod.ip}/32`, interface: 0 }],
+    return runCniPlugin({
+      plugin: CNI_PLUGIN, command, netnsPath: pod.netnsPath, podIp: pod.ip, namespace: pod.namespace, name: pod.name,
+      uid: podUid(w.spec), containerId: `${pod.namespace}-${pod.name}`,
+      netconf: {
+        name: 'weft-local', type: 'weft-cni',
+        agentSocket: opts.socket ?? this.cniSocket(pod.node),
+        ...(opts.excludeNamespaces ? { excludeNamespaces: opts.excludeNamespaces } : {}),
       },
-    };
-    const child = spawn(CNI_PLUGIN, [], {
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: `${pod.namespace}-${pod.name}`,
-        CNI_NETNS: pod.netnsPath,
-        CNI_IFNAME: 'eth0',
-        CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${pod.namespace};K8S_POD_NAME=${pod.name};K8S_POD_UID=${podUid(w.spec)}`,
-        CNI_PATH: dirname(CNI_PLUGIN),
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c));
-    child.stderr.on('data', (c: Buffer) => (stderr += c));
-    child.stdin.end(JSON.stringify(netconf));
-    return new Promise((resolve, reject) => {
-      child.once('error', reject);
-      child.once('close', (code) => resolve({ code, stdout, stderr }));
     });
   }
 

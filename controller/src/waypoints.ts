@@ -6,11 +6,13 @@ import { createHash } from 'node:crypto';
 import {
   AppsV1Api,
   CoreV1Api,
+  PolicyV1Api,
   makeInformer,
   type KubeConfig,
   type KubernetesObject,
   type V1Deployment,
   type V1Service,
+  type V1PodDisruptionBudget,
   type Informer,
   type ObjectCache,
 } from '@kubernetes/client-node';
@@ -205,6 +207,7 @@ export class KubeWaypointDriver extends BaseDriver {
   readonly #log: Logger;
   readonly #apps: AppsV1Api;
   readonly #core: CoreV1Api;
+  readonly #policy: PolicyV1Api;
   #deployments: Inf<V1Deployment> | undefined;
   #services: Inf<V1Service> | undefined;
   #known = new Set<string>();
@@ -215,6 +218,7 @@ export class KubeWaypointDriver extends BaseDriver {
     this.#log = options.logger ?? silentLogger;
     this.#apps = options.kubeConfig.makeApiClient(AppsV1Api);
     this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.#policy = options.kubeConfig.makeApiClient(PolicyV1Api);
   }
 
   async #startInformers(): Promise<void> {
@@ -272,6 +276,7 @@ export class KubeWaypointDriver extends BaseDriver {
       try {
         await ignore404(this.#apps.deleteNamespacedDeployment({ name, namespace }));
         await ignore404(this.#core.deleteNamespacedService({ name, namespace }));
+        await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
         this.#known.delete(key);
         this.setRuntime(key, undefined);
       } catch (e) {
@@ -370,6 +375,30 @@ export class KubeWaypointDriver extends BaseDriver {
     };
     const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
     if (!currentSvc) await this.#core.createNamespacedService({ namespace, body: service });
+    await this.#ensurePdb(spec.replicas, meta(), { [LABEL_WAYPOINT_FOR]: name });
+  }
+
+  /**
+   * With several replicas, a PodDisruptionBudget keeps one serving through voluntary disruptions
+   * (node drains), as Istio does for its gateways; a single replica gets none, so it never blocks
+   * a drain. Removed when the Waypoint goes back to one replica.
+   */
+  async #ensurePdb(replicas: number, metadata: V1PodDisruptionBudget['metadata'] & { name: string; namespace: string }, selector: Record<string, string>): Promise<void> {
+    const { name, namespace } = metadata;
+    const current = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
+    if (replicas <= 1) {
+      if (current) await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
+      return;
+    }
+    if (current) return;
+    const pdb: V1PodDisruptionBudget = {
+      apiVersion: 'policy/v1',
+      kind: 'PodDisruptionBudget',
+      metadata,
+      spec: { minAvailable: 1, selector: { matchLabels: selector } },
+    };
+    await ignore409(this.#policy.createNamespacedPodDisruptionBudget({ namespace, body: pdb }));
+    this.#log.info('waypoint disruption budget created', { waypoint: `${namespace}/${name}` });
   }
 
   async stop(): Promise<void> {

@@ -4,9 +4,7 @@
 // from the Deployment kubectl created: its command line and environment read back from the API
 // server, run the way the image's entrypoint runs it.
 //
-// Not yet here (issue 17): the lab kubelet (pods of the Deployment and the DaemonSet as processes in
-// node network namespaces), agents on two nodes, waypoint pods, DaemonSet rolling updates and
-// `weftctl uninstall`.
+// The same install run by the lab's kubelets on two nodes, end to end: install-e2e.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';

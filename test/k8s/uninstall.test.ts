@@ -1,7 +1,7 @@
 // `weftctl uninstall` (issue 17, defect 8) against the kube lab: the install applied by kubectl,
-// the objects the controller makes at run time beside it, then the real weftctl command. The lab
-// has no kubelet yet, so this test plays the node side: it removes the agent pod once its
-// DaemonSet is deleted and reports the cleanup DaemonSet ready. What the cleanup pod itself does on
+// the objects the controller makes at run time beside it, then the real weftctl command. This test
+// plays the node side itself (fast, no namespaces): it removes the agent pod once its DaemonSet is
+// deleted and reports the cleanup DaemonSet ready; install-e2e.test.ts runs it with the lab's kubelets. What the cleanup pod itself does on
 // a node (detach programs, remove pins) is test/bpf/agent-uninstall.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -207,6 +207,13 @@ test('a second replica waits on the Lease: only the leader writes status; when i
     assert.equal(events.length, 1, 'one Event, not one per replica');
     assert.equal((events[0]!['involvedObject'] as { kind: string; name: string }).name, 'web');
     assert.equal(events[0]!['reportingInstance'], a.elector!.identity);
+    // A route on a Service without a waypoint: nothing enforces it, and an Event says so on the route.
+    lab.api.apply(svc('shop', 'plain'));
+    lab.api.apply({ apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'unenforced', namespace: 'shop' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'plain' }], rules: [{ backendRefs: [{ name: 'plain', port: 80 }] }] } });
+    await until('NoWaypoint event on the route', () => lab.api.list('Event').some((e) => e['reason'] === 'NoWaypoint'));
+    const noWaypoint = lab.api.list('Event').find((e) => e['reason'] === 'NoWaypoint')!;
+    assert.deepEqual([(noWaypoint['involvedObject'] as { kind: string; name: string }).kind, (noWaypoint['involvedObject'] as { name: string }).name, noWaypoint['type']], ['HTTPRoute', 'unenforced', 'Warning']);
+    assert.match(String(noWaypoint['message']), /nothing enforces this route/);
 
     await a.stop();
     lab.controllers.splice(lab.controllers.indexOf(a), 1);

@@ -76,8 +76,20 @@ test('in Kubernetes mode a Waypoint becomes a Deployment and a Service, and turn
       '--token-file', '/var/run/secrets/weft/tokens/token', '--max-requests', '500',
     ]);
 
+    // One replica: no PodDisruptionBudget (it would block every drain). Two: one that keeps one
+    // serving; back to one: removed.
+    assert.equal(api.get('PodDisruptionBudget', 'shop', 'wp'), undefined);
+    api.apply({ ...waypoint('shop', 'wp'), spec: { maxRequests: 500, replicas: 2 } });
+    await until('PodDisruptionBudget for 2 replicas', () => api.get('PodDisruptionBudget', 'shop', 'wp') !== undefined);
+    assert.deepEqual(api.get('PodDisruptionBudget', 'shop', 'wp')!['spec'], { minAvailable: 1, selector: { matchLabels: { 'weft.dev/waypoint': 'wp' } } });
+    api.apply({ ...waypoint('shop', 'wp'), spec: { maxRequests: 500, replicas: 1 } });
+    await until('PodDisruptionBudget removed at 1 replica', () => api.get('PodDisruptionBudget', 'shop', 'wp') === undefined);
+    api.apply({ ...waypoint('shop', 'wp'), spec: { replicas: 3 } });
+    await until('PodDisruptionBudget for 3 replicas', () => api.get('PodDisruptionBudget', 'shop', 'wp') !== undefined);
+
     api.remove('Waypoint', 'shop', 'wp');
     await until('deployment removed', () => api.get('Deployment', 'shop', 'wp') === undefined && api.get('Service', 'shop', 'wp') === undefined);
+    await until('PodDisruptionBudget removed with the Waypoint', () => api.get('PodDisruptionBudget', 'shop', 'wp') === undefined);
   } finally {
     agent.close();
     await controller.stop();

@@ -5,14 +5,16 @@
 // connections into enrolled pods without the mesh (the kernel knows them by the prober's cgroup);
 // any other process on the node is a client like any other.
 //   node cli/local/apps/kubelet.ts --targets <json file> --status <json file> [--interval-ms 1000]
-// The targets file ([{ pod, ip, port, path? }]) is re-read every round, so pods can be added while
-// it runs; the status file gets { [pod]: { ok, status?, error?, at, okCount, failCount } }.
+// The targets file ([{ pod, ip, port, path?, tcp? }]) is re-read every round, so pods can be added
+// while it runs; the status file gets { [pod]: { ok, status?, error?, at, okCount, failCount } }.
+// `tcp: true` is a tcpSocket probe (the connection opens), otherwise an httpGet of `path`.
 import http from 'node:http';
+import net from 'node:net';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-interface Target { pod: string; ip: string; port: number; path?: string }
+interface Target { pod: string; ip: string; port: number; path?: string; tcp?: boolean }
 interface Result { ok: boolean; status?: number; error?: string; at: string; okCount: number; failCount: number }
 
 const { values } = parseArgs({ options: { targets: { type: 'string' }, status: { type: 'string' }, 'interval-ms': { type: 'string', default: '1000' } } });
@@ -25,6 +27,16 @@ const results: Record<string, Result> = {};
 
 /** One probe: the kubelet's default timeout is 1 s; success is a status in [200, 400). */
 function probe(t: Target): Promise<{ ok: boolean; status?: number; error?: string }> {
+  if (t.tcp) {
+    return new Promise((resolve) => {
+      const s = net.connect({ host: t.ip, port: t.port, timeout: 1_000 }, () => {
+        s.destroy();
+        resolve({ ok: true });
+      });
+      s.on('timeout', () => s.destroy(Object.assign(new Error('probe timed out'), { code: 'ETIMEDOUT' })));
+      s.on('error', (err: Error & { code?: string }) => resolve({ ok: false, error: err.code ?? err.message }));
+    });
+  }
   return new Promise((resolve) => {
     const req = http.get({ host: t.ip, port: t.port, path: t.path ?? '/', timeout: 1_000, agent: false, headers: { 'user-agent': 'kube-probe/local' } }, (res) => {
       res.resume();

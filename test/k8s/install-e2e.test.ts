@@ -1,0 +1,251 @@
+// The whole Kubernetes path in the kube lab (issue 17): `weftctl install` rendered and applied
+// unedited with the real kubectl; the lab's controllers and kubelets (test/lab/kube-lab.ts) run the
+// controller Deployment and the agent DaemonSet on two nodes from the image's own entrypoint
+// (Dockerfile), with projected tokens, the published trust bundle and --require-client-identity;
+// an ambient namespace's pods, started through the agent's chained CNI plugin, talk over HBONE
+// across nodes; a Waypoint CR becomes a Deployment the lab runs and an L7 policy takes effect; a
+// DaemonSet update rolls the agents with traffic flowing; `weftctl uninstall` leaves nothing.
+// One setup for the whole file (it is the expensive part).
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Lab } from '../lab/lab.ts';
+import { KubeLab } from '../lab/kube-lab.ts';
+import { until } from '../lab/wait.ts';
+import { renderInstall, toYaml } from '../../cli/install/render.ts';
+import { collectOutput } from '../../lib/sys/exec.ts';
+import { requestInNetns } from '../../cli/local/netns-http.ts';
+
+const run = promisify(execFile);
+const skip = spawnSync('kubectl', ['version', '--client']).status !== 0 && 'kubectl is not installed';
+const WEFTCTL = new URL('../../cli/weftctl.ts', import.meta.url).pathname;
+const IMAGE = 'ghcr.io/weft-mesh/weft:lab';
+
+const lab = new Lab();
+let kube: KubeLab;
+let stateDir: string;
+after(async () => {
+  await kube?.destroy();
+  await lab.cleanup();
+  if (stateDir) rmSync(stateDir, { recursive: true, force: true });
+});
+
+type Obj = ReturnType<KubeLab['api']['apply']>;
+const statusOf = <T>(o: Obj | undefined) => (o?.['status'] ?? {}) as T;
+
+async function kubectl(...args: string[]): Promise<string> {
+  try {
+    return (await run('kubectl', ['--kubeconfig', kube.kubeconfigFile, ...args], { env: { ...process.env, HOME: stateDir } })).stdout;
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`kubectl ${args.join(' ')}: ${err.stderr || err.message}`);
+  }
+}
+
+function explain(): string {
+  const out: string[] = [];
+  for (const k of kube.kubelets.values()) {
+    for (const [p, e] of k.errors) out.push(`${k.o.node} ${p}: ${e.split('\n')[0]}`);
+    for (const rp of k.pods.values()) {
+      for (const c of rp.containers.keys()) out.push(`--- ${rp.namespace}/${rp.name}/${c}:\n${k.logTail(rp.namespace, rp.name, c.replace(/^init:/, ''), 8)}`);
+    }
+  }
+  for (const p of kube.api.list('Pod')) out.push(`${p.metadata.namespace}/${p.metadata.name} ${JSON.stringify(statusOf<{ conditions?: unknown; containerStatuses?: unknown }>(p).containerStatuses ?? '')}`);
+  return out.join('\n');
+}
+
+/** Runs a node script inside a pod (its netns and cgroup, so the mesh's datapath sees it) and returns stdout. */
+async function inPod(namespace: string, name: string, script: string, timeoutMs = 30_000): Promise<string> {
+  const r = kube.running(namespace, name);
+  if (!r) throw new Error(`pod ${namespace}/${name} is not running`);
+  const child = kube.net.spawn({ netns: r.pod.netns!, cgroup: r.pod.cgroup }, process.execPath, ['--input-type=module', '-e', script]);
+  const out = await collectOutput(child, timeoutMs);
+  if (out.code !== 0) throw new Error(`script in ${namespace}/${name} exited ${out.code}: ${out.stderr}`);
+  return out.stdout;
+}
+
+/** One GET per connection (node:http without keep-alive), so each request is a new captured connection. */
+const GET = `const http = await import('node:http');
+const get = (url) => new Promise((resolve) => {
+  const req = http.get(url, { agent: false, timeout: 5000 }, (res) => { let body = ''; res.on('data', (c) => (body += c)); res.on('end', () => resolve({ status: res.statusCode, body })); });
+  req.on('timeout', () => req.destroy(new Error('timeout')));
+  req.on('error', (e) => resolve({ error: e.code ?? e.message }));
+});`;
+
+const getScript = (url: string) => `{ ${GET}\nconsole.log(JSON.stringify([await get(${JSON.stringify(url)})])); }`;
+
+const apps = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {weft.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: echo, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      serviceAccountName: echo
+      nodeSelector: {kubernetes.io/hostname: node-b}
+      containers:
+      - name: echo
+        image: lab/echo:v1
+        args: [--port, "8080", --name, $(POD_NAME)]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  serviceAccountName: client
+  nodeName: node-a
+  containers: [{name: sleep, image: lab/sleep}]
+`;
+
+before(async () => {
+  if (skip) return;
+  stateDir = mkdtempSync(join(tmpdir(), 'weft-k8s-e2e-'));
+  kube = await KubeLab.create({ prefix: lab.id, stateDir: join(stateDir, 'lab'), nodes: ['node-a', 'node-b'] });
+  kube.start();
+});
+
+test('the rendered install runs in the kube lab: controller and agents on two nodes ready, HBONE between nodes, a waypoint with an L7 policy, an agent roll with traffic flowing, and uninstall leaves nothing', { skip, timeout: 420_000 }, async (t) => {
+  const file = join(stateDir, 'install.yaml');
+  writeFileSync(file, toYaml(renderInstall({ image: IMAGE, trustDomain: 'cluster.local', warn: () => {} })));
+  await kubectl('apply', '--server-side', '-f', file);
+
+  await t.test('the controller and the agents on both nodes become ready (TokenReview, trust bundle, client identity)', async () => {
+    await until('the controller Deployment is ready', () => statusOf<{ readyReplicas?: number }>(kube.api.get('Deployment', 'weft-system', 'weft-controller')).readyReplicas === 1, 90_000, { explain });
+    assert.ok(kube.api.get('ConfigMap', 'weft-system', 'weft-trust-bundle'), 'trust bundle published');
+    await until('the agent DaemonSet is ready on both nodes', () => {
+      const st = statusOf<{ numberReady?: number; desiredNumberScheduled?: number }>(kube.api.get('DaemonSet', 'weft-system', 'weft-agent'));
+      return st.desiredNumberScheduled === 2 && st.numberReady === 2;
+    }, 120_000, { explain });
+    // The install-cni init container chained the plugin into each node's CNI configuration.
+    for (const k of kube.kubelets.values()) assert.ok(existsSync(join(k.hostPath('/opt/cni/bin'), 'weft-cni')), `weft-cni installed on ${k.o.node}`);
+  });
+
+  await t.test('an ambient namespace gets traffic over HBONE between nodes; the server sees the client and its agent its SPIFFE identity', async () => {
+    writeFileSync(join(stateDir, 'apps.yaml'), apps);
+    await kubectl('apply', '--server-side', '-f', join(stateDir, 'apps.yaml'));
+    await until('echo and client run', () => statusOf<{ readyReplicas?: number }>(kube.api.get('Deployment', 'shop', 'echo')).readyReplicas === 1
+      && statusOf<{ phase?: string }>(kube.api.get('Pod', 'shop', 'client')).phase === 'Running', 60_000, { explain });
+    const clusterIP = (kube.api.get('Service', 'shop', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
+    const clientIp = statusOf<{ podIP: string }>(kube.api.get('Pod', 'shop', 'client')).podIP;
+    let last = '';
+    await until('the client reaches echo through the mesh', async () => {
+      last = await inPod('shop', 'client', getScript(`http://${clusterIP}/`));
+      const [r] = JSON.parse(last) as Array<{ status?: number; body?: string }>;
+      return r?.status === 200 && (JSON.parse(r.body!) as { peer: string }).peer.endsWith(clientIp);
+    }, 60_000, { explain: () => `${last}\n${explain()}` });
+    // The destination agent (node-b) counted the connection with the client's SPIFFE identity.
+    const nodeB = kube.net.node('node-b');
+    await until('node-b\'s agent saw spiffe://cluster.local/ns/shop/sa/client over mTLS', async () => {
+      const m = (await requestInNetns(nodeB.netnsPath, `http://${nodeB.ip}:15020/metrics`, { timeoutMs: 3_000 })).body;
+      return m.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"')
+        && l.includes('source_principal="spiffe://cluster.local/ns/shop/sa/client"') && l.includes('connection_security_policy="mutual_tls"'));
+    }, 20_000);
+  });
+
+  await t.test('a DaemonSet update rolls the agents node by node while the client\'s requests keep succeeding', async () => {
+    const clusterIP = (kube.api.get('Service', 'shop', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
+    // L4 (agent to agent): the roll runs before the Service uses a waypoint.
+    const before = new Set(kube.api.list('Pod').filter((p) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-')).map((p) => p.metadata.name));
+    // Traffic during the roll: one request every 100 ms from the client pod, until told to stop.
+    const traffic = inPod('shop', 'client', `${GET}
+const out = { ok: 0, failed: [] };
+const stop = Date.now() + 120000;
+while (Date.now() < stop) {
+  const r = await get(${JSON.stringify(`http://${clusterIP}/`)});
+  if (r.status === 200) out.ok++; else out.failed.push(r.status ?? r.error);
+  try { (await import('node:fs')).accessSync(${JSON.stringify(join(stateDir, 'stop-traffic'))}); break; } catch {}
+  await new Promise((r) => setTimeout(r, 100));
+}
+console.log(JSON.stringify(out));`, 150_000);
+    await kubectl('patch', 'daemonset', '-n', 'weft-system', 'weft-agent', '--type=json', '-p', JSON.stringify([{ op: 'add', path: '/spec/template/spec/containers/0/env/-', value: { name: 'WEFT_LAB_ROLL', value: '2' } }]));
+    await until('both nodes run a new, ready agent and the old ones are gone', () => {
+      const agents = kube.api.list('Pod').filter((p) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-'));
+      return agents.length === 2 && agents.every((p) => !before.has(p.metadata.name) && statusOf<{ conditions?: Array<{ type: string; status: string }> }>(p).conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
+    }, 150_000, { explain });
+    writeFileSync(join(stateDir, 'stop-traffic'), '');
+    const result = JSON.parse(await traffic) as { ok: number; failed: unknown[] };
+    t.diagnostic(`requests during the roll: ${result.ok} answered, ${result.failed.length} failed`);
+    assert.ok(result.ok > 10, `requests answered during the roll: ${result.ok}`);
+    assert.deepEqual(result.failed, [], 'no request failed during the roll');
+  });
+
+  await t.test('a Waypoint CR becomes a Deployment the lab runs, and an L7 policy takes effect through it', async () => {
+    const wp = `
+apiVersion: weft.dev/v1alpha1
+kind: Waypoint
+metadata: {name: wp, namespace: shop}
+spec: {}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop, labels: {weft.dev/use-waypoint: wp}}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+`;
+    writeFileSync(join(stateDir, 'wp.yaml'), wp);
+    await kubectl('apply', '--server-side', '-f', join(stateDir, 'wp.yaml'));
+    await until('the waypoint Deployment is ready', () => statusOf<{ readyReplicas?: number }>(kube.api.get('Deployment', 'shop', 'wp')).readyReplicas === 1, 90_000, { explain });
+    const clusterIP = (kube.api.get('Service', 'shop', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
+    let last = '';
+    await until('/admin is refused by the waypoint (403) and / still answers', async () => {
+      last = await inPod('shop', 'client', `${getScript(`http://${clusterIP}/admin`)}\n${getScript(`http://${clusterIP}/`)}`);
+      const [[admin], [root]] = last.trim().split('\n').map((l) => JSON.parse(l) as Array<{ status?: number }>);
+      return admin?.status === 403 && root?.status === 200;
+    }, 60_000, { explain: () => `${last}\n${explain()}` });
+  });
+
+  await t.test('weftctl uninstall removes everything, pins included, and pods are no longer redirected', async () => {
+    const r = await run(process.execPath, [WEFTCTL, 'uninstall', '--kubeconfig', kube.kubeconfigFile, '--timeout', '90'], { env: { ...process.env, HOME: stateDir } });
+    assert.match(r.stdout, /BPF programs detached and pins removed on every node/);
+    assert.equal(kube.api.get('Namespace', undefined, 'weft-system'), undefined);
+    assert.equal(kube.api.list('CustomResourceDefinition').length, 0);
+    await until('no Weft pod runs on any node', () => [...kube.kubelets.values()].every((k) => [...k.pods.values()].every((p) => p.namespace !== 'weft-system' && !(p.namespace === 'shop' && p.name.startsWith('wp-')))), 60_000, { explain });
+    for (const k of kube.kubelets.values()) {
+      assert.equal(existsSync(join(k.node.pinRoot, 'weft')), false, `pins removed on ${k.o.node}`);
+      // The chained plugin left the node's CNI configuration (new pods no longer wait for an agent).
+      assert.doesNotMatch(readFileSync(join(k.hostPath('/etc/cni/net.d'), '10-lab.conflist'), 'utf8'), /weft-cni/, `weft-cni unchained on ${k.o.node}`);
+    }
+    // Straight to the echo pod: no agent, no redirection; it answers the client itself.
+    const echoIp = statusOf<{ podIP: string }>(kube.api.list('Pod').find((p) => p.metadata.namespace === 'shop' && p.metadata.name.startsWith('echo-'))).podIP;
+    const [res] = JSON.parse(await inPod('shop', 'client', getScript(`http://${echoIp}:8080/`))) as Array<{ status?: number }>;
+    assert.equal(res?.status, 200);
+  });
+});
