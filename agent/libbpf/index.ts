@@ -9,7 +9,7 @@ export { BpfLink, SockmapAttachment, type LinkInfo, type ProgramRef } from './li
 export { BpfMap, TypedMap, DEFAULT_BATCH_SIZE, type BatchOptions, type UpdateFlag } from './map.ts';
 export { RingBuffer, type RingBufferOptions } from './ringbuf.ts';
 export {
-  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, netnsCookie, socketCookie,
+  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, netnsCookie, socketCookie, tcpBytesWritten,
   type BindSocketOptions, type HostPort, type SocketInNetnsOptions,
 } from './netns.ts';
 export {

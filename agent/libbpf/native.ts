@@ -111,6 +111,7 @@ export interface NativeBinding {
   possibleCpus(): number;
   netnsCookie(netnsPath: string): bigint;
   socketCookie(fd: number): bigint;
+  tcpBytesWritten(fd: number): bigint;
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
   btfStruct(objectPath: string, name: string): NativeBtfStruct;
 }

@@ -28,6 +28,7 @@
 #define WEFT_MAX_TUPLES 65536
 #define WEFT_MAX_PORT_MODES 16384
 #define WEFT_MAX_PROBERS 16
+#define WEFT_MAX_SPLICED 16384  /* spliced connections (two sockets each) */
 
 /* weft_pods: network-namespace cookie -> the enrolled pod it belongs to. */
 struct weft_pod {
@@ -233,5 +234,18 @@ enum weft_pod_counter {
 _Static_assert(sizeof(struct weft_pod_counters) == WEFT_PC__COUNT * 8, "weft_pod_counters layout");
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, strict_denied) == WEFT_PC_STRICT_DENIED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, no_agent) == WEFT_PC_NO_AGENT * 8, "idx");
+
+/* weft_splice_conns value: one socket of a spliced pair (weft_splice.h). */
+struct weft_splice {
+	__u64 peer_cookie;  /* where this socket's bytes go */
+	__u64 bytes;        /* bytes received on this socket and sent out of the peer */
+	__u64 skbs;         /* skbs redirected */
+	__u64 netns_cookie; /* the client pod's netns (for weftctl bpf), set by the agent */
+	__u64 flags;        /* WEFT_SPLICE_F_* */
+};
+_Static_assert(sizeof(struct weft_splice) == 40, "weft_splice layout");
+
+/* weft_splice.flags */
+#define WEFT_SPLICE_F_PASSING 0x1  /* the peer fell behind: this direction is the agent's again */
 
 #endif /* WEFT_H */

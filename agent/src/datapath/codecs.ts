@@ -250,6 +250,36 @@ export function decodePeer(b: Buffer): Endpoint {
   return { ip: rip(b, 0), port: r16(b, 4) };
 }
 
+// ---- struct weft_splice (32) -------------------------------------------------------------------
+
+/** One socket of a spliced pair (weft_splice_conns value). */
+export interface SpliceEntry {
+  /** Where this socket's bytes go. */
+  peerCookie: bigint;
+  /** Bytes received on this socket and sent out of the peer by the kernel. */
+  bytes: bigint;
+  skbs: bigint;
+  /** The client pod's network namespace. */
+  netnsCookie: bigint;
+  /** SPLICE_F bits. */
+  flags: number;
+}
+/** weft_splice.flags: PASSING = the peer fell behind and the agent carries this direction again. */
+export const SPLICE_F = { PASSING: 0x1 } as const;
+export const SPLICE_SIZE = 40;
+export function encodeSplice(v: SpliceEntry): Buffer {
+  const b = Buffer.alloc(SPLICE_SIZE);
+  u64(b, 0, v.peerCookie);
+  u64(b, 8, v.bytes);
+  u64(b, 16, v.skbs);
+  u64(b, 24, v.netnsCookie);
+  u64(b, 32, BigInt(v.flags));
+  return b;
+}
+export function decodeSplice(b: Buffer): SpliceEntry {
+  return { peerCookie: r64(b, 0), bytes: r64(b, 8), skbs: r64(b, 16), netnsCookie: r64(b, 24), flags: Number(r64(b, 32)) };
+}
+
 // ---- counters ----------------------------------------------------------------------------------
 
 /**

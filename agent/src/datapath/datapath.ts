@@ -1,4 +1,5 @@
-// The agent's handle on the eBPF L4 datapath (bpf/redirect.bpf.c, bpf/inbound.bpf.c): loads the
+// The agent's handle on the eBPF L4 datapath (bpf/redirect.bpf.c, bpf/inbound.bpf.c,
+// bpf/splice.bpf.c): loads the
 // objects with their maps pinned under the pin root, attaches (or adopts) the cgroup programs,
 // enrols pods, reconciles the mesh destinations and reads the bookkeeping maps.
 //
@@ -26,7 +27,9 @@ import {
   RingBuffer,
   netnsCookie,
   possibleCpus,
+  socketCookie,
   type BpfProgram,
+  type SockmapAttachment,
 } from '../../libbpf/index.ts';
 import { ensureBpffs, findCgroup2Root, readMounts } from '../../../lib/sys/mounts.ts';
 import * as c from './codecs.ts';
@@ -51,6 +54,8 @@ export const DEFAULT_AGENT_PORT = 15001;
 
 export const REDIRECT_OBJECT = 'redirect.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
+export const SPLICE_OBJECT = 'splice.bpf.o';
+export const SPLICE_PROGRAM = 'weft_splice_verdict';
 /** Cgroup programs of redirect.bpf.o, in attach order. connect* go last so that, on a fresh node,
  * nothing is captured before sockops and getpeername are in place to serve it. */
 export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'] as const;
@@ -75,7 +80,22 @@ const MAPS = {
   peerOverride: 'weft_peer_override',
   counters: 'weft_counters',
   podCounters: 'weft_pod_counters',
+  spliceSocks: 'weft_splice_socks',
+  spliceConns: 'weft_splice_conns',
 } as const;
+
+/** A spliced pair, as splice() returns it and `weftctl bpf` lists it. */
+export interface SplicedPair {
+  /** Cookie of the socket the agent accepted from the client pod. */
+  client: bigint;
+  /** Cookie of the agent's socket to the server pod. */
+  server: bigint;
+}
+
+/** One spliced socket as the kernel counts it. */
+export interface SplicedSocket extends c.SpliceEntry {
+  cookie: bigint;
+}
 
 export interface DatapathOptions {
   /** Where maps and links are pinned. Default: `<bpffs>/weft` (bpffs is mounted if missing). */
@@ -172,16 +192,19 @@ export class Datapath {
   readonly objectDir: string;
   private readonly redirect: BpfObject;
   private readonly inbound: BpfObject;
+  private readonly splicer: BpfObject;
+  private spliceAttachment: SockmapAttachment | undefined;
   private readonly links = new Map<string, BpfLink>();
   private readonly cpus = possibleCpus();
   private closed = false;
 
-  private constructor(opts: Required<DatapathOptions>, redirect: BpfObject, inbound: BpfObject) {
+  private constructor(opts: Required<DatapathOptions>, redirect: BpfObject, inbound: BpfObject, splicer: BpfObject) {
     this.pinRoot = opts.pinRoot;
     this.cgroupPath = opts.cgroupPath;
     this.objectDir = opts.objectDir;
     this.redirect = redirect;
     this.inbound = inbound;
+    this.splicer = splicer;
   }
 
   /**
@@ -196,7 +219,7 @@ export class Datapath {
     if (!existsSync(cgroupPath) || !statSync(cgroupPath).isDirectory()) throw new CgroupNotFoundError(cgroupPath);
     const objectDir = resolve(opts.objectDir ?? defaultObjectDir());
     const pinRoot = resolve(opts.pinRoot ?? join(bpffs, DEFAULT_PIN_DIR));
-    for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT]) {
+    for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT, SPLICE_OBJECT]) {
       if (!existsSync(join(objectDir, name))) throw new ObjectNotFoundError(join(objectDir, name));
     }
     mkdirSync(join(pinRoot, 'links', 'pods'), { recursive: true });
@@ -205,13 +228,14 @@ export class Datapath {
 
     const objects: BpfObject[] = [];
     try {
-      for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT]) {
+      for (const name of [REDIRECT_OBJECT, INBOUND_OBJECT, SPLICE_OBJECT]) {
         const obj = BpfObject.open(join(objectDir, name), { pinRoot });
         objects.push(obj);
         obj.load();
       }
-      const dp = new Datapath({ pinRoot, cgroupPath, objectDir }, objects[0]!, objects[1]!);
+      const dp = new Datapath({ pinRoot, cgroupPath, objectDir }, objects[0]!, objects[1]!, objects[2]!);
       try {
+        dp.attachSplice();
         dp.attachCgroupPrograms();
         dp.ensureExcludedDefaults();
       } catch (err) {
@@ -284,6 +308,14 @@ export class Datapath {
     return undefined;
   }
 
+  /**
+   * The splice verdict program on weft_splice_socks. The attachment lives on the pinned map, so a
+   * restarted agent replaces it (sockets already in the map keep the program they were added with).
+   */
+  private attachSplice(): void {
+    this.spliceAttachment = this.splicer.program(SPLICE_PROGRAM).attachSockmap(this.splicer.map(MAPS.spliceSocks), 'sk_skb_verdict');
+  }
+
   private ensureExcludedDefaults(): void {
     const m = this.map(MAPS.excluded);
     for (const p of MESH_PORTS) m.update(c.portKey(p), c.EXCLUDED_PRESENT, 'any');
@@ -291,14 +323,14 @@ export class Datapath {
 
   private map(name: string): BpfMap {
     if (this.closed) throw new DatapathClosedError();
-    return this.redirect.map(name);
+    return name === MAPS.spliceSocks || name === MAPS.spliceConns ? this.splicer.map(name) : this.redirect.map(name);
   }
 
   /** This process's loaded programs (ids change with every load; a pinned link follows update()). */
   programs(): { name: string; id: number }[] {
     if (this.closed) throw new DatapathClosedError();
-    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM, LOOKUP_PROGRAM].map((name) =>
-      ({ name, id: (name === INBOUND_PROGRAM || name === LOOKUP_PROGRAM ? this.inbound : this.redirect).program(name).id }));
+    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM, LOOKUP_PROGRAM, SPLICE_PROGRAM].map((name) =>
+      ({ name, id: (name === INBOUND_PROGRAM || name === LOOKUP_PROGRAM ? this.inbound : name === SPLICE_PROGRAM ? this.splicer : this.redirect).program(name).id }));
   }
 
   /** The cgroup links this process holds (after open(): exactly one per cgroup program). */
@@ -644,6 +676,63 @@ export class Datapath {
     return this.map(MAPS.peerOverride).delete(c.encodePeerKey(reg.local, reg.remote));
   }
 
+  // ---- same-node splice (bpf/include/weft_splice.h) -------------------------------------------
+
+  /**
+   * Hands a connection between two local pods to the kernel: each socket's peer goes into
+   * weft_splice_conns, then both sockets into weft_splice_socks, after which every byte either one
+   * receives leaves through the other without reaching this process. `client` and `server` are
+   * the agent's two sockets (fds it holds). On error nothing stays spliced.
+   */
+  splice(client: number, server: number, clientNetnsCookie: bigint): SplicedPair {
+    const conns = this.map(MAPS.spliceConns);
+    const socks = this.map(MAPS.spliceSocks);
+    const pair = { client: socketCookie(client), server: socketCookie(server) };
+    const zero = { bytes: 0n, skbs: 0n, netnsCookie: clientNetnsCookie, flags: 0 };
+    try {
+      conns.update(c.cookieKey(pair.client), c.encodeSplice({ peerCookie: pair.server, ...zero }), 'noexist');
+      conns.update(c.cookieKey(pair.server), c.encodeSplice({ peerCookie: pair.client, ...zero }), 'noexist');
+      // The server side first: a redirect to a peer not yet in the map would be dropped.
+      socks.update(c.cookieKey(pair.server), c.fdValue(server), 'noexist');
+      socks.update(c.cookieKey(pair.client), c.fdValue(client), 'noexist');
+    } catch (err) {
+      this.unsplice(pair);
+      socks.delete(c.cookieKey(pair.client));
+      socks.delete(c.cookieKey(pair.server));
+      throw err;
+    }
+    return pair;
+  }
+
+  /** Bytes the kernel has carried so far from each side of a spliced pair. */
+  splicedBytes(pair: SplicedPair): { fromClient: bigint; fromServer: bigint } {
+    const conns = this.map(MAPS.spliceConns);
+    const read = (cookie: bigint): bigint => {
+      const v = conns.lookup(c.cookieKey(cookie));
+      return v ? c.decodeSplice(v).bytes : 0n;
+    };
+    return { fromClient: read(pair.client), fromServer: read(pair.server) };
+  }
+
+  /**
+   * Ends the kernel's part: from now on the verdict program passes whatever either socket
+   * receives to this process. Returns the bytes the kernel carried. The sockets stay in
+   * weft_splice_socks until they close (removing one from a sockhash would drop bytes still queued
+   * to it), which without a weft_splice_conns entry only means "pass".
+   */
+  unsplice(pair: SplicedPair): { fromClient: bigint; fromServer: bigint } {
+    const bytes = this.splicedBytes(pair);
+    const conns = this.map(MAPS.spliceConns);
+    conns.delete(c.cookieKey(pair.client));
+    conns.delete(c.cookieKey(pair.server));
+    return bytes;
+  }
+
+  /** Every socket spliced on this node right now (both sides of each pair), from the kernel. */
+  splicedSockets(): SplicedSocket[] {
+    return [...this.map(MAPS.spliceConns).entries()].map(([k, v]) => ({ cookie: c.decodeCookieKey(k), ...c.decodeSplice(v) }));
+  }
+
   // ---- counters -------------------------------------------------------------------------------
 
   /**
@@ -686,6 +775,7 @@ export class Datapath {
     this.links.clear();
     this.redirect.close();
     this.inbound.close();
+    this.splicer.close();
   }
 
   /** Detaches every program (cgroup and pod links) and removes every pin under the pin root. */
@@ -703,6 +793,7 @@ export class Datapath {
       link.close();
       this.links.delete(name);
     }
+    try { this.spliceAttachment?.detach(); } catch { /* the map goes with its pin below */ }
     this.close();
     Datapath.removePins(this.pinRoot);
   }

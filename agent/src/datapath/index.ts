@@ -7,11 +7,14 @@ export {
   INBOUND_PROGRAM,
   LOOKUP_PROGRAM,
   MESH_PORTS,
+  SPLICE_PROGRAM,
   type DatapathOptions,
   type EnrollOptions,
   type EnrolledPod,
   type LinkState,
   type PeerRegistration,
+  type SplicedPair,
+  type SplicedSocket,
 } from './datapath.ts';
 export {
   COUNTER_FIELDS,
