@@ -85,6 +85,8 @@ export interface AgentOptions {
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
   /** How long stop() lets open connections finish before cutting them. Default 20 s. */
   drainTimeoutMs?: number;
+  /** Splice authorized same-node connections in the kernel (bpf/splice.bpf.c). Default true. */
+  splice?: boolean;
   /**
    * A file that exists exactly while this process is ready (a readiness probe that cannot be
    * answered by another agent process sharing the ports during an upgrade).
@@ -236,6 +238,7 @@ export class Agent {
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
+      ...(o.splice === false ? {} : { splice: this.datapath }),
     });
     this.inbound = new Inbound({
       node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
@@ -548,7 +551,8 @@ export class Agent {
         counters: this.datapath.counters(),
         refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
-        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters'].map((m) => [m, this.datapath.mapPin(m)])),
+        spliced: this.datapath.splicedConnections().map((s) => ({ ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '' })),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_splice_conns'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });

@@ -92,7 +92,7 @@ export class LocalDelivery {
    * its peer. Rejects with UpstreamConnectError when the pod's namespace is unknown (not enrolled
    * by this agent) or the pod refuses.
    */
-  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number): Promise<Duplex> {
+  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number, opts: { paused?: boolean } = {}): Promise<Duplex> {
     const target = `${dest.ip}:${port}`;
     const netns = this.#netns.get(dest.ip);
     if (!netns) throw new UpstreamConnectError(target, Object.assign(new Error(`pod ${dest.namespace}/${dest.name} is not enrolled by this agent`), { code: 'WEFT_NOT_ENROLLED' }));
@@ -111,7 +111,7 @@ export class LocalDelivery {
     } catch (err) {
       this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
     }
-    const socket = await connectTcp(target, { bound, timeoutMs }).catch((err: Error) => {
+    const socket = await connectTcp(target, { bound, timeoutMs, ...(opts.paused ? { paused: true } : {}) }).catch((err: Error) => {
       if (registered) this.#datapath.unregisterPeer(reg);
       throw err;
     });

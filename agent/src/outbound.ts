@@ -15,6 +15,7 @@ import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labe
 import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
+import { spliceBidirectional, type SpliceDatapath } from './splice.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -46,6 +47,11 @@ export interface OutboundOptions {
   log: Logger;
   accessLog: AccessLogSink;
   connectTimeoutMs?: number;
+  /**
+   * Same-node connections are spliced in the kernel once authorized (agent/src/splice.ts):
+   * the payload never enters this process. Default: not spliced (the pipe carries them).
+   */
+  splice?: SpliceDatapath;
 }
 
 export class Outbound {
@@ -159,7 +165,7 @@ export class Outbound {
       }
       const epIp = up.endpoint?.ip ?? splitIp(up.target);
       this.#o.state.endpointSucceeded(epIp);
-      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started));
+      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started), orig.clientNetnsCookie);
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
@@ -229,7 +235,7 @@ export class Outbound {
           sourceIp: source.ip,
         });
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
-        return this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs);
+        return this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { paused: this.#o.splice !== undefined });
       }
       case 'passthrough':
         return connectTcp(up.target, { timeoutMs });
@@ -261,15 +267,24 @@ export class Outbound {
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }
 
-  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord): Promise<void> {
+  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord, clientNetnsCookie: bigint): Promise<void> {
     const m = this.#o.metrics;
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
     this.#o.state.connectionOpened(epIp);
-    socket.resume();
     let result: PipeResult;
     try {
-      result = await pipeBidirectional(socket, upstream);
+      // Same node, no waypoint (that is a 'hbone' upstream), authorized: the kernel carries it.
+      // The policy was judged at connect, as for every connection (a policy change stops new
+      // connections, not open ones, spliced or not).
+      if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket) {
+        const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice, clientNetnsCookie });
+        if (r.notSpliced) this.#o.log.debug('same-node connection not spliced', { reason: r.notSpliced });
+        result = r;
+      } else {
+        socket.resume();
+        result = await pipeBidirectional(socket, upstream);
+      }
     } finally {
       this.#o.state.connectionClosed(epIp);
       m.active.dec({ direction: 'outbound' });

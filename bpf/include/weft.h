@@ -247,5 +247,6 @@ _Static_assert(sizeof(struct weft_splice) == 40, "weft_splice layout");
 
 /* weft_splice.flags */
 #define WEFT_SPLICE_F_PASSING 0x1  /* the peer fell behind: this direction is the agent's again */
+#define WEFT_SPLICE_F_CLIENT 0x2   /* set by the agent on the socket it accepted from the client pod */
 
 #endif /* WEFT_H */

@@ -120,6 +120,7 @@ interface BpfDump {
   refusals?: Record<string, number>;
   counters: Record<string, number>;
   podCounters: Record<string, Record<string, number>>;
+  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; handedBack: string[] }>;
   pins: Record<string, string>;
 }
 
@@ -244,6 +245,10 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         if (data.pins.weft_inbound_excluded) io.out(`  bpftool map dump pinned ${data.pins.weft_inbound_excluded}\n\n`);
         io.out(table(['MESH DESTINATION'], data.destinations.map((d) => [`${d.ip}:${d.port === 0 ? '*' : d.port}`]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_dests}\n\n`);
+        // Same-node connections the kernel carries (bpf/splice.bpf.c), bytes as the kernel counted them.
+        io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'HANDED BACK'], (data.spliced ?? []).map((s) =>
+          [s.clientPod || '-', s.client, s.server, String(s.bytesFromClient), String(s.bytesFromServer), s.handedBack.join(',') || '-']), h));
+        if (data.pins.weft_splice_conns) io.out(`  bpftool map dump pinned ${data.pins.weft_splice_conns}\n\n`);
         io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
       }

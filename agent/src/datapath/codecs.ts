@@ -264,8 +264,11 @@ export interface SpliceEntry {
   /** SPLICE_F bits. */
   flags: number;
 }
-/** weft_splice.flags: PASSING = the peer fell behind and the agent carries this direction again. */
-export const SPLICE_F = { PASSING: 0x1 } as const;
+/**
+ * weft_splice.flags: PASSING = the peer fell behind and the agent carries this direction again;
+ * CLIENT = the socket the agent accepted from the client pod.
+ */
+export const SPLICE_F = { PASSING: 0x1, CLIENT: 0x2 } as const;
 export const SPLICE_SIZE = 40;
 export function encodeSplice(v: SpliceEntry): Buffer {
   const b = Buffer.alloc(SPLICE_SIZE);

@@ -92,6 +92,17 @@ export interface SplicedPair {
   server: bigint;
 }
 
+/** One spliced connection (`weftctl bpf`). */
+export interface SplicedConnection {
+  client: bigint;
+  server: bigint;
+  clientNetnsCookie: bigint;
+  bytesFromClient: bigint;
+  bytesFromServer: bigint;
+  /** Directions the kernel handed back to the agent (their peer fell behind). */
+  handedBack: string[];
+}
+
 /** One spliced socket as the kernel counts it. */
 export interface SplicedSocket extends c.SpliceEntry {
   cookie: bigint;
@@ -690,7 +701,7 @@ export class Datapath {
     const pair = { client: socketCookie(client), server: socketCookie(server) };
     const zero = { bytes: 0n, skbs: 0n, netnsCookie: clientNetnsCookie, flags: 0 };
     try {
-      conns.update(c.cookieKey(pair.client), c.encodeSplice({ peerCookie: pair.server, ...zero }), 'noexist');
+      conns.update(c.cookieKey(pair.client), c.encodeSplice({ peerCookie: pair.server, ...zero, flags: c.SPLICE_F.CLIENT }), 'noexist');
       conns.update(c.cookieKey(pair.server), c.encodeSplice({ peerCookie: pair.client, ...zero }), 'noexist');
       // The server side first: a redirect to a peer not yet in the map would be dropped.
       socks.update(c.cookieKey(pair.server), c.fdValue(server), 'noexist');
@@ -731,6 +742,20 @@ export class Datapath {
   /** Every socket spliced on this node right now (both sides of each pair), from the kernel. */
   splicedSockets(): SplicedSocket[] {
     return [...this.map(MAPS.spliceConns).entries()].map(([k, v]) => ({ cookie: c.decodeCookieKey(k), ...c.decodeSplice(v) }));
+  }
+
+  /** Every spliced connection on this node, one row per pair, with the kernel's byte counts. */
+  splicedConnections(): SplicedConnection[] {
+    const all = this.splicedSockets();
+    const byCookie = new Map(all.map((s) => [s.cookie, s]));
+    return all.filter((s) => s.flags & c.SPLICE_F.CLIENT).map((s) => {
+      const peer = byCookie.get(s.peerCookie);
+      return {
+        client: s.cookie, server: s.peerCookie, clientNetnsCookie: s.netnsCookie,
+        bytesFromClient: s.bytes, bytesFromServer: peer?.bytes ?? 0n,
+        handedBack: [...((s.flags & c.SPLICE_F.PASSING) ? ['client'] : []), ...(peer && (peer.flags & c.SPLICE_F.PASSING) ? ['server'] : [])],
+      };
+    });
   }
 
   // ---- counters -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ export {
   type EnrolledPod,
   type LinkState,
   type PeerRegistration,
+  type SplicedConnection,
   type SplicedPair,
   type SplicedSocket,
 } from './datapath.ts';
