@@ -28,8 +28,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
-  --no-splice                carry same-node connections through the agent instead of splicing
-                             them in the kernel once authorized (default: spliced)
+  --splice                   splice authorized same-node connections in the kernel (bpf/splice.bpf.c)
+                             instead of carrying them through the agent (default: off; see
+                             docs/ARCHITECTURE.md "Same-node splice" for what it costs today)
   --drain-timeout <seconds>  on SIGTERM, how long open connections may finish before they are cut
                              (default 20; new connections go to the successor at once)
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
@@ -82,7 +83,7 @@ const { values } = parseArgs({
     'ready-port': { type: 'string' },
     'cert-lifetime': { type: 'string' },
     'drain-timeout': { type: 'string' },
-    'no-splice': { type: 'boolean' },
+    splice: { type: 'boolean' },
     'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     uninstall: { type: 'boolean' },
@@ -156,7 +157,7 @@ const agent = new Agent({
   ports,
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
   ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
-  ...(values['no-splice'] ? { splice: false } : {}),
+  ...(values.splice ? { splice: true } : {}),
   ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
   logLevel: level,
 });

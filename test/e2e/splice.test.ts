@@ -1,0 +1,111 @@
+// Same-node splice end to end (issue 20): node1's agent runs with --splice (authorized same-node
+// connections are spliced in the kernel), node2's without (the agent carries them). The same client pushes
+// 100 MiB through both, half-closing after the body, and gets the server's sha256 back; a policy
+// change stops new connections on the spliced path and leaves open ones as the unspliced path
+// does (a decision is taken at connect, as in Istio's ztunnel).
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { collectOutput } from '../../lib/sys/exec.ts';
+import { localMeshSuite, until } from './mesh-suite.ts';
+import type { LocalMesh } from '../../cli/local/mesh.ts';
+
+const suite = localMeshSuite();
+let mesh: LocalMesh;
+const VIP1 = '10.96.0.21'; // server on node1 (spliced)
+const VIP2 = '10.96.0.22'; // server on node2 (not spliced)
+const FIXTURE = join(import.meta.dirname, 'fixtures', 'bulk-post.ts');
+
+interface BulkResult { sent: number; sha256: string; reply: string; ms: number; error?: string }
+interface BpfSpliced { spliced?: Array<{ clientPod: string; bytesFromClient: string; bytesFromServer: string }> }
+
+function allow(principal: string): object[] {
+  return [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'near-allow', namespace: 'sp' },
+    spec: { selector: { matchLabels: { app: 'near1' } }, action: 'ALLOW', rules: [{ from: [{ source: { principals: [principal] } }] }] },
+  }];
+}
+
+before(async () => {
+  mesh = await suite.create(['node1', 'node2']);
+  mesh.writeConfig('10-sp.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'sp', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near1', namespace: 'sp' }, spec: { clusterIP: VIP1, selector: { app: 'near1' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near2', namespace: 'sp' }, spec: { clusterIP: VIP2, selector: { app: 'near2' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/client1'));
+  mesh.addWorkload({ node: 'node1', namespace: 'sp', name: 'client1' });
+  mesh.addWorkload({ node: 'node1', namespace: 'sp', name: 'near1', labels: { app: 'near1' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near1'] });
+  mesh.addWorkload({ node: 'node2', namespace: 'sp', name: 'client2' });
+  mesh.addWorkload({ node: 'node2', namespace: 'sp', name: 'near2', labels: { app: 'near2' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near2'] });
+  mesh.startController();
+  await mesh.waitControllerReady();
+  for (const n of ['node1', 'node2']) mesh.startKubelet(n);
+  mesh.startAgent('node1', { extraArgs: ['--splice'] });
+  mesh.startAgent('node2');
+  await mesh.waitReady(60_000);
+  await mesh.waitWorkloadsEnrolled(['sp/client1', 'sp/near1', 'sp/client2', 'sp/near2']);
+});
+
+async function bulk(client: string, vip: string, mb: number): Promise<BulkResult> {
+  const r = await mesh.exec(client, process.execPath, [FIXTURE, '--host', vip, '--port', '80', '--mb', String(mb)], 120_000);
+  assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}\n${mesh.logTail('agent-node1.log')}`);
+  return JSON.parse(r.stdout.trim()) as BulkResult;
+}
+
+for (const [label, client, vip] of [['spliced (node1)', 'sp/client1', VIP1], ['carried by the agent (node2, no --splice)', 'sp/client2', VIP2]] as const) {
+  test(`100 MiB reach a same-node server unchanged and the reply comes back after the client's half-close: ${label}`, async () => {
+    const r = await bulk(client, vip, 100);
+    const body = JSON.parse(r.reply) as { bytes: number; sha256: string };
+    assert.equal(body.bytes, r.sent);
+    assert.equal(body.sha256, r.sha256);
+  });
+}
+
+test('the spliced connection is listed by the agent while open, and its bytes reach istio_tcp_received_bytes_total from the kernel', async () => {
+  const trigger = join(suite.stateDir, 'release-1');
+  const w = mesh.workloads.get('sp/client1')!;
+  const child = mesh.net.spawn(w.pod, process.execPath, [FIXTURE, '--host', VIP1, '--port', '80', '--mb', '8', '--hold', trigger]);
+  const out = collectOutput(child, 60_000);
+  let listed: NonNullable<BpfSpliced['spliced']> = [];
+  await until('node1 lists the connection as spliced', async () => {
+    listed = (await mesh.agentAdmin<BpfSpliced>('node1', '/bpf')).spliced ?? [];
+    return listed.some((s) => s.clientPod === w.pod.ip && Number(s.bytesFromClient) >= 1024 * 1024);
+  }, 20_000, { explain: () => JSON.stringify(listed) });
+  const before = receivedBytes(await mesh.agentMetrics('node1'));
+  writeFileSync(trigger, '');
+  const { code, stdout } = await out;
+  assert.equal(code, 0, stdout);
+  const r = JSON.parse(stdout.trim().split('\n').pop()!) as BulkResult;
+  assert.equal((JSON.parse(r.reply) as { sha256: string }).sha256, r.sha256);
+  await until('the kernel-counted bytes reach the metric', async () => receivedBytes(await mesh.agentMetrics('node1')) >= before + 8 * 1024 * 1024, 10_000);
+});
+
+test('removing a policy\'s permission refuses new connections on the spliced path (counted), and an open spliced connection finishes as an unspliced one would', async () => {
+  const trigger = join(suite.stateDir, 'release-2');
+  const w = mesh.workloads.get('sp/client1')!;
+  const child = mesh.net.spawn(w.pod, process.execPath, [FIXTURE, '--host', VIP1, '--port', '80', '--mb', '8', '--hold', trigger]);
+  const out = collectOutput(child, 60_000);
+  await until('the held connection is spliced', async () => ((await mesh.agentAdmin<BpfSpliced>('node1', '/bpf')).spliced ?? []).some((s) => s.clientPod === w.pod.ip), 20_000);
+  mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/nobody'));
+  await until('a new connection from client1 is refused', async () => {
+    const r = await mesh.exec('sp/client1', 'curl', ['-sS', '--max-time', '5', `http://${VIP1}/`]);
+    return r.code !== 0;
+  }, 30_000);
+  assert.match(await mesh.agentMetrics('node1'), /weft_connections_denied_total\{[^}]*reason="policy"[^}]*destination_workload="near1"[^}]*\} [1-9]/);
+  writeFileSync(trigger, '');
+  const { code, stdout } = await out;
+  assert.equal(code, 0, stdout);
+  const r = JSON.parse(stdout.trim().split('\n').pop()!) as BulkResult;
+  assert.equal((JSON.parse(r.reply) as { sha256: string }).sha256, r.sha256, 'the connection opened before the change completes');
+  mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/client1'));
+});
+
+function receivedBytes(metrics: string): number {
+  let sum = 0;
+  for (const line of metrics.split('\n')) {
+    if (line.startsWith('istio_tcp_received_bytes_total{') && line.includes('destination_workload="near1"') && line.includes('reporter="source"')) sum += Number(line.split(' ').pop());
+  }
+  return sum;
+}
