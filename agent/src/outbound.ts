@@ -266,6 +266,7 @@ export class Outbound {
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
     this.#o.state.connectionOpened(epIp);
+    record.countWhileOpen(socket, 'source');
     socket.resume();
     let result: PipeResult;
     try {
