@@ -26,6 +26,7 @@ import { netnsCookie } from '../libbpf/index.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
+import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 export const ADMIN_PORT = 15000;
@@ -127,6 +128,8 @@ export class Agent {
   #configured = false;
   #certsReady = false;
   #accessLog: AccessLogSink;
+  /** Access logs to the OTLP collectors the workloads' Telemetry names. */
+  #otlpLogs: OtlpLogExporters;
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
@@ -155,10 +158,15 @@ export class Agent {
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     // One write per event-loop turn, not per connection (lib/sys/line-batch.ts).
     const write = o.accessLog ?? stdoutLines();
-    // Every entry reaches /flows (weftctl tap, the dashboard); stdout as the workload's Telemetry says.
+    const otlp = (this.#otlpLogs = new OtlpLogExporters({ serviceName: 'weft-agent', resource: { 'k8s.node.name': o.node }, ...otlpLogMetrics(this.metrics.registry, (m, f) => this.log.warn(m, f)) }));
+    // Every entry reaches /flows (weftctl tap, the dashboard); stdout, and the OTLP collector, as the workload's Telemetry says.
     this.#accessLog = (entry, logging) => {
       const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
-      if (!logging?.disabled) write(formatAccessLog(line, logging?.encoding));
+      if (!logging?.disabled) {
+        const text = formatAccessLog(line, logging?.encoding);
+        write(text);
+        if (logging?.otlpEndpoint) otlp.get(logging.otlpEndpoint).emit(text, line);
+      }
       this.flows.publish(line);
     };
   }
@@ -577,6 +585,7 @@ export class Agent {
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
     this.#refusals?.close();
+    await this.#otlpLogs.shutdown();
     this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();

@@ -294,6 +294,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       // One write per event-loop turn, not per request (lib/sys/line-batch.ts).
       accessLog: o.accessLog ? stdoutLines() : null,
       entries: (json: string) => flows.publishLine(json),
+      warn: (msg: string, fields: Record<string, unknown>) => log.warn(msg, fields),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
