@@ -110,14 +110,14 @@ test('the waypoint sends its access log to the collector its Telemetry settings 
   const lines: string[] = [];
   const t = new Telemetry({ accessLog: (l) => lines.push(l), waypoint: 'shop/waypoint' });
   const rec = { startTime: Date.now(), method: 'GET', path: '/a', protocol: 'HTTP/1.1', responseCode: 200, responseFlags: '-', detail: 'via_upstream', requestBytes: 0, responseBytes: 5, durationMs: 1, attempts: 1 };
-  t.configure({ accessLogging: { disabled: false, encoding: 'JSON', otlpEndpoint: `${c.url}/v1/logs` } });
+  t.configure({ sources: ['istio-system/mesh-default'], accessLogging: { disabled: false, encoding: 'JSON', otlpEndpoint: `${c.url}/v1/logs` } });
   t.record(rec as never, undefined);
   await t.flush();
   assert.equal(c.records().length, 1);
   assert.equal(c.records()[0]!.body.stringValue, lines[0]);
   assert.ok(c.records()[0]!.attributes.some((a) => a.key === 'path' && a.value.stringValue === '/a'));
   assert.deepEqual(c.requests[0]!.body.resourceLogs[0]!.resource.attributes[0], { key: 'service.name', value: { stringValue: 'waypoint.shop' } });
-  t.configure({ accessLogging: { disabled: true, encoding: 'JSON', otlpEndpoint: `${c.url}/v1/logs` } });
+  t.configure({ sources: ['istio-system/mesh-default'], accessLogging: { disabled: true, encoding: 'JSON', otlpEndpoint: `${c.url}/v1/logs` } });
   t.record(rec as never, undefined);
   await t.flush();
   assert.equal(c.records().length, 1);
