@@ -6,6 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { KubeConfig } from '@kubernetes/client-node';
 import { KINDS, type MeshKind } from '../lib/model/objects.ts';
+import { readLines } from './http-lines.ts';
 
 /** How long one API request may take. */
 export const KUBE_REQUEST_TIMEOUT_MS = 10_000;
@@ -95,6 +96,29 @@ export class KubeClient {
       });
       req.on('timeout', () => req.destroy(new KubeApiError(path, 0, `no answer from ${this.server.origin} within ${KUBE_REQUEST_TIMEOUT_MS} ms`)));
       req.on('error', (e) => reject(e instanceof KubeApiError ? e : new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`)));
+      req.end();
+    });
+  }
+
+  /**
+   * Streams a newline-delimited answer (a component's /flows through the pod proxy): `onLine` gets
+   * each line; resolves when the stream ends or `signal` aborts, rejects on another status than 200.
+   */
+  async streamLines(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void> {
+    const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
+    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' }, signal };
+    await this.kc.applyToHTTPSOptions(opts);
+    const lib = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(url, opts, (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          reject(new KubeApiError(path, res.statusCode ?? 0, 'the stream was refused'));
+          return;
+        }
+        readLines(res, onLine, signal).then(resolve, reject);
+      });
+      req.on('error', (e) => (signal.aborted ? resolve() : reject(new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`))));
       req.end();
     });
   }

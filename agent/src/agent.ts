@@ -27,6 +27,11 @@ import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
+import { debugThroughAdmin } from '../../lib/debug-http.ts';
+import http from 'node:http';
+
+/** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
+export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 export const ADMIN_PORT = 15000;
@@ -276,9 +281,12 @@ export class Agent {
     if (predecessor) {
       this.log.info('another agent listens on this node\'s ports: sharing them until it drains (upgrade)', { outbound: `${o.nodeIp}:${ports.outbound}`, migrateQueuedConnections: migration.enabled });
     }
-    this.#servers.push(this.#adminServer());
-    await listen(this.#servers[0]!, ports.admin, '127.0.0.1');
-    const metrics = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    const admin = this.#adminServer();
+    this.#servers.push(admin);
+    await listen(admin, ports.admin, '127.0.0.1');
+    const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
+    const metrics = http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res)));
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const ready = jsonServer({

@@ -43,6 +43,9 @@ import type { WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
+/** Admin path of every config-stream client's versions, also served read-only on the metrics port. */
+export const CONTROLLER_DEBUG_CLIENTS_PATH = '/debug/clients';
+
 export const DEFAULT_GRPC_PORT = PORTS.xds;
 export const DEFAULT_METRICS_PORT = PORTS.metrics;
 export const DEFAULT_READY_PORT = PORTS.readiness;
@@ -269,6 +272,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   );
 
   const metrics = createServer((req, res) => {
+    // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
+    // API server's pod proxy reaches this port, not the loopback admin one.
+    if (req.url?.split('?')[0] === CONTROLLER_DEBUG_CLIENTS_PATH && req.method === 'GET') {
+      admin.emit('request', req, res);
+      return;
+    }
     if (req.url?.split('?')[0] !== '/metrics') {
       res.writeHead(404).end();
       return;
@@ -301,7 +310,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {
       send([...controller.statuses().values()]);
-    } else if (path === '/debug/clients') {
+    } else if (path === CONTROLLER_DEBUG_CLIENTS_PATH) {
       send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
     } else res.writeHead(404).end();
   });

@@ -373,7 +373,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
-  const metrics = metricsServer(engine);
+  const metrics = metricsServer(engine, admin);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);

@@ -205,6 +205,7 @@ export class Telemetry {
   /** Tracing as the options set it, before any Telemetry object. */
   private readonly tracingDefaults: TracingOptions | undefined;
   private tracingKey = '';
+  private readonly serviceName: string;
   /** Access logs over OTLP, when the waypoint's Telemetry names a collector. */
   private readonly otlpLogs: OtlpLogExporters;
   private otlpLog: OtlpLogExporter | undefined;
@@ -238,8 +239,10 @@ export class Telemetry {
     this.waypoint = opts.waypoint;
     this.entries = opts.entries;
     this.tracingDefaults = opts.tracing;
+    // OpenTelemetry's service.name for spans and logs: `<name>.<namespace>` as Istio names a proxy.
+    this.serviceName = opts.tracing?.serviceName ?? (opts.waypoint ? opts.waypoint.split('/').reverse().join('.') : 'weft-waypoint');
     this.setTracing(opts.tracing);
-    this.otlpLogs = new OtlpLogExporters({ serviceName: opts.tracing?.serviceName ?? (opts.waypoint ? opts.waypoint.split('/').reverse().join('.') : 'weft-waypoint'), ...otlpLogMetrics(this.registry, opts.warn) });
+    this.otlpLogs = new OtlpLogExporters({ serviceName: this.serviceName, ...otlpLogMetrics(this.registry, opts.warn) });
   }
 
   /** (Re)builds the tracer for `t`; a no-op when nothing changed. The previous provider flushes and stops. */
@@ -284,7 +287,7 @@ export class Telemetry {
       this.setTracing({
         ...(endpoint ? { endpoint } : {}),
         ...(this.tracingDefaults?.exporter ? { exporter: this.tracingDefaults.exporter } : {}),
-        serviceName: this.tracingDefaults?.serviceName ?? 'weft-waypoint',
+        serviceName: this.serviceName,
         samplingPercentage: t.samplingPercentage ?? DEFAULT_SAMPLING_PERCENTAGE,
       });
     }
