@@ -15,7 +15,7 @@ import { Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
-import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
+import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
 import { clusterCertificateAuthority } from './cluster/ca-secret.ts';
 import { EventRecorder } from './cluster/events.ts';
 import { LeaseElector } from './cluster/leader.ts';
@@ -42,9 +42,6 @@ import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } f
 import type { WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
-
-/** Admin path of every config-stream client's versions, also served read-only on the metrics port. */
-export const CONTROLLER_DEBUG_CLIENTS_PATH = '/debug/clients';
 
 export const DEFAULT_GRPC_PORT = PORTS.xds;
 export const DEFAULT_METRICS_PORT = PORTS.metrics;
