@@ -24,6 +24,8 @@ export interface Component {
   node?: string;
   /** Who reports a flow: `agent <node>`, `waypoint <namespace>/<waypoint>`, `controller`. */
   reporter: string;
+  /** Its address (an agent's is its node's). */
+  address?: string;
   /** The component's /metrics text. */
   metrics(): Promise<string>;
   /** GET of a read-only admin path (`/config_dump`, `/certs`, `/bpf`; the controller's `/debug/clients`), parsed as JSON. */
@@ -56,7 +58,7 @@ export async function components(t: Target): Promise<Component[]> {
     const local = (role: Role, name: string, reporter: string, metricsNetns: string, ip: string, adminNetns: string, node?: string): Component => {
       const admin = `http://127.0.0.1:${PORTS.admin}`;
       return {
-        role, name, reporter, ...(node ? { node } : {}),
+        role, name, reporter, address: ip, ...(node ? { node } : {}),
         metrics: () => get(metricsNetns, `http://${ip}:${PORTS.metrics}/metrics`),
         admin: async <T>(path: string) => parseJson<T>(`${reporter} ${path}`, await get(adminNetns, admin + path)),
         stream: (path, onLine, signal) => streamLinesInNetns(`/var/run/netns/${adminNetns}`, admin + path, onLine, signal),
@@ -75,7 +77,7 @@ export async function components(t: Target): Promise<Component[]> {
 interface PodLite {
   metadata: { name: string; namespace: string; labels?: Record<string, string> };
   spec?: { nodeName?: string };
-  status?: { phase?: string };
+  status?: { phase?: string; podIP?: string };
 }
 
 async function clusterComponents(kube: KubeClient): Promise<Component[]> {
@@ -88,6 +90,7 @@ async function clusterComponents(kube: KubeClient): Promise<Component[]> {
     const proxied = (path: string) => kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, role === 'controller' ? path : DEBUG_PATH_PREFIX + path);
     return {
       role, name, reporter,
+      ...(p.status?.podIP ? { address: p.status.podIP } : {}),
       ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
       metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
       admin: <T>(path: string) => kube.get<T>(proxied(path)),

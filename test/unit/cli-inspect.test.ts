@@ -15,6 +15,10 @@ import { inspectCommands } from '../../cli/commands/inspect.ts';
 import { topCommand } from '../../cli/commands/top.ts';
 import { describeCommand } from '../../cli/commands/describe.ts';
 import { clientStatuses, proxyStatusCommand } from '../../cli/commands/proxy-status.ts';
+import { tapCommand } from '../../cli/commands/tap.ts';
+import { meshOf } from '../../cli/commands/inspect.ts';
+import { chooseTarget } from '../../cli/commands/target.ts';
+import { MeshData } from '../../cli/dashboard/data.ts';
 import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { runCommands } from './cli-harness.ts';
@@ -61,6 +65,15 @@ before(async () => {
   // read-only /debug paths on the metrics port as lib/debug-http.ts serves them.
   const debug = createServer((req, res) => {
     debugRequests.push(req.url ?? '');
+    if (req.url?.startsWith('/debug/flows')) {
+      // The agent's live flows (NDJSON), kept open as the real stream is.
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      res.write(JSON.stringify({ type: 'hello', reporter: 'agent' }) + '\n');
+      for (const [i, flags] of [[1, undefined], [2, 'DENY']] as const) {
+        res.write(JSON.stringify({ time: '2026-12-04T18:00:0' + i + '.000Z', type: 'access', node: 'node-a', msg: 'connection complete', 'src.addr': `10.1.0.13:4000${i}`, 'src.workload': 'front', 'src.namespace': 'web', 'dst.addr': '10.96.1.10:80', 'dst.service': 'reviews.shop.svc.cluster.local', direction: 'outbound', connection_security_policy: 'mutual_tls', bytes_sent: 10 * i, bytes_recv: 20, duration: '3ms', ...(flags ? { response_flags: flags, error: 'denied: policy shop/allow-web' } : {}) }) + '\n');
+      }
+      return;
+    }
     const body = DEBUG_ANSWERS[req.url ?? ''];
     if (!body) res.writeHead(req.url === '/metrics' ? 200 : 404).end();
     else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
@@ -187,4 +200,40 @@ test('proxy-status: NACKED when a client refused a version newer than its last a
     'agent     node-a           9      -       9           ACKED',
     'waypoint  shop/waypoint-0  8      9       9           NACKED',
     ''].join('\n'));
+});
+
+test('tap on a cluster: each agent\'s /flows stream through the pod proxy, filtered, -o json', async () => {
+  const all = await runCommands((io) => [tapCommand(io)], ['tap', '--kubeconfig', kubeconfig, '--count', '2', '-o', 'json']);
+  assert.equal(all.code, 0, all.stderr);
+  const flows = all.stdout.trim().split('\n').map((l) => JSON.parse(l) as { reporter: string; verdict: string; source: { workload: string }; destination: { service: string } });
+  assert.deepEqual(flows.map((f) => [f.reporter, f.source.workload, f.destination.service, f.verdict]), [
+    ['agent node-a', 'front', 'reviews.shop.svc.cluster.local', 'allowed'],
+    ['agent node-a', 'front', 'reviews.shop.svc.cluster.local', 'denied']]);
+  const denied = await runCommands((io) => [tapCommand(io)], ['tap', '--kubeconfig', kubeconfig, '--count', '1', '--verdict', 'denied']);
+  assert.match(denied.stdout, /^18:00:02\.000\s+agent node-a\s+DENIED\s+web\/front \(10\.1\.0\.13:40002\) → reviews\.shop\.svc\.cluster\.local \(10\.96\.1\.10:80\)\s+20B out 20B in\s+policy shop\/allow-web/m);
+  assert.ok(debugRequests.some((u) => u.startsWith('/debug/flows')));
+});
+
+test('the dashboard\'s data on a cluster: graph config from the API\'s objects, BPF state and flows from the agents through the pod proxy', async () => {
+  const data = new MeshData(meshOf(chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })), { scrapeIntervalMs: 100, windowSeconds: 5 });
+  data.start();
+  try {
+    const config = await data.config();
+    assert.ok(config.services.some((s) => s.name === 'reviews' && s.namespace === 'shop'));
+    assert.ok(config.policies.some((p) => p.name === 'reviews-get'), 'the waypoint\'s policies too');
+    const nodes = await data.nodes();
+    assert.deepEqual(nodes.map((n) => [n.node, n.ip, (n.bpf as { programs: Array<{ name: string }> }).programs[0]!.name]), [['node-a', '192.168.0.1', 'weft_connect4']]);
+    const deadline = Date.now() + 10_000;
+    while (data.recentFlows().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(data.recentFlows().map((f) => f.verdict), ['allowed', 'denied']);
+    // Metrics are scraped from the components through the pod proxy too (the graph from them is
+    // dashboard.test.ts's subject).
+    const scraped = requests;
+    const until = Date.now() + 10_000;
+    while (requests === scraped && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(requests > scraped, 'the waypoint\'s metrics were read through the pod proxy');
+    assert.ok(Array.isArray((await data.graph()).edges));
+  } finally {
+    data.stop();
+  }
 });
