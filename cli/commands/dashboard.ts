@@ -8,6 +8,7 @@ import type { TargetFlags } from './target.ts';
 import { processIo, type CommandIo } from './install.ts';
 import { MeshData } from '../dashboard/data.ts';
 import { dashboardServer } from '../dashboard/server.ts';
+import { DASHBOARD_PORT } from '../install/dashboard.ts';
 
 interface DashboardFlags extends TargetFlags {
   address: string;
@@ -21,7 +22,7 @@ export function dashboardCommand(io: CommandIo = processIo) {
   return inspectCommand<DashboardFlags>('dashboard', 'dashboard', io, (cmd) => cmd
     .description('serve a read-only web view of the mesh: service graph, policies, denials, live flows, BPF state')
     .option('--address <ip>', 'address to listen on (loopback unless you mean otherwise)', '127.0.0.1')
-    .option('-p, --port <port>', 'port to listen on (0: any free one)', '15900')
+    .option('-p, --port <port>', 'port to listen on (0: any free one)', String(DASHBOARD_PORT))
     .option('--prometheus <url>', 'read metrics from this Prometheus instead of the agents and waypoints')
     .option('--window <seconds>', 'rates are computed over this many seconds', '30')
     .option('--allowed-host <name>', 'a Host name browsers may use besides the address (a Service or Ingress name); repeatable', (v: string, all: string[]) => [...all, v], [] as string[]), async (m, f) => {
