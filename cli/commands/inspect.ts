@@ -141,7 +141,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     }),
     command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (m, f) => {
       const dumps = await m.waypoints();
-      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })));
+      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })))
+        .sort((a, b) => a.waypoint.localeCompare(b.waypoint) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
       renderList(io, f, routes, [
         { header: 'NAMESPACE', value: (r) => r.namespace },
         { header: 'NAME', value: (r) => r.name },
@@ -154,7 +155,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     }),
     command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (m, f) => {
       const dumps = await m.agents(f.node);
-      const wls = dumps.flatMap((d) => d.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)));
+      // Ordered by node, namespace and name, whichever order the agent (or the compile) listed them in.
+      const wls = dumps.flatMap((d) => d.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)))
+        .sort((a, b) => a.node.localeCompare(b.node) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
       renderList<Wl>(io, f, wls, [
         { header: 'NAMESPACE', value: (w) => w.namespace },
         { header: 'NAME', value: (w) => w.name },
