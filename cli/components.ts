@@ -12,7 +12,8 @@ import { DEBUG_PATH_PREFIX } from '../lib/debug-http.ts';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
-import type { KubeClient } from './kube.ts';
+import { KubeApiError, type KubeClient } from './kube.ts';
+import { READINESS_PATH } from '../lib/defaults.ts';
 import type { Target } from './commands/target.ts';
 
 export type Role = 'controller' | 'agent' | 'waypoint';
@@ -32,6 +33,18 @@ export interface Component {
   admin<T>(path: string): Promise<T>;
   /** Follows a newline-delimited admin path (`/flows`) until it ends or `signal` aborts. */
   stream(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void>;
+  /** Its readiness endpoint (:15021/healthz/ready): ready, or why not. */
+  ready(): Promise<{ ready: boolean; reason: string }>;
+}
+
+/** A readiness answer: 200 is ready, anything else (or no answer) says why not. */
+async function readiness(get: () => Promise<{ status: number; body: string }>): Promise<{ ready: boolean; reason: string }> {
+  try {
+    const r = await get();
+    return { ready: r.status === 200, reason: r.body.trim() };
+  } catch (e) {
+    return { ready: false, reason: (e as Error).message };
+  }
 }
 
 function parseJson<T>(what: string, body: string): T {
@@ -62,6 +75,7 @@ export async function components(t: Target): Promise<Component[]> {
         metrics: () => get(metricsNetns, `http://${ip}:${PORTS.metrics}/metrics`),
         admin: async <T>(path: string) => parseJson<T>(`${reporter} ${path}`, await get(adminNetns, admin + path)),
         stream: (path, onLine, signal) => streamLinesInNetns(`/var/run/netns/${adminNetns}`, admin + path, onLine, signal),
+        ready: () => readiness(() => requestInNetns(`/var/run/netns/${metricsNetns}`, `http://${ip}:${PORTS.readiness}${READINESS_PATH}`, { timeoutMs: TIMEOUT_MS })),
       };
     };
     return [
@@ -95,6 +109,14 @@ async function clusterComponents(kube: KubeClient): Promise<Component[]> {
       metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
       admin: <T>(path: string) => kube.get<T>(proxied(path)),
       stream: (path, onLine, signal) => kube.streamLines(proxied(path), onLine, signal),
+      ready: () => readiness(async () => {
+        try {
+          return { status: 200, body: await kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.readiness, READINESS_PATH)) };
+        } catch (e) {
+          if (e instanceof KubeApiError && e.status) return { status: e.status, body: e.message };
+          throw e;
+        }
+      }),
     };
   };
   const running = (p: PodLite) => p.status?.phase === undefined || p.status.phase === 'Running';

@@ -16,6 +16,7 @@ import { topCommand } from '../../cli/commands/top.ts';
 import { describeCommand } from '../../cli/commands/describe.ts';
 import { clientStatuses, proxyStatusCommand } from '../../cli/commands/proxy-status.ts';
 import { tapCommand } from '../../cli/commands/tap.ts';
+import { statusCommand } from '../../cli/commands/local.ts';
 import { meshOf } from '../../cli/commands/inspect.ts';
 import { chooseTarget } from '../../cli/commands/target.ts';
 import { MeshData } from '../../cli/dashboard/data.ts';
@@ -75,7 +76,8 @@ before(async () => {
       return;
     }
     const body = DEBUG_ANSWERS[req.url ?? ''];
-    if (!body) res.writeHead(req.url === '/metrics' ? 200 : 404).end();
+    if (req.url === '/healthz/ready') res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
+    else if (!body) res.writeHead(req.url === '/metrics' ? 200 : 404).end();
     else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
   });
   await new Promise<void>((r) => debug.listen(0, '127.0.0.1', r));
@@ -84,7 +86,7 @@ before(async () => {
   api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-agent-x1', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-agent' } }, spec: { nodeName: 'node-a', hostNetwork: true }, status: { phase: 'Running', podIP: '192.168.0.1' } });
   api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-y2', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-controller' } }, spec: { nodeName: 'node-b' }, status: { phase: 'Running', podIP: '10.1.0.50' } });
   const at = (srv: Server) => ({ host: '127.0.0.1', port: (srv.address() as { port: number }).port });
-  api.podProxyTarget = (_ns, p, port) => (port !== 15020 ? undefined : p === 'waypoint-0' ? at(s) : p.startsWith('weft-') ? at(debug) : undefined);
+  api.podProxyTarget = (_ns, p, port) => (port === 15021 && p.startsWith('weft-') ? at(debug) : port !== 15020 ? undefined : p === 'waypoint-0' ? at(s) : p.startsWith('weft-') ? at(debug) : undefined);
 });
 after(async () => {
   await api.stop();
@@ -236,4 +238,10 @@ test('the dashboard\'s data on a cluster: graph config from the API\'s objects, 
   } finally {
     data.stop();
   }
+});
+
+test('status on a cluster: each agent\'s readiness through the pod proxy (:15021/healthz/ready)', async () => {
+  const r = await runCommands((io) => [statusCommand(io)], ['status', '--kubeconfig', kubeconfig]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, 'node-a   ready\n');
 });
