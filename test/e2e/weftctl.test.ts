@@ -82,7 +82,8 @@ test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and
       const [local, cluster] = await Promise.all([weftctl([...args, ...common]), weftctl([...args, '--kubeconfig', mirror.kubeconfig])]);
       assert.equal(local.code, 0, `${args.join(' ')} (local): ${local.err}`);
       assert.equal(cluster.code, 0, `${args.join(' ')} (cluster): ${cluster.err}`);
-      assert.ok(local.out.split('\n').length > 2, `${args.join(' ')}: rows to compare`);
+      // The sample mesh has no node-level policy: `policies` compares its (empty) table too.
+      if (args[0] !== 'policies') assert.ok(local.out.split('\n').length > 2, `${args.join(' ')}: rows to compare`);
       assert.equal(cluster.out, local.out, `weftctl ${args.join(' ')}: the same output on both transports`);
     }
     const tap = await weftctl(['tap', '--kubeconfig', mirror.kubeconfig, '--recent', '--count', '3', '-o', 'json']);
