@@ -32,8 +32,8 @@ export interface Mesh {
   target: Target;
   /** Each node agent's config (local: what it holds; cluster: what the controller sends it). */
   agents(onlyNode?: string): Promise<AgentDump[]>;
-  /** Each waypoint's config. */
-  waypoints(): Promise<Array<{ pod: string; config: WaypointConfig }>>;
+  /** Each waypoint's config; `waypoint` is its Waypoint (`namespace/name`), `pod` the replica read. */
+  waypoints(): Promise<Array<{ pod: string; waypoint: string; config: WaypointConfig }>>;
 }
 
 export function meshOf(target: Target): Mesh {
@@ -49,8 +49,8 @@ export function meshOf(target: Target): Mesh {
       return out;
     },
     async waypoints() {
-      if (target.kind === 'local') return (await perWaypoint(target)).map((d) => ({ pod: d.pod, config: d.data.config }));
-      return (await cluster()).waypoints satisfies ComputedWaypointDump[];
+      if (target.kind === 'local') return (await perWaypoint(target)).map((d) => ({ pod: d.pod, waypoint: d.waypoint, config: d.data.config }));
+      return ((await cluster()).waypoints satisfies ComputedWaypointDump[]).map((d) => ({ ...d, waypoint: d.pod }));
     },
   };
 }
@@ -118,9 +118,9 @@ interface BpfDump {
 interface WaypointDump { version: number; config: WaypointConfig; identity?: unknown }
 
 /** Each waypoint pod's admin /config_dump. */
-async function perWaypoint(t: Target): Promise<Array<{ pod: string; data: WaypointDump }>> {
+async function perWaypoint(t: Target): Promise<Array<{ pod: string; waypoint: string; data: WaypointDump }>> {
   const wps = (await components(t)).filter((c) => c.role === 'waypoint');
-  return Promise.all(wps.map(async (c) => ({ pod: c.name, data: await c.admin<WaypointDump>('/config_dump') })));
+  return Promise.all(wps.map(async (c) => ({ pod: c.name, waypoint: c.reporter.replace(/^waypoint /, ''), data: await c.admin<WaypointDump>('/config_dump') })));
 }
 
 export function inspectCommands(io: CommandIo = processIo): Command[] {
@@ -141,7 +141,10 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     }),
     command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (m, f) => {
       const dumps = await m.waypoints();
-      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })))
+      // The Waypoint enforcing it (each replica holds the same routes: listed once).
+      const seen = new Set<string>();
+      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.waypoint, ...r })))
+        .filter((r) => !seen.has(`${r.waypoint}|${r.namespace}/${r.name}`) && !!seen.add(`${r.waypoint}|${r.namespace}/${r.name}`))
         .sort((a, b) => a.waypoint.localeCompare(b.waypoint) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
       renderList(io, f, routes, [
         { header: 'NAMESPACE', value: (r) => r.namespace },
