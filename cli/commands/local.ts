@@ -4,7 +4,7 @@ import { down, showTraffic, status, up } from '../local/up.ts';
 import { downClusters, showClusterTraffic, upClusters } from '../local/multicluster-up.ts';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { localMeshOptions as localOptions, runningMesh, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
+import { localMeshOptions as localOptions, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
 import { inspectCommand } from './inspect.ts';
 import type { TargetFlags } from './target.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
