@@ -1,13 +1,19 @@
 // The mesh's running parts (controller, node agents, waypoints) and a way to read each one's
-// metrics port (:15020, every address), on both transports: inside the local mesh's network
-// namespaces, or on a cluster through the API server's pod proxy
-// (/api/v1/namespaces/<ns>/pods/<pod>:15020/proxy/metrics).
+// metrics and its read-only admin paths (config dump, certificates, BPF state, the /flows stream),
+// on both transports: inside the local mesh's network namespaces (metrics on :15020, admin on
+// loopback :15000), or on a cluster through the API server's pod proxy
+// (/api/v1/namespaces/<ns>/pods/<pod>:15020/proxy/metrics and …/proxy/debug/<path>: the admin
+// port is loopback only, so each component serves those paths read-only on its metrics port too,
+// lib/debug-http.ts). One code path reads both.
 import { CONTROLLER_IP } from './local/mesh.ts';
-import { requestInNetns } from './local/netns-http.ts';
+import { requestInNetns, streamLinesInNetns } from './local/netns-http.ts';
+import { wireNetnsName } from './local/network.ts';
+import { DEBUG_PATH_PREFIX } from '../lib/debug-http.ts';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
-import type { KubeClient } from './kube.ts';
+import { KubeApiError, type KubeClient } from './kube.ts';
+import { READINESS_PATH } from '../lib/defaults.ts';
 import type { Target } from './commands/target.ts';
 
 export type Role = 'controller' | 'agent' | 'waypoint';
@@ -17,8 +23,36 @@ export interface Component {
   /** Node name (agents), `namespace/pod` (controller and waypoint pods on a cluster). */
   name: string;
   node?: string;
+  /** Who reports a flow: `agent <node>`, `waypoint <namespace>/<waypoint>`, `controller`. */
+  reporter: string;
+  /** Its address (an agent's is its node's). */
+  address?: string;
   /** The component's /metrics text. */
   metrics(): Promise<string>;
+  /** GET of a read-only admin path (`/config_dump`, `/certs`, `/bpf`; the controller's `/debug/clients`), parsed as JSON. */
+  admin<T>(path: string): Promise<T>;
+  /** Follows a newline-delimited admin path (`/flows`) until it ends or `signal` aborts. */
+  stream(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void>;
+  /** Its readiness endpoint (:15021/healthz/ready): ready, or why not. */
+  ready(): Promise<{ ready: boolean; reason: string }>;
+}
+
+/** A readiness answer: 200 is ready, anything else (or no answer) says why not. */
+async function readiness(get: () => Promise<{ status: number; body: string }>): Promise<{ ready: boolean; reason: string }> {
+  try {
+    const r = await get();
+    return { ready: r.status === 200, reason: r.body.trim() };
+  } catch (e) {
+    return { ready: false, reason: (e as Error).message };
+  }
+}
+
+function parseJson<T>(what: string, body: string): T {
+  try {
+    return JSON.parse(body) as T;
+  } catch {
+    throw new Error(`${what}: the answer is not JSON`);
+  }
 }
 
 const TIMEOUT_MS = 3_000;
@@ -30,13 +64,25 @@ export async function components(t: Target): Promise<Component[]> {
     const via = st.nodes[0];
     const get = async (netns: string, url: string) => {
       const r = await requestInNetns(`/var/run/netns/${netns}`, url, { timeoutMs: TIMEOUT_MS });
-      if (r.status !== 200) throw new Error(`GET ${url}: ${r.status}`);
+      if (r.status !== 200) throw new Error(`GET ${url}: ${r.status} ${r.body.trim().slice(0, 200)}`);
       return r.body;
     };
+    /** A component whose metrics are at `ip` and admin port on loopback, both inside `netns`. */
+    const local = (role: Role, name: string, reporter: string, metricsNetns: string, ip: string, adminNetns: string, node?: string): Component => {
+      const admin = `http://127.0.0.1:${PORTS.admin}`;
+      return {
+        role, name, reporter, address: ip, ...(node ? { node } : {}),
+        metrics: () => get(metricsNetns, `http://${ip}:${PORTS.metrics}/metrics`),
+        admin: async <T>(path: string) => parseJson<T>(`${reporter} ${path}`, await get(adminNetns, admin + path)),
+        stream: (path, onLine, signal) => streamLinesInNetns(`/var/run/netns/${adminNetns}`, admin + path, onLine, signal),
+        ready: () => readiness(() => requestInNetns(`/var/run/netns/${metricsNetns}`, `http://${ip}:${PORTS.readiness}${READINESS_PATH}`, { timeoutMs: TIMEOUT_MS })),
+      };
+    };
     return [
-      ...(via ? [{ role: 'controller' as const, name: 'controller', metrics: () => get(via.netns, `http://${CONTROLLER_IP}:${PORTS.metrics}/metrics`) }] : []),
-      ...st.nodes.map((n) => ({ role: 'agent' as const, name: n.name, node: n.name, metrics: () => get(n.netns, `http://${n.ip}:${PORTS.metrics}/metrics`) })),
-      ...st.pods.filter((p) => p.name.startsWith('waypoint')).map((p) => ({ role: 'waypoint' as const, name: `${p.namespace}/${p.name}`, node: p.node, metrics: () => get(p.netns, `http://${p.ip}:${PORTS.metrics}/metrics`) })),
+      // The controller's admin port is loopback inside the wire namespace, where it runs.
+      ...(via ? [local('controller', 'controller', 'controller', via.netns, CONTROLLER_IP, wireNetnsName(st.prefix))] : []),
+      ...st.nodes.map((n) => local('agent', n.name, `agent ${n.name}`, n.netns, n.ip, n.netns, n.name)),
+      ...st.pods.filter((p) => p.name.startsWith('waypoint')).map((p) => local('waypoint', `${p.namespace}/${p.name}`, `waypoint ${p.namespace}/${p.name.replace(/-\d+$/, '')}`, p.netns, p.ip, p.netns, p.node)),
     ];
   }
   return clusterComponents(t.kube);
@@ -45,18 +91,34 @@ export async function components(t: Target): Promise<Component[]> {
 interface PodLite {
   metadata: { name: string; namespace: string; labels?: Record<string, string> };
   spec?: { nodeName?: string };
-  status?: { phase?: string };
+  status?: { phase?: string; podIP?: string };
 }
 
 async function clusterComponents(kube: KubeClient): Promise<Component[]> {
   const of = (name: string) => kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);
-  const comp = (role: Role, p: PodLite): Component => ({
-    role,
-    name: role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`,
-    ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
-    metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
-  });
+  const comp = (role: Role, p: PodLite): Component => {
+    const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;
+    const reporter = role === 'agent' ? `agent ${name}` : role === 'waypoint' ? `waypoint ${p.metadata.namespace}/${p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name}` : 'controller';
+    // The controller's admin paths already start with /debug/; agents' and waypoints' get it on the metrics port.
+    const proxied = (path: string) => kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, role === 'controller' ? path : DEBUG_PATH_PREFIX + path);
+    return {
+      role, name, reporter,
+      ...(p.status?.podIP ? { address: p.status.podIP } : {}),
+      ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
+      metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
+      admin: <T>(path: string) => kube.get<T>(proxied(path)),
+      stream: (path, onLine, signal) => kube.streamLines(proxied(path), onLine, signal),
+      ready: () => readiness(async () => {
+        try {
+          return { status: 200, body: await kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.readiness, READINESS_PATH)) };
+        } catch (e) {
+          if (e instanceof KubeApiError && e.status) return { status: e.status, body: e.message };
+          throw e;
+        }
+      }),
+    };
+  };
   const running = (p: PodLite) => p.status?.phase === undefined || p.status.phase === 'Running';
   return [
     ...controllers.filter(running).map((p) => comp('controller', p)),

@@ -1,8 +1,7 @@
 // Live flows for `weftctl tap` and `weftctl dashboard`: the agents' and waypoints' access-log
-// entries, read from each one's admin `/flows` stream (lib/tap.ts), turned into one shape, and
-// filtered by namespace, workload and verdict.
-import type { LocalState } from './local/up.ts';
-import { getJsonInNetns, streamLinesInNetns } from './local/netns-http.ts';
+// entries, read from each one's admin `/flows` stream (lib/tap.ts) on either transport
+// (cli/components.ts), turned into one shape, and filtered by namespace, workload and verdict.
+import type { Component } from './components.ts';
 import type { AgentConfig, Service, Workload } from '../lib/model/mesh.ts';
 
 export type Verdict = 'allowed' | 'denied' | 'error';
@@ -30,21 +29,12 @@ export interface Flow {
   durationMs?: number;
 }
 
-/** Where a flow stream comes from: a component's admin endpoint inside a network namespace. */
-export interface FlowSource {
-  reporter: string;
-  netns: string;
-  url: string;
-}
+/** Where a flow stream comes from: a component's admin `/flows`, on either transport. */
+export type FlowSource = Pick<Component, 'reporter' | 'stream'>;
 
-/** Every agent's and waypoint's `/flows` in a running local mesh. */
-export function localFlowSources(st: LocalState): FlowSource[] {
-  return [
-    ...st.nodes.map((n) => ({ reporter: `agent ${n.name}`, netns: `/var/run/netns/${n.netns}`, url: 'http://127.0.0.1:15000/flows' })),
-    ...st.pods.filter((p) => p.name.startsWith('waypoint')).map((p) => ({
-      reporter: `waypoint ${p.namespace}/${p.name.replace(/-\d+$/, '')}`, netns: `/var/run/netns/${p.netns}`, url: 'http://127.0.0.1:15000/flows',
-    })),
-  ];
+/** The components that report flows: every agent and waypoint. */
+export function flowSources(components: readonly Component[]): FlowSource[] {
+  return components.filter((c) => c.role === 'agent' || c.role === 'waypoint');
 }
 
 type Entry = Record<string, unknown>;
@@ -157,7 +147,7 @@ export async function watchFlows(sources: FlowSource[], onFlow: (f: Flow) => voi
     let first = true;
     while (!signal.aborted) {
       try {
-        await streamLinesInNetns(s.netns, `${s.url}${opts.recent && first ? '?recent=1' : ''}`, (line) => {
+        await s.stream(`/flows${opts.recent && first ? '?recent=1' : ''}`, (line) => {
           let e: Entry;
           try {
             e = JSON.parse(line) as Entry;
@@ -212,12 +202,17 @@ export class FlowEnricher {
     return f;
   }
 
-  /** Loads services and workloads from every agent of a local mesh. */
-  async loadLocal(st: LocalState): Promise<void> {
+  /** Loads services and workloads from the agents' configs (`agents` failing leaves the names as they were). */
+  async load(agents: () => Promise<Array<{ config: AgentConfig | null }>>): Promise<void> {
     const services = new Map<string, Service>();
     const workloads = new Map<string, Workload>();
-    for (const n of st.nodes) {
-      const d = await getJsonInNetns<{ config: AgentConfig | null }>(`/var/run/netns/${n.netns}`, 'http://127.0.0.1:15000/config_dump').catch(() => ({ config: null }));
+    let dumps: Array<{ config: AgentConfig | null }>;
+    try {
+      dumps = await agents();
+    } catch {
+      return;
+    }
+    for (const d of dumps) {
       for (const s of d.config?.services ?? []) services.set(`${s.namespace}/${s.name}`, s);
       for (const w of d.config?.workloads ?? []) workloads.set(w.uid, w);
     }

@@ -6,6 +6,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { KubeConfig } from '@kubernetes/client-node';
 import { KINDS, type MeshKind } from '../lib/model/objects.ts';
+import { readLines } from './http-lines.ts';
 
 /** How long one API request may take. */
 export const KUBE_REQUEST_TIMEOUT_MS = 10_000;
@@ -15,8 +16,8 @@ export const KUBE_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 export class KubeApiError extends Error {
   readonly code = 'WEFT_KUBE_API';
   readonly status: number;
-  constructor(path: string, status: number, message: string) {
-    super(`GET ${path}: ${status ? `${status} ` : ''}${message}`);
+  constructor(path: string, status: number, message: string, method = 'GET') {
+    super(`${method} ${path}: ${status ? `${status} ` : ''}${message}`);
     this.name = 'KubeApiError';
     this.status = status;
   }
@@ -67,8 +68,16 @@ export class KubeClient {
   }
 
   async getText(path: string): Promise<string> {
+    return this.send('GET', path);
+  }
+
+  /**
+   * One API request; resolves with the answer's body for a 2xx status, rejects with KubeApiError
+   * (the Status message) otherwise. `body` is sent with `contentType` (default JSON).
+   */
+  async send(method: string, path: string, body?: string, contentType = 'application/json'): Promise<string> {
     const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
-    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' }, timeout: KUBE_REQUEST_TIMEOUT_MS };
+    const opts: https.RequestOptions = { method, headers: { accept: 'application/json', ...(body !== undefined ? { 'content-type': contentType } : {}) }, timeout: KUBE_REQUEST_TIMEOUT_MS };
     await this.kc.applyToHTTPSOptions(opts);
     const lib = url.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
@@ -77,24 +86,47 @@ export class KubeClient {
         let size = 0;
         res.on('data', (c: Buffer) => {
           size += c.length;
-          if (size > KUBE_MAX_RESPONSE_BYTES) req.destroy(new KubeApiError(path, 0, `response larger than ${KUBE_MAX_RESPONSE_BYTES} bytes`));
+          if (size > KUBE_MAX_RESPONSE_BYTES) req.destroy(new KubeApiError(path, 0, `response larger than ${KUBE_MAX_RESPONSE_BYTES} bytes`, method));
           else chunks.push(c);
         });
         res.on('end', () => {
           const body = Buffer.concat(chunks).toString('utf8');
-          if (res.statusCode === 200) return resolve(body);
+          if (res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300) return resolve(body);
           let message = body.trim().slice(0, 300);
           try {
             message = (JSON.parse(body) as { message?: string }).message ?? message;
           } catch {
             /* not a Status */
           }
-          reject(new KubeApiError(path, res.statusCode ?? 0, message));
+          reject(new KubeApiError(path, res.statusCode ?? 0, message, method));
         });
         res.on('error', reject);
       });
-      req.on('timeout', () => req.destroy(new KubeApiError(path, 0, `no answer from ${this.server.origin} within ${KUBE_REQUEST_TIMEOUT_MS} ms`)));
-      req.on('error', (e) => reject(e instanceof KubeApiError ? e : new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`)));
+      req.on('timeout', () => req.destroy(new KubeApiError(path, 0, `no answer from ${this.server.origin} within ${KUBE_REQUEST_TIMEOUT_MS} ms`, method)));
+      req.on('error', (e) => reject(e instanceof KubeApiError ? e : new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`, method)));
+      req.end(body);
+    });
+  }
+
+  /**
+   * Streams a newline-delimited answer (a component's /flows through the pod proxy): `onLine` gets
+   * each line; resolves when the stream ends or `signal` aborts, rejects on another status than 200.
+   */
+  async streamLines(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void> {
+    const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
+    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' }, signal };
+    await this.kc.applyToHTTPSOptions(opts);
+    const lib = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = lib.request(url, opts, (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          reject(new KubeApiError(path, res.statusCode ?? 0, 'the stream was refused'));
+          return;
+        }
+        readLines(res, onLine, signal).then(resolve, reject);
+      });
+      req.on('error', (e) => (signal.aborted ? resolve() : reject(new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`))));
       req.end();
     });
   }

@@ -63,3 +63,6 @@ export function controllerSpiffeId(trustDomain: string, namespace: string): stri
 export function agentServiceAccountUser(namespace: string): string {
   return `system:serviceaccount:${namespace}:${AGENT_NAME}`;
 }
+
+/** The controller's admin path of every config-stream client's versions, also served read-only on its metrics port. */
+export const CONTROLLER_DEBUG_CLIENTS_PATH = '/debug/clients';

@@ -26,6 +26,12 @@ import { netnsCookie } from '../libbpf/index.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
+import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
+import { debugThroughAdmin } from '../../lib/debug-http.ts';
+import http from 'node:http';
+
+/** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
+export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 export const ADMIN_PORT = 15000;
@@ -129,6 +135,8 @@ export class Agent {
   #configured = false;
   #certsReady = false;
   #accessLog: AccessLogSink;
+  /** Access logs to the OTLP collectors the workloads' Telemetry names. */
+  #otlpLogs: OtlpLogExporters;
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
@@ -157,10 +165,15 @@ export class Agent {
     this.resolver = new PodNetnsResolver(o.podNetnsPrefix !== undefined ? { namePrefix: o.podNetnsPrefix } : {});
     // One write per event-loop turn, not per connection (lib/sys/line-batch.ts).
     const write = o.accessLog ?? stdoutLines();
-    // Every entry reaches /flows (weftctl tap, the dashboard); stdout as the workload's Telemetry says.
+    const otlp = (this.#otlpLogs = new OtlpLogExporters({ serviceName: 'weft-agent', resource: { 'k8s.node.name': o.node }, ...otlpLogMetrics(this.metrics.registry, (m, f) => this.log.warn(m, f)) }));
+    // Every entry reaches /flows (weftctl tap, the dashboard); stdout, and the OTLP collector, as the workload's Telemetry says.
     this.#accessLog = (entry, logging) => {
       const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
-      if (!logging?.disabled) write(formatAccessLog(line, logging?.encoding));
+      if (!logging?.disabled) {
+        const text = formatAccessLog(line, logging?.encoding);
+        write(text);
+        if (logging?.otlpEndpoint) otlp.get(logging.otlpEndpoint).emit(text, line);
+      }
       this.flows.publish(line);
     };
   }
@@ -271,9 +284,12 @@ export class Agent {
     if (predecessor) {
       this.log.info('another agent listens on this node\'s ports: sharing them until it drains (upgrade)', { outbound: `${o.nodeIp}:${ports.outbound}`, migrateQueuedConnections: migration.enabled });
     }
-    this.#servers.push(this.#adminServer());
-    await listen(this.#servers[0]!, ports.admin, '127.0.0.1');
-    const metrics = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    const admin = this.#adminServer();
+    this.#servers.push(admin);
+    await listen(admin, ports.admin, '127.0.0.1');
+    const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
+    const metrics = http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res)));
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const ready = jsonServer({
@@ -581,6 +597,7 @@ export class Agent {
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
     this.#refusals?.close();
+    await this.#otlpLogs.shutdown();
     this.plaintext?.closeAll();
     this.pool?.close();
     this.certs?.close();

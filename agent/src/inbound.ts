@@ -3,6 +3,7 @@
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
+import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -108,6 +109,7 @@ export class Inbound {
     try {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
       this.#records.set(req, record);
+      if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
       return { upstream };
     } catch (err) {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });

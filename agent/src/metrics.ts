@@ -45,9 +45,12 @@ export class AgentMetrics {
     const registers = [this.registry];
     this.opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'The total number of TCP connections opened', labelNames: TRAFFIC_LABELS, registers });
     this.closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'The total number of TCP connections closed', labelNames: TRAFFIC_LABELS, registers });
-    this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent during response (destination to source) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
-    this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received during request (source to destination) of TCP connections', labelNames: TRAFFIC_LABELS, registers });
     const metrics = this;
+    // Bytes of open connections are added at every scrape (and the rest at the close), so a
+    // long-lived connection's bytes show while it lasts, as Envoy's and ztunnel's do.
+    const collect = () => metrics.countOpenBytes();
+    this.sent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent during response (destination to source) of TCP connections', labelNames: TRAFFIC_LABELS, registers, collect });
+    this.received = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received during request (source to destination) of TCP connections', labelNames: TRAFFIC_LABELS, registers, collect });
     this.denied = new Counter({
       name: 'weft_connections_denied_total',
       help: 'Connections refused by authorization, identity or mTLS mode, by reason (reporter="kernel": refused by the BPF programs)',
@@ -66,6 +69,20 @@ export class AgentMetrics {
     });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     registerProcessMetrics(this.registry, 'agent');
+  }
+
+  /** Open connections whose bytes are counted while they last (ConnectionRecord.countWhileOpen). */
+  readonly #open = new Set<ConnectionRecord>();
+
+  /** @internal ConnectionRecord's registration of a connection counted while open. */
+  trackOpen(r: ConnectionRecord, open: boolean): void {
+    if (open) this.#open.add(r);
+    else this.#open.delete(r);
+  }
+
+  /** Adds the bytes every open connection has moved since the last count (each scrape calls it). */
+  countOpenBytes(): void {
+    for (const r of this.#open) r.countBytes();
   }
 
   #certs: CertManager | undefined;
@@ -205,6 +222,9 @@ export class ConnectionRecord {
   readonly #log: AccessLogSink;
   readonly #started: number;
   #closed = false;
+  /** Bytes already added to the counters (request direction, response direction). */
+  #counted = { toDestination: 0, toSource: 0 };
+  #live: (() => { toDestination: number; toSource: number }) | undefined;
 
   /** `started`: when the connection was accepted (default now). */
   constructor(metrics: AgentMetrics, open: ConnectionOpen, log: AccessLogSink, started = Date.now()) {
@@ -216,14 +236,43 @@ export class ConnectionRecord {
     metrics.opened.inc(this.labels);
   }
 
+  /**
+   * Counts the bytes of this connection while it is open, read from the socket that faces the
+   * source (bytes read = request direction) or the destination (bytes written = request
+   * direction); the close adds what remains of the outcome's totals.
+   */
+  countWhileOpen(socket: { readonly bytesRead: number; readonly bytesWritten: number }, facing: 'source' | 'destination'): void {
+    if (this.#closed) return;
+    this.#live = facing === 'source'
+      ? () => ({ toDestination: socket.bytesRead, toSource: socket.bytesWritten })
+      : () => ({ toDestination: socket.bytesWritten, toSource: socket.bytesRead });
+    this.#m.trackOpen(this, true);
+  }
+
+  /** @internal Adds the bytes moved since the last count (AgentMetrics.countOpenBytes). */
+  countBytes(totals = this.#live?.()): void {
+    if (!totals) return;
+    const m = this.#m;
+    const req = (totals.toDestination || 0) - this.#counted.toDestination;
+    const res = (totals.toSource || 0) - this.#counted.toSource;
+    if (req > 0) { m.received.inc(this.labels, req); this.#counted.toDestination += req; }
+    if (res > 0) { m.sent.inc(this.labels, res); this.#counted.toSource += res; }
+  }
+
   close(outcome: ConnectionOutcome): void {
     if (this.#closed) return;
     this.#closed = true;
     const labels = outcome.flags && outcome.flags !== FLAG_NONE ? { ...this.labels, response_flags: outcome.flags } : this.labels;
     const m = this.#m;
     m.closed.inc(labels);
-    if (outcome.bytesToDestination) m.received.inc(labels, outcome.bytesToDestination);
-    if (outcome.bytesToSource) m.sent.inc(labels, outcome.bytesToSource);
+    if (this.#live) {
+      m.trackOpen(this, false);
+      this.#live = undefined;
+      this.countBytes({ toDestination: outcome.bytesToDestination, toSource: outcome.bytesToSource });
+    } else {
+      if (outcome.bytesToDestination) m.received.inc(labels, outcome.bytesToDestination);
+      if (outcome.bytesToSource) m.sent.inc(labels, outcome.bytesToSource);
+    }
     const o = this.#open;
     const mtls = o.security === 'mutual_tls';
     const l = labels;

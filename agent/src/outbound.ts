@@ -272,6 +272,7 @@ export class Outbound {
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
     this.#o.state.connectionOpened(epIp);
+    record.countWhileOpen(socket, 'source');
     let result: PipeResult;
     try {
       // Same node, no waypoint (that is a 'hbone' upstream), authorized: the kernel carries it.

@@ -199,6 +199,7 @@ export class PlaintextInbound {
     }, o.accessLog, started);
     const m = o.metrics;
     m.active.inc({ direction: 'inbound' });
+    record.countWhileOpen(socket, 'source');
     socket.resume();
     let result;
     try {

@@ -1,8 +1,10 @@
-// weftctl apply -f … / delete -f …: change the running local mesh. Every source (files,
-// directories, `-` for stdin) is read and every object validated first (a bad field is named and
-// nothing is written; `--dry-run` stops there and needs no mesh), then each source's text lands in
-// the config directory the controller watches; delete removes what an earlier apply of the same
-// source added.
+// weftctl apply -f … / delete -f …: change the running mesh. Every source (files, directories,
+// `-` for stdin) is read and every object validated first (a bad field is named and nothing is
+// written; `--dry-run` stops there and needs no mesh). On the local mesh each source's text then
+// lands in the config directory the controller watches, and delete removes what an earlier apply of
+// the same source added; on a cluster each object goes to the API server by server-side apply
+// (field manager `weftctl`, as `kubectl apply --server-side`), and delete deletes the objects the
+// sources name.
 //
 // Exit codes: 0 done; 1 an object is invalid, or no mesh runs; 2 usage or unusable input
 // (missing, unreadable, too large, binary, YAML that does not parse).
@@ -11,11 +13,14 @@ import { join, resolve } from 'node:path';
 import { Command } from 'commander';
 import { validateObject, withoutNullFields } from '../../lib/model/validate.ts';
 import { parseManifest, formatManifestProblem } from '../../lib/model/manifest.ts';
-import { localMeshOptions, runningMesh, type LocalMeshFlags } from './local-mesh.ts';
+import { runningMesh } from './local-mesh.ts';
+import { chooseTarget, targetOptions, KubeConfigError, NoTargetError, type Target, type TargetFlags } from './target.ts';
+import { KINDS, type MeshKind } from '../../lib/model/objects.ts';
+import type { KubeClient } from '../kube.ts';
 import { ManifestInputError, readManifestTexts, readStdin, type ManifestText, type StdinReader } from './manifests.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, EXIT_USAGE, type CommandIo } from './install.ts';
 
-interface Flags extends LocalMeshFlags {
+interface Flags extends TargetFlags {
   filename: string[];
   dryRun?: boolean;
 }
@@ -49,8 +54,48 @@ export function collect(value: string, previous: string[] | undefined): string[]
   return [...(previous ?? []), value];
 }
 
+/** Field manager of weftctl's server-side applies. */
+export const FIELD_MANAGER = 'weftctl';
+
+type Obj = { apiVersion?: string; kind: string; metadata: { name: string; namespace?: string } };
+
+/** The API path of an object of the mesh's kinds (its namespace, else the context's). */
+function objectPath(kube: KubeClient, o: Obj): string {
+  const k = KINDS[o.kind as MeshKind];
+  if (!k || (o.apiVersion && o.apiVersion !== k.apiVersion)) throw new Error(`${o.kind} ${o.apiVersion ?? ''} is not one of the mesh's kinds; apply it with kubectl`);
+  const base = k.group ? `/apis/${k.apiVersion}` : `/api/${k.version}`;
+  const ns = k.namespaced ? `/namespaces/${encodeURIComponent(o.metadata.namespace ?? kube.contextNamespace)}` : '';
+  return `${base}${ns}/${k.plural}/${encodeURIComponent(o.metadata.name)}`;
+}
+
+/** The target of apply/delete (not dry-run); undefined after saying why there is none. */
+function target(io: CommandIo, cmd: Command, f: Flags): Target | undefined {
+  const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
+  try {
+    return chooseTarget({ ...f, local: f.local || explicitLocal });
+  } catch (err) {
+    if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
+    io.err(`weftctl: ${err.message}\n`);
+    io.setExitCode(EXIT_FAILED);
+    return undefined;
+  }
+}
+
+/** Runs `one` per object in order; a failure is reported and the rest still run (exit 1). */
+async function eachObject(io: CommandIo, label: string, objects: Obj[], one: (o: Obj) => Promise<string>): Promise<void> {
+  for (const o of objects) {
+    const name = `${o.kind.toLowerCase()}/${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name}`;
+    try {
+      io.out(`${name} ${await one(o)}\n`);
+    } catch (e) {
+      io.err(`weftctl ${label}: ${name}: ${(e as Error).message}\n`);
+      io.setExitCode(EXIT_FAILED);
+    }
+  }
+}
+
 function base(name: string, description: string, io: CommandIo): Command {
-  return localMeshOptions(exitUsageOnCommanderError(new Command(name), io))
+  return targetOptions(exitUsageOnCommanderError(new Command(name), io))
     .description(description)
     .requiredOption('-f, --filename <path>', 'a YAML/JSON file, a directory of them, or - for standard input (repeatable)', collect);
 }
@@ -68,9 +113,9 @@ function readSources(io: CommandIo, cmd: string, sources: string[], stdin: Stdin
 }
 
 export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = readStdin): Command {
-  return base('apply', 'add or change objects in the running local mesh (validated first; --dry-run only validates)', io)
+  const cmd: Command = base('apply', 'add or change objects in the running mesh (validated first; --dry-run only validates)', io)
     .option('--dry-run', 'validate only: print what would be applied, change nothing (no mesh needed)')
-    .action((f: Flags) => {
+    .action(async (f: Flags) => {
       const texts = readSources(io, 'apply', f.filename, stdin);
       if (!texts) return;
       const checked = texts.map((t) => ({ ...t, ...checkManifest(t.text, t.source) }));
@@ -81,6 +126,16 @@ export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = rea
         io.setExitCode(checked.some((c) => c.unusable) ? EXIT_USAGE : EXIT_FAILED);
         return;
       }
+      const t = f.dryRun ? undefined : target(io, cmd, f);
+      if (!f.dryRun && !t) return;
+      if (t?.kind === 'cluster') {
+        const kube = t.kube;
+        await eachObject(io, 'apply', checked.flatMap((c) => c.objects as Obj[]), async (o) => {
+          await kube.send('PATCH', `${objectPath(kube, o)}?fieldManager=${FIELD_MANAGER}`, JSON.stringify(o), 'application/apply-patch+yaml');
+          return 'serverside-applied';
+        });
+        return;
+      }
       if (!f.dryRun && !runningMesh(io, f)) return;
       for (const c of checked) {
         if (!f.dryRun) {
@@ -88,17 +143,33 @@ export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = rea
           writeFileSync(`${dest}.tmp`, c.text);
           renameSync(`${dest}.tmp`, dest);
         }
-        for (const o of c.objects as Array<{ kind: string; metadata: { name: string; namespace?: string } }>) {
+        for (const o of c.objects as Obj[]) {
           io.out(`${o.kind.toLowerCase()}/${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name} ${f.dryRun ? 'valid (dry run)' : 'applied'}\n`);
         }
       }
     });
+  return cmd;
 }
 
 export function deleteCommand(io: CommandIo = processIo, stdin: StdinReader = readStdin): Command {
-  return base('delete', 'remove objects an earlier `weftctl apply -f` of the same sources added', io).action((f: Flags) => {
+  const cmd: Command = base('delete', 'remove the objects of the sources (local mesh: what an earlier `weftctl apply -f` of the same sources added)', io).action(async (f: Flags) => {
     const texts = readSources(io, 'delete', f.filename, stdin);
     if (!texts) return;
+    const t = target(io, cmd, f);
+    if (!t) return;
+    if (t.kind === 'cluster') {
+      const checked = texts.map((x) => ({ ...x, ...checkManifest(x.text, x.source) }));
+      if (checked.some((c) => c.unusable)) {
+        for (const p of checked.flatMap((c) => c.problems)) io.err(`weftctl delete: ${p}\n`);
+        io.setExitCode(EXIT_USAGE);
+        return;
+      }
+      await eachObject(io, 'delete', checked.flatMap((c) => c.objects as Obj[]), async (o) => {
+        await t.kube.send('DELETE', objectPath(t.kube, o));
+        return 'deleted';
+      });
+      return;
+    }
     if (!runningMesh(io, f)) return;
     const missing = texts.filter((t) => !existsSync(configTarget(f.stateDir, t.source)));
     if (missing.length > 0) {
@@ -111,4 +182,5 @@ export function deleteCommand(io: CommandIo = processIo, stdin: StdinReader = re
       io.out(`${t.source}: objects deleted\n`);
     }
   });
+  return cmd;
 }

@@ -1,28 +1,33 @@
 // weftctl dashboard: the service graph, policies and denials per edge, live flows and per-node BPF
-// state in a browser, served on loopback (cli/dashboard/).
+// state in a browser, served on loopback (cli/dashboard/), for the local mesh or a cluster (from a
+// laptop through kubeconfig, or in the cluster beside the controller with its ServiceAccount).
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
+import { inspectCommand } from './inspect.ts';
+import type { TargetFlags } from './target.ts';
 import { processIo, type CommandIo } from './install.ts';
-import { LocalMeshData } from '../dashboard/data.ts';
+import { MeshData } from '../dashboard/data.ts';
 import { dashboardServer } from '../dashboard/server.ts';
+import { DASHBOARD_PORT } from '../install/dashboard.ts';
 
-interface DashboardFlags extends LocalMeshFlags {
+interface DashboardFlags extends TargetFlags {
   address: string;
   port: string;
   prometheus?: string;
   window: string;
+  allowedHost: string[];
 }
 
 export function dashboardCommand(io: CommandIo = processIo) {
-  return localMeshCommand<DashboardFlags>('dashboard', 'dashboard', io, (cmd) => cmd
+  return inspectCommand<DashboardFlags>('dashboard', 'dashboard', io, (cmd) => cmd
     .description('serve a read-only web view of the mesh: service graph, policies, denials, live flows, BPF state')
     .option('--address <ip>', 'address to listen on (loopback unless you mean otherwise)', '127.0.0.1')
-    .option('-p, --port <port>', 'port to listen on (0: any free one)', '15900')
+    .option('-p, --port <port>', 'port to listen on (0: any free one)', String(DASHBOARD_PORT))
     .option('--prometheus <url>', 'read metrics from this Prometheus instead of the agents and waypoints')
-    .option('--window <seconds>', 'rates are computed over this many seconds', '30'), async (st, f) => {
-      const data = new LocalMeshData(st, { windowSeconds: Number(f.window) || 30, ...(f.prometheus ? { prometheus: f.prometheus } : {}) });
-      const server = dashboardServer({ data });
+    .option('--window <seconds>', 'rates are computed over this many seconds', '30')
+    .option('--allowed-host <name>', 'a Host name browsers may use besides the address (a Service or Ingress name); repeatable', (v: string, all: string[]) => [...all, v], [] as string[]), async (m, f) => {
+      const data = new MeshData(m, { windowSeconds: Number(f.window) || 30, ...(f.prometheus ? { prometheus: f.prometheus } : {}) });
+      const server = dashboardServer({ data, allowedHosts: f.allowedHost });
       server.listen(Number(f.port), f.address);
       await once(server, 'listening');
       data.start();

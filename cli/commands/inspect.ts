@@ -2,13 +2,13 @@
 // mesh is doing. On the local mesh it is read from each node agent's and waypoint's admin endpoint
 // (localhost:15000 inside the node or pod); on a cluster (kubeconfig) workloads, services, policies,
 // waypoints, routes and config-dump are the per-agent and per-waypoint views the controller computes
-// from the API's objects (cli/mesh-view.ts), with the same rows. certs and bpf read agent state
-// that only the agents' loopback admin port has: local mesh only for now. Tables by default,
+// from the API's objects (cli/mesh-view.ts), with the same rows. certs and bpf read what only the
+// agents hold from each agent (cli/components.ts: the admin port inside the local mesh, its
+// read-only /debug/ paths through the API server's pod proxy on a cluster). Tables by default,
 // `-o wide|json|yaml` and `--no-headers`.
 import { Command } from 'commander';
 import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
-import type { LocalState } from '../local/up.ts';
-import { getJsonInNetns } from '../local/netns-http.ts';
+import { components } from '../components.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { inNamespace, namespaceOptions, outputOptions, renderData, renderList, table, type NamespaceFlags, type OutputFlags, type OutputFormat } from './output.ts';
 import { chooseTarget, targetOptions, KubeConfigError, NoTargetError, type Target, type TargetFlags } from './target.ts';
@@ -19,14 +19,12 @@ interface Flags extends OutputFlags, NamespaceFlags, TargetFlags {
   waypoints?: boolean;
 }
 
-async function perNode<T>(st: LocalState, path: string, only?: string): Promise<Array<{ node: string; data: T }>> {
-  const out: Array<{ node: string; data: T }> = [];
-  for (const n of st.nodes) {
-    if (only && n.name !== only) continue;
-    out.push({ node: n.name, data: await getJsonInNetns<T>(`/var/run/netns/${n.netns}`, `http://127.0.0.1:15000${path}`) });
-  }
-  if (only && out.length === 0) throw new Error(`no node named ${only} (nodes: ${st.nodes.map((n) => n.name).join(', ')})`);
-  return out;
+/** Each node agent's answer to a read-only admin path (`--node`: that one's), by node name. */
+async function perNode<T>(t: Target, path: string, only?: string): Promise<Array<{ node: string; data: T }>> {
+  const agents = (await components(t)).filter((c) => c.role === 'agent').sort((a, b) => a.name.localeCompare(b.name));
+  const picked = only ? agents.filter((c) => c.node === only) : agents;
+  if (only && picked.length === 0) throw new Error(`no node named ${only} runs an agent (nodes: ${agents.map((c) => c.name).join(', ') || 'none'})`);
+  return Promise.all(picked.map(async (c) => ({ node: c.name, data: await c.admin<T>(path) })));
 }
 
 /** The mesh a command inspects, on either transport. */
@@ -34,10 +32,8 @@ export interface Mesh {
   target: Target;
   /** Each node agent's config (local: what it holds; cluster: what the controller sends it). */
   agents(onlyNode?: string): Promise<AgentDump[]>;
-  /** Each waypoint's config. */
-  waypoints(): Promise<Array<{ pod: string; config: WaypointConfig }>>;
-  /** The local mesh, for what only the agents' admin port has; an error on a cluster. */
-  local(what: string): LocalState;
+  /** Each waypoint's config; `waypoint` is its Waypoint (`namespace/name`), `pod` the replica read. */
+  waypoints(): Promise<Array<{ pod: string; waypoint: string; config: WaypointConfig }>>;
 }
 
 export function meshOf(target: Target): Mesh {
@@ -46,19 +42,15 @@ export function meshOf(target: Target): Mesh {
   return {
     target,
     async agents(only) {
-      if (target.kind === 'local') return (await perNode<ConfigDump>(target.st, '/config_dump', only)).map((d) => ({ node: d.node, config: d.data.config }));
+      if (target.kind === 'local') return (await perNode<ConfigDump>(target, '/config_dump', only)).map((d) => ({ node: d.node, config: d.data.config }));
       const all = (await cluster()).agents;
       const out = only ? all.filter((a) => a.node === only) : all;
       if (only && out.length === 0) throw new Error(`no node named ${only} runs mesh workloads (nodes: ${all.map((a) => a.node).join(', ')})`);
       return out;
     },
     async waypoints() {
-      if (target.kind === 'local') return (await perWaypoint(target.st)).map((d) => ({ pod: d.pod, config: d.data.config }));
-      return (await cluster()).waypoints satisfies ComputedWaypointDump[];
-    },
-    local(what) {
-      if (target.kind === 'local') return target.st;
-      throw new Error(`${what} is read from the node agents' admin port (loopback only), which the API server cannot reach yet; on a cluster use \`kubectl -n weft-system port-forward <agent pod> 15000\` and GET localhost:15000/${what === 'bpf' ? 'bpf' : 'certs'}`);
+      if (target.kind === 'local') return (await perWaypoint(target)).map((d) => ({ pod: d.pod, waypoint: d.waypoint, config: d.data.config }));
+      return ((await cluster()).waypoints satisfies ComputedWaypointDump[]).map((d) => ({ ...d, waypoint: d.pod }));
     },
   };
 }
@@ -126,13 +118,10 @@ interface BpfDump {
 
 interface WaypointDump { version: number; config: WaypointConfig; identity?: unknown }
 
-/** Each local waypoint pod's admin /config_dump (localhost:15000 inside the pod). */
-async function perWaypoint(st: LocalState): Promise<Array<{ pod: string; data: WaypointDump }>> {
-  const out: Array<{ pod: string; data: WaypointDump }> = [];
-  for (const p of st.pods.filter((x) => x.name.startsWith('waypoint'))) {
-    out.push({ pod: `${p.namespace}/${p.name}`, data: await getJsonInNetns<WaypointDump>(`/var/run/netns/${p.netns}`, 'http://127.0.0.1:15000/config_dump') });
-  }
-  return out;
+/** Each waypoint pod's admin /config_dump. */
+async function perWaypoint(t: Target): Promise<Array<{ pod: string; waypoint: string; data: WaypointDump }>> {
+  const wps = (await components(t)).filter((c) => c.role === 'waypoint');
+  return Promise.all(wps.map(async (c) => ({ pod: c.name, waypoint: c.reporter.replace(/^waypoint /, ''), data: await c.admin<WaypointDump>('/config_dump') })));
 }
 
 export function inspectCommands(io: CommandIo = processIo): Command[] {
@@ -153,7 +142,11 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     }),
     command('routes', 'HTTP and gRPC routes in force at each waypoint, with their backends and weights', io, async (m, f) => {
       const dumps = await m.waypoints();
-      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.pod, ...r })));
+      // The Waypoint enforcing it (each replica holds the same routes: listed once).
+      const seen = new Set<string>();
+      const routes = dumps.flatMap((d) => d.config.routes.filter((r) => inNamespace(f, r.namespace)).map((r) => ({ waypoint: d.waypoint, ...r })))
+        .filter((r) => !seen.has(`${r.waypoint}|${r.namespace}/${r.name}`) && !!seen.add(`${r.waypoint}|${r.namespace}/${r.name}`))
+        .sort((a, b) => a.waypoint.localeCompare(b.waypoint) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
       renderList(io, f, routes, [
         { header: 'NAMESPACE', value: (r) => r.namespace },
         { header: 'NAME', value: (r) => r.name },
@@ -166,7 +159,9 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
     }),
     command('workloads', 'pods the agents know, their identities, mTLS mode and enrolment', io, async (m, f) => {
       const dumps = await m.agents(f.node);
-      const wls = dumps.flatMap((d) => d.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)));
+      // Ordered by node, namespace and name, whichever order the agent (or the compile) listed them in.
+      const wls = dumps.flatMap((d) => d.config.workloads.filter((w) => w.node === d.node && inNamespace(f, w.namespace)))
+        .sort((a, b) => a.node.localeCompare(b.node) || a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
       renderList<Wl>(io, f, wls, [
         { header: 'NAMESPACE', value: (w) => w.namespace },
         { header: 'NAME', value: (w) => w.name },
@@ -205,8 +200,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'SELECTS', value: (p) => (p.targetServices?.join(',') ?? (p.selector ? Object.entries(p.selector).map(([k, v]) => `${k}=${v}`).join(',') : '-')), wide: true },
       ]);
     }),
-    command('certs', 'workload certificates held by each node agent (local mesh)', io, async (m, f) => {
-      const dumps = await perNode<CertsDump>(m.local('certs'), '/certs', f.node);
+    command('certs', 'workload certificates held by each node agent', io, async (m, f) => {
+      const dumps = await perNode<CertsDump>(m.target, '/certs', f.node);
       const rows = dumps.flatMap((d) => d.data.certificates.filter((c) => inNamespace(f, namespaceOfSpiffe(c.identity))).map((c) => ({ node: d.node, ...c })));
       // The issuer's subject tells the roots apart during a root rotation.
       renderList(io, f, rows, [
@@ -218,8 +213,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'ISSUER', value: (c) => c.issuer },
       ]);
     }),
-    command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node, with the bpftool command for each (local mesh)', io, async (m, f) => {
-      const dumps = await perNode<BpfDump>(m.local('bpf'), '/bpf', f.node);
+    command('bpf', 'eBPF programs, links, enrolled pods, maps and counters on each node, with the bpftool command for each', io, async (m, f) => {
+      const dumps = await perNode<BpfDump>(m.target, '/bpf', f.node);
       if (renderData(io, f, dumps)) return;
       const h = f.headers;
       for (const { node, data } of dumps) {
@@ -254,7 +249,7 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
       }
     }, { namespaced: false }),
     command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint) holds (on a cluster: what the controller sends each)', io, async (m, f) => {
-      if (m.target.kind === 'local') renderData(io, f, f.waypoints ? await perWaypoint(m.target.st) : await perNode<ConfigDump>(m.target.st, '/config_dump', f.node));
+      if (m.target.kind === 'local') renderData(io, f, f.waypoints ? await perWaypoint(m.target) : await perNode<ConfigDump>(m.target, '/config_dump', f.node));
       else renderData(io, f, f.waypoints ? await m.waypoints() : await m.agents(f.node));
     }, { namespaced: false, formats: ['json', 'yaml'] }).option('--waypoints', 'the waypoints\' config instead of the agents\''),
   ];

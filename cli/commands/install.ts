@@ -71,6 +71,7 @@ interface InstallFlags {
   caSecret?: string;
   crdDir: string;
   output: 'yaml' | 'json';
+  dashboard?: boolean;
 }
 
 export function installCommand(io: CommandIo = processIo): Command {
@@ -85,6 +86,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .addOption(new Option('--cni-mode <mode>', 'how the agent finds pod network namespaces').choices(CNI_MODES).default('none'))
     .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
+    .option('--dashboard', 'also run `weftctl dashboard` in the cluster beside the controller (read-only; Service weft-dashboard, port 15900)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
     .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
@@ -114,6 +116,7 @@ Then:
           crdDir: flags.crdDir,
           ...(caSecret !== undefined ? { caSecret } : {}),
           ...(values ? { values } : {}),
+          ...(flags.dashboard ? { dashboard: true } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         if (flags.kustomize) {

@@ -4,7 +4,9 @@ import { down, showTraffic, status, up } from '../local/up.ts';
 import { downClusters, showClusterTraffic, upClusters } from '../local/multicluster-up.ts';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { localMeshOptions as localOptions, runningMesh, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
+import { localMeshOptions as localOptions, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
+import { inspectCommand } from './inspect.ts';
+import type { TargetFlags } from './target.ts';
 import { processIo, exitUsageOnCommanderError, EXIT_FAILED, type CommandIo } from './install.ts';
 
 function fail(io: CommandIo, err: unknown): void {
@@ -79,13 +81,9 @@ export function downCommand(io: CommandIo = processIo): Command {
 }
 
 export function statusCommand(io: CommandIo = processIo): Command {
-  return exitUsageOnCommanderError(localOptions(new Command('status')), io)
-    .description('readiness of each node agent of the local mesh')
-    .action(async (f: LocalFlags) => {
-      const st = runningMesh(io, f);
-      if (!st) return;
-      const rows = await status(st);
-      for (const r of rows) io.out(`${r.node.padEnd(8)} ${r.ready ? 'ready' : `not ready: ${r.reason}`}\n`);
-      if (rows.some((r) => !r.ready)) io.setExitCode(EXIT_FAILED);
-    });
+  return inspectCommand<TargetFlags>('status', 'status', io, (cmd) => cmd.description('readiness of each node agent (local mesh, or a cluster through the pod proxy)'), async (m) => {
+    const rows = await status(m.target);
+    for (const r of rows) io.out(`${r.node.padEnd(8)} ${r.ready ? 'ready' : `not ready: ${r.reason}`}\n`);
+    if (rows.some((r) => !r.ready)) io.setExitCode(EXIT_FAILED);
+  });
 }

@@ -3,12 +3,13 @@
 // each client acknowledged last, and the one it refused, if any. The controller pushes a version
 // only to the clients whose view it changes, so an acknowledged version older than the
 // controller's is normal (nothing of that client's changed since); a refusal newer than the last
-// acknowledgement is not: that client runs older config than the controller means it to (NACKED). Read from the controller's admin
-// /debug/clients (loopback only: in the local mesh's wire namespace). On a cluster that port is
-// reachable with `kubectl -n weft-system port-forward deploy/weft-controller 15000`.
+// acknowledgement is not: that client runs older config than the controller means it to (NACKED). Read from each
+// controller's /debug/clients (cli/components.ts: its loopback admin port in the local mesh's wire
+// namespace; on a cluster the same path on its metrics port through the API server's pod proxy,
+// every replica's clients).
 import { Command } from 'commander';
-import { getJsonInNetns } from '../local/netns-http.ts';
-import { wireNetnsName } from '../local/network.ts';
+import { components } from '../components.ts';
+import { CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
 import { inspectCommand } from './inspect.ts';
 import { outputOptions, renderList, type OutputFlags } from './output.ts';
 import { EXIT_FAILED, processIo, type CommandIo } from './install.ts';
@@ -53,11 +54,12 @@ function versionAfter(a: string, b: string): boolean {
 export function proxyStatusCommand(io: CommandIo = processIo): Command {
   return inspectCommand<TargetFlags & OutputFlags>('proxy-status', 'proxy-status', io, (cmd) => outputOptions(cmd
     .description('config version each agent and waypoint acknowledged or refused against the controller\'s; exit 1 when one refused its latest config (NACKED)')), async (m, f) => {
-    if (m.target.kind === 'cluster') {
-      throw new Error('reads the controller\'s admin port (loopback only), which the API server cannot reach; run `kubectl -n weft-system port-forward deploy/weft-controller 15000` and GET localhost:15000/debug/clients');
-    }
-    const d = await getJsonInNetns<DebugClients>(`/var/run/netns/${wireNetnsName(m.target.st.prefix)}`, 'http://127.0.0.1:15000/debug/clients');
-    const rows = clientStatuses(d);
+    const controllers = (await components(m.target)).filter((c) => c.role === 'controller');
+    if (controllers.length === 0) throw new Error('no controller is running');
+    const dumps = await Promise.all(controllers.map((c) => c.admin<DebugClients>(CONTROLLER_DEBUG_CLIENTS_PATH)));
+    const rows = clientStatuses({ systemVersion: '', clients: [] });
+    for (const d of dumps) rows.push(...clientStatuses(d));
+    rows.sort((a, b) => `${a.kind}/${a.id}`.localeCompare(`${b.kind}/${b.id}`));
     renderList(io, f, rows, [
       { header: 'KIND', value: (r) => r.kind },
       { header: 'CLIENT', value: (r) => r.id },

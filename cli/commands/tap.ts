@@ -1,11 +1,14 @@
 // weftctl tap: the mesh's live flows in the terminal (like `linkerd viz tap` and `hubble observe`),
-// from every agent's and waypoint's admin /flows stream, filtered by namespace, workload and verdict.
+// from every agent's and waypoint's admin /flows stream (the local mesh, or a cluster through the
+// API server's pod proxy), filtered by namespace, workload and verdict.
 import { Option } from 'commander';
-import { FlowEnricher, flowMatches, localFlowSources, watchFlows, type Flow, type FlowFilter, type Verdict } from '../flows.ts';
-import { localMeshCommand, type LocalMeshFlags } from './local-mesh.ts';
+import { FlowEnricher, flowMatches, flowSources, watchFlows, type Flow, type FlowFilter, type Verdict } from '../flows.ts';
+import { components } from '../components.ts';
+import { inspectCommand } from './inspect.ts';
+import type { TargetFlags } from './target.ts';
 import { processIo, type CommandIo } from './install.ts';
 
-interface TapFlags extends LocalMeshFlags {
+interface TapFlags extends TargetFlags {
   namespace?: string;
   workload?: string;
   verdict?: Verdict;
@@ -28,7 +31,7 @@ export function flowLine(f: Flow): string {
 }
 
 export function tapCommand(io: CommandIo = processIo) {
-  return localMeshCommand<TapFlags>('tap', 'tap', io, (cmd) => cmd
+  return inspectCommand<TapFlags>('tap', 'tap', io, (cmd) => cmd
     .description('stream live flows (connections and requests) from every agent and waypoint')
     .option('-n, --namespace <ns>', 'only flows from or to this namespace')
     .option('--workload <name>', 'only flows from or to this workload (or service)')
@@ -36,7 +39,7 @@ export function tapCommand(io: CommandIo = processIo) {
     .addOption(new Option('-o, --output <format>', 'one line per flow, or one JSON object per line').choices(['line', 'json']).default('line'))
     .option('--recent', 'start with the flows each component remembers')
     .option('--count <n>', 'stop after this many flows')
-    .option('--duration <seconds>', 'stop after this long'), async (st, f) => {
+    .option('--duration <seconds>', 'stop after this long'), async (m, f) => {
       const filter: FlowFilter = { ...(f.namespace ? { namespace: f.namespace } : {}), ...(f.workload ? { workload: f.workload } : {}), ...(f.verdict ? { verdict: f.verdict } : {}) };
       const max = f.count ? Number(f.count) : Infinity;
       if (!(max > 0)) throw new Error(`--count must be a positive number, not ${f.count}`);
@@ -48,10 +51,11 @@ export function tapCommand(io: CommandIo = processIo) {
       let seen = 0;
       // Names for the addresses reporters give (a service VIP, a pod IP), refreshed now and then.
       const names = new FlowEnricher();
-      await names.loadLocal(st);
-      const refresh = setInterval(() => void names.loadLocal(st), 10_000);
+      const sources = flowSources(await components(m.target));
+      await names.load(() => m.agents());
+      const refresh = setInterval(() => void names.load(() => m.agents()), 10_000);
       try {
-        await watchFlows(localFlowSources(st), (raw) => {
+        await watchFlows(sources, (raw) => {
           const flow = names.enrich(raw);
           if (ac.signal.aborted || !flowMatches(flow, filter)) return;
           io.out(f.output === 'json' ? JSON.stringify(flow) + '\n' : flowLine(flow) + '\n');

@@ -48,7 +48,8 @@ export function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.en
   if (!wantsCluster) {
     const t = local();
     if (t) return t;
-    if (!existsSync(join(homedir(), '.kube', 'config'))) {
+    // In a pod (the dashboard beside the controller) the ServiceAccount is the credential.
+    if (!existsSync(join(homedir(), '.kube', 'config')) && !env.KUBERNETES_SERVICE_HOST) {
       throw new NoTargetError(`no cluster and no local mesh: pass --kubeconfig (or set KUBECONFIG), or start a local mesh with \`weftctl up\``);
     }
   }

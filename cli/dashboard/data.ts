@@ -1,12 +1,12 @@
 // Where the dashboard's data comes from: the mesh's own components (agents' and waypoints' metrics,
-// config dumps, BPF state and flow streams, reached inside the local mesh's network namespaces), or
+// config, BPF state and flow streams, on either transport: inside the local mesh's network
+// namespaces, or through the API server's pod proxy on a cluster, cli/components.ts), or
 // Prometheus for the metrics when one is given. Read-only: nothing here writes to the mesh.
-import type { LocalState } from '../local/up.ts';
-import { getJsonInNetns, requestInNetns } from '../local/netns-http.ts';
 import { parseProm, type Sample } from '../local/prom.ts';
-import { FlowEnricher, localFlowSources, watchFlows, type Flow } from '../flows.ts';
+import { components, type Component } from '../components.ts';
+import { FlowEnricher, flowSources, watchFlows, type Flow } from '../flows.ts';
 import { buildGraph, type GraphConfig, type MeshGraph } from './graph.ts';
-import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
+import type { Mesh } from '../commands/inspect.ts';
 
 /** The metrics the graph reads. */
 export const GRAPH_METRICS = [
@@ -27,8 +27,11 @@ export interface DashboardSourceOptions {
   scrapeIntervalMs?: number;
 }
 
-export class LocalMeshData {
-  readonly st: LocalState;
+/** How long the list of components (pods on a cluster) is reused before it is read again. */
+const COMPONENTS_TTL_MS = 10_000;
+
+export class MeshData {
+  readonly mesh: Mesh;
   readonly #o: Required<Omit<DashboardSourceOptions, 'prometheus'>> & { prometheus?: string };
   readonly #scrapes: Scrape[] = [];
   readonly #flows: Flow[] = [];
@@ -36,21 +39,22 @@ export class LocalMeshData {
   readonly #ac = new AbortController();
   readonly #names = new FlowEnricher();
   #timer: NodeJS.Timeout | undefined;
+  #components: { at: number; list: Promise<Component[]> } | undefined;
 
-  constructor(st: LocalState, opts: DashboardSourceOptions = {}) {
-    this.st = st;
+  constructor(mesh: Mesh, opts: DashboardSourceOptions = {}) {
+    this.mesh = mesh;
     this.#o = { windowSeconds: opts.windowSeconds ?? 30, scrapeIntervalMs: opts.scrapeIntervalMs ?? 2_000, ...(opts.prometheus ? { prometheus: opts.prometheus.replace(/\/$/, '') } : {}) };
   }
 
   /** Starts following flows (and scraping, without Prometheus). */
   start(): void {
-    void this.#names.loadLocal(this.st);
-    void watchFlows(localFlowSources(this.st), (raw) => {
+    void this.#names.load(() => this.mesh.agents());
+    void this.#components_().then((list) => watchFlows(flowSources(list), (raw) => {
       const f = this.#names.enrich(raw);
       this.#flows.push(f);
       if (this.#flows.length > FLOWS_KEPT) this.#flows.splice(0, this.#flows.length - FLOWS_KEPT);
       for (const l of this.#listeners) l(f);
-    }, this.#ac.signal, { recent: true });
+    }, this.#ac.signal, { recent: true }), () => undefined);
     if (!this.#o.prometheus) {
       const tick = async () => {
         this.#scrapes.push(await this.#scrapeComponents());
@@ -89,13 +93,13 @@ export class LocalMeshData {
     const workloads = new Map<string, GraphConfig['workloads'][number]>();
     const services = new Map<string, GraphConfig['services'][number]>();
     const policies = new Map<string, GraphConfig['policies'][number]>();
-    const agents = await Promise.all(this.st.nodes.map((n) => getJsonInNetns<{ config: AgentConfig | null }>(`/var/run/netns/${n.netns}`, 'http://127.0.0.1:15000/config_dump').catch(() => ({ config: null }))));
+    const agents = await this.mesh.agents().catch(() => []);
     for (const { config } of agents) {
       for (const w of config?.workloads ?? []) workloads.set(w.uid, w);
       for (const s of config?.services ?? []) services.set(`${s.namespace}/${s.name}`, s);
       for (const p of config?.policies ?? []) policies.set(`${p.namespace}/${p.name}`, p);
     }
-    const waypoints = await Promise.all(this.#waypointPods().map((p) => getJsonInNetns<{ config: WaypointConfig | null }>(`/var/run/netns/${p.netns}`, 'http://127.0.0.1:15000/config_dump').catch(() => ({ config: null }))));
+    const waypoints = await this.mesh.waypoints().catch(() => []);
     for (const { config } of waypoints) {
       for (const s of config?.services ?? []) if (!services.has(`${s.namespace}/${s.name}`)) services.set(`${s.namespace}/${s.name}`, s);
       for (const p of config?.policies ?? []) policies.set(`${p.namespace}/${p.name}`, p);
@@ -105,26 +109,29 @@ export class LocalMeshData {
 
   /** What `weftctl bpf` shows, per node: programs, links, enrolled pods, counters. */
   async nodes(): Promise<Array<{ node: string; ip: string; bpf: unknown }>> {
-    return Promise.all(this.st.nodes.map(async (n) => ({
-      node: n.name, ip: n.ip,
-      bpf: await getJsonInNetns<unknown>(`/var/run/netns/${n.netns}`, 'http://127.0.0.1:15000/bpf').catch((e: Error) => ({ error: e.message })),
+    const agents = (await this.#components_()).filter((c) => c.role === 'agent').sort((a, b) => a.name.localeCompare(b.name));
+    return Promise.all(agents.map(async (c) => ({
+      node: c.name, ip: c.address ?? '-',
+      bpf: await c.admin<unknown>('/bpf').catch((e: Error) => ({ error: e.message })),
     })));
   }
 
-  #waypointPods() {
-    return this.st.pods.filter((p) => p.name.startsWith('waypoint'));
+  /** The agents and waypoints (read again every COMPONENTS_TTL_MS: pods come and go on a cluster). */
+  #components_(): Promise<Component[]> {
+    if (!this.#components || Date.now() - this.#components.at > COMPONENTS_TTL_MS) {
+      const list = components(this.mesh.target).then((l) => l.filter((c) => c.role !== 'controller'));
+      list.catch(() => { this.#components = undefined; });
+      this.#components = { at: Date.now(), list };
+    }
+    return this.#components.list;
   }
 
   async #scrapeComponents(): Promise<Scrape> {
-    const targets = [
-      ...this.st.nodes.map((n) => ({ netns: n.netns, url: `http://${n.ip}:15020/metrics` })),
-      ...this.#waypointPods().map((p) => ({ netns: p.netns, url: `http://${p.ip}:15020/metrics` })),
-    ];
     const samples: Sample[] = [];
-    await Promise.all(targets.map(async (t) => {
+    const list = await this.#components_().catch(() => []);
+    await Promise.all(list.map(async (c) => {
       try {
-        const body = (await requestInNetns(`/var/run/netns/${t.netns}`, t.url, { timeoutMs: 2_000 })).body;
-        samples.push(...parseProm(body).filter((s) => GRAPH_METRICS.includes(s.name)));
+        samples.push(...parseProm(await c.metrics()).filter((s) => GRAPH_METRICS.includes(s.name)));
       } catch {
         /* a component that does not answer adds nothing this time */
       }

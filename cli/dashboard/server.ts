@@ -1,5 +1,5 @@
 // weftctl dashboard's HTTP server: the static UI (cli/dashboard/ui, cytoscape from node_modules; no
-// CDN) and a read-only JSON API over LocalMeshData: /api/graph, /api/flows (server-sent events),
+// CDN) and a read-only JSON API over MeshData: /api/graph, /api/flows (server-sent events),
 // /api/nodes. It binds to loopback by default, answers GET only, refuses a Host header that is not
 // the address it serves (a web page elsewhere cannot read it through DNS rebinding), and shows no
 // secrets: no keys, no certificates, no tokens, only the state `weftctl` itself prints.
@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { flowMatches, type FlowFilter, type Verdict } from '../flows.ts';
-import type { LocalMeshData } from './data.ts';
+import type { MeshData } from './data.ts';
 
 const UI_DIR = join(import.meta.dirname, 'ui');
 const STATIC: Record<string, { file: () => string; type: string }> = {
@@ -26,7 +26,7 @@ const SECURITY_HEADERS = {
 };
 
 export interface DashboardServerOptions {
-  data: LocalMeshData;
+  data: MeshData;
   /** Host names a request may carry besides the bound address (e.g. when served behind a proxy). */
   allowedHosts?: string[];
 }

@@ -37,6 +37,8 @@ export interface InstallOptions {
   warn?: (message: string) => void;
   /** Operator knobs from `-f values.yaml` (values.ts): resources, nodeSelector, tolerations, ... */
   values?: InstallValues;
+  /** Also run `weftctl dashboard` in the cluster beside the controller (dashboard.ts). Default false. */
+  dashboard?: boolean;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -56,6 +58,7 @@ export interface ResolvedInstallOptions {
   logLevel: LogLevel;
   cniMode: CniMode;
   caSecret: string | undefined;
+  dashboard: boolean;
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -116,5 +119,5 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
     throw new InstallOptionError('caSecret', `--ca-secret "${caSecret}" is not a Secret name: use lower-case letters, digits, '-' and '.', e.g. weft-ca`);
   }
 
-  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret };
+  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true };
 }

@@ -12,6 +12,7 @@ import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
 import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
 import { renderAgent } from './agent.ts';
+import { renderDashboard } from './dashboard.ts';
 import { PART_OF } from './names.ts';
 import { applyValues } from './values.ts';
 
@@ -46,6 +47,7 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     ...renderRbac(o),
     ...renderController(o),
     renderAgent(o),
+    ...(o.dashboard ? renderDashboard(o) : []),
   ];
   return opts.values ? applyValues(objects, opts.values, o.namespace) as KubeObject[] : objects;
 }

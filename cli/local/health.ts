@@ -19,7 +19,7 @@ async function readiness(netns: string, url: string): Promise<{ ready: boolean; 
 export async function gatherMeshFacts(st: LocalState): Promise<MeshFacts> {
   const controller = await readiness(`/var/run/netns/${st.prefix}-wire`, `http://${CONTROLLER_IP}:15021/healthz/ready`);
   const agents: MeshFacts['agents'] = [];
-  for (const s of await status(st)) {
+  for (const s of await status({ kind: 'local', st })) {
     const n = st.nodes.find((x) => x.name === s.node)!;
     const admin = <T>(path: string) => getJsonInNetns<T>(`/var/run/netns/${n.netns}`, `http://127.0.0.1:15000${path}`);
     const a: MeshFacts['agents'][number] = { node: s.node, ready: s.ready, detail: s.ready ? 'ready' : s.reason || 'not ready' };

@@ -4,6 +4,7 @@
 import http from 'node:http';
 import net from 'node:net';
 import { createSocketInNetns } from '../../agent/libbpf/index.ts';
+import { readLines } from '../http-lines.ts';
 
 export interface NetnsResponse {
   status: number;
@@ -72,19 +73,7 @@ export function streamLinesInNetns(netnsPath: string, url: string, onLine: (line
           reject(new Error(`GET ${url} in ${netnsPath}: ${res.statusCode}`));
           return;
         }
-        let rest = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => {
-          rest += c;
-          let nl: number;
-          while ((nl = rest.indexOf('\n')) >= 0) {
-            const line = rest.slice(0, nl);
-            rest = rest.slice(nl + 1);
-            if (line.trim()) onLine(line);
-          }
-        });
-        res.on('end', () => resolve());
-        res.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));
+        readLines(res, onLine, signal).then(resolve, reject);
       },
     );
     req.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));

@@ -11,7 +11,8 @@ import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { destroyLocalNetwork } from './network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
-import { requestInNetns } from './netns-http.ts';
+import { components } from '../components.ts';
+import type { Target } from '../commands/target.ts';
 
 export const DEFAULT_PREFIX = 'weft';
 export const DEFAULT_STATE_DIR = '/var/lib/weft/local';
@@ -203,16 +204,9 @@ export interface NodeStatus {
   reason: string;
 }
 
-export async function status(st: LocalState): Promise<NodeStatus[]> {
-  const out: NodeStatus[] = [];
-  for (const n of st.nodes) {
-    try {
-      const r = await requestInNetns(`/var/run/netns/${n.netns}`, `http://${n.ip}:15021/healthz/ready`, { timeoutMs: 2_000 });
-      out.push({ node: n.name, ready: r.status === 200, reason: r.body.trim() });
-    } catch (err) {
-      out.push({ node: n.name, ready: false, reason: (err as Error).message });
-    }
-  }
-  return out;
+/** Each node agent's readiness, on either transport (cli/components.ts). */
+export async function status(t: Target): Promise<NodeStatus[]> {
+  const agents = (await components(t)).filter((c) => c.role === 'agent').sort((a, b) => a.name.localeCompare(b.name));
+  return Promise.all(agents.map(async (c) => ({ node: c.name, ...(await c.ready()) })));
 }
 

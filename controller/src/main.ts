@@ -15,7 +15,7 @@ import { Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
-import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME } from '../../lib/defaults.ts';
+import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
 import { clusterCertificateAuthority } from './cluster/ca-secret.ts';
 import { EventRecorder } from './cluster/events.ts';
 import { LeaseElector } from './cluster/leader.ts';
@@ -269,6 +269,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   );
 
   const metrics = createServer((req, res) => {
+    // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
+    // API server's pod proxy reaches this port, not the loopback admin one.
+    if (req.url?.split('?')[0] === CONTROLLER_DEBUG_CLIENTS_PATH && req.method === 'GET') {
+      admin.emit('request', req, res);
+      return;
+    }
     if (req.url?.split('?')[0] !== '/metrics') {
       res.writeHead(404).end();
       return;
@@ -301,7 +307,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {
       send([...controller.statuses().values()]);
-    } else if (path === '/debug/clients') {
+    } else if (path === CONTROLLER_DEBUG_CLIENTS_PATH) {
       send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
     } else res.writeHead(404).end();
   });

@@ -13,6 +13,7 @@ import { parseProm, type Sample } from '../../cli/local/prom.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 import { REQUEST_LABELS, TRAFFIC_LABELS } from '../../lib/telemetry/labels.ts';
 import { PROMETHEUS_BIN, TestPrometheus, dashboardQueries, expandGrafanaVariables } from './prometheus.ts';
+import { OtlpCollector } from './otlp-collector.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -183,19 +184,28 @@ test('gRPC: the waypoint reports request_protocol grpc and grpc_response_status,
   }, 'waypoint gRPC');
 });
 
-test('istio_tcp_connections_opened_total moves when the connection opens, on both agents, before it closes', async () => {
+test('istio_tcp_connections_opened_total moves when the connection opens, and the bytes counters while it is open, on both agents, before it closes', async () => {
   const key = (reporter: string) => (s: Sample) => s.name === 'istio_tcp_connections_opened_total' && s.labels['reporter'] === reporter && s.labels['destination_workload'] === 'db' && s.labels['source_workload'] === 'productpage-v3';
   const closedKey = (reporter: string) => (s: Sample) => s.name === 'istio_tcp_connections_closed_total' && s.labels['reporter'] === reporter && s.labels['destination_workload'] === 'db' && s.labels['source_workload'] === 'productpage-v3' && s.labels['response_flags'] === '-';
   const read = async (node: string, reporter: string) => {
     const samples = parseProm(await mesh.agentMetrics(node));
     return { opened: samples.find(key(reporter))?.value ?? 0, closed: samples.find(closedKey(reporter))?.value ?? 0 };
   };
+  // Request bytes (istio_tcp_received_bytes_total) of this caller → db, both reporters, every flag.
+  const received = async (node: string, reporter: string) => parseProm(await mesh.agentMetrics(node))
+    .filter((s) => s.name === 'istio_tcp_received_bytes_total' && s.labels['reporter'] === reporter && s.labels['destination_workload'] === 'db' && s.labels['source_workload'] === 'productpage-v3')
+    .reduce((a, s) => a + s.value, 0);
   const before1 = await read('node1', 'source');
   const before2 = await read('node2', 'destination');
-  // An upload that stays open until its stdin ends, 15 s later.
-  const held = mesh.exec('shop/productpage-v3-5c9d7f6b8-q2x7w', 'sh', ['-c', `sleep 15 | curl -sS --max-time 30 -T - http://${DB_VIP}:5432/sha256`]);
+  const bytes1 = await received('node1', 'source');
+  const bytes2 = await received('node2', 'destination');
+  // An upload of 200 kB that then stays open until its stdin ends, 15 s later.
+  const held = mesh.exec('shop/productpage-v3-5c9d7f6b8-q2x7w', 'sh', ['-c', `(head -c 200000 /dev/zero; sleep 15) | curl -sS --max-time 30 -T - http://${DB_VIP}:5432/sha256`]);
   try {
     await until('both agents count the open connection', async () => (await read('node1', 'source')).opened > before1.opened && (await read('node2', 'destination')).opened > before2.opened, 10_000);
+    // Bytes are counted while the connection lasts (at each scrape), not only at its close.
+    await until('both agents count the upload\'s bytes while the connection is open', async () =>
+      (await received('node1', 'source')) - bytes1 >= 200_000 && (await received('node2', 'destination')) - bytes2 >= 200_000, 10_000);
     const [n1, n2] = [await read('node1', 'source'), await read('node2', 'destination')];
     assert.equal(n1.closed, before1.closed, 'node1 has not counted a close: the connection is still open');
     assert.equal(n2.closed, before2.closed, 'node2 has not counted a close either');
@@ -249,6 +259,51 @@ test('a Telemetry object reaches agents and the waypoint over the config stream:
     await until('the intruder\'s new line, still JSON', () => intruderLines() > before, 10_000);
   } finally {
     mesh.removeConfig('30-telemetry.yaml');
+  }
+});
+
+test('spans and access logs reach an OTLP collector: the waypoint\'s spans and access log and both agents\' access logs, over OTLP/HTTP, where a Telemetry names it', async () => {
+  const node1 = mesh.node('node1');
+  const collector = await OtlpCollector.start(node1.netnsPath, node1.ip, 4318);
+  const at = `http://${node1.ip}:4318`;
+  // Istio's Telemetry API: tracing and access logging providers (here: endpoints) per namespace.
+  mesh.writeConfig('40-otlp.yaml', [
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name: 'otlp', namespace: 'shop' }, spec: { tracing: { otlp: { endpoint: `${at}/v1/traces` }, randomSamplingPercentage: 100 }, accessLogging: { otlp: { endpoint: `${at}/v1/logs` } } } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name: 'otlp', namespace: 'data' }, spec: { accessLogging: { otlp: { endpoint: at } } } },
+  ]);
+  const pp = 'shop/productpage-v3-5c9d7f6b8-q2x7w';
+  const traceId = 'f'.repeat(8) + Date.now().toString(16).padStart(24, '0');
+  try {
+    await until('the waypoint exports the request\'s span and its access log', async () => {
+      await mesh.exec(pp, 'curl', ['-s', '-o', '/dev/null', '--max-time', '5', '-H', `traceparent: 00-${traceId}-00f067aa0ba902b7-01`, `http://${REVIEWS_VIP}/otlp-check`]);
+      return collector.spans.some((s) => s.traceId === traceId) && collector.logs.some((l) => l.attributes['path'] === '/otlp-check');
+    }, 45_000, { explain: () => `collector: ${collector.spans.length} spans, ${collector.logs.length} logs, refused ${JSON.stringify(collector.refused)}\n${mesh.logTail('pod-shop-waypoint-0.log', 5)}` });
+    const span = collector.spans.find((s) => s.traceId === traceId)!;
+    assert.equal(span.parentSpanId, '00f067aa0ba902b7', 'the caller\'s span is the parent (W3C trace context)');
+    assert.equal(String(span.attributes['http.response.status_code']), '200');
+    assert.equal(span.resource['service.name'], 'waypoint.shop');
+    const wpLog = collector.logs.find((l) => l.attributes['path'] === '/otlp-check')!;
+    assert.equal(wpLog.resource['service.name'], 'waypoint.shop');
+    assert.equal(wpLog.attributes['trace_id'], traceId, 'the access log names the trace');
+    assert.equal(JSON.parse(wpLog.body).path, '/otlp-check', 'the body is the JSON access-log line');
+    // The agents: node1's outbound line (shop's productpage) and node2's inbound line (data's db).
+    await until('both agents export connection lines', async () => {
+      await mesh.exec(pp, 'curl', ['-s', '-o', '/dev/null', '--max-time', '5', `http://${DB_VIP}:5432/otlp`]);
+      return collector.logs.some((l) => l.resource['k8s.node.name'] === 'node1' && l.attributes['src.workload'] === 'productpage-v3-5c9d7f6b8-q2x7w' && l.attributes['direction'] === 'outbound' && l.attributes['dst.service'] === 'db.data.svc.cluster.local')
+        && collector.logs.some((l) => l.resource['k8s.node.name'] === 'node2' && l.attributes['dst.workload'] === 'db' && l.attributes['direction'] === 'inbound');
+    }, 30_000, { explain: () => JSON.stringify(collector.logs.slice(-3)) });
+    const line = collector.logs.find((l) => l.resource['k8s.node.name'] === 'node2' && l.attributes['dst.workload'] === 'db')!;
+    assert.equal(line.resource['service.name'], 'weft-agent');
+    assert.equal(line.attributes['connection_security_policy'], 'mutual_tls');
+    assert.ok(Number(line.attributes['bytes_recv']) > 0, 'bytes as integers');
+    assert.deepEqual(collector.refused, [], 'every export was OTLP JSON on the signal\'s path');
+    // Exported entries are counted; none dropped.
+    const agentText = await mesh.agentMetrics('node2');
+    assert.ok((parseProm(agentText).find((s) => s.name === 'weft_access_log_otlp_exported_total')?.value ?? 0) > 0);
+    assert.equal(parseProm(agentText).filter((s) => s.name === 'weft_access_log_otlp_dropped_total').reduce((a, s) => a + s.value, 0), 0);
+  } finally {
+    mesh.removeConfig('40-otlp.yaml');
+    await collector.stop();
   }
 });
 

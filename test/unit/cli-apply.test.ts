@@ -115,3 +115,46 @@ test('delete names each source that was never applied (exit 1) and needs a mesh'
   assert.equal(r.code, 1);
   assert.match(r.stderr, /no local mesh/);
 });
+
+test('apply and delete on a cluster: each object by server-side apply (field manager weftctl) and DELETE through the API server; a bad object writes nothing', async () => {
+  const { FakeApiServer } = await import('../lab/fake-apiserver.ts');
+  const api = new FakeApiServer();
+  await api.start();
+  const cdir = mkdtempSync(join(tmpdir(), 'weft-cli-apply-cluster-'));
+  try {
+    const kubeconfig = join(cdir, 'kubeconfig');
+    writeFileSync(kubeconfig, api.kubeconfig());
+    const file = join(cdir, 'mesh.yaml');
+    writeFileSync(file, [
+      'apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {paths: ["/admin*"]}}]}]}',
+      'apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 80}]}',
+    ].join('\n---\n'));
+    const k = ['--kubeconfig', kubeconfig];
+    const a = await apply(['-f', file, ...k]);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(a.stdout, 'authorizationpolicy/shop/deny-admin serverside-applied\nservice/shop/reviews serverside-applied\n');
+    const pol = api.get('AuthorizationPolicy', 'shop', 'deny-admin') as { spec: { action: string }; metadata: { managedFields?: Array<{ manager: string }> } } | undefined;
+    assert.equal(pol?.spec.action, 'DENY');
+    assert.ok(pol?.metadata.managedFields?.some((m) => m.manager === 'weftctl'), 'owned by field manager weftctl');
+    const rv = api.resourceVersion;
+    assert.equal((await apply(['-f', file, ...k])).code, 0);
+    assert.equal(api.resourceVersion, rv, 'a second apply of the same objects changes nothing');
+    // A bad field is named and nothing is sent.
+    const bad = join(cdir, 'bad.yaml');
+    writeFileSync(bad, 'apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: shop}\nspec: {action: MAYBE}\n');
+    const b = await apply(['-f', bad, ...k]);
+    assert.equal(b.code, 1);
+    assert.match(b.stderr, /spec\.action/);
+    assert.equal(api.get('AuthorizationPolicy', 'shop', 'broken'), undefined);
+    const d = await runCommands((io) => [deleteCommand(io)], ['delete', '-f', file, ...k]);
+    assert.equal(d.code, 0, d.stderr);
+    assert.equal(api.get('AuthorizationPolicy', 'shop', 'deny-admin'), undefined);
+    assert.equal(api.get('Service', 'shop', 'reviews'), undefined);
+    const again = await runCommands((io) => [deleteCommand(io)], ['delete', '-f', file, ...k]);
+    assert.equal(again.code, 1, 'deleting what is gone fails, naming it');
+    assert.match(again.stderr, /authorizationpolicy\/shop\/deny-admin: DELETE .* 404/);
+  } finally {
+    await api.stop();
+    rmSync(cdir, { recursive: true, force: true });
+  }
+});

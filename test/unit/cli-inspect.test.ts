@@ -1,6 +1,7 @@
 // Inspection on a cluster (the kube lab's in-process API server): workloads, services, policies,
 // waypoints, routes and config-dump give the per-agent and per-waypoint views the controller
-// computes, with -n/-A, -o wide/json, --no-headers; certs/bpf say why they need the local mesh;
+// computes, with -n/-A, -o wide/json, --no-headers; certs/bpf/proxy-status read the agents' and the
+// controller's read-only /debug paths through the pod proxy;
 // top reads the agents' and waypoints' metrics through the pod proxy and never writes escape
 // codes into a pipe.
 import { test, before, after } from 'node:test';
@@ -14,6 +15,11 @@ import { inspectCommands } from '../../cli/commands/inspect.ts';
 import { topCommand } from '../../cli/commands/top.ts';
 import { describeCommand } from '../../cli/commands/describe.ts';
 import { clientStatuses, proxyStatusCommand } from '../../cli/commands/proxy-status.ts';
+import { tapCommand } from '../../cli/commands/tap.ts';
+import { statusCommand } from '../../cli/commands/local.ts';
+import { meshOf } from '../../cli/commands/inspect.ts';
+import { chooseTarget } from '../../cli/commands/target.ts';
+import { MeshData } from '../../cli/dashboard/data.ts';
 import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { runCommands } from './cli-harness.ts';
@@ -23,6 +29,16 @@ const api = new FakeApiServer();
 let kubeconfig = '';
 const metrics: Server[] = [];
 let requests = 0;
+const debugRequests: string[] = [];
+const DEBUG_ANSWERS: Record<string, unknown> = {
+  '/debug/certs': { trustBundle: 1, certificates: [{ identity: 'spiffe://cluster.local/ns/shop/sa/reviews-v1', serial: '0a1b2c3d4e5f60718293a4b5c6d7e8f9', issuer: 'O=weft, CN=weft root CA', notAfter: '2026-12-05T10:00:00.000Z', state: 'valid' }] },
+  '/debug/bpf': {
+    pinRoot: '/sys/fs/bpf/weft', programs: [{ name: 'weft_connect4', id: 41 }], links: [{ program: 'weft_connect4', pin: 'l', id: 7, progId: 41 }],
+    pods: [{ netnsCookie: '4097', podIp: '10.1.0.11', mode: 'STRICT', agentIp: '192.168.0.1', agentPort: 15001 }], destinations: [{ ip: '10.96.1.10', port: 80 }],
+    excludedPorts: [15000], counters: { connect_redirected: 3 }, podCounters: { '4097': { connect_redirected: 3 } }, pins: { weft_pods: '/sys/fs/bpf/weft/weft_pods', weft_dests: 'd', weft_counters: 'c' },
+  },
+  '/debug/clients': { systemVersion: '9', clients: [{ id: 'node-a', kind: 'agent', namespace: '', ackedVersion: '9' }, { id: 'shop/waypoint-0', kind: 'waypoint', namespace: 'shop', ackedVersion: '8', nackedVersion: '9' }] },
+};
 
 before(async () => {
   await api.start();
@@ -46,7 +62,31 @@ before(async () => {
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
   metrics.push(s);
   api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waypoint-0', namespace: 'shop', labels: { 'weft.dev/waypoint': 'waypoint', 'weft.dev/dataplane-mode': 'none' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.99' } });
-  api.podProxyTarget = (_ns, p, port) => (p === 'waypoint-0' && port === 15020 ? { host: '127.0.0.1', port: (s.address() as { port: number }).port } : undefined);
+  // An agent (host network: its pod address is the node's) and a controller, answering their
+  // read-only /debug paths on the metrics port as lib/debug-http.ts serves them.
+  const debug = createServer((req, res) => {
+    debugRequests.push(req.url ?? '');
+    if (req.url?.startsWith('/debug/flows')) {
+      // The agent's live flows (NDJSON), kept open as the real stream is.
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      res.write(JSON.stringify({ type: 'hello', reporter: 'agent' }) + '\n');
+      for (const [i, flags] of [[1, undefined], [2, 'DENY']] as const) {
+        res.write(JSON.stringify({ time: '2026-12-04T18:00:0' + i + '.000Z', type: 'access', node: 'node-a', msg: 'connection complete', 'src.addr': `10.1.0.13:4000${i}`, 'src.workload': 'front', 'src.namespace': 'web', 'dst.addr': '10.96.1.10:80', 'dst.service': 'reviews.shop.svc.cluster.local', direction: 'outbound', connection_security_policy: 'mutual_tls', bytes_sent: 10 * i, bytes_recv: 20, duration: '3ms', ...(flags ? { response_flags: flags, error: 'denied: policy shop/allow-web' } : {}) }) + '\n');
+      }
+      return;
+    }
+    const body = DEBUG_ANSWERS[req.url ?? ''];
+    if (req.url === '/healthz/ready') res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
+    else if (!body) res.writeHead(req.url === '/metrics' ? 200 : 404).end();
+    else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+  });
+  await new Promise<void>((r) => debug.listen(0, '127.0.0.1', r));
+  metrics.push(debug);
+  const parts = { 'app.kubernetes.io/part-of': 'weft' };
+  api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-agent-x1', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-agent' } }, spec: { nodeName: 'node-a', hostNetwork: true }, status: { phase: 'Running', podIP: '192.168.0.1' } });
+  api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-y2', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-controller' } }, spec: { nodeName: 'node-b' }, status: { phase: 'Running', podIP: '10.1.0.50' } });
+  const at = (srv: Server) => ({ host: '127.0.0.1', port: (srv.address() as { port: number }).port });
+  api.podProxyTarget = (_ns, p, port) => (port === 15021 && p.startsWith('weft-') ? at(debug) : port !== 15020 ? undefined : p === 'waypoint-0' ? at(s) : p.startsWith('weft-') ? at(debug) : undefined);
 });
 after(async () => {
   await api.stop();
@@ -60,12 +100,14 @@ test('workloads on a cluster: each node agent\'s enrolled pods, filtered by -n, 
   const r = await run(['workloads']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, [
-    'NAMESPACE  NAME        CLUSTER     NODE    IP         MODE        ENROLLED  IDENTITY',
-    'shop       reviews-v1  Kubernetes  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
-    // Agents also know the pods they do not capture (the waypoint's, dataplane-mode none).
-    'shop       waypoint-0  Kubernetes  node-a  10.1.0.99  STRICT      no        spiffe://cluster.local/ns/shop/sa/default',
-    'shop       ratings     Kubernetes  node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
-    'web        front       Kubernetes  node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
+    'NAMESPACE    NAME                CLUSTER     NODE    IP         MODE        ENROLLED  IDENTITY',
+    'shop         reviews-v1          Kubernetes  node-a  10.1.0.11  STRICT      yes       spiffe://cluster.local/ns/shop/sa/reviews-v1',
+    // Agents also know the pods they do not capture (the waypoint's, dataplane-mode none; the
+    // controller's); a host-network pod (the agent) is not a workload.
+    'shop         waypoint-0          Kubernetes  node-a  10.1.0.99  STRICT      no        spiffe://cluster.local/ns/shop/sa/default',
+    'shop         ratings             Kubernetes  node-b  10.1.0.12  STRICT      yes       spiffe://cluster.local/ns/shop/sa/ratings',
+    'web          front               Kubernetes  node-b  10.1.0.13  PERMISSIVE  yes       spiffe://cluster.local/ns/web/sa/front',
+    'weft-system  weft-controller-y2  Kubernetes  node-b  10.1.0.50  PERMISSIVE  no        spiffe://cluster.local/ns/weft-system/sa/default',
     ''].join('\n'));
   const web = await run(['workloads', '-n', 'web', '--no-headers', '-o', 'wide']);
   assert.equal(web.stdout, 'web  front  Kubernetes  node-b  10.1.0.13  PERMISSIVE  yes  web/front  spiffe://cluster.local/ns/web/sa/front\n');
@@ -89,10 +131,21 @@ test('services, policies, waypoints and routes on a cluster', async () => {
   assert.deepEqual(JSON.parse(dump.stdout).map((d: { pod: string; config: { routes: unknown[] } }) => [d.pod, d.config.routes.length]), [['shop/waypoint', 1]]);
 });
 
-test('certs and bpf on a cluster say how to reach the agent instead', async () => {
+test('certs and bpf on a cluster: each agent\'s read-only /debug path on its metrics port, through the API server\'s pod proxy', async () => {
   const r = await run(['certs']);
-  assert.equal(r.code, 1);
-  assert.match(r.stderr, /^weftctl certs: certs is read from the node agents' admin port .*kubectl -n weft-system port-forward/);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, [
+    'NODE    IDENTITY                                      SERIAL            EXPIRES                   STATE  ISSUER',
+    'node-a  spiffe://cluster.local/ns/shop/sa/reviews-v1  0a1b2c3d4e5f6071  2026-12-05T10:00:00.000Z  valid  O=weft, CN=weft root CA',
+    ''].join('\n'));
+  const b = await run(['bpf', '--node', 'node-a']);
+  assert.equal(b.code, 0, b.stderr);
+  assert.match(b.stdout, /^weft_connect4\s+41\s+7\s+bpftool prog show id 41$/m);
+  assert.match(b.stdout, /^10\.1\.0\.11\s+STRICT\s+-\s+4097\s+3\s+0\s+0$/m);
+  assert.ok(debugRequests.includes('/debug/certs') && debugRequests.includes('/debug/bpf'), 'read through the pod proxy at :15020/debug/');
+  const none = await run(['bpf', '--node', 'node-z']);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /no node named node-z runs an agent \(nodes: node-a\)/);
 });
 
 test('top on a cluster reads metrics through the pod proxy; -o json is one object a line; no escape codes into a pipe', async () => {
@@ -141,7 +194,54 @@ test('proxy-status: NACKED when a client refused a version newer than its last a
     { id: 'node-c', kind: 'agent', namespace: '', ackedVersion: '10', nackedVersion: '9' },
   ] });
   assert.deepEqual(rows.map((r) => [r.kind, r.id, r.state]), [['agent', 'node-a', 'ACKED'], ['agent', 'node-b', 'ACKED'], ['agent', 'node-c', 'ACKED'], ['waypoint', 'shop/waypoint-0', 'NACKED'], ['waypoint', 'web/waypoint-0', 'ACKED']]);
+  // On a cluster: the controller's /debug/clients through the pod proxy; a NACK exits 1.
   const r = await runCommands((io) => [proxyStatusCommand(io)], ['proxy-status', '--kubeconfig', kubeconfig]);
-  assert.equal(r.code, 1);
-  assert.match(r.stderr, /^weftctl proxy-status: reads the controller's admin port .*port-forward deploy\/weft-controller 15000/);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.stdout, [
+    'KIND      CLIENT           ACKED  NACKED  CONTROLLER  STATE',
+    'agent     node-a           9      -       9           ACKED',
+    'waypoint  shop/waypoint-0  8      9       9           NACKED',
+    ''].join('\n'));
+});
+
+test('tap on a cluster: each agent\'s /flows stream through the pod proxy, filtered, -o json', async () => {
+  const all = await runCommands((io) => [tapCommand(io)], ['tap', '--kubeconfig', kubeconfig, '--count', '2', '-o', 'json']);
+  assert.equal(all.code, 0, all.stderr);
+  const flows = all.stdout.trim().split('\n').map((l) => JSON.parse(l) as { reporter: string; verdict: string; source: { workload: string }; destination: { service: string } });
+  assert.deepEqual(flows.map((f) => [f.reporter, f.source.workload, f.destination.service, f.verdict]), [
+    ['agent node-a', 'front', 'reviews.shop.svc.cluster.local', 'allowed'],
+    ['agent node-a', 'front', 'reviews.shop.svc.cluster.local', 'denied']]);
+  const denied = await runCommands((io) => [tapCommand(io)], ['tap', '--kubeconfig', kubeconfig, '--count', '1', '--verdict', 'denied']);
+  assert.match(denied.stdout, /^18:00:02\.000\s+agent node-a\s+DENIED\s+web\/front \(10\.1\.0\.13:40002\) → reviews\.shop\.svc\.cluster\.local \(10\.96\.1\.10:80\)\s+20B out 20B in\s+policy shop\/allow-web/m);
+  assert.ok(debugRequests.some((u) => u.startsWith('/debug/flows')));
+});
+
+test('the dashboard\'s data on a cluster: graph config from the API\'s objects, BPF state and flows from the agents through the pod proxy', async () => {
+  const data = new MeshData(meshOf(chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })), { scrapeIntervalMs: 100, windowSeconds: 5 });
+  data.start();
+  try {
+    const config = await data.config();
+    assert.ok(config.services.some((s) => s.name === 'reviews' && s.namespace === 'shop'));
+    assert.ok(config.policies.some((p) => p.name === 'reviews-get'), 'the waypoint\'s policies too');
+    const nodes = await data.nodes();
+    assert.deepEqual(nodes.map((n) => [n.node, n.ip, (n.bpf as { programs: Array<{ name: string }> }).programs[0]!.name]), [['node-a', '192.168.0.1', 'weft_connect4']]);
+    const deadline = Date.now() + 10_000;
+    while (data.recentFlows().length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(data.recentFlows().map((f) => f.verdict), ['allowed', 'denied']);
+    // Metrics are scraped from the components through the pod proxy too (the graph from them is
+    // dashboard.test.ts's subject).
+    const scraped = requests;
+    const until = Date.now() + 10_000;
+    while (requests === scraped && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(requests > scraped, 'the waypoint\'s metrics were read through the pod proxy');
+    assert.ok(Array.isArray((await data.graph()).edges));
+  } finally {
+    data.stop();
+  }
+});
+
+test('status on a cluster: each agent\'s readiness through the pod proxy (:15021/healthz/ready)', async () => {
+  const r = await runCommands((io) => [statusCommand(io)], ['status', '--kubeconfig', kubeconfig]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, 'node-a   ready\n');
 });

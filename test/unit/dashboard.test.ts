@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { buildGraph } from '../../cli/dashboard/graph.ts';
 import { dashboardServer } from '../../cli/dashboard/server.ts';
-import type { LocalMeshData } from '../../cli/dashboard/data.ts';
+import type { MeshData } from '../../cli/dashboard/data.ts';
 import type { Sample } from '../../cli/local/prom.ts';
 import type { Flow } from '../../cli/flows.ts';
 import type { AuthorizationPolicy, Service, Workload } from '../../lib/model/mesh.ts';
@@ -66,7 +66,7 @@ test('the dashboard server is read-only, answers only to its own address, and se
     nodes: async () => [{ node: 'node1', ip: '10.77.0.1', bpf: { programs: [] } }],
     recentFlows: () => [],
     onFlow: () => () => {},
-  } as unknown as LocalMeshData;
+  } as unknown as MeshData;
   const server = dashboardServer({ data: fake });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');

@@ -1,5 +1,6 @@
 // The waypoint's HTTP side ports: admin (localhost: config dump, clusters, last rejection),
 // Prometheus metrics, and readiness.
+import { debugThroughAdmin } from '../../lib/debug-http.ts';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
@@ -48,14 +49,19 @@ export function adminServer(engine: WaypointEngine, extra: () => Record<string, 
   });
 }
 
-export function metricsServer(engine: WaypointEngine): http.Server {
-  return http.createServer((req, res) => {
+/** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
+export const WAYPOINT_DEBUG_PATHS = ['/config_dump', '/certs', '/flows', '/clusters', '/rejection'] as const;
+
+/** /metrics, and with `admin` its read-only paths under /debug/ (for the API server's pod proxy). */
+export function metricsServer(engine: WaypointEngine, admin?: http.Server): http.Server {
+  const prom = (req: http.IncomingMessage, res: http.ServerResponse) => {
     if ((req.url ?? '').split('?')[0] !== '/metrics') { res.writeHead(404); res.end(); return; }
     engine.telemetry.registry.metrics().then(
       (text) => { res.writeHead(200, { 'content-type': engine.telemetry.registry.contentType }); res.end(text); },
       (e: Error) => { res.writeHead(500); res.end(e.message); },
     );
-  });
+  };
+  return http.createServer(admin ? debugThroughAdmin(admin, WAYPOINT_DEBUG_PATHS, prom) : prom);
 }
 
 /**

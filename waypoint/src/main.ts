@@ -294,6 +294,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       // One write per event-loop turn, not per request (lib/sys/line-batch.ts).
       accessLog: o.accessLog ? stdoutLines() : null,
       entries: (json: string) => flows.publishLine(json),
+      warn: (msg: string, fields: Record<string, unknown>) => log.warn(msg, fields),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },
     ...(o.quotaRedis ? { quota: { redis: o.quotaRedis, rules: o.quotas, failureMode: o.quotaFailureMode, keyPrefix: `weft:quota:${o.namespace}/${o.name}` } } : {}),
@@ -372,7 +373,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
-  const metrics = metricsServer(engine);
+  const metrics = metricsServer(engine, admin);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);

@@ -1,6 +1,7 @@
 // Metrics (Istio's names and labels), JSON access logs, and W3C trace context with OTLP span export.
 import { randomFillSync } from 'node:crypto';
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { OtlpLogExporters, otlpLogMetrics, type OtlpLogExporter } from '../../lib/telemetry/otlp-logs.ts';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
@@ -92,6 +93,8 @@ export interface TelemetryOptions {
   registry?: Registry;
   /** Receives one line per request (JSON, or TEXT when a Telemetry says so); default: stdout. `null` disables access logs. */
   accessLog?: ((line: string) => void) | null;
+  /** Warnings (access-log entries the OTLP collector did not take). */
+  warn?: (msg: string, fields: Record<string, unknown>) => void;
   /** Receives every entry as one JSON line, whatever the access-log settings (live flows: /flows). */
   entries?: (json: string) => void;
   tracing?: TracingOptions;
@@ -202,6 +205,10 @@ export class Telemetry {
   /** Tracing as the options set it, before any Telemetry object. */
   private readonly tracingDefaults: TracingOptions | undefined;
   private tracingKey = '';
+  private readonly serviceName: string;
+  /** Access logs over OTLP, when the waypoint's Telemetry names a collector. */
+  private readonly otlpLogs: OtlpLogExporters;
+  private otlpLog: OtlpLogExporter | undefined;
 
   constructor(opts: TelemetryOptions = {}) {
     this.registry = opts.registry ?? new Registry();
@@ -232,7 +239,10 @@ export class Telemetry {
     this.waypoint = opts.waypoint;
     this.entries = opts.entries;
     this.tracingDefaults = opts.tracing;
+    // OpenTelemetry's service.name for spans and logs: `<name>.<namespace>` as Istio names a proxy.
+    this.serviceName = opts.tracing?.serviceName ?? (opts.waypoint ? opts.waypoint.split('/').reverse().join('.') : 'weft-waypoint');
     this.setTracing(opts.tracing);
+    this.otlpLogs = new OtlpLogExporters({ serviceName: this.serviceName, ...otlpLogMetrics(this.registry, opts.warn) });
   }
 
   /** (Re)builds the tracer for `t`; a no-op when nothing changed. The previous provider flushes and stops. */
@@ -277,11 +287,13 @@ export class Telemetry {
       this.setTracing({
         ...(endpoint ? { endpoint } : {}),
         ...(this.tracingDefaults?.exporter ? { exporter: this.tracingDefaults.exporter } : {}),
-        serviceName: this.tracingDefaults?.serviceName ?? 'weft-waypoint',
+        serviceName: this.serviceName,
         samplingPercentage: t.samplingPercentage ?? DEFAULT_SAMPLING_PERCENTAGE,
       });
     }
     this.accessLog = settings?.accessLogging.disabled ? null : this.accessLogSink;
+    const logs = settings?.accessLogging;
+    this.otlpLog = logs && !logs.disabled && logs.otlpEndpoint && this.accessLogSink ? this.otlpLogs.get(logs.otlpEndpoint) : undefined;
     this.accessLogEncoding = settings?.accessLogging.encoding ?? 'JSON';
   }
 
@@ -326,7 +338,7 @@ export class Telemetry {
     this.requestDuration.observe(labels, r.durationMs);
     this.requestBytes.observe(labels, r.requestBytes);
     this.responseBytes.observe(labels, r.responseBytes);
-    if (this.accessLog || this.entries) {
+    if (this.accessLog || this.entries || this.otlpLog) {
       // Istio's JSON access-log keys (meshConfig.accessLogEncoding JSON), then Weft's extras.
       this.writeLog({
         start_time: new Date(r.startTime).toISOString(),
@@ -372,7 +384,10 @@ export class Telemetry {
   private writeLog(e: Record<string, unknown>): void {
     const json = JSON.stringify(e);
     this.entries?.(json);
-    if (this.accessLog) this.accessLog(this.accessLogEncoding === 'JSON' ? json : this.formatText(e));
+    if (!this.accessLog) return;
+    const line = this.accessLogEncoding === 'JSON' ? json : this.formatText(e);
+    this.accessLog(line);
+    this.otlpLog?.emit(line, e);
   }
 
   /** Envoy's default text format (Istio's TEXT access-log encoding). */
@@ -421,7 +436,7 @@ export class Telemetry {
     this.tcpClosed.inc(labels);
     if (r.sentBytes) this.tcpSent.inc(labels, r.sentBytes);
     if (r.receivedBytes) this.tcpReceived.inc(labels, r.receivedBytes);
-    if (this.accessLog || this.entries) {
+    if (this.accessLog || this.entries || this.otlpLog) {
       this.writeLog({
         start_time: new Date(r.startTime).toISOString(), protocol: 'TCP',
         response_flags: r.responseFlags, response_code_details: r.detail, bytes_received: r.receivedBytes ?? 0, bytes_sent: r.sentBytes ?? 0,
@@ -433,11 +448,11 @@ export class Telemetry {
   }
 
   async shutdown(): Promise<void> {
-    await this.provider?.shutdown();
+    await Promise.all([this.provider?.shutdown(), this.otlpLogs.shutdown()]);
   }
 
   async flush(): Promise<void> {
-    await this.provider?.forceFlush();
+    await Promise.all([this.provider?.forceFlush(), this.otlpLogs.flush()]);
   }
 }
 

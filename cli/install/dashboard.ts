@@ -1,0 +1,80 @@
+// The dashboard in a cluster, beside the controller (`weftctl install --dashboard`): the same
+// `weftctl dashboard` as on a laptop, run by the image's weftctl with a ServiceAccount that may
+// read the mesh's objects, list pods and nodes, and GET through the API server's pod proxy
+// (pods/proxy) the agents' and waypoints' metrics and read-only /debug paths (flows, BPF state,
+// config). It writes nothing. A ClusterIP Service; reach it with
+// `kubectl -n weft-system port-forward svc/weft-dashboard 15900` and http://localhost:15900/.
+import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
+import type { IService } from 'kubernetes-models/v1/Service';
+import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
+import type { ResolvedInstallOptions } from './options.ts';
+import { WATCHED } from './rbac.ts';
+import { IMAGE_NONROOT_UID } from './controller.ts';
+import { labels, selectorLabels } from './names.ts';
+
+export const DASHBOARD_NAME = 'weft-dashboard';
+/** The port `weftctl dashboard` serves on (its --port default). */
+export const DASHBOARD_PORT = 15900;
+
+const READ = ['get', 'list', 'watch'];
+
+/** What the dashboard may do, each with the reason; nothing writes. */
+export const DASHBOARD_RULES: readonly { why: string; rule: IPolicyRule }[] = [
+  ...[...new Set(WATCHED.map((k) => k.group))].map((group) => ({
+    why: `mesh objects (${group || 'core'}): the graph's services, workloads and policies, compiled as the controller does`,
+    rule: { apiGroups: [group], resources: WATCHED.filter((k) => k.group === group).map((k) => k.plural), verbs: READ },
+  })),
+  { why: 'nodes: one agent view per node', rule: { apiGroups: [''], resources: ['nodes'], verbs: READ } },
+  { why: 'the agents\' and waypoints\' metrics, flows and BPF state on :15020 through the API server\'s pod proxy', rule: { apiGroups: [''], resources: ['pods/proxy'], verbs: ['get'] } },
+];
+
+export function renderDashboard(o: ResolvedInstallOptions): [IServiceAccount, IClusterRole, IClusterRoleBinding, IDeployment, IService] {
+  const meta = { name: DASHBOARD_NAME, namespace: o.namespace, labels: labels(DASHBOARD_NAME) };
+  return [
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole',
+      metadata: { name: DASHBOARD_NAME, labels: labels(DASHBOARD_NAME), annotations: { 'weft.dev/rules': DASHBOARD_RULES.map((r, i) => `${i}: ${r.why}`).join('\n') } },
+      rules: DASHBOARD_RULES.map((r) => r.rule),
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding',
+      metadata: { name: DASHBOARD_NAME, labels: labels(DASHBOARD_NAME) },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: DASHBOARD_NAME },
+      subjects: [{ kind: 'ServiceAccount', name: DASHBOARD_NAME, namespace: o.namespace }],
+    },
+    {
+      apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta,
+      spec: {
+        replicas: 1,
+        selector: { matchLabels: selectorLabels(DASHBOARD_NAME) },
+        template: {
+          metadata: { labels: { ...labels(DASHBOARD_NAME), 'weft.dev/dataplane-mode': 'none' } },
+          spec: {
+            serviceAccountName: DASHBOARD_NAME,
+            securityContext: { runAsNonRoot: true, runAsUser: IMAGE_NONROOT_UID, runAsGroup: IMAGE_NONROOT_UID, seccompProfile: { type: 'RuntimeDefault' } },
+            containers: [{
+              name: 'dashboard',
+              image: o.image,
+              // All addresses inside the pod (the Service and port-forward reach it); the Host check
+              // still admits only localhost (port-forward) and the Service's names.
+              args: ['weftctl', 'dashboard', '--address', '0.0.0.0', '--port', String(DASHBOARD_PORT),
+                '--allowed-host', DASHBOARD_NAME, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}`, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}.svc`],
+              ports: [{ name: 'http', containerPort: DASHBOARD_PORT, protocol: 'TCP' }],
+              readinessProbe: { tcpSocket: { port: DASHBOARD_PORT }, periodSeconds: 10 },
+              resources: { requests: { cpu: '20m', memory: '96Mi' }, limits: { memory: '256Mi' } },
+              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+            }],
+          },
+        },
+      },
+    },
+    {
+      apiVersion: 'v1', kind: 'Service', metadata: meta,
+      spec: { type: 'ClusterIP', selector: selectorLabels(DASHBOARD_NAME), ports: [{ name: 'http', port: DASHBOARD_PORT, targetPort: DASHBOARD_PORT, protocol: 'TCP' }] },
+    },
+  ];
+}
