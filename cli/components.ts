@@ -107,7 +107,11 @@ async function clusterComponents(kube: KubeClient): Promise<Component[]> {
       ...(p.status?.podIP ? { address: p.status.podIP } : {}),
       ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
       metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
-      admin: <T>(path: string) => kube.get<T>(proxied(path)),
+      admin: <T>(path: string) => kube.get<T>(proxied(path)).catch((e: unknown) => {
+        // Off unless the install opened them (weftctl install --debug-endpoints, or --dashboard).
+        if (e instanceof KubeApiError && e.status === 404) throw new Error(`${reporter} does not serve ${proxied(path).split('/proxy')[1] ?? path} on its metrics port: install with \`weftctl install --debug-endpoints\` (or --dashboard) to read it on a cluster`);
+        throw e;
+      }),
       stream: (path, onLine, signal) => kube.streamLines(proxied(path), onLine, signal),
       ready: () => readiness(async () => {
         try {

@@ -94,6 +94,12 @@ export interface AgentOptions {
   /** Splice authorized same-node connections in the kernel (bpf/splice.bpf.c). Default false. */
   splice?: boolean;
   /**
+   * Serve the read-only admin paths also as /debug/<path> on the metrics port (lib/debug-http.ts),
+   * for weftctl and the dashboard on a cluster. Default false: they show the mesh's config and live
+   * flows to whoever reaches the port.
+   */
+  debugEndpoints?: boolean;
+  /**
    * A file that exists exactly while this process is ready (a readiness probe that cannot be
    * answered by another agent process sharing the ports during an upgrade).
    */
@@ -289,7 +295,7 @@ export class Agent {
     await listen(admin, ports.admin, '127.0.0.1');
     const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
     // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
-    const metrics = http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res)));
+    const metrics = o.debugEndpoints ? http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res))) : prom;
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const ready = jsonServer({

@@ -31,6 +31,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --splice                   splice authorized same-node connections in the kernel (bpf/splice.bpf.c)
                              instead of carrying them through the agent (default: off; see
                              docs/ARCHITECTURE.md "Same-node splice" for what it costs today)
+  --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
+                             /debug/<path> on the metrics port, for weftctl and the dashboard on a
+                             cluster (default: off; whoever reaches the port can read them)
   --drain-timeout <seconds>  on SIGTERM, how long open connections may finish before they are cut
                              (default 20; new connections go to the successor at once)
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
@@ -84,6 +87,7 @@ const { values } = parseArgs({
     'cert-lifetime': { type: 'string' },
     'drain-timeout': { type: 'string' },
     splice: { type: 'boolean' },
+    'debug-endpoints': { type: 'boolean' },
     'ready-file': { type: 'string' },
     'log-level': { type: 'string', default: 'info' },
     uninstall: { type: 'boolean' },
@@ -158,6 +162,7 @@ const agent = new Agent({
   ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
   ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
   ...(values.splice ? { splice: true } : {}),
+  ...(values['debug-endpoints'] ? { debugEndpoints: true } : {}),
   ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
   logLevel: level,
 });

@@ -72,6 +72,7 @@ interface InstallFlags {
   crdDir: string;
   output: 'yaml' | 'json';
   dashboard?: boolean;
+  debugEndpoints?: boolean;
 }
 
 export function installCommand(io: CommandIo = processIo): Command {
@@ -87,6 +88,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--ca-secret <name>', 'kubernetes.io/tls Secret in the install namespace with the CA (tls.crt, tls.key); needed for more than one controller replica')
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .option('--dashboard', 'also run `weftctl dashboard` in the cluster beside the controller (read-only; Service weft-dashboard, port 15900)')
+    .option('--debug-endpoints', 'agents, waypoints and the controller also serve their read-only admin paths on the metrics port, for weftctl certs/bpf/proxy-status/tap/status on a cluster (on with --dashboard; otherwise off: whoever reaches port 15020 could read config and flows)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
     .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
@@ -117,6 +119,7 @@ Then:
           ...(caSecret !== undefined ? { caSecret } : {}),
           ...(values ? { values } : {}),
           ...(flags.dashboard ? { dashboard: true } : {}),
+          ...(flags.debugEndpoints ? { debugEndpoints: true } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         if (flags.kustomize) {

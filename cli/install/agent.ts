@@ -189,6 +189,7 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     '--ready-file', AGENT_PATHS.readyFile,
     '--cni-socket', AGENT_PATHS.cniSocket,
     '--log-level', o.logLevel,
+    ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
   ];
 }
 

@@ -36,6 +36,7 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
     // Without it any pod that reaches 15012 could stream the whole mesh model: agents must present
     // their node certificate, waypoints a workload certificate of their namespace.
     '--require-client-identity',
+    ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
     // The whole Secret: tls.crt/tls.key[/ca.crt] or Istio's cacerts (ca-cert.pem, ca-key.pem,
     // root-cert.pem, cert-chain.pem). Without --ca-secret the controller keeps the cluster's CA in
     // the weft-ca Secret it creates once, shared by every replica.

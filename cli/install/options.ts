@@ -39,6 +39,12 @@ export interface InstallOptions {
   values?: InstallValues;
   /** Also run `weftctl dashboard` in the cluster beside the controller (dashboard.ts). Default false. */
   dashboard?: boolean;
+  /**
+   * Agents, waypoints and the controller also serve their read-only admin paths on the metrics
+   * port (weftctl certs/bpf/proxy-status/tap/status and the dashboard on a cluster read them there).
+   * Default: on with the dashboard, off otherwise (whoever reaches 15020 could read config and flows).
+   */
+  debugEndpoints?: boolean;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -59,6 +65,7 @@ export interface ResolvedInstallOptions {
   cniMode: CniMode;
   caSecret: string | undefined;
   dashboard: boolean;
+  debugEndpoints: boolean;
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -119,5 +126,5 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
     throw new InstallOptionError('caSecret', `--ca-secret "${caSecret}" is not a Secret name: use lower-case letters, digits, '-' and '.', e.g. weft-ca`);
   }
 
-  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true };
+  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true };
 }

@@ -98,6 +98,9 @@ export function waypointCommand(o: { namespace: string; name: string; id: string
     'waypoint/src/main.ts', '--namespace', o.namespace, '--name', o.name, '--id', o.id,
     '--controller', `${o.controllerIp ?? CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
     '--token-file', o.tokenFile, '--ca-bundle', o.caFile,
+    // The local mesh is one machine's lab: its read-only admin paths are open on the metrics port,
+    // as `weftctl install --debug-endpoints` opens them on a cluster.
+    '--debug-endpoints',
   ];
 }
 
@@ -207,6 +210,7 @@ export class LocalMesh {
     const wire = { netns: this.net.wireNetns, cgroup: join(this.net.cgroupDir, 'system') };
     this.controller = this.spawnNode(wire, 'controller/src/main.ts', [
       '--config-dir', this.configDir,
+      '--debug-endpoints',
       '--listen-address', this.controllerIp,
       '--ip-address', this.controllerIp,
       ...(this.o.clusterId ? ['--cluster-id', this.o.clusterId] : []),
@@ -276,6 +280,7 @@ export class LocalMesh {
       // The CNI plugin asks the agent to enrol each pod created from now on before it starts.
       '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
+      '--debug-endpoints',
       ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {

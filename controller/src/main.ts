@@ -71,6 +71,8 @@ export interface ControllerMainOptions {
   readyPort?: number;
   /** Admin (loopback only): /debug/model, /debug/status, /debug/clients; default 15000. */
   adminPort?: number;
+  /** Serve /debug/clients also on the metrics port (weftctl proxy-status on a cluster). Default false. */
+  debugEndpoints?: boolean;
   trustDomain?: string;
   rootNamespace?: string;
   /** Cluster ID in telemetry labels (`*_cluster`); default `Kubernetes`, as Istio's. */
@@ -200,6 +202,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const waypoints = o.kube
     ? new KubeWaypointDriver({
       kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, controllerNamespace: namespace,
+      ...(o.debugEndpoints ? { debugEndpoints: true } : {}),
       controllerAddress: o.controllerAddress ?? controllerAddress(namespace),
       ...(trustBundle ? { trustBundle } : {}),
     })
@@ -271,7 +274,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const metrics = createServer((req, res) => {
     // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
     // API server's pod proxy reaches this port, not the loopback admin one.
-    if (req.url?.split('?')[0] === CONTROLLER_DEBUG_CLIENTS_PATH && req.method === 'GET') {
+    if (o.debugEndpoints && req.url?.split('?')[0] === CONTROLLER_DEBUG_CLIENTS_PATH && req.method === 'GET') {
       admin.emit('request', req, res);
       return;
     }
@@ -422,6 +425,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --metrics-port <n>          Prometheus /metrics (default 15020)
   --ready-port <n>            /healthz/ready (default 15021)
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
+  --debug-endpoints           also serve /debug/clients on the metrics port (weftctl proxy-status on a
+                              cluster; default off)
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
   --cluster-id <id>           cluster name in metric labels (default Kubernetes)
@@ -465,6 +470,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'metrics-port': { type: 'string' },
       'ready-port': { type: 'string' },
       'admin-port': { type: 'string' },
+      'debug-endpoints': { type: 'boolean' },
       'trust-domain': { type: 'string' },
       'root-namespace': { type: 'string' },
       'cluster-id': { type: 'string' },
@@ -519,6 +525,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('metricsPort', port('metrics-port', values['metrics-port']));
   set('readyPort', port('ready-port', values['ready-port']));
   set('adminPort', port('admin-port', values['admin-port']));
+  if (values['debug-endpoints']) o.debugEndpoints = true;
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
   set('clusterId', values['cluster-id']);

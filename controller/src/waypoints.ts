@@ -165,6 +165,8 @@ export interface KubeWaypointDriverOptions {
   /** Address waypoints dial for config and certificates; default `weft-controller.<controllerNamespace>.svc:15012`. */
   controllerAddress?: string;
   trustDomain?: string;
+  /** Waypoints also serve their read-only admin paths on the metrics port (the controller's --debug-endpoints). */
+  debugEndpoints?: boolean;
   /** Publishes the trust-bundle ConfigMap a waypoint mounts, in its namespace, before its Deployment. */
   trustBundle?: { ensure(namespace: string): Promise<void> };
   logger?: Logger;
@@ -183,7 +185,7 @@ const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
  * The waypoint container's arguments: the image's entrypoint takes the part name first (the
  * Dockerfile's `weft waypoint ...`), then waypoint/src/main.ts flags.
  */
-export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; controllerNamespace: string; controllerAddress: string }): string[] {
+export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): string[] {
   return [
     'waypoint',
     '--namespace', spec.namespace,
@@ -195,6 +197,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
     '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
     ...waypointSpecArgs(spec),
+    ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
   ];
 }
 
@@ -326,7 +329,7 @@ export class KubeWaypointDriver extends BaseDriver {
             containers: [{
               name: 'waypoint',
               image: spec.image ?? this.#o.image,
-              args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace) }),
+              args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
               env: [
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               ],

@@ -20,8 +20,15 @@ function rejects(opts: Parameters<typeof renderInstall>[0], option: string, flag
 test('applies documented defaults', () => {
   assert.deepEqual(resolveInstallOptions(OK), {
     image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', namespace: 'weft-system',
-    controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined, dashboard: false,
+    controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined, dashboard: false, debugEndpoints: false,
   });
+});
+
+test('the read-only admin paths on the metrics port are off unless asked for, and on with the dashboard', () => {
+  assert.equal(resolveInstallOptions(OK).debugEndpoints, false);
+  assert.equal(resolveInstallOptions({ ...OK, dashboard: true }).debugEndpoints, true);
+  assert.equal(resolveInstallOptions({ ...OK, debugEndpoints: true }).debugEndpoints, true);
+  assert.equal(resolveInstallOptions({ ...OK, dashboard: true, debugEndpoints: false }).debugEndpoints, false);
 });
 
 test('rejects an empty image and names --image', () => {

@@ -120,6 +120,9 @@ describe('waypoint main', () => {
     assert.equal(JSON.parse((await get(await tunnel(), { headers: { 'x-user': 'tester' } })).body).backend, 'v2');
     const metrics = await fetchText(wp.metrics.port, '/metrics');
     assert.match(metrics.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/tester"[^}]*\} 2/);
+    // Without --debug-endpoints the metrics port (reachable from the network) shows no admin path:
+    // config and live flows stay on the loopback admin port.
+    for (const path of ['/debug/config_dump', '/debug/flows', '/debug/certs']) assert.equal((await fetchText(wp.metrics.port, path)).status, 404, path);
   });
 
   it('follows config updates from the stream', async () => {
@@ -164,7 +167,7 @@ describe('waypoint main with an issued identity', () => {
       wp = await runWaypoint(parseFlags([
         '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${port}`, '--id', 'waypoint-0',
         '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0', '--access-log', 'off',
-        '--token-file', join(dir, 'token'), '--ca-bundle', join(dir, 'roots.pem'),
+        '--token-file', join(dir, 'token'), '--ca-bundle', join(dir, 'roots.pem'), '--debug-endpoints',
       ], {}), silentLogger);
       let ready = await fetchText(wp.ready.port, '/healthz/ready');
       for (let n = 0; n < 150 && ready.status !== 200; n++) { await delay(20); ready = await fetchText(wp.ready.port, '/healthz/ready'); }
@@ -172,6 +175,10 @@ describe('waypoint main with an issued identity', () => {
       const tester = await creds(ca, TESTER);
       const t = await pool.connect({ sourceKey: TESTER, tls: tlsMaterial(tester), dest: { host: '127.0.0.1', port: wp.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT });
       assert.equal(JSON.parse((await get(t)).body).backend, 'v1');
+      // With --debug-endpoints the read-only paths answer on the metrics port, keys never among them.
+      const certs = await fetchText(wp.metrics.port, '/debug/certs');
+      assert.equal(certs.status, 200, certs.body);
+      assert.doesNotMatch(certs.body, /PRIVATE KEY/);
     } finally {
       await pool.close(100);
       await wp?.close();

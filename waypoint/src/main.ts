@@ -52,6 +52,8 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --quota-redis <redis://host:port>   --quota-failure-mode <open|closed> (default open)
   --otlp-endpoint <url>        OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces
   --access-log <stdout|off>    JSON access log, one line per request (default stdout)
+  --debug-endpoints            also serve the read-only admin paths as /debug/<path> on the metrics
+                               port, for weftctl and the dashboard on a cluster (default off)
   --header-timeout <seconds>   a client must send complete request headers within this long, or gets
                                408 (HTTP/1.1) or GOAWAY (HTTP/2); bodies and responses are not limited
                                (default 10)
@@ -95,6 +97,8 @@ export interface WaypointMainOptions {
   quotaFailureMode: 'open' | 'closed';
   otlpEndpoint?: string;
   accessLog: boolean;
+  /** Serve the read-only admin paths also as /debug/<path> on the metrics port. Default false. */
+  debugEndpoints?: boolean;
   /** --header-timeout, in ms. */
   headerTimeoutMs: number;
   /** --idle-timeout, in ms. */
@@ -173,7 +177,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
         'cert-file': { type: 'string' }, 'key-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'token-file': { type: 'string' }, 'ca-bundle': { type: 'string' }, 'controller-identity': { type: 'string' },
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
-        'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' },
+        'quota-failure-mode': { type: 'string' }, 'otlp-endpoint': { type: 'string' }, 'access-log': { type: 'string' }, 'debug-endpoints': { type: 'boolean' },
         'header-timeout': { type: 'string' }, 'idle-timeout': { type: 'string' },
         'cert-lifetime': { type: 'string' }, 'max-requests': { type: 'string' },
         'path-normalization': { type: 'string' }, 'escaped-slashes': { type: 'string' }, 'num-trusted-proxies': { type: 'string' },
@@ -225,6 +229,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const al = s('access-log');
   if (al !== undefined && al !== 'stdout' && al !== 'off') throw new FlagError(`--access-log: "${al}" is not stdout or off`);
   if (al === 'off') o.accessLog = false;
+  if (values['debug-endpoints'] === true) o.debugEndpoints = true;
   const controller = s('controller') ?? env['WEFT_CONTROLLER'];
   if (controller) o.controller = controller;
   for (const [flag, key] of [['cert-file', 'certFile'], ['key-file', 'keyFile'], ['ca-file', 'caFile'], ['ca-bundle', 'caBundle'], ['quota-redis', 'quotaRedis'], ['otlp-endpoint', 'otlpEndpoint']] as const) {
@@ -373,7 +378,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
-  const metrics = metricsServer(engine, admin);
+  const metrics = metricsServer(engine, o.debugEndpoints ? admin : undefined);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);
