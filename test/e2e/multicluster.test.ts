@@ -14,6 +14,8 @@ import { Lab } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
 import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multicluster.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { gatherFederationFacts } from '../../cli/local/health.ts';
+import { checkFederation } from '../../cli/check-federation.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 
 const lab = new Lab();
@@ -208,7 +210,16 @@ test('locality PreferLocal: answers stay in cluster1; deleting cluster1\'s echo 
   assert.ok(failed.length <= 1, `failed requests: ${failed.length} of ${answers.length}: ${failed.join('; ')}`);
 });
 
-test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the stale bound, local traffic keeps flowing, and they return with the link', async () => {
+/** `weftctl check`'s multi-cluster verdicts for one cluster, as `id:status`. */
+async function federationVerdicts(c: string): Promise<string[]> {
+  const facts = await gatherFederationFacts(mc.cluster(c).mesh.o);
+  assert.ok(facts, `${c}'s controller reports no federation`);
+  return checkFederation(facts).map((r) => `${r.id}:${r.status}${r.status === 'pass' ? '' : ` (${r.detail})`}`);
+}
+
+test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the stale bound, local traffic keeps flowing, and they return with the link; weftctl check sees it', async () => {
+  const healthy = ['mesh.eastwest:pass', 'mesh.remote.cluster2:pass', 'mesh.remote-gateway.cluster2:pass'];
+  assert.deepEqual(await federationVerdicts('cluster1'), healthy);
   const answers: string[] = [];
   mc.setLink('cluster1', false);
   try {
@@ -220,8 +231,14 @@ test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the 
     assert.deepEqual(answers, Array(5).fill('cluster1'), 'local traffic is served while the other network is cut off');
     const m = await getJsonInNetns<{ remotes: Array<{ cluster: string; up: boolean }> }>(`/var/run/netns/${mc.cluster('cluster1').mesh.net.wireNetns}`, 'http://127.0.0.1:15000/debug/federation');
     assert.deepEqual(m.remotes.map((r) => [r.cluster, r.up]), [['cluster2', false]]);
+    // weftctl check: the remote's discovery and its gateway fail; this cluster's own gateway is fine.
+    const cut = await federationVerdicts('cluster1');
+    assert.equal(cut[0], 'mesh.eastwest:pass');
+    assert.match(cut[1]!, /^mesh\.remote\.cluster2:fail/);
+    assert.match(cut[2]!, /^mesh\.remote-gateway\.cluster2:fail \(192\.168\.77\.2:15008: HBONE port not reachable/);
   } finally {
     mc.setLink('cluster1', true);
   }
   await until('cluster2\'s endpoints are back in cluster1', async () => (await echoEndpoints('cluster1')).some((e) => e.cluster === 'cluster2'), 20_000);
+  assert.deepEqual(await federationVerdicts('cluster1'), healthy);
 });
