@@ -88,6 +88,17 @@ test('namespace sameness: demo/echo is one service; a request from cluster1 is s
   assert.match(await mc.gatewayMetrics('cluster2'), /^weft_eastwest_tunnels_total [1-9]/m);
 });
 
+test('each east-west gateway\'s certificate is issued by its own cluster\'s controller CA (workload token of weft-system/weft-eastwest), renewed like a waypoint\'s', () => {
+  for (const c of mc.clusters) {
+    const issued = c.mesh.logEntries('controller.log', 'certificate issued').filter((r) => r.identity === 'spiffe://cluster.local/ns/weft-system/sa/weft-eastwest');
+    assert.equal(issued.length >= 1, true, `${c.name}'s controller issued no gateway certificate:\n${c.mesh.logTail('controller.log', 10)}`);
+    assert.equal(issued[0]!.principal, 'system:serviceaccount:weft-system:weft-eastwest');
+    const [g] = c.mesh.logEntries('eastwest.log', 'gateway certificate issued');
+    assert.ok(g, c.mesh.logTail('eastwest.log', 10));
+    assert.match(String(g.issuer), new RegExp(c.name), 'signed by this cluster\'s intermediate');
+  }
+});
+
 test('the destination agent in cluster2 sees the caller\'s own SPIFFE identity from cluster1 (one root, one intermediate per cluster), with source_cluster and destination_cluster', async () => {
   const metrics = await mc.cluster('cluster2').mesh.agentMetrics('node1');
   const line = metrics.split('\n').find((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"')

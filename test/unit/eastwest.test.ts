@@ -118,3 +118,25 @@ test('only workload identities of the mesh may open tunnels: a node identity and
   const m = await registry.metrics();
   assert.match(m, /^weft_eastwest_refused_total\{reason="peer-not-workload"\} 1$/m);
 });
+
+test('a renewed gateway certificate (setTls, as its issued identity rotates) is what new callers see; tunnels keep working', async () => {
+  const { connect } = await import('node:tls');
+  const serverSerial = async (): Promise<string> => {
+    const client = await creds(c1, CLIENT);
+    return new Promise<string>((resolve, reject) => {
+      const s = connect({ ...client, host: '127.0.0.1', port: gwPort, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined }, () => {
+        const serial = s.getPeerCertificate().serialNumber;
+        s.destroy();
+        resolve(serial);
+      });
+      s.on('error', reject);
+    });
+  };
+  const before = await serverSerial();
+  const renewed = await creds(c2, GW_ID);
+  gateway.setTls(renewed);
+  const after = await serverSerial();
+  assert.notEqual(after, before);
+  assert.equal(after.toLowerCase(), new (await import('node:crypto')).X509Certificate(renewed.cert).serialNumber.toLowerCase());
+  await outer(CLIENT, '10.78.1.1:8080');
+});
