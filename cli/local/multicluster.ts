@@ -5,9 +5,9 @@
 // `<prefix>x-xchg`, 192.168.77.0/24, that each cluster's wire (its network edge) joins with one
 // veth, `ew0` = 192.168.77.<i>. On it each cluster runs its east-west gateway (:15008) and its
 // controller's federation listener (:15014). Nodes route only the exchange through their wire;
-// the wire routes the other clusters' node ranges back over the exchange for the gateways'
-// answers, and nothing routes pod ranges across: a pod cannot reach another network but through
-// a gateway.
+// the wire routes the other clusters' node and pod ranges back over the exchange for the
+// gateways' answers (to agents and waypoints), and no node or pod routes anything but the
+// exchange there: a pod cannot reach another network but through a gateway.
 //
 //   wt…c1-wire  br0 10.77.0.254 ── ew0 192.168.77.1 ─┐
 //                                                    ├─ wt…x-xchg br0
@@ -102,11 +102,16 @@ export class LocalMultiCluster {
         mc.#joinExchange(c);
         mc.#writeGatewayToken(c);
       }
-      // The gateways answer callers of other clusters: each wire routes the others' node ranges
-      // back over the exchange (node ranges only: no pod range is routed across networks).
+      // The gateways answer callers of other clusters: each wire routes the others' node range
+      // (agents) and pod ranges (waypoints, which dial gateways from their pod address) back over
+      // the exchange. Only the wire has these routes: nodes and pods route nothing but the
+      // exchange to their wire, so they still reach another network only through its gateway.
       for (const c of mc.clusters) {
         for (const other of mc.clusters) {
-          if (other !== c) runIn(c.mesh.net.wireNetns, 'ip', ['route', 'add', `${other.mesh.net.base}.0.0/24`, 'via', other.edgeIp]);
+          if (other === c) continue;
+          for (const range of [`${other.mesh.net.base}.0.0/24`, ...other.mesh.net.nodes.map((n) => n.podCidr)]) {
+            runIn(c.mesh.net.wireNetns, 'ip', ['route', 'add', range, 'via', other.edgeIp]);
+          }
         }
       }
     } catch (err) {

@@ -253,3 +253,30 @@ test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the 
   await until('cluster2\'s endpoints are back in cluster1', async () => (await echoEndpoints('cluster1')).some((e) => e.cluster === 'cluster2'), 20_000);
   assert.deepEqual(await federationVerdicts('cluster1'), healthy);
 });
+
+test('a waypoint in cluster1 serving demo/echo forwards to both clusters\' endpoints; to cluster2\'s through its east-west gateway (double HBONE), where cluster2\'s agent sees the waypoint\'s identity (issue 18 item 6)', async () => {
+  const c1 = mc.cluster('cluster1');
+  c1.mesh.removeConfig('40-locality.yaml');
+  c1.mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  c1.mesh.startWaypoint('node1', 'demo', 'waypoint');
+  await c1.mesh.waitWaypointReady('demo', 'waypoint', 90_000);
+  const tunnelsBefore = Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0);
+  const seen = new Set<string>();
+  const answers: string[] = [];
+  await until('answers through the waypoint come from both clusters', async () => {
+    const r = await ask('cluster1').catch((e: Error) => ({ ok: false as const, error: e.message }));
+    answers.push(r.ok ? r.cluster : r.error);
+    if (r.ok) seen.add(r.cluster);
+    return seen.size === 2;
+  }, 30_000).catch((e: Error) => {
+    throw new Error(`${e.message}; answers: ${answers.slice(-8).join(' | ')}\nwaypoint: ${c1.mesh.logTail('pod-demo-waypoint-0.log', 15)}\ngateway2: ${mc.cluster('cluster2').mesh.logTail('eastwest.log', 8)}`);
+  });
+  const waypointId = 'spiffe://cluster.local/ns/demo/sa/waypoint';
+  const metrics = await mc.cluster('cluster2').mesh.agentMetrics('node1');
+  assert.ok(metrics.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"') && l.includes(`source_principal="${waypointId}"`)),
+    `cluster2's agent saw no connection from cluster1's waypoint:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
+  assert.ok(Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0) > tunnelsBefore, 'through cluster2\'s gateway');
+});
