@@ -149,12 +149,14 @@ up: deps build
 down:
 	node cli/weftctl.ts down
 
-## bench: Weft beside stunnel and HAProxy on one netns topology, plus the micro-benchmarks (root;
-## about 5 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
+## bench: Weft beside stunnel and HAProxy on one netns topology, then the cross-network case (two
+## clusters: client → east-west gateway → remote pod, beside in-cluster L4), plus the micro-benchmarks
+## (root; about 6 minutes; table on stdout, JSON in bench/results/latest.json; docs/PERFORMANCE.md)
 ## `make bench REPEAT=3`: every case three times, medians and spreads in the table, every run in the JSON.
 bench: deps build
 	node bench/run.ts $(if $(REPEAT),--repeat $(REPEAT))
 
-# Multi-cluster: the cross-network data path (client → east-west gateway → remote pod) beside L4.
+# Multi-cluster alone: the cross-network data path (client → east-west gateway → remote pod) beside L4
+# (`make bench` runs it too, as its cross-network rows).
 bench-cross-network: build
 	node bench/cross-network.ts

@@ -5,7 +5,8 @@
 //                   gateway: HBONE inside HBONE
 // Each case: wrk (closed loop, throughput and latency) then hey at a fixed rate (latency
 // percentiles). Results: build/bench/cross-network.json and a table on stdout.
-//   node bench/cross-network.ts [--seconds 10] [--rate 200]
+//   node bench/cross-network.ts [--seconds 10] [--rate 200] [--json]
+// --json: also the results as one JSON line at the end of stdout (bench/run.ts reads it for `make bench`).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -13,9 +14,10 @@ import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { LocalMultiCluster } from '../cli/local/multicluster.ts';
 import { REPO_ROOT } from '../cli/local/mesh.ts';
-import { parseHey, parseWrk, type HeyResult, type WrkResult } from './parse.ts';
+import { parseHey, parseWrk } from './parse.ts';
+import type { CrossNetworkResult } from './report.ts';
 
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, rate: { type: 'string', default: '200' } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, rate: { type: 'string', default: '200' }, json: { type: 'boolean', default: false } } });
 const SECONDS = Number(values.seconds);
 const RATE = Number(values.rate);
 const log = (l: string) => process.stdout.write(`${l}\n`);
@@ -27,10 +29,9 @@ const cleanup = async () => {
   await mc.destroy();
   rmSync(stateDir, { recursive: true, force: true });
 };
-process.once('SIGINT', () => void cleanup().then(() => process.exit(130)));
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => void cleanup().then(() => process.exit(130)));
 
-interface Result { name: string; url: string; wrk?: WrkResult; hey?: HeyResult; errors: string[] }
-const results: Result[] = [];
+const results: CrossNetworkResult[] = [];
 try {
   for (const c of mc.clusters) {
     c.mesh.writeConfig('10-demo.yaml', [
@@ -60,7 +61,7 @@ try {
     await new Promise((res) => setTimeout(res, 1_000));
   }
   for (const c of cases) {
-    const res: Result = { ...c, errors: [] };
+    const res: CrossNetworkResult = { ...c, errors: [] };
     log(`${c.name}: wrk ${SECONDS}s, then hey at ${RATE} req/s`);
     const w = await c1.mesh.exec('demo/client', 'wrk', ['-t2', '-c16', `-d${SECONDS}s`, '--latency', c.url], (SECONDS + 60) * 1000);
     try { res.wrk = parseWrk(w.stdout); } catch (e) { res.errors.push(`wrk: ${(e as Error).message}`); }
@@ -78,6 +79,7 @@ try {
     log(`${r.name.padEnd(15)} ${f(r.wrk?.requestsPerSec)}  ${f(r.wrk?.latencyMs['50'])}  ${f(r.wrk?.latencyMs['99'])}  ${f(r.hey?.latencyMs['50'])}  ${f(r.hey?.latencyMs['99'])}  ${r.errors.length + (r.wrk?.socketErrors ?? 0) + (r.hey?.errors ?? 0)}`);
   }
   log(`\nwritten to build/bench/cross-network.json`);
+  if (values.json) log(JSON.stringify({ seconds: SECONDS, rate: RATE, results }));
 } finally {
   await cleanup();
 }

@@ -150,6 +150,24 @@ export function report(r: BenchResults): string {
 const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
 const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
 
+/** One case of bench/cross-network.ts (its `--json` line). */
+export interface CrossNetworkResult { name: string; url: string; wrk?: WrkResult; hey?: HeyResult; errors: string[] }
+
+/**
+ * Named rows from bench/cross-network.ts's results: its in-cluster case is the baseline of the
+ * cross-network one.
+ */
+export function crossNetworkRows(raw: readonly CrossNetworkResult[]): CaseResult[] {
+  const titles: Record<string, { name: string; title: string }> = {
+    'l4-cross-node': { name: 'mc-l4', title: 'two clusters: Weft L4 within cluster1' },
+    'cross-network': { name: 'cross-network', title: 'two clusters: cross-network (east-west gateway, double HBONE)' },
+  };
+  return raw.filter((x) => titles[x.name]).map((x) => ({
+    name: titles[x.name]!.name, title: titles[x.name]!.title, baseline: 'mc-l4', proxies: [],
+    ...(x.wrk ? { wrk: x.wrk } : {}), ...(x.hey ? { hey: x.hey } : {}), errors: x.errors,
+  }));
+}
+
 /** Per case, the field-by-field median of its runs (a case missing from a run does not count there). */
 export function medianCases(runs: CaseResult[][]): CaseResult[] {
   const names = [...new Set(runs.flatMap((run) => run.map((c) => c.name)))];

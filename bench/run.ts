@@ -6,7 +6,11 @@
 //                     [--profile]   (agents and waypoint under `node --cpu-prof`; prints where their time goes)
 //                     [--repeat 3]  (every case N times on the same topology; the table shows medians and
 //                                    spreads, the JSON keeps every run under `runs`)
-// Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy (all by default).
+// Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy, cross-network
+// (all by default). cross-network runs after this topology is gone: bench/cross-network.ts builds
+// two clusters (cli/local/multicluster.ts) and measures, from cluster1's client, the in-cluster L4
+// path and the cross-network one (cluster2's east-west gateway, double HBONE); both become rows of
+// the one table, the cross-network row's added latency measured against the in-cluster row.
 //
 // Topology (cli/local/mesh.ts): node1 and node2 on a bridge, pods as network namespaces.
 //   namespace `bench` (ambient): client (node1), web = nginx (node2), near = nginx (node1),
@@ -38,7 +42,7 @@ import {
 import {
   nginxConf, makePairCerts, stunnelClientConf, stunnelServerConf, haproxyClientConf, haproxyServerConf, type PairSpec,
 } from './proxies.ts';
-import { report, medianCases, type CaseResult, type BenchResults } from './report.ts';
+import { report, medianCases, crossNetworkRows, type CrossNetworkResult, type CaseResult, type BenchResults } from './report.ts';
 
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 const NGINX_PORT = 8080;
@@ -49,7 +53,7 @@ const WRK_CONNECTIONS = 16;
 const HEY_WORKERS = 10;
 const STUNNEL_PORTS = { frontHttp: 18081, frontTcp: 18082, backHttp: 18443, backTcp: 18444 };
 const HAPROXY_PORTS = { frontHttp: 18091, frontTcp: 18092, backHttp: 18543, backTcp: 18544 };
-const ALL_CASES = ['direct', 'direct-same-node', 'weft-l4', 'weft-same-node', 'weft-l7', 'stunnel', 'haproxy'] as const;
+const ALL_CASES = ['direct', 'direct-same-node', 'weft-l4', 'weft-same-node', 'weft-l7', 'stunnel', 'haproxy', 'cross-network'] as const;
 type CaseName = typeof ALL_CASES[number];
 
 const { values } = parseArgs({
@@ -138,8 +142,11 @@ let mesh: LocalMesh | undefined;
 let destroyed = false;
 /** Micro-benchmark children (outside the mesh's cgroups): killed on interrupt too. */
 const microChildren = new Set<ChildProcess>();
+/** bench/cross-network.ts, which removes its own two clusters on SIGINT. */
+let crossNetworkChild: ChildProcess | undefined;
 
 function cleanupSync(): void {
+  if (crossNetworkChild?.exitCode === null) crossNetworkChild.kill('SIGINT');
   if (destroyed) return;
   destroyed = true;
   for (const c of microChildren) c.kill('SIGKILL');
@@ -290,14 +297,23 @@ async function runCase(c: Case): Promise<CaseResult> {
 
 // ---- micro-benchmarks (child processes, run before the topology exists) ----
 
+/** Runs bench/<script> as a child; `track` sees it while it runs (to be stopped on interrupt). */
+async function benchScript(script: string, args: string[], timeoutMs: number, track: (child: ChildProcess | undefined) => void): Promise<Output> {
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'bench', script), ...args], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+  track(child);
+  const r = await collect(child, timeoutMs);
+  track(undefined);
+  if (r.code !== 0 && !r.stderr.trim()) r.stderr = `exited with ${r.code ?? 'a signal'} (killed after ${timeoutMs / 1000} s?)`;
+  return r;
+}
+
 async function micro(): Promise<BenchResults['micro']> {
-  const node = async (script: string, args: string[], timeoutMs: number): Promise<Output> => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, 'bench', script), ...args], { cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
-    microChildren.add(child);
-    const r = await collect(child, timeoutMs);
-    microChildren.delete(child);
-    if (r.code !== 0 && !r.stderr.trim()) r.stderr = `exited with ${r.code ?? 'a signal'} (killed after ${timeoutMs / 1000} s?)`;
-    return r;
+  const node = (script: string, args: string[], timeoutMs: number): Promise<Output> => {
+    let mine: ChildProcess | undefined;
+    return benchScript(script, args, timeoutMs, (c) => {
+      if (c) microChildren.add((mine = c));
+      else if (mine) microChildren.delete(mine);
+    });
   };
   const out: BenchResults['micro'] = {};
   log('micro: bench/ca-sign.ts --json');
@@ -326,6 +342,21 @@ async function main(): Promise<void> {
   };
   if (!values['no-micro'] && !PROFILE) results.micro = await micro();
 
+  if ([...selected].some((c) => c !== 'cross-network')) await singleCluster(results);
+
+  if (selected.has('cross-network')) await crossNetwork(results);
+  results.durationSeconds = Math.round((Date.now() - started) / 1000);
+  results.host.loadavgAtEnd = loadavg()[0]!;
+  log(`measured in ${results.durationSeconds} s`);
+
+  mkdirSync(join(values.out, '..'), { recursive: true });
+  writeFileSync(values.out, JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write(report(results));
+  process.stdout.write(`\nJSON: ${values.out}\n`);
+}
+
+/** Every selected case of the single-cluster topology (two nodes, stunnel and HAProxy pairs), built and removed here. */
+async function singleCluster(results: BenchResults): Promise<void> {
   log(`topology ${prefix}: two nodes, controller, two agents${PROFILE ? ' (under --cpu-prof)' : ''}`);
   mesh = await LocalMesh.create({ prefix, stateDir, nodes: ['node1', 'node2'], logLevel: 'warn' });
   const m = mesh;
@@ -468,17 +499,28 @@ async function main(): Promise<void> {
   results.cases = medianCases(results.runs);
 
   if (PROFILE) results.profile = await stopAndProfile(m, profDir);
-  results.durationSeconds = Math.round((Date.now() - started) / 1000);
-  results.host.loadavgAtEnd = loadavg()[0]!;
-  log(`measured in ${results.durationSeconds} s; removing ${prefix}-*`);
+  log(`single-cluster cases measured; removing ${prefix}-*`);
   await m.destroy();
   destroyed = true;
   rmSync(stateDir, { recursive: true, force: true });
+}
 
-  mkdirSync(join(values.out, '..'), { recursive: true });
-  writeFileSync(values.out, JSON.stringify(results, null, 2) + '\n');
-  process.stdout.write(report(results));
-  process.stdout.write(`\nJSON: ${values.out}\n`);
+/**
+ * The cross-network case (issue 18): bench/cross-network.ts on its own two-cluster topology, once
+ * (not repeated), with the same duration and rate; its two results become two rows of the table.
+ */
+async function crossNetwork(results: BenchResults): Promise<void> {
+  log(`cross-network: bench/cross-network.ts --seconds ${SECONDS} --rate ${RATE} (two clusters)`);
+  const r = await benchScript('cross-network.ts', ['--seconds', String(SECONDS), '--rate', String(RATE), '--json'], (4 * SECONDS + 600) * 1000, (c) => { crossNetworkChild = c; });
+  const out = r.code === 0 ? lastJsonLine(r.stdout) as { results?: CrossNetworkResult[] } | undefined : undefined;
+  if (!out?.results) {
+    results.notes.push(`cross-network: not measured — bench/cross-network.ts failed: ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' / ')}`);
+    return;
+  }
+  const rows = crossNetworkRows(out.results);
+  results.cases.push(...rows);
+  results.runs?.[0]?.push(...rows);
+  results.notes.push('cross-network: its own topology (two clusters of two nodes, one run even with --repeat); added latency of the cross-network row is over that topology\'s in-cluster L4 row; no CPU or memory figures (the gateway and both clusters\' agents share the machine)');
 }
 
 /**

@@ -1,10 +1,16 @@
 // `weftctl check`: machine preflight (kernel, BPF features, mounts, privileges, tools, ports) and,
-// when a local mesh runs, its health (controller, agents, waypoints, certificates, BPF links).
+// when a local mesh runs, its health (controller, agents, waypoints, certificates, BPF links) and,
+// when it federates with other clusters, its east-west gateways and remote discovery; a local
+// multi-cluster mesh (`weftctl up --clusters N`) is checked cluster by cluster.
 //
 // Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 usage.
 import { Command, Option } from 'commander';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { checkMesh, runPreflight, type CheckResult, type MeshFacts, type PreflightSources } from '../check.ts';
+import { checkFederation, type FederationFacts } from '../check-federation.ts';
 import { isRunning, readState, type LocalState } from '../local/up.ts';
+import type { MultiClusterState } from '../local/multicluster-up.ts';
 import { localMeshOptions } from './local-mesh.ts';
 import { clusterPreflight } from '../check-cluster.ts';
 import { KubeApiError, KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
@@ -29,6 +35,30 @@ export function formatResults(results: readonly CheckResult[]): string {
 export interface CheckCommandDeps {
   /** Facts about a running local mesh; default: read from it (cli/local/health.ts). */
   meshFacts?: (st: LocalState) => Promise<MeshFacts>;
+  /** A mesh's federation status and gateway probes (undefined: no remote clusters); default: read from its controller. */
+  federationFacts?: (st: LocalState) => Promise<FederationFacts | undefined>;
+  /** Whether the local mesh with this prefix runs; default: its wire namespace exists. */
+  isRunning?: (prefix: string) => boolean;
+}
+
+/** Every check of one running local mesh: its components, then (when it federates) gateways and remotes. */
+async function checkRunningMesh(st: LocalState, deps: CheckCommandDeps): Promise<CheckResult[]> {
+  const gather = deps.meshFacts ?? (async (s: LocalState) => (await import('../local/health.ts')).gatherMeshFacts(s));
+  const gatherFederation = deps.federationFacts ?? (async (s: LocalState) => (await import('../local/health.ts')).gatherFederationFacts(s));
+  const out = checkMesh(await gather(st));
+  try {
+    const fed = await gatherFederation(st);
+    if (fed) out.push(...checkFederation(fed));
+  } catch (e) {
+    out.push({ id: 'mesh.federation', title: 'multi-cluster status', status: 'warn', detail: `the controller's /debug/federation did not answer: ${(e as Error).message}`, remedy: 'the controller\'s admin port (127.0.0.1:15000 where it runs) serves it; see controller.log' });
+  }
+  return out;
+}
+
+/** The clusters of a local multi-cluster mesh (`weftctl up --clusters N` writes clusters.json), if that is what the state folder holds. */
+function readClusters(stateDir: string): MultiClusterState | undefined {
+  const f = join(stateDir, 'clusters.json');
+  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as MultiClusterState) : undefined;
 }
 
 export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}, deps: CheckCommandDeps = {}): Command {
@@ -55,10 +85,17 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
         return;
       }
       const results: CheckResult[] = flags.mesh ? [] : runPreflight(sources);
+      const running = deps.isRunning ?? isRunning;
       const st = readState(flags.stateDir);
-      if (st && isRunning(flags.prefix)) {
-        const gather = deps.meshFacts ?? (async (s: LocalState) => (await import('../local/health.ts')).gatherMeshFacts(s));
-        results.push(...checkMesh(await gather(st)));
+      const clusters = st ? undefined : readClusters(flags.stateDir);
+      const clusterStates = (clusters?.clusters ?? []).map((c) => ({ name: c.name, st: readState(c.stateDir) })).filter((c) => c.st && running(c.st.prefix));
+      if (st && running(flags.prefix)) {
+        results.push(...await checkRunningMesh(st, deps));
+      } else if (clusterStates.length > 0) {
+        // Each cluster's checks, named by cluster (ids `<cluster>.mesh.…`).
+        for (const c of clusterStates) {
+          for (const r of await checkRunningMesh(c.st!, deps)) results.push({ ...r, id: `${c.name}.${r.id}`, title: `${c.name}: ${r.title}` });
+        }
       } else if (flags.mesh) {
         results.push({ id: 'mesh.running', title: 'local mesh running', status: 'fail', detail: `no local mesh "${flags.prefix}" runs (state folder ${flags.stateDir})`, remedy: 'start one with `weftctl up` (or set WEFT_LOCAL_PREFIX and WEFT_LOCAL_STATE_DIR to the ones it was started with)' });
       }

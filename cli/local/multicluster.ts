@@ -5,23 +5,31 @@
 // `<prefix>x-xchg`, 192.168.77.0/24, that each cluster's wire (its network edge) joins with one
 // veth, `ew0` = 192.168.77.<i>. On it each cluster runs its east-west gateway (:15008) and its
 // controller's federation listener (:15014). Nodes route only the exchange through their wire;
-// the wire routes the other clusters' node ranges back over the exchange for the gateways'
-// answers, and nothing routes pod ranges across: a pod cannot reach another network but through
-// a gateway.
+// the wire routes the other clusters' node and pod ranges back over the exchange for the
+// gateways' answers (to agents and waypoints), and no node or pod routes anything but the
+// exchange there: a pod cannot reach another network but through a gateway.
 //
 //   wt…c1-wire  br0 10.77.0.254 ── ew0 192.168.77.1 ─┐
 //                                                    ├─ wt…x-xchg br0
 //   wt…c2-wire  br0 10.78.0.254 ── ew0 192.168.77.2 ─┘
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { stringify } from 'yaml';
 import type { ChildProcess } from 'node:child_process';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { run, runIn } from '../../lib/sys/exec.ts';
 import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
-import { DEFAULT_ROOT_NAMESPACE, spiffeIdOf } from '../../lib/model/mesh.ts';
+import { DEFAULT_ROOT_NAMESPACE } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT } from '../../lib/model/federation.ts';
+import { PORTS } from '../../lib/defaults.ts';
 import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { requestInNetns } from './netns-http.ts';
+
+/** The gateway's entry in a cluster's tokens.yaml: a workload token (a ServiceAccount username, not a node name). */
+export function gatewayTokenKey(): string {
+  return `system:serviceaccount:${DEFAULT_ROOT_NAMESPACE}:${EASTWEST_SERVICE_ACCOUNT}`;
+}
 
 /** The exchange all clusters' edges join. */
 export const EXCHANGE_NET = '192.168.77';
@@ -92,13 +100,18 @@ export class LocalMultiCluster {
         const c: LocalCluster = { name, network: `network${i}`, index: i, mesh, edgeIp: `${EXCHANGE_NET}.${i}` };
         mc.clusters.push(c);
         mc.#joinExchange(c);
-        await mc.#writeGatewayIdentity(c, await CertificateAuthority.fromPem({ certPem: intermediate.certPem, keyPem: intermediate.keyPem, rootsPem: intermediate.rootPem }, { trustDomain: td }));
+        mc.#writeGatewayToken(c);
       }
-      // The gateways answer callers of other clusters: each wire routes the others' node ranges
-      // back over the exchange (node ranges only: no pod range is routed across networks).
+      // The gateways answer callers of other clusters: each wire routes the others' node range
+      // (agents) and pod ranges (waypoints, which dial gateways from their pod address) back over
+      // the exchange. Only the wire has these routes: nodes and pods route nothing but the
+      // exchange to their wire, so they still reach another network only through its gateway.
       for (const c of mc.clusters) {
         for (const other of mc.clusters) {
-          if (other !== c) runIn(c.mesh.net.wireNetns, 'ip', ['route', 'add', `${other.mesh.net.base}.0.0/24`, 'via', other.edgeIp]);
+          if (other === c) continue;
+          for (const range of [`${other.mesh.net.base}.0.0/24`, ...other.mesh.net.nodes.map((n) => n.podCidr)]) {
+            runIn(c.mesh.net.wireNetns, 'ip', ['route', 'add', range, 'via', other.edgeIp]);
+          }
         }
       }
     } catch (err) {
@@ -126,13 +139,19 @@ export class LocalMultiCluster {
     for (const n of c.mesh.net.nodes) runIn(n.netns, 'ip', ['route', 'add', `${EXCHANGE_NET}.0/24`, 'via', c.mesh.controllerIp]);
   }
 
-  /** The east-west gateway's certificate (spiffe://<td>/ns/weft-system/sa/weft-eastwest), from the cluster's intermediate. */
-  async #writeGatewayIdentity(c: LocalCluster, ca: CertificateAuthority): Promise<void> {
-    const issued = await ca.issueServingCertificate({ uris: [spiffeIdOf(ca.trustDomain, DEFAULT_ROOT_NAMESPACE, EASTWEST_SERVICE_ACCOUNT)] }, { lifetimeMs: 7 * 86_400_000 });
+  /**
+   * The east-west gateway's token for the controller's certificate service: a workload token of
+   * ServiceAccount weft-system/weft-eastwest (controller/src/ca/authn.ts), so the gateway obtains
+   * exactly spiffe://<td>/ns/weft-system/sa/weft-eastwest from the cluster's CA and renews it as
+   * a waypoint does.
+   */
+  #writeGatewayToken(c: LocalCluster): void {
+    const token = randomBytes(24).toString('base64url');
+    c.mesh.tokens.set(gatewayTokenKey(), token);
+    writeFileSync(join(c.mesh.o.stateDir, 'tokens.yaml'), stringify(Object.fromEntries(c.mesh.tokens)), { mode: 0o600 });
     const dir = join(c.mesh.o.stateDir, 'eastwest');
     mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, 'cert.pem'), issued.certChain.join(''));
-    writeFileSync(join(dir, 'key.pem'), issued.keyPem, { mode: 0o600 });
+    writeFileSync(join(dir, 'token'), token, { mode: 0o600 });
   }
 
   /** Each controller with its network, gateway address, federation listener and every other cluster as a remote. */
@@ -155,7 +174,7 @@ export class LocalMultiCluster {
       c.gateway = c.mesh.net.spawn({ netns: c.mesh.net.wireNetns, cgroup: join(c.mesh.net.cgroupDir, 'system') }, process.execPath, [
         join(REPO_ROOT, 'eastwest/src/main.ts'),
         '--listen', c.edgeIp,
-        '--cert', join(dir, 'cert.pem'), '--key', join(dir, 'key.pem'), '--trust-bundle', c.mesh.caFile,
+        '--ca-address', `${c.mesh.controllerIp}:${PORTS.xds}`, '--token-file', join(dir, 'token'), '--trust-bundle', c.mesh.caFile,
         '--controller', `https://${c.edgeIp}:${FEDERATION_PORT}`,
         '--trust-domain', c.mesh.trustDomain,
         ...(c.mesh.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),

@@ -80,3 +80,32 @@ export function streamLinesInNetns(netnsPath: string, url: string, onLine: (line
     req.end();
   });
 }
+
+/** Whether a TCP connection to host:port opens from inside a netns within `timeoutMs` (closed at once). */
+export function tcpConnectsInNetns(netnsPath: string, host: string, port: number, timeoutMs = 2_000): Promise<{ ok: true } | { ok: false; error: string }> {
+  return new Promise((resolve) => {
+    let s: net.Socket;
+    try {
+      const fd = createSocketInNetns(netnsPath, { bind: { host: '0.0.0.0', port: 0 } });
+      s = new net.Socket({ fd, readable: true, writable: true });
+    } catch (e) {
+      resolve({ ok: false, error: (e as Error).message });
+      return;
+    }
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve({ ok: false, error: `no answer within ${timeoutMs} ms` });
+    }, timeoutMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ ok: true });
+    });
+    s.once('error', (e) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ ok: false, error: e.message });
+    });
+    s.connect(port, host);
+  });
+}

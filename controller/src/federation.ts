@@ -8,7 +8,7 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import type { Logger } from '../../lib/log.ts';
 import type { MeshModel, NetworkGateway } from '../../lib/model/mesh.ts';
-import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote export is read. */
@@ -99,11 +99,13 @@ export class Federation {
     return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services };
   }
 
-  status(): Array<{ cluster: string; url: string; up: boolean; endpoints: number; lastOk: string; lastError?: string }> {
+  /** Each remote as last read (`/debug/federation`, read by `weftctl check`): its network and gateway come from its last export. */
+  status(): RemoteStatus[] {
     return this.#remotes.map((r) => ({
       cluster: r.remote.name, url: r.remote.url, up: !!r.export && !r.stale,
       endpoints: r.export ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0,
       lastOk: new Date(r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
+      ...(r.export ? { network: r.export.network } : {}), ...(r.export?.gateway ? { gateway: r.export.gateway } : {}),
     }));
   }
 

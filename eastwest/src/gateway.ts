@@ -15,8 +15,8 @@ import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.
 import { HBONE_PORT } from '../../lib/model/mesh.ts';
 
 export interface EastWestOptions {
-  /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root). */
-  tls: { key: string; cert: string; ca: readonly string[] };
+  /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
+  tls: GatewayTls;
   /** Trust domains whose workload identities may open tunnels (the mesh's, then its aliases). */
   trustDomains: readonly string[];
   /** `https://<ip>:<port>` of this cluster's controller federation listener. */
@@ -31,12 +31,15 @@ export interface EastWestOptions {
   registry?: Registry;
 }
 
+export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
+
 /** Why a tunnel was refused; stable strings (metric labels). */
 export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'no-config' | 'upstream-unreachable';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
   readonly #server: HboneServer;
+  #tls: GatewayTls;
   /** Enrolled pod IP → its node agent's address, from the controller's export. */
   #nodeOf = new Map<string, string>();
   #notEnrolled = new Set<string>();
@@ -47,6 +50,7 @@ export class EastWestGateway {
 
   constructor(o: EastWestOptions) {
     this.#o = o;
+    this.#tls = o.tls;
     if (o.registry) {
       const registers = [o.registry];
       this.#m = {
@@ -69,6 +73,12 @@ export class EastWestGateway {
         this.#m?.bytes.inc({ direction: 'outbound' }, c.bytesBtoA);
       },
     });
+  }
+
+  /** A renewed certificate or new roots: new sessions and the next export read use them; open ones carry on. */
+  setTls(tls: GatewayTls): void {
+    this.#tls = tls;
+    this.#server.setTls({ key: tls.key, cert: tls.cert, ca: [...tls.ca] });
   }
 
   get endpoints(): number {
@@ -121,7 +131,7 @@ export class EastWestGateway {
   }
 
   async #refresh(): Promise<void> {
-    const text = await fetchText(this.#o.controllerUrl, this.#o);
+    const text = await fetchText(this.#o.controllerUrl, this.#tls, this.#o.controllerId);
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
@@ -157,13 +167,13 @@ function connectTcp(host: string, port: number, timeoutMs: number, signal: Abort
   });
 }
 
-function fetchText(base: string, o: EastWestOptions): Promise<string> {
+function fetchText(base: string, tls: GatewayTls, controllerId: string): Promise<string> {
   const url = new URL(FEDERATION_PATH, base);
   return new Promise((resolve, reject) => {
     const req = request({
       host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET', agent: false, timeout: 2_000,
-      key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3',
-      checkServerIdentity: (_h, cert) => (spiffeIdFromCert(cert) === o.controllerId ? undefined : new Error(`${base} is not the controller ${o.controllerId}`)),
+      key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3',
+      checkServerIdentity: (_h, cert) => (spiffeIdFromCert(cert) === controllerId ? undefined : new Error(`${base} is not the controller ${controllerId}`)),
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));

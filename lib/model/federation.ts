@@ -21,6 +21,20 @@ export interface ClusterExport {
   services: Service[];
 }
 
+/** One remote cluster as a controller's `/debug/federation` reports it (read by `weftctl check`). */
+export interface RemoteStatus {
+  cluster: string;
+  url: string;
+  /** Its export was read within the stale bound (its endpoints are imported). */
+  up: boolean;
+  endpoints: number;
+  /** Last successful read (the start time until the first). */
+  lastOk: string;
+  lastError?: string;
+  network?: string;
+  gateway?: NetworkGateway;
+}
+
 export class FederationExportError extends Error {
   readonly code = 'WEFT_FEDERATION_EXPORT';
   constructor(field: string, detail: string) {

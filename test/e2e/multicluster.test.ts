@@ -14,6 +14,8 @@ import { Lab } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
 import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multicluster.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { gatherFederationFacts } from '../../cli/local/health.ts';
+import { checkFederation } from '../../cli/check-federation.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 
 const lab = new Lab();
@@ -84,6 +86,17 @@ test('namespace sameness: demo/echo is one service; a request from cluster1 is s
   assert.deepEqual([...seen.keys()].sort(), ['cluster1', 'cluster2'], `answers: ${JSON.stringify([...seen])}`);
   // The gateway piped tunnels: it carried the remote answers.
   assert.match(await mc.gatewayMetrics('cluster2'), /^weft_eastwest_tunnels_total [1-9]/m);
+});
+
+test('each east-west gateway\'s certificate is issued by its own cluster\'s controller CA (workload token of weft-system/weft-eastwest), renewed like a waypoint\'s', () => {
+  for (const c of mc.clusters) {
+    const issued = c.mesh.logEntries('controller.log', 'certificate issued').filter((r) => r.identity === 'spiffe://cluster.local/ns/weft-system/sa/weft-eastwest');
+    assert.equal(issued.length >= 1, true, `${c.name}'s controller issued no gateway certificate:\n${c.mesh.logTail('controller.log', 10)}`);
+    assert.equal(issued[0]!.principal, 'system:serviceaccount:weft-system:weft-eastwest');
+    const [g] = c.mesh.logEntries('eastwest.log', 'gateway certificate issued');
+    assert.ok(g, c.mesh.logTail('eastwest.log', 10));
+    assert.match(String(g.issuer), new RegExp(c.name), 'signed by this cluster\'s intermediate');
+  }
 });
 
 test('the destination agent in cluster2 sees the caller\'s own SPIFFE identity from cluster1 (one root, one intermediate per cluster), with source_cluster and destination_cluster', async () => {
@@ -208,7 +221,16 @@ test('locality PreferLocal: answers stay in cluster1; deleting cluster1\'s echo 
   assert.ok(failed.length <= 1, `failed requests: ${failed.length} of ${answers.length}: ${failed.join('; ')}`);
 });
 
-test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the stale bound, local traffic keeps flowing, and they return with the link', async () => {
+/** `weftctl check`'s multi-cluster verdicts for one cluster, as `id:status`. */
+async function federationVerdicts(c: string): Promise<string[]> {
+  const facts = await gatherFederationFacts(mc.cluster(c).mesh.o);
+  assert.ok(facts, `${c}'s controller reports no federation`);
+  return checkFederation(facts).map((r) => `${r.id}:${r.status}${r.status === 'pass' ? '' : ` (${r.detail})`}`);
+}
+
+test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the stale bound, local traffic keeps flowing, and they return with the link; weftctl check sees it', async () => {
+  const healthy = ['mesh.eastwest:pass', 'mesh.remote.cluster2:pass', 'mesh.remote-gateway.cluster2:pass'];
+  assert.deepEqual(await federationVerdicts('cluster1'), healthy);
   const answers: string[] = [];
   mc.setLink('cluster1', false);
   try {
@@ -220,8 +242,41 @@ test('cutting the exchange link: cluster1 drops cluster2\'s endpoints after the 
     assert.deepEqual(answers, Array(5).fill('cluster1'), 'local traffic is served while the other network is cut off');
     const m = await getJsonInNetns<{ remotes: Array<{ cluster: string; up: boolean }> }>(`/var/run/netns/${mc.cluster('cluster1').mesh.net.wireNetns}`, 'http://127.0.0.1:15000/debug/federation');
     assert.deepEqual(m.remotes.map((r) => [r.cluster, r.up]), [['cluster2', false]]);
+    // weftctl check: the remote's discovery and its gateway fail; this cluster's own gateway is fine.
+    const cut = await federationVerdicts('cluster1');
+    assert.equal(cut[0], 'mesh.eastwest:pass');
+    assert.match(cut[1]!, /^mesh\.remote\.cluster2:fail/);
+    assert.match(cut[2]!, /^mesh\.remote-gateway\.cluster2:fail \(192\.168\.77\.2:15008: HBONE port not reachable/);
   } finally {
     mc.setLink('cluster1', true);
   }
   await until('cluster2\'s endpoints are back in cluster1', async () => (await echoEndpoints('cluster1')).some((e) => e.cluster === 'cluster2'), 20_000);
+  assert.deepEqual(await federationVerdicts('cluster1'), healthy);
+});
+
+test('a waypoint in cluster1 serving demo/echo forwards to both clusters\' endpoints; to cluster2\'s through its east-west gateway (double HBONE), where cluster2\'s agent sees the waypoint\'s identity (issue 18 item 6)', async () => {
+  const c1 = mc.cluster('cluster1');
+  c1.mesh.removeConfig('40-locality.yaml');
+  c1.mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  c1.mesh.startWaypoint('node1', 'demo', 'waypoint');
+  await c1.mesh.waitWaypointReady('demo', 'waypoint', 90_000);
+  const tunnelsBefore = Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0);
+  const seen = new Set<string>();
+  const answers: string[] = [];
+  await until('answers through the waypoint come from both clusters', async () => {
+    const r = await ask('cluster1').catch((e: Error) => ({ ok: false as const, error: e.message }));
+    answers.push(r.ok ? r.cluster : r.error);
+    if (r.ok) seen.add(r.cluster);
+    return seen.size === 2;
+  }, 30_000).catch((e: Error) => {
+    throw new Error(`${e.message}; answers: ${answers.slice(-8).join(' | ')}\nwaypoint: ${c1.mesh.logTail('pod-demo-waypoint-0.log', 15)}\ngateway2: ${mc.cluster('cluster2').mesh.logTail('eastwest.log', 8)}`);
+  });
+  const waypointId = 'spiffe://cluster.local/ns/demo/sa/waypoint';
+  const metrics = await mc.cluster('cluster2').mesh.agentMetrics('node1');
+  assert.ok(metrics.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"') && l.includes(`source_principal="${waypointId}"`)),
+    `cluster2's agent saw no connection from cluster1's waypoint:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
+  assert.ok(Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0) > tunnelsBefore, 'through cluster2\'s gateway');
 });

@@ -118,3 +118,50 @@ test('only workload identities of the mesh may open tunnels: a node identity and
   const m = await registry.metrics();
   assert.match(m, /^weft_eastwest_refused_total\{reason="peer-not-workload"\} 1$/m);
 });
+
+test('a renewed gateway certificate (setTls, as its issued identity rotates) is what new callers see; tunnels keep working', async () => {
+  const { connect } = await import('node:tls');
+  const serverSerial = async (): Promise<string> => {
+    const client = await creds(c1, CLIENT);
+    return new Promise<string>((resolve, reject) => {
+      const s = connect({ ...client, host: '127.0.0.1', port: gwPort, ALPNProtocols: ['h2'], checkServerIdentity: () => undefined }, () => {
+        const serial = s.getPeerCertificate().serialNumber;
+        s.destroy();
+        resolve(serial);
+      });
+      s.on('error', reject);
+    });
+  };
+  const before = await serverSerial();
+  const renewed = await creds(c2, GW_ID);
+  gateway.setTls(renewed);
+  const after = await serverSerial();
+  assert.notEqual(after, before);
+  assert.equal(after.toLowerCase(), new (await import('node:crypto')).X509Certificate(renewed.cert).serialNumber.toLowerCase());
+  await outer(CLIENT, '10.78.1.1:8080');
+});
+
+test('a waypoint forwarding to an endpoint on another network goes through that network\'s gateway with double HBONE; the destination agent sees the waypoint\'s own identity (issue 18 item 6)', async () => {
+  const { HboneUpstream } = await import('../../waypoint/src/hbone.ts');
+  const WAYPOINT = id('demo', 'waypoint');
+  const wpTls = await creds(c1, WAYPOINT);
+  const pool = new HbonePool();
+  pools.push(pool);
+  const upstream = new HboneUpstream({ pool, spiffeId: WAYPOINT, credentials: () => ({ key: wpTls.key, certChain: [wpTls.cert], trustBundle: wpTls.ca }) });
+  const before = Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await registry.metrics())?.[1] ?? 0);
+  const s = await upstream.connect({ ip: '10.78.1.1', port: 8080, node: '10.78.0.1', spiffeId: ECHO, gateway: { network: 'network2', address: '127.0.0.1', port: gwPort, spiffeId: GW_ID } }, { timeoutMs: 5_000 });
+  const back = new Promise<string>((resolve) => {
+    let got = '';
+    s.on('data', (c: Buffer) => {
+      got += c;
+      if (got.includes('\n')) resolve(got);
+    });
+  });
+  s.write('from a waypoint across networks\n');
+  assert.equal(await back, 'from a waypoint across networks\n');
+  s.end();
+  assert.equal(seenPeers.at(-1)?.spiffeId, WAYPOINT, 'the destination authenticated the waypoint, not the gateway');
+  assert.match(await registry.metrics(), new RegExp(`^weft_eastwest_tunnels_total ${before + 1}$`, 'm'), 'it went through the gateway');
+  // The gateway is checked as the outer peer: expecting another identity there fails.
+  await assert.rejects(upstream.connect({ ip: '10.78.1.1', port: 8080, node: '10.78.0.1', spiffeId: ECHO, gateway: { network: 'network2', address: '127.0.0.1', port: gwPort, spiffeId: id('demo', 'impostor') } }, { timeoutMs: 5_000 }), /double HBONE via gateway/);
+});

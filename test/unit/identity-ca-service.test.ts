@@ -14,6 +14,8 @@ import { TD, id } from './identity-fixtures.ts';
 
 const CONTROLLER = id('weft-system', 'weft-controller');
 const TOKENS = { 'node-a': 'token-a-0123456789abcdef', 'node-b': 'token-b-0123456789abcdef' };
+/** Local mode's workload token: the east-west gateway's ServiceAccount (cli/local/multicluster.ts). */
+const GATEWAY_TOKEN = 'token-gw-0123456789abcdef';
 const placement = new Map<string, Set<string>>([
   ['node-a', new Set([id('default', 'web')])],
   ['node-b', new Set([id('default', 'db')])],
@@ -31,7 +33,7 @@ before(async () => {
   server = new grpc.Server();
   addCertificateService(server, {
     ca,
-    authenticator: new StaticTokenAuthenticator(TOKENS),
+    authenticator: new StaticTokenAuthenticator({ ...TOKENS, 'system:serviceaccount:weft-system:weft-eastwest': GATEWAY_TOKEN }),
     pods: { identitiesOnNode: (node) => placement.get(node) ?? new Set() },
     log: (r) => logs.push(r),
   });
@@ -192,4 +194,22 @@ test('the trust bundle stream sends the roots and every change during a rotation
   assert.notDeepEqual(seen.at(-1), before);
   cancel();
   client.close();
+});
+
+test('a local workload token (system:serviceaccount:<ns>:<sa> in the token file) obtains exactly that ServiceAccount\'s identity: the east-west gateway\'s, not a pod\'s or a node\'s', async () => {
+  const client = tokenClient(GATEWAY_TOKEN);
+  try {
+    const gw = id('weft-system', 'weft-eastwest');
+    const { csr } = await csrFor(gw);
+    const res = await client.createCertificate(gw, csr);
+    assert.ok(new X509Certificate(res.certChain[0]!).subjectAltName?.includes(gw));
+    for (const other of [id('default', 'web'), `spiffe://${TD}/node/node-a`, id('weft-system', 'weft-controller')]) {
+      const err = await rejection(client.createCertificate(other, (await csrFor(other)).csr));
+      assert.ok(err instanceof CertificateRefusedError, `${other}: ${String(err)}`);
+      assert.equal(grpcCode(err), 'PERMISSION_DENIED');
+    }
+    assert.ok(logs.some((r) => r.msg === 'certificate refused' && r.identity === id('default', 'web') && /workload token obtains only its own identity/.test(String(r.reason))));
+  } finally {
+    client.close();
+  }
 });

@@ -151,6 +151,8 @@ test('federation: controllers read each other\'s export over mutual TLS; a reade
   await until('cluster1 imports cluster2\'s endpoint', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 2, 5_000);
   assert.ok(changes >= 1);
   assert.equal(b.merge(local).services.get('demo/echo')!.endpoints[1]!.gateway?.address, '192.168.77.2');
+  // /debug/federation (read by `weftctl check`) names the remote's network and gateway.
+  assert.deepEqual([b.status()[0]!.network, b.status()[0]!.gateway?.address, b.status()[0]!.up], ['network2', '192.168.77.2', true]);
   // A workload identity (not a controller or gateway) may not read the export.
   const intruder = await creds(c1, id('demo', 'client'));
   const status = await new Promise<number>((resolve, reject) => {

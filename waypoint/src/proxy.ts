@@ -28,7 +28,7 @@ import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome
 import { pickBackend } from './router.ts';
 import { remoteIpOf } from '../../lib/policy/authz.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
-import { isRefusedStream, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
+import { isRefusedStream, type UpstreamEndpoint, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
 export type DownstreamRequest = http.IncomingMessage | http2.Http2ServerRequest;
 
@@ -529,10 +529,11 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
   }
 }
 
-function upstreamEndpoint(ep: EndpointState): { ip: string; port: number; node?: string; spiffeId?: string } {
-  const out: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
+function upstreamEndpoint(ep: EndpointState): UpstreamEndpoint {
+  const out: UpstreamEndpoint = { ip: ep.ip, port: ep.port };
   if (ep.endpoint.enrolled && ep.endpoint.nodeIp) out.node = ep.endpoint.nodeIp;
   if (ep.endpoint.enrolled && ep.endpoint.spiffeId) out.spiffeId = ep.endpoint.spiffeId;
+  if (ep.endpoint.enrolled && ep.endpoint.gateway) out.gateway = ep.endpoint.gateway;
   return out;
 }
 

@@ -11,7 +11,7 @@ import * as F from './flags.ts';
 import { splitHostPort } from './headers.ts';
 import { OVERFLOW, type Cluster } from './resilience.ts';
 import type { TcpRecord, Telemetry } from './telemetry.ts';
-import type { UpstreamPool } from './upstream.ts';
+import type { UpstreamEndpoint, UpstreamPool } from './upstream.ts';
 import type { ConnContext } from './proxy.ts';
 
 export interface TcpEnv {
@@ -76,8 +76,12 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     tried.add(ep.key);
     rec.upstreamHost = ep.key;
     rec.destinationEndpoint = ep.endpoint;
-    const target: { ip: string; port: number; node?: string; spiffeId?: string } = { ip: ep.ip, port: ep.port };
-    if (ep.endpoint.enrolled && ep.endpoint.nodeIp && ep.endpoint.spiffeId) { target.node = ep.endpoint.nodeIp; target.spiffeId = ep.endpoint.spiffeId; }
+    const target: UpstreamEndpoint = { ip: ep.ip, port: ep.port };
+    if (ep.endpoint.enrolled && ep.endpoint.nodeIp && ep.endpoint.spiffeId) {
+      target.node = ep.endpoint.nodeIp;
+      target.spiffeId = ep.endpoint.spiffeId;
+      if (ep.endpoint.gateway) target.gateway = ep.endpoint.gateway;
+    }
     try {
       // One stream per caller: the destination's agent learns the original client (RFC 7239 for=),
       // which it believes because it comes from a waypoint serving the destination.

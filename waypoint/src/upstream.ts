@@ -7,6 +7,7 @@ import net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError } from './errors.ts';
 import type { HeaderMap } from './headers.ts';
+import type { NetworkGateway } from '../../lib/model/mesh.ts';
 
 export interface UpstreamEndpoint {
   ip: string;
@@ -15,6 +16,8 @@ export interface UpstreamEndpoint {
   node?: string;
   /** Identity the endpoint must present (HBONE). */
   spiffeId?: string;
+  /** The endpoint is on another network: reached through that network's east-west gateway (double HBONE). */
+  gateway?: NetworkGateway;
 }
 
 export interface UpstreamConnectOptions {

@@ -50,11 +50,16 @@ export class AuthenticatorUnavailableError extends Error {
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
-/** Local mode: bootstrap tokens configured per node name. */
+/**
+ * Local mode: bootstrap tokens configured per node name. A key of the form
+ * `system:serviceaccount:<namespace>:<name>` (never a node name: those hold no ':') is a
+ * workload's token instead, as a ServiceAccount token is in Kubernetes: it obtains that
+ * ServiceAccount's identity and nothing else (the east-west gateway's, `weft-system:weft-eastwest`).
+ */
 export class StaticTokenAuthenticator implements NodeAuthenticator {
   readonly #tokens: Array<{ node: string; digest: Buffer }>;
 
-  /** `tokens` maps node name → bootstrap token. */
+  /** `tokens` maps node name (or a workload's ServiceAccount username) → bootstrap token. */
   constructor(tokens: Readonly<Record<string, string>> | ReadonlyMap<string, string>) {
     const entries = tokens instanceof Map ? [...tokens.entries()] : Object.entries(tokens);
     this.#tokens = entries.map(([node, token]) => {
@@ -83,6 +88,8 @@ export class StaticTokenAuthenticator implements NodeAuthenticator {
     let match: string | undefined;
     for (const t of this.#tokens) if (timingSafeEqual(t.digest, d)) match = t.node;
     if (match === undefined) throw new NodeAuthenticationError('bootstrap token is not valid for any node; check the agent\'s --bootstrap-token against the controller\'s node token list');
+    const sa = SA_USER.exec(match);
+    if (sa) return { node: '', principal: match, workload: { namespace: sa[1]!, serviceAccount: sa[2]! } };
     return { node: match, principal: 'bootstrap-token' };
   }
 }
