@@ -73,7 +73,8 @@ describe('waypoint upstream pool while the destination agent drains', () => {
   });
 
   after(async () => {
-    for (const p of pools) await p.close();
+    // The waypoint's pools before the HBONE pools under them.
+    for (const p of pools.reverse()) await p.close();
     await Promise.all(open.map((s) => s.close(0)));
     h1.closeAllConnections();
     h1.close();
