@@ -63,6 +63,13 @@ export interface HboneConnectOptions {
   /** Overrides the pool's connect timeout. */
   timeoutMs?: number;
   signal?: AbortSignal;
+  /**
+   * Called once if the session carrying this tunnel leaves the pool while the tunnel is open (the
+   * server sent GOAWAY because it drains, or a certificate rotation retired it). The tunnel goes on;
+   * a caller that keeps it for more work (a keep-alive HTTP connection) should send new work over a
+   * new tunnel, or the server's drain deadline cuts it.
+   */
+  onRetired?: () => void;
 }
 
 export interface HbonePoolOptions {
@@ -117,6 +124,8 @@ interface PooledSession {
   error: Error | undefined;
   /** The session emitted 'close'. */
   closeSeen: boolean;
+  /** `onRetired` of the open tunnels that asked for it. */
+  retiredWatchers: Set<() => void>;
 }
 
 /** Streams the server refused as over its limit (their own 'close' frees no slot). */
@@ -330,6 +339,7 @@ export class HbonePool {
       saturated: false,
       error: undefined,
       closeSeen: false,
+      retiredWatchers: new Set(),
     };
     // Registered before the setup listeners so that they see the session's error and close reason.
     session.on('error', (err: Error) => { pooled.error ??= err; });
@@ -400,6 +410,9 @@ export class HbonePool {
         list.splice(i, 1);
         if (list.length === 0) this.#sessions.delete(pooled.key);
       }
+      const watchers = [...pooled.retiredWatchers];
+      pooled.retiredWatchers.clear();
+      for (const w of watchers) w();
     }
     if (pooled.active === 0 && pooled.pending === 0 && !pooled.session.closed && !pooled.session.destroyed) {
       // A session still connecting has nothing to say goodbye to.
@@ -469,6 +482,14 @@ export class HbonePool {
         const status = Number(h[':status']);
         if (status === 200) {
           cleanup();
+          const onRetired = opts.onRetired;
+          if (onRetired) {
+            if (pooled.retired) queueMicrotask(onRetired);
+            else {
+              pooled.retiredWatchers.add(onRetired);
+              stream.once('close', () => pooled.retiredWatchers.delete(onRetired));
+            }
+          }
           resolve(stream);
           return;
         }

@@ -4,7 +4,8 @@
 // (Dockerfile), with projected tokens, the published trust bundle and --require-client-identity;
 // an ambient namespace's pods, started through the agent's chained CNI plugin, talk over HBONE
 // across nodes; a Waypoint CR becomes a Deployment the lab runs and an L7 policy takes effect; a
-// DaemonSet update rolls the agents with traffic flowing; `weftctl uninstall` leaves nothing.
+// DaemonSet update rolls the agents with traffic flowing, agent to agent and then through the
+// waypoint; `weftctl uninstall` leaves nothing.
 // One setup for the whole file (it is the expensive part).
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
@@ -126,6 +127,44 @@ spec:
   containers: [{name: sleep, image: lab/sleep}]
 `;
 
+/**
+ * Patches the agent DaemonSet's template (env WEFT_LAB_ROLL=`roll`) and waits until both nodes run a
+ * new ready agent, while the client pod sends requests to the echo Service (`loops` in parallel, each
+ * waiting `gapMs` between two): every request must be answered.
+ */
+async function rollAgents(t: { diagnostic(msg: string): void }, roll: string, stopFile: string, traffic: { loops: number; gapMs: number }): Promise<void> {
+  const clusterIP = (kube.api.get('Service', 'shop', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
+  const isAgent = (p: { metadata: { namespace?: string; name: string } }) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-');
+  const before = new Set(kube.api.list('Pod').filter(isAgent).map((p) => p.metadata.name));
+  const stop = join(stateDir, stopFile);
+  const sending = inPod('shop', 'client', `${GET}
+const out = { ok: 0, failed: [] };
+const stop = Date.now() + 120000;
+const loop = async () => {
+  while (Date.now() < stop) {
+    const r = await get(${JSON.stringify(`http://${clusterIP}/`)});
+    if (r.status === 200) out.ok++; else out.failed.push(r.status ?? r.error);
+    try { (await import('node:fs')).accessSync(${JSON.stringify(stop)}); break; } catch {}
+    await new Promise((r) => setTimeout(r, ${traffic.gapMs}));
+  }
+};
+await Promise.all(Array.from({ length: ${traffic.loops} }, loop));
+console.log(JSON.stringify(out));`, 150_000);
+  await kubectl('patch', 'daemonset', '-n', 'weft-system', 'weft-agent', '--type=json', '-p', JSON.stringify([{ op: 'add', path: '/spec/template/spec/containers/0/env/-', value: { name: 'WEFT_LAB_ROLL', value: roll } }]));
+  await until('both nodes run a new, ready agent and the old ones are gone', () => {
+    const agents = kube.api.list('Pod').filter(isAgent);
+    return agents.length === 2 && agents.every((p) => !before.has(p.metadata.name) && statusOf<{ conditions?: Array<{ type: string; status: string }> }>(p).conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
+  }, 150_000, { explain });
+  // The API drops a deleted pod at once; its process drains for --drain-timeout before it exits, and
+  // the deadline that cuts what is left must fall while the traffic still flows.
+  await until('the old agents\' processes have exited', () => [...kube.kubelets.values()].every((k) => [...k.pods.values()].every((p) => !before.has(p.name))), 60_000, { explain });
+  writeFileSync(stop, '');
+  const result = JSON.parse(await sending) as { ok: number; failed: unknown[] };
+  t.diagnostic(`requests during the roll: ${result.ok} answered, ${result.failed.length} failed`);
+  assert.ok(result.ok > 10, `requests answered during the roll: ${result.ok}`);
+  assert.deepEqual(result.failed, [], 'no request failed during the roll');
+}
+
 before(async () => {
   if (skip) return;
   stateDir = mkdtempSync(join(tmpdir(), 'weft-k8s-e2e-'));
@@ -133,7 +172,7 @@ before(async () => {
   kube.start();
 });
 
-test('the rendered install runs in the kube lab: controller and agents on two nodes ready, HBONE between nodes, a waypoint with an L7 policy, an agent roll with traffic flowing, and uninstall leaves nothing', { skip, timeout: 420_000 }, async (t) => {
+test('the rendered install runs in the kube lab: controller and agents on two nodes ready, HBONE between nodes, a waypoint with an L7 policy, an agent roll with traffic flowing agent to agent and through the waypoint, and uninstall leaves nothing', { skip, timeout: 600_000 }, async (t) => {
   const file = join(stateDir, 'install.yaml');
   writeFileSync(file, toYaml(renderInstall({ image: IMAGE, trustDomain: 'cluster.local', warn: () => {} })));
   await kubectl('apply', '--server-side', '-f', file);
@@ -171,31 +210,9 @@ test('the rendered install runs in the kube lab: controller and agents on two no
     }, 20_000);
   });
 
-  await t.test('a DaemonSet update rolls the agents node by node while the client\'s requests keep succeeding', async () => {
-    const clusterIP = (kube.api.get('Service', 'shop', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
+  await t.test('a DaemonSet update rolls the agents node by node while the client\'s requests keep succeeding (agent to agent)', async () => {
     // L4 (agent to agent): the roll runs before the Service uses a waypoint.
-    const before = new Set(kube.api.list('Pod').filter((p) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-')).map((p) => p.metadata.name));
-    // Traffic during the roll: one request every 100 ms from the client pod, until told to stop.
-    const traffic = inPod('shop', 'client', `${GET}
-const out = { ok: 0, failed: [] };
-const stop = Date.now() + 120000;
-while (Date.now() < stop) {
-  const r = await get(${JSON.stringify(`http://${clusterIP}/`)});
-  if (r.status === 200) out.ok++; else out.failed.push(r.status ?? r.error);
-  try { (await import('node:fs')).accessSync(${JSON.stringify(join(stateDir, 'stop-traffic'))}); break; } catch {}
-  await new Promise((r) => setTimeout(r, 100));
-}
-console.log(JSON.stringify(out));`, 150_000);
-    await kubectl('patch', 'daemonset', '-n', 'weft-system', 'weft-agent', '--type=json', '-p', JSON.stringify([{ op: 'add', path: '/spec/template/spec/containers/0/env/-', value: { name: 'WEFT_LAB_ROLL', value: '2' } }]));
-    await until('both nodes run a new, ready agent and the old ones are gone', () => {
-      const agents = kube.api.list('Pod').filter((p) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-'));
-      return agents.length === 2 && agents.every((p) => !before.has(p.metadata.name) && statusOf<{ conditions?: Array<{ type: string; status: string }> }>(p).conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
-    }, 150_000, { explain });
-    writeFileSync(join(stateDir, 'stop-traffic'), '');
-    const result = JSON.parse(await traffic) as { ok: number; failed: unknown[] };
-    t.diagnostic(`requests during the roll: ${result.ok} answered, ${result.failed.length} failed`);
-    assert.ok(result.ok > 10, `requests answered during the roll: ${result.ok}`);
-    assert.deepEqual(result.failed, [], 'no request failed during the roll');
+    await rollAgents(t, '2', 'stop-traffic-l4', { loops: 1, gapMs: 100 });
   });
 
   await t.test('a Waypoint CR becomes a Deployment the lab runs, and an L7 policy takes effect through it', async () => {
@@ -230,6 +247,13 @@ spec:
       const [[admin], [root]] = last.trim().split('\n').map((l) => JSON.parse(l) as Array<{ status?: number }>);
       return admin?.status === 403 && root?.status === 200;
     }, 60_000, { explain: () => `${last}\n${explain()}` });
+  });
+
+  await t.test('a DaemonSet update rolls the agents while the client\'s requests go through the waypoint', async () => {
+    // The waypoint pools keep-alive HTTP connections in HBONE tunnels to the destination's agent:
+    // when that agent drains (GOAWAY) they must take no new request, or its drain deadline cuts them.
+    // Back-to-back requests on two loops, so that some are in flight whenever a drain deadline falls.
+    await rollAgents(t, '3', 'stop-traffic-waypoint', { loops: 2, gapMs: 0 });
   });
 
   await t.test('weftctl uninstall removes everything, pins included, and pods are no longer redirected', async () => {

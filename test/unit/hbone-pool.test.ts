@@ -82,6 +82,29 @@ test('after a GOAWAY open tunnels finish on the old session and new ones use a f
   assert.equal(hb.server.stats().sessionsOpened, 2);
 });
 
+test('a tunnel hears once that its session left the pool (GOAWAY, rotation), so keep-alive users move new work', async () => {
+  const echo = await echoTarget();
+  const hb = await startHbone();
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const heard: string[] = [];
+  const a = await pool.connect({ ...hb.to(`127.0.0.1:${echo}`), onRetired: () => heard.push('a') });
+  const b = await pool.connect({ ...hb.to(`127.0.0.1:${echo}`), onRetired: () => heard.push('b') });
+  assert.equal(await roundTrip(b, 'b'), 'b');
+  await new Promise<void>((resolve) => { if (b.closed) resolve(); else b.once('close', () => resolve()); });
+  const goaway = new Promise((resolve) => a.session?.once('goaway', resolve));
+  hb.server.dropSessions();
+  await goaway;
+  assert.deepEqual(heard, ['a'], 'only the open tunnel is told, once; a closed one is forgotten');
+  assert.equal(await roundTrip(a, 'still'), 'still', 'the tunnel itself goes on');
+  // A certificate rotation retires sessions the same way.
+  const c = await pool.connect({ ...hb.to(`127.0.0.1:${echo}`), onRetired: () => heard.push('c') });
+  pool.retire();
+  assert.deepEqual(heard, ['a', 'c']);
+  assert.equal(await roundTrip(c, 'c'), 'c');
+});
+
 test('an idle pooled session is closed after the idle timeout', async () => {
   const echo = await echoTarget();
   const hb = await startHbone();

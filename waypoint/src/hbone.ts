@@ -84,6 +84,8 @@ export class HboneUpstream implements Upstream {
         expectPeer: ep.spiffeId,
         timeoutMs: opts.timeoutMs,
         ...(Object.keys(headers).length > 0 ? { headers } : {}),
+        // GOAWAY (the agent drains) or rotation: the tunnel finishes what it carries, takes no new work.
+        ...(opts.onDraining ? { onRetired: opts.onDraining } : {}),
       });
     } catch (err) {
       throw new UpstreamConnectError(addr(ep), `HBONE via ${ep.node}: ${(err as Error).message}`, err);

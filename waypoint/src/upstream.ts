@@ -24,6 +24,12 @@ export interface UpstreamConnectOptions {
   timeoutMs: number;
   /** The original client this stream carries (a passthrough stream of one caller); HBONE sends it as `forwarded: for=`. */
   forwardedFor?: { ip: string; port: number };
+  /**
+   * Called once when what carries the connection is going away (its HBONE session got GOAWAY: the
+   * destination's agent is draining for an upgrade). The connection still finishes what is in flight,
+   * but the caller must send no new request on it (RFC 9113 section 6.8), or the drain deadline cuts it.
+   */
+  onDraining?: () => void;
 }
 
 /** Opens byte streams to endpoints. */
@@ -85,15 +91,39 @@ function socketShims(d: Duplex): net.Socket {
   return s as net.Socket;
 }
 
+/** Keep-alive connections whose carrier is draining: finish the request on them, then close. */
+const drainingSockets = new WeakSet<Duplex>();
+
 class TunnelAgent extends http.Agent {
-  private readonly open: () => Promise<Duplex>;
-  constructor(open: () => Promise<Duplex>, opts: http.AgentOptions) {
+  private readonly open: (onDraining: () => void) => Promise<Duplex>;
+  constructor(open: (onDraining: () => void) => Promise<Duplex>, opts: http.AgentOptions) {
     super(opts);
     this.open = open;
   }
   override createConnection(_options: http.ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void): Duplex | undefined {
-    this.open().then((s) => cb?.(null, socketShims(s)), (err: Error) => cb?.(err, undefined as unknown as Duplex));
+    let socket: Duplex | undefined;
+    let draining = false;
+    const onDraining = (): void => {
+      draining = true;
+      if (socket) this.retire(socket);
+    };
+    this.open(onDraining).then((s) => {
+      socket = socketShims(s);
+      if (draining) drainingSockets.add(socket);
+      cb?.(null, socket);
+    }, (err: Error) => cb?.(err, undefined as unknown as Duplex));
     return undefined;
+  }
+  /** An idle connection closes now; a busy one is not pooled again once its response is done. */
+  private retire(socket: Duplex): void {
+    drainingSockets.add(socket);
+    const idle = Object.values(this.freeSockets).some((list) => list?.includes(socket as net.Socket));
+    if (idle) socket.destroy();
+  }
+  /** Node pools the socket again only when this returns true (its typings say void). */
+  override keepSocketAlive(socket: Duplex): void {
+    if (drainingSockets.has(socket)) return false as unknown as void;
+    return super.keepSocketAlive(socket);
   }
 }
 
@@ -118,13 +148,13 @@ export class UpstreamPool {
     this.idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   }
 
-  private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<Duplex> {
+  private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }, onDraining?: () => void): Promise<Duplex> {
     this.connectionsOpened++;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new UpstreamConnectError(addr(ep), `no connection within ${timeoutMs} ms`, new UpstreamTimeoutError('connect', timeoutMs))), timeoutMs);
     });
-    const attempt = this.upstream.connect(ep, { timeoutMs, ...(forwardedFor ? { forwardedFor } : {}) }).then((d) => d, (err: unknown) => {
+    const attempt = this.upstream.connect(ep, { timeoutMs, ...(forwardedFor ? { forwardedFor } : {}), ...(onDraining ? { onDraining } : {}) }).then((d) => d, (err: unknown) => {
       throw err instanceof UpstreamConnectError ? err : new UpstreamConnectError(addr(ep), (err as Error).message, err);
     });
     attempt.then((d) => { if (timer === undefined) d.destroy(); }, () => {});
@@ -144,7 +174,7 @@ export class UpstreamPool {
     const key = addr(ep);
     let a = this.agents.get(key);
     if (!a) {
-      a = new TunnelAgent(() => this.connect(ep, connectTimeoutMs), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
+      a = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, undefined, onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
       this.agents.set(key, a);
     }
     return a;
@@ -207,22 +237,33 @@ export class UpstreamPool {
   }
 
   private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number): Promise<http2.ClientHttp2Session> {
-    const duplex = await this.connect(ep, connectTimeoutMs);
+    // Its tunnel draining: new requests go to a new session, this one finishes its streams (GOAWAY).
+    let draining = false;
+    let session: http2.ClientHttp2Session | undefined;
+    const retire = (): void => {
+      draining = true;
+      if (!session) return;
+      forget();
+      if (!session.closed) session.close();
+    };
+    const duplex = await this.connect(ep, connectTimeoutMs, undefined, retire);
     if (this.closed) { duplex.destroy(); throw new UpstreamConnectError(key, 'pool closed'); }
-    const session = http2.connect(`http://${key}`, {
+    const s = http2.connect(`http://${key}`, {
       createConnection: () => duplex,
       settings: { enablePush: false },
       peerMaxConcurrentStreams: 1000,
     });
     const forget = (): void => {
       const cur = this.sessions.get(key);
-      if (cur) cur.then((s) => { if (s === session) this.sessions.delete(key); }, () => {});
+      if (cur) cur.then((c) => { if (c === s && this.sessions.get(key) === cur) this.sessions.delete(key); }, () => {});
     };
-    session.on('error', forget);
-    session.on('goaway', forget);
-    session.on('close', forget);
-    session.setTimeout(this.idleMs, () => { forget(); session.close(); });
-    return session;
+    session = s;
+    if (draining) s.close();
+    s.on('error', forget);
+    s.on('goaway', forget);
+    s.on('close', forget);
+    s.setTimeout(this.idleMs, () => { forget(); s.close(); });
+    return s;
   }
 
   private async requestH2(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
