@@ -1,7 +1,9 @@
 // The test reporter `make test` uses: Node's spec reporter, with the tests that took longer than
 // SLOW_TEST_MS listed just before the closing summary, slowest first, so the next slow or
-// timing-bound test is seen before it blocks a submission. The summary lines (tests, pass, fail,
-// ...) stay the last ones a CI reads, as with the plain spec reporter.
+// timing-bound test is seen before it blocks a submission, and then the tests that failed, each
+// with the first line of its error: a CI that keeps only the end of the output still names them.
+// The summary lines (tests, pass, fail, ...) stay the last ones a CI reads, as with the plain spec
+// reporter.
 import { spec as SpecReporter } from 'node:test/reporters';
 import { relative } from 'node:path';
 import type { Transform } from 'node:stream';
@@ -15,7 +17,8 @@ interface TestEventData {
   nesting: number;
   file?: string;
   message?: string;
-  details?: { duration_ms?: number; type?: string };
+  todo?: string | boolean;
+  details?: { duration_ms?: number; type?: string; error?: { message?: string; failureType?: string; cause?: { message?: string } } };
 }
 interface TestEvent {
   type: string;
@@ -38,6 +41,29 @@ export function slowTestLines(slow: SlowTest[], thresholdMs = SLOW_TEST_MS): str
   ];
 }
 
+export interface FailedTest {
+  name: string;
+  file: string;
+  error: string;
+}
+
+/** The lines the reporter prints for the failed tests (todo ones are not failures), in run order. */
+export function failedTestLines(failed: FailedTest[]): string[] {
+  if (failed.length === 0) return [];
+  return [
+    `failed tests (${failed.length}):`,
+    ...failed.map((t) => `  ✖ ${t.file}  ${t.name}${t.error ? `\n      ${t.error}` : ''}`),
+  ];
+}
+
+/** The first line of a failure's error, shortened: the cause when the runner wrapped it. */
+function firstErrorLine(e: TestEventData): string {
+  const err = e.details?.error;
+  const msg = err?.cause?.message ?? err?.message ?? '';
+  const line = msg.split('\n').find((l) => l.trim() !== '') ?? '';
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+}
+
 /** The run's closing totals ("tests 21", "pass 21", ...): held back until the slow list is out. */
 const isClosingTotal = (e: TestEvent) =>
   e.type === 'test:diagnostic' && e.data.nesting === 0 &&
@@ -48,6 +74,7 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
   const out: string[] = [];
   spec.on('data', (chunk: Buffer | string) => out.push(chunk.toString()));
   const slow: SlowTest[] = [];
+  const failed: FailedTest[] = [];
   const held: TestEvent[] = [];
   const drain = function* () { while (out.length) yield out.shift()!; };
   for await (const event of source) {
@@ -55,11 +82,15 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
       const ms = event.data.details?.duration_ms ?? 0;
       if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms });
     }
+    // Every failure but todo ones and a parent's "N subtests failed" (its subtests are listed).
+    if (event.type === 'test:fail' && event.data.todo === undefined && event.data.details?.error?.failureType !== 'subtestsFailed') {
+      failed.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', error: firstErrorLine(event.data) });
+    }
     if (isClosingTotal(event)) held.push(event);
     else spec.write(event);
     yield* drain();
   }
-  yield `\n${slowTestLines(slow).join('\n')}\n\n`;
+  yield `\n${[...slowTestLines(slow), ...failedTestLines(failed)].join('\n')}\n\n`;
   for (const event of held) spec.write(event);
   spec.end();
   await finished(spec);
