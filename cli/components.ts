@@ -8,6 +8,7 @@
 import { CONTROLLER_IP } from './local/mesh.ts';
 import { requestInNetns, streamLinesInNetns } from './local/netns-http.ts';
 import { wireNetnsName } from './local/network.ts';
+import { waypointOfPod } from './local/waypoints.ts';
 import { DEBUG_PATH_PREFIX } from '../lib/debug-http.ts';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
@@ -82,7 +83,10 @@ export async function components(t: Target): Promise<Component[]> {
       // The controller's admin port is loopback inside the wire namespace, where it runs.
       ...(via ? [local('controller', 'controller', 'controller', via.netns, CONTROLLER_IP, wireNetnsName(st.prefix))] : []),
       ...st.nodes.map((n) => local('agent', n.name, `agent ${n.name}`, n.netns, n.ip, n.netns, n.name)),
-      ...st.pods.filter((p) => p.name.startsWith('waypoint')).map((p) => local('waypoint', `${p.namespace}/${p.name}`, `waypoint ${p.namespace}/${p.name.replace(/-\d+$/, '')}`, p.netns, p.ip, p.netns, p.node)),
+      ...st.pods.flatMap((p) => {
+        const wp = waypointOfPod(st, p);
+        return wp ? [local('waypoint', `${p.namespace}/${p.name}`, `waypoint ${p.namespace}/${wp}`, p.netns, p.ip, p.netns, p.node)] : [];
+      }),
     ];
   }
   return clusterComponents(t.kube);
@@ -117,7 +121,7 @@ async function clusterComponents(kube: KubeClient): Promise<Component[]> {
         try {
           return { status: 200, body: await kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.readiness, READINESS_PATH)) };
         } catch (e) {
-          if (e instanceof KubeApiError && e.status) return { status: e.status, body: e.message };
+          if (e instanceof KubeApiError && e.status) return { status: e.status, body: e.detail };
           throw e;
         }
       }),

@@ -13,13 +13,19 @@ export const KUBE_REQUEST_TIMEOUT_MS = 10_000;
 /** Largest response read from the API server. */
 export const KUBE_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
+/** Field manager of weftctl's server-side applies. */
+export const FIELD_MANAGER = 'weftctl';
+
 export class KubeApiError extends Error {
   readonly code = 'WEFT_KUBE_API';
   readonly status: number;
+  /** The server's own words (its Status message, or the body), without the request. */
+  readonly detail: string;
   constructor(path: string, status: number, message: string, method = 'GET') {
     super(`${method} ${path}: ${status ? `${status} ` : ''}${message}`);
     this.name = 'KubeApiError';
     this.status = status;
+    this.detail = message;
   }
 }
 
@@ -129,6 +135,11 @@ export class KubeClient {
       req.on('error', (e) => (signal.aborted ? resolve() : reject(new KubeApiError(path, 0, `cannot reach the API server ${this.server.origin}: ${e.message}`))));
       req.end();
     });
+  }
+
+  /** Server-side apply of `object` at its API path, field manager weftctl. */
+  async serverSideApply(path: string, object: unknown): Promise<void> {
+    await this.send('PATCH', `${path}?fieldManager=${FIELD_MANAGER}`, JSON.stringify(object), 'application/apply-patch+yaml');
   }
 
   async get<T>(path: string): Promise<T> {

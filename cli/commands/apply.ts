@@ -54,8 +54,6 @@ export function collect(value: string, previous: string[] | undefined): string[]
   return [...(previous ?? []), value];
 }
 
-/** Field manager of weftctl's server-side applies. */
-export const FIELD_MANAGER = 'weftctl';
 
 type Obj = { apiVersion?: string; kind: string; metadata: { name: string; namespace?: string } };
 
@@ -131,7 +129,7 @@ export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = rea
       if (t?.kind === 'cluster') {
         const kube = t.kube;
         await eachObject(io, 'apply', checked.flatMap((c) => c.objects as Obj[]), async (o) => {
-          await kube.send('PATCH', `${objectPath(kube, o)}?fieldManager=${FIELD_MANAGER}`, JSON.stringify(o), 'application/apply-patch+yaml');
+          await kube.serverSideApply(objectPath(kube, o), o);
           return 'serverside-applied';
         });
         return;

@@ -9,7 +9,7 @@ import { PORTS, READINESS_PATH } from '../../lib/defaults.ts';
 import { CONTROLLER_IP } from './mesh.ts';
 import { getJsonInNetns, requestInNetns, tcpConnectsInNetns } from './netns-http.ts';
 import { status, type LocalState } from './up.ts';
-import { waypointStatuses } from './waypoints.ts';
+import { waypointStatuses } from '../waypoints.ts';
 
 async function readiness(netns: string, url: string): Promise<{ ready: boolean; detail: string }> {
   try {
@@ -41,7 +41,7 @@ export async function gatherMeshFacts(st: LocalState): Promise<MeshFacts> {
     }
     agents.push(a);
   }
-  const waypoints = (await waypointStatuses(st)).map((w) => ({ namespace: w.namespace, name: w.name, ready: w.ready, ...(w.reason ? { reason: w.reason } : {}) }));
+  const waypoints = (await waypointStatuses({ kind: 'local', st })).map((w) => ({ namespace: w.namespace, name: w.name, ready: w.ready, ...(w.reason ? { reason: w.reason } : {}) }));
   return { now: Date.now(), logDir: join(st.stateDir, 'logs'), controller, agents, waypoints };
 }
 
