@@ -1,11 +1,12 @@
 // weftctl workloads | services | policies | waypoints | routes | certs | bpf | config-dump: what the
 // mesh is doing. On the local mesh it is read from each node agent's and waypoint's admin endpoint
 // (localhost:15000 inside the node or pod); on a cluster (kubeconfig) workloads, services, policies,
-// waypoints, routes and config-dump are the per-agent and per-waypoint views the controller computes
-// from the API's objects (cli/mesh-view.ts), with the same rows. certs and bpf read what only the
-// agents hold from each agent (cli/components.ts: the admin port inside the local mesh, its
-// read-only /debug/ paths through the API server's pod proxy on a cluster). Tables by default,
-// `-o wide|json|yaml` and `--no-headers`.
+// waypoints and routes are the per-agent and per-waypoint views the controller computes from the
+// API's objects (cli/mesh-view.ts), with the same rows. certs, bpf and config-dump read what each
+// agent (or waypoint) holds from it (cli/components.ts: the admin port inside the local mesh, its
+// read-only /debug/ paths through the API server's pod proxy on a cluster); `config-dump
+// --computed` gives the controller's computed views instead. Tables by default, `-o wide|json|yaml`
+// and `--no-headers`.
 import { Command } from 'commander';
 import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
 import { components } from '../components.ts';
@@ -17,6 +18,7 @@ import { clusterViews, type AgentDump, type WaypointDump as ComputedWaypointDump
 interface Flags extends OutputFlags, NamespaceFlags, TargetFlags {
   node?: string;
   waypoints?: boolean;
+  computed?: boolean;
 }
 
 /** Each node agent's answer to a read-only admin path (`--node`: that one's), by node name. */
@@ -248,10 +250,16 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
       }
     }, { namespaced: false }),
-    command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint) holds (on a cluster: what the controller sends each)', io, async (m, f) => {
-      if (m.target.kind === 'local') renderData(io, f, f.waypoints ? await perWaypoint(m.target) : await perNode<ConfigDump>(m.target, '/config_dump', f.node));
-      else renderData(io, f, f.waypoints ? await m.waypoints() : await m.agents(f.node));
-    }, { namespaced: false, formats: ['json', 'yaml'] }).option('--waypoints', 'the waypoints\' config instead of the agents\''),
+    command('config-dump', 'the full config each agent (or, with --waypoints, each waypoint replica) holds, read from it on either transport', io, async (m, f) => {
+      if (f.computed) {
+        if (m.target.kind === 'local') throw new Error('--computed is for a cluster: the local mesh\'s agents answer themselves');
+        renderData(io, f, f.waypoints ? await m.waypoints() : await m.agents(f.node));
+        return;
+      }
+      renderData(io, f, f.waypoints ? await perWaypoint(m.target) : await perNode<ConfigDump>(m.target, '/config_dump', f.node));
+    }, { namespaced: false, formats: ['json', 'yaml'] })
+      .option('--waypoints', 'the waypoints\' config instead of the agents\'')
+      .option('--computed', 'cluster: what the controller sends each agent (or waypoint), computed from the API\'s objects; needs no --debug-endpoints'),
   ];
 }
 

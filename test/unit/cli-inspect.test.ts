@@ -1,7 +1,7 @@
 // Inspection on a cluster (the kube lab's in-process API server): workloads, services, policies,
-// waypoints, routes and config-dump give the per-agent and per-waypoint views the controller
-// computes, with -n/-A, -o wide/json, --no-headers; certs/bpf/proxy-status read the agents' and the
-// controller's read-only /debug paths through the pod proxy;
+// waypoints, routes and config-dump --computed give the per-agent and per-waypoint views the
+// controller computes, with -n/-A, -o wide/json, --no-headers; certs/bpf/config-dump/proxy-status
+// read the agents' and the controller's read-only /debug paths through the pod proxy;
 // top reads the agents' and waypoints' metrics through the pod proxy and never writes escape
 // codes into a pipe.
 import { test, before, after } from 'node:test';
@@ -37,6 +37,7 @@ const DEBUG_ANSWERS: Record<string, unknown> = {
     pods: [{ netnsCookie: '4097', podIp: '10.1.0.11', mode: 'STRICT', agentIp: '192.168.0.1', agentPort: 15001 }], destinations: [{ ip: '10.96.1.10', port: 80 }],
     excludedPorts: [15000], counters: { connect_redirected: 3 }, podCounters: { '4097': { connect_redirected: 3 } }, pins: { weft_pods: '/sys/fs/bpf/weft/weft_pods', weft_dests: 'd', weft_counters: 'c' },
   },
+  '/debug/config_dump': { node: 'node-a', version: '12', config: { node: 'node-a', workloads: [], services: [], policies: [], peerAuthentications: [], waypoints: [], trafficPolicies: [] }, enrolled: {} },
   '/debug/clients': { systemVersion: '9', clients: [{ id: 'node-a', kind: 'agent', namespace: '', ackedVersion: '9' }, { id: 'shop/waypoint-0', kind: 'waypoint', namespace: 'shop', ackedVersion: '8', nackedVersion: '9' }] },
 };
 
@@ -127,8 +128,18 @@ test('services, policies, waypoints and routes on a cluster', async () => {
   assert.match(w.stdout, /^shop\s+waypoint\s+10\.1\.0\.99:15008\s+True\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/waypoint$/m);
   const rt = await run(['routes', '-o', 'wide']);
   assert.match(rt.stdout, /^shop\s+reviews\s+HTTPRoute\s+shop\/reviews\s+shop\/waypoint\s+1\s+reviews:1$/m);
-  const dump = await run(['config-dump', '--waypoints']);
+  // --computed: what the controller sends each, from the API's objects (no --debug-endpoints needed).
+  const dump = await run(['config-dump', '--waypoints', '--computed']);
   assert.deepEqual(JSON.parse(dump.stdout).map((d: { pod: string; config: { routes: unknown[] } }) => [d.pod, d.config.routes.length]), [['shop/waypoint', 1]]);
+});
+
+test('config-dump on a cluster: what each agent holds, read from it through the pod proxy as on the local mesh', async () => {
+  const r = await run(['config-dump', '--node', 'node-a']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), [{ node: 'node-a', data: DEBUG_ANSWERS['/debug/config_dump'] }]);
+  assert.ok(debugRequests.includes('/debug/config_dump'));
+  const y = await run(['config-dump', '-o', 'yaml']);
+  assert.match(y.stdout, /^- node: node-a\n  data:\n    node: node-a\n    version: "12"$/m);
 });
 
 test('certs and bpf on a cluster: each agent\'s read-only /debug path on its metrics port, through the API server\'s pod proxy', async () => {
