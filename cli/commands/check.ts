@@ -65,7 +65,7 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
   const cmd = localMeshOptions(new Command('check'))
     .description('check that this machine can run the Weft agent (kernel, BPF features, mounts, privileges, tools, ports) and, when a local mesh runs, that its controller, agents, waypoints, certificates and BPF links are healthy')
     .option('--mesh', 'only the running local mesh (fails when none runs)')
-    .option('--pre', 'before installing on a cluster: node kernels and OS, Gateway API and Weft CRDs, read from the API (no local tools needed)')
+    .option('--pre', 'before installing on a cluster: node kernels, OS and cgroup mode, Gateway API and Weft CRDs, read from the API (no local tools needed)')
     .option('--kubeconfig <file>', 'with --pre: kubeconfig of the cluster (default $KUBECONFIG, then ~/.kube/config)')
     .option('--context <name>', 'with --pre: kubeconfig context')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))

@@ -31,7 +31,9 @@
 //   - Services get a cluster IP; generation moves with spec changes; uid, creationTimestamp.
 //   - the pod proxy (GET /api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy/<path>): forwarded over
 //     HTTP to the pod's status.podIP:<port> (or where `podProxyTarget` says), 503 when the pod
-//     does not run or the port does not answer, as the real server does.
+//     does not run or the port does not answer, as the real server does; the node proxy (GET
+//     /api/v1/nodes/<node>/proxy/<path>, the kubelet's endpoints) where `nodeProxyTarget` says,
+//     503 when it says nothing (no kubelet serves HTTP in the lab).
 // Not done: authorization (RBAC objects are stored, not enforced), admission, defaulting,
 // garbage collection by ownerReferences (the lab kubelet deletes what it owns), protobuf.
 // One global resourceVersion counter orders all changes, as etcd does. Tests drive it directly
@@ -181,6 +183,8 @@ export class FakeApiServer {
   now: () => number = () => Math.floor(Date.now() / 1000);
   /** Where the pod proxy connects for a pod's port; default its status.podIP and that port. */
   podProxyTarget: ((namespace: string, pod: string, port: number) => { host: string; port: number } | undefined) | undefined;
+  /** Where the node proxy connects for a node's kubelet; undefined: 503. */
+  nodeProxyTarget: ((node: string) => { host: string; port: number } | undefined) | undefined;
   port = 0;
 
   constructor(options: FakeApiServerOptions = {}) {
@@ -503,6 +507,8 @@ export class FakeApiServer {
     this.requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, ...(body !== undefined ? { body } : {}) });
     const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)?$/.exec(url.pathname);
     if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res);
+    const nodeProxy = /^\/api\/v1\/nodes\/([^/]+)\/proxy(\/.*)?$/.exec(url.pathname);
+    if (nodeProxy && req.method === 'GET') return this.#nodeProxy(decodeURIComponent(nodeProxy[1]!), (nodeProxy[2] ?? '/') + url.search, res);
     if (req.method === 'GET' && this.#discovery(url.pathname, res)) return;
     if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') {
       const review = body as { spec?: { token?: string; audiences?: string[] } };
@@ -711,6 +717,17 @@ export class FakeApiServer {
     const podIP = (pod.status as { podIP?: string } | undefined)?.podIP;
     const target = this.podProxyTarget?.(namespace, name, port) ?? (podIP ? { host: podIP, port } : undefined);
     if (!target) return status(res, 503, 'ServiceUnavailable', `pod ${namespace}/${name} has no IP address`);
+    this.#forward(target, path, res);
+  }
+
+  #nodeProxy(name: string, path: string, res: ServerResponse): void {
+    if (!this.get('Node', undefined, name)) return status(res, 404, 'NotFound', `nodes "${name}" not found`);
+    const target = this.nodeProxyTarget?.(name);
+    if (!target) return status(res, 503, 'ServiceUnavailable', `no kubelet endpoint for node ${name}`);
+    this.#forward(target, path, res);
+  }
+
+  #forward(target: { host: string; port: number }, path: string, res: ServerResponse): void {
     const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000 }, (r) => {
       res.writeHead(r.statusCode ?? 502, { 'content-type': r.headers['content-type'] ?? 'text/plain' });
       r.pipe(res);

@@ -1,7 +1,11 @@
-// weftctl check --pre against a cluster: node kernels and OS and the Gateway API / Weft CRDs, read
-// from the API alone (no clang or bpftool on the user's machine).
+// weftctl check --pre against a cluster: node kernels and OS, each node's cgroup mode (the
+// kubelet's kubelet_cgroup_version gauge, KEP-4569, through the API server's node proxy) and the
+// Gateway API / Weft CRDs, read from the API alone (no clang or bpftool on the user's machine).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { kubeletCgroupVersion } from '../../cli/check-cluster.ts';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +17,23 @@ import { runCommands } from './cli-harness.ts';
 const dir = mkdtempSync(join(tmpdir(), 'weft-cli-pre-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-const node = (name: string, kernelVersion: string, operatingSystem = 'linux') => ({ apiVersion: 'v1', kind: 'Node', metadata: { name }, status: { nodeInfo: { kernelVersion, operatingSystem, osImage: 'Debian GNU/Linux 12', architecture: 'amd64' } } });
+const node = (name: string, kernelVersion: string, operatingSystem = 'linux') => ({ apiVersion: 'v1', kind: 'Node', metadata: { name }, status: { nodeInfo: { kernelVersion, operatingSystem, osImage: 'Debian GNU/Linux 12', architecture: 'amd64', kubeletVersion: 'v1.30.4' } } });
+
+const kubeletServers: http.Server[] = [];
+after(() => { for (const s of kubeletServers) s.close(); });
+
+/** A node's kubelet as the node proxy reaches it: its /metrics answer. */
+async function kubelet(status: number, body: string): Promise<{ host: string; port: number }> {
+  const server = http.createServer((req, res) => {
+    const ok = req.url === '/metrics';
+    res.writeHead(ok ? status : 404, { 'content-type': 'text/plain' }).end(ok ? body : '');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  kubeletServers.push(server);
+  return { host: '127.0.0.1', port: (server.address() as AddressInfo).port };
+}
+
+const METRICS = (v: number) => `# HELP kubelet_cgroup_version [ALPHA] cgroup version on the hosts.\n# TYPE kubelet_cgroup_version gauge\nkubelet_cgroup_version ${v}\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods 12\n`;
 const crd = (name: string, versions: string[]) => {
   const [plural, ...group] = name.split('.');
   const kind = { httproutes: 'HTTPRoute', grpcroutes: 'GRPCRoute', waypoints: 'Waypoint' }[plural!] ?? 'Thing';
@@ -42,13 +62,47 @@ test('check --pre reads node kernels and CRDs from the API; a missing Gateway AP
     assert.match(r.stdout, /^WARN +CRD referencegrants\.gateway\.networking\.k8s\.io +not installed \(needed only for backendRefs to other namespaces\)/m);
     assert.match(r.stdout, /^ok  +CRD waypoints\.weft\.dev +installed \(serves v1alpha1\)$/m);
     assert.match(r.stdout, /^ok  +CRD authorizationpolicies\.weft\.dev +not installed yet; `weftctl install \| kubectl apply -f -` creates it$/m);
-    assert.ok(!api.requests.some((q) => q.path.includes('proxy')), 'nothing but the API is read');
+    // No kubelet reachable through the node proxy: the cgroup mode is unknown, said as a warning.
+    assert.match(r.stdout, /^WARN +node node-a cgroup +cgroup mode unknown: the kubelet's metrics did not answer through the node proxy \(no kubelet endpoint for node node-a\)\n +-> on the node, `stat -fc %T \/sys\/fs\/cgroup` prints cgroup2fs/m);
+    assert.ok(api.requests.every((q) => !q.path.includes('/proxy') || /^\/api\/v1\/nodes\/node-[ab]\/proxy\/metrics$/.test(q.path)), 'the API, and only the Linux nodes\' kubelet metrics through the node proxy');
 
     api.apply(crd('grpcroutes.gateway.networking.k8s.io', ['v1']));
     api.remove('Node', undefined, 'win');
     const ok = await run(['-o', 'json']);
     assert.equal(ok.code, 0, ok.stdout);
     assert.equal(JSON.parse(ok.stdout).filter((c: { status: string }) => c.status === 'fail').length, 0);
+  } finally {
+    await api.stop();
+  }
+});
+
+test('check --pre reads each node\'s cgroup mode from its kubelet\'s kubelet_cgroup_version (KEP-4569) through the node proxy', async () => {
+  assert.equal(kubeletCgroupVersion(METRICS(2)), 2);
+  assert.equal(kubeletCgroupVersion('kubelet_cgroup_version{} 1\n'), 1);
+  assert.equal(kubeletCgroupVersion('kubelet_cgroup_versions 2\nkubelet_running_pods 3\n'), undefined, 'a longer name is another metric');
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeconfig = join(dir, 'kubeconfig-cg');
+  writeFileSync(kubeconfig, api.kubeconfig());
+  try {
+    for (const n of ['v2', 'v1', 'old', 'forbidden']) api.apply(node(n, '6.8.0'));
+    api.apply(crd('httproutes.gateway.networking.k8s.io', ['v1']));
+    api.apply(crd('grpcroutes.gateway.networking.k8s.io', ['v1']));
+    const targets = new Map([
+      ['v2', await kubelet(200, METRICS(2))],
+      ['v1', await kubelet(200, METRICS(1))],
+      ['old', await kubelet(200, '# TYPE kubelet_running_pods gauge\nkubelet_running_pods 3\n')],
+      ['forbidden', await kubelet(403, 'Forbidden (user=alice, verb=get, resource=nodes, subresource=proxy)')],
+    ]);
+    api.nodeProxyTarget = (n) => targets.get(n);
+    const r = await runCommands((io) => [checkCommand(io)], ['check', '--pre', '--kubeconfig', kubeconfig]);
+    assert.equal(r.code, 1, 'a cgroup v1 node fails the check');
+    assert.match(r.stdout, /^ok  +node v2 cgroup +cgroup v2 \(kubelet_cgroup_version 2\)$/m);
+    assert.match(r.stdout, /^FAIL +node v1 cgroup +cgroup v1 \(kubelet_cgroup_version 1\): the agent attaches its programs to the cgroup v2 hierarchy\n +-> boot the node with systemd\.unified_cgroup_hierarchy=1/m);
+    assert.match(r.stdout, /^WARN +node old cgroup +cgroup mode unknown: the kubelet \(v1\.30\.4\) does not publish kubelet_cgroup_version \(Kubernetes 1\.31 and later do\)$/m);
+    assert.match(r.stdout, /^WARN +node forbidden cgroup +cgroup mode unknown: reading the kubelet's metrics needs `get` on nodes\/proxy$/m);
+    const j = JSON.parse((await runCommands((io) => [checkCommand(io)], ['check', '--pre', '--kubeconfig', kubeconfig, '-o', 'json'])).stdout) as Array<{ id: string; title: string; status: string }>;
+    assert.deepEqual(j.filter((c) => c.id === 'cluster.node.cgroup').map((c) => [c.title, c.status]), [['node v2 cgroup', 'pass'], ['node v1 cgroup', 'fail'], ['node old cgroup', 'warn'], ['node forbidden cgroup', 'warn']]);
   } finally {
     await api.stop();
   }
