@@ -78,7 +78,8 @@ test('up shows traffic flowing, top the canary split, bpf the enrolled pods, and
   // columns as the local transport, command by command.
   const mirror = await mirrorLocalMesh(st, stateDir, stateDir);
   try {
-    for (const args of [['workloads', '-o', 'wide'], ['services', '-o', 'wide'], ['policies', '-o', 'wide'], ['waypoints'], ['routes', '-o', 'wide'], ['certs', '-o', 'wide'], ['bpf', '-o', 'json'], ['proxy-status']]) {
+    for (const args of [['workloads', '-o', 'wide'], ['services', '-o', 'wide'], ['policies', '-o', 'wide'], ['waypoints'], ['routes', '-o', 'wide'], ['certs', '-o', 'wide'], ['bpf', '-o', 'json'], ['proxy-status'],
+      ['config-dump'], ['config-dump', '--waypoints', '-o', 'yaml'], ['waypoint', 'list', '-o', 'wide'], ['waypoint', 'status', '-n', 'shop']]) {
       const [local, cluster] = await Promise.all([weftctl([...args, ...common]), weftctl([...args, '--kubeconfig', mirror.kubeconfig])]);
       assert.equal(local.code, 0, `${args.join(' ')} (local): ${local.err}`);
       assert.equal(cluster.code, 0, `${args.join(' ')} (cluster): ${cluster.err}`);
