@@ -19,7 +19,7 @@ import { assertValid } from '../lib/model/validate.ts';
 import { components, type Component } from './components.ts';
 import { KubeApiError, type KubeClient } from './kube.ts';
 import type { Target } from './commands/target.ts';
-import { stillLabelled } from './local/waypoints.ts';
+import { stillLabelled, WaypointCommandError } from './local/waypoints.ts';
 
 export interface WaypointStatus {
   namespace: string;
@@ -31,15 +31,6 @@ export interface WaypointStatus {
   identity?: string;
   pods: Array<{ name: string; node: string; ip: string; ready: boolean; detail: string; configVersion?: number }>;
   agents: Array<{ node: string; ready: boolean; detail: string }>;
-}
-
-export class WaypointError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'WaypointError';
-    this.code = code;
-  }
 }
 
 type Key = { namespace: string; name: string };
@@ -117,7 +108,7 @@ export async function waypointStatuses(t: Target, filter: { namespace?: string; 
 
 /**
  * Waits until the waypoint's replicas are ready and every agent sees it ready; says where it is.
- * WaypointError WEFT_WAYPOINT_NOT_READY (naming what is not ready, and `hint`) at the deadline.
+ * WaypointCommandError WEFT_WAYPOINT_NOT_READY (naming what is not ready, and `hint`) at the deadline.
  */
 export async function waitWaypointReady(t: Target, namespace: string, name: string, o: { timeoutMs: number; say: (l: string) => void; hint: string }): Promise<WaypointStatus> {
   const deadline = Date.now() + o.timeoutMs;
@@ -127,7 +118,7 @@ export async function waitWaypointReady(t: Target, namespace: string, name: stri
       o.say(`waypoint ${namespace}/${name} ready at ${w.addresses.join(', ')}, identity ${w.identity}`);
       return w;
     }
-    if (Date.now() > deadline) throw new WaypointError('WEFT_WAYPOINT_NOT_READY', `waypoint ${namespace}/${name} is not ready at every agent (${w?.reason ?? 'unknown to every agent'}); ${o.hint}`);
+    if (Date.now() > deadline) throw new WaypointCommandError('WEFT_WAYPOINT_NOT_READY', `waypoint ${namespace}/${name} is not ready at every agent (${w?.reason ?? 'unknown to every agent'}); ${o.hint}`);
     await new Promise((r) => setTimeout(r, 250));
   }
 }

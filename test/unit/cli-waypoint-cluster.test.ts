@@ -81,7 +81,11 @@ test('waypoint apply on a cluster writes the Waypoint by server-side apply, labe
   const node = await run(['apply', '-n', 'shop', '--node', 'node-a']);
   assert.equal(node.code, 1);
   assert.match(node.stderr, /^weftctl waypoint apply: --node places the pod on the local mesh; on a cluster the scheduler places the waypoint's pods$/m);
+  const mode = await run(['apply', '-n', 'shop', '--quota-redis', 'redis://10.0.0.7:6379', '--quota-failure-mode', 'maybe']);
+  assert.equal(mode.code, 1);
+  assert.match(mode.stderr, /^weftctl waypoint apply: Waypoint shop\/waypoint: spec\.quotaStore\.failureMode: "maybe" is not one of open, closed$/m);
   assert.equal(api.get('Waypoint', 'shop', 'waypoint'), undefined, 'a refused apply writes nothing');
+  assert.ok(!api.requests.some((q) => q.method !== 'GET'), 'nor sends any write');
 
   const [r] = await Promise.all([run(['apply', '-n', 'shop', '--enroll-namespace', '--max-requests', '300', '--timeout', '20']), playController()]);
   assert.equal(r.code, 0, r.stdout + r.stderr);
