@@ -34,13 +34,19 @@ export interface WaypointStatus {
 }
 
 type Key = { namespace: string; name: string };
+/** A Waypoint object: its key and, on a cluster, the controller's Ready condition. */
+type Declared = Key & { condition?: { status?: string; reason?: string; message?: string } };
 const WP = KINDS.Waypoint;
 
 /** The Waypoint objects of the target: the local mesh's config folder, or the cluster's API. */
-async function declaredWaypoints(t: Target): Promise<Key[]> {
+async function declaredWaypoints(t: Target): Promise<Declared[]> {
   if (t.kind === 'cluster') {
-    const items = await t.kube.list<{ metadata: { name: string; namespace: string } }>(WP.apiVersion, WP.plural);
-    return items.map((w) => ({ namespace: w.metadata.namespace, name: w.metadata.name }));
+    type Cond = NonNullable<Declared['condition']> & { type?: string };
+    const items = await t.kube.list<{ metadata: { name: string; namespace: string }; status?: { conditions?: Cond[] } }>(WP.apiVersion, WP.plural);
+    return items.map((w) => {
+      const c = w.status?.conditions?.find((x) => x.type === 'Ready');
+      return { namespace: w.metadata.namespace, name: w.metadata.name, ...(c ? { condition: c } : {}) };
+    });
   }
   const dir = join(t.st.stateDir, 'config');
   const out: Key[] = [];
@@ -66,13 +72,13 @@ export async function waypointStatuses(t: Target, filter: { namespace?: string; 
       return { node: c.name, error: (err as Error).message };
     }
   }));
-  const known = new Map<string, Key>();
+  const known = new Map<string, Declared>();
   for (const k of declared) known.set(`${k.namespace}/${k.name}`, k);
-  for (const d of dumps) for (const w of d.config?.waypoints ?? []) known.set(`${w.namespace}/${w.name}`, { namespace: w.namespace, name: w.name });
+  for (const d of dumps) for (const w of d.config?.waypoints ?? []) if (!known.has(`${w.namespace}/${w.name}`)) known.set(`${w.namespace}/${w.name}`, { namespace: w.namespace, name: w.name });
   const podsOf = (k: Key): Component[] => comps.filter((c) => c.role === 'waypoint' && c.reporter === `waypoint ${k.namespace}/${k.name}`)
     .map((c) => ({ c, name: c.name.slice(c.name.indexOf('/') + 1) })).sort(byName).map((x) => x.c);
   const out: WaypointStatus[] = [];
-  for (const { namespace, name } of [...known.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))) {
+  for (const { namespace, name, condition } of [...known.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))) {
     if (filter.namespace && namespace !== filter.namespace) continue;
     if (filter.name && name !== filter.name) continue;
     const views = dumps.map((d) => ({ d, w: d.config?.waypoints.find((x) => x.namespace === namespace && x.name === name) }));
@@ -96,7 +102,8 @@ export async function waypointStatuses(t: Target, filter: { namespace?: string; 
     }));
     const ready = agentRows.every((a) => a.ready) && pods.length > 0 && pods.every((p) => p.ready);
     const reason = ready ? undefined
-      : pods.length === 0 ? 'no waypoint pod runs'
+      // On a cluster the controller's word on the object says why (DeploymentMissing, NoReadyReplicas, a refusal).
+      : pods.length === 0 ? `no waypoint pod runs${condition && condition.status !== 'True' && condition.reason ? ` (Waypoint status: ${condition.reason}${condition.message ? `: ${condition.message}` : ''})` : ''}`
         : [...pods.filter((p) => !p.ready).map((p) => `pod ${p.name}: ${p.detail}`), ...agentRows.filter((a) => !a.ready).map((a) => `agent ${a.node}: ${a.detail}`)].join('; ');
     out.push({
       namespace, name, ready, addresses: seen ? (seen.addresses ?? (seen.address ? [seen.address] : [])) : [],

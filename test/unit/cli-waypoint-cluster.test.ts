@@ -139,6 +139,12 @@ test('waypoint apply on a cluster gives up at --timeout naming what is not ready
   const r = await run(['apply', '-n', 'shop', '--name', 'lonely', '--timeout', '1']);
   assert.equal(r.code, 1);
   assert.match(r.stderr, /^weftctl waypoint apply: waypoint shop\/lonely is not ready at every agent \(no waypoint pod runs\); see `kubectl -n shop describe deployment lonely`/m);
+  // The controller's Ready condition on the object, when it wrote one, says why no pod runs.
+  const obj = api.get('Waypoint', 'shop', 'lonely')!;
+  api.apply({ ...obj, status: { conditions: [{ type: 'Ready', status: 'False', reason: 'NotAllowed', message: 'waypoint is not ready: serviceAccountName lonely is not in the allow list' }] } });
+  const s = await run(['status', '-n', 'shop', '--name', 'lonely']);
+  assert.equal(s.code, 1);
+  assert.match(s.stdout, /^waypoint shop\/lonely: NOT READY: no waypoint pod runs \(Waypoint status: NotAllowed: waypoint is not ready: serviceAccountName lonely is not in the allow list\)$/m);
   const bad = await run(['apply', '-n', 'shop', '--timeout', 'soon']);
   assert.match(bad.stderr, /--timeout soon: give a whole number of seconds/);
   api.remove('Waypoint', 'shop', 'lonely');
