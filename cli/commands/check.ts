@@ -5,12 +5,10 @@
 //
 // Exit codes: 0 every check passed (warnings allowed); 1 a check failed; 2 usage.
 import { Command, Option } from 'commander';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { checkMesh, runPreflight, type CheckResult, type MeshFacts, type PreflightSources } from '../check.ts';
 import { checkFederation, type FederationFacts } from '../check-federation.ts';
 import { isRunning, readState, type LocalState } from '../local/up.ts';
-import type { MultiClusterState } from '../local/multicluster-up.ts';
+import { readLocalClusters } from '../local/multicluster-up.ts';
 import { localMeshOptions } from './local-mesh.ts';
 import { clusterPreflight } from '../check-cluster.ts';
 import { KubeApiError, KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
@@ -55,11 +53,6 @@ async function checkRunningMesh(st: LocalState, deps: CheckCommandDeps): Promise
   return out;
 }
 
-/** The clusters of a local multi-cluster mesh (`weftctl up --clusters N` writes clusters.json), if that is what the state folder holds. */
-function readClusters(stateDir: string): MultiClusterState | undefined {
-  const f = join(stateDir, 'clusters.json');
-  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as MultiClusterState) : undefined;
-}
 
 export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}, deps: CheckCommandDeps = {}): Command {
   const cmd = localMeshOptions(new Command('check'))
@@ -87,7 +80,7 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
       const results: CheckResult[] = flags.mesh ? [] : runPreflight(sources);
       const running = deps.isRunning ?? isRunning;
       const st = readState(flags.stateDir);
-      const clusters = st ? undefined : readClusters(flags.stateDir);
+      const clusters = st ? undefined : readLocalClusters(flags.stateDir);
       const clusterStates = (clusters?.clusters ?? []).map((c) => ({ name: c.name, st: readState(c.stateDir) })).filter((c) => c.st && running(c.st.prefix));
       if (st && running(flags.prefix)) {
         results.push(...await checkRunningMesh(st, deps));

@@ -1,14 +1,18 @@
 // weftctl dashboard: the service graph, policies and denials per edge, live flows and per-node BPF
 // state in a browser, served on loopback (cli/dashboard/), for the local mesh or a cluster (from a
-// laptop through kubeconfig, or in the cluster beside the controller with its ServiceAccount).
+// laptop through kubeconfig, or in the cluster beside the controller with its ServiceAccount), or
+// every cluster of a local multi-cluster mesh (`weftctl up --clusters N`) at once.
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { inspectCommand } from './inspect.ts';
-import type { TargetFlags } from './target.ts';
-import { processIo, type CommandIo } from './install.ts';
-import { MeshData } from '../dashboard/data.ts';
+import { Command } from 'commander';
+import { commandTarget, meshOf } from './inspect.ts';
+import { targetOptions, type TargetFlags } from './target.ts';
+import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
+import { MeshData, type ClusterMesh } from '../dashboard/data.ts';
 import { dashboardServer } from '../dashboard/server.ts';
 import { DASHBOARD_PORT } from '../install/dashboard.ts';
+import { readLocalClusters } from '../local/multicluster-up.ts';
+import { isRunning, readState } from '../local/up.ts';
 
 interface DashboardFlags extends TargetFlags {
   address: string;
@@ -18,29 +22,60 @@ interface DashboardFlags extends TargetFlags {
   allowedHost: string[];
 }
 
-export function dashboardCommand(io: CommandIo = processIo) {
-  return inspectCommand<DashboardFlags>('dashboard', 'dashboard', io, (cmd) => cmd
-    .description('serve a read-only web view of the mesh: service graph, policies, denials, live flows, BPF state')
+/**
+ * The running clusters of a local multi-cluster mesh, when the state folder holds one and no
+ * cluster (kubeconfig) was asked for; undefined otherwise.
+ */
+function localClusters(f: DashboardFlags): ClusterMesh[] | undefined {
+  if (f.kubeconfig !== undefined || f.context !== undefined || process.env.KUBECONFIG || readState(f.stateDir)) return undefined;
+  const running = (readLocalClusters(f.stateDir)?.clusters ?? []).flatMap((c) => {
+    const st = readState(c.stateDir);
+    return st && isRunning(c.prefix) ? [{ name: c.name, mesh: meshOf({ kind: 'local', st }) }] : [];
+  });
+  return running.length > 0 ? running : undefined;
+}
+
+export function dashboardCommand(io: CommandIo = processIo): Command {
+  const cmd = targetOptions(exitUsageOnCommanderError(new Command('dashboard'), io))
+    .description('serve a read-only web view of the mesh: service graph (by cluster and namespace), policies, denials, live flows, BPF state')
     .option('--address <ip>', 'address to listen on (loopback unless you mean otherwise)', '127.0.0.1')
     .option('-p, --port <port>', 'port to listen on (0: any free one)', String(DASHBOARD_PORT))
     .option('--prometheus <url>', 'read metrics from this Prometheus instead of the agents and waypoints')
     .option('--window <seconds>', 'rates are computed over this many seconds', '30')
-    .option('--allowed-host <name>', 'a Host name browsers may use besides the address (a Service or Ingress name); repeatable', (v: string, all: string[]) => [...all, v], [] as string[]), async (m, f) => {
-      const data = new MeshData(m, { windowSeconds: Number(f.window) || 30, ...(f.prometheus ? { prometheus: f.prometheus } : {}) });
-      const server = dashboardServer({ data, allowedHosts: f.allowedHost });
-      server.listen(Number(f.port), f.address);
-      await once(server, 'listening');
-      data.start();
-      const a = server.address() as AddressInfo;
-      const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-      io.out(`weft dashboard on http://${host}:${a.port}/ (${f.prometheus ? `metrics from ${f.prometheus}` : 'metrics from the agents and waypoints'}; Ctrl-C to stop)\n`);
-      await new Promise<void>((resolve) => {
-        const stop = () => resolve();
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      });
-      data.stop();
-      server.closeAllConnections();
-      server.close();
-    });
+    .option('--allowed-host <name>', 'a Host name browsers may use besides the address (a Service or Ingress name); repeatable', (v: string, all: string[]) => [...all, v], [] as string[]);
+  return cmd.action(async () => {
+    const f = cmd.opts<DashboardFlags>();
+    let clusters = localClusters(f);
+    if (!clusters) {
+      const target = commandTarget(cmd, f, io);
+      if (!target) return;
+      clusters = [{ mesh: meshOf(target) }];
+    }
+    try {
+      await serve(clusters, f, io);
+    } catch (err) {
+      io.err(`weftctl dashboard: ${(err as Error).message}\n`);
+      io.setExitCode(EXIT_FAILED);
+    }
+  });
+}
+
+async function serve(clusters: ClusterMesh[], f: DashboardFlags, io: CommandIo): Promise<void> {
+  const data = new MeshData(clusters, { windowSeconds: Number(f.window) || 30, ...(f.prometheus ? { prometheus: f.prometheus } : {}) });
+  const server = dashboardServer({ data, allowedHosts: f.allowedHost });
+  server.listen(Number(f.port), f.address);
+  await once(server, 'listening');
+  data.start();
+  const a = server.address() as AddressInfo;
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+  const of = clusters.length > 1 ? `, clusters ${clusters.map((c) => c.name).join(', ')}` : '';
+  io.out(`weft dashboard on http://${host}:${a.port}/ (${f.prometheus ? `metrics from ${f.prometheus}` : 'metrics from the agents and waypoints'}${of}; Ctrl-C to stop)\n`);
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  data.stop();
+  server.closeAllConnections();
+  server.close();
 }

@@ -65,17 +65,8 @@ export function inspectCommand<F extends TargetFlags>(name: string, label: strin
   const cmd = configure(targetOptions(exitUsageOnCommanderError(new Command(name), io)));
   return cmd.action(async () => {
     const f = cmd.opts<F>();
-    // --prefix/--state-dir on the command line ask for the local mesh as --local does.
-    const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
-    let target: Target;
-    try {
-      target = chooseTarget({ ...f, local: f.local || explicitLocal });
-    } catch (err) {
-      if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
-      io.err(`weftctl: ${err.message}\n`);
-      io.setExitCode(EXIT_FAILED);
-      return;
-    }
+    const target = commandTarget(cmd, f, io);
+    if (!target) return;
     try {
       await run(meshOf(target), f);
     } catch (err) {
@@ -83,6 +74,20 @@ export function inspectCommand<F extends TargetFlags>(name: string, label: strin
       io.setExitCode(EXIT_FAILED);
     }
   });
+}
+
+/** The target a command's flags point at; undefined (one line, exit 1) when there is none. */
+export function commandTarget(cmd: Command, f: TargetFlags, io: CommandIo): Target | undefined {
+  // --prefix/--state-dir on the command line ask for the local mesh as --local does.
+  const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
+  try {
+    return chooseTarget({ ...f, local: f.local || explicitLocal });
+  } catch (err) {
+    if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
+    io.err(`weftctl: ${err.message}\n`);
+    io.setExitCode(EXIT_FAILED);
+    return undefined;
+  }
 }
 
 function command(name: string, description: string, io: CommandIo, run: (m: Mesh, f: Flags) => Promise<void>, opts: { namespaced?: boolean; formats?: OutputFormat[] } = {}): Command {

@@ -1,11 +1,14 @@
 // Where the dashboard's data comes from: the mesh's own components (agents' and waypoints' metrics,
 // config, BPF state and flow streams, on either transport: inside the local mesh's network
 // namespaces, or through the API server's pod proxy on a cluster, cli/components.ts), or
-// Prometheus for the metrics when one is given. Read-only: nothing here writes to the mesh.
+// Prometheus for the metrics when one is given. Several clusters (a local multi-cluster mesh,
+// `weftctl up --clusters N`) are read side by side, each one's services, policies and flows tagged
+// with its cluster; the metrics name their clusters themselves (source_cluster,
+// destination_cluster). Read-only: nothing here writes to the mesh.
 import { parseProm, type Sample } from '../local/prom.ts';
 import { components, type Component } from '../components.ts';
 import { FlowEnricher, flowSources, watchFlows, type Flow } from '../flows.ts';
-import { buildGraph, type GraphConfig, type MeshGraph } from './graph.ts';
+import { buildGraph, type GraphConfig, type InCluster, type MeshGraph } from './graph.ts';
 import type { Mesh } from '../commands/inspect.ts';
 
 /** The metrics the graph reads. */
@@ -30,31 +33,55 @@ export interface DashboardSourceOptions {
 /** How long the list of components (pods on a cluster) is reused before it is read again. */
 const COMPONENTS_TTL_MS = 10_000;
 
+/** One cluster of the mesh the dashboard shows; `name`, its cluster ID, is needed when there are several. */
+export interface ClusterMesh {
+  name?: string;
+  mesh: Mesh;
+}
+
+/** A flow, with the cluster of its reporter when there are several. */
+export type DashboardFlow = InCluster<Flow>;
+
+/** What is kept per cluster: how to read it, its components, names for its flows' addresses. */
+interface ClusterSource extends ClusterMesh {
+  names: FlowEnricher;
+  components?: { at: number; list: Promise<Component[]> };
+}
+
 export class MeshData {
-  readonly mesh: Mesh;
+  readonly #clusters: ClusterSource[];
   readonly #o: Required<Omit<DashboardSourceOptions, 'prometheus'>> & { prometheus?: string };
   readonly #scrapes: Scrape[] = [];
-  readonly #flows: Flow[] = [];
-  readonly #listeners = new Set<(f: Flow) => void>();
+  readonly #flows: DashboardFlow[] = [];
+  readonly #listeners = new Set<(f: DashboardFlow) => void>();
   readonly #ac = new AbortController();
-  readonly #names = new FlowEnricher();
   #timer: NodeJS.Timeout | undefined;
-  #components: { at: number; list: Promise<Component[]> } | undefined;
 
-  constructor(mesh: Mesh, opts: DashboardSourceOptions = {}) {
-    this.mesh = mesh;
+  /** One mesh, or the clusters of a multi-cluster one (each named). */
+  constructor(meshes: Mesh | ClusterMesh[], opts: DashboardSourceOptions = {}) {
+    const list = Array.isArray(meshes) ? meshes : [{ mesh: meshes }];
+    if (list.length === 0) throw new Error('the dashboard needs a mesh to show');
+    if (list.length > 1 && list.some((c) => !c.name)) throw new Error('each cluster of a multi-cluster mesh needs its name');
+    this.#clusters = list.map((c) => ({ ...c, names: new FlowEnricher() }));
     this.#o = { windowSeconds: opts.windowSeconds ?? 30, scrapeIntervalMs: opts.scrapeIntervalMs ?? 2_000, ...(opts.prometheus ? { prometheus: opts.prometheus.replace(/\/$/, '') } : {}) };
+  }
+
+  /** The cluster's name to tag its objects with: only when there are several. */
+  #tag(c: ClusterSource): { cluster?: string } {
+    return this.#clusters.length > 1 && c.name ? { cluster: c.name } : {};
   }
 
   /** Starts following flows (and scraping, without Prometheus). */
   start(): void {
-    void this.#names.load(() => this.mesh.agents());
-    void this.#components_().then((list) => watchFlows(flowSources(list), (raw) => {
-      const f = this.#names.enrich(raw);
-      this.#flows.push(f);
-      if (this.#flows.length > FLOWS_KEPT) this.#flows.splice(0, this.#flows.length - FLOWS_KEPT);
-      for (const l of this.#listeners) l(f);
-    }, this.#ac.signal, { recent: true }), () => undefined);
+    for (const c of this.#clusters) {
+      void c.names.load(() => c.mesh.agents());
+      void this.#components_(c).then((list) => watchFlows(flowSources(list), (raw) => {
+        const f: DashboardFlow = { ...c.names.enrich(raw), ...this.#tag(c) };
+        this.#flows.push(f);
+        if (this.#flows.length > FLOWS_KEPT) this.#flows.splice(0, this.#flows.length - FLOWS_KEPT);
+        for (const l of this.#listeners) l(f);
+      }, this.#ac.signal, { recent: true }), () => undefined);
+    }
     if (!this.#o.prometheus) {
       const tick = async () => {
         this.#scrapes.push(await this.#scrapeComponents());
@@ -72,63 +99,77 @@ export class MeshData {
   }
 
   /** Calls `fn` for every new flow until the returned function is called. */
-  onFlow(fn: (f: Flow) => void): () => void {
+  onFlow(fn: (f: DashboardFlow) => void): () => void {
     this.#listeners.add(fn);
     return () => this.#listeners.delete(fn);
   }
 
-  recentFlows(): Flow[] {
+  recentFlows(): DashboardFlow[] {
     return [...this.#flows];
   }
 
   async graph(): Promise<MeshGraph> {
     const [pair, config] = await Promise.all([this.#metricsPair(), this.config()]);
-    this.#names.update(config.services, config.workloads);
+    for (const c of this.#clusters) {
+      const mine = <T extends { cluster?: string }>(x: T) => x.cluster === undefined || x.cluster === c.name;
+      c.names.update(config.services.filter(mine), this.#clusters.length > 1 ? config.workloads.filter((w) => w.cluster === c.name) : config.workloads);
+    }
     const since = Date.now() - this.#o.windowSeconds * 1000;
     return buildGraph({ ...pair, flows: this.#flows.filter((f) => Date.parse(f.time) >= since), config });
   }
 
-  /** Workloads, services and policies, from every agent's and waypoint's config dump. */
+  /**
+   * Workloads, services and policies, from every agent's and waypoint's config dump; with several
+   * clusters each cluster's own (the same `demo/echo` once per cluster, tagged with it).
+   */
   async config(): Promise<GraphConfig> {
     const workloads = new Map<string, GraphConfig['workloads'][number]>();
     const services = new Map<string, GraphConfig['services'][number]>();
     const policies = new Map<string, GraphConfig['policies'][number]>();
-    const agents = await this.mesh.agents().catch(() => []);
-    for (const { config } of agents) {
-      for (const w of config?.workloads ?? []) workloads.set(w.uid, w);
-      for (const s of config?.services ?? []) services.set(`${s.namespace}/${s.name}`, s);
-      for (const p of config?.policies ?? []) policies.set(`${p.namespace}/${p.name}`, p);
-    }
-    const waypoints = await this.mesh.waypoints().catch(() => []);
-    for (const { config } of waypoints) {
-      for (const s of config?.services ?? []) if (!services.has(`${s.namespace}/${s.name}`)) services.set(`${s.namespace}/${s.name}`, s);
-      for (const p of config?.policies ?? []) policies.set(`${p.namespace}/${p.name}`, p);
-    }
+    await Promise.all(this.#clusters.map(async (c) => {
+      const tag = this.#tag(c);
+      const key = (x: { namespace: string; name: string }) => `${tag.cluster ?? ''}/${x.namespace}/${x.name}`;
+      const [agents, waypoints] = await Promise.all([c.mesh.agents().catch(() => []), c.mesh.waypoints().catch(() => [])]);
+      for (const { config } of agents) {
+        // Only its own cluster's pods (pod UIDs of a local mesh may repeat in another cluster).
+        for (const w of config?.workloads ?? []) workloads.set(`${w.cluster}/${w.uid}`, w);
+        for (const s of config?.services ?? []) services.set(key(s), { ...s, ...tag });
+        for (const p of config?.policies ?? []) policies.set(key(p), { ...p, ...tag });
+      }
+      for (const { config } of waypoints) {
+        for (const s of config?.services ?? []) if (!services.has(key(s))) services.set(key(s), { ...s, ...tag });
+        for (const p of config?.policies ?? []) policies.set(key(p), { ...p, ...tag });
+      }
+    }));
     return { workloads: [...workloads.values()], services: [...services.values()], policies: [...policies.values()] };
   }
 
-  /** What `weftctl bpf` shows, per node: programs, links, enrolled pods, counters. */
-  async nodes(): Promise<Array<{ node: string; ip: string; bpf: unknown }>> {
-    const agents = (await this.#components_()).filter((c) => c.role === 'agent').sort((a, b) => a.name.localeCompare(b.name));
-    return Promise.all(agents.map(async (c) => ({
-      node: c.name, ip: c.address ?? '-',
-      bpf: await c.admin<unknown>('/bpf').catch((e: Error) => ({ error: e.message })),
-    })));
+  /** What `weftctl bpf` shows, per node (`<cluster>/<node>` with several clusters): programs, links, enrolled pods, counters. */
+  async nodes(): Promise<Array<{ node: string; ip: string; cluster?: string; bpf: unknown }>> {
+    const per = await Promise.all(this.#clusters.map(async (cl) => {
+      const agents = (await this.#components_(cl)).filter((c) => c.role === 'agent').sort((a, b) => a.name.localeCompare(b.name));
+      const tag = this.#tag(cl);
+      return Promise.all(agents.map(async (c) => ({
+        node: tag.cluster ? `${tag.cluster}/${c.name}` : c.name, ip: c.address ?? '-', ...tag,
+        bpf: await c.admin<unknown>('/bpf').catch((e: Error) => ({ error: e.message })),
+      })));
+    }));
+    return per.flat();
   }
 
-  /** The agents and waypoints (read again every COMPONENTS_TTL_MS: pods come and go on a cluster). */
-  #components_(): Promise<Component[]> {
-    if (!this.#components || Date.now() - this.#components.at > COMPONENTS_TTL_MS) {
-      const list = components(this.mesh.target).then((l) => l.filter((c) => c.role !== 'controller'));
-      list.catch(() => { this.#components = undefined; });
-      this.#components = { at: Date.now(), list };
+  /** A cluster's agents and waypoints (read again every COMPONENTS_TTL_MS: pods come and go on a cluster). */
+  #components_(c: ClusterSource): Promise<Component[]> {
+    if (!c.components || Date.now() - c.components.at > COMPONENTS_TTL_MS) {
+      const list = components(c.mesh.target).then((l) => l.filter((x) => x.role !== 'controller'));
+      list.catch(() => { c.components = undefined; });
+      c.components = { at: Date.now(), list };
     }
-    return this.#components.list;
+    return c.components.list;
   }
 
   async #scrapeComponents(): Promise<Scrape> {
     const samples: Sample[] = [];
-    const list = await this.#components_().catch(() => []);
+    const list = (await Promise.all(this.#clusters.map((c) => this.#components_(c).catch(() => [])))).flat();
     await Promise.all(list.map(async (c) => {
       try {
         samples.push(...parseProm(await c.metrics()).filter((s) => GRAPH_METRICS.includes(s.name)));

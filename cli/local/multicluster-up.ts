@@ -2,7 +2,7 @@
 // apps in each (namespace demo: `echo` on node2, a client on node1), and who answered cluster1's
 // client, naming the cluster. Each cluster's state is written like a single mesh's, so every
 // inspection command works on one cluster with WEFT_LOCAL_PREFIX / WEFT_LOCAL_STATE_DIR.
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { destroyLocalNetwork } from './network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
@@ -18,6 +18,12 @@ export interface MultiClusterState {
   stateDir: string;
   startedAt: string;
   clusters: Array<{ name: string; network: string; prefix: string; stateDir: string; edgeIp: string }>;
+}
+
+/** The clusters of a local multi-cluster mesh, if `stateDir` holds one (`clusters.json`, written by upClusters). */
+export function readLocalClusters(stateDir: string): MultiClusterState | undefined {
+  const f = join(stateDir, 'clusters.json');
+  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as MultiClusterState) : undefined;
 }
 
 function sampleApps(c: LocalCluster): void {

@@ -20,7 +20,7 @@ const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const lab = new Lab();
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-ui-'));
 const common = ['--prefix', lab.id, '--state-dir', stateDir];
-const EDGE = 'workload:demo/client->service:demo/echo';
+const EDGE = 'workload:Kubernetes/demo/client->service:Kubernetes/demo/echo';
 let dashboard: ChildProcess | undefined;
 let browser: Browser | undefined;
 let page: Page;

@@ -34,7 +34,7 @@ test('edges carry connection and byte rates, mTLS, the policies on the destinati
   const after = [tcp('istio_tcp_connections_opened_total', 40, {}), tcp('istio_tcp_sent_bytes_total', 4000, {}), tcp('istio_tcp_received_bytes_total', 3000, {})];
   const denial: Flow = { time: '2026-12-04T10:00:00.000Z', reporter: 'agent node2', kind: 'tcp', direction: 'inbound', source: { address: '10.77.1.3:41000', namespace: 'demo', workload: 'client' }, destination: { address: '10.77.2.1:8080', namespace: 'demo', workload: 'echo' }, verdict: 'denied', reason: 'denied by policy demo/deny', policy: 'demo/deny' };
   const g = buildGraph({ before, after, seconds: 10, flows: [denial], config });
-  const e = g.edges.find((x) => x.id === 'workload:demo/client->service:demo/echo')!;
+  const e = g.edges.find((x) => x.id === 'workload:Kubernetes/demo/client->service:Kubernetes/demo/echo')!;
   assert.ok(e, JSON.stringify(g.edges));
   assert.equal(e.connectionRate, 3);
   assert.equal(e.bytesRate, 600);
@@ -42,7 +42,8 @@ test('edges carry connection and byte rates, mTLS, the policies on the destinati
   assert.equal(e.denied, 1);
   assert.deepEqual(e.denials[0], { time: denial.time, reporter: 'agent node2', reason: 'denied by policy demo/deny', policy: 'demo/deny' });
   assert.deepEqual(e.policies, [{ name: 'demo/allow-client', action: 'ALLOW' }], 'only the policy that selects the service\'s pods');
-  assert.deepEqual(g.nodes.map((n) => n.id), ['service:demo/echo', 'workload:demo/client']);
+  assert.deepEqual(g.nodes.map((n) => n.id), ['service:Kubernetes/demo/echo', 'workload:Kubernetes/demo/client']);
+  assert.deepEqual(g.clusters, ['Kubernetes'], 'a single-cluster mesh: one cluster, named by its workloads');
 });
 
 test('plaintext marks an edge open; HTTP through a waypoint gives request rate, error share, p99 and the waypoint on the path', () => {
@@ -51,18 +52,75 @@ test('plaintext marks an edge open; HTTP through a waypoint gives request rate, 
   const r = (code: string, v: number): Sample => ({ name: 'istio_requests_total', value: v, labels: { reporter: 'waypoint', source_workload_namespace: 'shop', source_workload: 'client', destination_service: 'reviews.shop.svc.cluster.local', response_code: code } });
   const b = (le: string, v: number): Sample => ({ name: 'istio_request_duration_milliseconds_bucket', value: v, labels: { reporter: 'waypoint', source_workload_namespace: 'shop', source_workload: 'client', destination_service: 'reviews.shop.svc.cluster.local', le } });
   const g = buildGraph({ before: [r('200', 0), r('503', 0)], after: [r('200', 90), r('503', 10), b('5', 50), b('10', 99), b('50', 100), b('+Inf', 100)], seconds: 10, flows: [], config });
-  const e = g.edges.find((x) => x.target === 'service:shop/reviews')!;
+  const e = g.edges.find((x) => x.target === 'service:Kubernetes/shop/reviews')!;
   assert.equal(e.protocol, 'http');
   assert.equal(e.requestRate, 10);
   assert.equal(e.errorRate, 0.1);
   assert.ok(e.p99Ms! > 5 && e.p99Ms! <= 10, `p99 ${e.p99Ms}`);
-  assert.equal(e.waypoint, 'shop/waypoint');
-  assert.ok(g.nodes.some((n) => n.id === 'waypoint:shop/waypoint'), 'the waypoint is drawn as a node');
+  assert.deepEqual(e.via, ['waypoint:Kubernetes/shop/waypoint'], 'the waypoint is on the path, drawn as a node');
+  assert.equal(e.crossCluster, false);
+  assert.ok(g.nodes.some((n) => n.id === 'waypoint:Kubernetes/shop/waypoint' && n.kind === 'waypoint'));
+});
+
+test('two clusters: the same demo/echo is one node per cluster, each edge in its clusters, a cross-cluster edge through the east-west gateway with the callee cluster\'s policies', () => {
+  const GW = (n: number) => ({ network: `network${n}`, address: `192.168.77.${n}`, port: 15008, spiffeId: 'spiffe://cluster.local/ns/weft-system/sa/weft-eastwest' });
+  const inC = (w: Workload, cluster: string): Workload => ({ ...w, uid: `${cluster}/${w.uid}`, cluster });
+  const ep = (w: Workload, remote?: number) => ({
+    workloadUid: w.uid, ip: w.ip, node: w.node, ports: { 80: 8080 }, enrolled: true, ready: true,
+    workload: { workloadName: w.name, namespace: w.namespace, canonicalService: w.name, canonicalRevision: 'latest', cluster: w.cluster },
+    ...(remote ? { cluster: w.cluster, network: `network${remote}`, gateway: GW(remote) } : {}),
+  });
+  const c1 = { client: inC(wl('demo', 'client', '10.77.1.3', []), 'cluster1'), echo: inC(wl('demo', 'echo', '10.77.2.1', ['demo/echo']), 'cluster1') };
+  const c2 = { client: inC(wl('demo', 'client', '10.78.1.3', []), 'cluster2'), echo: inC(wl('demo', 'echo', '10.78.2.1', ['demo/echo']), 'cluster2') };
+  // Each cluster's components hold the service with its own endpoint and the other's behind that network's gateway.
+  const echoIn = (cluster: string, local: Workload, remote: Workload, remoteNet: number) => ({ ...svc('demo', 'echo', '10.96.0.10'), endpoints: [ep(local), ep(remote, remoteNet)] as Service['endpoints'], cluster });
+  const cfg = {
+    workloads: [c1.client, c1.echo, c2.client, c2.echo],
+    services: [echoIn('cluster1', c1.echo, c2.echo, 2), echoIn('cluster2', c2.echo, c1.echo, 1)],
+    policies: [
+      { ...config.policies[0]!, cluster: 'cluster1' },
+      { name: 'deny-remote', namespace: 'demo', action: 'DENY', scope: 'workload', selector: { app: 'echo' }, rules: [], layer: 'L4', cluster: 'cluster2' },
+    ] as Array<AuthorizationPolicy & { cluster: string }>,
+  };
+  const opened = (v: number, sc: string, dc: string) => tcp('istio_tcp_connections_opened_total', v, { source_cluster: sc, destination_cluster: dc });
+  const before = [opened(0, 'cluster1', 'cluster1'), opened(0, 'cluster1', 'cluster2'), opened(0, 'cluster2', 'cluster2')];
+  // cluster2's client before its first endpoint was picked: no destination cluster, its own cluster's service.
+  const after = [opened(10, 'cluster1', 'cluster1'), opened(20, 'cluster1', 'cluster2'), opened(5, 'cluster2', 'cluster2'), opened(5, 'cluster2', 'unknown')];
+  // cluster2's agent refuses cluster1's client (the pod address it came from is cluster1's).
+  const denial = { time: '2026-12-04T10:00:00.000Z', reporter: 'agent node2', kind: 'tcp', direction: 'inbound', source: { address: '10.77.1.3:41000', namespace: 'demo', workload: 'client' }, destination: { address: '10.78.2.1:8080', namespace: 'demo', workload: 'echo' }, verdict: 'denied', reason: 'denied by policy demo/deny-remote', policy: 'demo/deny-remote', cluster: 'cluster2' } as Flow & { cluster: string };
+  const g = buildGraph({ before, after, seconds: 10, flows: [denial], config: cfg });
+
+  assert.deepEqual(g.clusters, ['cluster1', 'cluster2']);
+  assert.deepEqual(g.nodes.filter((n) => n.kind === 'service').map((n) => [n.cluster, n.namespace, n.name]), [['cluster1', 'demo', 'echo'], ['cluster2', 'demo', 'echo']], 'demo/echo twice, not merged');
+  assert.deepEqual(g.nodes.filter((n) => n.kind === 'workload').map((n) => n.id), ['workload:cluster1/demo/client', 'workload:cluster2/demo/client']);
+  const byId = (id: string) => { const e = g.edges.find((x) => x.id === id); assert.ok(e, `${id} in ${g.edges.map((x) => x.id).join(', ')}`); return e; };
+
+  const local1 = byId('workload:cluster1/demo/client->service:cluster1/demo/echo');
+  assert.equal(local1.connectionRate, 1);
+  assert.equal(local1.crossCluster, false);
+  assert.deepEqual(local1.via, []);
+  assert.deepEqual(local1.policies, [{ name: 'demo/allow-client', action: 'ALLOW' }], 'cluster1\'s policies only');
+  assert.equal(local1.denied, 0);
+
+  const cross = byId('workload:cluster1/demo/client->service:cluster2/demo/echo');
+  assert.equal(cross.connectionRate, 2);
+  assert.equal(cross.crossCluster, true);
+  assert.deepEqual(cross.via, ['gateway:cluster2/weft-system/weft-eastwest'], 'into network2 through its east-west gateway');
+  assert.deepEqual(cross.policies, [{ name: 'demo/deny-remote', action: 'DENY' }], 'the callee cluster\'s policies, not the caller\'s');
+  assert.equal(cross.denied, 1, 'the denial lands on the cross-cluster edge');
+  assert.equal(cross.denials[0]!.reporter, 'agent node2 in cluster2');
+  const gw = g.nodes.find((n) => n.kind === 'gateway')!;
+  assert.deepEqual([gw.cluster, gw.namespace, gw.name], ['cluster2', 'weft-system', 'weft-eastwest'], 'the gateway is drawn in the cluster it leads into');
+
+  const local2 = byId('workload:cluster2/demo/client->service:cluster2/demo/echo');
+  assert.equal(local2.connectionRate, 1, 'an unknown destination cluster is the caller\'s');
+  assert.equal(local2.crossCluster, false);
+  assert.equal(g.edges.length, 3);
 });
 
 test('the dashboard server is read-only, answers only to its own address, and serves the UI and the API', async () => {
   const fake = {
-    graph: async () => ({ nodes: [], edges: [], windowSeconds: 30 }),
+    graph: async () => ({ nodes: [], edges: [], clusters: [], windowSeconds: 30 }),
     nodes: async () => [{ node: 'node1', ip: '10.77.0.1', bpf: { programs: [] } }],
     recentFlows: () => [],
     onFlow: () => () => {},
@@ -77,7 +135,7 @@ test('the dashboard server is read-only, answers only to its own address, and se
   assert.match(page.headers.get('content-security-policy') ?? '', /default-src 'self'/);
   assert.match(await page.text(), /<title>Weft mesh<\/title>/);
   assert.equal((await fetch(`${base}/vendor/cytoscape.min.js`)).status, 200, 'the graph library is served locally, no CDN');
-  assert.deepEqual(await (await fetch(`${base}/api/graph`)).json(), { nodes: [], edges: [], windowSeconds: 30 });
+  assert.deepEqual(await (await fetch(`${base}/api/graph`)).json(), { nodes: [], edges: [], clusters: [], windowSeconds: 30 });
   for (const method of ['POST', 'PUT', 'DELETE', 'PATCH']) assert.equal((await fetch(`${base}/api/graph`, { method })).status, 405, `${method} is refused`);
   // DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host.
   const rebound = await new Promise<number>((resolve, reject) => {

@@ -15,7 +15,14 @@ const el = (tag, attrs = {}, ...kids) => {
 };
 const fmt = (v, d = 1) => (v === undefined || v === null ? '-' : Number(v).toFixed(d));
 const secure = (e) => e.security === 'mutual_tls';
-const label = (id) => id.replace(/^(workload|service|waypoint):/, '');
+// A node by its id: `namespace/name`, with `cluster: ` in front when the mesh has several clusters.
+const nodeOf = (id) => state.graph?.nodes.find((n) => n.id === id);
+const multi = () => (state.graph?.clusters.length ?? 0) > 1;
+const label = (id) => {
+  const n = nodeOf(id);
+  if (!n) return id.replace(/^\w+:/, '');
+  return `${multi() ? `${n.cluster}: ` : ''}${n.namespace}/${n.name}`;
+};
 const state = { graph: null, selected: null, paused: false, held: [], view: 'graph' };
 
 // ---- views ----
@@ -37,12 +44,15 @@ const cy = cytoscape({
     { selector: 'node', style: { label: 'data(label)', 'font-size': 11, 'text-valign': 'bottom', 'text-margin-y': 4, 'background-color': '#546e7a', width: 22, height: 22 } },
     { selector: 'node[kind = "service"]', style: { shape: 'round-rectangle', 'background-color': '#1565c0' } },
     { selector: 'node[kind = "waypoint"]', style: { shape: 'diamond', 'background-color': '#6a1b9a' } },
+    { selector: 'node[kind = "gateway"]', style: { shape: 'hexagon', 'background-color': '#00838f', width: 26, height: 26 } },
     { selector: ':parent', style: { 'background-opacity': 0.06, 'border-color': '#90a4ae', 'border-width': 1, label: 'data(label)', 'text-valign': 'top', 'font-size': 12, shape: 'round-rectangle' } },
+    { selector: 'node[kind = "cluster"]', style: { 'background-color': '#1e2a38', 'background-opacity': 0.04, 'border-color': '#1e2a38', 'border-width': 2, 'font-size': 14, 'font-weight': 'bold', padding: 18 } },
     { selector: 'edge', style: { width: 2, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', label: 'data(label)', 'font-size': 10, 'text-background-color': '#fff', 'text-background-opacity': 0.8, 'text-background-padding': 2 } },
     { selector: 'edge.secure', style: { 'line-color': '#2e7d32', 'target-arrow-color': '#2e7d32' } },
     { selector: 'edge.plain', style: { 'line-color': '#ef6c00', 'target-arrow-color': '#ef6c00', 'line-style': 'dashed' } },
     { selector: 'edge.denied', style: { 'line-color': '#c62828', 'target-arrow-color': '#c62828', width: 3 } },
     { selector: 'edge.via', style: { 'line-style': 'dotted' } },
+    { selector: 'edge.cross', style: { 'underlay-color': '#00838f', 'underlay-opacity': 0.25, 'underlay-padding': 5 } },
     { selector: ':selected', style: { 'overlay-opacity': 0.15 } },
   ],
 });
@@ -75,22 +85,41 @@ function edgeLabel(e) {
   const traffic = e.protocol === 'http'
     ? `${fmt(e.requestRate)} rps ${fmt((e.errorRate ?? 0) * 100, 0)}% p99 ${fmt(e.p99Ms, 0)}ms`
     : `${fmt(e.connectionRate)} conn/s ${fmt((e.bytesRate ?? 0) / 1024)} KiB/s`;
-  return `${lock} · ${traffic}${e.denied ? ` · ${e.denied} denied` : ''}`;
+  const cross = e.crossCluster ? `${nodeOf(e.source)?.cluster} → ${nodeOf(e.target)?.cluster} · ` : '';
+  return `${cross}${lock} · ${traffic}${e.denied ? ` · ${e.denied} denied` : ''}`;
+}
+
+// Compound nodes: with several clusters a box per cluster holding a box per namespace; a
+// single-cluster mesh keeps one box per namespace (a lone cluster box would add nothing).
+const namespaceBox = (n) => `ns:${n.cluster}/${n.namespace}`;
+function boxes(g) {
+  const out = [];
+  const seen = new Set();
+  for (const n of g.nodes) {
+    if (multi() && !seen.has(`cluster:${n.cluster}`)) {
+      seen.add(`cluster:${n.cluster}`);
+      out.push({ group: 'nodes', data: { id: `cluster:${n.cluster}`, label: `cluster ${n.cluster}`, kind: 'cluster' } });
+    }
+    if (!seen.has(namespaceBox(n))) {
+      seen.add(namespaceBox(n));
+      out.push({ group: 'nodes', data: { id: namespaceBox(n), label: n.namespace, kind: 'namespace', ...(multi() ? { parent: `cluster:${n.cluster}` } : {}) } });
+    }
+  }
+  return out;
 }
 
 function drawGraph(g) {
-  const elements = [];
-  const namespaces = new Set(g.nodes.map((n) => n.namespace));
-  for (const ns of namespaces) elements.push({ group: 'nodes', data: { id: `ns:${ns}`, label: ns } });
-  for (const n of g.nodes) elements.push({ group: 'nodes', data: { id: n.id, label: n.name, kind: n.kind, parent: `ns:${n.namespace}` } });
+  const elements = boxes(g);
+  for (const n of g.nodes) elements.push({ group: 'nodes', data: { id: n.id, label: n.name, kind: n.kind, cluster: n.cluster, parent: namespaceBox(n) } });
   for (const e of g.edges) {
-    const cls = [e.denied ? 'denied' : secure(e) ? 'secure' : 'plain'];
-    if (e.waypoint) {
-      const wp = `waypoint:${e.waypoint}`;
-      elements.push({ group: 'edges', data: { id: e.id, source: e.source, target: wp, label: edgeLabel(e), edge: e.id }, classes: cls.join(' ') });
-      elements.push({ group: 'edges', data: { id: `${e.id}/via`, source: wp, target: e.target, label: '', edge: e.id }, classes: [...cls, 'via'].join(' ') });
-    } else {
-      elements.push({ group: 'edges', data: { id: e.id, source: e.source, target: e.target, label: edgeLabel(e), edge: e.id }, classes: cls.join(' ') });
+    // One segment per hop (caller → waypoint → east-west gateway → service); the first carries the label.
+    const cls = [e.denied ? 'denied' : secure(e) ? 'secure' : 'plain', ...(e.crossCluster ? ['cross'] : [])];
+    const hops = [e.source, ...e.via, e.target];
+    for (let i = 0; i + 1 < hops.length; i++) {
+      elements.push({
+        group: 'edges', data: { id: i === 0 ? e.id : `${e.id}/via${i}`, source: hops[i], target: hops[i + 1], label: i === 0 ? edgeLabel(e) : '', edge: e.id, cross: String(e.crossCluster) },
+        classes: [...cls, ...(i > 0 ? ['via'] : [])].join(' '),
+      });
     }
   }
   const ids = new Set(elements.map((x) => x.data.id));
@@ -99,7 +128,12 @@ function drawGraph(g) {
   cy.batch(() => {
     for (const x of elements) {
       const cur = cy.getElementById(x.data.id);
-      if (cur.nonempty()) {
+      if (cur.nonempty() && x.group === 'edges' && (cur.data('source') !== x.data.source || cur.data('target') !== x.data.target)) {
+        cur.remove(); // a hop appeared or went (an edge's ends cannot move)
+        cy.add(x);
+      } else if (cur.nonempty()) {
+        // A namespace box goes into its cluster's box when a second cluster appears (and back).
+        if (x.group === 'nodes' && (cur.data('parent') ?? null) !== (x.data.parent ?? null)) cur.move({ parent: x.data.parent ?? null });
         cur.data(x.data);
         if (x.group === 'edges') cur.classes(x.classes);
       } else cy.add(x);
@@ -109,22 +143,26 @@ function drawGraph(g) {
   if (!same) cy.layout({ name: 'preset', positions: positions(g), padding: 30, fit: true }).run();
 }
 
-// Callers on the left, waypoints in the middle, what is called on the right; one horizontal band
-// per namespace, so each namespace's box holds only its own nodes.
+// Callers on the left, waypoints and gateways in the middle, what is called on the right; one
+// horizontal band per namespace, the bands of a cluster together, so each box holds only its own.
 function positions(g) {
   const hasOut = new Set(g.edges.map((e) => e.source));
   const hasIn = new Set(g.edges.map((e) => e.target));
-  const column = (n) => (n.kind === 'waypoint' ? 1 : n.kind === 'service' || (hasIn.has(n.id) && !hasOut.has(n.id)) ? 2 : 0);
+  const column = (n) => (n.kind === 'waypoint' || n.kind === 'gateway' ? 1 : n.kind === 'service' || (hasIn.has(n.id) && !hasOut.has(n.id)) ? 2 : 0);
   const out = {};
   let band = 0;
-  for (const ns of [...new Set(g.nodes.map((n) => n.namespace))].sort()) {
-    const rows = [0, 0, 0];
-    for (const n of g.nodes.filter((x) => x.namespace === ns).sort((a, b) => a.name.localeCompare(b.name))) {
-      const c = column(n);
-      out[n.id] = { x: 80 + c * 320, y: 60 + (band + rows[c]) * 110 };
-      rows[c]++;
+  for (const cluster of g.clusters) {
+    const mine = g.nodes.filter((n) => n.cluster === cluster);
+    for (const ns of [...new Set(mine.map((n) => n.namespace))].sort()) {
+      const rows = [0, 0, 0];
+      for (const n of mine.filter((x) => x.namespace === ns).sort((a, b) => a.name.localeCompare(b.name))) {
+        const c = column(n);
+        out[n.id] = { x: 80 + c * 320, y: 60 + (band + rows[c]) * 110 };
+        rows[c]++;
+      }
+      band += Math.max(...rows) + 0.6;
     }
-    band += Math.max(...rows) + 0.6;
+    band += multi() ? 0.5 : 0;
   }
   return out;
 }
@@ -133,13 +171,13 @@ function drawTable(g) {
   $('#window').textContent = fmt(g.windowSeconds, 0);
   const body = $('#edges tbody');
   body.replaceChildren(...g.edges.map((e) => {
-    const tr = el('tr', { class: `edge${e.denied ? ' denied' : ''}`, 'data-edge': e.id, 'data-security': e.security ?? 'unknown', 'data-denied': String(e.denied) },
+    const tr = el('tr', { class: `edge${e.denied ? ' denied' : ''}${e.crossCluster ? ' cross' : ''}`, 'data-edge': e.id, 'data-security': e.security ?? 'unknown', 'data-denied': String(e.denied), 'data-cross-cluster': String(e.crossCluster) },
       el('td', {}, lockIcon(secure(e))),
       el('td', {}, label(e.source)), el('td', {}, label(e.target)),
       el('td', {}, e.protocol === 'http' ? `${fmt(e.requestRate)} req/s` : `${fmt(e.connectionRate)} conn/s`),
       el('td', {}, e.protocol === 'http' ? `${fmt((e.errorRate ?? 0) * 100, 0)}%` : '-'),
       el('td', {}, e.p99Ms === undefined ? '-' : `${fmt(e.p99Ms, 0)} ms`),
-      el('td', {}, e.waypoint ?? '-'),
+      el('td', {}, e.via.map(label).join(' → ') || '-'),
       el('td', {}, String(e.denied)),
       el('td', {}, e.policies.map((p) => `${p.name} (${p.action})`).join(', ') || '-'));
     tr.addEventListener('click', () => select(e.id));
@@ -157,7 +195,8 @@ function select(id) {
   const fig = [
     ['security', secure(e) ? 'mutual TLS' : 'plaintext'],
     ...(e.protocol === 'http' ? [['requests', `${fmt(e.requestRate)}/s`], ['errors', `${fmt((e.errorRate ?? 0) * 100, 1)}%`], ['p99', `${fmt(e.p99Ms, 0)} ms`]] : [['connections', `${fmt(e.connectionRate)}/s`], ['bytes', `${fmt((e.bytesRate ?? 0) / 1024)} KiB/s`]]),
-    ...(e.waypoint ? [['waypoint', e.waypoint]] : []),
+    ...(e.crossCluster ? [['clusters', `${nodeOf(e.source)?.cluster} → ${nodeOf(e.target)?.cluster}`]] : []),
+    ...(e.via.length ? [['via', e.via.map(label).join(' → ')]] : []),
   ];
   $('#edge-figures').replaceChildren(...fig.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
   $('#edge-policies').replaceChildren(...(e.policies.length ? e.policies.map((p) => el('li', { class: p.action === 'DENY' ? 'verdict-denied' : '' }, `${p.action} ${p.name}`)) : [el('li', {}, 'none: every caller is allowed')]));
@@ -188,7 +227,7 @@ function flowRow(f) {
   const end = (x) => x.service ?? (x.namespace && x.workload ? `${x.namespace}/${x.workload}` : x.workload ?? x.address ?? '?');
   const detail = f.kind === 'http' ? `${f.method ?? ''} ${f.path ?? ''} ${f.status ?? ''}` : `${f.bytesSent ?? 0}B out, ${f.bytesReceived ?? 0}B in`;
   return el('tr', { class: 'flow', 'data-verdict': f.verdict },
-    el('td', {}, f.time.slice(11, 23)), el('td', {}, f.reporter),
+    el('td', {}, f.time.slice(11, 23)), el('td', {}, f.cluster ? `${f.cluster}: ${f.reporter}` : f.reporter),
     el('td', { class: `verdict-${f.verdict}` }, f.verdict),
     el('td', {}, end(f.source)), el('td', {}, end(f.destination)),
     el('td', {}, f.verdict === 'allowed' ? `${detail} ${f.security ?? ''}` : `${f.policy ? `policy ${f.policy}: ` : ''}${f.reason ?? ''}`));
