@@ -5,18 +5,17 @@
 // is one, refreshed with WEFT_UPDATE_SCREENSHOT=1).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { Lab } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
 import { destroyLocalNetwork } from '../../cli/local/network.ts';
-import { REPO_ROOT } from '../../cli/local/mesh.ts';
 import { weftctl } from '../e2e/weftctl-run.ts';
+import { launchChromium, screenshotPath, startDashboard } from './harness.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const lab = new Lab();
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-ui-'));
 const common = ['--prefix', lab.id, '--state-dir', stateDir];
@@ -24,23 +23,14 @@ const EDGE = 'workload:Kubernetes/demo/client->service:Kubernetes/demo/echo';
 let dashboard: ChildProcess | undefined;
 let browser: Browser | undefined;
 let page: Page;
-let url = '';
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: make deps installs Debian's chromium`);
   const up = await weftctl(['up', ...common]);
   assert.equal(up.code, 0, `${up.out}\n${up.err}`);
   // A short window, so a removed DENY's last denials age out within the test.
-  dashboard = spawn(process.execPath, [join(REPO_ROOT, 'cli/weftctl.ts'), 'dashboard', ...common, '--port', '0', '--window', '6'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  dashboard.stdout!.on('data', (c: Buffer) => (out += c));
-  dashboard.stderr!.on('data', (c: Buffer) => (out += c));
-  await until('the dashboard says where it serves', () => /http:\/\/127\.0\.0\.1:\d+\//.test(out), 30_000, { explain: () => out });
-  url = /http:\/\/127\.0\.0\.1:\d+\//.exec(out)![0];
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  let url: string;
+  ({ child: dashboard, url } = await startDashboard([...common, '--window', '6']));
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await page.goto(url);
 });
@@ -63,7 +53,7 @@ test('the graph shows demo/client → echo with its lock, drawn as mutual TLS', 
   assert.equal(await row().getAttribute('data-security'), 'mutual_tls');
   assert.equal(await row().locator('.lock').getAttribute('data-lock'), 'closed', 'a closed padlock');
   await until('the edge is drawn green (secure)', () => edgeClass('secure'), 10_000);
-  const shot = join(process.env.WEFT_UPDATE_SCREENSHOT ? join(REPO_ROOT, 'docs') : stateDir, 'dashboard.png');
+  const shot = screenshotPath('dashboard.png', stateDir);
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(existsSync(shot));
 });

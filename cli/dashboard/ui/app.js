@@ -98,7 +98,7 @@ function boxes(g) {
   for (const n of g.nodes) {
     if (multi() && !seen.has(`cluster:${n.cluster}`)) {
       seen.add(`cluster:${n.cluster}`);
-      out.push({ group: 'nodes', data: { id: `cluster:${n.cluster}`, label: `cluster ${n.cluster}`, kind: 'cluster' } });
+      out.push({ group: 'nodes', data: { id: `cluster:${n.cluster}`, label: n.cluster, kind: 'cluster' } });
     }
     if (!seen.has(namespaceBox(n))) {
       seen.add(namespaceBox(n));
