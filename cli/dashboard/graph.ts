@@ -107,9 +107,11 @@ export function buildGraph(inp: GraphInput): MeshGraph {
   const nodes = new Map<string, GraphNode>();
   const edges = new Map<string, GraphEdge>();
   const { workloads, services, policies } = inp.config;
-  const inCluster = (x: { cluster?: string }, c: string) => x.cluster === undefined || x.cluster === c;
   const known = new Set([...workloads.map((w) => w.cluster), ...services.flatMap((s) => (s.cluster ? [s.cluster] : []))].filter((c) => c && c !== UNKNOWN));
   const only = known.size === 1 ? [...known][0]! : undefined;
+  // Untagged services and policies are the one cluster's the components were read from (metrics
+  // may still name other clusters' services: those get no policies or gateway from here).
+  const inCluster = (x: { cluster?: string }, c: string) => (x.cluster ?? only ?? c) === c;
   const label = (v: string | undefined) => (v && v !== UNKNOWN ? v : undefined);
   const controller = (w: Workload) => w.workloadName || w.name;
   /** A workload's cluster: the one cluster that runs a workload by this name, else `hint`. */

@@ -116,6 +116,16 @@ test('two clusters: the same demo/echo is one node per cluster, each edge in its
   assert.equal(local2.connectionRate, 1, 'an unknown destination cluster is the caller\'s');
   assert.equal(local2.crossCluster, false);
   assert.equal(g.edges.length, 3);
+
+  // One cluster's components read alone (a dashboard on one of the clusters): the other cluster's
+  // echo is still its own node, but this cluster's policies are not listed for it.
+  const untag = <T extends { cluster?: string }>({ cluster: _, ...x }: T) => x;
+  const one = { workloads: [c1.client, c1.echo], services: [untag(cfg.services[0]!)], policies: [untag(cfg.policies[0]!)] };
+  const alone = buildGraph({ before: [], after: [opened(20, 'cluster1', 'cluster2'), opened(10, 'cluster1', 'cluster1')], seconds: 10, flows: [], config: one });
+  assert.deepEqual(alone.clusters, ['cluster1', 'cluster2']);
+  const far = alone.edges.find((x) => x.id === 'workload:cluster1/demo/client->service:cluster2/demo/echo')!;
+  assert.deepEqual([far.crossCluster, far.via, far.policies], [true, ['gateway:cluster2/weft-system/weft-eastwest'], []]);
+  assert.deepEqual(alone.edges.find((x) => x.id === 'workload:cluster1/demo/client->service:cluster1/demo/echo')!.policies, [{ name: 'demo/allow-client', action: 'ALLOW' }]);
 });
 
 test('the dashboard server is read-only, answers only to its own address, and serves the UI and the API', async () => {
