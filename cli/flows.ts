@@ -13,8 +13,9 @@ export interface Flow {
   reporter: string;
   kind: 'tcp' | 'http';
   direction: string;
-  source: { address?: string; namespace?: string; workload?: string; principal?: string };
-  destination: { address?: string; namespace?: string; workload?: string; service?: string };
+  /** `cluster`: the end's cluster, when the reporter knows it (multi-cluster). */
+  source: { address?: string; namespace?: string; workload?: string; principal?: string; cluster?: string };
+  destination: { address?: string; namespace?: string; workload?: string; service?: string; cluster?: string };
   verdict: Verdict;
   /** Why a flow was denied or failed (the policy, the refusal reason, the error). */
   reason?: string;
@@ -103,12 +104,14 @@ export function toFlow(reporter: string, e: Entry): Flow | undefined {
       namespace: str(e, 'src_namespace', 'src.namespace') ?? pp.namespace,
       workload: str(e, 'src_workload', 'src.workload') ?? pp.serviceAccount,
       principal,
+      cluster: str(e, 'src.cluster'),
     },
     destination: {
       address: str(e, 'dst', 'dst.addr'),
       namespace: str(e, 'dst_namespace', 'dst.namespace'),
       workload: str(e, 'dst_workload', 'dst.workload'),
       service: str(e, 'dst_service', 'dst.service'),
+      cluster: str(e, 'dst.cluster'),
     },
     verdict: denied || str(e, 'response_flags') === 'DENY' || /denied|WEFT_DENIED|refused by policy|not allowed/i.test(error ?? '') ? 'denied' : error ? 'error' : 'allowed',
     security: str(e, 'security', 'connection_security_policy'),

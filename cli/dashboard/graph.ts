@@ -224,7 +224,8 @@ export function buildGraph(inp: GraphInput): MeshGraph {
     // Metrics name the controlling workload (a Deployment), logs the pod: nodes use the former.
     const sName = (srcWl ? controller(srcWl) : undefined) ?? f.source.workload;
     if (!sNs || !sName) continue;
-    const sCluster = srcWl?.cluster ?? clusterOfWorkload(sNs, sName, rc);
+    // The reporter's word on the caller's cluster first: behind a gateway the address is the gateway's.
+    const sCluster = label(f.source.cluster) ?? srcWl?.cluster ?? clusterOfWorkload(sNs, sName, rc);
     const dIp = f.destination.address?.replace(/:\d+$/, '');
     const viaVip = dIp ? services.find((s) => s.vips.includes(dIp) && inCluster(s, rc)) : undefined;
     const named = f.destination.workload && f.destination.namespace
@@ -232,7 +233,7 @@ export function buildGraph(inp: GraphInput): MeshGraph {
       : undefined;
     const dWl = named ? named.find((w) => w.cluster === rc) ?? named[0] : workloadAt(dIp, rc);
     const svcKey = serviceKeyOfHost(f.destination.service) ?? (viaVip ? `${viaVip.namespace}/${viaVip.name}` : dWl?.services[0]);
-    const dst = target(dWl?.cluster ?? rc, svcKey, dWl?.namespace ?? f.destination.namespace, (dWl ? controller(dWl) : undefined) ?? f.destination.workload);
+    const dst = target(label(f.destination.cluster) ?? dWl?.cluster ?? rc, svcKey, dWl?.namespace ?? f.destination.namespace, (dWl ? controller(dWl) : undefined) ?? f.destination.workload);
     if (!dst) continue;
     const e = edge(node('workload', sCluster, sNs, sName), dst);
     e.denied++;

@@ -1,12 +1,13 @@
 // The dashboard on a local multi-cluster mesh (`weftctl up --clusters 2`: two clusters on two
 // networks, demo/echo in both, cluster1's client answered by both): one box per cluster holding its
 // namespaces' boxes, demo/echo drawn once per cluster (not merged), and cluster1's client → cluster2's
-// echo marked cross-cluster and drawn through cluster2's east-west gateway. Leaves a screenshot
+// echo marked cross-cluster and drawn through cluster2's east-west gateway; a DENY in cluster2 turns
+// only that edge red, with cluster2's policy and the denial named by cluster2's agent. Leaves a screenshot
 // (docs/dashboard-multicluster.png is one, refreshed with WEFT_UPDATE_SCREENSHOT=1).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import type { Browser, Page } from 'playwright-core';
@@ -99,4 +100,23 @@ test('two clusters: a box per cluster with its namespaces, demo/echo once per cl
   const shot = screenshotPath('dashboard-multicluster.png', stateDir);
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(existsSync(shot));
+});
+
+test('a DENY in cluster2 for cluster1\'s client turns only the cross-cluster edge red, with cluster2\'s policy and its agent\'s denial', async () => {
+  const file = join(stateDir, 'deny.yaml');
+  writeFileSync(file, [
+    'apiVersion: weft.dev/v1alpha1', 'kind: AuthorizationPolicy', 'metadata: {name: deny-client, namespace: demo}',
+    'spec:', '  selector: {matchLabels: {app: echo}}', '  action: DENY', '  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]', '',
+  ].join('\n'));
+  const cluster2 = ['--prefix', `${lab.id}c2`, '--state-dir', join(stateDir, 'cluster2')];
+  const applied = await weftctl(['apply', ...cluster2, '-f', file]);
+  assert.equal(applied.code, 0, applied.err);
+  const denied = (id: string) => page.locator(`#edges tr[data-edge="${id}"]`).getAttribute('data-denied');
+  await until('the cross-cluster edge has denials', async () => Number(await denied(CROSS)) > 0, 30_000, { intervalMs: 250 });
+  assert.equal(await denied(LOCAL), '0', 'cluster1\'s own echo still answers its client');
+  await page.locator(`#edges tr[data-edge="${CROSS}"]`).click();
+  assert.match((await page.locator('#edge-policies').textContent()) ?? '', /DENY demo\/deny-client/, 'cluster2\'s policy is listed for cluster2\'s echo');
+  await until('the denial names cluster2\'s agent', async () => /in cluster2/.test((await page.locator('#edge-denials').textContent()) ?? ''), 10_000, { intervalMs: 250 });
+  await page.locator(`#edges tr[data-edge="${LOCAL}"]`).click();
+  assert.doesNotMatch((await page.locator('#edge-policies').textContent()) ?? '', /deny-client/, 'cluster1 has no such policy');
 });

@@ -8,7 +8,7 @@ import { buildGraph } from '../../cli/dashboard/graph.ts';
 import { dashboardServer } from '../../cli/dashboard/server.ts';
 import type { MeshData } from '../../cli/dashboard/data.ts';
 import type { Sample } from '../../cli/local/prom.ts';
-import type { Flow } from '../../cli/flows.ts';
+import { toFlow, type Flow } from '../../cli/flows.ts';
 import type { AuthorizationPolicy, Service, Workload } from '../../lib/model/mesh.ts';
 
 const wl = (ns: string, name: string, ip: string, services: string[], labels: Record<string, string> = { app: name }): Workload => ({
@@ -86,8 +86,15 @@ test('two clusters: the same demo/echo is one node per cluster, each edge in its
   const before = [opened(0, 'cluster1', 'cluster1'), opened(0, 'cluster1', 'cluster2'), opened(0, 'cluster2', 'cluster2')];
   // cluster2's client before its first endpoint was picked: no destination cluster, its own cluster's service.
   const after = [opened(10, 'cluster1', 'cluster1'), opened(20, 'cluster1', 'cluster2'), opened(5, 'cluster2', 'cluster2'), opened(5, 'cluster2', 'unknown')];
-  // cluster2's agent refuses cluster1's client (the pod address it came from is cluster1's).
-  const denial = { time: '2026-12-04T10:00:00.000Z', reporter: 'agent node2', kind: 'tcp', direction: 'inbound', source: { address: '10.77.1.3:41000', namespace: 'demo', workload: 'client' }, destination: { address: '10.78.2.1:8080', namespace: 'demo', workload: 'echo' }, verdict: 'denied', reason: 'denied by policy demo/deny-remote', policy: 'demo/deny-remote', cluster: 'cluster2' } as Flow & { cluster: string };
+  // cluster2's agent refuses cluster1's client: the connection comes from cluster2's network edge
+  // (the gateway's address, no pod's), the caller's cluster is in the entry (from its baggage), and
+  // a client by the same name runs in cluster2 too.
+  const denial = { ...toFlow('agent node2', {
+    time: '2026-12-04T10:00:00.000Z', msg: 'connection complete', 'src.addr': '10.78.0.254:56052', 'src.workload': 'client', 'src.namespace': 'demo',
+    'src.identity': 'spiffe://cluster.local/ns/demo/sa/client', 'src.cluster': 'cluster1', 'dst.addr': '10.78.2.1:8080', 'dst.service': 'echo.demo.svc.cluster.local',
+    'dst.workload': 'echo', 'dst.namespace': 'demo', 'dst.cluster': 'cluster2', direction: 'inbound', error: 'denied: denied by demo/deny-remote: matched a DENY rule (policy demo/deny-remote)',
+  })!, cluster: 'cluster2' };
+  assert.deepEqual([denial.verdict, denial.source.cluster, denial.destination.cluster], ['denied', 'cluster1', 'cluster2'], 'the access log names both ends\' clusters');
   const g = buildGraph({ before, after, seconds: 10, flows: [denial], config: cfg });
 
   assert.deepEqual(g.clusters, ['cluster1', 'cluster2']);
