@@ -53,7 +53,6 @@ async function checkRunningMesh(st: LocalState, deps: CheckCommandDeps): Promise
   return out;
 }
 
-
 export function checkCommand(io: CommandIo = processIo, sources: Partial<PreflightSources> = {}, deps: CheckCommandDeps = {}): Command {
   const cmd = localMeshOptions(new Command('check'))
     .description('check that this machine can run the Weft agent (kernel, BPF features, mounts, privileges, tools, ports) and, when a local mesh runs, that its controller, agents, waypoints, certificates and BPF links are healthy')
