@@ -1,6 +1,7 @@
 // make clean-lab: removes every network namespace, cgroup, BPF pin folder and process that a test
 // run (prefix `wt`) or a local mesh left behind. Safe to run at any time: it touches only names
-// that carry the lab tag.
+// that carry the lab tag. `node test/lab/clean.ts wt1a2b` removes only that one lab's objects (a
+// test run killed before its cleanup, while other runs go on).
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
@@ -8,7 +9,12 @@ import { removeCgroupTree } from '../../lib/sys/cgroup.ts';
 import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
 import { LAB_TAG } from './lab.ts';
 
-const tagged = (name: string) => new RegExp(`^${LAB_TAG}[0-9a-z]{4}(-|$)`).test(name);
+const only = process.argv[2];
+if (only !== undefined && !new RegExp(`^${LAB_TAG}[0-9a-z]{4}$`).test(only)) {
+  console.error(`clean-lab: "${only}" is not a lab prefix (${LAB_TAG} and four letters or digits, e.g. ${LAB_TAG}1a2b)`);
+  process.exit(2);
+}
+const tagged = (name: string) => new RegExp(`^${only ?? `${LAB_TAG}[0-9a-z]{4}`}(-|$)`).test(name);
 let removed = 0;
 
 for (const name of listNetns()) {

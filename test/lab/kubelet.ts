@@ -14,7 +14,8 @@
 //     host paths where hostPath volumes point (`/sys/fs/bpf` → the node's pin folder,
 //     `/sys/fs/cgroup` → the node's cgroup subtree, `/var/run/weft`, `/opt/cni/bin`,
 //     `/etc/cni/net.d` → the node's folders); images map to local programs (`LabImage`): the Weft
-//     image to the Dockerfile's own entrypoint script with the repository at /opt/weft, sample
+//     image to the Dockerfile's own entrypoint script with the repository at /opt/weft and this
+//     machine's Node at /opt/lab/node/bin (where an image has its Node; never its host path), sample
 //     images to cli/local/apps/*; command/args/env with $(VAR) expansion, env from values,
 //     fieldRef, configMapKeyRef and secretKeyRef; init containers in order;
 //   - volumes as files: configMap, secret, emptyDir, hostPath, downwardAPI, projected
@@ -68,6 +69,13 @@ const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 /** The lab's "image" root for the Weft image: the repository where the Dockerfile copies it. */
 const WEFT_ROOT = '/opt/weft';
 const LAB_BIN = '/opt/lab/bin';
+/**
+ * Where containers find this machine's Node, as an image has its own: a fixed path, not the host's.
+ * At its host path it would vanish under a pod's emptyDir at /tmp whenever the repository (and its
+ * .tools/node) is checked out under /tmp, as CI's fresh clones are: the container then ran the
+ * system's older Node, which cannot load .ts files.
+ */
+const LAB_NODE_BIN = '/opt/lab/node/bin';
 
 /**
  * The lab's images: the Weft image (any reference whose repository ends in `weft`) runs the
@@ -75,11 +83,10 @@ const LAB_BIN = '/opt/lab/bin';
  * `lab/loadgen` run the sample apps of cli/local/apps; `lab/sleep` sleeps (a client pod to exec in).
  */
 export function labImages(stateDir: string): (image: string) => LabImage | undefined {
-  const nodeDir = dirname(process.execPath);
-  const env = { PATH: `${nodeDir}:${IMAGE_PATH}`, NODE_ENV: 'production' };
+  const env = { PATH: `${LAB_NODE_BIN}:${IMAGE_PATH}`, NODE_ENV: 'production' };
   const entry = join(stateDir, 'weft-entrypoint');
   writeFileSync(entry, weftEntrypointScript(), { mode: 0o755 });
-  const app = (name: string): LabImage => ({ entrypoint: ['node', `${WEFT_ROOT}/cli/local/apps/${name}.ts`], workdir: WEFT_ROOT, env: { PATH: `${nodeDir}:${IMAGE_PATH}` } });
+  const app = (name: string): LabImage => ({ entrypoint: ['node', `${WEFT_ROOT}/cli/local/apps/${name}.ts`], workdir: WEFT_ROOT, env: { PATH: `${LAB_NODE_BIN}:${IMAGE_PATH}` } });
   return (image) => {
     const repo = image.replace(/@.*$/, '').replace(/:[^/:]*$/, '');
     if (/(^|\/)weft$/.test(repo)) return { entrypoint: [`${LAB_BIN}/weft`], cmd: ['weftctl', '--help'], workdir: WEFT_ROOT, env, files: { [`${LAB_BIN}/weft`]: entry } };
@@ -539,9 +546,11 @@ export class LabKubelet {
       'mkdir -p "$R/run" "$R/tmp" "$R/opt" "$R/root"',
       'chmod 1777 "$R/tmp"',
     ];
-    // Node and the repository at their own paths (absolute paths in scripts and symlinks keep working).
-    const own = [...new Set([realpathSync(dirname(process.execPath)), REPO_ROOT])];
-    for (const d of own) lines.push(`mkdir -p "$R"${shq(d)} && mount --rbind ${shq(d)} "$R"${shq(d)}`);
+    // Node where the image has it (LAB_NODE_BIN), and the repository also at its own path (absolute
+    // symlinks keep working), both before the pod's volumes.
+    const nodeDir = realpathSync(dirname(process.execPath));
+    lines.push(`mkdir -p "$R"${shq(LAB_NODE_BIN)} && mount --rbind ${shq(nodeDir)} "$R"${shq(LAB_NODE_BIN)}`);
+    lines.push(`mkdir -p "$R"${shq(REPO_ROOT)} && mount --rbind ${shq(REPO_ROOT)} "$R"${shq(REPO_ROOT)}`);
     for (const m of mounts) {
       const dst = inRoot(m.dst);
       const isFile = existsSync(m.src) && statSync(m.src).isFile();
