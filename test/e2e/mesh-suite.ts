@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
 import { LocalMesh, type LocalMeshOptions } from '../../cli/local/mesh.ts';
+import { collectOutput, type ChildOutput } from '../../lib/sys/exec.ts';
 
 export interface MeshSuite {
   readonly lab: Lab;
@@ -31,6 +32,30 @@ export function localMeshSuite(): MeshSuite {
     async create(nodes = ['node1', 'node2'], opts = {}) {
       mesh = await LocalMesh.create({ ...opts, prefix: lab.id, stateDir, nodes });
       return mesh;
+    },
+  };
+}
+
+/**
+ * Starts a fixture in a workload's pod that runs until stop(): stop() sends SIGTERM (the fixtures
+ * that take it finish their round and print their summary) and returns what the process printed,
+ * killing it if it has not exited 20 s later. For load held across steps whose length a loaded
+ * machine decides, instead of a fixed duration.
+ */
+export function holdInPod(mesh: LocalMesh, workload: string, cmd: string, args: string[]): { stop(): Promise<ChildOutput> } {
+  const w = mesh.workloads.get(workload);
+  if (!w) throw new Error(`no workload ${workload} in this mesh`);
+  const child = mesh.net.spawn(w.pod, cmd, args);
+  const output = collectOutput(child);
+  return {
+    async stop() {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      try {
+        return await output;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

@@ -16,7 +16,7 @@ import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localMeshSuite, until as untilWithin } from './mesh-suite.ts';
+import { holdInPod, localMeshSuite, until as untilWithin } from './mesh-suite.ts';
 
 /** Every wait here gets 30 s unless it says otherwise, and shows the logs that explain a timeout. */
 const until = (what: string, check: () => Promise<boolean>, timeoutMs = 30_000) => untilWithin(what, check, timeoutMs, {
@@ -104,11 +104,13 @@ test('a root CA rotation in three controller restarts breaks no connection, long
   assert.equal(wpStart.trustBundle, 1);
   assert.doesNotMatch(wpStart.issuer, /weft-root-b/, 'the waypoint starts on root A');
 
-  const LONG_MS = 30_000;
+  // The traffic runs until the rotation is over, however long a loaded machine takes for it (each
+  // fixture stops on SIGTERM and prints its summary; the durations are only an upper bound).
+  const MAX_MS = 300_000;
   const started = Date.now();
-  const long = mesh.exec('demo/client', process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '250', '--duration-ms', String(LONG_MS)], LONG_MS + 20_000);
-  const churn = mesh.exec('demo/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '0', '--rate', '20', '--churn-ms', String(LONG_MS - 5_000), '--hold-ms', '0'], LONG_MS + 20_000);
-  const http = mesh.exec('shop/buyer', process.execPath, [fixture('http-prober.ts'), '--host', SHOP_VIP, '--port', '80', '--expect', '/=200', '--expect', '/admin=403', '--interval-ms', '100', '--duration-ms', String(LONG_MS - 5_000)], LONG_MS + 20_000);
+  const long = holdInPod(mesh, 'demo/client', process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '250', '--duration-ms', String(MAX_MS)]);
+  const churn = holdInPod(mesh, 'demo/client', process.execPath, [fixture('load-conns.ts'), '--host', VIP, '--port', '7000', '--idle', '0', '--rate', '20', '--churn-ms', String(MAX_MS), '--hold-ms', '0']);
+  const http = holdInPod(mesh, 'shop/buyer', process.execPath, [fixture('http-prober.ts'), '--host', SHOP_VIP, '--port', '80', '--expect', '/=200', '--expect', '/admin=403', '--interval-ms', '100', '--duration-ms', String(MAX_MS)]);
   await sleep(1_000);
 
   const t: Record<string, number> = {};
@@ -134,21 +136,25 @@ test('a root CA rotation in three controller restarts breaks no connection, long
   assert.match(wpEnd.issuer, /weft-root-b/, 'the waypoint holds a certificate from B');
   assert.ok(wpEnd.roots.every((r) => /weft-root-b/.test(r)), `the waypoint trusts only B: ${JSON.stringify(wpEnd.roots)}`);
   const rotatedAt = Date.now() - started;
-  assert.ok(rotatedAt < LONG_MS - 8_000, `the rotation finished while the connections still ran (${rotatedAt} ms)`);
-
-  const l = lastJson<{ sent: number; echoed: number; outOfOrder: number; failure: string | null }>(await long);
-  const c = lastJson<{ churnOk: number; churnFailed: number; errors: Record<string, number> }>(await churn);
+  process.stdout.write(`# rotation done ${rotatedAt} ms after the traffic started; it runs 3 s more\n`);
+  await sleep(3_000);
+  const ranS = (Date.now() - started) / 1000;
+  const [lOut, cOut, hOut] = await Promise.all([long.stop(), churn.stop(), http.stop()]);
+  const l = lastJson<{ sent: number; echoed: number; outOfOrder: number; failure: string | null }>(lOut);
+  const c = lastJson<{ churnOk: number; churnFailed: number; errors: Record<string, number> }>(cOut);
   interface Lane { sent: number; expected: number; unexpected: Record<string, number>; errors: Record<string, number> }
-  const h = lastJson<{ fresh: Lane; keepalive: Lane }>(await http);
+  const h = lastJson<{ fresh: Lane; keepalive: Lane }>(hOut);
   process.stdout.write(`# through the waypoint: new connections ${h.fresh.expected}/${h.fresh.sent} as expected, kept-alive ${h.keepalive.expected}/${h.keepalive.sent} (${JSON.stringify(h)}); waypoint certificates issued ${wpEnd.issued}\n`);
   process.stdout.write(`# root rotation: trust A+B in ${t.trustBoth} ms, all certificates from B ${t.signedByB} ms after the signing switch, A retired in ${t.retireA} ms; long-lived connection ${l.echoed}/${l.sent} echoed; ${c.churnOk} new connections, ${c.churnFailed} failed ${JSON.stringify(c.errors)}\n`);
   assert.equal(l.failure, null, `the long-lived connection survived the rotation: ${JSON.stringify(l)}`);
   assert.equal(l.echoed, l.sent);
   assert.equal(l.outOfOrder, 0);
-  assert.ok(c.churnOk > 500, `new connections ran all along (${c.churnOk})`);
+  // 20 new connections a second, and a request every 100 ms per lane: at least a third of that
+  // (the client shares a loaded machine), which needs them to have run all along.
+  assert.ok(c.churnOk > ranS * 20 / 3, `new connections ran all along (${c.churnOk} in ${ranS} s)`);
   assert.equal(c.churnFailed, 0, `no new connection failed during the rotation: ${JSON.stringify(c.errors)}`);
   for (const [name, lane] of Object.entries(h)) {
-    assert.ok(lane.sent > 100, `${name}: requests ran all along (${lane.sent})`);
+    assert.ok(lane.sent > ranS * 10 / 3, `${name}: requests ran all along (${lane.sent} in ${ranS} s)`);
     assert.equal(lane.expected, lane.sent, `${name}: every request through the waypoint got its answer (200, or 403 from the policy): ${JSON.stringify(lane)}`);
   }
   // And after it: the agents talk to the controller on B alone.

@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { localMeshSuite } from './mesh-suite.ts';
+import { localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 
@@ -274,10 +274,15 @@ test('with the controller down when its certificate falls due, the waypoint retr
   await mesh.waitControllerReady();
   const readyAt = Date.now();
   let renewed: WaypointCerts | undefined;
+  // Back with a second to spare, the waits (at most half the validity left) put an attempt before
+  // expiry; a loaded machine may restart the controller later than that, and then the first attempt
+  // after its return must still work (asserted below from the log).
+  const backInTime = readyAt < expiresAt - 1_000;
   for (;;) {
     const c = await waypointCerts();
     if (c.serial !== held.serial && c.state === 'valid') { renewed = c; break; }
-    assert.ok(Date.now() < expiresAt, `renewed before the old certificate expired: ${JSON.stringify(c)}`);
+    if (backInTime) assert.ok(Date.now() < expiresAt, `renewed before the old certificate expired: ${JSON.stringify(c)}`);
+    else assert.ok(Date.now() < readyAt + 35_000, `renewed within the longest backoff step after the controller's return: ${JSON.stringify(c)}`);
     await sleep(50);
   }
   const renewedAt = Date.now();
@@ -287,16 +292,17 @@ test('with the controller down when its certificate falls due, the waypoint retr
     `${failures.length} failed attempts (${failures.map((f) => `${f.code} at ${Date.parse(f.time) - killedAt} ms, next in ${f.retryInMs} ms`).join('; ')}); controller ready ${readyAt - restartedAt} ms after the restart, ` +
     `certificate renewed ${renewedAt - readyAt} ms later, ${expiresAt - renewedAt} ms before expiry; ${requests} requests through the waypoint during the outage, all 200`);
   assert.ok(failures.length >= 1, 'each failure is logged with its retry');
+  assert.deepEqual(failures.filter((f) => Date.parse(f.time) > readyAt + 50), [], 'the first attempt after the controller was ready succeeded');
   for (const f of failures) {
     const left = expiresAt - Date.parse(f.time);
-    assert.ok(f.retryInMs >= 250 && f.retryInMs <= Math.max(left / 2, 250) + 5, `waits from the backoff, never past half the validity left (${f.retryInMs} ms with ${left} ms left)`);
+    // (After expiry, on a machine slow enough to restart the controller that late, the plain backoff.)
+    if (left > 0) assert.ok(f.retryInMs >= 250 && f.retryInMs <= Math.max(left / 2, 250) + 5, `waits from the backoff, never past half the validity left (${f.retryInMs} ms with ${left} ms left)`);
   }
   assert.equal(await waypointMetric('weft_waypoint_certificate_renewal_failures_total') - failuresBefore, failures.length, 'and counted');
   assert.ok(await waypointMetric('weft_waypoint_certificate_renewal_failures_total', 'reason="WEFT_CA_UNAVAILABLE"') >= 1, 'as the CA being unavailable');
   assert.equal(renewed.renewalFailures, 0);
   assert.equal((await curl('/after-outage')).stdout, '200');
-  for (let i = 0; !(await getJsonInNetns<{ controllerConnected: boolean }>(mesh.waypointReplicas('shop')[0]!.pod.netnsPath, 'http://127.0.0.1:15000/config_dump')).controllerConnected; i++) {
-    assert.ok(i < 100, 'the config stream is back');
-    await sleep(100);
-  }
+  // The stream reconnects with its own backoff (up to 30 s between attempts after a long outage).
+  await until('the config stream is back', async () =>
+    (await getJsonInNetns<{ controllerConnected: boolean }>(mesh.waypointReplicas('shop')[0]!.pod.netnsPath, 'http://127.0.0.1:15000/config_dump')).controllerConnected, 45_000);
 });
