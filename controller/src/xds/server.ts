@@ -111,6 +111,8 @@ export interface ConfigStreamClientInfo {
   /** Latest system version the client acknowledged (all its types). */
   ackedVersion: string;
   nackedVersion?: string;
+  /** Everything the client's view calls for has been sent and acknowledged (Istio's SYNCED). */
+  synced: boolean;
 }
 
 export class ConfigServer {
@@ -150,6 +152,12 @@ export class ConfigServer {
   }
 
   #lastPublishMs = 0;
+  readonly #pushedBytes: Record<ClientKind, number> = { agent: 0, waypoint: 0 };
+
+  /** Resource body bytes sent so far, by client kind (what pushes cost the network and the clients). */
+  get pushedBytes(): Readonly<Record<ClientKind, number>> {
+    return { ...this.#pushedBytes };
+  }
 
   /** Duration of the most recent publish (versioning and diffing, before the pushes). */
   get lastPublishMs(): number {
@@ -247,7 +255,12 @@ export class ConfigServer {
   }
 
   clients(): ConfigStreamClientInfo[] {
-    return [...this.#subscribers].map((s) => ({ id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, ...(s.nackedVersion ? { nackedVersion: s.nackedVersion } : {}) }));
+    return [...this.#subscribers].map((s) => ({ ...this.#info(s), ...(s.nackedVersion ? { nackedVersion: s.nackedVersion } : {}) }));
+  }
+
+  #info(s: Subscriber): ConfigStreamClientInfo {
+    const synced = s.pending.size === 0 && s.dirty.size === 0 && !s.force && !this.#flushQueue.has(s);
+    return { id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, synced };
   }
 
   /** Called whenever a client acknowledges a complete system version. */
@@ -359,7 +372,7 @@ export class ConfigServer {
     for (const q of sub.pending.values()) if (Number(q.systemVersion) <= Number(p.systemVersion)) outstanding = true;
     if (!outstanding && Number(p.systemVersion) > Number(sub.ackedVersion || 0)) {
       sub.ackedVersion = p.systemVersion;
-      const info = { id: sub.id, kind: sub.kind, namespace: sub.namespace, ackedVersion: sub.ackedVersion };
+      const info = this.#info(sub);
       for (const l of this.#ackListeners) l(info);
     }
   }
@@ -498,6 +511,7 @@ export class ConfigServer {
       let bytes = 0;
       for (const [, p] of r.upserts) bytes += p.body.length;
       this.#unackedBytes += bytes;
+      this.#pushedBytes[sub.kind!] += bytes;
       sub.pending.set(nonce, { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
       const msg: DeltaConfigResponse = {
         system_version_info: version,
