@@ -18,7 +18,20 @@ import {
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
-import { AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS, agentHolds, agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
+import { AddressOwnerTable } from './address-owners.ts';
+import {
+  AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
+  WAYPOINT_VIEW_DEPENDS_ON,
+  agentHolds,
+  agentView,
+  buildIndex,
+  modelResources,
+  waypointHolds,
+  waypointView,
+  type Published,
+  type PublishedSet,
+  type ViewIndex,
+} from './views.ts';
 
 /** A client's request was malformed (missing node id, unknown kind, unknown type URL). */
 export class ConfigStreamRequestError extends Error {
@@ -121,6 +134,8 @@ export class ConfigServer {
   #systemVersion = 0;
   #published: PublishedSet = emptyPublished();
   #index: ViewIndex | undefined;
+  /** Derived from the model's workloads at each publish: what waypoints get instead of them. */
+  readonly #owners = new AddressOwnerTable();
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
   #bodies = new WeakMap<object, string>();
@@ -172,11 +187,18 @@ export class ConfigServer {
   publish(model: MeshModel): string {
     const started = process.hrtime.bigint();
     const next = String(this.#systemVersion + 1);
-    const resources = modelResources(model);
+    const resources: Record<ResourceType, ReadonlyMap<string, unknown>> = { ...modelResources(model), AddressOwner: this.#owners.table };
     const published = emptyPublished();
     const changes = new Map<ResourceType, string[]>();
-    const before = this.#index ? modelResources(this.#index.model) : undefined;
+    const before: Record<ResourceType, ReadonlyMap<string, unknown>> | undefined = this.#index
+      ? { ...modelResources(this.#index.model), AddressOwner: this.#owners.table }
+      : undefined;
     for (const type of ALL_TYPES) {
+      if (type === 'AddressOwner') {
+        // Derived from the workloads found changed above (Workload comes first in ALL_TYPES).
+        this.#owners.update(this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
+        resources.AddressOwner = this.#owners.table;
+      }
       const prev = this.#published[type];
       // An incremental compile hands over the maps it did not touch as they were.
       if (before && resources[type] === before[type]) {
@@ -220,7 +242,7 @@ export class ConfigServer {
       if (before) nodes.add(before.node);
       if (after) nodes.add(after.node);
     }
-    this.#index = buildIndex(model);
+    this.#index = buildIndex(model, this.#owners.table);
     this.#published = published;
     if (changes.size > 0 || this.#systemVersion === 0) {
       this.#systemVersion += 1;
@@ -239,9 +261,10 @@ export class ConfigServer {
     for (const type of sub.subs.keys()) {
       let d = sub.dirty.get(type);
       if (d === 'all') continue;
-      // A waypoint's views (its namespace's services, routes' backends) are small: recomputed whole.
+      // Most views decide each name from the resource alone; where one depends on more (an agent's
+      // policies on its node's workloads, a waypoint's Services on its routes), it is recomputed whole.
       const whole = sub.kind === 'waypoint'
-        ? changes.size > 0
+        ? (WAYPOINT_VIEW_DEPENDS_ON[type] ?? []).some((t) => changes.has(t))
         : AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS.includes(type) && nodes.has(sub.id);
       if (whole) {
         sub.dirty.set(type, 'all');
@@ -470,9 +493,8 @@ export class ConfigServer {
     const p = this.#published[type].get(name);
     const s = sub.subs.get(type)!;
     if (!p || !this.#index || !(s.wildcard || s.names.has(name))) return undefined;
-    if (sub.kind === 'agent') return agentHolds(this.#index, sub.id, type, name) ? p : undefined;
-    const names = waypointView(this.#index, sub.namespace, type);
-    return names === undefined || [...names].includes(name) ? p : undefined;
+    const holds = sub.kind === 'agent' ? agentHolds(this.#index, sub.id, type, name) : waypointHolds(this.#index, sub.namespace, type, name);
+    return holds ? p : undefined;
   }
 
   #flush(sub: Subscriber): void {
@@ -527,7 +549,7 @@ export class ConfigServer {
 }
 
 function emptyPublished(): PublishedSet {
-  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map() };
+  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map(), AddressOwner: new Map() };
 }
 
 export interface ConfigStreamDeps {
