@@ -20,12 +20,9 @@ function claimOf(w: Workload): Claim {
 export class AddressOwnerTable {
   /** Address → uid → what that workload says (more than one holder only while addresses are reused). */
   readonly #holders = new Map<string, Map<string, Claim>>();
-  #table = new Map<string, AddressOwner>();
+  readonly #table = new Map<string, AddressOwner>();
 
-  /**
-   * The entries, by address. A new map whenever an entry changed; unchanged entries keep their
-   * object (the config server skips them by identity).
-   */
+  /** The entries, by address (one map, updated in place: a change costs its entries, not a copy). */
   get table(): ReadonlyMap<string, AddressOwner> {
     return this.#table;
   }
@@ -55,17 +52,13 @@ export class AddressOwnerTable {
       }
     }
     const out: string[] = [];
-    let next: Map<string, AddressOwner> | undefined;
     for (const ip of touched) {
-      const old = this.#table.get(ip);
       const owner = ownerOf(ip, this.#holders.get(ip));
-      if (sameOwner(old, owner)) continue;
-      next ??= new Map(this.#table);
-      if (owner) next.set(ip, owner);
-      else next.delete(ip);
+      if (sameOwner(this.#table.get(ip), owner)) continue;
+      if (owner) this.#table.set(ip, owner);
+      else this.#table.delete(ip);
       out.push(ip);
     }
-    if (next) this.#table = next;
     return out;
   }
 }

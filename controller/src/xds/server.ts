@@ -30,6 +30,7 @@ import {
   waypointView,
   type Published,
   type PublishedSet,
+  type ModelResourceType,
   type ViewIndex,
 } from './views.ts';
 
@@ -54,6 +55,8 @@ export class ConfigStreamDeniedError extends ConfigStreamRequestError {
 }
 
 const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
+/** The types published straight from the model; the others are derived from it (AddressOwner). */
+const MODEL_TYPES = ALL_TYPES.filter((t): t is ModelResourceType => t !== 'AddressOwner');
 
 /** Bytes of pushed, not yet acknowledged config across all clients before further pushes wait. */
 export const DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024;
@@ -187,18 +190,11 @@ export class ConfigServer {
   publish(model: MeshModel): string {
     const started = process.hrtime.bigint();
     const next = String(this.#systemVersion + 1);
-    const resources: Record<ResourceType, ReadonlyMap<string, unknown>> = { ...modelResources(model), AddressOwner: this.#owners.table };
+    const resources = modelResources(model);
     const published = emptyPublished();
     const changes = new Map<ResourceType, string[]>();
-    const before: Record<ResourceType, ReadonlyMap<string, unknown>> | undefined = this.#index
-      ? { ...modelResources(this.#index.model), AddressOwner: this.#owners.table }
-      : undefined;
-    for (const type of ALL_TYPES) {
-      if (type === 'AddressOwner') {
-        // Derived from the workloads found changed above (Workload comes first in ALL_TYPES).
-        this.#owners.update(this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
-        resources.AddressOwner = this.#owners.table;
-      }
+    const before = this.#index ? modelResources(this.#index.model) : undefined;
+    for (const type of MODEL_TYPES) {
       const prev = this.#published[type];
       // An incremental compile hands over the maps it did not touch as they were.
       if (before && resources[type] === before[type]) {
@@ -234,6 +230,7 @@ export class ConfigServer {
       published[type] = out;
       this.#metrics?.resources.set({ type }, out.size);
     }
+    published.AddressOwner = this.#publishAddressOwners(model, changes, `${this.#epoch}.${next}`);
     // Nodes whose workloads changed (before or after): their agents' policy views follow them.
     const nodes = new Set<string>();
     for (const name of changes.get('Workload') ?? []) {
@@ -254,6 +251,24 @@ export class ConfigServer {
     this.#lastPublishMs = Number(process.hrtime.bigint() - started) / 1e6;
     this.#metrics?.publishSeconds.observe(this.#lastPublishMs / 1000);
     return this.systemVersion;
+  }
+
+  /**
+   * The address-owner table (waypoints' for= decision) follows the workloads this publish found
+   * changed: only their addresses' entries are looked at. The published map is updated in place
+   * (nothing else holds it), so pod churn costs its entries, not a pass over every address.
+   */
+  #publishAddressOwners(model: MeshModel, changes: Map<ResourceType, string[]>, version: string): Map<string, Published> {
+    const out = this.#published.AddressOwner;
+    const touched = this.#owners.update(this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
+    for (const ip of touched) {
+      const owner = this.#owners.table.get(ip);
+      if (owner) out.set(ip, { version, body: JSON.stringify(owner), source: owner });
+      else out.delete(ip);
+    }
+    if (touched.length > 0) changes.set('AddressOwner', touched);
+    this.#metrics?.resources.set({ type: 'AddressOwner' }, out.size);
+    return out;
   }
 
   /** Records on `sub` what a publish changed, as far as its view can tell. */
