@@ -54,6 +54,16 @@ export const CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>>
   waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'AddressOwner'],
 };
 
+/**
+ * Types the server still serves to a kind that no longer subscribes to them, so that clients of
+ * the previous release keep working while a rollout replaces them: waypoints before AddressOwner
+ * subscribed to every Workload.
+ */
+export const LEGACY_CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>> = {
+  agent: [],
+  waypoint: ['Workload'],
+};
+
 const TYPE_BY_URL = new Map<string, ResourceType>(Object.entries(TYPE_URLS).map(([t, u]) => [u, t as ResourceType]));
 
 export function resourceTypeOf(url: string): ResourceType | undefined {

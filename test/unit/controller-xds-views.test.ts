@@ -94,5 +94,4 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
   assert.ok(all.Route.size > 0 && all.TrafficPolicy.size > 0 && all.PeerAuthentication.size > 0);
   assert.ok([...all.AuthorizationPolicy.keys()].some((k) => waypointHolds(ix, 'web', 'AuthorizationPolicy', k)), 'the mesh-wide policy reaches every waypoint');
   assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');
-  assert.equal([...all.Workload.keys()].filter((k) => waypointHolds(ix, 'shop', 'Workload', k)).length, 0, 'no workloads');
 });

@@ -2,6 +2,7 @@
 // its for= decision needs (lib/hbone/forwarded.ts), as deltas, and not the mesh's workloads. A pod
 // change in another namespace costs it one entry or nothing; what it is sent keeps the for=
 // decision exactly as the agents make it, including when an address is held twice.
+import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
@@ -12,7 +13,7 @@ import { tunnelClient } from '../../lib/hbone/forwarded.ts';
 import type { Pod } from '../../lib/model/objects.ts';
 import type { WaypointConfig, Workload } from '../../lib/model/mesh.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
-import { configStreamServiceDefinition, type ConfigStreamCall, type DeltaConfigRequest, type DeltaConfigResponse } from '../../lib/xds/protocol.ts';
+import { TYPE_URLS, configStreamServiceDefinition, type ConfigStreamCall, type DeltaConfigRequest, type DeltaConfigResponse } from '../../lib/xds/protocol.ts';
 import { buildSnapshot } from '../../waypoint/src/config.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
@@ -174,4 +175,19 @@ test('an address two workloads of different identities hold at once vouches for 
   assert.equal(decide(attacker.spiffeId, '192.168.0.3').ignored?.reason, 'identity-mismatch');
   assert.deepEqual(set([], ['new']), ['10.5.0.9']);
   assert.equal(owners.table.has('10.5.0.9'), false);
+});
+
+test('a waypoint of the previous release, subscribing to every Workload, is still served during a rollout', async () => {
+  const configServer = new ConfigServer();
+  configServer.publish(compile(inputs([pod('web', 'front', { node: 'node-b', ip: '10.5.0.1' })])).model);
+  const written: DeltaConfigResponse[] = [];
+  const call = Object.assign(new EventEmitter(), { write: (m: DeltaConfigResponse) => { written.push(m); return true; }, end: () => {} });
+  configServer.handle(call as unknown as ConfigStreamCall);
+  call.emit('data', {
+    node: { id: 'old-waypoint', kind: 'waypoint', namespace: 'shop', user_agent: 'weft-previous' },
+    type_url: TYPE_URLS.Workload, resource_names_subscribe: ['*'], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '',
+  } satisfies DeltaConfigRequest);
+  await until('the workloads are sent', () => written.length > 0);
+  assert.deepEqual(written[0]!.resources.map((r) => r.name).sort(), ['uid-shop-reviews', 'uid-web-front']);
+  configServer.closeAll();
 });

@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { MeshModel } from '../../../lib/model/mesh.ts';
 import {
   CLIENT_TYPES,
+  LEGACY_CLIENT_TYPES,
   TYPE_URLS,
   configStreamServiceDefinition,
   resourceTypeOf,
@@ -365,7 +366,7 @@ export class ConfigServer {
     if (!sub.kind) throw new ConfigStreamRequestError('the first request must carry node (id, kind)');
     const type = resourceTypeOf(req.type_url);
     if (!type) throw new ConfigStreamRequestError(`type_url "${req.type_url}" is not one of ${Object.values(TYPE_URLS).join(', ')}`);
-    if (!CLIENT_TYPES[sub.kind].includes(type)) throw new ConfigStreamRequestError(`a ${sub.kind} cannot subscribe to ${req.type_url}`);
+    if (!CLIENT_TYPES[sub.kind].includes(type) && !LEGACY_CLIENT_TYPES[sub.kind].includes(type)) throw new ConfigStreamRequestError(`a ${sub.kind} cannot subscribe to ${req.type_url}`);
 
     if (req.response_nonce) {
       const p = sub.pending.get(req.response_nonce);

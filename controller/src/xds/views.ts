@@ -120,7 +120,8 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
   };
   switch (type) {
     case 'Workload':
-      return [];
+    // A waypoint of the previous release (LEGACY_CLIENT_TYPES) judges for= from every workload;
+    // current ones subscribe to AddressOwner instead.
     case 'AddressOwner':
       // Any workload of the mesh may call the waypoint's services.
       return undefined;
@@ -156,7 +157,7 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
   const m = ix.model;
   switch (type) {
     case 'Workload':
-      return false;
+      return m.workloads.has(name);
     case 'AddressOwner':
       return ix.addressOwners.has(name);
     case 'Service': {
