@@ -1,9 +1,11 @@
 // Controller push benchmark: with 1,000 services and 10,000 workloads (50 nodes × 200 pods) in the
-// model and 50 agents subscribed over gRPC on loopback, how long from a change to every agent
-// having acknowledged it, and the controller's peak RSS. The agents run in a child process so the
-// RSS is the controller's own.
+// model, 50 agents and 10 waypoints (one each in namespaces ns-0..ns-9 of the 20) subscribed over
+// gRPC on loopback, how long from a change to every client having acknowledged it (or having been
+// sent nothing: its view did not change), and the controller's peak RSS. The clients run in a
+// child process so the RSS is the controller's own. Each waypoint applies what it receives to a
+// real WaypointEngine, so the clients' CPU includes the waypoints' config handling.
 //
-//   node bench/controller-push.ts [--services 1000] [--workloads 10000] [--clients 50] [--changes 20]
+//   node bench/controller-push.ts [--services 1000] [--workloads 10000] [--clients 50] [--waypoints 10] [--changes 20]
 //
 // Prints one summary line (and a JSON line with the numbers).
 import { spawn } from 'node:child_process';
@@ -14,12 +16,15 @@ import { Controller } from '../controller/src/controller.ts';
 import { MemorySource } from '../controller/src/sources/memory.ts';
 import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
 import { ConfigClient } from '../lib/xds/client.ts';
+import { WaypointEngine } from '../waypoint/src/engine.ts';
+import { TcpUpstream } from '../waypoint/src/upstream.ts';
 
 const { values } = parseArgs({
   options: {
     services: { type: 'string', default: '1000' },
     workloads: { type: 'string', default: '10000' },
     clients: { type: 'string', default: '50' },
+    waypoints: { type: 'string', default: '10' },
     changes: { type: 'string', default: '20' },
     'clients-only': { type: 'string' },
   },
@@ -27,32 +32,57 @@ const { values } = parseArgs({
 const SERVICES = Number(values.services);
 const WORKLOADS = Number(values.workloads);
 const CLIENTS = Number(values.clients);
+const WAYPOINTS = Number(values.waypoints);
 const CHANGES = Number(values.changes);
 
 const nodeName = (i: number) => `node-${i}`;
 
 if (values['clients-only']) {
-  // Child: CLIENTS agents, one per node; reports when all have a first snapshot.
+  // Child: CLIENTS agents, one per node, and WAYPOINTS waypoints; reports when all have a first snapshot.
   const target = values['clients-only'];
   let ready = 0;
-  const clients: ConfigClient<'agent'>[] = [];
+  const clients: Array<ConfigClient<'agent'> | ConfigClient<'waypoint'>> = [];
+  const engines: WaypointEngine[] = [];
+  const channelOptions = { 'grpc.max_receive_message_length': 256 * 1024 * 1024 };
+  const onFirst = () => {
+    if (++ready === CLIENTS + WAYPOINTS) process.stdout.write('ready\n');
+  };
   for (let i = 0; i < CLIENTS; i++) {
-    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: nodeName(i), channelOptions: { 'grpc.max_receive_message_length': 256 * 1024 * 1024 } });
-    c.once('snapshot', () => {
-      if (++ready === CLIENTS) process.stdout.write('ready\n');
+    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: nodeName(i), channelOptions });
+    c.once('snapshot', onFirst);
+    c.start();
+    clients.push(c);
+  }
+  // Waypoint config handling: snapshots applied and the time spent applying them.
+  let wpSnapshots = 0;
+  let wpApplyMs = 0;
+  for (let i = 0; i < WAYPOINTS; i++) {
+    const namespace = `ns-${i}`;
+    const engine = new WaypointEngine({ namespace, name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engines.push(engine);
+    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'waypoint', id: `waypoint-${i}`, namespace, channelOptions,
+      validate: (cfg) => engine.validateConfig(cfg) });
+    c.on('snapshot', (cfg) => {
+      const t = performance.now();
+      engine.applyConfig(cfg);
+      wpApplyMs += performance.now() - t;
+      wpSnapshots++;
     });
+    c.once('snapshot', onFirst);
     c.start();
     clients.push(c);
   }
   process.stdin.on('data', (d: Buffer) => {
-    // "cpu\n": report this process's CPU time so far (the clients' share of a push).
+    // "cpu\n": report this process's CPU time so far (the clients' share of a push) and the
+    // waypoints' snapshot count and apply time.
     if (d.toString().includes('cpu')) {
       const u = process.cpuUsage();
-      process.stdout.write(`cpu ${(u.user + u.system) / 1000}\n`);
+      process.stdout.write(`cpu ${(u.user + u.system) / 1000} ${wpSnapshots} ${wpApplyMs}\n`);
     }
   });
-  process.stdin.on('end', () => {
+  process.stdin.on('end', async () => {
     for (const c of clients) c.close();
+    for (const e of engines) await e.close();
     process.exit(0);
   });
   process.stdin.resume();
@@ -102,7 +132,7 @@ async function main(): Promise<void> {
   const initialCompileMs = performance.now() - t0;
   const rssBeforeClientsMb = process.resourceUsage().maxRSS / 1024;
 
-  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--waypoints', String(WAYPOINTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const t1 = performance.now();
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
@@ -112,48 +142,52 @@ async function main(): Promise<void> {
 
   // CPU time of both processes across the changes: load on a shared machine stretches the wall
   // clock figures, much less these.
-  const childCpuMs = () => new Promise<number>((resolve) => {
+  const childCpu = () => new Promise<{ cpuMs: number; wpSnapshots: number; wpApplyMs: number }>((resolve) => {
     const on = (d: Buffer) => {
-      const m = /cpu ([\d.]+)/.exec(d.toString());
+      const m = /cpu ([\d.]+) (\d+) ([\d.]+)/.exec(d.toString());
       if (!m) return;
       child.stdout.off('data', on);
-      resolve(Number(m[1]));
+      resolve({ cpuMs: Number(m[1]), wpSnapshots: Number(m[2]), wpApplyMs: Number(m[3]) });
     };
     child.stdout.on('data', on);
     child.stdin.write('cpu\n');
   });
+  const pushedBytes = () => configServer.pushedBytes;
   const cpuMs = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
   const controllerCpu0 = cpuMs();
-  const clientsCpu0 = await childCpuMs();
-  // Each change adds a pod to a service: every agent gets the service's new endpoint.
+  const clientsCpu0 = await childCpu();
+  const bytes0 = pushedBytes();
+  // Each change adds a pod to a service (in ns-<i % 20>): every agent gets the service's new
+  // endpoint; a waypoint of that namespace gets the Service, the others only what their for=
+  // decision needs.
   const samples: number[] = [];
   const compileMs: number[] = [];
   const publishMs: number[] = [];
   for (let i = 0; i < CHANGES; i++) {
-    const acked = new Set<string>();
     const start = performance.now();
     let target = '';
-    const done = new Promise<void>((resolve) => {
-      const off = configServer.onAck((c) => {
-        if (!target || Number(c.ackedVersion) < Number(target)) return;
-        acked.add(c.id);
-        if (acked.size === CLIENTS) {
-          off();
-          resolve();
-        }
-      });
-    });
+    // Done when every client acknowledged the new version or was sent nothing for it.
+    const allDone = () => configServer.clients().every((c) => Number(c.ackedVersion) >= Number(target) || c.synced);
+    let wake: () => void = () => {};
+    const off = configServer.onAck(() => { if (target && allDone()) wake(); });
     source.upsert(podObject(WORKLOADS + i, `svc-${i}`));
     await controller.settled();
     compileMs.push(controller.lastCompileMs);
     publishMs.push(configServer.lastPublishMs);
     target = configServer.systemVersion;
-    for (const c of configServer.clients()) if (Number(c.ackedVersion) >= Number(target)) acked.add(c.id);
-    if (acked.size < CLIENTS) await done;
+    // The pushes go out on the next turn (setImmediate): only then is "sent nothing" known.
+    await new Promise((r) => setImmediate(r));
+    if (!allDone()) await new Promise<void>((resolve) => { wake = resolve; });
+    off();
     samples.push(performance.now() - start);
   }
   const controllerCpuPerChangeMs = (cpuMs() - controllerCpu0) / CHANGES;
-  const clientsCpuPerChangeMs = ((await childCpuMs()) - clientsCpu0) / CHANGES;
+  const clientsCpu1 = await childCpu();
+  const clientsCpuPerChangeMs = (clientsCpu1.cpuMs - clientsCpu0.cpuMs) / CHANGES;
+  const wpSnapshotsPerChange = (clientsCpu1.wpSnapshots - clientsCpu0.wpSnapshots) / CHANGES;
+  const wpApplyMsPerChange = (clientsCpu1.wpApplyMs - clientsCpu0.wpApplyMs) / CHANGES;
+  const bytes1 = pushedBytes();
+  const bytesPerChange = { agents: Math.round((bytes1.agent - bytes0.agent) / CHANGES), waypoints: Math.round((bytes1.waypoint - bytes0.waypoint) / CHANGES) };
   samples.sort((a, b) => a - b);
   const p = (q: number) => samples[Math.min(samples.length - 1, Math.floor(q * samples.length))]!;
   const peakRssMb = process.resourceUsage().maxRSS / 1024;
@@ -161,7 +195,7 @@ async function main(): Promise<void> {
   const steadyRssMb = process.memoryUsage().rss / 1024 / 1024;
   const heapUsedMb = process.memoryUsage().heapUsed / 1024 / 1024;
   const result = {
-    services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, changes: CHANGES,
+    services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, waypoints: WAYPOINTS, changes: CHANGES,
     initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs),
     compileMsMedian: +median(compileMs).toFixed(1),
     publishMsMedian: +median(publishMs).toFixed(1),
@@ -172,9 +206,12 @@ async function main(): Promise<void> {
     controllerHeapUsedMb: Math.round(heapUsedMb),
     controllerCpuPerChangeMs: +controllerCpuPerChangeMs.toFixed(1),
     clientsCpuPerChangeMs: +clientsCpuPerChangeMs.toFixed(1),
+    waypointSnapshotsPerChange: +wpSnapshotsPerChange.toFixed(2),
+    waypointApplyMsPerChange: +wpApplyMsPerChange.toFixed(2),
+    pushedBytesPerChange: bytesPerChange,
     loadAverage: +(await import('node:os')).loadavg()[0]!.toFixed(1),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, ${CLIENTS} clients ${result.clientsCpuPerChangeMs} ms; load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents, ${WAYPOINTS} waypoints: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, clients ${result.clientsCpuPerChangeMs} ms; waypoints: ${result.waypointSnapshotsPerChange} snapshots, ${result.waypointApplyMsPerChange} ms applying, ${bytesPerChange.waypoints} B per change (agents ${bytesPerChange.agents} B); load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

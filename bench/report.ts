@@ -125,7 +125,7 @@ export function report(r: BenchResults): string {
     const ca = r.micro.caSign;
     if (ca) out += `  CA signing (bench/ca-sign.ts): ${'error' in ca ? `failed: ${String(ca.error)}` : `in-process ${String(ca.signInProcessPerSecond)} CSRs/s, gRPC over mTLS ${String(ca.signGrpcPerSecond)} CSRs/s, agent keygen+CSR ${String(ca.keygenAndCsrPerSecond)}/s`}\n`;
     const push = r.micro.controllerPush as { error?: string; pushToAllAckedMs?: { p50: number; p90: number; max: number }; controllerPeakRssMb?: number; initialSyncMs?: number } | undefined;
-    if (push) out += `  Controller push (bench/controller-push.ts, 1,000 services, 10,000 workloads, 50 clients): ${push.error ? `failed: ${push.error}` : `change→all ACKed p50 ${push.pushToAllAckedMs?.p50} ms, p90 ${push.pushToAllAckedMs?.p90} ms, max ${push.pushToAllAckedMs?.max} ms; initial sync ${push.initialSyncMs} ms; controller peak RSS ${push.controllerPeakRssMb} MB`}\n`;
+    if (push) out += `  Controller push (bench/controller-push.ts, 1,000 services, 10,000 workloads, 50 agents, 10 waypoints): ${push.error ? `failed: ${push.error}` : `change→all ACKed p50 ${push.pushToAllAckedMs?.p50} ms, p90 ${push.pushToAllAckedMs?.p90} ms, max ${push.pushToAllAckedMs?.max} ms; initial sync ${push.initialSyncMs} ms; controller peak RSS ${push.controllerPeakRssMb} MB`}\n`;
     const hb = r.micro.hbone;
     if (hb) {
       if ('error' in hb) out += `  Loopback HBONE (bench/hbone-throughput.ts): failed: ${hb.error}\n`;

@@ -4,11 +4,10 @@
 // of controller/src/xds/views.ts) from the objects read through the API, so both give the same rows.
 import { ObjectStore } from '../controller/src/store.ts';
 import { compile, type CompileResult } from '../controller/src/compile.ts';
-import { agentView, buildIndex, modelResources, waypointView } from '../controller/src/xds/views.ts';
+import { agentView, buildIndex, modelResources, waypointView, type ModelResourceType } from '../controller/src/xds/views.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
 import { KINDS, type MeshKind } from '../lib/model/objects.ts';
 import type { AgentConfig, WaypointConfig } from '../lib/model/mesh.ts';
-import type { ResourceType } from '../lib/xds/protocol.ts';
 import type { ValidationIssue } from '../lib/model/errors.ts';
 import type { KubeClient } from './kube.ts';
 
@@ -55,12 +54,12 @@ export function viewsOf(c: CompileResult, nodes: readonly string[] = []): { agen
   const res = modelResources(c.model);
   const all = [...new Set([...nodes, ...ix.workloadsByNode.keys()])].sort();
   const agent = (node: string): AgentConfig => {
-    const get = <T>(t: ResourceType) => pick<T>(res[t], agentView(ix, node, t));
+    const get = <T>(t: ModelResourceType) => pick<T>(res[t], agentView(ix, node, t));
     return { node, workloads: get('Workload'), services: get('Service'), policies: get('AuthorizationPolicy'), peerAuthentications: get('PeerAuthentication'), waypoints: get('Waypoint'), trafficPolicies: get('TrafficPolicy') };
   };
   const namespaces = [...new Set([...c.model.waypoints.values()].map((w) => w.namespace))].sort();
   const waypoint = (namespace: string): WaypointConfig => {
-    const get = <T>(t: ResourceType) => pick<T>(res[t], waypointView(ix, namespace, t));
+    const get = <T>(t: ModelResourceType) => pick<T>(res[t], waypointView(ix, namespace, t));
     return { namespace, services: get('Service'), routes: get('Route'), trafficPolicies: get('TrafficPolicy'), policies: get('AuthorizationPolicy'), waypoints: get('Waypoint') };
   };
   return {

@@ -166,7 +166,7 @@ export interface TunnelClient {
 
 /** What the decision needs from the receiver's view of the mesh (the agent's AgentState, the waypoint's snapshot). */
 export interface ForwardedView<D = Workload> {
-  addressOwner(ip: string): { spiffeId: string | undefined; nodeIp: string | undefined } | undefined;
+  addressOwner(ip: string): { spiffeId?: string | undefined; nodeIp?: string | undefined } | undefined;
   /** The waypoints entitled to speak for anyone to `dest` (none where the receiver is a waypoint itself). */
   waypointsServing(dest: D): readonly Waypoint[];
 }

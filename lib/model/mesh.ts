@@ -436,10 +436,27 @@ export interface WaypointConfig {
   /** This namespace's waypoints (for its own identity and address). */
   waypoints: Waypoint[];
   /**
-   * The mesh's workloads, for who owns a client address (identity and node): a caller's
-   * `forwarded: for=` is honoured only as the agents honour it (lib/hbone/forwarded.ts).
+   * Who holds each workload address of the mesh (identity and node), and nothing else of the
+   * workloads: a caller's `forwarded: for=` is honoured only as the agents honour it
+   * (lib/hbone/forwarded.ts). Sent as deltas: a pod change elsewhere costs one entry, a label or
+   * Service membership change nothing.
    */
-  workloads?: Workload[];
+  addressOwners?: AddressOwner[];
+}
+
+/**
+ * Who holds a workload address, as far as the `for=` decision cares (lib/hbone/forwarded.ts
+ * ForwardedView.addressOwner): the identity of the workload at `ip` and the address of its node.
+ */
+export interface AddressOwner {
+  ip: string;
+  /**
+   * The workload's identity. Absent when it is not enrolled (its address vouches for nobody), and
+   * when workloads of different identities or nodes hold the address at once (no claim on it is
+   * believed until one of them lets it go).
+   */
+  spiffeId?: string;
+  nodeIp?: string;
 }
 
 /** The whole compiled mesh, indexed for the config server. */

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type {
+  AddressOwner,
   AgentConfig,
   AuthorizationPolicy,
   PeerAuthentication,
@@ -25,6 +26,7 @@ export const TYPE_URLS = {
   Waypoint: 'type.weft.dev/weft.model.Waypoint',
   TrafficPolicy: 'type.weft.dev/weft.model.TrafficPolicy',
   Route: 'type.weft.dev/weft.model.Route',
+  AddressOwner: 'type.weft.dev/weft.model.AddressOwner',
 } as const;
 
 export type ResourceType = keyof typeof TYPE_URLS;
@@ -39,6 +41,7 @@ export interface ResourceBodies {
   Waypoint: Waypoint;
   TrafficPolicy: TrafficPolicy;
   Route: Route;
+  AddressOwner: AddressOwner;
 }
 
 export type ClientKind = 'agent' | 'waypoint';
@@ -46,8 +49,19 @@ export type ClientKind = 'agent' | 'waypoint';
 /** The types each kind of client subscribes to. */
 export const CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>> = {
   agent: ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'Waypoint', 'TrafficPolicy'],
-  // Workload: who owns each client address (a waypoint judges callers' for= as agents do).
-  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'Workload'],
+  // AddressOwner: who holds each client address (a waypoint judges callers' for= as agents do);
+  // not Workload: a waypoint needs none of a workload's other fields.
+  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'AddressOwner'],
+};
+
+/**
+ * Types the server still serves to a kind that no longer subscribes to them, so that clients of
+ * the previous release keep working while a rollout replaces them: waypoints before AddressOwner
+ * subscribed to every Workload.
+ */
+export const LEGACY_CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>> = {
+  agent: [],
+  waypoint: ['Workload'],
 };
 
 const TYPE_BY_URL = new Map<string, ResourceType>(Object.entries(TYPE_URLS).map(([t, u]) => [u, t as ResourceType]));
@@ -143,6 +157,6 @@ export function waypointConfigOf(namespace: string, set: ResourceSet): WaypointC
     trafficPolicies: values(set.TrafficPolicy),
     policies: values(set.AuthorizationPolicy),
     waypoints: values(set.Waypoint),
-    workloads: values(set.Workload),
+    addressOwners: values(set.AddressOwner),
   };
 }

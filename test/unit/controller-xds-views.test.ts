@@ -1,13 +1,24 @@
-// The config stream's two answers to "may this agent see that resource": agentView (a whole view,
-// for a new subscription or a NACK) and agentHolds (one name at a time, for delta pushes). They must
-// agree for every resource type, or a delta push silently withholds (or leaks) what a full one sends.
+// The config stream's two answers to "may this client see that resource": agentView/waypointView (a
+// whole view, for a new subscription or a NACK) and agentHolds/waypointHolds (one name at a time, for
+// delta pushes). They must agree for every resource type, or a delta push silently withholds (or
+// leaks) what a full one sends.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compile } from '../../controller/src/compile.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
-import { agentHolds, agentView, buildIndex, modelResources } from '../../controller/src/xds/views.ts';
+import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
+import { agentHolds, agentView, buildIndex, modelResources, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
+import type { MeshModel } from '../../lib/model/mesh.ts';
 import { TYPE_URLS, type ResourceType } from '../../lib/xds/protocol.ts';
-import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
+
+/** The model's resources and the address-owner table, indexed as the config server does. */
+function published(model: MeshModel) {
+  const owners = new AddressOwnerTable();
+  owners.update(undefined, model.workloads, model.workloads.keys());
+  const all: Record<ResourceType, ReadonlyMap<string, unknown>> = { ...modelResources(model), AddressOwner: owners.table };
+  return { ix: buildIndex(model, owners.table), all };
+}
 
 test('agentHolds answers exactly as agentView, for every resource type and node', () => {
   const store = new ObjectStore();
@@ -27,8 +38,7 @@ test('agentHolds answers exactly as agentView, for every resource type and node'
   const r = store.apply(objects.map((o, i) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(i + 1) })));
   assert.deepEqual(r.rejections, []);
   const model = compile(store.inputs()).model;
-  const ix = buildIndex(model);
-  const all = modelResources(model);
+  const { ix, all } = published(model);
   for (const node of ['node-a', 'node-b', 'node-c']) {
     for (const type of Object.keys(TYPE_URLS) as ResourceType[]) {
       const view = agentView(ix, node, type);
@@ -39,4 +49,49 @@ test('agentHolds answers exactly as agentView, for every resource type and node'
   }
   // The fixture exercises every type that has resources.
   assert.ok(all.TrafficPolicy.size > 0 && all.AuthorizationPolicy.size > 0 && all.PeerAuthentication.size > 0);
+});
+
+test('waypointHolds answers exactly as waypointView, for every resource type and namespace', () => {
+  const store = new ObjectStore();
+  const route = (namespace: string, name: string, parent: string, backends: Array<{ name: string; namespace?: string }>) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name, namespace },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: parent }], rules: [{ backendRefs: backends.map((b) => ({ ...b, port: 80 })) }] },
+  });
+  const objects: object[] = [
+    ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' }),
+    ns('web', { 'weft.dev/dataplane-mode': 'ambient' }),
+    ns('plain'),
+    waypoint('shop', 'waypoint'),
+    pod('shop', 'reviews', { node: 'node-a' }),
+    pod('web', 'front', { node: 'node-b' }),
+    pod('plain', 'legacy', { node: 'node-b' }),
+    svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.20'),
+    svc('shop', 'ratings', { app: 'ratings' }, '10.96.0.21'),
+    svc('web', 'front', { app: 'front' }, '10.96.0.22'),
+    svc('web', 'other', { app: 'other' }, '10.96.0.23'),
+    // A route of shop's sending to a Service of web's: shop's waypoint sees web/front, not web/other.
+    { apiVersion: 'gateway.networking.k8s.io/v1beta1', kind: 'ReferenceGrant', metadata: { name: 'shop', namespace: 'web' }, spec: { from: [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', namespace: 'shop' }], to: [{ group: '', kind: 'Service' }] } },
+    route('shop', 'reviews', 'reviews', [{ name: 'reviews' }, { name: 'front', namespace: 'web' }]),
+    authz('shop', 'reviews-only', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }),
+    authz('weft-system', 'mesh-wide', { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9999'] } }] }] }),
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'reviews', namespace: 'shop' }, spec: { targetRef: { group: '', kind: 'Service', name: 'reviews' }, timeouts: { request: '1s' } } },
+  ];
+  const r = store.apply(objects.map((o, i) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(i + 1) })));
+  assert.deepEqual(r.rejections, []);
+  const model = compile(store.inputs()).model;
+  const { ix, all } = published(model);
+  for (const namespace of ['shop', 'web', 'plain']) {
+    for (const type of Object.keys(TYPE_URLS) as ResourceType[]) {
+      const view = waypointView(ix, namespace, type);
+      const expected = [...(view ?? all[type].keys())].sort();
+      const held = [...all[type].keys()].filter((k) => waypointHolds(ix, namespace, type, k)).sort();
+      assert.deepEqual(held, expected, `${type} in ${namespace}`);
+    }
+  }
+  // The fixture exercises what makes the answers differ: a cross-namespace backend, a mesh-wide policy, every address.
+  assert.ok(waypointHolds(ix, 'shop', 'Service', 'web/front') && !waypointHolds(ix, 'shop', 'Service', 'web/other'));
+  assert.ok(all.Route.size > 0 && all.TrafficPolicy.size > 0 && all.PeerAuthentication.size > 0);
+  assert.ok([...all.AuthorizationPolicy.keys()].some((k) => waypointHolds(ix, 'web', 'AuthorizationPolicy', k)), 'the mesh-wide policy reaches every waypoint');
+  assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');
 });

@@ -11,7 +11,8 @@ import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { HbonePool, HboneServer } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
-import type { AuthorizationPolicy, Workload } from '../../lib/model/mesh.ts';
+import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
+import type { AddressOwner, AuthorizationPolicy, Workload } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { HboneUpstream, tunnelHandler } from '../../waypoint/src/hbone.ts';
 import { config, metricSamples, service } from '../../waypoint/testing/harness.ts';
@@ -35,6 +36,13 @@ function workload(name: string, ip: string, spiffeId: string): Workload {
     uid: name, name, namespace: 'shop', node: 'node-a', nodeIp: '127.0.0.1', ip, serviceAccount: name, spiffeId, labels: {}, enrolled: true,
     mode: 'PERMISSIVE', services: [], workloadName: name, canonicalService: name, canonicalRevision: 'latest', cluster: 'Kubernetes',
   };
+}
+
+/** The controller's address-owner table for `workloads`, as the config stream delivers it. */
+function addressOwners(workloads: Workload[]): AddressOwner[] {
+  const t = new AddressOwnerTable();
+  t.update(undefined, new Map(workloads.map((w) => [w.uid, w])), workloads.map((w) => w.uid));
+  return [...t.table.values()];
 }
 
 /** Sends `ping` through the tunnel; resolves with what came back before the stream closed. */
@@ -97,7 +105,7 @@ describe('the waypoint and forwarded for=', () => {
     engine.applyConfig(config({
       services: [svc('open', '10.96.0.10'), svc('locked', '10.96.0.11')],
       policies: [onlyVictim],
-      workloads: [workload('tester', TESTER_IP, TESTER), workload('victim', VICTIM_IP, VICTIM)],
+      addressOwners: addressOwners([workload('tester', TESTER_IP, TESTER), workload('victim', VICTIM_IP, VICTIM)]),
     }));
     wpServer = new HboneServer({ tls: tlsMaterial(credsOf.get(WAYPOINT)!), handler: tunnelHandler(engine, (f) => ignored.push(f)) });
     wpPort = (await wpServer.listen(0, '127.0.0.1')).port;

@@ -41,8 +41,10 @@ describe('mesh-wide HTTP settings from the controller', () => {
       await until('mesh settings at the waypoint', () => plain.httpSettings.pathNormalization === 'MERGE_SLASHES');
       assert.deepEqual(plain.httpSettings, { pathNormalization: 'MERGE_SLASHES', escapedSlashes: 'KEEP_UNCHANGED', numTrustedProxies: 2 });
       assert.deepEqual(own.httpSettings, { pathNormalization: 'NONE', escapedSlashes: 'KEEP_UNCHANGED', numTrustedProxies: 2 });
-      // The same stream brings who owns each client address (the waypoint's for= decision).
-      assert.deepEqual(plain.config.workloads?.map((w) => [w.ip, w.spiffeId]), [['10.1.9.1', 'spiffe://cluster.local/ns/shop/sa/reviews']]);
+      // The same stream brings who owns each client address (the waypoint's for= decision), and
+      // nothing else of the workloads.
+      assert.deepEqual(plain.config.addressOwners, [{ ip: '10.1.9.1', spiffeId: 'spiffe://cluster.local/ns/shop/sa/reviews', nodeIp: '192.168.0.1' }]);
+      assert.equal((plain.config as { workloads?: unknown }).workloads, undefined);
     } finally {
       await plain.close();
       await own.close();

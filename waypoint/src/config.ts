@@ -37,7 +37,7 @@ export interface Snapshot {
   settings: ReadonlyMap<string, ClusterSettings>;
   /** Objects left out or failing closed, each naming the object and field. */
   issues: readonly ConfigIssue[];
-  /** Client address → its workload's identity and node (for `forwarded: for=` claims). */
+  /** Client address → its workload's identity (when enrolled) and node (for `forwarded: for=` claims; the controller's address-owner table). */
   addressOwners: ReadonlyMap<string, { spiffeId: string | undefined; nodeIp: string | undefined }>;
 }
 
@@ -86,13 +86,29 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
+/** Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner). */
+function addressOwnersOf(cfg: WaypointConfig): Snapshot['addressOwners'] {
+  const out = new Map<string, { spiffeId: string | undefined; nodeIp: string | undefined }>();
+  for (const o of cfg.addressOwners ?? []) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+  return out;
+}
+
+/** The inputs of a snapshot's route, policy and service tables are the same arrays (the config client reuses an untouched type's). */
+function sameTables(a: WaypointConfig, b: WaypointConfig): boolean {
+  return a.namespace === b.namespace && a.services === b.services && a.routes === b.routes && a.trafficPolicies === b.trafficPolicies && a.policies === b.policies;
+}
+
 /**
  * Validates and compiles. Throws ConfigRejectedError only for a broken shape; a bad object is left
- * out (or fails closed) and listed in `issues`.
+ * out (or fails closed) and listed in `issues`. With `prev`, what `cfg` shares with prev's config
+ * is taken over as it is: a change to the address-owner table alone (pod churn elsewhere in the
+ * mesh) rebuilds that table, not the routes, policies and services.
  */
-export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
+export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snapshot): Snapshot {
   const issues: ConfigIssue[] = [];
   if (!checkShape(cfg, issues)) throw new ConfigRejectedError(issues);
+  const addressOwners = prev && prev.config.addressOwners === cfg.addressOwners ? prev.addressOwners : addressOwnersOf(cfg);
+  if (prev && sameTables(prev.config, cfg)) return { ...prev, version, config: cfg, addressOwners };
 
   const services = new Map<string, Service>();
   const byAddress = new Map<string, Service>();
@@ -144,11 +160,6 @@ export function buildSnapshot(cfg: WaypointConfig, version: number): Snapshot {
   const policies = new PolicyTable(cfg.policies);
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
-  }
-  const addressOwners = new Map<string, { spiffeId: string | undefined; nodeIp: string | undefined }>();
-  // As the agents' AgentState.addressOwner: a workload's identity counts only when it is enrolled.
-  for (const w of cfg.workloads ?? []) {
-    if (w.ip) addressOwners.set(w.ip, { spiffeId: w.enrolled ? w.spiffeId : undefined, nodeIp: w.nodeIp });
   }
   return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues, addressOwners };
 }

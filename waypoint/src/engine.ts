@@ -121,6 +121,8 @@ export class WaypointEngine {
   readonly telemetry: Telemetry;
   private snap: Snapshot;
   private version = 0;
+  /** The snapshot validateConfig built, taken by applyConfig when it is given the same config next. */
+  private validated: Snapshot | undefined;
   private readonly clusters = new Map<string, Cluster>();
   private readonly pool: UpstreamPool;
   private readonly rateLimiter = new LocalRateLimiter();
@@ -256,7 +258,10 @@ export class WaypointEngine {
   applyConfig(cfg: WaypointConfig): AppliedConfig {
     let next: Snapshot;
     try {
-      next = buildSnapshot(cfg, this.version + 1);
+      // The config stream validates each update just before applying it: the same snapshot.
+      const validated = this.validated;
+      this.validated = undefined;
+      next = validated?.config === cfg && validated.version === this.version + 1 ? validated : buildSnapshot(cfg, this.version + 1, this.snap);
     } catch (err) {
       this.telemetry.configApplies.inc({ result: 'rejected' });
       if (err instanceof ConfigRejectedError) this.lastRejection = err;
@@ -314,7 +319,7 @@ export class WaypointEngine {
 
   /** Validates a configuration without applying it (the config stream's NACK check). */
   validateConfig(cfg: WaypointConfig): void {
-    buildSnapshot(cfg, this.version + 1);
+    this.validated = buildSnapshot(cfg, this.version + 1, this.snap);
   }
 
   /** Objects of the configuration in force that were left out or fail closed. */

@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { MeshModel } from '../../../lib/model/mesh.ts';
 import {
   CLIENT_TYPES,
+  LEGACY_CLIENT_TYPES,
   TYPE_URLS,
   configStreamServiceDefinition,
   resourceTypeOf,
@@ -18,7 +19,21 @@ import {
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
-import { AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS, agentHolds, agentView, buildIndex, modelResources, waypointView, type Published, type PublishedSet, type ViewIndex } from './views.ts';
+import { AddressOwnerTable } from './address-owners.ts';
+import {
+  AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
+  WAYPOINT_VIEW_DEPENDS_ON,
+  agentHolds,
+  agentView,
+  buildIndex,
+  modelResources,
+  waypointHolds,
+  waypointView,
+  type Published,
+  type PublishedSet,
+  type ModelResourceType,
+  type ViewIndex,
+} from './views.ts';
 
 /** A client's request was malformed (missing node id, unknown kind, unknown type URL). */
 export class ConfigStreamRequestError extends Error {
@@ -41,6 +56,8 @@ export class ConfigStreamDeniedError extends ConfigStreamRequestError {
 }
 
 const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
+/** The types published straight from the model; the others are derived from it (AddressOwner). */
+const MODEL_TYPES = ALL_TYPES.filter((t): t is ModelResourceType => t !== 'AddressOwner');
 
 /** Bytes of pushed, not yet acknowledged config across all clients before further pushes wait. */
 export const DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024;
@@ -111,6 +128,8 @@ export interface ConfigStreamClientInfo {
   /** Latest system version the client acknowledged (all its types). */
   ackedVersion: string;
   nackedVersion?: string;
+  /** Everything the client's view calls for has been sent and acknowledged (Istio's SYNCED). */
+  synced: boolean;
 }
 
 export class ConfigServer {
@@ -119,6 +138,8 @@ export class ConfigServer {
   #systemVersion = 0;
   #published: PublishedSet = emptyPublished();
   #index: ViewIndex | undefined;
+  /** Derived from the model's workloads at each publish: what waypoints get instead of them. */
+  readonly #owners = new AddressOwnerTable();
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
   #bodies = new WeakMap<object, string>();
@@ -150,6 +171,12 @@ export class ConfigServer {
   }
 
   #lastPublishMs = 0;
+  readonly #pushedBytes: Record<ClientKind, number> = { agent: 0, waypoint: 0 };
+
+  /** Resource body bytes sent so far, by client kind (what pushes cost the network and the clients). */
+  get pushedBytes(): Readonly<Record<ClientKind, number>> {
+    return { ...this.#pushedBytes };
+  }
 
   /** Duration of the most recent publish (versioning and diffing, before the pushes). */
   get lastPublishMs(): number {
@@ -168,7 +195,7 @@ export class ConfigServer {
     const published = emptyPublished();
     const changes = new Map<ResourceType, string[]>();
     const before = this.#index ? modelResources(this.#index.model) : undefined;
-    for (const type of ALL_TYPES) {
+    for (const type of MODEL_TYPES) {
       const prev = this.#published[type];
       // An incremental compile hands over the maps it did not touch as they were.
       if (before && resources[type] === before[type]) {
@@ -204,6 +231,7 @@ export class ConfigServer {
       published[type] = out;
       this.#metrics?.resources.set({ type }, out.size);
     }
+    published.AddressOwner = this.#publishAddressOwners(model, changes, `${this.#epoch}.${next}`);
     // Nodes whose workloads changed (before or after): their agents' policy views follow them.
     const nodes = new Set<string>();
     for (const name of changes.get('Workload') ?? []) {
@@ -212,7 +240,7 @@ export class ConfigServer {
       if (before) nodes.add(before.node);
       if (after) nodes.add(after.node);
     }
-    this.#index = buildIndex(model);
+    this.#index = buildIndex(model, this.#owners.table);
     this.#published = published;
     if (changes.size > 0 || this.#systemVersion === 0) {
       this.#systemVersion += 1;
@@ -226,14 +254,33 @@ export class ConfigServer {
     return this.systemVersion;
   }
 
+  /**
+   * The address-owner table (waypoints' for= decision) follows the workloads this publish found
+   * changed: only their addresses' entries are looked at. The published map is updated in place
+   * (nothing else holds it), so pod churn costs its entries, not a pass over every address.
+   */
+  #publishAddressOwners(model: MeshModel, changes: Map<ResourceType, string[]>, version: string): Map<string, Published> {
+    const out = this.#published.AddressOwner;
+    const touched = this.#owners.update(this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
+    for (const ip of touched) {
+      const owner = this.#owners.table.get(ip);
+      if (owner) out.set(ip, { version, body: JSON.stringify(owner), source: owner });
+      else out.delete(ip);
+    }
+    if (touched.length > 0) changes.set('AddressOwner', touched);
+    this.#metrics?.resources.set({ type: 'AddressOwner' }, out.size);
+    return out;
+  }
+
   /** Records on `sub` what a publish changed, as far as its view can tell. */
   #markChanged(sub: Subscriber, changes: ReadonlyMap<ResourceType, readonly string[]>, nodes: ReadonlySet<string>): void {
     for (const type of sub.subs.keys()) {
       let d = sub.dirty.get(type);
       if (d === 'all') continue;
-      // A waypoint's views (its namespace's services, routes' backends) are small: recomputed whole.
+      // Most views decide each name from the resource alone; where one depends on more (an agent's
+      // policies on its node's workloads, a waypoint's Services on its routes), it is recomputed whole.
       const whole = sub.kind === 'waypoint'
-        ? changes.size > 0
+        ? (WAYPOINT_VIEW_DEPENDS_ON[type] ?? []).some((t) => changes.has(t))
         : AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS.includes(type) && nodes.has(sub.id);
       if (whole) {
         sub.dirty.set(type, 'all');
@@ -247,7 +294,12 @@ export class ConfigServer {
   }
 
   clients(): ConfigStreamClientInfo[] {
-    return [...this.#subscribers].map((s) => ({ id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, ...(s.nackedVersion ? { nackedVersion: s.nackedVersion } : {}) }));
+    return [...this.#subscribers].map((s) => ({ ...this.#info(s), ...(s.nackedVersion ? { nackedVersion: s.nackedVersion } : {}) }));
+  }
+
+  #info(s: Subscriber): ConfigStreamClientInfo {
+    const synced = s.pending.size === 0 && s.dirty.size === 0 && !s.force && !this.#flushQueue.has(s);
+    return { id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, synced };
   }
 
   /** Called whenever a client acknowledges a complete system version. */
@@ -314,7 +366,7 @@ export class ConfigServer {
     if (!sub.kind) throw new ConfigStreamRequestError('the first request must carry node (id, kind)');
     const type = resourceTypeOf(req.type_url);
     if (!type) throw new ConfigStreamRequestError(`type_url "${req.type_url}" is not one of ${Object.values(TYPE_URLS).join(', ')}`);
-    if (!CLIENT_TYPES[sub.kind].includes(type)) throw new ConfigStreamRequestError(`a ${sub.kind} cannot subscribe to ${req.type_url}`);
+    if (!CLIENT_TYPES[sub.kind].includes(type) && !LEGACY_CLIENT_TYPES[sub.kind].includes(type)) throw new ConfigStreamRequestError(`a ${sub.kind} cannot subscribe to ${req.type_url}`);
 
     if (req.response_nonce) {
       const p = sub.pending.get(req.response_nonce);
@@ -359,7 +411,7 @@ export class ConfigServer {
     for (const q of sub.pending.values()) if (Number(q.systemVersion) <= Number(p.systemVersion)) outstanding = true;
     if (!outstanding && Number(p.systemVersion) > Number(sub.ackedVersion || 0)) {
       sub.ackedVersion = p.systemVersion;
-      const info = { id: sub.id, kind: sub.kind, namespace: sub.namespace, ackedVersion: sub.ackedVersion };
+      const info = this.#info(sub);
       for (const l of this.#ackListeners) l(info);
     }
   }
@@ -457,9 +509,8 @@ export class ConfigServer {
     const p = this.#published[type].get(name);
     const s = sub.subs.get(type)!;
     if (!p || !this.#index || !(s.wildcard || s.names.has(name))) return undefined;
-    if (sub.kind === 'agent') return agentHolds(this.#index, sub.id, type, name) ? p : undefined;
-    const names = waypointView(this.#index, sub.namespace, type);
-    return names === undefined || [...names].includes(name) ? p : undefined;
+    const holds = sub.kind === 'agent' ? agentHolds(this.#index, sub.id, type, name) : waypointHolds(this.#index, sub.namespace, type, name);
+    return holds ? p : undefined;
   }
 
   #flush(sub: Subscriber): void {
@@ -498,6 +549,7 @@ export class ConfigServer {
       let bytes = 0;
       for (const [, p] of r.upserts) bytes += p.body.length;
       this.#unackedBytes += bytes;
+      this.#pushedBytes[sub.kind!] += bytes;
       sub.pending.set(nonce, { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
       const msg: DeltaConfigResponse = {
         system_version_info: version,
@@ -513,7 +565,7 @@ export class ConfigServer {
 }
 
 function emptyPublished(): PublishedSet {
-  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map() };
+  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map(), AddressOwner: new Map() };
 }
 
 export interface ConfigStreamDeps {

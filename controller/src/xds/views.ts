@@ -2,10 +2,13 @@
 // the CNI plugin asks it about each pod it sets up) and every enrolled workload of the mesh (whose
 // identity and node it checks a tunnel's forwarded client against, and which it may dial by pod
 // address), every service (any local workload may dial any of them), the policies and peer
-// authentications that select an enrolled local workload, and every waypoint. A waypoint gets its namespace's services, routes, traffic
-// policies and policies (plus the services its routes send to), its namespace's waypoints, and every workload (who owns a client address).
+// authentications that select an enrolled local workload, and every waypoint. A waypoint gets its
+// namespace's services, routes, traffic policies and policies (plus the services its routes send
+// to), its namespace's waypoints, and the address-owner table (who holds each client address: any
+// workload may call it, so every address), not the workloads themselves.
 import { policySelectsWorkload, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
+import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
 
 /** A published resource: its version, its JSON body and the object it came from. */
@@ -26,9 +29,13 @@ export interface ViewIndex {
   plainByNode: Map<string, Workload[]>;
   /** Every enrolled workload's uid. */
   enrolled: string[];
+  /** The address-owner table (address-owners.ts), published beside the model. */
+  addressOwners: ReadonlyMap<string, AddressOwner>;
+  /** Per namespace, the Services its routes send to (built when a waypoint first asks). */
+  routeBackends?: Map<string, Set<string>>;
 }
 
-export function buildIndex(model: MeshModel): ViewIndex {
+export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, AddressOwner> = new Map()): ViewIndex {
   const workloadsByNode = new Map<string, Workload[]>();
   const plainByNode = new Map<string, Workload[]>();
   const enrolled: string[] = [];
@@ -39,7 +46,7 @@ export function buildIndex(model: MeshModel): ViewIndex {
     if (!list) byNode.set(w.node, (list = []));
     list.push(w);
   }
-  return { model, workloadsByNode, plainByNode, enrolled };
+  return { model, workloadsByNode, plainByNode, enrolled, addressOwners };
 }
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
@@ -60,6 +67,7 @@ export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iter
       // Agents see every Service, so every policy of one (load balancing, locality).
       return undefined;
     case 'Route':
+    case 'AddressOwner':
       return [];
   }
 }
@@ -91,6 +99,7 @@ export function agentHolds(ix: ViewIndex, node: string, type: ResourceType, name
       // As agentView: every Service's policy (load balancing, locality).
       return m.trafficPolicies.has(name);
     case 'Route':
+    case 'AddressOwner':
       return false;
   }
 }
@@ -111,20 +120,14 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
   };
   switch (type) {
     case 'Workload':
-      // Who owns each client address: the waypoint judges callers' for= claims as agents do.
-      return m.workloads.keys();
+    // A waypoint of the previous release (LEGACY_CLIENT_TYPES) judges for= from every workload;
+    // current ones subscribe to AddressOwner instead.
+    case 'AddressOwner':
+      // Any workload of the mesh may call the waypoint's services.
+      return undefined;
     case 'Service': {
       const names = new Set(inNs(m.services));
-      for (const r of m.routes.values()) {
-        if (!r.service.startsWith(`${namespace}/`)) continue;
-        for (const rule of r.rules) {
-          for (const b of rule.backends) {
-            names.add(b.service);
-            for (const f of b.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
-          }
-          for (const f of rule.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
-        }
-      }
+      for (const b of routeBackendsOf(ix, namespace)) names.add(b);
       return [...names].filter((n) => m.services.has(n));
     }
     case 'Route': {
@@ -146,8 +149,70 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
   }
 }
 
+/**
+ * Whether the waypoint of `namespace` may see resource `name` of `type`: the same answer as
+ * waypointView, one name at a time (delta pushes look only at the names a publish touched).
+ */
+export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceType, name: string): boolean {
+  const m = ix.model;
+  switch (type) {
+    case 'Workload':
+      return m.workloads.has(name);
+    case 'AddressOwner':
+      return ix.addressOwners.has(name);
+    case 'Service': {
+      const s = m.services.get(name);
+      return s !== undefined && (s.namespace === namespace || routeBackendsOf(ix, namespace).has(name));
+    }
+    case 'Route': {
+      // The model keys routes by routeKey, the names waypointView lists.
+      return m.routes.get(name)?.service.startsWith(`${namespace}/`) === true;
+    }
+    case 'TrafficPolicy':
+      return m.trafficPolicies.get(name)?.namespace === namespace;
+    case 'AuthorizationPolicy': {
+      const p = m.policies.get(name);
+      return p !== undefined && (p.namespace === namespace || p.scope === 'mesh');
+    }
+    case 'PeerAuthentication':
+      return m.peerAuthentications.get(name)?.namespace === namespace;
+    case 'Waypoint':
+      return m.waypoints.get(name)?.namespace === namespace;
+  }
+}
+
+/**
+ * Waypoint view types whose membership of a name depends on other types: the Services a waypoint
+ * sees include its routes' backends, so a Route change re-evaluates its Service view whole. Every
+ * other type's membership follows from the resource itself.
+ */
+export const WAYPOINT_VIEW_DEPENDS_ON: Readonly<Partial<Record<ResourceType, readonly ResourceType[]>>> = { Service: ['Route'] };
+
+/** The Services the routes of `namespace` send to (backends and mirrors), cached on the index. */
+function routeBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
+  ix.routeBackends ??= new Map();
+  let names = ix.routeBackends.get(namespace);
+  if (names) return names;
+  names = new Set();
+  for (const r of ix.model.routes.values()) {
+    if (!r.service.startsWith(`${namespace}/`)) continue;
+    for (const rule of r.rules) {
+      for (const b of rule.backends) {
+        names.add(b.service);
+        for (const f of b.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
+      }
+      for (const f of rule.filters) if (f.type === 'RequestMirror') names.add(f.backend.service);
+    }
+  }
+  ix.routeBackends.set(namespace, names);
+  return names;
+}
+
+/** The resource types compiled into the model (the others are derived from it: AddressOwner). */
+export type ModelResourceType = Exclude<ResourceType, 'AddressOwner'>;
+
 /** Every resource of the model, by type and name. */
-export function modelResources(model: MeshModel): Record<ResourceType, Map<string, unknown>> {
+export function modelResources(model: MeshModel): Record<ModelResourceType, Map<string, unknown>> {
   return {
     Workload: model.workloads,
     Service: model.services,
