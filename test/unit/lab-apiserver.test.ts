@@ -1,11 +1,11 @@
-// The lab API server (test/lab/fake-apiserver.ts) where it stands in for kube-apiserver behaviour
+// The lab API server (cli/local/kube/fake-apiserver.ts) where it stands in for kube-apiserver behaviour
 // the rest of the suite relies on: bookmarks and 410 on watches, server-side apply ownership, CRD
 // pruning and validation, and tokens bound to a pod that die with it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { parse } from 'yaml';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 
 const CRD = parse(readFileSync(new URL('../../deploy/crds/weft.dev_waypoints.yaml', import.meta.url), 'utf8')) as object;
 

@@ -20,10 +20,10 @@ import tls from 'node:tls';
 import { FakeApiServer } from './fake-apiserver.ts';
 import { LabControllers } from './kube-controllers.ts';
 import { LabKubelet, labImages, type LabImage } from './kubelet.ts';
-import { LocalNetwork } from '../../cli/local/network.ts';
-import { CertificateAuthority } from '../../lib/identity/index.ts';
-import { createSocketInNetns } from '../../agent/libbpf/index.ts';
-import { run } from '../../lib/sys/exec.ts';
+import { LocalNetwork } from '../network.ts';
+import { CertificateAuthority } from '../../../lib/identity/index.ts';
+import { createSocketInNetns } from '../../../agent/libbpf/index.ts';
+import { run } from '../../../lib/sys/exec.ts';
 
 export interface KubeLabOptions {
   /** Names every netns, cgroup and pin of this lab (test/lab's `wt????` in tests). */
