@@ -121,6 +121,13 @@ interface Watcher {
   bookmarks: boolean;
 }
 
+/** Where the pod or node proxy sends a request; `connect` makes the connection when the target is elsewhere. */
+export interface ProxyTarget {
+  host: string;
+  port: number;
+  connect?: () => Socket;
+}
+
 export interface FakeApiServerOptions {
   resources?: ResourceType[];
   /** Answer too-old watches with HTTP 410 instead of an ERROR event. */
@@ -181,10 +188,13 @@ export class FakeApiServer {
   readonly requests: Request[] = [];
   /** Clock for token expiry (seconds); tests move it. */
   now: () => number = () => Math.floor(Date.now() / 1000);
-  /** Where the pod proxy connects for a pod's port; default its status.podIP and that port. */
-  podProxyTarget: ((namespace: string, pod: string, port: number) => { host: string; port: number } | undefined) | undefined;
+  /**
+   * Where the pod proxy connects for a pod's port; default its status.podIP and that port, from
+   * this process's network (the kube lab connects from its wire namespace with `connect`).
+   */
+  podProxyTarget: ((namespace: string, pod: string, port: number) => ProxyTarget | undefined) | undefined;
   /** Where the node proxy connects for a node's kubelet; undefined: 503. */
-  nodeProxyTarget: ((node: string) => { host: string; port: number } | undefined) | undefined;
+  nodeProxyTarget: ((node: string) => ProxyTarget | undefined) | undefined;
   port = 0;
 
   constructor(options: FakeApiServerOptions = {}) {
@@ -727,8 +737,8 @@ export class FakeApiServer {
     this.#forward(target, path, res);
   }
 
-  #forward(target: { host: string; port: number }, path: string, res: ServerResponse): void {
-    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000 }, (r) => {
+  #forward(target: ProxyTarget, path: string, res: ServerResponse): void {
+    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000, ...(target.connect ? { createConnection: target.connect } : {}) }, (r) => {
       res.writeHead(r.statusCode ?? 502, { 'content-type': r.headers['content-type'] ?? 'text/plain' });
       r.pipe(res);
     });
