@@ -134,7 +134,7 @@ export async function kubectl(st: KubeLabState, args: string[]): Promise<string>
   }
 }
 
-interface KubeItem { metadata: { name: string; namespace?: string }; spec?: Record<string, unknown>; status?: Record<string, unknown> }
+interface KubeItem { kind?: string; metadata: { name: string; namespace?: string; ownerReferences?: unknown[] }; spec?: Record<string, unknown>; status?: Record<string, unknown> }
 const list = async (st: KubeLabState, what: string, ns?: string): Promise<KubeItem[]> =>
   (JSON.parse(await kubectl(st, ['get', what, ...(ns ? ['-n', ns] : ['-A']), '-o', 'json'])) as { items: KubeItem[] }).items;
 
@@ -157,22 +157,43 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<str
   }
 }
 
-/** Every Deployment (and DaemonSet) in these namespaces has all its replicas ready; else who is not. */
-async function notReady(st: KubeLabState, namespaces: string[]): Promise<string | undefined> {
+/** What is not ready yet among the Deployments, DaemonSets and Pods of these namespaces (one kubectl call). */
+async function notReady(st: KubeLabState, namespaces: string[]): Promise<string[]> {
+  const items = (await list(st, 'deployments,daemonsets,pods')).filter((o) => namespaces.includes(o.metadata.namespace ?? ''));
   const waiting: string[] = [];
-  for (const ns of namespaces) {
-    for (const d of await list(st, 'deployments', ns)) {
-      const want = (d.spec?.['replicas'] as number | undefined) ?? 1;
-      const ready = (d.status?.['readyReplicas'] as number | undefined) ?? 0;
-      if (ready < want) waiting.push(`deployment ${ns}/${d.metadata.name} ${ready}/${want} ready`);
-    }
-    for (const d of await list(st, 'daemonsets', ns)) {
-      const want = (d.status?.['desiredNumberScheduled'] as number | undefined) ?? 0;
-      const ready = (d.status?.['numberReady'] as number | undefined) ?? 0;
-      if (want === 0 || ready < want) waiting.push(`daemonset ${ns}/${d.metadata.name} ${ready}/${want} ready`);
+  const num = (o: KubeItem, f: string) => (o.status?.[f] as number | undefined) ?? 0;
+  for (const o of items) {
+    const name = `${o.metadata.namespace}/${o.metadata.name}`;
+    if (o.kind === 'Deployment') {
+      const want = (o.spec?.['replicas'] as number | undefined) ?? 1;
+      if (num(o, 'readyReplicas') < want) waiting.push(`deployment ${name} ${num(o, 'readyReplicas')}/${want} ready`);
+    } else if (o.kind === 'DaemonSet') {
+      const want = num(o, 'desiredNumberScheduled');
+      if (want === 0 || num(o, 'numberReady') < want) waiting.push(`daemonset ${name} ${num(o, 'numberReady')}/${want} ready`);
+    } else if (o.kind === 'Pod' && !(o.metadata.ownerReferences ?? []).length && o.status?.['phase'] !== 'Running') {
+      waiting.push(`pod ${name} ${(o.status?.['phase'] as string | undefined) ?? 'Pending'}`);
     }
   }
-  return waiting.length ? waiting.join(', ') : undefined;
+  return waiting;
+}
+
+/** Says each milestone once as it is reached; returns what is still waited for (undefined: nothing). */
+function milestones(say: (l: string) => void): (waiting: string[], namespaces: string[]) => string | undefined {
+  const shown = new Set<string>();
+  const all: Array<[string, string, RegExp]> = [
+    ['the controller is ready (Deployment weft-system/weft-controller)', 'weft-system', /weft-system\/weft-controller/],
+    ['the agents are ready on both nodes (DaemonSet weft-system/weft-agent)', 'weft-system', /weft-system\/weft-agent/],
+    ['the sample applications are ready', 'demo', / (demo|shop)\/(?!waypoint)/],
+  ];
+  return (waiting, namespaces) => {
+    for (const [what, ns, re] of all) {
+      if (!shown.has(what) && namespaces.includes(ns) && !waiting.some((w) => re.test(w))) {
+        shown.add(what);
+        say(`  ${what}`);
+      }
+    }
+    return waiting.length ? waiting.join(', ') : undefined;
+  };
 }
 
 /**
@@ -233,19 +254,20 @@ export async function upKube(o: KubeUpOptions): Promise<{ st: KubeLabState; traf
     const install = join(o.stateDir, 'install.yaml');
     writeFileSync(install, toYaml(renderInstall({ image: KUBE_LAB_IMAGE, trustDomain: 'cluster.local', debugEndpoints: true, warn: () => {} })));
     await kubectl(lab, ['apply', '--server-side', '-f', install]);
-    o.say('waiting for the controller Deployment and the agent DaemonSet on both nodes');
-    await waitFor('the controller and the agents are ready', timeoutMs, () => notReady(lab, ['weft-system']), gone);
-    o.say('deploying the sample applications (namespaces demo and shop, a waypoint for shop)');
+    const progress = milestones(o.say);
+    await waitFor('the controller and the agents are ready', timeoutMs, async () => progress(await notReady(lab, ['weft-system']), ['weft-system']), gone);
+    // After the agents, as a user would: each pod is then enrolled by the agent's CNI plugin before it starts.
+    o.say('deploying the sample applications with kubectl (namespaces demo and shop, a Waypoint for shop)');
     const apps = join(o.stateDir, 'apps.yaml');
     writeFileSync(apps, toYaml(sampleApps()));
     await kubectl(lab, ['apply', '--server-side', '-f', apps]);
     await waitFor('the sample applications and the shop waypoint are ready', timeoutMs, async () => {
-      const waiting = await notReady(lab, ['demo', 'shop']);
+      const waiting = progress(await notReady(lab, ['demo', 'shop']), ['demo', 'shop']);
       if (waiting) return waiting;
-      const deployments = await list(lab, 'deployments', 'shop');
-      if (!deployments.some((d) => d.metadata.name === 'waypoint')) return 'the controller has not created the waypoint Deployment yet';
-      const client = (await list(lab, 'pods', 'demo')).find((p) => p.metadata.name === 'client');
-      return client?.status?.['phase'] === 'Running' ? undefined : 'demo/client is not running';
+      const shop = await list(lab, 'deployments', 'shop');
+      if (!shop.some((d) => d.metadata.name === 'waypoint')) return 'the controller has not created the shop waypoint Deployment yet';
+      o.say('  the shop waypoint is ready (Deployment shop/waypoint, made by the controller from the Waypoint)');
+      return undefined;
     }, gone);
     // The controller must have pushed the new pods to the agents before the first request.
     let traffic: LocalState | undefined;
