@@ -29,6 +29,8 @@
 //     that the bound ServiceAccount and pod still exist, and answers the user with the
 //     authentication.kubernetes.io/node-name extra;
 //   - Services get a cluster IP; generation moves with spec changes; uid, creationTimestamp.
+//   - tables: `kubectl get` asks for a meta.k8s.io/v1 Table and gets the real server's columns for
+//     Pods, Deployments, DaemonSets and Services (Name and Age for other kinds; table.ts);
 //   - the pod proxy (GET /api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy/<path>): forwarded over
 //     HTTP to the pod's status.podIP:<port> (or where `podProxyTarget` says), 503 when the pod
 //     does not run or the port does not answer, as the real server does; the node proxy (GET
@@ -43,6 +45,7 @@ import type { Socket } from 'node:net';
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
 import { CrdVersionSchema, SchemaInvalidError } from './crd-schema.ts';
+import { toTable, wantsTable } from './table.ts';
 
 export interface ResourceType {
   group: string;
@@ -551,6 +554,7 @@ export class FakeApiServer {
           let items = [...store.values()].filter((o) => (!namespace || o.metadata.namespace === namespace) && selector(o));
           const limit = Number(url.searchParams.get('limit') ?? 0);
           if (limit > 0) items = items.slice(0, limit);
+          if (wantsTable(req.headers.accept)) return json(res, 200, toTable(rt.kind, items, String(this.#rv)));
           return json(res, 200, { apiVersion, kind: `${rt.kind}List`, metadata: { resourceVersion: String(this.#rv) }, items });
         }
         if (req.method === 'POST') {
@@ -566,6 +570,7 @@ export class FakeApiServer {
       }
       const key = this.#key(rt, namespace, name);
       const prev = store.get(key);
+      if (req.method === 'GET' && prev && !subresource && wantsTable(req.headers.accept)) return json(res, 200, toTable(rt.kind, [prev], String(this.#rv)));
       if (req.method === 'GET') return prev ? json(res, 200, prev) : notFound(res, rt, name);
       if (req.method === 'DELETE') {
         if (!prev) return notFound(res, rt, name);
