@@ -40,7 +40,7 @@ export function upCommand(io: CommandIo = processIo): Command {
           say(`nodes:      ${st.nodes.map((n) => `${n.name} ${n.ip}`).join(', ')}`);
           say(`kubeconfig: ${st.kubeconfig}`);
           say(`try:        kubectl --kubeconfig ${st.kubeconfig} get pods -A`);
-          say(`            weftctl --kubeconfig ${st.kubeconfig} workloads | services | waypoints | check`);
+          say(`            weftctl workloads --kubeconfig ${st.kubeconfig}   (also services, waypoints, status, check, top)`);
           say(`logs:       ${st.stateDir}/supervisor.log, pods' in ${st.stateDir}/lab/nodes/<node>/host/logs`);
           say(`remove:     weftctl down${f.prefix === DEFAULT_PREFIX && f.stateDir === DEFAULT_STATE_DIR ? '' : ` --prefix ${f.prefix} --state-dir ${f.stateDir}`}`);
           if (!ok) io.setExitCode(EXIT_FAILED);
@@ -99,7 +99,7 @@ export function upCommand(io: CommandIo = processIo): Command {
 
 export function downCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('down'), true), io)
-    .description('remove the local mesh: processes, namespaces, cgroups and BPF pins')
+    .description('remove the local mesh (or the kube lab of up --kube): processes, namespaces, cgroups and BPF pins')
     .action(async (f: LocalFlags) => {
       try {
         if (existsSync(join(f.stateDir, 'clusters.json'))) await downClusters(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
