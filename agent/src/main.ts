@@ -1,9 +1,13 @@
 // The agent's command line: `node agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> ...`
-import { readFileSync } from 'node:fs';
+// It starts as every part does (lib/main.ts): parseAgentArgs (flags → options, importable and
+// table-tested) → runAgent → SIGTERM drains and stops.
+import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Agent } from './agent.ts';
+import { Agent, type AgentOptions } from './agent.ts';
 import { validateTrustDomain } from '../../lib/identity/index.ts';
 import type { LogLevel } from '../../lib/log.ts';
+import { runMain, UsageError, type Running } from '../../lib/main.ts';
+import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
        (--token <token> | --token-file <file>) [options]
@@ -47,9 +51,13 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --cni-conf-dir/--cni-bin-dir  with --uninstall: first take the chained plugin weft-cni out of every
                              *.conflist there and remove its binary (it would fail new pods closed)`;
 
+/** What the command line asks for: run the agent, or remove this node's datapath (`--uninstall`). */
+export type AgentCommand =
+  | { kind: 'agent'; options: AgentOptions }
+  | { kind: 'uninstall'; cgroupPath?: string; pinRoot?: string; objectDir?: string; cniConfDir?: string; cniBinDir?: string; readyFile?: string };
+
 function fail(msg: string): never {
-  process.stderr.write(`agent: ${msg}\n${USAGE}\n`);
-  process.exit(2);
+  throw new UsageError(`${msg}\n${USAGE}`);
 }
 
 function port(name: string, v: string | undefined): number | undefined {
@@ -59,124 +67,142 @@ function port(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
-const { values } = parseArgs({
-  options: {
-    node: { type: 'string' },
-    'node-ip': { type: 'string' },
-    controller: { type: 'string' },
-    'trust-bundle': { type: 'string' },
-    token: { type: 'string' },
-    'token-file': { type: 'string' },
-    'trust-domain': { type: 'string', default: 'cluster.local' },
-    'trust-domain-alias': { type: 'string', multiple: true },
-    'controller-namespace': { type: 'string' },
-    cgroup: { type: 'string' },
-    'pin-root': { type: 'string' },
-    'bpf-objects': { type: 'string' },
-    'exclude-port': { type: 'string', multiple: true },
-    'cni-socket': { type: 'string' },
-    'cni-wait': { type: 'string' },
-    'inbound-exclude-port': { type: 'string', multiple: true },
-    'kubelet-cgroup': { type: 'string', multiple: true },
-    'pod-netns-prefix': { type: 'string' },
-    'outbound-port': { type: 'string' },
-    'hbone-port': { type: 'string' },
-    'admin-port': { type: 'string' },
-    'metrics-port': { type: 'string' },
-    'ready-port': { type: 'string' },
-    'cert-lifetime': { type: 'string' },
-    'drain-timeout': { type: 'string' },
-    splice: { type: 'boolean' },
-    'debug-endpoints': { type: 'boolean' },
-    'ready-file': { type: 'string' },
-    'log-level': { type: 'string', default: 'info' },
-    uninstall: { type: 'boolean' },
-    'cni-conf-dir': { type: 'string' },
-    'cni-bin-dir': { type: 'string' },
-  },
-});
+const AGENT_FLAGS = {
+  node: { type: 'string' },
+  'node-ip': { type: 'string' },
+  controller: { type: 'string' },
+  'trust-bundle': { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
+  'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
+  'trust-domain-alias': { type: 'string', multiple: true },
+  'controller-namespace': { type: 'string' },
+  cgroup: { type: 'string' },
+  'pin-root': { type: 'string' },
+  'bpf-objects': { type: 'string' },
+  'exclude-port': { type: 'string', multiple: true },
+  'cni-socket': { type: 'string' },
+  'cni-wait': { type: 'string' },
+  'inbound-exclude-port': { type: 'string', multiple: true },
+  'kubelet-cgroup': { type: 'string', multiple: true },
+  'pod-netns-prefix': { type: 'string' },
+  'outbound-port': { type: 'string' },
+  'hbone-port': { type: 'string' },
+  'admin-port': { type: 'string' },
+  'metrics-port': { type: 'string' },
+  'ready-port': { type: 'string' },
+  'cert-lifetime': { type: 'string' },
+  'drain-timeout': { type: 'string' },
+  splice: { type: 'boolean' },
+  'debug-endpoints': { type: 'boolean' },
+  'ready-file': { type: 'string' },
+  'log-level': { type: 'string', default: 'info' },
+  uninstall: { type: 'boolean' },
+  'cni-conf-dir': { type: 'string' },
+  'cni-bin-dir': { type: 'string' },
+} as const;
 
-if (values.uninstall) {
-  const { uninstallDatapath } = await import('./uninstall.ts');
-  if (values['cni-conf-dir']) {
-    // The plugin first: from here on, new pods start without asking an agent.
-    const { removeWeftCni } = await import('../cni/install.ts');
-    const cni = removeWeftCni({ confDir: values['cni-conf-dir'], ...(values['cni-bin-dir'] ? { binDir: values['cni-bin-dir'] } : {}) });
-    process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: cni.unreadable.length > 0 ? 'warn' : 'info', msg: cni.conflists.length > 0 || cni.binary ? 'chained CNI plugin removed: new pods no longer ask an agent' : 'no chained CNI plugin on this node', ...cni })}\n`);
-  } else if (values['cni-bin-dir']) {
-    fail('--cni-bin-dir goes with --cni-conf-dir');
+/** Flags → options; a UsageError names the flag that is wrong. */
+export function parseAgentArgs(argv: string[]): AgentCommand {
+  const parse = () => {
+    try {
+      return parseArgs({ args: argv, options: AGENT_FLAGS });
+    } catch (e) {
+      return fail((e as Error).message);
+    }
+  };
+  const { values } = parse();
+  if (values.uninstall) {
+    if (values['cni-bin-dir'] && !values['cni-conf-dir']) fail('--cni-bin-dir goes with --cni-conf-dir');
+    return {
+      kind: 'uninstall',
+      ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
+      ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
+      ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
+      ...(values['cni-conf-dir'] ? { cniConfDir: values['cni-conf-dir'] } : {}),
+      ...(values['cni-bin-dir'] ? { cniBinDir: values['cni-bin-dir'] } : {}),
+      ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
+    };
   }
-  const removed = uninstallDatapath({
+  for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
+  if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
+  const level = values['log-level'] as LogLevel;
+  if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
+  const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
+  if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
+  const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
+  if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
+  for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
+    try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
+  }
+  const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
+  if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
+  const tokenFile = values['token-file'];
+  const ports = Object.fromEntries(
+    (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
+      .map((k) => [k, port(`${k}-port`, values[`${k}-port`])] as const)
+      .filter(([, v]) => v !== undefined),
+  );
+  const options: AgentOptions = {
+    node: values.node!,
+    nodeIp: values['node-ip']!,
+    controller: values.controller!,
+    trustBundleFile: values['trust-bundle']!,
+    // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
+    token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
+    trustDomain: values['trust-domain']!,
+    ...(values['trust-domain-alias'] ? { trustDomainAliases: values['trust-domain-alias'] } : {}),
+    ...(values['controller-namespace'] ? { controllerNamespace: values['controller-namespace'] } : {}),
     ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
     ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
     ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
-  });
-  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: removed ? 'datapath removed: pods are no longer redirected' : 'no Weft datapath pinned on this node', ...removed })}\n`);
-  if (!values['ready-file']) process.exit(0);
-  const { writeFileSync } = await import('node:fs');
-  writeFileSync(values['ready-file'], 'uninstalled\n');
-  await new Promise<void>((resolve) => process.once('SIGTERM', resolve));
-  process.exit(0);
+    excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
+    ...(values['cni-socket'] ? { cniSocket: values['cni-socket'] } : {}),
+    ...(cniWait !== undefined ? { cniWaitMs: cniWait * 1000 } : {}),
+    inboundExcludedPorts: (values['inbound-exclude-port'] ?? []).map((p) => port('inbound-exclude-port', p)!),
+    ...(values['kubelet-cgroup'] ? { kubeletCgroups: values['kubelet-cgroup'].filter((c) => c !== 'none') } : {}),
+    ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
+    ports,
+    ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
+    ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
+    ...(values.splice ? { splice: true } : {}),
+    ...(values['debug-endpoints'] ? { debugEndpoints: true } : {}),
+    ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
+    logLevel: level,
+  };
+  return { kind: 'agent', options };
 }
 
-for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
-if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
-const level = values['log-level'] as LogLevel;
-if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
-const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
-if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
-const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
-if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
-for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
-  try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
-}
-const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
-if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
-const tokenFile = values['token-file'];
-const ports = Object.fromEntries(
-  (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
-    .map((k) => [k, port(`${k}-port`, values[`${k}-port`])] as const)
-    .filter(([, v]) => v !== undefined),
-);
 
-const agent = new Agent({
-  node: values.node!,
-  nodeIp: values['node-ip']!,
-  controller: values.controller!,
-  trustBundleFile: values['trust-bundle']!,
-  // A token file is re-read on every use: Kubernetes rotates projected ServiceAccount tokens.
-  token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => values.token!,
-  trustDomain: values['trust-domain']!,
-  ...(values['trust-domain-alias'] ? { trustDomainAliases: values['trust-domain-alias'] } : {}),
-  ...(values['controller-namespace'] ? { controllerNamespace: values['controller-namespace'] } : {}),
-  ...(values.cgroup ? { cgroupPath: values.cgroup } : {}),
-  ...(values['pin-root'] ? { pinRoot: values['pin-root'] } : {}),
-  ...(values['bpf-objects'] ? { objectDir: values['bpf-objects'] } : {}),
-  excludedPorts: (values['exclude-port'] ?? []).map((p) => port('exclude-port', p)!),
-  ...(values['cni-socket'] ? { cniSocket: values['cni-socket'] } : {}),
-  ...(cniWait !== undefined ? { cniWaitMs: cniWait * 1000 } : {}),
-  inboundExcludedPorts: (values['inbound-exclude-port'] ?? []).map((p) => port('inbound-exclude-port', p)!),
-  ...(values['kubelet-cgroup'] ? { kubeletCgroups: values['kubelet-cgroup'].filter((c) => c !== 'none') } : {}),
-  ...(values['pod-netns-prefix'] !== undefined ? { podNetnsPrefix: values['pod-netns-prefix'] } : {}),
-  ports,
-  ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
-  ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
-  ...(values.splice ? { splice: true } : {}),
-  ...(values['debug-endpoints'] ? { debugEndpoints: true } : {}),
-  ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
-  logLevel: level,
-});
-
-const fatal = (err: Error & { code?: string }): never => {
-  process.stderr.write(`agent: ${err.code ? `${err.code}: ` : ''}${err.message}\n`);
-  process.exit(1);
-};
-agent.start().then(() => agent.serving).catch(fatal);
-for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-  process.once(sig, () => {
-    agent.log.info('stopping: draining open connections; the datapath stays pinned', { signal: sig });
-    agent.stop().finally(() => process.exit(0));
-    // A second signal stops at once.
-    process.once(sig, () => process.exit(0));
-  });
+/** Runs the command: the agent until stopped, or the uninstall (then waits for SIGTERM with a ready file). */
+export async function runAgent(c: AgentCommand): Promise<Running | undefined> {
+  if (c.kind === 'uninstall') {
+    const { uninstallDatapath } = await import('./uninstall.ts');
+    if (c.cniConfDir) {
+      // The plugin first: from here on, new pods start without asking an agent.
+      const { removeWeftCni } = await import('../cni/install.ts');
+      const cni = removeWeftCni({ confDir: c.cniConfDir, ...(c.cniBinDir ? { binDir: c.cniBinDir } : {}) });
+      process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: cni.unreadable.length > 0 ? 'warn' : 'info', msg: cni.conflists.length > 0 || cni.binary ? 'chained CNI plugin removed: new pods no longer ask an agent' : 'no chained CNI plugin on this node', ...cni })}\n`);
+    }
+    const removed = uninstallDatapath({
+      ...(c.cgroupPath ? { cgroupPath: c.cgroupPath } : {}),
+      ...(c.pinRoot ? { pinRoot: c.pinRoot } : {}),
+      ...(c.objectDir ? { objectDir: c.objectDir } : {}),
+    });
+    process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: removed ? 'datapath removed: pods are no longer redirected' : 'no Weft datapath pinned on this node', ...removed })}\n`);
+    if (!c.readyFile) return undefined;
+    writeFileSync(c.readyFile, 'uninstalled\n');
+    return { stop: async () => undefined };
+  }
+  const agent = new Agent(c.options);
+  await agent.start();
+  return {
+    failed: agent.serving,
+    stop: async (signal) => {
+      agent.log.info('stopping: draining open connections; the datapath stays pinned', { signal });
+      await agent.stop();
+    },
+  };
 }
+
+if (import.meta.main) await runMain('agent', () => parseAgentArgs(process.argv.slice(2)), runAgent);

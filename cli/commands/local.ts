@@ -1,7 +1,8 @@
 // weftctl up / down / status: the local mesh (cli/local/up.ts).
 import { Command } from 'commander';
-import { down, showTraffic, status, up } from '../local/up.ts';
+import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, down, showTraffic, status, up } from '../local/up.ts';
 import { downClusters, showClusterTraffic, upClusters } from '../local/multicluster-up.ts';
+import { downKube, isKubeLab, upKube } from '../local/kube/up.ts';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { localMeshOptions as localOptions, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
@@ -21,9 +22,38 @@ export function upCommand(io: CommandIo = processIo): Command {
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
     .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
     .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
-    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string; trustDomains: string }) => {
+    .option('--kube', 'the kube lab instead: stand-ins for a Kubernetes API server and kubelets on two nodes, Weft installed with kubectl from `weftctl install`\'s manifests; prints a kubeconfig for kubectl and weftctl')
+    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string; trustDomains: string; kube?: boolean }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
+      if (f.kube) {
+        if (f.clusters !== undefined || f.dualStack) {
+          io.err('weftctl up: --kube runs one cluster of two nodes; it does not take --clusters or --dual-stack\n');
+          io.setExitCode(2);
+          return;
+        }
+        try {
+          const { st, traffic } = await upKube({ prefix: f.prefix, stateDir: f.stateDir, say });
+          say(`kube lab ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
+          const ok = await showTraffic(traffic, say);
+          say('');
+          say(`nodes:      ${st.nodes.map((n) => `${n.name} ${n.ip}`).join(', ')}`);
+          say(`kubeconfig: ${st.kubeconfig}`);
+          say(`try:        kubectl --kubeconfig ${st.kubeconfig} get pods -A`);
+          say(`            weftctl workloads --kubeconfig ${st.kubeconfig}   (also services, waypoints, status, check, top)`);
+          say(`logs:       ${st.stateDir}/supervisor.log, pods' in ${st.stateDir}/lab/nodes/<node>/host/logs`);
+          say(`remove:     weftctl down${f.prefix === DEFAULT_PREFIX && f.stateDir === DEFAULT_STATE_DIR ? '' : ` --prefix ${f.prefix} --state-dir ${f.stateDir}`}`);
+          if (!ok) io.setExitCode(EXIT_FAILED);
+        } catch (err) {
+          fail(io, err);
+        }
+        return;
+      }
+      if (isKubeLab(f.stateDir)) {
+        io.err(`weftctl up: a kube lab "${f.prefix}" was started in ${f.stateDir} (weftctl up --kube); remove it first with \`weftctl down\`\n`);
+        io.setExitCode(EXIT_FAILED);
+        return;
+      }
       if (f.clusters !== undefined) {
         const n = Number(f.clusters);
         if (!Number.isInteger(n) || n < 2 || n > 9) {
@@ -69,10 +99,11 @@ export function upCommand(io: CommandIo = processIo): Command {
 
 export function downCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('down'), true), io)
-    .description('remove the local mesh: processes, namespaces, cgroups and BPF pins')
+    .description('remove the local mesh (or the kube lab of up --kube): processes, namespaces, cgroups and BPF pins')
     .action(async (f: LocalFlags) => {
       try {
         if (existsSync(join(f.stateDir, 'clusters.json'))) await downClusters(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
+        else if (isKubeLab(f.stateDir)) await downKube(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
         else await down(f.prefix, f.stateDir, (l) => io.out(`${l}\n`));
       } catch (err) {
         fail(io, err);

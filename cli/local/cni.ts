@@ -1,6 +1,6 @@
 // Running a CNI plugin the way a container runtime does (the CNI spec's execution protocol:
 // CNI_* variables, the network configuration on stdin, the result on stdout). The local mesh
-// (cli/local/mesh.ts) and the kube lab's kubelet (test/lab/kubelet.ts) start pods through it, so
+// (cli/local/mesh.ts) and the kube lab's kubelet (cli/local/kube/kubelet.ts) start pods through it, so
 // the agent's chained plugin (agent/cni/weft-cni.c) runs exactly as a kubelet's runtime runs it.
 import { spawn } from 'node:child_process';
 import { dirname } from 'node:path';

@@ -62,7 +62,8 @@ export function isRunning(prefix: string): boolean {
   return listNetns().includes(`${prefix}-wire`);
 }
 
-function preflight(): void {
+/** Root, and the BPF objects and native addon built. */
+export function preflight(): void {
   if (process.getuid?.() !== 0) throw new LocalMeshError('WEFT_NOT_ROOT', 'weftctl up needs root (network namespaces, cgroups and eBPF): run it with sudo');
   for (const f of ['build/bpf/redirect.bpf.o', 'build/bpf/inbound.bpf.o', 'agent/native/build/Release/weft_bpf.node']) {
     if (!existsSync(join(REPO_ROOT, f))) throw new LocalMeshError('WEFT_NOT_BUILT', `${f} is missing: run \`make build\` first (or \`make up\`, which builds)`);
@@ -180,7 +181,7 @@ export async function showTraffic(st: LocalState, say: (l: string) => void, requ
  * An HTTP request from inside a pod: run in the pod's cgroup and netns (so eBPF steers it) with
  * curl, exactly as an application there would connect.
  */
-async function inPodHttp(st: LocalState, netns: string, url: string): Promise<string> {
+export async function inPodHttp(st: LocalState, netns: string, url: string): Promise<string> {
   const { spawn } = await import('node:child_process');
   const pod = st.pods.find((p) => p.netns === netns)!;
   const node = st.nodes.find((n) => n.name === pod.node)!;

@@ -8,6 +8,7 @@ import { createServer, type Server } from 'node:http';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { runMain, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -48,14 +49,7 @@ export const DEFAULT_METRICS_PORT = PORTS.metrics;
 export const DEFAULT_READY_PORT = PORTS.readiness;
 export const DEFAULT_ADMIN_PORT = PORTS.admin;
 
-/** The command line was wrong; the message says which flag. */
-export class UsageError extends Error {
-  readonly code = 'WEFT_USAGE';
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+export { UsageError };
 
 export interface ControllerMainOptions {
   /** Exactly one of configDir and kube. */
@@ -592,14 +586,5 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   return o;
 }
 
-if (import.meta.main) {
-  try {
-    const running = await runController(parseControllerArgs(process.argv.slice(2)));
-    const shutdown = () => void running.stop().then(() => process.exit(0));
-    process.once('SIGTERM', shutdown);
-    process.once('SIGINT', shutdown);
-  } catch (e) {
-    process.stderr.write(`${(e as Error).message}\n`);
-    process.exit(e instanceof UsageError ? 2 : 1);
-  }
-}
+// Starts as every part does (lib/main.ts): parseControllerArgs → runController → SIGTERM stops.
+if (import.meta.main) await runMain('controller', () => parseControllerArgs(process.argv.slice(2)), runController);

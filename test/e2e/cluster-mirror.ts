@@ -1,4 +1,4 @@
-// The local mesh seen as a cluster: the kube lab's API server (test/lab/fake-apiserver.ts) holding
+// The local mesh seen as a cluster: the kube lab's API server (cli/local/kube/fake-apiserver.ts) holding
 // the same objects as the mesh's config folder (Nodes, Pods, Services, policies, routes, Waypoints)
 // plus the pods a cluster would show for the agents (host network, one per node) and the
 // controller, and a pod proxy that reaches each one's :15020 (and the waypoints' readiness port
@@ -10,7 +10,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { createSocketInNetns } from '../../agent/libbpf/index.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { CONTROLLER_IP } from '../../cli/local/mesh.ts';
 import type { LocalState } from '../../cli/local/up.ts';
 import { waypointOfPod } from '../../cli/local/waypoints.ts';

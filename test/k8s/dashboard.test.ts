@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
 import { DASHBOARD_RULES } from '../../cli/install/dashboard.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { REPO_ROOT } from '../../cli/local/mesh.ts';
 
 const run = promisify(execFile);

@@ -1,5 +1,5 @@
 // The whole Kubernetes path in the kube lab (issue 17): `weftctl install` rendered and applied
-// unedited with the real kubectl; the lab's controllers and kubelets (test/lab/kube-lab.ts) run the
+// unedited with the real kubectl; the lab's controllers and kubelets (cli/local/kube/kube-lab.ts) run the
 // controller Deployment and the agent DaemonSet on two nodes from the image's own entrypoint
 // (Dockerfile), with projected tokens, the published trust bundle and --require-client-identity;
 // an ambient namespace's pods, started through the agent's chained CNI plugin, talk over HBONE
@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Lab } from '../lab/lab.ts';
-import { KubeLab } from '../lab/kube-lab.ts';
+import { KubeLab } from '../../cli/local/kube/kube-lab.ts';
 import { until } from '../lab/wait.ts';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';

@@ -1,6 +1,6 @@
 // The k8s tier: the rendered install, unedited, applied by the real `kubectl` (Debian's
 // kubernetes-client, or whichever kubectl is on PATH) to the lab API server
-// (test/lab/fake-apiserver.ts, which stands in for a kube-apiserver), and the controller started
+// (cli/local/kube/fake-apiserver.ts, which stands in for a kube-apiserver), and the controller started
 // from the Deployment kubectl created: its command line and environment read back from the API
 // server, run the way the image's entrypoint runs it.
 //
@@ -17,7 +17,7 @@ import { parseControllerArgs, runController } from '../../controller/src/main.ts
 import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
 import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { silentLogger } from '../../controller/src/log.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 
 const run = promisify(execFile);
 const KUBECTL = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });

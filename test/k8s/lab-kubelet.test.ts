@@ -1,4 +1,4 @@
-// The kube lab's kubelet (test/lab/kubelet.ts) and Service network (test/lab/kube-lab.ts), with
+// The kube lab's kubelet (cli/local/kube/kubelet.ts) and Service network (cli/local/kube/kube-lab.ts), with
 // the real kubectl: a Deployment applied with kubectl becomes pods running as processes in node
 // network namespaces, with their volumes as files, env from the downward API and ConfigMaps,
 // probes run, status and EndpointSlices written back, Service traffic, a liveness restart and a
@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Lab } from '../lab/lab.ts';
-import { KubeLab } from '../lab/kube-lab.ts';
+import { KubeLab } from '../../cli/local/kube/kube-lab.ts';
 import { until } from '../lab/wait.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 
 const run = promisify(execFile);
 const skip = spawnSync('kubectl', ['version', '--client']).status !== 0 && 'kubectl is not installed';

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { analyze, formatFinding } from '../../cli/analyze.ts';
 import { analyzeCommand } from '../../cli/commands/analyze.ts';
-import { FakeApiServer, DEFAULT_RESOURCES } from '../lab/fake-apiserver.ts';
+import { FakeApiServer, DEFAULT_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { aliasBomb, runCommands } from './cli-harness.ts';
 

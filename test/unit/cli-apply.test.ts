@@ -117,7 +117,7 @@ test('delete names each source that was never applied (exit 1) and needs a mesh'
 });
 
 test('apply and delete on a cluster: each object by server-side apply (field manager weftctl) and DELETE through the API server; a bad object writes nothing', async () => {
-  const { FakeApiServer } = await import('../lab/fake-apiserver.ts');
+  const { FakeApiServer } = await import('../../cli/local/kube/fake-apiserver.ts');
   const api = new FakeApiServer();
   await api.start();
   const cdir = mkdtempSync(join(tmpdir(), 'weft-cli-apply-cluster-'));

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { checkCommand } from '../../cli/commands/check.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { runCommands } from './cli-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-cli-pre-'));

@@ -20,7 +20,7 @@ import { statusCommand } from '../../cli/commands/local.ts';
 import { meshOf } from '../../cli/commands/inspect.ts';
 import { chooseTarget } from '../../cli/commands/target.ts';
 import { MeshData } from '../../cli/dashboard/data.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { runCommands } from './cli-harness.ts';
 

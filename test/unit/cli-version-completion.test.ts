@@ -11,7 +11,7 @@ import { stringify } from 'yaml';
 import { versionCommand, CLIENT_VERSION } from '../../cli/commands/version.ts';
 import { bashCompletion, fishCompletion, completionCommand } from '../../cli/commands/completion.ts';
 import { program } from '../../cli/weftctl.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { runCommands } from './cli-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-cli-version-'));

@@ -1,5 +1,5 @@
 // weftctl waypoint apply | list | status | delete on a cluster, through the lab API server
-// (test/lab/fake-apiserver.ts): the Waypoint object by server-side apply (field manager weftctl),
+// (cli/local/kube/fake-apiserver.ts): the Waypoint object by server-side apply (field manager weftctl),
 // the namespace label for enrolment, and readiness read the way it is read on the local mesh: the
 // waypoint pods' readiness port and each node agent's config dump, here through the API server's
 // pod proxy. The test plays the controller (it makes the waypoint's pod and tells the agents) and
@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waypointCommand } from '../../cli/commands/waypoint.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { READINESS_PATH } from '../../lib/defaults.ts';
 import { runCommands } from './cli-harness.ts';
 

@@ -1,4 +1,4 @@
-// The controller in Kubernetes mode against the lab API server (test/lab/fake-apiserver.ts, which
+// The controller in Kubernetes mode against the lab API server (cli/local/kube/fake-apiserver.ts, which
 // checks projected tokens' audience and expiry like a real one): the defects of issue 17 that a
 // real install hit, each from the side that used to fail.
 import { test } from 'node:test';
@@ -14,7 +14,7 @@ import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
-import { DEFAULT_RESOURCES, FakeApiServer } from '../lab/fake-apiserver.ts';
+import { DEFAULT_RESOURCES, FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, svc, waypoint } from './controller-fixtures.ts';
 import { until } from './controller-harness.ts';
 import { silentLogger } from '../../controller/src/log.ts';

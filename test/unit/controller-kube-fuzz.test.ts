@@ -1,5 +1,5 @@
 // CRDs and Services fuzzed through the Kubernetes watch: the controller (in process, real gRPC
-// config stream) against test/lab/fake-apiserver.ts, the stand-in for the API server, which speaks
+// config stream) against cli/local/kube/fake-apiserver.ts, the stand-in for the API server, which speaks
 // its list/watch protocol and status subresource. Each round replaces one valid object with a
 // random mutation of it (test/lab/config-fuzz.ts). Checked every round: the controller keeps
 // running and every config it sends validates at the agent; an AuthorizationPolicy it marks
@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { validateAgentConfig } from '../../agent/src/state.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { FUZZ_SEEDS, mutateObject, prng } from '../lab/config-fuzz.ts';
 import { ns, pod } from './controller-fixtures.ts';
 import { startHarness, until } from './controller-harness.ts';

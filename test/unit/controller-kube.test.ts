@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { startHarness, until, type Harness } from './controller-harness.ts';
 import { holds } from '../lab/wait.ts';

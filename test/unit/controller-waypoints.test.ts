@@ -11,7 +11,7 @@ import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/ku
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher, type WaypointLaunchSpec } from '../../controller/src/waypoints.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, svc, waypoint } from './controller-fixtures.ts';
 import { until } from './controller-harness.ts';
 

@@ -1,12 +1,17 @@
-// The lab API server (test/lab/fake-apiserver.ts) where it stands in for kube-apiserver behaviour
+// The lab API server (cli/local/kube/fake-apiserver.ts) where it stands in for kube-apiserver behaviour
 // the rest of the suite relies on: bookmarks and 410 on watches, server-side apply ownership, CRD
 // pruning and validation, and tokens bound to a pod that die with it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parse } from 'yaml';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 
+const execFileP = promisify(execFile);
 const CRD = parse(readFileSync(new URL('../../deploy/crds/weft.dev_waypoints.yaml', import.meta.url), 'utf8')) as object;
 
 async function withApi(fn: (api: FakeApiServer) => Promise<void>): Promise<void> {
@@ -89,3 +94,32 @@ test('a token bound to a pod passes TokenReview for its audience until the pod i
     assert.equal(dead.authenticated, false);
     assert.match(dead.error!, /pod weft-system\/agent-1 has been deleted/);
   }));
+
+test('kubectl get prints the real server\'s columns from a meta.k8s.io/v1 Table (Pods, Deployments; Name and Age otherwise)', { skip: spawnSync('kubectl', ['version', '--client']).status !== 0 && 'kubectl is not installed' }, async () => {
+  await withApi(async (api) => {
+    const dir = mkdtempSync(join(tmpdir(), 'weft-table-'));
+    try {
+      const kubeconfig = join(dir, 'kubeconfig');
+      writeFileSync(kubeconfig, api.kubeconfig());
+      api.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop' } });
+      api.apply({
+        apiVersion: 'v1', kind: 'Pod', metadata: { name: 'web', namespace: 'shop' }, spec: { nodeName: 'node1', containers: [{ name: 'a', image: 'x' }, { name: 'b', image: 'x' }] },
+        status: { phase: 'Running', podIP: '10.1.1.5', containerStatuses: [{ name: 'a', ready: true, restartCount: 2 }, { name: 'b', ready: false, restartCount: 1, state: { waiting: { reason: 'CrashLoopBackOff' } } }] },
+      });
+      api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'web', namespace: 'shop' }, spec: { replicas: 3 }, status: { readyReplicas: 2, updatedReplicas: 3, availableReplicas: 2 } });
+      // Asynchronous: the API server answers from this process.
+      const get = async (...args: string[]) => (await execFileP('kubectl', ['--kubeconfig', kubeconfig, 'get', ...args], { env: { ...process.env, HOME: dir } })).stdout;
+      const pods = await get('pods', '-n', 'shop', '-o', 'wide');
+      const [head, row] = pods.trim().split('\n').map((l) => l.trim().split(/\s+/));
+      assert.deepEqual(head, ['NAME', 'READY', 'STATUS', 'RESTARTS', 'AGE', 'IP', 'NODE']);
+      assert.deepEqual([row![0], row![1], row![2], row![3], row![5], row![6]], ['web', '1/2', 'CrashLoopBackOff', '3', '10.1.1.5', 'node1']);
+      const deploy = await get('deployments', '-A');
+      assert.match(deploy, /^NAMESPACE\s+NAME\s+READY\s+UP-TO-DATE\s+AVAILABLE\s+AGE\nshop\s+web\s+2\/3\s+3\s+2\s+\d+s$/m);
+      assert.match(await get('namespaces'), /^NAME\s+AGE\nshop\s+\d+s$/m);
+      // JSON output is not a table.
+      assert.equal((JSON.parse(await get('pods', '-n', 'shop', '-o', 'json')) as { kind: string }).kind, 'List');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

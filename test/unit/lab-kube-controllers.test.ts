@@ -1,11 +1,11 @@
-// The kube lab's stand-in controllers (test/lab/kube-controllers.ts): Deployments, ReplicaSets,
+// The kube lab's stand-in controllers (cli/local/kube/kube-controllers.ts): Deployments, ReplicaSets,
 // DaemonSets, the scheduler, EndpointSlices and garbage collection, driven pass by pass with a
 // fake kubelet that marks pods ready. Rolling-update rules follow the Kubernetes documentation
 // (Deployment "Rolling Update Deployment", DaemonSet "Perform a Rolling Update on a DaemonSet").
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
-import { LabControllers, intOrPercent, podReady } from '../lab/kube-controllers.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
+import { LabControllers, intOrPercent, podReady } from '../../cli/local/kube/kube-controllers.ts';
 
 type Obj = ReturnType<FakeApiServer['apply']>;
 

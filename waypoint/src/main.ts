@@ -9,8 +9,8 @@
 // retried with backoff, and following root rotations (waypoint/src/identity.ts).
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { runMain } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
@@ -403,21 +403,11 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   };
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+// Starts as every part does (lib/main.ts): parseFlags → runWaypoint → SIGTERM closes.
+if (import.meta.main) {
   const log = jsonLogger('waypoint');
-  let opts: WaypointMainOptions;
-  try {
-    opts = parseFlags(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n`);
-    process.exit(2);
-  }
-  runWaypoint(opts, log).then((w) => {
-    const stop = (): void => { log.info('shutting down'); w.close().then(() => process.exit(0), () => process.exit(1)); };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  }, (err: Error & { code?: string }) => {
-    log.error('waypoint failed to start', { error: err.message, code: err.code });
-    process.exit(1);
+  await runMain('waypoint', () => parseFlags(process.argv.slice(2)), async (o) => {
+    const w = await runWaypoint(o, log);
+    return { stop: () => (log.info('shutting down'), w.close()) };
   });
 }

@@ -41,10 +41,10 @@ import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FakeApiServer } from './fake-apiserver.ts';
 import { API_SERVER_AUDIENCE } from './fake-apiserver.ts';
-import type { LocalNetwork, LocalNode } from '../../cli/local/network.ts';
-import { runCniPlugin, type CniRun } from '../../cli/local/cni.ts';
-import { REPO_ROOT } from '../../cli/local/mesh.ts';
-import { removeCgroupTree } from '../../lib/sys/cgroup.ts';
+import type { LocalNetwork, LocalNode } from '../network.ts';
+import { runCniPlugin, type CniRun } from '../cni.ts';
+import { REPO_ROOT } from '../mesh.ts';
+import { removeCgroupTree } from '../../../lib/sys/cgroup.ts';
 
 type Obj = ReturnType<FakeApiServer['apply']>;
 

@@ -29,6 +29,8 @@
 //     that the bound ServiceAccount and pod still exist, and answers the user with the
 //     authentication.kubernetes.io/node-name extra;
 //   - Services get a cluster IP; generation moves with spec changes; uid, creationTimestamp.
+//   - tables: `kubectl get` asks for a meta.k8s.io/v1 Table and gets the real server's columns for
+//     Pods, Deployments, DaemonSets and Services (Name and Age for other kinds; table.ts);
 //   - the pod proxy (GET /api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy/<path>): forwarded over
 //     HTTP to the pod's status.podIP:<port> (or where `podProxyTarget` says), 503 when the pod
 //     does not run or the port does not answer, as the real server does; the node proxy (GET
@@ -43,6 +45,7 @@ import type { Socket } from 'node:net';
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
 import { CrdVersionSchema, SchemaInvalidError } from './crd-schema.ts';
+import { toTable, wantsTable } from './table.ts';
 
 export interface ResourceType {
   group: string;
@@ -121,6 +124,13 @@ interface Watcher {
   bookmarks: boolean;
 }
 
+/** Where the pod or node proxy sends a request; `connect` makes the connection when the target is elsewhere. */
+export interface ProxyTarget {
+  host: string;
+  port: number;
+  connect?: () => Socket;
+}
+
 export interface FakeApiServerOptions {
   resources?: ResourceType[];
   /** Answer too-old watches with HTTP 410 instead of an ERROR event. */
@@ -181,10 +191,13 @@ export class FakeApiServer {
   readonly requests: Request[] = [];
   /** Clock for token expiry (seconds); tests move it. */
   now: () => number = () => Math.floor(Date.now() / 1000);
-  /** Where the pod proxy connects for a pod's port; default its status.podIP and that port. */
-  podProxyTarget: ((namespace: string, pod: string, port: number) => { host: string; port: number } | undefined) | undefined;
+  /**
+   * Where the pod proxy connects for a pod's port; default its status.podIP and that port, from
+   * this process's network (the kube lab connects from its wire namespace with `connect`).
+   */
+  podProxyTarget: ((namespace: string, pod: string, port: number) => ProxyTarget | undefined) | undefined;
   /** Where the node proxy connects for a node's kubelet; undefined: 503. */
-  nodeProxyTarget: ((node: string) => { host: string; port: number } | undefined) | undefined;
+  nodeProxyTarget: ((node: string) => ProxyTarget | undefined) | undefined;
   port = 0;
 
   constructor(options: FakeApiServerOptions = {}) {
@@ -541,6 +554,7 @@ export class FakeApiServer {
           let items = [...store.values()].filter((o) => (!namespace || o.metadata.namespace === namespace) && selector(o));
           const limit = Number(url.searchParams.get('limit') ?? 0);
           if (limit > 0) items = items.slice(0, limit);
+          if (wantsTable(req.headers.accept)) return json(res, 200, toTable(rt.kind, items, String(this.#rv)));
           return json(res, 200, { apiVersion, kind: `${rt.kind}List`, metadata: { resourceVersion: String(this.#rv) }, items });
         }
         if (req.method === 'POST') {
@@ -556,6 +570,7 @@ export class FakeApiServer {
       }
       const key = this.#key(rt, namespace, name);
       const prev = store.get(key);
+      if (req.method === 'GET' && prev && !subresource && wantsTable(req.headers.accept)) return json(res, 200, toTable(rt.kind, [prev], String(this.#rv)));
       if (req.method === 'GET') return prev ? json(res, 200, prev) : notFound(res, rt, name);
       if (req.method === 'DELETE') {
         if (!prev) return notFound(res, rt, name);
@@ -727,8 +742,8 @@ export class FakeApiServer {
     this.#forward(target, path, res);
   }
 
-  #forward(target: { host: string; port: number }, path: string, res: ServerResponse): void {
-    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000 }, (r) => {
+  #forward(target: ProxyTarget, path: string, res: ServerResponse): void {
+    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000, ...(target.connect ? { createConnection: target.connect } : {}) }, (r) => {
       res.writeHead(r.statusCode ?? 502, { 'content-type': r.headers['content-type'] ?? 'text/plain' });
       r.pipe(res);
     });

@@ -11,19 +11,21 @@
 //     socket made inside that netns) and relays each connection to a ready endpoint from the
 //     Service's EndpointSlices (kube-proxy's old userspace mode: the endpoint sees the wire's
 //     address as the client); a hosts file mounted as every container's /etc/hosts names each
-//     Service `<svc>.<ns>.svc[.cluster.local]`.
+//     Service `<svc>.<ns>.svc[.cluster.local]`;
+//   - the API server's pod proxy reaches pods from the wire namespace too, as a control plane
+//     reaches pod IPs over the cluster network (`weftctl --kubeconfig` reads components that way).
 // Used by test/k8s/* and `weftctl up --kube`.
 import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
-import { FakeApiServer } from './fake-apiserver.ts';
+import { FakeApiServer, type ProxyTarget } from './fake-apiserver.ts';
 import { LabControllers } from './kube-controllers.ts';
 import { LabKubelet, labImages, type LabImage } from './kubelet.ts';
-import { LocalNetwork } from '../../cli/local/network.ts';
-import { CertificateAuthority } from '../../lib/identity/index.ts';
-import { createSocketInNetns } from '../../agent/libbpf/index.ts';
-import { run } from '../../lib/sys/exec.ts';
+import { LocalNetwork } from '../network.ts';
+import { CertificateAuthority } from '../../../lib/identity/index.ts';
+import { createSocketInNetns } from '../../../agent/libbpf/index.ts';
+import { run } from '../../../lib/sys/exec.ts';
 
 export interface KubeLabOptions {
   /** Names every netns, cgroup and pin of this lab (test/lab's `wt????` in tests). */
@@ -73,6 +75,7 @@ export class KubeLab {
     // A range of its own: agents look pods up by address, and other meshes on this machine use 10.77.
     const net = LocalNetwork.create(o.prefix, { base: o.subnet ?? `10.${100 + Math.floor(Math.random() * 100)}` });
     const lab = new KubeLab(o, api, net);
+    api.podProxyTarget = (namespace, name, port) => lab.#podProxyTarget(namespace, name, port);
     try {
       writeFileSync(lab.kubeconfigFile, api.kubeconfig());
       api.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'default' } });
@@ -105,6 +108,14 @@ export class KubeLab {
       throw e;
     }
     return lab;
+  }
+
+  /** The API server's pod proxy: the pod's IP, connected to from the wire namespace. */
+  #podProxyTarget(namespace: string, name: string, port: number): ProxyTarget | undefined {
+    const ip = (this.api.get('Pod', namespace, name)?.['status'] as { podIP?: string } | undefined)?.podIP;
+    if (!ip) return undefined;
+    const wire = `/var/run/netns/${this.net.wireNetns}`;
+    return { host: ip, port, connect: () => new net.Socket({ fd: createSocketInNetns(wire) }).connect(port, ip) };
   }
 
   /** Starts the controllers, the Service network and every kubelet. */

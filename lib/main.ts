@@ -1,0 +1,74 @@
+// How every Weft process starts (controller, agent, waypoint): parse the command line into typed
+// options (a pure function, importable and table-tested, that throws naming the flag), run with
+// those options (returns what is running), stop on SIGTERM or SIGINT. One place for the exit codes
+// and the shape of a startup error, so the parts cannot drift:
+//   2  the command line was wrong: `<part>: <message>` on stderr (the message names the flag);
+//   1  the part failed to start, or failed later: `<part>: <code>: <message>` on stderr;
+//   0  stopped by a signal (a second signal exits at once), or a one-shot command finished.
+
+/** The command line was wrong; the message says which flag. */
+export class UsageError extends Error {
+  readonly code = 'WEFT_USAGE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** What a part's run step returns: something to stop, or nothing when the command is done. */
+export interface Running {
+  stop(signal: NodeJS.Signals): Promise<void>;
+  /** Rejects if the part fails after it started (exit 1, as a failed start). */
+  failed?: Promise<unknown>;
+}
+
+export interface MainIo {
+  err: (line: string) => void;
+  exit: (code: number) => void;
+  onSignal: (sig: NodeJS.Signals, handler: () => void) => void;
+}
+
+const processIo: MainIo = {
+  err: (line) => process.stderr.write(`${line}\n`),
+  exit: (code) => process.exit(code),
+  onSignal: (sig, handler) => process.once(sig, handler),
+};
+
+/** parse → options → run, with the exit codes above. */
+export async function runMain<O>(part: string, parse: () => O, run: (o: O) => Promise<Running | undefined>, io: MainIo = processIo): Promise<void> {
+  let options: O;
+  try {
+    options = parse();
+  } catch (e) {
+    io.err(`${part}: ${(e as Error).message}`);
+    io.exit(2);
+    return;
+  }
+  const fatal = (e: unknown) => {
+    const err = e as Error & { code?: string };
+    io.err(`${part}: ${err.code ? `${err.code}: ` : ''}${err.message}`);
+    io.exit(1);
+  };
+  let running: Running | undefined;
+  try {
+    running = await run(options);
+  } catch (e) {
+    fatal(e);
+    return;
+  }
+  running?.failed?.catch(fatal);
+  if (!running) {
+    io.exit(0);
+    return;
+  }
+  const r = running;
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    io.onSignal(sig, () => {
+      r.stop(sig).then(() => io.exit(0), (e: Error) => {
+        io.err(`${part}: stopping failed: ${e.message}`);
+        io.exit(1);
+      });
+      io.onSignal(sig, () => io.exit(0));
+    });
+  }
+}

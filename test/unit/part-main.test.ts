@@ -1,0 +1,115 @@
+// Every part starts the same way (issue 17, item 4; lib/main.ts): flags → options (an importable
+// parse that names the wrong flag) → run → a signal stops it, with the same exit codes and error
+// shape for the controller, the agent and the waypoint.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { runMain, UsageError, type MainIo } from '../../lib/main.ts';
+import { parseAgentArgs } from '../../agent/src/main.ts';
+import { collectOutput } from '../../lib/sys/exec.ts';
+
+function fakeIo(): MainIo & { lines: string[]; codes: number[]; signal: (sig: NodeJS.Signals) => void } {
+  const handlers = new Map<string, Array<() => void>>();
+  const io = {
+    lines: [] as string[],
+    codes: [] as number[],
+    err: (l: string) => io.lines.push(l),
+    exit: (c: number) => io.codes.push(c),
+    onSignal: (sig: NodeJS.Signals, h: () => void) => handlers.set(sig, [...(handlers.get(sig) ?? []), h]),
+    signal: (sig: NodeJS.Signals) => {
+      const hs = handlers.get(sig) ?? [];
+      handlers.set(sig, []);
+      for (const h of hs) h();
+    },
+  };
+  return io;
+}
+
+test('runMain: a parse error is a usage error (exit 2, the part and the message), nothing runs', async () => {
+  const io = fakeIo();
+  let ran = false;
+  await runMain('agent', () => { throw new UsageError('--node is required'); }, async () => { ran = true; return undefined; }, io);
+  assert.deepEqual(io.codes, [2]);
+  assert.deepEqual(io.lines, ['agent: --node is required']);
+  assert.equal(ran, false);
+});
+
+test('runMain: a failed start exits 1 with the error code; a failure after start too', async () => {
+  const io = fakeIo();
+  await runMain('controller', () => ({}), async () => { throw Object.assign(new Error('listen EADDRINUSE 10.0.0.1:15012'), { code: 'EADDRINUSE' }); }, io);
+  assert.deepEqual(io.codes, [1]);
+  assert.deepEqual(io.lines, ['controller: EADDRINUSE: listen EADDRINUSE 10.0.0.1:15012']);
+
+  const later = fakeIo();
+  const failed = Promise.withResolvers<void>();
+  await runMain('agent', () => ({}), async () => ({ stop: async () => undefined, failed: failed.promise }), later);
+  assert.deepEqual(later.codes, []);
+  failed.reject(new Error('cannot listen on 10.0.0.1:15001'));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(later.codes, [1]);
+  assert.deepEqual(later.lines, ['agent: cannot listen on 10.0.0.1:15001']);
+});
+
+test('runMain: SIGTERM stops the part, then exit 0; a second signal exits at once; a one-shot command exits 0', async () => {
+  const io = fakeIo();
+  const stopped: string[] = [];
+  const release = Promise.withResolvers<void>();
+  await runMain('waypoint', () => ({ n: 1 }), async (o) => {
+    assert.deepEqual(o, { n: 1 });
+    return { stop: async (sig) => { stopped.push(sig); await release.promise; } };
+  }, io);
+  io.signal('SIGTERM');
+  assert.deepEqual(stopped, ['SIGTERM']);
+  assert.deepEqual(io.codes, [], 'waits for stop');
+  io.signal('SIGTERM');
+  assert.deepEqual(io.codes, [0], 'the second signal exits at once');
+  release.resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(io.codes, [0, 0]);
+
+  const once = fakeIo();
+  await runMain('agent', () => ({}), async () => undefined, once);
+  assert.deepEqual(once.codes, [0]);
+});
+
+const AGENT_OK = ['--node', 'n1', '--node-ip', '10.0.0.1', '--controller', '10.0.0.254:15012', '--trust-bundle', '/b.pem', '--token', 't'];
+
+test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => {
+  const cases: Array<[string[], RegExp]> = [
+    [AGENT_OK.slice(2), /--node is required/],
+    [AGENT_OK.slice(0, -2), /one of --token or --token-file is required/],
+    [[...AGENT_OK, '--hbone-port', '70000'], /--hbone-port 70000 is not a port/],
+    [[...AGENT_OK, '--log-level', 'loud'], /--log-level loud is not one of/],
+    [[...AGENT_OK, '--cert-lifetime', '0'], /--cert-lifetime 0 is not a positive number/],
+    [[...AGENT_OK, '--drain-timeout', 'soon'], /--drain-timeout soon is not a number of seconds/],
+    [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /trust domain/i],
+    [[...AGENT_OK, '--bogus'], /Unknown option '--bogus'/],
+    [['--uninstall', '--cni-bin-dir', '/opt/cni/bin'], /--cni-bin-dir goes with --cni-conf-dir/],
+  ];
+  for (const [argv, want] of cases) {
+    assert.throws(() => parseAgentArgs(argv), (e: Error & { code?: string }) => e instanceof UsageError && e.code === 'WEFT_USAGE' && want.test(e.message), argv.join(' '));
+  }
+});
+
+test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own command', () => {
+  const c = parseAgentArgs([...AGENT_OK, '--hbone-port', '25008', '--drain-timeout', '5', '--exclude-port', '22', '--kubelet-cgroup', 'none']);
+  assert.equal(c.kind, 'agent');
+  if (c.kind !== 'agent') return;
+  assert.equal(c.options.node, 'n1');
+  assert.equal(c.options.trustDomain, 'cluster.local');
+  assert.deepEqual(c.options.ports, { hbone: 25008 });
+  assert.equal(c.options.drainTimeoutMs, 5000);
+  assert.deepEqual(c.options.excludedPorts, [22]);
+  assert.deepEqual(c.options.kubeletCgroups, []);
+  assert.equal(c.options.token(), 't');
+  assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
+});
+
+test('controller, agent and waypoint refuse an unknown flag the same way: exit 2, "<part>: " and the flag', async () => {
+  for (const [part, file] of [['controller', 'controller/src/main.ts'], ['agent', 'agent/src/main.ts'], ['waypoint', 'waypoint/src/main.ts']] as const) {
+    const child = spawn(process.execPath, [new URL(`../../${file}`, import.meta.url).pathname, '--no-such-flag'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const { code, stderr } = await collectOutput(child, 30_000);
+    assert.equal(code, 2, `${part}: ${stderr}`);
+    assert.match(stderr, new RegExp(`^${part}: .*--no-such-flag`), part);
+  }
+});
