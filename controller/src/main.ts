@@ -37,6 +37,7 @@ import { parseDuration } from '../../lib/model/duration.ts';
 import { jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
+import { RemoteSecrets } from './sources/remote-secrets.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
 import type { WaypointAllowList } from './waypoint-admission.ts';
@@ -87,6 +88,12 @@ export interface ControllerMainOptions {
   remoteClusters?: RemoteCluster[];
   /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
   remoteStaleAfterMs?: number;
+  /**
+   * Kubernetes mode, multi-cluster: read remote clusters' API servers through the kubeconfig
+   * Secrets labelled weft.dev/multicluster=true in the controller's namespace
+   * (controller/src/sources/remote-secrets.ts).
+   */
+  remoteSecrets?: boolean;
   /** Trust domains whose controllers and gateways are federation peers too (per-cluster trust domains). */
   trustDomainAliases?: string[];
   /**
@@ -212,10 +219,15 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
   const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain) } : {}) });
-  const federation = (o.remoteClusters?.length || o.federationListen) && authority
+  if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
+  const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
+  if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
+  const federation = federated && authority
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
-  if ((o.remoteClusters?.length || o.federationListen) && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
+  const remoteSecrets = o.remoteSecrets && federation && kubeConfig
+    ? new RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry })
+    : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
     source,
@@ -305,7 +317,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));
     const model = controller.model;
     if (path === '/debug/federation') {
-      send(federation ? { export: federation.export(), remotes: federation.status() } : { remotes: [] });
+      send(federation ? { export: federation.export(), remotes: federation.status(), ...(remoteSecrets ? { refusedSecrets: remoteSecrets.refused() } : {}) } : { remotes: [] });
     } else if (path === '/debug/model') {
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {
@@ -324,6 +336,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   await elector?.start();
   await federation?.start();
+  await remoteSecrets?.start();
   await controller.start();
   log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, adminPort, tls: !o.insecure });
 
@@ -345,6 +358,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ...(trustBundle ? { trustBundle } : {}),
     async stop(graceMs = STOP_GRACE_MS) {
       await elector?.stop();
+      await remoteSecrets?.stop();
       await federation?.stop();
       trustBundle?.close();
       await controller.stop();
@@ -434,6 +448,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --federation-listen <ip:port>  multi-cluster: serve this cluster's services and endpoints (mTLS) here
   --network-gateway <ip:port> multi-cluster: this network's east-west gateway, as other networks reach it
   --remote-cluster <name>=https://<ip>:<port>  multi-cluster: read another cluster's controller (repeatable)
+  --remote-secrets            Kubernetes mode, multi-cluster: read the remote clusters named by the
+                              kubeconfig Secrets labelled weft.dev/multicluster=true in --namespace
   --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
@@ -479,6 +495,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'network-gateway': { type: 'string' },
       'remote-cluster': { type: 'string', multiple: true },
       'remote-stale-after': { type: 'string' },
+      'remote-secrets': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
@@ -544,6 +561,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
     if (!m) throw new UsageError(`--remote-cluster: "${v}" is not <cluster>=https://<ip>:<port>`);
     return { name: m[1]!, url: m[2]! };
   }));
+  if (values['remote-secrets']) o.remoteSecrets = true;
   if (values['remote-stale-after'] !== undefined) {
     try {
       set('remoteStaleAfterMs', parseDuration(values['remote-stale-after']));
