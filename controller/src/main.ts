@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
@@ -254,8 +254,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       authenticator = new TokenReviewAuthenticator({
         kubeConfig: kubeConfig!,
         agentServiceAccounts: [agentServiceAccountUser(namespace)],
-        // A waypoint's own projected token obtains the waypoint's identity (and nothing else).
+        // A waypoint's own projected token obtains the waypoint's identity (and nothing else); so
+        // does the east-west gateway's (weft-eastwest in the root namespace), where this cluster
+        // is part of a multi-cluster mesh.
         workloadServiceAccount: (ns, sa) => {
+          if (federation && ns === rootNamespace && sa === EASTWEST_SERVICE_ACCOUNT) return true;
           const id = spiffeIdOf(trustDomain, ns, sa);
           for (const w of controller.model?.waypoints.values() ?? []) if (w.namespace === ns && w.spiffeId === id) return true;
           return false;
@@ -271,7 +274,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         return ids;
       },
     };
-    addCertificateService(grpcServer, { ca, authenticator, pods });
+    const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable)', labelNames: ['outcome'], registers: [registry] });
+    addCertificateService(grpcServer, {
+      ca, authenticator, pods,
+      onOutcome: (outcome) => requests.inc({ outcome }),
+      log: ({ level, msg, ...fields }) => log[level](msg, fields),
+    });
     controllerCreds = await createControllerCredentials(ca, {
       identity: controllerSpiffeId(trustDomain, namespace),
       dnsNames: o.dnsNames ?? [CONTROLLER_NAME, `${CONTROLLER_NAME}.${namespace}.svc`, `${CONTROLLER_NAME}.${namespace}.svc.cluster.local`, 'localhost'],

@@ -16,6 +16,10 @@ import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
 import { until } from '../lab/wait.ts';
 import { silentLogger } from '../../controller/src/log.ts';
+import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
+import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
+import { X509Certificate } from 'node:crypto';
+import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import type { Service } from '../../lib/model/mesh.ts';
 
 const TD = 'cluster.local';
@@ -50,7 +54,7 @@ interface TwoClusters {
   federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string }>; refusedSecrets?: Record<string, string> }>;
 }
 
-async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void): Promise<void> {
+async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true): Promise<void> {
   const c1 = new FakeApiServer();
   const c2 = new FakeApiServer();
   await c1.start();
@@ -69,7 +73,7 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
     controller = await runController({
       kube: true, kubeconfig, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0,
       trustDomain: TD, rootNamespace: 'weft-system', namespace: 'weft-system', instance: 'controller-0', leaseRetryMs: 100, leaseDurationSeconds: 2,
-      clusterId: 'cluster1', network: 'network1', remoteSecrets: true, remoteStaleAfterMs: 1_500, logger: silentLogger,
+      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500 } : {}), logger: silentLogger,
     });
     const running = controller;
     await fn({
@@ -190,4 +194,47 @@ test('parseRemoteKubeconfig names the field at fault', () => {
   assert.match(err(base.replace('    token: t', '    client-key: /etc/weft/ca/tls.key')), /users\[0\]\.user\.client-key/);
   assert.match(err(base.replace('current-context: c', 'current-context: nowhere')), /current-context names no cluster/);
   assert.match(err('- a list'), /not a YAML map/);
+});
+
+const EASTWEST_ID = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;
+
+/**
+ * Asks the controller's certificate service for `identity` with a projected token (audience
+ * weft-controller) of `namespace/sa`, as the kubelet mounts it in the pod; one request, no retries.
+ */
+async function signWithToken(api: FakeApiServer, c: RunningController, namespace: string, sa: string, identity: string): Promise<string[]> {
+  api.apply({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa, namespace } });
+  const token = api.issueToken({ namespace, serviceAccount: sa, audiences: ['weft-controller'], node: 'node-a' }).token;
+  const signer = new GrpcCertificateSigner({
+    address: `127.0.0.1:${c.grpcPort}`, trustBundle: c.ca!.trustBundle(), serverIdentity: `spiffe://${TD}/ns/weft-system/sa/weft-controller`,
+    token: () => token, trustDomain: TD, nodeName: 'node-a', useNodeCertificate: false,
+  });
+  try {
+    return (await signer.sign(identity, createCsr(identity, (await generateKeyPair()).privateKey), 0)).certChain;
+  } finally {
+    signer.close();
+  }
+}
+
+test('the east-west gateway\'s ServiceAccount token (weft-system/weft-eastwest, TokenReview) obtains its own identity from a multi-cluster controller and nothing else; the same name elsewhere and other identities are refused and counted', async () => {
+  await withTwoClusters(async ({ c1, controller }) => {
+    const chain = await signWithToken(c1, controller, 'weft-system', 'weft-eastwest', EASTWEST_ID);
+    assert.ok(chain.length >= 1);
+    assert.equal(new X509Certificate(chain[0]!).subjectAltName, `URI:${EASTWEST_ID}`);
+    // Attacker side: the gateway's token asks for the controller's identity; a ServiceAccount of the same name in another namespace asks for the gateway's.
+    await assert.rejects(signWithToken(c1, controller, 'weft-system', 'weft-eastwest', `spiffe://${TD}/ns/weft-system/sa/weft-controller`), (e: Error) => e instanceof CertificateRefusedError && /obtains only its own identity/.test(e.message));
+    await assert.rejects(signWithToken(c1, controller, 'demo', 'weft-eastwest', `spiffe://${TD}/ns/demo/sa/weft-eastwest`), (e: Error) => e instanceof CaAuthenticationError && /system:serviceaccount:demo:weft-eastwest, which is not a Weft agent ServiceAccount/.test(e.message));
+    await assert.rejects(signWithToken(c1, controller, 'demo', 'weft-eastwest', EASTWEST_ID), (e: Error) => e instanceof CaAuthenticationError);
+    const metrics = await controller.registry.metrics();
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="issued"\} 1\n/);
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="denied"\} 1\n/);
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="unauthenticated"\} 2\n/);
+  }, () => {});
+});
+
+test('a controller that is not part of a multi-cluster mesh refuses the weft-eastwest token (no gateway, no identity for it)', async () => {
+  await withTwoClusters(async ({ c1, controller }) => {
+    await assert.rejects(signWithToken(c1, controller, 'weft-system', 'weft-eastwest', EASTWEST_ID), (e: Error) => e instanceof CaAuthenticationError && /weft-system:weft-eastwest, which is not/.test(e.message));
+    assert.match(await controller.registry.metrics(), /weft_ca_certificate_requests_total\{outcome="unauthenticated"\} 1\n/);
+  }, () => {}, false);
 });
