@@ -19,7 +19,9 @@ import {
   CaUnavailableError, CertificateAuthority, RenewalBackoff, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials,
 } from '../../lib/identity/index.ts';
 import type { Logger } from '../../lib/log.ts';
-import { IssuedIdentity, watchIdentity, type CertificateView, type RenewalRetry, type WaypointSigner } from '../../waypoint/src/identity.ts';
+import { IssuedIdentity, type CertificateView, type RenewalRetry } from '../../lib/identity/index.ts';
+import type { CertificateSigner } from '../../lib/identity/signing.ts';
+import { watchIdentity } from '../../waypoint/src/identity.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend } from '../../waypoint/testing/harness.ts';
 import { get, service, slice } from './waypoint-process-fixtures.ts';
@@ -68,7 +70,7 @@ describe('renewal retry schedule (lib/identity/renewal.ts)', () => {
 });
 
 /** A signer backed by an in-process CA that fails while `failing` is set. */
-class FakeSigner implements WaypointSigner {
+class FakeSigner implements CertificateSigner {
   failing = false;
   calls = 0;
   roots: readonly string[] = [];
