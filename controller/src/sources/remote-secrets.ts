@@ -19,7 +19,9 @@ import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
 import type { ClusterExport } from '../../../lib/model/federation.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { EASTWEST_SERVICE_ACCOUNT } from '../../../lib/model/federation.ts';
+import { EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, LABEL_MULTICLUSTER, LABEL_NETWORK } from '../../../lib/model/federation.ts';
+
+export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
 import { compile } from '../compile.ts';
 import { ObjectStore } from '../store.ts';
@@ -27,18 +29,12 @@ import { KubeSource } from './kube.ts';
 import type { RawObject, SourceEvent } from './source.ts';
 import type { RemoteCluster } from '../federation.ts';
 
-/** Label of a remote-cluster Secret (Istio: `istio/multiCluster: "true"`). */
-export const LABEL_MULTICLUSTER = 'weft.dev/multicluster';
 /** Annotation naming the cluster a Secret is for (Istio: `networking.istio.io/cluster`); informative, the data keys decide. */
 export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
 /** Annotation: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
 export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
-/** Label of a cluster's root namespace (and its gateway Service) naming its network (Istio's). */
-export const LABEL_NETWORK = 'topology.istio.io/network';
 /** The east-west gateway's Service (and ServiceAccount, Deployment) in the root namespace. */
 export const EASTWEST_NAME = EASTWEST_SERVICE_ACCOUNT;
-/** Name of its HBONE port (Istio's east-west gateway names 15008 so). */
-export const EASTWEST_PORT_NAME = 'tls-hbone';
 /** What a remote cluster's reader watches. */
 export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice'];
 
