@@ -89,7 +89,7 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
   }
 }
 
-test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; the Secret deleted drops them at once', async () => {
+test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async () => {
   await withTwoClusters(async ({ c1, c2, controller, echo, federation }) => {
     await until('cluster2\'s echo endpoint imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
     const remote = echo()!.endpoints.find((e) => e.cluster === 'cluster2')!;
@@ -111,7 +111,20 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
     await until('third remote pod', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.3'), 10_000);
     assert.equal(controller.controller.model?.services.has('demo/only-there'), false);
 
-    c1.remove('Secret', 'weft-system', 'remote-cluster2');
+    // The Secret rewritten in place (a new token, another API server address): the cluster is read through the new one.
+    const c2b = new FakeApiServer();
+    await c2b.start();
+    try {
+      seedRemote(c2b);
+      c2b.apply(pod('demo', 'echo-moved', { labels: { app: 'echo' }, ip: '10.78.9.9', hostIP: '10.78.0.1', sa: 'echo' }));
+      c1.apply(remoteSecret('remote-cluster2', { cluster2: c2b.kubeconfig('weft-reader-2') }));
+      await until('the rewritten Secret\'s API server is read', () => echo()!.endpoints.some((e) => e.ip === '10.78.9.9'), 10_000);
+      assert.ok(!echo()!.endpoints.some((e) => e.ip === '10.78.1.2'), 'what only the old API server had is gone');
+      assert.match((await federation()).remotes[0]!.url, new RegExp(`${c2b.url.replace(/[.]/g, '\\.')} \\(secret`));
+    } finally {
+      c1.remove('Secret', 'weft-system', 'remote-cluster2');
+      await c2b.stop();
+    }
     await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
     assert.deepEqual((await federation()).remotes, [], 'no remote left');
   }, (c1, c2) => {
@@ -139,19 +152,20 @@ test('remote secret: a remote API server that stops answering keeps its endpoint
   });
 });
 
-test('remote secret, attacker side: an exec plugin, a token file or CA path on the controller, garbage, this cluster\'s own ID and an unlabelled Secret are refused or ignored, each named by Secret and key and counted; the good entry beside them still works', async () => {
+test('remote secret, attacker side: an exec plugin, a token file or CA path on the controller, garbage, this cluster\'s own ID, a cluster already read through another Secret and an unlabelled Secret are refused or ignored, each named by Secret and key and counted; the good entry beside them still works', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'weft-mc-kube-evil-'));
   const marker = join(dir, 'exec-ran');
   try {
     await withTwoClusters(async ({ controller, echo, federation }) => {
       await until('the good entry is read', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
-      await until('every bad entry is reported', async () => Object.keys((await federation()).refusedSecrets ?? {}).length === 5, 5_000);
+      await until('every bad entry is reported', async () => Object.keys((await federation()).refusedSecrets ?? {}).length === 6, 5_000);
       const refused = (await federation()).refusedSecrets!;
       assert.match(refused['weft-system/evil/cluster3']!, /remote secret weft-system\/evil, key "cluster3": users\[0\]\.user\.exec: plugins are not allowed/);
       assert.match(refused['weft-system/evil/cluster4']!, /users\[0\]\.user\.tokenFile: a path on the controller's file system/);
       assert.match(refused['weft-system/evil/cluster5']!, /clusters\[0\]\.cluster\.certificate-authority: a path/);
       assert.match(refused['weft-system/garbage/cluster6']!, /remote secret weft-system\/garbage, key "cluster6": not a kubeconfig/);
       assert.match(refused['weft-system/remote-cluster2/cluster1']!, /names this cluster itself/);
+      assert.match(refused['weft-system/remote-cluster2-copy/cluster2']!, /cluster already read through weft-system\/remote-cluster2; ignored/);
       assert.equal(existsSync(marker), false, 'the exec plugin never ran');
       const remotes = (await federation()).remotes.map((r) => r.cluster);
       assert.deepEqual(remotes, ['cluster2'], 'the unlabelled Secret\'s cluster7 is not read');
@@ -159,6 +173,7 @@ test('remote secret, attacker side: an exec plugin, a token file or CA path on t
       assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/evil",reason="kubeconfig"\} 3/);
       assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/garbage",reason="kubeconfig"\} 1/);
       assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/remote-cluster2",reason="own-cluster"\} 1/);
+      assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/remote-cluster2-copy",reason="duplicate"\} 1/);
     }, (c1, c2) => {
       const good = c2.kubeconfig('weft-reader');
       c1.apply(remoteSecret('remote-cluster2', { cluster2: good, cluster1: good }));
@@ -170,6 +185,7 @@ test('remote secret, attacker side: an exec plugin, a token file or CA path on t
       }));
       c1.apply(remoteSecret('garbage', { cluster6: 'clusters: [' }));
       c1.apply(remoteSecret('unlabelled', { cluster7: good }, false));
+      c1.apply(remoteSecret('remote-cluster2-copy', { cluster2: good }));
     });
   } finally {
     rmSync(dir, { recursive: true, force: true });
