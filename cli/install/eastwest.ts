@@ -19,7 +19,8 @@ import type { ResolvedInstallOptions } from './options.ts';
 import { CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS, TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels } from './names.ts';
 import { IMAGE_NONROOT_UID } from './controller.ts';
 
-export const EASTWEST_NAME = EASTWEST_SERVICE_ACCOUNT;
+/** Its Deployment, Service and ServiceAccount share the ServiceAccount's (the identity's) name. */
+const EASTWEST_NAME = EASTWEST_SERVICE_ACCOUNT;
 
 export const EASTWEST_RESOURCES = {
   requests: { cpu: '100m', memory: '128Mi' },

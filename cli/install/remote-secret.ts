@@ -12,8 +12,7 @@ import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { ISecret } from 'kubernetes-models/v1/Secret';
 import { stringify } from 'yaml';
-import { LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
-import { ANNOTATION_CLUSTER, ANNOTATION_TRUST_DOMAIN } from '../../controller/src/sources/remote-secrets.ts';
+import { ANNOTATION_CLUSTER, ANNOTATION_TRUST_DOMAIN, LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
 import { labels } from './names.ts';
 
 /** The ServiceAccount other clusters' controllers read this cluster as (Istio: istio-reader-service-account). */

@@ -17,6 +17,10 @@ export const EASTWEST_PORT_NAME = 'tls-hbone';
 export const LABEL_NETWORK = 'topology.istio.io/network';
 /** Label of a remote-cluster kubeconfig Secret (Istio: `istio/multiCluster: "true"`). */
 export const LABEL_MULTICLUSTER = 'weft.dev/multicluster';
+/** Annotation naming the cluster a remote Secret is for (Istio: `networking.istio.io/cluster`); informative, its data keys decide. */
+export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
+/** Annotation of a remote Secret: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
+export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
 export interface ClusterExport {
   cluster: string;

@@ -19,7 +19,7 @@ import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
 import type { ClusterExport } from '../../../lib/model/federation.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, LABEL_MULTICLUSTER, LABEL_NETWORK } from '../../../lib/model/federation.ts';
+import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, LABEL_MULTICLUSTER, LABEL_NETWORK } from '../../../lib/model/federation.ts';
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
@@ -29,12 +29,6 @@ import { KubeSource } from './kube.ts';
 import type { RawObject, SourceEvent } from './source.ts';
 import type { RemoteCluster } from '../federation.ts';
 
-/** Annotation naming the cluster a Secret is for (Istio: `networking.istio.io/cluster`); informative, the data keys decide. */
-export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
-/** Annotation: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
-export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
-/** The east-west gateway's Service (and ServiceAccount, Deployment) in the root namespace. */
-export const EASTWEST_NAME = EASTWEST_SERVICE_ACCOUNT;
 /** What a remote cluster's reader watches. */
 export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice'];
 
@@ -136,7 +130,7 @@ export class RemoteClusterReader {
 
   #onEvents(events: SourceEvent[]): void {
     this.#store.apply(events);
-    const isGateway = (ns: unknown, name: unknown) => ns === this.#o.rootNamespace && name === EASTWEST_NAME;
+    const isGateway = (ns: unknown, name: unknown) => ns === this.#o.rootNamespace && name === EASTWEST_SERVICE_ACCOUNT; // the gateway's Service has its ServiceAccount's name
     for (const e of events) {
       if (e.type === 'snapshot' && e.kinds.includes('Service')) this.#gatewayService = e.objects.find((o) => o.kind === 'Service' && isGateway(o.metadata?.namespace, o.metadata?.name));
       else if (e.type === 'upsert' && e.object.kind === 'Service' && isGateway(e.object.metadata?.namespace, e.object.metadata?.name)) this.#gatewayService = e.object;
@@ -247,11 +241,14 @@ export class RemoteSecrets {
       }, 5);
     };
     for (const ev of ['add', 'update', 'delete'] as const) informer.on(ev, changed);
-    informer.on('error', (e: unknown) => {
+    // A watch that ends on an error (or a restart whose list fails) is started again after a second.
+    const restart = (e: unknown): void => {
       if (this.#stopped) return;
       this.#o.log.warn('remote secret watch stopped; restarting', { error: (e as Error)?.message ?? String(e) });
-      this.#restartTimer = setTimeout(() => void informer.start().catch(() => undefined), 1_000);
-    });
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => void informer.start().catch(restart), 1_000);
+    };
+    informer.on('error', restart);
     await informer.start();
     this.#syncing = this.#syncing.then(() => this.#sync());
     await this.#syncing;
