@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runController, type RunningController } from '../../controller/src/main.ts';
-import { LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
+import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
 import { FakeApiServer } from '../lab/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
 import { until } from '../lab/wait.ts';
@@ -89,9 +89,10 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
   }
 }
 
-test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async () => {
+test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async (t) => {
   await withTwoClusters(async ({ c1, c2, controller, echo, federation }) => {
-    await until('cluster2\'s echo endpoint imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+    const importMs = await until('cluster2\'s echo endpoint imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+    t.diagnostic(`cluster2's endpoints in cluster1's model ${importMs} ms after the controller was ready`);
     const remote = echo()!.endpoints.find((e) => e.cluster === 'cluster2')!;
     assert.equal(remote.ip, '10.78.1.1');
     assert.equal(remote.network, 'network2', 'the network is the remote root namespace\'s topology.istio.io/network label');
@@ -104,7 +105,8 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
 
     // A pod added in cluster2 follows through its watch.
     c2.apply(pod('demo', 'echo-c2b', { labels: { app: 'echo' }, ip: '10.78.1.2', hostIP: '10.78.0.1', sa: 'echo' }));
-    await until('a new remote pod imported', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.2' && e.cluster === 'cluster2'), 10_000);
+    const podMs = await until('a new remote pod imported', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.2' && e.cluster === 'cluster2'), 10_000);
+    t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${podMs} ms (polled once a second)`);
     // A Service that exists only in cluster2 is not imported (callers use their own cluster's VIP).
     c2.apply(svc('demo', 'only-there', { app: 'echo' }, '10.97.0.11'));
     c2.apply(pod('demo', 'echo-c2c', { labels: { app: 'echo' }, ip: '10.78.1.3', hostIP: '10.78.0.1', sa: 'echo' }));
@@ -125,7 +127,8 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
       c1.remove('Secret', 'weft-system', 'remote-cluster2');
       await c2b.stop();
     }
-    await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
+    const dropMs = await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
+    t.diagnostic(`the Secret deleted: cluster2's endpoints gone in ${dropMs} ms`);
     assert.deepEqual((await federation()).remotes, [], 'no remote left');
   }, (c1, c2) => {
     c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
@@ -253,4 +256,14 @@ test('a controller that is not part of a multi-cluster mesh refuses the weft-eas
     await assert.rejects(signWithToken(c1, controller, 'weft-system', 'weft-eastwest', EASTWEST_ID), (e: Error) => e instanceof CaAuthenticationError && /weft-system:weft-eastwest, which is not/.test(e.message));
     assert.match(await controller.registry.metrics(), /weft_ca_certificate_requests_total\{outcome="unauthenticated"\} 1\n/);
   }, () => {}, false);
+});
+
+test('the remote gateway from its weft-eastwest Service: the LoadBalancer address, else an external IP; the tls-hbone port, else 15008; none without an address (that network\'s endpoints are then left out)', () => {
+  const id = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;
+  const s = (spec: object, status: object = {}) => ({ kind: 'Service', spec, status });
+  assert.deepEqual(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 443 }] }, { loadBalancer: { ingress: [{ hostname: 'lb.example' }, { ip: '203.0.113.9' }] } }), 'n2', id), { network: 'n2', address: '203.0.113.9', port: 443, spiffeId: id });
+  assert.deepEqual(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'other', port: 15008 }] }), 'n2', id)?.address, '198.51.100.7');
+  assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 15008 }] }, { loadBalancer: {} }), 'n2', id), undefined, 'load balancer not provisioned yet');
+  assert.equal(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'http', port: 80 }] }), 'n2', id), undefined, 'no HBONE port');
+  assert.equal(gatewayOf(undefined, 'n2', id), undefined);
 });
