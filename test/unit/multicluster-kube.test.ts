@@ -38,10 +38,10 @@ function seedRemote(api: FakeApiServer): void {
   });
 }
 
-function remoteSecret(name: string, data: Record<string, string>, labelled = true): object {
+function remoteSecret(name: string, data: Record<string, string>, labelled = true, annotations: Record<string, string> = {}): object {
   return {
     apiVersion: 'v1', kind: 'Secret', type: 'Opaque',
-    metadata: { name, namespace: 'weft-system', ...(labelled ? { labels: { [LABEL_MULTICLUSTER]: 'true' } } : {}) },
+    metadata: { name, namespace: 'weft-system', annotations, ...(labelled ? { labels: { [LABEL_MULTICLUSTER]: 'true' } } : {}) },
     data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
   };
 }
@@ -266,4 +266,16 @@ test('the remote gateway from its weft-eastwest Service: the LoadBalancer addres
   assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 15008 }] }, { loadBalancer: {} }), 'n2', id), undefined, 'load balancer not provisioned yet');
   assert.equal(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'http', port: 80 }] }), 'n2', id), undefined, 'no HBONE port');
   assert.equal(gatewayOf(undefined, 'n2', id), undefined);
+});
+
+test('remote secret with the weft.dev/trust-domain annotation (per-cluster trust domains): the remote\'s endpoints and gateway carry identities of its own trust domain', async () => {
+  await withTwoClusters(async ({ echo }) => {
+    await until('cluster2 imported', () => echo()?.endpoints.some((e) => e.cluster === 'cluster2') ?? false, 15_000);
+    const remote = echo()!.endpoints.find((e) => e.cluster === 'cluster2')!;
+    assert.equal(remote.spiffeId, 'spiffe://cluster2.local/ns/demo/sa/echo');
+    assert.equal(remote.gateway?.spiffeId, 'spiffe://cluster2.local/ns/weft-system/sa/weft-eastwest');
+    assert.equal(echo()!.endpoints.find((e) => e.cluster !== 'cluster2')!.spiffeId, `spiffe://${TD}/ns/demo/sa/echo`, 'local identities keep this cluster\'s');
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }, true, { 'weft.dev/trust-domain': 'cluster2.local' }));
+  });
 });
