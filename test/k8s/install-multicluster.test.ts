@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
+import { installedObjects } from '../../cli/install/uninstall.ts';
 import { createRemoteSecretCommand } from '../../cli/commands/create-remote-secret.ts';
 import { parseControllerArgs, runController, type RunningController } from '../../controller/src/main.ts';
 import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
@@ -176,4 +177,9 @@ test('install options for multi-cluster: --eastwest or --network without --clust
   assert.ok(!single.some((x) => x.metadata?.name === 'weft-eastwest' || x.metadata?.name === 'weft-reader'), 'a single-cluster install renders no gateway and no reader');
   const role = single.find((x) => x.kind === 'Role') as { rules: Array<{ resources?: string[]; verbs?: string[] }> };
   assert.ok(!role.rules.some((r) => r.resources?.includes('secrets') && r.verbs?.includes('list')), 'nor may its controller list Secrets');
+});
+
+test('weftctl uninstall removes the multi-cluster objects too: the gateway, and the cluster-wide weft-reader ClusterRole and binding the namespace\'s deletion would leave behind', () => {
+  const names = installedObjects('weft-system', IMAGE).map((x) => `${x.kind}/${x.metadata?.name}`);
+  for (const n of ['ClusterRole/weft-reader', 'ClusterRoleBinding/weft-reader', 'ServiceAccount/weft-reader', 'Deployment/weft-eastwest', 'Service/weft-eastwest', 'ServiceAccount/weft-eastwest']) assert.ok(names.includes(n), n);
 });
