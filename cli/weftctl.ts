@@ -4,6 +4,7 @@
 import { Command } from 'commander';
 import { installCommand } from './commands/install.ts';
 import { uninstallCommand } from './commands/uninstall.ts';
+import { createRemoteSecretCommand } from './commands/create-remote-secret.ts';
 import { checkCommand } from './commands/check.ts';
 import { downCommand, statusCommand, upCommand } from './commands/local.ts';
 import { inspectCommands } from './commands/inspect.ts';
@@ -34,6 +35,7 @@ export function program(): Command {
     .addCommand(waypointCommand())
     .addCommand(installCommand())
     .addCommand(uninstallCommand())
+    .addCommand(createRemoteSecretCommand())
     .addCommand(checkCommand())
     .addCommand(describeCommand())
     .addCommand(proxyStatusCommand())

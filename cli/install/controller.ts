@@ -21,6 +21,7 @@ export const CONTROLLER_RESOURCES = {
 };
 
 import { controllerAddress } from '../../lib/defaults.ts';
+import { FEDERATION_PORT } from '../../lib/model/federation.ts';
 export { controllerAddress };
 
 /** The controller's command line after the image's `controller` part name. */
@@ -41,6 +42,10 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
     // root-cert.pem, cert-chain.pem). Without --ca-secret the controller keeps the cluster's CA in
     // the weft-ca Secret it creates once, shared by every replica.
     ...(o.caSecret ? ['--ca-dir', CONTROLLER_CA_DIR] : []),
+    // Multi-cluster: remote clusters through kubeconfig Secrets (weft.dev/multicluster=true), and
+    // this cluster's export on 15014 for its east-west gateway (mutual TLS, gateway identity only).
+    ...(o.multicluster ? ['--cluster-id', o.multicluster.clusterId, '--network', o.multicluster.network, '--remote-secrets'] : []),
+    ...(o.multicluster?.eastwest ? ['--federation-listen', `0.0.0.0:${FEDERATION_PORT}`] : []),
   ];
 }
 
@@ -100,6 +105,7 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
               { name: 'grpc-tls', containerPort: PORTS.xds, protocol: 'TCP' },
               { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
               { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
+              ...(o.multicluster?.eastwest ? [{ name: 'https-federation', containerPort: FEDERATION_PORT, protocol: 'TCP' as const }] : []),
             ],
             env: [
               { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
@@ -140,6 +146,7 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
       ports: [
         { name: 'grpc-tls', port: PORTS.xds, targetPort: PORTS.xds, protocol: 'TCP' },
         { name: 'http-metrics', port: PORTS.metrics, targetPort: PORTS.metrics, protocol: 'TCP' },
+        ...(o.multicluster?.eastwest ? [{ name: 'https-federation', port: FEDERATION_PORT, targetPort: FEDERATION_PORT, protocol: 'TCP' as const }] : []),
       ],
     },
   };

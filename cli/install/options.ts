@@ -45,6 +45,17 @@ export interface InstallOptions {
    * Default: on with the dashboard, off otherwise (whoever reaches 15020 could read config and flows).
    */
   debugEndpoints?: boolean;
+  /**
+   * Multi-cluster (docs/ARCHITECTURE.md, "Multi-cluster"): this cluster's ID. The controller then
+   * reads the remote clusters named by kubeconfig Secrets labelled weft.dev/multicluster=true in
+   * its namespace (`weftctl create-remote-secret` writes them) and serves this cluster's export on
+   * 15014 to its east-west gateway.
+   */
+  clusterId?: string;
+  /** Multi-cluster: this cluster's network (default: the cluster ID); the install namespace is labelled with it. */
+  network?: string;
+  /** Multi-cluster: run the east-west gateway (eastwest.ts), the door into this network for the others. Needs clusterId. */
+  eastwest?: boolean;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -66,6 +77,8 @@ export interface ResolvedInstallOptions {
   caSecret: string | undefined;
   dashboard: boolean;
   debugEndpoints: boolean;
+  /** Multi-cluster settings; absent for a single cluster. */
+  multicluster?: { clusterId: string; network: string; eastwest: boolean };
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -126,5 +139,21 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
     throw new InstallOptionError('caSecret', `--ca-secret "${caSecret}" is not a Secret name: use lower-case letters, digits, '-' and '.', e.g. weft-ca`);
   }
 
-  return { image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true };
+  // A cluster ID and a network are label values (topology.istio.io/network) and Secret data keys.
+  const LABEL_VALUE = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+  if (opts.clusterId !== undefined && !LABEL_VALUE.test(opts.clusterId)) {
+    throw new InstallOptionError('clusterId', `--cluster-id "${opts.clusterId}" is not a cluster ID: use at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit`);
+  }
+  if (opts.network !== undefined && !LABEL_VALUE.test(opts.network)) {
+    throw new InstallOptionError('network', `--network "${opts.network}" is not a network name: use at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit`);
+  }
+  if ((opts.network !== undefined || opts.eastwest) && opts.clusterId === undefined) {
+    throw new InstallOptionError('clusterId', `${opts.eastwest ? '--eastwest' : '--network'} is for a multi-cluster mesh: give this cluster's --cluster-id too`);
+  }
+  const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true } : undefined;
+
+  return {
+    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true,
+    ...(multicluster ? { multicluster } : {}),
+  };
 }

@@ -21,6 +21,7 @@ import {
   AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
 } from './names.ts';
 import { CONTROLLER_LEASE, DEFAULT_CA_SECRET } from '../../lib/defaults.ts';
+import { LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
 
 /**
  * The kinds the controller's Kubernetes source watches: every kind of the model except Node
@@ -99,6 +100,15 @@ export const CONTROLLER_NAMESPACE_RULES: readonly { why: string; rule: IPolicyRu
   },
 ];
 
+/** Multi-cluster only: the controller's extra rule in its own namespace. */
+export const CONTROLLER_MULTICLUSTER_RULES: readonly { why: string; rule: IPolicyRule }[] = [
+  {
+    // RBAC cannot restrict list/watch by label: every Secret of the namespace is readable.
+    why: `read the remote clusters' kubeconfig Secrets (label ${LABEL_MULTICLUSTER}=true) as they come and go`,
+    rule: { apiGroups: [''], resources: ['secrets'], verbs: ['list', 'watch'] },
+  },
+];
+
 export type RbacObject = IServiceAccount | IClusterRole | IClusterRoleBinding | IRole | IRoleBinding;
 
 function whyAnnotations(rules: readonly { why: string }[]): Record<string, string> {
@@ -107,6 +117,7 @@ function whyAnnotations(rules: readonly { why: string }[]): Record<string, strin
 
 export function renderRbac(o: ResolvedInstallOptions): RbacObject[] {
   const ns = o.namespace;
+  const namespaceRules = [...CONTROLLER_NAMESPACE_RULES, ...(o.multicluster ? CONTROLLER_MULTICLUSTER_RULES : [])];
   const controllerSa: IServiceAccount = {
     apiVersion: 'v1',
     kind: 'ServiceAccount',
@@ -142,8 +153,8 @@ export function renderRbac(o: ResolvedInstallOptions): RbacObject[] {
   const role: IRole = {
     apiVersion: 'rbac.authorization.k8s.io/v1',
     kind: 'Role',
-    metadata: { name: CONTROLLER_NAME, namespace: ns, labels: labels(CONTROLLER_NAME), annotations: whyAnnotations(CONTROLLER_NAMESPACE_RULES) },
-    rules: CONTROLLER_NAMESPACE_RULES.map((r) => r.rule),
+    metadata: { name: CONTROLLER_NAME, namespace: ns, labels: labels(CONTROLLER_NAME), annotations: whyAnnotations(namespaceRules) },
+    rules: namespaceRules.map((r) => r.rule),
   };
   const roleBinding: IRoleBinding = {
     apiVersion: 'rbac.authorization.k8s.io/v1',

@@ -6,6 +6,7 @@ import type { ICustomResourceDefinition } from 'kubernetes-models/apiextensions.
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IService } from 'kubernetes-models/v1/Service';
+import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
@@ -13,12 +14,15 @@ import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
 import { renderAgent } from './agent.ts';
 import { renderDashboard } from './dashboard.ts';
+import { renderEastwest } from './eastwest.ts';
+import { renderReader } from './remote-secret.ts';
+import { LABEL_NETWORK } from '../../lib/model/federation.ts';
 import { PART_OF } from './names.ts';
 import { applyValues } from './values.ts';
 
 export type { InstallOptions } from './options.ts';
 
-export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget;
+export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget | IServiceAccount;
 
 /** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
 export function renderInstall(opts: InstallOptions): KubeObject[] {
@@ -35,6 +39,8 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
         'pod-security.kubernetes.io/enforce': 'privileged',
         // The mesh's own pods are never enrolled in the mesh.
         'weft.dev/dataplane-mode': 'none',
+        // Multi-cluster: the network other clusters' controllers read here (Istio's label).
+        ...(o.multicluster ? { [LABEL_NETWORK]: o.multicluster.network } : {}),
       },
     },
   };
@@ -48,6 +54,8 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     ...renderController(o),
     renderAgent(o),
     ...(o.dashboard ? renderDashboard(o) : []),
+    ...(o.multicluster ? renderReader(o.namespace) : []),
+    ...(o.multicluster?.eastwest ? renderEastwest(o) : []),
   ];
   return opts.values ? applyValues(objects, opts.values, o.namespace) as KubeObject[] : objects;
 }

@@ -14,6 +14,15 @@ import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { renderInstall } from './render.ts';
 
+/**
+ * Every object `weftctl install` may have rendered in namespace `ns`, whatever its options: the
+ * multi-cluster parts too (the east-west gateway, and the weft-reader ClusterRole and binding,
+ * which deleting the namespace would leave behind). Objects that are not there are skipped.
+ */
+export function installedObjects(ns: string, image: string): KubernetesObject[] {
+  return renderInstall({ image, trustDomain: 'cluster.local', namespace: ns, clusterId: 'uninstall', eastwest: true, warn: () => {} }) as KubernetesObject[];
+}
+
 export class UninstallError extends Error {
   readonly code = 'WEFT_UNINSTALL';
   constructor(message: string, options?: { cause?: unknown }) {
@@ -116,7 +125,7 @@ export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[
   const secret = await read({ apiVersion: 'v1', kind: 'Secret', metadata: { name: DEFAULT_CA_SECRET, namespace: ns } });
   if (secret?.metadata?.labels?.['app.kubernetes.io/managed-by'] === 'weft-controller') await remove(secret);
   await remove({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: CONTROLLER_LEASE, namespace: ns } });
-  const rendered = renderInstall({ image: image ?? 'weft:uninstall', trustDomain: 'cluster.local', namespace: ns, warn: () => {} }) as KubernetesObject[];
+  const rendered = installedObjects(ns, image ?? 'weft:uninstall');
   const crds = rendered.filter((x) => x.kind === 'CustomResourceDefinition');
   const namespace = rendered.filter((x) => x.kind === 'Namespace');
   for (const x of rendered.filter((r) => !crds.includes(r) && !namespace.includes(r)).reverse()) await remove(x);

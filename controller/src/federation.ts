@@ -21,8 +21,14 @@ const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
 export interface RemoteCluster {
   /** The cluster ID it must report. */
   name: string;
-  /** `https://<ip>:<port>` of its controller's federation listener. */
+  /** `https://<ip>:<port>` of its controller's federation listener, or where `read` reads from (named in status and logs). */
   url: string;
+  /**
+   * Reads the cluster's export (JSON text, checked like one read over the network) another way:
+   * the remote API server through a kubeconfig Secret (`controller/src/sources/remote-secrets.ts`).
+   * Absent: the export is fetched from `url` over mutual TLS.
+   */
+  read?: () => Promise<string>;
 }
 
 export interface FederationOptions {
@@ -57,12 +63,14 @@ interface RemoteState {
 
 export class Federation {
   readonly #o: FederationOptions;
-  readonly #remotes: RemoteState[];
+  #remotes: RemoteState[];
   readonly #listeners = new Set<() => void>();
   #local: MeshModel | undefined;
   #server: Server | undefined;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
+  #started = false;
+  #polling = false;
   readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter };
 
   constructor(o: FederationOptions) {
@@ -117,6 +125,7 @@ export class Federation {
 
   async start(): Promise<void> {
     if (this.#o.listen) await this.#serve(this.#o.listen);
+    this.#started = true;
     this.#schedule(0);
   }
 
@@ -127,6 +136,26 @@ export class Federation {
       this.#server.closeAllConnections();
       await new Promise<void>((r) => this.#server!.close(() => r()));
     }
+  }
+
+  /**
+   * Adds a remote cluster (or replaces the one of that name: a changed kubeconfig Secret). Its
+   * endpoints join at its first good read.
+   */
+  addRemote(remote: RemoteCluster): void {
+    const old = this.#remotes.find((r) => r.remote.name === remote.name);
+    this.#remotes = [...this.#remotes.filter((r) => r !== old), { remote, export: old?.export, text: old?.text ?? '', lastOk: old?.lastOk ?? Date.now(), lastError: undefined, stale: old?.stale ?? false }];
+    if (this.#started && !this.#timer && !this.#polling) this.#schedule(0);
+  }
+
+  /** Removes a remote cluster (its Secret was deleted): its endpoints leave the model at once. */
+  removeRemote(name: string): void {
+    const old = this.#remotes.find((r) => r.remote.name === name);
+    if (!old) return;
+    this.#remotes = this.#remotes.filter((r) => r !== old);
+    this.#metrics?.up.remove({ cluster: name });
+    this.#metrics?.endpoints.remove({ cluster: name });
+    if (old.export && !old.stale) for (const l of this.#listeners) l();
   }
 
   /** The identity certificate was renewed: new connections to the listener get the new one. */
@@ -165,7 +194,12 @@ export class Federation {
   #schedule(ms: number): void {
     if (this.#stopped || this.#remotes.length === 0) return;
     this.#timer = setTimeout(() => {
-      void this.#pollAll().finally(() => this.#schedule(this.#o.pollMs ?? DEFAULT_FEDERATION_POLL_MS));
+      this.#timer = undefined;
+      this.#polling = true;
+      void this.#pollAll().finally(() => {
+        this.#polling = false;
+        this.#schedule(this.#o.pollMs ?? DEFAULT_FEDERATION_POLL_MS);
+      });
     }, ms);
     this.#timer.unref();
   }
@@ -174,7 +208,9 @@ export class Federation {
     let changed = false;
     await Promise.all(this.#remotes.map(async (r) => {
       try {
-        const text = await this.#fetch(r.remote);
+        const text = await (r.remote.read ? r.remote.read() : this.#fetch(r.remote));
+        // Removed while it was being read: nothing of it is kept.
+        if (!this.#remotes.includes(r)) return;
         const parsed = parseClusterExport(JSON.parse(text));
         if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
         r.lastOk = Date.now();
@@ -187,6 +223,7 @@ export class Federation {
           changed = true;
         }
       } catch (e) {
+        if (!this.#remotes.includes(r)) return;
         const msg = (e as Error).message;
         this.#metrics?.failures.inc({ cluster: r.remote.name });
         if (r.lastError !== msg) this.#o.log.warn('remote cluster export not read', { cluster: r.remote.name, url: r.remote.url, error: msg });
@@ -198,6 +235,7 @@ export class Federation {
           this.#o.log.warn('remote cluster unreachable past the stale bound; its endpoints are removed', { cluster: r.remote.name, staleAfterMs: bound, lastOk: new Date(r.lastOk).toISOString() });
         }
       }
+      if (!this.#remotes.includes(r)) return;
       this.#metrics?.up.set({ cluster: r.remote.name }, r.export && !r.stale ? 1 : 0);
       this.#metrics?.endpoints.set({ cluster: r.remote.name }, r.export && !r.stale ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0);
     }));

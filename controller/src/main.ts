@@ -12,7 +12,7 @@ import { runMain, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
-import { Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
@@ -38,6 +38,7 @@ import { parseDuration } from '../../lib/model/duration.ts';
 import { jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
+import { RemoteSecrets } from './sources/remote-secrets.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
 import type { WaypointAllowList } from './waypoint-admission.ts';
@@ -81,6 +82,12 @@ export interface ControllerMainOptions {
   remoteClusters?: RemoteCluster[];
   /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
   remoteStaleAfterMs?: number;
+  /**
+   * Kubernetes mode, multi-cluster: read remote clusters' API servers through the kubeconfig
+   * Secrets labelled weft.dev/multicluster=true in the controller's namespace
+   * (controller/src/sources/remote-secrets.ts).
+   */
+  remoteSecrets?: boolean;
   /** Trust domains whose controllers and gateways are federation peers too (per-cluster trust domains). */
   trustDomainAliases?: string[];
   /**
@@ -206,10 +213,15 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
   const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain) } : {}) });
-  const federation = (o.remoteClusters?.length || o.federationListen) && authority
+  if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
+  const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
+  if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
+  const federation = federated && authority
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
-  if ((o.remoteClusters?.length || o.federationListen) && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
+  const remoteSecrets = o.remoteSecrets && federation && kubeConfig
+    ? new RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry })
+    : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
     source,
@@ -236,8 +248,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       authenticator = new TokenReviewAuthenticator({
         kubeConfig: kubeConfig!,
         agentServiceAccounts: [agentServiceAccountUser(namespace)],
-        // A waypoint's own projected token obtains the waypoint's identity (and nothing else).
+        // A waypoint's own projected token obtains the waypoint's identity (and nothing else); so
+        // does the east-west gateway's (weft-eastwest in the root namespace), where this cluster
+        // is part of a multi-cluster mesh.
         workloadServiceAccount: (ns, sa) => {
+          if (federation && ns === rootNamespace && sa === EASTWEST_SERVICE_ACCOUNT) return true;
           const id = spiffeIdOf(trustDomain, ns, sa);
           for (const w of controller.model?.waypoints.values() ?? []) if (w.namespace === ns && w.spiffeId === id) return true;
           return false;
@@ -253,7 +268,12 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         return ids;
       },
     };
-    addCertificateService(grpcServer, { ca, authenticator, pods });
+    const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable)', labelNames: ['outcome'], registers: [registry] });
+    addCertificateService(grpcServer, {
+      ca, authenticator, pods,
+      onOutcome: (outcome) => requests.inc({ outcome }),
+      log: ({ level, msg, ...fields }) => log[level](msg, fields),
+    });
     controllerCreds = await createControllerCredentials(ca, {
       identity: controllerSpiffeId(trustDomain, namespace),
       dnsNames: o.dnsNames ?? [CONTROLLER_NAME, `${CONTROLLER_NAME}.${namespace}.svc`, `${CONTROLLER_NAME}.${namespace}.svc.cluster.local`, 'localhost'],
@@ -299,7 +319,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));
     const model = controller.model;
     if (path === '/debug/federation') {
-      send(federation ? { export: federation.export(), remotes: federation.status() } : { remotes: [] });
+      send(federation ? { export: federation.export(), remotes: federation.status(), ...(remoteSecrets ? { refusedSecrets: remoteSecrets.refused() } : {}) } : { remotes: [] });
     } else if (path === '/debug/model') {
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {
@@ -318,6 +338,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   await elector?.start();
   await federation?.start();
+  await remoteSecrets?.start();
   await controller.start();
   log.info('controller ready', { source: source.name, grpcPort, metricsPort, readyPort, adminPort, tls: !o.insecure });
 
@@ -339,6 +360,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ...(trustBundle ? { trustBundle } : {}),
     async stop(graceMs = STOP_GRACE_MS) {
       await elector?.stop();
+      await remoteSecrets?.stop();
       await federation?.stop();
       trustBundle?.close();
       await controller.stop();
@@ -428,6 +450,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --federation-listen <ip:port>  multi-cluster: serve this cluster's services and endpoints (mTLS) here
   --network-gateway <ip:port> multi-cluster: this network's east-west gateway, as other networks reach it
   --remote-cluster <name>=https://<ip>:<port>  multi-cluster: read another cluster's controller (repeatable)
+  --remote-secrets            Kubernetes mode, multi-cluster: read the remote clusters named by the
+                              kubeconfig Secrets labelled weft.dev/multicluster=true in --namespace
   --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
@@ -473,6 +497,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'network-gateway': { type: 'string' },
       'remote-cluster': { type: 'string', multiple: true },
       'remote-stale-after': { type: 'string' },
+      'remote-secrets': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
@@ -538,6 +563,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
     if (!m) throw new UsageError(`--remote-cluster: "${v}" is not <cluster>=https://<ip>:<port>`);
     return { name: m[1]!, url: m[2]! };
   }));
+  if (values['remote-secrets']) o.remoteSecrets = true;
   if (values['remote-stale-after'] !== undefined) {
     try {
       set('remoteStaleAfterMs', parseDuration(values['remote-stale-after']));

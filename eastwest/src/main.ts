@@ -6,7 +6,7 @@
 //     [--controller-id <spiffe id>] [--log-level info]
 // Identity: static files (read once, never renewed), or issued by the cluster's controller CA
 // (--ca-address, authenticated with the token in --token-file) and renewed at half its life, with
-// backoff and root rotations, by the same machinery as a waypoint's (waypoint/src/identity.ts).
+// backoff and root rotations, by the same machinery as a waypoint's (lib/identity/issued.ts).
 // Metrics on <listen ip>:15020 (/metrics), readiness on <listen ip>:15021 (/healthz/ready).
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -16,7 +16,7 @@ import { Registry } from 'prom-client';
 import { jsonLogger, type LogLevel } from '../../lib/log.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
-import { ControllerSigner, IssuedIdentity } from '../../waypoint/src/identity.ts';
+import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
 import { controllerSpiffeId, PORTS, READINESS_PATH } from '../../lib/defaults.ts';
 import { splitPemCertificates } from '../../lib/identity/x509.ts';
 import { EastWestGateway, type GatewayTls } from './gateway.ts';

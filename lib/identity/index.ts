@@ -23,3 +23,7 @@ export {
 export { CertificateServiceClient, followTrustBundle, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';
 export { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalBackoffOptions } from './renewal.ts';
 export { CA_PROTO_PATH, CERTIFICATE_SERVICE_NAME } from './ca-proto.ts';
+export {
+  IssuedIdentity, ControllerSigner, staticIdentity, CertificateFileIdentityError, type ProxyIdentity, type IssuedIdentityOptions,
+  type ControllerSignerOptions, type CertificateView, type RenewalRetry, type IdentityEvents,
+} from './issued.ts';

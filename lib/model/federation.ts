@@ -11,6 +11,16 @@ export const FEDERATION_PATH = '/federation/v1/export';
 export const FEDERATION_PORT = 15014;
 /** The east-west gateway's service account (its identity: spiffe://<td>/ns/<root ns>/sa/<this>). */
 export const EASTWEST_SERVICE_ACCOUNT = 'weft-eastwest';
+/** Name of the gateway's HBONE port on its Service (Istio's east-west gateway names 15008 so). */
+export const EASTWEST_PORT_NAME = 'tls-hbone';
+/** Label of a cluster's root namespace and gateway Service naming its network (Istio's). */
+export const LABEL_NETWORK = 'topology.istio.io/network';
+/** Label of a remote-cluster kubeconfig Secret (Istio: `istio/multiCluster: "true"`). */
+export const LABEL_MULTICLUSTER = 'weft.dev/multicluster';
+/** Annotation naming the cluster a remote Secret is for (Istio: `networking.istio.io/cluster`); informative, its data keys decide. */
+export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
+/** Annotation of a remote Secret: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
+export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
 export interface ClusterExport {
   cluster: string;

@@ -19,7 +19,10 @@ import {
   CaUnavailableError, CertificateAuthority, RenewalBackoff, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials,
 } from '../../lib/identity/index.ts';
 import type { Logger } from '../../lib/log.ts';
-import { IssuedIdentity, watchIdentity, type CertificateView, type RenewalRetry, type WaypointSigner } from '../../waypoint/src/identity.ts';
+import { CertificateFileIdentityError, IssuedIdentity, staticIdentity, type CertificateView, type RenewalRetry } from '../../lib/identity/index.ts';
+import type { CertificateSigner } from '../../lib/identity/signing.ts';
+import { staticWaypointIdentity, watchIdentity } from '../../waypoint/src/identity.ts';
+import { FlagError } from '../../waypoint/src/errors.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend } from '../../waypoint/testing/harness.ts';
 import { get, service, slice } from './waypoint-process-fixtures.ts';
@@ -68,7 +71,7 @@ describe('renewal retry schedule (lib/identity/renewal.ts)', () => {
 });
 
 /** A signer backed by an in-process CA that fails while `failing` is set. */
-class FakeSigner implements WaypointSigner {
+class FakeSigner implements CertificateSigner {
   failing = false;
   calls = 0;
   roots: readonly string[] = [];
@@ -325,6 +328,27 @@ describe('waypoint through a root rotation (in-process controller)', () => {
       configServer.closeAll();
       stopController();
       await b.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('static identity (lib/identity/issued.ts, flag errors in waypoint/src/identity.ts)', () => {
+  it('a certificate file of another identity is refused: CertificateFileIdentityError in lib, a FlagError naming --cert-file and --spiffe-id in the waypoint', async () => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: 'cluster.local' });
+    const issued = await ca.issueServingCertificate({ uris: ['spiffe://cluster.local/ns/shop/sa/other'] });
+    const dir = await mkdtemp(join(tmpdir(), 'weft-static-id-'));
+    try {
+      const files = { certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem'), caFile: join(dir, 'ca.pem') };
+      await writeFile(files.certFile, issued.certChain.join(''));
+      await writeFile(files.keyFile, issued.keyPem);
+      await writeFile(files.caFile, ca.trustBundle().join(''));
+      const want = 'spiffe://cluster.local/ns/shop/sa/waypoint';
+      await assert.rejects(staticIdentity(files, want), (e: Error) => e instanceof CertificateFileIdentityError && e.code === 'WEFT_CERT_FILE_IDENTITY' && e.found === 'spiffe://cluster.local/ns/shop/sa/other');
+      await assert.rejects(staticWaypointIdentity(files, want), (e: Error) => e instanceof FlagError && /--cert-file holds spiffe:\/\/cluster\.local\/ns\/shop\/sa\/other, not the waypoint identity .*\(--spiffe-id\)/.test(e.message));
+      const ok = await staticWaypointIdentity(files, 'spiffe://cluster.local/ns/shop/sa/other');
+      assert.equal(ok.view().source, 'static');
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });

@@ -6,7 +6,7 @@
 //
 // Identity: --cert-file/--key-file/--ca-file (static material, e.g. mounted), or a certificate from
 // the controller's certificate service authenticated with --token-file, renewed at half its life,
-// retried with backoff, and following root rotations (waypoint/src/identity.ts).
+// retried with backoff, and following root rotations (lib/identity/issued.ts; its metrics in waypoint/src/identity.ts).
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -24,7 +24,8 @@ import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
 import { FlagError, formatConfigIssue } from './errors.ts';
 import { HboneUpstream, tunnelHandler } from './hbone.ts';
-import { ControllerSigner, IssuedIdentity, controllerChannelCredentials, staticIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
+import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
+import { controllerChannelCredentials, staticWaypointIdentity, watchIdentity, type WaypointIdentity } from './identity.ts';
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
 import { ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
 import { MAX_TRUSTED_PROXIES } from '../../lib/model/mesh.ts';
@@ -262,7 +263,7 @@ export interface RunningWaypoint {
 /** The identity from static files, or issued by the controller (its first certificate obtained). */
 async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log: Logger): Promise<WaypointIdentity> {
   if (o.certFile) {
-    const id = await staticIdentity({ certFile: o.certFile, keyFile: o.keyFile!, caFile: o.caFile! }, o.spiffeId);
+    const id = await staticWaypointIdentity({ certFile: o.certFile, keyFile: o.keyFile!, caFile: o.caFile! }, o.spiffeId);
     watchIdentity(id, registry, log);
     return id;
   }

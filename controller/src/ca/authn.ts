@@ -176,7 +176,7 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
         this.#cache.set(key, { result, until: now + this.#ttl });
         return result;
       }
-      throw new NodeAuthenticationError(`token belongs to ${username || 'an unnamed user'}, which is not a Weft agent ServiceAccount (${[...this.#allowed].join(', ')}) nor a waypoint's`);
+      throw new NodeAuthenticationError(`token belongs to ${username || 'an unnamed user'}, which is not a Weft agent ServiceAccount (${[...this.#allowed].join(', ')}) nor a waypoint's (nor, in a multi-cluster mesh, the east-west gateway's)`);
     }
     if (!node) {
       throw new NodeAuthenticationError(`token of ${username} is not bound to a node (no ${NODE_NAME_EXTRA} extra); mount a projected ServiceAccount token in the agent pod (Kubernetes >= 1.30)`);

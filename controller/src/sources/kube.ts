@@ -37,6 +37,8 @@ export class StatusWriteError extends Error {
 export interface KubeSourceOptions {
   kubeConfig: KubeConfig;
   logger?: Logger;
+  /** The kinds watched; default WATCHED_KINDS (a remote cluster's reader: its Namespaces, Pods, Services and EndpointSlices). */
+  kinds?: readonly MeshKind[];
   /** Also watch Nodes for their InternalIP (needs RBAC on nodes); default false (pods' hostIP is used). */
   watchNodes?: boolean;
   /** First restart delay after an informer error; default 500 ms, doubling up to 30 s. */
@@ -124,7 +126,8 @@ export class KubeSource implements ConfigSource {
 
   async start(handler: SourceHandler): Promise<void> {
     this.#handler = handler;
-    const all = this.#o.watchNodes ? [...WATCHED_KINDS, 'Node' as const] : WATCHED_KINDS;
+    const base = this.#o.kinds ?? WATCHED_KINDS;
+    const all = this.#o.watchNodes ? [...base, 'Node' as const] : base;
     const served = await Promise.all(all.map((k) => this.#served(k)));
     const kinds = all.filter((_, i) => served[i]);
     for (const kind of all.filter((_, i) => !served[i])) {

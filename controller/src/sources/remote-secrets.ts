@@ -1,0 +1,340 @@
+// Multi-cluster discovery in Kubernetes mode, as Istio's remote secrets do it: Secrets in the
+// controller's namespace labelled `weft.dev/multicluster: "true"` hold one kubeconfig per remote
+// cluster (the data key is the cluster ID, Istio's layout; `weftctl create-remote-secret` writes
+// them). For each, the controller reads that cluster's API server (Namespaces, Pods, Services,
+// EndpointSlices), compiles its Services and endpoints as the remote's own controller would and
+// hands them to the federation (controller/src/federation.ts) as that cluster's export: the same
+// checks, namespace sameness, gateways and stale bound as an export read over 15014.
+//
+// The remote's network is the `topology.istio.io/network` label of its root namespace (Istio's
+// label; absent: the cluster ID), its gateway the LoadBalancer address of its `weft-eastwest`
+// Service there (port 15008, `tls-hbone`). A Secret removed drops its clusters at once. A bad
+// kubeconfig (unparseable, no server, or one that would make the controller run a command or read
+// its own files: exec and auth-provider plugins, file paths, which Istio refuses too) is reported
+// with the Secret's name and key and costs only itself.
+import { CoreV1Api, KubeConfig, makeInformer, type Informer, type ObjectCache, type V1Secret } from '@kubernetes/client-node';
+import { parse as parseYaml } from 'yaml';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Logger } from '../log.ts';
+import type { MeshKind } from '../../../lib/model/objects.ts';
+import type { ClusterExport } from '../../../lib/model/federation.ts';
+import type { NetworkGateway } from '../../../lib/model/mesh.ts';
+import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, LABEL_MULTICLUSTER, LABEL_NETWORK } from '../../../lib/model/federation.ts';
+
+export { LABEL_MULTICLUSTER, LABEL_NETWORK };
+import { PORTS } from '../../../lib/defaults.ts';
+import { compile } from '../compile.ts';
+import { ObjectStore } from '../store.ts';
+import { KubeSource } from './kube.ts';
+import type { RawObject, SourceEvent } from './source.ts';
+import type { RemoteCluster } from '../federation.ts';
+
+/** What a remote cluster's reader watches. */
+export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice'];
+
+export class RemoteSecretError extends Error {
+  readonly code = 'WEFT_REMOTE_SECRET';
+  readonly secret: string;
+  readonly key: string;
+  constructor(secret: string, key: string, detail: string) {
+    super(`remote secret ${secret}, key ${JSON.stringify(key)}: ${detail}`);
+    this.name = 'RemoteSecretError';
+    this.secret = secret;
+    this.key = key;
+  }
+}
+
+/**
+ * A kubeconfig from a remote Secret, checked before client-node sees it. Only inline credentials
+ * and an https or http server are allowed: exec and auth-provider plugins would run commands or
+ * call out from the controller, file paths would read its own files (its token, its CA key).
+ */
+export function parseRemoteKubeconfig(text: string, secret: string, key: string): KubeConfig {
+  const fail = (detail: string): never => {
+    throw new RemoteSecretError(secret, key, detail);
+  };
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    fail(`not a kubeconfig: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) fail('not a kubeconfig: not a YAML map');
+  const d = doc as Record<string, unknown>;
+  const list = (field: string): Array<Record<string, unknown>> => {
+    const v = d[field];
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v)) return fail(`${field}: must be a list`);
+    return v.map((x, i) => (typeof x === 'object' && x !== null ? (x as Record<string, unknown>) : fail(`${field}[${i}]: must be a map`)));
+  };
+  list('users').forEach((u, i) => {
+    const user = (u.user ?? {}) as Record<string, unknown>;
+    for (const f of ['exec', 'auth-provider']) if (user[f] !== undefined) fail(`users[${i}].user.${f}: plugins are not allowed in a remote secret (the controller would run them); use a token or a client certificate inline`);
+    for (const f of ['tokenFile', 'token-file', 'client-certificate', 'client-key']) {
+      if (user[f] !== undefined) fail(`users[${i}].user.${f}: a path on the controller's file system is not allowed in a remote secret; put the credential inline (token, client-certificate-data, client-key-data)`);
+    }
+  });
+  list('clusters').forEach((c, i) => {
+    const cluster = (c.cluster ?? {}) as Record<string, unknown>;
+    if (cluster['certificate-authority'] !== undefined) fail(`clusters[${i}].cluster.certificate-authority: a path on the controller's file system is not allowed; use certificate-authority-data`);
+    const server = cluster.server;
+    if (typeof server !== 'string' || !/^https?:\/\/[^/]/.test(server)) fail(`clusters[${i}].cluster.server: must be an http(s) URL`);
+  });
+  const kc = new KubeConfig();
+  try {
+    kc.loadFromString(text);
+  } catch (e) {
+    fail(`not a kubeconfig: ${(e as Error).message}`);
+  }
+  if (!kc.getCurrentCluster()) fail('current-context names no cluster');
+  if (!kc.getCurrentUser()) fail('current-context names no user');
+  return kc;
+}
+
+export interface RemoteClusterReaderOptions {
+  cluster: string;
+  /** `namespace/name` of the Secret it came from (named in status and logs). */
+  secret: string;
+  kubeConfig: KubeConfig;
+  /** Trust domain of the remote's identities. */
+  trustDomain: string;
+  rootNamespace: string;
+  log: Logger;
+}
+
+/** One remote cluster's API server, read into an export. */
+export class RemoteClusterReader {
+  readonly #o: RemoteClusterReaderOptions;
+  readonly #source: KubeSource;
+  readonly #core: CoreV1Api;
+  readonly #store = new ObjectStore();
+  #synced = false;
+  #dirty = true;
+  #text = '';
+  #gatewayService: RawObject | undefined;
+
+  constructor(o: RemoteClusterReaderOptions) {
+    this.#o = o;
+    this.#source = new KubeSource({ kubeConfig: o.kubeConfig, kinds: REMOTE_KINDS, logger: o.log });
+    this.#core = o.kubeConfig.makeApiClient(CoreV1Api);
+  }
+
+  /** Starts watching; never waits for the remote (an unreachable one reads as an error). */
+  start(): void {
+    this.#source.start((events) => this.#onEvents(events)).then(() => (this.#synced = true), (e: Error) => this.#o.log.warn('remote cluster reader stopped', { cluster: this.#o.cluster, error: e.message }));
+  }
+
+  stop(): Promise<void> {
+    return this.#source.stop();
+  }
+
+  #onEvents(events: SourceEvent[]): void {
+    this.#store.apply(events);
+    const isGateway = (ns: unknown, name: unknown) => ns === this.#o.rootNamespace && name === EASTWEST_SERVICE_ACCOUNT; // the gateway's Service has its ServiceAccount's name
+    for (const e of events) {
+      if (e.type === 'snapshot' && e.kinds.includes('Service')) this.#gatewayService = e.objects.find((o) => o.kind === 'Service' && isGateway(o.metadata?.namespace, o.metadata?.name));
+      else if (e.type === 'upsert' && e.object.kind === 'Service' && isGateway(e.object.metadata?.namespace, e.object.metadata?.name)) this.#gatewayService = e.object;
+      else if (e.type === 'delete' && e.kind === 'Service' && isGateway(e.namespace, e.name)) this.#gatewayService = undefined;
+    }
+    this.#dirty = true;
+  }
+
+  /**
+   * The remote's export as JSON text. Each read asks the API server for one Namespace, so a
+   * remote that stopped answering reads as an error (and the stale bound applies) even though
+   * the watch caches still hold its objects.
+   */
+  async read(): Promise<string> {
+    await this.#core.listNamespace({ limit: 1 }).catch((e: Error & { code?: number }) => {
+      throw new Error(`API server ${this.#o.kubeConfig.getCurrentCluster()?.server}: ${e.code ? `HTTP ${e.code}` : e.message}`);
+    });
+    if (!this.#synced) throw new Error('API server answers; its objects are not listed yet');
+    if (this.#dirty) {
+      this.#dirty = false;
+      this.#text = JSON.stringify(this.#export());
+    }
+    return this.#text;
+  }
+
+  #export(): ClusterExport {
+    const { cluster, rootNamespace, trustDomain } = this.#o;
+    const inputs = this.#store.inputs();
+    const model = compile(inputs, { trustDomain, rootNamespace, clusterId: cluster }).model;
+    const root = inputs.namespaces.find((n) => n.metadata.name === rootNamespace);
+    const network = root?.metadata.labels?.[LABEL_NETWORK] || cluster;
+    const gateway = gatewayOf(this.#gatewayService, network, `spiffe://${trustDomain}/ns/${rootNamespace}/sa/${EASTWEST_SERVICE_ACCOUNT}`);
+    return { cluster, network, ...(gateway ? { gateway } : {}), services: [...model.services.values()] };
+  }
+}
+
+/** The gateway a `weft-eastwest` Service offers: its load balancer's (or external) address and HBONE port. */
+export function gatewayOf(svc: RawObject | undefined, network: string, spiffeId: string): NetworkGateway | undefined {
+  if (!svc) return undefined;
+  const spec = (svc.spec ?? {}) as { externalIPs?: string[]; ports?: Array<{ name?: string; port?: number }> };
+  const status = (svc.status ?? {}) as { loadBalancer?: { ingress?: Array<{ ip?: string }> } };
+  const address = status.loadBalancer?.ingress?.find((i) => i.ip)?.ip ?? spec.externalIPs?.[0];
+  const port = (spec.ports ?? []).find((p) => p.name === EASTWEST_PORT_NAME)?.port ?? (spec.ports ?? []).find((p) => p.port === PORTS.hbone)?.port;
+  if (!address || !port) return undefined;
+  return { network, address, port, spiffeId };
+}
+
+export interface RemoteSecretsOptions {
+  kubeConfig: KubeConfig;
+  /** The controller's namespace: the Secrets are read there only. */
+  namespace: string;
+  /** This cluster's ID: a Secret key naming it is refused (a cluster is not its own remote). */
+  cluster: string;
+  trustDomain: string;
+  rootNamespace: string;
+  federation: { addRemote(r: RemoteCluster): void; removeRemote(name: string): void };
+  log: Logger;
+  registry?: Registry;
+}
+
+interface Active {
+  secret: string;
+  text: string;
+  reader: RemoteClusterReader;
+}
+
+/** Watches the remote Secrets and keeps one reader per remote cluster they name. */
+export class RemoteSecrets {
+  readonly #o: RemoteSecretsOptions;
+  readonly #active = new Map<string, Active>();
+  /** Refused keys by `secret/key`: the reason. */
+  readonly #refused = new Map<string, string>();
+  #informer: (Informer<V1Secret> & ObjectCache<V1Secret>) | undefined;
+  #stopped = false;
+  /** Syncs run one after the other (each may stop readers). */
+  #syncing: Promise<void> = Promise.resolve();
+  #restartTimer: NodeJS.Timeout | undefined;
+  readonly #metrics?: { refused: Counter; clusters: Gauge };
+
+  constructor(o: RemoteSecretsOptions) {
+    this.#o = o;
+    if (o.registry) {
+      const registers = [o.registry];
+      this.#metrics = {
+        refused: new Counter({ name: 'weft_federation_remote_secret_refused_total', help: 'Remote-cluster Secret entries refused, by Secret and reason', labelNames: ['secret', 'reason'], registers }),
+        clusters: new Gauge({ name: 'weft_federation_remote_secret_clusters', help: 'Remote clusters read through kubeconfig Secrets', registers }),
+      };
+    }
+  }
+
+  /** Entries refused now, by `namespace/secret/key`, with the reason (`/debug/federation`). */
+  refused(): Record<string, string> {
+    return Object.fromEntries(this.#refused);
+  }
+
+  async start(): Promise<void> {
+    const core = this.#o.kubeConfig.makeApiClient(CoreV1Api);
+    const selector = `${LABEL_MULTICLUSTER}=true`;
+    const informer = makeInformer(this.#o.kubeConfig, `/api/v1/namespaces/${this.#o.namespace}/secrets`,
+      () => core.listNamespacedSecret({ namespace: this.#o.namespace, labelSelector: selector }), selector) as Informer<V1Secret> & ObjectCache<V1Secret>;
+    this.#informer = informer;
+    let timer: NodeJS.Timeout | undefined;
+    const changed = () => {
+      if (timer) return;
+      timer = setTimeout(() => {
+        timer = undefined;
+        this.#syncing = this.#syncing.then(() => this.#sync());
+      }, 5);
+    };
+    for (const ev of ['add', 'update', 'delete'] as const) informer.on(ev, changed);
+    // A watch that ends on an error (or a restart whose list fails) is started again after a second.
+    const restart = (e: unknown): void => {
+      if (this.#stopped) return;
+      this.#o.log.warn('remote secret watch stopped; restarting', { error: (e as Error)?.message ?? String(e) });
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => void informer.start().catch(restart), 1_000);
+    };
+    informer.on('error', restart);
+    await informer.start();
+    this.#syncing = this.#syncing.then(() => this.#sync());
+    await this.#syncing;
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#restartTimer);
+    await this.#informer?.stop();
+    await this.#syncing;
+    await Promise.all([...this.#active.values()].map((a) => a.reader.stop()));
+    this.#active.clear();
+  }
+
+  #refuse(secret: string, key: string, reason: string, message: string): void {
+    const id = `${secret}/${key}`;
+    if (this.#refused.get(id) !== message) {
+      this.#metrics?.refused.inc({ secret, reason });
+      this.#o.log.warn('remote secret entry refused; the other clusters are unaffected', { secret, key, reason, error: message });
+    }
+    this.#refused.set(id, message);
+  }
+
+  async #sync(): Promise<void> {
+    if (this.#stopped || !this.#informer) return;
+    const secrets = [...this.#informer.list()]
+      .filter((s) => s.metadata?.labels?.[LABEL_MULTICLUSTER] === 'true')
+      .sort((a, b) => (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? ''));
+    const wanted = new Map<string, { secret: string; text: string; trustDomain: string }>();
+    const refusedNow = new Set<string>();
+    for (const s of secrets) {
+      const secret = `${s.metadata?.namespace ?? this.#o.namespace}/${s.metadata?.name}`;
+      const trustDomain = s.metadata?.annotations?.[ANNOTATION_TRUST_DOMAIN] || this.#o.trustDomain;
+      for (const [key, b64] of Object.entries(s.data ?? {})) {
+        const refuse = (reason: string, message: string) => {
+          refusedNow.add(`${secret}/${key}`);
+          this.#refuse(secret, key, reason, message);
+        };
+        if (key === this.#o.cluster) {
+          refuse('own-cluster', `remote secret ${secret}, key ${JSON.stringify(key)}: names this cluster itself; ignored`);
+          continue;
+        }
+        if (!/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/.test(key)) {
+          refuse('cluster-id', `remote secret ${secret}, key ${JSON.stringify(key)}: not a cluster ID`);
+          continue;
+        }
+        const other = wanted.get(key);
+        if (other) {
+          refuse('duplicate', `remote secret ${secret}, key ${JSON.stringify(key)}: cluster already read through ${other.secret}; ignored`);
+          continue;
+        }
+        const text = Buffer.from(b64, 'base64').toString('utf8');
+        const prev = this.#active.get(key);
+        if (prev && prev.secret === secret && prev.text === text) {
+          wanted.set(key, { secret, text, trustDomain });
+          continue;
+        }
+        try {
+          parseRemoteKubeconfig(text, secret, key);
+        } catch (e) {
+          refuse('kubeconfig', (e as Error).message);
+          continue;
+        }
+        wanted.set(key, { secret, text, trustDomain });
+      }
+    }
+    for (const id of [...this.#refused.keys()]) if (!refusedNow.has(id)) this.#refused.delete(id);
+    for (const [cluster, a] of [...this.#active]) {
+      const w = wanted.get(cluster);
+      if (w && w.secret === a.secret && w.text === a.text) continue;
+      this.#active.delete(cluster);
+      await a.reader.stop();
+      if (!w) {
+        this.#o.federation.removeRemote(cluster);
+        this.#o.log.info('remote cluster removed with its secret; its endpoints are gone', { cluster, secret: a.secret });
+      }
+    }
+    for (const [cluster, w] of wanted) {
+      if (this.#active.has(cluster)) continue;
+      const kubeConfig = parseRemoteKubeconfig(w.text, w.secret, cluster);
+      const reader = new RemoteClusterReader({ cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log });
+      this.#active.set(cluster, { secret: w.secret, text: w.text, reader });
+      reader.start();
+      this.#o.federation.addRemote({ name: cluster, url: `${kubeConfig.getCurrentCluster()!.server} (secret ${w.secret})`, read: () => reader.read() });
+      this.#o.log.info('remote cluster read through its secret', { cluster, secret: w.secret, server: kubeConfig.getCurrentCluster()!.server });
+    }
+    this.#metrics?.clusters.set(this.#active.size);
+  }
+}

@@ -1,0 +1,281 @@
+// Multi-cluster in Kubernetes mode without root: two lab API servers are two clusters. The
+// controller of cluster1 reads cluster2's API server through a kubeconfig Secret labelled
+// weft.dev/multicluster=true (Istio's remote secret: label istio/multiCluster=true, one kubeconfig
+// per data key named by the cluster ID), and cluster2's Services and endpoints join cluster1's by
+// namespace sameness, through cluster2's east-west gateway. From the attacker's side: kubeconfigs
+// that would make the controller run a command or read its own files are refused, named and
+// counted, and cost only their own entry.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runController, type RunningController } from '../../controller/src/main.ts';
+import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
+import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { ns, pod, svc } from './controller-fixtures.ts';
+import { until } from '../lab/wait.ts';
+import { silentLogger } from '../../controller/src/log.ts';
+import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
+import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
+import { X509Certificate } from 'node:crypto';
+import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
+import type { Service } from '../../lib/model/mesh.ts';
+
+const TD = 'cluster.local';
+const GATEWAY_IP = '192.168.77.2';
+
+/** cluster2: demo/echo with one pod, its root namespace on network2, its gateway's LoadBalancer address. */
+function seedRemote(api: FakeApiServer): void {
+  api.apply(ns('demo', { 'weft.dev/dataplane-mode': 'ambient' }));
+  api.apply(ns('weft-system', { [LABEL_NETWORK]: 'network2' }));
+  api.apply(svc('demo', 'echo', { app: 'echo' }, '10.97.0.10'));
+  api.apply(pod('demo', 'echo-c2', { labels: { app: 'echo' }, ip: '10.78.1.1', hostIP: '10.78.0.1', sa: 'echo' }));
+  api.apply({
+    apiVersion: 'v1', kind: 'Service', metadata: { name: 'weft-eastwest', namespace: 'weft-system', labels: { [LABEL_NETWORK]: 'network2' } },
+    spec: { type: 'LoadBalancer', selector: { app: 'weft-eastwest' }, ports: [{ name: 'tls-hbone', port: 15008 }, { name: 'federation', port: 15014 }] },
+    status: { loadBalancer: { ingress: [{ ip: GATEWAY_IP }] } },
+  });
+}
+
+function remoteSecret(name: string, data: Record<string, string>, labelled = true, annotations: Record<string, string> = {}): object {
+  return {
+    apiVersion: 'v1', kind: 'Secret', type: 'Opaque',
+    metadata: { name, namespace: 'weft-system', annotations, ...(labelled ? { labels: { [LABEL_MULTICLUSTER]: 'true' } } : {}) },
+    data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
+  };
+}
+
+interface TwoClusters {
+  c1: FakeApiServer;
+  c2: FakeApiServer;
+  controller: RunningController;
+  echo(): Service | undefined;
+  federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string }>; refusedSecrets?: Record<string, string> }>;
+}
+
+async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true): Promise<void> {
+  const c1 = new FakeApiServer();
+  const c2 = new FakeApiServer();
+  await c1.start();
+  await c2.start();
+  const dir = mkdtempSync(join(tmpdir(), 'weft-mc-kube-'));
+  let controller: RunningController | undefined;
+  try {
+    const kubeconfig = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfig, c1.kubeconfig('weft-controller'));
+    c1.apply(ns('demo', { 'weft.dev/dataplane-mode': 'ambient' }));
+    c1.apply(ns('weft-system', { [LABEL_NETWORK]: 'network1' }));
+    c1.apply(svc('demo', 'echo', { app: 'echo' }, '10.96.0.10'));
+    c1.apply(pod('demo', 'echo-c1', { labels: { app: 'echo' }, ip: '10.77.1.1', hostIP: '10.77.0.1', sa: 'echo' }));
+    seedRemote(c2);
+    seedLocal(c1, c2);
+    controller = await runController({
+      kube: true, kubeconfig, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0,
+      trustDomain: TD, rootNamespace: 'weft-system', namespace: 'weft-system', instance: 'controller-0', leaseRetryMs: 100, leaseDurationSeconds: 2,
+      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500 } : {}), logger: silentLogger,
+    });
+    const running = controller;
+    await fn({
+      c1, c2, controller: running,
+      echo: () => running.controller.model?.services.get('demo/echo'),
+      federation: async () => (await (await fetch(`http://127.0.0.1:${running.adminPort}/debug/federation`)).json()) as Awaited<ReturnType<TwoClusters['federation']>>,
+    });
+  } finally {
+    await controller?.stop().catch(() => {});
+    await c1.stop();
+    await c2.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async (t) => {
+  await withTwoClusters(async ({ c1, c2, controller, echo, federation }) => {
+    const importMs = await until('cluster2\'s echo endpoint imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+    t.diagnostic(`cluster2's endpoints in cluster1's model ${importMs} ms after the controller was ready`);
+    const remote = echo()!.endpoints.find((e) => e.cluster === 'cluster2')!;
+    assert.equal(remote.ip, '10.78.1.1');
+    assert.equal(remote.network, 'network2', 'the network is the remote root namespace\'s topology.istio.io/network label');
+    assert.equal(remote.spiffeId, `spiffe://${TD}/ns/demo/sa/echo`);
+    assert.deepEqual(remote.gateway, { network: 'network2', address: GATEWAY_IP, port: 15008, spiffeId: `spiffe://${TD}/ns/weft-system/sa/weft-eastwest` }, 'another network: through its weft-eastwest Service\'s LoadBalancer address');
+    assert.equal(echo()!.endpoints.find((e) => e.ip === '10.77.1.1')?.gateway, undefined, 'local endpoints are dialled directly');
+    const st = await federation();
+    assert.deepEqual(st.remotes.map((r) => [r.cluster, r.up]), [['cluster2', true]]);
+    assert.match(st.remotes[0]!.url, /secret weft-system\/remote-cluster2/);
+
+    // A pod added in cluster2 follows through its watch.
+    c2.apply(pod('demo', 'echo-c2b', { labels: { app: 'echo' }, ip: '10.78.1.2', hostIP: '10.78.0.1', sa: 'echo' }));
+    const podMs = await until('a new remote pod imported', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.2' && e.cluster === 'cluster2'), 10_000);
+    t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${podMs} ms (polled once a second)`);
+    // A Service that exists only in cluster2 is not imported (callers use their own cluster's VIP).
+    c2.apply(svc('demo', 'only-there', { app: 'echo' }, '10.97.0.11'));
+    c2.apply(pod('demo', 'echo-c2c', { labels: { app: 'echo' }, ip: '10.78.1.3', hostIP: '10.78.0.1', sa: 'echo' }));
+    await until('third remote pod', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.3'), 10_000);
+    assert.equal(controller.controller.model?.services.has('demo/only-there'), false);
+
+    // The Secret rewritten in place (a new token, another API server address): the cluster is read through the new one.
+    const c2b = new FakeApiServer();
+    await c2b.start();
+    try {
+      seedRemote(c2b);
+      c2b.apply(pod('demo', 'echo-moved', { labels: { app: 'echo' }, ip: '10.78.9.9', hostIP: '10.78.0.1', sa: 'echo' }));
+      c1.apply(remoteSecret('remote-cluster2', { cluster2: c2b.kubeconfig('weft-reader-2') }));
+      await until('the rewritten Secret\'s API server is read', () => echo()!.endpoints.some((e) => e.ip === '10.78.9.9'), 10_000);
+      assert.ok(!echo()!.endpoints.some((e) => e.ip === '10.78.1.2'), 'what only the old API server had is gone');
+      assert.match((await federation()).remotes[0]!.url, new RegExp(`${c2b.url.replace(/[.]/g, '\\.')} \\(secret`));
+    } finally {
+      c1.remove('Secret', 'weft-system', 'remote-cluster2');
+      await c2b.stop();
+    }
+    const dropMs = await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
+    t.diagnostic(`the Secret deleted: cluster2's endpoints gone in ${dropMs} ms`);
+    assert.deepEqual((await federation()).remotes, [], 'no remote left');
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+  });
+});
+
+test('remote secret: a remote API server that stops answering keeps its endpoints for the stale bound, then they are dropped; they return with it', async () => {
+  await withTwoClusters(async ({ c2, echo, federation }) => {
+    await until('cluster2 imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+    const port = c2.port;
+    await c2.stop();
+    const down = Date.now();
+    await until('the failed read is reported', async () => (await federation()).remotes[0]?.lastError !== undefined, 5_000);
+    assert.equal(echo()!.endpoints.length, 2, 'within the stale bound the last known endpoints stay');
+    await until('dropped past the stale bound', () => echo()!.endpoints.length === 1, 10_000);
+    assert.ok(Date.now() - down >= 1_400, 'not before the bound');
+    const st = (await federation()).remotes[0]!;
+    assert.equal(st.up, false);
+    assert.match(st.lastError!, /API server http:\/\/127\.0\.0\.1:\d+/);
+    await c2.startOn(port);
+    await until('back with its API server', () => echo()!.endpoints.length === 2, 15_000);
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+  });
+});
+
+test('remote secret, attacker side: an exec plugin, a token file or CA path on the controller, garbage, this cluster\'s own ID, a cluster already read through another Secret and an unlabelled Secret are refused or ignored, each named by Secret and key and counted; the good entry beside them still works', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-mc-kube-evil-'));
+  const marker = join(dir, 'exec-ran');
+  try {
+    await withTwoClusters(async ({ controller, echo, federation }) => {
+      await until('the good entry is read', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+      await until('every bad entry is reported', async () => Object.keys((await federation()).refusedSecrets ?? {}).length === 6, 5_000);
+      const refused = (await federation()).refusedSecrets!;
+      assert.match(refused['weft-system/evil/cluster3']!, /remote secret weft-system\/evil, key "cluster3": users\[0\]\.user\.exec: plugins are not allowed/);
+      assert.match(refused['weft-system/evil/cluster4']!, /users\[0\]\.user\.tokenFile: a path on the controller's file system/);
+      assert.match(refused['weft-system/evil/cluster5']!, /clusters\[0\]\.cluster\.certificate-authority: a path/);
+      assert.match(refused['weft-system/garbage/cluster6']!, /remote secret weft-system\/garbage, key "cluster6": not a kubeconfig/);
+      assert.match(refused['weft-system/remote-cluster2/cluster1']!, /names this cluster itself/);
+      assert.match(refused['weft-system/remote-cluster2-copy/cluster2']!, /cluster already read through weft-system\/remote-cluster2; ignored/);
+      assert.equal(existsSync(marker), false, 'the exec plugin never ran');
+      const remotes = (await federation()).remotes.map((r) => r.cluster);
+      assert.deepEqual(remotes, ['cluster2'], 'the unlabelled Secret\'s cluster7 is not read');
+      const metrics = await controller.registry.metrics();
+      assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/evil",reason="kubeconfig"\} 3/);
+      assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/garbage",reason="kubeconfig"\} 1/);
+      assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/remote-cluster2",reason="own-cluster"\} 1/);
+      assert.match(metrics, /weft_federation_remote_secret_refused_total\{secret="weft-system\/remote-cluster2-copy",reason="duplicate"\} 1/);
+    }, (c1, c2) => {
+      const good = c2.kubeconfig('weft-reader');
+      c1.apply(remoteSecret('remote-cluster2', { cluster2: good, cluster1: good }));
+      const withUser = (user: string) => good.replace(/ {4}token: lab-weft-reader/, user);
+      c1.apply(remoteSecret('evil', {
+        cluster3: withUser(`    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: /bin/sh\n      args: ["-c", "touch ${marker}"]`),
+        cluster4: withUser('    tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token'),
+        cluster5: good.replace('insecure-skip-tls-verify: true', 'certificate-authority: /etc/weft/ca/tls.key'),
+      }));
+      c1.apply(remoteSecret('garbage', { cluster6: 'clusters: [' }));
+      c1.apply(remoteSecret('unlabelled', { cluster7: good }, false));
+      c1.apply(remoteSecret('remote-cluster2-copy', { cluster2: good }));
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('parseRemoteKubeconfig names the field at fault', () => {
+  const base = 'apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n';
+  assert.equal(parseRemoteKubeconfig(base, 'ns/s', 'k').getCurrentCluster()?.server, 'https://10.0.0.1:6443');
+  const err = (text: string) => {
+    try {
+      parseRemoteKubeconfig(text, 'ns/s', 'k');
+    } catch (e) {
+      assert.ok(e instanceof RemoteSecretError);
+      assert.equal(e.code, 'WEFT_REMOTE_SECRET');
+      return e.message;
+    }
+    assert.fail('accepted');
+  };
+  assert.match(err(base.replace('https://10.0.0.1:6443', 'file:///etc/passwd')), /clusters\[0\]\.cluster\.server: must be an http\(s\) URL/);
+  assert.match(err(base.replace('    token: t', '    auth-provider:\n      name: gcp')), /users\[0\]\.user\.auth-provider/);
+  assert.match(err(base.replace('    token: t', '    client-key: /etc/weft/ca/tls.key')), /users\[0\]\.user\.client-key/);
+  assert.match(err(base.replace('current-context: c', 'current-context: nowhere')), /current-context names no cluster/);
+  assert.match(err('- a list'), /not a YAML map/);
+});
+
+const EASTWEST_ID = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;
+
+/**
+ * Asks the controller's certificate service for `identity` with a projected token (audience
+ * weft-controller) of `namespace/sa`, as the kubelet mounts it in the pod; one request, no retries.
+ */
+async function signWithToken(api: FakeApiServer, c: RunningController, namespace: string, sa: string, identity: string): Promise<string[]> {
+  api.apply({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: sa, namespace } });
+  const token = api.issueToken({ namespace, serviceAccount: sa, audiences: ['weft-controller'], node: 'node-a' }).token;
+  const signer = new GrpcCertificateSigner({
+    address: `127.0.0.1:${c.grpcPort}`, trustBundle: c.ca!.trustBundle(), serverIdentity: `spiffe://${TD}/ns/weft-system/sa/weft-controller`,
+    token: () => token, trustDomain: TD, nodeName: 'node-a', useNodeCertificate: false,
+  });
+  try {
+    return (await signer.sign(identity, createCsr(identity, (await generateKeyPair()).privateKey), 0)).certChain;
+  } finally {
+    signer.close();
+  }
+}
+
+test('the east-west gateway\'s ServiceAccount token (weft-system/weft-eastwest, TokenReview) obtains its own identity from a multi-cluster controller and nothing else; the same name elsewhere and other identities are refused and counted', async () => {
+  await withTwoClusters(async ({ c1, controller }) => {
+    const chain = await signWithToken(c1, controller, 'weft-system', 'weft-eastwest', EASTWEST_ID);
+    assert.ok(chain.length >= 1);
+    assert.equal(new X509Certificate(chain[0]!).subjectAltName, `URI:${EASTWEST_ID}`);
+    // Attacker side: the gateway's token asks for the controller's identity; a ServiceAccount of the same name in another namespace asks for the gateway's.
+    await assert.rejects(signWithToken(c1, controller, 'weft-system', 'weft-eastwest', `spiffe://${TD}/ns/weft-system/sa/weft-controller`), (e: Error) => e instanceof CertificateRefusedError && /obtains only its own identity/.test(e.message));
+    await assert.rejects(signWithToken(c1, controller, 'demo', 'weft-eastwest', `spiffe://${TD}/ns/demo/sa/weft-eastwest`), (e: Error) => e instanceof CaAuthenticationError && /system:serviceaccount:demo:weft-eastwest, which is not a Weft agent ServiceAccount/.test(e.message));
+    await assert.rejects(signWithToken(c1, controller, 'demo', 'weft-eastwest', EASTWEST_ID), (e: Error) => e instanceof CaAuthenticationError);
+    const metrics = await controller.registry.metrics();
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="issued"\} 1\n/);
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="denied"\} 1\n/);
+    assert.match(metrics, /weft_ca_certificate_requests_total\{outcome="unauthenticated"\} 2\n/);
+  }, () => {});
+});
+
+test('a controller that is not part of a multi-cluster mesh refuses the weft-eastwest token (no gateway, no identity for it)', async () => {
+  await withTwoClusters(async ({ c1, controller }) => {
+    await assert.rejects(signWithToken(c1, controller, 'weft-system', 'weft-eastwest', EASTWEST_ID), (e: Error) => e instanceof CaAuthenticationError && /weft-system:weft-eastwest, which is not/.test(e.message));
+    assert.match(await controller.registry.metrics(), /weft_ca_certificate_requests_total\{outcome="unauthenticated"\} 1\n/);
+  }, () => {}, false);
+});
+
+test('the remote gateway from its weft-eastwest Service: the LoadBalancer address, else an external IP; the tls-hbone port, else 15008; none without an address (that network\'s endpoints are then left out)', () => {
+  const id = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;
+  const s = (spec: object, status: object = {}) => ({ kind: 'Service', spec, status });
+  assert.deepEqual(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 443 }] }, { loadBalancer: { ingress: [{ hostname: 'lb.example' }, { ip: '203.0.113.9' }] } }), 'n2', id), { network: 'n2', address: '203.0.113.9', port: 443, spiffeId: id });
+  assert.deepEqual(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'other', port: 15008 }] }), 'n2', id)?.address, '198.51.100.7');
+  assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 15008 }] }, { loadBalancer: {} }), 'n2', id), undefined, 'load balancer not provisioned yet');
+  assert.equal(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'http', port: 80 }] }), 'n2', id), undefined, 'no HBONE port');
+  assert.equal(gatewayOf(undefined, 'n2', id), undefined);
+});
+
+test('remote secret with the weft.dev/trust-domain annotation (per-cluster trust domains): the remote\'s endpoints and gateway carry identities of its own trust domain', async () => {
+  await withTwoClusters(async ({ echo }) => {
+    await until('cluster2 imported', () => echo()?.endpoints.some((e) => e.cluster === 'cluster2') ?? false, 15_000);
+    const remote = echo()!.endpoints.find((e) => e.cluster === 'cluster2')!;
+    assert.equal(remote.spiffeId, 'spiffe://cluster2.local/ns/demo/sa/echo');
+    assert.equal(remote.gateway?.spiffeId, 'spiffe://cluster2.local/ns/weft-system/sa/weft-eastwest');
+    assert.equal(echo()!.endpoints.find((e) => e.cluster !== 'cluster2')!.spiffeId, `spiffe://${TD}/ns/demo/sa/echo`, 'local identities keep this cluster\'s');
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }, true, { 'weft.dev/trust-domain': 'cluster2.local' }));
+  });
+});
