@@ -19,7 +19,16 @@ export async function bundleWeftctl(outDir: string): Promise<string> {
   mkdirSync(outDir, { recursive: true });
   const bin = join(outDir, 'weftctl.mjs');
   await build({
-    entryPoints: [join(ROOT, 'cli/weftctl.ts')],
+    // In one file every module's import.meta.main would be true, and each module with a main block
+    // (a supervisor, a part's main) would run it: they are all false here, and this entry runs
+    // weftctl's program.
+    stdin: {
+      contents: "#!/usr/bin/env node\nimport { program } from './cli/weftctl.ts';\nawait program().parseAsync(process.argv);\n",
+      resolveDir: ROOT,
+      sourcefile: 'weftctl-bin.ts',
+      loader: 'ts',
+    },
+    define: { 'import.meta.main': 'false' },
     bundle: true,
     platform: 'node',
     format: 'esm',

@@ -22,7 +22,7 @@ import { parseControllerArgs, runController, type RunningController } from '../.
 import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
 import { EastWestGateway } from '../../eastwest/src/gateway.ts';
 import { silentLogger } from '../../controller/src/log.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { until } from '../lab/wait.ts';
 
 const run = promisify(execFile);

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runController, type RunningController } from '../../controller/src/main.ts';
 import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
-import { FakeApiServer } from '../lab/fake-apiserver.ts';
+import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
 import { until } from '../lab/wait.ts';
 import { silentLogger } from '../../controller/src/log.ts';

@@ -56,7 +56,7 @@ describe('waypoint timeout flags', () => {
     const main = join(import.meta.dirname, '..', '..', 'waypoint', 'src', 'main.ts');
     const r = spawnSync(process.execPath, [main, ...BASE, '--header-timeout', '0'], { encoding: 'utf8', timeout: 20_000 });
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /^--header-timeout: "0" is not a positive number of seconds/);
+    assert.match(r.stderr, /^waypoint: --header-timeout: "0" is not a positive number of seconds/);
   });
 
   it('checks for expired connections often enough to cut within the timeout plus at most 1 s', () => {
