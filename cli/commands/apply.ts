@@ -14,7 +14,7 @@ import { Command } from 'commander';
 import { validateObject, withoutNullFields } from '../../lib/model/validate.ts';
 import { parseManifest, formatManifestProblem } from '../../lib/model/manifest.ts';
 import { runningMesh } from './local-mesh.ts';
-import { chooseTarget, targetOptions, KubeConfigError, NoTargetError, type Target, type TargetFlags } from './target.ts';
+import { commandTarget, targetOptions, type TargetFlags } from './target.ts';
 import { KINDS, type MeshKind } from '../../lib/model/objects.ts';
 import type { KubeClient } from '../kube.ts';
 import { ManifestInputError, readManifestTexts, readStdin, type ManifestText, type StdinReader } from './manifests.ts';
@@ -66,19 +66,6 @@ function objectPath(kube: KubeClient, o: Obj): string {
   return `${base}${ns}/${k.plural}/${encodeURIComponent(o.metadata.name)}`;
 }
 
-/** The target of apply/delete (not dry-run); undefined after saying why there is none. */
-function target(io: CommandIo, cmd: Command, f: Flags): Target | undefined {
-  const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
-  try {
-    return chooseTarget({ ...f, local: f.local || explicitLocal });
-  } catch (err) {
-    if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
-    io.err(`weftctl: ${err.message}\n`);
-    io.setExitCode(EXIT_FAILED);
-    return undefined;
-  }
-}
-
 /** Runs `one` per object in order; a failure is reported and the rest still run (exit 1). */
 async function eachObject(io: CommandIo, label: string, objects: Obj[], one: (o: Obj) => Promise<string>): Promise<void> {
   for (const o of objects) {
@@ -124,7 +111,7 @@ export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = rea
         io.setExitCode(checked.some((c) => c.unusable) ? EXIT_USAGE : EXIT_FAILED);
         return;
       }
-      const t = f.dryRun ? undefined : target(io, cmd, f);
+      const t = f.dryRun ? undefined : commandTarget(cmd, f, io);
       if (!f.dryRun && !t) return;
       if (t?.kind === 'cluster') {
         const kube = t.kube;
@@ -153,7 +140,7 @@ export function deleteCommand(io: CommandIo = processIo, stdin: StdinReader = re
   const cmd: Command = base('delete', 'remove the objects of the sources (local mesh: what an earlier `weftctl apply -f` of the same sources added)', io).action(async (f: Flags) => {
     const texts = readSources(io, 'delete', f.filename, stdin);
     if (!texts) return;
-    const t = target(io, cmd, f);
+    const t = commandTarget(cmd, f, io);
     if (!t) return;
     if (t.kind === 'cluster') {
       const checked = texts.map((x) => ({ ...x, ...checkManifest(x.text, x.source) }));

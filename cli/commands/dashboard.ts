@@ -5,7 +5,8 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { Command } from 'commander';
-import { commandTarget, meshOf } from './inspect.ts';
+import { meshOf } from './inspect.ts';
+import { commandTarget } from './target.ts';
 import { targetOptions, type TargetFlags } from './target.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { MeshData, type ClusterMesh } from '../dashboard/data.ts';

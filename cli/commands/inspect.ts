@@ -12,7 +12,7 @@ import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
 import { components } from '../components.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { inNamespace, namespaceOptions, outputOptions, renderData, renderList, table, type NamespaceFlags, type OutputFlags, type OutputFormat } from './output.ts';
-import { chooseTarget, targetOptions, KubeConfigError, NoTargetError, type Target, type TargetFlags } from './target.ts';
+import { commandTarget, targetOptions, type Target, type TargetFlags } from './target.ts';
 import { clusterViews, type AgentDump, type WaypointDump as ComputedWaypointDump } from '../mesh-view.ts';
 
 interface Flags extends OutputFlags, NamespaceFlags, TargetFlags {
@@ -74,20 +74,6 @@ export function inspectCommand<F extends TargetFlags>(name: string, label: strin
       io.setExitCode(EXIT_FAILED);
     }
   });
-}
-
-/** The target a command's flags point at; undefined (one line, exit 1) when there is none. */
-export function commandTarget(cmd: Command, f: TargetFlags, io: CommandIo): Target | undefined {
-  // --prefix/--state-dir on the command line ask for the local mesh as --local does.
-  const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
-  try {
-    return chooseTarget({ ...f, local: f.local || explicitLocal });
-  } catch (err) {
-    if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
-    io.err(`weftctl: ${err.message}\n`);
-    io.setExitCode(EXIT_FAILED);
-    return undefined;
-  }
 }
 
 function command(name: string, description: string, io: CommandIo, run: (m: Mesh, f: Flags) => Promise<void>, opts: { namespaced?: boolean; formats?: OutputFormat[] } = {}): Command {

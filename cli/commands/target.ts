@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { EXIT_FAILED, type CommandIo } from './install.ts';
 import { isRunning, readState, type LocalState } from '../local/up.ts';
 import { KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
 import { ENV_LOCAL_PREFIX, ENV_LOCAL_STATE_DIR, localMeshOptions, type LocalMeshFlags } from './local-mesh.ts';
@@ -57,3 +58,17 @@ export function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.en
 }
 
 export { KubeConfigError };
+
+/** The target a command's flags point at; undefined (one line, exit 1) when there is none. */
+export function commandTarget(cmd: Command, f: TargetFlags, io: CommandIo): Target | undefined {
+  // --prefix/--state-dir on the command line ask for the local mesh as --local does.
+  const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
+  try {
+    return chooseTarget({ ...f, local: f.local || explicitLocal });
+  } catch (err) {
+    if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
+    io.err(`weftctl: ${err.message}\n`);
+    io.setExitCode(EXIT_FAILED);
+    return undefined;
+  }
+}
