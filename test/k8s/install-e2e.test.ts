@@ -175,6 +175,8 @@ before(async () => {
 test('the rendered install runs in the kube lab: controller and agents on two nodes ready, HBONE between nodes, a waypoint with an L7 policy, an agent roll with traffic flowing agent to agent and through the waypoint, and uninstall leaves nothing', { skip, timeout: 600_000 }, async (t) => {
   const file = join(stateDir, 'install.yaml');
   writeFileSync(file, toYaml(renderInstall({ image: IMAGE, trustDomain: 'cluster.local', warn: () => {} })));
+  // The cluster has the Gateway API's HTTPRoute (users install it from upstream; Weft does not ship it).
+  await kubectl('apply', '--server-side', '-f', join(import.meta.dirname, 'fixtures', 'gateway-api-routes-crd.yaml'));
   await kubectl('apply', '--server-side', '-f', file);
 
   await t.test('the controller and the agents on both nodes become ready (TokenReview, trust bundle, client identity)', async () => {
@@ -247,6 +249,32 @@ spec:
       const [[admin], [root]] = last.trim().split('\n').map((l) => JSON.parse(l) as Array<{ status?: number }>);
       return admin?.status === 403 && root?.status === 200;
     }, 60_000, { explain: () => `${last}\n${explain()}` });
+
+    // An HTTPRoute (GAMMA: a Service parent) through the waypoint: /routed gets a request header
+    // added, everything else goes to echo unchanged; the controller accepts it in the route's status.
+    const route = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-routes, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /routed}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-weft-route, value: lab}]}}]
+    backendRefs: [{name: echo, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: echo, port: 80}]
+`;
+    writeFileSync(join(stateDir, 'route.yaml'), route);
+    await kubectl('apply', '--server-side', '-f', join(stateDir, 'route.yaml'));
+    await until('the route takes effect through the waypoint: /routed carries x-weft-route, / and the DENY on /admin are as before', async () => {
+      last = await inPod('shop', 'client', `${getScript(`http://${clusterIP}/routed/x`)}\n${getScript(`http://${clusterIP}/`)}\n${getScript(`http://${clusterIP}/admin`)}`);
+      const [[routed], [root], [admin]] = last.trim().split('\n').map((l) => JSON.parse(l) as Array<{ status?: number; body?: string }>);
+      return routed?.status === 200 && (JSON.parse(routed.body!) as { headers: Record<string, string> }).headers['x-weft-route'] === 'lab'
+        && root?.status === 200 && admin?.status === 403;
+    }, 60_000, { explain: () => `${last}\n${explain()}` });
+    const parents = statusOf<{ parents?: Array<{ controllerName: string; conditions: Array<{ type: string; status: string }> }> }>(kube.api.get('HTTPRoute', 'shop', 'echo-routes')).parents ?? [];
+    assert.ok(parents.some((p) => p.controllerName.startsWith('weft.dev/') && p.conditions.some((c) => c.type === 'Accepted' && c.status === 'True')), `route accepted in its status: ${JSON.stringify(parents)}`);
   });
 
   await t.test('a DaemonSet update rolls the agents while the client\'s requests go through the waypoint', async () => {
@@ -254,6 +282,27 @@ spec:
     // when that agent drains (GOAWAY) they must take no new request, or its drain deadline cuts them.
     // Back-to-back requests on two loops, so that some are in flight whenever a drain deadline falls.
     await rollAgents(t, '3', 'stop-traffic-waypoint', { loops: 2, gapMs: 0 });
+  });
+
+  await t.test('a second controller replica serves but waits on the Lease: only the first writes', async () => {
+    const isController = (p: { metadata: { namespace?: string; name: string } }) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-controller-');
+    const lease = () => (kube.api.get('Lease', 'weft-system', 'weft-controller-leader')?.['spec'] ?? {}) as { holderIdentity?: string };
+    const leader = lease().holderIdentity;
+    assert.ok(leader && kube.api.list('Pod').some((p) => isController(p) && p.metadata.name === leader), `the running controller holds the Lease (${leader})`);
+    await kubectl('patch', 'deployment', '-n', 'weft-system', 'weft-controller', '--type=merge', '-p', JSON.stringify({ spec: { replicas: 2 } }));
+    await until('two controller replicas are ready', () => statusOf<{ readyReplicas?: number }>(kube.api.get('Deployment', 'weft-system', 'weft-controller')).readyReplicas === 2, 90_000, { explain });
+    const second = kube.api.list('Pod').find((p) => isController(p) && p.metadata.name !== leader)!;
+    // The follower retries every 2 s; three rounds in which it must not take a Lease renewed by the leader.
+    const renewals = new Set<string>();
+    await until('the leader renews the Lease three times while the second replica runs', () => {
+      const spec = (kube.api.get('Lease', 'weft-system', 'weft-controller-leader')?.['spec'] ?? {}) as { renewTime?: string };
+      if (spec.renewTime) renewals.add(spec.renewTime);
+      return renewals.size >= 4;
+    }, 30_000, { intervalMs: 200 });
+    assert.equal(lease().holderIdentity, leader, 'the first replica still holds the Lease');
+    const log = kube.kubelets.get((second['spec'] as { nodeName: string }).nodeName)?.logTail('weft-system', second.metadata.name, 'controller', 400) ?? '';
+    assert.doesNotMatch(log, /became the leader/, 'the second replica did not become the leader');
+    await kubectl('patch', 'deployment', '-n', 'weft-system', 'weft-controller', '--type=merge', '-p', JSON.stringify({ spec: { replicas: 1 } }));
   });
 
   await t.test('weftctl uninstall removes everything, pins included, and pods are no longer redirected', async () => {
