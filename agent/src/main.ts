@@ -192,7 +192,10 @@ export async function runAgent(c: AgentCommand): Promise<Running | undefined> {
     process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'info', msg: removed ? 'datapath removed: pods are no longer redirected' : 'no Weft datapath pinned on this node', ...removed })}\n`);
     if (!c.readyFile) return undefined;
     writeFileSync(c.readyFile, 'uninstalled\n');
-    return { stop: async () => undefined };
+    // Nothing else holds the event loop: without this timer the process would exit here, and the
+    // cleanup DaemonSet's pod would restart over and over instead of staying ready until deleted.
+    const waiting = setInterval(() => {}, 1 << 30);
+    return { stop: async () => clearInterval(waiting) };
   }
   const agent = new Agent(c.options);
   await agent.start();

@@ -7,6 +7,10 @@ import { spawn } from 'node:child_process';
 import { runMain, UsageError, type MainIo } from '../../lib/main.ts';
 import { parseAgentArgs } from '../../agent/src/main.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { until } from '../lab/wait.ts';
 
 function fakeIo(): MainIo & { lines: string[]; codes: number[]; signal: (sig: NodeJS.Signals) => void } {
   const handlers = new Map<string, Array<() => void>>();
@@ -111,5 +115,24 @@ test('controller, agent and waypoint refuse an unknown flag the same way: exit 2
     const { code, stderr } = await collectOutput(child, 30_000);
     assert.equal(code, 2, `${part}: ${stderr}`);
     assert.match(stderr, new RegExp(`^${part}: .*--no-such-flag`), part);
+  }
+});
+
+test('agent --uninstall --ready-file: with nothing pinned it writes the ready file, stays running (a DaemonSet pod stays ready), and SIGTERM ends it with 0', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-uninstall-'));
+  try {
+    const ready = join(dir, 'uninstalled');
+    const child = spawn(process.execPath, [new URL('../../agent/src/main.ts', import.meta.url).pathname, '--uninstall', '--pin-root', join(dir, 'no-pins'), '--ready-file', ready], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = collectOutput(child, 30_000);
+    await until('the ready file exists', () => existsSync(ready), 20_000);
+    // Still running well after it wrote the file (it used to exit right away, restarting the pod).
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.equal(child.exitCode, null, 'still running');
+    child.kill('SIGTERM');
+    const { code, stdout } = await out;
+    assert.equal(code, 0);
+    assert.match(stdout, /no Weft datapath pinned on this node/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
