@@ -285,6 +285,13 @@ spec:
     await rollAgents(t, '3', 'stop-traffic-waypoint', { loops: 2, gapMs: 0 });
   });
 
+  // What ran in the lab, printed with the results.
+  const ran = [
+    ...kube.api.list('Deployment').map((d) => `Deployment ${d.metadata.namespace}/${d.metadata.name} ${statusOf<{ readyReplicas?: number }>(d).readyReplicas ?? 0}/${(d['spec'] as { replicas?: number }).replicas ?? 1} ready`),
+    ...kube.api.list('DaemonSet').map((d) => `DaemonSet ${d.metadata.namespace}/${d.metadata.name} ${statusOf<{ numberReady?: number }>(d).numberReady ?? 0}/${statusOf<{ desiredNumberScheduled?: number }>(d).desiredNumberScheduled ?? 0} ready`),
+  ];
+  t.diagnostic(`ran in the kube lab: ${ran.join('; ')}`);
+
   await t.test('a second controller replica serves but waits on the Lease: only the first writes', async () => {
     const isController = (p: { metadata: { namespace?: string; name: string } }) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-controller-');
     const lease = () => (kube.api.get('Lease', 'weft-system', 'weft-controller-leader')?.['spec'] ?? {}) as { holderIdentity?: string };
