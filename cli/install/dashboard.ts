@@ -11,7 +11,7 @@ import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v
 import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
 import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
 import type { ResolvedInstallOptions } from './options.ts';
-import { WATCHED } from './rbac.ts';
+import { WATCHED, clusterRoleAccount } from './rbac.ts';
 import { IMAGE_NONROOT_UID } from './controller.ts';
 import { labels, selectorLabels } from './names.ts';
 
@@ -34,18 +34,7 @@ export const DASHBOARD_RULES: readonly { why: string; rule: IPolicyRule }[] = [
 export function renderDashboard(o: ResolvedInstallOptions): [IServiceAccount, IClusterRole, IClusterRoleBinding, IDeployment, IService] {
   const meta = { name: DASHBOARD_NAME, namespace: o.namespace, labels: labels(DASHBOARD_NAME) };
   return [
-    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole',
-      metadata: { name: DASHBOARD_NAME, labels: labels(DASHBOARD_NAME), annotations: { 'weft.dev/rules': DASHBOARD_RULES.map((r, i) => `${i}: ${r.why}`).join('\n') } },
-      rules: DASHBOARD_RULES.map((r) => r.rule),
-    },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding',
-      metadata: { name: DASHBOARD_NAME, labels: labels(DASHBOARD_NAME) },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: DASHBOARD_NAME },
-      subjects: [{ kind: 'ServiceAccount', name: DASHBOARD_NAME, namespace: o.namespace }],
-    },
+    ...clusterRoleAccount(DASHBOARD_NAME, o.namespace, DASHBOARD_RULES),
     {
       apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta,
       spec: {

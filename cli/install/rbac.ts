@@ -115,6 +115,27 @@ function whyAnnotations(rules: readonly { why: string }[]): Record<string, strin
   return { 'weft.dev/rules': rules.map((r, i) => `${i}: ${r.why}`).join('\n') };
 }
 
+/**
+ * A ServiceAccount bound to a ClusterRole of its own, all three under one name; the ClusterRole
+ * carries why each rule is there (`weft.dev/rules`). `account` adds fields to the ServiceAccount.
+ */
+export function clusterRoleAccount(name: string, namespace: string, rules: readonly { why: string; rule: IPolicyRule }[], account: Partial<IServiceAccount> = {}): [IServiceAccount, IClusterRole, IClusterRoleBinding] {
+  return [
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name, namespace, labels: labels(name) }, ...account },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole',
+      metadata: { name, labels: labels(name), annotations: whyAnnotations(rules) },
+      rules: rules.map((r) => r.rule),
+    },
+    {
+      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding',
+      metadata: { name, labels: labels(name) },
+      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name },
+      subjects: [{ kind: 'ServiceAccount', name, namespace }],
+    },
+  ];
+}
+
 export function renderRbac(o: ResolvedInstallOptions): RbacObject[] {
   const ns = o.namespace;
   const namespaceRules = [...CONTROLLER_NAMESPACE_RULES, ...(o.multicluster ? CONTROLLER_MULTICLUSTER_RULES : [])];

@@ -13,7 +13,7 @@ import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import type { ISecret } from 'kubernetes-models/v1/Secret';
 import { stringify } from 'yaml';
 import { ANNOTATION_CLUSTER, ANNOTATION_TRUST_DOMAIN, LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
-import { labels } from './names.ts';
+import { clusterRoleAccount } from './rbac.ts';
 
 /** The ServiceAccount other clusters' controllers read this cluster as (Istio: istio-reader-service-account). */
 export const READER_NAME = 'weft-reader';
@@ -26,20 +26,7 @@ export const READER_RULES: readonly { why: string; rule: { apiGroups: string[]; 
 ];
 
 export function renderReader(namespace: string): [IServiceAccount, IClusterRole, IClusterRoleBinding] {
-  return [
-    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: READER_NAME, namespace, labels: labels(READER_NAME) }, automountServiceAccountToken: false },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRole',
-      metadata: { name: READER_NAME, labels: labels(READER_NAME), annotations: { 'weft.dev/rules': READER_RULES.map((r, i) => `${i}: ${r.why}`).join('\n') } },
-      rules: READER_RULES.map((r) => r.rule),
-    },
-    {
-      apiVersion: 'rbac.authorization.k8s.io/v1', kind: 'ClusterRoleBinding',
-      metadata: { name: READER_NAME, labels: labels(READER_NAME) },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: READER_NAME },
-      subjects: [{ kind: 'ServiceAccount', name: READER_NAME, namespace }],
-    },
-  ];
+  return clusterRoleAccount(READER_NAME, namespace, READER_RULES, { automountServiceAccountToken: false });
 }
 
 export class RemoteSecretCommandError extends Error {
