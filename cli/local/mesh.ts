@@ -5,8 +5,7 @@ import { mkdirSync, writeFileSync, rmSync, existsSync, readFileSync, renameSync 
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { collectOutput } from '../../lib/sys/exec.ts';
+import { collectOutput, stopProcess } from '../../lib/sys/exec.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
@@ -229,6 +228,20 @@ export class LocalMesh {
     return this.controller;
   }
 
+  /**
+   * Stops the controller and waits for its exit, never forever: SIGTERM (a graceful stop, which must
+   * end within `graceMs`) or SIGKILL (a crash). A controller that had already exited, or that did not
+   * stop on SIGTERM in time, is an error naming it, with its log.
+   */
+  async stopController(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM', graceMs = 10_000): Promise<number> {
+    const c = this.controller;
+    if (!c) throw new Error('no controller was started');
+    const r = await stopProcess(c, { signal, graceMs });
+    if (r.alreadyExited) throw new Error(`the controller had exited (${r.code ?? r.signal}) before it was stopped:\n${this.logTail('controller.log', 40)}`);
+    if (r.killed) throw new Error(`the controller did not stop within ${graceMs} ms of ${signal} and was killed:\n${this.logTail('controller.log', 40)}`);
+    return r.ms;
+  }
+
   /** The CA files the controller signs with: the mesh's own root, or the plug-in intermediate and its root. */
   #caFiles(): { certFile: string; keyFile: string; rootsFile?: string } {
     const keyFile = join(this.o.stateDir, 'ca.key');
@@ -408,10 +421,7 @@ export class LocalMesh {
   async killAgent(nodeName: string): Promise<void> {
     const a = this.agents.get(nodeName);
     if (!a) return;
-    if (a.exitCode === null && a.signalCode === null) {
-      a.kill('SIGKILL');
-      await once(a, 'exit');
-    }
+    await stopProcess(a, { signal: 'SIGKILL' });
     this.agents.delete(nodeName);
   }
 

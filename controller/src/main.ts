@@ -253,8 +253,10 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         // is part of a multi-cluster mesh.
         workloadServiceAccount: (ns, sa) => {
           if (federation && ns === rootNamespace && sa === EASTWEST_SERVICE_ACCOUNT) return true;
+          const model = controller.ready ? controller.model : undefined;
+          if (!model) return undefined;
           const id = spiffeIdOf(trustDomain, ns, sa);
-          for (const w of controller.model?.waypoints.values() ?? []) if (w.namespace === ns && w.spiffeId === id) return true;
+          for (const w of model.waypoints.values()) if (w.namespace === ns && w.spiffeId === id) return true;
           return false;
         },
       });
@@ -262,9 +264,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     else if (o.bootstrapTokensFile) authenticator = await StaticTokenAuthenticator.fromFile(o.bootstrapTokensFile);
     else throw new UsageError('local mode needs --bootstrap-tokens <file> (YAML map of node name to token) for the certificate service, or --insecure');
     const pods: PodDirectory = {
-      identitiesOnNode(node: string): ReadonlySet<string> {
+      identitiesOnNode(node: string): ReadonlySet<string> | undefined {
+        const model = controller.ready ? controller.model : undefined;
+        if (!model) return undefined;
         const ids = new Set<string>();
-        for (const w of controller.model?.workloads.values() ?? []) if (w.node === node) ids.add(w.spiffeId);
+        for (const w of model.workloads.values()) if (w.node === node) ids.add(w.spiffeId);
         return ids;
       },
     };
@@ -358,25 +362,53 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
      */
     ...(elector ? { elector } : {}),
     ...(trustBundle ? { trustBundle } : {}),
-    async stop(graceMs = STOP_GRACE_MS) {
-      await elector?.stop();
-      await remoteSecrets?.stop();
-      await federation?.stop();
-      trustBundle?.close();
-      await controller.stop();
-      configServer.closeAll();
-      await new Promise<void>((r) => {
-        const timer = setTimeout(() => grpcServer.forceShutdown(), graceMs);
-        grpcServer.tryShutdown(() => {
-          clearTimeout(timer);
-          r();
+    // No parameter: runMain passes the signal's name, which is not a grace period.
+    async stop() {
+      // Each step is named, so a stop that hangs says on what (the kubelet's SIGKILL would say nothing).
+      let step = 'leader election';
+      const started = Date.now();
+      const watchdog = setInterval(() => log.warn('stopping is slow', { waitingOn: step, ms: Date.now() - started }), 3_000);
+      try {
+        await elector?.stop();
+        step = 'remote clusters';
+        await remoteSecrets?.stop();
+        step = 'federation';
+        await federation?.stop();
+        trustBundle?.close();
+        step = 'config source and reconcile';
+        await controller.stop();
+        configServer.closeAll();
+        step = 'gRPC server';
+        // After the grace, forceShutdown cuts the sessions it knows; but a connection still in its
+        // TLS handshake then becomes a session grpc-js never closes, and tryShutdown would wait
+        // for it forever (seen: a controller that never exited on SIGTERM while agents
+        // reconnected). So the wait ends a moment after the force, whatever is left: the process
+        // exits next, which closes every socket.
+        await new Promise<void>((r) => {
+          let left: NodeJS.Timeout | undefined;
+          const force = setTimeout(() => {
+            grpcServer.forceShutdown();
+            left = setTimeout(() => {
+              log.warn('gRPC connections still open after the forced shutdown; exiting anyway', { graceMs: STOP_GRACE_MS });
+              r();
+            }, STOP_FORCE_WAIT_MS);
+          }, STOP_GRACE_MS);
+          grpcServer.tryShutdown(() => {
+            clearTimeout(force);
+            clearTimeout(left);
+            r();
+          });
         });
-      });
-      controllerCreds?.close();
-      for (const s of [metrics, ready, ...(adminPort !== undefined ? [admin] : [])]) s.closeAllConnections();
-      await new Promise<void>((r) => metrics.close(() => r()));
-      await new Promise<void>((r) => ready.close(() => r()));
-      if (adminPort !== undefined) await new Promise<void>((r) => admin.close(() => r()));
+        controllerCreds?.close();
+        step = 'HTTP servers';
+        const servers = [metrics, ready, ...(adminPort !== undefined ? [admin] : [])];
+        await Promise.all(servers.map((s) => new Promise<void>((r) => {
+          s.close(() => r());
+          s.closeAllConnections();
+        })));
+      } finally {
+        clearInterval(watchdog);
+      }
     },
   };
 }
@@ -434,6 +466,8 @@ async function readSecretDir(dir: string): Promise<Record<string, string>> {
 
 /** How long a stopping controller lets in-flight gRPC calls finish. */
 export const STOP_GRACE_MS = 2_000;
+/** After the forced shutdown, how long the stop still waits for connections to close. */
+const STOP_FORCE_WAIT_MS = 500;
 
 export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube [--kubeconfig <file>]) [options]
   --listen-address <ip>       bind address (default 0.0.0.0)

@@ -61,3 +61,39 @@ export async function collectOutput(child: ChildProcess, timeoutMs?: number): Pr
     clearTimeout(timer);
   }
 }
+
+export interface Stopped {
+  /** How it ended: an exit code or the signal that ended it. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** It had ended before this was asked (a crash the caller should hear about). */
+  alreadyExited: boolean;
+  /** It did not end on `signal` within `graceMs` and was SIGKILLed. */
+  killed: boolean;
+  /** From the signal to the exit. */
+  ms: number;
+}
+
+/**
+ * Stops a child and waits for its exit, with a deadline: `signal` (SIGTERM unless told), then
+ * SIGKILL after `graceMs`. Never waits forever: a child that had already exited (whose 'exit' has
+ * been emitted and will not come again) returns at once with `alreadyExited`.
+ */
+export async function stopProcess(child: ChildProcess, opts: { signal?: NodeJS.Signals; graceMs?: number } = {}): Promise<Stopped> {
+  const ended = () => child.exitCode !== null || child.signalCode !== null;
+  if (ended()) return { code: child.exitCode, signal: child.signalCode, alreadyExited: true, killed: false, ms: 0 };
+  const started = Date.now();
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  let killed = false;
+  child.kill(opts.signal ?? 'SIGTERM');
+  const timer = setTimeout(() => {
+    killed = true;
+    child.kill('SIGKILL');
+  }, opts.graceMs ?? 10_000);
+  try {
+    const [code, signal] = await exited;
+    return { code, signal, alreadyExited: false, killed, ms: Date.now() - started };
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -246,9 +246,7 @@ async function killControllerRightAfterRotation(): Promise<{ killedAt: number; c
     lines = l;
     if (rotated && Math.min(Date.parse(c.notAfter), Date.parse(l.notAfter)) - Date.now() >= 4_200) break;
   }
-  const controller = mesh.controller!;
-  controller.kill('SIGKILL');
-  await once(controller, 'exit');
+  await mesh.stopController('SIGKILL');
   return { killedAt: Date.now(), client, lines };
 }
 

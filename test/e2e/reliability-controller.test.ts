@@ -9,7 +9,6 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { localMeshSuite, until } from './mesh-suite.ts';
@@ -73,9 +72,7 @@ test('with the controller killed, traffic keeps flowing on the last good config 
   for (const n of NODES) assert.equal(await connected(n), true, `${n} is connected to start with`);
   const certsBefore = await mesh.agentAdmin<{ certificates: Array<{ serial: string }> }>('node1', '/certs');
 
-  const controller = mesh.controller!;
-  controller.kill('SIGKILL');
-  await once(controller, 'exit');
+  await mesh.stopController('SIGKILL');
   const downMs = await until('agents notice the controller is gone', async () => !(await connected('node1')) && !(await connected('node2')), 15_000);
   console.log(`# agents reported the config stream down ${downMs} ms after the controller was killed`);
   assert.match(await mesh.agentMetrics('node1'), /^weft_controller_connected 0$/m, 'the agent metric says disconnected');

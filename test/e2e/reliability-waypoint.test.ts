@@ -17,7 +17,6 @@
 //   controller renews it at the next attempt and the config stream is back.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { localMeshSuite, until } from './mesh-suite.ts';
@@ -248,9 +247,7 @@ test('with the controller down when its certificate falls due, the waypoint retr
   }
   const held = await waypointCerts();
   const expiresAt = Date.parse(held.notAfter);
-  const controller = mesh.controller!;
-  controller.kill('SIGKILL');
-  await once(controller, 'exit');
+  await mesh.stopController('SIGKILL');
   const killedAt = Date.now();
 
   // Down: renewal attempts fail; requests through the waypoint still pass.

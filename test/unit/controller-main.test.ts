@@ -1,11 +1,13 @@
 import { test } from 'node:test';
+import net from 'node:net';
+import { once } from 'node:events';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
-import { parseControllerArgs, runController, UsageError } from '../../controller/src/main.ts';
+import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError } from '../../controller/src/main.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
 import { ns, pod } from './controller-fixtures.ts';
@@ -68,6 +70,31 @@ test('over TLS the config stream verifies against the controller CA and can requ
     withCert.close();
     without.close();
     await running.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(secrets, { recursive: true, force: true });
+  }
+});
+
+test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-stop-'));
+  writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
+  const secrets = mkdtempSync(join(tmpdir(), 'weft-main-stop-secrets-'));
+  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
+  const running = await runController({
+    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'),
+    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
+  });
+  // A TCP connection to the TLS port that sends no ClientHello: a connection, not yet an HTTP/2
+  // session, so grpc-js's forced shutdown does not cut it and the server's close waits on it.
+  const stalled = net.connect(running.grpcPort, '127.0.0.1');
+  await once(stalled, 'connect');
+  try {
+    const started = Date.now();
+    await running.stop();
+    const ms = Date.now() - started;
+    assert.ok(ms < STOP_GRACE_MS + 2_000, `stopped ${ms} ms after it was asked (grace ${STOP_GRACE_MS} ms)`);
+  } finally {
+    stalled.destroy();
     rmSync(dir, { recursive: true, force: true });
     rmSync(secrets, { recursive: true, force: true });
   }

@@ -21,6 +21,8 @@ const placement = new Map<string, Set<string>>([
   ['node-b', new Set([id('default', 'db')])],
 ]);
 
+/** False: the directory has not loaded its pods yet (a controller just started). */
+let podsLoaded = true;
 let ca: CertificateAuthority;
 let server: grpc.Server;
 let creds: ControllerCredentials;
@@ -34,7 +36,7 @@ before(async () => {
   addCertificateService(server, {
     ca,
     authenticator: new StaticTokenAuthenticator({ ...TOKENS, 'system:serviceaccount:weft-system:weft-eastwest': GATEWAY_TOKEN }),
-    pods: { identitiesOnNode: (node) => placement.get(node) ?? new Set() },
+    pods: { identitiesOnNode: (node) => (podsLoaded ? (placement.get(node) ?? new Set()) : undefined) },
     log: (r) => logs.push(r),
   });
   const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds.credentials, (err, p) => (err ? reject(err) : resolve(p))));
@@ -122,6 +124,23 @@ test('a node asking for the identity of a pod on another node is refused and the
   assert.equal(entry.node, 'node-a');
   assert.equal(entry.code, 'PERMISSION_DENIED');
   assert.doesNotThrow(() => JSON.parse(JSON.stringify(entry)));
+});
+
+test('before the controller has loaded its pods, a workload certificate is refused as UNAVAILABLE (retry), not denied; once loaded it is issued', async () => {
+  const client = await nodeClient('node-a');
+  const web = id('default', 'web');
+  podsLoaded = false;
+  try {
+    const err = await rejection(client.createCertificate(web, (await csrFor(web)).csr));
+    assert.equal(grpcCode(err), 'UNAVAILABLE');
+    assert.match((err as Error).message, /has not loaded its pods/);
+    assert.ok(!(err instanceof CertificateRefusedError), 'not a refusal the agent would take as final');
+  } finally {
+    podsLoaded = true;
+  }
+  const res = await client.createCertificate(web, (await csrFor(web)).csr);
+  client.close();
+  assert.equal(new X509Certificate(res.certChain[0]!).subjectAltName, `URI:${web}`);
 });
 
 test('a node cannot obtain another node\'s node identity with its bootstrap token', async () => {

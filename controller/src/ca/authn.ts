@@ -114,9 +114,10 @@ export interface TokenReviewAuthenticatorOptions {
   audiences?: readonly string[];
   /**
    * Other ServiceAccounts whose own token may obtain their own identity (the controller passes
-   * "is this a Waypoint's ServiceAccount"); default none.
+   * "is this a Waypoint's ServiceAccount"); default none. Undefined: not known yet (the controller
+   * has not loaded its config), which refuses as unavailable, so the caller retries.
    */
-  workloadServiceAccount?: (namespace: string, serviceAccount: string) => boolean;
+  workloadServiceAccount?: (namespace: string, serviceAccount: string) => boolean | undefined;
   cacheTtlMs?: number;
   clock?: () => number;
 }
@@ -126,7 +127,7 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
   readonly #api: AuthenticationV1Api;
   readonly #allowed: ReadonlySet<string>;
   readonly #audiences: readonly string[];
-  readonly #workload: ((namespace: string, serviceAccount: string) => boolean) | undefined;
+  readonly #workload: ((namespace: string, serviceAccount: string) => boolean | undefined) | undefined;
   readonly #ttl: number;
   readonly #clock: () => number;
   readonly #cache = new Map<string, { result: AuthenticatedNode; until: number }>();
@@ -171,7 +172,9 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     const node = status.user?.extra?.[NODE_NAME_EXTRA]?.[0];
     if (!this.#allowed.has(username)) {
       const sa = SA_USER.exec(username);
-      if (sa && this.#workload?.(sa[1]!, sa[2]!)) {
+      const known = sa ? this.#workload?.(sa[1]!, sa[2]!) : false;
+      if (sa && known === undefined && this.#workload) throw new AuthenticatorUnavailableError(`cannot yet tell whether ${username} is a waypoint's: the controller has not loaded its config`);
+      if (sa && known) {
         const result: AuthenticatedNode = { node: node ?? '', principal: username, workload: { namespace: sa[1]!, serviceAccount: sa[2]! } };
         this.#cache.set(key, { result, until: now + this.#ttl });
         return result;

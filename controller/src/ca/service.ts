@@ -17,8 +17,12 @@ import { AuthenticatorUnavailableError, NodeAuthenticationError, type Authentica
 
 /** The controller's view of which workload identities run on which node. */
 export interface PodDirectory {
-  /** SPIFFE IDs (URI form) of the pods currently scheduled on `node`. */
-  identitiesOnNode(node: string): ReadonlySet<string>;
+  /**
+   * SPIFFE IDs (URI form) of the pods currently scheduled on `node`; undefined while the pods are
+   * not loaded yet (a controller just started), which refuses as unavailable, so the agent retries
+   * instead of taking a denial for a pod that does run there.
+   */
+  identitiesOnNode(node: string): ReadonlySet<string> | undefined;
 }
 
 export type CaLogRecord = Record<string, unknown> & { level: 'info' | 'warn' | 'error'; msg: string };
@@ -109,7 +113,9 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
       if (id.node !== node) throw new RpcFailure(grpc.status.PERMISSION_DENIED, 'denied', `node ${node} may not obtain identity ${identity}: a node may obtain only its own node identity`);
       return;
     }
-    if (!pods.identitiesOnNode(node).has(id.uri)) {
+    const onNode = pods.identitiesOnNode(node);
+    if (!onNode) throw new RpcFailure(grpc.status.UNAVAILABLE, 'unavailable', `cannot yet tell whether a pod on node ${node} runs as ${identity}: the controller has not loaded its pods; retry`);
+    if (!onNode.has(id.uri)) {
       throw new RpcFailure(grpc.status.PERMISSION_DENIED, 'denied', `node ${node} may not obtain identity ${identity}: no pod scheduled on node ${node} runs as ${identity}`);
     }
   }
