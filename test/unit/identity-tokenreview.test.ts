@@ -10,7 +10,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CertificateRefusedError } from '../../lib/identity/errors.ts';
 import {
-  addCertificateService, createControllerCredentials, NodeAuthenticationError, TokenReviewAuthenticator, type CaLogRecord,
+  addCertificateService, AuthenticatorUnavailableError, createControllerCredentials, NodeAuthenticationError, TokenReviewAuthenticator, type CaLogRecord,
   type ControllerCredentials,
 } from '../../controller/src/ca/index.ts';
 import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
@@ -72,6 +72,16 @@ test('invalid tokens, non-agent ServiceAccounts and tokens not bound to a node a
   await assert.rejects(auth.authenticate('garbage'), (err: Error) => err instanceof NodeAuthenticationError && /rejected by the API server \(invalid bearer token\)/.test(err.message));
   await assert.rejects(auth.authenticate('app-token-node-a'), (err: Error) => err instanceof NodeAuthenticationError && /not a Weft agent ServiceAccount/.test(err.message));
   await assert.rejects(auth.authenticate('agent-token-unbound'), (err: Error) => err instanceof NodeAuthenticationError && /not bound to a node/.test(err.message));
+});
+
+test('a workload token (a waypoint\'s) asked before the controller knows its waypoints is unavailable (retry), then admitted for its own ServiceAccount', async () => {
+  let waypoints: Set<string> | undefined;
+  const auth = new TokenReviewAuthenticator({ kubeConfig, cacheTtlMs: 0, workloadServiceAccount: (ns, sa) => waypoints?.has(`${ns}/${sa}`) });
+  await assert.rejects(auth.authenticate('app-token-node-a'), (err: Error) => err instanceof AuthenticatorUnavailableError && /has not loaded its config/.test(err.message));
+  waypoints = new Set(['default/web']);
+  assert.deepEqual((await auth.authenticate('app-token-node-a')).workload, { namespace: 'default', serviceAccount: 'web' });
+  waypoints = new Set();
+  await assert.rejects(auth.authenticate('app-token-node-a'), (err: Error) => err instanceof NodeAuthenticationError && /not a Weft agent ServiceAccount/.test(err.message));
 });
 
 test('Kubernetes mode end to end: an agent signs with its ServiceAccount token over gRPC TLS, limited to its node', async (t) => {
