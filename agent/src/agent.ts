@@ -247,7 +247,8 @@ export class Agent {
     }));
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
-    this.pool = new HbonePool();
+    // Sessions leave from the node address, what receivers check a `for=` claim against.
+    this.pool = new HbonePool({ localAddress: o.nodeIp });
     this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
     this.plaintext = new PlaintextInbound({
       node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,

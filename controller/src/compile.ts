@@ -279,7 +279,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       model.waypoints.set(key, { name: wp.metadata.name, namespace: ns, port: HBONE_PORT, spiffeId: spiffeIdOf(trustDomain, ns, wp.metadata.name), ready: false, reason: refusal.reason });
       continue;
     }
-    const rt = options.waypointRuntime?.get(key) ?? waypointPods.get(key);
+    const rt = waypointFacts(options.waypointRuntime?.get(key), waypointPods.get(key));
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
     const addresses = rt?.address !== undefined ? rt.addresses : wp.status?.addresses?.map((a) => a.value);
@@ -441,6 +441,20 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
     if (addr) nodeIps.set(n.metadata.name, addr.address);
   }
   return nodeIps;
+}
+
+/**
+ * A waypoint's facts: the reconciler's (Kubernetes: ready replicas, the Service's cluster IP), with
+ * the addresses of its running pods in place of the cluster IP once there are some. Agents dial a
+ * pod, as ztunnel does (kube-proxy would SNAT a node's connection to a cluster IP, and the waypoint
+ * could not check its `for=` against the caller's node), and a destination agent knows the
+ * waypoint's tunnels by their source, which is a pod address, never the cluster IP. Without a
+ * reconciler (a local mesh), the pods alone.
+ */
+export function waypointFacts(reconciled: WaypointRuntime | undefined, pods: WaypointRuntime | undefined): WaypointRuntime | undefined {
+  if (!reconciled) return pods;
+  if (!reconciled.ready || !pods?.ready || pods.address === undefined) return reconciled;
+  return { ...reconciled, address: pods.address, ...(pods.addresses ? { addresses: pods.addresses } : {}) };
 }
 
 /** Waypoint facts from running pods labelled weft.dev/waypoint=<name> (a local mesh without a reconciler). */

@@ -6,7 +6,7 @@ import {
   type IncomingHttpHeaders,
   type OutgoingHttpHeaders,
 } from 'node:http2';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, isIP } from 'node:net';
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import {
@@ -90,6 +90,13 @@ export interface HbonePoolOptions {
    * server's SETTINGS_MAX_CONCURRENT_STREAMS lowers it further. Default 1000.
    */
   maxStreamsPerSession?: number;
+  /**
+   * The source address of the pool's sessions, for destinations of its family: an agent gives its
+   * node address, which the receiver checks a `for=` claim against (the workload's node). Without
+   * it the kernel picks one, and towards a pod on the same node that is the address of the pod's
+   * link (a bridge's or a link-local gateway's), which no node owns.
+   */
+  localAddress?: string;
   /** Called once per new session, after the handshake and the identity check. */
   onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined }) => void;
 }
@@ -292,6 +299,12 @@ export class HbonePool {
     return limit - streamHeadroom(limit);
   }
 
+  /** `localAddress` when the pool has one of `host`'s family. */
+  #localAddressFor(host: string): { localAddress?: string } {
+    const local = this.#opts.localAddress;
+    return local && isIP(local) === isIP(host) ? { localAddress: local } : {};
+  }
+
   #createSession(key: string, opts: HboneConnectOptions, dest: string): PooledSession {
     const { tls, expectPeer } = opts;
     let identityError: HbonePeerIdentityError | undefined;
@@ -299,7 +312,7 @@ export class HbonePool {
     const session = h2connect(`https://${dest}`, {
       createConnection: () => destroyOnError(tlsConnect({
         // Our own TCP socket so Nagle is off before the first byte: CONNECT frames are small.
-        socket: netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true }),
+        socket: netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true, ...this.#localAddressFor(opts.dest.host) }),
         host: opts.dest.host,
         key: tls.key,
         cert: tls.cert,

@@ -164,6 +164,10 @@ test('L7: the source agent reports the hop to the waypoint, the waypoint the req
     request_protocol: 'http', response_code: '200', grpc_response_status: '', response_flags: '-', connection_security_policy: 'mutual_tls',
   }, 'waypoint 200');
   assert.ok(ok.value >= 5);
+  // productpage's agent and the waypoint share node1: the agent's session must leave from the node
+  // address, or the waypoint cannot check its for= (the workload's node) and takes the caller to be
+  // the address of the pod's link (issue 15, item 7).
+  assert.doesNotMatch(wp, /weft_hbone_forwarded_ignored_total\{[^}]*\} [1-9]/, 'the waypoint honoured the source agent\'s for= claim');
   // The waypoint's own 403: no destination workload was chosen.
   assertSeries(wp, 'istio_requests_total', REQUEST_LABELS, {
     reporter: 'waypoint', ...peer('source', PRODUCTPAGE), ...svc('reviews', 'shop'),

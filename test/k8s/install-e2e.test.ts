@@ -274,6 +274,19 @@ spec:
       return routed?.status === 200 && (JSON.parse(routed.body!) as { headers: Record<string, string> }).headers['x-weft-route'] === 'lab'
         && root?.status === 200 && admin?.status === 403;
     }, 60_000, { explain: () => `${last}\n${explain()}` });
+    // Through the waypoint the server still sees the client's own address (issue 15, item 7): the
+    // client's agent dials a waypoint pod from its node address, so the waypoint honours its for=;
+    // the destination agent knows the waypoint's tunnel by that pod's address, so it honours the
+    // waypoint's for=. Neither refuses a claim (weft_hbone_forwarded_ignored_total stays 0).
+    const clientIp = statusOf<{ podIP: string }>(kube.api.get('Pod', 'shop', 'client')).podIP;
+    last = await inPod('shop', 'client', getScript(`http://${clusterIP}/`));
+    const [viaWaypoint] = JSON.parse(last) as Array<{ status?: number; body?: string }>;
+    assert.ok(viaWaypoint?.status === 200 && (JSON.parse(viaWaypoint.body!) as { peer: string }).peer.endsWith(clientIp), `echo saw the client ${clientIp} through the waypoint: ${last}`);
+    for (const node of ['node-a', 'node-b']) {
+      const n = kube.net.node(node);
+      const m = (await requestInNetns(n.netnsPath, `http://${n.ip}:15020/metrics`, { timeoutMs: 3_000 })).body;
+      assert.doesNotMatch(m, /^weft_hbone_forwarded_ignored_total\{[^}]*\} [1-9]/m, `${node}'s agent honoured every for= claim`);
+    }
     const parents = statusOf<{ parents?: Array<{ controllerName: string; conditions: Array<{ type: string; status: string }> }> }>(kube.api.get('HTTPRoute', 'shop', 'echo-routes')).parents ?? [];
     assert.ok(parents.some((p) => p.controllerName.startsWith('weft.dev/') && p.conditions.some((c) => c.type === 'Accepted' && c.status === 'True')), `route accepted in its status: ${JSON.stringify(parents)}`);
   });

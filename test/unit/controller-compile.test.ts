@@ -174,6 +174,26 @@ test('without a reconciler, two running replicas of a waypoint give it both addr
   assert.equal(model.waypoints.get('a/wp')!.addresses, undefined, 'one replica: address alone, as before');
 });
 
+test('with a reconciler (Kubernetes), a ready waypoint is dialled at its running pods, not its Service\'s cluster IP: kube-proxy would hide the caller\'s node, and its tunnels come from the pods (issue 15, item 7)', () => {
+  const i = emptyInputs();
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: {} });
+  const waypointRuntime = new Map([['a/wp', { address: '10.96.0.9', ready: true }]]);
+  // No pod seen yet: the cluster IP, as before.
+  assert.equal(compile(i, { waypointRuntime }).model.waypoints.get('a/wp')!.address, '10.96.0.9');
+  const labels = { 'weft.dev/waypoint': 'wp', 'weft.dev/dataplane-mode': 'none' };
+  i.pods.push(pod('a', 'wp-0', { ip: '10.4.0.7', labels }), pod('a', 'wp-1', { ip: '10.3.0.2', labels }));
+  const wp = compile(i, { waypointRuntime }).model.waypoints.get('a/wp')!;
+  assert.deepEqual([wp.ready, wp.address, wp.addresses], [true, '10.3.0.2', ['10.3.0.2', '10.4.0.7']]);
+  // The reconciler decides readiness: a Deployment without ready replicas is not made ready by pods.
+  const down = compile(i, { waypointRuntime: new Map([['a/wp', { address: '10.96.0.9', ready: false, reason: 'NoReadyReplicas' }]]) }).model.waypoints.get('a/wp')!;
+  assert.deepEqual([down.ready, down.reason], [false, 'NoReadyReplicas']);
+  // A pod of that label in another namespace is not this waypoint's.
+  const other = emptyInputs();
+  other.waypoints.push(i.waypoints[0]!);
+  other.pods.push(pod('b', 'wp-0', { ip: '10.5.0.1', labels }));
+  assert.equal(compile(other, { waypointRuntime }).model.waypoints.get('a/wp')!.address, '10.96.0.9');
+});
+
 test('two TrafficPolicies for one Service: the oldest applies, the other is Conflicted', () => {
   const i = emptyInputs();
   i.services.push(svc('a', 'web'));

@@ -2,7 +2,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { HboneConnectTimeoutError, HbonePool, HboneSessionError } from '../../lib/hbone/index.ts';
-import { readAll, startHbone, tcpServer } from './hbone-certs.ts';
+import { dialTarget, readAll, startHbone, tcpServer } from './hbone-certs.ts';
 
 const cleanups: Array<() => unknown> = [];
 after(async () => { for (const c of cleanups.reverse()) await c(); });
@@ -49,6 +49,23 @@ test('a different source identity gets its own session', async () => {
   assert.deepEqual(await Promise.all([roundTrip(a, 'a'), roundTrip(b, 'b'), roundTrip(c, 'c')]), ['a', 'b', 'c']);
   assert.equal(hb.server.stats().sessionsOpened, 2);
   assert.equal(pool.stats().sessionsOpened, 2);
+});
+
+test('sessions leave from the pool\'s localAddress (an agent\'s node address, what a for= claim is checked against), for destinations of its family only', async () => {
+  const echo = await echoTarget();
+  const peers: string[] = [];
+  const dial = dialTarget();
+  const hb = await startHbone({ handler: (req) => { peers.push(req.peer.address); return dial(req); } });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool({ localAddress: '127.0.0.7' });
+  cleanups.push(() => pool.close(100));
+  assert.equal(await roundTrip(await pool.connect(hb.to(`127.0.0.1:${echo}`)), 'x'), 'x');
+  assert.deepEqual(peers.map((a) => a.replace(/^::ffff:/, '')), ['127.0.0.7']);
+  // An IPv6 local address is not used towards an IPv4 destination (the kernel would refuse the bind).
+  const v6 = new HbonePool({ localAddress: '::1' });
+  cleanups.push(() => v6.close(100));
+  assert.equal(await roundTrip(await v6.connect(hb.to(`127.0.0.1:${echo}`)), 'y'), 'y');
+  assert.equal(peers[1]?.replace(/^::ffff:/, ''), '127.0.0.1');
 });
 
 test('a session the server kills is replaced for new streams', async () => {

@@ -38,11 +38,14 @@ describe('waypoint over HBONE', () => {
   let backendHttp: Backend;
   let agent: HboneServer;
   const agentPeers: Array<string | undefined> = [];
+  const agentClaims: Array<string | undefined> = [];
   let engine: WaypointEngine;
   let wpServer: HboneServer;
   let wpPort: number;
   let upstreamPool: HbonePool;
   let clientPool: HbonePool;
+  /** Another caller: its tunnels come from 127.0.0.3. */
+  let otherClientPool: HbonePool;
   let testerCreds: TlsCredentials;
 
   before(async () => {
@@ -55,6 +58,7 @@ describe('waypoint over HBONE', () => {
       tls: tlsMaterial(reviewsCreds),
       handler: async (req) => {
         agentPeers.push(req.peer.spiffeId);
+        agentClaims.push(req.forwardedFor?.ip);
         const sock = net.connect(req.target.port, req.target.host);
         await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
         return { upstream: sock };
@@ -75,10 +79,12 @@ describe('waypoint over HBONE', () => {
     wpServer = new HboneServer({ tls: tlsMaterial(wpCreds), handler: tunnelHandler(engine) });
     wpPort = (await wpServer.listen(0, '127.0.0.1')).port;
     clientPool = new HbonePool();
+    otherClientPool = new HbonePool({ localAddress: '127.0.0.3' });
   });
 
   after(async () => {
     await clientPool.close(100);
+    await otherClientPool.close(100);
     await wpServer.close(100);
     await engine.close();
     await upstreamPool.close(100);
@@ -86,7 +92,7 @@ describe('waypoint over HBONE', () => {
     await backendHttp.close();
   });
 
-  const tunnel = (): Promise<Duplex> => clientPool.connect({
+  const tunnel = (pool = clientPool): Promise<Duplex> => pool.connect({
     sourceKey: TESTER, tls: tlsMaterial(testerCreds), dest: { host: '127.0.0.1', port: wpPort }, target: '10.96.0.10:80', expectPeer: WAYPOINT,
   });
 
@@ -110,6 +116,20 @@ describe('waypoint over HBONE', () => {
     });
     session.close();
     assert.equal(status, 200);
+  });
+
+  it('names each request\'s caller to the destination agent (forwarded: for=, the tunnel\'s client, never X-Forwarded-For), pooling connections per caller (issue 15, item 7)', async () => {
+    const forged = (pool: HbonePool) => new Promise<number>((resolve, reject) => {
+      void tunnel(pool).then((t) => {
+        const req = http.request({ createConnection: () => t, path: '/who', headers: { host: 'reviews.shop.svc.cluster.local', 'x-forwarded-for': '10.9.9.9' } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)); });
+        req.on('error', reject);
+        req.end();
+      }, reject);
+    });
+    assert.deepEqual(await Promise.all([forged(clientPool), forged(otherClientPool), forged(clientPool), forged(otherClientPool)]), [200, 200, 200, 200]);
+    // Every connection the agent saw (these and the earlier tests') named its caller, and the new
+    // caller got a connection of its own.
+    assert.deepEqual(new Set(agentClaims), new Set(['127.0.0.1', '127.0.0.3']), `the agent was told each caller, and only them: ${JSON.stringify(agentClaims)}`);
   });
 
   it('applies L7 policy to the peer identity the tunnel proved', async () => {

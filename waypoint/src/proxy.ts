@@ -603,6 +603,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         resp = await env.pool.request(upstreamEndpoint(ep), protocol, {
           method: out.method, path: out.path, authority: out.authority, headers: out.headers,
           body: ctx.body ? ctx.body.open() : null, signal: tryAc.signal,
+          ...(ctx.directIp ? { client: ctx.directIp } : {}),
         }, settings.timeouts.connectMs);
         outcome = { kind: 'response', status: resp.status };
         const gs = grpcStatusOf(resp.headers);

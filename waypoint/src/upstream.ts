@@ -47,6 +47,12 @@ export interface UpstreamRequest {
   /** Request body; null for none. */
   body: Readable | null;
   signal: AbortSignal;
+  /**
+   * The caller's address as the waypoint knows it (its tunnel's vouched client, not X-Forwarded-For):
+   * sent as the HBONE `forwarded: for=`, so the destination agent delivers from it and its policy
+   * sees the caller, not the waypoint. Connections are pooled per endpoint and caller for that.
+   */
+  client?: string;
 }
 
 export interface UpstreamResponse {
@@ -170,11 +176,21 @@ export class UpstreamPool {
     return protocol === 'http2' ? this.requestH2(ep, req, connectTimeoutMs) : this.requestH1(ep, req, connectTimeoutMs);
   }
 
-  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number): TunnelAgent {
-    const key = addr(ep);
+  /** The pool key: the endpoint, and the caller its connections speak for (`forwarded: for=`). */
+  private static key(ep: UpstreamEndpoint, client: string | undefined): string {
+    return client ? `${addr(ep)} for ${client}` : addr(ep);
+  }
+
+  /** The caller a pooled connection speaks for: its address, no port (the connection outlives any one of the caller's). */
+  private static forwardedFor(client: string | undefined): { ip: string; port: number } | undefined {
+    return client ? { ip: client, port: 0 } : undefined;
+  }
+
+  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined): TunnelAgent {
+    const key = UpstreamPool.key(ep, client);
     let a = this.agents.get(key);
     if (!a) {
-      a = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, undefined, onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
+      a = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
       this.agents.set(key, a);
     }
     return a;
@@ -193,7 +209,7 @@ export class UpstreamPool {
         delete headers['content-length'];
       }
       const req = http.request({
-        agent: this.agentFor(ep, connectTimeoutMs), method: r.method, path: r.path, headers, setHost: false,
+        agent: this.agentFor(ep, connectTimeoutMs, r.client), method: r.method, path: r.path, headers, setHost: false,
       });
       let responded = false;
       const onAbort = (): void => { req.destroy(new UpstreamResetError(addr(ep), 'cancelled')); };
@@ -220,12 +236,12 @@ export class UpstreamPool {
     });
   }
 
-  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number): Promise<http2.ClientHttp2Session> {
-    const key = addr(ep);
+  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined): Promise<http2.ClientHttp2Session> {
+    const key = UpstreamPool.key(ep, client);
     for (let i = 0; i < 2; i++) {
       let p = this.sessions.get(key);
       if (!p) {
-        p = this.openSession(ep, key, connectTimeoutMs);
+        p = this.openSession(ep, key, connectTimeoutMs, client);
         this.sessions.set(key, p);
         p.catch(() => { if (this.sessions.get(key) === p) this.sessions.delete(key); });
       }
@@ -233,10 +249,10 @@ export class UpstreamPool {
       if (!s.closed && !s.destroyed) return s;
       if (this.sessions.get(key) === p) this.sessions.delete(key);
     }
-    throw new UpstreamConnectError(key, 'HTTP/2 session closed while opening');
+    throw new UpstreamConnectError(addr(ep), 'HTTP/2 session closed while opening');
   }
 
-  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number): Promise<http2.ClientHttp2Session> {
+  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number, client: string | undefined): Promise<http2.ClientHttp2Session> {
     // Its tunnel draining: new requests go to a new session, this one finishes its streams (GOAWAY).
     let draining = false;
     let session: http2.ClientHttp2Session | undefined;
@@ -246,9 +262,9 @@ export class UpstreamPool {
       forget();
       if (!session.closed) session.close();
     };
-    const duplex = await this.connect(ep, connectTimeoutMs, undefined, retire);
-    if (this.closed) { duplex.destroy(); throw new UpstreamConnectError(key, 'pool closed'); }
-    const s = http2.connect(`http://${key}`, {
+    const duplex = await this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), retire);
+    if (this.closed) { duplex.destroy(); throw new UpstreamConnectError(addr(ep), 'pool closed'); }
+    const s = http2.connect(`http://${addr(ep)}`, {
       createConnection: () => duplex,
       settings: { enablePush: false },
       peerMaxConcurrentStreams: 1000,
@@ -267,7 +283,7 @@ export class UpstreamPool {
   }
 
   private async requestH2(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
-    const session = await this.sessionFor(ep, connectTimeoutMs);
+    const session = await this.sessionFor(ep, connectTimeoutMs, r.client);
     return new Promise((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ...r.headers, ':method': r.method, ':path': r.path, ':authority': r.authority, ':scheme': 'http',
