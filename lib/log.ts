@@ -11,6 +11,11 @@ export interface Logger {
 const LEVELS = { debug: 10, info: 20, warn: 30, error: 40 } as const;
 export type LogLevel = keyof typeof LEVELS;
 
+/** Is `value` a log level? (every part's `--log-level` flag) */
+export function isLogLevel(value: string): value is LogLevel {
+  return Object.hasOwn(LEVELS, value);
+}
+
 export function jsonLogger(component: string, level: LogLevel = 'info', write: (line: string) => void = (l) => process.stderr.write(l + '\n')): Logger {
   const min = LEVELS[level];
   const log = (lvl: LogLevel) => (msg: string, fields?: LogFields) => {

@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent, type AgentOptions } from './agent.ts';
 import { validateTrustDomain } from '../../lib/identity/index.ts';
-import type { LogLevel } from '../../lib/log.ts';
+import { isLogLevel, type LogLevel } from '../../lib/log.ts';
 import { runMain, UsageError, type Running } from '../../lib/main.ts';
 import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
 
@@ -127,7 +127,7 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   for (const f of ['node', 'node-ip', 'controller', 'trust-bundle'] as const) if (!values[f]) fail(`--${f} is required`);
   if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
   const level = values['log-level'] as LogLevel;
-  if (!['debug', 'info', 'warn', 'error'].includes(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
+  if (!isLogLevel(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
   const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
   if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
   const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);

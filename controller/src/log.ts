@@ -1,2 +1,2 @@
 // The controller logs through the shared JSON-lines logger.
-export { jsonLogger, silentLogger, type Logger, type LogFields, type LogLevel } from '../../lib/log.ts';
+export { isLogLevel, jsonLogger, silentLogger, type Logger, type LogFields, type LogLevel } from '../../lib/log.ts';

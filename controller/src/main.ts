@@ -35,7 +35,7 @@ import { Federation, type RemoteCluster } from './federation.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
-import { jsonLogger, type Logger, type LogLevel } from './log.ts';
+import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import { KubeSource } from './sources/kube.ts';
 import { RemoteSecrets } from './sources/remote-secrets.ts';
@@ -563,7 +563,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
     return n;
   };
   const level = values['log-level'];
-  if (level !== undefined && !['debug', 'info', 'warn', 'error'].includes(level)) throw new UsageError(`--log-level: "${level}" is not debug, info, warn or error`);
+  if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level: "${level}" is not debug, info, warn or error`);
   if (!!values['ca-cert'] !== !!values['ca-key']) throw new UsageError('--ca-cert and --ca-key go together');
   if (values['ca-dir'] && values['ca-cert']) throw new UsageError('give --ca-dir or --ca-cert/--ca-key, not both');
   const o: ControllerMainOptions = {};

@@ -10,55 +10,91 @@
 // Metrics on <listen ip>:15020 (/metrics), readiness on <listen ip>:15021 (/healthz/ready).
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { Registry } from 'prom-client';
-import { jsonLogger, type LogLevel } from '../../lib/log.ts';
+import { isLogLevel, jsonLogger, type LogLevel } from '../../lib/log.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
 import { controllerSpiffeId, PORTS, READINESS_PATH } from '../../lib/defaults.ts';
 import { splitPemCertificates } from '../../lib/identity/x509.ts';
 import { EastWestGateway, type GatewayTls } from './gateway.ts';
+import { runMain, UsageError, type Running } from '../../lib/main.ts';
 
 const USAGE = 'usage: eastwest/src/main.ts --listen <ip>[:port] (--cert <file> --key <file> | --ca-address <ip:port> --token-file <file>) --trust-bundle <file> --controller https://<ip>:<port> [--trust-domain <td>] [--trust-domain-alias <td>]... [--controller-id <id>] [--log-level <level>]';
 
-try {
-  const { values } = parseArgs({
-    options: {
-      listen: { type: 'string' },
-      cert: { type: 'string' },
-      key: { type: 'string' },
-      'ca-address': { type: 'string' },
-      'token-file': { type: 'string' },
-      'trust-bundle': { type: 'string' },
-      controller: { type: 'string' },
-      'controller-id': { type: 'string' },
-      'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
-      'trust-domain-alias': { type: 'string', multiple: true },
-      'log-level': { type: 'string', default: 'info' },
-    },
-    strict: true,
-  });
-  for (const f of ['listen', 'trust-bundle', 'controller'] as const) if (!values[f]) throw new Error(`--${f} is required\n${USAGE}`);
+export interface EastWestOptions {
+  host: string;
+  port: number;
+  /** Static identity files, or the controller CA's address and the token file. */
+  identity: { kind: 'static'; certFile: string; keyFile: string } | { kind: 'issued'; caAddress: string; tokenFile: string };
+  trustBundleFile: string;
+  controllerUrl: string;
+  controllerId?: string;
+  trustDomain: string;
+  trustDomainAliases: string[];
+  logLevel: LogLevel;
+}
+
+/** The command line → options (pure; throws a UsageError naming the flag). */
+export function parseEastWestArgs(argv: string[]): EastWestOptions {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        listen: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        'ca-address': { type: 'string' },
+        'token-file': { type: 'string' },
+        'trust-bundle': { type: 'string' },
+        controller: { type: 'string' },
+        'controller-id': { type: 'string' },
+        'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
+        'trust-domain-alias': { type: 'string', multiple: true },
+        'log-level': { type: 'string', default: 'info' },
+      },
+      strict: true,
+    }));
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message}\n${USAGE}`);
+  }
+  for (const f of ['listen', 'trust-bundle', 'controller'] as const) if (!values[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
   const issued = values['ca-address'] !== undefined || values['token-file'] !== undefined;
   if (issued ? !(values['ca-address'] && values['token-file']) || values.cert || values.key : !(values.cert && values.key)) {
-    throw new Error(`give either --cert and --key (static identity) or --ca-address and --token-file (issued by the controller)\n${USAGE}`);
+    throw new UsageError(`give either --cert and --key (static identity) or --ca-address and --token-file (issued by the controller)\n${USAGE}`);
   }
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?::(\d{1,5}))?$/.exec(values.listen!);
-  if (!m) throw new Error(`--listen: "${values.listen}" is not <ipv4>[:port]`);
-  const host = m[1]!;
-  const port = m[2] ? Number(m[2]) : HBONE_PORT;
-  const log = jsonLogger('eastwest', values['log-level'] as LogLevel);
-  const td = values['trust-domain']!;
+  if (!m || (m[2] !== undefined && Number(m[2]) > 65535)) throw new UsageError(`--listen: "${values.listen}" is not <ipv4>[:port]`);
+  const level = values['log-level']!;
+  if (!isLogLevel(level)) throw new UsageError(`--log-level: "${level}" is not one of debug, info, warn, error`);
+  return {
+    host: m[1]!,
+    port: m[2] ? Number(m[2]) : HBONE_PORT,
+    identity: issued ? { kind: 'issued', caAddress: values['ca-address']!, tokenFile: values['token-file']! } : { kind: 'static', certFile: values.cert!, keyFile: values.key! },
+    trustBundleFile: values['trust-bundle']!,
+    controllerUrl: values.controller!,
+    ...(values['controller-id'] ? { controllerId: values['controller-id'] } : {}),
+    trustDomain: values['trust-domain']!,
+    trustDomainAliases: values['trust-domain-alias'] ?? [],
+    logLevel: level as LogLevel,
+  };
+}
+
+/** Starts the gateway: its identity, the HBONE listener, metrics and readiness. */
+export async function runEastWest(o: EastWestOptions): Promise<Running> {
+  const log = jsonLogger('eastwest', o.logLevel);
+  const td = o.trustDomain;
   const registry = new Registry();
-  const roots = splitPemCertificates(readFileSync(values['trust-bundle']!, 'utf8'));
-  const controllerId = values['controller-id'] ?? controllerSpiffeId(td, DEFAULT_ROOT_NAMESPACE);
+  const roots = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
+  const controllerId = o.controllerId ?? controllerSpiffeId(td, DEFAULT_ROOT_NAMESPACE);
   let tls: GatewayTls;
   let identity: IssuedIdentity | undefined;
-  if (issued) {
-    const tokenFile = values['token-file']!;
-    const signer = new ControllerSigner({ address: values['ca-address']!, trustBundle: roots, serverIdentity: controllerId, log, token: async () => (await readFile(tokenFile, 'utf8')).trim() });
+  if (o.identity.kind === 'issued') {
+    const tokenFile = o.identity.tokenFile;
+    const signer = new ControllerSigner({ address: o.identity.caAddress, trustBundle: roots, serverIdentity: controllerId, log, token: async () => (await readFile(tokenFile, 'utf8')).trim() });
     identity = new IssuedIdentity({ spiffeId: spiffeIdOf(td, DEFAULT_ROOT_NAMESPACE, EASTWEST_SERVICE_ACCOUNT), signer, trustBundle: roots });
     identity.on('renewalFailed', (err, retry) => log.warn('gateway certificate renewal failed', { code: err.code, error: err.message, failures: retry.failures, retryInMs: Math.round(retry.retryInMs) }));
     await identity.start();
@@ -66,12 +102,12 @@ try {
     log.info('gateway certificate issued', { identity: v.identity, serial: v.serial, issuer: v.issuer, notAfter: v.notAfter });
     tls = tlsOf(identity);
   } else {
-    tls = { key: readFileSync(values.key!, 'utf8'), cert: readFileSync(values.cert!, 'utf8'), ca: roots };
+    tls = { key: readFileSync(o.identity.keyFile, 'utf8'), cert: readFileSync(o.identity.certFile, 'utf8'), ca: roots };
   }
   const gw = new EastWestGateway({
     tls,
-    trustDomains: [td, ...(values['trust-domain-alias'] ?? [])],
-    controllerUrl: values.controller!,
+    trustDomains: [td, ...o.trustDomainAliases],
+    controllerUrl: o.controllerUrl,
     controllerId,
     log, registry,
   });
@@ -85,28 +121,40 @@ try {
     });
     id.on('trustBundleChanged', move);
   }
-  await gw.listen(port, host);
-  createServer((req, res) => {
+  await gw.listen(o.port, o.host);
+  const metrics = createServer((req, res) => {
     const path = req.url?.split('?')[0];
     if (path === '/metrics') {
       registry.metrics().then((t) => res.writeHead(200, { 'content-type': registry.contentType }).end(t), (e: Error) => res.writeHead(500).end(e.message));
     } else res.writeHead(404).end();
-  }).listen(PORTS.metrics, host);
-  createServer((req, res) => {
+  });
+  const ready = createServer((req, res) => {
     if (req.url?.split('?')[0] === READINESS_PATH && gw.endpoints > 0) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('no endpoints of this cluster known yet\n');
-  }).listen(PORTS.readiness, host);
-  log.info('east-west gateway ready', { listen: `${host}:${port}`, controller: values.controller });
-  const stop = () => void gw.close().then(() => {
-    identity?.close();
-    process.exit(0);
   });
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
-} catch (e) {
-  process.stderr.write(`${(e as Error).message}\n`);
-  process.exit(2);
+  await Promise.all([listen(metrics, PORTS.metrics, o.host), listen(ready, PORTS.readiness, o.host)]);
+  log.info('east-west gateway ready', { listen: `${o.host}:${o.port}`, controller: o.controllerUrl });
+  return {
+    async stop() {
+      await gw.close();
+      identity?.close();
+      for (const s of [metrics, ready]) {
+        s.close();
+        s.closeAllConnections();
+      }
+    },
+  };
 }
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+}
+
+// Starts as every part does (lib/main.ts): parseEastWestArgs → runEastWest → SIGTERM stops.
+if (import.meta.main) await runMain('eastwest', () => parseEastWestArgs(process.argv.slice(2)), runEastWest);
 
 function tlsOf(id: IssuedIdentity): GatewayTls {
   const c = id.current();

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { runMain, UsageError, type MainIo } from '../../lib/main.ts';
 import { parseAgentArgs } from '../../agent/src/main.ts';
+import { parseEastWestArgs } from '../../eastwest/src/main.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -109,8 +110,27 @@ test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own 
   assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
 });
 
-test('controller, agent and waypoint refuse an unknown flag the same way: exit 2, "<part>: " and the flag', async () => {
-  for (const [part, file] of [['controller', 'controller/src/main.ts'], ['agent', 'agent/src/main.ts'], ['waypoint', 'waypoint/src/main.ts']] as const) {
+test('parseEastWestArgs: each wrong flag is named (UsageError); flags become the gateway\'s options', () => {
+  const OK = ['--listen', '10.0.0.1', '--trust-bundle', 'roots.pem', '--controller', 'https://10.0.0.9:15014'];
+  const cases: Array<[string[], RegExp]> = [
+    [OK.slice(2), /--listen is required/],
+    [OK, /give either --cert and --key .* or --ca-address and --token-file/],
+    [[...OK, '--cert', 'c.pem', '--key', 'k.pem', '--token-file', 't'], /give either/],
+    [[...OK.slice(0, 1), '10.0.0.1:99999', ...OK.slice(2), '--cert', 'c', '--key', 'k'], /--listen: "10.0.0.1:99999" is not <ipv4>\[:port\]/],
+    [[...OK, '--cert', 'c', '--key', 'k', '--log-level', 'loud'], /--log-level: "loud" is not one of/],
+    [[...OK, '--bogus'], /Unknown option '--bogus'/],
+  ];
+  for (const [argv, want] of cases) {
+    assert.throws(() => parseEastWestArgs(argv), (e: Error & { code?: string }) => e instanceof UsageError && e.code === 'WEFT_USAGE' && want.test(e.message), argv.join(' '));
+  }
+  assert.deepEqual(parseEastWestArgs([...OK, '--ca-address', '10.0.0.9:15012', '--token-file', '/t', '--trust-domain-alias', 'old.local']), {
+    host: '10.0.0.1', port: 15008, identity: { kind: 'issued', caAddress: '10.0.0.9:15012', tokenFile: '/t' }, trustBundleFile: 'roots.pem',
+    controllerUrl: 'https://10.0.0.9:15014', trustDomain: 'cluster.local', trustDomainAliases: ['old.local'], logLevel: 'info',
+  });
+});
+
+test('controller, agent, waypoint and east-west gateway refuse an unknown flag the same way: exit 2, "<part>: " and the flag', async () => {
+  for (const [part, file] of [['controller', 'controller/src/main.ts'], ['agent', 'agent/src/main.ts'], ['waypoint', 'waypoint/src/main.ts'], ['eastwest', 'eastwest/src/main.ts']] as const) {
     const child = spawn(process.execPath, [new URL(`../../${file}`, import.meta.url).pathname, '--no-such-flag'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const { code, stderr } = await collectOutput(child, 30_000);
     assert.equal(code, 2, `${part}: ${stderr}`);
