@@ -1,8 +1,10 @@
 // Multi-cluster discovery for one controller: it serves its own cluster's export (services and
 // endpoints, its network and gateway; lib/model/federation.ts) over mutual TLS to the other
-// clusters' controllers and to its own east-west gateway, and polls every remote cluster's export.
-// The compiled model is merged with the remote endpoints before it is published. A remote that
-// stops answering keeps its last known endpoints for `staleAfterMs`, then they are removed.
+// clusters' controllers and to its own east-west gateway, and takes in every remote cluster's
+// export: polled from a remote controller's listener, or pushed as it changes by the watches on a
+// remote API server (controller/src/sources/remote-secrets.ts). The compiled model is merged with
+// the remote endpoints before it is published. A remote that stops answering keeps its last known
+// endpoints for `staleAfterMs`, then they are removed.
 import { createServer, request, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
@@ -11,7 +13,7 @@ import type { MeshModel, NetworkGateway } from '../../lib/model/mesh.ts';
 import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
-/** How often a remote export is read. */
+/** How often a remote controller's export is read. */
 export const DEFAULT_FEDERATION_POLL_MS = 1_000;
 /** How long a remote that stopped answering keeps its last known endpoints. */
 export const DEFAULT_REMOTE_STALE_AFTER_MS = 30_000;
@@ -24,12 +26,16 @@ export interface RemoteCluster {
   /** `https://<ip>:<port>` of its controller's federation listener, or where `read` reads from (named in status and logs). */
   url: string;
   /**
-   * Reads the cluster's export (JSON text, checked like one read over the network) another way:
-   * the remote API server through a kubeconfig Secret (`controller/src/sources/remote-secrets.ts`).
-   * Absent: the export is fetched from `url` over mutual TLS.
+   * Its export is pushed with `Federation.report` whenever it changes or the remote stops (or
+   * starts again) answering: the watches on a remote API server through a kubeconfig Secret
+   * (`controller/src/sources/remote-secrets.ts`). Absent: fetched from `url` over mutual TLS
+   * every `pollMs`.
    */
-  read?: () => Promise<string>;
+  pushed?: boolean;
 }
+
+/** What a pushed remote reports: its export (JSON text, checked like one read over the network), or why it cannot be read now. */
+export type RemoteReport = { export: string } | { error: string };
 
 export interface FederationOptions {
   cluster: string;
@@ -59,6 +65,9 @@ interface RemoteState {
   lastError: string | undefined;
   /** Its endpoints were dropped for staleness (until it answers again). */
   stale: boolean;
+  /** Failing since lastOk (a pushed remote: its last report was an error). */
+  failing: boolean;
+  staleTimer?: NodeJS.Timeout;
 }
 
 export class Federation {
@@ -76,7 +85,7 @@ export class Federation {
   constructor(o: FederationOptions) {
     this.#o = o;
     const now = Date.now();
-    this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false }));
+    this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false, failing: false }));
     if (o.registry) {
       const registers = [o.registry];
       this.#metrics = {
@@ -112,7 +121,8 @@ export class Federation {
     return this.#remotes.map((r) => ({
       cluster: r.remote.name, url: r.remote.url, up: !!r.export && !r.stale,
       endpoints: r.export ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0,
-      lastOk: new Date(r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
+      // A pushed remote whose watches work is read right now.
+      lastOk: new Date(r.remote.pushed && r.export && !r.failing ? Date.now() : r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
       ...(r.export ? { network: r.export.network } : {}), ...(r.export?.gateway ? { gateway: r.export.gateway } : {}),
     }));
   }
@@ -132,6 +142,7 @@ export class Federation {
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#timer) clearTimeout(this.#timer);
+    for (const r of this.#remotes) clearTimeout(r.staleTimer);
     if (this.#server) {
       this.#server.closeAllConnections();
       await new Promise<void>((r) => this.#server!.close(() => r()));
@@ -140,11 +151,12 @@ export class Federation {
 
   /**
    * Adds a remote cluster (or replaces the one of that name: a changed kubeconfig Secret). Its
-   * endpoints join at its first good read.
+   * endpoints join at its first good read (or report).
    */
   addRemote(remote: RemoteCluster): void {
     const old = this.#remotes.find((r) => r.remote.name === remote.name);
-    this.#remotes = [...this.#remotes.filter((r) => r !== old), { remote, export: old?.export, text: old?.text ?? '', lastOk: old?.lastOk ?? Date.now(), lastError: undefined, stale: old?.stale ?? false }];
+    if (old) clearTimeout(old.staleTimer);
+    this.#remotes = [...this.#remotes.filter((r) => r !== old), { remote, export: old?.export, text: old?.text ?? '', lastOk: old?.failing ? old.lastOk : Date.now(), lastError: undefined, stale: old?.stale ?? false, failing: false }];
     if (this.#started && !this.#timer && !this.#polling) this.#schedule(0);
   }
 
@@ -152,10 +164,19 @@ export class Federation {
   removeRemote(name: string): void {
     const old = this.#remotes.find((r) => r.remote.name === name);
     if (!old) return;
+    clearTimeout(old.staleTimer);
     this.#remotes = this.#remotes.filter((r) => r !== old);
     this.#metrics?.up.remove({ cluster: name });
     this.#metrics?.endpoints.remove({ cluster: name });
     if (old.export && !old.stale) for (const l of this.#listeners) l();
+  }
+
+  /** A pushed remote's export changed, or it cannot be read now (or can again). */
+  report(name: string, report: RemoteReport): void {
+    const r = this.#remotes.find((x) => x.remote.name === name && x.remote.pushed);
+    if (!r || this.#stopped) return;
+    const changed = 'export' in report ? this.#took(r, report.export) : this.#failed(r, report.error);
+    if (changed) for (const l of this.#listeners) l();
   }
 
   /** The identity certificate was renewed: new connections to the listener get the new one. */
@@ -192,7 +213,7 @@ export class Federation {
   }
 
   #schedule(ms: number): void {
-    if (this.#stopped || this.#remotes.length === 0) return;
+    if (this.#stopped || !this.#remotes.some((r) => !r.remote.pushed)) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       this.#polling = true;
@@ -206,40 +227,76 @@ export class Federation {
 
   async #pollAll(): Promise<void> {
     let changed = false;
-    await Promise.all(this.#remotes.map(async (r) => {
+    await Promise.all(this.#remotes.filter((r) => !r.remote.pushed).map(async (r) => {
+      let result: RemoteReport;
       try {
-        const text = await (r.remote.read ? r.remote.read() : this.#fetch(r.remote));
-        // Removed while it was being read: nothing of it is kept.
-        if (!this.#remotes.includes(r)) return;
-        const parsed = parseClusterExport(JSON.parse(text));
-        if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
-        r.lastOk = Date.now();
-        r.lastError = undefined;
-        if (r.stale || text !== r.text) {
-          if (r.stale) this.#o.log.info('remote cluster back; its endpoints are imported again', { cluster: r.remote.name });
-          r.stale = false;
-          r.text = text;
-          r.export = parsed;
-          changed = true;
-        }
+        result = { export: await this.#fetch(r.remote) };
       } catch (e) {
-        if (!this.#remotes.includes(r)) return;
-        const msg = (e as Error).message;
-        this.#metrics?.failures.inc({ cluster: r.remote.name });
-        if (r.lastError !== msg) this.#o.log.warn('remote cluster export not read', { cluster: r.remote.name, url: r.remote.url, error: msg });
-        r.lastError = msg;
-        const bound = this.#o.staleAfterMs ?? DEFAULT_REMOTE_STALE_AFTER_MS;
-        if (!r.stale && r.export && Date.now() - r.lastOk > bound) {
-          r.stale = true;
-          changed = true;
-          this.#o.log.warn('remote cluster unreachable past the stale bound; its endpoints are removed', { cluster: r.remote.name, staleAfterMs: bound, lastOk: new Date(r.lastOk).toISOString() });
-        }
+        result = { error: (e as Error).message };
       }
-      if (!this.#remotes.includes(r)) return;
-      this.#metrics?.up.set({ cluster: r.remote.name }, r.export && !r.stale ? 1 : 0);
-      this.#metrics?.endpoints.set({ cluster: r.remote.name }, r.export && !r.stale ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0);
+      // Removed while it was being read: nothing of it is kept.
+      if (!this.#remotes.includes(r) || this.#stopped) return;
+      if ('export' in result ? this.#took(r, result.export) : this.#failed(r, result.error)) changed = true;
     }));
     if (changed) for (const l of this.#listeners) l();
+  }
+
+  /** A remote's export read (or pushed): whether the imported endpoints change. */
+  #took(r: RemoteState, text: string): boolean {
+    let parsed: ClusterExport;
+    try {
+      parsed = parseClusterExport(JSON.parse(text));
+      if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
+    } catch (e) {
+      return this.#failed(r, (e as Error).message);
+    }
+    r.lastOk = Date.now();
+    r.lastError = undefined;
+    r.failing = false;
+    clearTimeout(r.staleTimer);
+    r.staleTimer = undefined;
+    let changed = false;
+    if (r.stale || text !== r.text) {
+      if (r.stale) this.#o.log.info('remote cluster back; its endpoints are imported again', { cluster: r.remote.name });
+      r.stale = false;
+      r.text = text;
+      r.export = parsed;
+      changed = true;
+    }
+    this.#gauges(r);
+    return changed;
+  }
+
+  /**
+   * A remote that cannot be read: its last known endpoints stay until the stale bound from its
+   * last good read, then they are removed (by a timer, as a pushed remote may report nothing more).
+   */
+  #failed(r: RemoteState, msg: string): boolean {
+    this.#metrics?.failures.inc({ cluster: r.remote.name });
+    if (r.lastError !== msg) this.#o.log.warn('remote cluster export not read', { cluster: r.remote.name, url: r.remote.url, error: msg });
+    r.lastError = msg;
+    // A pushed remote was fine until its first error (it reports only changes).
+    if (!r.failing && r.remote.pushed) r.lastOk = Date.now();
+    r.failing = true;
+    const bound = this.#o.staleAfterMs ?? DEFAULT_REMOTE_STALE_AFTER_MS;
+    if (!r.stale && r.export && !r.staleTimer) {
+      r.staleTimer = setTimeout(() => {
+        r.staleTimer = undefined;
+        if (this.#stopped || !this.#remotes.includes(r) || !r.failing || r.stale) return;
+        r.stale = true;
+        this.#o.log.warn('remote cluster unreachable past the stale bound; its endpoints are removed', { cluster: r.remote.name, staleAfterMs: bound, lastOk: new Date(r.lastOk).toISOString() });
+        this.#gauges(r);
+        for (const l of this.#listeners) l();
+      }, Math.max(0, r.lastOk + bound - Date.now()));
+      r.staleTimer.unref();
+    }
+    this.#gauges(r);
+    return false;
+  }
+
+  #gauges(r: RemoteState): void {
+    this.#metrics?.up.set({ cluster: r.remote.name }, r.export && !r.stale ? 1 : 0);
+    this.#metrics?.endpoints.set({ cluster: r.remote.name }, r.export && !r.stale ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0);
   }
 
   #fetch(remote: RemoteCluster): Promise<string> {

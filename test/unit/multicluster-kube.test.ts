@@ -11,11 +11,11 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runController, type RunningController } from '../../controller/src/main.ts';
-import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
+import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, REMOTE_KINDS, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
-import { until } from '../lab/wait.ts';
-import { silentLogger } from '../../controller/src/log.ts';
+import { holds, until } from '../lab/wait.ts';
+import { silentLogger, type Logger } from '../../controller/src/log.ts';
 import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
 import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { X509Certificate } from 'node:crypto';
@@ -54,7 +54,7 @@ interface TwoClusters {
   federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string }>; refusedSecrets?: Record<string, string> }>;
 }
 
-async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true): Promise<void> {
+async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true, logger: Logger = silentLogger): Promise<void> {
   const c1 = new FakeApiServer();
   const c2 = new FakeApiServer();
   await c1.start();
@@ -73,7 +73,7 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
     controller = await runController({
       kube: true, kubeconfig, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0,
       trustDomain: TD, rootNamespace: 'weft-system', namespace: 'weft-system', instance: 'controller-0', leaseRetryMs: 100, leaseDurationSeconds: 2,
-      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500 } : {}), logger: silentLogger,
+      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500 } : {}), logger,
     });
     const running = controller;
     await fn({
@@ -106,7 +106,7 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
     // A pod added in cluster2 follows through its watch.
     c2.apply(pod('demo', 'echo-c2b', { labels: { app: 'echo' }, ip: '10.78.1.2', hostIP: '10.78.0.1', sa: 'echo' }));
     const podMs = await until('a new remote pod imported', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.2' && e.cluster === 'cluster2'), 10_000);
-    t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${podMs} ms (polled once a second)`);
+    t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${podMs} ms (through the watch)`);
     // A Service that exists only in cluster2 is not imported (callers use their own cluster's VIP).
     c2.apply(svc('demo', 'only-there', { app: 'echo' }, '10.97.0.11'));
     c2.apply(pod('demo', 'echo-c2c', { labels: { app: 'echo' }, ip: '10.78.1.3', hostIP: '10.78.0.1', sa: 'echo' }));
@@ -123,19 +123,25 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
       await until('the rewritten Secret\'s API server is read', () => echo()!.endpoints.some((e) => e.ip === '10.78.9.9'), 10_000);
       assert.ok(!echo()!.endpoints.some((e) => e.ip === '10.78.1.2'), 'what only the old API server had is gone');
       assert.match((await federation()).remotes[0]!.url, new RegExp(`${c2b.url.replace(/[.]/g, '\\.')} \\(secret`));
+      await until('the old API server\'s watches are closed', () => c2.watchCount === 0, 5_000);
+      assert.equal(c2b.watchCount, REMOTE_KINDS.length, 'the new one is watched, one watch per kind');
+      c1.remove('Secret', 'weft-system', 'remote-cluster2');
+      const dropMs = await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
+      t.diagnostic(`the Secret deleted: cluster2's endpoints gone in ${dropMs} ms`);
+      await until('the Secret deleted closes its watches', () => c2b.watchCount === 0, 5_000);
     } finally {
       c1.remove('Secret', 'weft-system', 'remote-cluster2');
       await c2b.stop();
     }
-    const dropMs = await until('the Secret deleted drops cluster2', () => echo()!.endpoints.every((e) => e.cluster !== 'cluster2'), 5_000);
-    t.diagnostic(`the Secret deleted: cluster2's endpoints gone in ${dropMs} ms`);
     assert.deepEqual((await federation()).remotes, [], 'no remote left');
   }, (c1, c2) => {
     c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
   });
 });
 
-test('remote secret: a remote API server that stops answering keeps its endpoints for the stale bound, then they are dropped; they return with it', async () => {
+test('remote secret: a remote API server that stops answering keeps its endpoints for the stale bound, then they are dropped; its watches are restarted with backoff and they return with it', async () => {
+  const restarts: Array<{ what: unknown; inMs: unknown }> = [];
+  const logger: Logger = { ...silentLogger, warn: (msg, f) => void (msg === 'watch stopped; restarting' && restarts.push({ what: f?.what, inMs: f?.inMs })) };
   await withTwoClusters(async ({ c2, echo, federation }) => {
     await until('cluster2 imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
     const port = c2.port;
@@ -147,9 +153,51 @@ test('remote secret: a remote API server that stops answering keeps its endpoint
     assert.ok(Date.now() - down >= 1_400, 'not before the bound');
     const st = (await federation()).remotes[0]!;
     assert.equal(st.up, false);
-    assert.match(st.lastError!, /API server http:\/\/127\.0\.0\.1:\d+/);
+    assert.match(st.lastError!, /API server http:\/\/127\.0\.0\.1:\d+: \w+: .*ECONNREFUSED/);
+    // Backoff: each kind's watch is retried after 500 ms, then 1 s, 2 s, ... (not in a tight loop).
+    const podDelays = restarts.filter((r) => r.what === 'Pod').map((r) => r.inMs);
+    assert.deepEqual(podDelays.slice(0, 2), [500, 1_000], `the Pod watch's restart delays double: ${podDelays.join(', ')}`);
     await c2.startOn(port);
     await until('back with its API server', () => echo()!.endpoints.length === 2, 15_000);
+    assert.equal((await federation()).remotes[0]!.lastError, undefined, 'its watches stand again');
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+  }, true, logger);
+});
+
+test('remote clusters are watched, not polled (as Istio\'s remote-cluster informers): a pod added in cluster2 arrives through the watch and cluster2 is not listed again; its API server restarted, the watches resume from their resourceVersion without a list; after 410 Gone (history compacted) they relist', async (t) => {
+  await withTwoClusters(async ({ c2, echo }) => {
+    const has = (ip: string) => echo()?.endpoints.some((e) => e.ip === ip && e.cluster === 'cluster2') ?? false;
+    await until('cluster2 imported', () => has('10.78.1.1'), 15_000);
+    await until('cluster2 watched, one watch per kind', () => c2.watchCount === REMOTE_KINDS.length, 5_000);
+    const lists = () => c2.requests.filter((r) => r.method === 'GET' && !r.path.includes('watch=true')).length;
+    const listed = lists();
+    c2.apply(pod('demo', 'echo-w1', { labels: { app: 'echo' }, ip: '10.78.2.1', hostIP: '10.78.0.1', sa: 'echo' }));
+    const ms = await until('a pod added in cluster2 imported', () => has('10.78.2.1'), 2_000, { intervalMs: 5 });
+    t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${ms} ms`);
+    // Polling asked cluster2's API server every second; a watch asks nothing while it stands.
+    await holds('cluster2 is not listed while its watches stand', () => lists() === listed, 2_500, { intervalMs: 50 });
+    assert.equal(c2.watchCount, REMOTE_KINDS.length);
+
+    // Its API server restarted (a change made meanwhile): the watches resume from their resourceVersion.
+    const port = c2.port;
+    await c2.stop();
+    c2.apply(pod('demo', 'echo-w2', { labels: { app: 'echo' }, ip: '10.78.2.2', hostIP: '10.78.0.1', sa: 'echo' }));
+    await c2.startOn(port);
+    await until('the change made while its API server was down imported', () => has('10.78.2.2'), 10_000);
+    await until('watches open again', () => c2.watchCount === REMOTE_KINDS.length, 10_000);
+    assert.equal(lists(), listed, 'resumed from the last resourceVersion: nothing listed again');
+    const resumed = c2.requests.filter((r) => r.path.startsWith('/api/v1/pods?') && r.path.includes('watch=true')).at(-1)!.path;
+    assert.match(resumed, /resourceVersion=\d+/, 'the Pod watch asked for changes after the last resourceVersion it saw');
+
+    // Restarted again after its history was compacted: 410 Gone, the informers relist and converge.
+    await c2.stop();
+    c2.remove('Pod', 'demo', 'echo-w1');
+    c2.compact();
+    await c2.startOn(port);
+    await until('the pod deleted meanwhile leaves after the relist', () => !has('10.78.2.1') && has('10.78.2.2'), 10_000);
+    const podLists = c2.requests.filter((r) => r.method === 'GET' && r.path.split('?')[0] === '/api/v1/pods' && !r.path.includes('watch=true')).length;
+    assert.equal(podLists, 2, 'the Pod informer listed again after 410 Gone (once at start, once now)');
   }, (c1, c2) => {
     c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
   });

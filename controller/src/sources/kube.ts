@@ -1,7 +1,8 @@
-// Kubernetes source: one informer (@kubernetes/client-node makeInformer) per resource. Handlers
-// only enqueue `Kind/namespace/name` keys; one flush turns the queued keys into upserts and deletes
-// by reading the informer caches. An informer that stops on an error (a reset connection, a failed
-// list) is restarted with backoff; a 410 Gone makes client-node relist by itself, and the relist's
+// Kubernetes source: one informer (@kubernetes/client-node's ListWatch, kept by `KeptInformer`) per
+// resource. Handlers only enqueue `Kind/namespace/name` keys; one flush turns the queued keys into
+// upserts and deletes by reading the informer caches. An informer that stops on an error (a reset
+// connection, a failed list) is restarted with backoff and resumes its watch from the last
+// resourceVersion it saw; a 410 Gone makes client-node relist by itself, and the relist's
 // differences arrive as ordinary add/update/delete events. Status goes back through the status
 // subresource with merge patches.
 import { isDeepStrictEqual } from 'node:util';
@@ -10,8 +11,9 @@ import {
   CustomObjectsApi,
   DiscoveryV1Api,
   KubeConfig,
+  ListWatch,
   PatchStrategy,
-  makeInformer,
+  Watch,
   setHeaderOptions,
   type Informer,
   type KubernetesListObject,
@@ -47,18 +49,146 @@ export interface KubeSourceOptions {
   flushDelayMs?: number;
   /** How often kinds whose CRD is not installed are looked for again; default 30 s. */
   absentKindRetryMs?: number;
+  /**
+   * Called when the watches' health changes: `undefined` once every watched kind is listed and its
+   * watch open, else the first failing kind's error (the API server unreachable, refusing, ...).
+   */
+  onHealth?: (problem: string | undefined) => void;
 }
 
 export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'ReferenceGrant'];
 
-type AnyInformer = Informer<KubernetesObject> & ObjectCache<KubernetesObject>;
+type AnyInformer<T extends KubernetesObject = KubernetesObject> = Informer<T> & ObjectCache<T>;
+
+/**
+ * A watch that says when the API server accepted it (client-node's 'connect' fires before it is
+ * even asked) and when it could not be opened in time: client-node reconnects after a timeout on
+ * its own without an error, so an API server that drops packets would otherwise never look down.
+ */
+class ObservedWatch extends Watch {
+  readonly #onOpen: () => void;
+  readonly #onTimeout: (err: unknown) => void;
+  constructor(kubeConfig: KubeConfig, onOpen: () => void, onTimeout: (err: unknown) => void) {
+    super(kubeConfig);
+    this.#onOpen = onOpen;
+    this.#onTimeout = onTimeout;
+  }
+
+  override async watch(path: string, query: Record<string, string | number | boolean | undefined>, callback: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void): Promise<AbortController> {
+    let opened = false;
+    let ended = false;
+    const controller = await super.watch(path, query, callback, (err: unknown) => {
+      ended = true;
+      if (!opened && (err as Error | null)?.name === 'TimeoutError') this.#onTimeout(err);
+      done(err);
+    });
+    if (!ended) {
+      opened = true;
+      this.#onOpen();
+    }
+    return controller;
+  }
+}
+
+export interface KeptInformerOptions<T extends KubernetesObject> {
+  kubeConfig: KubeConfig;
+  /** The collection's path (`/api/v1/pods`). */
+  path: string;
+  list: () => Promise<KubernetesListObject<T>>;
+  labelSelector?: string;
+  /** Named in logs. */
+  what: string;
+  log: Logger;
+  /** First restart delay after an error; default 500 ms, doubling up to 30 s. */
+  restartDelayMs?: number;
+  /** Called when `error` changes (an error, or the list or watch working again). */
+  onHealth?: () => void;
+}
+
+/**
+ * One informer (list, then watch from the list's resourceVersion) kept running: after an error
+ * it is started again with backoff (500 ms doubling to 30 s, reset once a list or watch works)
+ * and resumes its watch from the last resourceVersion it saw, so nothing is listed again unless
+ * the API server answers 410 Gone (history compacted), when client-node relists. Used for the
+ * controller's own cluster (KubeSource), the remote clusters' readers and the remote Secrets.
+ */
+export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
+  readonly informer: AnyInformer<T>;
+  /** Resolves at the first successful list. */
+  readonly synced: Promise<void>;
+  restarts = 0;
+  /** The last error, until a list or watch works again. */
+  error: string | undefined;
+  #failures = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  readonly #o: KeptInformerOptions<T>;
+
+  constructor(o: KeptInformerOptions<T>) {
+    this.#o = o;
+    let markSynced!: () => void;
+    this.synced = new Promise<void>((resolve) => (markSynced = resolve));
+    const lister = async () => {
+      const result = await o.list();
+      this.#working();
+      // The list's items are in the cache right after this resolves.
+      setImmediate(markSynced);
+      return result;
+    };
+    const watch = new ObservedWatch(o.kubeConfig, () => this.#working(), (err) => this.#failing(err));
+    this.informer = new ListWatch<T>(o.path, watch, lister, false, o.labelSelector);
+    this.informer.on('error', (err: unknown) => this.#restart(err));
+  }
+
+  /** Starts it (an error restarts it; never rejects). */
+  start(): Promise<void> {
+    this.#stopped = false;
+    return this.informer.start().catch((e: unknown) => this.#restart(e));
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    await this.informer.stop();
+  }
+
+  #working(): void {
+    this.#failures = 0;
+    if (this.error === undefined) return;
+    this.error = undefined;
+    this.#o.onHealth?.();
+  }
+
+  /** Records an error; returns its message. */
+  #failing(err: unknown): string {
+    const e = err as { message?: string; code?: number; statusCode?: number; cause?: { message?: string } } | undefined;
+    const status = e?.code ?? e?.statusCode;
+    const message = typeof status === 'number' ? `HTTP ${status}` : (e?.cause?.message ?? e?.message ?? String(err));
+    if (this.#stopped) return message;
+    const changed = this.error !== message;
+    this.error = message;
+    if (changed) this.#o.onHealth?.();
+    return message;
+  }
+
+  #restart(err: unknown): void {
+    if (this.#stopped) return;
+    const delay = Math.min(30_000, (this.#o.restartDelayMs ?? 500) * 2 ** this.#failures);
+    this.#failures++;
+    const message = this.#failing(err);
+    this.#o.log.warn('watch stopped; restarting', { what: this.#o.what, error: message, inMs: delay });
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      if (this.#stopped) return;
+      this.restarts++;
+      this.informer.start().catch((e: unknown) => this.#restart(e));
+    }, delay);
+  }
+}
 
 interface Watched {
   kind: MeshKind;
-  informer: AnyInformer;
-  failures: number;
-  restartTimer?: NodeJS.Timeout;
-  restarts: number;
+  kept: KeptInformer;
 }
 
 export class KubeSource implements ConfigSource {
@@ -85,7 +215,7 @@ export class KubeSource implements ConfigSource {
 
   /** Restarts per kind (after errors), for tests and metrics. */
   restarts(): Record<string, number> {
-    return Object.fromEntries([...this.#watched].map(([k, w]) => [k, w.restarts]));
+    return Object.fromEntries([...this.#watched].map(([k, w]) => [k, w.kept.restarts]));
   }
 
   /** Kinds whose resource the API server does not serve (CRD not installed): their objects are absent. */
@@ -134,12 +264,14 @@ export class KubeSource implements ConfigSource {
       this.#absent.add(kind);
       this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind, resource: this.#path(kind) });
     }
-    const synced = this.#startInformers(kinds);
-    await Promise.all([...this.#watched.values()].map((w) => w.informer.start().catch((e: unknown) => this.#restart(w, e))));
-    await Promise.all(synced);
+    this.#startInformers(kinds);
+    await Promise.all([...this.#watched.values()].map((w) => w.kept.start()));
+    // Until every informer has listed there is no snapshot: an API server that is down at start
+    // must not look like a mesh without objects.
+    await Promise.all([...this.#watched.values()].map((w) => w.kept.synced));
     if (this.#stopped) return;
     const objects: RawObject[] = [];
-    for (const w of this.#watched.values()) for (const o of w.informer.list()) objects.push(normalize(w.kind, o));
+    for (const w of this.#watched.values()) for (const o of w.kept.informer.list()) objects.push(normalize(w.kind, o));
     this.#queue.clear();
     this.#started = true;
     // Every watched kind, absent ones included: the snapshot says there are none of them.
@@ -156,51 +288,48 @@ export class KubeSource implements ConfigSource {
         this.#absent.delete(kind);
         this.#log.info('resource now served: watching it', { kind });
         this.#startInformers([kind]);
-        const w = this.#watched.get(kind)!;
-        w.informer.start().catch((e: unknown) => this.#restart(w, e));
+        void this.#watched.get(kind)!.kept.start();
       }
       this.#lookForAbsentKinds();
     }, this.#o.absentKindRetryMs ?? 30_000);
     this.#absentTimer.unref();
   }
 
-  #startInformers(kinds: readonly MeshKind[]): Array<Promise<void>> {
-    const synced: Array<Promise<void>> = [];
+  #startInformers(kinds: readonly MeshKind[]): void {
     for (const kind of kinds) {
-      // The first successful list marks the informer synced (its items are in the cache right
-      // after the list resolves). Until every informer is synced there is no snapshot: an API
-      // server that is down at start must not look like a mesh without objects.
-      let markSynced!: () => void;
-      synced.push(new Promise<void>((resolve) => (markSynced = resolve)));
-      const list = this.#lister(kind);
-      const lister = async () => {
-        const result = await list();
-        setImmediate(markSynced);
-        return result;
-      };
-      const informer = makeInformer(this.#o.kubeConfig, this.#path(kind), lister) as AnyInformer;
-      const w: Watched = { kind, informer, failures: 0, restarts: 0 };
-      const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);
-      informer.on('add', enqueue);
-      informer.on('update', enqueue);
-      informer.on('delete', enqueue);
-      informer.on('connect', () => {
-        w.failures = 0;
+      const kept = new KeptInformer({
+        kubeConfig: this.#o.kubeConfig, path: this.#path(kind), list: this.#lister(kind), what: kind, log: this.#log,
+        ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
+        onHealth: () => this.#healthChanged(),
       });
-      informer.on('error', (err: unknown) => this.#restart(w, err));
-      this.#watched.set(kind, w);
+      const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);
+      kept.informer.on('add', enqueue);
+      kept.informer.on('update', enqueue);
+      kept.informer.on('delete', enqueue);
+      this.#watched.set(kind, { kind, kept });
     }
-    return synced;
+  }
+
+  #health: string | undefined;
+
+  /** The first failing kind's error, or undefined when every watch works. */
+  health(): string | undefined {
+    for (const w of this.#watched.values()) if (w.kept.error !== undefined) return `${w.kind}: ${w.kept.error}`;
+    return undefined;
+  }
+
+  #healthChanged(): void {
+    const now = this.health();
+    if (now === this.#health || this.#stopped) return;
+    this.#health = now;
+    this.#o.onHealth?.(now);
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#flushTimer);
     clearTimeout(this.#absentTimer);
-    for (const w of this.#watched.values()) {
-      clearTimeout(w.restartTimer);
-      await w.informer.stop();
-    }
+    for (const w of this.#watched.values()) await w.kept.stop();
     this.#handler = undefined;
   }
 
@@ -227,19 +356,6 @@ export class KubeSource implements ConfigSource {
     }
   }
 
-  #restart(w: Watched, err: unknown): void {
-    if (this.#stopped) return;
-    const delay = Math.min(30_000, (this.#o.restartDelayMs ?? 500) * 2 ** w.failures);
-    w.failures++;
-    this.#log.warn('informer stopped; restarting', { kind: w.kind, error: (err as Error)?.message ?? String(err), inMs: delay });
-    clearTimeout(w.restartTimer);
-    w.restartTimer = setTimeout(() => {
-      if (this.#stopped) return;
-      w.restarts++;
-      w.informer.start().catch((e: unknown) => this.#restart(w, e));
-    }, delay);
-  }
-
   #enqueue(kind: MeshKind, obj: KubernetesObject): void {
     const name = obj.metadata?.name;
     if (!name) return;
@@ -260,7 +376,7 @@ export class KubeSource implements ConfigSource {
       const namespace = namespaced ? parts[1]! : '';
       const name = parts[namespaced ? 2 : 1]!;
       const w = this.#watched.get(kind);
-      const obj = w?.informer.get(name, namespaced ? namespace : undefined);
+      const obj = w?.kept.informer.get(name, namespaced ? namespace : undefined);
       if (obj) events.push({ type: 'upsert', object: normalize(kind, obj), resourceVersion: obj.metadata?.resourceVersion ?? rv });
       else events.push({ type: 'delete', kind, namespace, name, resourceVersion: rv });
     }
@@ -271,7 +387,7 @@ export class KubeSource implements ConfigSource {
   #resourceVersion(): string {
     let max = '';
     for (const w of this.#watched.values()) {
-      const rv = (w.informer as unknown as { latestResourceVersion?(): string }).latestResourceVersion?.() ?? '';
+      const rv = (w.kept.informer as unknown as { latestResourceVersion?(): string }).latestResourceVersion?.() ?? '';
       if (rv.length > max.length || (rv.length === max.length && rv > max)) max = rv;
     }
     return max;
@@ -282,7 +398,7 @@ export class KubeSource implements ConfigSource {
     if (!k.hasStatus) return;
     const who = `${st.kind} ${st.namespace}/${st.name}`;
     const now = new Date().toISOString();
-    const current = this.#watched.get(st.kind)?.informer.get(st.name, st.namespace) as { status?: { conditions?: Condition[]; parents?: Array<{ controllerName: string; conditions?: Condition[] }> }; spec?: { parentRefs?: unknown[] } } | undefined;
+    const current = this.#watched.get(st.kind)?.kept.informer.get(st.name, st.namespace) as { status?: { conditions?: Condition[]; parents?: Array<{ controllerName: string; conditions?: Condition[] }> }; spec?: { parentRefs?: unknown[] } } | undefined;
     const condition = (type: string, prevList: Condition[] | undefined): Condition => {
       const status = st.ok ? 'True' : 'False';
       const prev = prevList?.find((c) => c.type === type);

@@ -1,10 +1,14 @@
 // Multi-cluster discovery in Kubernetes mode, as Istio's remote secrets do it: Secrets in the
 // controller's namespace labelled `weft.dev/multicluster: "true"` hold one kubeconfig per remote
 // cluster (the data key is the cluster ID, Istio's layout; `weftctl create-remote-secret` writes
-// them). For each, the controller reads that cluster's API server (Namespaces, Pods, Services,
-// EndpointSlices), compiles its Services and endpoints as the remote's own controller would and
-// hands them to the federation (controller/src/federation.ts) as that cluster's export: the same
-// checks, namespace sameness, gateways and stale bound as an export read over 15014.
+// them). For each, the controller list-watches that cluster's API server (Namespaces, Pods,
+// Services, EndpointSlices) with the same informers as its own cluster (KubeSource: restarts with
+// backoff, resumes from its resourceVersion, relists on 410 Gone), compiles its Services and
+// endpoints as the remote's own controller would and pushes them to the federation
+// (controller/src/federation.ts) as that cluster's export at every change: the same checks,
+// namespace sameness, gateways and stale bound as an export read over 15014. A remote whose
+// watches fail is reported failing (its last export stays until the stale bound); nothing is
+// polled.
 //
 // The remote's network is the `topology.istio.io/network` label of its root namespace (Istio's
 // label; absent: the cluster ID), its gateway the LoadBalancer address of its `weft-eastwest`
@@ -12,7 +16,7 @@
 // kubeconfig (unparseable, no server, or one that would make the controller run a command or read
 // its own files: exec and auth-provider plugins, file paths, which Istio refuses too) is reported
 // with the Secret's name and key and costs only itself.
-import { CoreV1Api, KubeConfig, makeInformer, type Informer, type ObjectCache, type V1Secret } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
@@ -25,9 +29,9 @@ export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
 import { compile } from '../compile.ts';
 import { ObjectStore } from '../store.ts';
-import { KubeSource } from './kube.ts';
+import { KeptInformer, KubeSource } from './kube.ts';
 import type { RawObject, SourceEvent } from './source.ts';
-import type { RemoteCluster } from '../federation.ts';
+import type { RemoteCluster, RemoteReport } from '../federation.ts';
 
 /** What a remote cluster's reader watches. */
 export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice'];
@@ -100,32 +104,65 @@ export interface RemoteClusterReaderOptions {
   trustDomain: string;
   rootNamespace: string;
   log: Logger;
+  /** Where its export goes at every change, and its failures (`Federation.report`). */
+  report: (r: RemoteReport) => void;
+  /** First restart delay of a failed watch (default KubeSource's). */
+  restartDelayMs?: number;
 }
 
-/** One remote cluster's API server, read into an export. */
+/** One remote cluster's API server, watched into an export. */
 export class RemoteClusterReader {
   readonly #o: RemoteClusterReaderOptions;
   readonly #source: KubeSource;
-  readonly #core: CoreV1Api;
   readonly #store = new ObjectStore();
   #synced = false;
+  #stopped = false;
   #dirty = true;
   #text = '';
+  /** Why its watches fail now, if they do. */
+  #problem: string | undefined;
   #gatewayService: RawObject | undefined;
 
   constructor(o: RemoteClusterReaderOptions) {
     this.#o = o;
-    this.#source = new KubeSource({ kubeConfig: o.kubeConfig, kinds: REMOTE_KINDS, logger: o.log });
-    this.#core = o.kubeConfig.makeApiClient(CoreV1Api);
+    this.#source = new KubeSource({
+      kubeConfig: o.kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => this.#health(problem),
+      ...(o.restartDelayMs !== undefined ? { restartDelayMs: o.restartDelayMs } : {}),
+    });
   }
 
-  /** Starts watching; never waits for the remote (an unreachable one reads as an error). */
+  /** Starts watching; never waits for the remote (an unreachable one is reported failing). */
   start(): void {
-    this.#source.start((events) => this.#onEvents(events)).then(() => (this.#synced = true), (e: Error) => this.#o.log.warn('remote cluster reader stopped', { cluster: this.#o.cluster, error: e.message }));
+    this.#source.start((events) => this.#onEvents(events)).then(() => {
+      this.#synced = true;
+      this.#push();
+    }, (e: Error) => this.#o.log.warn('remote cluster reader stopped', { cluster: this.#o.cluster, error: e.message }));
   }
 
+  /** Stops its watches at once; it reports nothing more. */
   stop(): Promise<void> {
+    this.#stopped = true;
     return this.#source.stop();
+  }
+
+  #health(problem: string | undefined): void {
+    this.#problem = problem;
+    this.#push();
+  }
+
+  /** Tells the federation the export as it is now, or why the remote cannot be read. */
+  #push(): void {
+    if (this.#stopped) return;
+    if (this.#problem !== undefined) {
+      this.#o.report({ error: `API server ${this.#o.kubeConfig.getCurrentCluster()?.server}: ${this.#problem}` });
+      return;
+    }
+    if (!this.#synced) return;
+    if (this.#dirty) {
+      this.#dirty = false;
+      this.#text = JSON.stringify(this.#export());
+    }
+    this.#o.report({ export: this.#text });
   }
 
   #onEvents(events: SourceEvent[]): void {
@@ -137,23 +174,8 @@ export class RemoteClusterReader {
       else if (e.type === 'delete' && e.kind === 'Service' && isGateway(e.namespace, e.name)) this.#gatewayService = undefined;
     }
     this.#dirty = true;
-  }
-
-  /**
-   * The remote's export as JSON text. Each read asks the API server for one Namespace, so a
-   * remote that stopped answering reads as an error (and the stale bound applies) even though
-   * the watch caches still hold its objects.
-   */
-  async read(): Promise<string> {
-    await this.#core.listNamespace({ limit: 1 }).catch((e: Error & { code?: number }) => {
-      throw new Error(`API server ${this.#o.kubeConfig.getCurrentCluster()?.server}: ${e.code ? `HTTP ${e.code}` : e.message}`);
-    });
-    if (!this.#synced) throw new Error('API server answers; its objects are not listed yet');
-    if (this.#dirty) {
-      this.#dirty = false;
-      this.#text = JSON.stringify(this.#export());
-    }
-    return this.#text;
+    // Events are the watches' own (KubeSource batches them): they also prove the remote answers.
+    if (this.#problem === undefined) this.#push();
   }
 
   #export(): ClusterExport {
@@ -186,9 +208,11 @@ export interface RemoteSecretsOptions {
   cluster: string;
   trustDomain: string;
   rootNamespace: string;
-  federation: { addRemote(r: RemoteCluster): void; removeRemote(name: string): void };
+  federation: { addRemote(r: RemoteCluster): void; removeRemote(name: string): void; report(name: string, r: RemoteReport): void };
   log: Logger;
   registry?: Registry;
+  /** First restart delay of a failed watch (default KubeSource's). */
+  restartDelayMs?: number;
 }
 
 interface Active {
@@ -203,11 +227,10 @@ export class RemoteSecrets {
   readonly #active = new Map<string, Active>();
   /** Refused keys by `secret/key`: the reason. */
   readonly #refused = new Map<string, string>();
-  #informer: (Informer<V1Secret> & ObjectCache<V1Secret>) | undefined;
+  #secrets: KeptInformer<V1Secret> | undefined;
   #stopped = false;
   /** Syncs run one after the other (each may stop readers). */
   #syncing: Promise<void> = Promise.resolve();
-  #restartTimer: NodeJS.Timeout | undefined;
   readonly #metrics?: { refused: Counter; clusters: Gauge };
 
   constructor(o: RemoteSecretsOptions) {
@@ -229,9 +252,12 @@ export class RemoteSecrets {
   async start(): Promise<void> {
     const core = this.#o.kubeConfig.makeApiClient(CoreV1Api);
     const selector = `${LABEL_MULTICLUSTER}=true`;
-    const informer = makeInformer(this.#o.kubeConfig, `/api/v1/namespaces/${this.#o.namespace}/secrets`,
-      () => core.listNamespacedSecret({ namespace: this.#o.namespace, labelSelector: selector }), selector) as Informer<V1Secret> & ObjectCache<V1Secret>;
-    this.#informer = informer;
+    const secrets = new KeptInformer<V1Secret>({
+      kubeConfig: this.#o.kubeConfig, path: `/api/v1/namespaces/${this.#o.namespace}/secrets`, labelSelector: selector,
+      list: () => core.listNamespacedSecret({ namespace: this.#o.namespace, labelSelector: selector }),
+      what: 'remote Secrets', log: this.#o.log, ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
+    });
+    this.#secrets = secrets;
     let timer: NodeJS.Timeout | undefined;
     const changed = () => {
       if (timer) return;
@@ -240,24 +266,16 @@ export class RemoteSecrets {
         this.#syncing = this.#syncing.then(() => this.#sync());
       }, 5);
     };
-    for (const ev of ['add', 'update', 'delete'] as const) informer.on(ev, changed);
-    // A watch that ends on an error (or a restart whose list fails) is started again after a second.
-    const restart = (e: unknown): void => {
-      if (this.#stopped) return;
-      this.#o.log.warn('remote secret watch stopped; restarting', { error: (e as Error)?.message ?? String(e) });
-      clearTimeout(this.#restartTimer);
-      this.#restartTimer = setTimeout(() => void informer.start().catch(restart), 1_000);
-    };
-    informer.on('error', restart);
-    await informer.start();
+    for (const ev of ['add', 'update', 'delete'] as const) secrets.informer.on(ev, changed);
+    // Resolves after the first list (or its failure, then retried with backoff).
+    await secrets.start();
     this.#syncing = this.#syncing.then(() => this.#sync());
     await this.#syncing;
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    clearTimeout(this.#restartTimer);
-    await this.#informer?.stop();
+    await this.#secrets?.stop();
     await this.#syncing;
     await Promise.all([...this.#active.values()].map((a) => a.reader.stop()));
     this.#active.clear();
@@ -273,8 +291,8 @@ export class RemoteSecrets {
   }
 
   async #sync(): Promise<void> {
-    if (this.#stopped || !this.#informer) return;
-    const secrets = [...this.#informer.list()]
+    if (this.#stopped || !this.#secrets) return;
+    const secrets = [...this.#secrets.informer.list()]
       .filter((s) => s.metadata?.labels?.[LABEL_MULTICLUSTER] === 'true')
       .sort((a, b) => (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? ''));
     const wanted = new Map<string, { secret: string; text: string; trustDomain: string }>();
@@ -329,10 +347,13 @@ export class RemoteSecrets {
     for (const [cluster, w] of wanted) {
       if (this.#active.has(cluster)) continue;
       const kubeConfig = parseRemoteKubeconfig(w.text, w.secret, cluster);
-      const reader = new RemoteClusterReader({ cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log });
+      const reader = new RemoteClusterReader({
+        cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log,
+        report: (r) => this.#o.federation.report(cluster, r), ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
+      });
       this.#active.set(cluster, { secret: w.secret, text: w.text, reader });
+      this.#o.federation.addRemote({ name: cluster, url: `${kubeConfig.getCurrentCluster()!.server} (secret ${w.secret})`, pushed: true });
       reader.start();
-      this.#o.federation.addRemote({ name: cluster, url: `${kubeConfig.getCurrentCluster()!.server} (secret ${w.secret})`, read: () => reader.read() });
       this.#o.log.info('remote cluster read through its secret', { cluster, secret: w.secret, server: kubeConfig.getCurrentCluster()!.server });
     }
     this.#metrics?.clusters.set(this.#active.size);
