@@ -10,7 +10,7 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import type { Logger } from '../../lib/log.ts';
 import type { MeshModel, NetworkGateway } from '../../lib/model/mesh.ts';
-import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type RemoteStatus } from '../../lib/model/federation.ts';
+import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -80,7 +80,9 @@ export class Federation {
   #stopped = false;
   #started = false;
   #polling = false;
-  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter };
+  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter };
+  /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
+  #refusedImports = new Map<string, ImportRefusal>();
 
   constructor(o: FederationOptions) {
     this.#o = o;
@@ -93,6 +95,7 @@ export class Federation {
         endpoints: new Gauge({ name: 'weft_federation_remote_endpoints', help: 'Endpoints imported from the remote cluster', labelNames: ['cluster'], registers }),
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
+        importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services that exist only in a remote cluster and were not imported (counted when first refused), by cluster and reason', labelNames: ['cluster', 'reason'], registers }),
       };
     }
   }
@@ -106,8 +109,17 @@ export class Federation {
   merge(local: MeshModel): MeshModel {
     this.#local = local;
     const live = this.#remotes.filter((r) => r.export && !r.stale).map((r) => r.export!);
-    if (live.length === 0) return local;
-    return { ...local, services: mergeRemoteServices(local.services.values(), { network: this.#o.network }, live) };
+    const { services, refused } = live.length === 0
+      ? { services: local.services, refused: [] }
+      : mergeRemoteServices({ services: local.services.values(), workloads: local.workloads.values() }, { network: this.#o.network }, live);
+    const now = new Map(refused.map((x) => [`${x.cluster}/${x.service}`, x]));
+    for (const [k, x] of now) {
+      if (this.#refusedImports.get(k)?.message === x.message) continue;
+      this.#metrics?.importRefused.inc({ cluster: x.cluster, reason: x.reason });
+      this.#o.log.warn('remote service not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: x.message });
+    }
+    this.#refusedImports = now;
+    return live.length === 0 ? local : { ...local, services };
   }
 
   /** This cluster's own services and endpoints (nothing imported). */
@@ -124,7 +136,13 @@ export class Federation {
       // A pushed remote whose watches work is read right now.
       lastOk: new Date(r.remote.pushed && r.export && !r.failing ? Date.now() : r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
       ...(r.export ? { network: r.export.network } : {}), ...(r.export?.gateway ? { gateway: r.export.gateway } : {}),
+      ...this.#refusedOf(r.remote.name),
     }));
+  }
+
+  #refusedOf(cluster: string): { refusedServices?: Record<string, string> } {
+    const out = [...this.#refusedImports.values()].filter((x) => x.cluster === cluster);
+    return out.length > 0 ? { refusedServices: Object.fromEntries(out.map((x) => [x.service, x.message])) } : {};
   }
 
   /** The federation listener's port (undefined when not serving). */

@@ -1,9 +1,10 @@
 // Multi-cluster discovery: what one cluster's controller tells the others (and its own east-west
 // gateway) about itself. The export is the cluster's own Services with their own endpoints, its
 // network and the gateway into that network. Importers merge it by namespace sameness: Service
-// `echo` in namespace `demo` is one service whose endpoints span every cluster that has it.
-import { isIP } from 'node:net';
-import type { Endpoint, NetworkGateway, Service } from './mesh.ts';
+// `echo` in namespace `demo` is one service whose endpoints span every cluster that has it, and a
+// Service that only other clusters have is imported with their VIP.
+import { BlockList, isIP } from 'node:net';
+import type { Endpoint, NetworkGateway, Service, ServicePort, Workload } from './mesh.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
 export const FEDERATION_PATH = '/federation/v1/export';
@@ -43,6 +44,8 @@ export interface RemoteStatus {
   lastError?: string;
   network?: string;
   gateway?: NetworkGateway;
+  /** Its Services that exist only there and were not imported: `namespace/name` → why. */
+  refusedServices?: Record<string, string>;
 }
 
 export class FederationExportError extends Error {
@@ -57,6 +60,28 @@ export class FederationExportError extends Error {
  * Checks an export read from another cluster before anything of it is used: every field an agent
  * or a gateway would act on must be there and well formed, named by its path when it is not.
  */
+const PROTOCOLS: readonly ServicePort['protocol'][] = ['TCP', 'UDP', 'SCTP'];
+const APP_PROTOCOLS: readonly ServicePort['appProtocol'][] = ['http', 'http2', 'grpc', 'tcp'];
+
+/** Addresses no Service may have: loopback, unspecified, link-local, multicast (a remote naming one would capture this host's own traffic). */
+const NOT_SERVICE_ADDRESSES = (() => {
+  const b = new BlockList();
+  b.addSubnet('0.0.0.0', 8, 'ipv4');
+  b.addSubnet('127.0.0.0', 8, 'ipv4');
+  b.addSubnet('169.254.0.0', 16, 'ipv4');
+  b.addSubnet('224.0.0.0', 3, 'ipv4');
+  b.addAddress('::', 'ipv6');
+  b.addAddress('::1', 'ipv6');
+  b.addSubnet('fe80::', 10, 'ipv6');
+  b.addSubnet('ff00::', 8, 'ipv6');
+  return b;
+})();
+
+export function isServiceAddress(ip: string): boolean {
+  const family = isIP(ip);
+  return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
+}
+
 export function parseClusterExport(v: unknown): ClusterExport {
   const obj = (x: unknown, path: string): Record<string, unknown> => {
     if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new FederationExportError(path, 'must be an object');
@@ -101,37 +126,116 @@ export function parseClusterExport(v: unknown): ClusterExport {
       obj(e.ports, `${ep}.ports`);
       return e as unknown as Endpoint;
     });
-    (s.ports as unknown[]).forEach((pv, j) => port(obj(pv, `${p}.ports[${j}]`).port, `${p}.ports[${j}].port`));
-    return { ...(s as unknown as Service), name, namespace, endpoints };
+    // What an importer acts on for a Service it has no copy of (its addresses, ports and name), so
+    // checked as strictly as the endpoints; whatever else a remote adds is not kept.
+    const ports = (s.ports as unknown[]).map((pv, j): ServicePort => {
+      const pp = `${p}.ports[${j}]`;
+      const po = obj(pv, pp);
+      const target = po.targetPort;
+      if (!(typeof target === 'string' && target !== '' && target.length <= 63) && !(typeof target === 'number' && Number.isInteger(target) && target >= 1 && target <= 65535)) throw new FederationExportError(`${pp}.targetPort`, `${JSON.stringify(target)} is neither a port nor a port name`);
+      if (!PROTOCOLS.includes(po.protocol as ServicePort['protocol'])) throw new FederationExportError(`${pp}.protocol`, `must be one of ${PROTOCOLS.join(', ')}`);
+      if (!APP_PROTOCOLS.includes(po.appProtocol as ServicePort['appProtocol'])) throw new FederationExportError(`${pp}.appProtocol`, `must be one of ${APP_PROTOCOLS.join(', ')}`);
+      if (typeof po.name !== 'string' || po.name.length > 63) throw new FederationExportError(`${pp}.name`, 'must be a string');
+      return { name: po.name, port: port(po.port, `${pp}.port`), targetPort: target, protocol: po.protocol as ServicePort['protocol'], appProtocol: po.appProtocol as ServicePort['appProtocol'] };
+    });
+    if (!Array.isArray(s.vips) || s.vips.length > 8) throw new FederationExportError(`${p}.vips`, 'must be a list of at most 8 addresses');
+    const vips = s.vips.map((v, j) => {
+      const a = ip(v, `${p}.vips[${j}]`);
+      if (!isServiceAddress(a)) throw new FederationExportError(`${p}.vips[${j}]`, `${a} cannot be a Service address (loopback, unspecified, link-local or multicast)`);
+      return a;
+    });
+    const hostname = str(s.hostname, `${p}.hostname`);
+    if (!hostname.startsWith(`${name}.${namespace}.svc.`)) throw new FederationExportError(`${p}.hostname`, `${JSON.stringify(hostname)} is not ${name}.${namespace}.svc.<domain>`);
+    const w = s.waypoint === undefined ? undefined : obj(s.waypoint, `${p}.waypoint`);
+    const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`) } : undefined;
+    return { name, namespace, hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
   });
   return { cluster, network, ...(gateway ? { gateway } : {}), services };
+}
+
+/** A remote-only Service that was not imported, and why (each costs only itself). */
+export interface ImportRefusal {
+  cluster: string;
+  /** `namespace/name`. */
+  service: string;
+  /** `vip-in-use`: one of its VIPs is an address this cluster already uses; `waypoint`: its traffic goes through a waypoint of its own cluster; `headless`: no VIP to reach it by. */
+  reason: 'vip-in-use' | 'waypoint' | 'headless';
+  message: string;
 }
 
 /**
  * The local services with every other cluster's endpoints of the same namespace/name added
  * (namespace sameness). Endpoints on another network are reached through that network's gateway;
- * another network without a gateway cannot be reached and its endpoints are left out. Services
- * that exist only in another cluster are not imported: callers address a Service by the VIP their
- * own cluster gives it. Returns new Service objects; the inputs are not changed.
+ * another network without a gateway cannot be reached and its endpoints are left out.
+ *
+ * A Service that exists only in other clusters is imported (Istio: a Service deployed in one
+ * cluster is reachable from the others by its name, which Istio's DNS proxy answers with the
+ * remote Service's ClusterIP, as no local one exists). Its VIPs, ports and hostname are those of
+ * the first cluster by cluster ID that has it; the others' endpoints join it. Refused, each
+ * costing only itself: one whose VIP this cluster already uses (a local Service's VIP, a local
+ * workload's or node's address, or an earlier import's), so a remote can never take over local
+ * traffic; one that goes through a waypoint in its own cluster (its L7 policy is enforced
+ * there, which callers here cannot reach yet: skipping it would bypass that policy); a headless
+ * one. Returns new Service objects; the inputs are not changed.
  */
-export function mergeRemoteServices(local: Iterable<Service>, own: { network: string }, remotes: readonly ClusterExport[]): Map<string, Service> {
+export function mergeRemoteServices(
+  local: { services: Iterable<Service>; workloads?: Iterable<Pick<Workload, 'ip' | 'nodeIp'>> },
+  own: { network: string },
+  remotes: readonly ClusterExport[],
+): { services: Map<string, Service>; refused: ImportRefusal[] } {
   const out = new Map<string, Service>();
-  for (const s of local) out.set(`${s.namespace}/${s.name}`, s);
-  for (const r of remotes) {
+  const refused: ImportRefusal[] = [];
+  /** Addresses in use here: VIP → who has it. */
+  const used = new Map<string, string>();
+  for (const s of local.services) {
+    out.set(`${s.namespace}/${s.name}`, s);
+    for (const v of s.vips) used.set(v, `local Service ${s.namespace}/${s.name}`);
+    for (const e of s.endpoints) {
+      if (!used.has(e.ip)) used.set(e.ip, `local endpoint ${e.ip}`);
+      if (e.nodeIp && !used.has(e.nodeIp)) used.set(e.nodeIp, `local node ${e.nodeIp}`);
+    }
+  }
+  for (const w of local.workloads ?? []) {
+    if (!used.has(w.ip)) used.set(w.ip, `local workload ${w.ip}`);
+    if (w.nodeIp && !used.has(w.nodeIp)) used.set(w.nodeIp, `local node ${w.nodeIp}`);
+  }
+  const localKeys = new Set(out.keys());
+  const ordered = [...remotes].sort((a, b) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
+  for (const r of ordered) {
     const sameNetwork = r.network === own.network;
     if (!sameNetwork && !r.gateway) continue;
     for (const rs of r.services) {
       const key = `${rs.namespace}/${rs.name}`;
-      const mine = out.get(key);
-      if (!mine) continue;
       const imported = rs.endpoints.map((e): Endpoint => ({
         ...e,
         cluster: r.cluster,
         network: r.network,
         ...(sameNetwork ? {} : { gateway: r.gateway! }),
       }));
-      out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
+      const mine = out.get(key);
+      if (mine) {
+        out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
+        continue;
+      }
+      if (localKeys.has(key)) continue;
+      const refuse = (reason: ImportRefusal['reason'], why: string) => refused.push({ cluster: r.cluster, service: key, reason, message: `Service ${key} of cluster ${r.cluster} not imported: ${why}` });
+      if (rs.waypoint) {
+        refuse('waypoint', `its traffic goes through waypoint ${rs.waypoint.namespace}/${rs.waypoint.name} in ${r.cluster}, which enforces its L7 policy and is not reachable from here`);
+        continue;
+      }
+      if (rs.vips.length === 0) {
+        refuse('headless', 'it has no VIP (headless)');
+        continue;
+      }
+      const taken = rs.vips.find((v) => used.has(v));
+      if (taken) {
+        refuse('vip-in-use', `its VIP ${taken} is already ${used.get(taken)}`);
+        continue;
+      }
+      for (const v of rs.vips) used.set(v, `Service ${key} imported from ${r.cluster}`);
+      const { waypoint: _none, ...plain } = rs;
+      out.set(key, { ...plain, endpoints: imported });
     }
   }
-  return out;
+  return { services: out, refused };
 }

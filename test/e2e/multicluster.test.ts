@@ -22,6 +22,8 @@ const lab = new Lab();
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-mc-'));
 let mc: LocalMultiCluster;
 const VIP = '10.96.0.10';
+/** demo/echo-c2: a Service only cluster2 has (over cluster2's echo pods). */
+const ONLY_C2_VIP = '10.96.0.20';
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 
 after(async () => {
@@ -62,6 +64,9 @@ async function echoEndpoints(c: string): Promise<Array<{ ip: string; cluster?: s
 before(async () => {
   mc = await LocalMultiCluster.create({ prefix: lab.id, stateDir, clusters: 2, remoteStaleAfter: '3s' });
   for (const c of mc.clusters) sampleApps(c);
+  mc.cluster('cluster2').mesh.writeConfig('20-only-here.yaml', [
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo-c2', namespace: 'demo' }, spec: { clusterIP: ONLY_C2_VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
   mc.startControllers();
   for (const c of mc.clusters) await c.mesh.waitControllerReady();
   for (const c of mc.clusters) c.mesh.startAgents();
@@ -86,6 +91,22 @@ test('namespace sameness: demo/echo is one service; a request from cluster1 is s
   assert.deepEqual([...seen.keys()].sort(), ['cluster1', 'cluster2'], `answers: ${JSON.stringify([...seen])}`);
   // The gateway piped tunnels: it carried the remote answers.
   assert.match(await mc.gatewayMetrics('cluster2'), /^weft_eastwest_tunnels_total [1-9]/m);
+});
+
+// Istio: a Service deployed in one cluster only is reachable from the others, by the remote
+// Service's ClusterIP (what Istio's DNS proxy answers for its name there).
+test('a Service only cluster2 has (demo/echo-c2) is imported into cluster1 with cluster2\'s VIP: cluster1\'s client reaches it by that VIP, served by cluster2 through its east-west gateway', async () => {
+  const dump = async () => (await getJsonInNetns<{ config: AgentConfig }>(mc.cluster('cluster1').mesh.node('node1').netnsPath, 'http://127.0.0.1:15000/config_dump')).config.services.find((s) => s.namespace === 'demo' && s.name === 'echo-c2');
+  await until('cluster1\'s agent knows the remote-only Service', async () => ((await dump().catch(() => undefined))?.endpoints.length ?? 0) === 1, 30_000);
+  const imported = (await dump())!;
+  assert.deepEqual(imported.vips, [ONLY_C2_VIP]);
+  assert.equal(imported.endpoints[0]!.cluster, 'cluster2');
+  assert.equal(imported.endpoints[0]!.gateway?.network, 'network2');
+  for (let i = 0; i < 3; i++) {
+    const r = await ask('cluster1', `http://${ONLY_C2_VIP}/`);
+    assert.ok(r.ok, `request ${i} failed: ${!r.ok ? r.error : ''}\n${mc.cluster('cluster1').mesh.logTail('agent-node1.log', 10)}`);
+    assert.equal(r.cluster, 'cluster2');
+  }
 });
 
 test('each east-west gateway\'s certificate is issued by its own cluster\'s controller CA (workload token of weft-system/weft-eastwest), renewed like a waypoint\'s', () => {

@@ -51,7 +51,7 @@ interface TwoClusters {
   c2: FakeApiServer;
   controller: RunningController;
   echo(): Service | undefined;
-  federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string }>; refusedSecrets?: Record<string, string> }>;
+  federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string; refusedServices?: Record<string, string> }>; refusedSecrets?: Record<string, string> }>;
 }
 
 async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true, logger: Logger = silentLogger): Promise<void> {
@@ -89,7 +89,7 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
   }
 }
 
-test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async (t) => {
+test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster here): cluster2\'s API server is read; demo/echo spans both clusters, cluster2\'s endpoint through network2\'s gateway; its changes follow live; a Service only cluster2 has is imported with its ClusterIP, one claiming a local VIP is refused and counted; a rewritten Secret moves the reader to its new API server; the Secret deleted drops them at once', async (t) => {
   await withTwoClusters(async ({ c1, c2, controller, echo, federation }) => {
     const importMs = await until('cluster2\'s echo endpoint imported', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
     t.diagnostic(`cluster2's endpoints in cluster1's model ${importMs} ms after the controller was ready`);
@@ -107,11 +107,24 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
     c2.apply(pod('demo', 'echo-c2b', { labels: { app: 'echo' }, ip: '10.78.1.2', hostIP: '10.78.0.1', sa: 'echo' }));
     const podMs = await until('a new remote pod imported', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.2' && e.cluster === 'cluster2'), 10_000);
     t.diagnostic(`a pod added in cluster2 reached cluster1's model in ${podMs} ms (through the watch)`);
-    // A Service that exists only in cluster2 is not imported (callers use their own cluster's VIP).
+    // A Service that exists only in cluster2 is imported with cluster2's ClusterIP (Istio: a remote-only
+    // Service resolves to the remote's ClusterIP), its endpoints through network2's gateway.
     c2.apply(svc('demo', 'only-there', { app: 'echo' }, '10.97.0.11'));
     c2.apply(pod('demo', 'echo-c2c', { labels: { app: 'echo' }, ip: '10.78.1.3', hostIP: '10.78.0.1', sa: 'echo' }));
     await until('third remote pod', () => echo()!.endpoints.some((e) => e.ip === '10.78.1.3'), 10_000);
-    assert.equal(controller.controller.model?.services.has('demo/only-there'), false);
+    const onlyThere = () => controller.controller.model?.services.get('demo/only-there');
+    await until('the remote-only Service imported', () => onlyThere()?.endpoints.length === 3, 10_000);
+    assert.deepEqual(onlyThere()!.vips, ['10.97.0.11']);
+    assert.ok(onlyThere()!.endpoints.every((e) => e.cluster === 'cluster2' && e.gateway?.address === GATEWAY_IP));
+    // Attacker side: a cluster2 Service claiming cluster1's echo VIP is refused, named and counted; echo is untouched.
+    c2.apply(svc('demo', 'hijack', { app: 'echo' }, '10.96.0.10'));
+    await until('the hijack is refused', async () => (await federation()).remotes[0]?.refusedServices?.['demo/hijack'] !== undefined, 10_000);
+    assert.match((await federation()).remotes[0]!.refusedServices!['demo/hijack']!, /its VIP 10\.96\.0\.10 is already local Service demo\/echo/);
+    assert.equal(controller.controller.model?.services.has('demo/hijack'), false);
+    assert.deepEqual(echo()!.vips, ['10.96.0.10']);
+    assert.match(await controller.registry.metrics(), /weft_federation_import_refused_total\{cluster="cluster2",reason="vip-in-use"\} 1\n/);
+    c2.remove('Service', 'demo', 'hijack');
+    await until('a refusal that no longer applies is no longer listed', async () => (await federation()).remotes[0]?.refusedServices === undefined, 10_000);
 
     // The Secret rewritten in place (a new token, another API server address): the cluster is read through the new one.
     const c2b = new FakeApiServer();
@@ -122,6 +135,7 @@ test('remote secret (Istio\'s istio/multiCluster Secret, weft.dev/multicluster h
       c1.apply(remoteSecret('remote-cluster2', { cluster2: c2b.kubeconfig('weft-reader-2') }));
       await until('the rewritten Secret\'s API server is read', () => echo()!.endpoints.some((e) => e.ip === '10.78.9.9'), 10_000);
       assert.ok(!echo()!.endpoints.some((e) => e.ip === '10.78.1.2'), 'what only the old API server had is gone');
+      assert.equal(controller.controller.model?.services.has('demo/only-there'), false, 'so is the Service only the old one had');
       assert.match((await federation()).remotes[0]!.url, new RegExp(`${c2b.url.replace(/[.]/g, '\\.')} \\(secret`));
       await until('the old API server\'s watches are closed', () => c2.watchCount === 0, 5_000);
       assert.equal(c2b.watchCount, REMOTE_KINDS.length, 'the new one is watched, one watch per kind');

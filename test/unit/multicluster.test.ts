@@ -64,21 +64,72 @@ test('plug-in CA: identities issued by two clusters\' intermediates verify each 
 });
 
 const ep = (ip: string, extra: Partial<Endpoint> = {}): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '10.78.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: id('demo', 'echo'), ready: true, ...extra });
-const svc = (name: string, endpoints: Endpoint[]): Service => ({ name, namespace: 'demo', hostname: `${name}.demo.svc.cluster.local`, vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints });
+const svc = (name: string, endpoints: Endpoint[], extra: Partial<Service> = {}): Service => ({ name, namespace: 'demo', hostname: `${name}.demo.svc.cluster.local`, vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints, ...extra });
 const GW = { network: 'network2', address: '192.168.77.2', port: 15008, spiffeId: id('weft-system', 'weft-eastwest') };
 
-test('namespace sameness: a remote cluster\'s endpoints join the local Service of the same namespace/name; another network goes through its gateway, the same network directly; remote-only services are not imported', () => {
+test('namespace sameness: a remote cluster\'s endpoints join the local Service of the same namespace/name; another network goes through its gateway, the same network directly', () => {
   const local = [svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })]), svc('near', [])];
-  const remote: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')]), svc('only-there', [ep('10.78.1.2')])] };
-  const merged = mergeRemoteServices(local, { network: 'network1' }, [remote]);
+  const remote: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')])] };
+  const merged = mergeRemoteServices({ services: local }, { network: 'network1' }, [remote]).services;
   const echo = merged.get('demo/echo')!;
   assert.deepEqual(echo.endpoints.map((e) => [e.ip, e.cluster, e.gateway?.address]), [['10.77.1.1', undefined, undefined], ['10.78.1.1', 'cluster2', '192.168.77.2']]);
-  assert.equal(merged.has('demo/only-there'), false);
+  assert.deepEqual(echo.vips, ['10.96.0.10'], 'callers here use their own cluster\'s VIP');
   assert.equal(local[0]!.endpoints.length, 1, 'the compiled model is not changed');
-  const same = mergeRemoteServices(local, { network: 'network2' }, [remote]).get('demo/echo')!;
+  const same = mergeRemoteServices({ services: local }, { network: 'network2' }, [remote]).services.get('demo/echo')!;
   assert.equal(same.endpoints[1]!.gateway, undefined, 'same network: dialled directly');
   const { gateway: _gw, ...noGateway } = remote;
-  assert.equal(mergeRemoteServices(local, { network: 'network1' }, [noGateway]).get('demo/echo')!.endpoints.length, 1, 'another network without a gateway cannot be reached');
+  assert.equal(mergeRemoteServices({ services: local }, { network: 'network1' }, [noGateway]).services.get('demo/echo')!.endpoints.length, 1, 'another network without a gateway cannot be reached');
+});
+
+// Istio: a Service deployed in one cluster only is reachable from the others by its name; with
+// Istio's DNS proxy `svc1.ns1.svc.cluster.local` resolves there to the remote Service's ClusterIP
+// (Cloud Service Mesh / Istio "DNS proxying" for multi-cluster; Istio's GetAddressForProxy falls
+// back to the Service's address in the cluster that has it).
+test('namespace sameness, remote-only Services (Istio): a Service only cluster2 has is imported with cluster2\'s ClusterIP, ports and hostname and its endpoints through the gateway; one that clusters 2 and 3 have takes the VIP of the first by cluster ID and the endpoints of both; it leaves once its cluster does', () => {
+  const local = { services: [svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])], workloads: [{ ip: '10.77.1.1', nodeIp: '10.77.0.1' }] };
+  const onlyThere = svc('only-there', [ep('10.78.1.2')], { vips: ['10.97.0.11'], ports: [{ name: 'grpc', port: 9090, targetPort: 'grpc', protocol: 'TCP', appProtocol: 'grpc' }] });
+  const c2: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')]), onlyThere] };
+  const GW3 = { ...GW, network: 'network3', address: '192.168.77.3' };
+  const c3: ClusterExport = { cluster: 'cluster3', network: 'network3', gateway: GW3, services: [svc('only-there', [ep('10.79.1.1', { nodeIp: '10.79.0.1' })], { vips: ['10.98.0.11'] })] };
+  const { services, refused } = mergeRemoteServices(local, { network: 'network1' }, [c3, c2]);
+  assert.deepEqual(refused, []);
+  const imported = services.get('demo/only-there')!;
+  assert.deepEqual(imported.vips, ['10.97.0.11'], 'cluster2\'s ClusterIP (cluster2 < cluster3), not cluster3\'s');
+  assert.deepEqual(imported.ports, onlyThere.ports);
+  assert.equal(imported.hostname, 'only-there.demo.svc.cluster.local');
+  assert.deepEqual(imported.endpoints.map((e) => [e.ip, e.cluster, e.gateway?.address]), [['10.78.1.2', 'cluster2', '192.168.77.2'], ['10.79.1.1', 'cluster3', '192.168.77.3']]);
+  assert.equal(mergeRemoteServices(local, { network: 'network1' }, [c3]).services.get('demo/only-there')!.vips[0], '10.98.0.11', 'without cluster2: cluster3\'s');
+  assert.equal(mergeRemoteServices(local, { network: 'network1' }, []).services.has('demo/only-there'), false, 'no remote has it: gone');
+  // Another network without a gateway: nothing of it is imported, remote-only Services neither.
+  const { gateway: _gw, ...noGateway } = c2;
+  assert.equal(mergeRemoteServices(local, { network: 'network1' }, [noGateway]).services.has('demo/only-there'), false);
+});
+
+test('remote-only Services, attacker side: a remote cannot take over an address this cluster uses (a local Service\'s VIP, a local pod\'s or node\'s address, another import\'s VIP), nor bypass its own waypoint; each refusal is named and costs only that Service', () => {
+  const localEcho = svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })]);
+  const local = { services: [localEcho], workloads: [{ ip: '10.77.1.1', nodeIp: '10.77.0.1' }, { ip: '10.77.1.9', nodeIp: '10.77.0.2' }] };
+  const c2: ClusterExport = {
+    cluster: 'cluster2', network: 'network2', gateway: GW, services: [
+      svc('hijack-vip', [ep('10.78.6.6')], { vips: ['10.96.0.10'] }),
+      svc('hijack-pod', [ep('10.78.6.6')], { vips: ['10.77.1.9'] }),
+      svc('hijack-node', [ep('10.78.6.6')], { vips: ['10.77.0.2'] }),
+      svc('behind-waypoint', [ep('10.78.6.6')], { vips: ['10.97.0.20'], waypoint: { namespace: 'demo', name: 'waypoint' } }),
+      svc('headless', [ep('10.78.6.6')], { vips: [] }),
+      svc('fine', [ep('10.78.1.5')], { vips: ['10.97.0.30'] }),
+    ],
+  };
+  const c3: ClusterExport = { cluster: 'cluster3', network: 'network3', gateway: { ...GW, network: 'network3', address: '192.168.77.3' }, services: [svc('other', [ep('10.79.6.6')], { vips: ['10.97.0.30'] })] };
+  const { services, refused } = mergeRemoteServices(local, { network: 'network1' }, [c2, c3]);
+  const why = Object.fromEntries(refused.map((r) => [`${r.cluster}/${r.service}`, `${r.reason}: ${r.message}`]));
+  assert.match(why['cluster2/demo/hijack-vip']!, /^vip-in-use: Service demo\/hijack-vip of cluster cluster2 not imported: its VIP 10\.96\.0\.10 is already local Service demo\/echo$/);
+  assert.match(why['cluster2/demo/hijack-pod']!, /^vip-in-use: .*10\.77\.1\.9 is already local workload/);
+  assert.match(why['cluster2/demo/hijack-node']!, /^vip-in-use: .*10\.77\.0\.2 is already local node/);
+  assert.match(why['cluster2/demo/behind-waypoint']!, /^waypoint: .*goes through waypoint demo\/waypoint in cluster2/);
+  assert.match(why['cluster2/demo/headless']!, /^headless: /);
+  assert.match(why['cluster3/demo/other']!, /^vip-in-use: .*10\.97\.0\.30 is already Service demo\/fine imported from cluster2/);
+  assert.equal(refused.length, 6);
+  assert.deepEqual([...services.keys()].sort(), ['demo/echo', 'demo/fine'], 'only the harmless one is imported');
+  assert.deepEqual(services.get('demo/echo'), localEcho, 'the local Service is untouched');
 });
 
 test('a federation export from another cluster is checked field by field before use', () => {
@@ -92,7 +143,16 @@ test('a federation export from another cluster is checked field by field before 
     [{ ...good, services: {} }, /services: must be a list/],
     [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ip: '1.2.3' }] }] }, /services\[0\]\.endpoints\[0\]\.ip/],
     [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), spiffeId: undefined }] }] }, /services\[0\]\.endpoints\[0\]\.spiffeId/],
-    [{ ...good, services: [{ ...svc('echo', []), ports: [{ port: 0 }] }] }, /services\[0\]\.ports\[0\]\.port/],
+    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 0, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }] }] }, /services\[0\]\.ports\[0\]\.port/],
+    // What an importer of a remote-only Service acts on: its addresses, ports and name.
+    [{ ...good, services: [svc('echo', [], { vips: ['127.0.0.1'] })] }, /services\[0\]\.vips\[0\]: 127\.0\.0\.1 cannot be a Service address/],
+    [{ ...good, services: [svc('echo', [], { vips: ['169.254.169.254'] })] }, /services\[0\]\.vips\[0\]: 169\.254\.169\.254 cannot be a Service address/],
+    [{ ...good, services: [svc('echo', [], { vips: ['nowhere'] })] }, /services\[0\]\.vips\[0\]: "nowhere" is not an IP address/],
+    [{ ...good, services: [svc('echo', [], { vips: undefined as unknown as string[] })] }, /services\[0\]\.vips: must be a list/],
+    [{ ...good, services: [svc('echo', [], { hostname: 'kubernetes.default.svc.cluster.local' })] }, /services\[0\]\.hostname: .* is not echo\.demo\.svc\.<domain>/],
+    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'smtp' }] }] }, /services\[0\]\.ports\[0\]\.appProtocol: must be one of/],
+    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 0, protocol: 'TCP', appProtocol: 'http' }] }] }, /services\[0\]\.ports\[0\]\.targetPort/],
+    [{ ...good, services: [svc('echo', [], { waypoint: { name: 7 } as unknown as Service['waypoint'] })] }, /services\[0\]\.waypoint\.name/],
   ];
   for (const [input, msg] of cases) assert.throws(() => parseClusterExport(input), (e: Error) => e instanceof FederationExportError && msg.test(e.message), JSON.stringify(input)?.slice(0, 80));
 });
