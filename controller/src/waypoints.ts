@@ -7,7 +7,6 @@ import {
   AppsV1Api,
   CoreV1Api,
   PolicyV1Api,
-  makeInformer,
   type KubeConfig,
   type KubernetesObject,
   type V1Deployment,
@@ -25,6 +24,7 @@ import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../l
 import type { WaypointRuntime } from './compile.ts';
 import type { WaypointDriver } from './controller.ts';
 import { silentLogger, type Logger } from './log.ts';
+import { KeptInformer } from './sources/kube.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
 /** What a launcher needs to run one waypoint. */
@@ -213,6 +213,7 @@ export class KubeWaypointDriver extends BaseDriver {
   readonly #policy: PolicyV1Api;
   #deployments: Inf<V1Deployment> | undefined;
   #services: Inf<V1Service> | undefined;
+  #kept: Array<KeptInformer<V1Deployment> | KeptInformer<V1Service>> = [];
   #known = new Set<string>();
 
   constructor(options: KubeWaypointDriverOptions) {
@@ -227,16 +228,20 @@ export class KubeWaypointDriver extends BaseDriver {
   async #startInformers(): Promise<void> {
     if (this.#deployments) return;
     const selector = LABEL_WAYPOINT_FOR;
-    this.#deployments = makeInformer<V1Deployment>(this.#o.kubeConfig, '/apis/apps/v1/deployments', () => this.#apps.listDeploymentForAllNamespaces({ labelSelector: selector }), selector);
-    this.#services = makeInformer<V1Service>(this.#o.kubeConfig, '/api/v1/services', () => this.#core.listServiceForAllNamespaces({ labelSelector: selector }), selector);
-    for (const inf of [this.#deployments, this.#services] as Array<Inf<KubernetesObject>>) {
-      inf.on('change', () => this.#refresh());
-      inf.on('error', (e: unknown) => {
-        this.#log.warn('waypoint informer stopped; restarting', { error: (e as Error)?.message });
-        setTimeout(() => void inf.start().catch(() => {}), 1000).unref();
-      });
-    }
-    await Promise.all([this.#deployments.start(), this.#services.start()]);
+    // Kept like the controller's own informers (restarted with backoff, resumed from their resourceVersion).
+    const deployments = new KeptInformer<V1Deployment>({
+      kubeConfig: this.#o.kubeConfig, path: '/apis/apps/v1/deployments', labelSelector: selector, what: 'waypoint Deployments', log: this.#log,
+      list: () => this.#apps.listDeploymentForAllNamespaces({ labelSelector: selector }),
+    });
+    const services = new KeptInformer<V1Service>({
+      kubeConfig: this.#o.kubeConfig, path: '/api/v1/services', labelSelector: selector, what: 'waypoint Services', log: this.#log,
+      list: () => this.#core.listServiceForAllNamespaces({ labelSelector: selector }),
+    });
+    this.#kept = [deployments, services];
+    this.#deployments = deployments.informer;
+    this.#services = services.informer;
+    for (const inf of [this.#deployments, this.#services] as Array<Inf<KubernetesObject>>) inf.on('change', () => this.#refresh());
+    await Promise.all([deployments.start(), services.start()]);
   }
 
   #refresh(): void {
@@ -405,8 +410,7 @@ export class KubeWaypointDriver extends BaseDriver {
   }
 
   async stop(): Promise<void> {
-    await this.#deployments?.stop();
-    await this.#services?.stop();
+    for (const k of this.#kept) await k.stop();
   }
 }
 
