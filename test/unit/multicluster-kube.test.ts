@@ -11,7 +11,10 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runController, type RunningController } from '../../controller/src/main.ts';
-import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, REMOTE_KINDS, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
+import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, REMOTE_KINDS, RemoteClusterReader, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
+import { kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { Federation } from '../../controller/src/federation.ts';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
 import { holds, until } from '../lab/wait.ts';
@@ -20,7 +23,7 @@ import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
 import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { X509Certificate } from 'node:crypto';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
-import type { Service } from '../../lib/model/mesh.ts';
+import type { MeshModel, Service } from '../../lib/model/mesh.ts';
 
 const TD = 'cluster.local';
 const GATEWAY_IP = '192.168.77.2';
@@ -340,4 +343,59 @@ test('remote secret with the weft.dev/trust-domain annotation (per-cluster trust
   }, (c1, c2) => {
     c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }, true, { 'weft.dev/trust-domain': 'cluster2.local' }));
   });
+});
+
+test('a remote API server that goes silent (a partition that drops packets: no reset, no error) is reported failing once a watch cannot be opened within its timeout, and its endpoints leave after the stale bound; they return when it answers again', async (t) => {
+  const c2 = new FakeApiServer();
+  await c2.start();
+  seedRemote(c2);
+  // Between the reader and cluster2's API server: a TCP relay that can turn into a black hole.
+  let silent = false;
+  const pairs: Array<[Socket, Socket]> = [];
+  const held: Socket[] = [];
+  const relay = createNetServer((client) => {
+    client.on('error', () => {});
+    if (silent) return void held.push(client);
+    const up = connect(c2.port, '127.0.0.1');
+    up.on('error', () => client.destroy());
+    client.pipe(up);
+    up.pipe(client);
+    pairs.push([client, up]);
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+  const relayUrl = `http://127.0.0.1:${(relay.address() as AddressInfo).port}`;
+  const federation = new Federation({
+    cluster: 'cluster1', network: 'network1', remotes: [{ name: 'cluster2', url: relayUrl, pushed: true }],
+    tls: () => assert.fail('a pushed remote is not fetched'), mayRead: () => false, isController: () => false, staleAfterMs: 1_000, log: silentLogger,
+  });
+  const reader = new RemoteClusterReader({
+    cluster: 'cluster2', secret: 'weft-system/remote-cluster2', kubeConfig: kubeConfigForServer(relayUrl), trustDomain: TD, rootNamespace: 'weft-system',
+    log: silentLogger, report: (r) => federation.report('cluster2', r), watchTimeoutMs: 1_000,
+  });
+  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const imported = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
+  try {
+    await federation.start();
+    reader.start();
+    await until('cluster2\'s echo imported', () => imported() === 1, 10_000);
+    silent = true;
+    for (const [a, b] of pairs) {
+      a.unpipe(b);
+      b.unpipe(a);
+    }
+    const cut = Date.now();
+    await until('the silent API server is reported failing', () => /timeout/i.test(federation.status()[0]?.lastError ?? ''), 10_000);
+    t.diagnostic(`reported failing ${Date.now() - cut} ms after it went silent: ${federation.status()[0]!.lastError}`);
+    await until('its endpoints leave after the stale bound', () => imported() === 0, 10_000);
+    assert.equal(federation.status()[0]!.up, false);
+    silent = false;
+    await until('it answers again: its endpoints return', () => imported() === 1, 15_000);
+    assert.equal(federation.status()[0]!.lastError, undefined);
+  } finally {
+    await reader.stop();
+    await federation.stop();
+    for (const s of [...held, ...pairs.flat()]) s.destroy();
+    await new Promise<void>((r) => relay.close(() => r()));
+    await c2.stop();
+  }
 });

@@ -54,6 +54,8 @@ export interface KubeSourceOptions {
    * watch open, else the first failing kind's error (the API server unreachable, refusing, ...).
    */
   onHealth?: (problem: string | undefined) => void;
+  /** See KeptInformerOptions.watchTimeoutMs. */
+  watchTimeoutMs?: number;
 }
 
 export const WATCHED_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'ReferenceGrant'];
@@ -68,10 +70,12 @@ type AnyInformer<T extends KubernetesObject = KubernetesObject> = Informer<T> & 
 class ObservedWatch extends Watch {
   readonly #onOpen: () => void;
   readonly #onTimeout: (err: unknown) => void;
-  constructor(kubeConfig: KubeConfig, onOpen: () => void, onTimeout: (err: unknown) => void) {
+  constructor(kubeConfig: KubeConfig, onOpen: () => void, onTimeout: (err: unknown) => void, timeoutMs?: number) {
     super(kubeConfig);
     this.#onOpen = onOpen;
     this.#onTimeout = onTimeout;
+    // client-node's own field (connect timeout, then inactivity timeout of an open watch; 30 s).
+    if (timeoutMs !== undefined) (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = timeoutMs;
   }
 
   override async watch(path: string, query: Record<string, string | number | boolean | undefined>, callback: (phase: string, obj: unknown, watchObj?: unknown) => void, done: (err: unknown) => void): Promise<AbortController> {
@@ -103,6 +107,8 @@ export interface KeptInformerOptions<T extends KubernetesObject> {
   restartDelayMs?: number;
   /** Called when `error` changes (an error, or the list or watch working again). */
   onHealth?: () => void;
+  /** How long a watch may take to open (and stay quiet) before it is abandoned; default client-node's 30 s. */
+  watchTimeoutMs?: number;
 }
 
 /**
@@ -135,7 +141,7 @@ export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
       setImmediate(markSynced);
       return result;
     };
-    const watch = new ObservedWatch(o.kubeConfig, () => this.#working(), (err) => this.#failing(err));
+    const watch = new ObservedWatch(o.kubeConfig, () => this.#working(), (err) => this.#failing(err), o.watchTimeoutMs);
     this.informer = new ListWatch<T>(o.path, watch, lister, false, o.labelSelector);
     this.informer.on('error', (err: unknown) => this.#restart(err));
   }
@@ -162,8 +168,9 @@ export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
   /** Records an error; returns its message. */
   #failing(err: unknown): string {
     const e = err as { message?: string; code?: number; statusCode?: number; cause?: { message?: string } } | undefined;
-    const status = e?.code ?? e?.statusCode;
-    const message = typeof status === 'number' ? `HTTP ${status}` : (e?.cause?.message ?? e?.message ?? String(err));
+    // An HTTP status (client-node's ApiException `code`, a watch's `statusCode`); a DOMException's `code` is not one.
+    const status = [e?.statusCode, e?.code].find((c) => typeof c === 'number' && c >= 100 && c <= 599);
+    const message = status !== undefined ? `HTTP ${status}` : (e?.cause?.message ?? e?.message ?? String(err));
     if (this.#stopped) return message;
     const changed = this.error !== message;
     this.error = message;
@@ -300,6 +307,7 @@ export class KubeSource implements ConfigSource {
       const kept = new KeptInformer({
         kubeConfig: this.#o.kubeConfig, path: this.#path(kind), list: this.#lister(kind), what: kind, log: this.#log,
         ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
+        ...(this.#o.watchTimeoutMs !== undefined ? { watchTimeoutMs: this.#o.watchTimeoutMs } : {}),
         onHealth: () => this.#healthChanged(),
       });
       const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);

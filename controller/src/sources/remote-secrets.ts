@@ -108,6 +108,8 @@ export interface RemoteClusterReaderOptions {
   report: (r: RemoteReport) => void;
   /** First restart delay of a failed watch (default KubeSource's). */
   restartDelayMs?: number;
+  /** How long a watch may take to open (default client-node's 30 s). */
+  watchTimeoutMs?: number;
 }
 
 /** One remote cluster's API server, watched into an export. */
@@ -128,6 +130,7 @@ export class RemoteClusterReader {
     this.#source = new KubeSource({
       kubeConfig: o.kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => this.#health(problem),
       ...(o.restartDelayMs !== undefined ? { restartDelayMs: o.restartDelayMs } : {}),
+      ...(o.watchTimeoutMs !== undefined ? { watchTimeoutMs: o.watchTimeoutMs } : {}),
     });
   }
 
