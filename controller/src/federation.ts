@@ -23,7 +23,7 @@ const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
 export interface RemoteCluster {
   /** The cluster ID it must report. */
   name: string;
-  /** `https://<ip>:<port>` of its controller's federation listener, or where `read` reads from (named in status and logs). */
+  /** `https://<ip>:<port>` of its controller's federation listener, or (pushed) its API server and Secret; named in status and logs. */
   url: string;
   /**
    * Its export is pushed with `Federation.report` whenever it changes or the remote stops (or
