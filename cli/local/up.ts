@@ -151,6 +151,15 @@ export async function up(o: UpOptions): Promise<LocalState> {
   }
 }
 
+/** The waypoints a Via header names (their pseudonyms `<name>.<namespace>`, waypoint/src/proxy.ts), in order. */
+export function viaWaypoints(via: string | undefined): Array<{ name: string; namespace: string }> {
+  if (!via) return [];
+  return via.split(',').flatMap((hop) => {
+    const m = /^\s*\S+\s+([a-z0-9-]+)\.([a-z0-9-]+)\s*$/.exec(hop);
+    return m ? [{ name: m[1]!, namespace: m[2]! }] : [];
+  });
+}
+
 /** Sends a few requests from the client pod and reports who answered (the README's proof). */
 export async function showTraffic(st: LocalState, say: (l: string) => void, requests = 20): Promise<boolean> {
   const client = st.pods.find((p) => p.namespace === 'demo' && p.name === 'client');
@@ -161,10 +170,11 @@ export async function showTraffic(st: LocalState, say: (l: string) => void, requ
     for (let i = 0; i < requests; i++) {
       try {
         const r = await inPodHttp(st, client.netns, `http://${s.vip}:${s.port}/`);
-        const body = JSON.parse(r) as { pod: string; peer: string };
+        const body = JSON.parse(r) as { pod: string; peer: string; headers?: Record<string, string> };
         const peer = body.peer.replace(/^::ffff:/, '');
-        const via = st.pods.find((p) => p.ip === peer && p.name.startsWith('waypoint'));
-        const key = via ? `${body.pod} (via the ${via.namespace} waypoint ${peer})` : `${body.pod} (server saw client ${peer})`;
+        // A waypoint names itself in Via (`1.1 <name>.<namespace>`); the server sees the client either way.
+        const waypoint = viaWaypoints(body.headers?.['via'])[0];
+        const key = waypoint ? `${body.pod} (via the ${waypoint.namespace} waypoint ${waypoint.name}, server saw client ${peer})` : `${body.pod} (server saw client ${peer})`;
         seen.set(key, (seen.get(key) ?? 0) + 1);
       } catch (err) {
         allOk = false;

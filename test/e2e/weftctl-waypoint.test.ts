@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
 import { destroyLocalNetwork } from '../../cli/local/network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
-import type { LocalState } from '../../cli/local/up.ts';
+import { viaWaypoints, type LocalState } from '../../cli/local/up.ts';
+import { until } from '../lab/wait.ts';
 
 import { weftctl } from './weftctl-run.ts';
 import { requestInNetns } from '../../cli/local/netns-http.ts';
@@ -59,15 +60,17 @@ test('waypoint apply --enroll-namespace starts a waypoint pod on the chosen node
   assert.ok(wp && wp.node === 'node1', 'state.json records the pod');
   const metrics = await requestInNetns(`/var/run/netns/${wp.netns}`, `http://${wp.ip}:15020/metrics`);
   assert.match(metrics.body, /^weft_waypoint_max_requests 300$/m, 'spec.maxRequests reached the waypoint');
-  // The enrolment reaches the agents through the controller: wait for the echo to see the waypoint.
+  // The enrolment reaches the agents through the controller: wait for the request to pass the
+  // waypoint (it names itself in Via, RFC 9110 section 7.6.3), while echo still sees the client.
+  const client = readState().pods.find((p) => p.namespace === 'demo' && p.name === 'client')!;
   let seen = '';
-  for (let i = 0; i < 40; i++) {
+  await until('requests to echo pass the demo waypoint', async () => {
     const res = fromClient('http://10.96.0.10/');
     seen = res.body;
-    if (res.ok && (JSON.parse(res.body) as { peer: string }).peer.endsWith(wp.ip)) break;
-    await new Promise((res2) => setTimeout(res2, 250));
-  }
-  assert.match(seen, new RegExp(`"peer":"(::ffff:)?${wp.ip.replace(/\./g, '\\.')}"`), 'echo is called by the demo waypoint');
+    return res.ok && viaWaypoints((JSON.parse(res.body) as { headers: Record<string, string> }).headers['via']).some((w) => w.name === 'waypoint' && w.namespace === 'demo');
+  }, 20_000, { explain: () => seen });
+  const passed = JSON.parse(seen) as { peer: string };
+  assert.equal(passed.peer.replace(/^::ffff:/, ''), client.ip, 'echo sees the client itself through the waypoint (the waypoint names it as for=)');
 
   const again = await weftctl(['waypoint', 'apply', ...common, '-n', 'demo']);
   assert.equal(again.code, 0, again.err);

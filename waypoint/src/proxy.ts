@@ -425,6 +425,12 @@ const fault: Stage = async (ctx) => {
   }
 };
 
+/** `namespace/name` → `name.namespace`, this waypoint's Via pseudonym. */
+export function viaPseudonym(waypoint: string): string {
+  const slash = waypoint.indexOf('/');
+  return slash < 0 ? waypoint : `${waypoint.slice(slash + 1)}.${waypoint.slice(0, slash)}`;
+}
+
 /** Upstream request headers, the body, mirrors; then `forward`. */
 const send: Stage = async (ctx) => {
   const { env, headers } = ctx;
@@ -434,6 +440,12 @@ const send: Stage = async (ctx) => {
   if (ctx.directIp) out.headers['x-forwarded-for'] = xff ? `${xff}, ${ctx.directIp}` : ctx.directIp;
   out.headers['x-forwarded-proto'] ??= 'http';
   out.headers['x-request-id'] = ctx.requestId;
+  // RFC 9110 section 7.6.3: a proxy adds itself to Via on what it forwards (the protocol it
+  // received and a pseudonym, `<name>.<namespace>`). With the caller's own address reaching the
+  // server, this is what says that a waypoint was on the path.
+  const via = `${'stream' in ctx.req ? '2' : '1.1'} ${viaPseudonym(env.waypoint)}`;
+  const prior = headerValue(headers, 'via');
+  out.headers['via'] = prior ? `${prior}, ${via}` : via;
   Object.assign(out.headers, outgoingTraceHeaders(ctx.trace!, headerValue(ctx.headers, 'b3') !== undefined));
   if (up.protocol === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
 
