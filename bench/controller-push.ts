@@ -134,11 +134,13 @@ async function main(): Promise<void> {
 
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--waypoints', String(WAYPOINTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const t1 = performance.now();
+  const syncCpu0 = process.cpuUsage();
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
     child.on('exit', (code) => reject(new Error(`clients exited with ${code}`)));
   });
   const initialMs = performance.now() - t1;
+  const syncCpu = process.cpuUsage(syncCpu0);
 
   // CPU time of both processes across the changes: load on a shared machine stretches the wall
   // clock figures, much less these.
@@ -196,7 +198,7 @@ async function main(): Promise<void> {
   const heapUsedMb = process.memoryUsage().heapUsed / 1024 / 1024;
   const result = {
     services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, waypoints: WAYPOINTS, changes: CHANGES,
-    initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs),
+    initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs), controllerCpuInitialSyncMs: Math.round((syncCpu.user + syncCpu.system) / 1000),
     compileMsMedian: +median(compileMs).toFixed(1),
     publishMsMedian: +median(publishMs).toFixed(1),
     pushToAllAckedMs: { p50: +p(0.5).toFixed(1), p90: +p(0.9).toFixed(1), max: +samples.at(-1)!.toFixed(1) },
@@ -211,7 +213,7 @@ async function main(): Promise<void> {
     pushedBytesPerChange: bytesPerChange,
     loadAverage: +(await import('node:os')).loadavg()[0]!.toFixed(1),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents, ${WAYPOINTS} waypoints: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, clients ${result.clientsCpuPerChangeMs} ms; waypoints: ${result.waypointSnapshotsPerChange} snapshots, ${result.waypointApplyMsPerChange} ms applying, ${bytesPerChange.waypoints} B per change (agents ${bytesPerChange.agents} B); load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents, ${WAYPOINTS} waypoints: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, clients ${result.clientsCpuPerChangeMs} ms; waypoints: ${result.waypointSnapshotsPerChange} snapshots, ${result.waypointApplyMsPerChange} ms applying, ${bytesPerChange.waypoints} B per change (agents ${bytesPerChange.agents} B); load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms (controller CPU ${result.controllerCpuInitialSyncMs} ms); controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

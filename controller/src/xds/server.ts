@@ -20,6 +20,7 @@ import {
 import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
+import { EncodedResponse, responseSerializer } from './wire.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
   WAYPOINT_VIEW_DEPENDS_ON,
@@ -551,14 +552,8 @@ export class ConfigServer {
       this.#unackedBytes += bytes;
       this.#pushedBytes[sub.kind!] += bytes;
       sub.pending.set(nonce, { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
-      const msg: DeltaConfigResponse = {
-        system_version_info: version,
-        type_url: TYPE_URLS[r.type],
-        resources: r.upserts.map(([name, p]) => ({ name, version: p.version, body: p.body })),
-        removed_resources: r.removed,
-        nonce,
-      };
-      sub.call.write(msg);
+      // Each resource's bytes are encoded once and shared by every client it is sent to (wire.ts).
+      sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.upserts));
       this.#metrics?.pushes.inc({ type: r.type });
     }
   }
@@ -574,7 +569,9 @@ export interface ConfigStreamDeps {
 
 /** Mounts weft.xds.v1.ConfigStream on a gRPC server (next to the certificate service on :15012). */
 export function addConfigStreamService(server: grpc.Server, deps: ConfigStreamDeps): void {
-  server.addService(configStreamServiceDefinition(), {
+  const definition = configStreamServiceDefinition();
+  const method = definition.DeltaConfig as grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse>;
+  server.addService({ ...definition, DeltaConfig: { ...method, responseSerialize: responseSerializer(method.responseSerialize) } }, {
     DeltaConfig: (call: ConfigStreamCall) => deps.configServer.handle(call),
   });
 }
