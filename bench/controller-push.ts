@@ -7,8 +7,9 @@
 //
 //   node bench/controller-push.ts [--services 1000] [--workloads 10000] [--clients 50] [--waypoints 10] [--changes 20]
 //
-// Prints one summary line (and a JSON line with the numbers).
-import { spawn } from 'node:child_process';
+// Prints one summary line (and a JSON line with the numbers). The controller's part runs with the
+// Node flags the controller is deployed with (CONTROLLER_NODE_OPTIONS).
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +17,7 @@ import { Controller } from '../controller/src/controller.ts';
 import { MemorySource } from '../controller/src/sources/memory.ts';
 import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
 import { ConfigClient } from '../lib/xds/client.ts';
+import { CONTROLLER_NODE_OPTIONS } from '../cli/install/names.ts';
 import { WaypointEngine } from '../waypoint/src/engine.ts';
 import { TcpUpstream } from '../waypoint/src/upstream.ts';
 
@@ -86,6 +88,11 @@ if (values['clients-only']) {
     process.exit(0);
   });
   process.stdin.resume();
+} else if (!CONTROLLER_NODE_OPTIONS.split(' ').every((f) => process.execArgv.includes(f))) {
+  // The controller's part runs with the V8 flags it is deployed with (cli/install/names.ts): the
+  // bench runs itself again with them (the clients' process is started without them).
+  const r = spawnSync(process.execPath, [...CONTROLLER_NODE_OPTIONS.split(' '), ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  process.exitCode = r.status ?? 1;
 } else {
   await main();
 }
