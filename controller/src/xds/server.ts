@@ -21,6 +21,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
 import { EncodedResponse, responseSerializer } from './wire.ts';
+import { deltaOf } from '../model-delta.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
   WAYPOINT_VIEW_DEPENDS_ON,
@@ -212,10 +213,15 @@ export class ConfigServer {
         continue;
       }
       // Start from what was published and replace what changed: an unchanged model object keeps
-      // its identity across compilations (CompileCache), so its entry stays as it is.
-      const out = new Map(prev);
+      // its identity across compilations (CompileCache), so its entry stays as it is. After an
+      // incremental compile only the names it recorded can differ: the published map (held by
+      // nothing else) is updated in place for those, instead of copied and walked whole.
+      const delta = before ? deltaOf(resources[type]) : undefined;
+      const incremental = delta !== undefined && delta.from === before![type];
+      const out = incremental ? prev : new Map(prev);
       const touched: string[] = [];
-      for (const [name, obj] of resources[type]) {
+      const candidates: Iterable<[string, unknown]> = incremental ? namesIn(resources[type], delta.names, out, touched) : resources[type];
+      for (const [name, obj] of candidates) {
         const old = out.get(name);
         if (old?.source === obj) continue;
         let body = this.#bodies.get(obj as object);
@@ -229,7 +235,7 @@ export class ConfigServer {
           touched.push(name);
         }
       }
-      if (out.size !== resources[type].size) {
+      if (!incremental && out.size !== resources[type].size) {
         for (const name of prev.keys()) {
           if (resources[type].has(name)) continue;
           out.delete(name);
@@ -562,6 +568,18 @@ export class ConfigServer {
       sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.upserts));
       this.#metrics?.pushes.inc({ type: r.type });
     }
+  }
+}
+
+/**
+ * The entries of `names` that `map` holds; names it no longer holds are deleted from `out` and
+ * listed in `touched` on the way.
+ */
+function* namesIn(map: ReadonlyMap<string, unknown>, names: ReadonlySet<string>, out: Map<string, Published>, touched: string[]): Generator<[string, unknown]> {
+  for (const name of names) {
+    const obj = map.get(name);
+    if (obj !== undefined) yield [name, obj];
+    else if (out.delete(name)) touched.push(name);
   }
 }
 
