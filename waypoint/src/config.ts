@@ -6,7 +6,7 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { isConsumerRoute, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
@@ -38,7 +38,7 @@ export interface Snapshot {
   /** Objects left out or failing closed, each naming the object and field. */
   issues: readonly ConfigIssue[];
   /** Client address → its workload's identity (when enrolled) and node (for `forwarded: for=` claims; the controller's address-owner table). */
-  addressOwners: ReadonlyMap<string, { spiffeId: string | undefined; nodeIp: string | undefined }>;
+  addressOwners: OwnerTable;
 }
 
 export function serviceKey(s: { namespace: string; name: string }): string {
@@ -86,11 +86,93 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
-/** Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner). */
-function addressOwnersOf(cfg: WaypointConfig): Snapshot['addressOwners'] {
-  const out = new Map<string, { spiffeId: string | undefined; nodeIp: string | undefined }>();
-  for (const o of cfg.addressOwners ?? []) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
-  return out;
+type Owner = { spiffeId: string | undefined; nodeIp: string | undefined };
+
+/**
+ * Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner).
+ * A snapshot's table is either built whole from its list or, when the list differs from the
+ * previous snapshot's in a few entries (pod churn: the config client keeps every untouched entry's
+ * object and order), a small layer of those changes over the previous table, which stays as it was.
+ * Layers are folded into a whole table every few levels.
+ */
+export class OwnerTable {
+  readonly #base: ReadonlyMap<string, Owner>;
+  /** Changed addresses over `#under` (null: gone), or undefined for a whole table. */
+  readonly #under: OwnerTable | undefined;
+  readonly #depth: number;
+  /** Addresses held (each list's addresses are distinct; see ownersOf). */
+  readonly size: number;
+
+  private constructor(base: ReadonlyMap<string, Owner | null>, under: OwnerTable | undefined, size: number) {
+    this.#base = base as ReadonlyMap<string, Owner>;
+    this.#under = under;
+    this.#depth = under ? under.#depth + 1 : 0;
+    this.size = size;
+  }
+
+  static of(list: readonly AddressOwner[]): OwnerTable {
+    const out = new Map<string, Owner>();
+    for (const o of list) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+    return new OwnerTable(out, undefined, out.size);
+  }
+
+  get(ip: string): Owner | undefined {
+    let t: OwnerTable = this;
+    for (;;) {
+      const o = (t.#base as ReadonlyMap<string, Owner | null>).get(ip);
+      if (o !== undefined) return o ?? undefined;
+      if (!t.#under) return undefined;
+      t = t.#under;
+    }
+  }
+
+  /**
+   * The table of `list`, given that this table is `was`'s: a layer of the differences when they
+   * are few and the lists hold distinct addresses, else undefined (build it whole).
+   */
+  layer(was: readonly AddressOwner[], list: readonly AddressOwner[]): OwnerTable | undefined {
+    if (this.#depth >= LAYER_DEPTH || was.length !== this.size) return undefined;
+    const removed: AddressOwner[] = [];
+    const added: AddressOwner[] = [];
+    let i = 0;
+    let j = 0;
+    while (i < was.length && j < list.length) {
+      const a = was[i]!;
+      const b = list[j]!;
+      if (a === b) { i++; j++; continue; }
+      removed.push(a);
+      i++;
+      // The same address at the same place: replaced; else `a` left the list.
+      if (a.ip === b.ip) { added.push(b); j++; }
+      if (removed.length > LAYER_LIMIT) return undefined;
+    }
+    for (; i < was.length; i++) removed.push(was[i]!);
+    for (; j < list.length; j++) added.push(list[j]!);
+    if (removed.length + added.length > LAYER_LIMIT) return undefined;
+    const changes = new Map<string, Owner | null>();
+    for (const o of removed) if (o.ip) changes.set(o.ip, null);
+    let size = this.size - removed.length;
+    for (const o of added) {
+      if (!o.ip) return undefined;
+      // An address listed twice, or still held by an entry that stayed: built whole (the last one wins there).
+      if (changes.get(o.ip) || (!changes.has(o.ip) && this.get(o.ip))) return undefined;
+      changes.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+      size++;
+    }
+    if (size !== list.length) return undefined;
+    return new OwnerTable(changes, this, size);
+  }
+}
+
+/** Layers over a whole table before the next snapshot builds a whole one again. */
+const LAYER_DEPTH = 8;
+/** Changed entries beyond which a whole table is built instead of a layer. */
+const LAYER_LIMIT = 256;
+
+function addressOwnersOf(cfg: WaypointConfig, prev: Snapshot | undefined): OwnerTable {
+  const list = cfg.addressOwners ?? [];
+  const was = prev?.config.addressOwners;
+  return (prev && was ? prev.addressOwners.layer(was, list) : undefined) ?? OwnerTable.of(list);
 }
 
 /** The inputs of a snapshot's route, policy and service tables are the same arrays (the config client reuses an untouched type's). */
@@ -107,7 +189,7 @@ function sameTables(a: WaypointConfig, b: WaypointConfig): boolean {
 export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snapshot): Snapshot {
   const issues: ConfigIssue[] = [];
   if (!checkShape(cfg, issues)) throw new ConfigRejectedError(issues);
-  const addressOwners = prev && prev.config.addressOwners === cfg.addressOwners ? prev.addressOwners : addressOwnersOf(cfg);
+  const addressOwners = prev && prev.config.addressOwners === cfg.addressOwners ? prev.addressOwners : addressOwnersOf(cfg, prev);
   if (prev && sameTables(prev.config, cfg)) return { ...prev, version, config: cfg, addressOwners };
 
   const services = new Map<string, Service>();
