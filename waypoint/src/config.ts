@@ -92,46 +92,42 @@ type Owner = { spiffeId: string | undefined; nodeIp: string | undefined };
  * Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner).
  * A snapshot's table is either built whole from its list or, when the list differs from the
  * previous snapshot's in a few entries (pod churn: the config client keeps every untouched entry's
- * object and order), a small layer of those changes over the previous table, which stays as it was.
- * Layers are folded into a whole table every few levels.
+ * object and order), the previous table's whole part shared with an overlay of every change since
+ * it was built (copied, so the previous table stays as it was). The whole part is built again once
+ * the overlay reaches an eighth of it.
  */
 export class OwnerTable {
   readonly #base: ReadonlyMap<string, Owner>;
-  /** Changed addresses over `#under` (null: gone), or undefined for a whole table. */
-  readonly #under: OwnerTable | undefined;
-  readonly #depth: number;
-  /** Addresses held (each list's addresses are distinct; see ownersOf). */
+  /** Changed addresses over `#base` (null: gone). */
+  readonly #overlay: ReadonlyMap<string, Owner | null>;
+  /** Addresses held. */
   readonly size: number;
 
-  private constructor(base: ReadonlyMap<string, Owner | null>, under: OwnerTable | undefined, size: number) {
-    this.#base = base as ReadonlyMap<string, Owner>;
-    this.#under = under;
-    this.#depth = under ? under.#depth + 1 : 0;
+  private constructor(base: ReadonlyMap<string, Owner>, overlay: ReadonlyMap<string, Owner | null>, size: number) {
+    this.#base = base;
+    this.#overlay = overlay;
     this.size = size;
   }
 
   static of(list: readonly AddressOwner[]): OwnerTable {
     const out = new Map<string, Owner>();
     for (const o of list) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
-    return new OwnerTable(out, undefined, out.size);
+    return new OwnerTable(out, new Map(), out.size);
   }
 
   get(ip: string): Owner | undefined {
-    let t: OwnerTable = this;
-    for (;;) {
-      const o = (t.#base as ReadonlyMap<string, Owner | null>).get(ip);
-      if (o !== undefined) return o ?? undefined;
-      if (!t.#under) return undefined;
-      t = t.#under;
-    }
+    const o = this.#overlay.get(ip);
+    return o !== undefined ? (o ?? undefined) : this.#base.get(ip);
   }
 
   /**
-   * The table of `list`, given that this table is `was`'s: a layer of the differences when they
-   * are few and the lists hold distinct addresses, else undefined (build it whole).
+   * The table of `list`, given that this table is `was`'s: this one's whole part with the
+   * differences added to its overlay when they are few and the lists hold distinct addresses, else
+   * undefined (build it whole).
    */
   layer(was: readonly AddressOwner[], list: readonly AddressOwner[]): OwnerTable | undefined {
-    if (this.#depth >= LAYER_DEPTH || was.length !== this.size) return undefined;
+    const limit = Math.max(OVERLAY_MIN, this.#base.size / 8) - this.#overlay.size;
+    if (was.length !== this.size || limit <= 0) return undefined;
     const removed: AddressOwner[] = [];
     const added: AddressOwner[] = [];
     let i = 0;
@@ -144,11 +140,11 @@ export class OwnerTable {
       i++;
       // The same address at the same place: replaced; else `a` left the list.
       if (a.ip === b.ip) { added.push(b); j++; }
-      if (removed.length > LAYER_LIMIT) return undefined;
+      if (removed.length > limit) return undefined;
     }
     for (; i < was.length; i++) removed.push(was[i]!);
     for (; j < list.length; j++) added.push(list[j]!);
-    if (removed.length + added.length > LAYER_LIMIT) return undefined;
+    if (removed.length + added.length > limit) return undefined;
     const changes = new Map<string, Owner | null>();
     for (const o of removed) if (o.ip) changes.set(o.ip, null);
     let size = this.size - removed.length;
@@ -160,14 +156,18 @@ export class OwnerTable {
       size++;
     }
     if (size !== list.length) return undefined;
-    return new OwnerTable(changes, this, size);
+    const overlay = new Map(this.#overlay);
+    for (const [ip, o] of changes) {
+      // An address the whole part never had needs no tombstone.
+      if (o === null && !this.#base.has(ip)) overlay.delete(ip);
+      else overlay.set(ip, o);
+    }
+    return new OwnerTable(this.#base, overlay, size);
   }
 }
 
-/** Layers over a whole table before the next snapshot builds a whole one again. */
-const LAYER_DEPTH = 8;
-/** Changed entries beyond which a whole table is built instead of a layer. */
-const LAYER_LIMIT = 256;
+/** Overlay entries allowed whatever the whole part's size. */
+const OVERLAY_MIN = 256;
 
 function addressOwnersOf(cfg: WaypointConfig, prev: Snapshot | undefined): OwnerTable {
   const list = cfg.addressOwners ?? [];
