@@ -139,3 +139,24 @@ test('an incremental compile of one pod change recompiles only its services: oth
   const changedWorkloads = [...second.model.workloads].filter(([uid, w]) => first.model.workloads.get(uid) !== w).map(([uid]) => uid);
   assert.deepEqual(changedWorkloads, ['unew']);
 });
+
+test('the record of what an incremental compile changed keeps no earlier model alive', async () => {
+  const { setFlagsFromString } = await import('node:v8');
+  const { runInNewContext } = await import('node:vm');
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const store = new ObjectStore();
+  const objs: object[] = [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } }, service('a', 'web', true)];
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service'], objects: objs as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  let first: WeakRef<object> | undefined;
+  for (let i = 0; i < 5; i++) {
+    store.apply([{ type: 'upsert', object: { apiVersion: 'v1', kind: 'Pod', metadata: { name: `p${i}`, namespace: 'a', uid: `u${i}`, labels: { app: 'web' } }, spec: { nodeName: 'n1' }, status: { phase: 'Running', podIP: `10.1.1.${i + 1}`, hostIP: '192.168.0.1' } } as never, resourceVersion: String(i + 2) }]);
+    const r = compileChanges(store.inputs(), { cache }, store.takeChanges());
+    first ??= new WeakRef(r.model.workloads);
+  }
+  // WeakRef targets live to the end of the current job.
+  await new Promise((r) => setImmediate(r));
+  gc();
+  assert.equal(first!.deref(), undefined, 'the first model\'s workload map was collected');
+});
