@@ -7,8 +7,9 @@
 //
 //   node bench/controller-push.ts [--services 1000] [--workloads 10000] [--clients 50] [--waypoints 10] [--changes 20]
 //
-// Prints one summary line (and a JSON line with the numbers).
-import { spawn } from 'node:child_process';
+// Prints one summary line (and a JSON line with the numbers). The controller's part runs with the
+// Node flags the controller is deployed with (CONTROLLER_NODE_OPTIONS).
+import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -16,6 +17,7 @@ import { Controller } from '../controller/src/controller.ts';
 import { MemorySource } from '../controller/src/sources/memory.ts';
 import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
 import { ConfigClient } from '../lib/xds/client.ts';
+import { CONTROLLER_NODE_OPTIONS } from '../cli/install/names.ts';
 import { WaypointEngine } from '../waypoint/src/engine.ts';
 import { TcpUpstream } from '../waypoint/src/upstream.ts';
 
@@ -86,6 +88,11 @@ if (values['clients-only']) {
     process.exit(0);
   });
   process.stdin.resume();
+} else if (!CONTROLLER_NODE_OPTIONS.split(' ').every((f) => process.execArgv.includes(f))) {
+  // The controller's part runs with the V8 flags it is deployed with (cli/install/names.ts): the
+  // bench runs itself again with them (the clients' process is started without them).
+  const r = spawnSync(process.execPath, [...CONTROLLER_NODE_OPTIONS.split(' '), ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  process.exitCode = r.status ?? 1;
 } else {
   await main();
 }
@@ -134,11 +141,13 @@ async function main(): Promise<void> {
 
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--clients-only', `127.0.0.1:${port}`, '--clients', String(CLIENTS), '--waypoints', String(WAYPOINTS), '--services', String(SERVICES)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const t1 = performance.now();
+  const syncCpu0 = process.cpuUsage();
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
     child.on('exit', (code) => reject(new Error(`clients exited with ${code}`)));
   });
   const initialMs = performance.now() - t1;
+  const syncCpu = process.cpuUsage(syncCpu0);
 
   // CPU time of both processes across the changes: load on a shared machine stretches the wall
   // clock figures, much less these.
@@ -196,7 +205,7 @@ async function main(): Promise<void> {
   const heapUsedMb = process.memoryUsage().heapUsed / 1024 / 1024;
   const result = {
     services: SERVICES, workloads: WORKLOADS, clients: CLIENTS, waypoints: WAYPOINTS, changes: CHANGES,
-    initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs),
+    initialCompileMs: Math.round(initialCompileMs), initialSyncMs: Math.round(initialMs), controllerCpuInitialSyncMs: Math.round((syncCpu.user + syncCpu.system) / 1000),
     compileMsMedian: +median(compileMs).toFixed(1),
     publishMsMedian: +median(publishMs).toFixed(1),
     pushToAllAckedMs: { p50: +p(0.5).toFixed(1), p90: +p(0.9).toFixed(1), max: +samples.at(-1)!.toFixed(1) },
@@ -211,7 +220,7 @@ async function main(): Promise<void> {
     pushedBytesPerChange: bytesPerChange,
     loadAverage: +(await import('node:os')).loadavg()[0]!.toFixed(1),
   };
-  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents, ${WAYPOINTS} waypoints: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, clients ${result.clientsCpuPerChangeMs} ms; waypoints: ${result.waypointSnapshotsPerChange} snapshots, ${result.waypointApplyMsPerChange} ms applying, ${bytesPerChange.waypoints} B per change (agents ${bytesPerChange.agents} B); load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms; controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
+  console.log(`controller-push: ${SERVICES} services, ${WORKLOADS} workloads, ${CLIENTS} agents, ${WAYPOINTS} waypoints: change→all ACKed p50 ${result.pushToAllAckedMs.p50} ms, p90 ${result.pushToAllAckedMs.p90} ms, max ${result.pushToAllAckedMs.max} ms; (compile ${result.compileMsMedian} ms, publish ${result.publishMsMedian} ms; CPU per change: controller ${result.controllerCpuPerChangeMs} ms, clients ${result.clientsCpuPerChangeMs} ms; waypoints: ${result.waypointSnapshotsPerChange} snapshots, ${result.waypointApplyMsPerChange} ms applying, ${bytesPerChange.waypoints} B per change (agents ${bytesPerChange.agents} B); load ${result.loadAverage}); initial sync ${result.initialSyncMs} ms (controller CPU ${result.controllerCpuInitialSyncMs} ms); controller peak RSS ${result.controllerPeakRssMb} MB (${result.controllerRssAfterMb} MB after)`);
   console.log(JSON.stringify(result));
   child.stdin.end();
   await new Promise((r) => child.once('exit', r));

@@ -9,7 +9,7 @@ import type { IVolume } from 'kubernetes-models/v1/Volume';
 import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
-  CONTROLLER_CA_DIR, CONTROLLER_NAME, ENV, LIVENESS_PATH, PORTS, READINESS_PATH, labels, selectorLabels,
+  CONTROLLER_CA_DIR, CONTROLLER_NAME, CONTROLLER_NODE_OPTIONS, ENV, LIVENESS_PATH, PORTS, READINESS_PATH, labels, selectorLabels,
 } from './names.ts';
 
 /** The image's unprivileged user (`node` in the node:24 images). */
@@ -110,6 +110,7 @@ export function renderController(o: ResolvedInstallOptions): [IDeployment, IServ
             env: [
               { name: ENV.podName, valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
               { name: ENV.podNamespace, valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+              { name: 'NODE_OPTIONS', value: CONTROLLER_NODE_OPTIONS },
             ],
             readinessProbe: {
               httpGet: { path: READINESS_PATH, port: PORTS.readiness },

@@ -14,7 +14,7 @@ import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './networ
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
 import { runCniPlugin, type CniRun } from './cni.ts';
-import { AGENT_ENV, AGENT_NODE_OPTIONS } from '../install/names.ts';
+import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS } from '../install/names.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
@@ -224,7 +224,7 @@ export class LocalMesh {
       // Agents and waypoints present their node / workload certificates on the config stream.
       '--require-client-identity',
       '--log-level', this.o.logLevel ?? 'info',
-    ], 'controller.log');
+    ], 'controller.log', { NODE_OPTIONS: [process.env.NODE_OPTIONS, CONTROLLER_NODE_OPTIONS].filter(Boolean).join(' ') });
     return this.controller;
   }
 

@@ -24,6 +24,7 @@ import {
   type MeshInputs,
   type WorkloadUnit,
 } from './compile.ts';
+import { recordDelta } from './model-delta.ts';
 
 /** Compiles `inputs`, of which only the objects keyed (`Kind/namespace/name`) in `changed` differ from the last compilation with the same cache. */
 export function compileChanges(inputs: MeshInputs, options: CompileOptions, changed: ReadonlySet<string>): CompileResult {
@@ -85,6 +86,8 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
   const prev = last.result.model;
   const model: MeshModel = { ...prev, workloads: new Map(prev.workloads), services: new Map(prev.services) };
   const touched = new Set<string>();
+  /** Workload uids deleted from the model (publish looks at these and `touched` only). */
+  const deleted = new Set<string>();
   const affected = new Set<string>();
   const affects = (w: Workload) => {
     for (const key of last.servicesByNamespace.get(w.namespace) ?? []) {
@@ -101,6 +104,7 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
       last.uidByPodKey.delete(key);
       if (before.base.uid !== after?.base.uid) {
         model.workloads.delete(before.base.uid);
+        deleted.add(before.base.uid);
         memberOf.delete(before.base.uid);
       }
     }
@@ -161,6 +165,8 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
     const unit = cache.workloads.get(uid);
     if (unit) model.workloads.set(uid, finalWorkload(unit, memberOf.get(uid)));
   }
+  recordDelta(model.workloads, prev.workloads, new Set([...touched, ...deleted]));
+  recordDelta(model.services, prev.services, affected);
   // Findings and route verdicts depend on which Services exist, their ports and waypoints, and on
   // waypoints: none of which a pod or an EndpointSlice changes.
   const result: CompileResult = { model, findings: last.result.findings, routeParents: last.result.routeParents };

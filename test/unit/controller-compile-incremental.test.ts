@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { CompileCache, compile, type CompileResult } from '../../controller/src/compile.ts';
 import { compileChanges, compileIncrementally } from '../../controller/src/compile-incremental.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
+import { deltaOf } from '../../controller/src/model-delta.ts';
 import type { SourceEvent } from '../../controller/src/sources/source.ts';
 import { prng } from '../lab/config-fuzz.ts';
 
@@ -81,7 +82,7 @@ for (const seed of [1, 2, 3, 4, 5, 6]) {
     initial.push(slice(r, 'a', 'db', 0));
     apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'PeerAuthentication', 'AuthorizationPolicy', 'HTTPRoute'], objects: initial } as never]);
     const cache = new CompileCache();
-    compileChanges(store.inputs(), { cache }, store.takeChanges());
+    let prev = compileChanges(store.inputs(), { cache }, store.takeChanges()).model;
     let incremental = 0;
     for (let step = 0; step < 150; step++) {
       const events: Array<Record<string, unknown>> = [];
@@ -103,6 +104,17 @@ for (const seed of [1, 2, 3, 4, 5, 6]) {
       if (inc) incremental++;
       const got = inc ?? compile(inputs, { cache });
       assert.deepEqual(normal(got), normal(compile(inputs)), `seed ${seed}, step ${step}: ${[...changed].join(', ')}`);
+      if (inc && got.model !== prev) {
+        // What publish relies on (model-delta.ts): every entry that differs from the previous model is named.
+        for (const kind of ['workloads', 'services'] as const) {
+          const delta = deltaOf(got.model[kind]);
+          assert.ok(delta && delta.from === prev[kind], `seed ${seed}, step ${step}: ${kind} delta recorded against the previous model`);
+          for (const k of new Set([...prev[kind].keys(), ...got.model[kind].keys()])) {
+            if (prev[kind].get(k) !== got.model[kind].get(k)) assert.ok(delta.names.has(k), `seed ${seed}, step ${step}: ${kind} ${k} changed but is not named`);
+          }
+        }
+      }
+      prev = got.model;
     }
     // Most steps change only pods and slices: most take the incremental path.
     assert.ok(incremental > 60, `only ${incremental} of 150 steps were incremental`);
@@ -126,4 +138,25 @@ test('an incremental compile of one pod change recompiles only its services: oth
   assert.equal(second.model.services.get('a/db'), first.model.services.get('a/db'));
   const changedWorkloads = [...second.model.workloads].filter(([uid, w]) => first.model.workloads.get(uid) !== w).map(([uid]) => uid);
   assert.deepEqual(changedWorkloads, ['unew']);
+});
+
+test('the record of what an incremental compile changed keeps no earlier model alive', async () => {
+  const { setFlagsFromString } = await import('node:v8');
+  const { runInNewContext } = await import('node:vm');
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const store = new ObjectStore();
+  const objs: object[] = [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } }, service('a', 'web', true)];
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service'], objects: objs as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  let first: WeakRef<object> | undefined;
+  for (let i = 0; i < 5; i++) {
+    store.apply([{ type: 'upsert', object: { apiVersion: 'v1', kind: 'Pod', metadata: { name: `p${i}`, namespace: 'a', uid: `u${i}`, labels: { app: 'web' } }, spec: { nodeName: 'n1' }, status: { phase: 'Running', podIP: `10.1.1.${i + 1}`, hostIP: '192.168.0.1' } } as never, resourceVersion: String(i + 2) }]);
+    const r = compileChanges(store.inputs(), { cache }, store.takeChanges());
+    first ??= new WeakRef(r.model.workloads);
+  }
+  // WeakRef targets live to the end of the current job.
+  await new Promise((r) => setImmediate(r));
+  gc();
+  assert.equal(first!.deref(), undefined, 'the first model\'s workload map was collected');
 });

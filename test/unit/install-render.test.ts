@@ -455,6 +455,18 @@ test('the agent runs with a small V8 young generation and two malloc arenas, as 
   assert.match(mesh, /AGENT_NODE_OPTIONS\]/);
 });
 
+test('the controller runs with a small V8 young generation, as the local mesh and bench/controller-push.ts run it (issue 20: peak RSS)', async () => {
+  const { CONTROLLER_NODE_OPTIONS } = await import('../../cli/install/names.ts');
+  const container = find<IDeployment>(renderInstall(OPTS), 'Deployment').spec?.template.spec?.containers[0];
+  const env = new Map((container?.env ?? []).map((e) => [e.name, e.value]));
+  assert.match(CONTROLLER_NODE_OPTIONS, /--max-semi-space-size=\d+\b/);
+  assert.equal(env.get('NODE_OPTIONS'), CONTROLLER_NODE_OPTIONS);
+  const mesh = readFileSync(new URL('../../cli/local/mesh.ts', import.meta.url), 'utf8');
+  assert.match(mesh, /'controller\.log', \{ NODE_OPTIONS: \[process\.env\.NODE_OPTIONS, CONTROLLER_NODE_OPTIONS\]/);
+  const bench = readFileSync(new URL('../../bench/controller-push.ts', import.meta.url), 'utf8');
+  assert.match(bench, /CONTROLLER_NODE_OPTIONS\.split/);
+});
+
 test('the controller requires client identities on the config stream (issue 17, defect 7)', () => {
   const args = find<IDeployment>(renderInstall(OPTS), 'Deployment').spec?.template.spec?.containers[0]?.args ?? [];
   assert.ok(args.includes('--require-client-identity'), args.join(' '));

@@ -6,7 +6,7 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { isConsumerRoute, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
@@ -38,7 +38,7 @@ export interface Snapshot {
   /** Objects left out or failing closed, each naming the object and field. */
   issues: readonly ConfigIssue[];
   /** Client address → its workload's identity (when enrolled) and node (for `forwarded: for=` claims; the controller's address-owner table). */
-  addressOwners: ReadonlyMap<string, { spiffeId: string | undefined; nodeIp: string | undefined }>;
+  addressOwners: OwnerTable;
 }
 
 export function serviceKey(s: { namespace: string; name: string }): string {
@@ -86,11 +86,93 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
-/** Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner). */
-function addressOwnersOf(cfg: WaypointConfig): Snapshot['addressOwners'] {
-  const out = new Map<string, { spiffeId: string | undefined; nodeIp: string | undefined }>();
-  for (const o of cfg.addressOwners ?? []) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
-  return out;
+type Owner = { spiffeId: string | undefined; nodeIp: string | undefined };
+
+/**
+ * Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner).
+ * A snapshot's table is either built whole from its list or, when the list differs from the
+ * previous snapshot's in a few entries (pod churn: the config client keeps every untouched entry's
+ * object and order), the previous table's whole part shared with an overlay of every change since
+ * it was built (copied, so the previous table stays as it was). The whole part is built again once
+ * the overlay reaches an eighth of it.
+ */
+export class OwnerTable {
+  readonly #base: ReadonlyMap<string, Owner>;
+  /** Changed addresses over `#base` (null: gone). */
+  readonly #overlay: ReadonlyMap<string, Owner | null>;
+  /** Addresses held. */
+  readonly size: number;
+
+  private constructor(base: ReadonlyMap<string, Owner>, overlay: ReadonlyMap<string, Owner | null>, size: number) {
+    this.#base = base;
+    this.#overlay = overlay;
+    this.size = size;
+  }
+
+  static of(list: readonly AddressOwner[]): OwnerTable {
+    const out = new Map<string, Owner>();
+    for (const o of list) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+    return new OwnerTable(out, new Map(), out.size);
+  }
+
+  get(ip: string): Owner | undefined {
+    const o = this.#overlay.get(ip);
+    return o !== undefined ? (o ?? undefined) : this.#base.get(ip);
+  }
+
+  /**
+   * The table of `list`, given that this table is `was`'s: this one's whole part with the
+   * differences added to its overlay when they are few and the lists hold distinct addresses, else
+   * undefined (build it whole).
+   */
+  layer(was: readonly AddressOwner[], list: readonly AddressOwner[]): OwnerTable | undefined {
+    const limit = Math.max(OVERLAY_MIN, this.#base.size / 8) - this.#overlay.size;
+    if (was.length !== this.size || limit <= 0) return undefined;
+    const removed: AddressOwner[] = [];
+    const added: AddressOwner[] = [];
+    let i = 0;
+    let j = 0;
+    while (i < was.length && j < list.length) {
+      const a = was[i]!;
+      const b = list[j]!;
+      if (a === b) { i++; j++; continue; }
+      removed.push(a);
+      i++;
+      // The same address at the same place: replaced; else `a` left the list.
+      if (a.ip === b.ip) { added.push(b); j++; }
+      if (removed.length > limit) return undefined;
+    }
+    for (; i < was.length; i++) removed.push(was[i]!);
+    for (; j < list.length; j++) added.push(list[j]!);
+    if (removed.length + added.length > limit) return undefined;
+    const changes = new Map<string, Owner | null>();
+    for (const o of removed) if (o.ip) changes.set(o.ip, null);
+    let size = this.size - removed.length;
+    for (const o of added) {
+      if (!o.ip) return undefined;
+      // An address listed twice, or still held by an entry that stayed: built whole (the last one wins there).
+      if (changes.get(o.ip) || (!changes.has(o.ip) && this.get(o.ip))) return undefined;
+      changes.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+      size++;
+    }
+    if (size !== list.length) return undefined;
+    const overlay = new Map(this.#overlay);
+    for (const [ip, o] of changes) {
+      // An address the whole part never had needs no tombstone.
+      if (o === null && !this.#base.has(ip)) overlay.delete(ip);
+      else overlay.set(ip, o);
+    }
+    return new OwnerTable(this.#base, overlay, size);
+  }
+}
+
+/** Overlay entries allowed whatever the whole part's size. */
+const OVERLAY_MIN = 256;
+
+function addressOwnersOf(cfg: WaypointConfig, prev: Snapshot | undefined): OwnerTable {
+  const list = cfg.addressOwners ?? [];
+  const was = prev?.config.addressOwners;
+  return (prev && was ? prev.addressOwners.layer(was, list) : undefined) ?? OwnerTable.of(list);
 }
 
 /** The inputs of a snapshot's route, policy and service tables are the same arrays (the config client reuses an untouched type's). */
@@ -107,7 +189,7 @@ function sameTables(a: WaypointConfig, b: WaypointConfig): boolean {
 export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snapshot): Snapshot {
   const issues: ConfigIssue[] = [];
   if (!checkShape(cfg, issues)) throw new ConfigRejectedError(issues);
-  const addressOwners = prev && prev.config.addressOwners === cfg.addressOwners ? prev.addressOwners : addressOwnersOf(cfg);
+  const addressOwners = prev && prev.config.addressOwners === cfg.addressOwners ? prev.addressOwners : addressOwnersOf(cfg, prev);
   if (prev && sameTables(prev.config, cfg)) return { ...prev, version, config: cfg, addressOwners };
 
   const services = new Map<string, Service>();

@@ -20,6 +20,8 @@ import {
 import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
+import { EncodedResponse, responseSerializer } from './wire.ts';
+import { deltaOf } from '../model-delta.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
   WAYPOINT_VIEW_DEPENDS_ON,
@@ -80,8 +82,15 @@ interface Pending {
   /** Body bytes sent and not yet acknowledged (flow control). */
   bytes: number;
   sentAt: number;
-  upserts: Array<[string, string]>;
+  /** The resources it carries (the published entries themselves, shared with every client). */
+  upserts: ReadonlyArray<readonly [string, Published]>;
   removed: string[];
+  /**
+   * The versions `sent` held before this response for the names it replaced or removed (a name it
+   * added had none): a NACK undoes pending responses from these, instead of every client keeping a
+   * second, acknowledged copy of its whole view.
+   */
+  before: Array<[string, string]>;
 }
 
 interface Subscription {
@@ -96,10 +105,11 @@ class Subscriber {
   kind: ClientKind | undefined;
   namespace = '';
   readonly subs = new Map<ResourceType, Subscription>();
-  /** What the client holds once every sent response is applied. */
+  /**
+   * What the client holds once every sent response is applied. What it confirmed is this with the
+   * pending responses undone (Pending.before).
+   */
   readonly sent = new Map<ResourceType, Map<string, string>>();
-  /** What the client confirmed. */
-  readonly acked = new Map<ResourceType, Map<string, string>>();
   readonly pending = new Map<string, Pending>();
   /**
    * Per type, what may differ between `sent` and the client's view since the last flush: the
@@ -203,10 +213,15 @@ export class ConfigServer {
         continue;
       }
       // Start from what was published and replace what changed: an unchanged model object keeps
-      // its identity across compilations (CompileCache), so its entry stays as it is.
-      const out = new Map(prev);
+      // its identity across compilations (CompileCache), so its entry stays as it is. After an
+      // incremental compile only the names it recorded can differ: the published map (held by
+      // nothing else) is updated in place for those, instead of copied and walked whole.
+      const delta = before ? deltaOf(resources[type]) : undefined;
+      const incremental = delta !== undefined && delta.from === before![type];
+      const out = incremental ? prev : new Map(prev);
       const touched: string[] = [];
-      for (const [name, obj] of resources[type]) {
+      const candidates: Iterable<[string, unknown]> = incremental ? namesIn(resources[type], delta.names, out, touched) : resources[type];
+      for (const [name, obj] of candidates) {
         const old = out.get(name);
         if (old?.source === obj) continue;
         let body = this.#bodies.get(obj as object);
@@ -220,7 +235,7 @@ export class ConfigServer {
           touched.push(name);
         }
       }
-      if (out.size !== resources[type].size) {
+      if (!incremental && out.size !== resources[type].size) {
         for (const name of prev.keys()) {
           if (resources[type].has(name)) continue;
           out.delete(name);
@@ -371,10 +386,11 @@ export class ConfigServer {
     if (req.response_nonce) {
       const p = sub.pending.get(req.response_nonce);
       if (p) {
+        // A NACK undoes p among the pending responses, so it looks before p leaves them.
+        if (req.error_detail) this.#nack(sub, req.response_nonce, p, req.error_detail.message);
         sub.pending.delete(req.response_nonce);
         this.#release(p);
-        if (req.error_detail) this.#nack(sub, req.response_nonce, p, req.error_detail.message);
-        else this.#ack(sub, p);
+        if (!req.error_detail) this.#ack(sub, p);
       }
     }
 
@@ -385,7 +401,6 @@ export class ConfigServer {
       sub.subs.set(type, sub0);
       const initial = new Map(Object.entries(req.initial_resource_versions ?? {}));
       sub.sent.set(type, initial);
-      sub.acked.set(type, new Map(initial));
       if (req.resource_names_subscribe.length === 0) sub0.wildcard = true;
     }
     for (const n of req.resource_names_subscribe) {
@@ -403,9 +418,6 @@ export class ConfigServer {
   }
 
   #ack(sub: Subscriber, p: Pending): void {
-    const acked = sub.acked.get(p.type)!;
-    for (const [n, v] of p.upserts) acked.set(n, v);
-    for (const n of p.removed) acked.delete(n);
     // A version is acknowledged once no response of it (or older) is outstanding.
     let outstanding = false;
     for (const q of sub.pending.values()) if (Number(q.systemVersion) <= Number(p.systemVersion)) outstanding = true;
@@ -429,13 +441,15 @@ export class ConfigServer {
     }
     sub.nackedVersion = p.systemVersion;
     // The client reverted to what it acknowledged; later responses of this type build on that.
-    const sent = new Map(sub.acked.get(p.type)!);
-    for (const q of sub.pending.values()) {
-      if (q.type !== p.type) continue;
-      for (const [n, v] of q.upserts) sent.set(n, v);
-      for (const n of q.removed) sent.delete(n);
+    // What it acknowledged is `sent` with every pending response of the type undone, latest first;
+    // then the others (not p) are applied again, in the order they were sent.
+    const sent = sub.sent.get(p.type)!;
+    const ofType = [...sub.pending.values()].filter((q) => q.type === p.type);
+    for (const q of ofType.reverse()) {
+      for (const [n] of q.upserts) sent.delete(n);
+      for (const [n, v] of q.before) sent.set(n, v);
     }
-    sub.sent.set(p.type, sent);
+    for (const q of ofType.reverse()) if (q !== p) applyTo(sent, q);
     sub.dirty.set(p.type, 'all');
   }
 
@@ -485,23 +499,21 @@ export class ConfigServer {
     for (const s of this.#subscribers) for (const p of s.pending.values()) if (p.sentAt < cutoff) this.#release(p);
   }
 
-  #view(sub: Subscriber, type: ResourceType): Map<string, Published> {
+  /** Calls `each` with every published resource of `type` that `sub` may see (its whole view). */
+  #view(sub: Subscriber, type: ResourceType, each: (name: string, p: Published) => void): void {
     const all = this.#published[type];
     const ix = this.#index;
     const s = sub.subs.get(type)!;
-    let names: Iterable<string> | undefined;
-    if (!ix) names = [];
-    else names = sub.kind === 'agent' ? agentView(ix, sub.id, type) : waypointView(ix, sub.namespace, type);
-    const out = new Map<string, Published>();
+    if (!ix) return;
+    const names = sub.kind === 'agent' ? agentView(ix, sub.id, type) : waypointView(ix, sub.namespace, type);
     if (names === undefined) {
-      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) out.set(n, p);
+      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) each(n, p);
     } else {
       for (const n of names) {
         const p = all.get(n);
-        if (p && (s.wildcard || s.names.has(n))) out.set(n, p);
+        if (p && (s.wildcard || s.names.has(n))) each(n, p);
       }
     }
-    return out;
   }
 
   /** The published resource if `sub` may see it (the one-name form of #view). */
@@ -525,9 +537,11 @@ export class ConfigServer {
       const removed: string[] = [];
       const dirty = sub.force ? 'all' : sub.dirty.get(type);
       if (dirty === 'all') {
-        const view = this.#view(sub, type);
-        for (const [n, p] of view) if (sent.get(n) !== p.version) upserts.push([n, p]);
-        for (const n of sent.keys()) if (!view.has(n)) removed.push(n);
+        this.#view(sub, type, (n, p) => {
+          if (sent.get(n) !== p.version) upserts.push([n, p]);
+        });
+        // #holds is the one-name form of #view (test/unit/controller-xds-views.test.ts).
+        for (const n of sent.keys()) if (!this.#holds(sub, type, n)) removed.push(n);
       } else if (dirty) {
         for (const n of dirty) {
           const p = this.#holds(sub, type, n);
@@ -543,24 +557,44 @@ export class ConfigServer {
     if (!any) return;
     for (const r of responses) {
       const nonce = randomBytes(8).toString('hex');
-      const sent = sub.sent.get(r.type)!;
-      for (const [n, p] of r.upserts) sent.set(n, p.version);
-      for (const n of r.removed) sent.delete(n);
       let bytes = 0;
       for (const [, p] of r.upserts) bytes += p.body.length;
       this.#unackedBytes += bytes;
       this.#pushedBytes[sub.kind!] += bytes;
-      sub.pending.set(nonce, { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts.map(([n, p]) => [n, p.version]), removed: r.removed });
-      const msg: DeltaConfigResponse = {
-        system_version_info: version,
-        type_url: TYPE_URLS[r.type],
-        resources: r.upserts.map(([name, p]) => ({ name, version: p.version, body: p.body })),
-        removed_resources: r.removed,
-        nonce,
-      };
-      sub.call.write(msg);
+      const pending: Pending = { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts, removed: r.removed, before: [] };
+      applyTo(sub.sent.get(r.type)!, pending);
+      sub.pending.set(nonce, pending);
+      // Each resource's bytes are encoded once and shared by every client it is sent to (wire.ts).
+      sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.upserts));
       this.#metrics?.pushes.inc({ type: r.type });
     }
+  }
+}
+
+/**
+ * The entries of `names` that `map` holds; names it no longer holds are deleted from `out` and
+ * listed in `touched` on the way.
+ */
+function* namesIn(map: ReadonlyMap<string, unknown>, names: ReadonlySet<string>, out: Map<string, Published>, touched: string[]): Generator<[string, unknown]> {
+  for (const name of names) {
+    const obj = map.get(name);
+    if (obj !== undefined) yield [name, obj];
+    else if (out.delete(name)) touched.push(name);
+  }
+}
+
+/** Applies a response to what the client holds, recording in `before` what it replaced (for a NACK). */
+function applyTo(sent: Map<string, string>, p: Pending): void {
+  p.before = [];
+  for (const [n, r] of p.upserts) {
+    const old = sent.get(n);
+    if (old !== undefined) p.before.push([n, old]);
+    sent.set(n, r.version);
+  }
+  for (const n of p.removed) {
+    const old = sent.get(n);
+    if (old !== undefined) p.before.push([n, old]);
+    sent.delete(n);
   }
 }
 
@@ -574,7 +608,9 @@ export interface ConfigStreamDeps {
 
 /** Mounts weft.xds.v1.ConfigStream on a gRPC server (next to the certificate service on :15012). */
 export function addConfigStreamService(server: grpc.Server, deps: ConfigStreamDeps): void {
-  server.addService(configStreamServiceDefinition(), {
+  const definition = configStreamServiceDefinition();
+  const method = definition.DeltaConfig as grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse>;
+  server.addService({ ...definition, DeltaConfig: { ...method, responseSerialize: responseSerializer(method.responseSerialize) } }, {
     DeltaConfig: (call: ConfigStreamCall) => deps.configServer.handle(call),
   });
 }

@@ -17,6 +17,8 @@ export interface Published {
   body: string;
   /** The model object it was serialized from (identity: unchanged objects are not looked at again). */
   source: object;
+  /** Its encoded `resources` entry, shared by every response that carries it (wire.ts). */
+  wire?: { name: string; bytes: Buffer };
 }
 
 export type PublishedSet = Record<ResourceType, Map<string, Published>>;
