@@ -23,6 +23,7 @@ import { LeaseElector } from './cluster/leader.ts';
 import { TrustBundlePublisher } from './cluster/trust-bundle.ts';
 import {
   addCertificateService,
+  type CertificateService,
   createControllerCredentials,
   StaticTokenAuthenticator,
   TokenReviewAuthenticator,
@@ -238,6 +239,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   addConfigStreamService(grpcServer, { configServer });
   let credentials: grpc.ServerCredentials;
   let controllerCreds: ControllerCredentials | undefined;
+  let certService: CertificateService | undefined;
   if (o.insecure || !authority) {
     log.warn('serving the config stream in plaintext without the certificate service (--insecure)');
     credentials = grpc.ServerCredentials.createInsecure();
@@ -273,7 +275,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       },
     };
     const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable)', labelNames: ['outcome'], registers: [registry] });
-    addCertificateService(grpcServer, {
+    certService = addCertificateService(grpcServer, {
       ca, authenticator, pods,
       onOutcome: (outcome) => requests.inc({ outcome }),
       log: ({ level, msg, ...fields }) => log[level](msg, fields),
@@ -378,6 +380,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         step = 'config source and reconcile';
         await controller.stop();
         configServer.closeAll();
+        // The agents' trust bundle watches too: otherwise they hold the gRPC stop for its whole grace.
+        certService?.closeStreams();
         step = 'gRPC server';
         // After the grace, forceShutdown cuts the sessions it knows; but a connection still in its
         // TLS handshake then becomes a session grpc-js never closes, and tryShutdown would wait

@@ -10,6 +10,9 @@ import * as grpc from '@grpc/grpc-js';
 import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError } from '../../controller/src/main.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
+import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
+import { controllerSpiffeId } from '../../lib/defaults.ts';
+import { until } from '../lab/wait.ts';
 import { ns, pod } from './controller-fixtures.ts';
 
 test('parses the controller flags and refuses a source that is not exactly one of --config-dir and --kube', () => {
@@ -95,6 +98,37 @@ test('SIGTERM\'s stop ends within its grace even when a client never finishes it
     assert.ok(ms < STOP_GRACE_MS + 2_000, `stopped ${ms} ms after it was asked (grace ${STOP_GRACE_MS} ms)`);
   } finally {
     stalled.destroy();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(secrets, { recursive: true, force: true });
+  }
+});
+
+test('the stop ends the agents\' trust bundle watches itself (the watcher hears it and reconnects elsewhere) instead of waiting out its grace', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-watch-'));
+  writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
+  const secrets = mkdtempSync(join(tmpdir(), 'weft-main-watch-secrets-'));
+  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
+  const running = await runController({
+    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'),
+    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
+  });
+  const client = new CertificateServiceClient({
+    address: `127.0.0.1:${running.grpcPort}`, trustBundle: running.ca!.trustBundle(), serverIdentity: controllerSpiffeId('cluster.local', 'weft-system'),
+    credentials: { kind: 'token', token: () => '0123456789abcdef0123' },
+  });
+  try {
+    let roots = 0;
+    const ended = new Promise<Error>((resolve) => {
+      void client.watchTrustBundle((r) => { roots = r.length; }, resolve);
+    });
+    await until('the watch got the roots', () => roots > 0, 5_000);
+    const started = Date.now();
+    await running.stop();
+    const ms = Date.now() - started;
+    assert.ok(ms < STOP_GRACE_MS, `stopped in ${ms} ms, within the grace of ${STOP_GRACE_MS} ms it used to wait out`);
+    assert.match((await ended).message, /trust bundle stream .* ended; reconnect|unavailable/);
+  } finally {
+    client.close();
     rmSync(dir, { recursive: true, force: true });
     rmSync(secrets, { recursive: true, force: true });
   }

@@ -58,7 +58,12 @@ class RpcFailure extends Error {
 }
 
 /** Mounts the certificate service on `server` (the controller's TLS server on 15012). */
-export function addCertificateService(server: grpc.Server, deps: CertificateServiceDeps): void {
+/** What a stopping controller ends: the trust bundle watches (long-lived; a client reconnects to the next controller). */
+export interface CertificateService {
+  closeStreams(): void;
+}
+
+export function addCertificateService(server: grpc.Server, deps: CertificateServiceDeps): CertificateService {
   const log = deps.log ?? defaultLog;
   const { ca, authenticator, pods } = deps;
 
@@ -155,15 +160,26 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     );
   };
 
+  const watching = new Set<grpc.ServerWritableStream<WatchTrustBundleRequest, TrustBundleMessage>>();
   const watchTrustBundle: grpc.handleServerStreamingCall<WatchTrustBundleRequest, TrustBundleMessage> = (call) => {
     // Roots are public; no authentication needed to read them.
     call.write({ roots: ca.trustBundle() });
     const off = ca.onTrustBundleChange((roots) => call.write({ roots: [...roots] }));
-    const stop = () => off();
+    watching.add(call);
+    const stop = () => {
+      off();
+      watching.delete(call);
+    };
     call.on('cancelled', stop);
     call.on('close', stop);
     call.on('error', stop);
   };
 
   server.addService(certificateServiceClient().service, { createCertificate, watchTrustBundle } as grpc.UntypedServiceImplementation);
+  return {
+    closeStreams() {
+      for (const call of [...watching]) call.end();
+      watching.clear();
+    },
+  };
 }
