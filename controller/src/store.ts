@@ -98,7 +98,13 @@ export class ObjectStore {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
       this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}) });
       result.rejections.push({ key, issues, ...(origin ? { origin } : {}) });
-      if (isMeshKind(kind) && KINDS[kind].hasStatus) result.touched.push(key);
+      if (isMeshKind(kind) && KINDS[kind].hasStatus) {
+        result.touched.push(key);
+        // Each version of an invalid object arrives here, its status-only updates too: someone
+        // else's write may have replaced the verdict we wrote (seen in the kube fuzz test, seed
+        // 1146722915), so the status is checked against the live one again, as for valid objects.
+        result.restated.push(key);
+      }
       // Keep the key alive in a snapshot so the last good version is not deleted.
       return this.#objects.has(key) ? key : undefined;
     }

@@ -236,6 +236,18 @@ test('a status someone else clears or replaces is written again (the write and t
     await until('status restored after a foreign status write', () => accepted()?.reason === 'Accepted');
   }));
 
+test('an invalid object\'s status that someone clears is written again too (kube fuzz, seed 1146722915)', () =>
+  withKube(async (api, h) => {
+    const bad = () => authz('shop', 'q', { rules: [{ to: [{}] }] });
+    api.apply(bad());
+    const verdict = () => (api.get('AuthorizationPolicy', 'shop', 'q')?.status as { conditions?: Array<{ reason: string; observedGeneration?: number }> } | undefined)?.conditions?.[0];
+    await until('the Invalid status is written', () => verdict()?.reason === 'Invalid');
+    await h.controller.settled();
+    api.apply(bad());
+    assert.equal(api.get('AuthorizationPolicy', 'shop', 'q')?.status, undefined);
+    await until('the Invalid status is restored after a re-apply without status', () => verdict()?.reason === 'Invalid' && verdict()?.observedGeneration === 1);
+  }));
+
 test('the fake API server keeps status and spec apart like the status subresource does', async () => {
   const api = new FakeApiServer();
   await api.start();
