@@ -238,7 +238,8 @@ test('a status someone else clears or replaces is written again (the write and t
 
 test('an invalid object\'s status that someone clears is written again too (kube fuzz, seed 1146722915)', () =>
   withKube(async (api, h) => {
-    const bad = () => authz('shop', 'q', { rules: [{ to: [{}] }] });
+    // A `to` without its required operation (what the fuzz's mutation made), past the types.
+    const bad = () => authz('shop', 'q', { rules: [{ to: [{} as { operation: {} }] }] });
     api.apply(bad());
     const verdict = () => (api.get('AuthorizationPolicy', 'shop', 'q')?.status as { conditions?: Array<{ reason: string; observedGeneration?: number }> } | undefined)?.conditions?.[0];
     await until('the Invalid status is written', () => verdict()?.reason === 'Invalid');

@@ -47,15 +47,28 @@ test('the controller serves config, /healthz/ready and /metrics on its ports', a
   }
 });
 
-test('over TLS the config stream verifies against the controller CA and can require node certificates', async () => {
+/** A controller over TLS with the certificate service (bootstrap token `TOKEN` for node-a) on a config directory of `objects`; `cleanup` removes its folders (after its stop). */
+const TOKEN = '0123456789abcdef0123';
+async function tlsController(objects: object[], extra: { requireClientIdentity?: boolean } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'weft-main-tls-'));
-  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')].map((o) => stringify(o)).join('---\n'));
+  writeFileSync(join(dir, 'mesh.yaml'), objects.map((o) => stringify(o)).join('---\n'));
   const secrets = mkdtempSync(join(tmpdir(), 'weft-main-secrets-'));
-  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
+  writeFileSync(join(secrets, 'tokens.yaml'), `node-a: ${TOKEN}\n`);
   const running = await runController({
-    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'), requireClientIdentity: true,
+    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'), ...extra,
     listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
   });
+  return {
+    running,
+    cleanup() {
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(secrets, { recursive: true, force: true });
+    },
+  };
+}
+
+test('over TLS the config stream verifies against the controller CA and can require node certificates', async () => {
+  const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')], { requireClientIdentity: true });
   const roots = Buffer.from(running.ca!.trustBundle().join(''));
   const node = await running.ca!.issueServingCertificate({ uris: ['spiffe://cluster.local/node/node-a'], dnsNames: [], ipAddresses: [] });
   const withCert = new ConfigClient({
@@ -73,20 +86,12 @@ test('over TLS the config stream verifies against the controller CA and can requ
     withCert.close();
     without.close();
     await running.stop();
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(secrets, { recursive: true, force: true });
+    cleanup();
   }
 });
 
 test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'weft-main-stop-'));
-  writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
-  const secrets = mkdtempSync(join(tmpdir(), 'weft-main-stop-secrets-'));
-  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
-  const running = await runController({
-    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'),
-    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
-  });
+  const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })]);
   // A TCP connection to the TLS port that sends no ClientHello: a connection, not yet an HTTP/2
   // session, so grpc-js's forced shutdown does not cut it and the server's close waits on it.
   const stalled = net.connect(running.grpcPort, '127.0.0.1');
@@ -98,23 +103,15 @@ test('SIGTERM\'s stop ends within its grace even when a client never finishes it
     assert.ok(ms < STOP_GRACE_MS + 2_000, `stopped ${ms} ms after it was asked (grace ${STOP_GRACE_MS} ms)`);
   } finally {
     stalled.destroy();
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(secrets, { recursive: true, force: true });
+    cleanup();
   }
 });
 
 test('the stop ends the agents\' trust bundle watches itself (the watcher hears it and reconnects elsewhere) instead of waiting out its grace', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'weft-main-watch-'));
-  writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
-  const secrets = mkdtempSync(join(tmpdir(), 'weft-main-watch-secrets-'));
-  writeFileSync(join(secrets, 'tokens.yaml'), 'node-a: 0123456789abcdef0123\n');
-  const running = await runController({
-    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'),
-    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
-  });
+  const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })]);
   const client = new CertificateServiceClient({
     address: `127.0.0.1:${running.grpcPort}`, trustBundle: running.ca!.trustBundle(), serverIdentity: controllerSpiffeId('cluster.local', 'weft-system'),
-    credentials: { kind: 'token', token: () => '0123456789abcdef0123' },
+    credentials: { kind: 'token', token: () => TOKEN },
   });
   try {
     let roots = 0;
@@ -129,8 +126,7 @@ test('the stop ends the agents\' trust bundle watches itself (the watcher hears 
     assert.match((await ended).message, /trust bundle stream .* ended; reconnect|unavailable/);
   } finally {
     client.close();
-    rmSync(dir, { recursive: true, force: true });
-    rmSync(secrets, { recursive: true, force: true });
+    cleanup();
   }
 });
 
