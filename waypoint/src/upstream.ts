@@ -102,9 +102,16 @@ const drainingSockets = new WeakSet<Duplex>();
 
 class TunnelAgent extends http.Agent {
   private readonly open: (onDraining: () => void) => Promise<Duplex>;
-  constructor(open: (onDraining: () => void) => Promise<Duplex>, opts: http.AgentOptions) {
+  private readonly onEmpty: () => void;
+  /** `onEmpty`: its last connection closed (the pool forgets it: agents are per caller, and callers come and go). */
+  constructor(open: (onDraining: () => void) => Promise<Duplex>, opts: http.AgentOptions, onEmpty: () => void) {
     super(opts);
     this.open = open;
+    this.onEmpty = onEmpty;
+  }
+  private empty(): boolean {
+    const none = (m: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(m).every((l) => !l || l.length === 0);
+    return none(this.sockets) && none(this.freeSockets) && none(this.requests);
   }
   override createConnection(_options: http.ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void): Duplex | undefined {
     let socket: Duplex | undefined;
@@ -115,6 +122,8 @@ class TunnelAgent extends http.Agent {
     };
     this.open(onDraining).then((s) => {
       socket = socketShims(s);
+      // After Node's own close handler has taken the socket out of its lists.
+      socket.once('close', () => setImmediate(() => { if (this.empty()) this.onEmpty(); }));
       if (draining) drainingSockets.add(socket);
       cb?.(null, socket);
     }, (err: Error) => cb?.(err, undefined as unknown as Duplex));
@@ -148,6 +157,11 @@ export class UpstreamPool {
   private closed = false;
   /** Connections opened so far (for tests and stats). */
   connectionsOpened = 0;
+
+  /** HTTP/1.1 agents held (one per endpoint and caller; an agent whose connections all closed is dropped). */
+  get agentsHeld(): number {
+    return this.agents.size;
+  }
 
   constructor(upstream: Upstream, opts: UpstreamPoolOptions = {}) {
     this.upstream = upstream;
@@ -190,7 +204,10 @@ export class UpstreamPool {
     const key = UpstreamPool.key(ep, client);
     let a = this.agents.get(key);
     if (!a) {
-      a = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' });
+      const agent: TunnelAgent = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' }, () => {
+        if (this.agents.get(key) === agent) this.agents.delete(key);
+      });
+      a = agent;
       this.agents.set(key, a);
     }
     return a;
