@@ -56,12 +56,15 @@ export function failedTestLines(failed: FailedTest[]): string[] {
   ];
 }
 
-/** The first line of a failure's error, shortened: the cause when the runner wrapped it. */
-function firstErrorLine(e: TestEventData): string {
+/**
+ * The first lines of a failure's error (at most six, each shortened): the cause when the runner
+ * wrapped it. CI shows only the output's tail, so what failed must be readable there.
+ */
+function firstErrorLines(e: TestEventData): string {
   const err = e.details?.error;
   const msg = err?.cause?.message ?? err?.message ?? '';
-  const line = msg.split('\n').find((l) => l.trim() !== '') ?? '';
-  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+  return msg.split('\n').filter((l) => l.trim() !== '').slice(0, 6)
+    .map((l) => (l.length > 300 ? `${l.slice(0, 300)}…` : l)).join('\n      ');
 }
 
 /** The run's closing totals ("tests 21", "pass 21", ...): held back until the slow list is out. */
@@ -84,7 +87,7 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
     }
     // Every failure but todo ones and a parent's "N subtests failed" (its subtests are listed).
     if (event.type === 'test:fail' && event.data.todo === undefined && event.data.details?.error?.failureType !== 'subtestsFailed') {
-      failed.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', error: firstErrorLine(event.data) });
+      failed.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', error: firstErrorLines(event.data) });
     }
     if (isClosingTotal(event)) held.push(event);
     else spec.write(event);
