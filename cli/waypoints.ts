@@ -7,7 +7,7 @@
 //
 // On a cluster `apply` writes the Waypoint object (server-side apply, field manager weftctl) and
 // labels the namespace the same way; the controller then makes the waypoint's Deployment,
-// Service and pods (controller/src/waypoints.ts). `delete` removes the Waypoint object; the
+// Service and pods (controller/src/waypoints-kube.ts). `delete` removes the Waypoint object; the
 // controller removes what it made. The local mesh's own way (a pod started from the state
 // folder) is cli/local/waypoints.ts.
 import { readdirSync, readFileSync } from 'node:fs';

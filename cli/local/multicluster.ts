@@ -141,7 +141,7 @@ export class LocalMultiCluster {
 
   /**
    * The east-west gateway's token for the controller's certificate service: a workload token of
-   * ServiceAccount weft-system/weft-eastwest (controller/src/ca/authn.ts), so the gateway obtains
+   * ServiceAccount weft-system/weft-eastwest (controller/src/ca/token-review.ts), so the gateway obtains
    * exactly spiffe://<td>/ns/weft-system/sa/weft-eastwest from the cluster's CA and renews it as
    * a waypoint does.
    */

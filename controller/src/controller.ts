@@ -10,11 +10,19 @@ import { compileChanges } from './compile-incremental.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { admitWaypoint } from './waypoint-admission.ts';
 import type { ConfigSource, ObjectStatus, SourceEvent } from './sources/source.ts';
-import { ALWAYS_LEADER, type Leadership } from './cluster/leader.ts';
 import { ObjectStore, invalidStatus } from './store.ts';
 import type { ConfigServer } from './xds/server.ts';
 
 /** Keeps waypoints running; reports their addresses and readiness. */
+/** What the controller asks: "may I write?" and "tell me when that changes". */
+export interface Leadership {
+  readonly isLeader: boolean;
+  onChange(listener: (leader: boolean) => void): void;
+}
+
+/** A single controller (local mode, tests): always the leader. Kubernetes mode: cluster/leader.ts's LeaseElector. */
+export const ALWAYS_LEADER: Leadership = { isLeader: true, onChange: () => {} };
+
 export interface WaypointDriver {
   /** Makes the running waypoints match `waypoints` (the accepted Waypoint objects). */
   reconcile(waypoints: ReadonlyArray<import('../../lib/model/objects.ts').Waypoint>): Promise<void>;

@@ -11,22 +11,20 @@ import { parseArgs } from 'node:util';
 import { runMain, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
-import { clusterCertificateAuthority } from './cluster/ca-secret.ts';
-import { EventRecorder } from './cluster/events.ts';
-import { LeaseElector } from './cluster/leader.ts';
-import { TrustBundlePublisher } from './cluster/trust-bundle.ts';
+import type { EventRecorder } from './cluster/events.ts';
+import type { LeaseElector } from './cluster/leader.ts';
+import type { TrustBundlePublisher } from './cluster/trust-bundle.ts';
 import {
   addCertificateService,
   type CertificateService,
   createControllerCredentials,
   StaticTokenAuthenticator,
-  TokenReviewAuthenticator,
   type ControllerCredentials,
   type NodeAuthenticator,
   type PodDirectory,
@@ -38,10 +36,8 @@ import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
-import { KubeSource } from './sources/kube.ts';
-import { RemoteSecrets } from './sources/remote-secrets.ts';
 import type { ConfigSource } from './sources/source.ts';
-import { KubeWaypointDriver, LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
+import { LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
 import type { WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
@@ -169,13 +165,15 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const registry = new Registry();
   registerProcessMetrics(registry, 'controller');
 
+  // Kubernetes mode's modules (and @kubernetes/client-node) load only when it is asked for.
+  const kube = o.kube ? await import('./kube-mode.ts') : undefined;
   let kubeConfig: KubeConfig | undefined;
   let source: ConfigSource;
-  if (o.kube) {
-    kubeConfig = new KubeConfig();
+  if (kube) {
+    kubeConfig = new kube.KubeConfig();
     if (o.kubeconfig) kubeConfig.loadFromFile(o.kubeconfig);
     else kubeConfig.loadFromDefault();
-    source = new KubeSource({ kubeConfig, logger: log });
+    source = new kube.KubeSource({ kubeConfig, logger: log });
   } else {
     source = new ConfigDirSource({ dir: o.configDir!, logger: log });
   }
@@ -189,20 +187,20 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   if (!o.insecure) {
     if (o.caCertFile && o.caKeyFile) authority = await CertificateAuthority.fromFiles({ certFile: o.caCertFile, keyFile: o.caKeyFile, ...(o.caRootsFile ? { rootsFile: o.caRootsFile } : {}) }, { trustDomain });
     else if (o.caDir) authority = CertificateAuthority.fromSecretData(await readSecretDir(o.caDir), { trustDomain });
-    else if (kubeConfig) authority = (await clusterCertificateAuthority({ kubeConfig, namespace, trustDomain, logger: log })).ca;
+    else if (kube && kubeConfig) authority = (await kube.clusterCertificateAuthority({ kubeConfig, namespace, trustDomain, logger: log })).ca;
     else authority = await CertificateAuthority.generateRoot({ trustDomain });
   }
-  const trustBundle = kubeConfig && authority
-    ? new TrustBundlePublisher({ kubeConfig, roots: () => authority!.trustBundle(), onRootsChange: (l) => authority!.onTrustBundleChange(() => l()), logger: log })
+  const trustBundle = kube && kubeConfig && authority
+    ? new kube.TrustBundlePublisher({ kubeConfig, roots: () => authority!.trustBundle(), onRootsChange: (l) => authority!.onTrustBundleChange(() => l()), logger: log })
     : undefined;
   await trustBundle?.ensure(namespace);
-  const elector = kubeConfig
-    ? new LeaseElector({ kubeConfig, namespace, identity: instance, logger: log, ...(o.leaseRetryMs ? { retryPeriodMs: o.leaseRetryMs } : {}), ...(o.leaseDurationSeconds ? { leaseDurationSeconds: o.leaseDurationSeconds } : {}) })
+  const elector = kube && kubeConfig
+    ? new kube.LeaseElector({ kubeConfig, namespace, identity: instance, logger: log, ...(o.leaseRetryMs ? { retryPeriodMs: o.leaseRetryMs } : {}), ...(o.leaseDurationSeconds ? { leaseDurationSeconds: o.leaseDurationSeconds } : {}) })
     : undefined;
-  const events = kubeConfig ? new EventRecorder({ kubeConfig, instance, logger: log }) : undefined;
+  const events = kube && kubeConfig ? new kube.EventRecorder({ kubeConfig, instance, logger: log }) : undefined;
 
-  const waypoints = o.kube
-    ? new KubeWaypointDriver({
+  const waypoints = kube
+    ? new kube.KubeWaypointDriver({
       kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, controllerNamespace: namespace,
       ...(o.debugEndpoints ? { debugEndpoints: true } : {}),
       controllerAddress: o.controllerAddress ?? controllerAddress(namespace),
@@ -220,8 +218,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const federation = federated && authority
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
-  const remoteSecrets = o.remoteSecrets && federation && kubeConfig
-    ? new RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry })
+  const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
@@ -246,8 +244,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   } else {
     const ca = authority;
     let authenticator: NodeAuthenticator;
-    if (o.kube) {
-      authenticator = new TokenReviewAuthenticator({
+    if (kube) {
+      authenticator = new kube.TokenReviewAuthenticator({
         kubeConfig: kubeConfig!,
         agentServiceAccounts: [agentServiceAccountUser(namespace)],
         // A waypoint's own projected token obtains the waypoint's identity (and nothing else); so

@@ -1,5 +1,5 @@
 // The waypoint/src/main.ts flags a Waypoint's spec sets: one mapping for the controller's
-// Deployment (controller/src/waypoints.ts) and the local mesh's waypoint pods (cli/local/mesh.ts).
+// Deployment (controller/src/waypoints-kube.ts) and the local mesh's waypoint pods (cli/local/mesh.ts).
 import type { Waypoint } from './objects.ts';
 
 export type WaypointSpecFlags = Pick<NonNullable<Waypoint['spec']>, 'maxRequests' | 'quotaStore'>;

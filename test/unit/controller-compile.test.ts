@@ -4,7 +4,7 @@ import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { isConsumerRoute, policySelectsWorkload } from '../../lib/model/mesh.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
-import { waypointContainerArgs } from '../../controller/src/waypoints.ts';
+import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
   const i = emptyInputs();

@@ -134,3 +134,36 @@ test('--waypoint-service-accounts and --waypoint-images set the Waypoint allow-l
   assert.deepEqual(parseControllerArgs(['--kube', '--waypoint-service-accounts', 'a,b', '--waypoint-images', 'r/x:1', '--waypoint-images', 'r/y*']).waypointAllowList, { serviceAccounts: ['a', 'b'], images: ['r/x:1', 'r/y*'] });
   assert.throws(() => parseControllerArgs(['--kube', '--waypoint-service-accounts', 'default']), /"default" is never allowed/);
 });
+
+test('a controller serving a config directory never loads @kubernetes/client-node (about 88 MB); Kubernetes mode loads it through kube-mode.ts', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-nokube-'));
+  writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
+  const tokens = join(dir, '..', `${dir.split('/').pop()}-tokens.yaml`);
+  writeFileSync(tokens, `node-a: ${TOKEN}\n`);
+  // A child process, so that no module this test file (or another) loaded counts: a resolve hook
+  // records every import of client-node and who asked, around a full start and stop with the CA.
+  const main = new URL('../../controller/src/main.ts', import.meta.url).href;
+  const kubeMode = new URL('../../controller/src/kube-mode.ts', import.meta.url).href;
+  const script = `
+    import { registerHooks } from 'node:module';
+    const seen = [];
+    registerHooks({ resolve(spec, ctx, next) { if (spec.startsWith('@kubernetes/client-node')) seen.push(ctx.parentURL); return next(spec, ctx); } });
+    const { runController } = await import(${JSON.stringify(main)});
+    const running = await runController({ configDir: ${JSON.stringify(dir)}, bootstrapTokensFile: ${JSON.stringify(tokens)}, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: { debug() {}, info() {}, warn() {}, error() {} } });
+    await running.stop();
+    const configDir = [...seen];
+    await import(${JSON.stringify(kubeMode)});
+    console.log(JSON.stringify({ configDir, kubeMode: seen.length > configDir.length }));
+    process.exit(0);
+  `;
+  const { execFile } = await import('node:child_process');
+  try {
+    const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--input-type=module', '-e', script], { timeout: 60_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))));
+    const r = JSON.parse(out.trim().split('\n').pop()!) as { configDir: string[]; kubeMode: boolean };
+    assert.deepEqual(r.configDir, [], 'modules that imported client-node in config-directory mode');
+    assert.equal(r.kubeMode, true, 'the hook sees client-node when kube-mode.ts loads (the control)');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(tokens, { force: true });
+  }
+});

@@ -10,9 +10,10 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CertificateRefusedError } from '../../lib/identity/errors.ts';
 import {
-  addCertificateService, AuthenticatorUnavailableError, createControllerCredentials, NodeAuthenticationError, TokenReviewAuthenticator, type CaLogRecord,
+  addCertificateService, AuthenticatorUnavailableError, createControllerCredentials, NodeAuthenticationError, type CaLogRecord,
   type ControllerCredentials,
 } from '../../controller/src/ca/index.ts';
+import { TokenReviewAuthenticator } from '../../controller/src/ca/token-review.ts';
 import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
 import { TD, id } from './identity-fixtures.ts';
 

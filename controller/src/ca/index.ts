@@ -3,6 +3,7 @@
 export { addCertificateService, type CertificateService, type CertificateServiceDeps, type PodDirectory, type CaLogRecord, type CertificateOutcome, MAX_CSR_LENGTH } from './service.ts';
 export { createControllerCredentials, type ControllerCredentials, type ControllerCredentialsOptions } from './credentials.ts';
 export {
-  type NodeAuthenticator, type AuthenticatedNode, StaticTokenAuthenticator, TokenReviewAuthenticator, type TokenReviewAuthenticatorOptions,
-  NodeAuthenticationError, AuthenticatorUnavailableError, NODE_NAME_EXTRA, DEFAULT_AGENT_SERVICE_ACCOUNTS,
+  type NodeAuthenticator, type AuthenticatedNode, StaticTokenAuthenticator, NodeAuthenticationError, AuthenticatorUnavailableError,
 } from './authn.ts';
+// TokenReviewAuthenticator (Kubernetes mode) is in token-review.ts, not re-exported here: it loads
+// @kubernetes/client-node, which a controller in config-directory mode does not need.

@@ -9,16 +9,8 @@
 // the config stream and the certificate service, so agents may connect to any of them.
 import { CoordinationV1Api, type KubeConfig, type V1Lease } from '@kubernetes/client-node';
 import { CONTROLLER_LEASE } from '../../../lib/defaults.ts';
+import type { Leadership } from '../controller.ts';
 import { silentLogger, type Logger } from '../log.ts';
-
-/** What the controller asks: "may I write?" and "tell me when that changes". */
-export interface Leadership {
-  readonly isLeader: boolean;
-  onChange(listener: (leader: boolean) => void): void;
-}
-
-/** A single controller (local mode, tests): always the leader. */
-export const ALWAYS_LEADER: Leadership = { isLeader: true, onChange: () => {} };
 
 export interface LeaseElectorOptions {
   kubeConfig: KubeConfig;

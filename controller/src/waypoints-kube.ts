@@ -1,0 +1,314 @@
+// Kubernetes mode of the Waypoint reconciler: each Waypoint becomes a ServiceAccount, a Deployment
+// and a ClusterIP Service (port 15008, HBONE) created through the API; the waypoint is Ready when
+// its Deployment has a ready replica. Only a controller started with --kube loads this module
+// (through kube-mode.ts), and with it @kubernetes/client-node.
+import {
+  AppsV1Api,
+  CoreV1Api,
+  PolicyV1Api,
+  type KubeConfig,
+  type KubernetesObject,
+  type V1Deployment,
+  type V1Service,
+  type V1PodDisruptionBudget,
+  type Informer,
+  type ObjectCache,
+} from '@kubernetes/client-node';
+import { createHash } from 'node:crypto';
+import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName } from '../../lib/model/mesh.ts';
+import {
+  CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, controllerAddress, controllerSpiffeId,
+} from '../../lib/defaults.ts';
+import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
+import { silentLogger, type Logger } from './log.ts';
+import { KeptInformer } from './sources/kube.ts';
+import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
+import { BaseDriver, WaypointReconcileError, launchSpec, type WaypointLaunchSpec } from './waypoints.ts';
+
+export interface KubeWaypointDriverOptions {
+  kubeConfig: KubeConfig;
+  /** Waypoint container image (Waypoint spec.image overrides). */
+  image: string;
+  /** The controller's namespace (its Service and SPIFFE ID); default weft-system. */
+  controllerNamespace?: string;
+  /** Address waypoints dial for config and certificates; default `weft-controller.<controllerNamespace>.svc:15012`. */
+  controllerAddress?: string;
+  trustDomain?: string;
+  /** Waypoints also serve their read-only admin paths on the metrics port (the controller's --debug-endpoints). */
+  debugEndpoints?: boolean;
+  /** Publishes the trust-bundle ConfigMap a waypoint mounts, in its namespace, before its Deployment. */
+  trustBundle?: { ensure(namespace: string): Promise<void> };
+  logger?: Logger;
+}
+
+/** Requests and limits of a waypoint container (one Node.js process, L7 proxy). */
+export const WAYPOINT_RESOURCES = {
+  requests: { cpu: '100m', memory: '128Mi' },
+  limits: { cpu: '2', memory: '1Gi' },
+};
+
+const WAYPOINT_TOKEN_VOLUME = 'weft-token';
+const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
+
+/**
+ * The waypoint container's arguments: the image's entrypoint takes the part name first (the
+ * Dockerfile's `weft waypoint ...`), then waypoint/src/main.ts flags.
+ */
+export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): string[] {
+  return [
+    'waypoint',
+    '--namespace', spec.namespace,
+    '--name', spec.name,
+    '--controller', o.controllerAddress,
+    '--controller-identity', controllerSpiffeId(o.trustDomain, o.controllerNamespace),
+    '--trust-domain', o.trustDomain,
+    '--spiffe-id', spec.spiffeId,
+    '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
+    '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
+    ...waypointSpecArgs(spec),
+    ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
+  ];
+}
+
+
+type Inf<T extends KubernetesObject> = Informer<T> & ObjectCache<T>;
+
+/** Kubernetes mode: a ServiceAccount, Deployment and Service per Waypoint, through the API. */
+export class KubeWaypointDriver extends BaseDriver {
+  readonly #o: KubeWaypointDriverOptions;
+  readonly #log: Logger;
+  readonly #apps: AppsV1Api;
+  readonly #core: CoreV1Api;
+  readonly #policy: PolicyV1Api;
+  #deployments: Inf<V1Deployment> | undefined;
+  #services: Inf<V1Service> | undefined;
+  #kept: Array<KeptInformer<V1Deployment> | KeptInformer<V1Service>> = [];
+  #known = new Set<string>();
+
+  constructor(options: KubeWaypointDriverOptions) {
+    super();
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    this.#apps = options.kubeConfig.makeApiClient(AppsV1Api);
+    this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
+    this.#policy = options.kubeConfig.makeApiClient(PolicyV1Api);
+  }
+
+  async #startInformers(): Promise<void> {
+    if (this.#deployments) return;
+    const selector = LABEL_WAYPOINT_FOR;
+    // Kept like the controller's own informers (restarted with backoff, resumed from their resourceVersion).
+    const deployments = new KeptInformer<V1Deployment>({
+      kubeConfig: this.#o.kubeConfig, path: '/apis/apps/v1/deployments', labelSelector: selector, what: 'waypoint Deployments', log: this.#log,
+      list: () => this.#apps.listDeploymentForAllNamespaces({ labelSelector: selector }),
+    });
+    const services = new KeptInformer<V1Service>({
+      kubeConfig: this.#o.kubeConfig, path: '/api/v1/services', labelSelector: selector, what: 'waypoint Services', log: this.#log,
+      list: () => this.#core.listServiceForAllNamespaces({ labelSelector: selector }),
+    });
+    this.#kept = [deployments, services];
+    this.#deployments = deployments.informer;
+    this.#services = services.informer;
+    for (const inf of [this.#deployments, this.#services] as Array<Inf<KubernetesObject>>) inf.on('change', () => this.#refresh());
+    await Promise.all([deployments.start(), services.start()]);
+  }
+
+  #refresh(): void {
+    for (const key of this.#known) {
+      const [ns, name] = key.split('/') as [string, string];
+      const d = this.#deployments?.get(name, ns);
+      const s = this.#services?.get(name, ns);
+      const address = s?.spec?.clusterIP && s.spec.clusterIP !== 'None' ? s.spec.clusterIP : undefined;
+      const ready = (d?.status?.readyReplicas ?? 0) > 0;
+      const reason = !d ? 'DeploymentMissing' : !ready ? 'NoReadyReplicas' : !address ? 'NoServiceAddress' : undefined;
+      this.setRuntime(key, { ...(address ? { address } : {}), ready: ready && !!address, ...(reason ? { reason } : {}) });
+    }
+  }
+
+  /** Follows the waypoints' Deployments and Services without writing (a replica that is not the leader). */
+  override async observe(waypoints: readonly Waypoint[]): Promise<void> {
+    await this.#startInformers();
+    this.#known = new Set(waypoints.map((wp) => nsName(wp.metadata.namespace!, wp.metadata.name)));
+    for (const key of [...this.runtimeMap.keys()]) if (!this.#known.has(key)) this.setRuntime(key, undefined);
+    this.#refresh();
+  }
+
+  async reconcile(waypoints: readonly Waypoint[]): Promise<void> {
+    await this.#startInformers();
+    const want = new Set<string>();
+    const errors: Error[] = [];
+    for (const wp of waypoints) {
+      const key = nsName(wp.metadata.namespace!, wp.metadata.name);
+      want.add(key);
+      this.#known.add(key);
+      try {
+        await this.#ensure(wp);
+      } catch (e) {
+        errors.push(new WaypointReconcileError(key, e));
+      }
+    }
+    for (const key of [...this.#known]) {
+      if (want.has(key)) continue;
+      const [namespace, name] = key.split('/') as [string, string];
+      try {
+        await ignore404(this.#apps.deleteNamespacedDeployment({ name, namespace }));
+        await ignore404(this.#core.deleteNamespacedService({ name, namespace }));
+        await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
+        this.#known.delete(key);
+        this.setRuntime(key, undefined);
+      } catch (e) {
+        errors.push(new WaypointReconcileError(key, e));
+      }
+    }
+    this.#refresh();
+    if (errors.length > 0) throw new AggregateError(errors, errors.map((e) => e.message).join('; '));
+  }
+
+  async #ensure(wp: Waypoint): Promise<void> {
+    const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
+    const { name, namespace } = spec;
+    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, 'app.kubernetes.io/managed-by': 'weft' };
+    const owner = wp.metadata.uid
+      ? [{ apiVersion: wp.apiVersion, kind: 'Waypoint', name, uid: wp.metadata.uid, controller: true, blockOwnerDeletion: true }]
+      : undefined;
+    const meta = (extra: Record<string, string> = {}) => ({ name, namespace, labels, annotations: extra, ...(owner ? { ownerReferences: owner } : {}) });
+
+    if (!(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
+      await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
+    }
+
+    const trustDomain = this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+    const controllerNamespace = this.#o.controllerNamespace ?? DEFAULT_INSTALL_NAMESPACE;
+    // The waypoint verifies the controller with the published roots, mounted from its namespace.
+    await this.#o.trustBundle?.ensure(namespace);
+    const deployment: V1Deployment = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: meta(),
+      spec: {
+        replicas: spec.replicas,
+        selector: { matchLabels: { [LABEL_WAYPOINT_FOR]: name } },
+        // Surge: a new waypoint replica is ready before an old one stops.
+        strategy: { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } },
+        template: {
+          // The waypoint terminates HBONE itself: it is never captured by the agent.
+          metadata: {
+            labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' },
+            annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.metrics), 'prometheus.io/path': '/metrics' },
+          },
+          spec: {
+            serviceAccountName: spec.serviceAccount,
+            // No API token: the waypoint proves itself with the projected controller-audience token.
+            automountServiceAccountToken: false,
+            containers: [{
+              name: 'waypoint',
+              image: spec.image ?? this.#o.image,
+              args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
+              env: [
+                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+              ],
+              ports: [
+                { name: 'tcp-hbone', containerPort: HBONE_PORT, protocol: 'TCP' },
+                { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
+                { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
+              ],
+              readinessProbe: { httpGet: { path: READINESS_PATH, port: PORTS.readiness }, periodSeconds: 2 },
+              livenessProbe: { httpGet: { path: LIVENESS_PATH, port: PORTS.readiness }, periodSeconds: 10, failureThreshold: 3 },
+              resources: WAYPOINT_RESOURCES,
+              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } },
+              volumeMounts: [
+                { name: WAYPOINT_TOKEN_VOLUME, mountPath: POD_PATHS.token, readOnly: true },
+                { name: WAYPOINT_TRUST_VOLUME, mountPath: POD_PATHS.trustBundle, readOnly: true },
+              ],
+            }],
+            volumes: [
+              {
+                name: WAYPOINT_TOKEN_VOLUME,
+                projected: { sources: [{ serviceAccountToken: { audience: CONTROLLER_TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_SECONDS, path: POD_PATHS.tokenFile } }] },
+              },
+              { name: WAYPOINT_TRUST_VOLUME, configMap: { name: TRUST_BUNDLE_CONFIGMAP } },
+            ],
+          },
+        },
+      },
+    };
+    const hash = createHash('sha256').update(JSON.stringify(deployment.spec)).digest('hex').slice(0, 16);
+    deployment.metadata!.annotations = { 'weft.dev/spec-hash': hash };
+    const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
+    if (!current) {
+      await this.#apps.createNamespacedDeployment({ namespace, body: deployment });
+      this.#log.info('waypoint deployment created', { waypoint: `${namespace}/${name}` });
+    } else if (current.metadata?.annotations?.['weft.dev/spec-hash'] !== hash) {
+      deployment.metadata!.resourceVersion = current.metadata?.resourceVersion;
+      await this.#apps.replaceNamespacedDeployment({ name, namespace, body: deployment });
+      this.#log.info('waypoint deployment updated', { waypoint: `${namespace}/${name}` });
+    }
+
+    const service: V1Service = {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: meta(),
+      spec: { type: 'ClusterIP', selector: { [LABEL_WAYPOINT_FOR]: name }, ports: [{ name: 'tcp-hbone', port: HBONE_PORT, targetPort: HBONE_PORT, protocol: 'TCP' }] },
+    };
+    const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
+    if (!currentSvc) await this.#core.createNamespacedService({ namespace, body: service });
+    await this.#ensurePdb(spec.replicas, meta(), { [LABEL_WAYPOINT_FOR]: name });
+  }
+
+  /**
+   * With several replicas, a PodDisruptionBudget keeps one serving through voluntary disruptions
+   * (node drains), as Istio does for its gateways; a single replica gets none, so it never blocks
+   * a drain. Removed when the Waypoint goes back to one replica.
+   */
+  async #ensurePdb(replicas: number, metadata: V1PodDisruptionBudget['metadata'] & { name: string; namespace: string }, selector: Record<string, string>): Promise<void> {
+    const { name, namespace } = metadata;
+    const current = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
+    if (replicas <= 1) {
+      if (current) await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
+      return;
+    }
+    if (current) return;
+    const pdb: V1PodDisruptionBudget = {
+      apiVersion: 'policy/v1',
+      kind: 'PodDisruptionBudget',
+      metadata,
+      spec: { minAvailable: 1, selector: { matchLabels: selector } },
+    };
+    await ignore409(this.#policy.createNamespacedPodDisruptionBudget({ namespace, body: pdb }));
+    this.#log.info('waypoint disruption budget created', { waypoint: `${namespace}/${name}` });
+  }
+
+  async stop(): Promise<void> {
+    for (const k of this.#kept) await k.stop();
+  }
+}
+
+function statusOf(e: unknown): number | undefined {
+  return (e as { code?: number }).code;
+}
+
+async function readOrUndefined<T>(p: Promise<T>): Promise<T | undefined> {
+  try {
+    return await p;
+  } catch (e) {
+    if (statusOf(e) === 404) return undefined;
+    throw e;
+  }
+}
+
+async function exists(p: Promise<unknown>): Promise<boolean> {
+  return (await readOrUndefined(p)) !== undefined;
+}
+
+async function ignore404(p: Promise<unknown>): Promise<void> {
+  await readOrUndefined(p);
+}
+
+async function ignore409(p: Promise<unknown>): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    if (statusOf(e) !== 409) throw e;
+  }
+}
