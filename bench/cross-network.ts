@@ -4,7 +4,10 @@
 //   cross-network   cluster1 client (node1) → cluster2 echo (node2), through cluster2's east-west
 //                   gateway: HBONE inside HBONE
 // Each case: wrk (closed loop, throughput and latency) then hey at a fixed rate (latency
-// percentiles). Results: build/bench/cross-network.json and a table on stdout.
+// percentiles), both on kept-alive connections; then the same two with a new connection per
+// request (`wrk -H 'Connection: close'`, `hey -disable-keepalive`): what a connection's set-up
+// costs (for cross-network, the tunnels through the gateway, pooled or not). Results:
+// build/bench/cross-network.json and a table on stdout.
 //   node bench/cross-network.ts [--seconds 10] [--rate 200] [--json]
 // --json: also the results as one JSON line at the end of stdout (bench/run.ts reads it for `make bench`).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -67,17 +70,28 @@ try {
     try { res.wrk = parseWrk(w.stdout); } catch (e) { res.errors.push(`wrk: ${(e as Error).message}`); }
     const h = await c1.mesh.exec('demo/client', 'hey', ['-z', `${SECONDS}s`, '-q', String(RATE / 8), '-c', '8', c.url], (SECONDS + 60) * 1000);
     try { res.hey = parseHey(h.stdout); } catch (e) { res.errors.push(`hey: ${(e as Error).message}`); }
+    log(`${c.name}: the same with a new connection per request`);
+    res.newConnection = {};
+    const wn = await c1.mesh.exec('demo/client', 'wrk', ['-t2', '-c16', `-d${SECONDS}s`, '--latency', '-H', 'Connection: close', c.url], (SECONDS + 60) * 1000);
+    try { res.newConnection.wrk = parseWrk(wn.stdout); } catch (e) { res.errors.push(`wrk (new connections): ${(e as Error).message}`); }
+    const hn = await c1.mesh.exec('demo/client', 'hey', ['-z', `${SECONDS}s`, '-q', String(RATE / 8), '-c', '8', '-disable-keepalive', c.url], (SECONDS + 60) * 1000);
+    try { res.newConnection.hey = parseHey(hn.stdout); } catch (e) { res.errors.push(`hey (new connections): ${(e as Error).message}`); }
     results.push(res);
   }
   const out = join(REPO_ROOT, 'build', 'bench');
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'cross-network.json'), JSON.stringify({ at: new Date().toISOString(), seconds: SECONDS, rate: RATE, results }, null, 2));
   log('');
-  log('case            wrk req/s   wrk p50 ms  wrk p99 ms  hey p50 ms  hey p99 ms  errors');
+  log('case                wrk req/s   wrk p50 ms  wrk p99 ms  hey p50 ms  hey p99 ms  errors');
+  const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(2)).padStart(10);
   for (const r of results) {
-    const f = (n: number | undefined) => (n === undefined ? '-' : n.toFixed(2)).padStart(10);
-    log(`${r.name.padEnd(15)} ${f(r.wrk?.requestsPerSec)}  ${f(r.wrk?.latencyMs['50'])}  ${f(r.wrk?.latencyMs['99'])}  ${f(r.hey?.latencyMs['50'])}  ${f(r.hey?.latencyMs['99'])}  ${r.errors.length + (r.wrk?.socketErrors ?? 0) + (r.hey?.errors ?? 0)}`);
+    for (const [name, m] of [[r.name, r], [`${r.name} new`, r.newConnection ?? {}]] as const) {
+      log(`${name.padEnd(19)} ${f(m.wrk?.requestsPerSec)}  ${f(m.wrk?.latencyMs['50'])}  ${f(m.wrk?.latencyMs['99'])}  ${f(m.hey?.latencyMs['50'])}  ${f(m.hey?.latencyMs['99'])}  ${(m === r ? r.errors.length : 0) + (m.wrk?.socketErrors ?? 0) + (m.hey?.errors ?? 0)}`);
+    }
   }
+  const [local, remote] = [results.find((r) => r.name === 'l4-cross-node'), results.find((r) => r.name === 'cross-network')];
+  const added = (a?: number, b?: number) => (a === undefined || b === undefined ? '-' : (b - a).toFixed(2));
+  log(`cross-network over l4-cross-node, hey p50, new connection per request: +${added(local?.newConnection?.hey?.latencyMs['50'], remote?.newConnection?.hey?.latencyMs['50'])} ms; kept-alive: +${added(local?.hey?.latencyMs['50'], remote?.hey?.latencyMs['50'])} ms`);
   log(`\nwritten to build/bench/cross-network.json`);
   if (values.json) log(JSON.stringify({ seconds: SECONDS, rate: RATE, results }));
 } finally {

@@ -151,7 +151,15 @@ const verdict = (ok: boolean | undefined): string => (ok === undefined ? 'n/a' :
 const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined || b === 0 ? undefined : a / b);
 
 /** One case of bench/cross-network.ts (its `--json` line). */
-export interface CrossNetworkResult { name: string; url: string; wrk?: WrkResult; hey?: HeyResult; errors: string[] }
+export interface CrossNetworkResult {
+  name: string;
+  url: string;
+  wrk?: WrkResult;
+  hey?: HeyResult;
+  /** The same load with a new connection per request (wrk `Connection: close`, hey -disable-keepalive). */
+  newConnection?: { wrk?: WrkResult; hey?: HeyResult };
+  errors: string[];
+}
 
 /**
  * Named rows from bench/cross-network.ts's results: its in-cluster case is the baseline of the
@@ -162,10 +170,18 @@ export function crossNetworkRows(raw: readonly CrossNetworkResult[]): CaseResult
     'l4-cross-node': { name: 'mc-l4', title: 'two clusters: Weft L4 within cluster1' },
     'cross-network': { name: 'cross-network', title: 'two clusters: cross-network (east-west gateway, double HBONE)' },
   };
-  return raw.filter((x) => titles[x.name]).map((x) => ({
+  const known = raw.filter((x) => titles[x.name]);
+  const kept = known.map((x): CaseResult => ({
     name: titles[x.name]!.name, title: titles[x.name]!.title, baseline: 'mc-l4', proxies: [],
     ...(x.wrk ? { wrk: x.wrk } : {}), ...(x.hey ? { hey: x.hey } : {}), errors: x.errors,
   }));
+  // A new connection per request: the in-cluster one is the baseline of the cross-network one, so
+  // the added latency is what the tunnels through the gateway cost to set up.
+  const fresh = known.filter((x) => x.newConnection).map((x): CaseResult => ({
+    name: `${titles[x.name]!.name}-new`, title: `${titles[x.name]!.title}, new connection per request`, baseline: 'mc-l4-new', proxies: [],
+    ...(x.newConnection!.wrk ? { wrk: x.newConnection!.wrk } : {}), ...(x.newConnection!.hey ? { hey: x.newConnection!.hey } : {}), errors: [],
+  }));
+  return [...kept, ...fresh];
 }
 
 /** Per case, the field-by-field median of its runs (a case missing from a run does not count there). */

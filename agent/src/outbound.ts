@@ -5,7 +5,7 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { connectInner, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -191,37 +191,21 @@ export class Outbound {
       case 'hbone': {
         const creds = await this.#o.certs.get(source.spiffeId);
         const servername = up.waypoint ? undefined : serverNameForIdentity(up.identity);
-        if (up.gateway) {
-          // Another network: HBONE to its east-west gateway naming the endpoint, and the tunnel to
-          // the endpoint's agent inside it (double HBONE), so the gateway sees only ciphertext.
-          const outer = await this.#o.pool.connect({
-            sourceKey: source.spiffeId,
-            tls: tlsMaterial(creds),
-            dest: { host: up.gateway.address, port: up.gateway.port },
-            target: up.target,
-            expectPeer: up.gateway.spiffeId,
-            timeoutMs,
-          });
-          return connectInner({
-            outer,
-            tls: { ...tlsMaterial(creds), ...(servername ? { servername } : {}) },
-            dest: `${up.address}:${up.port}`,
-            target: up.target,
-            expectPeer: up.identity,
-            // No `forwarded`: the destination's TCP peer is the gateway, so no claim about the
-            // caller's address could be honoured there (lib/hbone/forwarded.ts); the caller's
-            // identity is in the inner TLS, its telemetry in the baggage.
-            headers: { baggage: encodeBaggage(source) },
-            timeoutMs,
-          });
-        }
         return this.#o.pool.connect({
           sourceKey: source.spiffeId,
           tls: { ...tlsMaterial(creds), ...(servername ? { servername } : {}) },
           dest: { host: up.address, port: up.port },
           target: up.target,
           expectPeer: up.identity,
-          headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) },
+          // Another network: the tunnel to the endpoint's agent runs inside HBONE to that network's
+          // east-west gateway (double HBONE, pooled like any other session), so the gateway sees
+          // only ciphertext. No `forwarded` through it: the destination's TCP peer is the gateway,
+          // so no claim about the caller's address could be honoured there
+          // (lib/hbone/forwarded.ts); the caller's identity is in the inner TLS, its telemetry in
+          // the baggage.
+          ...(up.gateway
+            ? { gateway: { host: up.gateway.address, port: up.gateway.port, expectPeer: up.gateway.spiffeId }, headers: { baggage: encodeBaggage(source) } }
+            : { headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) } }),
           timeoutMs,
         });
       }

@@ -3,9 +3,12 @@
 // network's edge. A caller in another network opens an outer tunnel whose CONNECT authority names
 // the endpoint it wants (`podIp:port`); the gateway checks that the endpoint is an enrolled
 // workload of its own cluster, connects to that workload's node agent on 15008 and pipes the
-// bytes: they are the caller's inner HBONE tunnel (TLS with the caller's own certificate), so the
+// bytes: they are the caller's inner HBONE session (TLS with the caller's own certificate), so the
 // gateway never sees plaintext and the destination agent authenticates the caller and applies
-// its own policy. It learns its cluster's endpoints from its controller's federation export.
+// its own policy. Callers pool that inner session (lib/hbone/pool.ts): one outer tunnel carries
+// every CONNECT of one caller identity to that agent and identity for as long as it is in use; the
+// agent checks each inner CONNECT's target is one of its own enrolled workloads. It learns its
+// cluster's endpoints from its controller's federation export.
 import net from 'node:net';
 import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';

@@ -18,9 +18,7 @@ export type {
 export { formatForwardedFor, forwardedFor, isServingWaypoint, parseForwarded, parseForwardedNode, tunnelClient, unmapV4 } from './forwarded.ts';
 export type { ForwardedIgnoredReason, ForwardedNode, ForwardedView, TunnelClient } from './forwarded.ts';
 export { HbonePool, streamHeadroom } from './pool.ts';
-export { connectInner } from './double.ts';
-export type { InnerTunnelOptions } from './double.ts';
-export type { ClientTlsMaterial, HboneConnectOptions, HbonePoolOptions, HbonePoolStats } from './pool.ts';
+export type { ClientTlsMaterial, HboneConnectOptions, HboneGateway, HbonePoolOptions, HbonePoolStats } from './pool.ts';
 export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';
 export type { PipeOptions, PipeResult } from './pipe.ts';
 export { formatAuthority, parseAuthority } from './authority.ts';

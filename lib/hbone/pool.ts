@@ -7,6 +7,7 @@ import {
   type OutgoingHttpHeaders,
 } from 'node:http2';
 import { connect as netConnect, isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import {
@@ -64,12 +65,32 @@ export interface HboneConnectOptions {
   timeoutMs?: number;
   signal?: AbortSignal;
   /**
+   * `dest` is on another network, reached only through that network's east-west gateway (double
+   * HBONE, Istio's multi-network data path). The session to `dest` then runs inside one CONNECT
+   * stream of a session to the gateway, both pooled here and both with `tls` (the outer one without
+   * SNI): the gateway terminates only the outer TLS and pipes the inner session's ciphertext to
+   * `dest`, which authenticates this source's own certificate. The outer CONNECT names `target`
+   * (the gateway admits only its own network's enrolled endpoints and connects to their agent); the
+   * inner session is pooled like any other, keyed by the gateway too, so later connects to targets
+   * behind the same agent and identity reuse it: no TLS handshake and no outer CONNECT of their own.
+   */
+  gateway?: HboneGateway;
+  /**
    * Called once if the session carrying this tunnel leaves the pool while the tunnel is open (the
    * server sent GOAWAY because it drains, or a certificate rotation retired it). The tunnel goes on;
    * a caller that keeps it for more work (a keep-alive HTTP connection) should send new work over a
    * new tunnel, or the server's drain deadline cuts it.
    */
   onRetired?: () => void;
+}
+
+/** Another network's east-west gateway (`HboneConnectOptions.gateway`). */
+export interface HboneGateway {
+  /** Its HBONE address (port 15008 at the other network's edge). */
+  host: string;
+  port: number;
+  /** Who the gateway must be (`spiffe://<td>/ns/<root ns>/sa/weft-eastwest`). */
+  expectPeer: ExpectedPeer;
 }
 
 export interface HbonePoolOptions {
@@ -98,7 +119,7 @@ export interface HbonePoolOptions {
    */
   localAddress?: string;
   /** Called once per new session, after the handshake and the identity check. */
-  onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined }) => void;
+  onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined; via?: string }) => void;
 }
 
 export interface HbonePoolStats {
@@ -113,8 +134,11 @@ interface PooledSession {
   key: string;
   sourceKey: string;
   dest: string;
-  session: ClientHttp2Session;
+  /** Undefined while the tunnel through a gateway that will carry it is being opened. */
+  session: ClientHttp2Session | undefined;
   ready: Promise<ClientHttp2Session>;
+  /** Aborts the outer CONNECT of a session through a gateway while it is being opened. */
+  dial: AbortController | undefined;
   /** Streams open on the session. */
   active: number;
   /** Connects that picked this session and have not sent their CONNECT yet. */
@@ -167,7 +191,9 @@ export function streamHeadroom(limit: number): number {
 /**
  * Pooled HBONE client: one HTTP/2 session per (source identity, destination, expected peer), many
  * CONNECT streams on it. Concurrent connects share one in-flight handshake; a session that fails
- * or receives GOAWAY leaves the pool and the next connect builds a fresh one.
+ * or receives GOAWAY leaves the pool and the next connect builds a fresh one. A destination on
+ * another network (`gateway`) gets the same: one session per (source, destination, expected peer,
+ * gateway), carried in one CONNECT stream of the source's session to the gateway (double HBONE).
  */
 export class HbonePool {
   readonly #opts: HbonePoolOptions;
@@ -264,23 +290,25 @@ export class HbonePool {
     for (const p of sessions) this.#retire(p);
     await Promise.race([
       Promise.all(sessions.map((p) => new Promise<void>((resolve) => {
-        if (p.session.destroyed) resolve();
+        if (!p.session || p.session.destroyed) resolve();
         else p.session.once('close', () => resolve());
       }))),
       new Promise<void>((resolve) => setTimeout(resolve, graceMs).unref()),
     ]);
-    for (const p of sessions) p.session.destroy();
+    for (const p of sessions) p.session?.destroy();
   }
 
   /** Picks a live session with a free stream slot for the key (or starts one) and reserves the slot. */
   #acquire(opts: HboneConnectOptions, dest: string): PooledSession {
-    const key = `${opts.sourceKey}\u0000${dest}\u0000${expectedPeerKey(opts.expectPeer)}`;
+    const gw = opts.gateway;
+    const key = `${opts.sourceKey}\u0000${dest}\u0000${expectedPeerKey(opts.expectPeer)}` +
+      (gw ? `\u0000via\u0000${formatAuthority(gw.host, gw.port)}\u0000${expectedPeerKey(gw.expectPeer)}` : '');
     let list = this.#sessions.get(key);
     if (!list) {
       list = [];
       this.#sessions.set(key, list);
     }
-    let pooled = list.find((p) => !p.retired && !p.saturated && !p.session.destroyed && !p.session.closed &&
+    let pooled = list.find((p) => !p.retired && !p.saturated && !p.session?.destroyed && !p.session?.closed &&
       p.active + p.pending < this.#capacity(p));
     if (!pooled) {
       pooled = this.#createSession(key, opts, dest);
@@ -294,7 +322,7 @@ export class HbonePool {
   #capacity(pooled: PooledSession): number {
     const local = this.#opts.maxStreamsPerSession ?? DEFAULT_MAX_STREAMS_PER_SESSION;
     // Before the server's SETTINGS arrive Node reports the protocol default (unlimited).
-    const remote = pooled.session.remoteSettings?.maxConcurrentStreams ?? local;
+    const remote = pooled.session?.remoteSettings?.maxConcurrentStreams ?? local;
     const limit = Math.min(local, remote);
     return limit - streamHeadroom(limit);
   }
@@ -306,13 +334,105 @@ export class HbonePool {
   }
 
   #createSession(key: string, opts: HboneConnectOptions, dest: string): PooledSession {
+    const pooled: PooledSession = {
+      key,
+      sourceKey: opts.sourceKey,
+      dest,
+      session: undefined,
+      ready: undefined as unknown as Promise<ClientHttp2Session>,
+      dial: undefined,
+      active: 0,
+      pending: 0,
+      idleTimer: undefined,
+      retired: false,
+      saturated: false,
+      error: undefined,
+      closeSeen: false,
+      retiredWatchers: new Set(),
+    };
+    this.#stats.sessionsActive++;
+    const gw = opts.gateway;
+    if (!gw) {
+      // Our own TCP socket so Nagle is off before the first byte: CONNECT frames are small.
+      pooled.ready = this.#startSession(pooled, opts, dest,
+        netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true, ...this.#localAddressFor(opts.dest.host) }));
+    } else {
+      pooled.ready = this.#startThroughGateway(pooled, opts, dest, gw);
+    }
+    // Waiters attach their own handlers; this one only keeps a failed setup from going unhandled.
+    pooled.ready.catch(noop);
+    return pooled;
+  }
+
+  /**
+   * Double HBONE: a CONNECT to the gateway naming the first target (a session of its own in this
+   * pool, per source identity and gateway), then the session to `dest` over that stream. The
+   * stream lives as long as the inner session: the inner session's close ends it, and its end
+   * (reset, the gateway gone) closes the inner session, which leaves the pool like any dead one.
+   *
+   * Istio's ztunnel (src/proxy/outbound.rs, `proxy_to_double_hbone`) opens a fresh inner TLS
+   * session, and a fresh outer CONNECT, for every connection and leaves the inner one unpooled on
+   * purpose: its outer CONNECT names the Service hostname and the gateway picks the workload, so a
+   * pooled inner session would pin every connection to the one workload first picked. Here the
+   * source picks the endpoint and the outer CONNECT names it, so the inner session's end (agent
+   * address, identity) is known before dialling and pools as ztunnel pools its single-network
+   * sessions (per source identity, destination identity and address, `WorkloadKey` in
+   * src/proxy/pool.rs), the gateway in the key as well.
+   */
+  async #startThroughGateway(pooled: PooledSession, opts: HboneConnectOptions, dest: string, gw: HboneGateway): Promise<ClientHttp2Session> {
+    const dial = new AbortController();
+    pooled.dial = dial;
+    let outer: ClientHttp2Stream;
+    try {
+      outer = await this.connect({
+        sourceKey: opts.sourceKey,
+        // The caller's own certificate on both hops; SNI names the inner destination only.
+        tls: { key: opts.tls.key, cert: opts.tls.cert, ca: opts.tls.ca },
+        dest: { host: gw.host, port: gw.port },
+        target: opts.target,
+        expectPeer: gw.expectPeer,
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        signal: dial.signal,
+        // The gateway drains (GOAWAY) or the source's certificate rotated: no new work on this path.
+        onRetired: () => this.#retire(pooled),
+      });
+    } catch (err) {
+      if (!dial.signal.aborted) this.#stats.sessionFailures++;
+      pooled.error ??= err as Error;
+      this.#retire(pooled);
+      this.#forget(pooled);
+      throw err;
+    } finally {
+      pooled.dial = undefined;
+    }
+    if (dial.signal.aborted) {
+      // Retired with nobody waiting while the outer CONNECT was answered.
+      outer.destroy();
+      this.#forget(pooled);
+      throw new HboneSessionError(dest, 'the session was retired while its tunnel through the gateway opened');
+    }
+    // Errors of the outer stream reach the inner session as its socket's close.
+    outer.on('error', noop);
+    return this.#startSession(pooled, opts, dest, outer, formatAuthority(gw.host, gw.port));
+  }
+
+  /** The session's bookkeeping ends (once): it no longer counts as active and leaves the pool's list. */
+  #forget(pooled: PooledSession): void {
+    if (pooled.closeSeen) return;
+    pooled.closeSeen = true;
+    if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+    this.#all.delete(pooled);
+    this.#stats.sessionsActive--;
+  }
+
+  /** TLS and HTTP/2 over `transport` (a TCP socket, or a tunnel through a gateway: `via`). */
+  #startSession(pooled: PooledSession, opts: HboneConnectOptions, dest: string, transport: Duplex, via?: string): Promise<ClientHttp2Session> {
     const { tls, expectPeer } = opts;
     let identityError: HbonePeerIdentityError | undefined;
     let peerSpiffeId: string | undefined;
     const session = h2connect(`https://${dest}`, {
       createConnection: () => destroyOnError(tlsConnect({
-        // Our own TCP socket so Nagle is off before the first byte: CONNECT frames are small.
-        socket: netConnect({ host: opts.dest.host, port: opts.dest.port, noDelay: true, ...this.#localAddressFor(opts.dest.host) }),
+        socket: transport,
         host: opts.dest.host,
         key: tls.key,
         cert: tls.cert,
@@ -339,21 +459,7 @@ export class HbonePool {
         maxHeaderListSize: MAX_HEADER_LIST_SIZE,
       },
     });
-    const pooled: PooledSession = {
-      key,
-      sourceKey: opts.sourceKey,
-      dest,
-      session,
-      ready: undefined as unknown as Promise<ClientHttp2Session>,
-      active: 0,
-      pending: 0,
-      idleTimer: undefined,
-      retired: false,
-      saturated: false,
-      error: undefined,
-      closeSeen: false,
-      retiredWatchers: new Set(),
-    };
+    pooled.session = session;
     // Registered before the setup listeners so that they see the session's error and close reason.
     session.on('error', (err: Error) => { pooled.error ??= err; });
     session.once('goaway', (code: number, _lastStreamId: number, data?: Buffer) => {
@@ -369,18 +475,18 @@ export class HbonePool {
       if (!remoteSettings && !pooled.error && !identityError) {
         // Node servers verify client certificates after the TLS 1.3 handshake and just close the
         // socket, so this is the only trace a rejected client certificate leaves.
-        pooled.error = new HboneSessionError(dest, 'the server closed the connection right after the TLS ' +
-          'handshake, before HTTP/2 started: it most likely rejected our client certificate (issuer not ' +
-          'in its trust bundle, expired, or no SPIFFE ID)');
+        pooled.error = new HboneSessionError(dest, via
+          ? `the inner session through the gateway ${via} closed before HTTP/2 started: the destination most ` +
+            'likely rejected our client certificate, or the gateway closed the tunnel'
+          : 'the server closed the connection right after the TLS handshake, before HTTP/2 started: it most ' +
+            'likely rejected our client certificate (issuer not in its trust bundle, expired, or no SPIFFE ID)');
       }
-      pooled.closeSeen = true;
       this.#retire(pooled);
-      if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
-      this.#all.delete(pooled);
-      this.#stats.sessionsActive--;
+      this.#forget(pooled);
+      // The tunnel through the gateway carried only this session.
+      if (via && !transport.destroyed) transport.destroy();
     });
-    this.#stats.sessionsActive++;
-    pooled.ready = new Promise<ClientHttp2Session>((resolve, reject) => {
+    return new Promise<ClientHttp2Session>((resolve, reject) => {
       let settled = false;
       const fail = (err: HboneError): void => {
         if (settled) return;
@@ -404,14 +510,11 @@ export class HbonePool {
         } catch {
           // Closed in the meantime; 'close' below retires it.
         }
-        this.#opts.onSession?.({ sourceKey: opts.sourceKey, dest, peerSpiffeId });
+        this.#opts.onSession?.({ sourceKey: opts.sourceKey, dest, peerSpiffeId, ...(via ? { via } : {}) });
         this.#armIdle(pooled);
         resolve(session);
       });
     });
-    // Waiters attach their own handlers; this one only keeps a failed setup from going unhandled.
-    pooled.ready.catch(noop);
-    return pooled;
   }
 
   #retire(pooled: PooledSession): void {
@@ -427,10 +530,15 @@ export class HbonePool {
       pooled.retiredWatchers.clear();
       for (const w of watchers) w();
     }
-    if (pooled.active === 0 && pooled.pending === 0 && !pooled.session.closed && !pooled.session.destroyed) {
+    if (pooled.active !== 0 || pooled.pending !== 0) return;
+    const session = pooled.session;
+    if (!session) {
+      // Still opening its tunnel through a gateway, for nobody now.
+      pooled.dial?.abort(new HboneSessionError(pooled.dest, 'the session was retired while its tunnel through the gateway opened'));
+    } else if (!session.closed && !session.destroyed) {
       // A session still connecting has nothing to say goodbye to.
-      if (pooled.session.connecting) pooled.session.destroy();
-      else pooled.session.close();
+      if (session.connecting) session.destroy();
+      else session.close();
     }
   }
 

@@ -26,3 +26,20 @@ test('cross-network rows: the in-cluster case is the baseline, the cross-network
   assert.match(line, /1\.5\/3\.0\/6\.0/, 'added p50/p90/p99 over the in-cluster row');
   assert.match(text.split('\n').find((l) => l.includes('two clusters: Weft L4 within cluster1'))!, /\(baseline\)/);
 });
+
+test('cross-network rows with a new connection per request: two more rows, the in-cluster one their baseline, so the added latency is the set-up through the gateway', () => {
+  const raw: CrossNetworkResult[] = [
+    { name: 'l4-cross-node', url: 'http://10.77.1.2:8080/', wrk: wrk(3000, 1.5), hey: hey(1.0), newConnection: { wrk: wrk(900, 9), hey: hey(2.0) }, errors: [] },
+    { name: 'cross-network', url: 'http://10.78.1.2:8080/', wrk: wrk(1500, 3.0), hey: hey(2.5), newConnection: { wrk: wrk(400, 20), hey: hey(5.0) }, errors: [] },
+  ];
+  const rows = crossNetworkRows(raw);
+  assert.deepEqual(rows.map((r) => [r.name, r.baseline]), [['mc-l4', 'mc-l4'], ['cross-network', 'mc-l4'], ['mc-l4-new', 'mc-l4-new'], ['cross-network-new', 'mc-l4-new']]);
+  const results: BenchResults = {
+    startedAt: '2026-12-05T06:00:00Z', host: { cpus: 2, kernel: '6.18', node: 'v24', loadavgAtStart: 1 },
+    settings: { seconds: 2, rate: 200, wrk: '-t2', hey: '-z 2s', iperf3: '-' }, cases: rows, notes: [],
+  };
+  const line = report(results).split('\n').find((l) => l.includes('cross-network (east-west gateway, double HBONE), new connection per request'));
+  assert.ok(line);
+  assert.match(line, /400/);
+  assert.match(line, /3\.0\/6\.0\/12\.0/, 'added p50/p90/p99 over the in-cluster row with new connections');
+});

@@ -3,7 +3,7 @@
 // identity (plain TCP for endpoints outside the mesh).
 import { duplexPair, type Duplex } from 'node:stream';
 import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
-import { HBONE_PORT, connectInner, formatAuthority, formatForwardedFor } from '../../lib/hbone/index.ts';
+import { HBONE_PORT, formatAuthority, formatForwardedFor } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
@@ -70,11 +70,14 @@ export class HboneUpstream implements Upstream {
     if (!ep.node || !ep.spiffeId) return this.direct.connect(ep, opts);
     const servername = serverNameForIdentity(ep.spiffeId);
     const baggage = this.o.baggage?.();
-    if (ep.gateway) return this.#throughGateway(ep, ep.gateway, ep.spiffeId, servername, baggage, opts);
+    const gw = ep.gateway;
     const headers: Record<string, string> = {
       ...(baggage ? { baggage } : {}),
-      ...(opts.forwardedFor ? { forwarded: formatForwardedFor(opts.forwardedFor.ip, opts.forwardedFor.port || undefined) } : {}),
+      // No `forwarded` claim through another network's gateway: the destination's TCP peer is the
+      // gateway, so it could not be honoured there (as agents, agent/src/outbound.ts).
+      ...(opts.forwardedFor && !gw ? { forwarded: formatForwardedFor(opts.forwardedFor.ip, opts.forwardedFor.port || undefined) } : {}),
     };
+    const agent = `${ep.node}:${this.o.hbonePort ?? HBONE_PORT}`;
     try {
       return await this.o.pool.connect({
         sourceKey: this.o.spiffeId,
@@ -84,34 +87,17 @@ export class HboneUpstream implements Upstream {
         expectPeer: ep.spiffeId,
         timeoutMs: opts.timeoutMs,
         ...(Object.keys(headers).length > 0 ? { headers } : {}),
-        // GOAWAY (the agent drains) or rotation: the tunnel finishes what it carries, takes no new work.
+        // An endpoint on another network (multi-cluster): through that network's east-west gateway,
+        // double HBONE as agents do it (lib/hbone/pool.ts); the gateway sees only ciphertext and the
+        // destination agent authenticates the waypoint itself.
+        ...(gw ? { gateway: { host: gw.address, port: gw.port, expectPeer: gw.spiffeId } } : {}),
+        // GOAWAY (the agent or the gateway drains) or rotation: the tunnel finishes what it carries, takes no new work.
         ...(opts.onDraining ? { onRetired: opts.onDraining } : {}),
       });
     } catch (err) {
-      throw new UpstreamConnectError(addr(ep), `HBONE via ${ep.node}: ${(err as Error).message}`, err);
-    }
-  }
-
-  /**
-   * An endpoint on another network (multi-cluster): HBONE to that network's east-west gateway
-   * naming the endpoint, and the tunnel to the endpoint's agent inside it (double HBONE,
-   * lib/hbone/double.ts), as agents do; the gateway sees only ciphertext and the destination
-   * agent authenticates the waypoint itself. No `forwarded` claim: the destination's TCP peer is
-   * the gateway, so it could not be honoured there (as agents, agent/src/outbound.ts).
-   */
-  async #throughGateway(ep: UpstreamEndpoint, gw: NonNullable<UpstreamEndpoint['gateway']>, identity: string, servername: string | undefined, baggage: string | undefined, opts: UpstreamConnectOptions): Promise<Duplex> {
-    const target = formatAuthority(ep.ip, ep.port);
-    const tls = tlsMaterial(this.o.credentials());
-    try {
-      const outer = await this.o.pool.connect({
-        sourceKey: this.o.spiffeId, tls, dest: { host: gw.address, port: gw.port }, target, expectPeer: gw.spiffeId, timeoutMs: opts.timeoutMs,
-      });
-      return await connectInner({
-        outer, tls: { ...tls, ...(servername ? { servername } : {}) }, dest: `${ep.node}:${this.o.hbonePort ?? HBONE_PORT}`, target, expectPeer: identity,
-        ...(baggage ? { headers: { baggage } } : {}), timeoutMs: opts.timeoutMs,
-      });
-    } catch (err) {
-      throw new UpstreamConnectError(addr(ep), `double HBONE via gateway ${gw.address}:${gw.port} (${gw.network}) to ${ep.node}: ${(err as Error).message}`, err);
+      throw new UpstreamConnectError(addr(ep), gw
+        ? `double HBONE via gateway ${gw.address}:${gw.port} (${gw.network}) to ${agent}: ${(err as Error).message}`
+        : `HBONE via ${ep.node}: ${(err as Error).message}`, err);
     }
   }
 }
