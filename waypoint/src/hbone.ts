@@ -3,7 +3,7 @@
 // identity (plain TCP for endpoints outside the mesh).
 import { duplexPair, type Duplex } from 'node:stream';
 import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
-import { HBONE_PORT, connectInner, formatAuthority, formatForwardedFor } from '../../lib/hbone/index.ts';
+import { CALLER_HEADER, HBONE_PORT, connectInner, formatAuthority, formatCaller, formatForwardedFor } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
@@ -74,6 +74,7 @@ export class HboneUpstream implements Upstream {
     const headers: Record<string, string> = {
       ...(baggage ? { baggage } : {}),
       ...(opts.forwardedFor ? { forwarded: formatForwardedFor(opts.forwardedFor.ip, opts.forwardedFor.port || undefined) } : {}),
+      ...this.#caller(opts),
     };
     try {
       return await this.o.pool.connect({
@@ -92,23 +93,30 @@ export class HboneUpstream implements Upstream {
     }
   }
 
+  /** The caller by identity (lib/hbone/forwarded.ts CALLER_HEADER): the destination's DENY policies judge it too. */
+  #caller(opts: UpstreamConnectOptions): Record<string, string> {
+    return opts.caller ? { [CALLER_HEADER]: formatCaller(this.o.spiffeId, opts.caller) } : {};
+  }
+
   /**
    * An endpoint on another network (multi-cluster): HBONE to that network's east-west gateway
    * naming the endpoint, and the tunnel to the endpoint's agent inside it (double HBONE,
    * lib/hbone/double.ts), as agents do; the gateway sees only ciphertext and the destination
    * agent authenticates the waypoint itself. No `forwarded` claim: the destination's TCP peer is
-   * the gateway, so it could not be honoured there (as agents, agent/src/outbound.ts).
+   * the gateway, so it could not be honoured there (as agents, agent/src/outbound.ts). The caller
+   * by identity is named, as to a local agent: the other cluster's DENY policies judge it.
    */
   async #throughGateway(ep: UpstreamEndpoint, gw: NonNullable<UpstreamEndpoint['gateway']>, identity: string, servername: string | undefined, baggage: string | undefined, opts: UpstreamConnectOptions): Promise<Duplex> {
     const target = formatAuthority(ep.ip, ep.port);
     const tls = tlsMaterial(this.o.credentials());
+    const headers = { ...(baggage ? { baggage } : {}), ...this.#caller(opts) };
     try {
       const outer = await this.o.pool.connect({
         sourceKey: this.o.spiffeId, tls, dest: { host: gw.address, port: gw.port }, target, expectPeer: gw.spiffeId, timeoutMs: opts.timeoutMs,
       });
       return await connectInner({
         outer, tls: { ...tls, ...(servername ? { servername } : {}) }, dest: `${ep.node}:${this.o.hbonePort ?? HBONE_PORT}`, target, expectPeer: identity,
-        ...(baggage ? { headers: { baggage } } : {}), timeoutMs: opts.timeoutMs,
+        ...(Object.keys(headers).length > 0 ? { headers } : {}), timeoutMs: opts.timeoutMs,
       });
     } catch (err) {
       throw new UpstreamConnectError(addr(ep), `double HBONE via gateway ${gw.address}:${gw.port} (${gw.network}) to ${ep.node}: ${(err as Error).message}`, err);
