@@ -139,6 +139,8 @@ export class Agent {
   #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
+  /** The policies of the last config applied (JSON): a change re-judges the open inbound tunnels. */
+  #policies: string | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -393,6 +395,10 @@ export class Agent {
 
   #onConfig(config: AgentConfig, version: string): void {
     this.state.apply(config);
+    // New or changed policies judge the open inbound tunnels too (Inbound.reauthorize).
+    const policies = JSON.stringify(config.policies);
+    if (this.#policies !== undefined && policies !== this.#policies) this.inbound.reauthorize();
+    this.#policies = policies;
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();

@@ -73,17 +73,30 @@ export class LocalDelivery {
     this.#netns.delete(podIp);
   }
 
-  /** Throws DeniedError (and counts it) unless the destination's policies allow the connection. */
-  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>): void {
+  /**
+   * Throws DeniedError (and counts it) unless the destination's policies allow the connection.
+   * `caller`: the identity a waypoint says it carries (lib/hbone/forwarded.ts CALLER_HEADER). The
+   * peer (the waypoint) is judged as Istio's ztunnel judges it; the DENY policies judge the caller
+   * too, so a DENY naming a client holds whatever waypoint, in whatever cluster, it came through.
+   * That can only refuse more, which is why a claim needs no entitlement.
+   */
+  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, caller?: string): void {
     const policies = this.#state.policiesFor(dest);
-    const decision = evaluate(policies, { ...src, destinationIp: dest.ip, destinationPort: port });
+    const attributes: ConnectionAttributes = { ...src, destinationIp: dest.ip, destinationPort: port };
+    let decision = evaluate(policies, attributes);
+    if (decision.allowed && caller !== undefined && caller !== src.sourcePrincipal) {
+      const deny = policies.filter((p) => p.action === 'DENY');
+      const { sourceNamespace: _peers, ...rest } = attributes;
+      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }) : undefined;
+      if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${src.sourcePrincipal ?? 'a peer without identity'})` };
+    }
     // AUDIT policies never decide; a match is logged.
     if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
     if (decision.allowed) return;
     // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
     const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
     this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-    this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
+    this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
     throw new DeniedError(decision.reason, 403, policy);
   }
 

@@ -4,6 +4,8 @@
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Workload } from '../../lib/model/mesh.ts';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -12,7 +14,7 @@ import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
-import { tunnelClient } from '../../lib/hbone/index.ts';
+import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
 
 export interface InboundOptions {
   node: string;
@@ -36,6 +38,8 @@ export class Inbound {
   readonly server: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
+  /** Each tunnel delivering to a pod, with what it was authorized on, until its pod side closes (reauthorize). */
+  readonly #open = new Set<OpenTunnel>();
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
@@ -93,12 +97,14 @@ export class Inbound {
       dstPod: dest.name,
       logging: dest.telemetry?.accessLogging,
     }, this.#o.accessLog);
+    const source = {
+      ...(principal ? { sourcePrincipal: principal } : {}),
+      ...(sourceNamespace ? { sourceNamespace } : {}),
+      sourceIp: client.ip,
+    };
+    const caller = callerOf(req.headers[CALLER_HEADER]);
     try {
-      this.#o.delivery.authorize(dest, port, {
-        ...(principal ? { sourcePrincipal: principal } : {}),
-        ...(sourceNamespace ? { sourceNamespace } : {}),
-        sourceIp: client.ip,
-      });
+      this.#o.delivery.authorize(dest, port, source, caller);
     } catch (err) {
       if (err instanceof DeniedError) {
         record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
@@ -110,11 +116,37 @@ export class Inbound {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
       this.#records.set(req, record);
       if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
+      const open: OpenTunnel = { dest, port, source, caller, upstream };
+      this.#open.add(open);
+      upstream.once('close', () => this.#open.delete(open));
       return { upstream };
     } catch (err) {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message };
     }
+  }
+
+  /**
+   * The policies changed: every open tunnel is judged again, and one they no longer allow is
+   * closed (its denial counted and logged as any), as Istio's ztunnel closes connections a new
+   * policy denies. Without this a long-lived tunnel, such as a waypoint's pooled connection,
+   * would keep carrying a caller a new DENY names. Returns how many were closed.
+   */
+  reauthorize(): number {
+    let closed = 0;
+    for (const t of this.#open) {
+      try {
+        // The pod as it is now (its labels decide which policies select it).
+        this.#o.delivery.authorize(this.#o.state.localWorkload(t.dest.ip) ?? t.dest, t.port, t.source, t.caller);
+      } catch (err) {
+        if (!(err instanceof DeniedError)) throw err;
+        this.#open.delete(t);
+        closed++;
+        this.#o.log.info('open connection closed: the policies no longer allow it', { destination: `${t.dest.namespace}/${t.dest.name}:${t.port}`, source: t.source.sourcePrincipal ?? t.source.sourceIp, ...(t.caller ? { caller: t.caller } : {}), policy: err.policy });
+        t.upstream.destroy();
+      }
+    }
+    return closed;
   }
 
   #refused(r: HboneRefusal): void {
@@ -141,3 +173,12 @@ function workloadOf(principal: string | undefined): { namespace: string; service
   }
 }
 
+
+/** A tunnel delivering to a local pod, and what its authorization rested on. */
+interface OpenTunnel {
+  dest: Workload;
+  port: number;
+  source: { sourcePrincipal?: string; sourceNamespace?: string; sourceIp: string };
+  caller: string | undefined;
+  upstream: Duplex;
+}

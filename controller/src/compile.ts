@@ -185,6 +185,12 @@ export interface CompileOptions {
   waypointAllowList?: WaypointAllowList;
   /** Mesh-wide HTTP settings every waypoint gets (path normalization, trusted proxies). */
   meshHttp?: MeshHttpSettings;
+  /**
+   * Multi-cluster: `namespace/name` of the Services only other clusters have, imported by the
+   * federation (controller/src/federation.ts) after this compile. A route's backendRef to one of
+   * them resolves (the waypoint sends to that cluster's endpoints); default none.
+   */
+  importedServices?: ReadonlySet<string>;
 }
 
 /** A problem found while compiling that belongs in an object's status. */
@@ -391,7 +397,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       continue;
     }
     trafficPolicyOf.set(svcKey, nsName(ns, tp.metadata.name));
-    if (!model.services.has(svcKey)) findings.push({ kind: 'TrafficPolicy', namespace: ns, name: tp.metadata.name, path: 'spec.targetRef.name', reason: 'TargetNotFound', message: `Service ${svcKey} does not exist` });
+    if (!model.services.has(svcKey) && !options.importedServices?.has(svcKey)) findings.push({ kind: 'TrafficPolicy', namespace: ns, name: tp.metadata.name, path: 'spec.targetRef.name', reason: 'TargetNotFound', message: `Service ${svcKey} does not exist` });
     model.trafficPolicies.set(nsName(ns, tp.metadata.name), compileTrafficPolicy(tp, svcKey));
   }
 
@@ -399,7 +405,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   const grants = new ReferenceGrants(inputs.referenceGrants);
   const routeParents = new Map<string, RouteParentResult[]>();
   for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
-    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, findings));
+    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, options.importedServices, findings));
   }
 
   const result = { model, findings, routeParents };
@@ -426,6 +432,7 @@ export function optionsKeyOf(options: CompileOptions): string {
   return JSON.stringify([
     options.trustDomain, options.clusterDomain, options.rootNamespace, options.clusterId,
     options.waypointRuntime ? [...options.waypointRuntime] : null, options.waypointAllowList ?? null,
+    options.importedServices ? [...options.importedServices].sort() : null,
   ]);
 }
 
@@ -877,7 +884,7 @@ class ReferenceGrants {
   }
 }
 
-function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, findings: CompileFinding[]): RouteParentResult[] {
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, imported: ReadonlySet<string> | undefined, findings: CompileFinding[]): RouteParentResult[] {
   const ns = r.metadata.namespace!;
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
   // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
@@ -901,8 +908,10 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       refused = `${r.kind} ${ns}/${r.metadata.name} may not send to Service ${key}: no ReferenceGrant in namespace ${bns} allows it; requests routed to it get 500`;
       finding(path, 'RefNotPermitted', refused);
       unresolved ??= { reason: 'RefNotPermitted', message: `${path}: ${refused}` };
-    } else if (!model.services.has(key)) {
-      const message = `Service ${key} does not exist; requests routed to it get 500`;
+    } else if (!model.services.has(key) && !imported?.has(key)) {
+      // A Service only another cluster has is imported after this compile (namespace sameness):
+      // a backendRef to it resolves, and sends that share to that cluster's endpoints.
+      const message = `Service ${key} does not exist${imported ? ' in any cluster' : ''}; requests routed to it get 500`;
       finding(path, 'BackendNotFound', message);
       unresolved ??= { reason: 'BackendNotFound', message: `${path}: ${message}` };
     }

@@ -68,6 +68,8 @@ export const STATUS_WRITE_CONCURRENCY = 8;
 export class Controller {
   readonly store = new ObjectStore();
   readonly #o: ControllerOptions;
+  /** Services only other clusters have, as the last merge imported them (`namespace/name`). */
+  #imported: ReadonlySet<string> = new Set();
   readonly #log: Logger;
   #model: MeshModel | undefined;
   #dirty = true;
@@ -215,7 +217,10 @@ export class Controller {
       let result: CompileResult;
       try {
         // Only what changed since the last compilation is recompiled (pods and EndpointSlices; anything else in full).
-        result = compileChanges(this.store.inputs(), { ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}) }, this.store.takeChanges());
+        result = compileChanges(this.store.inputs(), {
+          ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}),
+          ...(this.#o.federation ? { importedServices: this.#imported } : {}),
+        }, this.store.takeChanges());
       } catch (e) {
         // The next compilation starts afresh: the changes this one consumed are not lost.
         this.#cache.last = undefined;
@@ -228,6 +233,15 @@ export class Controller {
       this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
       const model = this.#o.federation ? this.#o.federation.merge(result.model) : result.model;
       this.#model = model;
+      if (this.#o.federation) {
+        // Routes resolve backendRefs to what other clusters alone have (compile.ts
+        // importedServices); when that set moved, one more round gets their status right.
+        const imported = new Set([...model.services.keys()].filter((k) => !result.model.services.has(k)));
+        if (imported.size !== this.#imported.size || [...imported].some((k) => !this.#imported.has(k))) {
+          this.#imported = imported;
+          this.#markDirty();
+        }
+      }
       findings = result.findings;
       this.#findingsDirty = true;
       this.#lastFindings = findings;

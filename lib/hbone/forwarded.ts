@@ -15,6 +15,13 @@
 //
 // Otherwise the claim is ignored, counted and logged, and the client is the TCP peer itself.
 // Agents (agent/src/inbound.ts) and waypoints (waypoint/src/hbone.ts) both decide with tunnelClient.
+//
+// A waypoint also names the caller it carries by identity, in `x-forwarded-client-cert` (Envoy's
+// XFCC: `By` the proxy, `URI` the SPIFFE ID of the client certificate it verified). That claim
+// can only ever refuse more: the destination agent judges its DENY policies against the caller as
+// well as against the peer, and nothing else (ALLOW, telemetry, the server's view) rests on it.
+// So it needs no entitlement check, and it still holds where the peer cannot be placed by
+// address (a waypoint in another cluster, whose tunnels arrive through an east-west gateway).
 import { isIPv4, isIPv6 } from 'node:net';
 import type { Waypoint, Workload } from '../model/mesh.ts';
 
@@ -199,4 +206,24 @@ export function tunnelClient<D>(
   if (owner.spiffeId === undefined || owner.spiffeId !== req.peer.spiffeId) return { ...peer, ignored: { reason: 'identity-mismatch', claimed } };
   if (owner.nodeIp === undefined || unmapV4(owner.nodeIp) !== peerIp) return { ...peer, ignored: { reason: 'node-mismatch', claimed } };
   return honoured;
+}
+
+/** HBONE CONNECT header in which a waypoint names the caller it carries (Envoy's x-forwarded-client-cert). */
+export const CALLER_HEADER = 'x-forwarded-client-cert';
+
+/** `By="<proxy>";URI="<caller>"`: values always quoted, so the RFC 7239 grammar reads them back. */
+export function formatCaller(by: string, caller: string): string {
+  const q = (v: string) => `"${v.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+  return `By=${q(by)};URI=${q(caller)}`;
+}
+
+/**
+ * The caller an x-forwarded-client-cert value names: the `URI` of its last element (the one our
+ * peer added), when it is a SPIFFE ID; undefined when absent or malformed.
+ */
+export function callerOf(value: string | undefined): string | undefined {
+  if (value === undefined || value === '' || value.length > 4096) return undefined;
+  const elements = parseForwarded(value);
+  const uri = elements?.[elements.length - 1]?.['uri'];
+  return uri !== undefined && /^spiffe:\/\/[^\s"\\,;]+$/.test(uri) && uri.length <= 2048 ? uri : undefined;
 }

@@ -15,7 +15,7 @@ export type {
   HboneTunnelClosed,
   ServerTlsMaterial,
 } from './server.ts';
-export { formatForwardedFor, forwardedFor, isServingWaypoint, parseForwarded, parseForwardedNode, tunnelClient, unmapV4 } from './forwarded.ts';
+export { CALLER_HEADER, callerOf, formatCaller, formatForwardedFor, forwardedFor, isServingWaypoint, parseForwarded, parseForwardedNode, tunnelClient, unmapV4 } from './forwarded.ts';
 export type { ForwardedIgnoredReason, ForwardedNode, ForwardedView, TunnelClient } from './forwarded.ts';
 export { HbonePool, streamHeadroom } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HboneGateway, HbonePoolOptions, HbonePoolStats } from './pool.ts';

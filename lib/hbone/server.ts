@@ -136,7 +136,7 @@ export interface HboneServerOptions {
    * with exactly one SPIFFE ID.
    */
   checkPeer?: PeerCheck;
-  /** Request headers passed to the handler. Default: forwarded, baggage, traceparent, tracestate. */
+  /** Request headers passed to the handler. Default: forwarded, x-forwarded-client-cert, baggage, traceparent, tracestate. */
   forwardHeaders?: readonly string[];
   /** SETTINGS_MAX_CONCURRENT_STREAMS. Default 1000. */
   maxConcurrentStreams?: number;

@@ -65,4 +65,4 @@ export const DEFAULT_RAPID_RESET_MAX = 100;
 export const DEFAULT_RAPID_RESET_INTERVAL_MS = 1000;
 
 /** Request headers the server hands to the connect handler by default. */
-export const DEFAULT_FORWARDED_HEADERS: readonly string[] = ['forwarded', 'baggage', 'traceparent', 'tracestate'];
+export const DEFAULT_FORWARDED_HEADERS: readonly string[] = ['forwarded', 'x-forwarded-client-cert', 'baggage', 'traceparent', 'tracestate'];

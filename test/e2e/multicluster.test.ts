@@ -301,3 +301,95 @@ test('a waypoint in cluster1 serving demo/echo forwards to both clusters\' endpo
     `cluster2's agent saw no connection from cluster1's waypoint:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
   assert.ok(Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0) > tunnelsBefore, 'through cluster2\'s gateway');
 });
+
+/** One request from cluster1's client: the HTTP status and, for a 200, the answering cluster. */
+async function askStatus(url = `http://${VIP}/`): Promise<{ status: number; cluster?: string; detail: string }> {
+  const r = await mc.cluster('cluster1').mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '5', '-w', '\n%{http_code}', url]);
+  const lines = r.stdout.trimEnd().split('\n');
+  const status = Number(lines.pop() ?? 0);
+  const body = lines.join('\n');
+  if (r.code !== 0 || status !== 200) return { status, detail: `${r.stderr.trim()} ${body.slice(0, 200)}`.trim() };
+  return { status, cluster: (JSON.parse(body) as { cluster: string }).cluster, detail: '' };
+}
+
+/** Asks `n` times; the answering clusters (or `status <code>`), in order. */
+async function answers(n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const r = await askStatus();
+    out.push(r.cluster ?? `status ${r.status}: ${r.detail}`);
+  }
+  return out;
+}
+
+// Gateway API: a route's backendRefs split traffic by weight (HTTPRoute weighted backends, a
+// weight of 0 gets none). Istio sends a share to one cluster with a per-cluster host (a subset by
+// topology.istio.io/cluster); in the Gateway API form that is a Service only that cluster has,
+// here demo/echo-c2 (imported by namespace sameness) beside cluster1's own demo/echo-c1.
+test('a waypoint\'s HTTPRoute sends a chosen weight to the other cluster\'s endpoints (backendRef to demo/echo-c2, a Service only cluster2 has): 0/100, 100/0, then 50/50 within a band that cannot flake; cluster2 sees the caller, and its DENY naming cluster1\'s client refuses it through the route (issue 18 item 6)', async () => {
+  const c1 = mc.cluster('cluster1');
+  const c2 = mc.cluster('cluster2');
+  const split = (toC1: number, toC2: number) => [
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo-c1', namespace: 'demo' }, spec: { clusterIP: '10.96.0.21', selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    {
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'echo-split', namespace: 'demo' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'echo', port: 80 }], rules: [{ backendRefs: [{ name: 'echo-c1', port: 80, weight: toC1 }, { name: 'echo-c2', port: 80, weight: toC2 }] }] },
+    },
+  ];
+  /** Until `k` answers in a row are all from `cluster` (the new weights are in force), then `n` more. */
+  const settle = async (cluster: string, k: number, n: number): Promise<string[]> => {
+    let streak = 0;
+    const seen: string[] = [];
+    await until(`${k} answers in a row from ${cluster}`, async () => {
+      const r = await askStatus();
+      seen.push(r.cluster ?? `status ${r.status}: ${r.detail}`);
+      streak = r.cluster === cluster ? streak + 1 : 0;
+      return streak >= k;
+    }, 30_000).catch((e: Error) => {
+      throw new Error(`${e.message}; answers: ${seen.slice(-6).join(' | ')}\nwaypoint: ${c1.mesh.logTail('pod-demo-waypoint-0.log', 10)}`);
+    });
+    return answers(n);
+  };
+  try {
+    c1.mesh.writeConfig('60-split.yaml', split(0, 100));
+    assert.deepEqual(await settle('cluster2', 4, 10), Array(10).fill('cluster2'), 'weight 0 to echo-c1: every answer from cluster2');
+    c1.mesh.writeConfig('60-split.yaml', split(100, 0));
+    assert.deepEqual(await settle('cluster1', 4, 10), Array(10).fill('cluster1'), 'weight 0 to echo-c2: every answer from cluster1');
+    c1.mesh.writeConfig('60-split.yaml', split(50, 50));
+    await until('cluster2 answers again (50/50 in force)', async () => (await askStatus()).cluster === 'cluster2', 30_000);
+    const half = await answers(40);
+    const fromC2 = half.filter((a) => a === 'cluster2').length;
+    assert.equal(half.filter((a) => a === 'cluster1').length + fromC2, 40, `every request answered: ${half.join(' | ')}`);
+    // Binomial(40, 1/2) falls outside 8..32 with probability about 2e-5.
+    assert.ok(fromC2 >= 8 && fromC2 <= 32, `50/50: ${fromC2} of 40 from cluster2`);
+    process.stdout.write(`# 50/50 split through cluster1's waypoint: ${fromC2} of 40 answers from cluster2\n`);
+
+    // Attacker side: the route must not carry cluster1's client around a DENY that cluster2 enforces.
+    // The waypoint keeps its connection to cluster2's echo pooled (HTTP/1.1 keep-alive, per caller):
+    // the DENY must close it too, not only refuse new tunnels.
+    c1.mesh.writeConfig('60-split.yaml', split(0, 100));
+    await settle('cluster2', 4, 0);
+    const closedBefore = c2.mesh.logEntries('agent-node1.log', 'open connection closed: the policies no longer allow it').length;
+    const deniedBefore = deniedCount(await c2.mesh.agentMetrics('node1'));
+    c2.mesh.writeConfig('50-deny.yaml', [{
+      apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-cluster1-client', namespace: 'demo' },
+      spec: { selector: { matchLabels: { app: 'echo' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/client'] } }] }] },
+    }]);
+    try {
+      await until('cluster2 refuses cluster1\'s client through cluster1\'s waypoint', async () => (await askStatus()).status !== 200, 20_000);
+      const refused = await answers(5);
+      assert.ok(refused.every((a) => a.startsWith('status ')), `no answer through the route while the DENY stands: ${refused.join(' | ')}`);
+      assert.ok(deniedCount(await c2.mesh.agentMetrics('node1')) > deniedBefore, 'weft_connections_denied_total{reason="policy"} went up at cluster2');
+      const log = c2.mesh.logEntries('agent-node1.log', 'connection denied');
+      assert.ok(log.some((l) => l.policy === 'demo/deny-cluster1-client' && l.source === 'spiffe://cluster.local/ns/demo/sa/waypoint' && l.caller === CLIENT),
+        `cluster2's agent names the policy, the waypoint and the caller it carried:\n${c2.mesh.logTail('agent-node1.log', 5)}`);
+      const closed = c2.mesh.logEntries('agent-node1.log', 'open connection closed: the policies no longer allow it').slice(closedBefore);
+      assert.ok(closed.some((l) => l.caller === CLIENT && l.policy === 'demo/deny-cluster1-client'), `the waypoint's pooled tunnel carrying the client was closed by the new DENY:\n${c2.mesh.logTail('agent-node1.log', 8)}`);
+    } finally {
+      c2.mesh.removeConfig('50-deny.yaml');
+    }
+    await until('cluster1\'s client is served by cluster2 through the route again', async () => (await askStatus()).cluster === 'cluster2', 20_000);
+  } finally {
+    c1.mesh.removeConfig('60-split.yaml');
+  }
+});

@@ -1,6 +1,6 @@
 // Test harness: a controller with a real gRPC config stream on loopback and real clients.
 import * as grpc from '@grpc/grpc-js';
-import { Controller } from '../../controller/src/controller.ts';
+import { Controller, type ControllerOptions } from '../../controller/src/controller.ts';
 import type { CompileOptions } from '../../controller/src/compile.ts';
 import type { ConfigSource } from '../../controller/src/sources/source.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
@@ -24,7 +24,7 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startHarness(source: ConfigSource, compile?: Omit<CompileOptions, 'waypointRuntime'>): Promise<Harness> {
+export async function startHarness(source: ConfigSource, compile?: Omit<CompileOptions, 'waypointRuntime'>, extra: Pick<ControllerOptions, 'federation'> = {}): Promise<Harness> {
   const logs: LogLine[] = [];
   const logger = captureLogger(logs);
   const configServer = new ConfigServer({ logger });
@@ -33,7 +33,7 @@ export async function startHarness(source: ConfigSource, compile?: Omit<CompileO
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
-  const controller = new Controller({ source, configServer, logger, debounceMs: 5, ...(compile ? { compile } : {}) });
+  const controller = new Controller({ source, configServer, logger, debounceMs: 5, ...(compile ? { compile } : {}), ...extra });
   await controller.start();
   const target = `127.0.0.1:${port}`;
   const clients: Array<ConfigClient<'agent'> | ConfigClient<'waypoint'>> = [];

@@ -4,7 +4,9 @@
 //   the tunnel came from. A workload that forges another's address is not believed (the client is
 //   the TCP peer), and the ignored claim is counted and reported;
 // - out: on the CONNECT of a caller's passthrough stream the waypoint names the original client,
-//   so the destination's agent (which honours it from a waypoint serving the destination) sees it.
+//   so the destination's agent (which honours it from a waypoint serving the destination) sees it;
+//   and it names the caller by identity (x-forwarded-client-cert URI, the tunnel's verified peer),
+//   never by what the caller itself sent.
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -61,7 +63,7 @@ describe('the waypoint and forwarded for=', () => {
   let ca: CertificateAuthority;
   let echoServer: net.Server;
   let agent: HboneServer;
-  const agentSaw: Array<{ peer: string | undefined; forwarded: string | undefined }> = [];
+  const agentSaw: Array<{ peer: string | undefined; forwarded: string | undefined; caller?: string | undefined }> = [];
   let engine: WaypointEngine;
   let wpServer: HboneServer;
   let wpPort: number;
@@ -80,7 +82,7 @@ describe('the waypoint and forwarded for=', () => {
     agent = new HboneServer({
       tls: tlsMaterial(credsOf.get(REVIEWS)!),
       handler: async (req) => {
-        agentSaw.push({ peer: req.peer.spiffeId, forwarded: req.headers['forwarded'] });
+        agentSaw.push({ peer: req.peer.spiffeId, forwarded: req.headers['forwarded'], caller: req.headers['x-forwarded-client-cert'] });
         const sock = net.connect(req.target.port, req.target.host);
         await new Promise<void>((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
         return { upstream: sock };
@@ -121,12 +123,12 @@ describe('the waypoint and forwarded for=', () => {
   });
 
   /** A tunnel to the waypoint as `who`'s agent opens it (from 127.0.0.1, the node), claiming `forwarded`. */
-  const tunnel = (who: string, target: string, forwarded: string): Promise<Duplex> => {
+  const tunnel = (who: string, target: string, forwarded: string, extra: Record<string, string> = {}): Promise<Duplex> => {
     const pool = new HbonePool();
     pools.push(pool);
     return pool.connect({
       sourceKey: who, tls: tlsMaterial(credsOf.get(who)!), dest: { host: '127.0.0.1', port: wpPort }, target, expectPeer: WAYPOINT,
-      headers: { forwarded },
+      headers: { forwarded, ...extra },
     });
   };
   const ignoredCount = async (reason: string) =>
@@ -134,8 +136,13 @@ describe('the waypoint and forwarded for=', () => {
 
   it('believes a caller\'s agent naming its own workload, and passes the client on to the destination\'s agent', async () => {
     assert.equal(await ping(await tunnel(TESTER, '10.96.0.10:80', `for="${TESTER_IP}:4711"`)), 'ping');
-    assert.deepEqual(agentSaw.at(-1), { peer: WAYPOINT, forwarded: `for="${TESTER_IP}:4711"` });
+    assert.deepEqual(agentSaw.at(-1), { peer: WAYPOINT, forwarded: `for="${TESTER_IP}:4711"`, caller: `By="${WAYPOINT}";URI="${TESTER}"` });
     assert.equal(ignored.length, 0);
+  });
+
+  it('names the caller by its verified identity: a caller\'s own x-forwarded-client-cert naming another workload is not passed on', async () => {
+    assert.equal(await ping(await tunnel(TESTER, '10.96.0.10:80', `for="${TESTER_IP}:4712"`, { 'x-forwarded-client-cert': `By="${WAYPOINT}";URI="${VICTIM}"` })), 'ping');
+    assert.equal(agentSaw.at(-1)?.caller, `By="${WAYPOINT}";URI="${TESTER}"`);
   });
 
   it('does not believe a workload that forges another workload\'s address: the forged ALLOW ipBlocks does not let it in; counted and reported', async () => {

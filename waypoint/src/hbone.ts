@@ -3,7 +3,7 @@
 // identity (plain TCP for endpoints outside the mesh).
 import { duplexPair, type Duplex } from 'node:stream';
 import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
-import { HBONE_PORT, formatAuthority, formatForwardedFor } from '../../lib/hbone/index.ts';
+import { CALLER_HEADER, HBONE_PORT, formatAuthority, formatCaller, formatForwardedFor } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
@@ -76,6 +76,8 @@ export class HboneUpstream implements Upstream {
       // No `forwarded` claim through another network's gateway: the destination's TCP peer is the
       // gateway, so it could not be honoured there (as agents, agent/src/outbound.ts).
       ...(opts.forwardedFor && !gw ? { forwarded: formatForwardedFor(opts.forwardedFor.ip, opts.forwardedFor.port || undefined) } : {}),
+      // The caller by identity, through a gateway too: the destination's DENY policies judge it.
+      ...this.#caller(opts),
     };
     const agent = `${ep.node}:${this.o.hbonePort ?? HBONE_PORT}`;
     try {
@@ -99,5 +101,10 @@ export class HboneUpstream implements Upstream {
         ? `double HBONE via gateway ${gw.address}:${gw.port} (${gw.network}) to ${agent}: ${(err as Error).message}`
         : `HBONE via ${ep.node}: ${(err as Error).message}`, err);
     }
+  }
+
+  /** The caller by identity (lib/hbone/forwarded.ts CALLER_HEADER): the destination's DENY policies judge it too. */
+  #caller(opts: UpstreamConnectOptions): Record<string, string> {
+    return opts.caller ? { [CALLER_HEADER]: formatCaller(this.o.spiffeId, opts.caller) } : {};
   }
 }

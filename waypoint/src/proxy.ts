@@ -453,7 +453,7 @@ const send: Stage = async (ctx) => {
   else (ctx.req as Readable).resume();
 
   for (const m of up.mirrors) {
-    if (env.random() * 100 < m.percent) void sendMirror(env, ctx.snap, m.backend, out, ctx.body);
+    if (env.random() * 100 < m.percent) void sendMirror(env, ctx.snap, m.backend, out, ctx.body, ctx.conn.peerSpiffeId);
   }
   await forward(ctx, env.cluster(up.service, up.port));
 };
@@ -512,8 +512,8 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
   }
 }
 
-/** Sends one copy of the request to a mirror backend and discards the answer. */
-async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined): Promise<void> {
+/** Sends one copy of the request to a mirror backend and discards the answer (`caller` named to its agent, as for the request itself). */
+async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined, caller: string | undefined): Promise<void> {
   try {
     const svc = backendService(snap, backend);
     if (!svc) return;
@@ -532,6 +532,7 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
     const timer = setTimeout(() => ac.abort(), 30_000);
     const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
       method: out.method, path: out.path, authority: `${host}-shadow`, headers: { ...out.headers }, body: stream, signal: ac.signal,
+      ...(caller ? { callerId: caller } : {}),
     }, cluster.settings.timeouts.connectMs);
     resp.body.resume();
     resp.body.on('close', () => clearTimeout(timer));
@@ -616,6 +617,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
           method: out.method, path: out.path, authority: out.authority, headers: out.headers,
           body: ctx.body ? ctx.body.open() : null, signal: tryAc.signal,
           ...(ctx.directIp ? { client: ctx.directIp } : {}),
+          ...(ctx.conn.peerSpiffeId ? { callerId: ctx.conn.peerSpiffeId } : {}),
         }, settings.timeouts.connectMs);
         outcome = { kind: 'response', status: resp.status };
         const gs = grpcStatusOf(resp.headers);

@@ -85,7 +85,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     try {
       // One stream per caller: the destination's agent learns the original client (RFC 7239 for=),
       // which it believes because it comes from a waypoint serving the destination.
-      upstream = await env.pool.openStream(target, settings.timeouts.connectMs, conn.clientAddress ? { ip: conn.clientAddress, port: conn.clientPort ?? 0 } : undefined);
+      upstream = await env.pool.openStream(target, settings.timeouts.connectMs, conn.clientAddress ? { ip: conn.clientAddress, port: conn.clientPort ?? 0 } : undefined, conn.peerSpiffeId);
       cluster.report(ep, { kind: 'response', status: 200 });
       ep.active++;
       upstream.once('close', () => { ep.active--; });

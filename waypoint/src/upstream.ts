@@ -24,6 +24,8 @@ export interface UpstreamConnectOptions {
   timeoutMs: number;
   /** The original client this stream carries (a passthrough stream of one caller); HBONE sends it as `forwarded: for=`. */
   forwardedFor?: { ip: string; port: number };
+  /** The caller's SPIFFE ID (its tunnel's verified peer); HBONE sends it as x-forwarded-client-cert `URI`, for the destination's DENY policies. */
+  caller?: string;
   /**
    * Called once when what carries the connection is going away (its HBONE session got GOAWAY: the
    * destination's agent is draining for an upgrade). The connection still finishes what is in flight,
@@ -53,6 +55,8 @@ export interface UpstreamRequest {
    * sees the caller, not the waypoint. Connections are pooled per endpoint and caller for that.
    */
   client?: string;
+  /** The caller's SPIFFE ID (its tunnel's verified peer), named to the destination agent (`UpstreamConnectOptions.caller`); part of the pool key too. */
+  callerId?: string;
 }
 
 export interface UpstreamResponse {
@@ -168,31 +172,31 @@ export class UpstreamPool {
     this.idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   }
 
-  private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }, onDraining?: () => void): Promise<Duplex> {
+  private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }, onDraining?: () => void, caller?: string): Promise<Duplex> {
     this.connectionsOpened++;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new UpstreamConnectError(addr(ep), `no connection within ${timeoutMs} ms`, new UpstreamTimeoutError('connect', timeoutMs))), timeoutMs);
     });
-    const attempt = this.upstream.connect(ep, { timeoutMs, ...(forwardedFor ? { forwardedFor } : {}), ...(onDraining ? { onDraining } : {}) }).then((d) => d, (err: unknown) => {
+    const attempt = this.upstream.connect(ep, { timeoutMs, ...(forwardedFor ? { forwardedFor } : {}), ...(onDraining ? { onDraining } : {}), ...(caller ? { caller } : {}) }).then((d) => d, (err: unknown) => {
       throw err instanceof UpstreamConnectError ? err : new UpstreamConnectError(addr(ep), (err as Error).message, err);
     });
     attempt.then((d) => { if (timer === undefined) d.destroy(); }, () => {});
     return Promise.race([attempt, timeout]).finally(() => { clearTimeout(timer); timer = undefined; });
   }
 
-  /** A raw byte stream to the endpoint (TCP passthrough) for one caller (`forwardedFor`); not pooled. */
-  openStream(ep: UpstreamEndpoint, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<Duplex> {
-    return this.connect(ep, connectTimeoutMs, forwardedFor);
+  /** A raw byte stream to the endpoint (TCP passthrough) for one caller (`forwardedFor`, `caller` its SPIFFE ID); not pooled. */
+  openStream(ep: UpstreamEndpoint, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }, caller?: string): Promise<Duplex> {
+    return this.connect(ep, connectTimeoutMs, forwardedFor, undefined, caller);
   }
 
   request(ep: UpstreamEndpoint, protocol: UpstreamProtocol, req: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
     return protocol === 'http2' ? this.requestH2(ep, req, connectTimeoutMs) : this.requestH1(ep, req, connectTimeoutMs);
   }
 
-  /** The pool key: the endpoint, and the caller its connections speak for (`forwarded: for=`). */
-  private static key(ep: UpstreamEndpoint, client: string | undefined): string {
-    return client ? `${addr(ep)} for ${client}` : addr(ep);
+  /** The pool key: the endpoint, and the caller its connections speak for (`forwarded: for=`, and by identity). */
+  private static key(ep: UpstreamEndpoint, client: string | undefined, caller: string | undefined): string {
+    return `${addr(ep)}${client ? ` for ${client}` : ''}${caller ? ` as ${caller}` : ''}`;
   }
 
   /** The caller a pooled connection speaks for: its address, no port (the connection outlives any one of the caller's). */
@@ -200,11 +204,11 @@ export class UpstreamPool {
     return client ? { ip: client, port: 0 } : undefined;
   }
 
-  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined): TunnelAgent {
-    const key = UpstreamPool.key(ep, client);
+  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): TunnelAgent {
+    const key = UpstreamPool.key(ep, client, caller);
     let a = this.agents.get(key);
     if (!a) {
-      const agent: TunnelAgent = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' }, () => {
+      const agent: TunnelAgent = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' }, () => {
         if (this.agents.get(key) === agent) this.agents.delete(key);
       });
       a = agent;
@@ -226,7 +230,7 @@ export class UpstreamPool {
         delete headers['content-length'];
       }
       const req = http.request({
-        agent: this.agentFor(ep, connectTimeoutMs, r.client), method: r.method, path: r.path, headers, setHost: false,
+        agent: this.agentFor(ep, connectTimeoutMs, r.client, r.callerId), method: r.method, path: r.path, headers, setHost: false,
       });
       let responded = false;
       const onAbort = (): void => { req.destroy(new UpstreamResetError(addr(ep), 'cancelled')); };
@@ -253,12 +257,12 @@ export class UpstreamPool {
     });
   }
 
-  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined): Promise<http2.ClientHttp2Session> {
-    const key = UpstreamPool.key(ep, client);
+  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): Promise<http2.ClientHttp2Session> {
+    const key = UpstreamPool.key(ep, client, caller);
     for (let i = 0; i < 2; i++) {
       let p = this.sessions.get(key);
       if (!p) {
-        p = this.openSession(ep, key, connectTimeoutMs, client);
+        p = this.openSession(ep, key, connectTimeoutMs, client, caller);
         this.sessions.set(key, p);
         p.catch(() => { if (this.sessions.get(key) === p) this.sessions.delete(key); });
       }
@@ -269,7 +273,7 @@ export class UpstreamPool {
     throw new UpstreamConnectError(addr(ep), 'HTTP/2 session closed while opening');
   }
 
-  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number, client: string | undefined): Promise<http2.ClientHttp2Session> {
+  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): Promise<http2.ClientHttp2Session> {
     // Its tunnel draining: new requests go to a new session, this one finishes its streams (GOAWAY).
     let draining = false;
     let session: http2.ClientHttp2Session | undefined;
@@ -279,7 +283,7 @@ export class UpstreamPool {
       forget();
       if (!session.closed) session.close();
     };
-    const duplex = await this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), retire);
+    const duplex = await this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), retire, caller);
     if (this.closed) { duplex.destroy(); throw new UpstreamConnectError(addr(ep), 'pool closed'); }
     const s = http2.connect(`http://${addr(ep)}`, {
       createConnection: () => duplex,
@@ -300,7 +304,7 @@ export class UpstreamPool {
   }
 
   private async requestH2(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
-    const session = await this.sessionFor(ep, connectTimeoutMs, r.client);
+    const session = await this.sessionFor(ep, connectTimeoutMs, r.client, r.callerId);
     return new Promise((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ...r.headers, ':method': r.method, ':path': r.path, ':authority': r.authority, ':scheme': 'http',
