@@ -1,0 +1,22 @@
+// What the agent process loads (issue 20: agent RSS; docs/PERFORMANCE.md, agent memory). Each check
+// runs in a fresh Node process (test/lab/imports.ts), so that nothing this test file loaded counts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { inFreshProcess } from '../lab/imports.ts';
+import { AGENT_NODE_OPTIONS } from '../../cli/install/names.ts';
+
+const AGENT_MAIN = new URL('../../agent/src/main.ts', import.meta.url).href;
+const AGENT_FLAGS = AGENT_NODE_OPTIONS.split(' ');
+
+test('the agent never loads node-forge (its DER code encodes OIDs itself); a module that imports it is seen (the control)', async () => {
+  const body = `
+    await import(${JSON.stringify(AGENT_MAIN)});
+    const agent = [...seen];
+    await import(${JSON.stringify(new URL('./hbone-certs.ts', import.meta.url).href)});
+    console.log(JSON.stringify({ agent, control: seen.length > agent.length }));
+    process.exit(0);
+  `;
+  const r = await inFreshProcess<{ agent: string[]; control: boolean }>(body, ['node-forge'], { nodeArgs: AGENT_FLAGS });
+  assert.deepEqual(r.agent, [], 'agent modules that imported node-forge');
+  assert.equal(r.control, true, 'the hook sees node-forge when a test helper imports it');
+});
