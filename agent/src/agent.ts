@@ -216,14 +216,15 @@ export class Agent {
     const ports = { ...this.#ports, ...o.ports };
     this.#ports = ports;
 
-    this.#trimTimer = setInterval(() => mallocTrim(), MALLOC_TRIM_INTERVAL_MS).unref();
-
     // 1. The datapath first: pinned programs keep redirecting while the rest comes up.
     this.datapath = Datapath.open({
       ...(o.pinRoot ? { pinRoot: o.pinRoot } : {}),
       ...(o.cgroupPath ? { cgroupPath: o.cgroupPath } : {}),
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
+    // Once now, so that an addon built before memory.cc fails the start, not a timer 10 s later.
+    mallocTrim();
+    this.#trimTimer = setInterval(() => mallocTrim(), MALLOC_TRIM_INTERVAL_MS).unref();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
     const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
