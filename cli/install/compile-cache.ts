@@ -11,7 +11,7 @@
 // untouched, and a missing or stale cache only costs what it costs without one (entries are keyed
 // by file path and content; a changed file is stripped again).
 //
-// Node keeps one cache per V8 flag set (a flag such as --max-semi-space-size changes the compiled
+// Node keeps one cache per V8 flag set (some flags, --expose-gc for one, change the compiled
 // code's version tag), so each part is warmed with the flags it runs with.
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
