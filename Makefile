@@ -44,7 +44,7 @@ UI_TESTS := 'test/ui/**/*.test.ts'
 CONFORMANCE_TESTS := 'test/conformance/**/*.test.ts'
 K8S_TESTS := 'test/k8s/**/*.test.ts'
 
-.PHONY: deps deps-apt deps-node build bpf addon cni typecheck cli test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
+.PHONY: deps deps-apt deps-node build bpf addon cni typecheck cli compile-cache test test-unit test-bpf test-e2e test-ui test-conformance test-k8s \
 	clean clean-lab up down node-path bench
 
 ## deps: install everything the build and the tests need (idempotent)
@@ -74,7 +74,7 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 ## build: BPF objects (clang, warnings are errors), the libbpf addon (node-gyp), typecheck (tsc)
-build: bpf addon cni typecheck cli
+build: bpf addon cni typecheck cli compile-cache
 
 bpf: $(BPF_OBJ)
 
@@ -99,6 +99,11 @@ $(ADDON): $(wildcard agent/native/*.cc agent/native/*.h agent/native/src/*.cc ag
 
 typecheck:
 	tsc -p tsconfig.json
+
+## compile-cache: Node's compile cache for the local mesh's agents (cli/install/compile-cache.ts):
+## they start without stripping types and without Node's TypeScript parser in memory
+compile-cache:
+	node cli/install/compile-cache.ts build/compile-cache agent
 
 ## cli: weftctl bundled into one file with its package.json (build/weftctl/), runs without the repository
 cli: build/weftctl/weftctl.mjs

@@ -15,8 +15,12 @@ export interface CaseResult {
   cpuSecondsSaturation?: Record<string, number>;
   cpuSecondsAtRate?: Record<string, number>;
   cpuSecondsBulk?: Record<string, number>;
-  /** RSS of each proxy process when the case starts. */
+  /** RSS of each proxy process when the case starts, and its anonymous part (RssAnon). */
   rssMbIdle?: Record<string, number>;
+  rssAnonMbIdle?: Record<string, number>;
+  /** RSS and RssAnon 10 s after the case's last run (the bulk stream, where there is one). */
+  rssMbSettled?: Record<string, number>;
+  rssAnonMbSettled?: Record<string, number>;
   /** Highest RSS sampled (every 250 ms) during the fixed-rate run. */
   rssMbAtRate?: Record<string, number>;
   /** Weft cases: the agents' heap and RSS from their own metrics after the case, MB. */
@@ -241,7 +245,11 @@ export function targetFigures(cases: CaseResult[], r: Pick<BenchResults, 'settin
     { figure: '  (waypoint CPU µs per request at saturation)', value: cpuUsPerRequestSaturation(l7, 'waypoint'), digits: 0 },
     { figure: `Agent RSS at ${rate} req/s, larger of two (MB)`, value: max(l4?.rssMbAtRate), target: '≤ 80', check: (v) => v <= 80, digits: 1 },
     { figure: '  (of which anonymous, RssAnon; the rest is the shared node binary)', value: max(l4?.rssAnonMbAtRate), digits: 1 },
-    { figure: '  (agent RSS after the L4 case with its bulk stream, larger of two, MB)', value: agentRssAfterBulk, digits: 1 },
+    { figure: '  (agent RSS right after the L4 case with its bulk stream, larger of two, MB)', value: agentRssAfterBulk, digits: 1 },
+    { figure: '  (agent RSS 10 s after that bulk stream, larger of two, MB)', value: max(l4?.rssMbSettled), digits: 1 },
+    { figure: '  (agent RSS idle before the L4 case, larger of two, MB)', value: max(l4?.rssMbIdle), digits: 1 },
+    { figure: '  (agent RssAnon 10 s after that bulk stream, larger of two, MB)', value: max(l4?.rssAnonMbSettled), digits: 1 },
+    { figure: '  (agent RssAnon idle before the L4 case, larger of two, MB)', value: max(l4?.rssAnonMbIdle), digits: 1 },
     { figure: 'Weft L4 p99 ÷ HAProxy pair p99 (saturation)', value: ratio(l4?.wrk?.latencyMs['99'], ha?.wrk?.latencyMs['99']) },
     { figure: `Weft L4 added p99 at ${rate} req/s (ms; HAProxy pair beside it below)`, value: l4 ? addedLatency(l4, direct, '99') : undefined },
     { figure: `  (HAProxy pair added p99 at ${rate} req/s, ms)`, value: ha ? addedLatency(ha, direct, '99') : undefined },

@@ -97,6 +97,22 @@ function statusKb(pid: number, field: 'VmHWM' | 'VmRSS' | 'RssAnon'): number | u
 
 interface Proc { label: string; pid: number }
 
+/** How long a case's processes sit without load before their RSS is sampled again ("settled"). */
+const SETTLE_MS = 10_000;
+
+/** VmRSS and RssAnon of each process now, MB. */
+function rssNow(procs: Proc[]): [Record<string, number>, Record<string, number>] {
+  const rss: Record<string, number> = {};
+  const anon: Record<string, number> = {};
+  for (const p of procs) {
+    const kb = statusKb(p.pid, 'VmRSS');
+    if (kb !== undefined) rss[p.label] = +(kb / 1024).toFixed(1);
+    const a = statusKb(p.pid, 'RssAnon');
+    if (a !== undefined) anon[p.label] = +(a / 1024).toFixed(1);
+  }
+  return [rss, anon];
+}
+
 /** CPU seconds each process spent while `fn` ran, and the highest RSS sampled meanwhile. */
 async function measured<T>(procs: Proc[], fn: () => Promise<T>): Promise<{ value: T; cpuSeconds: Record<string, number>; maxRssMb: Record<string, number>; maxRssAnonMb: Record<string, number> }> {
   const before = procs.map((p) => cpuTicks(p.pid));
@@ -243,11 +259,7 @@ async function runIperf(c: Case): Promise<IperfResult> {
 async function runCase(c: Case): Promise<CaseResult> {
   const procs = c.procs();
   const res: CaseResult = { name: c.name, title: c.title, baseline: c.baseline, proxies: procs.map((p) => p.label), errors: [] };
-  res.rssMbIdle = {};
-  for (const p of procs) {
-    const kb = statusKb(p.pid, 'VmRSS');
-    if (kb !== undefined) res.rssMbIdle[p.label] = +(kb / 1024).toFixed(1);
-  }
+  [res.rssMbIdle, res.rssAnonMbIdle] = rssNow(procs);
   // Fixed rate first, so the RSS at that rate is not the high-water mark of the saturation run.
   log(`${c.title}: warm-up, then hey at ${RATE} req/s`);
   try {
@@ -271,6 +283,11 @@ async function runCase(c: Case): Promise<CaseResult> {
       res.iperf = i.value;
       res.cpuSecondsBulk = i.cpuSeconds;
     } catch (err) { res.errors.push(`iperf3: ${(err as Error).message}`); }
+  }
+  if (procs.length > 0) {
+    // Whether memory comes back once the load is gone (issue 20: "back near idle after a bulk stream").
+    await sleep(SETTLE_MS);
+    [res.rssMbSettled, res.rssAnonMbSettled] = rssNow(procs);
   }
   if (c.name.startsWith('weft-')) {
     // The agents' own view of their memory (prom-client default metrics) after the case.

@@ -20,3 +20,4 @@ export {
   type StructValue,
 } from './codec.ts';
 export { AddonNotFoundError, addonCandidates } from './native.ts';
+export { mallocInfo, mallocTrim, type MallocInfo } from './memory.ts';

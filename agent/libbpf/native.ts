@@ -114,7 +114,13 @@ export interface NativeBinding {
   tcpBytesWritten(fd: number): bigint;
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
   btfStruct(objectPath: string, name: string): NativeBtfStruct;
+  /** glibc malloc_trim(0): free pages anywhere in the C heap go back to the kernel; true if any did. */
+  mallocTrim(): boolean;
+  /** glibc mallinfo2 over every arena. */
+  mallocInfo(): NativeMallocInfo;
 }
+
+export interface NativeMallocInfo { heapBytes: number; mmapBytes: number; inUseBytes: number; freeBytes: number }
 
 /** Where the addon is looked for, in order: $WEFT_BPF_ADDON, then the node-gyp build folders. */
 export function addonCandidates(): string[] {

@@ -11,6 +11,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   weft::InitRingBuffer(env, exports);
   weft::InitNetns(env, exports);
   weft::InitBtf(env, exports);
+  weft::InitMemory(env, exports);
   return exports;
 }
 

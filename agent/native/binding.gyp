@@ -12,6 +12,7 @@
         'ringbuf.cc',
         'netns.cc',
         'btf.cc',
+        'memory.cc',
       ],
       'include_dirs': [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -22,7 +22,7 @@ import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { PodNetnsResolver, type PodNetns } from './pods.ts';
 import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
-import { netnsCookie } from '../libbpf/index.ts';
+import { mallocInfo, mallocTrim, netnsCookie } from '../libbpf/index.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
@@ -45,6 +45,13 @@ export const ENROL_RETRY_MS = 1_000;
 export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
+/**
+ * How often the agent hands the C heap's free pages back to the kernel (malloc_trim, agent/native/
+ * memory.cc). A bulk stream's buffers are freed between live allocations, where free() cannot
+ * return them: without this the agent stayed at its high-water mark (docs/PERFORMANCE.md, agent
+ * memory). One call costs well under a millisecond.
+ */
+export const MALLOC_TRIM_INTERVAL_MS = 10_000;
 
 export interface AgentOptions {
   node: string;
@@ -148,6 +155,7 @@ export class Agent {
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
+  #trimTimer: NodeJS.Timeout | undefined;
   #stopped = false;
   #serveStarted = false;
   #ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
@@ -216,6 +224,9 @@ export class Agent {
       ...(o.cgroupPath ? { cgroupPath: o.cgroupPath } : {}),
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
+    // Once now, so that an addon built before memory.cc fails the start, not a timer 10 s later.
+    mallocTrim();
+    this.#trimTimer = setInterval(() => mallocTrim(), MALLOC_TRIM_INTERVAL_MS).unref();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
     const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
@@ -583,7 +594,7 @@ export class Agent {
         spliced: this.datapath.splicedConnections().map((s) => ({ ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '' })),
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_splice_conns'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
   }
 
@@ -597,6 +608,7 @@ export class Agent {
     this.#stopped = true;
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
+    clearInterval(this.#trimTimer);
     this.xds?.close();
     void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });

@@ -15,6 +15,7 @@ import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
 import { runCniPlugin, type CniRun } from './cni.ts';
 import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS } from '../install/names.ts';
+import { COMPILE_CACHE_DIR } from '../install/compile-cache.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
@@ -300,6 +301,8 @@ export class LocalMesh {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).
       NODE_OPTIONS: [process.env.NODE_OPTIONS, AGENT_NODE_OPTIONS].filter(Boolean).join(' '),
       ...AGENT_ENV,
+      // Filled by `make build` (cli/install/compile-cache.ts): no type stripping, no TypeScript parser in memory.
+      NODE_COMPILE_CACHE: join(REPO_ROOT, COMPILE_CACHE_DIR),
       ...opts.env,
     });
     if (!opts.instance) this.agents.set(nodeName, child);

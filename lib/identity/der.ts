@@ -2,11 +2,11 @@
 //
 // node-forge's certificate and CSR code only understands RSA keys, and Weft uses ECDSA P-256
 // (key generation in node:crypto takes well under a millisecond; RSA-2048 in forge takes
-// hundreds). So certificates and CSRs are assembled here as DER and signed with node:crypto.
-// OIDs are converted with forge.asn1. The reader keeps byte offsets so that signed regions
-// (TBSCertificate, CertificationRequestInfo) and embedded structures (SubjectPublicKeyInfo,
-// issuer Name) are used byte for byte as received, never re-encoded.
-import forge from 'node-forge';
+// hundreds). So certificates and CSRs are assembled here as DER and signed with node:crypto, OIDs
+// included (X.690 section 8.19; they were node-forge's last use outside tests, and loading it cost
+// every Weft process its whole library: docs/PERFORMANCE.md, agent memory). The reader keeps byte
+// offsets so that signed regions (TBSCertificate, CertificationRequestInfo) and embedded structures
+// (SubjectPublicKeyInfo, issuer Name) are used byte for byte as received, never re-encoded.
 
 export const TAG = {
   BOOLEAN: 0x01,
@@ -52,8 +52,20 @@ export const bits = (b: Buffer): Buffer => tlv(TAG.BIT_STRING, Buffer.concat([Bu
 /** Context-specific tag [n]; constructed for EXPLICIT tagging or IMPLICIT SET/SEQUENCE. */
 export const ctx = (n: number, constructed: boolean, content: Buffer): Buffer => tlv(0x80 | (constructed ? 0x20 : 0) | n, content);
 
+/** Base-128 digits, most significant first, the high bit set on all but the last (X.690 8.19.2). */
+function base128(v: bigint): number[] {
+  const out = [Number(v & 0x7fn)];
+  for (v >>= 7n; v > 0n; v >>= 7n) out.unshift(Number(v & 0x7fn) | 0x80);
+  return out;
+}
+
+/** OBJECT IDENTIFIER from its dotted form; the first two arcs share one subidentifier (X.690 8.19.4). */
 export function oid(dotted: string): Buffer {
-  return tlv(TAG.OID, Buffer.from(forge.asn1.oidToDer(dotted).getBytes(), 'binary'));
+  const arcs = dotted.split('.');
+  if (arcs.length < 2 || !arcs.every((a) => /^(0|[1-9][0-9]*)$/.test(a))) throw new DerError(`OID "${dotted}" is not at least two dot-separated decimal arcs`);
+  const [first, second, ...rest] = arcs.map(BigInt) as [bigint, bigint, ...bigint[]];
+  if (first > 2n || (first < 2n && second > 39n)) throw new DerError(`OID "${dotted}": the first arc is 0, 1 or 2, and under 0 or 1 the second is at most 39`);
+  return tlv(TAG.OID, Buffer.from([first * 40n + second, ...rest].flatMap(base128)));
 }
 
 /** A non-negative INTEGER from big-endian magnitude bytes (minimal encoding). */
@@ -128,7 +140,24 @@ export function expectTag(node: DerNode | undefined, tag: number, what: string):
 
 export function readOid(node: DerNode): string {
   expectTag(node, TAG.OID, 'OBJECT IDENTIFIER');
-  return forge.asn1.derToOid(forge.util.createBuffer(node.content.toString('binary')));
+  const c = node.content;
+  if (c.length === 0) throw new DerError('empty OBJECT IDENTIFIER');
+  const subs: bigint[] = [];
+  let v = 0n;
+  for (let i = 0; i < c.length; i++) {
+    const byte = c[i]!;
+    // A subidentifier's first octet is never 0x80 (X.690 8.19.2: minimal encoding).
+    if (byte === 0x80 && (i === 0 || (c[i - 1]! & 0x80) === 0)) throw new DerError('OBJECT IDENTIFIER subidentifier with a leading 0x80 octet');
+    v = (v << 7n) | BigInt(byte & 0x7f);
+    if ((byte & 0x80) === 0) {
+      subs.push(v);
+      v = 0n;
+    }
+  }
+  if ((c[c.length - 1]! & 0x80) !== 0) throw new DerError('truncated OBJECT IDENTIFIER (its last octet continues)');
+  const head = subs[0]!;
+  const first = head < 40n ? 0n : head < 80n ? 1n : 2n;
+  return [first, head - first * 40n, ...subs.slice(1)].join('.');
 }
 
 /** The payload of a BIT STRING with no unused bits. */

@@ -13,6 +13,7 @@ import { ConfigClient } from '../../lib/xds/client.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { controllerSpiffeId } from '../../lib/defaults.ts';
 import { until } from '../lab/wait.ts';
+import { inFreshProcess } from '../lab/imports.ts';
 import { ns, pod } from './controller-fixtures.ts';
 
 test('parses the controller flags and refuses a source that is not exactly one of --config-dir and --kube', () => {
@@ -140,14 +141,11 @@ test('a controller serving a config directory never loads @kubernetes/client-nod
   writeFileSync(join(dir, 'mesh.yaml'), stringify(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })));
   const tokens = join(dir, '..', `${dir.split('/').pop()}-tokens.yaml`);
   writeFileSync(tokens, `node-a: ${TOKEN}\n`);
-  // A child process, so that no module this test file (or another) loaded counts: a resolve hook
-  // records every import of client-node and who asked, around a full start and stop with the CA.
+  // A fresh process (test/lab/imports.ts) records every import of client-node and who asked,
+  // around a full start and stop with the CA.
   const main = new URL('../../controller/src/main.ts', import.meta.url).href;
   const kubeMode = new URL('../../controller/src/kube-mode.ts', import.meta.url).href;
-  const script = `
-    import { registerHooks } from 'node:module';
-    const seen = [];
-    registerHooks({ resolve(spec, ctx, next) { if (spec.startsWith('@kubernetes/client-node')) seen.push(ctx.parentURL); return next(spec, ctx); } });
+  const body = `
     const { runController } = await import(${JSON.stringify(main)});
     const running = await runController({ configDir: ${JSON.stringify(dir)}, bootstrapTokensFile: ${JSON.stringify(tokens)}, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: { debug() {}, info() {}, warn() {}, error() {} } });
     await running.stop();
@@ -156,10 +154,8 @@ test('a controller serving a config directory never loads @kubernetes/client-nod
     console.log(JSON.stringify({ configDir, kubeMode: seen.length > configDir.length }));
     process.exit(0);
   `;
-  const { execFile } = await import('node:child_process');
   try {
-    const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--input-type=module', '-e', script], { timeout: 60_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))));
-    const r = JSON.parse(out.trim().split('\n').pop()!) as { configDir: string[]; kubeMode: boolean };
+    const r = await inFreshProcess<{ configDir: string[]; kubeMode: boolean }>(body, ['@kubernetes/client-node']);
     assert.deepEqual(r.configDir, [], 'modules that imported client-node in config-directory mode');
     assert.equal(r.kubeMode, true, 'the hook sees client-node when kube-mode.ts loads (the control)');
   } finally {

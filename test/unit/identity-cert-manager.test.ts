@@ -242,3 +242,14 @@ test('agent metrics count renewal failures by reason and rotations, and certific
   text = await metrics.registry.metrics();
   assert.match(text, /^weft_certificate_rotations_total 1$/m);
 });
+
+test('list() orders by identity in code-unit order (no locale collation: it runs on every config and would load ICU data)', async (t) => {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const m = new CertManager({ signer: new InProcessSigner(ca), trustBundle: ca.trustBundle() });
+  t.after(() => m.close());
+  // localeCompare would put 'api' before 'Web' and 'a-b' after 'ab'.
+  const ids = [id('default', 'api'), id('default', 'Web'), id('default', 'ab'), id('default', 'a-b')];
+  for (const i of ids) await m.get(i);
+  assert.deepEqual(m.list().map((c) => c.identity), [...ids].sort());
+  assert.deepEqual(m.list().map((c) => c.identity), [id('default', 'Web'), id('default', 'a-b'), id('default', 'ab'), id('default', 'api')]);
+});

@@ -68,7 +68,19 @@ test('the build stage installs the BPF and addon toolchain and runs npm ci and m
   }
   assert.match(build, /RUN npm ci/);
   assert.match(build, /make build/);
-  assert.match(MAKEFILE, /^build: bpf addon cni typecheck cli$/m);
+  assert.match(MAKEFILE, /^build: bpf addon cni typecheck cli compile-cache$/m);
+});
+
+test('the runtime stage fills Node\'s compile cache for every part, after the sources are in place, where NODE_COMPILE_CACHE points', async () => {
+  const { COMPILE_CACHE_DIR, COMPILE_CACHE_PARTS } = await import('../../cli/install/compile-cache.ts');
+  const runtime = INSTR.slice(INSTR.findIndex((i) => i.op === 'FROM' && i.args.includes('AS runtime')));
+  const env = runtime.findIndex((i) => i.op === 'ENV' && i.args === `NODE_COMPILE_CACHE=/opt/weft/${COMPILE_CACHE_DIR}`);
+  const run = runtime.findIndex((i) => i.op === 'RUN' && i.args.startsWith(`node cli/install/compile-cache.ts ${COMPILE_CACHE_DIR} `));
+  assert.ok(env >= 0 && run > env, 'ENV NODE_COMPILE_CACHE, then the RUN that fills it');
+  assert.deepEqual(runtime[run]!.args.split(/\s+/).slice(3).sort(), Object.keys(COMPILE_CACHE_PARTS).sort());
+  const lastCopy = runtime.findLastIndex((i) => i.op === 'COPY' && !i.args.includes('<<'));
+  assert.ok(run > lastCopy, 'filled after every source is copied (entries are keyed by path and content)');
+  assert.ok(run < runtime.findIndex((i) => i.op === 'USER'), 'filled as root, before USER');
 });
 
 test('the runtime stage has the libraries the addon links and iproute2, and no compiler', () => {

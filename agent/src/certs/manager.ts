@@ -146,8 +146,13 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     this.#entries.delete(identity);
   }
 
+  /**
+   * Every issued certificate, by identity in code-unit order (SPIFFE IDs are ASCII). Not
+   * localeCompare: the agent lists its certificates on every config, and collation loads ICU's
+   * data, 1.6 MB of the node binary made resident for a sort (docs/PERFORMANCE.md, agent memory).
+   */
   list(): CertificateInfo[] {
-    return [...this.#entries.values()].filter((e) => e.cert).map((e) => this.#info(e, e.cert!)).sort((a, b) => a.identity.localeCompare(b.identity));
+    return [...this.#entries.values()].filter((e) => e.cert).map((e) => this.#info(e, e.cert!)).sort((a, b) => (a.identity < b.identity ? -1 : a.identity > b.identity ? 1 : 0));
   }
 
   trustBundle(): readonly string[] {
