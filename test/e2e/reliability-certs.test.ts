@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
+import type { LineResult } from './fixtures/line-client.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -39,7 +40,6 @@ before(async () => {
   await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/lines']);
 });
 
-interface LineResult { sent: number; echoed: number; outOfOrder: number; failure: string | null }
 
 async function lineClient(durationMs: number): Promise<LineResult> {
   const r = await mesh.exec('demo/client', process.execPath, [fixture('line-client.ts'), '--host', VIP, '--port', '7000', '--interval-ms', '200', '--duration-ms', String(durationMs)], durationMs + 15_000);
