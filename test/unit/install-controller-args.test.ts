@@ -34,3 +34,10 @@ test('the agent parses the command line the install gives it (agent/src/main.ts 
   assert.equal(c.kind, 'agent');
   if (c.kind === 'agent') assert.equal(c.options.trustDomain, 'example.org');
 });
+
+test('the install\'s agents splice same-node connections unless installed with splice off (weftctl install --no-splice)', () => {
+  const on = parseAgentArgs(agentArgs(resolveInstallOptions(OK)));
+  const off = parseAgentArgs(agentArgs(resolveInstallOptions({ ...OK, splice: false })));
+  assert.ok(on.kind === 'agent' && on.options.splice !== false, 'default: spliced');
+  assert.ok(off.kind === 'agent' && off.options.splice === false, 'splice: false → --no-splice');
+});

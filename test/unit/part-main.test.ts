@@ -110,6 +110,19 @@ test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own 
   assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
 });
 
+test('parseAgentArgs: the same-node splice is on unless --no-splice (or --splice=false) turns it off', () => {
+  const splice = (extra: string[]): boolean | undefined => {
+    const c = parseAgentArgs([...AGENT_OK, ...extra]);
+    assert.equal(c.kind, 'agent');
+    return c.kind === 'agent' ? c.options.splice : undefined;
+  };
+  assert.equal(splice([]), undefined, 'default: the agent\'s own (on)');
+  assert.equal(splice(['--no-splice']), false);
+  assert.equal(splice(['--splice=false']), false);
+  assert.equal(splice(['--splice']), undefined);
+  assert.equal(splice(['--splice=true']), undefined);
+});
+
 test('parseEastWestArgs: each wrong flag is named (UsageError); flags become the gateway\'s options', () => {
   const OK = ['--listen', '10.0.0.1', '--trust-bundle', 'roots.pem', '--controller', 'https://10.0.0.9:15014'];
   const cases: Array<[string[], RegExp]> = [
