@@ -12,6 +12,7 @@
  *               it (Node's backpressure only), the reader reads as it comes; a redirect has no
  *               backpressure of its own, so this is where the kernel hands the direction to the
  *               agent and takes it back (bpf/include/weft_splice.h)
+ *   ping-pong   request/response: 5,000 round trips of 100 bytes, the server echoing each
  *
  * Each line: MB/s (first write to last byte read), the stand-in's CPU seconds per GB, and for
  * the splice how many times the direction went to the agent and the share of bytes it carried.
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
     }
     const payload = randomBytes(MB * CHUNK);
     const runs: Figure[] = [];
+    const pings: PingPong[] = [];
     for (let r = 0; r < REPEAT; r++) {
       for (const shape of ['keeps-up', 'far-ahead'] as const) {
         for (const mode of ['splice', 'pipe'] as const) {
@@ -94,6 +96,11 @@ async function main(): Promise<void> {
           runs.push(f);
           process.stderr.write(`[splice bench] run ${r + 1} ${shape} ${mode}: ${f.mbPerS.toFixed(0)} MB/s, ${f.cpuSPerGb.toFixed(2)} CPU s/GB${f.handbacks !== undefined ? `, handed to the agent ${f.handbacks} times, ${(f.agentShare! * 100).toFixed(1)} % of the bytes` : ''}\n`);
         }
+      }
+      for (const mode of ['splice', 'pipe'] as const) {
+        const p = await pingPong(splicers[mode], mode, node, accepted);
+        pings.push(p);
+        process.stderr.write(`[splice bench] run ${r + 1} ping-pong ${mode}: ${p.roundTripsPerS.toFixed(0)} round trips/s, ${p.cpuUsPerRoundTrip.toFixed(1)} agent CPU µs each\n`);
       }
     }
     process.stdout.write(`same-node splice vs pipe, ${MB} MiB per run, medians of ${REPEAT}\n`);
@@ -105,7 +112,12 @@ async function main(): Promise<void> {
         process.stdout.write(`${shape.padEnd(10)} ${mode.padEnd(7)} ${median(rate).toFixed(0).padStart(5)} MB/s (${Math.min(...rate).toFixed(0)}–${Math.max(...rate).toFixed(0)})  ${median(rs.map((f) => f.cpuSPerGb)).toFixed(2)} agent CPU s/GB${extra}\n`);
       }
     }
-    process.stdout.write(`${JSON.stringify({ mb: MB, repeat: REPEAT, runs })}\n`);
+    for (const mode of ['splice', 'pipe'] as const) {
+      const ps = pings.filter((p) => p.mode === mode);
+      const rate = ps.map((p) => p.roundTripsPerS);
+      process.stdout.write(`${'ping-pong'.padEnd(10)} ${mode.padEnd(7)} ${median(rate).toFixed(0).padStart(5)} round trips/s (${Math.min(...rate).toFixed(0)}–${Math.max(...rate).toFixed(0)})  ${median(ps.map((p) => p.cpuUsPerRoundTrip)).toFixed(1)} agent CPU µs each\n`);
+    }
+    process.stdout.write(`${JSON.stringify({ mb: MB, repeat: REPEAT, runs, pings })}\n`);
   } finally {
     for (const s of accepted) s.destroy();
     server.close();
@@ -114,7 +126,10 @@ async function main(): Promise<void> {
   }
 }
 
-async function transfer(sp: Splicer, mode: Mode, shape: Shape, payload: Buffer, node: Netns, accepted: net.Socket[], dp: Datapath): Promise<Figure> {
+interface Connection { client: net.Socket; srv: net.Socket; pair: { client: string } | null; closed: () => Promise<number> }
+
+/** A client in the lab netns connected through the stand-in, and the server's end of it. */
+async function connectThrough(sp: Splicer, mode: Mode, node: Netns, accepted: net.Socket[]): Promise<Connection> {
   const closedBefore = sp.lines.filter((l) => l.event === 'closed').length;
   const splicedBefore = sp.lines.filter((l) => l.event === 'spliced').length;
   const acceptedBefore = accepted.length;
@@ -124,8 +139,45 @@ async function transfer(sp: Splicer, mode: Mode, shape: Shape, payload: Buffer, 
   client.connect(PORTS[mode], '127.0.0.1');
   await once(client, 'connect');
   await until('the stand-in took the connection', () => sp.lines.filter((l) => l.event === 'spliced').length > splicedBefore && accepted.length > acceptedBefore, 10_000, { explain: () => sp.stderr });
-  const srv = accepted[acceptedBefore]!;
-  const pair = sp.lines.filter((l) => l.event === 'spliced')[splicedBefore]!.pair as { client: string } | null;
+  return {
+    client, srv: accepted[acceptedBefore]!,
+    pair: sp.lines.filter((l) => l.event === 'spliced')[splicedBefore]!.pair as { client: string } | null,
+    closed: () => until('the stand-in closed the connection', () => sp.lines.filter((l) => l.event === 'closed').length > closedBefore, 10_000),
+  };
+}
+
+interface PingPong { mode: Mode; roundTripsPerS: number; cpuUsPerRoundTrip: number }
+const ROUND_TRIPS = 5000;
+
+async function pingPong(sp: Splicer, mode: Mode, node: Netns, accepted: net.Socket[]): Promise<PingPong> {
+  const { client, srv, closed } = await connectThrough(sp, mode, node, accepted);
+  srv.on('data', (d: Buffer) => { srv.write(d); });
+  let back = 0;
+  let waiter: { at: number; resolve: () => void } | undefined;
+  client.on('data', (d: Buffer) => {
+    back += d.length;
+    if (waiter && back >= waiter.at) { waiter.resolve(); waiter = undefined; }
+  });
+  const request = Buffer.alloc(100, 1);
+  const cpu0 = cpuSeconds(sp.child.pid!);
+  const t0 = process.hrtime.bigint();
+  for (let i = 1; i <= ROUND_TRIPS; i++) {
+    const answered = new Promise<void>((r) => { waiter = { at: i * request.length, resolve: r }; });
+    client.write(request);
+    await answered;
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu = cpuSeconds(sp.child.pid!) - cpu0;
+  client.end();
+  srv.end();
+  await closed();
+  srv.destroy();
+  client.destroy();
+  return { mode, roundTripsPerS: ROUND_TRIPS / seconds, cpuUsPerRoundTrip: (cpu * 1e6) / ROUND_TRIPS };
+}
+
+async function transfer(sp: Splicer, mode: Mode, shape: Shape, payload: Buffer, node: Netns, accepted: net.Socket[], dp: Datapath): Promise<Figure> {
+  const { client, srv, pair, closed } = await connectThrough(sp, mode, node, accepted);
   // Event-driven, not polled: a poll interval would pace the sender, not the reader.
   let got = 0;
   let waiter: { at: number; resolve: () => void } | undefined;
@@ -146,7 +198,7 @@ async function transfer(sp: Splicer, mode: Mode, shape: Shape, payload: Buffer, 
   const entry = pair ? dp.splicedSockets().find((e) => e.cookie.toString() === pair.client) : undefined;
   client.end();
   srv.end();
-  await until('the stand-in closed the connection', () => sp.lines.filter((l) => l.event === 'closed').length > closedBefore, 10_000);
+  await closed();
   srv.destroy();
   client.destroy();
   return {
