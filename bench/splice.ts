@@ -1,6 +1,6 @@
 /**
  * Same-node splice micro-benchmark (root: a lab netns, BPF). The agent's splice (agent/src/splice.ts,
- * bpf/splice.bpf.c) against the agent's pipe (what `--no-splice` runs), both through the agent
+ * bpf/splice.bpf.c) against the agent's pipe (what the agent runs without `--splice`), both through the agent
  * stand-in test/bpf/fixtures/splicer.ts in its own process inside a lab netns, one connection of
  * <mb> MiB per figure, client → server:
  *
