@@ -8,14 +8,16 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, type Netns } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
-import { createBoundSocketInNetns, createSocketInNetns } from '../../agent/libbpf/index.ts';
+import { BpfMap, createBoundSocketInNetns, createSocketInNetns } from '../../agent/libbpf/index.ts';
 import { Datapath } from '../../agent/src/datapath/index.ts';
+import { SPLICE_SIZE } from '../../agent/src/datapath/codecs.ts';
 import { NODE_BIN } from './datapath-lab.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -260,4 +262,25 @@ describe('same-node splice (sk_skb stream verdict on weft_splice_socks)', () => 
     const pair = events.nth('spliced', n).pair as { client: string };
     assert.ok(!dp.splicedSockets().some((s) => s.cookie.toString() === pair.client));
   });
+});
+
+test('a weft_splice_conns pin of the old 40-byte layout is re-created at the new size when the agent opens its datapath (the rule in weft_maps.h)', async () => {
+  const lab = new Lab();
+  try {
+    mkdirSync(lab.pinRoot, { recursive: true });
+    const pin = join(lab.pinRoot, 'weft_splice_conns');
+    const made = spawnSync('bpftool', ['map', 'create', pin, 'type', 'hash', 'key', '8', 'value', '40', 'entries', '32768', 'name', 'weft_splice_conns'], { encoding: 'utf8' });
+    assert.equal(made.status, 0, made.stderr);
+    const dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    try {
+      const m = BpfMap.openPinned(pin);
+      assert.equal(m.valueSize, SPLICE_SIZE);
+      m.close();
+      assert.deepEqual(dp.splicedSockets(), []);
+    } finally {
+      dp.teardown();
+    }
+  } finally {
+    await lab.cleanup();
+  }
 });
