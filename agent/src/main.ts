@@ -33,8 +33,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
   --splice                   splice authorized same-node connections in the kernel (bpf/splice.bpf.c)
-                             instead of carrying them through the agent (default: off; see
-                             docs/ARCHITECTURE.md "Same-node splice" for what it costs today)
+                             instead of carrying them through the agent (default: off, also as
+                             --no-splice or --splice=false; docs/ARCHITECTURE.md, data path step 5,
+                             says what it costs today)
   --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
                              /debug/<path> on the metrics port, for weftctl and the dashboard on a
                              cluster (default: off; whoever reaches the port can read them)
@@ -106,7 +107,9 @@ const AGENT_FLAGS = {
 export function parseAgentArgs(argv: string[]): AgentCommand {
   const parse = () => {
     try {
-      return parseArgs({ args: argv, options: AGENT_FLAGS });
+      // allowNegative: --no-splice says the default out loud; --splice=false says the same.
+      const args = argv.map((a) => (a === '--splice=false' ? '--no-splice' : a === '--splice=true' ? '--splice' : a));
+      return parseArgs({ args, options: AGENT_FLAGS, allowNegative: true });
     } catch (e) {
       return fail((e as Error).message);
     }

@@ -11,10 +11,13 @@
 //  - Errors and resets: a socket error reaches Node as it does unspliced, and the pipe resets the
 //    other side (RFC 9293 semantics as the unspliced path has them).
 //  - Counting: the kernel counts the bytes per socket (weft_splice_conns); they are added to what
-//    the pipe counted (nothing, unless bytes were already in Node's buffers) when the pair closes.
+//    the pipe counted (what the kernel passed to this process) when the pair closes.
 //
-// Backpressure is the kernel's: a peer with a full send buffer keeps the redirected skbs queued
-// until it has room, and the receiving socket's window closes meanwhile.
+// Backpressure: the kernel hands a direction whose peer lags to this process and takes it back
+// once the peer has caught up (bpf/include/weft_splice.h says why, from the kernel's source). A
+// chunk read from a spliced socket is therefore one the kernel passed: it is written once the peer
+// has taken every byte the kernel carried before it (`holdWrites` below), and the pipe's own
+// backpressure paces the sender meanwhile.
 import type net from 'node:net';
 import { fdOf, tcpBytesWritten } from '../libbpf/index.ts';
 import { pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
@@ -55,10 +58,15 @@ export interface SpliceOptions {
 export async function spliceBidirectional(client: net.Socket, server: net.Socket, opts: SpliceOptions): Promise<SpliceResult> {
   let reason: string | undefined;
   let pair: SplicedPair | undefined;
+  // What each socket's send queue had taken before the splice: tcpBytesWritten counts from the
+  // handshake, and an actively opened socket's count starts at one (the kernel counts its SYN).
+  const sentBefore = { a: 0n, b: 0n };
   if (client.readableLength > 0 || server.readableLength > 0) reason = 'bytes already read by the agent';
   else if (client.destroyed || server.destroyed) reason = 'a socket is already closed';
   else {
     try {
+      sentBefore.a = tcpBytesWritten(server);
+      sentBefore.b = tcpBytesWritten(client);
       pair = opts.datapath.splice(fdOf(client), fdOf(server), opts.clientNetnsCookie);
     } catch (err) {
       reason = (err as Error).message;
@@ -72,20 +80,26 @@ export async function spliceBidirectional(client: net.Socket, server: net.Socket
   }
   const spliced = pair;
   opts.onSpliced?.(spliced);
-  // While the pair is spliced the verdict redirects every byte, so Node reads none and writes
-  // none: the peer's send queue has taken everything once it counts what the kernel carried.
+  // While the kernel carries a direction Node reads none of it and writes nothing: the peer's
+  // send queue has taken everything once it counts what the kernel carried and the pipe read.
   // Both sockets keep reading: a paused one would never see the EOF the kernel leaves it.
-  const toServer = (): Promise<void> => drained(server, () => opts.datapath.splicedBytes(spliced).fromClient);
-  const toClient = (): Promise<void> => drained(client, () => opts.datapath.splicedBytes(spliced).fromServer);
-  // A byte that reaches Node while spliced means the kernel handed that direction back (the peer
-  // fell behind, WEFT_SPLICE_F_PASSING): it is written once the peer has taken the kernel's bytes.
-  const handedBack = { a: false, b: false };
+  const kernelBytes = (side: 'a' | 'b'): bigint => {
+    const k = opts.datapath.splicedBytes(spliced);
+    return side === 'a' ? k.fromClient : k.fromServer;
+  };
+  const peerOf = (side: 'a' | 'b'): net.Socket => (side === 'a' ? server : client);
+  // What the kernel had carried when the peer was last seen to have taken it all, per direction.
+  const drainedKernel = { a: 0n, b: 0n };
   const piped = pipeBidirectional(client, server, {
-    beforeEnd: (side) => (side === 'a' ? toServer() : toClient()),
-    holdWrites: (side) => {
-      if (handedBack[side]) return undefined;
-      handedBack[side] = true;
-      return side === 'a' ? toServer() : toClient();
+    beforeEnd: (side, bytesRead) => drained(peerOf(side), sentBefore[side], () => kernelBytes(side) + BigInt(bytesRead)),
+    // A chunk that reaches Node was passed by the kernel (its peer lagged). The kernel cannot take
+    // the direction back while it is unwritten (it waits for the peer's write_seq to cover it), so
+    // what it counts now is all it carried before this chunk; when that grew since the peer was
+    // last drained, the chunk waits until the peer's send queue holds those bytes and ours before.
+    holdWrites: (side, bytesBefore) => {
+      const k = kernelBytes(side);
+      if (k === drainedKernel[side]) return undefined;
+      return drained(peerOf(side), sentBefore[side], () => k + BigInt(bytesBefore)).then(() => { drainedKernel[side] = k; });
     },
   });
   client.resume();
@@ -101,10 +115,11 @@ export async function spliceBidirectional(client: net.Socket, server: net.Socket
 }
 
 /**
- * Resolves once `to`'s send queue has taken at least `carried()` bytes (or `to` is gone: then
- * there is nothing left to protect, and the pipe tears down as it does for a closed side).
+ * Resolves once `to`'s send queue has taken at least `carried()` bytes since the splice (it had
+ * taken `before` then), or `to` is gone: then there is nothing left to protect, and the pipe
+ * tears down as it does for a closed side.
  */
-function drained(to: net.Socket, carried: () => bigint): Promise<void> {
+function drained(to: net.Socket, before: bigint, carried: () => bigint): Promise<void> {
   return new Promise((resolve) => {
     let wait = DRAIN_POLL_FIRST_MS;
     const check = (): void => {
@@ -116,7 +131,7 @@ function drained(to: net.Socket, carried: () => bigint): Promise<void> {
         resolve();
         return;
       }
-            if (written >= carried()) { resolve(); return; }
+      if (written - before >= carried()) { resolve(); return; }
       setTimeout(check, wait);
       wait = Math.min(wait * 2, DRAIN_POLL_MAX_MS);
     };

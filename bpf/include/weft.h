@@ -235,18 +235,23 @@ _Static_assert(sizeof(struct weft_pod_counters) == WEFT_PC__COUNT * 8, "weft_pod
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, strict_denied) == WEFT_PC_STRICT_DENIED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, no_agent) == WEFT_PC_NO_AGENT * 8, "idx");
 
-/* weft_splice_conns value: one socket of a spliced pair (weft_splice.h). */
+/* weft_splice_conns value: one socket of a spliced pair (weft_splice.h). Layout grown from 40 to
+ * 56 bytes (passed, peer_seq0, handbacks): Datapath.open re-creates a pin of the old size. */
 struct weft_splice {
 	__u64 peer_cookie;  /* where this socket's bytes go */
-	__u64 bytes;        /* bytes received on this socket and sent out of the peer */
+	__u64 bytes;        /* bytes received on this socket and sent out of the peer by the kernel */
 	__u64 skbs;         /* skbs redirected */
 	__u64 netns_cookie; /* the client pod's netns (for weftctl bpf), set by the agent */
 	__u64 flags;        /* WEFT_SPLICE_F_* */
+	__u64 passed;       /* bytes received on this socket and passed to the agent (its peer lagged) */
+	__u32 peer_seq0;    /* the peer's write_seq before this direction's first byte (F_SEQ0) */
+	__u32 handbacks;    /* times this direction went to the agent */
 };
-_Static_assert(sizeof(struct weft_splice) == 40, "weft_splice layout");
+_Static_assert(sizeof(struct weft_splice) == 56, "weft_splice layout");
 
 /* weft_splice.flags */
-#define WEFT_SPLICE_F_PASSING 0x1  /* the peer fell behind: this direction is the agent's again */
+#define WEFT_SPLICE_F_PASSING 0x1  /* the peer lags: this direction is the agent's until it caught up */
 #define WEFT_SPLICE_F_CLIENT 0x2   /* set by the agent on the socket it accepted from the client pod */
+#define WEFT_SPLICE_F_SEQ0 0x4     /* peer_seq0 is set */
 
 #endif /* WEFT_H */

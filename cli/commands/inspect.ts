@@ -105,7 +105,7 @@ interface BpfDump {
   refusals?: Record<string, number>;
   counters: Record<string, number>;
   podCounters: Record<string, Record<string, number>>;
-  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; handedBack: string[] }>;
+  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; handedBack: string[]; handBacks?: { fromClient: number; fromServer: number } }>;
   pins: Record<string, string>;
 }
 
@@ -234,8 +234,10 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         io.out(table(['MESH DESTINATION'], data.destinations.map((d) => [`${d.ip}:${d.port === 0 ? '*' : d.port}`]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_dests}\n\n`);
         // Same-node connections the kernel carries (bpf/splice.bpf.c), bytes as the kernel counted them.
+        // HANDED BACK: directions the agent carries now (their peer lags), then how often each went to it.
         io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'HANDED BACK'], (data.spliced ?? []).map((s) =>
-          [s.clientPod || '-', s.client, s.server, String(s.bytesFromClient), String(s.bytesFromServer), s.handedBack.join(',') || '-']), h));
+          [s.clientPod || '-', s.client, s.server, String(s.bytesFromClient), String(s.bytesFromServer),
+            `${s.handedBack.join(',') || '-'}${s.handBacks ? ` (${s.handBacks.fromClient}/${s.handBacks.fromServer} times)` : ''}`]), h));
         if (data.pins.weft_splice_conns) io.out(`  bpftool map dump pinned ${data.pins.weft_splice_conns}\n\n`);
         io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);

@@ -20,10 +20,11 @@ export function upCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('up'), true), io)
     .description('start a local two-node mesh with sample applications and show traffic flowing')
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
+    .option('--splice', 'agents splice same-node connections in the kernel instead of carrying them themselves (default: off)')
     .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
     .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
     .option('--kube', 'the kube lab instead: stand-ins for a Kubernetes API server and kubelets on two nodes, Weft installed with kubectl from `weftctl install`\'s manifests; prints a kubeconfig for kubectl and weftctl')
-    .action(async (f: LocalFlags & { dualStack?: boolean; clusters?: string; trustDomains: string; kube?: boolean }) => {
+    .action(async (f: LocalFlags & { dualStack?: boolean; splice?: boolean; clusters?: string; trustDomains: string; kube?: boolean }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
       if (f.kube) {
@@ -80,7 +81,7 @@ export function upCommand(io: CommandIo = processIo): Command {
         return;
       }
       try {
-        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false });
+        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false, ...(f.splice ? { splice: true } : {}) });
         say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
         const ok = await showTraffic(st, say);
         say('');

@@ -46,6 +46,11 @@ export interface InstallOptions {
    */
   debugEndpoints?: boolean;
   /**
+   * Agents splice authorized same-node connections in the kernel (docs/ARCHITECTURE.md, data path
+   * step 5; agent --splice). Default false: they carry the bytes themselves.
+   */
+  splice?: boolean;
+  /**
    * Multi-cluster (docs/ARCHITECTURE.md, "Multi-cluster"): this cluster's ID. The controller then
    * reads the remote clusters named by kubeconfig Secrets labelled weft.dev/multicluster=true in
    * its namespace (`weftctl create-remote-secret` writes them) and serves this cluster's export on
@@ -77,6 +82,7 @@ export interface ResolvedInstallOptions {
   caSecret: string | undefined;
   dashboard: boolean;
   debugEndpoints: boolean;
+  splice: boolean;
   /** Multi-cluster settings; absent for a single cluster. */
   multicluster?: { clusterId: string; network: string; eastwest: boolean };
 }
@@ -153,7 +159,7 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true } : undefined;
 
   return {
-    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true,
+    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice === true,
     ...(multicluster ? { multicluster } : {}),
   };
 }

@@ -52,6 +52,8 @@ export interface LocalMeshOptions {
   network?: string;
   /** Other trust domains admitted as this mesh's own (per-cluster trust domains): agents and controller. */
   trustDomainAliases?: string[];
+  /** Added to every agent's command line, before startAgent's own extraArgs (e.g. --splice). */
+  agentArgs?: string[];
 }
 
 /** The pod-template-hash of local "Deployments" (WorkloadSpec.deployment). */
@@ -296,6 +298,7 @@ export class LocalMesh {
       '--log-level', this.o.logLevel ?? 'info',
       '--debug-endpoints',
       ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+      ...(this.o.agentArgs ?? []),
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).

@@ -8,14 +8,16 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, type Netns } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
-import { createBoundSocketInNetns, createSocketInNetns } from '../../agent/libbpf/index.ts';
+import { BpfMap, createBoundSocketInNetns, createSocketInNetns } from '../../agent/libbpf/index.ts';
 import { Datapath } from '../../agent/src/datapath/index.ts';
+import { SPLICE_SIZE } from '../../agent/src/datapath/codecs.ts';
 import { NODE_BIN } from './datapath-lab.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -122,7 +124,7 @@ describe('same-node splice (sk_skb stream verdict on weft_splice_socks)', () => 
       let gotDown = 0;
       client.on('data', (d: Buffer) => { gotDown += d.length; hd.update(d); });
       // A reader that keeps up: each side writes 1 MiB at a time once the other side has read
-      // what came before (a writer far ahead of its reader is handed back to the agent, below).
+      // what came before (a writer far ahead of its reader is handed to the agent, below).
       const pump = async (from: net.Socket, data: Buffer, progress: () => number): Promise<void> => {
         for (let off = 0; off < data.length; off += 1024 * 1024) {
           await until('the reader keeps up', () => progress() >= off - 2 * 1024 * 1024, 30_000);
@@ -177,35 +179,77 @@ describe('same-node splice (sk_skb stream verdict on weft_splice_socks)', () => 
     }
   });
 
-  test('backpressure: a server that does not read stalls the client (the kernel holds at most 8 MiB for it, then hands the direction back to the agent), and every byte arrives in order once it reads', async () => {
+  test('backpressure: a server that does not read stalls the client (the kernel holds at most 8 MiB for it, then hands the direction to the agent), and once it reads again the kernel takes the direction back; twice, every byte in order', async () => {
     const { client, server: srv, n } = await connectPair();
-    srv.pause();
-    const sent = createHash('sha256');
-    let stalled = false;
-    for (let i = 0; i < 512 && !stalled; i++) {
-      const chunk = randomBytes(1024 * 1024);
-      sent.update(chunk);
-      if (!client.write(chunk)) {
-        await Promise.race([once(client, 'drain'), new Promise((r) => setTimeout(r, 1_000))]);
-        stalled = client.writableLength > 0;
-      }
-    }
-    const taken = client.bytesWritten - client.writableLength;
-    assert.ok(stalled, 'the client stalled');
-    assert.ok(taken < 128 * 1024 * 1024, `the kernel and the agent took ${taken} bytes for a server that reads nothing`);
     const pair = events.nth('spliced', n).pair as { client: string };
-    const entry = dp.splicedSockets().find((e) => e.cookie.toString() === pair.client)!;
-    assert.equal(entry.flags & 1, 1, 'the client direction was handed back to the agent (WEFT_SPLICE_F_PASSING)');
-    assert.ok(entry.bytes <= 8n * 1024n * 1024n + 256n * 1024n, `the kernel redirected ${entry.bytes} bytes before handing back`);
+    const entry = () => dp.splicedSockets().find((e) => e.cookie.toString() === pair.client)!;
+    const sent = createHash('sha256');
+    const h = createHash('sha256');
+    let got = 0;
+    srv.on('data', (d: Buffer) => { got += d.length; h.update(d); });
+    const write = (chunk: Buffer): boolean => { sent.update(chunk); return client.write(chunk); };
+    let kernelBefore = 0n;
+    for (const round of [1, 2]) {
+      srv.pause();
+      let stalled = false;
+      const start = client.bytesWritten;
+      for (let i = 0; i < 512 && !stalled; i++) {
+        if (!write(randomBytes(1024 * 1024))) {
+          await Promise.race([once(client, 'drain'), new Promise((r) => setTimeout(r, 1_000))]);
+          stalled = client.writableLength > 0;
+        }
+      }
+      const taken = client.bytesWritten - client.writableLength - start;
+      assert.ok(stalled, `round ${round}: the client stalled`);
+      assert.ok(taken < 128 * 1024 * 1024, `round ${round}: the kernel and the agent took ${taken} bytes for a server that reads nothing`);
+      const e = entry();
+      assert.equal(e.flags & 1, 1, `round ${round}: the client direction went to the agent (WEFT_SPLICE_F_PASSING)`);
+      assert.ok(e.handbacks >= round, `round ${round}: handed to the agent ${e.handbacks} time(s) so far`);
+      // In flight counts what the server has not acknowledged; in round 2 its receive buffer has
+      // grown (autotuning, up to tcp_rmem's 6 MiB) and holds acknowledged bytes too.
+      const bound = (round === 1 ? 8n : 16n) * 1024n * 1024n + 256n * 1024n;
+      assert.ok(e.bytes - kernelBefore <= bound, `round ${round}: the kernel redirected ${e.bytes - kernelBefore} bytes before handing back`);
+      // The server reads again; a sender that keeps up with it goes back to the kernel.
+      srv.resume();
+      await until(`round ${round}: the server read everything written`, () => client.writableLength === 0 && got === client.bytesWritten, 30_000,
+        { explain: () => `got ${got} of ${client.bytesWritten}, ${client.writableLength} buffered` });
+      const redirected = e.bytes;
+      for (let i = 0; i < 16; i++) {
+        await until('the reader keeps up', () => got >= client.bytesWritten - 2 * 1024 * 1024, 30_000);
+        write(randomBytes(1024 * 1024));
+      }
+      await until(`round ${round}: the kernel took the direction back and carries it`, () => (entry().flags & 1) === 0 && entry().bytes > redirected, 30_000,
+        { explain: () => JSON.stringify(entry(), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) });
+      kernelBefore = entry().bytes;
+    }
+    const last = entry();
+    assert.ok(last.passed > 0n, 'the agent carried part of the stream');
     const total = client.bytesWritten;
-    const got = drain(srv);
-    srv.resume();
+    const done = once(srv, 'end');
     client.end();
-    const r = await got;
-    assert.equal(r.bytes, total, 'every byte arrives once the server reads');
-    assert.equal(r.sha, sent.digest('hex'), 'in order: the agent wrote its bytes after the kernel\'s');
+    await done;
+    assert.equal(got, total, 'every byte arrived');
+    assert.equal(h.digest('hex'), sent.digest('hex'), 'in order: the agent\'s bytes and the kernel\'s interleave as sent');
     srv.end();
     await drain(client);
+    await until('the splicer reports the connection closed', () => events.count('closed') > n, 10_000, { explain: () => stderr });
+    assert.equal(events.nth('closed', n).bytesAtoB, total, 'bytes to the destination: the kernel\'s and the agent\'s');
+  });
+
+  test('a sender far ahead of its reader: 100 MiB arrive unchanged (sha256) whichever of the kernel and the agent carries each part', async () => {
+    const { client, server: srv, n } = await connectPair();
+    const payload = randomBytes(100 * 1024 * 1024);
+    const got = drain(srv);
+    client.end(payload);
+    const r = await got;
+    assert.equal(r.bytes, payload.length);
+    assert.equal(r.sha, sha(payload));
+    srv.end();
+    await drain(client);
+    await until('the splicer reports the connection closed', () => events.count('closed') > n, 10_000, { explain: () => stderr });
+    const closed = events.nth('closed', n);
+    assert.equal(closed.spliced, true);
+    assert.equal(closed.bytesAtoB, payload.length, 'the kernel\'s count and the agent\'s add up to the stream');
   });
 
   test('a reset on one side resets the other, and the pair leaves the maps', async () => {
@@ -218,4 +262,25 @@ describe('same-node splice (sk_skb stream verdict on weft_splice_socks)', () => 
     const pair = events.nth('spliced', n).pair as { client: string };
     assert.ok(!dp.splicedSockets().some((s) => s.cookie.toString() === pair.client));
   });
+});
+
+test('a weft_splice_conns pin of the old 40-byte layout is re-created at the new size when the agent opens its datapath (the rule in weft_maps.h)', async () => {
+  const lab = new Lab();
+  try {
+    mkdirSync(lab.pinRoot, { recursive: true });
+    const pin = join(lab.pinRoot, 'weft_splice_conns');
+    const made = spawnSync('bpftool', ['map', 'create', pin, 'type', 'hash', 'key', '8', 'value', '40', 'entries', '32768', 'name', 'weft_splice_conns'], { encoding: 'utf8' });
+    assert.equal(made.status, 0, made.stderr);
+    const dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    try {
+      const m = BpfMap.openPinned(pin);
+      assert.equal(m.valueSize, SPLICE_SIZE);
+      m.close();
+      assert.deepEqual(dp.splicedSockets(), []);
+    } finally {
+      dp.teardown();
+    }
+  } finally {
+    await lab.cleanup();
+  }
 });

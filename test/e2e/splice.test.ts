@@ -1,6 +1,7 @@
 // Same-node splice end to end (issue 20): node1's agent runs with --splice (authorized same-node
-// connections are spliced in the kernel), node2's without (the agent carries them). The same client pushes
-// 100 MiB through both, half-closing after the body, and gets the server's sha256 back; a policy
+// connections are spliced in the kernel), node2's with the default (the agent carries them). The same client pushes
+// 100 MiB through both, half-closing after the body, and gets the server's sha256 back (a sender
+// far ahead of its reader: the kernel hands the direction to the agent and takes it back); a policy
 // change stops new connections on the spliced path and leaves open ones as the unspliced path
 // does (a decision is taken at connect, as in Istio's ztunnel).
 import { test, before } from 'node:test';
@@ -54,7 +55,7 @@ async function bulk(client: string, vip: string, mb: number): Promise<BulkResult
   return JSON.parse(r.stdout.trim()) as BulkResult;
 }
 
-for (const [label, client, vip] of [['spliced (node1)', 'sp/client1', VIP1], ['carried by the agent (node2, no --splice)', 'sp/client2', VIP2]] as const) {
+for (const [label, client, vip] of [['spliced (node1)', 'sp/client1', VIP1], ['carried by the agent (node2, without --splice)', 'sp/client2', VIP2]] as const) {
   test(`100 MiB reach a same-node server unchanged and the reply comes back after the client's half-close: ${label}`, async () => {
     const r = await bulk(client, vip, 100);
     const body = JSON.parse(r.reply) as { bytes: number; sha256: string };

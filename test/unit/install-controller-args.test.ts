@@ -34,3 +34,10 @@ test('the agent parses the command line the install gives it (agent/src/main.ts 
   assert.equal(c.kind, 'agent');
   if (c.kind === 'agent') assert.equal(c.options.trustDomain, 'example.org');
 });
+
+test('the install\'s agents splice same-node connections only when installed with splice on (weftctl install --splice)', () => {
+  const off = parseAgentArgs(agentArgs(resolveInstallOptions(OK)));
+  const on = parseAgentArgs(agentArgs(resolveInstallOptions({ ...OK, splice: true })));
+  assert.ok(off.kind === 'agent' && off.options.splice !== true, 'default: not spliced');
+  assert.ok(on.kind === 'agent' && on.options.splice === true, 'splice: true → --splice');
+});

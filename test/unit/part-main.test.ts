@@ -110,6 +110,19 @@ test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own 
   assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
 });
 
+test('parseAgentArgs: the same-node splice is off unless --splice turns it on (--no-splice and --splice=false say the default)', () => {
+  const splice = (extra: string[]): boolean | undefined => {
+    const c = parseAgentArgs([...AGENT_OK, ...extra]);
+    assert.equal(c.kind, 'agent');
+    return c.kind === 'agent' ? c.options.splice : undefined;
+  };
+  assert.equal(splice([]), undefined, 'default: the agent\'s own (off)');
+  assert.equal(splice(['--no-splice']), undefined);
+  assert.equal(splice(['--splice=false']), undefined);
+  assert.equal(splice(['--splice']), true);
+  assert.equal(splice(['--splice=true']), true);
+});
+
 test('parseEastWestArgs: each wrong flag is named (UsageError); flags become the gateway\'s options', () => {
   const OK = ['--listen', '10.0.0.1', '--trust-bundle', 'roots.pem', '--controller', 'https://10.0.0.9:15014'];
   const cases: Array<[string[], RegExp]> = [

@@ -250,7 +250,7 @@ export function decodePeer(b: Buffer): Endpoint {
   return { ip: rip(b, 0), port: r16(b, 4) };
 }
 
-// ---- struct weft_splice (32) -------------------------------------------------------------------
+// ---- struct weft_splice (56) -------------------------------------------------------------------
 
 /** One socket of a spliced pair (weft_splice_conns value). */
 export interface SpliceEntry {
@@ -263,13 +263,19 @@ export interface SpliceEntry {
   netnsCookie: bigint;
   /** SPLICE_F bits. */
   flags: number;
+  /** Bytes received on this socket and passed to the agent (while its peer lagged). */
+  passed: bigint;
+  /** The peer's write_seq before this direction's first byte (kernel-set, with SPLICE_F.SEQ0). */
+  peerSeq0: number;
+  /** Times this direction was handed to the agent. */
+  handbacks: number;
 }
 /**
- * weft_splice.flags: PASSING = the peer fell behind and the agent carries this direction again;
- * CLIENT = the socket the agent accepted from the client pod.
+ * weft_splice.flags: PASSING = the peer lags and the agent carries this direction until it caught
+ * up; CLIENT = the socket the agent accepted from the client pod; SEQ0 = peerSeq0 is set.
  */
-export const SPLICE_F = { PASSING: 0x1, CLIENT: 0x2 } as const;
-export const SPLICE_SIZE = 40;
+export const SPLICE_F = { PASSING: 0x1, CLIENT: 0x2, SEQ0: 0x4 } as const;
+export const SPLICE_SIZE = 56;
 export function encodeSplice(v: SpliceEntry): Buffer {
   const b = Buffer.alloc(SPLICE_SIZE);
   u64(b, 0, v.peerCookie);
@@ -277,10 +283,16 @@ export function encodeSplice(v: SpliceEntry): Buffer {
   u64(b, 16, v.skbs);
   u64(b, 24, v.netnsCookie);
   u64(b, 32, BigInt(v.flags));
+  u64(b, 40, v.passed);
+  u32(b, 48, v.peerSeq0 >>> 0);
+  u32(b, 52, v.handbacks >>> 0);
   return b;
 }
 export function decodeSplice(b: Buffer): SpliceEntry {
-  return { peerCookie: r64(b, 0), bytes: r64(b, 8), skbs: r64(b, 16), netnsCookie: r64(b, 24), flags: Number(r64(b, 32)) };
+  return {
+    peerCookie: r64(b, 0), bytes: r64(b, 8), skbs: r64(b, 16), netnsCookie: r64(b, 24), flags: Number(r64(b, 32)),
+    passed: r64(b, 40), peerSeq0: r32(b, 48), handbacks: r32(b, 52),
+  };
 }
 
 // ---- counters ----------------------------------------------------------------------------------

@@ -99,8 +99,10 @@ export interface SplicedConnection {
   clientNetnsCookie: bigint;
   bytesFromClient: bigint;
   bytesFromServer: bigint;
-  /** Directions the kernel handed back to the agent (their peer fell behind). */
+  /** Directions the agent carries right now (their peer lags; the kernel takes them back once it caught up). */
   handedBack: string[];
+  /** Times each direction was handed to the agent so far. */
+  handBacks: { fromClient: number; fromServer: number };
 }
 
 /** One spliced socket as the kernel counts it. */
@@ -699,7 +701,7 @@ export class Datapath {
     const conns = this.map(MAPS.spliceConns);
     const socks = this.map(MAPS.spliceSocks);
     const pair = { client: socketCookie(client), server: socketCookie(server) };
-    const zero = { bytes: 0n, skbs: 0n, netnsCookie: clientNetnsCookie, flags: 0 };
+    const zero = { bytes: 0n, skbs: 0n, netnsCookie: clientNetnsCookie, flags: 0, passed: 0n, peerSeq0: 0, handbacks: 0 };
     try {
       conns.update(c.cookieKey(pair.client), c.encodeSplice({ peerCookie: pair.server, ...zero, flags: c.SPLICE_F.CLIENT }), 'noexist');
       conns.update(c.cookieKey(pair.server), c.encodeSplice({ peerCookie: pair.client, ...zero }), 'noexist');
@@ -754,6 +756,7 @@ export class Datapath {
         client: s.cookie, server: s.peerCookie, clientNetnsCookie: s.netnsCookie,
         bytesFromClient: s.bytes, bytesFromServer: peer?.bytes ?? 0n,
         handedBack: [...((s.flags & c.SPLICE_F.PASSING) ? ['client'] : []), ...(peer && (peer.flags & c.SPLICE_F.PASSING) ? ['server'] : [])],
+        handBacks: { fromClient: s.handbacks, fromServer: peer?.handbacks ?? 0 },
       };
     });
   }
@@ -841,10 +844,11 @@ export class Datapath {
 /**
  * The explicit migrations the rule in bpf/include/weft_maps.h asks for, before the objects load:
  * counters whose struct grew are re-created (the counts restart; links of the previous programs
- * keep their old map until they are moved to the new programs), and retired maps' pins go.
+ * keep their old map until they are moved to the new programs), so is weft_splice_conns (its
+ * entries belong to the sockets of the agent that made them), and retired maps' pins go.
  */
 function migratePins(pinRoot: string): void {
-  const sizes: Record<string, number> = { [MAPS.counters]: c.COUNTERS_SIZE, [MAPS.podCounters]: c.POD_COUNTERS_SIZE };
+  const sizes: Record<string, number> = { [MAPS.counters]: c.COUNTERS_SIZE, [MAPS.podCounters]: c.POD_COUNTERS_SIZE, [MAPS.spliceConns]: c.SPLICE_SIZE };
   for (const [name, size] of Object.entries(sizes)) {
     const pin = join(pinRoot, name);
     if (!existsSync(pin)) continue;
