@@ -406,9 +406,9 @@ export class Agent {
 
   #onConfig(config: AgentConfig, version: string): void {
     this.state.apply(config);
-    // New or changed policies judge the open inbound tunnels too (Inbound.reauthorize).
+    // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize).
     const policies = JSON.stringify(config.policies);
-    if (this.#policies !== undefined && policies !== this.#policies) this.inbound.reauthorize();
+    if (this.#policies !== undefined && policies !== this.#policies) this.delivery.reauthorize();
     this.#policies = policies;
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());

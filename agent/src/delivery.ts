@@ -42,6 +42,17 @@ export interface DeliveryDatapath {
   tagAgentSocket(fd: number): void;
 }
 
+/** An open delivery to a local pod, and what its authorization rested on (reauthorize). */
+export interface OpenDelivery {
+  dest: Workload;
+  port: number;
+  source: Omit<ConnectionAttributes, 'destinationPort' | 'destinationIp'>;
+  /** The identity a waypoint said it carries (authorize's `caller`). */
+  caller?: string | undefined;
+  /** The agent's socket to the pod: destroyed when a new policy no longer allows the delivery. */
+  upstream: Duplex;
+}
+
 export interface LocalDeliveryOptions {
   state: AgentState;
   datapath: DeliveryDatapath;
@@ -56,6 +67,8 @@ export class LocalDelivery {
   readonly #log: Logger;
   /** pod IP → its network-namespace file, for every pod this agent enrolled. */
   readonly #netns = new Map<string, string>();
+  /** Every open delivery, whatever brought it, until its pod side closes (reauthorize). */
+  readonly #open = new Set<OpenDelivery>();
 
   constructor(opts: LocalDeliveryOptions) {
     this.#state = opts.state;
@@ -98,6 +111,38 @@ export class LocalDelivery {
     this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
     this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
     throw new DeniedError(decision.reason, 403, policy);
+  }
+
+  /**
+   * Keeps an open delivery until its pod side closes, so that a policy change judges it again:
+   * an HBONE tunnel's, a same-node mesh client's (spliced or piped) and steered plaintext's alike.
+   */
+  track(d: OpenDelivery): void {
+    this.#open.add(d);
+    d.upstream.once('close', () => this.#open.delete(d));
+  }
+
+  /**
+   * The policies changed: every open delivery is judged again, and one they no longer allow is
+   * closed (its denial counted and logged by authorize, as any), as Istio's ztunnel closes
+   * connections a new policy denies. Without this a long-lived connection, such as a waypoint's
+   * pooled one, would keep carrying a caller a new DENY names. Returns how many were closed.
+   */
+  reauthorize(): number {
+    let closed = 0;
+    for (const d of this.#open) {
+      try {
+        // The pod as it is now (its labels decide which policies select it).
+        this.authorize(this.#state.localWorkload(d.dest.ip) ?? d.dest, d.port, d.source, d.caller);
+      } catch (err) {
+        if (!(err instanceof DeniedError)) throw err;
+        this.#open.delete(d);
+        closed++;
+        this.#log.info('open connection closed: the policies no longer allow it', { destination: `${d.dest.namespace}/${d.dest.name}:${d.port}`, source: d.source.sourcePrincipal ?? d.source.sourceIp, ...(d.caller ? { caller: d.caller } : {}), policy: err.policy });
+        d.upstream.destroy();
+      }
+    }
+    return closed;
   }
 
   /**

@@ -4,8 +4,6 @@
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
-import type { Workload } from '../../lib/model/mesh.ts';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -38,8 +36,6 @@ export class Inbound {
   readonly server: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
-  /** Each tunnel delivering to a pod, with what it was authorized on, until its pod side closes (reauthorize). */
-  readonly #open = new Set<OpenTunnel>();
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
@@ -116,37 +112,12 @@ export class Inbound {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
       this.#records.set(req, record);
       if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
-      const open: OpenTunnel = { dest, port, source, caller, upstream };
-      this.#open.add(open);
-      upstream.once('close', () => this.#open.delete(open));
+      this.#o.delivery.track({ dest, port, source, caller, upstream });
       return { upstream };
     } catch (err) {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message };
     }
-  }
-
-  /**
-   * The policies changed: every open tunnel is judged again, and one they no longer allow is
-   * closed (its denial counted and logged as any), as Istio's ztunnel closes connections a new
-   * policy denies. Without this a long-lived tunnel, such as a waypoint's pooled connection,
-   * would keep carrying a caller a new DENY names. Returns how many were closed.
-   */
-  reauthorize(): number {
-    let closed = 0;
-    for (const t of this.#open) {
-      try {
-        // The pod as it is now (its labels decide which policies select it).
-        this.#o.delivery.authorize(this.#o.state.localWorkload(t.dest.ip) ?? t.dest, t.port, t.source, t.caller);
-      } catch (err) {
-        if (!(err instanceof DeniedError)) throw err;
-        this.#open.delete(t);
-        closed++;
-        this.#o.log.info('open connection closed: the policies no longer allow it', { destination: `${t.dest.namespace}/${t.dest.name}:${t.port}`, source: t.source.sourcePrincipal ?? t.source.sourceIp, ...(t.caller ? { caller: t.caller } : {}), policy: err.policy });
-        t.upstream.destroy();
-      }
-    }
-    return closed;
   }
 
   #refused(r: HboneRefusal): void {
@@ -174,11 +145,3 @@ function workloadOf(principal: string | undefined): { namespace: string; service
 }
 
 
-/** A tunnel delivering to a local pod, and what its authorization rested on. */
-interface OpenTunnel {
-  dest: Workload;
-  port: number;
-  source: { sourcePrincipal?: string; sourceNamespace?: string; sourceIp: string };
-  caller: string | undefined;
-  upstream: Duplex;
-}

@@ -213,13 +213,12 @@ export class Outbound {
         // Same node: no TLS on the wire, but the destination's policy applies exactly as it would
         // to an inbound tunnel from the source's identity.
         const { port } = splitHostPort(up.target);
-        this.#o.authorizer.authorize(up.workload, port, {
-          sourcePrincipal: source.spiffeId,
-          sourceNamespace: source.namespace,
-          sourceIp: source.ip,
-        });
+        const attrs = { sourcePrincipal: source.spiffeId, sourceNamespace: source.namespace, sourceIp: source.ip };
+        this.#o.authorizer.authorize(up.workload, port, attrs);
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
-        return this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { paused: this.#o.splice !== undefined });
+        const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { paused: this.#o.splice !== undefined });
+        this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream });
+        return upstream;
       }
       case 'passthrough':
         return connectTcp(up.target, { timeoutMs });
@@ -260,8 +259,8 @@ export class Outbound {
     let result: PipeResult;
     try {
       // Same node, no waypoint (that is a 'hbone' upstream), authorized: the kernel carries it.
-      // The policy was judged at connect, as for every connection (a policy change stops new
-      // connections, not open ones, spliced or not).
+      // The policy was judged at connect, and a policy change judges it again (LocalDelivery.reauthorize
+      // closes the agent's socket to the pod, which ends a spliced pair as a piped one).
       if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket) {
         const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice, clientNetnsCookie });
         if (r.notSpliced) this.#o.log.debug('same-node connection not spliced', { reason: r.notSpliced });

@@ -177,6 +177,7 @@ export class PlaintextInbound {
     let upstream: import('node:stream').Duplex;
     try {
       upstream = await o.delivery.connectToPod(dest, dst.port, client, o.connectTimeoutMs ?? 5_000);
+      o.delivery.track({ dest, port: dst.port, source: { sourceIp: client.ip }, upstream });
     } catch (err) {
       o.metrics.failed.inc({ reporter: 'destination', reason: 'connect' });
       o.accessLog({ ...log, ...where, error: (err as Error).message });

@@ -83,24 +83,33 @@ test('the spliced connection is listed by the agent while open, and its bytes re
   await until('the kernel-counted bytes reach the metric', async () => receivedBytes(await mesh.agentMetrics('node1')) >= before + 8 * 1024 * 1024, 10_000);
 });
 
-test('removing a policy\'s permission refuses new connections on the spliced path (counted), and an open spliced connection finishes as an unspliced one would', async () => {
+// Istio's ztunnel closes open connections a policy change no longer allows; the agent does too,
+// spliced or not (LocalDelivery.reauthorize destroys its socket to the pod, which ends the pair).
+test('removing a policy\'s permission refuses new connections on the spliced path and closes the open spliced one, counted and logged with the policy', async () => {
   const trigger = join(suite.stateDir, 'release-2');
   const w = mesh.workloads.get('sp/client1')!;
   const child = mesh.net.spawn(w.pod, process.execPath, [FIXTURE, '--host', VIP1, '--port', '80', '--mb', '8', '--hold', trigger]);
   const out = collectOutput(child, 60_000);
   await until('the held connection is spliced', async () => ((await mesh.agentAdmin<BpfSpliced>('node1', '/bpf')).spliced ?? []).some((s) => s.clientPod === w.pod.ip), 20_000);
+  const closedBefore = mesh.logEntries('agent-node1.log', 'open connection closed: the policies no longer allow it').length;
   mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/nobody'));
-  await until('a new connection from client1 is refused', async () => {
-    const r = await mesh.exec('sp/client1', 'curl', ['-sS', '--max-time', '5', `http://${VIP1}/`]);
-    return r.code !== 0;
-  }, 30_000);
-  assert.match(await mesh.agentMetrics('node1'), /weft_connections_denied_total\{[^}]*reason="policy"[^}]*destination_workload="near1"[^}]*\} [1-9]/);
-  writeFileSync(trigger, '');
-  const { code, stdout } = await out;
-  assert.equal(code, 0, stdout);
-  const r = JSON.parse(stdout.trim().split('\n').pop()!) as BulkResult;
-  assert.equal((JSON.parse(r.reply) as { sha256: string }).sha256, r.sha256, 'the connection opened before the change completes');
-  mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/client1'));
+  try {
+    await until('a new connection from client1 is refused', async () => {
+      const r = await mesh.exec('sp/client1', 'curl', ['-sS', '--max-time', '5', `http://${VIP1}/`]);
+      return r.code !== 0;
+    }, 30_000);
+    assert.match(await mesh.agentMetrics('node1'), /weft_connections_denied_total\{[^}]*reason="policy"[^}]*destination_workload="near1"[^}]*\} [1-9]/);
+    await until('the open spliced connection is closed by the change', () =>
+      mesh.logEntries('agent-node1.log', 'open connection closed: the policies no longer allow it').slice(closedBefore)
+        .some((l) => l.source === 'spiffe://cluster.local/ns/sp/sa/client1' && String(l.destination).startsWith('sp/near1')), 20_000,
+    { explain: () => mesh.logTail('agent-node1.log', 8) });
+    writeFileSync(trigger, '');
+    const { stdout } = await out;
+    const r = JSON.parse(stdout.trim().split('\n').pop()!) as Partial<BulkResult> & { error?: string };
+    assert.ok(r.error !== undefined && r.reply === undefined, `the connection opened before the change got no reply: ${stdout.trim().slice(-300)}`);
+  } finally {
+    mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/client1'));
+  }
 });
 
 function receivedBytes(metrics: string): number {

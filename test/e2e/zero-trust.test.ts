@@ -13,12 +13,15 @@ import { join } from 'node:path';
 import { localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { checkMesh, type MeshFacts } from '../../cli/check.ts';
+import type { LineResult } from './fixtures/line-client.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
 const VIP = '10.96.0.10';
 const NEAR_VIP = '10.96.0.11';
 const PERM_VIP = '10.96.0.12';
+const LINES_NEAR_VIP = '10.96.0.13';
+const LINES_FAR_VIP = '10.96.0.14';
 
 type Bpf = { counters: Record<string, number>; refusals: Record<string, number>; kubeletCgroups: string[]; inboundExcludedPorts: number[]; excludedPorts: number[] };
 const bpf = (node: string) => mesh.agentAdmin<Bpf>(node, '/bpf');
@@ -61,6 +64,10 @@ before(async () => {
     ...[['echo', VIP], ['near', NEAR_VIP], ['perm', PERM_VIP]].map(([name, vip]) => ({
       apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'demo' }, spec: { clusterIP: vip, selector: { app: name }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
     })),
+    // Two line-echo pods (no policy, PERMISSIVE) for connections held across a policy change.
+    ...[['lines-near', LINES_NEAR_VIP], ['lines-far', LINES_FAR_VIP]].map(([name, vip]) => ({
+      apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'demo' }, spec: { clusterIP: vip, selector: { app: name }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] },
+    })),
     ...['echo', 'near'].map((app) => ({
       apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: `strict-${app}`, namespace: 'demo' },
       spec: { selector: { matchLabels: { app } }, mtls: { mode: 'STRICT' } },
@@ -75,6 +82,9 @@ before(async () => {
   for (const [node, name] of [['node2', 'echo'], ['node1', 'near'], ['node2', 'perm'], ['node2', 'open']] as const) {
     mesh.addWorkload({ node, namespace: 'demo', name, labels: { app: name }, command: echo(name), probePort: 8080 });
   }
+  for (const [node, name] of [['node1', 'lines-near'], ['node2', 'lines-far']] as const) {
+    mesh.addWorkload({ node, namespace: 'demo', name, labels: { app: name, held: 'yes' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
+  }
   mesh.startController();
   await mesh.waitControllerReady();
   for (const n of ['node1', 'node2']) {
@@ -83,7 +93,7 @@ before(async () => {
     mesh.startAgent(n, { extraArgs: ['--exclude-port', '8080'] });
   }
   await mesh.waitReady(60_000);
-  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo', 'demo/near', 'demo/perm', 'demo/open']);
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo', 'demo/near', 'demo/perm', 'demo/open', 'demo/lines-near', 'demo/lines-far']);
   // The policies are in force once the allowed client is served and an outsider is not.
   await until('STRICT and ALLOW in force', async () =>
     (await inPod('demo/client', [`http://${VIP}/`])).code === 0 && (await inPod('legacy/outsider', [`http://${ip('demo/perm')}:8080/`])).code !== 0,
@@ -172,4 +182,68 @@ test('a port excluded from outbound capture (8080) is still closed inbound on a 
   const r = await inPod('legacy/outsider', [`http://${ip('demo/near')}:8080/`]);
   assert.notEqual(r.code, 0, `served: ${r.stdout}`);
   assert.ok((await bpf('node1')).counters.strict_denied! > before);
+});
+
+/** A line client held in `workload`'s pod against host:7000: up once its first line came back; its result once the connection ended. */
+function holdLines(workload: string, host: string) {
+  const child = mesh.net.spawn(mesh.workloads.get(workload)!.pod, process.execPath,
+    [join(import.meta.dirname, 'fixtures/line-client.ts'), '--host', host, '--port', '7000', '--interval-ms', '100', '--duration-ms', '120000']);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
+  child.stderr!.on('data', (c: Buffer) => { err += c.toString(); });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return {
+    up: () => out.includes('"up":true'),
+    output: () => `${out}${err}`.trim().slice(-300),
+    ended: () => child.exitCode !== null || child.signalCode !== null,
+    result: async (): Promise<LineResult> => { await exited; return JSON.parse(out.trim().split('\n').pop()!) as LineResult; },
+    kill: () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); },
+  };
+}
+
+// Istio's ztunnel closes open connections that a policy change no longer allows; so does Weft's
+// agent, for every delivery it made (LocalDelivery.reauthorize): an HBONE tunnel, a same-node mesh
+// connection and steered plaintext. Without it a connection opened before a DENY outlives it.
+test('a new DENY closes connections already open: same node, across nodes over HBONE, and plaintext steered to the agent; each closure is counted and logged with the policy', async () => {
+  const held = [
+    { what: 'same node', node: 'node1', h: holdLines('demo/client', LINES_NEAR_VIP) },
+    { what: 'HBONE', node: 'node2', h: holdLines('demo/client', LINES_FAR_VIP) },
+    { what: 'plaintext', node: 'node2', h: holdLines('legacy/outsider', ip('demo/lines-far')) },
+  ];
+  try {
+    await until('every held connection echoes', () => held.every((c) => c.h.up()), 30_000,
+      { explain: () => held.map((c) => `${c.what}: up ${c.h.up()}, ended ${c.h.ended()}: ${c.h.output()}`).join('\n') });
+    const deniedBefore = { node1: deniedMetric(await mesh.agentMetrics('node1'), { reason: 'policy' }), node2: deniedMetric(await mesh.agentMetrics('node2'), { reason: 'policy' }) };
+    const closedBefore = (node: string) => mesh.logEntries(`agent-${node}.log`, 'open connection closed: the policies no longer allow it').length;
+    const before1 = closedBefore('node1');
+    const before2 = closedBefore('node2');
+    mesh.writeConfig('70-deny-held.yaml', [{
+      apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-held', namespace: 'demo' },
+      spec: { selector: { matchLabels: { held: 'yes' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/client'] } }, { source: { ipBlocks: [`${ip('legacy/outsider')}/32`] } }] }] },
+    }]);
+    try {
+      await until('every held connection is closed by the new DENY', () => held.every((c) => c.h.ended()), 30_000,
+        { explain: () => `${held.map((c) => `${c.what}: ended ${c.h.ended()}`).join('; ')}\n${mesh.logTail('agent-node1.log', 4)}\n${mesh.logTail('agent-node2.log', 4)}` });
+      for (const c of held) {
+        const r = await c.h.result();
+        assert.notEqual(r.failure, null, `${c.what}: the connection was closed (${JSON.stringify(r)})`);
+      }
+      const closed1 = mesh.logEntries('agent-node1.log', 'open connection closed: the policies no longer allow it').slice(before1);
+      const closed2 = mesh.logEntries('agent-node2.log', 'open connection closed: the policies no longer allow it').slice(before2);
+      assert.ok(closed1.some((l) => l.policy === 'demo/deny-held' && l.source === 'spiffe://cluster.local/ns/demo/sa/client'), `node1 closed the same-node connection naming the policy:\n${mesh.logTail('agent-node1.log', 6)}`);
+      assert.ok(closed2.some((l) => l.policy === 'demo/deny-held' && l.source === 'spiffe://cluster.local/ns/demo/sa/client'), `node2 closed the HBONE tunnel naming the policy:\n${mesh.logTail('agent-node2.log', 6)}`);
+      assert.ok(closed2.some((l) => l.policy === 'demo/deny-held' && l.source === ip('legacy/outsider')), `node2 closed the plaintext connection naming the policy:\n${mesh.logTail('agent-node2.log', 6)}`);
+      assert.ok(deniedMetric(await mesh.agentMetrics('node1'), { reason: 'policy' }) > deniedBefore.node1, 'node1 counted its closure in weft_connections_denied_total{reason="policy"}');
+      assert.ok(deniedMetric(await mesh.agentMetrics('node2'), { reason: 'policy' }) >= deniedBefore.node2 + 2, 'node2 counted both closures');
+    } finally {
+      mesh.removeConfig('70-deny-held.yaml');
+    }
+    // The control: with the DENY gone the same client connects again.
+    const again = holdLines('demo/client', LINES_FAR_VIP);
+    held.push({ what: 'after', node: 'node2', h: again });
+    await until('the client connects again once the DENY is removed', () => again.up(), 30_000);
+  } finally {
+    for (const c of held) c.h.kill();
+  }
 });
