@@ -1,38 +1,27 @@
 // Several clusters on one machine (`weftctl up --clusters N` and the multi-cluster e2e tests).
 // Each cluster is a LocalMesh of its own: prefix `<prefix>c<i>`, addresses 10.(76+i).x.x, its own
 // controller, nodes and agents, and a CA intermediate that one shared root issued (Istio's
-// plug-in CA). The clusters' networks meet only at an exchange: a bridge in the namespace
-// `<prefix>x-xchg`, 192.168.77.0/24, that each cluster's wire (its network edge) joins with one
-// veth, `ew0` = 192.168.77.<i>. On it each cluster runs its east-west gateway (:15008) and its
-// controller's federation listener (:15014). Nodes route only the exchange through their wire;
-// the wire routes the other clusters' node and pod ranges back over the exchange for the
-// gateways' answers (to agents and waypoints), and no node or pod routes anything but the
-// exchange there: a pod cannot reach another network but through a gateway.
-//
-//   wt…c1-wire  br0 10.77.0.254 ── ew0 192.168.77.1 ─┐
-//                                                    ├─ wt…x-xchg br0
-//   wt…c2-wire  br0 10.78.0.254 ── ew0 192.168.77.2 ─┘
+// plug-in CA). The clusters' networks meet only at the exchange (exchange.ts: the namespace
+// `<prefix>x-xchg`, 192.168.77.0/24, each cluster's wire joined as `ew0` = 192.168.77.<i>). On
+// it each cluster runs its east-west gateway (:15008) and its controller's federation listener
+// (:15014); a pod cannot reach another network but through a gateway.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { stringify } from 'yaml';
 import type { ChildProcess } from 'node:child_process';
 import { CertificateAuthority } from '../../lib/identity/index.ts';
-import { run, runIn } from '../../lib/sys/exec.ts';
-import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
 import { DEFAULT_ROOT_NAMESPACE } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT } from '../../lib/model/federation.ts';
 import { PORTS } from '../../lib/defaults.ts';
 import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { requestInNetns } from './netns-http.ts';
+import { createExchange, destroyExchange, edgeAddress, joinExchange, routeBetweenEdges, setEdgeLink } from './exchange.ts';
 
 /** The gateway's entry in a cluster's tokens.yaml: a workload token (a ServiceAccount username, not a node name). */
 export function gatewayTokenKey(): string {
   return `system:serviceaccount:${DEFAULT_ROOT_NAMESPACE}:${EASTWEST_SERVICE_ACCOUNT}`;
 }
-
-/** The exchange all clusters' edges join. */
-export const EXCHANGE_NET = '192.168.77';
 
 export interface MultiClusterOptions {
   prefix: string;
@@ -82,10 +71,7 @@ export class LocalMultiCluster {
     const trustDomain = o.trustDomain ?? 'cluster.local';
     try {
       const root = await CertificateAuthority.generateRoot({ trustDomain });
-      run('ip', ['netns', 'add', mc.exchangeNetns]);
-      runIn(mc.exchangeNetns, 'ip', ['link', 'set', 'lo', 'up']);
-      runIn(mc.exchangeNetns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
-      runIn(mc.exchangeNetns, 'ip', ['link', 'set', 'br0', 'up']);
+      createExchange(mc.exchangeNetns);
       for (let i = 1; i <= o.clusters; i++) {
         const name = `cluster${i}`;
         const intermediate = await root.issueIntermediate(name);
@@ -97,23 +83,13 @@ export class LocalMultiCluster {
           trustDomain: td, ...(aliases.length ? { trustDomainAliases: aliases } : {}), base: `10.${76 + i}`, intermediate, clusterId: name, network: `network${i}`,
           ...(o.detached ? { detached: true } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}),
         });
-        const c: LocalCluster = { name, network: `network${i}`, index: i, mesh, edgeIp: `${EXCHANGE_NET}.${i}` };
+        const c: LocalCluster = { name, network: `network${i}`, index: i, mesh, edgeIp: edgeAddress(i) };
         mc.clusters.push(c);
-        mc.#joinExchange(c);
+        joinExchange(mc.exchangeNetns, mesh.net, i);
         mc.#writeGatewayToken(c);
       }
-      // The gateways answer callers of other clusters: each wire routes the others' node range
-      // (agents) and pod ranges (waypoints, which dial gateways from their pod address) back over
-      // the exchange. Only the wire has these routes: nodes and pods route nothing but the
-      // exchange to their wire, so they still reach another network only through its gateway.
-      for (const c of mc.clusters) {
-        for (const other of mc.clusters) {
-          if (other === c) continue;
-          for (const range of [`${other.mesh.net.base}.0.0/24`, ...other.mesh.net.nodes.map((n) => n.podCidr)]) {
-            runIn(c.mesh.net.wireNetns, 'ip', ['route', 'add', range, 'via', other.edgeIp]);
-          }
-        }
-      }
+      // The gateways answer callers of other clusters (agents, and waypoints from their pod address).
+      routeBetweenEdges(mc.clusters.map((c) => ({ net: c.mesh.net, edgeIp: c.edgeIp })));
     } catch (err) {
       await mc.destroy();
       throw err;
@@ -125,18 +101,6 @@ export class LocalMultiCluster {
     const c = this.clusters.find((x) => x.name === name);
     if (!c) throw new Error(`no cluster ${name} (have ${this.clusters.map((x) => x.name).join(', ')})`);
     return c;
-  }
-
-  #joinExchange(c: LocalCluster): void {
-    const wire = c.mesh.net.wireNetns;
-    const peer = `x${c.index}`;
-    run('ip', ['link', 'add', 'ew0', 'netns', wire, 'type', 'veth', 'peer', 'name', peer, 'netns', this.exchangeNetns]);
-    runIn(this.exchangeNetns, 'ip', ['link', 'set', peer, 'master', 'br0', 'up']);
-    runIn(wire, 'ip', ['addr', 'add', `${c.edgeIp}/24`, 'dev', 'ew0']);
-    runIn(wire, 'ip', ['link', 'set', 'ew0', 'up']);
-    runIn(wire, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
-    // Nodes reach the exchange (other networks' gateways) through their wire, nothing else.
-    for (const n of c.mesh.net.nodes) runIn(n.netns, 'ip', ['route', 'add', `${EXCHANGE_NET}.0/24`, 'via', c.mesh.controllerIp]);
   }
 
   /**
@@ -206,11 +170,11 @@ export class LocalMultiCluster {
 
   /** Cuts (or restores) a cluster's link to the exchange: its network is alone until restored. */
   setLink(name: string, up: boolean): void {
-    runIn(this.cluster(name).mesh.net.wireNetns, 'ip', ['link', 'set', 'ew0', up ? 'up' : 'down']);
+    setEdgeLink(this.cluster(name).mesh.net, up);
   }
 
   async destroy(): Promise<void> {
     for (const c of this.clusters) await c.mesh.destroy();
-    if (listNetns().includes(this.exchangeNetns)) deleteNetns(this.exchangeNetns);
+    destroyExchange(this.exchangeNetns);
   }
 }
