@@ -141,6 +141,8 @@ export interface FakeApiServerOptions {
    * served from the start without schemas (controller unit tests).
    */
   crdsFromApi?: boolean;
+  /** First two octets of the /16 cluster IPs are allocated from; default 10.96 (the real server's default range). */
+  serviceNet?: string;
 }
 
 export interface Request {
@@ -469,11 +471,11 @@ export class FakeApiServer {
     obj.metadata.creationTimestamp ??= new Date().toISOString();
     this.#validate(rt, obj);
     if (rt.kind === 'Service') {
-      // Like the real server: allocate a cluster IP from 10.96.0.0/16 when none is given.
+      // Like the real server: allocate a cluster IP from its service range when none is given.
       const spec = ((obj.spec ??= {}) as { clusterIP?: string; type?: string });
       if (!spec.clusterIP && spec.type !== 'ExternalName') {
         const n = ++this.#nextClusterIp;
-        spec.clusterIP = `10.96.${(n >> 8) & 255}.${n & 255}`;
+        spec.clusterIP = `${this.#opts.serviceNet ?? '10.96'}.${(n >> 8) & 255}.${n & 255}`;
       }
     }
     if (rt.kind === 'Namespace') (obj as { status?: unknown }).status = { phase: 'Active' };

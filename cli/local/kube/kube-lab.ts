@@ -13,7 +13,16 @@
 //     address as the client); a hosts file mounted as every container's /etc/hosts names each
 //     Service `<svc>.<ns>.svc[.cluster.local]`;
 //   - the API server's pod proxy reaches pods from the wire namespace too, as a control plane
-//     reaches pod IPs over the cluster network (`weftctl --kubeconfig` reads components that way).
+//     reaches pod IPs over the cluster network (`weftctl --kubeconfig` reads components that way);
+//   - multi-cluster (`exchange`): the lab's wire joins an exchange (../exchange.ts) where other
+//     labs' networks meet it, and offers there, on its edge address, what a cloud makes reachable
+//     from outside a cluster: the API server (TLS, :6443, a certificate of the lab CA valid for
+//     that address; `tlsKubeconfigFile` names it as an admin's kubeconfig would, through a TLS
+//     front on loopback) and every LoadBalancer Service: the lab writes the edge address into its
+//     status.loadBalancer.ingress and relays each of its ports there to a ready endpoint, as the
+//     cluster IP relays do (THIS IS NOT A CLOUD LOAD BALANCER: one address per lab, so a second
+//     LoadBalancer Service asking for a port already offered gets no address, as a cloud without
+//     quota leaves one pending).
 // Used by test/k8s/* and `weftctl up --kube`.
 import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,6 +35,8 @@ import { LocalNetwork } from '../network.ts';
 import { CertificateAuthority } from '../../../lib/identity/index.ts';
 import { createSocketInNetns } from '../../../agent/libbpf/index.ts';
 import { run } from '../../../lib/sys/exec.ts';
+import { edgeAddress, joinExchange } from '../exchange.ts';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 
 export interface KubeLabOptions {
   /** Names every netns, cgroup and pin of this lab (test/lab's `wt????` in tests). */
@@ -36,14 +47,20 @@ export interface KubeLabOptions {
   subnet?: string;
   /** More images than labImages() knows. */
   images?: (image: string) => LabImage | undefined;
+  /** First two octets of the cluster IP range (a /16); default 10.96. */
+  serviceNet?: string;
+  /** Multi-cluster: join this exchange (its namespace, made by exchange.ts) as network `index`. */
+  exchange?: { netns: string; index: number };
 }
 
 interface Listener { server: net.Server; key: string }
 
-/** Where the lab API server allocates cluster IPs (fake-apiserver.ts). */
-const SERVICE_CIDR = '10.96.0.0/16';
+/** Where the lab API server allocates cluster IPs by default (fake-apiserver.ts). */
+const SERVICE_NET = '10.96';
 /** The `kubernetes` Service's port, as in every cluster. */
 const API_SERVICE_PORT = 443;
+/** The API server's port on the lab's edge (kube-apiserver's default secure port). */
+export const API_EDGE_PORT = 6443;
 
 export class KubeLab {
   readonly o: KubeLabOptions;
@@ -53,10 +70,16 @@ export class KubeLab {
   readonly kubelets = new Map<string, LabKubelet>();
   readonly hostsFile: string;
   readonly kubeconfigFile: string;
+  /** Multi-cluster: the lab's address on the exchange (API server, LoadBalancer Services). */
+  readonly edgeIp: string | undefined;
+  /** Multi-cluster: a kubeconfig naming the API server over TLS with the lab CA (see above). */
+  readonly tlsKubeconfigFile: string;
   #apiCert: { certPem: string; keyPem: string; caPem: string } | undefined;
   readonly #listeners = new Map<string, Listener>();
   readonly #addresses = new Set<string>();
   readonly #rr = new Map<string, number>();
+  /** The API server's TLS listeners on the edge and on loopback (multi-cluster). */
+  readonly #apiFronts: net.Server[] = [];
   #timer: NodeJS.Timeout | undefined;
 
   private constructor(o: KubeLabOptions, api: FakeApiServer, net: LocalNetwork) {
@@ -66,11 +89,18 @@ export class KubeLab {
     this.controllers = new LabControllers(api);
     this.hostsFile = join(o.stateDir, 'hosts');
     this.kubeconfigFile = join(o.stateDir, 'kubeconfig');
+    this.tlsKubeconfigFile = join(o.stateDir, 'kubeconfig-tls');
+    this.edgeIp = o.exchange ? edgeAddress(o.exchange.index) : undefined;
+  }
+
+  /** The cluster IP range (a /16). */
+  get serviceCidr(): string {
+    return `${this.o.serviceNet ?? SERVICE_NET}.0.0/16`;
   }
 
   static async create(o: KubeLabOptions): Promise<KubeLab> {
     mkdirSync(o.stateDir, { recursive: true });
-    const api = new FakeApiServer({ crdsFromApi: true });
+    const api = new FakeApiServer({ crdsFromApi: true, ...(o.serviceNet ? { serviceNet: o.serviceNet } : {}) });
     await api.start();
     // A range of its own: agents look pods up by address, and other meshes on this machine use 10.77.
     const net = LocalNetwork.create(o.prefix, { base: o.subnet ?? `10.${100 + Math.floor(Math.random() * 100)}` });
@@ -83,7 +113,10 @@ export class KubeLab {
       const svc = api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'kubernetes', namespace: 'default' }, spec: { ports: [{ name: 'https', port: API_SERVICE_PORT, targetPort: 6443 }] } });
       const apiIp = (svc['spec'] as { clusterIP: string }).clusterIP;
       const ca = await CertificateAuthority.generateRoot({ trustDomain: 'kube-lab.local' });
-      const serving = await ca.issueServingCertificate({ dnsNames: ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local'], ipAddresses: [apiIp] });
+      const serving = await ca.issueServingCertificate({
+        dnsNames: ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local'],
+        ipAddresses: [apiIp, ...(lab.edgeIp ? [lab.edgeIp, '127.0.0.1'] : [])],
+      });
       lab.#apiCert = { certPem: serving.certChain.join(''), keyPem: serving.keyPem, caPem: ca.trustBundle().join('') };
       writeFileSync(lab.hostsFile, '127.0.0.1 localhost\n');
       const images = labImages(o.stateDir);
@@ -91,7 +124,7 @@ export class KubeLab {
         const node = net.addNode(name);
         // Cluster IPs live on the wire, where the Service relays listen (not on the nodes, whose
         // ports belong to hostNetwork pods).
-        run('ip', ['-n', node.netns, 'route', 'add', SERVICE_CIDR, 'via', `${net.base}.0.254`]);
+        run('ip', ['-n', node.netns, 'route', 'add', lab.serviceCidr, 'via', `${net.base}.0.254`]);
         api.apply({
           apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, 'kubernetes.io/os': 'linux' } },
           status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: name }], conditions: [{ type: 'Ready', status: 'True' }] },
@@ -102,12 +135,32 @@ export class KubeLab {
         });
         lab.kubelets.set(name, kubelet);
       }
+      if (o.exchange) await lab.#joinExchange(o.exchange);
     } catch (e) {
+      for (const s of lab.#apiFronts) s.close();
       await api.stop();
       await net.destroy();
       throw e;
     }
     return lab;
+  }
+
+  /** Joins the exchange; the API server on the edge (TLS) and on loopback (TLS, for the admin's kubeconfig). */
+  async #joinExchange(x: { netns: string; index: number }): Promise<void> {
+    joinExchange(x.netns, this.net, x.index);
+    this.#addresses.add(`${this.net.wireNetns}/${this.edgeIp}`);
+    const front = () => {
+      const s = tls.createServer({ cert: this.#apiCert!.certPem, key: this.#apiCert!.keyPem }, (c) => this.#relayToApi(c));
+      s.on('error', () => undefined);
+      this.#apiFronts.push(s);
+      return s;
+    };
+    front().listen({ fd: createSocketInNetns(`/var/run/netns/${this.net.wireNetns}`, { listen: { host: this.edgeIp!, port: API_EDGE_PORT } }) });
+    const local = front();
+    await new Promise<void>((resolve) => local.listen(0, '127.0.0.1', resolve));
+    const kc = parseYaml(this.api.kubeconfig()) as { clusters: Array<{ cluster: Record<string, unknown> }> };
+    kc.clusters[0]!.cluster = { server: `https://127.0.0.1:${(local.address() as net.AddressInfo).port}`, 'certificate-authority-data': Buffer.from(this.#apiCert!.caPem).toString('base64') };
+    writeFileSync(this.tlsKubeconfigFile, stringifyYaml(kc));
   }
 
   /** The API server's pod proxy: the pod's IP, connected to from the wire namespace. */
@@ -137,14 +190,27 @@ export class KubeLab {
   #syncServices(): void {
     const want = new Map<string, { netnsPath: string; netns: string; ip: string; port: number; ns: string; svc: string; portName?: string; targetPort?: number | string }>();
     const hosts = ['127.0.0.1 localhost'];
+    /** Edge ports already offered, by the `namespace/name` of the LoadBalancer Service offering them. */
+    const edgePorts = new Map<number, string>([[API_EDGE_PORT, 'the API server']]);
     for (const s of this.api.list('Service')) {
-      const spec = s['spec'] as { clusterIP?: string; ports?: Array<{ name?: string; port: number; targetPort?: number | string }> };
+      const spec = s['spec'] as { type?: string; clusterIP?: string; ports?: Array<{ name?: string; port: number; targetPort?: number | string }> };
       if (!spec.clusterIP || spec.clusterIP === 'None') continue;
       const { name, namespace } = s.metadata;
       hosts.push(`${spec.clusterIP} ${name}.${namespace}.svc.cluster.local ${name}.${namespace}.svc`);
       const wire = this.net.wireNetns;
-      for (const p of spec.ports ?? []) {
-        want.set(`${wire}/${spec.clusterIP}:${p.port}`, { netnsPath: `/var/run/netns/${wire}`, netns: wire, ip: spec.clusterIP, port: p.port, ns: namespace!, svc: name, ...(p.name ? { portName: p.name } : {}), ...(p.targetPort !== undefined ? { targetPort: p.targetPort } : {}) });
+      const relay = (ip: string, p: { name?: string; port: number; targetPort?: number | string }) => want.set(`${wire}/${ip}:${p.port}`, {
+        netnsPath: `/var/run/netns/${wire}`, netns: wire, ip, port: p.port, ns: namespace!, svc: name, ...(p.name ? { portName: p.name } : {}), ...(p.targetPort !== undefined ? { targetPort: p.targetPort } : {}),
+      });
+      for (const p of spec.ports ?? []) relay(spec.clusterIP, p);
+      if (spec.type === 'LoadBalancer' && this.edgeIp) {
+        const ports = spec.ports ?? [];
+        const id = `${namespace}/${name}`;
+        if (ports.some((p) => (edgePorts.get(p.port) ?? id) !== id)) continue;
+        for (const p of ports) {
+          edgePorts.set(p.port, id);
+          relay(this.edgeIp, p);
+        }
+        this.#offerOnEdge(s);
       }
     }
     writeFileSync(this.hostsFile, `${hosts.join('\n')}\n`);
@@ -170,6 +236,14 @@ export class KubeLab {
       server.listen({ fd });
       this.#listeners.set(key, { server, key });
     }
+  }
+
+  /** A LoadBalancer Service's address, as a cloud's controller writes it: the lab's edge. */
+  #offerOnEdge(s: ReturnType<FakeApiServer['list']>[number]): void {
+    const status = (s['status'] ?? {}) as { loadBalancer?: { ingress?: Array<{ ip?: string }> } };
+    const ingress = status.loadBalancer?.ingress ?? [];
+    if (ingress.length === 1 && ingress[0]!.ip === this.edgeIp) return;
+    this.api.apply({ ...s, status: { ...status, loadBalancer: { ingress: [{ ip: this.edgeIp }] } } });
   }
 
   #relayToApi(c: net.Socket): void {
@@ -232,6 +306,7 @@ export class KubeLab {
     this.controllers.stop();
     await Promise.all([...this.kubelets.values()].map((k) => k.stop().catch(() => undefined)));
     for (const l of this.#listeners.values()) l.server.close();
+    for (const s of this.#apiFronts) s.close();
     await this.api.stop();
     await this.net.destroy();
     rmSync(this.o.stateDir, { recursive: true, force: true });
