@@ -187,7 +187,7 @@ before(async () => {
   phase('apps and gateways ready');
 });
 
-test('two networks with their own ranges; each east-west gateway Service\'s LoadBalancer address is its cluster\'s edge', { skip }, async (t) => {
+test('two networks with their own ranges, meeting only at their edges; each east-west gateway Service\'s LoadBalancer address is its cluster\'s edge, and a second LoadBalancer Service on its port stays pending', { skip }, async (t) => {
   t.diagnostic(`set-up: ${phases.join(', ')}`);
   for (const c of mc.clusters) {
     const svc = c.lab.api.get('Service', 'weft-system', 'weft-eastwest');
@@ -197,6 +197,22 @@ test('two networks with their own ranges; each east-west gateway Service\'s Load
   const vip = (c: KubeCluster) => (c.lab.api.get('Service', 'demo', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
   assert.notEqual(vip(c1).split('.').slice(0, 2).join('.'), vip(c2).split('.').slice(0, 2).join('.'));
   assert.notEqual(c1.lab.net.base, c2.lab.net.base);
+  // The networks meet only at the edges: from cluster1's node, cluster2's echo pod and node are
+  // unreachable directly; cluster2's edge answers.
+  const node1 = c1.lab.net.node('node1');
+  const echo2 = statusOf<{ podIP: string }>(c2.lab.api.list('Pod').find((p) => p.metadata.namespace === 'demo' && p.metadata.name.startsWith('echo-'))).podIP;
+  for (const target of [`http://${echo2}:8080/`, `http://${c2.lab.net.node('node1').ip}:15020/metrics`]) {
+    await assert.rejects(requestInNetns(node1.netnsPath, target, { timeoutMs: 2_000 }), `${target} is not reachable from cluster1's node`);
+  }
+  // One address per lab, as a cloud without quota: a second LoadBalancer Service asking for the
+  // gateway's port stays pending, one on a free port gets the edge (the barrier: it comes later).
+  for (const [name, port] of [['taken', 15008], ['free', 8443]] as const) {
+    c1.lab.api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'default' }, spec: { type: 'LoadBalancer', selector: { app: name }, ports: [{ name: 'tcp', port }] } });
+  }
+  await until('the Service on a free port gets the edge', () => statusOf<{ loadBalancer?: { ingress?: unknown[] } }>(c1.lab.api.get('Service', 'default', 'free')).loadBalancer?.ingress?.length === 1, 10_000);
+  assert.equal(statusOf<{ loadBalancer?: { ingress?: unknown[] } }>(c1.lab.api.get('Service', 'default', 'taken')).loadBalancer?.ingress?.length ?? 0, 0, 'the Service asking for a port already offered has no address');
+  assert.deepEqual(statusOf<{ loadBalancer?: unknown }>(c1.lab.api.get('Service', 'weft-system', 'weft-eastwest')).loadBalancer, { ingress: [{ ip: c1.edgeIp }] });
+  for (const name of ['taken', 'free']) c1.lab.api.remove('Service', 'default', name);
 });
 
 test('namespace sameness: cluster1\'s client is answered by echo pods of both clusters, cluster2\'s through its east-west gateway pod (double HBONE)', { skip, timeout: 120_000 }, async (t) => {
@@ -244,6 +260,12 @@ test('failover: with cluster1\'s echo scaled to 0, every answer comes from clust
   t.diagnostic(`${answers.length} requests during the scale-down: ${answers.filter((a) => a.cluster === 'cluster1').length} from cluster1, ${answers.filter((a) => a.cluster === 'cluster2').length} from cluster2, ${failed.length} failed (${JSON.stringify(failed)}); ms each: ${answers.map((a) => `${a.ms}${a.cluster === 'cluster2' ? '*' : ''}`).join(' ')} (* cluster2)`);
   assert.ok(after_.filter((a) => a.cluster === 'cluster2').length >= 5, `answers from cluster2 after cluster1's last: ${after_.length}`);
   assert.ok(failed.length <= 1, `failed requests (at most the one in flight): ${JSON.stringify(failed)}`);
+  if (answers.some((a) => (a.ms ?? 0) > 1_000)) {
+    // What cluster1's agent said while a request was slow (helps tell a stale endpoint from load).
+    const agent = c1.lab.api.list('Pod').find((p) => p.metadata.namespace === 'weft-system' && p.metadata.name.startsWith('weft-agent-'))!;
+    const lines = c1.lab.kubelet('node1').logTail('weft-system', agent.metadata.name, 'agent', 200).split('\n').filter((l) => l.includes('"time"')).slice(-25);
+    t.diagnostic(`a request took over 1 s; cluster1's agent's last lines:\n${lines.join('\n')}`);
+  }
   const more = await fromClient({ count: 10 });
   assert.deepEqual(more.map((a) => a.cluster ?? a.error), Array(10).fill('cluster2'));
 });
