@@ -11,18 +11,15 @@
 // --network network<i> --eastwest --ca-secret cacerts` applied unedited; `linkClusters` runs
 // `weftctl create-remote-secret` (its command, in this process) against each cluster, naming its
 // edge address as the others reach it, and applies the Secret in every other cluster.
-import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { CertificateAuthority } from '../../../lib/identity/index.ts';
 import { renderInstall, toYaml } from '../../install/render.ts';
 import { createRemoteSecretCommand } from '../../commands/create-remote-secret.ts';
 import { createExchange, destroyExchange, routeBetweenEdges } from '../exchange.ts';
 import { API_EDGE_PORT, KubeLab } from './kube-lab.ts';
 import type { LabImage } from './kubelet.ts';
-
-const execFileP = promisify(execFile);
+import { kubectl } from './up.ts';
 
 /** The Secret (Istio's name and layout) each cluster's controller takes its intermediate from. */
 export const CA_SECRET = 'cacerts';
@@ -142,13 +139,12 @@ export class KubeMultiCluster {
   }
 }
 
-/** The real kubectl against one cluster (its loopback kubeconfig). */
+/** The real kubectl against one cluster (its loopback kubeconfig); a failure names the cluster. */
 export async function clusterKubectl(c: KubeClusterAccess, ...args: string[]): Promise<string> {
   try {
-    return (await execFileP('kubectl', ['--kubeconfig', c.kubeconfig, ...args], { env: { ...process.env, HOME: c.dir }, maxBuffer: 64 << 20 })).stdout;
+    return await kubectl({ kubeconfig: c.kubeconfig }, args);
   } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new KubeMultiClusterError(`${c.name}: kubectl ${args.join(' ')}: ${(err.stderr || err.message).trim()}`);
+    throw new KubeMultiClusterError(`${c.name}: ${(e as Error).message}`);
   }
 }
 

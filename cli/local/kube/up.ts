@@ -124,8 +124,8 @@ function logTail(file: string, lines = 20): string {
   return existsSync(file) ? readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
 }
 
-/** kubectl against the lab, with the lab's kubeconfig. */
-export async function kubectl(st: KubeLabState, args: string[]): Promise<string> {
+/** kubectl against the lab (or one cluster of several), with its kubeconfig. */
+export async function kubectl(st: Pick<KubeLabState, 'kubeconfig'>, args: string[]): Promise<string> {
   try {
     return (await execFileP('kubectl', ['--kubeconfig', st.kubeconfig, ...args], { maxBuffer: 64 << 20 })).stdout;
   } catch (e) {
