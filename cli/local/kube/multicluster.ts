@@ -15,6 +15,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CertificateAuthority } from '../../../lib/identity/index.ts';
 import { renderInstall, toYaml } from '../../install/render.ts';
+import { DEFAULT_NAMESPACE } from '../../install/options.ts';
 import { createRemoteSecretCommand } from '../../commands/create-remote-secret.ts';
 import { createExchange, destroyExchange, routeBetweenEdges } from '../exchange.ts';
 import { API_EDGE_PORT, KubeLab } from './kube-lab.ts';
@@ -24,7 +25,7 @@ import { kubectl } from './up.ts';
 /** The Secret (Istio's name and layout) each cluster's controller takes its intermediate from. */
 export const CA_SECRET = 'cacerts';
 const CA_FILES = ['ca-cert.pem', 'ca-key.pem', 'root-cert.pem', 'cert-chain.pem'];
-const INSTALL_NAMESPACE = 'weft-system';
+const INSTALL_NAMESPACE = DEFAULT_NAMESPACE;
 
 export interface KubeMultiClusterOptions {
   /** 2-8 lowercase letters or digits; each cluster's lab is `<prefix>c<i>`. */
@@ -37,7 +38,7 @@ export interface KubeMultiClusterOptions {
   images?: (image: string) => LabImage | undefined;
 }
 
-/** What installing and linking a cluster takes, all of it files (`weftctl up --kube --clusters` reads it back from kube.json). */
+/** What installing and linking a cluster takes: names, its edge and files (no live object, so another process can do it). */
 export interface KubeClusterAccess {
   /** `cluster<i>`: its cluster ID. */
   name: string;
