@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { DEFAULT_PREFIX, DEFAULT_STATE_DIR, down, showTraffic, status, up } from '../local/up.ts';
 import { downClusters, showClusterTraffic, upClusters } from '../local/multicluster-up.ts';
-import { downKube, isKubeLab, upKube } from '../local/kube/up.ts';
+import { clusterAnswers, downKube, isKubeLab, upKube } from '../local/kube/up.ts';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { localMeshOptions as localOptions, type LocalMeshFlags as LocalFlags } from './local-mesh.ts';
@@ -23,18 +23,29 @@ export function upCommand(io: CommandIo = processIo): Command {
     .option('--splice', 'agents splice same-node connections in the kernel instead of carrying them themselves (default: off)')
     .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
     .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
-    .option('--kube', 'the kube lab instead: stand-ins for a Kubernetes API server and kubelets on two nodes, Weft installed with kubectl from `weftctl install`\'s manifests; prints a kubeconfig for kubectl and weftctl')
+    .option('--kube', 'the kube lab instead: stand-ins for a Kubernetes API server and kubelets on two nodes, Weft installed with kubectl from `weftctl install`\'s manifests; prints a kubeconfig for kubectl and weftctl (with --clusters: that many one-node clusters, multi-network)')
     .action(async (f: LocalFlags & { dualStack?: boolean; splice?: boolean; clusters?: string; trustDomains: string; kube?: boolean }) => {
       const started = Date.now();
       const say = (l: string) => io.out(`${l}\n`);
       if (f.kube) {
-        if (f.clusters !== undefined || f.dualStack) {
-          io.err('weftctl up: --kube runs one cluster of two nodes; it does not take --clusters or --dual-stack\n');
+        const clusters = f.clusters !== undefined ? Number(f.clusters) : undefined;
+        if (f.dualStack || (clusters !== undefined && (!Number.isInteger(clusters) || clusters < 2 || clusters > 9))) {
+          io.err(f.dualStack ? 'weftctl up: --kube does not take --dual-stack\n' : `weftctl up: --clusters must be a whole number from 2 to 9, not "${f.clusters}"\n`);
           io.setExitCode(2);
           return;
         }
         try {
-          const { st, traffic } = await upKube({ prefix: f.prefix, stateDir: f.stateDir, say });
+          const { st, traffic } = await upKube({ prefix: f.prefix, stateDir: f.stateDir, say, ...(clusters ? { clusters } : {}) });
+          if (st.clusters) {
+            say(`kube lab ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${st.clusters.length} clusters on their own networks, joined at their east-west gateways; traffic from cluster1's demo/client:`);
+            const answers = await clusterAnswers(traffic);
+            for (const [cluster, pods] of answers) say(`  ${cluster}: ${[...pods].map(([pod, n]) => `${n}× ${pod}`).join(', ')}`);
+            say('');
+            for (const c of st.clusters) say(`${c.name}: network ${c.network}, edge ${c.edgeIp} (API server :6443, east-west gateway :15008), kubeconfig ${c.kubeconfig}`);
+            say(`remove:     weftctl down${f.prefix === DEFAULT_PREFIX && f.stateDir === DEFAULT_STATE_DIR ? '' : ` --prefix ${f.prefix} --state-dir ${f.stateDir}`}`);
+            if (answers.has('error')) io.setExitCode(EXIT_FAILED);
+            return;
+          }
           say(`kube lab ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
           const ok = await showTraffic(traffic, say);
           say('');

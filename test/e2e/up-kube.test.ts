@@ -2,7 +2,8 @@
 // supervisor outlives the command), installs Weft with kubectl, runs the sample applications and
 // shows traffic through the mesh; the printed kubeconfig works for kubectl and for weftctl; a plain
 // `weftctl up` on the same state folder is refused instead of tearing the lab down; `weftctl down`
-// leaves no process, network namespace, cgroup or BPF pin behind.
+// leaves no process, network namespace, cgroup or BPF pin behind. With --clusters 2, two clusters
+// on their own networks (cli/local/kube/multicluster.ts), answered from cluster1's client.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
@@ -29,7 +30,7 @@ function leftoverProcesses(): string[] {
   for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid)) {
     try {
       const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-      if (cmd.includes(stateDir) || cmd.includes(`${lab.id}-`)) out.push(`${pid}: ${cmd}`);
+      if (cmd.includes(stateDir) || new RegExp(`${lab.id}(c\\d)?-`).test(cmd)) out.push(`${pid}: ${cmd}`);
     } catch {
       /* gone */
     }
@@ -48,7 +49,7 @@ function supervisorRuns(pid: number): boolean {
 
 after(async () => {
   if (!skip && existsSync(join(stateDir, 'kube.pid'))) await weftctl(['down', ...place]);
-  await destroyLocalNetwork(lab.id);
+  for (const p of [lab.id, `${lab.id}c1`, `${lab.id}c2`]) await destroyLocalNetwork(p);
   await lab.cleanup();
   rmSync(stateDir, { recursive: true, force: true });
 });
@@ -118,4 +119,24 @@ test('weftctl up --kube: the kube lab with Weft installed by kubectl shows traff
     assert.ok(!existsSync(join(ensureBpffs(), lab.id)), 'no BPF pins');
     assert.ok(!existsSync(join(stateDir, 'kube.json')) && !existsSync(join(stateDir, 'lab')), 'no lab state');
   });
+});
+
+test('weftctl up --kube --clusters 2: two one-node clusters on their own networks, installed by kubectl with --cluster-id/--network/--eastwest and linked by remote secrets; cluster1\'s client is answered by both clusters, and weftctl down leaves nothing', { skip, timeout: 400_000 }, async (t) => {
+  const started = Date.now();
+  const up = await weftctl(['up', '--kube', '--clusters', '2', ...place]);
+  t.diagnostic(`weftctl up --kube --clusters 2 took ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  assert.equal(up.code, 0, `weftctl up --kube --clusters 2 failed:\n${up.out}\n${up.err}\n${existsSync(join(stateDir, 'supervisor.log')) ? readFileSync(join(stateDir, 'supervisor.log'), 'utf8') : ''}`);
+  for (const c of ['cluster1', 'cluster2']) assert.match(up.out, new RegExp(`^  ${c}: \\d+× echo-`, 'm'), `answers from ${c}:\n${up.out}`);
+  assert.doesNotMatch(up.out, /^ {2}error:/m, `no failed request:\n${up.out}`);
+  assert.match(up.out, /^cluster2: network network2, edge 192\.168\.77\.2 /m);
+  const pid = Number(readFileSync(join(stateDir, 'kube.pid'), 'utf8'));
+  const down = await weftctl(['down', ...place]);
+  assert.equal(down.code, 0, down.out + down.err);
+  assert.ok(!supervisorRuns(pid), 'the supervisor has exited');
+  assert.deepEqual(leftoverProcesses(), [], 'no process of the labs');
+  assert.deepEqual(listNetns().filter((n) => n.startsWith(lab.id)), [], 'no network namespace (clusters and exchange)');
+  for (const i of [1, 2]) {
+    assert.ok(!existsSync(join(findCgroup2Root(), `${lab.id}c${i}`)), `no cgroup of cluster${i}`);
+    assert.ok(!existsSync(join(ensureBpffs(), `${lab.id}c${i}`)), `no BPF pins of cluster${i}`);
+  }
 });

@@ -20,7 +20,7 @@ import { createRemoteSecretCommand } from '../../commands/create-remote-secret.t
 import { createExchange, destroyExchange, routeBetweenEdges } from '../exchange.ts';
 import { API_EDGE_PORT, KubeLab } from './kube-lab.ts';
 import type { LabImage } from './kubelet.ts';
-import { kubectl } from './up.ts';
+import { kubectl } from './kubectl.ts';
 
 /** The Secret (Istio's name and layout) each cluster's controller takes its intermediate from. */
 export const CA_SECRET = 'cacerts';

@@ -3,7 +3,9 @@
 // `weftctl up --kube` left it running. Those stand-ins live in one process, so this one outlives
 // the `up` command (started detached, like the local mesh's own processes) and `weftctl down`
 // stops it (cli/local/kube/up.ts).
-//   node cli/local/kube/supervisor.ts --prefix <name> --state-dir <dir> [--nodes node1,node2]
+//   node cli/local/kube/supervisor.ts --prefix <name> --state-dir <dir> [--nodes node1,node2] [--clusters <n>]
+// With --clusters, it holds n labs on their own networks joined at the exchange (multicluster.ts);
+// kube.json then lists them, its top-level fields naming cluster1.
 // When the lab runs, it writes <state-dir>/kube.json (KubeLabState, written last: its presence
 // means ready); on SIGTERM or SIGINT it removes everything the lab made (pods' processes, network
 // namespaces, cgroups, BPF pins, the API server) and exits 0; on a fatal error it does the same and
@@ -12,6 +14,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KubeLab } from './kube-lab.ts';
+import { KubeMultiCluster, type KubeClusterAccess } from './multicluster.ts';
 
 /** What `weftctl up --kube` and `down` read of a running kube lab. */
 export interface KubeLabState {
@@ -24,6 +27,8 @@ export interface KubeLabState {
   kubeconfig: string;
   apiServer: string;
   nodes: Array<{ name: string; ip: string; netns: string; pinRoot: string; cgroup: string }>;
+  /** `up --kube --clusters n`: every cluster (the top-level fields are cluster1's). */
+  clusters?: Array<KubeClusterAccess & { prefix: string; nodes: KubeLabState['nodes'] }>;
 }
 
 export const KUBE_STATE_FILE = 'kube.json';
@@ -35,19 +40,21 @@ function log(msg: string): void {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { prefix: { type: 'string' }, 'state-dir': { type: 'string' }, nodes: { type: 'string', default: 'node1,node2' } } });
+  const { values } = parseArgs({ options: { prefix: { type: 'string' }, 'state-dir': { type: 'string' }, nodes: { type: 'string', default: 'node1,node2' }, clusters: { type: 'string' } } });
   const prefix = values.prefix;
   const stateDir = values['state-dir'];
   if (!prefix || !stateDir) throw new Error('usage: supervisor.ts --prefix <name> --state-dir <dir> [--nodes a,b]');
   const nodes = values.nodes.split(',').filter(Boolean);
-  log(`creating the kube lab "${prefix}" (nodes ${nodes.join(', ')})`);
-  const lab = await KubeLab.create({ prefix, stateDir: join(stateDir, KUBE_LAB_DIR), nodes });
+  const clusters = values.clusters !== undefined ? Number(values.clusters) : undefined;
+  log(`creating the kube lab "${prefix}" (${clusters ? `${clusters} clusters, ` : ''}nodes ${nodes.join(', ')})`);
+  const mc = clusters ? await KubeMultiCluster.create({ prefix, stateDir: join(stateDir, KUBE_LAB_DIR), clusters, nodes }) : undefined;
+  const lab = mc ? mc.clusters[0]!.lab : await KubeLab.create({ prefix, stateDir: join(stateDir, KUBE_LAB_DIR), nodes });
   let stopping: Promise<void> | undefined;
   const stop = (why: string, code: number) => {
     stopping ??= (async () => {
       log(`stopping (${why}): pods, namespaces, cgroups, pins, API server`);
       try {
-        await lab.destroy();
+        await (mc ? mc.destroy() : lab.destroy());
       } finally {
         rmSync(join(stateDir, KUBE_STATE_FILE), { force: true });
         log('stopped');
@@ -61,10 +68,13 @@ async function main(): Promise<void> {
     log(`fatal: ${e.stack ?? e.message}`);
     stop('fatal error', 1);
   });
-  lab.start();
+  if (mc) mc.start();
+  else lab.start();
+  const nodesOf = (l: KubeLab) => l.net.nodes.map((n) => ({ name: n.name, ip: n.ip, netns: n.netns, pinRoot: n.pinRoot, cgroup: n.cgroup }));
   const st: KubeLabState = {
     prefix, stateDir, pid: process.pid, startedAt: new Date().toISOString(), kubeconfig: lab.kubeconfigFile, apiServer: lab.api.url,
-    nodes: lab.net.nodes.map((n) => ({ name: n.name, ip: n.ip, netns: n.netns, pinRoot: n.pinRoot, cgroup: n.cgroup })),
+    nodes: nodesOf(lab),
+    ...(mc ? { clusters: mc.clusters.map(({ lab: l, index: _i, ...access }) => ({ ...access, prefix: l.o.prefix, nodes: nodesOf(l) })) } : {}),
   };
   const file = join(stateDir, KUBE_STATE_FILE);
   writeFileSync(`${file}.tmp`, JSON.stringify(st, null, 2));

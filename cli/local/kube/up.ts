@@ -9,18 +9,20 @@
 // left (processes, network namespaces, cgroups, BPF pins).
 // Differences from `weftctl up`: the install ships no Gateway API CRDs, so the shop waypoint
 // balances reviews over v1 and v2 without the 90/10 canary HTTPRoute.
-import { spawn, spawnSync, execFile } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../mesh.ts';
 import { LocalNetwork, destroyLocalNetwork } from '../network.ts';
 import { LocalMeshError, inPodHttp, isRunning, preflight, type LocalState } from '../up.ts';
 import { renderInstall, toYaml } from '../../install/render.ts';
 import { KUBE_LAB_DIR, KUBE_STATE_FILE, type KubeLabState } from './supervisor.ts';
+import { kubectl } from './kubectl.ts';
+import { installClusters, linkClusters } from './multicluster.ts';
+import { destroyExchange } from '../exchange.ts';
 
-const execFileP = promisify(execFile);
+export { kubectl };
 
 /** The Weft image the install names; the lab kubelet runs any `…/weft` image from this checkout. */
 export const KUBE_LAB_IMAGE = 'ghcr.io/weft-mesh/weft:lab';
@@ -30,6 +32,8 @@ const SUPERVISOR = join(REPO_ROOT, 'cli/local/kube/supervisor.ts');
 const NODES = ['node1', 'node2'];
 
 export interface KubeUpOptions {
+  /** Several clusters (2 to 9), one node each, on their own networks (multicluster.ts). */
+  clusters?: number;
   prefix: string;
   stateDir: string;
   say: (line: string) => void;
@@ -44,10 +48,11 @@ const SHOWN: Array<{ namespace: string; name: string }> = [
   { namespace: 'shop', name: 'reviews' },
 ];
 
-function deployment(o: { namespace: string; name: string; node: string; labels: Record<string, string>; image: string; args: string[]; serviceAccount?: string; probe?: boolean }): object {
+function deployment(o: { namespace: string; name: string; node: string; labels: Record<string, string>; image: string; args: string[]; serviceAccount?: string; probe?: boolean; env?: Record<string, string> }): object {
   const env = [
     { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+    ...Object.entries(o.env ?? {}).map(([name, value]) => ({ name, value })),
   ];
   return {
     apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: o.name, namespace: o.namespace, labels: o.labels },
@@ -98,6 +103,20 @@ export function sampleApps(): object[] {
   ];
 }
 
+/**
+ * `up --kube --clusters n`: demo/echo in every cluster (answering with its cluster's name) and, in
+ * cluster1, demo/client; namespace sameness makes the echoes one service.
+ */
+export function clusterApps(cluster: string, withClient: boolean): object[] {
+  return [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default', namespace: 'demo' } },
+    deployment({ namespace: 'demo', name: 'echo', node: 'node1', labels: { app: 'echo' }, image: 'lab/echo', args: ['--port', '8080'], probe: true, env: { WEFT_CLUSTER: cluster } }),
+    service('demo', 'echo', { app: 'echo' }),
+    ...(withClient ? [{ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'client', namespace: 'demo', labels: { app: 'client' } }, spec: { nodeName: 'node1', containers: [{ name: 'sleep', image: 'lab/sleep' }] } }] : []),
+  ];
+}
+
 export function readKubeState(stateDir: string): KubeLabState | undefined {
   const f = join(stateDir, KUBE_STATE_FILE);
   return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as KubeLabState) : undefined;
@@ -124,18 +143,8 @@ function logTail(file: string, lines = 20): string {
   return existsSync(file) ? readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
 }
 
-/** kubectl against the lab (or one cluster of several), with its kubeconfig. */
-export async function kubectl(st: Pick<KubeLabState, 'kubeconfig'>, args: string[]): Promise<string> {
-  try {
-    return (await execFileP('kubectl', ['--kubeconfig', st.kubeconfig, ...args], { maxBuffer: 64 << 20 })).stdout;
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new LocalMeshError('WEFT_KUBECTL_FAILED', `kubectl ${args.join(' ')}: ${(err.stderr || err.message).trim()}`);
-  }
-}
-
 interface KubeItem { kind?: string; metadata: { name: string; namespace?: string; ownerReferences?: unknown[] }; spec?: Record<string, unknown>; status?: Record<string, unknown> }
-const list = async (st: KubeLabState, what: string, ns?: string): Promise<KubeItem[]> =>
+const list = async (st: { kubeconfig: string }, what: string, ns?: string): Promise<KubeItem[]> =>
   (JSON.parse(await kubectl(st, ['get', what, ...(ns ? ['-n', ns] : ['-A']), '-o', 'json'])) as { items: KubeItem[] }).items;
 
 /** Polls `check` until it returns `undefined` (done) or the deadline; its last answer (what it still waits for) explains a timeout. */
@@ -158,7 +167,7 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<str
 }
 
 /** What is not ready yet among the Deployments, DaemonSets and Pods of these namespaces (one kubectl call). */
-async function notReady(st: KubeLabState, namespaces: string[]): Promise<string[]> {
+async function notReady(st: { kubeconfig: string }, namespaces: string[]): Promise<string[]> {
   const items = (await list(st, 'deployments,daemonsets,pods')).filter((o) => namespaces.includes(o.metadata.namespace ?? ''));
   const waiting: string[] = [];
   const num = (o: KubeItem, f: string) => (o.status?.[f] as number | undefined) ?? 0;
@@ -200,7 +209,7 @@ function milestones(say: (l: string) => void): (waiting: string[], namespaces: s
  * The running lab seen as a local mesh's state, for showTraffic and inPodHttp: nodes from the
  * supervisor, pods and Service addresses from the API (pod sandboxes are the lab network's).
  */
-export async function kubeTrafficState(st: KubeLabState): Promise<LocalState> {
+export async function kubeTrafficState(st: KubeLabState, shown = SHOWN): Promise<LocalState> {
   const pods = (await list(st, 'pods')).filter((p) => p.status?.['podIP'] && p.spec?.['nodeName'] && !p.spec?.['hostNetwork'])
     .map((p) => ({ namespace: p.metadata.namespace!, name: p.metadata.name, node: p.spec!['nodeName'] as string, ip: p.status!['podIP'] as string }));
   const net = LocalNetwork.adopt(st.prefix, st.nodes, pods);
@@ -208,7 +217,7 @@ export async function kubeTrafficState(st: KubeLabState): Promise<LocalState> {
   return {
     prefix: st.prefix, stateDir: st.stateDir, startedAt: st.startedAt, nodes: st.nodes,
     pods: pods.map((p) => ({ ...p, netns: net.pod(p.namespace, p.name).netns })),
-    services: SHOWN.map((s) => {
+    services: shown.map((s) => {
       const svc = services.find((x) => x.metadata.namespace === s.namespace && x.metadata.name === s.name);
       return { ...s, vip: (svc?.spec?.['clusterIP'] as string | undefined) ?? '', port: 80 };
     }),
@@ -232,10 +241,10 @@ export async function upKube(o: KubeUpOptions): Promise<{ st: KubeLabState; traf
   }
   rmSync(o.stateDir, { recursive: true, force: true });
   mkdirSync(o.stateDir, { recursive: true });
-  o.say(`starting the kube lab: API server, controllers and a kubelet on ${NODES.join(' and ')} (stand-ins; supervisor log ${join(o.stateDir, 'supervisor.log')})`);
+  o.say(`starting the kube lab: ${o.clusters ? `${o.clusters} clusters, each with its API server, controllers and a kubelet on node1, on networks that meet only at their edges` : `API server, controllers and a kubelet on ${NODES.join(' and ')}`} (stand-ins; supervisor log ${join(o.stateDir, 'supervisor.log')})`);
   const logFile = join(o.stateDir, 'supervisor.log');
   const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [SUPERVISOR, '--prefix', o.prefix, '--state-dir', o.stateDir, '--nodes', NODES.join(',')], { detached: true, stdio: ['ignore', fd, fd] });
+  const child = spawn(process.execPath, [SUPERVISOR, '--prefix', o.prefix, '--state-dir', o.stateDir, ...(o.clusters ? ['--nodes', 'node1', '--clusters', String(o.clusters)] : ['--nodes', NODES.join(',')])], { detached: true, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   writeFileSync(join(o.stateDir, KUBE_PID_FILE), `${child.pid}\n`);
   let exited: string | undefined;
@@ -250,6 +259,7 @@ export async function upKube(o: KubeUpOptions): Promise<{ st: KubeLabState; traf
       return st ? undefined : 'the supervisor has not written kube.json';
     }, gone);
     const lab = st!;
+    if (lab.clusters) return await upClusters(o, lab, timeoutMs, gone);
     o.say('installing Weft with kubectl apply --server-side (the manifests of `weftctl install`)');
     const install = join(o.stateDir, 'install.yaml');
     writeFileSync(install, toYaml(renderInstall({ image: KUBE_LAB_IMAGE, trustDomain: 'cluster.local', debugEndpoints: true, warn: () => {} })));
@@ -292,6 +302,70 @@ export async function upKube(o: KubeUpOptions): Promise<{ st: KubeLabState; traf
   }
 }
 
+/**
+ * The rest of `up --kube --clusters`: Weft installed in every cluster (multicluster.ts), the
+ * clusters linked by remote secrets, the demo apps, until cluster1's client is answered by every
+ * cluster. The traffic state returned is cluster1's.
+ */
+async function upClusters(o: KubeUpOptions, lab: KubeLabState, timeoutMs: number, gone: () => Error | undefined): Promise<{ st: KubeLabState; traffic: LocalState }> {
+  const cs = lab.clusters!;
+  o.say(`installing Weft in ${cs.length} clusters with kubectl: a cacerts Secret each (one root, an intermediate per cluster), then \`weftctl install --cluster-id cluster<i> --network network<i> --eastwest --ca-secret cacerts\``);
+  await installClusters(cs, { image: KUBE_LAB_IMAGE, debugEndpoints: true });
+  o.say('linking the clusters: `weftctl create-remote-secret` of each (its API server at its edge, :6443), applied in the others');
+  await linkClusters(cs);
+  for (const c of cs) {
+    await waitFor(`${c.name}: the controller and the agent are ready`, timeoutMs, async () => {
+      const w = (await notReady(c, ['weft-system'])).filter((x) => !x.includes('weft-eastwest'));
+      return w.length ? w.join(', ') : undefined;
+    }, gone);
+  }
+  o.say('deploying demo/echo in every cluster and demo/client in cluster1 with kubectl');
+  for (const [i, c] of cs.entries()) {
+    const file = join(c.dir, 'install', 'apps.yaml');
+    writeFileSync(file, toYaml(clusterApps(c.name, i === 0)));
+    await kubectl(c, ['apply', '--server-side', '-f', file]);
+  }
+  for (const c of cs) {
+    await waitFor(`${c.name}: echo and the east-west gateway are ready`, timeoutMs, async () => {
+      const w = await notReady(c, ['weft-system', 'demo']);
+      return w.length ? w.join(', ') : undefined;
+    }, gone);
+  }
+  const c1 = cs[0]!;
+  const c1State: KubeLabState = { ...lab, prefix: c1.prefix, nodes: c1.nodes, kubeconfig: c1.kubeconfig };
+  let traffic: LocalState | undefined;
+  await waitFor('demo/client in cluster1 is answered by every cluster', timeoutMs, async () => {
+    const t = (traffic = await kubeTrafficState(c1State, [{ namespace: 'demo', name: 'echo' }]));
+    const seen = await clusterAnswers(t, 10);
+    const missing = cs.filter((c) => !seen.has(c.name)).map((c) => c.name);
+    return missing.length ? `no answer from ${missing.join(', ')} yet (${[...seen.keys()].join(', ')})` : undefined;
+  }, gone);
+  return { st: lab, traffic: traffic! };
+}
+
+/** `requests` GETs from demo/client to demo/echo: how many each answering pod and cluster (or error) gave. */
+export async function clusterAnswers(t: LocalState, requests = 20): Promise<Map<string, Map<string, number>>> {
+  const client = t.pods.find((p) => p.namespace === 'demo' && p.name === 'client')!;
+  const echo = t.services.find((s) => s.namespace === 'demo' && s.name === 'echo')!;
+  const seen = new Map<string, Map<string, number>>();
+  for (let i = 0; i < requests; i++) {
+    let cluster: string;
+    let who: string;
+    try {
+      const b = JSON.parse(await inPodHttp(t, client.netns, `http://${echo.vip}:${echo.port}/`)) as { pod: string; cluster?: string };
+      cluster = b.cluster ?? '?';
+      who = b.pod;
+    } catch (e) {
+      cluster = 'error';
+      who = (e as Error).message;
+    }
+    const m = seen.get(cluster) ?? new Map<string, number>();
+    m.set(who, (m.get(who) ?? 0) + 1);
+    seen.set(cluster, m);
+  }
+  return seen;
+}
+
 /** Stops the supervisor (it removes the lab), then removes whatever is left of the prefix. */
 export async function downKube(prefix: string, stateDir: string, say: (l: string) => void): Promise<void> {
   const pid = supervisorPid(stateDir);
@@ -303,6 +377,9 @@ export async function downKube(prefix: string, stateDir: string, say: (l: string
   }
   // Whatever the supervisor could not remove (it was killed, or crashed): processes, netns, cgroups, pins.
   await destroyLocalNetwork(prefix);
+  // up --kube --clusters: each cluster's lab, and the exchange.
+  for (let i = 1; i <= 9; i++) if (isRunning(`${prefix}c${i}`)) await destroyLocalNetwork(`${prefix}c${i}`);
+  destroyExchange(`${prefix}x-xchg`);
   for (const f of [KUBE_STATE_FILE, KUBE_PID_FILE, KUBE_LAB_DIR]) rmSync(join(stateDir, f), { recursive: true, force: true });
   say(pid !== undefined ? `kube lab "${prefix}" removed (API server, pods, namespaces, cgroups, BPF pins, processes)` : `no kube lab "${prefix}" was running; leftovers (if any) removed`);
 }
