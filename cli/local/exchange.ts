@@ -18,6 +18,9 @@ import type { LocalNetwork } from './network.ts';
 /** The exchange all networks' edges join. */
 export const EXCHANGE_NET = '192.168.77';
 
+/** The exchange's network namespace for a lab prefix (every multi-cluster lab, local or kube). */
+export const exchangeNetnsOf = (prefix: string): string => `${prefix}x-xchg`;
+
 /** A network's edge: its wire's address on the exchange. */
 export const edgeAddress = (index: number): string => `${EXCHANGE_NET}.${index}`;
 

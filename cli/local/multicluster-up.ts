@@ -6,7 +6,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { destroyLocalNetwork } from './network.ts';
 import { listNetns } from '../../lib/sys/netns.ts';
-import { deleteNetns } from '../../lib/sys/netns.ts';
+import { destroyExchange, exchangeNetnsOf } from './exchange.ts';
 import { LocalMultiCluster, type LocalCluster } from './multicluster.ts';
 import { LocalMeshError, type LocalState } from './up.ts';
 import { REPO_ROOT } from './mesh.ts';
@@ -41,7 +41,7 @@ function sampleApps(c: LocalCluster): void {
 export async function upClusters(o: { prefix: string; stateDir: string; clusters: number; trustDomains?: 'shared' | 'per-cluster'; say: (l: string) => void }): Promise<{ state: MultiClusterState; mc: LocalMultiCluster }> {
   if (process.getuid?.() !== 0) throw new LocalMeshError('WEFT_NOT_ROOT', 'weftctl up needs root (network namespaces, cgroups and eBPF): run it with sudo');
   if (!existsSync(join(REPO_ROOT, 'build/bpf/redirect.bpf.o'))) throw new LocalMeshError('WEFT_NOT_BUILT', 'build/bpf is missing: run `make build` first');
-  if (listNetns().some((n) => n.startsWith(`${o.prefix}c1-`) || n === `${o.prefix}x-xchg`)) {
+  if (listNetns().some((n) => n.startsWith(`${o.prefix}c1-`) || n === exchangeNetnsOf(o.prefix))) {
     o.say(`leftovers of a local multi-cluster mesh "${o.prefix}" found; removing them first`);
     await downClusters(o.prefix, o.stateDir, () => {});
   }
@@ -112,7 +112,7 @@ export async function showClusterTraffic(mc: LocalMultiCluster, say: (l: string)
 
 export async function downClusters(prefix: string, stateDir: string, say: (l: string) => void): Promise<void> {
   for (let i = 1; i <= 9; i++) await destroyLocalNetwork(`${prefix}c${i}`);
-  if (listNetns().includes(`${prefix}x-xchg`)) deleteNetns(`${prefix}x-xchg`);
+  destroyExchange(exchangeNetnsOf(prefix));
   rmSync(join(stateDir, 'clusters.json'), { force: true });
   say(`local multi-cluster mesh "${prefix}" removed`);
 }

@@ -16,7 +16,7 @@ import { EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT } from '../../lib/model/feder
 import { PORTS } from '../../lib/defaults.ts';
 import { LocalMesh, REPO_ROOT } from './mesh.ts';
 import { requestInNetns } from './netns-http.ts';
-import { createExchange, destroyExchange, edgeAddress, joinExchange, routeBetweenEdges, setEdgeLink } from './exchange.ts';
+import { createExchange, destroyExchange, edgeAddress, exchangeNetnsOf, joinExchange, routeBetweenEdges, setEdgeLink } from './exchange.ts';
 
 /** The gateway's entry in a cluster's tokens.yaml: a workload token (a ServiceAccount username, not a node name). */
 export function gatewayTokenKey(): string {
@@ -61,7 +61,7 @@ export class LocalMultiCluster {
 
   private constructor(o: MultiClusterOptions) {
     this.o = o;
-    this.exchangeNetns = `${o.prefix}x-xchg`;
+    this.exchangeNetns = exchangeNetnsOf(o.prefix);
   }
 
   /** Builds every cluster's network and nodes, the exchange, and the CAs; nothing runs yet. */

@@ -17,7 +17,7 @@ import { CertificateAuthority } from '../../../lib/identity/index.ts';
 import { renderInstall, toYaml } from '../../install/render.ts';
 import { DEFAULT_NAMESPACE } from '../../install/options.ts';
 import { createRemoteSecretCommand } from '../../commands/create-remote-secret.ts';
-import { createExchange, destroyExchange, routeBetweenEdges } from '../exchange.ts';
+import { createExchange, destroyExchange, exchangeNetnsOf, routeBetweenEdges } from '../exchange.ts';
 import { API_EDGE_PORT, KubeLab } from './kube-lab.ts';
 import type { LabImage } from './kubelet.ts';
 import { kubectl } from './kubectl.ts';
@@ -75,7 +75,7 @@ export class KubeMultiCluster {
 
   private constructor(o: KubeMultiClusterOptions) {
     this.o = o;
-    this.exchangeNetns = `${o.prefix}x-xchg`;
+    this.exchangeNetns = exchangeNetnsOf(o.prefix);
   }
 
   /** Every cluster's lab on its own network, the exchange, and the CAs; nothing runs yet. */

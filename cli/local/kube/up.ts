@@ -20,7 +20,7 @@ import { renderInstall, toYaml } from '../../install/render.ts';
 import { KUBE_LAB_DIR, KUBE_STATE_FILE, type KubeLabState } from './supervisor.ts';
 import { kubectl } from './kubectl.ts';
 import { installClusters, linkClusters } from './multicluster.ts';
-import { destroyExchange } from '../exchange.ts';
+import { destroyExchange, exchangeNetnsOf } from '../exchange.ts';
 
 export { kubectl };
 
@@ -379,7 +379,7 @@ export async function downKube(prefix: string, stateDir: string, say: (l: string
   await destroyLocalNetwork(prefix);
   // up --kube --clusters: each cluster's lab, and the exchange.
   for (let i = 1; i <= 9; i++) if (isRunning(`${prefix}c${i}`)) await destroyLocalNetwork(`${prefix}c${i}`);
-  destroyExchange(`${prefix}x-xchg`);
+  destroyExchange(exchangeNetnsOf(prefix));
   for (const f of [KUBE_STATE_FILE, KUBE_PID_FILE, KUBE_LAB_DIR]) rmSync(join(stateDir, f), { recursive: true, force: true });
   say(pid !== undefined ? `kube lab "${prefix}" removed (API server, pods, namespaces, cgroups, BPF pins, processes)` : `no kube lab "${prefix}" was running; leftovers (if any) removed`);
 }
