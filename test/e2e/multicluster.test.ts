@@ -224,19 +224,24 @@ test('locality PreferLocal: answers stay in cluster1; deleting cluster1\'s echo 
       answers.push(r.ok ? r.cluster : `error: ${r.error}`);
     }
   })();
-  await until('some requests before the deletion', () => answers.length >= 3, 10_000);
-  await c1.mesh.net.removePod('demo', 'echo');
-  c1.mesh.removeConfig('pod-demo-echo.yaml');
-  c1.mesh.workloads.delete('demo/echo');
-  const deletedAt = answers.length;
-  await until('answers come from cluster2', () => answers.slice(deletedAt).filter((a) => a === 'cluster2').length >= 5, 20_000);
-  // Bring it back.
-  addEcho(c1);
-  await c1.mesh.workloads.get('demo/echo')!.started;
-  const backAt = answers.length;
-  await until('answers come back to cluster1', () => answers.slice(backAt).filter((a) => a === 'cluster1').length >= 3, 30_000);
-  stop = true;
-  await loop;
+  const tail = () => `answers so far (${answers.length}): ${answers.slice(-12).join(', ')}\n${c1.mesh.logTail('agent-node1.log', 6)}`;
+  try {
+    await until('some requests before the deletion', () => answers.length >= 3, 10_000, { explain: tail });
+    await c1.mesh.net.removePod('demo', 'echo');
+    c1.mesh.removeConfig('pod-demo-echo.yaml');
+    c1.mesh.workloads.delete('demo/echo');
+    const deletedAt = answers.length;
+    await until('answers come from cluster2', () => answers.slice(deletedAt).filter((a) => a === 'cluster2').length >= 5, 30_000, { explain: tail });
+    // Bring it back.
+    addEcho(c1);
+    await c1.mesh.workloads.get('demo/echo')!.started;
+    const backAt = answers.length;
+    await until('answers come back to cluster1', () => answers.slice(backAt).filter((a) => a === 'cluster1').length >= 3, 30_000, { explain: tail });
+  } finally {
+    // Also on failure: the loop must not keep asking through the next tests.
+    stop = true;
+    await loop;
+  }
   const failed = answers.filter((a) => a.startsWith('error'));
   // A request in flight at the very moment the pod died may fail; nothing after it.
   assert.ok(failed.length <= 1, `failed requests: ${failed.length} of ${answers.length}: ${failed.join('; ')}`);
