@@ -176,7 +176,14 @@ test('reads a mounted ConfigMap layout (hidden timestamped folder, top-level sym
       await h.close();
     }
   });
-  await assert.rejects(new ConfigDirSource({ dir: '/nonexistent/weft' }).start(() => {}), { code: 'WEFT_CONFIG_FILE' });
+  // A folder that surely does not exist: inside a fresh temporary one (a fixed path such as
+  // /nonexistent/weft is a statement about the machine, and a test once created that one).
+  const parent = mkdtempSync(join(tmpdir(), 'weft-missing-'));
+  try {
+    await assert.rejects(new ConfigDirSource({ dir: join(parent, 'missing') }).start(() => {}), { code: 'WEFT_CONFIG_FILE' });
+  } finally {
+    rmSync(parent, { recursive: true, force: true });
+  }
 });
 
 test('an object removed from one file but still defined in another stays', () =>
