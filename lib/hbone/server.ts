@@ -158,7 +158,7 @@ export interface HboneServerOptions {
    * destination), so a node needs a handful; default 1024.
    */
   maxConnectionsPerSource?: number;
-  /** Rapid-reset guard: more than `max` early resets inside `intervalMs` ends the session. Default 100 / 1 s. */
+  /** Rapid-reset guard: more than `max` early resets inside `intervalMs` and the session takes no new streams (GOAWAY). Default 100 / 1 s. */
   rapidReset?: { max: number; intervalMs: number };
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
@@ -537,10 +537,16 @@ export class HboneServer {
     const reason = `peer reset more than ${limit.max} streams before they were answered within ${limit.intervalMs} ms`;
     this.#refuse({ kind: 'rapid-reset', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
     const session = state.session;
-    if (session.destroyed) return;
-    session.goaway(h2.NGHTTP2_ENHANCE_YOUR_CALM, 0, Buffer.from('rapid reset'));
-    // Give the GOAWAY a moment to reach the wire, then drop everything the peer still holds open.
-    setImmediate(() => session.destroy(undefined, h2.NGHTTP2_ENHANCE_YOUR_CALM));
+    if (session.destroyed || session.closed) return;
+    // What the attack costs is stream creation, so the session takes no more streams: GOAWAY with
+    // the last stream it processed, then close once the open ones have ended. The tunnels it already
+    // answered go on. A legitimate client looks the same under load (its CONNECTs time out while
+    // the server is slow, each one a reset before an answer), and cutting its established tunnels
+    // would drop hundreds of healthy connections. The code is NO_ERROR with the reason in the debug
+    // data: a Node client (and so HbonePool) destroys its session, every stream on it included, on
+    // any other code; it opens a new session for its next CONNECT, which is admitted like any other.
+    session.goaway(h2.NGHTTP2_NO_ERROR, 0, Buffer.from('rapid reset'));
+    session.close();
   }
 }
 

@@ -10,7 +10,7 @@ import {
   HboneSessionError,
   type HboneRefusal,
 } from '../../lib/hbone/index.ts';
-import { createTestCa, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
+import { createTestCa, dialTarget, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
 import { until } from '../lab/wait.ts';
 
 const cleanups: Array<() => unknown> = [];
@@ -145,21 +145,32 @@ test('a CONNECT to a host name or a bad port gets 400', async () => {
   assert.equal(hb.server.stats().refusals['bad-authority'], 6);
 });
 
-test('a rapid-reset flood gets GOAWAY(ENHANCE_YOUR_CALM) and other sessions keep working', async () => {
+// The rapid-reset attack (CVE-2023-44487) costs the server stream creation: a session whose peer
+// resets too many streams before they were answered takes no new ones (GOAWAY, RFC 9113 6.8), the
+// refusal is counted and named, and nothing else is lost: the tunnels it already answered go on,
+// which is what a legitimate client whose CONNECTs time out under load needs (see the next test).
+test('a rapid-reset flood gets GOAWAY and no new streams, is counted as rapid-reset, and the tunnel it had open goes on', async () => {
   const echo = await tcpServer((s) => s.pipe(s));
   cleanups.push(() => echo.server.close());
   const refusals: HboneRefusal[] = [];
-  // A slow handler: every CONNECT costs the server something until it is answered.
+  const dial = dialTarget();
+  // A slow answer for port 9: every such CONNECT costs the server something until it is answered.
   const hb = await startHbone({
-    handler: async () => { await sleep(200); return { status: 503, reason: 'slow' }; },
+    handler: async (req) => {
+      if (req.target.port !== 9) return dial(req);
+      await sleep(200);
+      return { status: 503, reason: 'slow' };
+    },
     rapidReset: { max: 50, intervalMs: 1000 },
     onRefusal: (r) => refusals.push(r),
   });
   cleanups.push(() => hb.close());
   const attacker = await rawClient(hb.port, hb.clientLeaf);
-  const goaway = new Promise<number>((resolve) => attacker.once('goaway', (code: number) => resolve(code)));
-  const closed = new Promise<void>((resolve) => attacker.once('close', () => resolve()));
-  for (let round = 0; round < 10 && !attacker.destroyed && !attacker.closed; round++) {
+  const tunnel = attacker.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` }, { endStream: false });
+  tunnel.on('error', () => {});
+  await new Promise((resolve) => tunnel.once('response', resolve));
+  const goaway = new Promise<{ code: number; data: string }>((resolve) => attacker.once('goaway', (code: number, _last: number, data?: Buffer) => resolve({ code, data: String(data ?? '') })));
+  for (let round = 0; round < 10 && !attacker.closed; round++) {
     const batch = Array.from({ length: 50 }, () => {
       const req = attacker.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
       req.on('error', () => {});
@@ -169,10 +180,22 @@ test('a rapid-reset flood gets GOAWAY(ENHANCE_YOUR_CALM) and other sessions keep
     for (const req of batch) req.close(h2.NGHTTP2_CANCEL);
     await new Promise((resolve) => setImmediate(resolve));
   }
-  assert.equal(await goaway, h2.NGHTTP2_ENHANCE_YOUR_CALM);
-  await closed;
+  assert.deepEqual(await goaway, { code: h2.NGHTTP2_NO_ERROR, data: 'rapid reset' });
   assert.equal(hb.server.stats().refusals['rapid-reset'], 1);
   assert.equal(refusals.filter((r) => r.kind === 'rapid-reset').length, 1);
+  assert.match(refusals.find((r) => r.kind === 'rapid-reset')!.reason, /reset more than 50 streams before they were answered/);
+  // The session opens nothing more...
+  const late = attacker.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${echo.port}` }, { endStream: false });
+  const lateErr = await new Promise<Error & { code?: string }>((resolve) => late.once('error', resolve));
+  assert.equal(lateErr.code, 'ERR_HTTP2_GOAWAY_SESSION');
+  // ...and the tunnel answered before the flood still carries bytes both ways.
+  tunnel.write('still here');
+  const back = await new Promise<string>((resolve) => tunnel.once('data', (d: Buffer) => resolve(String(d))));
+  assert.equal(back, 'still here');
+  const closed = new Promise<void>((resolve) => attacker.once('close', () => resolve()));
+  tunnel.end();
+  await readAll(tunnel);
+  await closed;
 
   // Meanwhile a well-behaved client is served normally.
   const polite = await startHbone({}, hb.ca);
@@ -182,6 +205,42 @@ test('a rapid-reset flood gets GOAWAY(ENHANCE_YOUR_CALM) and other sessions keep
   const okServer = await pool.connect(hb.to('127.0.0.1:9')).catch((e: unknown) => e);
   assert.ok(okServer instanceof HboneRefusedError && okServer.reason === 'slow', String(okServer));
   assert.equal(hb.server.stats().sessionsActive, 1);
+});
+
+test('a legitimate client whose CONNECTs time out while the server is slow trips the rapid-reset guard without losing a tunnel: established ones go on, the next CONNECT takes a new session', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const dial = dialTarget();
+  const hb = await startHbone({
+    handler: async (req) => {
+      if (req.target.port !== 9) return dial(req);
+      await sleep(300);
+      return { status: 503, reason: 'slow' };
+    },
+    rapidReset: { max: 20, intervalMs: 5000 },
+  });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const tunnels = await Promise.all(Array.from({ length: 5 }, () => pool.connect(hb.to(`127.0.0.1:${echo.port}`))));
+  // CONNECTs the client gives up on (its deadline is shorter than the server's answer).
+  const timedOut = await Promise.all(Array.from({ length: 30 }, () => pool.connect(hb.to('127.0.0.1:9', { timeoutMs: 20 })).then(() => 'answered', (e: Error) => e.name)));
+  assert.ok(timedOut.every((r) => r === 'HboneConnectTimeoutError'), JSON.stringify(timedOut.slice(0, 3)));
+  await until('the guard counted the session\'s early resets', () => hb.server.stats().refusals['rapid-reset'] === 1, 5_000,
+    { explain: () => JSON.stringify(hb.server.stats().refusals) });
+  for (const [i, t] of tunnels.entries()) {
+    t.write(`tunnel ${i}`);
+    const back = await new Promise<string>((resolve, reject) => {
+      t.once('data', (d: Buffer) => resolve(String(d)));
+      t.once('close', () => reject(new Error(`tunnel ${i} closed with the session`)));
+    });
+    assert.equal(back, `tunnel ${i}`, 'an established tunnel outlived the GOAWAY');
+  }
+  const fresh = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+  fresh.end('new session');
+  assert.equal(String(await readAll(fresh)), 'new session');
+  assert.equal(hb.server.stats().sessionsOpened, 2, 'the next CONNECT opened a second session');
+  for (const t of tunnels) t.end();
 });
 
 test('garbage instead of TLS or instead of HTTP/2 is dropped and counted, and the server keeps serving', async () => {
