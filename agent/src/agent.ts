@@ -146,8 +146,8 @@ export class Agent {
   #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
-  /** The policies of the last config applied (JSON): a change re-judges the open inbound tunnels. */
-  #policies: string | undefined;
+  /** The policies of the last config applied: a new list re-judges the open deliveries. */
+  #policies: AgentConfig['policies'] | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -406,10 +406,11 @@ export class Agent {
 
   #onConfig(config: AgentConfig, version: string): void {
     this.state.apply(config);
-    // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize).
-    const policies = JSON.stringify(config.policies);
-    if (this.#policies !== undefined && policies !== this.#policies) this.delivery.reauthorize();
-    this.#policies = policies;
+    // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize). The
+    // config stream's client (lib/xds/client.ts) hands over the same array for a kind none of whose
+    // resources changed, so comparing references is enough, whatever the size of the config.
+    if (this.#policies !== undefined && config.policies !== this.#policies) this.delivery.reauthorize();
+    this.#policies = config.policies;
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();
