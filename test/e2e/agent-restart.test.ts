@@ -12,6 +12,7 @@ import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { holdInPod, localMeshSuite } from './mesh-suite.ts';
+import { until } from '../lab/wait.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { BpfMap, possibleCpus } from '../../agent/libbpf/index.ts';
 import { decodePercpuCounters } from '../../agent/src/datapath/codecs.ts';
@@ -123,7 +124,11 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
   const short = holdInPod(mesh, 'demo/client', process.execPath, [fixture('line-client.ts'), '--host', LINES_VIP, '--port', '7000', '--interval-ms', '200', '--duration-ms', '300000']);
   const long = lines(300_000);
   const churn = holdInPod(mesh, 'demo/client', process.execPath, [fixture('load-conns.ts'), '--host', LINES_VIP, '--port', '7000', '--idle', '0', '--rate', '100', '--churn-ms', '300000', '--hold-ms', '0']);
-  await sleep(1_000);
+  let outbound = 0;
+  await until('the old agent carries both line connections', async () => {
+    outbound = Number(/^weft_connections_active\{direction="outbound"\} (\d+)/m.exec(await mesh.agentMetrics('node1'))?.[1] ?? 0);
+    return outbound >= 2;
+  }, 30_000, { explain: () => `weft_connections_active{direction="outbound"} ${outbound}` });
 
   const next = mesh.startAgent('node1', { ...AGENT_FLAGS, instance: 'next' });
   const sharing = await waitLog('agent-node1-next.log', 'another agent listens on this node\'s ports: sharing them until it drains (upgrade)', next);
