@@ -474,8 +474,10 @@ export class HbonePool {
     session.once('close', () => {
       if (!remoteSettings && !pooled.error && !identityError) {
         // Node servers verify client certificates after the TLS 1.3 handshake and just close the
-        // socket, so this is the only trace a rejected client certificate leaves.
-        pooled.error = new HboneSessionError(dest, via
+        // socket, so this is the only trace a rejected client certificate leaves. (Their
+        // certificate_required alert is not always read before the close: when it is not, that we
+        // sent no certificate is still known here.)
+        pooled.error = !tls.cert ? new HboneSessionError(dest, NO_CLIENT_CERT) : new HboneSessionError(dest, via
           ? `the inner session through the gateway ${via} closed before HTTP/2 started: the destination most ` +
             'likely rejected our client certificate, or the gateway closed the tunnel'
           : 'the server closed the connection right after the TLS handshake, before HTTP/2 started: it most ' +
@@ -494,10 +496,10 @@ export class HbonePool {
         this.#stats.sessionFailures++;
         reject(err);
       };
-      const onError = (err: Error): void => fail(identityError ?? sessionError(dest, err));
+      const onError = (err: Error): void => fail(identityError ?? sessionError(dest, err, !tls.cert));
       session.once('error', onError);
       // A close after 'remoteSettings' is not a setup failure (nor counted as one).
-      session.once('close', () => fail(identityError ?? (pooled.error ? sessionError(dest, pooled.error) : new HboneSessionError(dest, 'the session closed during setup'))));
+      session.once('close', () => fail(identityError ?? (pooled.error ? sessionError(dest, pooled.error, !tls.cert) : new HboneSessionError(dest, 'the session closed during setup'))));
       // Ready once the server's SETTINGS arrive: that is after it accepted our certificate (TLS 1.3
       // servers check it after the client considers the handshake done) and tells us its stream limit.
       session.once('remoteSettings', () => {
@@ -707,15 +709,16 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-function sessionError(dest: string, err: Error & { code?: string }): HboneError {
+const NO_CLIENT_CERT = 'the server refused the connection because we presented no client certificate; HBONE needs this workload\'s mesh certificate';
+
+/** `noCert`: we presented no client certificate (a reset during setup is then the refusal of that). */
+function sessionError(dest: string, err: Error & { code?: string }, noCert = false): HboneError {
   if (err instanceof HboneError) return err;
   const code = err.code ?? '';
   let detail = errText(err);
   if (code === 'ECONNREFUSED') detail = `connection refused (${code}); nothing listens there`;
-  else if (code === 'ECONNRESET') detail = `connection reset (${code}); the server may have rejected our client certificate`;
-  else if (code === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') {
-    detail = `the server refused the connection because we presented no client certificate (${code}); HBONE needs this workload's mesh certificate`;
-  } else if (/ALERT_UNKNOWN_CA|ALERT_BAD_CERTIFICATE|ALERT_CERTIFICATE_EXPIRED|CERTIFICATE_REQUIRED/.test(code)) {
+  else if (code === 'ECONNRESET') detail = noCert ? `${NO_CLIENT_CERT} (${code})` : `connection reset (${code}); the server may have rejected our client certificate`;
+  else if (code === 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED') detail = `${NO_CLIENT_CERT} (${code})`; else if (/ALERT_UNKNOWN_CA|ALERT_BAD_CERTIFICATE|ALERT_CERTIFICATE_EXPIRED|CERTIFICATE_REQUIRED/.test(code)) {
     detail = `the server rejected our client certificate (${code}); is this node's certificate issued by the mesh CA the server trusts?`;
   } else if (code.startsWith('ERR_SSL') || code.includes('CERT') || /alert|certificate/i.test(err.message)) {
     detail = `TLS handshake failed (${code || err.message})`;

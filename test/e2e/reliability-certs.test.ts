@@ -120,17 +120,15 @@ test('expired, self-signed and missing client certificates are refused at the ag
     // The fixture's connect timeout is 5 s: a refusal the client only noticed by timing out would
     // be WEFT_HBONE_CONNECT_TIMEOUT after 5000 ms (what 'none' used to give).
     assert.equal(r.code, 'WEFT_HBONE_SESSION_FAILED', `a ${kind} client certificate fails the session: ${r.code} ${r.message}`);
-    assert.ok(r.ms < 1_000, `and fails fast, not at the 5000 ms connect timeout (${r.ms} ms)`);
+    assert.ok(r.ms < 4_000, `and fails fast, not at the 5000 ms connect timeout (${r.ms} ms)`);
     if (kind === 'none') assert.match(r.message ?? '', /refused the connection because we presented no client certificate/, 'and says why');
     console.log(`# ${kind} client certificate: refused after ${r.ms} ms (${r.code ?? ''} ${r.message ?? ''})`);
   }
-  // The server counts after its side of the handshake failed; give it a moment.
+  // The server counts after its side of the handshake failed, which may be after the client gave up.
   let counted = 0;
-  for (let i = 0; i < 20 && counted < 3; i++) {
-    counted = (await refusals()) - refusalsBefore;
-    if (counted < 3) await sleep(100);
-  }
-  assert.equal(counted, 3, 'each refusal is counted in the HBONE server stats');
+  await until('each refusal is counted in the HBONE server stats', async () => (counted = (await refusals()) - refusalsBefore) >= 3, 10_000,
+    { explain: () => `counted ${counted}` });
+  assert.equal(counted, 3, 'each refusal is counted once in the HBONE server stats');
   assert.equal((await denied()) - deniedBefore, 3, 'and in weft_connections_denied_total{reason="tls-handshake"}');
 });
 
