@@ -5,7 +5,7 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -202,9 +202,14 @@ export class Outbound {
           // only ciphertext. No `forwarded` through it: the destination's TCP peer is the gateway,
           // so no claim about the caller's address could be honoured there
           // (lib/hbone/forwarded.ts); the caller's identity is in the inner TLS, its telemetry in
-          // the baggage.
+          // the baggage. Another network's waypoint: the outer CONNECT names the waypoint's own
+          // HBONE address (the gateway admits its cluster's waypoints there), the inner one the
+          // Service VIP:port, as to a waypoint of this network.
           ...(up.gateway
-            ? { gateway: { host: up.gateway.address, port: up.gateway.port, expectPeer: up.gateway.spiffeId }, headers: { baggage: encodeBaggage(source) } }
+            ? {
+              gateway: { host: up.gateway.address, port: up.gateway.port, expectPeer: up.gateway.spiffeId, ...(up.waypoint ? { target: formatAuthority(up.address, up.port) } : {}) },
+              headers: { baggage: encodeBaggage(source) },
+            }
             : { headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) } }),
           timeoutMs,
         });

@@ -91,6 +91,12 @@ export interface HboneGateway {
   port: number;
   /** Who the gateway must be (`spiffe://<td>/ns/<root ns>/sa/weft-eastwest`). */
   expectPeer: ExpectedPeer;
+  /**
+   * What the outer CONNECT names. Default: the inner `target`, an endpoint, whose node agent the
+   * gateway connects to. A waypoint of that network: its own HBONE address (`dest`), which the
+   * gateway admits as one of its cluster's waypoints and connects to as it is.
+   */
+  target?: string;
 }
 
 export interface HbonePoolOptions {
@@ -389,7 +395,7 @@ export class HbonePool {
         // The caller's own certificate on both hops; SNI names the inner destination only.
         tls: { key: opts.tls.key, cert: opts.tls.cert, ca: opts.tls.ca },
         dest: { host: gw.host, port: gw.port },
-        target: opts.target,
+        target: gw.target ?? opts.target,
         expectPeer: gw.expectPeer,
         ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
         signal: dial.signal,
