@@ -70,7 +70,8 @@ export interface HboneConnectOptions {
    * stream of a session to the gateway, both pooled here and both with `tls` (the outer one without
    * SNI): the gateway terminates only the outer TLS and pipes the inner session's ciphertext to
    * `dest`, which authenticates this source's own certificate. The outer CONNECT names `target`
-   * (the gateway admits only its own network's enrolled endpoints and connects to their agent); the
+   * (the gateway admits only its own network's enrolled endpoints and connects to their agent), or
+   * `gateway.target` (one of that network's waypoints, at its HBONE port); the
    * inner session is pooled like any other, keyed by the gateway too, so later connects to targets
    * behind the same agent and identity reuse it: no TLS handshake and no outer CONNECT of their own.
    */
