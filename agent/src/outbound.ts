@@ -250,7 +250,7 @@ export class Outbound {
       hboneAddr: up.kind === 'hbone' ? up.target : undefined,
       dstPod: up.kind === 'local' ? up.workload.name : undefined,
       logging: source.telemetry?.accessLogging,
-      extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind === 'hbone' && up.gateway ? `gateway ${up.gateway.network} ${up.gateway.address}:${up.gateway.port}` : up.kind },
+      extra: { 'dst.original': dest, via: viaOf(up) },
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }
@@ -280,6 +280,15 @@ export class Outbound {
     }
     record.close({ bytesToDestination: result.bytesAtoB, bytesToSource: result.bytesBtoA, error: result.error?.message });
   }
+}
+
+/** The access log's `via`: the waypoint (and its cluster), the gateway, or the kind of hop. */
+function viaOf(up: Upstream): string {
+  if (up.kind !== 'hbone') return up.kind;
+  const gw = up.gateway ? `gateway ${up.gateway.network} ${up.gateway.address}:${up.gateway.port}` : undefined;
+  if (!up.waypoint) return gw ?? up.kind;
+  const wp = `waypoint ${up.waypoint.namespace}/${up.waypoint.name}${up.waypoint.cluster ? ` of ${up.waypoint.cluster}` : ''}`;
+  return gw ? `${wp} through ${gw}` : wp;
 }
 
 function splitIp(target: string): string {
