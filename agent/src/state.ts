@@ -227,7 +227,7 @@ export class AgentState {
       throw new NoRouteError(`waypoint ${wp.namespace}/${wp.name} is not ready${wp.reason ? ` (${wp.reason})` : ''}; traffic that must pass it fails closed`);
     }
     const addresses = wp.addresses && wp.addresses.length > 0 ? wp.addresses : [wp.address];
-    const key = `waypoint ${wp.namespace}/${wp.name}`;
+    const key = `waypoint ${waypointKey(wp)}`;
     const start = (this.rr.get(key) ?? 0) % addresses.length;
     this.rr.set(key, start + 1);
     const rotated = [...addresses.slice(start), ...addresses.slice(0, start)];

@@ -190,15 +190,15 @@ export function parseClusterExport(v: unknown): ClusterExport {
     const name = str(w.name, `${p}.name`);
     const namespace = str(w.namespace, `${p}.namespace`);
     try {
-      // Whether an importer may dial it is the importer's judgement (mergeRemoteServices).
-      const address = ip;
+      // Addresses are only checked to be addresses: whether an importer may dial one is its own
+      // judgement (mergeRemoteServices), the cluster's own gateway dials them as they are.
       if (typeof w.ready !== 'boolean') throw new FederationExportError(`${p}.ready`, 'must be a boolean');
       if (w.addresses !== undefined && (!Array.isArray(w.addresses) || w.addresses.length > 64)) throw new FederationExportError(`${p}.addresses`, 'must be a list of at most 64 addresses');
       if (w.reason !== undefined && typeof w.reason !== 'string') throw new FederationExportError(`${p}.reason`, 'must be a string');
       return {
         name, namespace,
-        ...(w.address !== undefined ? { address: address(w.address, `${p}.address`) } : {}),
-        ...(w.addresses !== undefined ? { addresses: (w.addresses as unknown[]).map((a, j) => address(a, `${p}.addresses[${j}]`)) } : {}),
+        ...(w.address !== undefined ? { address: ip(w.address, `${p}.address`) } : {}),
+        ...(w.addresses !== undefined ? { addresses: (w.addresses as unknown[]).map((a, j) => ip(a, `${p}.addresses[${j}]`)) } : {}),
         port: port(w.port, `${p}.port`), spiffeId: str(w.spiffeId, `${p}.spiffeId`), ready: w.ready,
         ...(w.reason ? { reason: (w.reason as string).slice(0, 1024) } : {}),
       };
