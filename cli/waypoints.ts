@@ -74,14 +74,15 @@ export async function waypointStatuses(t: Target, filter: { namespace?: string; 
   }));
   const known = new Map<string, Declared>();
   for (const k of declared) known.set(`${k.namespace}/${k.name}`, k);
-  for (const d of dumps) for (const w of d.config?.waypoints ?? []) if (!known.has(`${w.namespace}/${w.name}`)) known.set(`${w.namespace}/${w.name}`, { namespace: w.namespace, name: w.name });
+  // This cluster's waypoints: another cluster's, imported with a Service only it has, are that cluster's to report.
+  for (const d of dumps) for (const w of d.config?.waypoints ?? []) if (w.cluster === undefined && !known.has(`${w.namespace}/${w.name}`)) known.set(`${w.namespace}/${w.name}`, { namespace: w.namespace, name: w.name });
   const podsOf = (k: Key): Component[] => comps.filter((c) => c.role === 'waypoint' && c.reporter === `waypoint ${k.namespace}/${k.name}`)
     .map((c) => ({ c, name: c.name.slice(c.name.indexOf('/') + 1) })).sort(byName).map((x) => x.c);
   const out: WaypointStatus[] = [];
   for (const { namespace, name, condition } of [...known.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`))) {
     if (filter.namespace && namespace !== filter.namespace) continue;
     if (filter.name && name !== filter.name) continue;
-    const views = dumps.map((d) => ({ d, w: d.config?.waypoints.find((x) => x.namespace === namespace && x.name === name) }));
+    const views = dumps.map((d) => ({ d, w: d.config?.waypoints.find((x) => x.namespace === namespace && x.name === name && x.cluster === undefined) }));
     const agentRows = views.map(({ d, w }) => {
       if (d.error !== undefined) return { node: d.node, ready: false, detail: `agent admin unreachable: ${d.error}` };
       if (!w) return { node: d.node, ready: false, detail: 'unknown to the agent' };

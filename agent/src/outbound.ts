@@ -5,7 +5,7 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -202,9 +202,14 @@ export class Outbound {
           // only ciphertext. No `forwarded` through it: the destination's TCP peer is the gateway,
           // so no claim about the caller's address could be honoured there
           // (lib/hbone/forwarded.ts); the caller's identity is in the inner TLS, its telemetry in
-          // the baggage.
+          // the baggage. Another network's waypoint: the outer CONNECT names the waypoint's own
+          // HBONE address (the gateway admits its cluster's waypoints there), the inner one the
+          // Service VIP:port, as to a waypoint of this network.
           ...(up.gateway
-            ? { gateway: { host: up.gateway.address, port: up.gateway.port, expectPeer: up.gateway.spiffeId }, headers: { baggage: encodeBaggage(source) } }
+            ? {
+              gateway: { host: up.gateway.address, port: up.gateway.port, expectPeer: up.gateway.spiffeId, ...(up.waypoint ? { target: formatAuthority(up.address, up.port) } : {}) },
+              headers: { baggage: encodeBaggage(source) },
+            }
             : { headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) } }),
           timeoutMs,
         });
@@ -245,7 +250,7 @@ export class Outbound {
       hboneAddr: up.kind === 'hbone' ? up.target : undefined,
       dstPod: up.kind === 'local' ? up.workload.name : undefined,
       logging: source.telemetry?.accessLogging,
-      extra: { 'dst.original': dest, via: up.kind === 'hbone' && up.waypoint ? `waypoint ${up.waypoint.namespace}/${up.waypoint.name}` : up.kind === 'hbone' && up.gateway ? `gateway ${up.gateway.network} ${up.gateway.address}:${up.gateway.port}` : up.kind },
+      extra: { 'dst.original': dest, via: viaOf(up) },
     };
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }
@@ -275,6 +280,15 @@ export class Outbound {
     }
     record.close({ bytesToDestination: result.bytesAtoB, bytesToSource: result.bytesBtoA, error: result.error?.message });
   }
+}
+
+/** The access log's `via`: the waypoint (and its cluster), the gateway, or the kind of hop. */
+function viaOf(up: Upstream): string {
+  if (up.kind !== 'hbone') return up.kind;
+  const gw = up.gateway ? `gateway ${up.gateway.network} ${up.gateway.address}:${up.gateway.port}` : undefined;
+  if (!up.waypoint) return gw ?? up.kind;
+  const wp = `waypoint ${up.waypoint.namespace}/${up.waypoint.name}${up.waypoint.cluster ? ` of ${up.waypoint.cluster}` : ''}`;
+  return gw ? `${wp} through ${gw}` : wp;
 }
 
 function splitIp(target: string): string {

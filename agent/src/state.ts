@@ -1,7 +1,7 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, policySelectsWorkload, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 
 /** Where one captured connection goes. */
@@ -45,6 +45,10 @@ export function validateAgentConfig(config: AgentConfig): void {
   for (const w of config.waypoints) {
     if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
     for (const a of w.addresses ?? []) if (!isIP(a)) bad(`waypoint ${w.namespace}/${w.name} addresses`, a);
+    if (w.gateway) {
+      if (!isIP(w.gateway.address)) bad(`waypoint ${waypointKey(w)} gateway`, w.gateway.address);
+      port(`waypoint ${waypointKey(w)} gateway port`, w.gateway.port);
+    }
   }
 }
 
@@ -102,7 +106,7 @@ export class AgentState {
       if (tp.locality) locality.set(tp.service, tp.locality);
     }
     const wps = new Map<string, Waypoint>();
-    for (const w of config.waypoints) wps.set(`${w.namespace}/${w.name}`, w);
+    for (const w of config.waypoints) wps.set(waypointKey(w), w);
     this.config = config;
     this.workloadsByIp = byIp;
     this.servicesByVip = byVip;
@@ -178,8 +182,8 @@ export class AgentState {
     return workload.portModes?.[String(port)] ?? workload.mode;
   }
 
-  waypointFor(ref: { name: string; namespace: string } | undefined): Waypoint | undefined {
-    return ref ? this.waypoints.get(`${ref.namespace}/${ref.name}`) : undefined;
+  waypointFor(ref: WaypointRef | undefined): Waypoint | undefined {
+    return ref ? this.waypoints.get(waypointKey(ref)) : undefined;
   }
 
   /**
@@ -215,18 +219,19 @@ export class AgentState {
   /**
    * One candidate per waypoint replica, starting round robin per connection so load spreads
    * (state such as a shared quota lives in Redis, not in one replica); a caller that cannot open
-   * the first tries the next replica.
+   * the first tries the next replica. Another network's waypoint (a remote-only Service's, imported
+   * with it) is reached through that network's gateway, never directly.
    */
   private viaWaypoint(wp: Waypoint, target: string, service?: Service): Upstream[] {
     if (!wp.address || !wp.ready) {
       throw new NoRouteError(`waypoint ${wp.namespace}/${wp.name} is not ready${wp.reason ? ` (${wp.reason})` : ''}; traffic that must pass it fails closed`);
     }
     const addresses = wp.addresses && wp.addresses.length > 0 ? wp.addresses : [wp.address];
-    const key = `waypoint ${wp.namespace}/${wp.name}`;
+    const key = `waypoint ${waypointKey(wp)}`;
     const start = (this.rr.get(key) ?? 0) % addresses.length;
     this.rr.set(key, start + 1);
     const rotated = [...addresses.slice(start), ...addresses.slice(0, start)];
-    return rotated.map((address) => ({ kind: 'hbone', address, port: wp.port || HBONE_PORT, target, identity: wp.spiffeId, waypoint: wp, ...(service ? { service } : {}) }));
+    return rotated.map((address) => ({ kind: 'hbone', address, port: wp.port || HBONE_PORT, target, identity: wp.spiffeId, waypoint: wp, ...(service ? { service } : {}), ...(wp.gateway ? { gateway: wp.gateway } : {}) }));
   }
 
   private toEndpoint(e: Endpoint, port: number, service?: Service): Upstream {
@@ -338,5 +343,5 @@ function missingWaypoint(ref: { name: string; namespace: string }, what: string)
 
 /** A waypoint's own connections must not loop back into itself. */
 function isWaypointItself(source: Workload, wp: Waypoint): boolean {
-  return source.spiffeId === wp.spiffeId && source.namespace === wp.namespace;
+  return wp.cluster === undefined && source.spiffeId === wp.spiffeId && source.namespace === wp.namespace;
 }

@@ -1,6 +1,6 @@
 // Multi-cluster in Kubernetes mode: what lets one cluster's controller read another's API server.
 // As Istio's `istioctl create-remote-secret`: a multi-cluster install (`--cluster-id`) renders a
-// read-only ServiceAccount `weft-reader` (Namespaces, Pods, Services, EndpointSlices: what
+// read-only ServiceAccount `weft-reader` (Namespaces, Pods, Services, EndpointSlices, Waypoints: what
 // controller/src/sources/remote-secrets.ts watches, nothing else); `weftctl create-remote-secret`
 // run against that cluster asks for a token of it (TokenRequest) and prints a Secret holding a
 // kubeconfig with that token, the API server's address and CA, labelled weft.dev/multicluster=true
@@ -23,6 +23,7 @@ export const DEFAULT_REMOTE_TOKEN_SECONDS = 365 * 24 * 3600;
 export const READER_RULES: readonly { why: string; rule: { apiGroups: string[]; resources: string[]; verbs: string[] } }[] = [
   { why: 'other clusters\' controllers import this cluster\'s Services and endpoints (namespace sameness) and its network (the root namespace\'s label)', rule: { apiGroups: [''], resources: ['namespaces', 'pods', 'services'], verbs: ['get', 'list', 'watch'] } },
   { why: 'and the EndpointSlices the endpoints come from', rule: { apiGroups: ['discovery.k8s.io'], resources: ['endpointslices'], verbs: ['get', 'list', 'watch'] } },
+  { why: 'and the Waypoints its remote-only Services go through (callers elsewhere are sent to them)', rule: { apiGroups: ['weft.dev'], resources: ['waypoints'], verbs: ['get', 'list', 'watch'] } },
 ];
 
 export function renderReader(namespace: string): [IServiceAccount, IClusterRole, IClusterRoleBinding] {

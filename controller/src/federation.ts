@@ -9,8 +9,8 @@ import { createServer, request, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import type { Logger } from '../../lib/log.ts';
-import type { MeshModel, NetworkGateway } from '../../lib/model/mesh.ts';
-import { FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
+import { exportWaypoint, FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -109,8 +109,8 @@ export class Federation {
   merge(local: MeshModel): MeshModel {
     this.#local = local;
     const live = this.#remotes.filter((r) => r.export && !r.stale).map((r) => r.export!);
-    const { services, refused } = live.length === 0
-      ? { services: local.services, refused: [] }
+    const { services, waypoints, refused } = live.length === 0
+      ? { services: local.services, waypoints: new Map<string, Waypoint>(), refused: [] }
       : mergeRemoteServices({ services: local.services.values(), workloads: local.workloads.values() }, { network: this.#o.network }, live);
     const now = new Map(refused.map((x) => [`${x.cluster}/${x.service}`, x]));
     for (const [k, x] of now) {
@@ -119,13 +119,15 @@ export class Federation {
       this.#o.log.warn('remote service not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: x.message });
     }
     this.#refusedImports = now;
-    return live.length === 0 ? local : { ...local, services };
+    if (live.length === 0) return local;
+    return { ...local, services, ...(waypoints.size > 0 ? { waypoints: new Map([...local.waypoints, ...waypoints]) } : {}) };
   }
 
-  /** This cluster's own services and endpoints (nothing imported). */
+  /** This cluster's own services, endpoints and waypoints (nothing imported). */
   export(): ClusterExport {
     const services = [...(this.#local?.services.values() ?? [])];
-    return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services };
+    const waypoints = [...(this.#local?.waypoints.values() ?? [])].filter((w) => w.cluster === undefined).map(exportWaypoint);
+    return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services, waypoints };
   }
 
   /** Each remote as last read (`/debug/federation`, read by `weftctl check`): its network and gateway come from its last export. */

@@ -256,7 +256,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
           const model = controller.ready ? controller.model : undefined;
           if (!model) return undefined;
           const id = spiffeIdOf(trustDomain, ns, sa);
-          for (const w of model.waypoints.values()) if (w.namespace === ns && w.spiffeId === id) return true;
+          for (const w of model.waypoints.values()) if (w.namespace === ns && w.spiffeId === id && w.cluster === undefined) return true;
           return false;
         },
       });

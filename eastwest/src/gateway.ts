@@ -7,8 +7,13 @@
 // gateway never sees plaintext and the destination agent authenticates the caller and applies
 // its own policy. Callers pool that inner session (lib/hbone/pool.ts): one outer tunnel carries
 // every CONNECT of one caller identity to that agent and identity for as long as it is in use; the
-// agent checks each inner CONNECT's target is one of its own enrolled workloads. It learns its
-// cluster's endpoints from its controller's federation export.
+// agent checks each inner CONNECT's target is one of its own enrolled workloads. A caller of a
+// Service that goes through one of this cluster's waypoints names that waypoint's own HBONE address
+// instead (`waypointIp:15008`, a ready replica's), and the gateway connects to it as it is: the
+// inner session is then the caller's HBONE to the waypoint, which authenticates the caller and
+// applies the Service's routes and L7 policy (Istio ambient multi-network). Nothing else is
+// reachable through it. It learns its cluster's endpoints and waypoints from its controller's
+// federation export.
 import net from 'node:net';
 import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -37,7 +42,7 @@ export interface EastWestOptions {
 export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'no-config' | 'upstream-unreachable';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -46,6 +51,8 @@ export class EastWestGateway {
   /** Enrolled pod IP → its node agent's address, from the controller's export. */
   #nodeOf = new Map<string, string>();
   #notEnrolled = new Set<string>();
+  /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
+  #waypointPort = new Map<string, number>();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -57,7 +64,7 @@ export class EastWestGateway {
     if (o.registry) {
       const registers = [o.registry];
       this.#m = {
-        tunnels: new Counter({ name: 'weft_eastwest_tunnels_total', help: 'Outer tunnels piped to a node agent', registers }),
+        tunnels: new Counter({ name: 'weft_eastwest_tunnels_total', help: 'Outer tunnels piped to a node agent or a waypoint', registers }),
         refused: new Counter({ name: 'weft_eastwest_refused_total', help: 'Outer tunnels and sessions refused, by reason', labelNames: ['reason'], registers }),
         bytes: new Counter({ name: 'weft_eastwest_bytes_total', help: 'Bytes piped (ciphertext of inner tunnels), by direction', labelNames: ['direction'], registers }),
         endpoints: new Gauge({ name: 'weft_eastwest_endpoints', help: 'Enrolled endpoints of this cluster the gateway can reach', registers }),
@@ -111,17 +118,21 @@ export class EastWestGateway {
     if (!this.#configured) return this.#refuse('no-config', req, 503, 'the gateway has not read its cluster\'s endpoints yet');
     const ip = req.target.host;
     const node = this.#nodeOf.get(ip);
-    if (!node) {
-      // Not an open proxy: only enrolled workloads of this cluster, through their own agent.
+    const wpPort = node ? undefined : this.#waypointPort.get(ip);
+    if (!node && wpPort === undefined) {
+      // Not an open proxy: only enrolled workloads of this cluster, through their own agent, and
+      // its waypoints' HBONE ports.
       if (this.#notEnrolled.has(ip)) return this.#refuse('not-enrolled', req, 403, `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic`);
-      return this.#refuse('unknown-endpoint', req, 403, `${ip} is not an endpoint of this cluster`);
+      return this.#refuse('unknown-endpoint', req, 403, `${ip} is neither an endpoint nor a waypoint of this cluster`);
     }
+    if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
+    const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
     try {
-      const upstream = await connectTcp(node, this.#o.agentPort ?? HBONE_PORT, this.#o.connectTimeoutMs ?? 5_000, req.signal);
+      const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
       return { upstream };
     } catch (e) {
-      return this.#refuse('upstream-unreachable', req, 503, `the node agent of ${ip} (${node}:${this.#o.agentPort ?? HBONE_PORT}) did not answer: ${(e as Error).message}`);
+      return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
     }
   }
 
@@ -144,8 +155,14 @@ export class EastWestGateway {
         else notEnrolled.add(e.ip);
       }
     }
+    const waypointPort = new Map<string, number>();
+    for (const w of exp.waypoints ?? []) {
+      if (!w.ready || w.invalid) continue;
+      for (const a of w.addresses ?? (w.address ? [w.address] : [])) waypointPort.set(a, w.port);
+    }
     this.#nodeOf = nodeOf;
     this.#notEnrolled = notEnrolled;
+    this.#waypointPort = waypointPort;
     this.#configured = true;
     this.#m?.endpoints.set(nodeOf.size);
   }

@@ -70,7 +70,8 @@ export interface HboneConnectOptions {
    * stream of a session to the gateway, both pooled here and both with `tls` (the outer one without
    * SNI): the gateway terminates only the outer TLS and pipes the inner session's ciphertext to
    * `dest`, which authenticates this source's own certificate. The outer CONNECT names `target`
-   * (the gateway admits only its own network's enrolled endpoints and connects to their agent); the
+   * (the gateway admits only its own network's enrolled endpoints and connects to their agent), or
+   * `gateway.target` (one of that network's waypoints, at its HBONE port); the
    * inner session is pooled like any other, keyed by the gateway too, so later connects to targets
    * behind the same agent and identity reuse it: no TLS handshake and no outer CONNECT of their own.
    */
@@ -91,6 +92,12 @@ export interface HboneGateway {
   port: number;
   /** Who the gateway must be (`spiffe://<td>/ns/<root ns>/sa/weft-eastwest`). */
   expectPeer: ExpectedPeer;
+  /**
+   * What the outer CONNECT names. Default: the inner `target`, an endpoint, whose node agent the
+   * gateway connects to. A waypoint of that network: its own HBONE address (`dest`), which the
+   * gateway admits as one of its cluster's waypoints and connects to as it is.
+   */
+  target?: string;
 }
 
 export interface HbonePoolOptions {
@@ -389,7 +396,7 @@ export class HbonePool {
         // The caller's own certificate on both hops; SNI names the inner destination only.
         tls: { key: opts.tls.key, cert: opts.tls.cert, ca: opts.tls.ca },
         dest: { host: gw.host, port: gw.port },
-        target: opts.target,
+        target: gw.target ?? opts.target,
         expectPeer: gw.expectPeer,
         ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
         signal: dial.signal,

@@ -2,9 +2,11 @@
 // gateway) about itself. The export is the cluster's own Services with their own endpoints, its
 // network and the gateway into that network. Importers merge it by namespace sameness: Service
 // `echo` in namespace `demo` is one service whose endpoints span every cluster that has it, and a
-// Service that only other clusters have is imported with their VIP.
+// Service that only other clusters have is imported with their VIP, and, when it goes through a
+// waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
+// that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
-import type { Endpoint, NetworkGateway, Service, ServicePort, Workload } from './mesh.ts';
+import { waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
 export const FEDERATION_PATH = '/federation/v1/export';
@@ -30,6 +32,35 @@ export interface ClusterExport {
   gateway?: NetworkGateway;
   /** Own services with own endpoints only (never what this cluster imported). */
   services: Service[];
+  /** Own waypoints (never imported ones): where other clusters' callers reach the Services behind them. Absent in an older release's export. */
+  waypoints?: ExportedWaypoint[];
+}
+
+/** One of a cluster's own waypoints in its export. */
+export interface ExportedWaypoint {
+  name: string;
+  namespace: string;
+  /** Its HBONE address (a ready replica's); absent until it runs. */
+  address?: string;
+  /** Every ready replica's address, when there is more than one. */
+  addresses?: string[];
+  port: number;
+  spiffeId: string;
+  ready: boolean;
+  reason?: string;
+  /**
+   * Set by parseClusterExport, never sent: what is wrong with this entry, its field named by path.
+   * It costs only the Services behind this waypoint (refused at import), not the export.
+   */
+  invalid?: string;
+}
+
+/** A local waypoint as the export carries it. */
+export function exportWaypoint(w: Waypoint): ExportedWaypoint {
+  return {
+    name: w.name, namespace: w.namespace, ...(w.address ? { address: w.address } : {}), ...(w.addresses ? { addresses: w.addresses } : {}),
+    port: w.port, spiffeId: w.spiffeId, ready: w.ready, ...(w.reason ? { reason: w.reason } : {}),
+  };
 }
 
 /** One remote cluster as a controller's `/debug/federation` reports it (read by `weftctl check`). */
@@ -150,7 +181,33 @@ export function parseClusterExport(v: unknown): ClusterExport {
     const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`) } : undefined;
     return { name, namespace, hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
   });
-  return { cluster, network, ...(gateway ? { gateway } : {}), services };
+  if (root.waypoints !== undefined && !Array.isArray(root.waypoints)) throw new FederationExportError('waypoints', 'must be a list');
+  const waypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i): ExportedWaypoint => {
+    const p = `waypoints[${i}]`;
+    const w = obj(wv, p);
+    // Without its name the entry cannot be told apart: the export is malformed. Anything else
+    // wrong costs only the Services behind it.
+    const name = str(w.name, `${p}.name`);
+    const namespace = str(w.namespace, `${p}.namespace`);
+    try {
+      // Addresses are only checked to be addresses: whether an importer may dial one is its own
+      // judgement (mergeRemoteServices), the cluster's own gateway dials them as they are.
+      if (typeof w.ready !== 'boolean') throw new FederationExportError(`${p}.ready`, 'must be a boolean');
+      if (w.addresses !== undefined && (!Array.isArray(w.addresses) || w.addresses.length > 64)) throw new FederationExportError(`${p}.addresses`, 'must be a list of at most 64 addresses');
+      if (w.reason !== undefined && typeof w.reason !== 'string') throw new FederationExportError(`${p}.reason`, 'must be a string');
+      return {
+        name, namespace,
+        ...(w.address !== undefined ? { address: ip(w.address, `${p}.address`) } : {}),
+        ...(w.addresses !== undefined ? { addresses: (w.addresses as unknown[]).map((a, j) => ip(a, `${p}.addresses[${j}]`)) } : {}),
+        port: port(w.port, `${p}.port`), spiffeId: str(w.spiffeId, `${p}.spiffeId`), ready: w.ready,
+        ...(w.reason ? { reason: (w.reason as string).slice(0, 1024) } : {}),
+      };
+    } catch (e) {
+      if (!(e instanceof FederationExportError)) throw e;
+      return { name, namespace, port: 0, spiffeId: '', ready: false, invalid: e.message };
+    }
+  });
+  return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints };
 }
 
 /** A remote-only Service that was not imported, and why (each costs only itself). */
@@ -158,8 +215,13 @@ export interface ImportRefusal {
   cluster: string;
   /** `namespace/name`. */
   service: string;
-  /** `vip-in-use`: one of its VIPs is an address this cluster already uses; `waypoint`: its traffic goes through a waypoint of its own cluster; `headless`: no VIP to reach it by. */
-  reason: 'vip-in-use' | 'waypoint' | 'headless';
+  /**
+   * `vip-in-use`: one of its VIPs is an address this cluster already uses; `waypoint`: its traffic
+   * goes through a waypoint of its own cluster that callers here cannot use (not in the export,
+   * invalid, not ready, no address); `headless`: no VIP to reach it by; `no-gateway`: its cluster is
+   * on another network without an east-west gateway.
+   */
+  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway';
   message: string;
 }
 
@@ -174,16 +236,24 @@ export interface ImportRefusal {
  * the first cluster by cluster ID that has it; the others' endpoints join it. Refused, each
  * costing only itself: one whose VIP this cluster already uses (a local Service's VIP, a local
  * workload's or node's address, or an earlier import's), so a remote can never take over local
- * traffic; one that goes through a waypoint in its own cluster (its L7 policy is enforced
- * there, which callers here cannot reach yet: skipping it would bypass that policy); a headless
- * one. Returns new Service objects; the inputs are not changed.
+ * traffic; a headless one; one of a cluster on another network without a gateway.
+ *
+ * A remote-only Service that goes through a waypoint of its own cluster (Service or Namespace
+ * `use-waypoint` there) is imported with that waypoint and without its endpoints: callers here
+ * send its traffic to that waypoint, which applies its routes and L7 policy, as Istio ambient's
+ * multi-network mode does (through the network's east-west gateway, double HBONE, so the waypoint
+ * sees the caller's own identity). Skipping the waypoint would bypass that policy, so such a
+ * Service is refused when its waypoint is not in the export, is invalid, not ready or has no
+ * address. The waypoints it returns are the imported ones, keyed by waypointKey (cluster-qualified).
+ * Returns new objects; the inputs are not changed.
  */
 export function mergeRemoteServices(
   local: { services: Iterable<Service>; workloads?: Iterable<Pick<Workload, 'ip' | 'nodeIp'>> },
   own: { network: string },
   remotes: readonly ClusterExport[],
-): { services: Map<string, Service>; refused: ImportRefusal[] } {
+): { services: Map<string, Service>; waypoints: Map<string, Waypoint>; refused: ImportRefusal[] } {
   const out = new Map<string, Service>();
+  const waypoints = new Map<string, Waypoint>();
   const refused: ImportRefusal[] = [];
   /** Addresses in use here: VIP → who has it. */
   const used = new Map<string, string>();
@@ -203,7 +273,15 @@ export function mergeRemoteServices(
   const ordered = [...remotes].sort((a, b) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
   for (const r of ordered) {
     const sameNetwork = r.network === own.network;
-    if (!sameNetwork && !r.gateway) continue;
+    const refuse = (key: string, reason: ImportRefusal['reason'], why: string) => refused.push({ cluster: r.cluster, service: key, reason, message: `Service ${key} of cluster ${r.cluster} not imported: ${why}` });
+    if (!sameNetwork && !r.gateway) {
+      // Nothing of it can be reached: its endpoints are left out, its remote-only Services named.
+      for (const rs of r.services) {
+        const key = `${rs.namespace}/${rs.name}`;
+        if (!out.has(key)) refuse(key, 'no-gateway', `cluster ${r.cluster} is on network ${r.network}, which has no east-west gateway, and this cluster is on ${own.network}`);
+      }
+      continue;
+    }
     for (const rs of r.services) {
       const key = `${rs.namespace}/${rs.name}`;
       const imported = rs.endpoints.map((e): Endpoint => ({
@@ -214,28 +292,51 @@ export function mergeRemoteServices(
       }));
       const mine = out.get(key);
       if (mine) {
-        out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
+        // One imported with its cluster's waypoint is reached only through that waypoint.
+        if (mine.waypoint?.cluster === undefined) out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
         continue;
       }
       if (localKeys.has(key)) continue;
-      const refuse = (reason: ImportRefusal['reason'], why: string) => refused.push({ cluster: r.cluster, service: key, reason, message: `Service ${key} of cluster ${r.cluster} not imported: ${why}` });
+      let remoteWaypoint: Waypoint | undefined;
       if (rs.waypoint) {
-        refuse('waypoint', `its traffic goes through waypoint ${rs.waypoint.namespace}/${rs.waypoint.name} in ${r.cluster}, which enforces its L7 policy and is not reachable from here`);
-        continue;
+        const w = rs.waypoint;
+        const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
+        const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
+        const unusable = found && [found.address ?? '', ...(found.addresses ?? [])].find((a) => a !== '' && !isServiceAddress(a));
+        const problem = !found ? 'is not in its export'
+          : found.invalid ? `is invalid (${found.invalid})`
+          : !found.ready ? `is not ready${found.reason ? ` (${found.reason})` : ''}`
+          : !found.address ? 'has no address'
+          : unusable ? `has the address ${unusable}, which no waypoint may have (loopback, unspecified, link-local or multicast)` : undefined;
+        if (problem || !found) {
+          refuse(key, 'waypoint', `its traffic goes through ${named}, which enforces its L7 policy and ${problem}; going around it would bypass that policy`);
+          continue;
+        }
+        remoteWaypoint = {
+          name: found.name, namespace: found.namespace, address: found.address!, ...(found.addresses ? { addresses: found.addresses } : {}),
+          port: found.port, spiffeId: found.spiffeId, ready: true,
+          cluster: r.cluster, network: r.network, ...(sameNetwork ? {} : { gateway: r.gateway! }),
+        };
       }
       if (rs.vips.length === 0) {
-        refuse('headless', 'it has no VIP (headless)');
+        refuse(key, 'headless', 'it has no VIP (headless)');
         continue;
       }
       const taken = rs.vips.find((v) => used.has(v));
       if (taken) {
-        refuse('vip-in-use', `its VIP ${taken} is already ${used.get(taken)}`);
+        refuse(key, 'vip-in-use', `its VIP ${taken} is already ${used.get(taken)}`);
         continue;
       }
       for (const v of rs.vips) used.set(v, `Service ${key} imported from ${r.cluster}`);
       const { waypoint: _none, ...plain } = rs;
-      out.set(key, { ...plain, endpoints: imported });
+      if (!remoteWaypoint) {
+        out.set(key, { ...plain, endpoints: imported });
+        continue;
+      }
+      const ref: WaypointRef = { name: remoteWaypoint.name, namespace: remoteWaypoint.namespace, cluster: r.cluster };
+      waypoints.set(waypointKey(ref), remoteWaypoint);
+      out.set(key, { ...plain, endpoints: [], waypoint: ref });
     }
   }
-  return { services: out, refused };
+  return { services: out, waypoints, refused };
 }

@@ -28,6 +28,16 @@ export function nsName(namespace: string, name: string): string {
 export interface WaypointRef {
   name: string;
   namespace: string;
+  /** Multi-cluster: the waypoint runs in this other cluster (a Service imported with it); absent: this cluster's. */
+  cluster?: string;
+}
+
+/**
+ * The model's key of a waypoint: `namespace/name`, or `cluster/namespace/name` for one of another
+ * cluster (namespace sameness makes `demo/waypoint` a name every cluster may have).
+ */
+export function waypointKey(ref: WaypointRef): string {
+  return ref.cluster === undefined ? nsName(ref.namespace, ref.name) : `${ref.cluster}/${ref.namespace}/${ref.name}`;
 }
 
 /** A pod, with its telemetry identity (WorkloadMeta: controlling workload, canonical service, cluster). */
@@ -194,6 +204,14 @@ export interface Waypoint {
   telemetry?: TelemetrySettings;
   /** Mesh-wide HTTP settings (controller flags). */
   http?: MeshHttpSettings;
+  /**
+   * Multi-cluster: a waypoint of another cluster, imported with the remote-only Service it serves
+   * (lib/model/federation.ts); callers reach it as they reach that cluster's endpoints: directly on
+   * the same network, else through `gateway` (double HBONE). Absent: this cluster's own.
+   */
+  cluster?: string;
+  network?: string;
+  gateway?: NetworkGateway;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { Lab } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
 import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multicluster.ts';
-import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 import { gatherFederationFacts } from '../../cli/local/health.ts';
 import { checkFederation } from '../../cli/check-federation.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
@@ -396,5 +396,66 @@ test('a waypoint\'s HTTPRoute sends a chosen weight to the other cluster\'s endp
     await until('cluster1\'s client is served by cluster2 through the route again', async () => (await askStatus()).cluster === 'cluster2', 20_000);
   } finally {
     c1.mesh.removeConfig('60-split.yaml');
+  }
+});
+
+// Istio ambient multi-network: a Service in one cluster behind that cluster's own waypoint is
+// served to callers of other clusters through that waypoint, reached through the cluster's
+// east-west gateway by double HBONE, so its routes and L7 policy hold whatever cluster the caller
+// is in, judged on the caller's own identity.
+test('a Service only cluster2 has, behind cluster2\'s own waypoint: refused at import (named) until that waypoint runs, then cluster1\'s client is served through it by double HBONE via cluster2\'s gateway, and an L7 DENY on /admin configured in cluster2 answers it 403, counted at the waypoint with the caller\'s identity (issue 18 item 6)', async () => {
+  const c1 = mc.cluster('cluster1');
+  const c2 = mc.cluster('cluster2');
+  const WP_VIP = '10.96.0.22';
+  const federation = () => getJsonInNetns<{ remotes: Array<{ cluster: string; refusedServices?: Record<string, string> }> }>(`/var/run/netns/${c1.mesh.net.wireNetns}`, 'http://127.0.0.1:15000/debug/federation');
+  const imported = async () => (await getJsonInNetns<{ config: AgentConfig }>(c1.mesh.node('node1').netnsPath, 'http://127.0.0.1:15000/config_dump')).config;
+  c2.mesh.writeConfig('70-behind-waypoint.yaml', [
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo-wp', namespace: 'demo', labels: { 'weft.dev/use-waypoint': 'waypoint' } }, spec: { clusterIP: WP_VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  try {
+    // Its waypoint does not run yet: going around it would bypass its policy, so it is refused, by name.
+    let why = '';
+    await until('cluster1 refuses demo/echo-wp while its waypoint is missing', async () => {
+      why = (await federation()).remotes.find((r) => r.cluster === 'cluster2')?.refusedServices?.['demo/echo-wp'] ?? '';
+      return why !== '';
+    }, 20_000);
+    assert.match(why, /goes through waypoint demo\/waypoint of cluster cluster2, which enforces its L7 policy and is not in its export/);
+    c2.mesh.startWaypoint('node1', 'demo', 'waypoint');
+    await c2.mesh.waitWaypointReady('demo', 'waypoint', 90_000);
+    const tunnels = async () => Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await mc.gatewayMetrics('cluster2'))?.[1] ?? 0);
+    const tunnelsBefore = await tunnels();
+    const seen: string[] = [];
+    await until('cluster1\'s client is served through cluster2\'s waypoint', async () => {
+      const r = await askStatus(`http://${WP_VIP}/`);
+      seen.push(r.cluster ?? `status ${r.status}: ${r.detail}`);
+      return r.cluster === 'cluster2';
+    }, 30_000).catch((e: Error) => {
+      throw new Error(`${e.message}; answers: ${seen.slice(-5).join(' | ')}\nagent1: ${c1.mesh.logTail('agent-node1.log', 6)}\ngateway2: ${c2.mesh.logTail('eastwest.log', 6)}\nwaypoint2: ${c2.mesh.logTail('pod-demo-waypoint-0.log', 6)}`);
+    });
+    assert.ok(await tunnels() > tunnelsBefore, 'through cluster2\'s gateway');
+    // cluster1 knows the Service by cluster2's waypoint only: no endpoint to go around it by.
+    const cfg = await imported();
+    const svc = cfg.services.find((s) => s.namespace === 'demo' && s.name === 'echo-wp')!;
+    assert.deepEqual([svc.waypoint, svc.endpoints.length], [{ name: 'waypoint', namespace: 'demo', cluster: 'cluster2' }, 0]);
+    const wp = cfg.waypoints.find((w) => w.cluster === 'cluster2')!;
+    assert.deepEqual([wp.network, wp.gateway?.network, wp.address], ['network2', 'network2', c2.mesh.workloads.get('demo/waypoint-0')!.pod.ip]);
+
+    c2.mesh.writeConfig('71-deny-admin.yaml', [{
+      apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-admin', namespace: 'demo' },
+      spec: { targetRefs: [{ kind: 'Service', group: '', name: 'echo-wp' }], action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/client'] } }], to: [{ operation: { paths: ['/admin*'] } }] }] },
+    }]);
+    let denied: Awaited<ReturnType<typeof askStatus>> | undefined;
+    await until('cluster2\'s waypoint refuses /admin to cluster1\'s client', async () => (denied = await askStatus(`http://${WP_VIP}/admin/users`)).status === 403, 20_000);
+    assert.match(denied!.detail, /demo\/deny-admin/, 'the 403 names the policy');
+    const ok = await askStatus(`http://${WP_VIP}/`);
+    assert.equal(ok.cluster, 'cluster2', `the rest still passes: ${JSON.stringify(ok)}`);
+    const wpPod = c2.mesh.workloads.get('demo/waypoint-0')!.pod;
+    const m = (await requestInNetns(wpPod.netnsPath, `http://${wpPod.ip}:15020/metrics`)).body;
+    for (const code of ['200', '403']) {
+      assert.match(m, new RegExp(`istio_requests_total\\{[^}]*source_principal="${CLIENT.replaceAll('/', '\\/').replaceAll('.', '\\.')}"[^}]*response_code="${code}"[^}]*\\} [1-9]`), `cluster2's waypoint counts cluster1's client's ${code}s under its own identity`);
+    }
+  } finally {
+    c2.mesh.removeConfig('71-deny-admin.yaml');
+    c2.mesh.removeConfig('70-behind-waypoint.yaml');
   }
 });

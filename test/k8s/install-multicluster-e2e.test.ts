@@ -115,16 +115,16 @@ type Answer = { cluster?: string; pod?: string; error?: string | number; ms?: nu
  * echo's cluster IP one after the other, one connection each, or until `stopFile` exists; each
  * answer also appended to `progressFile` as it comes.
  */
-async function fromClient(o: { count?: number; stopFile?: string; gapMs?: number; progressFile?: string }): Promise<Answer[]> {
+async function fromClient(o: { count?: number; stopFile?: string; gapMs?: number; progressFile?: string; url?: string }): Promise<Answer[]> {
   const r = c1.lab.running('demo', 'client');
   if (!r) throw new Error('demo/client does not run in cluster1');
   const vip = (c1.lab.api.get('Service', 'demo', 'echo')!['spec'] as { clusterIP: string }).clusterIP;
   const script = `const http = await import('node:http');
 const fs = await import('node:fs');
 const get = () => new Promise((resolve) => {
-  const req = http.get(${JSON.stringify(`http://${vip}/`)}, { agent: false, timeout: 5000 }, (res) => {
+  const req = http.get(${JSON.stringify(o.url ?? `http://${vip}/`)}, { agent: false, timeout: 5000 }, (res) => {
     let body = ''; res.on('data', (c) => (body += c));
-    res.on('end', () => { try { const b = JSON.parse(body); resolve(res.statusCode === 200 ? { cluster: b.cluster, pod: b.pod } : { error: res.statusCode }); } catch { resolve({ error: 'bad body' }); } });
+    res.on('end', () => { if (res.statusCode !== 200) return resolve({ error: res.statusCode }); try { const b = JSON.parse(body); resolve({ cluster: b.cluster, pod: b.pod }); } catch { resolve({ error: 'bad body' }); } });
   });
   req.on('timeout', () => req.destroy(new Error('timeout')));
   req.on('error', (e) => resolve({ error: e.code ?? e.message }));
@@ -268,6 +268,40 @@ test('failover: with cluster1\'s echo scaled to 0, every answer comes from clust
   }
   const more = await fromClient({ count: 10 });
   assert.deepEqual(more.map((a) => a.cluster ?? a.error), Array(10).fill('cluster2'));
+});
+
+// Istio ambient multi-network: a Service in one cluster behind that cluster's own waypoint is
+// served to other clusters' callers through that waypoint (double HBONE via the east-west gateway).
+test('a Service only cluster2 has, behind cluster2\'s own waypoint: cluster1\'s client is served through that waypoint via cluster2\'s gateway pod, and its L7 DENY on /admin answers 403 (issue 18 item 6)', { skip, timeout: 150_000 }, async () => {
+  await applyYaml(c2, 'behind-waypoint', `
+apiVersion: weft.dev/v1alpha1
+kind: Waypoint
+metadata: {name: wp, namespace: demo}
+spec: {}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-wp, namespace: demo, labels: {weft.dev/use-waypoint: wp}}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: demo}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo-wp}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+`);
+  await until('cluster2\'s waypoint Deployment is ready', () => statusOf<{ readyReplicas?: number }>(c2.lab.api.get('Deployment', 'demo', 'wp')).readyReplicas === 1, 90_000, { explain });
+  const vip = (c2.lab.api.get('Service', 'demo', 'echo-wp')!['spec'] as { clusterIP: string }).clusterIP;
+  const tunnels = async () => Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await metrics(c2, gatewayIp(c2)))?.[1] ?? 0);
+  const before_ = await tunnels();
+  let last: Answer[] = [];
+  await until('cluster1\'s client is served through cluster2\'s waypoint', async () => (last = await fromClient({ count: 1, url: `http://${vip}/` }))[0]?.cluster === 'cluster2', 60_000, { explain: () => `${JSON.stringify(last)}\n${explain()}` });
+  assert.ok(await tunnels() > before_, 'through cluster2\'s gateway pod');
+  assert.deepEqual((await fromClient({ count: 1, url: `http://${vip}/admin` })).map((a) => a.error), [403], 'cluster2\'s waypoint refuses /admin to cluster1\'s client');
 });
 
 test('a DENY in cluster2 naming cluster1\'s client refuses it at cluster2\'s agent (policy at the destination), and the refusal is counted', { skip, timeout: 90_000 }, async () => {

@@ -22,8 +22,12 @@ const ECHO = id('demo', 'echo');
 const CLIENT = id('demo', 'client');
 
 let c1: CertificateAuthority, c2: CertificateAuthority;
-let federation: Federation, gateway: EastWestGateway, agent: HboneServer, echoServer: net.Server;
+let federation: Federation, gateway: EastWestGateway, agent: HboneServer, waypoint: HboneServer, echoServer: net.Server;
 let gwPort = 0;
+/** cluster2's waypoint of demo: its HBONE port (on 127.0.0.1), what it was asked for and by whom. */
+let wpPort = 0;
+const WAYPOINT2 = id('demo', 'waypoint');
+const seenAtWaypoint: Array<{ peer: string | undefined; target: string }> = [];
 const registry = new Registry();
 const seenPeers: HbonePeer[] = [];
 const pools: HbonePool[] = [];
@@ -62,6 +66,16 @@ before(async () => {
     },
   });
   const agentPort = (await agent.listen(0, '127.0.0.1')).port;
+  waypoint = new HboneServer({
+    tls: await creds(c2, WAYPOINT2), trustDomains: [TD],
+    handler: async (req) => {
+      seenAtWaypoint.push({ peer: req.peer.spiffeId, target: req.authority });
+      return { upstream: net.connect(echoPort, '127.0.0.1') };
+    },
+  });
+  wpPort = (await waypoint.listen(0, '127.0.0.1')).port;
+  // The export now names the waypoint too (where the gateway admits it).
+  federation.merge({ ...model, waypoints: new Map([['demo/waypoint', { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true }]]) });
   const gwTls = await creds(c2, GW_ID);
   gateway = new EastWestGateway({ tls: gwTls, trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: silentLogger, registry });
   gwPort = await gateway.listen(0, '127.0.0.1');
@@ -71,6 +85,7 @@ after(async () => {
   for (const p of pools) await p.close(0);
   await gateway?.close();
   await agent?.close(0);
+  await waypoint?.close(0);
   echoServer?.close();
   await federation?.stop();
 });
@@ -112,7 +127,7 @@ test('the inner tunnel checks the destination identity end to end: a caller expe
 });
 
 test('the gateway is no open proxy: an address that is not an endpoint of its cluster, and an endpoint outside the mesh, are refused (403) and counted by reason', async () => {
-  await assert.rejects(outer(CLIENT, '10.78.0.254:15012'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /not an endpoint of this cluster/.test(e.message));
+  await assert.rejects(outer(CLIENT, '10.78.0.254:15012'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /neither an endpoint nor a waypoint of this cluster/.test(e.message));
   await assert.rejects(outer(CLIENT, '10.78.1.9:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /not enrolled/.test(e.message));
   const m = await registry.metrics();
   assert.match(m, /^weft_eastwest_refused_total\{reason="unknown-endpoint"\} 1$/m);
@@ -172,4 +187,35 @@ test('a waypoint forwarding to an endpoint on another network goes through that 
   assert.match(await registry.metrics(), new RegExp(`^weft_eastwest_tunnels_total ${before + 1}$`, 'm'), 'it went through the gateway');
   // The gateway is checked as the outer peer: expecting another identity there fails.
   await assert.rejects(upstream.connect({ ip: '10.78.1.1', port: 8080, node: '10.78.0.1', spiffeId: ECHO, gateway: { network: 'network2', address: '127.0.0.1', port: gwPort, spiffeId: id('demo', 'impostor') } }, { timeoutMs: 5_000 }), /double HBONE via gateway/);
+});
+
+// Istio ambient multi-network: a Service behind a waypoint in the other cluster is served by that
+// waypoint, reached through the gateway by double HBONE (outer CONNECT to the waypoint's HBONE
+// address, inner CONNECT to the Service VIP:port), so the waypoint sees the caller's own identity.
+test('double HBONE through the gateway to one of its cluster\'s waypoints: the outer CONNECT names the waypoint\'s HBONE address, the waypoint sees the caller\'s own identity and the Service VIP:port; any other port of a waypoint, and an address that is neither endpoint nor waypoint, are refused and counted', async () => {
+  const pool = new HbonePool();
+  pools.push(pool);
+  const before = Number(/^weft_eastwest_tunnels_total (\d+)$/m.exec(await registry.metrics())?.[1] ?? 0);
+  const s = await pool.connect({
+    sourceKey: CLIENT, tls: await creds(c1, CLIENT), dest: { host: '127.0.0.1', port: wpPort }, target: '10.97.0.20:80', expectPeer: WAYPOINT2,
+    gateway: { host: '127.0.0.1', port: gwPort, expectPeer: GW_ID, target: `127.0.0.1:${wpPort}` }, timeoutMs: 5_000,
+  });
+  const back = new Promise<string>((resolve) => {
+    let got = '';
+    s.on('data', (c: Buffer) => {
+      got += c;
+      if (got.includes('\n')) resolve(got);
+    });
+  });
+  s.write('to a waypoint across networks\n');
+  assert.equal(await back, 'to a waypoint across networks\n');
+  s.end();
+  assert.deepEqual(seenAtWaypoint.at(-1), { peer: CLIENT, target: '10.97.0.20:80' }, 'the waypoint authenticated the caller itself, not the gateway');
+  assert.match(await registry.metrics(), new RegExp(`^weft_eastwest_tunnels_total ${before + 1}$`, 'm'), 'through the gateway');
+  // Attacker side: the waypoint's address is no open door to its other ports, nor is anything else.
+  await assert.rejects(outer(CLIENT, '127.0.0.1:15020'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && new RegExp(`127\\.0\\.0\\.1 is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not 15020`).test(e.message));
+  await assert.rejects(outer(CLIENT, '10.97.0.20:80'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /10\.97\.0\.20 is neither an endpoint nor a waypoint of this cluster/.test(e.message));
+  const m = await registry.metrics();
+  assert.match(m, /^weft_eastwest_refused_total\{reason="not-hbone-port"\} 1$/m);
+  assert.match(m, /^weft_eastwest_refused_total\{reason="unknown-endpoint"\} 2$/m);
 });

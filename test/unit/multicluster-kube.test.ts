@@ -24,6 +24,7 @@ import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { X509Certificate } from 'node:crypto';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import type { MeshModel, Service } from '../../lib/model/mesh.ts';
+import { LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 
 const TD = 'cluster.local';
 const GATEWAY_IP = '192.168.77.2';
@@ -398,4 +399,31 @@ test('a remote API server that goes silent (a partition that drops packets: no r
     await new Promise<void>((r) => relay.close(() => r()));
     await c2.stop();
   }
+});
+
+// Istio ambient multi-network: a Service only cluster2 has, behind cluster2's own waypoint, is sent
+// to that waypoint (through cluster2's gateway); read here through cluster2's API server, the
+// Waypoint and its running pod as cluster2's own controller would export them.
+test('remote secret: a Service only cluster2 has behind cluster2\'s waypoint is imported with that waypoint (its running pod\'s address, network2\'s gateway) and no endpoints; with the waypoint\'s pod gone it is refused, named and counted', async () => {
+  await withTwoClusters(async ({ c1, c2, controller, federation }) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+    const model = () => controller.controller.model;
+    await until('demo/echo-wp imported with cluster2\'s waypoint', () => model()?.services.get('demo/echo-wp')?.waypoint?.cluster === 'cluster2', 15_000).catch(async (e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(await federation())}`);
+    });
+    const s = model()!.services.get('demo/echo-wp')!;
+    assert.deepEqual([s.vips, s.endpoints.length], [['10.97.0.22'], 0]);
+    const wp = model()!.waypoints.get('cluster2/demo/waypoint')!;
+    assert.deepEqual([wp.address, wp.ready, wp.spiffeId, wp.network, wp.gateway?.address], ['10.78.1.7', true, `spiffe://${TD}/ns/demo/sa/waypoint`, 'network2', GATEWAY_IP]);
+    c2.remove('Pod', 'demo', 'waypoint-c2');
+    await until('refused while its waypoint has no running pod', async () => (await federation()).remotes[0]?.refusedServices?.['demo/echo-wp'] !== undefined, 10_000);
+    assert.match((await federation()).remotes[0]!.refusedServices!['demo/echo-wp']!, /goes through waypoint demo\/waypoint of cluster cluster2, which enforces its L7 policy and is not ready/);
+    assert.equal(model()!.services.has('demo/echo-wp'), false);
+    assert.match(await controller.registry.metrics(), /weft_federation_import_refused_total\{cluster="cluster2",reason="waypoint"\} 1\n/);
+  }, (_c1, c2) => {
+    c2.apply({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'waypoint', namespace: 'demo' } });
+    c2.apply(pod('demo', 'waypoint-c2', { labels: { [LABEL_WAYPOINT_FOR]: 'waypoint' }, ip: '10.78.1.7', hostIP: '10.78.0.1', sa: 'waypoint' }));
+    const behind = svc('demo', 'echo-wp', { app: 'echo' }, '10.97.0.22');
+    c2.apply({ ...behind, metadata: { ...behind.metadata, labels: { [LABEL_USE_WAYPOINT]: 'waypoint' } } });
+  });
 });

@@ -124,7 +124,7 @@ test('remote-only Services, attacker side: a remote cannot take over an address 
   assert.match(why['cluster2/demo/hijack-vip']!, /^vip-in-use: Service demo\/hijack-vip of cluster cluster2 not imported: its VIP 10\.96\.0\.10 is already local Service demo\/echo$/);
   assert.match(why['cluster2/demo/hijack-pod']!, /^vip-in-use: .*10\.77\.1\.9 is already local workload/);
   assert.match(why['cluster2/demo/hijack-node']!, /^vip-in-use: .*10\.77\.0\.2 is already local node/);
-  assert.match(why['cluster2/demo/behind-waypoint']!, /^waypoint: .*goes through waypoint demo\/waypoint in cluster2/);
+  assert.match(why['cluster2/demo/behind-waypoint']!, /^waypoint: .*goes through waypoint demo\/waypoint of cluster cluster2, which enforces its L7 policy and is not in its export/);
   assert.match(why['cluster2/demo/headless']!, /^headless: /);
   assert.match(why['cluster3/demo/other']!, /^vip-in-use: .*10\.97\.0\.30 is already Service demo\/fine imported from cluster2/);
   assert.equal(refused.length, 6);

@@ -21,9 +21,8 @@ import { parse as parseYaml } from 'yaml';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
-import type { ClusterExport } from '../../../lib/model/federation.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, LABEL_MULTICLUSTER, LABEL_NETWORK } from '../../../lib/model/federation.ts';
+import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport } from '../../../lib/model/federation.ts';
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
@@ -34,7 +33,7 @@ import type { RawObject, SourceEvent } from './source.ts';
 import type { RemoteCluster, RemoteReport } from '../federation.ts';
 
 /** What a remote cluster's reader watches. */
-export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice'];
+export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint'];
 
 export class RemoteSecretError extends Error {
   readonly code = 'WEFT_REMOTE_SECRET';
@@ -188,7 +187,9 @@ export class RemoteClusterReader {
     const root = inputs.namespaces.find((n) => n.metadata.name === rootNamespace);
     const network = root?.metadata.labels?.[LABEL_NETWORK] || cluster;
     const gateway = gatewayOf(this.#gatewayService, network, `spiffe://${trustDomain}/ns/${rootNamespace}/sa/${EASTWEST_SERVICE_ACCOUNT}`);
-    return { cluster, network, ...(gateway ? { gateway } : {}), services: [...model.services.values()] };
+    // Its waypoints as its own controller would export them: addresses from their running pods, or
+    // the Waypoint's status that controller writes (compile.ts waypointFacts).
+    return { cluster, network, ...(gateway ? { gateway } : {}), services: [...model.services.values()], waypoints: [...model.waypoints.values()].map(exportWaypoint) };
   }
 }
 

@@ -147,7 +147,9 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
     case 'PeerAuthentication':
       return inNs(m.peerAuthentications);
     case 'Waypoint':
-      return inNs(m.waypoints);
+      // Its own namespace's waypoints of this cluster: another cluster's of the same namespace/name
+      // (imported for callers here) is not itself.
+      return inNs(m.waypoints).filter((k) => m.waypoints.get(k)!.cluster === undefined);
   }
 }
 
@@ -178,8 +180,10 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
     }
     case 'PeerAuthentication':
       return m.peerAuthentications.get(name)?.namespace === namespace;
-    case 'Waypoint':
-      return m.waypoints.get(name)?.namespace === namespace;
+    case 'Waypoint': {
+      const w = m.waypoints.get(name);
+      return w?.namespace === namespace && w.cluster === undefined;
+    }
   }
 }
 

@@ -1,0 +1,155 @@
+// A Service only another cluster has, behind that cluster's own waypoint (Istio ambient
+// multi-network: the caller's traffic goes to the remote waypoint through the remote network's
+// east-west gateway, double HBONE, so the waypoint applies the Service's routes and L7 policy to
+// the caller's own identity). Here without root: the export carrying the waypoint (checked field
+// by field, a bad entry costing only the Services behind it), the import (the Service references
+// the waypoint, cluster-qualified; refused, named, when it cannot be used), what a controller
+// exports and merges, and where the caller's agent sends the connection.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
+import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
+import { Federation } from '../../controller/src/federation.ts';
+import { AgentState, NoRouteError } from '../../agent/src/state.ts';
+import { silentLogger } from '../../lib/log.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+const ep = (ip: string): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '10.78.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: id('demo', 'echo'), ready: true });
+const svc = (name: string, extra: Partial<Service> = {}): Service => ({
+  name, namespace: 'demo', hostname: `${name}.demo.svc.cluster.local`, vips: ['10.97.0.20'],
+  ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep('10.78.1.1')], ...extra,
+});
+const GW = { network: 'network2', address: '192.168.77.2', port: 15008, spiffeId: id('weft-system', 'weft-eastwest') };
+const WP: ExportedWaypoint = { name: 'waypoint', namespace: 'demo', address: '10.78.1.7', port: 15008, spiffeId: id('demo', 'waypoint'), ready: true };
+const behind = (name: string, vip: string, waypoint = 'waypoint') => svc(name, { vips: [vip], waypoint: { namespace: 'demo', name: waypoint } });
+
+test('a remote-only Service behind its cluster\'s waypoint is imported with that waypoint, not its endpoints: cluster-qualified, on its network, through its gateway (Istio ambient multi-network); the same network dials it directly', () => {
+  const c2: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [behind('echo-c2', '10.97.0.20')], waypoints: [WP] };
+  const { services, waypoints, refused } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [c2]);
+  assert.deepEqual(refused, []);
+  const s = services.get('demo/echo-c2')!;
+  assert.deepEqual(s.waypoint, { namespace: 'demo', name: 'waypoint', cluster: 'cluster2' });
+  assert.deepEqual(s.vips, ['10.97.0.20']);
+  assert.deepEqual(s.endpoints, [], 'reached only through its waypoint: no endpoint to go around it by');
+  assert.deepEqual([...waypoints.keys()], ['cluster2/demo/waypoint'], 'keyed apart from a local demo/waypoint (namespace sameness)');
+  const w = waypoints.get('cluster2/demo/waypoint')!;
+  assert.deepEqual([w.address, w.port, w.spiffeId, w.ready, w.cluster, w.network, w.gateway?.address], ['10.78.1.7', 15008, id('demo', 'waypoint'), true, 'cluster2', 'network2', '192.168.77.2']);
+  const same = mergeRemoteServices({ services: [] }, { network: 'network2' }, [c2]).waypoints.get('cluster2/demo/waypoint')!;
+  assert.equal(same.gateway, undefined, 'same network: no gateway');
+  // Another cluster that has the same Service without a waypoint adds no way around it.
+  const c3: ClusterExport = { cluster: 'cluster3', network: 'network3', gateway: { ...GW, network: 'network3', address: '192.168.77.3' }, services: [svc('echo-c2', { vips: ['10.98.0.20'], endpoints: [ep('10.79.1.1')] })] };
+  assert.deepEqual(mergeRemoteServices({ services: [] }, { network: 'network1' }, [c3, c2]).services.get('demo/echo-c2')!.endpoints, []);
+});
+
+test('remote waypoint, attacker and failure side: a Service whose waypoint is missing, invalid, not ready, without an address or with an address no waypoint may have is refused (reason waypoint, named); a network without a gateway refuses its remote-only Services (no-gateway); each costs only that Service', () => {
+  const c2: ClusterExport = {
+    cluster: 'cluster2', network: 'network2', gateway: GW,
+    services: [
+      behind('missing', '10.97.0.1', 'nowhere'),
+      behind('invalid', '10.97.0.2', 'bad'),
+      behind('not-ready', '10.97.0.3', 'starting'),
+      behind('no-address', '10.97.0.4', 'empty'),
+      behind('loopback', '10.97.0.5', 'lo'),
+      behind('fine', '10.97.0.6'),
+    ],
+    waypoints: [
+      WP,
+      { ...WP, name: 'bad', port: 0, spiffeId: '', ready: false, invalid: 'federation export: waypoints[1].port: 0 is not a port' },
+      { ...WP, name: 'starting', ready: false, reason: 'no ready replica' },
+      { name: 'empty', namespace: 'demo', port: 15008, spiffeId: id('demo', 'empty'), ready: true },
+      { ...WP, name: 'lo', address: '127.0.0.1' },
+    ],
+  };
+  const c3: ClusterExport = { cluster: 'cluster3', network: 'network3', services: [behind('cut-off', '10.97.0.7')], waypoints: [WP] };
+  const { services, refused } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [c2, c3]);
+  const why = Object.fromEntries(refused.map((r) => [`${r.cluster}/${r.service}`, `${r.reason}: ${r.message}`]));
+  assert.match(why['cluster2/demo/missing']!, /^waypoint: Service demo\/missing of cluster cluster2 not imported: its traffic goes through waypoint demo\/nowhere of cluster cluster2, which enforces its L7 policy and is not in its export; going around it would bypass that policy$/);
+  assert.match(why['cluster2/demo/invalid']!, /^waypoint: .*waypoint demo\/bad .*is invalid \(federation export: waypoints\[1\]\.port: 0 is not a port\)/);
+  assert.match(why['cluster2/demo/not-ready']!, /^waypoint: .*is not ready \(no ready replica\)/);
+  assert.match(why['cluster2/demo/no-address']!, /^waypoint: .*has no address/);
+  assert.match(why['cluster2/demo/loopback']!, /^waypoint: .*has the address 127\.0\.0\.1, which no waypoint may have/);
+  assert.match(why['cluster3/demo/cut-off']!, /^no-gateway: .*cluster cluster3 is on network network3, which has no east-west gateway/);
+  assert.equal(refused.length, 6);
+  assert.deepEqual([...services.keys()], ['demo/fine'], 'the Service behind the good waypoint is imported');
+});
+
+test('the export\'s waypoints are checked field by field: a wrong field is named by its path and costs only the Services behind that waypoint; an entry without a name, or a waypoints that is no list, makes the export unreadable', () => {
+  const good = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [behind('echo-c2', '10.97.0.20'), behind('other', '10.97.0.21', 'other')], waypoints: [WP, { ...WP, name: 'other' }] };
+  const parsed = parseClusterExport(JSON.parse(JSON.stringify(good)));
+  assert.deepEqual(parsed.waypoints, good.waypoints);
+  assert.deepEqual(parseClusterExport({ ...good, waypoints: undefined }).waypoints, [], 'an older release\'s export has none');
+  const entry = (w: Record<string, unknown>) => parseClusterExport({ ...good, waypoints: [WP, { ...WP, name: 'other', ...w }] }).waypoints![1]!;
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ port: undefined }, /^federation export: waypoints\[1\]\.port: undefined is not a port$/],
+    [{ port: 70000 }, /waypoints\[1\]\.port: 70000 is not a port/],
+    [{ address: 'evil.example' }, /waypoints\[1\]\.address: "evil\.example" is not an IP address/],
+    [{ addresses: ['10.78.1.7', 'x'] }, /waypoints\[1\]\.addresses\[1\]: "x" is not an IP address/],
+    [{ addresses: '10.78.1.7' }, /waypoints\[1\]\.addresses: must be a list/],
+    [{ spiffeId: undefined }, /waypoints\[1\]\.spiffeId: must be a non-empty string/],
+    [{ ready: 'yes' }, /waypoints\[1\]\.ready: must be a boolean/],
+    [{ reason: 7 }, /waypoints\[1\]\.reason: must be a string/],
+  ];
+  for (const [bad, msg] of cases) {
+    const e = entry(bad);
+    assert.match(e.invalid ?? '', msg, JSON.stringify(bad));
+    assert.deepEqual([e.name, e.namespace, e.ready], ['other', 'demo', false]);
+    // Only the Service behind it pays.
+    const { services, refused } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parseClusterExport({ ...good, waypoints: [WP, { ...WP, name: 'other', ...bad }] })]);
+    assert.deepEqual([...services.keys()], ['demo/echo-c2'], JSON.stringify(bad));
+    assert.deepEqual(refused.map((r) => [r.service, r.reason]), [['demo/other', 'waypoint']]);
+    assert.ok(refused[0]!.message.includes(e.invalid!), 'the refusal names the field');
+  }
+  const whole: Array<[unknown, RegExp]> = [
+    [{ ...good, waypoints: {} }, /^federation export: waypoints: must be a list$/],
+    [{ ...good, waypoints: [WP, 'x'] }, /waypoints\[1\]: must be an object/],
+    [{ ...good, waypoints: [{ ...WP, name: undefined }] }, /waypoints\[0\]\.name: must be a non-empty string/],
+    [{ ...good, waypoints: [{ ...WP, namespace: '' }] }, /waypoints\[0\]\.namespace: must be a non-empty string/],
+  ];
+  for (const [input, msg] of whole) assert.throws(() => parseClusterExport(input), (e: Error) => e instanceof FederationExportError && msg.test(e.message), JSON.stringify(input).slice(0, 120));
+});
+
+function model(services: Service[], waypoints: Waypoint[] = []): MeshModel {
+  return {
+    workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(),
+    trafficPolicies: new Map(), routes: new Map(), waypoints: new Map(waypoints.map((w) => [`${w.namespace}/${w.name}`, w])),
+  };
+}
+
+test('a controller exports its own waypoints (address, port, identity, readiness) and none it imported; merging adds the imported one beside a local waypoint of the same namespace/name', () => {
+  const fed = new Federation({ cluster: 'cluster1', network: 'network1', remotes: [], tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, log: silentLogger });
+  const localWp: Waypoint = { name: 'waypoint', namespace: 'demo', address: '10.77.1.7', port: 15008, spiffeId: id('demo', 'waypoint'), ready: true };
+  const starting: Waypoint = { name: 'starting', namespace: 'demo', port: 15008, spiffeId: id('demo', 'starting'), ready: false, reason: 'no ready replica' };
+  fed.merge(model([svc('echo', { vips: ['10.96.0.10'] })], [localWp, starting]));
+  const exp = fed.export();
+  assert.deepEqual(exp.waypoints, [
+    { name: 'waypoint', namespace: 'demo', address: '10.77.1.7', port: 15008, spiffeId: id('demo', 'waypoint'), ready: true },
+    { name: 'starting', namespace: 'demo', port: 15008, spiffeId: id('demo', 'starting'), ready: false, reason: 'no ready replica' },
+  ]);
+  // Round trip: what one controller exports, another reads.
+  assert.deepEqual(parseClusterExport(JSON.parse(JSON.stringify(exp))).waypoints, exp.waypoints);
+});
+
+test('the caller\'s agent sends a remote waypoint\'s Service to that waypoint through its network\'s gateway (the inner CONNECT names the VIP:port), never directly; a local waypoint of the same namespace/name is not confused with it; not ready fails closed', () => {
+  const client: Workload = {
+    uid: 'demo/client', name: 'client', namespace: 'demo', node: 'node1', nodeIp: '10.77.0.1', ip: '10.77.1.1', serviceAccount: 'client', spiffeId: id('demo', 'client'),
+    labels: {}, enrolled: true, mode: 'PERMISSIVE', services: [], workloadName: 'client', canonicalService: 'client', canonicalRevision: 'latest', cluster: 'cluster1',
+  };
+  const c2: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [behind('echo-c2', '10.97.0.20')], waypoints: [{ ...WP, addresses: ['10.78.1.7', '10.78.2.7'] }] };
+  const { services, waypoints } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [c2]);
+  const localWp: Waypoint = { name: 'waypoint', namespace: 'demo', address: '10.77.1.7', port: 15008, spiffeId: id('demo', 'waypoint'), ready: true };
+  const config = (wps: Waypoint[]): AgentConfig => ({ node: 'node1', workloads: [client], services: [...services.values()], policies: [], peerAuthentications: [], waypoints: wps });
+  const s = new AgentState('node1');
+  s.apply(config([localWp, ...waypoints.values()]));
+  const ups = s.resolve(client, '10.97.0.20', 80);
+  assert.deepEqual(ups.map((u) => u.kind === 'hbone' && [u.address, u.port, u.target, u.identity, u.gateway?.address, u.waypoint?.cluster]), [
+    ['10.78.1.7', 15008, '10.97.0.20:80', id('demo', 'waypoint'), '192.168.77.2', 'cluster2'],
+    ['10.78.2.7', 15008, '10.97.0.20:80', id('demo', 'waypoint'), '192.168.77.2', 'cluster2'],
+  ]);
+  // A client in cluster1 with the waypoint's own identity is not that waypoint: it too goes through it.
+  assert.equal(s.resolve({ ...client, spiffeId: id('demo', 'waypoint') }, '10.97.0.20', 80)[0]!.kind, 'hbone');
+  s.apply(config([localWp]));
+  assert.throws(() => s.resolve(client, '10.97.0.20', 80), (e: Error) => e instanceof NoRouteError && /uses waypoint demo\/waypoint, which does not exist; traffic that must pass it fails closed/.test(e.message), 'the local one of the same name is not used instead');
+  s.apply(config([localWp, { ...waypoints.get('cluster2/demo/waypoint')!, ready: false }]));
+  assert.throws(() => s.resolve(client, '10.97.0.20', 80), /is not ready; traffic that must pass it fails closed/);
+});
