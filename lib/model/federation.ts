@@ -210,7 +210,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
   return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints };
 }
 
-/** A remote-only Service that was not imported, and why (each costs only itself). */
+/** A remote Service (or, for one this cluster has too, its endpoints) not imported, and why (each costs only itself). */
 export interface ImportRefusal {
   cluster: string;
   /** `namespace/name`. */
@@ -293,7 +293,15 @@ export function mergeRemoteServices(
       const mine = out.get(key);
       if (mine) {
         // One imported with its cluster's waypoint is reached only through that waypoint.
-        if (mine.waypoint?.cluster === undefined) out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
+        if (mine.waypoint?.cluster !== undefined) continue;
+        // Endpoints behind their own cluster's waypoint join a copy that has a waypoint of its own
+        // (which applies the same policies: Istio's namespace sameness); joined to one without
+        // any they would be reached directly, bypassing that waypoint's L7 policy. Fail closed.
+        if (rs.waypoint && !mine.waypoint) {
+          refuse(key, 'waypoint', `its endpoints there go through waypoint ${rs.waypoint.namespace}/${rs.waypoint.name} of cluster ${r.cluster}, which enforces its L7 policy, and the Service here has no waypoint to apply it; reaching them directly would bypass that policy`);
+          continue;
+        }
+        out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
         continue;
       }
       if (localKeys.has(key)) continue;

@@ -153,3 +153,27 @@ test('the caller\'s agent sends a remote waypoint\'s Service to that waypoint th
   s.apply(config([localWp, { ...waypoints.get('cluster2/demo/waypoint')!, ready: false }]));
   assert.throws(() => s.resolve(client, '10.97.0.20', 80), /is not ready; traffic that must pass it fails closed/);
 });
+
+test('a Service this cluster has without a waypoint does not take in another cluster\'s endpoints that sit behind that cluster\'s waypoint (they would be reached around its L7 policy): refused, named, counted as waypoint; with a waypoint here, or without one there, they join (namespace sameness)', () => {
+  const c2: ClusterExport = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [behind('echo', '10.97.0.20')], waypoints: [WP] };
+  const plainHere = svc('echo', { vips: ['10.96.0.20'], endpoints: [ep('10.77.1.1')] });
+  const m = mergeRemoteServices({ services: [plainHere] }, { network: 'network1' }, [c2]);
+  assert.deepEqual(m.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1'], 'only the local endpoint');
+  assert.equal(m.refused.length, 1);
+  assert.equal(m.refused[0]!.reason, 'waypoint');
+  assert.match(m.refused[0]!.message, /^Service demo\/echo of cluster cluster2 not imported: its endpoints there go through waypoint demo\/waypoint of cluster cluster2, .* would bypass that policy$/);
+  // The same with the two remotes the other way round: a remote-only Service first imported
+  // plainly from cluster1 (sorted first) takes no endpoints from cluster2 behind its waypoint.
+  const c1: ClusterExport = { cluster: 'cluster1', network: 'network1', services: [svc('echo-x', { vips: ['10.98.0.30'], endpoints: [ep('10.77.2.2')] })] };
+  const c2x: ClusterExport = { ...c2, services: [behind('echo-x', '10.97.0.30')] };
+  const r = mergeRemoteServices({ services: [] }, { network: 'network3' }, [c2x, { ...c1, gateway: { ...GW, network: 'network1', address: '192.168.77.1' } }]);
+  assert.deepEqual(r.services.get('demo/echo-x')!.endpoints.map((e) => e.ip), ['10.77.2.2']);
+  assert.deepEqual(r.refused.map((x) => `${x.cluster}/${x.service}:${x.reason}`), ['cluster2/demo/echo-x:waypoint']);
+  // With a waypoint here the remote endpoints join (that waypoint routes to them), and a remote
+  // copy without a waypoint joins a plain local one as before.
+  const withWaypoint = mergeRemoteServices({ services: [{ ...plainHere, waypoint: { namespace: 'demo', name: 'waypoint' } }] }, { network: 'network1' }, [c2]);
+  assert.deepEqual(withWaypoint.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1']);
+  assert.deepEqual(withWaypoint.refused, []);
+  const plainThere = mergeRemoteServices({ services: [plainHere] }, { network: 'network1' }, [{ ...c2, services: [svc('echo')] }]);
+  assert.deepEqual(plainThere.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1']);
+});
