@@ -36,18 +36,8 @@ export interface ClusterExport {
   waypoints?: ExportedWaypoint[];
 }
 
-/** One of a cluster's own waypoints in its export. */
-export interface ExportedWaypoint {
-  name: string;
-  namespace: string;
-  /** Its HBONE address (a ready replica's); absent until it runs. */
-  address?: string;
-  /** Every ready replica's address, when there is more than one. */
-  addresses?: string[];
-  port: number;
-  spiffeId: string;
-  ready: boolean;
-  reason?: string;
+/** One of a cluster's own waypoints in its export: the model's Waypoint fields a caller needs. */
+export interface ExportedWaypoint extends Pick<Waypoint, 'name' | 'namespace' | 'address' | 'addresses' | 'port' | 'spiffeId' | 'ready' | 'reason'> {
   /**
    * Set by parseClusterExport, never sent: what is wrong with this entry, its field named by path.
    * It costs only the Services behind this waypoint (refused at import), not the export.
