@@ -34,8 +34,8 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              (default: the CA's, 24 h)
   --splice                   splice authorized same-node connections in the kernel (bpf/splice.bpf.c)
                              instead of carrying them through the agent (default: off, also as
-                             --no-splice or --splice=false; docs/ARCHITECTURE.md, data path step 5,
-                             says what it costs today)
+                             --no-splice or --splice=false). Experimental: docs/ARCHITECTURE.md,
+                             data path step 5, says what it costs and its known defect
   --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
                              /debug/<path> on the metrics port, for weftctl and the dashboard on a
                              cluster (default: off; whoever reaches the port can read them)
