@@ -38,7 +38,7 @@ import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
-import type { WaypointAllowList } from './waypoint-admission.ts';
+import { isOwnWaypointIdentity, type WaypointAllowList } from './waypoint-admission.ts';
 import { ConfigServer, addConfigStreamService } from './xds/server.ts';
 import { spiffeStreamAuthorizer } from './xds/authz.ts';
 
@@ -255,9 +255,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
           if (federation && ns === rootNamespace && sa === EASTWEST_SERVICE_ACCOUNT) return true;
           const model = controller.ready ? controller.model : undefined;
           if (!model) return undefined;
-          const id = spiffeIdOf(trustDomain, ns, sa);
-          for (const w of model.waypoints.values()) if (w.namespace === ns && w.spiffeId === id && w.cluster === undefined) return true;
-          return false;
+          return isOwnWaypointIdentity(model.waypoints.values(), ns, spiffeIdOf(trustDomain, ns, sa));
         },
       });
     }

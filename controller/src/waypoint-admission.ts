@@ -9,6 +9,7 @@
 // A Waypoint refused here is not launched, stays NotReady with the field at fault in its status,
 // and the Services that use it fail closed.
 import type { Waypoint } from '../../lib/model/objects.ts';
+import type { Waypoint as MeshWaypoint } from '../../lib/model/mesh.ts';
 
 export interface WaypointAllowList {
   /** ServiceAccount names a Waypoint may name besides its own name. */
@@ -48,4 +49,15 @@ export function admitWaypoint(wp: Pick<Waypoint, 'metadata' | 'spec'>, allow: Wa
     };
   }
   return undefined;
+}
+
+/**
+ * Whether a ServiceAccount token may obtain a waypoint's certificate: `id` (the SPIFFE ID of
+ * namespace `ns` and that ServiceAccount) is the identity of one of this cluster's own waypoints
+ * in `ns`. Another cluster's waypoints are in the model too (imported with their remote-only
+ * Services), under the same names; a local pod must never get one of their identities.
+ */
+export function isOwnWaypointIdentity(waypoints: Iterable<Pick<MeshWaypoint, 'namespace' | 'spiffeId' | 'cluster'>>, ns: string, id: string): boolean {
+  for (const w of waypoints) if (w.namespace === ns && w.spiffeId === id && w.cluster === undefined) return true;
+  return false;
 }

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
+import { isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
 import { AgentState, NoRouteError } from '../../agent/src/state.ts';
 import { silentLogger } from '../../lib/log.ts';
 
@@ -176,4 +177,13 @@ test('a Service this cluster has without a waypoint does not take in another clu
   assert.deepEqual(withWaypoint.refused, []);
   const plainThere = mergeRemoteServices({ services: [plainHere] }, { network: 'network1' }, [{ ...c2, services: [svc('echo')] }]);
   assert.deepEqual(plainThere.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1']);
+});
+
+test('a local ServiceAccount token obtains the identity of this cluster\'s own waypoint only: an imported waypoint of another cluster, same namespace and same SPIFFE ID, gives it nothing (controller/src/main.ts TokenReview)', () => {
+  const own: Pick<Waypoint, 'namespace' | 'spiffeId' | 'cluster'> = { namespace: 'demo', spiffeId: id('demo', 'waypoint') };
+  const remote: Pick<Waypoint, 'namespace' | 'spiffeId' | 'cluster'> = { namespace: 'demo', spiffeId: id('demo', 'waypoint'), cluster: 'cluster2' };
+  assert.equal(isOwnWaypointIdentity([own], 'demo', id('demo', 'waypoint')), true);
+  assert.equal(isOwnWaypointIdentity([remote], 'demo', id('demo', 'waypoint')), false, 'imported from cluster2: not ours to hand out');
+  assert.equal(isOwnWaypointIdentity([own, remote], 'other', id('demo', 'waypoint')), false, 'another namespace');
+  assert.equal(isOwnWaypointIdentity([own], 'demo', id('demo', 'client')), false, 'another ServiceAccount');
 });
