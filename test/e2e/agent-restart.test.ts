@@ -136,11 +136,14 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
   await waitLog('agent-node1-next.log', 'agent ready', next);
   // Both serve side by side for a moment, then the old one is told to stop.
   await sleep(500);
+  const drainsBefore = mesh.logEntries('agent-node1.log', 'draining').length;
   const sigterm = Date.now();
   const exited = once(old, 'exit');
   old.kill('SIGTERM');
-  // The short connection ends 2 s into the 8 s drain (its client closes it).
-  await sleep(2_000);
+  // The short connection ends inside the 8 s drain (its client closes it), once the old agent
+  // says it drains.
+  await until('the old agent drains', () => mesh.logEntries('agent-node1.log', 'draining').length > drainsBefore, 5_000,
+    { explain: () => mesh.logTail('agent-node1.log', 5) });
   const shortOut = short.stop();
   await exited;
   const exitMs = Date.now() - sigterm;
