@@ -24,6 +24,7 @@ import {
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_RAPID_RESET_INTERVAL_MS,
   DEFAULT_RAPID_RESET_MAX,
+  DEFAULT_RAPID_RESET_MIN_LIFETIME_MS,
   DEFAULT_SERVER_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
@@ -76,7 +77,8 @@ export interface HboneConnectRequest {
 /** Accept with the upstream (already connected), or refuse with a status and a reason. */
 export type HboneConnectDecision =
   | { upstream: Duplex }
-  | { status: number; reason: string };
+  /** `kind`: why, for the refusal's count (default `denied`, a policy's no). */
+  | { status: number; reason: string; kind?: 'denied' | 'upstream-failed' | 'overloaded' };
 
 export type HboneConnectHandler = (req: HboneConnectRequest) => Promise<HboneConnectDecision>;
 
@@ -91,7 +93,12 @@ export type HboneRefusalKind =
   | 'peer-not-workload'
   | 'method-not-allowed'
   | 'bad-authority'
+  /** The handler refused: a policy's no. */
   | 'denied'
+  /** The handler could not reach the upstream (refused, timed out). */
+  | 'upstream-failed'
+  /** The handler refused at once because the upstream already has too many connections waiting. */
+  | 'overloaded'
   | 'handler-failed'
   | 'rapid-reset'
   | 'too-many-connections';
@@ -158,8 +165,13 @@ export interface HboneServerOptions {
    * destination), so a node needs a handful; default 1024.
    */
   maxConnectionsPerSource?: number;
-  /** Rapid-reset guard: more than `max` early resets inside `intervalMs` and the session takes no new streams (GOAWAY). Default 100 / 1 s. */
-  rapidReset?: { max: number; intervalMs: number };
+  /**
+   * Rapid-reset guard: more than `max` premature resets inside `intervalMs` and the session takes no
+   * new streams (GOAWAY). A reset is premature when the stream had no answer yet and lived less
+   * than `minLifetimeMs` (Envoy's premature_reset_min_stream_lifetime_seconds, 1 s). Default
+   * 100 / 1 s / 1 s.
+   */
+  rapidReset?: { max: number; intervalMs: number; minLifetimeMs?: number };
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
 }
@@ -208,6 +220,8 @@ export class HboneServer {
       'method-not-allowed': 0,
       'bad-authority': 0,
       denied: 0,
+      'upstream-failed': 0,
+      overloaded: 0,
       'handler-failed': 0,
       'rapid-reset': 0,
       'too-many-connections': 0,
@@ -439,13 +453,21 @@ export class HboneServer {
     state.active++;
     if (state.idleTimer) { clearTimeout(state.idleTimer); state.idleTimer = undefined; }
     const ac = new AbortController();
+    const opened = performance.now();
     stream.on('error', noop);
     stream.once('close', () => {
       state.active--;
       if (!answered.has(stream)) {
         ac.abort();
-        // Streams torn down with their session (ours or the peer's TCP close) are not resets.
-        if (!state.session.destroyed) this.#onEarlyReset(state);
+        // Streams torn down with their session (ours or the peer's TCP close) are not resets. Nor
+        // is a CONNECT the client gave up on after waiting its deadline: what the attack
+        // (CVE-2023-44487) needs is streams that cost the server work and the client nothing, so
+        // it resets them at once. A client that keeps each one open a second is held to
+        // SETTINGS_MAX_CONCURRENT_STREAMS like any other, while a loaded server whose answers
+        // come late (every one a reset before the answer) would otherwise take it for an attack
+        // and cost its client a new session and handshake just when it can least afford them.
+        const limit = this.#opts.rapidReset?.minLifetimeMs ?? DEFAULT_RAPID_RESET_MIN_LIFETIME_MS;
+        if (!state.session.destroyed && performance.now() - opened < limit) this.#onEarlyReset(state);
       }
       if (state.active === 0 && !state.session.destroyed) this.#armIdle(state);
     });
@@ -491,7 +513,7 @@ export class HboneServer {
       if ('upstream' in d) this.#accept(stream, request, d.upstream);
       else {
         if (stream.closed || stream.destroyed) return;
-        this.#refuse({ kind: 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority });
+        this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority });
         this.#respondRefusal(stream, d.status, d.reason);
       }
     }, (err: unknown) => {

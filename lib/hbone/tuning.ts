@@ -58,11 +58,13 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
 /**
  * Rapid-reset guard (CVE-2023-44487): streams the peer resets before we answered them cost us a
- * handler call (and often an upstream connect) each. More than this many inside the interval gets
- * the session a GOAWAY(ENHANCE_YOUR_CALM).
+ * handler call (and often an upstream connect) each. More than this many inside the interval, each
+ * reset within the minimum lifetime of its stream (Envoy's premature reset), and the session takes
+ * no new streams: GOAWAY(NO_ERROR, "rapid reset"), then a graceful close.
  */
 export const DEFAULT_RAPID_RESET_MAX = 100;
 export const DEFAULT_RAPID_RESET_INTERVAL_MS = 1000;
+export const DEFAULT_RAPID_RESET_MIN_LIFETIME_MS = 1000;
 
 /** Request headers the server hands to the connect handler by default. */
 export const DEFAULT_FORWARDED_HEADERS: readonly string[] = ['forwarded', 'x-forwarded-client-cert', 'baggage', 'traceparent', 'tracestate'];

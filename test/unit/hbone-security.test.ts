@@ -243,6 +243,34 @@ test('a legitimate client whose CONNECTs time out while the server is slow trips
   for (const t of tunnels) t.end();
 });
 
+// Envoy's premature-reset rule (premature_reset_min_stream_lifetime_seconds): only a stream reset
+// before its answer *and* within the minimum lifetime counts towards the rapid-reset guard.
+test('CONNECTs a client gives up on after waiting longer than the minimum stream lifetime are not premature resets: no GOAWAY, one session', async () => {
+  let cancelled = 0;
+  const hb = await startHbone({
+    handler: async (req) => {
+      req.signal.addEventListener('abort', () => cancelled++);
+      await sleep(600);
+      return { status: 503, reason: 'slow' };
+    },
+    rapidReset: { max: 5, intervalMs: 10_000, minLifetimeMs: 100 },
+  });
+  cleanups.push(() => hb.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const late = await Promise.all(Array.from({ length: 20 }, () => pool.connect(hb.to('127.0.0.1:9', { timeoutMs: 250 })).then(() => 'answered', (e: Error) => e.name)));
+  assert.ok(late.every((r) => r === 'HboneConnectTimeoutError'), JSON.stringify(late.slice(0, 3)));
+  // Every reset has reached the server once each handler saw its CONNECT cancelled.
+  await until('the server saw the 20 CONNECTs cancelled', () => cancelled === 20, 5_000, { explain: () => `${cancelled} cancelled` });
+  assert.equal(hb.server.stats().refusals['rapid-reset'], 0, 'late cancels are not an attack');
+  // Resets inside the lifetime still are: the same client, now giving up at once.
+  const quick = await Promise.all(Array.from({ length: 10 }, () => pool.connect(hb.to('127.0.0.1:9', { timeoutMs: 10 })).then(() => 'answered', (e: Error) => e.name)));
+  assert.ok(quick.every((r) => r === 'HboneConnectTimeoutError'));
+  await until('premature resets trip the guard', () => hb.server.stats().refusals['rapid-reset'] === 1, 5_000,
+    { explain: () => JSON.stringify(hb.server.stats().refusals) });
+  assert.equal(hb.server.stats().sessionsOpened, 1);
+});
+
 test('garbage instead of TLS or instead of HTTP/2 is dropped and counted, and the server keeps serving', async () => {
   const echo = await tcpServer((s) => s.pipe(s));
   cleanups.push(() => echo.server.close());
