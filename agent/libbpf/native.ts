@@ -80,7 +80,11 @@ export interface NativeTcpSocketOptions {
   transparent?: boolean;
   reuseAddr?: boolean;
   reusePort?: boolean;
+  /** With port 0: bind the first free port from `start` on, wrapping within [from, to]. */
+  portSearch?: PortSearch;
 }
+
+export interface PortSearch { from: number; to: number; start: number }
 
 export interface NativeBinding {
   BpfObject: new (path: string, pinRoot?: string) => NativeObject;
@@ -113,6 +117,7 @@ export interface NativeBinding {
   socketCookie(fd: number): bigint;
   tcpBytesWritten(fd: number): bigint;
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
+  localPortRange(netnsPath: string): [number, number];
   btfStruct(objectPath: string, name: string): NativeBtfStruct;
   /** glibc malloc_trim(0): free pages anywhere in the C heap go back to the kernel; true if any did. */
   mallocTrim(): boolean;

@@ -3,7 +3,9 @@
 // and TCP sockets created inside another namespace and handed to Node by fd.
 import type { Server, Socket } from 'node:net';
 import { BpfError, guard } from './errors.ts';
-import { native } from './native.ts';
+import { native, type PortSearch } from './native.ts';
+
+export type { PortSearch } from './native.ts';
 
 function nsPath(netnsPathOrPid: string | number): string {
   return typeof netnsPathOrPid === 'number' ? `/proc/${netnsPathOrPid}/ns/net` : netnsPathOrPid;
@@ -48,6 +50,11 @@ export interface SocketInNetnsOptions {
   bind?: HostPort;
   /** SO_REUSEPORT: several processes may listen on the same address (an agent and its successor). */
   reusePort?: boolean;
+  /**
+   * With `bind` on port 0: take the first free port from `start` on, wrapping within [from, to],
+   * instead of the kernel's pick (see PortCursor).
+   */
+  portSearch?: PortSearch;
 }
 
 /** Default listen(2) backlog of createSocketInNetns. */
@@ -68,10 +75,50 @@ export function createBoundSocketInNetns(netnsPath: string, opts: SocketInNetnsO
   const addr = opts.listen ?? opts.bind ?? { host: family === 6 ? '::' : '0.0.0.0', port: 0 };
   const backlog = opts.listen ? (opts.listen.backlog ?? DEFAULT_BACKLOG) : -1;
   const where = `${addr.host}:${addr.port} in ${netnsPath}`;
-  return guard(`cannot create a ${opts.listen ? 'listening ' : ''}socket on ${where}`, { path: netnsPath },
+  const search = opts.portSearch ? ` with a free port of ${opts.portSearch.from}-${opts.portSearch.to}` : '';
+  return guard(`cannot create a ${opts.listen ? 'listening ' : ''}socket on ${where}${search}`, { path: netnsPath },
     // SO_REUSEADDR only for listeners (a restarted one rebinds past TIME_WAIT); a socket bound to
     // connect gets a port of its own, so its 4-tuple can never collide with another's.
-    () => native().createTcpSocket({ netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: opts.listen !== undefined, reusePort: opts.reusePort ?? false }));
+    () => native().createTcpSocket({
+      netns: netnsPath, family, host: addr.host, port: addr.port, backlog, reuseAddr: opts.listen !== undefined, reusePort: opts.reusePort ?? false,
+      ...(opts.portSearch ? { portSearch: opts.portSearch } : {}),
+    }));
+}
+
+/** net.ipv4.ip_local_port_range inside a namespace. */
+export function localPortRange(netnsPath: string): { from: number; to: number } {
+  const [from, to] = guard(`cannot read the local port range of ${netnsPath}`, { path: netnsPath }, () => native().localPortRange(netnsPath));
+  return { from, to };
+}
+
+/**
+ * Source ports for the sockets an agent opens inside one namespace, handed out in turn over the
+ * namespace's ephemeral range. The kernel's own pick (bind to port 0) scans the whole odd half of
+ * the range once more than half of it is taken, with its lock held: 2.3 ms a socket at 15,000
+ * bound, against 45 µs below half (measured on kernel 6.18), which is a node agent's CPU gone at
+ * a thousand deliveries a second into a pod with ten thousand connections open. A port handed out
+ * long ago is likely free again, so the search from the cursor ends in a few refused binds.
+ */
+export class PortCursor {
+  readonly from: number;
+  readonly to: number;
+  #next: number;
+
+  constructor(range: { from: number; to: number }) {
+    this.from = range.from;
+    this.to = range.to;
+    this.#next = range.from + Math.floor(Math.random() * (range.to - range.from + 1));
+  }
+
+  /** Where the next search starts. */
+  get next(): PortSearch {
+    return { from: this.from, to: this.to, start: this.#next };
+  }
+
+  /** `port` was taken: the next search starts after it. */
+  used(port: number): void {
+    this.#next = port >= this.to ? this.from : port + 1;
+  }
 }
 
 export interface BindSocketOptions {

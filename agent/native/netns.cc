@@ -6,7 +6,10 @@
 #include <linux/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <cerrno>
 #include <cstring>
@@ -108,6 +111,24 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   bool reuseAddr = o.Get("reuseAddr").ToBoolean().Value();
   bool reusePort = o.Get("reusePort").ToBoolean().Value();
   if (port < 0 || port > 65535) return ThrowType(env, "port must be 0..65535");
+  // portSearch { from, to, start }: with port 0, bind the first free port from `start` on, wrapping
+  // within [from, to], instead of letting the kernel pick. The kernel's bind(port 0) scans its
+  // half of the ephemeral range (odd ports) in full once more than half of it is taken: 2.3 ms a
+  // socket with 15,000 of 28,232 ports bound, measured; an explicit bind is refused in about a
+  // microsecond when its port is taken, so a cursor that moves on from the last port handed out
+  // finds a free one in a few tries.
+  int64_t searchFrom = 0, searchTo = -1, searchStart = 0;
+  Napi::Value search = o.Get("portSearch");
+  if (search.IsObject()) {
+    Napi::Object so = search.As<Napi::Object>();
+    searchFrom = GetInt(so, "from", 0);
+    searchTo = GetInt(so, "to", -1);
+    searchStart = GetInt(so, "start", searchFrom);
+    if (port != 0 || searchFrom < 1 || searchTo > 65535 || searchFrom > searchTo) {
+      return ThrowType(env, "portSearch needs port 0 and 1 <= from <= to <= 65535");
+    }
+    if (searchStart < searchFrom || searchStart > searchTo) searchStart = searchFrom;
+  }
 
   sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
@@ -151,7 +172,22 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
       return ThrowErrno(env, errno, "setsockopt IP_TRANSPARENT", where, fields);
     }
   }
-  if (bind(s.get(), reinterpret_cast<sockaddr*>(&ss), slen) < 0) return ThrowErrno(env, errno, "bind", where, fields);
+  if (searchTo < 0) {
+    if (bind(s.get(), reinterpret_cast<sockaddr*>(&ss), slen) < 0) return ThrowErrno(env, errno, "bind", where, fields);
+  } else {
+    int64_t span = searchTo - searchFrom + 1;
+    int err = EADDRINUSE;
+    for (int64_t i = 0; i < span && err == EADDRINUSE; i++) {
+      uint16_t p = htons(static_cast<uint16_t>(searchFrom + (searchStart - searchFrom + i) % span));
+      if (family == AF_INET) reinterpret_cast<sockaddr_in*>(&ss)->sin_port = p;
+      else reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port = p;
+      err = bind(s.get(), reinterpret_cast<sockaddr*>(&ss), slen) < 0 ? errno : 0;
+    }
+    if (err != 0) {
+      return ThrowErrno(env, err == EADDRINUSE ? EADDRNOTAVAIL : err, "bind",
+                        where + " (every port of " + std::to_string(searchFrom) + "-" + std::to_string(searchTo) + " is taken)", fields);
+    }
+  }
   if (backlog >= 0 && listen(s.get(), static_cast<int>(backlog)) < 0) {
     return ThrowErrno(env, errno, "listen", where, fields);
   }
@@ -168,12 +204,39 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// localPortRange(netnsPath) -> [from, to]: net.ipv4.ip_local_port_range of that namespace (read
+// from /proc/sys while this thread is inside it; /proc/sys/net shows the reader's namespace).
+Napi::Value LocalPortRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!ArgString(info, 0, "netnsPath", &path)) return env.Undefined();
+  char buf[64] = {0};
+  {
+    NetnsGuard guard;
+    std::string op;
+    int err = guard.Enter(path, &op);
+    if (err != 0) return ThrowErrno(env, err, op, path, {{"path", path}});
+    FdGuard f(open("/proc/sys/net/ipv4/ip_local_port_range", O_RDONLY | O_CLOEXEC));
+    if (f.get() < 0) return ThrowErrno(env, errno, "open /proc/sys/net/ipv4/ip_local_port_range", path, {{"path", path}});
+    if (read(f.get(), buf, sizeof buf - 1) < 0) return ThrowErrno(env, errno, "read ip_local_port_range", path, {{"path", path}});
+  }
+  unsigned from = 0, to = 0;
+  if (sscanf(buf, "%u %u", &from, &to) != 2 || from < 1 || to > 65535 || from > to) {
+    return ThrowType(env, std::string("cannot parse ip_local_port_range: ") + buf);
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, from));
+  out.Set(1u, Napi::Number::New(env, to));
+  return out;
+}
+
 }  // namespace
 
 void InitNetns(Napi::Env env, Napi::Object exports) {
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
   exports.Set("tcpBytesWritten", Napi::Function::New(env, TcpBytesWritten, "tcpBytesWritten"));
+  exports.Set("localPortRange", Napi::Function::New(env, LocalPortRange, "localPortRange"));
   exports.Set("createTcpSocket", Napi::Function::New(env, CreateTcpSocket, "createTcpSocket"));
 }
 

@@ -3,15 +3,15 @@
 // sockhash, and the tests look at what processes and sockets experience. Needs root.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { createServer, Socket, type Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, run, type Netns } from '../lab/lab.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import {
-  AddonNotFoundError, addonCandidates, be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createSocketInNetns, cstring, fdOf, ipv4,
-  netnsCookie, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
+  AddonNotFoundError, addonCandidates, be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createBoundSocketInNetns, createSocketInNetns, cstring, fdOf, ipv4,
+  localPortRange, netnsCookie, PortCursor, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
 } from '../../agent/libbpf/index.ts';
 
 const OBJECTS = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'bpf');
@@ -418,6 +418,42 @@ describe('libbpf binding', { timeout: SUITE_TIMEOUT_MS }, () => {
     });
     assert.equal(refused, 'ECONNREFUSED');
     assert.equal(g.accepted, 1);
+  });
+
+  test('localPortRange reads the namespace\'s own range, and a port search binds free ports in turn, skipping taken ones and naming the range when all are', () => {
+    const ns = lab.netns('ports');
+    ns.exec('sysctl', '-qw', 'net.ipv4.ip_local_port_range=41000 41007');
+    assert.deepEqual(localPortRange(ns.path), { from: 41000, to: 41007 });
+    assert.deepEqual(localPortRange('/proc/self/ns/net'), (() => {
+      const [from, to] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+      return { from, to };
+    })());
+    const fds: number[] = [];
+    try {
+      // Someone else holds 41002 (a listener, as an application would).
+      const other = createSocketInNetns(ns.path, { listen: { host: '127.0.0.1', port: 41002 } });
+      fds.push(other);
+      const cursor = new PortCursor({ from: 41000, to: 41007 });
+      cursor.used(41000); // start at 41001, deterministically
+      const got: number[] = [];
+      for (let i = 0; i < 7; i++) {
+        const b = createBoundSocketInNetns(ns.path, { bind: { host: '127.0.0.1', port: 0 }, portSearch: cursor.next });
+        fds.push(b.fd);
+        cursor.used(b.port);
+        got.push(b.port);
+      }
+      // In turn from the cursor, past the taken port, wrapping at the end of the range.
+      assert.deepEqual(got, [41001, 41003, 41004, 41005, 41006, 41007, 41000]);
+      assert.throws(() => createBoundSocketInNetns(ns.path, { bind: { host: '127.0.0.1', port: 0 }, portSearch: cursor.next }),
+        (e: BpfError) => e.code === 'EADDRNOTAVAIL' && /with a free port of 41000-41007: .*EADDRNOTAVAIL/.test(e.message));
+      // A port freed is found again (fds[3] holds got[2], 41004).
+      closeSync(fds.splice(3, 1)[0]!);
+      const again = createBoundSocketInNetns(ns.path, { bind: { host: '127.0.0.1', port: 0 }, portSearch: cursor.next });
+      fds.push(again.fd);
+      assert.equal(again.port, 41004);
+    } finally {
+      for (const fd of fds) closeSync(fd);
+    }
   });
 
   describe('tcx', () => {
