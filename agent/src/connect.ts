@@ -12,6 +12,20 @@ export class UpstreamConnectError extends Error {
   }
 }
 
+/**
+ * Refused before any attempt: the destination pod already has as many connections waiting for its
+ * application to accept them as the agent allows (LocalDelivery's pending bound).
+ */
+export class OverloadedError extends Error {
+  readonly code = 'WEFT_OVERLOADED';
+  readonly target: string;
+  constructor(target: string, message: string) {
+    super(`cannot connect to ${target}: ${message}`);
+    this.name = 'OverloadedError';
+    this.target = target;
+  }
+}
+
 export function splitHostPort(target: string): { host: string; port: number } {
   const i = target.lastIndexOf(':');
   const host = target.slice(0, i).replace(/^\[|\]$/g, '');

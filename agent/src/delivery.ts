@@ -11,13 +11,20 @@
 // first so connect4 does not capture it, and the pod's accept() reports the real client
 // (weft_peer_override).
 import type { Duplex } from 'node:stream';
-import { createBoundSocketInNetns } from '../libbpf/index.ts';
+import { closeSync } from 'node:fs';
+import { createBoundSocketInNetns, localPortRange, PortCursor } from '../libbpf/index.ts';
+
+/** net.ipv4.ip_local_port_range's default, for a namespace whose own cannot be read. */
+const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
+
+/** Connects to one pod that may wait for its application to accept at once (Envoy's default max_pending_requests and max_connections). */
+export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
-import { connectTcp, UpstreamConnectError } from './connect.ts';
+import { connectTcp, OverloadedError, UpstreamConnectError } from './connect.ts';
 
 export class DeniedError extends Error {
   readonly code = 'WEFT_DENIED';
@@ -58,6 +65,8 @@ export interface LocalDeliveryOptions {
   datapath: DeliveryDatapath;
   metrics: AgentMetrics;
   log: Logger;
+  /** Connects to one pod waiting for its application to accept, beyond which new ones are refused at once. Default 1,024. */
+  maxPendingConnects?: number;
 }
 
 export class LocalDelivery {
@@ -65,8 +74,12 @@ export class LocalDelivery {
   readonly #datapath: DeliveryDatapath;
   readonly #metrics: AgentMetrics;
   readonly #log: Logger;
-  /** pod IP → its network-namespace file, for every pod this agent enrolled. */
-  readonly #netns = new Map<string, string>();
+  /**
+   * pod IP → its network-namespace file, the source ports handed out there and the connects to it
+   * not yet accepted, for every pod this agent enrolled.
+   */
+  readonly #netns = new Map<string, { path: string; ports: PortCursor; pending: number }>();
+  readonly #maxPending: number;
   /** Every open delivery, whatever brought it, until its pod side closes (reauthorize). */
   readonly #open = new Set<OpenDelivery>();
 
@@ -75,11 +88,18 @@ export class LocalDelivery {
     this.#datapath = opts.datapath;
     this.#metrics = opts.metrics;
     this.#log = opts.log;
+    this.#maxPending = opts.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
   }
 
   /** The agent enrolled a pod: deliveries to it go through this namespace. */
   podEnrolled(podIp: string, netnsPath: string): void {
-    this.#netns.set(podIp, netnsPath);
+    let range = DEFAULT_LOCAL_PORT_RANGE;
+    try {
+      range = localPortRange(netnsPath);
+    } catch (err) {
+      this.#log.warn('cannot read the pod\'s local port range; using the kernel default', { netns: netnsPath, error: (err as Error).message });
+    }
+    this.#netns.set(podIp, { path: netnsPath, ports: new PortCursor(range), pending: 0 });
   }
 
   podRemoved(podIp: string): void {
@@ -154,11 +174,21 @@ export class LocalDelivery {
     const target = `${dest.ip}:${port}`;
     const netns = this.#netns.get(dest.ip);
     if (!netns) throw new UpstreamConnectError(target, Object.assign(new Error(`pod ${dest.namespace}/${dest.name} is not enrolled by this agent`), { code: 'WEFT_NOT_ENROLLED' }));
-    let bound: { fd: number; port: number };
+    if (netns.pending >= this.#maxPending) {
+      // The application is not accepting as fast as connections come (its listen queue is full,
+      // so the kernel drops SYNs and each connect waits out retransmissions). Queueing more would
+      // only hold a source port and a tunnel each until they time out, and the callers' retries
+      // would add to the pile: refuse at once, as Envoy's circuit breaker does past its 1,024
+      // pending connections, and the caller learns in a round trip instead of a timeout.
+      throw new OverloadedError(target, `${netns.pending} connections to pod ${dest.namespace}/${dest.name} are waiting for it to accept (the agent allows ${this.#maxPending}); refused at once`);
+    }
+    let bound: { fd: number; port: number } | undefined;
     try {
-      bound = createBoundSocketInNetns(netns, { bind: { host: dest.ip, port: 0 } });
+      bound = createBoundSocketInNetns(netns.path, { bind: { host: dest.ip, port: 0 }, portSearch: netns.ports.next });
+      netns.ports.used(bound.port);
       this.#datapath.tagAgentSocket(bound.fd);
     } catch (err) {
+      if (bound) closeSync(bound.fd);
       throw new UpstreamConnectError(target, err as Error);
     }
     const reg = { local: { ip: dest.ip, port }, remote: { ip: dest.ip, port: bound.port } };
@@ -169,10 +199,11 @@ export class LocalDelivery {
     } catch (err) {
       this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
     }
+    netns.pending++;
     const socket = await connectTcp(target, { bound, timeoutMs, ...(opts.paused ? { paused: true } : {}) }).catch((err: Error) => {
       if (registered) this.#datapath.unregisterPeer(reg);
       throw err;
-    });
+    }).finally(() => { netns.pending--; });
     if (registered) socket.once('close', () => this.#datapath.unregisterPeer(reg));
     return socket;
   }

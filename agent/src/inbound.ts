@@ -10,7 +10,8 @@ import type { Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
-import { FLAG_CONNECT, FLAG_DENY, peerFromBaggage } from '../../lib/telemetry/labels.ts';
+import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, peerFromBaggage } from '../../lib/telemetry/labels.ts';
+import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
 
@@ -115,13 +116,17 @@ export class Inbound {
       this.#o.delivery.track({ dest, port, source, caller, upstream });
       return { upstream };
     } catch (err) {
-      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_CONNECT, error: (err as Error).message });
-      return { status: 503, reason: (err as Error).message };
+      const overloaded = err instanceof OverloadedError;
+      this.#o.metrics.failed.inc({ reporter: 'destination', reason: overloaded ? 'overloaded' : 'connect' });
+      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: overloaded ? FLAG_OVERFLOW : FLAG_CONNECT, error: (err as Error).message });
+      return { status: 503, reason: (err as Error).message, kind: overloaded ? 'overloaded' : 'upstream-failed' };
     }
   }
 
   #refused(r: HboneRefusal): void {
-    this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
+    // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
+    // happened), not a refusal of the peer.
+    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
     this.#o.log.info('HBONE refused', { kind: r.kind, status: r.status, reason: r.reason, peer: r.peer?.spiffeId, address: r.peer?.address, authority: r.authority });
   }
 

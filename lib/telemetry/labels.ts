@@ -46,6 +46,8 @@ export const FLAG_NONE = '-';
 export const FLAG_DENY = 'DENY';
 /** No upstream connection could be established (ztunnel: ConnectionFailure). */
 export const FLAG_CONNECT = 'CONNECT';
+/** Refused at once because the destination already has too many connections waiting (Envoy: UO, upstream overflow). */
+export const FLAG_OVERFLOW = 'UO';
 
 export interface TrafficLabelInput {
   reporter: Reporter;
