@@ -48,6 +48,9 @@ export class Inbound {
       handler: (req) => this.#handle(req),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
+      onSessionError: (e) => this.#o.log.warn('HBONE session ended on an error, with every tunnel on it', {
+        peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
+      }),
     });
   }
 

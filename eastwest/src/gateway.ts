@@ -82,6 +82,9 @@ export class EastWestGateway {
         this.#m?.bytes.inc({ direction: 'inbound' }, c.bytesAtoB);
         this.#m?.bytes.inc({ direction: 'outbound' }, c.bytesBtoA);
       },
+      onSessionError: (e) => this.#o.log.warn('HBONE session ended on an error, with every tunnel on it', {
+        peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
+      }),
     });
   }
 

@@ -135,6 +135,8 @@ export interface HbonePoolStats {
   sessionFailures: number;
   streamsOpened: number;
   streamsActive: number;
+  /** CONNECTs the server refused unprocessed as over its stream limit (retried on another session). */
+  streamsRefusedOverLimit: number;
 }
 
 interface PooledSession {
@@ -213,6 +215,7 @@ export class HbonePool {
     sessionFailures: 0,
     streamsOpened: 0,
     streamsActive: 0,
+    streamsRefusedOverLimit: 0,
   };
   #closed = false;
 
@@ -467,6 +470,9 @@ export class HbonePool {
       },
     });
     pooled.session = session;
+    // Every unanswered CONNECT on a dying session waits for its 'close' to learn why (decideAfterClose),
+    // up to a session's worth at once: not a leak, so no MaxListenersExceededWarning in the log.
+    session.setMaxListeners(0);
     // Registered before the setup listeners so that they see the session's error and close reason.
     session.on('error', (err: Error) => { pooled.error ??= err; });
     session.once('goaway', (code: number, _lastStreamId: number, data?: Buffer) => {
@@ -639,6 +645,7 @@ export class HbonePool {
           // Refused unanswered as over the server's stream limit: not processed, and the session
           // is fine, only full for now.
           overLimit.add(stream);
+          this.#stats.streamsRefusedOverLimit++;
           pooled.saturated = true;
           fail(new RetryableStreamError(inner, false));
         } else {
@@ -661,6 +668,7 @@ export class HbonePool {
           fail(new RetryableStreamError(inner));
         } else if (code === h2.NGHTTP2_REFUSED_STREAM || code === h2.NGHTTP2_ENHANCE_YOUR_CALM) {
           overLimit.add(stream);
+          this.#stats.streamsRefusedOverLimit++;
           pooled.saturated = true;
           fail(new RetryableStreamError(inner, false));
         } else {

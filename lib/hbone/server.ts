@@ -123,6 +123,8 @@ export interface HboneServerStats {
   streamsOpened: number;
   tunnelsOpened: number;
   tunnelsActive: number;
+  /** Sessions that ended on an error (Node's or the peer's), every stream on them with it. */
+  sessionErrors: number;
   /** Refusals by kind; every refusal counts once. */
   refusals: Record<HboneRefusalKind, number>;
 }
@@ -174,6 +176,8 @@ export interface HboneServerOptions {
   rapidReset?: { max: number; intervalMs: number; minLifetimeMs?: number };
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
+  /** A session ended on an error: `streams` were open on it (and ended with it). */
+  onSessionError?: (e: { peer: { spiffeId: string | undefined; address: string }; error: string; code: string | undefined; streams: number }) => void;
 }
 
 interface SessionState {
@@ -183,6 +187,8 @@ interface SessionState {
   idleTimer: NodeJS.Timeout | undefined;
   resetWindowStart: number;
   resetCount: number;
+  /** Streams that closed because the session was destroyed (they close before its 'error'). */
+  tornDown: number;
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
@@ -212,6 +218,7 @@ export class HboneServer {
     streamsOpened: 0,
     tunnelsOpened: 0,
     tunnelsActive: 0,
+    sessionErrors: 0,
     refusals: {
       'tls-handshake': 0,
       'peer-identity': 0,
@@ -407,7 +414,12 @@ export class HboneServer {
       idleTimer: undefined,
       resetWindowStart: 0,
       resetCount: 0,
+      tornDown: 0,
     };
+    session.on('error', (err: Error & { code?: string }) => {
+      this.#stats.sessionErrors++;
+      this.#opts.onSessionError?.({ peer: { spiffeId, address: peer.address }, error: err.message, code: err.code, streams: state.tornDown });
+    });
     this.#sessions.add(state);
     this.#stats.sessionsOpened++;
     this.#stats.sessionsActive++;
@@ -457,6 +469,7 @@ export class HboneServer {
     stream.on('error', noop);
     stream.once('close', () => {
       state.active--;
+      if (state.session.destroyed) state.tornDown++;
       if (!answered.has(stream)) {
         ac.abort();
         // Streams torn down with their session (ours or the peer's TCP close) are not resets. Nor

@@ -25,8 +25,17 @@ export const DEFAULT_CONNECTION_WINDOW = 64 * 1024 * 1024;
  */
 export const DEFAULT_MAX_FRAME_SIZE = 16 * 1024;
 
-/** SETTINGS_MAX_CONCURRENT_STREAMS the server advertises: tunnels one peer may hold per session. */
-export const DEFAULT_MAX_CONCURRENT_STREAMS = 1000;
+/**
+ * SETTINGS_MAX_CONCURRENT_STREAMS the server advertises: tunnels one peer may hold per session.
+ * Twice what the pool puts on a session (DEFAULT_MAX_STREAMS_PER_SESSION). Node's server refuses a
+ * new stream (RST_STREAM ENHANCE_YOUR_CALM) while its own table of streams is at this limit, and
+ * that table can run ahead of the client's count under load; after 100 refusals in a row it ends
+ * the session, every tunnel on it included, with "The user callback function failed"
+ * (NGHTTP2_ERR_CALLBACK_FAILURE). Seen three times in one 30 s run of
+ * test/e2e/reliability-load.test.ts under a CPU hog (456 connections lost); the slack keeps an
+ * agent's pool from ever meeting the limit, and a peer that ignores SETTINGS still does.
+ */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 2000;
 
 /**
  * Streams the pool puts on one client session before it opens another to the same destination

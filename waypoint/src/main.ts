@@ -318,6 +318,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
     trustDomains: [o.trustDomain],
     onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),
+    onSessionError: (e) => log.warn('HBONE session ended on an error, with every tunnel on it', { peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams }),
   });
   // New sessions, both ways, use the new certificate and roots; open ones carry on.
   const moveHbone = (): void => {
