@@ -1,7 +1,7 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, policySelectsWorkload, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 
 /** Where one captured connection goes. */
@@ -226,7 +226,7 @@ export class AgentState {
     if (!wp.address || !wp.ready) {
       throw new NoRouteError(`waypoint ${wp.namespace}/${wp.name} is not ready${wp.reason ? ` (${wp.reason})` : ''}; traffic that must pass it fails closed`);
     }
-    const addresses = wp.addresses && wp.addresses.length > 0 ? wp.addresses : [wp.address];
+    const addresses = waypointAddresses(wp);
     const key = `waypoint ${waypointKey(wp)}`;
     const start = (this.rr.get(key) ?? 0) % addresses.length;
     this.rr.set(key, start + 1);

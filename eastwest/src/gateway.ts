@@ -20,7 +20,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
-import { HBONE_PORT } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -161,7 +161,7 @@ export class EastWestGateway {
     const waypointPort = new Map<string, number>();
     for (const w of exp.waypoints ?? []) {
       if (!w.ready || w.invalid) continue;
-      for (const a of w.addresses ?? (w.address ? [w.address] : [])) waypointPort.set(a, w.port);
+      for (const a of waypointAddresses(w)) waypointPort.set(a, w.port);
     }
     this.#nodeOf = nodeOf;
     this.#notEnrolled = notEnrolled;

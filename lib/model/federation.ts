@@ -6,7 +6,7 @@
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
-import { waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import { waypointAddresses, waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
 export const FEDERATION_PATH = '/federation/v1/export';
@@ -300,7 +300,7 @@ export function mergeRemoteServices(
         const w = rs.waypoint;
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
         const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
-        const unusable = found && [found.address ?? '', ...(found.addresses ?? [])].find((a) => a !== '' && !isServiceAddress(a));
+        const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
         const problem = !found ? 'is not in its export'
           : found.invalid ? `is invalid (${found.invalid})`
           : !found.ready ? `is not ready${found.reason ? ` (${found.reason})` : ''}`

@@ -214,6 +214,12 @@ export interface Waypoint {
   gateway?: NetworkGateway;
 }
 
+/** Every replica address of a waypoint: `addresses` when it has several, else `address` (none before it runs). */
+export function waypointAddresses(w: Pick<Waypoint, 'address' | 'addresses'>): string[] {
+  if (w.addresses && w.addresses.length > 0) return w.addresses;
+  return w.address ? [w.address] : [];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Authorization
 
