@@ -9,8 +9,8 @@ export { BpfLink, SockmapAttachment, type LinkInfo, type ProgramRef } from './li
 export { BpfMap, TypedMap, DEFAULT_BATCH_SIZE, type BatchOptions, type UpdateFlag } from './map.ts';
 export { RingBuffer, type RingBufferOptions } from './ringbuf.ts';
 export {
-  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, localPortRange, netnsCookie, PortCursor, socketCookie, tcpBytesWritten,
-  type BindSocketOptions, type HostPort, type PortSearch, type SocketInNetnsOptions,
+  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, localPortRange, netnsCookie, parseReservedPorts, PortCursor, socketCookie, tcpBytesWritten,
+  type BindSocketOptions, type HostPort, type LocalPorts, type PortSearch, type SocketInNetnsOptions,
 } from './netns.ts';
 export {
   array, be16, be32, bool8, bytes, checkLayout, codec, CodecError, cstring, htonl, htons, i16, i32, i64, i8,

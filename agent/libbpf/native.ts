@@ -84,7 +84,13 @@ export interface NativeTcpSocketOptions {
   portSearch?: PortSearch;
 }
 
-export interface PortSearch { from: number; to: number; start: number }
+export interface PortSearch {
+  from: number;
+  to: number;
+  start: number;
+  /** Ports never to take, as [lo, hi, lo, hi, ...] (ip_local_reserved_ports). */
+  skip?: number[];
+}
 
 export interface NativeBinding {
   BpfObject: new (path: string, pinRoot?: string) => NativeObject;
@@ -117,7 +123,7 @@ export interface NativeBinding {
   socketCookie(fd: number): bigint;
   tcpBytesWritten(fd: number): bigint;
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
-  localPortRange(netnsPath: string): [number, number];
+  localPortRange(netnsPath: string): { from: number; to: number; reserved: string };
   btfStruct(objectPath: string, name: string): NativeBtfStruct;
   /** glibc malloc_trim(0): free pages anywhere in the C heap go back to the kernel; true if any did. */
   mallocTrim(): boolean;

@@ -85,10 +85,30 @@ export function createBoundSocketInNetns(netnsPath: string, opts: SocketInNetnsO
     }));
 }
 
-/** net.ipv4.ip_local_port_range inside a namespace. */
-export function localPortRange(netnsPath: string): { from: number; to: number } {
-  const [from, to] = guard(`cannot read the local port range of ${netnsPath}`, { path: netnsPath }, () => native().localPortRange(netnsPath));
-  return { from, to };
+export interface LocalPorts {
+  from: number;
+  to: number;
+  /** net.ipv4.ip_local_reserved_ports: ports the kernel's own pick never takes, nor does PortCursor. */
+  reserved?: Array<[number, number]>;
+}
+
+/** net.ipv4.ip_local_port_range and ip_local_reserved_ports inside a namespace. */
+export function localPortRange(netnsPath: string): LocalPorts {
+  const r = guard(`cannot read the local port range of ${netnsPath}`, { path: netnsPath }, () => native().localPortRange(netnsPath));
+  return { from: r.from, to: r.to, reserved: parseReservedPorts(r.reserved) };
+}
+
+/** "8080,9000-9010" (the sysctl's format) → [[8080, 8080], [9000, 9010]]; what does not parse is ignored. */
+export function parseReservedPorts(text: string): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const part of text.split(',')) {
+    const m = /^\s*(\d+)(?:-(\d+))?\s*$/.exec(part);
+    if (!m) continue;
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    if (lo >= 1 && hi <= 65535 && lo <= hi) out.push([lo, hi]);
+  }
+  return out;
 }
 
 /**
@@ -102,17 +122,20 @@ export function localPortRange(netnsPath: string): { from: number; to: number } 
 export class PortCursor {
   readonly from: number;
   readonly to: number;
+  readonly #skip: number[] | undefined;
   #next: number;
 
-  constructor(range: { from: number; to: number }) {
+  constructor(range: LocalPorts) {
     this.from = range.from;
     this.to = range.to;
+    const skip = (range.reserved ?? []).filter(([lo, hi]) => hi >= range.from && lo <= range.to).flat();
+    this.#skip = skip.length > 0 ? skip : undefined;
     this.#next = range.from + Math.floor(Math.random() * (range.to - range.from + 1));
   }
 
   /** Where the next search starts. */
   get next(): PortSearch {
-    return { from: this.from, to: this.to, start: this.#next };
+    return { from: this.from, to: this.to, start: this.#next, ...(this.#skip ? { skip: this.#skip } : {}) };
   }
 
   /** `port` was taken: the next search starts after it. */

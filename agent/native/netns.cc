@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common.h"
 #include "exports.h"
@@ -117,13 +119,22 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   // socket with 15,000 of 28,232 ports bound, measured; an explicit bind is refused in about a
   // microsecond when its port is taken, so a cursor that moves on from the last port handed out
   // finds a free one in a few tries.
+  // `skip`: [lo, hi, lo, hi, ...], ports never to take (ip_local_reserved_ports).
   int64_t searchFrom = 0, searchTo = -1, searchStart = 0;
+  std::vector<std::pair<int64_t, int64_t>> skip;
   Napi::Value search = o.Get("portSearch");
   if (search.IsObject()) {
     Napi::Object so = search.As<Napi::Object>();
     searchFrom = GetInt(so, "from", 0);
     searchTo = GetInt(so, "to", -1);
     searchStart = GetInt(so, "start", searchFrom);
+    Napi::Value sk = so.Get("skip");
+    if (sk.IsArray()) {
+      Napi::Array a = sk.As<Napi::Array>();
+      for (uint32_t k = 0; k + 1 < a.Length(); k += 2) {
+        skip.emplace_back(a.Get(k).ToNumber().Int64Value(), a.Get(k + 1).ToNumber().Int64Value());
+      }
+    }
     if (port != 0 || searchFrom < 1 || searchTo > 65535 || searchFrom > searchTo) {
       return ThrowType(env, "portSearch needs port 0 and 1 <= from <= to <= 65535");
     }
@@ -178,7 +189,11 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
     int64_t span = searchTo - searchFrom + 1;
     int err = EADDRINUSE;
     for (int64_t i = 0; i < span && err == EADDRINUSE; i++) {
-      uint16_t p = htons(static_cast<uint16_t>(searchFrom + (searchStart - searchFrom + i) % span));
+      int64_t port = searchFrom + (searchStart - searchFrom + i) % span;
+      bool reserved = false;
+      for (const auto& r : skip) reserved = reserved || (port >= r.first && port <= r.second);
+      if (reserved) continue;
+      uint16_t p = htons(static_cast<uint16_t>(port));
       if (family == AF_INET) reinterpret_cast<sockaddr_in*>(&ss)->sin_port = p;
       else reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port = p;
       err = bind(s.get(), reinterpret_cast<sockaddr*>(&ss), slen) < 0 ? errno : 0;
@@ -204,13 +219,15 @@ Napi::Value CreateTcpSocket(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// localPortRange(netnsPath) -> [from, to]: net.ipv4.ip_local_port_range of that namespace (read
-// from /proc/sys while this thread is inside it; /proc/sys/net shows the reader's namespace).
+// localPortRange(netnsPath) -> { from, to, reserved }: net.ipv4.ip_local_port_range of that
+// namespace and its ip_local_reserved_ports as written ("8080,9000-9010"), read from /proc/sys
+// while this thread is inside it (/proc/sys/net shows the reader's namespace).
 Napi::Value LocalPortRange(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path;
   if (!ArgString(info, 0, "netnsPath", &path)) return env.Undefined();
   char buf[64] = {0};
+  std::string reserved;
   {
     NetnsGuard guard;
     std::string op;
@@ -219,14 +236,21 @@ Napi::Value LocalPortRange(const Napi::CallbackInfo& info) {
     FdGuard f(open("/proc/sys/net/ipv4/ip_local_port_range", O_RDONLY | O_CLOEXEC));
     if (f.get() < 0) return ThrowErrno(env, errno, "open /proc/sys/net/ipv4/ip_local_port_range", path, {{"path", path}});
     if (read(f.get(), buf, sizeof buf - 1) < 0) return ThrowErrno(env, errno, "read ip_local_port_range", path, {{"path", path}});
+    FdGuard r(open("/proc/sys/net/ipv4/ip_local_reserved_ports", O_RDONLY | O_CLOEXEC));
+    if (r.get() >= 0) {
+      char chunk[4096];
+      ssize_t n;
+      while ((n = read(r.get(), chunk, sizeof chunk)) > 0) reserved.append(chunk, static_cast<size_t>(n));
+    }
   }
   unsigned from = 0, to = 0;
   if (sscanf(buf, "%u %u", &from, &to) != 2 || from < 1 || to > 65535 || from > to) {
     return ThrowType(env, std::string("cannot parse ip_local_port_range: ") + buf);
   }
-  Napi::Array out = Napi::Array::New(env, 2);
-  out.Set(0u, Napi::Number::New(env, from));
-  out.Set(1u, Napi::Number::New(env, to));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("from", Napi::Number::New(env, from));
+  out.Set("to", Napi::Number::New(env, to));
+  out.Set("reserved", Napi::String::New(env, reserved));
   return out;
 }
 

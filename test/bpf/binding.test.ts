@@ -11,7 +11,7 @@ import { Lab, run, type Netns } from '../lab/lab.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
 import {
   AddonNotFoundError, addonCandidates, be16, BpfError, BpfLink, BpfMap, BpfObject, btfStruct, checkLayout, createBoundSocketInNetns, createSocketInNetns, cstring, fdOf, ipv4,
-  localPortRange, netnsCookie, PortCursor, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
+  localPortRange, netnsCookie, parseReservedPorts, PortCursor, percpu, possibleCpus, RingBuffer, socketCookie, struct, sumPercpu, TypedMap, u16, u32, u64, u8,
 } from '../../agent/libbpf/index.ts';
 
 const OBJECTS = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'bpf');
@@ -420,20 +420,21 @@ describe('libbpf binding', { timeout: SUITE_TIMEOUT_MS }, () => {
     assert.equal(g.accepted, 1);
   });
 
-  test('localPortRange reads the namespace\'s own range, and a port search binds free ports in turn, skipping taken ones and naming the range when all are', () => {
+  test('localPortRange reads the namespace\'s own range and reserved ports, and a port search binds free ports in turn, skipping taken and reserved ones and naming the range when all are', () => {
     const ns = lab.netns('ports');
-    ns.exec('sysctl', '-qw', 'net.ipv4.ip_local_port_range=41000 41007');
-    assert.deepEqual(localPortRange(ns.path), { from: 41000, to: 41007 });
-    assert.deepEqual(localPortRange('/proc/self/ns/net'), (() => {
-      const [from, to] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
-      return { from, to };
-    })());
+    ns.exec('sysctl', '-qw', 'net.ipv4.ip_local_port_range=41000 41008');
+    ns.exec('sysctl', '-qw', 'net.ipv4.ip_local_reserved_ports=41008,50000-50010');
+    const ports = localPortRange(ns.path);
+    assert.deepEqual(ports, { from: 41000, to: 41008, reserved: [[41008, 41008], [50000, 50010]] });
+    const [from, to] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    assert.deepEqual({ from: localPortRange('/proc/self/ns/net').from, to: localPortRange('/proc/self/ns/net').to }, { from, to }, 'each namespace has its own');
+    assert.deepEqual(parseReservedPorts('80, 9000-9002,x,5-3\n'), [[80, 80], [9000, 9002]]);
     const fds: number[] = [];
     try {
       // Someone else holds 41002 (a listener, as an application would).
       const other = createSocketInNetns(ns.path, { listen: { host: '127.0.0.1', port: 41002 } });
       fds.push(other);
-      const cursor = new PortCursor({ from: 41000, to: 41007 });
+      const cursor = new PortCursor(ports);
       cursor.used(41000); // start at 41001, deterministically
       const got: number[] = [];
       for (let i = 0; i < 7; i++) {
@@ -442,10 +443,10 @@ describe('libbpf binding', { timeout: SUITE_TIMEOUT_MS }, () => {
         cursor.used(b.port);
         got.push(b.port);
       }
-      // In turn from the cursor, past the taken port, wrapping at the end of the range.
+      // In turn from the cursor, past the taken port and the reserved one, wrapping at the end of the range.
       assert.deepEqual(got, [41001, 41003, 41004, 41005, 41006, 41007, 41000]);
       assert.throws(() => createBoundSocketInNetns(ns.path, { bind: { host: '127.0.0.1', port: 0 }, portSearch: cursor.next }),
-        (e: BpfError) => e.code === 'EADDRNOTAVAIL' && /with a free port of 41000-41007: .*EADDRNOTAVAIL/.test(e.message));
+        (e: BpfError) => e.code === 'EADDRNOTAVAIL' && /with a free port of 41000-41008: .*EADDRNOTAVAIL/.test(e.message));
       // A port freed is found again (fds[3] holds got[2], 41004).
       closeSync(fds.splice(3, 1)[0]!);
       const again = createBoundSocketInNetns(ns.path, { bind: { host: '127.0.0.1', port: 0 }, portSearch: cursor.next });
