@@ -17,7 +17,13 @@ import { createBoundSocketInNetns, localPortRange, PortCursor } from '../libbpf/
 /** net.ipv4.ip_local_port_range's default, for a namespace whose own cannot be read. */
 const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
 
-/** Connects to one pod that may wait for its application to accept at once (Envoy's default max_pending_requests and max_connections). */
+/**
+ * Connects to one pod that may wait for its application to accept at once. Envoy's circuit breaker
+ * allows 1,024 pending requests; a delivery is a TCP connect, and with a CPU hog beside
+ * test/e2e/reliability-load.test.ts more than 1,024 waited in bursts that all completed (SYNs a
+ * full accept queue dropped, retransmitted a second later), so the bound is four times that: it is
+ * there to stop a pile-up that can only end in timeouts, not to shape bursts.
+ */
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -178,8 +184,8 @@ export class LocalDelivery {
       // The application is not accepting as fast as connections come (its listen queue is full,
       // so the kernel drops SYNs and each connect waits out retransmissions). Queueing more would
       // only hold a source port and a tunnel each until they time out, and the callers' retries
-      // would add to the pile: refuse at once, as Envoy's circuit breaker does past its 1,024
-      // pending connections, and the caller learns in a round trip instead of a timeout.
+      // would add to the pile: refuse at once, as Envoy's circuit breaker does past its pending
+      // limit, and the caller learns in a round trip instead of a timeout.
       throw new OverloadedError(target, `${netns.pending} connections to pod ${dest.namespace}/${dest.name} are waiting for it to accept (the agent allows ${this.#maxPending}); refused at once`);
     }
     let bound: { fd: number; port: number } | undefined;

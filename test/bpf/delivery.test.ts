@@ -19,17 +19,21 @@ import type { Workload } from '../../lib/model/mesh.ts';
 const POD_IP = '10.79.0.5';
 const PORT = 7000;
 let lab: Lab;
-let ns: Netns;
 const fds: number[] = [];
 const sockets: Duplex[] = [];
 
 before(() => {
   lab = new Lab();
-  ns = lab.netns('pod');
+});
+
+/** A pod's namespace: loopback up, the pod's address on it, an ephemeral range of 1,000 ports. */
+function podNetns(name: string): Netns {
+  const ns = lab.netns(name);
   ns.exec('ip', 'link', 'set', 'lo', 'up');
   ns.exec('ip', 'addr', 'add', `${POD_IP}/32`, 'dev', 'lo');
   ns.exec('sysctl', '-qw', 'net.ipv4.ip_local_port_range=42000 42999');
-});
+  return ns;
+}
 
 after(async () => {
   for (const s of sockets) s.destroy();
@@ -37,7 +41,7 @@ after(async () => {
   await lab?.cleanup();
 });
 
-function delivery(maxPendingConnects?: number): { d: LocalDelivery; pod: Workload } {
+function delivery(ns: Netns, maxPendingConnects?: number): { d: LocalDelivery; pod: Workload } {
   const pod = {
     uid: 'load/sink', name: 'sink', namespace: 'load', node: 'node1', ip: POD_IP, serviceAccount: 'sink',
     spiffeId: 'spiffe://cluster.local/ns/load/sa/sink', labels: {}, enrolled: true, mode: 'STRICT', services: [],
@@ -54,11 +58,12 @@ function delivery(maxPendingConnects?: number): { d: LocalDelivery; pod: Workloa
 }
 
 test('a pod whose application does not accept gets at most maxPendingConnects connects waiting; the next is refused at once, naming the pod and the bound; once they end, connects are tried again', async () => {
-  assert.equal(DEFAULT_MAX_PENDING_CONNECTS, 1024);
+  assert.equal(DEFAULT_MAX_PENDING_CONNECTS, 4096);
   // An application that listens and never accepts, with the smallest queue the kernel allows: one
   // connection completes into the queue, the SYNs after it are dropped and retransmitted.
+  const ns = podNetns('pending');
   fds.push(createSocketInNetns(ns.path, { listen: { host: POD_IP, port: PORT, backlog: 0 } }));
-  const { d, pod } = delivery(3);
+  const { d, pod } = delivery(ns, 3);
   const client = { ip: '10.79.9.9', port: 5555 };
   const first = await d.connectToPod(pod, PORT, client, 2_000);
   sockets.push(first);
@@ -76,7 +81,8 @@ test('a pod whose application does not accept gets at most maxPendingConnects co
 });
 
 test('source ports come from the pod\'s own ephemeral range, in turn, also when most of it is taken', async () => {
-  const { d, pod } = delivery();
+  const ns = podNetns('ports');
+  const { d, pod } = delivery(ns);
   const listener = createSocketInNetns(ns.path, { listen: { host: POD_IP, port: PORT + 1, backlog: 4096 } });
   fds.push(listener);
   // Take 900 of the range's 1,000 ports with sockets bound and left unconnected.
