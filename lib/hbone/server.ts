@@ -196,6 +196,7 @@ export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
 /** nghttp2 RST_STREAM rate limit (token bucket) on HBONE sessions: effectively off; see the server options. */
 export const STREAM_RESET_BURST = 1_000_000;
 export const STREAM_RESET_RATE = 1_000_000;
+export const MAX_SESSION_REJECTED_STREAMS = 1_000_000;
 
 /** TCP connections closed for their source's connection count, before TLS. */
 const refusedSockets = new WeakSet<Socket>();
@@ -262,6 +263,14 @@ export class HboneServer {
       // counts only streams reset before they were answered (the attack); this one is lifted.
       streamResetBurst: STREAM_RESET_BURST,
       streamResetRate: STREAM_RESET_RATE,
+      // Node refuses a new stream while its own table of the session's streams is full (it keeps
+      // streams nghttp2 has closed until they are destroyed, so under load it runs ahead of the
+      // protocol's count), and after 100 refusals in a row ends the session and every tunnel on it
+      // ("The user callback function failed"). A peer over the advertised limit is refused by
+      // nghttp2 itself (a protocol error), so this count only ever caught our own pools while the
+      // server was slow: a refusal is left at that (RST_STREAM ENHANCE_YOUR_CALM, which the pool
+      // retries on another session and marks this one full).
+      maxSessionRejectedStreams: MAX_SESSION_REJECTED_STREAMS,
       settings: {
         enablePush: false,
         initialWindowSize: opts.streamWindow ?? DEFAULT_STREAM_WINDOW,

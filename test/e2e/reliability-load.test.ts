@@ -113,7 +113,7 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
 
   // What the agents saw, for the record (and to explain failures).
   const stats1 = await mesh.agentAdmin<{ hbonePool: unknown }>('node1', '/stats');
-  const stats2 = await mesh.agentAdmin<{ hboneServer: { refusals: Record<string, number> } }>('node2', '/stats');
+  const stats2 = await mesh.agentAdmin<{ hboneServer: { refusals: Record<string, number>; sessionErrors: number } }>('node2', '/stats');
   const failed = (await mesh.agentMetrics('node1')).split('\n').filter((l) => l.startsWith('weft_connections_failed_total'));
   // Why connections failed, by message (numbers and addresses blanked), from node1's access log.
   const reasons = new Map<string, number>();
@@ -124,10 +124,12 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
     reasons.set(error, (reasons.get(error) ?? 0) + 1);
   }
   if (reasons.size > 0) console.log(`# node1 failures by reason: ${JSON.stringify(Object.fromEntries(reasons))}`);
-  console.log(`# node1 pool ${JSON.stringify(stats1.hbonePool)}; node2 refusals ${JSON.stringify(Object.fromEntries(Object.entries(stats2.hboneServer.refusals).filter(([, v]) => v > 0)))}; node1 ${failed.join(' ') || 'no failed connections'}`);
+  console.log(`# node1 pool ${JSON.stringify(stats1.hbonePool)}; node2 refusals ${JSON.stringify(Object.fromEntries(Object.entries(stats2.hboneServer.refusals).filter(([, v]) => v > 0)))}, sessions ended on an error ${stats2.hboneServer.sessionErrors}; node1 ${failed.join(' ') || 'no failed connections'}`);
 
   assert.equal(res.idleOpen, IDLE, `every idle connection was established end to end (${JSON.stringify(res.errors)})`);
   assert.equal(res.idleDropped, 0, 'none of the idle connections was dropped while the churn ran');
+  // A session that ends on an error takes every tunnel on it (lib/hbone/server.ts, maxSessionRejectedStreams).
+  assert.equal(stats2.hboneServer.sessionErrors, 0, 'no HBONE session ended on an error');
   assert.equal(res.stillOpen, IDLE);
   // 0 in every run since the pool retries streams refused as over the limit; before, 119 and 224 of
   // ~58,000 failed in two of five runs. A few stray failures would not be a bug of this kind.
