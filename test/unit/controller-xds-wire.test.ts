@@ -5,7 +5,7 @@ import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
 import { EncodedResponse, encodeResourceEntry, responseSerializer, type EncodableResource } from '../../controller/src/xds/wire.ts';
-import { configStreamServiceDefinition, type DeltaConfigRequest, type DeltaConfigResponse } from '../../lib/xds/protocol.ts';
+import { configStreamClientConstructor, configStreamServiceDefinition, type DeltaConfigRequest, type DeltaConfigResponse } from '../../lib/xds/protocol.ts';
 import { ns, pod } from './controller-fixtures.ts';
 import { until } from './controller-harness.ts';
 
@@ -51,6 +51,41 @@ test('the server serializer encodes EncodedResponses itself and leaves plain mes
   const encoded = new EncodedResponse({ system_version_info: '1', type_url: 't', removed_resources: [], nonce: 'x' }, [['n', { version: 'v', body: 'b' }]]);
   assert.deepEqual(serialize(encoded), serialize(message));
   assert.equal(fallbacks, 1);
+  // EncodedResponses are written into one buffer, reused: grpc-js copies each before the next.
+  const other = new EncodedResponse({ system_version_info: '2', type_url: 't', removed_resources: [], nonce: 'y' }, [['n', { version: 'v', body: 'b' }]]);
+  assert.equal(serialize(encoded).buffer, serialize(other).buffer);
+});
+
+test('responses written back to back over the service each arrive whole, though the serializer reuses its buffer', async () => {
+  const sizes = [200_000, 10, 90_000, 300_000];
+  const responses = sizes.map((n, i) => new EncodedResponse({ system_version_info: String(i), type_url: 't', removed_resources: [`gone-${i}`], nonce: `n${i}` },
+    [[`r${i}`, { version: `v${i}`, body: String.fromCharCode(97 + i).repeat(n) }]]));
+  const server = new grpc.Server();
+  const definition = configStreamServiceDefinition();
+  server.addService({ ...definition, DeltaConfig: { ...method, responseSerialize: responseSerializer(method.responseSerialize) } }, {
+    // Written without waiting: the later ones queue in the stream while the first is being sent.
+    DeltaConfig: (call: grpc.ServerDuplexStream<DeltaConfigRequest, DeltaConfigResponse>) => {
+      for (const r of responses) call.write(r);
+      call.end();
+    },
+  });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const Client = configStreamClientConstructor();
+  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
+  try {
+    const got: DeltaConfigResponse[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const call = client.DeltaConfig() as grpc.ClientDuplexStream<DeltaConfigRequest, DeltaConfigResponse>;
+      call.on('data', (r: DeltaConfigResponse) => got.push(r));
+      call.on('end', resolve);
+      call.on('error', reject);
+      call.end();
+    });
+    assert.deepEqual(got, responses.map(plain));
+  } finally {
+    client.close();
+    server.forceShutdown();
+  }
 });
 
 test('over the config server\'s own service, agents whose views differ each get their own view, and the shared entries decode the same for both', async () => {
