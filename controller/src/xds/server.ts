@@ -21,6 +21,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
 import { EncodedResponse, responseSerializer } from './wire.ts';
+import { HeldVersions, SharedBases } from './held-versions.ts';
 import { deltaOf } from '../model-delta.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
@@ -107,9 +108,10 @@ class Subscriber {
   readonly subs = new Map<ResourceType, Subscription>();
   /**
    * What the client holds once every sent response is applied. What it confirmed is this with the
-   * pending responses undone (Pending.before).
+   * pending responses undone (Pending.before). Stored over bases shared with other clients
+   * (held-versions.ts).
    */
-  readonly sent = new Map<ResourceType, Map<string, string>>();
+  readonly sent = new Map<ResourceType, HeldVersions>();
   readonly pending = new Map<string, Pending>();
   /**
    * Per type, what may differ between `sent` and the client's view since the last flush: the
@@ -153,6 +155,8 @@ export class ConfigServer {
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
   #bodies = new WeakMap<object, string>();
+  /** The frozen name → version maps clients' `sent` share (held-versions.ts). */
+  readonly #bases = new SharedBases();
   /**
    * Resource versions are `<epoch>.<n>`: a client reconnecting to a restarted controller must not
    * mistake an old version number for a new resource's (it would keep stale config).
@@ -399,8 +403,7 @@ export class ConfigServer {
     if (!sub0) {
       sub0 = { wildcard: false, names: new Set() };
       sub.subs.set(type, sub0);
-      const initial = new Map(Object.entries(req.initial_resource_versions ?? {}));
-      sub.sent.set(type, initial);
+      sub.sent.set(type, new HeldVersions(Object.entries(req.initial_resource_versions ?? {})));
       if (req.resource_names_subscribe.length === 0) sub0.wildcard = true;
     }
     for (const n of req.resource_names_subscribe) {
@@ -450,6 +453,7 @@ export class ConfigServer {
       for (const [n, v] of q.before) sent.set(n, v);
     }
     for (const q of ofType.reverse()) if (q !== p) applyTo(sent, q);
+    if (sent.overLimit) this.#bases.compact(`${sub.kind}/${p.type}`, sent);
     sub.dirty.set(p.type, 'all');
   }
 
@@ -562,7 +566,16 @@ export class ConfigServer {
       this.#unackedBytes += bytes;
       this.#pushedBytes[sub.kind!] += bytes;
       const pending: Pending = { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts, removed: r.removed, before: [] };
-      applyTo(sub.sent.get(r.type)!, pending);
+      const held = sub.sent.get(r.type)!;
+      const key = `${sub.kind}/${r.type}`;
+      // A client that holds nothing of the type (a new subscription) holds exactly the upserts
+      // afterwards, as other clients of the same view do: it shares their base instead of
+      // building a Map of its own. It replaced nothing, so a NACK has nothing to restore.
+      if (held.size === 0) this.#bases.adopt(key, held, r.upserts, (p) => p.version);
+      else {
+        applyTo(held, pending);
+        if (held.overLimit) this.#bases.compact(key, held);
+      }
       sub.pending.set(nonce, pending);
       // Each resource's bytes are encoded once and shared by every client it is sent to (wire.ts).
       sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.upserts));
@@ -584,7 +597,7 @@ function* namesIn(map: ReadonlyMap<string, unknown>, names: ReadonlySet<string>,
 }
 
 /** Applies a response to what the client holds, recording in `before` what it replaced (for a NACK). */
-function applyTo(sent: Map<string, string>, p: Pending): void {
+function applyTo(sent: HeldVersions, p: Pending): void {
   p.before = [];
   for (const [n, r] of p.upserts) {
     const old = sent.get(n);
