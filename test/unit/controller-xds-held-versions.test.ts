@@ -11,6 +11,11 @@ function rng(seed: number): () => number {
   };
 }
 
+/** SharedBases.adopt from [name, version] pairs. */
+function adopt(bases: SharedBases, key: string, held: HeldVersions, pairs: ReadonlyArray<readonly [string, string]>): void {
+  bases.adopt(key, held, pairs.map(([n]) => n), pairs.map(([, v]) => v));
+}
+
 function same(held: HeldVersions, map: Map<string, string>, what: string): void {
   assert.equal(held.size, map.size, `${what}: size`);
   assert.deepEqual([...held.keys()], [...map.keys()], `${what}: keys in the same order`);
@@ -28,7 +33,7 @@ test('a HeldVersions answers as a Map would, order included, through sets, delet
     const clients = Array.from({ length: 4 }, (_, c) => {
       const own: Array<[string, string]> = c % 2 === 0 ? [] : names.slice(MIN_SHARED + 100 + c * 10, MIN_SHARED + 110 + c * 10).map((n) => [n, 'own']);
       const held = new HeldVersions();
-      bases.adopt('agent/Workload', held, [...common, ...own], (v) => v);
+      adopt(bases, 'agent/Workload', held, [...common, ...own]);
       return { held, map: new Map([...common, ...own]) };
     });
     assert.equal(clients[0]!.held.base, clients[1]!.held.base, 'clients with the same entries share one base');
@@ -59,7 +64,7 @@ test('versions a reconnecting client reports are held as given and rebuilt over 
   const bases = new SharedBases();
   const entries: Array<[string, string]> = Array.from({ length: MIN_SHARED * 2 }, (_, i) => [`w${i}`, 'e2.1']);
   const first = new HeldVersions();
-  bases.adopt('agent/Workload', first, entries, (v) => v);
+  adopt(bases, 'agent/Workload', first, entries);
   const back = new HeldVersions(entries.map(([n]) => [n, 'e1.9']));
   assert.equal(back.get('w3'), 'e1.9');
   assert.ok(back.overLimit, 'due for a rebuild at once (the server rebuilds after its first change)');
@@ -76,22 +81,22 @@ test('a client whose entries differ from the shared ones only at the end shares 
   const a = new HeldVersions();
   const b = new HeldVersions();
   const c = new HeldVersions();
-  bases.adopt('agent/Workload', a, [...common, ['plain-a', 'v']], (v) => v);
-  bases.adopt('agent/Workload', b, [...common, ['plain-b', 'v']], (v) => v);
-  bases.adopt('agent/Workload', c, [...common, ['plain-c', 'v'], ['plain-c2', 'v']], (v) => v);
+  adopt(bases, 'agent/Workload', a, [...common, ['plain-a', 'v']]);
+  adopt(bases, 'agent/Workload', b, [...common, ['plain-b', 'v']]);
+  adopt(bases, 'agent/Workload', c, [...common, ['plain-c', 'v'], ['plain-c2', 'v']]);
   assert.equal(b.base.size, common.length, 'the second builds a base of the common part');
   assert.equal(c.base, b.base, 'the third finds it');
   assert.equal(c.overlaySize, 2);
   same(c, new Map([...common, ['plain-c', 'v'], ['plain-c2', 'v']]), 'c');
   // Another kind's view of the same type is kept apart.
   const w = new HeldVersions();
-  bases.adopt('waypoint/Workload', w, common, (v) => v);
+  adopt(bases, 'waypoint/Workload', w, common);
   assert.notEqual(w.base, b.base);
   const small = new HeldVersions();
-  bases.adopt('agent/Service', small, [['s', 'v']], (v) => v);
+  adopt(bases, 'agent/Service', small, [['s', 'v']]);
   assert.equal(small.base.size, 0);
   same(small, new Map([['s', 'v']]), 'small');
-  assert.throws(() => bases.adopt('agent/Service', small, [] as Array<[string, string]>, (v) => v), /already holds/);
+  assert.throws(() => adopt(bases, 'agent/Service', small, [] as Array<[string, string]>), /already holds/);
 });
 
 test('over the config server, agents that share bases hold exactly their own views after random changes, ACKs and NACKs', async () => {

@@ -11,6 +11,11 @@ import { until } from './controller-harness.ts';
 
 const method = configStreamServiceDefinition().DeltaConfig as grpc.MethodDefinition<DeltaConfigRequest, DeltaConfigResponse>;
 
+/** An EncodedResponse of [name, resource] pairs. */
+function encoded(fields: ConstructorParameters<typeof EncodedResponse>[0], upserts: ReadonlyArray<readonly [string, EncodableResource]>): EncodedResponse {
+  return new EncodedResponse(fields, upserts.map(([n]) => n), upserts.map(([, r]) => r));
+}
+
 function plain(r: DeltaConfigResponse): DeltaConfigResponse {
   return { system_version_info: r.system_version_info, type_url: r.type_url, resources: r.resources.map((x) => ({ ...x })), removed_resources: [...r.removed_resources], nonce: r.nonce };
 }
@@ -23,7 +28,7 @@ test('an encoded response is byte for byte what protobufjs writes for the same m
     ['multi-byte UTF-8 and a body longer than one- and two-byte varints', [['ns/ü', { version: 'e1.2', body: long }], ['b', { version: '', body: '' }]], ['gone-1', '', 'gone-ß']],
   ];
   for (const [what, upserts, removed] of cases) {
-    const r = new EncodedResponse({ system_version_info: '42', type_url: 'type.weft.dev/weft.model.Workload', removed_resources: removed, nonce: 'abcdef' }, upserts);
+    const r = encoded({ system_version_info: '42', type_url: 'type.weft.dev/weft.model.Workload', removed_resources: removed, nonce: 'abcdef' }, upserts);
     assert.deepEqual(r.encode(), method.responseSerialize(plain(r)), what);
     // And it decodes to the same message.
     assert.deepEqual(method.responseDeserialize(r.encode()), plain(r), what);
@@ -32,8 +37,8 @@ test('an encoded response is byte for byte what protobufjs writes for the same m
 
 test('a resource is encoded once and its bytes shared by every response that carries it', () => {
   const shared: EncodableResource = { version: 'e1.7', body: '{"uid":"u"}' };
-  const a = new EncodedResponse({ system_version_info: '7', type_url: 't', removed_resources: [], nonce: 'n1' }, [['u', shared]]);
-  const b = new EncodedResponse({ system_version_info: '7', type_url: 't', removed_resources: ['x'], nonce: 'n2' }, [['u', shared]]);
+  const a = encoded({ system_version_info: '7', type_url: 't', removed_resources: [], nonce: 'n1' }, [['u', shared]]);
+  const b = encoded({ system_version_info: '7', type_url: 't', removed_resources: ['x'], nonce: 'n2' }, [['u', shared]]);
   a.encode();
   const cached = shared.wire!.bytes;
   b.encode();
@@ -48,17 +53,17 @@ test('the server serializer encodes EncodedResponses itself and leaves plain mes
   let fallbacks = 0;
   const serialize = responseSerializer((v) => (fallbacks++, method.responseSerialize(v)));
   const message: DeltaConfigResponse = { system_version_info: '1', type_url: 't', resources: [{ name: 'n', version: 'v', body: 'b' }], removed_resources: [], nonce: 'x' };
-  const encoded = new EncodedResponse({ system_version_info: '1', type_url: 't', removed_resources: [], nonce: 'x' }, [['n', { version: 'v', body: 'b' }]]);
-  assert.deepEqual(serialize(encoded), serialize(message));
+  const one = encoded({ system_version_info: '1', type_url: 't', removed_resources: [], nonce: 'x' }, [['n', { version: 'v', body: 'b' }]]);
+  assert.deepEqual(serialize(one), serialize(message));
   assert.equal(fallbacks, 1);
   // EncodedResponses are written into one buffer, reused: grpc-js copies each before the next.
-  const other = new EncodedResponse({ system_version_info: '2', type_url: 't', removed_resources: [], nonce: 'y' }, [['n', { version: 'v', body: 'b' }]]);
-  assert.equal(serialize(encoded).buffer, serialize(other).buffer);
+  const other = encoded({ system_version_info: '2', type_url: 't', removed_resources: [], nonce: 'y' }, [['n', { version: 'v', body: 'b' }]]);
+  assert.equal(serialize(one).buffer, serialize(other).buffer);
 });
 
 test('responses written back to back over the service each arrive whole, though the serializer reuses its buffer', async () => {
   const sizes = [200_000, 10, 90_000, 300_000];
-  const responses = sizes.map((n, i) => new EncodedResponse({ system_version_info: String(i), type_url: 't', removed_resources: [`gone-${i}`], nonce: `n${i}` },
+  const responses = sizes.map((n, i) => encoded({ system_version_info: String(i), type_url: 't', removed_resources: [`gone-${i}`], nonce: `n${i}` },
     [[`r${i}`, { version: `v${i}`, body: String.fromCharCode(97 + i).repeat(n) }]]));
   const server = new grpc.Server();
   const definition = configStreamServiceDefinition();

@@ -168,12 +168,12 @@ export class SharedBases {
   }
 
   /**
-   * `held` is empty and is to hold `entries` (in that order): the same as setting each and
-   * compacting, without building a Map of its own first (an initial sync).
+   * `held` is empty and is to hold `names` at `versions` (parallel arrays, in that order): the
+   * same as setting each and compacting, without building a Map of its own first (an initial sync).
    */
-  adopt<T>(key: string, held: HeldVersions, entries: ReadonlyArray<readonly [string, T]>, versionOf: (t: T) => string): void {
+  adopt(key: string, held: HeldVersions, names: readonly string[], versions: readonly string[]): void {
     if (held.size !== 0) throw new Error('SharedBases.adopt: the client already holds entries');
-    this.#rebuild(key, held, { length: entries.length, name: (i) => entries[i]![0], version: (i) => versionOf(entries[i]![1]) });
+    this.#rebuild(key, held, { length: names.length, name: (i) => names[i]!, version: (i) => versions[i]! });
   }
 
   #rebuild(key: string, held: HeldVersions, entries: Entries): void {

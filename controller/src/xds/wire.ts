@@ -78,19 +78,23 @@ export class EncodedResponse implements DeltaConfigResponse {
   readonly type_url: string;
   readonly removed_resources: string[];
   readonly nonce: string;
-  readonly #upserts: ReadonlyArray<readonly [string, EncodableResource]>;
+  /** The resources' names and entries, parallel arrays (no [name, entry] pair per resource). */
+  readonly #names: readonly string[];
+  readonly #entries: readonly EncodableResource[];
   #resources: WireResource[] | undefined;
 
-  constructor(fields: { system_version_info: string; type_url: string; removed_resources: string[]; nonce: string }, upserts: ReadonlyArray<readonly [string, EncodableResource]>) {
+  constructor(fields: { system_version_info: string; type_url: string; removed_resources: string[]; nonce: string }, names: readonly string[], entries: readonly EncodableResource[]) {
+    if (names.length !== entries.length) throw new Error('EncodedResponse: as many names as entries');
     this.system_version_info = fields.system_version_info;
     this.type_url = fields.type_url;
     this.removed_resources = fields.removed_resources;
     this.nonce = fields.nonce;
-    this.#upserts = upserts;
+    this.#names = names;
+    this.#entries = entries;
   }
 
   get resources(): WireResource[] {
-    this.#resources ??= this.#upserts.map(([name, r]) => ({ name, version: r.version, body: r.body }));
+    this.#resources ??= this.#names.map((name, i) => ({ name, version: this.#entries[i]!.version, body: this.#entries[i]!.body }));
     return this.#resources;
   }
 
@@ -111,13 +115,13 @@ export class EncodedResponse implements DeltaConfigResponse {
     let size = 0;
     // protobufjs writes proto3 strings even when empty; so does this.
     size += stringFieldLength(this.system_version_info) + stringFieldLength(this.type_url);
-    for (const [name, r] of this.#upserts) size += entryBytes(name, r).length;
+    for (let i = 0; i < this.#names.length; i++) size += entryBytes(this.#names[i]!, this.#entries[i]!).length;
     for (const n of this.removed_resources) size += stringFieldLength(n);
     size += stringFieldLength(this.nonce);
     const buf = alloc(size);
     let at = writeStringField(buf, 0, RESPONSE.systemVersion, this.system_version_info);
     at = writeStringField(buf, at, RESPONSE.typeUrl, this.type_url);
-    for (const [, r] of this.#upserts) {
+    for (const r of this.#entries) {
       const e = r.wire!.bytes;
       // TypedArray#set: Buffer#copy's per-call checks cost more than the copy for entries this small.
       buf.set(e, at);
