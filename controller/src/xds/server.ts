@@ -585,7 +585,7 @@ export class ConfigServer {
         if (held.overLimit) this.#bases.compact(key, held);
       }
       sub.pending.set(nonce, pending);
-      // Each resource's bytes are encoded once and shared by every client it is sent to (wire.ts).
+      // Encoded by the service's serializer when grpc-js takes it from the stream (wire.ts).
       sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.names, r.entries));
       this.#metrics?.pushes.inc({ type: r.type });
     }

@@ -1,17 +1,21 @@
-// DeltaConfigResponse encoding for the config server (proto/weft/xds.proto). A published resource
-// is the same bytes for every client that receives it, so each one is encoded once, when it is first
-// sent, and a response is its header fields and the resources' cached bytes put together: an
-// initial sync to 50 agents encodes the 10,000 workloads once, not 50 times (protobufjs' per-field
-// writer objects were most of the controller's heap growth and CPU during a sync). The bytes are the
-// ones protobufjs writes for the same message (test/unit/controller-xds-wire.test.ts).
+// DeltaConfigResponse encoding for the config server (proto/weft/xds.proto): a response's fields
+// and its resources' strings written straight into one reused buffer (ScratchBuffer), the bytes
+// protobufjs writes for the same message (test/unit/controller-xds-wire.test.ts) without its
+// per-field writer objects, which were most of the controller's heap growth and CPU during a sync.
+// Each resource's entry was once encoded on its first send and cached on the entry, shared by
+// every response that carries it; the copy cost as much memory as the bodies themselves (14 MB
+// at 10,000 workloads), and its 21,000 small allocations, made during the initial sync between
+// the large response buffers, kept glibc from returning those after they were freed (RSS after a
+// run 248-271 → 185-210 MB without it; the sync's controller CPU moved within the noise, 2.97-3.16
+// → 2.52-3.57 s). Only each body's UTF-8 length is kept on the entry.
 import type { DeltaConfigResponse, WireResource } from '../../../lib/xds/protocol.ts';
 
-/** A resource as the config server publishes it: the encoding is cached on the entry itself. */
+/** A resource as the config server publishes it. */
 export interface EncodableResource {
   readonly version: string;
   readonly body: string;
-  /** Resources.name is the map key, not part of the entry: the cache is by entry and name. */
-  wire?: { name: string; bytes: Buffer };
+  /** The body's UTF-8 length, cached on the entry when first encoded (one pass over it, not two per response). */
+  bodyBytes?: number;
 }
 
 // Field tags (field number << 3 | wire type 2, length-delimited).
@@ -49,29 +53,36 @@ function writeStringField(buf: Buffer, at: number, tag: number, s: string): numb
   return at + buf.write(s, at, n, 'utf8');
 }
 
-/** The bytes of one `resources` entry (tag, length, Resource message) of a response. */
-export function encodeResourceEntry(name: string, version: string, body: string): Buffer {
-  const inner = stringFieldLength(name) + stringFieldLength(version) + stringFieldLength(body);
-  const buf = Buffer.allocUnsafeSlow(1 + varintLength(inner) + inner);
-  let at = 0;
-  buf[at++] = RESPONSE.resources;
-  at = writeVarint(buf, at, inner);
-  at = writeStringField(buf, at, RESOURCE.name, name);
-  at = writeStringField(buf, at, RESOURCE.version, version);
-  writeStringField(buf, at, RESOURCE.body, body);
-  return buf;
+/** The length of a Resource message (name, version, body) without its own tag and length. */
+function resourceLength(name: string, r: EncodableResource): number {
+  const body = (r.bodyBytes ??= Buffer.byteLength(r.body));
+  return stringFieldLength(name) + stringFieldLength(r.version) + 1 + varintLength(body) + body;
 }
 
-/** The cached entry bytes of `r` under `name` (encoded on first use). */
-function entryBytes(name: string, r: EncodableResource): Buffer {
-  if (r.wire?.name !== name) r.wire = { name, bytes: encodeResourceEntry(name, r.version, r.body) };
-  return r.wire.bytes;
+/** Writes one `resources` entry (tag, length, Resource message) at `at`; returns where it ends. */
+function writeResourceEntry(buf: Buffer, at: number, name: string, r: EncodableResource): number {
+  buf[at++] = RESPONSE.resources;
+  at = writeVarint(buf, at, resourceLength(name, r));
+  at = writeStringField(buf, at, RESOURCE.name, name);
+  at = writeStringField(buf, at, RESOURCE.version, r.version);
+  buf[at++] = RESOURCE.body;
+  at = writeVarint(buf, at, r.bodyBytes!);
+  return at + buf.write(r.body, at, r.bodyBytes!, 'utf8');
+}
+
+/** The bytes of one `resources` entry (tag, length, Resource message) of a response. */
+export function encodeResourceEntry(name: string, version: string, body: string): Buffer {
+  const r: EncodableResource = { version, body };
+  const inner = resourceLength(name, r);
+  const buf = Buffer.allocUnsafeSlow(1 + varintLength(inner) + inner);
+  writeResourceEntry(buf, 0, name, r);
+  return buf;
 }
 
 /**
  * A response to one client. It reads as a plain DeltaConfigResponse (`resources` is built when
  * first read: tests and recording wrappers look at it); the config server's serializer asks it for
- * its bytes instead, which are the cached entries of its resources between its own header fields.
+ * its bytes instead (encodeInto).
  */
 export class EncodedResponse implements DeltaConfigResponse {
   readonly system_version_info: string;
@@ -115,18 +126,16 @@ export class EncodedResponse implements DeltaConfigResponse {
     let size = 0;
     // protobufjs writes proto3 strings even when empty; so does this.
     size += stringFieldLength(this.system_version_info) + stringFieldLength(this.type_url);
-    for (let i = 0; i < this.#names.length; i++) size += entryBytes(this.#names[i]!, this.#entries[i]!).length;
+    for (let i = 0; i < this.#names.length; i++) {
+      const inner = resourceLength(this.#names[i]!, this.#entries[i]!);
+      size += 1 + varintLength(inner) + inner;
+    }
     for (const n of this.removed_resources) size += stringFieldLength(n);
     size += stringFieldLength(this.nonce);
     const buf = alloc(size);
     let at = writeStringField(buf, 0, RESPONSE.systemVersion, this.system_version_info);
     at = writeStringField(buf, at, RESPONSE.typeUrl, this.type_url);
-    for (const r of this.#entries) {
-      const e = r.wire!.bytes;
-      // TypedArray#set: Buffer#copy's per-call checks cost more than the copy for entries this small.
-      buf.set(e, at);
-      at += e.length;
-    }
+    for (let i = 0; i < this.#names.length; i++) at = writeResourceEntry(buf, at, this.#names[i]!, this.#entries[i]!);
     for (const n of this.removed_resources) at = writeStringField(buf, at, RESPONSE.removed, n);
     writeStringField(buf, at, RESPONSE.nonce, this.nonce);
     return buf;
