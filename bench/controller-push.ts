@@ -16,10 +16,11 @@ import * as grpc from '@grpc/grpc-js';
 import { Controller } from '../controller/src/controller.ts';
 import { MemorySource } from '../controller/src/sources/memory.ts';
 import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
-import { ConfigClient } from '../lib/xds/client.ts';
 import { CONTROLLER_NODE_OPTIONS } from '../cli/install/names.ts';
-import { WaypointEngine } from '../waypoint/src/engine.ts';
-import { TcpUpstream } from '../waypoint/src/upstream.ts';
+// The clients' modules (config client, waypoint engine) are imported by the child only: loaded in
+// the controller's process they were 20 MB of its RSS that no controller carries.
+import type { ConfigClient } from '../lib/xds/client.ts';
+import type { WaypointEngine } from '../waypoint/src/engine.ts';
 
 const { values } = parseArgs({
   options: {
@@ -41,6 +42,9 @@ const nodeName = (i: number) => `node-${i}`;
 
 if (values['clients-only']) {
   // Child: CLIENTS agents, one per node, and WAYPOINTS waypoints; reports when all have a first snapshot.
+  const { ConfigClient } = await import('../lib/xds/client.ts');
+  const { WaypointEngine } = await import('../waypoint/src/engine.ts');
+  const { TcpUpstream } = await import('../waypoint/src/upstream.ts');
   const target = values['clients-only'];
   let ready = 0;
   const clients: Array<ConfigClient<'agent'> | ConfigClient<'waypoint'>> = [];

@@ -41,6 +41,21 @@ test('builds service endpoints from pod selectors with named target ports and no
   }]);
 });
 
+test('endpoints that map a service\'s ports the same way share one ports record; one that differs keeps its own', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'a', { ip: '10.1.0.1', labels: { app: 'web' } }), pod('shop', 'b', { ip: '10.1.0.2', labels: { app: 'web' } }));
+  // Its named target port is another number.
+  const odd = pod('shop', 'c', { ip: '10.1.0.3', labels: { app: 'web' } });
+  odd.spec.containers![0]!.ports![0]!.containerPort = 9000;
+  i.pods.push(odd);
+  i.services.push(svc('shop', 'web'));
+  const eps = compile(i).model.services.get('shop/web')!.endpoints;
+  assert.deepEqual(eps.map((e) => [e.ip, e.ports]), [['10.1.0.1', { '80': 8080 }], ['10.1.0.2', { '80': 8080 }], ['10.1.0.3', { '80': 9000 }]]);
+  assert.equal(eps[0]!.ports, eps[1]!.ports);
+  assert.notEqual(eps[0]!.ports, eps[2]!.ports);
+});
+
 test('prefers EndpointSlices over selectors when the service has any', () => {
   const i = emptyInputs();
   i.pods.push(pod('shop', 'web', { ip: '10.1.0.8' }));

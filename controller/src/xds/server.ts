@@ -21,6 +21,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
 import { EncodedResponse, responseSerializer } from './wire.ts';
+import { HeldVersions, SharedBases } from './held-versions.ts';
 import { deltaOf } from '../model-delta.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
@@ -82,8 +83,14 @@ interface Pending {
   /** Body bytes sent and not yet acknowledged (flow control). */
   bytes: number;
   sentAt: number;
-  /** The resources it carries (the published entries themselves, shared with every client). */
-  upserts: ReadonlyArray<readonly [string, Published]>;
+  /**
+   * The names of the resources it carries (a NACK undoes them). Names and entries are parallel
+   * arrays, not [name, entry] pairs: an initial sync's 10,000 pairs per client were 0.7 MB each,
+   * held until the client acknowledged.
+   */
+  upserts: readonly string[];
+  /** Their versions (a NACK applies the other pending responses again). */
+  versions: readonly string[];
   removed: string[];
   /**
    * The versions `sent` held before this response for the names it replaced or removed (a name it
@@ -107,9 +114,10 @@ class Subscriber {
   readonly subs = new Map<ResourceType, Subscription>();
   /**
    * What the client holds once every sent response is applied. What it confirmed is this with the
-   * pending responses undone (Pending.before).
+   * pending responses undone (Pending.before). Stored over bases shared with other clients
+   * (held-versions.ts).
    */
-  readonly sent = new Map<ResourceType, Map<string, string>>();
+  readonly sent = new Map<ResourceType, HeldVersions>();
   readonly pending = new Map<string, Pending>();
   /**
    * Per type, what may differ between `sent` and the client's view since the last flush: the
@@ -153,6 +161,8 @@ export class ConfigServer {
   readonly #subscribers = new Set<Subscriber>();
   readonly #flushQueue = new Set<Subscriber>();
   #bodies = new WeakMap<object, string>();
+  /** The frozen name → version maps clients' `sent` share (held-versions.ts). */
+  readonly #bases = new SharedBases();
   /**
    * Resource versions are `<epoch>.<n>`: a client reconnecting to a restarted controller must not
    * mistake an old version number for a new resource's (it would keep stale config).
@@ -399,8 +409,7 @@ export class ConfigServer {
     if (!sub0) {
       sub0 = { wildcard: false, names: new Set() };
       sub.subs.set(type, sub0);
-      const initial = new Map(Object.entries(req.initial_resource_versions ?? {}));
-      sub.sent.set(type, initial);
+      sub.sent.set(type, new HeldVersions(Object.entries(req.initial_resource_versions ?? {})));
       if (req.resource_names_subscribe.length === 0) sub0.wildcard = true;
     }
     for (const n of req.resource_names_subscribe) {
@@ -446,10 +455,11 @@ export class ConfigServer {
     const sent = sub.sent.get(p.type)!;
     const ofType = [...sub.pending.values()].filter((q) => q.type === p.type);
     for (const q of ofType.reverse()) {
-      for (const [n] of q.upserts) sent.delete(n);
+      for (const n of q.upserts) sent.delete(n);
       for (const [n, v] of q.before) sent.set(n, v);
     }
     for (const q of ofType.reverse()) if (q !== p) applyTo(sent, q);
+    if (sent.overLimit) this.#bases.compact(`${sub.kind}/${p.type}`, sent);
     sub.dirty.set(p.type, 'all');
   }
 
@@ -529,28 +539,30 @@ export class ConfigServer {
     if (!this.#subscribers.has(sub) || sub.subs.size === 0 || !this.#index) return;
     const version = this.systemVersion;
     if (!sub.force && sub.nackedVersion === version) return;
-    const responses: Array<{ type: ResourceType; upserts: Array<[string, Published]>; removed: string[] }> = [];
+    const responses: Array<{ type: ResourceType; names: string[]; entries: Published[]; removed: string[] }> = [];
     let any = sub.force;
     for (const type of sub.subs.keys()) {
       const sent = sub.sent.get(type)!;
-      const upserts: Array<[string, Published]> = [];
+      // The upserts, as parallel arrays (Pending.upserts).
+      const names: string[] = [];
+      const entries: Published[] = [];
       const removed: string[] = [];
       const dirty = sub.force ? 'all' : sub.dirty.get(type);
       if (dirty === 'all') {
         this.#view(sub, type, (n, p) => {
-          if (sent.get(n) !== p.version) upserts.push([n, p]);
+          if (sent.get(n) !== p.version) names.push(n), entries.push(p);
         });
         // #holds is the one-name form of #view (test/unit/controller-xds-views.test.ts).
         for (const n of sent.keys()) if (!this.#holds(sub, type, n)) removed.push(n);
       } else if (dirty) {
         for (const n of dirty) {
           const p = this.#holds(sub, type, n);
-          if (p && sent.get(n) !== p.version) upserts.push([n, p]);
+          if (p && sent.get(n) !== p.version) names.push(n), entries.push(p);
           else if (!p && sent.has(n)) removed.push(n);
         }
       }
-      if (upserts.length > 0 || removed.length > 0) any = true;
-      responses.push({ type, upserts, removed });
+      if (names.length > 0 || removed.length > 0) any = true;
+      responses.push({ type, names, entries, removed });
     }
     sub.force = false;
     sub.dirty.clear();
@@ -558,14 +570,23 @@ export class ConfigServer {
     for (const r of responses) {
       const nonce = randomBytes(8).toString('hex');
       let bytes = 0;
-      for (const [, p] of r.upserts) bytes += p.body.length;
+      for (const p of r.entries) bytes += p.body.length;
       this.#unackedBytes += bytes;
       this.#pushedBytes[sub.kind!] += bytes;
-      const pending: Pending = { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.upserts, removed: r.removed, before: [] };
-      applyTo(sub.sent.get(r.type)!, pending);
+      const pending: Pending = { type: r.type, systemVersion: version, bytes, sentAt: Date.now(), upserts: r.names, versions: r.entries.map((p) => p.version), removed: r.removed, before: [] };
+      const held = sub.sent.get(r.type)!;
+      const key = `${sub.kind}/${r.type}`;
+      // A client that holds nothing of the type (a new subscription) holds exactly the upserts
+      // afterwards, as other clients of the same view do: it shares their base instead of
+      // building a Map of its own. It replaced nothing, so a NACK has nothing to restore.
+      if (held.size === 0) this.#bases.adopt(key, held, pending.upserts, pending.versions);
+      else {
+        applyTo(held, pending);
+        if (held.overLimit) this.#bases.compact(key, held);
+      }
       sub.pending.set(nonce, pending);
-      // Each resource's bytes are encoded once and shared by every client it is sent to (wire.ts).
-      sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.upserts));
+      // Encoded by the service's serializer when grpc-js takes it from the stream (wire.ts).
+      sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.names, r.entries));
       this.#metrics?.pushes.inc({ type: r.type });
     }
   }
@@ -584,12 +605,13 @@ function* namesIn(map: ReadonlyMap<string, unknown>, names: ReadonlySet<string>,
 }
 
 /** Applies a response to what the client holds, recording in `before` what it replaced (for a NACK). */
-function applyTo(sent: Map<string, string>, p: Pending): void {
+function applyTo(sent: HeldVersions, p: Pending): void {
   p.before = [];
-  for (const [n, r] of p.upserts) {
+  for (let i = 0; i < p.upserts.length; i++) {
+    const n = p.upserts[i]!;
     const old = sent.get(n);
     if (old !== undefined) p.before.push([n, old]);
-    sent.set(n, r.version);
+    sent.set(n, p.versions[i]!);
   }
   for (const n of p.removed) {
     const old = sent.get(n);

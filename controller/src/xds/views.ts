@@ -17,8 +17,8 @@ export interface Published {
   body: string;
   /** The model object it was serialized from (identity: unchanged objects are not looked at again). */
   source: object;
-  /** Its encoded `resources` entry, shared by every response that carries it (wire.ts). */
-  wire?: { name: string; bytes: Buffer };
+  /** The body's UTF-8 length, once encoded (wire.ts). */
+  bodyBytes?: number;
 }
 
 export type PublishedSet = Record<ResourceType, Map<string, Published>>;
