@@ -62,7 +62,7 @@ part="${1:-}"
 [ "$#" -gt 0 ] && shift
 case "$part" in
   agent)      exec node agent/src/main.ts "$@" ;;
-  controller) exec node controller/src/main.ts "$@" ;;
+  controller) exec node --heap-growing-percent=20 controller/src/main.ts "$@" ;;
   waypoint)   exec node waypoint/src/main.ts "$@" ;;
   eastwest)   exec node eastwest/src/main.ts "$@" ;;
   weftctl)    exec node cli/weftctl.ts "$@" ;;

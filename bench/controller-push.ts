@@ -16,7 +16,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Controller } from '../controller/src/controller.ts';
 import { MemorySource } from '../controller/src/sources/memory.ts';
 import { ConfigServer, addConfigStreamService } from '../controller/src/xds/server.ts';
-import { CONTROLLER_NODE_OPTIONS } from '../cli/install/names.ts';
+import { CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS } from '../cli/install/names.ts';
 // The clients' modules (config client, waypoint engine) are imported by the child only: loaded in
 // the controller's process they were 20 MB of its RSS that no controller carries.
 import type { ConfigClient } from '../lib/xds/client.ts';
@@ -92,10 +92,10 @@ if (values['clients-only']) {
     process.exit(0);
   });
   process.stdin.resume();
-} else if (!CONTROLLER_NODE_OPTIONS.split(' ').every((f) => process.execArgv.includes(f))) {
+} else if (![...CONTROLLER_NODE_OPTIONS.split(' '), ...CONTROLLER_V8_FLAGS.split(' ')].every((f) => process.execArgv.includes(f))) {
   // The controller's part runs with the V8 flags it is deployed with (cli/install/names.ts): the
   // bench runs itself again with them (the clients' process is started without them).
-  const r = spawnSync(process.execPath, [...CONTROLLER_NODE_OPTIONS.split(' '), ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, [...CONTROLLER_NODE_OPTIONS.split(' '), ...CONTROLLER_V8_FLAGS.split(' '), ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' });
   process.exitCode = r.status ?? 1;
 } else {
   await main();

@@ -14,7 +14,7 @@ import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './networ
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
 import { runCniPlugin, type CniRun } from './cni.ts';
-import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS } from '../install/names.ts';
+import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS } from '../install/names.ts';
 import { COMPILE_CACHE_DIR } from '../install/compile-cache.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -194,8 +194,8 @@ export class LocalMesh {
     return this.net.node(name);
   }
 
-  private spawnNode(where: Parameters<LocalNetwork['spawn']>[0], script: string, args: string[], log: string, env?: Record<string, string>): ChildProcess {
-    const child = this.net.spawn(where, process.execPath, [join(REPO_ROOT, script), ...args], {
+  private spawnNode(where: Parameters<LocalNetwork['spawn']>[0], script: string, args: string[], log: string, env?: Record<string, string>, nodeFlags: string[] = []): ChildProcess {
+    const child = this.net.spawn(where, process.execPath, [...nodeFlags, join(REPO_ROOT, script), ...args], {
       logFile: join(this.logDir, log),
       detached: this.o.detached ?? false,
       env: { ...process.env, ...env },
@@ -227,7 +227,7 @@ export class LocalMesh {
       // Agents and waypoints present their node / workload certificates on the config stream.
       '--require-client-identity',
       '--log-level', this.o.logLevel ?? 'info',
-    ], 'controller.log', { NODE_OPTIONS: [process.env.NODE_OPTIONS, CONTROLLER_NODE_OPTIONS].filter(Boolean).join(' ') });
+    ], 'controller.log', { NODE_OPTIONS: [process.env.NODE_OPTIONS, CONTROLLER_NODE_OPTIONS].filter(Boolean).join(' ') }, CONTROLLER_V8_FLAGS.split(' '));
     return this.controller;
   }
 

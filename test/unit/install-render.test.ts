@@ -455,8 +455,8 @@ test('the agent runs with a small V8 young generation and two malloc arenas, as 
   assert.match(mesh, /AGENT_NODE_OPTIONS\]/);
 });
 
-test('the controller runs with a small V8 young generation, as the local mesh and bench/controller-push.ts run it (issue 20: peak RSS)', async () => {
-  const { CONTROLLER_NODE_OPTIONS } = await import('../../cli/install/names.ts');
+test('the controller runs with a small V8 young generation and a small old-generation growth step, as the local mesh and bench/controller-push.ts run it (issue 20: peak RSS)', async () => {
+  const { CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS } = await import('../../cli/install/names.ts');
   const container = find<IDeployment>(renderInstall(OPTS), 'Deployment').spec?.template.spec?.containers[0];
   const env = new Map((container?.env ?? []).map((e) => [e.name, e.value]));
   assert.match(CONTROLLER_NODE_OPTIONS, /--max-semi-space-size=\d+\b/);
@@ -465,6 +465,16 @@ test('the controller runs with a small V8 young generation, as the local mesh an
   assert.match(mesh, /'controller\.log', \{ NODE_OPTIONS: \[process\.env\.NODE_OPTIONS, CONTROLLER_NODE_OPTIONS\]/);
   const bench = readFileSync(new URL('../../bench/controller-push.ts', import.meta.url), 'utf8');
   assert.match(bench, /CONTROLLER_NODE_OPTIONS\.split/);
+  // Flags Node refuses in NODE_OPTIONS go on the command line: the image's entrypoint, the mesh, the bench.
+  assert.match(CONTROLLER_V8_FLAGS, /--heap-growing-percent=\d+\b/);
+  const dockerfile = readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8');
+  assert.ok(dockerfile.includes(`controller) exec node ${CONTROLLER_V8_FLAGS} controller/src/main.ts`), 'the image starts the controller with CONTROLLER_V8_FLAGS');
+  assert.match(mesh, /'controller\.log', \{[^}]*\}, CONTROLLER_V8_FLAGS\.split\(' '\)\)/);
+  assert.match(bench, /CONTROLLER_V8_FLAGS\.split\(' '\), \.\.\.process\.execArgv/);
+  // Node accepts it on the command line (it would refuse to start on an unknown flag).
+  const { spawnSync } = await import('node:child_process');
+  const r = spawnSync(process.execPath, [...CONTROLLER_V8_FLAGS.split(' '), '-e', '0'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
 });
 
 test('the controller requires client identities on the config stream (issue 17, defect 7)', () => {
