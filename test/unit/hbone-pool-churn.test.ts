@@ -10,6 +10,7 @@ import type { Duplex } from 'node:stream';
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { startHbone, tcpServer } from './hbone-certs.ts';
 import { until } from '../lab/wait.ts';
+import { H2, H2_PREFACE, h2Frame, hpackLiteral } from '../lab/h2-frames.ts';
 
 const cleanups: Array<() => unknown> = [];
 after(async () => { for (const c of cleanups.reverse()) await c(); });
@@ -100,19 +101,9 @@ test('the defaults leave the server twice the pool\'s streams of room; a peer th
   // The server's SETTINGS first: its limit applies once the peer has acknowledged them.
   await new Promise((resolve) => sock.once('data', resolve));
   sock.resume();
-  const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
-    const h = Buffer.alloc(9);
-    h.writeUIntBE(payload.length, 0, 3);
-    h[3] = type;
-    h[4] = flags;
-    h.writeUInt32BE(id, 5);
-    return Buffer.concat([h, payload]);
-  };
-  // HPACK literal without indexing, new name, no Huffman (RFC 7541 6.2.2).
-  const literal = (name: string, value: string): Buffer => Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
-  const block = Buffer.concat([literal(':method', 'CONNECT'), literal(':authority', `127.0.0.1:${echo.port}`)]);
-  const out = [Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(0x4, 0, 0, Buffer.alloc(0)), frame(0x4, 0x1, 0, Buffer.alloc(0))];
-  for (let i = 0; i < 170; i++) out.push(frame(0x1, 0x4, 1 + 2 * i, block)); // HEADERS, END_HEADERS
+  const block = Buffer.concat([hpackLiteral(':method', 'CONNECT'), hpackLiteral(':authority', `127.0.0.1:${echo.port}`)]);
+  const out = [H2_PREFACE, h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)), h2Frame(H2.SETTINGS, H2.ACK, 0, Buffer.alloc(0))];
+  for (let i = 0; i < 170; i++) out.push(h2Frame(H2.HEADERS, H2.END_HEADERS, 1 + 2 * i, block));
   sock.write(Buffer.concat(out));
   await new Promise((resolve) => sock.once('close', resolve));
   await until('the server reported the session error', () => errors.length === 1, 5_000, { explain: () => JSON.stringify(hb.server.stats()) });

@@ -10,6 +10,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { duplexPair, type Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { H2_PREFACE, h2Frame } from '../lab/h2-frames.ts';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
@@ -301,15 +302,8 @@ describe('waypoint HTTP/1.1 timeouts', () => {
 // ---------------------------------------------------------------------------------------------
 // HTTP/2, raw frames for the slow client.
 
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-}
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+const frame = h2Frame;
+const PREFACE = H2_PREFACE;
 const SETTINGS = frame(0x4, 0, 0, Buffer.alloc(0));
 const SETTINGS_ACK = frame(0x4, 0x1, 0, Buffer.alloc(0));
 /** HPACK: GET (0x82), / (0x84), http (0x86), then a literal :authority. */

@@ -1,0 +1,23 @@
+// Raw HTTP/2 frames (RFC 9113 section 4.1) and HPACK literals (RFC 7541 section 6.2.2) for tests that
+// play a peer a real client library would not be: one that ignores limits, floods, or stalls.
+
+/** The client connection preface (RFC 9113 section 3.4). */
+export const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+/** Frame types and flags used by the tests. */
+export const H2 = { DATA: 0x0, HEADERS: 0x1, RST_STREAM: 0x3, SETTINGS: 0x4, GOAWAY: 0x7, CONTINUATION: 0x9, END_STREAM: 0x1, ACK: 0x1, END_HEADERS: 0x4 } as const;
+
+/** One frame; `declaredLength` lets a test lie about the payload's length. */
+export function h2Frame(type: number, flags: number, stream: number, payload: Buffer, declaredLength = payload.length): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(declaredLength, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream & 0x7fffffff, 5);
+  return Buffer.concat([h, payload]);
+}
+
+/** HPACK literal header field without indexing, new name, no Huffman; names and values under 127 bytes. */
+export function hpackLiteral(name: string, value: string): Buffer {
+  return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+}
