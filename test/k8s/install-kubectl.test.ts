@@ -99,7 +99,7 @@ test('the controller started from the Deployment kubectl applied bootstraps an a
     const deploy = JSON.parse(await kubectl('get', 'deployment', '-n', 'mesh', 'weft-controller', '-o', 'json')) as { spec: { template: { spec: { containers: Array<{ args: string[] }> } } } };
     const [part, ...args] = deploy.spec.template.spec.containers[0]!.args;
     assert.equal(part, 'controller', 'the image entrypoint chooses the program by its first argument');
-    assert.match(readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8'), /controller\) exec node controller\/src\/main\.ts "\$@"/);
+    assert.match(readFileSync(new URL('../../Dockerfile', import.meta.url), 'utf8'), /controller\) exec node (--[\w-]+=\d+ )*controller\/src\/main\.ts "\$@"/);
     const o = parseControllerArgs(args);
     assert.equal(o.requireClientIdentity, true);
     const kubeconfig = join(dir, 'kubeconfig');

@@ -125,8 +125,9 @@ test('every path the runtime stage copies from the build stage is in the reposit
   }
 });
 
-test('the entrypoint runs agent, controller, waypoint and weftctl from their main files', () => {
-  const entry = { agent: 'agent/src/main.ts', controller: 'controller/src/main.ts', waypoint: 'waypoint/src/main.ts', weftctl: 'cli/weftctl.ts' };
+test('the entrypoint runs agent, controller, waypoint and weftctl from their main files (the controller with CONTROLLER_V8_FLAGS)', async () => {
+  const { CONTROLLER_V8_FLAGS } = await import('../../cli/install/names.ts');
+  const entry = { agent: 'agent/src/main.ts', controller: `${CONTROLLER_V8_FLAGS} controller/src/main.ts`, waypoint: 'waypoint/src/main.ts', weftctl: 'cli/weftctl.ts' };
   for (const [cmd, file] of Object.entries(entry)) {
     assert.match(DOCKERFILE, new RegExp(`^\\s+${cmd}\\)\\s+exec node ${file.replace(/\./g, '\\.')} "\\$@" ;;$`, 'm'), cmd);
   }
@@ -163,7 +164,7 @@ test('the entrypoint script passes the remaining arguments to the chosen part an
   writeFileSync(script, body.replace('cd /opt/weft', `cd ${dir}`), { mode: 0o755 });
   const run = (...args: string[]) => spawnSync('/bin/sh', [script, ...args], { encoding: 'utf8', env: { PATH: `${bin}:/usr/bin:/bin` } });
   assert.equal(run('agent', '--node', 'n 1').stdout, `${dir} agent/src/main.ts --node n 1\n`);
-  assert.equal(run('controller', '--kube').stdout, `${dir} controller/src/main.ts --kube\n`);
+  assert.equal(run('controller', '--kube').stdout, `${dir} --heap-growing-percent=20 controller/src/main.ts --kube\n`);
   assert.equal(run('waypoint').stdout, `${dir} waypoint/src/main.ts\n`);
   assert.equal(run('weftctl', 'check').stdout, `${dir} cli/weftctl.ts check\n`);
   const bad = run('--namespace', 'x');
