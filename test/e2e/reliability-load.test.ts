@@ -96,7 +96,7 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   sampling = false;
   await sampler;
   assert.ok(r.stdout.trim(), `load-conns printed nothing (exit ${r.code}): ${r.stderr}`);
-  const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { idleOpen: number; idleMs: number; idleDropped: number; stillOpen: number; churnOk: number; churnFailed: number; churnPerSecond: number; errors: Record<string, number> };
+  const res = JSON.parse(r.stdout.trim().split('\n').pop()!) as { idleOpen: number; idleMs: number; idleDropped: number; stillOpen: number; churnOk: number; churnFailed: number; churnPerSecond: number; notOffered: number; errors: Record<string, number> };
 
   const closedAt = Date.now();
   let after = fds(pid);
@@ -107,7 +107,7 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   const fdsBackMs = Date.now() - closedAt;
   const rssAfter = rssMb(pid);
   console.log(`# node1 agent over time: ${series.join('; ')}`);
-  console.log(`# load: ${res.idleOpen} idle connections opened in ${res.idleMs} ms, ${res.churnOk} new connections (${res.churnPerSecond}/s, ${res.churnFailed} failed ${JSON.stringify(res.errors)}) in ${Math.round((Date.now() - started) / 1000)} s`);
+  console.log(`# load: ${res.idleOpen} idle connections opened in ${res.idleMs} ms, ${res.churnOk} new connections (${res.churnPerSecond}/s, ${res.churnFailed} failed ${JSON.stringify(res.errors)}; ${res.notOffered} not offered, at most ${RATE} waiting at once) in ${Math.round((Date.now() - started) / 1000)} s`);
   console.log(`# node2 agent (server side) fds: baseline ${base2.fds}, peak ${peak2.fds}, ${fds(pid2)} after; RSS MB: baseline ${base2.rss}, peak ${peak2.rss}, after ${rssMb(pid2)}`);
   console.log(`# node1 agent fds: baseline ${base.fds}, peak ${peak.fds}, ${after} ${fdsBackMs} ms after the close; agent RSS MB: baseline ${base.rss}, peak ${peak.rss}, after ${rssAfter}`);
 
@@ -134,7 +134,13 @@ test(`${IDLE} idle connections and ${RATE} new connections per second through on
   // 0 in every run since the pool retries streams refused as over the limit; before, 119 and 224 of
   // ~58,000 failed in two of five runs. A few stray failures would not be a bug of this kind.
   assert.ok(res.churnFailed <= res.churnOk / 1000, `at most 0.1% of the new connections failed (${res.churnFailed} of ${res.churnOk + res.churnFailed}: ${JSON.stringify(res.errors)})`);
-  assert.ok(res.churnPerSecond >= RATE * 0.8, `the churn ran at about the asked rate (${res.churnPerSecond}/s)`);
+  // The rate the machine carried. Alone on 2 cores it is the asked rate; beside a CPU hog 730-999/s
+  // (the echo server and the generator, Node processes on the same cores, fall behind first, and
+  // the generator offers no more than a second's worth at once: `notOffered`). The collapse this
+  // test caught (a kernel port-search cliff in the agent, docs/RELIABILITY.md) ran at
+  // 83-454/s and kept falling; half the asked rate tells the two apart with the margin a loaded
+  // 2-core machine needs. The speed itself is make bench's.
+  assert.ok(res.churnPerSecond >= RATE * 0.5, `the churn ran at no less than half the asked rate (${res.churnPerSecond}/s; ${res.notOffered} not offered)`);
   assert.ok(peak.fds >= base.fds + IDLE, `the agent really held the idle connections (peak ${peak.fds} fds)`);
   assert.ok(after <= base.fds + 20, `file descriptors return to the baseline (${after} vs ${base.fds})`);
   assert.ok(peak.rss < 1_024, `agent RSS stays bounded (peak ${peak.rss} MB)`);
