@@ -7,14 +7,14 @@ import { join } from 'node:path';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { removeCgroupTree } from '../../lib/sys/cgroup.ts';
 import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
-import { LAB_TAG } from './lab.ts';
+import { isLabObject, LAB_TAG } from './lab.ts';
 
 const only = process.argv[2];
 if (only !== undefined && !new RegExp(`^${LAB_TAG}[0-9a-z]{4}$`).test(only)) {
   console.error(`clean-lab: "${only}" is not a lab prefix (${LAB_TAG} and four letters or digits, e.g. ${LAB_TAG}1a2b)`);
   process.exit(2);
 }
-const tagged = (name: string) => new RegExp(`^${only ?? `${LAB_TAG}[0-9a-z]{4}`}(-|$)`).test(name);
+const tagged = (name: string) => isLabObject(name, only);
 let removed = 0;
 
 for (const name of listNetns()) {

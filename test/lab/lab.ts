@@ -15,6 +15,15 @@ export { run, removeCgroupTree };
 /** Every lab resource name starts with this tag; clean-lab removes anything that carries it. */
 export const LAB_TAG = 'wt';
 
+/**
+ * Whether a netns, cgroup or BPF pin folder name belongs to a lab (any, or the one `prefix` names):
+ * the lab's own objects (`<prefix>-...`, `<prefix>`), and those of the clusters and the exchange a
+ * multi-cluster lab adds under its prefix (`<prefix>c1-wire`, `<prefix>x-xchg`: cli/local/multicluster.ts).
+ */
+export function isLabObject(name: string, prefix?: string): boolean {
+  return new RegExp(`^${prefix ?? `${LAB_TAG}[0-9a-z]{4}`}(c[1-9]|x)?(-|$)`).test(name);
+}
+
 export interface Netns {
   /** Name as `ip netns` knows it. */
   name: string;
