@@ -5,12 +5,14 @@
 // The summary lines (tests, pass, fail, ...) stay the last ones a CI reads, as with the plain spec
 // reporter.
 import { spec as SpecReporter } from 'node:test/reporters';
-import { relative } from 'node:path';
+import { relative, resolve } from 'node:path';
 import type { Transform } from 'node:stream';
 import { finished } from 'node:stream/promises';
 
 /** A test (not a suite) slower than this is listed. */
 export const SLOW_TEST_MS = Number(process.env.WEFT_SLOW_TEST_MS) || 10_000;
+/** A test file slower than this (start to end, its hooks and lab included) is listed. */
+export const SLOW_FILE_MS = Number(process.env.WEFT_SLOW_FILE_MS) || 30_000;
 
 interface TestEventData {
   name: string;
@@ -38,6 +40,21 @@ export function slowTestLines(slow: SlowTest[], thresholdMs = SLOW_TEST_MS): str
   return [
     `tests over ${thresholdMs / 1000} s (${sorted.length}), slowest first:`,
     ...sorted.map((t) => `  ${(t.ms / 1000).toFixed(1).padStart(6)} s  ${t.file}  ${t.name}`),
+  ];
+}
+
+/**
+ * The lines for the slow test files (already filtered), slowest first, with the whole run's file
+ * time: the suite's 15-minute budget is spent per file (each file is a process, and on two cores
+ * they run one at a time), so this is the list to trim from.
+ */
+export function slowFileLines(files: SlowTest[], totalMs: number, thresholdMs = SLOW_FILE_MS): string[] {
+  const total = `${(totalMs / 60_000).toFixed(1)} min in test files`;
+  if (files.length === 0) return [`test files over ${thresholdMs / 1000} s: none (${total})`];
+  const sorted = [...files].sort((a, b) => b.ms - a.ms);
+  return [
+    `test files over ${thresholdMs / 1000} s (${sorted.length}; ${total}), slowest first:`,
+    ...sorted.map((t) => `  ${(t.ms / 1000).toFixed(1).padStart(6)} s  ${t.file}`),
   ];
 }
 
@@ -77,10 +94,18 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
   const out: string[] = [];
   spec.on('data', (chunk: Buffer | string) => out.push(chunk.toString()));
   const slow: SlowTest[] = [];
+  const slowFiles: SlowTest[] = [];
+  let fileMs = 0;
   const failed: FailedTest[] = [];
   const held: TestEvent[] = [];
   const drain = function* () { while (out.length) yield out.shift()!; };
   for await (const event of source) {
+    // A file's own completion: at nesting 0, named by the path the runner was given.
+    if (event.type === 'test:complete' && event.data.nesting === 0 && event.data.file !== undefined && resolve(event.data.name) === event.data.file) {
+      const ms = event.data.details?.duration_ms ?? 0;
+      fileMs += ms;
+      if (ms > SLOW_FILE_MS) slowFiles.push({ name: event.data.name, file: relative(process.cwd(), event.data.file), ms });
+    }
     if ((event.type === 'test:pass' || event.type === 'test:fail') && event.data.details?.type !== 'suite') {
       const ms = event.data.details?.duration_ms ?? 0;
       if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms });
@@ -93,7 +118,7 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
     else spec.write(event);
     yield* drain();
   }
-  yield `\n${[...slowTestLines(slow), ...failedTestLines(failed)].join('\n')}\n\n`;
+  yield `\n${[...slowFileLines(slowFiles, fileMs), ...slowTestLines(slow), ...failedTestLines(failed)].join('\n')}\n\n`;
   for (const event of held) spec.write(event);
   spec.end();
   await finished(spec);

@@ -1,7 +1,12 @@
 // make test's reporter: the slow-test list printed before the closing summary.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { failedTestLines, slowTestLines } from '../lab/reporter.ts';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { failedTestLines, slowFileLines, slowTestLines } from '../lab/reporter.ts';
 
 test('the slow-test list names each test over the threshold with its file, slowest first', () => {
   assert.deepEqual(slowTestLines([
@@ -25,4 +30,36 @@ test('the failed-test list names each failure with its file and the first line o
     '  ✖ test/k8s/b.test.ts  b',
   ]);
   assert.deepEqual(failedTestLines([]), []);
+});
+
+test('the slow-file list names each file over the threshold, slowest first, with the time in all files', () => {
+  assert.deepEqual(slowFileLines([
+    { name: '/r/test/e2e/a.test.ts', file: 'test/e2e/a.test.ts', ms: 31_000 },
+    { name: '/r/test/e2e/b.test.ts', file: 'test/e2e/b.test.ts', ms: 95_500 },
+  ], 840_000, 30_000), [
+    'test files over 30 s (2; 14.0 min in test files), slowest first:',
+    '    95.5 s  test/e2e/b.test.ts',
+    '    31.0 s  test/e2e/a.test.ts',
+  ]);
+  assert.deepEqual(slowFileLines([], 60_000, 30_000), ['test files over 30 s: none (1.0 min in test files)']);
+});
+
+test('the reporter times each file from the runner\'s own events (hooks included), and ends with the summary', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-reporter-'));
+  try {
+    const body = "import { test, before } from 'node:test';\nbefore(() => new Promise((r) => setTimeout(r, 200)));\ntest('t', () => {});\n";
+    writeFileSync(join(dir, 'one.test.mjs'), body);
+    writeFileSync(join(dir, 'two.test.mjs'), body);
+    const { stdout } = await promisify(execFile)(process.execPath, [
+      '--test', `--test-reporter=${resolve(import.meta.dirname, '../lab/reporter.ts')}`, 'one.test.mjs', 'two.test.mjs',
+    ], { cwd: dir, env: { ...process.env, NODE_TEST_CONTEXT: undefined, WEFT_SLOW_FILE_MS: '150' } });
+    const lines = stdout.split('\n');
+    const head = lines.findIndex((l) => l.startsWith('test files over 0.15 s (2;'));
+    assert.ok(head >= 0, stdout);
+    // Each file took its 200 ms hook at least; the runner's figure includes the process's start.
+    for (const l of lines.slice(head + 1, head + 3)) assert.match(l, /^ +\d+\.\d s {2}(one|two)\.test\.mjs$/);
+    assert.match(lines.filter((l) => l.trim() !== '').at(-1)!, /duration_ms/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
