@@ -58,6 +58,19 @@ export function slowFileLines(files: SlowTest[], totalMs: number, thresholdMs = 
   ];
 }
 
+/**
+ * The lines for tests that started and never reported a result: their file's process ended with
+ * its results cut off (a lost tail, nodejs/node#64833). The runner counts such a file as passed, so
+ * the reporter names them and fails the run.
+ */
+export function unfinishedTestLines(unfinished: SlowTest[]): string[] {
+  if (unfinished.length === 0) return [];
+  return [
+    `tests that started and never reported a result (${unfinished.length}; the rest of their file's results were lost):`,
+    ...unfinished.map((t) => `  ? ${t.file}  ${t.name}`),
+  ];
+}
+
 export interface FailedTest {
   name: string;
   file: string;
@@ -96,6 +109,9 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
   const slow: SlowTest[] = [];
   const slowFiles: SlowTest[] = [];
   let fileMs = 0;
+  /** Tests started and not yet passed or failed, by file, line, column and name. */
+  const open = new Map<string, SlowTest>();
+  const key = (d: TestEventData & { line?: number; column?: number }) => `${d.file}:${d.line}:${d.column}:${d.nesting}:${d.name}`;
   const failed: FailedTest[] = [];
   const held: TestEvent[] = [];
   const drain = function* () { while (out.length) yield out.shift()!; };
@@ -106,6 +122,8 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
       fileMs += ms;
       if (ms > SLOW_FILE_MS) slowFiles.push({ name: event.data.name, file: relative(process.cwd(), event.data.file), ms });
     }
+    if (event.type === 'test:start') open.set(key(event.data), { name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms: 0 });
+    if (event.type === 'test:pass' || event.type === 'test:fail') open.delete(key(event.data));
     if ((event.type === 'test:pass' || event.type === 'test:fail') && event.data.details?.type !== 'suite') {
       const ms = event.data.details?.duration_ms ?? 0;
       if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms });
@@ -118,7 +136,9 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
     else spec.write(event);
     yield* drain();
   }
-  yield `\n${[...slowFileLines(slowFiles, fileMs), ...slowTestLines(slow), ...failedTestLines(failed)].join('\n')}\n\n`;
+  const unfinished = [...open.values()];
+  if (unfinished.length > 0) process.exitCode = 1;
+  yield `\n${[...slowFileLines(slowFiles, fileMs), ...slowTestLines(slow), ...failedTestLines(failed), ...unfinishedTestLines(unfinished)].join('\n')}\n\n`;
   for (const event of held) spec.write(event);
   spec.end();
   await finished(spec);

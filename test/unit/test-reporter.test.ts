@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { failedTestLines, slowFileLines, slowTestLines } from '../lab/reporter.ts';
+import reporter, { failedTestLines, slowFileLines, slowTestLines, unfinishedTestLines } from '../lab/reporter.ts';
 
 test('the slow-test list names each test over the threshold with its file, slowest first', () => {
   assert.deepEqual(slowTestLines([
@@ -59,6 +59,49 @@ test('the reporter times each file from the runner\'s own events (hooks included
     // Each file took its 200 ms hook at least; the runner's figure includes the process's start.
     for (const l of lines.slice(head + 1, head + 3)) assert.match(l, /^ +\d+\.\d s {2}(one|two)\.test\.mjs$/);
     assert.match(lines.filter((l) => l.trim() !== '').at(-1)!, /duration_ms/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a test that started and never reported a result is named, and fails the run (a file\'s lost tail, nodejs/node#64833)', async () => {
+  const at = { file: '/r/test/unit/a.test.ts', line: 3, column: 1, nesting: 0 };
+  async function* events() {
+    yield { type: 'test:start', data: { ...at, name: 'one' } };
+    yield { type: 'test:pass', data: { ...at, name: 'one', details: { duration_ms: 1 } } };
+    yield { type: 'test:start', data: { ...at, line: 4, name: 'two' } };
+  }
+  const before = process.exitCode;
+  let out = '';
+  try {
+    for await (const chunk of reporter(events())) out += chunk;
+    assert.equal(process.exitCode, 1);
+  } finally {
+    process.exitCode = before;
+  }
+  assert.match(out, /tests that started and never reported a result \(1;/);
+  assert.match(out, /^ {2}\? \S*a\.test\.ts {2}two$/m);
+  assert.doesNotMatch(out, /\? \S+ {2}one$/m);
+  assert.deepEqual(unfinishedTestLines([]), []);
+});
+
+test('with the report channel preloaded, --test-force-exit loses no result of many files run at once (nodejs/node#64833)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-reporter-'));
+  try {
+    const files: string[] = [];
+    for (let f = 0; f < 16; f++) {
+      const name = `f${f}.test.mjs`;
+      files.push(name);
+      writeFileSync(join(dir, name), ["import { test } from 'node:test';", ...Array.from({ length: 60 }, (_, t) =>
+        `test('file ${f} test ${t}, a name long enough to fill the result pipe sooner', () => {});`)].join('\n'));
+    }
+    const { stdout } = await promisify(execFile)(process.execPath, [
+      '--import', resolve(import.meta.dirname, '../lab/report-channel.ts'),
+      '--test', '--test-force-exit', '--test-concurrency=8', '--test-reporter=tap', ...files,
+    ], { cwd: dir, env: { ...process.env, NODE_TEST_CONTEXT: undefined }, maxBuffer: 64 << 20 });
+    // Without the preload this machine counted 994 to 1,401 of 2,400 such results (40 files).
+    assert.match(stdout, /^# tests 960$/m);
+    assert.match(stdout, /^# pass 960$/m);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
