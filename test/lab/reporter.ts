@@ -18,6 +18,8 @@ interface TestEventData {
   name: string;
   nesting: number;
   file?: string;
+  line?: number;
+  column?: number;
   message?: string;
   todo?: string | boolean;
   details?: { duration_ms?: number; type?: string; error?: { message?: string; failureType?: string; cause?: { message?: string } } };
@@ -63,7 +65,7 @@ export function slowFileLines(files: SlowTest[], totalMs: number, thresholdMs = 
  * its results cut off (a lost tail, nodejs/node#64833). The runner counts such a file as passed, so
  * the reporter names them and fails the run.
  */
-export function unfinishedTestLines(unfinished: SlowTest[]): string[] {
+export function unfinishedTestLines(unfinished: Array<{ name: string; file: string }>): string[] {
   if (unfinished.length === 0) return [];
   return [
     `tests that started and never reported a result (${unfinished.length}; the rest of their file's results were lost):`,
@@ -110,8 +112,9 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
   const slowFiles: SlowTest[] = [];
   let fileMs = 0;
   /** Tests started and not yet passed or failed, by file, line, column and name. */
-  const open = new Map<string, SlowTest>();
-  const key = (d: TestEventData & { line?: number; column?: number }) => `${d.file}:${d.line}:${d.column}:${d.nesting}:${d.name}`;
+  const open = new Map<string, { name: string; file: string }>();
+  const key = (d: TestEventData) => `${d.file}:${d.line}:${d.column}:${d.nesting}:${d.name}`;
+  const fileOf = (d: TestEventData) => (d.file ? relative(process.cwd(), d.file) : '');
   const failed: FailedTest[] = [];
   const held: TestEvent[] = [];
   const drain = function* () { while (out.length) yield out.shift()!; };
@@ -120,17 +123,17 @@ export default async function* slowTestsReporter(source: AsyncIterable<TestEvent
     if (event.type === 'test:complete' && event.data.nesting === 0 && event.data.file !== undefined && resolve(event.data.name) === event.data.file) {
       const ms = event.data.details?.duration_ms ?? 0;
       fileMs += ms;
-      if (ms > SLOW_FILE_MS) slowFiles.push({ name: event.data.name, file: relative(process.cwd(), event.data.file), ms });
+      if (ms > SLOW_FILE_MS) slowFiles.push({ name: event.data.name, file: fileOf(event.data), ms });
     }
-    if (event.type === 'test:start') open.set(key(event.data), { name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms: 0 });
+    if (event.type === 'test:start') open.set(key(event.data), { name: event.data.name, file: fileOf(event.data) });
     if (event.type === 'test:pass' || event.type === 'test:fail') open.delete(key(event.data));
     if ((event.type === 'test:pass' || event.type === 'test:fail') && event.data.details?.type !== 'suite') {
       const ms = event.data.details?.duration_ms ?? 0;
-      if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', ms });
+      if (ms > SLOW_TEST_MS) slow.push({ name: event.data.name, file: fileOf(event.data), ms });
     }
     // Every failure but todo ones and a parent's "N subtests failed" (its subtests are listed).
     if (event.type === 'test:fail' && event.data.todo === undefined && event.data.details?.error?.failureType !== 'subtestsFailed') {
-      failed.push({ name: event.data.name, file: event.data.file ? relative(process.cwd(), event.data.file) : '', error: firstErrorLines(event.data) });
+      failed.push({ name: event.data.name, file: fileOf(event.data), error: firstErrorLines(event.data) });
     }
     if (isClosingTotal(event)) held.push(event);
     else spec.write(event);
