@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { ensureBpffs, findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { removeCgroupTree } from '../../lib/sys/cgroup.ts';
 import { deleteNetns, listNetns } from '../../lib/sys/netns.ts';
-import { isLabObject, LAB_TAG } from './lab.ts';
+import { isLabObject, LAB_PREFIX, LAB_TAG } from './lab.ts';
 
 const only = process.argv[2];
-if (only !== undefined && !new RegExp(`^${LAB_TAG}[0-9a-z]{4}$`).test(only)) {
+if (only !== undefined && !new RegExp(`^${LAB_PREFIX}$`).test(only)) {
   console.error(`clean-lab: "${only}" is not a lab prefix (${LAB_TAG} and four letters or digits, e.g. ${LAB_TAG}1a2b)`);
   process.exit(2);
 }

@@ -14,6 +14,8 @@ export { run, removeCgroupTree };
 
 /** Every lab resource name starts with this tag; clean-lab removes anything that carries it. */
 export const LAB_TAG = 'wt';
+/** One lab's prefix: the tag and four letters or digits (`wt1a2b`), as a regular-expression source. */
+export const LAB_PREFIX = `${LAB_TAG}[0-9a-z]{4}`;
 
 /**
  * Whether a netns, cgroup or BPF pin folder name belongs to a lab (any, or the one `prefix` names):
@@ -21,7 +23,7 @@ export const LAB_TAG = 'wt';
  * multi-cluster lab adds under its prefix (`<prefix>c1-wire`, `<prefix>x-xchg`: cli/local/multicluster.ts).
  */
 export function isLabObject(name: string, prefix?: string): boolean {
-  return new RegExp(`^${prefix ?? `${LAB_TAG}[0-9a-z]{4}`}(c[1-9]|x)?(-|$)`).test(name);
+  return new RegExp(`^${prefix ?? LAB_PREFIX}(c[1-9]|x)?(-|$)`).test(name);
 }
 
 export interface Netns {
