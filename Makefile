@@ -42,9 +42,9 @@ APT_PACKAGES += prometheus
 # which would hold CI until its 90-minute limit). The runner passes these flags on to every file.
 # Each test file is its own process; Node's compile cache (filled by the first files that import a
 # module, kept in build/) spares the rest parsing and compiling it again: about 10% of the unit tier.
-# test/lab/report-channel.ts makes each file's result pipe blocking: with --test-force-exit, Node
-# otherwise exits a file's process with results still queued and drops them (nodejs/node#64833).
-NODE_TEST := NODE_COMPILE_CACHE=$(CURDIR)/build/test-compile-cache node --import ./test/lab/report-channel.ts --no-concurrent-recompilation --no-concurrent-sparkplug --test --test-timeout=300000 --test-force-exit --test-reporter=./test/lab/reporter.ts
+# test/lab/report-channel.ts makes stdout blocking in the runner and in each file's process: with
+# --test-force-exit, Node otherwise exits with results still queued and drops them (nodejs/node#64833).
+NODE_TEST := NODE_COMPILE_CACHE=$(CURDIR)/build/test-compile-cache node --require ./test/lab/report-channel.ts --no-concurrent-recompilation --no-concurrent-sparkplug --test --test-timeout=300000 --test-force-exit --test-reporter=./test/lab/reporter.ts
 UNIT_TESTS := 'test/unit/**/*.test.ts'
 BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
