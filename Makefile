@@ -44,7 +44,10 @@ APT_PACKAGES += prometheus
 # module, kept in build/) spares the rest parsing and compiling it again: about 10% of the unit tier.
 # test/lab/report-channel.ts makes stdout blocking in the runner and in each file's process: with
 # --test-force-exit, Node otherwise exits with results still queued and drops them (nodejs/node#64833).
-NODE_TEST := NODE_COMPILE_CACHE=$(CURDIR)/build/test-compile-cache node --require ./test/lab/report-channel.ts --no-concurrent-recompilation --no-concurrent-sparkplug --test --test-timeout=300000 --test-force-exit --test-reporter=./test/lab/reporter.ts
+# test/lab/run.ts is Node's test runner (node:test's run()) in phases: the files of globs after
+# --parallel (the unit tier, no lab) run as many at a time as there are cores, the rest one at a
+# time, with one report and one summary; it gives each file the per-test timeout and force exit.
+NODE_TEST := NODE_COMPILE_CACHE=$(CURDIR)/build/test-compile-cache node --require ./test/lab/report-channel.ts --no-concurrent-recompilation --no-concurrent-sparkplug ./test/lab/run.ts
 UNIT_TESTS := 'test/unit/**/*.test.ts'
 BPF_TESTS := 'test/bpf/**/*.test.ts'
 E2E_TESTS := 'test/e2e/**/*.test.ts'
@@ -122,11 +125,11 @@ build/weftctl/weftctl.mjs: $(shell find cli lib controller/src -name '*.ts') pac
 ## test: every tier, one runner, one summary
 test: deps build
 	$(MAKE) --no-print-directory clean-lab
-	$(NODE_TEST) $(UNIT_TESTS) $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS) $(K8S_TESTS)
+	$(NODE_TEST) --parallel $(UNIT_TESTS) --serial $(BPF_TESTS) $(E2E_TESTS) $(UI_TESTS) $(CONFORMANCE_TESTS) $(K8S_TESTS)
 	$(MAKE) --no-print-directory clean-lab
 
 test-unit:
-	$(NODE_TEST) $(UNIT_TESTS)
+	$(NODE_TEST) --parallel $(UNIT_TESTS)
 
 test-bpf: bpf addon
 	$(NODE_TEST) $(BPF_TESTS)

@@ -24,7 +24,7 @@ interface TestEventData {
   todo?: string | boolean;
   details?: { duration_ms?: number; type?: string; error?: { message?: string; failureType?: string; cause?: { message?: string } } };
 }
-interface TestEvent {
+export interface TestEvent {
   type: string;
   data: TestEventData;
 }
@@ -46,9 +46,9 @@ export function slowTestLines(slow: SlowTest[], thresholdMs = SLOW_TEST_MS): str
 }
 
 /**
- * The lines for the slow test files (already filtered), slowest first, with the whole run's file
- * time: the suite's 15-minute budget is spent per file (each file is a process, and on two cores
- * they run one at a time), so this is the list to trim from.
+ * The lines for the slow test files (already filtered), slowest first, with the time summed over
+ * all files: the suite's 15-minute budget is spent per file (each file is a process, and the lab
+ * tiers' files run one at a time), so this is the list to trim from.
  */
 export function slowFileLines(files: SlowTest[], totalMs: number, thresholdMs = SLOW_FILE_MS): string[] {
   const total = `${(totalMs / 60_000).toFixed(1)} min in test files`;
@@ -100,7 +100,7 @@ function firstErrorLines(e: TestEventData): string {
 }
 
 /** The run's closing totals ("tests 21", "pass 21", ...): held back until the slow list is out. */
-const isClosingTotal = (e: TestEvent) =>
+export const isClosingTotal = (e: { type: string; data: { nesting: number; message?: string } }) =>
   e.type === 'test:diagnostic' && e.data.nesting === 0 &&
   /^(tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) /.test(e.data.message ?? '');
 
