@@ -41,7 +41,7 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
         inputs = files.flatMap((x) => x.objects.map((object) => ({ object, source: x.source })));
         what = `${files.length} file(s)`;
       } else {
-        const t = chooseTarget(f);
+        const t = await chooseTarget(f);
         if (t.kind === 'local') {
           const files = readManifests([join(t.st.stateDir, 'config')], stdin);
           inputs = files.flatMap((x) => x.objects.map((object) => ({ object, source: x.source })));

@@ -111,7 +111,7 @@ export function applyCommand(io: CommandIo = processIo, stdin: StdinReader = rea
         io.setExitCode(checked.some((c) => c.unusable) ? EXIT_USAGE : EXIT_FAILED);
         return;
       }
-      const t = f.dryRun ? undefined : commandTarget(cmd, f, io);
+      const t = f.dryRun ? undefined : await commandTarget(cmd, f, io);
       if (!f.dryRun && !t) return;
       if (t?.kind === 'cluster') {
         const kube = t.kube;
@@ -140,7 +140,7 @@ export function deleteCommand(io: CommandIo = processIo, stdin: StdinReader = re
   const cmd: Command = base('delete', 'remove the objects of the sources (local mesh: what an earlier `weftctl apply -f` of the same sources added)', io).action(async (f: Flags) => {
     const texts = readSources(io, 'delete', f.filename, stdin);
     if (!texts) return;
-    const t = commandTarget(cmd, f, io);
+    const t = await commandTarget(cmd, f, io);
     if (!t) return;
     if (t.kind === 'cluster') {
       const checked = texts.map((x) => ({ ...x, ...checkManifest(x.text, x.source) }));

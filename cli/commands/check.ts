@@ -65,7 +65,7 @@ export function checkCommand(io: CommandIo = processIo, sources: Partial<Preflig
       if (flags.pre) {
         let results: CheckResult[];
         try {
-          results = await clusterPreflight(new KubeClient(loadKubeConfig(flags)));
+          results = await clusterPreflight(new KubeClient(await loadKubeConfig(flags)));
         } catch (e) {
           if (!(e instanceof KubeConfigError || e instanceof KubeApiError)) throw e;
           io.err(`weftctl check --pre: ${e.message}\n`);

@@ -20,7 +20,7 @@ export function createRemoteSecretCommand(io: CommandIo = processIo): Command {
     .action(async (flags: { name: string; kubeconfig?: string; context?: string; namespace: string; server?: string; trustDomain?: string; tokenSeconds: string }) => {
       try {
         const secret = await createRemoteSecret({
-          kubeConfig: loadKubeConfig(flags), clusterId: flags.name, namespace: flags.namespace, tokenSeconds: Number(flags.tokenSeconds),
+          kubeConfig: await loadKubeConfig(flags), clusterId: flags.name, namespace: flags.namespace, tokenSeconds: Number(flags.tokenSeconds),
           ...(flags.server ? { server: flags.server } : {}), ...(flags.trustDomain ? { trustDomain: flags.trustDomain } : {}),
         });
         io.out(remoteSecretYaml(secret));

@@ -48,7 +48,7 @@ export function dashboardCommand(io: CommandIo = processIo): Command {
     const f = cmd.opts<DashboardFlags>();
     let clusters = localClusters(f);
     if (!clusters) {
-      const target = commandTarget(cmd, f, io);
+      const target = await commandTarget(cmd, f, io);
       if (!target) return;
       clusters = [{ mesh: meshOf(target) }];
     }

@@ -65,7 +65,7 @@ export function inspectCommand<F extends TargetFlags>(name: string, label: strin
   const cmd = configure(targetOptions(exitUsageOnCommanderError(new Command(name), io)));
   return cmd.action(async () => {
     const f = cmd.opts<F>();
-    const target = commandTarget(cmd, f, io);
+    const target = await commandTarget(cmd, f, io);
     if (!target) return;
     try {
       await run(meshOf(target), f);

@@ -34,7 +34,7 @@ export function targetOptions(cmd: Command): Command {
 }
 
 /** The mesh the flags and environment point at; NoTargetError or KubeConfigError when none. */
-export function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.env): Target {
+export async function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.env): Promise<Target> {
   const local = (): Target | undefined => {
     const st = readState(f.stateDir);
     return st && isRunning(f.prefix) ? { kind: 'local', st } : undefined;
@@ -54,17 +54,17 @@ export function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = process.en
       throw new NoTargetError(`no cluster and no local mesh: pass --kubeconfig (or set KUBECONFIG), or start a local mesh with \`weftctl up\``);
     }
   }
-  return { kind: 'cluster', kube: new KubeClient(loadKubeConfig(f)) };
+  return { kind: 'cluster', kube: new KubeClient(await loadKubeConfig(f)) };
 }
 
 export { KubeConfigError };
 
 /** The target a command's flags point at; undefined (one line, exit 1) when there is none. */
-export function commandTarget(cmd: Command, f: TargetFlags, io: CommandIo): Target | undefined {
+export async function commandTarget(cmd: Command, f: TargetFlags, io: CommandIo): Promise<Target | undefined> {
   // --prefix/--state-dir on the command line ask for the local mesh as --local does.
   const explicitLocal = cmd.getOptionValueSource('prefix') === 'cli' || cmd.getOptionValueSource('stateDir') === 'cli';
   try {
-    return chooseTarget({ ...f, local: f.local || explicitLocal });
+    return await chooseTarget({ ...f, local: f.local || explicitLocal });
   } catch (err) {
     if (!(err instanceof NoTargetError || err instanceof KubeConfigError)) throw err;
     io.err(`weftctl: ${err.message}\n`);

@@ -1,7 +1,7 @@
 // `weftctl uninstall`: removes Weft from the cluster of the current kubeconfig context, including
 // the BPF programs and pins on every node (cli/install/uninstall.ts says in which order and why).
 import { Command } from 'commander';
-import { KubeConfig } from '@kubernetes/client-node';
+import { loadKubeConfig } from '../kube.ts';
 import { uninstall } from '../install/uninstall.ts';
 import { DEFAULT_NAMESPACE } from '../install/options.ts';
 import { EXIT_FAILED, processIo, type CommandIo } from './install.ts';
@@ -15,12 +15,9 @@ export function uninstallCommand(io: CommandIo = processIo): Command {
     .option('--keep-crds', 'keep the CustomResourceDefinitions, and so the Waypoints and policies')
     .option('--timeout <seconds>', 'longest wait for each step', '180')
     .action(async (flags: { kubeconfig?: string; namespace: string; image?: string; keepCrds?: boolean; timeout: string }) => {
-      const kubeConfig = new KubeConfig();
-      if (flags.kubeconfig) kubeConfig.loadFromFile(flags.kubeconfig);
-      else kubeConfig.loadFromDefault();
       try {
         const { deleted } = await uninstall({
-          kubeConfig, namespace: flags.namespace, keepCrds: !!flags.keepCrds, timeoutMs: Number(flags.timeout) * 1000,
+          kubeConfig: await loadKubeConfig(flags), namespace: flags.namespace, keepCrds: !!flags.keepCrds, timeoutMs: Number(flags.timeout) * 1000,
           ...(flags.image ? { image: flags.image } : {}), say: (l) => io.out(`${l}\n`),
         });
         io.out(`removed ${deleted.length} objects\n`);

@@ -33,7 +33,7 @@ export function versionCommand(io: CommandIo = processIo): Command {
     const rows: VersionRow[] = [{ role: 'client', name: 'weftctl', version: CLIENT_VERSION, nodeVersion: process.versions.node }];
     if (!f.client) {
       try {
-        const comps = await components(chooseTarget(f));
+        const comps = await components(await chooseTarget(f));
         rows.push(...await Promise.all(comps.map(async (c): Promise<VersionRow> => {
           const r = await scrapeComponent(c);
           if ('error' in r) return { role: c.role, name: c.name, version: 'unknown', nodeVersion: '-', error: r.error };

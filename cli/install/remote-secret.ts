@@ -6,7 +6,7 @@
 // kubeconfig with that token, the API server's address and CA, labelled weft.dev/multicluster=true
 // and keyed by the cluster ID, to be applied in the other clusters' install namespace.
 import { readFileSync } from 'node:fs';
-import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { IClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
 import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
@@ -61,6 +61,8 @@ export async function createRemoteSecret(o: CreateRemoteSecretOptions): Promise<
   if (!/^https?:\/\/[^/]/.test(server)) throw new RemoteSecretCommandError(`--server "${server}" is not an http(s) URL`);
   let token: string;
   try {
+    // Loaded on use, not with weftctl (cli/kube.ts loadKubeConfig says why).
+    const { CoreV1Api } = await import('@kubernetes/client-node');
     const review = await o.kubeConfig.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
       name: READER_NAME, namespace: o.namespace,
       body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { audiences: [], expirationSeconds: o.tokenSeconds ?? DEFAULT_REMOTE_TOKEN_SECONDS } },

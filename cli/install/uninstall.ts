@@ -7,7 +7,7 @@
 // image) and wait until it is ready on every node it is scheduled to; (3) delete it, the waypoint
 // objects and ConfigMaps the controller made, the CA Secret and Lease it created, and every object
 // `weftctl install` renders (the namespace last but one, the CRDs last unless kept).
-import { KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import { AGENT_NAME, CONTROLLER_LEASE, DEFAULT_CA_SECRET, TRUST_BUNDLE_CONFIGMAP } from '../../lib/defaults.ts';
 import { LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
@@ -49,7 +49,8 @@ type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<
 const code = (e: unknown): number | undefined => (e as { code?: number }).code;
 
 export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[] }> {
-  const api = KubernetesObjectApi.makeApiClient(o.kubeConfig);
+  // Loaded on use, not with weftctl (cli/kube.ts loadKubeConfig says why).
+  const api = (await import('@kubernetes/client-node')).KubernetesObjectApi.makeApiClient(o.kubeConfig);
   const ns = o.namespace ?? 'weft-system';
   const say = o.say ?? (() => {});
   const timeoutMs = o.timeoutMs ?? 180_000;

@@ -228,7 +228,7 @@ test('tap on a cluster: each agent\'s /flows stream through the pod proxy, filte
 });
 
 test('the dashboard\'s data on a cluster: graph config from the API\'s objects, BPF state and flows from the agents through the pod proxy', async () => {
-  const data = new MeshData(meshOf(chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })), { scrapeIntervalMs: 100, windowSeconds: 5 });
+  const data = new MeshData(meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })), { scrapeIntervalMs: 100, windowSeconds: 5 });
   data.start();
   try {
     const config = await data.config();
