@@ -6,8 +6,8 @@
 // Globs after --parallel run as many files at a time as the machine has cores (two at least): the
 // unit tier, whose files need no lab and share nothing. Globs after --serial (the default) run one
 // file at a time: the lab tiers, whose files set up netns, BPF programs and processes, and time what
-// they see. The phases run one after the other, in the order given. On two cores this takes the unit tier from
-// about 2.8 to 1.7 minutes of a 15-minute budget; `node --test` alone has one concurrency for all.
+// they see. The phases run one after the other, in the order given. On two cores this takes the
+// unit tier from 169 s to 99 s of a 15-minute budget; `node --test` has one concurrency for all.
 //
 // Every test file is its own process, started with this process's Node flags (the Makefile's
 // report-channel preload and JIT flags), the per-test timeout, and --test-force-exit. The force
