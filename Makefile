@@ -34,8 +34,9 @@ APT_PACKAGES += $(if $(shell command -v kubectl),,kubernetes-client)
 APT_PACKAGES += prometheus
 
 # The spec reporter, plus the tests over 10 s listed before the summary (test/lab/reporter.ts).
-# A test that hangs fails after 5 minutes (the slowest takes under 90 s) and its file then exits
-# once its after-hooks ran (--test-force-exit), instead of holding the run until CI's own limit.
+# A test that hangs fails after 5 minutes and its file then exits once its after-hooks ran
+# (test/lab/run.ts gives each file the timeout and --test-force-exit), instead of holding the run
+# until CI's own limit.
 # No background JIT in the test processes: Node 24 can deadlock at exit when a background Maglev or
 # Sparkplug job waits for a garbage collection the exiting main thread never runs (nodejs/node#54918;
 # seen here once: a splice.test.ts process stuck in NodePlatform::Shutdown after its last test,

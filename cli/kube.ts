@@ -43,12 +43,17 @@ export interface KubeFlags {
 }
 
 /**
- * The kubeconfig the flags (or the environment) name; KubeConfigError when there is none usable.
- * @kubernetes/client-node is loaded here, on first use, not when weftctl starts: it is 870 modules
- * and 0.6 s of every command's start, and the local mesh's commands never need it.
+ * @kubernetes/client-node, loaded on first use and not when weftctl starts: it is 870 modules and
+ * 0.6 s of every command's start, and the local mesh's commands never need it. weftctl's modules
+ * import only its types statically, and its classes through this.
  */
+export function clientNode(): Promise<typeof import('@kubernetes/client-node')> {
+  return import('@kubernetes/client-node');
+}
+
+/** The kubeconfig the flags (or the environment) name; KubeConfigError when there is none usable. */
 export async function loadKubeConfig(f: KubeFlags): Promise<KubeConfig> {
-  const kc = new (await import('@kubernetes/client-node')).KubeConfig();
+  const kc = new (await clientNode()).KubeConfig();
   try {
     if (f.kubeconfig) kc.loadFromFile(f.kubeconfig);
     else kc.loadFromDefault();

@@ -14,6 +14,7 @@ import type { ISecret } from 'kubernetes-models/v1/Secret';
 import { stringify } from 'yaml';
 import { ANNOTATION_CLUSTER, ANNOTATION_TRUST_DOMAIN, LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
 import { clusterRoleAccount } from './rbac.ts';
+import { clientNode } from '../kube.ts';
 
 /** The ServiceAccount other clusters' controllers read this cluster as (Istio: istio-reader-service-account). */
 export const READER_NAME = 'weft-reader';
@@ -61,8 +62,7 @@ export async function createRemoteSecret(o: CreateRemoteSecretOptions): Promise<
   if (!/^https?:\/\/[^/]/.test(server)) throw new RemoteSecretCommandError(`--server "${server}" is not an http(s) URL`);
   let token: string;
   try {
-    // Loaded on use, not with weftctl (cli/kube.ts loadKubeConfig says why).
-    const { CoreV1Api } = await import('@kubernetes/client-node');
+    const { CoreV1Api } = await clientNode();
     const review = await o.kubeConfig.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
       name: READER_NAME, namespace: o.namespace,
       body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenRequest', spec: { audiences: [], expirationSeconds: o.tokenSeconds ?? DEFAULT_REMOTE_TOKEN_SECONDS } },

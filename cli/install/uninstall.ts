@@ -13,6 +13,7 @@ import { LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { renderInstall } from './render.ts';
+import { clientNode } from '../kube.ts';
 
 /**
  * Every object `weftctl install` may have rendered in namespace `ns`, whatever its options: the
@@ -49,8 +50,7 @@ type Obj = KubernetesObject & { spec?: Record<string, unknown>; status?: Record<
 const code = (e: unknown): number | undefined => (e as { code?: number }).code;
 
 export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[] }> {
-  // Loaded on use, not with weftctl (cli/kube.ts loadKubeConfig says why).
-  const api = (await import('@kubernetes/client-node')).KubernetesObjectApi.makeApiClient(o.kubeConfig);
+  const api = (await clientNode()).KubernetesObjectApi.makeApiClient(o.kubeConfig);
   const ns = o.namespace ?? 'weft-system';
   const say = o.say ?? (() => {});
   const timeoutMs = o.timeoutMs ?? 180_000;

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 const WEFTCTL = resolve(import.meta.dirname, '../../cli/weftctl.ts');
 
 /** The modules a weftctl run loaded, from a module hook preloaded into it. */
-async function loadedModules(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ modules: string[]; stdout: string; stderr: string }> {
+async function loadedModules(args: string[]): Promise<{ modules: string[]; stdout: string; stderr: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'weft-startup-'));
   try {
     const hook = join(dir, 'hook.mjs');
@@ -22,7 +22,7 @@ const seen = [];
 registerHooks({ load(url, context, next) { seen.push(url); return next(url, context); } });
 process.on('exit', () => writeFileSync(${JSON.stringify(list)}, seen.join('\\n')));
 `);
-    const r = await promisify(execFile)(process.execPath, ['--import', hook, WEFTCTL, ...args], { env: { ...process.env, KUBECONFIG: '', ...env } })
+    const r = await promisify(execFile)(process.execPath, ['--import', hook, WEFTCTL, ...args], { env: { ...process.env, KUBECONFIG: '' } })
       .catch((e: { stdout: string; stderr: string }) => e);
     return { modules: readFileSync(list, 'utf8').split('\n'), stdout: r.stdout, stderr: r.stderr };
   } finally {
