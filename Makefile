@@ -112,10 +112,10 @@ $(ADDON): $(wildcard agent/native/*.cc agent/native/*.h agent/native/src/*.cc ag
 typecheck:
 	tsc -p tsconfig.json
 
-## compile-cache: Node's compile cache for the local mesh's agents (cli/install/compile-cache.ts):
-## they start without stripping types and without Node's TypeScript parser in memory
+## compile-cache: Node's compile cache for the local mesh's agents, waypoints and east-west gateways
+## (cli/install/compile-cache.ts): they start without stripping types and without Node's TypeScript parser in memory
 compile-cache:
-	node cli/install/compile-cache.ts build/compile-cache agent
+	node cli/install/compile-cache.ts build/compile-cache agent waypoint eastwest
 
 ## cli: weftctl bundled into one file with its package.json (build/weftctl/), runs without the repository
 cli: build/weftctl/weftctl.mjs

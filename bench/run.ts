@@ -412,7 +412,8 @@ async function singleCluster(results: BenchResults): Promise<void> {
     ]);
     try {
       // No per-request access log, like the HAProxy pair (which logs nothing).
-      withProfile(PROFILE, profDir, () => m.startWaypoint('node2', 'l7', 'waypoint', { extraArgs: ['--access-log', 'off'] }));
+      // Its pod starts through the CNI plugin after this returns, so the profile flags go in its own env.
+      m.startWaypoint('node2', 'l7', 'waypoint', { extraArgs: ['--access-log', 'off'], ...(PROFILE ? { env: { NODE_OPTIONS: profileNodeOptions(profDir) } } : {}) });
       await m.waitWaypointReady('l7');
     } catch (err) {
       l7Note = `weft-l7: not measured — the waypoint did not start: ${(err as Error).message.split('\n')[0]}`;
@@ -550,14 +551,19 @@ async function crossNetwork(results: BenchResults): Promise<void> {
  */
 function withProfile<T>(on: boolean, dir: string, start: () => T): T {
   if (!on) return start();
-  mkdirSync(dir, { recursive: true });
   const saved = process.env.NODE_OPTIONS;
-  process.env.NODE_OPTIONS = `${saved ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim();
+  process.env.NODE_OPTIONS = profileNodeOptions(dir);
   try {
     return start();
   } finally {
     if (saved === undefined) delete process.env.NODE_OPTIONS; else process.env.NODE_OPTIONS = saved;
   }
+}
+
+/** NODE_OPTIONS that make a Node process write a CPU profile into `dir` when it exits (the directory is created). */
+function profileNodeOptions(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  return `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${dir}`.trim();
 }
 
 /** SIGTERM to the agents and the waypoint (they exit cleanly, so V8 writes the profiles), then where each one's time went. */

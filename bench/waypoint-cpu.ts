@@ -2,6 +2,7 @@
  * The waypoint's CPU per request, without the mesh around it (issue 20 item 3):
  *
  *   node bench/waypoint-cpu.ts [--seconds 5] [--concurrency 16] [--repeat 3] [--warmup 5000] [--access-log]
+ *                              [--rate 1000]     (requests/s in total, paced, as make bench's fixed-rate run; default: as fast as it goes)
  *                              [--profile DIR]   (the engine under node --cpu-prof; the profile lands in DIR)
  *                              [--strace]        (one more run with the engine's syscalls counted, per request)
  *
@@ -29,7 +30,7 @@ async function child(): Promise<void> {
   process.on('message', async (m: Msg) => {
     if (m.kind === 'cpu') {
       const u = process.cpuUsage();
-      process.send!({ cpuMicros: u.user + u.system });
+      process.send!({ cpuMicros: u.user + u.system, systemMicros: u.system });
       return;
     }
     if (m.kind === 'backend') {
@@ -62,11 +63,13 @@ function ask<T>(c: ReturnType<typeof fork>, m: Msg): Promise<T> {
 
 /**
  * Keep-alive GETs on `concurrency` connections until `requests` were sent or `seconds` passed,
- * whichever comes first; the count of 200s.
+ * whichever comes first; the count of 200s. With `rate` (requests/s in total), request n leaves no
+ * earlier than n / rate seconds after the start.
  */
-async function load(port: number, concurrency: number, seconds: number, requests = Infinity): Promise<{ ok: number; other: number }> {
+async function load(port: number, concurrency: number, seconds: number, requests = Infinity, rate = Infinity): Promise<{ ok: number; other: number }> {
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
-  const until = performance.now() + seconds * 1000;
+  const start = performance.now();
+  const until = start + seconds * 1000;
   let sent = 0;
   let ok = 0;
   let other = 0;
@@ -77,7 +80,18 @@ async function load(port: number, concurrency: number, seconds: number, requests
     });
     req.on('error', () => { other++; resolve(); });
   });
-  await Promise.all(Array.from({ length: concurrency }, async () => { while (performance.now() < until && sent++ < requests) await one(); }));
+  const paced = async (): Promise<void> => {
+    const due = start + (sent / rate) * 1000;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  };
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (performance.now() < until && sent < requests) {
+      if (rate !== Infinity) await paced();
+      sent++;
+      await one();
+    }
+  }));
   agent.destroy();
   return { ok, other };
 }
@@ -89,6 +103,7 @@ async function main(): Promise<void> {
       concurrency: { type: 'string', default: '16' },
       repeat: { type: 'string', default: '3' },
       warmup: { type: 'string', default: '5000' },
+      rate: { type: 'string' },
       'access-log': { type: 'boolean', default: false },
       profile: { type: 'string' },
       strace: { type: 'boolean', default: false },
@@ -109,14 +124,15 @@ async function main(): Promise<void> {
     await load(port, Number(values.concurrency), 60, Number(values.warmup));
     const perReq: number[] = [];
     for (let i = 0; i < Number(values.repeat); i++) {
-      const c0 = (await ask<{ cpuMicros: number }>(wp, { kind: 'cpu' })).cpuMicros;
+      const c0 = await ask<{ cpuMicros: number; systemMicros: number }>(wp, { kind: 'cpu' });
       const t0 = performance.now();
-      const r = await load(port, Number(values.concurrency), Number(values.seconds));
+      const r = await load(port, Number(values.concurrency), Number(values.seconds), Infinity, values.rate ? Number(values.rate) : Infinity);
       const secs = (performance.now() - t0) / 1000;
-      const c1 = (await ask<{ cpuMicros: number }>(wp, { kind: 'cpu' })).cpuMicros;
-      const us = (c1 - c0) / r.ok;
+      const c1 = await ask<{ cpuMicros: number; systemMicros: number }>(wp, { kind: 'cpu' });
+      const us = (c1.cpuMicros - c0.cpuMicros) / r.ok;
+      const kernelUs = (c1.systemMicros - c0.systemMicros) / r.ok;
       perReq.push(us);
-      console.log(JSON.stringify({ run: i + 1, requests: r.ok, errors: r.other, reqPerSec: Math.round(r.ok / secs), waypointCpuUsPerRequest: +us.toFixed(1) }));
+      console.log(JSON.stringify({ run: i + 1, requests: r.ok, errors: r.other, reqPerSec: Math.round(r.ok / secs), waypointCpuUsPerRequest: +us.toFixed(1), ofWhichKernel: +kernelUs.toFixed(1) }));
     }
     if (values.strace) {
       const w = await straceCount([wp.pid!]);

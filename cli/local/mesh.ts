@@ -20,6 +20,12 @@ import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/**
+ * Node's compile cache for the local mesh's agents, waypoints and east-west gateways, filled by
+ * `make build` (cli/install/compile-cache.ts) as the image's last step fills its own: they start
+ * without stripping types and without Node's TypeScript parser in memory.
+ */
+export const LOCAL_COMPILE_CACHE = join(REPO_ROOT, COMPILE_CACHE_DIR);
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
 export const CONTROLLER_PORT = 15012;
 /** The chained CNI plugin (agent/cni/weft-cni.c, built by `make build`), run as a container runtime runs it. */
@@ -92,6 +98,8 @@ export interface WaypointOptions {
    * --quota-redis / --quota-failure-mode, as the controller's Deployment does.
    */
   quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
+  /** Extra environment of every replica's process (bench/run.ts profiles the waypoint with NODE_OPTIONS). */
+  env?: Record<string, string>;
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
@@ -304,8 +312,7 @@ export class LocalMesh {
       // Added to what the caller runs with (make bench --profile puts --cpu-prof there).
       NODE_OPTIONS: [process.env.NODE_OPTIONS, AGENT_NODE_OPTIONS].filter(Boolean).join(' '),
       ...AGENT_ENV,
-      // Filled by `make build` (cli/install/compile-cache.ts): no type stripping, no TypeScript parser in memory.
-      NODE_COMPILE_CACHE: join(REPO_ROOT, COMPILE_CACHE_DIR),
+      NODE_COMPILE_CACHE: LOCAL_COMPILE_CACHE,
       ...opts.env,
     });
     if (!opts.instance) this.agents.set(nodeName, child);
@@ -386,6 +393,8 @@ export class LocalMesh {
         node, namespace, name: `${name}-${i}`, serviceAccount: name,
         labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
         command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile, controllerIp: this.controllerIp }), ...limit, ...(opts.extraArgs ?? [])],
+        // As in the image (its ENV NODE_COMPILE_CACHE): the waypoint starts from the cache.
+        env: { NODE_COMPILE_CACHE: LOCAL_COMPILE_CACHE, ...opts.env },
       }));
     }
     return started[0]!;
