@@ -2,6 +2,8 @@
 // topology, in one run, plus the micro-benchmarks (CA signing, controller push, loopback HBONE).
 //
 //   node bench/run.ts [--seconds 10] [--rate 1000] [--cases direct,weft-l4,...] [--no-micro]
+//                     [--warmup 5]  (seconds of wrk at saturation before each case is measured, so that
+//                                    V8 has compiled the hot path of a proxy that just started)
 //                     [--no-bulk]   (no iperf3)
 //                     [--profile]   (agents and waypoint under `node --cpu-prof`; prints where their time goes)
 //                     [--repeat 3]  (every case N times on the same topology; the table shows medians and
@@ -62,6 +64,7 @@ const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: '10' },
     rate: { type: 'string', default: '1000' },
+    warmup: { type: 'string', default: '5' },
     cases: { type: 'string', default: ALL_CASES.join(',') },
     'no-micro': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
@@ -73,6 +76,7 @@ const { values } = parseArgs({
 });
 const SECONDS = Number(values.seconds);
 const RATE = Number(values.rate);
+const WARMUP_SECONDS = Number(values.warmup);
 const PROFILE = values.profile;
 const REPEAT = Number(values.repeat);
 if (!Number.isInteger(REPEAT) || REPEAT < 1) throw new Error(`--repeat: expected a whole number ≥ 1, got "${values.repeat}"`);
@@ -264,8 +268,14 @@ async function runCase(c: Case): Promise<CaseResult> {
   const res: CaseResult = { name: c.name, title: c.title, baseline: c.baseline, proxies: procs.map((p) => p.label), errors: [] };
   [res.rssMbIdle, res.rssAnonMbIdle] = rssNow(procs);
   // Fixed rate first, so the RSS at that rate is not the high-water mark of the saturation run.
-  log(`${c.title}: warm-up, then hey at ${RATE} req/s`);
+  log(`${c.title}: warm-up (wrk ${WARMUP_SECONDS} s, hey 2 s), then hey at ${RATE} req/s`);
   try {
+    // A proxy that just started (the waypoint starts for its case) runs its first tens of thousands
+    // of requests partly in V8's interpreter and baseline tiers, with its optimising compilers busy
+    // on other threads: bench/waypoint-cpu.ts measured 338 µs per request in its first 10 s at
+    // 1,000 req/s after 5,000 requests, and 195-246 µs in the 70 s after (docs/PERFORMANCE.md).
+    // The figures are for a proxy in service, so each case first runs at saturation.
+    if (WARMUP_SECONDS > 0) await runWrk(c, WARMUP_SECONDS);
     await runHey(c, 2);
     const h = await measured(procs, () => runHey(c, SECONDS));
     res.hey = h.value;
