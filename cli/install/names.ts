@@ -37,12 +37,14 @@ export const AGENT_DRAIN_SECONDS = 20;
  * uncapped V8 collects lazily and RSS kept climbing for the whole minute; with this cap it levels
  * off (~360 MB). The local mesh runs its agents with the same flag.
  */
-export const AGENT_NODE_OPTIONS = '--max-old-space-size=512 --max-semi-space-size=1';
-// --max-semi-space-size=1 (MB; Node 24's default young generation is far larger): the HBONE path
-// allocates a short-lived buffer per chunk it moves, and with a large young generation ~50 MB of
-// them wait for a scavenge, after which glibc keeps the freed memory. Measured (docs/PERFORMANCE.md,
-// "Agent RSS"): 100 MB through one HBONE stream left 82-103 MB anonymous memory by default, 51 MB
-// with this flag and AGENT_ENV, for no more CPU.
+export const AGENT_NODE_OPTIONS = '--max-old-space-size=512';
+// No --max-semi-space-size: the agent ran with 1 MB from 2026-12-04 to 2026-12-05 (the HBONE path
+// allocates a short-lived buffer per chunk, and a large young generation holds them until a
+// scavenge). Measured on 2026-12-05 with make bench's warm-up (docs/PERFORMANCE.md, issue 15's
+// check): the 1 MB young generation cost the L4 bulk path 35 % more agent CPU per GB (5.5-8.3 s/GB
+// over nine runs against 4.5-4.9 over six with V8's default) for 7 MB less RSS at 1,000 req/s
+// (92 against 99 MB); AGENT_ENV and the agent's periodic malloc_trim keep memory returning after a
+// bulk stream either way.
 
 /**
  * The controller's V8 young generation, 8 MB per semi-space (Node 24's default lets it grow to 64 MB,
