@@ -273,7 +273,7 @@ async function runCase(c: Case): Promise<CaseResult> {
     // A proxy that just started (the waypoint starts for its case) runs its first tens of thousands
     // of requests partly in V8's interpreter and baseline tiers, with its optimising compilers busy
     // on other threads: bench/waypoint-cpu.ts measured 338 µs per request in its first 10 s at
-    // 1,000 req/s after 5,000 requests, and 195-246 µs in the 70 s after (docs/PERFORMANCE.md).
+    // 1,000 req/s after 5,000 requests, and 195-258 µs in the 70 s after (docs/PERFORMANCE.md).
     // The figures are for a proxy in service, so each case first runs at saturation.
     if (WARMUP_SECONDS > 0) await runWrk(c, WARMUP_SECONDS);
     await runHey(c, 2);
