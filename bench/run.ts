@@ -80,6 +80,7 @@ const WARMUP_SECONDS = Number(values.warmup);
 const PROFILE = values.profile;
 const REPEAT = Number(values.repeat);
 if (!Number.isInteger(REPEAT) || REPEAT < 1) throw new Error(`--repeat: expected a whole number ≥ 1, got "${values.repeat}"`);
+if (!Number.isInteger(WARMUP_SECONDS) || WARMUP_SECONDS < 0) throw new Error(`--warmup: expected whole seconds ≥ 0, got "${values.warmup}"`);
 const selected = new Set(values.cases.split(',').map((s) => s.trim()).filter(Boolean));
 for (const c of selected) if (!(ALL_CASES as readonly string[]).includes(c)) throw new Error(`unknown case "${c}"; cases are ${ALL_CASES.join(', ')}`);
 

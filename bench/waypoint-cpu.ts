@@ -109,6 +109,8 @@ async function main(): Promise<void> {
       strace: { type: 'boolean', default: false },
     },
   });
+  const rate = values.rate === undefined ? Infinity : Number(values.rate);
+  if (!(rate > 0)) throw new Error(`--rate: expected requests per second > 0, got "${values.rate}"`);
   const self = fileURLToPath(import.meta.url);
   const be = fork(self, ['--child'], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
   const wp = fork(self, ['--child'], {
@@ -126,7 +128,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < Number(values.repeat); i++) {
       const c0 = await ask<{ cpuMicros: number; systemMicros: number }>(wp, { kind: 'cpu' });
       const t0 = performance.now();
-      const r = await load(port, Number(values.concurrency), Number(values.seconds), Infinity, values.rate ? Number(values.rate) : Infinity);
+      const r = await load(port, Number(values.concurrency), Number(values.seconds), Infinity, rate);
       const secs = (performance.now() - t0) / 1000;
       const c1 = await ask<{ cpuMicros: number; systemMicros: number }>(wp, { kind: 'cpu' });
       const us = (c1.cpuMicros - c0.cpuMicros) / r.ok;

@@ -1,5 +1,7 @@
-// What the agent process loads (issue 20: agent RSS; docs/PERFORMANCE.md, agent memory). Each check
-// runs in a fresh Node process (test/lab/imports.ts), so that nothing this test file loaded counts.
+// What the agent process loads (issue 20: agent RSS; docs/PERFORMANCE.md, agent memory), and that
+// the agent, the waypoint and the east-west gateway start from a warm compile cache without Node's
+// TypeScript parser. Each check runs in a fresh Node process (test/lab/imports.ts), so that nothing
+// this test file loaded counts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
