@@ -2,7 +2,10 @@
  * Loopback HBONE micro-benchmark. Prints one line per figure (`make bench` runs it):
  *
  *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--repeat 3]
- *                                  [--no-stunnel] [--throughput-only]
+ *                                  [--no-stunnel] [--throughput-only] [--node-reads]
+                                  (--node-reads: the agent pair's sockets read the way Node does by
+                                   default, a fresh buffer per read, instead of through the read
+                                   pool as the agents read; for an A/B of lib/hbone/read-pool.ts)
  *                                  [--strace]   (agent-pair figures once more with both proxies' syscalls
  *                                                counted: per MB and per request; counts, not speed)
  *
@@ -25,7 +28,7 @@ import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createTestCa, type TestLeaf } from '../test/unit/hbone-certs.ts';
-import { HbonePool, HboneServer, pipeBidirectional } from '../lib/hbone/index.ts';
+import { adoptWithPooledReads, HbonePool, HboneServer, pipeBidirectional, pooledReads } from '../lib/hbone/index.ts';
 import { perUnit, straceCount } from './strace.ts';
 
 const CHUNK = 64 * 1024;
@@ -34,8 +37,8 @@ const CLIENT_ID = 'spiffe://bench.local/ns/bench/sa/outbound';
 
 interface Targets { sink: number; source: number; echo: number }
 type Msg =
-  | { kind: 'inbound'; leaf: TestLeaf }
-  | { kind: 'outbound'; leaf: TestLeaf; hbonePort: number; targets: Targets }
+  | { kind: 'inbound'; leaf: TestLeaf; pooled: boolean }
+  | { kind: 'outbound'; leaf: TestLeaf; hbonePort: number; targets: Targets; pooled: boolean }
   | { kind: 'cpu' };
 type Reply = { ports: Targets | { hbone: number } } | { cpuMicros: number };
 
@@ -61,7 +64,8 @@ async function runChild(): Promise<void> {
       const server = new HboneServer({
         tls: m.leaf,
         handler: async (req) => {
-          const up = connect({ host: req.target.host, port: req.target.port, noDelay: true, allowHalfOpen: true });
+          // As the agent's connectTcp: the pod-side socket reads through the read pool.
+          const up: Socket = connect({ host: req.target.host, port: req.target.port, noDelay: true, allowHalfOpen: true, ...(m.pooled ? { onread: pooledReads(() => up) } : {}) });
           await new Promise<void>((resolve, reject) => { up.once('connect', resolve); up.once('error', reject); });
           return { upstream: up };
         },
@@ -70,7 +74,9 @@ async function runChild(): Promise<void> {
       return;
     }
     const pool = new HbonePool();
-    const listenFor = (targetPort: number): Promise<number> => listen(createServer({ allowHalfOpen: true, noDelay: true }, (app) => {
+    // As the agent's outbound listener: accepted paused, adopted into the read pool.
+    const listenFor = (targetPort: number): Promise<number> => listen(createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (accepted) => {
+      const app = m.pooled ? adoptWithPooledReads(accepted) : accepted;
       app.on('error', noop);
       pool.connect({
         sourceKey: CLIENT_ID,
@@ -78,7 +84,7 @@ async function runChild(): Promise<void> {
         dest: { host: '127.0.0.1', port: m.hbonePort },
         target: `127.0.0.1:${targetPort}`,
         expectPeer: SERVER_ID,
-      }).then((tunnel) => pipeBidirectional(app, tunnel), () => app.resetAndDestroy());
+      }).then((tunnel) => { const piped = pipeBidirectional(app, tunnel); app.resume(); return piped; }, () => app.resetAndDestroy());
     }));
     const ports: Targets = {
       sink: await listenFor(m.targets.sink),
@@ -308,6 +314,7 @@ async function main(): Promise<void> {
       'no-stunnel': { type: 'boolean', default: false },
       repeat: { type: 'string', default: '3' },
       'throughput-only': { type: 'boolean', default: false },
+      'node-reads': { type: 'boolean', default: false },
       strace: { type: 'boolean', default: false },
     },
   });
@@ -322,8 +329,8 @@ async function main(): Promise<void> {
   const targets = await startTargets();
   const inbound = forkRole();
   const outbound = forkRole();
-  const hbonePort = ((await ask(inbound, { kind: 'inbound', leaf: inboundLeaf })) as { ports: { hbone: number } }).ports.hbone;
-  const agentPorts = ((await ask(outbound, { kind: 'outbound', leaf: outboundLeaf, hbonePort, targets })) as { ports: Targets }).ports;
+  const hbonePort = ((await ask(inbound, { kind: 'inbound', leaf: inboundLeaf, pooled: !values['node-reads'] })) as { ports: { hbone: number } }).ports.hbone;
+  const agentPorts = ((await ask(outbound, { kind: 'outbound', leaf: outboundLeaf, hbonePort, targets, pooled: !values['node-reads'] })) as { ports: Targets }).ports;
   const stunnel = values['no-stunnel'] ? undefined : await startStunnel(targets, ca.cert, inboundLeaf, outboundLeaf);
 
   const pool = new HbonePool();

@@ -6,7 +6,7 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
-import { HbonePool } from '../../lib/hbone/index.ts';
+import { HbonePool, readPoolStats } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
@@ -595,7 +595,7 @@ export class Agent {
         spliced: this.datapath.splicedConnections().map((s) => ({ ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '' })),
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_splice_conns'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
   }
 

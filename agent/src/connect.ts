@@ -1,6 +1,7 @@
 // Opening the agent's own TCP connections to pods and plain destinations.
 import net from 'node:net';
 import { once } from 'node:events';
+import { pooledReads } from '../../lib/hbone/index.ts';
 
 export class UpstreamConnectError extends Error {
   readonly code = 'WEFT_UPSTREAM_CONNECT';
@@ -42,15 +43,18 @@ export async function connectTcp(
   opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number; paused?: boolean } = {},
 ): Promise<net.Socket> {
   const { host, port } = splitHostPort(target);
+  // Every socket opened here is carried by the tunnel pipe: it reads through the read pool
+  // (lib/hbone/read-pool.ts), no allocation per read.
+  const onread = pooledReads(() => socket);
   let socket: net.Socket;
   if (opts.bound) {
-    socket = new net.Socket({ fd: opts.bound.fd, readable: true, writable: true });
+    socket = new net.Socket({ fd: opts.bound.fd, readable: true, writable: true, onread });
     // Paused before it connects, Node never starts reading it (what a splice needs: no byte in a
     // Node buffer that a byte the kernel moves could overtake).
     if (opts.paused) socket.pause();
     socket.connect(port, host);
   } else {
-    socket = net.connect({ host, port, ...(opts.sourceIp ? { localAddress: opts.sourceIp } : {}) });
+    socket = net.connect({ host, port, onread, ...(opts.sourceIp ? { localAddress: opts.sourceIp } : {}) });
     if (opts.paused) socket.pause();
   }
   socket.setNoDelay(true);

@@ -5,7 +5,7 @@
 // destination outside the mesh.
 import net from 'node:net';
 import type { Logger } from '../../lib/log.ts';
-import { formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
+import { adoptWithPooledReads, formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
@@ -61,7 +61,9 @@ export class Outbound {
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
-    this.#server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
+    this.#server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
+      // The pipe (or the splice) carries it: reads through the read pool from here on.
+      const socket = adoptWithPooledReads(accepted);
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
       this.#handle(socket).catch((err: Error) => {

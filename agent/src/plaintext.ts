@@ -14,7 +14,7 @@
 import net from 'node:net';
 import { closeSync } from 'node:fs';
 import type { Logger } from '../../lib/log.ts';
-import { pipeBidirectional } from '../../lib/hbone/index.ts';
+import { adoptWithPooledReads, pipeBidirectional } from '../../lib/hbone/index.ts';
 import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
@@ -77,7 +77,9 @@ export class PlaintextInbound {
     if (cur?.netns === netnsPath) return;
     if (cur) this.close(podIp);
     const fd = createSocketInNetns(netnsPath, { listen: { host: PLAINTEXT_HOST, port: PLAINTEXT_PORT, backlog: 1024 }, reusePort: true });
-    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
+    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
+      // The pipe carries it: reads through the read pool from here on.
+      const socket = adoptWithPooledReads(accepted);
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
       socket.on('error', () => {});

@@ -17,7 +17,7 @@
 import net from 'node:net';
 import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { HboneServer, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
+import { HboneServer, pooledReads, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
 import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
@@ -173,7 +173,8 @@ export class EastWestGateway {
 
 function connectTcp(host: string, port: number, timeoutMs: number, signal: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host, port, noDelay: true });
+    // Carried by the tunnel pipe: reads through the read pool (lib/hbone/read-pool.ts).
+    const s: net.Socket = net.connect({ host, port, noDelay: true, onread: pooledReads(() => s) });
     const timer = setTimeout(() => s.destroy(new Error(`no connection within ${timeoutMs} ms`)), timeoutMs);
     const onAbort = () => s.destroy(new Error('the caller went away'));
     signal.addEventListener('abort', onAbort, { once: true });

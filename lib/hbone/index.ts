@@ -21,6 +21,8 @@ export { HbonePool, streamHeadroom } from './pool.ts';
 export type { ClientTlsMaterial, HboneConnectOptions, HboneGateway, HbonePoolOptions, HbonePoolStats } from './pool.ts';
 export { DEFAULT_PIPE_BUFFER, pipeBidirectional } from './pipe.ts';
 export type { PipeOptions, PipeResult } from './pipe.ts';
+export { adoptWithPooledReads, pooledReads, readPoolStats } from './read-pool.ts';
+export type { ReadPoolStats } from './read-pool.ts';
 export { formatAuthority, parseAuthority } from './authority.ts';
 export type { TunnelTarget } from './authority.ts';
 export { admitWorkloadPeer, checkPeer, spiffeIdFromCert } from './peer.ts';

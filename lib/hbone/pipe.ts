@@ -1,6 +1,7 @@
 import { Socket } from 'node:net';
 import { constants as h2 } from 'node:http2';
 import type { Duplex } from 'node:stream';
+import { isPooledChunk, releaseChunk } from './read-pool.ts';
 
 /** What a finished tunnel did, for telemetry and access logs. */
 export interface PipeResult {
@@ -148,7 +149,7 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
         const [from, to] = side === 'a' ? [a, b] : [b, a];
         from.pause();
         holding[side] = wait.then(() => {
-          for (const c of held[side].splice(0)) to.write(c);
+          for (const c of held[side].splice(0)) write(to, c);
           delete holding[side];
           from.resume();
         });
@@ -160,13 +161,13 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
       result.bytesAtoB += chunk.length;
       if (opts.holdWrites && hold('a', chunk, result.bytesAtoB - chunk.length)) return;
       if (!corkedB && chunk.length >= CORK_MIN_CHUNK) { corkedB = true; b.cork(); setImmediate(uncorkB); }
-      if (!b.write(chunk) && b.writableLength >= maxBuffered) a.pause();
+      if (!write(b, chunk) && b.writableLength >= maxBuffered) a.pause();
     };
     const onDataB = (chunk: Buffer): void => {
       result.bytesBtoA += chunk.length;
       if (opts.holdWrites && hold('b', chunk, result.bytesBtoA - chunk.length)) return;
       if (!corkedA && chunk.length >= CORK_MIN_CHUNK) { corkedA = true; a.cork(); setImmediate(uncorkA); }
-      if (!a.write(chunk) && a.writableLength >= maxBuffered) b.pause();
+      if (!write(a, chunk) && a.writableLength >= maxBuffered) b.pause();
     };
     const onDrainA = (): void => { b.resume(); };
     const onDrainB = (): void => { a.resume(); };
@@ -206,6 +207,15 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     if (closedB) abort('b', resetError(b));
     settle();
   });
+}
+
+/**
+ * Writes a chunk read from the other side. A chunk of the read pool (read-pool.ts: a socket that
+ * reads through it) goes back to the pool from this write's callback, which Node calls once the
+ * destination no longer reads its bytes, also when the write fails or is cancelled.
+ */
+function write(to: Duplex, chunk: Buffer): boolean {
+  return isPooledChunk(chunk) ? to.write(chunk, () => releaseChunk(chunk)) : to.write(chunk);
 }
 
 function resetError(d: Duplex): Error | undefined {

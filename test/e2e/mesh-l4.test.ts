@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { until } from '../lab/wait.ts';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
+import type { ReadPoolStats } from '../../lib/hbone/index.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -57,11 +58,18 @@ test('100 MB cross the mesh unchanged (same sha256 at both ends)', async () => {
   const data = randomBytes(100 * 1024 * 1024);
   writeFileSync(file, data);
   const want = createHash('sha256').update(data).digest('hex');
+  const pool = async () => (await mesh.agentAdmin<{ readPool: ReadPoolStats }>('node1', '/stats')).readPool;
+  const before = await pool();
   const r = await curl(['--data-binary', `@${file}`, '-H', 'content-type: application/octet-stream', `http://${VIP}/sha256`]);
   assert.equal(r.code, 0, r.stderr);
   const body = JSON.parse(r.stdout);
   assert.equal(body.bytes, data.length);
   assert.equal(body.sha256, want);
+  // The source agent read the upload from the client pod through its read pool (no buffer
+  // allocated per read, lib/hbone/read-pool.ts), and every chunk came back once written.
+  const after = await pool();
+  assert.ok(after.pooled - before.pooled > 100, `node1's agent read the upload through pooled chunks: ${JSON.stringify({ before, after })}`);
+  await until('node1\'s agent has every pooled chunk back', async () => (await pool()).lent === before.lent, 10_000);
 });
 
 test('the link from node1 to the other nodes carries TLS to port 15008 and no plaintext of the request', async () => {

@@ -1,0 +1,138 @@
+/**
+ * Socket reads without an allocation per read: what the tunnel pipe (pipe.ts) reads from a plain
+ * TCP socket lands in one buffer shared by every such socket of the process, and is copied out
+ * into a chunk that the pipe hands back once the far side has written it.
+ *
+ * Why. Node reads a TCP socket into a fresh 64 KiB ArrayBuffer per read (shrunk to the bytes read
+ * with a realloc). A bulk stream makes tens of thousands of them a second, each counted by V8 as
+ * external memory; they are freed only by a garbage collection, and a process that allocates few
+ * JavaScript objects (a relay) runs almost no young-generation collections, so they go by V8's
+ * external-memory limit instead: a full mark-compact every 64 MB or so (measured: 25 to 28 per 2 GB
+ * relayed, and about 1,200 in one run of bench/hbone-throughput.ts). Reading into a buffer the
+ * socket is given (Node's `onread` option) and reusing the chunks took a plain relay from 1,030-1,170
+ * to 660-750 CPU ms per GB, with no mark-compact, and its RSS from 136 to 63 MB
+ * (docs/PERFORMANCE.md, "reads into pooled chunks").
+ *
+ * Safety. One read buffer serves every socket because Node hands each read to its callback
+ * synchronously and the callback copies the bytes out before returning; no socket holds a buffer
+ * while idle (a chunk per socket would cost 64 KiB per open connection). A copied-out chunk goes
+ * back to the pool only through `releaseChunk`, which the pipe calls from the write callback of
+ * the one write it made of it: Node calls that once the destination no longer reads the bytes (the
+ * kernel took them, or TLS or HTTP/2 copied them, or the write was cancelled). A chunk that any
+ * other consumer receives is simply never released, so it is never reused. Reads that filled less
+ * than half a chunk are copied into a buffer of their own size instead, so what a slow peer makes
+ * the pipe buffer costs at most twice its bytes.
+ */
+import net from 'node:net';
+
+/** Bytes per read: what Node asks libuv for by default. */
+export const READ_CHUNK = 64 * 1024;
+/** Reads of at least this many bytes go into a pooled chunk; smaller ones into their own buffer. */
+const POOLED_MIN = READ_CHUNK / 2;
+/** Free chunks kept for reuse (4 MiB); more than that in flight are allocated and left to the GC. */
+const MAX_FREE = 64;
+
+const shared = Buffer.allocUnsafeSlow(READ_CHUNK);
+const free: ArrayBuffer[] = [];
+/** Chunks handed out and not yet released (a release of anything else is ignored). */
+const lent = new WeakSet<ArrayBuffer>();
+const stats = { reads: 0, pooled: 0, allocated: 0, reused: 0, released: 0 };
+
+/** Copies the `n` bytes read into `shared` out into a buffer the caller may keep. */
+function copyOut(n: number): Buffer {
+  stats.reads++;
+  if (n < POOLED_MIN) {
+    const own = Buffer.allocUnsafe(n);
+    shared.copy(own, 0, 0, n);
+    return own;
+  }
+  stats.pooled++;
+  let ab = free.pop();
+  if (ab) stats.reused++;
+  else {
+    ab = new ArrayBuffer(READ_CHUNK);
+    stats.allocated++;
+  }
+  lent.add(ab);
+  const chunk = Buffer.from(ab, 0, n);
+  shared.copy(chunk, 0, 0, n);
+  return chunk;
+}
+
+/** Whether `chunk` came from the pool and is still lent: a write of it should release it. */
+export function isPooledChunk(chunk: Buffer): boolean {
+  return lent.has(chunk.buffer as ArrayBuffer);
+}
+
+/**
+ * Hands a chunk back once nothing reads it any more (the write callback of its only write). A
+ * chunk that is not lent from the pool, or was released already, is left alone.
+ */
+export function releaseChunk(chunk: Buffer): void {
+  const ab = chunk.buffer as ArrayBuffer;
+  if (!lent.delete(ab)) return;
+  stats.released++;
+  if (free.length < MAX_FREE) free.push(ab);
+}
+
+/** Counters of the pool since the process started (the agent's /stats shows them). */
+export interface ReadPoolStats {
+  /** Reads copied out. */
+  reads: number;
+  /** Of them, into a pooled chunk. */
+  pooled: number;
+  /** Chunks allocated because none was free. */
+  allocated: number;
+  /** Chunks taken from the free list. */
+  reused: number;
+  /** Chunks handed back. */
+  released: number;
+  /** Chunks handed out and not back yet (in a write queue, or held by a consumer that is not the pipe). */
+  lent: number;
+  /** Chunks on the free list. */
+  free: number;
+}
+
+export function readPoolStats(): ReadPoolStats {
+  return { ...stats, lent: stats.pooled - stats.released, free: free.length };
+}
+
+/**
+ * The `onread` option that makes a socket read through the pool. `socket` returns the socket the
+ * option was given to (it exists by the time the first read arrives). Each read is pushed into the
+ * socket's readable side as Node's own read path does, so 'data', pause/resume, backpressure and
+ * the end of the stream behave exactly as on any socket.
+ */
+export function pooledReads(socket: () => net.Socket): net.OnReadOpts {
+  return {
+    buffer: shared,
+    callback: (n: number) => socket().push(copyOut(n)),
+  };
+}
+
+/**
+ * A socket that reads through the pool in place of `socket`, one a net.Server accepted (its
+ * `connection` event offers no read option). The new socket takes over the connection's handle;
+ * the accepted object is retired without closing anything (its server counts it closed). Only a
+ * socket that nothing has read is adopted (accepted with `pauseOnConnect`, nothing buffered);
+ * any other, or one that is not a TCP socket, is returned as it is.
+ *
+ * The handle is passed with net.Socket's `handle` option, which net.Server itself uses for every
+ * connection it accepts; it is not in Node's typings.
+ */
+export function adoptWithPooledReads(socket: net.Socket): net.Socket {
+  const s = socket as net.Socket & { _handle?: { readStart?: unknown; fd?: number } | null };
+  const handle = s._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || socket.destroyed || socket.connecting || !socket.isPaused() || socket.readableLength > 0) return socket;
+  const adopted: net.Socket = new net.Socket({
+    handle,
+    allowHalfOpen: socket.allowHalfOpen,
+    readable: true,
+    writable: true,
+    pauseOnCreate: true,
+    onread: pooledReads(() => adopted),
+  } as unknown as net.SocketConstructorOpts);
+  s._handle = null;
+  socket.destroy();
+  return adopted;
+}
