@@ -19,21 +19,29 @@
  * back to the pool only through `releaseChunk`, which the pipe calls from the write callback of
  * the one write it made of it: Node calls that once the destination no longer reads the bytes (the
  * kernel took them, or TLS or HTTP/2 copied them, or the write was cancelled). A chunk that any
- * other consumer receives is simply never released, so it is never reused. Reads that filled less
- * than half a chunk are copied into a buffer of their own size instead, so what a slow peer makes
- * the pipe buffer costs at most twice its bytes.
+ * other consumer receives is simply never released, so it is never reused. Chunks come in three
+ * sizes (64, 128, 256 KiB) and reads under 32 KiB are copied into a buffer of their own size, so
+ * what a slow peer makes the pipe buffer costs at most twice its bytes.
  */
 import net from 'node:net';
 
-/** Bytes per read: what Node asks libuv for by default. */
-export const READ_CHUNK = 64 * 1024;
-/** Reads of at least this many bytes go into a pooled chunk; smaller ones into their own buffer. */
-const POOLED_MIN = READ_CHUNK / 2;
-/** Free chunks kept for reuse (4 MiB); more than that in flight are allocated and left to the GC. */
-const MAX_FREE = 64;
+/**
+ * Bytes one read may return. Node asks libuv for 64 KiB; a bigger buffer costs nothing per socket
+ * here (there is one), and when a bulk sender runs ahead a read takes up to this much at once:
+ * a quarter less relay CPU per GB than 64 KiB reads (docs/PERFORMANCE.md).
+ */
+export const READ_SIZE = 256 * 1024;
+/** The smallest pooled chunk; a read under half of it is copied into a buffer of its own size. */
+const MIN_CHUNK = 64 * 1024;
+/** Chunk sizes: 64, 128 and 256 KiB, so that a chunk is never more than twice the bytes it holds. */
+const CLASSES = [MIN_CHUNK, 2 * MIN_CHUNK, READ_SIZE] as const;
+/** Bytes of free chunks kept for reuse; chunks freed beyond it are left to the GC. */
+const MAX_FREE_BYTES = 4 * 1024 * 1024;
 
-const shared = Buffer.allocUnsafeSlow(READ_CHUNK);
-const free: ArrayBuffer[] = [];
+const shared = Buffer.allocUnsafeSlow(READ_SIZE);
+/** Free chunks per size class (CLASSES). */
+const free: ArrayBuffer[][] = CLASSES.map(() => []);
+let freeBytes = 0;
 /** Chunks handed out and not yet released (a release of anything else is ignored). */
 const lent = new WeakSet<ArrayBuffer>();
 const stats = { reads: 0, pooled: 0, allocated: 0, reused: 0, released: 0 };
@@ -41,16 +49,19 @@ const stats = { reads: 0, pooled: 0, allocated: 0, reused: 0, released: 0 };
 /** Copies the `n` bytes read into `shared` out into a buffer the caller may keep. */
 function copyOut(n: number): Buffer {
   stats.reads++;
-  if (n < POOLED_MIN) {
+  if (n < MIN_CHUNK / 2) {
     const own = Buffer.allocUnsafe(n);
     shared.copy(own, 0, 0, n);
     return own;
   }
   stats.pooled++;
-  let ab = free.pop();
-  if (ab) stats.reused++;
-  else {
-    ab = new ArrayBuffer(READ_CHUNK);
+  const c = n <= CLASSES[0] ? 0 : n <= CLASSES[1] ? 1 : 2;
+  let ab = free[c]!.pop();
+  if (ab) {
+    stats.reused++;
+    freeBytes -= ab.byteLength;
+  } else {
+    ab = new ArrayBuffer(CLASSES[c]);
     stats.allocated++;
   }
   lent.add(ab);
@@ -72,7 +83,9 @@ export function releaseChunk(chunk: Buffer): void {
   const ab = chunk.buffer as ArrayBuffer;
   if (!lent.delete(ab)) return;
   stats.released++;
-  if (free.length < MAX_FREE) free.push(ab);
+  if (freeBytes + ab.byteLength > MAX_FREE_BYTES) return;
+  free[CLASSES.indexOf(ab.byteLength as (typeof CLASSES)[number])]!.push(ab);
+  freeBytes += ab.byteLength;
 }
 
 /** Counters of the pool since the process started (the agent's /stats shows them). */
@@ -89,12 +102,14 @@ export interface ReadPoolStats {
   released: number;
   /** Chunks handed out and not back yet (in a write queue, or held by a consumer that is not the pipe). */
   lent: number;
-  /** Chunks on the free list. */
+  /** Chunks on the free lists. */
   free: number;
+  /** Their bytes (at most 4 MiB). */
+  freeBytes: number;
 }
 
 export function readPoolStats(): ReadPoolStats {
-  return { ...stats, lent: stats.pooled - stats.released, free: free.length };
+  return { ...stats, lent: stats.pooled - stats.released, free: free.reduce((n, l) => n + l.length, 0), freeBytes };
 }
 
 /**

@@ -107,7 +107,7 @@ async function outbound(podIpOf: (cookie: bigint) => string | undefined, orig: {
   });
   await o.listen(0, '127.0.0.1');
   cleanups.push(() => o.close(0));
-  return { port: (o.server.address() as net.AddressInfo).port, metrics, warnings };
+  return { port: (o.server.address() as net.AddressInfo).port, metrics, warnings, outbound: o };
 }
 
 /** Connects from `from`, sends a line, returns what came back before the close. */
@@ -157,3 +157,46 @@ async function talkEcho(port: number, from: string): Promise<string> {
   await once(sock, 'close');
   return got;
 }
+
+test('closing the outbound proxy lets open connections finish within the grace period, then cuts what is left (the agent\'s drain)', async () => {
+  // The proxy cuts a connection with a reset; the target's side of it just goes away.
+  const target = net.createServer((c) => { c.on('error', () => {}); c.pipe(c); });
+  target.listen(0, '127.0.0.3');
+  await once(target, 'listening');
+  cleanups.push(() => target.close());
+  const tport = (target.address() as net.AddressInfo).port;
+  const p = await outbound(() => '127.0.0.1', { ip: '127.0.0.3', port: tport });
+  const open = async (): Promise<net.Socket> => {
+    const sock = net.connect({ host: '127.0.0.1', port: p.port, localAddress: '127.0.0.1' });
+    sock.on('error', () => {});
+    await once(sock, 'connect');
+    sock.write('a');
+    await once(sock, 'data');
+    return sock;
+  };
+  // One that outlives the grace period: still carried during it, cut at its end, and counted.
+  const long = await open();
+  assert.equal(p.outbound.active, 1);
+  const closing = p.outbound.close(400);
+  long.write('b');
+  const [during] = await once(long, 'data') as [Buffer];
+  assert.equal(during.toString(), 'b', 'carried while the proxy drains');
+  const closedAt = once(long, 'close');
+  assert.equal(await closing, 1, 'the connection left at the end of the grace period is cut');
+  await closedAt;
+  assert.equal(p.outbound.active, 0);
+
+  // One that ends within the grace period: close() waits for it, cuts nothing.
+  const q = await outbound(() => '127.0.0.1', { ip: '127.0.0.3', port: tport });
+  const s2 = net.connect({ host: '127.0.0.1', port: q.port, localAddress: '127.0.0.1' });
+  s2.on('error', () => {});
+  await once(s2, 'connect');
+  s2.write('c');
+  await once(s2, 'data');
+  let done = false;
+  const closing2 = q.outbound.close(10_000).then((cut) => { done = true; return cut; });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(done, false, 'close() waits for the open connection');
+  s2.end();
+  assert.equal(await closing2, 0);
+});

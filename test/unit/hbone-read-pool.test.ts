@@ -151,6 +151,39 @@ test('only a socket nothing has read is adopted; the retired one leaves its serv
   await once(a, 'close');
 });
 
+test('a read is never held in a chunk more than twice its size, so a slow peer cannot make the pipe hold more than twice what it buffers', async () => {
+  const server = net.createServer({ pauseOnConnect: true });
+  const port = await listen(server);
+  const [accepted] = await Promise.all([
+    once(server, 'connection') as Promise<[net.Socket]>,
+    (async () => {
+      const c = net.connect(port, '127.0.0.1');
+      cleanups.push(() => c.destroy());
+      await once(c, 'connect');
+      // Let the receive queue fill before the first read, then keep it full: reads of every size.
+      c.write(randomBytes(4 * 1024 * 1024));
+      for (const n of [100, 20_000, 40_000, 70_000, 150_000, 300_000]) c.write(randomBytes(n));
+      c.end();
+    })(),
+  ]);
+  const a = adoptWithPooledReads(accepted[0]);
+  const sizes: Array<[number, number, boolean]> = [];
+  a.on('data', (chunk: Buffer) => {
+    const pooled = isPooledChunk(chunk);
+    sizes.push([chunk.length, chunk.buffer.byteLength, pooled]);
+    if (pooled) releaseChunk(chunk);
+  });
+  a.resume();
+  await once(a, 'end');
+  a.destroy();
+  assert.ok(sizes.some(([, , pooled]) => pooled), 'some reads went into pooled chunks');
+  for (const [n, cap, pooled] of sizes) {
+    if (pooled) assert.ok(cap <= 2 * n, `a read of ${n} bytes sits in a chunk of ${cap}`);
+    else assert.ok(n < 32 * 1024, `a read of ${n} bytes was copied into its own buffer`);
+    assert.ok(n <= 256 * 1024, `no read is larger than the shared buffer (${n})`);
+  }
+});
+
 test('a chunk goes back to the pool once, and only a chunk the pool lent', () => {
   const own = Buffer.alloc(READ_SIZE);
   releaseChunk(own);
