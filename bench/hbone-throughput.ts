@@ -2,10 +2,11 @@
  * Loopback HBONE micro-benchmark. Prints one line per figure (`make bench` runs it):
  *
  *   node bench/hbone-throughput.ts [--mb 512] [--seconds 5] [--concurrency 32] [--repeat 3]
- *                                  [--no-stunnel] [--throughput-only] [--node-reads]
-                                  (--node-reads: the agent pair's sockets read the way Node does by
-                                   default, a fresh buffer per read, instead of through the read
-                                   pool as the agents read; for an A/B of lib/hbone/read-pool.ts)
+ *                                  [--no-stunnel] [--throughput-only]
+ *                                  [--node-reads] (the agent pair's sockets read as Node does by
+ *                                                default, a fresh buffer per read, instead of through
+ *                                                the read pool as the agents read: an A/B of
+ *                                                lib/hbone/read-pool.ts)
  *                                  [--strace]   (agent-pair figures once more with both proxies' syscalls
  *                                                counted: per MB and per request; counts, not speed)
  *

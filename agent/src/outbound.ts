@@ -57,13 +57,7 @@ export interface OutboundOptions {
 export class Outbound {
   readonly #o: OutboundOptions;
   readonly #server: net.Server;
-  /**
-   * Connections accepted and not yet closed. Counted here, not by the server: an adopted socket
-   * (the read pool's, lib/hbone/read-pool.ts) is one the server already counts as closed.
-   */
   readonly #sockets = new Set<net.Socket>();
-  /** Resolves close()'s wait once the last open connection has closed. */
-  #drained: (() => void) | undefined;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -71,10 +65,7 @@ export class Outbound {
       // The pipe (or the splice) carries it: reads through the read pool from here on.
       const socket = adoptWithPooledReads(accepted);
       this.#sockets.add(socket);
-      socket.once('close', () => {
-        this.#sockets.delete(socket);
-        if (this.#sockets.size === 0) this.#drained?.();
-      });
+      socket.once('close', () => this.#sockets.delete(socket));
       this.#handle(socket).catch((err: Error) => {
         this.#o.log.error('outbound connection failed unexpectedly', { error: err.message });
         socket.destroy();
@@ -111,9 +102,7 @@ export class Outbound {
    * is left (their tunnels end with them). Resolves with how many had to be destroyed.
    */
   async close(graceMs = 0): Promise<number> {
-    const stopped = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    const drained = this.#sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => { this.#drained = resolve; });
-    const closed = Promise.all([stopped, drained]);
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     let cut = 0;
     const timer = setTimeout(() => {
       for (const s of this.#sockets) {

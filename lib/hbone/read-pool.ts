@@ -127,19 +127,21 @@ export function pooledReads(socket: () => net.Socket): net.OnReadOpts {
 
 /**
  * A socket that reads through the pool in place of `socket`, one a net.Server accepted (its
- * `connection` event offers no read option). The new socket takes over the connection's handle;
- * the accepted object is retired without closing anything (its server counts it closed). Only a
- * socket that nothing has read is adopted (accepted with `pauseOnConnect`, nothing buffered);
+ * `connection` event offers no read option). The new socket takes over the connection's handle
+ * and the server's count of it: the server still waits for it in close() and counts it in
+ * getConnections() until it closes. The accepted object is retired without closing anything. Only
+ * a socket that nothing has read is adopted (accepted with `pauseOnConnect`, nothing buffered);
  * any other, or one that is not a TCP socket, is returned as it is.
  *
- * The handle is passed with net.Socket's `handle` option, which net.Server itself uses for every
- * connection it accepts; it is not in Node's typings.
+ * Node internals, read in its lib/net.js: the handle is passed with net.Socket's `handle` option
+ * (net.Server passes every accepted handle that way; it is not in Node's typings), and a socket
+ * whose `_server` is set takes itself off that server's count when it is destroyed.
  */
 export function adoptWithPooledReads(socket: net.Socket): net.Socket {
-  const s = socket as net.Socket & { _handle?: { readStart?: unknown; fd?: number } | null };
-  const handle = s._handle;
+  const retired = socket as net.Socket & { _handle?: { fd?: number } | null; _server?: net.Server | null };
+  const handle = retired._handle;
   if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || socket.destroyed || socket.connecting || !socket.isPaused() || socket.readableLength > 0) return socket;
-  const adopted: net.Socket = new net.Socket({
+  const adopted: net.Socket & { _server?: net.Server | null; server?: net.Server | null } = new net.Socket({
     handle,
     allowHalfOpen: socket.allowHalfOpen,
     readable: true,
@@ -147,7 +149,11 @@ export function adoptWithPooledReads(socket: net.Socket): net.Socket {
     pauseOnCreate: true,
     onread: pooledReads(() => adopted),
   } as unknown as net.SocketConstructorOpts);
-  s._handle = null;
+  const server = retired._server ?? null;
+  retired._handle = null;
+  retired._server = null;
   socket.destroy();
+  adopted._server = server;
+  adopted.server = server;
   return adopted;
 }

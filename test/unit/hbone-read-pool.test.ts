@@ -117,7 +117,7 @@ test('pooled reads carry a half-close each way, and a reset as a reset (as pipeB
   assert.equal(res2.abortedBy, 'b');
 });
 
-test('only a socket nothing has read is adopted; the server counts the retired one closed while the connection lives on', async () => {
+test('only a socket nothing has read is adopted, and its server keeps counting the connection until it closes', async () => {
   const server = net.createServer({ pauseOnConnect: true });
   const port = await listen(server);
   const accepted: net.Socket[] = [];
@@ -147,14 +147,19 @@ test('only a socket nothing has read is adopted; the server counts the retired o
   assert.equal(adoptWithPooledReads(flowing), flowing);
   flowing.destroy();
   await once(flowing, 'close');
-  // The server counts the adopted connection closed already: it closes while the connection lives
-  // on (so Outbound.close counts open connections itself).
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  // The server still counts the adopted connection: close() waits for it (an agent's drain relies
+  // on that), and getConnections() sees it until it closes.
+  const count = (): Promise<number> => new Promise((resolve, reject) => server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+  assert.equal(await count(), 1, 'the adopted connection, not the retired object, is counted');
+  let serverClosed = false;
+  const closing = new Promise<void>((resolve) => server.close(() => { serverClosed = true; resolve(); }));
   a.write('still here');
   const [again] = await once(c1, 'data') as [Buffer];
   assert.equal(again.toString(), 'still here');
+  assert.equal(serverClosed, false, 'the server waits for the adopted connection');
   a.destroy();
-  await once(a, 'close');
+  await closing;
+  assert.equal(await count(), 0);
 });
 
 test('a read is never held in a chunk more than twice its size, so a slow peer cannot make the pipe hold more than twice what it buffers', async () => {
