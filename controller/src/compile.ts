@@ -748,7 +748,8 @@ function resolveMtls(peerAuths: readonly PeerAuthentication[], namespace: string
 
 function appProtocolOf(appProtocol: string | undefined, name: string | undefined): ServicePort['appProtocol'] {
   const p = (appProtocol ?? name?.split('-')[0] ?? '').toLowerCase();
-  if (p === 'http' || p === 'http1' || p === 'kubernetes.io/http') return 'http';
+  // kubernetes.io/ws (KEP-3726): WebSocket over cleartext, an HTTP/1.1 Upgrade (RFC 6455), so HTTP.
+  if (p === 'http' || p === 'http1' || p === 'kubernetes.io/http' || p === 'kubernetes.io/ws') return 'http';
   if (p === 'http2' || p === 'h2c' || p === 'kubernetes.io/h2c') return 'http2';
   if (p === 'grpc' || p === 'grpc-web') return 'grpc';
   return 'tcp';

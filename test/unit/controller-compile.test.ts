@@ -41,6 +41,18 @@ test('builds service endpoints from pod selectors with named target ports and no
   }]);
 });
 
+test('reads a port\'s appProtocol as Istio and the Gateway API do: kubernetes.io/h2c is HTTP/2, kubernetes.io/ws (WebSocket, KEP-3726) is HTTP/1.1, unknown is TCP', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  const s = svc('shop', 'web');
+  s.spec!.ports = [
+    { name: 'a', port: 80, appProtocol: 'kubernetes.io/h2c' }, { name: 'b', port: 81, appProtocol: 'kubernetes.io/ws' },
+    { name: 'c', port: 82, appProtocol: 'kubernetes.io/wss' }, { name: 'grpc-web', port: 83 }, { name: 'd', port: 84, appProtocol: 'mysql' },
+  ];
+  i.services.push(s);
+  assert.deepEqual(compile(i).model.services.get('shop/web')!.ports.map((p) => [p.port, p.appProtocol]), [[80, 'http2'], [81, 'http'], [82, 'tcp'], [83, 'grpc'], [84, 'tcp']]);
+});
+
 test('endpoints that map a service\'s ports the same way share one ports record; one that differs keeps its own', () => {
   const i = emptyInputs();
   i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
