@@ -216,7 +216,12 @@ export class WaypointEngine {
       headersTimeout: requestHeadersMs,
       connectionsCheckingInterval: this.timeouts.checkIntervalMs,
       keepAliveTimeout: idleMs,
+      // A WebSocket handshake is proxied as an upgrade (proxy.ts, forwardUpgrade). Any other
+      // Upgrade (h2c, TLS/1.0) stays an ordinary request whose Upgrade field is not forwarded, as
+      // Envoy treats upgrade types it is not configured for.
+      shouldUpgradeCallback: isWebSocketHandshake,
     }, (req, res) => this.onRequest(this.h1Conns.get(req.socket), req, res));
+    this.h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
     // keepAliveTimeout expired on a connection between requests (with a listener here node leaves
     // the socket to us).
@@ -428,6 +433,25 @@ export class WaypointEngine {
     void handleRequest(this.env, ctx, req, res);
   }
 
+  /**
+   * node:http hands the connection over with an upgrade request. The pipeline answers on it with a
+   * response of its own, which closes the connection unless it was a 101 (then the connection is
+   * joined to the endpoint's and closes with it).
+   */
+  private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const ctx = this.h1Conns.get(socket);
+    if (!ctx) { socket.destroy(); return; }
+    socket.on('error', () => {});
+    // The keep-alive timer node:http may have armed between requests; the upgraded connection
+    // lives as long as its two ends do.
+    (socket as Duplex & { setTimeout?: (ms: number) => unknown }).setTimeout?.(0);
+    const res = new http.ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket as Parameters<http.ServerResponse['assignSocket']>[0]);
+    res.once('finish', () => { if (res.statusCode !== 101) socket.end(); });
+    void handleRequest(this.env, ctx, req, res, { socket, head });
+  }
+
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'HPE_HEADERS_TIMEOUT' || err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     // ERR_HTTP_REQUEST_TIMEOUT: headersTimeout expired (requestTimeout is off).
@@ -528,4 +552,11 @@ export function quotaRules(flags: readonly QuotaRule[], settings: ReadonlyMap<st
   const rules = new Map(flags.map((r) => [r.service, r]));
   for (const [service, s] of settings) if (s.quota) rules.set(service, { service, limit: s.quota.limit, windowMs: s.quota.windowMs, per: s.quota.per });
   return [...rules.values()];
+}
+
+/** RFC 6455 section 4.1: a GET whose Upgrade field lists `websocket` (node:http has checked Connection: upgrade). */
+export function isWebSocketHandshake(req: http.IncomingMessage): boolean {
+  if (req.method !== 'GET') return false;
+  const v = req.headers.upgrade;
+  return typeof v === 'string' && v.split(',').some((t) => t.trim().toLowerCase() === 'websocket');
 }

@@ -8,9 +8,10 @@
 // retries, timeouts, circuit breaking and outlier detection, and streams the answer back. Every
 // request ends in exactly one telemetry record (`finish`).
 import { randomUUID } from 'node:crypto';
-import type http from 'node:http';
+import http from 'node:http';
 import http2 from 'node:http2';
-import type { Readable } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
+import { pipeBidirectional } from '../../lib/hbone/index.ts';
 import type { Endpoint, RouteBackend, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
@@ -145,6 +146,15 @@ export interface RequestContext {
   /** AUDIT policies that matched (logged, never deciding). */
   audit?: string[];
   body?: ReplayableBody;
+  /** Bytes the client sent, when there is no body to count them (an upgraded connection). */
+  requestBytes?: number;
+  /**
+   * An HTTP/1.1 Upgrade request (WebSocket): the client's connection, which node:http has handed
+   * over, and the bytes the client sent after the request head (they belong to the new protocol).
+   */
+  upgrade?: { socket: Duplex; head: Buffer };
+  /** The upgrade was answered 101: the connection is the endpoint's now, and is recorded when it ends. */
+  upgraded?: boolean;
   /** A stage answered; no later stage runs. */
   done: boolean;
   downstreamGone: boolean;
@@ -448,6 +458,10 @@ const send: Stage = async (ctx) => {
   out.headers['via'] = prior ? `${prior}, ${via}` : via;
   Object.assign(out.headers, outgoingTraceHeaders(ctx.trace!, headerValue(ctx.headers, 'b3') !== undefined));
   if (up.protocol === 'http2' && headerValue(headers, 'te') === 'trailers') out.headers['te'] = 'trailers';
+  if (ctx.upgrade) {
+    await forwardUpgrade(ctx, env.cluster(up.service, up.port));
+    return;
+  }
 
   if (requestHasBody(ctx.req)) ctx.body = new ReplayableBody(ctx.req as Readable, env.limits.retryBufferBytes);
   else (ctx.req as Readable).resume();
@@ -471,7 +485,7 @@ export const STAGES: ReadonlyArray<readonly [name: string, stage: Stage]> = [
   ['forward', send],
 ];
 
-export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse): Promise<void> {
+export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse, upgrade?: RequestContext['upgrade']): Promise<void> {
   const headers = req.headers as HeaderMap;
   const method = req.method ?? 'GET';
   const path = req.url ?? '/';
@@ -484,9 +498,11 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
   };
   if (conn.clientAddress) ctx.directIp = conn.clientAddress;
+  if (upgrade) ctx.upgrade = upgrade;
   const remoteIp = remoteIpOf(headerValue(headers, 'x-forwarded-for'), ctx.directIp, env.numTrustedProxies);
   if (remoteIp) ctx.remoteIp = remoteIp;
   res.on('close', () => {
+    if (ctx.upgraded) return;
     if (!res.writableFinished) {
       ctx.downstreamGone = true;
       if (!ctx.recorded) ctx.flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
@@ -670,6 +686,145 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   }
 }
 
+/**
+ * An HTTP/1.1 Upgrade (RFC 9110 section 7.8; WebSocket's opening handshake, RFC 6455 section 4.1).
+ * The request has been through every stage as any other (normalization, policy, limits, routes and
+ * their header filters); here it goes to one endpoint on a connection of its own, never pooled and
+ * never retried, since after a 101 that connection carries the new protocol. A 101 joins the
+ * client's connection and that one byte for byte until either side closes: the endpoint's
+ * connection slot (circuit breaking) and the request's place in the waypoint's admission stay taken
+ * until then, and the request is recorded when it ends, as Envoy logs an upgraded stream. Any other
+ * answer is relayed as a response, and the client's connection is closed after it (engine.ts): what
+ * the client sent after its request head belongs to a protocol that was refused. The request
+ * timeout covers the wait for the answer, not the upgraded connection.
+ */
+async function forwardUpgrade(ctx: RequestContext, cluster: Cluster): Promise<void> {
+  const { env } = ctx;
+  const settings = cluster.settings;
+  if (!cluster.beginRequest()) {
+    localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
+    return;
+  }
+  try {
+    const only = ctx.upstream?.onlyEndpoint;
+    const ep = only !== undefined ? cluster.endpointAt(only) : cluster.pick(env.random);
+    if (!ep) {
+      localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
+      return;
+    }
+    const release = await cluster.acquireConnection(ctx.overall.signal);
+    if (release === OVERFLOW) {
+      if (!ctx.downstreamGone) localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
+      return;
+    }
+    if (ctx.downstreamGone) { release(); return; }
+    ep.active++;
+    ep.requests++;
+    ctx.attempts = 1;
+    ctx.upstreamHost = ep.key;
+    ctx.destinationEndpoint = ep.endpoint;
+    try {
+      await upgradeOnce(ctx, ep, settings.timeouts.connectMs, (outcome) => cluster.report(ep, outcome));
+    } finally {
+      ep.active--;
+      release();
+    }
+  } finally {
+    cluster.endRequest();
+  }
+}
+
+/** One upgrade attempt on `ep` (forwardUpgrade); resolves once the exchange, or the upgraded connection, is over. */
+function upgradeOnce(ctx: RequestContext, ep: EndpointState, connectMs: number, report: (outcome: AttemptOutcome) => void): Promise<void> {
+  const { env, res } = ctx;
+  const { request: out, responseEdits, timeouts } = plan(ctx);
+  const client = ctx.upgrade!;
+  const signal = ctx.overall.signal;
+  return new Promise<void>((resolve) => {
+    let answered = false;
+    let timedOut = false;
+    let upstream: Duplex | undefined;
+    let creq: http.ClientRequest | undefined;
+    // The wait for the answer is the request's and its one try's: the tighter of the two timeouts.
+    const limits = [timeouts.requestMs, timeouts.perTryMs].filter((t): t is number => t !== undefined && t > 0);
+    const requestMs = limits.length > 0 ? Math.min(...limits) : undefined;
+    const timer = requestMs !== undefined ? setTimeout(() => { timedOut = true; fail(new UpstreamTimeoutError('request', requestMs)); }, requestMs) : undefined;
+    const onAbort = (): void => fail(signal.reason);
+    const answer = (): boolean => {
+      if (answered) return false;
+      answered = true;
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      return true;
+    };
+    function fail(err: unknown): void {
+      if (!answer()) return;
+      creq?.destroy();
+      upstream?.destroy();
+      if (!ctx.downstreamGone) {
+        const outcome = classify(err, timedOut);
+        report(outcome);
+        if (outcome.kind === 'timeout') localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout (${requestMs} ms) from ${ep.key}` });
+        else if (outcome.kind === 'connect-failure') localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key}` });
+        else localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
+      }
+      resolve();
+    }
+    if (signal.aborted) { fail(signal.reason); return; }
+    signal.addEventListener('abort', onAbort, { once: true });
+    const forwardedFor = ctx.directIp ? { ip: ctx.directIp, port: ctx.conn.clientPort ?? 0 } : undefined;
+    env.pool.openStream(upstreamEndpoint(ep), connectMs, forwardedFor, ctx.conn.peerSpiffeId).then((d) => {
+      if (answered) { d.destroy(); return; }
+      upstream = d;
+      d.on('error', () => {});
+      // The hop-by-hop fields of the handshake are this hop's to send again (RFC 9110 section 7.8).
+      const headers: http.OutgoingHttpHeaders = { ...out.headers, host: out.authority, connection: 'Upgrade', upgrade: headerValue(ctx.headers, 'upgrade') ?? '' };
+      creq = http.request({ createConnection: () => d, method: out.method, path: out.path, headers, setHost: false });
+      creq.on('error', (err) => fail(err));
+      creq.on('upgrade', (ures: http.IncomingMessage, usock: Duplex, uhead: Buffer) => {
+        if (!answer()) { usock.destroy(); return; }
+        report({ kind: 'response', status: 101 });
+        const h = forwardableHeaders(ures.headers as HeaderMap);
+        for (const e of responseEdits) applyHeaderEdits(h, e);
+        h['connection'] = 'Upgrade';
+        h['upgrade'] = headerValue(ures.headers as HeaderMap, 'upgrade') ?? '';
+        if (!ctx.flags.empty) h[F.FLAGS_HEADER] = ctx.flags.toString();
+        ctx.status = 101;
+        try {
+          writeHead(res, 101, h as http.OutgoingHttpHeaders);
+        } catch (err) {
+          ctx.detail = `bad response headers from upstream: ${(err as Error).message}`;
+          usock.destroy();
+          res.destroy();
+          resolve();
+          return;
+        }
+        ctx.upgraded = true;
+        endResponse(res);
+        if (uhead.length > 0) client.socket.write(uhead);
+        if (client.head.length > 0) usock.write(client.head);
+        void pipeBidirectional(client.socket, usock).then((r) => {
+          ctx.requestBytes = client.head.length + r.bytesAtoB;
+          ctx.responseBytes += uhead.length + r.bytesBtoA;
+          if (r.abortedBy === 'b') ctx.flags.add(F.FLAG_UPSTREAM_RESET);
+          finish(ctx);
+          resolve();
+        });
+      });
+      creq.on('response', (ures: http.IncomingMessage) => {
+        if (!answer()) { ures.destroy(); return; }
+        const status = ures.statusCode ?? 502;
+        report({ kind: 'response', status });
+        void streamResponse(ctx, {
+          status, headers: ures.headers as HeaderMap, body: ures, endStreamOnHeaders: false,
+          trailers: () => undefined, discard: () => { ures.destroy(); },
+        }, responseEdits).then(() => { d.destroy(); resolve(); });
+      });
+      creq.end();
+    }, (err: unknown) => fail(err));
+  });
+}
+
 const GRPC_TRAILER_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin'];
 
 /** Copies the upstream response to the client, with trailers; resolves when it is done either way. */
@@ -759,7 +914,7 @@ function finish(ctx: RequestContext): void {
   const rec: RequestRecord = {
     startTime: ctx.start, durationMs, method: ctx.method, path: ctx.path, authority: ctx.authority,
     protocol: conn.protocol, grpc: ctx.grpc, responseCode: ctx.downstreamGone && ctx.status === 0 ? 0 : ctx.status,
-    responseFlags: ctx.flags.toString(), requestBytes: ctx.body?.bytes ?? 0, responseBytes: ctx.responseBytes,
+    responseFlags: ctx.flags.toString(), requestBytes: ctx.requestBytes ?? ctx.body?.bytes ?? 0, responseBytes: ctx.responseBytes,
     attempts: ctx.attempts, requestId: ctx.requestId,
   };
   if (ctx.grpcStatus !== undefined) rec.grpcStatus = ctx.grpcStatus;

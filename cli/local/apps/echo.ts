@@ -4,13 +4,15 @@
 //     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
 //     [--log-requests]     print one JSON line per request (method, path, headers)
 // A request may ask for a slow answer (`?delay=1s`, a Gateway API duration) and for response
-// headers (`x-echo-set-header: name:value,...`).
+// headers (`x-echo-set-header: name:value,...`). A WebSocket handshake (HTTP/1.1 Upgrade) is
+// accepted on any path and every message is sent back as it came (text or binary).
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { createHash } from 'node:crypto';
 import { parseDuration } from '../../../lib/model/duration.ts';
+import { acceptWebSocket } from './websocket.ts';
 
 const { values } = parseArgs({
   options: {
@@ -75,7 +77,10 @@ function requestedHeaders(v: string | string[] | undefined): Record<string, stri
   return out;
 }
 
-const h1 = http.createServer((req, res) => {
+const h1 = http.createServer({
+  // Only WebSocket upgrades leave the request path (an h2c Upgrade is answered as HTTP/1.1).
+  shouldUpgradeCallback: (req) => String(req.headers.upgrade ?? '').toLowerCase().split(',').some((t) => t.trim() === 'websocket'),
+}, (req, res) => {
   // POST /sha256 hashes the body as it streams (large transfers), anything else echoes.
   const hash = req.url === '/sha256' ? createHash('sha256') : undefined;
   let bytes = 0;
@@ -95,6 +100,10 @@ const h1 = http.createServer((req, res) => {
       res.end(body);
     });
   });
+});
+h1.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+  if (values['log-requests']) console.log(JSON.stringify({ msg: 'request', method: req.method, path: req.url, headers: req.headers }));
+  acceptWebSocket(req, socket, head, (peer, data, text) => peer.send(text ? data.toString() : data), { 'x-served-by': values.name! });
 });
 const h2 = http2.createServer();
 h2.on('stream', (stream, headers) => {
