@@ -2,8 +2,12 @@
 
 /** A request as a conformance case states it. */
 export interface ClientRequest {
-  /** `http` (HTTP/1.1, default), `h2c` (HTTP/2 prior knowledge) or `grpc`. */
-  protocol?: 'http' | 'h2c' | 'grpc';
+  /**
+   * `http` (HTTP/1.1, default), `h2c` (HTTP/2 prior knowledge), `grpc`, or `ws`: a WebSocket
+   * (RFC 6455) that sends a text and a binary message and reports what came back (status 101 once
+   * the handshake succeeded; `body` is `text=<reply>;binary=<hex of the reply>`).
+   */
+  protocol?: 'http' | 'h2c' | 'grpc' | 'ws';
   /** `name[:port]` as a client would dial it (`echo`, `echo-v1.conf`, `10.77.2.3:8080`). */
   host: string;
   /** HTTP: path with query, default `/`. */

@@ -456,11 +456,15 @@ CORE_HTTP_TESTS.push(
   {
     name: 'HTTPRouteBackendProtocolWebSocket',
     upstream: 'httproute-backend-protocol-websocket.go',
-    description: 'a WebSocket upgrade reaches a backend port declared kubernetes.io/ws',
+    description: 'a WebSocket reaches a backend port declared kubernetes.io/ws: a text and a binary message come back as sent',
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteBackendProtocolWebSocket'],
-    manifests: [],
-    run: async () => ['not translated yet'],
-    skip: 'the waypoint does not proxy HTTP/1.1 Upgrade (WebSocket)',
+    manifests: [httpRoute('backend-protocol-ws', PARENT, [{ backendRefs: [backend('echo-v1', 8082)] }])],
+    run: async (cm) => {
+      const want = `text=Websocket Support!;binary=${Buffer.from([1, 2, 3, 4, 5, 6, 7]).toString('hex')}`;
+      const [r] = await cm.client(`${NS}/echo-v2`).send({ protocol: 'ws', host: 'echo', path: '/ws' });
+      if (!r || r.status !== 101) return [`the WebSocket did not open: ${r?.error ?? r?.status}`];
+      return r.body === want ? [] : [`got ${r.body}, want ${want}`];
+    },
   },
   {
     name: 'HTTPRouteRetry',

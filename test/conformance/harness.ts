@@ -43,6 +43,8 @@ const PORTS = [
   { name: 'grpc', port: 7070 },
   // The echo app's 8080 speaks h2c prior knowledge too.
   { name: 'h2c', port: 8081, targetPort: 8080, appProtocol: 'kubernetes.io/h2c' },
+  // ...and accepts WebSocket handshakes.
+  { name: 'ws', port: 8082, targetPort: 8080, appProtocol: 'kubernetes.io/ws' },
 ];
 
 /** A client process inside a pod, speaking fixtures/client.ts's line protocol. */
