@@ -982,12 +982,14 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     }
     if (matches.length === 0) matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }];
     const timeouts = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).timeouts : undefined;
+    const retry = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).retry : undefined;
     return clean({
       name: rule.name,
       matches,
       filters: (rule.filters ?? []).map((f, j) => filter(f as HTTPRouteFilter, `${p}.filters[${j}]`)),
       backends: (rule.backendRefs ?? []).map((b, j) => backend(b, `${p}.backendRefs[${j}]`, b.filters as HTTPRouteFilter[] | undefined)),
       timeouts: clean({ requestMs: ms(timeouts?.request), backendRequestMs: ms(timeouts?.backendRequest) }),
+      retry: retry ? clean({ codes: retry.codes ?? [], attempts: retry.attempts, backoffMs: ms(retry.backoff) }) : undefined,
     });
   });
   const resolved: RouteCondition = unresolved

@@ -399,6 +399,13 @@ export interface RouteRule {
   filters: RouteFilter[];
   backends: RouteBackend[];
   timeouts: { requestMs?: number; backendRequestMs?: number };
+  /**
+   * The rule's retries (Gateway API HTTPRouteRetry, GEP-1731), in place of its backend's
+   * TrafficPolicy retries: the status codes retried (connection failures, resets and per-try
+   * timeouts always are), the most retries (`attempts`, unset: the backend's), and the least wait
+   * before each (`backoffMs`, unset: the default backoff).
+   */
+  retry?: { codes: number[]; attempts?: number; backoffMs?: number };
 }
 
 export interface Route {

@@ -382,6 +382,8 @@ export interface HTTPRoute {
       filters?: HTTPRouteFilter[];
       backendRefs?: Array<BackendRef & { filters?: HTTPRouteFilter[] }>;
       timeouts?: { request?: string; backendRequest?: string };
+      /** Gateway API HTTPRouteRetry (GEP-1731, experimental channel). */
+      retry?: { codes?: number[]; attempts?: number; backoff?: string };
     }>;
   };
   status?: RouteStatus;

@@ -901,7 +901,7 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
     const p = `spec.rules[${i}]`;
     const ro = c.obj(r, p, true);
     if (!ro) return;
-    c.only(ro, p, kind === 'HTTPRoute' ? ['name', 'matches', 'filters', 'backendRefs', 'timeouts'] : ['name', 'matches', 'filters', 'backendRefs']);
+    c.only(ro, p, kind === 'HTTPRoute' ? ['name', 'matches', 'filters', 'backendRefs', 'timeouts', 'retry'] : ['name', 'matches', 'filters', 'backendRefs']);
     c.str(ro.name, `${p}.name`, { pattern: DNS1123_LABEL, patternText: 'a rule name' });
     c.arr(ro.matches, `${p}.matches`)?.forEach((m, j) => {
       const mp = `${p}.matches[${j}]`;
@@ -950,6 +950,14 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
         c.only(t, `${p}.timeouts`, ['request', 'backendRequest']);
         c.duration(t.request, `${p}.timeouts.request`);
         c.duration(t.backendRequest, `${p}.timeouts.backendRequest`);
+      }
+      // GEP-1731 (HTTPRouteRetry): codes are HTTPRouteRetryStatusCode, 400-599.
+      const rt = c.obj(ro.retry, `${p}.retry`);
+      if (rt) {
+        c.only(rt, `${p}.retry`, ['codes', 'attempts', 'backoff']);
+        c.arr(rt.codes, `${p}.retry.codes`)?.forEach((code, j) => c.int(code, `${p}.retry.codes[${j}]`, { required: true, min: 400, max: 599 }));
+        c.int(rt.attempts, `${p}.retry.attempts`, { min: 0 });
+        c.duration(rt.backoff, `${p}.retry.backoff`);
       }
     }
   });

@@ -356,3 +356,23 @@ test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint qu
   const args = waypointContainerArgs({ name: 'wp', namespace: 'shop', serviceAccount: 'wp', spiffeId: 'x', replicas: 1, quotaStore: { redis: 'redis://redis.shop:6379', failureMode: 'closed' } }, { trustDomain: 'cluster.local', controllerNamespace: 'weft-system', controllerAddress: 'ctl:15012' });
   assert.deepEqual(args.slice(-4), ['--quota-redis', 'redis://redis.shop:6379', '--quota-failure-mode', 'closed']);
 });
+
+test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the rule; a bad field is refused with its path', async () => {
+  const { validateObject } = await import('../../lib/model/validate.ts');
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  i.services.push(svc('shop', 'payments'));
+  const route = (retry: Record<string, unknown>) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name: 'r', namespace: 'shop' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments' }], rules: [{ backendRefs: [{ name: 'payments', port: 80 }], retry }] },
+  });
+  const good = route({ codes: [500, 503], attempts: 3, backoff: '100ms' });
+  assert.deepEqual(validateObject(good), []);
+  i.httpRoutes.push(good as never);
+  assert.deepEqual(compile(i).model.routes.get('shop/r/HTTPRoute/shop/payments')!.rules[0]!.retry, { codes: [500, 503], attempts: 3, backoffMs: 100 });
+  const bad = route({ codes: [500, 600, 'x'], attempts: -1, backoff: '1 second', budget: 3 });
+  assert.deepEqual(validateObject(bad).map((x) => x.path).sort(), [
+    'spec.rules[0].retry.attempts', 'spec.rules[0].retry.backoff', 'spec.rules[0].retry.budget', 'spec.rules[0].retry.codes[1]', 'spec.rules[0].retry.codes[2]',
+  ]);
+});
