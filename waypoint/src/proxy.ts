@@ -12,7 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
-import type { Endpoint, RouteBackend, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
+import type { Endpoint, RouteBackend, RouteRule, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody } from './body.ts';
 import type { Snapshot } from './config.ts';
 import { backendService, routesFor, serviceKey } from './config.ts';
@@ -100,6 +100,8 @@ export interface UpstreamPlan {
   responseEdits: FilterContext['responseEdits'];
   mirrors: FilterContext['mirrors'];
   timeouts: { requestMs?: number; perTryMs?: number };
+  /** The route rule's retries (HTTPRouteRetry), in place of the backend's TrafficPolicy retries. */
+  retry?: RouteRule['retry'];
   /** Only this endpoint address (a request addressed to a pod, not to the Service). */
   onlyEndpoint?: string;
 }
@@ -379,11 +381,13 @@ const route: Stage = (ctx) => {
     listenerPort: dest.port, responseEdits: [], mirrors: [],
   };
   let timeouts: { requestMs?: number; backendRequestMs?: number } = {};
+  let retry: RouteRule['retry'];
   if (matched) {
     ctx.routeName = `${matched.route.namespace}/${matched.route.name}${matched.rule.name ? `/${matched.rule.name}` : ''}`;
     if (matched.matchedPrefix !== undefined) fctx.matchedPrefix = matched.matchedPrefix;
     backends = matched.rule.backends;
     timeouts = matched.rule.timeouts;
+    retry = matched.rule.retry;
     applyRouteFilters(matched.rule.filters, fctx);
   } else if (!dest.workloadIp && snap.routes.hasRoutes(dest.key, dest.port)) {
     // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
@@ -417,6 +421,7 @@ const route: Stage = (ctx) => {
       requestMs: timeouts.requestMs ?? settings.timeouts.requestMs,
       perTryMs: timeouts.backendRequestMs ?? settings.timeouts.perTryMs,
     },
+    ...(retry ? { retry } : {}),
     ...(dest.workloadIp && backend.service === dest.key ? { onlyEndpoint: dest.workloadIp } : {}),
   };
 };
@@ -579,13 +584,35 @@ function grpcStatusOf(h: HeaderMap | undefined): number | undefined {
 }
 
 /**
+ * The retries a request gets: its route rule's (Gateway API HTTPRouteRetry, GEP-1731) when the rule
+ * has them, else its backend's TrafficPolicy's. A rule retries the status codes it lists and, as
+ * GEP-1731 says implementations should, connection failures, refused streams, resets and per-try
+ * timeouts; `attempts` is the most retries (0: none; unset: the backend's); no retry starts before
+ * `backoff` (each waits backoff × 2^n, at most 10 × backoff, plus up to a quarter of that in
+ * jitter); without one, the default backoff. The retry budget of the backend still applies.
+ */
+export function retryPolicy(rule: RouteRule['retry'], backend: { attempts: number; retryOn: readonly string[] }): { attempts: number; retryOn: readonly string[]; backoffMs: (retryNumber: number, random: () => number) => number } {
+  if (!rule) return { attempts: backend.attempts, retryOn: backend.retryOn, backoffMs: retryBackoffMs };
+  const min = rule.backoffMs;
+  return {
+    attempts: rule.attempts ?? backend.attempts,
+    retryOn: [...rule.codes.map(String), 'connect-failure', 'refused-stream', 'reset'],
+    backoffMs: min === undefined ? retryBackoffMs : (n, random) => {
+      const base = Math.min(min * 2 ** n, min * 10);
+      return Math.floor(base + random() * base / 4);
+    },
+  };
+}
+
+/**
  * Sends the planned request (`ctx.upstream`) to an endpoint of `cluster` and streams the answer back:
  * circuit breaking, the request and per-try timeouts, retries with backoff, outlier reports.
  */
 async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   const { env } = ctx;
-  const { protocol, request: out, responseEdits, timeouts } = plan(ctx);
+  const { protocol, request: out, responseEdits, timeouts, retry } = plan(ctx);
   const settings = cluster.settings;
+  const retries = retryPolicy(retry, settings.retries);
   const overall = ctx.overall;
   if (!cluster.beginRequest()) {
     localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
@@ -650,13 +677,13 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         release();
       };
 
-      const canRetry = attempt < settings.retries.attempts && !overallTimedOut && !ctx.downstreamGone &&
-        (ctx.body === undefined || ctx.body.replayable) && isRetriable(settings.retries.retryOn, outcome);
+      const canRetry = attempt < retries.attempts && !overallTimedOut && !ctx.downstreamGone &&
+        (ctx.body === undefined || ctx.body.replayable) && isRetriable(retries.retryOn, outcome);
       if (canRetry && cluster.tryBeginRetry()) {
         inRetry = true;
         resp?.discard();
         done();
-        await sleep(retryBackoffMs(attempt, env.random), overall.signal);
+        await sleep(retries.backoffMs(attempt, env.random), overall.signal);
         continue;
       }
 
@@ -673,7 +700,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         }
         return;
       }
-      if (attempt > 0 && isRetriable(settings.retries.retryOn, outcome)) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
+      if (attempt > 0 && isRetriable(retries.retryOn, outcome)) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
       await streamResponse(ctx, resp, responseEdits);
       done();
       if (overallTimedOut && !ctx.res.writableFinished) ctx.flags.add(F.FLAG_UPSTREAM_TIMEOUT);

@@ -137,6 +137,12 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
     for (const [k, v] of Object.entries(rule.timeouts)) {
       if (v !== undefined && (!Number.isFinite(v) || v < 0)) issue(`rules[${ri}].timeouts.${k}`, `${v} is not a duration`);
     }
+    const rt = rule.retry;
+    if (rt) {
+      rt.codes.forEach((code, i) => { if (!Number.isInteger(code) || code < 400 || code > 599) issue(`rules[${ri}].retry.codes[${i}]`, `${code} is not a status code in 400-599`); });
+      if (rt.attempts !== undefined && (!Number.isInteger(rt.attempts) || rt.attempts < 0)) issue(`rules[${ri}].retry.attempts`, `${rt.attempts} is not a whole number ≥ 0`);
+      if (rt.backoffMs !== undefined && (!Number.isFinite(rt.backoffMs) || rt.backoffMs < 0)) issue(`rules[${ri}].retry.backoffMs`, `${rt.backoffMs} is not a duration`);
+    }
   });
 }
 
