@@ -3,6 +3,7 @@
 // Upstream's infra-backend-v1/v2/v3 are echo-v1, echo-v2 and backend-v3 here; its
 // gateway-conformance-web-backend namespace is `gamma-consumer` (Service web-backend). Route
 // `hostnames` are left out: in the mesh profile the parent Service already selects the traffic.
+import { randomUUID } from 'node:crypto';
 import type { ConformanceTest } from './features.ts';
 import { CONSUMER_NS, NS, runCases, type ConformanceMesh, type Expected } from './harness.ts';
 import type { ClientRequest } from './client-protocol.ts';
@@ -469,11 +470,33 @@ CORE_HTTP_TESTS.push(
   {
     name: 'HTTPRouteRetry',
     upstream: 'httproute-retry.go',
-    description: "the route rule's retry field (codes, attempts, backoff)",
+    description: "the route rule's retry field: listed codes are retried up to `attempts` times, others are not, attempts 0 retries nothing",
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteRetry'],
-    manifests: [],
-    run: async () => ['not translated yet'],
-    skip: "HTTPRoute rules' retry field is not read; retries come from TrafficPolicy",
+    manifests: [httpRoute('retries', PARENT, [
+      { matches: [prefix('/retry/code-500-attempts-3')], retry: { codes: [500], attempts: 3 }, backendRefs: [v(3)] },
+      { matches: [prefix('/retry/code-all-attempts-2')], retry: { codes: [500, 502, 503, 504], attempts: 2 }, backendRefs: [v(3)] },
+      { matches: [prefix('/retry/code-all-attempts-0')], retry: { codes: [500, 502, 503, 504], attempts: 0 }, backendRefs: [v(3)] },
+    ])],
+    run: async (cm) => {
+      // Upstream's cases; each request carries a fresh uuid, so the backend's retry simulation
+      // (responseCode for the first succeedAfter requests of that uuid, then 200) counts it alone.
+      const list: Array<[string, number, number, number]> = [
+        ['/retry/code-500-attempts-3', 500, 2, 200], ['/retry/code-500-attempts-3', 500, 4, 500], ['/retry/code-500-attempts-3', 503, 2, 503],
+        ['/retry/code-all-attempts-2', 500, 1, 200], ['/retry/code-all-attempts-2', 500, 3, 500],
+        ['/retry/code-all-attempts-2', 502, 1, 200], ['/retry/code-all-attempts-2', 502, 3, 502],
+        ['/retry/code-all-attempts-2', 503, 1, 200], ['/retry/code-all-attempts-2', 503, 3, 503],
+        ['/retry/code-all-attempts-2', 504, 1, 200], ['/retry/code-all-attempts-2', 504, 3, 504],
+        // Not upstream (its manifest has the rule, no case): attempts 0 retries nothing.
+        ['/retry/code-all-attempts-0', 503, 1, 503],
+      ];
+      const failures: string[] = [];
+      for (const [path, code, after, want] of list) {
+        const q = `uuid=${randomUUID()}&responseCode=${code}&succeedAfter=${after}`;
+        const [r] = await cm.client(`${NS}/echo-v1`).send(req(`${path}?${q}`));
+        if (r?.status !== want || r.echo?.pod !== B[3]) failures.push(`${path} (${code} for the first ${after}): got ${r?.status} from ${r?.echo?.pod ?? r?.error ?? '?'}, want ${want} from ${B[3]}`);
+      }
+      return failures;
+    },
   },
 );
 

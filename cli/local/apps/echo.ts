@@ -3,9 +3,10 @@
 //   node cli/local/apps/echo.ts --port 8080 [--host ::] --name reviews-v1 --version v1 [--fail-rate 0.5]
 //     [--grpc-port 7070]   also serve the gRPC echo (echo-grpc.ts) on that port
 //     [--log-requests]     print one JSON line per request (method, path, headers)
-// A request may ask for a slow answer (`?delay=1s`, a Gateway API duration) and for response
-// headers (`x-echo-set-header: name:value,...`). A WebSocket handshake (HTTP/1.1 Upgrade) is
-// accepted on any path and every message is sent back as it came (text or binary).
+// A request may ask for a slow answer (`?delay=1s`, a Gateway API duration), for response headers
+// (`x-echo-set-header: name:value,...`), and for failures before success (`?uuid=..&responseCode=500
+// &succeedAfter=2`, the upstream echo backend's retry simulation). A WebSocket handshake (HTTP/1.1
+// Upgrade) is accepted on any path and every message is sent back as it came (text or binary).
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -52,13 +53,36 @@ function answerLater(method: string, path: string, peer: net.Socket | undefined,
   else send(answer(method, path, peer, headers));
 }
 
+/** Requests seen per `uuid` query parameter (the retry simulation below). */
+const retrySeen = new Map<string, number>();
+
+/**
+ * The Gateway API echo backend's retry simulation: a request whose query has `uuid`, `responseCode`
+ * and `succeedAfter` is answered `responseCode` the first `succeedAfter` times that uuid is seen,
+ * then 200. Undefined when the request does not ask for it.
+ */
+function simulatedRetryStatus(path: string): number | undefined {
+  const q = path.indexOf('?');
+  if (q < 0) return undefined;
+  const params = new URLSearchParams(path.slice(q + 1));
+  const uuid = params.get('uuid');
+  const code = Number(params.get('responseCode'));
+  const after = Number(params.get('succeedAfter'));
+  if (!uuid || !Number.isInteger(code) || code < 100 || code > 599 || !Number.isInteger(after) || after < 0) return undefined;
+  const n = (retrySeen.get(uuid) ?? 0) + 1;
+  retrySeen.set(uuid, n);
+  if (retrySeen.size > 10_000) retrySeen.delete(retrySeen.keys().next().value!);
+  return n <= after ? code : 200;
+}
+
 function answer(method: string, path: string, socket: net.Socket | undefined, headers: Record<string, unknown>) {
   served++;
+  const simulated = simulatedRetryStatus(path);
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
   const peer = socket?.remoteAddress;
   const peerPort = socket?.remotePort;
   const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, ...(process.env.WEFT_CLUSTER ? { cluster: process.env.WEFT_CLUSTER } : {}), method, path, peer, peerPort, headers });
-  return { status: fail ? 503 : 200, body: body + '\n' };
+  return { status: simulated ?? (fail ? 503 : 200), body: body + '\n' };
 }
 
 /**
