@@ -958,6 +958,12 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
         });
       case 'RequestMirror':
         return { type: f.type, backend: backend(f.requestMirror.backendRef, `${path}.requestMirror.backendRef`, undefined), percent: mirrorPercent(f.requestMirror) };
+      case 'CORS':
+        // HTTPCORSFilter defaults: no origin, methods or headers allowed; maxAge 5 seconds.
+        return {
+          type: f.type, allowOrigins: f.cors.allowOrigins ?? [], allowCredentials: f.cors.allowCredentials ?? false,
+          allowMethods: f.cors.allowMethods ?? [], allowHeaders: f.cors.allowHeaders ?? [], exposeHeaders: f.cors.exposeHeaders ?? [], maxAge: f.cors.maxAge ?? 5,
+        };
     }
   };
   const rules = (r.spec.rules ?? []).map((rule, i) => {

@@ -390,7 +390,17 @@ export type RouteFilter =
       port?: number;
       statusCode: number;
     }
-  | { type: 'RequestMirror'; backend: RouteBackend; percent: number };
+  | { type: 'RequestMirror'; backend: RouteBackend; percent: number }
+  | {
+      /** Gateway API HTTPCORSFilter (GEP-1767); `*` entries are wildcards, maxAge in seconds. */
+      type: 'CORS';
+      allowOrigins: string[];
+      allowCredentials: boolean;
+      allowMethods: string[];
+      allowHeaders: string[];
+      exposeHeaders: string[];
+      maxAge: number;
+    };
 
 export interface RouteRule {
   name?: string;

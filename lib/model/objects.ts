@@ -357,6 +357,11 @@ export type HTTPRouteFilter =
   | {
       type: 'RequestMirror';
       requestMirror: { backendRef: BackendRef; percent?: number; fraction?: { numerator: number; denominator?: number } };
+    }
+  | {
+      /** Gateway API HTTPCORSFilter (GEP-1767, HTTPRouteCORS). */
+      type: 'CORS';
+      cors: { allowOrigins?: string[]; allowCredentials?: boolean; allowMethods?: string[]; allowHeaders?: string[]; exposeHeaders?: string[]; maxAge?: number };
     };
 
 export interface RouteParentStatus {

@@ -812,7 +812,7 @@ function pathModifier(c: Checker, v: unknown, p: string): void {
   }
 }
 
-const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'RequestMirror'] as const;
+const HTTP_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'RequestMirror', 'CORS'] as const;
 const GRPC_FILTERS = ['RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestMirror'] as const;
 const FILTER_FIELD: Record<string, string> = {
   RequestHeaderModifier: 'requestHeaderModifier',
@@ -820,7 +820,11 @@ const FILTER_FIELD: Record<string, string> = {
   URLRewrite: 'urlRewrite',
   RequestRedirect: 'requestRedirect',
   RequestMirror: 'requestMirror',
+  CORS: 'cors',
 };
+/** Gateway API CORSOrigin: `*`, or scheme://host[:port] where the host may start with a `*` label. */
+const CORS_ORIGIN = /^\*$|^[a-z][a-z0-9+.-]*:\/\/(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$/;
+const CORS_METHODS = [...GATEWAY_METHODS, '*'];
 
 function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]): string[] {
   const types: string[] = [];
@@ -859,6 +863,21 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
         if (code !== undefined && ![301, 302, 303, 307, 308].includes(code)) c.fail(`${bp}.statusCode`, `${code} is not one of 301, 302, 303, 307, 308`);
         break;
       }
+      case 'CORS': {
+        const o = c.obj(fo[field], bp, true);
+        if (!o) break;
+        c.only(o, bp, ['allowOrigins', 'allowCredentials', 'allowMethods', 'allowHeaders', 'exposeHeaders', 'maxAge']);
+        c.strList(o.allowOrigins, `${bp}.allowOrigins`, (s, sp) => { if (!CORS_ORIGIN.test(s)) c.fail(sp, `"${s}" is not an origin (scheme://host[:port], a leading *. label, or *)`); });
+        c.bool(o.allowCredentials, `${bp}.allowCredentials`);
+        const methods = c.strList(o.allowMethods, `${bp}.allowMethods`, (s, sp) => { if (!CORS_METHODS.includes(s)) c.fail(sp, `"${s}" is not one of ${CORS_METHODS.join(', ')}`); });
+        if (methods && methods.includes('*') && methods.length > 1) c.fail(`${bp}.allowMethods`, '"*" must be the only entry');
+        for (const k of ['allowHeaders', 'exposeHeaders']) {
+          const list = c.strList(o[k], `${bp}.${k}`, (s, sp) => { if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`); });
+          if (list && list.includes('*') && list.length > 1) c.fail(`${bp}.${k}`, '"*" must be the only entry');
+        }
+        c.int(o.maxAge, `${bp}.maxAge`, { min: 1 });
+        break;
+      }
       case 'RequestMirror': {
         const o = c.obj(fo[field], bp, true);
         if (!o) break;
@@ -879,7 +898,7 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
       }
     }
   });
-  for (const t of ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect']) {
+  for (const t of ['RequestHeaderModifier', 'ResponseHeaderModifier', 'URLRewrite', 'RequestRedirect', 'CORS']) {
     if (types.filter((x) => x === t).length > 1) c.fail(p, `${t} may appear only once`);
   }
   if (types.includes('URLRewrite') && types.includes('RequestRedirect')) c.fail(p, 'URLRewrite and RequestRedirect cannot be combined');

@@ -376,3 +376,27 @@ test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the 
     'spec.rules[0].retry.attempts', 'spec.rules[0].retry.backoff', 'spec.rules[0].retry.budget', 'spec.rules[0].retry.codes[1]', 'spec.rules[0].retry.codes[2]',
   ]);
 });
+
+test('HTTPRoute CORS filter (HTTPCORSFilter, GEP-1767): compiled with the API\'s defaults; a bad field is refused with its path', async () => {
+  const { validateObject } = await import('../../lib/model/validate.ts');
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  i.services.push(svc('shop', 'payments'));
+  const route = (corsSpec: Record<string, unknown>) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name: 'r', namespace: 'shop' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments' }], rules: [{ backendRefs: [{ name: 'payments', port: 80 }], filters: [{ type: 'CORS', cors: corsSpec }] }] },
+  });
+  const good = route({ allowOrigins: ['https://www.foo.com', 'https://*.bar.com', 'http://x.test:8080'], allowMethods: ['GET', 'OPTIONS'], allowCredentials: true });
+  assert.deepEqual(validateObject(good), []);
+  i.httpRoutes.push(good as never);
+  assert.deepEqual(compile(i).model.routes.get('shop/r/HTTPRoute/shop/payments')!.rules[0]!.filters, [{
+    type: 'CORS', allowOrigins: ['https://www.foo.com', 'https://*.bar.com', 'http://x.test:8080'], allowCredentials: true,
+    allowMethods: ['GET', 'OPTIONS'], allowHeaders: [], exposeHeaders: [], maxAge: 5,
+  }]);
+  const bad = route({ allowOrigins: ['www.foo.com', 'https://a.*.com'], allowMethods: ['GET', '*'], allowHeaders: ['x y'], maxAge: 0, allowCredentials: 'yes' });
+  assert.deepEqual(validateObject(bad).map((x) => x.path).sort(), [
+    'spec.rules[0].filters[0].cors.allowCredentials', 'spec.rules[0].filters[0].cors.allowHeaders[0]', 'spec.rules[0].filters[0].cors.allowMethods',
+    'spec.rules[0].filters[0].cors.allowOrigins[0]', 'spec.rules[0].filters[0].cors.allowOrigins[1]', 'spec.rules[0].filters[0].cors.maxAge',
+  ]);
+});
