@@ -1,7 +1,7 @@
 // Route filters (Gateway API HTTPRoute/GRPCRoute `filters`), one handler per type in a registry so
 // that a new filter is a new entry, not another switch arm.
 import type { PathRewrite, RouteBackend, RouteFilter } from '../../lib/model/mesh.ts';
-import { applyHeaderEdits, splitHostPort, type HeaderEditsLike, type HeaderMap } from './headers.ts';
+import { applyHeaderEdits, headerValue, splitHostPort, type HeaderEditsLike, type HeaderMap } from './headers.ts';
 
 /** The request as it will be sent upstream; filters edit it in place. */
 export interface FilterRequest {
@@ -22,6 +22,8 @@ export interface FilterContext {
   responseEdits: HeaderEditsLike[];
   /** Set by RequestRedirect: answer locally instead of proxying. */
   redirect?: { statusCode: number; location: string };
+  /** Set by CORS for an allowed preflight request: answer it locally with these headers. */
+  preflight?: Record<string, string>;
   /** Copies to send, fire-and-forget. */
   mirrors: Array<{ backend: RouteBackend; percent: number }>;
 }
@@ -54,7 +56,7 @@ export function validateRouteFilter(filter: RouteFilter): string | undefined {
 export function applyRouteFilters(filters: readonly RouteFilter[], ctx: FilterContext): void {
   for (const f of filters) {
     handlerFor(f)!.apply(f, ctx);
-    if (ctx.redirect) return;
+    if (ctx.redirect || ctx.preflight) return;
   }
 }
 
@@ -138,4 +140,72 @@ registerRouteFilter('RequestRedirect', {
 registerRouteFilter('RequestMirror', {
   validate: (f) => (f.percent < 0 || f.percent > 100 ? `percent ${f.percent} is outside 0-100` : undefined),
   apply: (f, ctx) => { ctx.mirrors.push({ backend: f.backend, percent: f.percent }); },
+});
+
+type CorsFilter = Extract<RouteFilter, { type: 'CORS' }>;
+
+const DEFAULT_PORT: Record<string, string> = { http: '80', https: '443' };
+
+/** `scheme://host[:port]` → its parts, lower-cased, with the scheme's default port made explicit; undefined if it is not one. */
+function parseOrigin(origin: string): { scheme: string; host: string; port: string } | undefined {
+  const m = /^([a-z][a-z0-9+.-]*):\/\/(\[[0-9a-f:.]+\]|[^:/?#]+)(?::([0-9]{1,5}))?$/i.exec(origin);
+  if (!m) return undefined;
+  const scheme = m[1]!.toLowerCase();
+  return { scheme, host: m[2]!.toLowerCase(), port: m[3] ?? DEFAULT_PORT[scheme] ?? '' };
+}
+
+/**
+ * Gateway API CORSOrigin matching: `*` is any origin; otherwise scheme and port must be equal (a
+ * missing port is the scheme's default) and the host equal, or, for a `*.` entry, the host must end
+ * with the rest after at least one label (`https://*.bar.com` takes `https://xpto.www.bar.com`).
+ */
+export function corsOriginAllowed(allowed: readonly string[], origin: string): boolean {
+  const o = parseOrigin(origin);
+  for (const a of allowed) {
+    if (a === '*') return true;
+    const e = parseOrigin(a);
+    if (!o || !e || e.scheme !== o.scheme || e.port !== o.port) continue;
+    if (e.host.startsWith('*.') ? o.host.endsWith(e.host.slice(1)) && o.host.length > e.host.length - 1 : e.host === o.host) return true;
+  }
+  return false;
+}
+
+/**
+ * HTTPCORSFilter (GEP-1767; the Fetch standard's CORS protocol). A request with an Origin the filter
+ * allows gets Access-Control-Allow-Origin (the origin itself, so that credentials stay usable),
+ * Vary: Origin, and Access-Control-Allow-Credentials when allowed; an actual request also gets
+ * Access-Control-Expose-Headers on its response. A preflight (OPTIONS with
+ * Access-Control-Request-Method) is answered by the waypoint with the allowed methods and headers
+ * and Access-Control-Max-Age, and never reaches the backend; a `*` in methods or headers answers
+ * with what the preflight asked for, which the Fetch standard requires when credentials are
+ * allowed. A request from an origin the filter does not allow gets no CORS headers, and a preflight
+ * from it goes on to the backend: the browser is what refuses it.
+ */
+registerRouteFilter('CORS', {
+  validate: (f: CorsFilter) => {
+    if (!Number.isInteger(f.maxAge) || f.maxAge < 1) return `maxAge ${f.maxAge} must be a whole number of seconds ≥ 1`;
+    for (const o of f.allowOrigins) if (o !== '*' && !parseOrigin(o.replace('://*.', '://x.'))) return `allowOrigins entry ${JSON.stringify(o)} is not an origin`;
+    return undefined;
+  },
+  apply: (f: CorsFilter, ctx: FilterContext) => {
+    const h = ctx.request.headers;
+    const origin = headerValue(h, 'origin');
+    if (origin === undefined || !corsOriginAllowed(f.allowOrigins, origin)) return;
+    const out: Record<string, string> = { 'access-control-allow-origin': origin };
+    if (f.allowCredentials) out['access-control-allow-credentials'] = 'true';
+    if (f.exposeHeaders.length > 0) out['access-control-expose-headers'] = f.exposeHeaders.join(', ');
+    const requestedMethod = headerValue(h, 'access-control-request-method');
+    if (ctx.request.method === 'OPTIONS' && requestedMethod !== undefined) {
+      const requestedHeaders = headerValue(h, 'access-control-request-headers');
+      const methods = f.allowMethods.includes('*') ? requestedMethod : f.allowMethods.join(', ');
+      const headers = f.allowHeaders.includes('*') ? requestedHeaders : f.allowHeaders.join(', ');
+      if (methods) out['access-control-allow-methods'] = methods;
+      if (headers) out['access-control-allow-headers'] = headers;
+      out['access-control-max-age'] = String(f.maxAge);
+      out['vary'] = 'Origin';
+      ctx.preflight = out;
+      return;
+    }
+    ctx.responseEdits.push({ set: Object.entries(out).map(([name, value]) => ({ name, value })), add: [{ name: 'vary', value: 'Origin' }], remove: [] });
+  },
 });

@@ -54,8 +54,9 @@ export function sendLocalReply(res: DownstreamResponse, reply: LocalReply, grpc:
     res.end();
     return { bytes: 0, grpcStatus: String(code) };
   }
-  const body = reply.body.endsWith('\n') ? reply.body : `${reply.body}\n`;
-  headers['content-type'] = 'text/plain; charset=utf-8';
+  // An empty body stays empty (a CORS preflight answer); any other ends with a newline.
+  const body = reply.body === '' || reply.body.endsWith('\n') ? reply.body : `${reply.body}\n`;
+  if (body !== '') headers['content-type'] = 'text/plain; charset=utf-8';
   headers['content-length'] = String(Buffer.byteLength(body));
   writeHead(res, reply.status, headers);
   endResponse(res, body);

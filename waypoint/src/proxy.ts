@@ -280,6 +280,14 @@ function answerRedirect(ctx: RequestContext, fctx: FilterContext): boolean {
   return true;
 }
 
+/** A CORS filter allowed a preflight request: the waypoint answers it (200, no body), the backend never sees it. */
+function answerPreflight(ctx: RequestContext, fctx: FilterContext): boolean {
+  if (!fctx.preflight) return false;
+  localReply(ctx, { status: 200, flags: '-', body: '', headers: fctx.preflight });
+  ctx.detail = 'cors_preflight';
+  return true;
+}
+
 // -------------------------------------------------------------------------------------------------
 // Stages
 
@@ -397,7 +405,7 @@ const route: Stage = (ctx) => {
   } else {
     backends = [{ service: dest.key, hostname: dest.service.hostname, port: dest.port, weight: 1, filters: [] }];
   }
-  if (answerRedirect(ctx, fctx)) return;
+  if (answerRedirect(ctx, fctx) || answerPreflight(ctx, fctx)) return;
   const backend = pickBackend(backends, env.random);
   if (!backend) {
     localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `route ${ctx.routeName ?? dest.key} has no backend with a weight above 0` });
