@@ -448,11 +448,57 @@ CORE_HTTP_TESTS.push(
   {
     name: 'HTTPRouteCORS',
     upstream: 'httproute-cors.go',
-    description: 'the CORS filter answers preflight requests and adds CORS response headers',
+    description: 'the CORS filter answers preflight requests itself and adds CORS response headers for the origins it allows, and nothing for others',
     features: ['Mesh', 'HTTPRoute', 'HTTPRouteCORS'],
-    manifests: [],
-    run: async () => ['not translated yet'],
-    skip: 'the CORS filter is not implemented by the waypoint',
+    manifests: [httpRoute('cors', PARENT, [
+      { matches: [prefix('/cors-1')], filters: [{ type: 'CORS', cors: { allowOrigins: ['https://www.foo.com', 'https://*.bar.com'], allowMethods: ['GET', 'OPTIONS'], allowHeaders: ['x-header-1', 'x-header-2'], exposeHeaders: ['x-header-3', 'x-header-4'], allowCredentials: true, maxAge: 3600 } }], backendRefs: [v(1)] },
+      { matches: [prefix('/cors-2')], filters: [{ type: 'CORS', cors: { allowOrigins: ['https://www.foo.com'], allowMethods: ['*'] } }], backendRefs: [v(1)] },
+      { matches: [prefix('/cors-wildcard-origin')], filters: [{ type: 'CORS', cors: { allowOrigins: ['*'], allowMethods: ['PUT'], allowCredentials: false } }], backendRefs: [v(1)] },
+      { matches: [prefix('/cors-wildcard-methods-headers')], filters: [{ type: 'CORS', cors: { allowOrigins: ['https://other.foo.com'], allowMethods: ['*'], allowHeaders: ['*'], allowCredentials: true } }], backendRefs: [v(1)] },
+      { matches: [prefix('/cors-wildcard-methods-headers-unauth')], filters: [{ type: 'CORS', cors: { allowOrigins: ['https://other.foo.com'], allowMethods: ['*'], allowHeaders: ['*'] } }], backendRefs: [v(1)] },
+    ])],
+    run: async (cm) => {
+      const client = cm.client(`${NS}/echo-v1`);
+      // Upstream compares comma lists ignoring whitespace and accepts either order.
+      const set = (v: string[] | undefined): string => (v ?? []).join(',').split(',').map((x) => x.trim()).filter(Boolean).sort().join(',');
+      type Want = { statuses: number[]; equal?: Record<string, string[]>; absent?: string[]; backend?: boolean };
+      const check = async (name: string, method: string, path: string, headers: Record<string, string>, want: Want): Promise<string[]> => {
+        const [r] = await client.send(req(path, { method, headers }));
+        const out: string[] = [];
+        if (!r || !want.statuses.includes(r.status)) out.push(`${name}: status ${r?.status} ${r?.error ?? ''}, want ${want.statuses.join(' or ')}`);
+        for (const [h, options] of Object.entries(want.equal ?? {})) if (!options.map((o) => set([o])).includes(set(r?.headers[h]))) out.push(`${name}: ${h} is ${JSON.stringify(r?.headers[h])}, want one of ${JSON.stringify(options)}`);
+        for (const h of want.absent ?? []) if (r?.headers[h] !== undefined) out.push(`${name}: ${h} present (${r.headers[h]}), want none`);
+        if (want.backend === false && r?.echo) out.push(`${name}: the preflight reached ${r.echo.pod}`);
+        if (want.backend === true && r?.echo?.pod !== B[1]) out.push(`${name}: answered by ${r?.echo?.pod ?? 'the waypoint'}, want ${B[1]}`);
+        return out;
+      };
+      const full = (origin: string): Want => ({
+        statuses: [200, 204], backend: false,
+        equal: {
+          'access-control-allow-origin': [origin], 'access-control-allow-methods': ['GET, OPTIONS'], 'access-control-allow-headers': ['x-header-1, x-header-2'],
+          'access-control-expose-headers': ['x-header-3, x-header-4'], 'access-control-max-age': ['3600'], 'access-control-allow-credentials': ['true'],
+        },
+      });
+      const ask = { 'access-control-request-method': 'GET', 'access-control-request-headers': 'x-header-1, x-header-2' };
+      return (await Promise.all([
+        check('preflight, exact origin', 'OPTIONS', '/cors-1', { origin: 'https://www.foo.com', ...ask }, full('https://www.foo.com')),
+        check('preflight, wildcard origin', 'OPTIONS', '/cors-1', { origin: 'https://www.bar.com', ...ask }, full('https://www.bar.com')),
+        check('preflight, wildcard origin with more labels', 'OPTIONS', '/cors-1', { origin: 'https://xpto.www.bar.com', ...ask }, full('https://xpto.www.bar.com')),
+        check('preflight, origin not allowed', 'OPTIONS', '/cors-1', { origin: 'https://foobar.com', 'access-control-request-method': 'GET' }, { statuses: [200, 204, 403], absent: ['access-control-allow-origin'] }),
+        check('simple request, exact origin', 'GET', '/cors-1', { origin: 'https://www.foo.com', ...ask }, { statuses: [200, 204], backend: true, equal: { 'access-control-allow-origin': ['https://www.foo.com'] } }),
+        check('simple request, wildcard origin', 'GET', '/cors-1', { origin: 'https://www.bar.com', ...ask }, { statuses: [200, 204], backend: true, equal: { 'access-control-allow-origin': ['https://www.bar.com'] } }),
+        check('simple request, origin not allowed', 'GET', '/cors-1', { origin: 'https://foobar.com', 'access-control-request-method': 'GET' }, { statuses: [200], backend: true, absent: ['access-control-allow-origin'] }),
+        check('preflight POST, allowMethods *', 'OPTIONS', '/cors-2', { origin: 'https://www.foo.com', 'access-control-request-method': 'POST' }, { statuses: [200, 204], equal: { 'access-control-allow-methods': ['POST', '*'], 'access-control-allow-origin': ['https://www.foo.com'] }, absent: ['access-control-allow-credentials'] }),
+        check('preflight, any origin', 'OPTIONS', '/cors-wildcard-origin', { origin: 'https://foobar.com', 'access-control-request-method': 'PUT' }, { statuses: [200, 204], equal: { 'access-control-allow-origin': ['https://foobar.com', '*'], 'access-control-allow-methods': ['PUT'] }, absent: ['access-control-allow-credentials'] }),
+        check('preflight, any origin with a port', 'OPTIONS', '/cors-wildcard-origin', { origin: 'https://foobar.com:12345', 'access-control-request-method': 'PUT' }, { statuses: [200, 204], equal: { 'access-control-allow-origin': ['https://foobar.com:12345', '*'], 'access-control-allow-methods': ['PUT'] }, absent: ['access-control-allow-credentials'] }),
+        check('request, any origin with a port', 'PUT', '/cors-wildcard-origin', { origin: 'https://foobar.com:12345' }, { statuses: [200], backend: true, equal: { 'access-control-allow-origin': ['https://foobar.com:12345', '*'] } }),
+        check('request, any origin', 'PUT', '/cors-wildcard-origin', { origin: 'https://foobar.com' }, { statuses: [200, 204], backend: true, equal: { 'access-control-allow-origin': ['https://foobar.com', '*'] }, absent: ['access-control-allow-credentials'] }),
+        check('preflight with credentials, wildcards echo the request', 'OPTIONS', '/cors-wildcard-methods-headers', { origin: 'https://other.foo.com', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'x-header-1, x-header-2' }, { statuses: [200], equal: { 'access-control-allow-origin': ['https://other.foo.com'], 'access-control-allow-methods': ['PUT'], 'access-control-allow-headers': ['x-header-1, x-header-2'], 'access-control-allow-credentials': ['true'] } }),
+        check('preflight without credentials', 'OPTIONS', '/cors-wildcard-methods-headers-unauth', { origin: 'https://other.foo.com', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'x-header-1, x-header-2' }, { statuses: [200], equal: { 'access-control-allow-origin': ['https://other.foo.com', '*'], 'access-control-allow-methods': ['PUT', '*'], 'access-control-allow-headers': ['x-header-1, x-header-2', '*'] }, absent: ['access-control-allow-credentials'] }),
+        check('request with credentials', 'GET', '/cors-wildcard-methods-headers', { origin: 'https://other.foo.com', authorization: 'Bearer test' }, { statuses: [200], backend: true, equal: { 'access-control-allow-origin': ['https://other.foo.com'], 'access-control-allow-credentials': ['true'] } }),
+        check('request with credentials on the path without them', 'GET', '/cors-wildcard-methods-headers-unauth', { origin: 'https://other.foo.com', authorization: 'Bearer test' }, { statuses: [200], backend: true, equal: { 'access-control-allow-origin': ['https://other.foo.com'] }, absent: ['access-control-allow-credentials'] }),
+      ])).flat();
+    },
   },
   {
     name: 'HTTPRouteBackendProtocolWebSocket',
