@@ -823,7 +823,7 @@ const FILTER_FIELD: Record<string, string> = {
   CORS: 'cors',
 };
 /** Gateway API CORSOrigin: `*`, or scheme://host[:port] where the host may start with a `*` label. */
-const CORS_ORIGIN = /^\*$|^[a-z][a-z0-9+.-]*:\/\/(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$/;
+const CORS_ORIGIN = /^\*$|^[a-z][a-z0-9+.-]*:\/\/(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$/;
 const CORS_METHODS = [...GATEWAY_METHODS, '*'];
 
 function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]): string[] {

@@ -394,9 +394,10 @@ test('HTTPRoute CORS filter (HTTPCORSFilter, GEP-1767): compiled with the API\'s
     type: 'CORS', allowOrigins: ['https://www.foo.com', 'https://*.bar.com', 'http://x.test:8080'], allowCredentials: true,
     allowMethods: ['GET', 'OPTIONS'], allowHeaders: [], exposeHeaders: [], maxAge: 5,
   }]);
-  const bad = route({ allowOrigins: ['www.foo.com', 'https://a.*.com'], allowMethods: ['GET', '*'], allowHeaders: ['x y'], maxAge: 0, allowCredentials: 'yes' });
+  const bad = route({ allowOrigins: ['www.foo.com', 'https://a.*.com', 'https://*'], allowMethods: ['GET', '*'], allowHeaders: ['x y'], maxAge: 0, allowCredentials: 'yes' });
   assert.deepEqual(validateObject(bad).map((x) => x.path).sort(), [
     'spec.rules[0].filters[0].cors.allowCredentials', 'spec.rules[0].filters[0].cors.allowHeaders[0]', 'spec.rules[0].filters[0].cors.allowMethods',
-    'spec.rules[0].filters[0].cors.allowOrigins[0]', 'spec.rules[0].filters[0].cors.allowOrigins[1]', 'spec.rules[0].filters[0].cors.maxAge',
+    'spec.rules[0].filters[0].cors.allowOrigins[0]', 'spec.rules[0].filters[0].cors.allowOrigins[1]', 'spec.rules[0].filters[0].cors.allowOrigins[2]',
+    'spec.rules[0].filters[0].cors.maxAge',
   ]);
 });

@@ -163,6 +163,11 @@ describe('waypoint: CORS filter (HTTPCORSFilter, GEP-1767, httproute-cors.go)', 
       routes: [route('bad', 'web', [{ backends: [backend('web')], filters: [cors({ allowOrigins: ['not an origin'] })] }])],
     }));
     assert.ok(applied.issues.some((i) => i.path === 'rules[0].filters[0]' && /not an origin/.test(i.message)), JSON.stringify(applied.issues));
+    const star = e2.applyConfig(config({
+      services: [service('web', '10.96.0.51', [endpoint(b.port)])],
+      routes: [route('bad', 'web', [{ backends: [backend('web')], filters: [cors({ allowOrigins: ['https://*'] })] }])],
+    }));
+    assert.ok(star.issues.some((i) => /"https:\/\/\*" is not an origin/.test(i.message)), JSON.stringify(star.issues));
     void e2.close();
   });
 });

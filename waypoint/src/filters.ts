@@ -184,7 +184,9 @@ export function corsOriginAllowed(allowed: readonly string[], origin: string): b
 registerRouteFilter('CORS', {
   validate: (f: CorsFilter) => {
     if (!Number.isInteger(f.maxAge) || f.maxAge < 1) return `maxAge ${f.maxAge} must be a whole number of seconds ≥ 1`;
-    for (const o of f.allowOrigins) if (o !== '*' && !parseOrigin(o.replace('://*.', '://x.'))) return `allowOrigins entry ${JSON.stringify(o)} is not an origin`;
+    for (const o of f.allowOrigins) {
+      if (o !== '*' && (!parseOrigin(o.replace('://*.', '://x.')) || /:\/\/\*(?!\.)/.test(o))) return `allowOrigins entry ${JSON.stringify(o)} is not an origin`;
+    }
     return undefined;
   },
   apply: (f: CorsFilter, ctx: FilterContext) => {
