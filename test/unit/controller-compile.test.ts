@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
-import { isConsumerRoute, policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, policySelectsWorkload, type RouteRule } from '../../lib/model/mesh.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 
@@ -357,21 +357,30 @@ test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint qu
   assert.deepEqual(args.slice(-4), ['--quota-redis', 'redis://redis.shop:6379', '--quota-failure-mode', 'closed']);
 });
 
-test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the rule; a bad field is refused with its path', async () => {
-  const { validateObject } = await import('../../lib/model/validate.ts');
+/**
+ * A waypoint namespace with Service shop/payments, and an HTTPRoute `shop/r` on it whose one rule
+ * sends to payments:80 with `rule` added (retry, filters).
+ */
+function oneRuleRoute(): { i: ReturnType<typeof emptyInputs>; route: (rule: Record<string, unknown>) => object; compiledRule: () => RouteRule } {
   const i = emptyInputs();
   i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }));
   i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
   i.services.push(svc('shop', 'payments'));
-  const route = (retry: Record<string, unknown>) => ({
+  const route = (rule: Record<string, unknown>) => ({
     apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name: 'r', namespace: 'shop' },
-    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments' }], rules: [{ backendRefs: [{ name: 'payments', port: 80 }], retry }] },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments' }], rules: [{ backendRefs: [{ name: 'payments', port: 80 }], ...rule }] },
   });
-  const good = route({ codes: [500, 503], attempts: 3, backoff: '100ms' });
+  return { i, route, compiledRule: () => compile(i).model.routes.get('shop/r/HTTPRoute/shop/payments')!.rules[0]! };
+}
+
+test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the rule; a bad field is refused with its path', async () => {
+  const { validateObject } = await import('../../lib/model/validate.ts');
+  const { i, route, compiledRule } = oneRuleRoute();
+  const good = route({ retry: { codes: [500, 503], attempts: 3, backoff: '100ms' } });
   assert.deepEqual(validateObject(good), []);
   i.httpRoutes.push(good as never);
-  assert.deepEqual(compile(i).model.routes.get('shop/r/HTTPRoute/shop/payments')!.rules[0]!.retry, { codes: [500, 503], attempts: 3, backoffMs: 100 });
-  const bad = route({ codes: [500, 600, 'x'], attempts: -1, backoff: '1 second', budget: 3 });
+  assert.deepEqual(compiledRule().retry, { codes: [500, 503], attempts: 3, backoffMs: 100 });
+  const bad = route({ retry: { codes: [500, 600, 'x'], attempts: -1, backoff: '1 second', budget: 3 } });
   assert.deepEqual(validateObject(bad).map((x) => x.path).sort(), [
     'spec.rules[0].retry.attempts', 'spec.rules[0].retry.backoff', 'spec.rules[0].retry.budget', 'spec.rules[0].retry.codes[1]', 'spec.rules[0].retry.codes[2]',
   ]);
@@ -379,18 +388,12 @@ test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the 
 
 test('HTTPRoute CORS filter (HTTPCORSFilter, GEP-1767): compiled with the API\'s defaults; a bad field is refused with its path', async () => {
   const { validateObject } = await import('../../lib/model/validate.ts');
-  const i = emptyInputs();
-  i.namespaces.push(ns('shop', { 'weft.dev/use-waypoint': 'wp' }));
-  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
-  i.services.push(svc('shop', 'payments'));
-  const route = (corsSpec: Record<string, unknown>) => ({
-    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name: 'r', namespace: 'shop' },
-    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'payments' }], rules: [{ backendRefs: [{ name: 'payments', port: 80 }], filters: [{ type: 'CORS', cors: corsSpec }] }] },
-  });
+  const { i, route: withRule, compiledRule } = oneRuleRoute();
+  const route = (cors: Record<string, unknown>) => withRule({ filters: [{ type: 'CORS', cors }] });
   const good = route({ allowOrigins: ['https://www.foo.com', 'https://*.bar.com', 'http://x.test:8080'], allowMethods: ['GET', 'OPTIONS'], allowCredentials: true });
   assert.deepEqual(validateObject(good), []);
   i.httpRoutes.push(good as never);
-  assert.deepEqual(compile(i).model.routes.get('shop/r/HTTPRoute/shop/payments')!.rules[0]!.filters, [{
+  assert.deepEqual(compiledRule().filters, [{
     type: 'CORS', allowOrigins: ['https://www.foo.com', 'https://*.bar.com', 'http://x.test:8080'], allowCredentials: true,
     allowMethods: ['GET', 'OPTIONS'], allowHeaders: [], exposeHeaders: [], maxAge: 5,
   }]);
