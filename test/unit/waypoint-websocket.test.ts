@@ -11,7 +11,7 @@ import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { acceptWebSocket } from '../../cli/local/apps/websocket.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
-import { CALLER, backend, config, endpoint, metricSamples, route, service, startTunnelListener, type Listener } from '../../waypoint/testing/harness.ts';
+import { CALLER, backend, config, endpoint, metricSamples, route, service, startTunnelListener, trafficPolicy, type Listener } from '../../waypoint/testing/harness.ts';
 import { until } from '../lab/wait.ts';
 
 interface WsBackend {
@@ -244,6 +244,38 @@ describe('waypoint: WebSocket upgrades (RFC 6455, RFC 9110 section 7.8)', () => 
       await c.close();
       await e2.close();
       await new Promise<void>((r) => silent.close(() => r()));
+    }
+  });
+
+  it('bounds the wait for a connection slot by the request timeout: a handshake queued behind an open WebSocket gets 504, not a wait without end', async () => {
+    // A careless tenant's limits: one connection to the backend, and every WebSocket holds one.
+    const e2 = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    e2.applyConfig(config({
+      services: [service('chat', '10.96.0.36', [endpoint(ws.port)])],
+      trafficPolicies: [trafficPolicy('chat', { connectionLimits: { maxConnections: 1, maxPendingRequests: 10 } })],
+      routes: [route('chat', 'chat', [{ backends: [backend('chat')], timeouts: { requestMs: 300 } }])],
+    }));
+    const l = await startTunnelListener(e2, '10.96.0.36:80');
+    try {
+      const first = await openWs(`ws://127.0.0.1:${l.port}/first`);
+      const r = await rawExchange(l.port, HANDSHAKE('/second'));
+      assert.match(r.text, /^HTTP\/1\.1 504 /);
+      assert.match(r.text, /x-weft-flags: UT/i);
+      assert.ok(r.closed);
+      assert.deepEqual([e2.clusterStats()[0]!.pendingRequests, e2.clusterStats()[0]!.activeConnections], [0, 1], 'the timed-out handshake left the queue; the WebSocket holds its slot');
+      // The first still works, and once it closes its slot serves the next one.
+      const reply = nextMessage(first);
+      first.send('first');
+      assert.equal(await reply, 'first');
+      const closed = new Promise((res) => first.addEventListener('close', res, { once: true }));
+      first.close();
+      await closed;
+      await until('the closed WebSocket\'s connection slot is free', () => e2.clusterStats()[0]!.activeConnections === 0, 5000);
+      const third = await openWs(`ws://127.0.0.1:${l.port}/third`);
+      third.close();
+    } finally {
+      await l.close();
+      await e2.close();
     }
   });
 

@@ -591,6 +591,50 @@ function grpcStatusOf(h: HeaderMap | undefined): number | undefined {
   return v === undefined ? undefined : Number(v);
 }
 
+/** Circuit breaking's first limit: answers 503 (UO) and returns false when `cluster` is at maxRequests. */
+function beginRequest(ctx: RequestContext, cluster: Cluster): boolean {
+  if (cluster.beginRequest()) return true;
+  localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${cluster.settings.maxRequests})` });
+  return false;
+}
+
+/**
+ * An endpoint for one attempt (the pod the request was addressed to, or the cluster's pick among
+ * those not `tried`) and a connection slot on it, waiting in the pending queue if need be. Answers
+ * and returns undefined when there is none: no healthy endpoint (503 UH), the request's timeout
+ * (`timedOut`, 504 UT) or the client's going away ended the wait, or the queue is full (503 UO).
+ */
+async function takeEndpoint(ctx: RequestContext, cluster: Cluster, tried: Set<string>, timeout: { timedOut(): boolean; ms: number | undefined }): Promise<{ ep: EndpointState; release: () => void } | undefined> {
+  const only = ctx.upstream?.onlyEndpoint;
+  const ep = only !== undefined ? cluster.endpointAt(only) : cluster.pick(ctx.env.random, tried);
+  if (!ep) {
+    localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
+    return undefined;
+  }
+  const release = await cluster.acquireConnection(ctx.overall.signal);
+  if (release === OVERFLOW) {
+    const { settings } = cluster;
+    if (timeout.timedOut()) localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout after ${timeout.ms} ms` });
+    else if (!ctx.downstreamGone) localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
+    return undefined;
+  }
+  if (ctx.downstreamGone) { release(); return undefined; }
+  tried.add(ep.key);
+  ep.active++;
+  ep.requests++;
+  ctx.attempts++;
+  ctx.upstreamHost = ep.key;
+  ctx.destinationEndpoint = ep.endpoint;
+  return { ep, release };
+}
+
+/** The answer to a last attempt that got no response: 504 UT for a timeout (`timeoutText` says which), 503 UF or UR otherwise. */
+function replyAttemptFailed(ctx: RequestContext, outcome: AttemptOutcome, ep: EndpointState, cluster: Cluster, timeoutText: string): void {
+  if (outcome.kind === 'timeout') localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream ${timeoutText} from ${ep.key}` });
+  else if (outcome.kind === 'connect-failure') localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key} (${cluster.name})` });
+  else localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
+}
+
 /**
  * The retries a request gets: its route rule's (Gateway API HTTPRouteRetry, GEP-1731) when the rule
  * has them, else its backend's TrafficPolicy's. A rule retries the status codes it lists and, as
@@ -622,10 +666,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   const settings = cluster.settings;
   const retries = retryPolicy(retry, settings.retries);
   const overall = ctx.overall;
-  if (!cluster.beginRequest()) {
-    localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
-    return;
-  }
+  if (!beginRequest(ctx, cluster)) return;
   let overallTimedOut = false;
   const overallTimer = timeouts.requestMs !== undefined && timeouts.requestMs > 0
     ? setTimeout(() => { overallTimedOut = true; overall.abort(new UpstreamTimeoutError('request', timeouts.requestMs!)); }, timeouts.requestMs)
@@ -635,25 +676,9 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   try {
     for (let attempt = 0; ; attempt++) {
       if (ctx.downstreamGone) return;
-      const only = ctx.upstream?.onlyEndpoint;
-      const ep = only !== undefined ? cluster.endpointAt(only) : cluster.pick(env.random, tried);
-      if (!ep) {
-        localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
-        return;
-      }
-      const release = await cluster.acquireConnection(overall.signal);
-      if (release === OVERFLOW) {
-        if (overallTimedOut) localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout after ${timeouts.requestMs} ms` });
-        else if (!ctx.downstreamGone) localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
-        return;
-      }
-      if (ctx.downstreamGone) { release(); return; }
-      tried.add(ep.key);
-      ep.active++;
-      ep.requests++;
-      ctx.attempts++;
-      ctx.upstreamHost = ep.key;
-      ctx.destinationEndpoint = ep.endpoint;
+      const taken = await takeEndpoint(ctx, cluster, tried, { timedOut: () => overallTimedOut, ms: timeouts.requestMs });
+      if (!taken) return;
+      const { ep, release } = taken;
       const tryAc = new AbortController();
       const onOverall = (): void => tryAc.abort(overall.signal.reason);
       overall.signal.addEventListener('abort', onOverall, { once: true });
@@ -699,13 +724,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         done();
         if (ctx.downstreamGone) return;
         if (attempt > 0) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
-        if (outcome.kind === 'timeout') {
-          localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream ${overallTimedOut ? 'request' : 'per-try'} timeout (${overallTimedOut ? timeouts.requestMs : timeouts.perTryMs} ms) from ${ep.key}` });
-        } else if (outcome.kind === 'connect-failure') {
-          localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key} (${cluster.name})` });
-        } else {
-          localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
-        }
+        replyAttemptFailed(ctx, outcome, ep, cluster, `${overallTimedOut ? 'request' : 'per-try'} timeout (${overallTimedOut ? timeouts.requestMs : timeouts.perTryMs} ms)`);
         return;
       }
       if (attempt > 0 && isRetriable(retries.retryOn, outcome)) ctx.flags.add(F.FLAG_RETRY_LIMIT_EXCEEDED);
@@ -734,61 +753,49 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
  * timeout covers the wait for the answer, not the upgraded connection.
  */
 async function forwardUpgrade(ctx: RequestContext, cluster: Cluster): Promise<void> {
-  const { env } = ctx;
-  const settings = cluster.settings;
-  if (!cluster.beginRequest()) {
-    localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} is at maxRequests (${settings.maxRequests})` });
-    return;
-  }
+  const { timeouts } = plan(ctx);
+  if (!beginRequest(ctx, cluster)) return;
+  // The wait for the answer, a connection slot included, is the request's and its one try's: the
+  // tighter of the two timeouts. It ends with the answer.
+  const limits = [timeouts.requestMs, timeouts.perTryMs].filter((t): t is number => t !== undefined && t > 0);
+  const timeout = { ms: limits.length > 0 ? Math.min(...limits) : undefined, timedOut: false };
+  const timer = timeout.ms !== undefined
+    ? setTimeout(() => { timeout.timedOut = true; ctx.overall.abort(new UpstreamTimeoutError('request', timeout.ms!)); }, timeout.ms)
+    : undefined;
   try {
-    const only = ctx.upstream?.onlyEndpoint;
-    const ep = only !== undefined ? cluster.endpointAt(only) : cluster.pick(env.random);
-    if (!ep) {
-      localReply(ctx, { status: 503, flags: F.FLAG_NO_HEALTHY_UPSTREAM, body: `no healthy upstream for ${cluster.name}` });
-      return;
-    }
-    const release = await cluster.acquireConnection(ctx.overall.signal);
-    if (release === OVERFLOW) {
-      if (!ctx.downstreamGone) localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_OVERFLOW, body: `upstream overflow: ${cluster.name} has ${settings.maxConnections} connections busy and ${settings.maxPendingRequests} requests pending` });
-      return;
-    }
-    if (ctx.downstreamGone) { release(); return; }
-    ep.active++;
-    ep.requests++;
-    ctx.attempts = 1;
-    ctx.upstreamHost = ep.key;
-    ctx.destinationEndpoint = ep.endpoint;
+    const taken = await takeEndpoint(ctx, cluster, new Set(), { timedOut: () => timeout.timedOut, ms: timeout.ms });
+    if (!taken) return;
     try {
-      await upgradeOnce(ctx, ep, settings.timeouts.connectMs, (outcome) => cluster.report(ep, outcome));
+      await upgradeOnce(ctx, taken.ep, cluster, timeout, () => clearTimeout(timer));
     } finally {
-      ep.active--;
-      release();
+      taken.ep.active--;
+      taken.release();
     }
   } finally {
+    clearTimeout(timer);
     cluster.endRequest();
   }
 }
 
-/** One upgrade attempt on `ep` (forwardUpgrade); resolves once the exchange, or the upgraded connection, is over. */
-function upgradeOnce(ctx: RequestContext, ep: EndpointState, connectMs: number, report: (outcome: AttemptOutcome) => void): Promise<void> {
+/**
+ * One upgrade attempt on `ep` (forwardUpgrade); resolves once the exchange, or the upgraded
+ * connection, is over. `answered` runs when the endpoint has answered, or the attempt failed.
+ */
+function upgradeOnce(ctx: RequestContext, ep: EndpointState, cluster: Cluster, timeout: { ms: number | undefined; timedOut: boolean }, answered: () => void): Promise<void> {
   const { env, res } = ctx;
-  const { request: out, responseEdits, timeouts } = plan(ctx);
+  const { request: out, responseEdits } = plan(ctx);
   const client = ctx.upgrade!;
   const signal = ctx.overall.signal;
   return new Promise<void>((resolve) => {
-    let answered = false;
-    let timedOut = false;
+    let done = false;
     let upstream: Duplex | undefined;
     let creq: http.ClientRequest | undefined;
-    // The wait for the answer is the request's and its one try's: the tighter of the two timeouts.
-    const limits = [timeouts.requestMs, timeouts.perTryMs].filter((t): t is number => t !== undefined && t > 0);
-    const requestMs = limits.length > 0 ? Math.min(...limits) : undefined;
-    const timer = requestMs !== undefined ? setTimeout(() => { timedOut = true; fail(new UpstreamTimeoutError('request', requestMs)); }, requestMs) : undefined;
+    // The request's timeout (forwardUpgrade) or the client's going away abort `signal`.
     const onAbort = (): void => fail(signal.reason);
     const answer = (): boolean => {
-      if (answered) return false;
-      answered = true;
-      clearTimeout(timer);
+      if (done) return false;
+      done = true;
+      answered();
       signal.removeEventListener('abort', onAbort);
       return true;
     };
@@ -797,19 +804,17 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, connectMs: number, 
       creq?.destroy();
       upstream?.destroy();
       if (!ctx.downstreamGone) {
-        const outcome = classify(err, timedOut);
-        report(outcome);
-        if (outcome.kind === 'timeout') localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout (${requestMs} ms) from ${ep.key}` });
-        else if (outcome.kind === 'connect-failure') localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_CONNECT_FAILURE, body: `upstream connect error to ${ep.key}` });
-        else localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
+        const outcome = classify(err, timeout.timedOut);
+        cluster.report(ep, outcome);
+        replyAttemptFailed(ctx, outcome, ep, cluster, `request timeout (${timeout.ms} ms)`);
       }
       resolve();
     }
     if (signal.aborted) { fail(signal.reason); return; }
     signal.addEventListener('abort', onAbort, { once: true });
     const forwardedFor = ctx.directIp ? { ip: ctx.directIp, port: ctx.conn.clientPort ?? 0 } : undefined;
-    env.pool.openStream(upstreamEndpoint(ep), connectMs, forwardedFor, ctx.conn.peerSpiffeId).then((d) => {
-      if (answered) { d.destroy(); return; }
+    env.pool.openStream(upstreamEndpoint(ep), cluster.settings.timeouts.connectMs, forwardedFor, ctx.conn.peerSpiffeId).then((d) => {
+      if (done) { d.destroy(); return; }
       upstream = d;
       d.on('error', () => {});
       // The hop-by-hop fields of the handshake are this hop's to send again (RFC 9110 section 7.8).
@@ -818,7 +823,7 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, connectMs: number, 
       creq.on('error', (err) => fail(err));
       creq.on('upgrade', (ures: http.IncomingMessage, usock: Duplex, uhead: Buffer) => {
         if (!answer()) { usock.destroy(); return; }
-        report({ kind: 'response', status: 101 });
+        cluster.report(ep, { kind: 'response', status: 101 });
         const h = forwardableHeaders(ures.headers as HeaderMap);
         for (const e of responseEdits) applyHeaderEdits(h, e);
         h['connection'] = 'Upgrade';
@@ -849,7 +854,7 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, connectMs: number, 
       creq.on('response', (ures: http.IncomingMessage) => {
         if (!answer()) { ures.destroy(); return; }
         const status = ures.statusCode ?? 502;
-        report({ kind: 'response', status });
+        cluster.report(ep, { kind: 'response', status });
         void streamResponse(ctx, {
           status, headers: ures.headers as HeaderMap, body: ures, endStreamOnHeaders: false,
           trailers: () => undefined, discard: () => { ures.destroy(); },
