@@ -6,6 +6,7 @@ import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
+import { isWebSocketHandshake } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
@@ -552,11 +553,4 @@ export function quotaRules(flags: readonly QuotaRule[], settings: ReadonlyMap<st
   const rules = new Map(flags.map((r) => [r.service, r]));
   for (const [service, s] of settings) if (s.quota) rules.set(service, { service, limit: s.quota.limit, windowMs: s.quota.windowMs, per: s.quota.per });
   return [...rules.values()];
-}
-
-/** RFC 6455 section 4.1: a GET whose Upgrade field lists `websocket` (node:http has checked Connection: upgrade). */
-export function isWebSocketHandshake(req: http.IncomingMessage): boolean {
-  if (req.method !== 'GET') return false;
-  const v = req.headers.upgrade;
-  return typeof v === 'string' && v.split(',').some((t) => t.trim().toLowerCase() === 'websocket');
 }
