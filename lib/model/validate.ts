@@ -822,8 +822,13 @@ const FILTER_FIELD: Record<string, string> = {
   RequestMirror: 'requestMirror',
   CORS: 'cors',
 };
-/** Gateway API CORSOrigin: `*`, or scheme://host[:port] where the host may start with a `*` label. */
+/** Gateway API CORSOrigin: `*`, or scheme://host[:port] where the host may start with a `*.` label. */
 const CORS_ORIGIN = /^\*$|^[a-z][a-z0-9+.-]*:\/\/(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$/;
+
+/** Whether `s` is an entry a CORS filter's allowOrigins may hold (the waypoint checks compiled filters with it too). */
+export function isCorsOrigin(s: string): boolean {
+  return CORS_ORIGIN.test(s);
+}
 const CORS_METHODS = [...GATEWAY_METHODS, '*'];
 
 function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]): string[] {
@@ -867,7 +872,7 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
         const o = c.obj(fo[field], bp, true);
         if (!o) break;
         c.only(o, bp, ['allowOrigins', 'allowCredentials', 'allowMethods', 'allowHeaders', 'exposeHeaders', 'maxAge']);
-        c.strList(o.allowOrigins, `${bp}.allowOrigins`, (s, sp) => { if (!CORS_ORIGIN.test(s)) c.fail(sp, `"${s}" is not an origin (scheme://host[:port], a leading *. label, or *)`); });
+        c.strList(o.allowOrigins, `${bp}.allowOrigins`, (s, sp) => { if (!isCorsOrigin(s)) c.fail(sp, `"${s}" is not an origin (scheme://host[:port], a leading *. label, or *)`); });
         c.bool(o.allowCredentials, `${bp}.allowCredentials`);
         const methods = c.strList(o.allowMethods, `${bp}.allowMethods`, (s, sp) => { if (!CORS_METHODS.includes(s)) c.fail(sp, `"${s}" is not one of ${CORS_METHODS.join(', ')}`); });
         if (methods && methods.includes('*') && methods.length > 1) c.fail(`${bp}.allowMethods`, '"*" must be the only entry');

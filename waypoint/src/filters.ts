@@ -1,6 +1,7 @@
 // Route filters (Gateway API HTTPRoute/GRPCRoute `filters`), one handler per type in a registry so
 // that a new filter is a new entry, not another switch arm.
 import type { PathRewrite, RouteBackend, RouteFilter } from '../../lib/model/mesh.ts';
+import { isCorsOrigin } from '../../lib/model/validate.ts';
 import { applyHeaderEdits, headerValue, splitHostPort, type HeaderEditsLike, type HeaderMap } from './headers.ts';
 
 /** The request as it will be sent upstream; filters edit it in place. */
@@ -184,9 +185,7 @@ export function corsOriginAllowed(allowed: readonly string[], origin: string): b
 registerRouteFilter('CORS', {
   validate: (f: CorsFilter) => {
     if (!Number.isInteger(f.maxAge) || f.maxAge < 1) return `maxAge ${f.maxAge} must be a whole number of seconds ≥ 1`;
-    for (const o of f.allowOrigins) {
-      if (o !== '*' && (!parseOrigin(o.replace('://*.', '://x.')) || /:\/\/\*(?!\.)/.test(o))) return `allowOrigins entry ${JSON.stringify(o)} is not an origin`;
-    }
+    for (const o of f.allowOrigins) if (!isCorsOrigin(o)) return `allowOrigins entry ${JSON.stringify(o)} is not an origin`;
     return undefined;
   },
   apply: (f: CorsFilter, ctx: FilterContext) => {
