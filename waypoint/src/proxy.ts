@@ -635,6 +635,16 @@ function replyAttemptFailed(ctx: RequestContext, outcome: AttemptOutcome, ep: En
   else localReply(ctx, { status: 503, flags: F.FLAG_UPSTREAM_RESET, body: `upstream ${ep.key} reset the request before headers` });
 }
 
+export interface RetryPolicy {
+  attempts: number;
+  retryOn: readonly string[];
+  backoffMs: (retryNumber: number, random: () => number) => number;
+}
+
+/** Built once per compiled rule and per backend settings object, not per request. */
+const ruleRetries = new WeakMap<NonNullable<RouteRule['retry']>, Omit<RetryPolicy, 'attempts'>>();
+const backendRetries = new WeakMap<object, RetryPolicy>();
+
 /**
  * The retries a request gets: its route rule's (Gateway API HTTPRouteRetry, GEP-1731) when the rule
  * has them, else its backend's TrafficPolicy's. A rule retries the status codes it lists and, as
@@ -643,17 +653,25 @@ function replyAttemptFailed(ctx: RequestContext, outcome: AttemptOutcome, ep: En
  * `backoff` (each waits backoff × 2^n, at most 10 × backoff, plus up to a quarter of that in
  * jitter); without one, the default backoff. The retry budget of the backend still applies.
  */
-export function retryPolicy(rule: RouteRule['retry'], backend: { attempts: number; retryOn: readonly string[] }): { attempts: number; retryOn: readonly string[]; backoffMs: (retryNumber: number, random: () => number) => number } {
-  if (!rule) return { attempts: backend.attempts, retryOn: backend.retryOn, backoffMs: retryBackoffMs };
-  const min = rule.backoffMs;
-  return {
-    attempts: rule.attempts ?? backend.attempts,
-    retryOn: [...rule.codes.map(String), 'connect-failure', 'refused-stream', 'reset'],
-    backoffMs: min === undefined ? retryBackoffMs : (n, random) => {
-      const base = Math.min(min * 2 ** n, min * 10);
-      return Math.floor(base + random() * base / 4);
-    },
-  };
+export function retryPolicy(rule: RouteRule['retry'], backend: { attempts: number; retryOn: readonly string[] }): RetryPolicy {
+  if (!rule) {
+    let p = backendRetries.get(backend);
+    if (!p) backendRetries.set(backend, p = { attempts: backend.attempts, retryOn: backend.retryOn, backoffMs: retryBackoffMs });
+    return p;
+  }
+  let r = ruleRetries.get(rule);
+  if (!r) {
+    const min = rule.backoffMs;
+    r = {
+      retryOn: [...rule.codes.map(String), 'connect-failure', 'refused-stream', 'reset'],
+      backoffMs: min === undefined ? retryBackoffMs : (n, random) => {
+        const base = Math.min(min * 2 ** n, min * 10);
+        return Math.floor(base + random() * base / 4);
+      },
+    };
+    ruleRetries.set(rule, r);
+  }
+  return { ...r, attempts: rule.attempts ?? backend.attempts };
 }
 
 /**
