@@ -1,12 +1,11 @@
-/* Same-node splice of authorized connections between two pods (weft_splice.h): an sk_skb stream
- * verdict program attached to weft_splice_socks. No stream parser: each skb is forwarded as it
- * comes, the agent needs no message boundaries. */
+/* Same-node splice of authorized connections between two pods (weft_splice.h): an sk_msg verdict
+ * program attached to weft_splice_sk, run in each filed pod socket's sendmsg. */
 #include "weft_splice.h"
 
-SEC("sk_skb/stream_verdict")
-int weft_splice_verdict(struct __sk_buff *skb)
+SEC("sk_msg")
+int weft_splice_verdict(struct sk_msg_md *msg)
 {
-	return weft_do_splice(skb);
+	return weft_do_splice(msg);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -229,6 +229,11 @@ export class Agent {
     this.#trimTimer = setInterval(() => mallocTrim(), MALLOC_TRIM_INTERVAL_MS).unref();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
+    // Sockops files captured clients' sockets for the same-node splice only while it is on.
+    this.datapath.setSplicing(o.splice === true);
+    // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
+    const swept = this.datapath.sweepClosedSplices();
+    if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
     const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
     this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
     if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
@@ -593,7 +598,7 @@ export class Agent {
         refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
         spliced: this.datapath.splicedConnections().map((s) => ({ ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '' })),
-        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_splice_conns'].map((m) => [m, this.datapath.mapPin(m)])),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });

@@ -40,7 +40,7 @@ export function splitHostPort(target: string): { host: string; port: number } {
  */
 export async function connectTcp(
   target: string,
-  opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number; paused?: boolean } = {},
+  opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number } = {},
 ): Promise<net.Socket> {
   const { host, port } = splitHostPort(target);
   // Every socket opened here is carried by the tunnel pipe: it reads through the read pool
@@ -49,13 +49,9 @@ export async function connectTcp(
   let socket: net.Socket;
   if (opts.bound) {
     socket = new net.Socket({ fd: opts.bound.fd, readable: true, writable: true, onread });
-    // Paused before it connects, Node never starts reading it (what a splice needs: no byte in a
-    // Node buffer that a byte the kernel moves could overtake).
-    if (opts.paused) socket.pause();
     socket.connect(port, host);
   } else {
     socket = net.connect({ host, port, onread, ...(opts.sourceIp ? { localAddress: opts.sourceIp } : {}) });
-    if (opts.paused) socket.pause();
   }
   socket.setNoDelay(true);
   const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), opts.timeoutMs ?? 5_000);

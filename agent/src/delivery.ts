@@ -53,6 +53,9 @@ export interface DeliveryDatapath {
   unregisterPeer(reg: { local: { ip: string; port: number }; remote: { ip: string; port: number } }): boolean;
   /** Marks one of the agent's sockets so connect4 never captures it. */
   tagAgentSocket(fd: number): void;
+  /** The pod socket that accepts a connection from `bound` is filed for a splice (bpf/include/weft_splice.h). */
+  expectSplice?(bound: { ip: string; port: number }): void;
+  unexpectSplice?(bound: { ip: string; port: number }): void;
 }
 
 /** An open delivery to a local pod, and what its authorization rested on (reauthorize). */
@@ -174,9 +177,10 @@ export class LocalDelivery {
   /**
    * Connects to a local pod from inside its network namespace, so that the pod sees `client` as
    * its peer. Rejects with UpstreamConnectError when the pod's namespace is unknown (not enrolled
-   * by this agent) or the pod refuses.
+   * by this agent) or the pod refuses. With `splice`, the pod's socket is filed for a same-node
+   * splice as it accepts (agent/src/splice.ts).
    */
-  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number, opts: { paused?: boolean } = {}): Promise<Duplex> {
+  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number, opts: { splice?: boolean } = {}): Promise<Duplex> {
     const target = `${dest.ip}:${port}`;
     const netns = this.#netns.get(dest.ip);
     if (!netns) throw new UpstreamConnectError(target, Object.assign(new Error(`pod ${dest.namespace}/${dest.name} is not enrolled by this agent`), { code: 'WEFT_NOT_ENROLLED' }));
@@ -205,12 +209,24 @@ export class LocalDelivery {
     } catch (err) {
       this.#log.warn('cannot register the client address for the pod', { error: (err as Error).message });
     }
+    const expect = opts.splice && this.#datapath.expectSplice ? { ip: dest.ip, port: bound.port } : undefined;
+    if (expect) {
+      try {
+        this.#datapath.expectSplice!(expect);
+      } catch (err) {
+        this.#log.warn('cannot file the connection for a splice; the agent carries it', { error: (err as Error).message });
+      }
+    }
     netns.pending++;
-    const socket = await connectTcp(target, { bound, timeoutMs, ...(opts.paused ? { paused: true } : {}) }).catch((err: Error) => {
+    const socket = await connectTcp(target, { bound, timeoutMs }).catch((err: Error) => {
       if (registered) this.#datapath.unregisterPeer(reg);
+      if (expect) this.#datapath.unexpectSplice?.(expect);
       throw err;
     }).finally(() => { netns.pending--; });
     if (registered) socket.once('close', () => this.#datapath.unregisterPeer(reg));
+    // Kept while the socket lives (its bound port is its own till then): the pod's accept may
+    // complete a moment after our connect does.
+    if (expect) socket.once('close', () => this.#datapath.unexpectSplice?.(expect));
     return socket;
   }
 }

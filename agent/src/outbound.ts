@@ -15,7 +15,7 @@ import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labe
 import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
-import { spliceBidirectional, type SpliceDatapath } from './splice.ts';
+import { clientSocketOf, forget, spliceBidirectional, type SpliceDatapath } from './splice.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -167,7 +167,7 @@ export class Outbound {
       }
       const epIp = up.endpoint?.ip ?? splitIp(up.target);
       this.#o.state.endpointSucceeded(epIp);
-      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started), orig.clientNetnsCookie);
+      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started));
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
@@ -223,7 +223,7 @@ export class Outbound {
         const attrs = { sourcePrincipal: source.spiffeId, sourceNamespace: source.namespace, sourceIp: source.ip };
         this.#o.authorizer.authorize(up.workload, port, attrs);
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
-        const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { paused: this.#o.splice !== undefined });
+        const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { splice: this.#o.splice !== undefined });
         this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream });
         return upstream;
       }
@@ -257,7 +257,7 @@ export class Outbound {
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }
 
-  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord, clientNetnsCookie: bigint): Promise<void> {
+  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord): Promise<void> {
     const m = this.#o.metrics;
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
@@ -269,10 +269,13 @@ export class Outbound {
       // The policy was judged at connect, and a policy change judges it again (LocalDelivery.reauthorize
       // closes the agent's socket to the pod, which ends a spliced pair as a piped one).
       if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket) {
-        const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice, clientNetnsCookie });
+        const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice });
         if (r.notSpliced) this.#o.log.debug('same-node connection not spliced', { reason: r.notSpliced });
         result = r;
       } else {
+        // Sockops filed the client's socket when it connected (--splice); this connection is not
+        // spliced, so it goes back to plain TCP.
+        if (this.#o.splice) forget(this.#o.splice, clientSocketOf(socket));
         socket.resume();
         result = await pipeBidirectional(socket, upstream);
       }

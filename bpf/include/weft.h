@@ -29,6 +29,7 @@
 #define WEFT_MAX_PORT_MODES 16384
 #define WEFT_MAX_PROBERS 16
 #define WEFT_MAX_SPLICED 16384  /* spliced connections (two sockets each) */
+#define WEFT_MAX_SPLICE_EXPECT 1024  /* deliveries being connected for a splice at once */
 
 /* weft_pods: network-namespace cookie -> the enrolled pod it belongs to. */
 struct weft_pod {
@@ -235,23 +236,42 @@ _Static_assert(sizeof(struct weft_pod_counters) == WEFT_PC__COUNT * 8, "weft_pod
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, strict_denied) == WEFT_PC_STRICT_DENIED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_pod_counters, no_agent) == WEFT_PC_NO_AGENT * 8, "idx");
 
-/* weft_splice_conns value: one socket of a spliced pair (weft_splice.h). Layout grown from 40 to
- * 56 bytes (passed, peer_seq0, handbacks): Datapath.open re-creates a pin of the old size. */
-struct weft_splice {
-	__u64 peer_cookie;  /* where this socket's bytes go */
-	__u64 bytes;        /* bytes received on this socket and sent out of the peer by the kernel */
-	__u64 skbs;         /* skbs redirected */
-	__u64 netns_cookie; /* the client pod's netns (for weftctl bpf), set by the agent */
-	__u64 flags;        /* WEFT_SPLICE_F_* */
-	__u64 passed;       /* bytes received on this socket and passed to the agent (its peer lagged) */
-	__u32 peer_seq0;    /* the peer's write_seq before this direction's first byte (F_SEQ0) */
-	__u32 handbacks;    /* times this direction went to the agent */
+/* weft_spliced value: one pod socket the same-node splice may carry (weft_splice.h), keyed by its
+ * own weft_tuple4 (src = its local address). Filed by sockops when the socket is established (a
+ * captured client's socket to its agent; a server's socket whose peer the agent announced in
+ * weft_splice_expect); paired by the agent (peer, F_PAIRED) once it has authorized the connection;
+ * removed by the agent after it read the counts, or by sockops when an unpaired socket closes. */
+struct weft_spliced {
+	struct weft_tuple4 peer;  /* the paired socket's own tuple (F_PAIRED) */
+	__u32 flags;              /* WEFT_SPLICE_F_* */
+	__u64 sk;                 /* the socket's kernel address: the peer's verdict reads its state */
+	__u32 snd_base;           /* write_seq when established: what it sends by TCP is write_seq - snd_base */
+	__u32 rcv_base;           /* copied_seq when established: what it read by TCP is copied_seq - rcv_base */
+	__u64 netns_cookie;       /* the socket's network namespace */
+	__u64 bytes;              /* sent by this socket, put by the kernel into its peer's receive queue */
+	__u64 msgs;               /* sendmsg chunks redirected */
+	__u64 passed;             /* sent by this socket over TCP (through the agent) while paired, as
+	                           * far as the verdict saw it: after a TCP send that found the send
+	                           * buffer full, tcp_bpf keeps the last verdict for the next message
+	                           * without running the program (net/ipv4/tcp_bpf.c) */
+	__u32 fallbacks;          /* times a redirect gave way to TCP (peer over its bound, or not caught up) */
+	__u32 pad;
 };
-_Static_assert(sizeof(struct weft_splice) == 56, "weft_splice layout");
+_Static_assert(sizeof(struct weft_spliced) == 72, "weft_spliced layout");
 
-/* weft_splice.flags */
-#define WEFT_SPLICE_F_PASSING 0x1  /* the peer lags: this direction is the agent's until it caught up */
-#define WEFT_SPLICE_F_CLIENT 0x2   /* set by the agent on the socket it accepted from the client pod */
-#define WEFT_SPLICE_F_SEQ0 0x4     /* peer_seq0 is set */
+/* weft_spliced.flags */
+#define WEFT_SPLICE_F_PAIRED 0x1       /* set by the agent: peer is valid, redirects may start */
+#define WEFT_SPLICE_F_CLIENT 0x2       /* the client pod's socket (connected to its agent) */
+#define WEFT_SPLICE_F_CLOSED 0x4       /* the socket closed (sockops): its peer stops redirecting to it */
+#define WEFT_SPLICE_F_REDIRECTING 0x8  /* its last message was redirected (counts fallbacks) */
+
+/* weft_splice_expect key: the address the agent's delivery socket is bound to before it connects
+ * to a pod it will splice to (the server pod's socket sees it as its peer). */
+struct weft_splice_expect_key {
+	__be32 ip;
+	__u16 port;  /* host order */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct weft_splice_expect_key) == 8, "weft_splice_expect_key layout");
 
 #endif /* WEFT_H */

@@ -155,4 +155,39 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_refusals SEC(".maps");
 
+/* Same-node splice (weft_splice.h): the pod sockets sockops filed, by their own tuple, with the
+ * sk_msg verdict of splice.bpf.c attached to weft_splice_sk. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, WEFT_MAX_SPLICED * 2);
+	__type(key, struct weft_tuple4);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_splice_sk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_SPLICED * 2);
+	__type(key, struct weft_tuple4);
+	__type(value, struct weft_spliced);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_spliced SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_SPLICE_EXPECT);
+	__type(key, struct weft_splice_expect_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_splice_expect SEC(".maps");
+
+/* Slot 0: 1 while the agent splices (--splice): only then does sockops file client sockets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_splice_on SEC(".maps");
+
 #endif /* WEFT_MAPS_H */

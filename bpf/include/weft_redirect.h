@@ -7,6 +7,7 @@
 #include <linux/socket.h>
 #include <bpf/bpf_endian.h>
 #include "weft_count.h"
+#include "weft_splice.h"
 
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
@@ -151,6 +152,7 @@ static __always_inline int weft_do_sockops(struct bpf_sock_ops *skops)
 	struct weft_peer_key probe = {};
 	struct weft_excluded present = { .present = 1 };
 
+	weft_splice_sockops(skops);
 	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			weft_probe_key(skops, &probe);

@@ -1,145 +1,186 @@
-/* Same-node splice: once the agent has authorized a connection between two pods on its node, it
- * puts its two sockets (the one it accepted from the client pod on 15001, the one it opened to the
- * server pod) into weft_splice_socks and records each one's peer in weft_splice_conns. From then
- * on weft_splice_verdict, the sk_skb stream verdict program attached to weft_splice_socks, runs on
- * every skb either socket receives and sends it out of the peer socket (bpf_sk_redirect_hash
- * without BPF_F_INGRESS: the peer's egress), so the payload never reaches user space.
+/* Same-node splice: once the agent has authorized a connection between two pods on its node, the
+ * kernel carries the bytes pod to pod, and neither the agent nor TCP sees them.
  *
- * What the kernel does not do, and the agent does (agent/src/splice.ts): a FIN is not carried
- * across (the FIN skb is consumed here; the receiving socket still sees RCV_SHUTDOWN, so the agent
- * reads EOF), and a redirect is queued to the peer's psock and sent by a kernel worker, so the
- * agent shuts the peer down only once the peer has taken every byte counted here.
+ * Which sockets. Sockops files two kinds of pod socket in weft_splice_sk (a sockhash) and
+ * weft_spliced (its state), keyed by the socket's own 4-tuple: a captured client's socket to its
+ * agent, when it is established and the agent splices (weft_splice_on); and a server pod's socket
+ * whose peer is the address the agent announced in weft_splice_expect just before it connected
+ * for a splice. The agent knows both tuples from its own two sockets (the accepted one and the one
+ * it opened), and pairs the two entries (F_PAIRED) once the connection is authorized; for any
+ * other connection it removes the client's socket from both maps again (the socket goes back to
+ * plain TCP).
  *
- * Backpressure. A redirect has none of its own (kernel 6.18, as read in its source):
- * tcp_read_skb (net/ipv4/tcp.c) unlinks each skb from the receive queue and re-owns it with
- * skb_set_owner_sk_safe, which drops its receive-memory charge, so the receiving socket's window
- * stays open; sk_psock_skb_redirect (net/core/skmsg.c) appends it to the peer psock's ingress_skb
- * list with no length check; sk_psock_backlog sends from that list while the peer is
- * sock_writeable and otherwise waits for write space. A sender faster than the far reader would
- * fill kernel memory without limit. SK_PASS does give backpressure: sk_psock_skb_ingress_self
- * charges the skb to the receiving socket (skb_set_owner_r), so its window closes while the agent
- * does not read (and tcp_bpf_recvmsg_parser's __tcp_cleanup_rbuf reopens it as the agent reads).
- * So a direction whose peer lags more than WEFT_SPLICE_MAX_INFLIGHT behind is handed to the agent
- * (WEFT_SPLICE_F_PASSING): its pipe writes what it reads once the peer has taken the kernel's
- * bytes, pauses while the peer's send buffer is full, and TCP closes the sender's window. It comes
- * back to the kernel on the first skb after the peer has caught up: every byte of this direction,
- * the kernel's and the agent's, is in the peer's send queue (its write_seq), so a redirect queued
- * now goes out after all of them, and the peer holds no more than WEFT_SPLICE_RESUME_INFLIGHT.
+ * What moves the bytes. weft_splice_verdict, the sk_msg verdict attached to weft_splice_sk, runs
+ * in the pod's own sendmsg and redirects the message into the peer pod socket's receive queue
+ * (bpf_msg_redirect_hash with BPF_F_INGRESS: net/ipv4/tcp_bpf.c bpf_tcp_ingress queues it on the
+ * peer's psock ingress_msg and wakes the reader, in the sender's call, no worker). The agent's two
+ * sockets stay open and its pipe still runs: it carries what came by TCP (the bytes a client sent
+ * before the pair was made, and every fallback below) and ends each side as it does unspliced. A
+ * FIN goes by TCP through the agent, after every byte redirected before it (the sender's earlier
+ * sendmsg calls have completed).
  *
- * Keys are socket cookies (SO_COOKIE, never reused while the socket lives). An entry in
- * weft_splice_socks leaves the map when its socket closes; the agent deletes the
- * weft_splice_conns entries after reading their byte counts. */
+ * Order. The reader takes its psock queue before its TCP receive queue (tcp_bpf_recvmsg), so a
+ * message may be redirected only when every byte this socket sent by TCP has been read by the
+ * peer: this socket's write_seq - snd_base equals the peer's copied_seq - rcv_base (both move
+ * only with TCP bytes; redirected bytes touch neither). Until then, and whenever it is not so
+ * again, the message goes by TCP (SK_PASS) through the agent, which keeps the order. Going back
+ * from redirects to TCP needs no such check: whatever is still queued on the psock is read first.
+ *
+ * Bound. A redirect has no backpressure of its own: bpf_tcp_ingress charges the receiver against
+ * the protocol's global memory only, and the sender's charge is returned as soon as the message is
+ * queued. So a peer whose psock already holds WEFT_SPLICE_MAX_QUEUED unread bytes (its msg_tot_len)
+ * gets the next message by TCP, whose windows and the agent's pipe hold the sender back; it comes
+ * back to redirects once the peer has read everything (the order rule). A sender that stays ahead
+ * of its reader therefore stays on the agent's pipe, as an unspliced connection is.
+ *
+ * The peer's state is read through its kernel address, stored by sockops when it filed the socket,
+ * with bpf_probe_read_kernel (an sk_msg program cannot take a reference on another socket). Sockops
+ * marks an entry F_CLOSED when its socket closes, before the socket is freed, and a peer marked so
+ * is never read nor redirected to. */
 #ifndef WEFT_SPLICE_H
 #define WEFT_SPLICE_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "weft.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "weft_maps.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, WEFT_MAX_SPLICED * 2);
-	__type(key, __u64); /* socket cookie */
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weft_splice_socks SEC(".maps");
+/* Unread redirected bytes a receiving pod socket may hold (below TCP's own default maximum
+ * receive buffer, net.ipv4.tcp_rmem[2] = 6 MiB). */
+#define WEFT_SPLICE_MAX_QUEUED (4 * 1024 * 1024)
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, WEFT_MAX_SPLICED * 2);
-	__type(key, __u64); /* socket cookie of the receiving socket */
-	__type(value, struct weft_splice);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} weft_splice_conns SEC(".maps");
-
-/* The fields of the kernel's tcp_sock read here, relocated by libbpf against the running kernel's
- * BTF (CO-RE), so no vmlinux.h is needed. write_seq: the end of what the socket's send queue has
- * taken; snd_una: the first byte its peer has not acknowledged. */
+/* The kernel fields read here, relocated by libbpf against the running kernel's BTF (CO-RE). */
 struct tcp_sock {
 	__u32 write_seq;
-	__u32 snd_una;
+	__u32 copied_seq;
+} __attribute__((preserve_access_index));
+struct sock {
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+struct sk_psock {
+	__u32 msg_tot_len;
 } __attribute__((preserve_access_index));
 
-/* Bytes the kernel may hold for a peer that does not keep up: this direction's bytes not yet
- * acknowledged by the peer's own peer (queued to the peer's psock, in its send queue, or in
- * flight). Past this the direction goes to the agent (WEFT_SPLICE_F_PASSING). */
-#define WEFT_SPLICE_MAX_INFLIGHT (8 * 1024 * 1024)
-/* A passing direction comes back to the kernel once the agent has written all it was passed and
- * the peer holds no more than this unacknowledged (hysteresis: not on the next skb at 8 MiB). */
-#define WEFT_SPLICE_RESUME_INFLIGHT (2 * 1024 * 1024)
+/* sk_user_data carries flag bits in its low bits (include/net/sock.h SK_USER_DATA_PTRMASK). */
+#define WEFT_SK_USER_DATA_PTRMASK (~7UL)
 
-enum weft_splice_act { WEFT_SPLICE_REDIRECT, WEFT_SPLICE_PASS };
-
-/* Where this direction's bytes go next and whether the kernel carries them. The stream position
- * of the next byte in the peer's sequence space is peer_seq0 + bytes + passed: nothing but this
- * direction's bytes is written to the peer while spliced (the kernel's redirects and, while
- * passing, the agent's writes of what it was passed), and peer_seq0 is the peer's write_seq at
- * this direction's first skb, before any of them. Bytes that reached a socket before the splice
- * are no exception: the agent reads nothing before it (splice.ts), and a read after it finds them
- * still queued, where tcp_bpf_recvmsg_parser (net/ipv4/tcp_bpf.c) runs tcp_data_ready, i.e. this
- * verdict, before handing out any byte. Differences are taken in 32 bits, signed, like
- * TCP's own sequence numbers (what is compared is never more than a few MiB apart). */
-static __always_inline enum weft_splice_act weft_splice_decide(struct weft_splice *s)
+static __always_inline void weft_splice_file(struct bpf_sock_ops *skops, struct weft_tuple4 *key, __u32 flags)
 {
-	struct bpf_sock *peer = bpf_map_lookup_elem(&weft_splice_socks, &s->peer_cookie);
-	enum weft_splice_act act = (s->flags & WEFT_SPLICE_F_PASSING) ? WEFT_SPLICE_PASS : WEFT_SPLICE_REDIRECT;
-	struct tcp_sock *tp;
-	__u32 next, write_seq, snd_una;
+	struct bpf_sock *sk = skops->sk;
+	struct weft_spliced s = {};
 
-	/* No peer (closed): a redirect is dropped, and the agent tears down on the peer's close. */
-	if (!peer)
-		return act;
-	tp = bpf_skc_to_tcp_sock(peer);
-	if (!tp)
-		goto out;
-	write_seq = tp->write_seq;
-	snd_una = tp->snd_una;
-	if (!(s->flags & WEFT_SPLICE_F_SEQ0)) {
-		s->peer_seq0 = write_seq;
-		s->flags |= WEFT_SPLICE_F_SEQ0;
+	if (!sk)
+		return;
+	if (bpf_sock_hash_update(skops, &weft_splice_sk, key, BPF_NOEXIST) != 0)
+		return;
+	s.flags = flags;
+	s.sk = (__u64)sk;
+	s.snd_base = skops->snd_nxt;
+	s.rcv_base = skops->rcv_nxt;
+	s.netns_cookie = bpf_get_netns_cookie(skops);
+	if (bpf_map_update_elem(&weft_spliced, key, &s, BPF_ANY) != 0) {
+		bpf_map_delete_elem(&weft_splice_sk, key);
+		return;
 	}
-	next = s->peer_seq0 + (__u32)(s->bytes + s->passed);
-	if (act == WEFT_SPLICE_PASS) {
-		/* Caught up: the agent's last write is in the peer's send queue, and the kernel's before it. */
-		if ((__s32)(write_seq - next) >= 0 && (__s32)(next - snd_una) <= WEFT_SPLICE_RESUME_INFLIGHT) {
-			s->flags &= ~(__u64)WEFT_SPLICE_F_PASSING;
-			act = WEFT_SPLICE_REDIRECT;
-		}
-	} else if ((__s32)(next - snd_una) > WEFT_SPLICE_MAX_INFLIGHT) {
-		s->flags |= WEFT_SPLICE_F_PASSING;
-		s->handbacks++;
-		act = WEFT_SPLICE_PASS;
-	}
-out:
-	bpf_sk_release(peer);
-	return act;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* SK_PASS without a redirect hands the skb to the socket itself, i.e. to the agent: a socket
- * without a weft_splice_conns entry, or a passing direction (above). A redirect to a peer that has
- * left weft_splice_socks (closed) drops the skb; the agent sees the peer's close and tears the
- * connection down, as the unspliced path does. Verdicts on one socket never run concurrently (the
- * socket's lock is held), so the entry's fields are updated in place. */
-static __always_inline int weft_do_splice(struct __sk_buff *skb)
+/* Sockops, at ESTABLISHED and at close (weft_do_sockops calls it for every op). */
+static __always_inline void weft_splice_sockops(struct bpf_sock_ops *skops)
 {
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct weft_splice *s = bpf_map_lookup_elem(&weft_splice_conns, &cookie);
+	struct weft_tuple4 key = {};
+	struct weft_splice_expect_key ek = {};
+	struct weft_spliced *s;
+	__u32 zero = 0, *on;
 
-	if (!s)
-		return SK_PASS;
-	/* The FIN arrives as an skb without payload. Sent out of the peer it would count as a failed
-	 * send (0 bytes) and break the peer with EPIPE; the receiving socket has recorded the FIN
-	 * (RCV_SHUTDOWN) already, so dropping the empty skb still lets the agent read the EOF. While
-	 * passing, it goes to the agent with the bytes before it. */
-	if (skb->len == 0)
-		return (s->flags & WEFT_SPLICE_F_PASSING) ? SK_PASS : SK_DROP;
-	if (weft_splice_decide(s) == WEFT_SPLICE_PASS) {
-		__sync_fetch_and_add(&s->passed, skb->len);
-		return SK_PASS;
+	key.src_ip = skops->local_ip4;
+	key.dst_ip = skops->remote_ip4;
+	key.src_port = (__u16)skops->local_port;
+	key.dst_port = (__u16)bpf_ntohl(skops->remote_port);
+	switch (skops->op) {
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return;
+		s = bpf_map_lookup_elem(&weft_spliced, &key);
+		if (!s)
+			return;
+		/* A paired entry keeps its counts for the agent, which removes it. */
+		if (s->flags & WEFT_SPLICE_F_PAIRED)
+			s->flags |= WEFT_SPLICE_F_CLOSED;  /* under the socket's lock, as its own verdicts */
+		else
+			bpf_map_delete_elem(&weft_spliced, &key);
+		return;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on = bpf_map_lookup_elem(&weft_splice_on, &zero);
+		if (!on || !*on || !skops->sk)
+			return;
+		/* Only a captured client's socket: connect4 left it the destination it dialled. */
+		if (!bpf_sk_storage_get(&weft_sk_orig, skops->sk, 0, 0))
+			return;
+		weft_splice_file(skops, &key, WEFT_SPLICE_F_CLIENT);
+		return;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		ek.ip = skops->remote_ip4;
+		ek.port = key.dst_port;
+		if (!bpf_map_lookup_elem(&weft_splice_expect, &ek))
+			return;
+		weft_splice_file(skops, &key, 0);
+		return;
 	}
-	__sync_fetch_and_add(&s->bytes, skb->len);
-	__sync_fetch_and_add(&s->skbs, 1);
-	return bpf_sk_redirect_hash(skb, &weft_splice_socks, &s->peer_cookie, 0);
+}
+
+/* The sk_msg verdict, in the sending pod's sendmsg (its socket's lock held, so verdicts on one
+ * socket never run at once and its entry's fields are updated in place). */
+static __always_inline int weft_do_splice(struct sk_msg_md *msg)
+{
+	struct weft_tuple4 key = {};
+	struct weft_spliced *me, *peer;
+	struct tcp_sock *tp;
+	void *psk, *psock = 0;
+	__u32 peer_copied = 0, queued = 0;
+
+	key.src_ip = msg->local_ip4;
+	key.dst_ip = msg->remote_ip4;
+	key.src_port = (__u16)msg->local_port;
+	key.dst_port = (__u16)bpf_ntohl(msg->remote_port);
+	me = bpf_map_lookup_elem(&weft_spliced, &key);
+	if (!me || !(me->flags & WEFT_SPLICE_F_PAIRED))
+		return SK_PASS;
+	peer = bpf_map_lookup_elem(&weft_spliced, &me->peer);
+	if (!peer || (peer->flags & WEFT_SPLICE_F_CLOSED) || !msg->sk)
+		goto pass;
+	tp = bpf_skc_to_tcp_sock(msg->sk);
+	if (!tp)
+		goto pass;
+	psk = (void *)peer->sk;
+	if (bpf_probe_read_kernel(&peer_copied, sizeof(peer_copied), psk + bpf_core_field_offset(struct tcp_sock, copied_seq)))
+		goto pass;
+	/* Bytes this socket sent by TCP that the peer has not read yet: not now (the order rule). */
+	if (tp->write_seq - me->snd_base != peer_copied - peer->rcv_base)
+		goto pass;
+	if (!bpf_core_field_exists(struct sk_psock, msg_tot_len))
+		goto pass;
+	if (bpf_probe_read_kernel(&psock, sizeof(psock), psk + bpf_core_field_offset(struct sock, sk_user_data)))
+		goto pass;
+	psock = (void *)((unsigned long)psock & WEFT_SK_USER_DATA_PTRMASK);
+	if (!psock)
+		goto pass;
+	if (bpf_probe_read_kernel(&queued, sizeof(queued), psock + bpf_core_field_offset(struct sk_psock, msg_tot_len)))
+		goto pass;
+	if (queued > WEFT_SPLICE_MAX_QUEUED)
+		goto pass;
+	me->flags |= WEFT_SPLICE_F_REDIRECTING;
+	me->bytes += msg->size;
+	me->msgs++;
+	return bpf_msg_redirect_hash(msg, &weft_splice_sk, &me->peer, BPF_F_INGRESS);
+pass:
+	if (me->flags & WEFT_SPLICE_F_REDIRECTING) {
+		me->flags &= ~WEFT_SPLICE_F_REDIRECTING;
+		me->fallbacks++;
+	}
+	me->passed += msg->size;
+	return SK_PASS;
 }
 
 #endif /* WEFT_SPLICE_H */

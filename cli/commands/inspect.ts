@@ -105,7 +105,7 @@ interface BpfDump {
   refusals?: Record<string, number>;
   counters: Record<string, number>;
   podCounters: Record<string, Record<string, number>>;
-  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; handedBack: string[]; handBacks?: { fromClient: number; fromServer: number } }>;
+  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; passedFromClient?: string; passedFromServer?: string; fallbacks?: { fromClient: number; fromServer: number } }>;
   pins: Record<string, string>;
 }
 
@@ -233,12 +233,13 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         if (data.pins.weft_inbound_excluded) io.out(`  bpftool map dump pinned ${data.pins.weft_inbound_excluded}\n\n`);
         io.out(table(['MESH DESTINATION'], data.destinations.map((d) => [`${d.ip}:${d.port === 0 ? '*' : d.port}`]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_dests}\n\n`);
-        // Same-node connections the kernel carries (bpf/splice.bpf.c), bytes as the kernel counted them.
-        // HANDED BACK: directions the agent carries now (their peer lags), then how often each went to it.
-        io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'HANDED BACK'], (data.spliced ?? []).map((s) =>
+        // Same-node connections the kernel carries pod to pod (bpf/splice.bpf.c), bytes as the kernel
+        // counted them. BY TCP: what each side sent through the agent instead (before the pair was
+        // made, or while its reader held too much), and how often a direction gave way to TCP.
+        io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'BY TCP (CLIENT/SERVER)'], (data.spliced ?? []).map((s) =>
           [s.clientPod || '-', s.client, s.server, String(s.bytesFromClient), String(s.bytesFromServer),
-            `${s.handedBack.join(',') || '-'}${s.handBacks ? ` (${s.handBacks.fromClient}/${s.handBacks.fromServer} times)` : ''}`]), h));
-        if (data.pins.weft_splice_conns) io.out(`  bpftool map dump pinned ${data.pins.weft_splice_conns}\n\n`);
+            `${s.passedFromClient ?? 0}/${s.passedFromServer ?? 0}${s.fallbacks ? ` (${s.fallbacks.fromClient}/${s.fallbacks.fromServer} times)` : ''}`]), h));
+        if (data.pins.weft_spliced) io.out(`  bpftool map dump pinned ${data.pins.weft_spliced}\n\n`);
         io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);
       }

@@ -27,19 +27,6 @@ export interface PipeOptions {
    * every 64 KiB chunk; pausing and resuming that often costs more than the copy.
    */
   maxBuffered?: number;
-  /**
-   * Called when `side`'s readable ends, with the bytes read from it, before the other side's
-   * writable is ended; the end waits for it (default: none). A spliced pair (agent/src/splice.ts)
-   * waits there until the kernel has handed the other side every byte it carried.
-   */
-  beforeEnd?: (side: 'a' | 'b', bytesRead: number) => Promise<void>;
-  /**
-   * Called for each chunk read from `side` while none is held, with the bytes read from `side`
-   * before it; when it returns a promise, reading `side` pauses and this chunk and the ones after
-   * it are written (and the end passed on) once it resolves (default: none). A spliced pair whose
-   * peer lagged holds a chunk there until the bytes the kernel carried before it have gone out.
-   */
-  holdWrites?: (side: 'a' | 'b', bytesBefore: number) => Promise<void> | undefined;
 }
 
 /** Chunks at least this big start a write batch (see the pipe's data handlers). */
@@ -139,33 +126,13 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     let corkedB = false;
     const uncorkA = (): void => { corkedA = false; a.uncork(); };
     const uncorkB = (): void => { corkedB = false; b.uncork(); };
-    // Chunks held back by opts.holdWrites, per reading side, and what releases them.
-    const held = { a: [] as Buffer[], b: [] as Buffer[] };
-    const holding: { a?: Promise<void>; b?: Promise<void> } = {};
-    const hold = (side: 'a' | 'b', chunk: Buffer, bytesBefore: number): boolean => {
-      if (!holding[side]) {
-        const wait = opts.holdWrites?.(side, bytesBefore);
-        if (!wait) return false;
-        const [from, to] = side === 'a' ? [a, b] : [b, a];
-        from.pause();
-        holding[side] = wait.then(() => {
-          for (const c of held[side].splice(0)) write(to, c);
-          delete holding[side];
-          from.resume();
-        });
-      }
-      held[side].push(chunk);
-      return true;
-    };
     const onDataA = (chunk: Buffer): void => {
       result.bytesAtoB += chunk.length;
-      if (opts.holdWrites && hold('a', chunk, result.bytesAtoB - chunk.length)) return;
       if (!corkedB && chunk.length >= CORK_MIN_CHUNK) { corkedB = true; b.cork(); setImmediate(uncorkB); }
       if (!write(b, chunk) && b.writableLength >= maxBuffered) a.pause();
     };
     const onDataB = (chunk: Buffer): void => {
       result.bytesBtoA += chunk.length;
-      if (opts.holdWrites && hold('b', chunk, result.bytesBtoA - chunk.length)) return;
       if (!corkedA && chunk.length >= CORK_MIN_CHUNK) { corkedA = true; a.cork(); setImmediate(uncorkA); }
       if (!write(a, chunk) && a.writableLength >= maxBuffered) b.pause();
     };
@@ -175,16 +142,12 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
       // Node ends an Http2Stream's readable side on RST_STREAM too; that is a reset, not a FIN.
       const reset = resetError(a);
       if (reset) { abort('a', reset); return; }
-      const end = (): void => { b.end(() => { doneAtoB = true; maybeFinish(); }); };
-      if (opts.beforeEnd || holding.a) void Promise.all([holding.a, opts.beforeEnd?.('a', result.bytesAtoB)]).then(end, (err: Error) => abort('a', err));
-      else end();
+      b.end(() => { doneAtoB = true; maybeFinish(); });
     };
     const onEndB = (): void => {
       const reset = resetError(b);
       if (reset) { abort('b', reset); return; }
-      const end = (): void => { a.end(() => { doneBtoA = true; maybeFinish(); }); };
-      if (opts.beforeEnd || holding.b) void Promise.all([holding.b, opts.beforeEnd?.('b', result.bytesBtoA)]).then(end, (err: Error) => abort('b', err));
-      else end();
+      a.end(() => { doneBtoA = true; maybeFinish(); });
     };
     const onErrorA = (err: Error): void => { abort('a', err); };
     const onErrorB = (err: Error): void => { abort('b', err); };

@@ -1,13 +1,13 @@
-// Same-node splice against a real kernel (bpf/splice.bpf.c, agent/src/splice.ts): the agent's two
-// sockets of a connection go into weft_splice_socks and the kernel moves the bytes. The agent
-// stand-in (fixtures/splicer.ts) runs in its own process inside a lab netns so that it can be
+// Same-node splice against a real kernel (bpf/include/weft_splice.h, agent/src/splice.ts): a
+// captured client pod's socket and the server pod's socket are filed by sockops, the agent pairs
+// them once it has authorized the connection, and the sk_msg verdict moves each pod's bytes
+// straight into the other's receive queue. Client and server are processes in lab pods (netns +
+// cgroup, so the cgroup programs see their sockets), driven from here (fixtures/sock-ctl.ts); the
+// agent stand-in (fixtures/splicer.ts) runs in its own process in the node netns so that it can be
 // stopped: a spliced connection keeps moving data while the agent is SIGSTOPped, and FIN, byte
 // counts and teardown still come out right once it runs again.
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { existsSync, mkdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
@@ -15,299 +15,385 @@ import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, type Netns } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
-import { BpfMap, createBoundSocketInNetns, createSocketInNetns } from '../../agent/libbpf/index.ts';
-import { Datapath } from '../../agent/src/datapath/index.ts';
-import { SPLICE_SIZE } from '../../agent/src/datapath/codecs.ts';
-import { NODE_BIN } from './datapath-lab.ts';
+import { BpfMap } from '../../agent/libbpf/index.ts';
+import { Datapath, formatTuple, type SplicedConnection, type SplicedSocket } from '../../agent/src/datapath/index.ts';
+import { SPLICED_SIZE, SPLICE_F } from '../../agent/src/datapath/codecs.ts';
+import { buildNode, NODE_BIN, type LabPod } from './datapath-lab.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const OBJECT_DIR = resolve(HERE, '..', '..', 'build', 'bpf');
 const SPLICER = join(HERE, 'fixtures', 'splicer.ts');
+const SOCK_CTL = join(HERE, 'fixtures', 'sock-ctl.ts');
 const AGENT_PORT = 15001;
-const SERVER_PORT = 18080;
+const APP_PORT = 8080;
+const MIB = 1024 * 1024;
+/** WEFT_SPLICE_MAX_QUEUED in bpf/include/weft_splice.h. */
+const MAX_QUEUED = 4 * MIB;
+/**
+ * The bound is checked before a message is redirected, so the queue may pass it by one message:
+ * tcp_bpf_sendmsg gathers at most MAX_SKB_FRAGS (17) page fragments of up to 32 KiB into one.
+ */
+const ONE_MESSAGE = 17 * 32 * 1024;
 
-interface SplicerEvent { event: string; [k: string]: unknown }
+interface Event { event: string; [k: string]: unknown }
 
-/** The splicer's JSON lines, as they come. */
-class Events {
-  readonly list: SplicerEvent[] = [];
+/** A child that prints one JSON event per line (and, for sock-ctl, takes commands on stdin). */
+class Proc {
+  readonly events: Event[] = [];
+  stderr = '';
+  readonly child: ChildProcess;
   constructor(child: ChildProcess) {
+    this.child = child;
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
       let i;
       while ((i = buf.indexOf('\n')) >= 0) {
-        this.list.push(JSON.parse(buf.slice(0, i)) as SplicerEvent);
+        this.events.push(JSON.parse(buf.slice(0, i)) as Event);
         buf = buf.slice(i + 1);
       }
     });
+    child.stderr!.on('data', (d: Buffer) => { this.stderr += d.toString(); });
   }
   count(kind: string): number {
-    return this.list.filter((e) => e.event === kind).length;
+    return this.events.filter((e) => e.event === kind).length;
   }
-  nth(kind: string, n: number): SplicerEvent {
-    return this.list.filter((e) => e.event === kind)[n]!;
+  last(kind: string): Event | undefined {
+    return this.events.filter((e) => e.event === kind).at(-1);
+  }
+  /** Waits for the n-th (0-based) event of a kind. */
+  async nth(kind: string, n = 0, timeoutMs = 20_000): Promise<Event> {
+    await until(`${kind} #${n + 1}`, () => this.count(kind) > n, timeoutMs, { explain: () => `${JSON.stringify(this.events.slice(-5))}\n${this.stderr}` });
+    return this.events.filter((e) => e.event === kind)[n]!;
+  }
+  /** Waits for the first event of a kind that `match` accepts. */
+  async find(kind: string, match: (e: Event) => boolean, timeoutMs = 20_000): Promise<Event> {
+    const pick = (): Event | undefined => this.events.find((e) => e.event === kind && match(e));
+    await until(`${kind} (matching)`, () => pick() !== undefined, timeoutMs, { explain: () => `${JSON.stringify(this.events.slice(-5))}\n${this.stderr}` });
+    return pick()!;
+  }
+  send(cmd: Record<string, unknown>): void {
+    this.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
+  }
+  /** Asks for a stat and returns it. */
+  async stat(): Promise<Event> {
+    const n = this.count('stat');
+    this.send({ op: 'stat' });
+    return this.nth('stat', n);
   }
 }
 
-/** Reads a socket to its end: bytes, sha256, and when the end came. */
-function drain(s: net.Socket): Promise<{ bytes: number; sha: string }> {
-  const h = createHash('sha256');
-  let bytes = 0;
-  s.on('data', (d: Buffer) => { bytes += d.length; h.update(d); });
-  return once(s, 'end').then(() => ({ bytes, sha: h.digest('hex') }));
-}
-
-/** Bytes in the kernel receive queue of `s`, a socket of this process in `ns` (ss's Recv-Q). */
-function recvQueue(ns: Netns, s: net.Socket): bigint {
-  const out = ns.exec('ss', '-tnH', 'state', 'established', `( sport = :${s.localPort} and dport = :${s.remotePort} )`).trim();
-  const fields = out.split(/\s+/);
-  assert.ok(out.split('\n').length === 1 && /^\d+$/.test(fields[0] ?? ''), `ss found one socket: ${out}`);
-  return BigInt(fields[0]!);
-}
-
-function sha(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
-}
-
-describe('same-node splice (sk_skb stream verdict on weft_splice_socks)', () => {
+describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed by sockops)', () => {
   let lab: Lab;
-  let node: Netns;
   let dp: Datapath;
-  let splicer: ChildProcess;
-  let events: Events;
-  let server: net.Server;
-  const accepted: net.Socket[] = [];
-  let stderr = '';
+  let pa: LabPod; // client pod (enrolled: its connections to the server are captured)
+  let pb: LabPod; // server pod
+  let node: Netns;
+  let splicer: Proc;
   let tearingDown = false;
+  const apps: Proc[] = [];
 
   before(async () => {
     assert.ok(existsSync(join(OBJECT_DIR, 'splice.bpf.o')), 'run `make bpf` first');
     lab = new Lab();
-    node = lab.netns('node');
+    const built = buildNode(lab, ['pa', 'pb']);
+    pa = built.pods.pa!;
+    pb = built.pods.pb!;
+    node = built.node;
     dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
-    const fd = createSocketInNetns(node.path, { listen: { host: '127.0.0.1', port: SERVER_PORT } });
-    server = net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); accepted.push(s); });
-    await new Promise<void>((r) => server.listen({ fd }, r));
-    splicer = lab.spawn(NODE_BIN, [SPLICER, lab.pinRoot, lab.cgroupDir, OBJECT_DIR, String(AGENT_PORT), String(SERVER_PORT)], { netns: node });
-    splicer.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-    // The splicer ends only in after(); an earlier exit is a crash, and what it printed says why.
-    splicer.once('exit', (code, signal) => { if (!tearingDown) console.error(`# the splicer exited (${code ?? signal}) mid-test:\n${stderr}`); });
-    events = new Events(splicer);
-    await until('the splicer listens', () => events.count('listening') === 1, 20_000, { explain: () => stderr });
+    dp.enroll({ netnsPath: pa.ns.path, podIp: pa.ip, mode: 'PERMISSIVE', agentIp: pa.gateway, agentPort: AGENT_PORT, ifname: pa.ifname });
+    dp.setDestinations([{ ip: pb.ip, port: APP_PORT }]);
+    dp.setSplicing(true);
+    splicer = startSplicer('splice');
+    await splicer.nth('listening');
+  });
+
+  // Every test's client and server go when it ends, passed or not (the next one listens again).
+  afterEach(async () => {
+    splicer?.child.kill('SIGCONT');
+    await Promise.all(apps.splice(0).map(async (p) => {
+      if (p.child.exitCode !== null || p.child.signalCode !== null) return;
+      const exited = new Promise((r) => p.child.once('exit', r));
+      p.child.kill('SIGKILL');
+      await exited;
+    }));
   });
 
   after(async () => {
     tearingDown = true;
-    for (const s of accepted) s.destroy();
-    server?.close();
-    if (splicer && splicer.exitCode === null) { splicer.kill('SIGCONT'); splicer.kill('SIGKILL'); }
+    for (const p of [splicer, ...apps]) if (p && p.child.exitCode === null) { p.child.kill('SIGCONT'); p.child.kill('SIGKILL'); }
     try { dp?.teardown(); } catch { /* the lab removes the pins anyway */ }
     await lab?.cleanup();
   });
 
-  /** A client socket in the node netns, connected through the splicer; resolves with both ends. */
-  async function connectPair(): Promise<{ client: net.Socket; server: net.Socket; n: number }> {
-    const n = events.count('spliced');
-    const before = accepted.length;
-    const bound = createBoundSocketInNetns(node.path, { bind: { host: '127.0.0.1', port: 0 } });
-    const client = new net.Socket({ fd: bound.fd, readable: true, writable: true, allowHalfOpen: true });
-    client.on('error', () => {});
-    client.connect(AGENT_PORT, '127.0.0.1');
-    await once(client, 'connect');
-    await until('the splicer spliced the connection', () => events.count('spliced') > n && accepted.length > before, 10_000, { explain: () => stderr });
-    return { client, server: accepted[before]!, n };
+  function startSplicer(mode: 'splice' | 'pipe', listenPort = AGENT_PORT): Proc {
+    const p = new Proc(lab.spawn(NODE_BIN, [SPLICER, lab.pinRoot, lab.cgroupDir, OBJECT_DIR, `${pa.gateway}:${listenPort}`, pb.ns.path, `${pb.ip}:${APP_PORT}`, mode], { netns: node }));
+    // It ends only in after(); an earlier exit is a crash, and what it printed says why.
+    p.child.once('exit', (code, signal) => { if (!tearingDown) console.error(`# the splicer exited (${code ?? signal}) mid-test:\n${p.stderr}`); });
+    return p;
   }
 
+  function app(pod: LabPod, args: string[]): Proc {
+    const p = new Proc(lab.spawn(NODE_BIN, [SOCK_CTL, ...args], { netns: pod.ns, cgroup: pod.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
+    apps.push(p);
+    return p;
+  }
+
+  /** A server in pod B and a client in pod A connected to it through the splicer. */
+  async function connectPair(serverFlags: string[] = []): Promise<{ client: Proc; server: Proc; spliced: Event }> {
+    const server = app(pb, ['server', '0.0.0.0', String(APP_PORT), ...serverFlags]);
+    await server.nth('listening');
+    const n = splicer.count('spliced');
+    const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
+    await client.nth('connected');
+    await server.nth('accepted');
+    const spliced = await splicer.nth('spliced', n);
+    return { client, server, spliced };
+  }
+
+  /** The splicer's report of the connection's end. */
+  function closedOf(spliced: Event, timeoutMs = 20_000): Promise<Event> {
+    return splicer.find('closed', (e) => e.client === spliced.client, timeoutMs);
+  }
+
+  /** Bytes in the server pod's socket's TCP receive queue (ss's Recv-Q); -1 when not found. */
+  function serverRecvQueue(): number {
+    const out = spawnSync('nsenter', [`--net=${pb.ns.path}`, 'ss', '-tnH', 'state', 'established', `( sport = :${APP_PORT} )`], { encoding: 'utf8' }).stdout.trim();
+    const fields = out.split(/\s+/);
+    return out.split('\n').length === 1 && /^\d+$/.test(fields[0] ?? '') ? Number(fields[0]) : -1;
+  }
+
+  function connection(spliced: Event): SplicedConnection | undefined {
+    return dp.splicedConnections().find((c) => c.client === spliced.client);
+  }
+
+  function filed(tuple: string): SplicedSocket | undefined {
+    return dp.splicedSockets().find((s) => formatTuple(s.self) === tuple);
+  }
+
+  async function closePair(client: Proc, server: Proc): Promise<void> {
+    for (const p of [client, server]) {
+      p.child.kill('SIGKILL');
+      if (p.child.exitCode === null && p.child.signalCode === null) await new Promise((r) => p.child.once('exit', r));
+    }
+  }
+
+  test('pairs only the two pod sockets of an authorized connection: the client\'s, filed when it connected to its agent, and the server\'s, filed because the agent announced its delivery address', async () => {
+    const { client, server, spliced } = await connectPair();
+    const conn = connection(spliced);
+    assert.ok(conn, `listed: ${JSON.stringify(dp.splicedConnections(), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+    assert.match(conn.client, new RegExp(`^${pa.ip.replaceAll('.', '\\.')}:\\d+->${pa.gateway.replaceAll('.', '\\.')}:${AGENT_PORT}$`), 'the client pod\'s own socket, to its agent');
+    assert.match(conn.server, new RegExp(`^${pb.ip.replaceAll('.', '\\.')}:${APP_PORT}->${pb.ip.replaceAll('.', '\\.')}:\\d+$`), 'the server pod\'s own socket, from the agent\'s delivery address');
+    assert.equal(conn.clientNetnsCookie > 0n, true);
+    const c = filed(conn.client)!;
+    assert.equal(c.flags & (SPLICE_F.PAIRED | SPLICE_F.CLIENT), SPLICE_F.PAIRED | SPLICE_F.CLIENT);
+    assert.equal(filed(conn.server)!.flags & SPLICE_F.PAIRED, SPLICE_F.PAIRED);
+    // Nothing else in either pod, nor the agent's own sockets, was filed.
+    assert.deepEqual(dp.splicedSockets().map((s) => formatTuple(s.self)).sort(), [conn.client, conn.server].sort());
+    await closePair(client, server);
+    await until('the pair leaves weft_spliced once the connection is over', () => !filed(conn.client) && !filed(conn.server), 10_000);
+  });
+
   test('moves data both ways while the agent is stopped (SIGSTOP), then carries FIN and counts once it runs again (SIGCONT)', async () => {
-    const { client, server: srv, n } = await connectPair();
-    const pair = events.nth('spliced', n).pair as { client: string; server: string };
-    const listed = dp.splicedSockets().map((s) => s.cookie.toString());
-    assert.ok(listed.includes(pair.client) && listed.includes(pair.server), `weft_splice_conns lists both sockets: ${listed.join(',')}`);
-
-    splicer.kill('SIGSTOP');
+    const { client, server, spliced } = await connectPair(['--echo']);
+    splicer.child.kill('SIGSTOP');
     try {
-      const up = randomBytes(24 * 1024 * 1024);
-      const down = randomBytes(8 * 1024 * 1024);
-      const h = createHash('sha256');
-      let got = 0;
-      srv.on('data', (d: Buffer) => { got += d.length; h.update(d); });
-      const hd = createHash('sha256');
-      let gotDown = 0;
-      client.on('data', (d: Buffer) => { gotDown += d.length; hd.update(d); });
-      // A reader that keeps up: each side writes 1 MiB at a time once the other side has read
-      // what came before (a writer far ahead of its reader is handed to the agent, below).
-      const pump = async (from: net.Socket, data: Buffer, progress: () => number): Promise<void> => {
-        for (let off = 0; off < data.length; off += 1024 * 1024) {
-          await until('the reader keeps up', () => progress() >= off - 2 * 1024 * 1024, 30_000);
-          from.write(data.subarray(off, off + 1024 * 1024));
-        }
-      };
-      await Promise.all([pump(client, up, () => got), pump(srv, down, () => gotDown)]);
-      await until('24 MiB reached the server and 8 MiB the client with the agent stopped', () => got === up.length && gotDown === down.length, 60_000,
-        { explain: () => `server got ${got}, client got ${gotDown}` });
-      assert.equal(h.copy().digest('hex'), sha(up));
-      assert.equal(hd.copy().digest('hex'), sha(down));
-      const counted = dp.splicedBytes({ client: BigInt(pair.client), server: BigInt(pair.server) });
-      assert.equal(counted.fromClient, BigInt(up.length), 'the kernel counted every byte from the client');
-      assert.equal(counted.fromServer, BigInt(down.length), 'and every byte from the server');
-      // Half-close while stopped: the FIN waits for the agent, the data did not.
-      client.end();
-      const srvEnd = once(srv, 'end');
-      const raced = await Promise.race([srvEnd.then(() => 'end'), new Promise((r) => setTimeout(r, 300, 'waiting'))]);
-      assert.equal(raced, 'waiting', 'a FIN is passed on by the agent, so not while it is stopped');
-      splicer.kill('SIGCONT');
-      await srvEnd;
-      // The other direction still flows after the half-close.
-      const tail = randomBytes(1024 * 1024);
-      const clientEnd = once(client, 'end');
-      srv.end(tail);
-      await clientEnd;
-      assert.equal(gotDown, down.length + tail.length);
-      await until('the splicer reports the connection closed', () => events.count('closed') > n, 10_000, { explain: () => stderr });
-      const closed = events.nth('closed', n);
+      client.send({ op: 'write', mib: 24, keepUp: true });
+      await client.nth('written', 0, 60_000);
+      await until('the echo of 24 MiB came back with the agent stopped', async () => (await client.stat()).received === 24 * MIB, 60_000,
+        { explain: () => JSON.stringify(client.last('stat')) });
+      const st = await client.stat();
+      assert.equal(st.receivedSha, st.sentSha, 'the echo is the stream, in order');
+      const conn = connection(spliced)!;
+      assert.equal(conn.bytesFromClient, BigInt(24 * MIB), 'the kernel carried every byte from the client');
+      assert.equal(conn.bytesFromServer, BigInt(24 * MIB), 'and every byte from the server');
+      assert.equal(conn.passedFromClient + conn.passedFromServer, 0n, 'nothing went by TCP');
+      // A half-close goes by TCP through the agent: not while it is stopped.
+      client.send({ op: 'end' });
+      const ended = await Promise.race([server.nth('end', 0, 60_000).then(() => 'end'), new Promise((r) => setTimeout(r, 300, 'waiting'))]);
+      assert.equal(ended, 'waiting', 'the FIN waits for the agent');
+      splicer.child.kill('SIGCONT');
+      const end = await server.nth('end', 0);
+      assert.equal(end.received, 24 * MIB, 'every byte before the FIN');
+      const back = await client.nth('end', 0);
+      assert.equal(back.received, 24 * MIB);
+      const closed = await closedOf(spliced);
       assert.equal(closed.spliced, true);
-      assert.equal(closed.bytesAtoB, up.length, 'bytes to the destination, from the kernel');
-      assert.equal(closed.bytesBtoA, down.length + tail.length, 'bytes to the source, from the kernel');
+      assert.equal(closed.bytesAtoB, 24 * MIB, 'bytes to the destination, from the kernel');
+      assert.equal(closed.bytesBtoA, 24 * MIB, 'bytes to the source, from the kernel');
       assert.equal(closed.error, undefined);
-      await until('weft_splice_conns forgets the pair', () => !dp.splicedSockets().some((s) => s.cookie.toString() === pair.client), 5_000);
+      await until('weft_spliced forgets the pair', () => !filed(String(spliced.client)), 10_000);
     } finally {
-      splicer.kill('SIGCONT');
+      splicer.child.kill('SIGCONT');
+      await closePair(client, server);
     }
   });
 
-  test('a FIN right behind a bulk write arrives after the last byte (the agent waits for the peer to take what the kernel carried)', async () => {
-    for (let i = 0; i < 3; i++) {
-      const { client, server: srv } = await connectPair();
-      const payload = randomBytes(16 * 1024 * 1024);
-      const got = drain(srv);
-      client.end(payload);
-      const r = await got;
-      assert.equal(r.bytes, payload.length, `round ${i}: every byte before the FIN`);
-      assert.equal(r.sha, sha(payload));
-      srv.end('done');
-      const back = await drain(client);
-      assert.equal(back.bytes, 4);
-    }
+  test('bytes the client sent before the pair was made arrive first: the kernel redirects only once the server has read every byte that came by TCP (the order rule)', async () => {
+    // The server reads nothing at first, and the agent accepts only after the client has written.
+    const server = app(pb, ['server', '0.0.0.0', String(APP_PORT), '--paused']);
+    await server.nth('listening');
+    splicer.child.kill('SIGSTOP');
+    const n = splicer.count('spliced');
+    const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
+    await client.nth('connected');
+    // What the connection holds before anyone reads it: the client's send buffer and the agent's
+    // receive buffer, both at their starting sizes.
+    client.send({ op: 'write', kib: 64 });
+    await client.nth('written');
+    splicer.child.kill('SIGCONT');
+    const spliced = await splicer.nth('spliced', n);
+    await server.nth('accepted');
+    await until('the agent delivered the first 64 KiB to the server\'s TCP receive queue', () => serverRecvQueue() === 64 * 1024, 10_000,
+      { explain: () => `Recv-Q ${serverRecvQueue()}` });
+    // Paired now, and the server has not read what came by TCP: these go by TCP too, behind it.
+    client.send({ op: 'write', mib: 6 });
+    await until('the client\'s bytes went by TCP while the server had not read the first ones', () => (connection(spliced)?.passedFromClient ?? 0n) > 0n, 10_000);
+    server.send({ op: 'resume' });
+    await client.nth('written', 1, 60_000);
+    await until('the server read everything sent so far', async () => (await server.stat()).received === (await client.stat()).sent, 60_000);
+    // The server caught up: what the client sends now, the kernel carries.
+    const kernelBefore = connection(spliced)!.bytesFromClient;
+    client.send({ op: 'write', mib: 2, keepUp: false });
+    await client.nth('written', 2, 60_000);
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, 60_000);
+    const st = await client.stat();
+    assert.equal(end.received, 8 * MIB + 64 * 1024);
+    assert.equal(end.receivedSha, st.sentSha, 'in order: what came by TCP first, then the kernel\'s');
+    const conn = connection(spliced)!;
+    assert.ok(conn.bytesFromClient > kernelBefore, `the kernel carried the stream once the server caught up (${conn.bytesFromClient} bytes)`);
+    server.send({ op: 'end' });
+    const closed = await closedOf(spliced);
+    assert.equal(closed.bytesAtoB, 8 * MIB + 64 * 1024, 'the kernel\'s count and the agent\'s add up to the stream');
   });
 
-  test('backpressure: a server that does not read stalls the client (the kernel holds at most 8 MiB for it, then hands the direction to the agent), and once it reads again the kernel takes the direction back; twice, every byte in order', async () => {
-    const { client, server: srv, n } = await connectPair();
-    const pair = events.nth('spliced', n).pair as { client: string };
-    const entry = () => dp.splicedSockets().find((e) => e.cookie.toString() === pair.client)!;
-    const sent = createHash('sha256');
-    const h = createHash('sha256');
-    let got = 0;
-    srv.on('data', (d: Buffer) => { got += d.length; h.update(d); });
-    const write = (chunk: Buffer): boolean => { sent.update(chunk); return client.write(chunk); };
-    let kernelBefore = 0n;
-    let gotBefore = 0;
+  test('backpressure: a server that does not read stalls the client with at most 4 MiB queued for it by the kernel; once it reads again the kernel carries the direction again; twice, every byte in order', async () => {
+    const { client, server, spliced } = await connectPair(['--paused']);
+    let writes = 0;
     for (const round of [1, 2]) {
-      gotBefore = got;
-      srv.pause();
-      let stalled = false;
-      const start = client.bytesWritten;
-      for (let i = 0; i < 512 && !stalled; i++) {
-        if (!write(randomBytes(1024 * 1024))) {
-          await Promise.race([once(client, 'drain'), new Promise((r) => setTimeout(r, 1_000))]);
-          stalled = client.writableLength > 0;
-        }
-      }
-      const taken = client.bytesWritten - client.writableLength - start;
-      assert.ok(stalled, `round ${round}: the client stalled`);
-      assert.ok(taken < 128 * 1024 * 1024, `round ${round}: the kernel and the agent took ${taken} bytes for a server that reads nothing`);
-      const e = entry();
-      assert.equal(e.flags & 1, 1, `round ${round}: the client direction went to the agent (WEFT_SPLICE_F_PASSING)`);
-      assert.ok(e.handbacks >= round, `round ${round}: handed to the agent ${e.handbacks} time(s) so far`);
-      // The kernel's bound is on what the server has not acknowledged (WEFT_SPLICE_MAX_INFLIGHT);
-      // what it acknowledged sits in its receive queue, which autotuning grows up to tcp_rmem[2]
-      // (32 MiB on kernel 6.18), or was read before the pause. One 256 KiB of slack for the skb
-      // that crossed the line.
-      const acked = BigInt(got - gotBefore) + recvQueue(node, srv);
-      const inflight = e.bytes - kernelBefore - acked;
-      assert.ok(inflight <= 8n * 1024n * 1024n + 256n * 1024n,
-        `round ${round}: the kernel held ${inflight} bytes the server had not acknowledged (redirected ${e.bytes - kernelBefore}, acknowledged ${acked})`);
-      // The server reads again; a sender that keeps up with it goes back to the kernel.
-      srv.resume();
-      await until(`round ${round}: the server read everything written`, () => client.writableLength === 0 && got === client.bytesWritten, 30_000,
-        { explain: () => `got ${got} of ${client.bytesWritten}, ${client.writableLength} buffered` });
-      const redirected = e.bytes;
-      for (let i = 0; i < 16; i++) {
-        await until('the reader keeps up', () => got >= client.bytesWritten - 2 * 1024 * 1024, 30_000);
-        write(randomBytes(1024 * 1024));
-      }
-      await until(`round ${round}: the kernel took the direction back and carries it`, () => (entry().flags & 1) === 0 && entry().bytes > redirected, 30_000,
-        { explain: () => JSON.stringify(entry(), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) });
-      kernelBefore = entry().bytes;
+      const before = connection(spliced)!;
+      const receivedBefore = Number((await server.stat()).received);
+      // Far more than the kernel, TCP and the agent hold for a reader that reads nothing.
+      client.send({ op: 'write', mib: 256 });
+      writes++;
+      let sentLast = -1;
+      await until(`round ${round}: the client stalls`, async () => {
+        const st = await client.stat();
+        const stalled = Number(st.writableLength) > 0 && st.sent === sentLast;
+        sentLast = Number(st.sent);
+        return stalled;
+      }, 30_000, { intervalMs: 300 });
+      const conn = connection(spliced)!;
+      const redirected = conn.bytesFromClient - before.bytesFromClient;
+      const st = await client.stat();
+      const taken = Number(st.sent) - Number(st.writableLength) - receivedBefore;
+      assert.ok(taken < 128 * MIB, `round ${round}: the kernel, TCP and the agent took ${taken} bytes for a server that reads nothing`);
+      assert.ok(redirected <= BigInt(MAX_QUEUED + ONE_MESSAGE), `round ${round}: the kernel queued ${redirected} bytes for the server (bound ${MAX_QUEUED} plus one message)`);
+      assert.ok(conn.passedFromClient > before.passedFromClient, `round ${round}: past the bound the stream went by TCP, through the agent`);
+      assert.ok(conn.fallbacks.fromClient >= round, `round ${round}: ${conn.fallbacks.fromClient} fallback(s) so far`);
+      assert.equal(Number((await server.stat()).received), receivedBefore, 'the server read nothing meanwhile');
+      server.send({ op: 'resume' });
+      await until(`round ${round}: the server read everything written`, async () => (await server.stat()).received === (await client.stat()).sent, 60_000);
+      await client.nth('written', writes - 1, 60_000);
+      // A writer that keeps up with its reader goes back to the kernel.
+      const kernelBefore = connection(spliced)!.bytesFromClient;
+      client.send({ op: 'write', mib: 8, keepUp: false });
+      writes++;
+      await client.nth('written', writes - 1, 60_000);
+      await until(`round ${round}: the kernel carries the direction again`, () => connection(spliced)!.bytesFromClient > kernelBefore, 30_000,
+        { explain: () => JSON.stringify(connection(spliced), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) });
+      await until('the server read the rest', async () => (await server.stat()).received === (await client.stat()).sent, 60_000);
+      server.send({ op: 'pause' });
+      await server.nth('paused', round - 1);
     }
-    const last = entry();
-    assert.ok(last.passed > 0n, 'the agent carried part of the stream');
-    const total = client.bytesWritten;
-    const done = once(srv, 'end');
-    client.end();
-    await done;
-    assert.equal(got, total, 'every byte arrived');
-    assert.equal(h.digest('hex'), sent.digest('hex'), 'in order: the agent\'s bytes and the kernel\'s interleave as sent');
-    srv.end();
-    await drain(client);
-    await until('the splicer reports the connection closed', () => events.count('closed') > n, 10_000, { explain: () => stderr });
-    assert.equal(events.nth('closed', n).bytesAtoB, total, 'bytes to the destination: the kernel\'s and the agent\'s');
+    server.send({ op: 'resume' });
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, 60_000);
+    const st = await client.stat();
+    assert.equal(end.received, st.sent, 'every byte arrived');
+    assert.equal(end.receivedSha, st.sentSha, 'in order: the agent\'s bytes and the kernel\'s interleave as sent');
+    await closePair(client, server);
   });
 
   test('a sender far ahead of its reader: 100 MiB arrive unchanged (sha256) whichever of the kernel and the agent carries each part', async () => {
-    const { client, server: srv, n } = await connectPair();
-    const pair = events.nth('spliced', n).pair as { client: string };
-    const payload = randomBytes(100 * 1024 * 1024);
-    const chunks: Buffer[] = [];
-    srv.on('data', (d: Buffer) => chunks.push(d));
-    const got = drain(srv);
-    client.end(payload);
-    const r = await got;
-    if (r.sha !== sha(payload)) {
-      // Say where the stream went wrong and what the kernel had done by then, so that a rare
-      // failure explains itself.
-      const recv = Buffer.concat(chunks);
-      let at = 0;
-      while (at < recv.length && at < payload.length && recv[at] === payload[at]) at++;
-      const extra = recv.length - payload.length;
-      const repeats = extra > 0 && recv.subarray(at, at + extra).equals(payload.subarray(at - extra, at));
-      const e = dp.splicedSockets().find((x) => x.cookie.toString() === pair.client);
-      assert.fail(`received ${recv.length} bytes for ${payload.length}: first difference at ${at}` +
-        `${repeats ? `, where the ${extra} bytes before it come again` : ''}; kernel entry ${JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
-    }
-    assert.equal(r.bytes, payload.length);
-    srv.end();
-    await drain(client);
-    await until('the splicer reports the connection closed', () => events.count('closed') > n, 10_000, { explain: () => stderr });
-    const closed = events.nth('closed', n);
+    const { client, server, spliced } = await connectPair();
+    client.send({ op: 'write', mib: 100 });
+    await client.nth('written', 0, 120_000);
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, 120_000);
+    const st = await client.stat();
+    assert.equal(end.received, 100 * MIB);
+    assert.equal(end.receivedSha, st.sentSha);
+    server.send({ op: 'end' });
+    const closed = await closedOf(spliced);
     assert.equal(closed.spliced, true);
-    assert.equal(closed.bytesAtoB, payload.length, 'the kernel\'s count and the agent\'s add up to the stream');
+    assert.equal(closed.bytesAtoB, 100 * MIB, 'the kernel\'s count and the agent\'s add up to the stream');
+    await closePair(client, server);
   });
 
   test('a reset on one side resets the other, and the pair leaves the maps', async () => {
-    const { client, server: srv, n } = await connectPair();
-    const closed = events.count('closed');
-    const srvClose = new Promise<boolean>((r) => srv.once('close', r));
-    client.resetAndDestroy();
-    assert.equal(await srvClose, true, 'the server side was reset too (closed with an error)');
-    await until('the splicer reports the connection closed', () => events.count('closed') > closed, 10_000);
-    const pair = events.nth('spliced', n).pair as { client: string };
-    assert.ok(!dp.splicedSockets().some((s) => s.cookie.toString() === pair.client));
+    const { client, server, spliced } = await connectPair();
+    client.send({ op: 'write', mib: 1 });
+    await until('the server got the first MiB', async () => (await server.stat()).received === MIB, 20_000);
+    client.send({ op: 'reset' });
+    const closeEvent = await server.nth('close', 0);
+    assert.equal(closeEvent.hadError, true, 'the server side was reset too (closed with an error)');
+    await closedOf(spliced);
+    await until('the pair left weft_spliced', () => !filed(String(spliced.client)) && !filed(String(spliced.server)), 10_000);
+    await closePair(client, server);
+  });
+
+  test('a connection the agent does not splice goes back to plain TCP (its client socket leaves the maps), and with splicing off nothing is filed at all', async () => {
+    const pipeSplicer = startSplicer('pipe', AGENT_PORT + 1);
+    try {
+      await pipeSplicer.nth('listening');
+      dp.enroll({ netnsPath: pa.ns.path, podIp: pa.ip, mode: 'PERMISSIVE', agentIp: pa.gateway, agentPort: AGENT_PORT + 1, ifname: pa.ifname });
+      const server = app(pb, ['server', '0.0.0.0', String(APP_PORT)]);
+      await server.nth('listening');
+      const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
+      const piped = await pipeSplicer.nth('piped');
+      assert.equal(filed(String(piped.client)), undefined, 'the client socket was returned to TCP');
+      client.send({ op: 'write', mib: 4 });
+      await client.nth('written');
+      client.send({ op: 'end' });
+      const end = await server.nth('end', 0, 30_000);
+      assert.equal(end.received, 4 * MIB);
+      assert.equal(dp.splicedSockets().length, 0, 'no pod socket is filed');
+      await closePair(client, server);
+
+      dp.setSplicing(false);
+      const server2 = app(pb, ['server', '0.0.0.0', String(APP_PORT)]);
+      await server2.nth('listening');
+      const client2 = app(pa, ['client', pb.ip, String(APP_PORT)]);
+      await client2.nth('connected');
+      await server2.nth('accepted');
+      assert.equal(dp.splicedSockets().length, 0, 'splicing off: sockops filed nothing');
+      await closePair(client2, server2);
+    } finally {
+      dp.setSplicing(true);
+      dp.enroll({ netnsPath: pa.ns.path, podIp: pa.ip, mode: 'PERMISSIVE', agentIp: pa.gateway, agentPort: AGENT_PORT, ifname: pa.ifname });
+      pipeSplicer.child.kill('SIGKILL');
+    }
   });
 });
 
-test('a weft_splice_conns pin of the old 40-byte layout is re-created at the new size when the agent opens its datapath (the rule in weft_maps.h)', async () => {
+test('a weft_spliced pin of another layout is re-created when the agent opens its datapath, and the retired sk_skb splice maps are removed (the rule in weft_maps.h)', async () => {
   const lab = new Lab();
   try {
     mkdirSync(lab.pinRoot, { recursive: true });
-    const pin = join(lab.pinRoot, 'weft_splice_conns');
-    const made = spawnSync('bpftool', ['map', 'create', pin, 'type', 'hash', 'key', '8', 'value', '40', 'entries', '32768', 'name', 'weft_splice_conns'], { encoding: 'utf8' });
-    assert.equal(made.status, 0, made.stderr);
+    const pin = join(lab.pinRoot, 'weft_spliced');
+    const old = join(lab.pinRoot, 'weft_splice_conns');
+    for (const [path, name] of [[pin, 'weft_spliced'], [old, 'weft_splice_conns']]) {
+      const made = spawnSync('bpftool', ['map', 'create', path!, 'type', 'hash', 'key', '12', 'value', '56', 'entries', '32768', 'name', name!], { encoding: 'utf8' });
+      assert.equal(made.status, 0, made.stderr);
+    }
     const dp = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
     try {
       const m = BpfMap.openPinned(pin);
-      assert.equal(m.valueSize, SPLICE_SIZE);
+      assert.equal(m.valueSize, SPLICED_SIZE);
       m.close();
+      assert.equal(existsSync(old), false, 'the retired map\'s pin is gone');
       assert.deepEqual(dp.splicedSockets(), []);
     } finally {
       dp.teardown();

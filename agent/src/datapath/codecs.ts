@@ -219,6 +219,9 @@ export function encodeTuple4(src: Endpoint, dst: Endpoint): Buffer {
   u16(b, 10, dst.port);
   return b;
 }
+export function decodeTuple4(b: Buffer): { src: Endpoint; dst: Endpoint } {
+  return { src: { ip: rip(b, 0), port: r16(b, 8) }, dst: { ip: rip(b, 4), port: r16(b, 10) } };
+}
 
 export interface OriginalDestination {
   ip: string;
@@ -250,49 +253,59 @@ export function decodePeer(b: Buffer): Endpoint {
   return { ip: rip(b, 0), port: r16(b, 4) };
 }
 
-// ---- struct weft_splice (56) -------------------------------------------------------------------
+// ---- struct weft_spliced (72) / weft_splice_expect_key (8) -------------------------------------
 
-/** One socket of a spliced pair (weft_splice_conns value). */
-export interface SpliceEntry {
-  /** Where this socket's bytes go. */
-  peerCookie: bigint;
-  /** Bytes received on this socket and sent out of the peer by the kernel. */
-  bytes: bigint;
-  skbs: bigint;
-  /** The client pod's network namespace. */
-  netnsCookie: bigint;
+/** One pod socket the same-node splice may carry (weft_spliced value, keyed by its own tuple). */
+export interface SplicedEntry {
+  /** The paired socket's own tuple (valid with SPLICE_F.PAIRED). */
+  peer: { src: Endpoint; dst: Endpoint };
   /** SPLICE_F bits. */
   flags: number;
-  /** Bytes received on this socket and passed to the agent (while its peer lagged). */
+  /** The socket's kernel address (kernel-set; the peer's verdict reads its state through it). */
+  sk: bigint;
+  sndBase: number;
+  rcvBase: number;
+  /** The socket's network namespace. */
+  netnsCookie: bigint;
+  /** Bytes this socket sent that the kernel put straight into its peer's receive queue. */
+  bytes: bigint;
+  msgs: bigint;
+  /** Bytes this socket sent by TCP, through the agent, while paired. */
   passed: bigint;
-  /** The peer's write_seq before this direction's first byte (kernel-set, with SPLICE_F.SEQ0). */
-  peerSeq0: number;
-  /** Times this direction was handed to the agent. */
-  handbacks: number;
+  /** Times a redirect gave way to TCP. */
+  fallbacks: number;
 }
 /**
- * weft_splice.flags: PASSING = the peer lags and the agent carries this direction until it caught
- * up; CLIENT = the socket the agent accepted from the client pod; SEQ0 = peerSeq0 is set.
+ * weft_spliced.flags: PAIRED = the agent paired it (redirects may start); CLIENT = the client pod's
+ * socket; CLOSED = the socket closed; REDIRECTING = its last message was redirected.
  */
-export const SPLICE_F = { PASSING: 0x1, CLIENT: 0x2, SEQ0: 0x4 } as const;
-export const SPLICE_SIZE = 56;
-export function encodeSplice(v: SpliceEntry): Buffer {
-  const b = Buffer.alloc(SPLICE_SIZE);
-  u64(b, 0, v.peerCookie);
-  u64(b, 8, v.bytes);
-  u64(b, 16, v.skbs);
-  u64(b, 24, v.netnsCookie);
-  u64(b, 32, BigInt(v.flags));
-  u64(b, 40, v.passed);
-  u32(b, 48, v.peerSeq0 >>> 0);
-  u32(b, 52, v.handbacks >>> 0);
+export const SPLICE_F = { PAIRED: 0x1, CLIENT: 0x2, CLOSED: 0x4, REDIRECTING: 0x8 } as const;
+export const SPLICED_SIZE = 72;
+export function encodeSpliced(v: SplicedEntry): Buffer {
+  const b = Buffer.alloc(SPLICED_SIZE);
+  encodeTuple4(v.peer.src, v.peer.dst).copy(b, 0);
+  u32(b, 12, v.flags >>> 0);
+  u64(b, 16, v.sk);
+  u32(b, 24, v.sndBase >>> 0);
+  u32(b, 28, v.rcvBase >>> 0);
+  u64(b, 32, v.netnsCookie);
+  u64(b, 40, v.bytes);
+  u64(b, 48, v.msgs);
+  u64(b, 56, v.passed);
+  u32(b, 64, v.fallbacks >>> 0);
   return b;
 }
-export function decodeSplice(b: Buffer): SpliceEntry {
+export function decodeSpliced(b: Buffer): SplicedEntry {
   return {
-    peerCookie: r64(b, 0), bytes: r64(b, 8), skbs: r64(b, 16), netnsCookie: r64(b, 24), flags: Number(r64(b, 32)),
-    passed: r64(b, 40), peerSeq0: r32(b, 48), handbacks: r32(b, 52),
+    peer: decodeTuple4(b.subarray(0, 12)), flags: r32(b, 12), sk: r64(b, 16), sndBase: r32(b, 24), rcvBase: r32(b, 28),
+    netnsCookie: r64(b, 32), bytes: r64(b, 40), msgs: r64(b, 48), passed: r64(b, 56), fallbacks: r32(b, 64),
   };
+}
+export function encodeSpliceExpect(e: Endpoint): Buffer {
+  const b = Buffer.alloc(8);
+  ip(b, 0, e.ip);
+  u16(b, 4, e.port);
+  return b;
 }
 
 // ---- counters ----------------------------------------------------------------------------------

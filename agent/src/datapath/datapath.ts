@@ -27,7 +27,6 @@ import {
   RingBuffer,
   netnsCookie,
   possibleCpus,
-  socketCookie,
   type BpfProgram,
   type SockmapAttachment,
 } from '../../libbpf/index.ts';
@@ -62,7 +61,9 @@ export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6'
 export const INBOUND_PROGRAM = 'weft_inbound';
 export const LOOKUP_PROGRAM = 'weft_lookup';
 /** Pins of maps earlier versions used and this one does not (removed by open()). */
-const RETIRED_MAPS = ['weft_pods_by_ip'];
+// weft_splice_socks and weft_splice_conns: the sk_skb splice of the agent's own sockets, replaced
+// by the sk_msg splice of the pods' sockets (weft_splice_sk, weft_spliced).
+const RETIRED_MAPS = ['weft_pods_by_ip', 'weft_splice_socks', 'weft_splice_conns'];
 
 const MAPS = {
   pods: 'weft_pods',
@@ -80,34 +81,50 @@ const MAPS = {
   peerOverride: 'weft_peer_override',
   counters: 'weft_counters',
   podCounters: 'weft_pod_counters',
-  spliceSocks: 'weft_splice_socks',
-  spliceConns: 'weft_splice_conns',
+  spliceSk: 'weft_splice_sk',
+  spliced: 'weft_spliced',
+  spliceExpect: 'weft_splice_expect',
+  spliceOn: 'weft_splice_on',
 } as const;
 
-/** A spliced pair, as splice() returns it and `weftctl bpf` lists it. */
+/** A socket's own 4-tuple: src is its local address, dst its peer's. */
+export interface SocketTuple {
+  src: c.Endpoint;
+  dst: c.Endpoint;
+}
+
+/** A spliced pair, as splice() returns it: the two pod sockets, each by its own tuple. */
 export interface SplicedPair {
-  /** Cookie of the socket the agent accepted from the client pod. */
-  client: bigint;
-  /** Cookie of the agent's socket to the server pod. */
-  server: bigint;
+  /** The client pod's socket (connected to this agent). */
+  client: SocketTuple;
+  /** The server pod's socket (accepted from this agent's delivery socket). */
+  server: SocketTuple;
 }
 
 /** One spliced connection (`weftctl bpf`). */
 export interface SplicedConnection {
-  client: bigint;
-  server: bigint;
+  /** The client pod's socket, "ip:port->ip:port". */
+  client: string;
+  /** The server pod's socket, "ip:port->ip:port". */
+  server: string;
   clientNetnsCookie: bigint;
+  /** Bytes the kernel carried pod to pod, each way. */
   bytesFromClient: bigint;
   bytesFromServer: bigint;
-  /** Directions the agent carries right now (their peer lags; the kernel takes them back once it caught up). */
-  handedBack: string[];
-  /** Times each direction was handed to the agent so far. */
-  handBacks: { fromClient: number; fromServer: number };
+  /** Bytes each side sent by TCP (through the agent) while paired: before the pair was made, or while its peer held too much. */
+  passedFromClient: bigint;
+  passedFromServer: bigint;
+  /** Times each direction gave way to TCP. */
+  fallbacks: { fromClient: number; fromServer: number };
 }
 
-/** One spliced socket as the kernel counts it. */
-export interface SplicedSocket extends c.SpliceEntry {
-  cookie: bigint;
+/** One filed pod socket as the kernel counts it. */
+export interface SplicedSocket extends c.SplicedEntry {
+  self: SocketTuple;
+}
+
+export function formatTuple(t: SocketTuple): string {
+  return `${t.src.ip}:${t.src.port}->${t.dst.ip}:${t.dst.port}`;
 }
 
 export interface DatapathOptions {
@@ -326,7 +343,7 @@ export class Datapath {
    * restarted agent replaces it (sockets already in the map keep the program they were added with).
    */
   private attachSplice(): void {
-    this.spliceAttachment = this.splicer.program(SPLICE_PROGRAM).attachSockmap(this.splicer.map(MAPS.spliceSocks), 'sk_skb_verdict');
+    this.spliceAttachment = this.splicer.program(SPLICE_PROGRAM).attachSockmap(this.splicer.map(MAPS.spliceSk), 'sk_msg');
   }
 
   private ensureExcludedDefaults(): void {
@@ -336,7 +353,7 @@ export class Datapath {
 
   private map(name: string): BpfMap {
     if (this.closed) throw new DatapathClosedError();
-    return name === MAPS.spliceSocks || name === MAPS.spliceConns ? this.splicer.map(name) : this.redirect.map(name);
+    return this.redirect.map(name);
   }
 
   /** This process's loaded programs (ids change with every load; a pinned link follows update()). */
@@ -692,71 +709,115 @@ export class Datapath {
   // ---- same-node splice (bpf/include/weft_splice.h) -------------------------------------------
 
   /**
-   * Hands a connection between two local pods to the kernel: each socket's peer goes into
-   * weft_splice_conns, then both sockets into weft_splice_socks, after which every byte either one
-   * receives leaves through the other without reaching this process. `client` and `server` are
-   * the agent's two sockets (fds it holds). On error nothing stays spliced.
+   * Whether sockops files captured clients' sockets for splicing (weft_splice_on). Off, nothing new
+   * is filed; pairs already made keep going.
    */
-  splice(client: number, server: number, clientNetnsCookie: bigint): SplicedPair {
-    const conns = this.map(MAPS.spliceConns);
-    const socks = this.map(MAPS.spliceSocks);
-    const pair = { client: socketCookie(client), server: socketCookie(server) };
-    const zero = { bytes: 0n, skbs: 0n, netnsCookie: clientNetnsCookie, flags: 0, passed: 0n, peerSeq0: 0, handbacks: 0 };
+  setSplicing(on: boolean): void {
+    const v = Buffer.alloc(4);
+    v.writeUInt32LE(on ? 1 : 0);
+    this.map(MAPS.spliceOn).update(Buffer.alloc(4), v, 'any');
+  }
+
+  /**
+   * Announces the address a delivery socket is bound to, before it connects to a pod for a
+   * splice: sockops files the pod's socket that accepts it. Undo with unexpectSplice once connected.
+   */
+  expectSplice(bound: c.Endpoint): void {
+    this.map(MAPS.spliceExpect).update(c.encodeSpliceExpect(bound), Buffer.alloc(4), 'any');
+  }
+
+  unexpectSplice(bound: c.Endpoint): void {
+    this.map(MAPS.spliceExpect).delete(c.encodeSpliceExpect(bound));
+  }
+
+  /**
+   * Pairs two filed pod sockets: from now on each one's messages go straight into the other's
+   * receive queue once every byte it sent by TCP has been read (weft_splice.h). Throws (and pairs
+   * nothing) when either socket was not filed or already closed.
+   */
+  splice(client: SocketTuple, server: SocketTuple): SplicedPair {
+    const m = this.map(MAPS.spliced);
+    const kc = c.encodeTuple4(client.src, client.dst);
+    const ks = c.encodeTuple4(server.src, server.dst);
+    const vc = m.lookup(kc);
+    const vs = m.lookup(ks);
+    if (!vc) throw new Error(`the client's socket ${formatTuple(client)} was not filed for splicing`);
+    if (!vs) throw new Error(`the server's socket ${formatTuple(server)} was not filed for splicing`);
+    const ec = c.decodeSpliced(vc);
+    const es = c.decodeSpliced(vs);
+    if ((ec.flags | es.flags) & c.SPLICE_F.CLOSED) throw new Error('a socket of the pair already closed');
+    // The server's side first: a client redirecting to a peer not yet paired is harmless (the
+    // peer's state is read, nothing is written to it), and each side's order rule holds alone.
+    m.update(ks, c.encodeSpliced({ ...es, peer: client, flags: es.flags | c.SPLICE_F.PAIRED }), 'exist');
     try {
-      conns.update(c.cookieKey(pair.client), c.encodeSplice({ peerCookie: pair.server, ...zero, flags: c.SPLICE_F.CLIENT }), 'noexist');
-      conns.update(c.cookieKey(pair.server), c.encodeSplice({ peerCookie: pair.client, ...zero }), 'noexist');
-      // The server side first: a redirect to a peer not yet in the map would be dropped.
-      socks.update(c.cookieKey(pair.server), c.fdValue(server), 'noexist');
-      socks.update(c.cookieKey(pair.client), c.fdValue(client), 'noexist');
+      m.update(kc, c.encodeSpliced({ ...ec, peer: server, flags: ec.flags | c.SPLICE_F.PAIRED }), 'exist');
     } catch (err) {
-      this.unsplice(pair);
-      socks.delete(c.cookieKey(pair.client));
-      socks.delete(c.cookieKey(pair.server));
+      m.delete(ks);
       throw err;
     }
-    return pair;
+    return { client, server };
   }
 
   /** Bytes the kernel has carried so far from each side of a spliced pair. */
   splicedBytes(pair: SplicedPair): { fromClient: bigint; fromServer: bigint } {
-    const conns = this.map(MAPS.spliceConns);
-    const read = (cookie: bigint): bigint => {
-      const v = conns.lookup(c.cookieKey(cookie));
-      return v ? c.decodeSplice(v).bytes : 0n;
+    const m = this.map(MAPS.spliced);
+    const read = (t: SocketTuple): bigint => {
+      const v = m.lookup(c.encodeTuple4(t.src, t.dst));
+      return v ? c.decodeSpliced(v).bytes : 0n;
     };
     return { fromClient: read(pair.client), fromServer: read(pair.server) };
   }
 
   /**
-   * Ends the kernel's part: from now on the verdict program passes whatever either socket
-   * receives to this process. Returns the bytes the kernel carried. The sockets stay in
-   * weft_splice_socks until they close (removing one from a sockhash would drop bytes still queued
-   * to it), which without a weft_splice_conns entry only means "pass".
+   * Ends a pair once its connection is over: returns the bytes the kernel carried and forgets both
+   * sockets (their weft_spliced entries; a socket still open leaves weft_splice_sk too).
    */
   unsplice(pair: SplicedPair): { fromClient: bigint; fromServer: bigint } {
     const bytes = this.splicedBytes(pair);
-    const conns = this.map(MAPS.spliceConns);
-    conns.delete(c.cookieKey(pair.client));
-    conns.delete(c.cookieKey(pair.server));
+    this.forgetSpliceSocket(pair.client);
+    this.forgetSpliceSocket(pair.server);
     return bytes;
   }
 
-  /** Every socket spliced on this node right now (both sides of each pair), from the kernel. */
+  /**
+   * Returns a filed socket that will not be spliced (its connection leaves the node, or needs the
+   * agent) to plain TCP: it leaves weft_splice_sk, which gives it back the kernel's own TCP calls.
+   */
+  forgetSpliceSocket(t: SocketTuple): void {
+    const k = c.encodeTuple4(t.src, t.dst);
+    this.map(MAPS.spliced).delete(k);
+    this.map(MAPS.spliceSk).delete(k);
+  }
+
+  /**
+   * Forgets the entries of sockets that closed while paired by an agent that is gone (an agent
+   * removes its own pairs when their connections end). Returns how many went.
+   */
+  sweepClosedSplices(): number {
+    const m = this.map(MAPS.spliced);
+    let n = 0;
+    for (const [k, v] of [...m.entries()]) {
+      if (c.decodeSpliced(v).flags & c.SPLICE_F.CLOSED) { m.delete(k); n++; }
+    }
+    return n;
+  }
+
+  /** Every filed pod socket on this node right now (paired or not), from the kernel. */
   splicedSockets(): SplicedSocket[] {
-    return [...this.map(MAPS.spliceConns).entries()].map(([k, v]) => ({ cookie: c.decodeCookieKey(k), ...c.decodeSplice(v) }));
+    return [...this.map(MAPS.spliced).entries()].map(([k, v]) => ({ self: c.decodeTuple4(k), ...c.decodeSpliced(v) }));
   }
 
   /** Every spliced connection on this node, one row per pair, with the kernel's byte counts. */
   splicedConnections(): SplicedConnection[] {
     const all = this.splicedSockets();
-    const byCookie = new Map(all.map((s) => [s.cookie, s]));
-    return all.filter((s) => s.flags & c.SPLICE_F.CLIENT).map((s) => {
-      const peer = byCookie.get(s.peerCookie);
+    const byTuple = new Map(all.map((s) => [formatTuple(s.self), s]));
+    return all.filter((s) => (s.flags & c.SPLICE_F.CLIENT) && (s.flags & c.SPLICE_F.PAIRED)).map((s) => {
+      const peer = byTuple.get(formatTuple(s.peer));
       return {
-        client: s.cookie, server: s.peerCookie, clientNetnsCookie: s.netnsCookie,
+        client: formatTuple(s.self), server: formatTuple(s.peer), clientNetnsCookie: s.netnsCookie,
         bytesFromClient: s.bytes, bytesFromServer: peer?.bytes ?? 0n,
-        handedBack: [...((s.flags & c.SPLICE_F.PASSING) ? ['client'] : []), ...(peer && (peer.flags & c.SPLICE_F.PASSING) ? ['server'] : [])],
-        handBacks: { fromClient: s.handbacks, fromServer: peer?.handbacks ?? 0 },
+        passedFromClient: s.passed, passedFromServer: peer?.passed ?? 0n,
+        fallbacks: { fromClient: s.fallbacks, fromServer: peer?.fallbacks ?? 0 },
       };
     });
   }
@@ -844,11 +905,11 @@ export class Datapath {
 /**
  * The explicit migrations the rule in bpf/include/weft_maps.h asks for, before the objects load:
  * counters whose struct grew are re-created (the counts restart; links of the previous programs
- * keep their old map until they are moved to the new programs), so is weft_splice_conns (its
- * entries belong to the sockets of the agent that made them), and retired maps' pins go.
+ * keep their old map until they are moved to the new programs), so is weft_spliced (its entries
+ * belong to sockets filed under the old layout), and retired maps' pins go.
  */
 function migratePins(pinRoot: string): void {
-  const sizes: Record<string, number> = { [MAPS.counters]: c.COUNTERS_SIZE, [MAPS.podCounters]: c.POD_COUNTERS_SIZE, [MAPS.spliceConns]: c.SPLICE_SIZE };
+  const sizes: Record<string, number> = { [MAPS.counters]: c.COUNTERS_SIZE, [MAPS.podCounters]: c.POD_COUNTERS_SIZE, [MAPS.spliced]: c.SPLICED_SIZE };
   for (const [name, size] of Object.entries(sizes)) {
     const pin = join(pinRoot, name);
     if (!existsSync(pin)) continue;

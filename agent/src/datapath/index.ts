@@ -8,6 +8,7 @@ export {
   LOOKUP_PROGRAM,
   MESH_PORTS,
   SPLICE_PROGRAM,
+  formatTuple,
   type DatapathOptions,
   type EnrollOptions,
   type EnrolledPod,
@@ -16,6 +17,7 @@ export {
   type SplicedConnection,
   type SplicedPair,
   type SplicedSocket,
+  type SocketTuple,
 } from './datapath.ts';
 export {
   COUNTER_FIELDS,
