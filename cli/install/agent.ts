@@ -25,7 +25,8 @@ export interface Capability {
 
 /**
  * Capabilities added to the agent (all others dropped). Not added, on purpose: NET_RAW (no raw or
- * packet sockets; IP_TRANSPARENT is allowed by NET_ADMIN), PERFMON (implied by SYS_ADMIN, and no
+ * packet sockets; IP_TRANSPARENT is allowed by NET_ADMIN), PERFMON (implied by SYS_ADMIN, which the
+ * splice verdict needs it for: bpf_probe_read_kernel and a socket's address kept in a map; no
  * tracing programs), DAC_OVERRIDE (every host path it touches is root-owned and it runs as uid 0).
  */
 export const AGENT_CAPABILITIES: readonly Capability[] = [
@@ -39,7 +40,7 @@ export const AGENT_CAPABILITIES: readonly Capability[] = [
   },
   {
     name: 'SYS_ADMIN',
-    why: 'setns(2) into pod network namespaces (tcx attach, inbound listeners); re-open pinned programs and links by id after a restart',
+    why: 'setns(2) into pod network namespaces (tcx attach, inbound listeners); re-open pinned programs and links by id after a restart; CAP_PERFMON for the same-node splice verdict (bpf_probe_read_kernel)',
   },
   {
     name: 'SYS_PTRACE',
