@@ -8,8 +8,8 @@
 //                     [--profile]   (agents and waypoint under `node --cpu-prof`; prints where their time goes)
 //                     [--repeat 3]  (every case N times on the same topology; the table shows medians and
 //                                    spreads, the JSON keeps every run under `runs`)
-//                     [--no-splice] (agents run with --no-splice: same-node connections carried by the
-//                                    agent's pipe instead of spliced in the kernel, for a before/after)
+//                     [--splice]    (agents run with --splice: same-node connections spliced in the
+//                                    kernel instead of carried by the agent's pipe, for a before/after)
 // Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy, cross-network
 // (all by default). cross-network runs after this topology is gone: bench/cross-network.ts builds
 // two clusters (cli/local/multicluster.ts) and measures, from cluster1's client, the in-cluster L4
@@ -69,7 +69,7 @@ const { values } = parseArgs({
     'no-micro': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     'no-bulk': { type: 'boolean', default: false },
-    'no-splice': { type: 'boolean', default: false },
+    splice: { type: 'boolean', default: false },
     repeat: { type: 'string', default: '1' },
     out: { type: 'string', default: join(REPO_ROOT, 'bench', 'results', 'latest.json') },
   },
@@ -389,8 +389,8 @@ async function main(): Promise<void> {
 /** Every selected case of the single-cluster topology (two nodes, stunnel and HAProxy pairs), built and removed here. */
 async function singleCluster(results: BenchResults): Promise<void> {
   log(`topology ${prefix}: two nodes, controller, two agents${PROFILE ? ' (under --cpu-prof)' : ''}`);
-  mesh = await LocalMesh.create({ prefix, stateDir, nodes: ['node1', 'node2'], logLevel: 'warn', ...(values['no-splice'] ? { agentArgs: ['--no-splice'] } : {}) });
-  if (values['no-splice']) results.notes.push('agents ran with --no-splice: same-node connections carried by the agent\'s pipe, not spliced in the kernel');
+  mesh = await LocalMesh.create({ prefix, stateDir, nodes: ['node1', 'node2'], logLevel: 'warn', ...(values.splice ? { agentArgs: ['--splice'] } : {}) });
+  if (values.splice) results.notes.push('agents ran with --splice: same-node connections spliced in the kernel, not carried by the agent\'s pipe');
   const m = mesh;
   m.writeConfig('10-bench.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'bench', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },

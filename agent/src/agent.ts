@@ -98,7 +98,7 @@ export interface AgentOptions {
   ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
   /** How long stop() lets open connections finish before cutting them. Default 20 s. */
   drainTimeoutMs?: number;
-  /** Splice authorized same-node connections pod to pod in the kernel (bpf/splice.bpf.c). Default true. */
+  /** Splice authorized same-node connections pod to pod in the kernel (bpf/splice.bpf.c). Default false. */
   splice?: boolean;
   /**
    * Serve the read-only admin paths also as /debug/<path> on the metrics port (lib/debug-http.ts),
@@ -230,7 +230,7 @@ export class Agent {
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
     // Sockops files captured clients' sockets for the same-node splice only while it is on.
-    this.datapath.setSplicing(o.splice !== false);
+    this.datapath.setSplicing(o.splice === true);
     // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
@@ -276,7 +276,7 @@ export class Agent {
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
-      ...(o.splice !== false ? { splice: this.datapath } : {}),
+      ...(o.splice ? { splice: this.datapath } : {}),
     });
     this.inbound = new Inbound({
       node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,

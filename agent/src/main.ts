@@ -32,10 +32,11 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h)
-  --no-splice                carry authorized same-node connections through the agent instead of
-                             splicing them pod to pod in the kernel (bpf/splice.bpf.c; the default,
-                             also --splice or --splice=true; --splice=false is --no-splice).
-                             docs/ARCHITECTURE.md, data path step 5
+  --splice                   splice authorized same-node connections pod to pod in the kernel
+                             (bpf/splice.bpf.c) instead of carrying them through the agent (default:
+                             off, also as --no-splice or --splice=false). Not for nodes whose pods
+                             read sockets with splice(2) (Go's io.Copy between TCP connections, for
+                             one) or FIONREAD: docs/ARCHITECTURE.md, data path step 5
   --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
                              /debug/<path> on the metrics port, for weftctl and the dashboard on a
                              cluster (default: off; whoever reaches the port can read them)
@@ -107,7 +108,7 @@ const AGENT_FLAGS = {
 export function parseAgentArgs(argv: string[]): AgentCommand {
   const parse = () => {
     try {
-      // allowNegative: --no-splice turns the splice off; --splice=false says the same.
+      // allowNegative: --no-splice says the default out loud; --splice=false says the same.
       const args = argv.map((a) => (a === '--splice=false' ? '--no-splice' : a === '--splice=true' ? '--splice' : a));
       return parseArgs({ args, options: AGENT_FLAGS, allowNegative: true });
     } catch (e) {
@@ -168,7 +169,7 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
     ports,
     ...(certLifetime !== undefined ? { certLifetimeSeconds: certLifetime } : {}),
     ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
-    ...(values.splice === false ? { splice: false } : {}),
+    ...(values.splice ? { splice: true } : {}),
     ...(values['debug-endpoints'] ? { debugEndpoints: true } : {}),
     ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
     logLevel: level,

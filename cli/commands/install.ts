@@ -93,7 +93,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--crd-dir <dir>', 'folder of CRD YAML files', DEFAULT_CRD_DIR)
     .option('--dashboard', 'also run `weftctl dashboard` in the cluster beside the controller (read-only; Service weft-dashboard, port 15900)')
     .option('--debug-endpoints', 'agents, waypoints and the controller also serve their read-only admin paths on the metrics port, for weftctl certs/bpf/proxy-status/tap/status on a cluster (on with --dashboard; otherwise off: whoever reaches port 15020 could read config and flows)')
-    .option('--no-splice', 'agents carry same-node connections themselves instead of splicing them pod to pod in the kernel (the default; docs/ARCHITECTURE.md data path step 5)')
+    .option('--splice', 'agents splice same-node connections in the kernel instead of carrying them themselves (default: off; docs/ARCHITECTURE.md data path step 5)')
     .option('--cluster-id <id>', 'multi-cluster: this cluster\'s ID; the controller reads the remote clusters named by kubeconfig Secrets labelled weft.dev/multicluster=true (weftctl create-remote-secret)')
     .option('--network <name>', 'multi-cluster: this cluster\'s network (default: the cluster ID)')
     .option('--eastwest', 'multi-cluster: run the east-west gateway (Service weft-eastwest, type LoadBalancer, port 15008), the door into this network for the others')
@@ -128,7 +128,7 @@ Then:
           ...(values ? { values } : {}),
           ...(flags.dashboard ? { dashboard: true } : {}),
           ...(flags.debugEndpoints ? { debugEndpoints: true } : {}),
-          ...(flags.splice === false ? { splice: false } : {}),
+          ...(flags.splice ? { splice: true } : {}),
           ...(flags.clusterId !== undefined ? { clusterId: flags.clusterId } : {}),
           ...(flags.network !== undefined ? { network: flags.network } : {}),
           ...(flags.eastwest ? { eastwest: true } : {}),

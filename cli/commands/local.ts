@@ -20,7 +20,7 @@ export function upCommand(io: CommandIo = processIo): Command {
   return exitUsageOnCommanderError(localOptions(new Command('up'), true), io)
     .description('start a local two-node mesh with sample applications and show traffic flowing')
     .option('--dual-stack', 'give nodes and pods IPv6 addresses too (not meshed: IPv6 into enrolled pods is refused)')
-    .option('--no-splice', 'agents carry same-node connections themselves instead of splicing them pod to pod in the kernel (the default)')
+    .option('--splice', 'agents splice same-node connections in the kernel instead of carrying them themselves (default: off)')
     .option('--clusters <n>', 'several clusters, each on its own network, joined by east-west gateways (multi-cluster)')
     .option('--trust-domains <mode>', 'with --clusters: shared (one trust domain) or per-cluster (cluster<i>.local, the others as aliases)', 'shared')
     .option('--kube', 'the kube lab instead: stand-ins for a Kubernetes API server and kubelets on two nodes, Weft installed with kubectl from `weftctl install`\'s manifests; prints a kubeconfig for kubectl and weftctl (with --clusters: that many one-node clusters, multi-network)')
@@ -92,7 +92,7 @@ export function upCommand(io: CommandIo = processIo): Command {
         return;
       }
       try {
-        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false, ...(f.splice === false ? { splice: false } : {}) });
+        const st = await up({ prefix: f.prefix, stateDir: f.stateDir, say, dualStack: f.dualStack ?? false, ...(f.splice ? { splice: true } : {}) });
         say(`mesh ready in ${((Date.now() - started) / 1000).toFixed(1)} s; traffic from demo/client (node1):`);
         const ok = await showTraffic(st, say);
         say('');

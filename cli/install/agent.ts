@@ -191,7 +191,7 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     '--cni-socket', AGENT_PATHS.cniSocket,
     '--log-level', o.logLevel,
     ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
-    ...(o.splice ? [] : ['--no-splice']),
+    ...(o.splice ? ['--splice'] : []),
   ];
 }
 

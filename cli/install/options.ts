@@ -47,7 +47,7 @@ export interface InstallOptions {
   debugEndpoints?: boolean;
   /**
    * Agents splice authorized same-node connections pod to pod in the kernel (docs/ARCHITECTURE.md,
-   * data path step 5). Default true; false: they carry the bytes themselves (agent --no-splice).
+   * data path step 5; agent --splice). Default false: they carry the bytes themselves.
    */
   splice?: boolean;
   /**
@@ -159,7 +159,7 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true } : undefined;
 
   return {
-    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice !== false,
+    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice === true,
     ...(multicluster ? { multicluster } : {}),
   };
 }

@@ -58,7 +58,7 @@ export interface LocalMeshOptions {
   network?: string;
   /** Other trust domains admitted as this mesh's own (per-cluster trust domains): agents and controller. */
   trustDomainAliases?: string[];
-  /** Added to every agent's command line, before startAgent's own extraArgs (e.g. --no-splice). */
+  /** Added to every agent's command line, before startAgent's own extraArgs (e.g. --splice). */
   agentArgs?: string[];
 }
 

@@ -24,7 +24,7 @@ export interface UpOptions {
   say: (line: string) => void;
   /** IPv6 addresses too (not meshed). */
   dualStack?: boolean;
-  /** Agents splice same-node connections pod to pod in the kernel (default true; false: agent --no-splice). */
+  /** Agents splice same-node connections in the kernel (agent --splice; default false). */
   splice?: boolean;
 }
 
@@ -105,7 +105,7 @@ export async function up(o: UpOptions): Promise<LocalState> {
   }
   rmSync(o.stateDir, { recursive: true, force: true });
   o.say('creating nodes node1, node2 (network namespaces, veths, cgroups)');
-  const mesh = await LocalMesh.create({ prefix: o.prefix, stateDir: o.stateDir, nodes: ['node1', 'node2'], detached: true, dualStack: o.dualStack ?? false, ...(o.splice === false ? { agentArgs: ['--no-splice'] } : {}) });
+  const mesh = await LocalMesh.create({ prefix: o.prefix, stateDir: o.stateDir, nodes: ['node1', 'node2'], detached: true, dualStack: o.dualStack ?? false, ...(o.splice ? { agentArgs: ['--splice'] } : {}) });
   try {
     mesh.writeConfig('10-namespaces.yaml', [
       { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },

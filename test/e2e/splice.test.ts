@@ -1,5 +1,5 @@
-// Same-node splice end to end (issue 20): node1's agent runs with the default (authorized same-node
-// connections are spliced pod to pod in the kernel), node2's with --no-splice (the agent carries
+// Same-node splice end to end (issue 20): node1's agent runs with --splice (authorized same-node
+// connections are spliced pod to pod in the kernel), node2's with the default (the agent carries
 // them). The same client pushes 100 MiB through both, half-closing after the body, and gets the
 // server's sha256 back (a sender far ahead of its reader: TCP and the agent carry what the kernel's
 // bound refuses, and the kernel takes the direction back once the reader caught up); a policy
@@ -43,8 +43,8 @@ before(async () => {
   mesh.startController();
   await mesh.waitControllerReady();
   for (const n of ['node1', 'node2']) mesh.startKubelet(n);
-  mesh.startAgent('node1');
-  mesh.startAgent('node2', { extraArgs: ['--no-splice'] });
+  mesh.startAgent('node1', { extraArgs: ['--splice'] });
+  mesh.startAgent('node2');
   await mesh.waitReady(60_000);
   await mesh.waitWorkloadsEnrolled(['sp/client1', 'sp/near1', 'sp/client2', 'sp/near2']);
 });
@@ -55,7 +55,7 @@ async function bulk(client: string, vip: string, mb: number): Promise<BulkResult
   return JSON.parse(r.stdout.trim()) as BulkResult;
 }
 
-for (const [label, client, vip] of [['spliced (node1)', 'sp/client1', VIP1], ['carried by the agent (node2, --no-splice)', 'sp/client2', VIP2]] as const) {
+for (const [label, client, vip] of [['spliced (node1)', 'sp/client1', VIP1], ['carried by the agent (node2, without --splice)', 'sp/client2', VIP2]] as const) {
   test(`100 MiB reach a same-node server unchanged and the reply comes back after the client's half-close: ${label}`, async () => {
     const r = await bulk(client, vip, 100);
     const body = JSON.parse(r.reply) as { bytes: number; sha256: string };

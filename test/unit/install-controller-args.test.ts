@@ -35,9 +35,9 @@ test('the agent parses the command line the install gives it (agent/src/main.ts 
   if (c.kind === 'agent') assert.equal(c.options.trustDomain, 'example.org');
 });
 
-test('the install\'s agents splice same-node connections unless installed with splice off (weftctl install --no-splice)', () => {
-  const on = parseAgentArgs(agentArgs(resolveInstallOptions(OK)));
-  const off = parseAgentArgs(agentArgs(resolveInstallOptions({ ...OK, splice: false })));
-  assert.ok(on.kind === 'agent' && on.options.splice !== false, 'default: spliced');
-  assert.ok(off.kind === 'agent' && off.options.splice === false, 'splice: false → --no-splice');
+test('the install\'s agents splice same-node connections only when installed with splice on (weftctl install --splice)', () => {
+  const off = parseAgentArgs(agentArgs(resolveInstallOptions(OK)));
+  const on = parseAgentArgs(agentArgs(resolveInstallOptions({ ...OK, splice: true })));
+  assert.ok(off.kind === 'agent' && off.options.splice !== true, 'default: not spliced');
+  assert.ok(on.kind === 'agent' && on.options.splice === true, 'splice: true → --splice');
 });

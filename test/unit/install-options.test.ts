@@ -20,7 +20,7 @@ function rejects(opts: Parameters<typeof renderInstall>[0], option: string, flag
 test('applies documented defaults', () => {
   assert.deepEqual(resolveInstallOptions(OK), {
     image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', namespace: 'weft-system',
-    controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined, dashboard: false, debugEndpoints: false, splice: true,
+    controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined, dashboard: false, debugEndpoints: false, splice: false,
   });
 });
 

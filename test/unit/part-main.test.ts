@@ -110,17 +110,17 @@ test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own 
   assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
 });
 
-test('parseAgentArgs: the same-node splice is on unless --no-splice (or --splice=false) turns it off (--splice and --splice=true say the default)', () => {
+test('parseAgentArgs: the same-node splice is off unless --splice turns it on (--no-splice and --splice=false say the default)', () => {
   const splice = (extra: string[]): boolean | undefined => {
     const c = parseAgentArgs([...AGENT_OK, ...extra]);
     assert.equal(c.kind, 'agent');
     return c.kind === 'agent' ? c.options.splice : undefined;
   };
-  assert.equal(splice([]), undefined, 'default: the agent\'s own (on)');
-  assert.equal(splice(['--splice']), undefined);
-  assert.equal(splice(['--splice=true']), undefined);
-  assert.equal(splice(['--no-splice']), false);
-  assert.equal(splice(['--splice=false']), false);
+  assert.equal(splice([]), undefined, 'default: the agent\'s own (off)');
+  assert.equal(splice(['--no-splice']), undefined);
+  assert.equal(splice(['--splice=false']), undefined);
+  assert.equal(splice(['--splice']), true);
+  assert.equal(splice(['--splice=true']), true);
 });
 
 test('parseEastWestArgs: each wrong flag is named (UsageError); flags become the gateway\'s options', () => {
