@@ -9,7 +9,7 @@ export { BpfLink, SockmapAttachment, type LinkInfo, type ProgramRef } from './li
 export { BpfMap, TypedMap, DEFAULT_BATCH_SIZE, type BatchOptions, type UpdateFlag } from './map.ts';
 export { RingBuffer, type RingBufferOptions } from './ringbuf.ts';
 export {
-  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, localPortRange, netnsCookie, parseReservedPorts, PortCursor, socketCookie, tcpBytesWritten,
+  bindSocket, createBoundSocketInNetns, createSocketInNetns, DEFAULT_BACKLOG, fdOf, localPortRange, netnsCookie, parseReservedPorts, PortCursor, socketCookie,
   type BindSocketOptions, type HostPort, type LocalPorts, type PortSearch, type SocketInNetnsOptions,
 } from './netns.ts';
 export {

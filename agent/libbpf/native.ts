@@ -121,7 +121,6 @@ export interface NativeBinding {
   possibleCpus(): number;
   netnsCookie(netnsPath: string): bigint;
   socketCookie(fd: number): bigint;
-  tcpBytesWritten(fd: number): bigint;
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
   localPortRange(netnsPath: string): { from: number; to: number; reserved: string };
   btfStruct(objectPath: string, name: string): NativeBtfStruct;

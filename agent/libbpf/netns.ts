@@ -26,16 +26,6 @@ export function socketCookie(fdOrSocket: number | Socket | Server): bigint {
   return guard(`cannot get the cookie of socket fd ${fd}`, {}, () => native().socketCookie(fd));
 }
 
-/**
- * Every byte a TCP socket's send queue has taken so far (acknowledged bytes plus SIOCOUTQ), never
- * more than the truth. A spliced socket's peer is shut down only once this reaches what the kernel
- * redirected into it (agent/src/splice.ts).
- */
-export function tcpBytesWritten(fdOrSocket: number | Socket): bigint {
-  const fd = typeof fdOrSocket === 'number' ? fdOrSocket : fdOf(fdOrSocket);
-  return guard(`cannot read the send progress of socket fd ${fd}`, {}, () => native().tcpBytesWritten(fd));
-}
-
 export interface HostPort {
   host: string;
   port: number;

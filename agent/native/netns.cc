@@ -1,10 +1,7 @@
 // Network-namespace helpers: the netns cookie of a namespace file, the cookie of a socket, and TCP
 // sockets created (bound, optionally listening) inside another namespace and handed to Node as fds.
 #include <arpa/inet.h>
-#include <linux/sockios.h>
 #include <netinet/in.h>
-#include <linux/tcp.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -62,27 +59,6 @@ Napi::Value SocketCookie(const Napi::CallbackInfo& info) {
     return ThrowErrno(env, errno, "getsockopt SO_COOKIE", "fd " + std::to_string(fd));
   }
   return Napi::BigInt::New(env, cookie);
-}
-
-// tcpBytesWritten(fd) -> bigint: every byte the socket's send queue has taken so far, acknowledged
-// (TCP_INFO tcpi_bytes_acked) or not (SIOCOUTQ). Read in that order, so an ACK between the two
-// reads can only make the sum smaller than the truth, never larger: a caller waiting for the sum
-// to reach a count never stops early.
-Napi::Value TcpBytesWritten(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int64_t fd;
-  if (!ArgInt(info, 0, "fd", &fd)) return env.Undefined();
-  struct tcp_info ti;
-  std::memset(&ti, 0, sizeof ti);
-  socklen_t len = sizeof ti;
-  if (getsockopt(static_cast<int>(fd), IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) {
-    return ThrowErrno(env, errno, "getsockopt TCP_INFO", "fd " + std::to_string(fd));
-  }
-  int outq = 0;
-  if (ioctl(static_cast<int>(fd), SIOCOUTQ, &outq) < 0) {
-    return ThrowErrno(env, errno, "ioctl SIOCOUTQ", "fd " + std::to_string(fd));
-  }
-  return Napi::BigInt::New(env, static_cast<uint64_t>(ti.tcpi_bytes_acked) + static_cast<uint64_t>(outq < 0 ? 0 : outq));
 }
 
 bool GetOpt(Napi::Object o, const char* key, std::string* out) {
@@ -259,7 +235,6 @@ Napi::Value LocalPortRange(const Napi::CallbackInfo& info) {
 void InitNetns(Napi::Env env, Napi::Object exports) {
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie, "netnsCookie"));
   exports.Set("socketCookie", Napi::Function::New(env, SocketCookie, "socketCookie"));
-  exports.Set("tcpBytesWritten", Napi::Function::New(env, TcpBytesWritten, "tcpBytesWritten"));
   exports.Set("localPortRange", Napi::Function::New(env, LocalPortRange, "localPortRange"));
   exports.Set("createTcpSocket", Napi::Function::New(env, CreateTcpSocket, "createTcpSocket"));
 }
