@@ -147,8 +147,10 @@ static __always_inline int weft_do_splice(struct sk_msg_md *msg)
 	me = bpf_map_lookup_elem(&weft_spliced, &key);
 	if (!me || !(me->flags & WEFT_SPLICE_F_PAIRED))
 		return SK_PASS;
+	/* The peer must be paired too: the agent pairs one side, then the other, and a socket it
+	 * returns to TCP when pairing fails must have nothing queued (leaving the sockhash drops it). */
 	peer = bpf_map_lookup_elem(&weft_spliced, &me->peer);
-	if (!peer || (peer->flags & WEFT_SPLICE_F_CLOSED) || !msg->sk)
+	if (!peer || !(peer->flags & WEFT_SPLICE_F_PAIRED) || (peer->flags & WEFT_SPLICE_F_CLOSED) || !msg->sk)
 		goto pass;
 	tp = bpf_skc_to_tcp_sock(msg->sk);
 	if (!tp)

@@ -316,6 +316,30 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     await closePair(client, server);
   });
 
+  test('bytes the kernel queued for a reader that has not read them yet survive the connection\'s end: the agent forgets the pair, the socket keeps its queue', async () => {
+    const server = app(pb, ['server', '0.0.0.0', String(APP_PORT), '--echo']);
+    await server.nth('listening');
+    const n = splicer.count('spliced');
+    // The client reads nothing until the agent is done with the connection.
+    const client = app(pa, ['client', pb.ip, String(APP_PORT), '--paused']);
+    await client.nth('connected');
+    const spliced = await splicer.nth('spliced', n);
+    client.send({ op: 'write', mib: 1 });
+    await client.nth('written');
+    client.send({ op: 'end' });
+    await server.nth('end');
+    // The echo went into the client's queue; the server's FIN went through the agent, which ended
+    // both sides and forgot the pair.
+    const closed = await closedOf(spliced);
+    assert.equal(closed.bytesBtoA, MIB);
+    await until('the pair left weft_spliced', () => !filed(String(spliced.client)), 10_000);
+    client.send({ op: 'resume' });
+    const end = await client.nth('end', 0, 20_000);
+    const st = await client.stat();
+    assert.equal(end.received, MIB, 'the whole echo, read after the agent let go');
+    assert.equal(end.receivedSha, st.sentSha);
+  });
+
   test('a sender far ahead of its reader: 100 MiB arrive unchanged (sha256) whichever of the kernel and the agent carries each part', async () => {
     const { client, server, spliced } = await connectPair();
     client.send({ op: 'write', mib: 100 });

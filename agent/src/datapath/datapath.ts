@@ -746,8 +746,8 @@ export class Datapath {
     const ec = c.decodeSpliced(vc);
     const es = c.decodeSpliced(vs);
     if ((ec.flags | es.flags) & c.SPLICE_F.CLOSED) throw new Error('a socket of the pair already closed');
-    // The server's side first: a client redirecting to a peer not yet paired is harmless (the
-    // peer's state is read, nothing is written to it), and each side's order rule holds alone.
+    // Neither side redirects before both are paired (the verdict checks the peer's PAIRED too), so
+    // undoing a half-made pair leaves nothing queued on either socket.
     m.update(ks, c.encodeSpliced({ ...es, peer: client, flags: es.flags | c.SPLICE_F.PAIRED }), 'exist');
     try {
       m.update(kc, c.encodeSpliced({ ...ec, peer: server, flags: ec.flags | c.SPLICE_F.PAIRED }), 'exist');
@@ -770,18 +770,22 @@ export class Datapath {
 
   /**
    * Ends a pair once its connection is over: returns the bytes the kernel carried and forgets both
-   * sockets (their weft_spliced entries; a socket still open leaves weft_splice_sk too).
+   * sockets' weft_spliced entries (their verdicts pass from now on). The sockets stay in
+   * weft_splice_sk until they close: taking one out drops its psock, and with it the bytes the
+   * kernel queued for it that its pod has not read yet.
    */
   unsplice(pair: SplicedPair): { fromClient: bigint; fromServer: bigint } {
     const bytes = this.splicedBytes(pair);
-    this.forgetSpliceSocket(pair.client);
-    this.forgetSpliceSocket(pair.server);
+    const m = this.map(MAPS.spliced);
+    m.delete(c.encodeTuple4(pair.client.src, pair.client.dst));
+    m.delete(c.encodeTuple4(pair.server.src, pair.server.dst));
     return bytes;
   }
 
   /**
    * Returns a filed socket that will not be spliced (its connection leaves the node, or needs the
    * agent) to plain TCP: it leaves weft_splice_sk, which gives it back the kernel's own TCP calls.
+   * Only for a socket never paired: nothing was redirected to it, so its psock holds nothing.
    */
   forgetSpliceSocket(t: SocketTuple): void {
     const k = c.encodeTuple4(t.src, t.dst);
