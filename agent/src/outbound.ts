@@ -15,7 +15,7 @@ import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labe
 import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
-import { clientSocketOf, forget, spliceBidirectional, type SpliceDatapath } from './splice.ts';
+import { peerSocketOf, forget, spliceBidirectional, type SpliceDatapath } from './splice.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -275,7 +275,7 @@ export class Outbound {
       } else {
         // Sockops filed the client's socket when it connected (--splice); this connection is not
         // spliced, so it goes back to plain TCP.
-        if (this.#o.splice) forget(this.#o.splice, clientSocketOf(socket));
+        if (this.#o.splice) forget(this.#o.splice, peerSocketOf(socket));
         socket.resume();
         result = await pipeBidirectional(socket, upstream);
       }

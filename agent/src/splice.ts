@@ -19,6 +19,7 @@
 import type net from 'node:net';
 import { pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import type { SocketTuple, SplicedPair } from './datapath/index.ts';
+import { unmapV4 } from './datapath/codecs.ts';
 
 /** What splicing needs from the datapath (the real Datapath, or a test double). */
 export interface SpliceDatapath {
@@ -40,19 +41,17 @@ export interface SpliceOptions {
   onSpliced?: (pair: SplicedPair) => void;
 }
 
-/** Node may report an IPv4 peer of a dual-stack socket as ::ffff:a.b.c.d. */
-function v4(addr: string | undefined): string {
-  return (addr ?? '').replace(/^::ffff:/i, '');
-}
-
-/** The client pod's socket, seen from the one this agent accepted from it. */
-export function clientSocketOf(accepted: net.Socket): SocketTuple {
-  return { src: { ip: v4(accepted.remoteAddress), port: accepted.remotePort ?? 0 }, dst: { ip: v4(accepted.localAddress), port: accepted.localPort ?? 0 } };
-}
-
-/** The server pod's socket, seen from this agent's delivery socket to it. */
-export function serverSocketOf(delivery: net.Socket): SocketTuple {
-  return { src: { ip: v4(delivery.remoteAddress), port: delivery.remotePort ?? 0 }, dst: { ip: v4(delivery.localAddress), port: delivery.localPort ?? 0 } };
+/**
+ * The pod socket at the other end of one of this agent's sockets, by its own 4-tuple (our remote
+ * is its local address): the client pod's socket from the one accepted from it, the server pod's
+ * from the delivery socket. IPv4 peers of dual-stack sockets are unmapped (the kernel files them
+ * by their IPv4 addresses).
+ */
+export function peerSocketOf(ours: net.Socket): SocketTuple {
+  return {
+    src: { ip: unmapV4(ours.remoteAddress ?? ''), port: ours.remotePort ?? 0 },
+    dst: { ip: unmapV4(ours.localAddress ?? ''), port: ours.localPort ?? 0 },
+  };
 }
 
 /**
@@ -63,7 +62,7 @@ export function serverSocketOf(delivery: net.Socket): SocketTuple {
 export async function spliceBidirectional(client: net.Socket, server: net.Socket, opts: SpliceOptions): Promise<SpliceResult> {
   let pair: SplicedPair | undefined;
   let reason: string | undefined;
-  const pods = { client: clientSocketOf(client), server: serverSocketOf(server) };
+  const pods = { client: peerSocketOf(client), server: peerSocketOf(server) };
   try {
     pair = opts.datapath.splice(pods.client, pods.server);
   } catch (err) {
