@@ -105,6 +105,8 @@ export interface NativeBinding {
   objPin(fd: number, path: string): void;
   linkCreateCgroup(progFd: number, cgroupPath: string, attachType: number): number;
   linkCreateNetns(progFd: number, netnsPath: string, attachType: number): number;
+  rawTracepointOpen(progFd: number, name: string): number;
+  linkCreateTracepoint(progFd: number, tracepointId: number): number;
   linkCreateTcx(progFd: number, ifname: string, attachType: number, netnsPath?: string): number;
   linkUpdate(linkFd: number, progFd: number, oldProgFd?: number): void;
   linkDetach(linkFd: number): void;

@@ -1,5 +1,7 @@
 // BpfProgram: a loaded program, held by its own fd (a dup of the object's), and the ways to attach
 // it: cgroup hooks and tcx through bpf_link, sockmap verdicts through bpf_prog_attach.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { BpfError, guard } from './errors.ts';
 import { OwnedFd, pinFd } from './handle.ts';
 import { attachTypeName, attachTypeNumber, progTypeName } from './kinds.ts';
@@ -128,6 +130,36 @@ export class BpfProgram {
     const fd = guard(`cannot attach ${this.name} (${attachTypeName(attach)}) to network namespace ${netnsPath}`, ctx,
       () => native().linkCreateNetns(this.fd, netnsPath, attach));
     return new BpfLink(fd, `${this.name} -> netns ${netnsPath} (${attachTypeName(attach)})`);
+  }
+
+  /**
+   * Attaches a raw_tracepoint program (SEC("raw_tracepoint/<name>")) to the kernel tracepoint
+   * its section names, on every CPU, with a bpf_link.
+   */
+  attachRawTracepoint(): BpfLink {
+    const name = /^raw_(?:tp|tracepoint)\/(.+)$/.exec(this.section ?? '')?.[1];
+    if (!name) throw new BpfError(`cannot attach ${this.name} as a raw tracepoint: its section "${this.section}" names none`, { code: 'EINVAL', errno: 22, ...this.#ctx() });
+    const fd = guard(`cannot attach ${this.name} to raw tracepoint ${name}`, this.#ctx(), () => native().rawTracepointOpen(this.fd, name));
+    return new BpfLink(fd, `${this.name} -> raw tracepoint ${name}`);
+  }
+
+  /**
+   * Attaches a tracepoint program (SEC("tracepoint/<category>/<name>")) to that tracepoint with a
+   * bpf_link, finding its id in tracefs (mounted at `tracefs`).
+   */
+  attachTracepoint(tracefs: string): BpfLink {
+    const tp = /^(?:tracepoint|tp)\/([^/]+)\/([^/]+)$/.exec(this.section ?? '');
+    if (!tp) throw new BpfError(`cannot attach ${this.name} as a tracepoint: its section "${this.section}" names none`, { code: 'EINVAL', errno: 22, ...this.#ctx() });
+    const idFile = join(tracefs, 'events', tp[1]!, tp[2]!, 'id');
+    let id: number;
+    try {
+      id = Number(readFileSync(idFile, 'utf8').trim());
+    } catch (err) {
+      throw new BpfError(`cannot attach ${this.name}: tracepoint ${tp[1]}/${tp[2]} not found (${idFile}: ${(err as Error).message})`,
+        { code: 'ENOENT', errno: 2, ...this.#ctx(), path: idFile });
+    }
+    const fd = guard(`cannot attach ${this.name} to tracepoint ${tp[1]}/${tp[2]}`, this.#ctx(), () => native().linkCreateTracepoint(this.fd, id));
+    return new BpfLink(fd, `${this.name} -> tracepoint ${tp[1]}/${tp[2]}`);
   }
 
   /**

@@ -4,7 +4,9 @@
 #include <bpf.h>
 #include <fcntl.h>
 #include <libbpf.h>
+#include <linux/perf_event.h>
 #include <net/if.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -207,6 +209,40 @@ Napi::Value LinkCreateNetns(const Napi::CallbackInfo& info) {
   if (ns.get() < 0) return ThrowErrno(env, errno, "open netns", path, {{"path", path}});
   int fd = bpf_link_create(progFd, ns.get(), static_cast<bpf_attach_type>(type), nullptr);
   if (fd < 0) return ThrowErrno(env, errno, "bpf_link_create", "netns " + path, {{"path", path}});
+  return Napi::Number::New(env, fd);
+}
+
+// rawTracepointOpen(progFd, name) -> link fd: a raw_tracepoint program on the kernel tracepoint
+// `name` (e.g. "sock_recv_length"), every CPU.
+Napi::Value RawTracepointOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int progFd;
+  std::string name;
+  if (!ArgFd(info, 0, &progFd) || !ArgString(info, 1, "name", &name)) return env.Undefined();
+  int fd = bpf_raw_tracepoint_open(name.c_str(), progFd);
+  if (fd < 0) return ThrowErrno(env, errno, "bpf_raw_tracepoint_open", name, {});
+  return Napi::Number::New(env, fd);
+}
+
+// linkCreateTracepoint(progFd, tracepointId) -> link fd: a tracepoint program on the perf
+// tracepoint event whose id tracefs gives (events/<category>/<name>/id). One perf event, any CPU:
+// the program is attached to the tracepoint itself. The link holds the event; our fd goes.
+Napi::Value LinkCreateTracepoint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int progFd;
+  int64_t id;
+  if (!ArgFd(info, 0, &progFd) || !ArgInt(info, 1, "tracepointId", &id)) return env.Undefined();
+  struct perf_event_attr attr;
+  memset(&attr, 0, sizeof(attr));
+  attr.type = PERF_TYPE_TRACEPOINT;
+  attr.size = sizeof(attr);
+  attr.config = static_cast<__u64>(id);
+  attr.sample_period = 1;
+  attr.wakeup_events = 1;
+  FdGuard pfd(static_cast<int>(syscall(__NR_perf_event_open, &attr, -1 /* any task */, 0 /* cpu */, -1, PERF_FLAG_FD_CLOEXEC)));
+  if (pfd.get() < 0) return ThrowErrno(env, errno, "perf_event_open", "tracepoint " + std::to_string(id), {});
+  int fd = bpf_link_create(progFd, pfd.get(), BPF_PERF_EVENT, nullptr);
+  if (fd < 0) return ThrowErrno(env, errno, "bpf_link_create", "tracepoint " + std::to_string(id), {});
   return Napi::Number::New(env, fd);
 }
 
@@ -477,6 +513,8 @@ void InitFdOps(Napi::Env env, Napi::Object exports) {
   exports.Set("objPin", Napi::Function::New(env, ObjPin, "objPin"));
   exports.Set("linkCreateCgroup", Napi::Function::New(env, LinkCreateCgroup, "linkCreateCgroup"));
   exports.Set("linkCreateNetns", Napi::Function::New(env, LinkCreateNetns, "linkCreateNetns"));
+  exports.Set("rawTracepointOpen", Napi::Function::New(env, RawTracepointOpen, "rawTracepointOpen"));
+  exports.Set("linkCreateTracepoint", Napi::Function::New(env, LinkCreateTracepoint, "linkCreateTracepoint"));
   exports.Set("linkCreateTcx", Napi::Function::New(env, LinkCreateTcx, "linkCreateTcx"));
   exports.Set("linkUpdate", Napi::Function::New(env, LinkUpdate, "linkUpdate"));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach, "linkDetach"));

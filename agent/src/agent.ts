@@ -15,6 +15,8 @@ import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
+import { StrandedResets } from './splice.ts';
+import { spliceReaderNames } from './datapath/codecs.ts';
 import { Inbound } from './inbound.ts';
 import { LocalDelivery } from './delivery.ts';
 import { PlaintextInbound } from './plaintext.ts';
@@ -134,6 +136,7 @@ export class Agent {
   delivery!: LocalDelivery;
   plaintext!: PlaintextInbound;
   #refusals: { close(): void } | undefined;
+  #spliceStranded: StrandedResets | undefined;
   #servers: import('node:http').Server[] = [];
   /** pod IP → netns cookie of what this agent enrolled. */
   #enrolled = new Map<string, bigint>();
@@ -229,8 +232,18 @@ export class Agent {
     this.#trimTimer = setInterval(() => mallocTrim(), MALLOC_TRIM_INTERVAL_MS).unref();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
-    // Sockops files captured clients' sockets for the same-node splice only while it is on.
-    this.datapath.setSplicing(o.splice === true);
+    // Sockops files captured clients' sockets for the same-node splice only while it is on. It
+    // needs the tracepoints that tell how each pod reads its socket (a splice(2) reader must get
+    // nothing redirected): without them the agent carries same-node connections itself.
+    let splice = o.splice === true;
+    try {
+      this.datapath.setSplicing(splice);
+    } catch (err) {
+      if (!splice) throw err;
+      this.log.error('--splice: cannot attach the tracepoints that tell how pods read their sockets; same-node connections are not spliced', { error: (err as Error).message });
+      this.datapath.setSplicing(false);
+      splice = false;
+    }
     // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
@@ -276,7 +289,7 @@ export class Agent {
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
-      ...(o.splice ? { splice: this.datapath } : {}),
+      ...(splice ? { splice: this.datapath, spliceStranded: this.#spliceStranded = new StrandedResets((cb) => this.datapath.watchSpliceStranded(cb)) } : {}),
     });
     this.inbound = new Inbound({
       node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
@@ -597,8 +610,11 @@ export class Agent {
         counters: this.datapath.counters(),
         refusals: Object.fromEntries(REFUSAL_COUNTERS.map((r) => [r, this.datapath.counters()[r]])),
         podCounters: this.datapath.podCounters(),
-        spliced: this.datapath.splicedConnections().map((s) => ({ ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '' })),
-        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk'].map((m) => [m, this.datapath.mapPin(m)])),
+        spliced: this.datapath.splicedConnections().map((s) => ({
+          ...s, clientPod: this.#podIpByCookie.get(s.clientNetnsCookie) ?? '',
+          reads: { client: spliceReaderNames(s.reads.client), server: spliceReaderNames(s.reads.server) },
+        })),
+        pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
@@ -628,6 +644,7 @@ export class Agent {
     const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
     this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
     this.#refusals?.close();
+    this.#spliceStranded?.close();
     await this.#otlpLogs.shutdown();
     this.plaintext?.closeAll();
     this.pool?.close();

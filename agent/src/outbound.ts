@@ -15,7 +15,8 @@ import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labe
 import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
-import { peerSocketOf, forget, spliceBidirectional, type SpliceDatapath } from './splice.ts';
+import { formatTuple } from './datapath/index.ts';
+import { peerSocketOf, forget, spliceBidirectional, type SpliceDatapath, type StrandedResets } from './splice.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -52,6 +53,8 @@ export interface OutboundOptions {
    * the payload never enters this process. Default: not spliced (the pipe carries them).
    */
   splice?: SpliceDatapath;
+  /** With `splice`: resets a spliced connection whose pod strands redirected bytes (splice.ts). */
+  spliceStranded?: StrandedResets;
 }
 
 export class Outbound {
@@ -269,8 +272,13 @@ export class Outbound {
       // The policy was judged at connect, and a policy change judges it again (LocalDelivery.reauthorize
       // closes the agent's socket to the pod, which ends a spliced pair as a piped one).
       if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket) {
-        const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice });
+        const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice, ...(this.#o.spliceStranded ? { stranded: this.#o.spliceStranded } : {}) });
         if (r.notSpliced) this.#o.log.debug('same-node connection not spliced', { reason: r.notSpliced });
+        if (r.stranded) {
+          this.#o.log.warn('reset a spliced connection: a pod began reading it with splice(2) while bytes the kernel had redirected to it were unread (counted as splice_stranded)', {
+            client: formatTuple(peerSocketOf(socket)), server: formatTuple(peerSocketOf(upstream)),
+          });
+        }
         result = r;
       } else {
         // Sockops filed the client's socket when it connected (--splice); this connection is not

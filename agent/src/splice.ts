@@ -14,11 +14,15 @@
 //  - FIN and resets: a pod's shutdown or close goes by TCP to this agent, after every byte it
 //    redirected before (those calls completed first), and the pipe ends or resets the other side
 //    as it does unspliced; the reader takes its redirected bytes before the FIN.
+// Readers: the kernel redirects to a pod socket only once it has seen it read with recvmsg, and
+// never after it has read with splice(2), which does not see redirected bytes. A reader that turns
+// to splice(2) while redirected bytes are still queued for it would wait for them forever: the
+// kernel reports it (weft_splice_stranded) and StrandedResets resets that connection.
 // Counting: what the pipe carried plus what the kernel counted per direction (weft_spliced), read
 // when the connection ends.
 import type net from 'node:net';
 import { pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
-import type { SocketTuple, SplicedPair } from './datapath/index.ts';
+import { formatTuple, type SocketTuple, type SplicedPair } from './datapath/index.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 
 /** What splicing needs from the datapath (the real Datapath, or a test double). */
@@ -33,12 +37,44 @@ export interface SpliceResult extends PipeResult {
   spliced: boolean;
   /** Why it was not spliced, when it was not. */
   notSpliced?: string;
+  /** Reset because a pod turned to splice(2) reads with redirected bytes unread (StrandedResets). */
+  stranded?: true;
 }
 
 export interface SpliceOptions {
   datapath: SpliceDatapath;
+  /** Resets the connection if one of its pods strands redirected bytes (see StrandedResets). */
+  stranded?: StrandedResets;
   /** Called once the pair is in the kernel's hands (tests, flows). */
   onSpliced?: (pair: SplicedPair) => void;
+}
+
+/**
+ * Resets the spliced connections one of whose pods began reading with splice(2) while bytes the
+ * kernel had redirected to it were still unread: splice(2) reads only the TCP queue, so that pod
+ * would wait for them forever. Both of the agent's sockets are reset, so both pods see the
+ * connection fail (ECONNRESET) instead of hang. One per agent, fed by the kernel's ring buffer.
+ */
+export class StrandedResets {
+  readonly #live = new Map<string, () => void>();
+  readonly #ring: { close(): void };
+
+  /** `watch` subscribes to the kernel's reports (Datapath.watchSpliceStranded). */
+  constructor(watch: (onStranded: (t: SocketTuple) => void) => { close(): void }) {
+    this.#ring = watch((t) => this.#live.get(formatTuple(t))?.());
+  }
+
+  /** Calls `reset` if either socket of the pair strands bytes; returns the way to stop. */
+  track(pair: SplicedPair, reset: () => void): () => void {
+    const keys = [formatTuple(pair.client), formatTuple(pair.server)];
+    for (const k of keys) this.#live.set(k, reset);
+    return () => { for (const k of keys) if (this.#live.get(k) === reset) this.#live.delete(k); };
+  }
+
+  close(): void {
+    this.#ring.close();
+    this.#live.clear();
+  }
 }
 
 /**
@@ -73,17 +109,24 @@ export async function spliceBidirectional(client: net.Socket, server: net.Socket
   const piped = pipeBidirectional(client, server);
   client.resume();
   server.resume();
+  let stranded = false;
+  const untrack = pair && opts.stranded?.track(pair, () => {
+    stranded = true;
+    client.resetAndDestroy();
+    server.resetAndDestroy();
+  });
   if (pair) opts.onSpliced?.(pair);
   let result: PipeResult;
   let kernel = { fromClient: 0n, fromServer: 0n };
   try {
     result = await piped;
   } finally {
+    untrack?.();
     if (pair) kernel = opts.datapath.unsplice(pair);
   }
   return {
     ...result, bytesAtoB: result.bytesAtoB + Number(kernel.fromClient), bytesBtoA: result.bytesBtoA + Number(kernel.fromServer),
-    spliced: pair !== undefined, ...(reason ? { notSpliced: reason } : {}),
+    spliced: pair !== undefined, ...(reason ? { notSpliced: reason } : {}), ...(stranded ? { stranded: true as const } : {}),
   };
 }
 

@@ -169,6 +169,9 @@ struct weft_counters {
 	__u64 lookup_excluded;
 	__u64 lookup_no_agent;
 	__u64 lookup_ipv6_refused;
+	__u64 splice_reader_splice;
+	__u64 splice_stranded;
+	__u64 splice_reader_fionread;
 };
 
 enum weft_counter {
@@ -196,6 +199,10 @@ enum weft_counter {
 	WEFT_C_LOOKUP_EXCLUDED,
 	WEFT_C_LOOKUP_NO_AGENT,
 	WEFT_C_LOOKUP_IPV6_REFUSED,
+	WEFT_C_SPLICE_READER_SPLICE,    /* a filed pod socket read with splice(2) (or sendfile, zerocopy
+	                                 * receive): nothing more is redirected to it */
+	WEFT_C_SPLICE_STRANDED,         /* ... while redirected bytes it had not read were queued for it */
+	WEFT_C_SPLICE_READER_FIONREAD,  /* a filed pod socket asked FIONREAD (counts only redirected bytes) */
 	WEFT_C__COUNT,
 };
 _Static_assert(sizeof(struct weft_counters) == WEFT_C__COUNT * 8, "weft_counters layout");
@@ -204,6 +211,7 @@ _Static_assert(__builtin_offsetof(struct weft_counters, getpeername_rewritten) =
 _Static_assert(__builtin_offsetof(struct weft_counters, strict_denied) == WEFT_C_STRICT_DENIED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, probe_allowed) == WEFT_C_PROBE_ALLOWED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, lookup_ipv6_refused) == WEFT_C_LOOKUP_IPV6_REFUSED * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, splice_reader_fionread) == WEFT_C_SPLICE_READER_FIONREAD * 8, "idx");
 
 /* weft_pod_counters: netns cookie -> per-pod counters (shared across CPUs, updated atomically). */
 struct weft_pod_counters {
@@ -264,6 +272,13 @@ _Static_assert(sizeof(struct weft_spliced) == 72, "weft_spliced layout");
 #define WEFT_SPLICE_F_CLIENT 0x2       /* the client pod's socket (connected to its agent) */
 #define WEFT_SPLICE_F_CLOSED 0x4       /* the socket closed (sockops): its peer stops redirecting to it */
 #define WEFT_SPLICE_F_REDIRECTING 0x8  /* its last message was redirected (counts fallbacks) */
+
+/* weft_splice_reader values: how a filed pod socket has been read (set by the kernel, sticky) */
+#define WEFT_SPLICE_R_RECVMSG 0x1   /* read with recvmsg/read (tcp_bpf_recvmsg): takes redirected bytes */
+#define WEFT_SPLICE_R_SPLICE 0x2    /* read its TCP queue directly (splice(2), sendfile(2),
+                                     * TCP_ZEROCOPY_RECEIVE): never sees redirected bytes */
+#define WEFT_SPLICE_R_STRANDED 0x4  /* ... and redirected bytes were queued for it when it did */
+#define WEFT_SPLICE_R_FIONREAD 0x8  /* asked FIONREAD (tcp_bpf_ioctl counts only redirected bytes) */
 
 /* weft_splice_expect key: the address the agent's delivery socket is bound to before it connects
  * to a pod it will splice to (the server pod's socket sees it as its peer). */

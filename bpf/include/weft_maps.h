@@ -181,6 +181,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } weft_splice_expect SEC(".maps");
 
+/* How each filed pod socket has been read (WEFT_SPLICE_R_*), by its own tuple: set only by the
+ * kernel (the fentry programs of splice.bpf.c), removed by sockops when the socket closes. A
+ * socket's verdict redirects to its peer only when the peer has read with recvmsg and never with
+ * splice(2) (weft_splice.h, "Readers"). Separate from weft_spliced, which the agent rewrites when
+ * it pairs, so that no mark is lost to that write. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_SPLICED * 2);
+	__type(key, struct weft_tuple4);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_splice_reader SEC(".maps");
+
+/* Same-node splice: the tuple (struct weft_tuple4) of each filed pod socket that began reading
+ * with splice(2) while redirected bytes it had not read were queued for it (weft_splice.h); the
+ * agent resets that connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} weft_splice_stranded SEC(".maps");
+
 /* Slot 0: 1 while the agent splices (--splice): only then does sockops file client sockets. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -105,7 +105,7 @@ interface BpfDump {
   refusals?: Record<string, number>;
   counters: Record<string, number>;
   podCounters: Record<string, Record<string, number>>;
-  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; passedFromClient?: string; passedFromServer?: string; fallbacks?: { fromClient: number; fromServer: number } }>;
+  spliced?: Array<{ client: string; server: string; clientPod: string; bytesFromClient: string; bytesFromServer: string; passedFromClient?: string; passedFromServer?: string; fallbacks?: { fromClient: number; fromServer: number }; reads?: { client: string[]; server: string[] } }>;
   pins: Record<string, string>;
 }
 
@@ -236,9 +236,13 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         // Same-node connections the kernel carries pod to pod (bpf/splice.bpf.c), bytes as the kernel
         // counted them. BY TCP: what each side sent through the agent instead (before the pair was
         // made, or while its reader held too much), and how often a direction gave way to TCP.
-        io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'BY TCP (CLIENT/SERVER)'], (data.spliced ?? []).map((s) =>
+        // READ WITH: how each pod has read its socket (recvmsg, splice(2), FIONREAD, stranded); the
+        // kernel redirects only to a recvmsg reader that never used splice(2).
+        const reads = (r: string[] | undefined): string => (r && r.length > 0 ? r.join('+') : '-');
+        io.out(table(['SPLICED FROM POD', 'CLIENT SOCKET', 'SERVER SOCKET', 'BYTES FROM CLIENT', 'BYTES FROM SERVER', 'BY TCP (CLIENT/SERVER)', 'READ WITH (CLIENT/SERVER)'], (data.spliced ?? []).map((s) =>
           [s.clientPod || '-', s.client, s.server, String(s.bytesFromClient), String(s.bytesFromServer),
-            `${s.passedFromClient ?? 0}/${s.passedFromServer ?? 0}${s.fallbacks ? ` (${s.fallbacks.fromClient}/${s.fallbacks.fromServer} times)` : ''}`]), h));
+            `${s.passedFromClient ?? 0}/${s.passedFromServer ?? 0}${s.fallbacks ? ` (${s.fallbacks.fromClient}/${s.fallbacks.fromServer} times)` : ''}`,
+            `${reads(s.reads?.client)}/${reads(s.reads?.server)}`]), h));
         if (data.pins.weft_spliced) io.out(`  bpftool map dump pinned ${data.pins.weft_spliced}\n\n`);
         io.out(table(['COUNTER', 'VALUE'], Object.entries(data.counters).map(([k, v]) => [k, String(v)]), h));
         io.out(`  bpftool map dump pinned ${data.pins.weft_counters}\n\n`);

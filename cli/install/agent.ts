@@ -40,7 +40,7 @@ export const AGENT_CAPABILITIES: readonly Capability[] = [
   },
   {
     name: 'SYS_ADMIN',
-    why: 'setns(2) into pod network namespaces (tcx attach, inbound listeners); re-open pinned programs and links by id after a restart; CAP_PERFMON for the same-node splice verdict (bpf_probe_read_kernel)',
+    why: 'setns(2) into pod network namespaces (tcx attach, inbound listeners); re-open pinned programs and links by id after a restart; CAP_PERFMON for the same-node splice (--splice): its verdict reads the peer socket (bpf_probe_read_kernel), and it mounts tracefs and opens the tracepoint perf events that tell how pods read their sockets',
   },
   {
     name: 'SYS_PTRACE',

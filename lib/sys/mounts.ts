@@ -45,13 +45,25 @@ export function findCgroup2Root(mounts: MountEntry[] = readMounts()): string {
 
 /** The BPF filesystem mount point; mounts bpffs at /sys/fs/bpf when none is mounted. */
 export function ensureBpffs(mounts: MountEntry[] = readMounts(), fallback = '/sys/fs/bpf'): string {
-  const m = mounts.find((e) => e.fsType === 'bpf');
+  return ensureMount('bpf', mounts, fallback, 'WEFT_NO_BPFFS', 'bpffs', 'the agent needs CAP_SYS_ADMIN or a host mount of /sys/fs/bpf');
+}
+
+/**
+ * The tracing filesystem's mount point (tracepoint ids: events/<category>/<name>/id); mounts
+ * tracefs at /sys/kernel/tracing when none is mounted.
+ */
+export function ensureTracefs(mounts: MountEntry[] = readMounts(), fallback = '/sys/kernel/tracing'): string {
+  return ensureMount('tracefs', mounts, fallback, 'WEFT_NO_TRACEFS', 'tracefs', 'the agent needs CAP_SYS_ADMIN or a host mount of /sys/kernel/tracing');
+}
+
+function ensureMount(fsType: string, mounts: MountEntry[], fallback: string, code: string, what: string, hint: string): string {
+  const m = mounts.find((e) => e.fsType === fsType);
   if (m) return m.mountPoint;
   mkdirSync(fallback, { recursive: true });
   try {
-    execFileSync('mount', ['-t', 'bpf', 'bpf', fallback], { stdio: 'pipe' });
+    execFileSync('mount', ['-t', fsType, fsType, fallback], { stdio: 'pipe' });
   } catch (err) {
-    throw new MountError('WEFT_NO_BPFFS', `bpffs is not mounted and mounting it at ${fallback} failed (${(err as Error).message.trim()}); the agent needs CAP_SYS_ADMIN or a host mount of /sys/fs/bpf`);
+    throw new MountError(code, `${what} is not mounted and mounting it at ${fallback} failed (${(err as Error).message.trim()}); ${hint}`);
   }
   return fallback;
 }

@@ -17,16 +17,20 @@ import { Lab, type Netns } from '../lab/lab.ts';
 import { until } from '../lab/wait.ts';
 import { BpfMap } from '../../agent/libbpf/index.ts';
 import { Datapath, formatTuple, type SplicedConnection, type SplicedSocket } from '../../agent/src/datapath/index.ts';
-import { SPLICED_SIZE, SPLICE_F } from '../../agent/src/datapath/codecs.ts';
+import { SPLICE_TRACE_PROGRAMS } from '../../agent/src/datapath/datapath.ts';
+import { SPLICED_SIZE, SPLICE_F, SPLICE_R } from '../../agent/src/datapath/codecs.ts';
 import { buildNode, NODE_BIN, type LabPod } from './datapath-lab.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const OBJECT_DIR = resolve(HERE, '..', '..', 'build', 'bpf');
 const SPLICER = join(HERE, 'fixtures', 'splicer.ts');
 const SOCK_CTL = join(HERE, 'fixtures', 'sock-ctl.ts');
+const SPLICE_READER = join(HERE, 'fixtures', 'splice-reader.py');
 const AGENT_PORT = 15001;
 const APP_PORT = 8080;
 const MIB = 1024 * 1024;
+/** What warmUp sends (by TCP) before a test's own bytes. */
+const WARM_UP = 1024;
 /** WEFT_SPLICE_MAX_QUEUED in bpf/include/weft_splice.h. */
 const MAX_QUEUED = 4 * MIB;
 /**
@@ -171,6 +175,17 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     return dp.splicedSockets().find((s) => formatTuple(s.self) === tuple);
   }
 
+  /**
+   * One small exchange by TCP, through the agent, so that each pod has read its socket once with
+   * recvmsg: the kernel redirects only to a socket it has seen read so (weft_splice_reader).
+   * With an echo server both sides read; without, the server does.
+   */
+  async function warmUp(client: Proc, server: Proc, echo: boolean): Promise<void> {
+    const sent = Number((await client.stat()).sent);
+    client.send({ op: 'write', kib: WARM_UP / 1024 });
+    await until('the warm-up arrived', async () => Number((echo ? await client.stat() : await server.stat()).received) >= sent + WARM_UP, 20_000);
+  }
+
   async function closePair(client: Proc, server: Proc): Promise<void> {
     for (const p of [client, server]) {
       p.child.kill('SIGKILL');
@@ -196,31 +211,33 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
 
   test('moves data both ways while the agent is stopped (SIGSTOP), then carries FIN and counts once it runs again (SIGCONT)', async () => {
     const { client, server, spliced } = await connectPair(['--echo']);
+    await warmUp(client, server, true);
     splicer.child.kill('SIGSTOP');
     try {
       client.send({ op: 'write', mib: 24, keepUp: true });
-      await client.nth('written', 0, 60_000);
-      await until('the echo of 24 MiB came back with the agent stopped', async () => (await client.stat()).received === 24 * MIB, 60_000,
+      await client.nth('written', 1, 60_000);
+      await until('the echo of 24 MiB came back with the agent stopped', async () => (await client.stat()).received === 24 * MIB + WARM_UP, 60_000,
         { explain: () => JSON.stringify(client.last('stat')) });
       const st = await client.stat();
       assert.equal(st.receivedSha, st.sentSha, 'the echo is the stream, in order');
       const conn = connection(spliced)!;
       assert.equal(conn.bytesFromClient, BigInt(24 * MIB), 'the kernel carried every byte from the client');
       assert.equal(conn.bytesFromServer, BigInt(24 * MIB), 'and every byte from the server');
-      assert.equal(conn.passedFromClient + conn.passedFromServer, 0n, 'nothing went by TCP');
+      assert.equal(conn.passedFromClient + conn.passedFromServer, BigInt(2 * WARM_UP), 'only the warm-up went by TCP');
+      assert.equal(conn.reads.client & conn.reads.server & SPLICE_R.RECVMSG, SPLICE_R.RECVMSG, 'both pods were seen reading with recvmsg');
       // A half-close goes by TCP through the agent: not while it is stopped.
       client.send({ op: 'end' });
       const ended = await Promise.race([server.nth('end', 0, 60_000).then(() => 'end'), new Promise((r) => setTimeout(r, 300, 'waiting'))]);
       assert.equal(ended, 'waiting', 'the FIN waits for the agent');
       splicer.child.kill('SIGCONT');
       const end = await server.nth('end', 0);
-      assert.equal(end.received, 24 * MIB, 'every byte before the FIN');
+      assert.equal(end.received, 24 * MIB + WARM_UP, 'every byte before the FIN');
       const back = await client.nth('end', 0);
-      assert.equal(back.received, 24 * MIB);
+      assert.equal(back.received, 24 * MIB + WARM_UP);
       const closed = await closedOf(spliced);
       assert.equal(closed.spliced, true);
-      assert.equal(closed.bytesAtoB, 24 * MIB, 'bytes to the destination, from the kernel');
-      assert.equal(closed.bytesBtoA, 24 * MIB, 'bytes to the source, from the kernel');
+      assert.equal(closed.bytesAtoB, 24 * MIB + WARM_UP, 'bytes to the destination, from the kernel and the agent');
+      assert.equal(closed.bytesBtoA, 24 * MIB + WARM_UP, 'bytes to the source, from the kernel and the agent');
       assert.equal(closed.error, undefined);
       await until('weft_spliced forgets the pair', () => !filed(String(spliced.client)), 10_000);
     } finally {
@@ -269,8 +286,11 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
   });
 
   test('backpressure: a server that does not read stalls the client with at most 4 MiB queued for it by the kernel; once it reads again the kernel carries the direction again; twice, every byte in order', async () => {
-    const { client, server, spliced } = await connectPair(['--paused']);
-    let writes = 0;
+    const { client, server, spliced } = await connectPair();
+    await warmUp(client, server, false);
+    server.send({ op: 'pause' });
+    await server.nth('paused', 0);
+    let writes = 1;
     for (const round of [1, 2]) {
       const before = connection(spliced)!;
       const receivedBefore = Number((await server.stat()).received);
@@ -305,7 +325,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
         { explain: () => JSON.stringify(connection(spliced), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) });
       await until('the server read the rest', async () => (await server.stat()).received === (await client.stat()).sent, 60_000);
       server.send({ op: 'pause' });
-      await server.nth('paused', round - 1);
+      await server.nth('paused', round);
     }
     server.send({ op: 'resume' });
     client.send({ op: 'end' });
@@ -320,23 +340,26 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     const server = app(pb, ['server', '0.0.0.0', String(APP_PORT), '--echo']);
     await server.nth('listening');
     const n = splicer.count('spliced');
-    // The client reads nothing until the agent is done with the connection.
-    const client = app(pa, ['client', pb.ip, String(APP_PORT), '--paused']);
+    const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
     await client.nth('connected');
     const spliced = await splicer.nth('spliced', n);
+    await warmUp(client, server, true);
+    // The client reads nothing more until the agent is done with the connection.
+    client.send({ op: 'pause' });
+    await client.nth('paused');
     client.send({ op: 'write', mib: 1 });
-    await client.nth('written');
+    await client.nth('written', 1);
     client.send({ op: 'end' });
     await server.nth('end');
     // The echo went into the client's queue; the server's FIN went through the agent, which ended
     // both sides and forgot the pair.
     const closed = await closedOf(spliced);
-    assert.equal(closed.bytesBtoA, MIB);
+    assert.equal(closed.bytesBtoA, MIB + WARM_UP);
     await until('the pair left weft_spliced', () => !filed(String(spliced.client)), 10_000);
     client.send({ op: 'resume' });
     const end = await client.nth('end', 0, 20_000);
     const st = await client.stat();
-    assert.equal(end.received, MIB, 'the whole echo, read after the agent let go');
+    assert.equal(end.received, MIB + WARM_UP, 'the whole echo, read after the agent let go');
     assert.equal(end.receivedSha, st.sentSha);
   });
 
@@ -368,6 +391,90 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     await closePair(client, server);
   });
 
+  /** A server pod that reads with splice(2) (fixtures/splice-reader.py), and a client through the splicer. */
+  async function connectSpliceReader(): Promise<{ client: Proc; server: Proc; spliced: Event }> {
+    const server = new Proc(lab.spawn('python3', [SPLICE_READER, '0.0.0.0', String(APP_PORT)], { netns: pb.ns, cgroup: pb.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
+    apps.push(server);
+    await server.nth('listening');
+    const n = splicer.count('spliced');
+    const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
+    await client.nth('connected');
+    await server.nth('accepted');
+    return { client, server, spliced: await splicer.nth('spliced', n) };
+  }
+
+  // Readers: redirected bytes land on the psock queue, which splice(2) (tcp_splice_read) never
+  // reads. Go's io.Copy between two TCP connections and HAProxy's splicing read so.
+  test('readers: a server that reads with splice(2) from its first byte gets the whole stream by TCP, also what came before its first read; the kernel never redirects to it, and counts it (splice_reader_splice)', async () => {
+    const counted = dp.counters().splice_reader_splice;
+    const { client, server, spliced } = await connectSpliceReader();
+    // Sent before the server reads at all: a socket not yet seen reading with recvmsg gets
+    // nothing redirected (it might be a splice(2) reader, as this one is).
+    client.send({ op: 'write', mib: 8 });
+    await until('the first bytes went by TCP', () => (connection(spliced)?.passedFromClient ?? 0n) > 0n, 20_000);
+    server.send({ op: 'splice' });
+    await client.nth('written', 0, 60_000);
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, 60_000);
+    const st = await client.stat();
+    assert.equal(end.received, 8 * MIB);
+    assert.equal(end.receivedSha, st.sentSha);
+    const conn = connection(spliced)!;
+    assert.equal(conn.bytesFromClient, 0n, 'nothing was redirected to a splice(2) reader');
+    assert.equal(conn.reads.server & (SPLICE_R.SPLICE | SPLICE_R.RECVMSG), SPLICE_R.SPLICE, 'seen reading with splice(2), never with recvmsg');
+    assert.equal(dp.counters().splice_reader_splice, counted + 1, 'counted once');
+    server.child.kill(); // its socket closes: the agent ends the connection
+    const closed = await closedOf(spliced);
+    assert.equal(closed.bytesAtoB, 8 * MIB, 'the agent carried it');
+    assert.equal(closed.stranded, false);
+  });
+
+  test('readers: a server that reads with recv(2), then turns to splice(2) before more comes, gets the rest by TCP (without the splice(2) mark the kernel would redirect to it)', async () => {
+    const { client, server, spliced } = await connectSpliceReader();
+    const fionread = dp.counters().splice_reader_fionread;
+    client.send({ op: 'write', kib: WARM_UP / 1024 });
+    server.send({ op: 'recv', bytes: WARM_UP });
+    await server.nth('recv');
+    // FIONREAD on a socket in the sockhash counts only redirected bytes (tcp_bpf_ioctl): the kernel
+    // marks and counts the socket that asks, for the operator (weftctl bpf).
+    server.send({ op: 'fionread' });
+    await server.nth('fionread');
+    assert.ok((filed(String(spliced.server))!.reads & SPLICE_R.FIONREAD) !== 0, 'marked as asking FIONREAD');
+    assert.equal(dp.counters().splice_reader_fionread, fionread + 1, 'counted once');
+    server.send({ op: 'splice' });
+    const serverSocket = String(spliced.server);
+    await until('the kernel saw the server read with splice(2)', () => ((filed(serverSocket)?.reads ?? 0) & SPLICE_R.SPLICE) !== 0, 20_000);
+    assert.ok((filed(serverSocket)!.reads & SPLICE_R.RECVMSG) !== 0, 'and with recv(2) before');
+    client.send({ op: 'write', mib: 8 });
+    await client.nth('written', 1, 60_000);
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, 60_000);
+    const st = await client.stat();
+    assert.equal(end.received, 8 * MIB + WARM_UP);
+    assert.equal(end.receivedSha, st.sentSha);
+    assert.equal(connection(spliced)!.bytesFromClient, 0n, 'nothing was redirected to it');
+  });
+
+  test('readers: a server that turns to splice(2) while redirected bytes wait unread for it is reset, with its client, rather than left waiting (splice_stranded)', async () => {
+    const counted = dp.counters().splice_stranded;
+    const { client, server, spliced } = await connectSpliceReader();
+    client.send({ op: 'write', kib: WARM_UP / 1024 });
+    server.send({ op: 'recv', bytes: WARM_UP });
+    await server.nth('recv');
+    // The server has read with recv(2) and everything sent by TCP: the kernel redirects now.
+    client.send({ op: 'write', kib: 64 });
+    await until('the kernel queued the next 64 KiB for the server', () => (connection(spliced)?.bytesFromClient ?? 0n) === 64n * 1024n, 20_000,
+      { explain: () => JSON.stringify(connection(spliced), (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) });
+    server.send({ op: 'splice' });
+    const err = await server.nth('error', 0, 20_000);
+    assert.equal(err.code, 'ECONNRESET', 'the server\'s splice(2) fails instead of waiting');
+    assert.equal(err.received, WARM_UP);
+    const closed = await closedOf(spliced);
+    assert.equal(closed.stranded, true, 'the agent reset it because the kernel reported it');
+    await client.find('error', (e) => e.code === 'ECONNRESET' || e.code === 'EPIPE');
+    assert.equal(dp.counters().splice_stranded, counted + 1, 'counted once');
+  });
+
   test('a connection the agent does not splice goes back to plain TCP (its client socket leaves the maps), and with splicing off nothing is filed at all', async () => {
     const pipeSplicer = startSplicer('pipe', AGENT_PORT + 1);
     try {
@@ -386,7 +493,10 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
       assert.equal(dp.splicedSockets().length, 0, 'no pod socket is filed');
       await closePair(client, server);
 
+      const tracePins = SPLICE_TRACE_PROGRAMS.map((p) => join(lab.pinRoot, 'links', p));
+      assert.deepEqual(tracePins.filter((p) => !existsSync(p)), [], 'splicing on: the readers\' tracepoint programs are attached (pinned)');
       dp.setSplicing(false);
+      assert.deepEqual(tracePins.filter((p) => existsSync(p)), [], 'splicing off: and gone, they ran on every recvmsg of the node');
       const server2 = app(pb, ['server', '0.0.0.0', String(APP_PORT)]);
       await server2.nth('listening');
       const client2 = app(pa, ['client', pb.ip, String(APP_PORT)]);

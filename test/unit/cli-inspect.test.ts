@@ -36,7 +36,7 @@ const DEBUG_ANSWERS: Record<string, unknown> = {
     pinRoot: '/sys/fs/bpf/weft', programs: [{ name: 'weft_connect4', id: 41 }], links: [{ program: 'weft_connect4', pin: 'l', id: 7, progId: 41 }],
     pods: [{ netnsCookie: '4097', podIp: '10.1.0.11', mode: 'STRICT', agentIp: '192.168.0.1', agentPort: 15001 }], destinations: [{ ip: '10.96.1.10', port: 80 }],
     excludedPorts: [15000], counters: { connect_redirected: 3 }, podCounters: { '4097': { connect_redirected: 3 } }, pins: { weft_pods: '/sys/fs/bpf/weft/weft_pods', weft_dests: 'd', weft_counters: 'c', weft_spliced: '/sys/fs/bpf/weft/weft_spliced' },
-    spliced: [{ client: '10.1.0.11:40000->192.168.0.1:15001', server: '10.1.0.12:8080->10.1.0.12:33000', clientPod: '10.1.0.11', clientNetnsCookie: '4097', bytesFromClient: '1048576', bytesFromServer: '512', passedFromClient: '65536', passedFromServer: '0', fallbacks: { fromClient: 1, fromServer: 0 } }],
+    spliced: [{ client: '10.1.0.11:40000->192.168.0.1:15001', server: '10.1.0.12:8080->10.1.0.12:33000', clientPod: '10.1.0.11', clientNetnsCookie: '4097', bytesFromClient: '1048576', bytesFromServer: '512', passedFromClient: '65536', passedFromServer: '0', fallbacks: { fromClient: 1, fromServer: 0 }, reads: { client: ['recvmsg'], server: ['recvmsg', 'FIONREAD'] } }],
   },
   '/debug/config_dump': { node: 'node-a', version: '12', config: { node: 'node-a', workloads: [], services: [], policies: [], peerAuthentications: [], waypoints: [], trafficPolicies: [] }, enrolled: {} },
   '/debug/clients': { systemVersion: '9', clients: [{ id: 'node-a', kind: 'agent', namespace: '', ackedVersion: '9' }, { id: 'shop/waypoint-0', kind: 'waypoint', namespace: 'shop', ackedVersion: '8', nackedVersion: '9' }] },
@@ -156,8 +156,9 @@ test('certs and bpf on a cluster: each agent\'s read-only /debug path on its met
   assert.match(b.stdout, /^10\.1\.0\.11\s+STRICT\s+-\s+4097\s+3\s+0\s+0$/m);
   // A same-node connection spliced pod to pod: its two pod sockets, the kernel's bytes each way,
   // and what each side sent by TCP through the agent instead.
-  assert.match(b.stdout, /^SPLICED FROM POD\s+CLIENT SOCKET\s+SERVER SOCKET\s+BYTES FROM CLIENT\s+BYTES FROM SERVER\s+BY TCP \(CLIENT\/SERVER\)$/m);
-  assert.match(b.stdout, /^10\.1\.0\.11\s+10\.1\.0\.11:40000->192\.168\.0\.1:15001\s+10\.1\.0\.12:8080->10\.1\.0\.12:33000\s+1048576\s+512\s+65536\/0 \(1\/0 times\)$/m);
+  // and how each pod was seen reading its socket.
+  assert.match(b.stdout, /^SPLICED FROM POD\s+CLIENT SOCKET\s+SERVER SOCKET\s+BYTES FROM CLIENT\s+BYTES FROM SERVER\s+BY TCP \(CLIENT\/SERVER\)\s+READ WITH \(CLIENT\/SERVER\)$/m);
+  assert.match(b.stdout, /^10\.1\.0\.11\s+10\.1\.0\.11:40000->192\.168\.0\.1:15001\s+10\.1\.0\.12:8080->10\.1\.0\.12:33000\s+1048576\s+512\s+65536\/0 \(1\/0 times\)\s+recvmsg\/recvmsg\+FIONREAD$/m);
   assert.match(b.stdout, /^ {2}bpftool map dump pinned \/sys\/fs\/bpf\/weft\/weft_spliced$/m);
   assert.ok(debugRequests.includes('/debug/certs') && debugRequests.includes('/debug/bpf'), 'read through the pod proxy at :15020/debug/');
   const none = await run(['bpf', '--node', 'node-z']);

@@ -281,6 +281,22 @@ export interface SplicedEntry {
  */
 export const SPLICE_F = { PAIRED: 0x1, CLIENT: 0x2, CLOSED: 0x4, REDIRECTING: 0x8 } as const;
 export const SPLICED_SIZE = 72;
+/**
+ * weft_splice_reader bits, set by the kernel as a filed socket is read (sticky): RECVMSG = read
+ * with recvmsg/read (takes redirected bytes); SPLICE = read with splice(2) (never sees them, so
+ * nothing is redirected to it); STRANDED = it began splice(2) reads with redirected bytes unread;
+ * FIONREAD = it asked FIONREAD (which counts only redirected bytes on such a socket).
+ */
+export const SPLICE_R = { RECVMSG: 0x1, SPLICE: 0x2, STRANDED: 0x4, FIONREAD: 0x8 } as const;
+/** How a filed socket has been read, by name (`weftctl bpf`). */
+export function spliceReaderNames(bits: number): string[] {
+  const out: string[] = [];
+  if (bits & SPLICE_R.RECVMSG) out.push('recvmsg');
+  if (bits & SPLICE_R.SPLICE) out.push('splice(2)');
+  if (bits & SPLICE_R.STRANDED) out.push('stranded');
+  if (bits & SPLICE_R.FIONREAD) out.push('FIONREAD');
+  return out;
+}
 export function encodeSpliced(v: SplicedEntry): Buffer {
   const b = Buffer.alloc(SPLICED_SIZE);
   encodeTuple4(v.peer.src, v.peer.dst).copy(b, 0);
@@ -344,6 +360,9 @@ export const COUNTER_FIELDS = [
   'lookup_excluded',
   'lookup_no_agent',
   'lookup_ipv6_refused',
+  'splice_reader_splice',
+  'splice_stranded',
+  'splice_reader_fionread',
 ] as const;
 export type CounterName = (typeof COUNTER_FIELDS)[number];
 export type Counters = Record<CounterName, number>;

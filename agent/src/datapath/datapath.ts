@@ -30,7 +30,7 @@ import {
   type BpfProgram,
   type SockmapAttachment,
 } from '../../libbpf/index.ts';
-import { ensureBpffs, findCgroup2Root, readMounts } from '../../../lib/sys/mounts.ts';
+import { ensureBpffs, ensureTracefs, findCgroup2Root, readMounts } from '../../../lib/sys/mounts.ts';
 import * as c from './codecs.ts';
 import {
   BadAddressError,
@@ -55,6 +55,8 @@ export const REDIRECT_OBJECT = 'redirect.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
 export const SPLICE_OBJECT = 'splice.bpf.o';
 export const SPLICE_PROGRAM = 'weft_splice_verdict';
+/** Tracepoint programs of splice.bpf.o: how each filed pod socket is read (weft_splice_reader). */
+export const SPLICE_TRACE_PROGRAMS = ['weft_splice_recvmsg', 'weft_splice_read', 'weft_splice_sendfile', 'weft_splice_zerocopy', 'weft_splice_ioctl'] as const;
 /** Cgroup programs of redirect.bpf.o, in attach order. connect* go last so that, on a fresh node,
  * nothing is captured before sockops and getpeername are in place to serve it. */
 export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'] as const;
@@ -85,6 +87,8 @@ const MAPS = {
   spliced: 'weft_spliced',
   spliceExpect: 'weft_splice_expect',
   spliceOn: 'weft_splice_on',
+  spliceReader: 'weft_splice_reader',
+  spliceStranded: 'weft_splice_stranded',
 } as const;
 
 /** A socket's own 4-tuple: src is its local address, dst its peer's. */
@@ -116,11 +120,15 @@ export interface SplicedConnection {
   passedFromServer: bigint;
   /** Times each direction gave way to TCP. */
   fallbacks: { fromClient: number; fromServer: number };
+  /** How each pod socket has been read (SPLICE_R bits; weft_splice_reader). */
+  reads: { client: number; server: number };
 }
 
 /** One filed pod socket as the kernel counts it. */
 export interface SplicedSocket extends c.SplicedEntry {
   self: SocketTuple;
+  /** How it has been read so far (SPLICE_R bits). */
+  reads: number;
 }
 
 export function formatTuple(t: SocketTuple): string {
@@ -225,6 +233,7 @@ export class Datapath {
   private readonly splicer: BpfObject;
   private spliceAttachment: SockmapAttachment | undefined;
   private readonly links = new Map<string, BpfLink>();
+  private readonly traceLinks = new Map<string, BpfLink>();
   private readonly cpus = possibleCpus();
   private closed = false;
 
@@ -346,6 +355,51 @@ export class Datapath {
     this.spliceAttachment = this.splicer.program(SPLICE_PROGRAM).attachSockmap(this.splicer.map(MAPS.spliceSk), 'sk_msg');
   }
 
+  /**
+   * The tracepoint programs that learn how filed pod sockets read. Their links cannot be moved to
+   * another program, so the new one is attached before the pinned one of a previous agent goes
+   * (both mark the same map meanwhile; no read goes unmarked).
+   */
+  private attachSpliceTraces(): void {
+    let tracefs: string | undefined;
+    for (const name of SPLICE_TRACE_PROGRAMS) {
+      if (this.traceLinks.has(name)) continue;
+      const prog = this.splicer.program(name);
+      const link = prog.section?.startsWith('raw_tracepoint/') ? prog.attachRawTracepoint() : prog.attachTracepoint(tracefs ??= ensureTracefs());
+      try {
+        this.unpinLink(name);
+        link.pin(this.linkPin(name));
+      } catch (err) {
+        link.close();
+        throw err;
+      }
+      this.traceLinks.set(name, link);
+    }
+  }
+
+  /** Detaches the readers' tracepoint programs, this process's and any a previous agent pinned. */
+  private detachSpliceTraces(): void {
+    for (const name of SPLICE_TRACE_PROGRAMS) {
+      this.traceLinks.get(name)?.close();
+      this.traceLinks.delete(name);
+      this.unpinLink(name);
+    }
+  }
+
+  /** Releases the link pinned for `program`, if any (a tracepoint link goes with its last holder). */
+  private unpinLink(program: string): void {
+    let old: BpfLink;
+    try {
+      old = BpfLink.openPinned(this.linkPin(program));
+    } catch (err) {
+      if (isEnoent(err)) return;
+      throw err;
+    }
+    try { old.detach(); } catch { /* not every link type detaches: its pin and fd are its last holders */ }
+    old.unpin();
+    old.close();
+  }
+
   private ensureExcludedDefaults(): void {
     const m = this.map(MAPS.excluded);
     for (const p of MESH_PORTS) m.update(c.portKey(p), c.EXCLUDED_PRESENT, 'any');
@@ -359,8 +413,9 @@ export class Datapath {
   /** This process's loaded programs (ids change with every load; a pinned link follows update()). */
   programs(): { name: string; id: number }[] {
     if (this.closed) throw new DatapathClosedError();
-    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM, LOOKUP_PROGRAM, SPLICE_PROGRAM].map((name) =>
-      ({ name, id: (name === INBOUND_PROGRAM || name === LOOKUP_PROGRAM ? this.inbound : name === SPLICE_PROGRAM ? this.splicer : this.redirect).program(name).id }));
+    const splice: readonly string[] = [SPLICE_PROGRAM, ...SPLICE_TRACE_PROGRAMS];
+    return [...CGROUP_PROGRAMS, INBOUND_PROGRAM, LOOKUP_PROGRAM, ...splice].map((name) =>
+      ({ name, id: (name === INBOUND_PROGRAM || name === LOOKUP_PROGRAM ? this.inbound : splice.includes(name) ? this.splicer : this.redirect).program(name).id }));
   }
 
   /** The cgroup links this process holds (after open(): exactly one per cgroup program). */
@@ -715,6 +770,10 @@ export class Datapath {
   setSplicing(on: boolean): void {
     const v = Buffer.alloc(4);
     v.writeUInt32LE(on ? 1 : 0);
+    // The readers' tracepoints run only while something can be filed: they fire on every
+    // recvmsg (and splice, sendfile, ioctl, getsockopt) on the node.
+    if (on) this.attachSpliceTraces();
+    else this.detachSpliceTraces();
     this.map(MAPS.spliceOn).update(Buffer.alloc(4), v, 'any');
   }
 
@@ -791,6 +850,7 @@ export class Datapath {
     const k = c.encodeTuple4(t.src, t.dst);
     this.map(MAPS.spliced).delete(k);
     this.map(MAPS.spliceSk).delete(k);
+    this.map(MAPS.spliceReader).delete(k);
   }
 
   /**
@@ -803,12 +863,22 @@ export class Datapath {
     for (const [k, v] of [...m.entries()]) {
       if (c.decodeSpliced(v).flags & c.SPLICE_F.CLOSED) { m.delete(k); n++; }
     }
+    // Reader marks of sockets no longer filed (a pair that ended before its sockets closed, under
+    // an agent that is gone): nothing redirects to a socket without an entry, so they are moot.
+    const reader = this.map(MAPS.spliceReader);
+    for (const k of [...reader.keys()]) {
+      if (!m.lookup(k)) { reader.delete(k); n++; }
+    }
     return n;
   }
 
   /** Every filed pod socket on this node right now (paired or not), from the kernel. */
   splicedSockets(): SplicedSocket[] {
-    return [...this.map(MAPS.spliced).entries()].map(([k, v]) => ({ self: c.decodeTuple4(k), ...c.decodeSpliced(v) }));
+    const reader = this.map(MAPS.spliceReader);
+    return [...this.map(MAPS.spliced).entries()].map(([k, v]) => {
+      const r = reader.lookup(k);
+      return { self: c.decodeTuple4(k), ...c.decodeSpliced(v), reads: r ? Number(r.readBigUInt64LE(0)) : 0 };
+    });
   }
 
   /** Every spliced connection on this node, one row per pair, with the kernel's byte counts. */
@@ -822,6 +892,7 @@ export class Datapath {
         bytesFromClient: s.bytes, bytesFromServer: peer?.bytes ?? 0n,
         passedFromClient: s.passed, passedFromServer: peer?.passed ?? 0n,
         fallbacks: { fromClient: s.fallbacks, fromServer: peer?.fallbacks ?? 0 },
+        reads: { client: s.reads, server: peer?.reads ?? 0 },
       };
     });
   }
@@ -836,6 +907,17 @@ export class Datapath {
   watchRefusals(onRefusal: (r: c.Refusal) => void): RingBuffer {
     return new RingBuffer(this.map(MAPS.refusals), (data) => {
       if (data.length >= c.REFUSAL_SIZE) onRefusal(c.decodeRefusal(data));
+    }, { ref: false });
+  }
+
+  /**
+   * Each filed pod socket that began reading with splice(2) while bytes the kernel had redirected
+   * to it were still unread (weft_splice_stranded): it will never read them, so its connection
+   * must be reset. Close the returned ring buffer to stop.
+   */
+  watchSpliceStranded(onStranded: (t: SocketTuple) => void): RingBuffer {
+    return new RingBuffer(this.map(MAPS.spliceStranded), (data) => {
+      if (data.length >= 12) onStranded(c.decodeTuple4(data.subarray(0, 12)));
     }, { ref: false });
   }
 
@@ -864,8 +946,9 @@ export class Datapath {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    for (const link of this.links.values()) link.close();
+    for (const link of [...this.links.values(), ...this.traceLinks.values()]) link.close();
     this.links.clear();
+    this.traceLinks.clear();
     this.redirect.close();
     this.inbound.close();
     this.splicer.close();
@@ -880,11 +963,13 @@ export class Datapath {
         try { this.unenroll(BigInt(name)); } catch { /* keep tearing down */ }
       }
     }
-    for (const [name, link] of this.links) {
-      try { link.detach(); } catch { /* already gone */ }
-      try { link.unpin(); } catch { /* not pinned */ }
-      link.close();
-      this.links.delete(name);
+    for (const links of [this.links, this.traceLinks]) {
+      for (const [name, link] of links) {
+        try { link.detach(); } catch { /* already gone, or a tracing link: released with its pin */ }
+        try { link.unpin(); } catch { /* not pinned */ }
+        link.close();
+        links.delete(name);
+      }
     }
     try { this.spliceAttachment?.detach(); } catch { /* the map goes with its pin below */ }
     this.close();
