@@ -10,8 +10,9 @@
 //                                    spreads, the JSON keeps every run under `runs`)
 //                     [--splice]    (agents run with --splice: same-node connections spliced in the
 //                                    kernel instead of carried by the agent's pipe, for a before/after)
-// Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-l7, stunnel, haproxy, cross-network
-// (all by default). cross-network runs after this topology is gone: bench/cross-network.ts builds
+// Cases: direct, direct-same-node, weft-l4, weft-same-node, weft-same-node-splice, weft-l7, stunnel,
+// haproxy, cross-network (all by default). weft-same-node-splice adds a third node whose agent runs
+// with --splice (off by default), its own client and servers on it. cross-network runs after this topology is gone: bench/cross-network.ts builds
 // two clusters (cli/local/multicluster.ts) and measures, from cluster1's client, the in-cluster L4
 // path and the cross-network one (cluster2's east-west gateway, double HBONE); both become rows of
 // the one table, the cross-network row's added latency measured against the in-cluster row.
@@ -51,13 +52,13 @@ import { report, medianCases, crossNetworkRows, type CrossNetworkResult, type Ca
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 const NGINX_PORT = 8080;
 const IPERF_PORT = 5201;
-const VIP = { web: '10.96.0.10', near: '10.96.0.11', iperf: '10.96.0.12', nearIperf: '10.96.0.13', l7: '10.96.0.20' };
+const VIP = { web: '10.96.0.10', near: '10.96.0.11', iperf: '10.96.0.12', nearIperf: '10.96.0.13', nearSplice: '10.96.0.14', nearSpliceIperf: '10.96.0.15', l7: '10.96.0.20' };
 const WRK_THREADS = 2;
 const WRK_CONNECTIONS = 16;
 const HEY_WORKERS = 10;
 const STUNNEL_PORTS = { frontHttp: 18081, frontTcp: 18082, backHttp: 18443, backTcp: 18444 };
 const HAPROXY_PORTS = { frontHttp: 18091, frontTcp: 18092, backHttp: 18543, backTcp: 18544 };
-const ALL_CASES = ['direct', 'direct-same-node', 'weft-l4', 'weft-same-node', 'weft-l7', 'stunnel', 'haproxy', 'cross-network'] as const;
+const ALL_CASES = ['direct', 'direct-same-node', 'weft-l4', 'weft-same-node', 'weft-same-node-splice', 'weft-l7', 'stunnel', 'haproxy', 'cross-network'] as const;
 type CaseName = typeof ALL_CASES[number];
 
 const { values } = parseArgs({
@@ -306,7 +307,7 @@ async function runCase(c: Case): Promise<CaseResult> {
   if (c.name.startsWith('weft-')) {
     // The agents' own view of their memory (prom-client default metrics) after the case.
     res.agentMemoryMb = {};
-    for (const node of ['node1', 'node2']) {
+    for (const node of procs.filter((p) => p.label.startsWith('agent-')).map((p) => p.label.slice('agent-'.length))) {
       try {
         const text = await mesh!.agentMetrics(node);
         const mb = (name: string) => { const v = promSample(text, name); return v === undefined ? -1 : +(v / 1048576).toFixed(1); };
@@ -388,9 +389,15 @@ async function main(): Promise<void> {
 
 /** Every selected case of the single-cluster topology (two nodes, stunnel and HAProxy pairs), built and removed here. */
 async function singleCluster(results: BenchResults): Promise<void> {
-  log(`topology ${prefix}: two nodes, controller, two agents${PROFILE ? ' (under --cpu-prof)' : ''}`);
-  mesh = await LocalMesh.create({ prefix, stateDir, nodes: ['node1', 'node2'], logLevel: 'warn', ...(values.splice ? { agentArgs: ['--splice'] } : {}) });
+  // weft-same-node-splice: a third node whose agent runs with --splice (off by default), so that
+  // one run shows the same-node path both ways. With --splice every agent splices: no third node.
+  const spliceNode = selected.has('weft-same-node-splice') && !values.splice;
+  if (values.splice) selected.delete('weft-same-node-splice');
+  const nodes = ['node1', 'node2', ...(spliceNode ? ['node3'] : [])];
+  log(`topology ${prefix}: ${nodes.length} nodes, controller, ${nodes.length} agents${spliceNode ? ' (node3\'s with --splice)' : ''}${PROFILE ? ' (under --cpu-prof)' : ''}`);
+  mesh = await LocalMesh.create({ prefix, stateDir, nodes, logLevel: 'warn', ...(values.splice ? { agentArgs: ['--splice'] } : {}) });
   if (values.splice) results.notes.push('agents ran with --splice: same-node connections spliced in the kernel, not carried by the agent\'s pipe');
+  if (spliceNode) results.notes.push('weft-same-node-splice: a third node (node3) whose agent runs with --splice, its client and servers on it; the default install does not splice');
   const m = mesh;
   m.writeConfig('10-bench.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'bench', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
@@ -399,11 +406,15 @@ async function singleCluster(results: BenchResults): Promise<void> {
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near', namespace: 'bench' }, spec: { clusterIP: VIP.near, selector: { app: 'near' }, ports: [{ name: 'http', port: 80, targetPort: NGINX_PORT }] } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'iperf', namespace: 'bench' }, spec: { clusterIP: VIP.iperf, selector: { app: 'iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near-iperf', namespace: 'bench' }, spec: { clusterIP: VIP.nearIperf, selector: { app: 'near-iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
+    ...(spliceNode ? [
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near-splice', namespace: 'bench' }, spec: { clusterIP: VIP.nearSplice, selector: { app: 'near-splice' }, ports: [{ name: 'http', port: 80, targetPort: NGINX_PORT }] } },
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near-splice-iperf', namespace: 'bench' }, spec: { clusterIP: VIP.nearSpliceIperf, selector: { app: 'near-splice-iperf' }, ports: [{ name: 'tcp', port: IPERF_PORT, targetPort: IPERF_PORT }] } },
+    ] : []),
   ]);
   m.startController();
   await m.waitControllerReady();
   const profDir = join(stateDir, 'cpu-prof');
-  withProfile(PROFILE, profDir, () => m.startAgents());
+  withProfile(PROFILE, profDir, () => m.startAgents(spliceNode ? { node3: ['--splice'] } : {}));
   await m.waitReady(60_000);
 
   // L7: namespace `l7` uses a waypoint (on node2) with one HTTPRoute and one L7 ALLOW policy.
@@ -438,6 +449,11 @@ async function singleCluster(results: BenchResults): Promise<void> {
   w.near = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near', labels: { app: 'near' }, command: nginxCommand('bench-near') });
   w.iperf = await m.startWorkload({ node: 'node2', namespace: 'bench', name: 'iperf', labels: { app: 'iperf' }, command: iperfServer });
   w.nearIperf = await m.startWorkload({ node: 'node1', namespace: 'bench', name: 'near-iperf', labels: { app: 'near-iperf' }, command: iperfServer });
+  if (spliceNode) {
+    w.client3 = await m.startWorkload({ node: 'node3', namespace: 'bench', name: 'client3' });
+    w.nearSplice = await m.startWorkload({ node: 'node3', namespace: 'bench', name: 'near-splice', labels: { app: 'near-splice' }, command: nginxCommand('bench-near-splice') });
+    w.nearSpliceIperf = await m.startWorkload({ node: 'node3', namespace: 'bench', name: 'near-splice-iperf', labels: { app: 'near-splice-iperf' }, command: iperfServer });
+  }
   if (selected.has('weft-l7') && !l7Note) {
     w.l7client = await m.startWorkload({ node: 'node1', namespace: 'l7', name: 'client' });
     w.l7web = await m.startWorkload({ node: 'node2', namespace: 'l7', name: 'web', labels: { app: 'web' }, command: nginxCommand('l7-web') });
@@ -483,6 +499,10 @@ async function singleCluster(results: BenchResults): Promise<void> {
     { name: 'direct-same-node', title: 'direct, same node', client: w.pclient!.pod, url: `http://${w.pnear!.pod.ip}:${NGINX_PORT}/`, iperf: { host: w.pnearIperf!.pod.ip, port: IPERF_PORT }, procs: () => [], baseline: 'direct-same-node' },
     { name: 'weft-l4', title: 'Weft L4 (two agents, HBONE)', client: w.client!.pod, url: `http://${VIP.web}/`, iperf: { host: VIP.iperf, port: IPERF_PORT }, procs: agentProcs, baseline: 'direct' },
     { name: 'weft-same-node', title: 'Weft same node', client: w.client!.pod, url: `http://${VIP.near}/`, iperf: { host: VIP.nearIperf, port: IPERF_PORT }, procs: agentProcs, baseline: 'direct-same-node' },
+    ...(spliceNode ? [{
+      name: 'weft-same-node-splice', title: 'Weft same node, agent with --splice (node3)', client: w.client3!.pod, url: `http://${VIP.nearSplice}/`,
+      iperf: { host: VIP.nearSpliceIperf, port: IPERF_PORT }, procs: () => [{ label: 'agent-node3', pid: m.agents.get('node3')!.pid! }], baseline: 'direct-same-node',
+    } satisfies Case] : []),
     { name: 'stunnel', title: 'stunnel pair (mTLS, TCP)', client: w.pclient!.pod, url: `http://${n1}:${STUNNEL_PORTS.frontHttp}/`, iperf: { host: n1, port: STUNNEL_PORTS.frontTcp }, procs: () => procsOf.get('stunnel') ?? [], baseline: 'direct' },
     { name: 'haproxy', title: 'HAProxy pair (mTLS, HTTP mode)', client: w.pclient!.pod, url: `http://${n1}:${HAPROXY_PORTS.frontHttp}/`, iperf: { host: n1, port: HAPROXY_PORTS.frontTcp }, procs: () => procsOf.get('haproxy') ?? [], baseline: 'direct' },
   ];

@@ -319,11 +319,14 @@ export class LocalMesh {
     return child;
   }
 
-  /** Each node's kubelet, then its agent (which finds the kubelet's cgroup when it starts). */
-  startAgents(): void {
+  /**
+   * Each node's kubelet, then its agent (which finds the kubelet's cgroup when it starts);
+   * `extraArgs` by node name are added to that node's agent (e.g. --splice on one node).
+   */
+  startAgents(extraArgs: Record<string, string[]> = {}): void {
     for (const n of this.o.nodes) {
       if (!this.kubelets.has(n)) this.startKubelet(n);
-      this.startAgent(n);
+      this.startAgent(n, extraArgs[n] ? { extraArgs: extraArgs[n] } : {});
     }
   }
 
