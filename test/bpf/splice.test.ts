@@ -19,7 +19,7 @@ import { BpfMap } from '../../agent/libbpf/index.ts';
 import { Datapath, formatTuple, type SplicedConnection, type SplicedSocket } from '../../agent/src/datapath/index.ts';
 import { SPLICE_TRACE_PROGRAMS } from '../../agent/src/datapath/datapath.ts';
 import { SPLICED_SIZE, SPLICE_F, SPLICE_R } from '../../agent/src/datapath/codecs.ts';
-import { buildNode, NODE_BIN, type LabPod } from './datapath-lab.ts';
+import { bpftoolJson, buildNode, NODE_BIN, type LabPod } from './datapath-lab.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const OBJECT_DIR = resolve(HERE, '..', '..', 'build', 'bpf');
@@ -473,6 +473,28 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     assert.equal(closed.stranded, true, 'the agent reset it because the kernel reported it');
     await client.find('error', (e) => e.code === 'ECONNRESET' || e.code === 'EPIPE');
     assert.equal(dp.counters().splice_stranded, counted + 1, 'counted once');
+  });
+
+  test('a restarted agent moves the readers\' tracepoints to its own programs: one link each, none left on the programs of the agent that exited', () => {
+    const links = (): Array<{ prog_id: number }> => bpftoolJson<Array<{ prog_id: number }>>('link', 'show');
+    const own = (d: Datapath): Map<string, number> => new Map(d.programs().filter((p) => (SPLICE_TRACE_PROGRAMS as readonly string[]).includes(p.name)).map((p) => [p.name, p.id]));
+    // An agent that spliced and exited: its links live on in their pins only.
+    const exited = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    exited.setSplicing(true);
+    const before = own(exited);
+    exited.close();
+    const next = Datapath.open({ pinRoot: lab.pinRoot, cgroupPath: lab.cgroupDir, objectDir: OBJECT_DIR });
+    try {
+      next.setSplicing(true);
+      const after = own(next);
+      const ids = links().map((l) => l.prog_id);
+      for (const name of SPLICE_TRACE_PROGRAMS) {
+        assert.equal(ids.filter((id) => id === after.get(name)).length, 1, `${name}: one link, on the new agent's program`);
+        assert.equal(ids.filter((id) => id === before.get(name)).length, 0, `${name}: none left on the exited agent's`);
+      }
+    } finally {
+      next.close(); // its links stay pinned, as a running agent's do
+    }
   });
 
   test('a connection the agent does not splice goes back to plain TCP (its client socket leaves the maps), and with splicing off nothing is filed at all', async () => {
