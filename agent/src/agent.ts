@@ -244,6 +244,7 @@ export class Agent {
       this.datapath.setSplicing(false);
       splice = false;
     }
+    if (splice) this.metrics.watchSpliceCounters(() => this.datapath.counters());
     // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });

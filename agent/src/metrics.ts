@@ -131,6 +131,34 @@ export class AgentMetrics {
   }
 
   /**
+   * weft_splice_sockets_total{event}: what the same-node splice's readers' tracepoints counted on
+   * this node (`read`, the node-wide BPF counters by name): `splice_reader`, pod sockets seen
+   * reading with splice(2), sendfile(2) or zerocopy receive (nothing is redirected to them);
+   * `stranded`, those that turned to it with redirected bytes unread (the agent reset their
+   * connection); `fionread`, those that asked FIONREAD (answered from the redirect queue only).
+   * Follows the counters at each scrape; they live as long as the node's maps, across agents.
+   */
+  watchSpliceCounters(read: () => { splice_reader_splice: number; splice_stranded: number; splice_reader_fionread: number }): void {
+    const events = { splice_reader: 'splice_reader_splice', stranded: 'splice_stranded', fionread: 'splice_reader_fionread' } as const;
+    const counted = new Map<string, number>();
+    new Counter({
+      name: 'weft_splice_sockets_total',
+      help: 'Same-node splice: pod sockets read with splice(2) (splice_reader), stranded with redirected bytes unread (stranded: connection reset), asking FIONREAD (fionread), from the node\'s BPF counters',
+      labelNames: ['event'],
+      registers: [this.registry],
+      collect() {
+        let now: ReturnType<typeof read>;
+        try { now = read(); } catch { return; }
+        for (const [event, field] of Object.entries(events)) {
+          const due = now[field] - (counted.get(event) ?? 0);
+          this.inc({ event }, Math.max(0, due));
+          counted.set(event, Math.max(now[field], counted.get(event) ?? 0));
+        }
+      },
+    });
+  }
+
+  /**
    * Certificate metrics of `certs` (call once, after creating the CertManager):
    * - weft_certificate_renewal_failures_total{reason}: failed signing attempts (initial issue or
    *   renewal), by error code (WEFT_CA_UNAVAILABLE while the controller is down);

@@ -44,3 +44,18 @@ test('kernel refusals carry the destination workload from the ring buffer event;
   d = await scrape();
   assert.equal(total(d), 9, 'stable once the counters are');
 });
+
+test('weft_splice_sockets_total follows the node\'s splice reader counters by event, at each scrape, never going back', async () => {
+  const m = new AgentMetrics();
+  const counters = { splice_reader_splice: 2, splice_stranded: 0, splice_reader_fionread: 1 };
+  m.watchSpliceCounters(() => ({ ...counters }));
+  const scrape = async (): Promise<Record<string, number>> => {
+    const text = await m.registry.getSingleMetricAsString('weft_splice_sockets_total');
+    return Object.fromEntries([...text.matchAll(/^weft_splice_sockets_total\{event="(\w+)"\} (\d+)$/gm)].map((x) => [x[1]!, Number(x[2])]));
+  };
+  assert.deepEqual(await scrape(), { splice_reader: 2, stranded: 0, fionread: 1 });
+  counters.splice_stranded = 1;
+  counters.splice_reader_splice = 3;
+  assert.deepEqual(await scrape(), { splice_reader: 3, stranded: 1, fionread: 1 });
+  assert.deepEqual(await scrape(), { splice_reader: 3, stranded: 1, fionread: 1 }, 'a scrape with nothing new adds nothing');
+});
