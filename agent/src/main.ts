@@ -36,8 +36,8 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              (bpf/splice.bpf.c) instead of carrying them through the agent (default:
                              off, also as --no-splice or --splice=false). Pods that read with
                              splice(2) get their bytes by TCP; a pod that relies on FIONREAD gets
-                             wrong answers on a same-node connection: docs/ARCHITECTURE.md, data
-                             path step 5
+                             wrong answers on a same-node connection unless labelled
+                             weft.dev/splice=disabled: docs/ARCHITECTURE.md, data path step 5
   --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
                              /debug/<path> on the metrics port, for weftctl and the dashboard on a
                              cluster (default: off; whoever reaches the port can read them)

@@ -16,7 +16,7 @@ import type { LocalDelivery } from './delivery.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 import { formatTuple } from './datapath/index.ts';
-import { peerSocketOf, forget, spliceBidirectional, type SpliceDatapath, type StrandedResets } from './splice.ts';
+import { peerSocketOf, forget, spliceAllowed, spliceBidirectional, type SpliceDatapath, type StrandedResets } from './splice.ts';
 
 /** What outbound needs from the datapath (the real Datapath, or a test double in unit tests). */
 export interface OriginalDestinationSource {
@@ -170,7 +170,7 @@ export class Outbound {
       }
       const epIp = up.endpoint?.ip ?? splitIp(up.target);
       this.#o.state.endpointSucceeded(epIp);
-      await this.#proxy(socket, upstream, up, this.#record(source, up, socket, dest, started));
+      await this.#proxy(socket, upstream, up, source, this.#record(source, up, socket, dest, started));
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
@@ -226,7 +226,8 @@ export class Outbound {
         const attrs = { sourcePrincipal: source.spiffeId, sourceNamespace: source.namespace, sourceIp: source.ip };
         this.#o.authorizer.authorize(up.workload, port, attrs);
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
-        const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { splice: this.#o.splice !== undefined });
+        const splice = this.#o.splice !== undefined && spliceAllowed(source, up.workload);
+        const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { splice });
         this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream });
         return upstream;
       }
@@ -260,7 +261,7 @@ export class Outbound {
     return new ConnectionRecord(this.#o.metrics, open, this.#o.accessLog, started);
   }
 
-  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, record: ConnectionRecord): Promise<void> {
+  async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, source: Workload, record: ConnectionRecord): Promise<void> {
     const m = this.#o.metrics;
     m.active.inc({ direction: 'outbound' });
     const epIp = up.endpoint?.ip ?? splitIp(up.target);
@@ -270,8 +271,9 @@ export class Outbound {
     try {
       // Same node, no waypoint (that is a 'hbone' upstream), authorized: the kernel carries it.
       // The policy was judged at connect, and a policy change judges it again (LocalDelivery.reauthorize
-      // closes the agent's socket to the pod, which ends a spliced pair as a piped one).
-      if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket) {
+      // closes the agent's socket to the pod, which ends a spliced pair as a piped one). Unless
+      // either pod opted out (weft.dev/splice: disabled).
+      if (up.kind === 'local' && this.#o.splice && upstream instanceof net.Socket && spliceAllowed(source, up.workload)) {
         const r = await spliceBidirectional(socket, upstream, { datapath: this.#o.splice, ...(this.#o.spliceStranded ? { stranded: this.#o.spliceStranded } : {}) });
         if (r.notSpliced) this.#o.log.debug('same-node connection not spliced', { reason: r.notSpliced });
         if (r.stranded) {

@@ -25,6 +25,19 @@ import { pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { formatTuple, type SocketTuple, type SplicedPair } from './datapath/index.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 
+/**
+ * Pod label that keeps a workload's same-node connections off the splice on a node that splices
+ * (`weft.dev/splice: disabled`): for an application that relies on FIONREAD, which a socket in the
+ * splice's sockhash answers from the redirect queue only. Only `enabled` (or no label) allows it;
+ * any other value keeps the pod's connections on the agent's pipe.
+ */
+export const SPLICE_LABEL = 'weft.dev/splice';
+
+/** Whether a same-node connection between these workloads may be spliced: none opted out. */
+export function spliceAllowed(...workloads: Array<{ labels: Record<string, string> }>): boolean {
+  return workloads.every((w) => (w.labels[SPLICE_LABEL] ?? 'enabled') === 'enabled');
+}
+
 /** What splicing needs from the datapath (the real Datapath, or a test double). */
 export interface SpliceDatapath {
   splice(client: SocketTuple, server: SocketTuple): SplicedPair;

@@ -16,10 +16,11 @@ const suite = localMeshSuite();
 let mesh: LocalMesh;
 const VIP1 = '10.96.0.21'; // server on node1 (spliced)
 const VIP2 = '10.96.0.22'; // server on node2 (not spliced)
+const VIP3 = '10.96.0.23'; // server on node1 that opted out (weft.dev/splice: disabled)
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'bulk-post.ts');
 
 interface BulkResult { sent: number; sha256: string; reply: string; ms: number; error?: string }
-interface BpfSpliced { spliced?: Array<{ clientPod: string; bytesFromClient: string; bytesFromServer: string }> }
+interface BpfSpliced { spliced?: Array<{ clientPod: string; bytesFromClient: string; bytesFromServer: string; reads?: { client: string[]; server: string[] } }> }
 
 function allow(principal: string): object[] {
   return [{
@@ -34,10 +35,12 @@ before(async () => {
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'sp', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near1', namespace: 'sp' }, spec: { clusterIP: VIP1, selector: { app: 'near1' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near2', namespace: 'sp' }, spec: { clusterIP: VIP2, selector: { app: 'near2' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'near3', namespace: 'sp' }, spec: { clusterIP: VIP3, selector: { app: 'near3' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
   ]);
   mesh.writeConfig('20-allow.yaml', allow('cluster.local/ns/sp/sa/client1'));
   mesh.addWorkload({ node: 'node1', namespace: 'sp', name: 'client1' });
   mesh.addWorkload({ node: 'node1', namespace: 'sp', name: 'near1', labels: { app: 'near1' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near1'] });
+  mesh.addWorkload({ node: 'node1', namespace: 'sp', name: 'near3', labels: { app: 'near3', 'weft.dev/splice': 'disabled' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near3'] });
   mesh.addWorkload({ node: 'node2', namespace: 'sp', name: 'client2' });
   mesh.addWorkload({ node: 'node2', namespace: 'sp', name: 'near2', labels: { app: 'near2' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'near2'] });
   mesh.startController();
@@ -46,7 +49,7 @@ before(async () => {
   mesh.startAgent('node1', { extraArgs: ['--splice'] });
   mesh.startAgent('node2');
   await mesh.waitReady(60_000);
-  await mesh.waitWorkloadsEnrolled(['sp/client1', 'sp/near1', 'sp/client2', 'sp/near2']);
+  await mesh.waitWorkloadsEnrolled(['sp/client1', 'sp/near1', 'sp/near3', 'sp/client2', 'sp/near2']);
 });
 
 async function bulk(client: string, vip: string, mb: number): Promise<BulkResult> {
@@ -84,6 +87,11 @@ test('the spliced connection is listed by the agent while open, and its bytes, t
   const r = JSON.parse(stdout.trim().split('\n').pop()!) as BulkResult;
   assert.equal((JSON.parse(r.reply) as { sha256: string }).sha256, r.sha256);
   await until('the body\'s bytes, the kernel\'s and the pipe\'s, reach the metric', async () => receivedBytes(await mesh.agentMetrics('node1')) >= before + 8 * 1024 * 1024, 10_000);
+  // How the pods read: the server (Node) with recvmsg, so nothing was kept on TCP for it; the
+  // splicing agent exports the readers' counters, the other agent does not.
+  assert.ok(listed.every((s) => !s.reads || !s.reads.server.includes('splice(2)')), JSON.stringify(listed));
+  assert.match(await mesh.agentMetrics('node1'), /^weft_splice_sockets_total\{event="stranded"\} 0$/m);
+  assert.doesNotMatch(await mesh.agentMetrics('node2'), /weft_splice_sockets_total/);
 });
 
 // Istio's ztunnel closes open connections a policy change no longer allows; the agent does too,
@@ -115,10 +123,29 @@ test('removing a policy\'s permission refuses new connections on the spliced pat
   }
 });
 
-function receivedBytes(metrics: string): number {
+// An application that relies on FIONREAD (answered from the redirect queue only on a spliced
+// socket) opts its pod out with a label; its connections stay on the agent's pipe.
+test('a pod labelled weft.dev/splice: disabled is not spliced on a splicing node: its connection is carried by the agent, counted as ever', async () => {
+  const trigger = join(suite.stateDir, 'release-3');
+  const w = mesh.workloads.get('sp/client1')!;
+  const before = receivedBytes(await mesh.agentMetrics('node1'), 'near3');
+  const child = mesh.net.spawn(w.pod, process.execPath, [FIXTURE, '--host', VIP3, '--port', '80', '--mb', '8', '--hold', trigger]);
+  const out = collectOutput(child, 60_000);
+  // Open and past its first MiB (the agent counts an open connection's bytes as they pass).
+  await until('the held connection carried its first MiB', async () => receivedBytes(await mesh.agentMetrics('node1'), 'near3') >= before + 1024 * 1024, 20_000);
+  const listed = (await mesh.agentAdmin<BpfSpliced>('node1', '/bpf')).spliced ?? [];
+  assert.deepEqual(listed.filter((s) => s.clientPod === w.pod.ip), [], 'not spliced');
+  writeFileSync(trigger, '');
+  const { code, stdout } = await out;
+  assert.equal(code, 0, stdout);
+  const r = JSON.parse(stdout.trim().split('\n').pop()!) as BulkResult;
+  assert.equal((JSON.parse(r.reply) as { sha256: string }).sha256, r.sha256);
+});
+
+function receivedBytes(metrics: string, workload = 'near1'): number {
   let sum = 0;
   for (const line of metrics.split('\n')) {
-    if (line.startsWith('istio_tcp_received_bytes_total{') && line.includes('destination_workload="near1"') && line.includes('reporter="source"')) sum += Number(line.split(' ').pop());
+    if (line.startsWith('istio_tcp_received_bytes_total{') && line.includes(`destination_workload="${workload}"`) && line.includes('reporter="source"')) sum += Number(line.split(' ').pop());
   }
   return sum;
 }
