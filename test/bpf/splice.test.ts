@@ -186,6 +186,15 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     await until('the warm-up arrived', async () => Number((echo ? await client.stat() : await server.stat()).received) >= sent + WARM_UP, 20_000);
   }
 
+  /** The client half-closes; the server got `bytes` (or all the client sent), the client's stream in order. */
+  async function endAndCheck(client: Proc, server: Proc, bytes: number | 'all', timeoutMs: number, order = 'in order'): Promise<void> {
+    client.send({ op: 'end' });
+    const end = await server.nth('end', 0, timeoutMs);
+    const st = await client.stat();
+    assert.equal(end.received, bytes === 'all' ? st.sent : bytes);
+    assert.equal(end.receivedSha, st.sentSha, order);
+  }
+
   async function closePair(client: Proc, server: Proc): Promise<void> {
     for (const p of [client, server]) {
       p.child.kill('SIGKILL');
@@ -273,11 +282,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     const kernelBefore = connection(spliced)!.bytesFromClient;
     client.send({ op: 'write', mib: 2, keepUp: false });
     await client.nth('written', 2, 60_000);
-    client.send({ op: 'end' });
-    const end = await server.nth('end', 0, 60_000);
-    const st = await client.stat();
-    assert.equal(end.received, 8 * MIB + 64 * 1024);
-    assert.equal(end.receivedSha, st.sentSha, 'in order: what came by TCP first, then the kernel\'s');
+    await endAndCheck(client, server, 8 * MIB + 64 * 1024, 60_000, 'in order: what came by TCP first, then the kernel\'s');
     const conn = connection(spliced)!;
     assert.ok(conn.bytesFromClient > kernelBefore, `the kernel carried the stream once the server caught up (${conn.bytesFromClient} bytes)`);
     server.send({ op: 'end' });
@@ -328,11 +333,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
       await server.nth('paused', round);
     }
     server.send({ op: 'resume' });
-    client.send({ op: 'end' });
-    const end = await server.nth('end', 0, 60_000);
-    const st = await client.stat();
-    assert.equal(end.received, st.sent, 'every byte arrived');
-    assert.equal(end.receivedSha, st.sentSha, 'in order: the agent\'s bytes and the kernel\'s interleave as sent');
+    await endAndCheck(client, server, 'all', 60_000, 'in order: the agent\'s bytes and the kernel\'s interleave as sent');
     await closePair(client, server);
   });
 
@@ -367,11 +368,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     const { client, server, spliced } = await connectPair();
     client.send({ op: 'write', mib: 100 });
     await client.nth('written', 0, 120_000);
-    client.send({ op: 'end' });
-    const end = await server.nth('end', 0, 120_000);
-    const st = await client.stat();
-    assert.equal(end.received, 100 * MIB);
-    assert.equal(end.receivedSha, st.sentSha);
+    await endAndCheck(client, server, 100 * MIB, 120_000);
     server.send({ op: 'end' });
     const closed = await closedOf(spliced);
     assert.equal(closed.spliced, true);
@@ -414,11 +411,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     await until('the first bytes went by TCP', () => (connection(spliced)?.passedFromClient ?? 0n) > 0n, 20_000);
     server.send({ op: 'splice' });
     await client.nth('written', 0, 60_000);
-    client.send({ op: 'end' });
-    const end = await server.nth('end', 0, 60_000);
-    const st = await client.stat();
-    assert.equal(end.received, 8 * MIB);
-    assert.equal(end.receivedSha, st.sentSha);
+    await endAndCheck(client, server, 8 * MIB, 60_000);
     const conn = connection(spliced)!;
     assert.equal(conn.bytesFromClient, 0n, 'nothing was redirected to a splice(2) reader');
     assert.equal(conn.reads.server & (SPLICE_R.SPLICE | SPLICE_R.RECVMSG), SPLICE_R.SPLICE, 'seen reading with splice(2), never with recvmsg');
@@ -447,11 +440,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     assert.ok((filed(serverSocket)!.reads & SPLICE_R.RECVMSG) !== 0, 'and with recv(2) before');
     client.send({ op: 'write', mib: 8 });
     await client.nth('written', 1, 60_000);
-    client.send({ op: 'end' });
-    const end = await server.nth('end', 0, 60_000);
-    const st = await client.stat();
-    assert.equal(end.received, 8 * MIB + WARM_UP);
-    assert.equal(end.receivedSha, st.sentSha);
+    await endAndCheck(client, server, 8 * MIB + WARM_UP, 60_000);
     assert.equal(connection(spliced)!.bytesFromClient, 0n, 'nothing was redirected to it');
   });
 
