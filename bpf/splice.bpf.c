@@ -39,6 +39,19 @@ int weft_splice_sendfile(struct weft_sys_enter *ctx)
 	return 0;
 }
 
+/* io_uring's IORING_OP_SPLICE takes no splice(2) syscall: it resolves its input descriptor through
+ * io_file_get_normal, whose tracepoint gives the request (its opcode) and the descriptor.
+ * TP_PROTO(struct io_kiocb *req, int fd). */
+SEC("raw_tracepoint/io_uring_file_get")
+int weft_splice_uring(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct io_kiocb *req = (struct io_kiocb *)ctx->args[0];
+
+	if (req && BPF_CORE_READ(req, opcode) == 30 /* IORING_OP_SPLICE */)
+		weft_splice_on_splice_read((__s64)(__s32)ctx->args[1]);
+	return 0;
+}
+
 /* getsockopt(TCP_ZEROCOPY_RECEIVE) maps the TCP receive queue: like splice(2), it never sees the
  * psock queue. */
 SEC("tracepoint/syscalls/sys_enter_getsockopt")

@@ -97,6 +97,10 @@ struct task_struct {
 	struct files_struct *files;
 } __attribute__((preserve_access_index));
 
+struct io_kiocb {
+	__u8 opcode;
+} __attribute__((preserve_access_index));
+
 #define WEFT_S_IFMT 0170000
 #define WEFT_S_IFSOCK 0140000
 #define WEFT_FIONREAD 0x541B  /* == SIOCINQ */
@@ -313,8 +317,8 @@ static __always_inline void weft_splice_on_recvmsg(struct sock *sk)
 	weft_splice_mark_reader(&key, WEFT_SPLICE_R_RECVMSG);
 }
 
-/* Before a splice(2), sendfile(2) or TCP_ZEROCOPY_RECEIVE that reads descriptor `fd`: a filed
- * socket read so reads its TCP queue alone. From now on its peer sends it everything by TCP. Bytes already redirected to
+/* Before a splice(2), sendfile(2), io_uring splice or TCP_ZEROCOPY_RECEIVE that reads descriptor
+ * `fd`: a filed socket read so reads its TCP queue alone. From now on its peer sends it everything by TCP. Bytes already redirected to
  * it and unread are stranded: counted once, and reported to the agent, which resets the
  * connection. */
 static __always_inline void weft_splice_on_splice_read(__s64 fd)

@@ -8,7 +8,9 @@
 // counts and teardown still come out right once it runs again.
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +28,7 @@ const OBJECT_DIR = resolve(HERE, '..', '..', 'build', 'bpf');
 const SPLICER = join(HERE, 'fixtures', 'splicer.ts');
 const SOCK_CTL = join(HERE, 'fixtures', 'sock-ctl.ts');
 const SPLICE_READER = join(HERE, 'fixtures', 'splice-reader.py');
+const URING_READER_SRC = join(HERE, 'fixtures', 'uring-splice-reader.c');
 const AGENT_PORT = 15001;
 const APP_PORT = 8080;
 const MIB = 1024 * 1024;
@@ -78,6 +81,10 @@ class Proc {
   }
   send(cmd: Record<string, unknown>): void {
     this.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
+  }
+  /** One plain line on stdin (the C fixture's commands). */
+  line(text: string): void {
+    this.child.stdin!.write(`${text}\n`);
   }
   /** Asks for a stat and returns it. */
   async stat(): Promise<Event> {
@@ -442,6 +449,38 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
     await client.nth('written', 1, 60_000);
     await endAndCheck(client, server, 8 * MIB + WARM_UP, 60_000);
     assert.equal(connection(spliced)!.bytesFromClient, 0n, 'nothing was redirected to it');
+  });
+
+  test('readers: a server that reads with recv(2), then with io_uring\'s IORING_OP_SPLICE (no splice(2) syscall), gets the rest by TCP', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'weft-uring-'));
+    try {
+      const bin = join(dir, 'uring-splice-reader');
+      const cc = spawnSync('cc', ['-O2', '-Wall', '-Werror', '-o', bin, URING_READER_SRC], { encoding: 'utf8' });
+      assert.equal(cc.status, 0, `cc: ${cc.stderr}`);
+      const received = join(dir, 'received');
+      const server = new Proc(lab.spawn(bin, ['0.0.0.0', String(APP_PORT), received], { netns: pb.ns, cgroup: pb.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
+      apps.push(server);
+      await server.nth('listening');
+      const n = splicer.count('spliced');
+      const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
+      await client.nth('connected');
+      await server.nth('accepted');
+      const spliced = await splicer.nth('spliced', n);
+      client.send({ op: 'write', kib: WARM_UP / 1024 });
+      server.line(`recv ${WARM_UP}`);
+      await server.nth('recv');
+      server.line('splice');
+      await until('the kernel saw the server read with io_uring\'s splice', () => ((filed(String(spliced.server))?.reads ?? 0) & SPLICE_R.SPLICE) !== 0, 20_000);
+      client.send({ op: 'write', mib: 8 });
+      await client.nth('written', 1, 60_000);
+      client.send({ op: 'end' });
+      const end = await server.nth('end', 0, 60_000);
+      assert.equal(end.received, 8 * MIB + WARM_UP);
+      assert.equal(createHash('sha256').update(readFileSync(received)).digest('hex'), (await client.stat()).sentSha, 'the stream, in order');
+      assert.equal(connection(spliced)!.bytesFromClient, 0n, 'nothing was redirected to it');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('readers: a server that turns to splice(2) while redirected bytes wait unread for it is reset, with its client, rather than left waiting (splice_stranded)', async () => {

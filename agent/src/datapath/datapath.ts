@@ -56,7 +56,7 @@ export const INBOUND_OBJECT = 'inbound.bpf.o';
 export const SPLICE_OBJECT = 'splice.bpf.o';
 export const SPLICE_PROGRAM = 'weft_splice_verdict';
 /** Tracepoint programs of splice.bpf.o: how each filed pod socket is read (weft_splice_reader). */
-export const SPLICE_TRACE_PROGRAMS = ['weft_splice_recvmsg', 'weft_splice_read', 'weft_splice_sendfile', 'weft_splice_zerocopy', 'weft_splice_ioctl'] as const;
+export const SPLICE_TRACE_PROGRAMS = ['weft_splice_recvmsg', 'weft_splice_read', 'weft_splice_sendfile', 'weft_splice_uring', 'weft_splice_zerocopy', 'weft_splice_ioctl'] as const;
 /** Cgroup programs of redirect.bpf.o, in attach order. connect* go last so that, on a fresh node,
  * nothing is captured before sockops and getpeername are in place to serve it. */
 export const CGROUP_PROGRAMS = ['weft_sockops', 'weft_getpeer4', 'weft_getpeer6', 'weft_connect4', 'weft_connect6'] as const;
