@@ -151,15 +151,25 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
   }
 
   /** A server in pod B and a client in pod A connected to it through the splicer. */
-  async function connectPair(serverFlags: string[] = []): Promise<{ client: Proc; server: Proc; spliced: Event }> {
-    const server = app(pb, ['server', '0.0.0.0', String(APP_PORT), ...serverFlags]);
+  function connectPair(serverFlags: string[] = []): Promise<{ client: Proc; server: Proc; spliced: Event }> {
+    return connectTo(app(pb, ['server', '0.0.0.0', String(APP_PORT), ...serverFlags]));
+  }
+
+  /** A client in pod A connected through the splicer to `server`, just started in pod B. */
+  async function connectTo(server: Proc): Promise<{ client: Proc; server: Proc; spliced: Event }> {
     await server.nth('listening');
     const n = splicer.count('spliced');
     const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
     await client.nth('connected');
     await server.nth('accepted');
-    const spliced = await splicer.nth('spliced', n);
-    return { client, server, spliced };
+    return { client, server, spliced: await splicer.nth('spliced', n) };
+  }
+
+  /** Another server program in pod B (not sock-ctl), driven over stdin. */
+  function serverProgram(cmd: string, args: string[]): Proc {
+    const p = new Proc(lab.spawn(cmd, args, { netns: pb.ns, cgroup: pb.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
+    apps.push(p);
+    return p;
   }
 
   /** The splicer's report of the connection's end. */
@@ -396,15 +406,8 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
   });
 
   /** A server pod that reads with splice(2) (fixtures/splice-reader.py), and a client through the splicer. */
-  async function connectSpliceReader(): Promise<{ client: Proc; server: Proc; spliced: Event }> {
-    const server = new Proc(lab.spawn('python3', [SPLICE_READER, '0.0.0.0', String(APP_PORT)], { netns: pb.ns, cgroup: pb.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
-    apps.push(server);
-    await server.nth('listening');
-    const n = splicer.count('spliced');
-    const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
-    await client.nth('connected');
-    await server.nth('accepted');
-    return { client, server, spliced: await splicer.nth('spliced', n) };
+  function connectSpliceReader(): Promise<{ client: Proc; server: Proc; spliced: Event }> {
+    return connectTo(serverProgram('python3', [SPLICE_READER, '0.0.0.0', String(APP_PORT)]));
   }
 
   // Readers: redirected bytes land on the psock queue, which splice(2) (tcp_splice_read) never
@@ -458,14 +461,7 @@ describe('same-node splice (sk_msg verdict on weft_splice_sk, pod sockets filed 
       const cc = spawnSync('cc', ['-O2', '-Wall', '-Werror', '-o', bin, URING_READER_SRC], { encoding: 'utf8' });
       assert.equal(cc.status, 0, `cc: ${cc.stderr}`);
       const received = join(dir, 'received');
-      const server = new Proc(lab.spawn(bin, ['0.0.0.0', String(APP_PORT), received], { netns: pb.ns, cgroup: pb.cgroup, stdio: ['pipe', 'pipe', 'pipe'] }));
-      apps.push(server);
-      await server.nth('listening');
-      const n = splicer.count('spliced');
-      const client = app(pa, ['client', pb.ip, String(APP_PORT)]);
-      await client.nth('connected');
-      await server.nth('accepted');
-      const spliced = await splicer.nth('spliced', n);
+      const { client, server, spliced } = await connectTo(serverProgram(bin, ['0.0.0.0', String(APP_PORT), received]));
       client.send({ op: 'write', kib: WARM_UP / 1024 });
       server.line(`recv ${WARM_UP}`);
       await server.nth('recv');
