@@ -244,7 +244,10 @@ export class Agent {
       this.datapath.setSplicing(false);
       splice = false;
     }
-    if (splice) this.metrics.watchSpliceCounters(() => this.datapath.counters());
+    if (splice) {
+      this.metrics.watchSpliceCounters(() => this.datapath.counters());
+      this.#spliceStranded = new StrandedResets((cb) => this.datapath.watchSpliceStranded(cb));
+    }
     // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
@@ -290,7 +293,7 @@ export class Agent {
       node: o.node, nodeIp: o.nodeIp, state: this.state, datapath: this.datapath, certs: this.certs, pool: this.pool,
       podIpOf: (cookie) => this.#podIpByCookie.get(cookie),
       authorizer: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
-      ...(splice ? { splice: this.datapath, spliceStranded: this.#spliceStranded = new StrandedResets((cb) => this.datapath.watchSpliceStranded(cb)) } : {}),
+      ...(this.#spliceStranded ? { splice: this.datapath, spliceStranded: this.#spliceStranded } : {}),
     });
     this.inbound = new Inbound({
       node: o.node, trustDomain: o.trustDomain, ...(o.trustDomainAliases ? { trustDomainAliases: o.trustDomainAliases } : {}), state: this.state, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,

@@ -182,7 +182,7 @@ struct {
 } weft_splice_expect SEC(".maps");
 
 /* How each filed pod socket has been read (WEFT_SPLICE_R_*), by its own tuple: set only by the
- * kernel (the fentry programs of splice.bpf.c), removed by sockops when the socket closes. A
+ * kernel (the tracepoint programs of splice.bpf.c), removed by sockops when the socket closes. A
  * socket's verdict redirects to its peer only when the peer has read with recvmsg and never with
  * splice(2) (weft_splice.h, "Readers"). Separate from weft_spliced, which the agent rewrites when
  * it pairs, so that no mark is lost to that write. */

@@ -206,6 +206,28 @@ function isEnoent(err: unknown): boolean {
 }
 
 /**
+ * Detaches a link, unpins it and drops this fd. Detaching is best effort: a defunct link (its
+ * cgroup, interface or netns gone) is already detached, and tracepoint links cannot be detached at
+ * all, their pin and fd being their last holders.
+ */
+function release(link: BpfLink): void {
+  try { link.detach(); } catch { /* defunct, or a link type without detach */ }
+  link.unpin();
+  link.close();
+}
+
+/** Releases the link pinned at `pin` (see release); false when nothing is pinned there. */
+function releasePinned(pin: string): boolean {
+  try {
+    release(BpfLink.openPinned(pin));
+    return true;
+  } catch (err) {
+    if (isEnoent(err)) return false;
+    throw err;
+  }
+}
+
+/**
  * Mounting a fresh bpffs is right on a host that has none, but in a private mount namespace (e.g.
  * under `ip netns exec`) it would pin everything where no restarted agent can find it.
  */
@@ -341,9 +363,7 @@ export class Datapath {
       if (!(err instanceof BpfError)) throw err;
       // A defunct link (its cgroup or interface is gone) cannot be updated: replace it below.
     }
-    try { link.detach(); } catch { /* already detached */ }
-    link.unpin();
-    link.close();
+    release(link);
     return undefined;
   }
 
@@ -367,7 +387,7 @@ export class Datapath {
       const prog = this.splicer.program(name);
       const link = prog.section?.startsWith('raw_tracepoint/') ? prog.attachRawTracepoint() : prog.attachTracepoint(tracefs ??= ensureTracefs());
       try {
-        this.unpinLink(name);
+        releasePinned(this.linkPin(name));
         link.pin(this.linkPin(name));
       } catch (err) {
         link.close();
@@ -382,22 +402,8 @@ export class Datapath {
     for (const name of SPLICE_TRACE_PROGRAMS) {
       this.traceLinks.get(name)?.close();
       this.traceLinks.delete(name);
-      this.unpinLink(name);
+      releasePinned(this.linkPin(name));
     }
-  }
-
-  /** Releases the link pinned for `program`, if any (a tracepoint link goes with its last holder). */
-  private unpinLink(program: string): void {
-    let old: BpfLink;
-    try {
-      old = BpfLink.openPinned(this.linkPin(program));
-    } catch (err) {
-      if (isEnoent(err)) return;
-      throw err;
-    }
-    try { old.detach(); } catch { /* not every link type detaches: its pin and fd are its last holders */ }
-    old.unpin();
-    old.close();
   }
 
   private ensureExcludedDefaults(): void {
@@ -565,15 +571,7 @@ export class Datapath {
     }
     this.map(MAPS.podCounters).delete(c.cookieKey(cookie));
     for (const pin of [this.podLinkPin(cookie), this.lookupLinkPin(cookie)]) {
-      try {
-        const link = BpfLink.openPinned(pin);
-        found = true;
-        try { link.detach(); } catch { /* the interface or netns is gone already */ }
-        link.unpin();
-        link.close();
-      } catch (err) {
-        if (!isEnoent(err)) throw err;
-      }
+      if (releasePinned(pin)) found = true;
     }
     return found;
   }
