@@ -32,8 +32,16 @@ interface Watcher {
   missed: number;
 }
 
+/** A remembered entry: serialized only when someone reads it (a watcher, or `?recent=1`). */
+interface Recent {
+  entry: object;
+  line: string | undefined;
+}
+
 export class FlowTap {
-  readonly #recent: string[] = [];
+  /** A ring of the last #recentMax entries; #next is where the next one goes. */
+  readonly #recent: Recent[] = [];
+  #next = 0;
   readonly #recentMax: number;
   readonly #maxWatchers: number;
   readonly #watchers = new Set<Watcher>();
@@ -45,17 +53,19 @@ export class FlowTap {
     this.#maxWatchers = opts.maxWatchers ?? DEFAULT_TAP_MAX_WATCHERS;
   }
 
-  /** Publishes one entry (an access-log object). Cheap when nobody watches: one array push. */
-  publish(entry: object): void {
-    this.publishLine(JSON.stringify(entry));
-  }
-
-  /** Publishes an entry already serialized as one line of JSON (as the access log wrote it). */
-  publishLine(json: string): void {
+  /**
+   * Publishes one entry (an access-log object, not changed afterwards), with its JSON when the
+   * caller already made it. Cheap when nobody watches: the entry is kept, not serialized.
+   */
+  publish(entry: object, json?: string): void {
     this.#published++;
-    const line = json + '\n';
-    this.#recent.push(line);
-    if (this.#recent.length > this.#recentMax) this.#recent.shift();
+    const r: Recent = { entry, line: json === undefined ? undefined : json + '\n' };
+    if (this.#recentMax > 0) {
+      this.#recent[this.#next] = r;
+      this.#next = (this.#next + 1) % this.#recentMax;
+    }
+    if (this.#watchers.size === 0) return;
+    const line = lineOf(r);
     for (const w of this.#watchers) this.#send(w, line);
   }
 
@@ -87,7 +97,11 @@ export class FlowTap {
     const gone = () => this.#watchers.delete(w);
     res.on('close', gone);
     req.on('close', gone);
-    if (new URL(req.url ?? '/', 'http://x').searchParams.get('recent') === '1') for (const line of this.#recent) this.#send(w, line);
+    if (new URL(req.url ?? '/', 'http://x').searchParams.get('recent') === '1') {
+      // Oldest first: from the slot the next entry would take, round the ring.
+      const n = this.#recent.length;
+      for (let i = 0; i < n; i++) this.#send(w, lineOf(this.#recent[(this.#next + i) % n]!));
+    }
     // A first line, so a watcher knows the stream is open even when nothing flows.
     this.#send(w, JSON.stringify({ type: 'hello', time: new Date().toISOString() }) + '\n');
   }
@@ -106,4 +120,8 @@ export class FlowTap {
     }
     if (!w.res.write(line)) w.blocked = true;
   }
+}
+
+function lineOf(r: Recent): string {
+  return (r.line ??= JSON.stringify(r.entry) + '\n');
 }

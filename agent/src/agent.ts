@@ -188,12 +188,14 @@ export class Agent {
     // Every entry reaches /flows (weftctl tap, the dashboard); stdout, and the OTLP collector, as the workload's Telemetry says.
     this.#accessLog = (entry, logging) => {
       const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
+      let json: string | undefined;
       if (!logging?.disabled) {
         const text = formatAccessLog(line, logging?.encoding);
+        if ((logging?.encoding ?? 'JSON') === 'JSON') json = text;
         write(text);
         if (logging?.otlpEndpoint) otlp.get(logging.otlpEndpoint).emit(text, line);
       }
-      this.flows.publish(line);
+      this.flows.publish(line, json);
     };
   }
 

@@ -299,7 +299,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     telemetry: {
       // One write per event-loop turn, not per request (lib/sys/line-batch.ts).
       accessLog: o.accessLog ? stdoutLines() : null,
-      entries: (json: string) => flows.publishLine(json),
+      entries: (entry, json) => flows.publish(entry, json),
       warn: (msg: string, fields: Record<string, unknown>) => log.warn(msg, fields),
       ...(o.otlpEndpoint ? { tracing: { endpoint: o.otlpEndpoint, serviceName: `${o.name}.${o.namespace}` } } : {}),
     },

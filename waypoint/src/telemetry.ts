@@ -5,11 +5,12 @@ import { OtlpLogExporters, otlpLogMetrics, type OtlpLogExporter } from '../../li
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
-import { Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Registry } from 'prom-client';
 import { DEFAULT_SAMPLING_PERCENTAGE, type Endpoint, type TelemetrySettings } from '../../lib/model/mesh.ts';
 import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
 import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, trafficLabels, type TrafficLabel } from '../../lib/telemetry/labels.ts';
+import { SeriesTable } from '../../lib/telemetry/series.ts';
 
 export { REQUEST_LABELS } from '../../lib/telemetry/labels.ts';
 type RequestLabel = import('../../lib/telemetry/labels.ts').RequestLabel;
@@ -95,8 +96,11 @@ export interface TelemetryOptions {
   accessLog?: ((line: string) => void) | null;
   /** Warnings (access-log entries the OTLP collector did not take). */
   warn?: (msg: string, fields: Record<string, unknown>) => void;
-  /** Receives every entry as one JSON line, whatever the access-log settings (live flows: /flows). */
-  entries?: (json: string) => void;
+  /**
+   * Receives every entry, whatever the access-log settings (live flows: /flows), with its JSON when
+   * the access log made it; the entry is not changed afterwards.
+   */
+  entries?: (entry: Record<string, unknown>, json: string | undefined) => void;
   tracing?: TracingOptions;
   /** Extra metric, span and log attribute: the waypoint's `namespace/name`. */
   waypoint?: string;
@@ -181,10 +185,8 @@ export function randomHex(bytes: number): string {
 
 export class Telemetry {
   readonly registry: Registry;
-  readonly requestsTotal: Counter<RequestLabel>;
-  readonly requestDuration: Histogram<RequestLabel>;
-  readonly requestBytes: Histogram<RequestLabel>;
-  readonly responseBytes: Histogram<RequestLabel>;
+  /** istio_requests_total, istio_request_duration_milliseconds, istio_request_bytes and istio_response_bytes, one label set per request. */
+  private readonly requests: SeriesTable<RequestLabel>;
   readonly tcpOpened: Counter<TcpLabel>;
   readonly tcpClosed: Counter<TcpLabel>;
   readonly tcpSent: Counter<TcpLabel>;
@@ -201,7 +203,7 @@ export class Telemetry {
   private provider: TracerProvider | undefined;
   private tracer: Tracer | undefined;
   private readonly waypoint: string | undefined;
-  private readonly entries: ((json: string) => void) | undefined;
+  private readonly entries: ((entry: Record<string, unknown>, json: string | undefined) => void) | undefined;
   /** Tracing as the options set it, before any Telemetry object. */
   private readonly tracingDefaults: TracingOptions | undefined;
   private tracingKey = '';
@@ -213,10 +215,12 @@ export class Telemetry {
   constructor(opts: TelemetryOptions = {}) {
     this.registry = opts.registry ?? new Registry();
     const registers = [this.registry];
-    this.requestsTotal = new Counter({ name: 'istio_requests_total', help: 'Requests handled by the waypoint', labelNames: REQUEST_LABELS, registers });
-    this.requestDuration = new Histogram({ name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', labelNames: REQUEST_LABELS, buckets: DURATION_BUCKETS, registers });
-    this.requestBytes = new Histogram({ name: 'istio_request_bytes', help: 'Request body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
-    this.responseBytes = new Histogram({ name: 'istio_response_bytes', help: 'Response body size (bytes)', labelNames: REQUEST_LABELS, buckets: BYTES_BUCKETS, registers });
+    this.requests = new SeriesTable(this.registry, REQUEST_LABELS, [
+      { name: 'istio_requests_total', help: 'Requests handled by the waypoint' },
+      { name: 'istio_request_duration_milliseconds', help: 'Request duration (ms)', buckets: DURATION_BUCKETS },
+      { name: 'istio_request_bytes', help: 'Request body size (bytes)', buckets: BYTES_BUCKETS },
+      { name: 'istio_response_bytes', help: 'Response body size (bytes)', buckets: BYTES_BUCKETS },
+    ]);
     this.tcpOpened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections passed through', labelNames: TCP_LABELS, registers });
     this.tcpClosed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames: TCP_LABELS, registers });
     this.tcpSent = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent to clients of TCP connections', labelNames: TCP_LABELS, registers });
@@ -329,15 +333,15 @@ export class Telemetry {
 
   /** Records metrics, the access log line and ends the span. */
   record(r: RequestRecord, tc: TraceContext | undefined): void {
-    const labels: Record<RequestLabel, string> = {
-      ...this.trafficLabels(r, r.grpc ? 'grpc' : 'http'),
-      response_code: String(r.responseCode),
-      grpc_response_status: r.grpcStatus ?? '',
-    };
-    this.requestsTotal.inc(labels);
-    this.requestDuration.observe(labels, r.durationMs);
-    this.requestBytes.observe(labels, r.requestBytes);
-    this.responseBytes.observe(labels, r.responseBytes);
+    const traffic = this.trafficLabels(r, r.grpc ? 'grpc' : 'http');
+    const values: string[] = [];
+    for (const name of TRAFFIC_LABELS) values.push(traffic[name]);
+    values.push(String(r.responseCode), r.grpcStatus ?? '');
+    const series = this.requests.get(values);
+    series.inc(0);
+    series.observe(1, r.durationMs);
+    series.observe(2, r.requestBytes);
+    series.observe(3, r.responseBytes);
     if (this.accessLog || this.entries || this.otlpLog) {
       // Istio's JSON access-log keys (meshConfig.accessLogEncoding JSON), then Weft's extras.
       this.writeLog({
@@ -382,10 +386,11 @@ export class Telemetry {
 
   /** The entry to the live flows (JSON) and, unless disabled, to the access log in its encoding. */
   private writeLog(e: Record<string, unknown>): void {
-    const json = JSON.stringify(e);
-    this.entries?.(json);
+    // Serialized here only for the access log: the live flows serialize an entry when someone reads it.
+    const json = this.accessLog && this.accessLogEncoding === 'JSON' ? JSON.stringify(e) : undefined;
+    this.entries?.(e, json);
     if (!this.accessLog) return;
-    const line = this.accessLogEncoding === 'JSON' ? json : this.formatText(e);
+    const line = json ?? this.formatText(e);
     this.accessLog(line);
     this.otlpLog?.emit(line, e);
   }
