@@ -1,11 +1,11 @@
 // Sending requests to endpoints. Connections come from an injected `Upstream` (production: an HBONE
 // tunnel to the endpoint's node agent with the waypoint's identity; tests: plain TCP), so this file
-// only pools them: one keep-alive HTTP/1.1 agent and one HTTP/2 session per endpoint.
-import http from 'node:http';
+// only pools them: keep-alive HTTP/1.1 connections (h1client.ts) and one HTTP/2 session per endpoint and caller.
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError } from './errors.ts';
+import { H1Pool } from './h1client.ts';
 import type { HeaderMap } from './headers.ts';
 import type { NetworkGateway } from '../../lib/model/mesh.ts';
 
@@ -90,62 +90,6 @@ export function addr(ep: { ip: string; port: number }): string {
   return ep.ip.includes(':') ? `[${ep.ip}]:${ep.port}` : `${ep.ip}:${ep.port}`;
 }
 
-/** Gives a non-socket Duplex (an HTTP/2 CONNECT stream) the few socket methods http.Agent calls. */
-function socketShims(d: Duplex): net.Socket {
-  const s = d as Duplex & Partial<Pick<net.Socket, 'setKeepAlive' | 'ref' | 'unref' | 'setNoDelay' | 'setTimeout'>>;
-  if (typeof s.setKeepAlive !== 'function') s.setKeepAlive = () => s as net.Socket;
-  if (typeof s.ref !== 'function') s.ref = () => s as net.Socket;
-  if (typeof s.unref !== 'function') s.unref = () => s as net.Socket;
-  if (typeof s.setNoDelay !== 'function') s.setNoDelay = () => s as net.Socket;
-  if (typeof s.setTimeout !== 'function') s.setTimeout = () => s as net.Socket;
-  return s as net.Socket;
-}
-
-/** Keep-alive connections whose carrier is draining: finish the request on them, then close. */
-const drainingSockets = new WeakSet<Duplex>();
-
-class TunnelAgent extends http.Agent {
-  private readonly open: (onDraining: () => void) => Promise<Duplex>;
-  private readonly onEmpty: () => void;
-  /** `onEmpty`: its last connection closed (the pool forgets it: agents are per caller, and callers come and go). */
-  constructor(open: (onDraining: () => void) => Promise<Duplex>, opts: http.AgentOptions, onEmpty: () => void) {
-    super(opts);
-    this.open = open;
-    this.onEmpty = onEmpty;
-  }
-  private empty(): boolean {
-    const none = (m: NodeJS.ReadOnlyDict<unknown[]>) => Object.values(m).every((l) => !l || l.length === 0);
-    return none(this.sockets) && none(this.freeSockets) && none(this.requests);
-  }
-  override createConnection(_options: http.ClientRequestArgs, cb?: (err: Error | null, s: Duplex) => void): Duplex | undefined {
-    let socket: Duplex | undefined;
-    let draining = false;
-    const onDraining = (): void => {
-      draining = true;
-      if (socket) this.retire(socket);
-    };
-    this.open(onDraining).then((s) => {
-      socket = socketShims(s);
-      // After Node's own close handler has taken the socket out of its lists.
-      socket.once('close', () => setImmediate(() => { if (this.empty()) this.onEmpty(); }));
-      if (draining) drainingSockets.add(socket);
-      cb?.(null, socket);
-    }, (err: Error) => cb?.(err, undefined as unknown as Duplex));
-    return undefined;
-  }
-  /** An idle connection closes now; a busy one is not pooled again once its response is done. */
-  private retire(socket: Duplex): void {
-    drainingSockets.add(socket);
-    const idle = Object.values(this.freeSockets).some((list) => list?.includes(socket as net.Socket));
-    if (idle) socket.destroy();
-  }
-  /** Node pools the socket again only when this returns true (its typings say void). */
-  override keepSocketAlive(socket: Duplex): void {
-    if (drainingSockets.has(socket)) return false as unknown as void;
-    return super.keepSocketAlive(socket);
-  }
-}
-
 export interface UpstreamPoolOptions {
   /** Idle keep-alive connections and HTTP/2 sessions close after this long. Default 60 s. */
   idleTimeoutMs?: number;
@@ -155,16 +99,16 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 export class UpstreamPool {
   private readonly upstream: Upstream;
-  private readonly agents = new Map<string, TunnelAgent>();
+  private readonly h1Pools = new Map<string, H1Pool>();
   private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
   private readonly idleMs: number;
   private closed = false;
   /** Connections opened so far (for tests and stats). */
   connectionsOpened = 0;
 
-  /** HTTP/1.1 agents held (one per endpoint and caller; an agent whose connections all closed is dropped). */
+  /** HTTP/1.1 pools held (one per endpoint and caller; a pool whose connections all closed is dropped). */
   get agentsHeld(): number {
-    return this.agents.size;
+    return this.h1Pools.size;
   }
 
   constructor(upstream: Upstream, opts: UpstreamPoolOptions = {}) {
@@ -204,57 +148,30 @@ export class UpstreamPool {
     return client ? { ip: client, port: 0 } : undefined;
   }
 
-  private agentFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): TunnelAgent {
+  private h1For(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): H1Pool {
     const key = UpstreamPool.key(ep, client, caller);
-    let a = this.agents.get(key);
-    if (!a) {
-      const agent: TunnelAgent = new TunnelAgent((onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), { keepAlive: true, timeout: this.idleMs, scheduling: 'lifo' }, () => {
-        if (this.agents.get(key) === agent) this.agents.delete(key);
+    let p = this.h1Pools.get(key);
+    if (!p) {
+      const pool: H1Pool = new H1Pool(addr(ep), (onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), this.idleMs, () => {
+        if (this.h1Pools.get(key) === pool) this.h1Pools.delete(key);
       });
-      a = agent;
-      this.agents.set(key, a);
+      p = pool;
+      this.h1Pools.set(key, p);
     }
-    return a;
+    return p;
   }
 
   private requestH1(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
-    return new Promise((resolve, reject) => {
-      const headers: http.OutgoingHttpHeaders = { ...r.headers, host: r.authority };
-      // Every body is framed (RFC 9112 section 6): Content-Length when the client sent one, else
-      // chunked. Node frames only POST/PUT/PATCH-like methods by default and writes the body of a
-      // GET, DELETE or OPTIONS raw onto the keep-alive connection, where the backend would read it
-      // as a second request (request smuggling). No body: no framing fields at all.
-      if (r.body) {
-        if (headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
-      } else if (headers['content-length'] !== undefined && headers['content-length'] !== '0') {
-        delete headers['content-length'];
-      }
-      const req = http.request({
-        agent: this.agentFor(ep, connectTimeoutMs, r.client, r.callerId), method: r.method, path: r.path, headers, setHost: false,
-      });
-      let responded = false;
-      const onAbort = (): void => { req.destroy(new UpstreamResetError(addr(ep), 'cancelled')); };
-      r.signal.addEventListener('abort', onAbort, { once: true });
-      req.on('error', (err) => {
-        r.body?.unpipe(req);
-        if (responded) return;
-        reject(err instanceof UpstreamConnectError ? err : new UpstreamResetError(addr(ep), err.message, err));
-      });
-      req.on('response', (res) => {
-        responded = true;
-        res.on('close', () => r.signal.removeEventListener('abort', onAbort));
-        resolve({
-          status: res.statusCode ?? 502,
-          headers: res.headers as HeaderMap,
-          body: res,
-          endStreamOnHeaders: false,
-          trailers: () => (Object.keys(res.trailers).length > 0 ? res.trailers as HeaderMap : undefined),
-          discard: () => { res.destroy(); },
-        });
-      });
-      if (r.body) r.body.pipe(req);
-      else req.end();
-    });
+    const headers: HeaderMap = { ...r.headers, host: r.authority };
+    // Every body is framed (RFC 9112 section 6): Content-Length when the client sent one, else
+    // chunked. A body of a GET, DELETE or OPTIONS sent raw onto the keep-alive connection would be
+    // read by the backend as a second request (request smuggling). No body: no framing fields at all.
+    if (r.body) {
+      if (headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked';
+    } else if (headers['content-length'] !== undefined && headers['content-length'] !== '0') {
+      delete headers['content-length'];
+    }
+    return this.h1For(ep, connectTimeoutMs, r.client, r.callerId).request({ ...r, headers });
   }
 
   private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): Promise<http2.ClientHttp2Session> {
@@ -352,8 +269,8 @@ export class UpstreamPool {
   /** Closes pooled connections; requests in flight are cut. */
   close(): void {
     this.closed = true;
-    for (const a of this.agents.values()) a.destroy();
-    this.agents.clear();
+    for (const a of this.h1Pools.values()) a.destroy();
+    this.h1Pools.clear();
     for (const p of this.sessions.values()) p.then((s) => s.destroy(), () => {});
     this.sessions.clear();
   }

@@ -1,0 +1,227 @@
+// The waypoint's HTTP/1.1 upstream client (waypoint/src/h1client.ts) replaced http.request +
+// http.Agent. On the wire a request must look as http.request wrote it, response headers must merge
+// as IncomingMessage merged them, and a backend (or whatever answers in its place) must not get a
+// response past it that Node's client would have refused: llhttp decides, strictly (RFC 9112).
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import { Readable } from 'node:stream';
+import { H1Pool, mergeHeaderLines, requestHead } from '../../waypoint/src/h1client.ts';
+import { UpstreamResetError } from '../../waypoint/src/errors.ts';
+import type { HeaderMap } from '../../waypoint/src/headers.ts';
+import type { UpstreamRequest, UpstreamResponse } from '../../waypoint/src/upstream.ts';
+import { until } from '../lab/wait.ts';
+
+const closers: Array<() => void> = [];
+after(() => { for (const c of closers) c(); });
+
+/**
+ * A raw TCP backend: `answer` gets each connection's bytes so far and returns what to write (or
+ * nothing yet). Keeps what every connection received.
+ */
+async function rawBackend(answer: (received: string, conn: net.Socket, index: number) => string | undefined | 'close'): Promise<{ port: number; received: string[]; connections: () => number }> {
+  const received: string[] = [];
+  const server = net.createServer((s) => {
+    const i = received.push('') - 1;
+    s.on('data', (d: Buffer) => {
+      received[i] += d.toString('latin1');
+      const out = answer(received[i]!, s, i);
+      if (out === 'close') s.destroy();
+      else if (out !== undefined) s.write(out, 'latin1');
+    });
+    s.on('error', () => {});
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  closers.push(() => server.close());
+  return { port: (server.address() as AddressInfo).port, received, connections: () => received.length };
+}
+
+function poolTo(port: number, idleMs = 60_000, onEmpty: () => void = () => {}): H1Pool {
+  const pool = new H1Pool(`127.0.0.1:${port}`, () => new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    s.once('error', reject);
+  }), idleMs, onEmpty);
+  closers.push(() => pool.destroy());
+  return pool;
+}
+
+function req(method: string, headers: HeaderMap, body: string | null = null, signal = new AbortController().signal): UpstreamRequest {
+  return { method, path: '/p', authority: 'a', headers, body: body === null ? null : Readable.from([Buffer.from(body)]), signal };
+}
+
+async function bodyOf(r: UpstreamResponse): Promise<string> {
+  let s = '';
+  for await (const c of r.body) s += (c as Buffer).toString('latin1');
+  return s;
+}
+
+/** One complete request per connection: the backend answers 200 once it has the whole request (`done`). */
+const OK = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
+
+test('a request is written byte for byte as http.request wrote it (header order, arrays, Cookie, Connection, framing)', async () => {
+  const cases: Array<{ method: string; headers: HeaderMap; body?: string }> = [
+    { method: 'GET', headers: { host: 'a', 'x-m': ['1', '2'], cookie: ['a=1', 'b=2'], 'x-obs': 'caf\u00e9' } },
+    { method: 'POST', headers: { host: 'a' } },
+    { method: 'DELETE', headers: { host: 'a' } },
+    { method: 'PUT', headers: { host: 'a', 'content-length': '0' } },
+    { method: 'POST', headers: { host: 'a', 'content-length': '3' }, body: 'abc' },
+    { method: 'POST', headers: { host: 'a', 'transfer-encoding': 'chunked' }, body: 'abc' },
+    { method: 'GET', headers: { host: 'a', connection: 'close' } },
+  ];
+  const requests = (s: string) => s.split(/(?=(?:GET|POST|DELETE|PUT) \/p HTTP\/1\.1)/);
+  // The last request on the connection, once whole (Node's agent sends them all on one).
+  const complete = (all: string) => {
+    const s = requests(all).at(-1)!;
+    return /\r\n\r\n/.test(s) && (!/content-length: 3/i.test(s) || s.endsWith('abc')) && (!/chunked/i.test(s) || s.endsWith('0\r\n\r\n'));
+  };
+  const ours = await rawBackend((s) => (complete(s) ? OK : undefined));
+  const node = await rawBackend((s) => (complete(s) ? OK : undefined));
+  const agent = new http.Agent({ keepAlive: true });
+  closers.push(() => agent.destroy());
+  for (const c of cases) {
+    const pool = poolTo(ours.port);
+    const r = await pool.request(req(c.method, c.headers, c.body ?? null));
+    await bodyOf(r);
+    pool.destroy();
+    await new Promise<void>((resolve, reject) => {
+      const q = http.request({ port: node.port, host: '127.0.0.1', agent, method: c.method, path: '/p', headers: c.headers as http.OutgoingHttpHeaders, setHost: false });
+      q.on('response', (res) => { res.resume(); res.on('end', resolve); });
+      q.on('error', reject);
+      q.end(c.body);
+    });
+  }
+  // Each case went on its own connection here, and on one keep-alive connection in Node's agent.
+  assert.deepEqual(ours.received, requests(node.received.join('')));
+});
+
+test('response fields merge as IncomingMessage merges them: Set-Cookie an array, Cookie joined with "; ", first of Content-Type kept, others joined', async () => {
+  const lines = ['Set-Cookie', 'a=1', 'Content-Type', 'text/plain', 'X-A', '1', 'set-cookie', 'b=2', 'content-type', 'text/html', 'x-a', '2', 'Cookie', 'c=1', 'cookie', 'd=2', 'ETag', '"1"', 'ETag', '"2"'];
+  const raw = `HTTP/1.1 200 OK\r\n${lines.map((l, i) => (i % 2 === 0 ? `${l}: ` : `${l}\r\n`)).join('')}Content-Length: 0\r\n\r\n`;
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? raw : undefined));
+  const viaNode = await new Promise<http.IncomingHttpHeaders>((resolve) => http.get({ port: b.port, host: '127.0.0.1', agent: false }, (res) => { res.resume(); resolve(res.headers); }));
+  const r = await poolTo(b.port).request(req('GET', { host: 'a' }));
+  await bodyOf(r);
+  const expected = { ...viaNode } as HeaderMap;
+  delete expected['connection'];
+  delete expected['content-length'];
+  const got = { ...r.headers };
+  delete got['content-length'];
+  assert.deepEqual(got, expected);
+  assert.deepEqual(mergeHeaderLines(lines)['set-cookie'], ['a=1', 'b=2']);
+});
+
+test('keep-alive: the next request reuses the connection; Connection: close and a body read until close end it', async () => {
+  let n = 0;
+  const b = await rawBackend((s, _c, i) => {
+    if (!s.endsWith('\r\n\r\n') || s.split('\r\n\r\n').length - 1 <= (i === 0 ? n : 0)) return undefined;
+    n++;
+    if (i === 0 && n <= 2) return OK;
+    if (i === 0 && n === 3) return 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok';
+    // A response without a length on the second connection: its body runs until the backend closes.
+    setImmediate(() => _c.end());
+    return 'HTTP/1.1 200 OK\r\n\r\nuntil close';
+  });
+  const pool = poolTo(b.port);
+  for (let i = 0; i < 3; i++) assert.equal(await bodyOf(await pool.request(req('GET', { host: 'a' }))), 'ok');
+  assert.equal(b.connections(), 1, 'three requests, one connection');
+  assert.equal(await bodyOf(await pool.request(req('GET', { host: 'a' }))), 'until close');
+  assert.equal(b.connections(), 2, 'Connection: close was honoured');
+});
+
+test('RFC 9112 section 6.3: a response with two different Content-Lengths is refused as malformed, never read either way', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 30\r\n\r\nok' : undefined));
+  await assert.rejects(poolTo(b.port).request(req('GET', { host: 'a' })), (err: Error) => err instanceof UpstreamResetError && /malformed response: .*Content-Length/.test(err.message));
+});
+
+test('a bad chunk size mid-body fails the body (the client sees a reset), and the connection is not used again', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n' : undefined));
+  const pool = poolTo(b.port);
+  const r = await pool.request(req('GET', { host: 'a' }));
+  // In one read with the head: the body fails before anyone reads it, and a reader sees it cut.
+  await assert.rejects(bodyOf(r), (err: NodeJS.ErrnoException) => /malformed response/.test(err.message) || err.code === 'ERR_STREAM_PREMATURE_CLOSE');
+  assert.equal(r.body.readableEnded, false);
+  const second = await pool.request(req('GET', { host: 'a' }));
+  second.body.on('error', () => {}).resume();
+  assert.equal(b.connections(), 2, 'the second request went on a new connection');
+});
+
+test('a second response smuggled behind the first is not handed to the next request: the connection is closed', async () => {
+  const smuggled = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 302 Found\r\nLocation: http://evil/\r\nContent-Length: 0\r\n\r\n';
+  const b = await rawBackend((s, _c, i) => (s.endsWith('\r\n\r\n') ? (i === 0 ? smuggled : OK) : undefined));
+  const pool = poolTo(b.port);
+  assert.equal(await bodyOf(await pool.request(req('GET', { host: 'a' }))), 'ok');
+  const second = await pool.request(req('GET', { host: 'a' }));
+  assert.equal(second.status, 200, 'the 302 never reaches anyone');
+  assert.equal(b.connections(), 2);
+});
+
+test('headers that would split the request are refused before any byte is sent, naming the field', async () => {
+  assert.throws(() => requestHead('GET', '/', { 'x-a': 'v\r\nX-Injected: 1' }, false), /invalid character in header content \["x-a"\]/);
+  assert.throws(() => requestHead('GET', '/', { 'x a': 'v' }, false), /header name must be a valid HTTP token \["x a"\]/);
+  assert.throws(() => requestHead('GET', '/a b', {}, false), /request path contains unescaped characters/);
+  assert.throws(() => requestHead('GE T', '/', {}, false), /method must be a valid HTTP token/);
+  const b = await rawBackend(() => OK);
+  await assert.rejects(poolTo(b.port).request(req('GET', { host: 'a', 'x-a': 'v\nX-Injected: 1' })), TypeError);
+  assert.equal(b.connections(), 0, 'no connection was even opened');
+});
+
+test('a request body longer than its Content-Length is cut at the length: nothing past it reaches the backend', async () => {
+  const b = await rawBackend(() => undefined);
+  const pool = poolTo(b.port);
+  const r: UpstreamRequest = { ...req('POST', { host: 'a', 'content-length': '3' }), body: Readable.from([Buffer.from('abc'), Buffer.from('GET /admin HTTP/1.1\r\n\r\n')]) };
+  await assert.rejects(pool.request(r), /request body longer than its Content-Length/);
+  await until('the connection is closed', () => b.received[0] !== undefined, 5_000);
+  assert.ok(!b.received[0]!.includes('/admin'), b.received[0]);
+});
+
+test('HEAD: the response has no body whatever its Content-Length says, and the connection carries the next request', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n' : undefined));
+  const pool = poolTo(b.port);
+  const r = await pool.request(req('HEAD', { host: 'a' }));
+  assert.equal(r.headers['content-length'], '1000');
+  assert.equal(await bodyOf(r), '');
+  await bodyOf(await pool.request(req('HEAD', { host: 'a' })));
+  assert.equal(b.connections(), 1);
+});
+
+test('1xx answers (100 Continue, 103 Early Hints) are passed over; the final response is the one returned, with its trailers', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n')
+    ? 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n'
+    : undefined));
+  const r = await poolTo(b.port).request(req('GET', { host: 'a' }));
+  assert.equal(r.status, 200);
+  assert.equal(r.headers['link'], undefined);
+  assert.equal(await bodyOf(r), 'ok');
+  assert.deepEqual(r.trailers(), { 'grpc-status': '0' });
+});
+
+test('an answer before the request body is all sent (an early 413) is returned, and that connection is closed', async () => {
+  const b = await rawBackend((s) => (s.includes('\r\n\r\n') ? 'HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n' : undefined));
+  const pool = poolTo(b.port);
+  const endless = new Readable({ read() { this.push(Buffer.alloc(16_384)); } });
+  const r = await pool.request({ ...req('POST', { host: 'a', 'transfer-encoding': 'chunked' }), body: endless });
+  assert.equal(r.status, 413);
+  await bodyOf(r);
+  await bodyOf(await pool.request(req('GET', { host: 'a' })).catch(() => ({ body: Readable.from([]) }) as unknown as UpstreamResponse));
+  assert.equal(b.connections(), 2, 'the 413\'s connection was not reused');
+});
+
+test('cancelled before the answer: rejected as cancelled, and the connection closed', async () => {
+  const b = await rawBackend(() => undefined);
+  const ac = new AbortController();
+  const p = poolTo(b.port).request(req('GET', { host: 'a' }, null, ac.signal));
+  await until('the request reached the backend', () => (b.received[0] ?? '').endsWith('\r\n\r\n'), 5_000);
+  ac.abort();
+  await assert.rejects(p, /cancelled/);
+});
+
+test('an idle connection closes after the idle timeout, and the pool says it is empty', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? OK : undefined));
+  let empty = 0;
+  const pool = poolTo(b.port, 100, () => empty++);
+  await bodyOf(await pool.request(req('GET', { host: 'a' })));
+  await until('the idle connection closed', () => empty === 1, 5_000);
+});

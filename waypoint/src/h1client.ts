@@ -1,0 +1,502 @@
+// HTTP/1.1 to one endpoint over pooled keep-alive connections (RFC 9112): the waypoint's upstream
+// client for endpoints that speak HTTP/1.1.
+//
+// It replaces http.request + http.Agent, whose per-request objects (ClientRequest, the Agent's
+// queues, IncomingMessage) were the largest share of the waypoint's CPU per request after its own
+// telemetry (docs/PERFORMANCE.md, "the waypoint's upstream client"). A request here is one string
+// written for its head, the body streamed with backpressure, and the response parsed by the same
+// parser http.request uses (Node's llhttp binding, strict: no lenient flags), so what the backend
+// may send is exactly what it could send before: a duplicate or conflicting Content-Length, a bad
+// chunk size or a malformed status line is a reset, never a guess.
+//
+// On the wire a request looks as http.request wrote it (test/unit/waypoint-h1client.test.ts holds
+// the two side by side): the caller's header order, `Connection: keep-alive` unless the caller sent
+// a Connection field, `Content-Length: 0` for a body-less request of a method that defines a body,
+// arrays as repeated fields (Cookie joined with `; `). Response headers are merged as Node's
+// IncomingMessage merges them (message.headers in Node's documentation).
+import { createRequire } from 'node:module';
+import { Readable, type Duplex } from 'node:stream';
+import { UpstreamResetError } from './errors.ts';
+import type { HeaderMap } from './headers.ts';
+import type { UpstreamRequest, UpstreamResponse } from './upstream.ts';
+
+/** Node's llhttp binding, as `_http_common` exports it to http.request and http.Server. */
+interface HttpParser {
+  initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+  execute(chunk: Buffer): number | ParseError;
+  finish(): ParseError | undefined;
+  close(): void;
+  [callback: number]: unknown;
+}
+interface ParseError extends Error {
+  code?: string;
+  reason?: string;
+}
+interface HttpParserClass {
+  new (): HttpParser;
+  RESPONSE: number;
+  kOnHeaders: number;
+  kOnHeadersComplete: number;
+  kOnBody: number;
+  kOnMessageComplete: number;
+}
+const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: HttpParserClass };
+
+/** Header pairs kept from one response, as http.request's default maxHeadersCount. */
+const MAX_HEADER_PAIRS = 2000;
+
+/** Fields of which Node keeps the first and drops repeats (message.headers). */
+const FIRST_ONLY = new Set([
+  'age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host', 'if-modified-since',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'referer', 'retry-after',
+  'server', 'user-agent',
+]);
+
+/** Methods http.request sends without framing when there is no body; every other one gets `Content-Length: 0`. */
+const NO_BODY_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
+
+/** Header names and methods: RFC 9110 token characters. */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** Field values: no control characters but HTAB (RFC 9110 section 5.5). */
+const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
+/** A request target: no spaces, controls or characters beyond Latin-1 (as http.request refuses). */
+const BAD_PATH = /[^\u0021-\u00ff]/;
+
+/** Merges raw `[name, value, ...]` pairs into `into` as Node's IncomingMessage does. */
+export function mergeHeaderLines(raw: readonly string[], into: HeaderMap = {}): HeaderMap {
+  const n = Math.min(raw.length, MAX_HEADER_PAIRS * 2);
+  for (let i = 0; i + 1 < n; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    const value = raw[i + 1]!;
+    const prev = into[name];
+    if (prev === undefined) into[name] = name === 'set-cookie' ? [value] : value;
+    else if (name === 'set-cookie') (prev as string[]).push(value);
+    else if (FIRST_ONLY.has(name)) continue;
+    else into[name] = `${prev as string}${name === 'cookie' ? '; ' : ', '}${value}`;
+  }
+  return into;
+}
+
+/**
+ * The request line and fields, as http.request writes them, or a TypeError naming the field that
+ * cannot be sent (a name that is not a token, a value with a control character).
+ */
+export function requestHead(method: string, path: string, headers: HeaderMap, hasBody: boolean): { head: string; close: boolean } {
+  if (!TOKEN.test(method)) throw new TypeError(`method must be a valid HTTP token ["${method}"]`);
+  if (BAD_PATH.test(path)) throw new TypeError('request path contains unescaped characters');
+  let head = `${method} ${path} HTTP/1.1\r\n`;
+  let connection = false;
+  let close = false;
+  let framed = false;
+  for (const name in headers) {
+    const v = headers[name];
+    if (v === undefined) continue;
+    if (!TOKEN.test(name)) throw new TypeError(`header name must be a valid HTTP token ["${name}"]`);
+    const lower = name.toLowerCase();
+    if (lower === 'connection') { connection = true; close ||= /(?:^|,)\s*close\s*(?:,|$)/i.test(Array.isArray(v) ? v.join(',') : v); }
+    else if (lower === 'content-length' || lower === 'transfer-encoding') framed = true;
+    const values = Array.isArray(v) ? (v.length > 1 && lower === 'cookie' ? [v.join('; ')] : v) : [v];
+    for (const one of values) {
+      const s = String(one);
+      if (BAD_VALUE.test(s)) throw new TypeError(`invalid character in header content ["${name}"]`);
+      head += `${name}: ${s}\r\n`;
+    }
+  }
+  if (!connection) head += 'Connection: keep-alive\r\n';
+  if (!hasBody && !framed && !NO_BODY_BY_DEFAULT.has(method)) head += 'Content-Length: 0\r\n';
+  return { head: head + '\r\n', close };
+}
+
+/** One request and its response on a connection. */
+class Exchange {
+  readonly addr: string;
+  readonly head: boolean;
+  /** 'waiting' for the response head; 'body' streaming it; 'done' either way. */
+  state: 'waiting' | 'body' | 'done' = 'waiting';
+  requestDone = false;
+  responseDone = false;
+  keepAlive = false;
+  readonly resolve: (r: UpstreamResponse) => void;
+  readonly reject: (err: Error) => void;
+  body: ResponseBody | undefined;
+  trailers: HeaderMap | undefined;
+  /** Raw header lines before the head completed (many fields), then the trailer lines. */
+  lines: string[] = [];
+  readonly #signal: AbortSignal;
+  #onAbort: (() => void) | undefined;
+  /** Detaches from the request body, while it is being sent. */
+  bodyStop: (() => void) | undefined;
+
+  constructor(addr: string, method: string, signal: AbortSignal, resolve: (r: UpstreamResponse) => void, reject: (err: Error) => void) {
+    this.addr = addr;
+    this.head = method === 'HEAD';
+    this.#signal = signal;
+    this.resolve = resolve;
+    this.reject = reject;
+  }
+
+  onAbort(f: () => void): void {
+    this.#onAbort = f;
+    this.#signal.addEventListener('abort', f, { once: true });
+  }
+
+  /** The exchange is over: no more request body, no more cancellation. */
+  stop(): void {
+    if (this.#onAbort) { this.#signal.removeEventListener('abort', this.#onAbort); this.#onAbort = undefined; }
+    const b = this.bodyStop;
+    this.bodyStop = undefined;
+    b?.();
+  }
+}
+
+/** A response body: pauses the connection while its reader is behind. */
+class ResponseBody extends Readable {
+  readonly #conn: H1Connection;
+  readonly #ex: Exchange;
+  constructor(conn: H1Connection, ex: Exchange) {
+    super();
+    this.#conn = conn;
+    this.#ex = ex;
+  }
+  override _read(): void {
+    this.#conn.resumeReading();
+  }
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    // Left before its end (a discarded response, a client gone): the rest can only be cut.
+    if (!this.#ex.responseDone) this.#conn.destroy();
+    // As IncomingMessage: the error is emitted only to a listener. A reader that comes later (the
+    // body failed in the same read as its head) sees the body closed before its end.
+    cb(this.listenerCount('error') > 0 ? err : null);
+  }
+}
+
+export class H1Connection {
+  readonly duplex: Duplex;
+  readonly #parser: HttpParser;
+  readonly #pool: H1Pool;
+  #ex: Exchange | undefined;
+  /** A 1xx response is being parsed: its completion is not the response's. */
+  #informational = false;
+  /** No new request goes on it (draining carrier, `Connection: close`, an error). */
+  retired = false;
+  closed = false;
+
+  constructor(duplex: Duplex, pool: H1Pool) {
+    this.duplex = duplex;
+    this.#pool = pool;
+    const p = (this.#parser = new HTTPParser());
+    p.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+    p[HTTPParser.kOnHeaders] = (lines: string[]) => { const ex = this.#ex; if (ex) for (const l of lines) ex.lines.push(l); };
+    p[HTTPParser.kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown, status: number, _msg: string, upgrade: boolean, keepAlive: boolean) =>
+      this.#onHead(lines, status, upgrade, keepAlive);
+    p[HTTPParser.kOnBody] = (chunk: Buffer) => {
+      const body = this.#ex?.body;
+      if (body && !body.destroyed && !body.push(chunk)) this.duplex.pause();
+    };
+    p[HTTPParser.kOnMessageComplete] = () => this.#onComplete();
+    duplex.on('data', (chunk: Buffer) => this.#onData(chunk));
+    duplex.on('end', () => this.#onEnd());
+    duplex.on('error', (err: Error) => this.#fail(new UpstreamResetError(this.#ex?.addr ?? pool.addr, err.message, err)));
+    duplex.on('close', () => this.#onClose());
+  }
+
+  /** Sends `r` (its head already made); resolves with the response head, its body streaming. */
+  send(r: UpstreamRequest, head: string, close: boolean): Promise<UpstreamResponse> {
+    this.duplex.resume();
+    if (close) this.retired = true;
+    return new Promise<UpstreamResponse>((resolve, reject) => {
+      const ex = new Exchange(this.#pool.addr, r.method, r.signal, resolve, reject);
+      this.#ex = ex;
+      if (r.signal.aborted) { this.#cancel(ex); return; }
+      ex.onAbort(() => this.#cancel(ex));
+      this.duplex.write(head, 'latin1');
+      if (!r.body) { ex.requestDone = true; this.#settle(ex); return; }
+      this.#sendBody(ex, r.body, r.headers);
+    });
+  }
+
+  #cancel(ex: Exchange): void {
+    if (this.#ex !== ex) return;
+    this.#fail(new UpstreamResetError(ex.addr, 'cancelled'));
+    this.destroy();
+  }
+
+  /** Streams the request body, framed by the caller's Content-Length or chunked, with backpressure. */
+  #sendBody(ex: Exchange, body: Readable, headers: HeaderMap): void {
+    const cl = headers['content-length'];
+    const declared = cl === undefined ? undefined : Number(Array.isArray(cl) ? cl[0] : cl);
+    const chunked = declared === undefined;
+    let sent = 0;
+    const d = this.duplex;
+    const onDrain = (): void => { body.resume(); };
+    const onData = (c: Buffer): void => {
+      if (ex.state === 'done') return;
+      sent += c.length;
+      // Never more than the length the head announced: the rest would be read as another request.
+      if (declared !== undefined && sent > declared) { this.#fail(new UpstreamResetError(ex.addr, 'request body longer than its Content-Length')); this.destroy(); return; }
+      let ok: boolean;
+      if (chunked) {
+        if (c.length === 0) return;
+        d.cork();
+        d.write(`${c.length.toString(16)}\r\n`, 'latin1');
+        d.write(c);
+        ok = d.write('\r\n', 'latin1');
+        d.uncork();
+      } else {
+        ok = d.write(c);
+      }
+      if (!ok) { body.pause(); d.once('drain', onDrain); }
+    };
+    const onEnd = (): void => {
+      stop();
+      if (ex.state === 'done' && ex.responseDone === false) return;
+      if (declared !== undefined && sent < declared) { this.#fail(new UpstreamResetError(ex.addr, 'request body shorter than its Content-Length')); this.destroy(); return; }
+      if (chunked) d.write('0\r\n\r\n', 'latin1');
+      ex.requestDone = true;
+      this.#settle(ex);
+    };
+    const onError = (err: Error): void => {
+      stop();
+      this.#fail(new UpstreamResetError(ex.addr, `request body: ${err.message}`, err));
+      this.destroy();
+    };
+    const stop = (): void => {
+      body.off('data', onData);
+      body.off('end', onEnd);
+      body.off('error', onError);
+      d.off('drain', onDrain);
+    };
+    ex.bodyStop = stop;
+    body.on('data', onData);
+    body.once('end', onEnd);
+    body.once('error', onError);
+    body.resume();
+  }
+
+  #onHead(lines: string[] | undefined, status: number, upgrade: boolean, keepAlive: boolean): number {
+    const ex = this.#ex;
+    if (!ex || ex.state !== 'waiting') {
+      // A response nobody asked for (bytes after a complete one): the connection is not trusted again.
+      this.retired = true;
+      setImmediate(() => this.destroy());
+      return 0;
+    }
+    const raw = lines && lines.length > 0 ? (ex.lines.length > 0 ? ex.lines.concat(lines) : lines) : ex.lines;
+    ex.lines = [];
+    if (status < 200 && status !== 101) {
+      // 100 Continue, 103 Early Hints: not the response (http.request's 'information'); wait on.
+      this.#informational = true;
+      return 0;
+    }
+    if (upgrade || status === 101) {
+      // Upgrades go through forwardUpgrade on a connection of their own, never here.
+      this.#fail(new UpstreamResetError(ex.addr, `unexpected ${status} to a request that asked for no upgrade`));
+      setImmediate(() => this.destroy());
+      return 0;
+    }
+    ex.state = 'body';
+    ex.keepAlive = keepAlive;
+    const body = (ex.body = new ResponseBody(this, ex));
+    ex.resolve({
+      status,
+      headers: mergeHeaderLines(raw),
+      body,
+      endStreamOnHeaders: false,
+      trailers: () => ex.trailers,
+      discard: () => { body.destroy(); },
+    });
+    // The response to HEAD has no content whatever its fields say (RFC 9110 section 9.3.2).
+    return ex.head ? 1 : 0;
+  }
+
+  #onComplete(): void {
+    if (this.#informational) { this.#informational = false; return; }
+    const ex = this.#ex;
+    if (!ex || ex.state !== 'body') return;
+    if (ex.lines.length > 0) { ex.trailers = mergeHeaderLines(ex.lines); ex.lines = []; }
+    ex.responseDone = true;
+    ex.state = 'done';
+    ex.body!.push(null);
+    this.#settle(ex);
+  }
+
+  /** Both halves over: the connection goes back to the pool, or closes. */
+  #settle(ex: Exchange): void {
+    if (!ex.responseDone) return;
+    if (!ex.requestDone) {
+      // Answered before the request was all sent (an early 413, say): what is left cannot follow.
+      ex.stop();
+      this.destroy();
+      return;
+    }
+    ex.stop();
+    if (this.#ex === ex) this.#ex = undefined;
+    if (!ex.keepAlive || this.retired || this.closed) { this.destroy(); return; }
+    this.#pool.idle(this);
+  }
+
+  #onData(chunk: Buffer): void {
+    if (!this.#ex) {
+      // Bytes on an idle connection: nothing was asked; the connection is not used again.
+      this.destroy();
+      return;
+    }
+    const r = this.#parser.execute(chunk);
+    if (typeof r !== 'number') {
+      this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`, r));
+      this.destroy();
+    }
+  }
+
+  #onEnd(): void {
+    // The peer's FIN ends a response that runs until close; any other unfinished one was cut.
+    const r = this.#ex ? this.#parser.finish() : undefined;
+    if (r) this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, `malformed response: ${r.reason ?? r.message}`, r));
+    this.#fail(new UpstreamResetError(this.#pool.addr, 'connection closed before the response ended'));
+    this.destroy();
+  }
+
+  #onClose(): void {
+    this.#fail(new UpstreamResetError(this.#pool.addr, 'socket hang up'));
+    this.destroy();
+  }
+
+  /** Ends the exchange in progress with `err`: before the response head a rejection, after it the body's error. */
+  #fail(err: Error): void {
+    const ex = this.#ex;
+    if (!ex || ex.state === 'done') return;
+    const state = ex.state;
+    ex.state = 'done';
+    ex.stop();
+    this.#ex = undefined;
+    if (state === 'waiting') ex.reject(err);
+    else ex.body!.destroy(err);
+  }
+
+  resumeReading(): void {
+    if (!this.closed) this.duplex.resume();
+  }
+
+  /** Idle in the pool since then (Date.now()); the pool closes it once idle too long. */
+  park(): void {
+    // Reading while idle, paused or not by the last body: a close or stray bytes are seen at once.
+    this.duplex.resume();
+    this.idleSince = Date.now();
+  }
+
+  idleSince = 0;
+
+  get busy(): boolean {
+    return this.#ex !== undefined;
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.retired = true;
+    this.#fail(new UpstreamResetError(this.#pool.addr, 'connection closed'));
+    this.duplex.destroy();
+    // Not from inside the parser's own callback (this may run in one): on the next turn.
+    const parser = this.#parser;
+    setImmediate(() => parser.close());
+    this.#pool.forget(this);
+  }
+}
+
+/**
+ * Keep-alive connections to one endpoint for one caller: the most recently used idle one first
+ * (LIFO, as the Agent ran with `scheduling: 'lifo'`), a new one when none is idle, no limit of its
+ * own (circuit breaking limits requests before they get here).
+ */
+export class H1Pool {
+  readonly addr: string;
+  readonly #open: (onDraining: () => void) => Promise<Duplex>;
+  readonly #idleMs: number;
+  readonly #onEmpty: () => void;
+  readonly #idle: H1Connection[] = [];
+  readonly #all = new Set<H1Connection>();
+  #connecting = 0;
+  #destroyed = false;
+  #sweep: NodeJS.Timeout | undefined;
+
+  /** `onEmpty`: its last connection closed (the owner forgets it: pools are per caller, and callers come and go). */
+  constructor(addr: string, open: (onDraining: () => void) => Promise<Duplex>, idleMs: number, onEmpty: () => void) {
+    this.addr = addr;
+    this.#open = open;
+    this.#idleMs = idleMs;
+    this.#onEmpty = onEmpty;
+  }
+
+  async request(r: UpstreamRequest): Promise<UpstreamResponse> {
+    const { head, close } = requestHead(r.method, r.path, r.headers, r.body !== null);
+    let conn: H1Connection | undefined;
+    while ((conn = this.#idle.pop()) && (conn.closed || conn.retired)) conn.destroy();
+    if (!conn) conn = await this.#connect(r.signal);
+    return conn.send(r, head, close);
+  }
+
+  async #connect(signal: AbortSignal): Promise<H1Connection> {
+    this.#connecting++;
+    let conn: H1Connection | undefined;
+    let draining = false;
+    try {
+      const duplex = await this.#open(() => {
+        draining = true;
+        if (!conn) return;
+        conn.retired = true;
+        if (!conn.busy) conn.destroy();
+      });
+      conn = new H1Connection(duplex, this);
+      this.#all.add(conn);
+      if (draining || this.#destroyed) conn.retired = true;
+    } finally {
+      this.#connecting--;
+    }
+    if (signal.aborted) {
+      // Cancelled while connecting: the connection is sound, and waits for the next request.
+      this.idle(conn);
+      throw new UpstreamResetError(this.addr, 'cancelled');
+    }
+    return conn;
+  }
+
+  /** `conn` finished an exchange and may carry another. */
+  idle(conn: H1Connection): void {
+    if (conn.closed || conn.retired) { conn.destroy(); return; }
+    conn.park();
+    this.#idle.push(conn);
+    // One timer for the pool, not one per idle spell: a request costs no timer at all.
+    if (!this.#sweep) this.#sweepIn(this.#idleMs);
+  }
+
+  #sweepIn(ms: number): void {
+    this.#sweep = setTimeout(() => {
+      this.#sweep = undefined;
+      const now = Date.now();
+      let next = Infinity;
+      // The least recently used are at the bottom of the LIFO stack.
+      for (const c of [...this.#idle]) {
+        const left = c.idleSince + this.#idleMs - now;
+        if (left <= 0) c.destroy();
+        else next = Math.min(next, left);
+      }
+      if (next !== Infinity) this.#sweepIn(next);
+    }, Math.max(1, ms));
+    this.#sweep.unref();
+  }
+
+  /** `conn` closed. */
+  forget(conn: H1Connection): void {
+    this.#all.delete(conn);
+    const i = this.#idle.indexOf(conn);
+    if (i >= 0) this.#idle.splice(i, 1);
+    if (this.#all.size === 0 && this.#connecting === 0) this.#onEmpty();
+  }
+
+  /** Every connection closes; requests in flight are cut. */
+  destroy(): void {
+    this.#destroyed = true;
+    clearTimeout(this.#sweep);
+    for (const c of [...this.#all]) c.destroy();
+  }
+}
