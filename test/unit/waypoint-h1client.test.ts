@@ -225,3 +225,15 @@ test('an idle connection closes after the idle timeout, and the pool says it is 
   await bodyOf(await pool.request(req('GET', { host: 'a' })));
   await until('the idle connection closed', () => empty === 1, 5_000);
 });
+
+test('a connection that could not be made leaves the pool empty, so its owner forgets it (pools are per caller)', async () => {
+  const s = net.createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as AddressInfo).port;
+  s.close();
+  await once(s, 'close');
+  let empty = 0;
+  await assert.rejects(poolTo(port, 60_000, () => empty++).request(req('GET', { host: 'a' })), /ECONNREFUSED/);
+  assert.equal(empty, 1);
+});

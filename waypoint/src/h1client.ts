@@ -451,6 +451,8 @@ export class H1Pool {
       if (draining || this.#destroyed) conn.retired = true;
     } finally {
       this.#connecting--;
+      // A connection that could not be made leaves nothing behind: the owner forgets an empty pool.
+      if (!conn && this.#all.size === 0 && this.#connecting === 0) this.#onEmpty();
     }
     if (signal.aborted) {
       // Cancelled while connecting: the connection is sound, and waits for the next request.
