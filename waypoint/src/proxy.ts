@@ -325,7 +325,6 @@ const normalize: Stage = (ctx) => {
   ctx.path = n.path;
 };
 
-/** The last X-Forwarded-For entry, when it is an IP address. */
 /** The destination service port, chosen by the tunnel's target (never by Host alone). */
 const resolve: Stage = (ctx) => {
   const dest = resolveService(ctx.snap, ctx.conn.target, ctx.authority);
