@@ -237,3 +237,13 @@ test('a connection that could not be made leaves the pool empty, so its owner fo
   await assert.rejects(poolTo(port, 60_000, () => empty++).request(req('GET', { host: 'a' })), /ECONNREFUSED/);
   assert.equal(empty, 1);
 });
+
+test('a response with more fields than the parser hands over at once (50) arrives whole, trailers apart', async () => {
+  const fields = Array.from({ length: 50 }, (_, i) => `X-F${i}: v${i}\r\n`).join('');
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? `HTTP/1.1 200 OK\r\n${fields}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: t\r\n\r\n` : undefined));
+  const r = await poolTo(b.port).request(req('GET', { host: 'a' }));
+  for (let i = 0; i < 50; i++) assert.equal(r.headers[`x-f${i}`], `v${i}`);
+  assert.equal(r.headers['x-t'], undefined);
+  assert.equal(await bodyOf(r), 'ok');
+  assert.deepEqual(r.trailers(), { 'x-t': 't' });
+});
