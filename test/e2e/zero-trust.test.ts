@@ -239,10 +239,18 @@ test('a new DENY closes connections already open: same node, across nodes over H
     } finally {
       mesh.removeConfig('70-deny-held.yaml');
     }
-    // The control: with the DENY gone the same client connects again.
-    const again = holdLines('demo/client', LINES_FAR_VIP);
+    // The control: with the DENY gone the same client connects again. The removal reaches the
+    // agents a moment after the file goes (controller, config stream), and a connection made before
+    // that is still refused: each refused attempt is followed by a new one until one holds.
+    let again = holdLines('demo/client', LINES_FAR_VIP);
     held.push({ what: 'after', node: 'node2', h: again });
-    await until('the client connects again once the DENY is removed', () => again.up(), 30_000);
+    await until('the client connects again once the DENY is removed', () => {
+      if (again.ended()) {
+        again = holdLines('demo/client', LINES_FAR_VIP);
+        held.push({ what: 'after', node: 'node2', h: again });
+      }
+      return again.up();
+    }, 30_000);
   } finally {
     for (const c of held) c.h.kill();
   }
