@@ -247,3 +247,38 @@ test('a response with more fields than the parser hands over at once (50) arrive
   assert.equal(await bodyOf(r), 'ok');
   assert.deepEqual(r.trailers(), { 'x-t': 't' });
 });
+
+test('RFC 9110 section 7.8: a 101 to a request that asked to upgrade hands the connection over with the bytes that followed the head', async () => {
+  const b = await rawBackend((s, conn) => {
+    if (s.endsWith('\r\n\r\n')) return 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nfirst-frame';
+    if (s.endsWith('ping')) conn.write('pong');
+    return undefined;
+  });
+  const r = await poolTo(b.port).request(req('GET', { host: 'a', connection: 'Upgrade', upgrade: 'websocket' }), true);
+  assert.equal(r.status, 101);
+  assert.equal(r.headers['upgrade'], 'websocket');
+  assert.equal(r.upgraded?.head.toString(), 'first-frame');
+  const sock = r.upgraded!.socket;
+  let got = '';
+  sock.on('data', (c: Buffer) => { got += c.toString(); });
+  sock.resume();
+  sock.write('ping');
+  await until('the upgraded connection carries the new protocol both ways', () => got === 'pong', 5_000);
+  sock.destroy();
+});
+
+test('an upgrade answered as an ordinary request is a response like any other, and its connection is closed after it, never pooled', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? OK : undefined));
+  const pool = poolTo(b.port);
+  const r = await pool.request(req('GET', { host: 'a', connection: 'Upgrade', upgrade: 'websocket' }), true);
+  assert.equal(r.status, 200);
+  assert.equal(r.upgraded, undefined);
+  assert.equal(await bodyOf(r), 'ok');
+  await bodyOf(await pool.request(req('GET', { host: 'a' })));
+  assert.equal(b.connections(), 2);
+});
+
+test('a 101 to a request that asked for no upgrade is refused: a backend cannot turn a pooled connection into a raw pipe', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n' : undefined));
+  await assert.rejects(poolTo(b.port).request(req('GET', { host: 'a' })), /unexpected 101 to a request that asked for no upgrade/);
+});

@@ -1,5 +1,6 @@
 // HTTP/1.1 to one endpoint over pooled keep-alive connections (RFC 9112): the waypoint's upstream
-// client for endpoints that speak HTTP/1.1.
+// client for endpoints that speak HTTP/1.1, and for protocol upgrades (WebSocket), where a 101 hands
+// the connection over to the caller (UpstreamPool.upgrade).
 //
 // It replaces http.request + http.Agent, whose per-request objects (ClientRequest, the Agent's
 // queues, IncomingMessage) were the largest share of the waypoint's CPU per request after its own
@@ -111,6 +112,8 @@ export function requestHead(method: string, path: string, headers: HeaderMap, ha
 class Exchange {
   readonly addr: string;
   readonly head: boolean;
+  /** The request asked to switch protocols (RFC 9110 section 7.8): a 101 hands over the connection. */
+  upgrade = false;
   /** 'waiting' for the response head; 'body' streaming it; 'done' either way. */
   state: 'waiting' | 'body' | 'done' = 'waiting';
   requestDone = false;
@@ -194,18 +197,30 @@ export class H1Connection {
       if (body && !body.destroyed && !body.push(chunk)) this.duplex.pause();
     };
     p[HTTPParser.kOnMessageComplete] = () => this.#onComplete();
-    duplex.on('data', (chunk: Buffer) => this.#onData(chunk));
-    duplex.on('end', () => this.#onEnd());
-    duplex.on('error', (err: Error) => this.#fail(new UpstreamResetError(this.#ex?.addr ?? pool.addr, err.message, err)));
-    duplex.on('close', () => this.#onClose());
+    duplex.on('data', this.#listeners.data);
+    duplex.on('end', this.#listeners.end);
+    duplex.on('error', this.#listeners.error);
+    duplex.on('close', this.#listeners.close);
   }
 
+  readonly #listeners = {
+    data: (chunk: Buffer): void => this.#onData(chunk),
+    end: (): void => this.#onEnd(),
+    error: (err: Error): void => this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, err.message, err)),
+    close: (): void => this.#onClose(),
+  };
+
+  /** A 101 to an upgrade, parsed: handed over once the parser says where the new protocol starts. */
+  #switching: { ex: Exchange; status: number; headers: HeaderMap } | undefined;
+
   /** Sends `r` (its head already made); resolves with the response head, its body streaming. */
-  send(r: UpstreamRequest, head: string, close: boolean): Promise<UpstreamResponse> {
+  send(r: UpstreamRequest, head: string, close: boolean, upgrade = false): Promise<UpstreamResponse> {
     this.duplex.resume();
-    if (close) this.retired = true;
+    // After an upgrade request the connection belongs to that exchange: switched, or closed after the answer.
+    if (close || upgrade) this.retired = true;
     return new Promise<UpstreamResponse>((resolve, reject) => {
       const ex = new Exchange(this.#pool.addr, r.method, r.signal, resolve, reject);
+      ex.upgrade = upgrade;
       this.#ex = ex;
       if (r.signal.aborted) { this.#cancel(ex); return; }
       ex.onAbort(() => this.#cancel(ex));
@@ -289,7 +304,11 @@ export class H1Connection {
       return 0;
     }
     if (upgrade || status === 101) {
-      // Upgrades go through forwardUpgrade on a connection of their own, never here.
+      if (ex.upgrade && status === 101) {
+        // Switching protocols: no body; the bytes after the head are the new protocol's (#onData).
+        this.#switching = { ex, status, headers: mergeHeaderLines(raw) };
+        return 2;
+      }
       this.#fail(new UpstreamResetError(ex.addr, `unexpected ${status} to a request that asked for no upgrade`));
       setImmediate(() => this.destroy());
       return 0;
@@ -342,10 +361,42 @@ export class H1Connection {
       return;
     }
     const r = this.#parser.execute(chunk);
+    const sw = this.#switching;
+    if (sw && typeof r === 'number') { this.#handOver(sw, chunk.subarray(r)); return; }
     if (typeof r !== 'number') {
       this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`, r));
       this.destroy();
     }
+  }
+
+  /**
+   * The 101's connection leaves the pool with its bytes after the head: the caller joins it to the
+   * client's (RFC 9110 section 7.8). Nothing here reads or closes it any more.
+   */
+  #handOver(sw: { ex: Exchange; status: number; headers: HeaderMap }, rest: Buffer): void {
+    this.#switching = undefined;
+    const { ex } = sw;
+    const d = this.duplex;
+    d.off('data', this.#listeners.data);
+    d.off('end', this.#listeners.end);
+    d.off('error', this.#listeners.error);
+    d.off('close', this.#listeners.close);
+    d.pause();
+    ex.state = 'done';
+    ex.responseDone = true;
+    ex.stop();
+    this.#ex = undefined;
+    this.closed = true;
+    this.retired = true;
+    const parser = this.#parser;
+    setImmediate(() => parser.close());
+    this.#pool.forget(this);
+    const body = Readable.from([]);
+    ex.resolve({
+      status: sw.status, headers: sw.headers, body, endStreamOnHeaders: false,
+      trailers: () => undefined, discard: () => { d.destroy(); },
+      upgraded: { socket: d, head: rest },
+    });
   }
 
   #onEnd(): void {
@@ -427,12 +478,13 @@ export class H1Pool {
     this.#onEmpty = onEmpty;
   }
 
-  async request(r: UpstreamRequest): Promise<UpstreamResponse> {
+  /** `upgrade`: the request asks to switch protocols; a 101 resolves with `upgraded` (the connection, handed over). */
+  async request(r: UpstreamRequest, upgrade = false): Promise<UpstreamResponse> {
     const { head, close } = requestHead(r.method, r.path, r.headers, r.body !== null);
     let conn: H1Connection | undefined;
     while ((conn = this.#idle.pop()) && (conn.closed || conn.retired)) conn.destroy();
     if (!conn) conn = await this.#connect(r.signal);
-    return conn.send(r, head, close);
+    return conn.send(r, head, close, upgrade);
   }
 
   async #connect(signal: AbortSignal): Promise<H1Connection> {

@@ -805,9 +805,8 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, cluster: Cluster, t
   const signal = ctx.overall.signal;
   return new Promise<void>((resolve) => {
     let done = false;
-    let upstream: Duplex | undefined;
-    let creq: http.ClientRequest | undefined;
-    // The request's timeout (forwardUpgrade) or the client's going away abort `signal`.
+    // Cut when the request's timeout (forwardUpgrade) or the client's going away aborts `signal`.
+    const attempt = new AbortController();
     const onAbort = (): void => fail(signal.reason);
     const answer = (): boolean => {
       if (done) return false;
@@ -818,8 +817,7 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, cluster: Cluster, t
     };
     function fail(err: unknown): void {
       if (!answer()) return;
-      creq?.destroy();
-      upstream?.destroy();
+      attempt.abort(err);
       if (!ctx.downstreamGone) {
         const outcome = classify(err, timeout.timedOut);
         cluster.report(ep, outcome);
@@ -830,54 +828,50 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, cluster: Cluster, t
     if (signal.aborted) { fail(signal.reason); return; }
     signal.addEventListener('abort', onAbort, { once: true });
     const forwardedFor = ctx.directIp ? { ip: ctx.directIp, port: ctx.conn.clientPort ?? 0 } : undefined;
-    env.pool.openStream(upstreamEndpoint(ep), cluster.settings.timeouts.connectMs, forwardedFor, ctx.conn.peerSpiffeId).then((d) => {
-      if (done) { d.destroy(); return; }
-      upstream = d;
-      d.on('error', () => {});
-      // The hop-by-hop fields of the handshake are this hop's to send again (RFC 9110 section 7.8).
-      const headers: http.OutgoingHttpHeaders = { ...out.headers, host: out.authority, connection: 'Upgrade', upgrade: headerValue(ctx.headers, 'upgrade') ?? '' };
-      creq = http.request({ createConnection: () => d, method: out.method, path: out.path, headers, setHost: false });
-      creq.on('error', (err) => fail(err));
-      creq.on('upgrade', (ures: http.IncomingMessage, usock: Duplex, uhead: Buffer) => {
-        if (!answer()) { usock.destroy(); return; }
-        cluster.report(ep, { kind: 'response', status: 101 });
-        const h = forwardableHeaders(ures.headers as HeaderMap);
-        for (const e of responseEdits) applyHeaderEdits(h, e);
-        h['connection'] = 'Upgrade';
-        h['upgrade'] = headerValue(ures.headers as HeaderMap, 'upgrade') ?? '';
-        if (!ctx.flags.empty) h[F.FLAGS_HEADER] = ctx.flags.toString();
-        ctx.status = 101;
-        try {
-          writeHead(res, 101, h as http.OutgoingHttpHeaders);
-        } catch (err) {
-          ctx.detail = `bad response headers from upstream: ${(err as Error).message}`;
-          usock.destroy();
-          res.destroy();
-          resolve();
-          return;
-        }
-        ctx.upgraded = true;
-        endResponse(res);
-        if (uhead.length > 0) client.socket.write(uhead);
-        if (client.head.length > 0) usock.write(client.head);
-        void pipeBidirectional(client.socket, usock).then((r) => {
-          ctx.requestBytes = client.head.length + r.bytesAtoB;
-          ctx.responseBytes += uhead.length + r.bytesBtoA;
-          if (r.abortedBy === 'b') ctx.flags.add(F.FLAG_UPSTREAM_RESET);
-          finish(ctx);
-          resolve();
-        });
+    // The hop-by-hop fields of the handshake are this hop's to send again (RFC 9110 section 7.8).
+    const headers: HeaderMap = { ...out.headers, host: out.authority, connection: 'Upgrade', upgrade: headerValue(ctx.headers, 'upgrade') ?? '' };
+    env.pool.upgrade(upstreamEndpoint(ep), {
+      method: out.method, path: out.path, authority: out.authority, headers, body: null, signal: attempt.signal,
+      ...(ctx.conn.peerSpiffeId ? { callerId: ctx.conn.peerSpiffeId } : {}),
+    }, cluster.settings.timeouts.connectMs, forwardedFor).then((up) => {
+      if (!answer()) { up.upgraded?.socket.destroy(); up.discard(); return; }
+      cluster.report(ep, { kind: 'response', status: up.status });
+      const switched = up.upgraded;
+      if (!switched) {
+        // Refused (or answered as an ordinary request): relayed as a response; the connection closes after it.
+        void streamResponse(ctx, up, responseEdits).then(() => resolve());
+        return;
+      }
+      const { socket: usock, head: uhead } = switched;
+      usock.on('error', () => {});
+      const h = forwardableHeaders(up.headers);
+      for (const e of responseEdits) applyHeaderEdits(h, e);
+      h['connection'] = 'Upgrade';
+      h['upgrade'] = headerValue(up.headers, 'upgrade') ?? '';
+      if (!ctx.flags.empty) h[F.FLAGS_HEADER] = ctx.flags.toString();
+      ctx.status = 101;
+      try {
+        writeHead(res, 101, h as http.OutgoingHttpHeaders);
+      } catch (err) {
+        ctx.detail = `bad response headers from upstream: ${(err as Error).message}`;
+        usock.destroy();
+        res.destroy();
+        resolve();
+        return;
+      }
+      ctx.upgraded = true;
+      endResponse(res);
+      if (uhead.length > 0) client.socket.write(uhead);
+      if (client.head.length > 0) usock.write(client.head);
+      void pipeBidirectional(client.socket, usock).then((r) => {
+        ctx.requestBytes = client.head.length + r.bytesAtoB;
+        ctx.responseBytes += uhead.length + r.bytesBtoA;
+        if (r.abortedBy === 'b') ctx.flags.add(F.FLAG_UPSTREAM_RESET);
+        finish(ctx);
+        resolve();
       });
-      creq.on('response', (ures: http.IncomingMessage) => {
-        if (!answer()) { ures.destroy(); return; }
-        const status = ures.statusCode ?? 502;
-        cluster.report(ep, { kind: 'response', status });
-        void streamResponse(ctx, {
-          status, headers: ures.headers as HeaderMap, body: ures, endStreamOnHeaders: false,
-          trailers: () => undefined, discard: () => { ures.destroy(); },
-        }, responseEdits).then(() => { d.destroy(); resolve(); });
-      });
-      creq.end();
+      // Paused since the handover; the pipe's listeners are in place now.
+      usock.resume();
     }, (err: unknown) => fail(err));
   });
 }

@@ -69,6 +69,8 @@ export interface UpstreamResponse {
   trailers(): HeaderMap | undefined;
   /** Stops reading and releases the stream (a response that is discarded, e.g. before a retry). */
   discard(): void;
+  /** HTTP/1.1 only: a 101 to a request that asked to upgrade. The connection, and what followed the head on it. */
+  upgraded?: { socket: Duplex; head: Buffer };
 }
 
 /** Plain TCP: endpoints outside the mesh, and tests. */
@@ -132,6 +134,17 @@ export class UpstreamPool {
   /** A raw byte stream to the endpoint (TCP passthrough) for one caller (`forwardedFor`, `caller` its SPIFFE ID); not pooled. */
   openStream(ep: UpstreamEndpoint, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }, caller?: string): Promise<Duplex> {
     return this.connect(ep, connectTimeoutMs, forwardedFor, undefined, caller);
+  }
+
+  /**
+   * An HTTP/1.1 request that asks to switch protocols, on a connection of its own (never pooled: a
+   * 101 hands it over as `upgraded`, any other answer closes it once read). `forwardedFor` carries
+   * the client's port too, as a passthrough stream does. `req.headers` go as they are (Host, Connection
+   * and Upgrade included: they are this hop's to send).
+   */
+  upgrade(ep: UpstreamEndpoint, req: UpstreamRequest, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<UpstreamResponse> {
+    const own = new H1Pool(addr(ep), () => this.connect(ep, connectTimeoutMs, forwardedFor, undefined, req.callerId), this.idleMs, () => {});
+    return own.request(req, true);
   }
 
   request(ep: UpstreamEndpoint, protocol: UpstreamProtocol, req: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
