@@ -282,3 +282,32 @@ test('a 101 to a request that asked for no upgrade is refused: a backend cannot 
   const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n' : undefined));
   await assert.rejects(poolTo(b.port).request(req('GET', { host: 'a' })), /unexpected 101 to a request that asked for no upgrade/);
 });
+
+test('Expect: 100-continue through the waypoint (RFC 9110 section 10.1.1): the client gets one 100, the body reaches the backend, then the final answer', async () => {
+  const { WaypointEngine } = await import('../../waypoint/src/engine.ts');
+  const { TcpUpstream } = await import('../../waypoint/src/upstream.ts');
+  const h = await import('../../waypoint/testing/harness.ts');
+  let seen = '';
+  const backendServer = await h.startHttpBackend((rq, rs) => {
+    let body = '';
+    rq.on('data', (c: Buffer) => { body += c.toString(); });
+    rq.on('end', () => { seen = `${rq.headers['expect']}|${body}`; rs.writeHead(201, { 'content-length': 4 }); rs.end('made'); });
+  });
+  closers.push(() => backendServer.close());
+  const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+  engine.applyConfig(h.config({ services: [h.service('web', '10.96.0.20', [h.endpoint(backendServer.port)])], routes: [h.route('web', 'web', [{ backends: [h.backend('web')] }])] }));
+  const l = await h.startTunnelListener(engine, '10.96.0.20:80');
+  closers.push(() => { void l.close(); });
+  const sock = net.connect(l.port, '127.0.0.1');
+  let got = '';
+  sock.on('data', (c: Buffer) => {
+    got += c.toString('latin1');
+    if (got.startsWith('HTTP/1.1 100') && !got.includes('sent')) { got += '[sent]'; sock.write('hello'); }
+  });
+  sock.write('POST / HTTP/1.1\r\nhost: web\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n');
+  await until('the final answer arrives', () => got.includes('made'), 5_000, { explain: () => got });
+  sock.destroy();
+  assert.equal(got.match(/HTTP\/1\.1 100/g)?.length, 1, got);
+  assert.match(got, /HTTP\/1\.1 201/);
+  assert.equal(seen, '100-continue|hello');
+});
