@@ -139,7 +139,6 @@ export class SeriesTable<L extends string> {
       help: f.spec.help,
       type,
       aggregator: 'sum',
-      labelNames: f.buckets ? [...this.labelNames, 'le'] : [...this.labelNames],
       // The registry writes /metrics from this one: histogram lines carry `le` first, then the set's labels.
       getForPromString: async () => ({ name: f.spec.name, help: f.spec.help, type, values: exported(), aggregator: 'sum' }),
       // What getSingleMetric(...).get() and getMetricsAsJSON() give: every label in `labels`.

@@ -205,7 +205,7 @@ test('an answer before the request body is all sent (an early 413) is returned, 
   const r = await pool.request({ ...req('POST', { host: 'a', 'transfer-encoding': 'chunked' }), body: endless });
   assert.equal(r.status, 413);
   await bodyOf(r);
-  await bodyOf(await pool.request(req('GET', { host: 'a' })).catch(() => ({ body: Readable.from([]) }) as unknown as UpstreamResponse));
+  await bodyOf(await pool.request(req('GET', { host: 'a' })));
   assert.equal(b.connections(), 2, 'the 413\'s connection was not reused');
 });
 

@@ -18,7 +18,7 @@
 import { createRequire } from 'node:module';
 import { Readable, type Duplex } from 'node:stream';
 import { UpstreamResetError } from './errors.ts';
-import type { HeaderMap } from './headers.ts';
+import { isToken, type HeaderMap } from './headers.ts';
 import type { UpstreamRequest, UpstreamResponse } from './upstream.ts';
 
 /** Node's llhttp binding, as `_http_common` exports it to http.request and http.Server. */
@@ -56,8 +56,6 @@ const FIRST_ONLY = new Set([
 /** Methods http.request sends without framing when there is no body; every other one gets `Content-Length: 0`. */
 const NO_BODY_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
-/** Header names and methods: RFC 9110 token characters. */
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Field values: no control characters but HTAB (RFC 9110 section 5.5). */
 const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 /** A request target: no spaces, controls or characters beyond Latin-1 (as http.request refuses). */
@@ -83,7 +81,7 @@ export function mergeHeaderLines(raw: readonly string[], into: HeaderMap = {}): 
  * cannot be sent (a name that is not a token, a value with a control character).
  */
 export function requestHead(method: string, path: string, headers: HeaderMap, hasBody: boolean): { head: string; close: boolean } {
-  if (!TOKEN.test(method)) throw new TypeError(`method must be a valid HTTP token ["${method}"]`);
+  if (!isToken(method)) throw new TypeError(`method must be a valid HTTP token ["${method}"]`);
   if (BAD_PATH.test(path)) throw new TypeError('request path contains unescaped characters');
   let head = `${method} ${path} HTTP/1.1\r\n`;
   let connection = false;
@@ -92,7 +90,7 @@ export function requestHead(method: string, path: string, headers: HeaderMap, ha
   for (const name in headers) {
     const v = headers[name];
     if (v === undefined) continue;
-    if (!TOKEN.test(name)) throw new TypeError(`header name must be a valid HTTP token ["${name}"]`);
+    if (!isToken(name)) throw new TypeError(`header name must be a valid HTTP token ["${name}"]`);
     const lower = name.toLowerCase();
     if (lower === 'connection') { connection = true; close ||= /(?:^|,)\s*close\s*(?:,|$)/i.test(Array.isArray(v) ? v.join(',') : v); }
     else if (lower === 'content-length' || lower === 'transfer-encoding') framed = true;
@@ -386,11 +384,7 @@ export class H1Connection {
     ex.responseDone = true;
     ex.stop();
     this.#ex = undefined;
-    this.closed = true;
-    this.retired = true;
-    const parser = this.#parser;
-    setImmediate(() => parser.close());
-    this.#pool.forget(this);
+    this.#release();
     const body = Readable.from([]);
     ex.resolve({
       status: sw.status, headers: sw.headers, body, endStreamOnHeaders: false,
@@ -443,10 +437,17 @@ export class H1Connection {
 
   destroy(): void {
     if (this.closed) return;
+    // Closed first: failing the exchange may destroy its body, which comes back here.
     this.closed = true;
-    this.retired = true;
     this.#fail(new UpstreamResetError(this.#pool.addr, 'connection closed'));
     this.duplex.destroy();
+    this.#release();
+  }
+
+  /** The connection leaves the pool (closed, or handed over after a 101): its parser goes too. */
+  #release(): void {
+    this.closed = true;
+    this.retired = true;
     // Not from inside the parser's own callback (this may run in one): on the next turn.
     const parser = this.#parser;
     setImmediate(() => parser.close());

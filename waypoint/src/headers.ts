@@ -3,6 +3,12 @@
 
 export type HeaderMap = Record<string, string | string[] | undefined>;
 
+/** An RFC 9110 token (section 5.6.2): a method or a field name. */
+export function isToken(s: string): boolean {
+  return TOKEN.test(s);
+}
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 /** Connection-specific fields that a proxy must not forward (RFC 9110 7.6.1, RFC 9113 8.2.2). */
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer',

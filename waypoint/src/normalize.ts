@@ -18,7 +18,7 @@
 // and its authority must name the same host and port as Host (or :authority). Methods are compared
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
-import { splitHostPort } from './headers.ts';
+import { isToken, splitHostPort } from './headers.ts';
 import type { EscapedSlashesAction, PathNormalization } from '../../lib/model/mesh.ts';
 
 // The mode names are the mesh model's (the controller sets them mesh-wide, lib/model/mesh.ts).
@@ -50,7 +50,6 @@ const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
  * parsers do; they are forwarded exactly as judged.
  */
 const TARGET_CHARS = /^[\x21-\x7e]*$/;
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 function reject(reason: TargetRejection, message: string): NormalizeResult {
   return { ok: false, reason, message };
@@ -111,7 +110,7 @@ function sameAuthority(a: string, b: string, scheme: string): boolean {
  * Host header (HTTP/1.1) or :authority (HTTP/2), if any.
  */
 export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): NormalizeResult {
-  if (!TOKEN.test(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
+  if (!isToken(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
   if (/[a-z]/.test(method)) return reject('method_not_uppercase', `method ${JSON.stringify(method)} is not upper case (methods are case-sensitive, RFC 9110 section 9.1)`);
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*' };
   let originForm = target;

@@ -834,7 +834,7 @@ function upgradeOnce(ctx: RequestContext, ep: EndpointState, cluster: Cluster, t
       method: out.method, path: out.path, authority: out.authority, headers, body: null, signal: attempt.signal,
       ...(ctx.conn.peerSpiffeId ? { callerId: ctx.conn.peerSpiffeId } : {}),
     }, cluster.settings.timeouts.connectMs, forwardedFor).then((up) => {
-      if (!answer()) { up.upgraded?.socket.destroy(); up.discard(); return; }
+      if (!answer()) { up.discard(); return; }
       cluster.report(ep, { kind: 'response', status: up.status });
       const switched = up.upgraded;
       if (!switched) {
