@@ -251,12 +251,17 @@ export class LocalNetwork {
     return pod;
   }
 
-  /** Kills a pod's processes and removes its namespace (its veth and route go with it) and cgroup. */
+  /** Kills a pod's processes and removes its veth, its namespace (the route goes with it) and its cgroup. */
   async removePod(namespace: string, name: string): Promise<void> {
     const pod = this.pod(namespace, name);
     await removeCgroupTree(pod.cgroup);
-    deleteNetns(pod.netns);
     const node = this.node(pod.node);
+    // The veth first, by its node end: the kernel tears a deleted namespace down later, on a
+    // workqueue, and until then the node keeps `p<j>`, the name the next pod at this address takes
+    // ("RTNETLINK answers: File exists" when a test deletes a pod and adds it again at once).
+    // Deleting one end of a veth removes both before the command returns.
+    runIn(node.netns, 'ip', ['link', 'del', pod.hostIf], { allowFail: true });
+    deleteNetns(pod.netns);
     node.pods.splice(node.pods.indexOf(pod), 1);
   }
 
