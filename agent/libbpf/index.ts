@@ -20,4 +20,4 @@ export {
   type StructValue,
 } from './codec.ts';
 export { AddonNotFoundError, addonCandidates } from './native.ts';
-export { mallocInfo, mallocTrim, type MallocInfo } from './memory.ts';
+export { mallocInfo, mallocTrim, releaseFilePages, type MallocInfo } from './memory.ts';

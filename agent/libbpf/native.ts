@@ -130,6 +130,8 @@ export interface NativeBinding {
   mallocTrim(): boolean;
   /** glibc mallinfo2 over every arena. */
   mallocInfo(): NativeMallocInfo;
+  /** MADV_DONTNEED on every read-only private file mapping without modified pages. */
+  releaseFilePages(): { mappings: number; bytes: number };
 }
 
 export interface NativeMallocInfo { heapBytes: number; mmapBytes: number; inUseBytes: number; freeBytes: number }
