@@ -16,7 +16,7 @@
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS } from './names.ts';
+import { AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS, WAYPOINT_NODE_OPTIONS } from './names.ts';
 
 /** The cache folder under the repository (or image) root; build/ is not in git. */
 export const COMPILE_CACHE_DIR = 'build/compile-cache';
@@ -25,7 +25,7 @@ export const COMPILE_CACHE_DIR = 'build/compile-cache';
 export const COMPILE_CACHE_PARTS: Readonly<Record<string, { entry: string; nodeOptions: string }>> = {
   agent: { entry: 'agent/src/main.ts', nodeOptions: AGENT_NODE_OPTIONS },
   controller: { entry: 'controller/src/main.ts', nodeOptions: `${CONTROLLER_NODE_OPTIONS} ${CONTROLLER_V8_FLAGS}` },
-  waypoint: { entry: 'waypoint/src/main.ts', nodeOptions: '' },
+  waypoint: { entry: 'waypoint/src/main.ts', nodeOptions: WAYPOINT_NODE_OPTIONS },
   eastwest: { entry: 'eastwest/src/main.ts', nodeOptions: '' },
   weftctl: { entry: 'cli/weftctl.ts', nodeOptions: '' },
 };

@@ -14,7 +14,7 @@ import { LocalNetwork, LOCAL_NET, type LocalNode, type LocalPod } from './networ
 import { requestInNetns, getJsonInNetns } from './netns-http.ts';
 import { explainBusyPort } from './ports.ts';
 import { runCniPlugin, type CniRun } from './cni.ts';
-import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS } from '../install/names.ts';
+import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_FLAGS, WAYPOINT_NODE_OPTIONS } from '../install/names.ts';
 import { COMPILE_CACHE_DIR } from '../install/compile-cache.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -396,8 +396,13 @@ export class LocalMesh {
         node, namespace, name: `${name}-${i}`, serviceAccount: name,
         labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
         command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile, controllerIp: this.controllerIp }), ...limit, ...(opts.extraArgs ?? [])],
-        // As in the image (its ENV NODE_COMPILE_CACHE): the waypoint starts from the cache.
-        env: { NODE_COMPILE_CACHE: LOCAL_COMPILE_CACHE, ...opts.env },
+        // As in the image (its ENV NODE_COMPILE_CACHE): the waypoint starts from the cache, with the
+        // Deployment's NODE_OPTIONS, and the caller's added (bench/run.ts --profile).
+        env: {
+          NODE_COMPILE_CACHE: LOCAL_COMPILE_CACHE,
+          ...opts.env,
+          NODE_OPTIONS: [process.env.NODE_OPTIONS, WAYPOINT_NODE_OPTIONS, opts.env?.['NODE_OPTIONS']].filter(Boolean).join(' '),
+        },
       }));
     }
     return started[0]!;

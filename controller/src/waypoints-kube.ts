@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName } from '../../lib/model/mesh.ts';
 import {
   CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
-  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, controllerAddress, controllerSpiffeId,
+  TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WAYPOINT_NODE_OPTIONS, controllerAddress, controllerSpiffeId,
 } from '../../lib/defaults.ts';
 import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -207,6 +207,7 @@ export class KubeWaypointDriver extends BaseDriver {
               args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
               env: [
                 { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                { name: 'NODE_OPTIONS', value: WAYPOINT_NODE_OPTIONS },
               ],
               ports: [
                 { name: 'tcp-hbone', containerPort: HBONE_PORT, protocol: 'TCP' },

@@ -9,6 +9,8 @@ import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { getJsonInNetns } from '../../cli/local/netns-http.ts';
 import { until } from '../lab/wait.ts';
+import { readFileSync } from 'node:fs';
+import { WAYPOINT_NODE_OPTIONS } from '../../lib/defaults.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -88,6 +90,14 @@ before(async () => {
     return Boolean(c && c.routes.some((r) => r.name === 'reviews') && c.policies.some((p) => p.name === 'no-admin-post') &&
       ['flaky', 'limited', 'pair'].every((n) => c.trafficPolicies.some((t) => t.name === n) && eps(n)) && eps('reviews-v1') && eps('reviews-v2'));
   }, 30_000, { intervalMs: 200, explain: () => mesh.logTail('pod-shop-waypoint-0.log') });
+});
+
+test('the waypoint runs with its capped young generation, as its Deployment sets it (lib/defaults.ts WAYPOINT_NODE_OPTIONS)', () => {
+  const pid = mesh.workloads.get('shop/waypoint-0')!.process!.pid!;
+  const env = readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+  const nodeOptions = env.find((e) => e.startsWith('NODE_OPTIONS='))?.slice('NODE_OPTIONS='.length) ?? '';
+  assert.ok(nodeOptions.split(' ').includes(WAYPOINT_NODE_OPTIONS), `NODE_OPTIONS="${nodeOptions}"`);
+  assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /waypoint\/src\/main\.ts/, 'the pid is the waypoint itself');
 });
 
 test('a 90/10 canary route sends about 90% of requests to v1, and a header match sends a tester to v2 only', async () => {
