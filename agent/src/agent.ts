@@ -55,7 +55,7 @@ export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
  * page cache; the ones in use fault back in at once, without I/O). docs/PERFORMANCE.md, agent
  * memory. One round costs about 2 ms of CPU (0.02 % of a core), refaults included.
  */
-export const MALLOC_TRIM_INTERVAL_MS = 10_000;
+export const MEMORY_RELEASE_INTERVAL_MS = 10_000;
 
 export interface AgentOptions {
   node: string;
@@ -160,7 +160,7 @@ export class Agent {
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
-  #trimTimer: NodeJS.Timeout | undefined;
+  #memoryTimer: NodeJS.Timeout | undefined;
   /** The last round of #releaseMemory's file pages, for /stats. */
   #filePagesReleased: { mappings: number; bytes: number; at: string } | undefined;
   #stopped = false;
@@ -234,8 +234,8 @@ export class Agent {
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
     // Once now, so that an addon built before memory.cc fails the start, not a timer 10 s later.
-    mallocTrim();
-    this.#trimTimer = setInterval(() => this.#releaseMemory(), MALLOC_TRIM_INTERVAL_MS).unref();
+    this.#releaseMemory();
+    this.#memoryTimer = setInterval(() => this.#releaseMemory(), MEMORY_RELEASE_INTERVAL_MS).unref();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
     // Sockops files captured clients' sockets for the same-node splice only while it is on. It
@@ -648,7 +648,7 @@ export class Agent {
     this.#stopped = true;
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
-    clearInterval(this.#trimTimer);
+    clearInterval(this.#memoryTimer);
     this.xds?.close();
     void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
