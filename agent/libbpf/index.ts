@@ -20,4 +20,3 @@ export {
   type StructValue,
 } from './codec.ts';
 export { AddonNotFoundError, addonCandidates } from './native.ts';
-export { mallocInfo, mallocTrim, releaseFilePages, type MallocInfo } from './memory.ts';

@@ -1,9 +1,7 @@
-// The raw interface of the weft_bpf addon (agent/native/), and its loader. Nothing here is for use
-// outside agent/libbpf: the typed classes on top own the fds and turn failures into BpfError.
-import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The raw BPF interface of the weft_bpf addon (agent/native/). Nothing here is for use outside
+// agent/libbpf: the typed classes on top own the fds and turn failures into BpfError. The addon's
+// loader, which the memory functions (lib/sys/memory.ts) share, is lib/sys/addon.ts.
+import { loadAddon } from '../../lib/sys/addon.ts';
 
 export interface NativeProgramDesc {
   name: string;
@@ -126,54 +124,11 @@ export interface NativeBinding {
   createTcpSocket(opts: NativeTcpSocketOptions): { fd: number; port: number };
   localPortRange(netnsPath: string): { from: number; to: number; reserved: string };
   btfStruct(objectPath: string, name: string): NativeBtfStruct;
-  /** glibc malloc_trim(0): free pages anywhere in the C heap go back to the kernel; true if any did. */
-  mallocTrim(): boolean;
-  /** glibc mallinfo2 over every arena. */
-  mallocInfo(): NativeMallocInfo;
-  /** MADV_DONTNEED on every read-only private file mapping without modified pages. */
-  releaseFilePages(): { mappings: number; bytes: number };
 }
 
-export interface NativeMallocInfo { heapBytes: number; mmapBytes: number; inUseBytes: number; freeBytes: number }
-
-/** Where the addon is looked for, in order: $WEFT_BPF_ADDON, then the node-gyp build folders. */
-export function addonCandidates(): string[] {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const nativeDir = resolve(here, '..', 'native');
-  const out: string[] = [];
-  if (process.env.WEFT_BPF_ADDON) out.push(resolve(process.env.WEFT_BPF_ADDON));
-  out.push(join(nativeDir, 'build', 'Release', 'weft_bpf.node'), join(nativeDir, 'build', 'Debug', 'weft_bpf.node'));
-  return out;
-}
-
-export class AddonNotFoundError extends Error {
-  readonly code = 'WEFT_ADDON_NOT_FOUND';
-  readonly tried: string[];
-  constructor(tried: string[], cause?: unknown) {
-    super(`the libbpf addon weft_bpf.node could not be loaded; tried ${tried.join(', ')}. ` +
-      'Build it with `make addon` (needs libbpf-dev, libelf-dev, zlib1g-dev; `make deps` installs them)' +
-      (cause instanceof Error ? `; last error: ${cause.message}` : ''), { cause });
-    this.name = 'AddonNotFoundError';
-    this.tried = tried;
-  }
-}
-
-let loaded: NativeBinding | undefined;
+export { AddonNotFoundError, addonCandidates } from '../../lib/sys/addon.ts';
 
 /** The addon, loaded on first use. Throws AddonNotFoundError naming every path it tried. */
 export function native(): NativeBinding {
-  if (loaded) return loaded;
-  const require = createRequire(import.meta.url);
-  const tried = addonCandidates();
-  let lastError: unknown;
-  for (const path of tried) {
-    if (!existsSync(path)) continue;
-    try {
-      loaded = require(path) as NativeBinding;
-      return loaded;
-    } catch (err) {
-      lastError = err;
-    }
-  }
-  throw new AddonNotFoundError(tried, lastError);
+  return loadAddon() as NativeBinding;
 }

@@ -1,17 +1,20 @@
-// The C heap of the agent process: glibc's malloc statistics and malloc_trim. Node's buffers (socket
-// reads, TLS records, HTTP/2 frames) come from malloc; after a bulk stream glibc keeps the freed
-// chunks in its free lists, scattered between live ones, so the process stays at its high-water
-// mark. malloc_trim(0) hands every whole free page back to the kernel (MADV_DONTNEED), not only
-// the top of the heap as free() does (docs/PERFORMANCE.md, agent memory).
+// The memory of a Weft process (every part calls these through lib/sys/memory.ts): glibc's malloc
+// statistics and malloc_trim, and the release of the file pages it maps without using them.
 //
-// And the executable's own pages: the node binary is about 100 MB of code and read-only data, of
-// which start-up (module loading, the startup snapshot, TLS set-up, and the kernel's fault-around,
-// which maps up to 16 cached neighbours of every page touched) leaves about 50 MB mapped in the
-// process, though the agent's running work uses about half of it. releaseFilePages() unmaps the
-// pages of every read-only private file mapping the process has not modified (MADV_DONTNEED):
-// they stay in the page cache, clean and shared, and the ones the agent uses come back at the next
-// touch as minor faults (no I/O), as after the kernel's own reclaim. What stays mapped is what the
-// agent uses, and RSS says so.
+// The C heap: Node's buffers (socket reads, TLS records, HTTP/2 frames) come from malloc; after a
+// bulk stream glibc keeps the freed chunks in its free lists, scattered between live ones, so the
+// process stays at its high-water mark. malloc_trim(0) hands every whole free page back to the
+// kernel (MADV_DONTNEED), not only the top of the heap as free() does (docs/PERFORMANCE.md, agent
+// memory).
+//
+// The executable's pages: the node binary is about 100 MB of code and read-only data, of which
+// start-up (module loading, the startup snapshot, TLS set-up, and the kernel's fault-around, which
+// maps up to 16 cached neighbours of every page touched) leaves about 50 MB mapped in the process,
+// though a running part uses about half of it. releaseFilePages() unmaps the pages of every
+// read-only private file mapping the process has not modified (MADV_DONTNEED): they stay in the
+// page cache, clean and shared, and the ones in use come back at the next touch as minor faults
+// (no I/O), as after the kernel's own reclaim. What stays mapped is what the process uses, and RSS
+// says so.
 #include <malloc.h>
 #include <sys/mman.h>
 

@@ -24,7 +24,8 @@ import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { PodNetnsResolver, type PodNetns } from './pods.ts';
 import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
-import { mallocInfo, mallocTrim, netnsCookie, releaseFilePages } from '../libbpf/index.ts';
+import { netnsCookie } from '../libbpf/index.ts';
+import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
@@ -47,15 +48,6 @@ export const ENROL_RETRY_MS = 1_000;
 export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
-/**
- * How often the agent hands back memory it holds and does not use (agent/native/memory.cc): the C
- * heap's free pages (malloc_trim: a bulk stream's buffers are freed between live allocations, where
- * free() cannot return them, and without it the agent stayed at its high-water mark), and the
- * pages of the node executable it mapped at start or since and no longer touches (they stay in the
- * page cache; the ones in use fault back in at once, without I/O). docs/PERFORMANCE.md, agent
- * memory. One round costs about 2 ms of CPU (0.02 % of a core), refaults included.
- */
-export const MEMORY_RELEASE_INTERVAL_MS = 10_000;
 
 export interface AgentOptions {
   node: string;
@@ -160,9 +152,8 @@ export class Agent {
   #signer!: GrpcCertificateSigner;
   #controllerId = '';
   #xdsTimer: NodeJS.Timeout | undefined;
-  #memoryTimer: NodeJS.Timeout | undefined;
-  /** The last round of #releaseMemory's file pages, for /stats. */
-  #filePagesReleased: { mappings: number; bytes: number; at: string } | undefined;
+  /** The C heap's free pages and the file pages the agent maps without using them go back (lib/sys/memory.ts). */
+  #memory: MemoryRelease | undefined;
   #stopped = false;
   #serveStarted = false;
   #ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
@@ -233,9 +224,8 @@ export class Agent {
       ...(o.cgroupPath ? { cgroupPath: o.cgroupPath } : {}),
       ...(o.objectDir ? { objectDir: o.objectDir } : {}),
     });
-    // Once now, so that an addon built before memory.cc fails the start, not a timer 10 s later.
-    this.#releaseMemory();
-    this.#memoryTimer = setInterval(() => this.#releaseMemory(), MEMORY_RELEASE_INTERVAL_MS).unref();
+    // A round now, so that an addon built before memory.cc fails the start, not a timer later.
+    this.#memory = startMemoryRelease();
     this.datapath.setExcludedPorts([...MESH_PORTS, ports.admin, ...(o.excludedPorts ?? [])]);
     this.datapath.setInboundExcludedPorts(o.inboundExcludedPorts ?? []);
     // Sockops files captured clients' sockets for the same-node splice only while it is on. It
@@ -410,12 +400,6 @@ export class Agent {
     return 'starting';
   }
 
-  /** The C heap's free pages and the file pages the process maps without using them go back. */
-  #releaseMemory(): void {
-    mallocTrim();
-    this.#filePagesReleased = { ...releaseFilePages(), at: new Date().toISOString() };
-  }
-
   /** Opens the data ports the first time the agent is prepared; then it is ready. */
   #serveWhenReady(): void {
     if (!this.#prepared || this.#listening || this.#stopped || this.#serveStarted) return;
@@ -430,7 +414,7 @@ export class Agent {
         if (this.o.readyFile) writeFileSync(this.o.readyFile, `${process.pid}\n`);
         this.log.info('agent ready', { outbound: `${this.o.nodeIp}:${outbound}`, hbone: `${this.o.nodeIp}:${hbone}`, pid: process.pid });
         // What start-up alone touched (module loading, the startup snapshot, TLS set-up) goes now.
-        this.#releaseMemory();
+        this.#memory?.releaseNow();
         this.#serving.resolve();
       },
       (err: Error & { code?: string }) => {
@@ -634,7 +618,7 @@ export class Agent {
         })),
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#filePagesReleased ?? null, readPool: readPoolStats() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
   }
 
@@ -648,7 +632,7 @@ export class Agent {
     this.#stopped = true;
     clearTimeout(this.#retry);
     clearTimeout(this.#xdsTimer);
-    clearInterval(this.#memoryTimer);
+    this.#memory?.stop();
     this.xds?.close();
     void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });

@@ -6,14 +6,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { inFreshProcess } from '../lab/imports.ts';
 
-const LIBBPF = new URL('../../agent/libbpf/index.ts', import.meta.url).href;
+const MEMORY = new URL('../../lib/sys/memory.ts', import.meta.url).href;
 
 test('64 MB of 64 KiB buffers, freed between live ones, stay resident until mallocTrim hands them back', async () => {
   // A bulk stream's pattern: many 64 KiB chunks (socket reads, TLS records) alive at once, a few
   // smaller long-lived allocations made meanwhile between them, then every chunk freed.
   const body = `
     import { readFileSync } from 'node:fs';
-    const { mallocInfo, mallocTrim } = await import(${JSON.stringify(LIBBPF)});
+    const { mallocInfo, mallocTrim } = await import(${JSON.stringify(MEMORY)});
     const anonMb = () => Number(/RssAnon:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) / 1024;
     const settle = async () => { for (let i = 0; i < 3; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 50)); } };
     await settle();
@@ -49,7 +49,7 @@ test('releaseFilePages unmaps the executable pages the process does not use; the
     import { readFileSync, statSync } from 'node:fs';
     import { createHash, generateKeyPairSync, sign, verify } from 'node:crypto';
     import { gzipSync, gunzipSync } from 'node:zlib';
-    const { releaseFilePages } = await import(${JSON.stringify(LIBBPF)});
+    const { releaseFilePages } = await import(${JSON.stringify(MEMORY)});
     const exe = statSync('/proc/self/exe');
     // The executable's mappings from smaps: resident kB, and the read-only ones that hold modified
     // (copy-on-write) pages, such as the relocated data made read-only after start (RELRO).
