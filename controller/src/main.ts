@@ -35,7 +35,7 @@ import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
-import { tryMemoryRelease } from '../../lib/sys/memory.ts';
+import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { ConfigDirSource } from './sources/files.ts';
 import type { ConfigSource } from './sources/source.ts';
 import { LocalWaypointDriver, type LocalWaypointLauncher } from './waypoints.ts';
@@ -648,9 +648,4 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
 }
 
 // Starts as every part does (lib/main.ts): parseControllerArgs → runController → SIGTERM stops.
-if (import.meta.main) {
-  const memory = tryMemoryRelease(jsonLogger('controller'));
-  await runMain('controller', () => parseControllerArgs(process.argv.slice(2)), runController);
-  // What start-up alone touched goes now that it has run.
-  memory?.releaseNow();
-}
+if (import.meta.main) await withMemoryRelease(jsonLogger('controller'), () => runMain('controller', () => parseControllerArgs(process.argv.slice(2)), runController));

@@ -14,7 +14,7 @@ import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { Registry } from 'prom-client';
 import { isLogLevel, jsonLogger, type LogLevel } from '../../lib/log.ts';
-import { tryMemoryRelease } from '../../lib/sys/memory.ts';
+import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
@@ -155,12 +155,7 @@ function listen(server: Server, port: number, host: string): Promise<void> {
 }
 
 // Starts as every part does (lib/main.ts): parseEastWestArgs → runEastWest → SIGTERM stops.
-if (import.meta.main) {
-  const memory = tryMemoryRelease(jsonLogger('eastwest'));
-  await runMain('eastwest', () => parseEastWestArgs(process.argv.slice(2)), runEastWest);
-  // What start-up alone touched goes now that it has run.
-  memory?.releaseNow();
-}
+if (import.meta.main) await withMemoryRelease(jsonLogger('eastwest'), () => runMain('eastwest', () => parseEastWestArgs(process.argv.slice(2)), runEastWest));
 
 function tlsOf(id: IssuedIdentity): GatewayTls {
   const c = id.current();

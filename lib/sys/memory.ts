@@ -100,3 +100,15 @@ export function tryMemoryRelease(log: Pick<Logger, 'warn'>): MemoryRelease | und
     return undefined;
   }
 }
+
+/**
+ * A part's main (the waypoint, the controller, the east-west gateway) with its memory rounds: one
+ * before `start` (lib/main.ts runMain), one once it has started (what start-up alone touched goes),
+ * then every MEMORY_RELEASE_INTERVAL_MS. The agent runs its own (it requires the addon, and shows
+ * the last round in /stats).
+ */
+export async function withMemoryRelease(log: Pick<Logger, 'warn'>, start: () => Promise<void>): Promise<void> {
+  const memory = tryMemoryRelease(log);
+  await start();
+  memory?.releaseNow();
+}

@@ -17,7 +17,7 @@ import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { jsonLogger, type Logger } from '../../lib/log.ts';
-import { tryMemoryRelease } from '../../lib/sys/memory.ts';
+import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
@@ -409,11 +409,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
 // Starts as every part does (lib/main.ts): parseFlags → runWaypoint → SIGTERM closes.
 if (import.meta.main) {
   const log = jsonLogger('waypoint');
-  const memory = tryMemoryRelease(log);
-  await runMain('waypoint', () => parseFlags(process.argv.slice(2)), async (o) => {
+  await withMemoryRelease(log, () => runMain('waypoint', () => parseFlags(process.argv.slice(2)), async (o) => {
     const w = await runWaypoint(o, log);
     return { stop: () => (log.info('shutting down'), w.close()) };
-  });
-  // What start-up alone touched goes now that it has run.
-  memory?.releaseNow();
+  }));
 }
