@@ -178,8 +178,9 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => {
         const h = (get(a) as string | undefined)?.toLowerCase();
         if (h === undefined) return false;
-        const bare = h.replace(/:[0-9]+$/, '');
-        return lower.some((p) => globMatch(p, h) || globMatch(p, bare));
+        // As written, port included: Istio matches `hosts` against :authority exactly (case aside),
+        // so `foo.com` does not match `foo.com:8080`; a policy lists `foo.com:*` for that.
+        return lower.some((p) => globMatch(p, h));
       };
     }
     case 'cidr': {
@@ -216,7 +217,9 @@ const CONDITION_GETTERS: Record<string, (arg: string | undefined) => (a: Attribu
   'destination.ip': () => getters.destinationIp,
   'destination.port': () => getters.port,
   'remote.ip': () => getters.remoteIp,
-  'request.headers': (arg) => { const name = arg!.toLowerCase(); return (a) => headerValue(a, name); },
+  // `host` is the request's authority, whether it came as Host (HTTP/1.1) or :authority (HTTP/2), as
+  // Envoy maps the one onto the other; a condition on it must not depend on the protocol.
+  'request.headers': (arg) => { const name = arg!.toLowerCase(); return name === 'host' ? getters.host : (a) => headerValue(a, name); },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -338,18 +341,22 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
   try {
     if (p.action !== 'ALLOW' && p.action !== 'DENY' && p.action !== 'AUDIT') throw new PolicyCompileError('action', `${JSON.stringify(p.action)} is not ALLOW, DENY or AUDIT`);
     const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`));
-    const deny = p.action === 'DENY';
+    const widens = p.action === 'DENY' || p.action === 'AUDIT';
     c = {
       id, action: p.action,
       matches: (a, layer) => rules.some((r) => {
         if (layer === 'L7' || r.layer === 'L4') return r.full(a);
-        // L4 cannot see the rule's L7 parts: ALLOW and AUDIT never match, DENY is narrowed.
-        return deny && r.l4Part(a);
+        // L4 cannot see the rule's L7 parts: an ALLOW rule never matches; a DENY or AUDIT rule is
+        // narrowed to its L4 part, which widens what it denies or audits (Istio, for a TCP
+        // enforcement point: pilot's authz model ignores the HTTP fields of DENY and AUDIT rules).
+        return widens && r.l4Part(a);
       }),
     };
   } catch (e) {
     const error = e instanceof PolicyCompileError ? e : new PolicyCompileError('', (e as Error).message);
-    const failClosed = p.action === 'DENY';
+    // An action this data plane does not know (CUSTOM from a newer controller) denies what it
+    // applies to, as Istio's waypoint does with a CUSTOM policy it cannot serve.
+    const failClosed = p.action !== 'ALLOW' && p.action !== 'AUDIT';
     c = { id, action: p.action === 'ALLOW' || p.action === 'AUDIT' ? p.action : 'DENY', matches: () => failClosed, error };
   }
   compiled.set(p, c);

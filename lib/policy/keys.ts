@@ -28,7 +28,7 @@ export type ValueKind =
   | 'method'
   /** A path: exact, `prefix*`, `*suffix` or `*`. */
   | 'path'
-  /** A host, compared case-insensitively, with or without its port. */
+  /** A host, compared case-insensitively and as written, port included (`foo.com:*` for any port). */
   | 'host'
   /** A header value: exact, `prefix*`, `*suffix`; `*` means the header is present. */
   | 'header';

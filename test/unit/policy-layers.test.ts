@@ -130,9 +130,28 @@ const CASES: Case[] = [
     request: req(), l7: false, l4: false,
   },
   {
-    name: 'hosts match case-insensitively with or without the port',
+    name: 'hosts match case-insensitively',
     policies: [policy('no-internal', 'DENY', [rule({ to: [{ hosts: ['*.INTERNAL'] }] })])],
+    request: req({ host: 'API.internal' }), l7: false, l4: false,
+  },
+  {
+    // Istio pilot/pkg/security/authz/model/generator.go (hostGenerator, matcher.HostMatcher): hosts
+    // are matched against :authority as written, so `*.internal` does not match a host with a port.
+    name: 'hosts are matched as written, port included (Istio HostMatcher)',
+    policies: [policy('no-internal', 'DENY', [rule({ to: [{ hosts: ['*.internal'] }] })])],
+    request: req({ host: 'api.internal:8080' }), l7: true, l4: false,
+  },
+  {
+    name: 'a host with any port is listed as `host:*` (Istio)',
+    policies: [policy('no-internal', 'DENY', [rule({ to: [{ hosts: ['API.INTERNAL:*'] }] })])],
     request: req({ host: 'api.internal:8080' }), l7: false, l4: false,
+  },
+  {
+    // Envoy maps the legacy `host` header onto :authority (source/common/http/header_map_impl.cc),
+    // so Istio's request.headers[host] is the authority over HTTP/1.1 and HTTP/2 alike.
+    name: 'request.headers[host] is the authority, also for HTTP/2 (:authority, no host header)',
+    policies: [policy('no-admin', 'DENY', [rule({ when: [{ key: 'request.headers[host]', values: ['admin.shop'] }] })])],
+    request: req({ host: 'admin.shop', headers: { ':authority': 'admin.shop', ':path': '/' } }), l7: false, l4: false,
   },
   {
     name: 'destination.port and ports at both layers',
@@ -164,7 +183,33 @@ describe('one policy table, every enforcement point', () => {
     const ps = [policy('audit-all', 'AUDIT', [rule({})]), policy('audit-admin', 'AUDIT', [rule({ to: [{ paths: ['/admin'] }] })])];
     assert.deepEqual(evaluate(ps, req({ path: '/admin' })).audit, ['shop/audit-all', 'shop/audit-admin']);
     assert.deepEqual(evaluate(ps, req({ path: '/' })).audit, ['shop/audit-all']);
-    assert.deepEqual(evaluate(ps, conn).audit, ['shop/audit-all'], 'an AUDIT rule needing L7 does not match at L4');
+    // Istio pilot/pkg/security/authz/model/model.go (rule.checkError): at a TCP enforcement point the
+    // HTTP fields of a DENY or AUDIT rule are ignored, which widens it.
+    assert.deepEqual(evaluate(ps, conn).audit, ['shop/audit-all', 'shop/audit-admin'], 'an AUDIT rule needing L7 is narrowed to its L4 part at L4');
+  });
+});
+
+describe('a policy a data plane cannot compile', () => {
+  // Validation refuses CUSTOM, so only a controller newer than the data plane sends it. Istio's
+  // waypoint turns a CUSTOM policy it cannot serve into a DENY of its rules
+  // (pilot/pkg/security/authz/builder/builder.go); Weft's engine denies what the policy applies to.
+  it('with an action it does not know fails closed at every enforcement point, and says why', () => {
+    const custom = policy('ext-authz', 'CUSTOM' as AuthorizationPolicy['action'], [rule({})]);
+    const table = new PolicyTable([custom]);
+    assert.equal(table.errors.length, 1);
+    assert.match(table.errors[0]!.error.message, /"CUSTOM" is not ALLOW, DENY or AUDIT/);
+    for (const d of [table.evaluate(SVC, req()), table.evaluate(SVC, conn), evaluate([custom], conn)]) {
+      assert.equal(d.allowed, false);
+      assert.match(d.reason, /cannot be evaluated .* fails closed/);
+    }
+  });
+
+  it('that is an ALLOW allows nothing; an AUDIT audits nothing and decides nothing', () => {
+    const broken = (action: AuthorizationPolicy['action']) => policy(`broken-${action}`, action, [rule({ when: [{ key: 'no.such.key', values: ['x'] }] })]);
+    assert.equal(evaluate([broken('ALLOW')], req()).allowed, false);
+    const audit = evaluate([broken('AUDIT')], req());
+    assert.equal(audit.allowed, true);
+    assert.equal(audit.audit, undefined);
   });
 });
 

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
@@ -6,7 +7,7 @@ import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener,
+  CALLER, config, echo, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -179,5 +180,47 @@ describe('remote.ip and AUDIT through the waypoint', () => {
     assert.equal(r.status, 200);
     const entry = lines.map((x) => JSON.parse(x) as { path: string; audit_policies?: string[] }).find((e) => e.path === '/admin/x');
     assert.deepEqual(entry?.audit_policies, ['shop/watch-admin']);
+  });
+});
+
+// Envoy maps the legacy `host` header onto :authority (envoyproxy/envoy
+// source/common/http/header_map_impl.cc), so Istio's `request.headers[host]` reads the authority
+// over HTTP/1.1 and HTTP/2 alike: a caller cannot step around such a DENY by speaking HTTP/2, whose
+// requests carry :authority and no host header.
+describe('a DENY on request.headers[host] holds over HTTP/2', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [policy('deny-admin-host', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[host]', values: ['admin.shop'] }], layer: 'L7' }])],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+  });
+
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('denies HTTP/1.1 (Host) and HTTP/2 (:authority) alike, counts both, and lets other hosts through', async () => {
+    assert.equal((await request(l.port, { host: 'admin.shop' })).status, 403);
+    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    try {
+      const denied = await h2request(session, { ':path': '/', ':authority': 'admin.shop' });
+      assert.equal(denied.status, 403);
+      assert.match(denied.body, /shop\/deny-admin-host/);
+      assert.equal((await h2request(session, { ':path': '/', ':authority': 'reviews.shop' })).status, 200);
+    } finally {
+      session.close();
+    }
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    const count = samples.filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
+    assert.equal(count, 2, JSON.stringify(samples));
   });
 });

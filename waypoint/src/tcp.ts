@@ -61,6 +61,7 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     ...(conn.clientAddress ? { sourceIp: conn.clientAddress } : {}),
     destinationIp: targetIp, destinationPort: port,
   });
+  if (decision.audit) rec.auditPolicies = decision.audit;
   if (!decision.allowed) { fail(F.FLAG_POLICY_DENIED, `denied by AuthorizationPolicy ${decision.policy}: ${decision.reason}`); return; }
 
   const cluster = env.cluster(service, port);

@@ -36,6 +36,8 @@ export interface TcpRecord {
   /** Endpoint → client. */
   sentBytes?: number;
   detail?: string;
+  /** AUDIT AuthorizationPolicies that matched the connection (`namespace/name`). */
+  auditPolicies?: string[];
 }
 
 /** Istio's default duration buckets (ms). */
@@ -448,6 +450,7 @@ export class Telemetry {
         duration: r.durationMs, upstream_host: r.upstreamHost,
         upstream_cluster: r.destinationServiceKey ? `outbound|${r.destinationServiceKey}` : undefined, downstream_remote_address: r.sourceAddress,
         waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
+        audit_policies: r.auditPolicies,
       });
     }
   }
