@@ -8,6 +8,7 @@ import {
   config, echo, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
+import { until } from '../lab/wait.ts';
 
 /** Writes raw bytes on a fresh connection and returns everything the waypoint answers until it closes. */
 function raw(port: number, data: string | Buffer): Promise<string> {
@@ -51,6 +52,31 @@ describe('waypoint bad input', () => {
     const samples = await metricSamples(engine, 'istio_requests_total');
     assert.ok(samples.some((s) => s.labels['response_code'] === '400' && s.labels['response_flags'] === 'DPE'));
   });
+
+  // A client that goes away mid-body ends its own request only (RFC 9112 section 8: an incomplete
+  // message; Envoy counts it with flag DC and keeps serving). It used to end the whole waypoint: the
+  // body's reader failed with no listener once the upstream exchange had been cancelled.
+  for (const [name, bytes] of [
+    ['a Content-Length body', 'POST /upload HTTP/1.1\r\nHost: reviews\r\nContent-Length: 10\r\n\r\nab'],
+    ['a chunked body', 'POST /upload HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab'],
+    ['a chunked body with a malformed chunk size', 'POST /upload HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\n\r\n4 \r\nabcd\r\n'],
+  ] as const) {
+    it(`survives a client that closes in the middle of ${name}, and counts it`, async () => {
+      const dc = async (): Promise<number> => (await metricSamples(engine, 'istio_requests_total'))
+        .filter((x) => String(x.labels['response_flags']).includes('DC') || x.labels['response_flags'] === 'DPE').reduce((n, x) => n + x.value, 0);
+      const before = await dc();
+      const hits = b.hits;
+      const sock = net.connect(listener.port, '127.0.0.1');
+      sock.on('error', () => {});
+      await new Promise<void>((resolve) => sock.write(bytes, () => resolve()));
+      // The request reached the backend and its body is streaming when the client goes.
+      // (A malformed chunk may be refused before the request goes anywhere: then no hit comes.)
+      await until('the request is under way', () => b.hits > hits, 2000).catch(() => 0);
+      sock.destroy();
+      await until('the cut request is counted', async () => (await dc()) > before, 5000);
+      assert.equal((await request(listener.port)).status, 200, 'the waypoint still serves');
+    });
+  }
 
   it('answers oversized HTTP/1.1 headers with 431', async () => {
     const reply = await raw(listener.port, `GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);

@@ -70,6 +70,10 @@ export class ReplayableBody {
     const r: Readable = new Readable({
       read: () => { if (this.reader === r && !this.ended) this.source.resume(); },
     });
+    // The body's failure (the client went away mid-body) is kept in `error` and ends the exchange
+    // through the request's abort; the attempt that reads this stream may have stopped listening by
+    // then, and an 'error' nobody listens to would end the process.
+    r.on('error', noop);
     for (const c of this.chunks) r.push(c);
     if (this.ended) r.push(null);
     else if (this.error) r.destroy(this.error);
@@ -89,3 +93,5 @@ export class ReplayableBody {
     return Readable.from(this.chunks.slice(), { objectMode: false });
   }
 }
+
+function noop(): void {}
