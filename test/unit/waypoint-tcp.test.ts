@@ -42,10 +42,10 @@ describe('waypoint TCP passthrough', () => {
   afterEach(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
   after(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
 
-  async function setup(b: TcpBackend, extra: { routes?: boolean; policies?: AuthorizationPolicy[] } = {}, peer = CALLER): Promise<{ engine: WaypointEngine; listener: Listener }> {
+  async function setup(b: TcpBackend, extra: { routes?: boolean; policies?: AuthorizationPolicy[]; appProtocol?: 'http' | 'tcp' } = {}, peer = CALLER): Promise<{ engine: WaypointEngine; listener: Listener }> {
     const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), serverFirstTimeoutMs: 100, telemetry: { accessLog: null } });
     engine.applyConfig(config({
-      services: [service('db', '10.96.0.40', [endpoint(b.port)], { port: 5432 })],
+      services: [service('db', '10.96.0.40', [endpoint(b.port)], { port: 5432, appProtocol: extra.appProtocol ?? 'tcp' })],
       routes: extra.routes ? [route('db', 'db', [{ backends: [{ ...backend('db'), port: 5432 }] }])] : [],
       policies: extra.policies ?? [],
     }));
@@ -101,6 +101,26 @@ describe('waypoint TCP passthrough', () => {
     const closed = await metricSamples(engine, 'istio_tcp_connections_closed_total');
     assert.ok(closed.some((s) => s.labels['response_flags'] === 'RBAC'), JSON.stringify(closed));
   });
+
+  // A request led by a space or tab, or with a lower-case method, does not open like HTTP/1.1; were it
+  // passed through as TCP, a backend that tolerates it (Python's http.server splits the request line
+  // on whitespace) would serve it with the Service's routes, limits and faults skipped. Gateway API
+  // GAMMA: a request to a routed Service port is judged by its routes; Istio: a declared protocol is
+  // not sniffed, and a method not in upper case is refused (Authorization Policy Normalization).
+  for (const [what, extra] of [['a Service port with HTTP routes', { routes: true }], ['a Service port declared HTTP', { appProtocol: 'http' as const }]] as const) {
+    it(`does not pass bytes that only look almost like HTTP through to ${what}: 400, counted`, async () => {
+      const seen: Buffer[] = [];
+      const sink = await startTcpBackend((s) => s.on('data', (c: Buffer) => seen.push(c)));
+      const { engine, listener } = await setup(sink, extra);
+      for (const lead of [' GET', '\tGET', 'get']) {
+        const r = await talk(listener.port, Buffer.from(`${lead} /admin HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n`), (g) => g.includes('\r\n\r\n'));
+        assert.match(r.got.toString(), /^HTTP\/1\.1 400 /, `${JSON.stringify(lead)}: ${JSON.stringify(r.got.toString().slice(0, 40))}`);
+      }
+      assert.equal(Buffer.concat(seen).length, 0, 'nothing reached the endpoint');
+      const refused = (await metricSamples(engine, 'istio_requests_total')).filter((x) => x.labels['response_code'] === '400' && x.labels['response_flags'] === 'DPE');
+      assert.equal(refused.reduce((n, x) => n + x.value, 0), 3, 'each refusal is counted');
+    });
+  }
 
   it('still speaks HTTP when the request starts with empty lines', async () => {
     const echo = await startTcpBackend((s) => s.pipe(s));

@@ -403,6 +403,17 @@ export class WaypointEngine {
         duplex.destroy();
         return;
       }
+      if (proto === 'tcp' && (this.needsHttp(info.target) || this.declaredHttp(info.target))) {
+        // Bytes that do not open like HTTP (a request line led by a space, a lower-case method) go
+        // to the HTTP/1.1 parser, which refuses them (400, counted), instead of passing through
+        // unjudged where routes, limits or faults apply or the port is declared HTTP (Istio does
+        // not sniff a declared protocol).
+        this.h1Conns.set(duplex, ctx);
+        addInactivityTimeout(duplex);
+        this.h1.emit('connection', duplex);
+        if (duplex.readableFlowing === false) duplex.resume();
+        return;
+      }
       if (proto === 'tcp' || proto === 'silent') {
         void proxyTcp(this.env, duplex, ctx);
         return;
@@ -417,6 +428,14 @@ export class WaypointEngine {
       }
       if (duplex.readableFlowing === false) duplex.resume();
     });
+  }
+
+  /** Is the port at `target` declared HTTP (appProtocol http, http2 or grpc, or an http-/grpc- port name)? */
+  private declaredHttp(target: string): boolean {
+    const svc = this.snap.byAddress.get(target);
+    const port = Number(target.slice(target.lastIndexOf(':') + 1));
+    const app = svc?.ports.find((p) => p.port === port)?.appProtocol;
+    return app !== undefined && app !== 'tcp';
   }
 
   /** Does the service at `target` have configuration only HTTP can honour (routes, limits, faults)? */
