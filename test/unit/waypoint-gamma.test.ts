@@ -4,11 +4,11 @@
 // never a header. A refused cross-namespace backend (no ReferenceGrant) answers 500.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Route } from '../../lib/model/mesh.ts';
+import type { Route, Service } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  backend, config, echo, endpoint, request, route, service, startHttpBackend, startTunnelListener,
+  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -72,5 +72,78 @@ describe('consumer and producer routes', () => {
     } finally {
       await l.close();
     }
+  });
+});
+
+// apis/v1/httproute_types.go (HTTPRouteRule.Matches): "When no rules matching a request have been
+// successfully attached to the parent a request is coming from, a HTTP 404 status code MUST be
+// returned"; GEP-1294: a namespace with consumer routes uses its own routes for the Service, and a
+// route with `parentRef.port` is associated with that port only.
+describe('consumer routes decide for their own clients, on their own ports', () => {
+  let v1: Backend;
+  let v2: Backend;
+  let engine: WaypointEngine;
+  const listeners: Listener[] = [];
+  const listen = async (target: string, principal: string): Promise<Listener> => {
+    const l = await startTunnelListener(engine, target, principal);
+    listeners.push(l);
+    return l;
+  };
+  const CLIENT = 'spiffe://cluster.local/ns/client/sa/app';
+
+  before(async () => {
+    v1 = await startHttpBackend(echo('v1'));
+    v2 = await startHttpBackend(echo('v2'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const twoPorts = (name: string, vip: string, port: number): Service => ({
+      name, namespace: 'shop', hostname: `${name}.shop.svc.cluster.local`, vips: [vip],
+      ports: [
+        { name: 'http', port: 80, targetPort: port, protocol: 'TCP', appProtocol: 'http' },
+        { name: 'alt', port: 8080, targetPort: port, protocol: 'TCP', appProtocol: 'http' },
+      ],
+      endpoints: [{ ...endpoint(port), ports: { '80': port, '8080': port } }],
+    });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(v1.port)]), twoPorts('ratings', '10.96.0.20', v1.port), twoPorts('details', '10.96.0.30', v1.port), service('sink', '10.96.0.40', [endpoint(v2.port)])],
+      routes: [
+        // reviews: only a consumer route, on /api.
+        { ...route('only-api', 'reviews', [{ matches: [match({ path: { type: 'PathPrefix', value: '/api' } })], backends: [backend('reviews')] }]), namespace: 'client' },
+        // ratings: a producer route on 8080, a consumer route on 80.
+        { ...route('producer-8080', 'ratings', [{ backends: [{ ...backend('sink'), port: 80 }] }]), port: 8080 },
+        { ...route('consumer-80', 'ratings', [{ backends: [{ ...backend('ratings'), port: 80 }] }]), namespace: 'client', port: 80 },
+        // details: a producer route on every port, a consumer route on 80.
+        route('producer-all', 'details', [{ backends: [{ ...backend('sink'), port: 80 }] }]),
+        { ...route('consumer-80', 'details', [{ backends: [{ ...backend('details'), port: 80 }] }]), namespace: 'client', port: 80 },
+      ],
+    }));
+  });
+
+  after(async () => {
+    for (const l of listeners) await l.close();
+    await engine.close();
+    for (const b of [v1, v2]) await b.close();
+  });
+
+  it('a request no consumer rule matches gets 404, not the Service', async () => {
+    const l = await listen('10.96.0.10:80', CLIENT);
+    assert.equal((await request(l.port, { path: '/api/x' })).status, 200);
+    const r = await request(l.port, { path: '/other' });
+    assert.equal(r.status, 404, `${r.status} ${r.body.slice(0, 80)}`);
+    const shop = await listen('10.96.0.10:80', 'spiffe://cluster.local/ns/shop/sa/web');
+    assert.equal((await request(shop.port, { path: '/other' })).status, 200, 'other namespaces keep the Service (no producer route)');
+  });
+
+  it('a consumer route on port 80 leaves the producer route of port 8080 in force for its namespace', async () => {
+    const on8080 = await listen('10.96.0.20:8080', CLIENT);
+    assert.equal(JSON.parse((await request(on8080.port)).body).backend, 'v2');
+    const on80 = await listen('10.96.0.20:80', CLIENT);
+    assert.equal(JSON.parse((await request(on80.port)).body).backend, 'v1');
+  });
+
+  it('a producer route on every port stays on the ports its consumer route does not bind', async () => {
+    const on8080 = await listen('10.96.0.30:8080', CLIENT);
+    assert.equal(JSON.parse((await request(on8080.port)).body).backend, 'v2');
+    const on80 = await listen('10.96.0.30:80', CLIENT);
+    assert.equal(JSON.parse((await request(on80.port)).body).backend, 'v1', 'the consumer route wins on its port');
   });
 });

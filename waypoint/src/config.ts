@@ -59,6 +59,28 @@ export function routesFor(snap: Pick<Snapshot, 'routes' | 'consumerRoutes'>, cli
   return (ns !== undefined ? snap.consumerRoutes.get(ns) : undefined) ?? snap.routes;
 }
 
+/**
+ * The producer routes a consumer namespace still sees beside its own (GEP-1294): a consumer route
+ * replaces the producers' routes of its Service on the ports it binds (every port without
+ * `parentRef.port`), and only there. A producer route bound to every port, beside consumer routes
+ * bound to some, stays on the Service's other ports.
+ */
+function producerRoutesBeside(own: readonly Route[], producer: readonly Route[], services: ReadonlyMap<string, Service>): Route[] {
+  const out: Route[] = [];
+  for (const r of producer) {
+    const mine = own.filter((c) => c.service === r.service);
+    if (mine.length === 0) { out.push(r); continue; }
+    if (mine.some((c) => c.port === undefined)) continue;
+    const bound = new Set(mine.map((c) => c.port));
+    if (r.port !== undefined) {
+      if (!bound.has(r.port)) out.push(r);
+      continue;
+    }
+    for (const p of services.get(r.service)?.ports ?? []) if (!bound.has(p.port)) out.push({ ...r, port: p.port });
+  }
+  return out;
+}
+
 function addressKey(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
@@ -234,9 +256,8 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
   const byConsumer = new Map<string, Route[]>();
   for (const r of cfg.routes) if (isConsumerRoute(r)) byConsumer.set(r.namespace, [...(byConsumer.get(r.namespace) ?? []), r]);
   for (const [ns, own] of byConsumer) {
-    const overridden = new Set(own.map((r) => r.service));
     const scratch: ConfigIssue[] = [];
-    consumerRoutes.set(ns, new RouteTable([...own, ...producer.filter((r) => !overridden.has(r.service))], known, scratch));
+    consumerRoutes.set(ns, new RouteTable([...own, ...producerRoutesBeside(own, producer, services)], known, scratch));
     issues.push(...scratch.filter((i) => i.object.startsWith(`${ns}/`)));
   }
   const policies = new PolicyTable(cfg.policies);

@@ -381,7 +381,8 @@ const quota: Stage = async (ctx) => {
 const route: Stage = (ctx) => {
   const { snap, env } = ctx;
   const dest = destination(ctx);
-  const matched = dest.workloadIp ? undefined : routesFor(snap, ctx.conn.peerSpiffeId).match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
+  const table = dest.workloadIp ? undefined : routesFor(snap, ctx.conn.peerSpiffeId);
+  const matched = table?.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
   let backends: RouteBackend[];
   const fctx: FilterContext = {
     request: { method: ctx.method, path: ctx.path, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
@@ -396,9 +397,10 @@ const route: Stage = (ctx) => {
     timeouts = matched.rule.timeouts;
     retry = matched.rule.retry;
     applyRouteFilters(matched.rule.filters, fctx);
-  } else if (!dest.workloadIp && snap.routes.hasRoutes(dest.key, dest.port)) {
+  } else if (table?.hasRoutes(dest.key, dest.port)) {
     // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
-    // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes.
+    // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes. The routes are
+    // the caller's: its namespace's consumer routes where it has them (GEP-1294).
     localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path.split('?')[0]}` });
     return;
   } else {
