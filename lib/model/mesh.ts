@@ -159,6 +159,18 @@ export interface Service {
 export const PATH_NORMALIZATIONS = ['NONE', 'BASE', 'MERGE_SLASHES', 'DECODE_AND_MERGE_SLASHES'] as const;
 export type PathNormalization = (typeof PATH_NORMALIZATIONS)[number];
 
+/**
+ * Visible characters RFC 3986 does not allow unencoded in a path, which Envoy's path normalization
+ * (its copy of Chromium's URL canonicalizer, url_canon_path.cc) percent-encodes: `"`, `<`, `>`,
+ * `^`, the backtick, `{`, `|`, `}` (`\` is read as `/` instead; `[`, `]` and `'` pass, as there).
+ */
+const ENCODED_IN_PATHS = /["<>^`{|}]/g;
+
+/** `path` with the characters above percent-encoded (upper-case hex), as every mode but NONE judges it. */
+export function encodeRawPathChars(path: string): string {
+  return path.replace(ENCODED_IN_PATHS, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
 /** What happens to `%2F`/`%5C` outside DECODE_AND_MERGE_SLASHES (Envoy's names). */
 export const ESCAPED_SLASHES_ACTIONS = ['KEEP_UNCHANGED', 'REJECT_REQUEST'] as const;
 export type EscapedSlashesAction = (typeof ESCAPED_SLASHES_ACTIONS)[number];

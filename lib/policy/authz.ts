@@ -18,7 +18,7 @@
 // a new config version brings new objects, an unchanged one is not recompiled); a PolicyTable
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
-import type { AuthorizationPolicy, CompiledCondition, CompiledOperation, CompiledRule, CompiledSource } from '../model/mesh.ts';
+import { encodeRawPathChars, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
@@ -165,8 +165,13 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       const ps = values.map(stripSpiffe);
       return (a) => { const v = get(a) as string | undefined; const p = v ? stripSpiffe(v) : undefined; return ps.some((x) => globMatch(x, p)); };
     }
+    case 'path': {
+      // A path the policy writes with a raw `{`, `|`, `"`... also matches the form the waypoint
+      // judges (encodeRawPathChars: BASE and the other modes but NONE encode them).
+      const forms = [...new Set(values.flatMap((x) => [x, encodeRawPathChars(x)]))];
+      return (a) => { const v = get(a) as string | undefined; return forms.some((x) => globMatch(x, v)); };
+    }
     case 'namespace':
-    case 'path':
     case 'method':
       // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not `DELETE`; the caller passes
       // the method the backend will see.

@@ -42,6 +42,9 @@ describe('path normalization (pure)', () => {
       ['/admin%2F..', { NONE: '/admin%2F..', BASE: '/admin%2F..', MERGE_SLASHES: '/admin%2F..', DECODE_AND_MERGE_SLASHES: '/' }],
       // Decoded once, never twice; reserved and other bytes stay encoded, hex upper-cased (RFC 3986 6.2.2.1).
       ['/%252F%3a%7e', { NONE: '/%252F%3a%7e', BASE: '/%252F%3A~', MERGE_SLASHES: '/%252F%3A~', DECODE_AND_MERGE_SLASHES: '/%252F%3A~' }],
+      // Raw characters RFC 3986 allows only encoded are encoded, as Envoy's normalize_path does
+      // (Chromium's url_canon_path.cc marks them ESCAPE); `[`, `]` and `'` pass, as there.
+      ['/f/{x}|"<>^`[\']', { NONE: '/f/{x}|"<>^`[\']', BASE: '/f/%7Bx%7D%7C%22%3C%3E%5E%60[\']', MERGE_SLASHES: '/f/%7Bx%7D%7C%22%3C%3E%5E%60[\']', DECODE_AND_MERGE_SLASHES: '/f/%7Bx%7D%7C%22%3C%3E%5E%60[\']' }],
     ];
     for (const [input, want] of table) {
       for (const mode of Object.keys(want) as PathNormalization[]) {
@@ -125,12 +128,12 @@ describe('DENY paths ["/admin*"] behind a waypoint (issue 16 path tricks)', () =
   const listeners: Listener[] = [];
   const logs: string[] = [];
 
-  async function start(mode: PathNormalization): Promise<{ engine: WaypointEngine; listener: Listener }> {
+  async function start(mode: PathNormalization, policies = [DENY_ADMIN]): Promise<{ engine: WaypointEngine; listener: Listener }> {
     const engine = new WaypointEngine({
       namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), pathNormalization: mode,
       telemetry: { accessLog: (l) => logs.push(l) },
     });
-    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])], policies: [DENY_ADMIN] }));
+    engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])], policies }));
     const listener = await startTunnelListener(engine, '10.96.0.10:80');
     engines.push(engine);
     listeners.push(listener);
@@ -163,6 +166,26 @@ describe('DENY paths ["/admin*"] behind a waypoint (issue 16 path tricks)', () =
     // A harmless path is forwarded as judged: normalized.
     assert.equal(status(await raw(listener.port, get('/public/./x/../page'))), 200);
     assert.equal(seen.at(-1), '/public/page');
+  });
+
+  // RFC 3986 sections 2.1 and 6.2.2: `/files/{id}` and `/files/%7Bid%7D` name the same resource (a
+  // backend decodes both to one path), so a DENY written with either spelling refuses both.
+  it('holds a DENY on a path with a character RFC 3986 wants encoded for both of its spellings', async () => {
+    const deny: AuthorizationPolicy = {
+      name: 'deny-secret', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+      rules: [{ from: [], to: [{ paths: ['/files/%7Bsecret%7D', '/q/a|b'] }], when: [], layer: 'L7' }],
+    };
+    const { engine, listener } = await start('BASE', [deny]);
+    const before = seen.length;
+    for (const target of ['/files/%7Bsecret%7D', '/files/{secret}', '/files/%7bsecret%7d', '/q/a|b', '/q/a%7Cb', '/q/a%7cb']) {
+      assert.equal(status(await raw(listener.port, get(target))), 403, target);
+    }
+    assert.equal(seen.length, before, `backend saw ${seen.slice(before).join(' ')}`);
+    const denied = (await metricSamples(engine, 'istio_requests_total')).filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC');
+    assert.equal(denied.reduce((n, s) => n + s.value, 0), 6);
+    // Forwarded as judged: encoded.
+    assert.equal(status(await raw(listener.port, get('/files/{public}'))), 200);
+    assert.equal(seen.at(-1), '/files/%7Bpublic%7D');
   });
 
   it('answers 403 to //admin under MERGE_SLASHES and forwards merged paths', async () => {

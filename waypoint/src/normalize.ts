@@ -4,8 +4,10 @@
 // Modes, as Istio's MeshConfig `pathNormalization` (istio.io "Authorization Policy Normalization"):
 //   NONE                      nothing beyond turning absolute-form into origin-form;
 //   BASE (default)            RFC 3986 section 6.2.2: `%XX` of unreserved characters decoded (once,
-//                             never twice), remaining `%xx` upper-cased, `\` read as `/` (Envoy
-//                             normalize_path), dot segments removed (RFC 3986 section 5.2.4);
+//                             never twice), remaining `%xx` upper-cased, the raw characters
+//                             RFC 3986 wants encoded (`"`, `<`, `{`...: encodeRawPathChars) encoded,
+//                             `\` read as `/` (Envoy normalize_path), dot segments removed
+//                             (RFC 3986 section 5.2.4);
 //   MERGE_SLASHES             BASE, then `//` runs merged (Envoy merge_slashes);
 //   DECODE_AND_MERGE_SLASHES  `%2F` and `%5C` decoded first (Envoy path_with_escaped_slashes_action
 //                             UNESCAPE_AND_FORWARD), then MERGE_SLASHES.
@@ -19,7 +21,7 @@
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
 import { isToken, splitHostPort } from './headers.ts';
-import type { EscapedSlashesAction, PathNormalization } from '../../lib/model/mesh.ts';
+import { encodeRawPathChars, type EscapedSlashesAction, type PathNormalization } from '../../lib/model/mesh.ts';
 
 // The mode names are the mesh model's (the controller sets them mesh-wide, lib/model/mesh.ts).
 export { PATH_NORMALIZATIONS, ESCAPED_SLASHES_ACTIONS, type PathNormalization, type EscapedSlashesAction } from '../../lib/model/mesh.ts';
@@ -44,10 +46,11 @@ export type NormalizeResult =
   | { ok: false; reason: TargetRejection; message: string };
 
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+
 /**
  * Visible ASCII (RFC 9112 section 3.2: a request target has no whitespace or controls, and RFC 3986
  * is ASCII). Characters RFC 3986 does not allow unencoded (`"`, `<`, `{`...) are tolerated as HTTP
- * parsers do; they are forwarded exactly as judged.
+ * parsers do; except in mode NONE they are encoded (encodeRawPathChars), and forwarded exactly as judged.
  */
 const TARGET_CHARS = /^[\x21-\x7e]*$/;
 
@@ -93,7 +96,10 @@ export function normalizePath(path: string, opts: NormalizeOptions): NormalizeRe
     out += UNRESERVED.test(ch) ? ch : `%${hex.toUpperCase()}`;
   }
   if (mode === 'NONE') return { ok: true, path: out };
-  out = removeDotSegments(out.replaceAll('\\', '/'));
+  // A raw character RFC 3986 allows only encoded is judged and forwarded in its encoded form, so
+  // that `/{x}` and `/%7Bx%7D` (the same resource, RFC 3986 section 6.2.2) meet the same rule. (No
+  // decoded byte is one of them: only unreserved characters are decoded above.)
+  out = removeDotSegments(encodeRawPathChars(out).replaceAll('\\', '/'));
   if (mode === 'MERGE_SLASHES' || mode === 'DECODE_AND_MERGE_SLASHES') out = out.replace(/\/{2,}/g, '/');
   return { ok: true, path: out };
 }
