@@ -130,6 +130,28 @@ describe('waypoint gRPC', () => {
     assert.ok(samples.some((s) => s.labels['grpc_response_status'] === String(grpc.status.UNIMPLEMENTED) && s.labels['response_flags'] === 'NR'));
   });
 
+  // grpcroute_types.go (GRPCRouteRule.BackendRefs): "When a GRPCBackendRef is invalid, UNAVAILABLE
+  // statuses MUST be returned for requests that would have otherwise been routed to an invalid backend."
+  it('answers UNAVAILABLE to a call routed to a backend that does not resolve, or to no backend with weight', async () => {
+    const cfg = engine.config;
+    try {
+      engine.applyConfig({ ...cfg, routes: [route('echo', 'echo', [
+        { matches: [match({ path: { type: 'Exact', value: '/test.Echo/Echo' } })], backends: [{ ...backend('missing'), port: 9000 }] },
+        { matches: [match({ path: { type: 'Exact', value: '/test.Echo/Fail' } })], backends: [{ ...backend('echo', 0), port: 9000 }] },
+      ], { kind: 'GRPCRoute' })] });
+      const calls = main.calls + canary.calls;
+      const gone = await call(client, 'Echo', 'x');
+      assert.equal(gone.err?.code, grpc.status.UNAVAILABLE, gone.err?.details);
+      assert.match(gone.err?.details ?? '', /shop\/missing/);
+      assert.equal((await call(client, 'Fail', 'x')).err?.code, grpc.status.UNAVAILABLE);
+      assert.equal(main.calls + canary.calls, calls);
+      const samples = await metricSamples(engine, 'istio_requests_total');
+      assert.ok(samples.some((x) => x.labels['grpc_response_status'] === String(grpc.status.UNAVAILABLE) && x.labels['response_flags'] === 'NR'), JSON.stringify(samples));
+    } finally {
+      engine.applyConfig(cfg);
+    }
+  });
+
   it('turns a local denial into a gRPC PERMISSION_DENIED status', async () => {
     const cfg = engine.config;
     engine.applyConfig({ ...cfg, policies: [{ name: 'no-fail', namespace: 'shop', action: 'DENY', scope: 'service', targetServices: ['shop/echo'], layer: 'L7', rules: [{ from: [], to: [{ paths: ['/test.Echo/Fail'] }], when: [], layer: 'L7' }] }] });

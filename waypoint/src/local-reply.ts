@@ -37,6 +37,8 @@ export interface LocalReply {
   body: string;
   flags: string;
   headers?: Record<string, string>;
+  /** The gRPC status for a gRPC caller, where the Gateway API names one (else from `status`). */
+  grpcStatus?: number;
 }
 
 /** Sends a local reply; returns the bytes of body written and the gRPC status when one was used. */
@@ -48,7 +50,7 @@ export function sendLocalReply(res: DownstreamResponse, reply: LocalReply, grpc:
     return { bytes: 0 };
   }
   if (grpc && 'stream' in res) {
-    const code = grpcStatusForHttp(reply.status);
+    const code = reply.grpcStatus ?? grpcStatusForHttp(reply.status);
     writeHead(res, 200, { ...headers, 'content-type': 'application/grpc' });
     res.addTrailers({ 'grpc-status': String(code), 'grpc-message': grpcPercentEncode(reply.body.trim()) });
     res.end();

@@ -182,6 +182,9 @@ function requestHasBody(req: DownstreamRequest): boolean {
 }
 
 /** Endpoint IP → the Services that have it, per snapshot (for tunnels addressed to a workload). */
+/** gRPC status UNAVAILABLE (grpc/doc/statuscodes.md). */
+const GRPC_UNAVAILABLE = 14;
+
 const servicesByEndpoint = new WeakMap<Snapshot, Map<string, Service[]>>();
 
 function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
@@ -409,7 +412,8 @@ const route: Stage = (ctx) => {
   if (answerRedirect(ctx, fctx) || answerPreflight(ctx, fctx)) return;
   const backend = pickBackend(backends, env.random);
   if (!backend) {
-    localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `route ${ctx.routeName ?? dest.key} has no backend with a weight above 0` });
+    // GRPCRoute (grpcroute_types.go, BackendRefs): a request routed to no valid backend gets UNAVAILABLE.
+    localReply(ctx, { status: 500, grpcStatus: GRPC_UNAVAILABLE, flags: F.FLAG_NO_ROUTE, body: `route ${ctx.routeName ?? dest.key} has no backend with a weight above 0` });
     return;
   }
   applyRouteFilters(backend.filters, fctx);
@@ -417,7 +421,7 @@ const route: Stage = (ctx) => {
   const backendSvc = backendService(snap, backend);
   if (!backendSvc) {
     // Gateway API: a backendRef that does not resolve costs the requests routed to it (500), nothing else.
-    localReply(ctx, { status: 500, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
+    localReply(ctx, { status: 500, grpcStatus: GRPC_UNAVAILABLE, flags: F.FLAG_NO_ROUTE, body: `backend service ${backend.service} is unknown` });
     return;
   }
   const backendPort = backend.port ?? (backend.service === dest.key ? dest.port : backendSvc.ports[0]?.port ?? dest.port);
