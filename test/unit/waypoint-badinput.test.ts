@@ -78,6 +78,53 @@ describe('waypoint bad input', () => {
     });
   }
 
+  const countOf = async (code: string, flags: string): Promise<number> => (await metricSamples(engine, 'istio_requests_total'))
+    .filter((x) => x.labels['response_code'] === code && x.labels['response_flags'] === flags).reduce((n, x) => n + x.value, 0);
+
+  // RFC 9112 section 3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+  // request message that lacks a Host header field and to any request message that contains more than
+  // one Host header field line". Node keeps the first of several Host lines; the policy and the
+  // upstream then saw that one, a backend behind another parser might see the other.
+  it('refuses a missing or repeated Host with 400, counted, and forwards neither', async () => {
+    const hits = b.hits;
+    const before = await countOf('400', 'DPE');
+    assert.match(await raw(listener.port, 'GET /a HTTP/1.1\r\nHost: reviews\r\nHost: payments.bank\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400 [^]*Host header fields/);
+    assert.match(await raw(listener.port, 'GET /a HTTP/1.1\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400 [^]*no Host header field/);
+    assert.equal(b.hits, hits, 'the backend saw neither');
+    assert.equal(await countOf('400', 'DPE'), before + 2);
+    // HTTP/1.0 has no Host requirement.
+    assert.match(await raw(listener.port, 'GET /a HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 /);
+  });
+
+  it('answers a CONNECT (HTTP/1.1 and HTTP/2) with 405 and counts it, instead of node closing or answering unseen', async () => {
+    const before = await countOf('405', '-');
+    assert.match(await raw(listener.port, 'CONNECT reviews:80 HTTP/1.1\r\nHost: reviews:80\r\n\r\n'), /^HTTP\/1\.1 405 /);
+    const session = http2.connect(`http://127.0.0.1:${listener.port}`);
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const st = session.request({ ':method': 'CONNECT', ':authority': 'reviews:80' });
+        st.on('response', (h) => resolve(Number(h[':status'])));
+        st.on('error', reject);
+      });
+      assert.equal(status, 405);
+    } finally {
+      session.destroy();
+    }
+    await until('both CONNECTs are counted', async () => (await countOf('405', '-')) === before + 2, 5000);
+  });
+
+  // RFC 9112 section 9.3.2: responses to pipelined requests go in request order; section 9.6: after a
+  // request with "Connection: close" nothing more is processed.
+  it('answers a malformed pipelined request after the response before it, and not at all after Connection: close', async () => {
+    const hits = b.hits;
+    const inOrder = await raw(listener.port, 'GET /first HTTP/1.1\r\nHost: reviews\r\n\r\nGET /second HTTP/1.1\r\nHost: reviews\r\nBad Header\r\n\r\n');
+    assert.match(inOrder, /^HTTP\/1\.1 200 [^]*HTTP\/1\.1 400 /, JSON.stringify(inOrder.slice(0, 60)));
+    const closed = await raw(listener.port, 'GET /close-me HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\nHost: reviews\r\nBad Header\r\n\r\n');
+    assert.match(closed, /^HTTP\/1\.1 200 /);
+    assert.doesNotMatch(closed, /HTTP\/1\.1 400 /);
+    assert.equal(b.hits, hits + 2, 'the backend ran /first and /close-me only');
+  });
+
   it('answers oversized HTTP/1.1 headers with 431', async () => {
     const reply = await raw(listener.port, `GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
     assert.match(reply, /^HTTP\/1\.1 431 /);

@@ -134,6 +134,11 @@ export class WaypointEngine {
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
   private readonly h1Conns = new WeakMap<object, ConnContext>();
+  /**
+   * Per HTTP/1.1 connection: responses not yet handed to the socket, and a refusal of a later,
+   * malformed request waiting for them (RFC 9112 section 9.3.2: responses go in request order).
+   */
+  private readonly h1Pending = new WeakMap<object, { responses: number; then?: () => void }>();
   private readonly h2Conns = new WeakMap<object, ConnContext>();
   private pendingH2: { ctx: ConnContext; socket: Duplex } | undefined;
   private readonly tunnels = new Set<Duplex>();
@@ -221,9 +226,17 @@ export class WaypointEngine {
       // Upgrade (h2c, TLS/1.0) stays an ordinary request whose Upgrade field is not forwarded, as
       // Envoy treats upgrade types it is not configured for.
       shouldUpgradeCallback: isWebSocketHandshake,
-    }, (req, res) => this.onRequest(this.h1Conns.get(req.socket), req, res));
+      // The pipeline refuses a missing or repeated Host itself (proxy.ts normalize), counted and
+      // logged; node's own refusal would be neither.
+      requireHostHeader: false,
+    }, (req, res) => {
+      this.holdH1(req.socket, res);
+      this.onRequest(this.h1Conns.get(req.socket), req, res);
+    });
     this.h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
+    // A CONNECT gets the pipeline's answer (405, counted), not node's silent close.
+    this.h1.on('connect', (req: http.IncomingMessage, socket: Duplex) => this.onConnect(req, socket));
     // keepAliveTimeout expired on a connection between requests (with a listener here node leaves
     // the socket to us).
     this.h1.on('timeout', (socket: Duplex) => {
@@ -248,6 +261,8 @@ export class WaypointEngine {
       maxHeaderListPairs: 256,
     }, (req, res) => this.onRequest(this.h2Conns.get(req.stream.session as object), req, res));
     this.h2.on('session', (session) => this.onH2Session(session));
+    // node answers an HTTP/2 CONNECT with 405 itself when nothing listens, uncounted.
+    this.h2.on('connect', (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => this.onRequest(this.h2Conns.get(req.stream.session as object), req, res));
     this.h2Timeouts = new H2Timeouts({
       headersTimeoutMs: requestHeadersMs, idleTimeoutMs: idleMs, checkIntervalMs: this.timeouts.checkIntervalMs,
       onTimeout: (timeout) => this.telemetry.downstreamTimeouts.inc({ protocol: 'HTTP/2', timeout }),
@@ -472,7 +487,44 @@ export class WaypointEngine {
     void handleRequest(this.env, ctx, req, res, { socket, head });
   }
 
+  private onConnect(req: http.IncomingMessage, socket: Duplex): void {
+    const ctx = this.h1Conns.get(socket);
+    if (!ctx) { socket.destroy(); return; }
+    socket.on('error', () => {});
+    const res = new http.ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket as Parameters<http.ServerResponse['assignSocket']>[0]);
+    res.once('finish', () => socket.end());
+    void handleRequest(this.env, ctx, req, res);
+  }
+
+  /** Counts `res` as pending on its connection until it is handed to the socket (or the connection goes). */
+  private holdH1(socket: object, res: http.ServerResponse): void {
+    let p = this.h1Pending.get(socket);
+    if (!p) { p = { responses: 0 }; this.h1Pending.set(socket, p); }
+    const pending = p;
+    pending.responses++;
+    let done = false;
+    const release = (): void => {
+      if (done) return;
+      done = true;
+      if (--pending.responses > 0 || !pending.then) return;
+      const then = pending.then;
+      pending.then = undefined;
+      then();
+    };
+    res.once('finish', release).once('close', release);
+  }
+
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    // A malformed request behind others still being answered is refused after their responses,
+    // never ahead of them (after one that ends the connection, not at all: the socket is gone).
+    const pending = this.h1Pending.get(socket);
+    if (pending && pending.responses > 0) { pending.then = () => this.refuseMalformed(err, socket); return; }
+    this.refuseMalformed(err, socket);
+  }
+
+  private refuseMalformed(err: NodeJS.ErrnoException, socket: Duplex): void {
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'HPE_HEADERS_TIMEOUT' || err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
     // ERR_HTTP_REQUEST_TIMEOUT: headersTimeout expired (requestTimeout is off).
     if (status === 408) this.telemetry.downstreamTimeouts.inc({ protocol: 'HTTP/1.1', timeout: 'request_headers' });

@@ -318,6 +318,23 @@ const admit: Stage = (ctx) => {
  * routes match and the backend receives.
  */
 const normalize: Stage = (ctx) => {
+  if (ctx.method === 'CONNECT') {
+    // A waypoint is not a forward proxy: a CONNECT names no resource of the Service to route or judge.
+    ctx.detail = 'connect_not_supported: CONNECT at a waypoint';
+    localReply(ctx, { status: 405, flags: '-', body: 'CONNECT is not supported by the waypoint', headers: { allow: 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE' } });
+    return;
+  }
+  if (!('stream' in ctx.req)) {
+    // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host field, and
+    // to any request with more than one (node keeps the first of several, and would pass the rest).
+    const hosts = countHeader(ctx.req.rawHeaders, 'host');
+    const problem = hosts > 1 ? ['duplicate_host', `${hosts} Host header fields`] : hosts === 0 && ctx.req.httpVersion === '1.1' ? ['missing_host', 'no Host header field in an HTTP/1.1 request'] : undefined;
+    if (problem) {
+      ctx.detail = `${problem[0]}: ${problem[1]}`;
+      localReply(ctx, { status: 400, flags: F.FLAG_DOWNSTREAM_PROTOCOL_ERROR, body: `bad request: ${problem[1]} (RFC 9112 section 3.2)` });
+      return;
+    }
+  }
   const host = headerValue(ctx.headers, ':authority') ?? headerValue(ctx.headers, 'host');
   const n = normalizeRequestTarget(ctx.method, ctx.path, host, ctx.env.normalize);
   if (!n.ok) {
@@ -327,6 +344,12 @@ const normalize: Stage = (ctx) => {
   }
   ctx.path = n.path;
 };
+
+function countHeader(raw: readonly string[], name: string): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) n++;
+  return n;
+}
 
 /** The destination service port, chosen by the tunnel's target (never by Host alone). */
 const resolve: Stage = (ctx) => {
