@@ -1055,11 +1055,15 @@ function escapeRe(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
+/**
+ * A GRPCMethodMatch as a path match on `/service/method`. A RegularExpression service or method is
+ * a group of its own, so that an alternation (`Get|List`) stays inside its part of the path.
+ */
 function grpcPath(m: { type?: 'Exact' | 'RegularExpression'; service?: string; method?: string }): RouteMatch['path'] {
   if ((m.type ?? 'Exact') === 'Exact') {
     if (m.service && m.method) return { type: 'Exact', value: `/${m.service}/${m.method}` };
     if (m.service) return { type: 'PathPrefix', value: `/${m.service}` };
     return { type: 'RegularExpression', value: `^/[^/]+/${escapeRe(m.method ?? '')}$` };
   }
-  return { type: 'RegularExpression', value: `^/${m.service ?? '[^/]+'}/${m.method ?? '[^/]+'}$` };
+  return { type: 'RegularExpression', value: `^/(?:${m.service ?? '[^/]+'})/(?:${m.method ?? '[^/]+'})$` };
 }

@@ -2,7 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
-import { isConsumerRoute, policySelectsWorkload, type RouteRule } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, policySelectsWorkload, type Route, type RouteRule } from '../../lib/model/mesh.ts';
+import type { ConfigIssue } from '../../waypoint/src/errors.ts';
+import { RouteTable } from '../../waypoint/src/router.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 
@@ -126,6 +128,46 @@ test('compiles GRPCRoute methods to path matches and reports missing backends', 
   assert.equal(r.service, 'a/greeter');
   assert.deepEqual(r.rules[0]?.matches[0]?.path, { type: 'Exact', value: '/hello.Greeter/SayHello' });
   assert.deepEqual(findings.map((f) => [f.path, f.reason]), [['spec.rules[0].backendRefs[0]', 'BackendNotFound'], ['spec.parentRefs[0]', 'NoWaypoint']]);
+});
+
+/**
+ * GRPCRoutes `routes` (name, rules, creation time) on Service a/greeter, compiled, sent as the
+ * config stream sends a Route (JSON), and built into the waypoint's RouteTable.
+ */
+function grpcTable(routes: Array<[string, unknown[], string?]>): { table: RouteTable; issues: ConfigIssue[]; pick: (path: string, headers?: Record<string, string>) => string | undefined } {
+  const i = emptyInputs();
+  i.services.push(svc('a', 'greeter'));
+  for (const [name, rules, ts] of routes) {
+    i.grpcRoutes.push({
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name, namespace: 'a', creationTimestamp: ts ?? '2026-01-01T00:00:00Z' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'greeter' }], rules: rules as never },
+    });
+  }
+  const wire = JSON.parse(JSON.stringify([...compile(i).model.routes.values()])) as Route[];
+  const issues: ConfigIssue[] = [];
+  const table = new RouteTable(wire, new Set(['a/greeter']), issues);
+  const pick = (path: string, headers: Record<string, string> = {}) => {
+    const d = table.match('a/greeter', 80, { method: 'POST', path, headers: { 'content-type': 'application/grpc', ...headers } });
+    return d && `${d.route.name}/${d.rule.name ?? d.ruleIndex}`;
+  };
+  return { table, issues, pick };
+}
+
+// grpcroute_types.go GRPCMethodMatch RegularExpression: "Matches if the method or service matches
+// the given regular expression"; in RE2 `Get|List` is one alternation of the method, not of the path.
+test('GRPCRoute RegularExpression service and method with alternations match each alternative and nothing else (grpcroute_types.go GRPCMethodMatch)', () => {
+  const { issues, pick } = grpcTable([['g', [
+    { name: 'methods', matches: [{ method: { type: 'RegularExpression', service: 'hello\\.Greeter', method: 'Get|List' } }], backendRefs: [{ name: 'greeter', port: 80 }] },
+    { name: 'services', matches: [{ method: { type: 'RegularExpression', service: 'a\\.One|a\\.Two' } }], backendRefs: [{ name: 'greeter', port: 80 }] },
+  ]]]);
+  assert.deepEqual(issues, []);
+  assert.equal(pick('/hello.Greeter/Get'), 'g/methods');
+  assert.equal(pick('/hello.Greeter/List'), 'g/methods');
+  assert.equal(pick('/hello.Greeter/Put'), undefined);
+  assert.equal(pick('/other.Svc/List'), undefined);
+  assert.equal(pick('/a.One/M'), 'g/services');
+  assert.equal(pick('/a.Two/M'), 'g/services');
+  assert.equal(pick('/a.Three/M'), undefined);
 });
 
 /** The reconciler's Deployment for Waypoint a/wp is named wp and labelled app.kubernetes.io/name=wp. */
