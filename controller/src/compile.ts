@@ -984,9 +984,12 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
         headers: (m.headers ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })),
         queryParams: [],
         method: 'POST',
+        grpc: { serviceChars: m.method?.service?.length ?? 0, methodChars: m.method?.method?.length ?? 0 },
       }));
     }
-    if (matches.length === 0) matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }];
+    if (matches.length === 0) {
+      matches = [{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [], ...(r.kind === 'GRPCRoute' ? { grpc: { serviceChars: 0, methodChars: 0 } } : {}) }];
+    }
     const timeouts = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).timeouts : undefined;
     const retry = r.kind === 'HTTPRoute' ? (rule as NonNullable<HTTPRoute['spec']['rules']>[number]).retry : undefined;
     return clean({
@@ -1056,8 +1059,10 @@ function escapeRe(s: string): string {
 }
 
 /**
- * A GRPCMethodMatch as a path match on `/service/method`. A RegularExpression service or method is
- * a group of its own, so that an alternation (`Get|List`) stays inside its part of the path.
+ * A GRPCMethodMatch as a path match on `/service/method`. Its precedence among GRPCRoute rules is
+ * not the path's type but the match's `grpc` character counts (router.ts). A RegularExpression
+ * service or method is a group of its own, so that an alternation (`Get|List`) stays inside its
+ * part of the path.
  */
 function grpcPath(m: { type?: 'Exact' | 'RegularExpression'; service?: string; method?: string }): RouteMatch['path'] {
   if ((m.type ?? 'Exact') === 'Exact') {

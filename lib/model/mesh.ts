@@ -363,6 +363,17 @@ export interface RouteMatch {
   headers: StringMatch[];
   queryParams: StringMatch[];
   method?: string;
+  /**
+   * GRPCRoute only: the characters of the match's service and method as written (0 when left
+   * out), which rank GRPCRoute rules before header matches in place of the path's type
+   * (grpcroute_types.go GRPCRouteRule.Matches).
+   */
+  grpc?: GrpcMatchRank;
+}
+
+export interface GrpcMatchRank {
+  serviceChars: number;
+  methodChars: number;
 }
 
 export interface HeaderEdits {

@@ -153,6 +153,34 @@ function grpcTable(routes: Array<[string, unknown[], string?]>): { table: RouteT
   return { table, issues, pick };
 }
 
+// grpcroute_types.go (v1.6.1) GRPCRouteRule.Matches: "Precedence MUST be given to the rule with the
+// largest number of: ... Characters in a matching service. Characters in a matching method. Header
+// matches." then the oldest Route, then {namespace}/{name}, then rule order. The compiled path's type
+// (a method-only match is a regular expression, a service-only one a prefix) must not decide.
+test('GRPCRoute precedence (grpcroute_types.go GRPCRouteRule.Matches): service characters, then method characters, then header matches, then the older route', () => {
+  const to = [{ name: 'greeter', port: 80 }];
+  const { issues, pick } = grpcTable([
+    ['new', [{ name: 'same-as-old', matches: [{ method: { service: 'hello.Greeter', method: 'Other' } }], backendRefs: to }], '2026-02-01T00:00:00Z'],
+    ['g', [
+      { name: 'by-method', matches: [{ method: { method: 'SayHello' } }], backendRefs: to },
+      { name: 'by-service', matches: [{ method: { service: 'hello.Greeter' } }], backendRefs: to },
+      { name: 'by-service-header', matches: [{ method: { service: 'hello.Greeter' }, headers: [{ name: 'x-canary', value: '1' }] }], backendRefs: to },
+      { name: 'both', matches: [{ method: { service: 'hello.Greeter', method: 'SayHello' } }], backendRefs: to },
+      { name: 'by-regex', matches: [{ method: { type: 'RegularExpression', service: 'h.*', method: 'Say.*' } }], backendRefs: to },
+    ]],
+    ['old', [{ name: 'same-as-new', matches: [{ method: { service: 'hello.Greeter', method: 'Other' } }], backendRefs: to }], '2025-01-01T00:00:00Z'],
+  ]);
+  assert.deepEqual(issues, []);
+  assert.equal(pick('/hello.Greeter/SayHello'), 'g/both');
+  assert.equal(pick('/hello.Greeter/Hi', { 'x-canary': '1' }), 'g/by-service-header');
+  // 13 characters of service beat 0 (the method-only match, compiled to a regular expression path).
+  assert.equal(pick('/hello.Greeter/Hi'), 'g/by-service');
+  assert.equal(pick('/x.Greeter/SayHello'), 'g/by-method');
+  // A regular expression counts the characters written: `h.*` (3) beats a left-out service (0).
+  assert.equal(pick('/hi.Greeter/SayHello'), 'g/by-regex');
+  assert.equal(pick('/hello.Greeter/Other'), 'old/same-as-new');
+});
+
 // grpcroute_types.go GRPCMethodMatch RegularExpression: "Matches if the method or service matches
 // the given regular expression"; in RE2 `Get|List` is one alternation of the method, not of the path.
 test('GRPCRoute RegularExpression service and method with alternations match each alternative and nothing else (grpcroute_types.go GRPCMethodMatch)', () => {

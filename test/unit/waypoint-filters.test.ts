@@ -3,6 +3,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { rewritePath } from '../../waypoint/src/filters.ts';
+import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable, pathPrefixMatches } from '../../waypoint/src/router.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
@@ -138,6 +139,33 @@ describe('route precedence', () => {
     assert.equal(pick(table, { path: '/m', method: 'POST', headers: { 'x-a': '1', 'x-b': '2' } }), 'shop/method');
     assert.equal(pick(table, { path: '/m', headers: { 'x-a': '1', 'x-b': '2' } }), 'shop/headers');
     assert.equal(pick(table, { path: '/m' }), undefined);
+  });
+
+  // grpcroute_types.go GRPCRouteRule.Matches: service characters, method characters, header matches;
+  // "Merging MUST not be done between GRPCRoutes and HTTPRoutes" (GEP-1294: GRPCRoute first).
+  it('ranks GRPCRoute matches by their grpc service and method characters, an older controller\'s by its paths, and GRPCRoute before HTTPRoute', () => {
+    const issues: ConfigIssue[] = [];
+    const grpc = (service: number, method: number) => ({ serviceChars: service, methodChars: method });
+    const table = new RouteTable([
+      route('h', 'a', [{ matches: [match({ path: { type: 'Exact', value: '/s.Svc/M' } })], backends: b('old') }], { order: '2020-01-01/shop/h' }),
+      route('g', 'a', [
+        { matches: [match({ path: { type: 'RegularExpression', value: '^/[^/]+/M$' }, method: 'POST', grpc: grpc(0, 1) })], backends: b('method') },
+        { matches: [match({ path: { type: 'PathPrefix', value: '/s.Svc' }, method: 'POST', grpc: grpc(5, 0) })], backends: b('long') },
+      ], { kind: 'GRPCRoute' }),
+      // No `grpc` (a controller before it): Exact /service/method counts both parts, PathPrefix the service.
+      route('legacy', 'a', [
+        { matches: [match({ path: { type: 'PathPrefix', value: '/l.Svc' }, method: 'POST' })], backends: b('long') },
+        { matches: [match({ path: { type: 'Exact', value: '/l.Svc/M' }, method: 'POST' })], backends: b('exact') },
+      ], { kind: 'GRPCRoute' }),
+    ], svc, issues);
+    assert.deepEqual(issues, []);
+    assert.equal(pick(table, { method: 'POST', path: '/s.Svc/M' }), 'shop/long');
+    assert.equal(pick(table, { method: 'POST', path: '/x.Svc/M' }), 'shop/method');
+    assert.equal(pick(table, { method: 'POST', path: '/l.Svc/M' }), 'shop/exact');
+    assert.equal(pick(table, { method: 'POST', path: '/l.Svc/N' }), 'shop/long');
+    const bad: ConfigIssue[] = [];
+    new RouteTable([route('g', 'a', [{ matches: [match({ grpc: grpc(-1, 0.5) })], backends: b('new') }], { kind: 'GRPCRoute' })], svc, bad);
+    assert.deepEqual(bad.map((i) => i.path), ['rules[0].matches[0].grpc.serviceChars', 'rules[0].matches[0].grpc.methodChars']);
   });
 
   it('matches query parameters', () => {

@@ -1,16 +1,20 @@
 // HTTPRoute/GRPCRoute matching for one destination service, with Gateway API precedence, and the
 // weighted choice among a rule's backends.
 //
-// Precedence (Gateway API HTTPRoute spec, "across all rules of all routes attached to a parent"):
+// Precedence of HTTPRoute rules (httproute_types.go HTTPRouteRule.Matches, "across all rules of all
+// routes attached to a parent"):
 //   1. Exact path, then RegularExpression path (implementation-specific; Envoy Gateway's order),
 //      then PathPrefix with the most characters;
-//   2. a method match; 3. the most header matches; 4. the most query param matches;
-//   ties: the older route (compiled `order`: creation time then namespace/name), then rule order,
-//   then match order within the rule.
-// GRPCRoute service/method matches arrive compiled to Exact or RegularExpression paths
-// (`/pkg.Service/Method`), so the same ordering applies.
+//   2. a method match; 3. the most header matches; 4. the most query param matches.
+// GRPCRoute service/method matches arrive compiled to paths (`/pkg.Service/Method`), but GRPCRoute
+// rules rank by their own criteria (grpcroute_types.go GRPCRouteRule.Matches), carried on the match
+// as `grpc`: 1. the most characters of service; 2. of method; 3. the most header matches.
+// GRPCRoute and HTTPRoute rules are never merged (GEP-1294: the controller reports the HTTPRoute
+// Conflicted and does not send it); should both arrive for one Service, GRPCRoute rules come first.
+// Ties, for both: the older route (compiled `order`: creation time then namespace/name), then rule
+// order, then match order within the rule.
 // Regular expressions are RE2 (lib/regex.ts): linear-time matching, full-string anchoring, as Envoy.
-import type { Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
+import type { GrpcMatchRank, Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
 import { compileFullMatch } from '../../lib/regex.ts';
 import type { ConfigIssue } from './errors.ts';
 import { validateRouteFilter } from './filters.ts';
@@ -47,21 +51,47 @@ interface CompiledEntry {
   method?: string;
   headers: CompiledStringMatch[];
   query: CompiledStringMatch[];
+  /** GRPCRoute entries only: what ranks them. */
+  grpc?: GrpcMatchRank;
 }
 
 const PATH_RANK = { Exact: 3, RegularExpression: 2, PathPrefix: 1 } as const;
 
-function compareEntries(a: CompiledEntry, b: CompiledEntry): number {
+/** HTTPRoute precedence before the tie-breaks. */
+function compareHttp(a: CompiledEntry, b: CompiledEntry): number {
   return (
     PATH_RANK[b.pathType] - PATH_RANK[a.pathType] ||
     (a.pathType === 'PathPrefix' ? b.pathValue.length - a.pathValue.length : 0) ||
     Number(b.method !== undefined) - Number(a.method !== undefined) ||
     b.headers.length - a.headers.length ||
-    b.query.length - a.query.length ||
+    b.query.length - a.query.length
+  );
+}
+
+/** GRPCRoute precedence before the tie-breaks. */
+function compareGrpc(a: GrpcMatchRank, b: GrpcMatchRank, aHeaders: number, bHeaders: number): number {
+  return b.serviceChars - a.serviceChars || b.methodChars - a.methodChars || bHeaders - aHeaders;
+}
+
+function compareEntries(a: CompiledEntry, b: CompiledEntry): number {
+  return (
+    Number(b.grpc !== undefined) - Number(a.grpc !== undefined) ||
+    (a.grpc && b.grpc ? compareGrpc(a.grpc, b.grpc, a.headers.length, b.headers.length) : compareHttp(a, b)) ||
     (a.route.order < b.route.order ? -1 : a.route.order > b.route.order ? 1 : 0) ||
     a.ruleIndex - b.ruleIndex ||
     a.matchIndex - b.matchIndex
   );
+}
+
+/**
+ * The rank of a GRPCRoute match from a controller that sent no `grpc`: its Exact `/service/method`
+ * or PathPrefix `/service` says the lengths; anything else (a regular expression) counts none.
+ */
+function grpcRankOfPath(path: NonNullable<RouteMatch['path']>): GrpcMatchRank {
+  const parts = path.value.split('/');
+  if (path.type === 'Exact' && parts.length === 3) return { serviceChars: parts[1]!.length, methodChars: parts[2]!.length };
+  if (path.type === 'PathPrefix' && parts.length === 2) return { serviceChars: parts[1]!.length, methodChars: 0 };
+  return { serviceChars: 0, methodChars: 0 };
 }
 
 
@@ -97,6 +127,7 @@ function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: R
   // Methods are case-sensitive (RFC 9110 section 9.1); requests with lower-case methods are refused
   // before routing (normalize.ts), so `GET` never meets `get` here.
   if (match.method !== undefined) entry.method = match.method;
+  if (route.kind === 'GRPCRoute') entry.grpc = match.grpc ?? grpcRankOfPath(path);
   return entry;
 }
 
@@ -121,6 +152,12 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
       }
       m.headers.forEach((h, i) => { if (h.type === 'RegularExpression') checkRe(`${base}.headers[${i}].value`, h.value); });
       m.queryParams.forEach((q, i) => { if (q.type === 'RegularExpression') checkRe(`${base}.queryParams[${i}].value`, q.value); });
+      if (m.grpc) {
+        for (const k of ['serviceChars', 'methodChars'] as const) {
+          const n = m.grpc[k];
+          if (!Number.isInteger(n) || n < 0) issue(`${base}.grpc.${k}`, `${n} is not a whole number ≥ 0`);
+        }
+      }
     });
     rule.filters.forEach((f, fi) => {
       const why = validateRouteFilter(f);
