@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import http2 from 'node:http2';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
+  backend, config, echo, endpoint, h2request, match, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -24,11 +25,15 @@ describe('waypoint routing', () => {
         service('reviews', '10.96.0.10', [endpoint(v1.port)]),
         service('reviews-v1', '10.96.0.11', [endpoint(v1.port)]),
         service('reviews-v2', '10.96.0.12', [endpoint(v2.port)]),
+        service('hosts', '10.96.0.30', [endpoint(v1.port)]),
       ],
-      routes: [route('reviews', 'reviews', [
-        { matches: [match({ headers: [{ type: 'Exact', name: 'x-user', value: 'tester' }] })], backends: [backend('reviews-v2')] },
-        { backends: [backend('reviews-v1', 90), backend('reviews-v2', 10)] },
-      ])],
+      routes: [
+        route('reviews', 'reviews', [
+          { matches: [match({ headers: [{ type: 'Exact', name: 'x-user', value: 'tester' }] })], backends: [backend('reviews-v2')] },
+          { backends: [backend('reviews-v1', 90), backend('reviews-v2', 10)] },
+        ]),
+        route('by-host', 'hosts', [{ matches: [match({ headers: [{ type: 'Exact', name: 'host', value: 'hosts.shop' }] })], backends: [backend('reviews-v2')] }]),
+      ],
     }));
     listener = await startTunnelListener(engine, '10.96.0.10:80');
   });
@@ -58,5 +63,24 @@ describe('waypoint routing', () => {
   it('sends a request with the tester header only to v2', async () => {
     const replies = await Promise.all(Array.from({ length: 50 }, () => request(listener.port, { headers: { 'x-user': 'tester' } })));
     for (const r of replies) assert.equal(JSON.parse(r.body).backend, 'v2');
+  });
+
+  // GEP-1294 ("hostnames field"): mesh routes filter by host with an HTTPHeaderMatch on Host, whose
+  // names are case-insensitive (httproute_types.go HTTPHeaderMatch.Name). Over HTTP/2 the host is
+  // :authority (RFC 9113 section 8.3.1), which Envoy maps Host onto: a match on `host` reads it.
+  it('matches an HTTPRoute header match on Host against HTTP/1.1 Host and HTTP/2 :authority alike', async () => {
+    const hosts = await startTunnelListener(engine, '10.96.0.30:80');
+    const session = http2.connect(`http://127.0.0.1:${hosts.port}`);
+    try {
+      assert.equal(JSON.parse((await request(hosts.port, { host: 'hosts.shop' })).body).backend, 'v2');
+      assert.equal((await request(hosts.port, { host: 'other.shop' })).status, 404);
+      const r = await h2request(session, { ':path': '/', ':authority': 'hosts.shop' });
+      assert.equal(r.status, 200, `HTTP/2 got ${r.status} ${r.body.slice(0, 80)}`);
+      assert.equal(JSON.parse(r.body).backend, 'v2');
+      assert.equal((await h2request(session, { ':path': '/', ':authority': 'other.shop' })).status, 404);
+    } finally {
+      session.close();
+      await hosts.close();
+    }
   });
 });

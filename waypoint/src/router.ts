@@ -225,7 +225,7 @@ export class RouteTable {
       if (e.route.port !== undefined && e.route.port !== port) continue;
       if (!e.pathTest(path)) continue;
       if (e.method !== undefined && e.method !== method) continue;
-      if (!e.headers.every((h) => h.test(joinHeader(req.headers[h.name])))) continue;
+      if (!e.headers.every((h) => h.test(joinHeader(headerOf(req.headers, h.name))))) continue;
       if (e.query.length > 0) {
         query ??= queryParams(req.path);
         const qp = query;
@@ -237,6 +237,15 @@ export class RouteTable {
     }
     return undefined;
   }
+}
+
+/**
+ * A request header by lower-case name. `host` is the request's authority, Host over HTTP/1.1 or
+ * :authority over HTTP/2 (RFC 9113 section 8.3.1), as Envoy maps the one onto the other: a Host
+ * match must not depend on the protocol.
+ */
+function headerOf(headers: HeaderMap, name: string): string | string[] | undefined {
+  return name === 'host' ? (headers[':authority'] ?? headers['host']) : headers[name];
 }
 
 function joinHeader(v: string | string[] | undefined): string | undefined {
