@@ -26,6 +26,7 @@ import {
   type ParentReference,
   type ReferenceGrant,
   isServiceParent,
+  type HeaderMatch,
   type HeaderModifier,
   type PathModifier,
 } from '../../lib/model/objects.ts';
@@ -52,6 +53,7 @@ import {
   type RouteBackend,
   type RouteFilter,
   type RouteMatch,
+  type StringMatch,
   type Service,
   type ServicePort,
   type TrafficPolicy,
@@ -973,15 +975,15 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       const hr = rule as NonNullable<HTTPRoute['spec']['rules']>[number];
       matches = (hr.matches ?? []).map((m) => clean({
         path: { type: m.path?.type ?? 'PathPrefix', value: m.path?.value ?? '/' },
-        headers: (m.headers ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })),
-        queryParams: (m.queryParams ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name, value: h.value })),
+        headers: headerMatches(m.headers),
+        queryParams: firstPerName((m.queryParams ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name, value: h.value }))),
         method: m.method,
       }));
     } else {
       const gr = rule as NonNullable<GRPCRoute['spec']['rules']>[number];
       matches = (gr.matches ?? []).map((m) => ({
         ...(m.method ? { path: grpcPath(m.method) } : { path: { type: 'PathPrefix' as const, value: '/' } }),
-        headers: (m.headers ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })),
+        headers: headerMatches(m.headers),
         queryParams: [],
         method: 'POST',
         grpc: { serviceChars: m.method?.service?.length ?? 0, methodChars: m.method?.method?.length ?? 0 },
@@ -1048,6 +1050,22 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     }
   });
   return parents;
+}
+
+/**
+ * Gateway API HTTPHeaderMatch.Name, GRPCHeaderMatch.Name, HTTPQueryParamMatch.Name: "only the first
+ * entry with an equivalent name MUST be considered for a match. Subsequent entries with an
+ * equivalent ... name MUST be ignored". Names are compared as given: lower-case them first for
+ * headers (case-insensitive); query param names are case-sensitive.
+ */
+function firstPerName<T extends { name: string }>(list: T[]): T[] {
+  const seen = new Set<string>();
+  return list.filter((m) => !seen.has(m.name) && seen.add(m.name));
+}
+
+/** A route match's header matches, names lower-cased, the first of equivalent names only. */
+function headerMatches(list: HeaderMatch[] | undefined): StringMatch[] {
+  return firstPerName((list ?? []).map((h) => ({ type: h.type ?? 'Exact', name: h.name.toLowerCase(), value: h.value })));
 }
 
 export function routeKey(kind: string, namespace: string, name: string, service: string): string {

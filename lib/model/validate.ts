@@ -769,10 +769,13 @@ function headerMatches(c: Checker, v: unknown, p: string, what: string): void {
     c.only(ho, hp, ['type', 'name', 'value']);
     const type = c.str(ho.type, `${hp}.type`, { oneOf: ['Exact', 'RegularExpression'] });
     const name = c.str(ho.name, `${hp}.name`, { required: true, pattern: HEADER_NAME, patternText: `a ${what} name` });
+    // The CRD keeps these lists as maps keyed by name (listType=map, listMapKey=name): the API
+    // server refuses a name written twice. Names that are only equivalent (header names differing
+    // in case) are allowed, and only the first of them counts (HTTPHeaderMatch.Name,
+    // GRPCHeaderMatch.Name; the controller compiles that one).
     if (name !== undefined) {
-      const k = what === 'header' ? name.toLowerCase() : name;
-      if (seen.has(k)) c.fail(`${hp}.name`, `duplicate ${what} "${name}"`);
-      seen.add(k);
+      if (seen.has(name)) c.fail(`${hp}.name`, `duplicate ${what} name "${name}" (a name may appear once in a match)`);
+      seen.add(name);
     }
     if (type === 'RegularExpression') c.regex(ho.value, `${hp}.value`);
     else c.str(ho.value, `${hp}.value`, { required: true });

@@ -456,6 +456,25 @@ test('HTTPRoute retry (Gateway API HTTPRouteRetry, GEP-1731): compiled onto the 
   ]);
 });
 
+// httproute_types.go (v1.6.1) HTTPHeaderMatch.Name and GRPCHeaderMatch.Name: "only the first entry
+// with an equivalent name MUST be considered for a match. Subsequent entries with an equivalent
+// header name MUST be ignored" ("foo" and "Foo" are equivalent); HTTPQueryParamMatch.Name: the same,
+// names case-sensitive.
+test('header matches with equivalent names: only the first counts, at compile and at the waypoint (HTTPHeaderMatch.Name, GRPCHeaderMatch.Name)', () => {
+  const { i, route, compiledRule } = oneRuleRoute();
+  i.httpRoutes.push(route({ matches: [{ headers: [{ name: 'X-Foo', value: 'a' }, { name: 'x-foo', value: 'b' }, { name: 'X-Bar', value: 'c' }], queryParams: [{ name: 'v', value: '1' }, { name: 'V', value: '2' }] }] }) as never);
+  const m = compiledRule().matches[0]!;
+  assert.deepEqual(m.headers, [{ type: 'Exact', name: 'x-foo', value: 'a' }, { type: 'Exact', name: 'x-bar', value: 'c' }]);
+  assert.deepEqual(m.queryParams.map((q) => q.name), ['v', 'V']);
+  const table = new RouteTable([...compile(i).model.routes.values()], new Set(['shop/payments']), []);
+  assert.ok(table.match('shop/payments', 80, { method: 'GET', path: '/?v=1&V=2', headers: { 'x-foo': 'a', 'x-bar': 'c' } }));
+  assert.equal(table.match('shop/payments', 80, { method: 'GET', path: '/?v=1&V=2', headers: { 'x-foo': 'b', 'x-bar': 'c' } }), undefined);
+
+  const { pick } = grpcTable([['g', [{ name: 'first', matches: [{ method: { service: 'hello.Greeter' }, headers: [{ name: 'X-Foo', value: 'a' }, { name: 'x-foo', value: 'b' }] }], backendRefs: [{ name: 'greeter', port: 80 }] }]]]);
+  assert.equal(pick('/hello.Greeter/M', { 'x-foo': 'a' }), 'g/first');
+  assert.equal(pick('/hello.Greeter/M', { 'x-foo': 'b' }), undefined);
+});
+
 test('HTTPRoute CORS filter (HTTPCORSFilter, GEP-1767): compiled with the API\'s defaults; a bad field is refused with its path', async () => {
   const { validateObject } = await import('../../lib/model/validate.ts');
   const { i, route: withRule, compiledRule } = oneRuleRoute();

@@ -82,6 +82,24 @@ test('checks HTTPRoute matches, filters and parents in the mesh profile', () => 
   assert.deepEqual(issues.map((i) => i.path), ['spec.parentRefs[0].kind', 'spec.rules[0].matches[0].path.value', 'spec.rules[0].backendRefs[1].port']);
 });
 
+// httproute_types.go (v1.6.1) HTTPHeaderMatch.Name: "If multiple entries specify equivalent header
+// names, only the first entry with an equivalent name MUST be considered for a match ... "foo" and
+// "Foo" are considered equivalent" (GRPCHeaderMatch.Name the same); HTTPQueryParamMatch.Name: the
+// same rule, names case-sensitive. HTTPRouteMatch.Headers/QueryParams are `listType=map`,
+// `listMapKey=name`: the API server refuses only a name written twice as it is.
+test('header matches with equivalent names (X-Foo, x-foo) are accepted, a name written twice is refused (HTTPHeaderMatch.Name, listMapKey=name)', () => {
+  const route = (kind: 'HTTPRoute' | 'GRPCRoute', match: Record<string, unknown>) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind, metadata: { name: 'r', namespace: 'a' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web' }], rules: [{ matches: [match], backendRefs: [{ name: 'web', port: 80 }] }] },
+  });
+  const equivalent = [{ name: 'X-Foo', value: 'a' }, { name: 'x-foo', value: 'b' }];
+  assert.deepEqual(validateObject(route('HTTPRoute', { headers: equivalent })), []);
+  assert.deepEqual(validateObject(route('GRPCRoute', { headers: equivalent })), []);
+  assert.deepEqual(validateObject(route('HTTPRoute', { queryParams: [{ name: 'v', value: '1' }, { name: 'V', value: '2' }] })), []);
+  const twice = validateObject(route('HTTPRoute', { headers: [{ name: 'x-foo', value: 'a' }, { name: 'x-foo', value: 'b' }], queryParams: [{ name: 'v', value: '1' }, { name: 'v', value: '2' }] }));
+  assert.deepEqual(twice.map((i) => i.path), ['spec.rules[0].matches[0].headers[1].name', 'spec.rules[0].matches[0].queryParams[1].name']);
+});
+
 test('checks the dataplane-mode label value', () => {
   const issues = validateObject({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'sidecar' } } });
   assert.equal(issues[0]?.path, 'metadata.labels["weft.dev/dataplane-mode"]');
