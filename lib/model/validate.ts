@@ -5,7 +5,7 @@
 // fields Weft uses, since the API server has validated the rest.
 import { isIP } from 'node:net';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
-import { isDuration } from './duration.ts';
+import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
 import { regexProblem } from '../regex.ts';
@@ -913,6 +913,47 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
   return types;
 }
 
+/** The filters of a list that are objects, with their index. */
+function filterObjects(v: unknown): Array<[Json, number]> {
+  if (!Array.isArray(v)) return [];
+  return v.flatMap((f, i): Array<[Json, number]> => (typeof f === 'object' && f !== null && !Array.isArray(f) ? [[f as Json, i]] : []));
+}
+
+/**
+ * HTTPRouteRule's CEL rules (httproute_types.go, v1.6.1) that tie filters to the rest of the rule:
+ * a RequestRedirect filter with backendRefs; a URLRewrite or RequestRedirect path of type
+ * ReplacePrefixMatch, on the rule or on one of its backendRefs, when the rule has not exactly one
+ * match with a PathPrefix path (matches and a match's path default to PathPrefix `/`).
+ */
+function httpRuleFilterRules(c: Checker, ro: Json, p: string): void {
+  const backendRefs = Array.isArray(ro.backendRefs) ? ro.backendRefs : [];
+  const matches = ro.matches === undefined ? [{}] : Array.isArray(ro.matches) ? ro.matches : undefined;
+  const onePrefixMatch = (): boolean => {
+    if (matches?.length !== 1) return false;
+    const path = (matches[0] as Json | null)?.path as Json | undefined;
+    return path === undefined || path === null || (path.type ?? 'PathPrefix') === 'PathPrefix';
+  };
+  const prefixRule = (filters: unknown, fp: string, within: boolean): void => {
+    for (const [f, i] of filterObjects(filters)) {
+      const field = f.type === 'URLRewrite' ? 'urlRewrite' : f.type === 'RequestRedirect' ? 'requestRedirect' : undefined;
+      if (!field) continue;
+      const path = (f[field] as Json | undefined)?.path as Json | undefined;
+      if (path?.type !== 'ReplacePrefixMatch' || onePrefixMatch()) continue;
+      const got = matches === undefined ? 'matches is not a list' : matches.length !== 1 ? `the rule has ${matches.length} matches` : 'its match is not a PathPrefix';
+      c.fail(`${fp}[${i}].${field}.path.type`, `${within ? 'Within backendRefs, when' : 'When'} using ${f.type} filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified (${got})`);
+    }
+  };
+  prefixRule(ro.filters, `${p}.filters`, false);
+  backendRefs.forEach((b, j) => {
+    if (typeof b === 'object' && b !== null) prefixRule((b as Json).filters, `${p}.backendRefs[${j}].filters`, true);
+  });
+  if (backendRefs.length > 0) {
+    for (const [f, i] of filterObjects(ro.filters)) {
+      if (f.type === 'RequestRedirect') c.fail(`${p}.filters[${i}]`, 'RequestRedirect filter must not be used together with backendRefs (a redirect answers the request itself)');
+    }
+  }
+}
+
 function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): void {
   const spec = c.obj(o.spec, 'spec', true);
   if (!spec) return;
@@ -972,11 +1013,20 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
       if (bo) filters(c, bo.filters, `${bp}.filters`, allowed);
     });
     if (kind === 'HTTPRoute') {
+      httpRuleFilterRules(c, ro, p);
       const t = c.obj(ro.timeouts, `${p}.timeouts`);
       if (t) {
         c.only(t, `${p}.timeouts`, ['request', 'backendRequest']);
         c.duration(t.request, `${p}.timeouts.request`);
         c.duration(t.backendRequest, `${p}.timeouts.backendRequest`);
+        // HTTPRouteTimeouts CEL: "backendRequest timeout cannot be longer than request timeout"
+        // (a request timeout of 0s is no timeout).
+        if (typeof t.request === 'string' && typeof t.backendRequest === 'string' && isDuration(t.request) && isDuration(t.backendRequest)) {
+          const request = parseDuration(t.request);
+          if (request !== 0 && parseDuration(t.backendRequest) > request) {
+            c.fail(`${p}.timeouts.backendRequest`, `backendRequest timeout ${t.backendRequest} cannot be longer than request timeout ${t.request}`);
+          }
+        }
       }
       // GEP-1731 (HTTPRouteRetry): codes are HTTPRouteRetryStatusCode, 400-599.
       const rt = c.obj(ro.retry, `${p}.retry`);

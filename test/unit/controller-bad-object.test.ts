@@ -25,10 +25,18 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
     },
   };
   const badPolicy = authz('shop', 'sni', { action: 'DENY', rules: [{ when: [{ key: 'connection.sni', values: ['x'] }] }] });
+  // httproute_types.go (v1.6.1) HTTPRouteRule CEL: "RequestRedirect filter must not be used together with backendRefs".
+  const badRoute = {
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'redirect', namespace: 'shop' },
+    spec: {
+      parentRefs: [{ group: '', kind: 'Service', name: 'reviews' }],
+      rules: [{ filters: [{ type: 'RequestRedirect', requestRedirect: { hostname: 'elsewhere.example' } }], backendRefs: [{ name: 'reviews', port: 80 }] }],
+    },
+  };
   const source = new MemorySource([
     ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('web'),
     waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'), svc('web', 'cache', { app: 'cache' }, '10.96.0.30'),
-    route, badPolicy,
+    route, badPolicy, badRoute,
   ]);
   const h = await startHarness(source);
   const engine = new WaypointEngine({ namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
@@ -47,6 +55,13 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
     const agent = h.agent('node-a');
     await agent.ready();
     assert.equal(agent.snapshot!.policies.some((p) => p.name === 'sni'), false);
+
+    // The refused route (a redirect with backendRefs): Invalid with the field path; the waypoint
+    // gets the other route only.
+    await until('refused route status', () => source.statuses.get('HTTPRoute/shop/redirect')?.reason === 'Invalid');
+    const bad = source.statuses.get('HTTPRoute/shop/redirect')!;
+    assert.equal(bad.path, 'spec.rules[0].filters[0]');
+    assert.match(bad.message, /RequestRedirect filter must not be used together with backendRefs/);
 
     // The route with dangling backends: accepted by the controller with ResolvedRefs=False, and by
     // the waypoint without any issue.

@@ -79,7 +79,59 @@ test('checks HTTPRoute matches, filters and parents in the mesh profile', () => 
       }],
     },
   });
-  assert.deepEqual(issues.map((i) => i.path), ['spec.parentRefs[0].kind', 'spec.rules[0].matches[0].path.value', 'spec.rules[0].backendRefs[1].port']);
+  // ReplacePrefixMatch on a rule whose match is a RegularExpression: httproute_types.go HTTPRouteRule CEL.
+  assert.deepEqual(issues.map((i) => i.path), ['spec.parentRefs[0].kind', 'spec.rules[0].matches[0].path.value', 'spec.rules[0].backendRefs[1].port', 'spec.rules[0].filters[0].urlRewrite.path.type']);
+});
+
+/** HTTPRoute a/r on Service web with the one rule `rule`; its issues as `path: message`. */
+function httpRuleIssues(rule: Record<string, unknown>): string[] {
+  return validateObject({
+    apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'a' },
+    spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web' }], rules: [rule] },
+  }).map((i) => `${i.path}: ${i.message}`);
+}
+
+// httproute_types.go (v1.6.1) HTTPRouteRule XValidation, lines 143-146: "When using URLRewrite
+// [RequestRedirect] filter with path.replacePrefixMatch, exactly one PathPrefix match must be
+// specified", and "Within backendRefs, ..." the same for a backendRef's filters. Rule matches and a
+// match's path default to PathPrefix `/` (lines 128, 214, 766).
+test('ReplacePrefixMatch (URLRewrite or RequestRedirect, on the rule or a backendRef) needs exactly one PathPrefix match (httproute_types.go HTTPRouteRule CEL)', () => {
+  const rewrite = { type: 'URLRewrite', urlRewrite: { path: { type: 'ReplacePrefixMatch', replacePrefixMatch: '/bar' } } };
+  const redirect = { type: 'RequestRedirect', requestRedirect: { path: { type: 'ReplacePrefixMatch', replacePrefixMatch: '/c' } } };
+  const to = [{ name: 'web', port: 80 }];
+  assert.deepEqual(httpRuleIssues({ matches: [{ path: { type: 'Exact', value: '/foo' } }], filters: [rewrite], backendRefs: to }), [
+    'spec.rules[0].filters[0].urlRewrite.path.type: When using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified (its match is not a PathPrefix)',
+  ]);
+  assert.deepEqual(httpRuleIssues({ matches: [{ path: { type: 'PathPrefix', value: '/a' } }, { path: { type: 'PathPrefix', value: '/b' } }], filters: [redirect] }), [
+    'spec.rules[0].filters[0].requestRedirect.path.type: When using RequestRedirect filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified (the rule has 2 matches)',
+  ]);
+  assert.deepEqual(httpRuleIssues({ matches: [{ path: { type: 'Exact', value: '/a' } }], backendRefs: [{ ...to[0], filters: [rewrite] }] }), [
+    'spec.rules[0].backendRefs[0].filters[0].urlRewrite.path.type: Within backendRefs, when using URLRewrite filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified (its match is not a PathPrefix)',
+  ]);
+  // One PathPrefix match, a match without a path, and no matches at all are PathPrefix.
+  assert.deepEqual(httpRuleIssues({ matches: [{ path: { type: 'PathPrefix', value: '/foo' } }], filters: [rewrite], backendRefs: to }), []);
+  assert.deepEqual(httpRuleIssues({ matches: [{ headers: [{ name: 'x', value: '1' }] }], filters: [rewrite], backendRefs: to }), []);
+  assert.deepEqual(httpRuleIssues({ filters: [redirect] }), []);
+});
+
+// httproute_types.go (v1.6.1) HTTPRouteRule XValidation, line 142.
+test('a RequestRedirect filter together with backendRefs is refused (httproute_types.go HTTPRouteRule CEL)', () => {
+  assert.deepEqual(httpRuleIssues({ filters: [{ type: 'RequestRedirect', requestRedirect: { statusCode: 301, hostname: 'x.example' } }], backendRefs: [{ name: 'web', port: 80 }] }), [
+    'spec.rules[0].filters[0]: RequestRedirect filter must not be used together with backendRefs (a redirect answers the request itself)',
+  ]);
+  assert.deepEqual(httpRuleIssues({ filters: [{ type: 'RequestRedirect', requestRedirect: { statusCode: 301 } }], backendRefs: [] }), []);
+});
+
+// httproute_types.go (v1.6.1) HTTPRouteTimeouts XValidation, line 334: "backendRequest timeout cannot be
+// longer than request timeout", unless request is 0s (no timeout).
+test('timeouts.backendRequest longer than timeouts.request is refused, unless request is 0s (httproute_types.go HTTPRouteTimeouts CEL)', () => {
+  const to = [{ name: 'web', port: 80 }];
+  assert.deepEqual(httpRuleIssues({ timeouts: { request: '1s', backendRequest: '5s' }, backendRefs: to }), [
+    'spec.rules[0].timeouts.backendRequest: backendRequest timeout 5s cannot be longer than request timeout 1s',
+  ]);
+  assert.deepEqual(httpRuleIssues({ timeouts: { request: '1m', backendRequest: '60s' }, backendRefs: to }), []);
+  assert.deepEqual(httpRuleIssues({ timeouts: { request: '0s', backendRequest: '5s' }, backendRefs: to }), []);
+  assert.deepEqual(httpRuleIssues({ timeouts: { backendRequest: '5s' }, backendRefs: to }), []);
 });
 
 // httproute_types.go (v1.6.1) HTTPHeaderMatch.Name: "If multiple entries specify equivalent header
