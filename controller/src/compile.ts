@@ -406,8 +406,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   // Routes.
   const grants = new ReferenceGrants(inputs.referenceGrants);
   const routeParents = new Map<string, RouteParentResult[]>();
+  const grpcParents = grpcParentsOf(inputs.grpcRoutes, model);
   for (const r of [...inputs.httpRoutes, ...inputs.grpcRoutes]) {
-    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, options.importedServices, findings));
+    routeParents.set(`${r.kind}/${r.metadata.namespace}/${r.metadata.name}`, compileRoute(r, model, clusterDomain, grants, options.importedServices, findings, grpcParents));
   }
 
   const result = { model, findings, routeParents };
@@ -901,7 +902,47 @@ class ReferenceGrants {
   }
 }
 
-function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, imported: ReadonlySet<string> | undefined, findings: CompileFinding[]): RouteParentResult[] {
+/** A route's Service parentRef resolved against the model: the Service and port, or why not. */
+type ParentTarget = { svcKey: string; svc: Service; port: number | undefined } | { refused: string };
+
+function resolveParent(parent: ParentReference, routeNs: string, model: MeshModel): ParentTarget {
+  const svcKey = nsName(parent.namespace ?? routeNs, parent.name);
+  const svc = model.services.get(svcKey);
+  if (!svc) return { refused: `Service ${svcKey} does not exist` };
+  let port = parent.port;
+  if (parent.sectionName !== undefined) {
+    const named = svc.ports.find((sp) => sp.name === parent.sectionName);
+    if (!named || (port !== undefined && named.port !== port)) return { refused: `Service ${svcKey} has no port named ${parent.sectionName}${port !== undefined ? ` with port ${port}` : ''}` };
+    port = named.port;
+  } else if (port !== undefined && !svc.ports.some((sp) => sp.port === port)) {
+    return { refused: `Service ${svcKey} has no port ${port}` };
+  }
+  return { svcKey, svc, port };
+}
+
+/**
+ * The GRPCRoutes attached to each Service, by `service|route namespace` (the routes a waypoint
+ * merges: a Service's producer routes, or one namespace's consumer routes of it), with their port
+ * (undefined: every port). A parentRef that does not attach is left out: it costs only its route.
+ */
+type GrpcParents = ReadonlyMap<string, ReadonlyArray<{ route: string; port: number | undefined }>>;
+
+function grpcParentsOf(routes: GRPCRoute[], model: MeshModel): GrpcParents {
+  const out = new Map<string, Array<{ route: string; port: number | undefined }>>();
+  for (const r of sortByAge(routes)) {
+    const ns = r.metadata.namespace!;
+    for (const parent of r.spec.parentRefs ?? []) {
+      if (!isServiceParent(parent)) continue;
+      const t = resolveParent(parent, ns, model);
+      if ('refused' in t) continue;
+      const key = `${t.svcKey}|${ns}`;
+      out.set(key, [...(out.get(key) ?? []), { route: nsName(ns, r.metadata.name), port: t.port }]);
+    }
+  }
+  return out;
+}
+
+function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain: string, grants: ReferenceGrants, imported: ReadonlySet<string> | undefined, findings: CompileFinding[], grpcParents: GrpcParents): RouteParentResult[] {
   const ns = r.metadata.namespace!;
   const finding = (path: string, reason: string, message: string) => findings.push({ kind: r.kind, namespace: ns, name: r.metadata.name, path, reason, message });
   // ResolvedRefs is one verdict for the whole route: the first reference that did not resolve.
@@ -1015,18 +1056,20 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
       if (!status) finding(`spec.parentRefs[${i}]`, reason, message);
       parents.push({ parentRef: parent, conditions: [{ type: 'Accepted', status, reason, message }, resolved] });
     };
-    const pns = parent.namespace ?? ns;
-    const svcKey = nsName(pns, parent.name);
-    const svc = model.services.get(svcKey);
-    if (!svc) { accepted(false, 'NoMatchingParent', `Service ${svcKey} does not exist`); return; }
-    let port = parent.port;
-    if (parent.sectionName !== undefined) {
-      const named = svc.ports.find((sp) => sp.name === parent.sectionName);
-      if (!named || (port !== undefined && named.port !== port)) { accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port named ${parent.sectionName}${port !== undefined ? ` with port ${port}` : ''}`); return; }
-      port = named.port;
-    } else if (port !== undefined && !svc.ports.some((sp) => sp.port === port)) {
-      accepted(false, 'NoMatchingParent', `Service ${svcKey} has no port ${port}`);
-      return;
+    const target = resolveParent(parent, ns, model);
+    if ('refused' in target) { accepted(false, 'NoMatchingParent', target.refused); return; }
+    const { svcKey, svc, port } = target;
+    if (r.kind === 'HTTPRoute') {
+      // GEP-1294 "Route types": routes of different types on one Service port are not merged
+      // (grpcroute_types.go: "Merging MUST not be done between GRPCRoutes and HTTPRoutes"); the
+      // GRPCRoute applies and the HTTPRoute is Conflicted there.
+      const rival = grpcParents.get(`${svcKey}|${ns}`)?.find((g) => g.port === undefined || port === undefined || g.port === port);
+      if (rival) {
+        const where = port !== undefined ? `port ${port} of Service ${svcKey}` : rival.port !== undefined ? `port ${rival.port} of Service ${svcKey}` : `Service ${svcKey}`;
+        const hint = port === undefined && rival.port !== undefined ? ' (attach it to the Service\'s other ports by parentRef port or sectionName to apply it there)' : '';
+        accepted(false, 'Conflicted', `GRPCRoute ${rival.route} is attached to ${where}: HTTPRoutes and GRPCRoutes on one Service port are not merged and the GRPCRoute applies (GEP-1294); this route is not applied to Service ${svcKey}${hint}`);
+        return;
+      }
     }
     const route: Route = {
       name: r.metadata.name,

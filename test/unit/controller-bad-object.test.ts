@@ -90,3 +90,30 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
     await h.close();
   }
 });
+
+// GEP-1294 (v1.6.1, "Route types"): of an HTTPRoute and a GRPCRoute on one Service port only the
+// GRPCRoute applies; the HTTPRoute gets Accepted False with reason Conflicted, and costs only itself.
+test('an HTTPRoute on a Service port a GRPCRoute holds is Conflicted in its status and never reaches the waypoint; the GRPCRoute does', async () => {
+  const parentRefs = [{ group: '', kind: 'Service', name: 'reviews' }];
+  const source = new MemorySource([
+    ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }),
+    waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'),
+    { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'h', namespace: 'shop' }, spec: { parentRefs, rules: [{ backendRefs: [{ name: 'reviews', port: 80 }] }] } },
+    { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'shop' }, spec: { parentRefs, rules: [{ matches: [{ method: { service: 'hello.Greeter' } }], backendRefs: [{ name: 'reviews', port: 80 }] }] } },
+  ]);
+  const h = await startHarness(source);
+  try {
+    const wp = h.waypoint('shop');
+    await wp.ready();
+    await until('route statuses', () => source.statuses.has('HTTPRoute/shop/h') && source.statuses.has('GRPCRoute/shop/g'));
+    const st = source.statuses.get('HTTPRoute/shop/h')!;
+    assert.deepEqual([st.ok, st.reason, st.path], [false, 'Conflicted', 'spec.parentRefs[0]']);
+    assert.match(st.message, /GRPCRoute shop\/g is attached to Service shop\/reviews/);
+    assert.deepEqual(st.parents![0]!.conditions.map((c) => [c.type, c.status, c.reason]), [['Accepted', false, 'Conflicted'], ['ResolvedRefs', true, 'ResolvedRefs']]);
+    assert.equal(source.statuses.get('GRPCRoute/shop/g')!.ok, true);
+    await until('GRPCRoute at the waypoint', () => wp.snapshot?.routes.some((r) => r.kind === 'GRPCRoute') === true);
+    assert.deepEqual(wp.snapshot!.routes.map((r) => `${r.kind}/${r.name}`), ['GRPCRoute/g']);
+  } finally {
+    await h.close();
+  }
+});

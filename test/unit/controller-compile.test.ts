@@ -198,6 +198,60 @@ test('GRPCRoute RegularExpression service and method with alternations match eac
   assert.equal(pick('/a.Three/M'), undefined);
 });
 
+// GEP-1294 (v1.6.1, "Route types"): "If multiple routes with different types both bind to the same
+// Service and Port pair, only a single route type should be applied. The rejected routes should be
+// ignored and have the RouteConditionAccepted status set to the (new) reason RouteReasonConflicted",
+// GRPCRoute first; grpcroute_types.go GRPCRouteRule.Matches: "Merging MUST not be done between
+// GRPCRoutes and HTTPRoutes."
+test('an HTTPRoute and a GRPCRoute on one Service port: the GRPCRoute applies, the HTTPRoute is Accepted False Conflicted (GEP-1294 route types)', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a'), ns('client'));
+  i.services.push(svc('a', 'greeter'), svc('a', 'backend', { app: 'backend' }, '10.96.0.11'));
+  const twoPorts = svc('a', 'multi', { app: 'multi' }, '10.96.0.12');
+  twoPorts.spec!.ports = [{ name: 'grpc', port: 80, targetPort: 'http' }, { name: 'web', port: 8080, targetPort: 'http' }];
+  i.services.push(twoPorts);
+  const parent = (name: string, extra: Record<string, unknown> = {}) => [{ group: '', kind: 'Service', name, ...extra }];
+  const http = (name: string, parentRefs: unknown[], namespace = 'a') => ({
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'HTTPRoute' as const, metadata: { name, namespace, creationTimestamp: '2025-01-01T00:00:00Z' },
+    spec: { parentRefs: parentRefs as never, rules: [{ matches: [{ path: { type: 'Exact' as const, value: '/hello.Greeter/SayHello' } }], backendRefs: [{ name: 'backend', namespace: 'a', port: 80 }] }] },
+  });
+  const grpc = (name: string, parentRefs: unknown[]) => ({
+    apiVersion: 'gateway.networking.k8s.io/v1' as const, kind: 'GRPCRoute' as const, metadata: { name, namespace: 'a', creationTimestamp: '2026-01-01T00:00:00Z' },
+    spec: { parentRefs: parentRefs as never, rules: [{ matches: [{ method: { service: 'hello.Greeter' } }], backendRefs: [{ name: 'greeter', port: 80 }] }] },
+  });
+  i.httpRoutes.push(
+    http('h', parent('greeter')),
+    // Another port of a Service whose port 80 has a GRPCRoute: applied; the same port: Conflicted.
+    http('h-web', parent('multi', { port: 8080 })), http('h-grpc', parent('multi', { sectionName: 'grpc' })),
+    // Every port of it, port 80 included: Conflicted.
+    http('h-all', parent('multi')),
+    // A consumer route in another namespace is never merged with the Service's producer routes.
+    http('consumer', parent('greeter', { namespace: 'a' }), 'client'),
+    // A GRPCRoute that does not attach (no port 9999) costs only itself.
+    http('h-backend', parent('backend')),
+  );
+  i.grpcRoutes.push(grpc('g', parent('greeter')), grpc('g-multi', parent('multi', { port: 80 })), grpc('g-nowhere', parent('backend', { port: 9999 })));
+  const r = compile(i);
+  const accepted = (key: string) => r.routeParents.get(key)![0]!.conditions[0]!;
+  assert.deepEqual([...r.model.routes.keys()].sort(), [
+    'a/g-multi/GRPCRoute/a/multi', 'a/g/GRPCRoute/a/greeter', 'a/h-backend/HTTPRoute/a/backend', 'a/h-web/HTTPRoute/a/multi', 'client/consumer/HTTPRoute/a/greeter',
+  ]);
+  for (const name of ['h', 'h-grpc', 'h-all']) {
+    const c = accepted(`HTTPRoute/a/${name}`);
+    assert.deepEqual([c.status, c.reason], [false, 'Conflicted'], name);
+    assert.ok(r.findings.some((f) => f.kind === 'HTTPRoute' && f.name === name && f.reason === 'Conflicted' && f.path === 'spec.parentRefs[0]'), name);
+  }
+  assert.match(accepted('HTTPRoute/a/h').message, /GRPCRoute a\/g is attached to Service a\/greeter/);
+  assert.match(accepted('HTTPRoute/a/h-all').message, /port 80 of Service a\/multi.*other ports/);
+  for (const key of ['HTTPRoute/a/h-web', 'HTTPRoute/client/consumer', 'HTTPRoute/a/h-backend']) assert.notEqual(accepted(key).reason, 'Conflicted', key);
+  assert.equal(accepted('GRPCRoute/a/g-nowhere').reason, 'NoMatchingParent');
+
+  // At the waypoint a gRPC call the HTTPRoute would have matched goes by the GRPCRoute.
+  const table = new RouteTable([...r.model.routes.values()].filter((x) => !isConsumerRoute(x)), new Set(['a/greeter', 'a/backend', 'a/multi']), []);
+  const d = table.match('a/greeter', 80, { method: 'POST', path: '/hello.Greeter/SayHello', headers: { 'content-type': 'application/grpc' } });
+  assert.deepEqual([d?.route.kind, d?.route.name], ['GRPCRoute', 'g']);
+});
+
 /** The reconciler's Deployment for Waypoint a/wp is named wp and labelled app.kubernetes.io/name=wp. */
 const WP_META = { workloadName: 'wp', namespace: 'a', canonicalService: 'wp', canonicalRevision: 'latest', cluster: 'Kubernetes' };
 
