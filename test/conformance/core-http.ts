@@ -5,9 +5,9 @@
 // `hostnames` are left out: in the mesh profile the parent Service already selects the traffic.
 import { randomUUID } from 'node:crypto';
 import type { ConformanceTest } from './features.ts';
-import { CONSUMER_NS, NS, runCases, type ConformanceMesh, type Expected } from './harness.ts';
+import { CONSUMER_NS, NS, describe, runCases, type ConformanceMesh, type Expected } from './harness.ts';
 import type { ClientRequest } from './client-protocol.ts';
-import { joined } from './expect.ts';
+import { joined, mismatches } from './expect.ts';
 import { until } from '../lab/wait.ts';
 import { backend, exact, header, httpRoute, prefix, redirect, requestHeaders, rewrite } from './manifests.ts';
 
@@ -544,7 +544,80 @@ CORE_HTTP_TESTS.push(
       return failures;
     },
   },
+  {
+    name: 'HTTPRouteRetryConnectionError',
+    upstream: 'httproute-retry-connection-error.go',
+    description: 'a rule with retry (no codes) retries attempts that end in a TCP reset, up to `attempts` times; past that the client gets a 5xx',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteRetry', 'HTTPRouteRetryConnectionError'],
+    manifests: [httpRoute('retries-connection-error', PARENT, [
+      { matches: [prefix('/retry/no-status-code-attempts-3')], retry: { attempts: 3 }, backendRefs: [v(3)] },
+    ])],
+    // Without responseCode the backend's retry simulation resets the connection (echo-basic hijacks
+    // it and closes with SO_LINGER 0) for the first succeedAfter requests of a uuid.
+    run: async (cm) => [
+      // Two resets, then the third attempt (of 1 + 3) is answered...
+      ...await consistentRetryBehaviour(cm, '/retry/no-status-code-attempts-3', { succeedAfter: '2' }, [200]),
+      // ...four resets outlast them: an error (upstream accepts 500 or 503).
+      ...await consistentRetryBehaviour(cm, '/retry/no-status-code-attempts-3', { succeedAfter: '4' }, [500, 503]),
+    ],
+  },
+  {
+    name: 'HTTPRouteRetryWithTimeouts',
+    upstream: 'httproute-retry-with-timeouts.go',
+    description: 'retry with timeouts: an attempt past backendRequest is retried (no codes listed), the request timeout bounds every attempt and backoff (504)',
+    features: ['Mesh', 'HTTPRoute', 'HTTPRouteRetry', 'HTTPRouteRequestTimeout', 'HTTPRouteBackendTimeout', 'HTTPRouteRetryBackendTimeout'],
+    proves: 'HTTPRouteRetryBackendTimeout',
+    manifests: [httpRoute('retries-with-timeouts', PARENT, [
+      { matches: [prefix('/retry/backend-request-timeout-200ms')], retry: { attempts: 2 }, timeouts: { backendRequest: '200ms' }, backendRefs: [v(3)] },
+      { matches: [prefix('/retry/request-timeout-200ms')], retry: { codes: [500], attempts: 5 }, timeouts: { backendRequest: '200ms', request: '400ms' }, backendRefs: [v(3)] },
+    ])],
+    // delayRetry holds each failing answer back (the attempt still counts when the waypoint gave up on it).
+    run: async (cm) => {
+      const failures: string[] = [];
+      // One case at a time, as upstream runs them (its backend serializes the retry simulation).
+      for (const [path, q, want] of [
+        // 300 ms failures against a 200 ms backendRequest: two attempts time out, the third (of 1 + 2) succeeds...
+        ['/retry/backend-request-timeout-200ms', { responseCode: '500', succeedAfter: '2', delayRetry: '300ms' }, [200]],
+        // ...and with three slow failures every attempt times out.
+        ['/retry/backend-request-timeout-200ms', { responseCode: '500', succeedAfter: '3', delayRetry: '300ms' }, TIMEOUT],
+        ['/retry/request-timeout-200ms', { responseCode: '500', succeedAfter: '1' }, [200]],
+        // Four 100 ms failures and their backoffs outlast the 400 ms request timeout before the fifth attempt.
+        ['/retry/request-timeout-200ms', { responseCode: '500', succeedAfter: '4', delayRetry: '100ms' }, TIMEOUT],
+      ] as Array<[string, Record<string, string>, number[]]>) {
+        failures.push(...await consistentRetryBehaviour(cm, path, q, want));
+      }
+      return failures;
+    },
+  },
 );
+
+/** Upstream's timeout answers (roundtripper.IsTimeoutError): a case expecting 504 accepts 408 too. */
+const TIMEOUT = [504, 408];
+
+/**
+ * Upstream's assertConsistentRetryBehaviour (httproute-retry.go): a request whose query carries the
+ * backend's retry simulation parameters and a fresh uuid (so the backend counts its attempts alone),
+ * answered with one of `statuses`, and a 200 by backend-v3 with the path as sent. Upstream waits for
+ * 3 such answers in a row (RequiredConsecutiveSuccesses); the config is in force once applied here,
+ * so each of 3 requests, sent one after the other, must conform.
+ */
+async function consistentRetryBehaviour(cm: ConformanceMesh, path: string, query: Record<string, string>, statuses: number[]): Promise<string[]> {
+  const failures: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const request = req(`${path}?${new URLSearchParams({ ...query, uuid: randomUUID() }).toString()}`);
+    const started = Date.now();
+    const [r] = await cm.client(`${NS}/echo-v1`).send(request);
+    const ms = Date.now() - started;
+    if (!r) { failures.push(`${describe(request)}: no answer`); break; }
+    const status = statuses.includes(r.status) ? r.status : statuses[0]!;
+    const bad = mismatches(request, r, status === 200 ? { status, backend: B[3], path: request.path! } : { status });
+    if (bad.length > 0) {
+      failures.push(`${describe(request)} (want ${statuses.join(' or ')}), request ${i + 1} of 3 after ${ms} ms: ${bad.join('; ')}`);
+      break;
+    }
+  }
+  return failures;
+}
 
 /**
  * HTTPRouteRequestPercentageMirror: `percent` (and `fraction`) of the requests are copied to

@@ -22,6 +22,7 @@ export type Feature =
   | 'HTTPRouteRequestMultipleMirrors' | 'HTTPRouteBackendRequestRedirect' | 'HTTPRouteBackendURLRewrite'
   | 'HTTPRouteBackendRequestHeaderModification' | 'HTTPRouteBackendProtocolH2C' | 'HTTPRouteCORS'
   | 'HTTPRouteBackendProtocolWebSocket' | 'HTTPRouteRetry' | 'HTTPRouteRequestPercentageMirror'
+  | 'HTTPRouteRetryConnectionError' | 'HTTPRouteRetryBackendTimeout'
   // GRPCRoute.
   | 'GRPCRoute' | 'GRPCRouteNamedRouteRule';
 
@@ -94,5 +95,4 @@ export const NOT_TRANSLATED: Array<{ tests: string; why: string }> = [
   },
   { tests: 'HTTPRouteObservedGenerationBump, and the route status conditions every upstream test also checks', why: 'the local mesh has no API server to hold status; route status is the kube tier\'s (issue 16, wp-policy)' },
   { tests: 'HTTPRouteServiceTypes', why: 'not translated yet (headless Services and EndpointSlices without a selector are implemented)' },
-  { tests: 'HTTPRouteRetryConnectionError, HTTPRouteRetryWithTimeouts', why: 'need the rule retry field, not supported (see HTTPRouteRetry)' },
 ];

@@ -1,7 +1,7 @@
 // HTTPRoute rules' retry field (Gateway API HTTPRouteRetry, GEP-1731): the cases of the upstream
 // conformance test httproute-retry.go against the engine, and what GEP-1731 adds (backoff is a
-// minimum, connection failures are retried, a request timeout bounds every attempt), plus the
-// precedence over the backend's TrafficPolicy retries.
+// minimum, connection failures are retried, a request timeout bounds every attempt and backoff),
+// plus the precedence over the backend's TrafficPolicy retries.
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
@@ -42,6 +42,8 @@ describe('waypoint: HTTPRoute retry (GEP-1731, httproute-retry.go)', () => {
         rule('/retry/code-all-attempts-2', { codes: [500, 502, 503, 504], attempts: 2 }),
         rule('/retry/code-all-attempts-0', { codes: [500, 502, 503, 504], attempts: 0 }),
         rule('/retry/backoff', { codes: [500], attempts: 2, backoffMs: 150 }),
+        // A backoff longer than the request timeout (httproute-retry-with-timeouts.go's last case, made certain).
+        { ...rule('/retry/request-timeout', { codes: [500], attempts: 5, backoffMs: 300 }), timeouts: { requestMs: 200 } },
         rule('/policy', undefined),
       ])],
     }));
@@ -101,6 +103,12 @@ describe('waypoint: HTTPRoute retry (GEP-1731, httproute-retry.go)', () => {
     assert.equal(r.status, 200);
     assert.equal(r.attempts, 3);
     assert.ok(Date.now() - t0 >= 150 + 300, `two retries after backoffs of at least 150 and 300 ms took ${Date.now() - t0} ms`);
+  });
+
+  it('a request timeout that fires during the backoff ends the request with 504: no attempt starts after it', async () => {
+    const t0 = Date.now();
+    assert.deepEqual(await get('/retry/request-timeout', 500, 1), { status: 504, attempts: 1 });
+    assert.ok(Date.now() - t0 < 300, `answered at the 200 ms request timeout, not after the 300 ms backoff (${Date.now() - t0} ms)`);
   });
 
   it('retryPolicy: backoff is a floor with jitter above it, and connection failures and resets are retried', () => {

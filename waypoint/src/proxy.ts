@@ -763,6 +763,12 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         resp?.discard();
         done();
         await sleep(retries.backoffMs(attempt, env.random), overall.signal);
+        // The request timeout bounds the retries too (GEP-1731): once it fires during the backoff,
+        // no attempt starts (the next one would no longer be bounded: `overall` has aborted).
+        if (overallTimedOut) {
+          localReply(ctx, { status: 504, flags: F.FLAG_UPSTREAM_TIMEOUT, body: `upstream request timeout (${timeouts.requestMs} ms) before retry ${attempt + 1}` });
+          return;
+        }
         continue;
       }
 

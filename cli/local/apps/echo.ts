@@ -5,8 +5,9 @@
 //     [--log-requests]     print one JSON line per request (method, path, headers)
 // A request may ask for a slow answer (`?delay=1s`, a Gateway API duration), for response headers
 // (`x-echo-set-header: name:value,...`), and for failures before success (`?uuid=..&responseCode=500
-// &succeedAfter=2`, the upstream echo backend's retry simulation). A WebSocket handshake (HTTP/1.1
-// Upgrade) is accepted on any path and every message is sent back as it came (text or binary).
+// &succeedAfter=2[&delayRetry=300ms]`, the upstream echo backend's retry simulation; without
+// responseCode a failure is a TCP reset). A WebSocket handshake (HTTP/1.1 Upgrade) is accepted on
+// any path and every message is sent back as it came (text or binary).
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
@@ -46,9 +47,20 @@ function delayOf(path: string): number {
   }
 }
 
-/** Answers after the delay the request asks for; logs it first with --log-requests. */
-function answerLater(method: string, path: string, peer: net.Socket | undefined, headers: Record<string, unknown>, send: (a: { status: number; body: string }) => void): void {
+/**
+ * Answers after the delay the request asks for; logs it first with --log-requests. A request the
+ * retry simulation fails is answered its `responseCode`, or reset (`reset`) when it names none,
+ * after its `delayRetry`.
+ */
+function answerLater(method: string, path: string, peer: net.Socket | undefined, headers: Record<string, unknown>, send: (a: { status: number; body: string }) => void, reset: () => void): void {
   if (values['log-requests']) console.log(JSON.stringify({ msg: 'request', method, path, headers }));
+  const failure = simulatedRetryFailure(path);
+  if (failure) {
+    const fail = (): void => { if (failure.status === undefined) reset(); else send({ ...answer(method, path, peer, headers), status: failure.status }); };
+    if (failure.delayMs > 0) setTimeout(fail, failure.delayMs);
+    else fail();
+    return;
+  }
   const delay = delayOf(path);
   if (delay > 0) setTimeout(() => send(answer(method, path, peer, headers)), delay);
   else send(answer(method, path, peer, headers));
@@ -58,32 +70,39 @@ function answerLater(method: string, path: string, peer: net.Socket | undefined,
 const retrySeen = new Map<string, number>();
 
 /**
- * The Gateway API echo backend's retry simulation: a request whose query has `uuid`, `responseCode`
- * and `succeedAfter` is answered `responseCode` the first `succeedAfter` times that uuid is seen,
- * then 200. Undefined when the request does not ask for it.
+ * The Gateway API echo backend's retry simulation (echo-basic's retrySimulationHandler): the first
+ * `succeedAfter` requests whose query has a given `uuid` fail, each after `delayRetry` (a duration,
+ * default none), with `responseCode` or, when the query names none, a TCP reset; later ones are
+ * answered as any other. Undefined when the request does not ask for the simulation or succeeds.
  */
-function simulatedRetryStatus(path: string): number | undefined {
+function simulatedRetryFailure(path: string): { status: number | undefined; delayMs: number } | undefined {
   const q = path.indexOf('?');
   if (q < 0) return undefined;
   const params = new URLSearchParams(path.slice(q + 1));
   const uuid = params.get('uuid');
-  const code = Number(params.get('responseCode'));
-  const after = Number(params.get('succeedAfter'));
-  if (!uuid || !Number.isInteger(code) || code < 100 || code > 599 || !Number.isInteger(after) || after < 0) return undefined;
+  const after = Number(params.get('succeedAfter') ?? NaN);
+  if (!uuid || !Number.isInteger(after) || after < 0) return undefined;
+  const codeParam = params.get('responseCode');
+  const code = codeParam === null ? undefined : Number(codeParam);
+  if (code !== undefined && (!Number.isInteger(code) || code < 100 || code > 599)) return undefined;
   const n = (retrySeen.get(uuid) ?? 0) + 1;
   retrySeen.set(uuid, n);
   if (retrySeen.size > 10_000) retrySeen.delete(retrySeen.keys().next().value!);
-  return n <= after ? code : 200;
+  if (n > after) return undefined;
+  let delayMs = 0;
+  try {
+    delayMs = parseDuration(params.get('delayRetry') ?? '0s');
+  } catch { /* not a duration: no delay */ }
+  return { status: code, delayMs };
 }
 
 function answer(method: string, path: string, socket: net.Socket | undefined, headers: Record<string, unknown>) {
   served++;
-  const simulated = simulatedRetryStatus(path);
   const fail = (failRate > 0 && Math.random() < failRate) || (failEvery > 0 && served % failEvery === 0);
   const peer = socket?.remoteAddress;
   const peerPort = socket?.remotePort;
   const body = JSON.stringify({ pod: values.name, namespace: values.namespace, version: values.version, ...(process.env.WEFT_CLUSTER ? { cluster: process.env.WEFT_CLUSTER } : {}), method, path, peer, peerPort, headers });
-  return { status: simulated ?? (fail ? 503 : 200), body: body + '\n' };
+  return { status: fail ? 503 : 200, body: body + '\n' };
 }
 
 /**
@@ -123,7 +142,7 @@ const h1 = http.createServer({
       if (res.destroyed) return;
       res.writeHead(status, { ...requestedHeaders(req.headers['x-echo-set-header']), 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
       res.end(body);
-    });
+    }, () => req.socket.resetAndDestroy());
   });
 });
 h1.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
@@ -138,7 +157,7 @@ h2.on('stream', (stream, headers) => {
       if (stream.destroyed) return;
       stream.respond({ ...requestedHeaders(headers['x-echo-set-header']), ':status': status, 'content-type': 'application/json', 'x-served-by': values.name!, 'x-version': values.version! });
       stream.end(body);
-    });
+    }, () => { if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR); });
   });
 });
 
