@@ -14,6 +14,7 @@ import {
   nodeIpsOf,
   optionsKeyOf,
   podKey,
+  sharedWaypointAccounts,
   sliceServiceKey,
   unindexWorkload,
   waypointPodsOf,
@@ -55,6 +56,8 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
   // Node addresses and waypoint facts are read from every pod: when they move, compile in full.
   if (!sameMap(nodeIpsOf(inputs), last.env.nodeIps)) return undefined;
   if (JSON.stringify([...waypointPodsOf(inputs.pods)]) !== last.waypointPodsKey) return undefined;
+  // A pod taking up (or giving up) a waypoint's ServiceAccount refuses (or admits) that waypoint.
+  if (JSON.stringify([...sharedWaypointAccounts(inputs)]) !== last.sharedAccountsKey) return undefined;
 
   const podsByKey = new Map<string, Pod>();
   for (const pod of inputs.pods) if (podNames.has(pod.metadata.name)) {

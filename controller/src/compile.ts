@@ -63,7 +63,7 @@ import {
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleLayer } from '../../lib/policy/authz.ts';
-import { admitWaypoint, type WaypointAllowList } from './waypoint-admission.ts';
+import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
 /** The accepted input objects, by kind. */
 export interface MeshInputs {
@@ -157,6 +157,8 @@ export interface CompileState {
   result: CompileResult;
   env: WorkloadEnv;
   waypointPodsKey: string;
+  /** The Waypoints refused for a ServiceAccount other pods run as (sharedWaypointAccounts), as a string. */
+  sharedAccountsKey: string;
   index: WorkloadIndex;
   /** Pod key (`Pod/ns/name`) → workload uid. */
   uidByPodKey: Map<string, string>;
@@ -276,15 +278,17 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
+  const shared = sharedWaypointAccounts(inputs);
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
-    const refusal = admitWaypoint(wp, options.waypointAllowList);
+    const refusal = admitWaypoint(wp, options.waypointAllowList) ?? shared.get(key);
     if (refusal) {
-      // Not launched (the controller filters it out of the reconcile), so never ready: the
-      // Services that use it fail closed.
+      // Not trusted, so never ready: the Services that use it fail closed. Its identity names no
+      // ServiceAccount, so no pod counts as this waypoint and no token obtains its certificate
+      // (its own name may be the account at fault: `default`, or one other pods run as).
       findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, ...refusal });
-      model.waypoints.set(key, { name: wp.metadata.name, namespace: ns, port: HBONE_PORT, spiffeId: spiffeIdOf(trustDomain, ns, wp.metadata.name), ready: false, reason: refusal.reason });
+      model.waypoints.set(key, { name: wp.metadata.name, namespace: ns, port: HBONE_PORT, spiffeId: refusedWaypointIdentity(trustDomain, ns), ready: false, reason: refusal.reason });
       continue;
     }
     const rt = waypointFacts(options.waypointRuntime?.get(key), waypointPods.get(key));
@@ -418,6 +422,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       result,
       env,
       waypointPodsKey: JSON.stringify([...waypointPods]),
+      sharedAccountsKey: JSON.stringify([...shared]),
       index,
       uidByPodKey,
       memberOf,
@@ -437,6 +442,37 @@ export function optionsKeyOf(options: CompileOptions): string {
     options.waypointRuntime ? [...options.waypointRuntime] : null, options.waypointAllowList ?? null,
     options.importedServices ? [...options.importedServices].sort() : null,
   ]);
+}
+
+/** The identity of a refused Waypoint: in its namespace, of no ServiceAccount (no pod and no token has it). */
+export function refusedWaypointIdentity(trustDomain: string, namespace: string): string {
+  return spiffeIdOf(trustDomain, namespace, '');
+}
+
+/**
+ * By `namespace/name`: the Waypoints whose ServiceAccount (spec.serviceAccountName, else their
+ * name) other pods of their namespace run as (controller/src/waypoint-admission.ts
+ * waypointAccountShared). Every pod that may hold a token counts (not a finished or deleted one),
+ * an enrolled workload or not; a Waypoint's own replicas do not.
+ */
+export function sharedWaypointAccounts(inputs: Pick<MeshInputs, 'pods' | 'waypoints'>): Map<string, WaypointRefusal> {
+  const out = new Map<string, WaypointRefusal>();
+  if (inputs.waypoints.length === 0) return out;
+  const accounts = new Set(inputs.waypoints.map((w) => `${w.metadata.namespace}\0${waypointServiceAccount(w)}`));
+  const users: Array<{ namespace: string; serviceAccount: string; name: string; waypointFor: string | undefined }> = [];
+  for (const pod of inputs.pods) {
+    if (pod.metadata.deletionTimestamp || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
+    const sa = pod.spec.serviceAccountName ?? 'default';
+    if (!accounts.has(`${pod.metadata.namespace}\0${sa}`)) continue;
+    users.push({ namespace: pod.metadata.namespace!, serviceAccount: sa, name: pod.metadata.name, waypointFor: pod.metadata.labels?.[LABEL_WAYPOINT_FOR] });
+  }
+  if (users.length === 0) return out;
+  users.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const wp of inputs.waypoints) {
+    const refusal = waypointAccountShared(wp, users);
+    if (refusal) out.set(nsName(wp.metadata.namespace!, wp.metadata.name), refusal);
+  }
+  return out;
 }
 
 /** Node addresses: a Node object's InternalIP, else the hostIP of the first pod listed on it. */

@@ -3,7 +3,10 @@
 // that identity, so neither is the Waypoint author's free choice:
 //   - serviceAccountName: the Waypoint's own name (the default) or one the operator allows
 //     (--waypoint-service-accounts); `default` never, since every pod of the namespace runs as it
-//     and would then count as the waypoint itself;
+//     and would then count as the waypoint itself. That holds for the account the Waypoint runs
+//     as, named or implied: a Waypoint named `default` without spec.serviceAccountName is refused
+//     too (at metadata.name). An account other pods of the namespace already run as is refused
+//     by the compile, which has the pods at hand (waypointAccountShared);
 //   - image: the controller's waypoint image (the default) or one the operator allows
 //     (--waypoint-images; `prefix*` allows a repository).
 // A Waypoint refused here is not launched, stays NotReady with the field at fault in its status,
@@ -20,25 +23,39 @@ export interface WaypointAllowList {
 
 export interface WaypointRefusal {
   path: string;
-  reason: 'ServiceAccountNotAllowed' | 'ImageNotAllowed';
+  reason: 'ServiceAccountNotAllowed' | 'ServiceAccountShared' | 'ImageNotAllowed';
   message: string;
 }
 
 /** The ServiceAccount no Waypoint may use. */
 export const FORBIDDEN_WAYPOINT_SERVICE_ACCOUNT = 'default';
 
+/** The ServiceAccount a Waypoint runs as: spec.serviceAccountName, else its own name. */
+export function waypointServiceAccount(wp: Pick<Waypoint, 'metadata' | 'spec'>): string {
+  return wp.spec?.serviceAccountName ?? wp.metadata.name;
+}
+
+/** The field that sets a Waypoint's ServiceAccount: spec.serviceAccountName, or metadata.name when implied. */
+export function waypointServiceAccountPath(wp: Pick<Waypoint, 'spec'>): string {
+  return wp.spec?.serviceAccountName !== undefined ? 'spec.serviceAccountName' : 'metadata.name';
+}
+
 export function admitWaypoint(wp: Pick<Waypoint, 'metadata' | 'spec'>, allow: WaypointAllowList = {}): WaypointRefusal | undefined {
-  const sa = wp.spec?.serviceAccountName;
-  if (sa !== undefined && sa !== wp.metadata.name) {
-    if (sa === FORBIDDEN_WAYPOINT_SERVICE_ACCOUNT || !(allow.serviceAccounts ?? []).includes(sa)) {
-      return {
-        path: 'spec.serviceAccountName',
-        reason: 'ServiceAccountNotAllowed',
-        message: sa === FORBIDDEN_WAYPOINT_SERVICE_ACCOUNT
-          ? 'ServiceAccount "default" is never allowed: every pod of the namespace runs as it and would count as the waypoint'
-          : `ServiceAccount "${sa}" is not allowed for waypoints (allowed: the Waypoint's own name${allow.serviceAccounts?.length ? `, ${allow.serviceAccounts.join(', ')}` : ''}; controller flag --waypoint-service-accounts)`,
-      };
-    }
+  const sa = waypointServiceAccount(wp);
+  if (sa === FORBIDDEN_WAYPOINT_SERVICE_ACCOUNT) {
+    const implied = wp.spec?.serviceAccountName === undefined;
+    return {
+      path: waypointServiceAccountPath(wp),
+      reason: 'ServiceAccountNotAllowed',
+      message: `ServiceAccount "default" is never allowed${implied ? ' (a Waypoint without spec.serviceAccountName runs as its own name; rename it)' : ''}: every pod of the namespace runs as it and would count as the waypoint`,
+    };
+  }
+  if (sa !== wp.metadata.name && !(allow.serviceAccounts ?? []).includes(sa)) {
+    return {
+      path: 'spec.serviceAccountName',
+      reason: 'ServiceAccountNotAllowed',
+      message: `ServiceAccount "${sa}" is not allowed for waypoints (allowed: the Waypoint's own name${allow.serviceAccounts?.length ? `, ${allow.serviceAccounts.join(', ')}` : ''}; controller flag --waypoint-service-accounts)`,
+    };
   }
   const image = wp.spec?.image;
   if (image !== undefined && !(allow.images ?? []).some((p) => (p.endsWith('*') ? image.startsWith(p.slice(0, -1)) : image === p))) {
@@ -46,6 +63,26 @@ export function admitWaypoint(wp: Pick<Waypoint, 'metadata' | 'spec'>, allow: Wa
       path: 'spec.image',
       reason: 'ImageNotAllowed',
       message: `image "${image}" is not allowed for waypoints (leave spec.image out for the controller's image, or allow it with the controller flag --waypoint-images)`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The refusal of a Waypoint whose ServiceAccount other pods of its namespace run as (`pods`: each
+ * pod's namespace, ServiceAccount, and the Waypoint it belongs to, if any, by its
+ * weft.dev/waypoint label): agents would let those pods skip the waypoint as "the waypoint itself",
+ * and their tokens would obtain its certificate. A Waypoint's own replicas do not count.
+ */
+export function waypointAccountShared(wp: Pick<Waypoint, 'metadata' | 'spec'>, pods: Iterable<{ namespace: string; serviceAccount: string; name: string; waypointFor: string | undefined }>): WaypointRefusal | undefined {
+  const sa = waypointServiceAccount(wp);
+  const ns = wp.metadata.namespace;
+  for (const p of pods) {
+    if (p.namespace !== ns || p.serviceAccount !== sa || p.waypointFor === wp.metadata.name) continue;
+    return {
+      path: waypointServiceAccountPath(wp),
+      reason: 'ServiceAccountShared',
+      message: `ServiceAccount "${sa}" is used by pod ${ns}/${p.name}, which would count as the waypoint itself; give the waypoint an account of its own${wp.spec?.serviceAccountName === undefined ? ' (it runs as its own name: rename it or set spec.serviceAccountName)' : ''}`,
     };
   }
   return undefined;

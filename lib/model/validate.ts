@@ -462,7 +462,10 @@ function validateWaypoint(c: Checker, o: Json): void {
   const sa = c.str(spec.serviceAccountName, 'spec.serviceAccountName', { pattern: DNS1123_SUBDOMAIN, patternText: 'a valid service account name' });
   // Every pod of the namespace runs as `default`; as the waypoint's identity it would let each of
   // them pass as "the waypoint itself" (controller/src/waypoint-admission.ts has the allow-list).
+  // A Waypoint without spec.serviceAccountName runs as its own name, so one named `default` too.
+  const name = (o.metadata as Json | undefined)?.name;
   if (sa === 'default') c.fail('spec.serviceAccountName', '"default" is never allowed: every pod of the namespace runs as it and would count as the waypoint');
+  else if (spec.serviceAccountName === undefined && name === 'default') c.fail('metadata.name', '"default" is never allowed: a Waypoint without spec.serviceAccountName runs as its own name, and every pod of the namespace runs as ServiceAccount "default" and would count as the waypoint (rename it, or set spec.serviceAccountName)');
   c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
   c.str(spec.image, 'spec.image', { nonEmpty: true });
 }

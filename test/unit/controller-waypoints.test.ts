@@ -13,7 +13,13 @@ import { KubeWaypointDriver } from '../../controller/src/waypoints-kube.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
-import { ns, svc, waypoint } from './controller-fixtures.ts';
+import { ns, pod, svc, waypoint } from './controller-fixtures.ts';
+import { CompileCache, compile, emptyInputs } from '../../controller/src/compile.ts';
+import { compileChanges } from '../../controller/src/compile-incremental.ts';
+import { ObjectStore } from '../../controller/src/store.ts';
+import { admitWaypoint, isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
+import { AgentState } from '../../agent/src/state.ts';
+import type { Pod, Waypoint } from '../../lib/model/objects.ts';
 import { until } from './controller-harness.ts';
 
 async function serve(configServer: ConfigServer): Promise<{ target: string; server: grpc.Server }> {
@@ -161,9 +167,70 @@ test('a Waypoint naming a ServiceAccount or image outside the allow-list is not 
     assert.equal(api.get('Deployment', 'shop', 'borrowed'), undefined);
     assert.equal(api.get('Deployment', 'shop', 'own-image'), undefined);
     assert.equal(controller.model!.waypoints.get('shop/borrowed')!.ready, false, 'Services using it fail closed');
-    assert.equal(controller.model!.waypoints.get('shop/borrowed')!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/borrowed', 'the refused SA never becomes a trusted waypoint identity');
+    assert.equal(controller.model!.waypoints.get('shop/borrowed')!.spiffeId, 'spiffe://cluster.local/ns/shop/sa/', 'the refused SA (nor any other) never becomes a trusted waypoint identity');
   } finally {
     await controller.stop();
     await api.stop();
   }
+});
+
+// controller/src/waypoint-admission.ts: "`default` never, since every pod of the namespace runs as
+// it and would then count as the waypoint itself" (agent/src/state.ts isWaypointItself compares
+// SPIFFE IDs). A Waypoint without spec.serviceAccountName runs as its own name, so the rule is about
+// the account it runs as, named or implied.
+function meshOf(objs: { waypoints?: Waypoint[]; pods?: Pod[] }) {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': objs.waypoints?.[0]?.metadata.name ?? 'wp' }));
+  i.services.push(svc('shop', 'reviews'));
+  i.pods.push(...(objs.pods ?? []));
+  i.waypoints.push(...(objs.waypoints ?? []));
+  return i;
+}
+
+test('a Waypoint named "default" with no spec.serviceAccountName runs as ServiceAccount default: refused at metadata.name, and default pods do not count as the waypoint (waypoint-admission.ts "default never")', () => {
+  const named = waypoint('shop', 'default');
+  assert.deepEqual(admitWaypoint(named) && [admitWaypoint(named)!.path, admitWaypoint(named)!.reason], ['metadata.name', 'ServiceAccountNotAllowed']);
+  assert.equal(admitWaypoint({ ...named, spec: { serviceAccountName: 'mesh-proxy' } }, { serviceAccounts: ['mesh-proxy'] }), undefined, 'named default, running as an allowed account of its own');
+  const app = { ...pod('shop', 'app', { labels: { app: 'reviews' } }), spec: { nodeName: 'node-a' } } as Pod; // no serviceAccountName: runs as default
+  const res = compile(meshOf({ waypoints: [named], pods: [app] }));
+  const wp = res.model.waypoints.get('shop/default')!;
+  assert.equal(wp.ready, false);
+  assert.notEqual(wp.spiffeId, 'spiffe://cluster.local/ns/shop/sa/default', 'the refused account never becomes a trusted waypoint identity');
+  assert.equal(isOwnWaypointIdentity(res.model.waypoints.values(), 'shop', 'spiffe://cluster.local/ns/shop/sa/default'), false, 'a default token obtains no waypoint certificate');
+  assert.deepEqual(res.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.name, f.path, f.reason]), [['default', 'metadata.name', 'ServiceAccountNotAllowed']]);
+  // The pod running as default does not skip the waypoint: its traffic to the Service fails closed.
+  const st = new AgentState('node-a');
+  st.apply({ node: 'node-a', workloads: [...res.model.workloads.values()], services: [...res.model.services.values()], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
+  const source = [...res.model.workloads.values()].find((w) => w.name === 'app')!;
+  assert.throws(() => st.resolve(source, '10.96.0.10', 80), /waypoint shop\/default is not ready/);
+});
+
+test('a Waypoint whose ServiceAccount other pods of its namespace run as is refused at the field that sets it (ServiceAccountShared); its own replicas do not count (waypoint-admission.ts "would count as the waypoint itself")', () => {
+  // Named after the ServiceAccount the reviews pods run as.
+  const borrowed = waypoint('shop', 'reviews');
+  const replica = pod('shop', 'reviews-wp-0', { labels: { 'weft.dev/waypoint': 'reviews' }, sa: 'reviews' });
+  const own = compile(meshOf({ waypoints: [borrowed], pods: [replica] }));
+  assert.deepEqual(own.findings.filter((f) => f.kind === 'Waypoint'), [], 'its own replica shares its account');
+  assert.equal(own.model.waypoints.get('shop/reviews')!.ready, true);
+  const app = pod('shop', 'reviews-1', { labels: { app: 'reviews' }, sa: 'reviews' });
+  const res = compile(meshOf({ waypoints: [borrowed], pods: [replica, app] }));
+  assert.deepEqual(res.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.path, f.reason]), [['metadata.name', 'ServiceAccountShared']]);
+  assert.match(res.findings.find((f) => f.kind === 'Waypoint')!.message, /pod shop\/reviews-1/);
+  assert.equal(res.model.waypoints.get('shop/reviews')!.ready, false);
+  assert.notEqual(res.model.waypoints.get('shop/reviews')!.spiffeId, [...res.model.workloads.values()].find((w) => w.name === 'reviews-1')!.spiffeId);
+  // Named explicitly: reported at spec.serviceAccountName.
+  const explicit = compile(meshOf({ waypoints: [{ ...waypoint('shop', 'wp'), spec: { serviceAccountName: 'reviews' } }], pods: [app] }), { waypointAllowList: { serviceAccounts: ['reviews'] } });
+  assert.deepEqual(explicit.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.path, f.reason]), [['spec.serviceAccountName', 'ServiceAccountShared']]);
+});
+
+test('a pod taking up a waypoint\'s ServiceAccount refuses the waypoint in an incremental compile too (equal to a full compile)', () => {
+  const store = new ObjectStore();
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'Waypoint'], objects: [...Object.values(meshOf({ waypoints: [waypoint('shop', 'wp')] })).flat()] as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  compileChanges(store.inputs(), { cache }, store.takeChanges());
+  store.apply([{ type: 'upsert', object: pod('shop', 'sneaky', { labels: { app: 'reviews' }, sa: 'wp' }) as never, resourceVersion: '2' }]);
+  const got = compileChanges(store.inputs(), { cache }, store.takeChanges());
+  assert.equal(got.model.waypoints.get('shop/wp')!.ready, false);
+  assert.deepEqual(got.findings.filter((f) => f.kind === 'Waypoint').map((f) => f.reason), ['ServiceAccountShared']);
+  assert.deepEqual(got.model.waypoints.get('shop/wp'), compile(store.inputs()).model.waypoints.get('shop/wp'));
 });

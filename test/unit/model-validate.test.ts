@@ -273,3 +273,9 @@ test('ReferenceGrant v1 and v1beta1, mirror percent or fraction, backendRefs of 
   assert.deepEqual(route({}, { group: 'unknownkind.example.com', kind: 'NonExistent', name: 'echo-v1', port: 8080 }), []);
   assert.match(route({}, { group: 'Not A Group!', kind: 'X', name: 'echo', port: 8080 })[0] ?? '', /^spec\.rules\[0\]\.backendRefs\[0\]\.group: /);
 });
+
+test('a Waypoint named "default" without spec.serviceAccountName runs as ServiceAccount default and is refused at metadata.name (waypoint-admission.ts "default never")', () => {
+  const wp = (spec: unknown) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'default', namespace: 'shop' }, spec });
+  assert.deepEqual(validateObject(wp({})).map((i) => [i.path, /never allowed/.test(i.message)]), [['metadata.name', true]]);
+  assert.deepEqual(validateObject(wp({ serviceAccountName: 'mesh-proxy' })), [], 'named default, running as an account of its own');
+});
