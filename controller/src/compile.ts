@@ -250,6 +250,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
 
   const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
   const nodeIps = nodeIpsOf(inputs);
+  findings.push(...nodeAddressFindings(inputs.nodes));
 
   // Peer authentication first: workloads carry their resolved mode.
   for (const pa of sortByAge(inputs.peerAuthentications)) {
@@ -293,8 +294,15 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     }
     const rt = waypointFacts(options.waypointRuntime?.get(key), waypointPods.get(key));
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
-    const address = rt?.address ?? wp.status?.addresses?.[0]?.value;
-    const addresses = rt?.address !== undefined ? rt.addresses : wp.status?.addresses?.map((a) => a.value);
+    // Validation refuses an address that is not an IP; should one get here, it is dropped, as every
+    // agent would refuse the whole config holding it.
+    const statusAddresses: string[] = [];
+    wp.status?.addresses?.forEach((a, i) => {
+      if (isIP(a.value) !== 0) statusAddresses.push(a.value);
+      else findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path: `status.addresses[${i}].value`, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
+    });
+    const address = rt?.address ?? statusAddresses[0];
+    const addresses = rt?.address !== undefined ? rt.addresses : statusAddresses;
     const ready = rt ? rt.ready : readyCond?.status === 'True';
     const reason = rt ? rt.reason : readyCond?.status === 'True' ? undefined : (readyCond?.reason ?? 'NotReconciled');
     const compiled: Waypoint = {
@@ -475,7 +483,7 @@ export function sharedWaypointAccounts(inputs: Pick<MeshInputs, 'pods' | 'waypoi
   return out;
 }
 
-/** Node addresses: a Node object's InternalIP, else the hostIP of the first pod listed on it. */
+/** Node addresses: a Node object's InternalIP (else ExternalIP), else the hostIP of the first pod listed on it. */
 export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<string, string> {
   const nodeIps = new Map<string, string>();
   for (const pod of inputs.pods) {
@@ -483,10 +491,32 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
     if (node && pod.status?.hostIP && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
   }
   for (const n of inputs.nodes) {
-    const addr = n.status?.addresses?.find((a) => a.type === 'InternalIP') ?? n.status?.addresses?.[0];
-    if (addr) nodeIps.set(n.metadata.name, addr.address);
+    const addr = nodeAddressOf(n);
+    if (addr !== undefined && isIP(addr) !== 0) nodeIps.set(n.metadata.name, addr);
   }
   return nodeIps;
+}
+
+/** Where agents tunnel to on a node: the index of its InternalIP, else of its ExternalIP (Hostname and DNS addresses are names), or -1. */
+function nodeAddressIndex(n: Node): number {
+  const addrs = n.status?.addresses ?? [];
+  const internal = addrs.findIndex((a) => a.type === 'InternalIP');
+  return internal >= 0 ? internal : addrs.findIndex((a) => a.type === 'ExternalIP');
+}
+
+function nodeAddressOf(n: Node): string | undefined {
+  return n.status?.addresses?.[nodeAddressIndex(n)]?.address;
+}
+
+/** A Node whose address (nodeAddressOf) is not an IP: left out of nodeIpsOf, as every agent would refuse the whole config holding it. */
+function nodeAddressFindings(nodes: readonly Node[]): CompileFinding[] {
+  const out: CompileFinding[] = [];
+  for (const n of nodes) {
+    const i = nodeAddressIndex(n);
+    const addr = n.status?.addresses?.[i]?.address;
+    if (addr !== undefined && isIP(addr) === 0) out.push({ kind: 'Node', namespace: '', name: n.metadata.name, path: `status.addresses[${i}].address`, reason: 'InvalidAddress', message: `"${addr}" is not an IP address; the node's pods' hostIP is used instead` });
+  }
+  return out;
 }
 
 /**

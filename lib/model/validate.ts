@@ -304,8 +304,12 @@ const VALIDATORS: Record<MeshKind, Validator> = {
       const p = `status.addresses[${i}]`;
       const ao = c.obj(a, p, true);
       if (!ao) return;
-      c.str(ao.type, `${p}.type`, { required: true });
-      c.str(ao.address, `${p}.address`, { required: true });
+      const type = c.str(ao.type, `${p}.type`, { required: true });
+      // Agents are given the node's InternalIP (else its first address) to tunnel to, and refuse a
+      // whole config holding an address that does not parse (agent/src/state.ts validateAgentConfig).
+      // Hostname and DNS addresses are names.
+      if (type === 'InternalIP' || type === 'ExternalIP') ip(c, ao.address, `${p}.address`, true);
+      else c.str(ao.address, `${p}.address`, { required: true });
     });
   },
   Pod: validatePod,
@@ -358,6 +362,19 @@ function ip(c: Checker, v: unknown, path: string, required = false): void {
   if (s !== undefined && s !== '' && isIP(s) === 0) c.fail(path, `"${s}" is not an IP address`);
 }
 
+/** status.conditions as the controller reads them (type and status; other fields are left alone). */
+function conditions(c: Checker, v: unknown, path: string): void {
+  c.arr(v, path)?.forEach((x, i) => {
+    const p = `${path}[${i}]`;
+    const co = c.obj(x, p, true);
+    if (!co) return;
+    c.str(co.type, `${p}.type`, { required: true });
+    c.str(co.status, `${p}.status`, { required: true });
+    c.str(co.reason, `${p}.reason`);
+    c.str(co.message, `${p}.message`);
+  });
+}
+
 function validatePod(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec', true);
   if (spec) {
@@ -379,6 +396,7 @@ function validatePod(c: Checker, o: Json): void {
   }
   const st = c.obj(o.status, 'status');
   if (st) {
+    conditions(c, st.conditions, 'status.conditions');
     ip(c, st.podIP, 'status.podIP');
     ip(c, st.hostIP, 'status.hostIP');
     c.arr(st.podIPs, 'status.podIPs')?.forEach((x, i) => {
@@ -468,6 +486,19 @@ function validateWaypoint(c: Checker, o: Json): void {
   else if (spec.serviceAccountName === undefined && name === 'default') c.fail('metadata.name', '"default" is never allowed: a Waypoint without spec.serviceAccountName runs as its own name, and every pod of the namespace runs as ServiceAccount "default" and would count as the waypoint (rename it, or set spec.serviceAccountName)');
   c.int(spec.replicas, 'spec.replicas', { min: 0, max: 100 });
   c.str(spec.image, 'spec.image', { nonEmpty: true });
+  // The status the controller compiles from where no reconciler runs (compile.ts): Ready, and the
+  // address agents tunnel to, which every agent refuses whole if it does not parse.
+  const st = c.obj(o.status, 'status');
+  if (st) {
+    conditions(c, st.conditions, 'status.conditions');
+    c.arr(st.addresses, 'status.addresses')?.forEach((a, i) => {
+      const p = `status.addresses[${i}]`;
+      const ao = c.obj(a, p, true);
+      if (!ao) return;
+      c.str(ao.type, `${p}.type`, { oneOf: ['IPAddress'] });
+      ip(c, ao.value, `${p}.value`, true);
+    });
+  }
 }
 
 function selector(c: Checker, v: unknown, path: string): void {

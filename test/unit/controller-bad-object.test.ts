@@ -11,6 +11,7 @@ import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { startHarness, until } from './controller-harness.ts';
+import { validateAgentConfig } from '../../agent/src/state.ts';
 
 test('after a refused policy and a route to missing backends, a new DENY policy and an endpoint change still reach the waypoint and take effect', async () => {
   const route = {
@@ -117,3 +118,40 @@ test('an HTTPRoute on a Service port a GRPCRoute holds is Conflicted in its stat
     await h.close();
   }
 });
+
+// docs/RELIABILITY.md: the controller "never fails a compile" and agents never get a config they
+// must reject; lib/model/validate.ts: "Every field the mesh reads is checked". compile.ts reads a
+// Waypoint's status.conditions and status.addresses, a Pod's status.conditions and a Node's
+// addresses; each of these, malformed, used to fail every compile (freezing all config) or reach
+// every agent and be NACKed there (validateAgentConfig), so that no later change got through.
+const hostileStatus: Array<[string, object, string]> = [
+  ['Waypoint status.conditions as a string', { ...waypoint('shop', 'evil'), status: { conditions: 'x' } }, 'status.conditions'],
+  ['Waypoint status.addresses as a string', { ...waypoint('shop', 'evil'), status: { addresses: 'x' } }, 'status.addresses'],
+  ['Pod status.conditions as a string', { ...pod('shop', 'evil', { labels: { app: 'reviews' } }), status: { phase: 'Running', podIP: '10.1.7.7', conditions: 'x' } }, 'status.conditions'],
+  ['Waypoint status.addresses[0].value "not-an-ip" with Ready=True', { ...waypoint('web', 'evil'), status: { addresses: [{ type: 'IPAddress', value: 'not-an-ip' }], conditions: [{ type: 'Ready', status: 'True', reason: 'x', message: 'x' }] } }, 'status.addresses[0].value'],
+  ['Node status.addresses[0].address "not-an-ip" (InternalIP)', { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a' }, status: { addresses: [{ type: 'InternalIP', address: 'not-an-ip' }] } }, 'status.addresses[0].address'],
+];
+
+for (const [what, bad, path] of hostileStatus) {
+  test(`RELIABILITY.md "never fails a compile", "agents never get a config they must reject": ${what} is refused at ${path} and a later good policy still reaches the agent`, async () => {
+    const source = new MemorySource([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('web'), pod('shop', 'reviews'), svc('shop', 'reviews')]);
+    const h = await startHarness(source);
+    try {
+      const rejected: string[] = [];
+      const agent = h.agent('node-a', { validate: (c) => { try { validateAgentConfig(c); } catch (e) { rejected.push((e as Error).message); throw e; } } });
+      await agent.ready();
+      source.upsert(bad);
+      source.upsert(authz('shop', 'later-good', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['web'] } }] }] }));
+      await h.controller.settled();
+      await until('the later good policy reaches the agent, or the agent refuses a config', () => agent.snapshot!.policies.some((p) => p.name === 'later-good') || rejected.length > 0, 2000).catch(() => {});
+      assert.deepEqual(h.logs.filter((l) => l.msg.startsWith('compile failed')).map((l) => l.fields.error), [], 'no compile failure');
+      assert.deepEqual(rejected, [], 'the agent refused no config');
+      assert.ok(agent.snapshot!.policies.some((p) => p.name === 'later-good'), 'the later good policy is in force at the agent');
+      const o = bad as { kind: string; metadata: { name: string; namespace?: string } };
+      const st = source.statuses.get(`${o.kind}/${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name}`);
+      if (o.kind === 'Waypoint') assert.equal(st?.path, path, 'refused with its field path');
+    } finally {
+      await h.close();
+    }
+  });
+}

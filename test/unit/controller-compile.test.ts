@@ -7,6 +7,7 @@ import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable } from '../../waypoint/src/router.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
+import { validateAgentConfig } from '../../agent/src/state.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
   const i = emptyInputs();
@@ -546,4 +547,18 @@ test('HTTPRoute CORS filter (HTTPCORSFilter, GEP-1767): compiled with the API\'s
     'spec.rules[0].filters[0].cors.allowOrigins[0]', 'spec.rules[0].filters[0].cors.allowOrigins[1]', 'spec.rules[0].filters[0].cors.allowOrigins[2]',
     'spec.rules[0].filters[0].cors.maxAge',
   ]);
+});
+
+test('a Waypoint status address or a Node address that is not an IP is left out with a finding, never sent to agents, which would refuse the whole config (agent/src/state.ts validateAgentConfig; validation refuses both first)', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { node: 'node-b' }));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {}, status: { addresses: [{ type: 'IPAddress', value: 'not-an-ip' }, { type: 'IPAddress', value: '10.96.0.9' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+  i.nodes.push({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-b' }, status: { addresses: [{ type: 'InternalIP', address: 'not-an-ip' }] } } as never);
+  const res = compile(i);
+  const wp = res.model.waypoints.get('shop/wp')!;
+  assert.equal(wp.address, '10.96.0.9');
+  assert.equal([...res.model.workloads.values()][0]!.nodeIp, '192.168.0.2', 'the pod\'s hostIP, not the bad node address');
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]).sort(), [['Node', 'status.addresses[0].address', 'InvalidAddress'], ['Waypoint', 'status.addresses[0].value', 'InvalidAddress']]);
+  validateAgentConfig({ node: 'node-b', workloads: [...res.model.workloads.values()], services: [], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
 });

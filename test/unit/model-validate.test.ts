@@ -279,3 +279,19 @@ test('a Waypoint named "default" without spec.serviceAccountName runs as Service
   assert.deepEqual(validateObject(wp({})).map((i) => [i.path, /never allowed/.test(i.message)]), [['metadata.name', true]]);
   assert.deepEqual(validateObject(wp({ serviceAccountName: 'mesh-proxy' })), [], 'named default, running as an account of its own');
 });
+
+test('the status fields the controller compiles from are checked: Waypoint status.conditions and status.addresses[].value (an IP), Pod status.conditions, a Node\'s InternalIP / ExternalIP (validate.ts "Every field the mesh reads is checked"; agent/src/state.ts validateAgentConfig)', () => {
+  const wp = (status: unknown) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {}, status });
+  assert.deepEqual(validateObject(wp({ conditions: [{ type: 'Ready', status: 'True', reason: 'R', message: 'm', lastTransitionTime: 'x' }], addresses: [{ type: 'IPAddress', value: '10.96.0.9' }] })), []);
+  assert.deepEqual(validateObject(wp({ conditions: 'x' })).map((i) => i.path), ['status.conditions']);
+  assert.deepEqual(validateObject(wp({ conditions: [{ status: 'True' }] })).map((i) => i.path), ['status.conditions[0].type']);
+  assert.deepEqual(validateObject(wp({ addresses: 'x' })).map((i) => i.path), ['status.addresses']);
+  assert.deepEqual(validateObject(wp({ addresses: [{ type: 'IPAddress', value: 'not-an-ip' }] })).map((i) => [i.path, i.message]), [['status.addresses[0].value', '"not-an-ip" is not an IP address']]);
+  const pod = (status: unknown) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'p', namespace: 'shop' }, spec: {}, status });
+  assert.deepEqual(validateObject(pod({ conditions: [{ type: 'Ready', status: 'True', lastProbeTime: null }] })), []);
+  assert.deepEqual(validateObject(pod({ conditions: 'x' })).map((i) => i.path), ['status.conditions']);
+  assert.deepEqual(validateObject(pod({ conditions: [{ type: 'Ready', status: true }] })).map((i) => i.path), ['status.conditions[0].status']);
+  const node = (addresses: unknown) => ({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'n' }, status: { addresses } });
+  assert.deepEqual(validateObject(node([{ type: 'Hostname', address: 'n' }, { type: 'InternalIP', address: '192.168.0.1' }])), []);
+  assert.deepEqual(validateObject(node([{ type: 'InternalIP', address: 'not-an-ip' }, { type: 'ExternalIP', address: 'n.example' }])).map((i) => i.path), ['status.addresses[0].address', 'status.addresses[1].address']);
+});
