@@ -155,7 +155,12 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
       else if (!list.includes(key)) list.push(key);
       touched.add(uid);
     }
-    for (const ref of old.refs) last.sliceRefs.get(ref)?.delete(key);
+    // An emptied set goes with its entry, as a full compile holds only live refs: endpoint churn
+    // (every new pod a new uid and address) would otherwise grow this map without bound.
+    for (const ref of old.refs) {
+      const set = last.sliceRefs.get(ref);
+      if (set?.delete(key) && set.size === 0) last.sliceRefs.delete(ref);
+    }
     for (const ref of unit.refs) {
       let set = last.sliceRefs.get(ref);
       if (!set) last.sliceRefs.set(ref, (set = new Set()));

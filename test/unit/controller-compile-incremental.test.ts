@@ -160,3 +160,27 @@ test('the record of what an incremental compile changed keeps no earlier model a
   gc();
   assert.equal(first!.deref(), undefined, 'the first model\'s workload map was collected');
 });
+
+test('EndpointSlice churn leaves no emptied entries in the incremental state: sliceRefs equals a full compile\'s (compile-incremental.ts "The result equals a full compile of the same inputs")', () => {
+  const store = new ObjectStore();
+  const objs: object[] = [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } }, service('a', 'web', false)];
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice'], objects: objs as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  compileChanges(store.inputs(), { cache }, store.takeChanges());
+  let incremental = 0;
+  for (let i = 0; i < 500; i++) {
+    // Each step a new pod (new uid, new address) behind the one endpoint, as a rolling Deployment does.
+    const slice = { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4', metadata: { name: 'web-1', namespace: 'a', labels: { 'kubernetes.io/service-name': 'web' } }, endpoints: [{ addresses: [`10.2.${i >> 8}.${i & 255}`], targetRef: { kind: 'Pod', name: `p-${i}`, namespace: 'a', uid: `uid-${i}` } }], ports: [{ name: 'http', port: 8080 }] };
+    store.apply([{ type: 'upsert', object: slice as never, resourceVersion: String(i + 2) }]);
+    const changed = store.takeChanges();
+    if (compileIncrementally(store.inputs(), { cache }, changed)) incremental++;
+    else compile(store.inputs(), { cache });
+  }
+  assert.ok(incremental > 400, `only ${incremental} of 500 steps were incremental`);
+  const refs = cache.last!.sliceRefs;
+  assert.deepEqual([...refs].filter(([, s]) => s.size === 0).map(([r]) => r), [], 'no emptied sets');
+  const fullCache = new CompileCache();
+  const full = compile(store.inputs(), { cache: fullCache });
+  assert.deepEqual([...refs].map(([r, s]) => [r, [...s]]).sort(), [...fullCache.last!.sliceRefs].map(([r, s]) => [r, [...s]]).sort());
+  assert.deepEqual(normal(cache.last!.result), normal(full));
+});
