@@ -27,6 +27,13 @@ export const L4_CONDITION_KEYS = Object.keys(CONDITION_KEYS).filter((k) => CONDI
 export const L7_CONDITION_KEYS = Object.entries(CONDITION_KEYS).filter(([, s]) => s.layer === 'L7').map(([k, s]) => (s.arg ? `${k}[` : k));
 export { isCidr };
 
+/**
+ * The longest duration Weft takes for a timeout, delay or interval: 2^31-1 ms (about 24.8 days),
+ * the longest Node.js timer (setTimeout runs a longer delay after 1 ms). A Weft limit: Gateway API
+ * durations (GEP-2257) go up to 99999h.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Collects issues for one object. */
 class Checker {
   readonly issues: ValidationIssue[] = [];
@@ -166,9 +173,23 @@ class Checker {
     }
   }
 
-  duration(v: unknown, path: string, required = false): void {
+  /**
+   * A Gateway API duration. `timer` (the default): the waypoint arms a timer with it, so it may be
+   * no longer than MAX_TIMER_MS; Node.js runs a longer timer after 1 ms.
+   */
+  duration(v: unknown, path: string, required = false, opts: { timer?: boolean } = {}): number | undefined {
     const s = this.str(v, path, { required });
-    if (s !== undefined && !isDuration(s)) this.fail(path, `"${s}" is not a duration (e.g. 250ms, 30s, 1m30s)`);
+    if (s === undefined) return undefined;
+    if (!isDuration(s)) {
+      this.fail(path, `"${s}" is not a duration (e.g. 250ms, 30s, 1m30s)`);
+      return undefined;
+    }
+    const ms = parseDuration(s);
+    if ((opts.timer ?? true) && ms > MAX_TIMER_MS) {
+      this.fail(path, `"${s}" is longer than ${MAX_TIMER_MS} ms (about 24.8 days), a Weft limit: Gateway API durations go up to 99999h, but the waypoint times with Node.js timers, which fire at once past that`);
+      return undefined;
+    }
+    return ms;
   }
 
   regex(v: unknown, path: string): void {
@@ -665,7 +686,8 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
   if (q) {
     c.only(q, 'spec.quota', ['requests', 'window', 'per']);
     c.int(q.requests, 'spec.quota.requests', { required: true, min: 0 });
-    c.duration(q.window, 'spec.quota.window', true);
+    // A quota window is counted, not timed (waypoint/src/quota.ts): a month is fine.
+    c.duration(q.window, 'spec.quota.window', true, { timer: false });
     if (typeof q.window === 'string' && /^0+(ms|s|m|h)$/.test(q.window)) c.fail('spec.quota.window', 'must be longer than zero');
     c.str(q.per, 'spec.quota.per', { oneOf: ['service', 'source'] });
   }

@@ -295,3 +295,18 @@ test('the status fields the controller compiles from are checked: Waypoint statu
   assert.deepEqual(validateObject(node([{ type: 'Hostname', address: 'n' }, { type: 'InternalIP', address: '192.168.0.1' }])), []);
   assert.deepEqual(validateObject(node([{ type: 'InternalIP', address: 'not-an-ip' }, { type: 'ExternalIP', address: 'n.example' }])).map((i) => i.path), ['status.addresses[0].address', 'status.addresses[1].address']);
 });
+
+// Node.js runs a setTimeout longer than 2^31-1 ms after 1 ms, and the waypoint arms route and
+// TrafficPolicy timeouts with setTimeout (waypoint/src/proxy.ts): "600h" timed every request out at
+// once. Gateway API (GEP-2257) allows up to 99999h; the limit is Weft's (docs/ARCHITECTURE.md, Routes).
+test('durations the waypoint times are at most 2^31-1 ms (about 24.8 days), a Weft limit below Gateway API\'s 99999h; a quota window is not timed', () => {
+  const route = (timeouts: unknown) => ({ apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'shop' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ timeouts, backendRefs: [{ name: 'reviews', port: 80 }] }] } });
+  const issues = validateObject(route({ request: '600h', backendRequest: '596h31m23s648ms' }));
+  assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].timeouts.request', 'spec.rules[0].timeouts.backendRequest']);
+  assert.match(issues[0]!.message, /2147483647 ms \(about 24\.8 days\), a Weft limit: Gateway API durations go up to 99999h/);
+  assert.deepEqual(validateObject(route({ request: '596h31m23s647ms' })), [], 'exactly 2^31-1 ms');
+  const tp = (spec: object) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'tp', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'reviews' }, ...spec } });
+  assert.deepEqual(validateObject(tp({ timeouts: { request: '9999h', perTry: '1h', idle: '700h', connect: '30s' } })).map((i) => i.path), ['spec.timeouts.request', 'spec.timeouts.idle']);
+  assert.deepEqual(validateObject(tp({ outlierDetection: { interval: '9999h', baseEjectionTime: '9999h' }, fault: { delay: { fixedDelay: '9999h' } } })).map((i) => i.path), ['spec.outlierDetection.interval', 'spec.outlierDetection.baseEjectionTime', 'spec.fault.delay.fixedDelay']);
+  assert.deepEqual(validateObject(tp({ quota: { requests: 1000, window: '720h' } })), [], 'a 30-day quota window is counted, not timed');
+});
