@@ -687,8 +687,8 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
     c.only(q, 'spec.quota', ['requests', 'window', 'per']);
     c.int(q.requests, 'spec.quota.requests', { required: true, min: 0 });
     // A quota window is counted, not timed (waypoint/src/quota.ts): a month is fine.
-    c.duration(q.window, 'spec.quota.window', true, { timer: false });
-    if (typeof q.window === 'string' && /^0+(ms|s|m|h)$/.test(q.window)) c.fail('spec.quota.window', 'must be longer than zero');
+    // Zero in any spelling ("0s", "0m0s"): the waypoint drops a TrafficPolicy with a zero window or fill interval (waypoint/src/resilience.ts).
+    if (c.duration(q.window, 'spec.quota.window', true, { timer: false }) === 0) c.fail('spec.quota.window', 'must be longer than zero');
     c.str(q.per, 'spec.quota.per', { oneOf: ['service', 'source'] });
   }
   const t = c.obj(spec.targetRef, 'spec.targetRef', true);
@@ -756,8 +756,7 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
   if (rl) {
     c.only(rl, 'spec.rateLimit', ['tokens', 'fillInterval', 'per']);
     c.int(rl.tokens, 'spec.rateLimit.tokens', { required: true, min: 1 });
-    c.duration(rl.fillInterval, 'spec.rateLimit.fillInterval', true);
-    if (typeof rl.fillInterval === 'string' && /^0+(ms|s|m|h)$/.test(rl.fillInterval)) c.fail('spec.rateLimit.fillInterval', 'must be longer than zero');
+    if (c.duration(rl.fillInterval, 'spec.rateLimit.fillInterval', true) === 0) c.fail('spec.rateLimit.fillInterval', 'must be longer than zero');
     c.str(rl.per, 'spec.rateLimit.per', { oneOf: ['route', 'source'] });
   }
   const f = c.obj(spec.fault, 'spec.fault');

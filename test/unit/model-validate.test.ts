@@ -310,3 +310,15 @@ test('durations the waypoint times are at most 2^31-1 ms (about 24.8 days), a We
   assert.deepEqual(validateObject(tp({ outlierDetection: { interval: '9999h', baseEjectionTime: '9999h' }, fault: { delay: { fixedDelay: '9999h' } } })).map((i) => i.path), ['spec.outlierDetection.interval', 'spec.outlierDetection.baseEjectionTime', 'spec.fault.delay.fixedDelay']);
   assert.deepEqual(validateObject(tp({ quota: { requests: 1000, window: '720h' } })), [], 'a 30-day quota window is counted, not timed');
 });
+
+// GEP-2257 spells zero many ways ("0s", "0s0ms", "0m0s"); the waypoint drops a TrafficPolicy with a
+// zero quota window or fill interval (waypoint/src/resilience.ts "must be positive") after the
+// controller reported it Accepted, so the limit the tenant asked for silently did not apply.
+test('a zero rateLimit.fillInterval or quota.window is refused in every spelling (GEP-2257 durations: "0s0ms", "0m0s"), by its parsed value', () => {
+  const tp = (spec: object) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'tp', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'reviews' }, ...spec } });
+  for (const zero of ['0s', '0s0ms', '0m0s', '00h0m']) {
+    assert.deepEqual(validateObject(tp({ rateLimit: { tokens: 1, fillInterval: zero } })).map((i) => [i.path, i.message]), [['spec.rateLimit.fillInterval', 'must be longer than zero']], zero);
+    assert.deepEqual(validateObject(tp({ quota: { requests: 1, window: zero } })).map((i) => [i.path, i.message]), [['spec.quota.window', 'must be longer than zero']], zero);
+  }
+  assert.deepEqual(validateObject(tp({ rateLimit: { tokens: 1, fillInterval: '0s1ms' }, quota: { requests: 1, window: '0m1s' } })), []);
+});
