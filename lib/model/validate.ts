@@ -19,6 +19,12 @@ const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 const LABEL_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
+/**
+ * A character outside an HTTP field value (RFC 9110 section 5.5: field-vchar is VCHAR or obs-text,
+ * with SP and HTAB between): CR, LF, NUL and other controls, DEL, and anything above U+00FF, which
+ * is no octet. Node.js refuses the same set when the waypoint sets the header, failing the request.
+ */
+const FIELD_VALUE_BAD = /[^\t\x20-\x7e\x80-\xff]/u;
 const HOSTNAME = /^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const GATEWAY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const RETRY_ON = ['5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-4xx', 'refused-stream', 'cancelled', 'deadline-exceeded', 'unavailable', 'resource-exhausted'];
@@ -848,8 +854,10 @@ function headerModifier(c: Checker, v: unknown, p: string): void {
       if (!ho) return;
       c.only(ho, hp, ['name', 'value']);
       c.str(ho.name, `${hp}.name`, { required: true, pattern: HEADER_NAME, patternText: 'a header name' });
-      c.str(ho.value, `${hp}.value`);
+      const value = c.str(ho.value, `${hp}.value`);
       if (ho.value === undefined) c.fail(`${hp}.value`, 'is required');
+      const bad = value === undefined ? null : FIELD_VALUE_BAD.exec(value);
+      if (bad) c.fail(`${hp}.value`, `contains ${JSON.stringify(bad[0])} (U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), which a header field value may not hold (RFC 9110 section 5.5: visible characters, space, tab and octets 0x80-0xFF; never CR, LF or NUL)`);
     });
   }
   c.strList(o.remove, `${p}.remove`, (s, sp) => {
