@@ -50,3 +50,13 @@ export function regexProblem(pattern: string): string | undefined {
     return (e as Error).message;
   }
 }
+
+/**
+ * The path pattern of a GRPCMethodMatch of type RegularExpression (`/service/method`): each part a
+ * group of its own, so that an alternation (`Get|List`) stays inside its part; a part left out
+ * matches any name. The controller compiles the match to it and validation checks it whole, since
+ * two parts each within the limits can exceed them together.
+ */
+export function grpcMethodPattern(service: string | undefined, method: string | undefined): string {
+  return `^/(?:${service ?? '[^/]+'})/(?:${method ?? '[^/]+'})$`;
+}

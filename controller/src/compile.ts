@@ -63,6 +63,7 @@ import {
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleLayer } from '../../lib/policy/authz.ts';
+import { grpcMethodPattern } from '../../lib/regex.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
 /** The accepted input objects, by kind. */
@@ -1197,5 +1198,5 @@ function grpcPath(m: { type?: 'Exact' | 'RegularExpression'; service?: string; m
     if (m.service) return { type: 'PathPrefix', value: `/${m.service}` };
     return { type: 'RegularExpression', value: `^/[^/]+/${escapeRe(m.method ?? '')}$` };
   }
-  return { type: 'RegularExpression', value: `^/(?:${m.service ?? '[^/]+'})/(?:${m.method ?? '[^/]+'})$` };
+  return { type: 'RegularExpression', value: grpcMethodPattern(m.service, m.method) };
 }

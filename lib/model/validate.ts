@@ -8,7 +8,7 @@ import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, 
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
-import { regexProblem } from '../regex.ts';
+import { grpcMethodPattern, regexProblem } from '../regex.ts';
 
 export type { ValidationIssue };
 
@@ -1060,10 +1060,17 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
           c.only(mm, `${mp}.method`, ['type', 'service', 'method']);
           const type = c.str(mm.type, `${mp}.method.type`, { oneOf: ['Exact', 'RegularExpression'] });
           if (mm.service === undefined && mm.method === undefined) c.fail(`${mp}.method`, 'needs service or method');
+          const before = c.issues.length;
           for (const k of ['service', 'method']) {
             if (mm[k] === undefined) continue;
             if (type === 'RegularExpression') c.regex(mm[k], `${mp}.method.${k}`);
             else c.str(mm[k], `${mp}.method.${k}`, { pattern: k === 'service' ? /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$/ : /^[A-Za-z_][A-Za-z0-9_]*$/, patternText: k === 'service' ? 'a gRPC service name' : 'a gRPC method name' });
+          }
+          // Each part may pass alone and the path pattern the controller compiles them to
+          // (`^/(?:service)/(?:method)$`) still be too long or too large for the waypoint.
+          if (type === 'RegularExpression' && c.issues.length === before && (mm.service !== undefined || mm.method !== undefined)) {
+            const why = regexProblem(grpcMethodPattern(mm.service as string | undefined, mm.method as string | undefined));
+            if (why) c.fail(`${mp}.method`, `service and method together are not a usable regular expression: the path pattern ^/(?:service)/(?:method)$ ${why}`);
           }
         }
         headerMatches(c, mo.headers, `${mp}.headers`, 'header');

@@ -339,3 +339,22 @@ for (const [what, value] of [['CR LF', 'a\r\nx-injected: 1'], ['NUL', 'a\u0000b'
     assert.match(issues[0]!.message, /RFC 9110 section 5\.5/);
   });
 }
+
+// The controller compiles a GRPCMethodMatch of type RegularExpression to one path pattern,
+// ^/(?:service)/(?:method)$ (lib/regex.ts grpcMethodPattern); each part within the limits
+// (1,024 characters, 2,000 RE2 instructions, as Envoy's max_program_size) could exceed them
+// together, and the waypoint then left the route out while it was reported Accepted
+// (waypoint/src/config.ts: "issues here mean a version skew between controller and waypoint").
+for (const [what, method] of [
+  ['two 1000-character parts (too long together)', { service: 'a'.repeat(1000), method: 'b'.repeat(1000) }],
+  ['two [a-z]{1,600} parts (too many RE2 instructions together)', { service: '[a-z]{1,600}', method: '[a-z]{1,600}' }],
+] as const) {
+  test(`GRPCRoute RegularExpression service and method valid alone but not joined are refused at the match's method field: ${what}`, () => {
+    const issues = validateObject({
+      apiVersion: 'gateway.networking.k8s.io/v1', kind: 'GRPCRoute', metadata: { name: 'g', namespace: 'shop' },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: 'ratings' }], rules: [{ matches: [{ method: { type: 'RegularExpression', ...method } }], backendRefs: [{ name: 'ratings', port: 9000 }] }] },
+    });
+    assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].matches[0].method']);
+    assert.match(issues[0]!.message, /service and method together/);
+  });
+}
