@@ -135,6 +135,8 @@ export interface WorkloadEnv {
   clusterDomain: string;
   clusterId: string;
   waypoints: ReadonlyMap<string, Waypoint>;
+  /** Cluster IP → key of the Service that holds it (vipOwnersOf), when Services claim one IP. */
+  vipOwners: ReadonlyMap<string, string>;
 }
 
 /** Indexes over the base workloads that Services select from. */
@@ -325,7 +327,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
 
   // Workloads. `services` stays empty on these base objects; memberships are added at the end.
-  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints };
+  const vipOwners = vipOwnersOf(inputs.services);
+  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, vipOwners };
   const nextCache: CompileCache['workloads'] = new Map();
   const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
   const uidByPodKey = new Map<string, string>();
@@ -370,6 +373,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     }
     const finding = serviceFinding(svc, unit.service, model.waypoints);
     if (finding) findings.push(finding);
+    findings.push(...vipFindings(svc, key, vipOwners));
     model.services.set(key, unit.service);
   }
   for (const uid of nextCache.keys()) model.workloads.set(uid, finalWorkload(nextCache.get(uid)!, memberOf.get(uid)));
@@ -668,7 +672,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     protocol: p.protocol ?? 'TCP',
     appProtocol: appProtocolOf(p.appProtocol, p.name),
   }));
-  const vips = [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+  const vips = serviceVips(svc).filter((ip) => (env.vipOwners.get(ip) ?? key) === key);
   const endpoints: Endpoint[] = [];
   const refs: string[] = [];
   // The endpoints of a Service nearly always map its ports the same way, so they share one record
@@ -735,6 +739,44 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     members,
     refs,
   };
+}
+
+/** A Service's cluster IPs as its object states them. */
+function serviceVips(svc: ServiceObject): string[] {
+  return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+}
+
+/**
+ * Cluster IPs that more than one Service claims (the API server allocates them uniquely; a config
+ * directory or another source need not), each with the Service that keeps it: the oldest, by
+ * creationTimestamp then namespace/name, as for TrafficPolicies. Agents index Services by VIP, so
+ * two holders would hand one Service's traffic to the other's endpoints.
+ */
+function vipOwnersOf(services: readonly ServiceObject[]): Map<string, string> {
+  const owners = new Map<string, string>();
+  const claimed = new Set<string>();
+  for (const svc of sortByAge(services.filter((s) => s.spec.type !== 'ExternalName'))) {
+    const key = nsName(svc.metadata.namespace!, svc.metadata.name);
+    for (const ip of serviceVips(svc)) {
+      if (!owners.has(ip)) owners.set(ip, key);
+      else if (owners.get(ip) !== key) claimed.add(ip);
+    }
+  }
+  for (const ip of [...owners.keys()]) if (!claimed.has(ip)) owners.delete(ip);
+  return owners;
+}
+
+/** A Service's findings for the cluster IPs an older Service holds (Conflicted; it keeps the rest). */
+function vipFindings(svc: ServiceObject, key: string, vipOwners: ReadonlyMap<string, string>): CompileFinding[] {
+  const out: CompileFinding[] = [];
+  for (const ip of serviceVips(svc)) {
+    const owner = vipOwners.get(ip);
+    if (owner === undefined || owner === key) continue;
+    const i = svc.spec.clusterIPs?.indexOf(ip) ?? -1;
+    const path = svc.spec.clusterIP === ip || i < 0 ? 'spec.clusterIP' : `spec.clusterIPs[${i}]`;
+    out.push({ kind: 'Service', namespace: svc.metadata.namespace!, name: svc.metadata.name, path, reason: 'Conflicted', message: `cluster IP ${ip} is already Service ${owner}'s (the oldest keeps it); this Service is not reachable at it` });
+  }
+  return out;
 }
 
 /** A Service's own finding: the waypoint it names does not exist. */

@@ -7,7 +7,9 @@ import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable } from '../../waypoint/src/router.ts';
 import { appliesToService } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
-import { validateAgentConfig } from '../../agent/src/state.ts';
+import { AgentState, validateAgentConfig } from '../../agent/src/state.ts';
+import { CompileCache } from '../../controller/src/compile.ts';
+import { compileIncrementally } from '../../controller/src/compile-incremental.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
   const i = emptyInputs();
@@ -259,7 +261,7 @@ const WP_META = { workloadName: 'wp', namespace: 'a', canonicalService: 'wp', ca
 test('uses the namespace waypoint for services unless the service names its own', () => {
   const i = emptyInputs();
   i.namespaces.push(ns('a', { 'weft.dev/use-waypoint': 'wp' }));
-  const own = svc('a', 'own');
+  const own = svc('a', 'own', { app: 'own' }, '10.96.0.11');
   own.metadata.labels = { 'weft.dev/use-waypoint': 'special' };
   i.services.push(svc('a', 'plain'), own);
   i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: {}, status: { addresses: [{ value: '10.2.0.1' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Running', message: '' }] } });
@@ -561,4 +563,41 @@ test('a Waypoint status address or a Node address that is not an IP is left out 
   assert.equal([...res.model.workloads.values()][0]!.nodeIp, '192.168.0.2', 'the pod\'s hostIP, not the bad node address');
   assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]).sort(), [['Node', 'status.addresses[0].address', 'InvalidAddress'], ['Waypoint', 'status.addresses[0].value', 'InvalidAddress']]);
   validateAgentConfig({ node: 'node-b', workloads: [...res.model.workloads.values()], services: [], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
+});
+
+// The API server allocates cluster IPs uniquely (a config directory need not). Agents index Services
+// by VIP, last one wins (agent/src/state.ts apply), so a second claimant took over the first's
+// address at every agent: "a bad object costs only itself". As for TrafficPolicies (Gateway API
+// policy attachment), the oldest keeps it and the other is reported Conflicted at spec.clusterIP.
+test('a Service claiming another Service\'s clusterIP loses it with a Conflicted finding at spec.clusterIP; the oldest (creationTimestamp, then namespace/name) keeps it, also at the agents and after an incremental compile', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('web', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'reviews', { ip: '10.1.0.5' }), pod('web', 'thief', { ip: '10.1.0.6' }));
+  const owner = svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.10');
+  owner.metadata.creationTimestamp = '2026-01-02T00:00:00Z';
+  const thief = svc('web', 'thief', { app: 'thief' }, '10.96.0.10');
+  thief.metadata.creationTimestamp = '2026-01-03T00:00:00Z';
+  thief.spec.clusterIPs = ['10.96.0.10', 'fd00::10'];
+  i.services.push(thief, owner); // listed first, but younger
+  const cache = new CompileCache();
+  const res = compile(i, { cache });
+  assert.deepEqual(res.model.services.get('shop/reviews')!.vips, ['10.96.0.10']);
+  assert.deepEqual(res.model.services.get('web/thief')!.vips, ['fd00::10'], 'it keeps the address nobody else claims');
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.namespace, f.name, f.path, f.reason]), [['Service', 'web', 'thief', 'spec.clusterIP', 'Conflicted']]);
+  assert.match(res.findings[0]!.message, /10\.96\.0\.10 is already Service shop\/reviews's/);
+  const st = new AgentState('node-a');
+  st.apply({ node: 'node-a', workloads: [...res.model.workloads.values()], services: [...res.model.services.values()], policies: [], peerAuthentications: [], waypoints: [] });
+  assert.equal(st.service('10.96.0.10')?.name, 'reviews');
+  // The thief's endpoints churn (an incremental compile recompiles it): still without the VIP.
+  const moved = pod('web', 'thief', { ip: '10.1.0.7' });
+  i.pods[1] = moved;
+  const inc = compileIncrementally(i, { cache }, new Set(['Pod/web/thief']));
+  assert.ok(inc, 'a pod change compiles incrementally');
+  assert.deepEqual(inc.model.services.get('web/thief')!.vips, ['fd00::10']);
+  // Same age: namespace/name decides.
+  delete owner.metadata.creationTimestamp;
+  delete thief.metadata.creationTimestamp;
+  const tie = compile(i);
+  assert.deepEqual(tie.model.services.get('shop/reviews')!.vips, ['10.96.0.10']);
+  assert.deepEqual(tie.findings.map((f) => `${f.namespace}/${f.name} ${f.path}`), ['web/thief spec.clusterIP']);
 });
