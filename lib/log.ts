@@ -26,3 +26,45 @@ export function jsonLogger(component: string, level: LogLevel = 'info', write: (
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/**
+ * At most `perSecond` lines a second for one kind of event a peer can cause at will (refusals):
+ * `take()` says whether to write this one; the others are counted, and `onSuppressed` is told how
+ * many were left out once the next second's first event comes. Counters stay exact; only lines are
+ * dropped, so that a peer cannot make the log cost more than its own traffic.
+ */
+export class LogBudget {
+  #second = 0;
+  #lines = 0;
+  #suppressed = 0;
+
+  readonly perSecond: number;
+  readonly #onSuppressed: (count: number) => void;
+
+  constructor(perSecond: number, onSuppressed: (count: number) => void) {
+    this.perSecond = perSecond;
+    this.#onSuppressed = onSuppressed;
+  }
+
+  take(now = Date.now()): boolean {
+    const second = Math.floor(now / 1000);
+    if (second !== this.#second) {
+      if (this.#suppressed > 0) this.#onSuppressed(this.#suppressed);
+      this.#second = second;
+      this.#lines = 0;
+      this.#suppressed = 0;
+    }
+    if (this.#lines >= this.perSecond) {
+      this.#suppressed++;
+      return false;
+    }
+    this.#lines++;
+    return true;
+  }
+}
+
+/** A value a peer chose, cut to `max` characters for a log line (with how much was cut). */
+export function clip(value: string | undefined, max = 256): string | undefined {
+  if (value === undefined || value.length <= max) return value;
+  return `${value.slice(0, max)}... (${value.length - max} more characters)`;
+}

@@ -40,7 +40,7 @@ export function splitHostPort(target: string): { host: string; port: number } {
  */
 export async function connectTcp(
   target: string,
-  opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number } = {},
+  opts: { sourceIp?: string; bound?: { fd: number }; timeoutMs?: number; signal?: AbortSignal } = {},
 ): Promise<net.Socket> {
   const { host, port } = splitHostPort(target);
   // Every socket opened here is carried by the tunnel pipe: it reads through the read pool
@@ -55,6 +55,10 @@ export async function connectTcp(
   }
   socket.setNoDelay(true);
   const timer = setTimeout(() => socket.destroy(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })), opts.timeoutMs ?? 5_000);
+  // The one who asked went away (a CONNECT reset before its answer): the connect goes too.
+  const abort = (): void => { socket.destroy(Object.assign(new Error('connect abandoned: the caller went away'), { code: 'ABORT_ERR' })); };
+  if (opts.signal?.aborted) abort();
+  else opts.signal?.addEventListener('abort', abort, { once: true });
   try {
     await once(socket, 'connect');
     return socket;
@@ -63,5 +67,6 @@ export async function connectTcp(
     throw new UpstreamConnectError(target, err as Error);
   } finally {
     clearTimeout(timer);
+    opts.signal?.removeEventListener('abort', abort);
   }
 }

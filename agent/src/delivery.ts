@@ -180,7 +180,7 @@ export class LocalDelivery {
    * by this agent) or the pod refuses. With `splice`, the pod's socket is filed for a same-node
    * splice as it accepts (agent/src/splice.ts).
    */
-  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number, opts: { splice?: boolean } = {}): Promise<Duplex> {
+  async connectToPod(dest: Workload, port: number, client: { ip: string; port: number }, timeoutMs: number, opts: { splice?: boolean; signal?: AbortSignal } = {}): Promise<Duplex> {
     const target = `${dest.ip}:${port}`;
     const netns = this.#netns.get(dest.ip);
     if (!netns) throw new UpstreamConnectError(target, Object.assign(new Error(`pod ${dest.namespace}/${dest.name} is not enrolled by this agent`), { code: 'WEFT_NOT_ENROLLED' }));
@@ -218,7 +218,7 @@ export class LocalDelivery {
       }
     }
     netns.pending++;
-    const socket = await connectTcp(target, { bound, timeoutMs }).catch((err: Error) => {
+    const socket = await connectTcp(target, { bound, timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) }).catch((err: Error) => {
       if (registered) this.#datapath.unregisterPeer(reg);
       if (expect) this.#datapath.unexpectSplice?.(expect);
       throw err;

@@ -6,14 +6,17 @@
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
-import type { Logger } from '../../lib/log.ts';
+import { LogBudget, clip, type Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
-import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, peerFromBaggage } from '../../lib/telemetry/labels.ts';
+import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, verifiedPeerMeta } from '../../lib/telemetry/labels.ts';
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
+
+/** HBONE refusal log lines a second, at most. */
+export const REFUSAL_LOG_PER_SECOND = 50;
 
 export interface InboundOptions {
   node: string;
@@ -37,9 +40,13 @@ export class Inbound {
   readonly server: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
+  /** Refusal log lines a second (each refusal is counted all the same). */
+  readonly #refusalLog: LogBudget;
 
   constructor(opts: InboundOptions) {
     this.#o = opts;
+    this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('HBONE refusals not logged (rate limit)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.server = new HboneServer({
       tls: { SNICallback: opts.serverTls.SNICallback!, ca: [...opts.trustBundle()] },
       // Workload identities of this mesh only: an agent's node certificate or another mesh's
@@ -48,6 +55,9 @@ export class Inbound {
       handler: (req) => this.#handle(req),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
+      onSessionThrottled: (e) => this.#o.log.warn('HBONE session holds more than its buffer for destinations that do not read: its stream windows shrink until they catch up', {
+        peer: e.peer.spiffeId, address: e.peer.address, heldBytes: e.heldBytes, tunnels: e.tunnels,
+      }),
       onSessionError: (e) => this.#o.log.warn('HBONE session ended on an error, with every tunnel on it', {
         peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
       }),
@@ -85,9 +95,9 @@ export class Inbound {
     const service = inboundService(this.#o.state.current.services, dest, port);
     const record = new ConnectionRecord(this.#o.metrics, {
       reporter: 'destination',
-      // The peer's agent (or waypoint) describes its workload in `baggage`; believed only for the
-      // namespace the peer's certificate proves.
-      source: { meta: peerFromBaggage(req.headers['baggage'], principal), principal },
+      // The peer's agent (or waypoint) describes its workload in `baggage`; believed only where the
+      // config knows a workload of the identity the peer's certificate proves by that name.
+      source: { meta: verifiedPeerMeta(req.headers['baggage'], principal, (p) => this.#o.state.workloadsOf(p)), principal },
       destination: { meta: dest, principal: dest.spiffeId },
       service: service ? { hostname: service.hostname, name: service.name, namespace: service.namespace } : undefined,
       security: 'mutual_tls',
@@ -113,12 +123,17 @@ export class Inbound {
       throw err;
     }
     try {
-      const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000);
+      const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000, { signal: req.signal });
       this.#records.set(req, record);
       if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
       this.#o.delivery.track({ dest, port, source, caller, upstream });
       return { upstream };
     } catch (err) {
+      if (req.signal.aborted) {
+        // The peer reset the CONNECT while the pod connect was in flight: not the pod's failure.
+        record.close({ bytesToDestination: 0, bytesToSource: 0, error: 'the peer reset the CONNECT before it was answered' });
+        return { status: 503, reason: 'the peer reset the CONNECT before it was answered' };
+      }
       const overloaded = err instanceof OverloadedError;
       this.#o.metrics.failed.inc({ reporter: 'destination', reason: overloaded ? 'overloaded' : 'connect' });
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: overloaded ? FLAG_OVERFLOW : FLAG_CONNECT, error: (err as Error).message });
@@ -130,7 +145,10 @@ export class Inbound {
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
     // happened), not a refusal of the peer.
     if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
-    this.#o.log.info('HBONE refused', { kind: r.kind, status: r.status, reason: r.reason, peer: r.peer?.spiffeId, address: r.peer?.address, authority: r.authority });
+    // The authority and the reason quoting it are the peer's to choose (HPACK sends a long one once
+    // and then a byte per request): cut, and at most REFUSAL_LOG_PER_SECOND lines a second.
+    if (!this.#refusalLog.take()) return;
+    this.#o.log.info('HBONE refused', { kind: r.kind, status: r.status, reason: clip(r.reason), peer: r.peer?.spiffeId, address: r.peer?.address, authority: clip(r.authority) });
   }
 
   #closed(c: HboneTunnelClosed): void {

@@ -13,7 +13,7 @@
 //     plaintext (connection_security_policy="none").
 import net from 'node:net';
 import { closeSync } from 'node:fs';
-import type { Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger } from '../../lib/log.ts';
 import { adoptWithPooledReads, pipeBidirectional } from '../../lib/hbone/index.ts';
 import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
@@ -61,10 +61,12 @@ export class PlaintextInbound {
   /** pod IP → its listener and the netns it lives in. */
   readonly #listeners = new Map<string, { server: net.Server; netns: string }>();
   readonly #sockets = new Set<net.Socket>();
-  #logWindow = { second: 0, lines: 0, suppressed: 0 };
+  readonly #kernelLogBudget: LogBudget;
 
   constructor(opts: PlaintextInboundOptions) {
     this.#o = opts;
+    this.#kernelLogBudget = new LogBudget(KERNEL_REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('kernel refusals not access-logged (rate limit)', { count, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND }));
   }
 
   /**
@@ -127,17 +129,7 @@ export class PlaintextInbound {
     const dest = r.dst.ip !== '0.0.0.0' ? this.#o.state.localWorkload(r.dst.ip) : undefined;
     // Every one is counted, with the refused pod's workload labels; only the log line is rate limited.
     this.#o.metrics.kernelRefusal(r.reason, dest ? { name: dest.workloadName, namespace: dest.namespace } : undefined);
-    const second = Math.floor(Date.now() / 1000);
-    const w = this.#logWindow;
-    if (second !== w.second) {
-      if (w.suppressed > 0) this.#o.log.warn('kernel refusals not access-logged (rate limit)', { count: w.suppressed, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND });
-      this.#logWindow = { second, lines: 0, suppressed: 0 };
-    }
-    if (this.#logWindow.lines >= KERNEL_REFUSAL_LOG_PER_SECOND) {
-      this.#logWindow.suppressed++;
-      return;
-    }
-    this.#logWindow.lines++;
+    if (!this.#kernelLogBudget.take()) return;
     const what = KERNEL_REASONS[r.reason] ?? { denied: `refused in the kernel (${r.reason})` };
     this.#o.accessLog({
       direction: 'inbound', reporter: 'kernel', src: `${r.src.ip}:${r.src.port}`, dst: `${r.dst.ip}:${r.dst.port}`,

@@ -1,6 +1,6 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
-import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
+import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 
@@ -67,6 +67,8 @@ export class AgentState {
   readonly node: string;
   private config: AgentConfig;
   private workloadsByIp = new Map<string, Workload>();
+  /** SPIFFE ID → the workloads the config knows for it (pods, and endpoints of other clusters), built on first use per config. */
+  private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
   private endpointsByIp = new Map<string, Endpoint>();
@@ -109,6 +111,7 @@ export class AgentState {
     for (const w of config.waypoints) wps.set(waypointKey(w), w);
     this.config = config;
     this.workloadsByIp = byIp;
+    this.metaByPrincipal = undefined;
     this.servicesByVip = byVip;
     this.servicesByName = byName;
     this.endpointsByIp = eps;
@@ -116,6 +119,31 @@ export class AgentState {
     this.lb = lb;
     this.locality = locality;
     this.version++;
+  }
+
+  /**
+   * The workloads the config knows with identity `spiffeId` (every pod, and the endpoints other
+   * clusters export with their workload), each described once: what a peer of that identity may
+   * say it is (lib/telemetry/labels.ts verifiedPeerMeta).
+   */
+  workloadsOf(spiffeId: string): readonly WorkloadMeta[] {
+    if (!this.metaByPrincipal) {
+      const index = new Map<string, WorkloadMeta[]>();
+      const seen = new Set<string>();
+      const add = (id: string | undefined, m: WorkloadMeta | undefined): void => {
+        if (!id || !m) return;
+        const key = `${id}\u0000${m.cluster}\u0000${m.namespace}\u0000${m.workloadName}\u0000${m.canonicalService}\u0000${m.canonicalRevision}`;
+        if (seen.has(key)) return;
+        seen.add(key);
+        const list = index.get(id);
+        if (list) list.push(m);
+        else index.set(id, [m]);
+      };
+      for (const w of this.config.workloads) add(w.spiffeId, w);
+      for (const svc of this.config.services) for (const e of svc.endpoints) add(e.spiffeId, e.workload);
+      this.metaByPrincipal = index;
+    }
+    return this.metaByPrincipal.get(spiffeId) ?? [];
   }
 
   /** An enrolled workload of this node, by pod IP. */

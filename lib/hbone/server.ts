@@ -25,6 +25,12 @@ import {
   DEFAULT_RAPID_RESET_INTERVAL_MS,
   DEFAULT_RAPID_RESET_MAX,
   DEFAULT_RAPID_RESET_MIN_LIFETIME_MS,
+  DEFAULT_RAPID_RESET_TOTAL_STREAMS,
+  DEFAULT_MAX_EARLY_DATA,
+  DEFAULT_SESSION_BUFFER,
+  SESSION_BUFFER_CHECK_MS,
+  SETTINGS_ACK_TIMEOUT_MS,
+  THROTTLED_STREAM_WINDOW,
   DEFAULT_SERVER_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
@@ -101,7 +107,11 @@ export type HboneRefusalKind =
   | 'overloaded'
   | 'handler-failed'
   | 'rapid-reset'
-  | 'too-many-connections';
+  | 'too-many-connections'
+  /** More than `maxEarlyData` bytes sent on a CONNECT before its answer. */
+  | 'early-data'
+  /** The peer did not acknowledge our SETTINGS in time (RFC 9113 6.5.3). */
+  | 'settings-timeout';
 
 export interface HboneRefusal {
   kind: HboneRefusalKind;
@@ -125,6 +135,8 @@ export interface HboneServerStats {
   tunnelsActive: number;
   /** Sessions that ended on an error (Node's or the peer's), every stream on them with it. */
   sessionErrors: number;
+  /** Times a session went over its buffer and had its stream windows shrunk. */
+  sessionsThrottled: number;
   /** Refusals by kind; every refusal counts once. */
   refusals: Record<HboneRefusalKind, number>;
 }
@@ -171,11 +183,18 @@ export interface HboneServerOptions {
    * Rapid-reset guard: more than `max` premature resets inside `intervalMs` and the session takes no
    * new streams (GOAWAY). A reset is premature when the stream had no answer yet and lived less
    * than `minLifetimeMs` (Envoy's premature_reset_min_stream_lifetime_seconds, 1 s). Default
-   * 100 / 1 s / 1 s.
+   * 100 / 1 s / 1 s. Also, over the session's life: once it opened `totalStreams` (default 500),
+   * more than half of them reset early (Envoy's premature_reset_total_stream_count).
    */
-  rapidReset?: { max: number; intervalMs: number; minLifetimeMs?: number };
+  rapidReset?: { max: number; intervalMs: number; minLifetimeMs?: number; totalStreams?: number };
+  /** Bytes a client may send on a CONNECT before its answer (DEFAULT_MAX_EARLY_DATA). */
+  maxEarlyData?: number;
+  /** Bytes a session's tunnels may hold not yet taken by their destinations (DEFAULT_SESSION_BUFFER). */
+  sessionBuffer?: number;
   onRefusal?: (refusal: HboneRefusal) => void;
   onTunnelClosed?: (closed: HboneTunnelClosed) => void;
+  /** A session went over its buffer: every stream's window is shrunk until its destinations catch up. */
+  onSessionThrottled?: (e: { peer: { spiffeId: string | undefined; address: string }; heldBytes: number; tunnels: number }) => void;
   /** A session ended on an error: `streams` were open on it (and ended with it). */
   onSessionError?: (e: { peer: { spiffeId: string | undefined; address: string }; error: string; code: string | undefined; streams: number }) => void;
 }
@@ -187,6 +206,16 @@ interface SessionState {
   idleTimer: NodeJS.Timeout | undefined;
   resetWindowStart: number;
   resetCount: number;
+  /** Streams opened, and of them reset early, over the session's life (the ratio guard). */
+  streams: number;
+  premature: number;
+  /** GOAWAY sent for resets: the session takes no new streams. */
+  cut: boolean;
+  /** Answered streams, for the session's buffer check. */
+  tunnels: Set<ServerHttp2Stream>;
+  bufferTimer: NodeJS.Timeout | undefined;
+  /** The stream window is shrunk because the session holds more than its buffer. */
+  throttled: boolean;
   /** Streams that closed because the session was destroyed (they close before its 'error'). */
   tornDown: number;
 }
@@ -203,6 +232,8 @@ const refusedSockets = new WeakSet<Socket>();
 
 /** Streams we answered or reset ourselves; a reset on any other stream came from the peer early. */
 const answered = new WeakSet<ServerHttp2Stream>();
+/** What a stream's client sent before its answer, held until the tunnel opens. */
+const earlyData = new WeakMap<ServerHttp2Stream, { chunks: Buffer[]; listener: (chunk: Buffer) => void }>();
 
 /**
  * The HBONE server: TLS 1.3 with client certificates, HTTP/2, CONNECT only. Each CONNECT goes to
@@ -220,6 +251,7 @@ export class HboneServer {
     tunnelsOpened: 0,
     tunnelsActive: 0,
     sessionErrors: 0,
+    sessionsThrottled: 0,
     refusals: {
       'tls-handshake': 0,
       'peer-identity': 0,
@@ -233,6 +265,8 @@ export class HboneServer {
       'handler-failed': 0,
       'rapid-reset': 0,
       'too-many-connections': 0,
+      'early-data': 0,
+      'settings-timeout': 0,
     },
   };
   /** Open TCP connections per source address. */
@@ -423,6 +457,12 @@ export class HboneServer {
       idleTimer: undefined,
       resetWindowStart: 0,
       resetCount: 0,
+      streams: 0,
+      premature: 0,
+      cut: false,
+      tunnels: new Set(),
+      bufferTimer: undefined,
+      throttled: false,
       tornDown: 0,
     };
     session.on('error', (err: Error & { code?: string }) => {
@@ -441,6 +481,7 @@ export class HboneServer {
       this.#onStream(state, stream, headers));
     session.once('close', () => {
       if (state.idleTimer) clearTimeout(state.idleTimer);
+      if (state.bufferTimer) clearInterval(state.bufferTimer);
       this.#sessions.delete(state);
       this.#stats.sessionsActive--;
     });
@@ -471,6 +512,7 @@ export class HboneServer {
 
   #onStream(state: SessionState, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     this.#stats.streamsOpened++;
+    state.streams++;
     state.active++;
     if (state.idleTimer) { clearTimeout(state.idleTimer); state.idleTimer = undefined; }
     const ac = new AbortController();
@@ -525,6 +567,23 @@ export class HboneServer {
       signal: ac.signal,
     };
 
+    // What the client sends before the answer is held here while the handler decides; a bounded
+    // amount (see DEFAULT_MAX_EARLY_DATA), handed on in order once the tunnel opens.
+    const early: Buffer[] = [];
+    let earlyBytes = 0;
+    const maxEarly = this.#opts.maxEarlyData ?? DEFAULT_MAX_EARLY_DATA;
+    const onEarly = (chunk: Buffer): void => {
+      earlyBytes += chunk.length;
+      if (earlyBytes <= maxEarly) { early.push(chunk); return; }
+      stream.off('data', onEarly);
+      if (answered.has(stream)) return;
+      answered.add(stream);
+      this.#refuse({ kind: 'early-data', reason: `more than ${maxEarly} bytes sent before the CONNECT was answered`, peer: peerInfo, authority });
+      stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
+    };
+    stream.on('data', onEarly);
+    earlyData.set(stream, { chunks: early, listener: onEarly });
+
     let decision: Promise<HboneConnectDecision>;
     try {
       decision = this.#opts.handler(request);
@@ -532,7 +591,7 @@ export class HboneServer {
       decision = Promise.reject(err);
     }
     decision.then((d) => {
-      if ('upstream' in d) this.#accept(stream, request, d.upstream);
+      if ('upstream' in d) this.#accept(state, stream, request, d.upstream);
       else {
         if (stream.closed || stream.destroyed) return;
         this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority });
@@ -546,17 +605,90 @@ export class HboneServer {
     });
   }
 
-  #accept(stream: ServerHttp2Stream, request: HboneConnectRequest, upstream: Duplex): void {
+  /**
+   * Keeps the session's answered streams under its buffer (DEFAULT_SESSION_BUFFER): over it, every
+   * stream's window is shrunk by SETTINGS until the destinations have taken most of it, so that a
+   * peer cannot make the server hold more than that on one session, whatever its stream count.
+   */
+  #watchBuffer(state: SessionState, stream: ServerHttp2Stream): void {
+    state.tunnels.add(stream);
+    stream.once('close', () => state.tunnels.delete(stream));
+    if (state.bufferTimer) return;
+    state.bufferTimer = setInterval(() => this.#checkBuffer(state), SESSION_BUFFER_CHECK_MS);
+    state.bufferTimer.unref();
+  }
+
+  #checkBuffer(state: SessionState): void {
+    const session = state.session;
+    if (state.tunnels.size === 0 || session.destroyed) {
+      if (state.bufferTimer) clearInterval(state.bufferTimer);
+      state.bufferTimer = undefined;
+      if (!state.throttled || session.destroyed) return;
+    }
+    let held = 0;
+    for (const t of state.tunnels) held += t.readableLength;
+    const budget = this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER;
+    const throttle = !state.throttled && held > budget;
+    const release = state.throttled && held < budget / 4;
+    if (!throttle && !release) return;
+    state.throttled = throttle;
+    if (throttle) {
+      this.#stats.sessionsThrottled++;
+      this.#opts.onSessionThrottled?.({ peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, heldBytes: held, tunnels: state.tunnels.size });
+    }
+    const streamWindow = throttle ? THROTTLED_STREAM_WINDOW : this.#opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    const timer = setTimeout(() => {
+      // RFC 9113 6.5.3: a peer that does not acknowledge SETTINGS in time may be cut off
+      // (SETTINGS_TIMEOUT); one that ignores a smaller window must not keep sending.
+      this.#refuse({ kind: 'settings-timeout', reason: `SETTINGS not acknowledged within ${SETTINGS_ACK_TIMEOUT_MS} ms`, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
+      if (!session.destroyed) {
+        session.goaway(h2.NGHTTP2_SETTINGS_TIMEOUT);
+        session.destroy();
+      }
+    }, SETTINGS_ACK_TIMEOUT_MS);
+    timer.unref();
+    try {
+      session.settings({ initialWindowSize: streamWindow }, () => clearTimeout(timer));
+    } catch {
+      clearTimeout(timer);
+    }
+  }
+
+  #accept(state: SessionState, stream: ServerHttp2Stream, request: HboneConnectRequest, upstream: Duplex): void {
     if (stream.closed || stream.destroyed) {
+      // The peer reset the CONNECT while the handler was connecting: the upstream it opened goes,
+      // and its owner hears the tunnel closed (a record it opened must not stay open forever).
       upstream.destroy();
+      this.#opts.onTunnelClosed?.({
+        bytesAtoB: 0, bytesBtoA: 0, error: new Error('the peer reset the CONNECT before it was answered'), abortedBy: 'a',
+        request, durationMs: 0,
+      });
+      return;
+    }
+    if (answered.has(stream)) {
+      // Refused meanwhile (early data past the limit): the upstream is not needed.
+      upstream.destroy();
+      this.#opts.onTunnelClosed?.({ bytesAtoB: 0, bytesBtoA: 0, error: new Error('the CONNECT was refused before it was answered'), abortedBy: 'a', request, durationMs: 0 });
       return;
     }
     answered.add(stream);
+    const held = earlyData.get(stream);
+    if (held) {
+      earlyData.delete(stream);
+      stream.off('data', held.listener);
+      stream.pause();
+      for (let i = held.chunks.length - 1; i >= 0; i--) stream.unshift(held.chunks[i]!);
+    }
     stream.respond({ ':status': 200 });
     this.#stats.tunnelsOpened++;
     this.#stats.tunnelsActive++;
+    this.#watchBuffer(state, stream);
     const started = performance.now();
-    void pipeBidirectional(stream, upstream).then((result) => {
+    const piping = pipeBidirectional(stream, upstream);
+    // Holding the early data paused the stream; a paused stream does not start flowing on its own
+    // when the pipe listens.
+    if (stream.readableFlowing === false) stream.resume();
+    void piping.then((result) => {
       this.#stats.tunnelsActive--;
       this.#opts.onTunnelClosed?.({ ...result, request, durationMs: performance.now() - started });
     });
@@ -577,8 +709,19 @@ export class HboneServer {
       state.resetWindowStart = now;
       state.resetCount = 0;
     }
-    if (++state.resetCount !== limit.max + 1) return;
-    const reason = `peer reset more than ${limit.max} streams before they were answered within ${limit.intervalMs} ms`;
+    state.premature++;
+    const burst = ++state.resetCount > limit.max;
+    // A peer that stays just under the burst limit (100 a second, every second) costs a handler
+    // call each time all the same: over the session's life, once it has opened enough streams,
+    // more than half of them reset before their answer is the attack too (Envoy's
+    // overload.premature_reset_total_stream_count and its 50 % ratio).
+    const total = this.#opts.rapidReset?.totalStreams ?? DEFAULT_RAPID_RESET_TOTAL_STREAMS;
+    const ratio = state.streams >= total && state.premature * 2 > state.streams;
+    if (state.cut || (!burst && !ratio)) return;
+    state.cut = true;
+    const reason = burst
+      ? `peer reset more than ${limit.max} streams before they were answered within ${limit.intervalMs} ms`
+      : `peer reset ${state.premature} of its ${state.streams} streams before they were answered (more than half, after ${total})`;
     this.#refuse({ kind: 'rapid-reset', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
     const session = state.session;
     if (session.destroyed || session.closed) return;

@@ -74,6 +74,37 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_RAPID_RESET_MAX = 100;
 export const DEFAULT_RAPID_RESET_INTERVAL_MS = 1000;
 export const DEFAULT_RAPID_RESET_MIN_LIFETIME_MS = 1000;
+/**
+ * ... and over a session's life: once it has opened this many streams, more than half of them reset
+ * before their answer ends it the same way (Envoy's overload.premature_reset_total_stream_count),
+ * so that a peer staying just under the burst limit every second is cut off too.
+ */
+export const DEFAULT_RAPID_RESET_TOTAL_STREAMS = 500;
 
 /** Request headers the server hands to the connect handler by default. */
 export const DEFAULT_FORWARDED_HEADERS: readonly string[] = ['forwarded', 'x-forwarded-client-cert', 'baggage', 'traceparent', 'tracestate'];
+
+/**
+ * Bytes a client may send on a CONNECT before its answer. HBONE clients (the pool, ztunnel) wait
+ * for the 200; what comes earlier is held by the server while the handler decides, so past this the
+ * stream is reset (ENHANCE_YOUR_CALM) and counted (`early-data`).
+ */
+export const DEFAULT_MAX_EARLY_DATA = 64 * 1024;
+
+/**
+ * Bytes a session's answered streams may hold received and not yet taken by their destinations.
+ * Node returns connection-level window as data arrives, so only each stream's window bounds it:
+ * 2,000 streams of 4 MiB whose destinations do not read would be 8 GiB. Past this, the server
+ * shrinks every stream's window (SETTINGS_INITIAL_WINDOW_SIZE, RFC 9113 section 6.9.2) until the
+ * destinations have caught up to a quarter of it.
+ */
+export const DEFAULT_SESSION_BUFFER = 64 * 1024 * 1024;
+
+/** The stream window while a session is over its buffer. */
+export const THROTTLED_STREAM_WINDOW = 64 * 1024;
+
+/** How often a session with open tunnels is checked against its buffer. */
+export const SESSION_BUFFER_CHECK_MS = 200;
+
+/** A peer that does not acknowledge our SETTINGS within this long is cut off (RFC 9113 6.5.3, SETTINGS_TIMEOUT). */
+export const SETTINGS_ACK_TIMEOUT_MS = 5_000;

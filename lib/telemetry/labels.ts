@@ -131,11 +131,33 @@ export function encodeBaggage(m: WorkloadMeta): string {
 }
 
 /**
+ * The caller's workload for telemetry labels, as a destination reports it: what the peer's baggage
+ * claims, believed only when the mesh's own config knows a workload of the peer's identity by that
+ * name (`known`: the config's workloads and endpoints of that identity), and then the config's
+ * description of it; else the one workload the config knows for the identity, if it knows exactly
+ * one; else none (its labels `unknown`, the namespace from the principal). A peer's claim can thus
+ * pick among real workloads of its own identity but never mint label values: each would be a metric
+ * series for the life of the process.
+ */
+export function verifiedPeerMeta(baggage: string | undefined, principal: string | undefined, known: (principal: string) => readonly WorkloadMeta[]): WorkloadMeta | undefined {
+  if (!principal) return undefined;
+  const list = known(principal);
+  if (list.length === 0) return undefined;
+  const claimed = peerFromBaggage(baggage, principal);
+  const match = claimed && list.find((w) => w.workloadName === claimed.workloadName && w.namespace === claimed.namespace);
+  if (match) return match;
+  const first = list[0]!;
+  return list.every((w) => w.workloadName === first.workloadName && w.namespace === first.namespace && w.canonicalService === first.canonicalService && w.canonicalRevision === first.canonicalRevision && w.cluster === first.cluster) ? first : undefined;
+}
+
+/**
  * WorkloadMeta from a baggage header, if it is complete and its namespace is the one
  * `principal` proves; undefined otherwise (then the reporter labels the peer by its principal).
  * Other members (an application's own baggage) are ignored; `k8s.<kind>.name` of any workload kind
  * is read as the workload name, as ztunnel writes `k8s.deployment.name` and the like.
  */
+const LABEL_VALUE = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$/;
+
 export function peerFromBaggage(header: string | undefined, principal: string | undefined): WorkloadMeta | undefined {
   if (!header || header.length > 8192) return undefined;
   const got = new Map<string, string>();
@@ -155,6 +177,12 @@ export function peerFromBaggage(header: string | undefined, principal: string | 
   const namespace = got.get(BAGGAGE_KEYS.namespace);
   const workloadName = got.get(BAGGAGE_KEYS.workload);
   if (!namespace || !workloadName || namespace !== namespaceOf(principal)) return undefined;
+  // Label values a Kubernetes object could have (a DNS subdomain or label value): nothing longer,
+  // no other characters.
+  for (const k of [BAGGAGE_KEYS.workload, BAGGAGE_KEYS.service, BAGGAGE_KEYS.revision, BAGGAGE_KEYS.cluster]) {
+    const v = got.get(k);
+    if (v !== undefined && v !== '' && !LABEL_VALUE.test(v)) return undefined;
+  }
   return {
     workloadName,
     namespace,

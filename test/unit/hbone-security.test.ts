@@ -11,7 +11,7 @@ import {
   type HboneRefusal,
 } from '../../lib/hbone/index.ts';
 import { createTestCa, dialTarget, readAll, SERVER_ID, startHbone, tcpServer, type TestLeaf } from './hbone-certs.ts';
-import { until } from '../lab/wait.ts';
+import { holds, until } from '../lab/wait.ts';
 
 const cleanups: Array<() => unknown> = [];
 after(async () => { for (const c of cleanups.reverse()) await c(); });
@@ -205,6 +205,105 @@ test('a rapid-reset flood gets GOAWAY and no new streams, is counted as rapid-re
   const okServer = await pool.connect(hb.to('127.0.0.1:9')).catch((e: unknown) => e);
   assert.ok(okServer instanceof HboneRefusedError && okServer.reason === 'slow', String(okServer));
   assert.equal(hb.server.stats().sessionsActive, 1);
+});
+
+// CVE-2023-44487, paced: a peer that stays under the burst limit every window still costs a handler
+// call per stream. Over the session's life, once it has opened enough streams, more than half of
+// them reset before their answer is the attack too (Envoy's premature_reset_total_stream_count and
+// its 50 % ratio): GOAWAY, counted once as rapid-reset, the reason naming the ratio.
+test('a peer that resets just under the burst limit, window after window, is cut off by its ratio of premature resets', async () => {
+  const refusals: HboneRefusal[] = [];
+  let handled = 0;
+  const hb = await startHbone({
+    handler: async () => { handled++; await sleep(200); return { status: 503, reason: 'slow' }; },
+    rapidReset: { max: 100, intervalMs: 100, totalStreams: 200 },
+    onRefusal: (r) => refusals.push(r),
+  });
+  cleanups.push(() => hb.close());
+  const attacker = await rawClient(hb.port, hb.clientLeaf);
+  let goaway = false;
+  attacker.once('goaway', () => { goaway = true; });
+  // 60 a window of 100 ms: the burst guard (more than 100 in one window) never trips.
+  for (let round = 0; round < 20 && !goaway && !attacker.closed; round++) {
+    const started = performance.now();
+    for (let i = 0; i < 60; i++) {
+      const req = attacker.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+      req.on('error', () => {});
+      req.close(h2.NGHTTP2_CANCEL);
+    }
+    await sleep(Math.max(0, 120 - (performance.now() - started)));
+  }
+  await until('the session is cut off', () => goaway, 5000);
+  assert.equal(hb.server.stats().refusals['rapid-reset'], 1);
+  assert.match(refusals.find((r) => r.kind === 'rapid-reset')!.reason, /reset \d+ of its \d+ streams before they were answered \(more than half, after 200\)/);
+  assert.ok(hb.server.stats().streamsOpened < 400, `${hb.server.stats().streamsOpened} streams before the cut (${handled} handler calls)`);
+});
+
+// RFC 9113 section 5.2: flow control is how a receiver bounds what a sender makes it hold. Node
+// returns connection-level window as data arrives, so one session's streams could make the server
+// hold a stream window each (4 MiB x 2,000 streams). Before the answer, a CONNECT may carry only a
+// little (HBONE clients wait for the 200); after it, the session's tunnels share a buffer, past
+// which every stream's window is shrunk by SETTINGS until the destinations catch up.
+test('data sent on a CONNECT before its answer is bounded: past the limit the stream is reset and counted', async () => {
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({
+    handler: async () => { await sleep(1000); return { status: 503, reason: 'slow' }; },
+    maxEarlyData: 64 * 1024,
+    onRefusal: (r) => refusals.push(r),
+  });
+  cleanups.push(() => hb.close());
+  const attacker = await rawClient(hb.port, hb.clientLeaf);
+  const codes = await Promise.all(Array.from({ length: 4 }, () => new Promise<number | undefined>((resolve) => {
+    const req = attacker.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+    req.on('error', () => {});
+    req.on('close', () => resolve(req.rstCode));
+    req.write(Buffer.alloc(1024 * 1024));
+  })));
+  assert.deepEqual(codes, [h2.NGHTTP2_ENHANCE_YOUR_CALM, h2.NGHTTP2_ENHANCE_YOUR_CALM, h2.NGHTTP2_ENHANCE_YOUR_CALM, h2.NGHTTP2_ENHANCE_YOUR_CALM]);
+  assert.equal(hb.server.stats().refusals['early-data'], 4);
+  assert.match(refusals.find((r) => r.kind === 'early-data')!.reason, /more than 65536 bytes sent before the CONNECT was answered/);
+  // A client that waits for the answer, as the pool does, is served as before.
+  const echo = await tcpServer((sock) => sock.pipe(sock));
+  cleanups.push(() => echo.server.close());
+  const fast = await startHbone({ maxEarlyData: 1024 }, hb.ca);
+  cleanups.push(() => fast.close());
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const tunnel = await pool.connect(fast.to(`127.0.0.1:${echo.port}`));
+  tunnel.end(Buffer.alloc(256 * 1024, 1));
+  assert.equal((await readAll(tunnel)).length, 256 * 1024);
+});
+
+test('tunnels whose destination does not read cannot make one session hold more than its buffer: stream windows shrink, then recover', async () => {
+  const held: Array<import('node:net').Socket> = [];
+  // A destination that accepts and never reads.
+  const sink = await tcpServer((sock) => { sock.pause(); held.push(sock); });
+  cleanups.push(() => { for (const sock of held) sock.destroy(); return sink.server.close(); });
+  const throttled: number[] = [];
+  const hb = await startHbone({ sessionBuffer: 4 * 1024 * 1024, onSessionThrottled: (e) => throttled.push(e.heldBytes) });
+  cleanups.push(() => hb.close());
+  const client = await rawClient(hb.port, hb.clientLeaf);
+  const streams = await Promise.all(Array.from({ length: 8 }, () => new Promise<import('node:http2').ClientHttp2Stream>((resolve, reject) => {
+    const req = client.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${sink.port}` }, { endStream: false });
+    req.on('error', () => {});
+    req.once('response', () => resolve(req));
+    req.once('close', () => reject(new Error('closed before the answer')));
+  })));
+  // 24 MiB each, far past what the kernel and the pipe take: the rest waits in the server's streams.
+  const chunk = Buffer.alloc(1024 * 1024);
+  for (const st of streams) for (let i = 0; i < 24; i++) st.write(chunk);
+  await until('the session goes over its buffer', () => throttled.length > 0, 15_000);
+  assert.ok(throttled[0]! > 4 * 1024 * 1024);
+  assert.equal(hb.server.stats().sessionsThrottled, 1);
+  // Now the client's data stays with the client: the server takes at most a shrunk window more.
+  const sent = (): number => streams.reduce((n, st) => n + 24 * 1024 * 1024 - st.bufferSize, 0);
+  await until('the client is held back', () => streams.every((st) => st.bufferSize > 0), 10_000);
+  const atThrottle = sent();
+  await holds('the server takes no more than the shrunk windows', () => sent() - atThrottle <= 8 * 64 * 1024 + 1024 * 1024, 500, { intervalMs: 50 });
+  // The destinations read again: the windows come back and everything arrives.
+  let received = 0;
+  for (const sock of held) { sock.on('data', (c: Buffer) => { received += c.length; }); sock.resume(); }
+  await until('all 192 MiB arrive', () => received === 8 * 24 * 1024 * 1024, 60_000);
 });
 
 test('a legitimate client whose CONNECTs time out while the server is slow trips the rapid-reset guard without losing a tunnel: established ones go on, the next CONNECT takes a new session', async () => {

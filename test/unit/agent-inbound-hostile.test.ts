@@ -1,0 +1,150 @@
+// The agent's HBONE port (15008) against a hostile peer that holds a mesh identity: what it does
+// costs only itself. Each case is one way a peer made the agent hold or write more than the peer
+// paid for: a record left open by a CONNECT reset mid-connect, metric series minted from baggage,
+// log lines amplified by HPACK.
+import assert from 'node:assert/strict';
+import { connect as h2connect, constants as h2, type ClientHttp2Session } from 'node:http2';
+import { createSecureContext } from 'node:tls';
+import { after, test } from 'node:test';
+import { connectTcp } from '../../agent/src/connect.ts';
+import { DeniedError } from '../../agent/src/delivery.ts';
+import { Inbound, REFUSAL_LOG_PER_SECOND } from '../../agent/src/inbound.ts';
+import { AgentMetrics } from '../../agent/src/metrics.ts';
+import { AgentState } from '../../agent/src/state.ts';
+import { jsonLogger, silentLogger } from '../../lib/log.ts';
+import type { AgentConfig, Workload } from '../../lib/model/mesh.ts';
+import { until } from '../lab/wait.ts';
+import { createTestCa, tcpServer, type TestCa, type TestLeaf } from './hbone-certs.ts';
+
+const TD = 'test.local';
+const cleanups: Array<() => unknown> = [];
+after(async () => { for (const c of cleanups.reverse()) await c(); });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function workload(name: string, ns: string, ip: string, node = 'node2'): Workload {
+  return {
+    uid: `${ns}/${name}`, name, namespace: ns, node, nodeIp: '127.0.0.1', ip, serviceAccount: name, spiffeId: `spiffe://${TD}/ns/${ns}/sa/${name}`,
+    labels: { app: name }, enrolled: true, mode: 'STRICT', services: [], workloadName: name, canonicalService: name, canonicalRevision: 'v1', cluster: 'Kubernetes',
+  };
+}
+
+const DEST = workload('echo', 'demo', '127.0.0.1');
+const CLIENT = workload('client', 'src', '10.0.0.7', 'node1');
+
+async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
+  const serverLeaf = ca.issue(DEST.spiffeId);
+  const state = new AgentState('node2');
+  state.apply({ node: 'node2', workloads: [DEST, CLIENT], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
+  const metrics = new AgentMetrics();
+  const inbound = new Inbound({
+    node: 'node2', trustDomain: TD, state, delivery: delivery as never, metrics, log: opts.log ?? silentLogger, accessLog: opts.accessLog ?? (() => {}),
+    serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: serverLeaf.key, cert: serverLeaf.cert, ca: ca.cert })) } as never,
+    trustBundle: () => [ca.cert],
+  });
+  const { port } = await inbound.server.listen(0, '127.0.0.1');
+  cleanups.push(() => inbound.server.close(100));
+  return { inbound, metrics, port };
+}
+
+async function peer(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
+  const session = h2connect(`https://127.0.0.1:${port}`, { key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined, servername: 'hbone.test' } as never);
+  session.on('error', () => {});
+  await new Promise<void>((resolve, reject) => { session.once('connect', () => resolve()); session.once('error', reject); });
+  cleanups.push(() => session.destroy());
+  return session;
+}
+
+const total = async (m: { get(): Promise<{ values: Array<{ value: number }> }> }): Promise<number> => (await m.get()).values.reduce((n, v) => n + v.value, 0);
+
+// CVE-2023-44487 costs the server what a reset stream set in motion. A CONNECT reset while the agent
+// was connecting to the pod used to leave its connection record open for ever (opened, never closed,
+// no access-log line: a leak per stream) and its pod connection made regardless.
+test('a CONNECT reset while the pod connect is in flight: the connect is abandoned, and its record closed once and logged', async () => {
+  const ca = createTestCa();
+  let accepted = 0;
+  const pod = await tcpServer((s) => { accepted++; s.on('error', () => {}); s.resume(); });
+  cleanups.push(() => pod.server.close());
+  let connects = 0;
+  const lines: unknown[] = [];
+  const { inbound, metrics, port } = await startInbound(ca, {
+    authorize() {},
+    track() {},
+    // A pod slow to accept: the real connect starts 50 ms in, with the caller's signal.
+    async connectToPod(_d: Workload, p: number, _c: unknown, timeoutMs: number, opts: { signal?: AbortSignal } = {}) {
+      connects++;
+      await sleep(50);
+      return connectTcp(`127.0.0.1:${p}`, { timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) });
+    },
+  }, { accessLog: (e) => lines.push(e) });
+  const session = await peer(port, ca.issue(CLIENT.spiffeId));
+  const N = 20;
+  for (let i = 0; i < N; i++) {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${pod.port}` }, { endStream: false });
+    r.on('error', () => {});
+    await sleep(5);
+    r.close(h2.NGHTTP2_CANCEL);
+  }
+  await until('every CONNECT was handled', () => connects === N, 5000);
+  await until('every record is closed', async () => (await total(metrics.closed)) === N, 5000);
+  assert.equal(await total(metrics.opened), N);
+  assert.equal(lines.length, N, 'one access-log line each');
+  assert.equal(accepted, 0, 'no pod connection for a tunnel the peer had already reset');
+  assert.equal(inbound.server.stats().tunnelsOpened, 0);
+});
+
+// The peer's baggage names its workload for the destination's telemetry labels. Believed only where
+// the agent's config knows a workload of the peer's (certified) identity by that name: otherwise a
+// peer mints label values, each a metric series the agent keeps for the life of the process.
+test('baggage picks among the workloads the config knows for the peer identity, and mints no metric series', async () => {
+  const ca = createTestCa();
+  const { inbound, metrics, port } = await startInbound(ca, {
+    authorize() { throw new DeniedError('no ALLOW policy matches', 403, 'demo/allow-nothing'); },
+    track() {},
+    async connectToPod() { throw new Error('not reached'); },
+  });
+  const session = await peer(port, ca.issue(CLIENT.spiffeId));
+  const connect = (baggage: string): Promise<number> => new Promise((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:8080', baggage }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+    r.resume();
+  });
+  const N = 200;
+  const pad = 'x'.repeat(200);
+  for (let i = 0; i < N; i++) {
+    assert.equal(await connect(`k8s.namespace.name=src,k8s.workload.name=w${i}${pad},service.name=s${i},service.version=v${i}`), 403);
+  }
+  // The one true claim, and one the config does not know: both label the workload the config knows.
+  await connect('k8s.namespace.name=src,k8s.workload.name=client,service.name=client,service.version=v1');
+  assert.equal(inbound.server.stats().refusals.denied, N + 1);
+  const series = (await metrics.opened.get()).values;
+  assert.equal(series.length, 1, JSON.stringify(series.map((s) => s.labels)));
+  assert.equal(series[0]!.labels['source_workload'], 'client');
+  assert.equal(series[0]!.labels['source_canonical_revision'], 'v1');
+});
+
+// HPACK lets a peer send a 3 KB :authority once and then refer to it with a byte or two per
+// request; each refusal's log line quoted it in full, twice. The lines are now cut and at most
+// REFUSAL_LOG_PER_SECOND a second, with a count of those left out; the counters stay exact.
+test('refused CONNECTs cannot make the log cost more than the peer sends: cut lines, rate limited, counted exactly', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const { inbound, port } = await startInbound(ca, {}, { log: jsonLogger('agent', 'info', (l) => lines.push(l)) });
+  const session = await peer(port, ca.issue(CLIENT.spiffeId));
+  const authority = `${'9'.repeat(3000)}:80`;
+  const sentBefore = session.socket.bytesWritten;
+  const N = 500;
+  await Promise.all(Array.from({ length: N }, () => new Promise<void>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    r.on('error', () => {});
+    r.on('close', () => resolve());
+    r.resume();
+  })));
+  const sent = session.socket.bytesWritten - sentBefore;
+  assert.equal(inbound.server.stats().refusals['bad-authority'], N, 'every refusal counted');
+  const refused = lines.filter((l) => l.includes('"HBONE refused"'));
+  assert.ok(refused.length <= 2 * REFUSAL_LOG_PER_SECOND, `${refused.length} refusal lines`);
+  assert.ok(refused.every((l) => l.length < 1500), 'each line cut');
+  const logBytes = lines.reduce((n, l) => n + l.length, 0);
+  assert.ok(logBytes < 10 * sent, `${sent} bytes from the peer made ${logBytes} bytes of log`);
+});
