@@ -9,11 +9,15 @@ import { identityForServerName } from '../../lib/hbone/sni.ts';
 import { LogBudget, clip, type Logger } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
+import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, verifiedPeerMeta } from '../../lib/telemetry/labels.ts';
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
+
+/** Distinct unverified workload descriptions taken from one identity's baggage (see Inbound#sourceMeta). */
+export const MAX_UNVERIFIED_WORKLOADS = 8;
 
 /** HBONE refusal log lines a second, at most. */
 export const REFUSAL_LOG_PER_SECOND = 50;
@@ -40,6 +44,8 @@ export class Inbound {
   readonly server: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
+  /** Identity → the workload descriptions taken from its baggage unverified (see #sourceMeta). */
+  readonly #unverified = new Map<string, Set<string>>();
   /** Refusal log lines a second (each refusal is counted all the same). */
   readonly #refusalLog: LogBudget;
 
@@ -97,7 +103,7 @@ export class Inbound {
       reporter: 'destination',
       // The peer's agent (or waypoint) describes its workload in `baggage`; believed only where the
       // config knows a workload of the identity the peer's certificate proves by that name.
-      source: { meta: verifiedPeerMeta(req.headers['baggage'], principal, (p) => this.#o.state.workloadsOf(p)), principal },
+      source: { meta: this.#sourceMeta(req.headers['baggage'], principal), principal },
       destination: { meta: dest, principal: dest.spiffeId },
       service: service ? { hostname: service.hostname, name: service.name, namespace: service.namespace } : undefined,
       security: 'mutual_tls',
@@ -139,6 +145,23 @@ export class Inbound {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: overloaded ? FLAG_OVERFLOW : FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message, kind: overloaded ? 'overloaded' : 'upstream-failed' };
     }
+  }
+
+  /**
+   * The caller's workload for the labels (verifiedPeerMeta). For an identity the config knows no
+   * workload of (another cluster's caller), at most MAX_UNVERIFIED_WORKLOADS distinct claims are
+   * taken per identity; further ones are labelled `unknown`, so that a peer cannot mint series.
+   */
+  #sourceMeta(baggage: string | undefined, principal: string | undefined): WorkloadMeta | undefined {
+    const { meta, verified } = verifiedPeerMeta(baggage, principal, (p) => this.#o.state.workloadsOf(p));
+    if (verified || !meta || !principal) return meta;
+    const key = `${meta.cluster}\u0000${meta.namespace}\u0000${meta.workloadName}\u0000${meta.canonicalService}\u0000${meta.canonicalRevision}`;
+    let claims = this.#unverified.get(principal);
+    if (!claims) { claims = new Set(); this.#unverified.set(principal, claims); }
+    if (claims.has(key)) return meta;
+    if (claims.size >= MAX_UNVERIFIED_WORKLOADS) return undefined;
+    claims.add(key);
+    return meta;
   }
 
   #refused(r: HboneRefusal): void {

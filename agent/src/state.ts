@@ -122,8 +122,8 @@ export class AgentState {
   }
 
   /**
-   * The workloads the config knows with identity `spiffeId` (every pod, and the endpoints other
-   * clusters export with their workload), each described once: what a peer of that identity may
+   * The workloads the config knows with identity `spiffeId` (every pod, the endpoints other
+   * clusters export with their workload, and the waypoints), each described once: what a peer of that identity may
    * say it is (lib/telemetry/labels.ts verifiedPeerMeta).
    */
   workloadsOf(spiffeId: string): readonly WorkloadMeta[] {
@@ -141,6 +141,7 @@ export class AgentState {
       };
       for (const w of this.config.workloads) add(w.spiffeId, w);
       for (const svc of this.config.services) for (const e of svc.endpoints) add(e.spiffeId, e.workload);
+      for (const wp of this.config.waypoints) add(wp.spiffeId, wp.workload);
       this.metaByPrincipal = index;
     }
     return this.metaByPrincipal.get(spiffeId) ?? [];

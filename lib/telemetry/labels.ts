@@ -133,21 +133,28 @@ export function encodeBaggage(m: WorkloadMeta): string {
 /**
  * The caller's workload for telemetry labels, as a destination reports it: what the peer's baggage
  * claims, believed only when the mesh's own config knows a workload of the peer's identity by that
- * name (`known`: the config's workloads and endpoints of that identity), and then the config's
- * description of it; else the one workload the config knows for the identity, if it knows exactly
- * one; else none (its labels `unknown`, the namespace from the principal). A peer's claim can thus
- * pick among real workloads of its own identity but never mint label values: each would be a metric
- * series for the life of the process.
+ * name (`known`: the config's workloads, endpoints and waypoints of that identity), and then the
+ * config's description of it; else the one workload the config knows for the identity, if it knows
+ * exactly one; else none (its labels `unknown`, the namespace from the principal). A peer's claim
+ * can thus pick among real workloads of its own identity but never mint label values: each would be
+ * a metric series for the life of the process. For an identity the config knows nothing of in the
+ * claimed cluster, the claim is returned `verified: false`, for the caller to bound.
  */
-export function verifiedPeerMeta(baggage: string | undefined, principal: string | undefined, known: (principal: string) => readonly WorkloadMeta[]): WorkloadMeta | undefined {
-  if (!principal) return undefined;
+export function verifiedPeerMeta(baggage: string | undefined, principal: string | undefined, known: (principal: string) => readonly WorkloadMeta[]): { meta: WorkloadMeta | undefined; verified: boolean } {
+  if (!principal) return { meta: undefined, verified: true };
   const list = known(principal);
-  if (list.length === 0) return undefined;
   const claimed = peerFromBaggage(baggage, principal);
-  const match = claimed && list.find((w) => w.workloadName === claimed.workloadName && w.namespace === claimed.namespace);
-  if (match) return match;
+  // An identity the config knows no workload of (a caller of another cluster, whose pods this
+  // config does not list): the claim is all there is, and the caller bounds how many it takes.
+  if (list.length === 0) return { meta: claimed, verified: false };
+  const match = claimed && list.find((w) => w.workloadName === claimed.workloadName && w.namespace === claimed.namespace && w.cluster === claimed.cluster);
+  if (match) return { meta: match, verified: true };
+  // A claim from a cluster of which the config knows no workload of this identity (the same
+  // service account runs in both clusters; this one's pods are listed, the caller's are not).
+  if (claimed && !list.some((w) => w.cluster === claimed.cluster)) return { meta: claimed, verified: false };
   const first = list[0]!;
-  return list.every((w) => w.workloadName === first.workloadName && w.namespace === first.namespace && w.canonicalService === first.canonicalService && w.canonicalRevision === first.canonicalRevision && w.cluster === first.cluster) ? first : undefined;
+  const one = list.every((w) => w.workloadName === first.workloadName && w.namespace === first.namespace && w.canonicalService === first.canonicalService && w.canonicalRevision === first.canonicalRevision && w.cluster === first.cluster);
+  return { meta: one ? first : undefined, verified: true };
 }
 
 /**
@@ -156,7 +163,7 @@ export function verifiedPeerMeta(baggage: string | undefined, principal: string 
  * Other members (an application's own baggage) are ignored; `k8s.<kind>.name` of any workload kind
  * is read as the workload name, as ztunnel writes `k8s.deployment.name` and the like.
  */
-const LABEL_VALUE = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^[^\x00-\x1f\x7f]{0,253}$/;
 
 export function peerFromBaggage(header: string | undefined, principal: string | undefined): WorkloadMeta | undefined {
   if (!header || header.length > 8192) return undefined;
@@ -177,11 +184,10 @@ export function peerFromBaggage(header: string | undefined, principal: string | 
   const namespace = got.get(BAGGAGE_KEYS.namespace);
   const workloadName = got.get(BAGGAGE_KEYS.workload);
   if (!namespace || !workloadName || namespace !== namespaceOf(principal)) return undefined;
-  // Label values a Kubernetes object could have (a DNS subdomain or label value): nothing longer,
-  // no other characters.
+  // No value longer than a Kubernetes name, and no control characters.
   for (const k of [BAGGAGE_KEYS.workload, BAGGAGE_KEYS.service, BAGGAGE_KEYS.revision, BAGGAGE_KEYS.cluster]) {
     const v = got.get(k);
-    if (v !== undefined && v !== '' && !LABEL_VALUE.test(v)) return undefined;
+    if (v !== undefined && !LABEL_VALUE.test(v)) return undefined;
   }
   return {
     workloadName,

@@ -8,7 +8,7 @@ import { createSecureContext } from 'node:tls';
 import { after, test } from 'node:test';
 import { connectTcp } from '../../agent/src/connect.ts';
 import { DeniedError } from '../../agent/src/delivery.ts';
-import { Inbound, REFUSAL_LOG_PER_SECOND } from '../../agent/src/inbound.ts';
+import { Inbound, MAX_UNVERIFIED_WORKLOADS, REFUSAL_LOG_PER_SECOND } from '../../agent/src/inbound.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { AgentState } from '../../agent/src/state.ts';
 import { jsonLogger, silentLogger } from '../../lib/log.ts';
@@ -112,15 +112,32 @@ test('baggage picks among the workloads the config knows for the peer identity, 
   const N = 200;
   const pad = 'x'.repeat(200);
   for (let i = 0; i < N; i++) {
-    assert.equal(await connect(`k8s.namespace.name=src,k8s.workload.name=w${i}${pad},service.name=s${i},service.version=v${i}`), 403);
+    assert.equal(await connect(`k8s.cluster.name=Kubernetes,k8s.namespace.name=src,k8s.workload.name=w${i}${pad},service.name=s${i},service.version=v${i}`), 403);
   }
-  // The one true claim, and one the config does not know: both label the workload the config knows.
-  await connect('k8s.namespace.name=src,k8s.workload.name=client,service.name=client,service.version=v1');
+  // The one true claim: the workload the config knows.
+  await connect('k8s.cluster.name=Kubernetes,k8s.namespace.name=src,k8s.workload.name=client,service.name=client,service.version=v1');
   assert.equal(inbound.server.stats().refusals.denied, N + 1);
   const series = (await metrics.opened.get()).values;
   assert.equal(series.length, 1, JSON.stringify(series.map((s) => s.labels)));
   assert.equal(series[0]!.labels['source_workload'], 'client');
   assert.equal(series[0]!.labels['source_canonical_revision'], 'v1');
+
+  // An identity the config knows no workload of (a caller of another cluster; or a claim naming a
+  // cluster the config lists none of the identity's workloads in): the claim is all there is, taken
+  // for at most MAX_UNVERIFIED_WORKLOADS distinct descriptions per identity, then `unknown`.
+  const stranger = await peer(port, ca.issue(`spiffe://${TD}/ns/far/sa/caller`));
+  for (let i = 0; i < 50; i++) {
+    await new Promise<void>((resolve) => {
+      const r = stranger.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:8080', baggage: `k8s.namespace.name=far,k8s.workload.name=w${i},k8s.cluster.name=c2` }, { endStream: false });
+      r.on('error', () => {});
+      r.on('close', () => resolve());
+      r.resume();
+    });
+  }
+  const far = (await metrics.opened.get()).values.filter((v) => v.labels['source_workload_namespace'] === 'far');
+  assert.equal(far.length, MAX_UNVERIFIED_WORKLOADS + 1, JSON.stringify(far.map((v) => v.labels['source_workload'])));
+  assert.ok(far.some((v) => v.labels['source_workload'] === 'w0' && v.labels['source_cluster'] === 'c2'), 'the first claims are taken');
+  assert.ok(far.some((v) => v.labels['source_workload'] === 'unknown'));
 });
 
 // HPACK lets a peer send a 3 KB :authority once and then refer to it with a byte or two per
