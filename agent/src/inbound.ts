@@ -11,13 +11,10 @@ import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
-import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, verifiedPeerMeta } from '../../lib/telemetry/labels.ts';
+import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, UnverifiedClaims, verifiedPeerMeta } from '../../lib/telemetry/labels.ts';
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
-
-/** Distinct unverified workload descriptions taken from one identity's baggage (see Inbound#sourceMeta). */
-export const MAX_UNVERIFIED_WORKLOADS = 8;
 
 /** HBONE refusal log lines a second, at most. */
 export const REFUSAL_LOG_PER_SECOND = 50;
@@ -44,8 +41,8 @@ export class Inbound {
   readonly server: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
-  /** Identity → the workload descriptions taken from its baggage unverified (see #sourceMeta). */
-  readonly #unverified = new Map<string, Set<string>>();
+  /** The workload descriptions taken from baggage unverified (see #sourceMeta). */
+  readonly #unverified = new UnverifiedClaims();
   /** Refusal log lines a second (each refusal is counted all the same). */
   readonly #refusalLog: LogBudget;
 
@@ -149,19 +146,12 @@ export class Inbound {
 
   /**
    * The caller's workload for the labels (verifiedPeerMeta). For an identity the config knows no
-   * workload of (another cluster's caller), at most MAX_UNVERIFIED_WORKLOADS distinct claims are
-   * taken per identity; further ones are labelled `unknown`, so that a peer cannot mint series.
+   * workload of in the claimed cluster (another cluster's caller), the claims are bounded per
+   * identity (UnverifiedClaims), so that a peer cannot mint series.
    */
   #sourceMeta(baggage: string | undefined, principal: string | undefined): WorkloadMeta | undefined {
     const { meta, verified } = verifiedPeerMeta(baggage, principal, (p) => this.#o.state.workloadsOf(p));
-    if (verified || !meta || !principal) return meta;
-    const key = `${meta.cluster}\u0000${meta.namespace}\u0000${meta.workloadName}\u0000${meta.canonicalService}\u0000${meta.canonicalRevision}`;
-    let claims = this.#unverified.get(principal);
-    if (!claims) { claims = new Set(); this.#unverified.set(principal, claims); }
-    if (claims.has(key)) return meta;
-    if (claims.size >= MAX_UNVERIFIED_WORKLOADS) return undefined;
-    claims.add(key);
-    return meta;
+    return verified || !meta || !principal ? meta : this.#unverified.take(principal, meta);
   }
 
   #refused(r: HboneRefusal): void {

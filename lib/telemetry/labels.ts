@@ -157,6 +157,29 @@ export function verifiedPeerMeta(baggage: string | undefined, principal: string 
   return { meta: one ? first : undefined, verified: true };
 }
 
+/** Distinct unverified workload descriptions taken from one identity's baggage (UnverifiedClaims). */
+export const MAX_UNVERIFIED_WORKLOADS = 8;
+
+/**
+ * The bound on what an identity's baggage may name when nothing can check it (an identity the
+ * reporter's config lists no workload of in the claimed cluster; at a waypoint, every caller): the
+ * first MAX_UNVERIFIED_WORKLOADS distinct descriptions per identity are taken, later new ones are
+ * labelled `unknown`. Identities are the mesh CA's, so the table is bounded by the mesh's.
+ */
+export class UnverifiedClaims {
+  readonly #byIdentity = new Map<string, Set<string>>();
+
+  take(principal: string, meta: WorkloadMeta): WorkloadMeta | undefined {
+    const key = `${meta.cluster}\u0000${meta.namespace}\u0000${meta.workloadName}\u0000${meta.canonicalService}\u0000${meta.canonicalRevision}`;
+    let claims = this.#byIdentity.get(principal);
+    if (!claims) { claims = new Set(); this.#byIdentity.set(principal, claims); }
+    if (claims.has(key)) return meta;
+    if (claims.size >= MAX_UNVERIFIED_WORKLOADS) return undefined;
+    claims.add(key);
+    return meta;
+  }
+}
+
 /**
  * WorkloadMeta from a baggage header, if it is complete and its namespace is the one
  * `principal` proves; undefined otherwise (then the reporter labels the peer by its principal).

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { canonicalOf, workloadMetaOf, workloadNameOf } from '../../lib/model/workload-meta.ts';
-import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, peerFromBaggage, trafficLabels } from '../../lib/telemetry/labels.ts';
+import { REQUEST_LABELS, TRAFFIC_LABELS, encodeBaggage, peerFromBaggage, trafficLabels, MAX_UNVERIFIED_WORKLOADS, UnverifiedClaims } from '../../lib/telemetry/labels.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { pod, svc, ns } from './controller-fixtures.ts';
@@ -87,4 +87,17 @@ test('baggage round-trips the workload meta; a peer can only describe its own na
   assert.equal(peerFromBaggage('userid=7,k8s.namespace.name=shop,k8s.deployment.name=web', 'spiffe://cluster.local/ns/shop/sa/x')?.workloadName, 'web');
   assert.equal(peerFromBaggage('k8s.namespace.name=shop', 'spiffe://cluster.local/ns/shop/sa/x'), undefined, 'incomplete');
   assert.equal(peerFromBaggage('k8s.namespace.name=shop,k8s.workload.name=%E0%A4%A', 'spiffe://cluster.local/ns/shop/sa/x'), undefined, 'malformed escape');
+});
+
+// A reporter that cannot check a peer's baggage against its config (a waypoint, for every caller)
+// bounds it per identity: the first MAX_UNVERIFIED_WORKLOADS distinct descriptions are taken, then
+// `unknown`, so that a peer cannot mint metric series (each lives as long as the process).
+test('unverified baggage: at most MAX_UNVERIFIED_WORKLOADS distinct descriptions per identity, the same one again always', () => {
+  const claims = new UnverifiedClaims();
+  const meta = (i: number) => ({ workloadName: `w${i}`, namespace: 'shop', canonicalService: 'w', canonicalRevision: 'v1', cluster: 'Kubernetes' });
+  const a = 'spiffe://cluster.local/ns/shop/sa/a';
+  for (let i = 0; i < MAX_UNVERIFIED_WORKLOADS; i++) assert.deepEqual(claims.take(a, meta(i)), meta(i));
+  assert.equal(claims.take(a, meta(99)), undefined, 'a new one past the bound');
+  assert.deepEqual(claims.take(a, meta(0)), meta(0), 'one already taken stays');
+  assert.deepEqual(claims.take('spiffe://cluster.local/ns/shop/sa/b', meta(99)), meta(99), 'another identity has its own bound');
 });

@@ -6,7 +6,7 @@ import type { HboneConnectHandler, HbonePool } from '../../lib/hbone/index.ts';
 import { CALLER_HEADER, HBONE_PORT, formatAuthority, formatCaller, formatForwardedFor } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
-import { peerFromBaggage } from '../../lib/telemetry/labels.ts';
+import { peerFromBaggage, UnverifiedClaims } from '../../lib/telemetry/labels.ts';
 import { UpstreamConnectError } from './errors.ts';
 import type { TunnelInfo, WaypointEngine } from './engine.ts';
 import { TcpUpstream, addr, type Upstream, type UpstreamConnectOptions, type UpstreamEndpoint } from './upstream.ts';
@@ -25,11 +25,15 @@ export function tunnelHandler(
   engine: Pick<WaypointEngine, 'handleTunnel' | 'tunnelClient'>,
   onForwardedIgnored?: (fields: Record<string, unknown>) => void,
 ): HboneConnectHandler {
+  // The waypoint has no list of every caller's workload to check baggage against: the claims are
+  // bounded per identity instead, so that a peer cannot mint metric series.
+  const claims = new UnverifiedClaims();
   return async (req) => {
     const [ours, theirs] = duplexPair();
     const info: TunnelInfo = { target: req.authority };
     if (req.peer.spiffeId) info.peerSpiffeId = req.peer.spiffeId;
-    const peerMeta = peerFromBaggage(req.headers['baggage'], req.peer.spiffeId);
+    const claimed = peerFromBaggage(req.headers['baggage'], req.peer.spiffeId);
+    const peerMeta = claimed && req.peer.spiffeId ? claims.take(req.peer.spiffeId, claimed) : undefined;
     if (peerMeta) info.peerMeta = peerMeta;
     const client = engine.tunnelClient(req);
     if (client.ignored) onForwardedIgnored?.({ reason: client.ignored.reason, claimed: client.ignored.claimed, peer: req.peer.spiffeId, peerAddress: client.ip });
