@@ -70,6 +70,26 @@ describe('config application', () => {
     assert.equal(engine.configIssues.length, 2);
   });
 
+  // Node.js runs a timer longer than 2^31-1 ms after 1 ms: a 600h timeout would answer 504 at once.
+  // The controller refuses such durations; a waypoint given one anyway (a version skew) leaves the
+  // object out, named, instead of arming it.
+  it('leaves out a route or TrafficPolicy whose timeout Node.js cannot time (over 2^31-1 ms), naming the field', () => {
+    const cfg = engine.config;
+    try {
+      const applied = engine.applyConfig(config({
+        services: [service('reviews', '10.96.0.10', [endpoint(v2.port)])],
+        routes: [{ ...route('slow', 'reviews', [{ backends: [backend('reviews')] }]), rules: [{ matches: [], filters: [], backends: [backend('reviews')], timeouts: { requestMs: 600 * 3_600_000 } }] }],
+        trafficPolicies: [trafficPolicy('reviews', { timeouts: { connectMs: 1000, requestMs: 2 ** 31 } })],
+      }));
+      assert.deepEqual(applied.issues.map((i) => `${i.kind} ${i.object}: ${i.path}`).sort(), [
+        'HTTPRoute shop/slow: rules[0].timeouts.requestMs',
+        'TrafficPolicy shop/reviews-tp: timeouts.requestMs',
+      ]);
+    } finally {
+      engine.applyConfig(cfg);
+    }
+  });
+
   it('accepts a route to a service the configuration lacks: only requests routed there get 500, weight 0 gets nothing (Gateway API)', async () => {
     engine.applyConfig(config({
       services: services(),

@@ -4,6 +4,7 @@
 // defaults (no limits, 2 retries on connect failures and refused streams and 503).
 import type { Endpoint, LoadBalancerPolicy, TrafficPolicy } from '../../lib/model/mesh.ts';
 import { createLoadBalancer, type LoadBalancer } from './loadbalancer.ts';
+import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 
 export const DEFAULT_RETRY_ATTEMPTS = 2;
 export const DEFAULT_RETRY_ON: readonly string[] = ['connect-failure', 'refused-stream', '503'];
@@ -67,7 +68,11 @@ export function validateTrafficPolicy(tp: TrafficPolicy): Array<[string, string]
   const nonNeg = (path: string, v: number | undefined): void => {
     if (v !== undefined && (!Number.isFinite(v) || v < 0)) out.push([path, `${v} must be a non-negative number`]);
   };
-  for (const [k, v] of Object.entries(tp.timeouts)) nonNeg(`timeouts.${k}`, v);
+  for (const [k, v] of Object.entries(tp.timeouts)) {
+    nonNeg(`timeouts.${k}`, v);
+    // Node.js fires a longer timer after 1 ms (the controller refuses these; a version skew must not arm one).
+    if (v !== undefined && v > MAX_TIMER_MS) out.push([`timeouts.${k}`, `${v} ms is longer than ${MAX_TIMER_MS} ms`]);
+  }
   if (tp.retries) {
     if (!Number.isInteger(tp.retries.attempts) || tp.retries.attempts < 0 || tp.retries.attempts > 100) {
       out.push(['retries.attempts', `${tp.retries.attempts} must be an integer in 0-100`]);

@@ -16,6 +16,7 @@
 // Regular expressions are RE2 (lib/regex.ts): linear-time matching, full-string anchoring, as Envoy.
 import type { GrpcMatchRank, Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
 import { compileFullMatch } from '../../lib/regex.ts';
+import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 import type { ConfigIssue } from './errors.ts';
 import { validateRouteFilter } from './filters.ts';
 import type { HeaderMap } from './headers.ts';
@@ -173,6 +174,8 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
     });
     for (const [k, v] of Object.entries(rule.timeouts)) {
       if (v !== undefined && (!Number.isFinite(v) || v < 0)) issue(`rules[${ri}].timeouts.${k}`, `${v} is not a duration`);
+      // Node.js fires a longer timer after 1 ms (the controller refuses these; a version skew must not arm one).
+      else if (v !== undefined && v > MAX_TIMER_MS) issue(`rules[${ri}].timeouts.${k}`, `${v} ms is longer than ${MAX_TIMER_MS} ms`);
     }
     const rt = rule.retry;
     if (rt) {
