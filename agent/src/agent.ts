@@ -145,6 +145,8 @@ export class Agent {
   #configured = false;
   /** The policies of the last config applied: a new list re-judges the open deliveries. */
   #policies: AgentConfig['policies'] | undefined;
+  #workloads: AgentConfig['workloads'] | undefined;
+  #peerAuthentications: AgentConfig['peerAuthentications'] | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -429,8 +431,13 @@ export class Agent {
     // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize). The
     // config stream's client (lib/xds/client.ts) hands over the same array for a kind none of whose
     // resources changed, so comparing references is enough, whatever the size of the config.
-    if (this.#policies !== undefined && config.policies !== this.#policies) this.delivery.reauthorize();
+    // So do changed workloads (a pod's labels pick its policies; PeerAuthentication gives its mode:
+    // plaintext opened while a pod was PERMISSIVE must not outlive its turn to STRICT).
+    const changed = this.#policies !== undefined && (config.policies !== this.#policies || config.workloads !== this.#workloads || config.peerAuthentications !== this.#peerAuthentications);
     this.#policies = config.policies;
+    this.#workloads = config.workloads;
+    this.#peerAuthentications = config.peerAuthentications;
+    if (changed) this.delivery.reauthorize();
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();

@@ -27,10 +27,13 @@ const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import type { Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { connectTcp, OverloadedError, UpstreamConnectError } from './connect.ts';
+
+/** 'connection denied' log lines a second, at most (weft_connections_denied_total counts every one). */
+export const DENIED_LOG_PER_SECOND = 50;
 
 export class DeniedError extends Error {
   readonly code = 'WEFT_DENIED';
@@ -67,6 +70,8 @@ export interface OpenDelivery {
   caller?: string | undefined;
   /** The agent's socket to the pod: destroyed when a new policy no longer allows the delivery. */
   upstream: Duplex;
+  /** Steered plaintext (no identity): judged again as plaintext, the pod's mTLS mode included. */
+  plaintext?: boolean;
 }
 
 export interface LocalDeliveryOptions {
@@ -91,6 +96,8 @@ export class LocalDelivery {
   readonly #maxPending: number;
   /** Every open delivery, whatever brought it, until its pod side closes (reauthorize). */
   readonly #open = new Set<OpenDelivery>();
+  /** 'connection denied' lines a second: anyone who can reach a pod can cause them (each is counted). */
+  readonly #deniedLog: LogBudget;
 
   constructor(opts: LocalDeliveryOptions) {
     this.#state = opts.state;
@@ -98,6 +105,8 @@ export class LocalDelivery {
     this.#metrics = opts.metrics;
     this.#log = opts.log;
     this.#maxPending = opts.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
+    this.#deniedLog = new LogBudget(DENIED_LOG_PER_SECOND, (count) =>
+      opts.log.warn('connection denials not logged (rate limit; every one is counted)', { count, perSecond: DENIED_LOG_PER_SECOND }));
   }
 
   /** The agent enrolled a pod: deliveries to it go through this namespace. */
@@ -138,8 +147,35 @@ export class LocalDelivery {
     // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
     const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
     this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-    this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
+    if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
     throw new DeniedError(decision.reason, 403, policy);
+  }
+
+  /**
+   * Judges plaintext (a connection without identity) to a local pod: refused when the pod's mode on
+   * that port is STRICT (`plaintext_strict`), else by its policies as a caller without identity.
+   * An address that belongs to an enrolled workload grants nothing: such a workload's own
+   * connections always come with its identity (HBONE or the same-node path), so plaintext from its
+   * address is someone else using it (root on a node, a host on the path). Its DENY policies still
+   * see the address; an ALLOW must admit the connection without it (an `ipBlocks` naming the
+   * workload does not let the impostor in), as the HBONE path refuses a `for=` claim naming another
+   * workload's address.
+   */
+  authorizePlaintext(dest: Workload, port: number, clientIp: string): void {
+    if (this.#state.modeFor(dest, port) === 'STRICT') {
+      this.#metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+      if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: clientIp, destination: `${dest.namespace}/${dest.name}:${port}` });
+      throw new DeniedError(`plaintext to ${dest.namespace}/${dest.name}:${port}, whose PeerAuthentication mode is STRICT`, 403, 'mtls:STRICT', 'plaintext_strict');
+    }
+    this.authorize(dest, port, { sourceIp: clientIp });
+    const owner = this.#state.addressOwner(clientIp);
+    if (owner?.spiffeId === undefined) return;
+    try {
+      this.authorize(dest, port, {});
+    } catch (err) {
+      if (!(err instanceof DeniedError)) throw err;
+      throw new DeniedError(`${err.message} (plaintext from ${clientIp}, the address of mesh workload ${owner.spiffeId}, whose own connections carry its identity: the address grants nothing)`, err.status, err.policy, err.reason);
+    }
   }
 
   /**
@@ -161,8 +197,10 @@ export class LocalDelivery {
     let closed = 0;
     for (const d of this.#open) {
       try {
-        // The pod as it is now (its labels decide which policies select it).
-        this.authorize(this.#state.localWorkload(d.dest.ip) ?? d.dest, d.port, d.source, d.caller);
+        // The pod as it is now (its labels decide which policies select it, and its mode).
+        const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
+        if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp);
+        else this.authorize(dest, d.port, d.source, d.caller);
       } catch (err) {
         if (!(err instanceof DeniedError)) throw err;
         this.#open.delete(d);

@@ -4,7 +4,7 @@
 // pod on this node after the same authorization an inbound tunnel gets, or in plaintext to a
 // destination outside the mesh.
 import net from 'node:net';
-import type { Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger } from '../../lib/log.ts';
 import { adoptWithPooledReads, formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
@@ -57,13 +57,20 @@ export interface OutboundOptions {
   spliceStranded?: StrandedResets;
 }
 
+/** Outbound refusal log lines a second, at most. */
+export const OUTBOUND_REFUSAL_LOG_PER_SECOND = 50;
+
 export class Outbound {
   readonly #o: OutboundOptions;
   readonly #server: net.Server;
   readonly #sockets = new Set<net.Socket>();
+  /** Refusal lines a second: the port is on the node's address, any host can knock (each is counted). */
+  readonly #refusalLog: LogBudget;
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
+    this.#refusalLog = new LogBudget(OUTBOUND_REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('outbound refusals not logged (rate limit; every one is counted)', { count, perSecond: OUTBOUND_REFUSAL_LOG_PER_SECOND }));
     this.#server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
       // The pipe (or the splice) carries it: reads through the read pool from here on.
       const socket = adoptWithPooledReads(accepted);
@@ -131,7 +138,7 @@ export class Outbound {
         ? 'no original destination recorded for this connection'
         : `the connection came from network namespace ${orig.clientNetnsCookie}, which is not an enrolled pod on node ${this.#o.node}`;
       this.#o.metrics.failed.inc({ reporter: 'source', reason: !orig ? 'no_original_destination' : 'unknown_source' });
-      this.#o.log.warn('outbound connection refused', { reason, source: `${srcIp}:${socket.remotePort}` });
+      if (this.#refusalLog.take()) this.#o.log.warn('outbound connection refused', { reason, source: `${srcIp}:${socket.remotePort}` });
       socket.destroy();
       return;
     }
@@ -139,7 +146,7 @@ export class Outbound {
       // A process in one pod using another pod's address (added to its own interface): the
       // kernel says which pod it really is, and that pod does not own the address.
       this.#o.metrics.denied.inc({ reporter: 'source', reason: 'source-mismatch', destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
-      this.#o.log.warn('outbound connection refused: its source address is not its pod\'s', {
+      if (this.#refusalLog.take()) this.#o.log.warn('outbound connection refused: its source address is not its pod\'s', {
         reason: 'source-mismatch', pod: `${source.namespace}/${source.name}`, podIp: source.ip, source: `${srcIp}:${socket.remotePort}`,
         netnsCookie: orig.clientNetnsCookie.toString(), destination: `${orig.ip}:${orig.port}`,
       });

@@ -62,11 +62,14 @@ export class PlaintextInbound {
   readonly #listeners = new Map<string, { server: net.Server; netns: string }>();
   readonly #sockets = new Set<net.Socket>();
   readonly #kernelLogBudget: LogBudget;
+  readonly #refusalLogBudget: LogBudget;
 
   constructor(opts: PlaintextInboundOptions) {
     this.#o = opts;
     this.#kernelLogBudget = new LogBudget(KERNEL_REFUSAL_LOG_PER_SECOND, (count) =>
       opts.log.warn('kernel refusals not access-logged (rate limit)', { count, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND }));
+    this.#refusalLogBudget = new LogBudget(KERNEL_REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('plaintext refusals not access-logged (rate limit)', { count, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND }));
   }
 
   /**
@@ -154,24 +157,19 @@ export class PlaintextInbound {
       return;
     }
     const where = { dst_workload: dest.name, dst_namespace: dest.namespace };
-    const mode = o.state.modeFor(dest, dst.port);
     try {
-      if (mode === 'STRICT') {
-        o.metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-        o.log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: client.ip, destination: `${dest.namespace}/${dest.name}:${dst.port}` });
-        throw new DeniedError(`plaintext to ${dest.namespace}/${dest.name}:${dst.port}, whose PeerAuthentication mode is STRICT`, 403, `mtls:STRICT`, 'plaintext_strict');
-      }
-      o.delivery.authorize(dest, dst.port, { sourceIp: client.ip });
+      o.delivery.authorizePlaintext(dest, dst.port, client.ip);
     } catch (err) {
       if (!(err instanceof DeniedError)) throw err;
-      o.accessLog({ ...log, ...where, denied: err.message, reason: err.reason, policy: err.policy });
+      // Anyone who can route to the pod can cause these: at most a budget of lines a second.
+      if (this.#refusalLogBudget.take()) o.accessLog({ ...log, ...where, denied: err.message, reason: err.reason, policy: err.policy });
       socket.resetAndDestroy();
       return;
     }
     let upstream: import('node:stream').Duplex;
     try {
       upstream = await o.delivery.connectToPod(dest, dst.port, client, o.connectTimeoutMs ?? 5_000);
-      o.delivery.track({ dest, port: dst.port, source: { sourceIp: client.ip }, upstream });
+      o.delivery.track({ dest, port: dst.port, source: { sourceIp: client.ip }, upstream, plaintext: true });
     } catch (err) {
       o.metrics.failed.inc({ reporter: 'destination', reason: 'connect' });
       o.accessLog({ ...log, ...where, error: (err as Error).message });
