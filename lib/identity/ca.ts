@@ -5,7 +5,7 @@
 // root: `rotateTo(next)` switches signing to the next CA and keeps the previous roots in the
 // bundle until `retirePreviousRoots()`, so certificates from both roots verify while workloads
 // move over.
-import { createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { generateKeyPair, parseCsr, privateKeyToPem } from './csr.ts';
 import { CaLoadError, CsrIdentityMismatchError } from './errors.ts';
@@ -77,6 +77,8 @@ export class CertificateAuthority {
   readonly #clock: () => number;
   #signer: Signer;
   #previousRoots: string[] = [];
+  /** Signing certificates a rotation moved away from, until retirePreviousRoots (see issued()). */
+  #previousSigners: X509Certificate[] = [];
   readonly #listeners = new Set<TrustBundleListener>();
 
   private constructor(signer: Signer, opts: CaOptions) {
@@ -258,15 +260,34 @@ export class CertificateAuthority {
       throw new CaLoadError(`cannot rotate from trust domain ${this.trustDomain} to ${next.trustDomain}; a rotation keeps the trust domain`);
     }
     this.#previousRoots = [...new Set([...this.#previousRoots, ...this.#signer.roots])].filter((r) => !next.#signer.roots.includes(r));
+    this.#previousSigners = [...this.#previousSigners, this.#signer.cert.x509].filter((c) => !c.raw.equals(next.#signer.cert.der));
     this.#signer = next.#signer;
     this.#emit();
   }
 
-  /** Ends a root rotation: only the current roots stay trusted. */
+  /** Ends a root rotation: only the current roots stay trusted, and only the current signer's certificates are this CA's (issued()). */
   retirePreviousRoots(): void {
+    this.#previousSigners = [];
     if (this.#previousRoots.length === 0) return;
     this.#previousRoots = [];
     this.#emit();
+  }
+
+  /**
+   * Whether this CA signed `cert` (DER or X509Certificate): with its current signing certificate,
+   * or with the one a rotation is moving away from (until retirePreviousRoots). Chaining to the
+   * trust bundle is not enough where the identity is per cluster: clusters of one mesh share the
+   * root and the trust domain, and each cluster's controller names its own nodes (node names
+   * repeat), so a node certificate is this controller's only if this controller issued it.
+   */
+  issued(cert: Buffer | X509Certificate): boolean {
+    let leaf: X509Certificate;
+    try {
+      leaf = Buffer.isBuffer(cert) ? new X509Certificate(cert) : cert;
+    } catch {
+      return false;
+    }
+    return [this.#signer.cert.x509, ...this.#previousSigners].some((signer) => leaf.checkIssued(signer) && leaf.verify(signer.publicKey));
   }
 
   #emit(): void {

@@ -232,3 +232,50 @@ test('a local workload token (system:serviceaccount:<ns>:<sa> in the token file)
     client.close();
   }
 });
+
+/** A certificate service of its own over `served`, counting outcomes (as weft_ca_certificate_requests_total does). */
+async function serveCa(served: CertificateAuthority, onNode: Map<string, Set<string>>) {
+  const own = { logs: [] as CaLogRecord[], outcomes: [] as string[] };
+  const c = await createControllerCredentials(served, { identity: CONTROLLER, ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
+  const s = new grpc.Server();
+  addCertificateService(s, {
+    ca: served, authenticator: new StaticTokenAuthenticator(TOKENS), pods: { identitiesOnNode: (node) => onNode.get(node) ?? new Set() },
+    log: (r) => own.logs.push(r), onOutcome: (o) => own.outcomes.push(o),
+  });
+  const port = await new Promise<number>((resolve, reject) => s.bindAsync('127.0.0.1:0', c.credentials, (err, p) => (err ? reject(err) : resolve(p))));
+  const mtls = (key: string, certChain: readonly string[]) => new CertificateServiceClient({ address: `127.0.0.1:${port}`, trustBundle: served.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'mtls', key, certChain } });
+  return { ...own, mtls, close: () => { c.close(); s.forceShutdown(); } };
+}
+
+// Rule: DESIGN.md Identity, "the controller signs only identities of pods scheduled on the
+// requesting node"; node names are per cluster (docs/ARCHITECTURE.md Multi-cluster: one root, one
+// intermediate per cluster, one trust domain), so only this controller's CA makes a node its node.
+test('another cluster\'s node certificate for a node name this cluster also has is refused UNAUTHENTICATED, counted and logged: it obtains none of the pods of this cluster\'s node of that name (DESIGN.md Identity)', async () => {
+  const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const [i1, i2] = [await root.issueIntermediate('cluster1'), await root.issueIntermediate('cluster2')];
+  const ca1 = CertificateAuthority.fromPem({ certPem: i1.certPem, keyPem: i1.keyPem, rootsPem: i1.rootPem }, { trustDomain: TD });
+  const ca2 = CertificateAuthority.fromPem({ certPem: i2.certPem, keyPem: i2.keyPem, rootsPem: i2.rootPem }, { trustDomain: TD });
+  const payments = id('payments', 'api');
+  const cluster1 = await serveCa(ca1, new Map([['node-a', new Set([payments])]]));
+  const nodeA = `spiffe://${TD}/node/node-a`;
+  const theirs = await csrFor(nodeA);
+  const ours = await csrFor(nodeA);
+  const foreign = cluster1.mtls(theirs.keyPem, ca2.signCsr(theirs.csr, nodeA).certChain);
+  const own = cluster1.mtls(ours.keyPem, ca1.signCsr(ours.csr, nodeA).certChain);
+  try {
+    const err = await rejection(foreign.createCertificate(payments, (await csrFor(payments)).csr));
+    assert.equal(grpcCode(err), 'UNAUTHENTICATED');
+    assert.deepEqual(cluster1.outcomes, ['unauthenticated']);
+    const entry = cluster1.logs.find((l) => l.msg === 'certificate refused');
+    assert.match(String(entry?.reason), /node certificate for spiffe:\/\/cluster\.local\/node\/node-a was not issued by this controller's CA/);
+    assert.equal(entry?.identity, payments);
+    // This cluster's own node-a, with a certificate from the same root, is served as before.
+    const res = await own.createCertificate(payments, (await csrFor(payments)).csr);
+    assert.ok(new X509Certificate(res.certChain[0]!).subjectAltName?.includes(payments));
+    assert.deepEqual(cluster1.outcomes, ['unauthenticated', 'issued']);
+  } finally {
+    foreign.close();
+    own.close();
+    cluster1.close();
+  }
+});

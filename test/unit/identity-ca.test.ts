@@ -150,3 +150,31 @@ test('certificate serials are positive, 16 octets and minimal in DER (a leading 
     assert.ok(s[0]! >= 0x40 && s[0]! < 0x80, `serial ${s.toString('hex')} starts with 0x${s[0]!.toString(16)}`);
   }
 });
+
+// Rule: a node certificate is this controller's only if its own signer issued it (DESIGN.md
+// Identity; clusters share the root), and a rotation keeps the retiring signer's certificates
+// until it ends, as it keeps the retiring roots (agents move their node certificates over).
+test('issued(): this CA\'s signer and, during a rotation, the retiring one; not a sibling intermediate under the same root', async () => {
+  const root = await CertificateAuthority.generateRoot({ trustDomain: 'cluster.local' });
+  const load = async (name: string) => {
+    const i = await root.issueIntermediate(name);
+    return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: 'cluster.local' });
+  };
+  const [ca1, ca2] = [await load('cluster1'), await load('cluster2')];
+  const nodeA = 'spiffe://cluster.local/node/node-a';
+  const leafOf = async (ca: CertificateAuthority) => {
+    const { privateKey } = await generateKeyPair();
+    return new X509Certificate(ca.signCsr(createCsr(nodeA, privateKey), nodeA).certChain[0]!);
+  };
+  const mine = await leafOf(ca1);
+  const theirs = await leafOf(ca2);
+  assert.equal(ca1.issued(mine), true);
+  assert.equal(ca1.issued(mine.raw), true);
+  assert.equal(ca1.issued(theirs), false);
+  assert.equal(ca1.issued(Buffer.from('not a certificate')), false);
+  ca1.rotateTo(await load('cluster1-next'));
+  assert.equal(ca1.issued(mine), true, 'the retiring signer\'s node certificates hold until the rotation ends');
+  assert.equal(ca1.issued(await leafOf(ca1)), true);
+  ca1.retirePreviousRoots();
+  assert.equal(ca1.issued(mine), false);
+});

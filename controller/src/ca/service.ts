@@ -1,8 +1,9 @@
 // The certificate service (proto/weft/ca.proto) on the controller's gRPC port.
 //
-// Per request: authenticate the node (node certificate over mTLS, else a bearer token through
-// the NodeAuthenticator), authorise the identity (a node gets its own node identity and the
-// identities of pods scheduled on it, per the PodDirectory), verify and sign the CSR.
+// Per request: authenticate the node (a node certificate this CA issued, over mTLS, else a
+// bearer token through the NodeAuthenticator), authorise the identity (a node gets its own node
+// identity and the identities of pods scheduled on it, per the PodDirectory), verify and sign the
+// CSR.
 // Refusals are logged as JSON lines naming the node and the identity.
 import * as grpc from '@grpc/grpc-js';
 import type { CertificateAuthority } from '../../../lib/identity/ca.ts';
@@ -69,7 +70,8 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
 
   async function authenticate(call: grpc.ServerUnaryCall<unknown, unknown>): Promise<AuthenticatedNode & { via: 'mtls' | 'token' }> {
     // grpc-js exposes the client certificate only when it verified against the server's `ca`
-    // (the trust bundle), so a present certificate here is a trusted one.
+    // (the trust bundle), so a present certificate here chains to a trusted root; whether it is
+    // this cluster's node certificate is checked against this CA's own signer below.
     const peerCert = call.getAuthContext().sslPeerCertificate;
     if (peerCert) {
       let id: SpiffeId;
@@ -80,6 +82,11 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
       }
       if (id.kind !== 'node' || id.trustDomain !== ca.trustDomain) {
         throw new RpcFailure(grpc.status.UNAUTHENTICATED, 'unauthenticated', `client certificate identity ${id.uri} is not a node identity of trust domain ${ca.trustDomain}; authenticate with the node certificate or a bearer token`);
+      }
+      // Another cluster's controller may have issued it: the clusters share the root and the
+      // trust domain, and node names repeat across clusters. Its node of this name is not ours.
+      if (!ca.issued(peerCert.raw)) {
+        throw new RpcFailure(grpc.status.UNAUTHENTICATED, 'unauthenticated', `node certificate for ${id.uri} was not issued by this controller's CA (another cluster's node, or a retired signer); authenticate with a bearer token to obtain this cluster's node certificate`);
       }
       return { node: id.node, principal: 'node-certificate', via: 'mtls' };
     }
