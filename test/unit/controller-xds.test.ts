@@ -289,3 +289,56 @@ test('a push after a pod change carries only the objects that changed, to the ag
     b.server.forceShutdown();
   }
 });
+
+/** A raw config stream over mTLS (key + chain) or TLS without a client certificate; resolves with what the first answer was. */
+async function firstAnswer(port: number, roots: readonly string[], node: { kind: 'agent' | 'waypoint'; id: string; namespace?: string }, client?: { key: string; chain: readonly string[] }): Promise<string> {
+  const { configStreamClientConstructor, TYPE_URLS } = await import('../../lib/xds/protocol.ts');
+  const Ctor = configStreamClientConstructor();
+  const creds = grpc.credentials.createSsl(Buffer.from(roots.join('')), client ? Buffer.from(client.key) : null, client ? Buffer.from(client.chain.join('')) : null, { checkServerIdentity: () => undefined });
+  const raw = new Ctor(`127.0.0.1:${port}`, creds, { 'grpc.ssl_target_name_override': 'localhost' });
+  const call = (raw as unknown as { DeltaConfig(): grpc.ClientDuplexStream<object, DeltaConfigResponse> }).DeltaConfig();
+  try {
+    return await new Promise<string>((resolve) => {
+      call.on('data', (r: DeltaConfigResponse) => resolve(`received ${r.resources.length}`));
+      call.on('error', (e: grpc.ServiceError) => resolve(`refused ${grpc.status[e.code]}`));
+      call.write({ node: { id: node.id, kind: node.kind, namespace: node.namespace ?? '', user_agent: 'test' }, type_url: TYPE_URLS.Workload, resource_names_subscribe: [], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '' });
+    });
+  } finally {
+    call.cancel();
+    raw.close();
+  }
+}
+
+// Rule: RELIABILITY.md impersonation row, "a server refuses clients outside the accepted identities
+// and counts them"; the log line says who claimed what, from where.
+test('a config stream refused for lack of a client certificate is counted by reason and logged with the node it claimed and its peer address', async () => {
+  const { Registry } = await import('prom-client');
+  const { CertificateAuthority } = await import('../../lib/identity/ca.ts');
+  const { createControllerCredentials } = await import('../../controller/src/ca/index.ts');
+  const { spiffeStreamAuthorizer } = await import('../../controller/src/xds/authz.ts');
+  const { addConfigStreamService } = await import('../../controller/src/xds/server.ts');
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: 'cluster.local' });
+  const registry = new Registry();
+  const warnings: Array<[string, Record<string, unknown>]> = [];
+  const logger = { debug() {}, info() {}, error() {}, warn: (m: string, f?: Record<string, unknown>) => void warnings.push([m, f ?? {}]) };
+  const configServer = new ConfigServer({ registry, logger, authorize: spiffeStreamAuthorizer('cluster.local') });
+  configServer.publish(compile(inputs(['web'])).model);
+  const creds = await createControllerCredentials(ca, { identity: 'spiffe://cluster.local/ns/weft-system/sa/weft-controller', ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
+  const server = new grpc.Server();
+  addConfigStreamService(server, { configServer });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', creds.credentials, (e, p) => (e ? rej(e) : res(p))));
+  try {
+    assert.equal(await firstAnswer(port, ca.trustBundle(), { kind: 'agent', id: 'node-b' }), 'refused PERMISSION_DENIED');
+    assert.equal(await firstAnswer(port, ca.trustBundle(), { kind: 'waypoint', id: 'wp', namespace: '' }), 'refused INVALID_ARGUMENT');
+    const values = (await registry.getMetricsAsJSON()).find((m) => m.name === 'weft_xds_streams_refused_total')?.values ?? [];
+    assert.deepEqual(values.map((v) => [v.labels['reason'], v.value]).sort(), [['bad_request', 1], ['denied', 1]]);
+    const denied = warnings.find(([m, f]) => m === 'config stream request refused' && f['reason'] === 'denied')?.[1];
+    assert.equal(denied?.['claimedId'], 'node-b');
+    assert.equal(denied?.['claimedKind'], 'agent');
+    assert.match(String(denied?.['peer']), /^127\.0\.0\.1:\d+$/);
+    assert.match(String(denied?.['error']), /presented no client certificate/);
+  } finally {
+    creds.close();
+    server.forceShutdown();
+  }
+});

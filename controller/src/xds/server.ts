@@ -18,6 +18,7 @@ import {
   type ResourceType,
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
+import { LogBudget, clip } from '../../../lib/log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
 import { EncodedResponse, responseSerializer } from './wire.ts';
@@ -58,6 +59,18 @@ export class ConfigStreamDeniedError extends ConfigStreamRequestError {
   }
 }
 
+/**
+ * Why a config stream was refused: the `reason` label of weft_xds_streams_refused_total and of
+ * the 'config stream refused' log line (stable strings).
+ */
+export type StreamRefusal = 'denied' | 'bad_request' | 'internal';
+
+function refusalOf(err: Error): StreamRefusal {
+  if (err instanceof ConfigStreamDeniedError) return 'denied';
+  if (err instanceof ConfigStreamRequestError) return 'bad_request';
+  return 'internal';
+}
+
 const ALL_TYPES = Object.keys(TYPE_URLS) as ResourceType[];
 /** The types published straight from the model; the others are derived from it (AddressOwner). */
 const MODEL_TYPES = ALL_TYPES.filter((t): t is ModelResourceType => t !== 'AddressOwner');
@@ -66,6 +79,8 @@ const MODEL_TYPES = ALL_TYPES.filter((t): t is ModelResourceType => t !== 'Addre
 export const DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024;
 /** A response unacknowledged for this long stops counting against the budget (a stuck client must not stall everyone). */
 export const UNACKED_TIMEOUT_MS = 10_000;
+/** Refused-stream log lines a second (a peer can open refused streams at will); every refusal is counted. */
+export const REFUSAL_LOG_PER_SECOND = 50;
 
 export interface ConfigServerOptions {
   /** Flow control: default DEFAULT_MAX_UNACKED_BYTES. Big pushes (initial syncs) wait for ACKs; small deltas rarely do. */
@@ -172,17 +187,20 @@ export class ConfigServer {
   #unackedBytes = 0;
   readonly #maxUnackedBytes: number;
   readonly #ackListeners = new Set<(c: ConfigStreamClientInfo) => void>();
-  readonly #metrics?: { pushes: Counter; nacks: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
+  readonly #refusalLog: LogBudget;
+  readonly #metrics?: { pushes: Counter; nacks: Counter; refused: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
 
   constructor(options: ConfigServerOptions = {}) {
     this.#log = options.logger ?? silentLogger;
     this.#authorize = options.authorize;
     this.#maxUnackedBytes = options.maxUnackedBytes ?? DEFAULT_MAX_UNACKED_BYTES;
+    this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.#log.warn('config stream refusals not logged (rate limit); weft_xds_streams_refused_total counts them', { count }));
     if (options.registry) {
       const registers = [options.registry];
       this.#metrics = {
         pushes: new Counter({ name: 'weft_xds_pushes_total', help: 'Config stream responses sent', labelNames: ['type'], registers }),
         nacks: new Counter({ name: 'weft_xds_nacks_total', help: 'Config stream responses rejected by clients', labelNames: ['type'], registers }),
+        refused: new Counter({ name: 'weft_xds_streams_refused_total', help: 'Config streams the controller refused and closed, by reason (denied, bad_request, internal)', labelNames: ['reason'], registers }),
         clients: new Gauge({ name: 'weft_xds_clients', help: 'Connected config stream clients', labelNames: ['kind'], registers }),
         resources: new Gauge({ name: 'weft_xds_resources', help: 'Published resources', labelNames: ['type'], registers }),
         publishSeconds: new Histogram({ name: 'weft_xds_publish_seconds', help: 'Time to diff and publish a model', registers }),
@@ -359,7 +377,15 @@ export class ConfigServer {
         this.#onRequest(sub, req);
       } catch (e) {
         const err = e as Error;
-        this.#log.warn('config stream request refused', { client: sub.label, error: err.message });
+        const reason = refusalOf(err);
+        this.#metrics?.refused.inc({ reason });
+        // Who: what the stream claimed (its first request's node, before authorization) and where it came from.
+        const claimed = sub.kind ? { kind: sub.kind, id: sub.id, namespace: sub.namespace } : { kind: req.node?.kind, id: req.node?.id, namespace: req.node?.namespace };
+        if (this.#refusalLog.take()) {
+          this.#log.warn('config stream request refused', {
+            reason, error: clip(err.message, 1024), claimedKind: clip(claimed.kind) ?? null, claimedId: clip(claimed.id) ?? null, claimedNamespace: clip(claimed.namespace) ?? null, peer: peerOf(call), stream: sub.streamId,
+          });
+        }
         const code = err instanceof ConfigStreamRequestError ? err.grpcCode : grpc.status.INTERNAL;
         call.emit('error', { code, details: err.message } as grpc.ServiceError);
         done();
@@ -617,6 +643,14 @@ function applyTo(sent: HeldVersions, p: Pending): void {
     const old = sent.get(n);
     if (old !== undefined) p.before.push([n, old]);
     sent.delete(n);
+  }
+}
+
+function peerOf(call: ConfigStreamCall): string | null {
+  try {
+    return call.getPeer();
+  } catch {
+    return null;
   }
 }
 
