@@ -212,7 +212,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       : undefined;
 
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
-  const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain) } : {}) });
+  const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
   if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
   const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
   if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');

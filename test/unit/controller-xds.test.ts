@@ -110,7 +110,7 @@ test('with client identity required, an agent may read only its own node and a w
     const issued = await ca.issueServingCertificate({ uris: [uri], dnsNames: [], ipAddresses: [] });
     return { raw: new X509Certificate(issued.certChain[0]!).raw } as import('node:tls').PeerCertificate;
   };
-  const authorize = spiffeStreamAuthorizer('cluster.local');
+  const authorize = spiffeStreamAuthorizer('cluster.local', ca);
   const nodeA = await cert('spiffe://cluster.local/node/node-a');
   const shopWp = await cert('spiffe://cluster.local/ns/shop/sa/wp');
   assert.equal(authorize({ kind: 'agent', id: 'node-a', namespace: '' }, nodeA), undefined);
@@ -309,6 +309,59 @@ async function firstAnswer(port: number, roots: readonly string[], node: { kind:
   }
 }
 
+// Rules: DESIGN.md Config stream, "An agent receives only what its node needs"; node names are per
+// cluster while clusters share the root and trust domain (docs/ARCHITECTURE.md Multi-cluster), so
+// an agent's node certificate must come from this controller's CA. RELIABILITY.md impersonation:
+// refused, counted (weft_xds_streams_refused_total{reason}) and logged with who.
+test('another cluster\'s node certificate for node-a cannot open this cluster\'s config stream as node-a; the refusal is counted and logged with the claimed node and the peer, while this cluster\'s node-a and another cluster\'s waypoint certificate still read', async () => {
+  const { Registry } = await import('prom-client');
+  const { CertificateAuthority } = await import('../../lib/identity/ca.ts');
+  const { createCsr, generateKeyPair, privateKeyToPem } = await import('../../lib/identity/csr.ts');
+  const { createControllerCredentials } = await import('../../controller/src/ca/index.ts');
+  const { spiffeStreamAuthorizer } = await import('../../controller/src/xds/authz.ts');
+  const { addConfigStreamService } = await import('../../controller/src/xds/server.ts');
+  const TD = 'cluster.local';
+  const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const load = async (name: string) => {
+    const i = await root.issueIntermediate(name);
+    return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+  };
+  const [ca1, ca2] = [await load('cluster1'), await load('cluster2')];
+  const issue = async (ca: { signCsr(csr: string, id: string): { certChain: string[] } }, uri: string) => {
+    const { privateKey } = await generateKeyPair();
+    return { key: privateKeyToPem(privateKey), chain: ca.signCsr(createCsr(uri, privateKey), uri).certChain };
+  };
+  const registry = new Registry();
+  const warnings: Array<[string, Record<string, unknown>]> = [];
+  const logger = { debug() {}, info() {}, error() {}, warn: (m: string, f?: Record<string, unknown>) => void warnings.push([m, f ?? {}]) };
+  const configServer = new ConfigServer({ registry, logger, authorize: spiffeStreamAuthorizer(TD, ca1) });
+  configServer.publish(compile(inputs(['web'])).model);
+  const creds = await createControllerCredentials(ca1, { identity: `spiffe://${TD}/ns/weft-system/sa/weft-controller`, ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
+  const server = new grpc.Server();
+  addConfigStreamService(server, { configServer });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', creds.credentials, (e, p) => (e ? rej(e) : res(p))));
+  const refused = async () => (await registry.getSingleMetricAsString('weft_xds_streams_refused_total')).split('\n').filter((l) => !l.startsWith('#')).join('\n');
+  try {
+    const nodeA = `spiffe://${TD}/node/node-a`;
+    assert.equal(await firstAnswer(port, root.trustBundle(), { kind: 'agent', id: 'node-a' }, await issue(ca2, nodeA)), 'refused PERMISSION_DENIED');
+    assert.equal(await refused(), 'weft_xds_streams_refused_total{reason="denied"} 1');
+    const [msg, fields] = warnings.find(([m]) => m === 'config stream request refused')!;
+    assert.ok(msg);
+    assert.equal(fields['reason'], 'denied');
+    assert.equal(fields['claimedKind'], 'agent');
+    assert.equal(fields['claimedId'], 'node-a');
+    assert.match(String(fields['peer']), /^127\.0\.0\.1:\d+$/);
+    assert.match(String(fields['error']), /node certificate for spiffe:\/\/cluster\.local\/node\/node-a was not issued by this controller's CA/);
+    // This cluster's node-a reads its config; a waypoint's workload certificate is mesh-wide and keeps working.
+    assert.match(await firstAnswer(port, root.trustBundle(), { kind: 'agent', id: 'node-a' }, await issue(ca1, nodeA)), /^received \d+$/);
+    assert.match(await firstAnswer(port, root.trustBundle(), { kind: 'waypoint', id: 'wp', namespace: 'shop' }, await issue(ca2, `spiffe://${TD}/ns/shop/sa/wp`)), /^received \d+$/);
+    assert.equal(await refused(), 'weft_xds_streams_refused_total{reason="denied"} 1');
+  } finally {
+    creds.close();
+    server.forceShutdown();
+  }
+});
+
 // Rule: RELIABILITY.md impersonation row, "a server refuses clients outside the accepted identities
 // and counts them"; the log line says who claimed what, from where.
 test('a config stream refused for lack of a client certificate is counted by reason and logged with the node it claimed and its peer address', async () => {
@@ -321,7 +374,7 @@ test('a config stream refused for lack of a client certificate is counted by rea
   const registry = new Registry();
   const warnings: Array<[string, Record<string, unknown>]> = [];
   const logger = { debug() {}, info() {}, error() {}, warn: (m: string, f?: Record<string, unknown>) => void warnings.push([m, f ?? {}]) };
-  const configServer = new ConfigServer({ registry, logger, authorize: spiffeStreamAuthorizer('cluster.local') });
+  const configServer = new ConfigServer({ registry, logger, authorize: spiffeStreamAuthorizer('cluster.local', ca) });
   configServer.publish(compile(inputs(['web'])).model);
   const creds = await createControllerCredentials(ca, { identity: 'spiffe://cluster.local/ns/weft-system/sa/weft-controller', ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
   const server = new grpc.Server();

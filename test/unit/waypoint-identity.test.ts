@@ -232,7 +232,7 @@ describe('waypoint through a root rotation (in-process controller)', () => {
     await writeFile(join(dir, 'roots.pem'), rootA.join(''));
     const controllerId = `spiffe://${TD}/ns/weft-system/sa/weft-controller`;
     // Client certificates required on the config stream, as with --require-client-identity.
-    const configServer = new ConfigServer({ authorize: spiffeStreamAuthorizer(TD) });
+    const configServer = new ConfigServer({ authorize: spiffeStreamAuthorizer(TD, ca) });
     let server: grpc.Server | undefined;
     let controllerCreds: ControllerCredentials | undefined;
     let port = 0;
