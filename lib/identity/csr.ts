@@ -33,6 +33,30 @@ export function createCsr(spiffeId: string, privateKey: KeyObject): string {
   return toPem('CERTIFICATE REQUEST', signStructure(info, privateKey));
 }
 
+/**
+ * Public keys the CA signs (CA/Browser Forum Baseline Requirements 6.1.5, NIST SP 800-131A):
+ * ECDSA on the NIST curves P-256, P-384 and P-521, and RSA of at least 2048 bits. Weaker keys
+ * (RSA 512/1024, P-192) can be broken within a certificate's lifetime; other curves
+ * (secp256k1, brainpool) are off the profile TLS peers expect. Every key Weft generates is P-256.
+ */
+export const ACCEPTED_EC_CURVES: readonly string[] = ['prime256v1', 'secp384r1', 'secp521r1'];
+/** Smallest RSA modulus accepted, in bits. */
+export const MIN_RSA_MODULUS_BITS = 2048;
+
+/** Why `key` is off the profile above, or undefined when it is on it. */
+export function keyProfileProblem(key: KeyObject): string | undefined {
+  const details = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === 'ec') {
+    const curve = details?.namedCurve;
+    return curve && ACCEPTED_EC_CURVES.includes(curve) ? undefined : `EC curve ${curve ?? '(unnamed)'} is not accepted (only P-256, P-384, P-521)`;
+  }
+  if (key.asymmetricKeyType === 'rsa') {
+    const bits = details?.modulusLength ?? 0;
+    return bits >= MIN_RSA_MODULUS_BITS ? undefined : `RSA key of ${bits} bits is too weak (at least ${MIN_RSA_MODULUS_BITS})`;
+  }
+  return `${key.asymmetricKeyType ?? 'unknown'} keys are not accepted`;
+}
+
 export interface ParsedCsr {
   /** DER SubjectPublicKeyInfo, byte for byte as in the request. */
   spki: Buffer;
@@ -43,7 +67,8 @@ export interface ParsedCsr {
 
 /**
  * Decodes a PEM or DER CSR and verifies its self-signature. Throws MalformedCsrError for
- * anything undecodable and CsrSignatureError when the signature does not match the key.
+ * anything undecodable or a key off the accepted profile (keyProfileProblem), and
+ * CsrSignatureError when the signature does not match the key.
  */
 export function parseCsr(input: string | Buffer): ParsedCsr {
   let der: Buffer;
@@ -87,9 +112,15 @@ export function parseCsr(input: string | Buffer): ParsedCsr {
   let ok: boolean;
   try {
     publicKey = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  } catch (err) {
+    throw new MalformedCsrError(`CSR public key is unusable (${(err as Error).message}); use an EC P-256 key (or P-384, P-521, RSA of at least ${MIN_RSA_MODULUS_BITS} bits)`, { cause: err });
+  }
+  const weak = keyProfileProblem(publicKey);
+  if (weak) throw new MalformedCsrError(`CSR public key refused: ${weak}; use an EC P-256 key (or P-384, P-521, RSA of at least ${MIN_RSA_MODULUS_BITS} bits)`);
+  try {
     ok = cryptoVerify(hashForSignatureOid(algOid), info, publicKey, signature);
   } catch (err) {
-    throw new MalformedCsrError(`CSR public key or signature algorithm is unusable (${(err as Error).message}); use an EC P-256 or RSA key`, { cause: err });
+    throw new MalformedCsrError(`CSR signature algorithm is unusable (${(err as Error).message}); sign with ECDSA-SHA256/384 or RSA-SHA256`, { cause: err });
   }
   if (!ok) throw new CsrSignatureError('CSR signature does not verify with the public key it carries; the request was corrupted or not signed by its own key');
   return { spki, publicKey, uris };

@@ -279,3 +279,39 @@ test('another cluster\'s node certificate for a node name this cluster also has 
     cluster1.close();
   }
 });
+
+// Rule: CA/Browser Forum Baseline Requirements 6.1.5 and NIST SP 800-131A: RSA of at least 2048
+// bits, ECDSA on P-256/P-384/P-521 (Istio's CA, through Go's crypto/x509, refuses the others).
+test('a CSR whose key is weak or off-profile (RSA 512 and 1024, EC P-192, secp256k1) is refused INVALID_ARGUMENT, counted invalid and logged with the key; P-256, P-384, P-521 and RSA 2048 are signed (BR 6.1.5, NIST SP 800-131A)', async () => {
+  const { generateKeyPairSync } = await import('node:crypto');
+  const web = id('default', 'web');
+  const h = await serveCa(ca, placement);
+  const key = (type: 'rsa' | 'ec', param: number | string) => (type === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: param as number }) : generateKeyPairSync('ec', { namedCurve: param as string })).privateKey;
+  const nodeA = await (async () => {
+    const k = await csrFor(`spiffe://${TD}/node/node-a`);
+    return h.mtls(k.keyPem, ca.signCsr(k.csr, `spiffe://${TD}/node/node-a`).certChain);
+  })();
+  try {
+    const refused: Array<[string, ReturnType<typeof key>, RegExp]> = [
+      ['RSA 512', key('rsa', 512), /RSA key of 512 bits is too weak/],
+      ['RSA 1024', key('rsa', 1024), /RSA key of 1024 bits is too weak/],
+      ['EC P-192', key('ec', 'prime192v1'), /EC curve prime192v1 is not accepted/],
+      ['EC secp256k1', key('ec', 'secp256k1'), /EC curve secp256k1 is not accepted/],
+    ];
+    for (const [label, k, reason] of refused) {
+      const err = await rejection(nodeA.createCertificate(web, createCsr(web, k)));
+      assert.equal(grpcCode(err), 'INVALID_ARGUMENT', label);
+      assert.match(String(h.logs.at(-1)?.reason), reason, label);
+      assert.equal(h.outcomes.at(-1), 'invalid', label);
+    }
+    assert.deepEqual(h.outcomes, ['invalid', 'invalid', 'invalid', 'invalid']);
+    for (const [label, k] of [['EC P-256', key('ec', 'prime256v1')], ['EC P-384', key('ec', 'secp384r1')], ['EC P-521', key('ec', 'secp521r1')], ['RSA 2048', key('rsa', 2048)]] as const) {
+      const res = await nodeA.createCertificate(web, createCsr(web, k));
+      assert.ok(new X509Certificate(res.certChain[0]!).subjectAltName?.includes(web), label);
+    }
+    assert.deepEqual(h.outcomes.slice(4), ['issued', 'issued', 'issued', 'issued']);
+  } finally {
+    nodeA.close();
+    h.close();
+  }
+});
