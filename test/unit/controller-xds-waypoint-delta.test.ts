@@ -41,9 +41,10 @@ async function serve(configServer: ConfigServer, sent: Sent[]): Promise<{ server
       let kind = '';
       call.once('data', (req: DeltaConfigRequest) => { kind = req.node?.kind ?? ''; });
       const write = call.write.bind(call);
-      call.write = ((m: DeltaConfigResponse) => {
+      // The callback too: the server holds a stream's next batch until it has taken the last.
+      call.write = ((m: DeltaConfigResponse, cb?: (e?: Error | null) => void) => {
         sent.push({ kind, res: m });
-        return write(m);
+        return write(m, cb);
       }) as typeof call.write;
       configServer.handle(call);
     },

@@ -21,9 +21,10 @@ async function serveRecording(configServer: ConfigServer, sent: DeltaConfigRespo
   server.addService(configStreamServiceDefinition(), {
     DeltaConfig: (call: ConfigStreamCall) => {
       const write = call.write.bind(call);
-      call.write = ((m: DeltaConfigResponse) => {
+      // The callback too: the server holds a stream's next batch until it has taken the last.
+      call.write = ((m: DeltaConfigResponse, cb?: (e?: Error | null) => void) => {
         sent.push(m);
-        return write(m);
+        return write(m, cb);
       }) as typeof call.write;
       configServer.handle(call);
     },
@@ -392,6 +393,70 @@ test('a config stream refused for lack of a client certificate is counted by rea
     assert.match(String(denied?.['error']), /presented no client certificate/);
   } finally {
     creds.close();
+    server.forceShutdown();
+  }
+});
+
+// Rule: flow control (DEFAULT_MAX_UNACKED_BYTES's promise; Istio keeps one push in flight per
+// connection and merges later pushes): a client that never reads costs one batch, not one per
+// publish; the hold is named (clients().blocked) and counted (weft_xds_pushes_held_total{kind}).
+test('a config stream that never reads (zero HTTP/2 window) is written one batch, not one per publish, while a reading client keeps getting every update; the hold is counted', { timeout: 30_000 }, async () => {
+  const http2 = await import('node:http2');
+  const { Registry } = await import('prom-client');
+  const { TYPE_URLS } = await import('../../lib/xds/protocol.ts');
+  const registry = new Registry();
+  const configServer = new ConfigServer({ registry });
+  const big = (gen: number) => {
+    const i = inputs([]);
+    for (let k = 0; k < 400; k++) i.pods.push(pod('shop', `p${k}`, { ip: `10.3.${k >> 8}.${k & 255}`, node: 'node-a', labels: { app: 'web', gen: String(gen) } }));
+    return compile(i).model;
+  };
+  configServer.publish(big(0));
+  const writes = new Map<string, number>();
+  const server = new grpc.Server();
+  server.addService(configStreamServiceDefinition(), {
+    DeltaConfig: (call: ConfigStreamCall) => {
+      let who = '';
+      call.once('data', (req: { node?: { user_agent?: string } }) => { who = req.node?.user_agent === 'stuck' ? 'stuck' : 'reader'; });
+      const write = call.write.bind(call);
+      call.write = ((m: DeltaConfigResponse, cb?: (e?: Error | null) => void) => {
+        writes.set(who, (writes.get(who) ?? 0) + 1);
+        return write(m, cb);
+      }) as typeof call.write;
+      configServer.handle(call);
+    },
+  });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  // The stuck client: a raw HTTP/2 session whose stream window is 0, so the server can send nothing.
+  const session = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
+  session.on('error', () => undefined);
+  const stream = session.request({ ':method': 'POST', ':path': '/weft.xds.v1.ConfigStream/DeltaConfig', 'content-type': 'application/grpc', te: 'trailers' }, { endStream: false });
+  stream.on('error', () => undefined);
+  const body = (configStreamServiceDefinition().DeltaConfig as grpc.MethodDefinition<object, unknown>).requestSerialize({ node: { id: 'node-a', kind: 'agent', namespace: '', user_agent: 'stuck' }, type_url: TYPE_URLS.Workload, resource_names_subscribe: [] });
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(body.length, 1);
+  stream.write(Buffer.concat([header, body]));
+  const reader = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: 'node-a' });
+  try {
+    reader.start();
+    await reader.ready();
+    await until('the stuck stream is held', () => configServer.clients().some((c) => c.blocked));
+    for (let gen = 1; gen <= 30; gen++) {
+      configServer.publish(big(gen));
+      await until(`the reader at generation ${gen}`, () => reader.version === configServer.systemVersion);
+    }
+    assert.equal(reader.snapshot!.workloads.find((w) => w.name === 'p0')?.labels['gen'], '30');
+    const stuck = configServer.clients().filter((c) => c.blocked);
+    assert.equal(stuck.length, 1, 'the stuck stream, and only it, is blocked');
+    assert.equal(stuck[0]!.synced, false);
+    assert.ok((writes.get('reader') ?? 0) >= 31, 'the reader got a response per publish');
+    const stuckWrites = writes.get('stuck') ?? 0;
+    assert.ok(stuckWrites >= 1 && stuckWrites <= 2, `the stuck stream was written ${stuckWrites} responses over 30 publishes (its initial sync, then nothing until it reads)`);
+    const held = (await registry.getMetricsAsJSON()).find((m) => m.name === 'weft_xds_pushes_held_total')?.values ?? [];
+    assert.ok(held.some((v) => v.labels['kind'] === 'agent' && v.value >= 1), `held pushes not counted: ${JSON.stringify(held)}`);
+  } finally {
+    reader.close();
+    session.destroy();
     server.forceShutdown();
   }
 });

@@ -145,6 +145,14 @@ class Subscriber {
   nackedVersion: string | undefined;
   /** Latest system version acknowledged for every type. */
   ackedVersion = '';
+  /**
+   * The stream has not taken the last batch yet (HTTP/2 flow control: the client does not read).
+   * A blocked client gets nothing more until it does; what changes meanwhile merges into `dirty`,
+   * so it costs one batch, not one per publish (Istio keeps one push in flight per connection).
+   */
+  blocked = false;
+  /** A push waits for it (counted once per blocked spell in weft_xds_pushes_held_total). */
+  held = false;
   constructor(call: ConfigStreamCall, streamId: string) {
     this.call = call;
     this.streamId = streamId;
@@ -163,6 +171,8 @@ export interface ConfigStreamClientInfo {
   nackedVersion?: string;
   /** Everything the client's view calls for has been sent and acknowledged (Istio's SYNCED). */
   synced: boolean;
+  /** Its stream has not taken the last batch (the client does not read); changes wait and merge. */
+  blocked: boolean;
 }
 
 export class ConfigServer {
@@ -188,7 +198,7 @@ export class ConfigServer {
   readonly #maxUnackedBytes: number;
   readonly #ackListeners = new Set<(c: ConfigStreamClientInfo) => void>();
   readonly #refusalLog: LogBudget;
-  readonly #metrics?: { pushes: Counter; nacks: Counter; refused: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
+  readonly #metrics?: { pushes: Counter; nacks: Counter; refused: Counter; held: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
 
   constructor(options: ConfigServerOptions = {}) {
     this.#log = options.logger ?? silentLogger;
@@ -200,6 +210,7 @@ export class ConfigServer {
       this.#metrics = {
         pushes: new Counter({ name: 'weft_xds_pushes_total', help: 'Config stream responses sent', labelNames: ['type'], registers }),
         nacks: new Counter({ name: 'weft_xds_nacks_total', help: 'Config stream responses rejected by clients', labelNames: ['type'], registers }),
+        held: new Counter({ name: 'weft_xds_pushes_held_total', help: 'Pushes held back because the client\'s stream had not taken its previous batch (it does not read); what changes meanwhile merges into one later push', labelNames: ['kind'], registers }),
         refused: new Counter({ name: 'weft_xds_streams_refused_total', help: 'Config streams the controller refused and closed, by reason (denied, bad_request, internal)', labelNames: ['reason'], registers }),
         clients: new Gauge({ name: 'weft_xds_clients', help: 'Connected config stream clients', labelNames: ['kind'], registers }),
         resources: new Gauge({ name: 'weft_xds_resources', help: 'Published resources', labelNames: ['type'], registers }),
@@ -342,7 +353,7 @@ export class ConfigServer {
 
   #info(s: Subscriber): ConfigStreamClientInfo {
     const synced = s.pending.size === 0 && s.dirty.size === 0 && !s.force && !this.#flushQueue.has(s);
-    return { id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, synced };
+    return { id: s.id, kind: s.kind, namespace: s.namespace, ackedVersion: s.ackedVersion, synced, blocked: s.blocked };
   }
 
   /** Called whenever a client acknowledges a complete system version. */
@@ -391,6 +402,7 @@ export class ConfigServer {
         done();
       }
     });
+    call.on('drain', () => this.#unblock(sub));
     call.on('end', () => {
       done();
       call.end();
@@ -510,6 +522,12 @@ export class ConfigServer {
    */
   #pump(): void {
     for (const sub of this.#flushQueue) {
+      // Stays queued: its stream calls #unblock once it has taken the last batch.
+      if (sub.blocked) {
+        if (!sub.held) this.#metrics?.held.inc({ kind: sub.kind! });
+        sub.held = true;
+        continue;
+      }
       if (sub.pending.size === 0 && this.#unackedBytes >= this.#maxUnackedBytes) {
         this.#expireUnacked();
         if (this.#unackedBytes >= this.#maxUnackedBytes) continue;
@@ -521,6 +539,14 @@ export class ConfigServer {
         this.#log.error('config push failed', { client: sub.label, error: (e as Error).message });
       }
     }
+  }
+
+  /** The stream took everything written to it: flush what changed meanwhile. */
+  #unblock(sub: Subscriber): void {
+    if (!sub.blocked) return;
+    sub.blocked = false;
+    sub.held = false;
+    if (this.#flushQueue.has(sub)) this.#schedulePump();
   }
 
   #release(p: Pending): void {
@@ -593,7 +619,9 @@ export class ConfigServer {
     sub.force = false;
     sub.dirty.clear();
     if (!any) return;
-    for (const r of responses) {
+    let taken = true;
+    const last = responses.length - 1;
+    for (const [i, r] of responses.entries()) {
       const nonce = randomBytes(8).toString('hex');
       let bytes = 0;
       for (const p of r.entries) bytes += p.body.length;
@@ -611,10 +639,18 @@ export class ConfigServer {
         if (held.overLimit) this.#bases.compact(key, held);
       }
       sub.pending.set(nonce, pending);
-      // Encoded by the service's serializer when grpc-js takes it from the stream (wire.ts).
-      sub.call.write(new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.names, r.entries));
+      // Encoded by the service's serializer when grpc-js takes it from the stream (wire.ts). The
+      // last write's callback runs once grpc-js has handed the whole batch to HTTP/2, which holds
+      // it until the client's window opens.
+      const response = new EncodedResponse({ system_version_info: version, type_url: TYPE_URLS[r.type], removed_resources: r.removed, nonce }, r.names, r.entries);
+      const accepted = i === last ? sub.call.write(response, () => this.#unblock(sub)) : sub.call.write(response);
+      if (accepted === false) taken = false;
       this.#metrics?.pushes.inc({ type: r.type });
     }
+    // Blocked while the stream still buffers any of it (a stream without that count, a test's
+    // fake, is never blocked unless write() said so). The callback above or 'drain' unblocks.
+    const buffered = sub.call.writableLength;
+    if (!taken || (typeof buffered === 'number' && buffered > 0)) sub.blocked = true;
   }
 }
 
