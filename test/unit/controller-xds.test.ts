@@ -460,3 +460,44 @@ test('a config stream that never reads (zero HTTP/2 window) is written one batch
     server.forceShutdown();
   }
 });
+
+// Rule: RFC 9113 10.5 (an endpoint limits the state a peer can commit it to); DESIGN.md Config
+// stream, "An agent receives only what its node needs": names nothing publishes serve no one.
+test('a stream subscribing to more names of a type than max(10,000, published) is closed RESOURCE_EXHAUSTED, counted and logged; up to the limit it is served', async () => {
+  const { Registry } = await import('prom-client');
+  const { configStreamClientConstructor, TYPE_URLS } = await import('../../lib/xds/protocol.ts');
+  const { MIN_SUBSCRIBED_NAMES_LIMIT } = await import('../../controller/src/xds/server.ts');
+  const registry = new Registry();
+  const warnings: Array<[string, Record<string, unknown>]> = [];
+  const logger = { debug() {}, info() {}, error() {}, warn: (m: string, f?: Record<string, unknown>) => void warnings.push([m, f ?? {}]) };
+  const configServer = new ConfigServer({ registry, logger });
+  configServer.publish(compile(inputs(['web'])).model);
+  const { server, port } = await serveRecording(configServer, []);
+  const Ctor = configStreamClientConstructor();
+  const raw = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 16 << 20 });
+  const call = (raw as unknown as { DeltaConfig(): grpc.ClientDuplexStream<object, DeltaConfigResponse> }).DeltaConfig();
+  const responses: DeltaConfigResponse[] = [];
+  const closed = new Promise<grpc.ServiceError>((resolve) => call.on('error', resolve));
+  call.on('data', (r: DeltaConfigResponse) => responses.push(r));
+  const names = (from: number, n: number) => Array.from({ length: n }, (_, k) => `shop/made-up-${from + k}`);
+  try {
+    call.write({ node: { id: 'node-a', kind: 'agent', namespace: '', user_agent: 'test' }, type_url: TYPE_URLS.Service, resource_names_subscribe: ['shop/web', ...names(0, MIN_SUBSCRIBED_NAMES_LIMIT - 1)], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '' });
+    await until('served at the limit', () => responses.length === 1);
+    assert.deepEqual(responses[0]!.resources.map((r) => r.name), ['shop/web']);
+    call.write({ type_url: TYPE_URLS.Service, resource_names_subscribe: names(MIN_SUBSCRIBED_NAMES_LIMIT, 1), resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: responses[0]!.nonce });
+    const err = await Promise.race([closed, new Promise<undefined>((r) => setTimeout(() => r(undefined), 5000))]);
+    assert.ok(err, 'the stream was not closed past the limit');
+    assert.equal(err.code, grpc.status.RESOURCE_EXHAUSTED);
+    assert.match(err.details, /subscribed to more than 10000 Service names/);
+    const values = (await registry.getMetricsAsJSON()).find((m) => m.name === 'weft_xds_streams_refused_total')?.values ?? [];
+    assert.deepEqual(values.map((v) => [v.labels['reason'], v.value]), [['resource_exhausted', 1]]);
+    const line = warnings.find(([m]) => m === 'config stream request refused')?.[1];
+    assert.equal(line?.['reason'], 'resource_exhausted');
+    assert.equal(line?.['claimedId'], 'node-a');
+    assert.deepEqual(configServer.clients(), []);
+  } finally {
+    call.cancel();
+    raw.close();
+    server.forceShutdown();
+  }
+});

@@ -59,14 +59,28 @@ export class ConfigStreamDeniedError extends ConfigStreamRequestError {
   }
 }
 
+/** A client subscribed to more resource names than any view could hold (RFC 9113 10.5: bound what a peer can commit). */
+export class ConfigStreamExhaustedError extends ConfigStreamRequestError {
+  override readonly code = 'WEFT_XDS_RESOURCE_EXHAUSTED';
+  override readonly grpcCode = grpc.status.RESOURCE_EXHAUSTED;
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigStreamExhaustedError';
+  }
+}
+
+/** Names a stream may subscribe to per type: at least this, or as many as are published of the type. */
+export const MIN_SUBSCRIBED_NAMES_LIMIT = 10_000;
+
 /**
  * Why a config stream was refused: the `reason` label of weft_xds_streams_refused_total and of
  * the 'config stream refused' log line (stable strings).
  */
-export type StreamRefusal = 'denied' | 'bad_request' | 'internal';
+export type StreamRefusal = 'denied' | 'resource_exhausted' | 'bad_request' | 'internal';
 
 function refusalOf(err: Error): StreamRefusal {
   if (err instanceof ConfigStreamDeniedError) return 'denied';
+  if (err instanceof ConfigStreamExhaustedError) return 'resource_exhausted';
   if (err instanceof ConfigStreamRequestError) return 'bad_request';
   return 'internal';
 }
@@ -211,7 +225,7 @@ export class ConfigServer {
         pushes: new Counter({ name: 'weft_xds_pushes_total', help: 'Config stream responses sent', labelNames: ['type'], registers }),
         nacks: new Counter({ name: 'weft_xds_nacks_total', help: 'Config stream responses rejected by clients', labelNames: ['type'], registers }),
         held: new Counter({ name: 'weft_xds_pushes_held_total', help: 'Pushes held back because the client\'s stream had not taken its previous batch (it does not read); what changes meanwhile merges into one later push', labelNames: ['kind'], registers }),
-        refused: new Counter({ name: 'weft_xds_streams_refused_total', help: 'Config streams the controller refused and closed, by reason (denied, bad_request, internal)', labelNames: ['reason'], registers }),
+        refused: new Counter({ name: 'weft_xds_streams_refused_total', help: 'Config streams the controller refused and closed, by reason (denied, resource_exhausted, bad_request, internal)', labelNames: ['reason'], registers }),
         clients: new Gauge({ name: 'weft_xds_clients', help: 'Connected config stream clients', labelNames: ['kind'], registers }),
         resources: new Gauge({ name: 'weft_xds_resources', help: 'Published resources', labelNames: ['type'], registers }),
         publishSeconds: new Histogram({ name: 'weft_xds_publish_seconds', help: 'Time to diff and publish a model', registers }),
@@ -450,9 +464,13 @@ export class ConfigServer {
       sub.sent.set(type, new HeldVersions(Object.entries(req.initial_resource_versions ?? {})));
       if (req.resource_names_subscribe.length === 0) sub0.wildcard = true;
     }
+    // Names beyond what is published serve no one; a stream may not make the controller hold more.
+    const limit = Math.max(MIN_SUBSCRIBED_NAMES_LIMIT, this.#published[type].size);
     for (const n of req.resource_names_subscribe) {
       if (n === '*') sub0.wildcard = true;
-      else sub0.names.add(n);
+      else if (sub0.names.size >= limit && !sub0.names.has(n)) {
+        throw new ConfigStreamExhaustedError(`${sub.label} subscribed to more than ${limit} ${type} names (${this.#published[type].size} are published); subscribe with '*' or to names that exist`);
+      } else sub0.names.add(n);
     }
     for (const n of req.resource_names_unsubscribe) {
       if (n === '*') sub0.wildcard = false;
