@@ -166,6 +166,10 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
 
     a.on('data', onDataA).on('end', onEndA).on('error', onErrorA).on('close', onCloseA).on('drain', onDrainA);
     b.on('data', onDataB).on('end', onEndB).on('error', onErrorB).on('close', onCloseB).on('drain', onDrainB);
+    // A side whose readable ended before the pipe began (a CONNECT that carried END_STREAM before
+    // its answer) emits no 'end' again: its end is passed on now.
+    if (a.readableEnded && !closedA) onEndA();
+    if (b.readableEnded && !closedB) onEndB();
     if (closedA) abort('a', resetError(a));
     if (closedB) abort('b', resetError(b));
     settle();

@@ -676,8 +676,14 @@ export class HboneServer {
     if (held) {
       earlyData.delete(stream);
       stream.off('data', held.listener);
-      stream.pause();
-      for (let i = held.chunks.length - 1; i >= 0; i--) stream.unshift(held.chunks[i]!);
+      if (stream.readableEnded) {
+        // The client ended its side before the answer: what it sent goes first, and the pipe
+        // passes its end on (pipeBidirectional: a side whose readable already ended).
+        for (const chunk of held.chunks) upstream.write(chunk);
+      } else {
+        stream.pause();
+        for (let i = held.chunks.length - 1; i >= 0; i--) stream.unshift(held.chunks[i]!);
+      }
     }
     stream.respond({ ':status': 200 });
     this.#stats.tunnelsOpened++;

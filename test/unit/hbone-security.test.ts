@@ -274,6 +274,31 @@ test('data sent on a CONNECT before its answer is bounded: past the limit the st
   assert.equal((await readAll(tunnel)).length, 256 * 1024);
 });
 
+// RFC 9113 8.5: a CONNECT's END_STREAM half-closes the tunnel. A client may send it (with or
+// without data) before the answer; holding early data must not lose that end.
+test('a CONNECT that ends its side before the answer, with and without data, half-closes the tunnel once open', async () => {
+  const seen: string[] = [];
+  const target = await tcpServer((sock) => {
+    let got = '';
+    sock.on('data', (c: Buffer) => { got += String(c); });
+    sock.on('end', () => { seen.push(got); sock.end('bye'); });
+  });
+  cleanups.push(() => target.server.close());
+  const dial = dialTarget();
+  const hb = await startHbone({ handler: async (req) => { await sleep(100); return dial(req); } });
+  cleanups.push(() => hb.close());
+  const client = await rawClient(hb.port, hb.clientLeaf);
+  for (const early of ['', 'early bytes']) {
+    const req = client.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${target.port}` }, { endStream: early === '' });
+    if (early !== '') req.end(early);
+    const status = await new Promise<number>((resolve) => req.once('response', (h) => resolve(Number(h[':status']))));
+    assert.equal(status, 200);
+    assert.equal((await readAll(req)).toString(), 'bye');
+  }
+  await until('the target saw both ends', () => seen.length === 2, 5000);
+  assert.deepEqual(seen, ['', 'early bytes']);
+});
+
 test('tunnels whose destination does not read cannot make one session hold more than its buffer: stream windows shrink, then recover', async () => {
   const held: Array<import('node:net').Socket> = [];
   // A destination that accepts and never reads.
