@@ -3,6 +3,7 @@
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
+import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -132,7 +133,7 @@ export class AgentState {
       const seen = new Set<string>();
       const add = (id: string | undefined, m: WorkloadMeta | undefined): void => {
         if (!id || !m) return;
-        const key = `${id}\u0000${m.cluster}\u0000${m.namespace}\u0000${m.workloadName}\u0000${m.canonicalService}\u0000${m.canonicalRevision}`;
+        const key = `${id}\u0000${workloadMetaKey(m)}`;
         if (seen.has(key)) return;
         seen.add(key);
         const list = index.get(id);

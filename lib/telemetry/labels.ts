@@ -152,9 +152,13 @@ export function verifiedPeerMeta(baggage: string | undefined, principal: string 
   // A claim from a cluster of which the config knows no workload of this identity (the same
   // service account runs in both clusters; this one's pods are listed, the caller's are not).
   if (claimed && !list.some((w) => w.cluster === claimed.cluster)) return { meta: claimed, verified: false };
-  const first = list[0]!;
-  const one = list.every((w) => w.workloadName === first.workloadName && w.namespace === first.namespace && w.canonicalService === first.canonicalService && w.canonicalRevision === first.canonicalRevision && w.cluster === first.cluster);
-  return { meta: one ? first : undefined, verified: true };
+  const first = workloadMetaKey(list[0]!);
+  return { meta: list.every((w) => workloadMetaKey(w) === first) ? list[0] : undefined, verified: true };
+}
+
+/** One string per distinct workload description (the fields its labels show). */
+export function workloadMetaKey(m: WorkloadMeta): string {
+  return `${m.cluster}\u0000${m.namespace}\u0000${m.workloadName}\u0000${m.canonicalService}\u0000${m.canonicalRevision}`;
 }
 
 /** Distinct unverified workload descriptions taken from one identity's baggage (UnverifiedClaims). */
@@ -170,7 +174,7 @@ export class UnverifiedClaims {
   readonly #byIdentity = new Map<string, Set<string>>();
 
   take(principal: string, meta: WorkloadMeta): WorkloadMeta | undefined {
-    const key = `${meta.cluster}\u0000${meta.namespace}\u0000${meta.workloadName}\u0000${meta.canonicalService}\u0000${meta.canonicalRevision}`;
+    const key = workloadMetaKey(meta);
     let claims = this.#byIdentity.get(principal);
     if (!claims) { claims = new Set(); this.#byIdentity.set(principal, claims); }
     if (claims.has(key)) return meta;
