@@ -271,7 +271,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         return ids;
       },
     };
-    const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable)', labelNames: ['outcome'], registers: [registry] });
+    const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable, rate_limited)', labelNames: ['outcome'], registers: [registry] });
     certService = addCertificateService(grpcServer, {
       ca, authenticator, pods,
       onOutcome: (outcome) => requests.inc({ outcome }),

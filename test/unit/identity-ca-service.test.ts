@@ -7,9 +7,11 @@ import * as grpc from '@grpc/grpc-js';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../lib/identity/csr.ts';
-import { CaAuthenticationError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
-import { addCertificateService, createControllerCredentials, StaticTokenAuthenticator, type CaLogRecord, type ControllerCredentials } from '../../controller/src/ca/index.ts';
+import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
+import { addCertificateService, createControllerCredentials, StaticTokenAuthenticator, type CaLogRecord, type CertificateServiceDeps, type ControllerCredentials } from '../../controller/src/ca/index.ts';
+import type { NodeAuthenticator } from '../../controller/src/ca/authn.ts';
 import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
+import { until } from '../lab/wait.ts';
 import { TD, id } from './identity-fixtures.ts';
 
 const CONTROLLER = id('weft-system', 'weft-controller');
@@ -234,17 +236,19 @@ test('a local workload token (system:serviceaccount:<ns>:<sa> in the token file)
 });
 
 /** A certificate service of its own over `served`, counting outcomes (as weft_ca_certificate_requests_total does). */
-async function serveCa(served: CertificateAuthority, onNode: Map<string, Set<string>>) {
+async function serveCa(served: CertificateAuthority, onNode: Map<string, Set<string>>, opts: Partial<Pick<CertificateServiceDeps, 'limits' | 'clock' | 'authenticator'>> = {}) {
   const own = { logs: [] as CaLogRecord[], outcomes: [] as string[] };
   const c = await createControllerCredentials(served, { identity: CONTROLLER, ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
   const s = new grpc.Server();
   addCertificateService(s, {
     ca: served, authenticator: new StaticTokenAuthenticator(TOKENS), pods: { identitiesOnNode: (node) => onNode.get(node) ?? new Set() },
-    log: (r) => own.logs.push(r), onOutcome: (o) => own.outcomes.push(o),
+    log: (r) => own.logs.push(r), onOutcome: (o) => own.outcomes.push(o), ...opts,
   });
   const port = await new Promise<number>((resolve, reject) => s.bindAsync('127.0.0.1:0', c.credentials, (err, p) => (err ? reject(err) : resolve(p))));
-  const mtls = (key: string, certChain: readonly string[]) => new CertificateServiceClient({ address: `127.0.0.1:${port}`, trustBundle: served.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'mtls', key, certChain } });
-  return { ...own, mtls, close: () => { c.close(); s.forceShutdown(); } };
+  const at = `127.0.0.1:${port}`;
+  const mtls = (key: string, certChain: readonly string[]) => new CertificateServiceClient({ address: at, trustBundle: served.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'mtls', key, certChain } });
+  const token = (t: string) => new CertificateServiceClient({ address: at, trustBundle: served.trustBundle(), serverIdentity: CONTROLLER, credentials: { kind: 'token', token: () => t } });
+  return { ...own, mtls, token, close: () => { c.close(); s.forceShutdown(); } };
 }
 
 // Rule: DESIGN.md Identity, "the controller signs only identities of pods scheduled on the
@@ -312,6 +316,102 @@ test('a CSR whose key is weak or off-profile (RSA 512 and 1024, EC P-192, secp25
     assert.deepEqual(h.outcomes.slice(4), ['issued', 'issued', 'issued', 'issued']);
   } finally {
     nodeA.close();
+    h.close();
+  }
+});
+
+/** A node certificate of `served`'s for `node`, in an mTLS client of `h`. */
+async function nodeCertClient(h: Awaited<ReturnType<typeof serveCa>>, served: CertificateAuthority, node: string) {
+  const nodeId = `spiffe://${TD}/node/${node}`;
+  const k = await csrFor(nodeId);
+  return h.mtls(k.keyPem, served.signCsr(k.csr, nodeId).certChain);
+}
+
+// A compromised node, or a pod with any token, must not make the CA sign or ask the API server
+// without bound: the budget is checked before the TokenReview or the signature it would cost.
+test('a node past its certificate budget is refused RESOURCE_EXHAUSTED, counted rate_limited and logged, other nodes are still served, and the budget refills after its interval', async () => {
+  let now = 1_000_000;
+  const web = id('default', 'web');
+  const db = id('default', 'db');
+  const h = await serveCa(ca, placement, { limits: { perNode: { requests: 3, intervalMs: 10_000 } }, clock: () => now });
+  const nodeA = await nodeCertClient(h, ca, 'node-a');
+  const nodeB = await nodeCertClient(h, ca, 'node-b');
+  try {
+    for (let i = 0; i < 3; i++) await nodeA.createCertificate(web, (await csrFor(web)).csr);
+    const err = await rejection(nodeA.createCertificate(web, (await csrFor(web)).csr));
+    assert.equal(grpcCode(err), 'RESOURCE_EXHAUSTED');
+    assert.ok(err instanceof CaUnavailableError, 'the agent retries it with backoff, as it retries an unavailable CA');
+    assert.deepEqual(h.outcomes, ['issued', 'issued', 'issued', 'rate_limited']);
+    const entry = h.logs.find((l) => l.msg === 'certificate refused');
+    assert.equal(entry?.node, 'node-a');
+    assert.match(String(entry?.reason), /node node-a sent more than 3 certificate requests in 10 s; retry in 10 s/);
+    await nodeB.createCertificate(db, (await csrFor(db)).csr);
+    now += 10_000;
+    await nodeA.createCertificate(web, (await csrFor(web)).csr);
+    assert.deepEqual(h.outcomes.slice(4), ['issued', 'issued']);
+  } finally {
+    nodeA.close();
+    nodeB.close();
+    h.close();
+  }
+});
+
+test('bearer-token requests past the per-address budget are refused before the token is checked (no TokenReview spent), counted rate_limited', async () => {
+  const checked: string[] = [];
+  const inner = new StaticTokenAuthenticator(TOKENS);
+  const authenticator: NodeAuthenticator = { authenticate: (t) => (checked.push(t), inner.authenticate(t)) };
+  const h = await serveCa(ca, placement, { authenticator, limits: { perTokenAddress: { requests: 2, intervalMs: 60_000 } } });
+  const forged = h.token('forged-token-0123456789');
+  try {
+    const nodeA = `spiffe://${TD}/node/node-a`;
+    for (let i = 0; i < 2; i++) assert.equal(grpcCode(await rejection(forged.createCertificate(nodeA, (await csrFor(nodeA)).csr))), 'UNAUTHENTICATED');
+    for (let i = 0; i < 5; i++) assert.equal(grpcCode(await rejection(forged.createCertificate(nodeA, (await csrFor(nodeA)).csr))), 'RESOURCE_EXHAUSTED');
+    assert.equal(checked.length, 2, 'only the requests within the budget reached the authenticator');
+    assert.deepEqual(h.outcomes, ['unauthenticated', 'unauthenticated', 'rate_limited', 'rate_limited', 'rate_limited', 'rate_limited', 'rate_limited']);
+    assert.ok(h.logs.some((l) => l.msg === 'certificate refused' && /client 127\.0\.0\.1 \(bearer token\) sent more than 2 certificate requests in 60 s/.test(String(l.reason))));
+  } finally {
+    forged.close();
+    h.close();
+  }
+});
+
+test('token checks waited on at once are capped: one past the cap is refused RESOURCE_EXHAUSTED at once, the others complete', async () => {
+  const waiting: Array<() => void> = [];
+  const inner = new StaticTokenAuthenticator(TOKENS);
+  const authenticator: NodeAuthenticator = { authenticate: (t) => new Promise<void>((r) => waiting.push(r)).then(() => inner.authenticate(t)) };
+  const h = await serveCa(ca, placement, { authenticator, limits: { tokenChecksInFlight: 2 } });
+  const client = h.token(TOKENS['node-a']);
+  const nodeA = `spiffe://${TD}/node/node-a`;
+  try {
+    const slow = [client.createCertificate(nodeA, (await csrFor(nodeA)).csr), client.createCertificate(nodeA, (await csrFor(nodeA)).csr)];
+    await until('two token checks waiting', () => waiting.length === 2, 5_000);
+    assert.equal(grpcCode(await rejection(client.createCertificate(nodeA, (await csrFor(nodeA)).csr))), 'RESOURCE_EXHAUSTED');
+    assert.match(String(h.logs.find((l) => l.msg === 'certificate refused')?.reason), /2 token checks are already in progress; retry/);
+    for (const release of waiting) release();
+    for (const res of await Promise.all(slow)) assert.equal(res.certChain.length, 1);
+    assert.deepEqual(h.outcomes.sort(), ['issued', 'issued', 'rate_limited']);
+  } finally {
+    client.close();
+    h.close();
+  }
+});
+
+test('refusal log lines are capped at 50 a second and the rest summed up in one line; every refusal is counted', async () => {
+  let now = 5_000_000;
+  const h = await serveCa(ca, placement, { clock: () => now, limits: { perTokenAddress: { requests: 1_000, intervalMs: 10_000 } } });
+  const forged = h.token('forged-token-0123456789');
+  const nodeA = `spiffe://${TD}/node/node-a`;
+  const { csr } = await csrFor(nodeA);
+  try {
+    await Promise.all(Array.from({ length: 60 }, () => rejection(forged.createCertificate(nodeA, csr))));
+    assert.equal(h.outcomes.length, 60);
+    assert.equal(h.logs.filter((l) => l.msg === 'certificate refused').length, 50);
+    now += 1_000;
+    await rejection(forged.createCertificate(nodeA, csr));
+    assert.equal(h.logs.find((l) => l.msg === 'certificate refusals not logged')?.count, 10);
+    assert.equal(h.logs.filter((l) => l.msg === 'certificate refused').length, 51);
+  } finally {
+    forged.close();
     h.close();
   }
 });

@@ -115,3 +115,12 @@ test('Kubernetes mode end to end: an agent signs with its ServiceAccount token o
   assert.equal(refusal?.node, 'node-a');
   assert.equal(refusal?.identity, id('default', 'db'));
 });
+
+test('a token the API server refused is refused again from memory: sending it again costs no TokenReview', async () => {
+  const auth = new TokenReviewAuthenticator({ kubeConfig });
+  const count = reviews.length;
+  for (let i = 0; i < 5; i++) {
+    await assert.rejects(auth.authenticate('forged-token'), (err: Error) => err instanceof NodeAuthenticationError && /rejected by the API server \(invalid bearer token\)/.test(err.message));
+  }
+  assert.equal(reviews.length, count + 1);
+});

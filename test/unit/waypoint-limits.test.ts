@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
-import { TokenBucket } from '../../waypoint/src/ratelimit.ts';
+import { TokenBucket } from '../../lib/token-bucket.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, trafficPolicy,

@@ -4,7 +4,13 @@
 // bearer token through the NodeAuthenticator), authorise the identity (a node gets its own node
 // identity and the identities of pods scheduled on it, per the PodDirectory), verify and sign the
 // CSR.
-// Refusals are logged as JSON lines naming the node and the identity.
+// Requests are limited before any costly work: per node for a node certificate, per client
+// address for a bearer token (each may cost a TokenReview at the API server), and at most
+// MAX_TOKEN_REVIEWS_IN_FLIGHT token checks at once; a request over a limit is refused
+// RESOURCE_EXHAUSTED (the agent's certificate manager retries it with backoff) and counted
+// `rate_limited`.
+// Refusals are logged as JSON lines naming the node and the identity, at most
+// REFUSAL_LOG_PER_SECOND a second (every refusal is counted).
 import * as grpc from '@grpc/grpc-js';
 import type { CertificateAuthority } from '../../../lib/identity/ca.ts';
 import {
@@ -14,6 +20,8 @@ import {
 import { CsrIdentityMismatchError, CsrSignatureError, MalformedCsrError, SpiffeIdError } from '../../../lib/identity/errors.ts';
 import { parseSpiffeId, type SpiffeId } from '../../../lib/identity/spiffe.ts';
 import { spiffeIdOfCertificate } from '../../../lib/identity/tls.ts';
+import { clip, LogBudget } from '../../../lib/log.ts';
+import { KeyedTokenBuckets } from '../../../lib/token-bucket.ts';
 import { AuthenticatorUnavailableError, NodeAuthenticationError, type AuthenticatedNode, type NodeAuthenticator } from './authn.ts';
 
 /** The controller's view of which workload identities run on which node. */
@@ -28,7 +36,38 @@ export interface PodDirectory {
 
 export type CaLogRecord = Record<string, unknown> & { level: 'info' | 'warn' | 'error'; msg: string };
 
-export type CertificateOutcome = 'issued' | 'unauthenticated' | 'denied' | 'invalid' | 'unavailable';
+export type CertificateOutcome = 'issued' | 'unauthenticated' | 'denied' | 'invalid' | 'unavailable' | 'rate_limited';
+
+/** A request budget: `requests` per `intervalMs`, filled back whole each interval (Envoy's local rate limit). */
+export interface RequestBudget {
+  requests: number;
+  intervalMs: number;
+}
+
+export interface CertificateLimits {
+  /**
+   * Per node, for callers with a node certificate. A node asks once per identity it runs (its pods'
+   * ServiceAccounts, at most 110 pods a node by default) and again near expiry; a restarted agent
+   * asks for all at once. Default 300 per 10 s.
+   */
+  perNode: RequestBudget;
+  /**
+   * Per client address, for callers with a bearer token (bootstrapping agents, waypoints, the
+   * east-west gateway): each new token costs a TokenReview. Default 100 per 10 s.
+   */
+  perTokenAddress: RequestBudget;
+  /** Token checks (TokenReviews) waited on at once, over every client. Default 64. */
+  tokenChecksInFlight: number;
+}
+
+export const DEFAULT_CERTIFICATE_LIMITS: CertificateLimits = {
+  perNode: { requests: 300, intervalMs: 10_000 },
+  perTokenAddress: { requests: 100, intervalMs: 10_000 },
+  tokenChecksInFlight: 64,
+};
+
+/** Refusal log lines a second; the rest are counted and summed up in one line. */
+export const REFUSAL_LOG_PER_SECOND = 50;
 
 export interface CertificateServiceDeps {
   ca: CertificateAuthority;
@@ -39,10 +78,22 @@ export interface CertificateServiceDeps {
   log?: (record: CaLogRecord) => void;
   /** Counter hook, called once per CreateCertificate with its outcome. */
   onOutcome?: (outcome: CertificateOutcome) => void;
+  /** Request limits; default DEFAULT_CERTIFICATE_LIMITS. */
+  limits?: Partial<CertificateLimits>;
+  clock?: () => number;
 }
 
 /** Longest CSR accepted, in characters of PEM. */
 export const MAX_CSR_LENGTH = 16 * 1024;
+
+/** The address of a gRPC peer (`1.2.3.4:5678`, `[::1]:5678`, `ipv4:…`), without its port. */
+export function addressOfPeer(peer: string): string {
+  const p = peer.replace(/^ipv[46]:/, '');
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(p);
+  if (bracketed) return bracketed[1]!;
+  const colon = p.lastIndexOf(':');
+  return colon > 0 && p.indexOf(':') === colon ? p.slice(0, colon) : p;
+}
 
 const defaultLog = (record: CaLogRecord): void => {
   process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), component: 'ca', ...record })}\n`);
@@ -67,6 +118,18 @@ export interface CertificateService {
 export function addCertificateService(server: grpc.Server, deps: CertificateServiceDeps): CertificateService {
   const log = deps.log ?? defaultLog;
   const { ca, authenticator, pods } = deps;
+  const limits: CertificateLimits = { ...DEFAULT_CERTIFICATE_LIMITS, ...deps.limits };
+  const clock = deps.clock ?? Date.now;
+  const buckets = new KeyedTokenBuckets();
+  let tokenChecks = 0;
+  const refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => log({ level: 'warn', msg: 'certificate refusals not logged', count, reason: `more than ${REFUSAL_LOG_PER_SECOND} in a second; every refusal is counted in weft_ca_certificate_requests_total` }));
+
+  function limit(key: string, budget: RequestBudget, who: string): void {
+    const verdict = buckets.take(key, budget.requests, budget.intervalMs, clock());
+    if (!verdict.allowed) {
+      throw new RpcFailure(grpc.status.RESOURCE_EXHAUSTED, 'rate_limited', `${who} sent more than ${budget.requests} certificate requests in ${budget.intervalMs / 1000} s; retry in ${Math.ceil(verdict.retryAfterMs / 1000)} s`);
+    }
+  }
 
   async function authenticate(call: grpc.ServerUnaryCall<unknown, unknown>): Promise<AuthenticatedNode & { via: 'mtls' | 'token' }> {
     // grpc-js exposes the client certificate only when it verified against the server's `ca`
@@ -95,12 +158,20 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     if (!match) {
       throw new RpcFailure(grpc.status.UNAUTHENTICATED, 'unauthenticated', 'no credentials: send "authorization: Bearer <token>" metadata or connect with the node certificate');
     }
+    const address = addressOfPeer(call.getPeer());
+    limit(`address:${address}`, limits.perTokenAddress, `client ${address} (bearer token)`);
+    if (tokenChecks >= limits.tokenChecksInFlight) {
+      throw new RpcFailure(grpc.status.RESOURCE_EXHAUSTED, 'rate_limited', `${tokenChecks} token checks are already in progress; retry`);
+    }
+    tokenChecks++;
     try {
       return { ...(await authenticator.authenticate(match[1]!)), via: 'token' };
     } catch (err) {
       if (err instanceof NodeAuthenticationError) throw new RpcFailure(grpc.status.UNAUTHENTICATED, 'unauthenticated', err.message);
       if (err instanceof AuthenticatorUnavailableError) throw new RpcFailure(grpc.status.UNAVAILABLE, 'unavailable', err.message);
       throw err;
+    } finally {
+      tokenChecks--;
     }
   }
 
@@ -139,6 +210,7 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     (async () => {
       const who = await authenticate(call as grpc.ServerUnaryCall<unknown, unknown>);
       node = who.node;
+      if (who.via === 'mtls') limit(`node:${who.node}`, limits.perNode, `node ${who.node}`);
       if (!req.csr || req.csr.length > MAX_CSR_LENGTH) {
         throw new RpcFailure(grpc.status.INVALID_ARGUMENT, 'invalid', `CSR for ${req.identity || '(no identity)'} from node ${node} is ${req.csr ? 'longer than ' + MAX_CSR_LENGTH + ' characters' : 'empty'}; send one PEM PKCS#10 request`);
       }
@@ -160,8 +232,10 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
       (res) => callback(null, res),
       (err: unknown) => {
         const failure = err instanceof RpcFailure ? err : new RpcFailure(grpc.status.INTERNAL, 'unavailable', `internal error signing ${req.identity}: ${(err as Error).message}`);
-        log({ level: failure.grpcCode === grpc.status.INTERNAL ? 'error' : 'warn', msg: 'certificate refused', node: node ?? null, identity: req.identity, code: grpc.status[failure.grpcCode], reason: failure.message, peer });
         deps.onOutcome?.(failure.outcome);
+        if (failure.grpcCode === grpc.status.INTERNAL || refusalLog.take(clock())) {
+          log({ level: failure.grpcCode === grpc.status.INTERNAL ? 'error' : 'warn', msg: 'certificate refused', node: node ?? null, identity: clip(req.identity), code: grpc.status[failure.grpcCode], reason: failure.message, peer });
+        }
         callback({ code: failure.grpcCode, details: failure.message });
       },
     );

@@ -42,6 +42,8 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
   readonly #ttl: number;
   readonly #clock: () => number;
   readonly #cache = new Map<string, { result: AuthenticatedNode; until: number }>();
+  /** Tokens the API server refused (by digest), refused again without asking until the TTL ends. */
+  readonly #refused = new Map<string, { message: string; until: number }>();
   readonly #server: string;
 
   constructor(opts: TokenReviewAuthenticatorOptions = {}) {
@@ -64,6 +66,8 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     const now = this.#clock();
     const hit = this.#cache.get(key);
     if (hit && hit.until > now) return hit.result;
+    const refused = this.#refused.get(key);
+    if (refused && refused.until > now) throw new NodeAuthenticationError(refused.message);
     const body: V1TokenReview = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [...this.#audiences] } };
     let review: V1TokenReview;
     try {
@@ -72,12 +76,14 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
       throw new AuthenticatorUnavailableError(`TokenReview at ${this.#server} failed (${(err as Error).message}); the controller needs RBAC to create tokenreviews.authentication.k8s.io`, { cause: err });
     }
     const status = review.status;
+    // A token the API server refuses stays refused (an expired or forged token, another audience's):
+    // the same token sent again is refused from memory, not with another TokenReview.
     if (!status?.authenticated) {
-      throw new NodeAuthenticationError(`ServiceAccount token was rejected by the API server${status?.error ? ` (${status.error})` : ''}; the agent must send its projected ServiceAccount token`);
+      throw this.#remember(key, now, `ServiceAccount token was rejected by the API server${status?.error ? ` (${status.error})` : ''}; the agent must send its projected ServiceAccount token`);
     }
     // The API server answers with the audiences the token is valid for, a subset of those asked.
     if (status.audiences && !status.audiences.some((a) => this.#audiences.includes(a))) {
-      throw new NodeAuthenticationError(`token is not valid for audience ${this.#audiences.join(', ')}; mount a projected ServiceAccount token with audience ${CONTROLLER_TOKEN_AUDIENCE}`);
+      throw this.#remember(key, now, `token is not valid for audience ${this.#audiences.join(', ')}; mount a projected ServiceAccount token with audience ${CONTROLLER_TOKEN_AUDIENCE}`);
     }
     const username = status.user?.username ?? '';
     const node = status.user?.extra?.[NODE_NAME_EXTRA]?.[0];
@@ -88,6 +94,7 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
       if (sa && known) {
         const result: AuthenticatedNode = { node: node ?? '', principal: username, workload: { namespace: sa[1]!, serviceAccount: sa[2]! } };
         this.#cache.set(key, { result, until: now + this.#ttl });
+        sweep(this.#cache, now);
         return result;
       }
       throw new NodeAuthenticationError(`token belongs to ${username || 'an unnamed user'}, which is not a Weft agent ServiceAccount (${[...this.#allowed].join(', ')}) nor a waypoint's (nor, in a multi-cluster mesh, the east-west gateway's)`);
@@ -97,9 +104,25 @@ export class TokenReviewAuthenticator implements NodeAuthenticator {
     }
     const result = { node, principal: username };
     this.#cache.set(key, { result, until: now + this.#ttl });
-    if (this.#cache.size > 4096) {
-      for (const [k, v] of this.#cache) if (v.until <= now) this.#cache.delete(k);
-    }
+    sweep(this.#cache, now);
     return result;
+  }
+
+  #remember(key: string, now: number, message: string): NodeAuthenticationError {
+    this.#refused.set(key, { message, until: now + this.#ttl });
+    sweep(this.#refused, now);
+    return new NodeAuthenticationError(message);
+  }
+}
+
+/** Entries a token cache keeps: past it, expired ones go, then the oldest. */
+export const TOKEN_CACHE_MAX = 4096;
+
+function sweep(cache: Map<string, { until: number }>, now: number): void {
+  if (cache.size <= TOKEN_CACHE_MAX) return;
+  for (const [k, v] of cache) if (v.until <= now) cache.delete(k);
+  for (const k of cache.keys()) {
+    if (cache.size <= TOKEN_CACHE_MAX) break;
+    cache.delete(k);
   }
 }
