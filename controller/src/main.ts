@@ -272,9 +272,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       },
     };
     const requests = new Counter({ name: 'weft_ca_certificate_requests_total', help: 'Certificate requests to the certificate service, by outcome (issued, unauthenticated, denied, invalid, unavailable, rate_limited)', labelNames: ['outcome'], registers: [registry] });
+    const watchesRefused = new Counter({ name: 'weft_ca_trust_bundle_watches_refused_total', help: 'Trust bundle watches refused because the client address, or the controller, holds as many as allowed', registers: [registry] });
     certService = addCertificateService(grpcServer, {
       ca, authenticator, pods,
       onOutcome: (outcome) => requests.inc({ outcome }),
+      onWatchRefused: () => watchesRefused.inc(),
       log: ({ level, msg, ...fields }) => log[level](msg, fields),
     });
     controllerCreds = await createControllerCredentials(ca, {

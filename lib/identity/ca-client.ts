@@ -132,13 +132,17 @@ export class CertificateServiceClient {
     const call = client.watchTrustBundle({}, md);
     let cancelled = false;
     call.on('data', (m: TrustBundleMessage) => onBundle(m.roots));
+    // A refused stream emits 'end' and 'error' both; its status says which it was, once.
     call.on('error', (err: grpc.ServiceError) => {
       if (cancelled) return;
+      cancelled = true;
       this.#dropIfUnavailable(client, err);
       onEnd(toIdentityError(err, this.address, 'trust bundle'));
     });
-    call.on('end', () => {
-      if (!cancelled) onEnd(new CaUnavailableError(`trust bundle stream from ${this.address} ended; reconnect`));
+    call.on('status', (status: grpc.StatusObject) => {
+      if (cancelled || status.code !== grpc.status.OK) return;
+      cancelled = true;
+      onEnd(new CaUnavailableError(`trust bundle stream from ${this.address} ended; reconnect`));
     });
     return () => {
       cancelled = true;

@@ -236,7 +236,7 @@ test('a local workload token (system:serviceaccount:<ns>:<sa> in the token file)
 });
 
 /** A certificate service of its own over `served`, counting outcomes (as weft_ca_certificate_requests_total does). */
-async function serveCa(served: CertificateAuthority, onNode: Map<string, Set<string>>, opts: Partial<Pick<CertificateServiceDeps, 'limits' | 'clock' | 'authenticator'>> = {}) {
+async function serveCa(served: CertificateAuthority, onNode: Map<string, Set<string>>, opts: Partial<Pick<CertificateServiceDeps, 'limits' | 'clock' | 'authenticator' | 'onWatchRefused'>> = {}) {
   const own = { logs: [] as CaLogRecord[], outcomes: [] as string[] };
   const c = await createControllerCredentials(served, { identity: CONTROLLER, ipAddresses: ['127.0.0.1'], dnsNames: ['localhost'] });
   const s = new grpc.Server();
@@ -412,6 +412,37 @@ test('refusal log lines are capped at 50 a second and the rest summed up in one 
     assert.equal(h.logs.filter((l) => l.msg === 'certificate refused').length, 51);
   } finally {
     forged.close();
+    h.close();
+  }
+});
+
+test('trust bundle watches are bounded per client address: one past the bound ends RESOURCE_EXHAUSTED, counted and logged; closing one makes room', async () => {
+  let refused = 0;
+  const h = await serveCa(ca, placement, { limits: { watchesPerAddress: 3 }, onWatchRefused: () => refused++ });
+  const client = h.token('any-caller-0123456789');
+  const cancels: Array<() => void> = [];
+  try {
+    const roots: string[][] = [];
+    for (let i = 0; i < 3; i++) cancels.push(await client.watchTrustBundle((r) => roots.push(r), () => undefined));
+    await until('three watches served their roots', () => roots.length === 3, 5_000);
+    let ended: IdentityError | undefined;
+    cancels.push(await client.watchTrustBundle(() => assert.fail('a watch past the bound got roots'), (err) => (ended = err)));
+    await until('the fourth watch ended', () => ended !== undefined, 5_000);
+    assert.equal(grpcCode(ended), 'RESOURCE_EXHAUSTED');
+    assert.equal(refused, 1);
+    assert.match(String(h.logs.find((l) => l.msg === 'trust bundle watch refused')?.reason), /client 127\.0\.0\.1 already holds 3 trust bundle watches/);
+    cancels.shift()!();
+    await until('the server let the cancelled watch go', async () => {
+      let got = false;
+      const cancel = await client.watchTrustBundle(() => (got = true), () => undefined);
+      const deadline = Date.now() + 500;
+      while (!got && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+      cancel();
+      return got;
+    }, 5_000);
+  } finally {
+    for (const c of cancels) c();
+    client.close();
     h.close();
   }
 });

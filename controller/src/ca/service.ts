@@ -58,12 +58,17 @@ export interface CertificateLimits {
   perTokenAddress: RequestBudget;
   /** Token checks (TokenReviews) waited on at once, over every client. Default 64. */
   tokenChecksInFlight: number;
+  /** Trust bundle watches held per client address (default 32) and in all (default 20,000). */
+  watchesPerAddress: number;
+  watches: number;
 }
 
 export const DEFAULT_CERTIFICATE_LIMITS: CertificateLimits = {
   perNode: { requests: 300, intervalMs: 10_000 },
   perTokenAddress: { requests: 100, intervalMs: 10_000 },
   tokenChecksInFlight: 64,
+  watchesPerAddress: 32,
+  watches: 20_000,
 };
 
 /** Refusal log lines a second; the rest are counted and summed up in one line. */
@@ -78,6 +83,8 @@ export interface CertificateServiceDeps {
   log?: (record: CaLogRecord) => void;
   /** Counter hook, called once per CreateCertificate with its outcome. */
   onOutcome?: (outcome: CertificateOutcome) => void;
+  /** Counter hook, called once per trust bundle watch refused over a limit. */
+  onWatchRefused?: () => void;
   /** Request limits; default DEFAULT_CERTIFICATE_LIMITS. */
   limits?: Partial<CertificateLimits>;
   clock?: () => number;
@@ -242,14 +249,29 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
   };
 
   const watching = new Set<grpc.ServerWritableStream<WatchTrustBundleRequest, TrustBundleMessage>>();
+  const watchersOf = new Map<string, number>();
   const watchTrustBundle: grpc.handleServerStreamingCall<WatchTrustBundleRequest, TrustBundleMessage> = (call) => {
-    // Roots are public; no authentication needed to read them.
+    // Roots are public; no authentication needed to read them. Watches are held without end, so
+    // they are bounded per client address and in all (an agent, a waypoint or a gateway holds one).
+    const address = addressOfPeer(call.getPeer());
+    const held = watchersOf.get(address) ?? 0;
+    if (held >= limits.watchesPerAddress || watching.size >= limits.watches) {
+      const reason = held >= limits.watchesPerAddress ? `client ${address} already holds ${held} trust bundle watches` : `${watching.size} trust bundle watches are open`;
+      deps.onWatchRefused?.();
+      if (refusalLog.take(clock())) log({ level: 'warn', msg: 'trust bundle watch refused', reason, peer: call.getPeer() });
+      call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `${reason}; close one before opening another` });
+      return;
+    }
+    watchersOf.set(address, held + 1);
     call.write({ roots: ca.trustBundle() });
     const off = ca.onTrustBundleChange((roots) => call.write({ roots: [...roots] }));
     watching.add(call);
     const stop = () => {
       off();
-      watching.delete(call);
+      if (!watching.delete(call)) return;
+      const left = (watchersOf.get(address) ?? 1) - 1;
+      if (left > 0) watchersOf.set(address, left);
+      else watchersOf.delete(address);
     };
     call.on('cancelled', stop);
     call.on('close', stop);
@@ -261,6 +283,7 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
     closeStreams() {
       for (const call of [...watching]) call.end();
       watching.clear();
+      watchersOf.clear();
     },
   };
 }
