@@ -118,7 +118,11 @@ export interface ControllerMainOptions {
   ipAddresses?: string[];
   /** Plaintext gRPC without the certificate service: debugging only. */
   insecure?: boolean;
-  /** Config stream: agents must present their node certificate, waypoints a workload certificate of their namespace. */
+  /**
+   * Config stream: agents must present their node certificate, waypoints a workload certificate of
+   * their namespace. Default: on whenever the controller serves TLS (off only with `insecure`);
+   * false lets anonymous TLS clients read any node's config (`--allow-anonymous-clients`, debugging).
+   */
   requireClientIdentity?: boolean;
   /** Kubernetes mode: waypoint image and the address waypoints dial back. */
   waypointImage?: string;
@@ -212,7 +216,9 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       : undefined;
 
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
-  const configServer = new ConfigServer({ logger: log, registry, ...(o.requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
+  const requireClientIdentity = o.requireClientIdentity ?? !o.insecure;
+  if (!requireClientIdentity && !o.insecure) log.warn('config stream admits clients without a certificate: any client that reaches the gRPC port reads every node\'s config (--allow-anonymous-clients); debugging only');
+  const configServer = new ConfigServer({ logger: log, registry, ...(requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
   if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
   const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
   if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
@@ -510,7 +516,10 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
                               gatewayTopology.numTrustedProxies; remote.ip is the entry n places
                               from the right; default 0, the last entry)
   --insecure                  plaintext gRPC, no certificate service (debugging only)
-  --require-client-identity   config stream needs node / namespace certificates (mTLS)
+  --require-client-identity   config stream needs node / namespace certificates (mTLS); the
+                              default whenever the controller serves TLS
+  --allow-anonymous-clients   config stream also serves clients without a certificate (debugging
+                              only: they read every node's config)
   --log-level <debug|info|warn|error>`;
 
 export function parseControllerArgs(argv: string[]): ControllerMainOptions {
@@ -553,6 +562,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'num-trusted-proxies': { type: 'string' },
       insecure: { type: 'boolean' },
       'require-client-identity': { type: 'boolean' },
+      'allow-anonymous-clients': { type: 'boolean' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -643,7 +653,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   if (Object.keys(meshHttp).length > 0) set('meshHttp', meshHttp);
   set('controllerAddress', values['controller-address']);
   set('insecure', values.insecure);
-  set('requireClientIdentity', values['require-client-identity']);
+  if (values['require-client-identity'] && values['allow-anonymous-clients']) throw new UsageError('give one of --require-client-identity or --allow-anonymous-clients');
+  set('requireClientIdentity', values['allow-anonymous-clients'] ? false : values['require-client-identity']);
   set('logLevel', level as LogLevel | undefined);
   if (!!o.configDir === !!o.kube) throw new UsageError(`give exactly one of --config-dir <dir> or --kube\n${USAGE}`);
   return o;

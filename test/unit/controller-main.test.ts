@@ -91,6 +91,28 @@ test('over TLS the config stream verifies against the controller CA and can requ
   }
 });
 
+test('over TLS the config stream refuses a client without a certificate by default (secure by default: no flag needed); --allow-anonymous-clients is the explicit opt-out', async () => {
+  const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')]);
+  const roots = Buffer.from(running.ca!.trustBundle().join(''));
+  const anonymous = new ConfigClient({ target: `127.0.0.1:${running.grpcPort}`, kind: 'agent', id: 'node-a', credentials: grpc.credentials.createSsl(roots), backoff: { initialMs: 5000 } });
+  try {
+    const refused = new Promise<Error | string>((r) => {
+      anonymous.once('disconnected', (err?: Error) => r(err ?? 'disconnected without an error'));
+      anonymous.once('snapshot', () => r('an anonymous client was served config'));
+      setTimeout(() => r('no refusal within 10 s'), 10_000).unref();
+    });
+    anonymous.start();
+    assert.match(String((await refused as Error).message ?? await refused), /PERMISSION_DENIED/);
+  } finally {
+    anonymous.close();
+    await running.stop();
+    cleanup();
+  }
+  assert.equal(parseControllerArgs(['--config-dir', '/x', '--allow-anonymous-clients']).requireClientIdentity, false);
+  assert.equal(parseControllerArgs(['--config-dir', '/x']).requireClientIdentity, undefined);
+  assert.throws(() => parseControllerArgs(['--config-dir', '/x', '--allow-anonymous-clients', '--require-client-identity']), /give one of --require-client-identity or --allow-anonymous-clients/);
+});
+
 test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {
   const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })]);
   // A TCP connection to the TLS port that sends no ClientHello: a connection, not yet an HTTP/2
