@@ -116,7 +116,7 @@ export class Federation {
     for (const [k, x] of now) {
       if (this.#refusedImports.get(k)?.message === x.message) continue;
       this.#metrics?.importRefused.inc({ cluster: x.cluster, reason: x.reason });
-      this.#o.log.warn('remote service not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: x.message });
+      this.#o.log.warn('remote service (or some of its endpoints) not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: x.message });
     }
     this.#refusedImports = now;
     if (live.length === 0) return local;

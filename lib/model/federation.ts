@@ -7,6 +7,7 @@
 // that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
 import { waypointAddresses, waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import type { WorkloadMeta } from './workload-meta.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
 export const FEDERATION_PATH = '/federation/v1/export';
@@ -31,9 +32,18 @@ export interface ClusterExport {
   /** The door into `network` from other networks; absent: reachable only from the same network. */
   gateway?: NetworkGateway;
   /** Own services with own endpoints only (never what this cluster imported). */
-  services: Service[];
+  services: ExportedService[];
   /** Own waypoints (never imported ones): where other clusters' callers reach the Services behind them. Absent in an older release's export. */
   waypoints?: ExportedWaypoint[];
+}
+
+/** One of a cluster's own Services in its export. */
+export interface ExportedService extends Service {
+  /**
+   * Set by parseClusterExport, never sent: what is wrong with this entry, its field named by path.
+   * It costs only this Service (refused at import, `invalid`), not the export.
+   */
+  invalid?: string;
 }
 
 /** One of a cluster's own waypoints in its export: the model's Waypoint fields a caller needs. */
@@ -79,7 +89,9 @@ export class FederationExportError extends Error {
 
 /**
  * Checks an export read from another cluster before anything of it is used: every field an agent
- * or a gateway would act on must be there and well formed, named by its path when it is not.
+ * or a gateway would act on must be there and well formed, named by its path when it is not. A
+ * Service or waypoint entry with a wrong field is kept marked `invalid` (it costs only itself); an
+ * export whose top level, or an entry's name, is wrong is unreadable as a whole.
  */
 const PROTOCOLS: readonly ServicePort['protocol'][] = ['TCP', 'UDP', 'SCTP'];
 const APP_PROTOCOLS: readonly ServicePort['appProtocol'][] = ['http', 'http2', 'grpc', 'tcp'];
@@ -121,34 +133,13 @@ export function parseClusterExport(v: unknown): ClusterExport {
     if (typeof x !== 'number' || !Number.isInteger(x) || x < 1 || x > 65535) throw new FederationExportError(path, `${JSON.stringify(x)} is not a port`);
     return x;
   };
-  const root = obj(v, '$');
-  const cluster = str(root.cluster, 'cluster');
-  const network = str(root.network, 'network');
-  let gateway: NetworkGateway | undefined;
-  if (root.gateway !== undefined) {
-    const g = obj(root.gateway, 'gateway');
-    gateway = { network: str(g.network, 'gateway.network'), address: ip(g.address, 'gateway.address'), port: port(g.port, 'gateway.port'), spiffeId: str(g.spiffeId, 'gateway.spiffeId') };
-  }
-  if (!Array.isArray(root.services)) throw new FederationExportError('services', 'must be a list');
-  const services = root.services.map((sv, i): Service => {
-    const p = `services[${i}]`;
-    const s = obj(sv, p);
-    const name = str(s.name, `${p}.name`);
-    const namespace = str(s.namespace, `${p}.namespace`);
+  /** A Service entry's fields but its name; what an importer keeps is rebuilt field by field, nothing else a remote adds. */
+  const service = (s: Record<string, unknown>, p: string, name: string, namespace: string): Omit<Service, 'name' | 'namespace'> => {
     if (!Array.isArray(s.ports)) throw new FederationExportError(`${p}.ports`, 'must be a list');
     if (!Array.isArray(s.endpoints)) throw new FederationExportError(`${p}.endpoints`, 'must be a list');
-    const endpoints = s.endpoints.map((ev, j): Endpoint => {
-      const ep = `${p}.endpoints[${j}]`;
-      const e = obj(ev, ep);
-      ip(e.ip, `${ep}.ip`);
-      if (e.nodeIp !== undefined) ip(e.nodeIp, `${ep}.nodeIp`);
-      if (typeof e.ready !== 'boolean' || typeof e.enrolled !== 'boolean') throw new FederationExportError(`${ep}`, 'ready and enrolled must be booleans');
-      if (e.enrolled) str(e.spiffeId, `${ep}.spiffeId`);
-      obj(e.ports, `${ep}.ports`);
-      return e as unknown as Endpoint;
-    });
+    const endpoints = s.endpoints.map((ev, j) => endpoint(ev, `${p}.endpoints[${j}]`));
     // What an importer acts on for a Service it has no copy of (its addresses, ports and name), so
-    // checked as strictly as the endpoints; whatever else a remote adds is not kept.
+    // checked as strictly as the endpoints.
     const ports = (s.ports as unknown[]).map((pv, j): ServicePort => {
       const pp = `${p}.ports[${j}]`;
       const po = obj(pv, pp);
@@ -169,7 +160,67 @@ export function parseClusterExport(v: unknown): ClusterExport {
     if (!hostname.startsWith(`${name}.${namespace}.svc.`)) throw new FederationExportError(`${p}.hostname`, `${JSON.stringify(hostname)} is not ${name}.${namespace}.svc.<domain>`);
     const w = s.waypoint === undefined ? undefined : obj(s.waypoint, `${p}.waypoint`);
     const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`) } : undefined;
-    return { name, namespace, hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
+    return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
+  };
+  /**
+   * An endpoint as an importer may use it: the fields its own cluster sets, each checked. Where it
+   * runs (cluster, network, gateway) is the importer's to set (mergeRemoteServices), never the
+   * entry's: a remote naming a `gateway` of its own would have callers dial any address.
+   */
+  const endpoint = (ev: unknown, ep: string): Endpoint => {
+    const e = obj(ev, ep);
+    if (typeof e.ready !== 'boolean' || typeof e.enrolled !== 'boolean') throw new FederationExportError(`${ep}`, 'ready and enrolled must be booleans');
+    const text = (x: unknown, path: string): string => {
+      if (typeof x !== 'string' || x.length > 253) throw new FederationExportError(path, 'must be a string');
+      return x;
+    };
+    const ports = obj(e.ports, `${ep}.ports`);
+    const portMap: Record<string, number> = {};
+    for (const [k, v] of Object.entries(ports)) {
+      if (!/^[0-9]{1,5}$/.test(k)) throw new FederationExportError(`${ep}.ports`, `${JSON.stringify(k)} is not a Service port`);
+      portMap[String(port(Number(k), `${ep}.ports`))] = port(v, `${ep}.ports[${JSON.stringify(k)}]`);
+    }
+    let workload: WorkloadMeta | undefined;
+    if (e.workload !== undefined) {
+      const m = obj(e.workload, `${ep}.workload`);
+      const f = (k: keyof WorkloadMeta) => text(m[k], `${ep}.workload.${k}`);
+      workload = { workloadName: f('workloadName'), namespace: f('namespace'), canonicalService: f('canonicalService'), canonicalRevision: f('canonicalRevision'), cluster: f('cluster') };
+    }
+    return {
+      workloadUid: e.workloadUid === undefined ? '' : text(e.workloadUid, `${ep}.workloadUid`),
+      ip: ip(e.ip, `${ep}.ip`),
+      node: e.node === undefined ? '' : text(e.node, `${ep}.node`),
+      ...(e.nodeIp !== undefined ? { nodeIp: ip(e.nodeIp, `${ep}.nodeIp`) } : {}),
+      ...(e.port !== undefined ? { port: port(e.port, `${ep}.port`) } : {}),
+      ports: portMap,
+      enrolled: e.enrolled,
+      ...(e.enrolled ? { spiffeId: str(e.spiffeId, `${ep}.spiffeId`) } : {}),
+      ready: e.ready,
+      ...(workload ? { workload } : {}),
+    };
+  };
+  const root = obj(v, '$');
+  const cluster = str(root.cluster, 'cluster');
+  const network = str(root.network, 'network');
+  let gateway: NetworkGateway | undefined;
+  if (root.gateway !== undefined) {
+    const g = obj(root.gateway, 'gateway');
+    gateway = { network: str(g.network, 'gateway.network'), address: ip(g.address, 'gateway.address'), port: port(g.port, 'gateway.port'), spiffeId: str(g.spiffeId, 'gateway.spiffeId') };
+  }
+  if (!Array.isArray(root.services)) throw new FederationExportError('services', 'must be a list');
+  const services = root.services.map((sv, i): ExportedService => {
+    const p = `services[${i}]`;
+    const s = obj(sv, p);
+    // Without its name the entry cannot be told apart: the export is malformed. Anything else
+    // wrong costs only this Service.
+    const name = str(s.name, `${p}.name`);
+    const namespace = str(s.namespace, `${p}.namespace`);
+    try {
+      return { name, namespace, ...service(s, p, name, namespace) };
+    } catch (e) {
+      if (!(e instanceof FederationExportError)) throw e;
+      return { name, namespace, hostname: '', vips: [], ports: [], endpoints: [], invalid: e.message };
+    }
   });
   if (root.waypoints !== undefined && !Array.isArray(root.waypoints)) throw new FederationExportError('waypoints', 'must be a list');
   const waypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i): ExportedWaypoint => {
@@ -209,9 +260,12 @@ export interface ImportRefusal {
    * `vip-in-use`: one of its VIPs is an address this cluster already uses; `waypoint`: its traffic
    * goes through a waypoint of its own cluster that callers here cannot use (not in the export,
    * invalid, not ready, no address); `headless`: no VIP to reach it by; `no-gateway`: its cluster is
-   * on another network without an east-west gateway.
+   * on another network without an east-west gateway (or one at an address no gateway may have);
+   * `invalid`: its entry in the export is malformed (the field named); `endpoints`: the Service is
+   * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
+   * another network, not in the mesh: only HBONE crosses the gateway).
    */
-  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway';
+  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints';
   message: string;
 }
 
@@ -226,7 +280,10 @@ export interface ImportRefusal {
  * the first cluster by cluster ID that has it; the others' endpoints join it. Refused, each
  * costing only itself: one whose VIP this cluster already uses (a local Service's VIP, a local
  * workload's or node's address, or an earlier import's), so a remote can never take over local
- * traffic; a headless one; one of a cluster on another network without a gateway.
+ * traffic; a headless one; one of a cluster on another network without a gateway (or with one at
+ * an address no gateway may have); one whose entry is malformed. Endpoints are left out, each
+ * costing only itself (named together per Service, `endpoints`), at an address no endpoint may
+ * have, or, on another network, outside the mesh.
  *
  * A remote-only Service that goes through a waypoint of its own cluster (Service or Namespace
  * `use-waypoint` there) is imported with that waypoint and without its endpoints: callers here
@@ -264,22 +321,48 @@ export function mergeRemoteServices(
   for (const r of ordered) {
     const sameNetwork = r.network === own.network;
     const refuse = (key: string, reason: ImportRefusal['reason'], why: string) => refused.push({ cluster: r.cluster, service: key, reason, message: `Service ${key} of cluster ${r.cluster} not imported: ${why}` });
-    if (!sameNetwork && !r.gateway) {
+    const badGateway = !sameNetwork && r.gateway && !isServiceAddress(r.gateway.address) ? r.gateway.address : undefined;
+    if (!sameNetwork && (!r.gateway || badGateway)) {
       // Nothing of it can be reached: its endpoints are left out, its remote-only Services named.
+      const why = badGateway
+        ? `cluster ${r.cluster} is on network ${r.network}, whose east-west gateway has the address ${badGateway}, which no gateway may have (loopback, unspecified, link-local or multicast), and this cluster is on ${own.network}`
+        : `cluster ${r.cluster} is on network ${r.network}, which has no east-west gateway, and this cluster is on ${own.network}`;
       for (const rs of r.services) {
         const key = `${rs.namespace}/${rs.name}`;
-        if (!out.has(key)) refuse(key, 'no-gateway', `cluster ${r.cluster} is on network ${r.network}, which has no east-west gateway, and this cluster is on ${own.network}`);
+        if (!out.has(key)) refuse(key, 'no-gateway', why);
       }
       continue;
     }
     for (const rs of r.services) {
       const key = `${rs.namespace}/${rs.name}`;
-      const imported = rs.endpoints.map((e): Endpoint => ({
-        ...e,
-        cluster: r.cluster,
-        network: r.network,
-        ...(sameNetwork ? {} : { gateway: r.gateway! }),
-      }));
+      if (rs.invalid) {
+        refuse(key, 'invalid', `its entry is malformed (${rs.invalid})`);
+        continue;
+      }
+      // Each endpoint a caller here could be sent to: one at an address no endpoint may have would
+      // have the caller's agent dial its own loopback or the node's link-local services; one on
+      // another network outside the mesh would be dialled directly in plaintext, around the gateway,
+      // at an address of that network (Istio ambient reaches another network only by double HBONE
+      // through its gateway and leaves such endpoints out). Each left out costs only itself.
+      const left: string[] = [];
+      const imported: Endpoint[] = [];
+      for (const e of rs.endpoints) {
+        const unusable = [e.ip, ...(e.nodeIp ? [e.nodeIp] : [])].find((a) => !isServiceAddress(a));
+        if (unusable) left.push(`${e.ip}: ${unusable} cannot be an endpoint's address (loopback, unspecified, link-local or multicast)`);
+        else if (!sameNetwork && !(e.enrolled && e.nodeIp && e.spiffeId)) left.push(`${e.ip}: not in the mesh, and network ${r.network} is reached only by HBONE through its east-west gateway`);
+        else {
+          imported.push({
+            ...e,
+            ...(e.workload ? { workload: { ...e.workload, cluster: r.cluster } } : {}),
+            cluster: r.cluster,
+            network: r.network,
+            ...(sameNetwork ? {} : { gateway: r.gateway! }),
+          });
+        }
+      }
+      const leftOut = () => {
+        if (left.length > 0) refused.push({ cluster: r.cluster, service: key, reason: 'endpoints', message: `Service ${key} of cluster ${r.cluster}: ${left.length} of its ${rs.endpoints.length} endpoints not imported: ${left.slice(0, 8).join('; ')}${left.length > 8 ? `; and ${left.length - 8} more` : ''}` });
+      };
       const mine = out.get(key);
       if (mine) {
         // One imported with its cluster's waypoint is reached only through that waypoint.
@@ -292,6 +375,7 @@ export function mergeRemoteServices(
           continue;
         }
         out.set(key, { ...mine, endpoints: [...mine.endpoints, ...imported] });
+        leftOut();
         continue;
       }
       if (localKeys.has(key)) continue;
@@ -326,9 +410,10 @@ export function mergeRemoteServices(
         continue;
       }
       for (const v of rs.vips) used.set(v, `Service ${key} imported from ${r.cluster}`);
-      const { waypoint: _none, ...plain } = rs;
+      const { waypoint: _none, invalid: _valid, ...plain } = rs;
       if (!remoteWaypoint) {
         out.set(key, { ...plain, endpoints: imported });
+        leftOut();
         continue;
       }
       const ref: WaypointRef = { name: remoteWaypoint.name, namespace: remoteWaypoint.namespace, cluster: r.cluster };

@@ -15,6 +15,7 @@ import { validateObject } from '../../lib/model/validate.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { until } from '../lab/wait.ts';
+import { Registry } from 'prom-client';
 
 const TD = 'cluster.local';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
@@ -132,29 +133,43 @@ test('remote-only Services, attacker side: a remote cannot take over an address 
   assert.deepEqual(services.get('demo/echo'), localEcho, 'the local Service is untouched');
 });
 
-test('a federation export from another cluster is checked field by field before use', () => {
+test('a federation export from another cluster is checked field by field before use: what makes the whole export unreadable throws, a wrong field of one Service marks only that entry invalid, named by its path', () => {
   const good = { cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')])] };
   assert.equal(parseClusterExport(JSON.parse(JSON.stringify(good))).services[0]!.endpoints.length, 1);
-  const cases: Array<[unknown, RegExp]> = [
+  const whole: Array<[unknown, RegExp]> = [
     [null, /\$: must be an object/],
     [{ ...good, cluster: '' }, /cluster: must be a non-empty string/],
     [{ ...good, gateway: { ...GW, address: 'evil.example' } }, /gateway\.address: "evil\.example" is not an IP address/],
     [{ ...good, gateway: { ...GW, port: 70000 } }, /gateway\.port/],
     [{ ...good, services: {} }, /services: must be a list/],
-    [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ip: '1.2.3' }] }] }, /services\[0\]\.endpoints\[0\]\.ip/],
-    [{ ...good, services: [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), spiffeId: undefined }] }] }, /services\[0\]\.endpoints\[0\]\.spiffeId/],
-    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 0, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }] }] }, /services\[0\]\.ports\[0\]\.port/],
-    // What an importer of a remote-only Service acts on: its addresses, ports and name.
-    [{ ...good, services: [svc('echo', [], { vips: ['127.0.0.1'] })] }, /services\[0\]\.vips\[0\]: 127\.0\.0\.1 cannot be a Service address/],
-    [{ ...good, services: [svc('echo', [], { vips: ['169.254.169.254'] })] }, /services\[0\]\.vips\[0\]: 169\.254\.169\.254 cannot be a Service address/],
-    [{ ...good, services: [svc('echo', [], { vips: ['nowhere'] })] }, /services\[0\]\.vips\[0\]: "nowhere" is not an IP address/],
-    [{ ...good, services: [svc('echo', [], { vips: undefined as unknown as string[] })] }, /services\[0\]\.vips: must be a list/],
-    [{ ...good, services: [svc('echo', [], { hostname: 'kubernetes.default.svc.cluster.local' })] }, /services\[0\]\.hostname: .* is not echo\.demo\.svc\.<domain>/],
-    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'smtp' }] }] }, /services\[0\]\.ports\[0\]\.appProtocol: must be one of/],
-    [{ ...good, services: [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 0, protocol: 'TCP', appProtocol: 'http' }] }] }, /services\[0\]\.ports\[0\]\.targetPort/],
-    [{ ...good, services: [svc('echo', [], { waypoint: { name: 7 } as unknown as Service['waypoint'] })] }, /services\[0\]\.waypoint\.name/],
+    // Without its name an entry cannot be told apart.
+    [{ ...good, services: ['x'] }, /services\[0\]: must be an object/],
+    [{ ...good, services: [{ ...svc('echo', []), name: '' }] }, /services\[0\]\.name: must be a non-empty string/],
   ];
-  for (const [input, msg] of cases) assert.throws(() => parseClusterExport(input), (e: Error) => e instanceof FederationExportError && msg.test(e.message), JSON.stringify(input)?.slice(0, 80));
+  for (const [input, msg] of whole) assert.throws(() => parseClusterExport(input), (e: Error) => e instanceof FederationExportError && msg.test(e.message), JSON.stringify(input)?.slice(0, 80));
+  const cases: Array<[Service, RegExp]> = [
+    [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ip: '1.2.3' }] }, /services\[0\]\.endpoints\[0\]\.ip/],
+    [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), spiffeId: undefined }] }, /services\[0\]\.endpoints\[0\]\.spiffeId/],
+    [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ports: { '80': 0 } }] }, /services\[0\]\.endpoints\[0\]\.ports\["80"\]: 0 is not a port/],
+    [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), ports: { http: 8080 } }] }, /services\[0\]\.endpoints\[0\]\.ports: "http" is not a Service port/],
+    [{ ...svc('echo', []), endpoints: [{ ...ep('10.78.1.1'), workload: { workloadName: 'echo' } as unknown as Endpoint['workload'] }] }, /services\[0\]\.endpoints\[0\]\.workload\.namespace: must be a string/],
+    [{ ...svc('echo', []), ports: [{ name: 'http', port: 0, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }] }, /services\[0\]\.ports\[0\]\.port/],
+    // What an importer of a remote-only Service acts on: its addresses, ports and name.
+    [svc('echo', [], { vips: ['127.0.0.1'] }), /services\[0\]\.vips\[0\]: 127\.0\.0\.1 cannot be a Service address/],
+    [svc('echo', [], { vips: ['169.254.169.254'] }), /services\[0\]\.vips\[0\]: 169\.254\.169\.254 cannot be a Service address/],
+    [svc('echo', [], { vips: ['nowhere'] }), /services\[0\]\.vips\[0\]: "nowhere" is not an IP address/],
+    [svc('echo', [], { vips: undefined as unknown as string[] }), /services\[0\]\.vips: must be a list/],
+    [svc('echo', [], { hostname: 'kubernetes.default.svc.cluster.local' }), /services\[0\]\.hostname: .* is not echo\.demo\.svc\.<domain>/],
+    [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'smtp' as 'http' }] }, /services\[0\]\.ports\[0\]\.appProtocol: must be one of/],
+    [{ ...svc('echo', []), ports: [{ name: 'http', port: 80, targetPort: 0, protocol: 'TCP', appProtocol: 'http' }] }, /services\[0\]\.ports\[0\]\.targetPort/],
+    [svc('echo', [], { waypoint: { name: 7 } as unknown as Service['waypoint'] }), /services\[0\]\.waypoint\.name/],
+  ];
+  for (const [bad, msg] of cases) {
+    const parsed = parseClusterExport(JSON.parse(JSON.stringify({ ...good, services: [bad, svc('other', [ep('10.78.1.2')], { vips: ['10.97.0.40'] })] })));
+    assert.match(parsed.services[0]!.invalid ?? '', msg, JSON.stringify(bad).slice(0, 80));
+    assert.deepEqual([parsed.services[0]!.name, parsed.services[0]!.endpoints, parsed.services[0]!.vips], ['echo', [], []], 'nothing of the bad entry is kept');
+    assert.equal(parsed.services[1]!.invalid, undefined, 'the next entry is unaffected');
+  }
 });
 
 test('locality: prefer-local keeps the caller\'s cluster first and fails over to others while its endpoints fail; local-only never leaves it; weighted draws by weight', () => {
@@ -232,4 +247,84 @@ test('federation: controllers read each other\'s export over mutual TLS; a reade
   await until('cluster2\'s endpoints are dropped', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 1, 5_000);
   assert.ok(Date.now() - stoppedAt >= 300, 'kept for (about) the stale bound first');
   assert.equal(b.status()[0]!.up, false);
+});
+
+/** A federation that takes cluster2's export as pushed (as the remote-secret watches do), with its log lines and metrics. */
+function pushedFederation(t: { after(fn: () => unknown): void }) {
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const registry = new Registry();
+  const fed = new Federation({
+    cluster: 'cluster1', network: 'network1', remotes: [{ name: 'cluster2', url: 'https://cluster2.example:6443 (Secret weft-system/remote-cluster2)', pushed: true }],
+    tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, staleAfterMs: 100, registry,
+    log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }) },
+  });
+  t.after(() => fed.stop());
+  return { fed, lines, metrics: () => registry.metrics() };
+}
+
+// Istio ambient reaches another network only by double HBONE through its east-west gateway, and
+// leaves out a remote network's endpoints that cannot take it (pilot/pkg/xds/endpoints
+// EndpointsByNetworkFilter: "Cross-network traffic relies on double-HBONE in ambient mode ... if
+// mTLS is not enabled for the target endpoint on a remote network we skip it altogether"); an
+// endpoint address Kubernetes itself refuses (loopback, link-local: EndpointSlice validation) is
+// never one a remote may hand this cluster's agents.
+test('a hostile remote cannot make callers here dial an address of its choosing: an endpoint or node at a loopback, link-local or unspecified address, a gateway field of its own on an endpoint, a gateway at such an address, and an endpoint of another network outside the mesh are left out, each named and counted; the Service\'s good endpoints are imported', async (t) => {
+  const { fed, lines, metrics } = pushedFederation(t);
+  const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  const exp = {
+    cluster: 'cluster2', network: 'network2', gateway: GW, services: [
+      svc('echo', [
+        ep('10.78.1.1'),
+        ep('127.0.0.1', { enrolled: false, spiffeId: undefined, ports: { '80': 15000 } }),
+        ep('10.78.1.3', { nodeIp: '169.254.169.254' }),
+        ep('0.0.0.0'),
+        ep('10.78.1.9', { enrolled: false, spiffeId: undefined }),
+      ]),
+      svc('only-there', [ep('10.78.2.1'), { ...ep('10.78.2.2'), gateway: { ...GW, address: '127.0.0.1', port: 15000 } } as Endpoint], { vips: ['10.97.0.50'] }),
+    ],
+  };
+  fed.report('cluster2', { export: JSON.stringify(exp) });
+  const merged = fed.merge(local);
+  const echo = merged.services.get('demo/echo')!;
+  assert.deepEqual(echo.endpoints.map((e) => [e.ip, e.cluster, e.gateway?.address]), [['10.77.1.1', undefined, undefined], ['10.78.1.1', 'cluster2', '192.168.77.2']], 'only the enrolled endpoint at a usable address joins, through cluster2\'s gateway');
+  const only = merged.services.get('demo/only-there')!;
+  assert.deepEqual(only.endpoints.map((e) => e.gateway?.address), ['192.168.77.2', '192.168.77.2'], 'an endpoint\'s own gateway field is not the remote\'s to set: its network\'s gateway is used');
+  const refused = fed.status()[0]!.refusedServices ?? {};
+  assert.match(refused['demo/echo']!, /^Service demo\/echo of cluster cluster2: 4 of its 5 endpoints not imported: 127\.0\.0\.1: 127\.0\.0\.1 cannot be an endpoint's address \(loopback, unspecified, link-local or multicast\); 10\.78\.1\.3: 169\.254\.169\.254 cannot be an endpoint's address .*; 0\.0\.0\.0: 0\.0\.0\.0 cannot .*; 10\.78\.1\.9: not in the mesh, and network network2 is reached only by HBONE through its east-west gateway$/);
+  assert.equal(refused['demo/only-there'], undefined);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="endpoints"\} 1$/m);
+  assert.ok(lines.some((l) => l.fields.service === 'demo/echo' && l.fields.reason === 'endpoints' && /10\.78\.1\.9: not in the mesh/.test(String(l.fields.error))), 'logged with the Service and the addresses');
+  // The same network: an endpoint outside the mesh is dialled directly (Istio too), but never at a loopback address.
+  const same = new Federation({ cluster: 'cluster1', network: 'network2', remotes: [{ name: 'cluster2', url: 'x', pushed: true }], tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, log: silentLogger });
+  t.after(() => same.stop());
+  same.report('cluster2', { export: JSON.stringify(exp) });
+  const sameMerged = same.merge(local);
+  assert.deepEqual(sameMerged.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1', '10.78.1.9']);
+  assert.deepEqual(sameMerged.services.get('demo/only-there')!.endpoints.map((e) => e.gateway), [undefined, undefined], 'same network: no gateway, not even one the entry names');
+  // A gateway at an address no gateway may have: nothing of that network can be reached.
+  const { fed: fed2 } = pushedFederation(t);
+  fed2.report('cluster2', { export: JSON.stringify({ ...exp, gateway: { ...GW, address: '127.0.0.1' } }) });
+  const cut = fed2.merge(local);
+  assert.deepEqual(cut.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1']);
+  assert.equal(cut.services.has('demo/only-there'), false);
+  assert.match(fed2.status()[0]!.refusedServices!['demo/only-there']!, /whose east-west gateway has the address 127\.0\.0\.1, which no gateway may have/);
+});
+
+test('one malformed Service in a remote\'s export costs only itself: the others stay imported and the remote up, the bad one is refused (invalid) with its field path, counted and logged; fixed, it is imported', async (t) => {
+  const { fed, lines, metrics } = pushedFederation(t);
+  const local = model([]);
+  const good = svc('fine', [ep('10.78.1.1')], { vips: ['10.97.0.60'] });
+  const bad = { ...svc('broken', [ep('10.78.1.2')], { vips: ['10.97.0.61'] }), ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'smtp' }] };
+  fed.report('cluster2', { export: JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: GW, services: [good, bad] }) });
+  assert.deepEqual([...fed.merge(local).services.keys()], ['demo/fine']);
+  assert.match(fed.status()[0]!.refusedServices!['demo/broken']!, /^Service demo\/broken of cluster cluster2 not imported: its entry is malformed \(federation export: services\[1\]\.ports\[0\]\.appProtocol: must be one of/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="invalid"\} 1$/m);
+  assert.ok(lines.some((l) => l.fields.service === 'demo/broken' && l.fields.reason === 'invalid' && /services\[1\]\.ports\[0\]\.appProtocol/.test(String(l.fields.error))));
+  // The remote is up and its read did not fail, so no stale bound runs against its other Services.
+  assert.equal(fed.status()[0]!.up, true);
+  assert.equal(fed.status()[0]!.lastError, undefined);
+  assert.doesNotMatch(await metrics(), /^weft_federation_fetch_failures_total\{cluster="cluster2"\}/m);
+  fed.report('cluster2', { export: JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: GW, services: [good, { ...bad, ports: good.ports }] }) });
+  assert.deepEqual([...fed.merge(local).services.keys()].sort(), ['demo/broken', 'demo/fine']);
+  assert.equal(fed.status()[0]!.refusedServices, undefined);
 });
