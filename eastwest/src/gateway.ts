@@ -18,7 +18,7 @@ import net from 'node:net';
 import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
-import type { Logger } from '../../lib/log.ts';
+import { clip, LogBudget, type Logger } from '../../lib/log.ts';
 import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
 import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
@@ -41,6 +41,12 @@ export interface EastWestOptions {
 
 export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
 
+/**
+ * Refusal log lines a second at most (every refusal is counted): the authority, and the reasons
+ * quoting it, are the caller's to choose, and HPACK lets it repeat a long one for a byte a request.
+ */
+export const REFUSAL_LOG_PER_SECOND = 50;
+
 /** Why a tunnel was refused; stable strings (metric labels). */
 export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable';
 
@@ -57,10 +63,13 @@ export class EastWestGateway {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #m?: { tunnels: Counter; refused: Counter; bytes: Counter; endpoints: Gauge };
+  readonly #refusalLog: LogBudget;
 
   constructor(o: EastWestOptions) {
     this.#o = o;
     this.#tls = o.tls;
+    this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      o.log.warn('tunnel refusals not logged (rate limit; every one is counted in weft_eastwest_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     if (o.registry) {
       const registers = [o.registry];
       this.#m = {
@@ -74,9 +83,9 @@ export class EastWestGateway {
       tls: { key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca] },
       trustDomains: o.trustDomains,
       handler: (req) => this.#connect(req),
+      // A refusal the handler decided (#refuse) was counted and logged there, by its own reason.
       onRefusal: (r: HboneRefusal) => {
-        this.#m?.refused.inc({ reason: r.kind });
-        this.#o.log.warn('tunnel refused', { reason: r.kind, detail: r.reason, peer: r.peer?.spiffeId, address: r.peer?.address, authority: r.authority });
+        if (r.kind !== 'denied' && r.kind !== 'upstream-failed') this.#refused(r.kind, r.reason, r.peer?.spiffeId, r.peer?.address, r.authority);
       },
       onTunnelClosed: (c) => {
         this.#m?.bytes.inc({ direction: 'inbound' }, c.bytesAtoB);
@@ -112,9 +121,15 @@ export class EastWestGateway {
   }
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
+    this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : 'denied' };
+  }
+
+  /** Counts every refusal; logs it, cut, within the budget. */
+  #refused(reason: string, detail: string, peer: string | undefined, address: string | undefined, authority: string | undefined): void {
     this.#m?.refused.inc({ reason });
-    this.#o.log.warn('tunnel refused', { reason, detail, peer: req.peer.spiffeId, address: req.peer.address, authority: req.authority });
-    return { status, reason: detail };
+    if (!this.#refusalLog.take()) return;
+    this.#o.log.warn('tunnel refused', { reason, detail: clip(detail), peer, address, authority: clip(authority) });
   }
 
   async #connect(req: HboneConnectRequest): Promise<HboneConnectDecision> {

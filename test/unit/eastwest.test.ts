@@ -11,8 +11,9 @@ import { HbonePool, HboneServer, HboneRefusedError, type HbonePeer } from '../..
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
-import { EastWestGateway } from '../../eastwest/src/gateway.ts';
-import { silentLogger } from '../../lib/log.ts';
+import { EastWestGateway, REFUSAL_LOG_PER_SECOND } from '../../eastwest/src/gateway.ts';
+import { jsonLogger, silentLogger } from '../../lib/log.ts';
+import { until } from '../lab/wait.ts';
 
 const TD = 'cluster.local';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
@@ -218,4 +219,50 @@ test('double HBONE through the gateway to one of its cluster\'s waypoints: the o
   const m = await registry.metrics();
   assert.match(m, /^weft_eastwest_refused_total\{reason="not-hbone-port"\} 1$/m);
   assert.match(m, /^weft_eastwest_refused_total\{reason="unknown-endpoint"\} 2$/m);
+});
+
+// The authority of a refused CONNECT is the caller's to choose, and HPACK lets it send a 3 KB one
+// once and then refer to it with a byte or two per request (RFC 7541 2.3.2): each refusal must not
+// cost the gateway a full log line. Lines are cut and at most REFUSAL_LOG_PER_SECOND a second, with
+// a count of those left out; the counter stays exact (as the agent's HBONE port does).
+test('refused CONNECTs at the gateway cannot make its log cost more than the caller sends: lines cut and rate limited with a count of the rest; every refusal counted by reason', async (t) => {
+  const { connect: h2connect } = await import('node:http2');
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
+  t.after(() => session.destroy());
+  session.on('error', () => {});
+  await new Promise<void>((resolve, reject) => {
+    session.once('remoteSettings', () => resolve());
+    session.once('error', reject);
+  });
+  const burst = (authority: string, n: number) => Promise.all(Array.from({ length: n }, () => new Promise<void>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    r.on('error', () => {});
+    r.on('close', () => resolve());
+    r.resume();
+  })));
+  const sentBefore = session.socket.bytesWritten;
+  const N = 300;
+  await burst(`${'9'.repeat(3000)}:80`, N); // not an address: the HBONE server's bad-authority
+  await burst('10.78.0.254:15012', N); // an address the gateway does not carry: unknown-endpoint
+  const sent = session.socket.bytesWritten - sentBefore;
+  const m = await reg.metrics();
+  assert.match(m, new RegExp(`^weft_eastwest_refused_total\\{reason="bad-authority"\\} ${N}$`, 'm'));
+  assert.match(m, new RegExp(`^weft_eastwest_refused_total\\{reason="unknown-endpoint"\\} ${N}$`, 'm'));
+  assert.doesNotMatch(m, /^weft_eastwest_refused_total\{reason="denied"\}/m, 'each refusal is counted once, by the gateway\'s own reason');
+  const refused = lines.filter((l) => l.includes('"tunnel refused"'));
+  assert.ok(refused.length > 0 && refused.length <= 3 * REFUSAL_LOG_PER_SECOND, `${refused.length} refusal lines for ${2 * N} refusals`);
+  assert.ok(refused.every((l) => l.length < 1500), 'each line cut');
+  assert.ok(lines.reduce((n, l) => n + l.length, 0) < 10 * sent, 'the log costs less than ten times what the caller sent');
+  // Those left out are said with their number once the next second's first refusal comes.
+  const second = Math.floor(Date.now() / 1000);
+  await until('the next second', () => Math.floor(Date.now() / 1000) > second, 2_000);
+  await burst('10.78.0.254:15012', 1);
+  const summary = lines.map((l) => JSON.parse(l) as { msg: string; count?: number }).filter((l) => l.msg.startsWith('tunnel refusals not logged (rate limit'));
+  assert.ok(summary.length > 0 && summary.every((l) => (l.count ?? 0) > 0), JSON.stringify(summary));
+  assert.equal(refused.length + summary.reduce((n, l) => n + l.count!, 0), 2 * N, 'every refusal is either logged or in a count');
 });
