@@ -72,6 +72,12 @@ export class AgentState {
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
+  /**
+   * This network's endpoints by address. Another network's (behind its gateway) are left out: their
+   * addresses are that network's, reached only through their Service (Istio: ztunnel looks a
+   * dialled address up in the caller's own network), so a remote cluster cannot claim an address
+   * of this one.
+   */
   private endpointsByIp = new Map<string, Endpoint>();
   private waypoints = new Map<string, Waypoint>();
   private rr = new Map<string, number>();
@@ -100,7 +106,7 @@ export class AgentState {
     for (const s of config.services) {
       for (const vip of s.vips) byVip.set(vip, s);
       byName.set(`${s.namespace}/${s.name}`, s);
-      for (const e of s.endpoints) if (!eps.has(e.ip)) eps.set(e.ip, e);
+      for (const e of s.endpoints) if (!e.gateway && !eps.has(e.ip)) eps.set(e.ip, e);
     }
     const lb = new Map<string, LoadBalancerPolicy>();
     const locality = new Map<string, LocalityPolicy>();
@@ -185,12 +191,12 @@ export class AgentState {
     return this.servicesByVip.get(vip);
   }
 
-  /** Every address the datapath must redirect: service VIPs (per port) and workload IPs. */
+  /** Every address the datapath must redirect: service VIPs (per port) and workload IPs (this network's, as endpointsByIp). */
   meshDestinations(): Array<{ ip: string; port: number }> {
     const out: Array<{ ip: string; port: number }> = [];
     for (const s of this.config.services) {
       for (const vip of s.vips) for (const p of s.ports) out.push({ ip: vip, port: p.port });
-      for (const e of s.endpoints) if (e.enrolled) out.push({ ip: e.ip, port: 0 });
+      for (const e of s.endpoints) if (e.enrolled && !e.gateway) out.push({ ip: e.ip, port: 0 });
     }
     for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
     const seen = new Set<string>();

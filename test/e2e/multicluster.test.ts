@@ -173,17 +173,21 @@ test('the exchange link carries only TLS to the gateway (15008) and the federati
 
 test('a DENY in cluster2 naming cluster1\'s client refuses it at cluster2\'s agent (policy applies at the destination), and the refusal is counted', async () => {
   const c2 = mc.cluster('cluster2');
-  const echo2 = c2.mesh.workloads.get('demo/echo')!.pod.ip;
-  // Control: cluster1's client reaches cluster2's pod by its own address, through the gateway.
-  const ok = await ask('cluster1', `http://${echo2}:8080/`);
+  // Control: cluster1's client reaches cluster2's pod through demo/echo-c2 (only cluster2's pods),
+  // through the gateway. The pod's own address is another network's: not carried from cluster1
+  // (Istio's ztunnel looks a dialled address up in the caller's own network).
+  const echo2 = `http://${ONLY_C2_VIP}/`;
+  const ok = await ask('cluster1', echo2);
   assert.ok(ok.ok && ok.cluster === 'cluster2', `control request to ${echo2}: ${JSON.stringify(ok)}`);
+  const byAddress = await ask('cluster1', `http://${c2.mesh.workloads.get('demo/echo')!.pod.ip}:8080/`);
+  assert.equal(byAddress.ok, false, 'another network\'s pod address is not a mesh destination here');
   const deniedBefore = deniedCount(await c2.mesh.agentMetrics('node1'));
   c2.mesh.writeConfig('50-deny.yaml', [{
     apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-cluster1-client', namespace: 'demo' },
     spec: { selector: { matchLabels: { app: 'echo' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/demo/sa/client'] } }] }] },
   }]);
   try {
-    await until('cluster2 refuses cluster1\'s client', async () => !(await ask('cluster1', `http://${echo2}:8080/`)).ok, 20_000);
+    await until('cluster2 refuses cluster1\'s client', async () => !(await ask('cluster1', echo2)).ok, 20_000);
     const after_ = await c2.mesh.agentMetrics('node1');
     assert.ok(deniedCount(after_) > deniedBefore, 'weft_connections_denied_total{reason="policy"} went up at cluster2');
     const log = c2.mesh.logEntries('agent-node1.log', 'connection denied');
@@ -191,7 +195,7 @@ test('a DENY in cluster2 naming cluster1\'s client refuses it at cluster2\'s age
   } finally {
     c2.mesh.removeConfig('50-deny.yaml');
   }
-  await until('cluster1\'s client is served by cluster2 again', async () => (await ask('cluster1', `http://${echo2}:8080/`)).ok, 20_000);
+  await until('cluster1\'s client is served by cluster2 again', async () => (await ask('cluster1', echo2)).ok, 20_000);
 });
 
 function deniedCount(metrics: string): number {

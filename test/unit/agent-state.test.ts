@@ -107,3 +107,25 @@ test('mesh destinations cover service ports and enrolled workload addresses, onc
   const d = s.meshDestinations().map((x) => `${x.ip}:${x.port}`).sort();
   assert.deepEqual(d, ['10.77.1.1:0', '10.77.1.2:0', '10.77.2.1:0', '10.96.0.10:80']);
 });
+
+// Istio ambient looks a dialled address up within the caller's own network (ztunnel
+// src/state.rs find_upstream: workloads.find_address(network_addr(network, ip))): another network's
+// pod addresses are its own address space, reachable only through their Service and that
+// network's gateway. A remote cluster exporting an endpoint at an address of this network (an
+// outside database, a node, an API server) must not capture what this cluster's pods send there.
+test('an endpoint of another network (behind its gateway) is no destination by its address here: not captured, not resolved, not an address owner; its Service still reaches it through the gateway; a same-network remote endpoint still is', () => {
+  const GW = { network: 'network2', address: '192.168.77.2', port: 15008, spiffeId: `spiffe://${td}/ns/weft-system/sa/weft-eastwest` };
+  const far: Endpoint = { workloadUid: 'c2/db', ip: '10.77.9.9', node: 'c2-node', nodeIp: '10.78.0.1', ports: { '5432': 5432 }, enrolled: true, spiffeId: `spiffe://${td}/ns/default/sa/hijacker`, ready: true, cluster: 'cluster2', network: 'network2', gateway: GW };
+  const near: Endpoint = { ...far, workloadUid: 'c3/db', ip: '10.79.1.1', nodeIp: '10.79.0.1', cluster: 'cluster3', network: undefined, gateway: undefined };
+  const db: Service = { name: 'db', namespace: 'default', hostname: 'db.default.svc.cluster.local', vips: ['10.97.0.5'], ports: [{ name: 'pg', port: 5432, targetPort: 5432, protocol: 'TCP', appProtocol: 'tcp' }], endpoints: [far, near] };
+  const s = new AgentState('node1');
+  s.apply(config({ services: [echo, db] }));
+  const dests = s.meshDestinations().map((x) => `${x.ip}:${x.port}`);
+  assert.ok(!dests.includes('10.77.9.9:0'), 'the other network\'s address is not captured');
+  assert.ok(dests.includes('10.79.1.1:0') && dests.includes('10.97.0.5:5432'));
+  assert.throws(() => s.resolve(client, '10.77.9.9', 5432), NoRouteError);
+  assert.equal(s.addressOwner('10.77.9.9'), undefined, 'plaintext from this network\'s 10.77.9.9 is not taken for the other network\'s workload');
+  assert.deepEqual(s.resolve(client, '10.79.1.1', 5432).map((u) => [u.kind, u.target]), [['hbone', '10.79.1.1:5432']]);
+  const viaVip = s.resolve(client, '10.97.0.5', 5432);
+  assert.deepEqual(viaVip.map((u) => [u.kind, u.target, u.kind === 'hbone' ? u.gateway?.address : undefined]).sort(), [['hbone', '10.77.9.9:5432', '192.168.77.2'], ['hbone', '10.79.1.1:5432', undefined]]);
+});
