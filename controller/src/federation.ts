@@ -6,6 +6,7 @@
 // the remote endpoints before it is published. A remote that stops answering keeps its last known
 // endpoints for `staleAfterMs`, then they are removed.
 import { createServer, request, type Server } from 'node:https';
+import type { ClientRequest } from 'node:http';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import type { Logger } from '../../lib/log.ts';
@@ -17,7 +18,10 @@ import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 export const DEFAULT_FEDERATION_POLL_MS = 1_000;
 /** How long a remote that stopped answering keeps its last known endpoints. */
 export const DEFAULT_REMOTE_STALE_AFTER_MS = 30_000;
+/** A remote's connection may stay silent this long. */
 const FETCH_TIMEOUT_MS = 2_000;
+/** A remote's whole export must be read within this (a remote that answers a byte at a time fails here). */
+export const DEFAULT_FETCH_DEADLINE_MS = 10_000;
 const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
 
 export interface RemoteCluster {
@@ -52,6 +56,8 @@ export interface FederationOptions {
   isController: (spiffeId: string) => boolean;
   pollMs?: number;
   staleAfterMs?: number;
+  /** How long one read of a remote's export may take in all (DEFAULT_FETCH_DEADLINE_MS). */
+  fetchDeadlineMs?: number;
   log: Logger;
   registry?: Registry;
 }
@@ -68,6 +74,8 @@ interface RemoteState {
   /** Failing since lastOk (a pushed remote: its last report was an error). */
   failing: boolean;
   staleTimer?: NodeJS.Timeout;
+  /** Its export is being read (a polled remote): the next round leaves it be. */
+  reading?: boolean;
 }
 
 export class Federation {
@@ -79,7 +87,6 @@ export class Federation {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #started = false;
-  #polling = false;
   readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter };
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
@@ -177,7 +184,7 @@ export class Federation {
     const old = this.#remotes.find((r) => r.remote.name === remote.name);
     if (old) clearTimeout(old.staleTimer);
     this.#remotes = [...this.#remotes.filter((r) => r !== old), { remote, export: old?.export, text: old?.text ?? '', lastOk: old?.failing ? old.lastOk : Date.now(), lastError: undefined, stale: old?.stale ?? false, failing: false }];
-    if (this.#started && !this.#timer && !this.#polling) this.#schedule(0);
+    if (this.#started && !this.#timer) this.#schedule(0);
   }
 
   /** Removes a remote cluster (its Secret was deleted): its endpoints leave the model at once. */
@@ -236,29 +243,27 @@ export class Federation {
     if (this.#stopped || !this.#remotes.some((r) => !r.remote.pushed)) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      this.#polling = true;
-      void this.#pollAll().finally(() => {
-        this.#polling = false;
-        this.#schedule(this.#o.pollMs ?? DEFAULT_FEDERATION_POLL_MS);
-      });
+      this.#pollAll();
+      this.#schedule(this.#o.pollMs ?? DEFAULT_FEDERATION_POLL_MS);
     }, ms);
     this.#timer.unref();
   }
 
-  async #pollAll(): Promise<void> {
-    let changed = false;
-    await Promise.all(this.#remotes.filter((r) => !r.remote.pushed).map(async (r) => {
-      let result: RemoteReport;
-      try {
-        result = { export: await this.#fetch(r.remote) };
-      } catch (e) {
-        result = { error: (e as Error).message };
-      }
-      // Removed while it was being read: nothing of it is kept.
-      if (!this.#remotes.includes(r) || this.#stopped) return;
-      if ('export' in result ? this.#took(r, result.export) : this.#failed(r, result.error)) changed = true;
-    }));
-    if (changed) for (const l of this.#listeners) l();
+  /**
+   * Starts a read of every polled remote not still being read. Each is taken on its own: a remote
+   * that answers slowly (up to the read deadline) delays no other.
+   */
+  #pollAll(): void {
+    for (const r of this.#remotes) {
+      if (r.remote.pushed || r.reading) continue;
+      r.reading = true;
+      void this.#fetch(r.remote).then((text): RemoteReport => ({ export: text }), (e: Error): RemoteReport => ({ error: e.message })).then((result) => {
+        r.reading = false;
+        // Removed while it was being read: nothing of it is kept.
+        if (!this.#remotes.includes(r) || this.#stopped) return;
+        if ('export' in result ? this.#took(r, result.export) : this.#failed(r, result.error)) for (const l of this.#listeners) l();
+      });
+    }
   }
 
   /** A remote's export read (or pushed): whether the imported endpoints change. */
@@ -322,8 +327,12 @@ export class Federation {
   #fetch(remote: RemoteCluster): Promise<string> {
     const url = new URL(FEDERATION_PATH, remote.url);
     const tls = this.#o.tls();
-    return new Promise((resolve, reject) => {
-      const req = request({
+    const deadlineMs = this.#o.fetchDeadlineMs ?? DEFAULT_FETCH_DEADLINE_MS;
+    let req: ClientRequest | undefined;
+    const deadline = setTimeout(() => req?.destroy(new Error(`no complete export within ${deadlineMs} ms`)), deadlineMs);
+    deadline.unref();
+    return new Promise<string>((resolve, reject) => {
+      req = request({
         host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET',
         key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3', agent: false,
         timeout: FETCH_TIMEOUT_MS,
@@ -336,7 +345,7 @@ export class Federation {
         let size = 0;
         res.on('data', (c: Buffer) => {
           size += c.length;
-          if (size > MAX_EXPORT_BYTES) req.destroy(new Error(`export larger than ${MAX_EXPORT_BYTES} bytes`));
+          if (size > MAX_EXPORT_BYTES) req!.destroy(new Error(`export larger than ${MAX_EXPORT_BYTES} bytes`));
           else chunks.push(c);
         });
         res.on('end', () => {
@@ -346,9 +355,9 @@ export class Federation {
         });
         res.on('error', reject);
       });
-      req.on('timeout', () => req.destroy(new Error(`no answer within ${FETCH_TIMEOUT_MS} ms`)));
+      req.on('timeout', () => req!.destroy(new Error(`no answer within ${FETCH_TIMEOUT_MS} ms`)));
       req.on('error', reject);
       req.end();
-    });
+    }).finally(() => clearTimeout(deadline));
   }
 }

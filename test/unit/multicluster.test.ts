@@ -328,3 +328,57 @@ test('one malformed Service in a remote\'s export costs only itself: the others 
   assert.deepEqual([...fed.merge(local).services.keys()].sort(), ['demo/broken', 'demo/fine']);
   assert.equal(fed.status()[0]!.refusedServices, undefined);
 });
+
+// One bad remote must cost only itself: a remote controller that answers its export a byte at a
+// time (each within the socket's idle timeout) held every other remote's read, as a round waited
+// for all of them, and, its read never failing, kept its own last endpoints past the stale bound.
+test('a remote that drips its export cannot freeze the federation: the other remotes are read and their changes imported meanwhile; the slow one fails at the read deadline, counted and named, and its endpoints leave at the stale bound', async (t) => {
+  const { c1, c2 } = await plugIn();
+  const ctrl = id('weft-system', 'weft-controller');
+  const tlsA = await creds(c2, ctrl);
+  const a = new Federation({ cluster: 'cluster2', network: 'network2', gateway: GW, listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => tlsA, mayRead: (x) => x === ctrl, isController: (x) => x === ctrl, log: silentLogger });
+  a.merge(model([svc('echo', [ep('10.78.1.1')])]));
+  await a.start();
+  t.after(() => a.stop());
+  // cluster3's "controller": a real controller identity; its first answer is a good export, then it
+  // answers with a well-formed start and a byte every 100 ms.
+  const { createServer } = await import('node:https');
+  const dripping = new Set<NodeJS.Timeout>();
+  let answered = 0;
+  const GW3 = { ...GW, network: 'network3', address: '192.168.77.3' };
+  const slow = createServer({ ...(await creds(c2, ctrl)), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (answered++ === 0) {
+      res.end(JSON.stringify({ cluster: 'cluster3', network: 'network3', gateway: GW3, services: [svc('only-c3', [ep('10.79.1.1')], { vips: ['10.98.0.9'] })] }));
+      return;
+    }
+    res.write('{"cluster":"cluster3","network":"network3","services":[');
+    const timer = setInterval(() => res.write(' '), 100);
+    dripping.add(timer);
+    res.on('close', () => { clearInterval(timer); dripping.delete(timer); });
+  });
+  await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    for (const d of dripping) clearInterval(d);
+    slow.closeAllConnections();
+    slow.close();
+  });
+  const registry = new Registry();
+  const tlsB = await creds(c1, ctrl);
+  const b = new Federation({
+    cluster: 'cluster1', network: 'network1', tls: () => tlsB, mayRead: () => true, isController: (x) => x === ctrl, pollMs: 50, staleAfterMs: 1_500, fetchDeadlineMs: 1_000, registry, log: silentLogger,
+    remotes: [{ name: 'cluster3', url: `https://127.0.0.1:${(slow.address() as import('node:net').AddressInfo).port}` }, { name: 'cluster2', url: `https://127.0.0.1:${a.port}` }],
+  });
+  const local = model([svc('echo', [ep('10.77.1.1')])]);
+  await b.start();
+  t.after(() => b.stop());
+  await until('cluster3\'s first export is imported', () => b.merge(local).services.has('demo/only-c3'), 5_000);
+  await until('cluster1 imports cluster2\'s endpoint while cluster3 drips', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 2, 900);
+  a.merge(model([svc('echo', [ep('10.78.1.1'), ep('10.78.1.2')])]));
+  await until('and cluster2\'s change', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 3, 900);
+  await until('cluster3\'s read fails at the deadline, named', () => /no complete export within 1000 ms/.test(b.status().find((s) => s.cluster === 'cluster3')?.lastError ?? ''), 5_000);
+  assert.match(await registry.metrics(), /^weft_federation_fetch_failures_total\{cluster="cluster3"\} [1-9]/m);
+  await until('cluster3\'s endpoints leave at the stale bound', () => !b.merge(local).services.has('demo/only-c3'), 5_000);
+  assert.equal(b.status().find((s) => s.cluster === 'cluster3')?.up, false);
+  assert.equal(b.merge(local).services.get('demo/echo')!.endpoints.length, 3, 'cluster2 is unaffected');
+});
