@@ -11,8 +11,11 @@
 // Service that goes through one of this cluster's waypoints names that waypoint's own HBONE address
 // instead (`waypointIp:15008`, a ready replica's), and the gateway connects to it as it is: the
 // inner session is then the caller's HBONE to the waypoint, which authenticates the caller and
-// applies the Service's routes and L7 policy (Istio ambient multi-network). Nothing else is
-// reachable through it. It learns its cluster's endpoints and waypoints from its controller's
+// applies the Service's routes and L7 policy (Istio ambient multi-network). A pod whose every
+// Service here goes through a waypoint is carried to only from that waypoint's identity (another
+// cluster's waypoint of the same name, namespace sameness): anyone else would step around its L7
+// policy (Istio's gateway carries callers to Services, never to a pod of their choosing). Nothing
+// else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
 import { request } from 'node:https';
@@ -48,7 +51,7 @@ export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
 export const REFUSAL_LOG_PER_SECOND = 50;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -57,6 +60,12 @@ export class EastWestGateway {
   /** Enrolled pod IP → its node agent's address, from the controller's export. */
   #nodeOf = new Map<string, string>();
   #notEnrolled = new Set<string>();
+  /**
+   * Enrolled pod IP → the waypoints it is behind, when every Service of this cluster it serves goes
+   * through one: only those waypoints' identities are carried to it (anyone else would step around
+   * their L7 policy); callers of its Services go to the waypoint instead.
+   */
+  #onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
   #configured = false;
@@ -143,6 +152,10 @@ export class EastWestGateway {
       if (this.#notEnrolled.has(ip)) return this.#refuse('not-enrolled', req, 403, `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic`);
       return this.#refuse('unknown-endpoint', req, 403, `${ip} is neither an endpoint nor a waypoint of this cluster`);
     }
+    const via = node ? this.#onlyVia.get(ip) : undefined;
+    if (via && !via.ids.has(req.peer.spiffeId ?? '')) {
+      return this.#refuse('behind-waypoint', req, 403, `${ip} is an endpoint of ${via.services.join(', ')}, behind waypoint ${via.waypoints.join(', ')} of this cluster, which enforces its L7 policy: the gateway carries only that waypoint's identity to it; callers of the Service reach the waypoint`);
+    }
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
     try {
@@ -167,12 +180,28 @@ export class EastWestGateway {
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
+    const ownWaypoints = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
+    const direct = new Set<string>();
+    const onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
     for (const s of exp.services) {
       for (const e of s.endpoints) {
         if (e.enrolled && e.nodeIp) nodeOf.set(e.ip, e.nodeIp);
         else notEnrolled.add(e.ip);
+        if (!s.waypoint) {
+          direct.add(e.ip);
+          continue;
+        }
+        const key = `${s.waypoint.namespace}/${s.waypoint.name}`;
+        const via = onlyVia.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
+        via.services.push(`${s.namespace}/${s.name}`);
+        if (!via.waypoints.includes(key)) via.waypoints.push(key);
+        // A waypoint missing from the export or invalid admits no one: fail closed.
+        const w = ownWaypoints.get(key);
+        if (w && !w.invalid) via.ids.add(w.spiffeId);
+        onlyVia.set(e.ip, via);
       }
     }
+    for (const ip of direct) onlyVia.delete(ip);
     const waypointPort = new Map<string, number>();
     for (const w of exp.waypoints ?? []) {
       if (!w.ready || w.invalid) continue;
@@ -180,6 +209,7 @@ export class EastWestGateway {
     }
     this.#nodeOf = nodeOf;
     this.#notEnrolled = notEnrolled;
+    this.#onlyVia = onlyVia;
     this.#waypointPort = waypointPort;
     this.#configured = true;
     this.#m?.endpoints.set(nodeOf.size);

@@ -40,6 +40,10 @@ async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: s
 
 const ep = (ip: string, enrolled: boolean): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled, ...(enrolled ? { spiffeId: ECHO } : {}), ready: true });
 const svc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep('10.78.1.1', true), ep('10.78.1.9', false)] };
+/** A Service behind cluster2's waypoint demo/waypoint: 10.78.1.5 is only its endpoint, 10.78.1.1 is echo's too. */
+const guarded: Service = { ...svc, name: 'guarded', hostname: 'guarded.demo.svc.cluster.local', vips: ['10.96.0.11'], endpoints: [ep('10.78.1.5', true), ep('10.78.1.1', true)], waypoint: { name: 'waypoint', namespace: 'demo' } };
+/** The shared gateway's log lines. */
+const gwLines: string[] = [];
 
 before(async () => {
   const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
@@ -52,7 +56,7 @@ before(async () => {
   // cluster2: the controller's export, a "node agent" (HBONE server holding echo's identity) in front of an echo.
   const ctrlTls = await creds(c2, CTRL);
   federation = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
-  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc]]), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
   federation.merge(model);
   await federation.start();
   echoServer = net.createServer((s) => s.pipe(s));
@@ -78,7 +82,7 @@ before(async () => {
   // The export now names the waypoint too (where the gateway admits it).
   federation.merge({ ...model, waypoints: new Map([['demo/waypoint', { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true }]]) });
   const gwTls = await creds(c2, GW_ID);
-  gateway = new EastWestGateway({ tls: gwTls, trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: silentLogger, registry });
+  gateway = new EastWestGateway({ tls: gwTls, trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => gwLines.push(l)), registry });
   gwPort = await gateway.listen(0, '127.0.0.1');
 });
 
@@ -265,4 +269,22 @@ test('refused CONNECTs at the gateway cannot make its log cost more than the cal
   const summary = lines.map((l) => JSON.parse(l) as { msg: string; count?: number }).filter((l) => l.msg.startsWith('tunnel refusals not logged (rate limit'));
   assert.ok(summary.length > 0 && summary.every((l) => (l.count ?? 0) > 0), JSON.stringify(summary));
   assert.equal(refused.length + summary.reduce((n, l) => n + l.count!, 0), 2 * N, 'every refusal is either logged or in a count');
+});
+
+// Istio's east-west gateway carries a caller to a Service (SNI outbound_.<port>_._.<hostname>, or
+// the Service in the double-HBONE authority), never to a pod of the caller's choosing; a Service
+// behind a waypoint is served by that waypoint, which applies its L7 policy. So a pod whose every
+// Service here goes through a waypoint is carried to only from that waypoint's identity (another
+// cluster's waypoint of the same namespace and name under namespace sameness): any other caller
+// would step around the waypoint's L7 policy (docs/SECURITY.md).
+test('the gateway does not carry a caller around a waypoint: a pod whose Services here all go through one is reached only by that waypoint\'s identity; anyone else is refused (403, behind-waypoint), counted and named', async () => {
+  await assert.rejects(outer(CLIENT, '10.78.1.5:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.5 is an endpoint of demo\/guarded, behind waypoint demo\/waypoint of this cluster/.test(e.message));
+  assert.match(await registry.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 1$/m);
+  const line = gwLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'behind-waypoint');
+  assert.ok(line && line.peer === CLIENT && line.authority === '10.78.1.5:8080', JSON.stringify(line));
+  // The waypoint of another cluster with the same identity (namespace sameness) is carried.
+  await outer(WAYPOINT2, '10.78.1.5:8080');
+  // A pod that is also an endpoint of a Service without a waypoint is reachable by that Service's callers.
+  await outer(CLIENT, '10.78.1.1:8080');
+  assert.match(await registry.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 1$/m);
 });
