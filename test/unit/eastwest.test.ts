@@ -288,3 +288,28 @@ test('the gateway does not carry a caller around a waypoint: a pod whose Service
   await outer(CLIENT, '10.78.1.1:8080');
   assert.match(await registry.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 1$/m);
 });
+
+// An address spelt another way must not name an endpoint the gateway would carry (RFC 3986 3.2.2:
+// an IPv4 literal is dotted-decimal; HBONE targets are IP literals, never names).
+test('the gateway is no open proxy under another spelling: octal, short or IPv4-mapped forms of an endpoint, a trailing dot, a name, loopback and the gateway\'s own port are refused, each counted', async (t) => {
+  const before = await registry.metrics();
+  const count = (m: string, reason: string) => Number(new RegExp(`^weft_eastwest_refused_total\\{reason="${reason}"\\} (\\d+)$`, 'm').exec(m)?.[1] ?? 0);
+  const spellings = ['010.078.001.001:8080', '10.78.257:8080', '[::ffff:10.78.1.1]:8080', '[::ffff:a4e:101]:8080', '10.78.1.1.:8080', 'echo.demo.svc.cluster.local:80', 'localhost:15000', '127.0.0.1:15000', `127.0.0.1:${gwPort}`, '0.0.0.0:8080'];
+  // A raw HTTP/2 session: the pool refuses to send what is not an IP literal.
+  const { connect: h2connect } = await import('node:http2');
+  const session = h2connect(`https://127.0.0.1:${gwPort}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
+  t.after(() => session.destroy());
+  session.on('error', () => {});
+  for (const target of spellings) {
+    const status = await new Promise<number>((resolve, reject) => {
+      const r = session.request({ ':method': 'CONNECT', ':authority': target }, { endStream: false });
+      r.on('response', (h) => resolve(Number(h[':status'])));
+      r.on('error', reject);
+      r.resume();
+    });
+    assert.ok(status === 400 || status === 403, `${target}: ${status}`);
+  }
+  const after_ = await registry.metrics();
+  const refused = ['bad-authority', 'unknown-endpoint', 'not-hbone-port'].reduce((n, r) => n + count(after_, r) - count(before, r), 0);
+  assert.equal(refused, spellings.length, 'each counted once');
+});
