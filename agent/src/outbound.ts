@@ -9,7 +9,7 @@ import { adoptWithPooledReads, formatAuthority, formatForwardedFor, HbonePool, p
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import type { AgentState, Upstream } from './state.ts';
+import { endpointKey, type AgentState, type Upstream } from './state.ts';
 import { ConnectionRecord, type AccessLogSink, type AgentMetrics, type ConnectionOpen } from './metrics.ts';
 import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labels.ts';
 import type { LocalDelivery } from './delivery.ts';
@@ -170,13 +170,11 @@ export class Outbound {
         upstream = await this.#open(source, up, socket);
       } catch (err) {
         lastError = err as Error;
-        const ep = up.endpoint?.ip;
-        if (ep) this.#o.state.endpointFailed(ep);
+        if (up.endpoint) this.#o.state.endpointFailed(endpointKey(up.endpoint));
         if ((err as { code?: string }).code === 'WEFT_DENIED') break;
         continue;
       }
-      const epIp = up.endpoint?.ip ?? splitIp(up.target);
-      this.#o.state.endpointSucceeded(epIp);
+      this.#o.state.endpointSucceeded(up.endpoint ? endpointKey(up.endpoint) : splitIp(up.target));
       await this.#proxy(socket, upstream, up, source, this.#record(source, up, socket, dest, started));
       return;
     }
@@ -271,8 +269,8 @@ export class Outbound {
   async #proxy(socket: net.Socket, upstream: import('node:stream').Duplex, up: Upstream, source: Workload, record: ConnectionRecord): Promise<void> {
     const m = this.#o.metrics;
     m.active.inc({ direction: 'outbound' });
-    const epIp = up.endpoint?.ip ?? splitIp(up.target);
-    this.#o.state.connectionOpened(epIp);
+    const epKey = up.endpoint ? endpointKey(up.endpoint) : splitIp(up.target);
+    this.#o.state.connectionOpened(epKey);
     record.countWhileOpen(socket, 'source');
     let result: PipeResult;
     try {
@@ -297,7 +295,7 @@ export class Outbound {
         result = await pipeBidirectional(socket, upstream);
       }
     } finally {
-      this.#o.state.connectionClosed(epIp);
+      this.#o.state.connectionClosed(epKey);
       m.active.dec({ direction: 'outbound' });
     }
     record.close({ bytesToDestination: result.bytesAtoB, bytesToSource: result.bytesBtoA, error: result.error?.message });

@@ -61,6 +61,15 @@ export class NoRouteError extends Error {
   }
 }
 
+/**
+ * What an endpoint's failure and load state is kept under: its address, or, on another network
+ * (behind that network's gateway), the network and address, as networks may reuse each other's
+ * addresses (ztunnel keys workloads by network and address).
+ */
+export function endpointKey(e: Pick<Endpoint, 'ip' | 'gateway'>): string {
+  return e.gateway ? `${e.gateway.network}/${e.ip}` : e.ip;
+}
+
 /** How long an endpoint that refused a connection is skipped. */
 export const ENDPOINT_BACKOFF_MS = 5_000;
 
@@ -305,32 +314,33 @@ export class AgentState {
     let rotated = [...candidates.slice(start), ...candidates.slice(0, start)];
     if (this.lb.get(`${svc.namespace}/${svc.name}`) === 'LEAST_REQUEST') {
       // Stable sort: ties keep the round-robin order, so equal loads still rotate.
-      const load = (c: { endpoint: Endpoint }) => this.active.get(c.endpoint.ip) ?? 0;
+      const load = (c: { endpoint: Endpoint }) => this.active.get(endpointKey(c.endpoint)) ?? 0;
       rotated = rotated.sort((a, b) => load(a) - load(b));
     }
-    const healthy = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) <= now);
-    const failing = rotated.filter((c) => (this.failedUntil.get(c.endpoint.ip) ?? 0) > now);
+    const healthy = rotated.filter((c) => (this.failedUntil.get(endpointKey(c.endpoint)) ?? 0) <= now);
+    const failing = rotated.filter((c) => (this.failedUntil.get(endpointKey(c.endpoint)) ?? 0) > now);
     const locality = this.locality.get(`${svc.namespace}/${svc.name}`);
     if (!locality || !source) return [...healthy, ...failing];
     return orderByLocality(locality, source.cluster, healthy, failing);
   }
 
-  endpointFailed(ip: string): void {
-    this.failedUntil.set(ip, Date.now() + ENDPOINT_BACKOFF_MS);
+  /** `key`: endpointKey() of the endpoint (its address for anything else). */
+  endpointFailed(key: string): void {
+    this.failedUntil.set(key, Date.now() + ENDPOINT_BACKOFF_MS);
   }
 
-  endpointSucceeded(ip: string): void {
-    this.failedUntil.delete(ip);
+  endpointSucceeded(key: string): void {
+    this.failedUntil.delete(key);
   }
 
-  connectionOpened(ip: string): void {
-    this.active.set(ip, (this.active.get(ip) ?? 0) + 1);
+  connectionOpened(key: string): void {
+    this.active.set(key, (this.active.get(key) ?? 0) + 1);
   }
 
-  connectionClosed(ip: string): void {
-    const n = (this.active.get(ip) ?? 1) - 1;
-    if (n <= 0) this.active.delete(ip);
-    else this.active.set(ip, n);
+  connectionClosed(key: string): void {
+    const n = (this.active.get(key) ?? 1) - 1;
+    if (n <= 0) this.active.delete(key);
+    else this.active.set(key, n);
   }
 }
 

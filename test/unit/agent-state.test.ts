@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AgentState, NoRouteError } from '../../agent/src/state.ts';
+import { AgentState, endpointKey, NoRouteError } from '../../agent/src/state.ts';
 import type { AgentConfig, Endpoint, Service, Workload } from '../../lib/model/mesh.ts';
 
 const td = 'cluster.local';
@@ -128,4 +128,27 @@ test('an endpoint of another network (behind its gateway) is no destination by i
   assert.deepEqual(s.resolve(client, '10.79.1.1', 5432).map((u) => [u.kind, u.target]), [['hbone', '10.79.1.1:5432']]);
   const viaVip = s.resolve(client, '10.97.0.5', 5432);
   assert.deepEqual(viaVip.map((u) => [u.kind, u.target, u.kind === 'hbone' ? u.gateway?.address : undefined]).sort(), [['hbone', '10.77.9.9:5432', '192.168.77.2'], ['hbone', '10.79.1.1:5432', undefined]]);
+});
+
+// Networks may reuse each other's pod addresses (that is why they are separate networks: ztunnel
+// keys its workloads by network and address). An endpoint of another network that fails, or is
+// busy, must not be taken for this network's endpoint at the same address.
+test('an endpoint of another network at the same address as a local one keeps its own failure and load state (endpointKey): one failing does not push the other back', () => {
+  const GW = { network: 'network2', address: '192.168.77.2', port: 15008, spiffeId: `spiffe://${td}/ns/weft-system/sa/weft-eastwest` };
+  const twin: Endpoint = { ...ep(local, 8080), workloadUid: 'c2/echo', node: 'c2-node', nodeIp: '10.78.0.1', cluster: 'cluster2', network: 'network2', gateway: GW };
+  const svc2: Service = { ...echo, endpoints: [ep(local, 8080), twin] };
+  const s = new AgentState('node1');
+  s.apply(config({ services: [svc2] }));
+  s.endpointFailed(endpointKey(twin));
+  for (let i = 0; i < 4; i++) {
+    const first = s.resolve(client, '10.96.0.10', 80)[0]!;
+    assert.equal(first.kind, 'local', 'the local endpoint stays first: only cluster2\'s failed');
+  }
+  s.endpointSucceeded(endpointKey(twin));
+  s.endpointFailed(endpointKey(svc2.endpoints[0]!));
+  for (let i = 0; i < 4; i++) {
+    const first = s.resolve(client, '10.96.0.10', 80)[0]!;
+    assert.ok(first.kind === 'hbone' && first.gateway?.address === '192.168.77.2', 'cluster2\'s endpoint is first while the local one fails');
+  }
+  assert.equal(endpointKey(svc2.endpoints[0]!), '10.77.1.2', 'this network\'s endpoints keep their address as key');
 });
