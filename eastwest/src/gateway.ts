@@ -36,6 +36,8 @@ export interface EastWestOptions {
   controllerId: string;
   pollMs?: number;
   connectTimeoutMs?: number;
+  /** Connects to one upstream (a node agent or a waypoint) that may wait at once (DEFAULT_MAX_PENDING_CONNECTS). */
+  maxPendingConnects?: number;
   /** The node agents' HBONE port; default 15008 (tests move it). */
   agentPort?: number;
   log: Logger;
@@ -50,8 +52,16 @@ export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
  */
 export const REFUSAL_LOG_PER_SECOND = 50;
 
+/**
+ * Connects to one upstream that may be waiting at once, as the agent bounds those to a pod
+ * (agent/src/delivery.ts; Envoy's circuit breaker max_pending_requests): past it a CONNECT is
+ * refused at once (503, `overloaded`) instead of each holding a socket for the connect timeout
+ * while the node agent or waypoint does not answer.
+ */
+export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
+
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -68,6 +78,8 @@ export class EastWestGateway {
   #onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
+  /** `host:port` of an upstream → connects to it now waiting. */
+  readonly #pending = new Map<string, number>();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -94,7 +106,7 @@ export class EastWestGateway {
       handler: (req) => this.#connect(req),
       // A refusal the handler decided (#refuse) was counted and logged there, by its own reason.
       onRefusal: (r: HboneRefusal) => {
-        if (r.kind !== 'denied' && r.kind !== 'upstream-failed') this.#refused(r.kind, r.reason, r.peer?.spiffeId, r.peer?.address, r.authority);
+        if (r.kind !== 'denied' && r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#refused(r.kind, r.reason, r.peer?.spiffeId, r.peer?.address, r.authority);
       },
       onTunnelClosed: (c) => {
         this.#m?.bytes.inc({ direction: 'inbound' }, c.bytesAtoB);
@@ -131,7 +143,7 @@ export class EastWestGateway {
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
     this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
-    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : 'denied' };
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' ? 'overloaded' : 'denied' };
   }
 
   /** Counts every refusal; logs it, cut, within the budget. */
@@ -158,12 +170,21 @@ export class EastWestGateway {
     }
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
+    const key = `${host}:${port}`;
+    const pending = this.#pending.get(key) ?? 0;
+    const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
+    if (pending >= max) return this.#refuse('overloaded', req, 503, `${pending} connects to ${what} (${key}) are waiting for it to answer (the gateway allows ${max}); refused at once`);
+    this.#pending.set(key, pending + 1);
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
       return { upstream };
     } catch (e) {
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
+    } finally {
+      const n = (this.#pending.get(key) ?? 1) - 1;
+      if (n <= 0) this.#pending.delete(key);
+      else this.#pending.set(key, n);
     }
   }
 

@@ -313,3 +313,46 @@ test('the gateway is no open proxy under another spelling: octal, short or IPv4-
   const refused = ['bad-authority', 'unknown-endpoint', 'not-hbone-port'].reduce((n, r) => n + count(after_, r) - count(before, r), 0);
   assert.equal(refused, spellings.length, 'each counted once');
 });
+
+// A node agent (or waypoint) that does not answer must not let callers pile up sockets at the
+// gateway, each held for the connect timeout: past maxPendingConnects waiting connects to one
+// upstream a CONNECT is refused at once (503), as the agent bounds connects to a pod (Envoy's
+// circuit breaker max_pending_requests).
+test('connects waiting for one upstream are bounded: past maxPendingConnects a CONNECT is refused at once (503 overloaded), counted and named; the gateway stays open to the rest', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { connect: h2connect } = await import('node:http2');
+  // An "agent" that listens and never accepts, with the smallest queue: one connect completes into
+  // the queue, the SYNs after it are dropped (their connects wait).
+  const sink = spawn('python3', ['-c', 'import socket,sys,time\ns=socket.socket();s.bind(("127.0.0.1",0));s.listen(0);print(s.getsockname()[1],flush=True);sys.stdin.read()'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => sink.kill());
+  const sinkPort = await new Promise<number>((resolve, reject) => {
+    sink.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    sink.once('error', reject);
+  });
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: sinkPort, maxPendingConnects: 2, connectTimeoutMs: 20_000, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
+  t.after(() => session.destroy());
+  session.on('error', () => {});
+  const open = () => new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+  });
+  const answers: number[] = [];
+  const started = performance.now();
+  for (let i = 0; i < 5; i++) void open().then((s) => answers.push(s));
+  // Two wait at most (the one the queue takes completes, 200); the others are refused at once.
+  const overloaded = async () => Number(/^weft_eastwest_refused_total\{reason="overloaded"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
+  await until('the connects past the bound are refused at once, each counted', async () => answers.length >= 3 && (await overloaded()) === answers.filter((s) => s === 503).length, 10_000);
+  assert.ok(performance.now() - started < 10_000, 'refused long before the 20 s connect timeout');
+  assert.ok(answers.filter((s) => s === 503).length >= 2, `${answers}`);
+  assert.ok(answers.filter((s) => s === 200).length <= 1, `only the connect the queue took completes: ${answers}`);
+  const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'overloaded');
+  assert.match(String(line?.detail), /2 connects to the node agent of 10\.78\.1\.1 \(127\.0\.0\.1:\d+\) are waiting for it to answer \(the gateway allows 2\)/);
+  // Another upstream is not held back by this one's queue.
+  await assert.rejects(outer(CLIENT, '10.78.0.254:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403);
+});
