@@ -124,6 +124,11 @@ export function parseClusterExport(v: unknown): ClusterExport {
     if (typeof x !== 'string' || x === '' || x.length > 253) throw new FederationExportError(path, 'must be a non-empty string');
     return x;
   };
+  /** A string that may be empty (a name the remote need not have). */
+  const text = (x: unknown, path: string): string => {
+    if (typeof x !== 'string' || x.length > 253) throw new FederationExportError(path, 'must be a string');
+    return x;
+  };
   const ip = (x: unknown, path: string): string => {
     const s = str(x, path);
     if (!isIP(s)) throw new FederationExportError(path, `${JSON.stringify(s)} is not an IP address`);
@@ -170,10 +175,6 @@ export function parseClusterExport(v: unknown): ClusterExport {
   const endpoint = (ev: unknown, ep: string): Endpoint => {
     const e = obj(ev, ep);
     if (typeof e.ready !== 'boolean' || typeof e.enrolled !== 'boolean') throw new FederationExportError(`${ep}`, 'ready and enrolled must be booleans');
-    const text = (x: unknown, path: string): string => {
-      if (typeof x !== 'string' || x.length > 253) throw new FederationExportError(path, 'must be a string');
-      return x;
-    };
     const ports = obj(e.ports, `${ep}.ports`);
     const portMap: Record<string, number> = {};
     for (const [k, v] of Object.entries(ports)) {
