@@ -3,6 +3,11 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
+/** Why a side port answered a request by itself, without a route: a metric label. */
+export type SidePortRefusal = 'bad_target';
+/** Hears of each refused request (the agent counts and logs it). */
+export type OnSidePortRefusal = (reason: SidePortRefusal, req: http.IncomingMessage) => void;
+
 export type Route = (url: URL, req: http.IncomingMessage) => Promise<unknown> | unknown;
 
 export class HttpStatusError extends Error {
@@ -18,9 +23,18 @@ export function jsonServer(routes: Record<string, Route>, opts: {
   text?: Record<string, () => Promise<{ type: string; body: string }>>;
   /** Paths that answer by themselves (streams such as /flows). */
   raw?: Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>;
+  /** Told of each request answered 400 because its target is not a URL. */
+  refused?: OnSidePortRefusal;
 } = {}): http.Server {
   return http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    // RFC 9112 3.2: origin-form or absolute-form. A target that is neither (`http://[`) is the
+    // client's mistake, answered here; `new URL` would throw out of the handler and end the process.
+    const url = URL.parse(req.url ?? '/', 'http://localhost');
+    if (!url) {
+      opts.refused?.('bad_target', req);
+      res.writeHead(400, { 'content-type': 'application/json', connection: 'close' }).end(JSON.stringify({ error: 'the request target is not a URL (RFC 9112 section 3.2)' }) + '\n');
+      return;
+    }
     const raw = opts.raw?.[url.pathname];
     if (raw) {
       raw(req, res);

@@ -327,7 +327,10 @@ export class Agent {
     const admin = this.#adminServer();
     this.#servers.push(admin);
     await listen(admin, ports.admin, '127.0.0.1');
-    const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) } });
+    const prom = jsonServer({}, {
+      text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) },
+      refused: this.metrics.sidePortRefusals('metrics', this.log),
+    });
     // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
     const metrics = o.debugEndpoints ? http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res))) : prom;
     this.#servers.push(metrics);
@@ -338,7 +341,7 @@ export class Agent {
         return { ready: true };
       },
       '/healthz/live': () => ({ live: true }),
-    });
+    }, { refused: this.metrics.sidePortRefusals('ready', this.log) });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
     this.#connectConfig(0);
@@ -626,7 +629,7 @@ export class Agent {
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
-    }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) } });
+    }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) }, refused: this.metrics.sidePortRefusals('admin', this.log) });
   }
 
   /**

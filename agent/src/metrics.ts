@@ -6,6 +6,8 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { CertManager } from './certs/index.ts';
 import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
+import { LogBudget, clip, type Logger } from '../../lib/log.ts';
+import type { OnSidePortRefusal } from './admin.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export type TcpLabels = Record<TrafficLabel, string>;
@@ -30,6 +32,9 @@ export function formatAccessLog(entry: Record<string, unknown>, encoding: 'JSON'
   return [String(time ?? new Date().toISOString()), 'info', 'access', String(msg ?? ''), ...kv].join(' ');
 }
 
+/** Side-port refusal lines a second (any pod can send them); every refusal is counted. */
+export const SIDE_PORT_REFUSAL_LOG_PER_SECOND = 50;
+
 export class AgentMetrics {
   readonly registry = new Registry();
   readonly opened: Counter<TrafficLabel>;
@@ -40,6 +45,7 @@ export class AgentMetrics {
   readonly failed: Counter<'reporter' | 'reason'>;
   readonly forwardedIgnored: Counter<'reason'>;
   readonly active: Gauge<'direction'>;
+  readonly sidePortRefused: Counter<'port' | 'reason'>;
 
   constructor() {
     const registers = [this.registry];
@@ -68,7 +74,27 @@ export class AgentMetrics {
       registers,
     });
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
+    this.sidePortRefused = new Counter({
+      name: 'weft_side_port_requests_refused_total',
+      help: 'Requests the admin, metrics or readiness port answered 400 by itself, by port and reason (bad_target: the request target is not a URL)',
+      labelNames: ['port', 'reason'],
+      registers,
+    });
     registerProcessMetrics(this.registry, 'agent');
+  }
+
+  /**
+   * What a side port (`admin`, `metrics`, `ready`) does with a request it refuses by itself:
+   * counts it and logs the peer and the target, at most SIDE_PORT_REFUSAL_LOG_PER_SECOND lines a
+   * second per port (the metrics and readiness ports take requests from any pod).
+   */
+  sidePortRefusals(port: 'admin' | 'metrics' | 'ready', log: Logger): OnSidePortRefusal {
+    const budget = new LogBudget(SIDE_PORT_REFUSAL_LOG_PER_SECOND, (count) =>
+      log.warn('side port refusals not logged (rate limit)', { port, count, perSecond: SIDE_PORT_REFUSAL_LOG_PER_SECOND }));
+    return (reason, req) => {
+      this.sidePortRefused.inc({ port, reason });
+      if (budget.take()) log.warn('side port request refused: the request target is not a URL', { port, reason, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, target: clip(req.url) });
+    };
   }
 
   /** Open connections whose bytes are counted while they last (ConnectionRecord.countWhileOpen). */

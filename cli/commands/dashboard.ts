@@ -11,9 +11,13 @@ import { targetOptions, type TargetFlags } from './target.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { MeshData, type ClusterMesh } from '../dashboard/data.ts';
 import { dashboardServer } from '../dashboard/server.ts';
+import { LogBudget, clip } from '../../lib/log.ts';
 import { DASHBOARD_PORT } from '../install/dashboard.ts';
 import { readLocalClusters } from '../local/multicluster-up.ts';
 import { isRunning, readState } from '../local/up.ts';
+
+/** Refused-request lines a second on stderr. */
+const REFUSAL_LOG_PER_SECOND = 20;
 
 interface DashboardFlags extends TargetFlags {
   address: string;
@@ -63,7 +67,14 @@ export function dashboardCommand(io: CommandIo = processIo): Command {
 
 async function serve(clusters: ClusterMesh[], f: DashboardFlags, io: CommandIo): Promise<void> {
   const data = new MeshData(clusters, { windowSeconds: Number(f.window) || 30, ...(f.prometheus ? { prometheus: f.prometheus } : {}) });
-  const server = dashboardServer({ data, allowedHosts: f.allowedHost });
+  // Refusals on stderr, at most REFUSAL_LOG_PER_SECOND lines a second (in a cluster, any pod can send them).
+  const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (n) => io.err(`weftctl dashboard: ${n} more refused requests not logged (rate limit)\n`));
+  const server = dashboardServer({
+    data, allowedHosts: f.allowedHost,
+    refused: (reason, req) => {
+      if (budget.take()) io.err(`weftctl dashboard: refused ${req.method} ${JSON.stringify(clip(req.url))} from ${req.socket.remoteAddress}: ${reason}${reason === 'host' ? ` ${JSON.stringify(clip(req.headers.host ?? ''))}` : ''}\n`);
+    },
+  });
   server.listen(Number(f.port), f.address);
   await once(server, 'listening');
   data.start();

@@ -29,7 +29,15 @@ export interface DashboardServerOptions {
   data: MeshData;
   /** Host names a request may carry besides the bound address (e.g. when served behind a proxy). */
   allowedHosts?: string[];
+  /** Told of each request the server refuses (weftctl dashboard logs them). */
+  refused?: (reason: DashboardRefusal, req: http.IncomingMessage) => void;
 }
+
+/**
+ * Why a request was refused: `method` (not GET or HEAD: 405), `host` (a Host that is not this
+ * dashboard's address: 403), `bad_target` (the request target is not a URL, RFC 9112 3.2: 400).
+ */
+export type DashboardRefusal = 'method' | 'host' | 'bad_target';
 
 function send(res: http.ServerResponse, status: number, type: string, body: string | Buffer): void {
   res.writeHead(status, { 'content-type': type, ...SECURITY_HEADERS }).end(body);
@@ -38,15 +46,24 @@ const json = (res: http.ServerResponse, status: number, body: unknown) => send(r
 
 export function dashboardServer(o: DashboardServerOptions): http.Server {
   const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://dashboard');
+    // `new URL` would throw out of the handler, and end the dashboard, at a target such as `http://[`.
+    const url = URL.parse(req.url ?? '/', 'http://dashboard');
+    if (!url) {
+      o.refused?.('bad_target', req);
+      return json(res, 400, { error: 'the request target is not a URL (RFC 9112 section 3.2)' });
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
+      o.refused?.('method', req);
       res.setHeader('allow', 'GET, HEAD');
       return json(res, 405, { error: 'the dashboard is read-only' });
     }
     const addr = server.address() as AddressInfo | null;
     const host = (req.headers.host ?? '').replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
     const allowed = new Set(['localhost', '127.0.0.1', '::1', addr?.address ?? '', ...(o.allowedHosts ?? [])]);
-    if (!allowed.has(host)) return json(res, 403, { error: `host ${req.headers.host ?? '(none)'} is not this dashboard's address` });
+    if (!allowed.has(host)) {
+      o.refused?.('host', req);
+      return json(res, 403, { error: `host ${req.headers.host ?? '(none)'} is not this dashboard's address` });
+    }
     const st = STATIC[url.pathname];
     if (st) {
       readFile(st.file()).then((b) => send(res, 200, st.type, b), (e: Error) => json(res, 500, { error: e.message }));

@@ -142,7 +142,8 @@ test('the dashboard server is read-only, answers only to its own address, and se
     recentFlows: () => [],
     onFlow: () => () => {},
   } as unknown as MeshData;
-  const server = dashboardServer({ data: fake });
+  const refused: string[] = [];
+  const server = dashboardServer({ data: fake, refused: (reason) => refused.push(reason) });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   after(() => { server.closeAllConnections(); server.close(); });
@@ -161,4 +162,17 @@ test('the dashboard server is read-only, answers only to its own address, and se
   assert.equal(rebound, 403);
   assert.equal((await fetch(`${base}/etc/passwd`)).status, 404);
   assert.equal((await fetch(`${base}/../../lib/identity/ca.ts`)).status, 404, 'only the listed files are served');
+  // RFC 9112 3.2: a request target that is neither origin-form nor absolute-form (`http://[`) had
+  // thrown out of the handler and ended the dashboard (in a cluster, any pod can send it).
+  const { connect } = await import('node:net');
+  const status = await new Promise<string>((resolve, reject) => {
+    const c = connect((server.address() as AddressInfo).port, '127.0.0.1', () => c.end('GET http://[/api/graph HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'));
+    let out = '';
+    c.on('data', (d) => (out += String(d)));
+    c.on('close', () => resolve(out.split('\r\n')[0] ?? ''));
+    c.on('error', reject);
+  });
+  assert.match(status, /^HTTP\/1\.1 400 /);
+  assert.equal((await fetch(`${base}/api/graph`)).status, 200, 'the dashboard still serves');
+  assert.deepEqual(refused, ['method', 'method', 'method', 'method', 'host', 'bad_target'], 'each refusal is told, with its reason');
 });
