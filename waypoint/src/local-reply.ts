@@ -20,6 +20,22 @@ export function endResponse(res: DownstreamResponse, body?: string): void {
   else res.end(body);
 }
 
+/** gRPC's UNKNOWN status: what a `grpc-status` that names none of gRPC's codes is reported as. */
+export const GRPC_UNKNOWN = 2;
+/** The highest of gRPC's status codes (UNAUTHENTICATED): https://grpc.github.io/grpc/core/md_doc_statuscodes.html */
+export const GRPC_MAX_STATUS = 16;
+
+/**
+ * The code a `grpc-status` value names (`1*DIGIT`, grpc/doc/PROTOCOL-HTTP2.md) when it is one of
+ * gRPC's, 0..16; undefined for any other value (the caller reports UNKNOWN, as grpc-java's
+ * Status.fromCodeValue does): an upstream chooses the value, and it becomes a metric label.
+ */
+export function grpcStatusCode(value: string): number | undefined {
+  if (!/^[0-9]+$/.test(value)) return undefined;
+  const code = Number(value);
+  return code <= GRPC_MAX_STATUS ? code : undefined;
+}
+
 /** HTTP status → gRPC status (grpc/doc/http-grpc-status-mapping.md). */
 export function grpcStatusForHttp(status: number): number {
   switch (status) {

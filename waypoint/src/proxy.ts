@@ -20,7 +20,7 @@ import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
 import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, splitHostPort, type HeaderMap } from './headers.ts';
-import { endResponse, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
+import { GRPC_UNKNOWN, endResponse, grpcStatusCode, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
 import { normalizeRequestTarget, type NormalizeOptions } from './normalize.ts';
 import type { RedisQuota } from './quota.ts';
 import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
@@ -143,6 +143,8 @@ export interface RequestContext {
   attempts: number;
   status: number;
   grpcStatus?: string;
+  /** The upstream's grpc-status named none of gRPC's codes (grpcStatus says UNKNOWN). */
+  grpcStatusInvalid?: boolean;
   responseBytes: number;
   detail?: string;
   /** AUDIT policies that matched (logged, never deciding). */
@@ -614,9 +616,20 @@ function classify(err: unknown, timedOut: boolean): AttemptOutcome {
   return { kind: 'reset' };
 }
 
-function grpcStatusOf(h: HeaderMap | undefined): number | undefined {
+/**
+ * The gRPC status in `h`: its code, or UNKNOWN (`invalid`) for a value that is none of gRPC's
+ * codes, so that what an upstream sends cannot grow the grpc_response_status label without bound.
+ */
+function grpcStatusOf(h: HeaderMap | undefined): { code: number; invalid: boolean } | undefined {
   const v = h ? headerValue(h, 'grpc-status') : undefined;
-  return v === undefined ? undefined : Number(v);
+  if (v === undefined) return undefined;
+  const code = grpcStatusCode(v.trim());
+  return code === undefined ? { code: GRPC_UNKNOWN, invalid: true } : { code, invalid: false };
+}
+
+function setGrpcStatus(ctx: RequestContext, s: { code: number; invalid: boolean }): void {
+  ctx.grpcStatus = String(s.code);
+  ctx.grpcStatusInvalid = s.invalid;
 }
 
 /** Circuit breaking's first limit: answers 503 (UO) and returns false when `cluster` is at maxRequests. */
@@ -743,7 +756,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         }, settings.timeouts.connectMs);
         outcome = { kind: 'response', status: resp.status };
         const gs = grpcStatusOf(resp.headers);
-        if (gs !== undefined) outcome.grpcStatus = gs;
+        if (gs !== undefined) outcome.grpcStatus = gs.code;
       } catch (err) {
         outcome = classify(err, perTryTimedOut || overallTimedOut);
       }
@@ -930,7 +943,7 @@ function streamResponse(ctx: RequestContext, up: UpstreamResponse, edits: Filter
     }
     ctx.status = up.status;
     const gsHead = grpcStatusOf(up.headers);
-    if (gsHead !== undefined) ctx.grpcStatus = String(gsHead);
+    if (gsHead !== undefined) setGrpcStatus(ctx, gsHead);
     if (ctx.downstreamGone) { up.discard(); resolve(); return; }
     try {
       writeHead(res, up.status, headers as http.OutgoingHttpHeaders);
@@ -960,7 +973,7 @@ function streamResponse(ctx: RequestContext, up: UpstreamResponse, edits: Filter
       if (finished) return;
       const trailers = { ...movedTrailers, ...(up.trailers() ? forwardableHeaders(up.trailers()!) : {}) };
       const gs = grpcStatusOf(trailers);
-      if (gs !== undefined) ctx.grpcStatus = String(gs);
+      if (gs !== undefined) setGrpcStatus(ctx, gs);
       if (h2down && Object.keys(trailers).length > 0) (res as http2.Http2ServerResponse).addTrailers(trailers as http.OutgoingHttpHeaders);
       endResponse(res);
       end();
@@ -1004,6 +1017,7 @@ function finish(ctx: RequestContext): void {
     attempts: ctx.attempts, requestId: ctx.requestId,
   };
   if (ctx.grpcStatus !== undefined) rec.grpcStatus = ctx.grpcStatus;
+  if (ctx.grpcStatusInvalid) env.telemetry.grpcStatusInvalid.inc();
   if (conn.peerSpiffeId) rec.sourcePrincipal = conn.peerSpiffeId;
   if (conn.peerMeta) rec.sourceMeta = conn.peerMeta;
   if (conn.clientAddress) rec.sourceAddress = conn.clientAddress;

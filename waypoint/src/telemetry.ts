@@ -198,6 +198,7 @@ export class Telemetry {
   readonly rapidResetGoaways: Counter<never>;
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
+  readonly grpcStatusInvalid: Counter<never>;
   /** Where lines go (from the options); `null`: nowhere, whatever the Telemetry objects say. */
   private readonly accessLogSink: ((line: string) => void) | null;
   private accessLog: ((line: string) => void) | null;
@@ -239,6 +240,11 @@ export class Telemetry {
       name: 'weft_waypoint_overload_rejections_total',
       help: 'Requests refused with 503 (gRPC UNAVAILABLE) because the waypoint had --max-requests in progress; none was sent upstream',
       labelNames: ['protocol'], registers,
+    });
+    this.grpcStatusInvalid = new Counter({
+      name: 'weft_waypoint_grpc_status_invalid_total',
+      help: 'Responses whose grpc-status named none of gRPC\'s codes (0..16): reported as UNKNOWN (2) in grpc_response_status, the access log and spans',
+      registers,
     });
     this.accessLogSink = opts.accessLog === undefined ? stdoutLines() : opts.accessLog;
     this.accessLog = this.accessLogSink;
