@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { analyze, analyzeExitCode, formatFinding, type AnalyzeInput, type Finding } from '../analyze.ts';
 import { collect } from './apply.ts';
 import { ManifestInputError, readManifests, readStdin, type StdinReader } from './manifests.ts';
-import { outputOptions, namespaceOptions, renderData, type NamespaceFlags, type OutputFlags } from './output.ts';
+import { oneLine, outputOptions, namespaceOptions, renderData, type NamespaceFlags, type OutputFlags } from './output.ts';
 import { chooseTarget, targetOptions, NoTargetError, KubeConfigError, type TargetFlags } from './target.ts';
 import { KubeApiError } from '../kube.ts';
 import { EXIT_USAGE, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
@@ -70,7 +70,8 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
 
 /** One line per finding, then a summary. */
 export function formatFindings(findings: readonly Finding[], objects: number, what: string): string {
-  const lines = findings.map(formatFinding);
+  // A finding quotes names and values from the objects (a tenant's manifest): one line each, controls escaped.
+  const lines = findings.map((x) => oneLine(formatFinding(x)));
   const count = (s: Finding['severity']) => findings.filter((x) => x.severity === s).length;
   lines.push(findings.length === 0
     ? `no problems found in ${objects} object(s) from ${what}`

@@ -9,6 +9,7 @@ import {
   CNI_MODES, DEFAULT_CONTROLLER_REPLICAS, DEFAULT_LOG_LEVEL, DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, LOG_LEVELS,
 } from '../install/options.ts';
 import { DEFAULT_CRD_DIR } from '../install/crds.ts';
+import { terminalSafe } from './output.ts';
 import { parseValues } from '../install/values.ts';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -35,11 +36,15 @@ export interface CommandIo {
   setExitCode(code: number): void;
   /** Whether standard output is a terminal (screen-redrawing output only then); default no. */
   isTerminal?(): boolean;
+  /** Clears a terminal screen (`weftctl top`): the one control sequence weftctl writes itself. */
+  clearScreen?(): void;
 }
 
+/** Standard output and error, through terminalSafe: no control character that weftctl relays reaches the terminal. */
 export const processIo: CommandIo = {
-  out: (text) => void process.stdout.write(text),
-  err: (text) => void process.stderr.write(text),
+  out: (text) => void process.stdout.write(terminalSafe(text)),
+  err: (text) => void process.stderr.write(terminalSafe(text)),
+  clearScreen: () => void process.stdout.write('\x1b[2J\x1b[H'),
   exit: (code) => process.exit(code),
   setExitCode: (code) => {
     process.exitCode = code;

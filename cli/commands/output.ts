@@ -5,6 +5,26 @@ import { Option, type Command } from 'commander';
 import { stringify } from 'yaml';
 import type { CommandIo } from './install.ts';
 
+/**
+ * Text for a terminal: every control character but TAB and LF (C0, DEL, C1: ECMA-48 section 5)
+ * written as `\u00XX`, so what others wrote (names and fields from manifests or the API, paths and
+ * headers from live flows) shows as text and never acts (ANSI colours, OSC 52 writing the
+ * clipboard, CR overwriting the line, U+009B as CSI): the class of CVE-2021-25743, which
+ * kubernetes/kubernetes#112553 fixed in kubectl. Inside a JSON string or a YAML double-quoted
+ * scalar, `\u00XX` is the same character, so JSON and YAML output keep their values; JSON.stringify
+ * and the YAML writer leave DEL and C1 raw. Every weftctl command writes through it (processIo).
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, escapeControl);
+}
+
+/** terminalSafe, and TAB and LF escaped too: one cell of a table, or one line of a stream. */
+export function oneLine(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, escapeControl);
+}
+
+const escapeControl = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
 export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'yaml'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 
@@ -23,7 +43,7 @@ export function outputOptions(cmd: Command, formats: readonly OutputFormat[] = O
 
 /** Columns of text, padded to the widest cell. */
 export function table(header: readonly string[], rows: readonly string[][], headers = true): string {
-  const all = headers ? [header, ...rows] : rows;
+  const all = (headers ? [header, ...rows] : rows).map((r) => r.map(oneLine));
   if (all.length === 0) return '';
   const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
   const line = (r: readonly string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();

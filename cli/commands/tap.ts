@@ -7,6 +7,7 @@ import { components } from '../components.ts';
 import { inspectCommand } from './inspect.ts';
 import type { TargetFlags } from './target.ts';
 import { processIo, type CommandIo } from './install.ts';
+import { oneLine } from './output.ts';
 
 interface TapFlags extends TargetFlags {
   namespace?: string;
@@ -27,7 +28,8 @@ const endpoint = (x: Flow['source'] | Flow['destination']) => {
 export function flowLine(f: Flow): string {
   const what = f.kind === 'http' ? `${f.method ?? ''} ${f.path ?? ''} ${f.status ?? ''}`.trim() : `${f.bytesSent ?? 0}B out ${f.bytesReceived ?? 0}B in`;
   const why = f.verdict === 'allowed' ? (f.security ?? '') : `${f.policy ? `policy ${f.policy}: ` : ''}${f.reason ?? ''}`;
-  return `${f.time.slice(11, 23)}  ${f.reporter.padEnd(22)}  ${f.verdict.toUpperCase().padEnd(7)}  ${endpoint(f.source)} → ${endpoint(f.destination)}  ${what}  ${why}`.trimEnd();
+  // Every field came from a reporter's entry (a path, a header, a reason): one line, controls escaped.
+  return oneLine(`${f.time.slice(11, 23)}  ${f.reporter.padEnd(22)}  ${f.verdict.toUpperCase().padEnd(7)}  ${endpoint(f.source)} → ${endpoint(f.destination)}  ${what}  ${why}`.trimEnd());
 }
 
 export function tapCommand(io: CommandIo = processIo) {

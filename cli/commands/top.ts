@@ -134,7 +134,10 @@ export function topCommand(io: CommandIo = processIo): Command {
           // A terminal gets a view redrawn in place like top(1); a pipe or file gets each table after
           // the last, with a timestamp line, and no escape codes.
           if (f.once) io.out(text);
-          else if (terminal) io.out(`\x1b[2J\x1b[H weft top: ${label}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
+          else if (terminal) {
+            io.clearScreen?.();
+            io.out(` weft top: ${label}, every ${interval / 1000} s (Ctrl-C to quit)\n\n${text}`);
+          }
           else io.out(`# ${new Date(next.at).toISOString()}\n${text}\n`);
         }
         prev = next;

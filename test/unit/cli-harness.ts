@@ -24,6 +24,7 @@ export function captureIo(opts: { terminal?: boolean } = {}): CapturedIo {
     exit(code: number): never { s.code = code; throw new Exit(code); },
     setExitCode(code: number) { s.code = code; },
     isTerminal: () => opts.terminal ?? false,
+    clearScreen() { s.stdout += '\x1b[2J\x1b[H'; },
   };
   return s;
 }
