@@ -63,6 +63,19 @@ export class LogBudget {
   }
 }
 
+/** Control characters (C0, DEL, C1: ECMA-48 section 5): what a value a peer chose must not bring into a log line or a terminal. */
+export const CONTROL_CHARACTERS = /[\x00-\x1f\x7f-\x9f]/g;
+/** The same, but TAB and LF: text that keeps its own lines. */
+export const CONTROL_CHARACTERS_BUT_TAB_LF = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+
+/**
+ * Each character `which` matches (a global pattern; default every control) as `\u00XX`: visible
+ * text in a line, and the same character inside a JSON string or a YAML double-quoted scalar.
+ */
+export function escapeControls(text: string, which: RegExp = CONTROL_CHARACTERS): string {
+  return text.replace(which, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** A value a peer chose, cut to `max` characters for a log line (with how much was cut). */
 export function clip(value: string | undefined, max = 256): string | undefined {
   if (value === undefined || value.length <= max) return value;

@@ -6,7 +6,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { CertManager } from './certs/index.ts';
 import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
-import { LogBudget, clip, type Logger } from '../../lib/log.ts';
+import { LogBudget, clip, escapeControls, type Logger } from '../../lib/log.ts';
 import type { OnSidePortRefusal } from './admin.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
@@ -20,14 +20,16 @@ export type AccessLogSink = (entry: Record<string, unknown>, logging?: Telemetry
 
 /**
  * One access-log line: JSON, or ztunnel's text form (`<time> info access <msg> key=value ...`,
- * values with spaces quoted). Undefined values are left out of both.
+ * values with spaces or controls quoted, each line one line). Undefined values are left out of both.
  */
 export function formatAccessLog(entry: Record<string, unknown>, encoding: 'JSON' | 'TEXT' = 'JSON'): string {
   if (encoding === 'JSON') return JSON.stringify(entry);
   const { time, msg, ...rest } = entry;
   const kv = Object.entries(rest).filter(([, v]) => v !== undefined).map(([k, v]) => {
     const s = typeof v === 'string' ? v : JSON.stringify(v);
-    return `${k}=${/[\s"=]/.test(s) ? JSON.stringify(s) : s}`;
+    // Quoted when it holds a space, a quote, `=` or a control (a peer's refusal reason can):
+    // JSON escapes C0; DEL and C1 (U+009B is CSI to a terminal) are escaped the same way.
+    return `${k}=${/[\s"=\x00-\x1f\x7f-\x9f]/.test(s) ? escapeControls(JSON.stringify(s)) : s}`;
   });
   return [String(time ?? new Date().toISOString()), 'info', 'access', String(msg ?? ''), ...kv].join(' ');
 }

@@ -4,6 +4,7 @@
 import { Option, type Command } from 'commander';
 import { stringify } from 'yaml';
 import type { CommandIo } from './install.ts';
+import { CONTROL_CHARACTERS_BUT_TAB_LF, escapeControls } from '../../lib/log.ts';
 
 /**
  * Text for a terminal: every control character but TAB and LF (C0, DEL, C1: ECMA-48 section 5)
@@ -15,15 +16,13 @@ import type { CommandIo } from './install.ts';
  * and the YAML writer leave DEL and C1 raw. Every weftctl command writes through it (processIo).
  */
 export function terminalSafe(text: string): string {
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, escapeControl);
+  return escapeControls(text, CONTROL_CHARACTERS_BUT_TAB_LF);
 }
 
 /** terminalSafe, and TAB and LF escaped too: one cell of a table, or one line of a stream. */
 export function oneLine(text: string): string {
-  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, escapeControl);
+  return escapeControls(text);
 }
-
-const escapeControl = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 
 export const OUTPUT_FORMATS = ['table', 'wide', 'json', 'yaml'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];

@@ -127,3 +127,10 @@ test('agent access log: JSON, or ztunnel-like text with key=value pairs', () => 
   assert.deepEqual(JSON.parse(formatAccessLog(e)), { time: e.time, msg: e.msg, 'src.addr': '10.0.0.1:5000', error: 'reset by peer', bytes_sent: 3 });
   assert.equal(formatAccessLog(e, 'TEXT'), '2026-01-01T00:00:00.000Z info access connection complete src.addr=10.0.0.1:5000 error="reset by peer" bytes_sent=3');
 });
+
+test('agent TEXT access log: a value a peer chose (an HBONE refusal reason) with CR/LF, ESC, DEL or C1 controls stays one line, quoted, every control escaped (log injection, CWE-117)', () => {
+  const e = { time: '2026-01-01T00:00:00.000Z', msg: 'connection complete', error: 'refused:\x1b]52;c;eA==\x07\u009b2J\x7f', reason: 'a\r\n2026-01-01T00:00:01.000Z info access forged' };
+  const line = formatAccessLog(e, 'TEXT');
+  assert.doesNotMatch(line, /[\x00-\x1f\x7f-\x9f]/, JSON.stringify(line));
+  assert.equal(line, '2026-01-01T00:00:00.000Z info access connection complete error="refused:\\u001b]52;c;eA==\\u0007\\u009b2J\\u007f" reason="a\\r\\n2026-01-01T00:00:01.000Z info access forged"');
+});
