@@ -1,8 +1,9 @@
 // weftctl dashboard's HTTP server: the static UI (cli/dashboard/ui, cytoscape from node_modules; no
 // CDN) and a read-only JSON API over MeshData: /api/graph, /api/flows (server-sent events),
 // /api/nodes. It binds to loopback by default, answers GET only, refuses a Host header that is not
-// the address it serves (a web page elsewhere cannot read it through DNS rebinding), and shows no
-// secrets: no keys, no certificates, no tokens, only the state `weftctl` itself prints.
+// the address it serves (a web page elsewhere cannot read it through DNS rebinding) and requests a
+// browser makes for a page of another origin (Fetch Metadata), and shows no secrets: no keys, no
+// certificates, no tokens, only the state `weftctl` itself prints.
 import http from 'node:http';
 import { createRequire } from 'node:module';
 import { readFile } from 'node:fs/promises';
@@ -35,9 +36,29 @@ export interface DashboardServerOptions {
 
 /**
  * Why a request was refused: `method` (not GET or HEAD: 405), `host` (a Host that is not this
- * dashboard's address: 403), `bad_target` (the request target is not a URL, RFC 9112 3.2: 400).
+ * dashboard's address: 403), `cross_site` (a browser sent it for a page of another origin: 403),
+ * `bad_target` (the request target is not a URL, RFC 9112 3.2: 400).
  */
-export type DashboardRefusal = 'method' | 'host' | 'bad_target';
+export type DashboardRefusal = 'method' | 'host' | 'cross_site' | 'bad_target';
+
+/**
+ * Whether a browser sent `req` for a page of another origin (another site, or another port of
+ * localhost): Fetch Metadata's Resource Isolation Policy (https://www.w3.org/TR/fetch-metadata/,
+ * https://web.dev/articles/fetch-metadata), and the Origin header where a browser sends no
+ * Sec-Fetch-Site. Such a page cannot read the answers, but each /api/graph reads every agent's
+ * config dump and each /api/flows holds a stream. A followed link (a navigation to a document)
+ * opens the dashboard; `frame-ancestors 'none'` keeps it out of other pages' frames. Clients that
+ * are not browsers send neither header.
+ */
+function fromAnotherOrigin(req: http.IncomingMessage): boolean {
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined) {
+    if (site === 'same-origin' || site === 'none') return false;
+    return !(req.headers['sec-fetch-mode'] === 'navigate' && req.headers['sec-fetch-dest'] === 'document');
+  }
+  const origin = req.headers.origin;
+  return origin !== undefined && URL.parse(origin)?.host !== req.headers.host;
+}
 
 function send(res: http.ServerResponse, status: number, type: string, body: string | Buffer): void {
   res.writeHead(status, { 'content-type': type, ...SECURITY_HEADERS }).end(body);
@@ -63,6 +84,10 @@ export function dashboardServer(o: DashboardServerOptions): http.Server {
     if (!allowed.has(host)) {
       o.refused?.('host', req);
       return json(res, 403, { error: `host ${req.headers.host ?? '(none)'} is not this dashboard's address` });
+    }
+    if (fromAnotherOrigin(req)) {
+      o.refused?.('cross_site', req);
+      return json(res, 403, { error: 'a page of another origin may not use the dashboard (Sec-Fetch-Site, Origin)' });
     }
     const st = STATIC[url.pathname];
     if (st) {

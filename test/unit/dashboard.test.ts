@@ -176,3 +176,42 @@ test('the dashboard server is read-only, answers only to its own address, and se
   assert.equal((await fetch(`${base}/api/graph`)).status, 200, 'the dashboard still serves');
   assert.deepEqual(refused, ['method', 'method', 'method', 'method', 'host', 'bad_target'], 'each refusal is told, with its reason');
 });
+
+// Fetch Metadata (https://www.w3.org/TR/fetch-metadata/, the Resource Isolation Policy of
+// https://web.dev/articles/fetch-metadata): a page on another origin, even another port of
+// localhost (same-site), can make the operator's browser send GETs to the dashboard (an <img>, a
+// no-cors fetch, an EventSource); it cannot read the answers, but each /api/graph reads every
+// agent's config dump (on a cluster, through the API server with the operator's credentials) and
+// each /api/flows holds a stream. Such requests are refused before any work; the dashboard's own
+// page (same-origin), a typed URL (none) and a followed link (a navigation to a document) are not.
+test('the dashboard refuses cross-origin requests (Sec-Fetch-Site, Origin) before any work, and serves its own page, typed URLs and followed links', async () => {
+  let graphs = 0;
+  const fake = {
+    graph: async () => { graphs++; return { nodes: [], edges: [], clusters: [], windowSeconds: 30 }; },
+    nodes: async () => [], recentFlows: () => [], onFlow: () => () => {},
+  } as unknown as MeshData;
+  const refused: string[] = [];
+  const server = dashboardServer({ data: fake, refused: (reason) => refused.push(reason) });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  after(() => { server.closeAllConnections(); server.close(); });
+  const port = (server.address() as AddressInfo).port;
+  const base = `http://127.0.0.1:${port}`;
+  // node:http, not fetch: fetch sets Sec-Fetch-Mode itself.
+  const { request } = await import('node:http');
+  const get = (path: string, headers: Record<string, string>) => new Promise<number>((resolve, reject) => {
+    request(`${base}${path}`, { headers }, (res) => { resolve(res.statusCode ?? 0); res.destroy(); }).on('error', reject).end();
+  });
+  for (const site of ['cross-site', 'same-site']) {
+    assert.equal(await get('/api/graph', { 'sec-fetch-site': site, 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'image' }), 403, `${site} <img>`);
+    assert.equal(await get('/api/flows', { 'sec-fetch-site': site, 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty' }), 403, `${site} EventSource`);
+  }
+  assert.equal(await get('/api/graph', { origin: 'http://localhost:8080' }), 403, 'an Origin that is not this dashboard (a browser without Fetch Metadata)');
+  assert.equal(graphs, 0, 'no work for a refused request');
+  assert.deepEqual(refused, ['cross_site', 'cross_site', 'cross_site', 'cross_site', 'cross_site']);
+  assert.equal(await get('/api/graph', { 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'cors', 'sec-fetch-dest': 'empty', origin: base }), 200, 'the page\'s own fetch');
+  assert.equal(await get('/', { 'sec-fetch-site': 'none', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' }), 200, 'a typed URL');
+  assert.equal(await get('/', { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'document' }), 200, 'a followed link');
+  assert.equal(await get('/api/graph', {}), 200, 'a client that is not a browser (curl, weftctl) sends no Fetch Metadata');
+  assert.equal(graphs, 2);
+});
