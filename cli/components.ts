@@ -89,7 +89,7 @@ export async function components(t: Target): Promise<Component[]> {
       }),
     ];
   }
-  return clusterComponents(t.kube);
+  return clusterComponents(t.kube, t.namespace);
 }
 
 interface PodLite {
@@ -98,8 +98,14 @@ interface PodLite {
   status?: { phase?: string; podIP?: string };
 }
 
-async function clusterComponents(kube: KubeClient): Promise<Component[]> {
-  const of = (name: string) => kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
+/**
+ * The controller and agents: the pods wearing their labels in `namespace` (where Weft is installed),
+ * never elsewhere: anyone who may create a pod in some namespace can give it those labels, and it
+ * would then feed weftctl and the dashboard the flows, metrics and state it likes. Waypoints are the
+ * pods labelled `weft.dev/waypoint` in their own namespace.
+ */
+async function clusterComponents(kube: KubeClient, namespace: string): Promise<Component[]> {
+  const of = (name: string) => kube.list<PodLite>('v1', 'pods', namespace, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);
   const comp = (role: Role, p: PodLite): Component => {
     const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;

@@ -10,11 +10,15 @@ import { EXIT_FAILED, type CommandIo } from './install.ts';
 import { isRunning, readState, type LocalState } from '../local/up.ts';
 import { KubeClient, KubeConfigError, loadKubeConfig, type KubeFlags } from '../kube.ts';
 import { ENV_LOCAL_PREFIX, ENV_LOCAL_STATE_DIR, localMeshOptions, type LocalMeshFlags } from './local-mesh.ts';
+import { DEFAULT_INSTALL_NAMESPACE } from '../../lib/defaults.ts';
 
-export type Target = { kind: 'local'; st: LocalState } | { kind: 'cluster'; kube: KubeClient };
+/** A cluster target reads its agents and controllers only in `namespace`, where Weft is installed. */
+export type Target = { kind: 'local'; st: LocalState } | { kind: 'cluster'; kube: KubeClient; namespace: string };
 
 export interface TargetFlags extends KubeFlags, LocalMeshFlags {
   local?: boolean;
+  /** The namespace Weft is installed in (`weftctl install --namespace`). Default weft-system. */
+  weftNamespace?: string;
 }
 
 export class NoTargetError extends Error {
@@ -30,7 +34,8 @@ export function targetOptions(cmd: Command): Command {
   return localMeshOptions(cmd)
     .option('--kubeconfig <file>', 'kubeconfig of the cluster (default $KUBECONFIG, then ~/.kube/config)')
     .option('--context <name>', 'kubeconfig context (default: its current context)')
-    .option('--local', 'the local mesh started with `weftctl up`, not a cluster');
+    .option('--local', 'the local mesh started with `weftctl up`, not a cluster')
+    .option('--weft-namespace <ns>', `on a cluster, the namespace Weft is installed in: its agents and controller are read there only (a pod elsewhere that wears their labels is not one of them)`, DEFAULT_INSTALL_NAMESPACE);
 }
 
 /** The mesh the flags and environment point at; NoTargetError or KubeConfigError when none. */
@@ -54,7 +59,7 @@ export async function chooseTarget(f: TargetFlags, env: NodeJS.ProcessEnv = proc
       throw new NoTargetError(`no cluster and no local mesh: pass --kubeconfig (or set KUBECONFIG), or start a local mesh with \`weftctl up\``);
     }
   }
-  return { kind: 'cluster', kube: new KubeClient(await loadKubeConfig(f)) };
+  return { kind: 'cluster', kube: new KubeClient(await loadKubeConfig(f)), namespace: f.weftNamespace ?? DEFAULT_INSTALL_NAMESPACE };
 }
 
 export { KubeConfigError };

@@ -50,7 +50,7 @@ export function renderDashboard(o: ResolvedInstallOptions): [IServiceAccount, IC
               image: o.image,
               // All addresses inside the pod (the Service and port-forward reach it); the Host check
               // still admits only localhost (port-forward) and the Service's names.
-              args: ['weftctl', 'dashboard', '--address', '0.0.0.0', '--port', String(DASHBOARD_PORT),
+              args: ['weftctl', 'dashboard', '--address', '0.0.0.0', '--port', String(DASHBOARD_PORT), '--weft-namespace', o.namespace,
                 '--allowed-host', DASHBOARD_NAME, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}`, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}.svc`],
               ports: [{ name: 'http', containerPort: DASHBOARD_PORT, protocol: 'TCP' }],
               readinessProbe: { tcpSocket: { port: DASHBOARD_PORT }, periodSeconds: 10 },

@@ -87,8 +87,25 @@ before(async () => {
   const parts = { 'app.kubernetes.io/part-of': 'weft' };
   api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-agent-x1', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-agent' } }, spec: { nodeName: 'node-a', hostNetwork: true }, status: { phase: 'Running', podIP: '192.168.0.1' } });
   api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-y2', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-controller' } }, spec: { nodeName: 'node-b' }, status: { phase: 'Running', podIP: '10.1.0.50' } });
+  // A tenant's pod wearing the agent's and the controller's labels in its own namespace, answering
+  // with flows, certificates and client lists of its choosing: not a component of the mesh. (Host
+  // network, as the agent's, so that it is no workload either and the listings above stay as they are.)
+  const spoof = createServer((req, res) => {
+    debugRequests.push(`spoof ${req.url ?? ''}`);
+    if (req.url?.startsWith('/debug/flows')) {
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      res.write(JSON.stringify({ time: '2026-12-04T18:00:09.000Z', type: 'access', node: 'node-evil', msg: 'connection complete', 'src.addr': '10.1.0.66:1', 'src.workload': 'SPOOFED', 'src.namespace': 'web', 'dst.addr': '10.96.1.10:80', 'dst.service': 'reviews.shop.svc.cluster.local', direction: 'outbound' }) + '\n');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ trustBundle: 1, certificates: [{ identity: 'spiffe://cluster.local/ns/shop/sa/SPOOFED', serial: '1', issuer: 'x', notAfter: '2026-12-05T10:00:00.000Z', state: 'valid' }], systemVersion: '1', clients: [{ id: 'SPOOFED', kind: 'agent', namespace: '', ackedVersion: '1' }] }));
+  });
+  await new Promise<void>((r) => spoof.listen(0, '127.0.0.1', r));
+  metrics.push(spoof);
+  for (const app of ['weft-agent', 'weft-controller']) {
+    api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: `tenant-${app}`, namespace: 'shop', labels: { ...parts, 'app.kubernetes.io/name': app } }, spec: { nodeName: 'node-evil', hostNetwork: true }, status: { phase: 'Running', podIP: '10.1.0.66' } });
+  }
   const at = (srv: Server) => ({ host: '127.0.0.1', port: (srv.address() as { port: number }).port });
-  api.podProxyTarget = (_ns, p, port) => (port === 15021 && p.startsWith('weft-') ? at(debug) : port !== 15020 ? undefined : p === 'waypoint-0' ? at(s) : p.startsWith('weft-') ? at(debug) : undefined);
+  api.podProxyTarget = (_ns, p, port) => p.startsWith('tenant-') ? at(spoof) : (port === 15021 && p.startsWith('weft-') ? at(debug) : port !== 15020 ? undefined : p === 'waypoint-0' ? at(s) : p.startsWith('weft-') ? at(debug) : undefined);
 });
 after(async () => {
   await api.stop();
@@ -262,4 +279,21 @@ test('status on a cluster: each agent\'s readiness through the pod proxy (:15021
   const r = await runCommands((io) => [statusCommand(io)], ['status', '--kubeconfig', kubeconfig]);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, 'node-a   ready\n');
+});
+
+test('a pod outside the install namespace wearing the agent\'s or controller\'s labels is not read: a tenant cannot feed weftctl flows, certificates or client states; --weft-namespace names where Weft runs', async () => {
+  const spoofed = () => debugRequests.filter((u) => u.startsWith('spoof '));
+  for (const args of [['certs'], ['bpf']]) {
+    const r = await run(args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /SPOOFED|node-evil/, args.join(' '));
+  }
+  const ps = await runCommands((io) => [proxyStatusCommand(io)], ['proxy-status', '--kubeconfig', kubeconfig]);
+  assert.doesNotMatch(ps.stdout, /SPOOFED/);
+  const tap = await runCommands((io) => [tapCommand(io)], ['tap', '--kubeconfig', kubeconfig, '--recent', '--duration', '1', '-o', 'json']);
+  assert.doesNotMatch(tap.stdout, /SPOOFED|node-evil/);
+  assert.deepEqual(spoofed(), [], 'the tenant\'s pods were never asked');
+  // Where Weft is installed elsewhere, --weft-namespace says so (here: the tenant's namespace).
+  const there = await run(['certs', '--weft-namespace', 'shop']);
+  assert.match(there.stdout, /^node-evil\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/SPOOFED/m);
 });
