@@ -32,14 +32,20 @@ export interface DashboardServerOptions {
   allowedHosts?: string[];
   /** Told of each request the server refuses (weftctl dashboard logs them). */
   refused?: (reason: DashboardRefusal, req: http.IncomingMessage) => void;
+  /** Live flow streams (/api/flows) open at once; one more gets 503. Default DASHBOARD_MAX_STREAMS. */
+  maxStreams?: number;
 }
+
+/** Live flow streams at once: a few browser tabs; every flow is written to each of them. */
+export const DASHBOARD_MAX_STREAMS = 32;
 
 /**
  * Why a request was refused: `method` (not GET or HEAD: 405), `host` (a Host that is not this
  * dashboard's address: 403), `cross_site` (a browser sent it for a page of another origin: 403),
- * `bad_target` (the request target is not a URL, RFC 9112 3.2: 400).
+ * `bad_target` (the request target is not a URL, RFC 9112 3.2: 400), `streams` (maxStreams live
+ * flow streams are open already: 503).
  */
-export type DashboardRefusal = 'method' | 'host' | 'cross_site' | 'bad_target';
+export type DashboardRefusal = 'method' | 'host' | 'cross_site' | 'bad_target' | 'streams';
 
 /**
  * Whether a browser sent `req` for a page of another origin (another site, or another port of
@@ -66,6 +72,15 @@ function send(res: http.ServerResponse, status: number, type: string, body: stri
 const json = (res: http.ServerResponse, status: number, body: unknown) => send(res, status, 'application/json', JSON.stringify(body) + '\n');
 
 export function dashboardServer(o: DashboardServerOptions): http.Server {
+  const maxStreams = o.maxStreams ?? DASHBOARD_MAX_STREAMS;
+  let streams = 0;
+  /** Each flow's event, made once for every stream that shows it. */
+  const events = new WeakMap<object, string>();
+  const eventOf = (f: object) => {
+    let e = events.get(f);
+    if (e === undefined) events.set(f, (e = `data: ${JSON.stringify(f)}\n\n`));
+    return e;
+  };
   const server = http.createServer((req, res) => {
     // `new URL` would throw out of the handler, and end the dashboard, at a target such as `http://[`.
     const url = URL.parse(req.url ?? '/', 'http://dashboard');
@@ -108,8 +123,14 @@ export function dashboardServer(o: DashboardServerOptions): http.Server {
           ...(url.searchParams.get('workload') ? { workload: url.searchParams.get('workload')! } : {}),
           ...(verdict === 'allowed' || verdict === 'denied' || verdict === 'error' ? { verdict: verdict as Verdict } : {}),
         };
+        if (streams >= maxStreams) {
+          o.refused?.('streams', req);
+          return json(res, 503, { error: `${maxStreams} live flow streams are open already; close one` });
+        }
+        streams++;
+        res.on('close', () => streams--);
         res.writeHead(200, { 'content-type': 'text/event-stream', ...SECURITY_HEADERS });
-        const write = (f: object) => { if (!res.writableNeedDrain) res.write(`data: ${JSON.stringify(f)}\n\n`); };
+        const write = (f: object) => { if (!res.writableNeedDrain) res.write(eventOf(f)); };
         if (url.searchParams.get('recent') === '1') for (const f of o.data.recentFlows().slice(-200)) if (flowMatches(f, filter)) write(f);
         res.write(': open\n\n');
         const off = o.data.onFlow((f) => { if (flowMatches(f, filter)) write(f); });

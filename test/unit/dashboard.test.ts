@@ -215,3 +215,31 @@ test('the dashboard refuses cross-origin requests (Sec-Fetch-Site, Origin) befor
   assert.equal(await get('/api/graph', {}), 200, 'a client that is not a browser (curl, weftctl) sends no Fetch Metadata');
   assert.equal(graphs, 2);
 });
+
+test('live flow streams are bounded (maxStreams): one more gets 503 and is told as `streams`; a closed stream frees its place', async () => {
+  const fake = { graph: async () => ({}), nodes: async () => [], recentFlows: () => [], onFlow: () => () => {} } as unknown as MeshData;
+  const refused: string[] = [];
+  const server = dashboardServer({ data: fake, maxStreams: 2, refused: (reason) => refused.push(reason) });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  after(() => { server.closeAllConnections(); server.close(); });
+  const { request } = await import('node:http');
+  const { until } = await import('../lab/wait.ts');
+  const open = () => new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+    request(`http://127.0.0.1:${(server.address() as AddressInfo).port}/api/flows`, (res) => resolve(res)).on('error', reject).end();
+  });
+  const a = await open();
+  const b = await open();
+  assert.deepEqual([a.statusCode, b.statusCode], [200, 200]);
+  const c = await open();
+  assert.equal(c.statusCode, 503);
+  c.resume();
+  assert.deepEqual(refused, ['streams']);
+  a.destroy();
+  await until('a closed stream frees its place', async () => {
+    const d = await open();
+    d.destroy();
+    return d.statusCode === 200;
+  }, 5_000, { intervalMs: 50 });
+  b.destroy();
+});
