@@ -12,9 +12,11 @@ import { StaticTokenAuthenticator, addCertificateService, createControllerCreden
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { silentLogger } from '../../lib/log.ts';
+import http2 from 'node:http2';
+import { captureLogger, type LogLine } from './controller-harness.ts';
 import type { HTTPRoute } from '../../lib/model/objects.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
-import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
+import { parseFlags, parseQuotaFlag, REFUSAL_LOG_PER_SECOND, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend, type Backend } from '../../waypoint/testing/harness.ts';
 import { get, service, slice } from './waypoint-process-fixtures.ts';
 
@@ -43,6 +45,7 @@ describe('waypoint main', () => {
   let wp: RunningWaypoint;
   let pool: HbonePool;
   let testerCreds: TlsCredentials;
+  const logs: LogLine[] = [];
 
   function inputs(withRoute: boolean): MeshInputs {
     const i = emptyInputs();
@@ -88,7 +91,7 @@ describe('waypoint main', () => {
       '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${controllerPort}`, '--insecure-xds', '--id', 'waypoint-0',
       '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0',
       '--access-log', 'off', '--cert-file', join(dir, 'tls.crt'), '--key-file', join(dir, 'tls.key'), '--ca-file', join(dir, 'ca.crt'),
-    ], {}), silentLogger);
+    ], {}), captureLogger(logs));
     pool = new HbonePool();
   });
 
@@ -123,6 +126,31 @@ describe('waypoint main', () => {
     // Without --debug-endpoints the metrics port (reachable from the network) shows no admin path:
     // config and live flows stay on the loopback admin port.
     for (const path of ['/debug/config_dump', '/debug/flows', '/debug/certs']) assert.equal((await fetchText(wp.metrics.port, path)).status, 404, path);
+  });
+
+  // A caller chooses the authority, and HPACK lets it repeat a long one for a byte a request: the
+  // waypoint's refusals must not turn that into log volume (as the agents' and the gateway's do not).
+  it('HBONE refusals are each counted by kind, logged cut to 256 characters and at most 50 lines a second', async () => {
+    const session = http2.connect(`https://127.0.0.1:${wp.hbone.port}`, {
+      key: testerCreds.key, cert: testerCreds.certChain.join(''), ca: [...testerCreds.trustBundle], checkServerIdentity: () => undefined,
+    });
+    try {
+      const authority = `${'a'.repeat(3_000)}:80`;
+      const n = 200;
+      const statuses = await Promise.all(Array.from({ length: n }, () => new Promise<number>((resolve, reject) => {
+        const req = session.request({ ':method': 'CONNECT', ':authority': authority });
+        req.on('response', (h) => { resolve(Number(h[':status'])); req.close(); });
+        req.on('error', reject);
+      })));
+      assert.ok(statuses.every((st) => st === 400), `statuses: ${[...new Set(statuses)].join(', ')}`);
+      const metrics = (await fetchText(wp.metrics.port, '/metrics')).body;
+      assert.match(metrics, new RegExp(`weft_waypoint_hbone_refused_total\\{kind="[a-z-]+"\\} ${n}`));
+      const lines = logs.filter((l) => l.msg === 'HBONE refusal');
+      assert.ok(lines.length >= 1 && lines.length <= 2 * REFUSAL_LOG_PER_SECOND, `${lines.length} refusal lines for ${n} refusals`);
+      for (const l of lines) assert.ok(JSON.stringify(l.fields).length < 1_500, 'the peer\'s authority is cut in the log');
+    } finally {
+      session.destroy();
+    }
   });
 
   it('follows config updates from the stream', async () => {

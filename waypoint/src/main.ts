@@ -12,11 +12,11 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { runMain } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
-import { Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
-import { jsonLogger, type Logger } from '../../lib/log.ts';
+import { clip, jsonLogger, LogBudget, type Logger } from '../../lib/log.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
@@ -283,6 +283,9 @@ async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log:
 }
 
 /** Starts a waypoint: identity, HBONE server, engine, config stream and the side ports. */
+/** HBONE refusal log lines a second (each refusal is counted all the same). */
+export const REFUSAL_LOG_PER_SECOND = 50;
+
 export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogger('waypoint')): Promise<RunningWaypoint> {
   const pool = new HbonePool();
   let identity: WaypointIdentity | undefined;
@@ -313,12 +316,19 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     throw err;
   }
   const id = identity;
+  const hboneRefused = new Counter({ name: 'weft_waypoint_hbone_refused_total', help: 'HBONE CONNECTs and sessions the waypoint refused, by kind', labelNames: ['kind'], registers: [engine.telemetry.registry] });
+  const refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => log.warn('HBONE refusals not logged (rate limit; every one is counted in weft_waypoint_hbone_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   const hbone = new HboneServer({
     tls: tlsMaterial(id.current()),
     handler: tunnelHandler(engine, (f) => log.warn('forwarded for= not honoured: the caller may not speak for that address', f)),
     // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
     trustDomains: [o.trustDomain],
-    onRefusal: (r) => log.warn('HBONE refusal', { kind: r.kind, reason: r.reason, peer: r.peer?.spiffeId }),
+    // The authority and the reason quoting it are the caller's to choose (HPACK repeats a long one
+    // for a byte): counted each, logged cut and at most REFUSAL_LOG_PER_SECOND lines a second.
+    onRefusal: (r) => {
+      hboneRefused.inc({ kind: r.kind });
+      if (refusalLog.take()) log.warn('HBONE refusal', { kind: r.kind, status: r.status, reason: clip(r.reason), peer: r.peer?.spiffeId, address: r.peer?.address, authority: clip(r.authority) });
+    },
     onSessionError: (e) => log.warn('HBONE session ended on an error, with every tunnel on it', { peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams }),
   });
   // New sessions, both ways, use the new certificate and roots; open ones carry on.
