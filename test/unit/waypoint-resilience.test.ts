@@ -124,6 +124,41 @@ describe('waypoint resilience', () => {
     assert.equal(engine.clusterStats()[0]!.ejections, 1);
   });
 
+  // Envoy's outlier detection counts what the upstream did (5xx) and what interrupted or prevented
+  // talking to it (connect failure, upstream reset, timeout): "locally originated errors"
+  // (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier). A client
+  // that goes away before the answer cancels its request; the endpoint did nothing wrong, and
+  // counting it would let any caller eject healthy endpoints for everyone.
+  it('a client that abandons its requests before the answer ejects no endpoint (counted DC, not a failure)', async () => {
+    const slow = (name: string) => startHttpBackend((req, res) => { setTimeout(() => echo(name)(req, res), 300); });
+    const a = await slow('a');
+    const b = await slow('b');
+    const { engine, listener } = await setup([a, b], {
+      retries: { attempts: 0, retryOn: [] },
+      outlierDetection: { consecutive5xx: 2, intervalMs: 1000, baseEjectionTimeMs: 30_000, maxEjectionPercent: 100 },
+    });
+    const ABANDONED = 6;
+    for (let i = 0; i < ABANDONED; i++) {
+      const sent = a.hits + b.hits;
+      const req = http.request({ host: '127.0.0.1', port: listener.port, path: '/', headers: { host: 'reviews.shop.svc.cluster.local' } });
+      req.on('error', () => {});
+      req.end();
+      // Gone once the endpoint has the request, before it answers.
+      const deadline = Date.now() + 5_000;
+      while (a.hits + b.hits === sent && Date.now() < deadline) await delay(5);
+      req.destroy();
+    }
+    const dc = async (): Promise<number> => (await metricSamples(engine, 'istio_requests_total'))
+      .filter((v) => String(v.labels['response_flags']).includes('DC')).reduce((n, v) => n + v.value, 0);
+    const deadline = Date.now() + 5_000;
+    while (await dc() < ABANDONED && Date.now() < deadline) await delay(20);
+    assert.equal(await dc(), ABANDONED, 'every abandoned request is recorded with flag DC');
+    const stats = engine.clusterStats()[0]!;
+    assert.equal(stats.ejections, 0, JSON.stringify(stats));
+    assert.ok(stats.endpoints.every((e) => !e.ejected));
+    assert.equal((await request(listener.port)).status, 200);
+  });
+
   it('answers 503 with flag UO when maxConnections and maxPendingRequests are exhausted', async () => {
     const slow = await startHttpBackend((req, res) => { setTimeout(() => echo('slow')(req, res), 300); });
     const { engine, listener } = await setup([slow], { connectionLimits: { maxConnections: 1, maxPendingRequests: 1 } });

@@ -616,6 +616,11 @@ function classify(err: unknown, timedOut: boolean): AttemptOutcome {
   return { kind: 'reset' };
 }
 
+/** An attempt that ended without an answer because the client went away or broke off its body (not a timeout). */
+function cancelledByClient(ctx: RequestContext, outcome: AttemptOutcome): boolean {
+  return outcome.kind !== 'response' && outcome.kind !== 'timeout' && (ctx.downstreamGone || ctx.body?.error !== undefined);
+}
+
 /**
  * The gRPC status in `h`: its code, or UNKNOWN (`invalid`) for a value that is none of gRPC's
  * codes, so that what an upstream sends cannot grow the grpc_response_status label without bound.
@@ -761,7 +766,10 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
         outcome = classify(err, perTryTimedOut || overallTimedOut);
       }
       clearTimeout(perTryTimer);
-      cluster.report(ep, outcome);
+      // Outlier detection judges the endpoint (Envoy: its answers, and what interrupted or prevented
+      // talking to it). An attempt the client cancelled, by going away or by breaking off its body,
+      // says nothing about the endpoint: counting it would let any caller eject healthy endpoints.
+      if (!cancelledByClient(ctx, outcome)) cluster.report(ep, outcome);
       if (inRetry) { cluster.endRetry(); inRetry = false; }
       const done = (): void => {
         overall.signal.removeEventListener('abort', onOverall);
