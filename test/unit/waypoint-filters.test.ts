@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import type { ServerResponse } from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
@@ -7,7 +8,7 @@ import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable, pathPrefixMatches } from '../../waypoint/src/router.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
+  backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener, trafficPolicy,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -106,6 +107,71 @@ describe('route filters', () => {
     assert.equal(r.headers['x-weft-flags'], 'NR');
     assert.match(r.body, /no route rule of shop\/reviews port 80 matches GET \/other/);
     assert.equal(main.hits, before);
+  });
+});
+
+// RequestMirror (GEP-3171): the mirror's answer is discarded and must not change the request's.
+// What a mirror holds (its copy of the body, a connection, up to 30 s) is bounded apart from the
+// requests themselves: the mirror backend's own circuit breaker (maxRequests), as Envoy sends a
+// shadow through its cluster, and at most `maxMirrors` in flight in the waypoint. Past either, the
+// copy is dropped, counted (weft_waypoint_mirror_requests_dropped_total{reason}), and the request
+// is served as before. Envoy names the copy's host `<host>-shadow`, before the port (envoy#2595).
+describe('request mirror bounds', () => {
+  it('a mirror backend that never answers holds at most maxMirrors copies, and its maxRequests; the requests are served and the drops counted', async () => {
+    const main = await startHttpBackend(echo('main'));
+    const held: Array<{ host: string | undefined; res: ServerResponse }> = [];
+    const shadow = await startHttpBackend((req, res) => { req.resume(); held.push({ host: req.headers.host, res }); });
+    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null }, maxMirrors: 4 });
+    const listener = await startTunnelListener(engine, '10.96.0.10:80');
+    try {
+      const mirrorTo = (name: string, vip: string, limit?: number) => ({
+        services: [service(name, vip, [endpoint(shadow.port, '127.0.0.1', `${name}-pod`)])],
+        trafficPolicies: limit === undefined ? [] : [trafficPolicy(name, { connectionLimits: { maxRequests: limit } })],
+      });
+      const a = mirrorTo('shadow-a', '10.96.0.11', 2);
+      const b = mirrorTo('shadow-b', '10.96.0.12');
+      engine.applyConfig(config({
+        services: [service('reviews', '10.96.0.10', [endpoint(main.port)]), ...a.services, ...b.services],
+        trafficPolicies: [...a.trafficPolicies],
+        routes: [route('reviews', 'reviews', [
+          { matches: [match({ path: { type: 'PathPrefix', value: '/a' } })], filters: [{ type: 'RequestMirror', backend: backend('shadow-a'), percent: 100 }], backends: [backend('reviews')] },
+          { matches: [match({ path: { type: 'PathPrefix', value: '/b' } })], filters: [{ type: 'RequestMirror', backend: backend('shadow-b'), percent: 100 }], backends: [backend('reviews')] },
+        ])],
+      }));
+      const dropped = async (reason: string): Promise<number> =>
+        (await metricSamples(engine, 'weft_waypoint_mirror_requests_dropped_total')).find((v) => v.labels['reason'] === reason)?.value ?? 0;
+      const until = async (what: string, ok: () => Promise<boolean> | boolean): Promise<void> => {
+        const deadline = Date.now() + 10_000;
+        while (!(await ok())) {
+          if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+          await delay(10);
+        }
+      };
+      // shadow-a's maxRequests (2) holds first.
+      for (let i = 0; i < 5; i++) assert.equal((await request(listener.port, { method: 'POST', path: '/a', body: 'x'.repeat(1000), headers: { host: 'reviews.shop.svc.cluster.local:80' } })).status, 200);
+      await until('two mirrors held', () => held.length === 2);
+      await until('three drops for shadow-a\'s circuit breaker', async () => await dropped('overflow') === 3);
+      assert.equal(held[0]!.host, 'reviews.shop.svc.cluster.local-shadow:80');
+      // Then the waypoint's ceiling (4 in flight): two more to shadow-b, the rest dropped.
+      for (let i = 0; i < 5; i++) assert.equal((await request(listener.port, { path: '/b' })).status, 200);
+      await until('four mirrors held', () => held.length === 4);
+      await until('three drops at the waypoint\'s ceiling', async () => await dropped('max_mirrors') === 3);
+      assert.equal(held.length, 4);
+      assert.equal(main.hits, 10);
+      // Answered mirrors free their places.
+      for (const h of held.splice(0)) h.res.end();
+      await until('a new mirror once places are free', async () => {
+        if (held.length > 0) return true;
+        await request(listener.port, { path: '/b' });
+        return held.length > 0;
+      });
+    } finally {
+      for (const h of held.splice(0)) h.res.destroy();
+      await listener.close();
+      await engine.close();
+      await main.close();
+      await shadow.close();
+    }
   });
 });
 

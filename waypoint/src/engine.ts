@@ -14,7 +14,7 @@ import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
 import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
 import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
-import { DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
+import { DEFAULT_MAX_MIRRORS, DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
 import { Cluster, type ClusterSettings, type ClusterStats } from './resilience.ts';
@@ -72,6 +72,8 @@ export interface WaypointEngineOptions {
   maxHeaderBytes?: number;
   /** Default 1 MiB; larger bodies are streamed but not retried or mirrored. */
   retryBufferBytes?: number;
+  /** RequestMirror copies in flight at most (default DEFAULT_MAX_MIRRORS, 1024); past it copies are dropped and counted. */
+  maxMirrors?: number;
   /** HTTP/2 rapid-reset guard: at most `limit` client resets per `windowMs` per session. */
   rapidReset?: { limit: number; windowMs: number };
   maxConcurrentStreams?: number;
@@ -199,6 +201,7 @@ export class WaypointEngine {
       random,
       limits: this.limits,
       admission,
+      mirrors: new RequestAdmission(opts.maxMirrors ?? DEFAULT_MAX_MIRRORS, 'maxMirrors'),
       waypoint: `${opts.namespace}/${opts.name}`,
       normalize: { ...DEFAULT_NORMALIZE_OPTIONS },
       numTrustedProxies: 0,

@@ -8,6 +8,13 @@
 export const DEFAULT_MAX_REQUESTS = 10_000;
 /** The largest --max-requests accepted. */
 export const MAX_REQUESTS_CEILING = 1_000_000;
+/**
+ * Default ceiling on RequestMirror copies in flight in the waypoint (Envoy's default circuit breaker
+ * max_requests): a copy holds its body and a connection for up to 30 s, apart from the request
+ * it copies (which may be long answered), so it needs a bound of its own. Past it, copies are
+ * dropped; requests are never refused for a mirror.
+ */
+export const DEFAULT_MAX_MIRRORS = 1024;
 /** Response header naming the waypoint and the ceiling on an overload answer. */
 export const OVERLOADED_HEADER = 'x-weft-overloaded';
 
@@ -16,9 +23,10 @@ export class RequestAdmission {
   readonly max: number;
   #active = 0;
 
-  constructor(max: number) {
+  /** `what` names the setting in the error. */
+  constructor(max: number, what = 'maxRequests') {
     if (!Number.isInteger(max) || max < 1 || max > MAX_REQUESTS_CEILING) {
-      throw new RangeError(`maxRequests must be a whole number from 1 to ${MAX_REQUESTS_CEILING}, not ${max}`);
+      throw new RangeError(`${what} must be a whole number from 1 to ${MAX_REQUESTS_CEILING}, not ${max}`);
     }
     this.max = max;
   }

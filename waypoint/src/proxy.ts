@@ -66,6 +66,8 @@ export interface ProxyEnv {
   limits: ProxyLimits;
   /** The ceiling on requests in progress in this waypoint. */
   admission: RequestAdmission;
+  /** The ceiling on RequestMirror copies in flight (apart from the requests: a copy never refuses one). */
+  mirrors: RequestAdmission;
   /** `namespace/name` of the waypoint, for overload answers. */
   waypoint: string;
   /** Path normalization (Istio MeshConfig pathNormalization). */
@@ -571,31 +573,55 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
   }
 }
 
-/** Sends one copy of the request to a mirror backend and discards the answer (`caller` named to its agent, as for the request itself). */
+/** How long a mirror copy may take, its answer included. */
+const MIRROR_TIMEOUT_MS = 30_000;
+
+/**
+ * Sends one copy of the request to a mirror backend and discards the answer (`caller` named to its
+ * agent, as for the request itself). A copy never changes the request's answer, and what copies hold
+ * is bounded apart from the requests: the mirror backend's circuit breaker (maxRequests, as Envoy
+ * sends a shadow through its cluster) and the waypoint's ceiling on copies in flight; past either the
+ * copy is dropped and counted. Its host is `<host>-shadow`, before any port (Envoy).
+ */
 async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, out: FilterContext['request'], body: ReplayableBody | undefined, caller: string | undefined): Promise<void> {
+  const dropped = (reason: 'overflow' | 'max_mirrors' | 'body_not_kept'): void => env.telemetry.mirrorsDropped.inc({ reason });
   try {
     const svc = backendService(snap, backend);
     if (!svc) return;
     const port = backend.port ?? svc.ports[0]?.port ?? 80;
     let stream: Readable | null = null;
     if (body) {
-      if (!(await body.whenComplete())) return;
-      stream = body.snapshot() ?? null;
-      if (!stream) return;
+      stream = (await body.whenComplete()) ? body.snapshot() ?? null : null;
+      if (!stream) { dropped('body_not_kept'); return; }
     }
     const cluster = env.cluster(svc, port);
     const ep = cluster.pick(env.random);
     if (!ep) return;
-    const { host } = splitHostPort(out.authority);
+    if (!env.mirrors.tryAdmit()) { dropped('max_mirrors'); return; }
+    if (!cluster.beginRequest()) { env.mirrors.release(); dropped('overflow'); return; }
     const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(), 30_000);
-    const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
-      method: out.method, path: out.path, authority: `${host}-shadow`, headers: { ...out.headers }, body: stream, signal: ac.signal,
-      ...(caller ? { callerId: caller } : {}),
-    }, cluster.settings.timeouts.connectMs);
-    resp.body.resume();
-    resp.body.on('close', () => clearTimeout(timer));
-    resp.body.on('error', () => {});
+    const timer = setTimeout(() => ac.abort(), MIRROR_TIMEOUT_MS);
+    try {
+      const { host, port: authorityPort } = splitHostPort(out.authority);
+      const authority = `${host}-shadow${authorityPort === undefined ? '' : `:${authorityPort}`}`;
+      const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
+        method: out.method, path: out.path, authority, headers: { ...out.headers }, body: stream, signal: ac.signal,
+        ...(caller ? { callerId: caller } : {}),
+      }, cluster.settings.timeouts.connectMs);
+      // The copy holds its place until its answer is over (or the timeout discards it).
+      await new Promise<void>((resolve) => {
+        if (ac.signal.aborted) { resp.discard(); resolve(); return; }
+        ac.signal.addEventListener('abort', () => { resp.discard(); resolve(); }, { once: true });
+        resp.body.on('error', () => {});
+        resp.body.once('close', () => resolve());
+        resp.body.once('end', () => resolve());
+        resp.body.resume();
+      });
+    } finally {
+      clearTimeout(timer);
+      cluster.endRequest();
+      env.mirrors.release();
+    }
   } catch {
     // Mirrors are fire-and-forget: their failures never reach the client.
   }

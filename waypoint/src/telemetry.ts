@@ -199,6 +199,7 @@ export class Telemetry {
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
   readonly grpcStatusInvalid: Counter<never>;
+  readonly mirrorsDropped: Counter<'reason'>;
   /** Where lines go (from the options); `null`: nowhere, whatever the Telemetry objects say. */
   private readonly accessLogSink: ((line: string) => void) | null;
   private accessLog: ((line: string) => void) | null;
@@ -245,6 +246,11 @@ export class Telemetry {
       name: 'weft_waypoint_grpc_status_invalid_total',
       help: 'Responses whose grpc-status named none of gRPC\'s codes (0..16): reported as UNKNOWN (2) in grpc_response_status, the access log and spans',
       registers,
+    });
+    this.mirrorsDropped = new Counter({
+      name: 'weft_waypoint_mirror_requests_dropped_total',
+      help: 'RequestMirror copies not sent (the request itself was served): overflow (the mirror backend at its maxRequests), max_mirrors (the waypoint at its ceiling on copies in flight), body_not_kept (a body over the retry buffer, or cut short)',
+      labelNames: ['reason'], registers,
     });
     this.accessLogSink = opts.accessLog === undefined ? stdoutLines() : opts.accessLog;
     this.accessLog = this.accessLogSink;
