@@ -3,6 +3,7 @@ import http from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, afterEach, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { Cluster, OVERFLOW, clusterSettings } from '../../waypoint/src/resilience.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, trafficPolicy,
@@ -169,6 +170,34 @@ describe('waypoint resilience', () => {
     for (const r of overflowed) assert.equal(r.headers['x-weft-flags'], 'UO');
     const total = await metricSamples(engine, 'istio_requests_total');
     assert.ok(total.some((v) => v.labels['response_flags'] === 'UO' && v.value === 2), JSON.stringify(total));
+  });
+
+  // A request waiting for a connection slot (Istio connectionPool http1MaxPendingRequests, Envoy
+  // max_pending_requests) that its client abandons leaves the queue at once: while every connection
+  // stays busy (a slow endpoint), abandoned waits must not pile up and make each new one slower.
+  it('a pending wait the client abandons leaves the queue: 40,000 abandoned waits cost no more than a few', async () => {
+    const tp = trafficPolicy('reviews', { connectionLimits: { maxConnections: 1, maxPendingRequests: 10 } });
+    const cluster = new Cluster('shop/reviews:80', clusterSettings(tp));
+    const held = await cluster.acquireConnection();
+    assert.notEqual(held, OVERFLOW);
+    const started = performance.now();
+    for (let i = 0; i < 40_000; i++) {
+      const ac = new AbortController();
+      const wait = cluster.acquireConnection(ac.signal);
+      ac.abort();
+      assert.equal(await wait, OVERFLOW);
+    }
+    const elapsed = performance.now() - started;
+    assert.equal(cluster.pendingRequests, 0);
+    assert.ok(elapsed < 1500, `40,000 abandoned waits took ${Math.round(elapsed)} ms`);
+    // The queue still takes maxPendingRequests live waits, and they are served in order.
+    const waits = Array.from({ length: 10 }, () => cluster.acquireConnection());
+    assert.equal(await cluster.acquireConnection(), OVERFLOW, 'an 11th wait overflows');
+    assert.equal(cluster.pendingRequests, 10);
+    (held as () => void)();
+    const first = await waits[0]!;
+    assert.notEqual(first, OVERFLOW);
+    assert.equal(cluster.pendingRequests, 9);
   });
 
   it('answers 503 UO beyond maxRequests', async () => {

@@ -220,7 +220,6 @@ export const OVERFLOW = Symbol('overflow');
 
 interface Waiter {
   grant: (release: () => void) => void;
-  cancelled: boolean;
 }
 
 /** One destination service port: its endpoints and the state that resilience needs. */
@@ -234,7 +233,8 @@ export class Cluster {
   activeRequests = 0;
   activeConnections = 0;
   activeRetries = 0;
-  private waiters: Waiter[] = [];
+  /** Requests waiting for a connection slot, oldest first; an abandoned wait leaves at once. */
+  private readonly waiters = new Set<Waiter>();
   overflows = 0;
   ejections = 0;
   retries = 0;
@@ -316,19 +316,19 @@ export class Cluster {
       this.activeConnections++;
       return Promise.resolve(this.releaser());
     }
-    if (this.waiters.filter((w) => !w.cancelled).length >= this.settings.maxPendingRequests) {
+    if (this.waiters.size >= this.settings.maxPendingRequests) {
       this.overflows++;
       return Promise.resolve(OVERFLOW);
     }
     return new Promise((resolve) => {
-      const w: Waiter = { grant: resolve, cancelled: false };
-      this.waiters.push(w);
-      signal?.addEventListener('abort', () => { w.cancelled = true; this.pump(); resolve(OVERFLOW); }, { once: true });
+      const w: Waiter = { grant: resolve };
+      this.waiters.add(w);
+      signal?.addEventListener('abort', () => { if (this.waiters.delete(w)) resolve(OVERFLOW); }, { once: true });
     });
   }
 
   get pendingRequests(): number {
-    return this.waiters.filter((w) => !w.cancelled).length;
+    return this.waiters.size;
   }
 
   private releaser(): () => void {
@@ -342,9 +342,9 @@ export class Cluster {
   }
 
   private pump(): void {
-    while (this.activeConnections < this.settings.maxConnections && this.waiters.length > 0) {
-      const w = this.waiters.shift()!;
-      if (w.cancelled) continue;
+    for (const w of this.waiters) {
+      if (this.activeConnections >= this.settings.maxConnections) break;
+      this.waiters.delete(w);
       this.activeConnections++;
       w.grant(this.releaser());
     }
