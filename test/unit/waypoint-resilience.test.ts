@@ -10,6 +10,11 @@ import {
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
+/** A per-cluster counter's value for shop/reviews:80. */
+async function clusterCounter(engine: WaypointEngine, name: string): Promise<number | undefined> {
+  return (await metricSamples(engine, name)).find((v) => v.labels['cluster'] === 'shop/reviews:80')?.value;
+}
+
 describe('waypoint resilience', () => {
   const cleanups: Array<() => Promise<void>> = [];
   afterEach(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
@@ -76,6 +81,9 @@ describe('waypoint resilience', () => {
     assert.ok(stats.retryBudgetExhausted > 0, JSON.stringify(stats));
     assert.ok(replies.some((r) => r.status === 503), 'requests denied a retry return the failure');
     assert.equal(stats.activeRetries, 0);
+    // Counted where Prometheus reads them too (Envoy: upstream_rq_retry, upstream_rq_retry_overflow).
+    assert.deepEqual(await clusterCounter(engine, 'weft_waypoint_retry_budget_exhausted_total'), stats.retryBudgetExhausted);
+    assert.deepEqual(await clusterCounter(engine, 'weft_waypoint_upstream_retries_total'), stats.retries);
   });
 
   it('retries a connect failure on another endpoint', async () => {
@@ -123,6 +131,7 @@ describe('waypoint resilience', () => {
     assert.ok(bad.hits > badHits, 'the endpoint returns after baseEjectionTime');
     assert.ok(Date.now() - t0 >= EJECTION_MS, `not before baseEjectionTime (${Date.now() - t0} ms)`);
     assert.equal(engine.clusterStats()[0]!.ejections, 1);
+    assert.equal(await clusterCounter(engine, 'weft_waypoint_outlier_ejections_total'), 1);
   });
 
   // Envoy's outlier detection counts what the upstream did (5xx) and what interrupted or prevented
@@ -170,6 +179,8 @@ describe('waypoint resilience', () => {
     for (const r of overflowed) assert.equal(r.headers['x-weft-flags'], 'UO');
     const total = await metricSamples(engine, 'istio_requests_total');
     assert.ok(total.some((v) => v.labels['response_flags'] === 'UO' && v.value === 2), JSON.stringify(total));
+    // Envoy's upstream_rq_pending_overflow, per cluster.
+    assert.equal(await clusterCounter(engine, 'weft_waypoint_upstream_overflows_total'), 2);
   });
 
   // A request waiting for a connection slot (Istio connectionPool http1MaxPendingRequests, Envoy

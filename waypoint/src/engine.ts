@@ -191,6 +191,25 @@ export class WaypointEngine {
       name: 'weft_waypoint_max_requests', help: 'The --max-requests ceiling on requests in progress',
       registers: [this.telemetry.registry], collect() { this.set(admission.max); },
     });
+    // Envoy's cluster statistics (upstream_rq_pending_overflow, outlier_detection.ejections_enforced_total,
+    // upstream_rq_retry, upstream_rq_retry_overflow), read from the clusters at each scrape; /clusters
+    // shows the same numbers with the endpoints' state.
+    const clusterStats = (): ClusterStats[] => this.clusterStats();
+    const CLUSTER_COUNTERS: Array<[name: string, help: string, field: 'overflows' | 'ejections' | 'retries' | 'retryBudgetExhausted']> = [
+      ['weft_waypoint_upstream_overflows_total', 'Requests answered 503 (flag UO) because their cluster was at a circuit breaker limit (maxRequests, or maxConnections with maxPendingRequests waiting)', 'overflows'],
+      ['weft_waypoint_outlier_ejections_total', 'Endpoints ejected by outlier detection (consecutive5xx)', 'ejections'],
+      ['weft_waypoint_upstream_retries_total', 'Retries sent upstream', 'retries'],
+      ['weft_waypoint_retry_budget_exhausted_total', 'Retries not sent because the retry budget was spent', 'retryBudgetExhausted'],
+    ];
+    for (const [name, help, field] of CLUSTER_COUNTERS) {
+      new Counter({
+        name, help, labelNames: ['cluster'], registers: [this.telemetry.registry],
+        collect() {
+          this.reset();
+          for (const c of clusterStats()) if (c[field] > 0) this.inc({ cluster: c.service }, c[field]);
+        },
+      });
+    }
     this.env = {
       snapshot: () => this.snap,
       cluster: (svc, port) => this.clusterFor(svc, port),
