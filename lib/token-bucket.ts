@@ -45,8 +45,8 @@ export const MAX_BUCKETS = 10_000;
 
 /**
  * One bucket per key, at most `maxBuckets` of them: at the cap, full buckets (keys idle for a fill
- * interval) are dropped first; if every bucket is in use, the oldest key's bucket goes, so that a
- * stream of new keys costs memory up to the cap and no further.
+ * interval) are dropped first; if every bucket is in use, the oldest tenth goes, so that a stream of
+ * new keys costs memory up to the cap and no further (a key dropped in use starts again full).
  */
 export class KeyedTokenBuckets {
   readonly #buckets = new Map<string, TokenBucket>();
@@ -78,9 +78,13 @@ export class KeyedTokenBuckets {
 
   #makeRoom(now: number): void {
     for (const [k, b] of this.#buckets) if (b.isFull(now)) this.#buckets.delete(k);
-    while (this.#buckets.size >= this.#max) {
-      const oldest = this.#buckets.keys().next().value as string;
-      this.#buckets.delete(oldest);
+    // Still at the cap: the oldest go (insertion order), a tenth at a time, so that this sweep
+    // stays rare however many new keys keep coming.
+    if (this.#buckets.size < this.#max) return;
+    let drop = Math.ceil(this.#max / 10);
+    for (const k of this.#buckets.keys()) {
+      if (drop-- <= 0) break;
+      this.#buckets.delete(k);
     }
   }
 }

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KeyedTokenBuckets } from '../../lib/token-bucket.ts';
 
-test('a stream of new keys holds at most the cap of buckets: idle (full) ones go first, then the oldest', () => {
+test('a stream of new keys holds at most the cap of buckets: idle (full) ones go first, then the oldest tenth', () => {
   const b = new KeyedTokenBuckets(100);
   for (let i = 0; i < 10_000; i++) assert.equal(b.take(`caller-${i}`, 5, 60_000, 0).allowed, true);
   assert.ok(b.size <= 100, `${b.size} buckets held`);

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
-import { TokenBucket } from '../../lib/token-bucket.ts';
+import { MAX_BUCKETS, TokenBucket } from '../../lib/token-bucket.ts';
+import { LocalRateLimiter } from '../../waypoint/src/ratelimit.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, trafficPolicy,
@@ -42,6 +43,19 @@ describe('local rate limit', () => {
     const denied = bucket.take(20);
     assert.deepEqual(denied, { allowed: false, retryAfterMs: 980 });
     assert.equal(bucket.take(1000).allowed, true);
+  });
+
+  // A per-source limit keeps a bucket per caller; callers that keep their buckets in use (none full
+  // to sweep) must not grow the limiter without bound.
+  it('holds at most MAX_BUCKETS buckets however many sources keep theirs in use', () => {
+    const limiter = new LocalRateLimiter(() => 0);
+    const limit = { tokens: 5, fillIntervalMs: 60_000, per: 'source' as const };
+    for (let i = 0; i < MAX_BUCKETS * 2; i++) assert.equal(limiter.check('shop/reviews', limit, `spiffe://cluster.local/ns/shop/sa/s${i}`).allowed, true);
+    assert.ok(limiter.size <= MAX_BUCKETS, `${limiter.size} buckets`);
+    // The newest sources keep their own buckets.
+    const last = `spiffe://cluster.local/ns/shop/sa/s${MAX_BUCKETS * 2 - 1}`;
+    for (let i = 0; i < 4; i++) assert.equal(limiter.check('shop/reviews', limit, last).allowed, true);
+    assert.equal(limiter.check('shop/reviews', limit, last).allowed, false);
   });
 
   it('keeps a separate bucket per source identity with per: source', async () => {

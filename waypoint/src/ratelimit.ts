@@ -27,6 +27,11 @@ export class LocalRateLimiter {
     return this.buckets.take(key, settings.tokens, settings.fillIntervalMs, this.now());
   }
 
+  /** Buckets held (at most MAX_BUCKETS, lib/token-bucket.ts). */
+  get size(): number {
+    return this.buckets.size;
+  }
+
   /** Drops buckets of services that no longer have a limit. */
   retain(services: ReadonlySet<string>): void {
     this.buckets.retain((key) => services.has(key.includes('|') ? key.slice(0, key.indexOf('|')) : key));
