@@ -373,9 +373,9 @@ export class Cluster {
     const now = this.now();
     if (ep.isEjected(now)) return;
     const ejectedNow = this.endpoints.filter((e) => e.isEjected(now)).length;
-    // Envoy: at most maxEjectionPercent of the hosts, but at least one may be ejected.
-    const allowed = od.maxEjectionPercent <= 0 ? 0 : Math.max(1, Math.floor((this.endpoints.length * od.maxEjectionPercent) / 100));
-    if (ejectedNow >= allowed) return;
+    // Envoy (DetectorImpl::ejectHost): a host is ejected while the share already ejected is below
+    // maxEjectionPercent, so the first always is (when it is above 0) and the last may pass it.
+    if ((100 * ejectedNow) / this.endpoints.length >= od.maxEjectionPercent) return;
     // The multiplier decays by one per interval the endpoint stayed healthy since it returned.
     if (ep.returnedAt > 0 && od.intervalMs > 0) {
       ep.timesEjected = Math.max(0, ep.timesEjected - Math.floor((now - ep.returnedAt) / od.intervalMs));
