@@ -268,6 +268,26 @@ describe('waypoint resilience', () => {
     assert.ok(Date.now() - started < 1000);
   });
 
+  // TrafficPolicy timeouts.idle is Istio's connectionPool.http.idleTimeout: "the period in which
+  // there are no active requests", after which the upstream connection is closed
+  // (https://istio.io/latest/docs/reference/config/networking/destination-rule/#ConnectionPoolSettings-HTTPSettings).
+  it('closes an idle upstream connection after the TrafficPolicy idle timeout', async () => {
+    const server = http.createServer((req, res) => echo('b')(req, res));
+    server.keepAliveTimeout = 60_000;
+    const closed: number[] = [];
+    server.on('connection', (sock) => sock.on('close', () => closed.push(Date.now())));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const b: Backend = { port, hits: 0, close: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+    const { listener } = await setup([b], { timeouts: { idleMs: 200 } });
+    assert.equal((await request(listener.port)).status, 200);
+    const answered = Date.now();
+    const deadline = answered + 5_000;
+    while (closed.length === 0 && Date.now() < deadline) await delay(20);
+    assert.equal(closed.length, 1, 'the waypoint closed its idle connection to the endpoint');
+    assert.ok(closed[0]! - answered >= 150, `not before the idle timeout (${closed[0]! - answered} ms)`);
+  });
+
   it('injects an abort fault for the configured percentage and a delay', async () => {
     const b = await startHttpBackend(echo('b'));
     const { listener } = await setup([b], { fault: { abort: { httpStatus: 418, percentage: 100 } } });

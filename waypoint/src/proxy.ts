@@ -607,6 +607,7 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
       const resp = await env.pool.request(upstreamEndpoint(ep), upstreamProtocol(svc, port, false), {
         method: out.method, path: out.path, authority, headers: { ...out.headers }, body: stream, signal: ac.signal,
         ...(caller ? { callerId: caller } : {}),
+        ...(cluster.settings.timeouts.idleMs !== undefined ? { idleMs: cluster.settings.timeouts.idleMs } : {}),
       }, cluster.settings.timeouts.connectMs);
       // The copy holds its place until its answer is over (or the timeout discards it).
       await new Promise<void>((resolve) => {
@@ -784,6 +785,7 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
           body: ctx.body ? ctx.body.open() : null, signal: tryAc.signal,
           ...(ctx.directIp ? { client: ctx.directIp } : {}),
           ...(ctx.conn.peerSpiffeId ? { callerId: ctx.conn.peerSpiffeId } : {}),
+          ...(settings.timeouts.idleMs !== undefined ? { idleMs: settings.timeouts.idleMs } : {}),
         }, settings.timeouts.connectMs);
         outcome = { kind: 'response', status: resp.status };
         const gs = grpcStatusOf(resp.headers);

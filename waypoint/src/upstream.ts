@@ -8,6 +8,7 @@ import { UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError } from '
 import { H1Pool } from './h1client.ts';
 import type { HeaderMap } from './headers.ts';
 import type { NetworkGateway } from '../../lib/model/mesh.ts';
+import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 
 export interface UpstreamEndpoint {
   ip: string;
@@ -57,6 +58,12 @@ export interface UpstreamRequest {
   client?: string;
   /** The caller's SPIFFE ID (its tunnel's verified peer), named to the destination agent (`UpstreamConnectOptions.caller`); part of the pool key too. */
   callerId?: string;
+  /**
+   * How long this endpoint's connections may sit idle before they close: the backend's TrafficPolicy
+   * `timeouts.idle` (Istio connectionPool.http.idleTimeout; 0: never). Default the pool's
+   * (`idleTimeoutMs`). Taken when the connections for the endpoint and caller are first made.
+   */
+  idleMs?: number;
 }
 
 export interface UpstreamResponse {
@@ -161,11 +168,16 @@ export class UpstreamPool {
     return client ? { ip: client, port: 0 } : undefined;
   }
 
-  private h1For(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): H1Pool {
+  /** A request's idle timeout for its endpoint's connections (`UpstreamRequest.idleMs`). */
+  private idleFor(r: UpstreamRequest): number {
+    return r.idleMs === undefined ? this.idleMs : r.idleMs === 0 ? MAX_TIMER_MS : Math.min(r.idleMs, MAX_TIMER_MS);
+  }
+
+  private h1For(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined, idleMs: number): H1Pool {
     const key = UpstreamPool.key(ep, client, caller);
     let p = this.h1Pools.get(key);
     if (!p) {
-      const pool: H1Pool = new H1Pool(addr(ep), (onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), this.idleMs, () => {
+      const pool: H1Pool = new H1Pool(addr(ep), (onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), idleMs, () => {
         if (this.h1Pools.get(key) === pool) this.h1Pools.delete(key);
       });
       p = pool;
@@ -184,15 +196,15 @@ export class UpstreamPool {
     } else if (headers['content-length'] !== undefined && headers['content-length'] !== '0') {
       delete headers['content-length'];
     }
-    return this.h1For(ep, connectTimeoutMs, r.client, r.callerId).request({ ...r, headers });
+    return this.h1For(ep, connectTimeoutMs, r.client, r.callerId, this.idleFor(r)).request({ ...r, headers });
   }
 
-  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): Promise<http2.ClientHttp2Session> {
+  private async sessionFor(ep: UpstreamEndpoint, connectTimeoutMs: number, client: string | undefined, caller: string | undefined, idleMs: number): Promise<http2.ClientHttp2Session> {
     const key = UpstreamPool.key(ep, client, caller);
     for (let i = 0; i < 2; i++) {
       let p = this.sessions.get(key);
       if (!p) {
-        p = this.openSession(ep, key, connectTimeoutMs, client, caller);
+        p = this.openSession(ep, key, connectTimeoutMs, client, caller, idleMs);
         this.sessions.set(key, p);
         p.catch(() => { if (this.sessions.get(key) === p) this.sessions.delete(key); });
       }
@@ -203,7 +215,7 @@ export class UpstreamPool {
     throw new UpstreamConnectError(addr(ep), 'HTTP/2 session closed while opening');
   }
 
-  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number, client: string | undefined, caller: string | undefined): Promise<http2.ClientHttp2Session> {
+  private async openSession(ep: UpstreamEndpoint, key: string, connectTimeoutMs: number, client: string | undefined, caller: string | undefined, idleMs: number): Promise<http2.ClientHttp2Session> {
     // Its tunnel draining: new requests go to a new session, this one finishes its streams (GOAWAY).
     let draining = false;
     let session: http2.ClientHttp2Session | undefined;
@@ -229,12 +241,12 @@ export class UpstreamPool {
     s.on('error', forget);
     s.on('goaway', forget);
     s.on('close', forget);
-    s.setTimeout(this.idleMs, () => { forget(); s.close(); });
+    s.setTimeout(idleMs, () => { forget(); s.close(); });
     return s;
   }
 
   private async requestH2(ep: UpstreamEndpoint, r: UpstreamRequest, connectTimeoutMs: number): Promise<UpstreamResponse> {
-    const session = await this.sessionFor(ep, connectTimeoutMs, r.client, r.callerId);
+    const session = await this.sessionFor(ep, connectTimeoutMs, r.client, r.callerId, this.idleFor(r));
     return new Promise((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ...r.headers, ':method': r.method, ':path': r.path, ':authority': r.authority, ':scheme': 'http',
