@@ -942,7 +942,8 @@ function compileTrafficPolicy(tp: TrafficPolicyObject, service: string): Traffic
     retries: s.retries
       ? clean({
           attempts: s.retries.attempts,
-          retryOn: s.retries.retryOn ?? ['5xx', 'connect-failure', 'reset'],
+          // None given: the waypoint's default, Istio's (waypoint/src/resilience.ts DEFAULT_RETRY_ON).
+          retryOn: s.retries.retryOn ?? [],
           budget: s.retries.budget ? { percent: s.retries.budget.percent, minRetryConcurrency: s.retries.budget.minRetryConcurrency ?? 3 } : undefined,
         })
       : undefined,

@@ -475,6 +475,13 @@ test('a consumer route reaches its own parent without a grant; unknown backend k
   assert.deepEqual(mirror.type === 'RequestMirror' ? mirror.percent : undefined, 50);
 });
 
+test('TrafficPolicy retries without retryOn compile to no list, which the waypoint reads as Istio\'s default conditions', () => {
+  const i = emptyInputs();
+  i.services.push(svc('shop', 'reviews'));
+  i.trafficPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'tp', namespace: 'shop' }, spec: { targetRef: { kind: 'Service', name: 'reviews' }, retries: { attempts: 3 } } });
+  assert.deepEqual(compile(i).model.trafficPolicies.get('shop/tp')!.retries, { attempts: 3, retryOn: [] });
+});
+
 test('a TrafficPolicy quota compiles to a shared limit per window; a Waypoint quotaStore reaches its command line', () => {
   const i = emptyInputs();
   i.services.push(svc('shop', 'reviews'));

@@ -47,6 +47,28 @@ describe('waypoint resilience', () => {
     assert.ok(stats.retries >= 100, `retries ${stats.retries}`);
   });
 
+  // Istio's HTTPRetry without retryOn retries "connect-failure,refused-stream,unavailable,cancelled,
+  // retriable-status-codes" with 503 (the default it gives every route), never a 500: a POST the
+  // backend failed while doing it is not sent again. A TrafficPolicy's retries without retryOn
+  // (compiled to an empty list) are the same.
+  it('retries without retryOn are Istio\'s: a 503 is retried, a 500 to a POST is not', async () => {
+    const tp = { retries: { attempts: 2, retryOn: [] as string[] } };
+    assert.deepEqual(clusterSettings(trafficPolicy('reviews', tp)).retries.retryOn, ['connect-failure', 'refused-stream', 'unavailable', 'cancelled', '503']);
+    const statusOf = new Map<string, number>([['/500', 500], ['/503', 503]]);
+    const seen: string[] = [];
+    const b = await startHttpBackend((req, res) => {
+      seen.push(req.url!);
+      req.resume();
+      const n = seen.filter((u) => u === req.url).length;
+      res.writeHead(n === 1 ? statusOf.get(req.url!)! : 200);
+      res.end();
+    });
+    const { listener } = await setup([b], tp);
+    assert.equal((await request(listener.port, { method: 'POST', path: '/500', body: 'order' })).status, 500);
+    assert.equal((await request(listener.port, { method: 'POST', path: '/503', body: 'order' })).status, 200);
+    assert.deepEqual(seen, ['/500', '/503', '/503']);
+  });
+
   it('replays the request body on a retry', async () => {
     const bodies: string[] = [];
     const failsFirst = await startHttpBackend((req, res, n) => {

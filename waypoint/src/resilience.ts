@@ -1,13 +1,19 @@
 // Per-service upstream clusters: endpoint health (outlier detection), load balancing, circuit
 // breaking (connection, pending and request limits), the retry budget, retry conditions, backoff and
 // fault injection. Settings come from the service's TrafficPolicy; unset fields take Istio's
-// defaults (no limits, 2 retries on connect failures and refused streams and 503).
+// defaults (no limits, 2 retries on connect failures, refused streams, gRPC unavailable and cancelled, and 503).
 import type { Endpoint, LoadBalancerPolicy, TrafficPolicy } from '../../lib/model/mesh.ts';
 import { createLoadBalancer, type LoadBalancer } from './loadbalancer.ts';
 import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 
 export const DEFAULT_RETRY_ATTEMPTS = 2;
-export const DEFAULT_RETRY_ON: readonly string[] = ['connect-failure', 'refused-stream', '503'];
+/**
+ * Istio's default retry conditions, for every route and for retries given without `retryOn`:
+ * connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes with 503
+ * (istio pilot/pkg/networking/core/route/retry: DefaultPolicy). Never a 500: the backend may have
+ * done the work.
+ */
+export const DEFAULT_RETRY_ON: readonly string[] = ['connect-failure', 'refused-stream', 'unavailable', 'cancelled', '503'];
 /** Envoy's retry budget defaults. */
 export const DEFAULT_RETRY_BUDGET_PERCENT = 20;
 export const DEFAULT_MIN_RETRY_CONCURRENCY = 3;
@@ -46,7 +52,7 @@ export function clusterSettings(tp: TrafficPolicy | undefined): ClusterSettings 
     maxRequests: tp?.connectionLimits?.maxRequests ?? Infinity,
     retries: {
       attempts: tp?.retries?.attempts ?? DEFAULT_RETRY_ATTEMPTS,
-      retryOn: tp?.retries ? (tp.retries.retryOn.length > 0 ? tp.retries.retryOn : ['5xx']) : DEFAULT_RETRY_ON,
+      retryOn: tp?.retries && tp.retries.retryOn.length > 0 ? tp.retries.retryOn : DEFAULT_RETRY_ON,
       budgetPercent: tp?.retries?.budget?.percent ?? DEFAULT_RETRY_BUDGET_PERCENT,
       minRetryConcurrency: tp?.retries?.budget?.minRetryConcurrency ?? DEFAULT_MIN_RETRY_CONCURRENCY,
     },
