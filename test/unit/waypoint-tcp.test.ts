@@ -7,7 +7,7 @@ import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  CALLER, backend, config, endpoint, metricSamples, route, service, startTunnelListener, type Listener,
+  CALLER, backend, config, endpoint, metricSamples, route, service, startTunnelListener, trafficPolicy, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
 interface TcpBackend { port: number; close(): Promise<void> }
@@ -42,17 +42,44 @@ describe('waypoint TCP passthrough', () => {
   afterEach(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
   after(async () => { for (const c of cleanups.splice(0).reverse()) await c(); });
 
-  async function setup(b: TcpBackend, extra: { routes?: boolean; policies?: AuthorizationPolicy[]; appProtocol?: 'http' | 'tcp' } = {}, peer = CALLER): Promise<{ engine: WaypointEngine; listener: Listener }> {
-    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), serverFirstTimeoutMs: 100, telemetry: { accessLog: null } });
+  async function setup(b: TcpBackend, extra: { routes?: boolean; policies?: AuthorizationPolicy[]; appProtocol?: 'http' | 'tcp'; trafficPolicy?: Parameters<typeof trafficPolicy>[1]; accessLog?: (line: string) => void } = {}, peer = CALLER): Promise<{ engine: WaypointEngine; listener: Listener }> {
+    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), serverFirstTimeoutMs: 100, telemetry: { accessLog: extra.accessLog ?? null } });
     engine.applyConfig(config({
       services: [service('db', '10.96.0.40', [endpoint(b.port)], { port: 5432, appProtocol: extra.appProtocol ?? 'tcp' })],
       routes: extra.routes ? [route('db', 'db', [{ backends: [{ ...backend('db'), port: 5432 }] }])] : [],
       policies: extra.policies ?? [],
+      trafficPolicies: extra.trafficPolicy ? [trafficPolicy('db', extra.trafficPolicy)] : [],
     }));
     const listener = await startTunnelListener(engine, '10.96.0.40:5432', peer);
     cleanups.push(async () => { await listener.close(); await engine.close(); await b.close(); });
     return { engine, listener };
   }
+
+  // Envoy's tcp_proxy idle_timeout (Istio connectionPool.tcp.idleTimeout, default 1 h): a passed-through
+  // connection with no bytes either way for that long is closed, so a client cannot hold a tunnel
+  // and an endpoint connection forever by saying nothing. TrafficPolicy timeouts.idle sets it.
+  it('closes a passed-through connection idle for the TrafficPolicy idle timeout, counted and named', async () => {
+    let serverClosed = false;
+    const echo = await startTcpBackend((s) => { s.pipe(s); s.on('close', () => { serverClosed = true; }); });
+    const lines: string[] = [];
+    const { engine, listener } = await setup(echo, { trafficPolicy: { timeouts: { idleMs: 300 } }, accessLog: (l) => lines.push(l) });
+    const hello = Buffer.from([0x16, 0x03, 0x01, 0x00, 0x01, 7]);
+    const started = Date.now();
+    // Talks once, then says nothing: the waypoint closes both sides once 300 ms pass without a byte.
+    const r = await talk(listener.port, hello, () => false, 5_000);
+    const lasted = Date.now() - started;
+    assert.deepEqual(r.got, hello);
+    assert.equal(r.closed, true);
+    assert.ok(lasted >= 250 && lasted < 4_000, `closed after ${lasted} ms`);
+    const deadline = Date.now() + 3_000;
+    while (!serverClosed && Date.now() < deadline) await delay(20);
+    assert.equal(serverClosed, true, 'the endpoint connection is closed too');
+    const counted = async (): Promise<boolean> => (await metricSamples(engine, 'weft_waypoint_downstream_timeouts_total'))
+      .some((v) => v.labels['protocol'] === 'tcp' && v.labels['timeout'] === 'idle' && v.value === 1);
+    while (!(await counted()) && Date.now() < deadline) await delay(20);
+    assert.ok(await counted(), JSON.stringify(await metricSamples(engine, 'weft_waypoint_downstream_timeouts_total')));
+    assert.ok(lines.some((l) => /idle_timeout/.test(l)), lines.join('\n'));
+  });
 
   it('passes a client-first binary protocol through to the endpoint and counts it', async () => {
     const echo = await startTcpBackend((s) => s.pipe(s));

@@ -14,6 +14,8 @@ export const FLAG_RATE_LIMIT_SERVICE_ERROR = 'RLSE';
 export const FLAG_DELAY_INJECTED = 'DI';
 export const FLAG_FAULT_INJECTED = 'FI';
 export const FLAG_DOWNSTREAM_TERMINATED = 'DC';
+/** Nothing moved for the idle timeout, and the waypoint closed the connection (Envoy: SI). */
+export const FLAG_STREAM_IDLE_TIMEOUT = 'SI';
 /** The waypoint was at --max-requests and refused the request (Envoy: overload manager). */
 export const FLAG_OVERLOADED = 'OM';
 /** A malformed request: a parse error, or a request target normalization refused (Envoy: DPE). */

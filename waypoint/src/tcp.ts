@@ -14,6 +14,13 @@ import type { TcpRecord, Telemetry } from './telemetry.ts';
 import type { UpstreamEndpoint, UpstreamPool } from './upstream.ts';
 import type { ConnContext } from './proxy.ts';
 
+/**
+ * A passed-through connection with no bytes either way for this long is closed, both sides (Envoy's
+ * tcp_proxy idle_timeout, Istio connectionPool.tcp.idleTimeout, both 1 h by default); the service's
+ * TrafficPolicy `timeouts.idle` sets it (`0s`: never).
+ */
+export const DEFAULT_TCP_IDLE_TIMEOUT_MS = 3_600_000;
+
 export interface TcpEnv {
   snapshot(): Snapshot;
   cluster(service: Service, port: number): Cluster;
@@ -104,15 +111,30 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   }
   env.telemetry.tcpOpen(rec);
   const piping = pipeBidirectional(d, upstream);
+  const idleMs = settings.timeouts.idleMs ?? DEFAULT_TCP_IDLE_TIMEOUT_MS;
+  let idledOut = false;
+  const idle = idleMs > 0 ? setTimeout(() => { idledOut = true; d.destroy(); upstream.destroy(); }, idleMs) : undefined;
+  const active = (): void => { idle?.refresh(); };
+  d.on('data', active);
+  upstream.on('data', active);
   // Protocol detection left the tunnel paused with its first bytes put back.
   if (d.readableFlowing === false) d.resume();
   const result = await piping;
+  clearTimeout(idle);
+  d.off('data', active);
+  upstream.off('data', active);
   release();
+  if (idledOut) {
+    flags.add(F.FLAG_STREAM_IDLE_TIMEOUT);
+    rec.detail = `idle_timeout: no bytes either way for ${idleMs} ms`;
+    env.telemetry.downstreamTimeouts.inc({ protocol: 'tcp', timeout: 'idle' });
+  }
   rec.receivedBytes = result.bytesAtoB;
   rec.sentBytes = result.bytesBtoA;
   rec.durationMs = Date.now() - start;
-  if (result.abortedBy === 'b') flags.add(F.FLAG_UPSTREAM_RESET);
-  else if (result.abortedBy === 'a') flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
+  // An idle timeout closed both sides itself: no peer reset them.
+  if (!idledOut && result.abortedBy === 'b') flags.add(F.FLAG_UPSTREAM_RESET);
+  else if (!idledOut && result.abortedBy === 'a') flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
   rec.responseFlags = flags.toString();
   env.telemetry.tcpClose(rec);
 }

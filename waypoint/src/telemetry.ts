@@ -234,7 +234,7 @@ export class Telemetry {
     this.rapidResetGoaways = new Counter({ name: 'weft_waypoint_rapid_reset_goaways_total', help: 'HTTP/2 sessions closed for resetting streams too fast', registers });
     this.downstreamTimeouts = new Counter({
       name: 'weft_waypoint_downstream_timeouts_total',
-      help: 'Client connections cut by a waypoint timeout: request_headers (headers not complete in time; HTTP/1.1 gets 408) or idle (no request in progress)',
+      help: 'Client connections cut by a waypoint timeout: request_headers (headers not complete in time; HTTP/1.1 gets 408) or idle (no request in progress; protocol tcp: a passed-through connection with no bytes either way for its idle timeout)',
       labelNames: ['protocol', 'timeout'], registers,
     });
     this.overloadRejections = new Counter({
