@@ -89,6 +89,47 @@ describe('waypoint resilience', () => {
     assert.equal(bodies[1], payload);
   });
 
+  // Each request keeps up to 1 MiB of its body to replay it (Envoy buffers a retried body the same
+  // way, up to its buffer limit). Clients sending many large bodies to a slow endpoint must not make
+  // the waypoint keep requests x 1 MiB: the bodies share a budget, and one past it is served as
+  // usual but not kept (so not retried), counted.
+  it('bodies kept for retries share the waypoint\'s replay budget: past it a body is not kept, counted, and the bytes come back', async () => {
+    const held: Array<() => void> = [];
+    const attempts = new Map<string, number>();
+    const b = await startHttpBackend((req, res) => {
+      const id = String(req.headers['x-id']);
+      attempts.set(id, (attempts.get(id) ?? 0) + 1);
+      req.resume();
+      req.on('end', () => {
+        // First attempts wait (so their bodies stay kept), then fail with a retriable 503.
+        if (attempts.get(id) === 1) held.push(() => { res.writeHead(503); res.end(); });
+        else { res.writeHead(200); res.end('ok'); }
+      });
+    });
+    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null }, replayBudgetBytes: 250_000 });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      trafficPolicies: [trafficPolicy('reviews', { retries: { attempts: 1, retryOn: ['503'] } })],
+    }));
+    const listener = await startTunnelListener(engine, '10.96.0.10:80');
+    cleanups.push(async () => { await listener.close(); await engine.close(); await b.close(); });
+    const gauge = async (name: string): Promise<number> => (await metricSamples(engine, name))[0]?.value ?? 0;
+    const body = 'x'.repeat(100_000);
+    const replies = ['a', 'b', 'c'].map((id) => request(listener.port, { method: 'POST', body, headers: { 'x-id': id, 'content-type': 'text/plain' } }));
+    const deadline = Date.now() + 5_000;
+    while (held.length < 3 && Date.now() < deadline) await delay(10);
+    assert.equal(held.length, 3);
+    assert.ok(await gauge('weft_waypoint_replay_buffer_bytes') <= 250_000);
+    assert.equal(await gauge('weft_waypoint_replay_budget_exhausted_total'), 1);
+    for (const h of held.splice(0)) h();
+    const statuses = (await Promise.all(replies)).map((r) => r.status).sort();
+    // Two bodies were kept and retried; the third could not be replayed and returns the 503.
+    assert.deepEqual(statuses, [200, 200, 503]);
+    const back = Date.now() + 5_000;
+    while (await gauge('weft_waypoint_replay_buffer_bytes') > 0 && Date.now() < back) await delay(10);
+    assert.equal(await gauge('weft_waypoint_replay_buffer_bytes'), 0, 'what was kept goes back once the requests end');
+  });
+
   it('stops retrying when the retry budget is spent', async () => {
     let n = 0;
     const slowFlaky = await startHttpBackend((req, res) => {

@@ -5,6 +5,40 @@ import { Readable } from 'node:stream';
 
 /** Largest body kept for retries and mirrors. */
 export const DEFAULT_RETRY_BUFFER_BYTES = 1 << 20;
+/**
+ * Bytes all the bodies of a waypoint may keep for replay at once. Each request may keep up to
+ * DEFAULT_RETRY_BUFFER_BYTES; without a shared bound, clients sending many large bodies to a slow
+ * endpoint would make the waypoint hold requests x 1 MiB. Past it a body streams as usual but is
+ * not kept (not retried or mirrored), as one over the per-request limit.
+ */
+export const DEFAULT_REPLAY_BUDGET_BYTES = 128 << 20;
+
+/** The bytes every replayable body of one waypoint keeps, bounded together. */
+export class ReplayBudget {
+  readonly max: number;
+  #used = 0;
+  /** Bodies that stopped being kept because the budget was spent. */
+  refused = 0;
+
+  constructor(max: number = DEFAULT_REPLAY_BUDGET_BYTES) {
+    if (!Number.isInteger(max) || max < 0) throw new RangeError(`replay budget must be a whole number of bytes, not ${max}`);
+    this.max = max;
+  }
+
+  get used(): number {
+    return this.#used;
+  }
+
+  take(n: number): boolean {
+    if (this.#used + n > this.max) return false;
+    this.#used += n;
+    return true;
+  }
+
+  give(n: number): void {
+    this.#used = Math.max(0, this.#used - n);
+  }
+}
 
 export class ReplayableBody {
   private readonly source: Readable;
@@ -21,15 +55,19 @@ export class ReplayableBody {
   /** Readers opened so far. */
   opened = 0;
 
-  constructor(source: Readable, limit = DEFAULT_RETRY_BUFFER_BYTES) {
+  private readonly budget: ReplayBudget | undefined;
+
+  /** `budget`: shared with the waypoint's other bodies; a chunk it cannot take ends the keeping. */
+  constructor(source: Readable, limit = DEFAULT_RETRY_BUFFER_BYTES, budget?: ReplayBudget) {
     this.source = source;
     this.limit = limit;
+    this.budget = budget;
     source.on('data', (chunk: Buffer) => {
       this.bytes += chunk.length;
       if (!this.overflowed) {
-        this.chunks.push(chunk);
-        this.buffered += chunk.length;
-        if (this.buffered > this.limit) { this.overflowed = true; this.chunks = []; this.buffered = 0; }
+        if (this.buffered + chunk.length > this.limit) this.drop();
+        else if (this.budget && !this.budget.take(chunk.length)) { this.budget.refused++; this.drop(); }
+        else { this.chunks.push(chunk); this.buffered += chunk.length; }
       }
       const r = this.reader;
       if (r && !r.push(chunk)) source.pause();
@@ -49,6 +87,19 @@ export class ReplayableBody {
     source.on('aborted', () => fail(new Error('client aborted the request body')));
     source.on('close', () => { if (!this.ended) fail(new Error('client closed the request before its body ended')); });
     source.pause();
+  }
+
+  /** Stops keeping the body (too large, or the budget is spent): no retry or mirror can have it now. */
+  private drop(): void {
+    this.overflowed = true;
+    this.budget?.give(this.buffered);
+    this.chunks = [];
+    this.buffered = 0;
+  }
+
+  /** The exchange is over: what was kept goes back to the budget. */
+  release(): void {
+    if (!this.overflowed) this.drop();
   }
 
   private settle(): void {

@@ -8,7 +8,7 @@ import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
 import { isWebSocketHandshake } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
-import { DEFAULT_RETRY_BUFFER_BYTES } from './body.ts';
+import { DEFAULT_REPLAY_BUDGET_BYTES, DEFAULT_RETRY_BUFFER_BYTES, ReplayBudget } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
@@ -72,6 +72,8 @@ export interface WaypointEngineOptions {
   maxHeaderBytes?: number;
   /** Default 1 MiB; larger bodies are streamed but not retried or mirrored. */
   retryBufferBytes?: number;
+  /** Bytes all request bodies may keep for retries and mirrors at once (default DEFAULT_REPLAY_BUDGET_BYTES, 128 MiB). */
+  replayBudgetBytes?: number;
   /** RequestMirror copies in flight at most (default DEFAULT_MAX_MIRRORS, 1024); past it copies are dropped and counted. */
   maxMirrors?: number;
   /** HTTP/2 rapid-reset guard: at most `limit` client resets per `windowMs` per session. */
@@ -210,6 +212,15 @@ export class WaypointEngine {
         },
       });
     }
+    const replayBudget = new ReplayBudget(opts.replayBudgetBytes ?? DEFAULT_REPLAY_BUDGET_BYTES);
+    new Gauge({
+      name: 'weft_waypoint_replay_buffer_bytes', help: 'Bytes of request bodies kept for retries and mirrors (bounded by the replay budget)',
+      registers: [this.telemetry.registry], collect() { this.set(replayBudget.used); },
+    });
+    new Counter({
+      name: 'weft_waypoint_replay_budget_exhausted_total', help: 'Request bodies not kept for retries or mirrors because the waypoint\'s replay budget was spent (the request itself was served)',
+      registers: [this.telemetry.registry], collect() { this.reset(); this.inc(replayBudget.refused); },
+    });
     this.env = {
       snapshot: () => this.snap,
       cluster: (svc, port) => this.clusterFor(svc, port),
@@ -221,6 +232,7 @@ export class WaypointEngine {
       limits: this.limits,
       admission,
       mirrors: new RequestAdmission(opts.maxMirrors ?? DEFAULT_MAX_MIRRORS, 'maxMirrors'),
+      replayBudget,
       waypoint: `${opts.namespace}/${opts.name}`,
       normalize: { ...DEFAULT_NORMALIZE_OPTIONS },
       numTrustedProxies: 0,

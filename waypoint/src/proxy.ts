@@ -13,7 +13,7 @@ import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
 import type { Endpoint, RouteBackend, RouteRule, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
-import { ReplayableBody } from './body.ts';
+import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
 import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
@@ -68,6 +68,8 @@ export interface ProxyEnv {
   admission: RequestAdmission;
   /** The ceiling on RequestMirror copies in flight (apart from the requests: a copy never refuses one). */
   mirrors: RequestAdmission;
+  /** The bytes all request bodies may keep for retries and mirrors at once. */
+  replayBudget: ReplayBudget;
   /** `namespace/name` of the waypoint, for overload answers. */
   waypoint: string;
   /** Path normalization (Istio MeshConfig pathNormalization). */
@@ -508,7 +510,7 @@ const send: Stage = async (ctx) => {
     return;
   }
 
-  if (requestHasBody(ctx.req)) ctx.body = new ReplayableBody(ctx.req as Readable, env.limits.retryBufferBytes);
+  if (requestHasBody(ctx.req)) ctx.body = new ReplayableBody(ctx.req as Readable, env.limits.retryBufferBytes, env.replayBudget);
   else (ctx.req as Readable).resume();
 
   for (const m of up.mirrors) {
@@ -1045,6 +1047,7 @@ function finish(ctx: RequestContext): void {
   const { env, conn } = ctx;
   if (ctx.recorded) return;
   ctx.recorded = true;
+  ctx.body?.release();
   const durationMs = Number(process.hrtime.bigint() - ctx.startHr) / 1e6;
   const rec: RequestRecord = {
     startTime: ctx.start, durationMs, method: ctx.method, path: ctx.path, authority: ctx.authority,
