@@ -8,7 +8,7 @@ import type { Route, Service } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  backend, config, echo, endpoint, match, request, route, service, startHttpBackend, startTunnelListener,
+  backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener, trafficPolicy,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -145,5 +145,48 @@ describe('consumer routes decide for their own clients, on their own ports', () 
     assert.equal(JSON.parse((await request(on8080.port)).body).backend, 'v2');
     const on80 = await listen('10.96.0.30:80', CLIENT);
     assert.equal(JSON.parse((await request(on80.port)).body).backend, 'v1', 'the consumer route wins on its port');
+  });
+});
+
+// A consumer route's timeouts are its namespace's own patience (GEP-1294: they apply to its callers
+// only), not evidence about the producer's endpoints. The waypoint's outlier state is shared by every
+// caller, as Envoy's is per cluster: a timeout a consumer route set, when it fires, must not count
+// toward ejecting the producer's endpoints for everyone (in Istio's sidecars the consumer's own proxy
+// would be the only one to eject them). Timeouts the producer set (its TrafficPolicy, its routes)
+// still count, as in Envoy.
+describe('consumer route timeouts and the shared outlier state', () => {
+  it('a consumer route\'s tight backendRequest timeout answers its own callers 504 and ejects nothing', async () => {
+    const slow = (name: string) => startHttpBackend((req, res) => { setTimeout(() => echo(name)(req, res), 150); });
+    const a = await slow('a');
+    const b = await slow('b');
+    const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const impatient: Route = { ...route('impatient', 'reviews', [{ backends: [backend('reviews')], timeouts: { backendRequestMs: 20 } }]), namespace: 'evil' };
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(a.port), endpoint(b.port)])],
+      trafficPolicies: [trafficPolicy('reviews', { retries: { attempts: 0, retryOn: [] }, outlierDetection: { consecutive5xx: 2, intervalMs: 1000, baseEjectionTimeMs: 30_000, maxEjectionPercent: 100 } })],
+      routes: [impatient],
+    }));
+    const fromEvil = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+    const fromShop = await startTunnelListener(engine, '10.96.0.10:80', 'spiffe://cluster.local/ns/shop/sa/web');
+    try {
+      for (let i = 0; i < 6; i++) {
+        const r = await request(fromEvil.port);
+        assert.equal(r.status, 504);
+        assert.equal(r.headers['x-weft-flags'], 'UT');
+      }
+      const stats = engine.clusterStats()[0]!;
+      assert.equal(stats.ejections, 0, JSON.stringify(stats));
+      const ut = (await metricSamples(engine, 'istio_requests_total')).filter((v) => v.labels['response_flags'] === 'UT').reduce((n, v) => n + v.value, 0);
+      assert.equal(ut, 6, 'each timeout is counted on the consumer\'s requests');
+      const served = new Set<string>();
+      for (let i = 0; i < 4; i++) served.add(JSON.parse((await request(fromShop.port)).body).backend);
+      assert.deepEqual([...served].sort(), ['a', 'b'], 'shop\'s callers keep both endpoints');
+    } finally {
+      await fromEvil.close();
+      await fromShop.close();
+      await engine.close();
+      await a.close();
+      await b.close();
+    }
   });
 });

@@ -12,7 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
-import type { Endpoint, RouteBackend, RouteRule, Service, WorkloadMeta } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
 import { backendService, routesFor, serviceKey } from './config.ts';
@@ -104,6 +104,12 @@ export interface UpstreamPlan {
   responseEdits: FilterContext['responseEdits'];
   mirrors: FilterContext['mirrors'];
   timeouts: { requestMs?: number; perTryMs?: number };
+  /**
+   * The timeouts are a consumer route's (GEP-1294: its namespace's callers' own patience), not the
+   * producer's: when they fire they say nothing about the endpoint, and are kept from the outlier
+   * state every caller shares.
+   */
+  consumerTimeouts?: { request: boolean; perTry: boolean };
   /** The route rule's retries (HTTPRouteRetry), in place of the backend's TrafficPolicy retries. */
   retry?: RouteRule['retry'];
   /** Only this endpoint address (a request addressed to a pod, not to the Service). */
@@ -421,12 +427,14 @@ const route: Stage = (ctx) => {
     listenerPort: dest.port, responseEdits: [], mirrors: [],
   };
   let timeouts: { requestMs?: number; backendRequestMs?: number } = {};
+  let consumerTimeouts: UpstreamPlan['consumerTimeouts'];
   let retry: RouteRule['retry'];
   if (matched) {
     ctx.routeName = `${matched.route.namespace}/${matched.route.name}${matched.rule.name ? `/${matched.rule.name}` : ''}`;
     if (matched.matchedPrefix !== undefined) fctx.matchedPrefix = matched.matchedPrefix;
     backends = matched.rule.backends;
     timeouts = matched.rule.timeouts;
+    if (isConsumerRoute(matched.route)) consumerTimeouts = { request: timeouts.requestMs !== undefined, perTry: timeouts.backendRequestMs !== undefined };
     retry = matched.rule.retry;
     applyRouteFilters(matched.rule.filters, fctx);
   } else if (table?.hasRoutes(dest.key, dest.port)) {
@@ -464,6 +472,7 @@ const route: Stage = (ctx) => {
       perTryMs: timeouts.backendRequestMs ?? settings.timeouts.perTryMs,
     },
     ...(retry ? { retry } : {}),
+    ...(consumerTimeouts ? { consumerTimeouts } : {}),
     ...(dest.workloadIp && backend.service === dest.key ? { onlyEndpoint: dest.workloadIp } : {}),
   };
 };
@@ -755,7 +764,7 @@ export function retryPolicy(rule: RouteRule['retry'], backend: { attempts: numbe
  */
 async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
   const { env } = ctx;
-  const { protocol, request: out, responseEdits, timeouts, retry } = plan(ctx);
+  const { protocol, request: out, responseEdits, timeouts, retry, consumerTimeouts: consumerTimeoutSet } = plan(ctx);
   const settings = cluster.settings;
   const retries = retryPolicy(retry, settings.retries);
   const overall = ctx.overall;
@@ -799,7 +808,9 @@ async function forward(ctx: RequestContext, cluster: Cluster): Promise<void> {
       // Outlier detection judges the endpoint (Envoy: its answers, and what interrupted or prevented
       // talking to it). An attempt the client cancelled, by going away or by breaking off its body,
       // says nothing about the endpoint: counting it would let any caller eject healthy endpoints.
-      if (!cancelledByClient(ctx, outcome)) cluster.report(ep, outcome);
+      // Nor does a consumer route's own timeout firing (see UpstreamPlan.consumerTimeouts).
+      const consumerTimeout = outcome.kind === 'timeout' && ((perTryTimedOut && consumerTimeoutSet?.perTry) || (overallTimedOut && consumerTimeoutSet?.request));
+      if (!cancelledByClient(ctx, outcome) && !consumerTimeout) cluster.report(ep, outcome);
       if (inRetry) { cluster.endRetry(); inRetry = false; }
       const done = (): void => {
         overall.signal.removeEventListener('abort', onOverall);
