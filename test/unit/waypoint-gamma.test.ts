@@ -3,6 +3,8 @@
 // routes; everyone else keeps the producer routes. The client's namespace is its tunnel identity,
 // never a header. A refused cross-namespace backend (no ReferenceGrant) answers 500.
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import type { Route, Service } from '../../lib/model/mesh.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
@@ -60,6 +62,56 @@ describe('consumer and producer routes', () => {
   });
 
   it('it applies to clients of its own namespace, in place of the producer route', async () => {
+    assert.equal(JSON.parse((await request(fromEvil.port)).body).backend, 'v2');
+  });
+
+  // A waypoint serves its own namespace's Services (those that use it; the controller sends it those
+  // and, to route to, the Services its routes name). A tunnel addressed to another namespace's
+  // Service (a route backend, known here only to send to) would reach that Service's pods under this
+  // namespace's policies and limits, around its own waypoint's: refused 404 NR, counted, named.
+  it('a tunnel addressed to another namespace\'s Service, known here only as a route backend, is refused 404 NR, HTTP and TCP alike', async () => {
+    const hits = v2.hits;
+    for (const target of ['10.96.1.10:80', '10.96.2.10:80']) {
+      const l = await startTunnelListener(engine, target, 'spiffe://cluster.local/ns/evil/sa/x');
+      try {
+        const r = await request(l.port, { host: target.startsWith('10.96.1') ? 'sink.evil.svc.cluster.local' : 'cache.web.svc.cluster.local' });
+        assert.equal(r.status, 404, r.body);
+        assert.equal(r.headers['x-weft-flags'], 'NR');
+        assert.match(r.body, /no service/);
+      } finally {
+        await l.close();
+      }
+    }
+    // A workload address of such a Service is refused the same way.
+    const byPod = await startTunnelListener(engine, `127.0.0.1:${v2.port}`, 'spiffe://cluster.local/ns/evil/sa/x');
+    try {
+      assert.equal((await request(byPod.port, { host: 'sink.evil.svc.cluster.local' })).status, 404);
+    } finally {
+      await byPod.close();
+    }
+    // Nor passed through as TCP.
+    const tcp = await startTunnelListener(engine, '10.96.1.10:80', 'spiffe://cluster.local/ns/evil/sa/x');
+    try {
+      const got = await new Promise<{ bytes: number; closed: boolean }>((resolve) => {
+        const sock = net.connect(tcp.port, '127.0.0.1');
+        let bytes = 0;
+        const t = setTimeout(() => { sock.destroy(); resolve({ bytes, closed: false }); }, 5_000);
+        sock.on('connect', () => sock.write(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x01, 1])));
+        sock.on('data', (c: Buffer) => { bytes += c.length; });
+        sock.on('error', () => {});
+        sock.on('close', () => { clearTimeout(t); resolve({ bytes, closed: true }); });
+      });
+      assert.deepEqual(got, { bytes: 0, closed: true });
+    } finally {
+      await tcp.close();
+    }
+    assert.equal(v2.hits, hits, 'nothing reached the other namespaces\' pods');
+    const refused = async (): Promise<number> => (await metricSamples(engine, 'istio_requests_total'))
+      .filter((v) => v.labels['response_flags'] === 'NR' && String(v.labels['response_code']) === '404').reduce((n, v) => n + v.value, 0);
+    const deadline = Date.now() + 5_000;
+    while (await refused() < 3 && Date.now() < deadline) await delay(10);
+    assert.ok(await refused() >= 3, 'each refusal is counted (istio_requests_total, 404, flag NR)');
+    // Routing to it, as the consumer route does, still works.
     assert.equal(JSON.parse((await request(fromEvil.port)).body).backend, 'v2');
   });
 

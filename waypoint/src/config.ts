@@ -21,7 +21,7 @@ export interface Snapshot {
   config: WaypointConfig;
   /** `namespace/name` → service. */
   services: ReadonlyMap<string, Service>;
-  /** `vip:port` → service, and `vip` → service. */
+  /** `vip:port` → service, and `vip` → service: the Services this waypoint serves (its namespace's), the tunnel targets it accepts. */
   byAddress: ReadonlyMap<string, Service>;
   /** Lower-case host names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`, and `name` in the waypoint's namespace). */
   byHost: ReadonlyMap<string, Service>;
@@ -215,6 +215,10 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
   if (prev && sameTables(prev.config, cfg)) return { ...prev, version, config: cfg, addressOwners };
 
   const services = new Map<string, Service>();
+  const claimed = new Map<string, Service>();
+  // Tunnel targets: this waypoint's own namespace's Services only. Another namespace's (a route
+  // backend, here to be sent to) is not served: a tunnel addressed to it would reach its pods under
+  // this namespace's policies and limits, around its own waypoint's.
   const byAddress = new Map<string, Service>();
   const byHost = new Map<string, Service>();
   for (const s of cfg.services) {
@@ -224,12 +228,15 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
     validateService(s, issues);
     const claims = s.vips.flatMap((vip) => [vip, ...s.ports.map((p) => addressKey(vip, p.port))]);
     for (const k of claims) {
-      const other = byAddress.get(k);
+      const other = claimed.get(k);
       if (other) issues.push({ kind: 'Service', object: key, path: 'vips', message: `address ${k} is also claimed by ${serviceKey(other)}; ${key} is left out` });
     }
     if (issues.length !== before) continue;
     services.set(key, s);
-    for (const k of claims) byAddress.set(k, s);
+    for (const k of claims) {
+      claimed.set(k, s);
+      if (s.namespace === cfg.namespace) byAddress.set(k, s);
+    }
     const host = s.hostname.toLowerCase();
     const names = [host, `${s.name}.${s.namespace}.svc`, `${s.name}.${s.namespace}`];
     if (s.namespace === cfg.namespace) names.push(s.name);

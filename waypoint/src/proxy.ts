@@ -205,6 +205,8 @@ function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
     index = new Map();
     for (const key of [...snap.services.keys()].sort()) {
       const svc = snap.services.get(key)!;
+      // Served Services only (Snapshot.byAddress): another namespace's is here to be sent to.
+      if (svc.namespace !== snap.namespace) continue;
       for (const e of svc.endpoints) {
         const list = index.get(e.ip) ?? [];
         if (!list.includes(svc)) list.push(svc);
