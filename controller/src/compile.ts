@@ -94,6 +94,8 @@ export interface WaypointRuntime {
   addresses?: string[];
   ready: boolean;
   reason?: string;
+  /** What the reason means for this waypoint, for its status (a name conflict names the object). */
+  message?: string;
 }
 
 /**

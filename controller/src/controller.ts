@@ -294,7 +294,7 @@ export class Controller {
           ok: wp?.ready ?? false,
           ...(refused ? { path: refused.path } : {}),
           reason: wp?.ready ? 'Ready' : (refused?.reason ?? rt?.reason ?? wp?.reason ?? 'Pending'),
-          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${refused?.message ?? rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
+          message: wp?.ready ? `serving at ${wp.address}:${wp.port}` : `waypoint is not ready: ${refused?.message ?? rt?.message ?? rt?.reason ?? wp?.reason ?? 'not reconciled yet'}`,
           ...(wp?.address ? { address: wp.address } : {}),
         });
         continue;

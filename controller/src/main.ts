@@ -206,7 +206,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 
   const waypoints = kube
     ? new kube.KubeWaypointDriver({
-      kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, controllerNamespace: namespace,
+      kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, registry, controllerNamespace: namespace,
       ...(o.debugEndpoints ? { debugEndpoints: true } : {}),
       controllerAddress: o.controllerAddress ?? controllerAddress(namespace),
       ...(trustBundle ? { trustBundle } : {}),

@@ -15,6 +15,7 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import { createHash } from 'node:crypto';
+import { Counter, type Registry } from 'prom-client';
 import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName } from '../../lib/model/mesh.ts';
 import {
   CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
@@ -40,6 +41,8 @@ export interface KubeWaypointDriverOptions {
   /** Publishes the trust-bundle ConfigMap a waypoint mounts, in its namespace, before its Deployment. */
   trustBundle?: { ensure(namespace: string): Promise<void> };
   logger?: Logger;
+  /** Registers weft_waypoint_name_conflicts_total. */
+  registry?: Registry;
 }
 
 /** Requests and limits of a waypoint container (one Node.js process, L7 proxy). */
@@ -49,6 +52,30 @@ export const WAYPOINT_RESOURCES = {
 };
 
 const WAYPOINT_TOKEN_VOLUME = 'weft-token';
+/** The label value that marks an object as made by this reconciler (app.kubernetes.io/managed-by). */
+const MANAGED_BY = 'weft';
+
+/**
+ * Whether `obj` (a Deployment, Service or PodDisruptionBudget named after the Waypoint) was made by
+ * this reconciler for that Waypoint, so that it may replace or delete it. Anything else of that name
+ * (an application's Deployment or Service) is left alone, as Istio's deployment controller leaves a
+ * resource without its managed label (pilot/pkg/config/kube/gateway/deploymentcontroller.go canManage).
+ */
+export function madeForWaypoint(obj: KubernetesObject | undefined, waypoint: string): boolean {
+  const l = obj?.metadata?.labels ?? {};
+  return l[LABEL_WAYPOINT_FOR] === waypoint && l['app.kubernetes.io/managed-by'] === MANAGED_BY;
+}
+
+/** A Waypoint's name is taken by an object the controller did not make; it is not launched. */
+export class WaypointNameConflictError extends Error {
+  readonly code = 'WEFT_WAYPOINT_NAME_CONFLICT';
+  readonly kind: string;
+  constructor(kind: string, namespace: string, name: string) {
+    super(`metadata.name: ${kind} ${namespace}/${name} exists and was not made by Weft (no labels ${LABEL_WAYPOINT_FOR}=${name}, app.kubernetes.io/managed-by=${MANAGED_BY}); it is left alone and the waypoint is not launched: rename the Waypoint`);
+    this.name = 'WaypointNameConflictError';
+    this.kind = kind;
+  }
+}
 const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
 
 /**
@@ -85,6 +112,9 @@ export class KubeWaypointDriver extends BaseDriver {
   #services: Inf<V1Service> | undefined;
   #kept: Array<KeptInformer<V1Deployment> | KeptInformer<V1Service>> = [];
   #known = new Set<string>();
+  /** Waypoints whose name another object holds, by `namespace/name`: why. */
+  readonly #conflicts = new Map<string, WaypointNameConflictError>();
+  readonly #conflictsCounter: Counter | undefined;
 
   constructor(options: KubeWaypointDriverOptions) {
     super();
@@ -93,6 +123,9 @@ export class KubeWaypointDriver extends BaseDriver {
     this.#apps = options.kubeConfig.makeApiClient(AppsV1Api);
     this.#core = options.kubeConfig.makeApiClient(CoreV1Api);
     this.#policy = options.kubeConfig.makeApiClient(PolicyV1Api);
+    this.#conflictsCounter = options.registry
+      ? new Counter({ name: 'weft_waypoint_name_conflicts_total', help: 'Waypoints not launched because an object the controller did not make holds their name, by that object\'s kind', labelNames: ['kind'], registers: [options.registry] })
+      : undefined;
   }
 
   async #startInformers(): Promise<void> {
@@ -117,6 +150,11 @@ export class KubeWaypointDriver extends BaseDriver {
   #refresh(): void {
     for (const key of this.#known) {
       const [ns, name] = key.split('/') as [string, string];
+      const conflict = this.#conflicts.get(key);
+      if (conflict) {
+        this.setRuntime(key, { ready: false, reason: 'NameConflict', message: conflict.message });
+        continue;
+      }
       const d = this.#deployments?.get(name, ns);
       const s = this.#services?.get(name, ns);
       const address = s?.spec?.clusterIP && s.spec.clusterIP !== 'None' ? s.spec.clusterIP : undefined;
@@ -144,17 +182,21 @@ export class KubeWaypointDriver extends BaseDriver {
       this.#known.add(key);
       try {
         await this.#ensure(wp);
+        this.#conflicts.delete(key);
       } catch (e) {
-        errors.push(new WaypointReconcileError(key, e));
+        if (e instanceof WaypointNameConflictError) this.#conflict(key, e);
+        else errors.push(new WaypointReconcileError(key, e));
       }
     }
     for (const key of [...this.#known]) {
       if (want.has(key)) continue;
       const [namespace, name] = key.split('/') as [string, string];
       try {
-        await ignore404(this.#apps.deleteNamespacedDeployment({ name, namespace }));
-        await ignore404(this.#core.deleteNamespacedService({ name, namespace }));
-        await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
+        // Only what this reconciler made: an object that merely has the name stays.
+        if (madeForWaypoint(await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace })), name)) await ignore404(this.#apps.deleteNamespacedDeployment({ name, namespace }));
+        if (madeForWaypoint(await readOrUndefined(this.#core.readNamespacedService({ name, namespace })), name)) await ignore404(this.#core.deleteNamespacedService({ name, namespace }));
+        if (madeForWaypoint(await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace })), name)) await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
+        this.#conflicts.delete(key);
         this.#known.delete(key);
         this.setRuntime(key, undefined);
       } catch (e) {
@@ -165,10 +207,26 @@ export class KubeWaypointDriver extends BaseDriver {
     if (errors.length > 0) throw new AggregateError(errors, errors.map((e) => e.message).join('; '));
   }
 
+  /** Counts and logs a name conflict once, then keeps the Waypoint not ready with the reason. */
+  #conflict(key: string, e: WaypointNameConflictError): void {
+    if (this.#conflicts.get(key)?.message !== e.message) {
+      this.#conflictsCounter?.inc({ kind: e.kind });
+      this.#log.warn('waypoint not launched: its name is held by an object not made by Weft', { waypoint: key, path: 'metadata.name', kind: e.kind, error: e.message });
+    }
+    this.#conflicts.set(key, e);
+  }
+
   async #ensure(wp: Waypoint): Promise<void> {
     const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
     const { name, namespace } = spec;
-    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, 'app.kubernetes.io/managed-by': 'weft' };
+    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, 'app.kubernetes.io/managed-by': MANAGED_BY };
+    // Nothing is written while another object holds the name (checked before the first write).
+    const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
+    const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
+    const currentPdb = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
+    for (const [kind, obj] of [['Deployment', current], ['Service', currentSvc], ['PodDisruptionBudget', currentPdb]] as const) {
+      if (obj && !madeForWaypoint(obj, name)) throw new WaypointNameConflictError(kind, namespace, name);
+    }
     const owner = wp.metadata.uid
       ? [{ apiVersion: wp.apiVersion, kind: 'Waypoint', name, uid: wp.metadata.uid, controller: true, blockOwnerDeletion: true }]
       : undefined;
@@ -236,7 +294,6 @@ export class KubeWaypointDriver extends BaseDriver {
     };
     const hash = createHash('sha256').update(JSON.stringify(deployment.spec)).digest('hex').slice(0, 16);
     deployment.metadata!.annotations = { 'weft.dev/spec-hash': hash };
-    const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
     if (!current) {
       await this.#apps.createNamespacedDeployment({ namespace, body: deployment });
       this.#log.info('waypoint deployment created', { waypoint: `${namespace}/${name}` });
@@ -252,9 +309,8 @@ export class KubeWaypointDriver extends BaseDriver {
       metadata: meta(),
       spec: { type: 'ClusterIP', selector: { [LABEL_WAYPOINT_FOR]: name }, ports: [{ name: 'tcp-hbone', port: HBONE_PORT, targetPort: HBONE_PORT, protocol: 'TCP' }] },
     };
-    const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
     if (!currentSvc) await this.#core.createNamespacedService({ namespace, body: service });
-    await this.#ensurePdb(spec.replicas, meta(), { [LABEL_WAYPOINT_FOR]: name });
+    await this.#ensurePdb(spec.replicas, currentPdb, meta(), { [LABEL_WAYPOINT_FOR]: name });
   }
 
   /**
@@ -262,9 +318,8 @@ export class KubeWaypointDriver extends BaseDriver {
    * (node drains), as Istio does for its gateways; a single replica gets none, so it never blocks
    * a drain. Removed when the Waypoint goes back to one replica.
    */
-  async #ensurePdb(replicas: number, metadata: V1PodDisruptionBudget['metadata'] & { name: string; namespace: string }, selector: Record<string, string>): Promise<void> {
+  async #ensurePdb(replicas: number, current: V1PodDisruptionBudget | undefined, metadata: V1PodDisruptionBudget['metadata'] & { name: string; namespace: string }, selector: Record<string, string>): Promise<void> {
     const { name, namespace } = metadata;
-    const current = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
     if (replicas <= 1) {
       if (current) await ignore404(this.#policy.deleteNamespacedPodDisruptionBudget({ name, namespace }));
       return;

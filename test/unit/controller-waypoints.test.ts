@@ -20,7 +20,8 @@ import { ObjectStore } from '../../controller/src/store.ts';
 import { admitWaypoint, isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
 import { AgentState } from '../../agent/src/state.ts';
 import type { Pod, Waypoint } from '../../lib/model/objects.ts';
-import { until } from './controller-harness.ts';
+import { captureLogger, until, type LogLine } from './controller-harness.ts';
+import { Registry } from 'prom-client';
 
 async function serve(configServer: ConfigServer): Promise<{ target: string; server: grpc.Server }> {
   const server = new grpc.Server();
@@ -233,4 +234,60 @@ test('a pod taking up a waypoint\'s ServiceAccount refuses the waypoint in an in
   assert.equal(got.model.waypoints.get('shop/wp')!.ready, false);
   assert.deepEqual(got.findings.filter((f) => f.kind === 'Waypoint').map((f) => f.reason), ['ServiceAccountShared']);
   assert.deepEqual(got.model.waypoints.get('shop/wp'), compile(store.inputs()).model.waypoints.get('shop/wp'));
+});
+
+// The attack: whoever may write Waypoints (but not Deployments or Services) names a Waypoint after
+// an application's Deployment and Service; the controller, with its own rights, would replace the
+// application by a waypoint and, once the Waypoint is deleted, delete both. Istio's deployment
+// controller refuses the same (pilot/pkg/config/kube/gateway/deploymentcontroller.go canManage:
+// "If the resource already exists but does not have the ManagedGatewayLabel, we won't overwrite
+// it"); so does Weft, and says so at the Waypoint's metadata.name, counted and logged.
+test('a Waypoint named after a Deployment, Service or PodDisruptionBudget the controller did not make leaves them alone: not replaced, not deleted, refused at metadata.name, counted and logged (Istio deploymentcontroller canManage)', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const registry = new Registry();
+  const logs: LogLine[] = [];
+  const controller = new Controller({
+    source: new KubeSource({ kubeConfig, restartDelayMs: 20 }),
+    configServer: new ConfigServer(),
+    waypoints: new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012', registry, logger: captureLogger(logs) }),
+    debounceMs: 5,
+  });
+  const appDeployment = { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'frontend', namespace: 'shop', labels: { app: 'frontend' } }, spec: { replicas: 3, selector: { matchLabels: { app: 'frontend' } }, template: { metadata: { labels: { app: 'frontend' } }, spec: { containers: [{ name: 'app', image: 'shop/frontend:7' }] } } } };
+  const appPdb = { apiVersion: 'policy/v1', kind: 'PodDisruptionBudget', metadata: { name: 'frontend', namespace: 'shop' }, spec: { maxUnavailable: 1, selector: { matchLabels: { app: 'frontend' } } } };
+  type St = { conditions?: Array<{ status: string; reason: string; message: string }> };
+  const cond = (name: string) => (api.get('Waypoint', 'shop', name)?.status as St | undefined)?.conditions?.[0];
+  const image = () => (api.get('Deployment', 'shop', 'frontend')?.spec as typeof appDeployment.spec | undefined)?.template.spec.containers[0]?.image;
+  try {
+    api.apply(ns('shop'));
+    api.apply(appDeployment);
+    api.apply(svc('shop', 'frontend'));
+    api.apply(appPdb);
+    await controller.start();
+    api.apply({ ...waypoint('shop', 'frontend'), spec: { replicas: 2 } });
+    api.apply(waypoint('shop', 'wp')); // a control: a name nobody uses is launched
+    await until('the control waypoint is launched', () => api.get('Deployment', 'shop', 'wp') !== undefined);
+    await until('the refusal in status', () => cond('frontend')?.reason === 'NameConflict');
+    assert.match(cond('frontend')!.message, /metadata\.name: Deployment shop\/frontend exists and was not made by Weft/);
+    assert.equal(image(), 'shop/frontend:7', 'the application Deployment is not replaced');
+    assert.equal(api.get('Deployment', 'shop', 'frontend')!.metadata.labels?.['weft.dev/waypoint'], undefined);
+    assert.deepEqual(api.get('PodDisruptionBudget', 'shop', 'frontend')!['spec'], appPdb.spec, 'nor its disruption budget');
+    assert.equal(controller.model!.waypoints.get('shop/frontend')!.ready, false, 'Services using it fail closed');
+    const counted = (await registry.getSingleMetric('weft_waypoint_name_conflicts_total')!.get()).values;
+    assert.ok(counted.some((v) => v.labels['kind'] === 'Deployment' && v.value >= 1), JSON.stringify(counted));
+    assert.ok(logs.some((l) => l.level === 'warn' && /not made by Weft/.test(l.msg) && l.fields['waypoint'] === 'shop/frontend' && l.fields['path'] === 'metadata.name'), JSON.stringify(logs.map((l) => l.msg)));
+
+    // Deleting the Waypoint deletes nothing of the application's.
+    api.remove('Waypoint', 'shop', 'frontend');
+    api.remove('Waypoint', 'shop', 'wp');
+    await until('the control waypoint is removed', () => api.get('Deployment', 'shop', 'wp') === undefined);
+    await controller.settled();
+    assert.equal(image(), 'shop/frontend:7', 'the application Deployment stays');
+    assert.ok(api.get('Service', 'shop', 'frontend'), 'the application Service stays');
+    assert.ok(api.get('PodDisruptionBudget', 'shop', 'frontend'), 'its disruption budget stays');
+  } finally {
+    await controller.stop();
+    await api.stop();
+  }
 });
