@@ -17,11 +17,13 @@ import { clientNode } from '../kube.ts';
 
 /**
  * Every object `weftctl install` may have rendered in namespace `ns`, whatever its options: the
- * multi-cluster parts too (the east-west gateway, and the weft-reader ClusterRole and binding,
- * which deleting the namespace would leave behind). Objects that are not there are skipped.
+ * multi-cluster parts and the dashboard too (the east-west gateway; the weft-reader and
+ * weft-dashboard ClusterRoles and bindings, which deleting the namespace would leave behind, the
+ * dashboard's granting pods/proxy cluster-wide to whoever recreates its ServiceAccount). Objects
+ * that are not there are skipped.
  */
 export function installedObjects(ns: string, image: string): KubernetesObject[] {
-  return renderInstall({ image, trustDomain: 'cluster.local', namespace: ns, clusterId: 'uninstall', eastwest: true, warn: () => {} }) as KubernetesObject[];
+  return renderInstall({ image, trustDomain: 'cluster.local', namespace: ns, clusterId: 'uninstall', eastwest: true, dashboard: true, warn: () => {} }) as KubernetesObject[];
 }
 
 export class UninstallError extends Error {

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
+import { installedObjects } from '../../cli/install/uninstall.ts';
 
 const run = promisify(execFile);
 const skip = spawnSync('kubectl', ['version', '--client']).status !== 0 && 'kubectl is not installed';
@@ -24,7 +25,7 @@ test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to com
   const kubeconfig = join(dir, 'kubeconfig');
   writeFileSync(kubeconfig, api.kubeconfig());
   const file = join(dir, 'install.yaml');
-  writeFileSync(file, toYaml(renderInstall({ image: 'ghcr.io/weft-mesh/weft:lab', trustDomain: 'cluster.local', warn: () => {} })));
+  writeFileSync(file, toYaml(renderInstall({ image: 'ghcr.io/weft-mesh/weft:lab', trustDomain: 'cluster.local', dashboard: true, warn: () => {} })));
   let nodeSide: NodeJS.Timeout | undefined;
   try {
     await run('kubectl', ['--kubeconfig', kubeconfig, 'apply', '--server-side', '-f', file], { env: { ...process.env, HOME: dir } });
@@ -56,7 +57,10 @@ test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to com
     assert.ok(api.requests.some((q) => q.method === 'DELETE' && q.path.endsWith('/daemonsets/weft-agent-cleanup')));
 
     for (const [kind, ns, name] of [['DaemonSet', 'weft-system', 'weft-agent'], ['Deployment', 'weft-system', 'weft-controller'], ['Namespace', undefined, 'weft-system'],
-      ['Deployment', 'shop', 'wp'], ['Service', 'shop', 'wp'], ['ConfigMap', 'shop', 'weft-trust-bundle'], ['ClusterRole', undefined, 'weft-controller']] as const) {
+      ['Deployment', 'shop', 'wp'], ['Service', 'shop', 'wp'], ['ConfigMap', 'shop', 'weft-trust-bundle'], ['ClusterRole', undefined, 'weft-controller'],
+      // The dashboard's cluster-wide pods/proxy grant: deleting the namespace leaves it, bound to a
+      // ServiceAccount whoever recreates weft-system/weft-dashboard would hold.
+      ['ClusterRole', undefined, 'weft-dashboard'], ['ClusterRoleBinding', undefined, 'weft-dashboard']] as const) {
       assert.equal(api.get(kind, ns, name), undefined, `${kind} ${ns ?? ''}/${name} removed`);
     }
     assert.equal(api.list('CustomResourceDefinition').length, 0);
@@ -65,5 +69,16 @@ test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to com
     clearInterval(nodeSide);
     await api.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('weftctl uninstall knows every cluster-scoped object an install renders, whatever its options (the namespace\'s deletion leaves those behind)', () => {
+  const removed = new Set(installedObjects('weft-system', 'weft:x').map((x) => `${x.kind}/${x.metadata?.name}`));
+  const variants = [{}, { dashboard: true }, { clusterId: 'c1' }, { clusterId: 'c1', eastwest: true }, { dashboard: true, clusterId: 'c1', eastwest: true, debugEndpoints: true, splice: true }];
+  for (const v of variants) {
+    for (const x of renderInstall({ image: 'weft:x', trustDomain: 'cluster.local', warn: () => {}, ...v })) {
+      if (x.metadata && 'namespace' in x.metadata && x.metadata.namespace) continue;
+      assert.ok(removed.has(`${x.kind}/${x.metadata?.name}`), `${x.kind}/${x.metadata?.name} (install ${JSON.stringify(v)}) is left behind by uninstall`);
+    }
   }
 });
