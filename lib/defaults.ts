@@ -33,6 +33,13 @@ export const CONTROLLER_TOKEN_AUDIENCE = 'weft-controller';
 /** Lifetime of those tokens; the kubelet refreshes them at 80 %. */
 export const TOKEN_EXPIRATION_SECONDS = 3600;
 
+/**
+ * The Weft image's unprivileged user (`node` in the node:24 images, the Dockerfile's USER) by number:
+ * the controller, waypoints, the east-west gateway and the dashboard run as it (a kubelet cannot
+ * check runAsNonRoot against a user name).
+ */
+export const IMAGE_NONROOT_UID = 1000;
+
 /** ConfigMap with the CA's public roots, in the install namespace and in every waypoint namespace. */
 export const TRUST_BUNDLE_CONFIGMAP = 'weft-trust-bundle';
 /** Its key, and so the file name where pods see it (Istio's name for the root bundle). */

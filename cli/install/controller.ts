@@ -12,8 +12,8 @@ import {
   CONTROLLER_CA_DIR, CONTROLLER_NAME, CONTROLLER_NODE_OPTIONS, ENV, LIVENESS_PATH, PORTS, READINESS_PATH, labels, selectorLabels,
 } from './names.ts';
 
-/** The image's unprivileged user (`node` in the node:24 images). */
-export const IMAGE_NONROOT_UID = 1000;
+import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
+export { IMAGE_NONROOT_UID };
 
 export const CONTROLLER_RESOURCES = {
   requests: { cpu: '100m', memory: '128Mi' },

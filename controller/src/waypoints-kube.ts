@@ -11,6 +11,7 @@ import {
   type V1Deployment,
   type V1Service,
   type V1PodDisruptionBudget,
+  type V1PodSpec,
   type Informer,
   type ObjectCache,
 } from '@kubernetes/client-node';
@@ -18,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { Counter, type Registry } from 'prom-client';
 import { DEFAULT_TRUST_DOMAIN, HBONE_PORT, nsName } from '../../lib/model/mesh.ts';
 import {
-  CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
+  CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, IMAGE_NONROOT_UID, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WAYPOINT_NODE_OPTIONS, controllerAddress, controllerSpiffeId,
 } from '../../lib/defaults.ts';
 import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
@@ -52,6 +53,7 @@ export const WAYPOINT_RESOURCES = {
 };
 
 const WAYPOINT_TOKEN_VOLUME = 'weft-token';
+const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
 /** The label value that marks an object as made by this reconciler (app.kubernetes.io/managed-by). */
 const MANAGED_BY = 'weft';
 
@@ -76,7 +78,6 @@ export class WaypointNameConflictError extends Error {
     this.kind = kind;
   }
 }
-const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
 
 /**
  * The waypoint container's arguments: the image's entrypoint takes the part name first (the
@@ -96,6 +97,51 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     ...waypointSpecArgs(spec),
     ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
   ];
+}
+
+/**
+ * The pod of a waypoint's Deployment: the Waypoint's own ServiceAccount with no API token (its
+ * projected controller-audience token proves it), unprivileged, read-only root.
+ */
+export function waypointPodSpec(spec: WaypointLaunchSpec, o: { image: string; trustDomain: string; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): V1PodSpec {
+  return {
+    serviceAccountName: spec.serviceAccount,
+    // The image's user by number: a kubelet cannot verify runAsNonRoot against its USER name (`node`)
+    // and would refuse to start the container; RuntimeDefault seccomp with the rest meets the
+    // restricted Pod Security Standard, so a waypoint runs in a namespace that enforces it.
+    securityContext: { runAsNonRoot: true, runAsUser: IMAGE_NONROOT_UID, runAsGroup: IMAGE_NONROOT_UID, seccompProfile: { type: 'RuntimeDefault' } },
+    // No API token: the waypoint proves itself with the projected controller-audience token.
+    automountServiceAccountToken: false,
+    containers: [{
+      name: 'waypoint',
+      image: spec.image ?? o.image,
+      args: waypointContainerArgs(spec, o),
+      env: [
+        { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+        { name: 'NODE_OPTIONS', value: WAYPOINT_NODE_OPTIONS },
+      ],
+      ports: [
+        { name: 'tcp-hbone', containerPort: HBONE_PORT, protocol: 'TCP' },
+        { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
+        { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
+      ],
+      readinessProbe: { httpGet: { path: READINESS_PATH, port: PORTS.readiness }, periodSeconds: 2 },
+      livenessProbe: { httpGet: { path: LIVENESS_PATH, port: PORTS.readiness }, periodSeconds: 10, failureThreshold: 3 },
+      resources: WAYPOINT_RESOURCES,
+      securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
+      volumeMounts: [
+        { name: WAYPOINT_TOKEN_VOLUME, mountPath: POD_PATHS.token, readOnly: true },
+        { name: WAYPOINT_TRUST_VOLUME, mountPath: POD_PATHS.trustBundle, readOnly: true },
+      ],
+    }],
+    volumes: [
+      {
+        name: WAYPOINT_TOKEN_VOLUME,
+        projected: { sources: [{ serviceAccountToken: { audience: CONTROLLER_TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_SECONDS, path: POD_PATHS.tokenFile } }] },
+      },
+      { name: WAYPOINT_TRUST_VOLUME, configMap: { name: TRUST_BUNDLE_CONFIGMAP } },
+    ],
+  };
 }
 
 
@@ -255,40 +301,7 @@ export class KubeWaypointDriver extends BaseDriver {
             labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' },
             annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.metrics), 'prometheus.io/path': '/metrics' },
           },
-          spec: {
-            serviceAccountName: spec.serviceAccount,
-            // No API token: the waypoint proves itself with the projected controller-audience token.
-            automountServiceAccountToken: false,
-            containers: [{
-              name: 'waypoint',
-              image: spec.image ?? this.#o.image,
-              args: waypointContainerArgs(spec, { trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
-              env: [
-                { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-                { name: 'NODE_OPTIONS', value: WAYPOINT_NODE_OPTIONS },
-              ],
-              ports: [
-                { name: 'tcp-hbone', containerPort: HBONE_PORT, protocol: 'TCP' },
-                { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
-                { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
-              ],
-              readinessProbe: { httpGet: { path: READINESS_PATH, port: PORTS.readiness }, periodSeconds: 2 },
-              livenessProbe: { httpGet: { path: LIVENESS_PATH, port: PORTS.readiness }, periodSeconds: 10, failureThreshold: 3 },
-              resources: WAYPOINT_RESOURCES,
-              securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ['ALL'] } },
-              volumeMounts: [
-                { name: WAYPOINT_TOKEN_VOLUME, mountPath: POD_PATHS.token, readOnly: true },
-                { name: WAYPOINT_TRUST_VOLUME, mountPath: POD_PATHS.trustBundle, readOnly: true },
-              ],
-            }],
-            volumes: [
-              {
-                name: WAYPOINT_TOKEN_VOLUME,
-                projected: { sources: [{ serviceAccountToken: { audience: CONTROLLER_TOKEN_AUDIENCE, expirationSeconds: TOKEN_EXPIRATION_SECONDS, path: POD_PATHS.tokenFile } }] },
-              },
-              { name: WAYPOINT_TRUST_VOLUME, configMap: { name: TRUST_BUNDLE_CONFIGMAP } },
-            ],
-          },
+          spec: waypointPodSpec(spec, { image: this.#o.image, trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
         },
       },
     };

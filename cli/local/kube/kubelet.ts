@@ -32,7 +32,10 @@
 //   - a deleted Pod: SIGTERM, terminationGracePeriodSeconds, SIGKILL, CNI DEL, sandbox removed.
 // Lab deviation: liveness failures count only once a container was ready once (or after 2 min),
 // since Node programs start many times slower on a loaded 2-core machine than on a node.
-// Not done: resource limits, security contexts (every container runs as root), image pulls,
+// Security contexts: the kubelet's runAsNonRoot check before a container starts (runAsNonRoot with
+// no runAsUser and an image whose USER is root or a name is CreateContainerConfigError); otherwise
+// not done (every container runs as root).
+// Not done: resource limits, image pulls,
 // token refresh (tests are shorter than a token's life), ephemeral containers, pod lifecycle hooks.
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -56,6 +59,34 @@ export interface LabImage {
   env: Record<string, string>;
   /** Files the image carries that the host does not: container path → host file. */
   files?: Record<string, string>;
+  /** The image's USER (a name or a uid); none: root. */
+  user?: string;
+}
+
+/** The runtime stage's USER in the repository's Dockerfile (the last one), as the image has it. */
+export function weftImageUser(dockerfile = join(REPO_ROOT, 'Dockerfile')): string | undefined {
+  return [...readFileSync(dockerfile, 'utf8').matchAll(/^USER\s+(\S+)/gm)].at(-1)?.[1];
+}
+
+/** The security context fields the kubelet's runAsNonRoot check reads. */
+export interface RunAsSecurityContext { runAsNonRoot?: boolean; runAsUser?: number }
+
+/**
+ * Why a real kubelet would refuse to start `container` (CreateContainerConfigError), by its
+ * runAsNonRoot check (kubernetes pkg/kubelet/kuberuntime/security_context_others.go
+ * verifyRunAsNonRoot): the container's fields win over the pod's; with runAsNonRoot and no
+ * runAsUser the image's USER must be a numeric uid other than 0, since a user name cannot be
+ * verified. Undefined when it would start.
+ */
+export function runAsNonRootProblem(pod: { securityContext?: RunAsSecurityContext }, container: { name: string; securityContext?: RunAsSecurityContext }, imageUser: string | undefined): string | undefined {
+  const nonRoot = container.securityContext?.runAsNonRoot ?? pod.securityContext?.runAsNonRoot;
+  if (!nonRoot) return undefined;
+  const uid = container.securityContext?.runAsUser ?? pod.securityContext?.runAsUser;
+  if (uid !== undefined) return uid === 0 ? `container's runAsUser breaks non-root policy (container: ${container.name})` : undefined;
+  const user = (imageUser ?? '').split(':')[0]!;
+  if (user === '' || user === '0' || user === 'root') return `container has runAsNonRoot and image will run as root (container: ${container.name})`;
+  if (!/^\d+$/.test(user)) return `container has runAsNonRoot and image has non-numeric user (${user}), cannot verify user is non-root (container: ${container.name})`;
+  return undefined;
 }
 
 /** The repository's Dockerfile entrypoint script (`/usr/local/bin/weft`), as the image has it. */
@@ -86,10 +117,11 @@ export function labImages(stateDir: string): (image: string) => LabImage | undef
   const env = { PATH: `${LAB_NODE_BIN}:${IMAGE_PATH}`, NODE_ENV: 'production' };
   const entry = join(stateDir, 'weft-entrypoint');
   writeFileSync(entry, weftEntrypointScript(), { mode: 0o755 });
+  const weftUser = weftImageUser();
   const app = (name: string): LabImage => ({ entrypoint: ['node', `${WEFT_ROOT}/cli/local/apps/${name}.ts`], workdir: WEFT_ROOT, env: { PATH: `${LAB_NODE_BIN}:${IMAGE_PATH}` } });
   return (image) => {
     const repo = image.replace(/@.*$/, '').replace(/:[^/:]*$/, '');
-    if (/(^|\/)weft$/.test(repo)) return { entrypoint: [`${LAB_BIN}/weft`], cmd: ['weftctl', '--help'], workdir: WEFT_ROOT, env, files: { [`${LAB_BIN}/weft`]: entry } };
+    if (/(^|\/)weft$/.test(repo)) return { entrypoint: [`${LAB_BIN}/weft`], cmd: ['weftctl', '--help'], workdir: WEFT_ROOT, env, files: { [`${LAB_BIN}/weft`]: entry }, ...(weftUser ? { user: weftUser } : {}) };
     if (repo === 'lab/echo' || repo === 'lab/echo-grpc' || repo === 'lab/loadgen') return app(repo.slice(4));
     if (repo === 'lab/sleep') return { entrypoint: ['sleep', 'infinity'], workdir: '/', env: { PATH: IMAGE_PATH } };
     return undefined;
@@ -124,6 +156,7 @@ interface Container {
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   workingDir?: string;
+  securityContext?: RunAsSecurityContext;
 }
 
 interface Probe {
@@ -154,6 +187,7 @@ interface Volume {
 interface PodSpec {
   nodeName?: string;
   hostNetwork?: boolean;
+  securityContext?: RunAsSecurityContext;
   serviceAccountName?: string;
   automountServiceAccountToken?: boolean;
   restartPolicy?: string;
@@ -595,6 +629,12 @@ export class LabKubelet {
     if (!image) {
       rc.waiting = 'ErrImagePull';
       this.errors.set(`${rp.namespace}/${rp.name}/${c.name}`, `image ${c.image} is not one the lab knows`);
+      return;
+    }
+    const nonRoot = runAsNonRootProblem(rp.spec, c, image.user);
+    if (nonRoot) {
+      rc.waiting = 'CreateContainerConfigError';
+      this.errors.set(`${rp.namespace}/${rp.name}/${c.name}`, nonRoot);
       return;
     }
     let env: Record<string, string>;
