@@ -70,6 +70,8 @@ export const MAX_CONTROLLER_REPLICAS = 9;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
 export const CNI_MODES: readonly CniMode[] = ['none'];
+/** Namespaces Kubernetes makes for itself and its workloads; never Weft's. */
+export const KUBERNETES_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease'] as const;
 
 /** Options after defaults and validation. */
 export interface ResolvedInstallOptions {
@@ -123,6 +125,10 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const namespace = opts.namespace ?? DEFAULT_NAMESPACE;
   if (namespace.length > 63 || !DNS_LABEL.test(namespace)) {
     throw new InstallOptionError('namespace', `--namespace "${namespace}" is not a Kubernetes namespace name: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit`);
+  }
+
+  if ((KUBERNETES_NAMESPACES as readonly string[]).includes(namespace)) {
+    throw new InstallOptionError('namespace', `--namespace "${namespace}" is Kubernetes' own: Weft labels its namespace privileged (pod-security.kubernetes.io/enforce, for the agent) and out of the mesh (weft.dev/dataplane-mode: none), and uninstall deletes it; give Weft a namespace of its own, e.g. ${DEFAULT_NAMESPACE}`);
   }
 
   const controllerReplicas = opts.controllerReplicas ?? DEFAULT_CONTROLLER_REPLICAS;

@@ -61,6 +61,16 @@ test('rejects a namespace that is not a DNS label and names --namespace', () => 
   }
 });
 
+// The install labels its namespace privileged (Pod Security Admission) and out of the mesh
+// (weft.dev/dataplane-mode: none), and uninstall deletes it: on `default` every application pod
+// there would silently leave the mesh and lose the namespace's Pod Security level.
+test('rejects Kubernetes\' own namespaces (default, kube-system, kube-public, kube-node-lease): Weft labels its namespace privileged and out of the mesh', () => {
+  for (const namespace of ['default', 'kube-system', 'kube-public', 'kube-node-lease']) {
+    rejects({ ...OK, namespace }, 'namespace', new RegExp(`^--namespace "${namespace}" is Kubernetes' own: .*privileged.*out of the mesh`));
+  }
+  assert.equal(resolveInstallOptions({ ...OK, namespace: 'istio-system' }).namespace, 'istio-system');
+});
+
 test('rejects controller replicas that are not a whole number from 1 to 9', () => {
   for (const controllerReplicas of [0, -1, 1.5, Number.NaN, 10]) {
     rejects({ ...OK, controllerReplicas, caSecret: 'weft-ca' }, 'controllerReplicas', /^--controller-replicas .* give a whole number from 1 to 9/);
