@@ -6,11 +6,13 @@
 // agent would pin again); (2) run the cleanup DaemonSet (`agent --uninstall` on every node, same
 // image) and wait until it is ready on every node it is scheduled to; (3) delete it, the waypoint
 // objects and ConfigMaps the controller made, the CA Secret and Lease it created, and every object
-// `weftctl install` renders (the namespace last but one, the CRDs last unless kept).
-import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
+// `weftctl install` renders (the namespace last but one, and only when nothing but Weft's is left in
+// it; the CRDs last unless kept).
+import type { KubeConfig, KubernetesObject, KubernetesObjectApi } from '@kubernetes/client-node';
 import { AGENT_NAME, CONTROLLER_LEASE, DEFAULT_CA_SECRET, TRUST_BUNDLE_CONFIGMAP } from '../../lib/defaults.ts';
 import { LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
+import { PART_OF } from './names.ts';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { renderInstall } from './render.ts';
 import { clientNode } from '../kube.ts';
@@ -24,6 +26,36 @@ import { clientNode } from '../kube.ts';
  */
 export function installedObjects(ns: string, image: string): KubernetesObject[] {
   return renderInstall({ image, trustDomain: 'cluster.local', namespace: ns, clusterId: 'uninstall', eastwest: true, dashboard: true, warn: () => {} }) as KubernetesObject[];
+}
+
+/** Kinds whose objects in Weft's namespace would be lost with it (Weft's own carry its labels). */
+const FOREIGN_KINDS: ReadonlyArray<readonly [string, string]> = [
+  ['v1', 'Pod'], ['apps/v1', 'Deployment'], ['apps/v1', 'StatefulSet'], ['apps/v1', 'DaemonSet'], ['batch/v1', 'Job'],
+  ['v1', 'Service'], ['v1', 'ConfigMap'], ['v1', 'Secret'], ['v1', 'PersistentVolumeClaim'],
+];
+/** The ConfigMap Kubernetes puts in every namespace. */
+const KUBE_ROOT_CA_CONFIGMAP = 'kube-root-ca.crt';
+
+/** `Kind ns/name` of each object in `ns` that neither Weft nor Kubernetes made, and that is not going away. */
+async function foreignObjects(api: KubernetesObjectApi, ns: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const [apiVersion, kind] of FOREIGN_KINDS) {
+    let items: KubernetesObject[];
+    try {
+      items = (await api.list(apiVersion, kind, ns)).items ?? [];
+    } catch (e) {
+      // A kind this cluster does not serve holds nothing.
+      if (code(e) === 404 || /^Unrecognized API version and kind/.test((e as Error).message)) continue;
+      throw new UninstallError(`cannot list ${kind}s in ${ns}: ${(e as Error).message}`, { cause: e });
+    }
+    for (const x of items) {
+      const l = x.metadata?.labels ?? {};
+      if (x.metadata?.deletionTimestamp || l['app.kubernetes.io/part-of'] === PART_OF || l['app.kubernetes.io/managed-by'] === 'weft-controller') continue;
+      if (kind === 'ConfigMap' && x.metadata?.name === KUBE_ROOT_CA_CONFIGMAP) continue;
+      out.push(`${kind} ${ns}/${x.metadata?.name}`);
+    }
+  }
+  return out;
 }
 
 export class UninstallError extends Error {
@@ -132,7 +164,12 @@ export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[
   const crds = rendered.filter((x) => x.kind === 'CustomResourceDefinition');
   const namespace = rendered.filter((x) => x.kind === 'Namespace');
   for (const x of rendered.filter((r) => !crds.includes(r) && !namespace.includes(r)).reverse()) await remove(x);
-  for (const x of namespace) await remove(x);
+  // Its namespace only when nothing of anyone else's is left there: installed beside an
+  // application, deleting the namespace would take the application with it (Istio leaves the
+  // namespace to the operator altogether).
+  const others = (await Promise.all(namespace.map(async (x) => foreignObjects(api, x.metadata!.name!)))).flat();
+  if (others.length > 0) say(`kept namespace ${ns}: it holds objects Weft did not make (${others.slice(0, 5).join(', ')}${others.length > 5 ? `, and ${others.length - 5} more` : ''}); delete it yourself once they are gone`);
+  else for (const x of namespace) await remove(x);
   if (!o.keepCrds) for (const x of crds) await remove(x);
   return { deleted };
 }

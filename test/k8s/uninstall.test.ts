@@ -82,3 +82,42 @@ test('weftctl uninstall knows every cluster-scoped object an install renders, wh
     }
   }
 });
+
+// Istio's uninstall leaves the control-plane namespace to the operator
+// (https://istio.io/latest/docs/ambient/getting-started/cleanup/: `istioctl uninstall --purge`, then
+// `kubectl delete namespace istio-system`). Weft deletes its namespace itself, but only when nothing
+// of anyone else's is left in it: installed into a namespace that also runs an application, the
+// application and its namespace stay, and uninstall says what kept it.
+test('weftctl uninstall keeps a namespace that holds objects Weft did not make (deleting it would take the application with it), names them, and removes Weft\'s own', { skip }, async () => {
+  const api = new FakeApiServer({ crdsFromApi: true });
+  await api.start();
+  const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-uninstall-'));
+  const kubeconfig = join(dir, 'kubeconfig');
+  writeFileSync(kubeconfig, api.kubeconfig());
+  const file = join(dir, 'install.yaml');
+  writeFileSync(file, toYaml(renderInstall({ image: 'ghcr.io/weft-mesh/weft:lab', trustDomain: 'cluster.local', namespace: 'apps', warn: () => {} })));
+  let nodeSide: NodeJS.Timeout | undefined;
+  try {
+    api.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'apps' } });
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'web', namespace: 'apps', labels: { app: 'web' } }, spec: {} });
+    api.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'kube-root-ca.crt', namespace: 'apps' }, data: {} });
+    await run('kubectl', ['--kubeconfig', kubeconfig, 'apply', '--server-side', '-f', file], { env: { ...process.env, HOME: dir } });
+    api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-x1', namespace: 'apps', labels: { 'app.kubernetes.io/name': 'weft-controller', 'app.kubernetes.io/part-of': 'weft' } }, spec: { nodeName: 'node-a' } });
+    nodeSide = setInterval(() => {
+      const ds = api.get('DaemonSet', 'apps', 'weft-agent-cleanup');
+      if (ds && !ds['status']) api.apply({ ...ds, status: { desiredNumberScheduled: 1, numberReady: 1, observedGeneration: ds.metadata.generation } });
+    }, 50);
+    const r = await run(process.execPath, [WEFTCTL, 'uninstall', '--kubeconfig', kubeconfig, '--namespace', 'apps', '--timeout', '30'], { env: { ...process.env, HOME: dir } });
+    assert.ok(api.get('Namespace', undefined, 'apps'), 'the namespace stays');
+    assert.ok(api.get('Deployment', 'apps', 'web'), 'the application stays');
+    assert.match(r.stdout, /kept namespace apps: it holds objects Weft did not make \(Deployment apps\/web\)/);
+    for (const [kind, name] of [['DaemonSet', 'weft-agent'], ['Deployment', 'weft-controller'], ['ServiceAccount', 'weft-controller'], ['Role', 'weft-controller']] as const) {
+      assert.equal(api.get(kind, 'apps', name), undefined, `${kind} apps/${name} removed`);
+    }
+    assert.equal(api.get('ClusterRole', undefined, 'weft-controller'), undefined);
+  } finally {
+    clearInterval(nodeSide);
+    await api.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
