@@ -31,7 +31,12 @@ export const WATCHED: readonly KindInfo[] = Object.values(KINDS).filter((k) => k
 
 const READ = ['get', 'list', 'watch'];
 const WRITE_STATUS = ['get', 'update', 'patch'];
-const MANAGE = ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'];
+// The waypoint reconciler's verbs, as controller/src/waypoints-kube.ts calls them (and
+// test/unit/controller-rbac.test.ts holds them to it): it reads and creates each object, replaces a
+// Deployment whose spec changed (update; never patch), deletes what it made, and follows its
+// Deployments and Services with informers; ServiceAccounts it only reads and creates.
+const CREATE_DELETE = ['get', 'create', 'delete'];
+const INFORM_REPLACE = ['get', 'list', 'watch', 'create', 'update', 'delete'];
 
 function byGroup(kinds: readonly KindInfo[], resource: (k: KindInfo) => string): [string, string[]][] {
   const groups = new Map<string, string[]>();
@@ -55,19 +60,23 @@ export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule
   },
   {
     why: 'one Deployment per Waypoint, in the Waypoint\'s namespace',
-    rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: MANAGE },
+    rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: INFORM_REPLACE },
   },
   {
     why: 'a PodDisruptionBudget per Waypoint with more than one replica (one stays serving through node drains)',
-    rule: { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: MANAGE },
+    rule: { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: CREATE_DELETE },
   },
   {
-    why: 'one Service and one ServiceAccount per Waypoint (a waypoint has an identity of its own, not the namespace default)',
-    rule: { apiGroups: [''], resources: ['services', 'serviceaccounts'], verbs: MANAGE },
+    why: 'one Service per Waypoint, followed by an informer',
+    rule: { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch', 'create', 'delete'] },
+  },
+  {
+    why: 'one ServiceAccount per Waypoint, created when missing (a waypoint has an identity of its own, not the namespace default); never changed or deleted',
+    rule: { apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get', 'create'] },
   },
   {
     why: 'keep the CA roots current in each namespace a waypoint runs in (waypoints mount them to trust the controller)',
-    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'update', 'patch'] },
+    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'update'] },
   },
   {
     // RBAC cannot restrict create by name.
