@@ -201,8 +201,10 @@ export class KubeWaypointDriver extends BaseDriver {
         this.setRuntime(key, { ready: false, reason: 'NameConflict', message: conflict.message });
         continue;
       }
-      const d = this.#deployments?.get(name, ns);
-      const s = this.#services?.get(name, ns);
+      // Only what the reconciler made counts (a replica that is not the leader knows no conflicts).
+      const made = <T extends KubernetesObject>(o: T | undefined): T | undefined => (madeForWaypoint(o, name) ? o : undefined);
+      const d = made(this.#deployments?.get(name, ns));
+      const s = made(this.#services?.get(name, ns));
       const address = s?.spec?.clusterIP && s.spec.clusterIP !== 'None' ? s.spec.clusterIP : undefined;
       const ready = (d?.status?.readyReplicas ?? 0) > 0;
       const reason = !d ? 'DeploymentMissing' : !ready ? 'NoReadyReplicas' : !address ? 'NoServiceAddress' : undefined;

@@ -291,3 +291,27 @@ test('a Waypoint named after a Deployment, Service or PodDisruptionBudget the co
     await api.stop();
   }
 });
+
+test('a replica that is not the leader does not take another\'s Deployment and Service for a waypoint\'s, even labelled weft.dev/waypoint (only what the reconciler made counts)', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const driver = new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012' });
+  try {
+    api.apply(ns('shop'));
+    const labels = { 'weft.dev/waypoint': 'wp' };
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'wp', namespace: 'shop', labels }, spec: { replicas: 1 }, status: { readyReplicas: 1 } });
+    api.apply({ ...svc('shop', 'wp', {}, '10.96.7.7'), metadata: { name: 'wp', namespace: 'shop', labels } });
+    await driver.observe([waypoint('shop', 'wp')]);
+    await until('the runtime is known', () => driver.runtime().has('shop/wp'));
+    assert.deepEqual(driver.runtime().get('shop/wp'), { ready: false, reason: 'DeploymentMissing' });
+    // The same objects, made by the reconciler: ready at the Service's address.
+    api.apply({ ...api.get('Deployment', 'shop', 'wp')!, metadata: { name: 'wp', namespace: 'shop', labels: { ...labels, 'app.kubernetes.io/managed-by': 'weft' } } });
+    api.apply({ ...api.get('Service', 'shop', 'wp')!, metadata: { name: 'wp', namespace: 'shop', labels: { ...labels, 'app.kubernetes.io/managed-by': 'weft' } } });
+    await until('ready once they are the reconciler\'s', () => driver.runtime().get('shop/wp')?.ready === true);
+    assert.equal(driver.runtime().get('shop/wp')!.address, '10.96.7.7');
+  } finally {
+    await driver.stop();
+    await api.stop();
+  }
+});
