@@ -64,6 +64,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleLayer } from '../../lib/policy/authz.ts';
 import { grpcMethodPattern } from '../../lib/regex.ts';
+import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
 /** The accepted input objects, by kind. */
@@ -276,8 +277,14 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   }
   const peerAuths = [...model.peerAuthentications.values()];
 
-  // Telemetry: resolved per workload and per waypoint, most specific object first.
-  const telemetries = sortByAge(inputs.telemetries);
+  // Telemetry: resolved per workload and per waypoint, most specific object first; one outside the
+  // root namespace naming an endpoint the mesh does not is refused (telemetry-admission.ts).
+  const meshEndpoints = meshTelemetryEndpoints(inputs.telemetries, rootNamespace);
+  const telemetries = sortByAge(inputs.telemetries).filter((t) => {
+    const refusal = admitTelemetry(t, rootNamespace, meshEndpoints);
+    if (refusal) findings.push({ kind: 'Telemetry', namespace: t.metadata.namespace!, name: t.metadata.name, ...refusal });
+    return !refusal;
+  });
   const telemetryFor = (namespace: string, labels: Record<string, string>): TelemetrySettings | undefined =>
     resolveTelemetry(telemetries, rootNamespace, namespace, labels);
 

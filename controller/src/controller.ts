@@ -80,7 +80,7 @@ export class Controller {
   #statuses = new Map<string, ObjectStatus>();
   #written = new Map<string, string>();
   #waypointsDirty = true;
-  readonly #metrics?: { compiles: Counter; compileErrors: Counter; rejected: Counter; objects: Gauge; compileSeconds: Histogram };
+  readonly #metrics?: { compiles: Counter; compileErrors: Counter; rejected: Counter; objects: Gauge; findings: Gauge; compileSeconds: Histogram };
 
   constructor(options: ControllerOptions) {
     this.#o = options;
@@ -92,6 +92,7 @@ export class Controller {
         compileErrors: new Counter({ name: 'weft_controller_compile_errors_total', help: 'Compilations that failed (the last good model kept serving)', registers }),
         rejected: new Counter({ name: 'weft_controller_rejected_objects_total', help: 'Object updates refused as invalid', labelNames: ['kind'], registers }),
         objects: new Gauge({ name: 'weft_controller_objects', help: 'Accepted input objects', registers }),
+        findings: new Gauge({ name: 'weft_controller_findings', help: 'What the last compilation refused or left out (a refused Waypoint or Telemetry, a route\'s missing backend, ...), by object kind and reason; each is in its object\'s status', labelNames: ['kind', 'reason'], registers }),
         compileSeconds: new Histogram({ name: 'weft_controller_compile_seconds', help: 'Time to compile the model from the accepted objects', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
       };
     }
@@ -248,6 +249,15 @@ export class Controller {
       this.#lastRouteParents = result.routeParents;
       this.#metrics?.compiles.inc();
       this.#metrics?.objects.set(this.store.objects().length);
+      if (this.#metrics) {
+        const counts = new Map<string, { kind: string; reason: string; n: number }>();
+        for (const f of findings) {
+          const k = `${f.kind}\u0000${f.reason}`;
+          counts.set(k, { kind: f.kind, reason: f.reason, n: (counts.get(k)?.n ?? 0) + 1 });
+        }
+        this.#metrics.findings.reset();
+        for (const c of counts.values()) this.#metrics.findings.set({ kind: c.kind, reason: c.reason }, c.n);
+      }
       const version = this.#o.configServer.publish(model);
       this.#log.debug('model published', { version, workloads: model.workloads.size, services: model.services.size });
     } else {

@@ -273,8 +273,13 @@ test('spans and access logs reach an OTLP collector: the waypoint\'s spans and a
   const node1 = mesh.node('node1');
   const collector = await OtlpCollector.start(node1.netnsPath, node1.ip, 4318);
   const at = `http://${node1.ip}:4318`;
-  // Istio's Telemetry API: tracing and access logging providers (here: endpoints) per namespace.
+  // Istio's Telemetry API: tracing and access logging providers (here: endpoints) per namespace,
+  // among those the mesh declares (root-namespace Telemetries; a selector matching nothing declares
+  // without applying).
+  const declare = (name: string, spec: Record<string, unknown>) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name, namespace: 'weft-system' }, spec: { selector: { matchLabels: { 'weft.dev/declares': 'providers' } }, ...spec } });
   mesh.writeConfig('40-otlp.yaml', [
+    declare('otlp-traces', { tracing: { otlp: { endpoint: `${at}/v1/traces` } }, accessLogging: { otlp: { endpoint: `${at}/v1/logs` } } }),
+    declare('otlp-logs', { accessLogging: { otlp: { endpoint: at } } }),
     { apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name: 'otlp', namespace: 'shop' }, spec: { tracing: { otlp: { endpoint: `${at}/v1/traces` }, randomSamplingPercentage: 100 }, accessLogging: { otlp: { endpoint: `${at}/v1/logs` } } } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name: 'otlp', namespace: 'data' }, spec: { accessLogging: { otlp: { endpoint: at } } } },
   ]);

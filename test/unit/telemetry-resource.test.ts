@@ -134,3 +134,47 @@ test('agent TEXT access log: a value a peer chose (an HBONE refusal reason) with
   assert.doesNotMatch(line, /[\x00-\x1f\x7f-\x9f]/, JSON.stringify(line));
   assert.equal(line, '2026-01-01T00:00:00.000Z info access connection complete error="refused:\\u001b]52;c;eA==\\u0007\\u009b2J\\u007f" reason="a\\r\\n2026-01-01T00:00:01.000Z info access forged"');
 });
+
+// The attack: a namespace's Telemetry names an endpoint of its choosing (a cloud metadata server, a
+// service on the node's loopback); the node's agent, shared by every namespace and in the node's
+// network, would POST access logs there. Istio lets a Telemetry name only the providers the mesh
+// operator defined (MeshConfig extensionProviders; https://istio.io/latest/docs/tasks/observability/telemetry/);
+// in Weft those are the endpoints the root namespace's Telemetries name.
+test('a Telemetry outside the root namespace may name only an OTLP endpoint the root namespace names: another is refused at its field, does not apply, and is counted (Istio: providers come from the mesh config)', async () => {
+  const { Registry } = await import('prom-client');
+  const { Controller } = await import('../../controller/src/controller.ts');
+  const { ConfigServer } = await import('../../controller/src/xds/server.ts');
+  const { MemorySource } = await import('../../controller/src/sources/memory.ts');
+  const { until } = await import('./controller-harness.ts');
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('data', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { labels: { app: 'web' } }), pod('data', 'db'));
+  i.telemetries.push(
+    tel('weft-system', 'mesh', { accessLogging: { otlp: { endpoint: 'http://collector.observability:4318/v1/logs' } } }),
+    tel('weft-system', 'providers', { selector: { matchLabels: { none: 'none' } }, tracing: { otlp: { endpoint: 'http://tempo.observability:4318/v1/traces' } } }),
+    tel('shop', 'exfil', { accessLogging: { encoding: 'TEXT', otlp: { endpoint: 'http://169.254.169.254/latest/api/token' } } }),
+    tel('data', 'declared', { tracing: { otlp: { endpoint: 'http://tempo.observability:4318/v1/traces' } }, accessLogging: { otlp: { endpoint: 'http://collector.observability:4318/v1/logs' } } }),
+  );
+  const { model, findings } = compile(i);
+  assert.deepEqual(findings.filter((f) => f.kind === 'Telemetry').map((f) => [`${f.namespace}/${f.name}`, f.path, f.reason]), [['shop/exfil', 'spec.accessLogging.otlp.endpoint', 'EndpointNotAllowed']]);
+  assert.match(findings.find((f) => f.name === 'exfil')!.message, /"http:\/\/169\.254\.169\.254\/latest\/api\/token" is not one of the mesh's .*http:\/\/collector\.observability:4318\/v1\/logs/);
+  const shop = model.workloads.get('uid-shop-web')!.telemetry!;
+  assert.deepEqual(shop.sources, ['weft-system/mesh'], 'the refused Telemetry does not apply: the mesh level does');
+  assert.equal(shop.accessLogging?.otlpEndpoint, 'http://collector.observability:4318/v1/logs');
+  assert.deepEqual(model.workloads.get('uid-data-db')!.telemetry!.sources, ['data/declared', 'weft-system/mesh'], 'an endpoint the root namespace names is allowed');
+
+  // In the controller: the status names the field, and the refusal is counted.
+  const registry = new Registry();
+  const source = new MemorySource([...i.namespaces, ...i.pods, ...i.telemetries]);
+  const controller = new Controller({ source, configServer: new ConfigServer(), registry, debounceMs: 5 });
+  try {
+    await controller.start();
+    await until('the refusal in status', () => source.statuses.get('Telemetry/shop/exfil')?.reason === 'EndpointNotAllowed');
+    assert.equal(source.statuses.get('Telemetry/shop/exfil')!.path, 'spec.accessLogging.otlp.endpoint');
+    assert.equal(source.statuses.get('Telemetry/data/declared')!.ok, true);
+    const counted = (await registry.getSingleMetric('weft_controller_findings')!.get()).values;
+    assert.ok(counted.some((v) => v.labels['kind'] === 'Telemetry' && v.labels['reason'] === 'EndpointNotAllowed' && v.value === 1), JSON.stringify(counted));
+  } finally {
+    await controller.stop();
+  }
+});
