@@ -59,9 +59,14 @@ export interface ControllerOptions {
    * compiled model before it is published, and asks for a new round when they change.
    */
   federation?: { merge(local: MeshModel): MeshModel; onChange(listener: () => void): void };
+  /** First retry of a failed waypoint reconcile, doubling per failure up to {@link MAX_WAYPOINT_RETRY_MS}; default 1000 ms. */
+  waypointRetryMs?: number;
 }
 
 export const DEFAULT_DEBOUNCE_MS = 10;
+export const DEFAULT_WAYPOINT_RETRY_MS = 1000;
+/** The longest wait between retries of a waypoint reconcile that keeps failing (the informers' bound too). */
+export const MAX_WAYPOINT_RETRY_MS = 30_000;
 /** Status writes in flight at once (startup writes one per policy, route and waypoint). */
 export const STATUS_WRITE_CONCURRENCY = 8;
 
@@ -77,6 +82,10 @@ export class Controller {
   #running: Promise<void> | undefined;
   #stopped = false;
   #ready = false;
+  /** Waypoint reconciles failed in a row, and the timer of the next try. */
+  #waypointFailures = 0;
+  #waypointRetry: NodeJS.Timeout | undefined;
+  #waypointsRetryAt = 0;
   #statuses = new Map<string, ObjectStatus>();
   #written = new Map<string, string>();
   #waypointsDirty = true;
@@ -140,6 +149,7 @@ export class Controller {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#waypointRetry);
     await this.#o.source.stop();
     await this.#running;
     await this.#o.waypoints?.stop();
@@ -170,6 +180,8 @@ export class Controller {
     for (const key of r.restated) this.#written.delete(key);
     if (r.changed || r.rejections.length > 0 || r.touched.length > 0 || r.restated.length > 0) {
       if (events.some((e) => (e.type === 'upsert' && e.object.kind === 'Waypoint') || (e.type === 'delete' && e.kind === 'Waypoint') || e.type === 'snapshot')) this.#waypointsDirty = true;
+      // A Waypoint itself changed: reconcile now, whatever the backoff of earlier failures.
+      if (r.touched.some((k) => k.startsWith('Waypoint/'))) this.#waypointsRetryAt = 0;
       this.#markDirty(r.changed);
     }
   }
@@ -197,17 +209,29 @@ export class Controller {
         this.#waypointsDirty = true;
       });
     }
-    if (this.#waypointsDirty && this.#o.waypoints && leader) {
+    // After failures, other changes (pods, status writes, the reconciler's own informers) do not
+    // bring the retry forward: only its timer or a Waypoint's change does.
+    if (this.#waypointsDirty && this.#o.waypoints && leader && Date.now() >= this.#waypointsRetryAt) {
       this.#waypointsDirty = false;
       try {
         // A Waypoint whose ServiceAccount or image is not allowed is never launched.
         const admitted = (this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>)
           .filter((w) => admitWaypoint(w, this.#o.compile?.waypointAllowList) === undefined);
         await this.#o.waypoints.reconcile(admitted);
+        this.#waypointFailures = 0;
+        this.#waypointsRetryAt = 0;
       } catch (e) {
-        this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message });
+        // Backoff: a Waypoint that fails for good (its namespace's quota, say) must not have every
+        // Waypoint of the cluster reconciled again every second for ever.
+        const retryInMs = Math.min(MAX_WAYPOINT_RETRY_MS, (this.#o.waypointRetryMs ?? DEFAULT_WAYPOINT_RETRY_MS) * 2 ** this.#waypointFailures++);
+        this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message, retryInMs });
         this.#waypointsDirty = true;
-        setTimeout(() => this.#markDirty(false), 1000).unref();
+        this.#waypointsRetryAt = Date.now() + retryInMs;
+        clearTimeout(this.#waypointRetry);
+        this.#waypointRetry = setTimeout(() => {
+          this.#waypointsRetryAt = 0;
+          this.#markDirty(false);
+        }, retryInMs).unref();
       }
     }
     let findings: CompileFinding[] = [];

@@ -315,3 +315,43 @@ test('a replica that is not the leader does not take another\'s Deployment and S
     await api.stop();
   }
 });
+
+// The attack: a tenant makes its own Waypoint fail for good (here the trust-bundle ConfigMap cannot
+// be written in its namespace, as when it filled its ConfigMap quota). The controller retried the
+// whole reconcile, every Waypoint of the cluster with five reads each, every second for ever; now
+// the retries back off (doubling to 30 s, as the informers' restarts), so one tenant's broken
+// Waypoint costs the API server little, and the log says when the next try is.
+test('a Waypoint that keeps failing is retried with backoff, not every second for ever (one tenant\'s failure costs the API server little)', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const logs: LogLine[] = [];
+  const tries: number[] = [];
+  const trustBundle = { ensure: async (namespace: string) => { if (namespace === 'quota') { tries.push(Date.now()); throw new Error('configmaps "weft-trust-bundle" is forbidden: exceeded quota'); } } };
+  const controller = new Controller({
+    source: new KubeSource({ kubeConfig, restartDelayMs: 20 }),
+    configServer: new ConfigServer(),
+    waypoints: new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012', trustBundle }),
+    waypointRetryMs: 20,
+    logger: captureLogger(logs),
+    debounceMs: 5,
+  });
+  try {
+    api.apply(ns('quota'));
+    api.apply(ns('shop'));
+    api.apply(waypoint('quota', 'wp'));
+    api.apply(waypoint('shop', 'wp'));
+    await controller.start();
+    await until('the other tenant\'s waypoint is launched', () => api.get('Deployment', 'shop', 'wp') !== undefined);
+    await until('six tries', () => tries.length >= 6, 10_000);
+    // 20, 40, 80, 160, 320 ms apart at least: over 600 ms for six tries (a fixed 20 ms retry: about 100 ms).
+    assert.ok(tries[5]! - tries[0]! >= 600, `tries ${tries.map((t) => t - tries[0]!).join(', ')} ms`);
+    const failed = logs.filter((l) => l.msg.startsWith('waypoint reconcile failed'));
+    assert.ok(failed.length >= 5 && failed.every((l) => typeof l.fields['retryInMs'] === 'number'), JSON.stringify(failed.map((l) => l.fields)));
+    assert.deepEqual(failed.slice(0, 4).map((l) => l.fields['retryInMs']), [20, 40, 80, 160]);
+    assert.match(String(failed[0]!.fields['error']), /quota\/wp: .*exceeded quota/);
+  } finally {
+    await controller.stop();
+    await api.stop();
+  }
+});
