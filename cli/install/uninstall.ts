@@ -10,7 +10,7 @@
 // it; the CRDs last unless kept).
 import type { KubeConfig, KubernetesObject, KubernetesObjectApi } from '@kubernetes/client-node';
 import { AGENT_NAME, CONTROLLER_LEASE, DEFAULT_CA_SECRET, TRUST_BUNDLE_CONFIGMAP } from '../../lib/defaults.ts';
-import { LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
+import { WAYPOINT_OBJECTS_SELECTOR } from '../../lib/model/objects.ts';
 import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
 import { PART_OF } from './names.ts';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
@@ -146,9 +146,11 @@ export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[
   }
 
   // 3. What the controller made, then what install rendered.
+  // Only what the waypoint reconciler made (an object merely labelled weft.dev/waypoint is someone else's).
   for (const [apiVersion, kind, selector] of [
-    ['apps/v1', 'Deployment', LABEL_WAYPOINT_FOR],
-    ['v1', 'Service', LABEL_WAYPOINT_FOR],
+    ['apps/v1', 'Deployment', WAYPOINT_OBJECTS_SELECTOR],
+    ['v1', 'Service', WAYPOINT_OBJECTS_SELECTOR],
+    ['policy/v1', 'PodDisruptionBudget', WAYPOINT_OBJECTS_SELECTOR],
     ['v1', 'ConfigMap', 'app.kubernetes.io/managed-by=weft-controller'],
   ] as const) {
     const list = await api.list(apiVersion, kind, undefined, undefined, undefined, undefined, undefined, selector);

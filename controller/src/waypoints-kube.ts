@@ -22,7 +22,7 @@ import {
   CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, IMAGE_NONROOT_UID, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WAYPOINT_NODE_OPTIONS, controllerAddress, controllerSpiffeId,
 } from '../../lib/defaults.ts';
-import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, type Waypoint } from '../../lib/model/objects.ts';
+import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, WAYPOINT_MANAGED_BY, type Waypoint } from '../../lib/model/objects.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { KeptInformer } from './sources/kube.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -54,8 +54,6 @@ export const WAYPOINT_RESOURCES = {
 
 const WAYPOINT_TOKEN_VOLUME = 'weft-token';
 const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
-/** The label value that marks an object as made by this reconciler (app.kubernetes.io/managed-by). */
-const MANAGED_BY = 'weft';
 
 /**
  * Whether `obj` (a Deployment, Service or PodDisruptionBudget named after the Waypoint) was made by
@@ -65,7 +63,7 @@ const MANAGED_BY = 'weft';
  */
 export function madeForWaypoint(obj: KubernetesObject | undefined, waypoint: string): boolean {
   const l = obj?.metadata?.labels ?? {};
-  return l[LABEL_WAYPOINT_FOR] === waypoint && l['app.kubernetes.io/managed-by'] === MANAGED_BY;
+  return l[LABEL_WAYPOINT_FOR] === waypoint && l[WAYPOINT_MANAGED_BY.label] === WAYPOINT_MANAGED_BY.value;
 }
 
 /** A Waypoint's name is taken by an object the controller did not make; it is not launched. */
@@ -73,7 +71,7 @@ export class WaypointNameConflictError extends Error {
   readonly code = 'WEFT_WAYPOINT_NAME_CONFLICT';
   readonly kind: string;
   constructor(kind: string, namespace: string, name: string) {
-    super(`metadata.name: ${kind} ${namespace}/${name} exists and was not made by Weft (no labels ${LABEL_WAYPOINT_FOR}=${name}, app.kubernetes.io/managed-by=${MANAGED_BY}); it is left alone and the waypoint is not launched: rename the Waypoint`);
+    super(`metadata.name: ${kind} ${namespace}/${name} exists and was not made by Weft (no labels ${LABEL_WAYPOINT_FOR}=${name}, ${WAYPOINT_MANAGED_BY.label}=${WAYPOINT_MANAGED_BY.value}); it is left alone and the waypoint is not launched: rename the Waypoint`);
     this.name = 'WaypointNameConflictError';
     this.kind = kind;
   }
@@ -267,7 +265,7 @@ export class KubeWaypointDriver extends BaseDriver {
   async #ensure(wp: Waypoint): Promise<void> {
     const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
     const { name, namespace } = spec;
-    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, 'app.kubernetes.io/managed-by': MANAGED_BY };
+    const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, [WAYPOINT_MANAGED_BY.label]: WAYPOINT_MANAGED_BY.value };
     // Nothing is written while another object holds the name (checked before the first write).
     const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
     const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));

@@ -41,6 +41,10 @@ export const LABEL_USE_WAYPOINT = 'weft.dev/use-waypoint';
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
 /** Set by the waypoint reconciler on the Deployment, Service and pods it owns. */
 export const LABEL_WAYPOINT_FOR = 'weft.dev/waypoint';
+/** With LABEL_WAYPOINT_FOR, marks what the waypoint reconciler made (it replaces and deletes nothing else). */
+export const WAYPOINT_MANAGED_BY = { label: 'app.kubernetes.io/managed-by', value: 'weft' } as const;
+/** The label selector of everything the waypoint reconciler made. */
+export const WAYPOINT_OBJECTS_SELECTOR = `${LABEL_WAYPOINT_FOR},${WAYPOINT_MANAGED_BY.label}=${WAYPOINT_MANAGED_BY.value}`;
 
 export type DataplaneMode = 'ambient' | 'none';
 

@@ -35,8 +35,12 @@ test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to com
     api.apply({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'weft-controller-leader', namespace: 'weft-system' }, spec: {} });
     api.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'shop' } });
     api.apply({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'weft-trust-bundle', namespace: 'shop', labels: { 'app.kubernetes.io/managed-by': 'weft-controller' } }, data: {} });
-    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'wp', namespace: 'shop', labels: { 'weft.dev/waypoint': 'wp' } }, spec: {} });
-    api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'wp', namespace: 'shop', labels: { 'weft.dev/waypoint': 'wp' } }, spec: {} });
+    const made = { 'weft.dev/waypoint': 'wp', 'app.kubernetes.io/managed-by': 'weft' };
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'wp', namespace: 'shop', labels: made }, spec: {} });
+    api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'wp', namespace: 'shop', labels: made }, spec: {} });
+    api.apply({ apiVersion: 'policy/v1', kind: 'PodDisruptionBudget', metadata: { name: 'wp', namespace: 'shop', labels: made }, spec: {} });
+    // Someone else's, labelled as a waypoint's but not made by Weft: the controller never wrote it, so uninstall leaves it.
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'proxy', namespace: 'shop', labels: { 'weft.dev/waypoint': 'proxy' } }, spec: {} });
     api.apply({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'shop' }, spec: {} });
 
     // The node side: agent pods go with their DaemonSet; the cleanup pods become ready on 2 nodes.
@@ -65,6 +69,8 @@ test('weftctl uninstall stops the agents, runs the node cleanup DaemonSet to com
     }
     assert.equal(api.list('CustomResourceDefinition').length, 0);
     assert.ok(api.get('Service', 'shop', 'web'), 'users\' objects stay');
+    assert.equal(api.get('PodDisruptionBudget', 'shop', 'wp'), undefined, 'the waypoint\'s disruption budget goes too');
+    assert.ok(api.get('Deployment', 'shop', 'proxy'), 'a Deployment merely labelled weft.dev/waypoint stays');
   } finally {
     clearInterval(nodeSide);
     await api.stop();
