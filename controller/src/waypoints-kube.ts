@@ -22,7 +22,7 @@ import {
   CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, IMAGE_NONROOT_UID, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WAYPOINT_NODE_OPTIONS, controllerAddress, controllerSpiffeId,
 } from '../../lib/defaults.ts';
-import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, WAYPOINT_MANAGED_BY, type Waypoint } from '../../lib/model/objects.ts';
+import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, WAYPOINT_MANAGED_BY, WAYPOINT_OBJECTS_SELECTOR, type Waypoint } from '../../lib/model/objects.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { KeptInformer } from './sources/kube.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -174,7 +174,8 @@ export class KubeWaypointDriver extends BaseDriver {
 
   async #startInformers(): Promise<void> {
     if (this.#deployments) return;
-    const selector = LABEL_WAYPOINT_FOR;
+    // What the reconciler made only: others' objects labelled weft.dev/waypoint are not even cached.
+    const selector = WAYPOINT_OBJECTS_SELECTOR;
     // Kept like the controller's own informers (restarted with backoff, resumed from their resourceVersion).
     const deployments = new KeptInformer<V1Deployment>({
       kubeConfig: this.#o.kubeConfig, path: '/apis/apps/v1/deployments', labelSelector: selector, what: 'waypoint Deployments', log: this.#log,
