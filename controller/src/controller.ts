@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { CompileCache, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
+import { CompileCache, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
 import { compileChanges } from './compile-incremental.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { admitWaypoint } from './waypoint-admission.ts';
@@ -89,6 +89,8 @@ export class Controller {
   #statuses = new Map<string, ObjectStatus>();
   #written = new Map<string, string>();
   #waypointsDirty = true;
+  /** The Waypoints refused for a shared ServiceAccount at the last compile (CompileState.sharedAccountsKey). */
+  #sharedAccountsKey: string | undefined;
   readonly #metrics?: { compiles: Counter; compileErrors: Counter; rejected: Counter; objects: Gauge; findings: Gauge; compileSeconds: Histogram };
 
   constructor(options: ControllerOptions) {
@@ -214,9 +216,11 @@ export class Controller {
     if (this.#waypointsDirty && this.#o.waypoints && leader && Date.now() >= this.#waypointsRetryAt) {
       this.#waypointsDirty = false;
       try {
-        // A Waypoint whose ServiceAccount or image is not allowed is never launched.
+        // A Waypoint whose ServiceAccount or image is not allowed, or whose ServiceAccount other pods
+        // of its namespace run as (they would count as the waypoint), is never launched.
+        const shared = sharedWaypointAccounts(this.store.inputs());
         const admitted = (this.store.objects('Waypoint') as Array<import('../../lib/model/objects.ts').Waypoint>)
-          .filter((w) => admitWaypoint(w, this.#o.compile?.waypointAllowList) === undefined);
+          .filter((w) => admitWaypoint(w, this.#o.compile?.waypointAllowList) === undefined && !shared.has(`${w.metadata.namespace}/${w.metadata.name}`));
         await this.#o.waypoints.reconcile(admitted);
         this.#waypointFailures = 0;
         this.#waypointsRetryAt = 0;
@@ -258,6 +262,16 @@ export class Controller {
       this.#metrics?.compileSeconds.observe(this.#lastCompileMs / 1000);
       const model = this.#o.federation ? this.#o.federation.merge(result.model) : result.model;
       this.#model = model;
+      // A pod taking up (or leaving) a Waypoint's ServiceAccount changes which Waypoints may run.
+      const sharedKey = this.#cache.last?.sharedAccountsKey;
+      if (sharedKey !== undefined && sharedKey !== this.#sharedAccountsKey) {
+        if (this.#sharedAccountsKey !== undefined) {
+          this.#waypointsDirty = true;
+          this.#waypointsRetryAt = 0;
+          this.#markDirty(false);
+        }
+        this.#sharedAccountsKey = sharedKey;
+      }
       if (this.#o.federation) {
         // Routes resolve backendRefs to what other clusters alone have (compile.ts
         // importedServices); when that set moved, one more round gets their status right.

@@ -138,6 +138,32 @@ test('in local mode a Waypoint is launched through the injected launcher and rem
   }
 });
 
+// A refused Waypoint must not run: its pods would hold an identity other pods of the namespace
+// also hold. The refusal follows the pods: one taking the account stops the waypoint, its leaving
+// lets it start.
+test('in local mode a Waypoint whose ServiceAccount an application pod runs as is not launched (ServiceAccountShared), is launched once that pod is gone, and stopped when one takes the account again', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-wp-shared-'));
+  const launcher = new FakeLauncher();
+  const source = new ConfigDirSource({ dir, debounceMs: 10 });
+  const controller = new Controller({ source, configServer: new ConfigServer(), waypoints: new LocalWaypointDriver({ launcher }), debounceMs: 5 });
+  const app = pod('shop', 'app-1', { labels: { app: 'app' }, sa: 'wp' });
+  try {
+    writeFileSync(join(dir, 'wp.yaml'), stringify(waypoint('shop', 'wp')));
+    writeFileSync(join(dir, 'app.yaml'), stringify(app));
+    await controller.start();
+    await until('refused in the model', () => controller.model?.waypoints.get('shop/wp')?.reason === 'ServiceAccountShared');
+    await controller.settled();
+    assert.equal(launcher.running.has('shop/wp'), false, 'a refused Waypoint is not launched');
+    writeFileSync(join(dir, 'app.yaml'), '');
+    await until('launched once the pod is gone', () => launcher.running.has('shop/wp'));
+    writeFileSync(join(dir, 'app.yaml'), stringify(app));
+    await until('stopped when a pod takes its account again', () => !launcher.running.has('shop/wp'));
+  } finally {
+    await controller.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a Waypoint naming a ServiceAccount or image outside the allow-list is not launched and says why; an allowed one is', async () => {
   const api = new FakeApiServer();
   await api.start();
