@@ -7,7 +7,7 @@
 import { Command } from 'commander';
 import { join } from 'node:path';
 import { LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
-import { policySelectsWorkload, type Workload } from '../../lib/model/mesh.ts';
+import { policySelectsWorkload, resolveMtls, type Workload } from '../../lib/model/mesh.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { compileObjects, type Compiled } from '../mesh-view.ts';
 import { readManifests } from './manifests.ts';
@@ -48,11 +48,8 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
     ? (pod.spec.hostNetwork ? 'host network pods are never captured' : 'no IP address yet, or not running')
     : podMode !== undefined ? `Pod label ${LABEL_DATAPLANE_MODE}=${podMode}`
       : nsMode !== undefined ? `Namespace ${namespace} label ${LABEL_DATAPLANE_MODE}=${nsMode}` : `no ${LABEL_DATAPLANE_MODE} label on the Pod or its Namespace`;
-  // The PeerAuthentication that decided the mode: workload, then namespace, then mesh (root namespace).
-  const pas = [...c.model.peerAuthentications.values()];
-  const setBy = w && (pas.find((p) => p.scope === 'workload' && p.mode && policySelectsWorkload(p, w))
-    ?? pas.find((p) => p.scope === 'namespace' && p.mode && p.namespace === namespace)
-    ?? pas.find((p) => p.scope === 'mesh' && p.mode));
+  // The PeerAuthentication that decided the mode, by the controller's own rule.
+  const setBy = w && resolveMtls(c.model.peerAuthentications.values(), w).setBy;
   const services = w ? w.services.map((s) => {
     const svc = c.model.services.get(s);
     return { name: s, waypoint: svc?.waypoint ? `${svc.waypoint.namespace}/${svc.waypoint.name}` : null };

@@ -17,6 +17,7 @@ import {
   type Namespace,
   type Node,
   type PeerAuthentication as PeerAuthenticationObject,
+  type PeerAuthenticationMode,
   type Pod,
   type Service as ServiceObject,
   type TrafficPolicy as TrafficPolicyObject,
@@ -38,6 +39,7 @@ import {
   isConsumerRoute,
   labelsMatch,
   nsName,
+  resolveMtls,
   spiffeIdOf,
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
@@ -259,19 +261,28 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   findings.push(...nodeAddressFindings(inputs.nodes));
 
   // Peer authentication first: workloads carry their resolved mode.
+  // Istio: a selector without labels is no selector, so the policy is namespace-wide (mesh-wide in
+  // the root namespace) and takes no port-level modes (pilot ambient
+  // convertedSelectorPeerAuthentications; validation refuses portLevelMtls there).
   for (const pa of sortByAge(inputs.peerAuthentications)) {
     const ns = pa.metadata.namespace!;
     const paSpec = pa.spec ?? {};
-    const hasSelector = paSpec.selector !== undefined;
+    const labels = paSpec.selector?.matchLabels ?? {};
+    const hasSelector = Object.keys(labels).length > 0;
+    const mode = paSpec.mtls ? ambientMtlsMode(paSpec.mtls.mode) : undefined;
+    const ports = hasSelector && paSpec.portLevelMtls
+      ? Object.entries(paSpec.portLevelMtls).flatMap(([p, v]) => {
+        const m = ambientMtlsMode(v.mode);
+        return m ? [[p, m] as const] : [];
+      })
+      : [];
     const compiled: PeerAuthentication = {
       name: pa.metadata.name,
       namespace: ns,
       scope: hasSelector ? 'workload' : ns === rootNamespace ? 'mesh' : 'namespace',
-      ...(hasSelector ? { selector: { ...paSpec.selector?.matchLabels } } : {}),
-      ...(paSpec.mtls ? { mode: paSpec.mtls.mode } : {}),
-      ...(paSpec.portLevelMtls
-        ? { portLevelMtls: Object.fromEntries(Object.entries(paSpec.portLevelMtls).map(([p, v]) => [p, v.mode])) }
-        : {}),
+      ...(hasSelector ? { selector: { ...labels } } : {}),
+      ...(mode ? { mode } : {}),
+      ...(ports.length > 0 ? { portLevelMtls: Object.fromEntries(ports) } : {}),
     };
     model.peerAuthentications.set(nsName(ns, pa.metadata.name), compiled);
   }
@@ -596,7 +607,7 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const sa = pod.spec.serviceAccountName ?? 'default';
   const node = pod.spec.nodeName ?? '';
   const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
-  const { mode: mtls, portModes } = resolveMtls(env.peerAuths, ns, labels);
+  const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
   const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
@@ -854,17 +865,13 @@ function sortByAge<T extends { metadata: { name: string; namespace?: string; cre
   return [...list].sort((a, b) => (k(a) < k(b) ? -1 : k(a) > k(b) ? 1 : 0));
 }
 
-function resolveMtls(peerAuths: readonly PeerAuthentication[], namespace: string, labels: Record<string, string>): { mode: MtlsMode; portModes?: Record<string, MtlsMode> } {
-  let mesh: MtlsMode | undefined;
-  let ns: MtlsMode | undefined;
-  let wl: PeerAuthentication | undefined;
-  for (const pa of peerAuths) {
-    if (pa.scope === 'mesh' && mesh === undefined) mesh = pa.mode;
-    else if (pa.scope === 'namespace' && pa.namespace === namespace && ns === undefined) ns = pa.mode;
-    else if (pa.scope === 'workload' && pa.namespace === namespace && !wl && labelsMatch(pa.selector ?? {}, labels)) wl = pa;
-  }
-  const mode = wl?.mode ?? ns ?? mesh ?? 'PERMISSIVE';
-  return wl?.portLevelMtls ? { mode, portModes: { ...wl.portLevelMtls } } : { mode };
+/**
+ * A written mode as an ambient data plane enforces it: UNSET inherits (undefined), DISABLE is
+ * PERMISSIVE (ztunnel enforces only STRICT: pilot ambient convertPeerAuthentication treats
+ * PERMISSIVE and DISABLE alike).
+ */
+function ambientMtlsMode(mode: PeerAuthenticationMode): MtlsMode | undefined {
+  return mode === 'UNSET' ? undefined : mode === 'DISABLE' ? 'PERMISSIVE' : mode;
 }
 
 function appProtocolOf(appProtocol: string | undefined, name: string | undefined): ServicePort['appProtocol'] {

@@ -309,10 +309,12 @@ export interface AuthorizationPolicy {
 export interface PeerAuthentication {
   name: string;
   namespace: string;
+  /** `workload` only for a selector with labels; one without is namespace-wide (Istio). */
   scope: 'mesh' | 'namespace' | 'workload';
   selector?: Record<string, string>;
-  /** Absent: inherit from the wider scope. */
+  /** Absent (no mode, or UNSET): inherit from the wider scope. DISABLE is compiled PERMISSIVE. */
   mode?: MtlsMode;
+  /** Only for scope `workload`; a port written UNSET is left out (it inherits the workload's mode). */
   portLevelMtls?: Record<string, MtlsMode>;
 }
 
@@ -549,6 +551,40 @@ export function policySelectsWorkload(
     case 'service':
       return false;
   }
+}
+
+/** A workload's mTLS mode and the PeerAuthentication that set it (none: the PERMISSIVE default). */
+export interface ResolvedMtls {
+  mode: MtlsMode;
+  portModes?: Record<string, MtlsMode>;
+  setBy?: PeerAuthentication;
+}
+
+/**
+ * Istio's PeerAuthentication precedence (istio/istio pilot/pkg/serviceregistry/kube/controller/
+ * ambient/policies.go convertedSelectorPeerAuthentications): at each level, mesh (root namespace),
+ * namespace and workload (a selector with labels), only the oldest policy counts, whatever its
+ * mode; the most specific level with a mode decides, a level whose policy has none (or UNSET)
+ * inherits from the one above, not from a younger policy of its own level. Port-level modes come
+ * from the workload policy only. `peerAuths` must be oldest first (creationTimestamp, then
+ * namespace/name), as compile() lists them.
+ */
+export function resolveMtls(peerAuths: Iterable<PeerAuthentication>, workload: Pick<Workload, 'namespace' | 'labels'>): ResolvedMtls {
+  let mesh: PeerAuthentication | undefined;
+  let ns: PeerAuthentication | undefined;
+  let wl: PeerAuthentication | undefined;
+  for (const pa of peerAuths) {
+    if (pa.scope === 'mesh') mesh ??= pa;
+    else if (pa.scope === 'namespace' && pa.namespace === workload.namespace) ns ??= pa;
+    else if (pa.scope === 'workload' && policySelectsWorkload(pa, workload)) wl ??= pa;
+  }
+  const setBy = [wl, ns, mesh].find((pa) => pa?.mode !== undefined);
+  const mode = setBy?.mode ?? 'PERMISSIVE';
+  return {
+    mode,
+    ...(wl?.portLevelMtls && Object.keys(wl.portLevelMtls).length > 0 ? { portModes: { ...wl.portLevelMtls } } : {}),
+    ...(setBy ? { setBy } : {}),
+  };
 }
 
 export function labelsMatch(selector: Record<string, string>, labels: Record<string, string>): boolean {

@@ -231,16 +231,24 @@ export interface AuthorizationPolicy {
 
 export type MtlsMode = 'STRICT' | 'PERMISSIVE';
 
+/**
+ * A PeerAuthentication's mode as written (Istio's PeerAuthentication.MutualTLS.Mode): `UNSET`
+ * inherits from the wider scope (as no mode does) and `DISABLE` is `PERMISSIVE` to an ambient
+ * data plane, which enforces only STRICT (istio/istio pilot ambient convertPeerAuthentication).
+ */
+export type PeerAuthenticationMode = MtlsMode | 'UNSET' | 'DISABLE';
+
 export interface PeerAuthentication {
   apiVersion: 'weft.dev/v1alpha1';
   kind: 'PeerAuthentication';
   metadata: ObjectMeta;
   /** Optional: no spec inherits the mode from above (namespace, then mesh). */
   spec?: {
+    /** Without labels (absent, `{}`, `matchLabels: {}`) the policy is namespace-wide (mesh-wide in the root namespace), as in Istio. */
     selector?: LabelSelector;
-    mtls?: { mode: MtlsMode };
-    /** Keyed by container port number; only with a selector (as in Istio). */
-    portLevelMtls?: Record<string, { mode: MtlsMode }>;
+    mtls?: { mode: PeerAuthenticationMode };
+    /** Keyed by container port number; only with a selector that has labels (as in Istio). */
+    portLevelMtls?: Record<string, { mode: PeerAuthenticationMode }>;
   };
   status?: PolicyStatus;
 }

@@ -619,7 +619,8 @@ function policyValue(c: Checker, spec: FieldSpec, s: string, path: string): void
   if (problem) c.fail(path, problem);
 }
 
-const MTLS_MODES = ['STRICT', 'PERMISSIVE'] as const;
+// Istio's PeerAuthentication.MutualTLS.Mode: UNSET inherits, DISABLE is PERMISSIVE to an ambient data plane.
+const MTLS_MODES = ['UNSET', 'STRICT', 'PERMISSIVE', 'DISABLE'] as const;
 
 /** An OTLP/HTTP endpoint: an absolute http(s) URL. */
 function otlpEndpoint(c: Checker, v: unknown, path: string): void {
@@ -668,7 +669,12 @@ function validatePeerAuthentication(c: Checker, o: Json): void {
   }
   const pl = c.obj(spec.portLevelMtls, 'spec.portLevelMtls');
   if (pl) {
-    if (spec.selector === undefined) c.fail('spec.portLevelMtls', 'needs spec.selector (port-level modes apply to selected workloads)');
+    // Istio (pkg/config/validation ValidatePeerAuthentication): a selector without labels is
+    // namespace- or mesh-wide, which takes no port-level modes; an empty map is refused too.
+    const labels = (spec.selector as { matchLabels?: unknown } | undefined)?.matchLabels;
+    const hasLabels = typeof labels === 'object' && labels !== null && Object.keys(labels).length > 0;
+    if (!hasLabels) c.fail('spec.portLevelMtls', 'needs spec.selector.matchLabels with at least one label: a policy without labels is namespace-wide (mesh-wide in the root namespace) and takes no port-level modes');
+    if (Object.keys(pl).length === 0) c.fail('spec.portLevelMtls', 'names no port; leave it out or name at least one');
     for (const [port, v] of Object.entries(pl)) {
       const p = `spec.portLevelMtls["${port}"]`;
       if (!/^[0-9]+$/.test(port) || Number(port) < 1 || Number(port) > 65535) c.fail(p, `"${port}" is not a port number`);

@@ -42,12 +42,12 @@ test('rejects selector and targetRefs together, and an action Weft does not have
 
 test('assertValid throws a ValidationError with a stable code naming object and field', () => {
   try {
-    assertValid({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'pa', namespace: 'a' }, spec: { mtls: { mode: 'DISABLE' } } });
+    assertValid({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'pa', namespace: 'a' }, spec: { mtls: { mode: 'ISTIO_MUTUAL' } } });
     assert.fail('expected a throw');
   } catch (e) {
     assert.ok(e instanceof ValidationError);
     assert.equal(e.code, 'WEFT_INVALID_OBJECT');
-    assert.match(e.message, /PeerAuthentication a\/pa: spec\.mtls\.mode: "DISABLE" is not one of STRICT, PERMISSIVE/);
+    assert.match(e.message, /PeerAuthentication a\/pa: spec\.mtls\.mode: "ISTIO_MUTUAL" is not one of UNSET, STRICT, PERMISSIVE, DISABLE/);
   }
 });
 
