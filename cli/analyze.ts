@@ -16,7 +16,7 @@
 import type { CompileFinding } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf } from '../lib/model/objects.ts';
+import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, useWaypointOf } from '../lib/model/objects.ts';
 import { labelsMatch, nsName, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -120,7 +120,7 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   routeChecks(model, meshInputs, add);
   policyChecks(model, meshInputs, others, options, add);
   for (const n of meshInputs.namespaces) {
-    const wp = n.metadata.labels?.[LABEL_USE_WAYPOINT];
+    const wp = useWaypointOf(undefined, n.metadata.labels);
     if (wp && !model.waypoints.has(nsName(n.metadata.name, wp))) {
       add({ severity: 'Warning', code: 'WaypointNotFound', kind: 'Namespace', namespace: '', name: n.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, message: `Waypoint ${n.metadata.name}/${wp} does not exist; traffic to the namespace's services fails closed until it does` });
     }

@@ -27,6 +27,7 @@ import {
   type ParentReference,
   type ReferenceGrant,
   isServiceParent,
+  useWaypointOf,
   type HeaderMatch,
   type HeaderModifier,
   type PathModifier,
@@ -608,7 +609,7 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const node = pod.spec.nodeName ?? '';
   const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
   const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
-  const nsWaypoint = labels[LABEL_USE_WAYPOINT] ?? nsObj?.metadata.labels?.[LABEL_USE_WAYPOINT];
+  const nsWaypoint = useWaypointOf(labels, nsObj?.metadata.labels);
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
@@ -744,7 +745,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   for (const e of endpoints) if (e.workloadUid && index.byUid.has(e.workloadUid) && !members.includes(e.workloadUid)) members.push(e.workloadUid);
   // By address, then workload: the same order however the workloads were listed.
   endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.workloadUid < b.workloadUid ? -1 : a.workloadUid > b.workloadUid ? 1 : 0));
-  const wpName = svc.metadata.labels?.[LABEL_USE_WAYPOINT] ?? env.namespaces.get(ns)?.metadata.labels?.[LABEL_USE_WAYPOINT];
+  const wpName = useWaypointOf(svc.metadata.labels, env.namespaces.get(ns)?.metadata.labels);
   const waypoint: WaypointRef | undefined = wpName ? { name: wpName, namespace: ns } : undefined;
   return {
     service: {

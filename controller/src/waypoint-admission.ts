@@ -9,9 +9,10 @@
 //     by the compile, which has the pods at hand (waypointAccountShared);
 //   - image: the controller's waypoint image (the default) or one the operator allows
 //     (--waypoint-images; `prefix*` allows a repository).
+//   - name: not `none`, which the use-waypoint label reserves for "no waypoint".
 // A Waypoint refused here is not launched, stays NotReady with the field at fault in its status,
 // and the Services that use it fail closed.
-import type { Waypoint } from '../../lib/model/objects.ts';
+import { LABEL_USE_WAYPOINT, USE_WAYPOINT_NONE, type Waypoint } from '../../lib/model/objects.ts';
 import type { Waypoint as MeshWaypoint } from '../../lib/model/mesh.ts';
 
 export interface WaypointAllowList {
@@ -23,7 +24,7 @@ export interface WaypointAllowList {
 
 export interface WaypointRefusal {
   path: string;
-  reason: 'ServiceAccountNotAllowed' | 'ServiceAccountShared' | 'ImageNotAllowed';
+  reason: 'NameReserved' | 'ServiceAccountNotAllowed' | 'ServiceAccountShared' | 'ImageNotAllowed';
   message: string;
 }
 
@@ -41,6 +42,13 @@ export function waypointServiceAccountPath(wp: Pick<Waypoint, 'spec'>): string {
 }
 
 export function admitWaypoint(wp: Pick<Waypoint, 'metadata' | 'spec'>, allow: WaypointAllowList = {}): WaypointRefusal | undefined {
+  if (wp.metadata.name === USE_WAYPOINT_NONE) {
+    return {
+      path: 'metadata.name',
+      reason: 'NameReserved',
+      message: `the name "${USE_WAYPOINT_NONE}" is reserved: ${LABEL_USE_WAYPOINT}=${USE_WAYPOINT_NONE} means no waypoint (as in Istio), so nothing could use this one; rename it`,
+    };
+  }
   const sa = waypointServiceAccount(wp);
   if (sa === FORBIDDEN_WAYPOINT_SERVICE_ACCOUNT) {
     const implied = wp.spec?.serviceAccountName === undefined;

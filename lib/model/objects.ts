@@ -35,8 +35,23 @@ export interface LabelSelector {
 
 /** `ambient` enrols pods; `none` opts a pod (or a whole namespace) out. Pod overrides namespace. */
 export const LABEL_DATAPLANE_MODE = 'weft.dev/dataplane-mode';
-/** Name of a Waypoint in the same namespace, on a Namespace or a Service (or a Pod, for traffic to its IP). */
+/**
+ * Name of a Waypoint in the same namespace, on a Namespace or a Service (or a Pod, for traffic to
+ * its IP); `none` (USE_WAYPOINT_NONE) opts the object out of its namespace's waypoint.
+ */
 export const LABEL_USE_WAYPOINT = 'weft.dev/use-waypoint';
+/** The `use-waypoint` value that means "no waypoint", reserved as in Istio: no Waypoint may be named so. */
+export const USE_WAYPOINT_NONE = 'none';
+
+/**
+ * The waypoint an object (Service, Pod) uses: its own `use-waypoint` label, else its namespace's;
+ * `none` on the one that decides means none (Istio pilot ambient getUseWaypoint: the object's label
+ * wins over its namespace's, and "none" opts out).
+ */
+export function useWaypointOf(own: Readonly<Record<string, string>> | undefined, namespace: Readonly<Record<string, string>> | undefined): string | undefined {
+  const name = own?.[LABEL_USE_WAYPOINT] ?? namespace?.[LABEL_USE_WAYPOINT];
+  return name === USE_WAYPOINT_NONE ? undefined : name;
+}
 /** EndpointSlice label that names its Service. */
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
 /** Set by the waypoint reconciler on the Deployment, Service and pods it owns. */

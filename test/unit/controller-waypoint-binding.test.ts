@@ -1,0 +1,95 @@
+// Which waypoint a Service's or a pod's traffic goes through, against Istio's rules
+// (https://istio.io/latest/docs/ambient/usage/waypoint/#useawaypoint; istio/istio pilot ambient
+// getUseWaypoint): the object's own use-waypoint label wins over its namespace's, and the value
+// `none` means no waypoint, on the object (an opt-out of its namespace's waypoint) as on the
+// namespace. The compiled model is taken through the agent's resolver, which decides where a
+// captured connection goes.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { AgentState, NoRouteError } from '../../agent/src/state.ts';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import type { AgentConfig } from '../../lib/model/mesh.ts';
+import type { Waypoint } from '../../lib/model/objects.ts';
+import { ns, pod, svc } from './controller-fixtures.ts';
+
+function readyWaypoint(namespace: string, name: string, address: string): Waypoint {
+  return { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace }, spec: {}, status: { addresses: [{ value: address }], conditions: [{ type: 'Ready', status: 'True', reason: 'Running', message: '' }] } };
+}
+
+/** Namespace `a` uses waypoint `wp`; `opted` (Service and pod) say `none`, `plain` (Service and pod) say nothing. */
+function meshWithOptOut() {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  const opted = svc('a', 'opted', { app: 'opted' }, '10.96.0.21');
+  opted.metadata.labels = { 'weft.dev/use-waypoint': 'none' };
+  i.services.push(opted, svc('a', 'plain', { app: 'plain' }, '10.96.0.22'));
+  i.pods.push(
+    pod('a', 'opted', { labels: { app: 'opted', 'weft.dev/use-waypoint': 'none' }, ip: '10.1.5.1', node: 'node-b' }),
+    pod('a', 'plain', { labels: { app: 'plain' }, ip: '10.1.5.2', node: 'node-b' }),
+    pod('a', 'client', { labels: { app: 'client' }, ip: '10.1.5.3' }),
+  );
+  i.waypoints.push(readyWaypoint('a', 'wp', '10.2.0.1'));
+  const result = compile(i);
+  const state = new AgentState('node-a');
+  const config: AgentConfig = { node: 'node-a', workloads: [...result.model.workloads.values()], services: [...result.model.services.values()], policies: [], peerAuthentications: [], waypoints: [...result.model.waypoints.values()] };
+  state.apply(config);
+  const client = state.localWorkload('10.1.5.3')!;
+  return { ...result, state, client };
+}
+
+test('use-waypoint "none" on a Service or a pod opts it out of its namespace\'s waypoint, as in Istio, instead of failing closed on a waypoint named "none"', () => {
+  const m = meshWithOptOut();
+  assert.equal(m.model.services.get('a/opted')?.waypoint, undefined);
+  assert.deepEqual(m.model.services.get('a/plain')?.waypoint, { name: 'wp', namespace: 'a' });
+  const byName = new Map([...m.model.workloads.values()].map((w) => [w.name, w]));
+  assert.equal(byName.get('opted')?.waypoint, undefined);
+  assert.deepEqual(byName.get('plain')?.waypoint, { name: 'wp', namespace: 'a' });
+  assert.deepEqual(m.findings.filter((f) => f.reason === 'WaypointNotFound'), [], 'no finding for a waypoint named none');
+
+  // The agent: the opted-out Service and pod are reached directly (HBONE to their node), the others through wp.
+  const svcUp = m.state.resolve(m.client, '10.96.0.21', 80);
+  assert.equal(svcUp[0]?.kind === 'hbone' && svcUp[0].waypoint, undefined);
+  assert.equal(svcUp[0]?.kind === 'hbone' && svcUp[0].target, '10.1.5.1:8080');
+  const podUp = m.state.resolve(m.client, '10.1.5.1', 8080);
+  assert.equal(podUp[0]?.kind === 'hbone' && podUp[0].waypoint, undefined);
+  for (const [ip, port] of [['10.96.0.22', 80], ['10.1.5.2', 8080]] as const) {
+    const up = m.state.resolve(m.client, ip, port);
+    assert.equal(up[0]?.kind === 'hbone' && up[0].waypoint?.name, 'wp', `${ip}:${port} goes through the namespace's waypoint`);
+  }
+});
+
+test('use-waypoint "none" on a namespace means no waypoint; a Service of it naming a waypoint still uses that one', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a', { 'weft.dev/use-waypoint': 'none' }));
+  const own = svc('a', 'own', { app: 'own' }, '10.96.0.31');
+  own.metadata.labels = { 'weft.dev/use-waypoint': 'wp' };
+  i.services.push(svc('a', 'plain', { app: 'plain' }, '10.96.0.32'), own);
+  i.pods.push(pod('a', 'plain'));
+  i.waypoints.push(readyWaypoint('a', 'wp', '10.2.0.1'));
+  const { model, findings } = compile(i);
+  assert.equal(model.services.get('a/plain')?.waypoint, undefined);
+  assert.equal([...model.workloads.values()][0]?.waypoint, undefined);
+  assert.deepEqual(model.services.get('a/own')?.waypoint, { name: 'wp', namespace: 'a' });
+  assert.deepEqual(findings, []);
+});
+
+test('a Waypoint named "none" is refused at metadata.name (NameReserved): the label value means no waypoint, so nothing could use it', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('a'));
+  i.waypoints.push(readyWaypoint('a', 'none', '10.2.0.9'));
+  const { model, findings } = compile(i);
+  const f = findings.find((x) => x.kind === 'Waypoint' && x.name === 'none');
+  assert.equal(f?.path, 'metadata.name');
+  assert.equal(f?.reason, 'NameReserved');
+  assert.equal(model.waypoints.get('a/none')?.ready, false);
+  // A Service that names a waypoint that does not exist still fails closed (the refusal is named).
+  const state = new AgentState('node-a');
+  const missing = svc('a', 'gone', { app: 'gone' }, '10.96.0.41');
+  missing.metadata.labels = { 'weft.dev/use-waypoint': 'gone' };
+  i.services.push(missing);
+  i.pods.push(pod('a', 'client', { ip: '10.1.6.1' }));
+  const r = compile(i);
+  state.apply({ node: 'node-a', workloads: [...r.model.workloads.values()], services: [...r.model.services.values()], policies: [], peerAuthentications: [], waypoints: [...r.model.waypoints.values()] });
+  assert.throws(() => state.resolve(state.localWorkload('10.1.6.1')!, '10.96.0.41', 80), (e: unknown) => e instanceof NoRouteError && /uses waypoint a\/gone, which does not exist; traffic that must pass it fails closed/.test(e.message));
+  assert.equal(r.findings.find((x) => x.kind === 'Service' && x.name === 'gone')?.reason, 'WaypointNotFound');
+});
