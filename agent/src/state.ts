@@ -245,7 +245,10 @@ export class AgentState {
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
       const eps = this.pick(svc, port, source);
       if (eps.length === 0) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}${this.locality.get(`${svc.namespace}/${svc.name}`)?.mode === 'local-only' ? ` in cluster ${source.cluster} (locality local-only)` : ''}`);
-      return eps.map(({ endpoint, targetPort }) => this.toEndpoint(endpoint, targetPort, svc));
+      return eps.flatMap(({ endpoint, targetPort }) => {
+        const wp = this.foreignWaypoint(svc, endpoint, source);
+        return wp ? this.viaWaypoint(wp, `${endpoint.ip}:${targetPort}`) : [this.toEndpoint(endpoint, targetPort, svc)];
+      });
     }
     const wl = this.workloadsByIp.get(ip);
     if (wl) {
@@ -259,6 +262,22 @@ export class AgentState {
     const ep = this.endpointByIp(ip);
     if (ep) return [this.toEndpoint(ep, port)];
     throw new NoRouteError(`${ip}:${port} is not a service or workload the mesh knows`);
+  }
+
+  /**
+   * The waypoint of an endpoint that is another namespace's pod (a selectorless Service whose
+   * EndpointSlice lists it): that pod's own waypoint, which traffic addressed to the pod passes.
+   * Within one namespace a Service addressed without a waypoint goes straight to its endpoints, as
+   * in ztunnel (a Service-addressed connection never takes a workload's waypoint); but a Service of
+   * namespace A must not be a way around namespace B's waypoint, which A's owner cannot opt out of.
+   */
+  private foreignWaypoint(svc: Service, e: Endpoint, source: Workload): Waypoint | undefined {
+    if (e.cluster !== undefined) return undefined;
+    const wl = this.workloadsByIp.get(e.ip);
+    if (!wl || wl.namespace === svc.namespace || !wl.waypoint) return undefined;
+    const wp = this.waypointFor(wl.waypoint);
+    if (!wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name} (an endpoint of service ${svc.namespace}/${svc.name})`);
+    return isWaypointItself(source, wp) ? undefined : wp;
   }
 
   /**

@@ -93,3 +93,40 @@ test('a Waypoint named "none" is refused at metadata.name (NameReserved): the la
   assert.throws(() => state.resolve(state.localWorkload('10.1.6.1')!, '10.96.0.41', 80), (e: unknown) => e instanceof NoRouteError && /uses waypoint a\/gone, which does not exist; traffic that must pass it fails closed/.test(e.message));
   assert.equal(r.findings.find((x) => x.kind === 'Service' && x.name === 'gone')?.reason, 'WaypointNotFound');
 });
+
+// docs/ARCHITECTURE.md "Waypoint binding": a namespace's waypoint also takes traffic addressed to
+// its pods. A tenant of namespace `a` who writes a selectorless Service and an EndpointSlice
+// listing a pod of namespace `b` must not reach it around b's waypoint (and b's L7 policies and
+// routes there), which only b's owner can opt out of. Within one namespace, a Service addressed
+// without a waypoint still goes straight to its endpoints, as in ztunnel (outbound build_request:
+// a Service-addressed connection never takes a workload's waypoint).
+test('a Service of another namespace listing a pod in its EndpointSlice is no way around the pod\'s namespace waypoint: the agent sends it through that waypoint, or fails closed naming it', () => {
+  const build = (withWaypoint: boolean) => {
+    const i = emptyInputs();
+    i.namespaces.push(ns('a', { 'weft.dev/dataplane-mode': 'ambient' }), ns('b', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+    i.pods.push(pod('a', 'client', { ip: '10.1.7.1' }), pod('b', 'secret', { ip: '10.1.7.2', node: 'node-b' }), pod('b', 'local', { ip: '10.1.7.3', labels: { app: 'local' } }));
+    if (withWaypoint) i.waypoints.push(readyWaypoint('b', 'wp', '10.2.0.1'));
+    i.services.push({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'alias', namespace: 'a' }, spec: { clusterIP: '10.96.0.50', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+    i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'a', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.7.2'] }] });
+    // b's own Service opted out of the waypoint reaches its pod (which has the waypoint) directly: b's owner chose so.
+    const mine = svc('b', 'mine', { app: 'local' }, '10.96.0.51');
+    mine.metadata.labels = { 'weft.dev/use-waypoint': 'none' };
+    i.services.push(mine);
+    const r = compile(i);
+    const state = new AgentState('node-a');
+    state.apply({ node: 'node-a', workloads: [...r.model.workloads.values()], services: [...r.model.services.values()], policies: [], peerAuthentications: [], waypoints: [...r.model.waypoints.values()] });
+    return { state, client: state.localWorkload('10.1.7.1')! };
+  };
+  const m = build(true);
+  for (const [ip, port] of [['10.1.7.2', 8080], ['10.96.0.50', 80]] as const) {
+    const up = m.state.resolve(m.client, ip, port);
+    assert.equal(up.length, 1);
+    assert.equal(up[0]?.kind === 'hbone' && up[0].waypoint?.name, 'wp', `${ip}:${port} passes b's waypoint`);
+    assert.equal(up[0]?.kind === 'hbone' && up[0].target, '10.1.7.2:8080', 'the waypoint is asked for the pod, as when the pod is dialled');
+  }
+  const own = m.state.resolve(m.client, '10.96.0.51', 80);
+  assert.equal(own[0]?.kind, 'local', 'a Service of the pod\'s own namespace, opted out, goes straight to it');
+
+  const gone = build(false);
+  assert.throws(() => gone.state.resolve(gone.client, '10.96.0.50', 80), (e: unknown) => e instanceof NoRouteError && /workload b\/secret \(an endpoint of service a\/alias\) uses waypoint b\/wp, which does not exist; traffic that must pass it fails closed/.test(e.message));
+});
