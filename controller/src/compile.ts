@@ -27,6 +27,7 @@ import {
   type ParentReference,
   type ReferenceGrant,
   isServiceParent,
+  policyTargets,
   useWaypointOf,
   type HeaderMatch,
   type HeaderModifier,
@@ -406,9 +407,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const key = nsName(ns, ap.metadata.name);
     const apSpec = ap.spec ?? {};
     const rules = (apSpec.rules ?? []).map(compileRule);
-    const targets = apSpec.targetRefs?.map((t) => nsName(ns, t.name));
-    targets?.forEach((t, i) => {
-      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.targetRefs[${i}].name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
+    const refs = policyTargets(apSpec);
+    const targets = refs.length > 0 ? refs.map(({ ref }) => nsName(ns, ref.name)) : undefined;
+    refs.forEach(({ path }, i) => {
+      const t = targets![i]!;
+      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
     });
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,

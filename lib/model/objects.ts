@@ -188,6 +188,16 @@ export interface PolicyTargetRef {
   name: string;
 }
 
+/**
+ * An AuthorizationPolicy's targets with the field path of each (Istio model.GetTargetRefs):
+ * `targetRefs` when it lists something, else the singular `targetRef`; none means a selector or
+ * namespace policy.
+ */
+export function policyTargets(spec: { targetRefs?: PolicyTargetRef[]; targetRef?: PolicyTargetRef } | undefined): Array<{ ref: PolicyTargetRef; path: string }> {
+  if (spec?.targetRefs && spec.targetRefs.length > 0) return spec.targetRefs.map((ref, i) => ({ ref, path: `spec.targetRefs[${i}]` }));
+  return spec?.targetRef ? [{ ref: spec.targetRef, path: 'spec.targetRef' }] : [];
+}
+
 export interface AuthorizationSource {
   principals?: string[];
   notPrincipals?: string[];
@@ -236,7 +246,10 @@ export interface AuthorizationPolicy {
   /** Optional, as in Istio: no spec is an ALLOW policy with no rules (allows nothing in scope). */
   spec?: {
     selector?: LabelSelector;
+    /** Empty: as if absent (Istio counts targetRefs only when it lists something). */
     targetRefs?: PolicyTargetRef[];
+    /** Istio's deprecated single target: one of targetRefs. */
+    targetRef?: PolicyTargetRef;
     /** Default ALLOW. */
     action?: AuthorizationAction;
     rules?: AuthorizationRule[];

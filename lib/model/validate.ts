@@ -537,19 +537,25 @@ function selector(c: Checker, v: unknown, path: string): void {
 
 function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['selector', 'targetRefs', 'action', 'rules']);
+  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'rules']);
   selector(c, spec.selector, 'spec.selector');
+  // Istio (validateOneOfSelectorType): selector, targetRef and a targetRefs that lists something
+  // exclude one another; an empty targetRefs counts as none (model.GetTargetRefs).
   const refs = c.arr(spec.targetRefs, 'spec.targetRefs');
-  if (refs && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
-  refs?.forEach((r, i) => {
-    const p = `spec.targetRefs[${i}]`;
-    const ro = c.obj(r, p, true);
-    if (!ro) return;
+  if (refs && refs.length > 0 && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
+  if (spec.targetRef !== undefined && (spec.selector !== undefined || (refs && refs.length > 0))) c.fail('spec.targetRef', 'cannot be combined with spec.selector or spec.targetRefs (only one of selector, targetRef, targetRefs)');
+  const targetRef = (ro: Json, p: string) => {
     c.only(ro, p, ['group', 'kind', 'name']);
     c.str(ro.group, `${p}.group`, { oneOf: [''] });
     c.str(ro.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
     c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+  };
+  refs?.forEach((r, i) => {
+    const ro = c.obj(r, `spec.targetRefs[${i}]`, true);
+    if (ro) targetRef(ro, `spec.targetRefs[${i}]`);
   });
+  const single = c.obj(spec.targetRef, 'spec.targetRef');
+  if (single) targetRef(single, 'spec.targetRef');
   c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT'] });
   c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
