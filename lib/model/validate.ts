@@ -683,7 +683,9 @@ function validatePeerAuthentication(c: Checker, o: Json): void {
     if (Object.keys(pl).length === 0) c.fail('spec.portLevelMtls', 'names no port; leave it out or name at least one');
     for (const [port, v] of Object.entries(pl)) {
       const p = `spec.portLevelMtls["${port}"]`;
+      // One spelling per port: the kernel's map takes the number, the agent looks up the key as written.
       if (!/^[0-9]+$/.test(port) || Number(port) < 1 || Number(port) > 65535) c.fail(p, `"${port}" is not a port number`);
+      else if (String(Number(port)) !== port) c.fail(p, `"${port}" is not written as a port number: write ${Number(port)}`);
       const vo = c.obj(v, p, true);
       if (!vo) continue;
       c.only(vo, p, ['mode']);

@@ -137,3 +137,10 @@ test('portLevelMtls on a policy whose selector has no labels is refused at spec.
   assert.equal(m.db.portModes, undefined);
   assert.equal(plaintext(m, 5432), 'plaintext_strict');
 });
+
+test('a portLevelMtls key is a port number written one way: "08080" is refused at its field, since the kernel (a number, 8080) and the agent (the key as written) would read it apart', () => {
+  const issues = validateObject(pa('shop', 'db-port', { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'STRICT' }, portLevelMtls: { '08080': { mode: 'PERMISSIVE' } } }));
+  assert.deepEqual(issues.map((i) => i.path), ['spec.portLevelMtls["08080"]']);
+  assert.match(issues[0]!.message, /write 8080/);
+  assert.deepEqual(validateObject(pa('shop', 'db-port', { selector: { matchLabels: { app: 'db' } }, portLevelMtls: { '8080': { mode: 'PERMISSIVE' } } })), []);
+});
