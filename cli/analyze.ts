@@ -16,7 +16,7 @@
 import type { CompileFinding } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, useWaypointOf } from '../lib/model/objects.ts';
+import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, policyTargets, useWaypointOf } from '../lib/model/objects.ts';
 import { labelsMatch, nsName, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -196,10 +196,12 @@ function policyChecks(model: MeshModel, inputs: Inputs, others: Loose[], options
       add({ severity: 'Warning', code: 'SelectsNothing', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: 'spec.selector', message: `selector ${formatSelector(p.selector)} matches no workload in namespace ${p.namespace}` });
     }
     if (p.scope === 'service') {
+      const written = inputs.authorizationPolicies.find((a) => a.metadata.namespace === p.namespace && a.metadata.name === p.name);
+      const paths = policyTargets(written?.spec).map((t) => t.path);
       (p.targetServices ?? []).forEach((t, i) => {
         const svc = model.services.get(t);
         if (svc && !svc.waypoint) {
-          add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: `spec.targetRefs[${i}]`, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
+          add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: paths[i] ?? `spec.targetRefs[${i}]`, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
         }
       });
     } else if (p.layer === 'L7') {

@@ -95,6 +95,12 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     findings: [/^Warning \[PolicyNotEnforced\] AuthorizationPolicy plain\/api-get spec\.targetRefs\[0\] .*Service plain\/api uses no waypoint/],
   },
   {
+    name: 'the same with Istio\'s singular targetRef: the finding names that field',
+    objects: () => [ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'),
+      authz('plain', 'api-get', { targetRef: { group: '', kind: 'Service', name: 'api' }, rules: [{ to: [{ operation: { methods: ['GET'] } }] }] })],
+    findings: [/^Warning \[PolicyNotEnforced\] AuthorizationPolicy plain\/api-get spec\.targetRef .*Service plain\/api uses no waypoint/],
+  },
+  {
     name: 'a policy targeting a Service that does not exist',
     objects: () => [...shop(), authz('shop', 'ghost', { targetRefs: [{ group: '', kind: 'Service', name: 'ghost' }], rules: [{}] })],
     findings: [/^Warning \[TargetNotFound\] AuthorizationPolicy shop\/ghost spec\.targetRefs\[0\]\.name .*Service shop\/ghost does not exist/],
