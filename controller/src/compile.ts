@@ -289,6 +289,15 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     model.peerAuthentications.set(nsName(ns, pa.metadata.name), compiled);
   }
   const peerAuths = [...model.peerAuthentications.values()];
+  // At the mesh and namespace levels only the oldest policy counts (resolveMtls): the others say so,
+  // rather than look in force (a STRICT added beside an older PERMISSIVE changes nothing).
+  const levelHolder = new Map<string, string>();
+  for (const pa of peerAuths) {
+    if (pa.scope === 'workload') continue;
+    const holder = levelHolder.get(pa.namespace);
+    if (holder === undefined) levelHolder.set(pa.namespace, pa.name);
+    else findings.push({ kind: 'PeerAuthentication', namespace: pa.namespace, name: pa.name, path: 'spec', reason: 'Conflicted', message: `PeerAuthentication ${pa.namespace}/${holder} is older and decides ${pa.scope === 'mesh' ? 'the mesh-wide' : `namespace ${pa.namespace}'s`} mode (the oldest applies, as in Istio); this one is not in force` });
+  }
 
   // Telemetry: resolved per workload and per waypoint, most specific object first; one outside the
   // root namespace naming an endpoint the mesh does not is refused (telemetry-admission.ts).

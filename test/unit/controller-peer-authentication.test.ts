@@ -144,3 +144,18 @@ test('a portLevelMtls key is a port number written one way: "08080" is refused a
   assert.match(issues[0]!.message, /write 8080/);
   assert.deepEqual(validateObject(pa('shop', 'db-port', { selector: { matchLabels: { app: 'db' } }, portLevelMtls: { '8080': { mode: 'PERMISSIVE' } } })), []);
 });
+
+test('a younger mesh- or namespace-wide PeerAuthentication beside an older one is reported Conflicted (it is not in force), so a STRICT added beside an older PERMISSIVE does not look applied', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns(ROOT), ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.peerAuthentications.push(
+    pa('shop', 'old-permissive', { mtls: { mode: 'PERMISSIVE' } }),
+    pa('shop', 'new-strict', { selector: { matchLabels: {} }, mtls: { mode: 'STRICT' } }),
+    pa(ROOT, 'mesh-a', { mtls: { mode: 'STRICT' } }),
+    pa(ROOT, 'mesh-b', { mtls: { mode: 'PERMISSIVE' } }),
+    pa('shop', 'db', { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'STRICT' } }),
+  );
+  const conflicted = compile(inputs).findings.filter((f) => f.reason === 'Conflicted');
+  assert.deepEqual(conflicted.map((f) => `${f.namespace}/${f.name} ${f.path}`).sort(), ['shop/new-strict spec', `${ROOT}/mesh-b spec`].sort());
+  assert.match(conflicted.find((f) => f.name === 'new-strict')!.message, /PeerAuthentication shop\/old-permissive is older and decides namespace shop's mode/);
+});
