@@ -180,12 +180,19 @@ export class AgentState {
     return e ? { spiffeId: e.enrolled ? e.spiffeId : undefined, nodeIp: e.nodeIp } : undefined;
   }
 
-  /** The waypoints traffic to a workload passes: its own (`use-waypoint`) and its services'. */
+  /**
+   * The waypoints traffic to a workload passes: its own (`use-waypoint`) and those of its
+   * namespace's services. A Service of another namespace that lists the pod (a hand-written
+   * EndpointSlice) does not make its waypoint one that speaks for the pod: that namespace's tenant
+   * may run the waypoint's replicas, and connections through it pass the pod's own waypoint
+   * (foreignWaypoint).
+   */
   waypointsServing(w: Workload): Waypoint[] {
     const out = new Set<Waypoint>();
     const own = this.waypointFor(w.waypoint);
     if (own) out.add(own);
     for (const key of w.services) {
+      if (!key.startsWith(`${w.namespace}/`)) continue;
       const wp = this.waypointFor(this.servicesByName.get(key)?.waypoint);
       if (wp) out.add(wp);
     }

@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AgentState, NoRouteError } from '../../agent/src/state.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import { forwardedFor } from '../../lib/hbone/index.ts';
+import { tunnelClient } from '../../lib/hbone/forwarded.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import type { Waypoint } from '../../lib/model/objects.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
@@ -129,4 +131,29 @@ test('a Service of another namespace listing a pod in its EndpointSlice is no wa
 
   const gone = build(false);
   assert.throws(() => gone.state.resolve(gone.client, '10.96.0.50', 80), (e: unknown) => e instanceof NoRouteError && /workload b\/secret \(an endpoint of service a\/alias\) uses waypoint b\/wp, which does not exist; traffic that must pass it fails closed/.test(e.message));
+});
+
+// lib/hbone/forwarded.ts: a destination's agent believes a `for=` claim (the client's address, which
+// ipBlocks policies judge) only from a waypoint that serves the destination. A Service of another
+// namespace listing the pod in its EndpointSlice must not make that namespace's waypoint (whose
+// replicas its tenant may run: any pod labelled weft.dev/waypoint with the waypoint's account)
+// one that speaks for the pod.
+test('a Service of another namespace listing a pod does not make that namespace\'s waypoint speak for the pod: its for= claims are ignored (named, counted by reason); the pod\'s own waypoint is still believed', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('tenant', { 'weft.dev/dataplane-mode': 'ambient' }), ns('bank', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  i.pods.push(pod('bank', 'vault', { ip: '10.1.9.2', node: 'node-b' }));
+  i.waypoints.push(readyWaypoint('bank', 'wp', '10.2.0.1'), readyWaypoint('tenant', 'tw', '10.2.0.2'));
+  i.services.push({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'alias', namespace: 'tenant', labels: { 'weft.dev/use-waypoint': 'tw' } }, spec: { clusterIP: '10.96.0.60', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'tenant', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.9.2'] }] });
+  const r = compile(i);
+  const state = new AgentState('node-b');
+  state.apply({ node: 'node-b', workloads: [...r.model.workloads.values()], services: [...r.model.services.values()], policies: [], peerAuthentications: [], waypoints: [...r.model.waypoints.values()] });
+  const vault = state.localWorkload('10.1.9.2')!;
+  const claim = (spiffeId: string, address: string) => tunnelClient(state, vault, { peer: { spiffeId, address, port: 40000 }, forwardedFor: forwardedFor('for="192.0.2.7:5555"'), headers: { forwarded: 'for="192.0.2.7:5555"' } });
+  assert.deepEqual(state.waypointsServing(vault).map((w) => `${w.namespace}/${w.name}`), ['bank/wp']);
+  const forged = claim('spiffe://cluster.local/ns/tenant/sa/tw', '10.2.0.2');
+  assert.equal(forged.source, 'peer', 'the tenant\'s waypoint does not speak for bank\'s pod');
+  assert.equal(forged.ip, '10.2.0.2');
+  assert.deepEqual(forged.ignored, { reason: 'unknown-address', claimed: '192.0.2.7:5555' });
+  assert.deepEqual(claim('spiffe://cluster.local/ns/bank/sa/wp', '10.2.0.1'), { ip: '192.0.2.7', port: 5555, source: 'forwarded' });
 });
