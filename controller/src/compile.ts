@@ -418,9 +418,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const rules = (apSpec.rules ?? []).map(compileRule);
     const refs = policyTargets(apSpec);
     const targets = refs.length > 0 ? refs.map(({ ref }) => nsName(ns, ref.name)) : undefined;
-    refs.forEach(({ path }, i) => {
-      const t = targets![i]!;
-      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
+    targets?.forEach((t, i) => {
+      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${refs[i]!.path}.name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
     });
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,
