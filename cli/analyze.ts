@@ -196,14 +196,16 @@ function policyChecks(model: MeshModel, inputs: Inputs, others: Loose[], options
       add({ severity: 'Warning', code: 'SelectsNothing', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: 'spec.selector', message: `selector ${formatSelector(p.selector)} matches no workload in namespace ${p.namespace}` });
     }
     if (p.scope === 'service') {
+      // Service targets only: a Waypoint target lists the Services that use it.
       const written = inputs.authorizationPolicies.find((a) => a.metadata.namespace === p.namespace && a.metadata.name === p.name);
-      const paths = policyTargets(written?.spec).map((t) => t.path);
-      (p.targetServices ?? []).forEach((t, i) => {
+      for (const { ref, path } of policyTargets(written?.spec)) {
+        if (ref.kind !== 'Service') continue;
+        const t = `${p.namespace}/${ref.name}`;
         const svc = model.services.get(t);
         if (svc && !svc.waypoint) {
-          add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: paths[i] ?? `spec.targetRefs[${i}]`, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
+          add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
         }
-      });
+      }
     } else if (p.layer === 'L7') {
       const rule = p.rules.findIndex((r) => r.layer === 'L7');
       const effect = p.action === 'DENY' ? 'its DENY rules match every connection' : 'its ALLOW rules with L7 attributes never match';

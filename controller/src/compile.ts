@@ -417,10 +417,17 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const apSpec = ap.spec ?? {};
     const rules = (apSpec.rules ?? []).map(compileRule);
     const refs = policyTargets(apSpec);
-    const targets = refs.length > 0 ? refs.map(({ ref }) => nsName(ns, ref.name)) : undefined;
-    targets?.forEach((t, i) => {
-      if (!model.services.has(t)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${refs[i]!.path}.name`, reason: 'TargetNotFound', message: `Service ${t} does not exist` });
-    });
+    const targets = refs.length > 0 ? [...new Set(refs.flatMap(({ ref, path }) => {
+      const target = nsName(ns, ref.name);
+      if (ref.kind === 'Service') {
+        if (!model.services.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
+        return [target];
+      }
+      // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
+      // Service that uses it; none while it does not exist, never the namespace.
+      if (!model.waypoints.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Waypoint ${target} does not exist` });
+      return [...model.services.values()].filter((svc) => svc.waypoint?.namespace === ns && svc.waypoint.name === ref.name && svc.waypoint.cluster === undefined).map((svc) => nsName(svc.namespace, svc.name)).sort();
+    }))] : undefined;
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,

@@ -182,6 +182,7 @@ export interface Waypoint {
 /** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */
 export type AuthorizationAction = 'ALLOW' | 'DENY' | 'AUDIT';
 
+/** A Service (group ""), or a whole waypoint: a Waypoint (weft.dev) or, as Istio names it, a Gateway (gateway.networking.k8s.io). */
 export interface PolicyTargetRef {
   group?: string;
   kind: string;

@@ -535,6 +535,9 @@ function selector(c: Checker, v: unknown, path: string): void {
   c.stringMap(s.matchLabels, `${path}.matchLabels`, LABEL_NAME, LABEL_VALUE);
 }
 
+/** The kinds an AuthorizationPolicy may target, each with its API group. */
+const POLICY_TARGET_GROUPS: Record<string, string> = { Service: '', Waypoint: 'weft.dev', Gateway: 'gateway.networking.k8s.io' };
+
 function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
   c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'rules']);
@@ -544,11 +547,14 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const refs = c.arr(spec.targetRefs, 'spec.targetRefs');
   if (refs && refs.length > 0 && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
   if (spec.targetRef !== undefined && (spec.selector !== undefined || (refs && refs.length > 0))) c.fail('spec.targetRef', 'cannot be combined with spec.selector or spec.targetRefs (only one of selector, targetRef, targetRefs)');
+  // A Service, or the whole waypoint: a weft.dev Waypoint, or a Gateway as Istio names its waypoint.
   const targetRef = (ro: Json, p: string) => {
     c.only(ro, p, ['group', 'kind', 'name']);
-    c.str(ro.group, `${p}.group`, { oneOf: [''] });
-    c.str(ro.kind, `${p}.kind`, { required: true, oneOf: ['Service'] });
-    c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: 'a Service name' });
+    const kind = c.str(ro.kind, `${p}.kind`, { required: true, oneOf: Object.keys(POLICY_TARGET_GROUPS) });
+    const group = POLICY_TARGET_GROUPS[kind ?? 'Service'] ?? '';
+    c.str(ro.group, `${p}.group`, { oneOf: [group] });
+    if (group !== '' && ro.group === undefined) c.fail(`${p}.group`, `a ${kind} target needs group "${group}"`);
+    c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: `a ${kind ?? 'Service'} name` });
   };
   refs?.forEach((r, i) => {
     const ro = c.obj(r, `spec.targetRefs[${i}]`, true);

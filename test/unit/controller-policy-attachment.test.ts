@@ -14,6 +14,7 @@ import type { Logger } from '../../lib/log.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
+import { PolicyTable } from '../../lib/policy/authz.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 
 const CLIENT = 'spiffe://cluster.local/ns/other/sa/client';
@@ -76,6 +77,39 @@ test('the singular targetRef (Istio\'s deprecated field) attaches to its Service
   assert.deepEqual(both.map((i) => i.path), ['spec.targetRef']);
   const withSelector = validateObject(authz('shop', 'sel', { targetRef: { group: '', kind: 'Service', name: 'db' }, selector: { matchLabels: { app: 'db' } }, rules: [{}] }));
   assert.deepEqual(withSelector.map((i) => i.path), ['spec.targetRef']);
-  const wrongKind = validateObject(authz('shop', 'gw', { targetRef: { group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'wp' }, rules: [{}] }));
+  const wrongKind = validateObject(authz('shop', 'se', { targetRef: { group: 'networking.istio.io', kind: 'ServiceEntry', name: 'x' }, rules: [{}] }));
   assert.deepEqual(wrongKind.map((i) => i.path).sort(), ['spec.targetRef.group', 'spec.targetRef.kind']);
+});
+
+// Istio attaches a policy to a whole waypoint with targetRefs to its Gateway
+// (https://istio.io/latest/docs/ambient/usage/l7-features/#attach-to-the-entire-waypoint-proxy:
+// "it applies to all traffic enrolled to use it"). Weft's waypoint is a Waypoint, so the same
+// attachment names it (weft.dev Waypoint), or names it as Istio writes it (a Gateway of that name).
+test('targetRefs to a Waypoint (or, as Istio writes it, a Gateway of that name) attaches the policy to every Service that uses the waypoint, and the waypoint refuses what it denies', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  const direct = svc('shop', 'direct', { app: 'direct' }, '10.96.0.63');
+  direct.metadata.labels = { 'weft.dev/use-waypoint': 'none' };
+  inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.61'), svc('shop', 'web', { app: 'web' }, '10.96.0.62'), direct);
+  inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  const refs = [{ group: 'weft.dev', kind: 'Waypoint', name: 'wp' }, { group: 'gateway.networking.k8s.io', kind: 'Gateway', name: 'wp' }];
+  refs.forEach((ref, i) => inputs.authorizationPolicies.push(authz('shop', `no-admin-${i}`, { targetRefs: [ref], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] })));
+  inputs.authorizationPolicies.push(authz('shop', 'gone', { targetRefs: [{ group: 'weft.dev', kind: 'Waypoint', name: 'gone' }], action: 'DENY', rules: [{}] }));
+  for (const p of inputs.authorizationPolicies) assert.deepEqual(validateObject(p), [], p.metadata.name);
+  const { model, findings } = compile(inputs);
+  for (const name of ['no-admin-0', 'no-admin-1']) {
+    const p = model.policies.get(`shop/${name}`)!;
+    assert.equal(p.scope, 'service');
+    assert.deepEqual(p.targetServices, ['shop/db', 'shop/web'], `${name}: the Services that use wp, not the one opted out`);
+    const table = new PolicyTable([p]);
+    const request = { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationIp: '10.96.0.61', destinationPort: 80, method: 'GET', host: 'db', headers: {} };
+    assert.equal(table.evaluate('shop/db', { ...request, path: '/admin/x' }).allowed, false);
+    assert.equal(table.evaluate('shop/db', { ...request, path: '/' }).allowed, true);
+    assert.equal(table.evaluate('shop/direct', { ...request, path: '/admin/x' }).allowed, true);
+  }
+  assert.equal(model.policies.get('shop/gone')?.scope, 'service', 'a missing waypoint attaches to nothing, never to the namespace');
+  assert.deepEqual(model.policies.get('shop/gone')?.targetServices, []);
+  assert.deepEqual(findings.filter((f) => f.reason === 'TargetNotFound').map((f) => `${f.name} ${f.path}`), ['gone spec.targetRefs[0].name']);
+  const entry = validateObject(authz('shop', 'se', { targetRefs: [{ group: 'networking.istio.io', kind: 'ServiceEntry', name: 'x' }], rules: [{}] }));
+  assert.deepEqual(entry.map((i) => i.path).sort(), ['spec.targetRefs[0].group', 'spec.targetRefs[0].kind']);
 });
