@@ -28,6 +28,13 @@ export function jsonLogger(component: string, level: LogLevel = 'info', write: (
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 /**
+ * Refusal log lines a second, at most, for every part's refusals (HBONE, plaintext, kernel, the CA,
+ * the config stream, side ports): a refusal's reason and authority are often the peer's to choose
+ * and cost it a byte (HPACK), and a flood must not become log volume. Every refusal is still counted.
+ */
+export const REFUSAL_LOG_PER_SECOND = 50;
+
+/**
  * At most `perSecond` lines a second for one kind of event a peer can cause at will (refusals):
  * `take()` says whether to write this one; the others are counted, and `onSuppressed` is told how
  * many were left out once the next second's first event comes. Counters stay exact; only lines are

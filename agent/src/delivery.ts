@@ -27,13 +27,10 @@ const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import { LogBudget, type Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
 import { connectTcp, OverloadedError, UpstreamConnectError } from './connect.ts';
-
-/** 'connection denied' log lines a second, at most (weft_connections_denied_total counts every one). */
-export const DENIED_LOG_PER_SECOND = 50;
 
 export class DeniedError extends Error {
   readonly code = 'WEFT_DENIED';
@@ -105,8 +102,8 @@ export class LocalDelivery {
     this.#metrics = opts.metrics;
     this.#log = opts.log;
     this.#maxPending = opts.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
-    this.#deniedLog = new LogBudget(DENIED_LOG_PER_SECOND, (count) =>
-      opts.log.warn('connection denials not logged (rate limit; every one is counted)', { count, perSecond: DENIED_LOG_PER_SECOND }));
+    this.#deniedLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('connection denials not logged (rate limit; every one is counted)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   }
 
   /** The agent enrolled a pod: deliveries to it go through this namespace. */

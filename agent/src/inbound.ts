@@ -6,7 +6,7 @@
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
-import { LogBudget, clip, type Logger } from '../../lib/log.ts';
+import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
@@ -15,9 +15,6 @@ import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, UnverifiedClaims, verifiedPeerM
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
-
-/** HBONE refusal log lines a second, at most. */
-export const REFUSAL_LOG_PER_SECOND = 50;
 
 export interface InboundOptions {
   node: string;

@@ -6,7 +6,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import type { CertManager } from './certs/index.ts';
 import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
-import { LogBudget, clip, escapeControls, type Logger } from '../../lib/log.ts';
+import { LogBudget, clip, escapeControls, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { OnSidePortRefusal } from './admin.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
@@ -33,9 +33,6 @@ export function formatAccessLog(entry: Record<string, unknown>, encoding: 'JSON'
   });
   return [String(time ?? new Date().toISOString()), 'info', 'access', String(msg ?? ''), ...kv].join(' ');
 }
-
-/** Side-port refusal lines a second (any pod can send them); every refusal is counted. */
-export const SIDE_PORT_REFUSAL_LOG_PER_SECOND = 50;
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -87,12 +84,12 @@ export class AgentMetrics {
 
   /**
    * What a side port (`admin`, `metrics`, `ready`) does with a request it refuses by itself:
-   * counts it and logs the peer and the target, at most SIDE_PORT_REFUSAL_LOG_PER_SECOND lines a
+   * counts it and logs the peer and the target, at most REFUSAL_LOG_PER_SECOND lines a
    * second per port (the metrics and readiness ports take requests from any pod).
    */
   sidePortRefusals(port: 'admin' | 'metrics' | 'ready', log: Logger): OnSidePortRefusal {
-    const budget = new LogBudget(SIDE_PORT_REFUSAL_LOG_PER_SECOND, (count) =>
-      log.warn('side port refusals not logged (rate limit)', { port, count, perSecond: SIDE_PORT_REFUSAL_LOG_PER_SECOND }));
+    const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      log.warn('side port refusals not logged (rate limit)', { port, count, perSecond: REFUSAL_LOG_PER_SECOND }));
     return (reason, req) => {
       this.sidePortRefused.inc({ port, reason });
       if (budget.take()) log.warn('side port request refused: the request target is not a URL', { port, reason, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, target: clip(req.url) });

@@ -4,7 +4,7 @@
 // pod on this node after the same authorization an inbound tunnel gets, or in plaintext to a
 // destination outside the mesh.
 import net from 'node:net';
-import { LogBudget, type Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { adoptWithPooledReads, formatAuthority, formatForwardedFor, HbonePool, pipeBidirectional, type PipeResult } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import { tlsMaterial } from '../../lib/identity/tls.ts';
@@ -57,9 +57,6 @@ export interface OutboundOptions {
   spliceStranded?: StrandedResets;
 }
 
-/** Outbound refusal log lines a second, at most. */
-export const OUTBOUND_REFUSAL_LOG_PER_SECOND = 50;
-
 export class Outbound {
   readonly #o: OutboundOptions;
   readonly #server: net.Server;
@@ -69,8 +66,8 @@ export class Outbound {
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
-    this.#refusalLog = new LogBudget(OUTBOUND_REFUSAL_LOG_PER_SECOND, (count) =>
-      opts.log.warn('outbound refusals not logged (rate limit; every one is counted)', { count, perSecond: OUTBOUND_REFUSAL_LOG_PER_SECOND }));
+    this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('outbound refusals not logged (rate limit; every one is counted)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.#server = net.createServer({ noDelay: true, pauseOnConnect: true }, (accepted) => {
       // The pipe (or the splice) carries it: reads through the read pool from here on.
       const socket = adoptWithPooledReads(accepted);

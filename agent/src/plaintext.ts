@@ -13,16 +13,13 @@
 //     plaintext (connection_security_policy="none").
 import net from 'node:net';
 import { closeSync } from 'node:fs';
-import { LogBudget, type Logger } from '../../lib/log.ts';
+import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { adoptWithPooledReads, pipeBidirectional } from '../../lib/hbone/index.ts';
 import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { unmapV4, type Refusal } from './datapath/codecs.ts';
-
-/** Access-log lines for kernel refusals, at most this many a second (an attack can be a flood). */
-export const KERNEL_REFUSAL_LOG_PER_SECOND = 50;
 
 const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
   strict_denied: { denied: 'plaintext to a STRICT pod or port: RST in the kernel', policy: 'mtls:STRICT' },
@@ -66,10 +63,10 @@ export class PlaintextInbound {
 
   constructor(opts: PlaintextInboundOptions) {
     this.#o = opts;
-    this.#kernelLogBudget = new LogBudget(KERNEL_REFUSAL_LOG_PER_SECOND, (count) =>
-      opts.log.warn('kernel refusals not access-logged (rate limit)', { count, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND }));
-    this.#refusalLogBudget = new LogBudget(KERNEL_REFUSAL_LOG_PER_SECOND, (count) =>
-      opts.log.warn('plaintext refusals not access-logged (rate limit)', { count, perSecond: KERNEL_REFUSAL_LOG_PER_SECOND }));
+    this.#kernelLogBudget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('kernel refusals not access-logged (rate limit)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.#refusalLogBudget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('plaintext refusals not access-logged (rate limit)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   }
 
   /**
@@ -125,7 +122,7 @@ export class PlaintextInbound {
 
   /**
    * A connection the kernel refused before it reached any listener (weft_refusals): one access-log
-   * line, like the agent's own refusals, at most KERNEL_REFUSAL_LOG_PER_SECOND a second (the
+   * line, like the agent's own refusals, at most REFUSAL_LOG_PER_SECOND a second (the
    * counters and weft_connections_denied_total{reporter="kernel"} count every one).
    */
   kernelRefused(r: Refusal): void {

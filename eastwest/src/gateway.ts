@@ -21,7 +21,7 @@ import net from 'node:net';
 import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
-import { clip, LogBudget, type Logger } from '../../lib/log.ts';
+import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
 import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
@@ -45,12 +45,6 @@ export interface EastWestOptions {
 }
 
 export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
-
-/**
- * Refusal log lines a second at most (every refusal is counted): the authority, and the reasons
- * quoting it, are the caller's to choose, and HPACK lets it repeat a long one for a byte a request.
- */
-export const REFUSAL_LOG_PER_SECOND = 50;
 
 /**
  * Connects to one upstream that may be waiting at once, as the agent bounds those to a pod

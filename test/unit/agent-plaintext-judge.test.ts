@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { DeniedError, DENIED_LOG_PER_SECOND, LocalDelivery } from '../../agent/src/delivery.ts';
+import { DeniedError, LocalDelivery } from '../../agent/src/delivery.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { AgentState } from '../../agent/src/state.ts';
-import type { Logger } from '../../lib/log.ts';
+import { REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/log.ts';
 import type { AgentConfig, AuthorizationPolicy, CompiledSource, Workload } from '../../lib/model/mesh.ts';
 
 const TD = 'cluster.local';
@@ -93,10 +93,10 @@ test('plaintext opened while the pod was PERMISSIVE is closed when it, or its po
 });
 
 // Anyone who can route to a pod can make the agent refuse: every refusal is counted, the log keeps
-// DENIED_LOG_PER_SECOND lines a second and says how many it left out.
-test('a flood of refused plaintext is counted in full and logged at most DENIED_LOG_PER_SECOND lines a second', async () => {
+// REFUSAL_LOG_PER_SECOND lines a second and says how many it left out.
+test('a flood of refused plaintext is counted in full and logged at most REFUSAL_LOG_PER_SECOND lines a second', async () => {
   const s = setup([policy('mesh-only', 'ALLOW', [{ principals: ['*'] }])]);
   for (let i = 0; i < 2000; i++) assert.equal(judge(s, 8080, `192.0.2.${i % 200}`).delivered, false);
   assert.equal(await denied(s.metrics, 'policy'), 2000);
-  assert.ok(s.lines.filter((l) => l === 'connection denied').length <= 2 * DENIED_LOG_PER_SECOND, `${s.lines.length} lines`);
+  assert.ok(s.lines.filter((l) => l === 'connection denied').length <= 2 * REFUSAL_LOG_PER_SECOND, `${s.lines.length} lines`);
 });

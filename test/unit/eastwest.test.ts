@@ -11,8 +11,8 @@ import { HbonePool, HboneServer, HboneRefusedError, type HbonePeer } from '../..
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
-import { EastWestGateway, REFUSAL_LOG_PER_SECOND } from '../../eastwest/src/gateway.ts';
-import { jsonLogger, silentLogger } from '../../lib/log.ts';
+import { EastWestGateway } from '../../eastwest/src/gateway.ts';
+import { jsonLogger, REFUSAL_LOG_PER_SECOND, silentLogger } from '../../lib/log.ts';
 import { until } from '../lab/wait.ts';
 
 const TD = 'cluster.local';

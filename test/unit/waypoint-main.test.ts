@@ -11,12 +11,12 @@ import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/s
 import { StaticTokenAuthenticator, addCertificateService, createControllerCredentials } from '../../controller/src/ca/index.ts';
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
-import { silentLogger } from '../../lib/log.ts';
+import { REFUSAL_LOG_PER_SECOND, silentLogger } from '../../lib/log.ts';
 import http2 from 'node:http2';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import type { HTTPRoute } from '../../lib/model/objects.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
-import { parseFlags, parseQuotaFlag, REFUSAL_LOG_PER_SECOND, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
+import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend, type Backend } from '../../waypoint/testing/harness.ts';
 import { get, service, slice } from './waypoint-process-fixtures.ts';
 

@@ -16,7 +16,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
-import { clip, jsonLogger, LogBudget, type Logger } from '../../lib/log.ts';
+import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
@@ -283,9 +283,6 @@ async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log:
 }
 
 /** Starts a waypoint: identity, HBONE server, engine, config stream and the side ports. */
-/** HBONE refusal log lines a second (each refusal is counted all the same). */
-export const REFUSAL_LOG_PER_SECOND = 50;
-
 export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogger('waypoint')): Promise<RunningWaypoint> {
   const pool = new HbonePool();
   let identity: WaypointIdentity | undefined;

@@ -20,7 +20,7 @@ import {
 import { CsrIdentityMismatchError, CsrSignatureError, MalformedCsrError, SpiffeIdError } from '../../../lib/identity/errors.ts';
 import { parseSpiffeId, type SpiffeId } from '../../../lib/identity/spiffe.ts';
 import { spiffeIdOfCertificate } from '../../../lib/identity/tls.ts';
-import { clip, LogBudget } from '../../../lib/log.ts';
+import { clip, LogBudget, REFUSAL_LOG_PER_SECOND } from '../../../lib/log.ts';
 import { KeyedTokenBuckets } from '../../../lib/token-bucket.ts';
 import { AuthenticatorUnavailableError, NodeAuthenticationError, type AuthenticatedNode, type NodeAuthenticator } from './authn.ts';
 
@@ -70,9 +70,6 @@ export const DEFAULT_CERTIFICATE_LIMITS: CertificateLimits = {
   watchesPerAddress: 32,
   watches: 20_000,
 };
-
-/** Refusal log lines a second; the rest are counted and summed up in one line. */
-export const REFUSAL_LOG_PER_SECOND = 50;
 
 export interface CertificateServiceDeps {
   ca: CertificateAuthority;

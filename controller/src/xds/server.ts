@@ -18,7 +18,7 @@ import {
   type ResourceType,
 } from '../../../lib/xds/protocol.ts';
 import { silentLogger, type Logger } from '../log.ts';
-import { LogBudget, clip } from '../../../lib/log.ts';
+import { LogBudget, clip, REFUSAL_LOG_PER_SECOND } from '../../../lib/log.ts';
 import type { StreamAuthorizer } from './authz.ts';
 import { AddressOwnerTable } from './address-owners.ts';
 import { EncodedResponse, responseSerializer } from './wire.ts';
@@ -93,9 +93,6 @@ const MODEL_TYPES = ALL_TYPES.filter((t): t is ModelResourceType => t !== 'Addre
 export const DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024;
 /** A response unacknowledged for this long stops counting against the budget (a stuck client must not stall everyone). */
 export const UNACKED_TIMEOUT_MS = 10_000;
-/** Refused-stream log lines a second (a peer can open refused streams at will); every refusal is counted. */
-export const REFUSAL_LOG_PER_SECOND = 50;
-
 export interface ConfigServerOptions {
   /** Flow control: default DEFAULT_MAX_UNACKED_BYTES. Big pushes (initial syncs) wait for ACKs; small deltas rarely do. */
   maxUnackedBytes?: number;
