@@ -2,7 +2,7 @@
 // failure and on SIGINT/SIGTERM), a state folder, and one LocalMesh that is destroyed after the
 // file's tests, whatever happened.
 import { after } from 'node:test';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { Lab } from '../lab/lab.ts';
@@ -58,6 +58,23 @@ export function holdInPod(mesh: LocalMesh, workload: string, cmd: string, args: 
       }
     },
   };
+}
+
+/** The agent's access-log lines (JSON on its stdout) that refused something. */
+export function agentDeniedLines(mesh: LocalMesh, node: string): Array<Record<string, unknown>> {
+  return readFileSync(join(mesh.logDir, `agent-${node}.log`), 'utf8').split('\n')
+    .filter((l) => l.includes('"type":"access"') && l.includes('"denied"'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** The sum of weft_connections_denied_total over the series carrying every label of `labels`. */
+export function deniedMetric(metrics: string, labels: Record<string, string>): number {
+  let total = 0;
+  for (const line of metrics.split('\n')) {
+    if (!line.startsWith('weft_connections_denied_total{')) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.split(' ').pop());
+  }
+  return total;
 }
 
 export { until } from '../lab/wait.ts';

@@ -6,9 +6,7 @@
 // the root namespace and the second was refused whole, so both pods took plaintext.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { localMeshSuite, until } from './mesh-suite.ts';
+import { agentDeniedLines, deniedMetric, localMeshSuite, until } from './mesh-suite.ts';
 import type { LocalMesh } from '../../cli/local/mesh.ts';
 
 const suite = localMeshSuite();
@@ -19,21 +17,6 @@ type Bpf = { counters: Record<string, number> };
 const bpf = (node: string) => mesh.agentAdmin<Bpf>(node, '/bpf');
 const ip = (w: string) => mesh.workloads.get(w)!.pod.ip;
 const inPod = (w: string, args: string[]) => mesh.exec(w, 'curl', ['-sS', '--max-time', '5', ...args]);
-
-function deniedLines(node: string): Array<Record<string, unknown>> {
-  return readFileSync(join(mesh.logDir, `agent-${node}.log`), 'utf8').split('\n')
-    .filter((l) => l.includes('"type":"access"') && l.includes('"denied"'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-function deniedMetric(metrics: string, labels: Record<string, string>): number {
-  let total = 0;
-  for (const line of metrics.split('\n')) {
-    if (!line.startsWith('weft_connections_denied_total{')) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.split(' ').pop());
-  }
-  return total;
-}
 
 before(async () => {
   mesh = await suite.create();
@@ -78,7 +61,7 @@ test('an outsider gets no plaintext into either pod: RST in the kernel, counted 
     assert.ok((await bpf('node2')).counters.strict_denied! > before, `${w}: counted in the kernel`);
     await until(`${w}: weft_connections_denied_total names the refused workload`, async () =>
       deniedMetric(await mesh.agentMetrics('node2'), { reporter: 'kernel', reason: 'strict_denied', destination_workload: name, destination_workload_namespace: namespace }) >= 1, 5_000);
-    await until(`${w}: an access-log line for the kernel's refusal`, () => deniedLines('node2').some((l) =>
+    await until(`${w}: an access-log line for the kernel's refusal`, () => agentDeniedLines(mesh, 'node2').some((l) =>
       l.reporter === 'kernel' && l.reason === 'strict_denied' && l.dst_workload === name && l.policy === 'mtls:STRICT'), 5_000);
   }
 });

@@ -8,9 +8,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { collectOutput } from '../../lib/sys/exec.ts';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { localMeshSuite, until } from './mesh-suite.ts';
+import { agentDeniedLines, deniedMetric, localMeshSuite, until } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { checkMesh, type MeshFacts } from '../../cli/check.ts';
 import type { LineResult } from './fixtures/line-client.ts';
@@ -38,22 +38,6 @@ async function fromNode(node: string, args: string[]): Promise<{ code: number | 
 }
 
 const inPod = (w: string, args: string[]) => mesh.exec(w, 'curl', ['-sS', '--max-time', '5', ...args]);
-
-/** The agent's access-log lines (JSON on its stdout) that refused something. */
-function deniedLines(node: string): Array<Record<string, unknown>> {
-  return readFileSync(join(mesh.logDir, `agent-${node}.log`), 'utf8').split('\n')
-    .filter((l) => l.includes('"type":"access"') && l.includes('"denied"'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-function deniedMetric(metrics: string, labels: Record<string, string>): number {
-  let total = 0;
-  for (const line of metrics.split('\n')) {
-    if (!line.startsWith('weft_connections_denied_total{')) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.split(' ').pop());
-  }
-  return total;
-}
 
 before(async () => {
   mesh = await suite.create(['node1', 'node2'], { dualStack: true });
@@ -127,7 +111,7 @@ test('a node process (not the kubelet) gets no plaintext into a STRICT pod: RST 
   // The refused pod's workload labels come from the model (the ring buffer event's destination).
   await until('weft_connections_denied_total names the refused workload', async () =>
     deniedMetric(await mesh.agentMetrics('node2'), { reporter: 'kernel', reason: 'strict_denied', destination_workload: 'echo', destination_workload_namespace: 'demo' }) >= 1, 5_000);
-  await until('an access-log line for the kernel\'s refusal', () => deniedLines('node2').some((l) =>
+  await until('an access-log line for the kernel\'s refusal', () => agentDeniedLines(mesh, 'node2').some((l) =>
     l.reporter === 'kernel' && l.reason === 'strict_denied' && l.dst_workload === 'echo' && l.policy === 'mtls:STRICT' && String(l.src).startsWith(`${mesh.node('node2').ip}:`)), 5_000);
 });
 
@@ -137,11 +121,11 @@ test('node-local and off-node plaintext into a PERMISSIVE pod whose ALLOW names 
     ['node1 process', () => fromNode('node1', [`http://${ip('demo/perm')}:8080/`])],
     ['pod outside the mesh', () => inPod('legacy/outsider', [`http://${ip('demo/perm')}:8080/`])],
   ] as const) {
-    const before = deniedLines('node2').length;
+    const before = agentDeniedLines(mesh, 'node2').length;
     const r = await attempt();
     assert.notEqual(r.code, 0, `${who} was served: ${r.stdout}`);
-    await until(`${who}: an access-log line names the policy`, () => deniedLines('node2').length > before, 5_000);
-    const line = deniedLines('node2').at(-1)!;
+    await until(`${who}: an access-log line names the policy`, () => agentDeniedLines(mesh, 'node2').length > before, 5_000);
+    const line = agentDeniedLines(mesh, 'node2').at(-1)!;
     assert.equal(line.dst_workload, 'perm');
     assert.equal(line.reason, 'policy');
     assert.equal(line.policy, 'demo/allow-client-perm');
