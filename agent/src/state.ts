@@ -335,10 +335,17 @@ export class AgentState {
     }
     if (candidates.length === 0) return [];
     const key = `${svc.namespace}/${svc.name}:${port}`;
-    const start = (this.rr.get(key) ?? 0) % candidates.length;
-    this.rr.set(key, start + 1);
+    const policy = this.lb.get(`${svc.namespace}/${svc.name}`);
+    let start: number;
+    if (policy === 'RANDOM') {
+      // Envoy's RANDOM: a uniform draw per connection (the rest in order, for retries).
+      start = Math.floor(Math.random() * candidates.length);
+    } else {
+      start = (this.rr.get(key) ?? 0) % candidates.length;
+      this.rr.set(key, start + 1);
+    }
     let rotated = [...candidates.slice(start), ...candidates.slice(0, start)];
-    if (this.lb.get(`${svc.namespace}/${svc.name}`) === 'LEAST_REQUEST') {
+    if (policy === 'LEAST_REQUEST') {
       // Stable sort: ties keep the round-robin order, so equal loads still rotate.
       const load = (c: { endpoint: Endpoint }) => this.active.get(endpointKey(c.endpoint)) ?? 0;
       rotated = rotated.sort((a, b) => load(a) - load(b));

@@ -61,6 +61,18 @@ test('least-request prefers the endpoint with fewer open connections', () => {
   for (let i = 0; i < 4; i++) assert.equal(s.resolve(client, '10.96.0.10', 80)[0]!.target, '10.77.2.1:8080');
 });
 
+// Istio's loadBalancer RANDOM (Envoy's random LB): each connection draws its endpoint; round robin
+// would alternate the two endpoints exactly.
+test('RANDOM draws the first endpoint per connection instead of taking turns', () => {
+  const s = new AgentState('node1');
+  s.apply(config({ trafficPolicies: [{ name: 'rnd', namespace: 'default', service: 'default/echo', timeouts: {}, loadBalancer: 'RANDOM' }] }));
+  const firsts = Array.from({ length: 400 }, () => s.resolve(client, '10.96.0.10', 80)[0]!.target);
+  const a = firsts.filter((t) => t === '10.77.1.2:8080').length;
+  assert.ok(a > 120 && a < 280, `${a} of 400 went to one of two endpoints`);
+  assert.ok(firsts.some((t, i) => i > 0 && t === firsts[i - 1]), 'the draw repeats an endpoint at some point, which turns never do');
+  assert.equal(s.resolve(client, '10.96.0.10', 80).length, 2, 'the other endpoint follows, for a retry');
+});
+
 test('a workload address outside the mesh passes through in plaintext', () => {
   const s = new AgentState('node1');
   s.apply(config());
