@@ -21,3 +21,15 @@ export function h2Frame(type: number, flags: number, stream: number, payload: Bu
 export function hpackLiteral(name: string, value: string): Buffer {
   return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
 }
+
+/** The complete frames in `buf`, in order (a partial frame at the end is left out). */
+export function parseH2Frames(buf: Buffer): Array<{ type: number; flags: number; stream: number; payload: Buffer }> {
+  const out: Array<{ type: number; flags: number; stream: number; payload: Buffer }> = [];
+  for (let i = 0; i + 9 <= buf.length;) {
+    const len = buf.readUIntBE(i, 3);
+    if (i + 9 + len > buf.length) break;
+    out.push({ type: buf[i + 3]!, flags: buf[i + 4]!, stream: buf.readUInt32BE(i + 5) & 0x7fffffff, payload: buf.subarray(i + 9, i + 9 + len) });
+    i += 9 + len;
+  }
+  return out;
+}

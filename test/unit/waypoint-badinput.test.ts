@@ -8,6 +8,7 @@ import {
   config, echo, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
+import { H2, H2_PREFACE, h2Frame, hpackLiteral, parseH2Frames } from '../lab/h2-frames.ts';
 import { until } from '../lab/wait.ts';
 
 /** Writes raw bytes on a fresh connection and returns everything the waypoint answers until it closes. */
@@ -27,10 +28,17 @@ describe('waypoint bad input', () => {
   let engine: WaypointEngine;
   let listener: Listener;
   let stray: Listener;
+  const warnings: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  /** Every path the backend was asked for. */
+  const served: string[] = [];
 
   before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    const answer = echo('reviews');
+    b = await startHttpBackend((req, res) => { served.push(req.url ?? ''); answer(req, res); });
+    engine = new WaypointEngine({
+      namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(),
+      telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) },
+    });
     engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
     listener = await startTunnelListener(engine, '10.96.0.10:80');
     stray = await startTunnelListener(engine, '10.96.9.9:80');
@@ -197,5 +205,64 @@ describe('waypoint bad input', () => {
     good.close();
     const cut = await metricSamples(engine, 'weft_waypoint_rapid_reset_goaways_total');
     assert.equal(cut[0]?.value, 1);
+    assert.ok(warnings.some((w) => w.fields['reason'] === 'rapid_reset' && w.fields['target'] === '10.96.0.10:80'), 'the cut is logged with its reason');
   });
+
+  // A client that breaks HTTP/2 for the whole connection is cut off by nghttp2 (GOAWAY) before any of
+  // its requests is forwarded. Each such end is counted by reason and logged, as Envoy counts
+  // http2.rx_messaging_error and the floods (CVE-2019-9512, -9515, CVE-2024-27316); before, they went
+  // unseen: the session's 'error' was swallowed.
+  const sessionErrors = async (reason: string): Promise<number> => (await metricSamples(engine, 'weft_waypoint_h2_session_errors_total'))
+    .filter((x) => x.labels['reason'] === reason).reduce((n, x) => n + x.value, 0);
+  const headerBlock = (fields: Array<[string, string]>): Buffer => Buffer.concat(fields.map(([n, v]) => hpackLiteral(n, v)));
+  const get = headerBlock([[':method', 'GET'], [':scheme', 'http'], [':path', '/flood'], [':authority', 'reviews']]);
+  const many = (n: number, frame: (i: number) => Buffer): Buffer => Buffer.concat(Array.from({ length: n }, (_, i) => frame(i)));
+  for (const [name, reason, frames] of [
+    // RFC 9113 section 6.7 / CVE-2019-9512: PINGs sent faster than their acknowledgements are read.
+    ['PING frames without end', 'flood', () => many(20_000, () => h2Frame(0x6, 0, 0, Buffer.alloc(8)))],
+    // CVE-2019-9515: SETTINGS likewise.
+    ['SETTINGS frames without end', 'flood', () => many(20_000, () => h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)))],
+    // CVE-2024-27316: a header block that never ends (RFC 9113 section 6.10).
+    ['CONTINUATION frames without END_HEADERS', 'continuation_flood', () => Buffer.concat([h2Frame(H2.HEADERS, 0, 1, get), many(20_000, () => h2Frame(H2.CONTINUATION, 0, 1, hpackLiteral('x-a', 'b')))])],
+    // RFC 9113 section 8.2.2: a connection-specific field makes a request malformed (each stream is
+    // reset, PROTOCOL_ERROR); past maxSessionInvalidFrames the session goes.
+    ['requests carrying Connection (malformed, RFC 9113 section 8.2.2), one after another', 'invalid_frames',
+      () => many(300, (i) => h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 2 * i + 1, headerBlock([[':method', 'GET'], [':scheme', 'http'], [':path', '/smuggle'], [':authority', 'reviews'], ['connection', 'keep-alive']])))],
+    // RFC 9113 section 8.1.1: DATA beyond the request's content-length is malformed; what follows the
+    // announced length would be a second request to an HTTP/1.1 backend.
+    ['a body longer than its content-length (RFC 9113 section 8.1.1)', 'protocol_error', () => Buffer.concat([
+      h2Frame(H2.HEADERS, H2.END_HEADERS, 1, headerBlock([[':method', 'POST'], [':scheme', 'http'], [':path', '/overrun'], [':authority', 'reviews'], ['content-length', '3']])),
+      h2Frame(H2.DATA, H2.END_STREAM, 1, Buffer.from('abcGET /smuggled HTTP/1.1\r\nHost: reviews\r\n\r\n')),
+    ])],
+  ] as const) {
+    it(`ends an HTTP/2 session sending ${name}, counted (${reason}) and logged, and forwards nothing`, async () => {
+      const before = await sessionErrors(reason);
+      const logged = warnings.length;
+      const sock = net.connect(listener.port, '127.0.0.1');
+      sock.on('error', () => {});
+      const received: Buffer[] = [];
+      sock.on('data', (c: Buffer) => received.push(c));
+      const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
+      try {
+        sock.write(Buffer.concat([H2_PREFACE, h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)), frames()]));
+        await until(`the session sending ${name} is ended`, async () => (await sessionErrors(reason)) === before + 1, 10_000);
+        await Promise.race([closed, until('the waypoint closes the tunnel', () => sock.destroyed, 10_000)]);
+      } finally {
+        sock.destroy();
+      }
+      const goaway = parseH2Frames(Buffer.concat(received)).find((f) => f.type === H2.GOAWAY);
+      assert.ok(goaway && goaway.payload.readUInt32BE(4) !== 0, 'the waypoint said GOAWAY with an error code');
+      assert.deepEqual(served.filter((p) => ['/flood', '/smuggle', '/overrun', '/smuggled'].includes(p)), [], 'the backend saw none of it');
+      const line = warnings.slice(logged).find((w) => w.fields['reason'] === reason);
+      assert.ok(line, `a warning names ${reason}`);
+      assert.equal(line.fields['target'], '10.96.0.10:80');
+      assert.match(String(line.fields['error']), /./);
+      const session = http2.connect(`http://127.0.0.1:${listener.port}`);
+      try {
+        assert.equal((await h2request(session, { ':path': '/', ':authority': 'reviews' })).status, 200, 'the waypoint still serves');
+      } finally {
+        session.close();
+      }
+    });
+  }
 });

@@ -6,6 +6,7 @@ import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
+import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { isWebSocketHandshake } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_REPLAY_BUDGET_BYTES, DEFAULT_RETRY_BUFFER_BYTES, ReplayBudget } from './body.ts';
@@ -46,6 +47,29 @@ export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS } from './t
  * SETTINGS_MAX_HEADER_LIST_SIZE.
  */
 export const H2_HEADER_CEILING_FACTOR = 16;
+
+/** Why a client's HTTP/2 session was ended: stable strings, the label of weft_waypoint_h2_session_errors_total. */
+export type H2SessionErrorReason = 'flood' | 'continuation_flood' | 'invalid_frames' | 'protocol_error';
+
+/** nghttp2's library error codes (nghttp2.h) that name a flood; node passes them on as `errno`. */
+const NGHTTP2_ERR_FLOODED = -904;
+const NGHTTP2_ERR_TOO_MANY_CONTINUATIONS = -905;
+
+/**
+ * The reason a session 'error' event gives for ending a client's session, or undefined. Node ends it (GOAWAY) when
+ * nghttp2 finds a connection error (RFC 9113 section 5.4.1: a bad frame, a content-length its DATA
+ * overrun, a flow-control overflow), when the client queues more PING or SETTINGS acknowledgements
+ * than it reads (a flood), sends CONTINUATION frames without end (CVE-2024-27316), or passes
+ * maxSessionInvalidFrames (malformed requests, empty DATA frames) or maxSessionRejectedStreams.
+ */
+export function h2SessionErrorReason(err: { code?: string; errno?: number }): H2SessionErrorReason | undefined {
+  if (err.code === 'ERR_HTTP2_TOO_MANY_INVALID_FRAMES') return 'invalid_frames';
+  // Anything else (the tunnel went away under the session) is no verdict on the client.
+  if (err.code !== 'ERR_HTTP2_ERROR') return undefined;
+  if (err.errno === NGHTTP2_ERR_FLOODED) return 'flood';
+  if (err.errno === NGHTTP2_ERR_TOO_MANY_CONTINUATIONS) return 'continuation_flood';
+  return 'protocol_error';
+}
 
 /** What the waypoint knows about one accepted tunnel. */
 export interface TunnelInfo {
@@ -161,11 +185,16 @@ export class WaypointEngine {
   private readonly ownHttp: MeshHttpSettings;
   /** weft_hbone_forwarded_ignored_total{reason}: callers' for= claims not honoured. */
   private readonly forwardedIgnored: Counter<'reason'>;
+  private readonly warn: (msg: string, fields: Record<string, unknown>) => void;
+  /** Client sessions ended for misbehaving are each counted, and logged at most REFUSAL_LOG_PER_SECOND a second. */
+  private readonly sessionCutLog: LogBudget;
 
   constructor(opts: WaypointEngineOptions) {
     this.namespace = opts.namespace;
     this.name = opts.name;
     this.telemetry = new Telemetry({ ...opts.telemetry, waypoint: `${opts.namespace}/${opts.name}` });
+    this.warn = opts.telemetry?.warn ?? (() => {});
+    this.sessionCutLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('HTTP/2 sessions ended not logged (rate limit; every one is counted in weft_waypoint_h2_session_errors_total or weft_waypoint_rapid_reset_goaways_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
     this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
@@ -581,8 +610,14 @@ export class WaypointEngine {
   private onH2Session(session: http2.ServerHttp2Session): void {
     const pending = this.pendingH2;
     if (!pending) { session.destroy(); return; }
-    this.h2Conns.set(session, pending.ctx);
-    session.on('error', () => {});
+    const ctx = pending.ctx;
+    this.h2Conns.set(session, ctx);
+    session.on('error', (err: Error & { code?: string; errno?: number }) => {
+      const reason = h2SessionErrorReason(err);
+      if (!reason) return;
+      this.telemetry.h2SessionErrors.inc({ reason });
+      this.logSessionCut(ctx, reason, err.message);
+    });
     this.h2Timeouts.watch(session, pending.socket);
     const resets: number[] = [];
     let cut = false;
@@ -596,10 +631,18 @@ export class WaypointEngine {
         if (!cut && resets.length > this.rapidReset.limit) {
           cut = true;
           this.telemetry.rapidResetGoaways.inc();
+          this.logSessionCut(ctx, 'rapid_reset', `more than ${this.rapidReset.limit} streams reset by the client within ${this.rapidReset.windowMs} ms`);
           session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
           setTimeout(() => { if (!session.destroyed) session.destroy(); }, 100).unref();
         }
       });
+    });
+  }
+
+  private logSessionCut(ctx: ConnContext, reason: H2SessionErrorReason | 'rapid_reset', error: string): void {
+    if (!this.sessionCutLog.take()) return;
+    this.warn('HTTP/2 session ended: the client broke the protocol or flooded it', {
+      reason, error, target: ctx.target, peer: ctx.peerSpiffeId, address: ctx.clientAddress,
     });
   }
 

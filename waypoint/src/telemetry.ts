@@ -196,6 +196,7 @@ export class Telemetry {
   readonly quotaBackendErrors: Counter<'failure_mode'>;
   readonly configApplies: Counter<'result'>;
   readonly rapidResetGoaways: Counter<never>;
+  readonly h2SessionErrors: Counter<'reason'>;
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
   readonly grpcStatusInvalid: Counter<never>;
@@ -232,6 +233,11 @@ export class Telemetry {
     this.quotaBackendErrors = new Counter({ name: 'weft_waypoint_quota_backend_errors_total', help: 'Quota checks that could not reach Redis', labelNames: ['failure_mode'], registers });
     this.configApplies = new Counter({ name: 'weft_waypoint_config_applies_total', help: 'Configuration updates, by result', labelNames: ['result'], registers });
     this.rapidResetGoaways = new Counter({ name: 'weft_waypoint_rapid_reset_goaways_total', help: 'HTTP/2 sessions closed for resetting streams too fast', registers });
+    this.h2SessionErrors = new Counter({
+      name: 'weft_waypoint_h2_session_errors_total',
+      help: 'Client HTTP/2 sessions the waypoint ended with a connection error (RFC 9113 section 5.4.1), by reason: flood (PING or SETTINGS faster than they are answered), continuation_flood, invalid_frames (too many malformed requests, empty DATA frames or refused streams), protocol_error',
+      labelNames: ['reason'], registers,
+    });
     this.downstreamTimeouts = new Counter({
       name: 'weft_waypoint_downstream_timeouts_total',
       help: 'Client connections cut by a waypoint timeout: request_headers (headers not complete in time; HTTP/1.1 gets 408) or idle (no request in progress; protocol tcp: a passed-through connection with no bytes either way for its idle timeout)',
