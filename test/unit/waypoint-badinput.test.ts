@@ -265,4 +265,49 @@ describe('waypoint bad input', () => {
       }
     });
   }
+
+  // RFC 9113 section 8.1.1: a malformed request is a stream error (PROTOCOL_ERROR) and MUST NOT be
+  // forwarded. nghttp2 resets each of these before node hands the waypoint a request, so none can
+  // become a second request on the HTTP/1.1 connection to the backend; the session carries on.
+  const attack = (extra: Array<[string, string]>, path = '/smuggle', method = 'POST'): Buffer =>
+    headerBlock([[':method', method], [':scheme', 'http'], [':path', path], [':authority', 'reviews'], ...extra]);
+  for (const [name, frames] of [
+    // RFC 9113 section 8.2.2: connection-specific fields.
+    ['Transfer-Encoding', () => [h2Frame(H2.HEADERS, H2.END_HEADERS, 1, attack([['transfer-encoding', 'chunked']])), h2Frame(H2.DATA, H2.END_STREAM, 1, Buffer.from('0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: reviews\r\n\r\n'))]],
+    ['Connection', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([['connection', 'close']]))]],
+    ['Keep-Alive', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([['keep-alive', 'timeout=5']]))]],
+    ['Upgrade', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([['upgrade', 'websocket']]))]],
+    ['TE other than trailers', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([['te', 'gzip']]))]],
+    // RFC 9113 section 8.1.1: content-length against the DATA.
+    // (Its head may reach the backend before the DATA ends short, hence /cut: the body then never
+    // ends there, the connection is closed, RFC 9112 section 8.)
+    ['a content-length longer than its DATA', () => [h2Frame(H2.HEADERS, H2.END_HEADERS, 1, attack([['content-length', '50']], '/cut')), h2Frame(H2.DATA, H2.END_STREAM, 1, Buffer.from('short'))]],
+    ['two content-length fields', () => [h2Frame(H2.HEADERS, H2.END_HEADERS, 1, attack([['content-length', '5'], ['content-length', '50']])), h2Frame(H2.DATA, H2.END_STREAM, 1, Buffer.from('short'))]],
+    // RFC 9113 section 8.1: no pseudo-header in trailers.
+    ['a pseudo-header in its trailers', () => [h2Frame(H2.HEADERS, H2.END_HEADERS, 1, attack([], '/cut')), h2Frame(H2.DATA, 0, 1, Buffer.from('x')), h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, headerBlock([[':path', '/smuggled']]))]],
+    // RFC 9113 section 8.3.1: :path is origin-form (or * for OPTIONS), never empty.
+    ['an absolute-form :path', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([], 'http://reviews/smuggle', 'GET'))]],
+    ['a :path with a space', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([], '/smuggle HTTP/1.1', 'GET'))]],
+    ['* as the :path of a GET', () => [h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, attack([], '*', 'GET'))]],
+    // RFC 8441: the waypoint does not offer SETTINGS_ENABLE_CONNECT_PROTOCOL, so a WebSocket over
+    // HTTP/2 (extended CONNECT) is malformed; WebSockets go through it over HTTP/1.1, judged by policy.
+    ['an extended CONNECT (RFC 8441 WebSocket)', () => [h2Frame(H2.HEADERS, H2.END_HEADERS, 1, headerBlock([[':method', 'CONNECT'], [':protocol', 'websocket'], [':scheme', 'http'], [':path', '/smuggle'], [':authority', 'reviews']]))]],
+  ] as const) {
+    it(`resets an HTTP/2 request with ${name} (PROTOCOL_ERROR) and forwards nothing; the session goes on`, async () => {
+      const sock = net.connect(listener.port, '127.0.0.1');
+      sock.on('error', () => {});
+      let received = Buffer.alloc(0);
+      sock.on('data', (c: Buffer) => { received = Buffer.concat([received, c]); });
+      try {
+        const good = headerBlock([[':method', 'GET'], [':scheme', 'http'], [':path', '/after'], [':authority', 'reviews']]);
+        sock.write(Buffer.concat([H2_PREFACE, h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)), ...frames(), h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 3, good)]));
+        await until('the request after it is answered', () => parseH2Frames(received).some((f) => f.type === H2.HEADERS && f.stream === 3), 10_000);
+      } finally {
+        sock.destroy();
+      }
+      const reset = parseH2Frames(received).find((f) => f.type === H2.RST_STREAM && f.stream === 1);
+      assert.equal(reset?.payload.readUInt32BE(0), http2.constants.NGHTTP2_PROTOCOL_ERROR, 'stream 1 is reset with PROTOCOL_ERROR');
+      assert.deepEqual(served.filter((p) => p.includes('smuggle')), [], 'the backend saw none of it');
+    });
+  }
 });
