@@ -15,6 +15,7 @@ import { HboneError } from './errors.ts';
 import { admitWorkloadPeer, spiffeIdFromCert, type PeerCheck } from './peer.ts';
 import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
+import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_FORWARDED_HEADERS,
@@ -22,10 +23,6 @@ import {
   DEFAULT_MAX_CONCURRENT_STREAMS,
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_MAX_SESSION_MEMORY_MB,
-  DEFAULT_RAPID_RESET_INTERVAL_MS,
-  DEFAULT_RAPID_RESET_MAX,
-  DEFAULT_RAPID_RESET_MIN_LIFETIME_MS,
-  DEFAULT_RAPID_RESET_TOTAL_STREAMS,
   DEFAULT_MAX_EARLY_DATA,
   DEFAULT_SESSION_BUFFER,
   SESSION_BUFFER_CHECK_MS,
@@ -186,7 +183,7 @@ export interface HboneServerOptions {
    * 100 / 1 s / 1 s. Also, over the session's life: once it opened `totalStreams` (default 500),
    * more than half of them reset early (Envoy's premature_reset_total_stream_count).
    */
-  rapidReset?: { max: number; intervalMs: number; minLifetimeMs?: number; totalStreams?: number };
+  rapidReset?: RapidResetLimits;
   /** Bytes a client may send on a CONNECT before its answer (DEFAULT_MAX_EARLY_DATA). */
   maxEarlyData?: number;
   /** Bytes a session's tunnels may hold not yet taken by their destinations (DEFAULT_SESSION_BUFFER). */
@@ -204,13 +201,8 @@ interface SessionState {
   peer: HbonePeer;
   active: number;
   idleTimer: NodeJS.Timeout | undefined;
-  resetWindowStart: number;
-  resetCount: number;
-  /** Streams opened, and of them reset early, over the session's life (the ratio guard). */
-  streams: number;
-  premature: number;
-  /** GOAWAY sent for resets: the session takes no new streams. */
-  cut: boolean;
+  /** Premature resets (rapid-reset.ts); once it cuts, GOAWAY was sent and the session takes no new streams. */
+  resets: RapidResetGuard;
   /** Answered streams, for the session's buffer check. */
   tunnels: Set<ServerHttp2Stream>;
   bufferTimer: NodeJS.Timeout | undefined;
@@ -455,11 +447,7 @@ export class HboneServer {
       peer,
       active: 0,
       idleTimer: undefined,
-      resetWindowStart: 0,
-      resetCount: 0,
-      streams: 0,
-      premature: 0,
-      cut: false,
+      resets: new RapidResetGuard(this.#opts.rapidReset),
       tunnels: new Set(),
       bufferTimer: undefined,
       throttled: false,
@@ -512,7 +500,7 @@ export class HboneServer {
 
   #onStream(state: SessionState, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
     this.#stats.streamsOpened++;
-    state.streams++;
+    state.resets.opened();
     state.active++;
     if (state.idleTimer) { clearTimeout(state.idleTimer); state.idleTimer = undefined; }
     const ac = new AbortController();
@@ -530,8 +518,7 @@ export class HboneServer {
         // SETTINGS_MAX_CONCURRENT_STREAMS like any other, while a loaded server whose answers
         // come late (every one a reset before the answer) would otherwise take it for an attack
         // and cost its client a new session and handshake just when it can least afford them.
-        const limit = this.#opts.rapidReset?.minLifetimeMs ?? DEFAULT_RAPID_RESET_MIN_LIFETIME_MS;
-        if (!state.session.destroyed && performance.now() - opened < limit) this.#onEarlyReset(state);
+        if (!state.session.destroyed) this.#onEarlyReset(state, performance.now() - opened);
       }
       if (state.active === 0 && !state.session.destroyed) this.#armIdle(state);
     });
@@ -708,26 +695,9 @@ export class HboneServer {
     stream.close(h2.NGHTTP2_NO_ERROR);
   }
 
-  #onEarlyReset(state: SessionState): void {
-    const limit = this.#opts.rapidReset ?? { max: DEFAULT_RAPID_RESET_MAX, intervalMs: DEFAULT_RAPID_RESET_INTERVAL_MS };
-    const now = performance.now();
-    if (now - state.resetWindowStart > limit.intervalMs) {
-      state.resetWindowStart = now;
-      state.resetCount = 0;
-    }
-    state.premature++;
-    const burst = ++state.resetCount > limit.max;
-    // A peer that stays just under the burst limit (100 a second, every second) costs a handler
-    // call each time all the same: over the session's life, once it has opened enough streams,
-    // more than half of them reset before their answer is the attack too (Envoy's
-    // overload.premature_reset_total_stream_count and its 50 % ratio).
-    const total = this.#opts.rapidReset?.totalStreams ?? DEFAULT_RAPID_RESET_TOTAL_STREAMS;
-    const ratio = state.streams >= total && state.premature * 2 > state.streams;
-    if (state.cut || (!burst && !ratio)) return;
-    state.cut = true;
-    const reason = burst
-      ? `peer reset more than ${limit.max} streams before they were answered within ${limit.intervalMs} ms`
-      : `peer reset ${state.premature} of its ${state.streams} streams before they were answered (more than half, after ${total})`;
+  #onEarlyReset(state: SessionState, lifetimeMs: number): void {
+    const reason = state.resets.reset(lifetimeMs);
+    if (!reason) return;
     this.#refuse({ kind: 'rapid-reset', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
     const session = state.session;
     if (session.destroyed || session.closed) return;

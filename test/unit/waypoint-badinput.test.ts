@@ -23,6 +23,9 @@ function raw(port: number, data: string | Buffer): Promise<string> {
   });
 }
 
+/** How long the backend takes to answer `/slow...`: longer than a premature reset's lifetime (1 s). */
+const SLOW_MS = 1500;
+
 describe('waypoint bad input', () => {
   let b: Backend;
   let engine: WaypointEngine;
@@ -34,7 +37,11 @@ describe('waypoint bad input', () => {
 
   before(async () => {
     const answer = echo('reviews');
-    b = await startHttpBackend((req, res) => { served.push(req.url ?? ''); answer(req, res); });
+    b = await startHttpBackend((req, res) => {
+      served.push(req.url ?? '');
+      if (req.url?.startsWith('/slow')) setTimeout(() => answer(req, res), SLOW_MS);
+      else answer(req, res);
+    });
     engine = new WaypointEngine({
       namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(),
       telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) },
@@ -206,6 +213,40 @@ describe('waypoint bad input', () => {
     const cut = await metricSamples(engine, 'weft_waypoint_rapid_reset_goaways_total');
     assert.equal(cut[0]?.value, 1);
     assert.ok(warnings.some((w) => w.fields['reason'] === 'rapid_reset' && w.fields['target'] === '10.96.0.10:80'), 'the cut is logged with its reason');
+  });
+
+  // Envoy counts a reset as premature only within premature_reset_min_stream_lifetime_seconds (1 s)
+  // of its stream's start, as the HBONE server does (lib/hbone/rapid-reset.ts): a client that gives
+  // up on requests it waited for (gRPC deadlines against a slow backend) is no attack. The waypoint
+  // had counted every reset before the answer, cut such a client's session after 200 of them in
+  // 10 s and destroyed it 100 ms later, with its other requests in flight.
+  it('does not take cancelled requests that waited past 1 s for a rapid reset, nor cut the requests in flight', async () => {
+    const goaways = async (): Promise<number> => (await metricSamples(engine, 'weft_waypoint_rapid_reset_goaways_total'))[0]?.value ?? 0;
+    const cutBefore = await goaways();
+    const session = http2.connect(`http://127.0.0.1:${listener.port}`);
+    session.on('error', () => {});
+    let goaway: number | undefined;
+    session.on('goaway', (code) => { goaway = code; });
+    try {
+      const kept = h2request(session, { ':path': '/slow/kept', ':authority': 'reviews' });
+      const opened = performance.now();
+      const given: http2.ClientHttp2Stream[] = [];
+      for (let i = 0; i < 240; i++) {
+        const st = session.request({ ':path': `/slow/given-up/${i}`, ':authority': 'reviews' });
+        st.on('error', () => {});
+        st.on('response', () => {});
+        given.push(st);
+      }
+      await until('the requests have waited past a premature reset\'s lifetime', () => performance.now() - opened > 1200, 5000);
+      for (const st of given) st.close(http2.constants.NGHTTP2_CANCEL);
+      const r = await kept;
+      assert.equal(r.status, 200, 'the request in flight is answered');
+      assert.equal(goaway, undefined, 'no GOAWAY');
+      assert.equal(await goaways(), cutBefore, 'no rapid-reset cut counted');
+      assert.equal((await h2request(session, { ':path': '/', ':authority': 'reviews' })).status, 200, 'the session still takes requests');
+    } finally {
+      session.destroy();
+    }
   });
 
   // A client that breaks HTTP/2 for the whole connection is cut off by nghttp2 (GOAWAY) before any of

@@ -6,6 +6,7 @@ import http2 from 'node:http2';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
+import { RapidResetGuard, type RapidResetLimits } from '../../lib/hbone/rapid-reset.ts';
 import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { isWebSocketHandshake } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
@@ -36,9 +37,6 @@ export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
  * (MySQL, SMTP, ...) and passed through as TCP.
  */
 export const DEFAULT_SERVER_FIRST_TIMEOUT_MS = 1000;
-/** A session whose client resets more streams than this within the window gets GOAWAY. */
-export const DEFAULT_RAPID_RESET_LIMIT = 200;
-export const DEFAULT_RAPID_RESET_WINDOW_MS = 10_000;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
 export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS } from './timeouts.ts';
 /**
@@ -100,8 +98,12 @@ export interface WaypointEngineOptions {
   replayBudgetBytes?: number;
   /** RequestMirror copies in flight at most (default DEFAULT_MAX_MIRRORS, 1024); past it copies are dropped and counted. */
   maxMirrors?: number;
-  /** HTTP/2 rapid-reset guard: at most `limit` client resets per `windowMs` per session. */
-  rapidReset?: { limit: number; windowMs: number };
+  /**
+   * HTTP/2 rapid-reset guard per client session, the HBONE server's rule (lib/hbone/rapid-reset.ts):
+   * default more than 100 premature resets (within 1 s of the stream's start, before its answer) in
+   * 1 s, or more than half of the streams once 500 opened, and the session is cut.
+   */
+  rapidReset?: RapidResetLimits;
   maxConcurrentStreams?: number;
   /** Idle upstream connections close after this long (default 60 s). */
   upstreamIdleTimeoutMs?: number;
@@ -170,7 +172,7 @@ export class WaypointEngine {
   private readonly h2Conns = new WeakMap<object, ConnContext>();
   private pendingH2: { ctx: ConnContext; socket: Duplex } | undefined;
   private readonly tunnels = new Set<Duplex>();
-  private readonly rapidReset: { limit: number; windowMs: number };
+  private readonly rapidReset: RapidResetLimits | undefined;
   private readonly limits: ProxyLimits;
   /** Requests in progress and the --max-requests ceiling. */
   readonly admission: RequestAdmission;
@@ -199,7 +201,7 @@ export class WaypointEngine {
     this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
     this.flagQuotaRules = opts.quota?.rules ?? [];
-    this.rapidReset = opts.rapidReset ?? { limit: DEFAULT_RAPID_RESET_LIMIT, windowMs: DEFAULT_RAPID_RESET_WINDOW_MS };
+    this.rapidReset = opts.rapidReset;
     this.limits = {
       maxHeaderBytes: opts.maxHeaderBytes ?? DEFAULT_MAX_HEADER_BYTES,
       retryBufferBytes: opts.retryBufferBytes ?? DEFAULT_RETRY_BUFFER_BYTES,
@@ -619,22 +621,23 @@ export class WaypointEngine {
       this.logSessionCut(ctx, reason, err.message);
     });
     this.h2Timeouts.watch(session, pending.socket);
-    const resets: number[] = [];
-    let cut = false;
+    const resets = new RapidResetGuard(this.rapidReset);
     session.on('stream', (stream: http2.ServerHttp2Stream) => {
       stream.on('error', () => {});
-      // 'aborted': the client reset the stream before we finished it.
+      resets.opened();
+      const opened = performance.now();
+      // 'aborted': the stream closed before we finished answering it (the client reset it). Streams
+      // torn down with their session are no resets; nor are requests the client gave up on after
+      // waiting (rapid-reset.ts).
       stream.once('aborted', () => {
-        const now = Date.now();
-        resets.push(now);
-        while (resets.length > 0 && resets[0]! < now - this.rapidReset.windowMs) resets.shift();
-        if (!cut && resets.length > this.rapidReset.limit) {
-          cut = true;
-          this.telemetry.rapidResetGoaways.inc();
-          this.logSessionCut(ctx, 'rapid_reset', `more than ${this.rapidReset.limit} streams reset by the client within ${this.rapidReset.windowMs} ms`);
-          session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
-          setTimeout(() => { if (!session.destroyed) session.destroy(); }, 100).unref();
-        }
+        if (session.destroyed) return;
+        const reason = resets.reset(performance.now() - opened);
+        if (!reason) return;
+        this.telemetry.rapidResetGoaways.inc();
+        this.logSessionCut(ctx, 'rapid_reset', reason);
+        // As Envoy ends a connection with too many premature resets: the session goes, with what it carries.
+        session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+        setTimeout(() => { if (!session.destroyed) session.destroy(); }, 100).unref();
       });
     });
   }

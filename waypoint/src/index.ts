@@ -1,6 +1,6 @@
 // The waypoint's public surface: the engine, its options and the pieces other parts may embed.
 export {
-  WaypointEngine, detectProtocol, DEFAULT_SERVER_FIRST_TIMEOUT_MS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_RAPID_RESET_LIMIT, DEFAULT_RAPID_RESET_WINDOW_MS,
+  WaypointEngine, detectProtocol, DEFAULT_SERVER_FIRST_TIMEOUT_MS, DEFAULT_MAX_HEADER_BYTES,
   DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS,
 } from './engine.ts';
 export type { AppliedConfig, TunnelInfo, WaypointEngineOptions } from './engine.ts';
