@@ -54,11 +54,12 @@ const NGHTTP2_ERR_FLOODED = -904;
 const NGHTTP2_ERR_TOO_MANY_CONTINUATIONS = -905;
 
 /**
- * The reason a session 'error' event gives for ending a client's session, or undefined. Node ends it (GOAWAY) when
- * nghttp2 finds a connection error (RFC 9113 section 5.4.1: a bad frame, a content-length its DATA
- * overrun, a flow-control overflow), when the client queues more PING or SETTINGS acknowledgements
- * than it reads (a flood), sends CONTINUATION frames without end (CVE-2024-27316), or passes
- * maxSessionInvalidFrames (malformed requests, empty DATA frames) or maxSessionRejectedStreams.
+ * The reason a session 'error' event gives for ending a client's session, or undefined. Node ends
+ * it (GOAWAY) when nghttp2 finds a connection error (RFC 9113 section 5.4.1: a bad frame, a
+ * content-length its DATA overrun, a flow-control overflow), when the client queues more PING or
+ * SETTINGS acknowledgements than it reads (a flood), sends CONTINUATION frames without end
+ * (CVE-2024-27316), or passes maxSessionInvalidFrames (malformed requests, empty DATA frames) or
+ * maxSessionRejectedStreams.
  */
 export function h2SessionErrorReason(err: { code?: string; errno?: number }): H2SessionErrorReason | undefined {
   if (err.code === 'ERR_HTTP2_TOO_MANY_INVALID_FRAMES') return 'invalid_frames';
