@@ -137,6 +137,13 @@ export interface HbonePoolStats {
   streamsActive: number;
   /** CONNECTs the server refused unprocessed as over its stream limit (retried on another session). */
   streamsRefusedOverLimit: number;
+  /** Sessions torn down because the server sent no SETTINGS within the connect timeout. */
+  sessionsSetupTimedOut: number;
+  /**
+   * Sessions retired because their server would take no stream of ours: it advertises
+   * SETTINGS_MAX_CONCURRENT_STREAMS 0, or refused a CONNECT as over its limit while none of ours was open.
+   */
+  sessionsRetiredNoStreams: number;
 }
 
 interface PooledSession {
@@ -216,6 +223,8 @@ export class HbonePool {
     streamsOpened: 0,
     streamsActive: 0,
     streamsRefusedOverLimit: 0,
+    sessionsSetupTimedOut: 0,
+    sessionsRetiredNoStreams: 0,
   };
   #closed = false;
 
@@ -256,6 +265,10 @@ export class HbonePool {
           const session = await raceAbort(pooled.ready, deadline.signal);
           const capacity = this.#capacity(pooled);
           if (capacity === 0) {
+            // It takes no streams (RFC 9113 section 6.5.2): out of the pool, closed once nobody uses
+            // it, so that every connect to such a server does not leave one more session behind.
+            if (!pooled.retired) this.#stats.sessionsRetiredNoStreams++;
+            this.#retire(pooled);
             throw new HboneSessionError(dest, 'the server advertises SETTINGS_MAX_CONCURRENT_STREAMS 0 (it is shutting down or overloaded)');
           }
           if (pooled.active + pooled.pending > capacity && moves++ < MAX_SESSION_MOVES) {
@@ -483,8 +496,22 @@ export class HbonePool {
       this.#retire(pooled);
     });
     let remoteSettings = false;
-    session.once('remoteSettings', () => { remoteSettings = true; });
+    // A server that accepts the connection (TCP, or TLS too) and never sends its SETTINGS would hold
+    // this session in the pool for good, every later connect to it waiting for the same dead
+    // handshake and timing out: the session is torn down at the connect timeout instead, so the
+    // next connect dials afresh (RFC 9113 section 3.4: the server's preface is its SETTINGS).
+    const setupMs = opts.timeoutMs ?? this.#opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const setupTimer = setTimeout(() => {
+      if (remoteSettings || session.destroyed) return;
+      this.#stats.sessionsSetupTimedOut++;
+      pooled.error ??= new HboneSessionError(dest, `no HTTP/2 SETTINGS from the server within ${setupMs} ms of connecting ` +
+        `(${session.connecting ? 'TCP or TLS did not complete' : 'it accepted TLS but does not speak HTTP/2'})`);
+      session.destroy();
+    }, setupMs);
+    setupTimer.unref();
+    session.once('remoteSettings', () => { remoteSettings = true; clearTimeout(setupTimer); });
     session.once('close', () => {
+      clearTimeout(setupTimer);
       if (!remoteSettings && !pooled.error && !identityError) {
         // Node servers verify client certificates after the TLS 1.3 handshake and just close the
         // socket, so this is the only trace a rejected client certificate leaves. (Their
@@ -591,7 +618,24 @@ export class HbonePool {
     release();
     pooled.active++;
     if (pooled.idleTimer) { clearTimeout(pooled.idleTimer); pooled.idleTimer = undefined; }
+    let counted = true;
+    /**
+     * The server refused this CONNECT unprocessed as over its stream limit. With other streams of
+     * ours open the session is only full for now; with none, the limit is not ours to free (a server
+     * that refuses everything), and a session kept "full" until the idle timeout per try would let
+     * it make the pool hold sessions without bound: it is retired instead.
+     */
+    const refusedOverLimit = (): void => {
+      overLimit.add(stream);
+      this.#stats.streamsRefusedOverLimit++;
+      pooled.saturated = true;
+      if (pooled.active - (counted ? 1 : 0) === 0 && !pooled.retired) {
+        this.#stats.sessionsRetiredNoStreams++;
+        this.#retire(pooled);
+      }
+    };
     stream.once('close', () => {
+      counted = false;
       this.#stats.streamsActive--;
       // A slot on the server frees up, unless this is the stream it refused for want of one.
       if (!overLimit.has(stream)) pooled.saturated = false;
@@ -644,9 +688,7 @@ export class HbonePool {
         } else if (stream.rstCode === h2.NGHTTP2_ENHANCE_YOUR_CALM || stream.rstCode === h2.NGHTTP2_REFUSED_STREAM) {
           // Refused unanswered as over the server's stream limit: not processed, and the session
           // is fine, only full for now.
-          overLimit.add(stream);
-          this.#stats.streamsRefusedOverLimit++;
-          pooled.saturated = true;
+          refusedOverLimit();
           fail(new RetryableStreamError(inner, false));
         } else {
           fail(inner);
@@ -667,9 +709,7 @@ export class HbonePool {
         if (sessionGone) {
           fail(new RetryableStreamError(inner));
         } else if (code === h2.NGHTTP2_REFUSED_STREAM || code === h2.NGHTTP2_ENHANCE_YOUR_CALM) {
-          overLimit.add(stream);
-          this.#stats.streamsRefusedOverLimit++;
-          pooled.saturated = true;
+          refusedOverLimit();
           fail(new RetryableStreamError(inner, false));
         } else {
           fail(inner);
