@@ -281,7 +281,12 @@ export class Agent {
     this.certs.on('rotated', (info) => this.log.info('certificate issued', { identity: info.identity, serial: info.serial, notAfter: info.notAfter.toISOString() }));
 
     // Sessions leave from the node address, what receivers check a `for=` claim against.
-    this.pool = new HbonePool({ localAddress: o.nodeIp });
+    this.pool = new HbonePool({
+      localAddress: o.nodeIp,
+      onSessionThrottled: (e) => this.log.warn('outbound HBONE session holds more than its buffer for pods that do not read: its stream windows shrink until they catch up', {
+        source: e.sourceKey, destination: e.dest, heldBytes: e.heldBytes, tunnels: e.tunnels,
+      }),
+    });
     this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
     this.plaintext = new PlaintextInbound({
       node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,

@@ -20,6 +20,7 @@ import {
   HboneStreamError,
 } from './errors.ts';
 import { checkPeer, expectedPeerKey, spiffeIdFromCert, type ExpectedPeer } from './peer.ts';
+import { SessionBuffer } from './session-buffer.ts';
 import {
   DEFAULT_CONNECT_TIMEOUT_MS,
   DEFAULT_CONNECTION_WINDOW,
@@ -27,6 +28,7 @@ import {
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_MAX_STREAMS_PER_SESSION,
   DEFAULT_POOL_IDLE_TIMEOUT_MS,
+  DEFAULT_SESSION_BUFFER,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
   MAX_HEADER_LIST_SIZE,
@@ -125,6 +127,14 @@ export interface HbonePoolOptions {
    * link (a bridge's or a link-local gateway's), which no node owns.
    */
   localAddress?: string;
+  /**
+   * Bytes a session's tunnels may hold received from the server and not yet taken by their callers
+   * (a pod that reads slowly), whatever the number of tunnels: past it every stream's window shrinks
+   * until they catch up (session-buffer.ts). Default DEFAULT_SESSION_BUFFER (64 MiB).
+   */
+  sessionBuffer?: number;
+  /** A session went over its buffer: the server may send its tunnels only a shrunk window until their callers catch up. */
+  onSessionThrottled?: (e: { sourceKey: string; dest: string; heldBytes: number; tunnels: number }) => void;
   /** Called once per new session, after the handshake and the identity check. */
   onSession?: (ev: { sourceKey: string; dest: string; peerSpiffeId: string | undefined; via?: string }) => void;
 }
@@ -144,6 +154,10 @@ export interface HbonePoolStats {
    * SETTINGS_MAX_CONCURRENT_STREAMS 0, or refused a CONNECT as over its limit while none of ours was open.
    */
   sessionsRetiredNoStreams: number;
+  /** Times a session went over its buffer (`sessionBuffer`) and had its stream windows shrunk. */
+  sessionsThrottled: number;
+  /** Sessions cut off because the server did not acknowledge a shrunk window in time (SETTINGS_TIMEOUT). */
+  sessionsSettingsTimedOut: number;
 }
 
 interface PooledSession {
@@ -152,6 +166,8 @@ interface PooledSession {
   dest: string;
   /** Undefined while the tunnel through a gateway that will carry it is being opened. */
   session: ClientHttp2Session | undefined;
+  /** What the session's answered tunnels hold unread, against `sessionBuffer`. */
+  buffer: SessionBuffer | undefined;
   ready: Promise<ClientHttp2Session>;
   /** Aborts the outer CONNECT of a session through a gateway while it is being opened. */
   dial: AbortController | undefined;
@@ -225,6 +241,8 @@ export class HbonePool {
     streamsRefusedOverLimit: 0,
     sessionsSetupTimedOut: 0,
     sessionsRetiredNoStreams: 0,
+    sessionsThrottled: 0,
+    sessionsSettingsTimedOut: 0,
   };
   #closed = false;
 
@@ -362,6 +380,7 @@ export class HbonePool {
       sourceKey: opts.sourceKey,
       dest,
       session: undefined,
+      buffer: undefined,
       ready: undefined as unknown as Promise<ClientHttp2Session>,
       dial: undefined,
       active: 0,
@@ -483,6 +502,18 @@ export class HbonePool {
       },
     });
     pooled.session = session;
+    pooled.buffer = new SessionBuffer(session, {
+      budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
+      streamWindow: this.#opts.streamWindow ?? DEFAULT_STREAM_WINDOW,
+      onThrottled: ({ heldBytes, tunnels }) => {
+        this.#stats.sessionsThrottled++;
+        this.#opts.onSessionThrottled?.({ sourceKey: opts.sourceKey, dest, heldBytes, tunnels });
+      },
+      onSettingsTimeout: (reason) => {
+        this.#stats.sessionsSettingsTimedOut++;
+        pooled.error ??= new HboneSessionError(dest, `the server ignored a smaller window: ${reason}`);
+      },
+    });
     // Every unanswered CONNECT on a dying session waits for its 'close' to learn why (decideAfterClose),
     // up to a session's worth at once: not a leak, so no MaxListenersExceededWarning in the log.
     session.setMaxListeners(0);
@@ -662,6 +693,7 @@ export class HbonePool {
         const status = Number(h[':status']);
         if (status === 200) {
           cleanup();
+          pooled.buffer?.watch(stream);
           const onRetired = opts.onRetired;
           if (onRetired) {
             if (pooled.retired) queueMicrotask(onRetired);

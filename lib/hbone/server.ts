@@ -16,6 +16,7 @@ import { admitWorkloadPeer, spiffeIdFromCert, type PeerCheck } from './peer.ts';
 import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
+import { SessionBuffer } from './session-buffer.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_FORWARDED_HEADERS,
@@ -25,9 +26,6 @@ import {
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_MAX_EARLY_DATA,
   DEFAULT_SESSION_BUFFER,
-  SESSION_BUFFER_CHECK_MS,
-  SETTINGS_ACK_TIMEOUT_MS,
-  THROTTLED_STREAM_WINDOW,
   DEFAULT_SERVER_IDLE_TIMEOUT_MS,
   DEFAULT_STREAM_WINDOW,
   HBONE_REASON_HEADER,
@@ -203,11 +201,8 @@ interface SessionState {
   idleTimer: NodeJS.Timeout | undefined;
   /** Premature resets (rapid-reset.ts); once it cuts, GOAWAY was sent and the session takes no new streams. */
   resets: RapidResetGuard;
-  /** Answered streams, for the session's buffer check. */
-  tunnels: Set<ServerHttp2Stream>;
-  bufferTimer: NodeJS.Timeout | undefined;
-  /** The stream window is shrunk because the session holds more than its buffer. */
-  throttled: boolean;
+  /** Answered streams against the session's buffer (session-buffer.ts). */
+  buffer: SessionBuffer;
   /** Streams that closed because the session was destroyed (they close before its 'error'). */
   tornDown: number;
 }
@@ -448,11 +443,18 @@ export class HboneServer {
       active: 0,
       idleTimer: undefined,
       resets: new RapidResetGuard(this.#opts.rapidReset),
-      tunnels: new Set(),
-      bufferTimer: undefined,
-      throttled: false,
+      buffer: undefined as unknown as SessionBuffer,
       tornDown: 0,
     };
+    state.buffer = new SessionBuffer(session, {
+      budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
+      streamWindow: this.#opts.streamWindow ?? DEFAULT_STREAM_WINDOW,
+      onThrottled: ({ heldBytes, tunnels }) => {
+        this.#stats.sessionsThrottled++;
+        this.#opts.onSessionThrottled?.({ peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, heldBytes, tunnels });
+      },
+      onSettingsTimeout: (reason) => this.#refuse({ kind: 'settings-timeout', reason, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } }),
+    });
     session.on('error', (err: Error & { code?: string }) => {
       this.#stats.sessionErrors++;
       this.#opts.onSessionError?.({ peer: { spiffeId, address: peer.address }, error: err.message, code: err.code, streams: state.tornDown });
@@ -469,7 +471,6 @@ export class HboneServer {
       this.#onStream(state, stream, headers));
     session.once('close', () => {
       if (state.idleTimer) clearTimeout(state.idleTimer);
-      if (state.bufferTimer) clearInterval(state.bufferTimer);
       this.#sessions.delete(state);
       this.#stats.sessionsActive--;
     });
@@ -592,55 +593,6 @@ export class HboneServer {
     });
   }
 
-  /**
-   * Keeps the session's answered streams under its buffer (DEFAULT_SESSION_BUFFER): over it, every
-   * stream's window is shrunk by SETTINGS until the destinations have taken most of it, so that a
-   * peer cannot make the server hold more than that on one session, whatever its stream count.
-   */
-  #watchBuffer(state: SessionState, stream: ServerHttp2Stream): void {
-    state.tunnels.add(stream);
-    stream.once('close', () => state.tunnels.delete(stream));
-    if (state.bufferTimer) return;
-    state.bufferTimer = setInterval(() => this.#checkBuffer(state), SESSION_BUFFER_CHECK_MS);
-    state.bufferTimer.unref();
-  }
-
-  #checkBuffer(state: SessionState): void {
-    const session = state.session;
-    if (state.tunnels.size === 0 || session.destroyed) {
-      if (state.bufferTimer) clearInterval(state.bufferTimer);
-      state.bufferTimer = undefined;
-      if (!state.throttled || session.destroyed) return;
-    }
-    let held = 0;
-    for (const t of state.tunnels) held += t.readableLength;
-    const budget = this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER;
-    const throttle = !state.throttled && held > budget;
-    const release = state.throttled && held < budget / 4;
-    if (!throttle && !release) return;
-    state.throttled = throttle;
-    if (throttle) {
-      this.#stats.sessionsThrottled++;
-      this.#opts.onSessionThrottled?.({ peer: { spiffeId: state.peer.spiffeId, address: state.peer.address }, heldBytes: held, tunnels: state.tunnels.size });
-    }
-    const streamWindow = throttle ? THROTTLED_STREAM_WINDOW : this.#opts.streamWindow ?? DEFAULT_STREAM_WINDOW;
-    const timer = setTimeout(() => {
-      // RFC 9113 6.5.3: a peer that does not acknowledge SETTINGS in time may be cut off
-      // (SETTINGS_TIMEOUT); one that ignores a smaller window must not keep sending.
-      this.#refuse({ kind: 'settings-timeout', reason: `SETTINGS not acknowledged within ${SETTINGS_ACK_TIMEOUT_MS} ms`, peer: { spiffeId: state.peer.spiffeId, address: state.peer.address } });
-      if (!session.destroyed) {
-        session.goaway(h2.NGHTTP2_SETTINGS_TIMEOUT);
-        session.destroy();
-      }
-    }, SETTINGS_ACK_TIMEOUT_MS);
-    timer.unref();
-    try {
-      session.settings({ initialWindowSize: streamWindow }, () => clearTimeout(timer));
-    } catch {
-      clearTimeout(timer);
-    }
-  }
-
   #accept(state: SessionState, stream: ServerHttp2Stream, request: HboneConnectRequest, upstream: Duplex): void {
     if (stream.closed || stream.destroyed) {
       // The peer reset the CONNECT while the handler was connecting: the upstream it opened goes,
@@ -675,7 +627,7 @@ export class HboneServer {
     stream.respond({ ':status': 200 });
     this.#stats.tunnelsOpened++;
     this.#stats.tunnelsActive++;
-    this.#watchBuffer(state, stream);
+    state.buffer.watch(stream);
     const started = performance.now();
     const piping = pipeBidirectional(stream, upstream);
     // Holding the early data paused the stream; a paused stream does not start flowing on its own

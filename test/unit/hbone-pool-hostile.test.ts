@@ -9,6 +9,7 @@ import { createServer as createTlsServer } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { HbonePool, type HboneConnectOptions } from '../../lib/hbone/index.ts';
 import { createTestCa, CLIENT_ID, SERVER_ID } from './hbone-certs.ts';
+import { holds, until } from '../lab/wait.ts';
 
 const cleanups: Array<() => unknown> = [];
 after(async () => { for (const c of cleanups.reverse()) await c(); });
@@ -20,15 +21,6 @@ const serverTls = { key: serverLeaf.key, cert: serverLeaf.cert, ca: ca.cert, req
 
 function connectOpts(port: number, timeoutMs = 2_000): HboneConnectOptions {
   return { sourceKey: CLIENT_ID, tls: clientLeaf, dest: { host: '127.0.0.1', port }, target: '10.0.0.1:80', expectPeer: SERVER_ID, timeoutMs };
-}
-
-/** Polls `cond` until it holds or `ms` pass. */
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 /** A node:http2 mTLS server with `settings` and `onStream`; counts its sessions. */
@@ -60,14 +52,14 @@ test('a destination that completes TLS and never sends HTTP/2 SETTINGS loses its
 
   await assert.rejects(pool.connect(connectOpts(port, 300)), { code: 'WEFT_HBONE_CONNECT_TIMEOUT' });
   // The dead handshake does not stay in the pool: it is torn down, counted, and the socket closed.
-  await until(() => pool.stats().sessionsActive === 0, 3_000, 'the stuck session to leave the pool');
+  await until('the stuck session to leave the pool', () => pool.stats().sessionsActive === 0, 3_000);
   assert.equal(pool.stats().sessionsSetupTimedOut, 1);
   assert.equal(pool.stats().sessionFailures, 1);
-  await until(() => open === 0, 3_000, 'the server to see the connection closed');
+  await until('the server to see the connection closed', () => open === 0, 3_000);
   // The next connect dials afresh instead of waiting on the same dead session.
   await assert.rejects(pool.connect(connectOpts(port, 300)), { code: 'WEFT_HBONE_CONNECT_TIMEOUT' });
   assert.equal(conns, 2);
-  await until(() => pool.stats().sessionsActive === 0, 3_000, 'the second stuck session to leave the pool');
+  await until('the second stuck session to leave the pool', () => pool.stats().sessionsActive === 0, 3_000);
 });
 
 test('a destination advertising SETTINGS_MAX_CONCURRENT_STREAMS 0 gets no session left open per connect (RFC 9113 section 6.5.2: 0 prevents new streams)', async () => {
@@ -80,7 +72,7 @@ test('a destination advertising SETTINGS_MAX_CONCURRENT_STREAMS 0 gets no sessio
   }
   // Each refusing session is retired and closed at once, not kept until the idle timeout (60 s):
   // a destination that takes no streams cannot make the pool hold a session per connect.
-  await until(() => pool.stats().sessionsActive === 0 && srv.open() === 0, 3_000, 'the refusing sessions to close');
+  await until('the refusing sessions to close', () => pool.stats().sessionsActive === 0 && srv.open() === 0, 3_000);
   assert.equal(pool.stats().sessionsRetiredNoStreams, 10);
 });
 
@@ -95,6 +87,37 @@ test('a destination that refuses every CONNECT as over its limit while none of o
   // Three tries per connect, each on a session the server had refused with none of ours open:
   // retired and closed, not kept "full" until the idle timeout.
   assert.equal(pool.stats().streamsRefusedOverLimit, 15);
-  await until(() => pool.stats().sessionsActive === 0 && srv.open() === 0, 3_000, 'the refusing sessions to close');
+  await until('the refusing sessions to close', () => pool.stats().sessionsActive === 0 && srv.open() === 0, 3_000);
   assert.equal(pool.stats().sessionsRetiredNoStreams, 15);
+});
+
+test('tunnels whose callers read slowly cannot make the pool hold more than its session buffer: the server is held to shrunk windows, which come back once they read (RFC 9113 section 6.9.2)', async () => {
+  // A destination that sends as long as its windows let it: 64 KiB per tunnel every 10 ms.
+  const chunk = Buffer.alloc(64 * 1024);
+  const srv = await h2Server(undefined, (s) => {
+    s.respond({ ':status': 200 });
+    const timer = setInterval(() => { if (s.writableLength < 256 * 1024) s.write(chunk); }, 10);
+    s.once('close', () => clearInterval(timer));
+  });
+  const throttled: number[] = [];
+  const budget = 4 * 1024 * 1024;
+  const pool = new HbonePool({ sessionBuffer: budget, onSessionThrottled: (e) => throttled.push(e.heldBytes) });
+  cleanups.push(() => pool.close(10));
+  const tunnels = await Promise.all(Array.from({ length: 8 }, () => pool.connect(connectOpts(srv.port))));
+  // The callers do not read (a pod slower than its destination).
+  for (const t of tunnels) t.pause();
+  const held = (): number => tunnels.reduce((n, t) => n + t.readableLength, 0);
+  await until('the session goes over its buffer', () => throttled.length > 0, 15_000);
+  assert.ok(throttled[0]! > budget);
+  assert.equal(pool.stats().sessionsThrottled, 1);
+  // Without the guard each tunnel would fill its 4 MiB window (32 MiB); now the server may send
+  // each only the shrunk window past what it had in flight.
+  const atThrottle = held();
+  await holds('the pool takes no more than the shrunk windows', () => held() <= atThrottle + 8 * 64 * 1024 + 256 * 1024, 1_000, { intervalMs: 50 });
+  assert.ok(held() < 8 * 4 * 1024 * 1024 / 2, `held ${held()} bytes`);
+  // The callers read again: the windows come back and every tunnel flows.
+  const got = tunnels.map(() => 0);
+  tunnels.forEach((t, i) => { t.on('data', (c: Buffer) => { got[i]! += c.length; }); t.resume(); });
+  await until('every tunnel receives past its old backlog', () => got.every((n) => n > 2 * 1024 * 1024), 30_000);
+  for (const t of tunnels) t.destroy();
 });

@@ -284,7 +284,11 @@ async function waypointIdentity(o: WaypointMainOptions, registry: Registry, log:
 
 /** Starts a waypoint: identity, HBONE server, engine, config stream and the side ports. */
 export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogger('waypoint')): Promise<RunningWaypoint> {
-  const pool = new HbonePool();
+  const pool = new HbonePool({
+    onSessionThrottled: (e) => log.warn('upstream HBONE session holds more than its buffer for requests that do not read: its stream windows shrink until they catch up', {
+      destination: e.dest, heldBytes: e.heldBytes, tunnels: e.tunnels,
+    }),
+  });
   let identity: WaypointIdentity | undefined;
   // Access-log lines go to stdout and to whoever watches /flows (weftctl tap, the dashboard).
   const flows = new FlowTap();

@@ -1,0 +1,81 @@
+import { constants as h2, type Http2Session, type Http2Stream } from 'node:http2';
+import { SESSION_BUFFER_CHECK_MS, SETTINGS_ACK_TIMEOUT_MS, THROTTLED_STREAM_WINDOW } from './tuning.ts';
+
+export interface SessionBufferOptions {
+  /** Bytes the session's watched streams may hold received and not yet read (DEFAULT_SESSION_BUFFER). */
+  budget: number;
+  /** The stream window to restore once the readers have caught up (SETTINGS_INITIAL_WINDOW_SIZE). */
+  streamWindow: number;
+  /** The session went over its budget: every stream's window is being shrunk. */
+  onThrottled: (e: { heldBytes: number; tunnels: number }) => void;
+  /** The peer did not acknowledge the shrunk window in time; the session is destroyed right after. */
+  onSettingsTimeout: (reason: string) => void;
+}
+
+/**
+ * Bounds what one HTTP/2 session's tunnels hold received and not yet taken by whoever reads them,
+ * on either end of HBONE (the server's destinations, the pool's pods). Node returns
+ * connection-level window as data arrives, so only each stream's window bounds it: 2,000 streams
+ * of 4 MiB whose readers do not read would be 8 GiB. Over the budget, every stream's window is
+ * shrunk by SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113 section 6.9.2: the change applies to every open
+ * stream) to THROTTLED_STREAM_WINDOW until the readers have caught up to a quarter of it; a peer
+ * that does not acknowledge the SETTINGS within SETTINGS_ACK_TIMEOUT_MS is cut off (section 6.5.3,
+ * SETTINGS_TIMEOUT), as one that ignores a smaller window must not keep sending.
+ */
+export class SessionBuffer {
+  readonly #session: Http2Session;
+  readonly #opts: SessionBufferOptions;
+  readonly #tunnels = new Set<Http2Stream>();
+  #timer: NodeJS.Timeout | undefined;
+  #throttled = false;
+
+  constructor(session: Http2Session, opts: SessionBufferOptions) {
+    this.#session = session;
+    this.#opts = opts;
+    session.once('close', () => this.#stop());
+  }
+
+  /** Counts `stream` (an answered tunnel) against the budget until it closes. */
+  watch(stream: Http2Stream): void {
+    this.#tunnels.add(stream);
+    stream.once('close', () => this.#tunnels.delete(stream));
+    if (this.#timer) return;
+    this.#timer = setInterval(() => this.#check(), SESSION_BUFFER_CHECK_MS);
+    this.#timer.unref();
+  }
+
+  #stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #check(): void {
+    const session = this.#session;
+    if (this.#tunnels.size === 0 || session.destroyed) {
+      this.#stop();
+      if (!this.#throttled || session.destroyed) return;
+    }
+    let held = 0;
+    for (const t of this.#tunnels) held += t.readableLength;
+    const { budget } = this.#opts;
+    const throttle = !this.#throttled && held > budget;
+    const release = this.#throttled && held < budget / 4;
+    if (!throttle && !release) return;
+    this.#throttled = throttle;
+    if (throttle) this.#opts.onThrottled({ heldBytes: held, tunnels: this.#tunnels.size });
+    const streamWindow = throttle ? THROTTLED_STREAM_WINDOW : this.#opts.streamWindow;
+    const timer = setTimeout(() => {
+      this.#opts.onSettingsTimeout(`SETTINGS not acknowledged within ${SETTINGS_ACK_TIMEOUT_MS} ms`);
+      if (!session.destroyed) {
+        session.goaway(h2.NGHTTP2_SETTINGS_TIMEOUT);
+        session.destroy();
+      }
+    }, SETTINGS_ACK_TIMEOUT_MS);
+    timer.unref();
+    try {
+      session.settings({ initialWindowSize: streamWindow }, () => clearTimeout(timer));
+    } catch {
+      clearTimeout(timer);
+    }
+  }
+}
