@@ -48,7 +48,9 @@ export interface ClientTlsMaterial {
 export interface HboneConnectOptions {
   /**
    * The source identity (e.g. its SPIFFE ID). Sessions are shared only between connects with the
-   * same source key, destination and expected peer; `tls` is read only when a session is created.
+   * same source key, destination and expected peer, and the same `tls` certificate and trust
+   * bundle: a connect with other ones (a rotated certificate, new roots) retires the sessions made
+   * with the old ones, so that a server verified against a root since removed gets no new tunnel.
    */
   sourceKey: string;
   tls: ClientTlsMaterial;
@@ -164,6 +166,8 @@ interface PooledSession {
   key: string;
   sourceKey: string;
   dest: string;
+  /** The certificate and trust bundle the session was made with (`sameCredentials`). */
+  tls: ClientTlsMaterial;
   /** Undefined while the tunnel through a gateway that will carry it is being opened. */
   session: ClientHttp2Session | undefined;
   /** What the session's answered tunnels hold unread, against `sessionBuffer`. */
@@ -344,6 +348,11 @@ export class HbonePool {
     const gw = opts.gateway;
     const key = `${opts.sourceKey}\u0000${dest}\u0000${expectedPeerKey(opts.expectPeer)}` +
       (gw ? `\u0000via\u0000${formatAuthority(gw.host, gw.port)}\u0000${expectedPeerKey(gw.expectPeer)}` : '');
+    // The source's certificate rotated or its roots changed: sessions made with the old ones
+    // take no new tunnels (their open ones go on), as pool.retire(sourceKey) after a rotation.
+    for (const p of [...this.#sessions.get(key) ?? []]) {
+      if (!sameCredentials(p.tls, opts.tls)) this.#retire(p);
+    }
     let list = this.#sessions.get(key);
     if (!list) {
       list = [];
@@ -379,6 +388,7 @@ export class HbonePool {
       key,
       sourceKey: opts.sourceKey,
       dest,
+      tls: opts.tls,
       session: undefined,
       buffer: undefined,
       ready: undefined as unknown as Promise<ClientHttp2Session>,
@@ -782,6 +792,20 @@ function destroyOnError(socket: TLSSocket): TLSSocket {
     });
   });
   return socket;
+}
+
+/** Whether two connects present the same certificate and trust the same roots (`key` goes with `cert`). */
+function sameCredentials(a: ClientTlsMaterial, b: ClientTlsMaterial): boolean {
+  if (a === b) return true;
+  if (!samePem(a.cert, b.cert)) return false;
+  const caA = Array.isArray(a.ca) ? a.ca : [a.ca];
+  const caB = Array.isArray(b.ca) ? b.ca : [b.ca];
+  return caA.length === caB.length && caA.every((c, i) => samePem(c, caB[i]!));
+}
+
+function samePem(a: string | Buffer, b: string | Buffer): boolean {
+  if (typeof a === 'string' && typeof b === 'string') return a === b;
+  return Buffer.from(a).equals(Buffer.from(b));
 }
 
 function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -121,3 +121,29 @@ test('tunnels whose callers read slowly cannot make the pool hold more than its 
   await until('every tunnel receives past its old backlog', () => got.every((n) => n > 2 * 1024 * 1024), 30_000);
   for (const t of tunnels) t.destroy();
 });
+
+test('after a root rotation a destination verified against the removed root gets no new tunnel on its pooled session; a rotated client certificate takes a fresh session too', async () => {
+  const srv = await h2Server(undefined, (s) => { s.respond({ ':status': 200 }); s.pipe(s); });
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(10));
+  // A tunnel held open on the session, and told when the session leaves the pool.
+  let told = 0;
+  const held = await pool.connect({ ...connectOpts(srv.port), onRetired: () => { told++; } });
+  cleanups.push(() => held.destroy());
+  // The same certificate reissued (rotation at half-life): a new session with it, the old one retired.
+  const reissued = ca.issue(CLIENT_ID);
+  const t = await pool.connect({ ...connectOpts(srv.port), tls: reissued });
+  t.destroy();
+  assert.equal(srv.sessions(), 2, 'the rotated certificate got a session of its own');
+  await until('the tunnel on the old session hears it left the pool', () => told === 1, 2_000);
+  // The old root is removed from the bundle (it signed the destination's certificate, say it leaked):
+  // the pooled session verified against it takes no new tunnel, a new handshake is refused.
+  const newRoot = createTestCa('Weft Test CA 2');
+  await assert.rejects(pool.connect({ ...connectOpts(srv.port), tls: { ...reissued, ca: newRoot.cert } }), (err: Error & { code?: string }) =>
+    err.code === 'WEFT_HBONE_SESSION_FAILED' && /TLS handshake failed|certificate/i.test(err.message));
+  assert.equal(pool.stats().sessionFailures, 1, 'the refused handshake is counted');
+  // The first tunnel goes on: retirement takes no new work from a session, it cuts nothing.
+  held.write('still here');
+  const echoed = await new Promise<string>((resolve) => held.once('data', (c: Buffer) => resolve(c.toString())));
+  assert.equal(echoed, 'still here');
+});
