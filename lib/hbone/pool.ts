@@ -27,6 +27,8 @@ import {
   DEFAULT_MAX_FRAME_SIZE,
   DEFAULT_MAX_SESSION_MEMORY_MB,
   DEFAULT_MAX_STREAMS_PER_SESSION,
+  DEFAULT_PING_INTERVAL_MS,
+  DEFAULT_PING_TIMEOUT_MS,
   DEFAULT_POOL_IDLE_TIMEOUT_MS,
   DEFAULT_SESSION_BUFFER,
   DEFAULT_STREAM_WINDOW,
@@ -130,6 +132,11 @@ export interface HbonePoolOptions {
    */
   localAddress?: string;
   /**
+   * Liveness: every `intervalMs` a PING; one not answered within `timeoutMs` tears the session down
+   * with its tunnels (`stats().sessionsPingTimedOut`). Default 10 s / 20 s, as ztunnel.
+   */
+  ping?: { intervalMs: number; timeoutMs: number };
+  /**
    * Bytes a session's tunnels may hold received from the server and not yet taken by their callers
    * (a pod that reads slowly), whatever the number of tunnels: past it every stream's window shrinks
    * until they catch up (session-buffer.ts). Default DEFAULT_SESSION_BUFFER (64 MiB).
@@ -160,6 +167,8 @@ export interface HbonePoolStats {
   sessionsThrottled: number;
   /** Sessions cut off because the server did not acknowledge a shrunk window in time (SETTINGS_TIMEOUT). */
   sessionsSettingsTimedOut: number;
+  /** Sessions torn down because the server did not answer a PING in time (`ping`). */
+  sessionsPingTimedOut: number;
 }
 
 interface PooledSession {
@@ -247,6 +256,7 @@ export class HbonePool {
     sessionsRetiredNoStreams: 0,
     sessionsThrottled: 0,
     sessionsSettingsTimedOut: 0,
+    sessionsPingTimedOut: 0,
   };
   #closed = false;
 
@@ -594,9 +604,43 @@ export class HbonePool {
           // Closed in the meantime; 'close' below retires it.
         }
         this.#opts.onSession?.({ sourceKey: opts.sourceKey, dest, peerSpiffeId, ...(via ? { via } : {}) });
+        this.#keepAlive(pooled, session);
         this.#armIdle(pooled);
         resolve(session);
       });
+    });
+  }
+
+  /** PINGs the server while the session lives; one unanswered in time ends it (DEFAULT_PING_TIMEOUT_MS). */
+  #keepAlive(pooled: PooledSession, session: ClientHttp2Session): void {
+    const { intervalMs, timeoutMs } = this.#opts.ping ?? { intervalMs: DEFAULT_PING_INTERVAL_MS, timeoutMs: DEFAULT_PING_TIMEOUT_MS };
+    let deadline: NodeJS.Timeout | undefined;
+    const interval = setInterval(() => {
+      if (deadline || session.destroyed) return;
+      deadline = setTimeout(() => {
+        if (session.destroyed) return;
+        this.#stats.sessionsPingTimedOut++;
+        const err = new HboneSessionError(pooled.dest, `no answer to a PING within ${timeoutMs} ms: the destination is gone ` +
+          '(node lost, path dropped) or no longer reads; the session and its tunnels are torn down');
+        pooled.error ??= err;
+        // With the error, so that every tunnel on it fails with it (their pods get a reset).
+        session.destroy(err);
+      }, timeoutMs);
+      deadline.unref();
+      try {
+        session.ping((err) => {
+          if (err) return; // the session is going: its own close handles that
+          clearTimeout(deadline);
+          deadline = undefined;
+        });
+      } catch {
+        // Closing, or too many PINGs unanswered already: the deadline decides.
+      }
+    }, intervalMs);
+    interval.unref();
+    session.once('close', () => {
+      clearInterval(interval);
+      clearTimeout(deadline);
     });
   }
 

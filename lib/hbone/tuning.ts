@@ -62,6 +62,15 @@ export const DEFAULT_SERVER_IDLE_TIMEOUT_MS = 5 * 60_000;
 /** A pooled client session without open streams is closed after this long. */
 export const DEFAULT_POOL_IDLE_TIMEOUT_MS = 60_000;
 
+/**
+ * A pooled client session sends a PING this often and is torn down when one goes unanswered for
+ * DEFAULT_PING_TIMEOUT_MS, as ztunnel's HBONE client does (src/proxy/h2.rs `do_ping_pong`: 10 s,
+ * 20 s): a destination that went away without a FIN or RST (node lost, path blackholed, an agent
+ * that stopped reading) must not keep its tunnels and the pool's next connects waiting on it.
+ */
+export const DEFAULT_PING_INTERVAL_MS = 10_000;
+export const DEFAULT_PING_TIMEOUT_MS = 20_000;
+
 /** Deadline for session establishment plus the CONNECT's 200. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 

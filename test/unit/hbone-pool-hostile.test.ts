@@ -6,7 +6,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createSecureServer, constants as h2, type SecureServerOptions } from 'node:http2';
 import { createServer as createTlsServer } from 'node:tls';
-import type { AddressInfo } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { HbonePool, type HboneConnectOptions } from '../../lib/hbone/index.ts';
 import { createTestCa, CLIENT_ID, SERVER_ID } from './hbone-certs.ts';
 import { holds, until } from '../lab/wait.ts';
@@ -146,4 +146,42 @@ test('after a root rotation a destination verified against the removed root gets
   held.write('still here');
   const echoed = await new Promise<string>((resolve) => held.once('data', (c: Buffer) => resolve(c.toString())));
   assert.equal(echoed, 'still here');
+});
+
+test('a destination that goes silent (node lost, path dropped: no FIN, no RST) loses its session to the PING timeout: its tunnels end with an error instead of hanging, and the next connect dials afresh (ztunnel src/proxy/h2.rs do_ping_pong)', async () => {
+  const srv = await h2Server(undefined, (s) => { s.respond({ ':status': 200 }); s.pipe(s); });
+  // A TCP relay in front of it that can go silent: bytes in either direction are dropped, nothing is closed.
+  let silent = false;
+  const relayed = new Set<Socket>();
+  const relay = createNetServer((down) => {
+    const up = netConnect({ host: '127.0.0.1', port: srv.port });
+    relayed.add(down); relayed.add(up);
+    down.on('error', () => {}); up.on('error', () => {});
+    down.on('data', (c: Buffer) => { if (!silent) up.write(c); });
+    up.on('data', (c: Buffer) => { if (!silent) down.write(c); });
+    down.once('close', () => up.destroy());
+    up.once('close', () => down.destroy());
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise((r) => { for (const c of relayed) c.destroy(); relay.close(r); }));
+  const port = (relay.address() as AddressInfo).port;
+  const pool = new HbonePool({ ping: { intervalMs: 100, timeoutMs: 400 } });
+  cleanups.push(() => pool.close(10));
+  const t = await pool.connect(connectOpts(port));
+  let failed: Error | undefined;
+  let closed = false;
+  t.on('error', (err) => { failed = err; });
+  t.once('close', () => { closed = true; });
+  // Answered PINGs keep an idle-looking session alive.
+  await holds('the session lives while PINGs are answered', () => !closed, 600, { intervalMs: 50 });
+  silent = true;
+  await until('the tunnel on the silent session ends', () => closed, 5_000);
+  assert.match(failed?.message ?? '', /no answer to a PING/, 'the tunnel ended with the session\'s error (its pod gets a reset, not a clean FIN)');
+  assert.equal(pool.stats().sessionsPingTimedOut, 1);
+  assert.equal(pool.stats().sessionsActive, 0);
+  // The destination is back (a new path): the next connect gets a new session, not the dead one.
+  silent = false;
+  const again = await pool.connect(connectOpts(port));
+  again.destroy();
+  assert.equal(srv.sessions(), 2);
 });
