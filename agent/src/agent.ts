@@ -287,6 +287,7 @@ export class Agent {
         source: e.sourceKey, destination: e.dest, heldBytes: e.heldBytes, tunnels: e.tunnels,
       }),
     });
+    this.metrics.watchHbonePool(() => this.pool.stats());
     this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
     this.plaintext = new PlaintextInbound({
       node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,

@@ -48,3 +48,19 @@ test('a connection not counted while open still counts its bytes at the close', 
   r.close({ bytesToDestination: 10, bytesToSource: 20 });
   assert.deepEqual(await bytes(m), { sent: 20, received: 10 });
 });
+
+test('what destinations do to the outbound HBONE pool\'s sessions is counted by event at each scrape, each once', async () => {
+  const m = new AgentMetrics();
+  const stats = {
+    sessionsOpened: 3, sessionsActive: 1, sessionFailures: 1, streamsOpened: 9, streamsActive: 0, streamsRefusedOverLimit: 2,
+    sessionsSetupTimedOut: 1, sessionsRetiredNoStreams: 0, sessionsThrottled: 0, sessionsSettingsTimedOut: 0, sessionsPingTimedOut: 1,
+  };
+  m.watchHbonePool(() => stats);
+  const events = async (): Promise<Record<string, number>> => Object.fromEntries((await m.registry.metrics()).split('\n')
+    .filter((l) => l.startsWith('weft_hbone_client_session_events_total{'))
+    .map((l) => [/event="([a-z_]+)"/.exec(l)![1]!, Number(l.split(' ').pop())]));
+  assert.deepEqual(await events(), { failed: 1, setup_timeout: 1, ping_timeout: 1, refused_over_limit: 2 });
+  stats.sessionsPingTimedOut = 3;
+  stats.sessionsRetiredNoStreams = 1;
+  assert.deepEqual(await events(), { failed: 1, setup_timeout: 1, ping_timeout: 3, refused_over_limit: 2, no_streams: 1 });
+});
