@@ -9,6 +9,7 @@ import {
 import { connect as netConnect, isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { clip } from '../log.ts';
 import { formatAuthority, parseAuthority } from './authority.ts';
 import {
   HboneConnectTimeoutError,
@@ -541,7 +542,7 @@ export class HbonePool {
     session.on('error', (err: Error) => { pooled.error ??= err; });
     session.once('goaway', (code: number, _lastStreamId: number, data?: Buffer) => {
       if (code !== h2.NGHTTP2_NO_ERROR) {
-        const said = data && data.length > 0 ? `: ${data.toString('utf8').replace(/[^\x20-\x7e]/g, ' ')}` : '';
+        const said = data && data.length > 0 ? `: ${clip(data.toString('utf8').replace(/[^\x20-\x7e]/g, ' '))}` : '';
         pooled.error ??= new HboneSessionError(dest, `the server ended the session with GOAWAY code ${code}${said}`);
       }
       this.#retire(pooled);
@@ -759,8 +760,10 @@ export class HbonePool {
           resolve(stream);
           return;
         }
+        // The server's words go into the caller's access log and error: cut, so that a destination
+        // cannot make every refused connection a 16 KiB log line.
         const reason = h[HBONE_REASON_HEADER];
-        fail(new HboneRefusedError(dest, opts.target, status, Array.isArray(reason) ? reason.join(', ') : reason ?? ''));
+        fail(new HboneRefusedError(dest, opts.target, status, clip(Array.isArray(reason) ? reason.join(', ') : reason ?? '')!));
       };
       const onError = (err: Error & { code?: string }): void => {
         if (!err.code?.startsWith('ERR_HTTP2') || err.code === 'ERR_HTTP2_SESSION_ERROR') {

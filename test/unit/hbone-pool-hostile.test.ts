@@ -185,3 +185,16 @@ test('a destination that goes silent (node lost, path dropped: no FIN, no RST) l
   again.destroy();
   assert.equal(srv.sessions(), 2);
 });
+
+test('a destination\'s refusal reason reaches the caller cut to 256 characters: it cannot make each refused connection a 16 KiB access-log line', async () => {
+  const srv = await h2Server(undefined, (s) => s.respond({ ':status': 403, 'weft-reason': 'x'.repeat(15_000) }, { endStream: true }));
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(10));
+  await assert.rejects(pool.connect(connectOpts(srv.port)), (err: Error & { code?: string; status?: number; reason?: string }) => {
+    assert.equal(err.code, 'WEFT_HBONE_REFUSED');
+    assert.equal(err.status, 403);
+    assert.match(err.reason ?? '', /^x{256}\.\.\. \(14744 more characters\)$/);
+    assert.ok(err.message.length < 600, `message of ${err.message.length} characters`);
+    return true;
+  });
+});
