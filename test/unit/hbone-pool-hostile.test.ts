@@ -178,7 +178,7 @@ test('a destination that goes silent (node lost, path dropped: no FIN, no RST) l
   await until('the tunnel on the silent session ends', () => closed, 5_000);
   assert.match(failed?.message ?? '', /no answer to a PING/, 'the tunnel ended with the session\'s error (its pod gets a reset, not a clean FIN)');
   assert.equal(pool.stats().sessionsPingTimedOut, 1);
-  assert.equal(pool.stats().sessionsActive, 0);
+  await until('the dead session leaves the pool', () => pool.stats().sessionsActive === 0, 2_000);
   // The destination is back (a new path): the next connect gets a new session, not the dead one.
   silent = false;
   const again = await pool.connect(connectOpts(port));
