@@ -9,6 +9,7 @@ import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { LogBudget, clip, escapeControls, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { OnSidePortRefusal } from './admin.ts';
 import type { HbonePoolStats } from '../../lib/hbone/index.ts';
+import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export type TcpLabels = Record<TrafficLabel, string>;
@@ -184,36 +185,9 @@ export class AgentMetrics {
     });
   }
 
-  /**
-   * What the outbound HBONE pool's destinations did to its sessions, from `read` (the pool's
-   * stats) at each scrape, as weft_hbone_client_session_events_total{event}: `failed` (TCP, TLS,
-   * identity or HTTP/2 setup), `setup_timeout` (no SETTINGS within the connect timeout),
-   * `ping_timeout` (a PING unanswered: the destination went silent), `no_streams` (retired: the
-   * server takes no stream of ours), `refused_over_limit` (a CONNECT refused unprocessed),
-   * `throttled` (its tunnels held more than the session buffer), `settings_timeout` (the server
-   * ignored a shrunk window).
-   */
+  /** weft_hbone_client_session_events_total{event} of the outbound pool (lib/telemetry/hbone-pool.ts). */
   watchHbonePool(read: () => HbonePoolStats): void {
-    const events = {
-      failed: 'sessionFailures', setup_timeout: 'sessionsSetupTimedOut', ping_timeout: 'sessionsPingTimedOut',
-      no_streams: 'sessionsRetiredNoStreams', refused_over_limit: 'streamsRefusedOverLimit', throttled: 'sessionsThrottled',
-      settings_timeout: 'sessionsSettingsTimedOut',
-    } as const satisfies Record<string, keyof HbonePoolStats>;
-    const counted = new Map<string, number>();
-    new Counter({
-      name: 'weft_hbone_client_session_events_total',
-      help: 'Outbound HBONE sessions: setup failures (failed, setup_timeout), sessions torn down or retired because of their destination (ping_timeout, no_streams, settings_timeout), CONNECTs refused over the limit, sessions throttled for unread data',
-      labelNames: ['event'],
-      registers: [this.registry],
-      collect() {
-        const now = read();
-        for (const [event, field] of Object.entries(events)) {
-          const due = now[field] - (counted.get(event) ?? 0);
-          if (due > 0) this.inc({ event }, due);
-          counted.set(event, Math.max(now[field], counted.get(event) ?? 0));
-        }
-      },
-    });
+    registerHbonePoolMetrics(this.registry, read);
   }
 
   /**

@@ -14,6 +14,7 @@ import { runMain } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
+import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
@@ -382,6 +383,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     }
   }
   registerProcessMetrics(engine.telemetry.registry, 'waypoint');
+  registerHbonePoolMetrics(engine.telemetry.registry, () => pool.stats());
   new Gauge({
     name: 'weft_waypoint_controller_connected', help: '1 while the config stream is open and the controller has answered on it',
     registers: [engine.telemetry.registry], collect() { this.set(xds?.connected ? 1 : 0); },
