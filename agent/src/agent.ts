@@ -22,7 +22,7 @@ import { LocalDelivery } from './delivery.ts';
 import { PlaintextInbound } from './plaintext.ts';
 import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
-import { PodNetnsResolver, type PodNetns } from './pods.ts';
+import { planEnrolment, PodNetnsResolver, type EnrolmentRefusal, type PodNetns } from './pods.ts';
 import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
 import { netnsCookie } from '../libbpf/index.ts';
 import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
@@ -138,6 +138,13 @@ export class Agent {
   #podIpByCookie = new Map<bigint, string>();
   /** pod IP → the netns and interface the CNI plugin named for it (no scan needed), and the pod's UID. */
   #cniNetns = new Map<string, PodNetns & { uid: string }>();
+  /**
+   * Uids of pods whose network the CNI plugin removed (DEL) while the config still lists them:
+   * never enrolled again by address (planEnrolment), until a new ADD for the same pod.
+   */
+  #cniRemoved = new Set<string>();
+  /** Uid → why that listed pod is not enrolled (planEnrolment), so each refusal is counted and logged once. */
+  #enrolRefused = new Map<string, EnrolmentRefusal>();
   #cni: CniServer | undefined;
   /** Called after every config is applied (CNI ADDs waiting for their pod). */
   #configWaiters = new Set<() => void>();
@@ -479,22 +486,37 @@ export class Agent {
       if (pendingUids.has(ns.uid) && cookie !== undefined) keep.add(cookie);
       else this.#cniNetns.delete(ip);
     }
-    const found = this.resolver.resolve(wanted.map((w) => w.ip));
-    let missing = 0;
-    for (const w of wanted) {
-      const ns = this.#cniNetns.get(w.ip) ?? found.get(w.ip);
-      if (!ns) {
-        missing++;
-        const cookie = this.#enrolled.get(w.ip);
-        if (cookie !== undefined) keep.add(cookie);
-        continue;
-      }
+    // A pod whose network the CNI plugin removed is gone for good once the config drops it too.
+    const localUids = new Set(this.state.localWorkloads().map((w) => w.uid));
+    for (const uid of this.#cniRemoved) if (!localUids.has(uid)) this.#cniRemoved.delete(uid);
+    for (const uid of this.#enrolRefused.keys()) if (!localUids.has(uid)) this.#enrolRefused.delete(uid);
+    const scanned = wanted.filter((w) => !this.#cniNetns.has(w.ip) && !this.#cniRemoved.has(w.uid));
+    const plan = planEnrolment(wanted, this.#cniNetns, this.resolver.resolve(scanned.map((w) => w.ip)), this.#cniRemoved);
+    for (const w of plan.missing) {
+      const cookie = this.#enrolled.get(w.ip);
+      if (cookie !== undefined) keep.add(cookie);
+    }
+    for (const { workload: w, ns } of plan.enrol) {
+      this.#enrolRefused.delete(w.uid);
       try {
         keep.add(this.#enrollPod(w, ns));
       } catch (err) {
         this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
       }
     }
+    for (const { workload: w, reason, holder } of plan.refused) {
+      // The address's namespace stays with the pod the CNI plugin enrolled there, if any.
+      const cookie = reason === 'address_reused' ? this.#enrolled.get(w.ip) : undefined;
+      if (cookie !== undefined) keep.add(cookie);
+      if (this.#enrolRefused.get(w.uid) === reason) continue;
+      this.#enrolRefused.set(w.uid, reason);
+      this.metrics.enrolmentRefused.inc({ reason });
+      this.log.warn('pod not enrolled at its address: the config names a pod that no longer holds it', {
+        pod: `${w.namespace}/${w.name}`, uid: w.uid, ip: w.ip, reason, ...(holder ? { holderUid: holder } : {}),
+        detail: reason === 'address_reused' ? 'the CNI plugin set this address up for another pod; the config is older than that pod' : 'the CNI plugin removed this pod\'s network; its address may be another pod\'s now',
+      });
+    }
+    const missing = plan.missing.length;
     for (const cookie of this.datapath.prune(keep)) {
       this.#forgetEnrolled(cookie);
       this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
@@ -506,6 +528,7 @@ export class Agent {
   #enrollPod(w: Workload, ns: PodNetns): bigint {
     const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
     const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
+    this.state.podEnrolled(w.ip, w.uid);
     this.delivery.podEnrolled(w.ip, ns.path);
     // Plaintext into the pod is steered here from now on; without a listener it is refused.
     this.plaintext.open(w.ip, ns.path);
@@ -564,12 +587,32 @@ export class Agent {
           throw new CniError(CNI_ERROR.enrolmentFailed, `cannot enrol pod ${pod.namespace}/${pod.name}: ${(err as Error).message}`, (err as { code?: string }).code);
         }
         this.#cniNetns.set(ip, { ...ns, uid: w.uid });
+        this.#cniRemoved.delete(w.uid);
         return { enrolled: true, mode: w.mode };
       },
       del: async (pod) => {
+        // A pod enrolled by a scan (it ran before this agent) has no entry from the plugin: its
+        // network is gone all the same, and so is its claim to its address. Only by uid: a name
+        // may already be a re-created pod's.
+        const w = pod.uid !== undefined ? this.state.localWorkloads().find((l) => l.uid === pod.uid) : undefined;
+        if (w?.enrolled && ![...this.#cniNetns.values()].some((ns) => ns.path === pod.netns)) {
+          this.#cniRemoved.add(w.uid);
+          const cookie = w.ip ? this.#enrolled.get(w.ip) : undefined;
+          let gone: bigint | undefined;
+          try {
+            gone = netnsCookie(pod.netns);
+          } catch {
+            /* the runtime removed the namespace already: the next reconcile unenrols the address */
+          }
+          if (cookie !== undefined && (gone === undefined || gone === cookie) && this.datapath.unenroll(cookie)) {
+            this.#forgetEnrolled(cookie);
+            this.log.info('pod unenrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, netnsCookie: cookie.toString() });
+          }
+        }
         for (const [ip, ns] of this.#cniNetns) {
           if (ns.path !== pod.netns) continue;
           this.#cniNetns.delete(ip);
+          this.#cniRemoved.add(ns.uid);
           const cookie = this.#enrolled.get(ip);
           if (cookie !== undefined && this.datapath.unenroll(cookie)) {
             this.#forgetEnrolled(cookie);
@@ -605,6 +648,7 @@ export class Agent {
     this.#podIpByCookie.delete(cookie);
     if (ip !== undefined && this.#enrolled.get(ip) === cookie) {
       this.#enrolled.delete(ip);
+      this.state.podUnenrolled(ip);
       this.delivery.podRemoved(ip);
       this.plaintext.close(ip);
     }

@@ -47,6 +47,7 @@ export class AgentMetrics {
   readonly forwardedIgnored: Counter<'reason'>;
   readonly active: Gauge<'direction'>;
   readonly sidePortRefused: Counter<'port' | 'reason'>;
+  readonly enrolmentRefused: Counter<'reason'>;
 
   constructor() {
     const registers = [this.registry];
@@ -79,6 +80,12 @@ export class AgentMetrics {
       name: 'weft_side_port_requests_refused_total',
       help: 'Requests the admin, metrics or readiness port answered 400 by itself, by port and reason (bad_target: the request target is not a URL)',
       labelNames: ['port', 'reason'],
+      registers,
+    });
+    this.enrolmentRefused = new Counter({
+      name: 'weft_pod_enrolment_refused_total',
+      help: 'Pods the config lists on this node that were not enrolled at their address because another pod holds it now, by reason (address_reused: the CNI plugin set it up for another pod; network_removed: the plugin removed the listed pod\'s network)',
+      labelNames: ['reason'],
       registers,
     });
     registerProcessMetrics(this.registry, 'agent');

@@ -108,3 +108,47 @@ export class PodNetnsResolver {
     this.addrsByInode.clear();
   }
 }
+
+/** Why a pod the config lists on this node is not enrolled in the namespace found at its address. */
+export type EnrolmentRefusal =
+  /** The CNI plugin set the address up for another pod (uid): the config still names a deleted pod there. */
+  | 'address_reused'
+  /** The CNI plugin tore this pod's network down (DEL): whatever holds its address now is another pod. */
+  | 'network_removed';
+
+export interface EnrolmentPlan<W> {
+  enrol: Array<{ workload: W; ns: PodNetns }>;
+  /** Not found yet: looked for again later. */
+  missing: W[];
+  refused: Array<{ workload: W; reason: EnrolmentRefusal; holder?: string }>;
+}
+
+/**
+ * Which namespace each wanted pod (ambient, on this node, with an address) is enrolled in. An
+ * address names a pod only for as long as it runs: once its network is gone (CNI DEL) the address
+ * may be given to a new pod, of any namespace and ServiceAccount, while the config still names the
+ * old one there. So a namespace the CNI plugin reported is taken only for the pod it reported it for
+ * (by uid), and a pod whose network the plugin removed is never enrolled again by a scan for its
+ * address, which would find the new pod's namespace and lend it the old pod's identity, mode and
+ * policies (Istio's CNI agent, too, finds a pod's namespace by its uid, never its address).
+ */
+export function planEnrolment<W extends { uid: string; ip: string }>(
+  wanted: readonly W[],
+  cni: ReadonlyMap<string, PodNetns & { uid: string }>,
+  scanned: ReadonlyMap<string, PodNetns>,
+  removedUids: ReadonlySet<string>,
+): EnrolmentPlan<W> {
+  const plan: EnrolmentPlan<W> = { enrol: [], missing: [], refused: [] };
+  for (const w of wanted) {
+    const fromCni = cni.get(w.ip);
+    if (fromCni && fromCni.uid !== w.uid) plan.refused.push({ workload: w, reason: 'address_reused', holder: fromCni.uid });
+    else if (fromCni) plan.enrol.push({ workload: w, ns: { path: fromCni.path, ifname: fromCni.ifname } });
+    else if (removedUids.has(w.uid)) plan.refused.push({ workload: w, reason: 'network_removed' });
+    else {
+      const ns = scanned.get(w.ip);
+      if (ns) plan.enrol.push({ workload: w, ns });
+      else plan.missing.push(w);
+    }
+  }
+  return plan;
+}

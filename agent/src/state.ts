@@ -77,6 +77,14 @@ export class AgentState {
   readonly node: string;
   private config: AgentConfig;
   private workloadsByIp = new Map<string, Workload>();
+  private workloadsByUid = new Map<string, Workload>();
+  /**
+   * Pod address → uid of the pod whose network namespace the agent enrolled there (podEnrolled).
+   * Where it is set, the pod at that address is that one, whatever else the config lists there: a
+   * config that still names a deleted pod at an address a new pod was given must not lend the new
+   * pod the old one's identity, mode or policies (ztunnel keys its local pods by uid, not address).
+   */
+  private enrolledUids = new Map<string, string>();
   /** SPIFFE ID → the workloads the config knows for it (pods, and endpoints of other clusters), built on first use per config. */
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
   private servicesByVip = new Map<string, Service>();
@@ -108,7 +116,11 @@ export class AgentState {
 
   apply(config: AgentConfig): void {
     const byIp = new Map<string, Workload>();
-    for (const w of config.workloads) if (w.ip) byIp.set(w.ip, w);
+    const byUid = new Map<string, Workload>();
+    for (const w of config.workloads) {
+      if (w.ip) byIp.set(w.ip, w);
+      byUid.set(w.uid, w);
+    }
     const byVip = new Map<string, Service>();
     const byName = new Map<string, Service>();
     const eps = new Map<string, Endpoint>();
@@ -127,6 +139,7 @@ export class AgentState {
     for (const w of config.waypoints) wps.set(waypointKey(w), w);
     this.config = config;
     this.workloadsByIp = byIp;
+    this.workloadsByUid = byUid;
     this.metaByPrincipal = undefined;
     this.servicesByVip = byVip;
     this.servicesByName = byName;
@@ -163,10 +176,36 @@ export class AgentState {
     return this.metaByPrincipal.get(spiffeId) ?? [];
   }
 
-  /** An enrolled workload of this node, by pod IP. */
+  /**
+   * A workload of this node, by pod IP: the pod enrolled at that address when the agent enrolled
+   * one there, and only while the config gives it that address; undefined while the config still
+   * names another pod there (staleAt), so its traffic is refused rather than judged as that pod's.
+   */
   localWorkload(ip: string): Workload | undefined {
-    const w = this.workloadsByIp.get(ip);
-    return w && w.node === this.node ? w : undefined;
+    const uid = this.enrolledUids.get(ip);
+    const w = uid !== undefined ? this.workloadsByUid.get(uid) : this.workloadsByIp.get(ip);
+    return w && w.node === this.node && w.ip === ip ? w : undefined;
+  }
+
+  /** The agent enrolled pod `uid`'s network namespace at address `ip`. */
+  podEnrolled(ip: string, uid: string): void {
+    this.enrolledUids.set(ip, uid);
+  }
+
+  /** The agent unenrolled the pod at `ip`. */
+  podUnenrolled(ip: string): void {
+    this.enrolledUids.delete(ip);
+  }
+
+  /**
+   * An address whose enrolled pod the config does not (yet) know there: the uid enrolled and the
+   * pod the config names at the address instead, if any. Its traffic is refused until they agree.
+   */
+  staleAt(ip: string): { enrolledUid: string; listed: Workload | undefined } | undefined {
+    const uid = this.enrolledUids.get(ip);
+    if (uid === undefined || this.localWorkload(ip)) return undefined;
+    const listed = this.workloadsByIp.get(ip);
+    return { enrolledUid: uid, listed: listed && listed.node === this.node ? listed : undefined };
   }
 
   /**
@@ -262,7 +301,11 @@ export class AgentState {
       const wp = this.waypointFor(wl.waypoint);
       if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`);
-      if (wl.node === this.node) return [{ kind: 'local', workload: wl, target: `${ip}:${port}` }];
+      if (wl.node === this.node) {
+        const local = this.localWorkload(ip);
+        if (!local) throw new NoRouteError(`${ip} is enrolled for another pod than ${wl.namespace}/${wl.name}, which the config still names there (an address reused before the config caught up); refused until it does`);
+        return [{ kind: 'local', workload: local, target: `${ip}:${port}` }];
+      }
       if (!wl.enrolled || !wl.nodeIp) return [{ kind: 'passthrough', target: `${ip}:${port}` }];
       return [{ kind: 'hbone', address: wl.nodeIp, port: HBONE_PORT, target: `${ip}:${port}`, identity: wl.spiffeId }];
     }
@@ -308,7 +351,7 @@ export class AgentState {
   private toEndpoint(e: Endpoint, port: number, service?: Service): Upstream {
     const target = `${e.ip}:${port}`;
     const extra = { endpoint: e, ...(service ? { service } : {}) };
-    const local = e.node === this.node && e.cluster === undefined ? this.workloadsByIp.get(e.ip) : undefined;
+    const local = e.node === this.node && e.cluster === undefined ? this.localWorkload(e.ip) : undefined;
     if (local && local.enrolled) return { kind: 'local', workload: local, target, ...extra };
     if (!e.enrolled || !e.nodeIp || !e.spiffeId) return { kind: 'passthrough', target, ...extra };
     return { kind: 'hbone', address: e.nodeIp, port: HBONE_PORT, target, identity: e.spiffeId, ...extra, ...(e.gateway ? { gateway: e.gateway } : {}) };

@@ -96,3 +96,36 @@ test('the CNI plugin\'s CHECK and DEL act on the agent\'s enrolment; with the ag
   assert.ok(late.process, 'started once the plugin succeeded');
   assert.ok((await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node2', '/bpf')).pods.some((p) => p.podIp === late.pod.ip));
 });
+
+// IP reuse (docs/SECURITY.md, "a pod's address is not its identity"): a pod's network is torn down
+// (CNI DEL) while its Pod object still lists it, and the node's next pod, of another namespace and
+// not enrolled, is given its address. The agent must not find the newcomer's namespace by that
+// address and enrol it as the old pod: it would carry the old pod's identity (a STRICT pod's peer)
+// on every connection. Istio's CNI agent finds a pod's namespace by its uid, never its address
+// (istio/istio cni/pkg/nodeagent/podcgroupns.go).
+test('a new pod given a removed pod\'s address is never enrolled as that pod while the config still lists it, and cannot reach a STRICT pod with its identity', async () => {
+  const vault = await mesh.startWorkload({ node: 'node2', namespace: 'demo', name: 'vault', labels: { app: 'vault' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'vault'] });
+  const victim = await mesh.startWorkload({ node: 'node1', namespace: 'demo', name: 'victim' });
+  await mesh.waitWorkloadsEnrolled(['demo/vault', 'demo/victim']);
+  const asVictim = await mesh.exec('demo/victim', 'curl', ['-sS', '--max-time', '3', `http://${vault.pod.ip}:8080/`]);
+  assert.match(asVictim.stdout, /"pod":"vault"/, 'the victim itself is served');
+  const enrolledAt = async (ip: string) => (await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node1', '/bpf')).pods.some((p) => p.podIp === ip);
+  // The victim's network goes (its Pod object stays in the config), and the next pod takes its address.
+  const del = await mesh.runCni('DEL', victim);
+  assert.equal(del.code, 0, del.stdout);
+  await mesh.net.removePod('demo', 'victim');
+  mesh.workloads.delete('demo/victim');
+  const intruder = await mesh.startWorkload({ node: 'node1', namespace: 'legacy', name: 'intruder' });
+  try {
+    assert.equal(intruder.pod.ip, victim.pod.ip, 'the new pod was given the removed pod\'s address');
+    // The intruder's Pod in the config pushes a new config, and the agent looks for the pods it lists.
+    await holds('the intruder\'s namespace stays unenrolled', async () => !(await enrolledAt(victim.pod.ip)), 3 * 1000 + 500, { intervalMs: 200 });
+    const r = await mesh.exec('legacy/intruder', 'curl', ['-sS', '--max-time', '3', `http://${vault.pod.ip}:8080/`]);
+    assert.doesNotMatch(r.stdout, /"pod":"vault"/, 'the intruder got no answer from the STRICT pod as the victim');
+    await until('the refusal is counted', async () => /weft_pod_enrolment_refused_total\{reason="network_removed"\} [1-9]/.test(await mesh.agentMetrics('node1')), 10_000);
+    const logged = mesh.logEntries('agent-node1.log', 'pod not enrolled at its address: the config names a pod that no longer holds it');
+    assert.ok(logged.some((l) => l['pod'] === 'demo/victim' && l['reason'] === 'network_removed' && l['ip'] === victim.pod.ip), JSON.stringify(logged));
+  } finally {
+    mesh.removeConfig('pod-demo-victim.yaml');
+  }
+});

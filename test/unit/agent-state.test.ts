@@ -164,3 +164,29 @@ test('an endpoint of another network at the same address as a local one keeps it
   }
   assert.equal(endpointKey(svc2.endpoints[0]!), '10.77.1.2', 'this network\'s endpoints keep their address as key');
 });
+
+// IP reuse: a pod is deleted and its address given to a new pod of another namespace and
+// ServiceAccount while the config still names the old one there. ztunnel keys its local pods by uid
+// (istio/istio cni/pkg/nodeagent finds a pod's namespace by uid; ztunnel's inpod snapshot is keyed by
+// WorkloadUid), so the new pod never speaks, nor is judged, as the old one.
+test('an address reused by a new pod is never the config\'s stale pod there: its traffic is refused until the config names the new pod', () => {
+  const reused = '10.77.1.9';
+  const old = wl('payments', 'finance', 'node1', reused, { uid: 'uid-old', mode: 'STRICT' });
+  const fresh = wl('intruder', 'tenant', 'node1', '', { uid: 'uid-new' });
+  const s = new AgentState('node1');
+  s.apply(config({ workloads: [client, old, fresh] }));
+  assert.equal(s.localWorkload(reused)?.uid, 'uid-old', 'before any enrolment, the config alone says who holds the address');
+  // The CNI plugin enrolled the new pod's namespace at the address; the config still lists the old pod there.
+  s.podEnrolled(reused, 'uid-new');
+  assert.equal(s.localWorkload(reused), undefined, 'neither the old pod (wrong netns) nor the new one (the config does not give it the address yet)');
+  assert.deepEqual(s.staleAt(reused), { enrolledUid: 'uid-new', listed: old }, 'the disagreement is named');
+  // A connection to the address from a local client does not go to the new pod as the old one.
+  assert.throws(() => s.resolve(client, reused, 8080), (e: unknown) => e instanceof NoRouteError && /enrolled for another pod than finance\/payments/.test(e.message));
+  // The config catches up: the old pod is gone and the new one holds the address.
+  s.apply(config({ workloads: [client, { ...fresh, ip: reused }] }));
+  assert.equal(s.localWorkload(reused)?.spiffeId, fresh.spiffeId);
+  assert.equal(s.staleAt(reused), undefined);
+  assert.equal(s.resolve(client, reused, 8080)[0]?.kind, 'local');
+  s.podUnenrolled(reused);
+  assert.equal(s.localWorkload(reused)?.uid, 'uid-new');
+});

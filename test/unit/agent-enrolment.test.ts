@@ -1,0 +1,39 @@
+// Which network namespace each pod the config lists on this node is enrolled in (agent/src/pods.ts
+// planEnrolment), when addresses are reused. A deleted pod's address may be given to a new pod of
+// any namespace and ServiceAccount before the controller's config drops the old pod; enrolling by
+// address would then give the new pod the old one's identity (its certificate on every outbound
+// tunnel), mTLS mode and policies. Istio's CNI agent finds a pod's namespace by its uid, never its
+// address (istio/istio cni/pkg/nodeagent/podcgroupns.go).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planEnrolment, type PodNetns } from '../../agent/src/pods.ts';
+
+const X = '10.77.1.9';
+const old = { uid: 'uid-old', ip: X, name: 'finance/payments' };
+const other = { uid: 'uid-other', ip: '10.77.1.10', name: 'default/web' };
+const netns = (path: string): PodNetns => ({ path, ifname: 'eth0' });
+
+test('a pod the CNI plugin set up is enrolled in the namespace it named, found without a scan', () => {
+  const plan = planEnrolment([old], new Map([[X, { ...netns('/run/netns/a'), uid: 'uid-old' }]]), new Map(), new Set());
+  assert.deepEqual(plan.enrol, [{ workload: old, ns: netns('/run/netns/a') }]);
+  assert.deepEqual([plan.missing, plan.refused], [[], []]);
+});
+
+test('the config\'s stale pod is refused (address_reused) at an address the CNI plugin set up for a new pod, which keeps it', () => {
+  const cni = new Map([[X, { ...netns('/run/netns/new'), uid: 'uid-new' }]]);
+  const plan = planEnrolment([old, other], cni, new Map([[other.ip, netns('/proc/9/ns/net')]]), new Set());
+  assert.deepEqual(plan.refused, [{ workload: old, reason: 'address_reused', holder: 'uid-new' }]);
+  assert.deepEqual(plan.enrol, [{ workload: other, ns: netns('/proc/9/ns/net') }], 'other pods are unaffected');
+});
+
+test('a pod whose network the CNI plugin removed is never enrolled again by a scan of its address (network_removed)', () => {
+  // The scan finds the new pod's namespace at the old pod's address: exactly what must not be taken.
+  const plan = planEnrolment([old], new Map(), new Map([[X, netns('/proc/42/ns/net')]]), new Set(['uid-old']));
+  assert.deepEqual(plan.refused, [{ workload: old, reason: 'network_removed' }]);
+  assert.deepEqual([plan.enrol, plan.missing], [[], []]);
+});
+
+test('a pod the plugin never reported (it ran before the agent) is enrolled where a scan finds its address, else looked for again', () => {
+  assert.deepEqual(planEnrolment([old], new Map(), new Map([[X, netns('/proc/42/ns/net')]]), new Set()).enrol, [{ workload: old, ns: netns('/proc/42/ns/net') }]);
+  assert.deepEqual(planEnrolment([old], new Map(), new Map(), new Set()).missing, [old]);
+});
