@@ -506,14 +506,14 @@ export class Agent {
     }
     for (const { workload: w, reason, holder } of plan.refused) {
       // The address's namespace stays with the pod the CNI plugin enrolled there, if any.
-      const cookie = reason === 'address_reused' ? this.#enrolled.get(w.ip) : undefined;
+      const cookie = reason === 'address_reused' && this.#cniNetns.get(w.ip)?.uid === holder ? this.#enrolled.get(w.ip) : undefined;
       if (cookie !== undefined) keep.add(cookie);
       if (this.#enrolRefused.get(w.uid) === reason) continue;
       this.#enrolRefused.set(w.uid, reason);
       this.metrics.enrolmentRefused.inc({ reason });
       this.log.warn('pod not enrolled at its address: the config names a pod that no longer holds it', {
         pod: `${w.namespace}/${w.name}`, uid: w.uid, ip: w.ip, reason, ...(holder ? { holderUid: holder } : {}),
-        detail: reason === 'address_reused' ? 'the CNI plugin set this address up for another pod; the config is older than that pod' : 'the CNI plugin removed this pod\'s network; its address may be another pod\'s now',
+        detail: reason === 'address_reused' ? 'the address is another pod\'s (the CNI plugin set it up for that pod, or the processes holding it run in its cgroup); the config is older than that pod' : 'the CNI plugin removed this pod\'s network; its address may be another pod\'s now',
       });
     }
     const missing = plan.missing.length;

@@ -3,7 +3,7 @@
 // CNI plugins and the local mesh create them) and the namespaces of running processes
 // (/proc/<pid>/ns/net, which needs the host PID namespace in Kubernetes), and asks each one which
 // addresses it holds. Results are cached by namespace inode, so a rescan only enters new ones.
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../lib/sys/exec.ts';
 
@@ -12,11 +12,33 @@ export interface NetnsCandidate {
   inode: number;
 }
 
+/** What a scan of the node's namespaces found: the candidates, and the pod uids seen in each (by inode). */
+interface Candidates {
+  list: NetnsCandidate[];
+  podUids: Map<number, Set<string>>;
+}
+
 export interface PodNetns {
   /** The namespace file, for setns(2) and the datapath. */
   path: string;
   /** The interface inside the namespace that holds the pod address. */
   ifname: string;
+  /**
+   * Uids of the Kubernetes pods whose processes run in the namespace, read from their cgroups
+   * (podUidOfCgroup); empty or absent where no process names one (a named namespace alone, a lab).
+   */
+  podUids?: string[];
+}
+
+/**
+ * The pod uid a process's cgroup (/proc/<pid>/cgroup) names, as the kubelet lays cgroups out:
+ * `/kubepods/besteffort/pod<uid>/…` (cgroupfs driver) or
+ * `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice/…` (systemd).
+ * Istio's CNI agent finds a pod's namespace the same way (istio/istio cni/pkg/nodeagent/podcgroupns.go).
+ */
+export function podUidOfCgroup(cgroup: string): string | undefined {
+  const m = /(?:^|[/-])pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:\/|$)/im.exec(cgroup);
+  return m?.[1]?.replace(/_/g, '-').toLowerCase();
 }
 
 /** An address a pod can be known by: not loopback, not link-local (fe80::/10, 169.254.0.0/16). */
@@ -43,17 +65,20 @@ export class PodNetnsResolver {
     this.namePrefix = opts.namePrefix;
   }
 
-  private candidates(): NetnsCandidate[] {
+  private candidates(): Candidates {
     const out: NetnsCandidate[] = [];
+    const podUids = new Map<number, Set<string>>();
     const seen = new Set<number>();
-    const add = (path: string) => {
+    const add = (path: string): number | undefined => {
       try {
         const st = statSync(path);
-        if (seen.has(st.ino)) return;
+        if (seen.has(st.ino)) return st.ino;
         seen.add(st.ino);
         out.push({ path, inode: st.ino });
+        return st.ino;
       } catch {
         /* the process or namespace went away while we looked */
+        return undefined;
       }
     };
     try {
@@ -63,11 +88,23 @@ export class PodNetnsResolver {
     } catch {
       /* no named namespaces on this host */
     }
-    if (this.namePrefix !== undefined) return out;
+    if (this.namePrefix !== undefined) return { list: out, podUids };
     for (const pid of readdirSync(this.procRoot)) {
-      if (/^\d+$/.test(pid)) add(join(this.procRoot, pid, 'ns', 'net'));
+      if (!/^\d+$/.test(pid)) continue;
+      const inode = add(join(this.procRoot, pid, 'ns', 'net'));
+      if (inode === undefined) continue;
+      let uid: string | undefined;
+      try {
+        uid = podUidOfCgroup(readFileSync(join(this.procRoot, pid, 'cgroup'), 'utf8'));
+      } catch {
+        /* gone */
+      }
+      if (uid === undefined) continue;
+      const set = podUids.get(inode);
+      if (set) set.add(uid);
+      else podUids.set(inode, new Set([uid]));
     }
-    return out;
+    return { list: out, podUids };
   }
 
   private addressesOf(path: string): Array<{ ip: string; ifname: string }> {
@@ -86,7 +123,8 @@ export class PodNetnsResolver {
     const wanted = new Set(ips);
     const found = new Map<string, PodNetns>();
     const live = new Set<number>();
-    for (const c of this.candidates()) {
+    const { list, podUids } = this.candidates();
+    for (const c of list) {
       live.add(c.inode);
       let entry = this.addrsByInode.get(c.inode);
       if (!entry) {
@@ -97,7 +135,8 @@ export class PodNetnsResolver {
         // the lab) assigns the pod's address.
         if (entry.addrs.some(isPodAddress)) this.addrsByInode.set(c.inode, entry);
       }
-      for (const a of entry.addrs) if (wanted.has(a.ip) && !found.has(a.ip)) found.set(a.ip, { path: entry.path, ifname: a.ifname });
+      const uids = podUids.get(c.inode);
+      for (const a of entry.addrs) if (wanted.has(a.ip) && !found.has(a.ip)) found.set(a.ip, { path: entry.path, ifname: a.ifname, ...(uids ? { podUids: [...uids] } : {}) });
     }
     for (const inode of this.addrsByInode.keys()) if (!live.has(inode)) this.addrsByInode.delete(inode);
     return found;
@@ -111,7 +150,10 @@ export class PodNetnsResolver {
 
 /** Why a pod the config lists on this node is not enrolled in the namespace found at its address. */
 export type EnrolmentRefusal =
-  /** The CNI plugin set the address up for another pod (uid): the config still names a deleted pod there. */
+  /**
+   * The address is another pod's (uid): the CNI plugin set it up for that pod, or the processes of
+   * the namespace that holds it run in that pod's cgroup. The config still names a deleted pod there.
+   */
   | 'address_reused'
   /** The CNI plugin tore this pod's network down (DEL): whatever holds its address now is another pod. */
   | 'network_removed';
@@ -146,7 +188,11 @@ export function planEnrolment<W extends { uid: string; ip: string }>(
     else if (removedUids.has(w.uid)) plan.refused.push({ workload: w, reason: 'network_removed' });
     else {
       const ns = scanned.get(w.ip);
-      if (ns) plan.enrol.push({ workload: w, ns });
+      // A namespace whose processes belong to other pods (their cgroups say which) is theirs,
+      // whatever address it holds: the listed pod is gone and its address given to another.
+      const others = ns?.podUids?.length && !ns.podUids.includes(w.uid.toLowerCase()) ? ns.podUids : undefined;
+      if (others) plan.refused.push({ workload: w, reason: 'address_reused', holder: others.join(',') });
+      else if (ns) plan.enrol.push({ workload: w, ns });
       else plan.missing.push(w);
     }
   }

@@ -1,7 +1,9 @@
 // The agent finds a pod's network namespace from its IP, in named namespaces and in processes'.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { Lab } from '../lab/lab.ts';
 import { PodNetnsResolver } from '../../agent/src/pods.ts';
@@ -49,4 +51,26 @@ test('with a name prefix, only that mesh\'s namespaces are considered, even for 
   const found = r.resolve(['10.251.3.1', '10.251.3.2']);
   assert.equal(found.get('10.251.3.1')?.path, mine.path);
   assert.equal(found.has('10.251.3.2'), false, 'a namespace outside the prefix is never chosen');
+});
+
+test('a process namespace is reported with the pod uids its processes\' cgroups name, so an address cannot stand for another pod', async () => {
+  // A stand-in /proc: one "process" whose namespace is a real one holding the address, and whose
+  // cgroup is a kubelet pod's (systemd driver). Istio's CNI agent matches pods to namespaces by
+  // this uid (istio/istio cni/pkg/nodeagent/podcgroupns.go); the agent's planEnrolment refuses a
+  // listed pod at an address whose namespace is another pod's (test/unit/agent-enrolment.test.ts).
+  const child = lab.spawn('unshare', ['--net', 'sh', '-c', 'ip link set lo up; ip addr add 10.251.4.1/32 dev lo; echo ready; exec sleep 30']);
+  const root = mkdtempSync(join(tmpdir(), `${lab.id}-proc-`));
+  try {
+    const [chunk] = (await once(child.stdout!, 'data')) as [Buffer];
+    assert.match(chunk.toString(), /ready/);
+    const uid = '6f0b3a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b';
+    mkdirSync(join(root, '4242', 'ns'), { recursive: true });
+    symlinkSync(`/proc/${child.pid}/ns/net`, join(root, '4242', 'ns', 'net'));
+    writeFileSync(join(root, '4242', 'cgroup'), `0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${uid.replace(/-/g, '_')}.slice/cri-containerd-0123.scope\n`);
+    const found = new PodNetnsResolver({ procRoot: root, netnsDir: join(root, 'none') }).resolve(['10.251.4.1']);
+    assert.deepEqual(found.get('10.251.4.1')?.podUids, [uid]);
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(root, { recursive: true, force: true });
+  }
 });

@@ -6,7 +6,7 @@
 // address (istio/istio cni/pkg/nodeagent/podcgroupns.go).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planEnrolment, type PodNetns } from '../../agent/src/pods.ts';
+import { planEnrolment, podUidOfCgroup, type PodNetns } from '../../agent/src/pods.ts';
 
 const X = '10.77.1.9';
 const old = { uid: 'uid-old', ip: X, name: 'finance/payments' };
@@ -36,4 +36,25 @@ test('a pod whose network the CNI plugin removed is never enrolled again by a sc
 test('a pod the plugin never reported (it ran before the agent) is enrolled where a scan finds its address, else looked for again', () => {
   assert.deepEqual(planEnrolment([old], new Map(), new Map([[X, netns('/proc/42/ns/net')]]), new Set()).enrol, [{ workload: old, ns: netns('/proc/42/ns/net') }]);
   assert.deepEqual(planEnrolment([old], new Map(), new Map(), new Set()).missing, [old]);
+});
+
+test('a scanned namespace whose processes run in another pod\'s cgroup is that pod\'s, never the listed one\'s (address_reused)', () => {
+  // An agent that missed the old pod's DEL (it was restarting) scans for the address and finds the new pod.
+  const found = new Map([[X, { ...netns('/proc/42/ns/net'), podUids: ['0a1b2c3d-0000-4000-8000-00000000beef'] }]]);
+  const plan = planEnrolment([old], new Map(), found, new Set());
+  assert.deepEqual(plan.refused, [{ workload: old, reason: 'address_reused', holder: '0a1b2c3d-0000-4000-8000-00000000beef' }]);
+  assert.deepEqual(plan.enrol, []);
+  // Its own pod's processes (uids are compared as the kubelet writes them, lower case) enrol it.
+  const own = { uid: '0A1B2C3D-0000-4000-8000-00000000BEEF', ip: X };
+  assert.equal(planEnrolment([own], new Map(), found, new Set()).enrol.length, 1);
+});
+
+test('the pod uid of a process is read from its cgroup as the kubelet lays it out (cgroupfs and systemd drivers)', () => {
+  const uid = '6f0b3a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b';
+  assert.equal(podUidOfCgroup(`0::/kubepods/besteffort/pod${uid}/3f1e2d`), uid);
+  assert.equal(podUidOfCgroup(`0::/kubepods/pod${uid}/3f1e2d\n`), uid);
+  assert.equal(podUidOfCgroup(`0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod${uid.replace(/-/g, '_')}.slice/cri-containerd-ab12.scope`), uid);
+  assert.equal(podUidOfCgroup('12:pids:/kubepods/burstable/pod' + uid.toUpperCase() + '/x\n0::/'), uid);
+  assert.equal(podUidOfCgroup('0::/system.slice/containerd.service'), undefined, 'a node daemon names no pod');
+  assert.equal(podUidOfCgroup('0::/user.slice/podman-pod1234.scope'), undefined, 'nor anything shaped otherwise');
 });
