@@ -131,10 +131,14 @@ export class Outbound {
     const podIp = orig ? this.#o.podIpOf(orig.clientNetnsCookie) : undefined;
     const source = podIp !== undefined ? this.#o.state.localWorkload(podIp) : undefined;
     if (!orig || !source) {
+      // A pod enrolled at an address the config still gives another (deleted) pod: never that pod's identity.
+      const stale = podIp !== undefined ? this.#o.state.staleAt(podIp) : undefined;
       const reason = !orig
         ? 'no original destination recorded for this connection'
-        : `the connection came from network namespace ${orig.clientNetnsCookie}, which is not an enrolled pod on node ${this.#o.node}`;
-      this.#o.metrics.failed.inc({ reporter: 'source', reason: !orig ? 'no_original_destination' : 'unknown_source' });
+        : stale
+          ? `the connection came from pod uid ${stale.enrolledUid} at ${podIp}, which the config does not give that address yet${stale.listed ? ` (it still names ${stale.listed.namespace}/${stale.listed.name} there)` : ''}`
+          : `the connection came from network namespace ${orig.clientNetnsCookie}, which is not an enrolled pod on node ${this.#o.node}`;
+      this.#o.metrics.failed.inc({ reporter: 'source', reason: !orig ? 'no_original_destination' : stale ? 'stale_source' : 'unknown_source' });
       if (this.#refusalLog.take()) this.#o.log.warn('outbound connection refused', { reason, source: `${srcIp}:${socket.remotePort}` });
       socket.destroy();
       return;

@@ -87,12 +87,13 @@ test('a for= claim is honoured only from the destination\'s waypoint or for the 
 });
 
 /** An outbound proxy on 127.0.0.1 whose datapath reports `cookie` for every connection. */
-async function outbound(podIpOf: (cookie: bigint) => string | undefined, orig: { ip: string; port: number }) {
+async function outbound(podIpOf: (cookie: bigint) => string | undefined, orig: { ip: string; port: number }, prepare?: (s: AgentState) => void) {
   const s = new AgentState('node1');
   const self = wl('self', 'node1', '127.0.0.1');
   const neighbour = wl('neighbour', 'node1', '127.0.0.2');
   const plain = wl('plain', 'node2', '127.0.0.3', { enrolled: false });
   s.apply({ node: 'node1', workloads: [self, neighbour, plain], services: [], policies: [], peerAuthentications: [], waypoints: [] });
+  prepare?.(s);
   const metrics = new AgentMetrics();
   const warnings: Array<Record<string, unknown>> = [];
   const pool = new HbonePool();
@@ -147,6 +148,21 @@ test('the outbound source is the pod whose netns the kernel recorded: another po
   const honest = await outbound(() => '127.0.0.1', { ip: '127.0.0.3', port: tport });
   assert.equal(await talkEcho(honest.port, '127.0.0.1'), 'ping\n');
   assert.equal((await honest.metrics.denied.get()).values.length, 0);
+});
+
+// IP reuse: `self` was deleted and its address given to a new pod, which the agent enrolled there
+// (uid-new); the config still lists `self` at the address. The new pod's connections must not leave
+// with self's identity (ztunnel keys a local pod by its uid: istio/istio cni/pkg/nodeagent).
+test('a pod enrolled at an address the config still gives a deleted pod is refused as a stale source, never sent as that pod', async () => {
+  const target = net.createServer((c) => c.pipe(c));
+  target.listen(0, '127.0.0.3');
+  await once(target, 'listening');
+  cleanups.push(() => target.close());
+  const tport = (target.address() as net.AddressInfo).port;
+  const reused = await outbound(() => '127.0.0.1', { ip: '127.0.0.3', port: tport }, (s) => s.podEnrolled('127.0.0.1', 'uid-new'));
+  assert.equal(await talk(reused.port, '127.0.0.1'), '', 'refused: nothing carried');
+  assert.deepEqual((await reused.metrics.failed.get()).values.map((v) => [v.labels.reason, v.value]), [['stale_source', 1]]);
+  assert.match(String(reused.warnings[0]?.reason), /pod uid uid-new at 127\.0\.0\.1.*still names demo\/self there/);
 });
 
 async function talkEcho(port: number, from: string): Promise<string> {
