@@ -604,7 +604,10 @@ export class Agent {
           } catch {
             /* the runtime removed the namespace already: the next reconcile unenrols the address */
           }
-          if (cookie !== undefined && (gone === undefined || gone === cookie) && this.datapath.unenroll(cookie)) {
+          // Only the pod's own enrolment: a DEL repeated late (runtimes call it again when they
+          // remove a sandbox) must not unenrol the next pod given the address.
+          const own = cookie !== undefined && this.state.enrolledUid(w.ip) === w.uid && (gone === undefined || gone === cookie);
+          if (own && this.datapath.unenroll(cookie)) {
             this.#forgetEnrolled(cookie);
             this.log.info('pod unenrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, netnsCookie: cookie.toString() });
           }

@@ -192,6 +192,11 @@ export class AgentState {
     this.enrolledUids.set(ip, uid);
   }
 
+  /** The uid of the pod the agent enrolled at `ip`, if any. */
+  enrolledUid(ip: string): string | undefined {
+    return this.enrolledUids.get(ip);
+  }
+
   /** The agent unenrolled the pod at `ip`. */
   podUnenrolled(ip: string): void {
     this.enrolledUids.delete(ip);

@@ -129,3 +129,27 @@ test('a new pod given a removed pod\'s address is never enrolled as that pod whi
     mesh.removeConfig('pod-demo-victim.yaml');
   }
 });
+
+// The CNI spec lets a runtime call DEL more than once (it "should not return an error" for what is
+// gone; containerd calls it when it stops a sandbox and again when it removes it): a DEL repeated for
+// a removed pod, after its address went to a new ambient pod, must not unenrol the new pod.
+test('a DEL repeated for a removed pod does not unenrol the new pod given its address (CNI spec: DEL may be called again)', async () => {
+  const first = await mesh.startWorkload({ node: 'node1', namespace: 'demo', name: 'first' });
+  await mesh.waitWorkloadsEnrolled(['demo/first']);
+  const enrolledAt = async (ip: string) => (await mesh.agentAdmin<{ pods: Array<{ podIp: string; netnsCookie: string }> }>('node1', '/bpf')).pods.filter((p) => p.podIp === ip);
+  assert.equal((await mesh.runCni('DEL', first)).code, 0);
+  await mesh.net.removePod('demo', 'first');
+  mesh.workloads.delete('demo/first');
+  const heir = await mesh.startWorkload({ node: 'node1', namespace: 'demo', name: 'heir' });
+  try {
+    assert.equal(heir.pod.ip, first.pod.ip, 'the new pod was given the removed pod\'s address');
+    await mesh.waitWorkloadsEnrolled(['demo/heir']);
+    const before = await enrolledAt(heir.pod.ip);
+    assert.equal(before.length, 1);
+    const again = await mesh.runCni('DEL', first);
+    assert.equal(again.code, 0, again.stdout);
+    await holds('the new pod stays enrolled', async () => JSON.stringify(await enrolledAt(heir.pod.ip)) === JSON.stringify(before), 1500, { intervalMs: 100 });
+  } finally {
+    mesh.removeConfig('pod-demo-first.yaml');
+  }
+});
