@@ -80,7 +80,15 @@ export class Inbound {
     const { host, port } = req.target;
     const dest = this.#o.state.localWorkload(host);
     if (!dest || !dest.enrolled) {
-      return { status: 403, reason: `${host}:${port} is not an enrolled pod on node ${this.#o.node}` };
+      // A tunnel naming an address the config still gives a deleted pod reaches neither that pod
+      // (gone) nor, under its policies, the pod enrolled there now.
+      const stale = this.#o.state.staleAt(host);
+      return {
+        status: 403,
+        reason: stale
+          ? `${host}:${port} is pod uid ${stale.enrolledUid}'s address now${stale.listed ? `, not ${stale.listed.namespace}/${stale.listed.name}'s as the config still says` : ', which the config does not give it yet'}`
+          : `${host}:${port} is not an enrolled pod on node ${this.#o.node}`,
+      };
     }
     const principal = req.peer.spiffeId;
     const sourceNamespace = workloadOf(principal)?.namespace;

@@ -32,10 +32,11 @@ function workload(name: string, ns: string, ip: string, node = 'node2'): Workloa
 const DEST = workload('echo', 'demo', '127.0.0.1');
 const CLIENT = workload('client', 'src', '10.0.0.7', 'node1');
 
-async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
+async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
   const serverLeaf = ca.issue(DEST.spiffeId);
   const state = new AgentState('node2');
   state.apply({ node: 'node2', workloads: [DEST, CLIENT], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
+  opts.prepare?.(state);
   const metrics = new AgentMetrics();
   const inbound = new Inbound({
     node: 'node2', trustDomain: TD, state, delivery: delivery as never, metrics, log: opts.log ?? silentLogger, accessLog: opts.accessLog ?? (() => {}),
@@ -165,4 +166,28 @@ test('refused CONNECTs cannot make the log cost more than the peer sends: cut li
   assert.ok(refused.every((l) => l.length < 1500), 'each line cut');
   const logBytes = lines.reduce((n, l) => n + l.length, 0);
   assert.ok(logBytes < 10 * sent, `${sent} bytes from the peer made ${logBytes} bytes of log`);
+});
+
+// IP reuse: the destination's pod was deleted and its address given to a new pod (uid-new), which
+// the agent enrolled there; the config still names the old pod at the address. A tunnel naming the
+// address must reach neither the old pod's policies nor the new pod as if it were the old one
+// (ztunnel keys local pods by uid: istio/istio cni/pkg/nodeagent).
+test('a CONNECT to an address the config still gives a deleted pod is refused, counted and logged naming the pod enrolled there now', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  let delivered = 0;
+  const delivery = { authorize: () => { delivered++; }, connect: () => { delivered++; return Promise.reject(new Error('must not be called')); }, track: () => {} };
+  const { inbound, metrics, port } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)), prepare: (s) => s.podEnrolled(DEST.ip, 'uid-new') });
+  const session = await peer(port, ca.issue(CLIENT.spiffeId));
+  const status = await new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:8080` }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+    r.resume();
+  });
+  assert.equal(status, 403);
+  assert.equal(delivered, 0, 'nothing judged or delivered as the old pod');
+  assert.equal(inbound.server.stats().refusals['denied'], 1);
+  assert.equal(await total(metrics.denied), 1, 'counted');
+  await until('logged', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('uid-new') && l.includes('demo/echo')), 5_000);
 });
