@@ -15,6 +15,8 @@ import type { ChildProcess } from 'node:child_process';
 import { Lab } from '../lab/lab.ts';
 import { createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
 import { Datapath, type Counters, type Refusal } from '../../agent/src/datapath/index.ts';
+import * as codec from '../../agent/src/datapath/codecs.ts';
+import type { BpfMap } from '../../agent/libbpf/index.ts';
 import { cgroupId } from '../../lib/sys/cgroup.ts';
 import { PLAINTEXT_HOST, PLAINTEXT_PORT } from '../../agent/src/plaintext.ts';
 import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
@@ -252,7 +254,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     }
   });
 
-  test('portLevelMtls in the kernel: a PERMISSIVE port of a STRICT pod is steered to the agent, a STRICT port of a PERMISSIVE pod is refused', async () => {
+  test('portLevelMtls in the kernel: a PERMISSIVE port of a STRICT pod is steered to the agent, a STRICT port of a PERMISSIVE pod is refused, and a change of modes never passes through a looser one', async () => {
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', portModes: { [APP_PORT6]: 'PERMISSIVE' }, agentIp: pb.gateway, ifname: pb.ifname });
     assert.deepEqual(dp.pods().find((p) => p.podIp === pb.ip)!.portModes, { [APP_PORT6]: 'PERMISSIVE' });
     assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).code, 'ECONNREFUSED', 'the pod is STRICT');
@@ -264,6 +266,32 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).code, 'ECONNREFUSED', 'the STRICT port refuses');
     assert.equal(delta(before, dp.counters(), 'strict_denied'), 1);
     assert.equal(JSON.parse((await connectFrom(lab, pc, pb.ip, APP_PORT6)).reply!).server, 'agent-in-pod');
+    // The STRICT port's pod turning STRICT as a whole: at no step between the map writes is that
+    // port judged PERMISSIVE by the programs (the pod entry's mode and flags, then the port's entry).
+    const judged: string[] = [];
+    const inner = (dp as unknown as { map(name: string): BpfMap }).map.bind(dp);
+    const judge = () => {
+      const pod = inner('weft_inbound_pods').lookup(codec.ipKey(pb.ip));
+      if (!pod) { judged.push('none'); return; }
+      const { mode, flags } = codec.decodePodIn(pod);
+      const port = (flags & codec.POD_F.PORT_MODES) !== 0 ? inner('weft_port_modes').lookup(codec.encodePodPort(pb.ip, APP_PORT)) : undefined;
+      judged.push(port ? codec.decodePortMode(port) : mode);
+    };
+    (dp as unknown as { map(name: string): unknown }).map = (name: string) => {
+      const m = inner(name);
+      if (name !== 'weft_inbound_pods' && name !== 'weft_port_modes') return m;
+      return { ...m, lookup: m.lookup.bind(m), keys: m.keys.bind(m), entries: m.entries.bind(m),
+        update: (...a: Parameters<BpfMap['update']>) => { m.update(...a); judge(); },
+        delete: (...a: Parameters<BpfMap['delete']>) => { const r = m.delete(...a); judge(); return r; } };
+    };
+    try {
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    } finally {
+      delete (dp as unknown as { map?: unknown }).map;
+    }
+    assert.ok(judged.length > 0 && judged.every((m) => m === 'STRICT'), `port ${APP_PORT} judged ${judged.join(' → ')} while its pod turned STRICT`);
+    assert.equal((await connectFrom(lab, pc, pb.ip, APP_PORT)).code, 'ECONNREFUSED');
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', portModes: { [APP_PORT]: 'STRICT' }, agentIp: pb.gateway, ifname: pb.ifname });
     // Re-enrolling without port modes removes them.
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
     assert.deepEqual(dp.pods().find((p) => p.podIp === pb.ip)!.portModes, {});

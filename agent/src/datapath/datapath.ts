@@ -493,14 +493,18 @@ export class Datapath {
         counters.update(key, c.zeroPodCounters(), 'noexist');
         undo.push(() => counters.delete(key));
       }
-      // Port modes before the pod entry that tells the programs to look them up.
+      // Never a moment looser than both the old and the new modes: the new port modes are added
+      // before the pod entry that tells the programs to look them up, and the old ones removed
+      // only after it (a STRICT port of a PERMISSIVE pod turning into a STRICT pod must not pass
+      // through PERMISSIVE).
       const previousPorts = this.portModesOf(podIp);
-      this.writePortModes(podIp, portModes);
       undo.push(() => this.writePortModes(podIp, previousPorts));
+      this.addPortModes(podIp, portModes);
       const ports = Object.values(portModes);
       const flags = (ports.length > 0 ? c.POD_F.PORT_MODES : 0) | (ports.includes('STRICT') ? c.POD_F.STRICT_PORT : 0);
       inbound.update(c.ipKey(podIp), c.encodePodIn({ netnsCookie: cookie, mode: opts.mode, flags }), 'any');
       undo.push(() => (previousIn ? inbound.update(c.ipKey(podIp), previousIn, 'any') : inbound.delete(c.ipKey(podIp))));
+      this.removePortModesBut(podIp, portModes);
       pods.update(key, c.encodePod({ podIp, agentIp, agentPort, mode: opts.mode, flags: 0, ifindex }), 'any');
       undo.push(() => (previous ? pods.update(key, previous, 'any') : pods.delete(key)));
       if (previous) {
@@ -535,8 +539,18 @@ export class Datapath {
 
   /** Makes the pod's entries in weft_port_modes exactly `modes` (adds first, then removes). */
   private writePortModes(podIp: string, modes: Record<number, c.Mode>): void {
+    this.addPortModes(podIp, modes);
+    this.removePortModesBut(podIp, modes);
+  }
+
+  private addPortModes(podIp: string, modes: Record<number, c.Mode>): void {
     const m = this.map(MAPS.portModes);
     for (const [port, mode] of Object.entries(modes)) m.update(c.encodePodPort(podIp, Number(port)), c.encodePortMode(mode), 'any');
+  }
+
+  /** Removes the pod's entries in weft_port_modes for ports `modes` does not name. */
+  private removePortModesBut(podIp: string, modes: Record<number, c.Mode>): void {
+    const m = this.map(MAPS.portModes);
     for (const k of [...m.keys()]) {
       const pp = c.decodePodPort(k);
       if (pp.ip === podIp && modes[pp.port] === undefined) m.delete(k);
