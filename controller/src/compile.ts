@@ -510,18 +510,26 @@ export function refusedWaypointIdentity(trustDomain: string, namespace: string):
 export function sharedWaypointAccounts(inputs: Pick<MeshInputs, 'pods' | 'waypoints'>): Map<string, WaypointRefusal> {
   const out = new Map<string, WaypointRefusal>();
   if (inputs.waypoints.length === 0) return out;
-  const accounts = new Set(inputs.waypoints.map((w) => `${w.metadata.namespace}\0${waypointServiceAccount(w)}`));
+  // The Waypoints on each account of each namespace: their replicas are never one another's sharers.
+  const namesByAccount = new Map<string, Set<string>>();
+  for (const w of inputs.waypoints) {
+    const key = `${w.metadata.namespace}\0${waypointServiceAccount(w)}`;
+    const names = namesByAccount.get(key) ?? new Set<string>();
+    names.add(w.metadata.name);
+    namesByAccount.set(key, names);
+  }
   const users: Array<{ namespace: string; serviceAccount: string; name: string; waypointFor: string | undefined }> = [];
   for (const pod of inputs.pods) {
     if (pod.metadata.deletionTimestamp || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
     const sa = pod.spec.serviceAccountName ?? 'default';
-    if (!accounts.has(`${pod.metadata.namespace}\0${sa}`)) continue;
+    if (!namesByAccount.has(`${pod.metadata.namespace}\0${sa}`)) continue;
     users.push({ namespace: pod.metadata.namespace!, serviceAccount: sa, name: pod.metadata.name, waypointFor: pod.metadata.labels?.[LABEL_WAYPOINT_FOR] });
   }
   if (users.length === 0) return out;
   users.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const wp of inputs.waypoints) {
-    const refusal = waypointAccountShared(wp, users);
+    const account = `${wp.metadata.namespace}\0${waypointServiceAccount(wp)}`;
+    const refusal = waypointAccountShared(wp, users, namesByAccount.get(account));
     if (refusal) out.set(nsName(wp.metadata.namespace!, wp.metadata.name), refusal);
   }
   return out;

@@ -80,13 +80,22 @@ export function admitWaypoint(wp: Pick<Waypoint, 'metadata' | 'spec'>, allow: Wa
  * The refusal of a Waypoint whose ServiceAccount other pods of its namespace run as (`pods`: each
  * pod's namespace, ServiceAccount, and the Waypoint it belongs to, if any, by its
  * weft.dev/waypoint label): agents would let those pods skip the waypoint as "the waypoint itself",
- * and their tokens would obtain its certificate. A Waypoint's own replicas do not count.
+ * and their tokens would obtain its certificate. Waypoint replicas do not count: its own, and
+ * those of `peers` (the other Waypoints of its namespace on the same, allowed, account; each would
+ * otherwise refuse the other once both run, and both would be stopped and started in turn).
+ * Replicas are known by their label, which whoever creates a pod sets: this catches an account
+ * shared by mistake, not a tenant who may create pods as that account (Kubernetes lets any pod of
+ * a namespace run as any of its ServiceAccounts, and so obtain that account's identity).
  */
-export function waypointAccountShared(wp: Pick<Waypoint, 'metadata' | 'spec'>, pods: Iterable<{ namespace: string; serviceAccount: string; name: string; waypointFor: string | undefined }>): WaypointRefusal | undefined {
+export function waypointAccountShared(
+  wp: Pick<Waypoint, 'metadata' | 'spec'>,
+  pods: Iterable<{ namespace: string; serviceAccount: string; name: string; waypointFor: string | undefined }>,
+  peers: ReadonlySet<string> = new Set(),
+): WaypointRefusal | undefined {
   const sa = waypointServiceAccount(wp);
   const ns = wp.metadata.namespace;
   for (const p of pods) {
-    if (p.namespace !== ns || p.serviceAccount !== sa || p.waypointFor === wp.metadata.name) continue;
+    if (p.namespace !== ns || p.serviceAccount !== sa || p.waypointFor === wp.metadata.name || (p.waypointFor !== undefined && peers.has(p.waypointFor))) continue;
     return {
       path: waypointServiceAccountPath(wp),
       reason: 'ServiceAccountShared',

@@ -250,6 +250,18 @@ test('a Waypoint whose ServiceAccount other pods of its namespace run as is refu
   assert.deepEqual(explicit.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.path, f.reason]), [['spec.serviceAccountName', 'ServiceAccountShared']]);
 });
 
+test('two Waypoints on one allowed ServiceAccount do not refuse each other for their replicas (each would stop the other in turn), while an application pod on it refuses both', () => {
+  const a = { ...waypoint('shop', 'wp-a'), spec: { serviceAccountName: 'mesh-proxy' } };
+  const b = { ...waypoint('shop', 'wp-b'), spec: { serviceAccountName: 'mesh-proxy' } };
+  const replicas = [pod('shop', 'wp-a-0', { labels: { 'weft.dev/waypoint': 'wp-a' }, sa: 'mesh-proxy' }), pod('shop', 'wp-b-0', { labels: { 'weft.dev/waypoint': 'wp-b' }, sa: 'mesh-proxy' })];
+  const allow = { waypointAllowList: { serviceAccounts: ['mesh-proxy'] } };
+  const both = compile(meshOf({ waypoints: [a, b], pods: replicas }), allow);
+  assert.deepEqual(both.findings.filter((f) => f.kind === 'Waypoint'), []);
+  const app = pod('shop', 'app-1', { labels: { app: 'app' }, sa: 'mesh-proxy' });
+  const shared = compile(meshOf({ waypoints: [a, b], pods: [...replicas, app] }), allow);
+  assert.deepEqual(shared.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.name, f.reason]), [['wp-a', 'ServiceAccountShared'], ['wp-b', 'ServiceAccountShared']]);
+});
+
 test('a pod taking up a waypoint\'s ServiceAccount refuses the waypoint in an incremental compile too (equal to a full compile)', () => {
   const store = new ObjectStore();
   store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'Waypoint'], objects: [...Object.values(meshOf({ waypoints: [waypoint('shop', 'wp')] })).flat()] as never, resourceVersion: '1' }]);
