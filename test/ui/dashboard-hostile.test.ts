@@ -113,8 +113,11 @@ test('hostile node names and BPF state in the nodes view are shown as text; the 
   const ran = await page.evaluate(`(async () => {
     const d = document.createElement('div');
     d.innerHTML = '<img src=x onerror="window.__csp=1">';
+    // The inline handler (registered first) has had its turn once a listener added after it hears
+    // the image's error.
+    const failed = new Promise((r) => d.firstChild.addEventListener('error', r, { once: true }));
     document.body.append(d);
-    await new Promise((r) => setTimeout(r, 300));
+    await failed;
     d.remove();
     return window.__csp === 1;
   })()`);
