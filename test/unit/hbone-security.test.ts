@@ -216,14 +216,16 @@ test('a peer that resets just under the burst limit, window after window, is cut
   let handled = 0;
   const hb = await startHbone({
     handler: async () => { handled++; await sleep(200); return { status: 503, reason: 'slow' }; },
-    rapidReset: { max: 100, intervalMs: 100, totalStreams: 200 },
+    // The burst guard out of reach: on a loaded machine two rounds may land in one window, and only
+    // the ratio is under test here.
+    rapidReset: { max: 10_000, intervalMs: 100, totalStreams: 200 },
     onRefusal: (r) => refusals.push(r),
   });
   cleanups.push(() => hb.close());
   const attacker = await rawClient(hb.port, hb.clientLeaf);
   let goaway = false;
   attacker.once('goaway', () => { goaway = true; });
-  // 60 a window of 100 ms: the burst guard (more than 100 in one window) never trips.
+  // 60 a window of 100 ms, as a peer staying under a burst limit of 100 would send them.
   for (let round = 0; round < 20 && !goaway && !attacker.closed; round++) {
     const started = performance.now();
     for (let i = 0; i < 60; i++) {
