@@ -27,12 +27,18 @@ export class SessionBuffer {
   readonly #opts: SessionBufferOptions;
   readonly #tunnels = new Set<Http2Stream>();
   #timer: NodeJS.Timeout | undefined;
+  /** Waiting for the peer's acknowledgement of our last SETTINGS. */
+  #ackTimer: NodeJS.Timeout | undefined;
   #throttled = false;
 
   constructor(session: Http2Session, opts: SessionBufferOptions) {
     this.#session = session;
     this.#opts = opts;
-    session.once('close', () => this.#stop());
+    // A session that closes owes no acknowledgement (Node never calls back for it).
+    session.once('close', () => {
+      this.#stop();
+      clearTimeout(this.#ackTimer);
+    });
   }
 
   /** Counts `stream` (an answered tunnel) against the budget until it closes. */
@@ -64,14 +70,15 @@ export class SessionBuffer {
     this.#throttled = throttle;
     if (throttle) this.#opts.onThrottled({ heldBytes: held, tunnels: this.#tunnels.size });
     const streamWindow = throttle ? THROTTLED_STREAM_WINDOW : this.#opts.streamWindow;
+    clearTimeout(this.#ackTimer);
     const timer = setTimeout(() => {
+      if (session.destroyed) return;
       this.#opts.onSettingsTimeout(`SETTINGS not acknowledged within ${SETTINGS_ACK_TIMEOUT_MS} ms`);
-      if (!session.destroyed) {
-        session.goaway(h2.NGHTTP2_SETTINGS_TIMEOUT);
-        session.destroy();
-      }
+      session.goaway(h2.NGHTTP2_SETTINGS_TIMEOUT);
+      session.destroy();
     }, SETTINGS_ACK_TIMEOUT_MS);
     timer.unref();
+    this.#ackTimer = timer;
     try {
       session.settings({ initialWindowSize: streamWindow }, () => clearTimeout(timer));
     } catch {

@@ -1,0 +1,41 @@
+// lib/hbone/session-buffer.ts on a real HTTP/2 session pair over loopback.
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { test } from 'node:test';
+import { SessionBuffer } from '../../lib/hbone/session-buffer.ts';
+import { SETTINGS_ACK_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
+import { until } from '../lab/wait.ts';
+
+// A session that closes while its shrunk window is unacknowledged owes no acknowledgement: Node
+// never calls back for it, and the pending timer once counted and logged a settings-timeout for a
+// session that had simply ended (a pool retiring one as its last tunnel closed).
+test('a session closed while its SETTINGS wait for their acknowledgement is not counted as a settings timeout', async (t) => {
+  const timeouts: string[] = [];
+  let throttled = 0;
+  const server = http2.createServer();
+  server.on('stream', (stream) => {
+    stream.pause(); // a reader that does not read: the session goes over its budget of one byte
+    const session = stream.session!;
+    const buffer = new SessionBuffer(session, {
+      budget: 1, streamWindow: 65_535,
+      onThrottled: () => { throttled++; process.nextTick(() => session.destroy()); },
+      onSettingsTimeout: (reason) => timeouts.push(reason),
+    });
+    buffer.watch(stream);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const client = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  client.on('error', () => {});
+  t.after(() => client.destroy());
+  const req = client.request({ ':method': 'POST', ':path': '/' });
+  req.on('error', () => {});
+  req.write(Buffer.alloc(32 * 1024));
+  await until('the session went over its budget and was closed', () => throttled === 1, 5_000);
+  // Nothing to wait for but the acknowledgement deadline itself: it must pass with no timeout.
+  await new Promise((r) => setTimeout(r, SETTINGS_ACK_TIMEOUT_MS + 500));
+  assert.deepEqual(timeouts, []);
+});
