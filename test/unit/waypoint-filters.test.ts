@@ -151,6 +151,8 @@ describe('request mirror bounds', () => {
       for (let i = 0; i < 5; i++) assert.equal((await request(listener.port, { method: 'POST', path: '/a', body: 'x'.repeat(1000), headers: { host: 'reviews.shop.svc.cluster.local:80' } })).status, 200);
       await until('two mirrors held', () => held.length === 2);
       await until('three drops for shadow-a\'s circuit breaker', async () => await dropped('overflow') === 3);
+      const overflows = (await metricSamples(engine, 'weft_waypoint_upstream_overflows_total')).reduce((n, v) => n + v.value, 0);
+      assert.equal(overflows, 0, 'a dropped copy is no request answered 503 (UO)');
       assert.equal(held[0]!.host, 'reviews.shop.svc.cluster.local-shadow:80');
       // Then the waypoint's ceiling (4 in flight): two more to shadow-b, the rest dropped.
       for (let i = 0; i < 5; i++) assert.equal((await request(listener.port, { path: '/b' })).status, 200);

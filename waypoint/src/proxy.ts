@@ -611,7 +611,7 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
     const ep = cluster.pick(env.random);
     if (!ep) return;
     if (!env.mirrors.tryAdmit()) { dropped('max_mirrors'); return; }
-    if (!cluster.beginRequest()) { env.mirrors.release(); dropped('overflow'); return; }
+    if (!cluster.beginRequest(false)) { env.mirrors.release(); dropped('overflow'); return; }
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), MIRROR_TIMEOUT_MS);
     try {

@@ -301,9 +301,16 @@ export class Cluster {
     return this.endpoints.find((e) => e.ip === ip);
   }
 
-  /** maxRequests: admit a request or report overflow. Pair with endRequest(). */
-  beginRequest(): boolean {
-    if (this.activeRequests >= this.settings.maxRequests) { this.overflows++; return false; }
+  /**
+   * maxRequests: admit a request or report overflow (counted: it is answered 503 UO). Pair with
+   * endRequest(). `counted: false` for a mirror copy, which is dropped, not answered, and counted
+   * where it is dropped.
+   */
+  beginRequest(counted = true): boolean {
+    if (this.activeRequests >= this.settings.maxRequests) {
+      if (counted) this.overflows++;
+      return false;
+    }
     this.activeRequests++;
     return true;
   }
