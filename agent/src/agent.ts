@@ -31,6 +31,7 @@ import { HttpStatusError, jsonServer, listen } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { debugThroughAdmin } from '../../lib/debug-http.ts';
+import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import http from 'node:http';
 
 /** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
@@ -153,7 +154,6 @@ export class Agent {
   /** The policies of the last config applied: a new list re-judges the open deliveries. */
   #policies: AgentConfig['policies'] | undefined;
   #workloads: AgentConfig['workloads'] | undefined;
-  #peerAuthentications: AgentConfig['peerAuthentications'] | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -294,7 +294,7 @@ export class Agent {
         source: e.sourceKey, destination: e.dest, heldBytes: e.heldBytes, tunnels: e.tunnels,
       }),
     });
-    this.metrics.watchHbonePool(() => this.pool.stats());
+    registerHbonePoolMetrics(this.metrics.registry, () => this.pool.stats());
     this.delivery = new LocalDelivery({ state: this.state, datapath: this.datapath, metrics: this.metrics, log: this.log });
     this.plaintext = new PlaintextInbound({
       node: o.node, state: this.state, datapath: this.datapath, delivery: this.delivery, metrics: this.metrics, log: this.log, accessLog: this.#accessLog,
@@ -447,12 +447,12 @@ export class Agent {
     // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize). The
     // config stream's client (lib/xds/client.ts) hands over the same array for a kind none of whose
     // resources changed, so comparing references is enough, whatever the size of the config.
-    // So do changed workloads (a pod's labels pick its policies; PeerAuthentication gives its mode:
-    // plaintext opened while a pod was PERMISSIVE must not outlive its turn to STRICT).
-    const changed = this.#policies !== undefined && (config.policies !== this.#policies || config.workloads !== this.#workloads || config.peerAuthentications !== this.#peerAuthentications);
+    // So do changed workloads (a pod's labels pick its policies; its mode and port modes, compiled
+    // from PeerAuthentication into the workload, say STRICT: plaintext opened while a pod was
+    // PERMISSIVE must not outlive its turn to STRICT).
+    const changed = this.#policies !== undefined && (config.policies !== this.#policies || config.workloads !== this.#workloads);
     this.#policies = config.policies;
     this.#workloads = config.workloads;
-    this.#peerAuthentications = config.peerAuthentications;
     if (changed) this.delivery.reauthorize();
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());

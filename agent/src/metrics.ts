@@ -8,8 +8,6 @@ import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { LogBudget, clip, escapeControls, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { OnSidePortRefusal } from './admin.ts';
-import type { HbonePoolStats } from '../../lib/hbone/index.ts';
-import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export type TcpLabels = Record<TrafficLabel, string>;
@@ -190,11 +188,6 @@ export class AgentMetrics {
         }
       },
     });
-  }
-
-  /** weft_hbone_client_session_events_total{event} of the outbound pool (lib/telemetry/hbone-pool.ts). */
-  watchHbonePool(read: () => HbonePoolStats): void {
-    registerHbonePoolMetrics(this.registry, read);
   }
 
   /**

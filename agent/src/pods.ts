@@ -122,6 +122,8 @@ export class PodNetnsResolver {
   resolve(ips: Iterable<string>): Map<string, PodNetns> {
     const wanted = new Set(ips);
     const found = new Map<string, PodNetns>();
+    // Nothing to look for (every pod enrolled through the CNI plugin): no walk of /proc.
+    if (wanted.size === 0) return found;
     const live = new Set<number>();
     const { list, podUids } = this.candidates();
     for (const c of list) {

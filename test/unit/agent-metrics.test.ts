@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AgentMetrics, ConnectionRecord } from '../../agent/src/metrics.ts';
+import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 
 const meta = (name: string) => ({ namespace: 'demo', name, workloadName: name, serviceAccount: name });
 
@@ -55,7 +56,7 @@ test('what destinations do to the outbound HBONE pool\'s sessions is counted by 
     sessionsOpened: 3, sessionsActive: 1, sessionFailures: 1, streamsOpened: 9, streamsActive: 0, streamsRefusedOverLimit: 2,
     sessionsSetupTimedOut: 1, sessionsRetiredNoStreams: 0, sessionsThrottled: 0, sessionsSettingsTimedOut: 0, sessionsPingTimedOut: 1,
   };
-  m.watchHbonePool(() => stats);
+  registerHbonePoolMetrics(m.registry, () => stats);
   const events = async (): Promise<Record<string, number>> => Object.fromEntries((await m.registry.metrics()).split('\n')
     .filter((l) => l.startsWith('weft_hbone_client_session_events_total{'))
     .map((l) => [/event="([a-z_]+)"/.exec(l)![1]!, Number(l.split(' ').pop())]));
