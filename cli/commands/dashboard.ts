@@ -11,13 +11,10 @@ import { targetOptions, type TargetFlags } from './target.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { MeshData, type ClusterMesh } from '../dashboard/data.ts';
 import { dashboardServer } from '../dashboard/server.ts';
-import { LogBudget, clip } from '../../lib/log.ts';
+import { LogBudget, REFUSAL_LOG_PER_SECOND, clip } from '../../lib/log.ts';
 import { DASHBOARD_PORT } from '../install/dashboard.ts';
 import { readLocalClusters } from '../local/multicluster-up.ts';
 import { isRunning, readState } from '../local/up.ts';
-
-/** Refused-request lines a second on stderr. */
-const REFUSAL_LOG_PER_SECOND = 20;
 
 interface DashboardFlags extends TargetFlags {
   address: string;

@@ -13,7 +13,6 @@ import {
 } from './names.ts';
 
 import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
-export { IMAGE_NONROOT_UID };
 
 export const CONTROLLER_RESOURCES = {
   requests: { cpu: '100m', memory: '128Mi' },

@@ -12,7 +12,7 @@ import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k
 import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
 import type { ResolvedInstallOptions } from './options.ts';
 import { WATCHED, clusterRoleAccount } from './rbac.ts';
-import { IMAGE_NONROOT_UID } from './controller.ts';
+import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
 import { labels, selectorLabels } from './names.ts';
 
 export const DASHBOARD_NAME = 'weft-dashboard';

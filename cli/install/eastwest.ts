@@ -17,7 +17,7 @@ import { controllerSpiffeId, POD_PATHS } from '../../lib/defaults.ts';
 import { EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT, LABEL_NETWORK } from '../../lib/model/federation.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import { CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS, TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels } from './names.ts';
-import { IMAGE_NONROOT_UID } from './controller.ts';
+import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
 
 /** Its Deployment, Service and ServiceAccount share the ServiceAccount's (the identity's) name. */
 const EASTWEST_NAME = EASTWEST_SERVICE_ACCOUNT;

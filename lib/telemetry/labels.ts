@@ -184,13 +184,15 @@ export class UnverifiedClaims {
   }
 }
 
+/** A baggage value taken as a label value: no longer than a Kubernetes name, no control characters. */
+const LABEL_VALUE = /^[^\x00-\x1f\x7f]{0,253}$/;
+
 /**
  * WorkloadMeta from a baggage header, if it is complete and its namespace is the one
  * `principal` proves; undefined otherwise (then the reporter labels the peer by its principal).
  * Other members (an application's own baggage) are ignored; `k8s.<kind>.name` of any workload kind
  * is read as the workload name, as ztunnel writes `k8s.deployment.name` and the like.
  */
-const LABEL_VALUE = /^[^\x00-\x1f\x7f]{0,253}$/;
 
 export function peerFromBaggage(header: string | undefined, principal: string | undefined): WorkloadMeta | undefined {
   if (!header || header.length > 8192) return undefined;
