@@ -54,6 +54,9 @@ export class ReplayableBody {
   error: Error | undefined;
   /** Readers opened so far. */
   opened = 0;
+  /** Mirror copies (snapshot()) not yet closed, and whether the exchange itself is over. */
+  private holds = 0;
+  private released = false;
 
   private readonly budget: ReplayBudget | undefined;
 
@@ -97,9 +100,13 @@ export class ReplayableBody {
     this.buffered = 0;
   }
 
-  /** The exchange is over: what was kept goes back to the budget. */
+  /**
+   * The exchange is over: what was kept goes back to the budget, once the mirror copies reading it
+   * (snapshot()) have ended too: until then their bytes stay counted.
+   */
   release(): void {
-    if (!this.overflowed) this.drop();
+    this.released = true;
+    if (this.holds === 0 && !this.overflowed) this.drop();
   }
 
   private settle(): void {
@@ -138,10 +145,19 @@ export class ReplayableBody {
     return new Promise((resolve) => this.endWaiters.push(resolve));
   }
 
-  /** An independent copy of a complete, kept body (for mirrors); undefined otherwise. */
+  /**
+   * An independent copy of a complete, kept body (for mirrors); undefined otherwise. The body's
+   * bytes stay in the replay budget until the copy closes (its reader destroys it when done).
+   */
   snapshot(): Readable | undefined {
     if (!this.ended || this.overflowed || this.error) return undefined;
-    return Readable.from(this.chunks.slice(), { objectMode: false });
+    const copy = Readable.from(this.chunks.slice(), { objectMode: false });
+    this.holds++;
+    copy.once('close', () => {
+      this.holds--;
+      if (this.holds === 0 && this.released && !this.overflowed) this.drop();
+    });
+    return copy;
   }
 }
 

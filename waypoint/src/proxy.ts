@@ -602,16 +602,15 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
     const svc = backendService(snap, backend);
     if (!svc) return;
     const port = backend.port ?? svc.ports[0]?.port ?? 80;
-    let stream: Readable | null = null;
-    if (body) {
-      stream = (await body.whenComplete()) ? body.snapshot() ?? null : null;
-      if (!stream) { dropped('body_not_kept'); return; }
-    }
+    if (body && !(await body.whenComplete())) { dropped('body_not_kept'); return; }
     const cluster = env.cluster(svc, port);
     const ep = cluster.pick(env.random);
     if (!ep) return;
     if (!env.mirrors.tryAdmit()) { dropped('max_mirrors'); return; }
     if (!cluster.beginRequest(false)) { env.mirrors.release(); dropped('overflow'); return; }
+    // Taken once admitted: the copy holds the body's bytes in the replay budget until it ends.
+    const stream = body ? body.snapshot() ?? null : null;
+    if (body && !stream) { cluster.endRequest(); env.mirrors.release(); dropped('body_not_kept'); return; }
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), MIRROR_TIMEOUT_MS);
     try {
@@ -633,6 +632,7 @@ async function sendMirror(env: ProxyEnv, snap: Snapshot, backend: RouteBackend, 
       });
     } finally {
       clearTimeout(timer);
+      stream?.destroy();
       cluster.endRequest();
       env.mirrors.release();
     }
