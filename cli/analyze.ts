@@ -62,6 +62,7 @@ const COMPILE_SEVERITY: Record<string, Severity> = {
   Conflicted: 'Warning',
   RefNotPermitted: 'Warning',
   NoWaypoint: 'Warning',
+  UnsupportedValue: 'Warning',
 };
 
 type Meta = { name?: unknown; namespace?: unknown; labels?: unknown };
@@ -206,10 +207,6 @@ function policyChecks(model: MeshModel, inputs: Inputs, others: Loose[], options
           add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
         }
       }
-    } else if (p.layer === 'L7') {
-      const rule = p.rules.findIndex((r) => r.layer === 'L7');
-      const effect = p.action === 'DENY' ? 'its DENY rules match every connection' : 'its ALLOW rules with L7 attributes never match';
-      add({ severity: 'Warning', code: 'L7PolicyWithoutWaypoint', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: `spec.rules[${rule}]`, message: `L7 rules in a policy the node agents enforce (${p.scope} scope): an agent sees no HTTP, so ${effect} (fail closed); attach it with targetRefs to a Service that uses a waypoint` });
     }
   }
   for (const pa of model.peerAuthentications.values()) {

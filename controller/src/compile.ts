@@ -66,7 +66,7 @@ import {
   type Workload,
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
-import { ruleLayer } from '../../lib/policy/authz.ts';
+import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
 import { grpcMethodPattern } from '../../lib/regex.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
@@ -419,6 +419,15 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const refs = policyTargets(apSpec);
     const targets = refs.length > 0 ? [...new Set(refs.flatMap(({ ref, path }) => {
       const target = nsName(ns, ref.name);
+      // Every waypoint of the mesh (Istio: a root-namespace policy targeting GatewayClass
+      // istio-waypoint); elsewhere such a target attaches to nothing, as in Istio, and says so.
+      if (ref.kind === 'GatewayClass') {
+        if (ns !== rootNamespace) {
+          findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `a GatewayClass target applies only to a policy in the root namespace (${rootNamespace}); this policy applies nowhere` });
+          return [];
+        }
+        return [...model.services.values()].filter((svc) => svc.waypoint && svc.waypoint.cluster === undefined).map((svc) => nsName(svc.namespace, svc.name)).sort();
+      }
       if (ref.kind === 'Service') {
         if (!model.services.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
         return [target];
@@ -441,6 +450,12 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
       layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
     };
     model.policies.set(key, compiled);
+    // Enforced by agents, which see no HTTP (Istio's ztunnel reports the same, UnsupportedValue):
+    // an ALLOW rule with L7 attributes never matches there; a DENY rule denies by its L4 parts.
+    if (!targets) {
+      const found = [...new Set(rules.flatMap(ruleL7Attributes))].sort();
+      if (found.length > 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${rules.findIndex((r) => r.layer === 'L7')}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
+    }
   }
 
   // Traffic policies: one per service; with several, the oldest wins (Gateway API policy

@@ -281,14 +281,14 @@ export interface CompiledRule {
 export type PolicyScope =
   /**
    * In the root namespace: every workload in the mesh, or with `selector` every matching workload
-   * in every namespace (Istio's root-namespace rule).
+   * in every namespace (Istio's root-namespace rule). Enforced by agents.
    */
   | 'mesh'
-  /** No selector: every workload in its namespace. */
+  /** No selector: every workload in its namespace. Enforced by agents. */
   | 'namespace'
-  /** selector.matchLabels: matching workloads in its namespace. */
+  /** selector.matchLabels: matching workloads in its namespace. Enforced by agents. */
   | 'workload'
-  /** targetRefs: the named Services, enforced by their waypoint. */
+  /** targetRefs: the named Services (or a waypoint's, or every waypoint's), enforced by their waypoint only. */
   | 'service';
 
 export interface AuthorizationPolicy {

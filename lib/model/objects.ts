@@ -190,6 +190,14 @@ export interface PolicyTargetRef {
 }
 
 /**
+ * GatewayClass names an AuthorizationPolicy in the root namespace may target to apply at every
+ * waypoint of the mesh: Weft's, and Istio's spelling (pilot/pkg/model/policyattachment.go: a
+ * root-namespace policy targeting GatewayClass `istio-waypoint`), so that such a policy means here
+ * what it means in Istio.
+ */
+export const WAYPOINT_GATEWAY_CLASSES: readonly string[] = ['weft-waypoint', 'istio-waypoint'];
+
+/**
  * An AuthorizationPolicy's targets with the field path of each (Istio model.GetTargetRefs):
  * `targetRefs` when it lists something, else the singular `targetRef`; none means a selector or
  * namespace policy.

@@ -7,7 +7,7 @@ import { isIP } from 'node:net';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
-import { KINDS, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
+import { KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
 
 export type { ValidationIssue };
@@ -536,7 +536,7 @@ function selector(c: Checker, v: unknown, path: string): void {
 }
 
 /** The kinds an AuthorizationPolicy may target, each with its API group. */
-const POLICY_TARGET_GROUPS: Record<string, string> = { Service: '', Waypoint: 'weft.dev', Gateway: 'gateway.networking.k8s.io' };
+const POLICY_TARGET_GROUPS: Record<string, string> = { Service: '', Waypoint: 'weft.dev', Gateway: 'gateway.networking.k8s.io', GatewayClass: 'gateway.networking.k8s.io' };
 
 function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
@@ -547,14 +547,16 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const refs = c.arr(spec.targetRefs, 'spec.targetRefs');
   if (refs && refs.length > 0 && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
   if (spec.targetRef !== undefined && (spec.selector !== undefined || (refs && refs.length > 0))) c.fail('spec.targetRef', 'cannot be combined with spec.selector or spec.targetRefs (only one of selector, targetRef, targetRefs)');
-  // A Service, or the whole waypoint: a weft.dev Waypoint, or a Gateway as Istio names its waypoint.
+  // A Service, or the whole waypoint: a weft.dev Waypoint, or a Gateway as Istio names its waypoint;
+  // in the root namespace, every waypoint: GatewayClass weft-waypoint (istio-waypoint).
   const targetRef = (ro: Json, p: string) => {
     c.only(ro, p, ['group', 'kind', 'name']);
     const kind = c.str(ro.kind, `${p}.kind`, { required: true, oneOf: Object.keys(POLICY_TARGET_GROUPS) });
     const group = POLICY_TARGET_GROUPS[kind ?? 'Service'] ?? '';
     c.str(ro.group, `${p}.group`, { oneOf: [group] });
     if (group !== '' && ro.group === undefined) c.fail(`${p}.group`, `a ${kind} target needs group "${group}"`);
-    c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: `a ${kind ?? 'Service'} name` });
+    if (kind === 'GatewayClass') c.str(ro.name, `${p}.name`, { required: true, oneOf: [...WAYPOINT_GATEWAY_CLASSES] });
+    else c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: `a ${kind ?? 'Service'} name` });
   };
   refs?.forEach((r, i) => {
     const ro = c.obj(r, `spec.targetRefs[${i}]`, true);

@@ -316,11 +316,22 @@ function compileRule(rule: CompiledRule, path: string): CompiledRulePredicates {
 
 /** The layer a rule needs: L7 when any of its fields or conditions is one only a request shows. */
 export function ruleLayer(rule: Pick<CompiledRule, 'from' | 'to' | 'when'>): PolicyLayer {
-  const fields = (o: object, table: Readonly<Record<string, FieldSpec>>) =>
-    Object.keys(o).some((f) => table[positiveField(f) ?? f]?.layer === 'L7');
-  if (rule.from.some((s) => fields(s, SOURCE_FIELDS))) return 'L7';
-  if (rule.to.some((o) => fields(o, OPERATION_FIELDS))) return 'L7';
-  return rule.when.some((c) => { const k = conditionKey(c.key); return 'spec' in k && k.spec.layer === 'L7'; }) ? 'L7' : 'L4';
+  return ruleL7Attributes(rule).length > 0 ? 'L7' : 'L4';
+}
+
+/** The attributes of a rule that only an L7 enforcement point sees (field names and condition keys), sorted. */
+export function ruleL7Attributes(rule: Pick<CompiledRule, 'from' | 'to' | 'when'>): string[] {
+  const found = new Set<string>();
+  const fields = (o: object, table: Readonly<Record<string, FieldSpec>>) => {
+    for (const f of Object.keys(o)) if (table[positiveField(f) ?? f]?.layer === 'L7') found.add(f);
+  };
+  for (const s of rule.from) fields(s, SOURCE_FIELDS);
+  for (const o of rule.to) fields(o, OPERATION_FIELDS);
+  for (const c of rule.when) {
+    const k = conditionKey(c.key);
+    if ('spec' in k && k.spec.layer === 'L7') found.add(c.key);
+  }
+  return [...found].sort();
 }
 
 interface CompiledPolicy {
@@ -399,17 +410,14 @@ function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: Polic
 }
 
 /**
- * Does a policy apply to a Service at its waypoint? Service-targeted policies to their Services;
- * namespace policies to the Services of their namespace; mesh policies (root namespace, no
- * selector) everywhere. Selector policies are the agents' (Istio ambient: ztunnel enforces them).
+ * Does a policy apply to a Service at its waypoint? Only a policy attached by `targetRefs`: to the
+ * Service, or to the whole waypoint (the controller lists that waypoint's Services). As in Istio
+ * (pilot/pkg/model/policyattachment.go, ShouldAttachPolicy: "waypoints never use selector"),
+ * namespace-wide, root-namespace and selector policies are the destination agents', which judge
+ * the waypoint as the peer (and, for DENY, the caller it carries: agent/src/delivery.ts).
  */
 export function appliesToService(p: AuthorizationPolicy, service: string): boolean {
-  switch (p.scope) {
-    case 'service': return p.targetServices?.includes(service) ?? false;
-    case 'namespace': return service.startsWith(`${p.namespace}/`);
-    case 'mesh': return p.selector === undefined;
-    case 'workload': return false;
-  }
+  return p.scope === 'service' && (p.targetServices?.includes(service) ?? false);
 }
 
 /** One config version's policies for a waypoint, compiled once, listed per Service on first use. */

@@ -182,6 +182,29 @@ test('an always-failing endpoint is ejected by outlier detection and comes back 
 });
 
 // Last: it stops the waypoint.
+// Istio's pattern for a namespace behind a waypoint: a namespace-wide ALLOW naming only the
+// waypoint's identity. A waypoint applies only policies attached by targetRefs (istio/istio
+// pilot/pkg/model/policyattachment.go: "waypoints never use selector"), and the destination's agent,
+// as ztunnel, judges the waypoint as the peer
+// (https://istio.io/latest/docs/ambient/usage/l4-policy/, "Considerations for waypoints"), so every
+// client passes through the waypoint. (Before, Weft's waypoint also judged the client by it: 403.)
+test('a namespace-wide ALLOW naming only the waypoint\'s identity admits clients through the waypoint, as in Istio: the waypoint applies only targetRefs policies, the agent judges the waypoint', async () => {
+  const policies = async (node: string) => (await mesh.agentAdmin<{ config: { policies: Array<{ name: string }> } | null }>(node, '/config_dump')).config?.policies ?? [];
+  const inForce = async () => (await Promise.all(['node1', 'node2'].map(policies))).every((ps) => ps.some((p) => p.name === 'only-waypoint'));
+  mesh.writeConfig('30-only-waypoint.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'only-waypoint', namespace: 'shop' },
+    spec: { action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/waypoint'] } }] }] },
+  }]);
+  try {
+    await until('both agents hold the namespace policy', inForce, 30_000, { intervalMs: 200 });
+    const answers = await requests(10);
+    assert.deepEqual(answers.map((a) => a.status), Array(10).fill(200), JSON.stringify(answers));
+  } finally {
+    mesh.removeConfig('30-only-waypoint.yaml');
+    await until('the namespace policy is gone from both agents', async () => !(await Promise.all(['node1', 'node2'].map(policies))).some((ps) => ps.some((p) => p.name === 'only-waypoint')), 30_000, { intervalMs: 200 });
+  }
+});
+
 test('with its waypoint killed, traffic that must pass it fails closed and fast, never bypassing L7 policy, and the agent says why', async () => {
   const wp = mesh.workloads.get('shop/waypoint-0')!;
   wp.process!.kill('SIGKILL');

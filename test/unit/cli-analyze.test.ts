@@ -84,9 +84,9 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     findings: [],
   },
   {
-    name: 'L7 rules in a workload-selector policy fail closed at the node agents',
+    name: 'L7 rules in a workload-selector policy fail closed at the node agents (Istio ZtunnelAccepted UnsupportedValue)',
     objects: () => [...shop(), authz('shop', 'get-only', { selector: { matchLabels: { app: 'ratings' } }, action: 'ALLOW', rules: [{ to: [{ operation: { methods: ['GET'] } }] }] })],
-    findings: [/^Warning \[L7PolicyWithoutWaypoint\] AuthorizationPolicy shop\/get-only spec\.rules\[0\] .*ALLOW rules with L7 attributes never match \(fail closed\)/],
+    findings: [/^Warning \[UnsupportedValue\] AuthorizationPolicy shop\/get-only spec\.rules\[0\] .*found: methods.*never match, which allows less than written/],
   },
   {
     name: 'a targetRefs policy on a Service without waypoint is enforced by nothing',

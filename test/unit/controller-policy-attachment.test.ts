@@ -113,3 +113,69 @@ test('targetRefs to a Waypoint (or, as Istio writes it, a Gateway of that name) 
   const entry = validateObject(authz('shop', 'se', { targetRefs: [{ group: 'networking.istio.io', kind: 'ServiceEntry', name: 'x' }], rules: [{}] }));
   assert.deepEqual(entry.map((i) => i.path).sort(), ['spec.targetRefs[0].group', 'spec.targetRefs[0].kind']);
 });
+
+// Istio (pilot/pkg/model/policyattachment.go ShouldAttachPolicy): "waypoints never use selector".
+// A waypoint applies only policies attached by targetRefs; a namespace-wide or root-namespace
+// policy without them is enforced by the destination's agent (ztunnel), which judges the waypoint
+// as the peer. So Istio's pattern of a namespace-wide ALLOW naming only the waypoint's identity
+// admits every client through the waypoint, and refuses a client that goes around it.
+test('a waypoint applies no namespace-wide or mesh-wide policy (Istio: only targetRefs); the agent judges the waypoint as the peer, so the namespace ALLOW of the waypoint\'s identity admits it and refuses a client that goes around it', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  inputs.pods.push(pod('shop', 'db', { labels: { app: 'db' }, ip: '10.1.8.8' }));
+  inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.61'));
+  inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  inputs.authorizationPolicies.push(
+    authz('shop', 'only-waypoint', { action: 'ALLOW', rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/wp'] } }] }] }),
+    authz('weft-system', 'mesh-deny-debug', { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9999'] } }] }] }),
+  );
+  const { model } = compile(inputs);
+  const table = new PolicyTable([...model.policies.values()]);
+  const request = { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationIp: '10.96.0.61', destinationPort: 80, method: 'GET', path: '/', host: 'db', headers: {} };
+  assert.equal(table.evaluate('shop/db', request).allowed, true, 'the waypoint does not judge the client by the namespace ALLOW');
+  assert.equal(table.evaluate('shop/db', { ...request, destinationPort: 9999 }).allowed, true, 'nor by the mesh-wide DENY (the agents\' policy)');
+
+  const state = new AgentState('node-a');
+  state.apply({ node: 'node-a', workloads: [...model.workloads.values()], services: [...model.services.values()], policies: [...model.policies.values()], peerAuthentications: [], waypoints: [] });
+  const lines: string[] = [];
+  const log: Logger = { debug() {}, info: (msg) => lines.push(msg), warn: (msg) => lines.push(msg), error: (msg) => lines.push(msg) };
+  const delivery = new LocalDelivery({ state, metrics: new AgentMetrics(), log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  const db = state.localWorkload('10.1.8.8')!;
+  const viaWaypoint = { sourcePrincipal: 'spiffe://cluster.local/ns/shop/sa/wp', sourceNamespace: 'shop', sourceIp: '10.1.9.9' };
+  assert.doesNotThrow(() => delivery.authorize(db, 8080, viaWaypoint, CLIENT), 'the waypoint, carrying the client, is admitted');
+  assert.throws(() => delivery.authorize(db, 8080, { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1' }), (e: unknown) => e instanceof DeniedError && e.policy === 'shop/only-waypoint', 'the client going around the waypoint is refused, naming the policy');
+  assert.throws(() => delivery.authorize(db, 9999, viaWaypoint, CLIENT), (e: unknown) => e instanceof DeniedError && e.policy === 'weft-system/mesh-deny-debug');
+  assert.ok(lines.includes('connection denied'));
+});
+
+test('a root-namespace policy targeting GatewayClass istio-waypoint (or weft-waypoint) applies at every waypoint (Istio); elsewhere it applies nowhere and says so; another class name is refused at its field', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('bank', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.61'), svc('bank', 'vault', { app: 'vault' }, '10.96.0.62'));
+  inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  const ref = (name: string) => ({ targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'GatewayClass', name }], action: 'DENY' as const, rules: [{ to: [{ operation: { paths: ['/debug*'] } }] }] });
+  inputs.authorizationPolicies.push(authz('weft-system', 'istio-class', ref('istio-waypoint')), authz('weft-system', 'weft-class', ref('weft-waypoint')), authz('shop', 'not-root', ref('istio-waypoint')));
+  for (const p of inputs.authorizationPolicies) assert.deepEqual(validateObject(p), [], p.metadata.name);
+  const { model, findings } = compile(inputs);
+  for (const name of ['weft-system/istio-class', 'weft-system/weft-class']) assert.deepEqual(model.policies.get(name)?.targetServices, ['shop/db'], `${name}: every Service that uses a waypoint`);
+  assert.deepEqual(model.policies.get('shop/not-root')?.targetServices, []);
+  assert.deepEqual(findings.filter((f) => f.reason === 'TargetNotFound').map((f) => `${f.namespace}/${f.name} ${f.path}`), ['shop/not-root spec.targetRefs[0].name']);
+  const other = validateObject(authz('weft-system', 'other', ref('my-class')));
+  assert.deepEqual(other.map((i) => i.path), ['spec.targetRefs[0].name']);
+});
+
+// Istio reports a ztunnel-enforced policy with HTTP attributes as ZtunnelAccepted, reason
+// UnsupportedValue ("ztunnel does not support HTTP attributes (found: ...)"); Weft's agents are in
+// the same place and the controller reports the same reason, at the first such rule.
+test('a policy the agents enforce (no targetRefs) that uses HTTP attributes is reported UnsupportedValue, naming the attributes and what it does at L4', () => {
+  const deny = mesh(authz('shop', 'no-admin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['other'] } }] }, { to: [{ operation: { paths: ['/admin*'], methods: ['POST'] } }] }] }));
+  const f = deny.findings.filter((x) => x.reason === 'UnsupportedValue');
+  assert.deepEqual(f.map((x) => `${x.name} ${x.path}`), ['no-admin spec.rules[1]']);
+  assert.match(f[0]!.message, /found: methods, paths/);
+  assert.match(f[0]!.message, /DENY is enforced without its HTTP attributes/);
+  const allow = mesh(authz('shop', 'get-only', { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ to: [{ operation: { methods: ['GET'] } }] }] }));
+  assert.match(allow.findings.find((x) => x.reason === 'UnsupportedValue')!.message, /never match/);
+  assert.equal(allow.connect(), 'denied by shop/get-only', 'fails closed at the agent');
+  const attached = mesh(authz('shop', 'at-waypoint', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], action: 'ALLOW', rules: [{ to: [{ operation: { methods: ['GET'] } }] }] }));
+  assert.equal(attached.findings.filter((x) => x.reason === 'UnsupportedValue').length, 0, 'a waypoint sees HTTP');
+});

@@ -74,6 +74,7 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
     route('shop', 'reviews', 'reviews', [{ name: 'reviews' }, { name: 'front', namespace: 'web' }]),
     authz('shop', 'reviews-only', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }),
     authz('weft-system', 'mesh-wide', { action: 'DENY', rules: [{ to: [{ operation: { ports: ['9999'] } }] }] }),
+    authz('weft-system', 'every-waypoint', { targetRefs: [{ group: 'gateway.networking.k8s.io', kind: 'GatewayClass', name: 'istio-waypoint' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/debug*'] } }] }] }),
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'reviews', namespace: 'shop' }, spec: { targetRef: { group: '', kind: 'Service', name: 'reviews' }, timeouts: { request: '1s' } } },
   ];
@@ -92,6 +93,10 @@ test('waypointHolds answers exactly as waypointView, for every resource type and
   // The fixture exercises what makes the answers differ: a cross-namespace backend, a mesh-wide policy, every address.
   assert.ok(waypointHolds(ix, 'shop', 'Service', 'web/front') && !waypointHolds(ix, 'shop', 'Service', 'web/other'));
   assert.ok(all.Route.size > 0 && all.TrafficPolicy.size > 0 && all.PeerAuthentication.size > 0);
-  assert.ok([...all.AuthorizationPolicy.keys()].some((k) => waypointHolds(ix, 'web', 'AuthorizationPolicy', k)), 'the mesh-wide policy reaches every waypoint');
+  // Istio (policyattachment.go): a waypoint gets only policies attached by targetRefs, among them a
+  // root-namespace GatewayClass target; a mesh-wide policy without targetRefs is the agents'.
+  assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/every-waypoint'), 'a GatewayClass target reaches the waypoints');
+  assert.ok(waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'shop/reviews-only'));
+  assert.ok(!waypointHolds(ix, 'shop', 'AuthorizationPolicy', 'weft-system/mesh-wide') && !waypointHolds(ix, 'web', 'AuthorizationPolicy', 'weft-system/mesh-wide'), 'a mesh-wide policy without targetRefs reaches no waypoint');
   assert.equal([...all.AddressOwner.keys()].filter((k) => waypointHolds(ix, 'web', 'AddressOwner', k)).length, 3, 'every workload address, enrolled or not');
 });

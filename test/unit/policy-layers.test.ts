@@ -20,6 +20,10 @@ function rule(r: Partial<Omit<CompiledRule, 'layer'>>): CompiledRule {
 function policy(name: string, action: AuthorizationPolicy['action'], rules: CompiledRule[]): AuthorizationPolicy {
   return { name, namespace: 'shop', action, scope: 'namespace', rules, layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4' };
 }
+/** The same policies attached to the Service at its waypoint (Istio: a waypoint applies only policies whose targetRefs reach it). */
+function atWaypoint(policies: AuthorizationPolicy[]): PolicyTable {
+  return new PolicyTable(policies.map((p) => ({ ...p, scope: 'service', targetServices: [SVC] })));
+}
 
 const conn: ConnectionAttributes = { sourcePrincipal: CALLER, sourceIp: '10.77.1.4', destinationIp: '10.96.0.10', destinationPort: 80 };
 const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', path: '/', host: 'reviews.shop', headers: {}, ...r });
@@ -168,7 +172,7 @@ function connectionPart(r: RequestAttributes): ConnectionAttributes {
 describe('one policy table, every enforcement point', () => {
   for (const c of CASES) {
     it(c.name, () => {
-      const table = new PolicyTable(c.policies);
+      const table = atWaypoint(c.policies);
       const l7 = table.evaluate(SVC, c.request);
       assert.equal(l7.allowed, c.l7, `waypoint L7: ${l7.reason}`);
       assert.equal(evaluate(c.policies, c.request).allowed, c.l7, 'evaluate() at L7 agrees');
@@ -195,7 +199,7 @@ describe('a policy a data plane cannot compile', () => {
   // (pilot/pkg/security/authz/builder/builder.go); Weft's engine denies what the policy applies to.
   it('with an action it does not know fails closed at every enforcement point, and says why', () => {
     const custom = policy('ext-authz', 'CUSTOM' as AuthorizationPolicy['action'], [rule({})]);
-    const table = new PolicyTable([custom]);
+    const table = atWaypoint([custom]);
     assert.equal(table.errors.length, 1);
     assert.match(table.errors[0]!.error.message, /"CUSTOM" is not ALLOW, DENY or AUDIT/);
     for (const d of [table.evaluate(SVC, req()), table.evaluate(SVC, conn), evaluate([custom], conn)]) {
@@ -230,19 +234,19 @@ describe('validation and the data planes share one vocabulary', () => {
     for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
       const neg = `not${field[0]!.toUpperCase()}${field.slice(1)}`;
       assert.deepEqual(validateObject(ap([{ from: [{ source: { [field]: [sample[spec.kind]], [neg]: [sample[spec.kind]] } }] }])), [], field);
-      const t = new PolicyTable([policy('p', 'DENY', [rule({ from: [{ [field]: [sample[spec.kind]!], [neg]: [sample[spec.kind]!] }] })])]);
+      const t = atWaypoint([policy('p', 'DENY', [rule({ from: [{ [field]: [sample[spec.kind]!], [neg]: [sample[spec.kind]!] }] })])]);
       assert.deepEqual(t.errors, [], field);
     }
     for (const [field, spec] of Object.entries(OPERATION_FIELDS)) {
       const v = spec.kind === 'port' ? 80 : sample[spec.kind]!;
       assert.deepEqual(validateObject(ap([{ to: [{ operation: { [field]: [v] } }] }])), [], field);
-      const t = new PolicyTable([policy('p', 'DENY', [rule({ to: [{ [field]: [v] }] })])]);
+      const t = atWaypoint([policy('p', 'DENY', [rule({ to: [{ [field]: [v] }] })])]);
       assert.deepEqual(t.errors, [], field);
     }
     for (const [key, spec] of Object.entries(CONDITION_KEYS)) {
       const k = spec.arg ? `${key}[x-a]` : key;
       assert.deepEqual(validateObject(ap([{ when: [{ key: k, values: [sample[spec.kind]] }] }])), [], k);
-      const t = new PolicyTable([policy('p', 'DENY', [rule({ when: [{ key: k, values: [sample[spec.kind]!] }] })])]);
+      const t = atWaypoint([policy('p', 'DENY', [rule({ when: [{ key: k, values: [sample[spec.kind]!] }] })])]);
       assert.deepEqual(t.errors, [], k);
       assert.equal(t.evaluate(SVC, req()).allowed !== undefined, true);
     }

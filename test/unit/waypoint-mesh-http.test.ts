@@ -81,7 +81,7 @@ describe('a waypoint under mesh-wide settings', () => {
   });
 
   const DENY_ADMIN: AuthorizationPolicy = {
-    name: 'deny-admin', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+    name: 'deny-admin', namespace: 'shop', scope: 'service', targetServices: ['shop/reviews'], action: 'DENY', layer: 'L7',
     rules: [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }],
   };
 
@@ -110,7 +110,7 @@ describe('a waypoint under mesh-wide settings', () => {
     assert.equal(remoteIpOf('junk, 203.0.113.1', '10.0.0.1', 1), '10.0.0.1');
 
     const denyBlocked: AuthorizationPolicy = {
-      name: 'deny-blocked', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+      name: 'deny-blocked', namespace: 'shop', scope: 'service', targetServices: ['shop/reviews'], action: 'DENY', layer: 'L7',
       rules: [{ from: [{ remoteIpBlocks: ['198.51.100.0/24'] }], to: [], when: [], layer: 'L7' }],
     };
     // One trusted proxy in front appended the real client (198.51.100.7) after what the client

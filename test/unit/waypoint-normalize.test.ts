@@ -117,7 +117,7 @@ function responseComplete(out: string): boolean {
 }
 
 const DENY_ADMIN: AuthorizationPolicy = {
-  name: 'deny-admin', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+  name: 'deny-admin', namespace: 'shop', scope: 'service', targetServices: ['shop/reviews'], action: 'DENY', layer: 'L7',
   rules: [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }],
 };
 
@@ -172,7 +172,7 @@ describe('DENY paths ["/admin*"] behind a waypoint (issue 16 path tricks)', () =
   // backend decodes both to one path), so a DENY written with either spelling refuses both.
   it('holds a DENY on a path with a character RFC 3986 wants encoded for both of its spellings', async () => {
     const deny: AuthorizationPolicy = {
-      name: 'deny-secret', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+      name: 'deny-secret', namespace: 'shop', scope: 'service', targetServices: ['shop/reviews'], action: 'DENY', layer: 'L7',
       rules: [{ from: [], to: [{ paths: ['/files/%7Bsecret%7D', '/q/a|b'] }], when: [], layer: 'L7' }],
     };
     const { engine, listener } = await start('BASE', [deny]);

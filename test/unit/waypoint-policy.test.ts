@@ -101,13 +101,20 @@ describe('policy table (waypoint scoping)', () => {
     assert.equal(t.evaluate(svc, base).allowed, false);
   });
 
-  it('applies namespace policies to the services of their namespace only, and skips selector policies', () => {
+  // Istio (pilot/pkg/model/policyattachment.go ShouldAttachPolicy: "waypoints never use selector"):
+  // a waypoint applies only policies whose targetRefs reach it. A namespace-wide policy, with or
+  // without a selector, and a root-namespace one are the destination agents' (ztunnel's), which
+  // judge the waypoint as the peer.
+  it('applies only policies attached by targetRefs: namespace-wide, mesh-wide and selector policies are the agents\'', () => {
     const ns: AuthorizationPolicy = { name: 'ns', namespace: 'shop', action: 'DENY', scope: 'namespace', rules: [{ from: [], to: [{ paths: ['/x'] }], when: [], layer: 'L7' }], layer: 'L7' };
+    const mesh: AuthorizationPolicy = { ...ns, name: 'mesh', namespace: 'weft-system', scope: 'mesh' };
     const wl: AuthorizationPolicy = { ...ns, name: 'wl', scope: 'workload', selector: { app: 'reviews' }, rules: [{ from: [], to: [], when: [], layer: 'L4' }] };
-    const t = new PolicyTable([ns, wl]);
-    assert.equal(t.evaluate(svc, { ...base, path: '/x' }).allowed, false);
+    const t = new PolicyTable([ns, mesh, wl]);
+    assert.equal(t.evaluate(svc, { ...base, path: '/x' }).allowed, true);
     assert.equal(t.evaluate(svc, base).allowed, true);
-    assert.equal(t.evaluate('web/front', { ...base, path: '/x' }).allowed, true);
+    const attached = new PolicyTable([{ ...ns, scope: 'service', targetServices: [svc] }]);
+    assert.equal(attached.evaluate(svc, { ...base, path: '/x' }).allowed, false);
+    assert.equal(attached.evaluate('web/front', { ...base, path: '/x' }).allowed, true);
   });
 
   it('fails closed on a policy it cannot compile and reports the field (a controller/waypoint version skew)', () => {

@@ -315,7 +315,7 @@ describe('remote.ip is the last X-Forwarded-For address at the waypoint (Istio r
     engine.applyConfig(config({
       services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
       policies: [{
-        name: 'no-doc-net', namespace: 'shop', scope: 'namespace', action: 'DENY', layer: 'L7',
+        name: 'no-doc-net', namespace: 'shop', scope: 'service', targetServices: ['shop/reviews'], action: 'DENY', layer: 'L7',
         rules: [{ from: [], to: [], when: [{ key: 'remote.ip', values: ['203.0.113.0/24'] }], layer: 'L7' }],
       }],
     }));

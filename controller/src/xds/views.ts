@@ -6,7 +6,7 @@
 // namespace's services, routes, traffic policies and policies (plus the services its routes send
 // to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { policySelectsWorkload, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
+import { policySelectsWorkload, type AuthorizationPolicy, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -141,7 +141,7 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
       return inNs(m.trafficPolicies);
     case 'AuthorizationPolicy': {
       const out: string[] = [];
-      for (const [k, p] of m.policies) if (p.namespace === namespace || p.scope === 'mesh') out.push(k);
+      for (const [k, p] of m.policies) if (waypointApplies(p, namespace)) out.push(k);
       return out;
     }
     case 'PeerAuthentication':
@@ -151,6 +151,15 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
       // (imported for callers here) is not itself.
       return inNs(m.waypoints).filter((k) => m.waypoints.get(k)!.cluster === undefined);
   }
+}
+
+/**
+ * The policies the waypoint of `namespace` applies: those attached by targetRefs to one of its
+ * namespace's Services (a root-namespace GatewayClass target among them). Namespace-wide, mesh-wide
+ * and selector policies are the agents' (lib/policy/authz.ts appliesToService).
+ */
+function waypointApplies(p: AuthorizationPolicy, namespace: string): boolean {
+  return p.scope === 'service' && (p.targetServices?.some((s) => s.startsWith(`${namespace}/`)) ?? false);
 }
 
 /**
@@ -176,7 +185,7 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
       return m.trafficPolicies.get(name)?.namespace === namespace;
     case 'AuthorizationPolicy': {
       const p = m.policies.get(name);
-      return p !== undefined && (p.namespace === namespace || p.scope === 'mesh');
+      return p !== undefined && waypointApplies(p, namespace);
     }
     case 'PeerAuthentication':
       return m.peerAuthentications.get(name)?.namespace === namespace;
