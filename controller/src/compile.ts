@@ -415,7 +415,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);
     const apSpec = ap.spec ?? {};
-    const rules = (apSpec.rules ?? []).map(compileRule);
+    const rules = (apSpec.rules ?? []).map((r) => compileRule(r, ns));
     const refs = policyTargets(apSpec);
     const targets = refs.length > 0 ? [...new Set(refs.flatMap(({ ref, path }) => {
       const target = nsName(ns, ref.name);
@@ -955,12 +955,19 @@ function stripScheme(list: string[] | undefined): string[] | undefined {
   return nonEmpty(list?.map((s) => (s.startsWith('spiffe://') ? s.slice('spiffe://'.length) : s)));
 }
 
-function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number]): CompiledRule {
+/** Istio's `serviceAccounts` values as `<namespace>/<name>`: a bare name is in the policy's namespace. */
+function inNamespace(list: string[] | undefined, ns: string): string[] | undefined {
+  return nonEmpty(list?.map((v) => (v.includes('/') ? v : `${ns}/${v}`)));
+}
+
+function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number], ns: string): CompiledRule {
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: stripScheme(s.principals),
     notPrincipals: stripScheme(s.notPrincipals),
     namespaces: nonEmpty(s.namespaces),
     notNamespaces: nonEmpty(s.notNamespaces),
+    serviceAccounts: inNamespace(s.serviceAccounts, ns),
+    notServiceAccounts: inNamespace(s.notServiceAccounts, ns),
     ipBlocks: nonEmpty(s.ipBlocks),
     notIpBlocks: nonEmpty(s.notIpBlocks),
     remoteIpBlocks: nonEmpty(s.remoteIpBlocks),
@@ -976,7 +983,9 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     hosts: nonEmpty(o.hosts),
     notHosts: nonEmpty(o.notHosts),
   }));
-  const when = (rule.when ?? []).map((c) => clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) }));
+  const when = (rule.when ?? []).map((c) => (c.key === 'source.serviceAccount'
+    ? clean({ key: c.key, values: inNamespace(c.values, ns), notValues: inNamespace(c.notValues, ns) })
+    : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
   return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 

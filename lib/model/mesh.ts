@@ -240,6 +240,9 @@ export interface CompiledSource {
   notPrincipals?: string[];
   namespaces?: string[];
   notNamespaces?: string[];
+  /** `<namespace>/<name>`: the controller writes in the policy's namespace where it was left out. */
+  serviceAccounts?: string[];
+  notServiceAccounts?: string[];
   /** CIDRs (a bare address becomes /32 or /128). */
   ipBlocks?: string[];
   notIpBlocks?: string[];

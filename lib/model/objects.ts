@@ -212,6 +212,9 @@ export interface AuthorizationSource {
   notPrincipals?: string[];
   namespaces?: string[];
   notNamespaces?: string[];
+  /** `<name>` (the policy's namespace) or `<namespace>/<name>` (Istio; not with principals or namespaces). */
+  serviceAccounts?: string[];
+  notServiceAccounts?: string[];
   ipBlocks?: string[];
   notIpBlocks?: string[];
   /** The client address from X-Forwarded-For (a waypoint sees it; L7). */

@@ -576,6 +576,7 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       if (!fo) return;
       c.only(fo, fp, ['source']);
       policyFields(c, fo.source, `${fp}.source`, SOURCE_FIELDS);
+      serviceAccountRules(c, fo.source, `${fp}.source`);
     });
     c.arr(ro.to, `${p}.to`)?.forEach((t, j) => {
       const tp = `${p}.to[${j}]`;
@@ -625,6 +626,18 @@ function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Reco
       continue;
     }
     c.strList(o[f], fp, (s, vp) => policyValue(c, spec, s, vp), { nonEmpty: true });
+  }
+}
+
+/** Istio: `serviceAccounts` (or its negation) stands alone, without principals or namespaces, and lists at most 16. */
+function serviceAccountRules(c: Checker, v: unknown, path: string): void {
+  if (typeof v !== 'object' || v === null) return;
+  const o = v as Record<string, unknown>;
+  for (const f of ['serviceAccounts', 'notServiceAccounts']) {
+    if (o[f] === undefined) continue;
+    if (Array.isArray(o[f]) && o[f].length > 16) c.fail(`${path}.${f}`, `lists ${o[f].length} service accounts; at most 16`);
+    const other = ['principals', 'notPrincipals', 'namespaces', 'notNamespaces'].find((k) => o[k] !== undefined);
+    if (other) c.fail(`${path}.${f}`, `cannot be combined with ${other} (Istio)`);
   }
 }
 

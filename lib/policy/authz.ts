@@ -19,7 +19,7 @@
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
 import { encodeRawPathChars, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
-import { OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
+import { OPERATION_FIELDS, PATH_MATCH_ANY, PATH_MATCH_ONE, PATH_TEMPLATE_LITERAL, SOURCE_FIELDS, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
   /** Peer SPIFFE ID (spiffe://td/ns/x/sa/y), absent for plaintext. */
@@ -80,6 +80,32 @@ export function globMatch(pattern: string, value: string | undefined, starMatche
   if (pattern.endsWith('*')) return value.startsWith(pattern.slice(0, -1));
   if (pattern.startsWith('*')) return value.endsWith(pattern.slice(1));
   return pattern === value;
+}
+
+const escapeRegex = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * A path template (Istio's `{*}` and `{**}`) as Envoy's uri_template matches it: the whole path
+ * (query aside), `{*}` one or more characters of a path segment, `{**}` any characters including
+ * `/` (possibly none), everything else literally. Validation allows one `{**}`, last, and literal
+ * segments of path characters only, so the expression cannot backtrack badly.
+ */
+function pathTemplateRegex(template: string): RegExp {
+  const one = `[${PATH_TEMPLATE_LITERAL}]+`;
+  const any = `[${PATH_TEMPLATE_LITERAL}/]*`;
+  const body = template.split(PATH_MATCH_ANY).map((part) => part.split(PATH_MATCH_ONE).map(escapeRegex).join(one)).join(any);
+  return new RegExp(`^${body}$`);
+}
+
+/**
+ * Istio's `serviceAccounts` (`<namespace>/<name>`, the controller having written in the policy's
+ * namespace): the peer's SPIFFE ID names that namespace and service account
+ * (pilot srcServiceAccountGenerator: `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`).
+ */
+function serviceAccountRegex(value: string): RegExp {
+  const [ns, sa] = value.includes('/') ? value.split('/') as [string, string] : ['', value];
+  if (ns === '' || sa === '') throw new Error(`${JSON.stringify(value)} is not <namespace>/<service-account>`);
+  return new RegExp(`^(?:spiffe://)?[^/]+/ns/${escapeRegex(ns)}/(?:.+/|)sa/${escapeRegex(sa)}(?:/.+)?$`);
 }
 
 function stripSpiffe(id: string): string {
@@ -165,11 +191,19 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       const ps = values.map(stripSpiffe);
       return (a) => { const v = get(a) as string | undefined; const p = v ? stripSpiffe(v) : undefined; return ps.some((x) => globMatch(x, p)); };
     }
+    case 'serviceAccount': {
+      const res = values.map(serviceAccountRegex);
+      return (a) => { const v = get(a) as string | undefined; return v !== undefined && res.some((r) => r.test(v)); };
+    }
     case 'path': {
       // A path the policy writes with a raw `{`, `|`, `"`... also matches the form the waypoint
       // judges (encodeRawPathChars: BASE and the other modes but NONE encode them).
-      const forms = [...new Set(values.flatMap((x) => [x, encodeRawPathChars(x)]))];
-      return (a) => { const v = get(a) as string | undefined; return forms.some((x) => globMatch(x, v)); };
+      const templates = values.filter(isPathTemplate).map(pathTemplateRegex);
+      const forms = [...new Set(values.filter((x) => !isPathTemplate(x)).flatMap((x) => [x, encodeRawPathChars(x)]))];
+      return (a) => {
+        const v = get(a) as string | undefined;
+        return forms.some((x) => globMatch(x, v)) || (v !== undefined && templates.some((r) => r.test(v)));
+      };
     }
     case 'namespace':
     case 'method':
@@ -206,6 +240,7 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
 const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
   principals: getters.principal,
   namespaces: getters.namespace,
+  serviceAccounts: getters.principal,
   ipBlocks: getters.sourceIp,
   remoteIpBlocks: getters.remoteIp,
 };
@@ -219,6 +254,7 @@ const CONDITION_GETTERS: Record<string, (arg: string | undefined) => (a: Attribu
   'source.ip': () => getters.sourceIp,
   'source.namespace': () => getters.namespace,
   'source.principal': () => getters.principal,
+  'source.serviceAccount': () => getters.principal,
   'destination.ip': () => getters.destinationIp,
   'destination.port': () => getters.port,
   'remote.ip': () => getters.remoteIp,

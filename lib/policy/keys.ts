@@ -20,13 +20,18 @@ export type ValueKind =
   | 'principal'
   /** A namespace name, `*` at either end. */
   | 'namespace'
+  /**
+   * `<namespace>/<service-account>`, or `<service-account>` in the policy's own namespace (the
+   * controller writes the namespace in); no `*` (Istio `serviceAccounts`, `source.serviceAccount`).
+   */
+  | 'serviceAccount'
   /** An IP address or CIDR block. */
   | 'cidr'
   /** 1-65535. */
   | 'port'
   /** An HTTP method, compared case-sensitively (RFC 9110 §9.1). */
   | 'method'
-  /** A path: exact, `prefix*`, `*suffix` or `*`. */
+  /** A path: exact, `prefix*`, `*suffix` or `*`; or a template with `{*}` and `{**}` (Istio, Envoy's uri_template). */
   | 'path'
   /** A host, compared case-insensitively and as written, port included (`foo.com:*` for any port). */
   | 'host'
@@ -42,6 +47,7 @@ export interface FieldSpec {
 export const SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = {
   principals: { layer: 'L4', kind: 'principal' },
   namespaces: { layer: 'L4', kind: 'namespace' },
+  serviceAccounts: { layer: 'L4', kind: 'serviceAccount' },
   ipBlocks: { layer: 'L4', kind: 'cidr' },
   /** The client address from X-Forwarded-For: only a waypoint reading the request sees it. */
   remoteIpBlocks: { layer: 'L7', kind: 'cidr' },
@@ -60,6 +66,7 @@ export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header
   'source.ip': { layer: 'L4', kind: 'cidr' },
   'source.namespace': { layer: 'L4', kind: 'namespace' },
   'source.principal': { layer: 'L4', kind: 'principal' },
+  'source.serviceAccount': { layer: 'L4', kind: 'serviceAccount' },
   'destination.ip': { layer: 'L4', kind: 'cidr' },
   'destination.port': { layer: 'L4', kind: 'port' },
   'remote.ip': { layer: 'L7', kind: 'cidr' },
@@ -156,7 +163,16 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
       // a client sends for the standard one, which is almost certainly a mistake.
       if (value !== value.toUpperCase()) return `${q} is not an HTTP method in upper case (methods are case-sensitive; "${value.toUpperCase()}" matches the standard method)`;
       return undefined;
+    case 'serviceAccount': {
+      // Istio (pkg/config/security CheckServiceAccount).
+      if (value.includes('*')) return `${q}: no wildcard is allowed in a service account`;
+      if (value.length > 320) return `${q} is longer than 320 characters`;
+      const parts = value.split('/');
+      if (parts.length > 2 || parts.some((x) => x === '')) return `${q} is not <service-account> or <namespace>/<service-account>`;
+      return undefined;
+    }
     case 'path':
+      if (isPathTemplate(value)) return pathTemplateProblem(value);
       if (value !== '*' && !value.startsWith('/') && !value.startsWith('*')) return `${q} must start with / (or * for a suffix match)`;
       if (!starOnlyAtEnds(value)) return `${q}: * is only allowed as the first or last character`;
       return undefined;
@@ -164,4 +180,36 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
     case 'header':
       return starOnlyAtEnds(value) ? undefined : `${q}: * is only allowed as the first or last character`;
   }
+}
+
+/** Istio's path template operators (Operation.paths): one path segment, and any number of them (last). */
+export const PATH_MATCH_ONE = '{*}';
+export const PATH_MATCH_ANY = '{**}';
+
+/** Is this `paths` value a template (Istio: it contains `{*}` or `{**}`)? */
+export function isPathTemplate(value: string): boolean {
+  return value.includes(PATH_MATCH_ONE) || value.includes(PATH_MATCH_ANY);
+}
+
+/** Characters a literal path segment of a template may hold (RFC 3986 pchar, as Envoy's uri_template). */
+export const PATH_TEMPLATE_LITERAL = "a-zA-Z0-9\\-._~%!$&'()+,;:@=";
+const TEMPLATE_LITERAL = new RegExp(`^[${PATH_TEMPLATE_LITERAL}]+$`);
+
+/**
+ * What is wrong with a path template, as Istio's CheckValidPathTemplate judges it: every segment is
+ * `{*}`, `{**}` (at most one, after every other operator) or a literal of pchar characters, so no
+ * `*`, `{` or `}` outside an operator and nothing else in an operator's segment.
+ */
+function pathTemplateProblem(value: string): string | undefined {
+  const q = JSON.stringify(value);
+  if (!value.startsWith('/')) return `${q}: a path template must start with /`;
+  let anySeen = false;
+  for (const seg of value.replace(/^\/+|\/+$/g, '').split('/')) {
+    if ((seg === PATH_MATCH_ONE || seg === PATH_MATCH_ANY) && anySeen) return `${q}: {**} must be the last operator`;
+    if (seg === PATH_MATCH_ANY) anySeen = true;
+    if (seg === PATH_MATCH_ONE || seg === PATH_MATCH_ANY) continue;
+    if (/[{}]/.test(seg)) return `${q}: { and } are allowed only in a whole segment {*} or {**}`;
+    if (!TEMPLATE_LITERAL.test(seg)) return `${q}: segment ${JSON.stringify(seg)} is not a literal of a path template (no *, and only RFC 3986 path characters)`;
+  }
+  return undefined;
 }

@@ -179,3 +179,15 @@ test('a policy the agents enforce (no targetRefs) that uses HTTP attributes is r
   const attached = mesh(authz('shop', 'at-waypoint', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], action: 'ALLOW', rules: [{ to: [{ operation: { methods: ['GET'] } }] }] }));
   assert.equal(attached.findings.filter((x) => x.reason === 'UnsupportedValue').length, 0, 'a waypoint sees HTTP');
 });
+
+// Istio's Source.serviceAccounts: `<name>` is in the policy's namespace, `<namespace>/<name>` as
+// written (pilot srcServiceAccountGenerator, serviceAccountRegex's defaultNamespace).
+test('serviceAccounts: a bare name is the policy\'s namespace\'s, and the agent judges the peer by it', () => {
+  const m = mesh(authz('shop', 'from-client', { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ from: [{ source: { serviceAccounts: ['client', 'other/client'] } }] }, { when: [{ key: 'source.serviceAccount', values: ['api'] }] }] }));
+  const p = m.model.policies.get('shop/from-client')!;
+  assert.deepEqual(p.rules[0]!.from[0]!.serviceAccounts, ['shop/client', 'other/client']);
+  assert.deepEqual(p.rules[1]!.when[0]!.values, ['shop/api']);
+  assert.equal(m.connect(), 'allowed', 'spiffe://cluster.local/ns/other/sa/client is other/client');
+  const only = mesh(authz('shop', 'only-shop-client', { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ from: [{ source: { serviceAccounts: ['client'] } }] }] }));
+  assert.equal(only.connect(), 'denied by shop/only-shop-client', 'other/client is not shop/client');
+});

@@ -157,6 +157,43 @@ const CASES: Case[] = [
     policies: [policy('no-admin', 'DENY', [rule({ when: [{ key: 'request.headers[host]', values: ['admin.shop'] }] })])],
     request: req({ host: 'admin.shop', headers: { ':authority': 'admin.shop', ':path': '/' } }), l7: false, l4: false,
   },
+  // Istio's serviceAccounts (pilot srcServiceAccountGenerator: spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?):
+  // the peer's identity, so both layers see it; the name is matched whole, never as a prefix.
+  {
+    name: 'serviceAccounts <namespace>/<name> matches the peer\'s SPIFFE ID at both layers',
+    policies: [policy('from-frontend', 'ALLOW', [rule({ from: [{ serviceAccounts: ['web/frontend'] }] })])],
+    request: req(), l7: true, l4: true,
+  },
+  {
+    name: 'serviceAccounts matches the whole name: web/front is not web/frontend',
+    policies: [policy('from-front', 'ALLOW', [rule({ from: [{ serviceAccounts: ['web/front', 'other/frontend'] }] })])],
+    request: req(), l7: false, l4: false,
+  },
+  {
+    name: 'notServiceAccounts: a DENY of everyone but web/frontend leaves web/frontend alone, and denies a plaintext peer',
+    policies: [policy('only-frontend', 'DENY', [rule({ from: [{ notServiceAccounts: ['web/frontend'] }] })])],
+    request: req(), l7: true, l4: true,
+  },
+  {
+    name: 'notServiceAccounts denies a plaintext peer (no identity is not web/frontend)',
+    policies: [policy('only-frontend', 'DENY', [rule({ from: [{ notServiceAccounts: ['web/frontend'] }] })])],
+    request: req({ sourcePrincipal: undefined }), l7: false, l4: false,
+  },
+  {
+    name: 'source.serviceAccount as a condition',
+    policies: [policy('from-frontend', 'ALLOW', [rule({ when: [{ key: 'source.serviceAccount', values: ['web/frontend'] }] })])],
+    request: req(), l7: true, l4: true,
+  },
+  // Istio Operation.paths path templates ({*}: one segment; {**}: any, last), matched as Envoy's
+  // uri_template: the whole path, query aside. An ALLOW on a path never matches at L4.
+  { name: 'path template /foo/{*} matches /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/bar?x=/y' }), l7: true, l4: false },
+  { name: 'path template /foo/{*} does not match /foo/bar/baz', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/bar/baz' }), l7: false, l4: false },
+  { name: 'path template /foo/{*} does not match /foo/ (a segment is not empty)', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/' }), l7: false, l4: false },
+  { name: 'path template /foo/{**}/ matches /foo/bar/', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo/bar/' }), l7: true, l4: false },
+  { name: 'path template /foo/{**}/ matches /foo//', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo//' }), l7: true, l4: false },
+  { name: 'path template /foo/{**}/ does not match /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo/bar' }), l7: false, l4: false },
+  { name: 'path template /foo/{*}/bar/{**} matches /foo/buzz/bar/ and deeper', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}/bar/{**}'] }] })])], request: req({ path: '/foo/buzz/bar/baz/qux' }), l7: true, l4: false },
+  { name: 'a DENY on a path template holds at L7 and, narrowed, denies every connection at L4', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ path: '/admin/users/1' }), l7: false, l4: false },
   {
     name: 'destination.port and ports at both layers',
     policies: [policy('only-8080', 'ALLOW', [rule({ to: [{ ports: [8080] }] }), rule({ when: [{ key: 'destination.port', values: ['9090'] }] })])],
@@ -228,7 +265,7 @@ describe('remote.ip', () => {
 
 describe('validation and the data planes share one vocabulary', () => {
   const ap = (rules: unknown[]) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec: { action: 'DENY', rules } });
-  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v' };
+  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v' };
 
   it('every field and condition key validation accepts compiles at both layers', () => {
     for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
@@ -261,6 +298,18 @@ describe('validation and the data planes share one vocabulary', () => {
       [[{ from: [{ source: { requestPrincipals: ['*'] } }] }], /spec\.rules\[0\]\.from\[0\]\.source\.requestPrincipals: is not supported/],
       [[{ to: [{ operation: { methods: ['delete'] } }] }], /methods\[0\]: "delete" is not an HTTP method in upper case/],
       [[{ from: [{ source: { remoteIpBlocks: ['10.0.0.0/33'] } }] }], /remoteIpBlocks\[0\]: "10\.0\.0\.0\/33" is not an IP address or CIDR block/],
+      // Istio CheckServiceAccount and ValidateAuthorizationPolicy.
+      [[{ from: [{ source: { serviceAccounts: ['web/*'] } }] }], /serviceAccounts\[0\]: "web\/\*": no wildcard/],
+      [[{ from: [{ source: { serviceAccounts: ['a/b/c'] } }] }], /serviceAccounts\[0\]: "a\/b\/c" is not <service-account> or <namespace>\/<service-account>/],
+      [[{ from: [{ source: { serviceAccounts: ['/x'] } }] }], /serviceAccounts\[0\]/],
+      [[{ from: [{ source: { serviceAccounts: ['web/x'], principals: ['cluster.local/ns/web/sa/x'] } }] }], /source\.serviceAccounts: cannot be combined with principals/],
+      [[{ from: [{ source: { notServiceAccounts: ['x'], namespaces: ['web'] } }] }], /source\.notServiceAccounts: cannot be combined with namespaces/],
+      [[{ from: [{ source: { serviceAccounts: Array.from({ length: 17 }, (_, i) => `sa${i}`) } }] }], /serviceAccounts: lists 17 service accounts; at most 16/],
+      // Istio CheckValidPathTemplate, with the examples of Operation.paths.
+      [[{ to: [{ operation: { paths: ['/*/baz/{*}'] } }] }], /paths\[0\]: .*segment "\*" is not a literal/],
+      [[{ to: [{ operation: { paths: ['/**/baz/{*}'] } }] }], /paths\[0\]: .*segment "\*\*" is not a literal/],
+      [[{ to: [{ operation: { paths: ['/{**}/foo/{*}'] } }] }], /paths\[0\]: .*\{\*\*\} must be the last operator/],
+      [[{ to: [{ operation: { notPaths: ['/foo/{*}.txt'] } }] }], /notPaths\[0\]: .*\{ and \} are allowed only in a whole segment/],
     ];
     for (const [rules, re] of cases) {
       const issues = validateObject(ap(rules as unknown[]));
