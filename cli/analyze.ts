@@ -16,7 +16,7 @@
 import type { CompileFinding } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, policyTargets, useWaypointOf } from '../lib/model/objects.ts';
+import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, useWaypointOf } from '../lib/model/objects.ts';
 import { labelsMatch, nsName, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -63,6 +63,7 @@ const COMPILE_SEVERITY: Record<string, Severity> = {
   RefNotPermitted: 'Warning',
   NoWaypoint: 'Warning',
   UnsupportedValue: 'Warning',
+  AncestorNotBound: 'Warning',
 };
 
 type Meta = { name?: unknown; namespace?: unknown; labels?: unknown };
@@ -195,18 +196,6 @@ function policyChecks(model: MeshModel, inputs: Inputs, others: Loose[], options
   for (const p of model.policies.values()) {
     if (p.scope === 'workload' && p.selector && selectsNothing(p.namespace, p.selector)) {
       add({ severity: 'Warning', code: 'SelectsNothing', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path: 'spec.selector', message: `selector ${formatSelector(p.selector)} matches no workload in namespace ${p.namespace}` });
-    }
-    if (p.scope === 'service') {
-      // Service targets only: a Waypoint target lists the Services that use it.
-      const written = inputs.authorizationPolicies.find((a) => a.metadata.namespace === p.namespace && a.metadata.name === p.name);
-      for (const { ref, path } of policyTargets(written?.spec)) {
-        if (ref.kind !== 'Service') continue;
-        const t = `${p.namespace}/${ref.name}`;
-        const svc = model.services.get(t);
-        if (svc && !svc.waypoint) {
-          add({ severity: 'Warning', code: 'PolicyNotEnforced', kind: 'AuthorizationPolicy', namespace: p.namespace, name: p.name, path, message: `Service ${t} uses no waypoint; a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it` });
-        }
-      }
     }
   }
   for (const pa of model.peerAuthentications.values()) {

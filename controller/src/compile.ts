@@ -429,7 +429,10 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
         return [...model.services.values()].filter((svc) => svc.waypoint && svc.waypoint.cluster === undefined).map((svc) => nsName(svc.namespace, svc.name)).sort();
       }
       if (ref.kind === 'Service') {
-        if (!model.services.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
+        const svc = model.services.get(target);
+        if (!svc) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
+        // Istio's WaypointAccepted reason AncestorNotBound: only a waypoint enforces such a policy.
+        else if (!svc.waypoint) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
         return [target];
       }
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every

@@ -92,13 +92,13 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     name: 'a targetRefs policy on a Service without waypoint is enforced by nothing',
     objects: () => [ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'),
       authz('plain', 'api-get', { targetRefs: [{ group: '', kind: 'Service', name: 'api' }], rules: [{ to: [{ operation: { methods: ['GET'] } }] }] })],
-    findings: [/^Warning \[PolicyNotEnforced\] AuthorizationPolicy plain\/api-get spec\.targetRefs\[0\] .*Service plain\/api uses no waypoint/],
+    findings: [/^Warning \[AncestorNotBound\] AuthorizationPolicy plain\/api-get spec\.targetRefs\[0\]\.name .*Service plain\/api is not bound to a waypoint/],
   },
   {
     name: 'the same with Istio\'s singular targetRef: the finding names that field',
     objects: () => [ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'),
       authz('plain', 'api-get', { targetRef: { group: '', kind: 'Service', name: 'api' }, rules: [{ to: [{ operation: { methods: ['GET'] } }] }] })],
-    findings: [/^Warning \[PolicyNotEnforced\] AuthorizationPolicy plain\/api-get spec\.targetRef .*Service plain\/api uses no waypoint/],
+    findings: [/^Warning \[AncestorNotBound\] AuthorizationPolicy plain\/api-get spec\.targetRef\.name .*Service plain\/api is not bound to a waypoint/],
   },
   {
     name: 'a policy targeting a Service that does not exist',

@@ -191,3 +191,16 @@ test('serviceAccounts: a bare name is the policy\'s namespace\'s, and the agent 
   const only = mesh(authz('shop', 'only-shop-client', { selector: { matchLabels: { app: 'db' } }, action: 'ALLOW', rules: [{ from: [{ source: { serviceAccounts: ['client'] } }] }] }));
   assert.equal(only.connect(), 'denied by shop/only-shop-client', 'other/client is not shop/client');
 });
+
+// Istio writes WaypointAccepted with reason AncestorNotBound ("Service ns/x is not bound to a
+// waypoint") for a targetRefs policy whose Service has no waypoint: nothing enforces it there.
+test('a targetRefs policy on a Service without a waypoint is reported AncestorNotBound at the target\'s name (Istio WaypointAccepted)', () => {
+  const unbound = mesh(authz('shop', 'no-admin', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }));
+  assert.deepEqual(unbound.findings.filter((f) => f.reason === 'AncestorNotBound').map((f) => `${f.name} ${f.path}`), ['no-admin spec.targetRefs[0].name']);
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.60'));
+  inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  inputs.authorizationPolicies.push(authz('shop', 'no-admin', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin'] } }] }] }));
+  assert.equal(compile(inputs).findings.filter((f) => f.reason === 'AncestorNotBound').length, 0);
+});
