@@ -450,10 +450,12 @@ export class Agent {
     // So do changed workloads (a pod's labels pick its policies; its mode and port modes, compiled
     // from PeerAuthentication into the workload, say STRICT: plaintext opened while a pod was
     // PERMISSIVE must not outlive its turn to STRICT).
-    const changed = this.#policies !== undefined && (config.policies !== this.#policies || config.workloads !== this.#workloads);
+    // Workloads alone re-judge only the deliveries whose pod (or plaintext client's address) changed.
+    const policiesChanged = config.policies !== this.#policies;
+    const changed = this.#policies !== undefined && (policiesChanged || config.workloads !== this.#workloads);
     this.#policies = config.policies;
     this.#workloads = config.workloads;
-    if (changed) this.delivery.reauthorize();
+    if (changed) this.delivery.reauthorize(policiesChanged);
     this.#configured = true;
     this.datapath.setDestinations(this.state.meshDestinations());
     this.#reconcilePods();

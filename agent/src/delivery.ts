@@ -91,8 +91,11 @@ export class LocalDelivery {
    */
   readonly #netns = new Map<string, { path: string; ports: PortCursor; pending: number }>();
   readonly #maxPending: number;
-  /** Every open delivery, whatever brought it, until its pod side closes (reauthorize). */
-  readonly #open = new Set<OpenDelivery>();
+  /**
+   * Every open delivery, whatever brought it, until its pod side closes, with what its last
+   * verdict rested on besides the policies (#inputsOf; reauthorize).
+   */
+  readonly #open = new Map<OpenDelivery, string>();
   /** 'connection denied' lines a second: anyone who can reach a pod can cause them (each is counted). */
   readonly #deniedLog: LogBudget;
 
@@ -129,23 +132,7 @@ export class LocalDelivery {
    * That can only refuse more, which is why a claim needs no entitlement.
    */
   authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, caller?: string): void {
-    const policies = this.#state.policiesFor(dest);
-    const attributes: ConnectionAttributes = { ...src, destinationIp: dest.ip, destinationPort: port };
-    let decision = evaluate(policies, attributes);
-    if (decision.allowed && caller !== undefined && caller !== src.sourcePrincipal) {
-      const deny = policies.filter((p) => p.action === 'DENY');
-      const { sourceNamespace: _peers, ...rest } = attributes;
-      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }) : undefined;
-      if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${src.sourcePrincipal ?? 'a peer without identity'})` };
-    }
-    // AUDIT policies never decide; a match is logged.
-    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source: src.sourcePrincipal ?? src.sourceIp, destination: `${dest.namespace}/${dest.name}:${port}` });
-    if (decision.allowed) return;
-    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
-    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-    if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source: src.sourcePrincipal ?? src.sourceIp, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
-    throw new DeniedError(decision.reason, 403, policy);
+    this.#judge(dest, port, src, { caller });
   }
 
   /**
@@ -164,15 +151,43 @@ export class LocalDelivery {
       if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: clientIp, destination: `${dest.namespace}/${dest.name}:${port}` });
       throw new DeniedError(`plaintext to ${dest.namespace}/${dest.name}:${port}, whose PeerAuthentication mode is STRICT`, 403, 'mtls:STRICT', 'plaintext_strict');
     }
-    this.authorize(dest, port, { sourceIp: clientIp });
-    const owner = this.#state.addressOwner(clientIp);
-    if (owner?.spiffeId === undefined) return;
-    try {
-      this.authorize(dest, port, {});
-    } catch (err) {
-      if (!(err instanceof DeniedError)) throw err;
-      throw new DeniedError(`${err.message} (plaintext from ${clientIp}, the address of mesh workload ${owner.spiffeId}, whose own connections carry its identity: the address grants nothing)`, err.status, err.policy, err.reason);
+    this.#judge(dest, port, { sourceIp: clientIp }, { addressOf: this.#state.addressOwner(clientIp)?.spiffeId });
+  }
+
+  /**
+   * The one judgement of a delivery by the destination's policies, counted and logged once
+   * whatever it rests on. `caller`: see authorize. `addressOf`: the mesh workload whose address a
+   * plaintext client's is (see authorizePlaintext); the ALLOW side must then admit it without
+   * the address.
+   */
+  #judge(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, opts: { caller?: string | undefined; addressOf?: string | undefined }): void {
+    const { caller, addressOf } = opts;
+    const policies = this.#state.policiesFor(dest);
+    const attributes: ConnectionAttributes = { ...src, destinationIp: dest.ip, destinationPort: port };
+    let decision = evaluate(policies, attributes);
+    if (decision.allowed && caller !== undefined && caller !== src.sourcePrincipal) {
+      const deny = policies.filter((p) => p.action === 'DENY');
+      const { sourceNamespace: _peers, ...rest } = attributes;
+      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }) : undefined;
+      if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${src.sourcePrincipal ?? 'a peer without identity'})` };
     }
+    if (decision.allowed && addressOf !== undefined) {
+      const { sourceIp: _address, ...rest } = attributes;
+      const without = evaluate(policies, rest);
+      if (!without.allowed) {
+        const { audit: _audit, ...refusal } = without;
+        decision = { ...refusal, ...(decision.audit ? { audit: decision.audit } : {}), reason: `${without.reason} (plaintext from ${src.sourceIp}, the address of mesh workload ${addressOf}, whose own connections carry its identity: the address grants nothing)` };
+      }
+    }
+    const source = src.sourcePrincipal ?? src.sourceIp;
+    // AUDIT policies never decide; a match is logged.
+    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source, destination: `${dest.namespace}/${dest.name}:${port}` });
+    if (decision.allowed) return;
+    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
+    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
+    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+    if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
+    throw new DeniedError(decision.reason, 403, policy);
   }
 
   /**
@@ -180,24 +195,30 @@ export class LocalDelivery {
    * an HBONE tunnel's, a same-node mesh client's (spliced or piped) and steered plaintext's alike.
    */
   track(d: OpenDelivery): void {
-    this.#open.add(d);
+    // As judged (d.dest): a pod that changed while the delivery connected is judged at the next push.
+    this.#open.set(d, this.#inputsOf(d, d.dest));
     d.upstream.once('close', () => this.#open.delete(d));
   }
 
   /**
-   * The policies changed: every open delivery is judged again, and one they no longer allow is
-   * closed (its denial counted and logged by authorize, as any), as Istio's ztunnel closes
-   * connections a new policy denies. Without this a long-lived connection, such as a waypoint's
-   * pooled one, would keep carrying a caller a new DENY names. Returns how many were closed.
+   * The policies or the workloads changed: an open delivery is judged again, and one they no
+   * longer allow is closed (its denial counted and logged by authorize, as any), as Istio's
+   * ztunnel closes connections a new policy denies. Without this a long-lived connection, such as
+   * a waypoint's pooled one, would keep carrying a caller a new DENY names. With `policiesChanged`
+   * false (only workloads changed) a delivery is judged again only if what its verdict rests on
+   * besides the policies changed (#inputsOf): a push about another pod costs no evaluation.
+   * Returns how many were closed.
    */
-  reauthorize(): number {
+  reauthorize(policiesChanged = true): number {
     let closed = 0;
-    for (const d of this.#open) {
+    for (const [d, judged] of this.#open) {
+      const dest = this.#destOf(d);
+      const inputs = this.#inputsOf(d, dest);
+      if (!policiesChanged && inputs === judged) continue;
       try {
-        // The pod as it is now (its labels decide which policies select it, and its mode).
-        const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
         if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp);
         else this.authorize(dest, d.port, d.source, d.caller);
+        this.#open.set(d, inputs);
       } catch (err) {
         if (!(err instanceof DeniedError)) throw err;
         this.#open.delete(d);
@@ -207,6 +228,21 @@ export class LocalDelivery {
       }
     }
     return closed;
+  }
+
+  /** The pod of an open delivery as it is now (its labels decide which policies select it, and its mode). */
+  #destOf(d: OpenDelivery): Workload {
+    return this.#state.localWorkload(d.dest.ip) ?? d.dest;
+  }
+
+  /**
+   * What a delivery's verdict rests on besides the policies: the pod's uid, namespace and labels
+   * (policySelectsWorkload), its mode on the port (a plaintext one is refused under STRICT) and,
+   * for plaintext, the mesh workload whose address the client's is (authorizePlaintext).
+   */
+  #inputsOf(d: OpenDelivery, dest: Workload): string {
+    const owner = d.plaintext && d.source.sourceIp !== undefined ? this.#state.addressOwner(d.source.sourceIp)?.spiffeId : undefined;
+    return JSON.stringify([dest.uid, dest.namespace, dest.labels, this.#state.modeFor(dest, d.port), owner ?? null]);
   }
 
   /**

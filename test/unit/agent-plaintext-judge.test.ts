@@ -32,10 +32,12 @@ function setup(policies: AuthorizationPolicy[], workloads: Workload[] = [client,
   const config: AgentConfig = { node: 'node1', workloads, services: [], policies, peerAuthentications: [], waypoints: [] };
   state.apply(config);
   const lines: string[] = [];
-  const log: Logger = { debug() {}, info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m) };
+  const records: Array<{ msg: string; fields: Record<string, unknown> | undefined }> = [];
+  const push = (m: string, f?: Record<string, unknown>) => { lines.push(m); records.push({ msg: m, fields: f }); };
+  const log: Logger = { debug() {}, info: push, warn: push, error: push };
   const metrics = new AgentMetrics();
   const delivery = new LocalDelivery({ state, metrics, log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
-  return { state, delivery, metrics, lines, config };
+  return { state, delivery, metrics, lines, records, config };
 }
 
 function judge(s: ReturnType<typeof setup>, port: number, srcIp: string): { delivered: boolean; reason?: string; message?: string } {
@@ -72,6 +74,21 @@ test('plaintext from an enrolled workload\'s address is not let in by an ALLOW i
   assert.equal(judge(deny, 8080, client.ip).delivered, false);
 });
 
+// One judgement, one count, one line: the refusal of plaintext from a mesh workload's address says
+// whose address it came from, as every 'connection denied' line names its source, and an AUDIT
+// policy's match is logged once (Istio: AUDIT never decides; each match is one log entry).
+test('plaintext from a mesh workload\'s address refused by the ALLOW side is counted once and logged once, naming its source', async () => {
+  const audit: AuthorizationPolicy = { ...policy('watch', 'AUDIT', []), rules: [{ from: [], to: [], when: [], layer: 'L4' }] };
+  const s = setup([policy('from-ip', 'ALLOW', [{ ipBlocks: [`${client.ip}/32`] }]), audit]);
+  assert.equal(judge(s, 8080, client.ip).delivered, false);
+  assert.equal(await denied(s.metrics, 'policy'), 1);
+  const deniedLines = s.records.filter((r) => r.msg === 'connection denied');
+  assert.equal(deniedLines.length, 1, JSON.stringify(s.records));
+  assert.equal(deniedLines[0]!.fields?.['source'], client.ip);
+  assert.match(String(deniedLines[0]!.fields?.['reason']), /the address of mesh workload/);
+  assert.equal(s.records.filter((r) => r.msg === 'connection audited').length, 1, 'audited once');
+});
+
 // Istio turns a STRICT PeerAuthentication into a ztunnel authorization rule
 // (convertPeerAuthentication, "istio_converted_static_strict"), and ztunnel closes open
 // connections a policy change denies; docs/SECURITY.md: each open delivery, steered plaintext
@@ -101,4 +118,39 @@ test('a flood of refused plaintext is counted in full and logged at most REFUSAL
   for (let i = 0; i < 2000; i++) assert.equal(judge(s, 8080, `192.0.2.${i % 200}`).delivered, false);
   assert.equal(await denied(s.metrics, 'policy'), 2000);
   assert.ok(s.lines.filter((l) => l === 'connection denied').length <= refusalLineBound(started), `${s.lines.length} lines`);
+});
+
+// ztunnel re-judges its connections when the policies change (istio/ztunnel proxy/connection_manager.rs,
+// ConnectionManager::close on a policy update); what else a verdict here rests on is the pod itself
+// (labels pick its policies, its mode) and, for plaintext, whose address the client's is. A push
+// that changes only another workload judges nothing again: an AUDIT policy logs each evaluation.
+test('a workload change re-judges only the deliveries it concerns: none for an unrelated pod, and a now-denied one is closed', async () => {
+  const audit: AuthorizationPolicy = { ...policy('watch', 'AUDIT', []), rules: [{ from: [], to: [], when: [], layer: 'L4' }] };
+  const locked: AuthorizationPolicy = { ...policy('locked', 'DENY', []), selector: { app: 'echo', tier: 'locked' }, rules: [{ from: [], to: [], when: [], layer: 'L4' }] };
+  const s = setup([audit, locked]);
+  const evaluations = () => s.records.filter((r) => r.msg === 'connection audited').length;
+  const meshed = new PassThrough();
+  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: meshed });
+  const plain = new PassThrough();
+  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '192.0.2.7' }, upstream: plain, plaintext: true });
+  // Another pod's labels change: nothing to judge again.
+  s.state.apply({ ...s.config, workloads: [client, { ...remote, labels: { app: 'remote', v: '2' } }, echo] });
+  assert.equal(s.delivery.reauthorize(false), 0);
+  assert.equal(evaluations(), 0, 'no evaluation for an unrelated workload change');
+  // The client's address becomes a mesh workload's: the plaintext one is judged again (and passes), not the meshed one.
+  const impostor = workload('moved', 'node2', '192.0.2.7');
+  s.state.apply({ ...s.config, workloads: [client, remote, echo, impostor] });
+  assert.equal(s.delivery.reauthorize(false), 0);
+  assert.equal(evaluations(), 1, 'the plaintext delivery whose client address changed owner');
+  // The destination's labels now select the DENY: both are closed, and counted.
+  s.state.apply({ ...s.config, workloads: [client, remote, { ...echo, labels: { app: 'echo', tier: 'locked' } }, impostor] });
+  assert.equal(s.delivery.reauthorize(false), 2);
+  assert.equal(meshed.destroyed, true);
+  assert.equal(plain.destroyed, true);
+  assert.equal(await denied(s.metrics, 'policy'), 2);
+  // A policy change judges every open delivery, whatever changed.
+  const s2 = setup([audit]);
+  s2.delivery.track({ dest: s2.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: new PassThrough() });
+  assert.equal(s2.delivery.reauthorize(true), 0);
+  assert.equal(s2.records.filter((r) => r.msg === 'connection audited').length, 1);
 });
