@@ -295,7 +295,10 @@ export class AgentState {
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
       const eps = this.pick(svc, port, source);
-      if (eps.length === 0) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}${this.locality.get(`${svc.namespace}/${svc.name}`)?.mode === 'local-only' ? ` in cluster ${source.cluster} (locality local-only)` : ''}`);
+      if (eps.length === 0) {
+        const stale = svc.endpoints.filter((e) => this.isStaleLocal(e)).map((e) => e.ip);
+        throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no ready endpoint for port ${port}${this.locality.get(`${svc.namespace}/${svc.name}`)?.mode === 'local-only' ? ` in cluster ${source.cluster} (locality local-only)` : ''}${stale.length > 0 ? ` (${stale.join(', ')} enrolled for another pod than the config names there, skipped until it catches up)` : ''}`);
+      }
       return eps.flatMap(({ endpoint, targetPort }) => {
         const wp = this.foreignWaypoint(svc, endpoint, source);
         return wp ? this.viaWaypoint(wp, `${endpoint.ip}:${targetPort}`) : [this.toEndpoint(endpoint, targetPort, svc)];
@@ -315,6 +318,7 @@ export class AgentState {
       return [{ kind: 'hbone', address: wl.nodeIp, port: HBONE_PORT, target: `${ip}:${port}`, identity: wl.spiffeId }];
     }
     const ep = this.endpointByIp(ip);
+    if (ep && this.isStaleLocal(ep)) throw new NoRouteError(`${ip} is enrolled for another pod than the endpoint the config still lists there (an address reused before the config caught up); refused until it does`);
     if (ep) return [this.toEndpoint(ep, port)];
     throw new NoRouteError(`${ip}:${port} is not a service or workload the mesh knows`);
   }
@@ -362,6 +366,15 @@ export class AgentState {
     return { kind: 'hbone', address: e.nodeIp, port: HBONE_PORT, target, identity: e.spiffeId, ...extra, ...(e.gateway ? { gateway: e.gateway } : {}) };
   }
 
+  /**
+   * An endpoint of this node at an address this agent enrolled for another pod than the one the
+   * config still lists there (staleAt): not the endpoint the Service means, and none to reach
+   * through this node's inbound (which refuses it); pick() skips it for the Service's others.
+   */
+  private isStaleLocal(e: Endpoint): boolean {
+    return e.node === this.node && e.cluster === undefined && !e.gateway && this.staleAt(e.ip) !== undefined;
+  }
+
   private endpointByIp(ip: string): Endpoint | undefined {
     return this.endpointsByIp.get(ip);
   }
@@ -376,7 +389,7 @@ export class AgentState {
     const now = Date.now();
     const candidates: Array<{ endpoint: Endpoint; targetPort: number }> = [];
     for (const e of svc.endpoints) {
-      if (!e.ready) continue;
+      if (!e.ready || this.isStaleLocal(e)) continue;
       const tp = e.ports[String(port)] ?? e.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
       if (tp === undefined) continue;
       candidates.push({ endpoint: e, targetPort: tp });

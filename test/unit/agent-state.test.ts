@@ -190,3 +190,25 @@ test('an address reused by a new pod is never the config\'s stale pod there: its
   s.podUnenrolled(reused);
   assert.equal(s.localWorkload(reused)?.uid, 'uid-new');
 });
+
+// A Service's endpoint at an address this agent enrolled for another pod (the config still lists
+// the deleted pod there) is not one the Service can reach: it is skipped for the others, as
+// ztunnel's load balancing picks only healthy workloads (istio/ztunnel src/state.rs load_balance)
+// and Envoy picks another healthy host, not refused by this node's own inbound with a 403.
+test('a Service VIP with one stale same-node endpoint and one good endpoint always reaches the good one; with only the stale one, no route naming it', () => {
+  const reused = '10.77.1.9';
+  const old = wl('echo-old', 'default', 'node1', reused, { uid: 'uid-old' });
+  const svc: Service = { ...echo, endpoints: [ep(old, 8080), ep(local, 8080)] };
+  const s = new AgentState('node1');
+  s.apply(config({ workloads: [client, local, old], services: [svc] }));
+  s.podEnrolled(reused, 'uid-new');
+  for (let i = 0; i < 6; i++) {
+    const candidates = s.resolve(client, '10.96.0.10', 80);
+    assert.deepEqual(candidates.map((u) => `${u.kind} ${u.target}`), ['local 10.77.1.2:8080'], `connection ${i}`);
+  }
+  s.apply(config({ workloads: [client, old], services: [{ ...svc, endpoints: [ep(old, 8080)] }] }));
+  assert.throws(() => s.resolve(client, '10.96.0.10', 80), (e: unknown) => e instanceof NoRouteError && /no ready endpoint/.test(e.message) && e.message.includes(reused));
+  // Dialled by its address (an endpoint the config lists with no workload there): no route either.
+  s.apply(config({ workloads: [client], services: [{ ...svc, endpoints: [ep(old, 8080)] }] }));
+  assert.throws(() => s.resolve(client, reused, 8080), (e: unknown) => e instanceof NoRouteError && /enrolled for another pod/.test(e.message));
+});
