@@ -492,8 +492,7 @@ export class Agent {
     const localUids = new Set(this.state.localWorkloads().map((w) => w.uid));
     for (const uid of this.#cniRemoved) if (!localUids.has(uid)) this.#cniRemoved.delete(uid);
     for (const uid of this.#enrolRefused.keys()) if (!localUids.has(uid)) this.#enrolRefused.delete(uid);
-    const scanned = wanted.filter((w) => !this.#cniNetns.has(w.ip) && !this.#cniRemoved.has(w.uid));
-    const plan = planEnrolment(wanted, this.#cniNetns, this.resolver.resolve(scanned.map((w) => w.ip)), this.#cniRemoved);
+    const plan = planEnrolment(wanted, this.#cniNetns, (ips) => this.resolver.resolve(ips), this.#cniRemoved);
     for (const w of plan.missing) {
       const cookie = this.#enrolled.get(w.ip);
       if (cookie !== undefined) keep.add(cookie);
@@ -519,10 +518,7 @@ export class Agent {
       });
     }
     const missing = plan.missing.length;
-    for (const cookie of this.datapath.prune(keep)) {
-      this.#forgetEnrolled(cookie);
-      this.log.info('pod unenrolled', { netnsCookie: cookie.toString() });
-    }
+    for (const cookie of this.datapath.prune(keep)) this.#unenrolled(cookie);
     if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
   }
 
@@ -593,36 +589,31 @@ export class Agent {
         return { enrolled: true, mode: w.mode };
       },
       del: async (pod) => {
-        // A pod enrolled by a scan (it ran before this agent) has no entry from the plugin: its
-        // network is gone all the same, and so is its claim to its address. Only by uid: a name
-        // may already be a re-created pod's.
-        const w = pod.uid !== undefined ? this.state.localWorkloads().find((l) => l.uid === pod.uid) : undefined;
-        if (w?.enrolled && ![...this.#cniNetns.values()].some((ns) => ns.path === pod.netns)) {
-          this.#cniRemoved.add(w.uid);
-          const cookie = w.ip ? this.#enrolled.get(w.ip) : undefined;
-          let gone: bigint | undefined;
-          try {
-            gone = netnsCookie(pod.netns);
-          } catch {
-            /* the runtime removed the namespace already: the next reconcile unenrols the address */
-          }
-          // Only the pod's own enrolment: a DEL repeated late (runtimes call it again when they
-          // remove a sandbox) must not unenrol the next pod given the address.
-          const own = cookie !== undefined && this.state.enrolledUid(w.ip) === w.uid && (gone === undefined || gone === cookie);
-          if (own && this.datapath.unenroll(cookie)) {
-            this.#forgetEnrolled(cookie);
-            this.log.info('pod unenrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, netnsCookie: cookie.toString() });
-          }
-        }
+        // The pod's enrolment: the one the plugin reported in this namespace, else (a pod a scan
+        // enrolled: it ran before this agent) the one under its uid; its network is gone all the
+        // same, and so is its claim to its address. Only by uid: a name may already be a
+        // re-created pod's.
+        const reported: Array<{ ip: string; uid: string }> = [];
         for (const [ip, ns] of this.#cniNetns) {
           if (ns.path !== pod.netns) continue;
           this.#cniNetns.delete(ip);
-          this.#cniRemoved.add(ns.uid);
-          const cookie = this.#enrolled.get(ip);
-          if (cookie !== undefined && this.datapath.unenroll(cookie)) {
-            this.#forgetEnrolled(cookie);
-            this.log.info('pod unenrolled', { pod: `${pod.namespace ?? '?'}/${pod.name ?? '?'}`, ip, netnsCookie: cookie.toString() });
-          }
+          reported.push({ ip, uid: ns.uid });
+        }
+        const w = reported.length === 0 && pod.uid !== undefined ? this.state.localWorkloads().find((l) => l.uid === pod.uid) : undefined;
+        const removed = w?.enrolled ? [{ ip: w.ip, uid: w.uid }] : reported;
+        let gone: bigint | undefined;
+        try {
+          if (removed.length > 0) gone = netnsCookie(pod.netns);
+        } catch {
+          /* the runtime removed the namespace already: the next reconcile unenrols the address */
+        }
+        for (const { ip, uid } of removed) {
+          this.#cniRemoved.add(uid);
+          const cookie = ip ? this.#enrolled.get(ip) : undefined;
+          // Only the pod's own enrolment: a DEL repeated late (runtimes call it again when they
+          // remove a sandbox) must not unenrol the next pod given the address.
+          const own = cookie !== undefined && this.state.enrolledUid(ip) === uid && (gone === undefined || gone === cookie);
+          if (own && this.datapath.unenroll(cookie)) this.#unenrolled(cookie, { pod: w ? `${w.namespace}/${w.name}` : `${pod.namespace ?? '?'}/${pod.name ?? '?'}`, ip });
         }
       },
       check: async (pod) => {
@@ -648,7 +639,8 @@ export class Agent {
     this.#podIpByCookie.set(cookie, ip);
   }
 
-  #forgetEnrolled(cookie: bigint): void {
+  /** The datapath no longer holds enrolment `cookie` (a CNI DEL, or pruned): the agent forgets it and says so. */
+  #unenrolled(cookie: bigint, pod: { pod?: string; ip?: string } = {}): void {
     const ip = this.#podIpByCookie.get(cookie);
     this.#podIpByCookie.delete(cookie);
     if (ip !== undefined && this.#enrolled.get(ip) === cookie) {
@@ -657,6 +649,7 @@ export class Agent {
       this.delivery.podRemoved(ip);
       this.plaintext.close(ip);
     }
+    this.log.info('pod unenrolled', { ...pod, netnsCookie: cookie.toString() });
   }
 
   #adminServer(): import('node:http').Server {

@@ -174,29 +174,33 @@ export interface EnrolmentPlan<W> {
  * old one there. So a namespace the CNI plugin reported is taken only for the pod it reported it for
  * (by uid), and a pod whose network the plugin removed is never enrolled again by a scan for its
  * address, which would find the new pod's namespace and lend it the old pod's identity, mode and
- * policies (Istio's CNI agent, too, finds a pod's namespace by its uid, never its address).
+ * policies (Istio's CNI agent, too, finds a pod's namespace by its uid, never its address). `scan`
+ * is asked once, for the addresses of the pods left to find by address (none: an empty list).
  */
 export function planEnrolment<W extends { uid: string; ip: string }>(
   wanted: readonly W[],
   cni: ReadonlyMap<string, PodNetns & { uid: string }>,
-  scanned: ReadonlyMap<string, PodNetns>,
+  scan: (ips: string[]) => ReadonlyMap<string, PodNetns>,
   removedUids: ReadonlySet<string>,
 ): EnrolmentPlan<W> {
   const plan: EnrolmentPlan<W> = { enrol: [], missing: [], refused: [] };
+  const byAddress: W[] = [];
   for (const w of wanted) {
     const fromCni = cni.get(w.ip);
     if (fromCni && fromCni.uid !== w.uid) plan.refused.push({ workload: w, reason: 'address_reused', holder: fromCni.uid });
     else if (fromCni) plan.enrol.push({ workload: w, ns: { path: fromCni.path, ifname: fromCni.ifname } });
     else if (removedUids.has(w.uid)) plan.refused.push({ workload: w, reason: 'network_removed' });
-    else {
-      const ns = scanned.get(w.ip);
-      // A namespace whose processes belong to other pods (their cgroups say which) is theirs,
-      // whatever address it holds: the listed pod is gone and its address given to another.
-      const others = ns?.podUids?.length && !ns.podUids.includes(w.uid.toLowerCase()) ? ns.podUids : undefined;
-      if (others) plan.refused.push({ workload: w, reason: 'address_reused', holder: others.join(',') });
-      else if (ns) plan.enrol.push({ workload: w, ns });
-      else plan.missing.push(w);
-    }
+    else byAddress.push(w);
+  }
+  const scanned = scan(byAddress.map((w) => w.ip));
+  for (const w of byAddress) {
+    const ns = scanned.get(w.ip);
+    // A namespace whose processes belong to other pods (their cgroups say which) is theirs,
+    // whatever address it holds: the listed pod is gone and its address given to another.
+    const others = ns?.podUids?.length && !ns.podUids.includes(w.uid.toLowerCase()) ? ns.podUids : undefined;
+    if (others) plan.refused.push({ workload: w, reason: 'address_reused', holder: others.join(',') });
+    else if (ns) plan.enrol.push({ workload: w, ns });
+    else plan.missing.push(w);
   }
   return plan;
 }
