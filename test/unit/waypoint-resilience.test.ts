@@ -149,6 +149,22 @@ describe('waypoint resilience', () => {
     assert.deepEqual(await clusterCounter(engine, 'weft_waypoint_upstream_retries_total'), stats.retries);
   });
 
+  // Envoy's cluster statistics are kept once per cluster; a scrape of the four counters read from
+  // them (overflows, ejections, retries, retry budget) reads the clusters once, not once each.
+  it('a scrape reads the clusters\' statistics once for the four cluster counters', async () => {
+    const { engine, listener } = await setup([await startHttpBackend(echo('ok'))], {});
+    assert.equal((await request(listener.port)).status, 200);
+    let reads = 0;
+    const read = engine.clusterStats.bind(engine);
+    engine.clusterStats = () => { reads++; return read(); };
+    const text = await engine.telemetry.registry.metrics();
+    assert.match(text, /weft_waypoint_upstream_retries_total/);
+    assert.equal(reads, 1);
+    // The next scrape reads them afresh.
+    await engine.telemetry.registry.metrics();
+    assert.equal(reads, 2);
+  });
+
   it('retries a connect failure on another endpoint', async () => {
     const good = await startHttpBackend(echo('good'));
     const dead = await startHttpBackend(echo('dead'));

@@ -227,8 +227,16 @@ export class WaypointEngine {
     });
     // Envoy's cluster statistics (upstream_rq_pending_overflow, outlier_detection.ejections_enforced_total,
     // upstream_rq_retry, upstream_rq_retry_overflow), read from the clusters at each scrape; /clusters
-    // shows the same numbers with the endpoints' state.
-    const clusterStats = (): ClusterStats[] => this.clusterStats();
+    // shows the same numbers with the endpoints' state. A scrape collects the four counters in one
+    // synchronous run, so the clusters are read once for it and forgotten after that run.
+    let scraped: ClusterStats[] | undefined;
+    const clusterStats = (): ClusterStats[] => {
+      if (!scraped) {
+        scraped = this.clusterStats();
+        queueMicrotask(() => { scraped = undefined; });
+      }
+      return scraped;
+    };
     const CLUSTER_COUNTERS: Array<[name: string, help: string, field: 'overflows' | 'ejections' | 'retries' | 'retryBudgetExhausted']> = [
       ['weft_waypoint_upstream_overflows_total', 'Requests answered 503 (flag UO) because their cluster was at a circuit breaker limit (maxRequests, or maxConnections with maxPendingRequests waiting)', 'overflows'],
       ['weft_waypoint_outlier_ejections_total', 'Endpoints ejected by outlier detection (consecutive5xx)', 'ejections'],
