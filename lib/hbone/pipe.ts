@@ -13,6 +13,8 @@ export interface PipeResult {
   error?: Error;
   /** Which side failed or was reset first, when one did. */
   abortedBy?: 'a' | 'b';
+  /** No bytes went either way for `idleTimeoutMs`: the pipe closed both sides itself (no peer reset them). */
+  idledOut?: boolean;
 }
 
 export interface PipeOptions {
@@ -27,6 +29,11 @@ export interface PipeOptions {
    * every 64 KiB chunk; pausing and resuming that often costs more than the copy.
    */
   maxBuffered?: number;
+  /**
+   * Closes both sides once no bytes have gone either way for this long (Envoy's tcp_proxy
+   * idle_timeout); the result says `idledOut`. Default: never.
+   */
+  idleTimeoutMs?: number;
 }
 
 /** Chunks at least this big start a write batch (see the pipe's data handlers). */
@@ -91,9 +98,21 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     let closedB = b.destroyed;
     let settled = false;
 
+    const idleMs = opts.idleTimeoutMs ?? 0;
+    const idle = idleMs > 0
+      ? setTimeout(() => {
+        // Both sides closed by the pipe: neither peer aborted it.
+        result.idledOut = true;
+        aborted = true;
+        a.destroy();
+        b.destroy();
+      }, idleMs)
+      : undefined;
+
     const settle = (): void => {
       if (settled || !closedA || !closedB) return;
       settled = true;
+      clearTimeout(idle);
       a.off('data', onDataA).off('end', onEndA).off('error', onErrorA).off('close', onCloseA).off('drain', onDrainA);
       b.off('data', onDataB).off('end', onEndB).off('error', onErrorB).off('close', onCloseB).off('drain', onDrainB);
       // Late errors from teardown must not become uncaught exceptions.
@@ -127,11 +146,13 @@ export function pipeBidirectional(a: Duplex, b: Duplex, opts: PipeOptions = {}):
     const uncorkA = (): void => { corkedA = false; a.uncork(); };
     const uncorkB = (): void => { corkedB = false; b.uncork(); };
     const onDataA = (chunk: Buffer): void => {
+      idle?.refresh();
       result.bytesAtoB += chunk.length;
       if (!corkedB && chunk.length >= CORK_MIN_CHUNK) { corkedB = true; b.cork(); setImmediate(uncorkB); }
       if (!write(b, chunk) && b.writableLength >= maxBuffered) a.pause();
     };
     const onDataB = (chunk: Buffer): void => {
+      idle?.refresh();
       result.bytesBtoA += chunk.length;
       if (!corkedA && chunk.length >= CORK_MIN_CHUNK) { corkedA = true; a.cork(); setImmediate(uncorkA); }
       if (!write(a, chunk) && a.writableLength >= maxBuffered) b.pause();

@@ -184,3 +184,39 @@ test('a reader that stops reading pushes back to the writer instead of filling t
   a1.resume();
   assert.equal((await done).bytesAtoB, total);
 });
+
+// Envoy's tcp_proxy idle_timeout: a connection with no bytes either way for the timeout is closed
+// by the proxy, which says so (not a reset by either peer); bytes either way keep it open.
+test('pipeBidirectional with idleTimeoutMs closes both sides after that long without bytes either way, naming no side', async () => {
+  const pair = async (): Promise<[Socket, Socket]> => {
+    let accepted!: (s: Socket) => void;
+    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
+    const srv = await tcpServer((s) => accepted(s));
+    cleanups.push(() => srv.server.close());
+    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
+    return [c, await got];
+  };
+  const [a1, a2] = await pair();
+  const [b1, b2] = await pair();
+  cleanups.push(() => { a1.destroy(); b2.destroy(); });
+  const done = pipeBidirectional(a2, b1, { idleTimeoutMs: 300 });
+  b2.on('data', () => {});
+  a1.on('data', () => {});
+  a1.on('error', () => {});
+  b2.on('error', () => {});
+  // Bytes one way, then the other, for longer than the timeout: kept open.
+  let lastWrite = 0;
+  for (let i = 0; i < 4; i++) {
+    (i % 2 === 0 ? a1 : b2).write('x');
+    lastWrite = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 150));
+  }
+  let deadline: NodeJS.Timeout | undefined;
+  const result = await Promise.race([done, new Promise<never>((_, reject) => { deadline = setTimeout(() => reject(new Error('the idle pipe was not closed within 5 s')), 5_000); })])
+    .finally(() => clearTimeout(deadline));
+  assert.equal(result.idledOut, true);
+  assert.equal(result.abortedBy, undefined);
+  assert.deepEqual([result.bytesAtoB, result.bytesBtoA], [2, 2]);
+  // Not before the timeout after the last byte (a few ms of clock granularity aside).
+  assert.ok(Date.now() - lastWrite >= 290, `closed ${Date.now() - lastWrite} ms after the last byte`);
+});

@@ -110,21 +110,13 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     return;
   }
   env.telemetry.tcpOpen(rec);
-  const piping = pipeBidirectional(d, upstream);
   const idleMs = settings.timeouts.idleMs ?? DEFAULT_TCP_IDLE_TIMEOUT_MS;
-  let idledOut = false;
-  const idle = idleMs > 0 ? setTimeout(() => { idledOut = true; d.destroy(); upstream.destroy(); }, idleMs) : undefined;
-  const active = (): void => { idle?.refresh(); };
-  d.on('data', active);
-  upstream.on('data', active);
+  const piping = pipeBidirectional(d, upstream, { idleTimeoutMs: idleMs });
   // Protocol detection left the tunnel paused with its first bytes put back.
   if (d.readableFlowing === false) d.resume();
   const result = await piping;
-  clearTimeout(idle);
-  d.off('data', active);
-  upstream.off('data', active);
   release();
-  if (idledOut) {
+  if (result.idledOut) {
     flags.add(F.FLAG_STREAM_IDLE_TIMEOUT);
     rec.detail = `idle_timeout: no bytes either way for ${idleMs} ms`;
     env.telemetry.downstreamTimeouts.inc({ protocol: 'tcp', timeout: 'idle' });
@@ -132,9 +124,9 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
   rec.receivedBytes = result.bytesAtoB;
   rec.sentBytes = result.bytesBtoA;
   rec.durationMs = Date.now() - start;
-  // An idle timeout closed both sides itself: no peer reset them.
-  if (!idledOut && result.abortedBy === 'b') flags.add(F.FLAG_UPSTREAM_RESET);
-  else if (!idledOut && result.abortedBy === 'a') flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
+  // An idle timeout closed both sides itself and names no side: no peer reset them.
+  if (result.abortedBy === 'b') flags.add(F.FLAG_UPSTREAM_RESET);
+  else if (result.abortedBy === 'a') flags.add(F.FLAG_DOWNSTREAM_TERMINATED);
   rec.responseFlags = flags.toString();
   env.telemetry.tcpClose(rec);
 }
