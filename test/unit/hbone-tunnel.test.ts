@@ -10,6 +10,16 @@ const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex
 const cleanups: Array<() => unknown> = [];
 after(async () => { for (const c of cleanups.reverse()) await c(); });
 
+/** Two ends of one loopback TCP connection (the client end half-open capable). */
+async function pair(): Promise<[Socket, Socket]> {
+  let accepted!: (s: Socket) => void;
+  const got = new Promise<Socket>((resolve) => { accepted = resolve; });
+  const srv = await tcpServer((s) => accepted(s));
+  cleanups.push(() => srv.server.close());
+  const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
+  return [c, await got];
+}
+
 test('20 MB each way arrive byte-exact, and the server still replies after the client half-closes', async () => {
   const upload = randomBytes(20 * 1024 * 1024);
   const reply = randomBytes(20 * 1024 * 1024);
@@ -128,14 +138,6 @@ test('a client that resets its stream makes the target see a TCP reset, not a FI
 
 test('pipeBidirectional counts bytes, carries half-close both ways and resolves after both close', async () => {
   // a1 <-> a2 and b1 <-> b2 are socket pairs; pipe a2 <-> b1 and talk between a1 and b2.
-  const pair = async (): Promise<[Socket, Socket]> => {
-    let accepted!: (s: Socket) => void;
-    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
-    const srv = await tcpServer((s) => accepted(s));
-    cleanups.push(() => srv.server.close());
-    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
-    return [c, await got];
-  };
   const [a1, a2] = await pair();
   const [b1, b2] = await pair();
   const done = pipeBidirectional(a2, b1);
@@ -151,14 +153,6 @@ test('pipeBidirectional counts bytes, carries half-close both ways and resolves 
 });
 
 test('a reader that stops reading pushes back to the writer instead of filling the proxy memory', async () => {
-  const pair = async (): Promise<[Socket, Socket]> => {
-    let accepted!: (s: Socket) => void;
-    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
-    const srv = await tcpServer((s) => accepted(s));
-    cleanups.push(() => srv.server.close());
-    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
-    return [c, await got];
-  };
   const [a1, a2] = await pair();
   const [b1, b2] = await pair();
   const done = pipeBidirectional(a2, b1, { maxBuffered: 128 * 1024 });
@@ -188,14 +182,6 @@ test('a reader that stops reading pushes back to the writer instead of filling t
 // Envoy's tcp_proxy idle_timeout: a connection with no bytes either way for the timeout is closed
 // by the proxy, which says so (not a reset by either peer); bytes either way keep it open.
 test('pipeBidirectional with idleTimeoutMs closes both sides after that long without bytes either way, naming no side', async () => {
-  const pair = async (): Promise<[Socket, Socket]> => {
-    let accepted!: (s: Socket) => void;
-    const got = new Promise<Socket>((resolve) => { accepted = resolve; });
-    const srv = await tcpServer((s) => accepted(s));
-    cleanups.push(() => srv.server.close());
-    const c = connect({ host: '127.0.0.1', port: srv.port, allowHalfOpen: true });
-    return [c, await got];
-  };
   const [a1, a2] = await pair();
   const [b1, b2] = await pair();
   cleanups.push(() => { a1.destroy(); b2.destroy(); });
