@@ -13,6 +13,27 @@ export interface SessionBufferOptions {
 }
 
 /**
+ * The checks of every session with tunnels, run by one timer every SESSION_BUFFER_CHECK_MS while
+ * there are any (a timer per session was thousands of wake-ups a second on a busy node).
+ */
+const checks = new Set<() => void>();
+let ticker: NodeJS.Timeout | undefined;
+
+function startChecking(check: () => void): void {
+  checks.add(check);
+  if (ticker) return;
+  ticker = setInterval(() => { for (const c of checks) c(); }, SESSION_BUFFER_CHECK_MS);
+  ticker.unref();
+}
+
+function stopChecking(check: () => void): void {
+  checks.delete(check);
+  if (checks.size > 0 || !ticker) return;
+  clearInterval(ticker);
+  ticker = undefined;
+}
+
+/**
  * Bounds what one HTTP/2 session's tunnels hold received and not yet taken by whoever reads them,
  * on either end of HBONE (the server's destinations, the pool's pods). Node returns
  * connection-level window as data arrives, so only each stream's window bounds it: 2,000 streams
@@ -26,7 +47,9 @@ export class SessionBuffer {
   readonly #session: Http2Session;
   readonly #opts: SessionBufferOptions;
   readonly #tunnels = new Set<Http2Stream>();
-  #timer: NodeJS.Timeout | undefined;
+  /** This session's check while it is among the ticker's (startChecking). */
+  readonly #check = (): void => this.#checkNow();
+  #checking = false;
   /** Waiting for the peer's acknowledgement of our last SETTINGS. */
   #ackTimer: NodeJS.Timeout | undefined;
   #throttled = false;
@@ -45,17 +68,18 @@ export class SessionBuffer {
   watch(stream: Http2Stream): void {
     this.#tunnels.add(stream);
     stream.once('close', () => this.#tunnels.delete(stream));
-    if (this.#timer) return;
-    this.#timer = setInterval(() => this.#check(), SESSION_BUFFER_CHECK_MS);
-    this.#timer.unref();
+    if (this.#checking) return;
+    this.#checking = true;
+    startChecking(this.#check);
   }
 
   #stop(): void {
-    if (this.#timer) clearInterval(this.#timer);
-    this.#timer = undefined;
+    if (!this.#checking) return;
+    this.#checking = false;
+    stopChecking(this.#check);
   }
 
-  #check(): void {
+  #checkNow(): void {
     const session = this.#session;
     if (this.#tunnels.size === 0 || session.destroyed) {
       this.#stop();

@@ -39,3 +39,38 @@ test('a session closed while its SETTINGS wait for their acknowledgement is not 
   await new Promise((r) => setTimeout(r, SETTINGS_ACK_TIMEOUT_MS + 500));
   assert.deepEqual(timeouts, []);
 });
+
+// One timer checks every session with tunnels (SESSION_BUFFER_CHECK_MS), not one per session: a
+// node with a thousand sessions woke five thousand times a second for the checks alone. Each is
+// still throttled on its own.
+test('sessions with tunnels share one check timer, and each is still held to its own budget', async (t) => {
+  const realSetInterval = globalThis.setInterval;
+  let intervals = 0;
+  globalThis.setInterval = ((...args: Parameters<typeof setInterval>) => { intervals++; return realSetInterval(...args); }) as typeof setInterval;
+  t.after(() => { globalThis.setInterval = realSetInterval; });
+  let throttled = 0;
+  const server = http2.createServer();
+  server.on('stream', (stream) => {
+    stream.pause(); // a reader that does not read
+    const session = stream.session!;
+    const buffer = new SessionBuffer(session, {
+      budget: 1, streamWindow: 65_535,
+      onThrottled: () => { throttled++; },
+      onSettingsTimeout: () => {},
+    });
+    buffer.watch(stream);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const clients = [1, 2, 3].map(() => http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`));
+  for (const client of clients) {
+    client.on('error', () => {});
+    t.after(() => client.destroy());
+    const req = client.request({ ':method': 'POST', ':path': '/' });
+    req.on('error', () => {});
+    req.write(Buffer.alloc(32 * 1024));
+  }
+  await until('each of the three sessions went over its budget', () => throttled === 3, 5_000);
+  assert.equal(intervals, 1);
+});
