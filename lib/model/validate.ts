@@ -1122,15 +1122,12 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
       const t = c.obj(ro.timeouts, `${p}.timeouts`);
       if (t) {
         c.only(t, `${p}.timeouts`, ['request', 'backendRequest']);
-        c.duration(t.request, `${p}.timeouts.request`);
-        c.duration(t.backendRequest, `${p}.timeouts.backendRequest`);
+        const request = c.duration(t.request, `${p}.timeouts.request`);
+        const backendRequest = c.duration(t.backendRequest, `${p}.timeouts.backendRequest`);
         // HTTPRouteTimeouts CEL: "backendRequest timeout cannot be longer than request timeout"
         // (a request timeout of 0s is no timeout).
-        if (typeof t.request === 'string' && typeof t.backendRequest === 'string' && isDuration(t.request) && isDuration(t.backendRequest)) {
-          const request = parseDuration(t.request);
-          if (request !== 0 && parseDuration(t.backendRequest) > request) {
-            c.fail(`${p}.timeouts.backendRequest`, `backendRequest timeout ${t.backendRequest} cannot be longer than request timeout ${t.request}`);
-          }
+        if (request !== undefined && backendRequest !== undefined && request !== 0 && backendRequest > request) {
+          c.fail(`${p}.timeouts.backendRequest`, `backendRequest timeout ${t.backendRequest} cannot be longer than request timeout ${t.request}`);
         }
       }
       // GEP-1731 (HTTPRouteRetry): codes are HTTPRouteRetryStatusCode, 400-599.

@@ -256,6 +256,9 @@ describe('waypoint flags', () => {
   it('parses quota flags', () => {
     assert.deepEqual(parseQuotaFlag('service=shop/reviews,limit=100,window=1s,per=source'), { service: 'shop/reviews', limit: 100, windowMs: 1000, per: 'source' });
     assert.throws(() => parseQuotaFlag('limit=1'), /service=/);
+    // The window is a Gateway API duration (GEP-2257), read by the one parser in lib/model/duration.ts.
+    assert.equal(parseQuotaFlag('service=shop/reviews,limit=1,window=1m30s').windowMs, 90_000);
+    assert.throws(() => parseQuotaFlag('service=shop/reviews,limit=1,window=1d'), /--quota: window "1d" is not a duration/);
     assert.throws(() => parseFlags(['--namespace', 'a', '--name', 'b', '--controller', 'c:1', '--quota', 'service=a/b,limit=1'], {}), /--quota-redis/);
   });
 });

@@ -31,6 +31,7 @@ import { controllerChannelCredentials, staticWaypointIdentity, watchIdentity, ty
 import { DEFAULT_MAX_REQUESTS, MAX_REQUESTS_CEILING } from './overload.ts';
 import { ESCAPED_SLASHES_ACTIONS, PATH_NORMALIZATIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
 import { MAX_TRUSTED_PROXIES } from '../../lib/model/mesh.ts';
+import { isDuration, parseDuration } from '../../lib/model/duration.ts';
 import type { QuotaRule } from './quota.ts';
 import type http from 'node:http';
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
@@ -151,10 +152,10 @@ function hostPort(flag: string, v: string): HostPort {
   return { host: host || '0.0.0.0', port };
 }
 
+/** A Gateway API duration (lib/model/duration.ts), refused naming the flag. */
 function durationMs(flag: string, v: string): number {
-  const m = /^([0-9]+)(ms|s|m|h)$/.exec(v);
-  if (!m) throw new FlagError(`--${flag}: window "${v}" is not a duration like 500ms, 1s, 1m or 1h`);
-  return Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  if (!isDuration(v)) throw new FlagError(`--${flag}: window "${v}" is not a duration like 500ms, 1s, 1m or 1h`);
+  return parseDuration(v);
 }
 
 export function parseQuotaFlag(v: string): QuotaRule {
