@@ -26,10 +26,15 @@ import {
   type WorkloadUnit,
 } from './compile.ts';
 import { recordDelta } from './model-delta.ts';
+import type { WaypointRefusal } from './waypoint-admission.ts';
 
 /** Compiles `inputs`, of which only the objects keyed (`Kind/namespace/name`) in `changed` differ from the last compilation with the same cache. */
 export function compileChanges(inputs: MeshInputs, options: CompileOptions, changed: ReadonlySet<string>): CompileResult {
-  return compileIncrementally(inputs, options, changed) ?? compile(inputs, options);
+  // Which Waypoints share their ServiceAccount is read from every pod: once for the incremental
+  // check and, when that falls back, the full compile.
+  let shared: Map<string, WaypointRefusal> | undefined;
+  const sharedOnce = (): Map<string, WaypointRefusal> => (shared ??= sharedWaypointAccounts(inputs));
+  return compileIncrementally(inputs, options, changed, sharedOnce) ?? compile(inputs, options, sharedOnce());
 }
 
 interface PodChange {
@@ -39,7 +44,10 @@ interface PodChange {
 }
 
 /** The incremental compile, or undefined when the change needs a full one. Checks everything before it changes any state. */
-export function compileIncrementally(inputs: MeshInputs, options: CompileOptions, changed: ReadonlySet<string>): CompileResult | undefined {
+export function compileIncrementally(
+  inputs: MeshInputs, options: CompileOptions, changed: ReadonlySet<string>,
+  sharedAccounts: () => Map<string, WaypointRefusal> = () => sharedWaypointAccounts(inputs),
+): CompileResult | undefined {
   const cache = options.cache;
   const last = cache?.last;
   if (!cache || !last || optionsKeyOf(options) !== last.optionsKey) return undefined;
@@ -57,7 +65,7 @@ export function compileIncrementally(inputs: MeshInputs, options: CompileOptions
   if (!sameMap(nodeIpsOf(inputs), last.env.nodeIps)) return undefined;
   if (JSON.stringify([...waypointPodsOf(inputs.pods)]) !== last.waypointPodsKey) return undefined;
   // A pod taking up (or giving up) a waypoint's ServiceAccount refuses (or admits) that waypoint.
-  if (JSON.stringify([...sharedWaypointAccounts(inputs)]) !== last.sharedAccountsKey) return undefined;
+  if (JSON.stringify([...sharedAccounts()]) !== last.sharedAccountsKey) return undefined;
 
   const podsByKey = new Map<string, Pod>();
   for (const pod of inputs.pods) if (podNames.has(pod.metadata.name)) {

@@ -242,7 +242,8 @@ export interface CompileResult {
 }
 
 
-export function compile(inputs: MeshInputs, options: CompileOptions = {}): CompileResult {
+/** `shared`: sharedWaypointAccounts(inputs), when the caller has read it already (compileChanges). */
+export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared: Map<string, WaypointRefusal> = sharedWaypointAccounts(inputs)): CompileResult {
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
   const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
@@ -313,7 +314,6 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}): Compi
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
-  const shared = sharedWaypointAccounts(inputs);
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
