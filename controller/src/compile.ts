@@ -410,7 +410,23 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   for (const uid of nextCache.keys()) model.workloads.set(uid, finalWorkload(nextCache.get(uid)!, memberOf.get(uid)));
   if (options.cache) options.cache.workloads = nextCache;
 
-  // Authorization policies.
+  // Authorization policies. The Services of each waypoint of this cluster, sorted, read on the
+  // first policy that targets a waypoint (not every Service again per such policy).
+  let servicesByWaypoint: Map<string, string[]> | undefined;
+  const servicesOfWaypoint = (waypoint: string): string[] => {
+    if (!servicesByWaypoint) {
+      servicesByWaypoint = new Map();
+      for (const svc of model.services.values()) {
+        if (!svc.waypoint || svc.waypoint.cluster !== undefined) continue;
+        const wp = nsName(svc.waypoint.namespace, svc.waypoint.name);
+        const list = servicesByWaypoint.get(wp);
+        if (list) list.push(nsName(svc.namespace, svc.name));
+        else servicesByWaypoint.set(wp, [nsName(svc.namespace, svc.name)]);
+      }
+      for (const list of servicesByWaypoint.values()) list.sort();
+    }
+    return servicesByWaypoint.get(waypoint) ?? [];
+  };
   for (const ap of inputs.authorizationPolicies) {
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);
@@ -438,7 +454,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
       // Service that uses it; none while it does not exist, never the namespace.
       if (!model.waypoints.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Waypoint ${target} does not exist` });
-      return [...model.services.values()].filter((svc) => svc.waypoint?.namespace === ns && svc.waypoint.name === ref.name && svc.waypoint.cluster === undefined).map((svc) => nsName(svc.namespace, svc.name)).sort();
+      return servicesOfWaypoint(target);
     }))] : undefined;
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,
