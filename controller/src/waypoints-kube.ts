@@ -267,26 +267,12 @@ export class KubeWaypointDriver extends BaseDriver {
     const spec = launchSpec(wp, this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN);
     const { name, namespace } = spec;
     const labels = { [LABEL_WAYPOINT_FOR]: name, 'app.kubernetes.io/name': name, [WAYPOINT_MANAGED_BY.label]: WAYPOINT_MANAGED_BY.value };
-    // Nothing is written while another object holds the name (checked before the first write).
-    const current = await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
-    const currentSvc = await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
-    const currentPdb = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
-    for (const [kind, obj] of [['Deployment', current], ['Service', currentSvc], ['PodDisruptionBudget', currentPdb]] as const) {
-      if (obj && !madeForWaypoint(obj, name)) throw new WaypointNameConflictError(kind, namespace, name);
-    }
     const owner = wp.metadata.uid
       ? [{ apiVersion: wp.apiVersion, kind: 'Waypoint', name, uid: wp.metadata.uid, controller: true, blockOwnerDeletion: true }]
       : undefined;
     const meta = (extra: Record<string, string> = {}) => ({ name, namespace, labels, annotations: extra, ...(owner ? { ownerReferences: owner } : {}) });
-
-    if (!(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
-      await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
-    }
-
     const trustDomain = this.#o.trustDomain ?? DEFAULT_TRUST_DOMAIN;
     const controllerNamespace = this.#o.controllerNamespace ?? DEFAULT_INSTALL_NAMESPACE;
-    // The waypoint verifies the controller with the published roots, mounted from its namespace.
-    await this.#o.trustBundle?.ensure(namespace);
     const deployment: V1Deployment = {
       apiVersion: 'apps/v1',
       kind: 'Deployment',
@@ -308,6 +294,27 @@ export class KubeWaypointDriver extends BaseDriver {
     };
     const hash = createHash('sha256').update(JSON.stringify(deployment.spec)).digest('hex').slice(0, 16);
     deployment.metadata!.annotations = { 'weft.dev/spec-hash': hash };
+
+    // Nothing is written while another object holds the name (checked before the first write).
+    // The informers hold what this reconciler made, and only that: a Deployment of ours there as
+    // wanted, or a Service of ours, is no conflict and needs no read; anything else (absent, not
+    // ours, to be replaced with a current resourceVersion) is read afresh.
+    const cached = this.#deployments?.get(name, namespace);
+    const current = madeForWaypoint(cached, name) && cached?.metadata?.annotations?.['weft.dev/spec-hash'] === hash
+      ? cached : await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
+    const cachedSvc = this.#services?.get(name, namespace);
+    const currentSvc = madeForWaypoint(cachedSvc, name) ? cachedSvc : await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
+    const currentPdb = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
+    for (const [kind, obj] of [['Deployment', current], ['Service', currentSvc], ['PodDisruptionBudget', currentPdb]] as const) {
+      if (obj && !madeForWaypoint(obj, name)) throw new WaypointNameConflictError(kind, namespace, name);
+    }
+
+    if (!(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
+      await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
+    }
+
+    // The waypoint verifies the controller with the published roots, mounted from its namespace.
+    await this.#o.trustBundle?.ensure(namespace);
     if (!current) {
       await this.#apps.createNamespacedDeployment({ namespace, body: deployment });
       this.#log.info('waypoint deployment created', { waypoint: `${namespace}/${name}` });

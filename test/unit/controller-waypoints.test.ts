@@ -393,3 +393,34 @@ test('a Waypoint that keeps failing is retried with backoff, not every second fo
     await api.stop();
   }
 });
+
+// STYLE.md (one reconcile loop that reads the informer caches): a reconcile of a Waypoint whose
+// Deployment and Service the reconciler's informers hold as wanted reads neither again from the API
+// server; a Deployment to be replaced is read afresh (its current resourceVersion), and an object
+// the informers do not hold (absent, or not the reconciler's) is read, so conflicts still hold.
+test('a reconcile reads from the API server only what its informers do not hold as wanted', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const driver = new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012' });
+  const reads = (plural: string) => api.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/namespaces/shop/${plural}/wp`)).length;
+  const writes = () => api.requests.filter((r) => r.method !== 'GET' && r.path.includes('/namespaces/shop/')).length;
+  try {
+    api.apply(ns('shop'));
+    await driver.reconcile([waypoint('shop', 'wp')]);
+    // The Deployment controller would do this; ready with an address once the informers hold both.
+    api.apply({ ...api.get('Deployment', 'shop', 'wp')!, status: { readyReplicas: 1, replicas: 1 } });
+    await until('the informers hold the Deployment and Service', () => driver.runtime().get('shop/wp')?.ready === true);
+    api.requests.length = 0;
+    await driver.reconcile([waypoint('shop', 'wp')]);
+    assert.deepEqual([reads('deployments'), reads('services'), writes()], [0, 0, 0]);
+    // A changed spec: the Deployment is read for its resourceVersion and replaced.
+    api.requests.length = 0;
+    await driver.reconcile([{ ...waypoint('shop', 'wp'), spec: { maxRequests: 500 } }]);
+    assert.equal(reads('deployments'), 1);
+    await until('the Deployment passes --max-requests 500', () => JSON.stringify(api.get('Deployment', 'shop', 'wp')?.spec ?? {}).includes('"500"'));
+  } finally {
+    await driver.stop();
+    await api.stop();
+  }
+});
