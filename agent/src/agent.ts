@@ -27,12 +27,11 @@ import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './
 import { netnsCookie } from '../libbpf/index.ts';
 import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import { HttpStatusError, jsonServer, listen } from './admin.ts';
+import { HttpStatusError, guardSidePort, jsonServer, listen, sideHttpServer, type OnSidePortRefusal } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { debugThroughAdmin } from '../../lib/debug-http.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
-import http from 'node:http';
 
 /** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
 export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
@@ -337,7 +336,13 @@ export class Agent {
     if (predecessor) {
       this.log.info('another agent listens on this node\'s ports: sharing them until it drains (upgrade)', { outbound: `${o.nodeIp}:${ports.outbound}`, migrateQueuedConnections: migration.enabled });
     }
-    const admin = this.#adminServer();
+    const adminRefused = this.metrics.sidePortRefusals('admin', this.log);
+    const admin = this.#adminServer(adminRefused);
+    // Loopback here is the node's (host network): every process of the node can connect, so only
+    // root's sockets (weftctl on the node, kubectl exec and port-forward, which the runtime opens as
+    // root) and the agent's own user's are answered. Istio's ztunnel, in a pod network of its own,
+    // serves its admin port on that pod's loopback.
+    guardSidePort(admin, { refused: adminRefused, ownerUids: [...new Set([0, process.getuid?.() ?? 0])] });
     this.#servers.push(admin);
     await listen(admin, ports.admin, '127.0.0.1');
     const prom = jsonServer({}, {
@@ -345,7 +350,8 @@ export class Agent {
       refused: this.metrics.sidePortRefusals('metrics', this.log),
     });
     // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
-    const metrics = o.debugEndpoints ? http.createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res))) : prom;
+    const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res))) : prom;
+    guardSidePort(metrics, { refused: this.metrics.sidePortRefusals('metrics', this.log) });
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const ready = jsonServer({
@@ -355,6 +361,7 @@ export class Agent {
       },
       '/healthz/live': () => ({ live: true }),
     }, { refused: this.metrics.sidePortRefusals('ready', this.log) });
+    guardSidePort(ready, { refused: this.metrics.sidePortRefusals('ready', this.log) });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
     this.#connectConfig(0);
@@ -652,7 +659,7 @@ export class Agent {
     this.log.info('pod unenrolled', { ...pod, netnsCookie: cookie.toString() });
   }
 
-  #adminServer(): import('node:http').Server {
+  #adminServer(refused: OnSidePortRefusal): import('node:http').Server {
     return jsonServer({
       '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging', '/flows'] }),
       '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', controllerConnected: this.xds?.connected ?? false, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
@@ -677,7 +684,7 @@ export class Agent {
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
       '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
-    }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) }, refused: this.metrics.sidePortRefusals('admin', this.log) });
+    }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) }, refused });
   }
 
   /**

@@ -7,7 +7,16 @@ import type { CertManager } from './certs/index.ts';
 import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { LogBudget, clip, escapeControls, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import type { OnSidePortRefusal } from './admin.ts';
+import type { OnSidePortRefusal, SidePortRefusal } from './admin.ts';
+
+/** The log line of each side-port refusal (the reason is the metric label). */
+const SIDE_PORT_REFUSAL_MESSAGES: Record<SidePortRefusal, string> = {
+  bad_target: 'request refused: the request target is not a URL',
+  peer_uid: 'connection refused: the admin port answers only root on this node',
+  source_connections: 'connection refused: its source holds too many connections',
+  header_timeout: 'connection closed: no whole request head in time',
+  idle: 'connection closed: idle',
+};
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
 export type TcpLabels = Record<TrafficLabel, string>;
@@ -76,7 +85,7 @@ export class AgentMetrics {
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     this.sidePortRefused = new Counter({
       name: 'weft_side_port_requests_refused_total',
-      help: 'Requests the admin, metrics or readiness port answered 400 by itself, by port and reason (bad_target: the request target is not a URL)',
+      help: 'Requests and connections the admin, metrics or readiness port refused by itself, by port and reason (bad_target: the request target is not a URL; peer_uid: an admin client not root; source_connections: its source holds too many; header_timeout, idle: deadlines)',
       labelNames: ['port', 'reason'],
       registers,
     });
@@ -90,16 +99,19 @@ export class AgentMetrics {
   }
 
   /**
-   * What a side port (`admin`, `metrics`, `ready`) does with a request it refuses by itself:
-   * counts it and logs the peer and the target, at most REFUSAL_LOG_PER_SECOND lines a
-   * second per port (the metrics and readiness ports take requests from any pod).
+   * What a side port (`admin`, `metrics`, `ready`) does with a request or connection it refuses by
+   * itself: counts it and logs the reason, the peer and what names it (the target, the uid), at
+   * most REFUSAL_LOG_PER_SECOND lines a second per port (the metrics and readiness ports take
+   * requests from any pod, the admin port connections from any node process).
    */
   sidePortRefusals(port: 'admin' | 'metrics' | 'ready', log: Logger): OnSidePortRefusal {
     const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
       log.warn('side port refusals not logged (rate limit)', { port, count, perSecond: REFUSAL_LOG_PER_SECOND }));
-    return (reason, req) => {
+    return (reason, socket, fields = {}) => {
       this.sidePortRefused.inc({ port, reason });
-      if (budget.take()) log.warn('side port request refused: the request target is not a URL', { port, reason, peer: `${req.socket.remoteAddress}:${req.socket.remotePort}`, target: clip(req.url) });
+      if (!budget.take()) return;
+      const named = Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, typeof v === 'string' ? clip(v) : v]));
+      log.warn(`side port ${SIDE_PORT_REFUSAL_MESSAGES[reason]}`, { port, reason, peer: `${socket.remoteAddress}:${socket.remotePort}`, ...named });
     };
   }
 

@@ -1,16 +1,24 @@
 // TCP listening sockets of the calling process's network namespace, as the kernel lists them in
-// /proc/net/tcp and /proc/net/tcp6, and the sysctl that lets a closing listener hand its queued
+// /proc/net/tcp and /proc/net/tcp6, the owner of a connected socket there (its uid), and the sysctl that lets a closing listener hand its queued
 // connections to another listener of its SO_REUSEPORT group (net.ipv4.tcp_migrate_req, Linux 5.14).
 //
 // The agent uses both for an overlapping upgrade: the new process sees that its predecessor still
 // listens on the node's ports, shares them with SO_REUSEPORT, and when the predecessor closes its
 // listeners the kernel moves the connections waiting in their accept queues to the new ones
 // instead of resetting them.
+//
+// The owner of a connection's client socket is how the agent's admin port, which listens on the
+// node's loopback (the agent runs in the host network), tells root from any other process of the
+// node: SO_PEERCRED exists only for Unix sockets, but the kernel records the uid of every TCP
+// socket when it is made and lists it beside the socket's two ends.
 import { readFileSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { isIPv4 } from 'node:net';
 
 const TCP_LISTEN = '0A';
+/** A closed connection's remnant: the kernel lists it with uid 0, whoever made the socket. */
+const TCP_TIME_WAIT = '06';
 export const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
 
 /** One row of /proc/net/tcp{,6} in LISTEN state. */
@@ -37,6 +45,74 @@ export function parseProcNetTcp(text: string, family: 4 | 6, littleEndian = endi
     out.push({ address: family === 4 ? decodeProcIPv4(addr, littleEndian) : addr.toLowerCase(), port: Number.parseInt(port, 16) });
   }
   return out;
+}
+
+/** One end of a TCP connection. */
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/**
+ * An address as /proc/net/tcp{,6} prints it: each 32-bit word of the address in host order, in
+ * upper-case hex. IPv4 in tcp6 is the IPv4-mapped address (a dual-stack socket connected to an
+ * IPv4 listener).
+ */
+export function encodeProcAddress(ip: string, family: 4 | 6, littleEndian = endianness() === 'LE'): string | undefined {
+  if (!isIPv4(ip)) return undefined;
+  const v4 = ip.split('.').map(Number);
+  const bytes = family === 4 ? v4 : [...new Array<number>(10).fill(0), 0xff, 0xff, ...v4];
+  let out = '';
+  for (let i = 0; i < bytes.length; i += 4) {
+    const word = bytes.slice(i, i + 4);
+    for (const b of littleEndian ? word.reverse() : word) out += b.toString(16).toUpperCase().padStart(2, '0');
+  }
+  return out;
+}
+
+/**
+ * The uid owning the socket whose own end is `local` and whose peer is `remote`, from the text of
+ * /proc/net/tcp or tcp6 (IPv4 ends only); undefined when no live socket has those ends (a socket in
+ * TIME_WAIT is listed with uid 0 whoever made it, and is no live connection).
+ */
+export function socketOwnerIn(text: string, family: 4 | 6, local: Endpoint, remote: Endpoint, littleEndian = endianness() === 'LE'): number | undefined {
+  const at = (e: Endpoint) => `${encodeProcAddress(e.address, family, littleEndian)}:${e.port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const [l, r] = [at(local), at(remote)];
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] === l && f[2] === r && f[3] !== TCP_TIME_WAIT && f[7] !== undefined) return Number.parseInt(f[7], 10);
+  }
+  return undefined;
+}
+
+/** A read of /proc/net/tcp{,6} that has not started: connections accepted meanwhile share it. */
+let nextRead: Promise<[string, string]> | undefined;
+let reading: Promise<unknown> = Promise.resolve();
+
+/**
+ * Both tables, read after this call. Reads run one at a time, and every caller that arrives while
+ * one runs shares the next: a flood of connections costs one read at a time, not one each.
+ */
+function readTcpTables(procNet: string): Promise<[string, string]> {
+  if (nextRead) return nextRead;
+  const read = (f: string) => readFile(`${procNet}/${f}`, 'utf8').catch(() => '');
+  const p = reading.then(() => {
+    nextRead = undefined;
+    return Promise.all([read('tcp'), read('tcp6')]);
+  });
+  nextRead = p;
+  reading = p.catch(() => undefined);
+  return p;
+}
+
+/**
+ * The uid owning the client socket of a connection this process accepted (the client's end is the
+ * accepted socket's remote, and the other way round), when the client runs in this process's
+ * network namespace; undefined when it does not, or is gone.
+ */
+export async function peerSocketOwner(accepted: { local: Endpoint; remote: Endpoint }, procNet = '/proc/self/net'): Promise<number | undefined> {
+  const [tcp, tcp6] = await readTcpTables(procNet);
+  return socketOwnerIn(tcp, 4, accepted.remote, accepted.local) ?? socketOwnerIn(tcp6, 6, accepted.remote, accepted.local);
 }
 
 /** Every TCP listener of this network namespace. */

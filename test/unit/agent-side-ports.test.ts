@@ -9,7 +9,9 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { jsonServer } from '../../agent/src/admin.ts';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { guardSidePort, jsonServer } from '../../agent/src/admin.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
 
@@ -65,5 +67,139 @@ test('the admin routes and the readiness port answer a bad target with 400 too, 
   } finally {
     server.closeAllConnections();
     server.close();
+  }
+});
+
+// The agent runs in the node's network: its admin port's loopback is every node process's (and
+// every hostNetwork pod's). Istio's ztunnel serves its admin port (15000) on the loopback of its own
+// pod network (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio:
+// "Envoy admin port ... localhost only"); here only root's sockets are answered.
+
+/** Runs `curl` as uid/gid 65534 (nobody) against `url`: its status line and body. */
+function curlAsNobody(url: string): Promise<{ code: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'curl', '-sS', '-m', '5', '-w', '\n%{http_code}', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    p.on('error', reject);
+    p.on('close', () => {
+      const i = out.lastIndexOf('\n');
+      resolve({ code: out.slice(i + 1), body: out.slice(0, i) + err });
+    });
+  });
+}
+
+/** An admin server with a config dump and a flow stream, behind the guard the agent puts it behind. */
+async function guardedAdmin(o: { ownerUids?: number[]; idleTimeoutMs?: number; headersTimeoutMs?: number; maxConnectionsPerSource?: number } = {}) {
+  const metrics = new AgentMetrics();
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const log: Logger = { debug() {}, info() {}, error() {}, warn: (msg, fields = {}) => lines.push({ msg, fields }) };
+  const refused = metrics.sidePortRefusals('admin', log);
+  const server = jsonServer({ '/config_dump': () => ({ config: 'the node config SECRET-ish' }) }, {
+    raw: { '/flows': (_req, res) => { res.writeHead(200).write('{"type":"hello"}\n'); } },
+    refused,
+  });
+  guardSidePort(server, { refused, ...o });
+  const port = await listening(server);
+  const count = async (reason: string) => Number(new RegExp(`weft_side_port_requests_refused_total\\{port="admin",reason="${reason}"\\} (\\d+)`).exec(await metrics.registry.metrics())?.[1] ?? 0);
+  return { server, port, lines, count, close: () => { server.closeAllConnections(); server.close(); } };
+}
+
+/** Waits for `cond` (a deadline, not a sleep). */
+async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+test('the admin port on the node loopback refuses a process of another uid (65534): 403 before any route, counted peer_uid, logged with the uid; root is served', { skip: process.getuid?.() !== 0 ? 'needs root to drop to uid 65534' : false }, async () => {
+  const a = await guardedAdmin({ ownerUids: [0] });
+  try {
+    const nobody = await curlAsNobody(`http://127.0.0.1:${a.port}/config_dump`);
+    assert.equal(nobody.code, '403', nobody.body);
+    assert.doesNotMatch(nobody.body, /SECRET/);
+    assert.match(nobody.body, /uid 0/, 'the answer says who may read it');
+    const flows = await curlAsNobody(`http://127.0.0.1:${a.port}/flows`);
+    assert.equal(flows.code, '403', flows.body);
+    assert.equal(await a.count('peer_uid'), 2);
+    const line = a.lines.find((l) => l.fields.reason === 'peer_uid');
+    assert.ok(line, JSON.stringify(a.lines));
+    assert.equal(line.fields.uid, 65534);
+    assert.equal(line.fields.port, 'admin');
+    assert.match(line.msg, /answers only root/);
+    // Root (weftctl on the node, kubectl exec and port-forward) is served, a stream included.
+    const root = await fetch(`http://127.0.0.1:${a.port}/config_dump`);
+    assert.equal(root.status, 200);
+    assert.match(await root.text(), /SECRET/);
+    assert.match(await exchange(a.port, '/config_dump'), /^HTTP\/1\.1 200 /);
+  } finally {
+    a.close();
+  }
+});
+
+test('a side port holds at most MAX_SIDE_CONNECTIONS_PER_SOURCE connections per source: the next is closed, counted source_connections and logged; another source is served', async () => {
+  const a = await guardedAdmin({ maxConnectionsPerSource: 4 });
+  const held: net.Socket[] = [];
+  try {
+    for (let i = 0; i < 4; i++) {
+      const c = net.connect(a.port, '127.0.0.1');
+      c.on('error', () => {});
+      held.push(c);
+      await once(c, 'connect');
+    }
+    await until('4 connections held', () => new Promise((r) => a.server.getConnections((_e, n) => r(n === 4))));
+    const fifth = net.connect(a.port, '127.0.0.1');
+    fifth.on('error', () => {});
+    await once(fifth, 'close');
+    assert.equal(await a.count('source_connections'), 1);
+    const line = a.lines.find((l) => l.fields.reason === 'source_connections');
+    assert.ok(line, JSON.stringify(a.lines));
+    assert.match(String(line.fields.peer), /^127\.0\.0\.1:/);
+    // Another source address (all of 127/8 is this host's) is not held back by the first's.
+    const other = net.connect({ port: a.port, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => other.end('GET /config_dump HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n'));
+    let answer = '';
+    other.setEncoding('latin1').on('data', (d: string) => (answer += d));
+    await once(other, 'close');
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    // The first source's room comes back as its connections close.
+    held.pop()!.destroy();
+    await until('a connection freed', () => new Promise((r) => a.server.getConnections((_e, n) => r(n === 3))));
+    assert.match(await exchange(a.port, '/config_dump'), /^HTTP\/1\.1 200 /);
+  } finally {
+    for (const c of held) c.destroy();
+    a.close();
+  }
+});
+
+test('a side-port connection that sends nothing is closed after the idle deadline, one with half a request head after the header deadline (408); each counted and logged; a /flows stream is not idle', async () => {
+  const a = await guardedAdmin({ idleTimeoutMs: 300, headersTimeoutMs: 500 });
+  const silent = net.connect(a.port, '127.0.0.1');
+  const partial = net.connect(a.port, '127.0.0.1', () => partial.write('GET /config_dump HTTP/1.1\r\nHost: n\r\n'));
+  const stream = net.connect(a.port, '127.0.0.1', () => stream.write('GET /flows HTTP/1.1\r\nHost: n\r\n\r\n'));
+  try {
+    let partialAnswer = '';
+    partial.setEncoding('latin1').on('data', (d: string) => (partialAnswer += d));
+    // The partial head trickles a byte now and then, so only the header deadline can end it.
+    const drip = setInterval(() => partial.writable && partial.write('x'), 100);
+    try {
+      await Promise.all([once(silent, 'close'), once(partial, 'close')]);
+    } finally {
+      clearInterval(drip);
+    }
+    assert.match(partialAnswer, /^HTTP\/1\.1 408 /);
+    assert.equal(await a.count('idle'), 1);
+    assert.equal(await a.count('header_timeout'), 1);
+    assert.ok(a.lines.some((l) => l.fields.reason === 'idle' && /idle/.test(l.msg)), JSON.stringify(a.lines));
+    assert.ok(a.lines.some((l) => l.fields.reason === 'header_timeout'), JSON.stringify(a.lines));
+    assert.ok(!stream.destroyed, 'the quiet /flows stream stays open');
+  } finally {
+    silent.destroy();
+    partial.destroy();
+    stream.destroy();
+    a.close();
   }
 });

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { decodeProcIPv4, enableRequestMigration, isListening, parseProcNetTcp, tcpListeners } from '../../lib/sys/listeners.ts';
+import { decodeProcIPv4, enableRequestMigration, encodeProcAddress, isListening, parseProcNetTcp, socketOwnerIn, tcpListeners } from '../../lib/sys/listeners.ts';
 
 const PROC_TCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0
@@ -56,4 +56,21 @@ test('enableRequestMigration sets the switch once, says so, and reports an unwri
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the owner of a connected socket is read by both its ends; a TIME_WAIT remnant (listed as uid 0) and a mapped IPv4 end in tcp6', () => {
+  const tcp = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0 100 0 0 10 0
+   1: 0100007F:C350 0100007F:3A98 01 00000000:00000000 00:00000000 00000000 65534        0 1002 1 0 100 0 0 10 0
+   2: 0100007F:C351 0100007F:3A98 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0
+`;
+  const admin = { address: '127.0.0.1', port: 15000 };
+  assert.equal(socketOwnerIn(tcp, 4, { address: '127.0.0.1', port: 50000 }, admin, true), 65534);
+  assert.equal(socketOwnerIn(tcp, 4, { address: '127.0.0.1', port: 50001 }, admin, true), undefined, 'TIME_WAIT is no live socket');
+  assert.equal(socketOwnerIn(tcp, 4, admin, { address: '127.0.0.1', port: 50000 }, true), undefined, 'the ends are not swapped');
+  assert.equal(encodeProcAddress('127.0.0.1', 6, true), '0000000000000000FFFF00000100007F');
+  const tcp6 = `  sl  local_address                         remote_address                        st
+   0: 0000000000000000FFFF00000100007F:C352 0000000000000000FFFF00000100007F:3A98 01 00000000:00000000 00:00000000 00000000  1000        0 1003 1 0
+`;
+  assert.equal(socketOwnerIn(tcp6, 6, { address: '127.0.0.1', port: 50002 }, admin, true), 1000);
 });
