@@ -2,8 +2,10 @@
 // `weftctl dashboard` as on a laptop, run by the image's weftctl with a ServiceAccount that may
 // read the mesh's objects, list pods and nodes, and GET through the API server's pod proxy
 // (pods/proxy) the agents' and waypoints' metrics and read-only /debug paths (flows, BPF state,
-// config). It writes nothing. A ClusterIP Service; reach it with
-// `kubectl -n weft-system port-forward svc/weft-dashboard 15900` and http://localhost:15900/.
+// config). It writes nothing. It listens on its pod's loopback only: what it shows (every node's
+// config, live flows with peer identities) is the operator's, reached with
+// `kubectl -n weft-system port-forward svc/weft-dashboard 15900` (the runtime connects inside the
+// pod) and http://localhost:15900/, never by another pod (a Host header is anyone's to send).
 import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IService } from 'kubernetes-models/v1/Service';
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
@@ -48,12 +50,11 @@ export function renderDashboard(o: ResolvedInstallOptions): [IServiceAccount, IC
             containers: [{
               name: 'dashboard',
               image: o.image,
-              // All addresses inside the pod (the Service and port-forward reach it); the Host check
-              // still admits only localhost (port-forward) and the Service's names.
-              args: ['weftctl', 'dashboard', '--address', '0.0.0.0', '--port', String(DASHBOARD_PORT), '--weft-namespace', o.namespace,
-                '--allowed-host', DASHBOARD_NAME, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}`, '--allowed-host', `${DASHBOARD_NAME}.${o.namespace}.svc`],
+              // The pod's loopback only: port-forward reaches it there, no other pod does (the
+              // Service is there for `port-forward svc/...`; nothing listens at the pod's address, so
+              // neither the kubelet's tcpSocket probe nor another pod can connect).
+              args: ['weftctl', 'dashboard', '--address', '127.0.0.1', '--port', String(DASHBOARD_PORT), '--weft-namespace', o.namespace],
               ports: [{ name: 'http', containerPort: DASHBOARD_PORT, protocol: 'TCP' }],
-              readinessProbe: { tcpSocket: { port: DASHBOARD_PORT }, periodSeconds: 10 },
               resources: { requests: { cpu: '20m', memory: '96Mi' }, limits: { memory: '256Mi' } },
               securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
             }],

@@ -2,7 +2,11 @@
 // ServiceAccount, ClusterRole, Deployment and Service applied unedited by the real kubectl to the
 // kube lab's API server, then `weftctl dashboard` run with the command line kubectl stored in the
 // Deployment (as the image's entrypoint runs it), reading the mesh through the API server: its
-// nodes' BPF state through the pod proxy, and only for the Hosts the Deployment allows.
+// nodes' BPF state through the pod proxy, to the operator's port-forward only: it listens on the
+// pod's loopback, so another pod (at the pod's address, with the Service's name as Host) gets
+// nothing. What it shows (every node's config and BPF state, live flows with peer identities) is
+// what Istio keeps on its components' loopback admin ports
+// (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync } from 'node:child_process';
@@ -20,7 +24,7 @@ const run = promisify(execFile);
 const KUBECTL = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
 const skip = KUBECTL.status !== 0 && 'kubectl is not installed (make deps installs Debian\'s kubernetes-client)';
 
-test('install --dashboard: kubectl applies it unedited, and the Deployment\'s weftctl dashboard serves the cluster\'s nodes through the pod proxy, read-only, to allowed Hosts only', { skip }, async () => {
+test('install --dashboard: kubectl applies it unedited, and the Deployment\'s weftctl dashboard serves the cluster\'s nodes through the pod proxy, read-only, on the pod\'s loopback only (port-forward), never to another pod', { skip }, async () => {
   const api = new FakeApiServer({ crdsFromApi: true });
   await api.start();
   const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-dash-'));
@@ -60,12 +64,12 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
     child.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
     child.stderr!.on('data', (b: Buffer) => { out += b.toString(); });
     const deadline = Date.now() + 90_000; // a loaded 2-core machine takes its time to start weftctl
-    while (!/on http:\/\/0\.0\.0\.0:(\d+)\//.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const port = Number(/on http:\/\/0\.0\.0\.0:(\d+)\//.exec(out)?.[1]);
-    assert.ok(port > 0, `the dashboard started: ${out}`);
-    const get = (path: string, host: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    while (!/on http:\/\/127\.0\.0\.1:(\d+)\//.test(out) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const port = Number(/on http:\/\/127\.0\.0\.1:(\d+)\//.exec(out)?.[1]);
+    assert.ok(port > 0, `the dashboard started on the loopback: ${out}`);
+    const get = (path: string, host: string, address = '127.0.0.1') => new Promise<{ status: number; body: string }>((resolve, reject) => {
       import('node:http').then(({ request }) => {
-        const req = request({ host: '127.0.0.1', port, path, headers: { host } }, (res) => {
+        const req = request({ host: address, port, path, headers: { host } }, (res) => {
           let body = '';
           res.on('data', (c: Buffer) => { body += c.toString(); });
           res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
@@ -74,11 +78,18 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
         req.end();
       }, reject);
     });
-    const nodes = await get('/api/nodes', 'weft-dashboard.weft-system.svc:15900');
-    assert.equal(nodes.status, 200, nodes.body);
+    const nodes = await get('/api/nodes', 'localhost:15900');
+    assert.equal(nodes.status, 200, `kubectl port-forward's Host: ${nodes.body}`);
     assert.deepEqual(JSON.parse(nodes.body).map((n: { node: string; ip: string; bpf: { programs: Array<{ name: string }> } }) => [n.node, n.ip, n.bpf.programs[0]!.name]), [['node-a', '192.168.7.1', 'weft_connect4']]);
-    assert.equal((await get('/api/nodes', 'localhost:15900')).status, 200, 'kubectl port-forward\'s Host');
     assert.equal((await get('/api/nodes', 'evil.example')).status, 403, 'another Host (DNS rebinding) is refused');
+    // Another pod: at the pod's address (here another address of this host) nothing listens; and
+    // the Service's names are no Host it admits, refused and logged by name.
+    await assert.rejects(get('/api/nodes', 'weft-dashboard.weft-system.svc:15900', '127.0.0.2'), /ECONNREFUSED/, 'nothing answers at another address of the pod');
+    const viaService = await get('/api/nodes', 'weft-dashboard.weft-system.svc:15900');
+    assert.equal(viaService.status, 403, viaService.body);
+    const deadlineLog = Date.now() + 10_000;
+    while (!/refused GET "\/api\/nodes" from [^:]+: host "weft-dashboard\.weft-system\.svc:15900"/.test(out) && Date.now() < deadlineLog) await new Promise((r) => setTimeout(r, 25));
+    assert.match(out, /refused GET "\/api\/nodes" from [^:]+: host "weft-dashboard\.weft-system\.svc:15900"/);
   } finally {
     child?.kill('SIGTERM');
     agent.close();
