@@ -102,7 +102,10 @@ export type HboneRefusalKind =
   | 'overloaded'
   | 'handler-failed'
   | 'rapid-reset'
+  /** The source address already holds `maxConnectionsPerSource` connections. */
   | 'too-many-connections'
+  /** The server already holds `maxConnections` connections, from all sources together. */
+  | 'server-full'
   /** More than `maxEarlyData` bytes sent on a CONNECT before its answer. */
   | 'early-data'
   /** The peer did not acknowledge our SETTINGS in time (RFC 9113 6.5.3). */
@@ -175,6 +178,12 @@ export interface HboneServerOptions {
    */
   maxConnectionsPerSource?: number;
   /**
+   * Open TCP connections from all sources together (TLS handshakes included); beyond it a new
+   * connection is closed at once and counted (`server-full`), so many peers, each under its own
+   * share, cannot take the process's descriptors and memory. Default DEFAULT_MAX_CONNECTIONS.
+   */
+  maxConnections?: number;
+  /**
    * Rapid-reset guard: more than `max` premature resets inside `intervalMs` and the session takes no
    * new streams (GOAWAY). A reset is premature when the stream had no answer yet and lived less
    * than `minLifetimeMs` (Envoy's premature_reset_min_stream_lifetime_seconds, 1 s). Default
@@ -208,6 +217,12 @@ interface SessionState {
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
+/**
+ * Open connections from all sources together. A node's agent pools one session per (source
+ * identity, destination) to each peer agent or waypoint, so even a thousand peers with a dozen
+ * identities each stay well under it; sixteen sources at their full share reach it.
+ */
+export const DEFAULT_MAX_CONNECTIONS = 16_384;
 
 /** nghttp2 RST_STREAM rate limit (token bucket) on HBONE sessions: effectively off; see the server options. */
 export const STREAM_RESET_BURST = 1_000_000;
@@ -252,12 +267,15 @@ export class HboneServer {
       'handler-failed': 0,
       'rapid-reset': 0,
       'too-many-connections': 0,
+      'server-full': 0,
       'early-data': 0,
       'settings-timeout': 0,
     },
   };
   /** Open TCP connections per source address. */
   readonly #perSource = new Map<string, number>();
+  /** Open TCP connections from all sources. */
+  #connections = 0;
   #closing = false;
 
   constructor(opts: HboneServerOptions) {
@@ -301,18 +319,26 @@ export class HboneServer {
       },
     });
     const perSourceMax = opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
+    const max = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.#server.on('connection', (socket: Socket) => {
       const from = socket.remoteAddress ?? '';
       const open = (this.#perSource.get(from) ?? 0) + 1;
-      if (open > perSourceMax) {
-        // Before TLS: costs the attacker a TCP handshake, us nothing more.
-        this.#refuse({ kind: 'too-many-connections', reason: `${from} already holds ${perSourceMax} connections`, peer: { spiffeId: undefined, address: from } });
+      // Before TLS: costs the attacker a TCP handshake, us nothing more.
+      const refusal: HboneRefusal | undefined = open > perSourceMax
+        ? { kind: 'too-many-connections', reason: `${from} already holds ${perSourceMax} connections`, peer: { spiffeId: undefined, address: from } }
+        : this.#connections >= max
+          ? { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }
+          : undefined;
+      if (refusal) {
+        this.#refuse(refusal);
         refusedSockets.add(socket);
         socket.destroy();
         return;
       }
       this.#perSource.set(from, open);
+      this.#connections++;
       socket.once('close', () => {
+        this.#connections--;
         const n = (this.#perSource.get(from) ?? 1) - 1;
         if (n <= 0) this.#perSource.delete(from);
         else this.#perSource.set(from, n);

@@ -462,6 +462,45 @@ test('one source holding too many connections gets the next ones closed before T
   assert.equal(got, 'back');
 });
 
+// A global cap beside the per-source one: many peers (each a pod address of its own, each under
+// its share) cannot take the agent's descriptors and memory between them. Envoy's overload manager
+// bounds a listener's downstream connections the same way (global_downstream_max_connections,
+// https://www.envoyproxy.io/docs/envoy/latest/configuration/operations/overload_manager/overload_manager#limiting-active-connections).
+test('many sources, each under its share, cannot hold more than maxConnections between them: the next is closed before TLS, counted server-full, named; a freed slot serves again', async () => {
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({ maxConnectionsPerSource: 2, maxConnections: 4, onRefusal: (r) => refusals.push(r) });
+  cleanups.push(() => hb.close());
+  const hold = (localAddress: string) => new Promise<import('node:net').Socket>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port: hb.port, localAddress }, () => resolve(s));
+    s.on('error', () => {});
+  });
+  // Two sources at their share of two: four in all (all of 127/8 is this host's).
+  const held = [await hold('127.0.0.2'), await hold('127.0.0.2'), await hold('127.0.0.3'), await hold('127.0.0.3')];
+  cleanups.push(() => { for (const s of held) s.destroy(); });
+  // A third source, under its own share, finds the server full.
+  const extra = netConnect({ host: '127.0.0.1', port: hb.port, localAddress: '127.0.0.4' });
+  extra.on('error', () => {});
+  await new Promise((resolve) => extra.once('close', resolve));
+  assert.equal(hb.server.stats().refusals['server-full'], 1);
+  assert.equal(hb.server.stats().refusals['too-many-connections'], 0);
+  assert.deepEqual(refusals.map((r) => [r.kind, r.peer?.address]), [['server-full', '127.0.0.4']], 'counted once, not also as a failed TLS handshake');
+  assert.match(refusals[0]!.reason, /4 connections from all sources/);
+  held.pop()!.destroy();
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  let got = '';
+  await until('a real HBONE client gets through once a slot is free', async () => {
+    const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+    const reply = readAll(t);
+    t.end('back');
+    got = (await reply).toString();
+    return true;
+  }, 5_000, { intervalMs: 20 });
+  assert.equal(got, 'back');
+});
+
 // Data-port admission (issue 15, item 7): workload identities of the mesh (and its aliases) only.
 test('a node identity and a workload of a foreign trust domain are refused on the data port and counted by name', async () => {
   const refusals: HboneRefusal[] = [];
