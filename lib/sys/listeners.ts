@@ -77,10 +77,12 @@ export function encodeProcAddress(ip: string, family: 4 | 6, littleEndian = endi
  */
 export function socketOwnerIn(text: string, family: 4 | 6, local: Endpoint, remote: Endpoint, littleEndian = endianness() === 'LE'): number | undefined {
   const at = (e: Endpoint) => `${encodeProcAddress(e.address, family, littleEndian)}:${e.port.toString(16).toUpperCase().padStart(4, '0')}`;
-  const [l, r] = [at(local), at(remote)];
-  for (const line of text.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] === l && f[2] === r && f[3] !== TCP_TIME_WAIT && f[7] !== undefined) return Number.parseInt(f[7], 10);
+  // One search through the text, not a split of every row: a busy node lists many thousands.
+  const key = ` ${at(local)} ${at(remote)} `;
+  for (let i = text.indexOf(key); i >= 0; i = text.indexOf(key, i + 1)) {
+    const end = text.indexOf('\n', i);
+    const f = text.slice(i, end < 0 ? undefined : end).trim().split(/\s+/);
+    if (f[2] !== TCP_TIME_WAIT && f[6] !== undefined) return Number.parseInt(f[6], 10);
   }
   return undefined;
 }
