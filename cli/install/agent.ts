@@ -138,7 +138,7 @@ function podAnnotations(): Record<string, string> {
   out['volumes.weft.dev/trust-bundle'] = 'CA roots the controller publishes; the agent verifies the controller\'s TLS certificate with them';
   out['volumes.weft.dev/tmp'] = 'scratch space: the root filesystem is read-only';
   for (const [k, why] of Object.entries(AGENT_HOST_ACCESS)) out[`host.weft.dev/${k}`] = why;
-  out['ports.weft.dev/admin'] = `${PORTS.admin} on 127.0.0.1 only (config dump, certificates, BPF state); not a container port`;
+  out['ports.weft.dev/admin'] = `${PORTS.admin} on 127.0.0.1 only, answering root's sockets only (config dump, certificates, BPF state, flows): kubectl exec or port-forward; not a container port`;
   return out;
 }
 
