@@ -9,7 +9,8 @@ import { CONTROLLER_IP } from './local/mesh.ts';
 import { requestInNetns, streamLinesInNetns } from './local/netns-http.ts';
 import { wireNetnsName } from './local/network.ts';
 import { waypointOfPod } from './local/waypoints.ts';
-import { DEBUG_PATH_PREFIX } from '../lib/debug-http.ts';
+import { DEBUG_PATH_PREFIX, DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET } from '../lib/debug-http.ts';
+import { readFileSync } from 'node:fs';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
@@ -104,10 +105,39 @@ interface PodLite {
  * would then feed weftctl and the dashboard the flows, metrics and state it likes. Waypoints are the
  * pods labelled `weft.dev/waypoint` in their own namespace.
  */
+/**
+ * The install's debug token (lib/debug-http.ts) as the header the agents' /debug paths want: from
+ * the file DEBUG_TOKEN_FILE_ENV names (the in-cluster dashboard's mount, read at each request: the
+ * kubelet updates it), else the Secret in `namespace` (read once). None when neither can be read:
+ * an install without it does not ask for one, one with it answers 403 saying so.
+ */
+function debugTokenHeader(kube: KubeClient, namespace: string): () => Promise<Record<string, string>> {
+  const file = process.env[DEBUG_TOKEN_FILE_ENV];
+  const header = (token: string | undefined): Record<string, string> => (token ? { [DEBUG_TOKEN_HEADER]: token } : {});
+  if (file) {
+    return async () => {
+      try {
+        return header(readFileSync(file, 'utf8').trim());
+      } catch {
+        return {};
+      }
+    };
+  }
+  let secret: Promise<Record<string, string>> | undefined;
+  return () => (secret ??= kube.get<{ data?: { token?: string } }>(`/api/v1/namespaces/${namespace}/secrets/${DEBUG_TOKEN_SECRET}`).then(
+    (s) => header(s.data?.token ? Buffer.from(s.data.token, 'base64').toString('utf8').trim() : undefined),
+    () => ({}),
+  ));
+}
+
 async function clusterComponents(kube: KubeClient, namespace: string): Promise<Component[]> {
   const of = (name: string) => kube.list<PodLite>('v1', 'pods', namespace, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);
+  const token = debugTokenHeader(kube, namespace);
   const comp = (role: Role, p: PodLite): Component => {
+    // Only the agents (in the install namespace) get the token: a waypoint's pod is its
+    // namespace's, and anyone who may create pods there can wear a waypoint's label.
+    const headers = (): Promise<Record<string, string>> => (role === 'agent' ? token() : Promise.resolve({}));
     const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;
     const reporter = role === 'agent' ? `agent ${name}` : role === 'waypoint' ? `waypoint ${p.metadata.namespace}/${p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name}` : 'controller';
     // The controller's admin paths already start with /debug/; agents' and waypoints' get it on the metrics port.
@@ -117,12 +147,12 @@ async function clusterComponents(kube: KubeClient, namespace: string): Promise<C
       ...(p.status?.podIP ? { address: p.status.podIP } : {}),
       ...(p.spec?.nodeName ? { node: p.spec.nodeName } : {}),
       metrics: () => kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.metrics, '/metrics')),
-      admin: <T>(path: string) => kube.get<T>(proxied(path)).catch((e: unknown) => {
+      admin: async <T>(path: string) => kube.get<T>(proxied(path), await headers()).catch((e: unknown) => {
         // Off unless the install opened them (weftctl install --debug-endpoints, or --dashboard).
         if (e instanceof KubeApiError && e.status === 404) throw new Error(`${reporter} does not serve ${proxied(path).split('/proxy')[1] ?? path} on its metrics port: install with \`weftctl install --debug-endpoints\` (or --dashboard) to read it on a cluster`);
         throw e;
       }),
-      stream: (path, onLine, signal) => kube.streamLines(proxied(path), onLine, signal),
+      stream: async (path, onLine, signal) => kube.streamLines(proxied(path), onLine, signal, await headers()),
       ready: () => readiness(async () => {
         try {
           return { status: 200, body: await kube.getText(kube.podProxyPath(p.metadata.namespace, p.metadata.name, PORTS.readiness, READINESS_PATH)) };

@@ -82,17 +82,17 @@ export class KubeClient {
     return this.kc.getContextObject(this.kc.getCurrentContext())?.namespace ?? 'default';
   }
 
-  async getText(path: string): Promise<string> {
-    return this.send('GET', path);
+  async getText(path: string, headers?: Record<string, string>): Promise<string> {
+    return this.send('GET', path, undefined, undefined, headers);
   }
 
   /**
    * One API request; resolves with the answer's body for a 2xx status, rejects with KubeApiError
    * (the Status message) otherwise. `body` is sent with `contentType` (default JSON).
    */
-  async send(method: string, path: string, body?: string, contentType = 'application/json'): Promise<string> {
+  async send(method: string, path: string, body?: string, contentType = 'application/json', headers: Record<string, string> = {}): Promise<string> {
     const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
-    const opts: https.RequestOptions = { method, headers: { accept: 'application/json', ...(body !== undefined ? { 'content-type': contentType } : {}) }, timeout: KUBE_REQUEST_TIMEOUT_MS };
+    const opts: https.RequestOptions = { method, headers: { ...headers, accept: 'application/json', ...(body !== undefined ? { 'content-type': contentType } : {}) }, timeout: KUBE_REQUEST_TIMEOUT_MS };
     await this.kc.applyToHTTPSOptions(opts);
     const lib = url.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
@@ -127,9 +127,9 @@ export class KubeClient {
    * Streams a newline-delimited answer (a component's /flows through the pod proxy): `onLine` gets
    * each line; resolves when the stream ends or `signal` aborts, rejects on another status than 200.
    */
-  async streamLines(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void> {
+  async streamLines(path: string, onLine: (line: string) => void, signal: AbortSignal, headers: Record<string, string> = {}): Promise<void> {
     const url = new URL(this.server.pathname.replace(/\/$/, '') + path, this.server);
-    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' }, signal };
+    const opts: https.RequestOptions = { method: 'GET', headers: { ...headers, accept: 'application/json' }, signal };
     await this.kc.applyToHTTPSOptions(opts);
     const lib = url.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
@@ -151,8 +151,8 @@ export class KubeClient {
     await this.send('PATCH', `${path}?fieldManager=${FIELD_MANAGER}`, JSON.stringify(object), 'application/apply-patch+yaml');
   }
 
-  async get<T>(path: string): Promise<T> {
-    const text = await this.getText(path);
+  async get<T>(path: string, headers?: Record<string, string>): Promise<T> {
+    const text = await this.getText(path, headers);
     try {
       return JSON.parse(text) as T;
     } catch {

@@ -4,16 +4,43 @@
 // `GET :15020/debug/<path>` through /api/v1/namespaces/NS/pods/POD:15020/proxy/debug/<path>.
 // Only the paths a component lists are served there, each by its own admin handler, GET only;
 // nothing that writes (log level) and nothing secret (certificates are listed, keys never are).
+//
+// The pod proxy cannot be told from any other client of the port (every pod reaches a node's
+// 15020), so a component given a token answers only requests that carry it in DEBUG_TOKEN_HEADER:
+// the install's Secret, mounted into the agents and the dashboard, read by weftctl through the API
+// (the API server passes the header on; it drops Authorization once it has authenticated).
 import type http from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
 
 /** Prefix of the admin paths the metrics port also answers. */
 export const DEBUG_PATH_PREFIX = '/debug';
+/** The request header carrying the install's debug token. */
+export const DEBUG_TOKEN_HEADER = 'weft-debug-token';
+/** The Secret (in the install namespace) holding the token under `token`. */
+export const DEBUG_TOKEN_SECRET = 'weft-debug-token';
+/** Names a file holding the token, for a weftctl without the rights to read the Secret (the in-cluster dashboard). */
+export const DEBUG_TOKEN_FILE_ENV = 'WEFT_DEBUG_TOKEN_FILE';
+
+/** Who may read the debug paths: those who hold the token. */
+export interface DebugAccess {
+  /** The token, read at each request (a mounted Secret changes under the process); undefined refuses every request. */
+  token: () => string | undefined;
+  /** Told of each request refused for its token (`missing`, `wrong`, `unset`). */
+  refused: (req: http.IncomingMessage, why: 'missing' | 'wrong' | 'unset') => void;
+}
+
+/** Whether `got` is `want`, in time that does not depend on where they differ. */
+function sameToken(got: string, want: string): boolean {
+  const digest = (v: string) => createHash('sha256').update(v).digest();
+  return timingSafeEqual(digest(got), digest(want));
+}
 
 /**
  * Serves `GET <prefix><path>` for each of `paths` on `metrics` by handing the request to
- * `admin`'s handler with the prefix taken off; every other request goes to `fallback`.
+ * `admin`'s handler with the prefix taken off; every other request goes to `fallback`. With
+ * `access`, only to requests carrying its token (403 otherwise, before the admin handler).
  */
-export function debugThroughAdmin(admin: http.Server, paths: readonly string[], fallback: (req: http.IncomingMessage, res: http.ServerResponse) => void): (req: http.IncomingMessage, res: http.ServerResponse) => void {
+export function debugThroughAdmin(admin: http.Server, paths: readonly string[], fallback: (req: http.IncomingMessage, res: http.ServerResponse) => void, access?: DebugAccess): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const allowed = new Set(paths);
   return (req, res) => {
     const url = req.url ?? '/';
@@ -28,6 +55,16 @@ export function debugThroughAdmin(admin: http.Server, paths: readonly string[], 
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
+    }
+    if (access) {
+      const want = access.token();
+      const got = req.headers[DEBUG_TOKEN_HEADER];
+      const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
+      if (why) {
+        access.refused(req, why);
+        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)` }) + '\n');
+        return;
+      }
     }
     req.url = inner + (q < 0 ? '' : url.slice(q));
     admin.emit('request', req, res);

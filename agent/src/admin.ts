@@ -11,9 +11,10 @@ import { peerSocketOwner } from '../../lib/sys/listeners.ts';
  * `bad_target`: the request target is not a URL; `peer_uid`: the admin port's client socket is not
  * root's (nor the agent's own user's); `source_connections`: its source already holds
  * MAX_SIDE_CONNECTIONS_PER_SOURCE; `header_timeout`: no whole request head within
- * SIDE_HEADERS_TIMEOUT_MS; `idle`: nothing sent or received for SIDE_IDLE_TIMEOUT_MS.
+ * SIDE_HEADERS_TIMEOUT_MS; `idle`: nothing sent or received for SIDE_IDLE_TIMEOUT_MS;
+ * `debug_token`: a /debug path asked for without the install's debug token (lib/debug-http.ts).
  */
-export type SidePortRefusal = 'bad_target' | 'peer_uid' | 'source_connections' | 'header_timeout' | 'idle';
+export type SidePortRefusal = 'bad_target' | 'peer_uid' | 'source_connections' | 'header_timeout' | 'idle' | 'debug_token';
 /** Hears of each refused request or connection (the agent counts and logs it), with what names it. */
 export type OnSidePortRefusal = (reason: SidePortRefusal, socket: Socket, fields?: Record<string, unknown>) => void;
 

@@ -37,6 +37,15 @@ import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
+/** The debug token in `file` (a mounted Secret's key), or undefined when it cannot be read or is empty. */
+function readDebugToken(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export const ADMIN_PORT = 15000;
 export const OUTBOUND_PORT = 15001;
 export const HBONE_PORT = 15008;
@@ -102,6 +111,11 @@ export interface AgentOptions {
    * flows to whoever reaches the port.
    */
   debugEndpoints?: boolean;
+  /**
+   * With debugEndpoints: a file holding the token a /debug request must carry (DEBUG_TOKEN_HEADER),
+   * read at each request; an unreadable or empty file refuses every one. Default: none asked.
+   */
+  debugTokenFile?: string;
   /**
    * A file that exists exactly while this process is ready (a readiness probe that cannot be
    * answered by another agent process sharing the ports during an upgrade).
@@ -345,13 +359,20 @@ export class Agent {
     guardSidePort(admin, { refused: adminRefused, ownerUids: [...new Set([0, process.getuid?.() ?? 0])] });
     this.#servers.push(admin);
     await listen(admin, ports.admin, '127.0.0.1');
+    const metricsRefused = this.metrics.sidePortRefusals('metrics', this.log);
     const prom = jsonServer({}, {
       text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) },
-      refused: this.metrics.sidePortRefusals('metrics', this.log),
+      refused: metricsRefused,
     });
-    // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod proxy.
-    const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res))) : prom;
-    guardSidePort(metrics, { refused: this.metrics.sidePortRefusals('metrics', this.log) });
+    // The admin port's read-only paths, for weftctl and the dashboard through the API server's pod
+    // proxy; with a token file, only for requests that carry the install's token.
+    const tokenFile = o.debugTokenFile;
+    const access = tokenFile ? {
+      token: () => readDebugToken(tokenFile),
+      refused: (req: import('node:http').IncomingMessage, why: string) => metricsRefused('debug_token', req.socket, { target: req.url, token: why }),
+    } : undefined;
+    const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
+    guardSidePort(metrics, { refused: metricsRefused });
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const ready = jsonServer({

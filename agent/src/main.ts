@@ -41,6 +41,8 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --debug-endpoints          also serve the read-only admin paths (config_dump, certs, bpf, flows) as
                              /debug/<path> on the metrics port, for weftctl and the dashboard on a
                              cluster (default: off; whoever reaches the port can read them)
+  --debug-token-file <path>  with --debug-endpoints: answer them only to requests carrying this
+                             file's token in the weft-debug-token header (the install's Secret)
   --drain-timeout <seconds>  on SIGTERM, how long open connections may finish before they are cut
                              (default 20; new connections go to the successor at once)
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
@@ -98,6 +100,7 @@ const AGENT_FLAGS = {
   'drain-timeout': { type: 'string' },
   splice: { type: 'boolean' },
   'debug-endpoints': { type: 'boolean' },
+  'debug-token-file': { type: 'string' },
   'ready-file': { type: 'string' },
   'log-level': { type: 'string', default: 'info' },
   uninstall: { type: 'boolean' },
@@ -172,6 +175,7 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
     ...(drainTimeout !== undefined ? { drainTimeoutMs: drainTimeout * 1000 } : {}),
     ...(values.splice ? { splice: true } : {}),
     ...(values['debug-endpoints'] ? { debugEndpoints: true } : {}),
+    ...(values['debug-token-file'] ? { debugTokenFile: values['debug-token-file'] } : {}),
     ...(values['ready-file'] ? { readyFile: values['ready-file'] } : {}),
     logLevel: level,
   };

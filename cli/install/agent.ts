@@ -11,6 +11,9 @@ import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IVolume } from 'kubernetes-models/v1/Volume';
 import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
+import type { ISecret } from 'kubernetes-models/v1/Secret';
+import { randomBytes } from 'node:crypto';
+import { DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
 import {
@@ -119,11 +122,33 @@ export const AGENT_RESOURCES = {
 };
 
 const TOKEN_FILE = 'token';
+/** Where the agents and the dashboard see the debug token Secret (its key `token`). */
+export const DEBUG_TOKEN_DIR = '/etc/weft/debug-token';
+export const DEBUG_TOKEN_FILE = `${DEBUG_TOKEN_DIR}/token`;
+
+/**
+ * With the debug paths open on the metrics port: the token they want (lib/debug-http.ts), new at
+ * each render. Every pod reaches a node's 15020, and the API server's pod proxy, through which
+ * weftctl and the dashboard read them, cannot be told from one; the token can. A new render
+ * (`weftctl install` again) changes it: the kubelet updates both mounts within a minute or so.
+ */
+export function renderDebugToken(o: ResolvedInstallOptions): ISecret {
+  return {
+    apiVersion: 'v1', kind: 'Secret', type: 'Opaque',
+    metadata: { name: DEBUG_TOKEN_SECRET, namespace: o.namespace, labels: labels(AGENT_NAME) },
+    stringData: { token: randomBytes(32).toString('hex') },
+  };
+}
+
+/** The debug token Secret as a volume, for a container running as `uid 0` (0400) or another (0444). */
+export function debugTokenVolume(mode: number): IVolume {
+  return { name: 'debug-token', secret: { secretName: DEBUG_TOKEN_SECRET, defaultMode: mode } };
+}
 const BPF_FS_MAGIC = 'cafe4a11';
 /** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */
 export const TRUST_BUNDLE_FILE = TRUST_BUNDLE_KEY;
 
-function podAnnotations(): Record<string, string> {
+function podAnnotations(o: ResolvedInstallOptions): Record<string, string> {
   const out: Record<string, string> = {
     'prometheus.io/scrape': 'true',
     'prometheus.io/port': String(PORTS.metrics),
@@ -137,6 +162,7 @@ function podAnnotations(): Record<string, string> {
   out['volumes.weft.dev/weft-token'] = `projected ServiceAccount token, audience ${CONTROLLER_TOKEN_AUDIENCE}: proves the agent's pod and node to the certificate service`;
   out['volumes.weft.dev/trust-bundle'] = 'CA roots the controller publishes; the agent verifies the controller\'s TLS certificate with them';
   out['volumes.weft.dev/tmp'] = 'scratch space: the root filesystem is read-only';
+  if (o.debugEndpoints) out['volumes.weft.dev/debug-token'] = `the token the debug paths on ${PORTS.metrics} want (Secret ${DEBUG_TOKEN_SECRET}): every pod reaches that port`;
   for (const [k, why] of Object.entries(AGENT_HOST_ACCESS)) out[`host.weft.dev/${k}`] = why;
   out['ports.weft.dev/admin'] = `${PORTS.admin} on 127.0.0.1 only, answering root's sockets only (config dump, certificates, BPF state, flows): kubectl exec or port-forward; not a container port`;
   return out;
@@ -190,7 +216,7 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     '--ready-file', AGENT_PATHS.readyFile,
     '--cni-socket', AGENT_PATHS.cniSocket,
     '--log-level', o.logLevel,
-    ...(o.debugEndpoints ? ['--debug-endpoints'] : []),
+    ...(o.debugEndpoints ? ['--debug-endpoints', '--debug-token-file', DEBUG_TOKEN_FILE] : []),
     ...(o.splice ? ['--splice'] : []),
   ];
 }
@@ -249,6 +275,7 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
       { name: 'weft-token', mountPath: AGENT_PATHS.token, readOnly: true },
       { name: 'trust-bundle', mountPath: AGENT_PATHS.trustBundle, readOnly: true },
       { name: 'tmp', mountPath: '/tmp' },
+      ...(o.debugEndpoints ? [{ name: 'debug-token', mountPath: DEBUG_TOKEN_DIR, readOnly: true }] : []),
     ],
   };
 }
@@ -266,7 +293,7 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
       template: {
         metadata: {
           labels: { ...labels(AGENT_NAME), 'weft.dev/dataplane-mode': 'none' },
-          annotations: podAnnotations(),
+          annotations: podAnnotations(o),
         },
         spec: {
           serviceAccountName: AGENT_NAME,
@@ -297,6 +324,7 @@ export function renderAgent(o: ResolvedInstallOptions): IDaemonSet {
               configMap: { name: TRUST_BUNDLE_CONFIGMAP, optional: true },
             },
             { name: 'tmp', emptyDir: { medium: 'Memory', sizeLimit: '64Mi' } },
+            ...(o.debugEndpoints ? [debugTokenVolume(0o400)] : []),
           ],
         },
       },

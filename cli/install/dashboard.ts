@@ -16,6 +16,8 @@ import type { ResolvedInstallOptions } from './options.ts';
 import { WATCHED, clusterRoleAccount } from './rbac.ts';
 import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
 import { labels, selectorLabels } from './names.ts';
+import { DEBUG_TOKEN_DIR, DEBUG_TOKEN_FILE, debugTokenVolume } from './agent.ts';
+import { DEBUG_TOKEN_FILE_ENV } from '../../lib/debug-http.ts';
 
 export const DASHBOARD_NAME = 'weft-dashboard';
 /** The port `weftctl dashboard` serves on (its --port default). */
@@ -55,9 +57,16 @@ export function renderDashboard(o: ResolvedInstallOptions): [IServiceAccount, IC
               // neither the kubelet's tcpSocket probe nor another pod can connect).
               args: ['weftctl', 'dashboard', '--address', '127.0.0.1', '--port', String(DASHBOARD_PORT), '--weft-namespace', o.namespace],
               ports: [{ name: 'http', containerPort: DASHBOARD_PORT, protocol: 'TCP' }],
+              // The token the agents' debug paths want (lib/debug-http.ts), sent with each read.
+              ...(o.debugEndpoints ? {
+                env: [{ name: DEBUG_TOKEN_FILE_ENV, value: DEBUG_TOKEN_FILE }],
+                volumeMounts: [{ name: 'debug-token', mountPath: DEBUG_TOKEN_DIR, readOnly: true }],
+              } : {}),
               resources: { requests: { cpu: '20m', memory: '96Mi' }, limits: { memory: '256Mi' } },
               securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
             }],
+            // Readable by the image's user (the pod sets no fsGroup); only this container mounts it.
+            ...(o.debugEndpoints ? { volumes: [debugTokenVolume(0o444)] } : {}),
           },
         },
       },

@@ -7,12 +7,13 @@ import type { IDeployment } from 'kubernetes-models/apps/v1/Deployment';
 import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IService } from 'kubernetes-models/v1/Service';
 import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import type { ISecret } from 'kubernetes-models/v1/Secret';
 import type { IPodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
 import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
-import { renderAgent } from './agent.ts';
+import { renderAgent, renderDebugToken } from './agent.ts';
 import { renderDashboard } from './dashboard.ts';
 import { renderEastwest } from './eastwest.ts';
 import { renderReader } from './remote-secret.ts';
@@ -22,7 +23,7 @@ import { applyValues } from './values.ts';
 
 export type { InstallOptions } from './options.ts';
 
-export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget | IServiceAccount;
+export type KubeObject = INamespace | ICustomResourceDefinition | RbacObject | IDeployment | IService | IDaemonSet | IPodDisruptionBudget | IServiceAccount | ISecret;
 
 /** Renders the installation; throws InstallOptionError for a bad option and CrdLoadError for a bad CRD file. */
 export function renderInstall(opts: InstallOptions): KubeObject[] {
@@ -53,6 +54,7 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     ...renderRbac(o),
     ...renderController(o),
     renderAgent(o),
+    ...(o.debugEndpoints ? [renderDebugToken(o)] : []),
     ...(o.dashboard ? renderDashboard(o) : []),
     ...(o.multicluster ? renderReader(o.namespace) : []),
     ...(o.multicluster?.eastwest ? renderEastwest(o) : []),

@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { renderInstall, toYaml } from '../../cli/install/render.ts';
 import { DASHBOARD_RULES } from '../../cli/install/dashboard.ts';
+import { DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_SECRET, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { REPO_ROOT } from '../../cli/local/mesh.ts';
 
@@ -30,19 +31,25 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
   const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-dash-'));
   const kubeconfig = join(dir, 'kubeconfig');
   writeFileSync(kubeconfig, api.kubeconfig());
-  // An agent (host network) answering its read-only /debug/bpf on :15020, as lib/debug-http.ts does.
-  const agent = createServer((req, res) => {
-    if (req.url === '/debug/bpf') res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ programs: [{ name: 'weft_connect4', id: 3 }], pods: [], counters: {} }));
-    else if (req.url === '/metrics') res.writeHead(200).end('');
+  // An agent (host network) answering its read-only /debug/bpf on :15020 through lib/debug-http.ts,
+  // to requests carrying the install's token only (the rendered Secret's, as its mount holds it).
+  let installToken: string | undefined;
+  const refusedTokens: string[] = [];
+  const agentAdmin = createServer((req, res) => {
+    if (req.url === '/bpf') res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ programs: [{ name: 'weft_connect4', id: 3 }], pods: [], counters: {} }));
     else res.writeHead(404).end();
   });
+  const agent = createServer(debugThroughAdmin(agentAdmin, ['/bpf'], (req, res) => {
+    if (req.url === '/metrics') res.writeHead(200).end('');
+    else res.writeHead(404).end();
+  }, { token: () => installToken, refused: (_req, why) => refusedTokens.push(why) }));
   await new Promise<void>((r) => agent.listen(0, '127.0.0.1', r));
   let child: ReturnType<typeof spawn> | undefined;
   try {
     const file = join(dir, 'install.yaml');
     writeFileSync(file, toYaml(renderInstall({ image: 'ghcr.io/weft-mesh/weft:lab', trustDomain: 'cluster.local', dashboard: true })));
     await run('kubectl', ['--kubeconfig', kubeconfig, 'apply', '--server-side', '-f', file], { env: { ...process.env, HOME: dir } });
-    const dep = api.get('Deployment', 'weft-system', 'weft-dashboard') as { spec: { template: { spec: { serviceAccountName: string; containers: Array<{ args: string[] }> } } } } | undefined;
+    const dep = api.get('Deployment', 'weft-system', 'weft-dashboard') as { spec: { template: { spec: { serviceAccountName: string; containers: Array<{ args: string[]; env?: Array<{ name: string; value: string }> }> } } } } | undefined;
     assert.ok(dep, 'the dashboard Deployment exists');
     assert.equal(dep.spec.template.spec.serviceAccountName, 'weft-dashboard');
     assert.ok(api.get('Service', 'weft-system', 'weft-dashboard'));
@@ -59,7 +66,15 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
     // parallel runs do not collide, and the kubeconfig standing in for the in-cluster ServiceAccount.
     const [first, ...args] = dep.spec.template.spec.containers[0]!.args;
     assert.equal(first, 'weftctl');
-    child = spawn(process.execPath, [join(REPO_ROOT, 'cli/weftctl.ts'), ...args, '--port', '0', '--kubeconfig', kubeconfig], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: dir } });
+    // The install's debug token: the rendered Secret, mounted where the Deployment's env says.
+    const secret = api.get('Secret', 'weft-system', DEBUG_TOKEN_SECRET) as { stringData?: { token?: string }; data?: { token?: string } } | undefined;
+    installToken = secret?.stringData?.token ?? (secret?.data?.token ? Buffer.from(secret.data.token, 'base64').toString() : undefined);
+    assert.ok(installToken && installToken.length >= 32, 'the install renders a debug token');
+    const tokenEnv = dep.spec.template.spec.containers[0]!.env?.find((e) => e.name === DEBUG_TOKEN_FILE_ENV);
+    assert.ok(tokenEnv, 'the dashboard is told where its token is mounted');
+    const mounted = join(dir, 'debug-token');
+    writeFileSync(mounted, `${installToken}\n`);
+    child = spawn(process.execPath, [join(REPO_ROOT, 'cli/weftctl.ts'), ...args, '--port', '0', '--kubeconfig', kubeconfig], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: dir, [DEBUG_TOKEN_FILE_ENV]: mounted } });
     let out = '';
     child.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
     child.stderr!.on('data', (b: Buffer) => { out += b.toString(); });
@@ -82,6 +97,13 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
     assert.equal(nodes.status, 200, `kubectl port-forward's Host: ${nodes.body}`);
     assert.deepEqual(JSON.parse(nodes.body).map((n: { node: string; ip: string; bpf: { programs: Array<{ name: string }> } }) => [n.node, n.ip, n.bpf.programs[0]!.name]), [['node-a', '192.168.7.1', 'weft_connect4']]);
     assert.equal((await get('/api/nodes', 'evil.example')).status, 403, 'another Host (DNS rebinding) is refused');
+    // Another pod at the agent's 15020: without the install's token, nothing (counted by the agent,
+    // test/unit/agent-side-ports.test.ts); the dashboard's reads above carried it through the proxy.
+    assert.deepEqual(refusedTokens, [], 'the dashboard\'s reads carried the token');
+    const agentPort = (agent.address() as { port: number }).port;
+    const direct = await fetch(`http://127.0.0.1:${agentPort}/debug/bpf`);
+    assert.equal(direct.status, 403);
+    assert.deepEqual(refusedTokens, ['missing']);
     // Another pod: at the pod's address (here another address of this host) nothing listens; and
     // the Service's names are no Host it admits, refused and logged by name.
     await assert.rejects(get('/api/nodes', 'weft-dashboard.weft-system.svc:15900', '127.0.0.2'), /ECONNREFUSED/, 'nothing answers at another address of the pod');
@@ -93,6 +115,7 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
   } finally {
     child?.kill('SIGTERM');
     agent.close();
+    agentAdmin.close();
     await api.stop();
     rmSync(dir, { recursive: true, force: true });
   }

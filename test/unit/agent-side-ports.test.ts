@@ -11,7 +11,8 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { guardSidePort, jsonServer } from '../../agent/src/admin.ts';
+import { guardSidePort, jsonServer, sideHttpServer } from '../../agent/src/admin.ts';
+import { DEBUG_TOKEN_HEADER, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
 
@@ -201,5 +202,55 @@ test('a side-port connection that sends nothing is closed after the idle deadlin
     partial.destroy();
     stream.destroy();
     a.close();
+  }
+});
+
+// `--debug-endpoints` (on with `--dashboard`) serves the admin port's read-only paths on 15020 for
+// the API server's pod proxy, which cannot be told from any pod reaching the node's address; the
+// install's token can (the pod proxy passes a request's headers on). Istio keeps this data on its
+// components' loopback admin ports
+// (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio).
+test('with the debug paths open on the metrics port, a pod without the install\'s token gets 403 from every one, counted debug_token and logged; the token is served; /metrics stays open', async () => {
+  const metrics = new AgentMetrics();
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const log: Logger = { debug() {}, info() {}, error() {}, warn: (msg, fields = {}) => lines.push({ msg, fields }) };
+  const refused = metrics.sidePortRefusals('metrics', log);
+  const admin = jsonServer({ '/config_dump': () => ({ config: 'the node config SECRET-ish' }), '/bpf': () => ({ pods: ['SECRET-ish'] }) }, { raw: { '/flows': (_q, res) => { res.writeHead(200).end('{"peer":"SECRET-ish"}\n'); } } });
+  const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: 'text/plain', body: 'up 1\n' }) } });
+  let token: string | undefined = 'the-install-token';
+  const server = sideHttpServer(debugThroughAdmin(admin, ['/config_dump', '/bpf', '/flows'], (req, res) => prom.emit('request', req, res), {
+    token: () => token,
+    refused: (req, why) => refused('debug_token', req.socket, { target: req.url, token: why }),
+  }));
+  guardSidePort(server, { refused });
+  const port = await listening(server);
+  const get = (path: string, headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${port}${path}`, { headers }).then(async (r) => ({ status: r.status, body: await r.text() }));
+  try {
+    for (const path of ['/debug/config_dump', '/debug/bpf', '/debug/flows', '/debug/flows?recent=1']) {
+      const r = await get(path);
+      assert.equal(r.status, 403, `${path}: ${r.body}`);
+      assert.doesNotMatch(r.body, /SECRET/);
+      assert.match(r.body, new RegExp(DEBUG_TOKEN_HEADER));
+    }
+    const wrong = await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-tokeX' });
+    assert.equal(wrong.status, 403);
+    const count = async () => Number(/weft_side_port_requests_refused_total\{port="metrics",reason="debug_token"\} (\d+)/.exec(await metrics.registry.metrics())?.[1] ?? 0);
+    assert.equal(await count(), 5);
+    const line = lines.find((l) => l.fields.token === 'wrong');
+    assert.ok(line, JSON.stringify(lines));
+    assert.equal(line.fields.reason, 'debug_token');
+    assert.equal(line.fields.target, '/debug/config_dump');
+    assert.match(line.msg, /debug token/);
+    // The operator's path (weftctl, the dashboard through the pod proxy) carries the token.
+    const ok = await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-token' });
+    assert.equal(ok.status, 200);
+    assert.match(ok.body, /SECRET/);
+    assert.equal((await get('/metrics')).status, 200, 'Prometheus needs no token');
+    // A token that cannot be read (the Secret not mounted yet) opens nothing.
+    token = undefined;
+    assert.equal((await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-token' })).status, 403);
+  } finally {
+    server.closeAllConnections();
+    server.close();
   }
 });

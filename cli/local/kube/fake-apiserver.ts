@@ -40,7 +40,7 @@
 // garbage collection by ownerReferences (the lab kubelet deletes what it owns), protobuf.
 // One global resourceVersion counter orders all changes, as etcd does. Tests drive it directly
 // (apply, remove, compact, dropWatches) and read back what the controller wrote.
-import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
 import { parse as parseYaml } from 'yaml';
@@ -521,7 +521,7 @@ export class FakeApiServer {
     }
     this.requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, ...(body !== undefined ? { body } : {}) });
     const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)?$/.exec(url.pathname);
-    if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res);
+    if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res, req.headers);
     const nodeProxy = /^\/api\/v1\/nodes\/([^/]+)\/proxy(\/.*)?$/.exec(url.pathname);
     if (nodeProxy && req.method === 'GET') return this.#nodeProxy(decodeURIComponent(nodeProxy[1]!), (nodeProxy[2] ?? '/') + url.search, res);
     if (req.method === 'GET' && this.#discovery(url.pathname, res)) return;
@@ -728,13 +728,13 @@ export class FakeApiServer {
     return true;
   }
 
-  #podProxy(namespace: string, name: string, port: number, path: string, res: ServerResponse): void {
+  #podProxy(namespace: string, name: string, port: number, path: string, res: ServerResponse, headers: IncomingHttpHeaders = {}): void {
     const pod = this.get('Pod', namespace, name);
     if (!pod) return status(res, 404, 'NotFound', `pods "${name}" not found`);
     const podIP = (pod.status as { podIP?: string } | undefined)?.podIP;
     const target = this.podProxyTarget?.(namespace, name, port) ?? (podIP ? { host: podIP, port } : undefined);
     if (!target) return status(res, 503, 'ServiceUnavailable', `pod ${namespace}/${name} has no IP address`);
-    this.#forward(target, path, res);
+    this.#forward(target, path, res, proxiedHeaders(headers));
   }
 
   #nodeProxy(name: string, path: string, res: ServerResponse): void {
@@ -744,8 +744,8 @@ export class FakeApiServer {
     this.#forward(target, path, res);
   }
 
-  #forward(target: ProxyTarget, path: string, res: ServerResponse): void {
-    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', timeout: 5_000, ...(target.connect ? { createConnection: target.connect } : {}) }, (r) => {
+  #forward(target: ProxyTarget, path: string, res: ServerResponse, headers: Record<string, string> = {}): void {
+    const up = httpRequest({ host: target.host, port: target.port, path, method: 'GET', headers, timeout: 5_000, ...(target.connect ? { createConnection: target.connect } : {}) }, (r) => {
       res.writeHead(r.statusCode ?? 502, { 'content-type': r.headers['content-type'] ?? 'text/plain' });
       r.pipe(res);
     });
@@ -835,6 +835,15 @@ function json(res: ServerResponse, code: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+/**
+ * The request's headers as the API server's pod proxy passes them on: Authorization is gone (the
+ * authentication filter drops it once it has authenticated), as are Host and the hop-by-hop ones.
+ */
+function proxiedHeaders(h: IncomingHttpHeaders): Record<string, string> {
+  const dropped = new Set(['authorization', 'host', 'connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authorization']);
+  return Object.fromEntries(Object.entries(h).filter((e): e is [string, string] => typeof e[1] === 'string' && !dropped.has(e[0])));
 }
 
 function status(res: ServerResponse, code: number, reason: string, message: string): void {
