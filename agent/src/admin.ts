@@ -95,6 +95,9 @@ export function guardSidePort(server: http.Server, g: SidePortGuard): void {
       }
       g.refused('peer_uid', socket, { uid: uid ?? 'unknown', allowed: uids.join(',') });
       const body = JSON.stringify({ error: `this port answers only processes of uid ${uids.join(' or ')} on this node (yours is ${uid ?? 'unknown'}): run weftctl as root, or through kubectl exec or port-forward` }) + '\n';
+      // Whatever it sent is read and dropped, unparsed: closing with it unread would reset the
+      // connection under the answer.
+      socket.resume();
       socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
     }, () => socket.destroy());
   });
