@@ -9,8 +9,7 @@ import { CONTROLLER_IP } from './local/mesh.ts';
 import { requestInNetns, streamLinesInNetns } from './local/netns-http.ts';
 import { wireNetnsName } from './local/network.ts';
 import { waypointOfPod } from './local/waypoints.ts';
-import { DEBUG_PATH_PREFIX, DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET } from '../lib/debug-http.ts';
-import { readFileSync } from 'node:fs';
+import { DEBUG_PATH_PREFIX, DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET, debugTokenFile } from '../lib/debug-http.ts';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
@@ -100,36 +99,45 @@ interface PodLite {
 }
 
 /**
- * The controller and agents: the pods wearing their labels in `namespace` (where Weft is installed),
- * never elsewhere: anyone who may create a pod in some namespace can give it those labels, and it
- * would then feed weftctl and the dashboard the flows, metrics and state it likes. Waypoints are the
- * pods labelled `weft.dev/waypoint` in their own namespace.
- */
-/**
  * The install's debug token (lib/debug-http.ts) as the header the agents' /debug paths want: from
- * the file DEBUG_TOKEN_FILE_ENV names (the in-cluster dashboard's mount, read at each request: the
- * kubelet updates it), else the Secret in `namespace` (read once). None when neither can be read:
- * an install without it does not ask for one, one with it answers 403 saying so.
+ * the file DEBUG_TOKEN_FILE_ENV names (the in-cluster dashboard's mount; debugTokenFile reads it
+ * again every few seconds, as the kubelet updates it), else the Secret in `namespace`, read again
+ * after a minute or after a failed read (a re-install makes a new token). None when neither can be
+ * read: an install without it does not ask for one, one with it answers 403 saying so.
  */
 function debugTokenHeader(kube: KubeClient, namespace: string): () => Promise<Record<string, string>> {
   const file = process.env[DEBUG_TOKEN_FILE_ENV];
   const header = (token: string | undefined): Record<string, string> => (token ? { [DEBUG_TOKEN_HEADER]: token } : {});
   if (file) {
-    return async () => {
-      try {
-        return header(readFileSync(file, 'utf8').trim());
-      } catch {
-        return {};
-      }
-    };
+    const token = debugTokenFile(file);
+    return async () => header(token());
   }
-  let secret: Promise<Record<string, string>> | undefined;
-  return () => (secret ??= kube.get<{ data?: { token?: string } }>(`/api/v1/namespaces/${namespace}/secrets/${DEBUG_TOKEN_SECRET}`).then(
-    (s) => header(s.data?.token ? Buffer.from(s.data.token, 'base64').toString('utf8').trim() : undefined),
-    () => ({}),
-  ));
+  let secret: { at: number; read: Promise<Record<string, string> | undefined> } | undefined;
+  return async () => {
+    if (!secret || Date.now() - secret.at > DEBUG_TOKEN_SECRET_TTL_MS) {
+      secret = {
+        at: Date.now(),
+        read: kube.get<{ data?: { token?: string } }>(`/api/v1/namespaces/${namespace}/secrets/${DEBUG_TOKEN_SECRET}`).then(
+          (s) => header(s.data?.token ? Buffer.from(s.data.token, 'base64').toString('utf8').trim() : undefined),
+          () => undefined,
+        ),
+      };
+    }
+    const got = await secret.read;
+    if (got === undefined) secret = undefined;
+    return got ?? {};
+  };
 }
 
+/** How long weftctl uses the debug token Secret it read before reading it again. */
+const DEBUG_TOKEN_SECRET_TTL_MS = 60_000;
+
+/**
+ * The controller and agents: the pods wearing their labels in `namespace` (where Weft is installed),
+ * never elsewhere: anyone who may create a pod in some namespace can give it those labels, and it
+ * would then feed weftctl and the dashboard the flows, metrics and state it likes. Waypoints are the
+ * pods labelled `weft.dev/waypoint` in their own namespace.
+ */
 async function clusterComponents(kube: KubeClient, namespace: string): Promise<Component[]> {
   const of = (name: string) => kube.list<PodLite>('v1', 'pods', namespace, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);

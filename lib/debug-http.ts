@@ -11,6 +11,7 @@
 // (the API server passes the header on; it drops Authorization once it has authenticated).
 import type http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 /** Prefix of the admin paths the metrics port also answers. */
 export const DEBUG_PATH_PREFIX = '/debug';
@@ -27,6 +28,30 @@ export interface DebugAccess {
   token: () => string | undefined;
   /** Told of each request refused for its token (`missing`, `wrong`, `unset`). */
   refused: (req: http.IncomingMessage, why: 'missing' | 'wrong' | 'unset') => void;
+}
+
+/** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
+export const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
+
+/**
+ * The token in `file` (a mounted Secret), read again at most every DEBUG_TOKEN_FILE_TTL_MS, not at
+ * every request; undefined while the file cannot be read or is empty. The agents' and the in-cluster
+ * dashboard's one reader.
+ */
+export function debugTokenFile(file: string, now: () => number = Date.now): () => string | undefined {
+  let cached: { at: number; token: string | undefined } | undefined;
+  return () => {
+    const t = now();
+    if (cached && t - cached.at < DEBUG_TOKEN_FILE_TTL_MS) return cached.token;
+    let token: string | undefined;
+    try {
+      token = readFileSync(file, 'utf8').trim() || undefined;
+    } catch {
+      token = undefined;
+    }
+    cached = { at: t, token };
+    return token;
+  };
 }
 
 /** Whether `got` is `want`, in time that does not depend on where they differ. */

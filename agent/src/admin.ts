@@ -28,6 +28,8 @@ export const MAX_SIDE_CONNECTIONS_PER_SOURCE = 32;
 export const SIDE_HEADERS_TIMEOUT_MS = 10_000;
 /** A side-port connection on which nothing moves for this long is closed; streams (/flows) are exempt. */
 export const SIDE_IDLE_TIMEOUT_MS = 30_000;
+/** A refused admin-port client's socket is destroyed at the latest this long after its 403 is written. */
+const REFUSED_LINGER_MS = 1_000;
 /** How often Node checks the header and request deadlines (its default is every 30 s). */
 const SIDE_DEADLINE_CHECK_MS = 1_000;
 
@@ -65,8 +67,9 @@ export function guardSidePort(server: http.Server, g: SidePortGuard): void {
   server.removeAllListeners('connection');
   // Not read until admitted: Node's HTTP parser takes the socket over when `serve` is called.
   (server as http.Server & { pauseOnConnect: boolean }).pauseOnConnect = true;
-  server.on('connection', (socket: Socket) => {
-    const from = socket.remoteAddress ?? '';
+  // Counted against the cap only once admitted: a client the owner check refuses (anyone on the
+  // node, all from 127.0.0.1) must not use up root's share of the admin port.
+  const admit = (socket: Socket, from: string): void => {
     const open = (perSource.get(from) ?? 0) + 1;
     if (open > max) {
       g.refused('source_connections', socket, { limit: max });
@@ -79,25 +82,25 @@ export function guardSidePort(server: http.Server, g: SidePortGuard): void {
       if (n <= 0) perSource.delete(from);
       else perSource.set(from, n);
     });
+    serve.call(server, socket);
+    socket.resume();
+  };
+  server.on('connection', (socket: Socket) => {
+    const from = socket.remoteAddress ?? '';
     socket.on('error', () => {});
-    if (!g.ownerUids) {
-      serve.call(server, socket);
-      socket.resume();
-      return;
-    }
+    if (!g.ownerUids) return admit(socket, from);
     const uids = g.ownerUids;
     peerSocketOwner({ local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 }, remote: { address: from, port: socket.remotePort ?? 0 } }).then((uid) => {
       if (socket.destroyed) return;
-      if (uid !== undefined && uids.includes(uid)) {
-        serve.call(server, socket);
-        socket.resume();
-        return;
-      }
+      if (uid !== undefined && uids.includes(uid)) return admit(socket, from);
       g.refused('peer_uid', socket, { uid: uid ?? 'unknown', allowed: uids.join(',') });
       const body = JSON.stringify({ error: `this port answers only processes of uid ${uids.join(' or ')} on this node (yours is ${uid ?? 'unknown'}): run weftctl as root, or through kubectl exec or port-forward` }) + '\n';
       // Whatever it sent is read and dropped, unparsed: closing with it unread would reset the
-      // connection under the answer.
+      // connection under the answer. The socket goes when the client closes its side, or after
+      // REFUSED_LINGER_MS of silence if it does not (the server allows half-open connections).
       socket.resume();
+      socket.once('end', () => socket.destroy());
+      socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
       socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
     }, () => socket.destroy());
   });

@@ -30,7 +30,7 @@ import type { Workload } from '../../lib/model/mesh.ts';
 import { HttpStatusError, guardSidePort, jsonServer, listen, sideHttpServer, type OnSidePortRefusal } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
-import { debugThroughAdmin } from '../../lib/debug-http.ts';
+import { debugThroughAdmin, debugTokenFile } from '../../lib/debug-http.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 
 /** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
@@ -38,13 +38,6 @@ export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
 /** The debug token in `file` (a mounted Secret's key), or undefined when it cannot be read or is empty. */
-function readDebugToken(file: string): string | undefined {
-  try {
-    return readFileSync(file, 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export const ADMIN_PORT = 15000;
 export const OUTBOUND_PORT = 15001;
@@ -368,21 +361,22 @@ export class Agent {
     // proxy; with a token file, only for requests that carry the install's token.
     const tokenFile = o.debugTokenFile;
     const access = tokenFile ? {
-      token: () => readDebugToken(tokenFile),
+      token: debugTokenFile(tokenFile),
       refused: (req: import('node:http').IncomingMessage, why: string) => metricsRefused('debug_token', req.socket, { target: req.url, token: why }),
     } : undefined;
     const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
     guardSidePort(metrics, { refused: metricsRefused });
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
+    const readyRefused = this.metrics.sidePortRefusals('ready', this.log);
     const ready = jsonServer({
       '/healthz/ready': () => {
         if (!this.ready) throw new HttpStatusError(503, this.#notReadyReason());
         return { ready: true };
       },
       '/healthz/live': () => ({ live: true }),
-    }, { refused: this.metrics.sidePortRefusals('ready', this.log) });
-    guardSidePort(ready, { refused: this.metrics.sidePortRefusals('ready', this.log) });
+    }, { refused: readyRefused });
+    guardSidePort(ready, { refused: readyRefused });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
     this.#connectConfig(0);

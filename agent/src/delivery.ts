@@ -59,6 +59,12 @@ export interface DeliveryDatapath {
 }
 
 /** An open delivery to a local pod, and what its authorization rested on (reauthorize). */
+/** What an open delivery's last verdict rested on besides the policies. */
+interface JudgedOn {
+  dest: Workload;
+  owner: string | undefined;
+}
+
 export interface OpenDelivery {
   dest: Workload;
   port: number;
@@ -93,9 +99,9 @@ export class LocalDelivery {
   readonly #maxPending: number;
   /**
    * Every open delivery, whatever brought it, until its pod side closes, with what its last
-   * verdict rested on besides the policies (#inputsOf; reauthorize).
+   * verdict rested on besides the policies (#sameInputs; reauthorize).
    */
-  readonly #open = new Map<OpenDelivery, string>();
+  readonly #open = new Map<OpenDelivery, JudgedOn>();
   /** 'connection denied' lines a second: anyone who can reach a pod can cause them (each is counted). */
   readonly #deniedLog: LogBudget;
 
@@ -196,7 +202,7 @@ export class LocalDelivery {
    */
   track(d: OpenDelivery): void {
     // As judged (d.dest): a pod that changed while the delivery connected is judged at the next push.
-    this.#open.set(d, this.#inputsOf(d, d.dest));
+    this.#open.set(d, { dest: d.dest, owner: this.#ownerOf(d) });
     d.upstream.once('close', () => this.#open.delete(d));
   }
 
@@ -206,19 +212,19 @@ export class LocalDelivery {
    * ztunnel closes connections a new policy denies. Without this a long-lived connection, such as
    * a waypoint's pooled one, would keep carrying a caller a new DENY names. With `policiesChanged`
    * false (only workloads changed) a delivery is judged again only if what its verdict rests on
-   * besides the policies changed (#inputsOf): a push about another pod costs no evaluation.
+   * besides the policies changed (#sameInputs): a push about another pod costs no evaluation.
    * Returns how many were closed.
    */
   reauthorize(policiesChanged = true): number {
     let closed = 0;
     for (const [d, judged] of this.#open) {
-      const dest = this.#destOf(d);
-      const inputs = this.#inputsOf(d, dest);
-      if (!policiesChanged && inputs === judged) continue;
+      const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
+      const owner = this.#ownerOf(d);
+      if (!policiesChanged && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) continue;
       try {
         if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp);
         else this.authorize(dest, d.port, d.source, d.caller);
-        this.#open.set(d, inputs);
+        this.#open.set(d, { dest, owner });
       } catch (err) {
         if (!(err instanceof DeniedError)) throw err;
         this.#open.delete(d);
@@ -230,19 +236,22 @@ export class LocalDelivery {
     return closed;
   }
 
-  /** The pod of an open delivery as it is now (its labels decide which policies select it, and its mode). */
-  #destOf(d: OpenDelivery): Workload {
-    return this.#state.localWorkload(d.dest.ip) ?? d.dest;
+  /** For plaintext, the mesh workload whose address the client's is (authorizePlaintext judges by it). */
+  #ownerOf(d: OpenDelivery): string | undefined {
+    return d.plaintext && d.source.sourceIp !== undefined ? this.#state.addressOwner(d.source.sourceIp)?.spiffeId : undefined;
   }
 
   /**
-   * What a delivery's verdict rests on besides the policies: the pod's uid, namespace and labels
-   * (policySelectsWorkload), its mode on the port (a plaintext one is refused under STRICT) and,
-   * for plaintext, the mesh workload whose address the client's is (authorizePlaintext).
+   * Whether a pod decides a delivery as it did: its uid, namespace and labels (policySelectsWorkload)
+   * and its mode on the port (a plaintext one is refused under STRICT). Compared only at a push.
    */
-  #inputsOf(d: OpenDelivery, dest: Workload): string {
-    const owner = d.plaintext && d.source.sourceIp !== undefined ? this.#state.addressOwner(d.source.sourceIp)?.spiffeId : undefined;
-    return JSON.stringify([dest.uid, dest.namespace, dest.labels, this.#state.modeFor(dest, d.port), owner ?? null]);
+  #sameInputs(was: Workload, now: Workload, port: number): boolean {
+    if (was === now) return true;
+    if (was.uid !== now.uid || was.namespace !== now.namespace || this.#state.modeFor(was, port) !== this.#state.modeFor(now, port)) return false;
+    const a = was.labels ?? {};
+    const b = now.labels ?? {};
+    const keys = Object.keys(a);
+    return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
   }
 
   /**

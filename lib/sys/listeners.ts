@@ -87,34 +87,37 @@ export function socketOwnerIn(text: string, family: 4 | 6, local: Endpoint, remo
   return undefined;
 }
 
-/** A read of /proc/net/tcp{,6} that has not started: connections accepted meanwhile share it. */
-let nextRead: Promise<[string, string]> | undefined;
-let reading: Promise<unknown> = Promise.resolve();
+/** Per table (tcp, tcp6): a read that has not started (connections accepted meanwhile share it), and the one running. */
+const tableReads = new Map<string, { next?: Promise<string>; running: Promise<unknown> }>();
 
 /**
- * Both tables, read after this call. Reads run one at a time, and every caller that arrives while
- * one runs shares the next: a flood of connections costs one read at a time, not one each.
+ * One table, read after this call. Reads of a table run one at a time, and every caller that
+ * arrives while one runs shares the next: a flood of connections costs one read at a time, not one each.
  */
-function readTcpTables(procNet: string): Promise<[string, string]> {
-  if (nextRead) return nextRead;
-  const read = (f: string) => readFile(`${procNet}/${f}`, 'utf8').catch(() => '');
-  const p = reading.then(() => {
-    nextRead = undefined;
-    return Promise.all([read('tcp'), read('tcp6')]);
+function readTcpTable(procNet: string, file: 'tcp' | 'tcp6'): Promise<string> {
+  const key = `${procNet}/${file}`;
+  let r = tableReads.get(key);
+  if (!r) tableReads.set(key, (r = { running: Promise.resolve() }));
+  if (r.next) return r.next;
+  const state = r;
+  const p = state.running.then(() => {
+    state.next = undefined;
+    return readFile(key, 'utf8').catch(() => '');
   });
-  nextRead = p;
-  reading = p.catch(() => undefined);
+  state.next = p;
+  state.running = p.catch(() => undefined);
   return p;
 }
 
 /**
  * The uid owning the client socket of a connection this process accepted (the client's end is the
  * accepted socket's remote, and the other way round), when the client runs in this process's
- * network namespace; undefined when it does not, or is gone.
+ * network namespace; undefined when it does not, or is gone. An IPv4 client is in /proc/net/tcp,
+ * an IPv6 one (an IPv4-mapped address on a dual-stack listener too) in tcp6: one table is read.
  */
 export async function peerSocketOwner(accepted: { local: Endpoint; remote: Endpoint }, procNet = '/proc/self/net'): Promise<number | undefined> {
-  const [tcp, tcp6] = await readTcpTables(procNet);
-  return socketOwnerIn(tcp, 4, accepted.remote, accepted.local) ?? socketOwnerIn(tcp6, 6, accepted.remote, accepted.local);
+  const v6 = accepted.remote.address.includes(':');
+  return socketOwnerIn(await readTcpTable(procNet, v6 ? 'tcp6' : 'tcp'), v6 ? 6 : 4, accepted.remote, accepted.local);
 }
 
 /** Every TCP listener of this network namespace. */

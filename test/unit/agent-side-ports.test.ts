@@ -142,6 +142,31 @@ test('the admin port on the node loopback refuses a process of another uid (6553
   }
 });
 
+test('a refused process cannot use up root\'s share of the admin port: its connections, held open after the 403, neither count against the per-source cap nor stay open', { skip: process.getuid?.() !== 0 ? 'needs root to drop to uid 65534' : false }, async () => {
+  const a = await guardedAdmin({ ownerUids: [0], maxConnectionsPerSource: 2 });
+  // As nobody: five connections, each sends a request, reads nothing and never closes its side.
+  const script = `import socket,sys
+s=[socket.create_connection(("127.0.0.1",${a.port})) for _ in range(5)]
+for c in s: c.sendall(b"GET /config_dump HTTP/1.1\\r\\nhost: x\\r\\n\\r\\n")
+print("held", flush=True)
+sys.stdin.read()`;
+  const holder = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3', '-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.setEncoding('utf8').on('data', (d: string) => { if (d.includes('held')) resolve(); });
+      holder.on('exit', (c) => reject(new Error(`holder exited ${c}`)));
+    });
+    await until('the five refused', async () => (await a.count('peer_uid')) === 5);
+    // Root is served while they are held, more than the cap's worth of times in a row.
+    for (let i = 0; i < 3; i++) assert.equal((await fetch(`http://127.0.0.1:${a.port}/config_dump`)).status, 200);
+    assert.equal(await a.count('source_connections'), 0, 'the refused connections took none of the share');
+    await until('the server dropped the refused connections the client still holds', () => new Promise((r) => a.server.getConnections((_e, n) => r(n === 0))));
+  } finally {
+    holder.kill('SIGKILL');
+    a.close();
+  }
+});
+
 test('a side port holds at most MAX_SIDE_CONNECTIONS_PER_SOURCE connections per source: the next is closed, counted source_connections and logged; another source is served', async () => {
   const a = await guardedAdmin({ maxConnectionsPerSource: 4 });
   const held: net.Socket[] = [];
@@ -177,7 +202,10 @@ test('a side port holds at most MAX_SIDE_CONNECTIONS_PER_SOURCE connections per 
 });
 
 test('a side-port connection that sends nothing is closed after the idle deadline, one with half a request head after the header deadline (408); each counted and logged; a /flows stream is not idle', async () => {
-  const a = await guardedAdmin({ idleTimeoutMs: 300, headersTimeoutMs: 500 });
+  // The idle deadline is 15 times the drip below, so that a loaded machine's stall cannot pass for
+  // idleness on the partial head, which only the header deadline (later) may end; the silent
+  // connection meets the idle deadline first.
+  const a = await guardedAdmin({ idleTimeoutMs: 1_500, headersTimeoutMs: 3_000 });
   const silent = net.connect(a.port, '127.0.0.1');
   const partial = net.connect(a.port, '127.0.0.1', () => partial.write('GET /config_dump HTTP/1.1\r\nHost: n\r\n'));
   const stream = net.connect(a.port, '127.0.0.1', () => stream.write('GET /flows HTTP/1.1\r\nHost: n\r\n\r\n'));
