@@ -86,6 +86,11 @@ export interface ControllerMainOptions {
    * (controller/src/sources/remote-secrets.ts).
    */
   remoteSecrets?: boolean;
+  /**
+   * Remote secrets may name a plain-HTTP API server or `insecure-skip-tls-verify` (refused by
+   * default: anyone on the path could answer for the remote); warned at start.
+   */
+  remoteSecretsAllowInsecure?: boolean;
   /** Trust domains whose controllers and gateways are federation peers too (per-cluster trust domains). */
   trustDomainAliases?: string[];
   /**
@@ -220,13 +225,15 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   if (!requireClientIdentity && !o.insecure) log.warn('config stream admits clients without a certificate: any client that reaches the gRPC port reads every node\'s config (--allow-anonymous-clients); debugging only');
   const configServer = new ConfigServer({ logger: log, registry, ...(requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
   if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
+  if (o.remoteSecretsAllowInsecure && !o.remoteSecrets) throw new UsageError('--remote-secret-allow-insecure applies to --remote-secrets');
+  if (o.remoteSecretsAllowInsecure) log.warn('remote secrets may name plain-HTTP API servers or skip TLS verification (--remote-secret-allow-insecure): anyone on the path to such a remote can answer for it, its endpoints and identities; testing only');
   const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
   if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
   const federation = federated && authority
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
   const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
-    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry })
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
@@ -495,6 +502,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --remote-cluster <name>=https://<ip>:<port>  multi-cluster: read another cluster's controller (repeatable)
   --remote-secrets            Kubernetes mode, multi-cluster: read the remote clusters named by the
                               kubeconfig Secrets labelled weft.dev/multicluster=true in --namespace
+  --remote-secret-allow-insecure  remote secrets may name an http:// API server or
+                              insecure-skip-tls-verify (refused by default; testing only)
   --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
@@ -544,6 +553,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'remote-cluster': { type: 'string', multiple: true },
       'remote-stale-after': { type: 'string' },
       'remote-secrets': { type: 'boolean' },
+      'remote-secret-allow-insecure': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
@@ -611,6 +621,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
     return { name: m[1]!, url: m[2]! };
   }));
   if (values['remote-secrets']) o.remoteSecrets = true;
+  if (values['remote-secret-allow-insecure']) o.remoteSecretsAllowInsecure = true;
   if (values['remote-stale-after'] !== undefined) {
     try {
       set('remoteStaleAfterMs', parseDuration(values['remote-stale-after']));

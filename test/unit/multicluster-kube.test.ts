@@ -10,11 +10,13 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runController, type RunningController } from '../../controller/src/main.ts';
+import { runController, type ControllerMainOptions, type RunningController } from '../../controller/src/main.ts';
 import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, REMOTE_KINDS, RemoteClusterReader, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
 import { kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, pod, svc } from './controller-fixtures.ts';
 import { holds, until } from '../lab/wait.ts';
@@ -58,7 +60,11 @@ interface TwoClusters {
   federation(): Promise<{ remotes: Array<{ cluster: string; up: boolean; url: string; lastError?: string; refusedServices?: Record<string, string> }>; refusedSecrets?: Record<string, string> }>;
 }
 
-async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void, multicluster = true, logger: Logger = silentLogger): Promise<void> {
+/**
+ * The lab API servers speak plain HTTP (their kubeconfigs say `insecure-skip-tls-verify`): the
+ * controllers here allow that (--remote-secret-allow-insecure) unless a test says otherwise.
+ */
+async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal: (c1: FakeApiServer, c2: FakeApiServer) => void | Promise<void>, multicluster = true, logger: Logger = silentLogger, options: Partial<ControllerMainOptions> = { remoteSecretsAllowInsecure: true }): Promise<void> {
   const c1 = new FakeApiServer();
   const c2 = new FakeApiServer();
   await c1.start();
@@ -73,11 +79,11 @@ async function withTwoClusters(fn: (t: TwoClusters) => Promise<void>, seedLocal:
     c1.apply(svc('demo', 'echo', { app: 'echo' }, '10.96.0.10'));
     c1.apply(pod('demo', 'echo-c1', { labels: { app: 'echo' }, ip: '10.77.1.1', hostIP: '10.77.0.1', sa: 'echo' }));
     seedRemote(c2);
-    seedLocal(c1, c2);
+    await seedLocal(c1, c2);
     controller = await runController({
       kube: true, kubeconfig, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0,
       trustDomain: TD, rootNamespace: 'weft-system', namespace: 'weft-system', instance: 'controller-0', leaseRetryMs: 100, leaseDurationSeconds: 2,
-      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500 } : {}), logger,
+      clusterId: 'cluster1', network: 'network1', ...(multicluster ? { remoteSecrets: true, remoteStaleAfterMs: 1_500, ...options } : {}), logger,
     });
     const running = controller;
     await fn({
@@ -279,6 +285,81 @@ test('parseRemoteKubeconfig names the field at fault', () => {
   assert.match(err(base.replace('    token: t', '    client-key: /etc/weft/ca/tls.key')), /users\[0\]\.user\.client-key/);
   assert.match(err(base.replace('current-context: c', 'current-context: nowhere')), /current-context names no cluster/);
   assert.match(err('- a list'), /not a YAML map/);
+});
+
+/**
+ * A TLS front for a lab API server (which speaks plain HTTP), with a certificate for 127.0.0.1 from
+ * a CA of its own: `kubeconfig()` names it as `istioctl create-remote-secret` writes a remote secret
+ * (an https server and its CA in certificate-authority-data).
+ */
+async function tlsFront(api: FakeApiServer): Promise<{ url: string; kubeconfig(user: string): string; close(): void }> {
+  const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const serving = await ca.issueServingCertificate({ ipAddresses: ['127.0.0.1'] });
+  const sockets = new Set<Socket>();
+  const front = createTlsServer({ key: serving.keyPem, cert: serving.certChain.join('') }, (s) => {
+    const back = connect(api.port, '127.0.0.1');
+    sockets.add(s).add(back);
+    s.pipe(back).pipe(s);
+    for (const x of [s, back]) x.on('error', () => { s.destroy(); back.destroy(); });
+    s.on('close', () => back.destroy());
+    back.on('close', () => s.destroy());
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
+  const url = `https://127.0.0.1:${(front.address() as AddressInfo).port}`;
+  return {
+    url,
+    kubeconfig: (user) => api.kubeconfig(user).replace(`server: ${api.url}`, `server: ${url}`)
+      .replace('insecure-skip-tls-verify: true', `certificate-authority-data: ${Buffer.from(ca.trustBundle().join('')).toString('base64')}`),
+    close: () => {
+      for (const s of sockets) s.destroy();
+      front.close();
+    },
+  };
+}
+
+// Istio's remote secrets are written by `istioctl create-remote-secret` with the API server's CA
+// (certificate-authority-data) and an https server
+// (https://istio.io/latest/docs/setup/install/multicluster/multi-primary_multi-network/#enable-endpoint-discovery):
+// a remote read over plain HTTP, or over TLS without verifying the server, is a path anyone on the
+// network can answer, and what it answers becomes the endpoints and identities callers here trust.
+test('remote secret, attacker side: an http:// API server or insecure-skip-tls-verify is refused unless the controller allows it (--remote-secret-allow-insecure), named by its field, counted (reason insecure) and logged; the verified remote beside them keeps serving', async () => {
+  const warnings: Array<{ msg: string; f: Record<string, unknown> | undefined }> = [];
+  const logger: Logger = { ...silentLogger, warn: (msg, f) => void warnings.push({ msg, f }) };
+  let front: Awaited<ReturnType<typeof tlsFront>> | undefined;
+  try {
+    await withTwoClusters(async ({ controller, echo, federation }) => {
+      await until('the verified remote is read', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+      await until('both unverified entries are reported', async () => Object.keys((await federation()).refusedSecrets ?? {}).length === 2, 5_000);
+      const refused = (await federation()).refusedSecrets!;
+      assert.match(refused['weft-system/unverified/cluster3']!, /remote secret weft-system\/unverified, key "cluster3": clusters\[0\]\.cluster\.server: http:\/\/127\.0\.0\.1:\d+ is plain HTTP/);
+      assert.match(refused['weft-system/unverified/cluster4']!, /key "cluster4": clusters\[0\]\.cluster\.insecure-skip-tls-verify: the API server's certificate would not be verified/);
+      assert.deepEqual((await federation()).remotes.map((r) => [r.cluster, r.up]), [['cluster2', true]], 'only the verified remote is read');
+      assert.match(await controller.registry.metrics(), /weft_federation_remote_secret_refused_total\{secret="weft-system\/unverified",reason="insecure"\} 2\n/);
+      const logged = warnings.filter((w) => w.msg.startsWith('remote secret entry refused') && w.f?.reason === 'insecure').map((w) => String(w.f?.error));
+      assert.equal(logged.length, 2, 'each refusal logged once');
+      assert.ok(logged.some((e) => e.includes('clusters[0].cluster.server')) && logged.some((e) => e.includes('clusters[0].cluster.insecure-skip-tls-verify')));
+    }, async (c1, c2) => {
+      front = await tlsFront(c2);
+      c1.apply(remoteSecret('remote-cluster2', { cluster2: front.kubeconfig('weft-reader') }));
+      c1.apply(remoteSecret('unverified', {
+        cluster3: c2.kubeconfig('weft-reader'),
+        cluster4: front.kubeconfig('weft-reader').replace(/certificate-authority-data: \S+/, 'insecure-skip-tls-verify: true'),
+      }));
+    }, true, logger, {});
+  } finally {
+    front?.close();
+  }
+});
+
+test('a controller allowed to read remotes without verification says so at start, once', async () => {
+  const warnings: string[] = [];
+  const logger: Logger = { ...silentLogger, warn: (msg) => void warnings.push(msg) };
+  await withTwoClusters(async ({ echo }) => {
+    await until('the remote over plain HTTP is read', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+    assert.equal(warnings.filter((m) => /remote secrets may name plain-HTTP API servers or skip TLS verification/.test(m)).length, 1);
+  }, (c1, c2) => {
+    c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+  }, true, logger);
 });
 
 const EASTWEST_ID = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;

@@ -15,7 +15,11 @@
 // Service there (port 15008, `tls-hbone`). A Secret removed drops its clusters at once. A bad
 // kubeconfig (unparseable, no server, or one that would make the controller run a command or read
 // its own files: exec and auth-provider plugins, file paths, which Istio refuses too) is reported
-// with the Secret's name and key and costs only itself.
+// with the Secret's name and key and costs only itself. So is one that would read the remote over a
+// path anyone on the network can answer (a plain-HTTP server, `insecure-skip-tls-verify`): what the
+// remote answers becomes endpoints and identities callers here trust, and `istioctl
+// create-remote-secret` writes an https server with its CA; the controller's
+// --remote-secret-allow-insecure lifts that, warned at start.
 import { CoreV1Api, KubeConfig, type V1Secret } from '@kubernetes/client-node';
 import { parse as parseYaml } from 'yaml';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -39,22 +43,30 @@ export class RemoteSecretError extends Error {
   readonly code = 'WEFT_REMOTE_SECRET';
   readonly secret: string;
   readonly key: string;
-  constructor(secret: string, key: string, detail: string) {
+  /** `insecure`: the remote would be read over a path that is not verified; `kubeconfig`: anything else wrong. */
+  readonly reason: 'kubeconfig' | 'insecure';
+  constructor(secret: string, key: string, detail: string, reason: 'kubeconfig' | 'insecure' = 'kubeconfig') {
     super(`remote secret ${secret}, key ${JSON.stringify(key)}: ${detail}`);
     this.name = 'RemoteSecretError';
     this.secret = secret;
     this.key = key;
+    this.reason = reason;
   }
 }
 
+/** How to make a remote secret read its API server over a verified path (named in the refusal). */
+const VERIFIED_REMOTE = 'write an https server and its CA in certificate-authority-data (as `weftctl create-remote-secret` and `istioctl create-remote-secret` do), or start the controller with --remote-secret-allow-insecure';
+
 /**
  * A kubeconfig from a remote Secret, checked before client-node sees it. Only inline credentials
- * and an https or http server are allowed: exec and auth-provider plugins would run commands or
- * call out from the controller, file paths would read its own files (its token, its CA key).
+ * and an https server whose certificate is verified are allowed: exec and auth-provider plugins
+ * would run commands or call out from the controller, file paths would read its own files (its
+ * token, its CA key), and a plain-HTTP server or `insecure-skip-tls-verify` would let anyone on the
+ * path answer for the remote (`allowInsecure` lifts only that).
  */
-export function parseRemoteKubeconfig(text: string, secret: string, key: string): KubeConfig {
-  const fail = (detail: string): never => {
-    throw new RemoteSecretError(secret, key, detail);
+export function parseRemoteKubeconfig(text: string, secret: string, key: string, opts: { allowInsecure?: boolean } = {}): KubeConfig {
+  const fail = (detail: string, reason?: 'insecure'): never => {
+    throw new RemoteSecretError(secret, key, detail, reason);
   };
   let doc: unknown;
   try {
@@ -82,6 +94,10 @@ export function parseRemoteKubeconfig(text: string, secret: string, key: string)
     if (cluster['certificate-authority'] !== undefined) fail(`clusters[${i}].cluster.certificate-authority: a path on the controller's file system is not allowed; use certificate-authority-data`);
     const server = cluster.server;
     if (typeof server !== 'string' || !/^https?:\/\/[^/]/.test(server)) fail(`clusters[${i}].cluster.server: must be an http(s) URL`);
+    if (opts.allowInsecure) return;
+    if ((server as string).startsWith('http:')) fail(`clusters[${i}].cluster.server: ${server} is plain HTTP: anyone on the path could answer for the remote cluster (its endpoints and identities); ${VERIFIED_REMOTE}`, 'insecure');
+    const skip = cluster['insecure-skip-tls-verify'];
+    if (skip !== undefined && skip !== false && skip !== 'false') fail(`clusters[${i}].cluster.insecure-skip-tls-verify: the API server's certificate would not be verified: anyone on the path could answer for the remote cluster (its endpoints and identities); ${VERIFIED_REMOTE}`, 'insecure');
   });
   const kc = new KubeConfig();
   try {
@@ -217,6 +233,8 @@ export interface RemoteSecretsOptions {
   registry?: Registry;
   /** First restart delay of a failed watch (default KubeSource's). */
   restartDelayMs?: number;
+  /** Remote API servers may be read over plain HTTP or without verifying their certificate (--remote-secret-allow-insecure). */
+  allowInsecure?: boolean;
 }
 
 interface Active {
@@ -329,9 +347,9 @@ export class RemoteSecrets {
           continue;
         }
         try {
-          parseRemoteKubeconfig(text, secret, key);
+          parseRemoteKubeconfig(text, secret, key, { allowInsecure: this.#o.allowInsecure });
         } catch (e) {
-          refuse('kubeconfig', (e as Error).message);
+          refuse(e instanceof RemoteSecretError ? e.reason : 'kubeconfig', (e as Error).message);
           continue;
         }
         wanted.set(key, { secret, text, trustDomain });
@@ -350,7 +368,7 @@ export class RemoteSecrets {
     }
     for (const [cluster, w] of wanted) {
       if (this.#active.has(cluster)) continue;
-      const kubeConfig = parseRemoteKubeconfig(w.text, w.secret, cluster);
+      const kubeConfig = parseRemoteKubeconfig(w.text, w.secret, cluster, { allowInsecure: this.#o.allowInsecure });
       const reader = new RemoteClusterReader({
         cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log,
         report: (r) => this.#o.federation.report(cluster, r), ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
