@@ -91,6 +91,8 @@ export interface ControllerMainOptions {
    * default: anyone on the path could answer for the remote); warned at start.
    */
   remoteSecretsAllowInsecure?: boolean;
+  /** Most bytes of one response (a list) or watch event from a remote API server; default 64 MiB (DEFAULT_MAX_RESPONSE_BYTES). */
+  remoteMaxResponseBytes?: number;
   /** Trust domains whose controllers and gateways are federation peers too (per-cluster trust domains). */
   trustDomainAliases?: string[];
   /**
@@ -233,7 +235,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
   const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
-    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure })
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}) })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),

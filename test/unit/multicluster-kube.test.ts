@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import { runController, type ControllerMainOptions, type RunningController } from '../../controller/src/main.ts';
 import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, REMOTE_KINDS, RemoteClusterReader, RemoteSecretError } from '../../controller/src/sources/remote-secrets.ts';
 import { kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { createServer as createHttpServer, request as httpRequest, type ServerResponse } from 'node:http';
+import { gzipSync } from 'node:zlib';
 import { Federation } from '../../controller/src/federation.ts';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
@@ -360,6 +362,131 @@ test('a controller allowed to read remotes without verification says so at start
   }, (c1, c2) => {
     c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
   }, true, logger);
+});
+
+/**
+ * A hostile (or broken) API server in front of a lab one: passes everything through until told to
+ * `flood` (every Pod list, and every Pod watch open or opened later, gets a body without end, 1 MiB
+ * at a time up to `cap`, no newline) or to answer Pod lists `gzip`-compressed though they were not
+ * asked so (and Pod watches 410 Gone, so that the client lists). Records each flooded response's bytes once it ended, and the accept-encoding asked.
+ */
+async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: string; mode: 'pass' | 'flood' | 'gzip'; flooded: number[]; encodings: Set<string>; close(): void }> {
+  const watches = new Set<ServerResponse>();
+  const chunk = Buffer.alloc(1 << 20, 'a');
+  const flood = (res: ServerResponse) => {
+    let sent = 0;
+    const more = () => {
+      while (sent < cap && !res.destroyed) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', more);
+      }
+      res.end();
+    };
+    res.once('close', () => front.flooded.push(sent));
+    more();
+  };
+  const server = createHttpServer((req, res) => {
+    front.encodings.add(String(req.headers['accept-encoding']));
+    const pods = req.url!.startsWith('/api/v1/pods');
+    const watch = req.url!.includes('watch=true');
+    if (pods && front.mode === 'flood') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return flood(res);
+    }
+    if (pods && watch && front.mode === 'gzip') {
+      // 410 Gone: the client lists again, and gets the compressed list.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      return void res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410 } })}\n`);
+    }
+    if (pods && !watch && front.mode === 'gzip') {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      return void res.end(gzipSync(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: api.resourceVersion }, items: [] })));
+    }
+    const up = httpRequest({ host: '127.0.0.1', port: api.port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode!, ur.headers).flushHeaders();
+      if (pods && watch) {
+        watches.add(res);
+        res.once('close', () => watches.delete(res));
+      }
+      ur.on('data', (c: Buffer) => !res.destroyed && !front.flooding.has(res) && res.write(c));
+      ur.on('end', () => !front.flooding.has(res) && res.end());
+    });
+    up.on('error', () => res.destroy());
+    res.once('close', () => up.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const front = {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    flooding: new Set<ServerResponse>(),
+    flooded: [] as number[],
+    encodings: new Set<string>(),
+    get mode() { return mode; },
+    set mode(m: 'pass' | 'flood' | 'gzip') {
+      mode = m;
+      if (m === 'flood') for (const w of watches) {
+        front.flooding.add(w);
+        flood(w);
+      }
+    },
+    close: () => {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+  let mode: 'pass' | 'flood' | 'gzip' = 'pass';
+  return front;
+}
+
+// client-node reads a list's body whole and a watch's events line by line, without a bound; a
+// remote cluster's API server is outside this cluster's control (Istio's remote secrets: a reader
+// ServiceAccount of another cluster). Bounded here: a list or one watch event past the bound, or a
+// body compressed though it was asked for uncompressed (which could inflate past it), fails that
+// read as a failed list or watch does.
+test('remote secret, attacker side: a remote API server that sends a list or a watch event past the bound, or a compressed body, has the read cut there (its bytes unread), named, counted (weft_federation_remote_response_refused_total) and logged; it costs only itself: its last export stays, the other remote is untouched', async () => {
+  const LIMIT = 1 << 20;
+  const warnings: Array<{ msg: string; f: Record<string, unknown> | undefined }> = [];
+  const logger: Logger = { ...silentLogger, warn: (msg, f) => void warnings.push({ msg, f }) };
+  const c3 = new FakeApiServer();
+  await c3.start();
+  const front = await hostileFront(c3, 16 * LIMIT);
+  c3.apply(ns('demo', { 'weft.dev/dataplane-mode': 'ambient' }));
+  c3.apply(ns('weft-system', { [LABEL_NETWORK]: 'network1' }));
+  c3.apply(svc('demo', 'only-c3', { app: 'c3' }, '10.97.3.10'));
+  c3.apply(pod('demo', 'c3-pod', { labels: { app: 'c3' }, ip: '10.77.3.1', hostIP: '10.77.0.3', sa: 'c3' }));
+  try {
+    await withTwoClusters(async ({ controller, echo, federation }) => {
+      const onlyC3 = () => controller.controller.model?.services.get('demo/only-c3');
+      await until('cluster3 read through the hostile front', () => onlyC3()?.endpoints.length === 1, 15_000);
+      await until('cluster2 read', () => (echo()?.endpoints.length ?? 0) === 2, 15_000);
+      assert.deepEqual([...front.encodings], ['identity'], 'bodies are asked for uncompressed');
+      const c3Status = async () => (await federation()).remotes.find((r) => r.cluster === 'cluster3');
+
+      front.mode = 'flood';
+      await until('the flooded read is reported', async () => /larger than 1048576 bytes: refused/.test((await c3Status())?.lastError ?? ''), 10_000);
+      await until('a flooded response was cut', () => front.flooded.length > 0, 5_000);
+      assert.ok(front.flooded.every((n) => n < 8 * LIMIT), `each flooded response cut near the bound, not read to its end (${front.flooded.join(', ')} bytes sent)`);
+      assert.equal(onlyC3()?.endpoints.length, 1, 'its last export stays (within the stale bound)');
+      assert.equal(echo()!.endpoints.length, 2, 'the other remote is untouched');
+      assert.equal((await federation()).remotes.find((r) => r.cluster === 'cluster2')?.up, true);
+      assert.match(await controller.registry.metrics(), /weft_federation_remote_response_refused_total\{cluster="cluster3",reason="too-large"\} [1-9]/);
+      const logged = warnings.find((w) => w.msg.startsWith('remote API server response refused') && w.f?.cluster === 'cluster3');
+      assert.ok(logged, 'logged');
+      assert.equal(logged.f?.path, '/api/v1/pods');
+      assert.equal(logged.f?.reason, 'too-large');
+
+      front.mode = 'gzip';
+      await until('a compressed list is refused', async () => /weft_federation_remote_response_refused_total\{cluster="cluster3",reason="encoding"\} [1-9]/.test(await controller.registry.metrics()), 20_000);
+      assert.match((await c3Status())?.lastError ?? '', /compressed \(content-encoding gzip\)/);
+      assert.equal(onlyC3()?.endpoints.length, 1, 'its last export still stays');
+    }, (c1, c2) => {
+      c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
+      c1.apply(remoteSecret('remote-cluster3', { cluster3: c3.kubeconfig('weft-reader').replace(c3.url, front.url) }));
+    }, true, logger, { remoteSecretsAllowInsecure: true, remoteMaxResponseBytes: LIMIT, remoteStaleAfterMs: 60_000 });
+  } finally {
+    front.close();
+    await c3.stop();
+  }
 });
 
 const EASTWEST_ID = `spiffe://${TD}/ns/weft-system/sa/weft-eastwest`;

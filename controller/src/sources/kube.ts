@@ -13,13 +13,16 @@ import {
   KubeConfig,
   ListWatch,
   PatchStrategy,
+  RequestContext,
   Watch,
   setHeaderOptions,
   type Informer,
   type KubernetesListObject,
   type KubernetesObject,
+  type Cluster,
   type ObjectCache,
 } from '@kubernetes/client-node';
+import type { AgentOptions } from 'node:https';
 import { KINDS, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
@@ -489,4 +492,116 @@ export function kubeConfigForServer(server: string): KubeConfig {
     currentContext: 'weft',
   });
   return kc;
+}
+
+/**
+ * Most bytes of one response from a remote cluster's API server: a list's whole body, or one event
+ * of a watch (one line; the watch itself runs for as long as it stands). A list of every Pod of a
+ * large cluster stays well under it; a hostile or broken API server that sends more is cut there.
+ */
+export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+/** A response cut by {@link boundedKubeConfig}: `too-large` past the bound, `encoding` a body compressed though none was asked for. */
+export class ResponseRefusedError extends Error {
+  readonly code = 'WEFT_KUBE_RESPONSE_REFUSED';
+  readonly reason: 'too-large' | 'encoding';
+  constructor(reason: 'too-large' | 'encoding', message: string) {
+    super(message);
+    this.name = 'ResponseRefusedError';
+    this.reason = reason;
+  }
+}
+
+export interface ResponseBound {
+  /** Most bytes of a response body, or of one watch event (DEFAULT_MAX_RESPONSE_BYTES). */
+  maxBytes?: number;
+  /** A response was cut (the request then fails with the same error, as any failed list or watch). */
+  onRefused?: (e: ResponseRefusedError, path: string) => void;
+}
+
+type Dispatcher = NonNullable<ReturnType<RequestContext['getDispatcher']>>;
+type Interceptor = Parameters<Dispatcher['compose']>[0] extends infer I ? (I extends readonly unknown[] ? I[number] : I) : never;
+
+/**
+ * The same kubeconfig, with every response its clients read bounded (a remote cluster's API server
+ * may be hostile or broken; client-node reads a list's body whole and a watch's events line by
+ * line, without a bound). Bodies are asked for uncompressed (`accept-encoding: identity`) and one
+ * compressed anyway is refused: the bound counts bytes as they arrive, and a compressed body could
+ * grow past it when it is inflated. A cut response fails its request (named, `onRefused`): the
+ * informer restarts with backoff as after any failed list or watch.
+ */
+export function boundedKubeConfig(kc: KubeConfig, bound: ResponseBound = {}): KubeConfig {
+  const b = new BoundedKubeConfig(bound);
+  b.loadFromOptions({ clusters: kc.clusters, users: kc.users, contexts: kc.contexts, currentContext: kc.currentContext });
+  return b;
+}
+
+class BoundedKubeConfig extends KubeConfig {
+  readonly #bound: ResponseBound;
+  constructor(bound: ResponseBound) {
+    super();
+    this.#bound = bound;
+  }
+
+  /** Always a dispatcher of its own (client-node leaves TLS without options to the global one), so each can be bounded. */
+  override createDispatcherOptions(cluster: Cluster | null, agentOptions: AgentOptions): ReturnType<KubeConfig['createDispatcherOptions']> {
+    const o = super.createDispatcherOptions(cluster, agentOptions);
+    return o.type === 'none' ? { type: 'agent', connect: { keepAlive: true, keepAliveInitialDelay: 30_000 } } : o;
+  }
+
+  override async applySecurityAuthentication(context: RequestContext): Promise<void> {
+    await super.applySecurityAuthentication(context);
+    context.setHeaderParam('Accept-Encoding', 'identity');
+    const d = context.getDispatcher();
+    if (d) context.setDispatcher(d.compose(boundResponses(this.#bound)));
+  }
+}
+
+/** The interceptor: counts a response's bytes (a watch's since its last newline) and aborts past the bound. */
+function boundResponses(bound: ResponseBound): Interceptor {
+  const max = bound.maxBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+  return (dispatch) => (opts, handler) => {
+    const path = String(opts.path ?? '');
+    const watch = /[?&]watch=(true|1)(&|$)/.test(path);
+    let held = 0;
+    let refused = false;
+    const refuse = (controller: { abort(reason: Error): void }, e: ResponseRefusedError) => {
+      refused = true;
+      bound.onRefused?.(e, path);
+      controller.abort(e);
+    };
+    const h = handler as Record<string, unknown> & { onResponseStart?: (...a: unknown[]) => unknown; onResponseData?: (...a: unknown[]) => unknown };
+    const wrapped = new Proxy(h, {
+      get(target, prop, receiver) {
+        if (prop === 'onResponseStart' && typeof target.onResponseStart === 'function') {
+          return (controller: { abort(reason: Error): void }, status: number, headers: Record<string, string | string[] | undefined>, ...rest: unknown[]) => {
+            const enc = headers['content-encoding'];
+            const encoding = (Array.isArray(enc) ? enc.join(',') : enc ?? '').trim().toLowerCase();
+            if (encoding !== '' && encoding !== 'identity') {
+              refuse(controller, new ResponseRefusedError('encoding', `response to ${path.split('?')[0]} is compressed (content-encoding ${encoding.slice(0, 64)}) though an uncompressed one was asked for: refused (it could grow past the ${max}-byte bound once inflated)`));
+              return;
+            }
+            return target.onResponseStart!.call(target, controller, status, headers, ...rest);
+          };
+        }
+        if (prop === 'onResponseData' && typeof target.onResponseData === 'function') {
+          return (controller: { abort(reason: Error): void }, chunk: Buffer) => {
+            if (refused) return;
+            const nl = watch ? chunk.lastIndexOf(0x0a) : -1;
+            // A watch: the event this chunk ends (up to its first newline), then the one it begins.
+            const over = nl < 0 ? (held += chunk.length) > max : held + chunk.indexOf(0x0a) > max || (held = chunk.length - nl - 1) > max;
+            if (over) {
+              refuse(controller, new ResponseRefusedError('too-large', watch
+                ? `watch ${path.split('?')[0]}: one event larger than ${max} bytes: refused`
+                : `response to ${path.split('?')[0]} larger than ${max} bytes: refused`));
+              return;
+            }
+            return target.onResponseData!.call(target, controller, chunk);
+          };
+        }
+        return Reflect.get(target, prop, receiver);
+      },
+    });
+    return dispatch(opts, wrapped as typeof handler);
+  };
 }

@@ -32,7 +32,7 @@ export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
 import { compile } from '../compile.ts';
 import { ObjectStore } from '../store.ts';
-import { KeptInformer, KubeSource } from './kube.ts';
+import { boundedKubeConfig, KeptInformer, KubeSource, type ResponseRefusedError } from './kube.ts';
 import type { RawObject, SourceEvent } from './source.ts';
 import type { RemoteCluster, RemoteReport } from '../federation.ts';
 
@@ -125,6 +125,10 @@ export interface RemoteClusterReaderOptions {
   restartDelayMs?: number;
   /** How long a watch may take to open (default client-node's 30 s). */
   watchTimeoutMs?: number;
+  /** Most bytes of one response (a list) or one watch event from its API server (DEFAULT_MAX_RESPONSE_BYTES). */
+  maxResponseBytes?: number;
+  /** A response from its API server was refused (past the bound, or compressed): counted by the caller; logged here. */
+  onResponseRefused?: (reason: ResponseRefusedError['reason']) => void;
 }
 
 /** One remote cluster's API server, watched into an export. */
@@ -142,8 +146,17 @@ export class RemoteClusterReader {
 
   constructor(o: RemoteClusterReaderOptions) {
     this.#o = o;
+    // Its responses are bounded: a hostile or broken API server costs only this remote (the failed
+    // list or watch is restarted with backoff and reported; its last export stays until the stale bound).
+    const kubeConfig = boundedKubeConfig(o.kubeConfig, {
+      ...(o.maxResponseBytes !== undefined ? { maxBytes: o.maxResponseBytes } : {}),
+      onRefused: (e, path) => {
+        o.onResponseRefused?.(e.reason);
+        o.log.warn('remote API server response refused; its last export stays until the stale bound', { cluster: o.cluster, secret: o.secret, server: o.kubeConfig.getCurrentCluster()?.server, path: path.split('?')[0], reason: e.reason, error: e.message });
+      },
+    });
     this.#source = new KubeSource({
-      kubeConfig: o.kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => this.#health(problem),
+      kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => this.#health(problem),
       ...(o.restartDelayMs !== undefined ? { restartDelayMs: o.restartDelayMs } : {}),
       ...(o.watchTimeoutMs !== undefined ? { watchTimeoutMs: o.watchTimeoutMs } : {}),
     });
@@ -235,6 +248,8 @@ export interface RemoteSecretsOptions {
   restartDelayMs?: number;
   /** Remote API servers may be read over plain HTTP or without verifying their certificate (--remote-secret-allow-insecure). */
   allowInsecure?: boolean;
+  /** Most bytes of one response or watch event from a remote API server (DEFAULT_MAX_RESPONSE_BYTES). */
+  maxResponseBytes?: number;
 }
 
 interface Active {
@@ -253,7 +268,7 @@ export class RemoteSecrets {
   #stopped = false;
   /** Syncs run one after the other (each may stop readers). */
   #syncing: Promise<void> = Promise.resolve();
-  readonly #metrics?: { refused: Counter; clusters: Gauge };
+  readonly #metrics?: { refused: Counter; clusters: Gauge; responses: Counter };
 
   constructor(o: RemoteSecretsOptions) {
     this.#o = o;
@@ -262,6 +277,7 @@ export class RemoteSecrets {
       this.#metrics = {
         refused: new Counter({ name: 'weft_federation_remote_secret_refused_total', help: 'Remote-cluster Secret entries refused, by Secret and reason', labelNames: ['secret', 'reason'], registers }),
         clusters: new Gauge({ name: 'weft_federation_remote_secret_clusters', help: 'Remote clusters read through kubeconfig Secrets', registers }),
+        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for)', labelNames: ['cluster', 'reason'], registers }),
       };
     }
   }
@@ -372,6 +388,8 @@ export class RemoteSecrets {
       const reader = new RemoteClusterReader({
         cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log,
         report: (r) => this.#o.federation.report(cluster, r), ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
+        ...(this.#o.maxResponseBytes !== undefined ? { maxResponseBytes: this.#o.maxResponseBytes } : {}),
+        onResponseRefused: (reason) => this.#metrics?.responses.inc({ cluster, reason }),
       });
       this.#active.set(cluster, { secret: w.secret, text: w.text, reader });
       this.#o.federation.addRemote({ name: cluster, url: `${kubeConfig.getCurrentCluster()!.server} (secret ${w.secret})`, pushed: true });
