@@ -4,12 +4,20 @@
 // export: polled from a remote controller's listener, or pushed as it changes by the watches on a
 // remote API server (controller/src/sources/remote-secrets.ts). The compiled model is merged with
 // the remote endpoints before it is published. A remote that stops answering keeps its last known
-// endpoints for `staleAfterMs`, then they are removed.
+// endpoints for `staleAfterMs`, then they are removed. The listener is reachable from other
+// networks and any mesh certificate passes its TLS (who may read is judged per request): its
+// handshake, headers, request and idle time and the connections one source address may hold are
+// bounded well under Node's defaults (DEFAULT_FEDERATION_LISTENER_LIMITS), each refusal counted in
+// `weft_federation_listener_refused_total{reason}` and logged.
 import { createServer, request, type Server } from 'node:https';
 import type { ClientRequest } from 'node:http';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Gauge, Counter, type Registry } from 'prom-client';
-import type { Logger } from '../../lib/log.ts';
+import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/log.ts';
+import { capConnectionsPerSource, timeoutCheckIntervalMs } from '../../lib/listener-limits.ts';
+import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
 import { exportWaypoint, FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
@@ -23,6 +31,35 @@ const FETCH_TIMEOUT_MS = 2_000;
 /** A remote's whole export must be read within this (a remote that answers a byte at a time fails here). */
 export const DEFAULT_FETCH_DEADLINE_MS = 10_000;
 const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
+
+/** Bounds of the federation listener; Node's defaults are a TLS handshake of 120 s, headers of 60 s, a request of 300 s and no connection cap. */
+export interface FederationListenerLimits {
+  /** A connection must finish its TLS handshake within this. */
+  handshakeTimeoutMs: number;
+  /** A request's headers must have arrived within this (a slowloris is cut here). */
+  headersTimeoutMs: number;
+  /** A whole request (an export read has no body) within this. */
+  requestTimeoutMs: number;
+  /** A kept-alive connection with no request in progress is closed after this. */
+  idleTimeoutMs: number;
+  /**
+   * Open connections (TLS handshakes included) one source address may hold; past it a connection
+   * is closed at accept. Readers are the other clusters' controllers and this cluster's gateways,
+   * each one read at a time; a few may share an address behind a NAT.
+   */
+  maxConnectionsPerSource: number;
+}
+
+export const DEFAULT_FEDERATION_LISTENER_LIMITS: Readonly<FederationListenerLimits> = {
+  handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  idleTimeoutMs: 5_000,
+  maxConnectionsPerSource: 64,
+};
+
+/** Why the listener closed a connection; stable strings (metric labels). */
+type ListenerRefusal = 'too-many-connections' | 'tls-handshake' | 'request-timeout' | 'bad-request';
 
 export interface RemoteCluster {
   /** The cluster ID it must report. */
@@ -58,6 +95,8 @@ export interface FederationOptions {
   staleAfterMs?: number;
   /** How long one read of a remote's export may take in all (DEFAULT_FETCH_DEADLINE_MS). */
   fetchDeadlineMs?: number;
+  /** The listener's bounds, each defaulting to DEFAULT_FEDERATION_LISTENER_LIMITS'. */
+  listenerLimits?: Partial<FederationListenerLimits>;
   log: Logger;
   registry?: Registry;
 }
@@ -87,7 +126,8 @@ export class Federation {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #started = false;
-  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter };
+  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter; listenerRefused: Counter };
+  readonly #refusalLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
 
@@ -95,6 +135,8 @@ export class Federation {
     this.#o = o;
     const now = Date.now();
     this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false, failing: false }));
+    this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      o.log.warn('federation listener refusals not logged (rate limit; every one is counted in weft_federation_listener_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     if (o.registry) {
       const registers = [o.registry];
       this.#metrics = {
@@ -103,6 +145,7 @@ export class Federation {
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
         importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services that exist only in a remote cluster and were not imported (counted when first refused), by cluster and reason', labelNames: ['cluster', 'reason'], registers }),
+        listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
   }
@@ -212,9 +255,23 @@ export class Federation {
     this.#server?.setSecureContext({ key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3' });
   }
 
+  /** A connection the listener closed: counted, logged within the budget. */
+  #listenerRefused(reason: ListenerRefusal, address: string | undefined, detail: string): void {
+    this.#metrics?.listenerRefused.inc({ reason });
+    if (this.#refusalLog.take()) this.#o.log.warn('federation listener refused a connection', { reason, address, detail: clip(detail) });
+  }
+
   #serve(at: { host: string; port: number }): Promise<void> {
     const tls = this.#o.tls();
-    const server = createServer({ key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (req, res) => {
+    const limits = { ...DEFAULT_FEDERATION_LISTENER_LIMITS, ...this.#o.listenerLimits };
+    const server = createServer({
+      key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3',
+      handshakeTimeout: limits.handshakeTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
+      keepAliveTimeout: limits.idleTimeoutMs,
+      connectionsCheckingInterval: timeoutCheckIntervalMs(limits.headersTimeoutMs),
+    }, (req, res) => {
       const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate);
       if (!peer || !this.#o.mayRead(peer)) {
         this.#metrics?.reads.inc({ result: 'forbidden' });
@@ -228,6 +285,21 @@ export class Federation {
       }
       this.#metrics?.reads.inc({ result: 'ok' });
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.export()));
+    });
+    const cap = capConnectionsPerSource(server, limits.maxConnectionsPerSource, (from, max) =>
+      this.#listenerRefused('too-many-connections', from, `${from} already holds ${max} connections to the federation listener`));
+    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+      // A connection closed for its source's count fails its handshake too; it counts once.
+      if (cap.refused((socket as unknown as { _parent?: Socket })._parent!)) return;
+      this.#listenerRefused('tls-handshake', socket.remoteAddress, `TLS handshake failed: ${err.code ?? err.message}`);
+    });
+    // Node answers these itself (408, 400) when nobody listens; the same answer, written as Node
+    // does before the connection is destroyed, and counted.
+    server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+      const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+      this.#listenerRefused(timeout ? 'request-timeout' : 'bad-request', (socket as TLSSocket).remoteAddress, timeout ? `request not complete within its headers (${limits.headersTimeoutMs} ms) or request (${limits.requestTimeoutMs} ms) timeout` : `${err.code ?? err.message}`);
+      if (socket.writable) socket.write(`HTTP/1.1 ${timeout ? '408 Request Timeout' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      socket.destroy();
     });
     this.#server = server;
     return new Promise((resolve, reject) => {

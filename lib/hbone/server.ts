@@ -17,6 +17,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
+import { capConnectionsPerSource } from '../listener-limits.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_FORWARDED_HEADERS,
@@ -229,9 +230,6 @@ export const STREAM_RESET_BURST = 1_000_000;
 export const STREAM_RESET_RATE = 1_000_000;
 export const MAX_SESSION_REJECTED_STREAMS = 1_000_000;
 
-/** TCP connections closed for their source's connection count, before TLS. */
-const refusedSockets = new WeakSet<Socket>();
-
 /** Streams we answered or reset ourselves; a reset on any other stream came from the peer early. */
 const answered = new WeakSet<ServerHttp2Stream>();
 /** What a stream's client sent before its answer, held until the tunnel opens. */
@@ -272,10 +270,6 @@ export class HboneServer {
       'settings-timeout': 0,
     },
   };
-  /** Open TCP connections per source address. */
-  readonly #perSource = new Map<string, number>();
-  /** Open TCP connections from all sources. */
-  #connections = 0;
   #closing = false;
 
   constructor(opts: HboneServerOptions) {
@@ -318,37 +312,18 @@ export class HboneServer {
         maxHeaderListSize: MAX_HEADER_LIST_SIZE,
       },
     });
-    const perSourceMax = opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
-    const max = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    // Before TLS: costs the attacker a TCP handshake, us nothing more.
+    const cap = capConnectionsPerSource(this.#server, { perSource: opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS }, (from, max, which) =>
+      this.#refuse(which === 'per-source'
+        ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections`, peer: { spiffeId: undefined, address: from } }
+        : { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }));
     this.#server.on('connection', (socket: Socket) => {
-      const from = socket.remoteAddress ?? '';
-      const open = (this.#perSource.get(from) ?? 0) + 1;
-      // Before TLS: costs the attacker a TCP handshake, us nothing more.
-      const refusal: HboneRefusal | undefined = open > perSourceMax
-        ? { kind: 'too-many-connections', reason: `${from} already holds ${perSourceMax} connections`, peer: { spiffeId: undefined, address: from } }
-        : this.#connections >= max
-          ? { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }
-          : undefined;
-      if (refusal) {
-        this.#refuse(refusal);
-        refusedSockets.add(socket);
-        socket.destroy();
-        return;
-      }
-      this.#perSource.set(from, open);
-      this.#connections++;
-      socket.once('close', () => {
-        this.#connections--;
-        const n = (this.#perSource.get(from) ?? 1) - 1;
-        if (n <= 0) this.#perSource.delete(from);
-        else this.#perSource.set(from, n);
-      });
-      socket.setNoDelay(true);
+      if (!socket.destroyed) socket.setNoDelay(true);
     });
     this.#server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
       // A connection closed for its source's count fails its handshake too; it counts once.
       // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
-      if (refusedSockets.has((socket as unknown as { _parent?: Socket })._parent!)) return;
+      if (cap.refused((socket as unknown as { _parent?: Socket })._parent!)) return;
       this.#refuse({
         kind: 'tls-handshake',
         reason: `TLS handshake failed: ${err.code ?? err.message}`,

@@ -15,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
 import { parseFlags } from '../../waypoint/src/main.ts';
-import { timeoutCheckIntervalMs } from '../../waypoint/src/timeouts.ts';
+import { timeoutCheckIntervalMs } from '../../lib/listener-limits.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   CALLER, config, echo, endpoint, h2request, metricSamples, service, startHttpBackend, startTunnelListener,

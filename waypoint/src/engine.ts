@@ -23,9 +23,10 @@ import { Cluster, type ClusterSettings, type ClusterStats } from './resilience.t
 import { proxyTcp } from './tcp.ts';
 import { Telemetry, type TelemetryOptions } from './telemetry.ts';
 import {
-  DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, H2Timeouts, addInactivityTimeout, timeoutCheckIntervalMs,
+  DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, H2Timeouts, addInactivityTimeout,
 } from './timeouts.ts';
 import { UpstreamPool, type Upstream } from './upstream.ts';
+import { timeoutCheckIntervalMs } from '../../lib/listener-limits.ts';
 import type { DownstreamResponse } from './local-reply.ts';
 
 /** The HTTP/2 connection preface (RFC 9113 3.4). */

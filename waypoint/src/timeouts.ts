@@ -19,14 +19,6 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 const H2_CLOSE_GRACE_MS = 1000;
 
 /**
- * How often expired connections are looked for: often enough that a client is cut within about
- * `headersTimeoutMs` + 1 s, never more than once a millisecond.
- */
-export function timeoutCheckIntervalMs(headersTimeoutMs: number): number {
-  return Math.max(1, Math.min(1000, Math.floor(headersTimeoutMs / 4)));
-}
-
-/**
  * Gives a tunnel that is not a net.Socket (an HBONE stream is one end of a duplexPair) the
  * inactivity timeout net.Socket has: `setTimeout(ms)` emits 'timeout' after `ms` without bytes from
  * the client. node:http arms it between requests (keepAliveTimeout) and only if the socket has one,
