@@ -4,8 +4,13 @@
 // could hold them all. Counted at accept, before TLS: a connection past the cap costs its source a
 // TCP handshake and the listener nothing more. Used by the HBONE server (lib/hbone/server.ts) and the
 // controller's federation listener; the check interval of node:http's timeouts by the waypoint's
-// HTTP listener and the federation listener.
+// HTTP listener; limitHttpListener (both, and the timeouts) by the federation listener and the
+// east-west gateway's metrics and readiness listeners. Node's own defaults for an HTTP listener are
+// 60 s for a request's headers, 300 s for a request, 120 s for a TLS handshake and no cap.
+import type { Server as HttpServer } from 'node:http';
 import type { Server, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 
 export interface ConnectionCap {
   /** Whether this TCP socket was closed for a cap (its TLS handshake then fails too; count it once). */
@@ -55,4 +60,59 @@ export function capConnectionsPerSource(
  */
 export function timeoutCheckIntervalMs(headersTimeoutMs: number): number {
   return Math.max(1, Math.min(1000, Math.floor(headersTimeoutMs / 4)));
+}
+
+/** Bounds of a small HTTP(S) listener (metrics, readiness, an export): requests are short, readers few. */
+export interface HttpListenerLimits {
+  /** A request's headers must have arrived within this (a slowloris is cut here). */
+  headersTimeoutMs: number;
+  /** A whole request within this. */
+  requestTimeoutMs: number;
+  /** A kept-alive connection with no request in progress is closed after this. */
+  idleTimeoutMs: number;
+  /** Open connections (TLS handshakes included) one source address may hold; past it one is closed at accept. */
+  maxConnectionsPerSource: number;
+}
+
+/**
+ * A metrics or readiness listener: a scraper or a prober opens a connection or two at a time and
+ * asks once; a request has no body.
+ */
+export const DEFAULT_STATUS_LISTENER_LIMITS: Readonly<HttpListenerLimits> = {
+  headersTimeoutMs: 5_000,
+  requestTimeoutMs: 10_000,
+  idleTimeoutMs: 5_000,
+  maxConnectionsPerSource: 16,
+};
+
+/** Why such a listener closed a connection; stable strings (metric labels). */
+export type HttpListenerRefusal = 'too-many-connections' | 'tls-handshake' | 'request-timeout' | 'bad-request';
+
+/**
+ * Applies `limits` to `server` before it listens; each connection it closes is reported to
+ * `onRefused` (count it, log it). An HTTPS server's handshake timeout is its own construction
+ * option (`handshakeTimeout`); its failed handshakes are reported here (`tls-handshake`).
+ */
+export function limitHttpListener(server: HttpServer, limits: HttpListenerLimits, onRefused: (reason: HttpListenerRefusal, address: string | undefined, detail: string) => void): void {
+  server.headersTimeout = limits.headersTimeoutMs;
+  server.requestTimeout = Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs);
+  server.keepAliveTimeout = limits.idleTimeoutMs;
+  // Read when it starts listening.
+  (server as HttpServer & { connectionsCheckingInterval: number }).connectionsCheckingInterval = timeoutCheckIntervalMs(limits.headersTimeoutMs);
+  const cap = capConnectionsPerSource(server, limits.maxConnectionsPerSource, (from, max) => onRefused('too-many-connections', from, `${from} already holds ${max} connections`));
+  server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+    // A connection closed for its source's count fails its handshake too; it counts once.
+    // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
+    if (cap.refused((socket as unknown as { _parent?: Socket })._parent!)) return;
+    onRefused('tls-handshake', socket.remoteAddress, `TLS handshake failed: ${err.code ?? err.message}`);
+  });
+  // Node answers these itself (408, 400) when nobody listens; the same answer, written as Node does
+  // before the connection is destroyed, and reported.
+  server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+    const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    onRefused(timeout ? 'request-timeout' : 'bad-request', (socket as Socket).remoteAddress,
+      timeout ? `request not complete within its headers (${limits.headersTimeoutMs} ms) or request (${limits.requestTimeoutMs} ms) timeout` : (err.code ?? err.message));
+    if (socket.writable) socket.write(`HTTP/1.1 ${timeout ? '408 Request Timeout' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    socket.destroy();
+  });
 }

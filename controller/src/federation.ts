@@ -12,11 +12,9 @@
 import { createServer, request, type Server } from 'node:https';
 import type { ClientRequest } from 'node:http';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
-import type { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/log.ts';
-import { capConnectionsPerSource, timeoutCheckIntervalMs } from '../../lib/listener-limits.ts';
+import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
 import { exportWaypoint, FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
@@ -33,23 +31,15 @@ export const DEFAULT_FETCH_DEADLINE_MS = 10_000;
 const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
 
 /** Bounds of the federation listener; Node's defaults are a TLS handshake of 120 s, headers of 60 s, a request of 300 s and no connection cap. */
-export interface FederationListenerLimits {
+export interface FederationListenerLimits extends HttpListenerLimits {
   /** A connection must finish its TLS handshake within this. */
   handshakeTimeoutMs: number;
-  /** A request's headers must have arrived within this (a slowloris is cut here). */
-  headersTimeoutMs: number;
-  /** A whole request (an export read has no body) within this. */
-  requestTimeoutMs: number;
-  /** A kept-alive connection with no request in progress is closed after this. */
-  idleTimeoutMs: number;
-  /**
-   * Open connections (TLS handshakes included) one source address may hold; past it a connection
-   * is closed at accept. Readers are the other clusters' controllers and this cluster's gateways,
-   * each one read at a time; a few may share an address behind a NAT.
-   */
-  maxConnectionsPerSource: number;
 }
 
+/**
+ * An export read has no body; its readers are the other clusters' controllers and this cluster's
+ * gateways, each one read at a time (a few may share an address behind a NAT).
+ */
 export const DEFAULT_FEDERATION_LISTENER_LIMITS: Readonly<FederationListenerLimits> = {
   handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_MS,
   headersTimeoutMs: 5_000,
@@ -58,8 +48,6 @@ export const DEFAULT_FEDERATION_LISTENER_LIMITS: Readonly<FederationListenerLimi
   maxConnectionsPerSource: 64,
 };
 
-/** Why the listener closed a connection; stable strings (metric labels). */
-type ListenerRefusal = 'too-many-connections' | 'tls-handshake' | 'request-timeout' | 'bad-request';
 
 export interface RemoteCluster {
   /** The cluster ID it must report. */
@@ -256,7 +244,7 @@ export class Federation {
   }
 
   /** A connection the listener closed: counted, logged within the budget. */
-  #listenerRefused(reason: ListenerRefusal, address: string | undefined, detail: string): void {
+  #listenerRefused(reason: HttpListenerRefusal, address: string | undefined, detail: string): void {
     this.#metrics?.listenerRefused.inc({ reason });
     if (this.#refusalLog.take()) this.#o.log.warn('federation listener refused a connection', { reason, address, detail: clip(detail) });
   }
@@ -267,10 +255,6 @@ export class Federation {
     const server = createServer({
       key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3',
       handshakeTimeout: limits.handshakeTimeoutMs,
-      headersTimeout: limits.headersTimeoutMs,
-      requestTimeout: Math.max(limits.requestTimeoutMs, limits.headersTimeoutMs),
-      keepAliveTimeout: limits.idleTimeoutMs,
-      connectionsCheckingInterval: timeoutCheckIntervalMs(limits.headersTimeoutMs),
     }, (req, res) => {
       const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate);
       if (!peer || !this.#o.mayRead(peer)) {
@@ -286,21 +270,7 @@ export class Federation {
       this.#metrics?.reads.inc({ result: 'ok' });
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.export()));
     });
-    const cap = capConnectionsPerSource(server, limits.maxConnectionsPerSource, (from, max) =>
-      this.#listenerRefused('too-many-connections', from, `${from} already holds ${max} connections to the federation listener`));
-    server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
-      // A connection closed for its source's count fails its handshake too; it counts once.
-      if (cap.refused((socket as unknown as { _parent?: Socket })._parent!)) return;
-      this.#listenerRefused('tls-handshake', socket.remoteAddress, `TLS handshake failed: ${err.code ?? err.message}`);
-    });
-    // Node answers these itself (408, 400) when nobody listens; the same answer, written as Node
-    // does before the connection is destroyed, and counted.
-    server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
-      const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-      this.#listenerRefused(timeout ? 'request-timeout' : 'bad-request', (socket as TLSSocket).remoteAddress, timeout ? `request not complete within its headers (${limits.headersTimeoutMs} ms) or request (${limits.requestTimeoutMs} ms) timeout` : `${err.code ?? err.message}`);
-      if (socket.writable) socket.write(`HTTP/1.1 ${timeout ? '408 Request Timeout' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
-      socket.destroy();
-    });
+    limitHttpListener(server, limits, (reason, address, detail) => this.#listenerRefused(reason, address, detail));
     this.#server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);

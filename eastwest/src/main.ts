@@ -7,13 +7,17 @@
 // Identity: static files (read once, never renewed), or issued by the cluster's controller CA
 // (--ca-address, authenticated with the token in --token-file) and renewed at half its life, with
 // backoff and root rotations, by the same machinery as a waypoint's (lib/identity/issued.ts).
-// Metrics on <listen ip>:15020 (/metrics), readiness on <listen ip>:15021 (/healthz/ready).
+// Metrics on <listen ip>:15020 (/metrics), readiness on <listen ip>:15021 (/healthz/ready): on the
+// network's edge, so bounded as the federation listener is (lib/listener-limits.ts: a slow or
+// silent client is cut at 5 s, one source holds at most 16 connections), each connection closed
+// counted in weft_eastwest_listener_refused_total{listener,reason} and logged.
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
-import { Registry } from 'prom-client';
-import { isLogLevel, jsonLogger, type LogLevel } from '../../lib/log.ts';
+import { Counter, Registry } from 'prom-client';
+import { clip, isLogLevel, jsonLogger, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger, type LogLevel } from '../../lib/log.ts';
+import { DEFAULT_STATUS_LISTENER_LIMITS, limitHttpListener, type HttpListenerLimits } from '../../lib/listener-limits.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
@@ -36,6 +40,10 @@ export interface EastWestOptions {
   trustDomain: string;
   trustDomainAliases: string[];
   logLevel: LogLevel;
+  /** Where it logs; default JSON lines on stderr at `logLevel` (tests pass their own). */
+  logger?: Logger;
+  /** The metrics and readiness listeners' bounds (DEFAULT_STATUS_LISTENER_LIMITS). */
+  statusLimits?: Partial<HttpListenerLimits>;
 }
 
 /** The command line → options (pure; throws a UsageError naming the flag). */
@@ -86,7 +94,7 @@ export function parseEastWestArgs(argv: string[]): EastWestOptions {
 
 /** Starts the gateway: its identity, the HBONE listener, metrics and readiness. */
 export async function runEastWest(o: EastWestOptions): Promise<Running> {
-  const log = jsonLogger('eastwest', o.logLevel);
+  const log = o.logger ?? jsonLogger('eastwest', o.logLevel);
   const td = o.trustDomain;
   const registry = new Registry();
   const roots = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
@@ -133,6 +141,15 @@ export async function runEastWest(o: EastWestOptions): Promise<Running> {
     if (req.url?.split('?')[0] === READINESS_PATH && gw.endpoints > 0) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('no endpoints of this cluster known yet\n');
   });
+  const refused = new Counter({ name: 'weft_eastwest_listener_refused_total', help: 'Connections the metrics and readiness listeners closed, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request)', labelNames: ['listener', 'reason'], registers: [registry] });
+  const refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => log.warn('status listener refusals not logged (rate limit; every one is counted in weft_eastwest_listener_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+  const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.statusLimits };
+  for (const [listener, server] of [['metrics', metrics], ['readiness', ready]] as const) {
+    limitHttpListener(server, limits, (reason, address, detail) => {
+      refused.inc({ listener, reason });
+      if (refusalLog.take()) log.warn('status listener refused a connection', { listener, reason, address, detail: clip(detail) });
+    });
+  }
   await Promise.all([listen(metrics, PORTS.metrics, o.host), listen(ready, PORTS.readiness, o.host)]);
   log.info('east-west gateway ready', { listen: `${o.host}:${o.port}`, controller: o.controllerUrl });
   return {

@@ -358,3 +358,71 @@ test('connects waiting for one upstream are bounded: past maxPendingConnects a C
   // Another upstream is not held back by this one's queue.
   await assert.rejects(outer(CLIENT, '10.78.0.254:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403);
 });
+
+// The gateway's metrics (15020) and readiness (15021) listeners are on the network's edge like its
+// HBONE port: Node's defaults would let one source hold any number of connections and a client
+// that never finishes its headers hold one 60 s (a request 300 s).
+test('the gateway\'s metrics and readiness listeners bound their connections: a client that never finishes its headers is cut at the headers timeout, one source holds at most maxConnectionsPerSource; each counted (weft_eastwest_listener_refused_total) and logged; a scrape from elsewhere is served', async () => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { runEastWest } = await import('../../eastwest/src/main.ts');
+  const { get } = await import('node:http');
+  const { DEFAULT_STATUS_LISTENER_LIMITS } = await import('../../lib/listener-limits.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'weft-ew-status-'));
+  const host = '127.0.0.71';
+  const lines: string[] = [];
+  const gwTls = await creds(c2, GW_ID);
+  writeFileSync(join(dir, 'cert.pem'), gwTls.cert);
+  writeFileSync(join(dir, 'key.pem'), gwTls.key);
+  writeFileSync(join(dir, 'root.pem'), gwTls.ca.join(''));
+  const running = await runEastWest({
+    host, port: 0, identity: { kind: 'static', certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') }, trustBundleFile: join(dir, 'root.pem'),
+    controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, trustDomain: TD, trustDomainAliases: [], logLevel: 'info',
+    logger: jsonLogger('eastwest', 'info', (l) => lines.push(l)), statusLimits: { headersTimeoutMs: 300, requestTimeoutMs: 600 },
+  });
+  const held: net.Socket[] = [];
+  const open = (port: number) => new Promise<{ socket: net.Socket; closed: Promise<void> }>((resolve, reject) => {
+    const socket = net.connect({ port, host, localAddress: '127.0.0.1' });
+    held.push(socket);
+    const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    socket.on('error', () => {});
+    socket.once('connect', () => resolve({ socket, closed }));
+    socket.once('error', reject);
+  });
+  const within = <T>(p: Promise<T>, ms: number, what: string) => Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms).unref())]);
+  const count = async (listener: string, reason: string) => Number(new RegExp(`weft_eastwest_listener_refused_total\\{listener="${listener}",reason="${reason}"\\} (\\d+)`).exec(await scrape())?.[1] ?? 0);
+  // From another source address than the attacker's, a new connection each time.
+  const scrape = () => new Promise<string>((resolve, reject) => {
+    get({ host, port: 15020, path: '/metrics', localAddress: '127.0.0.2', agent: false }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+  try {
+    // A slowloris on the readiness port: headers a line at a time, never finished.
+    const slow = await open(15021);
+    slow.socket.write('GET /healthz/ready HTTP/1.1\r\nHost: x\r\n');
+    const drip = setInterval(() => !slow.socket.destroyed && slow.socket.write('X-Slow: a\r\n'), 50);
+    try {
+      await within(slow.closed, 3_000, 'the slowloris cut');
+    } finally {
+      clearInterval(drip);
+    }
+    await until('the cut counted', async () => await count('readiness', 'request-timeout') >= 1, 3_000);
+    // Silent connections from one source on the metrics port: past the cap, closed at accept.
+    const max = DEFAULT_STATUS_LISTENER_LIMITS.maxConnectionsPerSource;
+    for (let i = 0; i < max; i++) await open(15020);
+    const over = await open(15020);
+    await within(over.closed, 3_000, `connection ${max + 1} from one source closed`);
+    assert.match(await scrape(), /weft_eastwest_listener_refused_total\{listener="metrics",reason="too-many-connections"\} [1-9]/, 'a scrape from another source address is served');
+    const logged = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'status listener refused a connection');
+    assert.ok(logged.some((l) => l.listener === 'readiness' && l.reason === 'request-timeout' && l.address === '127.0.0.1'));
+    assert.ok(logged.some((l) => l.listener === 'metrics' && l.reason === 'too-many-connections' && l.address === '127.0.0.1'));
+  } finally {
+    for (const s of held) s.destroy();
+    await running.stop('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
