@@ -115,7 +115,10 @@ export class Federation {
   #stopped = false;
   #started = false;
   readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter; listenerRefused: Counter };
+  /** Lines of the listener's refusals (a reader's 403s, closed connections). */
   readonly #refusalLog: LogBudget;
+  /** Lines of refused imports: a remote writes its export, and with it each refusal's message. */
+  readonly #importLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
 
@@ -124,7 +127,9 @@ export class Federation {
     const now = Date.now();
     this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false, failing: false }));
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
-      o.log.warn('federation listener refusals not logged (rate limit; every one is counted in weft_federation_listener_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+      o.log.warn('federation listener refusals not logged (rate limit; every one is counted in weft_federation_listener_refused_total or weft_federation_export_reads_total{result="forbidden"})', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.#importLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      o.log.warn('refused remote services not logged (rate limit; every one is counted in weft_federation_import_refused_total and named in /debug/federation)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     if (o.registry) {
       const registers = [o.registry];
       this.#metrics = {
@@ -154,7 +159,7 @@ export class Federation {
     for (const [k, x] of now) {
       if (this.#refusedImports.get(k)?.message === x.message) continue;
       this.#metrics?.importRefused.inc({ cluster: x.cluster, reason: x.reason });
-      this.#o.log.warn('remote service (or some of its endpoints) not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: x.message });
+      if (this.#importLog.take()) this.#o.log.warn('remote service (or some of its endpoints) not imported; the others are unaffected', { cluster: x.cluster, service: x.service, reason: x.reason, error: clip(x.message, 1024) });
     }
     this.#refusedImports = now;
     if (live.length === 0) return local;
@@ -259,7 +264,7 @@ export class Federation {
       const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate);
       if (!peer || !this.#o.mayRead(peer)) {
         this.#metrics?.reads.inc({ result: 'forbidden' });
-        this.#o.log.warn('federation export refused', { peer: peer ?? 'none', address: req.socket.remoteAddress });
+        if (this.#refusalLog.take()) this.#o.log.warn('federation export refused', { peer: peer ?? 'none', address: req.socket.remoteAddress });
         res.writeHead(403, { 'content-type': 'text/plain' }).end(`${peer ?? 'a peer without a SPIFFE ID'} may not read this cluster's export\n`);
         return;
       }

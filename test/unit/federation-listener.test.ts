@@ -8,7 +8,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { request } from 'node:https';
+import { Agent, request } from 'node:https';
+import { refusalLineBound } from '../lab/log-bound.ts';
 import { Registry } from 'prom-client';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { Federation, DEFAULT_FEDERATION_LISTENER_LIMITS, type FederationOptions } from '../../controller/src/federation.ts';
@@ -134,5 +135,37 @@ test('federation listener, attacker side: a connection that never completes its 
     }
     await until('the request timeout is counted', async () => await refusedCount(registry, 'request-timeout') >= 1, 3_000);
     assert.ok(warnings.some((w) => w.msg.startsWith('federation listener refused a connection') && w.f?.reason === 'request-timeout' && w.f?.address === '127.0.0.1'));
+  });
+});
+
+test('federation listener, attacker side: a peer whose certificate may not read the export (any workload of the mesh) cannot turn its 403s into log volume: every one counted (weft_federation_export_reads_total{result="forbidden"}), at most REFUSAL_LOG_PER_SECOND lines a second with a count of the rest', async () => {
+  await withListener(undefined, async ({ fed, registry, warnings, creds }) => {
+    const evil = await creds(`spiffe://${TD}/ns/demo/sa/evil`);
+    const agent = new Agent({ keepAlive: true, maxSockets: 4 });
+    const N = 600;
+    const one = () => new Promise<number>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port: fed.port, path: FEDERATION_PATH, ...evil, agent, checkServerIdentity: () => undefined }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    try {
+      const started = Date.now();
+      const statuses = await Promise.all(Array.from({ length: N }, one));
+      assert.ok(statuses.every((s) => s === 403));
+      const bound = refusalLineBound(started);
+      const lines = warnings.filter((w) => w.msg === 'federation export refused').length;
+      assert.ok(lines <= bound, `${lines} refusal lines for ${N} requests in ${Date.now() - started} ms (at most ${bound})`);
+      assert.match(await registry.metrics(), new RegExp(`weft_federation_export_reads_total\\{result="forbidden"\\} ${N}\\n`));
+      // The count of the lines left out is written with the next line of a later second.
+      await until('the rest are counted in a line', async () => {
+        await one();
+        return warnings.some((w) => /refusals not logged/.test(w.msg));
+      }, 3_000, { intervalMs: 100 });
+    } finally {
+      agent.destroy();
+    }
   });
 });

@@ -15,6 +15,7 @@ import { validateObject } from '../../lib/model/validate.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { until } from '../lab/wait.ts';
+import { refusalLineBound } from '../lab/log-bound.ts';
 import { Registry } from 'prom-client';
 
 const TD = 'cluster.local';
@@ -381,4 +382,33 @@ test('a remote that drips its export cannot freeze the federation: the other rem
   await until('cluster3\'s endpoints leave at the stale bound', () => !b.merge(local).services.has('demo/only-c3'), 5_000);
   assert.equal(b.status().find((s) => s.cluster === 'cluster3')?.up, false);
   assert.equal(b.merge(local).services.get('demo/echo')!.endpoints.length, 3, 'cluster2 is unaffected');
+});
+
+// A remote's export is the remote's to write: a Service entry each refusal of which is a log line
+// would let a hostile remote write this controller's log (and change every message at each read,
+// so that each is "new"). Every refusal is counted and named in /debug/federation; the lines are
+// rate limited as every part's refusals are (REFUSAL_LOG_PER_SECOND).
+test('a hostile remote cannot turn refused imports into log volume: thousands of malformed Services, renamed at every push, are each counted and named, with at most REFUSAL_LOG_PER_SECOND lines a second and a count of the rest', async (t) => {
+  const { fed, lines, metrics } = pushedFederation(t);
+  const local = model([]);
+  const N = 2_000;
+  const started = Date.now();
+  const push = (round: number, n = N) => {
+    // The hostname named in each refusal: a new one makes each refusal new.
+    const services = Array.from({ length: n }, (_, i) => svc(`bad-${i}`, [ep('10.78.1.2')], { vips: ['10.97.0.61'], hostname: `round-${round}.example` }));
+    fed.report('cluster2', { export: JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: GW, services }) });
+    fed.merge(local);
+  };
+  for (let round = 0; round < 3; round++) push(round);
+  assert.equal(Object.keys(fed.status()[0]!.refusedServices ?? {}).length, N, 'each named');
+  assert.match(await metrics(), new RegExp(`^weft_federation_import_refused_total\\{cluster="cluster2",reason="invalid"\\} ${3 * N}$`, 'm'));
+  const refusedLines = lines.filter((l) => l.msg.startsWith('remote service (or some of its endpoints) not imported')).length;
+  const bound = refusalLineBound(started);
+  assert.ok(refusedLines <= bound, `${refusedLines} lines for ${3 * N} refusals (at most ${bound})`);
+  let round = 3;
+  // The count of the lines left out is written with the next line of a later second.
+  await until('the rest are counted in a line', () => {
+    push(round++, 1);
+    return lines.some((l) => /not logged/.test(l.msg));
+  }, 3_000, { intervalMs: 100 });
 });
