@@ -426,3 +426,50 @@ test('the gateway\'s metrics and readiness listeners bound their connections: a 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+// A caller pools its inner sessions, one outer tunnel per destination agent or waypoint and
+// identity; a workload holding any mesh certificate that opens outer tunnels without end would
+// have the gateway hold an upstream socket for each (1,000 streams on each of 1,024 sessions a
+// source), for every other caller's cost.
+test('tunnels one caller (identity and address) holds through the gateway are bounded: past maxTunnelsPerPeer a CONNECT is refused at once (503 too-many-tunnels), counted and named; another caller is served, and a tunnel closed frees its place', async (t) => {
+  const { connect: h2connect } = await import('node:http2');
+  const sinkSockets = new Set<net.Socket>();
+  const sink = net.createServer((s) => {
+    sinkSockets.add(s);
+    s.on('close', () => sinkSockets.delete(s));
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    for (const s of sinkSockets) s.destroy();
+    sink.close();
+  });
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, maxTunnelsPerPeer: 3, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const sessionAs = async (as: string) => {
+    const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, as)), checkServerIdentity: () => undefined });
+    t.after(() => session.destroy());
+    session.on('error', () => {});
+    return session;
+  };
+  const open = (session: Awaited<ReturnType<typeof sessionAs>>) => new Promise<{ status: number; stream: ReturnType<typeof session.request> }>((resolve) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+    stream.on('response', (h) => resolve({ status: Number(h[':status']), stream }));
+    stream.on('error', () => resolve({ status: 0, stream }));
+  });
+  const client = await sessionAs(CLIENT);
+  const held = [await open(client), await open(client), await open(client)];
+  assert.deepEqual(held.map((x) => x.status), [200, 200, 200]);
+  // From a second session of the same caller too: the bound is the caller's, not the session's.
+  const again = await sessionAs(CLIENT);
+  assert.equal((await open(again)).status, 503);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-tunnels"\} 1$/m);
+  const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'too-many-tunnels');
+  assert.match(String(line?.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 3 tunnels through the gateway \\(it allows 3 a caller\\)`));
+  assert.equal((await open(await sessionAs(id('demo', 'other')))).status, 200, 'another caller is served');
+  held[0]!.stream.close();
+  await until('a closed tunnel frees its place', async () => (await open(again)).status === 200, 5_000, { intervalMs: 50 });
+});
