@@ -9,13 +9,13 @@
 // handshake, headers, request and idle time and the connections one source address may hold are
 // bounded well under Node's defaults (DEFAULT_FEDERATION_LISTENER_LIMITS), each refusal counted in
 // `weft_federation_listener_refused_total{reason}` and logged.
-import { createServer, request, type Server } from 'node:https';
-import type { ClientRequest } from 'node:http';
+import { createServer, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/log.ts';
 import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
+import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
 import { exportWaypoint, FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
@@ -24,11 +24,8 @@ import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 export const DEFAULT_FEDERATION_POLL_MS = 1_000;
 /** How long a remote that stopped answering keeps its last known endpoints. */
 export const DEFAULT_REMOTE_STALE_AFTER_MS = 30_000;
-/** A remote's connection may stay silent this long. */
-const FETCH_TIMEOUT_MS = 2_000;
 /** A remote's whole export must be read within this (a remote that answers a byte at a time fails here). */
-export const DEFAULT_FETCH_DEADLINE_MS = 10_000;
-const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_FETCH_DEADLINE_MS = DEFAULT_EXPORT_READ_DEADLINE_MS;
 
 /** Bounds of the federation listener; Node's defaults are a TLS handshake of 120 s, headers of 60 s, a request of 300 s and no connection cap. */
 export interface FederationListenerLimits extends HttpListenerLimits {
@@ -372,39 +369,10 @@ export class Federation {
   }
 
   #fetch(remote: RemoteCluster): Promise<string> {
-    const url = new URL(FEDERATION_PATH, remote.url);
-    const tls = this.#o.tls();
-    const deadlineMs = this.#o.fetchDeadlineMs ?? DEFAULT_FETCH_DEADLINE_MS;
-    let req: ClientRequest | undefined;
-    const deadline = setTimeout(() => req?.destroy(new Error(`no complete export within ${deadlineMs} ms`)), deadlineMs);
-    deadline.unref();
-    return new Promise<string>((resolve, reject) => {
-      req = request({
-        host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET',
-        key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3', agent: false,
-        timeout: FETCH_TIMEOUT_MS,
-        checkServerIdentity: (_host, cert) => {
-          const id = spiffeIdFromCert(cert);
-          return id && this.#o.isController(id) ? undefined : new Error(`the peer at ${remote.url} is ${id ?? 'no SPIFFE identity'}, not a controller of the mesh`);
-        },
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_EXPORT_BYTES) req!.destroy(new Error(`export larger than ${MAX_EXPORT_BYTES} bytes`));
-          else chunks.push(c);
-        });
-        res.on('end', () => {
-          const body = Buffer.concat(chunks).toString('utf8');
-          if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}: ${body.trim().slice(0, 200)}`));
-          else resolve(body);
-        });
-        res.on('error', reject);
-      });
-      req.on('timeout', () => req!.destroy(new Error(`no answer within ${FETCH_TIMEOUT_MS} ms`)));
-      req.on('error', reject);
-      req.end();
-    }).finally(() => clearTimeout(deadline));
+    return readExport(remote.url, {
+      tls: this.#o.tls(),
+      checkPeer: (id) => (id && this.#o.isController(id) ? undefined : new Error(`the peer at ${remote.url} is ${id ?? 'no SPIFFE identity'}, not a controller of the mesh`)),
+      deadlineMs: this.#o.fetchDeadlineMs ?? DEFAULT_FETCH_DEADLINE_MS,
+    });
   }
 }

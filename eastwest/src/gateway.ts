@@ -18,11 +18,11 @@
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
-import { request } from 'node:https';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { HboneServer, pooledReads, spiffeIdFromCert, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
+import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { FEDERATION_PATH, parseClusterExport } from '../../lib/model/federation.ts';
+import { parseClusterExport } from '../../lib/model/federation.ts';
+import { readExport } from '../../lib/federation-read.ts';
 import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
 export interface EastWestOptions {
@@ -35,6 +35,8 @@ export interface EastWestOptions {
   /** Which identity the controller must present. */
   controllerId: string;
   pollMs?: number;
+  /** How long one read of the controller's export may take in all (DEFAULT_EXPORT_READ_DEADLINE_MS). */
+  fetchDeadlineMs?: number;
   connectTimeoutMs?: number;
   /** Connects to one upstream (a node agent or a waypoint) that may wait at once (DEFAULT_MAX_PENDING_CONNECTS). */
   maxPendingConnects?: number;
@@ -224,7 +226,11 @@ export class EastWestGateway {
   }
 
   async #refresh(): Promise<void> {
-    const text = await fetchText(this.#o.controllerUrl, this.#tls, this.#o.controllerId);
+    const text = await readExport(this.#o.controllerUrl, {
+      tls: this.#tls,
+      checkPeer: (id) => (id === this.#o.controllerId ? undefined : new Error(`${this.#o.controllerUrl} is not the controller ${this.#o.controllerId}`)),
+      ...(this.#o.fetchDeadlineMs !== undefined ? { deadlineMs: this.#o.fetchDeadlineMs } : {}),
+    });
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
@@ -281,24 +287,5 @@ function connectTcp(host: string, port: number, timeoutMs: number, signal: Abort
       signal.removeEventListener('abort', onAbort);
       reject(e);
     });
-  });
-}
-
-function fetchText(base: string, tls: GatewayTls, controllerId: string): Promise<string> {
-  const url = new URL(FEDERATION_PATH, base);
-  return new Promise((resolve, reject) => {
-    const req = request({
-      host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET', agent: false, timeout: 2_000,
-      key: tls.key, cert: tls.cert, ca: [...tls.ca], minVersion: 'TLSv1.3',
-      checkServerIdentity: (_h, cert) => (spiffeIdFromCert(cert) === controllerId ? undefined : new Error(`${base} is not the controller ${controllerId}`)),
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`HTTP ${res.statusCode}`))));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 2000 ms')));
-    req.on('error', reject);
-    req.end();
   });
 }

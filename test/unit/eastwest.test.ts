@@ -473,3 +473,48 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
   held[0]!.stream.close();
   await until('a closed tunnel frees its place', async () => (await open(again)).status === 200, 5_000, { intervalMs: 50 });
 });
+
+// The gateway reads its controller's export as the controllers read each other's
+// (lib/federation-read.ts): a read that never ends, or never stops growing, would have held the
+// gateway's start (it reads once before it listens) and every refresh after it.
+test('the gateway\'s read of its controller\'s export is bounded as the controllers\' are: an export answered a byte at a time fails at the read deadline, one past 16 MiB at the bound, each named in the log; the gateway starts regardless and refuses with no-config until a read succeeds', async (t) => {
+  const { createServer: httpsServer } = await import('node:https');
+  const { MAX_EXPORT_BYTES } = await import('../../lib/federation-read.ts');
+  let mode: 'drip' | 'huge' = 'drip';
+  const ctrl = httpsServer({ ...(await creds(c2, CTRL)) }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (mode === 'drip') {
+      const timer = setInterval(() => res.write(' '), 100);
+      res.on('close', () => clearInterval(timer));
+      return;
+    }
+    const chunk = Buffer.alloc(1 << 20, ' ');
+    let sent = 0;
+    const more = () => {
+      while (sent <= MAX_EXPORT_BYTES + chunk.length && !res.destroyed) {
+        sent += chunk.length;
+        if (!res.write(chunk)) return void res.once('drain', more);
+      }
+      res.end();
+    };
+    more();
+  });
+  await new Promise<void>((r) => ctrl.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    ctrl.closeAllConnections();
+    ctrl.close();
+  });
+  const lines: string[] = [];
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${(ctrl.address() as net.AddressInfo).port}`, controllerId: CTRL, fetchDeadlineMs: 500, pollMs: 200, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: new Registry() });
+  t.after(() => gw.close());
+  const started = Date.now();
+  const port = await Promise.race([gw.listen(0, '127.0.0.1'), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the gateway did not start within 5 s')), 5_000).unref())]);
+  assert.ok(Date.now() - started < 5_000);
+  const errors = () => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => /controller export not read/.test(String(l.msg))).map((l) => String(l.error));
+  assert.ok(errors().some((e) => /no complete export within 500 ms/.test(e)), errors().join('; '));
+  const pool = new HbonePool();
+  t.after(() => pool.close(0));
+  await assert.rejects(pool.connect({ sourceKey: CLIENT, tls: await creds(c1, CLIENT), dest: { host: '127.0.0.1', port }, target: '10.78.1.1:8080', expectPeer: GW_ID, timeoutMs: 5_000 }), (e: Error) => e instanceof HboneRefusedError && e.status === 503 && /not read its cluster's endpoints yet/.test(e.message));
+  mode = 'huge';
+  await until('an export past the bound fails the read', () => errors().some((e) => new RegExp(`export larger than ${MAX_EXPORT_BYTES} bytes`).test(e)), 10_000);
+});
