@@ -367,10 +367,12 @@ test('a controller allowed to read remotes without verification says so at start
 /**
  * A hostile (or broken) API server in front of a lab one: passes everything through until told to
  * `flood` (every Pod list, and every Pod watch open or opened later, gets a body without end, 1 MiB
- * at a time up to `cap`, no newline) or to answer Pod lists `gzip`-compressed though they were not
- * asked so (and Pod watches 410 Gone, so that the client lists). Records each flooded response's bytes once it ended, and the accept-encoding asked.
+ * at a time up to `cap`, no newline), to answer Pod lists `gzip`-compressed though they were not
+ * asked so, or to `redirect` them to `redirectTo` (and, for those two, Pod watches 410 Gone, so that
+ * the client lists). Records each flooded response's bytes once it ended, and the accept-encoding asked.
  */
-async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: string; mode: 'pass' | 'flood' | 'gzip'; flooded: number[]; encodings: Set<string>; close(): void }> {
+type FrontMode = 'pass' | 'flood' | 'gzip' | 'redirect';
+async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: string; mode: FrontMode; redirectTo: string; flooded: number[]; encodings: Set<string>; close(): void }> {
   const watches = new Set<ServerResponse>();
   const chunk = Buffer.alloc(1 << 20, 'a');
   const flood = (res: ServerResponse) => {
@@ -393,11 +395,12 @@ async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: str
       res.writeHead(200, { 'content-type': 'application/json' });
       return flood(res);
     }
-    if (pods && watch && front.mode === 'gzip') {
+    if (pods && watch && (front.mode === 'gzip' || front.mode === 'redirect')) {
       // 410 Gone: the client lists again, and gets the compressed list.
       res.writeHead(200, { 'content-type': 'application/json' });
       return void res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410 } })}\n`);
     }
+    if (pods && !watch && front.mode === 'redirect') return void res.writeHead(302, { location: `${front.redirectTo}${req.url}` }).end();
     if (pods && !watch && front.mode === 'gzip') {
       res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
       return void res.end(gzipSync(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: api.resourceVersion }, items: [] })));
@@ -420,9 +423,10 @@ async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: str
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     flooding: new Set<ServerResponse>(),
     flooded: [] as number[],
+    redirectTo: '',
     encodings: new Set<string>(),
     get mode() { return mode; },
-    set mode(m: 'pass' | 'flood' | 'gzip') {
+    set mode(m: FrontMode) {
       mode = m;
       if (m === 'flood') for (const w of watches) {
         front.flooding.add(w);
@@ -434,7 +438,7 @@ async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: str
       server.close();
     },
   };
-  let mode: 'pass' | 'flood' | 'gzip' = 'pass';
+  let mode: FrontMode = 'pass';
   return front;
 }
 
@@ -443,7 +447,7 @@ async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: str
 // ServiceAccount of another cluster). Bounded here: a list or one watch event past the bound, or a
 // body compressed though it was asked for uncompressed (which could inflate past it), fails that
 // read as a failed list or watch does.
-test('remote secret, attacker side: a remote API server that sends a list or a watch event past the bound, or a compressed body, has the read cut there (its bytes unread), named, counted (weft_federation_remote_response_refused_total) and logged; it costs only itself: its last export stays, the other remote is untouched', async () => {
+test('remote secret, attacker side: a remote API server that sends a list or a watch event past the bound, a compressed body, or a redirect (to any address, plain HTTP too) has the read cut there (its bytes unread, the redirect not followed), named, counted (weft_federation_remote_response_refused_total) and logged; it costs only itself: its last export stays, the other remote is untouched', async () => {
   const LIMIT = 1 << 20;
   const warnings: Array<{ msg: string; f: Record<string, unknown> | undefined }> = [];
   const logger: Logger = { ...silentLogger, warn: (msg, f) => void warnings.push({ msg, f }) };
@@ -479,6 +483,25 @@ test('remote secret, attacker side: a remote API server that sends a list or a w
       await until('a compressed list is refused', async () => /weft_federation_remote_response_refused_total\{cluster="cluster3",reason="encoding"\} [1-9]/.test(await controller.registry.metrics()), 20_000);
       assert.match((await c3Status())?.lastError ?? '', /compressed \(content-encoding gzip\)/);
       assert.equal(onlyC3()?.endpoints.length, 1, 'its last export still stays');
+
+      // A redirect elsewhere (here to plain HTTP on another address) is not followed.
+      const asked: string[] = [];
+      const elsewhere = createHttpServer((req, res) => {
+        asked.push(req.url!);
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: '1' }, items: [] }));
+      });
+      await new Promise<void>((r) => elsewhere.listen(0, '127.0.0.2', () => r()));
+      try {
+        front.redirectTo = `http://127.0.0.2:${(elsewhere.address() as AddressInfo).port}`;
+        front.mode = 'redirect';
+        await until('a redirect is refused', async () => /weft_federation_remote_response_refused_total\{cluster="cluster3",reason="redirect"\} [1-9]/.test(await controller.registry.metrics()), 20_000);
+        assert.match((await c3Status())?.lastError ?? '', /redirects \(HTTP 302 to http:\/\/127\.0\.0\.2:\d+\/api\/v1\/pods/);
+        assert.deepEqual(asked, [], 'the redirect was not followed');
+        assert.equal(onlyC3()?.endpoints.length, 1, 'its last export still stays');
+      } finally {
+        elsewhere.closeAllConnections();
+        elsewhere.close();
+      }
     }, (c1, c2) => {
       c1.apply(remoteSecret('remote-cluster2', { cluster2: c2.kubeconfig('weft-reader') }));
       c1.apply(remoteSecret('remote-cluster3', { cluster3: c3.kubeconfig('weft-reader').replace(c3.url, front.url) }));

@@ -501,11 +501,14 @@ export function kubeConfigForServer(server: string): KubeConfig {
  */
 export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
-/** A response cut by {@link boundedKubeConfig}: `too-large` past the bound, `encoding` a body compressed though none was asked for. */
+/**
+ * A response cut by {@link boundedKubeConfig}: `too-large` past the bound, `encoding` a body
+ * compressed though none was asked for, `redirect` a redirect (fetch would follow it elsewhere).
+ */
 export class ResponseRefusedError extends Error {
   readonly code = 'WEFT_KUBE_RESPONSE_REFUSED';
-  readonly reason: 'too-large' | 'encoding';
-  constructor(reason: 'too-large' | 'encoding', message: string) {
+  readonly reason: 'too-large' | 'encoding' | 'redirect';
+  constructor(reason: 'too-large' | 'encoding' | 'redirect', message: string) {
     super(message);
     this.name = 'ResponseRefusedError';
     this.reason = reason;
@@ -527,8 +530,10 @@ type Interceptor = Parameters<Dispatcher['compose']>[0] extends infer I ? (I ext
  * may be hostile or broken; client-node reads a list's body whole and a watch's events line by
  * line, without a bound). Bodies are asked for uncompressed (`accept-encoding: identity`) and one
  * compressed anyway is refused: the bound counts bytes as they arrive, and a compressed body could
- * grow past it when it is inflated. A cut response fails its request (named, `onRefused`): the
- * informer restarts with backoff as after any failed list or watch.
+ * grow past it when it is inflated. So is a redirect, which fetch would follow to any address the
+ * server names, over plain HTTP too (an API server's lists and watches do not redirect). A cut
+ * response fails its request (named, `onRefused`): the informer restarts with backoff as after any
+ * failed list or watch.
  */
 export function boundedKubeConfig(kc: KubeConfig, bound: ResponseBound = {}): KubeConfig {
   const b = new BoundedKubeConfig(bound);
@@ -575,6 +580,11 @@ function boundResponses(bound: ResponseBound): Interceptor {
       get(target, prop, receiver) {
         if (prop === 'onResponseStart' && typeof target.onResponseStart === 'function') {
           return (controller: { abort(reason: Error): void }, status: number, headers: Record<string, string | string[] | undefined>, ...rest: unknown[]) => {
+            if (status >= 300 && status < 400) {
+              const location = headers.location;
+              refuse(controller, new ResponseRefusedError('redirect', `response to ${path.split('?')[0]} redirects (HTTP ${status}${location ? ` to ${String(location).slice(0, 256)}` : ''}): refused, an API server's lists and watches are answered where they are asked`));
+              return;
+            }
             const enc = headers['content-encoding'];
             const encoding = (Array.isArray(enc) ? enc.join(',') : enc ?? '').trim().toLowerCase();
             if (encoding !== '' && encoding !== 'identity') {
