@@ -2,8 +2,8 @@
 // open: a peer (or anyone who reaches the port) that opens connections and leaves them silent holds
 // a socket, a TLS handshake's state and a timer each until its timeout; without a cap one source
 // could hold them all. Counted at accept, before TLS: a connection past the cap costs its source a
-// TCP handshake and the listener nothing more. Used by the HBONE server (lib/hbone/server.ts) and the
-// controller's federation listener; the check interval of node:http's timeouts by the waypoint's
+// TCP handshake and the listener nothing more. Used by the HBONE server (lib/hbone/server.ts), the
+// agent's side ports (agent/src/admin.ts guardSidePort) and the controller's federation listener; the check interval of node:http's timeouts by the waypoint's
 // HTTP listener; limitHttpListener (both, and the timeouts) by the federation listener and the
 // east-west gateway's metrics and readiness listeners. Node's own defaults for an HTTP listener are
 // 60 s for a request's headers, 300 s for a request, 120 s for a TLS handshake and no cap.
@@ -17,38 +17,58 @@ export interface ConnectionCap {
   refused(socket: Socket): boolean;
 }
 
+export interface ConnectionCounter {
+  /** Counts `socket` until it closes, or, past a cap, tells onRefused, destroys it and says false. */
+  admit(socket: Socket): boolean;
+}
+
 /**
- * Caps the connections each source address holds on `server` at `perSource` and, when given, all of
- * them together at `total` (many sources, each under its own share, cannot take the process's
- * descriptors and memory); `onRefused` hears of each connection closed at accept, and which cap.
+ * The connections each source address holds, capped at `perSource` and, when given, all of them
+ * together at `total` (many sources, each under its own share, cannot take the process's
+ * descriptors and memory); `onRefused` hears of each connection refused, and which cap. A listener
+ * admits at accept (capConnectionsPerSource), or later, after a check of its own (the agent's admin
+ * port admits only sockets of root, so that other users' refused connections take none of root's share).
  */
-export function capConnectionsPerSource(
-  server: Server,
+export function connectionCounter(
   max: number | { perSource: number; total?: number },
-  onRefused: (address: string, max: number, cap: 'per-source' | 'total') => void,
-): ConnectionCap {
+  onRefused: (address: string, max: number, cap: 'per-source' | 'total', socket: Socket) => void,
+): ConnectionCounter {
   const { perSource, total = Infinity } = typeof max === 'number' ? { perSource: max } : max;
   const open = new Map<string, number>();
   let all = 0;
+  return {
+    admit(socket) {
+      const from = socket.remoteAddress ?? '';
+      const n = (open.get(from) ?? 0) + 1;
+      const over = n > perSource ? 'per-source' : all >= total ? 'total' : undefined;
+      if (over) {
+        onRefused(from, over === 'per-source' ? perSource : total, over, socket);
+        socket.destroy();
+        return false;
+      }
+      open.set(from, n);
+      all++;
+      socket.once('close', () => {
+        all--;
+        const left = (open.get(from) ?? 1) - 1;
+        if (left <= 0) open.delete(from);
+        else open.set(from, left);
+      });
+      return true;
+    },
+  };
+}
+
+/** Caps the connections on `server` at accept, before TLS (connectionCounter). */
+export function capConnectionsPerSource(
+  server: Server,
+  max: number | { perSource: number; total?: number },
+  onRefused: (address: string, max: number, cap: 'per-source' | 'total', socket: Socket) => void,
+): ConnectionCap {
+  const counter = connectionCounter(max, onRefused);
   const refused = new WeakSet<Socket>();
   server.on('connection', (socket: Socket) => {
-    const from = socket.remoteAddress ?? '';
-    const n = (open.get(from) ?? 0) + 1;
-    const over = n > perSource ? 'per-source' : all >= total ? 'total' : undefined;
-    if (over) {
-      refused.add(socket);
-      onRefused(from, over === 'per-source' ? perSource : total, over);
-      socket.destroy();
-      return;
-    }
-    open.set(from, n);
-    all++;
-    socket.once('close', () => {
-      all--;
-      const left = (open.get(from) ?? 1) - 1;
-      if (left <= 0) open.delete(from);
-      else open.set(from, left);
-    });
+    if (!counter.admit(socket)) refused.add(socket);
   });
   return { refused: (socket) => refused.has(socket) };
 }

@@ -5,6 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { peerSocketOwner } from '../../lib/sys/listeners.ts';
+import { connectionCounter } from '../../lib/listener-limits.ts';
 
 /**
  * Why a side port refused a request or a connection by itself, without a route: a metric label.
@@ -60,8 +61,6 @@ export interface SidePortGuard {
  * reason. A connection is read only once admitted (the owner check waits for the kernel's table).
  */
 export function guardSidePort(server: http.Server, g: SidePortGuard): void {
-  const max = g.maxConnectionsPerSource ?? MAX_SIDE_CONNECTIONS_PER_SOURCE;
-  const perSource = new Map<string, number>();
   const [serve] = server.listeners('connection') as Array<(s: Socket) => void>;
   if (!serve) throw new Error('guardSidePort: the server has no connection listener');
   server.removeAllListeners('connection');
@@ -69,30 +68,20 @@ export function guardSidePort(server: http.Server, g: SidePortGuard): void {
   (server as http.Server & { pauseOnConnect: boolean }).pauseOnConnect = true;
   // Counted against the cap only once admitted: a client the owner check refuses (anyone on the
   // node, all from 127.0.0.1) must not use up root's share of the admin port.
-  const admit = (socket: Socket, from: string): void => {
-    const open = (perSource.get(from) ?? 0) + 1;
-    if (open > max) {
-      g.refused('source_connections', socket, { limit: max });
-      socket.destroy();
-      return;
-    }
-    perSource.set(from, open);
-    socket.once('close', () => {
-      const n = (perSource.get(from) ?? 1) - 1;
-      if (n <= 0) perSource.delete(from);
-      else perSource.set(from, n);
-    });
+  const counter = connectionCounter(g.maxConnectionsPerSource ?? MAX_SIDE_CONNECTIONS_PER_SOURCE, (_from, limit, _which, socket) => g.refused('source_connections', socket, { limit }));
+  const admit = (socket: Socket): void => {
+    if (!counter.admit(socket)) return;
     serve.call(server, socket);
     socket.resume();
   };
   server.on('connection', (socket: Socket) => {
     const from = socket.remoteAddress ?? '';
     socket.on('error', () => {});
-    if (!g.ownerUids) return admit(socket, from);
+    if (!g.ownerUids) return admit(socket);
     const uids = g.ownerUids;
     peerSocketOwner({ local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 }, remote: { address: from, port: socket.remotePort ?? 0 } }).then((uid) => {
       if (socket.destroyed) return;
-      if (uid !== undefined && uids.includes(uid)) return admit(socket, from);
+      if (uid !== undefined && uids.includes(uid)) return admit(socket);
       g.refused('peer_uid', socket, { uid: uid ?? 'unknown', allowed: uids.join(',') });
       const body = JSON.stringify({ error: `this port answers only processes of uid ${uids.join(' or ')} on this node (yours is ${uid ?? 'unknown'}): run weftctl as root, or through kubectl exec or port-forward` }) + '\n';
       // Whatever it sent is read and dropped, unparsed: closing with it unread would reset the
