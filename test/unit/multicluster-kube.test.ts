@@ -15,7 +15,7 @@ import { gatewayOf, LABEL_MULTICLUSTER, LABEL_NETWORK, parseRemoteKubeconfig, RE
 import { kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { createServer as createHttpServer, request as httpRequest, type ServerResponse } from 'node:http';
 import { gzipSync } from 'node:zlib';
-import { Federation } from '../../controller/src/federation.ts';
+import { Federation, type RemoteReport } from '../../controller/src/federation.ts';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
@@ -369,9 +369,9 @@ test('a controller allowed to read remotes without verification says so at start
  * `flood` (every Pod list, and every Pod watch open or opened later, gets a body without end, 1 MiB
  * at a time up to `cap`, no newline), to answer Pod lists `gzip`-compressed though they were not
  * asked so, or to `redirect` them to `redirectTo` (and, for those two, Pod watches 410 Gone, so that
- * the client lists). Records each flooded response's bytes once it ended, and the accept-encoding asked.
+ * the client lists), or to `drip` Pod lists a byte every 50 ms. Records each flooded response's bytes once it ended, and the accept-encoding asked.
  */
-type FrontMode = 'pass' | 'flood' | 'gzip' | 'redirect';
+type FrontMode = 'pass' | 'flood' | 'gzip' | 'redirect' | 'drip';
 async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: string; mode: FrontMode; redirectTo: string; flooded: number[]; encodings: Set<string>; close(): void }> {
   const watches = new Set<ServerResponse>();
   const chunk = Buffer.alloc(1 << 20, 'a');
@@ -399,6 +399,11 @@ async function hostileFront(api: FakeApiServer, cap: number): Promise<{ url: str
       // 410 Gone: the client lists again, and gets the compressed list.
       res.writeHead(200, { 'content-type': 'application/json' });
       return void res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410 } })}\n`);
+    }
+    if (pods && !watch && front.mode === 'drip') {
+      res.writeHead(200, { 'content-type': 'application/json' }).flushHeaders();
+      const timer = setInterval(() => res.write(' '), 50);
+      return void res.once('close', () => clearInterval(timer));
     }
     if (pods && !watch && front.mode === 'redirect') return void res.writeHead(302, { location: `${front.redirectTo}${req.url}` }).end();
     if (pods && !watch && front.mode === 'gzip') {
@@ -507,6 +512,36 @@ test('remote secret, attacker side: a remote API server that sends a list or a w
       c1.apply(remoteSecret('remote-cluster3', { cluster3: c3.kubeconfig('weft-reader').replace(c3.url, front.url) }));
     }, true, logger, { remoteSecretsAllowInsecure: true, remoteMaxResponseBytes: LIMIT, remoteStaleAfterMs: 60_000 });
   } finally {
+    front.close();
+    await c3.stop();
+  }
+});
+
+// undici bounds only the silence between two chunks of a body (300 s): a list answered a byte at a
+// time would hold that informer's list, unreported, for as long as the remote likes.
+test('remote API server, attacker side: a list answered a byte at a time fails at the list deadline, named and counted (too-slow); watches, which stand for as long as they stand, are not cut by it', async () => {
+  const c3 = new FakeApiServer();
+  await c3.start();
+  const front = await hostileFront(c3, 0);
+  c3.apply(ns('demo', { 'weft.dev/dataplane-mode': 'ambient' }));
+  c3.apply(pod('demo', 'p', { labels: { app: 'p' }, ip: '10.79.1.1', hostIP: '10.79.0.1', sa: 'p' }));
+  const reports: RemoteReport[] = [];
+  const refusals: string[] = [];
+  front.mode = 'drip';
+  const reader = new RemoteClusterReader({
+    cluster: 'cluster3', secret: 'weft-system/s', kubeConfig: kubeConfigForServer(front.url), trustDomain: TD, rootNamespace: 'weft-system', log: silentLogger,
+    report: (r) => reports.push(r), restartDelayMs: 50, listDeadlineMs: 400, onResponseRefused: (reason) => refusals.push(reason),
+  });
+  try {
+    reader.start();
+    await until('the dripped list fails at its deadline', () => reports.some((r) => 'error' in r && /Pod: response to \/api\/v1\/pods not complete within 400 ms: refused/.test(r.error)), 5_000);
+    assert.ok(refusals.includes('too-slow'));
+    front.mode = 'pass';
+    await until('read once the list is answered', () => 'export' in (reports.at(-1) ?? {}), 10_000);
+    const errors = reports.filter((r) => 'error' in r).length;
+    await holds('the standing watches outlive the list deadline', () => reports.filter((r) => 'error' in r).length === errors, 1_500, { intervalMs: 50 });
+  } finally {
+    await reader.stop();
     front.close();
     await c3.stop();
   }

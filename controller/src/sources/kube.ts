@@ -502,13 +502,21 @@ export function kubeConfigForServer(server: string): KubeConfig {
 export const DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
 
 /**
+ * A list (not a watch, which stands for as long as it stands) must be answered whole within this:
+ * undici only bounds the silence between two chunks (300 s), so an API server that answers a list a
+ * byte at a time would hold that informer's relist, unreported, forever.
+ */
+export const DEFAULT_LIST_DEADLINE_MS = 120_000;
+
+/**
  * A response cut by {@link boundedKubeConfig}: `too-large` past the bound, `encoding` a body
- * compressed though none was asked for, `redirect` a redirect (fetch would follow it elsewhere).
+ * compressed though none was asked for, `redirect` a redirect (fetch would follow it elsewhere),
+ * `too-slow` a list not complete within its deadline.
  */
 export class ResponseRefusedError extends Error {
   readonly code = 'WEFT_KUBE_RESPONSE_REFUSED';
-  readonly reason: 'too-large' | 'encoding' | 'redirect';
-  constructor(reason: 'too-large' | 'encoding' | 'redirect', message: string) {
+  readonly reason: 'too-large' | 'encoding' | 'redirect' | 'too-slow';
+  constructor(reason: 'too-large' | 'encoding' | 'redirect' | 'too-slow', message: string) {
     super(message);
     this.name = 'ResponseRefusedError';
     this.reason = reason;
@@ -518,6 +526,8 @@ export class ResponseRefusedError extends Error {
 export interface ResponseBound {
   /** Most bytes of a response body, or of one watch event (DEFAULT_MAX_RESPONSE_BYTES). */
   maxBytes?: number;
+  /** A list must be answered whole within this (DEFAULT_LIST_DEADLINE_MS). */
+  listDeadlineMs?: number;
   /** A response was cut (the request then fails with the same error, as any failed list or watch). */
   onRefused?: (e: ResponseRefusedError, path: string) => void;
 }
@@ -531,7 +541,8 @@ type Interceptor = Parameters<Dispatcher['compose']>[0] extends infer I ? (I ext
  * line, without a bound). Bodies are asked for uncompressed (`accept-encoding: identity`) and one
  * compressed anyway is refused: the bound counts bytes as they arrive, and a compressed body could
  * grow past it when it is inflated. So is a redirect, which fetch would follow to any address the
- * server names, over plain HTTP too (an API server's lists and watches do not redirect). A cut
+ * server names, over plain HTTP too (an API server's lists and watches do not redirect), and a list
+ * not answered whole within its deadline (DEFAULT_LIST_DEADLINE_MS). A cut
  * response fails its request (named, `onRefused`): the informer restarts with backoff as after any
  * failed list or watch.
  */
@@ -570,14 +581,31 @@ function boundResponses(bound: ResponseBound): Interceptor {
     const watch = /[?&]watch=(true|1)(&|$)/.test(path);
     let held = 0;
     let refused = false;
+    let deadline: NodeJS.Timeout | undefined;
     const refuse = (controller: { abort(reason: Error): void }, e: ResponseRefusedError) => {
       refused = true;
+      clearTimeout(deadline);
       bound.onRefused?.(e, path);
       controller.abort(e);
     };
-    const h = handler as Record<string, unknown> & { onResponseStart?: (...a: unknown[]) => unknown; onResponseData?: (...a: unknown[]) => unknown };
+    type Handler = Record<string, unknown> & { [k in 'onRequestStart' | 'onResponseStart' | 'onResponseData' | 'onResponseEnd' | 'onResponseError']?: (...a: unknown[]) => unknown };
+    const h = handler as Handler;
     const wrapped = new Proxy(h, {
       get(target, prop, receiver) {
+        if (prop === 'onRequestStart' && !watch && typeof target.onRequestStart === 'function') {
+          return (controller: { abort(reason: Error): void }, ...rest: unknown[]) => {
+            const ms = bound.listDeadlineMs ?? DEFAULT_LIST_DEADLINE_MS;
+            deadline = setTimeout(() => refuse(controller, new ResponseRefusedError('too-slow', `response to ${path.split('?')[0]} not complete within ${ms} ms: refused`)), ms);
+            deadline.unref();
+            return target.onRequestStart!.call(target, controller, ...rest);
+          };
+        }
+        if ((prop === 'onResponseEnd' || prop === 'onResponseError') && typeof target[prop] === 'function') {
+          return (...a: unknown[]) => {
+            clearTimeout(deadline);
+            return target[prop]!.call(target, ...a);
+          };
+        }
         if (prop === 'onResponseStart' && typeof target.onResponseStart === 'function') {
           return (controller: { abort(reason: Error): void }, status: number, headers: Record<string, string | string[] | undefined>, ...rest: unknown[]) => {
             if (status >= 300 && status < 400) {

@@ -127,6 +127,8 @@ export interface RemoteClusterReaderOptions {
   watchTimeoutMs?: number;
   /** Most bytes of one response (a list) or one watch event from its API server (DEFAULT_MAX_RESPONSE_BYTES). */
   maxResponseBytes?: number;
+  /** A list from its API server must be complete within this (DEFAULT_LIST_DEADLINE_MS). */
+  listDeadlineMs?: number;
   /** A response from its API server was refused (past the bound, or compressed): counted by the caller; logged here. */
   onResponseRefused?: (reason: ResponseRefusedError['reason']) => void;
 }
@@ -150,6 +152,7 @@ export class RemoteClusterReader {
     // list or watch is restarted with backoff and reported; its last export stays until the stale bound).
     const kubeConfig = boundedKubeConfig(o.kubeConfig, {
       ...(o.maxResponseBytes !== undefined ? { maxBytes: o.maxResponseBytes } : {}),
+      ...(o.listDeadlineMs !== undefined ? { listDeadlineMs: o.listDeadlineMs } : {}),
       onRefused: (e, path) => {
         o.onResponseRefused?.(e.reason);
         o.log.warn('remote API server response refused; its last export stays until the stale bound', { cluster: o.cluster, secret: o.secret, server: o.kubeConfig.getCurrentCluster()?.server, path: path.split('?')[0], reason: e.reason, error: e.message });
@@ -277,7 +280,7 @@ export class RemoteSecrets {
       this.#metrics = {
         refused: new Counter({ name: 'weft_federation_remote_secret_refused_total', help: 'Remote-cluster Secret entries refused, by Secret and reason', labelNames: ['secret', 'reason'], registers }),
         clusters: new Gauge({ name: 'weft_federation_remote_secret_clusters', help: 'Remote clusters read through kubeconfig Secrets', registers }),
-        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for)', labelNames: ['cluster', 'reason'], registers }),
+        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for; redirect; too-slow: a list not complete within its deadline)', labelNames: ['cluster', 'reason'], registers }),
       };
     }
   }
