@@ -17,11 +17,13 @@ export function createRemoteSecretCommand(io: CommandIo = processIo): Command {
     .option('--server <url>', 'API server address as the other clusters reach it (default: the kubeconfig\'s)')
     .option('--trust-domain <td>', 'this cluster\'s trust domain, when the other clusters\' differ')
     .option('--token-seconds <n>', 'lifetime of the token requested for weft-reader', String(365 * 24 * 3600))
-    .action(async (flags: { name: string; kubeconfig?: string; context?: string; namespace: string; server?: string; trustDomain?: string; tokenSeconds: string }) => {
+    .option('--allow-insecure', 'write a plain-HTTP server, or skip TLS verification when the kubeconfig has no CA (the other controllers need --remote-secret-allow-insecure)')
+    .action(async (flags: { name: string; kubeconfig?: string; context?: string; namespace: string; server?: string; trustDomain?: string; tokenSeconds: string; allowInsecure?: boolean }) => {
       try {
         const secret = await createRemoteSecret({
           kubeConfig: await loadKubeConfig(flags), clusterId: flags.name, namespace: flags.namespace, tokenSeconds: Number(flags.tokenSeconds),
           ...(flags.server ? { server: flags.server } : {}), ...(flags.trustDomain ? { trustDomain: flags.trustDomain } : {}),
+          ...(flags.allowInsecure ? { allowInsecure: true } : {}),
         });
         io.out(remoteSecretYaml(secret));
         io.setExitCode(EXIT_OK);

@@ -51,6 +51,11 @@ export interface CreateRemoteSecretOptions {
   /** This cluster's trust domain, when the others' differ (per-cluster trust domains). */
   trustDomain?: string;
   tokenSeconds?: number;
+  /**
+   * Write a plain-HTTP server or `insecure-skip-tls-verify` (when the kubeconfig has no CA) as it is;
+   * the other clusters' controllers read such a secret only with --remote-secret-allow-insecure.
+   */
+  allowInsecure?: boolean;
 }
 
 /** The remote secret for `clusterId`, as an object (print it with {@link remoteSecretYaml}). */
@@ -60,6 +65,12 @@ export async function createRemoteSecret(o: CreateRemoteSecretOptions): Promise<
   if (!cluster) throw new RemoteSecretCommandError('the kubeconfig names no cluster for its current context');
   const server = o.server ?? cluster.server;
   if (!/^https?:\/\/[^/]/.test(server)) throw new RemoteSecretCommandError(`--server "${server}" is not an http(s) URL`);
+  // What the other clusters' controllers refuse (controller/src/sources/remote-secrets.ts), said
+  // here rather than in their logs.
+  const insecure = !o.allowInsecure && (server.startsWith('http:')
+    ? `--server ${server} is plain HTTP`
+    : !cluster.caData && !cluster.caFile && cluster.skipTLSVerify ? 'the kubeconfig skips TLS verification (insecure-skip-tls-verify) and names no CA' : undefined);
+  if (insecure) throw new RemoteSecretCommandError(`${insecure}: the other clusters' controllers refuse a remote secret that does not verify the API server (anyone on the path could answer for this cluster); give an https --server and a kubeconfig with the API server's CA, or --allow-insecure (their controllers then need --remote-secret-allow-insecure)`);
   let token: string;
   try {
     const { CoreV1Api } = await clientNode();

@@ -105,7 +105,7 @@ test('two clusters installed with --cluster-id --network --eastwest: create-remo
     let secretYaml = '';
     let errors = '';
     await createRemoteSecretCommand({ out: (t) => (secretYaml += t), err: (t) => (errors += t), exit: (c) => { throw new Error(`exit ${c}`); }, setExitCode: () => {} })
-      .parseAsync(['--kubeconfig', c2.kubeconfig, '--name', 'cluster2'], { from: 'user' });
+      .parseAsync(['--kubeconfig', c2.kubeconfig, '--name', 'cluster2', '--allow-insecure'], { from: 'user' });
     assert.equal(errors, '');
     const secret = parseYaml(secretYaml) as { metadata: { name: string; labels: Record<string, string> }; data: Record<string, string> };
     assert.equal(secret.metadata.labels['weft.dev/multicluster'], 'true');

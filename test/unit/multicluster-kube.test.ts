@@ -693,3 +693,38 @@ test('remote secret: a Service only cluster2 has behind cluster2\'s waypoint is 
     c2.apply({ ...behind, metadata: { ...behind.metadata, labels: { [LABEL_USE_WAYPOINT]: 'waypoint' } } });
   });
 });
+
+test('weftctl create-remote-secret refuses to write what the controllers refuse: an http:// server, or a kubeconfig that skips TLS verification without a CA, each named with the way out; --allow-insecure writes it as it is', async () => {
+  const { createRemoteSecretCommand } = await import('../../cli/commands/create-remote-secret.ts');
+  const { parse: parseYaml } = await import('yaml');
+  const api = new FakeApiServer();
+  await api.start();
+  const dir = mkdtempSync(join(tmpdir(), 'weft-crs-'));
+  try {
+    api.apply({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'weft-reader', namespace: 'weft-system' } });
+    const run = async (kubeconfig: string, ...args: string[]) => {
+      const file = join(dir, `kc-${Math.random().toString(36).slice(2)}`);
+      writeFileSync(file, kubeconfig);
+      let out = '';
+      let err = '';
+      let code = -1;
+      await createRemoteSecretCommand({ out: (t) => (out += t), err: (t) => (err += t), exit: (c) => { throw new Error(`exit ${c}`); }, setExitCode: (c) => (code = c) })
+        .parseAsync(['--kubeconfig', file, '--name', 'cluster2', ...args], { from: 'user' });
+      return { out, err, code };
+    };
+    const plain = await run(api.kubeconfig());
+    assert.notEqual(plain.code, 0);
+    assert.equal(plain.out, '');
+    assert.match(plain.err, /--server http:\/\/127\.0\.0\.1:\d+ is plain HTTP: the other clusters' controllers refuse .*--allow-insecure \(their controllers then need --remote-secret-allow-insecure\)/);
+    const skipping = await run(api.kubeconfig(), '--server', 'https://10.0.0.1:6443');
+    assert.match(skipping.err, /the kubeconfig skips TLS verification \(insecure-skip-tls-verify\) and names no CA/);
+    const allowed = await run(api.kubeconfig(), '--allow-insecure');
+    assert.equal(allowed.code, 0, allowed.err);
+    const secret = parseYaml(allowed.out) as { data: Record<string, string> };
+    const kc = parseYaml(Buffer.from(secret.data['cluster2']!, 'base64').toString()) as { clusters: Array<{ cluster: Record<string, unknown> }> };
+    assert.deepEqual(kc.clusters[0]!.cluster, { server: api.url, 'insecure-skip-tls-verify': true });
+  } finally {
+    await api.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
