@@ -26,8 +26,13 @@ export class RegexError extends Error {
 /** A compiled full-string matcher (RE2 anchoring, as Envoy applies route regexes). */
 export type FullMatch = (input: string) => boolean;
 
-/** Compiles `pattern` to a full-string matcher; throws RegexError saying why RE2 cannot take it. */
-export function compileFullMatch(pattern: string): FullMatch {
+/**
+ * Compiles `pattern` to a full-string matcher; throws RegexError saying why RE2 cannot take it.
+ * An input longer than `maxInput` (default MAX_REGEX_INPUT_LENGTH) does not match: right for a
+ * route, which then is not taken; a policy's pattern, where not matching a DENY would let the
+ * input through, passes Infinity (RE2 is linear in the input either way).
+ */
+export function compileFullMatch(pattern: string, maxInput = MAX_REGEX_INPUT_LENGTH): FullMatch {
   if (typeof pattern !== 'string') throw new RegexError('is not a string');
   if (pattern.length > MAX_REGEX_LENGTH) throw new RegexError(`is ${pattern.length} characters long; the limit is ${MAX_REGEX_LENGTH}`);
   let re: RE2JS;
@@ -38,7 +43,12 @@ export function compileFullMatch(pattern: string): FullMatch {
   }
   const size = Number(re.re2().numberOfInstructions());
   if (size > MAX_REGEX_PROGRAM_SIZE) throw new RegexError(`compiles to ${size} RE2 instructions; the limit is ${MAX_REGEX_PROGRAM_SIZE}`);
-  return (input) => input.length <= MAX_REGEX_INPUT_LENGTH && re.matches(input);
+  return (input) => input.length <= maxInput && re.matches(input);
+}
+
+/** `s` as a pattern matching exactly itself (RE2 and JavaScript alike). */
+export function escapeRegex(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** Why `pattern` cannot be used, or undefined (for validators). */

@@ -6,6 +6,7 @@ import { readdirSync, readFileSync, renameSync, writeFileSync, existsSync, rmSyn
 import { join } from 'node:path';
 import { parseAllDocuments, stringify } from 'yaml';
 import { LABEL_USE_WAYPOINT } from '../../lib/model/objects.ts';
+import { escapeRegex } from '../../lib/regex.ts';
 import { LocalMesh } from './mesh.ts';
 import { LocalNetwork } from './network.ts';
 import { writeState, type LocalState } from './up.ts';
@@ -36,7 +37,7 @@ export interface WaypointApplyOptions {
   timeoutMs?: number;
 }
 
-const podPattern = (name: string) => new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-\\d+$`);
+const podPattern = (name: string) => new RegExp(`^${escapeRegex(name)}-\\d+$`);
 
 /** The pods of a waypoint recorded in state.json, `<name>-0` first. */
 export function waypointPods(st: LocalState, namespace: string, name: string): LocalState['pods'] {

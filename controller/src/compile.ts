@@ -67,7 +67,7 @@ import {
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
-import { grpcMethodPattern } from '../../lib/regex.ts';
+import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
@@ -412,21 +412,22 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
 
   // Authorization policies. The Services of each waypoint of this cluster, sorted, read on the
   // first policy that targets a waypoint (not every Service again per such policy).
-  let servicesByWaypoint: Map<string, string[]> | undefined;
-  const servicesOfWaypoint = (waypoint: string): string[] => {
-    if (!servicesByWaypoint) {
-      servicesByWaypoint = new Map();
+  let byWaypoint: Map<string, string[]> | undefined;
+  const servicesByWaypoint = (): Map<string, string[]> => {
+    if (!byWaypoint) {
+      byWaypoint = new Map();
       for (const svc of model.services.values()) {
         if (!svc.waypoint || svc.waypoint.cluster !== undefined) continue;
         const wp = nsName(svc.waypoint.namespace, svc.waypoint.name);
-        const list = servicesByWaypoint.get(wp);
+        const list = byWaypoint.get(wp);
         if (list) list.push(nsName(svc.namespace, svc.name));
-        else servicesByWaypoint.set(wp, [nsName(svc.namespace, svc.name)]);
+        else byWaypoint.set(wp, [nsName(svc.namespace, svc.name)]);
       }
-      for (const list of servicesByWaypoint.values()) list.sort();
+      for (const list of byWaypoint.values()) list.sort();
     }
-    return servicesByWaypoint.get(waypoint) ?? [];
+    return byWaypoint;
   };
+  const servicesOfWaypoint = (waypoint: string): string[] => servicesByWaypoint().get(waypoint) ?? [];
   for (const ap of inputs.authorizationPolicies) {
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);
@@ -442,7 +443,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
           findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `a GatewayClass target applies only to a policy in the root namespace (${rootNamespace}); this policy applies nowhere` });
           return [];
         }
-        return [...model.services.values()].filter((svc) => svc.waypoint && svc.waypoint.cluster === undefined).map((svc) => nsName(svc.namespace, svc.name)).sort();
+        return [...servicesByWaypoint().values()].flat().sort();
       }
       if (ref.kind === 'Service') {
         const svc = model.services.get(target);
@@ -472,8 +473,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // Enforced by agents, which see no HTTP (Istio's ztunnel reports the same, UnsupportedValue):
     // an ALLOW rule with L7 attributes never matches there; a DENY rule denies by its L4 parts.
     if (!targets) {
-      const found = [...new Set(rules.flatMap(ruleL7Attributes))].sort();
-      if (found.length > 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${rules.findIndex((r) => r.layer === 'L7')}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
+      const first = rules.findIndex((r) => r.layer === 'L7');
+      const found = [...new Set(rules.filter((r) => r.layer === 'L7').flatMap(ruleL7Attributes))].sort();
+      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${first}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
     }
   }
 
@@ -1311,10 +1313,6 @@ export function routeKey(kind: string, namespace: string, name: string, service:
   return `${namespace}/${name}/${kind}/${service}`;
 }
 
-function escapeRe(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
 /**
  * A GRPCMethodMatch as a path match on `/service/method`. Its precedence among GRPCRoute rules is
  * not the path's type but the match's `grpc` character counts (router.ts). A RegularExpression
@@ -1325,7 +1323,7 @@ function grpcPath(m: { type?: 'Exact' | 'RegularExpression'; service?: string; m
   if ((m.type ?? 'Exact') === 'Exact') {
     if (m.service && m.method) return { type: 'Exact', value: `/${m.service}/${m.method}` };
     if (m.service) return { type: 'PathPrefix', value: `/${m.service}` };
-    return { type: 'RegularExpression', value: `^/[^/]+/${escapeRe(m.method ?? '')}$` };
+    return { type: 'RegularExpression', value: `^/[^/]+/${escapeRegex(m.method ?? '')}$` };
   }
   return { type: 'RegularExpression', value: grpcMethodPattern(m.service, m.method) };
 }

@@ -539,6 +539,16 @@ export interface MeshModel {
   waypoints: Map<string, Waypoint>;
 }
 
+/**
+ * The Services at whose waypoint a policy applies: only a policy attached by targetRefs (scope
+ * `service`); every other is the agents' (Istio pilot policyattachment.go: "waypoints never use
+ * selector"). The one rule for what a waypoint is sent (controller/src/xds/views.ts) and what it
+ * enforces (lib/policy/authz.ts).
+ */
+export function waypointTargets(policy: Pick<AuthorizationPolicy, 'scope' | 'targetServices'>): readonly string[] {
+  return policy.scope === 'service' ? policy.targetServices ?? [] : [];
+}
+
 /** Does an authorization policy of scope mesh/namespace/workload apply to the workload? */
 export function policySelectsWorkload(
   policy: Pick<AuthorizationPolicy, 'scope' | 'namespace' | 'selector'> | Pick<PeerAuthentication, 'scope' | 'namespace' | 'selector'>,

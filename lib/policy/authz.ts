@@ -18,8 +18,9 @@
 // a new config version brings new objects, an unchanged one is not recompiled); a PolicyTable
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
-import { encodeRawPathChars, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
-import { OPERATION_FIELDS, PATH_MATCH_ANY, PATH_MATCH_ONE, PATH_TEMPLATE_LITERAL, SOURCE_FIELDS, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
+import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
+import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
+import { OPERATION_FIELDS, SOURCE_FIELDS, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
   /** Peer SPIFFE ID (spiffe://td/ns/x/sa/y), absent for plaintext. */
@@ -82,19 +83,14 @@ export function globMatch(pattern: string, value: string | undefined, starMatche
   return pattern === value;
 }
 
-const escapeRegex = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
 /**
- * A path template (Istio's `{*}` and `{**}`) as Envoy's uri_template matches it: the whole path
- * (query aside), `{*}` one or more characters of a path segment, `{**}` any characters including
- * `/` (possibly none), everything else literally. Validation allows one `{**}`, last, and literal
- * segments of path characters only, so the expression cannot backtrack badly.
+ * A path template (Istio's `{*}` and `{**}`) as Envoy's uri_template matches it: the whole path,
+ * query aside (keys.ts pathTemplatePattern). On RE2 (lib/regex.ts), as the route regexes: the path
+ * is the client's, and this data plane does not rely on the controller's validation. No input
+ * length bound: a path too long to match would step around a DENY.
  */
-function pathTemplateRegex(template: string): RegExp {
-  const one = `[${PATH_TEMPLATE_LITERAL}]+`;
-  const any = `[${PATH_TEMPLATE_LITERAL}/]*`;
-  const body = template.split(PATH_MATCH_ANY).map((part) => part.split(PATH_MATCH_ONE).map(escapeRegex).join(one)).join(any);
-  return new RegExp(`^${body}$`);
+function pathTemplateMatch(template: string): FullMatch {
+  return compileFullMatch(pathTemplatePattern(template), Infinity);
 }
 
 /**
@@ -102,10 +98,10 @@ function pathTemplateRegex(template: string): RegExp {
  * namespace): the peer's SPIFFE ID names that namespace and service account
  * (pilot srcServiceAccountGenerator: `spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)?`).
  */
-function serviceAccountRegex(value: string): RegExp {
+function serviceAccountMatch(value: string): FullMatch {
   const [ns, sa] = value.includes('/') ? value.split('/') as [string, string] : ['', value];
   if (ns === '' || sa === '') throw new Error(`${JSON.stringify(value)} is not <namespace>/<service-account>`);
-  return new RegExp(`^(?:spiffe://)?[^/]+/ns/${escapeRegex(ns)}/(?:.+/|)sa/${escapeRegex(sa)}(?:/.+)?$`);
+  return compileFullMatch(`(?:spiffe://)?[^/]+/ns/${escapeRegex(ns)}/(?:.+/|)sa/${escapeRegex(sa)}(?:/.+)?`, Infinity);
 }
 
 function stripSpiffe(id: string): string {
@@ -192,17 +188,17 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => { const v = get(a) as string | undefined; const p = v ? stripSpiffe(v) : undefined; return ps.some((x) => globMatch(x, p)); };
     }
     case 'serviceAccount': {
-      const res = values.map(serviceAccountRegex);
-      return (a) => { const v = get(a) as string | undefined; return v !== undefined && res.some((r) => r.test(v)); };
+      const matches = values.map(serviceAccountMatch);
+      return (a) => { const v = get(a) as string | undefined; return v !== undefined && matches.some((m) => m(v)); };
     }
     case 'path': {
       // A path the policy writes with a raw `{`, `|`, `"`... also matches the form the waypoint
       // judges (encodeRawPathChars: BASE and the other modes but NONE encode them).
-      const templates = values.filter(isPathTemplate).map(pathTemplateRegex);
+      const templates = values.filter(isPathTemplate).map(pathTemplateMatch);
       const forms = [...new Set(values.filter((x) => !isPathTemplate(x)).flatMap((x) => [x, encodeRawPathChars(x)]))];
       return (a) => {
         const v = get(a) as string | undefined;
-        return forms.some((x) => globMatch(x, v)) || (v !== undefined && templates.some((r) => r.test(v)));
+        return forms.some((x) => globMatch(x, v)) || (v !== undefined && templates.some((m) => m(v)));
       };
     }
     case 'namespace':
@@ -453,7 +449,7 @@ function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: Polic
  * the waypoint as the peer (and, for DENY, the caller it carries: agent/src/delivery.ts).
  */
 export function appliesToService(p: AuthorizationPolicy, service: string): boolean {
-  return p.scope === 'service' && (p.targetServices?.includes(service) ?? false);
+  return waypointTargets(p).includes(service);
 }
 
 /** One config version's policies for a waypoint, compiled once, listed per Service on first use. */

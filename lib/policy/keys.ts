@@ -10,6 +10,7 @@
 //   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point;
 //   - `experimental.envoy.filters.*`: Envoy filter metadata, which no Weft data plane has.
 import { isIP } from 'node:net';
+import { escapeRegex, regexProblem } from '../regex.ts';
 
 /** Where an attribute can be seen. */
 export type PolicyLayer = 'L4' | 'L7';
@@ -192,8 +193,19 @@ export function isPathTemplate(value: string): boolean {
 }
 
 /** Characters a literal path segment of a template may hold (RFC 3986 pchar, as Envoy's uri_template). */
-export const PATH_TEMPLATE_LITERAL = "a-zA-Z0-9\\-._~%!$&'()+,;:@=";
+const PATH_TEMPLATE_LITERAL = "a-zA-Z0-9\\-._~%!$&'()+,;:@=";
 const TEMPLATE_LITERAL = new RegExp(`^[${PATH_TEMPLATE_LITERAL}]+$`);
+
+/**
+ * The RE2 pattern (full match) of a path template, as Envoy's uri_template matches it: `{*}` one or
+ * more characters of a path segment, `{**}` any characters including `/` (possibly none),
+ * everything else literally. Validation checks that it compiles within lib/regex.ts's bounds.
+ */
+export function pathTemplatePattern(template: string): string {
+  const one = `[${PATH_TEMPLATE_LITERAL}]+`;
+  const any = `[${PATH_TEMPLATE_LITERAL}/]*`;
+  return template.split(PATH_MATCH_ANY).map((part) => part.split(PATH_MATCH_ONE).map(escapeRegex).join(one)).join(any);
+}
 
 /**
  * What is wrong with a path template, as Istio's CheckValidPathTemplate judges it: every segment is
@@ -211,5 +223,6 @@ function pathTemplateProblem(value: string): string | undefined {
     if (/[{}]/.test(seg)) return `${q}: { and } are allowed only in a whole segment {*} or {**}`;
     if (!TEMPLATE_LITERAL.test(seg)) return `${q}: segment ${JSON.stringify(seg)} is not a literal of a path template (no *, and only RFC 3986 path characters)`;
   }
-  return undefined;
+  const tooBig = regexProblem(pathTemplatePattern(value));
+  return tooBig ? `${q}: as a pattern it ${tooBig}` : undefined;
 }

@@ -193,6 +193,9 @@ const CASES: Case[] = [
   { name: 'path template /foo/{**}/ matches /foo//', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo//' }), l7: true, l4: false },
   { name: 'path template /foo/{**}/ does not match /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo/bar' }), l7: false, l4: false },
   { name: 'path template /foo/{*}/bar/{**} matches /foo/buzz/bar/ and deeper', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}/bar/{**}'] }] })])], request: req({ path: '/foo/buzz/bar/baz/qux' }), l7: true, l4: false },
+  // A path longer than the route regexes' input bound still meets a DENY template (RE2, no bound
+  // there): not matching would let it through.
+  { name: 'a DENY path template holds for a path of 40,000 characters', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ path: `/admin/${'a'.repeat(40_000)}` }), l7: false, l4: false },
   { name: 'a DENY on a path template holds at L7 and, narrowed, denies every connection at L4', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ path: '/admin/users/1' }), l7: false, l4: false },
   {
     name: 'destination.port and ports at both layers',
@@ -310,6 +313,8 @@ describe('validation and the data planes share one vocabulary', () => {
       [[{ to: [{ operation: { paths: ['/**/baz/{*}'] } }] }], /paths\[0\]: .*segment "\*\*" is not a literal/],
       [[{ to: [{ operation: { paths: ['/{**}/foo/{*}'] } }] }], /paths\[0\]: .*\{\*\*\} must be the last operator/],
       [[{ to: [{ operation: { notPaths: ['/foo/{*}.txt'] } }] }], /notPaths\[0\]: .*\{ and \} are allowed only in a whole segment/],
+      // What a data plane could not compile is refused here (lib/regex.ts bounds).
+      [[{ to: [{ operation: { paths: [`/${Array(40).fill('{*}').join('/')}`] } }] }], /paths\[0\]: .*as a pattern it is \d+ characters long/],
     ];
     for (const [rules, re] of cases) {
       const issues = validateObject(ap(rules as unknown[]));

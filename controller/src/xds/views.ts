@@ -6,7 +6,7 @@
 // namespace's services, routes, traffic policies and policies (plus the services its routes send
 // to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { policySelectsWorkload, type AuthorizationPolicy, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
+import { policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -159,7 +159,7 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
  * and selector policies are the agents' (lib/policy/authz.ts appliesToService).
  */
 function waypointApplies(p: AuthorizationPolicy, namespace: string): boolean {
-  return p.scope === 'service' && (p.targetServices?.some((s) => s.startsWith(`${namespace}/`)) ?? false);
+  return waypointTargets(p).some((s) => s.startsWith(`${namespace}/`));
 }
 
 /**
