@@ -11,6 +11,8 @@ import type { Server as HttpServer } from 'node:http';
 import type { Server, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import { Counter, type Registry } from 'prom-client';
+import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from './log.ts';
 
 export interface ConnectionCap {
   /** Whether this TCP socket was closed for a cap (its TLS handshake then fails too; count it once). */
@@ -135,4 +137,30 @@ export function limitHttpListener(server: HttpServer, limits: HttpListenerLimits
     if (socket.writable) socket.write(`HTTP/1.1 ${timeout ? '408 Request Timeout' : '400 Bad Request'}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     socket.destroy();
   });
+}
+
+/**
+ * A component's metrics and readiness listeners (reachable by every pod, or from other networks for
+ * the east-west gateway) under DEFAULT_STATUS_LISTENER_LIMITS (or `limits`), every connection they
+ * close counted in `<metric>{listener,reason}` on `registry` and logged within the refusal budget.
+ * The agent's side ports have a guard of their own (agent/src/admin.ts guardSidePort: its admin port
+ * checks the client's uid, and its /flows streams outlive an idle timeout).
+ */
+export function limitStatusListeners(o: {
+  listeners: Readonly<Record<string, HttpServer>>;
+  registry: Registry;
+  /** e.g. `weft_controller_listener_refused_total`. */
+  metric: string;
+  log: Logger;
+  limits?: Partial<HttpListenerLimits>;
+}): void {
+  const refused = new Counter({ name: o.metric, help: 'Connections the metrics and readiness listeners closed, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request)', labelNames: ['listener', 'reason'], registers: [o.registry] });
+  const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => o.log.warn(`status listener refusals not logged (rate limit; every one is counted in ${o.metric})`, { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+  const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.limits };
+  for (const [listener, server] of Object.entries(o.listeners)) {
+    limitHttpListener(server, limits, (reason, address, detail) => {
+      refused.inc({ listener, reason });
+      if (budget.take()) o.log.warn('status listener refused a connection', { listener, reason, address, detail: clip(detail) });
+    });
+  }
 }

@@ -5,6 +5,7 @@
 // waypoint launcher); running this file parses the command line.
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
+import { limitStatusListeners } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -348,6 +349,8 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
     } else res.writeHead(404).end();
   });
+  // Every pod reaches these two: bounded as the other components' (one source, a slowloris).
+  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_controller_listener_refused_total', log });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
   // The admin port is a convenience: a controller that cannot bind it still serves the mesh.
   const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1').catch((e: Error) => {

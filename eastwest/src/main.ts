@@ -15,9 +15,9 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
-import { Counter, Registry } from 'prom-client';
-import { clip, isLogLevel, jsonLogger, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger, type LogLevel } from '../../lib/log.ts';
-import { DEFAULT_STATUS_LISTENER_LIMITS, limitHttpListener, type HttpListenerLimits } from '../../lib/listener-limits.ts';
+import { Registry } from 'prom-client';
+import { isLogLevel, jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
+import { limitStatusListeners, type HttpListenerLimits } from '../../lib/listener-limits.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
@@ -141,15 +141,7 @@ export async function runEastWest(o: EastWestOptions): Promise<Running> {
     if (req.url?.split('?')[0] === READINESS_PATH && gw.endpoints > 0) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('no endpoints of this cluster known yet\n');
   });
-  const refused = new Counter({ name: 'weft_eastwest_listener_refused_total', help: 'Connections the metrics and readiness listeners closed, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request)', labelNames: ['listener', 'reason'], registers: [registry] });
-  const refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => log.warn('status listener refusals not logged (rate limit; every one is counted in weft_eastwest_listener_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
-  const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.statusLimits };
-  for (const [listener, server] of [['metrics', metrics], ['readiness', ready]] as const) {
-    limitHttpListener(server, limits, (reason, address, detail) => {
-      refused.inc({ listener, reason });
-      if (refusalLog.take()) log.warn('status listener refused a connection', { listener, reason, address, detail: clip(detail) });
-    });
-  }
+  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_eastwest_listener_refused_total', log, ...(o.statusLimits ? { limits: o.statusLimits } : {}) });
   await Promise.all([listen(metrics, PORTS.metrics, o.host), listen(ready, PORTS.readiness, o.host)]);
   log.info('east-west gateway ready', { listen: `${o.host}:${o.port}`, controller: o.controllerUrl });
   return {

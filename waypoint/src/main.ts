@@ -15,6 +15,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
+import { limitStatusListeners } from '../../lib/listener-limits.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
@@ -397,6 +398,8 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   }), () => id.view(), flows);
   const metrics = metricsServer(engine, o.debugEndpoints ? admin : undefined);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
+  // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
+  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry: engine.telemetry.registry, metric: 'weft_waypoint_listener_refused_total', log });
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);
   const readyAddr = await listenOn(ready, o.ready);
