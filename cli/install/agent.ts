@@ -11,8 +11,6 @@ import type { IDaemonSet } from 'kubernetes-models/apps/v1/DaemonSet';
 import type { IContainer } from 'kubernetes-models/v1/Container';
 import type { IVolume } from 'kubernetes-models/v1/Volume';
 import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
-import type { ISecret } from 'kubernetes-models/v1/Secret';
-import { randomBytes } from 'node:crypto';
 import { DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
@@ -127,22 +125,12 @@ export const DEBUG_TOKEN_DIR = '/etc/weft/debug-token';
 export const DEBUG_TOKEN_FILE = `${DEBUG_TOKEN_DIR}/token`;
 
 /**
- * With the debug paths open on the metrics port: the token they want (lib/debug-http.ts), new at
- * each render. Every pod reaches a node's 15020, and the API server's pod proxy, through which
- * weftctl and the dashboard read them, cannot be told from one; the token can. A new render
- * (`weftctl install` again) changes it: the kubelet updates both mounts within a minute or so.
+ * The debug token Secret as a volume, for a container running as `uid 0` (0400) or another (0444).
+ * The controller makes the Secret once (controller/src/cluster/ca-secret.ts clusterDebugToken), so
+ * it is optional: a pod starts before it exists and the kubelet fills the volume in when it does.
  */
-export function renderDebugToken(o: ResolvedInstallOptions): ISecret {
-  return {
-    apiVersion: 'v1', kind: 'Secret', type: 'Opaque',
-    metadata: { name: DEBUG_TOKEN_SECRET, namespace: o.namespace, labels: labels(AGENT_NAME) },
-    stringData: { token: randomBytes(32).toString('hex') },
-  };
-}
-
-/** The debug token Secret as a volume, for a container running as `uid 0` (0400) or another (0444). */
 export function debugTokenVolume(mode: number): IVolume {
-  return { name: 'debug-token', secret: { secretName: DEBUG_TOKEN_SECRET, defaultMode: mode } };
+  return { name: 'debug-token', secret: { secretName: DEBUG_TOKEN_SECRET, defaultMode: mode, optional: true } };
 }
 const BPF_FS_MAGIC = 'cafe4a11';
 /** Key of the trust-bundle ConfigMap (and so the file name) holding the PEM roots. */

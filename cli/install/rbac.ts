@@ -21,6 +21,7 @@ import {
   AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
 } from './names.ts';
 import { CONTROLLER_LEASE, DEFAULT_CA_SECRET } from '../../lib/defaults.ts';
+import { DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
 import { LABEL_MULTICLUSTER } from '../../lib/model/federation.ts';
 
 /**
@@ -104,8 +105,16 @@ export const CONTROLLER_NAMESPACE_RULES: readonly { why: string; rule: IPolicyRu
     rule: { apiGroups: [''], resources: ['secrets'], resourceNames: [DEFAULT_CA_SECRET], verbs: ['get'] },
   },
   {
-    why: `create Secret ${DEFAULT_CA_SECRET} with a new root once, when the cluster has none and no --ca-secret is given`,
+    why: `create Secret ${DEFAULT_CA_SECRET} with a new root once, when the cluster has none and no --ca-secret is given (and, with the debug paths open, Secret ${DEBUG_TOKEN_SECRET} once)`,
     rule: { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
+  },
+];
+
+/** With the debug paths open (--debug-endpoints, --dashboard): the controller reads the token it made once (the create rule above). */
+export const CONTROLLER_DEBUG_RULES: readonly { why: string; rule: IPolicyRule }[] = [
+  {
+    why: `read Secret ${DEBUG_TOKEN_SECRET}, the debug paths' token it creates once with a random value when there is none`,
+    rule: { apiGroups: [''], resources: ['secrets'], resourceNames: [DEBUG_TOKEN_SECRET], verbs: ['get'] },
   },
 ];
 
@@ -147,7 +156,7 @@ export function clusterRoleAccount(name: string, namespace: string, rules: reado
 
 export function renderRbac(o: ResolvedInstallOptions): RbacObject[] {
   const ns = o.namespace;
-  const namespaceRules = [...CONTROLLER_NAMESPACE_RULES, ...(o.multicluster ? CONTROLLER_MULTICLUSTER_RULES : [])];
+  const namespaceRules = [...CONTROLLER_NAMESPACE_RULES, ...(o.debugEndpoints ? CONTROLLER_DEBUG_RULES : []), ...(o.multicluster ? CONTROLLER_MULTICLUSTER_RULES : [])];
   const controllerSa: IServiceAccount = {
     apiVersion: 'v1',
     kind: 'ServiceAccount',

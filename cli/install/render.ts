@@ -13,7 +13,7 @@ import { resolveInstallOptions, type InstallOptions } from './options.ts';
 import { loadCrds, DEFAULT_CRD_DIR } from './crds.ts';
 import { renderRbac, type RbacObject } from './rbac.ts';
 import { renderController } from './controller.ts';
-import { renderAgent, renderDebugToken } from './agent.ts';
+import { renderAgent } from './agent.ts';
 import { renderDashboard } from './dashboard.ts';
 import { renderEastwest } from './eastwest.ts';
 import { renderReader } from './remote-secret.ts';
@@ -54,7 +54,6 @@ export function renderInstall(opts: InstallOptions): KubeObject[] {
     ...renderRbac(o),
     ...renderController(o),
     renderAgent(o),
-    ...(o.debugEndpoints ? [renderDebugToken(o)] : []),
     ...(o.dashboard ? renderDashboard(o) : []),
     ...(o.multicluster ? renderReader(o.namespace) : []),
     ...(o.multicluster?.eastwest ? renderEastwest(o) : []),

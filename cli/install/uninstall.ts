@@ -5,11 +5,12 @@
 // nobody listens on. So: (1) delete the agent DaemonSet and wait for its pods to go (a running
 // agent would pin again); (2) run the cleanup DaemonSet (`agent --uninstall` on every node, same
 // image) and wait until it is ready on every node it is scheduled to; (3) delete it, the waypoint
-// objects and ConfigMaps the controller made, the CA Secret and Lease it created, and every object
+// objects and ConfigMaps the controller made, the CA and debug-token Secrets and Lease it created, and every object
 // `weftctl install` renders (the namespace last but one, and only when nothing but Weft's is left in
 // it; the CRDs last unless kept).
 import type { KubeConfig, KubernetesObject, KubernetesObjectApi } from '@kubernetes/client-node';
 import { AGENT_NAME, CONTROLLER_LEASE, DEFAULT_CA_SECRET, TRUST_BUNDLE_CONFIGMAP } from '../../lib/defaults.ts';
+import { DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
 import { WAYPOINT_OBJECTS_SELECTOR } from '../../lib/model/objects.ts';
 import { AGENT_CLEANUP_NAME, renderAgentCleanup } from './agent.ts';
 import { PART_OF } from './names.ts';
@@ -159,8 +160,11 @@ export async function uninstall(o: UninstallOptions): Promise<{ deleted: string[
       await remove({ apiVersion, kind, metadata: { name: item.metadata!.name!, namespace: item.metadata!.namespace! } });
     }
   }
-  const secret = await read({ apiVersion: 'v1', kind: 'Secret', metadata: { name: DEFAULT_CA_SECRET, namespace: ns } });
-  if (secret?.metadata?.labels?.['app.kubernetes.io/managed-by'] === 'weft-controller') await remove(secret);
+  // The Secrets the controller made once: the CA root and the debug paths' token.
+  for (const name of [DEFAULT_CA_SECRET, DEBUG_TOKEN_SECRET]) {
+    const secret = await read({ apiVersion: 'v1', kind: 'Secret', metadata: { name, namespace: ns } });
+    if (secret?.metadata?.labels?.['app.kubernetes.io/managed-by'] === 'weft-controller') await remove(secret);
+  }
   await remove({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: CONTROLLER_LEASE, namespace: ns } });
   const rendered = installedObjects(ns, image ?? 'weft:uninstall');
   const crds = rendered.filter((x) => x.kind === 'CustomResourceDefinition');

@@ -3,7 +3,7 @@
 // controller serving a config directory (the local mesh, tests, benches) never needs; so no module a
 // config-directory controller loads imports it (test/unit/controller-main.test.ts checks this).
 export { KubeConfig } from '@kubernetes/client-node';
-export { clusterCertificateAuthority } from './cluster/ca-secret.ts';
+export { clusterCertificateAuthority, clusterDebugToken } from './cluster/ca-secret.ts';
 export { EventRecorder } from './cluster/events.ts';
 export { LeaseElector } from './cluster/leader.ts';
 export { TrustBundlePublisher } from './cluster/trust-bundle.ts';

@@ -207,6 +207,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ? new kube.TrustBundlePublisher({ kubeConfig, roots: () => authority!.trustBundle(), onRootsChange: (l) => authority!.onTrustBundleChange(() => l()), logger: log })
     : undefined;
   await trustBundle?.ensure(namespace);
+  // The debug paths' token, made once (the agents refuse every /debug request until it exists).
+  if (o.debugEndpoints && kube && kubeConfig) {
+    await kube.clusterDebugToken({ kubeConfig, namespace, logger: log }).catch((e: Error) =>
+      log.warn('the debug token Secret could not be made; the agents refuse every /debug request until it exists', { error: e.message }));
+  }
   const elector = kube && kubeConfig
     ? new kube.LeaseElector({ kubeConfig, namespace, identity: instance, logger: log, ...(o.leaseRetryMs ? { retryPeriodMs: o.leaseRetryMs } : {}), ...(o.leaseDurationSeconds ? { leaseDurationSeconds: o.leaseDurationSeconds } : {}) })
     : undefined;

@@ -19,6 +19,8 @@ import { renderInstall, toYaml } from '../../cli/install/render.ts';
 import { DASHBOARD_RULES } from '../../cli/install/dashboard.ts';
 import { DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_SECRET, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
+import { KubeConfig } from '@kubernetes/client-node';
+import { clusterDebugToken } from '../../controller/src/cluster/ca-secret.ts';
 import { REPO_ROOT } from '../../cli/local/mesh.ts';
 
 const run = promisify(execFile);
@@ -66,10 +68,21 @@ test('install --dashboard: kubectl applies it unedited, and the Deployment\'s we
     // parallel runs do not collide, and the kubeconfig standing in for the in-cluster ServiceAccount.
     const [first, ...args] = dep.spec.template.spec.containers[0]!.args;
     assert.equal(first, 'weftctl');
-    // The install's debug token: the rendered Secret, mounted where the Deployment's env says.
-    const secret = api.get('Secret', 'weft-system', DEBUG_TOKEN_SECRET) as { stringData?: { token?: string }; data?: { token?: string } } | undefined;
-    installToken = secret?.stringData?.token ?? (secret?.data?.token ? Buffer.from(secret.data.token, 'base64').toString() : undefined);
-    assert.ok(installToken && installToken.length >= 32, 'the install renders a debug token');
+    // The install's debug token: not rendered (a rendered install holds no secret, and applying
+    // it again changes nothing), made once by the controller, mounted where the Deployment's env says.
+    assert.equal(api.get('Secret', 'weft-system', DEBUG_TOKEN_SECRET), undefined, 'the rendered install holds no debug token');
+    const kc = new KubeConfig();
+    kc.loadFromFile(kubeconfig);
+    assert.equal((await clusterDebugToken({ kubeConfig: kc, namespace: 'weft-system' })).created, true);
+    const readToken = () => {
+      const secret = api.get('Secret', 'weft-system', DEBUG_TOKEN_SECRET) as { data?: { token?: string } } | undefined;
+      return secret?.data?.token ? Buffer.from(secret.data.token, 'base64').toString() : undefined;
+    };
+    installToken = readToken();
+    assert.ok(installToken && installToken.length >= 32, 'the controller made a debug token');
+    assert.equal((await clusterDebugToken({ kubeConfig: kc, namespace: 'weft-system' })).created, false, 'another replica, or a restart, keeps it');
+    await run('kubectl', ['--kubeconfig', kubeconfig, 'apply', '--server-side', '-f', file], { env: { ...process.env, HOME: dir } });
+    assert.equal(readToken(), installToken, 'applying the install again keeps the token');
     const tokenEnv = dep.spec.template.spec.containers[0]!.env?.find((e) => e.name === DEBUG_TOKEN_FILE_ENV);
     assert.ok(tokenEnv, 'the dashboard is told where its token is mounted');
     const mounted = join(dir, 'debug-token');
