@@ -182,10 +182,30 @@ export class Controller {
     for (const key of r.restated) this.#written.delete(key);
     if (r.changed || r.rejections.length > 0 || r.touched.length > 0 || r.restated.length > 0) {
       if (events.some((e) => (e.type === 'upsert' && e.object.kind === 'Waypoint') || (e.type === 'delete' && e.kind === 'Waypoint') || e.type === 'snapshot')) this.#waypointsDirty = true;
-      // A Waypoint itself changed: reconcile now, whatever the backoff of earlier failures.
-      if (r.touched.some((k) => k.startsWith('Waypoint/'))) this.#waypointsRetryAt = 0;
+      // A Waypoint itself changed: reconcile now, whatever the backoff of earlier failures. Not its
+      // status (we write it: another Waypoint's new address must not bring a failing one's retry forward).
+      if (events.map((e) => this.#waypointSpecChanged(e)).includes(true)) this.#waypointsRetryAt = 0;
       this.#markDirty(r.changed);
     }
+  }
+
+  /** What each Waypoint was last seen asking for (labels, annotations, spec), by namespace/name. */
+  readonly #waypointSpecs = new Map<string, string>();
+
+  /** Whether an event adds, removes or changes what a Waypoint asks for (its status aside). */
+  #waypointSpecChanged(e: SourceEvent): boolean {
+    if (e.type === 'delete') return e.kind === 'Waypoint' && this.#waypointSpecs.delete(`${e.namespace}/${e.name}`);
+    const objects = e.type === 'upsert' ? [e.object] : e.kinds.includes('Waypoint') ? e.objects : [];
+    let changed = false;
+    for (const o of objects) {
+      if (o.kind !== 'Waypoint') continue;
+      const m = (o.metadata ?? {}) as { namespace?: string; name?: string; labels?: unknown; annotations?: unknown };
+      const key = `${m.namespace}/${m.name}`;
+      const asked = JSON.stringify([m.labels, m.annotations, (o as { spec?: unknown }).spec]);
+      if (this.#waypointSpecs.get(key) !== asked) changed = true;
+      this.#waypointSpecs.set(key, asked);
+    }
+    return changed;
   }
 
   #markDirty(recompile = true): void {
