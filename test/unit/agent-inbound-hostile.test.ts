@@ -16,7 +16,7 @@ import { AgentState } from '../../agent/src/state.ts';
 import { jsonLogger, silentLogger } from '../../lib/log.ts';
 import type { AgentConfig, Workload } from '../../lib/model/mesh.ts';
 import { until } from '../lab/wait.ts';
-import { refusalLineBound } from '../lab/log-bound.ts';
+import { refusalLineBound, refusalLogBytesBound } from '../lab/log-bound.ts';
 import { createTestCa, tcpServer, type TestCa, type TestLeaf } from './hbone-certs.ts';
 
 const TD = 'test.local';
@@ -170,7 +170,8 @@ test('refused CONNECTs cannot make the log cost more than the peer sends: cut li
   assert.ok(refused.length <= refusalLineBound(started), `${refused.length} refusal lines`);
   assert.ok(refused.every((l) => l.length < 1500), 'each line cut');
   const logBytes = lines.reduce((n, l) => n + l.length, 0);
-  assert.ok(logBytes < 10 * sent, `${sent} bytes from the peer made ${logBytes} bytes of log`);
+  assert.ok(logBytes <= refusalLogBytesBound(started, 1500), `${sent} bytes from the peer made ${logBytes} bytes of log`);
+  assert.ok(logBytes < N * authority.length, 'far less than one quoted authority per refusal');
 });
 
 // IP reuse: the destination's pod was deleted and its address given to a new pod (uid-new), which

@@ -4,7 +4,7 @@
 // identities that are not workloads, are refused and counted.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { refusalLineBound } from '../lab/log-bound.ts';
+import { refusalLineBound, refusalLogBytesBound } from '../lab/log-bound.ts';
 import net from 'node:net';
 import { Registry } from 'prom-client';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
@@ -263,7 +263,9 @@ test('refused CONNECTs at the gateway cannot make its log cost more than the cal
   const refused = lines.filter((l) => l.includes('"tunnel refused"'));
   assert.ok(refused.length > 0 && refused.length <= refusalLineBound(started), `${refused.length} refusal lines for ${2 * N} refusals`);
   assert.ok(refused.every((l) => l.length < 1500), 'each line cut');
-  assert.ok(lines.reduce((n, l) => n + l.length, 0) < 10 * sent, 'the log costs less than ten times what the caller sent');
+  const logBytes = lines.reduce((n, l) => n + l.length, 0);
+  assert.ok(logBytes <= refusalLogBytesBound(started, 1500), `${sent} bytes from the caller made ${logBytes} bytes of log`);
+  assert.ok(logBytes < N * 3000, 'far less than one quoted authority per refusal');
   // Those left out are said with their number once the next second's first refusal comes.
   const second = Math.floor(Date.now() / 1000);
   await until('the next second', () => Math.floor(Date.now() / 1000) > second, 2_000);
