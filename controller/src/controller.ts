@@ -195,8 +195,10 @@ export class Controller {
   /** Whether an event adds, removes or changes what a Waypoint asks for (its status aside). */
   #waypointSpecChanged(e: SourceEvent): boolean {
     if (e.type === 'delete') return e.kind === 'Waypoint' && this.#waypointSpecs.delete(`${e.namespace}/${e.name}`);
-    const objects = e.type === 'upsert' ? [e.object] : e.kinds.includes('Waypoint') ? e.objects : [];
+    const snapshot = e.type === 'snapshot' && e.kinds.includes('Waypoint');
+    const objects = e.type === 'upsert' ? [e.object] : snapshot ? e.objects : [];
     let changed = false;
+    const seen = new Set<string>();
     for (const o of objects) {
       if (o.kind !== 'Waypoint') continue;
       const m = (o.metadata ?? {}) as { namespace?: string; name?: string; labels?: unknown; annotations?: unknown };
@@ -204,6 +206,16 @@ export class Controller {
       const asked = JSON.stringify([m.labels, m.annotations, (o as { spec?: unknown }).spec]);
       if (this.#waypointSpecs.get(key) !== asked) changed = true;
       this.#waypointSpecs.set(key, asked);
+      seen.add(key);
+    }
+    // A relist replaces them all: one it no longer holds was deleted.
+    if (snapshot) {
+      for (const key of this.#waypointSpecs.keys()) {
+        if (!seen.has(key)) {
+          this.#waypointSpecs.delete(key);
+          changed = true;
+        }
+      }
     }
     return changed;
   }
