@@ -36,7 +36,6 @@ const WRITE_STATUS = ['get', 'update', 'patch'];
 // test/unit/controller-rbac.test.ts holds them to it): it reads and creates each object, replaces a
 // Deployment whose spec changed (update; never patch), deletes what it made, and follows its
 // Deployments and Services with informers; ServiceAccounts it only reads and creates.
-const CREATE_DELETE = ['get', 'create', 'delete'];
 const INFORM_REPLACE = ['get', 'list', 'watch', 'create', 'update', 'delete'];
 
 function byGroup(kinds: readonly KindInfo[], resource: (k: KindInfo) => string): [string, string[]][] {
@@ -64,20 +63,20 @@ export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule
     rule: { apiGroups: ['apps'], resources: ['deployments'], verbs: INFORM_REPLACE },
   },
   {
-    why: 'a PodDisruptionBudget per Waypoint with more than one replica (one stays serving through node drains)',
-    rule: { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: CREATE_DELETE },
+    why: 'a PodDisruptionBudget per Waypoint with more than one replica (one stays serving through node drains), followed by an informer',
+    rule: { apiGroups: ['policy'], resources: ['poddisruptionbudgets'], verbs: ['get', 'list', 'watch', 'create', 'delete'] },
   },
   {
     why: 'one Service per Waypoint, followed by an informer',
     rule: { apiGroups: [''], resources: ['services'], verbs: ['get', 'list', 'watch', 'create', 'delete'] },
   },
   {
-    why: 'one ServiceAccount per Waypoint, created when missing (a waypoint has an identity of its own, not the namespace default); never changed or deleted',
-    rule: { apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get', 'create'] },
+    why: 'one ServiceAccount per Waypoint, created when missing (a waypoint has an identity of its own, not the namespace default), followed by an informer; never changed or deleted',
+    rule: { apiGroups: [''], resources: ['serviceaccounts'], verbs: ['get', 'list', 'watch', 'create'] },
   },
   {
-    why: 'keep the CA roots current in each namespace a waypoint runs in (waypoints mount them to trust the controller)',
-    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'update'] },
+    why: 'keep the CA roots current in each namespace a waypoint runs in (waypoints mount them to trust the controller), followed by an informer selecting that name, so a copy changed or deleted is put back',
+    rule: { apiGroups: [''], resources: ['configmaps'], resourceNames: [TRUST_BUNDLE_CONFIGMAP], verbs: ['get', 'list', 'watch', 'update'] },
   },
   {
     // RBAC cannot restrict create by name.

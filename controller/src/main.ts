@@ -398,7 +398,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
         await remoteSecrets?.stop();
         step = 'federation';
         await federation?.stop();
-        trustBundle?.close();
+        await trustBundle?.close();
         step = 'config source and reconcile';
         await controller.stop();
         configServer.closeAll();

@@ -12,6 +12,7 @@ import {
   type V1Service,
   type V1PodDisruptionBudget,
   type V1PodSpec,
+  type V1ServiceAccount,
   type Informer,
   type ObjectCache,
 } from '@kubernetes/client-node';
@@ -154,7 +155,9 @@ export class KubeWaypointDriver extends BaseDriver {
   readonly #policy: PolicyV1Api;
   #deployments: Inf<V1Deployment> | undefined;
   #services: Inf<V1Service> | undefined;
-  #kept: Array<KeptInformer<V1Deployment> | KeptInformer<V1Service>> = [];
+  #budgets: Inf<V1PodDisruptionBudget> | undefined;
+  #accounts: Inf<V1ServiceAccount> | undefined;
+  #kept: Array<{ stop(): Promise<void> }> = [];
   #known = new Set<string>();
   /** Waypoints whose name another object holds, by `namespace/name`: why. */
   readonly #conflicts = new Map<string, WaypointNameConflictError>();
@@ -185,11 +188,23 @@ export class KubeWaypointDriver extends BaseDriver {
       kubeConfig: this.#o.kubeConfig, path: '/api/v1/services', labelSelector: selector, what: 'waypoint Services', log: this.#log,
       list: () => this.#core.listServiceForAllNamespaces({ labelSelector: selector }),
     });
-    this.#kept = [deployments, services];
+    // The budgets and accounts it made, so that a reconcile of an unchanged Waypoint reads nothing
+    // from the API server (it read each one per Waypoint per reconcile).
+    const budgets = new KeptInformer<V1PodDisruptionBudget>({
+      kubeConfig: this.#o.kubeConfig, path: '/apis/policy/v1/poddisruptionbudgets', labelSelector: selector, what: 'waypoint PodDisruptionBudgets', log: this.#log,
+      list: () => this.#policy.listPodDisruptionBudgetForAllNamespaces({ labelSelector: selector }),
+    });
+    const accounts = new KeptInformer<V1ServiceAccount>({
+      kubeConfig: this.#o.kubeConfig, path: '/api/v1/serviceaccounts', labelSelector: selector, what: 'waypoint ServiceAccounts', log: this.#log,
+      list: () => this.#core.listServiceAccountForAllNamespaces({ labelSelector: selector }),
+    });
+    this.#kept = [deployments, services, budgets, accounts];
     this.#deployments = deployments.informer;
     this.#services = services.informer;
+    this.#budgets = budgets.informer;
+    this.#accounts = accounts.informer;
     for (const inf of [this.#deployments, this.#services] as Array<Inf<KubernetesObject>>) inf.on('change', () => this.#refresh());
-    await Promise.all([deployments.start(), services.start()]);
+    await Promise.all([deployments.start(), services.start(), budgets.start(), accounts.start()]);
   }
 
   #refresh(): void {
@@ -304,12 +319,16 @@ export class KubeWaypointDriver extends BaseDriver {
       ? cached : await readOrUndefined(this.#apps.readNamespacedDeployment({ name, namespace }));
     const cachedSvc = this.#services?.get(name, namespace);
     const currentSvc = madeForWaypoint(cachedSvc, name) ? cachedSvc : await readOrUndefined(this.#core.readNamespacedService({ name, namespace }));
-    const currentPdb = await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace }));
+    // A budget is written only for several replicas, so only then can another's budget of the name
+    // be in the way; one of ours (to remove at one replica) is in the informer.
+    const cachedPdb = this.#budgets?.get(name, namespace);
+    const currentPdb = madeForWaypoint(cachedPdb, name) ? cachedPdb
+      : spec.replicas > 1 ? await readOrUndefined(this.#policy.readNamespacedPodDisruptionBudget({ name, namespace })) : undefined;
     for (const [kind, obj] of [['Deployment', current], ['Service', currentSvc], ['PodDisruptionBudget', currentPdb]] as const) {
       if (obj && !madeForWaypoint(obj, name)) throw new WaypointNameConflictError(kind, namespace, name);
     }
 
-    if (!(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
+    if (!this.#accounts?.get(spec.serviceAccount, namespace) && !(await exists(this.#core.readNamespacedServiceAccount({ name: spec.serviceAccount, namespace })))) {
       await ignore409(this.#core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: spec.serviceAccount, namespace, labels } } }));
     }
 

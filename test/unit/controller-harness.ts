@@ -6,6 +6,7 @@ import type { ConfigSource } from '../../controller/src/sources/source.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import type { Logger, LogFields } from '../../controller/src/log.ts';
 import { ConfigClient, type ConfigClientOptions } from '../../lib/xds/client.ts';
+import { until as waitUntil } from '../lab/wait.ts';
 
 export interface LogLine { level: string; msg: string; fields: LogFields }
 
@@ -63,11 +64,7 @@ export async function startHarness(source: ConfigSource, compile?: Omit<CompileO
   };
 }
 
-/** Polls `check` until it returns true; fails with `what` after `timeoutMs`. */
-export async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+/** The lab's `until` (test/lab/wait.ts), polled every 10 ms, 5 s unless told. */
+export async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 5000): Promise<void> {
+  await waitUntil(what, check, timeoutMs, { intervalMs: 10 });
 }

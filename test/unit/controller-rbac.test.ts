@@ -67,13 +67,13 @@ test('the controller uses every verb its ClusterRole grants on what it writes (D
     api.apply({ ...waypoint('shop', 'wp'), spec: { replicas: 1 } });
     await until('one replica, no budget', () => spec()?.replicas === 1 && api.get('PodDisruptionBudget', 'shop', 'wp') === undefined);
     api.apply({ ...api.get('ConfigMap', 'shop', 'weft-trust-bundle')!, data: { 'root-cert.pem': 'stale' } });
-    await trustBundle.ensure('shop');
+    await until('the stale copy put back', () => (api.get('ConfigMap', 'shop', 'weft-trust-bundle')?.['data'] as Record<string, string>)['root-cert.pem'] !== 'stale');
     api.remove('Waypoint', 'shop', 'wp');
     await until('removed', () => spec() === undefined && api.get('Service', 'shop', 'wp') === undefined);
     await controller.settled();
   } finally {
     await controller.stop();
-    trustBundle.close();
+    await trustBundle.close();
     await api.stop();
   }
   const used = new Set(api.requests.map((r) => rbacRequest(r.method, r.path)).filter((x): x is string => x !== undefined));

@@ -10,6 +10,7 @@ import { ConfigDirSource } from '../../controller/src/sources/files.ts';
 import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { LocalWaypointDriver, type LocalWaypointLauncher, type WaypointLaunchSpec } from '../../controller/src/waypoints.ts';
 import { KubeWaypointDriver } from '../../controller/src/waypoints-kube.ts';
+import { TrustBundlePublisher } from '../../controller/src/cluster/trust-bundle.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
@@ -395,31 +396,58 @@ test('a Waypoint that keeps failing is retried with backoff, not every second fo
 });
 
 // STYLE.md (one reconcile loop that reads the informer caches): a reconcile of a Waypoint whose
-// Deployment and Service the reconciler's informers hold as wanted reads neither again from the API
-// server; a Deployment to be replaced is read afresh (its current resourceVersion), and an object
-// the informers do not hold (absent, or not the reconciler's) is read, so conflicts still hold.
+// Deployment, Service, PodDisruptionBudget and ServiceAccount the reconciler's informers hold as
+// wanted reads none of them again from the API server, nor the trust bundle it confirmed; a
+// Deployment to be replaced is read afresh (its current resourceVersion), and an object the
+// informers do not hold (absent, or not the reconciler's) is read, so conflicts still hold.
 test('a reconcile reads from the API server only what its informers do not hold as wanted', async () => {
   const api = new FakeApiServer();
   await api.start();
   const kubeConfig = kubeConfigForServer(api.url);
-  const driver = new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012' });
-  const reads = (plural: string) => api.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/namespaces/shop/${plural}/wp`)).length;
+  let roots = ['-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n'];
+  let rootsChanged = () => {};
+  const trustBundle = new TrustBundlePublisher({ kubeConfig, roots: () => roots, onRootsChange: (f) => { rootsChanged = f; return () => {}; } });
+  const driver = new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012', trustBundle });
+  const reads = (plural: string, name = 'wp') => api.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/namespaces/shop/${plural}/${name}`)).length;
   const writes = () => api.requests.filter((r) => r.method !== 'GET' && r.path.includes('/namespaces/shop/')).length;
+  const twoReplicas = { ...waypoint('shop', 'wp'), spec: { replicas: 2 } };
   try {
     api.apply(ns('shop'));
-    await driver.reconcile([waypoint('shop', 'wp')]);
+    await driver.reconcile([twoReplicas]);
+    assert.ok(api.get('PodDisruptionBudget', 'shop', 'wp') && api.get('ServiceAccount', 'shop', 'wp') && api.get('ConfigMap', 'shop', 'weft-trust-bundle'));
     // The Deployment controller would do this; ready with an address once the informers hold both.
     api.apply({ ...api.get('Deployment', 'shop', 'wp')!, status: { readyReplicas: 1, replicas: 1 } });
     await until('the informers hold the Deployment and Service', () => driver.runtime().get('shop/wp')?.ready === true);
+    await until('the informers hold the budget and the account', async () => {
+      api.requests.length = 0;
+      await driver.reconcile([twoReplicas]);
+      return reads('poddisruptionbudgets') + reads('serviceaccounts') === 0;
+    });
+    api.requests.length = 0;
+    await driver.reconcile([twoReplicas]);
+    assert.deepEqual([reads('deployments'), reads('services'), reads('poddisruptionbudgets'), reads('serviceaccounts'), reads('configmaps', 'weft-trust-bundle'), writes()], [0, 0, 0, 0, 0, 0]);
+    // New roots: the copy is read and replaced at once, not at the next reconcile.
+    roots = [...roots, '-----BEGIN CERTIFICATE-----\nBB==\n-----END CERTIFICATE-----\n'];
+    api.requests.length = 0;
+    rootsChanged();
+    await until('the trust bundle holds both roots', () => String((api.get('ConfigMap', 'shop', 'weft-trust-bundle')?.['data'] as Record<string, string> | undefined)?.['root-cert.pem'] ?? '').includes('BB=='));
+    // A tenant may edit or delete ConfigMaps in its namespace: the copy is put back at once.
+    api.remove('ConfigMap', 'shop', 'weft-trust-bundle');
+    await until('the deleted copy put back', () => String((api.get('ConfigMap', 'shop', 'weft-trust-bundle')?.['data'] as Record<string, string> | undefined)?.['root-cert.pem'] ?? '').includes('BB=='));
+    api.apply({ ...api.get('ConfigMap', 'shop', 'weft-trust-bundle')!, data: { 'root-cert.pem': '-----BEGIN CERTIFICATE-----\nEVIL\n-----END CERTIFICATE-----\n' } });
+    await until('the changed copy put back', () => String((api.get('ConfigMap', 'shop', 'weft-trust-bundle')?.['data'] as Record<string, string> | undefined)?.['root-cert.pem'] ?? '').includes('BB=='));
+    // Back to one replica: the budget the informer holds is deleted, without reading it first.
     api.requests.length = 0;
     await driver.reconcile([waypoint('shop', 'wp')]);
-    assert.deepEqual([reads('deployments'), reads('services'), writes()], [0, 0, 0]);
+    assert.equal(api.get('PodDisruptionBudget', 'shop', 'wp'), undefined);
+    assert.equal(reads('poddisruptionbudgets'), 0);
     // A changed spec: the Deployment is read for its resourceVersion and replaced.
     api.requests.length = 0;
     await driver.reconcile([{ ...waypoint('shop', 'wp'), spec: { maxRequests: 500 } }]);
     assert.equal(reads('deployments'), 1);
     await until('the Deployment passes --max-requests 500', () => JSON.stringify(api.get('Deployment', 'shop', 'wp')?.spec ?? {}).includes('"500"'));
   } finally {
+    await trustBundle.close();
     await driver.stop();
     await api.stop();
   }

@@ -4,10 +4,12 @@
 // writes it in its namespace at start, in each namespace a waypoint runs in before the waypoint's
 // Deployment, and rewrites every copy when the roots change (a root rotation adds the new root
 // beside the old one, then drops the old one). Writes compare first, so replicas that share the CA
-// and restarts cause no churn.
+// and restarts cause no churn. An informer on the copies (by name) answers "is it current" without
+// a read per Waypoint reconcile, and puts back a copy someone changed or deleted at once.
 import { CoreV1Api, type KubeConfig, type V1ConfigMap } from '@kubernetes/client-node';
 import { TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY } from '../../../lib/defaults.ts';
 import { silentLogger, type Logger } from '../log.ts';
+import { KeptInformer } from '../sources/kube.ts';
 
 export class TrustBundleWriteError extends Error {
   readonly code = 'WEFT_TRUST_BUNDLE_WRITE';
@@ -34,6 +36,9 @@ export class TrustBundlePublisher {
   readonly #log: Logger;
   /** Namespaces that get a copy. */
   readonly #namespaces = new Set<string>();
+  /** Every copy in the cluster, started with the first ensure (only a replica that writes follows them). */
+  #copies: KeptInformer<V1ConfigMap> | undefined;
+  #listed = false;
   readonly #off: () => void;
   #chain: Promise<void> = Promise.resolve();
 
@@ -54,7 +59,35 @@ export class TrustBundlePublisher {
   /** Publishes (or confirms) the bundle in `namespace` and keeps it updated from now on. */
   async ensure(namespace: string): Promise<void> {
     this.#namespaces.add(namespace);
+    this.#follow();
+    if (this.#current(namespace)) return;
     await this.#write(namespace);
+  }
+
+  /** Whether the informer, once it has listed, holds `namespace`'s copy with the current roots. */
+  #current(namespace: string): boolean {
+    return this.#listed && this.#copies?.informer.get(TRUST_BUNDLE_CONFIGMAP, namespace)?.data?.[TRUST_BUNDLE_KEY] === this.content();
+  }
+
+  /** Starts the informer; until its first list works, ensure reads and compares as before it. */
+  #follow(): void {
+    if (this.#copies) return;
+    const api = this.#api;
+    const fieldSelector = `metadata.name=${TRUST_BUNDLE_CONFIGMAP}`;
+    this.#copies = new KeptInformer<V1ConfigMap>({
+      kubeConfig: this.#o.kubeConfig, path: '/api/v1/configmaps', fieldSelector, what: 'trust-bundle ConfigMaps', log: this.#log,
+      list: () => api.listConfigMapForAllNamespaces({ fieldSelector }),
+    });
+    // A copy changed or deleted by someone else is put back (a namespace's tenant may edit its ConfigMaps).
+    const repair = (cm: V1ConfigMap) => {
+      const ns = cm.metadata?.namespace;
+      if (!ns || !this.#namespaces.has(ns) || this.#current(ns)) return;
+      this.#chain = this.#chain.then(() => (this.#namespaces.has(ns) && !this.#current(ns) ? this.#write(ns) : undefined))
+        .catch((e: Error) => this.#log.error('trust bundle not put back', { namespace: ns, error: e.message }));
+    };
+    for (const ev of ['update', 'delete'] as const) this.#copies.informer.on(ev, repair);
+    void this.#copies.synced.then(() => (this.#listed = true));
+    void this.#copies.start();
   }
 
   /** Stops updating `namespace` (its waypoints are gone); the ConfigMap itself stays. */
@@ -66,8 +99,9 @@ export class TrustBundlePublisher {
     return [...this.#namespaces].sort();
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.#off();
+    await this.#copies?.stop();
   }
 
   async #publishAll(): Promise<void> {

@@ -103,6 +103,8 @@ export interface KeptInformerOptions<T extends KubernetesObject> {
   path: string;
   list: () => Promise<KubernetesListObject<T>>;
   labelSelector?: string;
+  /** Only `metadata.name=...` and `metadata.namespace=...` (what RBAC's resourceNames can grant a list or watch). */
+  fieldSelector?: string;
   /** Named in logs. */
   what: string;
   log: Logger;
@@ -145,7 +147,7 @@ export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
       return result;
     };
     const watch = new ObservedWatch(o.kubeConfig, () => this.#working(), (err) => this.#failing(err), o.watchTimeoutMs);
-    this.informer = new ListWatch<T>(o.path, watch, lister, false, o.labelSelector);
+    this.informer = new ListWatch<T>(o.path, watch, lister, false, o.labelSelector, o.fieldSelector);
     this.informer.on('error', (err: unknown) => this.#restart(err));
   }
 
