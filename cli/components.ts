@@ -143,9 +143,9 @@ async function clusterComponents(kube: KubeClient, namespace: string): Promise<C
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);
   const token = debugTokenHeader(kube, namespace);
   const comp = (role: Role, p: PodLite): Component => {
-    // Only the agents (in the install namespace) get the token: a waypoint's pod is its
-    // namespace's, and anyone who may create pods there can wear a waypoint's label.
-    const headers = (): Promise<Record<string, string>> => (role === 'agent' ? token() : Promise.resolve({}));
+    // Only the install namespace's components (agents, the controller) get the token: a waypoint's
+    // pod is its namespace's, and anyone who may create pods there can wear a waypoint's label.
+    const headers = (): Promise<Record<string, string>> => (role === 'waypoint' ? Promise.resolve({}) : token());
     const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;
     const reporter = role === 'agent' ? `agent ${name}` : role === 'waypoint' ? `waypoint ${p.metadata.namespace}/${p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name}` : 'controller';
     // The controller's admin paths already start with /debug/; agents' and waypoints' get it on the metrics port.

@@ -7,8 +7,9 @@
 //
 // The pod proxy cannot be told from any other client of the port (every pod reaches a node's
 // 15020), so a component given a token answers only requests that carry it in DEBUG_TOKEN_HEADER:
-// the install's Secret, mounted into the agents and the dashboard, read by weftctl through the API
-// (the API server passes the header on; it drops Authorization once it has authenticated).
+// the install's Secret, mounted into the agents and the dashboard, held by the controller that
+// made it, read by weftctl through the API (the API server passes the header on; it drops
+// Authorization once it has authenticated).
 import type http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -22,13 +23,18 @@ export const DEBUG_TOKEN_SECRET = 'weft-debug-token';
 /** Names a file holding the token, for a weftctl without the rights to read the Secret (the in-cluster dashboard). */
 export const DEBUG_TOKEN_FILE_ENV = 'WEFT_DEBUG_TOKEN_FILE';
 
-/** Who may read the debug paths: those who hold the token. */
-export interface DebugAccess {
+/** Why a request was refused its install token: none sent, another one, or none to compare with. */
+export type DebugTokenRefusal = 'missing' | 'wrong' | 'unset';
+
+/** Who may read the debug paths: those who hold the token (the agents, the controller). */
+export interface DebugTokenAccess {
   /** The token, read at each request (a mounted Secret changes under the process); undefined refuses every request. */
   token: () => string | undefined;
-  /** Told of each request refused for its token (`missing`, `wrong`, `unset`). */
-  refused: (req: http.IncomingMessage, why: 'missing' | 'wrong' | 'unset') => void;
+  /** Told of each request refused: why and what it was told. */
+  refused: (req: http.IncomingMessage, why: DebugTokenRefusal, detail: string) => void;
 }
+
+export type DebugAccess = DebugTokenAccess;
 
 /** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
 export const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
@@ -61,9 +67,25 @@ function sameToken(got: string, want: string): boolean {
 }
 
 /**
+ * Whether `req` may read the debug path `path` under `access`: the one check for every component.
+ * When it may not, the refusal is reported to `access.refused` and answered 403 here, naming what
+ * the path wants.
+ */
+export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage, res: http.ServerResponse, path: string): boolean {
+  const want = access.token();
+  const got = req.headers[DEBUG_TOKEN_HEADER];
+  const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
+  if (!why) return true;
+  const error = `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)`;
+  access.refused(req, why, error);
+  res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error }) + '\n');
+  return false;
+}
+
+/**
  * Serves `GET <prefix><path>` for each of `paths` on `metrics` by handing the request to
  * `admin`'s handler with the prefix taken off; every other request goes to `fallback`. With
- * `access`, only to requests carrying its token (403 otherwise, before the admin handler).
+ * `access`, only to requests it admits (403 otherwise, before the admin handler).
  */
 export function debugThroughAdmin(admin: http.Server, paths: readonly string[], fallback: (req: http.IncomingMessage, res: http.ServerResponse) => void, access?: DebugAccess): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const allowed = new Set(paths);
@@ -81,16 +103,7 @@ export function debugThroughAdmin(admin: http.Server, paths: readonly string[], 
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
-    if (access) {
-      const want = access.token();
-      const got = req.headers[DEBUG_TOKEN_HEADER];
-      const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
-      if (why) {
-        access.refused(req, why);
-        res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)` }) + '\n');
-        return;
-      }
-    }
+    if (access && !admitDebugRequest(access, req, res, path)) return;
     req.url = inner + (q < 0 ? '' : url.slice(q));
     admin.emit('request', req, res);
   };

@@ -139,10 +139,15 @@ export function limitHttpListener(server: HttpServer, limits: HttpListenerLimits
   });
 }
 
+/** Reports a request a status listener refused by itself (a /debug path without its token or grant): counted and logged as the connections it closes. */
+export type StatusListenerRefusal = (listener: string, reason: string, address: string | undefined, detail: string) => void;
+
 /**
  * A component's metrics and readiness listeners (reachable by every pod, or from other networks for
  * the east-west gateway) under DEFAULT_STATUS_LISTENER_LIMITS (or `limits`), every connection they
  * close counted in `<metric>{listener,reason}` on `registry` and logged within the refusal budget.
+ * Returns the same count and log for the requests a listener refuses itself (`debug-token`:
+ * lib/debug-http.ts).
  * The agent's side ports have a guard of their own (agent/src/admin.ts guardSidePort: its admin port
  * checks the client's uid, and its /flows streams outlive an idle timeout).
  */
@@ -153,14 +158,14 @@ export function limitStatusListeners(o: {
   metric: string;
   log: Logger;
   limits?: Partial<HttpListenerLimits>;
-}): void {
-  const refused = new Counter({ name: o.metric, help: 'Connections the metrics and readiness listeners closed, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request)', labelNames: ['listener', 'reason'], registers: [o.registry] });
+}): StatusListenerRefusal {
+  const refused = new Counter({ name: o.metric, help: 'Connections and requests the metrics and readiness listeners refused, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request; debug-token: a /debug path without the install\'s token)', labelNames: ['listener', 'reason'], registers: [o.registry] });
   const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => o.log.warn(`status listener refusals not logged (rate limit; every one is counted in ${o.metric})`, { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.limits };
-  for (const [listener, server] of Object.entries(o.listeners)) {
-    limitHttpListener(server, limits, (reason, address, detail) => {
-      refused.inc({ listener, reason });
-      if (budget.take()) o.log.warn('status listener refused a connection', { listener, reason, address, detail: clip(detail) });
-    });
-  }
+  const refuse = (what: 'connection' | 'request', listener: string, reason: string, address: string | undefined, detail: string): void => {
+    refused.inc({ listener, reason });
+    if (budget.take()) o.log.warn(`status listener refused a ${what}`, { listener, reason, address, detail: clip(detail) });
+  };
+  for (const [listener, server] of Object.entries(o.listeners)) limitHttpListener(server, limits, (reason, address, detail) => refuse('connection', listener, reason, address, detail));
+  return (listener, reason, address, detail) => refuse('request', listener, reason, address, detail);
 }

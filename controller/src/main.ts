@@ -5,7 +5,7 @@
 // waypoint launcher); running this file parses the command line.
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { limitStatusListeners } from '../../lib/listener-limits.ts';
+import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,6 +18,7 @@ import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
+import { admitDebugRequest, DEBUG_TOKEN_SECRET, type DebugTokenAccess } from '../../lib/debug-http.ts';
 import type { EventRecorder } from './cluster/events.ts';
 import type { LeaseElector } from './cluster/leader.ts';
 import type { TrustBundlePublisher } from './cluster/trust-bundle.ts';
@@ -67,6 +68,12 @@ export interface ControllerMainOptions {
   adminPort?: number;
   /** Serve /debug/clients also on the metrics port (weftctl proxy-status on a cluster). Default false. */
   debugEndpoints?: boolean;
+  /**
+   * With debugEndpoints: the token those paths want (DEBUG_TOKEN_HEADER), read at each request.
+   * Kubernetes mode: the install's Secret, which the controller makes. Without one (local mode) the
+   * metrics port serves /debug/clients to anyone, as an agent without a token file.
+   */
+  debugToken?: () => string | undefined;
   trustDomain?: string;
   rootNamespace?: string;
   /** Cluster ID in telemetry labels (`*_cluster`); default `Kubernetes`, as Istio's. */
@@ -207,11 +214,9 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ? new kube.TrustBundlePublisher({ kubeConfig, roots: () => authority!.trustBundle(), onRootsChange: (l) => authority!.onTrustBundleChange(() => l()), logger: log })
     : undefined;
   await trustBundle?.ensure(namespace);
-  // The debug paths' token, made once (the agents refuse every /debug request until it exists).
-  if (o.debugEndpoints && kube && kubeConfig) {
-    await kube.clusterDebugToken({ kubeConfig, namespace, logger: log }).catch((e: Error) =>
-      log.warn('the debug token Secret could not be made; the agents refuse every /debug request until it exists', { error: e.message }));
-  }
+  // The debug paths' token, made once (the agents, and this controller, refuse every /debug request until it exists).
+  let debugToken = o.debugToken;
+  if (o.debugEndpoints && kube && kubeConfig && !debugToken) debugToken = await clusterDebugTokenReader(() => kube.clusterDebugToken({ kubeConfig: kubeConfig!, namespace, logger: log }), log);
   const elector = kube && kubeConfig
     ? new kube.LeaseElector({ kubeConfig, namespace, identity: instance, logger: log, ...(o.leaseRetryMs ? { retryPeriodMs: o.leaseRetryMs } : {}), ...(o.leaseDurationSeconds ? { leaseDurationSeconds: o.leaseDurationSeconds } : {}) })
     : undefined;
@@ -311,10 +316,20 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     grpcServer.bindAsync(`${host}:${o.grpcPort ?? DEFAULT_GRPC_PORT}`, credentials, (err, port) => (err ? reject(err) : resolve(port))),
   );
 
+  // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
+  // API server's pod proxy reaches this port, not the loopback admin one. Every pod reaches it too,
+  // so with a token (Kubernetes mode) only requests carrying it are answered (lib/debug-http.ts,
+  // the agents' check).
+  let refuseStatus: StatusListenerRefusal | undefined;
+  const debugAccess: DebugTokenAccess | undefined = debugToken ? {
+    token: debugToken,
+    refused: (req, why, detail) => refuseStatus?.('metrics', 'debug-token', req.socket.remoteAddress, `${req.url ?? ''}: ${why}: ${detail}`),
+  } : undefined;
+  const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH]);
   const metrics = createServer((req, res) => {
-    // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
-    // API server's pod proxy reaches this port, not the loopback admin one.
-    if (o.debugEndpoints && req.url?.split('?')[0] === CONTROLLER_DEBUG_CLIENTS_PATH && req.method === 'GET') {
+    const path = req.url?.split('?')[0] ?? '/';
+    if (o.debugEndpoints && metricsDebugPaths.has(path) && req.method === 'GET') {
+      if (debugAccess && !admitDebugRequest(debugAccess, req, res, path)) return;
       admin.emit('request', req, res);
       return;
     }
@@ -355,7 +370,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     } else res.writeHead(404).end();
   });
   // Every pod reaches these two: bounded as the other components' (one source, a slowloris).
-  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_controller_listener_refused_total', log });
+  refuseStatus = limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_controller_listener_refused_total', log });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
   // The admin port is a convenience: a controller that cannot bind it still serves the mesh.
   const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1').catch((e: Error) => {
@@ -474,6 +489,29 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
   return federation;
 }
 
+/** How long the controller uses the debug token it read before reading the Secret again (a re-made Secret, another replica's). */
+const DEBUG_TOKEN_REREAD_MS = 60_000;
+
+/**
+ * The install's debug token as the controller's debug paths read it: the Secret it makes once
+ * (`read`: read-or-create), read at start and again in the background at most every
+ * DEBUG_TOKEN_REREAD_MS; undefined (every /debug request refused) until it could be read.
+ */
+async function clusterDebugTokenReader(read: () => Promise<{ token: string | undefined }>, log: Logger): Promise<() => string | undefined> {
+  let token: string | undefined;
+  let at = 0;
+  let reading: Promise<void> | undefined;
+  const refresh = (): Promise<void> => (reading ??= read().then(
+    (r) => { token = r.token; },
+    (e: Error) => log.warn(`the debug token Secret ${DEBUG_TOKEN_SECRET} could not be read or made; the agents and the controller refuse every /debug request until it exists`, { error: e.message }),
+  ).finally(() => { at = Date.now(); reading = undefined; }));
+  await refresh();
+  return () => {
+    if (Date.now() - at > DEBUG_TOKEN_REREAD_MS) void refresh();
+    return token;
+  };
+}
+
 /** A Secret mounted as files (one file per key; the kubelet's `..data` links skipped). */
 async function readSecretDir(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
@@ -502,7 +540,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --ready-port <n>            /healthz/ready (default 15021)
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
   --debug-endpoints           also serve /debug/clients on the metrics port (weftctl proxy-status on a
-                              cluster; default off)
+                              cluster), with --kube only to requests carrying the install's debug
+                              token (Secret weft-debug-token, made here); default off
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
   --cluster-id <id>           cluster name in metric labels (default Kubernetes)

@@ -7,7 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
-import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError } from '../../controller/src/main.ts';
+import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
+import { DEBUG_TOKEN_HEADER } from '../../lib/debug-http.ts';
+import { captureLogger, type LogLine } from './controller-harness.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
@@ -50,14 +52,14 @@ test('the controller serves config, /healthz/ready and /metrics on its ports', a
 
 /** A controller over TLS with the certificate service (bootstrap token `TOKEN` for node-a) on a config directory of `objects`; `cleanup` removes its folders (after its stop). */
 const TOKEN = '0123456789abcdef0123';
-async function tlsController(objects: object[], extra: { requireClientIdentity?: boolean } = {}) {
+async function tlsController(objects: object[], extra: Partial<Pick<ControllerMainOptions, 'requireClientIdentity' | 'debugEndpoints' | 'debugToken' | 'logger'>> = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'weft-main-tls-'));
   writeFileSync(join(dir, 'mesh.yaml'), objects.map((o) => stringify(o)).join('---\n'));
   const secrets = mkdtempSync(join(tmpdir(), 'weft-main-secrets-'));
   writeFileSync(join(secrets, 'tokens.yaml'), `node-a: ${TOKEN}\n`);
   const running = await runController({
-    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'), ...extra,
-    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger,
+    configDir: dir, bootstrapTokensFile: join(secrets, 'tokens.yaml'),
+    listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger, ...extra,
   });
   return {
     running,
@@ -111,6 +113,51 @@ test('over TLS the config stream refuses a client without a certificate by defau
   assert.equal(parseControllerArgs(['--config-dir', '/x', '--allow-anonymous-clients']).requireClientIdentity, false);
   assert.equal(parseControllerArgs(['--config-dir', '/x']).requireClientIdentity, undefined);
   assert.throws(() => parseControllerArgs(['--config-dir', '/x', '--allow-anonymous-clients', '--require-client-identity']), /give one of --require-client-identity or --allow-anonymous-clients/);
+});
+
+// The controller's /debug paths on its metrics port (every pod reaches it) want the install's
+// debug token, checked as the agents check it (lib/debug-http.ts admitDebugRequest), as istiod's
+// debug endpoints on its HTTP port want a credential unless asked from localhost (port-forward)
+// (https://istio.io/latest/docs/ops/integrations/integration-guide/debug-endpoints/, "Authentication
+// requirements", ENABLE_DEBUG_ENDPOINT_AUTH on by default): what they show (every client's
+// identity and versions) is no tenant's to read.
+test('the controller\'s debug paths on its metrics port answer only the install\'s debug token, as the agents\'; each refusal counted and logged', async () => {
+  let token: string | undefined = 'install-debug-token-0123456789abcdef';
+  const logs: LogLine[] = [];
+  const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })], { debugEndpoints: true, debugToken: () => token, logger: captureLogger(logs) });
+  const at = (path: string, headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${running.metricsPort}${path}`, { headers }).then(async (r) => ({ status: r.status, body: await r.text() }));
+  const refused = async () => Number(/^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token"\} (\d+)$/m.exec((await at('/metrics')).body)?.[1] ?? 0);
+  try {
+    // Another pod: no token, a wrong one.
+    for (const headers of [{}, { [DEBUG_TOKEN_HEADER]: 'guess' }] as Array<Record<string, string>>) {
+      const r = await at('/debug/clients', headers);
+      assert.equal(r.status, 403, r.body);
+      assert.match(r.body, /wants the install's debug token in the weft-debug-token header/);
+      assert.doesNotMatch(r.body, /systemVersion/);
+    }
+    assert.equal(await refused(), 2);
+    const lines = logs.filter((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-token');
+    assert.deepEqual(lines.map((l) => String(l.fields['detail']).split(':').slice(0, 2).join(':')), ['/debug/clients: missing', '/debug/clients: wrong']);
+    // weftctl, with the token through the pod proxy.
+    const ok = await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: token! });
+    assert.equal(ok.status, 200, ok.body);
+    assert.ok('systemVersion' in JSON.parse(ok.body));
+    // Until the Secret could be read, every request is refused.
+    token = undefined;
+    assert.equal((await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: 'install-debug-token-0123456789abcdef' })).status, 403);
+    assert.equal(await refused(), 3);
+  } finally {
+    await running.stop();
+    cleanup();
+  }
+  // A local mesh's controller (no token): /debug/clients as before.
+  const local = await tlsController([], { debugEndpoints: true });
+  try {
+    assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/clients`)).status, 200);
+  } finally {
+    await local.running.stop();
+    local.cleanup();
+  }
 });
 
 test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {

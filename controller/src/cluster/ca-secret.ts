@@ -95,9 +95,9 @@ export async function clusterCertificateAuthority(o: ClusterCaOptions): Promise<
  * /debug request meanwhile), weftctl reads it through the API. Made here, not rendered, so that a
  * rendered install holds no secret and re-applying it does not change the token.
  */
-export async function clusterDebugToken(o: { kubeConfig: KubeConfig; namespace: string; logger?: Logger }): Promise<{ created: boolean }> {
+export async function clusterDebugToken(o: { kubeConfig: KubeConfig; namespace: string; logger?: Logger }): Promise<{ created: boolean; token: string | undefined }> {
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
-  const { created } = await readOrCreateSecret(api, o.namespace, DEBUG_TOKEN_SECRET, () => ({
+  const { created, secret } = await readOrCreateSecret(api, o.namespace, DEBUG_TOKEN_SECRET, () => ({
     apiVersion: 'v1',
     kind: 'Secret',
     type: 'Opaque',
@@ -105,5 +105,7 @@ export async function clusterDebugToken(o: { kubeConfig: KubeConfig; namespace: 
     data: { token: Buffer.from(randomBytes(32).toString('hex')).toString('base64') },
   }), 'the controller needs RBAC create on secrets in its namespace');
   if (created) (o.logger ?? silentLogger).info('debug paths open: generated the install\'s debug token and stored it', { secret: `${o.namespace}/${DEBUG_TOKEN_SECRET}` });
-  return { created };
+  // The controller's own debug paths want the same token (lib/debug-http.ts), read as the agents' mount holds it.
+  const data = secret.data?.['token'];
+  return { created, token: data ? Buffer.from(data, 'base64').toString('utf8').trim() || undefined : undefined };
 }
