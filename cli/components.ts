@@ -14,7 +14,8 @@ import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
 import { KubeApiError, type KubeClient } from './kube.ts';
-import { READINESS_PATH } from '../lib/defaults.ts';
+import { CONTROLLER_DEBUG_GRANT_PATH, READINESS_PATH } from '../lib/defaults.ts';
+import { DEBUG_GRANT_HEADER } from '../lib/identity/debug-grant.ts';
 import type { Target } from './commands/target.ts';
 
 export type Role = 'controller' | 'agent' | 'waypoint';
@@ -131,6 +132,43 @@ function debugTokenHeader(kube: KubeClient, namespace: string): () => Promise<Re
 
 /** How long weftctl uses the debug token Secret it read before reading it again. */
 const DEBUG_TOKEN_SECRET_TTL_MS = 60_000;
+/** A grant is asked for again this long before it expires (a /flows stream outlives it: it is checked at the start). */
+const DEBUG_GRANT_RENEW_BEFORE_MS = 60_000;
+
+/**
+ * A waypoint's debug grant (lib/identity/debug-grant.ts) as the header its /debug paths want: a
+ * waypoint holds no token (it runs in its application's namespace), so the controller signs a
+ * grant for that one waypoint, for a few minutes, to whoever holds the install's token; asked of
+ * `controller` through the pod proxy with `token`, kept until shortly before it expires. A pod
+ * wearing a waypoint's label gets a grant that opens only the waypoint it claims to be, in its own
+ * namespace, and only for minutes.
+ */
+function debugGrantHeader(kube: KubeClient, controller: PodLite | undefined, token: () => Promise<Record<string, string>>): (namespace: string, waypoint: string) => Promise<Record<string, string>> {
+  const held = new Map<string, { renewAt: number; read: Promise<Record<string, string>> }>();
+  return async (namespace, waypoint) => {
+    const key = `${namespace}/${waypoint}`;
+    let h = held.get(key);
+    if (!h || Date.now() >= h.renewAt) {
+      if (!controller) throw new Error(`no running controller in the install namespace to sign a debug grant for waypoint ${key}`);
+      const path = kube.podProxyPath(controller.metadata.namespace, controller.metadata.name, PORTS.metrics, `${CONTROLLER_DEBUG_GRANT_PATH}?waypoint=${encodeURIComponent(key)}`);
+      const entry = {
+        renewAt: Infinity,
+        read: token().then((headers) => kube.get<{ grant?: string; expires?: string }>(path, headers)).then((r) => {
+          if (typeof r.grant !== 'string') throw new Error('the answer holds no grant');
+          entry.renewAt = Date.parse(r.expires ?? '') - DEBUG_GRANT_RENEW_BEFORE_MS || 0;
+          return { [DEBUG_GRANT_HEADER]: r.grant };
+        }).catch((e: unknown) => {
+          held.delete(key);
+          const why = e instanceof KubeApiError && e.status === 404 ? 'install with `weftctl install --debug-endpoints` (or --dashboard)' : (e as Error).message;
+          throw new Error(`the controller signed no debug grant for waypoint ${key}: ${why}`);
+        }),
+      };
+      held.set(key, entry);
+      h = entry;
+    }
+    return h.read;
+  };
+}
 
 /**
  * The controller and agents: the pods wearing their labels in `namespace` (where Weft is installed),
@@ -142,10 +180,15 @@ async function clusterComponents(kube: KubeClient, namespace: string): Promise<C
   const of = (name: string) => kube.list<PodLite>('v1', 'pods', namespace, { labelSelector: `app.kubernetes.io/name=${name},app.kubernetes.io/part-of=${PART_OF}` });
   const [controllers, agents, waypoints] = await Promise.all([of(CONTROLLER_NAME), of(AGENT_NAME), kube.list<PodLite>('v1', 'pods', undefined, { labelSelector: LABEL_WAYPOINT_FOR })]);
   const token = debugTokenHeader(kube, namespace);
+  const running = (p: PodLite) => p.status?.phase === undefined || p.status.phase === 'Running';
+  const grant = debugGrantHeader(kube, controllers.find(running), token);
   const comp = (role: Role, p: PodLite): Component => {
-    // Only the install namespace's components (agents, the controller) get the token: a waypoint's
-    // pod is its namespace's, and anyone who may create pods there can wear a waypoint's label.
-    const headers = (): Promise<Record<string, string>> => (role === 'waypoint' ? Promise.resolve({}) : token());
+    // The token goes only to the install namespace's components: a waypoint's pod is its
+    // namespace's, and anyone who may create pods there can wear a waypoint's label; a waypoint
+    // gets a grant for itself alone.
+    const headers = (): Promise<Record<string, string>> => role === 'waypoint'
+      ? grant(p.metadata.namespace, p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name)
+      : token();
     const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;
     const reporter = role === 'agent' ? `agent ${name}` : role === 'waypoint' ? `waypoint ${p.metadata.namespace}/${p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name}` : 'controller';
     // The controller's admin paths already start with /debug/; agents' and waypoints' get it on the metrics port.
@@ -171,7 +214,6 @@ async function clusterComponents(kube: KubeClient, namespace: string): Promise<C
       }),
     };
   };
-  const running = (p: PodLite) => p.status?.phase === undefined || p.status.phase === 'Running';
   return [
     ...controllers.filter(running).map((p) => comp('controller', p)),
     ...agents.filter(running).map((p) => comp('agent', p)),

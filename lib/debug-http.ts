@@ -9,10 +9,13 @@
 // 15020), so a component given a token answers only requests that carry it in DEBUG_TOKEN_HEADER:
 // the install's Secret, mounted into the agents and the dashboard, held by the controller that
 // made it, read by weftctl through the API (the API server passes the header on; it drops
-// Authorization once it has authenticated).
+// Authorization once it has authenticated). A waypoint, in its application's namespace, holds no
+// token: it answers only requests carrying a grant for it (DEBUG_GRANT_HEADER,
+// lib/identity/debug-grant.ts), which the controller signs for holders of the token.
 import type http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { DEBUG_GRANT_HEADER, DebugGrantError, verifyDebugGrant, type DebugGrantRefusal } from './identity/debug-grant.ts';
 
 /** Prefix of the admin paths the metrics port also answers. */
 export const DEBUG_PATH_PREFIX = '/debug';
@@ -26,15 +29,27 @@ export const DEBUG_TOKEN_FILE_ENV = 'WEFT_DEBUG_TOKEN_FILE';
 /** Why a request was refused its install token: none sent, another one, or none to compare with. */
 export type DebugTokenRefusal = 'missing' | 'wrong' | 'unset';
 
-/** Who may read the debug paths: those who hold the token (the agents, the controller). */
-export interface DebugTokenAccess {
-  /** The token, read at each request (a mounted Secret changes under the process); undefined refuses every request. */
-  token: () => string | undefined;
-  /** Told of each request refused: why and what it was told. */
-  refused: (req: http.IncomingMessage, why: DebugTokenRefusal, detail: string) => void;
+interface DebugRefusals {
+  /** Told of each request refused: why (a DebugTokenRefusal or a DebugGrantRefusal) and what was wrong. */
+  refused: (req: http.IncomingMessage, why: DebugTokenRefusal | DebugGrantRefusal, detail: string) => void;
 }
 
-export type DebugAccess = DebugTokenAccess;
+/** Who may read the debug paths: those who hold the token (the agents, the controller). */
+export interface DebugTokenAccess extends DebugRefusals {
+  /** The token, read at each request (a mounted Secret changes under the process); undefined refuses every request. */
+  token: () => string | undefined;
+}
+
+/** Who may read the debug paths: those who hold a grant for this component (a waypoint). */
+export interface DebugGrantAccess extends DebugRefusals {
+  /** The grants' audience: this waypoint (debugGrantAudience). */
+  audience: string;
+  /** The roots a grant's chain must lead to: the trust bundle, read at each request (it rotates). */
+  roots: () => readonly string[];
+  now?: () => number;
+}
+
+export type DebugAccess = DebugTokenAccess | DebugGrantAccess;
 
 /** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
 export const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
@@ -72,12 +87,25 @@ function sameToken(got: string, want: string): boolean {
  * the path wants.
  */
 export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage, res: http.ServerResponse, path: string): boolean {
-  const want = access.token();
-  const got = req.headers[DEBUG_TOKEN_HEADER];
-  const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
-  if (!why) return true;
-  const error = `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)`;
-  access.refused(req, why, error);
+  let error: string;
+  if ('token' in access) {
+    const want = access.token();
+    const got = req.headers[DEBUG_TOKEN_HEADER];
+    const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
+    if (!why) return true;
+    error = `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)`;
+    access.refused(req, why, error);
+  } else {
+    const got = req.headers[DEBUG_GRANT_HEADER];
+    try {
+      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.roots(), access.now?.());
+      return true;
+    } catch (e) {
+      if (!(e instanceof DebugGrantError)) throw e;
+      error = `${path} wants a debug grant for ${access.audience} in the ${DEBUG_GRANT_HEADER} header (the controller signs one for holders of the install's debug token; weftctl asks for it): ${e.message}`;
+      access.refused(req, e.reason, e.message);
+    }
+  }
   res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error }) + '\n');
   return false;
 }

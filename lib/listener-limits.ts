@@ -146,8 +146,8 @@ export type StatusListenerRefusal = (listener: string, reason: string, address: 
  * A component's metrics and readiness listeners (reachable by every pod, or from other networks for
  * the east-west gateway) under DEFAULT_STATUS_LISTENER_LIMITS (or `limits`), every connection they
  * close counted in `<metric>{listener,reason}` on `registry` and logged within the refusal budget.
- * Returns the same count and log for the requests a listener refuses itself (`debug-token`:
- * lib/debug-http.ts).
+ * Returns the same count and log for the requests a listener refuses itself (`debug-token`,
+ * `debug-grant-<why>`: lib/debug-http.ts).
  * The agent's side ports have a guard of their own (agent/src/admin.ts guardSidePort: its admin port
  * checks the client's uid, and its /flows streams outlive an idle timeout).
  */
@@ -159,7 +159,7 @@ export function limitStatusListeners(o: {
   log: Logger;
   limits?: Partial<HttpListenerLimits>;
 }): StatusListenerRefusal {
-  const refused = new Counter({ name: o.metric, help: 'Connections and requests the metrics and readiness listeners refused, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request; debug-token: a /debug path without the install\'s token)', labelNames: ['listener', 'reason'], registers: [o.registry] });
+  const refused = new Counter({ name: o.metric, help: 'Connections and requests the metrics and readiness listeners refused, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request; debug-token: a /debug path without the install\'s token; debug-grant-<why>: a /debug path of a waypoint without a valid grant for it)', labelNames: ['listener', 'reason'], registers: [o.registry] });
   const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => o.log.warn(`status listener refusals not logged (rate limit; every one is counted in ${o.metric})`, { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.limits };
   const refuse = (what: 'connection' | 'request', listener: string, reason: string, address: string | undefined, detail: string): void => {

@@ -17,8 +17,10 @@ import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
-import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH } from '../../lib/defaults.ts';
+import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
 import { admitDebugRequest, DEBUG_TOKEN_SECRET, type DebugTokenAccess } from '../../lib/debug-http.ts';
+import { DEBUG_GRANT_HEADER, debugGrantAudience } from '../../lib/identity/debug-grant.ts';
+import { DNS1123_LABEL } from '../../lib/model/validate.ts';
 import type { EventRecorder } from './cluster/events.ts';
 import type { LeaseElector } from './cluster/leader.ts';
 import type { TrustBundlePublisher } from './cluster/trust-bundle.ts';
@@ -64,14 +66,17 @@ export interface ControllerMainOptions {
   grpcPort?: number;
   metricsPort?: number;
   readyPort?: number;
-  /** Admin (loopback only): /debug/model, /debug/status, /debug/clients; default 15000. */
+  /** Admin (loopback only): /debug/model, /debug/status, /debug/clients, /debug/waypoint-grant; default 15000. */
   adminPort?: number;
-  /** Serve /debug/clients also on the metrics port (weftctl proxy-status on a cluster). Default false. */
+  /**
+   * Serve /debug/clients also on the metrics port (weftctl proxy-status on a cluster), and with a
+   * debug token /debug/waypoint-grant (weftctl's reads of waypoints). Default false.
+   */
   debugEndpoints?: boolean;
   /**
    * With debugEndpoints: the token those paths want (DEBUG_TOKEN_HEADER), read at each request.
    * Kubernetes mode: the install's Secret, which the controller makes. Without one (local mode) the
-   * metrics port serves /debug/clients to anyone, as an agent without a token file.
+   * metrics port serves /debug/clients to anyone, as an agent without a token file, and no grant.
    */
   debugToken?: () => string | undefined;
   trustDomain?: string;
@@ -316,16 +321,17 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     grpcServer.bindAsync(`${host}:${o.grpcPort ?? DEFAULT_GRPC_PORT}`, credentials, (err, port) => (err ? reject(err) : resolve(port))),
   );
 
-  // Each client's acknowledged config version (weftctl proxy-status), read-only, also here: the
-  // API server's pod proxy reaches this port, not the loopback admin one. Every pod reaches it too,
-  // so with a token (Kubernetes mode) only requests carrying it are answered (lib/debug-http.ts,
-  // the agents' check).
+  // Each client's acknowledged config version (weftctl proxy-status) and waypoint debug grants
+  // (weftctl's reads of waypoints), read-only, also here: the API server's pod proxy reaches this
+  // port, not the loopback admin one. Every pod reaches it too, so with a token (Kubernetes mode)
+  // only requests carrying it are answered (lib/debug-http.ts, the agents' check); a grant is signed
+  // for nobody else.
   let refuseStatus: StatusListenerRefusal | undefined;
   const debugAccess: DebugTokenAccess | undefined = debugToken ? {
     token: debugToken,
     refused: (req, why, detail) => refuseStatus?.('metrics', 'debug-token', req.socket.remoteAddress, `${req.url ?? ''}: ${why}: ${detail}`),
   } : undefined;
-  const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH]);
+  const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(debugAccess && authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
   const metrics = createServer((req, res) => {
     const path = req.url?.split('?')[0] ?? '/';
     if (o.debugEndpoints && metricsDebugPaths.has(path) && req.method === 'GET') {
@@ -367,6 +373,17 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send([...controller.statuses().values()]);
     } else if (path === CONTROLLER_DEBUG_CLIENTS_PATH) {
       send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
+    } else if (path === CONTROLLER_DEBUG_GRANT_PATH && authority) {
+      const waypoint = new URL(req.url ?? '/', 'http://controller').searchParams.get('waypoint') ?? '';
+      const [ns, name, ...rest] = waypoint.split('/');
+      if (!ns || !name || rest.length > 0 || !DNS1123_LABEL.test(ns) || !DNS1123_LABEL.test(name)) {
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `waypoint: ${JSON.stringify(waypoint.slice(0, 256))} is not <namespace>/<name> (lower-case letters, digits and '-')` }) + '\n');
+        return;
+      }
+      const audience = debugGrantAudience(ns, name);
+      const { grant, expires } = authority.signDebugGrant(audience);
+      log.info('debug grant signed', { audience, expires: expires.toISOString(), address: req.socket.remoteAddress });
+      send({ audience, header: DEBUG_GRANT_HEADER, grant, expires: expires.toISOString() });
     } else res.writeHead(404).end();
   });
   // Every pod reaches these two: bounded as the other components' (one source, a slowloris).
@@ -539,9 +556,10 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --metrics-port <n>          Prometheus /metrics (default 15020)
   --ready-port <n>            /healthz/ready (default 15021)
   --admin-port <n>            127.0.0.1 only: /debug/model, /debug/status, /debug/clients (default 15000)
-  --debug-endpoints           also serve /debug/clients on the metrics port (weftctl proxy-status on a
-                              cluster), with --kube only to requests carrying the install's debug
-                              token (Secret weft-debug-token, made here); default off
+  --debug-endpoints           also serve /debug/clients and /debug/waypoint-grant on the metrics port
+                              (weftctl proxy-status and its reads of waypoints on a cluster), with
+                              --kube only to requests carrying the install's debug token (Secret
+                              weft-debug-token, made here); default off
   --trust-domain <td>         SPIFFE trust domain (default cluster.local)
   --root-namespace <ns>       mesh-wide policy namespace (default weft-system)
   --cluster-id <id>           cluster name in metric labels (default Kubernetes)

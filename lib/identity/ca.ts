@@ -15,6 +15,7 @@ import {
   parseCertificate, splitPemCertificates, type AltNames, type CertificateDetails,
 } from './x509.ts';
 import { bool, oid, octets, ctx, seq, uint } from './der.ts';
+import { encodeDebugGrant } from './debug-grant.ts';
 
 /** Default lifetime of workload and node certificates. */
 export const DEFAULT_WORKLOAD_CERT_LIFETIME_MS = 24 * 60 * 60 * 1000;
@@ -350,6 +351,18 @@ export class CertificateAuthority {
       notBefore: notBeforeDate,
       notAfter: notAfterDate,
     };
+  }
+
+  /**
+   * A waypoint debug grant (lib/identity/debug-grant.ts) for `audience`, signed with this CA's key
+   * and carrying its signing certificate and intermediates, so a waypoint checks it with the trust
+   * bundle alone. The controller signs one only for a caller holding the install's debug token.
+   */
+  signDebugGrant(audience: string, lifetimeMs?: number): { grant: string; expires: Date } {
+    const signer = this.#signer;
+    // `intermediates` starts with the signing certificate when it is not the root.
+    const chain = signer.intermediates.length > 0 ? signer.intermediates.map((pem) => parseCertificate(pem).der) : [signer.cert.der];
+    return encodeDebugGrant(signer.key, chain, audience, this.#clock(), lifetimeMs);
   }
 
   /** A fresh key and certificate for a server (the controller's gRPC port), PEM. */

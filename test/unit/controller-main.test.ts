@@ -9,6 +9,7 @@ import { stringify } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
 import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
 import { DEBUG_TOKEN_HEADER } from '../../lib/debug-http.ts';
+import { DEBUG_GRANT_HEADER, debugGrantAudience, verifyDebugGrant } from '../../lib/identity/debug-grant.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { ConfigClient } from '../../lib/xds/client.ts';
@@ -120,8 +121,9 @@ test('over TLS the config stream refuses a client without a certificate by defau
 // debug endpoints on its HTTP port want a credential unless asked from localhost (port-forward)
 // (https://istio.io/latest/docs/ops/integrations/integration-guide/debug-endpoints/, "Authentication
 // requirements", ENABLE_DEBUG_ENDPOINT_AUTH on by default): what they show (every client's
-// identity and versions) is no tenant's to read.
-test('the controller\'s debug paths on its metrics port answer only the install\'s debug token, as the agents\'; each refusal counted and logged', async () => {
+// identity and versions) is no tenant's to read. A waypoint's debug grant is signed only for a
+// holder of the token.
+test('the controller\'s debug paths on its metrics port answer only the install\'s debug token; a waypoint debug grant is signed for it alone; each refusal counted and logged', async () => {
   let token: string | undefined = 'install-debug-token-0123456789abcdef';
   const logs: LogLine[] = [];
   const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })], { debugEndpoints: true, debugToken: () => token, logger: captureLogger(logs) });
@@ -135,25 +137,43 @@ test('the controller\'s debug paths on its metrics port answer only the install\
       assert.match(r.body, /wants the install's debug token in the weft-debug-token header/);
       assert.doesNotMatch(r.body, /systemVersion/);
     }
-    assert.equal(await refused(), 2);
+    const grantPath = '/debug/waypoint-grant?waypoint=shop%2Fwaypoint';
+    const noGrant = await at(grantPath);
+    assert.equal(noGrant.status, 403, 'no grant without the token');
+    assert.doesNotMatch(noGrant.body, /grant"/);
+    assert.equal(await refused(), 3);
     const lines = logs.filter((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-token');
-    assert.deepEqual(lines.map((l) => String(l.fields['detail']).split(':').slice(0, 2).join(':')), ['/debug/clients: missing', '/debug/clients: wrong']);
+    assert.deepEqual(lines.map((l) => String(l.fields['detail']).split(':').slice(0, 2).join(':')), ['/debug/clients: missing', '/debug/clients: wrong', `${grantPath}: missing`]);
     // weftctl, with the token through the pod proxy.
     const ok = await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: token! });
     assert.equal(ok.status, 200, ok.body);
     assert.ok('systemVersion' in JSON.parse(ok.body));
+    const signed = await at(grantPath, { [DEBUG_TOKEN_HEADER]: token! });
+    assert.equal(signed.status, 200, signed.body);
+    const g = JSON.parse(signed.body) as { grant: string; audience: string; header: string; expires: string };
+    assert.equal(g.audience, debugGrantAudience('shop', 'waypoint'));
+    assert.equal(g.header, DEBUG_GRANT_HEADER);
+    assert.equal(verifyDebugGrant(g.grant, g.audience, running.ca!.trustBundle()).expires.toISOString(), g.expires);
+    assert.ok(Date.parse(g.expires) - Date.now() <= 5 * 60_000, 'for minutes');
+    // A waypoint that is not <namespace>/<name> is named.
+    for (const bad of ['shop', 'shop/waypoint/x', 'Shop/waypoint', '../x']) {
+      const r = await at(`/debug/waypoint-grant?waypoint=${encodeURIComponent(bad)}`, { [DEBUG_TOKEN_HEADER]: token! });
+      assert.equal(r.status, 400, bad);
+      assert.match(r.body, /^\{"error":"waypoint: .* is not <namespace>\/<name>/);
+    }
     // Until the Secret could be read, every request is refused.
     token = undefined;
     assert.equal((await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: 'install-debug-token-0123456789abcdef' })).status, 403);
-    assert.equal(await refused(), 3);
+    assert.equal(await refused(), 4);
   } finally {
     await running.stop();
     cleanup();
   }
-  // A local mesh's controller (no token): /debug/clients as before.
+  // A local mesh's controller (no token): /debug/clients as before, and no grant for anyone.
   const local = await tlsController([], { debugEndpoints: true });
   try {
     assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/clients`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint`)).status, 404);
   } finally {
     await local.running.stop();
     local.cleanup();

@@ -13,6 +13,7 @@ import { StaticTokenAuthenticator, addCertificateService, createControllerCreden
 import { HbonePool } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { silentLogger } from '../../lib/log.ts';
+import { DEBUG_GRANT_HEADER, debugGrantAudience } from '../../lib/identity/debug-grant.ts';
 import http2 from 'node:http2';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import type { HTTPRoute } from '../../lib/model/objects.ts';
@@ -205,8 +206,12 @@ describe('waypoint main with an issued identity', () => {
       const tester = await creds(ca, TESTER);
       const t = await pool.connect({ sourceKey: TESTER, tls: tlsMaterial(tester), dest: { host: '127.0.0.1', port: wp.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT });
       assert.equal(JSON.parse((await get(t)).body).backend, 'v1');
-      // With --debug-endpoints the read-only paths answer on the metrics port, keys never among them.
-      const certs = await fetchText(wp.metrics.port, '/debug/certs');
+      // With --debug-endpoints the read-only paths answer on the metrics port, to a debug grant for
+      // this waypoint checked with the trust bundle its issued identity follows
+      // (test/unit/waypoint-debug-grant.test.ts tries the attacks); keys never among them.
+      assert.equal((await fetchText(wp.metrics.port, '/debug/certs')).status, 403, 'no grant, nothing');
+      const r = await fetch(`http://127.0.0.1:${wp.metrics.port}/debug/certs`, { headers: { [DEBUG_GRANT_HEADER]: ca.signDebugGrant(debugGrantAudience('shop', 'waypoint')).grant } });
+      const certs = { status: r.status, body: await r.text() };
       assert.equal(certs.status, 200, certs.body);
       assert.doesNotMatch(certs.body, /PRIVATE KEY/);
     } finally {

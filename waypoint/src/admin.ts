@@ -1,6 +1,6 @@
 // The waypoint's HTTP side ports: admin (localhost: config dump, clusters, last rejection),
 // Prometheus metrics, and readiness.
-import { debugThroughAdmin } from '../../lib/debug-http.ts';
+import { debugThroughAdmin, type DebugGrantAccess } from '../../lib/debug-http.ts';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
@@ -52,8 +52,12 @@ export function adminServer(engine: WaypointEngine, extra: () => Record<string, 
 /** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
 export const WAYPOINT_DEBUG_PATHS = ['/config_dump', '/certs', '/flows', '/clusters', '/rejection'] as const;
 
-/** /metrics, and with `admin` its read-only paths under /debug/ (for the API server's pod proxy). */
-export function metricsServer(engine: WaypointEngine, admin?: http.Server): http.Server {
+/**
+ * /metrics, and with `debug` the admin server's read-only paths under /debug/ (for the API server's
+ * pod proxy), answered only to requests carrying a debug grant for this waypoint (`debug.access`,
+ * lib/identity/debug-grant.ts): every pod reaches this port, and the waypoint holds no token.
+ */
+export function metricsServer(engine: WaypointEngine, debug?: { admin: http.Server; access: DebugGrantAccess }): http.Server {
   const prom = (req: http.IncomingMessage, res: http.ServerResponse) => {
     if ((req.url ?? '').split('?')[0] !== '/metrics') { res.writeHead(404); res.end(); return; }
     engine.telemetry.registry.metrics().then(
@@ -61,7 +65,7 @@ export function metricsServer(engine: WaypointEngine, admin?: http.Server): http
       (e: Error) => { res.writeHead(500); res.end(e.message); },
     );
   };
-  return http.createServer(admin ? debugThroughAdmin(admin, WAYPOINT_DEBUG_PATHS, prom) : prom);
+  return http.createServer(debug ? debugThroughAdmin(debug.admin, WAYPOINT_DEBUG_PATHS, prom, debug.access) : prom);
 }
 
 /**

@@ -15,7 +15,8 @@ import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
-import { limitStatusListeners } from '../../lib/listener-limits.ts';
+import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
+import { debugGrantAudience } from '../../lib/identity/debug-grant.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
@@ -58,7 +59,9 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --otlp-endpoint <url>        OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces
   --access-log <stdout|off>    JSON access log, one line per request (default stdout)
   --debug-endpoints            also serve the read-only admin paths as /debug/<path> on the metrics
-                               port, for weftctl and the dashboard on a cluster (default off)
+                               port, for weftctl and the dashboard on a cluster, to requests carrying
+                               a debug grant for this waypoint signed by the mesh CA (weftctl gets
+                               one from the controller) (default off)
   --header-timeout <seconds>   a client must send complete request headers within this long, or gets
                                408 (HTTP/1.1) or GOAWAY (HTTP/2); bodies and responses are not limited
                                (default 10)
@@ -396,10 +399,20 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
-  const metrics = metricsServer(engine, o.debugEndpoints ? admin : undefined);
+  // The debug paths answer a grant for this waypoint, checked with the trust bundle it holds (it
+  // follows root rotations); each refusal counted and logged as the listener's own.
+  let refuseStatus: StatusListenerRefusal | undefined;
+  const metrics = metricsServer(engine, o.debugEndpoints ? {
+    admin,
+    access: {
+      audience: debugGrantAudience(o.namespace, o.name),
+      roots: () => id.current().trustBundle,
+      refused: (req, why, detail) => refuseStatus?.('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
+    },
+  } : undefined);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
-  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry: engine.telemetry.registry, metric: 'weft_waypoint_listener_refused_total', log });
+  refuseStatus = limitStatusListeners({ listeners: { metrics, readiness: ready }, registry: engine.telemetry.registry, metric: 'weft_waypoint_listener_refused_total', log });
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);
   const readyAddr = await listenOn(ready, o.ready);
