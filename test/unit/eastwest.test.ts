@@ -429,6 +429,58 @@ test('the gateway\'s metrics and readiness listeners bound their connections: a 
   }
 });
 
+// The gateway's 15020 and 15021 face other networks (docs/SECURITY.md): Istio's east-west gateway
+// exposes its 15021 status port and no admin path there
+// (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio: 15000
+// is the proxy's admin port on localhost). What they answer must name no identity, address or
+// endpoint of this cluster: counts only, and no /debug path at all (it has no admin port to relay).
+test('the gateway\'s metrics and readiness ports, reached from another network, answer Prometheus counts and readiness only: every /debug or admin path is 404, and no identity, address or endpoint of this cluster is named', async () => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { runEastWest } = await import('../../eastwest/src/main.ts');
+  const { get } = await import('node:http');
+  const dir = mkdtempSync(join(tmpdir(), 'weft-ew-edge-'));
+  const host = '127.0.0.72';
+  const gwTls = await creds(c2, GW_ID);
+  writeFileSync(join(dir, 'cert.pem'), gwTls.cert);
+  writeFileSync(join(dir, 'key.pem'), gwTls.key);
+  writeFileSync(join(dir, 'root.pem'), gwTls.ca.join(''));
+  const running = await runEastWest({
+    host, port: 0, identity: { kind: 'static', certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') }, trustBundleFile: join(dir, 'root.pem'),
+    controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, trustDomain: TD, trustDomainAliases: [], logLevel: 'error',
+  });
+  // From an address of another network's choosing, a connection each.
+  const ask = (port: number, path: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    get({ host, port, path, localAddress: '127.0.0.3', agent: false, headers: { 'weft-debug-token': 'x', 'weft-debug-grant': 'x' } }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+  try {
+    await until('the gateway knows this cluster\'s endpoints', async () => (await ask(15021, '/healthz/ready')).status === 200, 5_000);
+    for (const path of ['/debug/config_dump', '/debug/certs', '/debug/flows', '/debug/clients', '/debug/federation', '/debug/waypoint-grant?waypoint=shop%2Fwaypoint', '/config_dump', '/certs', '/stats', '/flows', '/']) {
+      for (const port of [15020, 15021]) {
+        const r = await ask(port, path);
+        assert.ok(r.status === 404 || (port === 15021 && r.status === 503), `${port}${path}: ${r.status}`);
+        assert.doesNotMatch(r.body, /spiffe:|\d+\.\d+\.\d+\.\d+|BEGIN/, `${port}${path} names nothing`);
+      }
+    }
+    assert.equal((await ask(15021, '/healthz/ready')).body, 'ready\n');
+    const metrics = await ask(15020, '/metrics');
+    assert.equal(metrics.status, 200);
+    const families = [...new Set(metrics.body.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => /^[a-z_:]+/.exec(l)![0]))];
+    assert.ok(families.length > 0 && families.every((f) => f.startsWith('weft_eastwest_')), families.join(', '));
+    assert.doesNotMatch(metrics.body, /spiffe:|\d+\.\d+\.\d+\.\d+/, 'no identity or address in a label');
+    // Label values are a fixed vocabulary (reasons, directions, listeners), never a caller's or an endpoint's.
+    for (const [, label, value] of metrics.body.matchAll(/([a-z_]+)="([^"]*)"/g)) assert.match(`${label}=${value}`, /^(reason|direction|listener)=[a-z-]+$/);
+  } finally {
+    await running.stop('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 // A caller pools its inner sessions, one outer tunnel per destination agent or waypoint and
 // identity; a workload holding any mesh certificate that opens outer tunnels without end would
 // have the gateway hold an upstream socket for each (1,000 streams on each of 1,024 sessions a
