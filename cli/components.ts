@@ -136,21 +136,20 @@ const DEBUG_TOKEN_SECRET_TTL_MS = 60_000;
 const DEBUG_GRANT_RENEW_BEFORE_MS = 60_000;
 
 /**
- * A waypoint's debug grant (lib/identity/debug-grant.ts) as the header its /debug paths want: a
+ * A waypoint pod's debug grant (lib/identity/debug-grant.ts) as the header its /debug paths want: a
  * waypoint holds no token (it runs in its application's namespace), so the controller signs a
- * grant for that one waypoint, for a few minutes, to whoever holds the install's token; asked of
- * `controller` through the pod proxy with `token`, kept until shortly before it expires. A pod
- * wearing a waypoint's label gets a grant that opens only the waypoint it claims to be, in its own
- * namespace, and only for minutes.
+ * grant for that one pod of that waypoint, for a few minutes, to whoever holds the install's token;
+ * asked of `controller` through the pod proxy with `token`, kept until shortly before it expires.
+ * A pod wearing a waypoint's label gets a grant that opens only itself.
  */
-function debugGrantHeader(kube: KubeClient, controller: PodLite | undefined, token: () => Promise<Record<string, string>>): (namespace: string, waypoint: string) => Promise<Record<string, string>> {
+function debugGrantHeader(kube: KubeClient, controller: PodLite | undefined, token: () => Promise<Record<string, string>>): (namespace: string, waypoint: string, pod: string) => Promise<Record<string, string>> {
   const held = new Map<string, { renewAt: number; read: Promise<Record<string, string>> }>();
-  return async (namespace, waypoint) => {
+  return async (namespace, waypoint, pod) => {
     const key = `${namespace}/${waypoint}`;
-    let h = held.get(key);
+    let h = held.get(`${key}/${pod}`);
     if (!h || Date.now() >= h.renewAt) {
       if (!controller) throw new Error(`no running controller in the install namespace to sign a debug grant for waypoint ${key}`);
-      const path = kube.podProxyPath(controller.metadata.namespace, controller.metadata.name, PORTS.metrics, `${CONTROLLER_DEBUG_GRANT_PATH}?waypoint=${encodeURIComponent(key)}`);
+      const path = kube.podProxyPath(controller.metadata.namespace, controller.metadata.name, PORTS.metrics, `${CONTROLLER_DEBUG_GRANT_PATH}?waypoint=${encodeURIComponent(key)}&pod=${encodeURIComponent(pod)}`);
       const entry = {
         renewAt: Infinity,
         read: token().then((headers) => kube.get<{ grant?: string; expires?: string }>(path, headers)).then((r) => {
@@ -158,12 +157,12 @@ function debugGrantHeader(kube: KubeClient, controller: PodLite | undefined, tok
           entry.renewAt = Date.parse(r.expires ?? '') - DEBUG_GRANT_RENEW_BEFORE_MS || 0;
           return { [DEBUG_GRANT_HEADER]: r.grant };
         }).catch((e: unknown) => {
-          held.delete(key);
+          held.delete(`${key}/${pod}`);
           const why = e instanceof KubeApiError && e.status === 404 ? 'install with `weftctl install --debug-endpoints` (or --dashboard)' : (e as Error).message;
-          throw new Error(`the controller signed no debug grant for waypoint ${key}: ${why}`);
+          throw new Error(`the controller signed no debug grant for waypoint ${key} (pod ${pod}): ${why}`);
         }),
       };
-      held.set(key, entry);
+      held.set(`${key}/${pod}`, entry);
       h = entry;
     }
     return h.read;
@@ -185,9 +184,9 @@ async function clusterComponents(kube: KubeClient, namespace: string): Promise<C
   const comp = (role: Role, p: PodLite): Component => {
     // The token goes only to the install namespace's components: a waypoint's pod is its
     // namespace's, and anyone who may create pods there can wear a waypoint's label; a waypoint
-    // gets a grant for itself alone.
+    // gets a grant for its own pod alone.
     const headers = (): Promise<Record<string, string>> => role === 'waypoint'
-      ? grant(p.metadata.namespace, p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name)
+      ? grant(p.metadata.namespace, p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name, p.metadata.name)
       : token();
     const name = role === 'agent' ? (p.spec?.nodeName ?? p.metadata.name) : `${p.metadata.namespace}/${p.metadata.name}`;
     const reporter = role === 'agent' ? `agent ${name}` : role === 'waypoint' ? `waypoint ${p.metadata.namespace}/${p.metadata.labels?.[LABEL_WAYPOINT_FOR] ?? p.metadata.name}` : 'controller';

@@ -42,7 +42,7 @@ export interface DebugTokenAccess extends DebugRefusals {
 
 /** Who may read the debug paths: those who hold a grant for this component (a waypoint). */
 export interface DebugGrantAccess extends DebugRefusals {
-  /** The grants' audience: this waypoint (debugGrantAudience). */
+  /** The grants' audience: this pod of this waypoint (debugGrantAudience). */
   audience: string;
   /** The roots a grant's chain must lead to: the trust bundle, read at each request (it rotates). */
   roots: () => readonly string[];

@@ -84,7 +84,7 @@ export function agentServiceAccountUser(namespace: string): string {
 /** The controller's admin path of every config-stream client's versions, also served read-only on its metrics port. */
 export const CONTROLLER_DEBUG_CLIENTS_PATH = '/debug/clients';
 /**
- * The controller's admin path that signs a waypoint's debug grant (`?waypoint=<namespace>/<name>`,
+ * The controller's admin path that signs a waypoint's debug grant (`?waypoint=<namespace>/<name>&pod=<pod>`,
  * lib/identity/debug-grant.ts); on its metrics port only to holders of the install's debug token.
  */
 export const CONTROLLER_DEBUG_GRANT_PATH = '/debug/waypoint-grant';

@@ -20,7 +20,7 @@ import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, 
 import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
 import { admitDebugRequest, DEBUG_TOKEN_SECRET, type DebugTokenAccess } from '../../lib/debug-http.ts';
 import { DEBUG_GRANT_HEADER, debugGrantAudience } from '../../lib/identity/debug-grant.ts';
-import { DNS1123_LABEL } from '../../lib/model/validate.ts';
+import { DNS1123_LABEL, DNS1123_SUBDOMAIN } from '../../lib/model/validate.ts';
 import type { EventRecorder } from './cluster/events.ts';
 import type { LeaseElector } from './cluster/leader.ts';
 import type { TrustBundlePublisher } from './cluster/trust-bundle.ts';
@@ -374,13 +374,18 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     } else if (path === CONTROLLER_DEBUG_CLIENTS_PATH) {
       send({ systemVersion: configServer.systemVersion, clients: configServer.clients() });
     } else if (path === CONTROLLER_DEBUG_GRANT_PATH && authority) {
-      const waypoint = new URL(req.url ?? '/', 'http://controller').searchParams.get('waypoint') ?? '';
+      const query = new URL(req.url ?? '/', 'http://controller').searchParams;
+      const waypoint = query.get('waypoint') ?? '';
+      const pod = query.get('pod') ?? '';
       const [ns, name, ...rest] = waypoint.split('/');
-      if (!ns || !name || rest.length > 0 || !DNS1123_LABEL.test(ns) || !DNS1123_LABEL.test(name)) {
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `waypoint: ${JSON.stringify(waypoint.slice(0, 256))} is not <namespace>/<name> (lower-case letters, digits and '-')` }) + '\n');
+      const bad = !ns || !name || rest.length > 0 || !DNS1123_LABEL.test(ns) || !DNS1123_LABEL.test(name)
+        ? `waypoint: ${JSON.stringify(waypoint.slice(0, 256))} is not <namespace>/<name> (lower-case letters, digits and '-')`
+        : pod.length > 253 || !DNS1123_SUBDOMAIN.test(pod) ? `pod: ${JSON.stringify(pod.slice(0, 256))} is not the name of one of the waypoint's pods` : undefined;
+      if (bad) {
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: bad }) + '\n');
         return;
       }
-      const audience = debugGrantAudience(ns, name);
+      const audience = debugGrantAudience(ns, name, pod);
       const { grant, expires } = authority.signDebugGrant(audience);
       log.info('debug grant signed', { audience, expires: expires.toISOString(), address: req.socket.remoteAddress });
       send({ audience, header: DEBUG_GRANT_HEADER, grant, expires: expires.toISOString() });

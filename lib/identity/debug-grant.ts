@@ -3,9 +3,9 @@
 // (lib/debug-http.ts) cannot be mounted, and anyone who may create pods there can wear a
 // waypoint's label; so the waypoint holds no secret at all. The controller, asked with the
 // install's token, signs a grant with the mesh CA's key; the waypoint checks it with the trust
-// bundle it already holds (public), so a stolen waypoint holds nothing that opens anything, and a
-// grant handed to a pod wearing a waypoint's label opens only that waypoint (its audience), and only
-// until it expires.
+// bundle it already holds (public), so a stolen waypoint holds nothing that opens anything. A grant
+// is for one pod of one waypoint (its audience): one handed to a pod wearing a waypoint's label
+// opens only that pod, which no other pod's name can be, and only until it expires.
 //
 // The grant is a JWS in compact form (RFC 7515) carrying JWT claims (RFC 7519: aud, iat, exp) and,
 // in its `x5c` header (RFC 7515 4.1.6), the certificate whose key signed it and the chain up to a
@@ -30,9 +30,12 @@ export const MAX_DEBUG_GRANT_CHARS = 12_000;
 /** Most certificates in a grant's x5c (the signing CA and its intermediates). */
 const MAX_CHAIN = 4;
 
-/** The audience of a grant for waypoint `name` of `namespace`: the grant opens that waypoint only. */
-export function debugGrantAudience(namespace: string, name: string): string {
-  return `waypoint-debug:${namespace}/${name}`;
+/**
+ * The audience of a grant for pod `pod` of waypoint `name` in `namespace`: the grant opens that
+ * replica only (a waypoint knows its pod's name, POD_NAME; two pods of a namespace never share one).
+ */
+export function debugGrantAudience(namespace: string, name: string, pod: string): string {
+  return `waypoint-debug:${namespace}/${name}/${pod}`;
 }
 
 /**

@@ -2,12 +2,12 @@
 // the rendered install applied unedited by the real kubectl to the lab API server, the controller
 // run from its Deployment's command line in Kubernetes mode (it makes the install's debug token
 // Secret and holds it), a real waypoint in an application namespace. weftctl asks the controller,
-// through the API server's pod proxy and with the install's token, for a grant for that one
-// waypoint (lib/identity/debug-grant.ts), and reads the waypoint through the pod proxy with it. The
-// waypoint holds no secret; a tenant's pod wearing a waypoint's label in its own namespace is sent a
-// grant for the waypoint it claims to be, which opens no other (RFC 7519 4.1.3 aud). Istio scopes
-// what a namespace's credential reads of its debug endpoints to the proxies of that namespace
-// (https://istio.io/latest/docs/ops/integrations/integration-guide/debug-endpoints/).
+// through the API server's pod proxy and with the install's token, for a grant for that one pod of
+// that waypoint (lib/identity/debug-grant.ts), and reads the waypoint through the pod proxy with
+// it. The waypoint holds no secret; a tenant's pod wearing a waypoint's label (in the waypoint's
+// namespace or its own) is sent a grant for itself, which opens no other pod (RFC 7519 4.1.3 aud).
+// Istio scopes what a namespace's credential reads of its debug endpoints to the proxies of that
+// namespace (https://istio.io/latest/docs/ops/integrations/integration-guide/debug-endpoints/).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
@@ -31,7 +31,7 @@ const run = promisify(execFile);
 const KUBECTL = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
 const skip = KUBECTL.status !== 0 && 'kubectl is not installed (make deps installs Debian\'s kubernetes-client)';
 
-test('weftctl config-dump --waypoints reads a waypoint through the pod proxy with a grant the controller signed for it; a tenant\'s pod wearing a waypoint\'s label gets a grant that opens no other waypoint', { skip }, async () => {
+test('weftctl config-dump --waypoints reads a waypoint through the pod proxy with a grant the controller signed for it; a tenant\'s pod wearing a waypoint\'s label gets a grant that opens no other pod', { skip }, async () => {
   const api = new FakeApiServer({ crdsFromApi: true });
   await api.start();
   const dir = mkdtempSync(join(tmpdir(), 'weft-k8s-wp-debug-'));
@@ -39,8 +39,8 @@ test('weftctl config-dump --waypoints reads a waypoint through the pod proxy wit
   writeFileSync(kubeconfig, api.kubeconfig());
   let controller: Awaited<ReturnType<typeof runController>> | undefined;
   let wp: RunningWaypoint | undefined;
-  // A tenant's pod in namespace bank wearing a waypoint's label: it answers with a dump of its
-  // choosing and keeps what it was sent.
+  // Tenants' pods wearing a waypoint's label, one in the waypoint's namespace and one in its own:
+  // they answer with a dump of their choosing and keep what they were sent.
   const stolen: string[] = [];
   const impostor = createServer((req, res) => {
     const g = req.headers[DEBUG_GRANT_HEADER];
@@ -74,7 +74,7 @@ test('weftctl config-dump --waypoints reads a waypoint through the pod proxy wit
     const parts = { 'app.kubernetes.io/part-of': 'weft' };
     api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-0', namespace: 'weft-system', labels: { ...parts, 'app.kubernetes.io/name': 'weft-controller' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.50' } });
     api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waypoint-abc', namespace: 'shop', labels: { 'weft.dev/waypoint': 'waypoint' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.99' } });
-    api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waypoint-evil', namespace: 'bank', labels: { 'weft.dev/waypoint': 'waypoint' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.66' } });
+    for (const ns of ['shop', 'bank']) api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'waypoint-evil', namespace: ns, labels: { 'weft.dev/waypoint': 'waypoint' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.1.0.66' } });
     const port = (s: { address(): unknown }) => (s.address() as { port: number }).port;
     api.podProxyTarget = (_ns, pod, p) => p !== 15020 ? undefined
       : pod === 'weft-controller-0' ? { host: '127.0.0.1', port: controller!.metricsPort }
@@ -85,20 +85,22 @@ test('weftctl config-dump --waypoints reads a waypoint through the pod proxy wit
     assert.equal(r.code, 0, r.stderr);
     const dumps = JSON.parse(r.stdout) as Array<{ pod: string; data: { identity?: string } }>;
     assert.equal(dumps.find((d) => d.pod === 'shop/waypoint-abc')?.data.identity, id, 'the real waypoint answered weftctl');
+    assert.equal(dumps.length, 3, 'and the two pods wearing its label, which answer for themselves only');
     const metrics = async () => (await (await fetch(`http://127.0.0.1:${wp!.metrics.port}/metrics`)).text());
     assert.doesNotMatch(await metrics(), /weft_waypoint_listener_refused_total\{listener="metrics",reason="debug-grant-/, 'weftctl\'s read was not refused');
 
-    // What the tenant's pod was sent: a grant for bank/waypoint, no token.
-    assert.equal(stolen.length, 1);
-    const claims = JSON.parse(Buffer.from(stolen[0]!.split('.')[1]!, 'base64url').toString()) as { aud: string };
-    assert.equal(claims.aud, 'waypoint-debug:bank/waypoint');
+    // What the tenants' pods were sent: a grant for themselves each, no token.
+    const auds = stolen.map((g) => (JSON.parse(Buffer.from(g.split('.')[1]!, 'base64url').toString()) as { aud: string }).aud).sort();
+    assert.deepEqual(auds, ['waypoint-debug:bank/waypoint/waypoint-evil', 'waypoint-debug:shop/waypoint/waypoint-evil']);
     // Replayed at shop's waypoint (every pod reaches its 15020): refused, counted, and nothing of the dump.
-    const replay = await fetch(`http://127.0.0.1:${wp.metrics.port}/debug/config_dump`, { headers: { [DEBUG_GRANT_HEADER]: stolen[0]! } });
-    assert.equal(replay.status, 403);
-    assert.doesNotMatch(await replay.text(), /"config"/);
-    assert.match(await metrics(), /^weft_waypoint_listener_refused_total\{listener="metrics",reason="debug-grant-audience"\} 1$/m);
-    // Nor does the tenant get a grant of its own from the controller's 15020 without the token.
-    const ask = await fetch(`http://127.0.0.1:${controller.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint`);
+    for (const g of stolen) {
+      const replay = await fetch(`http://127.0.0.1:${wp.metrics.port}/debug/config_dump`, { headers: { [DEBUG_GRANT_HEADER]: g } });
+      assert.equal(replay.status, 403);
+      assert.doesNotMatch(await replay.text(), /"config"/);
+    }
+    assert.match(await metrics(), /^weft_waypoint_listener_refused_total\{listener="metrics",reason="debug-grant-audience"\} 2$/m);
+    // Nor does a tenant get a grant of its choosing from the controller's 15020 without the token.
+    const ask = await fetch(`http://127.0.0.1:${controller.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-abc`);
     assert.equal(ask.status, 403);
     assert.match(await (await fetch(`http://127.0.0.1:${controller.metricsPort}/metrics`)).text(), /^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token"\} 1$/m);
   } finally {

@@ -137,7 +137,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
       assert.match(r.body, /wants the install's debug token in the weft-debug-token header/);
       assert.doesNotMatch(r.body, /systemVersion/);
     }
-    const grantPath = '/debug/waypoint-grant?waypoint=shop%2Fwaypoint';
+    const grantPath = '/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-7d9f-x2x4z';
     const noGrant = await at(grantPath);
     assert.equal(noGrant.status, 403, 'no grant without the token');
     assert.doesNotMatch(noGrant.body, /grant"/);
@@ -151,15 +151,20 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     const signed = await at(grantPath, { [DEBUG_TOKEN_HEADER]: token! });
     assert.equal(signed.status, 200, signed.body);
     const g = JSON.parse(signed.body) as { grant: string; audience: string; header: string; expires: string };
-    assert.equal(g.audience, debugGrantAudience('shop', 'waypoint'));
+    assert.equal(g.audience, debugGrantAudience('shop', 'waypoint', 'waypoint-7d9f-x2x4z'));
     assert.equal(g.header, DEBUG_GRANT_HEADER);
     assert.equal(verifyDebugGrant(g.grant, g.audience, running.ca!.trustBundle()).expires.toISOString(), g.expires);
     assert.ok(Date.parse(g.expires) - Date.now() <= 5 * 60_000, 'for minutes');
-    // A waypoint that is not <namespace>/<name> is named.
+    // A waypoint that is not <namespace>/<name>, or no pod name, is named.
     for (const bad of ['shop', 'shop/waypoint/x', 'Shop/waypoint', '../x']) {
-      const r = await at(`/debug/waypoint-grant?waypoint=${encodeURIComponent(bad)}`, { [DEBUG_TOKEN_HEADER]: token! });
+      const r = await at(`/debug/waypoint-grant?waypoint=${encodeURIComponent(bad)}&pod=waypoint-0`, { [DEBUG_TOKEN_HEADER]: token! });
       assert.equal(r.status, 400, bad);
       assert.match(r.body, /^\{"error":"waypoint: .* is not <namespace>\/<name>/);
+    }
+    for (const bad of ['', '../x', 'Pod', 'a'.repeat(254)]) {
+      const r = await at(`/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=${encodeURIComponent(bad)}`, { [DEBUG_TOKEN_HEADER]: token! });
+      assert.equal(r.status, 400, bad);
+      assert.match(r.body, /^\{"error":"pod: .* is not the name of one of the waypoint's pods/);
     }
     // Until the Secret could be read, every request is refused.
     token = undefined;
@@ -173,7 +178,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
   const local = await tlsController([], { debugEndpoints: true });
   try {
     assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/clients`)).status, 200);
-    assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint`)).status, 404);
+    assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-0`)).status, 404);
   } finally {
     await local.running.stop();
     local.cleanup();

@@ -21,7 +21,7 @@ import { refusalLineBound } from '../lab/log-bound.ts';
 
 const TD = 'cluster.local';
 const WAYPOINT = `spiffe://${TD}/ns/shop/sa/waypoint`;
-const AUDIENCE = debugGrantAudience('shop', 'waypoint');
+const AUDIENCE = debugGrantAudience('shop', 'waypoint', 'waypoint-0');
 
 const b64url = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
 /** A JWS signed by `key` with the header and claims given: what an attacker can make with a key it holds. */
@@ -113,9 +113,11 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
     await assertRefused(craft(caKey, { alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c }, { aud: AUDIENCE, iat: now() + 3_600, exp: now() + 3_700 }), 'expired');
   });
 
-  it('refuses a grant for another waypoint (RFC 7519 4.1.3 aud): one of another name, one of another namespace, one for every waypoint', async () => {
-    await assertRefused(ca.signDebugGrant(debugGrantAudience('shop', 'other')).grant, 'audience');
-    await assertRefused(ca.signDebugGrant(debugGrantAudience('bank', 'waypoint')).grant, 'audience');
+  it('refuses a grant for another waypoint or pod (RFC 7519 4.1.3 aud): another replica of this waypoint (a tenant\'s pod wearing its label is sent one), another name, another namespace, every waypoint', async () => {
+    await assertRefused(ca.signDebugGrant(debugGrantAudience('shop', 'waypoint', 'waypoint-evil')).grant, 'audience');
+    await assertRefused(ca.signDebugGrant(debugGrantAudience('shop', 'other', 'waypoint-0')).grant, 'audience');
+    await assertRefused(ca.signDebugGrant(debugGrantAudience('bank', 'waypoint', 'waypoint-0')).grant, 'audience');
+    await assertRefused(ca.signDebugGrant('waypoint-debug:shop/waypoint').grant, 'audience');
     await assertRefused(ca.signDebugGrant('waypoint-debug').grant, 'audience');
   });
 
@@ -129,7 +131,7 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
     const other = await CertificateAuthority.generateRoot({ trustDomain: TD });
     await assertRefused(other.signDebugGrant(AUDIENCE).grant, 'untrusted');
     // The mesh CA's certificate in x5c, signed with another key: the signature does not verify.
-    const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other'));
+    const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other', 'waypoint-0'));
     const [h, , s] = grant.split('.');
     await assertRefused(`${h}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'signature');
     const { keyPem: otherKey } = other.exportPem();
@@ -146,7 +148,7 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
 
   it('a flood of forged grants is each counted and logged within the refusal budget; the port keeps serving', async () => {
     const before = await refused('signature');
-    const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other'));
+    const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other', 'waypoint-0'));
     const [h, , s] = grant.split('.');
     const forged = `${h}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`;
     const n = 300;

@@ -210,7 +210,7 @@ describe('waypoint main with an issued identity', () => {
       // this waypoint checked with the trust bundle its issued identity follows
       // (test/unit/waypoint-debug-grant.test.ts tries the attacks); keys never among them.
       assert.equal((await fetchText(wp.metrics.port, '/debug/certs')).status, 403, 'no grant, nothing');
-      const r = await fetch(`http://127.0.0.1:${wp.metrics.port}/debug/certs`, { headers: { [DEBUG_GRANT_HEADER]: ca.signDebugGrant(debugGrantAudience('shop', 'waypoint')).grant } });
+      const r = await fetch(`http://127.0.0.1:${wp.metrics.port}/debug/certs`, { headers: { [DEBUG_GRANT_HEADER]: ca.signDebugGrant(debugGrantAudience('shop', 'waypoint', 'waypoint-0')).grant } });
       const certs = { status: r.status, body: await r.text() };
       assert.equal(certs.status, 200, certs.body);
       assert.doesNotMatch(certs.body, /PRIVATE KEY/);

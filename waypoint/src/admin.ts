@@ -54,7 +54,7 @@ export const WAYPOINT_DEBUG_PATHS = ['/config_dump', '/certs', '/flows', '/clust
 
 /**
  * /metrics, and with `debug` the admin server's read-only paths under /debug/ (for the API server's
- * pod proxy), answered only to requests carrying a debug grant for this waypoint (`debug.access`,
+ * pod proxy), answered only to requests carrying a debug grant for this pod (`debug.access`,
  * lib/identity/debug-grant.ts): every pod reaches this port, and the waypoint holds no token.
  */
 export function metricsServer(engine: WaypointEngine, debug?: { admin: http.Server; access: DebugGrantAccess }): http.Server {

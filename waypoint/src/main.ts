@@ -60,8 +60,8 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --access-log <stdout|off>    JSON access log, one line per request (default stdout)
   --debug-endpoints            also serve the read-only admin paths as /debug/<path> on the metrics
                                port, for weftctl and the dashboard on a cluster, to requests carrying
-                               a debug grant for this waypoint signed by the mesh CA (weftctl gets
-                               one from the controller) (default off)
+                               a debug grant for this pod (--id) of this waypoint signed by the mesh
+                               CA (weftctl gets one from the controller) (default off)
   --header-timeout <seconds>   a client must send complete request headers within this long, or gets
                                408 (HTTP/1.1) or GOAWAY (HTTP/2); bodies and responses are not limited
                                (default 10)
@@ -399,13 +399,14 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
-  // The debug paths answer a grant for this waypoint, checked with the trust bundle it holds (it
-  // follows root rotations); each refusal counted and logged as the listener's own.
+  // The debug paths answer a grant for this pod of this waypoint (o.id is POD_NAME), checked with
+  // the trust bundle it holds (it follows root rotations); each refusal counted and logged as the
+  // listener's own.
   let refuseStatus: StatusListenerRefusal | undefined;
   const metrics = metricsServer(engine, o.debugEndpoints ? {
     admin,
     access: {
-      audience: debugGrantAudience(o.namespace, o.name),
+      audience: debugGrantAudience(o.namespace, o.name, o.id),
       roots: () => id.current().trustBundle,
       refused: (req, why, detail) => refuseStatus?.('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
     },
