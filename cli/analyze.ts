@@ -56,6 +56,7 @@ const POD_TEMPLATE_KINDS = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'R
 /** The severity of each controller status reason (compile.ts findings). */
 const COMPILE_SEVERITY: Record<string, Severity> = {
   WaypointNotFound: 'Warning',
+  AttachmentDenied: 'Warning',
   TargetNotFound: 'Warning',
   BackendNotFound: 'Error',
   NoMatchingParent: 'Warning',
@@ -122,9 +123,9 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   routeChecks(model, meshInputs, add);
   policyChecks(model, meshInputs, others, options, add);
   for (const n of meshInputs.namespaces) {
-    const wp = useWaypointOf(undefined, n.metadata.labels);
-    if (wp && !model.waypoints.has(nsName(n.metadata.name, wp))) {
-      add({ severity: 'Warning', code: 'WaypointNotFound', kind: 'Namespace', namespace: '', name: n.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, message: `Waypoint ${n.metadata.name}/${wp} does not exist; traffic to the namespace's services fails closed until it does` });
+    const wp = useWaypointOf(undefined, n.metadata.labels, n.metadata.name);
+    if (wp && !model.waypoints.has(nsName(wp.namespace, wp.name))) {
+      add({ severity: 'Warning', code: 'WaypointNotFound', kind: 'Namespace', namespace: '', name: n.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to the namespace's services fails closed until it does` });
     }
   }
   return dedupe(findings).sort(byObject);

@@ -1,7 +1,7 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 
@@ -278,8 +278,10 @@ export class AgentState {
     return workload.portModes?.[String(port)] ?? workload.mode;
   }
 
+  /** The waypoint a binding names; none for a refused binding (WaypointRef.refused), which no waypoint serves. */
   waypointFor(ref: WaypointRef | undefined): Waypoint | undefined {
-    return ref ? this.waypoints.get(waypointKey(ref)) : undefined;
+    const bound = boundWaypoint(ref);
+    return bound ? this.waypoints.get(waypointKey(bound)) : undefined;
   }
 
   /**
@@ -477,7 +479,8 @@ export function orderByLocality<T extends { endpoint: Endpoint }>(policy: Locali
  * A destination that must pass a waypoint that does not exist fails closed: its L7 policies hold
  * only there, so going around it would skip them.
  */
-function missingWaypoint(ref: { name: string; namespace: string }, what: string): NoRouteError {
+function missingWaypoint(ref: WaypointRef, what: string): NoRouteError {
+  if (ref.refused !== undefined) return new NoRouteError(`${what} may not use waypoint ${ref.namespace}/${ref.name}: ${ref.refused}; traffic that must pass a waypoint fails closed`);
   return new NoRouteError(`${what} uses waypoint ${ref.namespace}/${ref.name}, which does not exist; traffic that must pass it fails closed`);
 }
 

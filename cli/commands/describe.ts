@@ -52,7 +52,7 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
   const setBy = w && resolveMtls(c.model.peerAuthentications.values(), w).setBy;
   const services = w ? w.services.map((s) => {
     const svc = c.model.services.get(s);
-    return { name: s, waypoint: svc?.waypoint ? `${svc.waypoint.namespace}/${svc.waypoint.name}` : null };
+    return { name: s, waypoint: svc?.waypoint ? `${svc.waypoint.namespace}/${svc.waypoint.name}${svc.waypoint.refused !== undefined ? ` (refused: ${svc.waypoint.refused}; traffic fails closed)` : ''}` : null };
   }) : [];
   const policies: PodDescription['policies'] = [];
   if (w) {
@@ -63,7 +63,7 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
       } else if (p.scope === 'service' && p.targetServices?.some((t) => w.services.includes(t))) {
         const svc = p.targetServices.find((t) => w.services.includes(t))!;
         const wp = c.model.services.get(svc)?.waypoint;
-        policies.push({ name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` });
+        policies.push({ name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: wp?.refused !== undefined ? `nothing: Service ${svc} may not use waypoint ${wp.namespace}/${wp.name} (its traffic fails closed)` : wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` });
       }
     }
   }
@@ -76,7 +76,7 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
     enrolled: w?.enrolled ?? false,
     enrolledBecause,
     mtls: { mode: w?.mode ?? '-', setBy: setBy ? `PeerAuthentication ${setBy.namespace}/${setBy.name} (${setBy.scope} scope)` : 'no PeerAuthentication applies: the default' },
-    waypoint: w?.waypoint ? { name: `${w.waypoint.namespace}/${w.waypoint.name}${c.model.waypoints.has(`${w.waypoint.namespace}/${w.waypoint.name}`) ? '' : ' (does not exist: traffic fails closed)'}`, because: wpBecause } : null,
+    waypoint: w?.waypoint ? { name: `${w.waypoint.namespace}/${w.waypoint.name}${w.waypoint.refused !== undefined ? ` (refused: ${w.waypoint.refused}; traffic fails closed)` : c.model.waypoints.has(`${w.waypoint.namespace}/${w.waypoint.name}`) ? '' : ' (does not exist: traffic fails closed)'}`, because: wpBecause } : null,
     services,
     policies,
   };

@@ -3,7 +3,7 @@
 // their reasons), and the configuration (which policies apply to each destination). The same shape
 // comes out whether the metrics were scraped directly or asked of Prometheus (see data.ts).
 import { delta, histogramQuantile, sumBy, type Sample } from '../local/prom.ts';
-import { policySelectsWorkload, type AuthorizationPolicy, type Service, type Workload } from '../../lib/model/mesh.ts';
+import { boundWaypoint, policySelectsWorkload, type AuthorizationPolicy, type Service, type Workload } from '../../lib/model/mesh.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { Flow } from '../flows.ts';
 
@@ -206,7 +206,7 @@ export function buildGraph(inp: GraphInput): MeshGraph {
     const t = nodes.get(at.dst)!;
     const svcKey = `${t.namespace}/${t.name}`;
     for (const c of [at.sCluster, t.cluster]) {
-      const wp = serviceIn(c, svcKey)?.waypoint;
+      const wp = boundWaypoint(serviceIn(c, svcKey)?.waypoint);
       if (wp) {
         waypointOf.set(e.id, node('waypoint', c, wp.namespace, wp.name));
         break;

@@ -8,6 +8,7 @@ import {
   LABEL_DATAPLANE_MODE,
   LABEL_SERVICE_NAME,
   LABEL_USE_WAYPOINT,
+  LABEL_USE_WAYPOINT_NAMESPACE,
   LABEL_WAYPOINT_FOR,
   type AuthorizationPolicy as AuthorizationPolicyObject,
   type EndpointSlice,
@@ -29,11 +30,14 @@ import {
   isServiceParent,
   policyTargets,
   useWaypointOf,
+  waypointAllowsNamespace,
+  type UseWaypoint,
   type HeaderMatch,
   type HeaderModifier,
   type PathModifier,
 } from '../../lib/model/objects.ts';
 import {
+  boundWaypoint,
   DEFAULT_CLUSTER_DOMAIN,
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
@@ -142,6 +146,8 @@ export interface WorkloadEnv {
   clusterDomain: string;
   clusterId: string;
   waypoints: ReadonlyMap<string, Waypoint>;
+  /** The Waypoint objects by `namespace/name`: which namespaces each allows (spec.allowedNamespaces). */
+  waypointObjects: ReadonlyMap<string, WaypointObject>;
   /** Cluster IP → key of the Service that holds it (vipOwnersOf), when Services claim one IP. */
   vipOwners: ReadonlyMap<string, string>;
 }
@@ -359,7 +365,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
 
   // Workloads. `services` stays empty on these base objects; memberships are added at the end.
   const vipOwners = vipOwnersOf(inputs.services);
-  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, vipOwners };
+  const waypointObjects = new Map(inputs.waypoints.map((w) => [nsName(w.metadata.namespace!, w.metadata.name), w]));
+  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners };
   const nextCache: CompileCache['workloads'] = new Map();
   const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
   const uidByPodKey = new Map<string, string>();
@@ -402,11 +409,12 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       if (!set) sliceRefs.set(r, (set = new Set()));
       set.add(key);
     }
-    const finding = serviceFinding(svc, unit.service, model.waypoints);
+    const finding = serviceFinding(svc, unit.service, env, model.waypoints);
     if (finding) findings.push(finding);
     findings.push(...vipFindings(svc, key, vipOwners));
     model.services.set(key, unit.service);
   }
+  findings.push(...namespaceFindings(env));
   for (const uid of nextCache.keys()) model.workloads.set(uid, finalWorkload(nextCache.get(uid)!, memberOf.get(uid)));
   if (options.cache) options.cache.workloads = nextCache;
 
@@ -417,8 +425,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     if (!byWaypoint) {
       byWaypoint = new Map();
       for (const svc of model.services.values()) {
-        if (!svc.waypoint || svc.waypoint.cluster !== undefined) continue;
-        const wp = nsName(svc.waypoint.namespace, svc.waypoint.name);
+        const bound = boundWaypoint(svc.waypoint);
+        if (!bound || bound.cluster !== undefined) continue;
+        const wp = nsName(bound.namespace, bound.name);
         const list = byWaypoint.get(wp);
         if (list) list.push(nsName(svc.namespace, svc.name));
         else byWaypoint.set(wp, [nsName(svc.namespace, svc.name)]);
@@ -450,6 +459,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
         if (!svc) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
         // Istio's WaypointAccepted reason AncestorNotBound: only a waypoint enforces such a policy.
         else if (!svc.waypoint) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
+        else if (svc.waypoint.refused !== undefined) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${svc.waypoint.refused}; its traffic fails closed` });
         return [target];
       }
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
@@ -671,11 +681,11 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const node = pod.spec.nodeName ?? '';
   const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
   const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
-  const nsWaypoint = useWaypointOf(labels, nsObj?.metadata.labels);
+  const nsWaypoint = waypointBinding(labels, ns, env)?.ref;
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
-  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
+  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ? JSON.stringify(nsWaypoint) : ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
   const cached = cache?.get(uid);
   if (cached && cached.pod === pod && cached.deps === deps) return cached;
   const w: Workload = {
@@ -692,7 +702,7 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
     enrolled: mode === 'ambient',
     mode: mtls,
     ...(portModes ? { portModes } : {}),
-    ...(nsWaypoint ? { waypoint: { name: nsWaypoint, namespace: ns } } : {}),
+    ...(nsWaypoint ? { waypoint: nsWaypoint } : {}),
     services: [],
     ...(telemetry ? { telemetry } : {}),
   };
@@ -807,8 +817,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   for (const e of endpoints) if (e.workloadUid && index.byUid.has(e.workloadUid) && !members.includes(e.workloadUid)) members.push(e.workloadUid);
   // By address, then workload: the same order however the workloads were listed.
   endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.workloadUid < b.workloadUid ? -1 : a.workloadUid > b.workloadUid ? 1 : 0));
-  const wpName = useWaypointOf(svc.metadata.labels, env.namespaces.get(ns)?.metadata.labels);
-  const waypoint: WaypointRef | undefined = wpName ? { name: wpName, namespace: ns } : undefined;
+  const waypoint = waypointBinding(svc.metadata.labels, ns, env)?.ref;
   return {
     service: {
       name: svc.metadata.name,
@@ -862,11 +871,58 @@ function vipFindings(svc: ServiceObject, key: string, vipOwners: ReadonlyMap<str
   return out;
 }
 
-/** A Service's own finding: the waypoint it names does not exist. */
-function serviceFinding(svc: ServiceObject, compiled: Service, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+/**
+ * The waypoint an object (its own labels `own`) of namespace `ns` uses (useWaypointOf), and
+ * whether it may: a Waypoint must allow the object's namespace (spec.allowedNamespaces, default
+ * Same), as Istio's waypoint Gateway must by its listener's allowedRoutes (pilot ambient
+ * fetchWaypointForTarget, AttachmentDenied). A refused binding keeps the waypoint's name with the
+ * refusal (WaypointRef.refused): Istio then treats the object as using no waypoint, which would
+ * send its traffic around the L7 policy its owner attached for a waypoint to apply; Weft fails it
+ * closed, as it does for a waypoint that does not exist. A Waypoint that does not exist is named
+ * as it is (WaypointNotFound).
+ */
+export function waypointBinding(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): { ref: WaypointRef; use: UseWaypoint } | undefined {
+  const nsLabels = env.namespaces.get(ns)?.metadata.labels;
+  const use = useWaypointOf(own, nsLabels, ns);
+  if (!use) return undefined;
+  const ref: WaypointRef = { name: use.name, namespace: use.namespace };
+  const wp = env.waypointObjects.get(nsName(use.namespace, use.name));
+  if (!wp || waypointAllowsNamespace(wp, ns, nsLabels)) return { ref, use };
+  const allowed = wp.spec?.allowedNamespaces;
+  const says = allowed?.from === 'Selector' ? 'spec.allowedNamespaces.selector does not match its labels' : `spec.allowedNamespaces.from is ${allowed?.from ?? 'Same (the default)'}`;
+  return { ref: { ...ref, refused: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` }, use };
+}
+
+/** Where a binding's labels are, as a finding's path on the object that carries them. */
+function bindingLabelPath(use: UseWaypoint, ns: string): string {
+  return `metadata.labels["${use.namespace !== ns ? LABEL_USE_WAYPOINT_NAMESPACE : LABEL_USE_WAYPOINT}"]`;
+}
+
+/** A Service's own finding: the waypoint it names does not exist, or does not allow its namespace. */
+function serviceFinding(svc: ServiceObject, compiled: Service, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
   const wp = compiled.waypoint;
-  if (!wp || waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
-  return { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
+  if (!wp) return undefined;
+  const at = { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name };
+  if (wp.refused !== undefined) {
+    const use = waypointBinding(svc.metadata.labels, compiled.namespace, env)!.use;
+    // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
+    const path = use.labelledOn === 'object' ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace';
+    const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
+    return { ...at, path, reason: 'AttachmentDenied', message: `${wp.refused}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
+  }
+  if (waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
+  return { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
+}
+
+/** A Namespace's finding: the waypoint its labels name does not allow it (AttachmentDenied), at the label that names the waypoint. */
+function namespaceFindings(env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): CompileFinding[] {
+  const out: CompileFinding[] = [];
+  for (const [name, n] of env.namespaces) {
+    const b = waypointBinding(undefined, name, env);
+    if (b?.ref.refused === undefined) continue;
+    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.ref.refused}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
+  }
+  return out;
 }
 
 /** The workload with its service memberships (sorted); the previous object when they did not change. */
@@ -1281,7 +1337,9 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     };
     model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
     const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
-    if (!svc.waypoint) {
+    if (svc.waypoint?.refused !== undefined) {
+      accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${svc.waypoint.refused}; nothing applies this route (the Service's traffic fails closed)`);
+    } else if (!svc.waypoint) {
       // Only a waypoint applies routes: say so rather than let the route look in force.
       accepted(false, 'NoWaypoint', `Service ${svcKey} has no waypoint (label weft.dev/use-waypoint on the Service or its namespace); nothing enforces this route`);
     } else if (!model.waypoints.has(nsName(svc.waypoint.namespace, svc.waypoint.name))) {

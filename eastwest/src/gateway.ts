@@ -249,8 +249,8 @@ export class EastWestGateway {
         const via = onlyVia.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
         via.services.push(`${s.namespace}/${s.name}`);
         if (!via.waypoints.includes(key)) via.waypoints.push(key);
-        // A waypoint missing from the export or invalid admits no one: fail closed.
-        const w = ownWaypoints.get(key);
+        // A waypoint missing from the export or invalid, or one the Service may not use, admits no one: fail closed.
+        const w = s.waypoint.refused === undefined ? ownWaypoints.get(key) : undefined;
         if (w && !w.invalid) via.ids.add(w.spiffeId);
         onlyVia.set(e.ip, via);
       }

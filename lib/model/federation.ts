@@ -164,7 +164,8 @@ export function parseClusterExport(v: unknown): ClusterExport {
     const hostname = str(s.hostname, `${p}.hostname`);
     if (!hostname.startsWith(`${name}.${namespace}.svc.`)) throw new FederationExportError(`${p}.hostname`, `${JSON.stringify(hostname)} is not ${name}.${namespace}.svc.<domain>`);
     const w = s.waypoint === undefined ? undefined : obj(s.waypoint, `${p}.waypoint`);
-    const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`) } : undefined;
+    // A refused binding (another namespace's waypoint that does not allow this one) stays refused here.
+    const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`), ...(w.refused !== undefined ? { refused: str(w.refused, `${p}.waypoint.refused`) } : {}) } : undefined;
     return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
   };
   /**
@@ -386,7 +387,8 @@ export function mergeRemoteServices(
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
         const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
         const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
-        const problem = !found ? 'is not in its export'
+        const problem = w.refused !== undefined ? `may not be used by it (${w.refused})`
+          : !found ? 'is not in its export'
           : found.invalid ? `is invalid (${found.invalid})`
           : !found.ready ? `is not ready${found.reason ? ` (${found.reason})` : ''}`
           : !found.address ? 'has no address'

@@ -30,6 +30,17 @@ export interface WaypointRef {
   namespace: string;
   /** Multi-cluster: the waypoint runs in this other cluster (a Service imported with it); absent: this cluster's. */
   cluster?: string;
+  /**
+   * Why the object may not use this waypoint (it is another namespace's and does not allow the
+   * object's, spec.allowedNamespaces): its traffic fails closed, as for a waypoint that does not
+   * exist, and the waypoint neither serves it nor speaks for its pods. Absent: bound.
+   */
+  refused?: string;
+}
+
+/** The waypoint a Service or workload is bound to, if the binding was not refused (WaypointRef.refused). */
+export function boundWaypoint(ref: WaypointRef | undefined): WaypointRef | undefined {
+  return ref && ref.refused === undefined ? ref : undefined;
 }
 
 /**

@@ -30,27 +30,78 @@ export interface LabelSelector {
   matchLabels?: Record<string, string>;
 }
 
+/** A Kubernetes metav1.LabelSelector requirement. */
+export interface LabelSelectorRequirement {
+  key: string;
+  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+  /** In and NotIn: at least one; Exists and DoesNotExist: none. */
+  values?: string[];
+}
+
+/** A whole metav1.LabelSelector (namespace selectors): labels and expressions, all of them must hold. */
+export interface FullLabelSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: LabelSelectorRequirement[];
+}
+
+/**
+ * Kubernetes label selector semantics (apimachinery LabelSelectorAsSelector): every matchLabels
+ * pair and every expression must hold; an empty selector selects everything.
+ */
+export function labelSelectorMatches(sel: FullLabelSelector, labels: Readonly<Record<string, string>>): boolean {
+  for (const [k, v] of Object.entries(sel.matchLabels ?? {})) if (labels[k] !== v) return false;
+  for (const e of sel.matchExpressions ?? []) {
+    const has = Object.hasOwn(labels, e.key);
+    switch (e.operator) {
+      case 'In': if (!has || !(e.values ?? []).includes(labels[e.key]!)) return false; break;
+      case 'NotIn': if (has && (e.values ?? []).includes(labels[e.key]!)) return false; break;
+      case 'Exists': if (!has) return false; break;
+      case 'DoesNotExist': if (has) return false; break;
+    }
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Labels and well-known names
 
 /** `ambient` enrols pods; `none` opts a pod (or a whole namespace) out. Pod overrides namespace. */
 export const LABEL_DATAPLANE_MODE = 'weft.dev/dataplane-mode';
 /**
- * Name of a Waypoint in the same namespace, on a Namespace or a Service (or a Pod, for traffic to
- * its IP); `none` (USE_WAYPOINT_NONE) opts the object out of its namespace's waypoint.
+ * Name of a Waypoint, on a Namespace or a Service (or a Pod, for traffic to its IP); `none`
+ * (USE_WAYPOINT_NONE) opts the object out of its namespace's waypoint. The Waypoint is in the
+ * object's namespace unless LABEL_USE_WAYPOINT_NAMESPACE beside it names another.
  */
 export const LABEL_USE_WAYPOINT = 'weft.dev/use-waypoint';
+/**
+ * Namespace of the Waypoint that LABEL_USE_WAYPOINT on the same object names (Istio's
+ * `istio.io/use-waypoint-namespace`); read only beside it. The Waypoint must allow the object's
+ * namespace (its spec.allowedNamespaces, default Same).
+ */
+export const LABEL_USE_WAYPOINT_NAMESPACE = 'weft.dev/use-waypoint-namespace';
 /** The `use-waypoint` value that means "no waypoint", reserved as in Istio: no Waypoint may be named so. */
 export const USE_WAYPOINT_NONE = 'none';
 
+/** The waypoint an object asks for, and whose labels asked (its own or its namespace's). */
+export interface UseWaypoint {
+  name: string;
+  namespace: string;
+  /** `object`: the object's own labels; `namespace`: its Namespace's. */
+  labelledOn: 'object' | 'namespace';
+}
+
 /**
- * The waypoint an object (Service, Pod) uses: its own `use-waypoint` label, else its namespace's;
- * `none` on the one that decides means none (Istio pilot ambient getUseWaypoint: the object's label
- * wins over its namespace's, and "none" opts out).
+ * The waypoint an object (Service, Pod) of namespace `objectNamespace` uses: its own `use-waypoint`
+ * label, else its namespace's; `none` on the one that decides means none; the waypoint's namespace
+ * is `use-waypoint-namespace` on the same object as that `use-waypoint`, else the object's
+ * namespace (Istio pilot ambient getUseWaypoint: the object's label wins over its namespace's,
+ * "none" opts out, and the namespace label is read beside the name label only).
  */
-export function useWaypointOf(own: Readonly<Record<string, string>> | undefined, namespace: Readonly<Record<string, string>> | undefined): string | undefined {
-  const name = own?.[LABEL_USE_WAYPOINT] ?? namespace?.[LABEL_USE_WAYPOINT];
-  return name === USE_WAYPOINT_NONE ? undefined : name;
+export function useWaypointOf(own: Readonly<Record<string, string>> | undefined, namespace: Readonly<Record<string, string>> | undefined, objectNamespace: string): UseWaypoint | undefined {
+  const on = own?.[LABEL_USE_WAYPOINT] !== undefined ? own : namespace?.[LABEL_USE_WAYPOINT] !== undefined ? namespace : undefined;
+  const name = on?.[LABEL_USE_WAYPOINT];
+  if (!on || name === undefined || name === USE_WAYPOINT_NONE) return undefined;
+  return { name, namespace: on[LABEL_USE_WAYPOINT_NAMESPACE] ?? objectNamespace, labelledOn: on === own ? 'object' : 'namespace' };
 }
 /** EndpointSlice label that names its Service. */
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
@@ -170,6 +221,12 @@ export interface Waypoint {
      * replicas (`--quota-redis`, `--quota-failure-mode`). Without it such quotas are not enforced.
      */
     quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
+    /**
+     * The namespaces whose Services, Pods and Namespaces may use this waypoint (`use-waypoint` with
+     * `use-waypoint-namespace`), as a Gateway listener's `allowedRoutes.namespaces` says which may
+     * attach (Istio reads its waypoint Gateway's HBONE listener so). Default `from: Same`.
+     */
+    allowedNamespaces?: WaypointAllowedNamespaces;
   };
   status?: {
     conditions?: Condition[];
@@ -177,6 +234,33 @@ export interface Waypoint {
     addresses?: Array<{ type?: 'IPAddress'; value: string }>;
     observedGeneration?: number;
   };
+}
+
+/** Gateway API RouteNamespaces, for a Waypoint: which namespaces may use it. */
+export interface WaypointAllowedNamespaces {
+  /** `Same` (default): its own only; `All`: every namespace; `Selector`: those `selector` matches. */
+  from?: 'Same' | 'All' | 'Selector';
+  /** Only with `from: Selector`, and required there; an empty selector matches every namespace. */
+  selector?: FullLabelSelector;
+}
+
+/**
+ * Does the Waypoint allow objects of `namespace` (with `namespaceLabels`) to use it? Gateway API
+ * AllowedRoutes.namespaces, as Istio applies it to waypoints (pilot ambient waypoints.go
+ * AllowsAttachmentFromNamespace): Same, All, or the selector against the Namespace's labels (a
+ * namespace that does not exist has none).
+ */
+export function waypointAllowsNamespace(wp: Pick<Waypoint, 'metadata' | 'spec'>, namespace: string, namespaceLabels: Readonly<Record<string, string>> | undefined): boolean {
+  const allowed = wp.spec?.allowedNamespaces;
+  switch (allowed?.from ?? 'Same') {
+    case 'All':
+      return true;
+    case 'Selector':
+      // As in Istio and the Gateway API, the selector alone decides, the Waypoint's own namespace included.
+      return allowed?.selector !== undefined && labelSelectorMatches(allowed.selector, namespaceLabels ?? {});
+    case 'Same':
+      return namespace === wp.metadata.namespace;
+  }
 }
 
 /** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */

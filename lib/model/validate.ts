@@ -318,6 +318,10 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
   if ((kind === 'Namespace' || kind === 'Service' || kind === 'Pod') && wp !== undefined && (typeof wp !== 'string' || !DNS1123_LABEL.test(wp))) {
     c.fail('metadata.labels["weft.dev/use-waypoint"]', `"${String(wp)}" is not a Waypoint name`);
   }
+  const wpNs = labels['weft.dev/use-waypoint-namespace'];
+  if ((kind === 'Namespace' || kind === 'Service' || kind === 'Pod') && wpNs !== undefined && (typeof wpNs !== 'string' || !DNS1123_LABEL.test(wpNs) || wpNs.length > 63)) {
+    c.fail('metadata.labels["weft.dev/use-waypoint-namespace"]', `"${String(wpNs)}" is not a namespace name (a DNS-1123 label: lower-case letters, digits and '-', at most 63)`);
+  }
 }
 
 type Validator = (c: Checker, o: Json) => void;
@@ -496,7 +500,17 @@ function validateEndpointSlice(c: Checker, o: Json): void {
 
 function validateWaypoint(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests', 'quotaStore']);
+  c.only(spec, 'spec', ['serviceAccountName', 'replicas', 'image', 'maxRequests', 'quotaStore', 'allowedNamespaces']);
+  // Gateway API RouteNamespaces (a listener's allowedRoutes.namespaces): Same (default), All, or
+  // Selector with a namespace label selector, required there and meaningless elsewhere.
+  const an = c.obj(spec.allowedNamespaces, 'spec.allowedNamespaces');
+  if (an) {
+    c.only(an, 'spec.allowedNamespaces', ['from', 'selector']);
+    const from = c.str(an.from, 'spec.allowedNamespaces.from', { oneOf: ['Same', 'All', 'Selector'] });
+    if (from === 'Selector' && an.selector === undefined) c.fail('spec.allowedNamespaces.selector', 'is required with from: Selector (an empty selector {} allows every namespace)');
+    if (from !== 'Selector' && an.selector !== undefined) c.fail('spec.allowedNamespaces.selector', `applies only with from: Selector (from is ${from ?? 'Same, the default'}); set from: Selector or remove it`);
+    fullSelector(c, an.selector, 'spec.allowedNamespaces.selector');
+  }
   const qs = c.obj(spec.quotaStore, 'spec.quotaStore');
   if (qs) {
     c.only(qs, 'spec.quotaStore', ['redis', 'failureMode']);
@@ -533,6 +547,26 @@ function selector(c: Checker, v: unknown, path: string): void {
   if (!s) return;
   c.only(s, path, ['matchLabels']);
   c.stringMap(s.matchLabels, `${path}.matchLabels`, LABEL_NAME, LABEL_VALUE);
+}
+
+/** A whole metav1.LabelSelector: matchLabels and matchExpressions, with the API server's rules for each operator's values. */
+function fullSelector(c: Checker, v: unknown, path: string): void {
+  const s = c.obj(v, path);
+  if (!s) return;
+  c.only(s, path, ['matchLabels', 'matchExpressions']);
+  c.stringMap(s.matchLabels, `${path}.matchLabels`, LABEL_NAME, LABEL_VALUE);
+  c.arr(s.matchExpressions, `${path}.matchExpressions`)?.forEach((e, i) => {
+    const p = `${path}.matchExpressions[${i}]`;
+    const eo = c.obj(e, p, true);
+    if (!eo) return;
+    c.only(eo, p, ['key', 'operator', 'values']);
+    c.str(eo.key, `${p}.key`, { required: true, pattern: LABEL_NAME, patternText: 'a label name' });
+    const op = c.str(eo.operator, `${p}.operator`, { required: true, oneOf: ['In', 'NotIn', 'Exists', 'DoesNotExist'] });
+    const values = c.arr(eo.values, `${p}.values`);
+    values?.forEach((x, j) => c.str(x, `${p}.values[${j}]`, { required: true, pattern: LABEL_VALUE, patternText: 'a label value' }));
+    if ((op === 'In' || op === 'NotIn') && (values ?? []).length === 0) c.fail(`${p}.values`, `must be non-empty when operator is ${op}`);
+    if ((op === 'Exists' || op === 'DoesNotExist') && (values ?? []).length > 0) c.fail(`${p}.values`, `must be empty when operator is ${op}`);
+  });
 }
 
 /** The kinds an AuthorizationPolicy may target, each with its API group. */

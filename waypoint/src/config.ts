@@ -6,7 +6,7 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { boundWaypoint, isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
@@ -21,7 +21,7 @@ export interface Snapshot {
   config: WaypointConfig;
   /** `namespace/name` → service. */
   services: ReadonlyMap<string, Service>;
-  /** `vip:port` → service, and `vip` → service: the Services this waypoint serves (its namespace's), the tunnel targets it accepts. */
+  /** `vip:port` → service, and `vip` → service: the Services this waypoint serves (servesService), the tunnel targets it accepts. */
   byAddress: ReadonlyMap<string, Service>;
   /** Lower-case host names (`name.ns.svc.cluster.local`, `name.ns.svc`, `name.ns`, and `name` in the waypoint's namespace). */
   byHost: ReadonlyMap<string, Service>;
@@ -216,9 +216,9 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
 
   const services = new Map<string, Service>();
   const claimed = new Map<string, Service>();
-  // Tunnel targets: this waypoint's own namespace's Services only. Another namespace's (a route
-  // backend, here to be sent to) is not served: a tunnel addressed to it would reach its pods under
-  // this namespace's policies and limits, around its own waypoint's.
+  // Tunnel targets: the Services this waypoint serves (servesService). Another namespace's that is
+  // not bound to it (a route backend, here to be sent to) is not served: a tunnel addressed to it
+  // would reach its pods under this namespace's policies and limits, around its own waypoint's.
   const byAddress = new Map<string, Service>();
   const byHost = new Map<string, Service>();
   for (const s of cfg.services) {
@@ -235,7 +235,7 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
     services.set(key, s);
     for (const k of claims) {
       claimed.set(k, s);
-      if (s.namespace === cfg.namespace) byAddress.set(k, s);
+      if (servesService(cfg.namespace, s)) byAddress.set(k, s);
     }
     const host = s.hostname.toLowerCase();
     const names = [host, `${s.name}.${s.namespace}.svc`, `${s.name}.${s.namespace}`];
@@ -272,6 +272,18 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
   return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues, addressOwners };
+}
+
+/**
+ * Does the waypoint of `namespace` serve `s` (take tunnels addressed to it, apply its routes and
+ * policies)? A Service of its namespace, or one of another namespace bound to a waypoint of it
+ * (`use-waypoint-namespace`, which the controller binds only where the Waypoint allows that
+ * namespace); a refused binding or another cluster's waypoint is not this one.
+ */
+export function servesService(namespace: string, s: Pick<Service, 'namespace' | 'waypoint'>): boolean {
+  if (s.namespace === namespace) return true;
+  const wp = boundWaypoint(s.waypoint);
+  return wp !== undefined && wp.namespace === namespace && wp.cluster === undefined;
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

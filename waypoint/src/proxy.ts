@@ -15,7 +15,7 @@ import { pipeBidirectional } from '../../lib/hbone/index.ts';
 import { isConsumerRoute, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
-import { backendService, routesFor, serviceKey } from './config.ts';
+import { backendService, routesFor, serviceKey, servesService } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
@@ -205,8 +205,8 @@ function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
     index = new Map();
     for (const key of [...snap.services.keys()].sort()) {
       const svc = snap.services.get(key)!;
-      // Served Services only (Snapshot.byAddress): another namespace's is here to be sent to.
-      if (svc.namespace !== snap.namespace) continue;
+      // Served Services only (Snapshot.byAddress): another namespace's not bound here is here to be sent to.
+      if (!servesService(snap.namespace, svc)) continue;
       for (const e of svc.endpoints) {
         const list = index.get(e.ip) ?? [];
         if (!list.includes(svc)) list.push(svc);

@@ -26,7 +26,9 @@ import { HeldVersions, SharedBases } from './held-versions.ts';
 import { deltaOf } from '../model-delta.ts';
 import {
   AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS,
+  WAYPOINT_TYPES_FOLLOWING_BINDINGS,
   WAYPOINT_VIEW_DEPENDS_ON,
+  reboundWaypointNamespaces,
   agentHolds,
   agentView,
   buildIndex,
@@ -305,12 +307,14 @@ export class ConfigServer {
       if (before) nodes.add(before.node);
       if (after) nodes.add(after.node);
     }
+    // Waypoint namespaces that gained or lost a Service of another namespace (use-waypoint-namespace).
+    const rebound = reboundWaypointNamespaces(this.#index?.model.services, model.services, changes.get('Service') ?? []);
     this.#index = buildIndex(model, this.#owners.table);
     this.#published = published;
     if (changes.size > 0 || this.#systemVersion === 0) {
       this.#systemVersion += 1;
       for (const s of this.#subscribers) {
-        this.#markChanged(s, changes, nodes);
+        this.#markChanged(s, changes, nodes, rebound);
         this.#scheduleFlush(s);
       }
     }
@@ -338,14 +342,15 @@ export class ConfigServer {
   }
 
   /** Records on `sub` what a publish changed, as far as its view can tell. */
-  #markChanged(sub: Subscriber, changes: ReadonlyMap<ResourceType, readonly string[]>, nodes: ReadonlySet<string>): void {
+  #markChanged(sub: Subscriber, changes: ReadonlyMap<ResourceType, readonly string[]>, nodes: ReadonlySet<string>, rebound: ReadonlySet<string>): void {
     for (const type of sub.subs.keys()) {
       let d = sub.dirty.get(type);
       if (d === 'all') continue;
       // Most views decide each name from the resource alone; where one depends on more (an agent's
-      // policies on its node's workloads, a waypoint's Services on its routes), it is recomputed whole.
+      // policies on its node's workloads, a waypoint's Services on its routes, what it serves on
+      // the Services bound to it from other namespaces), it is recomputed whole.
       const whole = sub.kind === 'waypoint'
-        ? (WAYPOINT_VIEW_DEPENDS_ON[type] ?? []).some((t) => changes.has(t))
+        ? (WAYPOINT_VIEW_DEPENDS_ON[type] ?? []).some((t) => changes.has(t)) || (rebound.has(sub.namespace) && WAYPOINT_TYPES_FOLLOWING_BINDINGS.includes(type))
         : AGENT_TYPES_FOLLOWING_LOCAL_WORKLOADS.includes(type) && nodes.has(sub.id);
       if (whole) {
         sub.dirty.set(type, 'all');

@@ -2,11 +2,12 @@
 // the CNI plugin asks it about each pod it sets up) and every enrolled workload of the mesh (whose
 // identity and node it checks a tunnel's forwarded client against, and which it may dial by pod
 // address), every service (any local workload may dial any of them), the policies and peer
-// authentications that select an enrolled local workload, and every waypoint. A waypoint gets its
-// namespace's services, routes, traffic policies and policies (plus the services its routes send
-// to), its namespace's waypoints, and the address-owner table (who holds each client address: any
+// authentications that select an enrolled local workload, and every waypoint. A waypoint gets the
+// services it serves (its namespace's, and those of other namespaces bound to a waypoint of its
+// namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
+// targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Workload } from '../../../lib/model/mesh.ts';
+import { boundWaypoint, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -35,6 +36,8 @@ export interface ViewIndex {
   addressOwners: ReadonlyMap<string, AddressOwner>;
   /** Per namespace, the Services its routes send to (built when a waypoint first asks). */
   routeBackends?: Map<string, Set<string>>;
+  /** Per namespace, the other namespaces' Services bound to a waypoint of it (built when a waypoint first asks). */
+  foreignServed?: Map<string, Set<string>>;
 }
 
 export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, AddressOwner> = new Map()): ViewIndex {
@@ -129,19 +132,23 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
       return undefined;
     case 'Service': {
       const names = new Set(inNs(m.services));
+      for (const s of foreignServedOf(ix, namespace)) names.add(s);
       for (const b of routeBackendsOf(ix, namespace)) names.add(b);
       return [...names].filter((n) => m.services.has(n));
     }
     case 'Route': {
       const out: string[] = [];
-      for (const r of m.routes.values()) if (r.service.startsWith(`${namespace}/`)) out.push(routeKey(r.kind, r.namespace, r.name, r.service));
+      for (const r of m.routes.values()) if (serves(ix, namespace, r.service)) out.push(routeKey(r.kind, r.namespace, r.name, r.service));
       return out;
     }
-    case 'TrafficPolicy':
-      return inNs(m.trafficPolicies);
+    case 'TrafficPolicy': {
+      const out: string[] = [];
+      for (const [k, tp] of m.trafficPolicies) if (tp.namespace === namespace || foreignServedOf(ix, namespace).has(tp.service)) out.push(k);
+      return out;
+    }
     case 'AuthorizationPolicy': {
       const out: string[] = [];
-      for (const [k, p] of m.policies) if (waypointApplies(p, namespace)) out.push(k);
+      for (const [k, p] of m.policies) if (waypointApplies(ix, p, namespace)) out.push(k);
       return out;
     }
     case 'PeerAuthentication':
@@ -154,13 +161,51 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
 }
 
 /**
- * The policies the waypoint of `namespace` applies: those attached by targetRefs to one of its
- * namespace's Services (a root-namespace GatewayClass target among them). Namespace-wide, mesh-wide
- * and selector policies are the agents' (lib/policy/authz.ts appliesToService).
+ * The policies the waypoint of `namespace` applies: those attached by targetRefs to a Service it
+ * serves (a root-namespace GatewayClass target among them; a policy lives in its Service's
+ * namespace, so a Service bound across namespaces brings its own). Namespace-wide, mesh-wide and
+ * selector policies are the agents' (lib/policy/authz.ts appliesToService).
  */
-function waypointApplies(p: AuthorizationPolicy, namespace: string): boolean {
-  return waypointTargets(p).some((s) => s.startsWith(`${namespace}/`));
+function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy, namespace: string): boolean {
+  return waypointTargets(p).some((s) => serves(ix, namespace, s));
 }
+
+/** Does a waypoint of `namespace` serve Service `svcKey`: one of its namespace, or another's bound to it. */
+function serves(ix: ViewIndex, namespace: string, svcKey: string): boolean {
+  return svcKey.startsWith(`${namespace}/`) || foreignServedOf(ix, namespace).has(svcKey);
+}
+
+/**
+ * The namespace of the waypoint a Service of another namespace is bound to (use-waypoint-namespace,
+ * the binding allowed), whose waypoint view then holds it; undefined for a Service bound within its
+ * namespace, to another cluster's waypoint, refused, or not bound.
+ */
+export function foreignWaypointNamespace(svc: Pick<Service, 'namespace' | 'waypoint'>): string | undefined {
+  const wp = boundWaypoint(svc.waypoint);
+  return wp && wp.cluster === undefined && wp.namespace !== svc.namespace ? wp.namespace : undefined;
+}
+
+/**
+ * The waypoint namespaces whose served Services a publish changed by a binding (a Service that
+ * came to be, or stopped being, bound to a waypoint of another namespace): their views of Routes,
+ * TrafficPolicies and AuthorizationPolicies follow those Services, so they are recomputed whole.
+ */
+export function reboundWaypointNamespaces(before: ReadonlyMap<string, Service> | undefined, after: ReadonlyMap<string, Service>, changed: readonly string[]): Set<string> {
+  const out = new Set<string>();
+  for (const name of changed) {
+    const was = before?.get(name);
+    const is = after.get(name);
+    const a = was && foreignWaypointNamespace(was);
+    const b = is && foreignWaypointNamespace(is);
+    if (a === b) continue;
+    if (a) out.add(a);
+    if (b) out.add(b);
+  }
+  return out;
+}
+
+/** The waypoint view types that follow the Services bound across namespaces (reboundWaypointNamespaces). */
+export const WAYPOINT_TYPES_FOLLOWING_BINDINGS: readonly ResourceType[] = ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy'];
 
 /**
  * Whether the waypoint of `namespace` may see resource `name` of `type`: the same answer as
@@ -175,17 +220,20 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
       return ix.addressOwners.has(name);
     case 'Service': {
       const s = m.services.get(name);
-      return s !== undefined && (s.namespace === namespace || routeBackendsOf(ix, namespace).has(name));
+      return s !== undefined && (s.namespace === namespace || foreignServedOf(ix, namespace).has(name) || routeBackendsOf(ix, namespace).has(name));
     }
     case 'Route': {
       // The model keys routes by routeKey, the names waypointView lists.
-      return m.routes.get(name)?.service.startsWith(`${namespace}/`) === true;
+      const r = m.routes.get(name);
+      return r !== undefined && serves(ix, namespace, r.service);
     }
-    case 'TrafficPolicy':
-      return m.trafficPolicies.get(name)?.namespace === namespace;
+    case 'TrafficPolicy': {
+      const tp = m.trafficPolicies.get(name);
+      return tp !== undefined && (tp.namespace === namespace || foreignServedOf(ix, namespace).has(tp.service));
+    }
     case 'AuthorizationPolicy': {
       const p = m.policies.get(name);
-      return p !== undefined && waypointApplies(p, namespace);
+      return p !== undefined && waypointApplies(ix, p, namespace);
     }
     case 'PeerAuthentication':
       return m.peerAuthentications.get(name)?.namespace === namespace;
@@ -199,18 +247,36 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
 /**
  * Waypoint view types whose membership of a name depends on other types: the Services a waypoint
  * sees include its routes' backends, so a Route change re-evaluates its Service view whole. Every
- * other type's membership follows from the resource itself.
+ * other type's membership follows from the resource itself, or from the Services bound across
+ * namespaces (WAYPOINT_TYPES_FOLLOWING_BINDINGS, for the namespaces a publish rebound).
  */
 export const WAYPOINT_VIEW_DEPENDS_ON: Readonly<Partial<Record<ResourceType, readonly ResourceType[]>>> = { Service: ['Route'] };
 
-/** The Services the routes of `namespace` send to (backends and mirrors), cached on the index. */
+const NONE: ReadonlySet<string> = new Set();
+
+/** The Services of other namespaces bound to a waypoint of `namespace`, cached on the index. */
+function foreignServedOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
+  if (!ix.foreignServed) {
+    ix.foreignServed = new Map();
+    for (const [key, svc] of ix.model.services) {
+      const ns = foreignWaypointNamespace(svc);
+      if (ns === undefined) continue;
+      let set = ix.foreignServed.get(ns);
+      if (!set) ix.foreignServed.set(ns, (set = new Set()));
+      set.add(key);
+    }
+  }
+  return ix.foreignServed.get(namespace) ?? NONE;
+}
+
+/** The Services the routes a waypoint of `namespace` applies send to (backends and mirrors), cached on the index. */
 function routeBackendsOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
   ix.routeBackends ??= new Map();
   let names = ix.routeBackends.get(namespace);
   if (names) return names;
   names = new Set();
   for (const r of ix.model.routes.values()) {
-    if (!r.service.startsWith(`${namespace}/`)) continue;
+    if (!serves(ix, namespace, r.service)) continue;
     for (const rule of r.rules) {
       for (const b of rule.backends) {
         names.add(b.service);

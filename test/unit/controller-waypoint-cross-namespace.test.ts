@@ -1,0 +1,240 @@
+// Cross-namespace waypoints, as Istio's `istio.io/use-waypoint-namespace`
+// (https://istio.io/latest/docs/ambient/usage/use-waypoint/#use-a-waypoint-in-a-different-namespace;
+// pilot ambient waypoints.go fetchWaypointForTarget): `weft.dev/use-waypoint` with
+// `weft.dev/use-waypoint-namespace` on a Namespace, Service or Pod names a Waypoint of another
+// namespace, which must allow the object's namespace (spec.allowedNamespaces, Gateway API
+// RouteNamespaces: Same by default, All, Selector). A refused binding (Istio: AttachmentDenied) is
+// reported at the label and fails closed: the waypoint neither serves the Service nor speaks for
+// its pods, and the Service's traffic goes nowhere, so a tenant gains nothing by pointing at a
+// waypoint that does not allow it.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { AgentState, NoRouteError } from '../../agent/src/state.ts';
+import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { ObjectStore } from '../../controller/src/store.ts';
+import { buildIndex, reboundWaypointNamespaces, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
+import { forwardedFor, tunnelClient } from '../../lib/hbone/forwarded.ts';
+import type { AgentConfig, MeshModel, WaypointConfig } from '../../lib/model/mesh.ts';
+import type { Waypoint, WaypointAllowedNamespaces } from '../../lib/model/objects.ts';
+import { validateObject } from '../../lib/model/validate.ts';
+import { TYPE_URLS, type ResourceType } from '../../lib/xds/protocol.ts';
+import { buildSnapshot } from '../../waypoint/src/config.ts';
+import { resolveService } from '../../waypoint/src/proxy.ts';
+import { authz, ns, pod, svc } from './controller-fixtures.ts';
+
+const USE = 'weft.dev/use-waypoint';
+const USE_NS = 'weft.dev/use-waypoint-namespace';
+
+function readyWaypoint(namespace: string, name: string, address: string, allowedNamespaces?: WaypointAllowedNamespaces): Waypoint {
+  return {
+    apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace },
+    spec: allowedNamespaces ? { allowedNamespaces } : {},
+    status: { addresses: [{ value: address }], conditions: [{ type: 'Ready', status: 'True', reason: 'Running', message: '' }] },
+  };
+}
+
+/**
+ * Namespace `a` runs waypoint `wp` (allowing `allowed`); `b` (team=b) and `c` (team=c) both point
+ * their namespace at it; each has a Service with a pod on node-b, a targetRefs DENY on it and a
+ * route. `d` is the client's namespace (node-a).
+ */
+function mesh(allowed: WaypointAllowedNamespaces | undefined): MeshInputs {
+  const i = emptyInputs();
+  i.namespaces.push(
+    ns('a', { 'weft.dev/dataplane-mode': 'ambient' }),
+    ns('b', { 'weft.dev/dataplane-mode': 'ambient', team: 'b', [USE]: 'wp', [USE_NS]: 'a' }),
+    ns('c', { 'weft.dev/dataplane-mode': 'ambient', team: 'c', [USE]: 'wp', [USE_NS]: 'a' }),
+    ns('d', { 'weft.dev/dataplane-mode': 'ambient' }),
+  );
+  i.waypoints.push(readyWaypoint('a', 'wp', '10.2.0.1', allowed));
+  i.pods.push(
+    pod('b', 'api', { ip: '10.1.8.2', node: 'node-b' }),
+    pod('c', 'api', { ip: '10.1.8.3', node: 'node-b' }),
+    pod('d', 'client', { ip: '10.1.8.9', node: 'node-a' }),
+    { ...pod('a', 'wp-1', { ip: '10.2.0.1', node: 'node-b', sa: 'wp', labels: { 'weft.dev/waypoint': 'wp' } }) },
+  );
+  i.services.push(svc('b', 'api', { app: 'api' }, '10.96.1.2'), svc('c', 'api', { app: 'api' }, '10.96.1.3'));
+  for (const n of ['b', 'c']) {
+    i.authorizationPolicies.push(authz(n, 'no-admin', { targetRefs: [{ group: '', kind: 'Service', name: 'api' }], action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] }));
+    i.trafficPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 'api', namespace: n }, spec: { targetRef: { group: '', kind: 'Service', name: 'api' }, timeouts: { request: '1s' } } });
+    i.httpRoutes.push({ apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'api', namespace: n }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'api' }], rules: [{ backendRefs: [{ name: 'api', port: 80 }] }] } });
+  }
+  return i;
+}
+
+/** a/wp's tunnel to `dest`, naming the client 10.1.8.9 in `forwarded: for=`: whom the agent believes. */
+function claimFromWaypoint(state: AgentState, dest: ReturnType<AgentState['localWorkload']> & object) {
+  const forwarded = 'for="10.1.8.9:40000"';
+  return tunnelClient(state, dest, { peer: { spiffeId: 'spiffe://cluster.local/ns/a/sa/wp', address: '10.2.0.1', port: 40001 }, forwardedFor: forwardedFor(forwarded), headers: { forwarded } });
+}
+
+function agentOn(node: string, model: MeshModel): AgentState {
+  const state = new AgentState(node);
+  const config: AgentConfig = { node, workloads: [...model.workloads.values()], services: [...model.services.values()], policies: [], peerAuthentications: [], waypoints: [...model.waypoints.values()] };
+  state.apply(config);
+  return state;
+}
+
+/** The config a waypoint of namespace `a` gets (the controller's view), as its snapshot. */
+function waypointConfigOf(model: MeshModel, namespace: string): WaypointConfig {
+  const ix = buildIndex(model);
+  const pick = <T>(m: Map<string, T>, t: ResourceType): T[] => [...(waypointView(ix, namespace, t) ?? m.keys())].map((k) => m.get(k)!);
+  return {
+    namespace,
+    services: pick(model.services, 'Service'), routes: pick(model.routes, 'Route'), trafficPolicies: pick(model.trafficPolicies, 'TrafficPolicy'),
+    policies: pick(model.policies, 'AuthorizationPolicy'), waypoints: pick(model.waypoints, 'Waypoint'),
+  };
+}
+
+test('use-waypoint-namespace binds a namespace\'s Services and pods to another namespace\'s Waypoint that allows it (allowedNamespaces.from All): the agents steer to it and its view holds their Services, targetRefs policies, routes and traffic policies', () => {
+  const { model, findings } = compile(mesh({ from: 'All' }));
+  assert.deepEqual(findings.filter((f) => f.reason === 'AttachmentDenied' || f.reason === 'WaypointNotFound'), []);
+  assert.deepEqual(model.services.get('b/api')?.waypoint, { name: 'wp', namespace: 'a' });
+  assert.deepEqual([...model.workloads.values()].find((w) => w.namespace === 'b')?.waypoint, { name: 'wp', namespace: 'a' });
+
+  // The client's agent sends b/api's traffic (and traffic to b's pod) to a/wp.
+  const client = agentOn('node-a', model);
+  const src = client.localWorkload('10.1.8.9')!;
+  for (const [ip, port] of [['10.96.1.2', 80], ['10.1.8.2', 8080]] as const) {
+    const up = client.resolve(src, ip, port)[0];
+    assert.equal(up?.kind === 'hbone' && up.waypoint && `${up.waypoint.namespace}/${up.waypoint.name}`, 'a/wp', `${ip}:${port} goes through a/wp`);
+  }
+  // b's agent believes a/wp's for= for b's pod: a/wp serves it.
+  const dest = agentOn('node-b', model);
+  const api = dest.localWorkload('10.1.8.2')!;
+  assert.deepEqual(dest.waypointsServing(api).map((w) => `${w.namespace}/${w.name}`), ['a/wp']);
+  assert.equal(claimFromWaypoint(dest, api).ip, '10.1.8.9', 'the caller a/wp names');
+
+  // a's waypoint is sent b's Service, its targetRefs policy (which lives in b), route and traffic policy.
+  const cfg = waypointConfigOf(model, 'a');
+  const names = (xs: Array<{ namespace: string; name: string }>) => xs.map((x) => `${x.namespace}/${x.name}`).sort();
+  assert.deepEqual(names(cfg.services), ['b/api', 'c/api']);
+  assert.deepEqual(names(cfg.policies), ['b/no-admin', 'c/no-admin']);
+  assert.deepEqual(names(cfg.routes), ['b/api', 'c/api']);
+  assert.deepEqual(names(cfg.trafficPolicies), ['b/api', 'c/api']);
+  // ... and serves it: a tunnel addressed to b/api's VIP is b/api's.
+  const snap = buildSnapshot(cfg, 1);
+  assert.equal(resolveService(snap, '10.96.1.2:80', 'api.b')?.service.name, 'api');
+  assert.deepEqual(snap.issues, []);
+  // The policy and route are reported as a waypoint's.
+  assert.equal(findings.find((f) => f.kind === 'AuthorizationPolicy' && f.namespace === 'b'), undefined);
+});
+
+test('a Waypoint that does not allow a namespace (default from: Same) refuses its binding: AttachmentDenied at the label\'s path on the Namespace and at metadata.namespace on its Services, counted as findings; its traffic fails closed and the waypoint neither serves it nor speaks for its pods (Istio ReportWaypointAttachmentDenied)', () => {
+  const { model, findings } = compile(mesh(undefined));
+  const denied = findings.filter((f) => f.reason === 'AttachmentDenied').map((f) => `${f.kind} ${f.namespace}/${f.name} ${f.path}`).sort();
+  assert.deepEqual(denied, [
+    'Namespace /b metadata.labels["weft.dev/use-waypoint-namespace"]',
+    'Namespace /c metadata.labels["weft.dev/use-waypoint-namespace"]',
+    'Service b/api metadata.namespace',
+    'Service c/api metadata.namespace',
+  ]);
+  assert.match(findings.find((f) => f.kind === 'Service' && f.namespace === 'c')!.message, /Waypoint a\/wp does not allow namespace c \(spec\.allowedNamespaces\.from is Same \(the default\)\).*fails closed/);
+  // The route and the targetRefs policy say nothing enforces them.
+  assert.equal(findings.find((f) => f.kind === 'HTTPRoute' && f.namespace === 'c')?.reason, 'NoWaypoint');
+  assert.equal(findings.find((f) => f.kind === 'AuthorizationPolicy' && f.namespace === 'c')?.reason, 'AncestorNotBound');
+
+  // Fails closed at the client's agent, naming the refusal: not around the waypoint, not into it.
+  const client = agentOn('node-a', model);
+  const src = client.localWorkload('10.1.8.9')!;
+  for (const [ip, port] of [['10.96.1.3', 80], ['10.1.8.3', 8080]] as const) {
+    assert.throws(() => client.resolve(src, ip, port), (e: unknown) => e instanceof NoRouteError && /may not use waypoint a\/wp: Waypoint a\/wp does not allow namespace c/.test(e.message), `${ip}:${port}`);
+  }
+  // c's agent does not let a/wp speak for c's pod: a tenant pointing at a waypoint that refuses it
+  // gives that waypoint nothing.
+  const dest = agentOn('node-b', model);
+  const api = dest.localWorkload('10.1.8.3')!;
+  assert.deepEqual(dest.waypointsServing(api), []);
+  assert.equal(claimFromWaypoint(dest, api).ip, '10.2.0.1', 'the claim is ignored: the client is the waypoint itself');
+
+  // a's waypoint is sent none of c's objects, and does not serve c/api's VIP.
+  const cfg = waypointConfigOf(model, 'a');
+  assert.deepEqual([...cfg.services, ...cfg.policies, ...cfg.routes, ...cfg.trafficPolicies], []);
+  assert.equal(resolveService(buildSnapshot(cfg, 1), '10.96.1.3:80', 'api.c'), undefined);
+});
+
+test('allowedNamespaces.from Selector admits the namespaces its label selector matches (matchLabels and matchExpressions, Kubernetes semantics), the Waypoint\'s own included only if matched', () => {
+  const cases: Array<{ allowed: WaypointAllowedNamespaces; bound: string[] }> = [
+    { allowed: { from: 'Selector', selector: { matchLabels: { team: 'b' } } }, bound: ['b'] },
+    { allowed: { from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'In', values: ['b', 'c'] }] } }, bound: ['b', 'c'] },
+    { allowed: { from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'NotIn', values: ['b'] }] } }, bound: ['c'] },
+    { allowed: { from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'DoesNotExist' }] } }, bound: [] },
+    { allowed: { from: 'Selector', selector: {} }, bound: ['b', 'c'] },
+    { allowed: { from: 'Same' }, bound: [] },
+  ];
+  for (const { allowed, bound } of cases) {
+    const { model } = compile(mesh(allowed));
+    const got = ['b', 'c'].filter((n) => { const r = model.services.get(`${n}/api`)?.waypoint; return r !== undefined && r.refused === undefined; });
+    assert.deepEqual(got, bound, JSON.stringify(allowed));
+  }
+  // Istio applies the selector to the waypoint's own namespace too: a Service of `a` bound to a/wp.
+  const i = mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } });
+  const own = svc('a', 'own', { app: 'own' }, '10.96.1.9');
+  own.metadata.labels = { [USE]: 'wp' };
+  i.services.push(own);
+  const r = compile(i);
+  assert.match(r.model.services.get('a/own')?.waypoint?.refused ?? '', /does not allow namespace a \(spec\.allowedNamespaces\.selector does not match its labels\)/);
+  assert.equal(r.findings.find((f) => f.kind === 'Service' && f.name === 'own')?.path, 'metadata.labels["weft.dev/use-waypoint"]');
+});
+
+test('a Service\'s own use-waypoint-namespace wins over its namespace\'s labels, and is read only beside its own use-waypoint (Istio getUseWaypoint)', () => {
+  const i = mesh({ from: 'All' });
+  i.waypoints.push(readyWaypoint('d', 'other', '10.2.0.4', { from: 'All' }));
+  const own = svc('c', 'own', { app: 'api' }, '10.96.1.10');
+  own.metadata.labels = { [USE]: 'other', [USE_NS]: 'd' };
+  // A namespace label alone on the Service does not move its namespace's waypoint.
+  const stray = svc('c', 'stray', { app: 'api' }, '10.96.1.11');
+  stray.metadata.labels = { [USE_NS]: 'd' };
+  i.services.push(own, stray);
+  const { model } = compile(i);
+  assert.deepEqual(model.services.get('c/own')?.waypoint, { name: 'other', namespace: 'd' });
+  assert.deepEqual(model.services.get('c/stray')?.waypoint, { name: 'wp', namespace: 'a' });
+});
+
+test('a tenant cannot gain through a refused binding: a Service of a namespace the Waypoint refuses, but labelled to use it, stays out of the waypoint\'s view even when another namespace is allowed; a change of the allowance rebinds in one publish (the waypoint views follow)', () => {
+  const before = compile(mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } })).model;
+  const after = compile(mesh({ from: 'All' })).model;
+  const ix = buildIndex(before);
+  assert.ok(waypointHolds(ix, 'a', 'Service', 'b/api') && !waypointHolds(ix, 'a', 'Service', 'c/api'));
+  assert.ok(waypointHolds(ix, 'a', 'AuthorizationPolicy', 'b/no-admin') && !waypointHolds(ix, 'a', 'AuthorizationPolicy', 'c/no-admin'));
+  assert.ok(!waypointHolds(ix, 'c', 'Service', 'b/api'), 'another namespace\'s waypoint holds nothing of b');
+  // Only the changed binding's waypoint namespace is recomputed whole.
+  assert.deepEqual([...reboundWaypointNamespaces(before.services, after.services, ['b/api', 'c/api'])], ['a']);
+  assert.deepEqual([...reboundWaypointNamespaces(before.services, before.services, ['b/api', 'c/api'])], []);
+});
+
+test('waypointHolds answers exactly as waypointView with Services bound across namespaces, allowed and refused', () => {
+  const store = new ObjectStore();
+  const i = mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } });
+  const objects = [...i.namespaces, ...i.waypoints, ...i.pods, ...i.services, ...i.authorizationPolicies, ...i.trafficPolicies, ...i.httpRoutes];
+  const r = store.apply(objects.map((o, n) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(n + 1) })));
+  assert.deepEqual(r.rejections, []);
+  const model = compile(store.inputs()).model;
+  const ix = buildIndex(model);
+  const all = { Workload: model.workloads, Service: model.services, AuthorizationPolicy: model.policies, PeerAuthentication: model.peerAuthentications, Waypoint: model.waypoints, TrafficPolicy: model.trafficPolicies, Route: model.routes, AddressOwner: new Map() } as Record<ResourceType, Map<string, unknown>>;
+  for (const namespace of ['a', 'b', 'c', 'd']) {
+    for (const type of Object.keys(TYPE_URLS) as ResourceType[]) {
+      const expected = [...(waypointView(ix, namespace, type) ?? all[type].keys())].sort();
+      const held = [...all[type].keys()].filter((k) => waypointHolds(ix, namespace, type, k)).sort();
+      assert.deepEqual(held, expected, `${type} in ${namespace}`);
+    }
+  }
+});
+
+test('validation: use-waypoint-namespace must be a namespace name, and spec.allowedNamespaces is Gateway API RouteNamespaces, each refusal at its field', () => {
+  const issues = (o: object) => validateObject(o).map((x) => `${x.path}: ${x.message}`);
+  for (const kind of ['Namespace', 'Service', 'Pod'] as const) {
+    const o = kind === 'Namespace' ? ns('x', { [USE]: 'wp', [USE_NS]: 'Not_A_Namespace' }) : kind === 'Service' ? { ...svc('x', 'y'), metadata: { name: 'y', namespace: 'x', labels: { [USE_NS]: 'UPPER' } } } : { ...pod('x', 'y'), metadata: { name: 'y', namespace: 'x', labels: { [USE_NS]: 'a.b' } } };
+    assert.match(issues(o).join('\n'), /^metadata\.labels\["weft\.dev\/use-waypoint-namespace"\]: ".*" is not a namespace name/m, kind);
+  }
+  const wp = (allowedNamespaces: unknown) => issues({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: { allowedNamespaces } });
+  assert.deepEqual(wp({ from: 'All' }), []);
+  assert.deepEqual(wp({ from: 'Selector', selector: { matchLabels: { team: 'b' }, matchExpressions: [{ key: 'env', operator: 'Exists' }] } }), []);
+  assert.match(wp({ from: 'Any' }).join('\n'), /^spec\.allowedNamespaces\.from: /m);
+  assert.match(wp({ from: 'Selector' }).join('\n'), /^spec\.allowedNamespaces\.selector: is required with from: Selector/m);
+  assert.match(wp({ selector: { matchLabels: { team: 'b' } } }).join('\n'), /^spec\.allowedNamespaces\.selector: applies only with from: Selector/m);
+  assert.match(wp({ from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'In' }] } }).join('\n'), /^spec\.allowedNamespaces\.selector\.matchExpressions\[0\]\.values: must be non-empty when operator is In/m);
+  assert.match(wp({ from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'Exists', values: ['x'] }] } }).join('\n'), /^spec\.allowedNamespaces\.selector\.matchExpressions\[0\]\.values: must be empty/m);
+  assert.match(wp({ from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'Has' }] } }).join('\n'), /^spec\.allowedNamespaces\.selector\.matchExpressions\[0\]\.operator: /m);
+  assert.match(wp({ from: 'All', extra: 1 }).join('\n'), /^spec\.allowedNamespaces\.extra: unknown field/m);
+});
