@@ -18,6 +18,7 @@ import { AGENT_ENV, AGENT_NODE_OPTIONS, CONTROLLER_NODE_OPTIONS, CONTROLLER_V8_F
 import { COMPILE_CACHE_DIR } from '../install/compile-cache.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
+import type { WaypointAllowedNamespaces } from '../../lib/model/objects.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /**
@@ -100,6 +101,8 @@ export interface WaypointOptions {
   quotaStore?: { redis: string; failureMode?: 'open' | 'closed' };
   /** Extra environment of every replica's process (bench/run.ts profiles the waypoint with NODE_OPTIONS). */
   env?: Record<string, string>;
+  /** The Waypoint's spec.allowedNamespaces: which other namespaces may use it (default Same). */
+  allowedNamespaces?: WaypointAllowedNamespaces;
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
@@ -381,6 +384,7 @@ export class LocalMesh {
     const spec = {
       ...(opts.maxRequests !== undefined ? { maxRequests: opts.maxRequests } : {}),
       ...(opts.quotaStore ? { quotaStore: opts.quotaStore } : {}),
+      ...(opts.allowedNamespaces ? { allowedNamespaces: opts.allowedNamespaces } : {}),
     };
     const object = { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name, namespace }, ...(Object.keys(spec).length > 0 ? { spec } : {}) };
     // The object the controller will read, checked as it will be (a bad value named by field path).
