@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AgentState, NoRouteError } from '../../agent/src/state.ts';
 import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { MemorySource } from '../../controller/src/sources/memory.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
 import { buildIndex, reboundWaypointNamespaces, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
 import { forwardedFor, tunnelClient } from '../../lib/hbone/forwarded.ts';
@@ -21,6 +22,7 @@ import { TYPE_URLS, type ResourceType } from '../../lib/xds/protocol.ts';
 import { buildSnapshot } from '../../waypoint/src/config.ts';
 import { resolveService } from '../../waypoint/src/proxy.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { startHarness, until } from './controller-harness.ts';
 
 const USE = 'weft.dev/use-waypoint';
 const USE_NS = 'weft.dev/use-waypoint-namespace';
@@ -237,4 +239,24 @@ test('validation: use-waypoint-namespace must be a namespace name, and spec.allo
   assert.match(wp({ from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'Exists', values: ['x'] }] } }).join('\n'), /^spec\.allowedNamespaces\.selector\.matchExpressions\[0\]\.values: must be empty/m);
   assert.match(wp({ from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'Has' }] } }).join('\n'), /^spec\.allowedNamespaces\.selector\.matchExpressions\[0\]\.operator: /m);
   assert.match(wp({ from: 'All', extra: 1 }).join('\n'), /^spec\.allowedNamespaces\.extra: unknown field/m);
+});
+
+test('on the config stream, a namespace the Waypoint comes to allow brings the waypoint its Service with the targetRefs policy, route and traffic policy that did not change, and one it stops allowing takes them away: a waypoint never serves a Service without its policy', async () => {
+  const i = mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } });
+  const source = new MemorySource([...i.namespaces, ...i.waypoints, ...i.pods, ...i.services, ...i.authorizationPolicies, ...i.trafficPolicies, ...i.httpRoutes]);
+  const h = await startHarness(source);
+  const held = (cfg: WaypointConfig | undefined) => cfg ? [...cfg.services, ...cfg.policies, ...cfg.routes, ...cfg.trafficPolicies].map((x) => `${x.namespace}/${x.name}`).sort() : [];
+  try {
+    const wp = h.waypoint('a');
+    await wp.ready();
+    await until('a\'s waypoint holds b\'s objects', () => held(wp.snapshot).join() === 'b/api,b/api,b/api,b/no-admin');
+    // c's namespace gets the label the selector asks for: only c's Service changes in the model.
+    source.upsert(ns('c', { 'weft.dev/dataplane-mode': 'ambient', team: 'b', [USE]: 'wp', [USE_NS]: 'a' }));
+    await until('c\'s Service comes with its policy, route and traffic policy', () => held(wp.snapshot).join() === 'b/api,b/api,b/api,b/no-admin,c/api,c/api,c/api,c/no-admin', 5000);
+    // The Waypoint stops allowing any other namespace: both go, policies with them.
+    source.upsert(readyWaypoint('a', 'wp', '10.2.0.1', { from: 'Same' }));
+    await until('b\'s and c\'s objects are gone', () => held(wp.snapshot).length === 0, 5000);
+  } finally {
+    await h.close();
+  }
 });
