@@ -70,7 +70,7 @@ const samples = [
   { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'x' } }, action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster.local/ns/a/sa/b'], notIpBlocks: ['10.0.0.0/8'] } }], to: [{ operation: { ports: ['80', 443], methods: ['GET'] } }], when: [{ key: 'request.headers[x]', values: ['1'] }] }] } },
   { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'p', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'x' } }, mtls: { mode: 'STRICT' }, portLevelMtls: { '8080': { mode: 'PERMISSIVE' } } } },
   { apiVersion: 'weft.dev/v1alpha1', kind: 'TrafficPolicy', metadata: { name: 't', namespace: 'a' }, spec: { targetRef: { group: '', kind: 'Service', name: 'web' }, timeouts: { request: '1m30s', perTry: '250ms', idle: '1h', connect: '2s' }, retries: { attempts: 3, retryOn: ['5xx', '503'], budget: { percent: 20, minRetryConcurrency: 3 } }, connectionLimits: { maxConnections: 100, maxPendingRequests: 10, maxRequests: 1000 }, outlierDetection: { consecutive5xx: 5, interval: '10s', baseEjectionTime: '30s', maxEjectionPercent: 50 }, loadBalancer: { policy: 'LEAST_REQUEST' }, rateLimit: { tokens: 100, fillInterval: '1s', per: 'source' }, fault: { delay: { fixedDelay: '100ms', percentage: 5 }, abort: { httpStatus: 503, percentage: 1.5 } } } },
-  { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: { serviceAccountName: 'wp', replicas: 2, image: 'weft/waypoint:1' }, status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok', lastTransitionTime: '2026-01-01T00:00:00Z', observedGeneration: 1 }], addresses: [{ type: 'IPAddress', value: '10.96.0.1' }] } },
+  { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: { serviceAccountName: 'wp', replicas: 2, image: 'weft/waypoint:1', allowedNamespaces: { from: 'Selector', selector: { matchLabels: { team: 'b' }, matchExpressions: [{ key: 'env', operator: 'In', values: ['prod'] }] } } }, status: { conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: 'ok', lastTransitionTime: '2026-01-01T00:00:00Z', observedGeneration: 1 }], addresses: [{ type: 'IPAddress', value: '10.96.0.1' }] } },
 ];
 
 for (const s of samples) {
@@ -79,6 +79,14 @@ for (const s of samples) {
     assert.deepEqual(schemaErrors(s), []);
   });
 }
+
+test('the Waypoint CRD schema refuses an allowedNamespaces.from or a selector operator the controller refuses (Gateway API RouteNamespaces)', () => {
+  const bad = structuredClone(samples[3]!) as any;
+  bad.spec.allowedNamespaces.from = 'Everyone';
+  bad.spec.allowedNamespaces.selector.matchExpressions[0].operator = 'Has';
+  assert.deepEqual(schemaErrors(bad).sort(), ['.spec.allowedNamespaces.from', '.spec.allowedNamespaces.selector.matchExpressions[0].operator']);
+  assert.deepEqual(validateObject(bad).map((i) => i.path).sort(), ['spec.allowedNamespaces.from', 'spec.allowedNamespaces.selector', 'spec.allowedNamespaces.selector.matchExpressions[0].operator']);
+});
 
 test('the CRD schemas refuse what the controller refuses where a schema can say it', () => {
   const bad = structuredClone(samples[2]!) as any;
