@@ -260,3 +260,21 @@ test('on the config stream, a namespace the Waypoint comes to allow brings the w
     await h.close();
   }
 });
+
+// docs/ARCHITECTURE.md "Waypoint binding": namespace b trusts the waypoint it names (its agents
+// believe its for=, and Istio's pattern is a namespace ALLOW naming the waypoint's identity). A
+// tenant c that the same shared waypoint also allows must not use it to reach b's pods with only
+// c's own policies applied: a Service of c whose hand-written EndpointSlice lists b's pod.
+test('a shared waypoint does not carry another namespace\'s Service to a pod it serves for its own namespace: the alias\'s endpoint is left out and named, so b\'s L7 policy cannot be skipped through it', () => {
+  const i = mesh({ from: 'All' });
+  i.services.push({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'alias', namespace: 'c' }, spec: { clusterIP: '10.96.1.50', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'c', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.8.2', '10.1.8.3'] }] });
+  const { model } = compile(i);
+  assert.deepEqual(model.services.get('c/alias')?.endpoints.map((e) => e.ip), ['10.1.8.2', '10.1.8.3'], 'the controller lists what the slice says');
+  const snap = buildSnapshot(waypointConfigOf(model, 'a'), 1);
+  const alias = resolveService(snap, '10.96.1.50:80', 'alias.c');
+  assert.deepEqual(alias?.service.endpoints.map((e) => e.ip), ['10.1.8.3'], 'b\'s pod is left out; c\'s own pod stays');
+  assert.match(snap.issues.map((x) => `${x.kind} ${x.object} ${x.path}: ${x.message}`).join('\n'), /^Service c\/alias endpoints\[0\]: 10\.1\.8\.2 is a pod of namespace b, which this waypoint serves through its own Services; left out/m);
+  // b's own Service, and a route backend of it, keep b's pod.
+  assert.deepEqual(snap.services.get('b/api')?.endpoints.map((e) => e.ip), ['10.1.8.2']);
+});
