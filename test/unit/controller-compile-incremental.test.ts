@@ -76,11 +76,13 @@ for (const seed of [1, 2, 3, 4, 5, 6]) {
       { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-db', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'db' } }, mtls: { mode: 'STRICT' } } },
       { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'web', namespace: 'a' }, spec: { selector: { matchLabels: { app: 'web' } }, rules: [{ from: [{ source: { namespaces: ['a'] } }] }] } },
       { apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'rt', namespace: 'a' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web', port: 80 }], rules: [{ backendRefs: [{ name: 'api', port: 80 }] }] } },
+      // A waypoint of a's that b may use when labelled so (use-waypoint-namespace, allowedNamespaces).
+      { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'a' }, spec: { allowedNamespaces: { from: 'Selector', selector: { matchLabels: { team: 'b' } } } } },
     ];
     for (const ns of NS) for (const app of APPS) initial.push(service(ns, app, app !== 'db' || ns === 'b'));
     for (let i = 0; i < 12; i++) initial.push(pod(r, i, 0));
     initial.push(slice(r, 'a', 'db', 0));
-    apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'PeerAuthentication', 'AuthorizationPolicy', 'HTTPRoute'], objects: initial } as never]);
+    apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'PeerAuthentication', 'AuthorizationPolicy', 'HTTPRoute', 'Waypoint'], objects: initial } as never]);
     const cache = new CompileCache();
     let prev = compileChanges(store.inputs(), { cache }, store.takeChanges()).model;
     let incremental = 0;
@@ -94,7 +96,12 @@ for (const seed of [1, 2, 3, 4, 5, 6]) {
         else if (x < 0.82) events.push({ type: 'upsert', object: slice(r, pick(r, NS), pick(r, APPS), step) });
         else if (x < 0.88) events.push({ type: 'delete', kind: 'EndpointSlice', namespace: pick(r, NS), name: `${pick(r, APPS)}-${step % 2}` });
         else if (x < 0.93) events.push({ type: 'upsert', object: service(pick(r, NS), pick(r, APPS), r() < 0.7) });
-        else if (x < 0.97) events.push({ type: 'upsert', object: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'b', labels: r() < 0.5 ? { 'weft.dev/dataplane-mode': 'ambient' } : {} } } });
+        else if (x < 0.97) {
+          // b ambient or not, and now and then using a's waypoint, allowed (team=b) or refused.
+          const y = r();
+          const cross = y < 0.5 ? {} : { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a', ...(y < 0.75 ? { team: 'b' } : {}) };
+          events.push({ type: 'upsert', object: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'b', labels: { ...(r() < 0.5 ? { 'weft.dev/dataplane-mode': 'ambient' } : {}), ...cross } } } });
+        }
         else events.push({ type: 'upsert', object: { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-db', namespace: 'a' }, spec: { mtls: { mode: r() < 0.5 ? 'STRICT' : 'PERMISSIVE' } } } });
       }
       apply(events as never);
