@@ -48,6 +48,13 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
       /^Warning \[WaypointNotFound\] Service web\/front metadata\.labels\["weft\.dev\/use-waypoint"\] .*fails closed/],
   },
   {
+    // https://istio.io/latest/docs/ambient/usage/use-waypoint/#use-a-waypoint-in-a-different-namespace (Istio: AttachmentDenied)
+    name: 'a namespace using another namespace\'s waypoint that does not allow it is refused and fails closed',
+    objects: () => [...shop(), ns('web', { ...AMBIENT, 'weft.dev/use-waypoint': 'waypoint', 'weft.dev/use-waypoint-namespace': 'shop' }), pod('web', 'front'), svc('web', 'front', { app: 'front' }, '10.96.2.10')],
+    findings: [/^Warning \[AttachmentDenied\] Namespace web metadata\.labels\["weft\.dev\/use-waypoint-namespace"\] .*Waypoint shop\/waypoint does not allow namespace web/,
+      /^Warning \[AttachmentDenied\] Service web\/front metadata\.namespace .*fails closed/],
+  },
+  {
     name: 'a route on a Service without waypoint is enforced by nothing',
     objects: () => [ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'), route('plain', 'api-split', { name: 'api' }, [{ name: 'api' }])],
     findings: [/^Warning \[NoWaypoint\] HTTPRoute plain\/api-split spec\.parentRefs\[0\] .*Service plain\/api has no waypoint.*nothing enforces this route/],
