@@ -236,6 +236,9 @@ export interface Waypoint {
   };
 }
 
+/** The label the API server sets on every Namespace to its name (immutable; Kubernetes 1.21+). */
+export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
+
 /** Gateway API RouteNamespaces, for a Waypoint: which namespaces may use it. */
 export interface WaypointAllowedNamespaces {
   /** `Same` (default): its own only; `All`: every namespace; `Selector`: those `selector` matches. */
@@ -256,8 +259,10 @@ export function waypointAllowsNamespace(wp: Pick<Waypoint, 'metadata' | 'spec'>,
     case 'All':
       return true;
     case 'Selector':
-      // As in Istio and the Gateway API, the selector alone decides, the Waypoint's own namespace included.
-      return allowed?.selector !== undefined && labelSelectorMatches(allowed.selector, namespaceLabels ?? {});
+      // As in Istio and the Gateway API, the selector alone decides, the Waypoint's own namespace
+      // included. The API server labels every Namespace with its name (NAMESPACE_NAME_LABEL), the
+      // usual way to allow one by name; a config directory's Namespace gets it here, as it would there.
+      return allowed?.selector !== undefined && labelSelectorMatches(allowed.selector, { ...namespaceLabels, [NAMESPACE_NAME_LABEL]: namespace });
     case 'Same':
       return namespace === wp.metadata.namespace;
   }

@@ -162,6 +162,9 @@ test('allowedNamespaces.from Selector admits the namespaces its label selector m
     { allowed: { from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'NotIn', values: ['b'] }] } }, bound: ['c'] },
     { allowed: { from: 'Selector', selector: { matchExpressions: [{ key: 'team', operator: 'DoesNotExist' }] } }, bound: [] },
     { allowed: { from: 'Selector', selector: {} }, bound: ['b', 'c'] },
+    // The API server's own label on every Namespace, the usual way to allow one by name (set here
+    // for a config directory's Namespace too, whatever it says).
+    { allowed: { from: 'Selector', selector: { matchLabels: { 'kubernetes.io/metadata.name': 'c' } } }, bound: ['c'] },
     { allowed: { from: 'Same' }, bound: [] },
   ];
   for (const { allowed, bound } of cases) {
