@@ -127,3 +127,26 @@ test('once front\'s waypoint allows rogue (its namespace labelled), it serves ro
   assert.equal(r.status, 403, r.body);
   assert.match(r.body, /rogue\/no-secret/);
 });
+
+test('rogue, now allowed, cannot reach back\'s pod through the shared waypoint by a Service of its own listing it (a hand-written EndpointSlice): the waypoint leaves that endpoint out (503 UH, named in its log), so back\'s L7 DENY is not skipped', async () => {
+  const ALIAS_VIP = '10.96.3.30';
+  mesh.writeConfig('30-alias.yaml', [
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'alias', namespace: 'rogue' }, spec: { clusterIP: ALIAS_VIP, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    {
+      apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'rogue', labels: { 'kubernetes.io/service-name': 'alias' } },
+      addressType: 'IPv4', ports: [{ name: 'http', port: 8080, protocol: 'TCP' }], endpoints: [{ addresses: [mesh.workloads.get('back/api')!.pod.ip] }],
+    },
+  ]);
+  await until('front\'s waypoint has rogue\'s alias', async () => has((await waypointConfig()).services, 'rogue/alias'), 30_000, { intervalMs: 200 });
+  // A bypass would be back's pod answering 200 to /admin, which back's policy refuses at the waypoint.
+  for (const path of ['/admin', '/']) {
+    const r = await get(`http://${ALIAS_VIP}${path}`);
+    assert.equal(r.status, 503, `${path}: ${r.body}`);
+    assert.match(r.body, /no healthy upstream/);
+  }
+  assert.match(mesh.logTail('pod-front-wp-0.log', 200), /is a pod of namespace back, which this waypoint serves through its own Services; left out/);
+  const wp = mesh.workloads.get('front/wp-0')!;
+  const m = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`)).body;
+  assert.ok(metricSum(m, 'istio_requests_total', 'destination_service_name="alias"', 'response_code="503"', 'response_flags="UH"') >= 2, 'counted as no healthy upstream');
+  assert.ok(metricSum(m, 'weft_waypoint_config_applies_total', 'result="partial"') >= 1, 'the config applied with the endpoint left out is counted partial');
+});
