@@ -223,3 +223,24 @@ test('a second replica waits on the Lease: only the leader writes status; when i
     lab.api.apply({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop' }, spec: { mtls: { mode: 'STRICT' } } });
     await until('status written by the new leader', () => lab.api.get('PeerAuthentication', 'shop', 'strict')?.['status'] !== undefined);
   }));
+
+// Istio reports a refused cross-namespace binding on the object (AttachmentDenied); Weft records
+// it as an Event on the Namespace and the Service. A Namespace is cluster-scoped: its Events go to
+// namespace `default`, as Kubernetes records events of cluster-scoped objects (a Node's too).
+test('a namespace using another namespace\'s waypoint that does not allow it: AttachmentDenied Events on the Namespace (recorded in default) and on its Service, naming the field', () =>
+  withLab(async (lab) => {
+    const c = await lab.start();
+    await until('leads', () => c.elector!.isLeader);
+    lab.api.apply(ns('shop'));
+    lab.api.apply(waypoint('shop', 'wp'));
+    lab.api.apply(ns('web', { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'shop' }));
+    lab.api.apply(svc('web', 'front'));
+    await until('both Events recorded', () => lab.api.list('Event').filter((e) => e['reason'] === 'AttachmentDenied').length === 2, 10_000);
+    const by = (kind: string) => lab.api.list('Event').find((e) => e['reason'] === 'AttachmentDenied' && (e['involvedObject'] as { kind: string }).kind === kind)!;
+    const onNs = by('Namespace');
+    assert.equal((onNs['metadata'] as { namespace: string }).namespace, 'default');
+    assert.deepEqual([(onNs['involvedObject'] as { name: string }).name, (onNs['involvedObject'] as { fieldPath: string }).fieldPath], ['web', 'metadata.labels["weft.dev/use-waypoint-namespace"]']);
+    assert.match(String(onNs['message']), /Waypoint shop\/wp does not allow namespace web/);
+    const onSvc = by('Service');
+    assert.deepEqual([(onSvc['metadata'] as { namespace: string }).namespace, (onSvc['involvedObject'] as { name: string }).name], ['web', 'front']);
+  }));

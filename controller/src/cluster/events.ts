@@ -9,6 +9,9 @@ import { KINDS, isMeshKind } from '../../../lib/model/objects.ts';
 import type { CompileFinding } from '../compile.ts';
 import { silentLogger, type Logger } from '../log.ts';
 
+/** Where Events of cluster-scoped objects (Namespace, Node) are recorded, as Kubernetes records them. */
+const CLUSTER_SCOPED_EVENTS_NAMESPACE = 'default';
+
 export interface EventRecorderOptions {
   kubeConfig: KubeConfig;
   /** The reporting instance (pod name). */
@@ -58,11 +61,14 @@ export class EventRecorder {
     }
     const apiVersion = isMeshKind(f.kind) ? KINDS[f.kind].apiVersion : 'v1';
     const name = `${f.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`;
+    // A cluster-scoped object's (a Namespace's, a Node's) Events go to `default`, as Kubernetes
+    // records them; an Event in namespace "" is refused, and was retried at every compile.
+    const namespace = f.namespace || CLUSTER_SCOPED_EVENTS_NAMESPACE;
     const body: CoreV1Event = {
       apiVersion: 'v1',
       kind: 'Event',
-      metadata: { name, namespace: f.namespace },
-      involvedObject: { apiVersion, kind: f.kind, namespace: f.namespace, name: f.name, fieldPath: f.path },
+      metadata: { name, namespace },
+      involvedObject: { apiVersion, kind: f.kind, ...(f.namespace ? { namespace: f.namespace } : {}), name: f.name, fieldPath: f.path },
       reason: f.reason,
       message: f.message,
       type: 'Warning',
@@ -73,7 +79,7 @@ export class EventRecorder {
       reportingComponent: `weft.dev/${CONTROLLER_NAME}`,
       reportingInstance: this.#o.instance,
     };
-    await this.#api.createNamespacedEvent({ namespace: f.namespace, body });
-    this.#recorded.set(fp, { name, namespace: f.namespace, count: 1 });
+    await this.#api.createNamespacedEvent({ namespace, body });
+    this.#recorded.set(fp, { name, namespace, count: 1 });
   }
 }
