@@ -8,7 +8,9 @@
 // too, without the label: the binding is refused (AttachmentDenied, as Istio's), front's waypoint
 // is sent nothing of rogue and serves none of it, and rogue's traffic fails closed, so rogue's own
 // L7 policy cannot be skipped by naming a waypoint that does not take it. Once front allows rogue,
-// front's waypoint serves it and applies rogue's policy. Real kernel, eBPF, TLS and processes.
+// front's waypoint serves it and applies rogue's policy, and does not carry a Service of rogue's
+// listing back's pod (a hand-written EndpointSlice) to that pod around back's policy. Real kernel,
+// eBPF, TLS and processes.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { localMeshSuite } from './mesh-suite.ts';
