@@ -797,7 +797,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
             const target = match?.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
             if (target !== undefined) epPorts[String(sp.port)] = target;
           }
-          endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', env.nodeIps, sharedPorts(epPorts), ports, ep.conditions?.ready !== false));
+          endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', env.nodeIps, sharedPorts(epPorts), ports, ep.conditions?.ready !== false, ns));
         }
       }
     }
@@ -810,7 +810,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
         if (target !== undefined) epPorts[String(sp.port)] = target;
       }
       const ready = pod.status?.conditions ? pod.status.conditions.some((c) => c.type === 'Ready' && c.status === 'True') : pod.status?.phase !== 'Pending';
-      endpoints.push(endpointOf(w, w.ip, w.node, env.nodeIps, sharedPorts(epPorts), ports, ready));
+      endpoints.push(endpointOf(w, w.ip, w.node, env.nodeIps, sharedPorts(epPorts), ports, ready, ns));
     }
   }
   const members: string[] = [];
@@ -1007,7 +1007,11 @@ function namedPort(pod: Pod, name: string): number | undefined {
   return undefined;
 }
 
-function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: ReadonlyMap<string, string>, ports: Record<string, number>, svcPorts: ServicePort[], ready: boolean): Endpoint {
+/**
+ * A Service's endpoint. A pod of another namespace (a hand-written EndpointSlice) that has a
+ * waypoint of its own carries it (Endpoint.waypoint): traffic to it passes that waypoint.
+ */
+function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: ReadonlyMap<string, string>, ports: Record<string, number>, svcPorts: ServicePort[], ready: boolean, serviceNamespace: string): Endpoint {
   const nodeIp = nodeIps.get(node) ?? w?.nodeIp;
   const only = svcPorts.length === 1 ? ports[String(svcPorts[0]!.port)] : undefined;
   return {
@@ -1021,6 +1025,7 @@ function endpointOf(w: Workload | undefined, ip: string, node: string, nodeIps: 
     ...(w?.enrolled ? { spiffeId: w.spiffeId } : {}),
     ready,
     ...(w ? { workload: { workloadName: w.workloadName, namespace: w.namespace, canonicalService: w.canonicalService, canonicalRevision: w.canonicalRevision, cluster: w.cluster } } : {}),
+    ...(w && w.namespace !== serviceNamespace && w.waypoint ? { waypoint: w.waypoint } : {}),
   };
 }
 

@@ -122,6 +122,13 @@ export interface Endpoint {
   ready: boolean;
   /** Telemetry identity of the pod behind the address; absent when there is none. */
   workload?: WorkloadMeta;
+  /**
+   * A pod of another namespace than the Service's (a hand-written EndpointSlice) that has a
+   * waypoint of its own (use-waypoint on the pod or its namespace): traffic to it must pass that
+   * waypoint, so another waypoint does not send there (waypoint/src/config.ts), and an agent sends
+   * there through it (agent/src/state.ts foreignWaypoint). Absent otherwise.
+   */
+  waypoint?: WaypointRef;
   /** Multi-cluster: the cluster the endpoint runs in (set on endpoints learnt from another cluster). */
   cluster?: string;
   /** Multi-cluster: the endpoint's network; absent: the caller's own network. */

@@ -146,7 +146,7 @@ test('rogue, now allowed, cannot reach back\'s pod through the shared waypoint b
     assert.equal(r.status, 503, `${path}: ${r.body}`);
     assert.match(r.body, /no healthy upstream/);
   }
-  assert.match(mesh.logTail('pod-front-wp-0.log', 200), /is a pod of namespace back, which this waypoint serves through its own Services; left out/);
+  assert.match(mesh.logTail('pod-front-wp-0.log', 200), /is a pod of namespace back behind waypoint front\/wp; left out/);
   const wp = mesh.workloads.get('front/wp-0')!;
   const m = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`)).body;
   assert.ok(metricSum(m, 'istio_requests_total', 'destination_service_name="alias"', 'response_code="503"', 'response_flags="UH"') >= 2, 'counted as no healthy upstream');

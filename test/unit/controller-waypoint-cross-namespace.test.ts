@@ -277,7 +277,28 @@ test('a shared waypoint does not carry another namespace\'s Service to a pod it 
   const snap = buildSnapshot(waypointConfigOf(model, 'a'), 1);
   const alias = resolveService(snap, '10.96.1.50:80', 'alias.c');
   assert.deepEqual(alias?.service.endpoints.map((e) => e.ip), ['10.1.8.3'], 'b\'s pod is left out; c\'s own pod stays');
-  assert.match(snap.issues.map((x) => `${x.kind} ${x.object} ${x.path}: ${x.message}`).join('\n'), /^Service c\/alias endpoints\[0\]: 10\.1\.8\.2 is a pod of namespace b, which this waypoint serves through its own Services; left out/m);
+  assert.match(snap.issues.map((x) => `${x.kind} ${x.object} ${x.path}: ${x.message}`).join('\n'), /^Service c\/alias endpoints\[0\]: 10\.1\.8\.2 is a pod of namespace b behind waypoint a\/wp; left out/m);
   // b's own Service, and a route backend of it, keep b's pod.
   assert.deepEqual(snap.services.get('b/api')?.endpoints.map((e) => e.ip), ['10.1.8.2']);
+});
+
+// The same way around a waypoint without sharing one: c's Service, bound to c's own waypoint, lists
+// a pod of b, which uses b's waypoint. An agent sends a Service without a waypoint to such a pod
+// through the pod's waypoint (agent/src/state.ts foreignWaypoint); c's waypoint must not send it
+// there directly either, around b's waypoint's L7 policy.
+test('a waypoint does not send a Service of its namespace to another namespace\'s pod that has a waypoint of its own (a hand-written EndpointSlice): the endpoint carries the pod\'s waypoint and is left out, named', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('b', { 'weft.dev/dataplane-mode': 'ambient', [USE]: 'wp' }), ns('c', { 'weft.dev/dataplane-mode': 'ambient', [USE]: 'wp' }));
+  i.waypoints.push(readyWaypoint('b', 'wp', '10.2.0.2'), readyWaypoint('c', 'wp', '10.2.0.3'));
+  i.pods.push(pod('b', 'api', { ip: '10.1.9.2', node: 'node-b' }), pod('c', 'own', { ip: '10.1.9.3', labels: { app: 'own' } }));
+  i.services.push(svc('b', 'api', { app: 'api' }, '10.96.2.2'));
+  i.services.push({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'alias', namespace: 'c' }, spec: { clusterIP: '10.96.2.50', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'c', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.9.2', '10.1.9.3'] }] });
+  const { model } = compile(i);
+  const eps = model.services.get('c/alias')!.endpoints;
+  assert.deepEqual(eps.map((e) => [e.ip, e.waypoint]), [['10.1.9.2', { name: 'wp', namespace: 'b' }], ['10.1.9.3', undefined]], 'b\'s pod carries b\'s waypoint; c\'s own pod nothing');
+  assert.equal(model.services.get('b/api')!.endpoints[0]!.waypoint, undefined, 'a pod of the Service\'s own namespace carries nothing');
+  const snap = buildSnapshot(waypointConfigOf(model, 'c'), 1);
+  assert.deepEqual(resolveService(snap, '10.96.2.50:80', 'alias.c')?.service.endpoints.map((e) => e.ip), ['10.1.9.3']);
+  assert.match(snap.issues.map((x) => `${x.object} ${x.path}: ${x.message}`).join('\n'), /^c\/alias endpoints\[0\]: 10\.1\.9\.2 is a pod of namespace b behind waypoint b\/wp; left out/m);
 });

@@ -242,7 +242,7 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
     if (s.namespace === cfg.namespace) names.push(s.name);
     for (const n of names) if (!byHost.has(n.toLowerCase())) byHost.set(n.toLowerCase(), s);
   }
-  leaveOutServedPods(cfg.namespace, services, [byAddress, byHost], issues);
+  leaveOutGuardedPods(services, [byAddress, byHost], issues);
 
   const settings = new Map<string, ClusterSettings>();
   const policyOf = new Map<string, TrafficPolicy>();
@@ -276,30 +276,21 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
 }
 
 /**
- * A shared waypoint (other namespaces' Services bound to it) is trusted by each namespace it
- * serves: their agents believe its for=, and a namespace ALLOW naming its identity admits what it
- * carries. So it must not carry one namespace's Service to another's pod that it serves through
- * that pod's own Services: a Service (hand-written EndpointSlice) listing it would reach it here
- * with only its own namespace's policies, around the pod's. Such endpoints are left out of every
- * Service of another namespace (served or a route backend), each named in `issues`; a Service
- * left without endpoints answers 503 `UH`. The Services are replaced in place in `services` and
- * in every index that holds them.
+ * A pod of another namespace than its Service's (a hand-written EndpointSlice) that has a waypoint
+ * of its own (Endpoint.waypoint) is reached only through that waypoint, as an agent sends it
+ * (agent/src/state.ts foreignWaypoint): from here it would be reached with only this Service's
+ * namespace's policies, around the pod's. That holds for a waypoint of another namespace, and for
+ * this one when shared (its namespaces trust it: their agents believe its for=, and a namespace
+ * ALLOW names its identity). Such endpoints are left out of every Service (served or a route
+ * backend), each named in `issues`; a Service left without endpoints answers 503 `UH`. The
+ * Services are replaced in `services` and in every index that holds them.
  */
-function leaveOutServedPods(namespace: string, services: Map<string, Service>, indexes: ReadonlyArray<Map<string, Service>>, issues: ConfigIssue[]): void {
-  const podNamespace = new Map<string, string>();
-  for (const s of services.values()) {
-    if (!servesService(namespace, s)) continue;
-    for (const e of s.endpoints) if (e.cluster === undefined && e.workload?.namespace === s.namespace) podNamespace.set(e.ip, s.namespace);
-  }
-  if (podNamespace.size === 0) return;
+function leaveOutGuardedPods(services: Map<string, Service>, indexes: ReadonlyArray<Map<string, Service>>, issues: ConfigIssue[]): void {
   const replaced = new Map<Service, Service>();
   for (const [key, s] of services) {
     const kept = s.endpoints.filter((e, i) => {
-      // The pod's namespace as the controller found it behind the address (a hand-written slice
-      // cannot choose it), served here through a Service of that namespace.
-      const owner = e.workload?.namespace;
-      if (e.cluster !== undefined || owner === undefined || owner === s.namespace || podNamespace.get(e.ip) !== owner) return true;
-      issues.push({ kind: 'Service', object: key, path: `endpoints[${i}]`, message: `${e.ip} is a pod of namespace ${owner}, which this waypoint serves through its own Services; left out: through this Service it would be reached with only namespace ${s.namespace}'s policies, around ${owner}'s` });
+      if (e.waypoint === undefined || e.cluster !== undefined) return true;
+      issues.push({ kind: 'Service', object: key, path: `endpoints[${i}]`, message: `${e.ip} is a pod of namespace ${e.workload?.namespace ?? 'another'} behind waypoint ${e.waypoint.namespace}/${e.waypoint.name}; left out: through this Service it would be reached with only namespace ${s.namespace}'s policies, around that waypoint's` });
       return false;
     });
     if (kept.length === s.endpoints.length) continue;

@@ -120,8 +120,7 @@ export function service(name: string, vip: string, endpoints: Endpoint[], opts: 
   return {
     name, namespace: ns, hostname: `${name}.${ns}.svc.cluster.local`, vips: [vip],
     ports: [{ name: 'http', port, targetPort: port, protocol: 'TCP', appProtocol: opts.appProtocol ?? 'tcp' }],
-    // A Service's pods are of its namespace (the loopback address stands for all of them).
-    endpoints: endpoints.map((e) => ({ ...e, ports: { [String(port)]: e.port! }, ...(e.workload ? { workload: { ...e.workload, namespace: ns } } : {}) })),
+    endpoints: endpoints.map((e) => ({ ...e, ports: { [String(port)]: e.port! } })),
   };
 }
 
