@@ -93,6 +93,9 @@ export interface ControllerMainOptions {
   remoteClusters?: RemoteCluster[];
   /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
   remoteStaleAfterMs?: number;
+  /** Most Services / endpoints imported from one remote cluster; default 5,000 / 50,000 (DEFAULT_IMPORT_QUOTA). */
+  remoteMaxServices?: number;
+  remoteMaxEndpoints?: number;
   /**
    * Kubernetes mode, multi-cluster: read remote clusters' API servers through the kubeconfig
    * Secrets labelled weft.dev/multicluster=true in the controller's namespace
@@ -514,6 +517,7 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
     mayRead: (id) => readers.has(id),
     isController: (id) => controllers.has(id),
     ...(o.remoteStaleAfterMs !== undefined ? { staleAfterMs: o.remoteStaleAfterMs } : {}),
+    importQuota: { ...(o.remoteMaxServices !== undefined ? { maxServices: o.remoteMaxServices } : {}), ...(o.remoteMaxEndpoints !== undefined ? { maxEndpoints: o.remoteMaxEndpoints } : {}) },
     log, registry,
   });
   return federation;
@@ -585,6 +589,9 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --remote-secret-allow-insecure  remote secrets may name an http:// API server or
                               insecure-skip-tls-verify (refused by default; testing only)
   --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
+  --remote-max-services <n>   multi-cluster: most Services imported from one remote cluster; past it
+                              the Services last by namespace/name are left out, named (default 5000)
+  --remote-max-endpoints <n>  multi-cluster: most endpoints imported from one remote cluster (default 50000)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
@@ -632,6 +639,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'network-gateway': { type: 'string' },
       'remote-cluster': { type: 'string', multiple: true },
       'remote-stale-after': { type: 'string' },
+      'remote-max-services': { type: 'string' },
+      'remote-max-endpoints': { type: 'string' },
       'remote-secrets': { type: 'boolean' },
       'remote-secret-allow-insecure': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
@@ -709,6 +718,14 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       throw new UsageError(`--remote-stale-after: ${(e as Error).message}`);
     }
   }
+  const count = (flag: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${flag}: "${v}" is not a whole number of at least 1`);
+    return n;
+  };
+  set('remoteMaxServices', count('remote-max-services', values['remote-max-services']));
+  set('remoteMaxEndpoints', count('remote-max-endpoints', values['remote-max-endpoints']));
   set('trustDomainAliases', values['trust-domain-alias']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);

@@ -26,6 +26,36 @@ export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
 /** Annotation of a remote Secret: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
 export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
+/**
+ * What one remote cluster may add to this cluster's config (each imported Service becomes VIPs
+ * and endpoints in every agent's config): at most `maxServices` Services and `maxEndpoints`
+ * endpoints (summed over them), entries of its export as it sends them, invalid ones included.
+ * Past either bound the import is cut deterministically: the Services are taken in
+ * `namespace/name` order, each that still fits both bounds is kept, the rest are refused (`quota`),
+ * so the same export always keeps the same Services, on every controller replica.
+ */
+export interface ImportQuota {
+  maxServices: number;
+  maxEndpoints: number;
+}
+
+/** Generous for a real cluster (the controller's flags --remote-max-services, --remote-max-endpoints). */
+export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000, maxEndpoints: 50_000 };
+
+/** Services refused by the quota that `/debug/federation` names one by one; the rest are counted. */
+export const QUOTA_NAMED = 100;
+
+/** What the quota cut from one export (set by parseClusterExport, never sent). */
+export interface QuotaCut {
+  /** Services and endpoints the export has, and the bounds. */
+  services: number;
+  endpoints: number;
+  quota: ImportQuota;
+  /** `namespace/name` of each Service not imported, in `namespace/name` order. */
+  refused: string[];
+  message: string;
+}
+
 export interface ClusterExport {
   cluster: string;
   network: string;
@@ -35,6 +65,8 @@ export interface ClusterExport {
   services: ExportedService[];
   /** Own waypoints (never imported ones): where other clusters' callers reach the Services behind them. Absent in an older release's export. */
   waypoints?: ExportedWaypoint[];
+  /** Set by parseClusterExport, never sent: the Services the importer's quota left out. */
+  quota?: QuotaCut;
 }
 
 /** One of a cluster's own Services in its export. */
@@ -77,6 +109,8 @@ export interface RemoteStatus {
   gateway?: NetworkGateway;
   /** Its Services that exist only there and were not imported: `namespace/name` → why. */
   refusedServices?: Record<string, string>;
+  /** Its export is past this cluster's import quota: how many Services were left out, and why (the first QUOTA_NAMED also in refusedServices). */
+  quota?: { refused: number; message: string };
 }
 
 export class FederationExportError extends Error {
@@ -115,7 +149,38 @@ export function isServiceAddress(ip: string): boolean {
   return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
 }
 
-export function parseClusterExport(v: unknown): ClusterExport {
+/** An export's Service entry as first read: where it is and its name. */
+interface ServiceEntry { i: number; s: Record<string, unknown>; name: string; namespace: string; key: string }
+
+/**
+ * The entries an import quota keeps: in `namespace/name` order (export order among equal keys),
+ * each that still fits both bounds; undefined when all fit.
+ */
+function quotaCut(cluster: string, entries: readonly ServiceEntry[], quota: ImportQuota): { kept: Set<ServiceEntry>; cut: QuotaCut } | undefined {
+  const order = [...entries].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.i - b.i));
+  const kept = new Set<ServiceEntry>();
+  const refused: string[] = [];
+  let services = 0, endpoints = 0, total = 0;
+  for (const e of order) {
+    const count = Array.isArray(e.s.endpoints) ? e.s.endpoints.length : 0;
+    total += count;
+    if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints) {
+      kept.add(e);
+      services++;
+      endpoints += count;
+    } else refused.push(e.key);
+  }
+  if (refused.length === 0) return undefined;
+  const shown = refused.slice(0, 8).join(', ') + (refused.length > 8 ? `, and ${refused.length - 8} more` : '');
+  const message = `cluster ${cluster} exports ${entries.length} Services with ${total} endpoints, past this cluster's import quota of ${quota.maxServices} Services and ${quota.maxEndpoints} endpoints per remote cluster (--remote-max-services, --remote-max-endpoints); taken in namespace/name order, the ${refused.length} that did not fit are not imported: ${shown}`;
+  return { kept, cut: { services: entries.length, endpoints: total, quota: { ...quota }, refused, message } };
+}
+
+/**
+ * With `quota` (an importer's, ImportQuota), the Service entries past it are not parsed at all,
+ * only named (`quota` of the result), and of the waypoints only those its kept Services name.
+ */
+export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {}): ClusterExport {
   const obj = (x: unknown, path: string): Record<string, unknown> => {
     if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new FederationExportError(path, 'must be an object');
     return x as Record<string, unknown>;
@@ -210,13 +275,18 @@ export function parseClusterExport(v: unknown): ClusterExport {
     gateway = { network: str(g.network, 'gateway.network'), address: ip(g.address, 'gateway.address'), port: port(g.port, 'gateway.port'), spiffeId: str(g.spiffeId, 'gateway.spiffeId') };
   }
   if (!Array.isArray(root.services)) throw new FederationExportError('services', 'must be a list');
-  const services = root.services.map((sv, i): ExportedService => {
+  // Without its name an entry cannot be told apart: the export is malformed. Anything else wrong
+  // costs only that entry.
+  const entries = root.services.map((sv, i): ServiceEntry => {
     const p = `services[${i}]`;
     const s = obj(sv, p);
-    // Without its name the entry cannot be told apart: the export is malformed. Anything else
-    // wrong costs only this Service.
     const name = str(s.name, `${p}.name`);
     const namespace = str(s.namespace, `${p}.namespace`);
+    return { i, s, name, namespace, key: `${namespace}/${name}` };
+  });
+  const cut = opts.quota ? quotaCut(cluster, entries, opts.quota) : undefined;
+  const services = (cut ? entries.filter((e) => cut.kept.has(e)) : entries).map(({ i, s, name, namespace }): ExportedService => {
+    const p = `services[${i}]`;
     try {
       return { name, namespace, ...service(s, p, name, namespace) };
     } catch (e) {
@@ -225,13 +295,16 @@ export function parseClusterExport(v: unknown): ClusterExport {
     }
   });
   if (root.waypoints !== undefined && !Array.isArray(root.waypoints)) throw new FederationExportError('waypoints', 'must be a list');
-  const waypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i): ExportedWaypoint => {
+  // An importer looks only at the waypoints its kept Services go through (the first entry of each name).
+  const named = opts.quota ? new Set(services.flatMap((x) => (x.waypoint ? [`${x.waypoint.namespace}/${x.waypoint.name}`] : []))) : undefined;
+  const rawWaypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i) => {
     const p = `waypoints[${i}]`;
     const w = obj(wv, p);
     // Without its name the entry cannot be told apart: the export is malformed. Anything else
     // wrong costs only the Services behind it.
-    const name = str(w.name, `${p}.name`);
-    const namespace = str(w.namespace, `${p}.namespace`);
+    return { p, w, name: str(w.name, `${p}.name`), namespace: str(w.namespace, `${p}.namespace`) };
+  }).filter((x) => !named || named.delete(`${x.namespace}/${x.name}`));
+  const waypoints = rawWaypoints.map(({ p, w, name, namespace }): ExportedWaypoint => {
     try {
       // Addresses are only checked to be addresses: whether an importer may dial one is its own
       // judgement (mergeRemoteServices), the cluster's own gateway dials them as they are.
@@ -250,7 +323,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
       return { name, namespace, port: 0, spiffeId: '', ready: false, invalid: e.message };
     }
   });
-  return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints };
+  return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints, ...(cut ? { quota: cut.cut } : {}) };
 }
 
 /** A remote Service (or, for one this cluster has too, its endpoints) not imported, and why (each costs only itself). */
@@ -265,9 +338,10 @@ export interface ImportRefusal {
    * on another network without an east-west gateway (or one at an address no gateway may have);
    * `invalid`: its entry in the export is malformed (the field named); `endpoints`: the Service is
    * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
-   * another network, not in the mesh: only HBONE crosses the gateway).
+   * another network, not in the mesh: only HBONE crosses the gateway); `quota`: past this
+   * cluster's import quota for that remote (QuotaCut; counted and named by the federation, not here).
    */
-  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints';
+  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'quota';
   message: string;
 }
 
@@ -335,6 +409,10 @@ export function mergeRemoteServices(
       }
       continue;
     }
+    // Its waypoints by name, the first entry of each (a lookup per Service; a list scan per Service
+    // was Services x waypoints at every compile).
+    const remoteWaypoints = new Map<string, ExportedWaypoint>();
+    for (const w of r.waypoints ?? []) if (!remoteWaypoints.has(`${w.namespace}/${w.name}`)) remoteWaypoints.set(`${w.namespace}/${w.name}`, w);
     for (const rs of r.services) {
       const key = `${rs.namespace}/${rs.name}`;
       if (rs.invalid) {
@@ -385,7 +463,7 @@ export function mergeRemoteServices(
       if (rs.waypoint) {
         const w = rs.waypoint;
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
-        const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
+        const found = remoteWaypoints.get(`${w.namespace}/${w.name}`);
         const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
         const problem = w.refused !== undefined ? `may not be used by it (${w.refused})`
           : !found ? 'is not in its export'

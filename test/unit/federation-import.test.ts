@@ -1,0 +1,137 @@
+// What one remote cluster may add to this cluster's config (each imported Service becomes VIPs and
+// endpoints in every agent's config), attacker side: a per-remote import quota cut deterministically
+// (a remote past it costs only itself, counted and named), and very many waypoints. Istio has no
+// import quota (it trusts a remote secret's cluster fully).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Registry } from 'prom-client';
+import { DEFAULT_IMPORT_QUOTA, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
+import { parseControllerArgs, UsageError } from '../../controller/src/main.ts';
+import { controllerArgs } from '../../cli/install/controller.ts';
+import { resolveInstallOptions } from '../../cli/install/options.ts';
+import { InstallOptionError } from '../../cli/install/errors.ts';
+import { silentLogger } from '../../lib/log.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+const ep = (ip: string, extra: Partial<Endpoint> = {}): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '10.78.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: id('demo', 'echo'), ready: true, ...extra });
+const svc = (name: string, endpoints: Endpoint[], extra: Partial<Service> = {}): Service => {
+  const namespace = extra.namespace ?? 'demo';
+  return { name, namespace, hostname: `${name}.${namespace}.svc.cluster.local`, vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints, ...extra };
+};
+const gw = (n: number) => ({ network: `network${n}`, address: `192.168.77.${n}`, port: 15008, spiffeId: id('weft-system', 'weft-eastwest') });
+/** The n-th address of a /16 starting at `base` (e.g. 10.97). */
+const addr = (base: string, n: number) => `${base}.${(n >> 8) & 255}.${n & 255}`;
+
+function model(services: Service[]): MeshModel {
+  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+}
+
+/** A federation taking cluster2's and cluster3's exports as pushed (as the remote-secret watches do), with its log lines and metrics. */
+function pushed(t: { after(fn: () => unknown): void }, extra: Partial<FederationOptions> = {}) {
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const registry = new Registry();
+  const fed = new Federation({
+    cluster: 'cluster1', network: 'network1',
+    remotes: [2, 3].map((n) => ({ name: `cluster${n}`, url: `https://cluster${n}.example:6443 (Secret weft-system/remote-cluster${n})`, pushed: true })),
+    tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, staleAfterMs: 60_000, registry,
+    log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }) },
+    ...extra,
+  });
+  t.after(() => fed.stop());
+  const push = (n: number, services: Service[], more: Partial<ClusterExport> = {}) => fed.report(`cluster${n}`, { export: JSON.stringify({ cluster: `cluster${n}`, network: `network${n}`, gateway: gw(n), services, ...more }) });
+  const status = (n: number) => fed.status().find((s) => s.cluster === `cluster${n}`)!;
+  return { fed, lines, push, status, metrics: () => registry.metrics() };
+}
+
+test('a remote past its import quota costs only itself: the Services that fit in namespace/name order are imported, the rest refused, each counted (reason quota) and named in /debug/federation and the log; the other remote\'s Services all import; the cut import stays through a failed read', async (t) => {
+  const { fed, lines, push, status, metrics } = pushed(t, { importQuota: { maxServices: 3, maxEndpoints: 4 } });
+  const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  // cluster2: six Services in scrambled order; `a-big` (3 endpoints) would pass the endpoint bound
+  // after `a-0` and `a-1`, so it is left out and the next that fits is taken.
+  const names = ['e', 'a-1', 'd', 'a-big', 'a-0', 'c'];
+  const c2 = names.map((name, i) => svc(name, name === 'a-big' ? [ep('10.78.9.1'), ep('10.78.9.2'), ep('10.78.9.3')] : [ep(addr('10.78', i + 1))], { vips: [addr('10.97', i + 1)] }));
+  push(2, c2);
+  push(3, [svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' })]), svc('only-c3', [ep('10.79.1.2', { nodeIp: '10.79.0.1' })], { vips: ['10.98.0.2'] })]);
+  const merged = fed.merge(local);
+  const from = (c: string) => [...merged.services.values()].filter((s) => s.endpoints.some((e) => e.cluster === c)).map((s) => s.name).sort();
+  assert.deepEqual(from('cluster2'), ['a-0', 'a-1', 'c'], 'in namespace/name order: a-0, a-1, (a-big does not fit the endpoints), c; then the Service bound is reached');
+  assert.deepEqual(from('cluster3'), ['echo', 'only-c3'], 'the other remote is unaffected');
+  assert.deepEqual(merged.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.79.1.1'], 'the local Service keeps its endpoints and takes cluster3\'s');
+  // Named: each refused Service, why, and the totals.
+  const s2 = status(2);
+  assert.deepEqual(Object.keys(s2.refusedServices ?? {}).sort(), ['demo/a-big', 'demo/d', 'demo/e']);
+  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: cluster cluster2 exports 6 Services with 8 endpoints, past this cluster's import quota of 3 Services and 4 endpoints per remote cluster \(--remote-max-services, --remote-max-endpoints\); taken in namespace\/name order, the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
+  assert.equal(s2.quota?.refused, 3);
+  assert.equal(s2.up, true, 'the remote stays up');
+  assert.equal(s2.lastError, undefined, 'its read did not fail');
+  assert.equal(s2.endpoints, 3, 'what is imported');
+  assert.equal(status(3).refusedServices, undefined);
+  assert.equal(status(3).quota, undefined);
+  // Counted, each Service once per cut.
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m);
+  assert.doesNotMatch(await metrics(), /weft_federation_import_refused_total\{cluster="cluster3"/);
+  assert.match(await metrics(), /^weft_federation_remote_endpoints\{cluster="cluster2"\} 3$/m);
+  const logged = lines.filter((l) => l.fields.reason === 'quota');
+  assert.equal(logged.length, 1);
+  assert.deepEqual([logged[0]!.fields.cluster, logged[0]!.fields.refused, logged[0]!.fields.maxServices], ['cluster2', 3, 3]);
+  // The same export again is not a new refusal.
+  push(2, c2);
+  fed.merge(local);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m);
+  // A failed read keeps the last import (cut as it was) until the stale bound.
+  fed.report('cluster2', { error: 'watch failed' });
+  assert.deepEqual([...fed.merge(local).services.keys()].filter((k) => /^demo\/(a-.*|c|d|e)$/.test(k)).sort(), ['demo/a-0', 'demo/a-1', 'demo/c']);
+  // Back within the quota: everything imports, nothing is named.
+  push(2, c2.slice(0, 3).filter((s) => s.name !== 'a-big'));
+  assert.ok(fed.merge(local).services.has('demo/e'));
+  assert.equal(status(2).refusedServices, undefined);
+  assert.equal(status(2).quota, undefined);
+});
+
+test('the default import quota is generous for a real cluster and holds against a remote exporting many more: 5,000 Services of 6,000, the work done only for those', (t) => {
+  assert.deepEqual(DEFAULT_IMPORT_QUOTA, { maxServices: 5_000, maxEndpoints: 50_000 });
+  const { fed, push, status } = pushed(t);
+  const N = 6_000;
+  push(2, Array.from({ length: N }, (_, i) => svc(`s-${String(i).padStart(5, '0')}`, [ep(addr('10.78', i))], { vips: [addr('10.97', i)] })));
+  const merged = fed.merge(model([]));
+  assert.equal(merged.services.size, 5_000);
+  assert.ok(merged.services.has('demo/s-04999') && !merged.services.has('demo/s-05000'));
+  assert.equal(status(2).quota?.refused, 1_000);
+  assert.equal(Object.keys(status(2).refusedServices!).length, 100, 'the first 100 named one by one, all counted in the message');
+  assert.match(status(2).quota!.message, /the 1000 that did not fit are not imported: demo\/s-05000, .*, and 992 more$/);
+});
+
+// A remote's waypoints were looked up by a scan of its list for each Service behind one, at every
+// compile: 5,000 Services and 20,000 waypoints took 2.3 s of the controller's one thread.
+test('an importer keeps of a remote\'s waypoints only those its imported Services go through (the first entry of each name), and looks each up by name', () => {
+  const W = 20_000;
+  const waypoints = Array.from({ length: W }, (_, i) => ({ name: `w${i}`, namespace: 'demo', address: addr('10.90', i), port: 15008, spiffeId: id('demo', 'w'), ready: true }));
+  const services = Array.from({ length: 50 }, (_, i) => svc(`s${i}`, [], { vips: [addr('10.97', i)], waypoint: { name: `w${W - 1 - (i % 2)}`, namespace: 'demo' } }));
+  const text = JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: gw(2), services, waypoints: [...waypoints, { ...waypoints[W - 1]!, address: '10.91.0.1' }] });
+  const parsed = parseClusterExport(JSON.parse(text), { quota: DEFAULT_IMPORT_QUOTA });
+  assert.equal(parsed.waypoints!.length, 2, 'the two its Services name');
+  assert.deepEqual(parsed.waypoints!.map((w) => [w.name, w.address]), [[`w${W - 2}`, addr('10.90', W - 2)], [`w${W - 1}`, addr('10.90', W - 1)]]);
+  const { services: merged, waypoints: imported } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]);
+  assert.equal(merged.size, 50);
+  assert.deepEqual([...imported.keys()].sort(), [`cluster2/demo/w${W - 2}`, `cluster2/demo/w${W - 1}`]);
+  // Without a quota (a cluster's own gateway reading its controller's export) every entry is kept.
+  assert.equal(parseClusterExport(JSON.parse(text)).waypoints!.length, W + 1);
+});
+
+test('the import quota is set by the controller\'s flags and the install options beside the other multi-cluster ones', () => {
+  assert.deepEqual(
+    [parseControllerArgs(['--kube', '--remote-max-services', '200', '--remote-max-endpoints', '3000']).remoteMaxServices, parseControllerArgs(['--kube', '--remote-max-endpoints', '3000']).remoteMaxEndpoints],
+    [200, 3000],
+  );
+  for (const bad of ['0', '1.5', 'many', '1e3']) assert.throws(() => parseControllerArgs(['--kube', '--remote-max-services', bad]), (e: Error) => e instanceof UsageError && /--remote-max-services: .* is not a whole number of at least 1/.test(e.message));
+  const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', clusterId: 'c1' };
+  const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, remoteMaxServices: 200, remoteMaxEndpoints: 3000 })));
+  assert.deepEqual([parsed.remoteMaxServices, parsed.remoteMaxEndpoints, parsed.remoteSecrets], [200, 3000, true]);
+  const defaults = parseControllerArgs(controllerArgs(resolveInstallOptions(OK)));
+  assert.deepEqual([defaults.remoteMaxServices, defaults.remoteMaxEndpoints], [undefined, undefined], 'the controller\'s defaults');
+  assert.throws(() => resolveInstallOptions({ ...OK, remoteMaxServices: 0 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-services 0 is not a whole number/.test(e.message));
+  assert.throws(() => resolveInstallOptions({ image: OK.image, trustDomain: OK.trustDomain, remoteMaxEndpoints: 10 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-endpoints is for a multi-cluster mesh/.test(e.message));
+});
