@@ -42,6 +42,13 @@ export interface ImportQuota {
 /** Generous for a real cluster (the controller's flags --remote-max-services, --remote-max-endpoints). */
 export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000, maxEndpoints: 50_000 };
 
+/**
+ * Most ports of one Service in an export: each VIP and port is a destination in every agent's
+ * weft_dests (WEFT_MAX_DESTS entries in all), and an EndpointSlice carries at most 100 ports
+ * (Kubernetes' discovery/v1 validation), so a Service with more has no endpoints in its own cluster.
+ */
+export const MAX_SERVICE_PORTS = 100;
+
 /** Services refused by the quota that `/debug/federation` names one by one; the rest are counted. */
 export const QUOTA_NAMED = 100;
 
@@ -149,8 +156,11 @@ export function isServiceAddress(ip: string): boolean {
   return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
 }
 
+/** A Kubernetes name of a Service or namespace (an RFC 1123 label; Kubernetes refuses any other). */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
 /** An export's Service entry as first read: where it is and its name. */
-interface ServiceEntry { i: number; s: Record<string, unknown>; name: string; namespace: string; key: string }
+interface ServiceEntry { i: number; s: Record<string, unknown>; name: string; namespace: string; key: string; dupOf?: number }
 
 /**
  * The entries an import quota keeps: in `namespace/name` order (export order among equal keys),
@@ -162,7 +172,7 @@ function quotaCut(cluster: string, entries: readonly ServiceEntry[], quota: Impo
   const refused: string[] = [];
   let services = 0, endpoints = 0, total = 0;
   for (const e of order) {
-    const count = Array.isArray(e.s.endpoints) ? e.s.endpoints.length : 0;
+    const count = e.dupOf === undefined && Array.isArray(e.s.endpoints) ? e.s.endpoints.length : 0;
     total += count;
     if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints) {
       kept.add(e);
@@ -206,6 +216,7 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
   /** A Service entry's fields but its name; what an importer keeps is rebuilt field by field, nothing else a remote adds. */
   const service = (s: Record<string, unknown>, p: string, name: string, namespace: string): Omit<Service, 'name' | 'namespace'> => {
     if (!Array.isArray(s.ports)) throw new FederationExportError(`${p}.ports`, 'must be a list');
+    if (s.ports.length > MAX_SERVICE_PORTS) throw new FederationExportError(`${p}.ports`, `has ${s.ports.length} ports, more than the ${MAX_SERVICE_PORTS} a Service may have here (each VIP and port is a destination in every agent; an EndpointSlice carries at most 100)`);
     if (!Array.isArray(s.endpoints)) throw new FederationExportError(`${p}.endpoints`, 'must be a list');
     const endpoints = s.endpoints.map((ev, j) => endpoint(ev, `${p}.endpoints[${j}]`));
     // What an importer acts on for a Service it has no copy of (its addresses, ports and name), so
@@ -242,6 +253,7 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
     const e = obj(ev, ep);
     if (typeof e.ready !== 'boolean' || typeof e.enrolled !== 'boolean') throw new FederationExportError(`${ep}`, 'ready and enrolled must be booleans');
     const ports = obj(e.ports, `${ep}.ports`);
+    if (Object.keys(ports).length > MAX_SERVICE_PORTS) throw new FederationExportError(`${ep}.ports`, `maps more than the ${MAX_SERVICE_PORTS} ports a Service may have here`);
     const portMap: Record<string, number> = {};
     for (const [k, v] of Object.entries(ports)) {
       if (!/^[0-9]{1,5}$/.test(k)) throw new FederationExportError(`${ep}.ports`, `${JSON.stringify(k)} is not a Service port`);
@@ -276,18 +288,26 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
   }
   if (!Array.isArray(root.services)) throw new FederationExportError('services', 'must be a list');
   // Without its name an entry cannot be told apart: the export is malformed. Anything else wrong
-  // costs only that entry.
+  // (a name Kubernetes would refuse, the same Service listed twice) costs only that entry.
+  const firstOf = new Map<string, number>();
   const entries = root.services.map((sv, i): ServiceEntry => {
     const p = `services[${i}]`;
     const s = obj(sv, p);
     const name = str(s.name, `${p}.name`);
     const namespace = str(s.namespace, `${p}.namespace`);
-    return { i, s, name, namespace, key: `${namespace}/${name}` };
+    const key = `${namespace}/${name}`;
+    const dupOf = firstOf.get(key);
+    if (dupOf === undefined) firstOf.set(key, i);
+    return { i, s, name, namespace, key, ...(dupOf !== undefined ? { dupOf } : {}) };
   });
   const cut = opts.quota ? quotaCut(cluster, entries, opts.quota) : undefined;
-  const services = (cut ? entries.filter((e) => cut.kept.has(e)) : entries).map(({ i, s, name, namespace }): ExportedService => {
+  const services = (cut ? entries.filter((e) => cut.kept.has(e)) : entries).map(({ i, s, name, namespace, dupOf }): ExportedService => {
     const p = `services[${i}]`;
     try {
+      // A second entry would add its endpoints again (a larger share of the traffic for nothing).
+      if (dupOf !== undefined) throw new FederationExportError(p, `${namespace}/${name} is listed already (services[${dupOf}])`);
+      if (!DNS_LABEL.test(name)) throw new FederationExportError(`${p}.name`, `${JSON.stringify(name.slice(0, 80))} is not a Kubernetes name (at most 63 lower-case letters, digits and '-')`);
+      if (!DNS_LABEL.test(namespace)) throw new FederationExportError(`${p}.namespace`, `${JSON.stringify(namespace.slice(0, 80))} is not a Kubernetes namespace (at most 63 lower-case letters, digits and '-')`);
       return { name, namespace, ...service(s, p, name, namespace) };
     } catch (e) {
       if (!(e instanceof FederationExportError)) throw e;
@@ -338,7 +358,7 @@ export interface ImportRefusal {
    * on another network without an east-west gateway (or one at an address no gateway may have);
    * `invalid`: its entry in the export is malformed (the field named); `endpoints`: the Service is
    * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
-   * another network, not in the mesh: only HBONE crosses the gateway); `quota`: past this
+   * another network, not in the mesh: only HBONE crosses the gateway, or listed twice); `quota`: past this
    * cluster's import quota for that remote (QuotaCut; counted and named by the federation, not here).
    */
   reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'quota';
@@ -426,8 +446,15 @@ export function mergeRemoteServices(
       // through its gateway and leaves such endpoints out). Each left out costs only itself.
       const left: string[] = [];
       const imported: Endpoint[] = [];
+      const seen = new Set<string>();
       for (const e of rs.endpoints) {
         const unusable = [e.ip, ...(e.nodeIp ? [e.nodeIp] : [])].find((a) => !isServiceAddress(a));
+        // An address listed again would take a larger share of the Service's traffic for nothing.
+        if (seen.has(e.ip)) {
+          left.push(`${e.ip}: listed more than once`);
+          continue;
+        }
+        seen.add(e.ip);
         if (unusable) left.push(`${e.ip}: ${unusable} cannot be an endpoint's address (loopback, unspecified, link-local or multicast)`);
         else if (!sameNetwork && !(e.enrolled && e.nodeIp && e.spiffeId)) left.push(`${e.ip}: not in the mesh, and network ${r.network} is reached only by HBONE through its east-west gateway`);
         else {

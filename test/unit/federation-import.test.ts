@@ -1,11 +1,12 @@
 // What one remote cluster may add to this cluster's config (each imported Service becomes VIPs and
 // endpoints in every agent's config), attacker side: a per-remote import quota cut deterministically
-// (a remote past it costs only itself, counted and named), and very many waypoints. Istio has no
-// import quota (it trusts a remote secret's cluster fully).
+// (a remote past it costs only itself, counted and named), and the other ways an export could
+// amplify: many ports, duplicates, very many waypoints, names Kubernetes would refuse. Istio has
+// no import quota (it trusts a remote secret's cluster fully).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
-import { DEFAULT_IMPORT_QUOTA, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
 import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
 import { parseControllerArgs, UsageError } from '../../controller/src/main.ts';
@@ -102,6 +103,57 @@ test('the default import quota is generous for a real cluster and holds against 
   assert.equal(status(2).quota?.refused, 1_000);
   assert.equal(Object.keys(status(2).refusedServices!).length, 100, 'the first 100 named one by one, all counted in the message');
   assert.match(status(2).quota!.message, /the 1000 that did not fit are not imported: demo\/s-05000, .*, and 992 more$/);
+});
+
+// Every VIP and port of an imported Service is a destination in every agent's weft_dests (65,536
+// entries in all, WEFT_MAX_DESTS), and Kubernetes' EndpointSlices carry at most 100 ports.
+test('a remote Service with more than 100 ports, or an endpoint mapping more, is refused (invalid, the field path named) and costs only itself: one Service of 8 VIPs x 10,000 ports would have filled every agent\'s destination map', async (t) => {
+  const { fed, push, status, metrics } = pushed(t);
+  const many = Array.from({ length: 10_000 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const vips = Array.from({ length: 8 }, (_, i) => `10.97.1.${i + 1}`);
+  push(2, [
+    svc('many-ports', [ep('10.78.1.1')], { vips, ports: many }),
+    svc('many-endpoint-ports', [ep('10.78.1.2', { ports: Object.fromEntries(many.map((p) => [String(p.port), p.port])) })], { vips: ['10.97.2.1'] }),
+    svc('fine', [ep('10.78.1.3')], { vips: ['10.97.3.1'], ports: many.slice(0, MAX_SERVICE_PORTS) }),
+  ]);
+  const merged = fed.merge(model([]));
+  assert.deepEqual([...merged.services.keys()], ['demo/fine']);
+  assert.equal(merged.services.get('demo/fine')!.ports.length, 100, 'a Service of 100 ports is imported');
+  const refused = status(2).refusedServices!;
+  assert.match(refused['demo/many-ports']!, /services\[0\]\.ports: has 10000 ports, more than the 100 a Service may have here/);
+  assert.match(refused['demo/many-endpoint-ports']!, /services\[1\]\.endpoints\[0\]\.ports: maps more than the 100 ports/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="invalid"\} 2$/m);
+});
+
+test('a remote cannot list a Service or an endpoint twice to take a larger share of a Service\'s traffic: a repeated endpoint address is left out (endpoints, named), the second entry of a Service refused (invalid, both places named)', async (t) => {
+  const { fed, push, status, metrics } = pushed(t);
+  const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  push(2, [svc('echo', [ep('10.78.1.1'), ep('10.78.1.1'), ep('10.78.1.1'), ep('10.78.1.2')])]);
+  const echo = fed.merge(local).services.get('demo/echo')!;
+  assert.deepEqual(echo.endpoints.map((e) => `${e.ip}@${e.cluster ?? 'here'}`), ['10.77.1.1@here', '10.78.1.1@cluster2', '10.78.1.2@cluster2']);
+  assert.match(status(2).refusedServices!['demo/echo']!, /2 of its 4 endpoints not imported: 10\.78\.1\.1: listed more than once; 10\.78\.1\.1: listed more than once$/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="endpoints"\} 1$/m);
+  // The same Service twice: the first entry is imported, the second adds nothing.
+  push(3, [svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' })]), svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' }), ep('10.79.1.2', { nodeIp: '10.79.0.1' })])]);
+  assert.deepEqual(fed.merge(local).services.get('demo/echo')!.endpoints.map((e) => `${e.ip}@${e.cluster ?? 'here'}`), ['10.77.1.1@here', '10.78.1.1@cluster2', '10.78.1.2@cluster2', '10.79.1.1@cluster3']);
+  assert.match(status(3).refusedServices!['demo/echo']!, /not imported: its entry is malformed \(federation export: services\[1\]: demo\/echo is listed already \(services\[0\]\)\)$/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster3",reason="invalid"\} 1$/m);
+});
+
+test('a remote Service or namespace name Kubernetes would refuse (too long, a slash) costs only that entry (invalid, the field named)', () => {
+  const long = 'a'.repeat(200);
+  const parsed = parseClusterExport(JSON.parse(JSON.stringify({
+    cluster: 'cluster2', network: 'network2', services: [
+      svc(long, [ep('10.78.1.1')], { vips: ['10.97.0.1'] }),
+      { ...svc('x', [ep('10.78.1.2')], { vips: ['10.97.0.2'] }), namespace: 'demo/echo', hostname: 'x.demo/echo.svc.cluster.local' },
+      svc('fine', [ep('10.78.1.3')], { vips: ['10.97.0.3'] }),
+    ],
+  })));
+  assert.match(parsed.services[0]!.invalid ?? '', /services\[0\]\.name: "a{80}" is not a Kubernetes name/);
+  assert.match(parsed.services[1]!.invalid ?? '', /services\[1\]\.namespace: "demo\/echo" is not a Kubernetes namespace/);
+  assert.equal(parsed.services[2]!.invalid, undefined);
+  const { services } = mergeRemoteServices({ services: [] }, { network: 'network2' }, [parsed]);
+  assert.deepEqual([...services.keys()], ['demo/fine']);
 });
 
 // A remote's waypoints were looked up by a scan of its list for each Service behind one, at every
