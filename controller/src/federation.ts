@@ -19,7 +19,7 @@ import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } 
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
-import { DEFAULT_IMPORT_QUOTA, exportWaypoint, FEDERATION_PATH, QUOTA_NAMED, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, exportServices, exportWaypoint, FEDERATION_PATH, QUOTA_NAMED, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -142,7 +142,7 @@ export class Federation {
         endpoints: new Gauge({ name: 'weft_federation_remote_endpoints', help: 'Endpoints imported from the remote cluster', labelNames: ['cluster'], registers }),
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
-        importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, quota)', labelNames: ['cluster', 'reason'], registers }),
+        importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, cluster-local, quota)', labelNames: ['cluster', 'reason'], registers }),
         listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
@@ -173,7 +173,7 @@ export class Federation {
 
   /** This cluster's own services, endpoints and waypoints (nothing imported). */
   export(): ClusterExport {
-    const services = [...(this.#local?.services.values() ?? [])];
+    const services = exportServices(this.#local?.services.values() ?? []);
     const waypoints = [...(this.#local?.waypoints.values() ?? [])].filter((w) => w.cluster === undefined).map(exportWaypoint);
     return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services, waypoints };
   }

@@ -63,6 +63,20 @@ export interface QuotaCut {
   message: string;
 }
 
+/**
+ * Services a cluster keeps to itself (Istio's default cluster-local hosts: every Service of
+ * `kube-system`, and `kubernetes.default.svc`): not exported, and refused from a remote (a remote
+ * adding endpoints to this cluster's DNS or API server Service would receive its pods' queries).
+ */
+export function isClusterLocal(namespace: string, name: string): boolean {
+  return namespace === 'kube-system' || (namespace === 'default' && name === 'kubernetes');
+}
+
+/** A cluster's own Services as its export carries them: the cluster-local ones stay home. */
+export function exportServices(services: Iterable<Service>): Service[] {
+  return [...services].filter((s) => !isClusterLocal(s.namespace, s.name));
+}
+
 export interface ClusterExport {
   cluster: string;
   network: string;
@@ -358,10 +372,11 @@ export interface ImportRefusal {
    * on another network without an east-west gateway (or one at an address no gateway may have);
    * `invalid`: its entry in the export is malformed (the field named); `endpoints`: the Service is
    * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
-   * another network, not in the mesh: only HBONE crosses the gateway, or listed twice); `quota`: past this
+   * another network, not in the mesh: only HBONE crosses the gateway, or listed twice);
+   * `cluster-local`: a Service each cluster keeps to itself (isClusterLocal); `quota`: past this
    * cluster's import quota for that remote (QuotaCut; counted and named by the federation, not here).
    */
-  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'quota';
+  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'cluster-local' | 'quota';
   message: string;
 }
 
@@ -437,6 +452,10 @@ export function mergeRemoteServices(
       const key = `${rs.namespace}/${rs.name}`;
       if (rs.invalid) {
         refuse(key, 'invalid', `its entry is malformed (${rs.invalid})`);
+        continue;
+      }
+      if (isClusterLocal(rs.namespace, rs.name)) {
+        refuse(key, 'cluster-local', 'it is cluster-local (every Service of kube-system, and default/kubernetes, as Istio\'s default cluster-local hosts): only its own cluster\'s endpoints serve it there, and this cluster\'s here');
         continue;
       }
       // Each endpoint a caller here could be sent to: one at an address no endpoint may have would

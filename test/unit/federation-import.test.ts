@@ -1,12 +1,13 @@
 // What one remote cluster may add to this cluster's config (each imported Service becomes VIPs and
 // endpoints in every agent's config), attacker side: a per-remote import quota cut deterministically
 // (a remote past it costs only itself, counted and named), and the other ways an export could
-// amplify: many ports, duplicates, very many waypoints, names Kubernetes would refuse. Istio has
-// no import quota (it trusts a remote secret's cluster fully).
+// amplify or take over: many ports, duplicates, cluster-local Services, very many waypoints,
+// names Kubernetes would refuse. Istio has no import quota (it trusts a remote secret's cluster
+// fully); where it defines a behaviour (cluster-local hosts) the test cites it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
-import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportServices, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
 import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
 import { parseControllerArgs, UsageError } from '../../controller/src/main.ts';
@@ -123,6 +124,36 @@ test('a remote Service with more than 100 ports, or an endpoint mapping more, is
   assert.match(refused['demo/many-ports']!, /services\[0\]\.ports: has 10000 ports, more than the 100 a Service may have here/);
   assert.match(refused['demo/many-endpoint-ports']!, /services\[1\]\.endpoints\[0\]\.ports: maps more than the 100 ports/);
   assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="invalid"\} 2$/m);
+});
+
+// Istio: the hosts of kube-system and kubernetes.default.svc are cluster-local by default
+// (pilot/pkg/model cluster_local.go defaultClusterLocalNamespaces / defaultClusterLocalServices;
+// https://istio.io/latest/docs/ops/configuration/traffic-management/multicluster/ "Keeping traffic
+// in-cluster"): a remote must not add endpoints to this cluster's DNS or API server.
+test('a remote cannot add endpoints to this cluster\'s kube-system Services or default/kubernetes (Istio\'s default cluster-local hosts): refused (cluster-local), counted and named; the local Services are untouched; they are not exported', async (t) => {
+  const { fed, lines, push, status, metrics } = pushed(t);
+  const dns = svc('kube-dns', [ep('10.77.0.53', { enrolled: false, spiffeId: undefined })], { namespace: 'kube-system', vips: ['10.96.0.53'] });
+  const api = svc('kubernetes', [ep('10.77.0.2', { enrolled: false, spiffeId: undefined, nodeIp: '10.77.0.2' })], { namespace: 'default', vips: ['10.96.0.1'] });
+  const local = model([dns, api, svc('echo', [ep('10.77.1.1')])]);
+  push(2, [
+    svc('kube-dns', [ep('10.78.6.6')], { namespace: 'kube-system', vips: ['10.97.0.53'] }),
+    svc('kubernetes', [ep('10.78.6.7')], { namespace: 'default', vips: ['10.97.0.1'] }),
+    svc('metrics-server', [ep('10.78.6.8')], { namespace: 'kube-system', vips: ['10.97.0.54'] }),
+    svc('echo', [ep('10.78.1.1')]),
+  ]);
+  const merged = fed.merge(local);
+  assert.deepEqual(merged.services.get('kube-system/kube-dns'), dns);
+  assert.deepEqual(merged.services.get('default/kubernetes'), api);
+  assert.equal(merged.services.has('kube-system/metrics-server'), false);
+  assert.equal(merged.services.get('demo/echo')!.endpoints.length, 2, 'the rest of the export is imported');
+  const refused = status(2).refusedServices!;
+  assert.deepEqual(Object.keys(refused).sort(), ['default/kubernetes', 'kube-system/kube-dns', 'kube-system/metrics-server']);
+  assert.match(refused['kube-system/kube-dns']!, /not imported: it is cluster-local/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="cluster-local"\} 3$/m);
+  assert.ok(lines.some((l) => l.fields.service === 'default/kubernetes' && l.fields.reason === 'cluster-local'));
+  // This cluster does not export them either (its gateway then admits no kube-system pod).
+  assert.deepEqual(exportServices(local.services.values()).map((s) => s.name), ['echo']);
+  assert.deepEqual(fed.export().services.map((s) => s.name), ['echo']);
 });
 
 test('a remote cannot list a Service or an endpoint twice to take a larger share of a Service\'s traffic: a repeated endpoint address is left out (endpoints, named), the second entry of a Service refused (invalid, both places named)', async (t) => {

@@ -26,7 +26,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport } from '../../../lib/model/federation.ts';
+import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportServices, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport } from '../../../lib/model/federation.ts';
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
@@ -221,7 +221,7 @@ export class RemoteClusterReader {
     const gateway = gatewayOf(this.#gatewayService, network, `spiffe://${trustDomain}/ns/${rootNamespace}/sa/${EASTWEST_SERVICE_ACCOUNT}`);
     // Its waypoints as its own controller would export them: addresses from their running pods, or
     // the Waypoint's status that controller writes (compile.ts waypointFacts).
-    return { cluster, network, ...(gateway ? { gateway } : {}), services: [...model.services.values()], waypoints: [...model.waypoints.values()].map(exportWaypoint) };
+    return { cluster, network, ...(gateway ? { gateway } : {}), services: exportServices(model.services.values()), waypoints: [...model.waypoints.values()].map(exportWaypoint) };
   }
 }
 
