@@ -35,7 +35,7 @@ import {
 } from './ca/index.ts';
 import { Controller } from './controller.ts';
 import { Federation, type RemoteCluster } from './federation.ts';
-import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
@@ -254,7 +254,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
   const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
-    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}) })
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}), maxObjects: kube.remoteMaxObjects({ maxServices: o.remoteMaxServices ?? DEFAULT_IMPORT_QUOTA.maxServices, maxEndpoints: o.remoteMaxEndpoints ?? DEFAULT_IMPORT_QUOTA.maxEndpoints }) })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),

@@ -50,6 +50,11 @@ export class ObjectStore {
   /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
   #changed = new Set<string>();
 
+  /** Objects held. */
+  get size(): number {
+    return this.#objects.size;
+  }
+
   get resourceVersion(): string {
     return this.#resourceVersion;
   }
