@@ -198,6 +198,8 @@ export class RemoteClusterReader {
     source.start((events) => source === this.#source && this.#onEvents(events)).then(() => {
       if (source !== this.#source) return;
       this.#synced = true;
+      // Read whole within the bound: a later overflow waits the first wait again.
+      this.#overflowRetryMs = this.#o.overflowRetryMs ?? REMOTE_OVERFLOW_RETRY_MS;
       this.#push();
     }, (e: Error) => this.#o.log.warn('remote cluster reader stopped', { cluster: this.#o.cluster, error: e.message }));
   }
