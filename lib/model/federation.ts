@@ -49,6 +49,9 @@ export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000,
  */
 export const MAX_SERVICE_PORTS = 100;
 
+/** Distinct endpoint port records one export's parse shares (past it, records are kept apiece). */
+const MAX_PORT_RECORDS = 1_024;
+
 /** Services refused by the quota that `/debug/federation` names one by one; the rest are counted. */
 export const QUOTA_NAMED = 100;
 
@@ -259,6 +262,19 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
     return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
   };
   /**
+   * Endpoints' port records by content, shared as the compile shares them (compileService): a
+   * record keyed by port numbers is an array as long as its largest port below 1024 in V8 (1 KB
+   * for {"80": …}), and a remote's 50,000 endpoints nearly always map their ports alike.
+   */
+  const portRecords = new Map<string, Record<string, number>>();
+  const sharedPorts = (r: Record<string, number>): Record<string, number> => {
+    const key = JSON.stringify(r);
+    const shared = portRecords.get(key);
+    if (shared) return shared;
+    if (portRecords.size < MAX_PORT_RECORDS) portRecords.set(key, r);
+    return r;
+  };
+  /**
    * An endpoint as an importer may use it: the fields its own cluster sets, each checked. Where it
    * runs (cluster, network, gateway) is the importer's to set (mergeRemoteServices), never the
    * entry's: a remote naming a `gateway` of its own would have callers dial any address.
@@ -285,7 +301,7 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
       node: e.node === undefined ? '' : text(e.node, `${ep}.node`),
       ...(e.nodeIp !== undefined ? { nodeIp: ip(e.nodeIp, `${ep}.nodeIp`) } : {}),
       ...(e.port !== undefined ? { port: port(e.port, `${ep}.port`) } : {}),
-      ports: portMap,
+      ports: sharedPorts(portMap),
       enrolled: e.enrolled,
       ...(e.enrolled ? { spiffeId: str(e.spiffeId, `${ep}.spiffeId`) } : {}),
       ready: e.ready,

@@ -218,3 +218,16 @@ test('the import quota is set by the controller\'s flags and the install options
   assert.throws(() => resolveInstallOptions({ ...OK, remoteMaxServices: 0 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-services 0 is not a whole number/.test(e.message));
   assert.throws(() => resolveInstallOptions({ image: OK.image, trustDomain: OK.trustDomain, remoteMaxEndpoints: 10 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-endpoints is for a multi-cluster mesh/.test(e.message));
 });
+
+// A port record keyed by port numbers is an array in V8 as long as its largest port below 1024:
+// 50,000 endpoints of {"1000": …} each held 2.5 KB (150 MB for one remote within its quota), where
+// the compile shares one record per mapping (compileService).
+test('a remote\'s endpoints that map their ports alike share one port record, as the compile\'s do', () => {
+  const eps = Array.from({ length: 2_000 }, (_, i) => ep(addr('10.78', i), { ports: { '1000': 8080 } }));
+  const parsed = parseClusterExport(JSON.parse(JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: gw(2), services: [svc('big', eps, { vips: ['10.97.0.1'], ports: [{ name: 'p', port: 1000, targetPort: 8080, protocol: 'TCP', appProtocol: 'tcp' }] }), svc('other', [ep('10.78.99.1', { ports: { '1000': 8080 } }), ep('10.78.99.2', { ports: { '1000': 9090 } })], { vips: ['10.97.0.2'] })] })), { quota: DEFAULT_IMPORT_QUOTA });
+  const records = new Set(parsed.services.flatMap((s) => s.endpoints.map((e) => e.ports)));
+  assert.equal(records.size, 2, 'one record per mapping');
+  assert.deepEqual([...records], [{ '1000': 8080 }, { '1000': 9090 }]);
+  const merged = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]).services.get('demo/big')!;
+  assert.equal(merged.endpoints[0]!.ports, merged.endpoints[1_999]!.ports, 'still shared once imported');
+});
