@@ -345,7 +345,7 @@ export class RemoteSecrets {
       this.#metrics = {
         refused: new Counter({ name: 'weft_federation_remote_secret_refused_total', help: 'Remote-cluster Secret entries refused, by Secret and reason', labelNames: ['secret', 'reason'], registers }),
         clusters: new Gauge({ name: 'weft_federation_remote_secret_clusters', help: 'Remote clusters read through kubeconfig Secrets', registers }),
-        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for; redirect; too-slow: a list not complete within its deadline)', labelNames: ['cluster', 'reason'], registers }),
+        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for; redirect; too-slow: a list not complete within its deadline; too-many-objects: its reader held more objects than a remote may, its watches stopped)', labelNames: ['cluster', 'reason'], registers }),
       };
     }
   }
