@@ -13,7 +13,7 @@
 // token: it answers only requests carrying a grant for it (DEBUG_GRANT_HEADER,
 // lib/identity/debug-grant.ts), which the controller signs for holders of the token.
 import type http from 'node:http';
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { DEBUG_GRANT_HEADER, DebugGrantError, verifyDebugGrant, type DebugGrantRefusal } from './identity/debug-grant.ts';
 
@@ -44,15 +44,14 @@ export interface DebugTokenAccess extends DebugRefusals {
 export interface DebugGrantAccess extends DebugRefusals {
   /** The grants' audience: this pod of this waypoint (debugGrantAudience). */
   audience: string;
-  /** The roots a grant's chain must lead to: the trust bundle, read at each request (it rotates). */
-  roots: () => readonly string[];
-  now?: () => number;
+  /** The keys a grant must be signed with: the CA that issued this waypoint's certificate (debugGrantSigners), read at each request (it rotates). */
+  signers: () => readonly KeyObject[];
 }
 
 export type DebugAccess = DebugTokenAccess | DebugGrantAccess;
 
 /** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
-export const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
+const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
 
 /**
  * The token in `file` (a mounted Secret), read again at most every DEBUG_TOKEN_FILE_TTL_MS, not at
@@ -98,7 +97,7 @@ export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage
   } else {
     const got = req.headers[DEBUG_GRANT_HEADER];
     try {
-      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.roots(), access.now?.());
+      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers());
       return true;
     } catch (e) {
       if (!(e instanceof DebugGrantError)) throw e;

@@ -16,7 +16,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
-import { debugGrantAudience } from '../../lib/identity/debug-grant.ts';
+import { debugGrantAudience, debugGrantSigners } from '../../lib/identity/debug-grant.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
@@ -400,14 +400,14 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
   // The debug paths answer a grant for this pod of this waypoint (o.id is POD_NAME), checked with
-  // the trust bundle it holds (it follows root rotations); each refusal counted and logged as the
-  // listener's own.
+  // the key of the CA that issued this waypoint's certificate (it follows renewals, so rotations);
+  // each refusal counted and logged as the listener's own.
   let refuseStatus: StatusListenerRefusal | undefined;
   const metrics = metricsServer(engine, o.debugEndpoints ? {
     admin,
     access: {
       audience: debugGrantAudience(o.namespace, o.name, o.id),
-      roots: () => id.current().trustBundle,
+      signers: debugGrantSigners(() => id.current()),
       refused: (req, why, detail) => refuseStatus?.('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
     },
   } : undefined);
