@@ -100,9 +100,11 @@ export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage
       verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers());
       return true;
     } catch (e) {
-      if (!(e instanceof DebugGrantError)) throw e;
-      error = `${path} wants a debug grant for ${access.audience} in the ${DEBUG_GRANT_HEADER} header (the controller signs one for holders of the install's debug token; weftctl asks for it): ${e.message}`;
-      access.refused(req, e.reason, e.message);
+      // Any other error (a key or input node:crypto chokes on) is a grant that opens nothing, refused
+      // as malformed: thrown out of the request handler, it would end the process.
+      const [why, detail] = e instanceof DebugGrantError ? [e.reason, e.message] : ['malformed' as const, `the grant could not be checked: ${(e as Error).message}`];
+      error = `${path} wants a debug grant for ${access.audience} in the ${DEBUG_GRANT_HEADER} header (the controller signs one for holders of the install's debug token; weftctl asks for it): ${detail}`;
+      access.refused(req, why, detail);
     }
   }
   res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error }) + '\n');

@@ -11,13 +11,15 @@
 // reason="debug-grant-<why>"} and logged within the refusal budget.
 import assert from 'node:assert/strict';
 import { createPrivateKey, createSign, type KeyObject } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import { CertificateAuthority, createCsr, generateKeyPair, parseCertificate, privateKeyToPem } from '../../lib/identity/index.ts';
 import { DEBUG_GRANT_HEADER, DEBUG_GRANT_TYPE, debugGrantAudience, debugGrantSigners, encodeDebugGrant, verifyDebugGrant, DebugGrantError } from '../../lib/identity/debug-grant.ts';
+import { admitDebugRequest } from '../../lib/debug-http.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import { refusalLineBound } from '../lab/log-bound.ts';
@@ -238,4 +240,22 @@ describe('verifyDebugGrant', () => {
     bundle = [...bundle];
     assert.equal(signers()[0], first[0], 'a new bundle with the same certificate: its issuer is still known');
   });
+});
+
+// A key or input node:crypto chokes on (anything but a DebugGrantError) is a refusal like the
+// others, not an exception out of the request handler, which would end the waypoint.
+test('admitDebugRequest refuses as malformed, counted and named, a grant whose check throws anything', () => {
+  const refusals: Array<{ why: string; detail: string }> = [];
+  const res = { status: 0, body: '', writeHead(status: number) { this.status = status; return this; }, end(body: string) { this.body = body; return this; } };
+  const req = { headers: { [DEBUG_GRANT_HEADER]: 'e30.e30.AA' }, url: '/debug/certs', socket: {} } as unknown as IncomingMessage;
+  const admitted = admitDebugRequest({
+    audience: AUDIENCE,
+    signers: () => { throw new TypeError('unsupported key'); },
+    refused: (_req, why, detail) => refusals.push({ why, detail }),
+  }, req, res as never, '/debug/certs');
+  assert.equal(admitted, false);
+  assert.equal(res.status, 403);
+  assert.match(res.body, /wants a debug grant for .* unsupported key/);
+  assert.deepEqual(refusals.map((r) => r.why), ['malformed']);
+  assert.match(refusals[0]!.detail, /unsupported key/);
 });
