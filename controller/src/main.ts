@@ -5,7 +5,7 @@
 // waypoint launcher); running this file parses the command line.
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
+import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -329,10 +329,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   // port, not the loopback admin one. Every pod reaches it too, so with a token (Kubernetes mode)
   // only requests carrying it are answered (lib/debug-http.ts, the agents' check); a grant is signed
   // for nobody else.
-  let refuseStatus: StatusListenerRefusal | undefined;
+  // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
+  const status = statusListenerLimits({ registry, metric: 'weft_controller_listener_refused_total', log });
   const debugAccess: DebugTokenAccess | undefined = debugToken ? {
     token: debugToken,
-    refused: (req, why, detail) => refuseStatus?.('metrics', 'debug-token', req.socket.remoteAddress, `${req.url ?? ''}: ${why}: ${detail}`),
+    refused: (req, why, detail) => status.refused('metrics', `debug-token-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
   } : undefined;
   const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(debugAccess && authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
   const metrics = createServer((req, res) => {
@@ -402,8 +403,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send({ audience, header: DEBUG_GRANT_HEADER, grant: signed.grant, expires: signed.expires.toISOString() });
     } else res.writeHead(404).end();
   });
-  // Every pod reaches these two: bounded as the other components' (one source, a slowloris).
-  refuseStatus = limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_controller_listener_refused_total', log });
+  status.limit({ metrics, readiness: ready });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
   // The admin port is a convenience: a controller that cannot bind it still serves the mesh.
   const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1').catch((e: Error) => {

@@ -129,7 +129,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
   const logs: LogLine[] = [];
   const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })], { debugEndpoints: true, debugToken: () => token, logger: captureLogger(logs) });
   const at = (path: string, headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${running.metricsPort}${path}`, { headers }).then(async (r) => ({ status: r.status, body: await r.text() }));
-  const refused = async () => Number(/^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token"\} (\d+)$/m.exec((await at('/metrics')).body)?.[1] ?? 0);
+  const refused = async (why: string) => Number(new RegExp(`^weft_controller_listener_refused_total\\{listener="metrics",reason="debug-token-${why}"\\} (\\d+)$`, 'm').exec((await at('/metrics')).body)?.[1] ?? 0);
   try {
     // Another pod: no token, a wrong one.
     for (const headers of [{}, { [DEBUG_TOKEN_HEADER]: 'guess' }] as Array<Record<string, string>>) {
@@ -142,9 +142,11 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     const noGrant = await at(grantPath);
     assert.equal(noGrant.status, 403, 'no grant without the token');
     assert.doesNotMatch(noGrant.body, /grant"/);
-    assert.equal(await refused(), 3);
-    const lines = logs.filter((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-token');
-    assert.deepEqual(lines.map((l) => String(l.fields['detail']).split(':').slice(0, 2).join(':')), ['/debug/clients: missing', '/debug/clients: wrong', `${grantPath}: missing`]);
+    // Labelled debug-token-<why>, as a waypoint's are debug-grant-<why>.
+    assert.equal(await refused('missing'), 2);
+    assert.equal(await refused('wrong'), 1);
+    const lines = logs.filter((l) => l.msg === 'status listener refused a request' && String(l.fields['reason']).startsWith('debug-token-'));
+    assert.deepEqual(lines.map((l) => `${String(l.fields['detail']).split(':')[0]} ${String(l.fields['reason'])}`), ['/debug/clients debug-token-missing', '/debug/clients debug-token-wrong', `${grantPath} debug-token-missing`]);
     // weftctl, with the token through the pod proxy.
     const ok = await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: token! });
     assert.equal(ok.status, 200, ok.body);
@@ -170,7 +172,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     // Until the Secret could be read, every request is refused.
     token = undefined;
     assert.equal((await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: 'install-debug-token-0123456789abcdef' })).status, 403);
-    assert.equal(await refused(), 4);
+    assert.equal(await refused('unset'), 1);
   } finally {
     await running.stop();
     cleanup();
