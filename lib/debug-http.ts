@@ -53,6 +53,28 @@ export type DebugAccess = DebugTokenAccess | DebugGrantAccess;
 /** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
 const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
 
+/** The token in the debug token Secret's `data` (base64, as the API returns it); undefined when it holds none. */
+export function debugTokenOfSecret(data: { token?: string } | undefined): string | undefined {
+  return data?.token ? Buffer.from(data.token, 'base64').toString('utf8').trim() || undefined : undefined;
+}
+
+/**
+ * `read()`'s answer, kept until the time `until(answer, now)` gives (an answer without one, or a
+ * failed read, is read again at the next call); calls meanwhile share one read. weftctl's cache of
+ * the debug token Secret and of each waypoint's grant.
+ */
+export function cachedRead<T>(read: () => Promise<T>, until: (answer: T, now: number) => number): () => Promise<T> {
+  let held: { until: number; answer: Promise<T> } | undefined;
+  return () => {
+    if (!held || Date.now() >= held.until) {
+      const entry: { until: number; answer: Promise<T> } = { until: Infinity, answer: read() };
+      entry.answer.then((a) => { entry.until = until(a, Date.now()); }, () => { if (held === entry) held = undefined; });
+      held = entry;
+    }
+    return held.answer;
+  };
+}
+
 /**
  * The token in `file` (a mounted Secret), read again at most every DEBUG_TOKEN_FILE_TTL_MS, not at
  * every request; undefined while the file cannot be read or is empty. The agents' and the in-cluster

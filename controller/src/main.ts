@@ -523,25 +523,27 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
   return federation;
 }
 
-/** How long the controller uses the debug token it read before reading the Secret again (a re-made Secret, another replica's). */
-const DEBUG_TOKEN_REREAD_MS = 60_000;
+/** How long the controller waits before asking again for a debug token it could not read or make at start. */
+const DEBUG_TOKEN_RETRY_MS = 60_000;
 
 /**
- * The install's debug token as the controller's debug paths read it: the Secret it makes once
- * (`read`: read-or-create), read at start and again in the background at most every
- * DEBUG_TOKEN_REREAD_MS; undefined (every /debug request refused) until it could be read.
+ * The install's debug token as the controller's debug paths read it: the one `read`
+ * (clusterDebugToken: read-or-create) returned at start, kept (the Secret is made once; a token
+ * rotated by deleting it is made again, and taken, when the controller restarts). Only while it holds
+ * none (the API server did not answer at start) is `read` asked again, in the background, at most
+ * every DEBUG_TOKEN_RETRY_MS; undefined (every /debug request refused) until then.
  */
-async function clusterDebugTokenReader(read: () => Promise<{ token: string | undefined }>, log: Logger): Promise<() => string | undefined> {
+export async function clusterDebugTokenReader(read: () => Promise<{ token: string | undefined }>, log: Logger, now: () => number = Date.now): Promise<() => string | undefined> {
   let token: string | undefined;
   let at = 0;
   let reading: Promise<void> | undefined;
   const refresh = (): Promise<void> => (reading ??= read().then(
     (r) => { token = r.token; },
     (e: Error) => log.warn(`the debug token Secret ${DEBUG_TOKEN_SECRET} could not be read or made; the agents and the controller refuse every /debug request until it exists`, { error: e.message }),
-  ).finally(() => { at = Date.now(); reading = undefined; }));
+  ).finally(() => { at = now(); reading = undefined; }));
   await refresh();
   return () => {
-    if (Date.now() - at > DEBUG_TOKEN_REREAD_MS) void refresh();
+    if (token === undefined && now() - at > DEBUG_TOKEN_RETRY_MS) void refresh();
     return token;
   };
 }

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
-import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
+import { clusterDebugTokenReader, parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
 import { DEBUG_TOKEN_HEADER } from '../../lib/debug-http.ts';
 import { DEBUG_GRANT_HEADER, debugGrantAudience, verifyDebugGrant } from '../../lib/identity/debug-grant.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
@@ -186,6 +186,30 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     await local.running.stop();
     local.cleanup();
   }
+});
+
+test('the controller keeps the debug token it read or made at start (no read-or-create of the Secret, no new API client, on the request path); only while it holds none does it ask again, at most every minute', async () => {
+  let t = 0;
+  let reads = 0;
+  let answer: Promise<{ token: string | undefined }> = Promise.resolve({ token: 'tok-0' });
+  const read = () => { reads++; return answer; };
+  const held = await clusterDebugTokenReader(read, silentLogger, () => t);
+  for (t = 0; t < 10 * 60_000; t += 30_000) assert.equal(held(), 'tok-0');
+  assert.equal(reads, 1, 'read once, at start');
+  // The API server did not answer at start: every /debug request refused meanwhile, asked again after a minute.
+  answer = Promise.reject(new Error('connection refused'));
+  t = 0;
+  const none = await clusterDebugTokenReader(read, silentLogger, () => t);
+  assert.equal(none(), undefined);
+  assert.equal(reads, 2);
+  answer = Promise.resolve({ token: 'tok-1' });
+  t = 60_001;
+  assert.equal(none(), undefined);
+  await until('the token read in the background', () => none() === 'tok-1', 5_000);
+  assert.equal(reads, 3);
+  t = 10 * 60_000;
+  assert.equal(none(), 'tok-1');
+  assert.equal(reads, 3, 'kept once held');
 });
 
 test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {
