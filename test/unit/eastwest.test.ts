@@ -57,7 +57,7 @@ before(async () => {
   // cluster2: the controller's export, a "node agent" (HBONE server holding echo's identity) in front of an echo.
   const ctrlTls = await creds(c2, CTRL);
   federation = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
-  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
   federation.merge(model);
   await federation.start();
   echoServer = net.createServer((s) => s.pipe(s));

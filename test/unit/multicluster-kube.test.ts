@@ -639,7 +639,7 @@ test('a remote API server that goes silent (a partition that drops packets: no r
     cluster: 'cluster2', secret: 'weft-system/remote-cluster2', kubeConfig: kubeConfigForServer(relayUrl), trustDomain: TD, rootNamespace: 'weft-system',
     log: silentLogger, report: (r) => federation.report('cluster2', r), watchTimeoutMs: 1_000,
   });
-  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
   const imported = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
   try {
     await federation.start();

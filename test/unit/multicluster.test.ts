@@ -199,7 +199,7 @@ test('TrafficPolicy locality is validated with the field named', () => {
 });
 
 function model(services: Service[]): MeshModel {
-  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
 }
 
 test('federation: controllers read each other\'s export over mutual TLS; a reader that is not a peer gets 403; an unreachable remote keeps its endpoints for the stale bound, then loses them', async (t) => {
