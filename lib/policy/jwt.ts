@@ -252,11 +252,16 @@ function cookieValues(headers: TokenSources['headers'], name: string): string[] 
   return out;
 }
 
-/** The tokens at one location (a header without the prefix holds none, as in Envoy). */
+/**
+ * The tokens at one location. A header without the prefix holds none, as in Envoy; the prefix is
+ * compared without regard to case (RFC 9110 section 11.1: an auth scheme is case-insensitive), so
+ * `bearer <token>` is verified, not passed on unchecked to a backend that would read it.
+ */
 function tokensAt(loc: Location, src: TokenSources): string[] {
   if (loc.header) {
     const { name, prefix } = loc.header;
-    return valuesOf(src.headers[name]).filter((v) => v.startsWith(prefix)).map((v) => v.slice(prefix.length).trim()).filter((t) => t !== '');
+    const lower = prefix.toLowerCase();
+    return valuesOf(src.headers[name]).filter((v) => v.slice(0, prefix.length).toLowerCase() === lower).map((v) => v.slice(prefix.length).trim()).filter((t) => t !== '');
   }
   if (loc.param !== undefined) return queryValues(src.query, loc.param).filter((t) => t !== '');
   return cookieValues(src.headers, loc.cookie!).filter((t) => t !== '');

@@ -91,6 +91,11 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
 });
 
 describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\'s status) and say why', () => {
+  it('a lower-case "bearer" scheme (RFC 9110 11.1: case-insensitive) is read, so a forged token there is refused, not passed on unchecked', () => {
+    refused([rule], { headers: { authorization: `bearer ${signToken(stranger, claims())}` }, query: '' }, 'bad-signature');
+    assert.equal(authenticateRequest([rule], { headers: { authorization: `BEARER ${signToken(rsa, claims())}` }, query: '' }).kind, 'verified');
+  });
+
   it('a forged signature: a key of the same kid not in the JWKS, and a payload changed after signing', () => {
     refused([rule], bearer(signToken(stranger, claims())), 'bad-signature');
     refused([rule], bearer(tamper(signToken(rsa, claims()), claims({ sub: 'admin' }))), 'bad-signature');

@@ -6,11 +6,12 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { boundWaypoint, isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { boundWaypoint, isConsumerRoute, waypointTargets, type AddressOwner, type JwtRule, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
+import { parseJwks } from '../../lib/policy/jwt.ts';
 import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
 import { RouteTable } from './router.ts';
 
@@ -33,6 +34,11 @@ export interface Snapshot {
    */
   consumerRoutes: ReadonlyMap<string, RouteTable>;
   policies: PolicyTable;
+  /**
+   * `namespace/name` of a service → the JWT rules of every RequestAuthentication attached to it
+   * (merged, as Istio merges them); absent: no RequestAuthentication, tokens are not looked at.
+   */
+  jwtRules: ReadonlyMap<string, readonly JwtRule[]>;
   /** `namespace/name` of a service → its resilience settings (defaults when no TrafficPolicy). */
   settings: ReadonlyMap<string, ClusterSettings>;
   /** Objects left out or failing closed, each naming the object and field. */
@@ -199,7 +205,7 @@ function addressOwnersOf(cfg: WaypointConfig, prev: Snapshot | undefined): Owner
 
 /** The inputs of a snapshot's route, policy and service tables are the same arrays (the config client reuses an untouched type's). */
 function sameTables(a: WaypointConfig, b: WaypointConfig): boolean {
-  return a.namespace === b.namespace && a.services === b.services && a.routes === b.routes && a.trafficPolicies === b.trafficPolicies && a.policies === b.policies;
+  return a.namespace === b.namespace && a.services === b.services && a.routes === b.routes && a.trafficPolicies === b.trafficPolicies && a.policies === b.policies && a.requestAuthentications === b.requestAuthentications;
 }
 
 /**
@@ -272,7 +278,30 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues, addressOwners };
+  const jwtRules = jwtRulesByService(cfg, issues);
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, jwtRules, settings, issues, addressOwners };
+}
+
+/**
+ * The JWT rules per Service (waypointTargets, the rule for AuthorizationPolicy too). A rule whose
+ * keys do not parse here (a version skew: the controller validates them with the same code) is
+ * kept and reported: its tokens then fail to verify (401), requests without one pass as before.
+ */
+function jwtRulesByService(cfg: WaypointConfig, issues: ConfigIssue[]): Map<string, JwtRule[]> {
+  const out = new Map<string, JwtRule[]>();
+  for (const ra of cfg.requestAuthentications ?? []) {
+    const object = serviceKey(ra);
+    if (!Array.isArray(ra.jwtRules) || !Array.isArray(ra.targetServices)) { issues.push({ kind: 'RequestAuthentication', object, path: '', message: 'jwtRules and targetServices must be lists; left out' }); continue; }
+    ra.jwtRules.forEach((r, i) => {
+      try {
+        parseJwks(r.jwks);
+      } catch (e) {
+        issues.push({ kind: 'RequestAuthentication', object, path: `jwtRules[${i}].jwks`, message: `${(e as Error).message} (its tokens are refused)` });
+      }
+    });
+    for (const svc of waypointTargets(ra)) out.set(svc, [...(out.get(svc) ?? []), ...ra.jwtRules]);
+  }
+  return out;
 }
 
 /**
