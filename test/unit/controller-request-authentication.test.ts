@@ -13,10 +13,19 @@ import { buildIndex, waypointHolds, waypointView, agentView } from '../../contro
 import { silentLogger } from '../../lib/log.ts';
 import type { AuthorizationPolicy, RequestAuthentication } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { authz, ns, pod, svc } from './controller-fixtures.ts';
-import { jwksOf, testKey } from './jwt-fixtures.ts';
+import * as grpc from '@grpc/grpc-js';
+import { ConfigServer } from '../../controller/src/xds/server.ts';
+import { ConfigClient } from '../../lib/xds/client.ts';
+import { configStreamServiceDefinition, type ConfigStreamCall } from '../../lib/xds/protocol.ts';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import { request, startTunnelListener } from '../../waypoint/testing/harness.ts';
+import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
+import { until } from './controller-harness.ts';
+import { jwksOf, nowSeconds, signToken, testKey } from './jwt-fixtures.ts';
 
-const JWKS = jwksOf(testKey('ec256', 'k1'));
+const ISSUER_KEY = testKey('ec256', 'k1');
+const JWKS = jwksOf(ISSUER_KEY);
 
 function ra(name: string, spec: unknown, namespace = 'shop'): RequestAuthentication {
   return { apiVersion: 'weft.dev/v1alpha1', kind: 'RequestAuthentication', metadata: { name, namespace }, spec } as RequestAuthentication;
@@ -106,4 +115,43 @@ test('enforced by the agents, requestPrincipals and request.auth.* are Unsupport
   assert.equal(deny.verdict, 'denied by shop/no-dev');
   assert.match(deny.finding!.message, /found: request\.auth\.claims\[groups\]/);
   assert.match(deny.finding!.message, /DENY is enforced without its HTTP attributes/);
+});
+
+// End to end from the object to the waypoint's answer: the controller compiles it, the config
+// stream carries it to the waypoint of the targets' namespace (config type RequestAuthentication),
+// the waypoint refuses a forged token with 401; deleting the object stops it.
+test('a RequestAuthentication reaches the waypoint over the config stream and is enforced there; removing it stops it', async () => {
+  const build = (withRa: boolean) => {
+    const i = emptyInputs();
+    i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' }));
+    i.waypoints.push(waypoint('shop', 'waypoint'));
+    i.pods.push(pod('shop', 'reviews', { ip: '10.4.0.1' }));
+    i.services.push(svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.20'));
+    if (withRa) i.requestAuthentications!.push(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwks: JWKS }] }));
+    return compile(i).model;
+  };
+  const configServer = new ConfigServer();
+  configServer.publish(build(true));
+  const server = new grpc.Server();
+  server.addService(configStreamServiceDefinition(), { DeltaConfig: (call: ConfigStreamCall) => configServer.handle(call) });
+  const port = await new Promise<number>((res, rej) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))));
+  const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+  const wp = new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'waypoint', id: 'waypoint-0', namespace: 'shop', validate: (cfg) => engine.validateConfig(cfg) });
+  wp.on('snapshot', (cfg) => engine.applyConfig(cfg));
+  const l = await startTunnelListener(engine, '10.96.0.20:80');
+  const forged = signToken(testKey('ec256', ISSUER_KEY.kid), { iss: 'https://issuer.example', sub: 'admin', exp: nowSeconds() + 60 });
+  try {
+    wp.start();
+    await wp.ready();
+    assert.deepEqual(wp.snapshot!.requestAuthentications?.map((r) => `${r.namespace}/${r.name}`), ['shop/jwt']);
+    await until('the waypoint refuses the forged token', async () => (await request(l.port, { host: 'reviews.shop', headers: { authorization: `Bearer ${forged}` } })).status === 401);
+    configServer.publish(build(false));
+    await until('the waypoint applied the removal', () => wp.snapshot?.requestAuthentications?.length === 0);
+    assert.notEqual((await request(l.port, { host: 'reviews.shop', headers: { authorization: `Bearer ${forged}` } })).status, 401);
+  } finally {
+    wp.close();
+    await l.close();
+    await engine.close();
+    server.forceShutdown();
+  }
 });
