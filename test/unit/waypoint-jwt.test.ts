@@ -12,7 +12,7 @@ import type { JwtRule } from '../../lib/policy/jwt.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener,
+  CALLER, backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, testKey, unsignedToken } from './jwt-fixtures.ts';
@@ -197,5 +197,46 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     assert.equal(issues[0]?.path, 'jwtRules[0].jwks');
     assert.equal((await request(l.port)).status, 200, 'requests without a token still pass');
     assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 401);
+  });
+});
+
+// https://istio.io/latest/docs/tasks/security/authentication/jwt-route/ routes on a verified claim;
+// with the Gateway API, a claim copied to a header (outputClaimToHeaders) is matched by an HTTPRoute
+// header match. The route sees the header the waypoint wrote, never one the caller sent.
+describe('routing on a verified claim (istio.io jwt-route, with outputClaimToHeaders and an HTTPRoute header match)', () => {
+  let reviews: Backend;
+  let admin: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+
+  before(async () => {
+    reviews = await startHttpBackend(echo('reviews'));
+    admin = await startHttpBackend(echo('reviews-admin'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(reviews.port)]), service('reviews-admin', '10.96.0.11', [endpoint(admin.port)])],
+      routes: [route('by-group', 'reviews', [
+        { matches: [match({ headers: [{ type: 'Exact', name: 'x-jwt-group', value: 'admin' }] })], backends: [backend('reviews-admin')] },
+        { matches: [match()], backends: [backend('reviews')] },
+      ])],
+      requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), outputClaimToHeaders: [{ header: 'x-jwt-group', claim: 'group' }] }])],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+  });
+
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await reviews.close();
+    await admin.close();
+  });
+
+  it('a token with group admin goes to reviews-admin; a caller sending x-jwt-group itself does not', async () => {
+    const routed = await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims({ group: 'admin' }))}` } });
+    assert.equal(JSON.parse(routed.body).backend, 'reviews-admin');
+    const spoofed = await request(l.port, { headers: { 'x-jwt-group': 'admin' } });
+    assert.equal(JSON.parse(spoofed.body).backend, 'reviews');
+    const other = await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims({ group: 'dev' }))}`, 'x-jwt-group': 'admin' } });
+    assert.equal(JSON.parse(other.body).backend, 'reviews');
   });
 });
