@@ -5,6 +5,7 @@
 // counted by reason and logged within the refusal budget; AuthorizationPolicy's requestPrincipals
 // and request.auth.* judged on what was verified.
 import assert from 'node:assert/strict';
+import http2 from 'node:http2';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy, RequestAuthentication } from '../../lib/model/mesh.ts';
@@ -12,7 +13,7 @@ import type { JwtRule } from '../../lib/policy/jwt.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
-  CALLER, backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener,
+  CALLER, backend, config, echo, endpoint, h2request, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, testKey, unsignedToken } from './jwt-fixtures.ts';
@@ -127,6 +128,19 @@ describe('RequestAuthentication at the waypoint (istio.io request_authentication
     const both = await request(l.port, { path: `/?access_token=${forged}`, headers: { authorization: `Bearer ${good}` } });
     assert.equal(both.status, 401);
     assert.ok(((await refusals(engine))['multiple-tokens'] ?? 0) >= 2);
+  });
+
+  it('HTTP/2 alike: a valid token passes with its header removed, a forged one is 401', async () => {
+    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    try {
+      const ok = await h2request(session, { ':path': '/', ':authority': 'reviews.shop', authorization: `Bearer ${signToken(key, claims())}` });
+      assert.equal(ok.status, 200, ok.body);
+      assert.equal((JSON.parse(ok.body).headers as Record<string, string>)['authorization'], undefined);
+      const forged = await h2request(session, { ':path': '/', ':authority': 'reviews.shop', authorization: `Bearer ${signToken(stranger, claims())}` });
+      assert.equal(forged.status, 401);
+    } finally {
+      session.close();
+    }
   });
 
   it('an oversized token never reaches the backend (the header bound answers 431 first)', async () => {
