@@ -211,6 +211,14 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     assert.equal(issues[0]?.path, 'jwtRules[0].jwks');
     assert.equal((await request(l.port)).status, 200, 'requests without a token still pass');
     assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 401);
+    // A controller of another version sends a shape this waypoint cannot read: that rule is left
+    // out and named, nothing throws, the rest of the config applies.
+    const skew = engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      requestAuthentications: [ra('skew', [{ issuer: ISS, jwks: jwksOf(key), fromHeaders: 'authorization' } as unknown as JwtRule, { issuer: ISS, jwks: jwksOf(key) }])],
+    }));
+    assert.deepEqual(skew.issues.filter((i) => i.kind === 'RequestAuthentication').map((i) => i.path), ['jwtRules[0]']);
+    assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200, 'the well-formed rule verifies');
   });
 });
 

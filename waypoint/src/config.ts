@@ -289,17 +289,23 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
  */
 function jwtRulesByService(cfg: WaypointConfig, issues: ConfigIssue[]): Map<string, JwtRule[]> {
   const out = new Map<string, JwtRule[]>();
-  for (const ra of cfg.requestAuthentications ?? []) {
+  const list = cfg.requestAuthentications ?? [];
+  if (!Array.isArray(list)) { issues.push({ kind: 'WaypointConfig', object: '-', path: 'requestAuthentications', message: 'must be an array; no RequestAuthentication applies' }); return out; }
+  for (const ra of list) {
     const object = serviceKey(ra);
-    if (!Array.isArray(ra.jwtRules) || !Array.isArray(ra.targetServices)) { issues.push({ kind: 'RequestAuthentication', object, path: '', message: 'jwtRules and targetServices must be lists; left out' }); continue; }
-    ra.jwtRules.forEach((r, i) => {
+    const issue = (path: string, message: string): void => { issues.push({ kind: 'RequestAuthentication', object, path, message }); };
+    if (!Array.isArray(ra.jwtRules) || !Array.isArray(ra.targetServices)) { issue('', 'jwtRules and targetServices must be lists; left out'); continue; }
+    const rules = ra.jwtRules.filter((r, i) => {
+      const shape = jwtRuleShapeProblem(r);
+      if (shape) { issue(`jwtRules[${i}]`, `${shape}; left out (its tokens verify nothing: refused where another rule reads their location, else no request principal)`); return false; }
       try {
         parseJwks(r.jwks);
       } catch (e) {
-        issues.push({ kind: 'RequestAuthentication', object, path: `jwtRules[${i}].jwks`, message: `${(e as Error).message} (its tokens are refused)` });
+        issue(`jwtRules[${i}].jwks`, `${(e as Error).message} (its tokens are refused)`);
       }
+      return true;
     });
-    for (const svc of waypointTargets(ra)) out.set(svc, [...(out.get(svc) ?? []), ...ra.jwtRules]);
+    for (const svc of waypointTargets(ra)) out.set(svc, [...(out.get(svc) ?? []), ...rules]);
   }
   return out;
 }
@@ -341,6 +347,18 @@ export function servesService(namespace: string, s: Pick<Service, 'namespace' | 
   if (s.namespace === namespace) return true;
   const wp = boundWaypoint(s.waypoint);
   return wp !== undefined && wp.namespace === namespace && wp.cluster === undefined;
+}
+
+/** What about a rule's shape lib/policy/jwt.ts could not read (a controller of another version); undefined when it is fine. */
+function jwtRuleShapeProblem(r: JwtRule): string | undefined {
+  if (typeof r !== 'object' || r === null) return 'not an object';
+  if (typeof r.issuer !== 'string' || typeof r.jwks !== 'string') return 'issuer and jwks must be strings';
+  const strings = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  if (!strings(r.audiences) || !strings(r.fromParams) || !strings(r.fromCookies)) return 'audiences, fromParams and fromCookies must be lists of strings';
+  if (r.fromHeaders !== undefined && !(Array.isArray(r.fromHeaders) && r.fromHeaders.every((h) => typeof h?.name === 'string' && (h.prefix === undefined || typeof h.prefix === 'string')))) return 'fromHeaders must list {name, prefix}';
+  if (r.outputClaimToHeaders !== undefined && !(Array.isArray(r.outputClaimToHeaders) && r.outputClaimToHeaders.every((h) => typeof h?.header === 'string' && typeof h.claim === 'string'))) return 'outputClaimToHeaders must list {header, claim}';
+  if (r.outputPayloadToHeader !== undefined && typeof r.outputPayloadToHeader !== 'string') return 'outputPayloadToHeader must be a string';
+  return undefined;
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {
