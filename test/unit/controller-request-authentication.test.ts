@@ -21,7 +21,8 @@ import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { request, startTunnelListener } from '../../waypoint/testing/harness.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
-import { until } from './controller-harness.ts';
+import { startHarness, until } from './controller-harness.ts';
+import { MemorySource } from '../../controller/src/sources/memory.ts';
 import { jwksOf, nowSeconds, signToken, testKey } from './jwt-fixtures.ts';
 
 const ISSUER_KEY = testKey('ec256', 'k1');
@@ -153,5 +154,27 @@ test('a RequestAuthentication reaches the waypoint over the config stream and is
     await l.close();
     await engine.close();
     server.forceShutdown();
+  }
+});
+
+// A bad object costs only itself: an update the controller refuses (here jwksUri, which it does not
+// fetch) is Invalid in status at its field, and the last good version keeps serving at the waypoint.
+test('a refused update of a RequestAuthentication is Invalid at its field path and the last good version stays in force at the waypoint', async () => {
+  const good = ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwks: JWKS }] });
+  const source = new MemorySource([ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'), good]);
+  const h = await startHarness(source);
+  try {
+    const wp = h.waypoint('shop');
+    await wp.ready();
+    await until('the waypoint holds the RequestAuthentication', () => wp.snapshot!.requestAuthentications?.some((r) => r.name === 'jwt') === true);
+    source.upsert(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwksUri: 'https://issuer.example/jwks.json' }] }));
+    await until('refused update status', () => source.statuses.get('RequestAuthentication/shop/jwt')?.reason === 'Invalid');
+    const st = source.statuses.get('RequestAuthentication/shop/jwt')!;
+    assert.equal(st.path, 'spec.jwtRules[0].jwksUri');
+    assert.match(st.message, /fetches no JWKS/);
+    await h.controller.settled();
+    assert.equal(wp.snapshot!.requestAuthentications?.find((r) => r.name === 'jwt')?.jwtRules[0]?.jwks, JWKS, 'the last good keys still apply');
+  } finally {
+    await h.close();
   }
 });
