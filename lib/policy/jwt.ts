@@ -6,9 +6,11 @@
 //  - A request without a token is admitted with no request principal; an AuthorizationPolicy
 //    requires one (`requestPrincipals: ["*"]`).
 //  - A request with a token that fails any check is refused: 401 (Envoy: 403 when only the
-//    audience is wrong, JwtAudienceNotAllowed). So is one with more than one token (Envoy
+//    audience is wrong, JwtAudienceNotAllowed). So is one with two different tokens (Envoy
 //    JwtMultipleTokens): which one would name the caller is not defined (Istio: "requests with
-//    multiple tokens ... the output principal of such requests is undefined").
+//    multiple tokens ... the output principal of such requests is undefined"); the same token in
+//    two places is one token.
+//  - A CORS preflight is not checked (Istio sets Envoy's bypass_cors_preflight).
 //  - Asymmetric algorithms only (RS256/384/512, PS256/384/512, ES256/384/512, EdDSA), each bound to
 //    the key type it needs; `none` and HS* are refused, so an RSA public key can never serve as an
 //    HMAC secret (key confusion).
@@ -105,6 +107,8 @@ export interface TokenSources {
   headers: Readonly<Record<string, string | readonly string[] | undefined>>;
   /** The request target's query (after `?`), or ''. */
   query: string;
+  /** The method, for the CORS preflight bypass; absent: not a preflight. */
+  method?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,7 +398,7 @@ const FIELD_VALUE_OK = /^[\t\x20-\x7e\x80-\xff]*$/;
  */
 export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources, nowMs = Date.now()): JwtOutcome {
   const edits: HeaderEditsOut = { remove: outputHeaders(rules), set: [] };
-  if (rules.length === 0) return { kind: 'none', edits };
+  if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
   // Every token at every location some rule reads, and the rules reading each location.
   const byLocation = new Map<string, { loc: Location; rules: JwtRule[] }>();
   for (const r of rules) {
@@ -411,18 +415,31 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
     kind: 'refused', reason, status: reason === 'audience-not-allowed' ? 403 : 401, message: ENVOY_STATUS[reason],
     detail: `${why}`, ...(issuer !== undefined ? { issuer } : {}),
   });
-  if (found.length > 1) return refuse('multiple-tokens', `${found.length} tokens (${[...new Set(found.map((f) => f.loc.id))].join(', ')})`);
-  const { token, loc, rules: candidates } = found[0]!;
+  // The same token in two places is one token; two different ones are refused, whichever would verify.
+  if (new Set(found.map((f) => f.token)).size > 1) return refuse('multiple-tokens', `${found.length} tokens (${[...new Set(found.map((f) => f.loc.id))].join(', ')})`);
+  const { token, loc } = found[0]!;
+  // Every rule reading any of the places it came from may verify it.
+  const candidates = [...new Set(found.flatMap((f) => f.rules))];
   const r = checkToken(token, candidates, Math.floor(nowMs / 1000));
   if (!r.ok) return refuse(r.reason, `${r.why} (token from ${loc.id})`, r.issuer);
   const rule = r.rule!;
-  if (!rule.forwardOriginalToken && loc.header) edits.remove.push(loc.header.name);
+  if (!rule.forwardOriginalToken) for (const f of found) if (f.loc.header) edits.remove.push(f.loc.header.name);
   if (rule.outputPayloadToHeader) edits.set.push({ name: rule.outputPayloadToHeader.toLowerCase(), value: r.payloadPart });
   for (const c of rule.outputClaimToHeaders ?? []) {
     const v = claimHeaderValue(r.auth.claims, c.claim);
     if (v !== undefined && FIELD_VALUE_OK.test(v)) edits.set.push({ name: c.header.toLowerCase(), value: v });
   }
   return { kind: 'verified', auth: r.auth, issuer: r.issuer!, edits };
+}
+
+/**
+ * A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is not checked: Istio
+ * configures Envoy's jwt_authn with bypass_cors_preflight (pilot authn builder), since a browser
+ * sends no credentials on a preflight.
+ */
+function isCorsPreflight(src: TokenSources): boolean {
+  const one = (n: string): string | undefined => valuesOf(src.headers[n])[0];
+  return src.method === 'OPTIONS' && !!one('origin') && !!one('access-control-request-method');
 }
 
 /** Envoy's response code details for a refusal: `jwt_authn_access_denied{<status, spaces as _>}`. */

@@ -140,11 +140,23 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     refused([{ ...rule, audiences: ['shop'] }], bearer(signToken(rsa, claims())), 'audience-not-allowed', 403);
   });
 
-  it('a token in two places (header and query, or two Authorization lines) is refused: Found multiple Jwt tokens', () => {
+  it('two different tokens (header and query, or two Authorization lines) are refused: Found multiple Jwt tokens; the same token twice is one', () => {
     const good = signToken(rsa, claims());
     const forged = signToken(stranger, claims({ sub: 'admin' }));
     refused([rule], { headers: { authorization: `Bearer ${good}` }, query: `access_token=${forged}` }, 'multiple-tokens');
-    refused([rule], { headers: { authorization: [`Bearer ${good}`, `Bearer ${good}`] }, query: '' }, 'multiple-tokens');
+    refused([rule], { headers: { authorization: [`Bearer ${forged}`, `Bearer ${good}`] }, query: '' }, 'multiple-tokens');
+    refused([rule], { headers: { authorization: [`Bearer ${good}`, `Bearer ${signToken(rsa, claims({ sub: 'bob' }))}`] }, query: '' }, 'multiple-tokens');
+    const same = authenticateRequest([rule], { headers: { authorization: `Bearer ${good}` }, query: `access_token=${good}` });
+    assert.equal(same.kind, 'verified');
+    refused([rule], { headers: { authorization: `Bearer ${forged}` }, query: `access_token=${forged}` }, 'bad-signature');
+  });
+
+  it('a CORS preflight is not checked (Istio: Envoy bypass_cors_preflight), but callers\' output headers are still dropped', () => {
+    const r: JwtRule = { ...rule, outputPayloadToHeader: 'x-jwt-payload' };
+    const pre = authenticateRequest([r], { headers: { authorization: `Bearer ${signToken(stranger, claims())}`, origin: 'https://a.example', 'access-control-request-method': 'POST', 'x-jwt-payload': 'forged' }, query: '', method: 'OPTIONS' });
+    assert.equal(pre.kind, 'none');
+    assert.deepEqual(pre.kind === 'none' && pre.edits.remove, ['x-jwt-payload']);
+    refused([r], { headers: { authorization: `Bearer ${signToken(stranger, claims())}`, origin: 'https://a.example' }, query: '', method: 'OPTIONS' }, 'bad-signature');
   });
 
   it('an oversized token is refused unparsed', () => {

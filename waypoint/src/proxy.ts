@@ -400,7 +400,7 @@ const authenticate: Stage = (ctx) => {
   // HTTP/1.1: every value of a repeated field (node keeps only the first Authorization), so two
   // tokens in two Authorization lines are seen as two.
   const distinct = 'stream' in ctx.req ? undefined : (ctx.req as http.IncomingMessage).headersDistinct;
-  const out = authenticateRequest(rules, { headers: distinct ?? ctx.headers, query: q < 0 ? '' : ctx.path.slice(q + 1) });
+  const out = authenticateRequest(rules, { headers: distinct ?? ctx.headers, query: q < 0 ? '' : ctx.path.slice(q + 1), method: ctx.method });
   if (out.kind === 'refused') {
     ctx.env.telemetry.jwtRefusal(out.reason, {
       detail: clip(out.detail), issuer: clip(out.issuer), service: dest.key,
