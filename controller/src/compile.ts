@@ -40,6 +40,7 @@ import {
 } from '../../lib/model/objects.ts';
 import {
   boundWaypoint,
+  emptyMeshModel,
   DEFAULT_CLUSTER_DOMAIN,
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
@@ -260,16 +261,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
   const clusterId = options.clusterId ?? DEFAULT_CLUSTER_ID;
   const findings: CompileFinding[] = [];
-  const model: MeshModel = {
-    workloads: new Map(),
-    services: new Map(),
-    policies: new Map(),
-    requestAuthentications: new Map(),
-    peerAuthentications: new Map(),
-    trafficPolicies: new Map(),
-    routes: new Map(),
-    waypoints: new Map(),
-  };
+  const model = emptyMeshModel();
 
   const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
   const nodeIps = nodeIpsOf(inputs);

@@ -578,6 +578,11 @@ export interface MeshModel {
   waypoints: Map<string, Waypoint>;
 }
 
+/** A model with nothing in it (the compile's start; tests fill in what they need). */
+export function emptyMeshModel(): MeshModel {
+  return { workloads: new Map(), services: new Map(), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+}
+
 /**
  * The Services at whose waypoint a policy applies: only a policy attached by targetRefs (scope
  * `service`); every other is the agents' (Istio pilot policyattachment.go: "waypoints never use

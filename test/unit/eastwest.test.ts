@@ -11,6 +11,7 @@ import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { HbonePool, HboneServer, HboneRefusedError, type HbonePeer } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { EastWestGateway } from '../../eastwest/src/gateway.ts';
 import { jsonLogger, silentLogger } from '../../lib/log.ts';
@@ -57,7 +58,7 @@ before(async () => {
   // cluster2: the controller's export, a "node agent" (HBONE server holding echo's identity) in front of an echo.
   const ctrlTls = await creds(c2, CTRL);
   federation = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
-  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const model: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]) };
   federation.merge(model);
   await federation.start();
   echoServer = net.createServer((s) => s.pipe(s));

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
 import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportServices, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
 import { parseControllerArgs, UsageError } from '../../controller/src/main.ts';
 import { controllerArgs } from '../../cli/install/controller.ts';
@@ -28,7 +29,7 @@ const gw = (n: number) => ({ network: `network${n}`, address: `192.168.77.${n}`,
 const addr = (base: string, n: number) => `${base}.${(n >> 8) & 255}.${n & 255}`;
 
 function model(services: Service[]): MeshModel {
-  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  return { ...emptyMeshModel(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])) };
 }
 
 /** A federation taking cluster2's and cluster3's exports as pushed (as the remote-secret watches do), with its log lines and metrics. */

@@ -28,6 +28,7 @@ import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { X509Certificate } from 'node:crypto';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import type { MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 
 const TD = 'cluster.local';
@@ -639,7 +640,7 @@ test('a remote API server that goes silent (a partition that drops packets: no r
     cluster: 'cluster2', secret: 'weft-system/remote-cluster2', kubeConfig: kubeConfigForServer(relayUrl), trustDomain: TD, rootNamespace: 'weft-system',
     log: silentLogger, report: (r) => federation.report('cluster2', r), watchTimeoutMs: 1_000,
   });
-  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const local: MeshModel = emptyMeshModel();
   const imported = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
   try {
     await federation.start();
@@ -747,7 +748,7 @@ test('remote API server, attacker side: one that holds more objects than a remot
     log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, ...fields }) },
     report: (r) => federation.report('cluster2', r), maxObjects: 30, overflowRetryMs: 300, onResponseRefused: (reason) => refused.push(reason),
   });
-  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const local: MeshModel = emptyMeshModel();
   const endpoints = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
   try {
     await federation.start();
