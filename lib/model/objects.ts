@@ -2,6 +2,7 @@
 // gateway.networking.k8s.io/v1 and weft.dev/v1alpha1 that the controller reads. The same shapes
 // arrive from the Kubernetes API (informers) and from a local config directory (YAML documents).
 // Everything read from outside is `unknown` until lib/model/validate.ts has checked it.
+import type { JwtRule } from '../policy/jwt.ts';
 
 export interface ObjectMeta {
   name: string;
@@ -374,18 +375,8 @@ export interface RequestAuthentication {
   spec: {
     targetRefs?: PolicyTargetRef[];
     targetRef?: PolicyTargetRef;
-    jwtRules?: Array<{
-      issuer: string;
-      audiences?: string[];
-      /** Inline JWKS (JSON text). `jwksUri` is refused: the controller fetches nothing. */
-      jwks?: string;
-      fromHeaders?: Array<{ name: string; prefix?: string }>;
-      fromParams?: string[];
-      fromCookies?: string[];
-      forwardOriginalToken?: boolean;
-      outputPayloadToHeader?: string;
-      outputClaimToHeaders?: Array<{ header: string; claim: string }>;
-    }>;
+    /** As compiled (lib/policy/jwt.ts JwtRule), but `jwks` may be missing here: `jwksUri` is refused, the controller fetches nothing. */
+    jwtRules?: Array<Omit<JwtRule, 'jwks'> & { jwks?: string }>;
   };
   status?: PolicyStatus;
 }
