@@ -263,8 +263,9 @@ export class AgentState {
     const imported: Array<{ ip: string; port: number }> = [];
     for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
     for (const s of this.config.services) {
-      // A Service only other clusters have: imported with their waypoint, or with only their endpoints.
-      const remote = s.waypoint?.cluster !== undefined || (s.endpoints.length > 0 && s.endpoints.every((e) => e.cluster !== undefined));
+      // A Service only other clusters have (marked so by mergeRemoteServices, whatever its
+      // endpoints: an import with none at all still takes its VIPs x ports).
+      const remote = s.cluster !== undefined;
       for (const vip of s.vips) for (const p of s.ports) (remote ? imported : out).push({ ip: vip, port: p.port });
       for (const e of s.endpoints) if (e.enrolled && !e.gateway) (e.cluster !== undefined ? imported : out).push({ ip: e.ip, port: 0 });
     }

@@ -419,6 +419,8 @@ export interface ImportRefusal {
  * sees the caller's own identity). Skipping the waypoint would bypass that policy, so such a
  * Service is refused when its waypoint is not in the export, is invalid, not ready or has no
  * address. The waypoints it returns are the imported ones, keyed by waypointKey (cluster-qualified).
+ * Each remote-only Service it imports is marked with its cluster (Service.cluster), with endpoints
+ * or without any: agents list its VIPs after this cluster's own destinations.
  * Returns new objects; the inputs are not changed.
  */
 export function mergeRemoteServices(
@@ -555,13 +557,13 @@ export function mergeRemoteServices(
       for (const v of rs.vips) used.set(v, `Service ${key} imported from ${r.cluster}`);
       const { waypoint: _none, invalid: _valid, ...plain } = rs;
       if (!remoteWaypoint) {
-        out.set(key, { ...plain, endpoints: imported });
+        out.set(key, { ...plain, endpoints: imported, cluster: r.cluster });
         leftOut();
         continue;
       }
       const ref: WaypointRef = { name: remoteWaypoint.name, namespace: remoteWaypoint.namespace, cluster: r.cluster };
       waypoints.set(waypointKey(ref), remoteWaypoint);
-      out.set(key, { ...plain, endpoints: [], waypoint: ref });
+      out.set(key, { ...plain, endpoints: [], waypoint: ref, cluster: r.cluster });
     }
   }
   return { services: out, waypoints, refused };

@@ -172,6 +172,12 @@ export interface Service {
   endpoints: Endpoint[];
   /** Service traffic goes through this waypoint (Service or Namespace `use-waypoint`). */
   waypoint?: WaypointRef;
+  /**
+   * Set on a Service only other clusters have (mergeRemoteServices): the cluster it was imported
+   * from. Absent: this cluster's own. An agent lists its VIPs after this cluster's own destinations
+   * (AgentState.meshDestinations), so past weft_dests' capacity an import is left out, never its own.
+   */
+  cluster?: string;
 }
 
 /** Istio MeshConfig `pathNormalization` modes (waypoint/src/normalize.ts says what each does). */

@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AgentState, endpointKey, NoRouteError } from '../../agent/src/state.ts';
 import type { AgentConfig, Endpoint, Service, Workload } from '../../lib/model/mesh.ts';
+import { MAX_DESTS } from '../../agent/src/datapath/codecs.ts';
+import { mergeRemoteServices } from '../../lib/model/federation.ts';
 
 const td = 'cluster.local';
 function wl(name: string, ns: string, node: string, ip: string, extra: Partial<Workload> = {}): Workload {
@@ -124,7 +126,7 @@ test('mesh destinations cover service ports and enrolled workload addresses, onc
 // (Datapath.setDestinations), so what other clusters export must come after this cluster's own.
 test('mesh destinations list this cluster\'s own first (its workloads, its Services\' VIPs and endpoints), then what other clusters add (the VIPs of Services only they have, their endpoints), so past the map\'s capacity it is an import that is left out', () => {
   const near: Endpoint = { workloadUid: 'c3/db', ip: '10.79.1.1', node: 'c3-node', nodeIp: '10.79.0.1', ports: { '5432': 5432 }, enrolled: true, spiffeId: `spiffe://${td}/ns/default/sa/db`, ready: true, cluster: 'cluster3' };
-  const onlyThere: Service = { name: 'db', namespace: 'default', hostname: 'db.default.svc.cluster.local', vips: ['10.97.0.5'], ports: [{ name: 'pg', port: 5432, targetPort: 5432, protocol: 'TCP', appProtocol: 'tcp' }], endpoints: [near] };
+  const onlyThere: Service = { name: 'db', namespace: 'default', hostname: 'db.default.svc.cluster.local', vips: ['10.97.0.5'], ports: [{ name: 'pg', port: 5432, targetPort: 5432, protocol: 'TCP', appProtocol: 'tcp' }], endpoints: [near], cluster: 'cluster3' };
   const merged: Service = { ...echo, endpoints: [...echo.endpoints, { ...near, workloadUid: 'c3/echo', ip: '10.79.1.2' }] };
   const s = new AgentState('node1');
   s.apply(config({ services: [onlyThere, merged] }));
@@ -133,6 +135,30 @@ test('mesh destinations list this cluster\'s own first (its workloads, its Servi
   const firstImported = Math.min(d.indexOf('10.97.0.5:5432'), d.indexOf('10.79.1.1:0'), d.indexOf('10.79.1.2:0'));
   assert.ok(firstImported > 0 && own.every((x) => d.indexOf(x) >= 0 && d.indexOf(x) < firstImported), d.join(' '));
   assert.deepEqual(d.slice(firstImported).sort(), ['10.79.1.1:0', '10.79.1.2:0', '10.97.0.5:5432']);
+});
+
+// A remote-only Service is imported whatever its endpoints (none: scaled to zero, all left out), and
+// its VIPs x ports are destinations all the same; it counted as an import only with an endpoint or
+// a waypoint, so 82 empty ones of 8 VIPs x 100 ports (65,600) listed before this cluster's own
+// Services filled weft_dests and those lost their VIP redirect. mergeRemoteServices marks an
+// import (Service.cluster) and the agent orders on that mark.
+test('attack: empty remote-only Services of 8 VIPs x 100 ports listed first never push this cluster\'s own Services out of weft_dests: imports are marked by the merge (cluster) and listed last', () => {
+  const ports = Array.from({ length: 100 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const empty = Array.from({ length: 82 }, (_, i): Service => ({
+    name: `s${i}`, namespace: 'aaa', hostname: `s${i}.aaa.svc.cluster.local`, ports, endpoints: [],
+    vips: Array.from({ length: 8 }, (_, j) => `10.98.${i}.${j + 1}`),
+  }));
+  const { services } = mergeRemoteServices({ services: [echo] }, { network: 'network1' }, [{ cluster: 'cluster2', network: 'network1', services: empty }]);
+  assert.ok(empty.every((x) => services.get(`aaa/${x.name}`)?.cluster === 'cluster2'), 'each empty import is marked with its cluster');
+  assert.equal(services.get('default/echo')!.cluster, undefined, 'this cluster\'s own Service is not');
+  // The config lists Services by name: the imports (namespace aaa) before this cluster's echo.
+  const s = new AgentState('node1');
+  s.apply(config({ services: [...services.values()].sort((a, b) => `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`)) }));
+  const d = s.meshDestinations();
+  assert.ok(d.length > MAX_DESTS, `${d.length} destinations, past the map's ${MAX_DESTS}`);
+  const kept = new Set(d.slice(0, MAX_DESTS).map((x) => `${x.ip}:${x.port}`));
+  assert.ok(kept.has('10.96.0.10:80'), 'this cluster\'s own Service VIP keeps its redirect');
+  assert.ok(['10.77.1.1', '10.77.1.2', '10.77.2.1'].every((ip) => kept.has(`${ip}:0`)), 'and its workloads theirs');
 });
 
 // Istio ambient looks a dialled address up within the caller's own network (ztunnel
