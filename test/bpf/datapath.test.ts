@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab } from '../lab/lab.ts';
-import { btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
+import { BpfMap, btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
 import { COUNTER_FIELDS, Datapath, MAX_DESTS, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
 import type { ChildProcess } from 'node:child_process';
 import { addRemoteNode, bpftoolJson, buildNode, connectFrom, mapSnapshot, rawSyn, startServer, stopAll, type LabPod } from './datapath-lab.ts';
@@ -196,6 +196,39 @@ describe('eBPF L4 datapath', () => {
       // Every entry replaced: what left makes room first.
       assert.deepEqual(dp.setDestinations(list(110, MAX_DESTS)), { applied: MAX_DESTS, skipped: [], overflow: 0 });
       assert.ok(dp.destinations().every((d) => d.ip.startsWith('10.11')));
+    } finally {
+      dp.setDestinations([]);
+    }
+  });
+
+  // Every config sets the whole list: each key already there was written again (65,536 bpf()
+  // updates a config at capacity, though the value is always the same), and a list of millions
+  // (5,000 imported Services of 8 VIPs x 100 ports) was checked and encoded entry by entry past
+  // the capacity it would never be given.
+  test('setDestinations writes only the keys missing from weft_dests, and does not read the list past the map\'s capacity', (t) => {
+    const list = (base: number, n: number) => Array.from({ length: n }, (_, i) => ({ ip: `10.${base + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 80 }));
+    let updates = 0;
+    const update = BpfMap.prototype.update;
+    t.mock.method(BpfMap.prototype, 'update', function (this: BpfMap, ...args: Parameters<BpfMap['update']>) {
+      updates++;
+      return update.apply(this, args);
+    });
+    try {
+      const full = list(100, MAX_DESTS);
+      dp.setDestinations(full);
+      updates = 0;
+      // The same list with one destination changed: one update.
+      const changed = [...full.slice(0, -1), { ip: '10.99.0.1', port: 80 }];
+      assert.deepEqual(dp.setDestinations(changed), { applied: MAX_DESTS, skipped: [], overflow: 0 });
+      assert.equal(updates, 1, 'only the new key is written');
+      assert.ok(dp.destinations().some((d) => d.ip === '10.99.0.1'));
+      // A tail past the capacity is counted, not read.
+      let reads = 0;
+      const tail = Array.from({ length: 100_000 }, (_, i) => Object.defineProperty({ port: 80 }, 'ip', { get: () => (reads++, `10.120.${(i >> 8) & 255}.${i & 255}`), enumerable: true }) as { ip: string; port: number });
+      updates = 0;
+      assert.deepEqual(dp.setDestinations([...changed, ...tail]), { applied: MAX_DESTS, skipped: [], overflow: 100_000 });
+      assert.equal(reads, 0, 'the tail past the capacity is not read');
+      assert.equal(updates, 0, 'nothing changed, nothing written');
     } finally {
       dp.setDestinations([]);
     }

@@ -623,33 +623,44 @@ export class Datapath {
   // ---- mesh destinations ----------------------------------------------------------------------
 
   /**
-   * Makes weft_dests exactly `list`: deletes what is no longer listed, then adds and updates, so a
-   * destination present before and after is never briefly missing and what left makes room.
-   * Validates the whole list before changing anything. IPv6 destinations are valid but not meshed
-   * by the kernel programs yet: they are returned as `skipped` rather than failing the whole list.
-   * Past the map's capacity (c.MAX_DESTS) the list's tail is left out, counted in `overflow`, rather
-   * than the kernel refusing an insert halfway (callers list what matters most first).
+   * Makes weft_dests exactly `list`: deletes what is no longer listed, then adds what is missing
+   * (every value is the same, encodeDest(0): a key already there is left as it is, so a config
+   * that changes a few destinations costs a few updates, not one per destination), so a
+   * destination present before and after is never missing and what left makes room. Validates
+   * the list before changing anything. IPv6 destinations are valid but not meshed by the kernel
+   * programs yet: they are returned as `skipped` rather than failing the whole list. Past the map's
+   * capacity (c.MAX_DESTS) the list's tail is left out, counted in `overflow` and not even read
+   * (callers list what matters most first, and each other destination, without duplicates), rather
+   * than the kernel refusing an insert halfway.
    */
   setDestinations(list: c.Destination[]): { applied: number; skipped: c.Destination[]; overflow: number } {
     const wanted = new Map<string, Buffer>();
     const skipped: c.Destination[] = [];
     let overflow = 0;
-    list.forEach((d, i) => {
+    for (let i = 0; i < list.length; i++) {
+      if (wanted.size >= c.MAX_DESTS) {
+        overflow = list.length - i;
+        break;
+      }
+      const d = list[i]!;
       checkPort(`destinations[${i}].port`, d?.port ?? 0, true);
       if (typeof d.ip === 'string' && isIPv6(d.ip) && !c.isIpv4(c.unmapV4(d.ip))) {
         skipped.push(d);
-        return;
+        continue;
       }
       const ip = checkIp(`destinations[${i}].ip`, typeof d.ip === 'string' ? c.unmapV4(d.ip) : d.ip);
       const key = c.encodeDestKey({ ip, port: d.port ?? 0 });
-      const hex = key.toString('hex');
-      if (wanted.has(hex)) return;
-      if (wanted.size >= c.MAX_DESTS) overflow++;
-      else wanted.set(hex, key);
-    });
+      wanted.set(key.toString('hex'), key);
+    }
     const m = this.map(MAPS.dests);
-    for (const key of [...m.keys()]) if (!wanted.has(key.toString('hex'))) m.delete(key);
-    for (const key of wanted.values()) m.update(key, c.encodeDest(0), 'any');
+    const present = new Set<string>();
+    for (const key of [...m.keys()]) {
+      const hex = key.toString('hex');
+      if (wanted.has(hex)) present.add(hex);
+      else m.delete(key);
+    }
+    const value = c.encodeDest(0);
+    for (const [hex, key] of wanted) if (!present.has(hex)) m.update(key, value, 'any');
     return { applied: wanted.size, skipped, overflow };
   }
 
