@@ -490,7 +490,7 @@ export class Agent {
     this.#configured = true;
     const { overflow } = this.datapath.setDestinations(this.state.meshDestinations());
     if (overflow !== this.#destinationsOverflow && overflow > 0) {
-      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints)', { overflow, capacity: MAX_DESTS });
+      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints, --remote-max-destinations)', { overflow, capacity: MAX_DESTS });
     }
     this.#destinationsOverflow = overflow;
     this.#reconcilePods();

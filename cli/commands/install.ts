@@ -84,6 +84,7 @@ interface InstallFlags {
   eastwest?: boolean;
   remoteMaxServices?: number;
   remoteMaxEndpoints?: number;
+  remoteMaxDestinations?: number;
 }
 
 export function installCommand(io: CommandIo = processIo): Command {
@@ -106,6 +107,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--eastwest', 'multi-cluster: run the east-west gateway (Service weft-eastwest, type LoadBalancer, port 15008), the door into this network for the others')
     .option('--remote-max-services <n>', 'multi-cluster: most Services the controller imports from one remote cluster; past it the Services last by namespace/name are left out, named (default 5000)', parseWholeNumber)
     .option('--remote-max-endpoints <n>', 'multi-cluster: most endpoints the controller imports from one remote cluster (default 50000)', parseWholeNumber)
+    .option('--remote-max-destinations <n>', 'multi-cluster: most VIPs x ports the controller imports from one remote cluster, each an entry of every agent\'s weft_dests (default 16384)', parseWholeNumber)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
     .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
@@ -143,6 +145,7 @@ Then:
           ...(flags.eastwest ? { eastwest: true } : {}),
           ...(flags.remoteMaxServices !== undefined ? { remoteMaxServices: flags.remoteMaxServices } : {}),
           ...(flags.remoteMaxEndpoints !== undefined ? { remoteMaxEndpoints: flags.remoteMaxEndpoints } : {}),
+          ...(flags.remoteMaxDestinations !== undefined ? { remoteMaxDestinations: flags.remoteMaxDestinations } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         if (flags.kustomize) {

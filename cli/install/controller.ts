@@ -48,6 +48,7 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
     // What one remote may add to this cluster's config (the controller's defaults otherwise).
     ...(o.multicluster?.remoteMaxServices !== undefined ? ['--remote-max-services', String(o.multicluster.remoteMaxServices)] : []),
     ...(o.multicluster?.remoteMaxEndpoints !== undefined ? ['--remote-max-endpoints', String(o.multicluster.remoteMaxEndpoints)] : []),
+    ...(o.multicluster?.remoteMaxDestinations !== undefined ? ['--remote-max-destinations', String(o.multicluster.remoteMaxDestinations)] : []),
   ];
 }
 

@@ -68,6 +68,8 @@ export interface InstallOptions {
    */
   remoteMaxServices?: number;
   remoteMaxEndpoints?: number;
+  /** Multi-cluster: most VIPs x ports the controller imports from one remote cluster (controller --remote-max-destinations; default 16,384). Needs clusterId. */
+  remoteMaxDestinations?: number;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -93,7 +95,7 @@ export interface ResolvedInstallOptions {
   debugEndpoints: boolean;
   splice: boolean;
   /** Multi-cluster settings; absent for a single cluster. */
-  multicluster?: { clusterId: string; network: string; eastwest: boolean; remoteMaxServices?: number; remoteMaxEndpoints?: number };
+  multicluster?: { clusterId: string; network: string; eastwest: boolean; remoteMaxServices?: number; remoteMaxEndpoints?: number; remoteMaxDestinations?: number };
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -169,8 +171,8 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   if ((opts.network !== undefined || opts.eastwest) && opts.clusterId === undefined) {
     throw new InstallOptionError('clusterId', `${opts.eastwest ? '--eastwest' : '--network'} is for a multi-cluster mesh: give this cluster's --cluster-id too`);
   }
-  const quota: { remoteMaxServices?: number; remoteMaxEndpoints?: number } = {};
-  for (const [k, flag] of [['remoteMaxServices', '--remote-max-services'], ['remoteMaxEndpoints', '--remote-max-endpoints']] as const) {
+  const quota: { remoteMaxServices?: number; remoteMaxEndpoints?: number; remoteMaxDestinations?: number } = {};
+  for (const [k, flag] of [['remoteMaxServices', '--remote-max-services'], ['remoteMaxEndpoints', '--remote-max-endpoints'], ['remoteMaxDestinations', '--remote-max-destinations']] as const) {
     const n = opts[k];
     if (n === undefined) continue;
     if (!Number.isSafeInteger(n) || n < 1) throw new InstallOptionError(k, `${flag} ${String(n)} is not a whole number of at least 1`);

@@ -10,7 +10,8 @@
 // bounded well under Node's defaults (DEFAULT_FEDERATION_LISTENER_LIMITS), each refusal counted in
 // `weft_federation_listener_refused_total{reason}` and logged. What one remote may add to this
 // cluster's config is bounded (`importQuota`, DEFAULT_IMPORT_QUOTA): past it the remote's import
-// is cut deterministically, the rest counted (`reason="quota"`), named and logged.
+// is cut deterministically, the first QUOTA_NAMED left out refused as any other import (`reason=
+// "quota"`, counted once, named and logged), how many in all in `/debug/federation`.
 import { createServer, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
@@ -19,7 +20,7 @@ import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } 
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
-import { DEFAULT_IMPORT_QUOTA, exportServices, exportWaypoint, FEDERATION_PATH, QUOTA_NAMED, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, exportServices, exportWaypoint, FEDERATION_PATH, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -84,8 +85,8 @@ export interface FederationOptions {
   fetchDeadlineMs?: number;
   /** The listener's bounds, each defaulting to DEFAULT_FEDERATION_LISTENER_LIMITS'. */
   listenerLimits?: Partial<FederationListenerLimits>;
-  /** What one remote may add to this cluster's config, each bound defaulting to DEFAULT_IMPORT_QUOTA's. */
-  importQuota?: Partial<ImportQuota>;
+  /** What one remote may add to this cluster's config (the controller resolves it from its flags); DEFAULT_IMPORT_QUOTA when absent. */
+  importQuota?: ImportQuota;
   log: Logger;
   registry?: Registry;
 }
@@ -104,8 +105,6 @@ interface RemoteState {
   staleTimer?: NodeJS.Timeout;
   /** Its export is being read (a polled remote): the next round leaves it be. */
   reading?: boolean;
-  /** The last quota cut counted (a new one is counted and logged again). */
-  quotaMessage?: string;
 }
 
 export class Federation {
@@ -128,7 +127,7 @@ export class Federation {
 
   constructor(o: FederationOptions) {
     this.#o = o;
-    this.#quota = { ...DEFAULT_IMPORT_QUOTA, ...o.importQuota };
+    this.#quota = o.importQuota ?? DEFAULT_IMPORT_QUOTA;
     const now = Date.now();
     this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false, failing: false }));
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
@@ -191,11 +190,9 @@ export class Federation {
   }
 
   #refusedOf(r: RemoteState): Pick<RemoteStatus, 'refusedServices' | 'quota'> {
-    const cluster = r.remote.name;
-    const out = [...this.#refusedImports.values()].filter((x) => x.cluster === cluster).map((x): [string, string] => [x.service, x.message]);
-    // Past the quota: the first QUOTA_NAMED left out by name, all of them counted in the message.
+    const out = [...this.#refusedImports.values()].filter((x) => x.cluster === r.remote.name).map((x): [string, string] => [x.service, x.message]);
+    // Past the quota: how many were left out in all (the first QUOTA_NAMED are refusals above).
     const cut = r.export && !r.stale ? r.export.quota : undefined;
-    if (cut) for (const key of cut.refused.slice(0, QUOTA_NAMED)) out.push([key, `Service ${key} of cluster ${cluster} not imported: ${cut.message}`]);
     return {
       ...(out.length > 0 ? { refusedServices: Object.fromEntries(out) } : {}),
       ...(cut ? { quota: { refused: cut.refused.length, message: cut.message } } : {}),
@@ -346,7 +343,6 @@ export class Federation {
       r.text = text;
       r.export = parsed;
       changed = true;
-      this.#quotaCut(r, parsed);
     }
     this.#gauges(r);
     return changed;
@@ -377,24 +373,6 @@ export class Federation {
     }
     this.#gauges(r);
     return false;
-  }
-
-  /**
-   * A remote's export past its quota: what was left out is counted (each Service) and logged
-   * (within the refusal budget) when the cut changes; the Services that fit stay imported.
-   */
-  #quotaCut(r: RemoteState, parsed: ClusterExport): void {
-    const cut = parsed.quota;
-    if (cut?.message === r.quotaMessage) return;
-    r.quotaMessage = cut?.message;
-    if (!cut) return;
-    this.#metrics?.importRefused.inc({ cluster: r.remote.name, reason: 'quota' }, cut.refused.length);
-    if (this.#importLog.take()) {
-      this.#o.log.warn('remote cluster\'s export is past its import quota; the Services that fit are imported, the other remotes are unaffected', {
-        cluster: r.remote.name, reason: 'quota', services: cut.services, endpoints: cut.endpoints, maxServices: cut.quota.maxServices, maxEndpoints: cut.quota.maxEndpoints,
-        refused: cut.refused.length, error: clip(cut.message, 1024),
-      });
-    }
   }
 
   #gauges(r: RemoteState): void {

@@ -35,7 +35,7 @@ import {
 } from './ca/index.ts';
 import { Controller } from './controller.ts';
 import { Federation, type RemoteCluster } from './federation.ts';
-import { DEFAULT_IMPORT_QUOTA, EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, EASTWEST_SERVICE_ACCOUNT, type ImportQuota } from '../../lib/model/federation.ts';
 import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
@@ -93,9 +93,10 @@ export interface ControllerMainOptions {
   remoteClusters?: RemoteCluster[];
   /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
   remoteStaleAfterMs?: number;
-  /** Most Services / endpoints imported from one remote cluster; default 5,000 / 50,000 (DEFAULT_IMPORT_QUOTA). */
+  /** Most Services / endpoints / destinations (VIPs x ports) imported from one remote cluster; default 5,000 / 50,000 / 16,384 (DEFAULT_IMPORT_QUOTA). */
   remoteMaxServices?: number;
   remoteMaxEndpoints?: number;
+  remoteMaxDestinations?: number;
   /**
    * Kubernetes mode, multi-cluster: read remote clusters' API servers through the kubeconfig
    * Secrets labelled weft.dev/multicluster=true in the controller's namespace
@@ -250,11 +251,17 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   if (o.remoteSecretsAllowInsecure) log.warn('remote secrets may name plain-HTTP API servers or skip TLS verification (--remote-secret-allow-insecure): anyone on the path to such a remote can answer for it, its endpoints and identities; testing only');
   const federated = !!(o.remoteClusters?.length || o.federationListen || o.remoteSecrets);
   if (federated && !authority) throw new UsageError('multi-cluster federation needs the CA (mutual TLS between controllers); drop --insecure');
+  // The import quota, resolved here once: the federation cuts by it, a remote's reader bounds its objects by it.
+  const importQuota: ImportQuota = {
+    maxServices: o.remoteMaxServices ?? DEFAULT_IMPORT_QUOTA.maxServices,
+    maxEndpoints: o.remoteMaxEndpoints ?? DEFAULT_IMPORT_QUOTA.maxEndpoints,
+    maxDestinations: o.remoteMaxDestinations ?? DEFAULT_IMPORT_QUOTA.maxDestinations,
+  };
   const federation = federated && authority
-    ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
+    ? await createFederation(o, importQuota, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
   const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
-    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}), maxObjects: kube.remoteMaxObjects({ maxServices: o.remoteMaxServices ?? DEFAULT_IMPORT_QUOTA.maxServices, maxEndpoints: o.remoteMaxEndpoints ?? DEFAULT_IMPORT_QUOTA.maxEndpoints }) })
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}), maxObjects: kube.remoteMaxObjects(importQuota) })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
@@ -488,7 +495,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
 }
 
 /** The federation (multi-cluster discovery) of this controller, with its own identity certificate. */
-async function createFederation(o: ControllerMainOptions, ca: CertificateAuthority, trustDomain: string, rootNamespace: string, namespace: string, log: Logger, registry: Registry): Promise<Federation> {
+async function createFederation(o: ControllerMainOptions, importQuota: ImportQuota, ca: CertificateAuthority, trustDomain: string, rootNamespace: string, namespace: string, log: Logger, registry: Registry): Promise<Federation> {
   const cluster = o.clusterId ?? DEFAULT_CLUSTER_ID;
   const network = o.network ?? cluster;
   const domains = [trustDomain, ...(o.trustDomainAliases ?? [])];
@@ -517,7 +524,7 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
     mayRead: (id) => readers.has(id),
     isController: (id) => controllers.has(id),
     ...(o.remoteStaleAfterMs !== undefined ? { staleAfterMs: o.remoteStaleAfterMs } : {}),
-    importQuota: { ...(o.remoteMaxServices !== undefined ? { maxServices: o.remoteMaxServices } : {}), ...(o.remoteMaxEndpoints !== undefined ? { maxEndpoints: o.remoteMaxEndpoints } : {}) },
+    importQuota,
     log, registry,
   });
   return federation;
@@ -594,6 +601,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --remote-max-services <n>   multi-cluster: most Services imported from one remote cluster; past it
                               the Services last by namespace/name are left out, named (default 5000)
   --remote-max-endpoints <n>  multi-cluster: most endpoints imported from one remote cluster (default 50000)
+  --remote-max-destinations <n>  multi-cluster: most VIPs x ports imported from one remote cluster, each an
+                              entry of every agent's weft_dests of 65536 (default 16384)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
@@ -643,6 +652,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'remote-stale-after': { type: 'string' },
       'remote-max-services': { type: 'string' },
       'remote-max-endpoints': { type: 'string' },
+      'remote-max-destinations': { type: 'string' },
       'remote-secrets': { type: 'boolean' },
       'remote-secret-allow-insecure': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
@@ -728,6 +738,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   };
   set('remoteMaxServices', count('remote-max-services', values['remote-max-services']));
   set('remoteMaxEndpoints', count('remote-max-endpoints', values['remote-max-endpoints']));
+  set('remoteMaxDestinations', count('remote-max-destinations', values['remote-max-destinations']));
   set('trustDomainAliases', values['trust-domain-alias']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);

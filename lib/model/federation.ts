@@ -28,19 +28,29 @@ export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
 /**
  * What one remote cluster may add to this cluster's config (each imported Service becomes VIPs
- * and endpoints in every agent's config): at most `maxServices` Services and `maxEndpoints`
- * endpoints (summed over them), entries of its export as it sends them, invalid ones included.
- * Past either bound the import is cut deterministically: the Services are taken in
- * `namespace/name` order, each that still fits both bounds is kept, the rest are refused (`quota`),
- * so the same export always keeps the same Services, on every controller replica.
+ * and endpoints in every agent's config): at most `maxServices` Services, `maxEndpoints`
+ * endpoints and `maxDestinations` VIPs x ports (each summed over them), entries of its export as
+ * it sends them, invalid ones included. Past any bound the import is cut deterministically: the
+ * Services are taken in `namespace/name` order, each that still fits every bound is kept, the rest
+ * are refused (`quota`), so the same export always keeps the same Services, on every controller
+ * replica.
  */
 export interface ImportQuota {
   maxServices: number;
   maxEndpoints: number;
+  /**
+   * Each VIP and port of an imported Service is an entry of every agent's weft_dests
+   * (WEFT_MAX_DESTS, 65,536) and an object of every agent's config: 5,000 Services of 8 VIPs x 100
+   * ports were 4M of them, each push.
+   */
+  maxDestinations: number;
 }
 
-/** Generous for a real cluster (the controller's flags --remote-max-services, --remote-max-endpoints). */
-export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000, maxEndpoints: 50_000 };
+/**
+ * Generous for a real cluster (the controller's flags --remote-max-services, --remote-max-endpoints,
+ * --remote-max-destinations); the destinations bound is a quarter of an agent's weft_dests.
+ */
+export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000, maxEndpoints: 50_000, maxDestinations: 16_384 };
 
 /**
  * Most ports of one Service in an export: each VIP and port is a destination in every agent's
@@ -48,6 +58,9 @@ export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000,
  * (Kubernetes' discovery/v1 validation), so a Service with more has no endpoints in its own cluster.
  */
 export const MAX_SERVICE_PORTS = 100;
+
+/** Most VIPs of one Service in an export (a dual-stack Service has two; Kubernetes' clusterIPs at most two). */
+export const MAX_SERVICE_VIPS = 8;
 
 /** Distinct endpoint port records one export's parse shares (past it, records are kept apiece). */
 const MAX_PORT_RECORDS = 1_024;
@@ -57,9 +70,10 @@ export const QUOTA_NAMED = 100;
 
 /** What the quota cut from one export (set by parseClusterExport, never sent). */
 export interface QuotaCut {
-  /** Services and endpoints the export has, and the bounds. */
+  /** Services, endpoints and destinations (VIPs x ports) the export has, and the bounds. */
   services: number;
   endpoints: number;
+  destinations: number;
   quota: ImportQuota;
   /** `namespace/name` of each Service not imported, in `namespace/name` order. */
   refused: string[];
@@ -179,6 +193,11 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 /** An export's Service entry as first read: where it is and its name. */
 interface ServiceEntry { i: number; s: Record<string, unknown>; name: string; namespace: string; key: string; dupOf?: number }
 
+/** An import quota as its messages name it, with the flags that raise it. */
+export function quotaText(quota: ImportQuota): string {
+  return `${quota.maxServices} Services, ${quota.maxEndpoints} endpoints and ${quota.maxDestinations} destinations (VIPs x ports) per remote cluster (--remote-max-services, --remote-max-endpoints, --remote-max-destinations)`;
+}
+
 /**
  * The entries an import quota keeps: in `namespace/name` order (export order among equal keys),
  * each that still fits both bounds; undefined when all fit.
@@ -187,20 +206,25 @@ function quotaCut(cluster: string, entries: readonly ServiceEntry[], quota: Impo
   const order = [...entries].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.i - b.i));
   const kept = new Set<ServiceEntry>();
   const refused: string[] = [];
-  let services = 0, endpoints = 0, total = 0;
+  let services = 0, endpoints = 0, destinations = 0, total = 0, totalDestinations = 0;
+  const length = (x: unknown) => (Array.isArray(x) ? x.length : 0);
   for (const e of order) {
-    const count = e.dupOf === undefined && Array.isArray(e.s.endpoints) ? e.s.endpoints.length : 0;
+    const count = e.dupOf === undefined ? length(e.s.endpoints) : 0;
+    // At most what a valid entry has (MAX_SERVICE_VIPS x MAX_SERVICE_PORTS): one with more is refused invalid.
+    const dests = e.dupOf === undefined ? Math.min(length(e.s.vips), MAX_SERVICE_VIPS) * Math.min(length(e.s.ports), MAX_SERVICE_PORTS) : 0;
     total += count;
-    if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints) {
+    totalDestinations += dests;
+    if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints && destinations + dests <= quota.maxDestinations) {
       kept.add(e);
       services++;
       endpoints += count;
+      destinations += dests;
     } else refused.push(e.key);
   }
   if (refused.length === 0) return undefined;
   const shown = refused.slice(0, 8).join(', ') + (refused.length > 8 ? `, and ${refused.length - 8} more` : '');
-  const message = `cluster ${cluster} exports ${entries.length} Services with ${total} endpoints, past this cluster's import quota of ${quota.maxServices} Services and ${quota.maxEndpoints} endpoints per remote cluster (--remote-max-services, --remote-max-endpoints); taken in namespace/name order, the ${refused.length} that did not fit are not imported: ${shown}`;
-  return { kept, cut: { services: entries.length, endpoints: total, quota: { ...quota }, refused, message } };
+  const message = `cluster ${cluster} exports ${entries.length} Services with ${total} endpoints and ${totalDestinations} destinations (VIPs x ports), past this cluster's import quota of ${quotaText(quota)}; taken in namespace/name order, the ${refused.length} that did not fit are not imported: ${shown}`;
+  return { kept, cut: { services: entries.length, endpoints: total, destinations: totalDestinations, quota: { ...quota }, refused, message } };
 }
 
 /**
@@ -248,7 +272,7 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
       if (typeof po.name !== 'string' || po.name.length > 63) throw new FederationExportError(`${pp}.name`, 'must be a string');
       return { name: po.name, port: port(po.port, `${pp}.port`), targetPort: target, protocol: po.protocol as ServicePort['protocol'], appProtocol: po.appProtocol as ServicePort['appProtocol'] };
     });
-    if (!Array.isArray(s.vips) || s.vips.length > 8) throw new FederationExportError(`${p}.vips`, 'must be a list of at most 8 addresses');
+    if (!Array.isArray(s.vips) || s.vips.length > MAX_SERVICE_VIPS) throw new FederationExportError(`${p}.vips`, `must be a list of at most ${MAX_SERVICE_VIPS} addresses`);
     const vips = s.vips.map((v, j) => {
       const a = ip(v, `${p}.vips[${j}]`);
       if (!isServiceAddress(a)) throw new FederationExportError(`${p}.vips[${j}]`, `${a} cannot be a Service address (loopback, unspecified, link-local or multicast)`);
@@ -390,7 +414,8 @@ export interface ImportRefusal {
    * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
    * another network, not in the mesh: only HBONE crosses the gateway, or listed twice);
    * `cluster-local`: a Service each cluster keeps to itself (isClusterLocal); `quota`: past this
-   * cluster's import quota for that remote (QuotaCut; counted and named by the federation, not here).
+   * cluster's import quota for that remote (QuotaCut: the first QUOTA_NAMED it left out, each named
+   * here; the others only counted in the cut's message).
    */
   reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'cluster-local' | 'quota';
   message: string;
@@ -450,6 +475,12 @@ export function mergeRemoteServices(
   for (const r of ordered) {
     const sameNetwork = r.network === own.network;
     const refuse = (key: string, reason: ImportRefusal['reason'], why: string) => refused.push({ cluster: r.cluster, service: key, reason, message: `Service ${key} of cluster ${r.cluster} not imported: ${why}` });
+    // Past the quota: the first QUOTA_NAMED left out, each by a message that stays the same while
+    // the quota does (so a refusal is counted once, not again at each change of the export).
+    if (r.quota) {
+      const why = `past this cluster's import quota of ${quotaText(r.quota.quota)}; its Services are taken in namespace/name order and it did not fit (how many were left out: /debug/federation quota)`;
+      for (const key of r.quota.refused.slice(0, QUOTA_NAMED)) refuse(key, 'quota', why);
+    }
     const badGateway = !sameNetwork && r.gateway && !isServiceAddress(r.gateway.address) ? r.gateway.address : undefined;
     if (!sameNetwork && (!r.gateway || badGateway)) {
       // Nothing of it can be reached: its endpoints are left out, its remote-only Services named.

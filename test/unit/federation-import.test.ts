@@ -50,7 +50,7 @@ function pushed(t: { after(fn: () => unknown): void }, extra: Partial<Federation
 }
 
 test('a remote past its import quota costs only itself: the Services that fit in namespace/name order are imported, the rest refused, each counted (reason quota) and named in /debug/federation and the log; the other remote\'s Services all import; the cut import stays through a failed read', async (t) => {
-  const { fed, lines, push, status, metrics } = pushed(t, { importQuota: { maxServices: 3, maxEndpoints: 4 } });
+  const { fed, lines, push, status, metrics } = pushed(t, { importQuota: { ...DEFAULT_IMPORT_QUOTA, maxServices: 3, maxEndpoints: 4 } });
   const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
   // cluster2: six Services in scrambled order; `a-big` (3 endpoints) would pass the endpoint bound
   // after `a-0` and `a-1`, so it is left out and the next that fits is taken.
@@ -66,8 +66,9 @@ test('a remote past its import quota costs only itself: the Services that fit in
   // Named: each refused Service, why, and the totals.
   const s2 = status(2);
   assert.deepEqual(Object.keys(s2.refusedServices ?? {}).sort(), ['demo/a-big', 'demo/d', 'demo/e']);
-  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: cluster cluster2 exports 6 Services with 8 endpoints, past this cluster's import quota of 3 Services and 4 endpoints per remote cluster \(--remote-max-services, --remote-max-endpoints\); taken in namespace\/name order, the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
+  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: past this cluster's import quota of 3 Services, 4 endpoints and 16384 destinations \(VIPs x ports\) per remote cluster \(--remote-max-services, --remote-max-endpoints, --remote-max-destinations\); its Services are taken in namespace\/name order and it did not fit/);
   assert.equal(s2.quota?.refused, 3);
+  assert.match(s2.quota!.message, /^cluster cluster2 exports 6 Services with 8 endpoints and 6 destinations \(VIPs x ports\), past this cluster's import quota of .*; taken in namespace\/name order, the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
   assert.equal(s2.up, true, 'the remote stays up');
   assert.equal(s2.lastError, undefined, 'its read did not fail');
   assert.equal(s2.endpoints, 3, 'what is imported');
@@ -78,12 +79,18 @@ test('a remote past its import quota costs only itself: the Services that fit in
   assert.doesNotMatch(await metrics(), /weft_federation_import_refused_total\{cluster="cluster3"/);
   assert.match(await metrics(), /^weft_federation_remote_endpoints\{cluster="cluster2"\} 3$/m);
   const logged = lines.filter((l) => l.fields.reason === 'quota');
-  assert.equal(logged.length, 1);
-  assert.deepEqual([logged[0]!.fields.cluster, logged[0]!.fields.refused, logged[0]!.fields.maxServices], ['cluster2', 3, 3]);
-  // The same export again is not a new refusal.
+  assert.deepEqual(logged.map((l) => [l.fields.cluster, l.fields.service]), [['cluster2', 'demo/a-big'], ['cluster2', 'demo/d'], ['cluster2', 'demo/e']], 'each named in the log');
+  // The same export again is not a new refusal, nor is a change of its endpoints that leaves the
+  // same Services out (each was counted again at every change of the export's totals).
   push(2, c2);
   fed.merge(local);
-  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m);
+  push(2, c2.map((x) => (x.name === 'e' ? { ...x, endpoints: [...x.endpoints, ep('10.78.8.8')] } : x)));
+  fed.merge(local);
+  assert.equal(status(2).quota?.refused, 3);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m, 'counted when first refused, once');
+  assert.equal(lines.filter((l) => l.fields.reason === 'quota').length, 3, 'and logged once');
+  push(2, c2);
+  fed.merge(local);
   // A failed read keeps the last import (cut as it was) until the stale bound.
   fed.report('cluster2', { error: 'watch failed' });
   assert.deepEqual([...fed.merge(local).services.keys()].filter((k) => /^demo\/(a-.*|c|d|e)$/.test(k)).sort(), ['demo/a-0', 'demo/a-1', 'demo/c']);
@@ -95,7 +102,7 @@ test('a remote past its import quota costs only itself: the Services that fit in
 });
 
 test('the default import quota is generous for a real cluster and holds against a remote exporting many more: 5,000 Services of 6,000, the work done only for those', (t) => {
-  assert.deepEqual(DEFAULT_IMPORT_QUOTA, { maxServices: 5_000, maxEndpoints: 50_000 });
+  assert.deepEqual(DEFAULT_IMPORT_QUOTA, { maxServices: 5_000, maxEndpoints: 50_000, maxDestinations: 16_384 });
   const { fed, push, status } = pushed(t);
   const N = 6_000;
   push(2, Array.from({ length: N }, (_, i) => svc(`s-${String(i).padStart(5, '0')}`, [ep(addr('10.78', i))], { vips: [addr('10.97', i)] })));
@@ -105,6 +112,26 @@ test('the default import quota is generous for a real cluster and holds against 
   assert.equal(status(2).quota?.refused, 1_000);
   assert.equal(Object.keys(status(2).refusedServices!).length, 100, 'the first 100 named one by one, all counted in the message');
   assert.match(status(2).quota!.message, /the 1000 that did not fit are not imported: demo\/s-05000, .*, and 992 more$/);
+});
+
+// The Service and endpoint bounds left VIPs x ports unbounded: 5,000 Services of 8 VIPs x 100 ports
+// (one endpoint each, within both) were 4M destinations from one remote, built as objects by every
+// agent at every push and encoded for weft_dests past its 65,536 entries.
+test('attack: a remote exporting 5,000 Services of 8 VIPs x 100 ports imports only the destinations (VIPs x ports) its quota allows (16,384 by default, --remote-max-destinations), the rest refused (quota), counted and named', async (t) => {
+  assert.equal(DEFAULT_IMPORT_QUOTA.maxDestinations, 16_384);
+  const { fed, push, status, metrics } = pushed(t);
+  const ports = Array.from({ length: 100 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const N = 5_000;
+  push(2, Array.from({ length: N }, (_, i) => svc(`s-${String(i).padStart(5, '0')}`, [ep(addr('10.78', i), { ports: { '1': 1 } })], { ports, vips: Array.from({ length: 8 }, (_, j) => `10.${100 + j}.${(i >> 8) & 255}.${i & 255}`) })));
+  const merged = fed.merge(model([]));
+  const destinations = [...merged.services.values()].reduce((n, x) => n + x.vips.length * x.ports.length, 0);
+  assert.equal(merged.services.size, 20, 'the first 20 in namespace/name order (20 x 800 = 16,000)');
+  assert.ok(destinations <= DEFAULT_IMPORT_QUOTA.maxDestinations, `${destinations} destinations imported`);
+  const s2 = status(2);
+  assert.equal(s2.quota?.refused, N - 20);
+  assert.match(s2.quota!.message, /exports 5000 Services with 5000 endpoints and 4000000 destinations \(VIPs x ports\), past this cluster's import quota of 5000 Services, 50000 endpoints and 16384 destinations \(VIPs x ports\) per remote cluster \(--remote-max-services, --remote-max-endpoints, --remote-max-destinations\)/);
+  assert.match(s2.refusedServices!['demo/s-00020']!, /not imported: past this cluster's import quota of .* 16384 destinations/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 100$/m, 'the first 100 named are counted, each once');
 });
 
 // Every VIP and port of an imported Service is a destination in every agent's weft_dests (65,536
@@ -207,15 +234,15 @@ test('an importer keeps of a remote\'s waypoints only those its imported Service
 
 test('the import quota is set by the controller\'s flags and the install options beside the other multi-cluster ones', () => {
   assert.deepEqual(
-    [parseControllerArgs(['--kube', '--remote-max-services', '200', '--remote-max-endpoints', '3000']).remoteMaxServices, parseControllerArgs(['--kube', '--remote-max-endpoints', '3000']).remoteMaxEndpoints],
-    [200, 3000],
+    [parseControllerArgs(['--kube', '--remote-max-services', '200', '--remote-max-endpoints', '3000']).remoteMaxServices, parseControllerArgs(['--kube', '--remote-max-endpoints', '3000']).remoteMaxEndpoints, parseControllerArgs(['--kube', '--remote-max-destinations', '4000']).remoteMaxDestinations],
+    [200, 3000, 4000],
   );
   for (const bad of ['0', '1.5', 'many', '1e3']) assert.throws(() => parseControllerArgs(['--kube', '--remote-max-services', bad]), (e: Error) => e instanceof UsageError && /--remote-max-services: .* is not a whole number of at least 1/.test(e.message));
   const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', clusterId: 'c1' };
-  const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, remoteMaxServices: 200, remoteMaxEndpoints: 3000 })));
-  assert.deepEqual([parsed.remoteMaxServices, parsed.remoteMaxEndpoints, parsed.remoteSecrets], [200, 3000, true]);
+  const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, remoteMaxServices: 200, remoteMaxEndpoints: 3000, remoteMaxDestinations: 4000 })));
+  assert.deepEqual([parsed.remoteMaxServices, parsed.remoteMaxEndpoints, parsed.remoteMaxDestinations, parsed.remoteSecrets], [200, 3000, 4000, true]);
   const defaults = parseControllerArgs(controllerArgs(resolveInstallOptions(OK)));
-  assert.deepEqual([defaults.remoteMaxServices, defaults.remoteMaxEndpoints], [undefined, undefined], 'the controller\'s defaults');
+  assert.deepEqual([defaults.remoteMaxServices, defaults.remoteMaxEndpoints, defaults.remoteMaxDestinations], [undefined, undefined, undefined], 'the controller\'s defaults');
   assert.throws(() => resolveInstallOptions({ ...OK, remoteMaxServices: 0 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-services 0 is not a whole number/.test(e.message));
   assert.throws(() => resolveInstallOptions({ image: OK.image, trustDomain: OK.trustDomain, remoteMaxEndpoints: 10 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-endpoints is for a multi-cluster mesh/.test(e.message));
 });
@@ -232,3 +259,4 @@ test('a remote\'s endpoints that map their ports alike share one port record, as
   const merged = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]).services.get('demo/big')!;
   assert.equal(merged.endpoints[0]!.ports, merged.endpoints[1_999]!.ports, 'still shared once imported');
 });
+
