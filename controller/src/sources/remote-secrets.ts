@@ -167,9 +167,12 @@ export class RemoteClusterReader {
   /** Why its watches fail now, if they do. */
   #problem: string | undefined;
   #gatewayService: RawObject | undefined;
+  /** Most objects it holds (o.maxObjects, or remoteMaxObjects() of the default quota). */
+  readonly #maxObjects: number;
 
   constructor(o: RemoteClusterReaderOptions) {
     this.#o = o;
+    this.#maxObjects = o.maxObjects ?? remoteMaxObjects();
     // Its responses are bounded: a hostile or broken API server costs only this remote (the failed
     // list or watch is restarted with backoff and reported; its last export stays until the stale bound).
     const kubeConfig = boundedKubeConfig(o.kubeConfig, {
@@ -222,7 +225,7 @@ export class RemoteClusterReader {
    * watched again later (the wait doubling while it stays past the bound).
    */
   #tooManyObjects(held: number): void {
-    const max = this.#o.maxObjects ?? remoteMaxObjects();
+    const max = this.#maxObjects;
     const wait = this.#overflowRetryMs;
     this.#overflowRetryMs = Math.min(wait * 2, REMOTE_OVERFLOW_RETRY_MAX_MS);
     const old = this.#source;
@@ -262,8 +265,7 @@ export class RemoteClusterReader {
 
   #onEvents(events: SourceEvent[]): void {
     this.#store.apply(events);
-    const max = this.#o.maxObjects ?? remoteMaxObjects();
-    if (this.#store.size > max) return this.#tooManyObjects(this.#store.size);
+    if (this.#store.size > this.#maxObjects) return this.#tooManyObjects(this.#store.size);
     const isGateway = (ns: unknown, name: unknown) => ns === this.#o.rootNamespace && name === EASTWEST_SERVICE_ACCOUNT; // the gateway's Service has its ServiceAccount's name
     for (const e of events) {
       if (e.type === 'snapshot' && e.kinds.includes('Service')) this.#gatewayService = e.objects.find((o) => o.kind === 'Service' && isGateway(o.metadata?.namespace, o.metadata?.name));
