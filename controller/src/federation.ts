@@ -322,30 +322,33 @@ export class Federation {
     }
   }
 
-  /** A remote's export read (or pushed): whether the imported endpoints change. */
+  /**
+   * A remote's export read (or pushed): whether the imported endpoints change. The same text as the
+   * last good read is not parsed again (a polled remote's export is read every second, and parsing
+   * and checking it is most of that work): only the time of the read is news.
+   */
   #took(r: RemoteState, text: string): boolean {
-    let parsed: ClusterExport;
-    try {
-      parsed = parseClusterExport(JSON.parse(text), { quota: this.#quota });
-      if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
-    } catch (e) {
-      return this.#failed(r, (e as Error).message);
+    const same = !r.stale && r.export !== undefined && text === r.text;
+    if (!same) {
+      let parsed: ClusterExport;
+      try {
+        parsed = parseClusterExport(JSON.parse(text), { quota: this.#quota });
+        if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
+      } catch (e) {
+        return this.#failed(r, (e as Error).message);
+      }
+      if (r.stale) this.#o.log.info('remote cluster back; its endpoints are imported again', { cluster: r.remote.name });
+      r.stale = false;
+      r.text = text;
+      r.export = parsed;
     }
     r.lastOk = Date.now();
     r.lastError = undefined;
     r.failing = false;
     clearTimeout(r.staleTimer);
     r.staleTimer = undefined;
-    let changed = false;
-    if (r.stale || text !== r.text) {
-      if (r.stale) this.#o.log.info('remote cluster back; its endpoints are imported again', { cluster: r.remote.name });
-      r.stale = false;
-      r.text = text;
-      r.export = parsed;
-      changed = true;
-    }
     this.#gauges(r);
-    return changed;
+    return !same;
   }
 
   /**

@@ -134,6 +134,26 @@ test('attack: a remote exporting 5,000 Services of 8 VIPs x 100 ports imports on
   assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 100$/m, 'the first 100 named are counted, each once');
 });
 
+// A polled remote is read every second: its export was parsed, sorted and checked whole at every
+// read before it was found to be the text already imported.
+test('an export read again unchanged is not parsed again: only its read time and health are updated', (t) => {
+  const { fed, push, status } = pushed(t);
+  const services = Array.from({ length: 50 }, (_, i) => svc(`s${i}`, [ep(addr('10.78', i))], { vips: [addr('10.97', i)] }));
+  push(2, services);
+  fed.report('cluster2', { error: 'watch failed' });
+  assert.equal(status(2).lastError, 'watch failed');
+  const parse = t.mock.method(JSON, 'parse');
+  let changes = 0;
+  fed.onChange(() => changes++);
+  push(2, services);
+  assert.equal(parse.mock.callCount(), 0, 'the same text is not parsed again');
+  assert.equal(changes, 0, 'nor is anything republished');
+  assert.deepEqual([status(2).up, status(2).lastError, status(2).endpoints], [true, undefined, 50], 'the remote is read, healthy again');
+  push(2, services.slice(1));
+  assert.ok(parse.mock.callCount() > 0, 'a changed export is');
+  assert.equal(changes, 1);
+});
+
 // Every VIP and port of an imported Service is a destination in every agent's weft_dests (65,536
 // entries in all, WEFT_MAX_DESTS), and Kubernetes' EndpointSlices carry at most 100 ports.
 test('a remote Service with more than 100 ports, or an endpoint mapping more, is refused (invalid, the field path named) and costs only itself: one Service of 8 VIPs x 10,000 ports would have filled every agent\'s destination map', async (t) => {
