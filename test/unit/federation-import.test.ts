@@ -5,6 +5,8 @@
 // names Kubernetes would refuse. Istio has no import quota (it trusts a remote secret's cluster
 // fully); where it defines a behaviour (cluster-local hosts) the test cites it.
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
 import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportServices, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
@@ -280,3 +282,27 @@ test('a remote\'s endpoints that map their ports alike share one port record, as
   assert.equal(merged.endpoints[0]!.ports, merged.endpoints[1_999]!.ports, 'still shared once imported');
 });
 
+// Sharing covers mappings alike; a remote whose 50,000 endpoints (within its quota) each map a port
+// differently ({"1000": i}) had each record filled key by key, an array in V8 as long as its port
+// (12 KB each): 145 MB of the controller's heap for one remote's export (about 21 MB now, what
+// endpoints of port 8080 cost).
+test('attack: 50,000 remote endpoints with distinct port mappings ({"1000": i}) cost the importer about what endpoints of one shared mapping do', () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const exportOf = (ports: (i: number) => Record<string, number>) => JSON.stringify({
+    cluster: 'cluster2', network: 'network2', gateway: gw(2),
+    services: Array.from({ length: 10 }, (_, k) => svc(`s${k}`, Array.from({ length: 5_000 }, (_, j) => ep(addr('10.78', k * 5_000 + j), { ports: ports(k * 5_000 + j) })), { vips: [addr('10.97', k)], ports: [{ name: 'p', port: 1000, targetPort: 8080, protocol: 'TCP', appProtocol: 'tcp' }] })),
+  });
+  const heldBy = (text: string) => {
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    const parsed = parseClusterExport(JSON.parse(text), { quota: DEFAULT_IMPORT_QUOTA });
+    gc();
+    const held = process.memoryUsage().heapUsed - before;
+    assert.equal(parsed.services.reduce((n, x) => n + x.endpoints.length, 0), 50_000);
+    return held;
+  };
+  const distinct = heldBy(exportOf((i) => ({ '1000': (i % 60_000) + 1 })));
+  const alike = heldBy(exportOf(() => ({ '8080': 8080 })));
+  assert.ok(distinct < 2 * alike + 10e6, `distinct mappings held ${(distinct / 1e6).toFixed(1)} MB, shared ones ${(alike / 1e6).toFixed(1)} MB`);
+});
