@@ -120,6 +120,17 @@ export interface AgentOptions {
   accessLog?: (line: string) => void;
 }
 
+/**
+ * What a change of weft_dests' overflow (destinations left out, from `before` to `after` at a
+ * config) is worth a log line for: its start and its end. How many are left out meanwhile is the
+ * gauge's (weft_destinations_overflow): a remote's every change would otherwise be a warning.
+ */
+export function overflowChange(before: number, after: number): 'started' | 'ended' | undefined {
+  if (before === 0 && after > 0) return 'started';
+  if (before > 0 && after === 0) return 'ended';
+  return undefined;
+}
+
 export class Agent {
   readonly o: AgentOptions;
   readonly log: Logger;
@@ -489,8 +500,11 @@ export class Agent {
     if (changed) this.delivery.reauthorize(policiesChanged);
     this.#configured = true;
     const { overflow } = this.datapath.setDestinations(this.state.meshDestinations());
-    if (overflow !== this.#destinationsOverflow && overflow > 0) {
-      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints, --remote-max-destinations)', { overflow, capacity: MAX_DESTS });
+    const change = overflowChange(this.#destinationsOverflow, overflow);
+    if (change === 'started') {
+      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected, counted in weft_destinations_overflow; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints, --remote-max-destinations)', { overflow, capacity: MAX_DESTS });
+    } else if (change === 'ended') {
+      this.log.info('mesh destinations fit in weft_dests again: every one is redirected', { capacity: MAX_DESTS });
     }
     this.#destinationsOverflow = overflow;
     this.#reconcilePods();

@@ -4,6 +4,7 @@ import { AgentState, endpointKey, NoRouteError } from '../../agent/src/state.ts'
 import type { AgentConfig, Endpoint, Service, Workload } from '../../lib/model/mesh.ts';
 import { MAX_DESTS } from '../../agent/src/datapath/codecs.ts';
 import { mergeRemoteServices } from '../../lib/model/federation.ts';
+import { overflowChange } from '../../agent/src/agent.ts';
 
 const td = 'cluster.local';
 function wl(name: string, ns: string, node: string, ip: string, extra: Partial<Workload> = {}): Workload {
@@ -252,4 +253,10 @@ test('a Service VIP with one stale same-node endpoint and one good endpoint alwa
   // Dialled by its address (an endpoint the config lists with no workload there): no route either.
   s.apply(config({ workloads: [client], services: [{ ...svc, endpoints: [ep(old, 8080)] }] }));
   assert.throws(() => s.resolve(client, reused, 8080), (e: unknown) => e instanceof NoRouteError && /enrolled for another pod/.test(e.message));
+});
+
+// A remote within its quota changes its export often; each change of how many destinations are
+// left out was a warning of its own.
+test('weft_dests\' overflow is logged when it starts and when it ends, not at every change of its size (the gauge has that)', () => {
+  assert.deepEqual([[0, 0], [0, 5], [5, 7], [7, 7], [7, 0]].map(([a, b]) => overflowChange(a!, b!)), [undefined, 'started', undefined, undefined, 'ended']);
 });
