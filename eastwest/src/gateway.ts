@@ -23,7 +23,7 @@ import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectR
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseClusterExport } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
-import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
+import { boundWaypoint, HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -241,16 +241,21 @@ export class EastWestGateway {
       for (const e of s.endpoints) {
         if (e.enrolled && e.nodeIp) nodeOf.set(e.ip, e.nodeIp);
         else notEnrolled.add(e.ip);
-        if (!s.waypoint) {
+        // A pod of another namespace than the Service's behind a waypoint of its own (a hand-written
+        // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
+        // reach it: the Service neither opens it nor adds its own waypoint's identity.
+        const through = e.waypoint ?? s.waypoint;
+        if (!through) {
           direct.add(e.ip);
           continue;
         }
-        const key = `${s.waypoint.namespace}/${s.waypoint.name}`;
+        const key = `${through.namespace}/${through.name}`;
         const via = onlyVia.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
         via.services.push(`${s.namespace}/${s.name}`);
         if (!via.waypoints.includes(key)) via.waypoints.push(key);
-        // A waypoint missing from the export or invalid, or one the Service may not use, admits no one: fail closed.
-        const w = s.waypoint.refused === undefined ? ownWaypoints.get(key) : undefined;
+        // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
+        const bound = boundWaypoint(through);
+        const w = bound ? ownWaypoints.get(key) : undefined;
         if (w && !w.invalid) via.ids.add(w.spiffeId);
         onlyVia.set(e.ip, via);
       }

@@ -163,10 +163,13 @@ export function parseClusterExport(v: unknown): ClusterExport {
     });
     const hostname = str(s.hostname, `${p}.hostname`);
     if (!hostname.startsWith(`${name}.${namespace}.svc.`)) throw new FederationExportError(`${p}.hostname`, `${JSON.stringify(hostname)} is not ${name}.${namespace}.svc.<domain>`);
-    const w = s.waypoint === undefined ? undefined : obj(s.waypoint, `${p}.waypoint`);
-    // A refused binding (another namespace's waypoint that does not allow this one) stays refused here.
-    const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`), ...(w.refused !== undefined ? { refused: str(w.refused, `${p}.waypoint.refused`) } : {}) } : undefined;
+    const waypoint = s.waypoint === undefined ? undefined : waypointRef(s.waypoint, `${p}.waypoint`);
     return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
+  };
+  /** A waypoint binding; a refused one (another namespace's waypoint that does not allow the object's) stays refused here. */
+  const waypointRef = (x: unknown, path: string): WaypointRef => {
+    const w = obj(x, path);
+    return { name: str(w.name, `${path}.name`), namespace: str(w.namespace, `${path}.namespace`), ...(w.refused !== undefined ? { refused: str(w.refused, `${path}.refused`) } : {}) };
   };
   /**
    * An endpoint as an importer may use it: the fields its own cluster sets, each checked. Where it
@@ -199,6 +202,8 @@ export function parseClusterExport(v: unknown): ClusterExport {
       ...(e.enrolled ? { spiffeId: str(e.spiffeId, `${ep}.spiffeId`) } : {}),
       ready: e.ready,
       ...(workload ? { workload } : {}),
+      // A pod of another namespace behind its own waypoint: the gateway carries only that waypoint to it.
+      ...(e.waypoint !== undefined ? { waypoint: waypointRef(e.waypoint, `${ep}.waypoint`) } : {}),
     };
   };
   const root = obj(v, '$');
@@ -352,6 +357,10 @@ export function mergeRemoteServices(
         const unusable = [e.ip, ...(e.nodeIp ? [e.nodeIp] : [])].find((a) => !isServiceAddress(a));
         if (unusable) left.push(`${e.ip}: ${unusable} cannot be an endpoint's address (loopback, unspecified, link-local or multicast)`);
         else if (!sameNetwork && !(e.enrolled && e.nodeIp && e.spiffeId)) left.push(`${e.ip}: not in the mesh, and network ${r.network} is reached only by HBONE through its east-west gateway`);
+        // A pod of another namespace than the Service's behind a waypoint of its own (Endpoint.waypoint):
+        // its cluster's agents reach it only through that waypoint, and its gateway carries only that
+        // waypoint to it; a caller here would be sent straight to it, around the waypoint's L7 policy.
+        else if (e.waypoint) left.push(`${e.ip}: a pod of namespace ${e.workload?.namespace || '(unknown)'} behind its own waypoint ${e.waypoint.namespace}/${e.waypoint.name} of cluster ${r.cluster}, which this Service does not go through; reaching it directly would bypass that waypoint's L7 policy`);
         else {
           imported.push({
             ...e,
