@@ -44,6 +44,26 @@ export function boundWaypoint(ref: WaypointRef | undefined): WaypointRef | undef
 }
 
 /**
+ * The namespace of the waypoint of this cluster an object (a Service or a workload) is bound to
+ * across namespaces (use-waypoint-namespace, the binding allowed): that namespace's waypoint serves
+ * it. Undefined for an object bound within its namespace, to another cluster's waypoint, refused,
+ * or not bound.
+ */
+export function foreignWaypointNamespace(o: { namespace: string; waypoint?: WaypointRef | undefined }): string | undefined {
+  const wp = boundWaypoint(o.waypoint);
+  return wp && wp.cluster === undefined && wp.namespace !== o.namespace ? wp.namespace : undefined;
+}
+
+/**
+ * Does the waypoint of `namespace` serve Service `s` (take tunnels addressed to it, apply its routes
+ * and policies)? A Service of its namespace, or one of another namespace bound to a waypoint of it
+ * (foreignWaypointNamespace).
+ */
+export function servesService(namespace: string, s: Pick<Service, 'namespace' | 'waypoint'>): boolean {
+  return s.namespace === namespace || foreignWaypointNamespace(s) === namespace;
+}
+
+/**
  * The model's key of a waypoint: `namespace/name`, or `cluster/namespace/name` for one of another
  * cluster (namespace sameness makes `demo/waypoint` a name every cluster may have).
  */

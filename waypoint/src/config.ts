@@ -6,7 +6,7 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { boundWaypoint, isConsumerRoute, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, servesService, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
@@ -300,18 +300,6 @@ function leaveOutGuardedPods(services: Map<string, Service>, indexes: ReadonlyAr
   }
   if (replaced.size === 0) return;
   for (const index of indexes) for (const [k, s] of index) { const r = replaced.get(s); if (r) index.set(k, r); }
-}
-
-/**
- * Does the waypoint of `namespace` serve `s` (take tunnels addressed to it, apply its routes and
- * policies)? A Service of its namespace, or one of another namespace bound to a waypoint of it
- * (`use-waypoint-namespace`, which the controller binds only where the Waypoint allows that
- * namespace); a refused binding or another cluster's waypoint is not this one.
- */
-export function servesService(namespace: string, s: Pick<Service, 'namespace' | 'waypoint'>): boolean {
-  if (s.namespace === namespace) return true;
-  const wp = boundWaypoint(s.waypoint);
-  return wp !== undefined && wp.namespace === namespace && wp.cluster === undefined;
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

@@ -7,7 +7,7 @@
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
 // targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { boundWaypoint, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Service, type Workload } from '../../../lib/model/mesh.ts';
+import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -173,16 +173,6 @@ function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy, namespace: strin
 /** Does a waypoint of `namespace` serve Service `svcKey`: one of its namespace, or another's bound to it. */
 function serves(ix: ViewIndex, namespace: string, svcKey: string): boolean {
   return svcKey.startsWith(`${namespace}/`) || foreignServedOf(ix, namespace).has(svcKey);
-}
-
-/**
- * The namespace of the waypoint a Service of another namespace is bound to (use-waypoint-namespace,
- * the binding allowed), whose waypoint view then holds it; undefined for a Service bound within its
- * namespace, to another cluster's waypoint, refused, or not bound.
- */
-export function foreignWaypointNamespace(svc: Pick<Service, 'namespace' | 'waypoint'>): string | undefined {
-  const wp = boundWaypoint(svc.waypoint);
-  return wp && wp.cluster === undefined && wp.namespace !== svc.namespace ? wp.namespace : undefined;
 }
 
 /**
