@@ -564,6 +564,13 @@ export interface AddressOwner {
    */
   spiffeId?: string;
   nodeIp?: string;
+  /**
+   * The namespace of the waypoint of this cluster the workload is bound to across namespaces by
+   * its own or its namespace's labels (foreignWaypointNamespace): that waypoint takes tunnels
+   * addressed to this address, for the workload's Services (waypoint/src/proxy.ts resolveService).
+   * Absent otherwise, and when its holders disagree.
+   */
+  waypointNamespace?: string;
 }
 
 /** The whole compiled mesh, indexed for the config server. */

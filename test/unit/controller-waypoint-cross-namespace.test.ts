@@ -13,6 +13,7 @@ import { AgentState, NoRouteError } from '../../agent/src/state.ts';
 import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
+import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
 import { buildIndex, reboundWaypointNamespaces, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
 import { forwardedFor, tunnelClient } from '../../lib/hbone/forwarded.ts';
 import type { AgentConfig, MeshModel, WaypointConfig } from '../../lib/model/mesh.ts';
@@ -81,10 +82,12 @@ function agentOn(node: string, model: MeshModel): AgentState {
 function waypointConfigOf(model: MeshModel, namespace: string): WaypointConfig {
   const ix = buildIndex(model);
   const pick = <T>(m: Map<string, T>, t: ResourceType): T[] => [...(waypointView(ix, namespace, t) ?? m.keys())].map((k) => m.get(k)!);
+  const owners = new AddressOwnerTable();
+  owners.update(undefined, model.workloads, model.workloads.keys());
   return {
     namespace,
     services: pick(model.services, 'Service'), routes: pick(model.routes, 'Route'), trafficPolicies: pick(model.trafficPolicies, 'TrafficPolicy'),
-    policies: pick(model.policies, 'AuthorizationPolicy'), waypoints: pick(model.waypoints, 'Waypoint'),
+    policies: pick(model.policies, 'AuthorizationPolicy'), waypoints: pick(model.waypoints, 'Waypoint'), addressOwners: [...owners.table.values()],
   };
 }
 
@@ -301,4 +304,45 @@ test('a waypoint does not send a Service of its namespace to another namespace\'
   const snap = buildSnapshot(waypointConfigOf(model, 'c'), 1);
   assert.deepEqual(resolveService(snap, '10.96.2.50:80', 'alias.c')?.service.endpoints.map((e) => e.ip), ['10.1.9.3']);
   assert.match(snap.issues.map((x) => `${x.object} ${x.path}: ${x.message}`).join('\n'), /^c\/alias endpoints\[0\]: 10\.1\.9\.2 is a pod of namespace b behind waypoint b\/wp; left out/m);
+});
+
+// Istio lets a Pod name another namespace's waypoint (istio.io/use-waypoint with
+// istio.io/use-waypoint-namespace on the Pod, https://istio.io/latest/docs/ambient/usage/use-waypoint/
+// "Configure a pod to use a waypoint", pilot ambient getUseWaypoint reads a Pod's labels as a
+// Service's): traffic addressed to the pod goes through that waypoint, which serves it. The
+// agent sent it there, but the waypoint's view held only Services bound to it, so it answered 404
+// "no service for host". Now the Services of such a pod reach its view for tunnels addressed to
+// the pod (with their targetRefs policies), never for their VIPs, and only for pods bound to it.
+test('a Pod bound by its own labels to another namespace\'s waypoint (allowed) is served by it for traffic addressed to the pod, with its Service\'s targetRefs policy; the Service\'s VIP and a pod of it not bound there are not served by it (a tunnel naming them is refused)', () => {
+  const i = mesh({ from: 'All' });
+  i.namespaces = i.namespaces.map((n) => n.metadata.name === 'b' ? ns('b', { 'weft.dev/dataplane-mode': 'ambient', team: 'b' }) : n);
+  i.pods = i.pods.map((p) => p.metadata.namespace === 'b' ? pod('b', 'api', { ip: '10.1.8.2', node: 'node-b', labels: { app: 'api', [USE]: 'wp', [USE_NS]: 'a' } }) : p);
+  // Another pod of b/api that is not bound to a/wp.
+  i.pods.push(pod('b', 'api-2', { ip: '10.1.8.4', node: 'node-b', labels: { app: 'api' } }));
+  const { model, findings } = compile(i);
+  assert.deepEqual(findings.filter((f) => f.reason === 'AttachmentDenied' || f.reason === 'WaypointNotFound'), []);
+  assert.equal(model.services.get('b/api')?.waypoint, undefined, 'the Service itself uses no waypoint');
+  assert.deepEqual(model.workloads.get('uid-b-api')?.waypoint, { name: 'wp', namespace: 'a' });
+  const client = agentOn('node-a', model);
+  const up = client.resolve(client.localWorkload('10.1.8.9')!, '10.1.8.2', 8080)[0];
+  assert.equal(up?.kind === 'hbone' && up.waypoint && `${up.waypoint.namespace}/${up.waypoint.name}`, 'a/wp');
+
+  const cfg = waypointConfigOf(model, 'a');
+  const names = (xs: Array<{ namespace: string; name: string }>) => xs.map((x) => `${x.namespace}/${x.name}`).sort();
+  assert.deepEqual(names(cfg.services), ['b/api', 'c/api']);
+  assert.deepEqual(names(cfg.policies), ['b/no-admin', 'c/no-admin'], 'never a Service without its policy');
+  const snap = buildSnapshot(cfg, 1);
+  const served = resolveService(snap, '10.1.8.2:8080', '10.1.8.2');
+  assert.equal(served && `${served.service.namespace}/${served.service.name} ${served.workloadIp}`, 'b/api 10.1.8.2');
+  assert.equal(resolveService(snap, '10.1.8.4:8080', '10.1.8.4'), undefined, 'b\'s pod not bound to a/wp: its own L7 policies are not a/wp\'s to skip');
+  assert.equal(resolveService(snap, '10.96.1.2:80', 'api.b'), undefined, 'b/api\'s VIP is not a/wp\'s (its callers go straight to it)');
+  assert.equal(resolveService(snap, '10.1.8.4:8080', 'api.b'), undefined, 'Host does not choose it either');
+
+  // The binding refused (a/wp allows only its own namespace): nothing of b reaches a's view.
+  const refused = compile({ ...i, waypoints: [readyWaypoint('a', 'wp', '10.2.0.1', { from: 'Selector', selector: { matchLabels: { team: 'c' } } })] }).model;
+  const rcfg = waypointConfigOf(refused, 'a');
+  assert.deepEqual(names(rcfg.services), ['c/api']);
+  assert.equal(resolveService(buildSnapshot(rcfg, 1), '10.1.8.2:8080', '10.1.8.2'), undefined);
+  // A pod's binding moving rebinds a's view in one publish.
+  assert.deepEqual([...reboundWaypointNamespaces(refused.services, model.services, [], refused.workloads, model.workloads, ['uid-b-api'])], ['a']);
 });

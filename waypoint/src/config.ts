@@ -108,7 +108,7 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
-type Owner = { spiffeId: string | undefined; nodeIp: string | undefined };
+type Owner = { spiffeId: string | undefined; nodeIp: string | undefined; waypointNamespace?: string | undefined };
 
 /**
  * Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner).
@@ -133,7 +133,7 @@ export class OwnerTable {
 
   static of(list: readonly AddressOwner[]): OwnerTable {
     const out = new Map<string, Owner>();
-    for (const o of list) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+    for (const o of list) if (o.ip) out.set(o.ip, ownerOf(o));
     return new OwnerTable(out, new Map(), out.size);
   }
 
@@ -174,7 +174,7 @@ export class OwnerTable {
       if (!o.ip) return undefined;
       // An address listed twice, or still held by an entry that stayed: built whole (the last one wins there).
       if (changes.get(o.ip) || (!changes.has(o.ip) && this.get(o.ip))) return undefined;
-      changes.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+      changes.set(o.ip, ownerOf(o));
       size++;
     }
     if (size !== list.length) return undefined;
@@ -186,6 +186,10 @@ export class OwnerTable {
     }
     return new OwnerTable(this.#base, overlay, size);
   }
+}
+
+function ownerOf(o: AddressOwner): Owner {
+  return { spiffeId: o.spiffeId, nodeIp: o.nodeIp, ...(o.waypointNamespace ? { waypointNamespace: o.waypointNamespace } : {}) };
 }
 
 /** Overlay entries allowed whatever the whole part's size. */
