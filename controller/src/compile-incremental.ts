@@ -74,6 +74,7 @@ export function compileIncrementally(
   }
   const changes: PodChange[] = [];
   const claimedUids = new Set<string>();
+  const claimedIps = new Set<string>();
   for (const key of changed) {
     if (!key.startsWith('Pod/')) continue;
     const oldUid = last.uidByPodKey.get(key);
@@ -87,6 +88,9 @@ export function compileIncrementally(
       if ((uid !== oldUid && cache.workloads.has(uid)) || claimedUids.has(uid)) return undefined;
       claimedUids.add(uid);
       if (after.base.ip && after.base.ip !== before?.base.ip && last.index.ipHolders.has(after.base.ip)) return undefined;
+      // Two pods of this change taking one address: the full compile's last-listed-wins decides.
+      if (after.base.ip && claimedIps.has(after.base.ip)) return undefined;
+      if (after.base.ip) claimedIps.add(after.base.ip);
     }
     if (before?.base.ip && (last.index.ipHolders.get(before.base.ip) ?? 0) > 1) return undefined;
     changes.push({ key, before, after });
