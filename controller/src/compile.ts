@@ -124,6 +124,8 @@ export interface WorkloadUnit {
   deps: string;
   base: Workload;
   final?: Workload;
+  /** The pod's own labels name a waypoint that refuses its namespace (AttachmentDenied). */
+  finding?: CompileFinding;
 }
 
 /** One Service's compiled form and what it was compiled from. */
@@ -373,6 +375,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   for (const pod of inputs.pods) {
     const unit = workloadOf(pod, env, options.cache?.workloads);
     if (!unit) continue;
+    if (unit.finding) findings.push(unit.finding);
     nextCache.set(unit.base.uid, unit);
     uidByPodKey.set(podKey(pod), unit.base.uid);
     indexWorkload(index, unit.base, pod);
@@ -681,7 +684,8 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const node = pod.spec.nodeName ?? '';
   const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
   const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
-  const nsWaypoint = waypointBinding(labels, ns, env)?.ref;
+  const binding = waypointBinding(labels, ns, env);
+  const nsWaypoint = binding?.ref;
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
@@ -706,7 +710,11 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
     services: [],
     ...(telemetry ? { telemetry } : {}),
   };
-  return { pod, deps, base: w };
+  // A refusal the pod's own labels ask for is the Pod's finding; one inherited is its Namespace's.
+  const finding = binding?.ref.refused !== undefined && binding.use.labelledOn === 'object'
+    ? { kind: 'Pod', namespace: ns, name: pod.metadata.name, path: bindingLabelPath(binding.use, ns), reason: 'AttachmentDenied', message: `${binding.ref.refused}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
+    : undefined;
+  return { pod, deps, base: w, ...(finding ? { finding } : {}) };
 }
 
 /** Adds a base workload to the indexes Services select from. */

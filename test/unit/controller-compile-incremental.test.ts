@@ -25,7 +25,8 @@ function pod(r: () => number, i: number, uidGen: number): object {
   const phase = pick(r, ['Running', 'Running', 'Running', 'Pending', 'Succeeded']);
   return {
     apiVersion: 'v1', kind: 'Pod',
-    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}) } },
+    // Now and then a pod names a's waypoint by its own labels: allowed or refused (a finding of the Pod's) as its namespace's labels say.
+    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}), ...(r() < 0.15 ? { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a' } : {}) } },
     spec: { nodeName: node, serviceAccountName: pick(r, APPS), containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
     status: {
       phase,

@@ -10,7 +10,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AgentState, NoRouteError } from '../../agent/src/state.ts';
-import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { CompileCache, compile, emptyInputs, type CompileFinding, type MeshInputs } from '../../controller/src/compile.ts';
+import { compileChanges } from '../../controller/src/compile-incremental.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
 import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
@@ -345,4 +346,33 @@ test('a Pod bound by its own labels to another namespace\'s waypoint (allowed) i
   assert.equal(resolveService(buildSnapshot(rcfg, 1), '10.1.8.2:8080', '10.1.8.2'), undefined);
   // A pod's binding moving rebinds a's view in one publish.
   assert.deepEqual([...reboundWaypointNamespaces(refused.services, model.services, [], refused.workloads, model.workloads, ['uid-b-api'])], ['a']);
+});
+
+// Istio reports a refused binding wherever its labels are (pilot ambient waypoints.go,
+// ReportWaypointAttachmentDenied on the object naming the waypoint): a Pod's own labels included.
+// A Pod's labels change without a full compile (controller/src/compile-incremental.ts), so the
+// finding must follow them there too.
+test('a Pod whose own labels name another namespace\'s waypoint that refuses it is a finding (AttachmentDenied at its use-waypoint-namespace label), its traffic failing closed; the finding comes and goes with the label on the incremental compile as on a full one', () => {
+  const store = new ObjectStore();
+  const i = mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } });
+  // d's client will name a/wp by its own labels; d is not allowed.
+  const client = () => i.pods.find((p) => p.metadata.name === 'client')!;
+  const objects = [...i.namespaces, ...i.waypoints, ...i.pods, ...i.services];
+  store.apply(objects.map((o, n) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(n + 1) })));
+  const cache = new CompileCache();
+  const podDenied = (f: CompileFinding[]) => f.filter((x) => x.reason === 'AttachmentDenied' && x.kind === 'Pod');
+  assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
+  const labelled = { ...client(), metadata: { ...client().metadata, labels: { app: 'client', [USE]: 'wp', [USE_NS]: 'a' } } };
+  store.apply([{ type: 'upsert', object: labelled as never, resourceVersion: '100' }]);
+  const r = compileChanges(store.inputs(), { cache }, store.takeChanges());
+  const denied = podDenied(r.findings);
+  assert.deepEqual(denied.map((f) => `${f.kind} ${f.namespace}/${f.name} ${f.path}`), ['Pod d/client metadata.labels["weft.dev/use-waypoint-namespace"]']);
+  assert.match(denied[0]!.message, /Waypoint a\/wp does not allow namespace d \(spec\.allowedNamespaces\.selector does not match its labels\).*fails closed/);
+  assert.deepEqual(podDenied(compile(store.inputs()).findings), denied, 'as a full compile says');
+  assert.ok(r.model.workloads.get('uid-d-client')?.waypoint?.refused !== undefined, 'the pod\'s traffic fails closed');
+  // Only its own labels: a pod inheriting its namespace's refused binding is the Namespace's finding.
+  assert.deepEqual(podDenied(compile(mesh(undefined)).findings), []);
+  // The label taken off: the finding goes, incrementally too.
+  store.apply([{ type: 'upsert', object: client() as never, resourceVersion: '101' }]);
+  assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
 });
