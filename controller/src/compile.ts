@@ -135,6 +135,8 @@ export interface ServiceUnit {
   members: string[];
   /** Workload uids and pod addresses its EndpointSlices looked up. */
   refs: string[];
+  /** Where its waypoint binding comes from (its own labels or its namespace's), when it has one. */
+  use?: UseWaypoint;
 }
 
 /** What workloads and services are compiled against (the rest of the inputs, already compiled). */
@@ -152,6 +154,11 @@ export interface WorkloadEnv {
   waypointObjects: ReadonlyMap<string, WaypointObject>;
   /** Cluster IP → key of the Service that holds it (vipOwnersOf), when Services claim one IP. */
   vipOwners: ReadonlyMap<string, string>;
+  /**
+   * Per namespace, the waypoint binding its own labels give (null: none), filled as asked: worked
+   * out once per compile however many pods and Services inherit it (waypointBinding).
+   */
+  namespaceBindings: Map<string, WaypointBinding | null>;
 }
 
 /** Indexes over the base workloads that Services select from. */
@@ -368,7 +375,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // Workloads. `services` stays empty on these base objects; memberships are added at the end.
   const vipOwners = vipOwnersOf(inputs.services);
   const waypointObjects = new Map(inputs.waypoints.map((w) => [nsName(w.metadata.namespace!, w.metadata.name), w]));
-  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners };
+  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners, namespaceBindings: new Map() };
   const nextCache: CompileCache['workloads'] = new Map();
   const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
   const uidByPodKey = new Map<string, string>();
@@ -412,7 +419,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       if (!set) sliceRefs.set(r, (set = new Set()));
       set.add(key);
     }
-    const finding = serviceFinding(svc, unit.service, env, model.waypoints);
+    const finding = serviceFinding(svc, unit, model.waypoints);
     if (finding) findings.push(finding);
     findings.push(...vipFindings(svc, key, vipOwners));
     model.services.set(key, unit.service);
@@ -825,7 +832,8 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   for (const e of endpoints) if (e.workloadUid && index.byUid.has(e.workloadUid) && !members.includes(e.workloadUid)) members.push(e.workloadUid);
   // By address, then workload: the same order however the workloads were listed.
   endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.workloadUid < b.workloadUid ? -1 : a.workloadUid > b.workloadUid ? 1 : 0));
-  const waypoint = waypointBinding(svc.metadata.labels, ns, env)?.ref;
+  const binding = waypointBinding(svc.metadata.labels, ns, env);
+  const waypoint = binding?.ref;
   return {
     service: {
       name: svc.metadata.name,
@@ -838,6 +846,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     },
     members,
     refs,
+    ...(binding ? { use: binding.use } : {}),
   };
 }
 
@@ -889,7 +898,21 @@ function vipFindings(svc: ServiceObject, key: string, vipOwners: ReadonlyMap<str
  * closed, as it does for a waypoint that does not exist. A Waypoint that does not exist is named
  * as it is (WaypointNotFound).
  */
-export function waypointBinding(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): { ref: WaypointRef; use: UseWaypoint } | undefined {
+export function waypointBinding(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'> & Partial<Pick<WorkloadEnv, 'namespaceBindings'>>): WaypointBinding | undefined {
+  // Inherited from the namespace (the object has no use-waypoint of its own): the same for every
+  // object of it, worked out once (a Selector copies the namespace's labels and evaluates).
+  if (own?.[LABEL_USE_WAYPOINT] === undefined && env.namespaceBindings) {
+    let b = env.namespaceBindings.get(ns);
+    if (b === undefined) env.namespaceBindings.set(ns, (b = bindingOf(undefined, ns, env) ?? null));
+    return b ?? undefined;
+  }
+  return bindingOf(own, ns, env);
+}
+
+/** A binding and where it comes from (WaypointRef.refused when the Waypoint does not allow the object's namespace). */
+export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint }
+
+function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): WaypointBinding | undefined {
   const nsLabels = env.namespaces.get(ns)?.metadata.labels;
   const use = useWaypointOf(own, nsLabels, ns);
   if (!use) return undefined;
@@ -907,12 +930,13 @@ function bindingLabelPath(use: UseWaypoint, ns: string): string {
 }
 
 /** A Service's own finding: the waypoint it names does not exist, or does not allow its namespace. */
-function serviceFinding(svc: ServiceObject, compiled: Service, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+function serviceFinding(svc: ServiceObject, unit: ServiceUnit, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+  const compiled = unit.service;
   const wp = compiled.waypoint;
-  if (!wp) return undefined;
+  if (!wp || !unit.use) return undefined;
   const at = { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name };
   if (wp.refused !== undefined) {
-    const use = waypointBinding(svc.metadata.labels, compiled.namespace, env)!.use;
+    const use = unit.use;
     // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
     const path = use.labelledOn === 'object' ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace';
     const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;

@@ -376,3 +376,15 @@ test('a Pod whose own labels name another namespace\'s waypoint that refuses it 
   store.apply([{ type: 'upsert', object: client() as never, resourceVersion: '101' }]);
   assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
 });
+
+test('a namespace\'s binding is worked out once per compile, whatever number of its pods and Services inherit it (one WaypointRef, allowed or refused); a pod\'s own label is judged for that pod', () => {
+  for (const allowed of [{ from: 'All' as const }, undefined]) {
+    const i = mesh(allowed);
+    i.pods.push(pod('b', 'api-2', { ip: '10.1.8.4', node: 'node-b', labels: { app: 'api' } }), pod('b', 'own', { ip: '10.1.8.5', node: 'node-b', labels: { app: 'own', [USE]: 'wp', [USE_NS]: 'a' } }));
+    const { model } = compile(i);
+    const [one, two, own] = ['uid-b-api', 'uid-b-api-2', 'uid-b-own'].map((u) => model.workloads.get(u)!.waypoint);
+    assert.ok(one !== undefined && one === two && one === model.services.get('b/api')!.waypoint, 'the same object');
+    assert.ok(own !== one);
+    assert.deepEqual(own, one);
+  }
+});
