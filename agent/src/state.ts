@@ -331,13 +331,13 @@ export class AgentState {
    * Within one namespace a Service addressed without a waypoint goes straight to its endpoints, as
    * in ztunnel (a Service-addressed connection never takes a workload's waypoint); but a Service of
    * namespace A must not be a way around namespace B's waypoint, which A's owner cannot opt out of.
+   * The controller marks such an endpoint with the pod's waypoint (Endpoint.waypoint); another
+   * cluster's endpoint is never marked (an importer leaves a marked one out).
    */
   private foreignWaypoint(svc: Service, e: Endpoint, source: Workload): Waypoint | undefined {
-    if (e.cluster !== undefined) return undefined;
-    const wl = this.workloadsByIp.get(e.ip);
-    if (!wl || wl.namespace === svc.namespace || !wl.waypoint) return undefined;
-    const wp = this.waypointFor(wl.waypoint);
-    if (!wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name} (an endpoint of service ${svc.namespace}/${svc.name})`);
+    if (e.cluster !== undefined || !e.waypoint) return undefined;
+    const wp = this.waypointFor(e.waypoint);
+    if (!wp) throw missingWaypoint(e.waypoint, `workload ${e.workload ? `${e.workload.namespace}/${e.workload.workloadName}` : e.ip} (an endpoint of service ${svc.namespace}/${svc.name})`);
     return isWaypointItself(source, wp) ? undefined : wp;
   }
 
