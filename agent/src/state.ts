@@ -1,7 +1,7 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 
@@ -292,7 +292,7 @@ export class AgentState {
     const svc = this.servicesByVip.get(ip);
     if (svc) {
       const wp = this.waypointFor(svc.waypoint);
-      if (svc.waypoint && !wp) throw missingWaypoint(svc.waypoint, `service ${svc.namespace}/${svc.name}`);
+      if (svc.waypoint && !wp) throw missingWaypoint(svc.waypoint, `service ${svc.namespace}/${svc.name}`, svc.namespace);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`, svc);
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
@@ -309,7 +309,7 @@ export class AgentState {
     const wl = this.workloadsByIp.get(ip);
     if (wl) {
       const wp = this.waypointFor(wl.waypoint);
-      if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`);
+      if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`, wl.namespace);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`);
       if (wl.node === this.node) {
         const local = this.localWorkload(ip);
@@ -337,7 +337,7 @@ export class AgentState {
   private foreignWaypoint(svc: Service, e: Endpoint, source: Workload): Waypoint | undefined {
     if (e.cluster !== undefined || !e.waypoint) return undefined;
     const wp = this.waypointFor(e.waypoint);
-    if (!wp) throw missingWaypoint(e.waypoint, `workload ${e.workload ? `${e.workload.namespace}/${e.workload.workloadName}` : e.ip} (an endpoint of service ${svc.namespace}/${svc.name})`);
+    if (!wp) throw missingWaypoint(e.waypoint, `workload ${e.workload ? `${e.workload.namespace}/${e.workload.workloadName}` : e.ip} (an endpoint of service ${svc.namespace}/${svc.name})`, e.workload?.namespace ?? '(unknown)');
     return isWaypointItself(source, wp) ? undefined : wp;
   }
 
@@ -479,8 +479,8 @@ export function orderByLocality<T extends { endpoint: Endpoint }>(policy: Locali
  * A destination that must pass a waypoint that does not exist fails closed: its L7 policies hold
  * only there, so going around it would skip them.
  */
-function missingWaypoint(ref: WaypointRef, what: string): NoRouteError {
-  if (ref.refused !== undefined) return new NoRouteError(`${what} may not use waypoint ${ref.namespace}/${ref.name}: ${ref.refused}; traffic that must pass a waypoint fails closed`);
+function missingWaypoint(ref: WaypointRef, what: string, namespace: string): NoRouteError {
+  if (ref.refused !== undefined) return new NoRouteError(`${what} may not use waypoint ${ref.namespace}/${ref.name}: ${waypointRefusalText(ref, namespace)}; traffic that must pass a waypoint fails closed`);
   return new NoRouteError(`${what} uses waypoint ${ref.namespace}/${ref.name}, which does not exist; traffic that must pass it fails closed`);
 }
 

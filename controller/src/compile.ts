@@ -46,6 +46,7 @@ import {
   labelsMatch,
   nsName,
   resolveMtls,
+  waypointRefusalText,
   spiffeIdOf,
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
@@ -135,8 +136,8 @@ export interface ServiceUnit {
   members: string[];
   /** Workload uids and pod addresses its EndpointSlices looked up. */
   refs: string[];
-  /** Where its waypoint binding comes from (its own labels or its namespace's), when it has one. */
-  use?: UseWaypoint;
+  /** Its waypoint binding and where it comes from (its own labels or its namespace's), when it has one. */
+  binding?: WaypointBinding;
 }
 
 /** What workloads and services are compiled against (the rest of the inputs, already compiled). */
@@ -469,7 +470,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
         if (!svc) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
         // Istio's WaypointAccepted reason AncestorNotBound: only a waypoint enforces such a policy.
         else if (!svc.waypoint) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
-        else if (svc.waypoint.refused !== undefined) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${svc.waypoint.refused}; its traffic fails closed` });
+        else if (svc.waypoint.refused !== undefined) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; its traffic fails closed` });
         return [target];
       }
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
@@ -718,8 +719,8 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
     ...(telemetry ? { telemetry } : {}),
   };
   // A refusal the pod's own labels ask for is the Pod's finding; one inherited is its Namespace's.
-  const finding = binding?.ref.refused !== undefined && binding.use.labelledOn === 'object'
-    ? { kind: 'Pod', namespace: ns, name: pod.metadata.name, path: bindingLabelPath(binding.use, ns), reason: 'AttachmentDenied', message: `${binding.ref.refused}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
+  const finding = binding?.refusal !== undefined && binding.use.labelledOn === 'object'
+    ? { kind: 'Pod', namespace: ns, name: pod.metadata.name, path: bindingLabelPath(binding.use, ns), reason: 'AttachmentDenied', message: `${binding.refusal}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
     : undefined;
   return { pod, deps, base: w, ...(finding ? { finding } : {}) };
 }
@@ -846,7 +847,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     },
     members,
     refs,
-    ...(binding ? { use: binding.use } : {}),
+    ...(binding ? { binding } : {}),
   };
 }
 
@@ -909,8 +910,11 @@ export function waypointBinding(own: Readonly<Record<string, string>> | undefine
   return bindingOf(own, ns, env);
 }
 
-/** A binding and where it comes from (WaypointRef.refused when the Waypoint does not allow the object's namespace). */
-export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint }
+/**
+ * A binding and where it comes from; refused (WaypointRef.refused) when the Waypoint does not
+ * allow the object's namespace, `refusal` then saying which rule refused it, for the findings.
+ */
+export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint; refusal?: string }
 
 function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): WaypointBinding | undefined {
   const nsLabels = env.namespaces.get(ns)?.metadata.labels;
@@ -921,7 +925,7 @@ function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string
   if (!wp || waypointAllowsNamespace(wp, ns, nsLabels)) return { ref, use };
   const allowed = wp.spec?.allowedNamespaces;
   const says = allowed?.from === 'Selector' ? 'spec.allowedNamespaces.selector does not match its labels' : `spec.allowedNamespaces.from is ${allowed?.from ?? 'Same (the default)'}`;
-  return { ref: { ...ref, refused: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` }, use };
+  return { ref: { ...ref, refused: 'NamespaceNotAllowed' }, use, refusal: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` };
 }
 
 /** Where a binding's labels are, as a finding's path on the object that carries them. */
@@ -933,14 +937,15 @@ function bindingLabelPath(use: UseWaypoint, ns: string): string {
 function serviceFinding(svc: ServiceObject, unit: ServiceUnit, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
   const compiled = unit.service;
   const wp = compiled.waypoint;
-  if (!wp || !unit.use) return undefined;
+  const b = unit.binding;
+  if (!wp || !b) return undefined;
   const at = { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name };
-  if (wp.refused !== undefined) {
-    const use = unit.use;
+  if (b.refusal !== undefined) {
+    const use = b.use;
     // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
     const path = use.labelledOn === 'object' ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace';
     const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
-    return { ...at, path, reason: 'AttachmentDenied', message: `${wp.refused}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
+    return { ...at, path, reason: 'AttachmentDenied', message: `${b.refusal}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
   }
   if (waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
   return { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
@@ -951,8 +956,8 @@ function namespaceFindings(env: Pick<WorkloadEnv, 'namespaces' | 'waypointObject
   const out: CompileFinding[] = [];
   for (const [name, n] of env.namespaces) {
     const b = waypointBinding(undefined, name, env);
-    if (b?.ref.refused === undefined) continue;
-    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.ref.refused}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
+    if (b?.refusal === undefined) continue;
+    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.refusal}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
   }
   return out;
 }
@@ -1375,7 +1380,7 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
     const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
     if (svc.waypoint?.refused !== undefined) {
-      accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${svc.waypoint.refused}; nothing applies this route (the Service's traffic fails closed)`);
+      accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; nothing applies this route (the Service's traffic fails closed)`);
     } else if (!svc.waypoint) {
       // Only a waypoint applies routes: say so rather than let the route look in force.
       accepted(false, 'NoWaypoint', `Service ${svcKey} has no waypoint (label weft.dev/use-waypoint on the Service or its namespace); nothing enforces this route`);

@@ -6,7 +6,7 @@
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
-import { waypointAddresses, waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import { waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
@@ -166,10 +166,14 @@ export function parseClusterExport(v: unknown): ClusterExport {
     const waypoint = s.waypoint === undefined ? undefined : waypointRef(s.waypoint, `${p}.waypoint`);
     return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
   };
-  /** A waypoint binding; a refused one (another namespace's waypoint that does not allow the object's) stays refused here. */
+  /**
+   * A waypoint binding; a refused one (another namespace's waypoint that does not allow the
+   * object's) stays refused here, whatever its code says (an older release sent a sentence).
+   */
   const waypointRef = (x: unknown, path: string): WaypointRef => {
     const w = obj(x, path);
-    return { name: str(w.name, `${path}.name`), namespace: str(w.namespace, `${path}.namespace`), ...(w.refused !== undefined ? { refused: str(w.refused, `${path}.refused`) } : {}) };
+    if (w.refused !== undefined) str(w.refused, `${path}.refused`);
+    return { name: str(w.name, `${path}.name`), namespace: str(w.namespace, `${path}.namespace`), ...(w.refused !== undefined ? { refused: 'NamespaceNotAllowed' as const } : {}) };
   };
   /**
    * An endpoint as an importer may use it: the fields its own cluster sets, each checked. Where it
@@ -396,7 +400,7 @@ export function mergeRemoteServices(
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
         const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
         const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
-        const problem = w.refused !== undefined ? `may not be used by it (${w.refused})`
+        const problem = w.refused !== undefined ? `may not be used by it (${waypointRefusalText(w, rs.namespace)})`
           : !found ? 'is not in its export'
           : found.invalid ? `is invalid (${found.invalid})`
           : !found.ready ? `is not ready${found.reason ? ` (${found.reason})` : ''}`

@@ -31,11 +31,23 @@ export interface WaypointRef {
   /** Multi-cluster: the waypoint runs in this other cluster (a Service imported with it); absent: this cluster's. */
   cluster?: string;
   /**
-   * Why the object may not use this waypoint (it is another namespace's and does not allow the
-   * object's, spec.allowedNamespaces): its traffic fails closed, as for a waypoint that does not
-   * exist, and the waypoint neither serves it nor speaks for its pods. Absent: bound.
+   * Why the object may not use this waypoint, a stable code (WaypointBindingRefusal): its traffic
+   * fails closed, as for a waypoint that does not exist, and the waypoint neither serves it nor
+   * speaks for its pods. The controller's finding on the object says it in words; agents, gateways
+   * and importers word it themselves (waypointRefusalText). Absent: bound.
    */
-  refused?: string;
+  refused?: WaypointBindingRefusal;
+}
+
+/**
+ * Why a binding is refused. `NamespaceNotAllowed`: the waypoint is another namespace's and its
+ * spec.allowedNamespaces does not allow the object's namespace (Istio AttachmentDenied).
+ */
+export type WaypointBindingRefusal = 'NamespaceNotAllowed';
+
+/** A refused binding of an object of namespace `objectNamespace`, in words (the controller's finding names the rule that refused it). */
+export function waypointRefusalText(ref: WaypointRef, objectNamespace: string): string {
+  return `Waypoint ${ref.namespace}/${ref.name} does not allow namespace ${objectNamespace} (its spec.allowedNamespaces)`;
 }
 
 /** The waypoint a Service or workload is bound to, if the binding was not refused (WaypointRef.refused). */

@@ -112,7 +112,7 @@ test('rogue, which front\'s waypoint does not allow, is not served by it and can
     logged = mesh.logTail('agent-node1.log', 50).split('\n').filter((l) => l.includes('may not use waypoint front/wp'));
     return logged.length >= 3;
   }, 10_000, { explain: () => mesh.logTail('agent-node1.log', 5) });
-  assert.match(logged.at(-1)!, /Waypoint front\/wp does not allow namespace rogue \(spec\.allowedNamespaces\.selector does not match its labels\)/);
+  assert.match(logged.at(-1)!, /Waypoint front\/wp does not allow namespace rogue \(its spec\.allowedNamespaces\)/);
   // The controller reports the refusal (weft_controller_findings{kind,reason}) on the Namespace and the Service.
   const cm = (await requestInNetns(`/var/run/netns/${mesh.net.wireNetns}`, `http://${CONTROLLER_IP}:15020/metrics`, { timeoutMs: 2_000 })).body;
   for (const kind of ['Namespace', 'Service']) assert.ok(metricSum(cm, 'weft_controller_findings', `kind="${kind}"`, 'reason="AttachmentDenied"') >= 1, `${kind} AttachmentDenied counted`);

@@ -182,8 +182,10 @@ test('allowedNamespaces.from Selector admits the namespaces its label selector m
   own.metadata.labels = { [USE]: 'wp' };
   i.services.push(own);
   const r = compile(i);
-  assert.match(r.model.services.get('a/own')?.waypoint?.refused ?? '', /does not allow namespace a \(spec\.allowedNamespaces\.selector does not match its labels\)/);
-  assert.equal(r.findings.find((f) => f.kind === 'Service' && f.name === 'own')?.path, 'metadata.labels["weft.dev/use-waypoint"]');
+  assert.equal(r.model.services.get('a/own')?.waypoint?.refused, 'NamespaceNotAllowed');
+  const f = r.findings.find((x) => x.kind === 'Service' && x.name === 'own');
+  assert.equal(f?.path, 'metadata.labels["weft.dev/use-waypoint"]');
+  assert.match(f?.message ?? '', /does not allow namespace a \(spec\.allowedNamespaces\.selector does not match its labels\)/);
 });
 
 test('a Service\'s own use-waypoint-namespace wins over its namespace\'s labels, and is read only beside its own use-waypoint (Istio getUseWaypoint)', () => {
@@ -387,4 +389,16 @@ test('a namespace\'s binding is worked out once per compile, whatever number of 
     assert.ok(own !== one);
     assert.deepEqual(own, one);
   }
+});
+
+// The model carries a refusal as a code: it is copied onto every workload of a refused namespace,
+// sent to every agent and part of each workload's cache key; the sentence (which rule refused it)
+// is the finding's, once per object.
+test('a refused binding is a short code in the model (WaypointRef.refused NamespaceNotAllowed) on the Service and every workload; its sentence is in the findings, and the agent words its own refusal', () => {
+  const { model, findings } = compile(mesh(undefined));
+  const refs = [model.services.get('c/api')!.waypoint, ...[...model.workloads.values()].filter((w) => w.namespace === 'c').map((w) => w.waypoint)];
+  assert.deepEqual(refs.map((w) => w?.refused), refs.map(() => 'NamespaceNotAllowed'));
+  assert.match(findings.find((f) => f.kind === 'Namespace' && f.name === 'c')!.message, /^Waypoint a\/wp does not allow namespace c \(spec\.allowedNamespaces\.from is Same \(the default\)\)/);
+  const client = agentOn('node-a', model);
+  assert.throws(() => client.resolve(client.localWorkload('10.1.8.9')!, '10.96.1.3', 80), (e: unknown) => e instanceof NoRouteError && e.message === 'service c/api may not use waypoint a/wp: Waypoint a/wp does not allow namespace c (its spec.allowedNamespaces); traffic that must pass a waypoint fails closed');
 });

@@ -317,7 +317,7 @@ test('a tenant\'s Service listing another namespace\'s pod behind its own waypoi
       ['tenant/alias', tenantSvc('alias')],
       ['tenant/bound', tenantSvc('bound', { waypoint: { name: 'waypoint', namespace: 'tenant' } })],
       // One listing a pod whose own binding is refused: reached by no one.
-      ['tenant/refused', tenantSvc('refused', { endpoints: [{ ...ep('10.78.2.6', true), waypoint: { name: 'waypoint', namespace: 'demo', refused: 'not allowed' } }] })],
+      ['tenant/refused', tenantSvc('refused', { endpoints: [{ ...ep('10.78.2.6', true), waypoint: { name: 'waypoint', namespace: 'demo', refused: 'NamespaceNotAllowed' } }] })],
     ]),
     waypoints: new Map([
       ['demo/waypoint', { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true }],

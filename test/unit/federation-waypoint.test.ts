@@ -184,10 +184,10 @@ test('a Service this cluster has without a waypoint does not take in another clu
 // only through that waypoint. The export keeps the mark (checked, by path); an importer leaves such
 // an endpoint out, named, rather than send callers straight to it around that waypoint.
 test('the export carries Endpoint.waypoint (checked, a wrong field named by its path, costing only its Service); an importer leaves such an endpoint out, named (reason endpoints), and keeps the rest', () => {
-  const marked = (ip: string, refused?: string): Endpoint => ({ ...ep(ip), workload: { workloadName: 'back', namespace: 'back', canonicalService: 'back', canonicalRevision: 'latest', cluster: 'cluster2' }, waypoint: { namespace: 'back', name: 'waypoint', ...(refused ? { refused } : {}) } });
-  const raw = JSON.parse(JSON.stringify({ cluster: 'cluster2', network: 'network1', services: [svc('alias', { endpoints: [ep('10.78.1.1'), marked('10.78.1.2'), marked('10.78.1.3', 'not allowed')] })] })) as ClusterExport;
+  const marked = (ip: string, refused?: string): Endpoint => ({ ...ep(ip), workload: { workloadName: 'back', namespace: 'back', canonicalService: 'back', canonicalRevision: 'latest', cluster: 'cluster2' }, waypoint: { namespace: 'back', name: 'waypoint', ...(refused ? { refused: refused as 'NamespaceNotAllowed' } : {}) } });
+  const raw = JSON.parse(JSON.stringify({ cluster: 'cluster2', network: 'network1', services: [svc('alias', { endpoints: [ep('10.78.1.1'), marked('10.78.1.2'), marked('10.78.1.3', 'not allowed (an older release\'s sentence)')] })] })) as ClusterExport;
   const parsed = parseClusterExport(raw);
-  assert.deepEqual(parsed.services[0]!.endpoints.map((e) => e.waypoint), [undefined, { namespace: 'back', name: 'waypoint' }, { namespace: 'back', name: 'waypoint', refused: 'not allowed' }]);
+  assert.deepEqual(parsed.services[0]!.endpoints.map((e) => e.waypoint), [undefined, { namespace: 'back', name: 'waypoint' }, { namespace: 'back', name: 'waypoint', refused: 'NamespaceNotAllowed' }], 'a refusal stays one whatever its code says');
   const bad = parseClusterExport({ ...raw, services: [{ ...raw.services[0]!, endpoints: [{ ...raw.services[0]!.endpoints[1]!, waypoint: { name: 'waypoint' } }] }, svc('other', { vips: ['10.97.0.21'] })] });
   assert.equal(bad.services[0]!.invalid, 'federation export: services[0].endpoints[0].waypoint.namespace: must be a non-empty string');
   assert.equal(bad.services[1]!.invalid, undefined, 'costs only its Service');
