@@ -322,6 +322,9 @@ test('a Pod bound by its own labels to another namespace\'s waypoint (allowed) i
   i.pods = i.pods.map((p) => p.metadata.namespace === 'b' ? pod('b', 'api', { ip: '10.1.8.2', node: 'node-b', labels: { app: 'api', [USE]: 'wp', [USE_NS]: 'a' } }) : p);
   // Another pod of b/api that is not bound to a/wp.
   i.pods.push(pod('b', 'api-2', { ip: '10.1.8.4', node: 'node-b', labels: { app: 'api' } }));
+  // d's Service listing b's bound pod (a hand-written EndpointSlice): d's, not the pod's, so not a/wp's to hold.
+  i.services.push({ ...svc('d', 'alias', {}, '10.96.1.9'), spec: { clusterIP: '10.96.1.9', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'd', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.8.2'] }] });
   const { model, findings } = compile(i);
   assert.deepEqual(findings.filter((f) => f.reason === 'AttachmentDenied' || f.reason === 'WaypointNotFound'), []);
   assert.equal(model.services.get('b/api')?.waypoint, undefined, 'the Service itself uses no waypoint');

@@ -274,9 +274,12 @@ function foreignServedOf(ix: ViewIndex, namespace: string): ReadonlySet<string> 
       const ns = foreignWaypointNamespace(svc);
       if (ns !== undefined) add(ns, key);
     }
+    // Only the pod's own namespace's Services: another namespace's listing it (a hand-written
+    // EndpointSlice) marks it with the pod's waypoint (Endpoint.waypoint), and every waypoint
+    // leaves it out, so that Service and its policies are nothing for this one to hold.
     for (const w of ix.model.workloads.values()) {
       const ns = foreignWaypointNamespace(w);
-      if (ns !== undefined) for (const key of w.services) if (ix.model.services.has(key)) add(ns, key);
+      if (ns !== undefined) for (const key of w.services) if (key.startsWith(`${w.namespace}/`) && ix.model.services.has(key)) add(ns, key);
     }
   }
   return ix.foreignServed.get(namespace) ?? NONE;
