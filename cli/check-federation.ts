@@ -55,6 +55,9 @@ export function checkFederation(f: FederationFacts): CheckResult[] {
     } else {
       out.push({ ...base, status: 'pass', detail: `export read ${ago}: ${r.endpoints} endpoint${r.endpoints === 1 ? '' : 's'}${r.network ? ` on ${r.network}` : ''}` });
     }
+    if (r.up && r.quota) {
+      out.push({ id: `mesh.remote-quota.${r.cluster}`, title: `import quota of ${r.cluster}`, status: 'warn', detail: r.quota.message, remedy: `if ${r.cluster} is meant to export that much, raise this controller's --remote-max-services / --remote-max-endpoints (weftctl install --remote-max-services / --remote-max-endpoints); else find why it exports ${r.quota.refused} Services more than fit` });
+    }
     if (r.network === undefined || r.network === f.network) continue;
     const gw = { id: `mesh.remote-gateway.${r.cluster}`, title: `gateway into ${r.network} (${r.cluster})` };
     if (!r.gateway) {

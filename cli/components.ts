@@ -9,7 +9,7 @@ import { CONTROLLER_IP } from './local/mesh.ts';
 import { requestInNetns, streamLinesInNetns } from './local/netns-http.ts';
 import { wireNetnsName } from './local/network.ts';
 import { waypointOfPod } from './local/waypoints.ts';
-import { DEBUG_PATH_PREFIX, DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET, debugTokenFile } from '../lib/debug-http.ts';
+import { DEBUG_PATH_PREFIX, DEBUG_TOKEN_FILE_ENV, DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET, cachedRead, debugTokenFile, debugTokenOfSecret } from '../lib/debug-http.ts';
 import { parseProm, type Sample } from './local/prom.ts';
 import { AGENT_NAME, CONTROLLER_NAME, PART_OF, PORTS } from './install/names.ts';
 import { LABEL_WAYPOINT_FOR } from '../lib/model/objects.ts';
@@ -113,21 +113,11 @@ function debugTokenHeader(kube: KubeClient, namespace: string): () => Promise<Re
     const token = debugTokenFile(file);
     return async () => header(token());
   }
-  let secret: { at: number; read: Promise<Record<string, string> | undefined> } | undefined;
-  return async () => {
-    if (!secret || Date.now() - secret.at > DEBUG_TOKEN_SECRET_TTL_MS) {
-      secret = {
-        at: Date.now(),
-        read: kube.get<{ data?: { token?: string } }>(`/api/v1/namespaces/${namespace}/secrets/${DEBUG_TOKEN_SECRET}`).then(
-          (s) => header(s.data?.token ? Buffer.from(s.data.token, 'base64').toString('utf8').trim() : undefined),
-          () => undefined,
-        ),
-      };
-    }
-    const got = await secret.read;
-    if (got === undefined) secret = undefined;
-    return got ?? {};
-  };
+  const secret = cachedRead(
+    () => kube.get<{ data?: { token?: string } }>(`/api/v1/namespaces/${namespace}/secrets/${DEBUG_TOKEN_SECRET}`).then((s) => header(debugTokenOfSecret(s.data))),
+    (_, now) => now + DEBUG_TOKEN_SECRET_TTL_MS,
+  );
+  return () => secret().catch(() => ({}));
 }
 
 /** How long weftctl uses the debug token Secret it read before reading it again. */
@@ -143,29 +133,26 @@ const DEBUG_GRANT_RENEW_BEFORE_MS = 60_000;
  * A pod wearing a waypoint's label gets a grant that opens only itself.
  */
 function debugGrantHeader(kube: KubeClient, controller: PodLite | undefined, token: () => Promise<Record<string, string>>): (namespace: string, waypoint: string, pod: string) => Promise<Record<string, string>> {
-  const held = new Map<string, { renewAt: number; read: Promise<Record<string, string>> }>();
+  const held = new Map<string, () => Promise<{ header: Record<string, string>; expires: number }>>();
   return async (namespace, waypoint, pod) => {
     const key = `${namespace}/${waypoint}`;
-    let h = held.get(`${key}/${pod}`);
-    if (!h || Date.now() >= h.renewAt) {
-      if (!controller) throw new Error(`no running controller in the install namespace to sign a debug grant for waypoint ${key}`);
-      const path = kube.podProxyPath(controller.metadata.namespace, controller.metadata.name, PORTS.metrics, `${CONTROLLER_DEBUG_GRANT_PATH}?waypoint=${encodeURIComponent(key)}&pod=${encodeURIComponent(pod)}`);
-      const entry = {
-        renewAt: Infinity,
-        read: token().then((headers) => kube.get<{ grant?: string; expires?: string }>(path, headers)).then((r) => {
+    let grant = held.get(`${key}/${pod}`);
+    if (!grant) {
+      grant = cachedRead(async () => {
+        if (!controller) throw new Error(`no running controller in the install namespace to sign a debug grant for waypoint ${key}`);
+        const path = kube.podProxyPath(controller.metadata.namespace, controller.metadata.name, PORTS.metrics, `${CONTROLLER_DEBUG_GRANT_PATH}?waypoint=${encodeURIComponent(key)}&pod=${encodeURIComponent(pod)}`);
+        try {
+          const r = await kube.get<{ grant?: string; expires?: string }>(path, await token());
           if (typeof r.grant !== 'string') throw new Error('the answer holds no grant');
-          entry.renewAt = Date.parse(r.expires ?? '') - DEBUG_GRANT_RENEW_BEFORE_MS || 0;
-          return { [DEBUG_GRANT_HEADER]: r.grant };
-        }).catch((e: unknown) => {
-          held.delete(`${key}/${pod}`);
+          return { header: { [DEBUG_GRANT_HEADER]: r.grant }, expires: Date.parse(r.expires ?? '') };
+        } catch (e) {
           const why = e instanceof KubeApiError && e.status === 404 ? 'install with `weftctl install --debug-endpoints` (or --dashboard)' : (e as Error).message;
           throw new Error(`the controller signed no debug grant for waypoint ${key} (pod ${pod}): ${why}`);
-        }),
-      };
-      held.set(`${key}/${pod}`, entry);
-      h = entry;
+        }
+      }, (g) => g.expires - DEBUG_GRANT_RENEW_BEFORE_MS || 0);
+      held.set(`${key}/${pod}`, grant);
     }
-    return h.read;
+    return (await grant()).header;
   };
 }
 

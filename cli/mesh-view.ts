@@ -60,7 +60,7 @@ export function viewsOf(c: CompileResult, nodes: readonly string[] = []): { agen
   const namespaces = [...new Set([...c.model.waypoints.values()].map((w) => w.namespace))].sort();
   const waypoint = (namespace: string): WaypointConfig => {
     const get = <T>(t: ModelResourceType) => pick<T>(res[t], waypointView(ix, namespace, t));
-    return { namespace, services: get('Service'), routes: get('Route'), trafficPolicies: get('TrafficPolicy'), policies: get('AuthorizationPolicy'), waypoints: get('Waypoint') };
+    return { namespace, services: get('Service'), routes: get('Route'), trafficPolicies: get('TrafficPolicy'), policies: get('AuthorizationPolicy'), requestAuthentications: get('RequestAuthentication'), waypoints: get('Waypoint') };
   };
   return {
     agents: all.map((node) => ({ node, config: agent(node) })),

@@ -13,7 +13,7 @@
 // token: it answers only requests carrying a grant for it (DEBUG_GRANT_HEADER,
 // lib/identity/debug-grant.ts), which the controller signs for holders of the token.
 import type http from 'node:http';
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { DEBUG_GRANT_HEADER, DebugGrantError, verifyDebugGrant, type DebugGrantRefusal } from './identity/debug-grant.ts';
 
@@ -44,15 +44,36 @@ export interface DebugTokenAccess extends DebugRefusals {
 export interface DebugGrantAccess extends DebugRefusals {
   /** The grants' audience: this pod of this waypoint (debugGrantAudience). */
   audience: string;
-  /** The roots a grant's chain must lead to: the trust bundle, read at each request (it rotates). */
-  roots: () => readonly string[];
-  now?: () => number;
+  /** The keys a grant must be signed with: the CA that issued this waypoint's certificate (debugGrantSigners), read at each request (it rotates). */
+  signers: () => readonly KeyObject[];
 }
 
 export type DebugAccess = DebugTokenAccess | DebugGrantAccess;
 
 /** How long a token read from its file is used before the file is read again (the kubelet rewrites a mounted Secret). */
-export const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
+const DEBUG_TOKEN_FILE_TTL_MS = 5_000;
+
+/** The token in the debug token Secret's `data` (base64, as the API returns it); undefined when it holds none. */
+export function debugTokenOfSecret(data: { token?: string } | undefined): string | undefined {
+  return data?.token ? Buffer.from(data.token, 'base64').toString('utf8').trim() || undefined : undefined;
+}
+
+/**
+ * `read()`'s answer, kept until the time `until(answer, now)` gives (an answer without one, or a
+ * failed read, is read again at the next call); calls meanwhile share one read. weftctl's cache of
+ * the debug token Secret and of each waypoint's grant.
+ */
+export function cachedRead<T>(read: () => Promise<T>, until: (answer: T, now: number) => number): () => Promise<T> {
+  let held: { until: number; answer: Promise<T> } | undefined;
+  return () => {
+    if (!held || Date.now() >= held.until) {
+      const entry: { until: number; answer: Promise<T> } = { until: Infinity, answer: read() };
+      entry.answer.then((a) => { entry.until = until(a, Date.now()); }, () => { if (held === entry) held = undefined; });
+      held = entry;
+    }
+    return held.answer;
+  };
+}
 
 /**
  * The token in `file` (a mounted Secret), read again at most every DEBUG_TOKEN_FILE_TTL_MS, not at
@@ -98,12 +119,14 @@ export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage
   } else {
     const got = req.headers[DEBUG_GRANT_HEADER];
     try {
-      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.roots(), access.now?.());
+      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers());
       return true;
     } catch (e) {
-      if (!(e instanceof DebugGrantError)) throw e;
-      error = `${path} wants a debug grant for ${access.audience} in the ${DEBUG_GRANT_HEADER} header (the controller signs one for holders of the install's debug token; weftctl asks for it): ${e.message}`;
-      access.refused(req, e.reason, e.message);
+      // Any other error (a key or input node:crypto chokes on) is a grant that opens nothing, refused
+      // as malformed: thrown out of the request handler, it would end the process.
+      const [why, detail] = e instanceof DebugGrantError ? [e.reason, e.message] : ['malformed' as const, `the grant could not be checked: ${(e as Error).message}`];
+      error = `${path} wants a debug grant for ${access.audience} in the ${DEBUG_GRANT_HEADER} header (the controller signs one for holders of the install's debug token; weftctl asks for it): ${detail}`;
+      access.refused(req, why, detail);
     }
   }
   res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error }) + '\n');

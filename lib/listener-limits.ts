@@ -142,30 +142,41 @@ export function limitHttpListener(server: HttpServer, limits: HttpListenerLimits
 /** Reports a request a status listener refused by itself (a /debug path without its token or grant): counted and logged as the connections it closes. */
 export type StatusListenerRefusal = (listener: string, reason: string, address: string | undefined, detail: string) => void;
 
+/** A component's status listeners' refusals: one count and one log budget for what they refuse. */
+export interface StatusListenerLimits {
+  /** Counts and logs a request a listener refused itself (`debug-token-<why>`, `debug-grant-<why>`: lib/debug-http.ts). */
+  refused: StatusListenerRefusal;
+  /** Bounds `listeners` (name: server) under the limits, every connection they close counted and logged as `refused`. */
+  limit: (listeners: Readonly<Record<string, HttpServer>>) => void;
+}
+
 /**
  * A component's metrics and readiness listeners (reachable by every pod, or from other networks for
  * the east-west gateway) under DEFAULT_STATUS_LISTENER_LIMITS (or `limits`), every connection they
- * close counted in `<metric>{listener,reason}` on `registry` and logged within the refusal budget.
- * Returns the same count and log for the requests a listener refuses itself (`debug-token`,
- * `debug-grant-<why>`: lib/debug-http.ts).
+ * close and every request they refuse counted in `<metric>{listener,reason}` on `registry` and
+ * logged within the refusal budget. Built before the servers (their handlers report refusals), then
+ * `.limit({ metrics, readiness })`.
  * The agent's side ports have a guard of their own (agent/src/admin.ts guardSidePort: its admin port
  * checks the client's uid, and its /flows streams outlive an idle timeout).
  */
-export function limitStatusListeners(o: {
-  listeners: Readonly<Record<string, HttpServer>>;
+export function statusListenerLimits(o: {
   registry: Registry;
   /** e.g. `weft_controller_listener_refused_total`. */
   metric: string;
   log: Logger;
   limits?: Partial<HttpListenerLimits>;
-}): StatusListenerRefusal {
-  const refused = new Counter({ name: o.metric, help: 'Connections and requests the metrics and readiness listeners refused, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request; debug-token: a /debug path without the install\'s token; debug-grant-<why>: a /debug path of a waypoint without a valid grant for it)', labelNames: ['listener', 'reason'], registers: [o.registry] });
+}): StatusListenerLimits {
+  const refused = new Counter({ name: o.metric, help: 'Connections and requests the metrics and readiness listeners refused, by listener and reason (too-many-connections from one source, request-timeout: headers or request too slow, bad-request; debug-token-<why>: a /debug path without the install\'s token; debug-grant-<why>: a /debug path of a waypoint without a valid grant for it)', labelNames: ['listener', 'reason'], registers: [o.registry] });
   const budget = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => o.log.warn(`status listener refusals not logged (rate limit; every one is counted in ${o.metric})`, { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   const limits = { ...DEFAULT_STATUS_LISTENER_LIMITS, ...o.limits };
   const refuse = (what: 'connection' | 'request', listener: string, reason: string, address: string | undefined, detail: string): void => {
     refused.inc({ listener, reason });
     if (budget.take()) o.log.warn(`status listener refused a ${what}`, { listener, reason, address, detail: clip(detail) });
   };
-  for (const [listener, server] of Object.entries(o.listeners)) limitHttpListener(server, limits, (reason, address, detail) => refuse('connection', listener, reason, address, detail));
-  return (listener, reason, address, detail) => refuse('request', listener, reason, address, detail);
+  return {
+    refused: (listener, reason, address, detail) => refuse('request', listener, reason, address, detail),
+    limit: (listeners) => {
+      for (const [listener, server] of Object.entries(listeners)) limitHttpListener(server, limits, (reason, address, detail) => refuse('connection', listener, reason, address, detail));
+    },
+  };
 }

@@ -10,7 +10,7 @@ import { HbonePool, readPoolStats } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
-import { Datapath, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
+import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
@@ -173,6 +173,8 @@ export class Agent {
   #serveStarted = false;
   #ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
   #listening = false;
+  /** Mesh destinations left out of weft_dests at the last config (past its capacity). */
+  #destinationsOverflow = 0;
   #serving: { promise: Promise<void>; resolve: () => void; reject: (err: Error) => void } = Promise.withResolvers<void>();
 
   constructor(o: AgentOptions) {
@@ -186,6 +188,13 @@ export class Agent {
       registers: [this.metrics.registry],
       collect() {
         this.set(agent.xds?.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'weft_destinations_overflow', help: 'Mesh destinations (a service VIP and port, a workload address) left out of weft_dests at the last config, past its capacity; other clusters\' are left out first',
+      registers: [this.metrics.registry],
+      collect() {
+        this.set(agent.#destinationsOverflow);
       },
     });
     // Observed by main.ts (a port that cannot be bound is fatal); never an unhandled rejection.
@@ -479,7 +488,11 @@ export class Agent {
     this.#workloads = config.workloads;
     if (changed) this.delivery.reauthorize(policiesChanged);
     this.#configured = true;
-    this.datapath.setDestinations(this.state.meshDestinations());
+    const { overflow } = this.datapath.setDestinations(this.state.meshDestinations());
+    if (overflow !== this.#destinationsOverflow && overflow > 0) {
+      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints)', { overflow, capacity: MAX_DESTS });
+    }
+    this.#destinationsOverflow = overflow;
     this.#reconcilePods();
     for (const wake of [...this.#configWaiters]) wake();
     const local = this.state.localWorkloads().filter((w) => w.enrolled);

@@ -251,14 +251,24 @@ export class AgentState {
     return this.servicesByVip.get(vip);
   }
 
-  /** Every address the datapath must redirect: service VIPs (per port) and workload IPs (this network's, as endpointsByIp). */
+  /**
+   * Every address the datapath must redirect: service VIPs (per port) and workload IPs (this
+   * network's, as endpointsByIp). This cluster's own first (its workloads, its Services' VIPs,
+   * their endpoints), then what other clusters add (the VIPs of Services only they have, their
+   * endpoints), so that past the map's capacity (Datapath.setDestinations) what a remote cluster
+   * exported is left out, never this cluster's own.
+   */
   meshDestinations(): Array<{ ip: string; port: number }> {
     const out: Array<{ ip: string; port: number }> = [];
-    for (const s of this.config.services) {
-      for (const vip of s.vips) for (const p of s.ports) out.push({ ip: vip, port: p.port });
-      for (const e of s.endpoints) if (e.enrolled && !e.gateway) out.push({ ip: e.ip, port: 0 });
-    }
+    const imported: Array<{ ip: string; port: number }> = [];
     for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
+    for (const s of this.config.services) {
+      // A Service only other clusters have: imported with their waypoint, or with only their endpoints.
+      const remote = s.waypoint?.cluster !== undefined || (s.endpoints.length > 0 && s.endpoints.every((e) => e.cluster !== undefined));
+      for (const vip of s.vips) for (const p of s.ports) (remote ? imported : out).push({ ip: vip, port: p.port });
+      for (const e of s.endpoints) if (e.enrolled && !e.gateway) (e.cluster !== undefined ? imported : out).push({ ip: e.ip, port: 0 });
+    }
+    for (const d of imported) out.push(d);
     const seen = new Set<string>();
     return out.filter((d) => {
       const k = `${d.ip}:${d.port}`;

@@ -82,6 +82,8 @@ interface InstallFlags {
   clusterId?: string;
   network?: string;
   eastwest?: boolean;
+  remoteMaxServices?: number;
+  remoteMaxEndpoints?: number;
 }
 
 export function installCommand(io: CommandIo = processIo): Command {
@@ -102,6 +104,8 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--cluster-id <id>', 'multi-cluster: this cluster\'s ID; the controller reads the remote clusters named by kubeconfig Secrets labelled weft.dev/multicluster=true (weftctl create-remote-secret)')
     .option('--network <name>', 'multi-cluster: this cluster\'s network (default: the cluster ID)')
     .option('--eastwest', 'multi-cluster: run the east-west gateway (Service weft-eastwest, type LoadBalancer, port 15008), the door into this network for the others')
+    .option('--remote-max-services <n>', 'multi-cluster: most Services the controller imports from one remote cluster; past it the Services last by namespace/name are left out, named (default 5000)', parseWholeNumber)
+    .option('--remote-max-endpoints <n>', 'multi-cluster: most endpoints the controller imports from one remote cluster (default 50000)', parseWholeNumber)
     .addOption(new Option('-o, --output <format>', 'output format').choices(['yaml', 'json']).default('yaml'))
     .option('--kustomize <dir>', 'write a kustomize base (one file per object and kustomization.yaml) into <dir> instead of printing')
     .addHelpText('after', `
@@ -137,6 +141,8 @@ Then:
           ...(flags.clusterId !== undefined ? { clusterId: flags.clusterId } : {}),
           ...(flags.network !== undefined ? { network: flags.network } : {}),
           ...(flags.eastwest ? { eastwest: true } : {}),
+          ...(flags.remoteMaxServices !== undefined ? { remoteMaxServices: flags.remoteMaxServices } : {}),
+          ...(flags.remoteMaxEndpoints !== undefined ? { remoteMaxEndpoints: flags.remoteMaxEndpoints } : {}),
           warn: (message) => io.err(`weftctl install: warning: ${message}\n`),
         });
         if (flags.kustomize) {

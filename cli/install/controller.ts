@@ -45,6 +45,9 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
     // this cluster's export on 15014 for its east-west gateway (mutual TLS, gateway identity only).
     ...(o.multicluster ? ['--cluster-id', o.multicluster.clusterId, '--network', o.multicluster.network, '--remote-secrets'] : []),
     ...(o.multicluster?.eastwest ? ['--federation-listen', `0.0.0.0:${FEDERATION_PORT}`] : []),
+    // What one remote may add to this cluster's config (the controller's defaults otherwise).
+    ...(o.multicluster?.remoteMaxServices !== undefined ? ['--remote-max-services', String(o.multicluster.remoteMaxServices)] : []),
+    ...(o.multicluster?.remoteMaxEndpoints !== undefined ? ['--remote-max-endpoints', String(o.multicluster.remoteMaxEndpoints)] : []),
   ];
 }
 

@@ -61,6 +61,13 @@ export interface InstallOptions {
   network?: string;
   /** Multi-cluster: run the east-west gateway (eastwest.ts), the door into this network for the others. Needs clusterId. */
   eastwest?: boolean;
+  /**
+   * Multi-cluster: most Services and endpoints the controller imports from one remote cluster
+   * (controller --remote-max-services, --remote-max-endpoints; past them the Services last by
+   * namespace/name are left out, named). Default: the controller's, 5,000 and 50,000. Need clusterId.
+   */
+  remoteMaxServices?: number;
+  remoteMaxEndpoints?: number;
 }
 
 export const DEFAULT_NAMESPACE = 'weft-system';
@@ -86,7 +93,7 @@ export interface ResolvedInstallOptions {
   debugEndpoints: boolean;
   splice: boolean;
   /** Multi-cluster settings; absent for a single cluster. */
-  multicluster?: { clusterId: string; network: string; eastwest: boolean };
+  multicluster?: { clusterId: string; network: string; eastwest: boolean; remoteMaxServices?: number; remoteMaxEndpoints?: number };
 }
 
 // Docker/OCI reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
@@ -162,7 +169,15 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   if ((opts.network !== undefined || opts.eastwest) && opts.clusterId === undefined) {
     throw new InstallOptionError('clusterId', `${opts.eastwest ? '--eastwest' : '--network'} is for a multi-cluster mesh: give this cluster's --cluster-id too`);
   }
-  const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true } : undefined;
+  const quota: { remoteMaxServices?: number; remoteMaxEndpoints?: number } = {};
+  for (const [k, flag] of [['remoteMaxServices', '--remote-max-services'], ['remoteMaxEndpoints', '--remote-max-endpoints']] as const) {
+    const n = opts[k];
+    if (n === undefined) continue;
+    if (!Number.isSafeInteger(n) || n < 1) throw new InstallOptionError(k, `${flag} ${String(n)} is not a whole number of at least 1`);
+    if (opts.clusterId === undefined) throw new InstallOptionError('clusterId', `${flag} is for a multi-cluster mesh: give this cluster's --cluster-id too`);
+    quota[k] = n;
+  }
+  const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true, ...quota } : undefined;
 
   return {
     image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice === true,

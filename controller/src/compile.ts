@@ -19,6 +19,8 @@ import {
   type Node,
   type PeerAuthentication as PeerAuthenticationObject,
   type PeerAuthenticationMode,
+  type PolicyTargetRef,
+  type RequestAuthentication as RequestAuthenticationObject,
   type Pod,
   type Service as ServiceObject,
   type TrafficPolicy as TrafficPolicyObject,
@@ -38,6 +40,7 @@ import {
 } from '../../lib/model/objects.ts';
 import {
   boundWaypoint,
+  emptyMeshModel,
   DEFAULT_CLUSTER_DOMAIN,
   DEFAULT_ROOT_NAMESPACE,
   DEFAULT_TRUST_DOMAIN,
@@ -57,6 +60,7 @@ import {
   type MeshModel,
   type MtlsMode,
   type PeerAuthentication,
+  type RequestAuthentication,
   type TelemetrySettings,
   type Route,
   type RouteBackend,
@@ -85,6 +89,8 @@ export interface MeshInputs {
   endpointSlices: EndpointSlice[];
   waypoints: WaypointObject[];
   authorizationPolicies: AuthorizationPolicyObject[];
+  /** Optional for callers that predate RequestAuthentication (none: no JWT rules). */
+  requestAuthentications?: RequestAuthenticationObject[];
   peerAuthentications: PeerAuthenticationObject[];
   trafficPolicies: TrafficPolicyObject[];
   telemetries: TelemetryObject[];
@@ -94,7 +100,7 @@ export interface MeshInputs {
 }
 
 export function emptyInputs(): MeshInputs {
-  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], peerAuthentications: [], trafficPolicies: [], telemetries: [], httpRoutes: [], grpcRoutes: [], referenceGrants: [] };
+  return { namespaces: [], nodes: [], pods: [], services: [], endpointSlices: [], waypoints: [], authorizationPolicies: [], requestAuthentications: [], peerAuthentications: [], trafficPolicies: [], telemetries: [], httpRoutes: [], grpcRoutes: [], referenceGrants: [] };
 }
 
 /** Runtime facts about waypoints that the objects do not carry (the reconciler knows them). */
@@ -265,15 +271,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   const rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
   const clusterId = options.clusterId ?? DEFAULT_CLUSTER_ID;
   const findings: CompileFinding[] = [];
-  const model: MeshModel = {
-    workloads: new Map(),
-    services: new Map(),
-    policies: new Map(),
-    peerAuthentications: new Map(),
-    trafficPolicies: new Map(),
-    routes: new Map(),
-    waypoints: new Map(),
-  };
+  const model = emptyMeshModel();
 
   const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
   const nodeIps = nodeIpsOf(inputs);
@@ -448,36 +446,42 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     return byWaypoint;
   };
   const servicesOfWaypoint = (waypoint: string): string[] => servicesByWaypoint().get(waypoint) ?? [];
-  for (const ap of inputs.authorizationPolicies) {
-    const ns = ap.metadata.namespace!;
-    const key = nsName(ns, ap.metadata.name);
-    const apSpec = ap.spec ?? {};
-    const rules = (apSpec.rules ?? []).map((r) => compileRule(r, ns));
-    const refs = policyTargets(apSpec);
-    const targets = refs.length > 0 ? [...new Set(refs.flatMap(({ ref, path }) => {
+  // The Services a policy attached by targetRefs applies at (AuthorizationPolicy and
+  // RequestAuthentication alike), each target that attaches to nothing reported; undefined when it
+  // names no target (a selector or namespace policy).
+  const attach = (kind: 'AuthorizationPolicy' | 'RequestAuthentication', ns: string, name: string, refs: Array<{ ref: PolicyTargetRef; path: string }>): string[] | undefined => {
+    if (refs.length === 0) return undefined;
+    return [...new Set(refs.flatMap(({ ref, path }) => {
       const target = nsName(ns, ref.name);
       // Every waypoint of the mesh (Istio: a root-namespace policy targeting GatewayClass
       // istio-waypoint); elsewhere such a target attaches to nothing, as in Istio, and says so.
       if (ref.kind === 'GatewayClass') {
         if (ns !== rootNamespace) {
-          findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `a GatewayClass target applies only to a policy in the root namespace (${rootNamespace}); this policy applies nowhere` });
+          findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'TargetNotFound', message: `a GatewayClass target applies only to a policy in the root namespace (${rootNamespace}); this policy applies nowhere` });
           return [];
         }
         return [...servicesByWaypoint().values()].flat().sort();
       }
       if (ref.kind === 'Service') {
         const svc = model.services.get(target);
-        if (!svc) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
+        if (!svc) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
         // Istio's WaypointAccepted reason AncestorNotBound: only a waypoint enforces such a policy.
-        else if (!svc.waypoint) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
-        else if (svc.waypoint.refused !== undefined) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; its traffic fails closed` });
+        else if (!svc.waypoint) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
+        else if (svc.waypoint.refused !== undefined) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; its traffic fails closed` });
         return [target];
       }
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
       // Service that uses it; none while it does not exist, never the namespace.
-      if (!model.waypoints.has(target)) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `${path}.name`, reason: 'TargetNotFound', message: `Waypoint ${target} does not exist` });
+      if (!model.waypoints.has(target)) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'TargetNotFound', message: `Waypoint ${target} does not exist` });
       return servicesOfWaypoint(target);
-    }))] : undefined;
+    }))];
+  };
+  for (const ap of inputs.authorizationPolicies) {
+    const ns = ap.metadata.namespace!;
+    const key = nsName(ns, ap.metadata.name);
+    const apSpec = ap.spec ?? {};
+    const rules = (apSpec.rules ?? []).map((r) => compileRule(r, ns));
+    const targets = attach('AuthorizationPolicy', ns, ap.metadata.name, policyTargets(apSpec));
     const compiled: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
@@ -498,6 +502,27 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       const found = [...new Set(rules.filter((r) => r.layer === 'L7').flatMap(ruleL7Attributes))].sort();
       if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${first}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
     }
+  }
+
+  // Request authentications: the JWT rules a waypoint applies to the Services they target
+  // (validation requires targetRefs: only a waypoint sees a request's token).
+  for (const ra of inputs.requestAuthentications ?? []) {
+    const ns = ra.metadata.namespace!;
+    const targets = attach('RequestAuthentication', ns, ra.metadata.name, policyTargets(ra.spec)) ?? [];
+    model.requestAuthentications.set(nsName(ns, ra.metadata.name), {
+      name: ra.metadata.name, namespace: ns, scope: 'service', targetServices: targets,
+      jwtRules: (ra.spec.jwtRules ?? []).map((r) => clean({
+        issuer: r.issuer,
+        audiences: nonEmpty(r.audiences),
+        jwks: r.jwks ?? '',
+        fromHeaders: nonEmpty(r.fromHeaders?.map((h) => clean({ name: h.name, prefix: h.prefix }))),
+        fromParams: nonEmpty(r.fromParams),
+        fromCookies: nonEmpty(r.fromCookies),
+        forwardOriginalToken: r.forwardOriginalToken || undefined,
+        outputPayloadToHeader: r.outputPayloadToHeader,
+        outputClaimToHeaders: nonEmpty(r.outputClaimToHeaders?.map((h) => ({ header: h.header, claim: h.claim }))),
+      })),
+    } satisfies RequestAuthentication);
   }
 
   // Traffic policies: one per service; with several, the oldest wins (Gateway API policy
@@ -1091,6 +1116,8 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     notIpBlocks: nonEmpty(s.notIpBlocks),
     remoteIpBlocks: nonEmpty(s.remoteIpBlocks),
     notRemoteIpBlocks: nonEmpty(s.notRemoteIpBlocks),
+    requestPrincipals: nonEmpty(s.requestPrincipals),
+    notRequestPrincipals: nonEmpty(s.notRequestPrincipals),
   }));
   const to = (rule.to ?? []).map(({ operation: o }) => clean({
     ports: nonEmpty(o.ports?.map(Number)),

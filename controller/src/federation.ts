@@ -8,7 +8,9 @@
 // networks and any mesh certificate passes its TLS (who may read is judged per request): its
 // handshake, headers, request and idle time and the connections one source address may hold are
 // bounded well under Node's defaults (DEFAULT_FEDERATION_LISTENER_LIMITS), each refusal counted in
-// `weft_federation_listener_refused_total{reason}` and logged.
+// `weft_federation_listener_refused_total{reason}` and logged. What one remote may add to this
+// cluster's config is bounded (`importQuota`, DEFAULT_IMPORT_QUOTA): past it the remote's import
+// is cut deterministically, the rest counted (`reason="quota"`), named and logged.
 import { createServer, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
@@ -17,7 +19,7 @@ import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } 
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
-import { exportWaypoint, FEDERATION_PATH, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, exportServices, exportWaypoint, FEDERATION_PATH, QUOTA_NAMED, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -82,6 +84,8 @@ export interface FederationOptions {
   fetchDeadlineMs?: number;
   /** The listener's bounds, each defaulting to DEFAULT_FEDERATION_LISTENER_LIMITS'. */
   listenerLimits?: Partial<FederationListenerLimits>;
+  /** What one remote may add to this cluster's config, each bound defaulting to DEFAULT_IMPORT_QUOTA's. */
+  importQuota?: Partial<ImportQuota>;
   log: Logger;
   registry?: Registry;
 }
@@ -100,6 +104,8 @@ interface RemoteState {
   staleTimer?: NodeJS.Timeout;
   /** Its export is being read (a polled remote): the next round leaves it be. */
   reading?: boolean;
+  /** The last quota cut counted (a new one is counted and logged again). */
+  quotaMessage?: string;
 }
 
 export class Federation {
@@ -118,9 +124,11 @@ export class Federation {
   readonly #importLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
+  readonly #quota: ImportQuota;
 
   constructor(o: FederationOptions) {
     this.#o = o;
+    this.#quota = { ...DEFAULT_IMPORT_QUOTA, ...o.importQuota };
     const now = Date.now();
     this.#remotes = o.remotes.map((remote) => ({ remote, export: undefined, text: '', lastOk: now, lastError: undefined, stale: false, failing: false }));
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
@@ -134,7 +142,7 @@ export class Federation {
         endpoints: new Gauge({ name: 'weft_federation_remote_endpoints', help: 'Endpoints imported from the remote cluster', labelNames: ['cluster'], registers }),
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
-        importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services that exist only in a remote cluster and were not imported (counted when first refused), by cluster and reason', labelNames: ['cluster', 'reason'], registers }),
+        importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, cluster-local, quota)', labelNames: ['cluster', 'reason'], registers }),
         listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
@@ -165,7 +173,7 @@ export class Federation {
 
   /** This cluster's own services, endpoints and waypoints (nothing imported). */
   export(): ClusterExport {
-    const services = [...(this.#local?.services.values() ?? [])];
+    const services = exportServices(this.#local?.services.values() ?? []);
     const waypoints = [...(this.#local?.waypoints.values() ?? [])].filter((w) => w.cluster === undefined).map(exportWaypoint);
     return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services, waypoints };
   }
@@ -178,13 +186,20 @@ export class Federation {
       // A pushed remote whose watches work is read right now.
       lastOk: new Date(r.remote.pushed && r.export && !r.failing ? Date.now() : r.lastOk).toISOString(), ...(r.lastError ? { lastError: r.lastError } : {}),
       ...(r.export ? { network: r.export.network } : {}), ...(r.export?.gateway ? { gateway: r.export.gateway } : {}),
-      ...this.#refusedOf(r.remote.name),
+      ...this.#refusedOf(r),
     }));
   }
 
-  #refusedOf(cluster: string): { refusedServices?: Record<string, string> } {
-    const out = [...this.#refusedImports.values()].filter((x) => x.cluster === cluster);
-    return out.length > 0 ? { refusedServices: Object.fromEntries(out.map((x) => [x.service, x.message])) } : {};
+  #refusedOf(r: RemoteState): Pick<RemoteStatus, 'refusedServices' | 'quota'> {
+    const cluster = r.remote.name;
+    const out = [...this.#refusedImports.values()].filter((x) => x.cluster === cluster).map((x): [string, string] => [x.service, x.message]);
+    // Past the quota: the first QUOTA_NAMED left out by name, all of them counted in the message.
+    const cut = r.export && !r.stale ? r.export.quota : undefined;
+    if (cut) for (const key of cut.refused.slice(0, QUOTA_NAMED)) out.push([key, `Service ${key} of cluster ${cluster} not imported: ${cut.message}`]);
+    return {
+      ...(out.length > 0 ? { refusedServices: Object.fromEntries(out) } : {}),
+      ...(cut ? { quota: { refused: cut.refused.length, message: cut.message } } : {}),
+    };
   }
 
   /** The federation listener's port (undefined when not serving). */
@@ -314,7 +329,7 @@ export class Federation {
   #took(r: RemoteState, text: string): boolean {
     let parsed: ClusterExport;
     try {
-      parsed = parseClusterExport(JSON.parse(text));
+      parsed = parseClusterExport(JSON.parse(text), { quota: this.#quota });
       if (parsed.cluster !== r.remote.name) throw new Error(`it says it is cluster ${JSON.stringify(parsed.cluster)}, not ${JSON.stringify(r.remote.name)}`);
     } catch (e) {
       return this.#failed(r, (e as Error).message);
@@ -331,6 +346,7 @@ export class Federation {
       r.text = text;
       r.export = parsed;
       changed = true;
+      this.#quotaCut(r, parsed);
     }
     this.#gauges(r);
     return changed;
@@ -361,6 +377,24 @@ export class Federation {
     }
     this.#gauges(r);
     return false;
+  }
+
+  /**
+   * A remote's export past its quota: what was left out is counted (each Service) and logged
+   * (within the refusal budget) when the cut changes; the Services that fit stay imported.
+   */
+  #quotaCut(r: RemoteState, parsed: ClusterExport): void {
+    const cut = parsed.quota;
+    if (cut?.message === r.quotaMessage) return;
+    r.quotaMessage = cut?.message;
+    if (!cut) return;
+    this.#metrics?.importRefused.inc({ cluster: r.remote.name, reason: 'quota' }, cut.refused.length);
+    if (this.#importLog.take()) {
+      this.#o.log.warn('remote cluster\'s export is past its import quota; the Services that fit are imported, the other remotes are unaffected', {
+        cluster: r.remote.name, reason: 'quota', services: cut.services, endpoints: cut.endpoints, maxServices: cut.quota.maxServices, maxEndpoints: cut.quota.maxEndpoints,
+        refused: cut.refused.length, error: clip(cut.message, 1024),
+      });
+    }
   }
 
   #gauges(r: RemoteState): void {

@@ -9,5 +9,5 @@ export { LeaseElector } from './cluster/leader.ts';
 export { TrustBundlePublisher } from './cluster/trust-bundle.ts';
 export { TokenReviewAuthenticator } from './ca/token-review.ts';
 export { KubeSource } from './sources/kube.ts';
-export { RemoteSecrets } from './sources/remote-secrets.ts';
+export { RemoteSecrets, remoteMaxObjects } from './sources/remote-secrets.ts';
 export { KubeWaypointDriver } from './waypoints-kube.ts';

@@ -5,7 +5,7 @@
 // waypoint launcher); running this file parses the command line.
 import { readdir, readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
-import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
+import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -35,7 +35,7 @@ import {
 } from './ca/index.ts';
 import { Controller } from './controller.ts';
 import { Federation, type RemoteCluster } from './federation.ts';
-import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { DEFAULT_CLUSTER_ID } from '../../lib/model/workload-meta.ts';
 import { parseDuration } from '../../lib/model/duration.ts';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from './log.ts';
@@ -93,6 +93,9 @@ export interface ControllerMainOptions {
   remoteClusters?: RemoteCluster[];
   /** How long an unreachable remote cluster keeps its last known endpoints; default 30 s. */
   remoteStaleAfterMs?: number;
+  /** Most Services / endpoints imported from one remote cluster; default 5,000 / 50,000 (DEFAULT_IMPORT_QUOTA). */
+  remoteMaxServices?: number;
+  remoteMaxEndpoints?: number;
   /**
    * Kubernetes mode, multi-cluster: read remote clusters' API servers through the kubeconfig
    * Secrets labelled weft.dev/multicluster=true in the controller's namespace
@@ -251,7 +254,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     ? await createFederation(o, authority, trustDomain, rootNamespace, namespace, log, registry)
     : undefined;
   const remoteSecrets = o.remoteSecrets && federation && kube && kubeConfig
-    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}) })
+    ? new kube.RemoteSecrets({ kubeConfig, namespace, cluster: o.clusterId ?? DEFAULT_CLUSTER_ID, trustDomain, rootNamespace, federation, log, registry, allowInsecure: !!o.remoteSecretsAllowInsecure, ...(o.remoteMaxResponseBytes !== undefined ? { maxResponseBytes: o.remoteMaxResponseBytes } : {}), maxObjects: kube.remoteMaxObjects({ maxServices: o.remoteMaxServices ?? DEFAULT_IMPORT_QUOTA.maxServices, maxEndpoints: o.remoteMaxEndpoints ?? DEFAULT_IMPORT_QUOTA.maxEndpoints }) })
     : undefined;
   const controller = new Controller({
     ...(federation ? { federation } : {}),
@@ -326,10 +329,11 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   // port, not the loopback admin one. Every pod reaches it too, so with a token (Kubernetes mode)
   // only requests carrying it are answered (lib/debug-http.ts, the agents' check); a grant is signed
   // for nobody else.
-  let refuseStatus: StatusListenerRefusal | undefined;
+  // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
+  const status = statusListenerLimits({ registry, metric: 'weft_controller_listener_refused_total', log });
   const debugAccess: DebugTokenAccess | undefined = debugToken ? {
     token: debugToken,
-    refused: (req, why, detail) => refuseStatus?.('metrics', 'debug-token', req.socket.remoteAddress, `${req.url ?? ''}: ${why}: ${detail}`),
+    refused: (req, why, detail) => status.refused('metrics', `debug-token-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
   } : undefined;
   const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(debugAccess && authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
   const metrics = createServer((req, res) => {
@@ -399,8 +403,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       send({ audience, header: DEBUG_GRANT_HEADER, grant: signed.grant, expires: signed.expires.toISOString() });
     } else res.writeHead(404).end();
   });
-  // Every pod reaches these two: bounded as the other components' (one source, a slowloris).
-  refuseStatus = limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_controller_listener_refused_total', log });
+  status.limit({ metrics, readiness: ready });
   const metricsPort = await listen(metrics, o.metricsPort ?? DEFAULT_METRICS_PORT, host);
   // The admin port is a convenience: a controller that cannot bind it still serves the mesh.
   const adminPort = await listen(admin, o.adminPort ?? DEFAULT_ADMIN_PORT, '127.0.0.1').catch((e: Error) => {
@@ -514,30 +517,33 @@ async function createFederation(o: ControllerMainOptions, ca: CertificateAuthori
     mayRead: (id) => readers.has(id),
     isController: (id) => controllers.has(id),
     ...(o.remoteStaleAfterMs !== undefined ? { staleAfterMs: o.remoteStaleAfterMs } : {}),
+    importQuota: { ...(o.remoteMaxServices !== undefined ? { maxServices: o.remoteMaxServices } : {}), ...(o.remoteMaxEndpoints !== undefined ? { maxEndpoints: o.remoteMaxEndpoints } : {}) },
     log, registry,
   });
   return federation;
 }
 
-/** How long the controller uses the debug token it read before reading the Secret again (a re-made Secret, another replica's). */
-const DEBUG_TOKEN_REREAD_MS = 60_000;
+/** How long the controller waits before asking again for a debug token it could not read or make at start. */
+const DEBUG_TOKEN_RETRY_MS = 60_000;
 
 /**
- * The install's debug token as the controller's debug paths read it: the Secret it makes once
- * (`read`: read-or-create), read at start and again in the background at most every
- * DEBUG_TOKEN_REREAD_MS; undefined (every /debug request refused) until it could be read.
+ * The install's debug token as the controller's debug paths read it: the one `read`
+ * (clusterDebugToken: read-or-create) returned at start, kept (the Secret is made once; a token
+ * rotated by deleting it is made again, and taken, when the controller restarts). Only while it holds
+ * none (the API server did not answer at start) is `read` asked again, in the background, at most
+ * every DEBUG_TOKEN_RETRY_MS; undefined (every /debug request refused) until then.
  */
-async function clusterDebugTokenReader(read: () => Promise<{ token: string | undefined }>, log: Logger): Promise<() => string | undefined> {
+export async function clusterDebugTokenReader(read: () => Promise<{ token: string | undefined }>, log: Logger, now: () => number = Date.now): Promise<() => string | undefined> {
   let token: string | undefined;
   let at = 0;
   let reading: Promise<void> | undefined;
   const refresh = (): Promise<void> => (reading ??= read().then(
     (r) => { token = r.token; },
     (e: Error) => log.warn(`the debug token Secret ${DEBUG_TOKEN_SECRET} could not be read or made; the agents and the controller refuse every /debug request until it exists`, { error: e.message }),
-  ).finally(() => { at = Date.now(); reading = undefined; }));
+  ).finally(() => { at = now(); reading = undefined; }));
   await refresh();
   return () => {
-    if (Date.now() - at > DEBUG_TOKEN_REREAD_MS) void refresh();
+    if (token === undefined && now() - at > DEBUG_TOKEN_RETRY_MS) void refresh();
     return token;
   };
 }
@@ -585,6 +591,9 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --remote-secret-allow-insecure  remote secrets may name an http:// API server or
                               insecure-skip-tls-verify (refused by default; testing only)
   --remote-stale-after <dur>  how long an unreachable remote keeps its endpoints (default 30s)
+  --remote-max-services <n>   multi-cluster: most Services imported from one remote cluster; past it
+                              the Services last by namespace/name are left out, named (default 5000)
+  --remote-max-endpoints <n>  multi-cluster: most endpoints imported from one remote cluster (default 50000)
   --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
@@ -632,6 +641,8 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'network-gateway': { type: 'string' },
       'remote-cluster': { type: 'string', multiple: true },
       'remote-stale-after': { type: 'string' },
+      'remote-max-services': { type: 'string' },
+      'remote-max-endpoints': { type: 'string' },
       'remote-secrets': { type: 'boolean' },
       'remote-secret-allow-insecure': { type: 'boolean' },
       'trust-domain-alias': { type: 'string', multiple: true },
@@ -709,6 +720,14 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       throw new UsageError(`--remote-stale-after: ${(e as Error).message}`);
     }
   }
+  const count = (flag: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${flag}: "${v}" is not a whole number of at least 1`);
+    return n;
+  };
+  set('remoteMaxServices', count('remote-max-services', values['remote-max-services']));
+  set('remoteMaxEndpoints', count('remote-max-endpoints', values['remote-max-endpoints']));
   set('trustDomainAliases', values['trust-domain-alias']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);

@@ -50,6 +50,11 @@ export class ObjectStore {
   /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
   #changed = new Set<string>();
 
+  /** Objects held. */
+  get size(): number {
+    return this.#objects.size;
+  }
+
   get resourceVersion(): string {
     return this.#resourceVersion;
   }
@@ -175,6 +180,7 @@ export class ObjectStore {
         case 'EndpointSlice': i.endpointSlices.push(o); break;
         case 'Waypoint': i.waypoints.push(o); break;
         case 'AuthorizationPolicy': i.authorizationPolicies.push(o); break;
+        case 'RequestAuthentication': i.requestAuthentications!.push(o); break;
         case 'PeerAuthentication': i.peerAuthentications.push(o); break;
         case 'TrafficPolicy': i.trafficPolicies.push(o); break;
         case 'Telemetry': i.telemetries.push(o); break;

@@ -17,7 +17,7 @@ import { createServer, type Server } from 'node:http';
 import { parseArgs } from 'node:util';
 import { Registry } from 'prom-client';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
-import { limitStatusListeners, type HttpListenerLimits } from '../../lib/listener-limits.ts';
+import { statusListenerLimits, type HttpListenerLimits } from '../../lib/listener-limits.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
@@ -141,7 +141,7 @@ export async function runEastWest(o: EastWestOptions): Promise<Running> {
     if (req.url?.split('?')[0] === READINESS_PATH && gw.endpoints > 0) res.writeHead(200).end('ready\n');
     else res.writeHead(503).end('no endpoints of this cluster known yet\n');
   });
-  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_eastwest_listener_refused_total', log, ...(o.statusLimits ? { limits: o.statusLimits } : {}) });
+  statusListenerLimits({ registry, metric: 'weft_eastwest_listener_refused_total', log, ...(o.statusLimits ? { limits: o.statusLimits } : {}) }).limit({ metrics, readiness: ready });
   await Promise.all([listen(metrics, PORTS.metrics, o.host), listen(ready, PORTS.readiness, o.host)]);
   log.info('east-west gateway ready', { listen: `${o.host}:${o.port}`, controller: o.controllerUrl });
   return {

@@ -11,7 +11,7 @@ import { generateKeyPair, parseCsr, privateKeyToPem } from './csr.ts';
 import { CaLoadError, CsrIdentityMismatchError } from './errors.ts';
 import { parseSpiffeId, validateTrustDomain } from './spiffe.ts';
 import {
-  KeyUsage, OID, buildCertificate, buildName, certToPem, extension, generalNames, keyIdentifier, keyUsageValue,
+  KeyUsage, OID, buildCertificate, buildName, certToPem, extension, generalNames, issuedBy, keyIdentifier, keyUsageValue,
   parseCertificate, splitPemCertificates, type AltNames, type CertificateDetails,
 } from './x509.ts';
 import { bool, oid, octets, ctx, seq, uint } from './der.ts';
@@ -143,7 +143,7 @@ export class CertificateAuthority {
       throw new CaLoadError(`certificate ${describe(signingCert)} is not a CA (basicConstraints CA:false); supply a CA certificate`);
     }
     const roots = material.rootsPem ? splitPemCertificates(material.rootsPem) : [];
-    const selfSigned = signingCert.x509.checkIssued(signingCert.x509) && signingCert.x509.verify(signingCert.x509.publicKey);
+    const selfSigned = issuedBy(signingCert.x509, signingCert.x509);
     if (roots.length === 0) {
       if (!selfSigned) throw new CaLoadError('CA certificate is an intermediate but no root bundle (ca.crt / root-cert.pem) was supplied; supply the root');
       roots.push(certs[0]!);
@@ -151,10 +151,7 @@ export class CertificateAuthority {
     const intermediates = selfSigned ? [] : certs.filter((c) => !roots.includes(c));
     // The top of the supplied chain must be issued by one of the roots.
     const top = parseCertificate(intermediates.length ? intermediates[intermediates.length - 1]! : certs[0]!).x509;
-    const anchored = roots.some((r) => {
-      const root = parseCertificate(r).x509;
-      return top.checkIssued(root) && top.verify(root.publicKey);
-    });
+    const anchored = roots.some((r) => issuedBy(top, parseCertificate(r).x509));
     if (!anchored) throw new CaLoadError('CA certificate chain does not lead to any certificate in the root bundle; supply the matching ca.crt');
     return new CertificateAuthority({ key, cert: signingCert, intermediates, roots }, opts);
   }
@@ -288,7 +285,7 @@ export class CertificateAuthority {
     } catch {
       return false;
     }
-    return [this.#signer.cert.x509, ...this.#previousSigners].some((signer) => leaf.checkIssued(signer) && leaf.verify(signer.publicKey));
+    return [this.#signer.cert.x509, ...this.#previousSigners].some((signer) => issuedBy(leaf, signer));
   }
 
   #emit(): void {
@@ -354,15 +351,13 @@ export class CertificateAuthority {
   }
 
   /**
-   * A waypoint debug grant (lib/identity/debug-grant.ts) for `audience`, signed with this CA's key
-   * and carrying its signing certificate and intermediates, so a waypoint checks it with the trust
-   * bundle alone. The controller signs one only for a caller holding the install's debug token.
+   * A waypoint debug grant (lib/identity/debug-grant.ts) for `audience`, signed with this CA's
+   * signing key: the key of the certificate that issued the waypoint's own, which is what the
+   * waypoint checks it with (another cluster's CA under the same root opens nothing here). The
+   * controller signs one only for a caller holding the install's debug token.
    */
-  signDebugGrant(audience: string, lifetimeMs?: number): { grant: string; expires: Date } {
-    const signer = this.#signer;
-    // `intermediates` starts with the signing certificate when it is not the root.
-    const chain = signer.intermediates.length > 0 ? signer.intermediates.map((pem) => parseCertificate(pem).der) : [signer.cert.der];
-    return encodeDebugGrant(signer.key, chain, audience, this.#clock(), lifetimeMs);
+  signDebugGrant(audience: string): { grant: string; expires: Date } {
+    return encodeDebugGrant(this.#signer.key, audience, this.#clock());
   }
 
   /** A fresh key and certificate for a server (the controller's gRPC port), PEM. */

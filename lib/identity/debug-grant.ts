@@ -2,33 +2,37 @@
 // few minutes. A waypoint runs in its application's namespace, where the install's debug token
 // (lib/debug-http.ts) cannot be mounted, and anyone who may create pods there can wear a
 // waypoint's label; so the waypoint holds no secret at all. The controller, asked with the
-// install's token, signs a grant with the mesh CA's key; the waypoint checks it with the trust
-// bundle it already holds (public), so a stolen waypoint holds nothing that opens anything. A grant
+// install's token, signs a grant with its CA's key; the waypoint checks it with the public key of
+// the CA that issued its own certificate, so a stolen waypoint holds nothing that opens anything. A grant
 // is for one pod of one waypoint (its audience): one handed to a pod wearing a waypoint's label
 // opens only that pod, which no other pod's name can be, and only until it expires.
 //
-// The grant is a JWS in compact form (RFC 7515) carrying JWT claims (RFC 7519: aud, iat, exp) and,
-// in its `x5c` header (RFC 7515 4.1.6), the certificate whose key signed it and the chain up to a
-// root. The signing certificate must be a CA's (basicConstraints CA:TRUE, RFC 5280 4.2.1.9): a
-// workload's, node's or gateway's certificate (CA:FALSE, the only kind the CA issues from a CSR)
-// signs no grant, whatever key its holder has. Signed bytes start with the base64url of a JSON
-// header, never with a DER SEQUENCE, so a grant's signature is never a certificate's.
-import { X509Certificate, sign, verify, type KeyObject } from 'node:crypto';
+// The grant is a JWS in compact form (RFC 7515) carrying JWT claims (RFC 7519: aud, iat, exp),
+// signed with the key of the CA that signs its cluster's certificates. A waypoint checks it with the
+// key of the certificate that issued its own certificate (debugGrantSigners), not with its trust
+// bundle: clusters of one mesh share the root (each has its own intermediate, Istio's plug-in CA),
+// so a grant any CA under the root signed would let a holder of one cluster's token open every
+// cluster's waypoints (CertificateAuthority.issued says the same of node certificates). The grant
+// carries no certificate (no x5c): the waypoint already knows the one key it takes, so there is no
+// chain to walk, no CA:TRUE to check and no size that depends on the chain. A workload's,
+// node's or gateway's key signs no grant: it is not that key. Signed bytes start with the
+// base64url of a JSON header, never with a DER SEQUENCE, so a grant's signature is never a
+// certificate's.
+import { sign, verify, type KeyObject, type X509Certificate } from 'node:crypto';
+import { issuerOf } from './x509.ts';
 
 /** The request header a waypoint's /debug paths want a grant in. */
 export const DEBUG_GRANT_HEADER = 'weft-debug-grant';
 /** The JWS `typ` of a grant (RFC 7515 4.1.9): nothing else signed by the CA passes for one. */
 export const DEBUG_GRANT_TYPE = 'weft-debug-grant+jwt';
 /** How long a grant the controller signs lasts. */
-export const DEBUG_GRANT_LIFETIME_MS = 5 * 60_000;
+const DEBUG_GRANT_LIFETIME_MS = 5 * 60_000;
 /** The longest lifetime a waypoint accepts (a grant lasting longer was not made by a Weft controller). */
-export const MAX_DEBUG_GRANT_LIFETIME_MS = 10 * 60_000;
+const MAX_DEBUG_GRANT_LIFETIME_MS = 10 * 60_000;
 /** Clock skew allowed between the controller and a waypoint, as certificates are backdated (lib/identity/ca.ts). */
-export const DEBUG_GRANT_SKEW_MS = 60_000;
-/** Longest grant a waypoint reads (a chain of a few certificates is well under it). */
-export const MAX_DEBUG_GRANT_CHARS = 12_000;
-/** Most certificates in a grant's x5c (the signing CA and its intermediates). */
-const MAX_CHAIN = 4;
+const DEBUG_GRANT_SKEW_MS = 60_000;
+/** Longest grant a waypoint reads (one the controller signs is under 400 characters, whatever its CA's chain). */
+const MAX_DEBUG_GRANT_CHARS = 2_048;
 
 /**
  * The audience of a grant for pod `pod` of waypoint `name` in `namespace`: the grant opens that
@@ -40,16 +44,16 @@ export function debugGrantAudience(namespace: string, name: string, pod: string)
 
 /**
  * Why a waypoint refused a grant; stable words (metric labels): `missing` (no header), `malformed`
- * (not a grant: encoding, header, claims or lifetime), `signer` (signed with a key whose certificate
- * is no CA's: a workload's), `untrusted` (the chain does not lead to the trust bundle, or a
- * certificate in it is not valid now), `signature` (the signature does not verify), `audience`
- * (a grant for another waypoint), `expired` (or not valid yet).
+ * (not a grant: encoding, header, claims or lifetime), `untrusted` (the waypoint knows no CA that
+ * issued its certificate, so takes no grant), `signature` (the signature does not verify with the
+ * key of the CA that issued this waypoint's certificate: forged, or signed by another cluster's CA,
+ * a workload's key, a CA outside the mesh), `audience` (a grant for another waypoint), `expired`
+ * (or not valid yet).
  */
-export type DebugGrantRefusal = 'missing' | 'malformed' | 'signer' | 'untrusted' | 'signature' | 'audience' | 'expired';
+export type DebugGrantRefusal = 'missing' | 'malformed' | 'untrusted' | 'signature' | 'audience' | 'expired';
 
 /** A grant a waypoint refused, with what to tell the operator. */
 export class DebugGrantError extends Error {
-  readonly code = 'WEFT_DEBUG_GRANT_REFUSED';
   readonly reason: DebugGrantRefusal;
   constructor(reason: DebugGrantRefusal, message: string) {
     super(message);
@@ -65,25 +69,25 @@ const ALGORITHMS = {
 } as const;
 type Algorithm = keyof typeof ALGORITHMS;
 
+const fits = (key: KeyObject, a: (typeof ALGORITHMS)[Algorithm]): boolean =>
+  key.asymmetricKeyType === a.key && (a.curve === undefined || key.asymmetricKeyDetails?.namedCurve === a.curve);
+
 function algorithmOf(key: KeyObject): Algorithm {
-  for (const [alg, a] of Object.entries(ALGORITHMS) as Array<[Algorithm, (typeof ALGORITHMS)[Algorithm]]>) {
-    if (key.asymmetricKeyType === a.key && (a.curve === undefined || key.asymmetricKeyDetails?.namedCurve === a.curve)) return alg;
-  }
+  for (const [alg, a] of Object.entries(ALGORITHMS) as Array<[Algorithm, (typeof ALGORITHMS)[Algorithm]]>) if (fits(key, a)) return alg;
   throw new Error(`a debug grant cannot be signed with a ${key.asymmetricKeyType ?? 'unknown'} ${key.asymmetricKeyDetails?.namedCurve ?? ''} key; the CA key must be EC P-256/P-384 or RSA`);
 }
 
 const b64url = (b: Buffer | string): string => Buffer.from(b).toString('base64url');
 
 /**
- * A grant for `audience`, valid from `now` for `lifetimeMs`, signed with `key`, the key of the
- * CA certificate `chain[0]` (DER; then its intermediates, not the root). The CA's one caller:
- * CertificateAuthority.signDebugGrant.
+ * A grant for `audience`, valid from `now` for DEBUG_GRANT_LIFETIME_MS, signed with `key` (the
+ * CA's signing key). The CA's one caller: CertificateAuthority.signDebugGrant.
  */
-export function encodeDebugGrant(key: KeyObject, chain: readonly Buffer[], audience: string, now: number, lifetimeMs: number = DEBUG_GRANT_LIFETIME_MS): { grant: string; expires: Date } {
+export function encodeDebugGrant(key: KeyObject, audience: string, now: number): { grant: string; expires: Date } {
   const alg = algorithmOf(key);
   const iat = Math.floor(now / 1000);
-  const exp = Math.floor((now + Math.min(lifetimeMs, MAX_DEBUG_GRANT_LIFETIME_MS)) / 1000);
-  const input = `${b64url(JSON.stringify({ alg, typ: DEBUG_GRANT_TYPE, x5c: chain.map((c) => c.toString('base64')) }))}.${b64url(JSON.stringify({ aud: audience, iat, exp }))}`;
+  const exp = Math.floor((now + DEBUG_GRANT_LIFETIME_MS) / 1000);
+  const input = `${b64url(JSON.stringify({ alg, typ: DEBUG_GRANT_TYPE }))}.${b64url(JSON.stringify({ aud: audience, iat, exp }))}`;
   const signature = sign(ALGORITHMS[alg].hash, Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
   return { grant: `${input}.${b64url(signature)}`, expires: new Date(exp * 1000) };
 }
@@ -101,13 +105,13 @@ function jsonObject(part: string, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
-const validAt = (c: X509Certificate, now: number): boolean => Date.parse(c.validFrom) <= now && now <= Date.parse(c.validTo);
-
 /**
- * Checks `grant` for `audience` against `roots` (PEM, the waypoint's trust bundle) at `now`;
- * returns its expiry, or throws DebugGrantError naming why it opens nothing.
+ * Checks `grant` for `audience` at `now` against `signers`: the public keys of the CA that issued
+ * this waypoint's certificate (and, for a short overlap after a rotation, the one before;
+ * debugGrantSigners). Returns its expiry, or throws DebugGrantError naming why it opens nothing.
+ * The cheap checks (form, audience, lifetime, expiry) come before the signature.
  */
-export function verifyDebugGrant(grant: string | undefined, audience: string, roots: readonly string[], now: number = Date.now()): { expires: Date } {
+export function verifyDebugGrant(grant: string | undefined, audience: string, signers: readonly KeyObject[], now: number = Date.now()): { expires: Date } {
   if (grant === undefined || grant === '') throw new DebugGrantError('missing', `no grant in the ${DEBUG_GRANT_HEADER} header`);
   if (grant.length > MAX_DEBUG_GRANT_CHARS) throw new DebugGrantError('malformed', `the grant is longer than ${MAX_DEBUG_GRANT_CHARS} characters`);
   const parts = grant.split('.');
@@ -119,36 +123,6 @@ export function verifyDebugGrant(grant: string | undefined, audience: string, ro
   if ('crit' in header) throw new DebugGrantError('malformed', 'the grant names critical header extensions');
   const alg = header['alg'];
   if (typeof alg !== 'string' || !Object.hasOwn(ALGORITHMS, alg)) throw new DebugGrantError('malformed', `the grant's alg is not one of ${Object.keys(ALGORITHMS).join(', ')}`);
-  const x5c = header['x5c'];
-  if (!Array.isArray(x5c) || x5c.length < 1 || x5c.length > MAX_CHAIN || !x5c.every((c) => typeof c === 'string')) throw new DebugGrantError('malformed', `the grant's x5c is not 1 to ${MAX_CHAIN} certificates`);
-  let chain: X509Certificate[];
-  try {
-    chain = (x5c as string[]).map((c) => new X509Certificate(Buffer.from(c, 'base64')));
-  } catch {
-    throw new DebugGrantError('malformed', 'a certificate in the grant\'s x5c cannot be read');
-  }
-  const signer = chain[0]!;
-  if (!signer.ca) throw new DebugGrantError('signer', `the grant is signed with the key of a certificate that is no CA's (${signer.subjectAltName ?? signer.subject}); only the mesh CA signs grants`);
-  for (let i = 0; i < chain.length; i++) {
-    const c = chain[i]!;
-    if (!validAt(c, now)) throw new DebugGrantError('untrusted', `certificate ${i} of the grant's chain is not valid now (${c.validFrom} to ${c.validTo})`);
-    const up = chain[i + 1];
-    if (up && !(up.ca && c.checkIssued(up) && c.verify(up.publicKey))) throw new DebugGrantError('untrusted', `certificate ${i} of the grant's chain is not issued by the next`);
-  }
-  const top = chain[chain.length - 1]!;
-  const anchored = roots.some((pem) => {
-    try {
-      const root = new X509Certificate(pem);
-      return top.raw.equals(root.raw) || (top.checkIssued(root) && top.verify(root.publicKey));
-    } catch {
-      return false;
-    }
-  });
-  if (!anchored) throw new DebugGrantError('untrusted', 'the grant\'s chain does not lead to a root of this waypoint\'s trust bundle');
-  const a = ALGORITHMS[alg as Algorithm];
-  const key = signer.publicKey;
-  if (key.asymmetricKeyType !== a.key || (a.curve !== undefined && key.asymmetricKeyDetails?.namedCurve !== a.curve)) throw new DebugGrantError('signature', `the grant's alg ${alg} is not its signer's key type`);
-  if (!verify(a.hash, Buffer.from(`${h}.${p}`), { key, dsaEncoding: 'ieee-p1363' }, Buffer.from(s, 'base64url'))) throw new DebugGrantError('signature', 'the grant\'s signature does not verify with its signer\'s key');
   const claims = jsonObject(p, 'claims');
   const { aud, iat, exp } = claims;
   if (typeof aud !== 'string' || typeof iat !== 'number' || typeof exp !== 'number' || !Number.isFinite(iat) || !Number.isFinite(exp)) throw new DebugGrantError('malformed', 'the grant\'s claims want aud (a string), iat and exp (numbers)');
@@ -156,5 +130,44 @@ export function verifyDebugGrant(grant: string | undefined, audience: string, ro
   if (aud !== audience) throw new DebugGrantError('audience', `the grant is for ${JSON.stringify(aud.slice(0, 256))}, not ${audience}`);
   if (now > exp * 1000 + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant expired at ${new Date(exp * 1000).toISOString()}`);
   if (iat * 1000 > now + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant is not valid before ${new Date(iat * 1000).toISOString()}`);
+  if (signers.length === 0) throw new DebugGrantError('untrusted', 'this waypoint knows no CA that issued its certificate (its issuer is neither in its chain nor in its trust bundle), so it takes no grant');
+  const a = ALGORITHMS[alg as Algorithm];
+  const input = Buffer.from(`${h}.${p}`);
+  const signature = Buffer.from(s, 'base64url');
+  if (!signers.some((key) => fits(key, a) && verify(a.hash, input, { key, dsaEncoding: 'ieee-p1363' }, signature))) {
+    throw new DebugGrantError('signature', `the grant's signature does not verify with the key of the CA that issued this waypoint's certificate (only this cluster's controller signs grants for it)`);
+  }
   return { expires: new Date(exp * 1000) };
+}
+
+/**
+ * The keys a waypoint takes grants from, given its credentials (read at each request; they change
+ * at renewal): the public key of the certificate that issued its own (x509 issuerOf: the next in
+ * its chain, else the root of its bundle that signed it), found once per certificate (or, while none is found, per
+ * trust bundle), not per request. The controller's CA signs both the waypoint's certificate and its grants, so they move
+ * together at a rotation; the issuer of the certificate before is still taken for
+ * MAX_DEBUG_GRANT_LIFETIME_MS after the change, so a grant signed just before it keeps working.
+ */
+export function debugGrantSigners(credentials: () => { certChain: readonly string[]; trustBundle: readonly string[] }, clock: () => number = Date.now): () => readonly KeyObject[] {
+  let leaf: string | undefined;
+  let bundle: readonly string[] | undefined;
+  let issuer: { cert: X509Certificate; key: KeyObject } | undefined;
+  let previous: { cert: X509Certificate; key: KeyObject; until: number } | undefined;
+  return () => {
+    const c = credentials();
+    if (c.certChain[0] !== leaf || (!issuer && c.trustBundle !== bundle)) {
+      let cert: X509Certificate | undefined;
+      try {
+        cert = issuerOf(c.certChain, c.trustBundle);
+      } catch {
+        cert = undefined;
+      }
+      if (issuer && cert && !issuer.cert.raw.equals(cert.raw)) previous = { ...issuer, until: clock() + MAX_DEBUG_GRANT_LIFETIME_MS };
+      leaf = c.certChain[0];
+      bundle = c.trustBundle;
+      issuer = cert && { cert, key: cert.publicKey };
+    }
+    if (previous && clock() > previous.until) previous = undefined;
+    return [...(issuer ? [issuer.key] : []), ...(previous ? [previous.key] : [])];
+  };
 }

@@ -221,6 +221,34 @@ export function parseCertificate(input: Buffer | string): CertificateDetails {
   };
 }
 
+/**
+ * Whether `issuer` signed `cert`: its subject is the certificate's issuer and its key verifies the
+ * certificate's signature. The one test of "who issued this" (CertificateAuthority.issued and
+ * fromPem, a waypoint finding the CA whose key signs its debug grants).
+ */
+export function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+  return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
+}
+
+/**
+ * The certificate that issued the leaf of `chain` (PEM, leaf first, then intermediates): the next
+ * one in the chain, else the root of `roots` that signed it; undefined when none did.
+ */
+export function issuerOf(chain: readonly string[], roots: readonly string[]): X509Certificate | undefined {
+  const leaf = chain[0] === undefined ? undefined : parseCertificate(chain[0]).x509;
+  if (!leaf) return undefined;
+  for (const pem of [...chain.slice(1), ...roots]) {
+    let c: X509Certificate;
+    try {
+      c = parseCertificate(pem).x509;
+    } catch {
+      continue;
+    }
+    if (issuedBy(leaf, c)) return c;
+  }
+  return undefined;
+}
+
 function firstCertDer(pem: string): Buffer {
   const [first] = pemBlocks(pem, 'CERTIFICATE');
   if (!first) throw new DerError('no PEM CERTIFICATE block found');

@@ -26,6 +26,60 @@ export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
 /** Annotation of a remote Secret: the remote cluster's trust domain when it is not this one's (per-cluster trust domains). */
 export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
+/**
+ * What one remote cluster may add to this cluster's config (each imported Service becomes VIPs
+ * and endpoints in every agent's config): at most `maxServices` Services and `maxEndpoints`
+ * endpoints (summed over them), entries of its export as it sends them, invalid ones included.
+ * Past either bound the import is cut deterministically: the Services are taken in
+ * `namespace/name` order, each that still fits both bounds is kept, the rest are refused (`quota`),
+ * so the same export always keeps the same Services, on every controller replica.
+ */
+export interface ImportQuota {
+  maxServices: number;
+  maxEndpoints: number;
+}
+
+/** Generous for a real cluster (the controller's flags --remote-max-services, --remote-max-endpoints). */
+export const DEFAULT_IMPORT_QUOTA: Readonly<ImportQuota> = { maxServices: 5_000, maxEndpoints: 50_000 };
+
+/**
+ * Most ports of one Service in an export: each VIP and port is a destination in every agent's
+ * weft_dests (WEFT_MAX_DESTS entries in all), and an EndpointSlice carries at most 100 ports
+ * (Kubernetes' discovery/v1 validation), so a Service with more has no endpoints in its own cluster.
+ */
+export const MAX_SERVICE_PORTS = 100;
+
+/** Distinct endpoint port records one export's parse shares (past it, records are kept apiece). */
+const MAX_PORT_RECORDS = 1_024;
+
+/** Services refused by the quota that `/debug/federation` names one by one; the rest are counted. */
+export const QUOTA_NAMED = 100;
+
+/** What the quota cut from one export (set by parseClusterExport, never sent). */
+export interface QuotaCut {
+  /** Services and endpoints the export has, and the bounds. */
+  services: number;
+  endpoints: number;
+  quota: ImportQuota;
+  /** `namespace/name` of each Service not imported, in `namespace/name` order. */
+  refused: string[];
+  message: string;
+}
+
+/**
+ * Services a cluster keeps to itself (Istio's default cluster-local hosts: every Service of
+ * `kube-system`, and `kubernetes.default.svc`): not exported, and refused from a remote (a remote
+ * adding endpoints to this cluster's DNS or API server Service would receive its pods' queries).
+ */
+export function isClusterLocal(namespace: string, name: string): boolean {
+  return namespace === 'kube-system' || (namespace === 'default' && name === 'kubernetes');
+}
+
+/** A cluster's own Services as its export carries them: the cluster-local ones stay home. */
+export function exportServices(services: Iterable<Service>): Service[] {
+  return [...services].filter((s) => !isClusterLocal(s.namespace, s.name));
+}
+
 export interface ClusterExport {
   cluster: string;
   network: string;
@@ -35,6 +89,8 @@ export interface ClusterExport {
   services: ExportedService[];
   /** Own waypoints (never imported ones): where other clusters' callers reach the Services behind them. Absent in an older release's export. */
   waypoints?: ExportedWaypoint[];
+  /** Set by parseClusterExport, never sent: the Services the importer's quota left out. */
+  quota?: QuotaCut;
 }
 
 /** One of a cluster's own Services in its export. */
@@ -77,6 +133,8 @@ export interface RemoteStatus {
   gateway?: NetworkGateway;
   /** Its Services that exist only there and were not imported: `namespace/name` → why. */
   refusedServices?: Record<string, string>;
+  /** Its export is past this cluster's import quota: how many Services were left out, and why (the first QUOTA_NAMED also in refusedServices). */
+  quota?: { refused: number; message: string };
 }
 
 export class FederationExportError extends Error {
@@ -115,7 +173,41 @@ export function isServiceAddress(ip: string): boolean {
   return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
 }
 
-export function parseClusterExport(v: unknown): ClusterExport {
+/** A Kubernetes name of a Service or namespace (an RFC 1123 label; Kubernetes refuses any other). */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** An export's Service entry as first read: where it is and its name. */
+interface ServiceEntry { i: number; s: Record<string, unknown>; name: string; namespace: string; key: string; dupOf?: number }
+
+/**
+ * The entries an import quota keeps: in `namespace/name` order (export order among equal keys),
+ * each that still fits both bounds; undefined when all fit.
+ */
+function quotaCut(cluster: string, entries: readonly ServiceEntry[], quota: ImportQuota): { kept: Set<ServiceEntry>; cut: QuotaCut } | undefined {
+  const order = [...entries].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.i - b.i));
+  const kept = new Set<ServiceEntry>();
+  const refused: string[] = [];
+  let services = 0, endpoints = 0, total = 0;
+  for (const e of order) {
+    const count = e.dupOf === undefined && Array.isArray(e.s.endpoints) ? e.s.endpoints.length : 0;
+    total += count;
+    if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints) {
+      kept.add(e);
+      services++;
+      endpoints += count;
+    } else refused.push(e.key);
+  }
+  if (refused.length === 0) return undefined;
+  const shown = refused.slice(0, 8).join(', ') + (refused.length > 8 ? `, and ${refused.length - 8} more` : '');
+  const message = `cluster ${cluster} exports ${entries.length} Services with ${total} endpoints, past this cluster's import quota of ${quota.maxServices} Services and ${quota.maxEndpoints} endpoints per remote cluster (--remote-max-services, --remote-max-endpoints); taken in namespace/name order, the ${refused.length} that did not fit are not imported: ${shown}`;
+  return { kept, cut: { services: entries.length, endpoints: total, quota: { ...quota }, refused, message } };
+}
+
+/**
+ * With `quota` (an importer's, ImportQuota), the Service entries past it are not parsed at all,
+ * only named (`quota` of the result), and of the waypoints only those its kept Services name.
+ */
+export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {}): ClusterExport {
   const obj = (x: unknown, path: string): Record<string, unknown> => {
     if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new FederationExportError(path, 'must be an object');
     return x as Record<string, unknown>;
@@ -141,6 +233,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
   /** A Service entry's fields but its name; what an importer keeps is rebuilt field by field, nothing else a remote adds. */
   const service = (s: Record<string, unknown>, p: string, name: string, namespace: string): Omit<Service, 'name' | 'namespace'> => {
     if (!Array.isArray(s.ports)) throw new FederationExportError(`${p}.ports`, 'must be a list');
+    if (s.ports.length > MAX_SERVICE_PORTS) throw new FederationExportError(`${p}.ports`, `has ${s.ports.length} ports, more than the ${MAX_SERVICE_PORTS} a Service may have here (each VIP and port is a destination in every agent; an EndpointSlice carries at most 100)`);
     if (!Array.isArray(s.endpoints)) throw new FederationExportError(`${p}.endpoints`, 'must be a list');
     const endpoints = s.endpoints.map((ev, j) => endpoint(ev, `${p}.endpoints[${j}]`));
     // What an importer acts on for a Service it has no copy of (its addresses, ports and name), so
@@ -176,6 +269,19 @@ export function parseClusterExport(v: unknown): ClusterExport {
     return { name: str(w.name, `${path}.name`), namespace: str(w.namespace, `${path}.namespace`), ...(w.refused !== undefined ? { refused: 'NamespaceNotAllowed' as const } : {}) };
   };
   /**
+   * Endpoints' port records by content, shared as the compile shares them (compileService): a
+   * record keyed by port numbers is an array as long as its largest port below 1024 in V8 (1 KB
+   * for {"80": …}), and a remote's 50,000 endpoints nearly always map their ports alike.
+   */
+  const portRecords = new Map<string, Record<string, number>>();
+  const sharedPorts = (r: Record<string, number>): Record<string, number> => {
+    const key = JSON.stringify(r);
+    const shared = portRecords.get(key);
+    if (shared) return shared;
+    if (portRecords.size < MAX_PORT_RECORDS) portRecords.set(key, r);
+    return r;
+  };
+  /**
    * An endpoint as an importer may use it: the fields its own cluster sets, each checked. Where it
    * runs (cluster, network, gateway) is the importer's to set (mergeRemoteServices), never the
    * entry's: a remote naming a `gateway` of its own would have callers dial any address.
@@ -184,6 +290,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
     const e = obj(ev, ep);
     if (typeof e.ready !== 'boolean' || typeof e.enrolled !== 'boolean') throw new FederationExportError(`${ep}`, 'ready and enrolled must be booleans');
     const ports = obj(e.ports, `${ep}.ports`);
+    if (Object.keys(ports).length > MAX_SERVICE_PORTS) throw new FederationExportError(`${ep}.ports`, `maps more than the ${MAX_SERVICE_PORTS} ports a Service may have here`);
     const portMap: Record<string, number> = {};
     for (const [k, v] of Object.entries(ports)) {
       if (!/^[0-9]{1,5}$/.test(k)) throw new FederationExportError(`${ep}.ports`, `${JSON.stringify(k)} is not a Service port`);
@@ -201,7 +308,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
       node: e.node === undefined ? '' : text(e.node, `${ep}.node`),
       ...(e.nodeIp !== undefined ? { nodeIp: ip(e.nodeIp, `${ep}.nodeIp`) } : {}),
       ...(e.port !== undefined ? { port: port(e.port, `${ep}.port`) } : {}),
-      ports: portMap,
+      ports: sharedPorts(portMap),
       enrolled: e.enrolled,
       ...(e.enrolled ? { spiffeId: str(e.spiffeId, `${ep}.spiffeId`) } : {}),
       ready: e.ready,
@@ -219,14 +326,27 @@ export function parseClusterExport(v: unknown): ClusterExport {
     gateway = { network: str(g.network, 'gateway.network'), address: ip(g.address, 'gateway.address'), port: port(g.port, 'gateway.port'), spiffeId: str(g.spiffeId, 'gateway.spiffeId') };
   }
   if (!Array.isArray(root.services)) throw new FederationExportError('services', 'must be a list');
-  const services = root.services.map((sv, i): ExportedService => {
+  // Without its name an entry cannot be told apart: the export is malformed. Anything else wrong
+  // (a name Kubernetes would refuse, the same Service listed twice) costs only that entry.
+  const firstOf = new Map<string, number>();
+  const entries = root.services.map((sv, i): ServiceEntry => {
     const p = `services[${i}]`;
     const s = obj(sv, p);
-    // Without its name the entry cannot be told apart: the export is malformed. Anything else
-    // wrong costs only this Service.
     const name = str(s.name, `${p}.name`);
     const namespace = str(s.namespace, `${p}.namespace`);
+    const key = `${namespace}/${name}`;
+    const dupOf = firstOf.get(key);
+    if (dupOf === undefined) firstOf.set(key, i);
+    return { i, s, name, namespace, key, ...(dupOf !== undefined ? { dupOf } : {}) };
+  });
+  const cut = opts.quota ? quotaCut(cluster, entries, opts.quota) : undefined;
+  const services = (cut ? entries.filter((e) => cut.kept.has(e)) : entries).map(({ i, s, name, namespace, dupOf }): ExportedService => {
+    const p = `services[${i}]`;
     try {
+      // A second entry would add its endpoints again (a larger share of the traffic for nothing).
+      if (dupOf !== undefined) throw new FederationExportError(p, `${namespace}/${name} is listed already (services[${dupOf}])`);
+      if (!DNS_LABEL.test(name)) throw new FederationExportError(`${p}.name`, `${JSON.stringify(name.slice(0, 80))} is not a Kubernetes name (at most 63 lower-case letters, digits and '-')`);
+      if (!DNS_LABEL.test(namespace)) throw new FederationExportError(`${p}.namespace`, `${JSON.stringify(namespace.slice(0, 80))} is not a Kubernetes namespace (at most 63 lower-case letters, digits and '-')`);
       return { name, namespace, ...service(s, p, name, namespace) };
     } catch (e) {
       if (!(e instanceof FederationExportError)) throw e;
@@ -234,13 +354,16 @@ export function parseClusterExport(v: unknown): ClusterExport {
     }
   });
   if (root.waypoints !== undefined && !Array.isArray(root.waypoints)) throw new FederationExportError('waypoints', 'must be a list');
-  const waypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i): ExportedWaypoint => {
+  // An importer looks only at the waypoints its kept Services go through (the first entry of each name).
+  const named = opts.quota ? new Set(services.flatMap((x) => (x.waypoint ? [`${x.waypoint.namespace}/${x.waypoint.name}`] : []))) : undefined;
+  const rawWaypoints = ((root.waypoints ?? []) as unknown[]).map((wv, i) => {
     const p = `waypoints[${i}]`;
     const w = obj(wv, p);
     // Without its name the entry cannot be told apart: the export is malformed. Anything else
     // wrong costs only the Services behind it.
-    const name = str(w.name, `${p}.name`);
-    const namespace = str(w.namespace, `${p}.namespace`);
+    return { p, w, name: str(w.name, `${p}.name`), namespace: str(w.namespace, `${p}.namespace`) };
+  }).filter((x) => !named || named.delete(`${x.namespace}/${x.name}`));
+  const waypoints = rawWaypoints.map(({ p, w, name, namespace }): ExportedWaypoint => {
     try {
       // Addresses are only checked to be addresses: whether an importer may dial one is its own
       // judgement (mergeRemoteServices), the cluster's own gateway dials them as they are.
@@ -259,7 +382,7 @@ export function parseClusterExport(v: unknown): ClusterExport {
       return { name, namespace, port: 0, spiffeId: '', ready: false, invalid: e.message };
     }
   });
-  return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints };
+  return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints, ...(cut ? { quota: cut.cut } : {}) };
 }
 
 /** A remote Service (or, for one this cluster has too, its endpoints) not imported, and why (each costs only itself). */
@@ -274,9 +397,11 @@ export interface ImportRefusal {
    * on another network without an east-west gateway (or one at an address no gateway may have);
    * `invalid`: its entry in the export is malformed (the field named); `endpoints`: the Service is
    * imported, but some of its endpoints are left out (an address no endpoint may have, or, on
-   * another network, not in the mesh: only HBONE crosses the gateway).
+   * another network, not in the mesh: only HBONE crosses the gateway, or listed twice);
+   * `cluster-local`: a Service each cluster keeps to itself (isClusterLocal); `quota`: past this
+   * cluster's import quota for that remote (QuotaCut; counted and named by the federation, not here).
    */
-  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints';
+  reason: 'vip-in-use' | 'waypoint' | 'headless' | 'no-gateway' | 'invalid' | 'endpoints' | 'cluster-local' | 'quota';
   message: string;
 }
 
@@ -344,10 +469,18 @@ export function mergeRemoteServices(
       }
       continue;
     }
+    // Its waypoints by name, the first entry of each (a lookup per Service; a list scan per Service
+    // was Services x waypoints at every compile).
+    const remoteWaypoints = new Map<string, ExportedWaypoint>();
+    for (const w of r.waypoints ?? []) if (!remoteWaypoints.has(`${w.namespace}/${w.name}`)) remoteWaypoints.set(`${w.namespace}/${w.name}`, w);
     for (const rs of r.services) {
       const key = `${rs.namespace}/${rs.name}`;
       if (rs.invalid) {
         refuse(key, 'invalid', `its entry is malformed (${rs.invalid})`);
+        continue;
+      }
+      if (isClusterLocal(rs.namespace, rs.name)) {
+        refuse(key, 'cluster-local', 'it is cluster-local (every Service of kube-system, and default/kubernetes, as Istio\'s default cluster-local hosts): only its own cluster\'s endpoints serve it there, and this cluster\'s here');
         continue;
       }
       // Each endpoint a caller here could be sent to: one at an address no endpoint may have would
@@ -357,8 +490,15 @@ export function mergeRemoteServices(
       // through its gateway and leaves such endpoints out). Each left out costs only itself.
       const left: string[] = [];
       const imported: Endpoint[] = [];
+      const seen = new Set<string>();
       for (const e of rs.endpoints) {
         const unusable = [e.ip, ...(e.nodeIp ? [e.nodeIp] : [])].find((a) => !isServiceAddress(a));
+        // An address listed again would take a larger share of the Service's traffic for nothing.
+        if (seen.has(e.ip)) {
+          left.push(`${e.ip}: listed more than once`);
+          continue;
+        }
+        seen.add(e.ip);
         if (unusable) left.push(`${e.ip}: ${unusable} cannot be an endpoint's address (loopback, unspecified, link-local or multicast)`);
         else if (!sameNetwork && !(e.enrolled && e.nodeIp && e.spiffeId)) left.push(`${e.ip}: not in the mesh, and network ${r.network} is reached only by HBONE through its east-west gateway`);
         // A pod of another namespace than the Service's behind a waypoint of its own (Endpoint.waypoint):
@@ -398,7 +538,7 @@ export function mergeRemoteServices(
       if (rs.waypoint) {
         const w = rs.waypoint;
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
-        const found = r.waypoints?.find((x) => x.namespace === w.namespace && x.name === w.name);
+        const found = remoteWaypoints.get(`${w.namespace}/${w.name}`);
         const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
         const problem = w.refused !== undefined ? `may not be used by it (${waypointRefusalText(w, rs.namespace)})`
           : !found ? 'is not in its export'

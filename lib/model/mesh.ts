@@ -1,11 +1,12 @@
 // The compiled mesh model: what agents and waypoints consume. controller/src/compile.ts builds it
 // from the input objects (lib/model/objects.ts); the config stream carries each resource as JSON.
 // Every type here is plain data (no classes, no Maps) so that it survives JSON round trips.
+import type { JwtRule } from '../policy/jwt.ts';
 import type { PolicyLayer } from '../policy/keys.ts';
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
-export type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope, WorkloadMeta };
+export type { AuthorizationAction, JwtRule, LoadBalancerPolicy, MtlsMode, RateLimitScope, WorkloadMeta };
 
 /** Default trust domain of SPIFFE identities. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -299,6 +300,9 @@ export interface CompiledSource {
   /** CIDRs matched against the X-Forwarded-For client address (L7). */
   remoteIpBlocks?: string[];
   notRemoteIpBlocks?: string[];
+  /** `<iss>/<sub>` of the request's verified JWT (L7; RequestAuthentication). */
+  requestPrincipals?: string[];
+  notRequestPrincipals?: string[];
 }
 
 export interface CompiledOperation {
@@ -369,6 +373,20 @@ export interface PeerAuthentication {
   mode?: MtlsMode;
   /** Only for scope `workload`; a port written UNSET is left out (it inherits the workload's mode). */
   portLevelMtls?: Record<string, MtlsMode>;
+}
+
+/**
+ * A RequestAuthentication (Istio's, attached by targetRefs): the JWT rules a waypoint applies to the
+ * requests for its target Services (lib/policy/jwt.ts). Only a waypoint sees a request's token, so
+ * scope is always `service`; waypointTargets lists the Services.
+ */
+export interface RequestAuthentication {
+  name: string;
+  namespace: string;
+  scope: 'service';
+  /** `namespace/name` of each targeted Service. */
+  targetServices: string[];
+  jwtRules: JwtRule[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,6 +570,8 @@ export interface WaypointConfig {
   trafficPolicies: TrafficPolicy[];
   /** Policies enforced at the waypoint: service-targeted ones and L7 ones of its namespace. */
   policies: AuthorizationPolicy[];
+  /** RequestAuthentications attached to its Services (absent from a controller that predates them). */
+  requestAuthentications?: RequestAuthentication[];
   /** This namespace's waypoints (for its own identity and address). */
   waypoints: Waypoint[];
   /**
@@ -590,10 +610,16 @@ export interface MeshModel {
   workloads: Map<string, Workload>;
   services: Map<string, Service>;
   policies: Map<string, AuthorizationPolicy>;
+  requestAuthentications: Map<string, RequestAuthentication>;
   peerAuthentications: Map<string, PeerAuthentication>;
   trafficPolicies: Map<string, TrafficPolicy>;
   routes: Map<string, Route>;
   waypoints: Map<string, Waypoint>;
+}
+
+/** A model with nothing in it (the compile's start; tests fill in what they need). */
+export function emptyMeshModel(): MeshModel {
+  return { workloads: new Map(), services: new Map(), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
 }
 
 /**
@@ -602,7 +628,7 @@ export interface MeshModel {
  * selector"). The one rule for what a waypoint is sent (controller/src/xds/views.ts) and what it
  * enforces (lib/policy/authz.ts).
  */
-export function waypointTargets(policy: Pick<AuthorizationPolicy, 'scope' | 'targetServices'>): readonly string[] {
+export function waypointTargets(policy: Pick<AuthorizationPolicy, 'scope' | 'targetServices'> | Pick<RequestAuthentication, 'scope' | 'targetServices'>): readonly string[] {
   return policy.scope === 'service' ? policy.targetServices ?? [] : [];
 }
 

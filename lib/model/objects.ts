@@ -2,6 +2,7 @@
 // gateway.networking.k8s.io/v1 and weft.dev/v1alpha1 that the controller reads. The same shapes
 // arrive from the Kubernetes API (informers) and from a local config directory (YAML documents).
 // Everything read from outside is `unknown` until lib/model/validate.ts has checked it.
+import type { JwtRule } from '../policy/jwt.ts';
 
 export interface ObjectMeta {
   name: string;
@@ -309,6 +310,9 @@ export interface AuthorizationSource {
   /** The client address from X-Forwarded-For (a waypoint sees it; L7). */
   remoteIpBlocks?: string[];
   notRemoteIpBlocks?: string[];
+  /** `<iss>/<sub>` of the request's JWT, as a RequestAuthentication verified it (a waypoint sees it; L7). */
+  requestPrincipals?: string[];
+  notRequestPrincipals?: string[];
 }
 
 export interface AuthorizationOperation {
@@ -354,6 +358,25 @@ export interface AuthorizationPolicy {
     /** Default ALLOW. */
     action?: AuthorizationAction;
     rules?: AuthorizationRule[];
+  };
+  status?: PolicyStatus;
+}
+
+/**
+ * RequestAuthentication (Istio's security.istio.io one, https://istio.io/latest/docs/reference/config/security/request_authentication/),
+ * attached by targetRefs as an AuthorizationPolicy is: the JWTs a waypoint verifies on requests to
+ * the target. A request with an invalid token is refused; one without a token passes with no
+ * request principal (an AuthorizationPolicy with `requestPrincipals` requires one).
+ */
+export interface RequestAuthentication {
+  apiVersion: 'weft.dev/v1alpha1';
+  kind: 'RequestAuthentication';
+  metadata: ObjectMeta;
+  spec: {
+    targetRefs?: PolicyTargetRef[];
+    targetRef?: PolicyTargetRef;
+    /** As compiled (lib/policy/jwt.ts JwtRule), but `jwks` may be missing here: `jwksUri` is refused, the controller fetches nothing. */
+    jwtRules?: Array<Omit<JwtRule, 'jwks'> & { jwks?: string }>;
   };
   status?: PolicyStatus;
 }
@@ -618,6 +641,7 @@ export type MeshObject =
   | EndpointSlice
   | Waypoint
   | AuthorizationPolicy
+  | RequestAuthentication
   | PeerAuthentication
   | TrafficPolicy
   | Telemetry
@@ -656,6 +680,7 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   EndpointSlice: kindInfo('EndpointSlice', 'discovery.k8s.io/v1', 'endpointslices', true, false),
   Waypoint: kindInfo('Waypoint', WEFT_API_VERSION, 'waypoints', true, true),
   AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true),
+  RequestAuthentication: kindInfo('RequestAuthentication', WEFT_API_VERSION, 'requestauthentications', true, true),
   PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true),
   TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
   Telemetry: kindInfo('Telemetry', WEFT_API_VERSION, 'telemetries', true, true),

@@ -9,6 +9,7 @@ import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
+import { parseJwks } from '../policy/jwt.ts';
 
 export type { ValidationIssue };
 
@@ -348,6 +349,7 @@ const VALIDATORS: Record<MeshKind, Validator> = {
   EndpointSlice: validateEndpointSlice,
   Waypoint: validateWaypoint,
   AuthorizationPolicy: validateAuthorizationPolicy,
+  RequestAuthentication: validateRequestAuthentication,
   PeerAuthentication: validatePeerAuthentication,
   TrafficPolicy: validateTrafficPolicy,
   Telemetry: validateTelemetry,
@@ -572,12 +574,13 @@ function fullSelector(c: Checker, v: unknown, path: string): void {
 /** The kinds an AuthorizationPolicy may target, each with its API group. */
 const POLICY_TARGET_GROUPS: Record<string, string> = { Service: '', Waypoint: 'weft.dev', Gateway: 'gateway.networking.k8s.io', GatewayClass: 'gateway.networking.k8s.io' };
 
-function validateAuthorizationPolicy(c: Checker, o: Json): void {
-  const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'rules']);
-  selector(c, spec.selector, 'spec.selector');
-  // Istio (validateOneOfSelectorType): selector, targetRef and a targetRefs that lists something
-  // exclude one another; an empty targetRefs counts as none (model.GetTargetRefs).
+/**
+ * `targetRefs` (or the deprecated `targetRef`) of an AuthorizationPolicy or RequestAuthentication.
+ * Istio (validateOneOfSelectorType): selector, targetRef and a targetRefs that lists something
+ * exclude one another; an empty targetRefs counts as none (model.GetTargetRefs). Returns whether
+ * the object names a target.
+ */
+function policyTargetRefs(c: Checker, spec: Json): boolean {
   const refs = c.arr(spec.targetRefs, 'spec.targetRefs');
   if (refs && refs.length > 0 && spec.selector !== undefined) c.fail('spec.targetRefs', 'cannot be combined with spec.selector');
   if (spec.targetRef !== undefined && (spec.selector !== undefined || (refs && refs.length > 0))) c.fail('spec.targetRef', 'cannot be combined with spec.selector or spec.targetRefs (only one of selector, targetRef, targetRefs)');
@@ -598,6 +601,14 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   });
   const single = c.obj(spec.targetRef, 'spec.targetRef');
   if (single) targetRef(single, 'spec.targetRef');
+  return (refs !== undefined && refs.length > 0) || single !== undefined;
+}
+
+function validateAuthorizationPolicy(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec') ?? {};
+  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'rules']);
+  selector(c, spec.selector, 'spec.selector');
+  policyTargetRefs(c, spec);
   c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT'] });
   c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
@@ -631,6 +642,63 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       const values = c.strList(wo.values, `${wp}.values`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
       const notValues = c.strList(wo.notValues, `${wp}.notValues`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
       if (!values?.length && !notValues?.length) c.fail(wp, 'needs values or notValues');
+    });
+  });
+}
+
+/** A header a waypoint writes or reads a token from: a field name, not a pseudo-header, not one the waypoint owns. */
+const RESERVED_HEADERS = ['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'content-length', 'x-forwarded-for', 'x-request-id', 'via'];
+function jwtHeaderName(c: Checker, v: unknown, path: string): string | undefined {
+  const name = c.str(v, path, { required: true, pattern: HEADER_NAME, patternText: 'an HTTP header name' });
+  if (name !== undefined && RESERVED_HEADERS.includes(name.toLowerCase())) c.fail(path, `"${name}" is a header the waypoint owns; choose another`);
+  return name;
+}
+
+/**
+ * RequestAuthentication (Istio's, https://istio.io/latest/docs/reference/config/security/request_authentication/).
+ * Only a waypoint sees a request's token, so it needs targetRefs (a selector would apply to
+ * sidecars, which Weft has none of); `jwks` inline, since the controller fetches no keys.
+ */
+function validateRequestAuthentication(c: Checker, o: Json): void {
+  const spec = c.obj(o.spec, 'spec', true) ?? {};
+  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'jwtRules']);
+  if (spec.selector !== undefined) c.fail('spec.selector', 'is not supported: a RequestAuthentication is enforced only by a waypoint (Weft has no sidecars); attach it with spec.targetRefs');
+  if (!policyTargetRefs(c, spec) && spec.selector === undefined) c.fail('spec.targetRefs', 'is required: a RequestAuthentication is enforced only by a waypoint, for the Services (or waypoint) it targets');
+  c.arr(spec.jwtRules, 'spec.jwtRules')?.forEach((r, i) => {
+    const p = `spec.jwtRules[${i}]`;
+    const ro = c.obj(r, p, true);
+    if (!ro) return;
+    c.only(ro, p, ['issuer', 'audiences', 'jwks', 'jwksUri', 'fromHeaders', 'fromParams', 'fromCookies', 'forwardOriginalToken', 'outputPayloadToHeader', 'outputClaimToHeaders']);
+    c.str(ro.issuer, `${p}.issuer`, { required: true });
+    c.strList(ro.audiences, `${p}.audiences`);
+    if (ro.jwksUri !== undefined) c.fail(`${p}.jwksUri`, 'is not supported: Weft\'s controller fetches no JWKS; put the keys inline in jwks (the JSON document the URI serves)');
+    const jwks = c.str(ro.jwks, `${p}.jwks`, { required: ro.jwksUri === undefined });
+    if (jwks !== undefined) {
+      try {
+        parseJwks(jwks);
+      } catch (e) {
+        c.fail(`${p}.jwks`, (e as Error).message);
+      }
+    }
+    c.arr(ro.fromHeaders, `${p}.fromHeaders`)?.forEach((h, j) => {
+      const hp = `${p}.fromHeaders[${j}]`;
+      const ho = c.obj(h, hp, true);
+      if (!ho) return;
+      c.only(ho, hp, ['name', 'prefix']);
+      jwtHeaderName(c, ho.name, `${hp}.name`);
+      c.str(ho.prefix, `${hp}.prefix`);
+    });
+    c.strList(ro.fromParams, `${p}.fromParams`);
+    c.strList(ro.fromCookies, `${p}.fromCookies`);
+    c.bool(ro.forwardOriginalToken, `${p}.forwardOriginalToken`);
+    if (ro.outputPayloadToHeader !== undefined) jwtHeaderName(c, ro.outputPayloadToHeader, `${p}.outputPayloadToHeader`);
+    c.arr(ro.outputClaimToHeaders, `${p}.outputClaimToHeaders`)?.forEach((h, j) => {
+      const hp = `${p}.outputClaimToHeaders[${j}]`;
+      const ho = c.obj(h, hp, true);
+      if (!ho) return;
+      c.only(ho, hp, ['header', 'claim']);
+      jwtHeaderName(c, ho.header, `${hp}.header`);
+      c.str(ho.claim, `${hp}.claim`, { required: true });
     });
   });
 }

@@ -20,6 +20,7 @@
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
+import type { JsonValue, RequestAuth } from './jwt.ts';
 import { OPERATION_FIELDS, SOURCE_FIELDS, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
@@ -46,6 +47,8 @@ export interface RequestAttributes extends ConnectionAttributes {
    * remoteIpOf); `sourceIp` when absent.
    */
   remoteIp?: string;
+  /** What the request's JWT said, once a RequestAuthentication verified it (lib/policy/jwt.ts); absent: no token. */
+  requestAuth?: RequestAuth;
 }
 
 export type EvaluationLayer = PolicyLayer;
@@ -178,7 +181,25 @@ const getters = {
   method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
   path: (a: Attributes) => (isRequest(a) ? a.path.split('?')[0] : undefined),
   host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
+  requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth?.principal : undefined),
+  audiences: (a: Attributes) => (isRequest(a) ? a.requestAuth?.audiences : undefined),
+  presenter: (a: Attributes) => (isRequest(a) ? a.requestAuth?.presenter : undefined),
 } satisfies Record<string, Getter>;
+
+/**
+ * A claim of the request's JWT by its path (`request.auth.claims[a][b]`: `["a", "b"]`): a string,
+ * or a list whose items are all strings (Istio matches one of them); any other type matches nothing.
+ */
+function claimAt(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
+  if (!isRequest(a) || !a.requestAuth) return undefined;
+  let v: JsonValue | undefined = a.requestAuth.claims;
+  for (const seg of path) {
+    if (typeof v !== 'object' || v === null || Array.isArray(v) || !Object.hasOwn(v, seg)) return undefined;
+    v = (v as Record<string, JsonValue>)[seg];
+  }
+  if (typeof v === 'string') return v;
+  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+}
 
 /** A predicate true when any of `values` matches the attribute `get` reads. */
 function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown): Predicate {
@@ -208,6 +229,14 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
     case 'header':
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v, true)); };
+    case 'requestPrincipal':
+      return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
+    case 'claim':
+      return (a) => {
+        const v = get(a) as string | readonly string[] | undefined;
+        const items = v === undefined ? [] : typeof v === 'string' ? [v] : v;
+        return items.some((item) => values.some((x) => globMatch(x, item)));
+      };
     case 'host': {
       const lower = values.map((v) => v.toLowerCase());
       return (a) => {
@@ -239,6 +268,7 @@ const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
   serviceAccounts: getters.principal,
   ipBlocks: getters.sourceIp,
   remoteIpBlocks: getters.remoteIp,
+  requestPrincipals: getters.requestPrincipal,
 };
 const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
   ports: getters.port,
@@ -246,7 +276,7 @@ const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
   paths: getters.path,
   hosts: getters.host,
 };
-const CONDITION_GETTERS: Record<string, (arg: string | undefined) => (a: Attributes) => unknown> = {
+const CONDITION_GETTERS: Record<string, (arg: string | undefined, args: readonly string[]) => (a: Attributes) => unknown> = {
   'source.ip': () => getters.sourceIp,
   'source.namespace': () => getters.namespace,
   'source.principal': () => getters.principal,
@@ -257,6 +287,10 @@ const CONDITION_GETTERS: Record<string, (arg: string | undefined) => (a: Attribu
   // `host` is the request's authority, whether it came as Host (HTTP/1.1) or :authority (HTTP/2), as
   // Envoy maps the one onto the other; a condition on it must not depend on the protocol.
   'request.headers': (arg) => { const name = arg!.toLowerCase(); return name === 'host' ? getters.host : (a) => headerValue(a, name); },
+  'request.auth.principal': () => getters.requestPrincipal,
+  'request.auth.audiences': () => getters.audiences,
+  'request.auth.presenter': () => getters.presenter,
+  'request.auth.claims': (_arg, args) => (a) => claimAt(a, args),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -303,7 +337,7 @@ function conditionClauses(c: CompiledCondition, path: string): Clause[] {
   const k = conditionKey(c.key);
   if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
   const { base } = parseConditionKey(c.key);
-  const get = CONDITION_GETTERS[base]!(k.arg);
+  const get = CONDITION_GETTERS[base]!(k.arg, k.args ?? []);
   const out: Clause[] = [];
   try {
     if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get) });

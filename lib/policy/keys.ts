@@ -5,8 +5,11 @@
 // (lib/policy/authz.ts) read this table, so a key the validator accepts is one every enforcement
 // point understands, and one it does not know is refused before it reaches any of them.
 //
+// `requestPrincipals` and `request.auth.*` read what a RequestAuthentication verified (lib/policy/jwt.ts):
+// only a waypoint sees a request's token, so they are L7, and an agent enforcing them treats them as
+// any other L7 attribute (an ALLOW rule never matches, a DENY rule is narrowed to its L4 parts).
+//
 // Istio keys Weft refuses, with the reason in the validation message:
-//   - `request.auth.*`, `requestPrincipals`: no RequestAuthentication (JWT) in Weft;
 //   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point;
 //   - `experimental.envoy.filters.*`: Envoy filter metadata, which no Weft data plane has.
 import { isIP } from 'node:net';
@@ -37,7 +40,11 @@ export type ValueKind =
   /** A host, compared case-insensitively and as written, port included (`foo.com:*` for any port). */
   | 'host'
   /** A header value: exact, `prefix*`, `*suffix`; `*` means the header is present. */
-  | 'header';
+  | 'header'
+  /** A request principal `<iss>/<sub>` from a verified JWT: exact, `prefix*`, `*suffix`, `*` (any). */
+  | 'requestPrincipal'
+  /** A JWT claim, audience or presenter: exact, `prefix*`, `*suffix`, `*` (any non-empty); a list claim matches when one item does. */
+  | 'claim';
 
 export interface FieldSpec {
   layer: PolicyLayer;
@@ -52,6 +59,8 @@ export const SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = {
   ipBlocks: { layer: 'L4', kind: 'cidr' },
   /** The client address from X-Forwarded-For: only a waypoint reading the request sees it. */
   remoteIpBlocks: { layer: 'L7', kind: 'cidr' },
+  /** `<iss>/<sub>` of the request's verified JWT (RequestAuthentication): only a waypoint sees it. */
+  requestPrincipals: { layer: 'L7', kind: 'requestPrincipal' },
 };
 
 /** `rules[].to[].operation` fields (each also exists as `not<Field>`). */
@@ -62,8 +71,12 @@ export const OPERATION_FIELDS: Readonly<Record<string, FieldSpec>> = {
   hosts: { layer: 'L7', kind: 'host' },
 };
 
-/** `when` keys; `request.headers` takes a header name: `request.headers[x-user]`. */
-export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header' }>> = {
+/**
+ * `when` keys; `request.headers` takes a header name (`request.headers[x-user]`), `request.auth.claims`
+ * a claim name, or a path of them into nested claims (`request.auth.claims[a][b]`), as Istio
+ * (https://istio.io/latest/docs/reference/config/security/conditions/).
+ */
+export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header' | 'claim' }>> = {
   'source.ip': { layer: 'L4', kind: 'cidr' },
   'source.namespace': { layer: 'L4', kind: 'namespace' },
   'source.principal': { layer: 'L4', kind: 'principal' },
@@ -72,13 +85,14 @@ export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header
   'destination.port': { layer: 'L4', kind: 'port' },
   'remote.ip': { layer: 'L7', kind: 'cidr' },
   'request.headers': { layer: 'L7', kind: 'header', arg: 'header' },
+  'request.auth.principal': { layer: 'L7', kind: 'requestPrincipal' },
+  'request.auth.audiences': { layer: 'L7', kind: 'claim' },
+  'request.auth.presenter': { layer: 'L7', kind: 'claim' },
+  'request.auth.claims': { layer: 'L7', kind: 'claim', arg: 'claim' },
 };
 
 /** Istio keys and fields Weft knowingly does not evaluate, with why (for validation messages). */
 export const UNSUPPORTED: ReadonlyArray<{ prefix: string; why: string }> = [
-  { prefix: 'request.auth.', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
-  { prefix: 'requestPrincipals', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
-  { prefix: 'notRequestPrincipals', why: 'Weft has no RequestAuthentication (JWT), so no data plane could evaluate it' },
   { prefix: 'connection.sni', why: 'HBONE tunnels carry no application SNI to an enforcement point' },
   { prefix: 'experimental.envoy.filters.', why: 'Envoy filter metadata exists in no Weft data plane' },
 ];
@@ -89,24 +103,30 @@ export function unsupportedReason(name: string): string | undefined {
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 
-/** Splits `request.headers[x-user]` into its base key and argument. */
-export function parseConditionKey(key: string): { base: string; arg?: string } {
-  const m = /^([a-z.]+)\[([^\]]*)\]$/.exec(key);
-  return m ? { base: m[1]!, arg: m[2]! } : { base: key };
+/**
+ * Splits `request.headers[x-user]` into its base key and argument, `request.auth.claims[a][b]` into
+ * its base key and arguments (`arg` is the first).
+ */
+export function parseConditionKey(key: string): { base: string; arg?: string; args?: string[] } {
+  const m = /^([a-z.]+)((?:\[[^\][]*\])+)$/.exec(key);
+  if (!m) return { base: key };
+  const args = m[2]!.slice(1, -1).split('][');
+  return { base: m[1]!, arg: args[0]!, args };
 }
 
 /** The spec of a `when` key, or why it is refused. */
-export function conditionKey(key: string): { spec: FieldSpec; arg?: string } | { error: string } {
-  const { base, arg } = parseConditionKey(key);
+export function conditionKey(key: string): { spec: FieldSpec; arg?: string; args?: string[] } | { error: string } {
+  const { base, arg, args } = parseConditionKey(key);
   const spec = CONDITION_KEYS[base];
   if (!spec) {
     const why = unsupportedReason(key);
     const known = Object.entries(CONDITION_KEYS).map(([k, s]) => (s.arg ? `${k}[<name>]` : k)).join(', ');
     return { error: why ? `"${key}" is not supported: ${why}` : `"${key}" is not a supported condition key (${known})` };
   }
-  if (spec.arg && (arg === undefined || !HEADER_NAME.test(arg))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
+  if (spec.arg === 'header' && (arg === undefined || args!.length !== 1 || !HEADER_NAME.test(arg))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
+  if (spec.arg === 'claim' && (args === undefined || args.some((a) => a === ''))) return { error: `"${key}" needs a claim name: ${base}[name], or ${base}[name][nested] for a nested claim` };
   if (!spec.arg && arg !== undefined) return { error: `"${key}" takes no [argument]` };
-  return arg !== undefined ? { spec, arg } : { spec };
+  return args !== undefined ? { spec, arg: arg!, args } : { spec };
 }
 
 /** `notPaths` → `paths`; undefined when the field is not negated. */
@@ -179,6 +199,8 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
       return undefined;
     case 'host':
     case 'header':
+    case 'requestPrincipal':
+    case 'claim':
       return starOnlyAtEnds(value) ? undefined : `${q}: * is only allowed as the first or last character`;
   }
 }

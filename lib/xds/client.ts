@@ -344,7 +344,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     const l = <T>(t: ResourceType) => (lists.get(t) ?? []) as T[];
     const config = this.#o.kind === 'agent'
       ? { node: this.#o.id, workloads: l('Workload'), services: l('Service'), policies: l('AuthorizationPolicy'), peerAuthentications: l('PeerAuthentication'), waypoints: l('Waypoint'), trafficPolicies: l('TrafficPolicy') }
-      : { namespace: this.#o.namespace!, services: l('Service'), routes: l('Route'), trafficPolicies: l('TrafficPolicy'), policies: l('AuthorizationPolicy'), waypoints: l('Waypoint'), addressOwners: l('AddressOwner') };
+      : { namespace: this.#o.namespace!, services: l('Service'), routes: l('Route'), trafficPolicies: l('TrafficPolicy'), policies: l('AuthorizationPolicy'), requestAuthentications: l('RequestAuthentication'), waypoints: l('Waypoint'), addressOwners: l('AddressOwner') };
     return config as SnapshotOf<K>;
   }
 }

@@ -7,6 +7,7 @@ import type {
   AgentConfig,
   AuthorizationPolicy,
   PeerAuthentication,
+  RequestAuthentication,
   Route,
   Service,
   TrafficPolicy,
@@ -27,6 +28,7 @@ export const TYPE_URLS = {
   TrafficPolicy: 'type.weft.dev/weft.model.TrafficPolicy',
   Route: 'type.weft.dev/weft.model.Route',
   AddressOwner: 'type.weft.dev/weft.model.AddressOwner',
+  RequestAuthentication: 'type.weft.dev/weft.model.RequestAuthentication',
 } as const;
 
 export type ResourceType = keyof typeof TYPE_URLS;
@@ -42,6 +44,7 @@ export interface ResourceBodies {
   TrafficPolicy: TrafficPolicy;
   Route: Route;
   AddressOwner: AddressOwner;
+  RequestAuthentication: RequestAuthentication;
 }
 
 export type ClientKind = 'agent' | 'waypoint';
@@ -51,7 +54,8 @@ export const CLIENT_TYPES: Readonly<Record<ClientKind, readonly ResourceType[]>>
   agent: ['Workload', 'Service', 'AuthorizationPolicy', 'PeerAuthentication', 'Waypoint', 'TrafficPolicy'],
   // AddressOwner: who holds each client address (a waypoint judges callers' for= as agents do);
   // not Workload: a waypoint needs none of a workload's other fields.
-  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'AddressOwner'],
+  // RequestAuthentication: the JWT rules of its Services (only a waypoint sees a request's token).
+  waypoint: ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'Waypoint', 'AddressOwner', 'RequestAuthentication'],
 };
 
 /**
@@ -156,6 +160,7 @@ export function waypointConfigOf(namespace: string, set: ResourceSet): WaypointC
     routes: values(set.Route),
     trafficPolicies: values(set.TrafficPolicy),
     policies: values(set.AuthorizationPolicy),
+    requestAuthentications: values(set.RequestAuthentication),
     waypoints: values(set.Waypoint),
     addressOwners: values(set.AddressOwner),
   };

@@ -10,7 +10,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab } from '../lab/lab.ts';
 import { btfStruct, createSocketInNetns, netnsCookie } from '../../agent/libbpf/index.ts';
-import { COUNTER_FIELDS, Datapath, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
+import { COUNTER_FIELDS, Datapath, MAX_DESTS, POD_COUNTER_FIELDS, type OriginalDestination } from '../../agent/src/datapath/index.ts';
 import type { ChildProcess } from 'node:child_process';
 import { addRemoteNode, bpftoolJson, buildNode, connectFrom, mapSnapshot, rawSyn, startServer, stopAll, type LabPod } from './datapath-lab.ts';
 
@@ -176,11 +176,29 @@ describe('eBPF L4 datapath', () => {
   test('setDestinations reconciles to exactly the given list', () => {
     dp.setDestinations([{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2' }, { ip: '10.96.0.1', port: 443 }]);
     assert.deepEqual(dp.destinations().sort((a, b) => a.ip.localeCompare(b.ip)), [{ ip: '10.96.0.1', port: 443 }, { ip: '10.96.0.2', port: 0 }]);
-    assert.deepEqual(dp.setDestinations([{ ip: '10.96.0.2' }, { ip: 'fd00::1', port: 80 }]), { applied: 1, skipped: [{ ip: 'fd00::1', port: 80 }] },
+    assert.deepEqual(dp.setDestinations([{ ip: '10.96.0.2' }, { ip: 'fd00::1', port: 80 }]), { applied: 1, skipped: [{ ip: 'fd00::1', port: 80 }], overflow: 0 },
       'IPv6 destinations are reported as skipped (not meshed yet), not an error');
     assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }]);
     assert.throws(() => dp.setDestinations([{ ip: '10.96.0.3' }, { ip: 'nope' }]), { code: 'WEFT_BAD_ADDRESS' });
     assert.deepEqual(dp.destinations(), [{ ip: '10.96.0.2', port: 0 }], 'a bad list changes nothing');
+  });
+
+  // A remote cluster's Services are VIPs and ports in every agent's weft_dests (WEFT_MAX_DESTS): a list
+  // past the map's capacity failed the kernel's insert halfway, and with it the agent's whole config.
+  test('setDestinations past the map\'s capacity keeps the list\'s head and reports the rest as overflow; a full map is replaced by another full list', () => {
+    const list = (base: number, n: number) => Array.from({ length: n }, (_, i) => ({ ip: `10.${base + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 80 }));
+    try {
+      const first = list(100, MAX_DESTS + 1_000);
+      assert.deepEqual(dp.setDestinations(first), { applied: MAX_DESTS, skipped: [], overflow: 1_000 });
+      const held = new Set(dp.destinations().map((d) => d.ip));
+      assert.equal(held.size, MAX_DESTS);
+      assert.ok(held.has(first[0]!.ip) && held.has(first[MAX_DESTS - 1]!.ip) && !held.has(first[MAX_DESTS]!.ip), 'the head is kept, the tail left out');
+      // Every entry replaced: what left makes room first.
+      assert.deepEqual(dp.setDestinations(list(110, MAX_DESTS)), { applied: MAX_DESTS, skipped: [], overflow: 0 });
+      assert.ok(dp.destinations().every((d) => d.ip.startsWith('10.11')));
+    } finally {
+      dp.setDestinations([]);
+    }
   });
 
   test('denies plaintext to a STRICT pod from other pods (same and other node) and from its own node with a RST, and counts it', async () => {

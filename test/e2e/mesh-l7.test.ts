@@ -7,10 +7,11 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { localMeshSuite } from './mesh-suite.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
-import { getJsonInNetns } from '../../cli/local/netns-http.ts';
+import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 import { until } from '../lab/wait.ts';
 import { readFileSync } from 'node:fs';
 import { WAYPOINT_NODE_OPTIONS } from '../../lib/defaults.ts';
+import { jwksOf, nowSeconds, signToken, testKey } from '../unit/jwt-fixtures.ts';
 
 const suite = localMeshSuite();
 let mesh: LocalMesh;
@@ -129,7 +130,6 @@ test('an L7 DENY rule on POST /admin answers 403 naming the policy while GET / p
 
 test('the waypoint reports requests with source principal and response code', async () => {
   const wp = mesh.workloads.get('shop/waypoint-0')!;
-  const { requestInNetns } = await import('../../cli/local/netns-http.ts');
   const m = await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`);
   assert.match(m.body, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster\.local\/ns\/shop\/sa\/client"[^}]*response_code="200"[^}]*\} [1-9]/);
   assert.match(m.body, /istio_requests_total\{[^}]*response_code="403"[^}]*\} [1-9]/);
@@ -202,6 +202,40 @@ test('a namespace-wide ALLOW naming only the waypoint\'s identity admits clients
   } finally {
     mesh.removeConfig('30-only-waypoint.yaml');
     await until('the namespace policy is gone from both agents', async () => !(await Promise.all(['node1', 'node2'].map(policies))).some((ps) => ps.some((p) => p.name === 'only-waypoint')), 30_000, { intervalMs: 200 });
+  }
+});
+
+// RequestAuthentication end to end (https://istio.io/latest/docs/reference/config/security/request_authentication/,
+// https://istio.io/latest/docs/tasks/security/authentication/authn-policy/#require-a-valid-token):
+// the controller reads the object, the waypoint of the Service it targets verifies tokens, and an
+// AuthorizationPolicy with requestPrincipals ["*"] requires one. A Service of its own (`secure`,
+// the reviews pods) so the other tests' requests are not judged by it.
+test('a RequestAuthentication at the waypoint: a forged token is 401, no token is 403 under requestPrincipals ["*"], a valid one reaches the pod without its Authorization header', async () => {
+  const issuer = testKey('rsa', 'e2e');
+  const forger = testKey('rsa', 'e2e');
+  mesh.writeConfig('40-jwt.yaml', [
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'secure', namespace: 'shop' }, spec: { clusterIP: '10.96.1.30', selector: { app: 'reviews' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'RequestAuthentication', metadata: { name: 'jwt', namespace: 'shop' }, spec: { targetRefs: [{ kind: 'Service', group: '', name: 'secure' }], jwtRules: [{ issuer: 'testing@secure.istio.io', jwks: jwksOf(issuer) }] } },
+    { apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'require-jwt', namespace: 'shop' }, spec: { targetRefs: [{ kind: 'Service', group: '', name: 'secure' }], action: 'ALLOW', rules: [{ from: [{ source: { requestPrincipals: ['testing@secure.istio.io/*'] } }] }] } },
+  ]);
+  const wp = mesh.workloads.get('shop/waypoint-0')!;
+  type Dump = { config: { requestAuthentications?: Array<{ name: string }>; policies: Array<{ name: string }>; services: Array<{ name: string; endpoints: unknown[] }> } | null };
+  const claims = { iss: 'testing@secure.istio.io', sub: 'alice', exp: nowSeconds() + 600 };
+  const status = async (token?: string): Promise<string> => (await inPod('shop/client', 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '5', ...(token ? ['-H', `authorization: Bearer ${token}`] : []), 'http://10.96.1.30/'])).stdout.trim();
+  try {
+    await until('the waypoint has the RequestAuthentication, the policy and the Service with endpoints', async () => {
+      const c = (await getJsonInNetns<Dump>(wp.pod.netnsPath, 'http://127.0.0.1:15000/config_dump')).config;
+      return Boolean(c?.requestAuthentications?.some((r) => r.name === 'jwt') && c.policies.some((p) => p.name === 'require-jwt') && (c.services.find((x) => x.name === 'secure')?.endpoints.length ?? 0) > 0);
+    }, 30_000, { intervalMs: 200, explain: () => mesh.logTail('pod-shop-waypoint-0.log') });
+    assert.equal(await status(signToken(forger, claims)), '401', 'a forged signature');
+    assert.equal(await status(), '403', 'no token: no request principal');
+    assert.equal(await status(signToken(issuer, claims)), '200', 'a valid token');
+    const seen = await inPod('shop/client', 'curl', ['-s', '--max-time', '5', '-H', `authorization: Bearer ${signToken(issuer, claims)}`, 'http://10.96.1.30/headers']);
+    assert.doesNotMatch(seen.stdout.toLowerCase(), /bearer /, 'the token header is removed before forwarding (forwardOriginalToken false)');
+    const metrics = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`)).body;
+    assert.match(metrics, /weft_waypoint_jwt_refused_total\{reason="bad-signature"\} [1-9]/);
+  } finally {
+    mesh.removeConfig('40-jwt.yaml');
   }
 });
 

@@ -102,7 +102,7 @@ test('weftctl config-dump --waypoints reads a waypoint through the pod proxy wit
     // Nor does a tenant get a grant of its choosing from the controller's 15020 without the token.
     const ask = await fetch(`http://127.0.0.1:${controller.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-abc`);
     assert.equal(ask.status, 403);
-    assert.match(await (await fetch(`http://127.0.0.1:${controller.metricsPort}/metrics`)).text(), /^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token"\} 1$/m);
+    assert.match(await (await fetch(`http://127.0.0.1:${controller.metricsPort}/metrics`)).text(), /^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token-missing"\} 1$/m);
   } finally {
     await wp?.close();
     await controller?.stop();

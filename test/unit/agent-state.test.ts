@@ -120,6 +120,21 @@ test('mesh destinations cover service ports and enrolled workload addresses, onc
   assert.deepEqual(d, ['10.77.1.1:0', '10.77.1.2:0', '10.77.2.1:0', '10.96.0.10:80']);
 });
 
+// weft_dests holds WEFT_MAX_DESTS entries; past it the agent keeps the head of this list
+// (Datapath.setDestinations), so what other clusters export must come after this cluster's own.
+test('mesh destinations list this cluster\'s own first (its workloads, its Services\' VIPs and endpoints), then what other clusters add (the VIPs of Services only they have, their endpoints), so past the map\'s capacity it is an import that is left out', () => {
+  const near: Endpoint = { workloadUid: 'c3/db', ip: '10.79.1.1', node: 'c3-node', nodeIp: '10.79.0.1', ports: { '5432': 5432 }, enrolled: true, spiffeId: `spiffe://${td}/ns/default/sa/db`, ready: true, cluster: 'cluster3' };
+  const onlyThere: Service = { name: 'db', namespace: 'default', hostname: 'db.default.svc.cluster.local', vips: ['10.97.0.5'], ports: [{ name: 'pg', port: 5432, targetPort: 5432, protocol: 'TCP', appProtocol: 'tcp' }], endpoints: [near] };
+  const merged: Service = { ...echo, endpoints: [...echo.endpoints, { ...near, workloadUid: 'c3/echo', ip: '10.79.1.2' }] };
+  const s = new AgentState('node1');
+  s.apply(config({ services: [onlyThere, merged] }));
+  const d = s.meshDestinations().map((x) => `${x.ip}:${x.port}`);
+  const own = ['10.96.0.10:80', ...echo.endpoints.filter((e) => e.enrolled).map((e) => `${e.ip}:0`)];
+  const firstImported = Math.min(d.indexOf('10.97.0.5:5432'), d.indexOf('10.79.1.1:0'), d.indexOf('10.79.1.2:0'));
+  assert.ok(firstImported > 0 && own.every((x) => d.indexOf(x) >= 0 && d.indexOf(x) < firstImported), d.join(' '));
+  assert.deepEqual(d.slice(firstImported).sort(), ['10.79.1.1:0', '10.79.1.2:0', '10.97.0.5:5432']);
+});
+
 // Istio ambient looks a dialled address up within the caller's own network (ztunnel
 // src/state.rs find_upstream: workloads.find_address(network_addr(network, ip))): another network's
 // pod addresses are its own address space, reachable only through their Service and that

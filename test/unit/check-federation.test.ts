@@ -32,6 +32,16 @@ test('a healthy federation passes: own gateway admitting, remote export fresh, t
   assert.deepEqual(verdicts(healthy()), ['mesh.eastwest:pass', 'mesh.remote.cluster2:pass', 'mesh.remote-gateway.cluster2:pass']);
 });
 
+test('a remote past this controller\'s import quota is a warning naming what was left out and the flags that raise it', () => {
+  const f = healthy();
+  f.remotes[0]!.quota = { refused: 3, message: 'cluster cluster2 exports 6 Services with 8 endpoints, past this cluster\'s import quota of 3 Services and 4 endpoints per remote cluster (--remote-max-services, --remote-max-endpoints); taken in namespace/name order, the 3 that did not fit are not imported: demo/a-big, demo/d, demo/e' };
+  const r = checkFederation(f).find((x) => x.id === 'mesh.remote-quota.cluster2')!;
+  assert.equal(r.status, 'warn');
+  assert.match(r.detail, /the 3 that did not fit are not imported: demo\/a-big/);
+  assert.match(r.status === 'warn' ? r.remedy : '', /--remote-max-services/);
+  assert.equal(checkFederation(f).find((x) => x.id === 'mesh.remote.cluster2')!.status, 'pass', 'the remote itself is read');
+});
+
 test('a remote whose export was dropped (past the stale bound) fails with the read error and what to check', () => {
   const f = healthy();
   Object.assign(f.remotes[0]!, { up: false, endpoints: 0, lastOk: ago(60_000), lastError: 'connect ETIMEDOUT 192.168.77.2:15014' });

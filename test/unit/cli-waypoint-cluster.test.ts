@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { waypointCommand } from '../../cli/commands/waypoint.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { READINESS_PATH } from '../../lib/defaults.ts';
+import { DEBUG_TOKEN_HEADER, DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
+import { DEBUG_GRANT_HEADER } from '../../lib/identity/debug-grant.ts';
 import { runCommands } from './cli-harness.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'weft-cli-wp-'));
@@ -24,9 +26,9 @@ const servers: http.Server[] = [];
 const agents = new Map<string, { waypoints: unknown[]; debug: boolean }>([['node-a', { waypoints: [], debug: true }], ['node-b', { waypoints: [], debug: true }]]);
 const targets = new Map<string, { host: string; port: number }>();
 
-async function serve(handler: (path: string) => { status: number; body: string }): Promise<{ host: string; port: number }> {
+async function serve(handler: (path: string, headers: http.IncomingHttpHeaders) => { status: number; body: string }): Promise<{ host: string; port: number }> {
   const s = http.createServer((req, res) => {
-    const r = handler(req.url ?? '/');
+    const r = handler(req.url ?? '/', req.headers);
     res.writeHead(r.status, { 'content-type': 'application/json' }).end(r.body);
   });
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
@@ -49,9 +51,21 @@ before(async () => {
       return path === '/debug/config_dump' ? { status: 200, body: JSON.stringify({ node, version: '3', config: { node, workloads: [], services: [], policies: [], peerAuthentications: [], trafficPolicies: [], waypoints: state.waypoints }, enrolled: {} }) } : { status: 404, body: 'no' };
     }));
   }
-  // The waypoint replica: its readiness port and its own config dump (version 7).
+  // The controller signs a waypoint pod's debug grant for whoever holds the install's token
+  // (controller/src/main.ts /debug/waypoint-grant); the waypoint's /debug paths want that grant.
+  api.apply({ apiVersion: 'v1', kind: 'Secret', metadata: { name: DEBUG_TOKEN_SECRET, namespace: 'weft-system' }, data: { token: Buffer.from('install-token').toString('base64') } });
+  api.apply({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'weft-controller-0', namespace: 'weft-system', labels: { ...part, 'app.kubernetes.io/name': 'weft-controller' } }, spec: { nodeName: 'node-a' }, status: { phase: 'Running', podIP: '10.0.0.9' } });
+  targets.set('weft-system/weft-controller-0:15020', await serve((path, headers) => {
+    const u = new URL(path, 'http://controller');
+    if (u.pathname !== '/debug/waypoint-grant' || headers[DEBUG_TOKEN_HEADER] !== 'install-token') return { status: 403, body: '' };
+    return { status: 200, body: JSON.stringify({ grant: `grant-for-${u.searchParams.get('waypoint')}/${u.searchParams.get('pod')}`, expires: new Date(Date.now() + 300_000).toISOString() }) };
+  }));
+  // The waypoint replica: its readiness port and its own config dump (version 7), to its own grant only.
   targets.set('shop/waypoint-5d8f-x2:15021', await serve((path) => (path === READINESS_PATH ? { status: 200, body: 'ready' } : { status: 404, body: '' })));
-  targets.set('shop/waypoint-5d8f-x2:15020', await serve((path) => (path === '/debug/config_dump' ? { status: 200, body: JSON.stringify({ version: 7, config: {} }) } : { status: 404, body: '' })));
+  targets.set('shop/waypoint-5d8f-x2:15020', await serve((path, headers) => {
+    if (headers[DEBUG_GRANT_HEADER] !== 'grant-for-shop/waypoint/waypoint-5d8f-x2') return { status: 403, body: '' };
+    return path === '/debug/config_dump' ? { status: 200, body: JSON.stringify({ version: 7, config: {} }) } : { status: 404, body: '' };
+  }));
   api.podProxyTarget = (ns, pod, port) => targets.get(`${ns}/${pod}:${port}`);
 });
 

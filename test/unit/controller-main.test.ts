@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import net from 'node:net';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -7,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import * as grpc from '@grpc/grpc-js';
-import { parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
+import { clusterDebugTokenReader, parseControllerArgs, runController, STOP_GRACE_MS, UsageError, type ControllerMainOptions } from '../../controller/src/main.ts';
 import { DEBUG_TOKEN_HEADER } from '../../lib/debug-http.ts';
 import { DEBUG_GRANT_HEADER, debugGrantAudience, verifyDebugGrant } from '../../lib/identity/debug-grant.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
@@ -128,7 +129,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
   const logs: LogLine[] = [];
   const { running, cleanup } = await tlsController([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' })], { debugEndpoints: true, debugToken: () => token, logger: captureLogger(logs) });
   const at = (path: string, headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${running.metricsPort}${path}`, { headers }).then(async (r) => ({ status: r.status, body: await r.text() }));
-  const refused = async () => Number(/^weft_controller_listener_refused_total\{listener="metrics",reason="debug-token"\} (\d+)$/m.exec((await at('/metrics')).body)?.[1] ?? 0);
+  const refused = async (why: string) => Number(new RegExp(`^weft_controller_listener_refused_total\\{listener="metrics",reason="debug-token-${why}"\\} (\\d+)$`, 'm').exec((await at('/metrics')).body)?.[1] ?? 0);
   try {
     // Another pod: no token, a wrong one.
     for (const headers of [{}, { [DEBUG_TOKEN_HEADER]: 'guess' }] as Array<Record<string, string>>) {
@@ -141,9 +142,11 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     const noGrant = await at(grantPath);
     assert.equal(noGrant.status, 403, 'no grant without the token');
     assert.doesNotMatch(noGrant.body, /grant"/);
-    assert.equal(await refused(), 3);
-    const lines = logs.filter((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-token');
-    assert.deepEqual(lines.map((l) => String(l.fields['detail']).split(':').slice(0, 2).join(':')), ['/debug/clients: missing', '/debug/clients: wrong', `${grantPath}: missing`]);
+    // Labelled debug-token-<why>, as a waypoint's are debug-grant-<why>.
+    assert.equal(await refused('missing'), 2);
+    assert.equal(await refused('wrong'), 1);
+    const lines = logs.filter((l) => l.msg === 'status listener refused a request' && String(l.fields['reason']).startsWith('debug-token-'));
+    assert.deepEqual(lines.map((l) => `${String(l.fields['detail']).split(':')[0]} ${String(l.fields['reason'])}`), ['/debug/clients debug-token-missing', '/debug/clients debug-token-wrong', `${grantPath} debug-token-missing`]);
     // weftctl, with the token through the pod proxy.
     const ok = await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: token! });
     assert.equal(ok.status, 200, ok.body);
@@ -153,7 +156,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     const g = JSON.parse(signed.body) as { grant: string; audience: string; header: string; expires: string };
     assert.equal(g.audience, debugGrantAudience('shop', 'waypoint', 'waypoint-7d9f-x2x4z'));
     assert.equal(g.header, DEBUG_GRANT_HEADER);
-    assert.equal(verifyDebugGrant(g.grant, g.audience, running.ca!.trustBundle()).expires.toISOString(), g.expires);
+    assert.equal(verifyDebugGrant(g.grant, g.audience, [new X509Certificate(running.ca!.signingCertificate()).publicKey]).expires.toISOString(), g.expires);
     assert.ok(Date.parse(g.expires) - Date.now() <= 5 * 60_000, 'for minutes');
     // A waypoint that is not <namespace>/<name>, or no pod name, is named.
     for (const bad of ['shop', 'shop/waypoint/x', 'Shop/waypoint', '../x']) {
@@ -169,7 +172,7 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     // Until the Secret could be read, every request is refused.
     token = undefined;
     assert.equal((await at('/debug/clients', { [DEBUG_TOKEN_HEADER]: 'install-debug-token-0123456789abcdef' })).status, 403);
-    assert.equal(await refused(), 4);
+    assert.equal(await refused('unset'), 1);
   } finally {
     await running.stop();
     cleanup();
@@ -183,6 +186,30 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     await local.running.stop();
     local.cleanup();
   }
+});
+
+test('the controller keeps the debug token it read or made at start (no read-or-create of the Secret, no new API client, on the request path); only while it holds none does it ask again, at most every minute', async () => {
+  let t = 0;
+  let reads = 0;
+  let answer: Promise<{ token: string | undefined }> = Promise.resolve({ token: 'tok-0' });
+  const read = () => { reads++; return answer; };
+  const held = await clusterDebugTokenReader(read, silentLogger, () => t);
+  for (t = 0; t < 10 * 60_000; t += 30_000) assert.equal(held(), 'tok-0');
+  assert.equal(reads, 1, 'read once, at start');
+  // The API server did not answer at start: every /debug request refused meanwhile, asked again after a minute.
+  answer = Promise.reject(new Error('connection refused'));
+  t = 0;
+  const none = await clusterDebugTokenReader(read, silentLogger, () => t);
+  assert.equal(none(), undefined);
+  assert.equal(reads, 2);
+  answer = Promise.resolve({ token: 'tok-1' });
+  t = 60_001;
+  assert.equal(none(), undefined);
+  await until('the token read in the background', () => none() === 'tok-1', 5_000);
+  assert.equal(reads, 3);
+  t = 10 * 60_000;
+  assert.equal(none(), 'tok-1');
+  assert.equal(reads, 3, 'kept once held');
 });
 
 test('SIGTERM\'s stop ends within its grace even when a client never finishes its TLS handshake (it once held the controller open for good)', async () => {

@@ -222,7 +222,7 @@ test('waypointHolds answers exactly as waypointView with Services bound across n
   assert.deepEqual(r.rejections, []);
   const model = compile(store.inputs()).model;
   const ix = buildIndex(model);
-  const all = { Workload: model.workloads, Service: model.services, AuthorizationPolicy: model.policies, PeerAuthentication: model.peerAuthentications, Waypoint: model.waypoints, TrafficPolicy: model.trafficPolicies, Route: model.routes, AddressOwner: new Map() } as Record<ResourceType, Map<string, unknown>>;
+  const all = { Workload: model.workloads, Service: model.services, AuthorizationPolicy: model.policies, RequestAuthentication: model.requestAuthentications, PeerAuthentication: model.peerAuthentications, Waypoint: model.waypoints, TrafficPolicy: model.trafficPolicies, Route: model.routes, AddressOwner: new Map() } as Record<ResourceType, Map<string, unknown>>;
   for (const namespace of ['a', 'b', 'c', 'd']) {
     for (const type of Object.keys(TYPE_URLS) as ResourceType[]) {
       const expected = [...(waypointView(ix, namespace, type) ?? all[type].keys())].sort();

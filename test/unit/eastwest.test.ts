@@ -11,6 +11,7 @@ import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { HbonePool, HboneServer, HboneRefusedError, type HbonePeer } from '../../lib/hbone/index.ts';
 import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { EastWestGateway } from '../../eastwest/src/gateway.ts';
 import { jsonLogger, silentLogger } from '../../lib/log.ts';
@@ -59,7 +60,7 @@ before(async () => {
   // cluster2: the controller's export, a "node agent" (HBONE server holding echo's identity) in front of an echo.
   const ctrlTls = await creds(c2, CTRL);
   federation = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
-  const model: MeshModel = { workloads: new Map(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const model: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc], ['demo/guarded', guarded]]) };
   federation.merge(model);
   await federation.start();
   echoServer = net.createServer((s) => s.pipe(s));
@@ -309,7 +310,7 @@ test('a tenant\'s Service listing another namespace\'s pod behind its own waypoi
   const ctrlTls = await creds(c2, CTRL);
   const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
   fed.merge({
-    workloads: new Map(), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(),
+    ...emptyMeshModel(),
     services: new Map([
       // back's own Service, behind back's waypoint.
       ['demo/back', { ...guarded, name: 'back', hostname: 'back.demo.svc.cluster.local', endpoints: [ep('10.78.2.5', true)] }],

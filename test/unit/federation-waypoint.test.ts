@@ -112,7 +112,7 @@ test('the export\'s waypoints are checked field by field: a wrong field is named
 
 function model(services: Service[], waypoints: Waypoint[] = []): MeshModel {
   return {
-    workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(),
+    workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), requestAuthentications: new Map(), peerAuthentications: new Map(),
     trafficPolicies: new Map(), routes: new Map(), waypoints: new Map(waypoints.map((w) => [`${w.namespace}/${w.name}`, w])),
   };
 }

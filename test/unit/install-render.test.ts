@@ -321,10 +321,10 @@ test('takes CRDs from the CRD folder and fills only the missing kinds from built
   const warnings: string[] = [];
   const objects = renderInstall({ ...OPTS, caSecret: 'weft-ca', crdDir: dir, warn: (m) => warnings.push(m) });
   const crds = objects.filter((o) => o.kind === 'CustomResourceDefinition');
-  assert.equal(crds.length, 5);
+  assert.equal(crds.length, 6);
   assert.equal(crds.find((c) => c.metadata?.name === 'waypoints.weft.dev')?.metadata?.annotations?.origin, 'folder');
   assert.equal(warnings.length, 1);
-  assert.match(warnings[0] ?? '', /AuthorizationPolicy, PeerAuthentication, TrafficPolicy, Telemetry/);
+  assert.match(warnings[0] ?? '', /AuthorizationPolicy, RequestAuthentication, PeerAuthentication, TrafficPolicy, Telemetry/);
   assert.doesNotMatch(warnings[0] ?? '', /Waypoint,/);
 });
 

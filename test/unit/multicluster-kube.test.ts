@@ -28,6 +28,7 @@ import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { X509Certificate } from 'node:crypto';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import type { MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { LABEL_USE_WAYPOINT, LABEL_WAYPOINT_FOR } from '../../lib/model/objects.ts';
 
 const TD = 'cluster.local';
@@ -639,7 +640,7 @@ test('a remote API server that goes silent (a partition that drops packets: no r
     cluster: 'cluster2', secret: 'weft-system/remote-cluster2', kubeConfig: kubeConfigForServer(relayUrl), trustDomain: TD, rootNamespace: 'weft-system',
     log: silentLogger, report: (r) => federation.report('cluster2', r), watchTimeoutMs: 1_000,
   });
-  const local: MeshModel = { workloads: new Map(), services: new Map(), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  const local: MeshModel = emptyMeshModel();
   const imported = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
   try {
     await federation.start();
@@ -726,5 +727,47 @@ test('weftctl create-remote-secret refuses to write what the controllers refuse:
   } finally {
     await api.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Each list and watch event from a remote API server is bounded in bytes, but a watch may add
+// objects without end, each held by the reader's informers and compiled at every change: a hostile
+// or broken remote grew the controller's memory (and every compile) past any import quota.
+test('remote API server, attacker side: one that holds more objects than a remote may (4 x the import quota) has its watches stopped and what they held dropped, named, counted (too-many-objects) and logged; its last export stays until the stale bound; back under the bound it is read again', async () => {
+  const c2 = new FakeApiServer();
+  await c2.start();
+  seedRemote(c2);
+  const federation = new Federation({
+    cluster: 'cluster1', network: 'network1', remotes: [{ name: 'cluster2', url: c2.url, pushed: true }],
+    tls: () => assert.fail('a pushed remote is not fetched'), mayRead: () => false, isController: () => false, staleAfterMs: 60_000, log: silentLogger,
+  });
+  const refused: string[] = [];
+  const lines: Array<Record<string, unknown>> = [];
+  const reader = new RemoteClusterReader({
+    cluster: 'cluster2', secret: 'weft-system/remote-cluster2', kubeConfig: kubeConfigForServer(c2.url), trustDomain: TD, rootNamespace: 'weft-system',
+    log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, ...fields }) },
+    report: (r) => federation.report('cluster2', r), maxObjects: 30, overflowRetryMs: 300, onResponseRefused: (reason) => refused.push(reason),
+  });
+  const local: MeshModel = emptyMeshModel();
+  const endpoints = () => federation.merge(local).services.get('demo/echo')?.endpoints.length ?? 0;
+  try {
+    await federation.start();
+    reader.start();
+    await until('cluster2\'s echo imported', () => endpoints() === 1, 10_000);
+    // The remote adds pods through its watch, past the bound.
+    for (let i = 0; i < 40; i++) c2.apply(pod('demo', `flood-${i}`, { labels: { app: 'flood' }, ip: `10.78.9.${i + 1}`, hostIP: '10.78.0.1', sa: 'flood' }));
+    await until('the reader is reported failing, named', () => /it holds \d+ objects .*past the 30 one remote cluster may/.test(federation.status()[0]?.lastError ?? ''), 10_000);
+    assert.ok(refused.includes('too-many-objects'), 'counted');
+    assert.ok(lines.some((l) => l.reason === 'too-many-objects' && l.cluster === 'cluster2' && l.max === 30), 'logged');
+    assert.equal(endpoints(), 1, 'its last export stays until the stale bound');
+    assert.equal(federation.status()[0]!.up, true);
+    // Back under the bound: read again (the wait doubling meanwhile), the error cleared.
+    for (let i = 0; i < 40; i++) c2.remove('Pod', 'demo', `flood-${i}`);
+    c2.apply(pod('demo', 'echo-c2b', { labels: { app: 'echo' }, ip: '10.78.1.2', hostIP: '10.78.0.1', sa: 'echo' }));
+    await until('read again once under the bound', () => endpoints() === 2 && federation.status()[0]!.lastError === undefined, 15_000);
+  } finally {
+    await reader.stop();
+    await federation.stop();
+    await c2.stop();
   }
 });

@@ -10,6 +10,7 @@ import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 import { mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport } from '../../lib/model/federation.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { orderByLocality } from '../../agent/src/state.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { Federation } from '../../controller/src/federation.ts';
@@ -199,7 +200,7 @@ test('TrafficPolicy locality is validated with the field named', () => {
 });
 
 function model(services: Service[]): MeshModel {
-  return { workloads: new Map(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])), policies: new Map(), peerAuthentications: new Map(), trafficPolicies: new Map(), routes: new Map(), waypoints: new Map() };
+  return { ...emptyMeshModel(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])) };
 }
 
 test('federation: controllers read each other\'s export over mutual TLS; a reader that is not a peer gets 403; an unreachable remote keeps its endpoints for the stale bound, then loses them', async (t) => {

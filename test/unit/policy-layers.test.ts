@@ -204,8 +204,30 @@ const CASES: Case[] = [
   },
 ];
 
+// RequestAuthentication attributes (https://istio.io/latest/docs/reference/config/security/authorization-policy/#Source
+// requestPrincipals, https://istio.io/latest/docs/reference/config/security/conditions/ request.auth.*):
+// only a waypoint sees a request's token, so they are L7: an ALLOW rule with them never matches at
+// L4, a DENY rule with them is narrowed to its L4 parts there.
+const JWT = { principal: 'https://issuer.example/alice', audiences: ['shop', 'web'], presenter: 'frontend-app', claims: { iss: 'https://issuer.example', sub: 'alice', groups: ['dev', 'ops'], org: { team: 'blue' }, level: 3, admin: true } };
+CASES.push(
+  { name: 'requestPrincipals ["*"]: a verified token is required (no token: no request principal)', policies: [policy('jwt', 'ALLOW', [rule({ from: [{ requestPrincipals: ['*'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'requestPrincipals ["*"] refuses a request without a token', policies: [policy('jwt', 'ALLOW', [rule({ from: [{ requestPrincipals: ['*'] }] })])], request: req(), l7: false, l4: false },
+  { name: 'requestPrincipals iss/sub exact, prefix and suffix (Istio string match)', policies: [policy('jwt', 'ALLOW', [rule({ from: [{ requestPrincipals: ['https://issuer.example/bob', 'https://issuer.example/*'] }] }), rule({ from: [{ requestPrincipals: ['*/alice'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'requestPrincipals of another issuer does not match', policies: [policy('jwt', 'ALLOW', [rule({ from: [{ requestPrincipals: ['https://other.example/*'] }] })])], request: req({ requestAuth: JWT }), l7: false, l4: false },
+  { name: 'notRequestPrincipals ["*"] in a DENY denies a request without a token (Istio: require JWT)', policies: [policy('require-jwt', 'DENY', [rule({ from: [{ notRequestPrincipals: ['*'] }] })])], request: req(), l7: false, l4: false },
+  { name: 'notRequestPrincipals ["*"] in a DENY lets a verified token through at L7; at L4 the DENY narrows to every connection', policies: [policy('require-jwt', 'DENY', [rule({ from: [{ notRequestPrincipals: ['*'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.principal as a condition', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.principal', values: ['https://issuer.example/alice'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.audiences matches one of the aud list', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.audiences', values: ['web'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.presenter is azp', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.presenter', values: ['frontend-*'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.claims[groups] matches one item of a list-of-strings claim', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.claims[groups]', values: ['ops'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.claims[org][team] reads a nested claim', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.claims[org][team]', values: ['blue'] }] })])], request: req({ requestAuth: JWT }), l7: true, l4: false },
+  { name: 'request.auth.claims of the wrong type (a number, a boolean, an object) never match', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.claims[level]', values: ['3', '*'] }] }), rule({ when: [{ key: 'request.auth.claims[admin]', values: ['true', '*'] }] }), rule({ when: [{ key: 'request.auth.claims[org]', values: ['*'] }] })])], request: req({ requestAuth: JWT }), l7: false, l4: false },
+  { name: 'request.auth.claims does not read inherited properties (constructor, __proto__)', policies: [policy('jwt', 'ALLOW', [rule({ when: [{ key: 'request.auth.claims[constructor]', values: ['*'] }] }), rule({ when: [{ key: 'request.auth.claims[__proto__]', values: ['*'] }] })])], request: req({ requestAuth: JWT }), l7: false, l4: false },
+  { name: 'a DENY on request.auth.claims denies at L7 when it matches, and every connection at L4 (narrowed)', policies: [policy('no-dev', 'DENY', [rule({ when: [{ key: 'request.auth.claims[groups]', values: ['dev'] }] })])], request: req({ requestAuth: JWT }), l7: false, l4: false },
+);
+
 function connectionPart(r: RequestAttributes): ConnectionAttributes {
-  const { method: _m, path: _p, host: _h, headers: _hd, remoteIp: _r, ...c } = r;
+  const { method: _m, path: _p, host: _h, headers: _hd, remoteIp: _r, requestAuth: _a, ...c } = r;
   return c;
 }
 
@@ -268,7 +290,7 @@ describe('remote.ip', () => {
 
 describe('validation and the data planes share one vocabulary', () => {
   const ap = (rules: unknown[]) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec: { action: 'DENY', rules } });
-  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v' };
+  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v', requestPrincipal: 'iss/sub', claim: 'v' };
 
   it('every field and condition key validation accepts compiles at both layers', () => {
     for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
@@ -295,10 +317,12 @@ describe('validation and the data planes share one vocabulary', () => {
   it('refuses keys no Weft data plane evaluates, naming the field and why', () => {
     const cases: Array<[unknown, RegExp]> = [
       [[{ when: [{ key: 'connection.sni', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "connection\.sni" is not supported: HBONE/],
-      [[{ when: [{ key: 'request.auth.claims[iss]', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: .*RequestAuthentication/],
+      [[{ when: [{ key: 'request.auth.claims', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "request\.auth\.claims" needs a claim name/],
+      [[{ when: [{ key: 'request.auth.claims[]', values: ['x'] }] }], /needs a claim name/],
+      [[{ when: [{ key: 'request.auth.principal[x]', values: ['x'] }] }], /takes no \[argument\]/],
       [[{ when: [{ key: 'request.method', values: ['GET'] }] }], /is not a supported condition key/],
       [[{ when: [{ key: 'request.headers', values: ['x'] }] }], /needs a header name/],
-      [[{ from: [{ source: { requestPrincipals: ['*'] } }] }], /spec\.rules\[0\]\.from\[0\]\.source\.requestPrincipals: is not supported/],
+      [[{ from: [{ source: { requestPrincipals: ['a*b'] } }] }], /requestPrincipals\[0\]: "a\*b": \* is only allowed as the first or last character/],
       [[{ to: [{ operation: { methods: ['delete'] } }] }], /methods\[0\]: "delete" is not an HTTP method in upper case/],
       [[{ from: [{ source: { remoteIpBlocks: ['10.0.0.0/33'] } }] }], /remoteIpBlocks\[0\]: "10\.0\.0\.0\/33" is not an IP address or CIDR block/],
       // Istio CheckServiceAccount and ValidateAuthorizationPolicy.

@@ -1,5 +1,5 @@
 // The metrics and readiness listeners of the controller, the waypoint and the east-west gateway
-// (lib/listener-limits.ts limitStatusListeners): every pod reaches them, so one source holds at most
+// (lib/listener-limits.ts statusListenerLimits): every pod reaches them, so one source holds at most
 // DEFAULT_STATUS_LISTENER_LIMITS.maxConnectionsPerSource connections and a request head must
 // arrive within its deadline; each connection closed is counted by listener and reason, and logged.
 import { test } from 'node:test';
@@ -8,7 +8,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
 import { Registry } from 'prom-client';
-import { DEFAULT_STATUS_LISTENER_LIMITS, limitStatusListeners } from '../../lib/listener-limits.ts';
+import { DEFAULT_STATUS_LISTENER_LIMITS, statusListenerLimits } from '../../lib/listener-limits.ts';
 import type { Logger } from '../../lib/log.ts';
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
@@ -25,7 +25,7 @@ test('a status listener holds at most maxConnectionsPerSource connections from o
   const log: Logger = { debug() {}, info() {}, error() {}, warn: (msg, fields = {}) => lines.push({ msg, fields }) };
   const metrics = http.createServer((_req, res) => res.end('ok\n'));
   const ready = http.createServer((_req, res) => res.end('ready\n'));
-  limitStatusListeners({ listeners: { metrics, readiness: ready }, registry, metric: 'weft_test_listener_refused_total', log, limits: { headersTimeoutMs: 300, requestTimeoutMs: 600 } });
+  statusListenerLimits({ registry, metric: 'weft_test_listener_refused_total', log, limits: { headersTimeoutMs: 300, requestTimeoutMs: 600 } }).limit({ metrics, readiness: ready });
   await Promise.all([metrics, ready].map((s) => new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()))));
   const port = (s: http.Server) => (s.address() as net.AddressInfo).port;
   const count = async (listener: string, reason: string) => Number(new RegExp(`weft_test_listener_refused_total\\{listener="${listener}",reason="${reason}"\\} (\\d+)`).exec(await registry.metrics())?.[1] ?? 0);

@@ -1,6 +1,9 @@
 // A waypoint's read-only /debug paths on its metrics port (15020, reached by every pod) answer only
-// a debug grant for that waypoint, signed by the mesh CA (lib/identity/debug-grant.ts): a JWS
-// (RFC 7515, compact, x5c 4.1.6) with JWT claims (RFC 7519 4.1.3 aud, 4.1.4 exp). Istio keeps
+// a debug grant for that waypoint, signed by the CA that issued the waypoint's own certificate: its
+// cluster's (lib/identity/debug-grant.ts): a JWS (RFC 7515, compact) with JWT claims (RFC 7519
+// 4.1.3 aud, 4.1.4 exp). Clusters of one mesh share the root, each with its own intermediate
+// (Istio's plug-in CA, https://istio.io/latest/docs/tasks/security/cert-management/plugin-ca-cert/);
+// a grant another cluster's CA signed opens nothing here. Istio keeps
 // these paths on the loopback admin port
 // (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio);
 // the waypoint holds no secret that opens them: only the trust bundle, which is public. Each attack
@@ -8,13 +11,15 @@
 // reason="debug-grant-<why>"} and logged within the refusal budget.
 import assert from 'node:assert/strict';
 import { createPrivateKey, createSign, type KeyObject } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import { CertificateAuthority, createCsr, generateKeyPair, parseCertificate, privateKeyToPem } from '../../lib/identity/index.ts';
-import { DEBUG_GRANT_HEADER, DEBUG_GRANT_TYPE, debugGrantAudience, encodeDebugGrant, verifyDebugGrant, DebugGrantError } from '../../lib/identity/debug-grant.ts';
+import { DEBUG_GRANT_HEADER, DEBUG_GRANT_TYPE, debugGrantAudience, debugGrantSigners, encodeDebugGrant, verifyDebugGrant, DebugGrantError } from '../../lib/identity/debug-grant.ts';
+import { admitDebugRequest } from '../../lib/debug-http.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import { refusalLineBound } from '../lab/log-bound.ts';
@@ -32,17 +37,25 @@ function craft(key: KeyObject, header: Record<string, unknown>, claims: Record<s
 }
 const now = () => Math.floor(Date.now() / 1000);
 
-describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA', () => {
+/** A cluster's CA: an intermediate of `root` (cli/local/kube/multicluster.ts, Istio's plug-in CA). */
+async function clusterCa(root: CertificateAuthority, name: string, clock?: () => number): Promise<CertificateAuthority> {
+  const inter = await root.issueIntermediate(name);
+  return CertificateAuthority.fromPem({ certPem: inter.certPem, keyPem: inter.keyPem, rootsPem: inter.rootPem }, { trustDomain: TD, ...(clock ? { clock } : {}) });
+}
+
+describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its own cluster', () => {
   let dir: string;
+  let root: CertificateAuthority;
   let ca: CertificateAuthority;
   let wp: RunningWaypoint;
   const logs: LogLine[] = [];
   let workloadKey: KeyObject;
-  let workloadChain: Buffer[];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'weft-wp-grant-'));
-    ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    // Cluster A's CA, an intermediate under the mesh's root, issues the waypoint's certificate.
+    root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    ca = await clusterCa(root, 'cluster-a');
     const issue = async (id: string) => {
       const { privateKey } = await generateKeyPair();
       return { key: privateKey, chain: ca.signCsr(createCsr(id, privateKey), id).certChain };
@@ -52,9 +65,7 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
     await writeFile(join(dir, 'tls.key'), privateKeyToPem(w.key));
     await writeFile(join(dir, 'ca.crt'), ca.trustBundle().join(''));
     // A workload of the mesh: its certificate chains to the same root, its key is its own.
-    const tester = await issue(`spiffe://${TD}/ns/shop/sa/tester`);
-    workloadKey = tester.key;
-    workloadChain = tester.chain.map((pem) => parseCertificate(pem).der);
+    workloadKey = (await issue(`spiffe://${TD}/ns/shop/sa/tester`)).key;
     wp = await runWaypoint(parseFlags([
       // No controller answers here: the metrics port serves regardless of the config stream.
       '--namespace', 'shop', '--name', 'waypoint', '--controller', '127.0.0.1:9', '--insecure-xds', '--id', 'waypoint-0',
@@ -106,11 +117,9 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
     // The same CA, its clock 20 minutes back: a grant signed then, long expired (5 min + 1 min skew).
     const past = CertificateAuthority.fromPem(ca.exportPem(), { trustDomain: TD, clock: () => Date.now() - 20 * 60_000 });
     await assertRefused(past.signDebugGrant(AUDIENCE).grant, 'expired');
-    const { keyPem, certPem } = ca.exportPem();
-    const caKey = createPrivateKey(keyPem);
-    const x5c = [parseCertificate(certPem).der.toString('base64')];
-    await assertRefused(craft(caKey, { alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c }, { aud: AUDIENCE, iat: now(), exp: now() + 86_400 }), 'malformed');
-    await assertRefused(craft(caKey, { alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c }, { aud: AUDIENCE, iat: now() + 3_600, exp: now() + 3_700 }), 'expired');
+    const caKey = createPrivateKey(ca.exportPem().keyPem);
+    await assertRefused(craft(caKey, { alg: 'ES256', typ: DEBUG_GRANT_TYPE }, { aud: AUDIENCE, iat: now(), exp: now() + 86_400 }), 'malformed');
+    await assertRefused(craft(caKey, { alg: 'ES256', typ: DEBUG_GRANT_TYPE }, { aud: AUDIENCE, iat: now() + 3_600, exp: now() + 3_700 }), 'expired');
   });
 
   it('refuses a grant for another waypoint or pod (RFC 7519 4.1.3 aud): another replica of this waypoint (a tenant\'s pod wearing its label is sent one), another name, another namespace, every waypoint', async () => {
@@ -121,29 +130,38 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
     await assertRefused(ca.signDebugGrant('waypoint-debug').grant, 'audience');
   });
 
-  it('refuses a grant signed with a workload certificate\'s key, even with the chain to the mesh root (RFC 5280 4.2.1.9: no CA:TRUE)', async () => {
-    await assertRefused(encodeDebugGrant(workloadKey, workloadChain, AUDIENCE, Date.now()).grant, 'signer');
-    // Its chain carries the CA after the leaf: the signer is still the leaf.
-    await assertRefused(encodeDebugGrant(workloadKey, [...workloadChain, parseCertificate(ca.signingCertificate()).der], AUDIENCE, Date.now()).grant, 'signer');
+  it('refuses a grant signed by another cluster\'s CA under the shared root: a holder of cluster B\'s debug token opens nothing in cluster A (Istio plug-in CA, one intermediate per cluster)', async () => {
+    // Cluster B's controller signs what its token holder asks, this waypoint and pod included.
+    const clusterB = await clusterCa(root, 'cluster-b');
+    await assertRefused(clusterB.signDebugGrant(AUDIENCE).grant, 'signature');
+    // Nor does the shared root's key (it issued no waypoint's certificate; Weft's controllers sign with their intermediate).
+    await assertRefused(root.signDebugGrant(AUDIENCE).grant, 'signature');
+    const r = await read('/debug/config_dump', clusterB.signDebugGrant(AUDIENCE).grant);
+    assert.match(r.body, /does not verify with the key of the CA that issued this waypoint's certificate/);
+  });
+
+  it('refuses a grant signed with a workload certificate\'s key (its certificate chains to the mesh root; its key is not the CA\'s)', async () => {
+    await assertRefused(encodeDebugGrant(workloadKey, AUDIENCE, Date.now()).grant, 'signature');
   });
 
   it('refuses a grant of a CA outside the trust bundle, and forged or malformed grants', async () => {
     const other = await CertificateAuthority.generateRoot({ trustDomain: TD });
-    await assertRefused(other.signDebugGrant(AUDIENCE).grant, 'untrusted');
-    // The mesh CA's certificate in x5c, signed with another key: the signature does not verify.
+    await assertRefused(other.signDebugGrant(AUDIENCE).grant, 'signature');
+    // Another waypoint's grant with this one's audience pasted in: the signature does not verify.
     const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other', 'waypoint-0'));
     const [h, , s] = grant.split('.');
     await assertRefused(`${h}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'signature');
     const { keyPem: otherKey } = other.exportPem();
+    // An old-style grant carrying the cluster CA's certificate (x5c) but signed with another key.
     const x5c = [parseCertificate(ca.signingCertificate()).der.toString('base64')];
     await assertRefused(craft(createPrivateKey(otherKey), { alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c }, { aud: AUDIENCE, iat: now(), exp: now() + 60 }), 'signature');
     // An unsigned JWS (RFC 7518 3.6 "none"), a mismatched alg, a missing typ, critical extensions, garbage.
-    await assertRefused(`${b64url({ alg: 'none', typ: DEBUG_GRANT_TYPE, x5c })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.`, 'malformed');
-    await assertRefused(`${b64url({ alg: 'HS256', typ: DEBUG_GRANT_TYPE, x5c })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'malformed');
-    await assertRefused(`${b64url({ alg: 'RS256', typ: DEBUG_GRANT_TYPE, x5c })}.${grant.split('.')[1]}.${s}`, 'signature');
-    await assertRefused(`${b64url({ alg: 'ES256', x5c })}.${grant.split('.')[1]}.${s}`, 'malformed');
-    await assertRefused(`${b64url({ alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c, crit: ['exp'] })}.${grant.split('.')[1]}.${s}`, 'malformed');
-    for (const junk of ['x', 'a.b.c', `${b64url({ alg: 'ES256', typ: DEBUG_GRANT_TYPE, x5c: ['bm90IGEgY2VydA'] })}.e30.AA`, 'A'.repeat(13_000)]) await assertRefused(junk, 'malformed');
+    await assertRefused(`${b64url({ alg: 'none', typ: DEBUG_GRANT_TYPE })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.`, 'malformed');
+    await assertRefused(`${b64url({ alg: 'HS256', typ: DEBUG_GRANT_TYPE })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'malformed');
+    await assertRefused(`${b64url({ alg: 'RS256', typ: DEBUG_GRANT_TYPE })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'signature');
+    await assertRefused(`${b64url({ alg: 'ES256' })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'malformed');
+    await assertRefused(`${b64url({ alg: 'ES256', typ: DEBUG_GRANT_TYPE, crit: ['exp'] })}.${b64url({ aud: AUDIENCE, iat: now(), exp: now() + 60 })}.${s}`, 'malformed');
+    for (const junk of ['x', 'a.b.c', `${b64url({ alg: 'ES256', typ: DEBUG_GRANT_TYPE })}.e30.AA`, 'A'.repeat(3_000)]) await assertRefused(junk, 'malformed');
   });
 
   it('a flood of forged grants is each counted and logged within the refusal budget; the port keeps serving', async () => {
@@ -166,16 +184,78 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the mesh CA',
 });
 
 describe('verifyDebugGrant', () => {
-  it('takes a grant signed by a cluster\'s intermediate CA (Istio\'s plug-in CA, one per cluster) against the shared root, and follows the root bundle', async () => {
+  /** A waypoint's credentials: its certificate (leaf, then its CA's chain) issued by `ca`, and `ca`'s roots. */
+  const waypointOf = async (ca: CertificateAuthority) => {
+    const { privateKey } = await generateKeyPair();
+    return { certChain: ca.signCsr(createCsr(WAYPOINT, privateKey), WAYPOINT).certChain, trustBundle: ca.trustBundle() };
+  };
+  const refusedAs = (why: string) => (e: Error) => e instanceof DebugGrantError && e.reason === why;
+
+  it('takes the grants of the CA that issued the waypoint\'s certificate, a root or a cluster\'s intermediate, and no other CA\'s under the same root', async () => {
     const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
-    const inter = await root.issueIntermediate('cluster-1');
-    const cluster = CertificateAuthority.fromPem({ certPem: inter.certPem, keyPem: inter.keyPem, rootsPem: inter.rootPem }, { trustDomain: TD });
-    const { grant, expires } = cluster.signDebugGrant(AUDIENCE);
-    assert.equal(verifyDebugGrant(grant, AUDIENCE, root.trustBundle()).expires.getTime(), expires.getTime());
-    // A waypoint whose bundle no longer holds that root (rotated away) refuses it.
-    const next = await CertificateAuthority.generateRoot({ trustDomain: TD });
-    assert.throws(() => verifyDebugGrant(grant, AUDIENCE, next.trustBundle()), (e: Error) => e instanceof DebugGrantError && e.reason === 'untrusted');
-    // Past its expiry and the skew, expired.
-    assert.throws(() => verifyDebugGrant(grant, AUDIENCE, root.trustBundle(), expires.getTime() + 61_000), (e: Error) => e instanceof DebugGrantError && e.reason === 'expired');
+    const a = await clusterCa(root, 'cluster-a');
+    const b = await clusterCa(root, 'cluster-b');
+    const signersA = debugGrantSigners(() => creds);
+    let creds = await waypointOf(a);
+    const { grant, expires } = a.signDebugGrant(AUDIENCE);
+    assert.equal(verifyDebugGrant(grant, AUDIENCE, signersA()).expires.getTime(), expires.getTime());
+    assert.throws(() => verifyDebugGrant(b.signDebugGrant(AUDIENCE).grant, AUDIENCE, signersA()), refusedAs('signature'));
+    assert.throws(() => verifyDebugGrant(root.signDebugGrant(AUDIENCE).grant, AUDIENCE, signersA()), refusedAs('signature'));
+    // Past its expiry and the skew, expired (checked before the signature).
+    assert.throws(() => verifyDebugGrant(grant, AUDIENCE, signersA(), expires.getTime() + 61_000), refusedAs('expired'));
+    // A waypoint of a root-signed mesh: the root in its bundle issued its certificate.
+    creds = await waypointOf(root);
+    assert.doesNotThrow(() => verifyDebugGrant(root.signDebugGrant(AUDIENCE).grant, AUDIENCE, signersA()));
+    // A waypoint whose issuer is nowhere in its chain or bundle takes nothing.
+    const lone = debugGrantSigners(() => ({ certChain: [creds.certChain[0]!], trustBundle: [b.signingCertificate()] }));
+    assert.throws(() => verifyDebugGrant(root.signDebugGrant(AUDIENCE).grant, AUDIENCE, lone()), refusedAs('untrusted'));
   });
+
+  it('at a rotation the waypoint\'s renewed certificate brings the new CA; the one before is taken for the longest grant\'s lifetime, then not', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const before = await clusterCa(root, 'cluster-a');
+    const next = await clusterCa(root, 'cluster-a');
+    let t = Date.now();
+    let creds = await waypointOf(before);
+    const signers = debugGrantSigners(() => creds, () => t);
+    const old = before.signDebugGrant(AUDIENCE).grant;
+    assert.doesNotThrow(() => verifyDebugGrant(old, AUDIENCE, signers()));
+    assert.throws(() => verifyDebugGrant(next.signDebugGrant(AUDIENCE).grant, AUDIENCE, signers()), refusedAs('signature'));
+    creds = await waypointOf(next);
+    assert.doesNotThrow(() => verifyDebugGrant(next.signDebugGrant(AUDIENCE).grant, AUDIENCE, signers()));
+    assert.doesNotThrow(() => verifyDebugGrant(old, AUDIENCE, signers()), 'a grant signed before the renewal');
+    t += 10 * 60_000 + 1;
+    assert.throws(() => verifyDebugGrant(old, AUDIENCE, signers(), Date.now()), refusedAs('signature'));
+  });
+
+  it('the issuer is found once per certificate, not per request', async () => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    let reads = 0;
+    let bundle = ca.trustBundle();
+    const creds = await waypointOf(ca);
+    const signers = debugGrantSigners(() => { reads++; return { certChain: creds.certChain, trustBundle: bundle }; });
+    const first = signers();
+    for (let i = 0; i < 100; i++) assert.equal(signers()[0], first[0], 'the same key object, not parsed again');
+    assert.equal(reads, 101);
+    bundle = [...bundle];
+    assert.equal(signers()[0], first[0], 'a new bundle with the same certificate: its issuer is still known');
+  });
+});
+
+// A key or input node:crypto chokes on (anything but a DebugGrantError) is a refusal like the
+// others, not an exception out of the request handler, which would end the waypoint.
+test('admitDebugRequest refuses as malformed, counted and named, a grant whose check throws anything', () => {
+  const refusals: Array<{ why: string; detail: string }> = [];
+  const res = { status: 0, body: '', writeHead(status: number) { this.status = status; return this; }, end(body: string) { this.body = body; return this; } };
+  const req = { headers: { [DEBUG_GRANT_HEADER]: 'e30.e30.AA' }, url: '/debug/certs', socket: {} } as unknown as IncomingMessage;
+  const admitted = admitDebugRequest({
+    audience: AUDIENCE,
+    signers: () => { throw new TypeError('unsupported key'); },
+    refused: (_req, why, detail) => refusals.push({ why, detail }),
+  }, req, res as never, '/debug/certs');
+  assert.equal(admitted, false);
+  assert.equal(res.status, 403);
+  assert.match(res.body, /wants a debug grant for .* unsupported key/);
+  assert.deepEqual(refusals.map((r) => r.why), ['malformed']);
+  assert.match(refusals[0]!.detail, /unsupported key/);
 });

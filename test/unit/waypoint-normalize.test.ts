@@ -18,8 +18,8 @@ import {
 const opts = (pathNormalization: PathNormalization, escapedSlashes: NormalizeOptions['escapedSlashes'] = 'KEEP_UNCHANGED'): NormalizeOptions => ({ pathNormalization, escapedSlashes });
 
 describe('path normalization (pure)', () => {
-  it('runs once, after admission and before the Service is resolved, policy judges or a route matches', () => {
-    assert.deepEqual(STAGES.map(([name]) => name), ['admit', 'normalize', 'resolve', 'authorize', 'rate-limit', 'quota', 'route', 'fault', 'forward']);
+  it('runs once, after admission and before the Service is resolved, a token is checked, policy judges or a route matches', () => {
+    assert.deepEqual(STAGES.map(([name]) => name), ['admit', 'normalize', 'resolve', 'authenticate', 'authorize', 'rate-limit', 'quota', 'route', 'fault', 'forward']);
   });
 
   it('removes dot segments as RFC 3986 section 5.2.4 does', () => {

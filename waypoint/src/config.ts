@@ -6,11 +6,12 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { isConsumerRoute, servesService, type AddressOwner, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, servesService, waypointTargets, type AddressOwner, type JwtRule, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
+import { parseJwks } from '../../lib/policy/jwt.ts';
 import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
 import { RouteTable } from './router.ts';
 
@@ -33,6 +34,11 @@ export interface Snapshot {
    */
   consumerRoutes: ReadonlyMap<string, RouteTable>;
   policies: PolicyTable;
+  /**
+   * `namespace/name` of a service → the JWT rules of every RequestAuthentication attached to it
+   * (merged, as Istio merges them); absent: no RequestAuthentication, tokens are not looked at.
+   */
+  jwtRules: ReadonlyMap<string, readonly JwtRule[]>;
   /** `namespace/name` of a service → its resilience settings (defaults when no TrafficPolicy). */
   settings: ReadonlyMap<string, ClusterSettings>;
   /** Objects left out or failing closed, each naming the object and field. */
@@ -203,7 +209,7 @@ function addressOwnersOf(cfg: WaypointConfig, prev: Snapshot | undefined): Owner
 
 /** The inputs of a snapshot's route, policy and service tables are the same arrays (the config client reuses an untouched type's). */
 function sameTables(a: WaypointConfig, b: WaypointConfig): boolean {
-  return a.namespace === b.namespace && a.services === b.services && a.routes === b.routes && a.trafficPolicies === b.trafficPolicies && a.policies === b.policies;
+  return a.namespace === b.namespace && a.services === b.services && a.routes === b.routes && a.trafficPolicies === b.trafficPolicies && a.policies === b.policies && a.requestAuthentications === b.requestAuthentications;
 }
 
 /**
@@ -276,7 +282,36 @@ export function buildSnapshot(cfg: WaypointConfig, version: number, prev?: Snaps
   for (const { policy, error } of policies.errors) {
     issues.push({ kind: 'AuthorizationPolicy', object: policy, path: error.path, message: `${error.message.slice(error.path.length + 2)} (the policy fails closed)` });
   }
-  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, settings, issues, addressOwners };
+  const jwtRules = jwtRulesByService(cfg, issues);
+  return { version, namespace: cfg.namespace, config: cfg, services, byAddress, byHost, routes, consumerRoutes, policies, jwtRules, settings, issues, addressOwners };
+}
+
+/**
+ * The JWT rules per Service (waypointTargets, the rule for AuthorizationPolicy too). A rule whose
+ * keys do not parse here (a version skew: the controller validates them with the same code) is
+ * kept and reported: its tokens then fail to verify (401), requests without one pass as before.
+ */
+function jwtRulesByService(cfg: WaypointConfig, issues: ConfigIssue[]): Map<string, JwtRule[]> {
+  const out = new Map<string, JwtRule[]>();
+  const list = cfg.requestAuthentications ?? [];
+  if (!Array.isArray(list)) { issues.push({ kind: 'WaypointConfig', object: '-', path: 'requestAuthentications', message: 'must be an array; no RequestAuthentication applies' }); return out; }
+  for (const ra of list) {
+    const object = serviceKey(ra);
+    const issue = (path: string, message: string): void => { issues.push({ kind: 'RequestAuthentication', object, path, message }); };
+    if (!Array.isArray(ra.jwtRules) || !Array.isArray(ra.targetServices)) { issue('', 'jwtRules and targetServices must be lists; left out'); continue; }
+    const rules = ra.jwtRules.filter((r, i) => {
+      const shape = jwtRuleShapeProblem(r);
+      if (shape) { issue(`jwtRules[${i}]`, `${shape}; left out (its tokens verify nothing: refused where another rule reads their location, else no request principal)`); return false; }
+      try {
+        parseJwks(r.jwks);
+      } catch (e) {
+        issue(`jwtRules[${i}].jwks`, `${(e as Error).message} (its tokens are refused)`);
+      }
+      return true;
+    });
+    for (const svc of waypointTargets(ra)) out.set(svc, [...(out.get(svc) ?? []), ...rules]);
+  }
+  return out;
 }
 
 /**
@@ -304,6 +339,18 @@ function leaveOutGuardedPods(services: Map<string, Service>, indexes: ReadonlyAr
   }
   if (replaced.size === 0) return;
   for (const index of indexes) for (const [k, s] of index) { const r = replaced.get(s); if (r) index.set(k, r); }
+}
+
+/** What about a rule's shape lib/policy/jwt.ts could not read (a controller of another version); undefined when it is fine. */
+function jwtRuleShapeProblem(r: JwtRule): string | undefined {
+  if (typeof r !== 'object' || r === null) return 'not an object';
+  if (typeof r.issuer !== 'string' || typeof r.jwks !== 'string') return 'issuer and jwks must be strings';
+  const strings = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+  if (!strings(r.audiences) || !strings(r.fromParams) || !strings(r.fromCookies)) return 'audiences, fromParams and fromCookies must be lists of strings';
+  if (r.fromHeaders !== undefined && !(Array.isArray(r.fromHeaders) && r.fromHeaders.every((h) => typeof h?.name === 'string' && (h.prefix === undefined || typeof h.prefix === 'string')))) return 'fromHeaders must list {name, prefix}';
+  if (r.outputClaimToHeaders !== undefined && !(Array.isArray(r.outputClaimToHeaders) && r.outputClaimToHeaders.every((h) => typeof h?.header === 'string' && typeof h.claim === 'string'))) return 'outputClaimToHeaders must list {header, claim}';
+  if (r.outputPayloadToHeader !== undefined && typeof r.outputPayloadToHeader !== 'string') return 'outputPayloadToHeader must be a string';
+  return undefined;
 }
 
 export function emptyConfig(namespace: string): WaypointConfig {

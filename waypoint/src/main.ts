@@ -15,8 +15,8 @@ import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
-import { limitStatusListeners, type StatusListenerRefusal } from '../../lib/listener-limits.ts';
-import { debugGrantAudience } from '../../lib/identity/debug-grant.ts';
+import { statusListenerLimits } from '../../lib/listener-limits.ts';
+import { debugGrantAudience, debugGrantSigners } from '../../lib/identity/debug-grant.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
@@ -399,21 +399,21 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     identity: o.spiffeId, hbone: `${hboneAddr.address}:${hboneAddr.port}`,
     controllerConnected: xds?.connected ?? false, maxRequests: engine.admission.max, activeRequests: engine.admission.active,
   }), () => id.view(), flows);
+  // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
+  const status = statusListenerLimits({ registry: engine.telemetry.registry, metric: 'weft_waypoint_listener_refused_total', log });
   // The debug paths answer a grant for this pod of this waypoint (o.id is POD_NAME), checked with
-  // the trust bundle it holds (it follows root rotations); each refusal counted and logged as the
-  // listener's own.
-  let refuseStatus: StatusListenerRefusal | undefined;
+  // the key of the CA that issued this waypoint's certificate (it follows renewals, so rotations);
+  // each refusal counted and logged as the listener's own.
   const metrics = metricsServer(engine, o.debugEndpoints ? {
     admin,
     access: {
       audience: debugGrantAudience(o.namespace, o.name, o.id),
-      roots: () => id.current().trustBundle,
-      refused: (req, why, detail) => refuseStatus?.('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
+      signers: debugGrantSigners(() => id.current()),
+      refused: (req, why, detail) => status.refused('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
     },
   } : undefined);
   const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
-  // Every pod reaches the metrics and readiness ports: bounded as the other components' (one source, a slowloris).
-  refuseStatus = limitStatusListeners({ listeners: { metrics, readiness: ready }, registry: engine.telemetry.registry, metric: 'weft_waypoint_listener_refused_total', log });
+  status.limit({ metrics, readiness: ready });
   const adminAddr = await listenOn(admin, o.admin);
   const metricsAddr = await listenOn(metrics, o.metrics);
   const readyAddr = await listenOn(ready, o.ready);

@@ -28,6 +28,8 @@ import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
 import { remoteIpOf } from '../../lib/policy/authz.ts';
+import { authenticateRequest, refusalDetails, type RequestAuth } from '../../lib/policy/jwt.ts';
+import { clip } from '../../lib/log.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
 import { isRefusedStream, type UpstreamEndpoint, type UpstreamPool, type UpstreamProtocol, type UpstreamResponse } from './upstream.ts';
 
@@ -122,8 +124,13 @@ export interface RequestContext {
   readonly conn: ConnContext;
   readonly req: DownstreamRequest;
   readonly res: DownstreamResponse;
-  /** Request headers as received. */
-  readonly headers: HeaderMap;
+  /**
+   * Request headers: as received, but for what a RequestAuthentication changed (`authenticate`: the
+   * token header removed, payload and claim headers written, callers' copies of those dropped).
+   */
+  headers: HeaderMap;
+  /** What the request's JWT said, once `authenticate` verified it; absent: no token (or no RequestAuthentication). */
+  requestAuth?: RequestAuth;
   readonly snap: Snapshot;
   /** Cancels everything upstream: the client went away, or the request timeout fired. */
   readonly overall: AbortController;
@@ -378,6 +385,45 @@ const resolve: Stage = (ctx) => {
   ctx.dest = { ...dest, key: serviceKey(dest.service) };
 };
 
+/** Characters of a value the waypoint echoes in a header (the realm): printable ASCII but the quote and backslash. */
+const REALM_UNSAFE = /[^\x21\x23-\x5b\x5d-\x7e]/g;
+
+/**
+ * RequestAuthentication (https://istio.io/latest/docs/reference/config/security/request_authentication/),
+ * as Envoy's jwt_authn runs before RBAC: a token that fails is refused (401, or 403 for an audience
+ * not allowed) with Envoy's body, WWW-Authenticate and response code details, counted by reason and
+ * logged within the refusal budget; no token passes with no request principal; a verified token's
+ * attributes go to `authorize`, and its header edits apply to everything after.
+ */
+const authenticate: Stage = (ctx) => {
+  const dest = destination(ctx);
+  const rules = ctx.snap.jwtRules.get(dest.key);
+  if (!rules) return;
+  const q = ctx.path.indexOf('?');
+  // HTTP/1.1: every value of a repeated field (node keeps only the first Authorization), so two
+  // tokens in two Authorization lines are seen as two.
+  const distinct = 'stream' in ctx.req ? undefined : (ctx.req as http.IncomingMessage).headersDistinct;
+  const out = authenticateRequest(rules, { headers: distinct ?? ctx.headers, query: q < 0 ? '' : ctx.path.slice(q + 1), method: ctx.method });
+  if (out.kind === 'refused') {
+    ctx.env.telemetry.jwtRefusal(out.reason, {
+      detail: clip(out.detail), issuer: clip(out.issuer), service: dest.key,
+      peer: ctx.conn.peerSpiffeId, address: ctx.directIp, authority: clip(ctx.authority),
+    });
+    ctx.detail = refusalDetails(out.message);
+    // Envoy: `Bearer realm="<original URI>", error="invalid_token"`; without the query, which may hold the token.
+    const realm = `http://${ctx.authority}${ctx.path.slice(0, q < 0 ? undefined : q)}`.replace(REALM_UNSAFE, '_');
+    localReply(ctx, { status: out.status, flags: '-', body: out.message, headers: { 'www-authenticate': `Bearer realm="${realm}", error="invalid_token"` } });
+    return;
+  }
+  if (out.edits.remove.length > 0 || out.edits.set.length > 0) {
+    const h: HeaderMap = { ...ctx.headers };
+    for (const name of out.edits.remove) delete h[name];
+    for (const { name, value } of out.edits.set) h[name] = value;
+    ctx.headers = h;
+  }
+  if (out.kind === 'verified') ctx.requestAuth = out.auth;
+};
+
 /** AuthorizationPolicy: the one call into the policy engine. */
 const authorize: Stage = (ctx) => {
   const { conn } = ctx;
@@ -388,6 +434,7 @@ const authorize: Stage = (ctx) => {
     ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
     destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
     path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers,
+    ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
   if (decision.audit) ctx.audit = decision.audit;
   if (!decision.allowed) {
@@ -538,6 +585,7 @@ export const STAGES: ReadonlyArray<readonly [name: string, stage: Stage]> = [
   ['admit', admit],
   ['normalize', normalize],
   ['resolve', resolve],
+  ['authenticate', authenticate],
   ['authorize', authorize],
   ['rate-limit', rateLimit],
   ['quota', quota],

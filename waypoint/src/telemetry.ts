@@ -6,6 +6,8 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, TracerProvider, type SpanExporter, type SpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { Counter, Registry } from 'prom-client';
+import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
+import type { JwtRefusal } from '../../lib/policy/jwt.ts';
 import { DEFAULT_SAMPLING_PERCENTAGE, type Endpoint, type TelemetrySettings } from '../../lib/model/mesh.ts';
 import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
@@ -201,6 +203,10 @@ export class Telemetry {
   readonly overloadRejections: Counter<'protocol'>;
   readonly grpcStatusInvalid: Counter<never>;
   readonly mirrorsDropped: Counter<'reason'>;
+  /** Requests refused for their JWT (RequestAuthentication), by lib/policy/jwt.ts reason. */
+  readonly jwtRefused: Counter<'reason'>;
+  private readonly warn: (msg: string, fields: Record<string, unknown>) => void;
+  private readonly jwtRefusalLog: LogBudget;
   /** Where lines go (from the options); `null`: nowhere, whatever the Telemetry objects say. */
   private readonly accessLogSink: ((line: string) => void) | null;
   private accessLog: ((line: string) => void) | null;
@@ -258,6 +264,13 @@ export class Telemetry {
       help: 'RequestMirror copies not sent (the request itself was served): overflow (the mirror backend at its maxRequests), max_mirrors (the waypoint at its ceiling on copies in flight), body_not_kept (a body over the retry buffer, or cut short)',
       labelNames: ['reason'], registers,
     });
+    this.jwtRefused = new Counter({
+      name: 'weft_waypoint_jwt_refused_total',
+      help: 'Requests refused by a RequestAuthentication for their token (401, or 403 for an audience not allowed), by reason: malformed, too-large, multiple-tokens, unsupported-alg, unknown-issuer, unknown-kid, bad-signature, expired, not-yet-valid, audience-not-allowed, bad-claim',
+      labelNames: ['reason'], registers,
+    });
+    this.warn = opts.warn ?? (() => {});
+    this.jwtRefusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('JWT refusals not logged (rate limit; every one is counted in weft_waypoint_jwt_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.accessLogSink = opts.accessLog === undefined ? stdoutLines() : opts.accessLog;
     this.accessLog = this.accessLogSink;
     this.waypoint = opts.waypoint;
@@ -267,6 +280,12 @@ export class Telemetry {
     this.serviceName = opts.tracing?.serviceName ?? (opts.waypoint ? opts.waypoint.split('/').reverse().join('.') : 'weft-waypoint');
     this.setTracing(opts.tracing);
     this.otlpLogs = new OtlpLogExporters({ serviceName: this.serviceName, ...otlpLogMetrics(this.registry, opts.warn) });
+  }
+
+  /** Counts a request refused for its JWT and logs it within the refusal budget (the token's parts are the caller's: clipped). */
+  jwtRefusal(reason: JwtRefusal, fields: Record<string, string | undefined>): void {
+    this.jwtRefused.inc({ reason });
+    if (this.jwtRefusalLog.take()) this.warn('JWT refused', { reason, ...fields });
   }
 
   /** (Re)builds the tracer for `t`; a no-op when nothing changed. The previous provider flushes and stops. */

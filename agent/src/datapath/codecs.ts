@@ -10,6 +10,8 @@ const LE = endianness() === 'LE';
 
 export const MODE = { PERMISSIVE: 1, STRICT: 2 } as const;
 export type Mode = keyof typeof MODE;
+/** WEFT_MAX_DESTS: entries of weft_dests. */
+export const MAX_DESTS = 65_536;
 /** WEFT_MAX_PROBERS: entries of weft_probers. */
 export const MAX_PROBERS = 16;
 

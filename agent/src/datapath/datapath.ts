@@ -623,14 +623,17 @@ export class Datapath {
   // ---- mesh destinations ----------------------------------------------------------------------
 
   /**
-   * Makes weft_dests exactly `list`: adds and updates first, then deletes what is no longer listed,
-   * so a destination present before and after is never briefly missing. Validates the whole list
-   * before changing anything. IPv6 destinations are valid but not meshed by the kernel programs
-   * yet: they are returned as `skipped` rather than failing the whole list.
+   * Makes weft_dests exactly `list`: deletes what is no longer listed, then adds and updates, so a
+   * destination present before and after is never briefly missing and what left makes room.
+   * Validates the whole list before changing anything. IPv6 destinations are valid but not meshed
+   * by the kernel programs yet: they are returned as `skipped` rather than failing the whole list.
+   * Past the map's capacity (c.MAX_DESTS) the list's tail is left out, counted in `overflow`, rather
+   * than the kernel refusing an insert halfway (callers list what matters most first).
    */
-  setDestinations(list: c.Destination[]): { applied: number; skipped: c.Destination[] } {
+  setDestinations(list: c.Destination[]): { applied: number; skipped: c.Destination[]; overflow: number } {
     const wanted = new Map<string, Buffer>();
     const skipped: c.Destination[] = [];
+    let overflow = 0;
     list.forEach((d, i) => {
       checkPort(`destinations[${i}].port`, d?.port ?? 0, true);
       if (typeof d.ip === 'string' && isIPv6(d.ip) && !c.isIpv4(c.unmapV4(d.ip))) {
@@ -639,12 +642,15 @@ export class Datapath {
       }
       const ip = checkIp(`destinations[${i}].ip`, typeof d.ip === 'string' ? c.unmapV4(d.ip) : d.ip);
       const key = c.encodeDestKey({ ip, port: d.port ?? 0 });
-      wanted.set(key.toString('hex'), key);
+      const hex = key.toString('hex');
+      if (wanted.has(hex)) return;
+      if (wanted.size >= c.MAX_DESTS) overflow++;
+      else wanted.set(hex, key);
     });
     const m = this.map(MAPS.dests);
-    for (const key of wanted.values()) m.update(key, c.encodeDest(0), 'any');
     for (const key of [...m.keys()]) if (!wanted.has(key.toString('hex'))) m.delete(key);
-    return { applied: wanted.size, skipped };
+    for (const key of wanted.values()) m.update(key, c.encodeDest(0), 'any');
+    return { applied: wanted.size, skipped, overflow };
   }
 
   destinations(): Required<c.Destination>[] {

@@ -21,6 +21,7 @@ export {
 } from './datapath.ts';
 export {
   COUNTER_FIELDS,
+  MAX_DESTS,
   POD_COUNTER_FIELDS,
   REFUSAL_COUNTERS,
   type CounterName,

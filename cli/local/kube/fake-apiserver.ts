@@ -65,6 +65,7 @@ export const DEFAULT_RESOURCES: ResourceType[] = [
   { group: 'apps', version: 'v1', kind: 'Deployment', plural: 'deployments', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'Waypoint', plural: 'waypoints', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'AuthorizationPolicy', plural: 'authorizationpolicies', namespaced: true },
+  { group: 'weft.dev', version: 'v1alpha1', kind: 'RequestAuthentication', plural: 'requestauthentications', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'PeerAuthentication', plural: 'peerauthentications', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'TrafficPolicy', plural: 'trafficpolicies', namespaced: true },
   { group: 'weft.dev', version: 'v1alpha1', kind: 'Telemetry', plural: 'telemetries', namespaced: true },
@@ -95,7 +96,7 @@ export const CLUSTER_RESOURCES: ResourceType[] = [
 const CUSTOM_GROUPS = new Set(['weft.dev', 'gateway.networking.k8s.io', 'monitoring.coreos.com']);
 
 /** Kinds whose status is only written through /status (core kinds; CRDs say so in their spec). */
-const STATUS_SUBRESOURCE = new Set(['Waypoint', 'AuthorizationPolicy', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'Deployment', 'DaemonSet', 'ReplicaSet', 'Pod', 'Node', 'Namespace', 'PodDisruptionBudget']);
+const STATUS_SUBRESOURCE = new Set(['Waypoint', 'AuthorizationPolicy', 'RequestAuthentication', 'PeerAuthentication', 'TrafficPolicy', 'Telemetry', 'HTTPRoute', 'GRPCRoute', 'Deployment', 'DaemonSet', 'ReplicaSet', 'Pod', 'Node', 'Namespace', 'PodDisruptionBudget']);
 
 /** kubectl's short names of the built-in kinds (`kubectl get ns`). */
 const SHORT_NAMES: Record<string, string[]> = {

@@ -7,7 +7,7 @@ import { CoreV1Api, type KubeConfig, type V1Secret } from '@kubernetes/client-no
 import { CertificateAuthority } from '../../../lib/identity/ca.ts';
 import { randomBytes } from 'node:crypto';
 import { DEFAULT_CA_SECRET } from '../../../lib/defaults.ts';
-import { DEBUG_TOKEN_SECRET } from '../../../lib/debug-http.ts';
+import { DEBUG_TOKEN_SECRET, debugTokenOfSecret } from '../../../lib/debug-http.ts';
 import { silentLogger, type Logger } from '../log.ts';
 
 /** The CA Secret could not be read or created. */
@@ -106,6 +106,5 @@ export async function clusterDebugToken(o: { kubeConfig: KubeConfig; namespace: 
   }), 'the controller needs RBAC create on secrets in its namespace');
   if (created) (o.logger ?? silentLogger).info('debug paths open: generated the install\'s debug token and stored it', { secret: `${o.namespace}/${DEBUG_TOKEN_SECRET}` });
   // The controller's own debug paths want the same token (lib/debug-http.ts), read as the agents' mount holds it.
-  const data = secret.data?.['token'];
-  return { created, token: data ? Buffer.from(data, 'base64').toString('utf8').trim() || undefined : undefined };
+  return { created, token: debugTokenOfSecret(secret.data) };
 }

@@ -26,7 +26,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { ANNOTATION_TRUST_DOMAIN, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport } from '../../../lib/model/federation.ts';
+import { ANNOTATION_TRUST_DOMAIN, DEFAULT_IMPORT_QUOTA, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportServices, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport, type ImportQuota } from '../../../lib/model/federation.ts';
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
@@ -38,6 +38,20 @@ import type { RemoteCluster, RemoteReport } from '../federation.ts';
 
 /** What a remote cluster's reader watches. */
 export const REMOTE_KINDS: readonly MeshKind[] = ['Namespace', 'Pod', 'Service', 'EndpointSlice', 'Waypoint'];
+
+/**
+ * Most objects a remote cluster's reader holds (of REMOTE_KINDS together): 4 x the import quota's
+ * Services and endpoints (220,000 by default; a remote's pods outside its Services, its slices and
+ * namespaces come on top of what it may export). Each list and watch event is bounded in bytes,
+ * but a watch may add objects without end, each held by the informers and compiled at every change.
+ */
+export function remoteMaxObjects(quota: ImportQuota = DEFAULT_IMPORT_QUOTA): number {
+  return 4 * (quota.maxServices + quota.maxEndpoints);
+}
+
+/** After a remote held too many objects, its watches are tried again after this, doubling to REMOTE_OVERFLOW_RETRY_MAX_MS. */
+export const REMOTE_OVERFLOW_RETRY_MS = 30_000;
+export const REMOTE_OVERFLOW_RETRY_MAX_MS = 600_000;
 
 export class RemoteSecretError extends Error {
   readonly code = 'WEFT_REMOTE_SECRET';
@@ -129,15 +143,23 @@ export interface RemoteClusterReaderOptions {
   maxResponseBytes?: number;
   /** A list from its API server must be complete within this (DEFAULT_LIST_DEADLINE_MS). */
   listDeadlineMs?: number;
-  /** A response from its API server was refused (past the bound, or compressed): counted by the caller; logged here. */
-  onResponseRefused?: (reason: ResponseRefusedError['reason']) => void;
+  /** A response from its API server was refused (past the bound, or compressed), or it held too many objects: counted by the caller; logged here. */
+  onResponseRefused?: (reason: ResponseRefusedError['reason'] | 'too-many-objects') => void;
+  /** Most objects it holds (remoteMaxObjects()); past it its watches are stopped, tried again after overflowRetryMs. */
+  maxObjects?: number;
+  /** First wait before watching again a remote that held too many objects (REMOTE_OVERFLOW_RETRY_MS). */
+  overflowRetryMs?: number;
 }
 
 /** One remote cluster's API server, watched into an export. */
 export class RemoteClusterReader {
   readonly #o: RemoteClusterReaderOptions;
-  readonly #source: KubeSource;
-  readonly #store = new ObjectStore();
+  readonly #makeSource: () => KubeSource;
+  #source: KubeSource;
+  #store = new ObjectStore();
+  /** Waiting to watch again after holding too many objects, and the next wait. */
+  #overflowTimer: NodeJS.Timeout | undefined;
+  #overflowRetryMs: number;
   #synced = false;
   #stopped = false;
   #dirty = true;
@@ -158,17 +180,26 @@ export class RemoteClusterReader {
         o.log.warn('remote API server response refused; its last export stays until the stale bound', { cluster: o.cluster, secret: o.secret, server: o.kubeConfig.getCurrentCluster()?.server, path: path.split('?')[0], reason: e.reason, error: e.message });
       },
     });
-    this.#source = new KubeSource({
-      kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => this.#health(problem),
-      ...(o.restartDelayMs !== undefined ? { restartDelayMs: o.restartDelayMs } : {}),
-      ...(o.watchTimeoutMs !== undefined ? { watchTimeoutMs: o.watchTimeoutMs } : {}),
-    });
+    this.#makeSource = () => {
+      const source: KubeSource = new KubeSource({
+        kubeConfig, kinds: REMOTE_KINDS, logger: o.log, onHealth: (problem) => source === this.#source && this.#health(problem),
+        ...(o.restartDelayMs !== undefined ? { restartDelayMs: o.restartDelayMs } : {}),
+        ...(o.watchTimeoutMs !== undefined ? { watchTimeoutMs: o.watchTimeoutMs } : {}),
+      });
+      return source;
+    };
+    this.#source = this.#makeSource();
+    this.#overflowRetryMs = o.overflowRetryMs ?? REMOTE_OVERFLOW_RETRY_MS;
   }
 
   /** Starts watching; never waits for the remote (an unreachable one is reported failing). */
   start(): void {
-    this.#source.start((events) => this.#onEvents(events)).then(() => {
+    const source = this.#source;
+    source.start((events) => source === this.#source && this.#onEvents(events)).then(() => {
+      if (source !== this.#source) return;
       this.#synced = true;
+      // Read whole within the bound: a later overflow waits the first wait again.
+      this.#overflowRetryMs = this.#o.overflowRetryMs ?? REMOTE_OVERFLOW_RETRY_MS;
       this.#push();
     }, (e: Error) => this.#o.log.warn('remote cluster reader stopped', { cluster: this.#o.cluster, error: e.message }));
   }
@@ -176,12 +207,42 @@ export class RemoteClusterReader {
   /** Stops its watches at once; it reports nothing more. */
   stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#overflowTimer);
     return this.#source.stop();
   }
 
   #health(problem: string | undefined): void {
     this.#problem = problem;
     this.#push();
+  }
+
+  /**
+   * It holds more objects than one remote may: its watches are stopped and what they held
+   * dropped, it is reported failing (its last export stays until the stale bound), and it is
+   * watched again later (the wait doubling while it stays past the bound).
+   */
+  #tooManyObjects(held: number): void {
+    const max = this.#o.maxObjects ?? remoteMaxObjects();
+    const wait = this.#overflowRetryMs;
+    this.#overflowRetryMs = Math.min(wait * 2, REMOTE_OVERFLOW_RETRY_MAX_MS);
+    const old = this.#source;
+    this.#source = this.#makeSource();
+    this.#store = new ObjectStore();
+    this.#synced = false;
+    this.#dirty = true;
+    void old.stop();
+    this.#o.onResponseRefused?.('too-many-objects');
+    const problem = `it holds ${held} objects (Namespaces, Pods, Services, EndpointSlices, Waypoints), past the ${max} one remote cluster may (4 x the import quota's Services and endpoints: --remote-max-services, --remote-max-endpoints); its watches are stopped and tried again in ${Math.round(wait / 1000)} s`;
+    this.#o.log.warn('remote API server holds too many objects; its last export stays until the stale bound', { cluster: this.#o.cluster, secret: this.#o.secret, reason: 'too-many-objects', held, max, retryMs: wait });
+    this.#problem = problem;
+    this.#push();
+    this.#overflowTimer = setTimeout(() => {
+      this.#overflowTimer = undefined;
+      if (this.#stopped) return;
+      this.#problem = undefined;
+      this.start();
+    }, wait);
+    this.#overflowTimer.unref();
   }
 
   /** Tells the federation the export as it is now, or why the remote cannot be read. */
@@ -201,6 +262,8 @@ export class RemoteClusterReader {
 
   #onEvents(events: SourceEvent[]): void {
     this.#store.apply(events);
+    const max = this.#o.maxObjects ?? remoteMaxObjects();
+    if (this.#store.size > max) return this.#tooManyObjects(this.#store.size);
     const isGateway = (ns: unknown, name: unknown) => ns === this.#o.rootNamespace && name === EASTWEST_SERVICE_ACCOUNT; // the gateway's Service has its ServiceAccount's name
     for (const e of events) {
       if (e.type === 'snapshot' && e.kinds.includes('Service')) this.#gatewayService = e.objects.find((o) => o.kind === 'Service' && isGateway(o.metadata?.namespace, o.metadata?.name));
@@ -221,7 +284,7 @@ export class RemoteClusterReader {
     const gateway = gatewayOf(this.#gatewayService, network, `spiffe://${trustDomain}/ns/${rootNamespace}/sa/${EASTWEST_SERVICE_ACCOUNT}`);
     // Its waypoints as its own controller would export them: addresses from their running pods, or
     // the Waypoint's status that controller writes (compile.ts waypointFacts).
-    return { cluster, network, ...(gateway ? { gateway } : {}), services: [...model.services.values()], waypoints: [...model.waypoints.values()].map(exportWaypoint) };
+    return { cluster, network, ...(gateway ? { gateway } : {}), services: exportServices(model.services.values()), waypoints: [...model.waypoints.values()].map(exportWaypoint) };
   }
 }
 
@@ -253,6 +316,8 @@ export interface RemoteSecretsOptions {
   allowInsecure?: boolean;
   /** Most bytes of one response or watch event from a remote API server (DEFAULT_MAX_RESPONSE_BYTES). */
   maxResponseBytes?: number;
+  /** Most objects one remote's reader holds (remoteMaxObjects() of the import quota). */
+  maxObjects?: number;
 }
 
 interface Active {
@@ -280,7 +345,7 @@ export class RemoteSecrets {
       this.#metrics = {
         refused: new Counter({ name: 'weft_federation_remote_secret_refused_total', help: 'Remote-cluster Secret entries refused, by Secret and reason', labelNames: ['secret', 'reason'], registers }),
         clusters: new Gauge({ name: 'weft_federation_remote_secret_clusters', help: 'Remote clusters read through kubeconfig Secrets', registers }),
-        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for; redirect; too-slow: a list not complete within its deadline)', labelNames: ['cluster', 'reason'], registers }),
+        responses: new Counter({ name: 'weft_federation_remote_response_refused_total', help: 'Responses from a remote cluster\'s API server refused, by cluster and reason (too-large: a list or a watch event past the bound; encoding: compressed though not asked for; redirect; too-slow: a list not complete within its deadline; too-many-objects: its reader held more objects than a remote may, its watches stopped)', labelNames: ['cluster', 'reason'], registers }),
       };
     }
   }
@@ -392,6 +457,7 @@ export class RemoteSecrets {
         cluster, secret: w.secret, kubeConfig, trustDomain: w.trustDomain, rootNamespace: this.#o.rootNamespace, log: this.#o.log,
         report: (r) => this.#o.federation.report(cluster, r), ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
         ...(this.#o.maxResponseBytes !== undefined ? { maxResponseBytes: this.#o.maxResponseBytes } : {}),
+        ...(this.#o.maxObjects !== undefined ? { maxObjects: this.#o.maxObjects } : {}),
         onResponseRefused: (reason) => this.#metrics?.responses.inc({ cluster, reason }),
       });
       this.#active.set(cluster, { secret: w.secret, text: w.text, reader });

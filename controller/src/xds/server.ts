@@ -711,7 +711,7 @@ function peerOf(call: ConfigStreamCall): string | null {
 }
 
 function emptyPublished(): PublishedSet {
-  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map(), AddressOwner: new Map() };
+  return { Workload: new Map(), Service: new Map(), AuthorizationPolicy: new Map(), PeerAuthentication: new Map(), Waypoint: new Map(), TrafficPolicy: new Map(), Route: new Map(), AddressOwner: new Map(), RequestAuthentication: new Map() };
 }
 
 export interface ConfigStreamDeps {

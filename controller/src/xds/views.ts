@@ -7,7 +7,7 @@
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
 // targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type Service, type Workload } from '../../../lib/model/mesh.ts';
+import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -73,6 +73,7 @@ export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iter
       return undefined;
     case 'Route':
     case 'AddressOwner':
+    case 'RequestAuthentication':
       return [];
   }
 }
@@ -105,6 +106,7 @@ export function agentHolds(ix: ViewIndex, node: string, type: ResourceType, name
       return m.trafficPolicies.has(name);
     case 'Route':
     case 'AddressOwner':
+    case 'RequestAuthentication':
       return false;
   }
 }
@@ -151,6 +153,11 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
       for (const [k, p] of m.policies) if (waypointApplies(ix, p, namespace)) out.push(k);
       return out;
     }
+    case 'RequestAuthentication': {
+      const out: string[] = [];
+      for (const [k, ra] of m.requestAuthentications) if (waypointApplies(ix, ra, namespace)) out.push(k);
+      return out;
+    }
     case 'PeerAuthentication':
       return inNs(m.peerAuthentications);
     case 'Waypoint':
@@ -164,9 +171,10 @@ export function waypointView(ix: ViewIndex, namespace: string, type: ResourceTyp
  * The policies the waypoint of `namespace` applies: those attached by targetRefs to a Service it
  * serves (a root-namespace GatewayClass target among them; a policy lives in its Service's
  * namespace, so a Service bound across namespaces brings its own). Namespace-wide, mesh-wide and
- * selector policies are the agents' (lib/policy/authz.ts appliesToService).
+ * selector policies are the agents' (lib/policy/authz.ts appliesToService). The same rule for
+ * RequestAuthentications.
  */
-function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy, namespace: string): boolean {
+function waypointApplies(ix: ViewIndex, p: AuthorizationPolicy | RequestAuthentication, namespace: string): boolean {
   return waypointTargets(p).some((s) => serves(ix, namespace, s));
 }
 
@@ -208,7 +216,7 @@ export function reboundWaypointNamespaces(
 }
 
 /** The waypoint view types that follow the Services bound across namespaces (reboundWaypointNamespaces). */
-export const WAYPOINT_TYPES_FOLLOWING_BINDINGS: readonly ResourceType[] = ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy'];
+export const WAYPOINT_TYPES_FOLLOWING_BINDINGS: readonly ResourceType[] = ['Service', 'Route', 'TrafficPolicy', 'AuthorizationPolicy', 'RequestAuthentication'];
 
 /**
  * Whether the waypoint of `namespace` may see resource `name` of `type`: the same answer as
@@ -237,6 +245,10 @@ export function waypointHolds(ix: ViewIndex, namespace: string, type: ResourceTy
     case 'AuthorizationPolicy': {
       const p = m.policies.get(name);
       return p !== undefined && waypointApplies(ix, p, namespace);
+    }
+    case 'RequestAuthentication': {
+      const ra = m.requestAuthentications.get(name);
+      return ra !== undefined && waypointApplies(ix, ra, namespace);
     }
     case 'PeerAuthentication':
       return m.peerAuthentications.get(name)?.namespace === namespace;
@@ -314,6 +326,7 @@ export function modelResources(model: MeshModel): Record<ModelResourceType, Map<
     Workload: model.workloads,
     Service: model.services,
     AuthorizationPolicy: model.policies,
+    RequestAuthentication: model.requestAuthentications,
     PeerAuthentication: model.peerAuthentications,
     Waypoint: model.waypoints,
     TrafficPolicy: model.trafficPolicies,

@@ -1,0 +1,448 @@
+// RequestAuthentication (JWT), Istio's semantics as Envoy's jwt_authn applies them
+// (https://istio.io/latest/docs/reference/config/security/request_authentication/): the one place a
+// token is found, checked and turned into request attributes, for the waypoint to enforce and the
+// controller to validate JWKS with.
+//
+//  - A request without a token is admitted with no request principal; an AuthorizationPolicy
+//    requires one (`requestPrincipals: ["*"]`).
+//  - A request with a token that fails any check is refused: 401 (Envoy: 403 when only the
+//    audience is wrong, JwtAudienceNotAllowed). So is one with two different tokens (Envoy
+//    JwtMultipleTokens): which one would name the caller is not defined (Istio: "requests with
+//    multiple tokens ... the output principal of such requests is undefined"); the same token in
+//    two places is one token.
+//  - A CORS preflight is not checked (Istio sets Envoy's bypass_cors_preflight).
+//  - Asymmetric algorithms only (RS256/384/512, PS256/384/512, ES256/384/512, EdDSA), each bound to
+//    the key type it needs; `none` and HS* are refused, so an RSA public key can never serve as an
+//    HMAC secret (key confusion).
+//  - `exp` and `nbf` are checked with Envoy's default clock skew (60 s).
+//
+// Pure: no I/O. Each rule's JWKS is imported once (a WeakMap keyed by the rule object, as
+// lib/policy/authz.ts compiles policies).
+import { constants, createPublicKey, verify, type KeyObject } from 'node:crypto';
+
+/** One `jwtRules[]` entry as the controller compiles it (keys inline). */
+export interface JwtRule {
+  issuer: string;
+  /** Empty or absent: the audience is not checked (Istio). */
+  audiences?: string[];
+  /** The JWKS document (JSON text). */
+  jwks: string;
+  fromHeaders?: Array<{ name: string; prefix?: string }>;
+  fromParams?: string[];
+  fromCookies?: string[];
+  /** Default false: the header the token came in is removed before forwarding. */
+  forwardOriginalToken?: boolean;
+  /** The verified token's payload (base64url, as received) in this header. */
+  outputPayloadToHeader?: string;
+  outputClaimToHeaders?: Array<{ header: string; claim: string }>;
+}
+
+/** Envoy's clock_skew_seconds default. */
+export const JWT_CLOCK_SKEW_SECONDS = 60;
+/**
+ * The longest token looked at: the waypoint's header bound (waypoint/src/engine.ts
+ * DEFAULT_MAX_HEADER_BYTES); a longer one cannot have come in a header, and is refused unparsed.
+ */
+export const MAX_TOKEN_BYTES = 16 * 1024;
+/** The shortest RSA modulus accepted in a JWKS. */
+export const MIN_RSA_BITS = 2048;
+/** The largest JWKS document accepted (Istio has none; a waypoint holds every rule's keys). */
+export const MAX_JWKS_BYTES = 64 * 1024;
+
+/** Why a token was refused: stable strings, the label of weft_waypoint_jwt_refused_total. */
+export type JwtRefusal =
+  | 'malformed'
+  | 'too-large'
+  | 'multiple-tokens'
+  | 'unsupported-alg'
+  | 'unknown-issuer'
+  | 'unknown-kid'
+  | 'bad-signature'
+  | 'expired'
+  | 'not-yet-valid'
+  | 'audience-not-allowed'
+  | 'bad-claim';
+
+/** Envoy's status strings (jwt_verify_lib getStatusString), the body of the refusal. */
+const ENVOY_STATUS: Record<JwtRefusal, string> = {
+  'malformed': 'Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections',
+  'too-large': 'Jwt is too large',
+  'multiple-tokens': 'Found multiple Jwt tokens',
+  'unsupported-alg': 'Jwt header [alg] field value is invalid',
+  'unknown-issuer': 'Jwt issuer is not configured',
+  'unknown-kid': "Jwks doesn't have key to match kid or alg from Jwt",
+  'bad-signature': 'Jwt verification fails',
+  'expired': 'Jwt is expired',
+  'not-yet-valid': 'Jwt not yet valid',
+  'audience-not-allowed': 'Audiences in Jwt are not allowed',
+  'bad-claim': 'Jwt payload has a registered claim of the wrong type',
+};
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue };
+
+/** What a verified token says, for AuthorizationPolicy (`request.auth.*`, `requestPrincipals`). */
+export interface RequestAuth {
+  /** `<iss>/<sub>` (Istio's request principal). */
+  principal: string;
+  audiences: string[];
+  /** `azp`, when it is a string. */
+  presenter?: string;
+  claims: { readonly [k: string]: JsonValue };
+}
+
+/** Edits of the request headers a verification leads to (before forwarding; route matching sees them). */
+export interface HeaderEditsOut {
+  remove: string[];
+  set: Array<{ name: string; value: string }>;
+}
+
+export type JwtOutcome =
+  | { kind: 'none'; edits: HeaderEditsOut }
+  | { kind: 'verified'; auth: RequestAuth; issuer: string; edits: HeaderEditsOut }
+  | { kind: 'refused'; reason: JwtRefusal; status: 401 | 403; message: string; detail: string; issuer?: string };
+
+/** The parts of a request a token may come in. */
+export interface TokenSources {
+  /** Lower-case names; repeated fields as arrays (each value counts as a token). */
+  headers: Readonly<Record<string, string | readonly string[] | undefined>>;
+  /** The request target's query (after `?`), or ''. */
+  query: string;
+  /** The method, for the CORS preflight bypass; absent: not a preflight. */
+  method?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+type Alg = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'PS384' | 'PS512' | 'ES256' | 'ES384' | 'ES512' | 'EdDSA';
+export const JWT_ALGS: readonly Alg[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+
+const HASH: Record<Alg, string | null> = {
+  RS256: 'sha256', RS384: 'sha384', RS512: 'sha512', PS256: 'sha256', PS384: 'sha384', PS512: 'sha512',
+  ES256: 'sha256', ES384: 'sha384', ES512: 'sha512', EdDSA: null,
+};
+/** ES* signature length (r || s, RFC 7518 section 3.4) and the curve each needs. */
+const EC: Partial<Record<Alg, { curve: string; sigBytes: number }>> = {
+  ES256: { curve: 'P-256', sigBytes: 64 }, ES384: { curve: 'P-384', sigBytes: 96 }, ES512: { curve: 'P-521', sigBytes: 132 },
+};
+
+interface Jwk {
+  kid?: string;
+  alg?: string;
+  kty: 'RSA' | 'EC' | 'OKP';
+  crv?: string;
+  key: KeyObject;
+}
+
+/** Can key `k` verify `alg` (RFC 7518: the key type each algorithm needs; a key's own `alg` binds it)? */
+function keyFits(k: Jwk, alg: Alg): boolean {
+  if (k.alg !== undefined && k.alg !== alg) return false;
+  if (alg.startsWith('RS') || alg.startsWith('PS')) return k.kty === 'RSA';
+  if (alg === 'EdDSA') return k.kty === 'OKP' && (k.crv === 'Ed25519' || k.crv === 'Ed448');
+  return k.kty === 'EC' && k.crv === EC[alg]!.curve;
+}
+
+const jwksCache = new WeakMap<JwtRule, Jwk[] | Error>();
+
+/**
+ * Parses a JWKS document into public keys: RSA, EC (P-256/384/521) and OKP (Ed25519/Ed448) keys
+ * for signing. A symmetric (`oct`) key or one with private parts is refused: a shared secret in a
+ * policy object would let anyone who reads it mint tokens. Throws with the key's index.
+ */
+export function parseJwks(text: string): Jwk[] {
+  if (Buffer.byteLength(text) > MAX_JWKS_BYTES) throw new Error(`is larger than ${MAX_JWKS_BYTES} bytes`);
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`is not JSON: ${(e as Error).message}`);
+  }
+  const keys = (doc as { keys?: unknown } | null)?.keys;
+  if (typeof doc !== 'object' || doc === null || !Array.isArray(keys)) throw new Error('is not a JWKS (an object with a "keys" list)');
+  const out: Jwk[] = [];
+  keys.forEach((raw, i) => {
+    const k = raw as Record<string, unknown>;
+    const where = `keys[${i}]`;
+    if (typeof k !== 'object' || k === null) throw new Error(`${where} is not an object`);
+    if (k.kty === 'oct') throw new Error(`${where}: symmetric (oct) keys are not accepted: HS* tokens are refused, a shared secret in a policy lets its readers mint tokens`);
+    if (k.kty !== 'RSA' && k.kty !== 'EC' && k.kty !== 'OKP') throw new Error(`${where}: kty ${JSON.stringify(k.kty)} is not RSA, EC or OKP`);
+    if (k.d !== undefined || k.p !== undefined) throw new Error(`${where} holds a private key; a JWKS lists public keys only`);
+    if (k.use !== undefined && k.use !== 'sig') return;
+    if (k.kid !== undefined && typeof k.kid !== 'string') throw new Error(`${where}.kid is not a string`);
+    if (k.alg !== undefined && !(JWT_ALGS as readonly unknown[]).includes(k.alg)) throw new Error(`${where}.alg ${JSON.stringify(k.alg)} is not one of ${JWT_ALGS.join(', ')}`);
+    let key: KeyObject;
+    try {
+      key = createPublicKey({ key: k as never, format: 'jwk' });
+    } catch (e) {
+      throw new Error(`${where} is not a usable ${k.kty} public key: ${(e as Error).message}`);
+    }
+    const bits = key.asymmetricKeyDetails?.modulusLength;
+    if (k.kty === 'RSA' && (bits === undefined || bits < MIN_RSA_BITS)) throw new Error(`${where}: an RSA key of ${bits ?? 0} bits; at least ${MIN_RSA_BITS} (NIST SP 800-131A), a shorter one can be factored`);
+    out.push({ kty: k.kty, key, ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), ...(typeof k.alg === 'string' ? { alg: k.alg } : {}), ...(typeof k.crv === 'string' ? { crv: k.crv } : {}) });
+  });
+  if (out.length === 0) throw new Error('has no signing key');
+  return out;
+}
+
+function keysOf(rule: JwtRule): Jwk[] | Error {
+  let keys = jwksCache.get(rule);
+  if (!keys) {
+    try {
+      keys = parseJwks(rule.jwks);
+    } catch (e) {
+      keys = e as Error;
+    }
+    jwksCache.set(rule, keys);
+  }
+  return keys;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding tokens
+
+interface Location {
+  /** `header:<name>`, `param:<name>` or `cookie:<name>`. */
+  id: string;
+  header?: { name: string; prefix: string };
+  param?: string;
+  cookie?: string;
+}
+
+/** Istio's default locations: `Authorization: Bearer <token>`, then the `access_token` parameter. */
+const DEFAULT_LOCATIONS: readonly Location[] = [
+  { id: 'header:authorization', header: { name: 'authorization', prefix: 'Bearer ' } },
+  { id: 'param:access_token', param: 'access_token' },
+];
+
+function locationsOf(rule: JwtRule): Location[] {
+  const out: Location[] = [];
+  for (const h of rule.fromHeaders ?? []) out.push({ id: `header:${h.name.toLowerCase()}`, header: { name: h.name.toLowerCase(), prefix: h.prefix ?? '' } });
+  for (const p of rule.fromParams ?? []) out.push({ id: `param:${p}`, param: p });
+  for (const c of rule.fromCookies ?? []) out.push({ id: `cookie:${c}`, cookie: c });
+  return out.length > 0 ? out : [...DEFAULT_LOCATIONS];
+}
+
+function valuesOf(v: string | readonly string[] | undefined): readonly string[] {
+  return v === undefined ? [] : typeof v === 'string' ? [v] : v;
+}
+
+function queryValues(query: string, name: string): string[] {
+  const out: string[] = [];
+  for (const part of query.split('&')) {
+    const eq = part.indexOf('=');
+    const k = eq < 0 ? part : part.slice(0, eq);
+    if (safeDecode(k) !== name) continue;
+    out.push(safeDecode(eq < 0 ? '' : part.slice(eq + 1)) ?? '');
+  }
+  return out;
+}
+
+function safeDecode(s: string): string | undefined {
+  try {
+    return decodeURIComponent(s.replace(/\+/g, ' '));
+  } catch {
+    return undefined;
+  }
+}
+
+function cookieValues(headers: TokenSources['headers'], name: string): string[] {
+  const out: string[] = [];
+  for (const line of valuesOf(headers['cookie'])) {
+    for (const pair of line.split(';')) {
+      const eq = pair.indexOf('=');
+      if (eq >= 0 && pair.slice(0, eq).trim() === name) out.push(pair.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1'));
+    }
+  }
+  return out;
+}
+
+/**
+ * The tokens at one location. A header without the prefix holds none, as in Envoy; the prefix is
+ * compared without regard to case (RFC 9110 section 11.1: an auth scheme is case-insensitive), so
+ * `bearer <token>` is verified, not passed on unchecked to a backend that would read it.
+ */
+function tokensAt(loc: Location, src: TokenSources): string[] {
+  if (loc.header) {
+    const { name, prefix } = loc.header;
+    const lower = prefix.toLowerCase();
+    return valuesOf(src.headers[name]).filter((v) => v.slice(0, prefix.length).toLowerCase() === lower).map((v) => v.slice(prefix.length).trim()).filter((t) => t !== '');
+  }
+  if (loc.param !== undefined) return queryValues(src.query, loc.param).filter((t) => t !== '');
+  return cookieValues(src.headers, loc.cookie!).filter((t) => t !== '');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking one token
+
+const B64URL = /^[A-Za-z0-9_-]*$/;
+
+function b64json(part: string): Record<string, JsonValue> | undefined {
+  if (!B64URL.test(part)) return undefined;
+  try {
+    const v = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, JsonValue>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function own(o: { readonly [k: string]: JsonValue }, k: string): JsonValue | undefined {
+  return Object.hasOwn(o, k) ? o[k] : undefined;
+}
+
+function verifySignature(alg: Alg, key: Jwk, data: Buffer, sig: Buffer): boolean {
+  try {
+    if (alg === 'EdDSA') return verify(null, data, key.key, sig);
+    if (alg.startsWith('PS')) return verify(HASH[alg]!, data, { key: key.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, sig);
+    if (alg.startsWith('ES')) return sig.length === EC[alg]!.sigBytes && verify(HASH[alg]!, data, { key: key.key, dsaEncoding: 'ieee-p1363' }, sig);
+    return verify(HASH[alg]!, data, key.key, sig);
+  } catch {
+    return false;
+  }
+}
+
+type Check = { ok: true; auth: RequestAuth; payloadPart: string } | { ok: false; reason: JwtRefusal; why: string };
+
+/** Checks a token against the rules that may verify it (those whose locations it was found in). */
+function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: number): Check & { rule?: JwtRule; issuer?: string } {
+  if (token.length > MAX_TOKEN_BYTES) return { ok: false, reason: 'too-large', why: `token of ${token.length} bytes, more than ${MAX_TOKEN_BYTES}` };
+  const parts = token.split('.');
+  if (parts.length !== 3) return { ok: false, reason: 'malformed', why: 'not three dot-separated parts' };
+  const [h, p, s] = parts as [string, string, string];
+  const header = b64json(h);
+  const payload = b64json(p);
+  if (!header || !payload || !B64URL.test(s)) return { ok: false, reason: 'malformed', why: 'a part is not base64url JSON' };
+  const alg = own(header, 'alg');
+  if (typeof alg !== 'string' || !(JWT_ALGS as readonly string[]).includes(alg)) {
+    return { ok: false, reason: 'unsupported-alg', why: `alg ${JSON.stringify(alg)} (only ${JWT_ALGS.join(', ')})` };
+  }
+  const kid = own(header, 'kid');
+  if (kid !== undefined && typeof kid !== 'string') return { ok: false, reason: 'malformed', why: 'kid is not a string' };
+  const iss = own(payload, 'iss');
+  if (typeof iss !== 'string') return { ok: false, reason: 'unknown-issuer', why: 'no iss claim' };
+  const rules = candidates.filter((r) => r.issuer === iss);
+  if (rules.length === 0) return { ok: false, reason: 'unknown-issuer', why: `issuer ${JSON.stringify(iss)} is not configured for where the token was found`, issuer: iss };
+  // Registered claims of the wrong type are refused, as Envoy's parser does.
+  const sub = own(payload, 'sub');
+  const aud = own(payload, 'aud');
+  const exp = own(payload, 'exp');
+  const nbf = own(payload, 'nbf');
+  const azp = own(payload, 'azp');
+  if (sub !== undefined && typeof sub !== 'string') return { ok: false, reason: 'bad-claim', why: 'sub is not a string', issuer: iss };
+  if (aud !== undefined && typeof aud !== 'string' && !(Array.isArray(aud) && aud.every((a) => typeof a === 'string'))) return { ok: false, reason: 'bad-claim', why: 'aud is not a string or a list of strings', issuer: iss };
+  if (exp !== undefined && (typeof exp !== 'number' || !Number.isFinite(exp))) return { ok: false, reason: 'bad-claim', why: 'exp is not a number', issuer: iss };
+  if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) return { ok: false, reason: 'bad-claim', why: 'nbf is not a number', issuer: iss };
+  const data = Buffer.from(`${h}.${p}`);
+  const sig = Buffer.from(s, 'base64url');
+  let last: Check & { rule?: JwtRule; issuer?: string } = { ok: false, reason: 'unknown-kid', why: `no key of issuer ${iss} fits kid ${JSON.stringify(kid ?? null)} and alg ${alg}`, issuer: iss };
+  for (const rule of rules) {
+    const keys = keysOf(rule);
+    if (keys instanceof Error) continue;
+    // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must fit alg.
+    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg as Alg));
+    if (fit.length === 0) continue;
+    if (!fit.some((k) => verifySignature(alg as Alg, k, data, sig))) {
+      last = { ok: false, reason: 'bad-signature', why: `signature does not verify with the keys of issuer ${iss}`, issuer: iss };
+      continue;
+    }
+    if (typeof exp === 'number' && nowSeconds > exp + JWT_CLOCK_SKEW_SECONDS) return { ok: false, reason: 'expired', why: `exp ${exp} is past`, issuer: iss };
+    if (typeof nbf === 'number' && nowSeconds + JWT_CLOCK_SKEW_SECONDS < nbf) return { ok: false, reason: 'not-yet-valid', why: `nbf ${nbf} is ahead`, issuer: iss };
+    const audiences = aud === undefined ? [] : typeof aud === 'string' ? [aud] : (aud as string[]);
+    if (rule.audiences && rule.audiences.length > 0 && !audiences.some((a) => rule.audiences!.includes(a))) {
+      last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
+      continue;
+    }
+    const auth: RequestAuth = { principal: `${iss}/${typeof sub === 'string' ? sub : ''}`, audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}) };
+    return { ok: true, auth, payloadPart: p, rule, issuer: iss };
+  }
+  return last;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request
+
+/**
+ * The output headers of `rules` (payload and claim headers): removed from every request first, so a
+ * caller can never supply them itself, token or not.
+ */
+function outputHeaders(rules: readonly JwtRule[]): string[] {
+  const out = new Set<string>();
+  for (const r of rules) {
+    if (r.outputPayloadToHeader) out.add(r.outputPayloadToHeader.toLowerCase());
+    for (const c of r.outputClaimToHeaders ?? []) out.add(c.header.toLowerCase());
+  }
+  return [...out];
+}
+
+/** A claim for a header: a string, number or boolean as text; a list of those joined by `,`; else none. */
+export function claimHeaderValue(claims: RequestAuth['claims'], path: string): string | undefined {
+  let v: JsonValue | undefined = claims;
+  for (const seg of path.split('.')) {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    v = own(v, seg);
+  }
+  const scalar = (x: JsonValue | undefined): string | undefined => (typeof x === 'string' ? x : typeof x === 'number' || typeof x === 'boolean' ? String(x) : undefined);
+  if (Array.isArray(v)) {
+    const items = v.map(scalar);
+    return items.every((x) => x !== undefined) ? items.join(',') : undefined;
+  }
+  return scalar(v);
+}
+
+/** A header value is what a field may carry (RFC 9110 section 5.5): no CR, LF, NUL or other controls. */
+const FIELD_VALUE_OK = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * Finds, checks and applies the tokens of a request for the rules that apply to its destination
+ * (every RequestAuthentication attached to it, merged, as Istio merges them).
+ */
+export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources, nowMs = Date.now()): JwtOutcome {
+  const edits: HeaderEditsOut = { remove: outputHeaders(rules), set: [] };
+  if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
+  // Every token at every location some rule reads, and the rules reading each location.
+  const byLocation = new Map<string, { loc: Location; rules: JwtRule[] }>();
+  for (const r of rules) {
+    for (const loc of locationsOf(r)) {
+      const e = byLocation.get(loc.id);
+      if (e) e.rules.push(r);
+      else byLocation.set(loc.id, { loc, rules: [r] });
+    }
+  }
+  const found: Array<{ token: string; loc: Location; rules: JwtRule[] }> = [];
+  for (const { loc, rules: rs } of byLocation.values()) for (const token of tokensAt(loc, src)) found.push({ token, loc, rules: rs });
+  if (found.length === 0) return { kind: 'none', edits };
+  const refuse = (reason: JwtRefusal, why: string, issuer?: string): JwtOutcome => ({
+    kind: 'refused', reason, status: reason === 'audience-not-allowed' ? 403 : 401, message: ENVOY_STATUS[reason],
+    detail: `${why}`, ...(issuer !== undefined ? { issuer } : {}),
+  });
+  // The same token in two places is one token; two different ones are refused, whichever would verify.
+  if (new Set(found.map((f) => f.token)).size > 1) return refuse('multiple-tokens', `${found.length} tokens (${[...new Set(found.map((f) => f.loc.id))].join(', ')})`);
+  const { token, loc } = found[0]!;
+  // Every rule reading any of the places it came from may verify it.
+  const candidates = [...new Set(found.flatMap((f) => f.rules))];
+  const r = checkToken(token, candidates, Math.floor(nowMs / 1000));
+  if (!r.ok) return refuse(r.reason, `${r.why} (token from ${loc.id})`, r.issuer);
+  const rule = r.rule!;
+  if (!rule.forwardOriginalToken) for (const f of found) if (f.loc.header) edits.remove.push(f.loc.header.name);
+  if (rule.outputPayloadToHeader) edits.set.push({ name: rule.outputPayloadToHeader.toLowerCase(), value: r.payloadPart });
+  for (const c of rule.outputClaimToHeaders ?? []) {
+    const v = claimHeaderValue(r.auth.claims, c.claim);
+    if (v !== undefined && FIELD_VALUE_OK.test(v)) edits.set.push({ name: c.header.toLowerCase(), value: v });
+  }
+  return { kind: 'verified', auth: r.auth, issuer: r.issuer!, edits };
+}
+
+/**
+ * A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is not checked: Istio
+ * configures Envoy's jwt_authn with bypass_cors_preflight (pilot authn builder), since a browser
+ * sends no credentials on a preflight.
+ */
+function isCorsPreflight(src: TokenSources): boolean {
+  const one = (n: string): string | undefined => valuesOf(src.headers[n])[0];
+  return src.method === 'OPTIONS' && !!one('origin') && !!one('access-control-request-method');
+}
+
+/** Envoy's response code details for a refusal: `jwt_authn_access_denied{<status, spaces as _>}`. */
+export function refusalDetails(message: string): string {
+  return `jwt_authn_access_denied{${message.replace(/\s/g, '_')}}`;
+}

@@ -1,0 +1,234 @@
+// What one remote cluster may add to this cluster's config (each imported Service becomes VIPs and
+// endpoints in every agent's config), attacker side: a per-remote import quota cut deterministically
+// (a remote past it costs only itself, counted and named), and the other ways an export could
+// amplify or take over: many ports, duplicates, cluster-local Services, very many waypoints,
+// names Kubernetes would refuse. Istio has no import quota (it trusts a remote secret's cluster
+// fully); where it defines a behaviour (cluster-local hosts) the test cites it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Registry } from 'prom-client';
+import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportServices, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
+import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
+import { parseControllerArgs, UsageError } from '../../controller/src/main.ts';
+import { controllerArgs } from '../../cli/install/controller.ts';
+import { resolveInstallOptions } from '../../cli/install/options.ts';
+import { InstallOptionError } from '../../cli/install/errors.ts';
+import { silentLogger } from '../../lib/log.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+const ep = (ip: string, extra: Partial<Endpoint> = {}): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '10.78.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: id('demo', 'echo'), ready: true, ...extra });
+const svc = (name: string, endpoints: Endpoint[], extra: Partial<Service> = {}): Service => {
+  const namespace = extra.namespace ?? 'demo';
+  return { name, namespace, hostname: `${name}.${namespace}.svc.cluster.local`, vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints, ...extra };
+};
+const gw = (n: number) => ({ network: `network${n}`, address: `192.168.77.${n}`, port: 15008, spiffeId: id('weft-system', 'weft-eastwest') });
+/** The n-th address of a /16 starting at `base` (e.g. 10.97). */
+const addr = (base: string, n: number) => `${base}.${(n >> 8) & 255}.${n & 255}`;
+
+function model(services: Service[]): MeshModel {
+  return { ...emptyMeshModel(), services: new Map(services.map((s) => [`${s.namespace}/${s.name}`, s])) };
+}
+
+/** A federation taking cluster2's and cluster3's exports as pushed (as the remote-secret watches do), with its log lines and metrics. */
+function pushed(t: { after(fn: () => unknown): void }, extra: Partial<FederationOptions> = {}) {
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const registry = new Registry();
+  const fed = new Federation({
+    cluster: 'cluster1', network: 'network1',
+    remotes: [2, 3].map((n) => ({ name: `cluster${n}`, url: `https://cluster${n}.example:6443 (Secret weft-system/remote-cluster${n})`, pushed: true })),
+    tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, staleAfterMs: 60_000, registry,
+    log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }) },
+    ...extra,
+  });
+  t.after(() => fed.stop());
+  const push = (n: number, services: Service[], more: Partial<ClusterExport> = {}) => fed.report(`cluster${n}`, { export: JSON.stringify({ cluster: `cluster${n}`, network: `network${n}`, gateway: gw(n), services, ...more }) });
+  const status = (n: number) => fed.status().find((s) => s.cluster === `cluster${n}`)!;
+  return { fed, lines, push, status, metrics: () => registry.metrics() };
+}
+
+test('a remote past its import quota costs only itself: the Services that fit in namespace/name order are imported, the rest refused, each counted (reason quota) and named in /debug/federation and the log; the other remote\'s Services all import; the cut import stays through a failed read', async (t) => {
+  const { fed, lines, push, status, metrics } = pushed(t, { importQuota: { maxServices: 3, maxEndpoints: 4 } });
+  const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  // cluster2: six Services in scrambled order; `a-big` (3 endpoints) would pass the endpoint bound
+  // after `a-0` and `a-1`, so it is left out and the next that fits is taken.
+  const names = ['e', 'a-1', 'd', 'a-big', 'a-0', 'c'];
+  const c2 = names.map((name, i) => svc(name, name === 'a-big' ? [ep('10.78.9.1'), ep('10.78.9.2'), ep('10.78.9.3')] : [ep(addr('10.78', i + 1))], { vips: [addr('10.97', i + 1)] }));
+  push(2, c2);
+  push(3, [svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' })]), svc('only-c3', [ep('10.79.1.2', { nodeIp: '10.79.0.1' })], { vips: ['10.98.0.2'] })]);
+  const merged = fed.merge(local);
+  const from = (c: string) => [...merged.services.values()].filter((s) => s.endpoints.some((e) => e.cluster === c)).map((s) => s.name).sort();
+  assert.deepEqual(from('cluster2'), ['a-0', 'a-1', 'c'], 'in namespace/name order: a-0, a-1, (a-big does not fit the endpoints), c; then the Service bound is reached');
+  assert.deepEqual(from('cluster3'), ['echo', 'only-c3'], 'the other remote is unaffected');
+  assert.deepEqual(merged.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.79.1.1'], 'the local Service keeps its endpoints and takes cluster3\'s');
+  // Named: each refused Service, why, and the totals.
+  const s2 = status(2);
+  assert.deepEqual(Object.keys(s2.refusedServices ?? {}).sort(), ['demo/a-big', 'demo/d', 'demo/e']);
+  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: cluster cluster2 exports 6 Services with 8 endpoints, past this cluster's import quota of 3 Services and 4 endpoints per remote cluster \(--remote-max-services, --remote-max-endpoints\); taken in namespace\/name order, the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
+  assert.equal(s2.quota?.refused, 3);
+  assert.equal(s2.up, true, 'the remote stays up');
+  assert.equal(s2.lastError, undefined, 'its read did not fail');
+  assert.equal(s2.endpoints, 3, 'what is imported');
+  assert.equal(status(3).refusedServices, undefined);
+  assert.equal(status(3).quota, undefined);
+  // Counted, each Service once per cut.
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m);
+  assert.doesNotMatch(await metrics(), /weft_federation_import_refused_total\{cluster="cluster3"/);
+  assert.match(await metrics(), /^weft_federation_remote_endpoints\{cluster="cluster2"\} 3$/m);
+  const logged = lines.filter((l) => l.fields.reason === 'quota');
+  assert.equal(logged.length, 1);
+  assert.deepEqual([logged[0]!.fields.cluster, logged[0]!.fields.refused, logged[0]!.fields.maxServices], ['cluster2', 3, 3]);
+  // The same export again is not a new refusal.
+  push(2, c2);
+  fed.merge(local);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 3$/m);
+  // A failed read keeps the last import (cut as it was) until the stale bound.
+  fed.report('cluster2', { error: 'watch failed' });
+  assert.deepEqual([...fed.merge(local).services.keys()].filter((k) => /^demo\/(a-.*|c|d|e)$/.test(k)).sort(), ['demo/a-0', 'demo/a-1', 'demo/c']);
+  // Back within the quota: everything imports, nothing is named.
+  push(2, c2.slice(0, 3).filter((s) => s.name !== 'a-big'));
+  assert.ok(fed.merge(local).services.has('demo/e'));
+  assert.equal(status(2).refusedServices, undefined);
+  assert.equal(status(2).quota, undefined);
+});
+
+test('the default import quota is generous for a real cluster and holds against a remote exporting many more: 5,000 Services of 6,000, the work done only for those', (t) => {
+  assert.deepEqual(DEFAULT_IMPORT_QUOTA, { maxServices: 5_000, maxEndpoints: 50_000 });
+  const { fed, push, status } = pushed(t);
+  const N = 6_000;
+  push(2, Array.from({ length: N }, (_, i) => svc(`s-${String(i).padStart(5, '0')}`, [ep(addr('10.78', i))], { vips: [addr('10.97', i)] })));
+  const merged = fed.merge(model([]));
+  assert.equal(merged.services.size, 5_000);
+  assert.ok(merged.services.has('demo/s-04999') && !merged.services.has('demo/s-05000'));
+  assert.equal(status(2).quota?.refused, 1_000);
+  assert.equal(Object.keys(status(2).refusedServices!).length, 100, 'the first 100 named one by one, all counted in the message');
+  assert.match(status(2).quota!.message, /the 1000 that did not fit are not imported: demo\/s-05000, .*, and 992 more$/);
+});
+
+// Every VIP and port of an imported Service is a destination in every agent's weft_dests (65,536
+// entries in all, WEFT_MAX_DESTS), and Kubernetes' EndpointSlices carry at most 100 ports.
+test('a remote Service with more than 100 ports, or an endpoint mapping more, is refused (invalid, the field path named) and costs only itself: one Service of 8 VIPs x 10,000 ports would have filled every agent\'s destination map', async (t) => {
+  const { fed, push, status, metrics } = pushed(t);
+  const many = Array.from({ length: 10_000 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const vips = Array.from({ length: 8 }, (_, i) => `10.97.1.${i + 1}`);
+  push(2, [
+    svc('many-ports', [ep('10.78.1.1')], { vips, ports: many }),
+    svc('many-endpoint-ports', [ep('10.78.1.2', { ports: Object.fromEntries(many.map((p) => [String(p.port), p.port])) })], { vips: ['10.97.2.1'] }),
+    svc('fine', [ep('10.78.1.3')], { vips: ['10.97.3.1'], ports: many.slice(0, MAX_SERVICE_PORTS) }),
+  ]);
+  const merged = fed.merge(model([]));
+  assert.deepEqual([...merged.services.keys()], ['demo/fine']);
+  assert.equal(merged.services.get('demo/fine')!.ports.length, 100, 'a Service of 100 ports is imported');
+  const refused = status(2).refusedServices!;
+  assert.match(refused['demo/many-ports']!, /services\[0\]\.ports: has 10000 ports, more than the 100 a Service may have here/);
+  assert.match(refused['demo/many-endpoint-ports']!, /services\[1\]\.endpoints\[0\]\.ports: maps more than the 100 ports/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="invalid"\} 2$/m);
+});
+
+// Istio: the hosts of kube-system and kubernetes.default.svc are cluster-local by default
+// (pilot/pkg/model cluster_local.go defaultClusterLocalNamespaces / defaultClusterLocalServices;
+// https://istio.io/latest/docs/ops/configuration/traffic-management/multicluster/ "Keeping traffic
+// in-cluster"): a remote must not add endpoints to this cluster's DNS or API server.
+test('a remote cannot add endpoints to this cluster\'s kube-system Services or default/kubernetes (Istio\'s default cluster-local hosts): refused (cluster-local), counted and named; the local Services are untouched; they are not exported', async (t) => {
+  const { fed, lines, push, status, metrics } = pushed(t);
+  const dns = svc('kube-dns', [ep('10.77.0.53', { enrolled: false, spiffeId: undefined })], { namespace: 'kube-system', vips: ['10.96.0.53'] });
+  const api = svc('kubernetes', [ep('10.77.0.2', { enrolled: false, spiffeId: undefined, nodeIp: '10.77.0.2' })], { namespace: 'default', vips: ['10.96.0.1'] });
+  const local = model([dns, api, svc('echo', [ep('10.77.1.1')])]);
+  push(2, [
+    svc('kube-dns', [ep('10.78.6.6')], { namespace: 'kube-system', vips: ['10.97.0.53'] }),
+    svc('kubernetes', [ep('10.78.6.7')], { namespace: 'default', vips: ['10.97.0.1'] }),
+    svc('metrics-server', [ep('10.78.6.8')], { namespace: 'kube-system', vips: ['10.97.0.54'] }),
+    svc('echo', [ep('10.78.1.1')]),
+  ]);
+  const merged = fed.merge(local);
+  assert.deepEqual(merged.services.get('kube-system/kube-dns'), dns);
+  assert.deepEqual(merged.services.get('default/kubernetes'), api);
+  assert.equal(merged.services.has('kube-system/metrics-server'), false);
+  assert.equal(merged.services.get('demo/echo')!.endpoints.length, 2, 'the rest of the export is imported');
+  const refused = status(2).refusedServices!;
+  assert.deepEqual(Object.keys(refused).sort(), ['default/kubernetes', 'kube-system/kube-dns', 'kube-system/metrics-server']);
+  assert.match(refused['kube-system/kube-dns']!, /not imported: it is cluster-local/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="cluster-local"\} 3$/m);
+  assert.ok(lines.some((l) => l.fields.service === 'default/kubernetes' && l.fields.reason === 'cluster-local'));
+  // This cluster does not export them either (its gateway then admits no kube-system pod).
+  assert.deepEqual(exportServices(local.services.values()).map((s) => s.name), ['echo']);
+  assert.deepEqual(fed.export().services.map((s) => s.name), ['echo']);
+});
+
+test('a remote cannot list a Service or an endpoint twice to take a larger share of a Service\'s traffic: a repeated endpoint address is left out (endpoints, named), the second entry of a Service refused (invalid, both places named)', async (t) => {
+  const { fed, push, status, metrics } = pushed(t);
+  const local = model([svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  push(2, [svc('echo', [ep('10.78.1.1'), ep('10.78.1.1'), ep('10.78.1.1'), ep('10.78.1.2')])]);
+  const echo = fed.merge(local).services.get('demo/echo')!;
+  assert.deepEqual(echo.endpoints.map((e) => `${e.ip}@${e.cluster ?? 'here'}`), ['10.77.1.1@here', '10.78.1.1@cluster2', '10.78.1.2@cluster2']);
+  assert.match(status(2).refusedServices!['demo/echo']!, /2 of its 4 endpoints not imported: 10\.78\.1\.1: listed more than once; 10\.78\.1\.1: listed more than once$/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="endpoints"\} 1$/m);
+  // The same Service twice: the first entry is imported, the second adds nothing.
+  push(3, [svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' })]), svc('echo', [ep('10.79.1.1', { nodeIp: '10.79.0.1' }), ep('10.79.1.2', { nodeIp: '10.79.0.1' })])]);
+  assert.deepEqual(fed.merge(local).services.get('demo/echo')!.endpoints.map((e) => `${e.ip}@${e.cluster ?? 'here'}`), ['10.77.1.1@here', '10.78.1.1@cluster2', '10.78.1.2@cluster2', '10.79.1.1@cluster3']);
+  assert.match(status(3).refusedServices!['demo/echo']!, /not imported: its entry is malformed \(federation export: services\[1\]: demo\/echo is listed already \(services\[0\]\)\)$/);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster3",reason="invalid"\} 1$/m);
+});
+
+test('a remote Service or namespace name Kubernetes would refuse (too long, a slash) costs only that entry (invalid, the field named)', () => {
+  const long = 'a'.repeat(200);
+  const parsed = parseClusterExport(JSON.parse(JSON.stringify({
+    cluster: 'cluster2', network: 'network2', services: [
+      svc(long, [ep('10.78.1.1')], { vips: ['10.97.0.1'] }),
+      { ...svc('x', [ep('10.78.1.2')], { vips: ['10.97.0.2'] }), namespace: 'demo/echo', hostname: 'x.demo/echo.svc.cluster.local' },
+      svc('fine', [ep('10.78.1.3')], { vips: ['10.97.0.3'] }),
+    ],
+  })));
+  assert.match(parsed.services[0]!.invalid ?? '', /services\[0\]\.name: "a{80}" is not a Kubernetes name/);
+  assert.match(parsed.services[1]!.invalid ?? '', /services\[1\]\.namespace: "demo\/echo" is not a Kubernetes namespace/);
+  assert.equal(parsed.services[2]!.invalid, undefined);
+  const { services } = mergeRemoteServices({ services: [] }, { network: 'network2' }, [parsed]);
+  assert.deepEqual([...services.keys()], ['demo/fine']);
+});
+
+// A remote's waypoints were looked up by a scan of its list for each Service behind one, at every
+// compile: 5,000 Services and 20,000 waypoints took 2.3 s of the controller's one thread.
+test('an importer keeps of a remote\'s waypoints only those its imported Services go through (the first entry of each name), and looks each up by name', () => {
+  const W = 20_000;
+  const waypoints = Array.from({ length: W }, (_, i) => ({ name: `w${i}`, namespace: 'demo', address: addr('10.90', i), port: 15008, spiffeId: id('demo', 'w'), ready: true }));
+  const services = Array.from({ length: 50 }, (_, i) => svc(`s${i}`, [], { vips: [addr('10.97', i)], waypoint: { name: `w${W - 1 - (i % 2)}`, namespace: 'demo' } }));
+  const text = JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: gw(2), services, waypoints: [...waypoints, { ...waypoints[W - 1]!, address: '10.91.0.1' }] });
+  const parsed = parseClusterExport(JSON.parse(text), { quota: DEFAULT_IMPORT_QUOTA });
+  assert.equal(parsed.waypoints!.length, 2, 'the two its Services name');
+  assert.deepEqual(parsed.waypoints!.map((w) => [w.name, w.address]), [[`w${W - 2}`, addr('10.90', W - 2)], [`w${W - 1}`, addr('10.90', W - 1)]]);
+  const { services: merged, waypoints: imported } = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]);
+  assert.equal(merged.size, 50);
+  assert.deepEqual([...imported.keys()].sort(), [`cluster2/demo/w${W - 2}`, `cluster2/demo/w${W - 1}`]);
+  // Without a quota (a cluster's own gateway reading its controller's export) every entry is kept.
+  assert.equal(parseClusterExport(JSON.parse(text)).waypoints!.length, W + 1);
+});
+
+test('the import quota is set by the controller\'s flags and the install options beside the other multi-cluster ones', () => {
+  assert.deepEqual(
+    [parseControllerArgs(['--kube', '--remote-max-services', '200', '--remote-max-endpoints', '3000']).remoteMaxServices, parseControllerArgs(['--kube', '--remote-max-endpoints', '3000']).remoteMaxEndpoints],
+    [200, 3000],
+  );
+  for (const bad of ['0', '1.5', 'many', '1e3']) assert.throws(() => parseControllerArgs(['--kube', '--remote-max-services', bad]), (e: Error) => e instanceof UsageError && /--remote-max-services: .* is not a whole number of at least 1/.test(e.message));
+  const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', clusterId: 'c1' };
+  const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, remoteMaxServices: 200, remoteMaxEndpoints: 3000 })));
+  assert.deepEqual([parsed.remoteMaxServices, parsed.remoteMaxEndpoints, parsed.remoteSecrets], [200, 3000, true]);
+  const defaults = parseControllerArgs(controllerArgs(resolveInstallOptions(OK)));
+  assert.deepEqual([defaults.remoteMaxServices, defaults.remoteMaxEndpoints], [undefined, undefined], 'the controller\'s defaults');
+  assert.throws(() => resolveInstallOptions({ ...OK, remoteMaxServices: 0 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-services 0 is not a whole number/.test(e.message));
+  assert.throws(() => resolveInstallOptions({ image: OK.image, trustDomain: OK.trustDomain, remoteMaxEndpoints: 10 }), (e: Error) => e instanceof InstallOptionError && /--remote-max-endpoints is for a multi-cluster mesh/.test(e.message));
+});
+
+// A port record keyed by port numbers is an array in V8 as long as its largest port below 1024:
+// 50,000 endpoints of {"1000": …} each held 2.5 KB (150 MB for one remote within its quota), where
+// the compile shares one record per mapping (compileService).
+test('a remote\'s endpoints that map their ports alike share one port record, as the compile\'s do', () => {
+  const eps = Array.from({ length: 2_000 }, (_, i) => ep(addr('10.78', i), { ports: { '1000': 8080 } }));
+  const parsed = parseClusterExport(JSON.parse(JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: gw(2), services: [svc('big', eps, { vips: ['10.97.0.1'], ports: [{ name: 'p', port: 1000, targetPort: 8080, protocol: 'TCP', appProtocol: 'tcp' }] }), svc('other', [ep('10.78.99.1', { ports: { '1000': 8080 } }), ep('10.78.99.2', { ports: { '1000': 9090 } })], { vips: ['10.97.0.2'] })] })), { quota: DEFAULT_IMPORT_QUOTA });
+  const records = new Set(parsed.services.flatMap((s) => s.endpoints.map((e) => e.ports)));
+  assert.equal(records.size, 2, 'one record per mapping');
+  assert.deepEqual([...records], [{ '1000': 8080 }, { '1000': 9090 }]);
+  const merged = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]).services.get('demo/big')!;
+  assert.equal(merged.endpoints[0]!.ports, merged.endpoints[1_999]!.ports, 'still shared once imported');
+});

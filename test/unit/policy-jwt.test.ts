@@ -1,0 +1,207 @@
+// RequestAuthentication token checks (lib/policy/jwt.ts), each way, against Istio's reference
+// (https://istio.io/latest/docs/reference/config/security/request_authentication/) and Envoy's
+// jwt_authn (statuses and codes of jwt_verify_lib): what passes, what is refused and why, and the
+// attacker's tokens (forged, alg none, key confusion, a kid not in the JWKS, two tokens, oversized).
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { JWT_CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES, authenticateRequest, parseJwks, type JwtRule, type TokenSources } from '../../lib/policy/jwt.ts';
+import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, tamper, testKey, unsignedToken } from './jwt-fixtures.ts';
+
+const ISS = 'https://issuer.example';
+const rsa = testKey('rsa', 'rsa-1');
+const ec = testKey('ec256', 'ec-1');
+const ec384 = testKey('ec384', 'ec-2');
+const ed = testKey('ed25519', 'ed-1');
+const stranger = testKey('rsa', 'rsa-1');
+const rule: JwtRule = { issuer: ISS, jwks: jwksOf(rsa, ec, ec384, ed) };
+const claims = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ iss: ISS, sub: 'alice', exp: nowSeconds() + 300, ...extra });
+const bearer = (token: string, extra: TokenSources['headers'] = {}): TokenSources => ({ headers: { authorization: `Bearer ${token}`, ...extra }, query: '' });
+
+function refused(rules: JwtRule[], src: TokenSources, reason: string, status = 401): void {
+  const out = authenticateRequest(rules, src);
+  assert.equal(out.kind, 'refused', JSON.stringify(out));
+  if (out.kind !== 'refused') return;
+  assert.equal(out.reason, reason, out.detail);
+  assert.equal(out.status, status);
+}
+
+describe('RequestAuthentication: tokens that pass (istio.io request_authentication)', () => {
+  it('verifies RS256, ES256, ES384 and EdDSA (node:crypto JWK import) and names the request principal iss/sub', () => {
+    for (const k of [rsa, ec, ec384, ed]) {
+      const out = authenticateRequest([rule], bearer(signToken(k, claims())));
+      assert.equal(out.kind, 'verified', `${k.alg}: ${JSON.stringify(out)}`);
+      if (out.kind === 'verified') assert.equal(out.auth.principal, `${ISS}/alice`);
+    }
+  });
+
+  it('verifies RS384, RS512 and PS256 with the RSA key', () => {
+    for (const alg of ['RS384', 'RS512', 'PS256', 'PS384']) assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims(), { alg }))).kind, 'verified', alg);
+  });
+
+  it('admits a request without a token, with no request principal (an AuthorizationPolicy must require one)', () => {
+    const out = authenticateRequest([rule], { headers: {}, query: '' });
+    assert.equal(out.kind, 'none');
+    assert.equal(authenticateRequest([rule], { headers: { authorization: 'Basic dXNlcjpwdw==' }, query: '' }).kind, 'none', 'another scheme in Authorization is no token');
+  });
+
+  it('reads the default locations: Authorization Bearer, then the access_token query parameter', () => {
+    const t = signToken(rsa, claims());
+    assert.equal(authenticateRequest([rule], { headers: {}, query: `a=1&access_token=${t}` }).kind, 'verified');
+  });
+
+  it('reads fromHeaders (with prefix), fromParams and fromCookies, and only those when set', () => {
+    const t = signToken(rsa, claims());
+    const custom: JwtRule = { ...rule, fromHeaders: [{ name: 'x-jwt', prefix: 'Token ' }], fromParams: ['jwt'], fromCookies: ['session'] };
+    assert.equal(authenticateRequest([custom], { headers: { 'x-jwt': `Token ${t}` }, query: '' }).kind, 'verified');
+    assert.equal(authenticateRequest([custom], { headers: {}, query: `jwt=${t}` }).kind, 'verified');
+    assert.equal(authenticateRequest([custom], { headers: { cookie: `a=b; session=${t}` }, query: '' }).kind, 'verified');
+    assert.equal(authenticateRequest([custom], bearer(t)).kind, 'none', 'Authorization is not read once fromHeaders is set');
+  });
+
+  it('accepts an audience from the list (aud as a string or a list), and any audience when audiences is empty', () => {
+    const aud: JwtRule = { ...rule, audiences: ['shop', 'books'] };
+    assert.equal(authenticateRequest([aud], bearer(signToken(rsa, claims({ aud: 'books' })))).kind, 'verified');
+    const out = authenticateRequest([aud], bearer(signToken(rsa, claims({ aud: ['web', 'shop'], azp: 'front' }))));
+    assert.equal(out.kind, 'verified');
+    if (out.kind === 'verified') { assert.deepEqual(out.auth.audiences, ['web', 'shop']); assert.equal(out.auth.presenter, 'front'); }
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ aud: 'anything' })))).kind, 'verified');
+  });
+
+  it('allows Envoy\'s 60 s clock skew on exp and nbf', () => {
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ exp: nowSeconds() - JWT_CLOCK_SKEW_SECONDS + 5 })))).kind, 'verified');
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ nbf: nowSeconds() + JWT_CLOCK_SKEW_SECONDS - 5 })))).kind, 'verified');
+  });
+
+  it('removes the token header unless forwardOriginalToken, writes outputPayloadToHeader and outputClaimToHeaders', () => {
+    const t = signToken(rsa, claims({ groups: ['a', 'b'], org: { team: 'blue' } }));
+    const out = authenticateRequest([{ ...rule, outputPayloadToHeader: 'x-jwt-payload', outputClaimToHeaders: [{ header: 'x-groups', claim: 'groups' }, { header: 'x-team', claim: 'org.team' }, { header: 'x-none', claim: 'missing' }] }], bearer(t));
+    assert.equal(out.kind, 'verified');
+    if (out.kind !== 'verified') return;
+    assert.ok(out.edits.remove.includes('authorization'));
+    assert.deepEqual(out.edits.set, [{ name: 'x-jwt-payload', value: t.split('.')[1] }, { name: 'x-groups', value: 'a,b' }, { name: 'x-team', value: 'blue' }]);
+    const kept = authenticateRequest([{ ...rule, forwardOriginalToken: true }], bearer(t));
+    assert.ok(kept.kind === 'verified' && !kept.edits.remove.includes('authorization'));
+  });
+
+  it('tries every rule of the token\'s issuer (two RequestAuthentications for one issuer merge)', () => {
+    const other: JwtRule = { issuer: ISS, jwks: jwksOf(testKey('rsa', 'rsa-9')) };
+    assert.equal(authenticateRequest([other, rule], bearer(signToken(rsa, claims()))).kind, 'verified');
+  });
+});
+
+describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\'s status) and say why', () => {
+  it('a lower-case "bearer" scheme (RFC 9110 11.1: case-insensitive) is read, so a forged token there is refused, not passed on unchecked', () => {
+    refused([rule], { headers: { authorization: `bearer ${signToken(stranger, claims())}` }, query: '' }, 'bad-signature');
+    assert.equal(authenticateRequest([rule], { headers: { authorization: `BEARER ${signToken(rsa, claims())}` }, query: '' }).kind, 'verified');
+  });
+
+  it('a forged signature: a key of the same kid not in the JWKS, and a payload changed after signing', () => {
+    refused([rule], bearer(signToken(stranger, claims())), 'bad-signature');
+    refused([rule], bearer(tamper(signToken(rsa, claims()), claims({ sub: 'admin' }))), 'bad-signature');
+  });
+
+  it('alg none (RFC 7519 section 6) is refused, also with an empty or dropped signature', () => {
+    refused([rule], bearer(unsignedToken(claims())), 'unsupported-alg');
+    refused([rule], bearer(unsignedToken(claims()).slice(0, -1)), 'malformed');
+  });
+
+  it('key confusion: HS256 keyed with the issuer\'s RSA public key is refused (no HMAC algorithm at all)', () => {
+    refused([rule], bearer(hs256WithPublicKey(rsa, claims())), 'unsupported-alg');
+  });
+
+  it('an algorithm the key does not fit: ES256 signed by an RSA kid, RS256 under an EC kid', () => {
+    refused([rule], bearer(signToken(ec, claims(), { kid: 'rsa-1' })), 'unknown-kid');
+    refused([rule], bearer(signToken(rsa, claims(), { alg: 'RS256', kid: 'ec-1' })), 'unknown-kid');
+  });
+
+  it('a kid not in the JWKS', () => {
+    refused([rule], bearer(signToken(rsa, claims(), { kid: 'rotated-away' })), 'unknown-kid');
+  });
+
+  it('expired exp and future nbf beyond the 60 s skew', () => {
+    refused([rule], bearer(signToken(rsa, claims({ exp: nowSeconds() - JWT_CLOCK_SKEW_SECONDS - 5 }))), 'expired');
+    refused([rule], bearer(signToken(rsa, claims({ nbf: nowSeconds() + JWT_CLOCK_SKEW_SECONDS + 30 }))), 'not-yet-valid');
+  });
+
+  it('a wrong issuer, or none: "Jwt issuer is not configured"', () => {
+    refused([rule], bearer(signToken(rsa, claims({ iss: 'https://evil.example' }))), 'unknown-issuer');
+    const { iss: _i, ...noIss } = claims();
+    refused([rule], bearer(signToken(rsa, noIss)), 'unknown-issuer');
+  });
+
+  it('a token of an issuer whose rule reads another location is not verified by it', () => {
+    const other: JwtRule = { issuer: 'https://other.example', jwks: jwksOf(rsa), fromHeaders: [{ name: 'x-other' }] };
+    refused([rule, other], bearer(signToken(rsa, claims({ iss: 'https://other.example' }))), 'unknown-issuer');
+  });
+
+  it('a wrong audience: 403, as Envoy answers JwtAudienceNotAllowed', () => {
+    refused([{ ...rule, audiences: ['shop'] }], bearer(signToken(rsa, claims({ aud: ['web'] }))), 'audience-not-allowed', 403);
+    refused([{ ...rule, audiences: ['shop'] }], bearer(signToken(rsa, claims())), 'audience-not-allowed', 403);
+  });
+
+  it('two different tokens (header and query, or two Authorization lines) are refused: Found multiple Jwt tokens; the same token twice is one', () => {
+    const good = signToken(rsa, claims());
+    const forged = signToken(stranger, claims({ sub: 'admin' }));
+    refused([rule], { headers: { authorization: `Bearer ${good}` }, query: `access_token=${forged}` }, 'multiple-tokens');
+    refused([rule], { headers: { authorization: [`Bearer ${forged}`, `Bearer ${good}`] }, query: '' }, 'multiple-tokens');
+    refused([rule], { headers: { authorization: [`Bearer ${good}`, `Bearer ${signToken(rsa, claims({ sub: 'bob' }))}`] }, query: '' }, 'multiple-tokens');
+    const same = authenticateRequest([rule], { headers: { authorization: `Bearer ${good}` }, query: `access_token=${good}` });
+    assert.equal(same.kind, 'verified');
+    refused([rule], { headers: { authorization: `Bearer ${forged}` }, query: `access_token=${forged}` }, 'bad-signature');
+  });
+
+  it('a CORS preflight is not checked (Istio: Envoy bypass_cors_preflight), but callers\' output headers are still dropped', () => {
+    const r: JwtRule = { ...rule, outputPayloadToHeader: 'x-jwt-payload' };
+    const pre = authenticateRequest([r], { headers: { authorization: `Bearer ${signToken(stranger, claims())}`, origin: 'https://a.example', 'access-control-request-method': 'POST', 'x-jwt-payload': 'forged' }, query: '', method: 'OPTIONS' });
+    assert.equal(pre.kind, 'none');
+    assert.deepEqual(pre.kind === 'none' && pre.edits.remove, ['x-jwt-payload']);
+    refused([r], { headers: { authorization: `Bearer ${signToken(stranger, claims())}`, origin: 'https://a.example' }, query: '', method: 'OPTIONS' }, 'bad-signature');
+  });
+
+  it('an oversized token is refused unparsed', () => {
+    refused([rule], bearer(signToken(rsa, claims({ pad: 'x'.repeat(MAX_TOKEN_BYTES) }))), 'too-large');
+  });
+
+  it('malformed: two parts, bad base64url, a payload that is not a JSON object', () => {
+    refused([rule], bearer('abc.def'), 'malformed');
+    refused([rule], bearer('a*c.def.ghi'), 'malformed');
+    refused([rule], bearer(`${Buffer.from('{"alg":"RS256"}').toString('base64url')}.${Buffer.from('[1,2]').toString('base64url')}.AA`), 'malformed');
+  });
+
+  it('registered claims of the wrong type: exp as a string, sub as a number, aud as a list of numbers', () => {
+    refused([rule], bearer(signToken(rsa, claims({ exp: 'never' }))), 'bad-claim');
+    refused([rule], bearer(signToken(rsa, claims({ sub: 7 }))), 'bad-claim');
+    refused([rule], bearer(signToken(rsa, claims({ aud: [1] }))), 'bad-claim');
+  });
+
+  it('clears callers\' copies of the output headers on every request, token or not', () => {
+    const out = authenticateRequest([{ ...rule, outputPayloadToHeader: 'x-jwt-payload', outputClaimToHeaders: [{ header: 'X-User', claim: 'sub' }] }], { headers: { 'x-jwt-payload': 'forged', 'x-user': 'admin' }, query: '' });
+    assert.equal(out.kind, 'none');
+    if (out.kind === 'none') assert.deepEqual(out.edits.remove.sort(), ['x-jwt-payload', 'x-user']);
+  });
+
+  it('a claim with a CR or LF is not copied into a header', () => {
+    const out = authenticateRequest([{ ...rule, outputClaimToHeaders: [{ header: 'x-user', claim: 'name' }] }], bearer(signToken(rsa, claims({ name: 'a\r\nx-admin: 1' }))));
+    assert.ok(out.kind === 'verified');
+    assert.deepEqual(out.edits.set, []);
+  });
+});
+
+describe('RequestAuthentication: JWKS', () => {
+  it('parses RSA, EC and OKP public keys; refuses symmetric keys, private keys, and a document without keys, naming the key', () => {
+    assert.equal(parseJwks(jwksOf(rsa, ec, ed)).length, 3);
+    assert.throws(() => parseJwks(JSON.stringify({ keys: [{ kty: 'oct', k: 'c2VjcmV0' }] })), /keys\[0\]: symmetric \(oct\) keys are not accepted/);
+    assert.throws(() => parseJwks(JSON.stringify({ keys: [rsa.privateKey.export({ format: 'jwk' })] })), /keys\[0\] holds a private key/);
+    assert.throws(() => parseJwks('{"keys": []}'), /has no signing key/);
+    assert.throws(() => parseJwks('not json'), /is not JSON/);
+    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
+    assert.throws(() => parseJwks(JSON.stringify({ keys: [weak] })), /keys\[0\]: an RSA key of 1024 bits; at least 2048/);
+  });
+
+  it('a rule whose JWKS does not parse verifies nothing: its tokens are refused, requests without one pass', () => {
+    const broken: JwtRule = { issuer: ISS, jwks: 'oops' };
+    refused([broken], bearer(signToken(rsa, claims())), 'unknown-kid');
+    assert.equal(authenticateRequest([broken], { headers: {}, query: '' }).kind, 'none');
+  });
+});
