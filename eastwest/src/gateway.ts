@@ -14,7 +14,9 @@
 // applies the Service's routes and L7 policy (Istio ambient multi-network). A pod whose every
 // Service here goes through a waypoint is carried to only from that waypoint's identity (another
 // cluster's waypoint of the same name, namespace sameness): anyone else would step around its L7
-// policy (Istio's gateway carries callers to Services, never to a pod of their choosing). Nothing
+// policy (Istio's gateway carries callers to Services, never to a pod of their choosing). A pod of
+// another namespace than a Service listing it that has a waypoint of its own (Endpoint.waypoint)
+// is carried to only from that waypoint's identity, whatever that Service goes through. Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
@@ -80,8 +82,9 @@ export class EastWestGateway {
   #notEnrolled = new Set<string>();
   /**
    * Enrolled pod IP → the waypoints it is behind, when every Service of this cluster it serves goes
-   * through one: only those waypoints' identities are carried to it (anyone else would step around
-   * their L7 policy); callers of its Services go to the waypoint instead.
+   * through one (its own, Endpoint.waypoint, where the Service is another namespace's): only those
+   * waypoints' identities are carried to it (anyone else would step around their L7 policy);
+   * callers of its Services go to the waypoint instead.
    */
   #onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
