@@ -1,7 +1,7 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, type WaypointRef } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 
@@ -303,7 +303,7 @@ export class AgentState {
     const svc = this.servicesByVip.get(ip);
     if (svc) {
       const wp = this.waypointFor(svc.waypoint);
-      if (svc.waypoint && !wp) throw missingWaypoint(svc.waypoint, `service ${svc.namespace}/${svc.name}`);
+      if (svc.waypoint && !wp) throw missingWaypoint(svc.waypoint, `service ${svc.namespace}/${svc.name}`, svc.namespace);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`, svc);
       const sp = svc.ports.find((p) => p.port === port);
       if (!sp) throw new NoRouteError(`service ${svc.namespace}/${svc.name} has no port ${port}`);
@@ -320,7 +320,7 @@ export class AgentState {
     const wl = this.workloadsByIp.get(ip);
     if (wl) {
       const wp = this.waypointFor(wl.waypoint);
-      if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`);
+      if (wl.waypoint && !wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name}`, wl.namespace);
       if (wp && !isWaypointItself(source, wp)) return this.viaWaypoint(wp, `${ip}:${port}`);
       if (wl.node === this.node) {
         const local = this.localWorkload(ip);
@@ -342,13 +342,13 @@ export class AgentState {
    * Within one namespace a Service addressed without a waypoint goes straight to its endpoints, as
    * in ztunnel (a Service-addressed connection never takes a workload's waypoint); but a Service of
    * namespace A must not be a way around namespace B's waypoint, which A's owner cannot opt out of.
+   * The controller marks such an endpoint with the pod's waypoint (Endpoint.waypoint); another
+   * cluster's endpoint is never marked (an importer leaves a marked one out).
    */
   private foreignWaypoint(svc: Service, e: Endpoint, source: Workload): Waypoint | undefined {
-    if (e.cluster !== undefined) return undefined;
-    const wl = this.workloadsByIp.get(e.ip);
-    if (!wl || wl.namespace === svc.namespace || !wl.waypoint) return undefined;
-    const wp = this.waypointFor(wl.waypoint);
-    if (!wp) throw missingWaypoint(wl.waypoint, `workload ${wl.namespace}/${wl.name} (an endpoint of service ${svc.namespace}/${svc.name})`);
+    if (e.cluster !== undefined || !e.waypoint) return undefined;
+    const wp = this.waypointFor(e.waypoint);
+    if (!wp) throw missingWaypoint(e.waypoint, `workload ${e.workload ? `${e.workload.namespace}/${e.workload.workloadName}` : e.ip} (an endpoint of service ${svc.namespace}/${svc.name})`, e.workload?.namespace ?? '(unknown)');
     return isWaypointItself(source, wp) ? undefined : wp;
   }
 
@@ -490,8 +490,8 @@ export function orderByLocality<T extends { endpoint: Endpoint }>(policy: Locali
  * A destination that must pass a waypoint that does not exist fails closed: its L7 policies hold
  * only there, so going around it would skip them.
  */
-function missingWaypoint(ref: WaypointRef, what: string): NoRouteError {
-  if (ref.refused !== undefined) return new NoRouteError(`${what} may not use waypoint ${ref.namespace}/${ref.name}: ${ref.refused}; traffic that must pass a waypoint fails closed`);
+function missingWaypoint(ref: WaypointRef, what: string, namespace: string): NoRouteError {
+  if (ref.refused !== undefined) return new NoRouteError(`${what} may not use waypoint ${ref.namespace}/${ref.name}: ${waypointRefusalText(ref, namespace)}; traffic that must pass a waypoint fails closed`);
   return new NoRouteError(`${what} uses waypoint ${ref.namespace}/${ref.name}, which does not exist; traffic that must pass it fails closed`);
 }
 

@@ -7,7 +7,7 @@
 import { Command } from 'commander';
 import { join } from 'node:path';
 import { LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
-import { policySelectsWorkload, resolveMtls, type Workload } from '../../lib/model/mesh.ts';
+import { policySelectsWorkload, resolveMtls, waypointRefusalText, type Workload } from '../../lib/model/mesh.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { compileObjects, type Compiled } from '../mesh-view.ts';
 import { readManifests } from './manifests.ts';
@@ -52,7 +52,7 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
   const setBy = w && resolveMtls(c.model.peerAuthentications.values(), w).setBy;
   const services = w ? w.services.map((s) => {
     const svc = c.model.services.get(s);
-    return { name: s, waypoint: svc?.waypoint ? `${svc.waypoint.namespace}/${svc.waypoint.name}${svc.waypoint.refused !== undefined ? ` (refused: ${svc.waypoint.refused}; traffic fails closed)` : ''}` : null };
+    return { name: s, waypoint: svc?.waypoint ? `${svc.waypoint.namespace}/${svc.waypoint.name}${svc.waypoint.refused !== undefined ? ` (refused: ${waypointRefusalText(svc.waypoint, svc.namespace)}; traffic fails closed)` : ''}` : null };
   }) : [];
   const policies: PodDescription['policies'] = [];
   if (w) {
@@ -76,7 +76,7 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
     enrolled: w?.enrolled ?? false,
     enrolledBecause,
     mtls: { mode: w?.mode ?? '-', setBy: setBy ? `PeerAuthentication ${setBy.namespace}/${setBy.name} (${setBy.scope} scope)` : 'no PeerAuthentication applies: the default' },
-    waypoint: w?.waypoint ? { name: `${w.waypoint.namespace}/${w.waypoint.name}${w.waypoint.refused !== undefined ? ` (refused: ${w.waypoint.refused}; traffic fails closed)` : c.model.waypoints.has(`${w.waypoint.namespace}/${w.waypoint.name}`) ? '' : ' (does not exist: traffic fails closed)'}`, because: wpBecause } : null,
+    waypoint: w?.waypoint ? { name: `${w.waypoint.namespace}/${w.waypoint.name}${w.waypoint.refused !== undefined ? ` (refused: ${waypointRefusalText(w.waypoint, w.namespace)}; traffic fails closed)` : c.model.waypoints.has(`${w.waypoint.namespace}/${w.waypoint.name}`) ? '' : ' (does not exist: traffic fails closed)'}`, because: wpBecause } : null,
     services,
     policies,
   };

@@ -74,6 +74,7 @@ export function compileIncrementally(
   }
   const changes: PodChange[] = [];
   const claimedUids = new Set<string>();
+  const claimedIps = new Set<string>();
   for (const key of changed) {
     if (!key.startsWith('Pod/')) continue;
     const oldUid = last.uidByPodKey.get(key);
@@ -87,6 +88,9 @@ export function compileIncrementally(
       if ((uid !== oldUid && cache.workloads.has(uid)) || claimedUids.has(uid)) return undefined;
       claimedUids.add(uid);
       if (after.base.ip && after.base.ip !== before?.base.ip && last.index.ipHolders.has(after.base.ip)) return undefined;
+      // Two pods of this change taking one address: the full compile's last-listed-wins decides.
+      if (after.base.ip && claimedIps.has(after.base.ip)) return undefined;
+      if (after.base.ip) claimedIps.add(after.base.ip);
     }
     if (before?.base.ip && (last.index.ipHolders.get(before.base.ip) ?? 0) > 1) return undefined;
     changes.push({ key, before, after });
@@ -184,8 +188,12 @@ export function compileIncrementally(
   recordDelta(model.workloads, prev.workloads, new Set([...touched, ...deleted]));
   recordDelta(model.services, prev.services, affected);
   // Findings and route verdicts depend on which Services exist, their ports and waypoints, and on
-  // waypoints: none of which a pod or an EndpointSlice changes.
-  const result: CompileResult = { model, findings: last.result.findings, routeParents: last.result.routeParents };
+  // waypoints: none of which a pod or an EndpointSlice changes; but a pod's own (its labels naming
+  // a waypoint that refuses it), which goes and comes with the pod's unit.
+  const gone = new Set(changes.map((c) => c.before?.finding).filter((f) => f !== undefined));
+  const come = changes.map((c) => c.after?.finding).filter((f) => f !== undefined);
+  const findings = gone.size === 0 && come.length === 0 ? last.result.findings : [...last.result.findings.filter((f) => !gone.has(f)), ...come];
+  const result: CompileResult = { model, findings, routeParents: last.result.routeParents };
   const next: CompileState = { ...last, result };
   cache.last = next;
   return result;

@@ -49,6 +49,7 @@ import {
   labelsMatch,
   nsName,
   resolveMtls,
+  waypointRefusalText,
   spiffeIdOf,
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
@@ -130,6 +131,8 @@ export interface WorkloadUnit {
   deps: string;
   base: Workload;
   final?: Workload;
+  /** The pod's own labels name a waypoint that refuses its namespace (AttachmentDenied). */
+  finding?: CompileFinding;
 }
 
 /** One Service's compiled form and what it was compiled from. */
@@ -139,6 +142,8 @@ export interface ServiceUnit {
   members: string[];
   /** Workload uids and pod addresses its EndpointSlices looked up. */
   refs: string[];
+  /** Its waypoint binding and where it comes from (its own labels or its namespace's), when it has one. */
+  binding?: WaypointBinding;
 }
 
 /** What workloads and services are compiled against (the rest of the inputs, already compiled). */
@@ -156,6 +161,11 @@ export interface WorkloadEnv {
   waypointObjects: ReadonlyMap<string, WaypointObject>;
   /** Cluster IP → key of the Service that holds it (vipOwnersOf), when Services claim one IP. */
   vipOwners: ReadonlyMap<string, string>;
+  /**
+   * Per namespace, the waypoint binding its own labels give (null: none), filled as asked: worked
+   * out once per compile however many pods and Services inherit it (waypointBinding).
+   */
+  namespaceBindings: Map<string, WaypointBinding | null>;
 }
 
 /** Indexes over the base workloads that Services select from. */
@@ -364,13 +374,14 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // Workloads. `services` stays empty on these base objects; memberships are added at the end.
   const vipOwners = vipOwnersOf(inputs.services);
   const waypointObjects = new Map(inputs.waypoints.map((w) => [nsName(w.metadata.namespace!, w.metadata.name), w]));
-  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners };
+  const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners, namespaceBindings: new Map() };
   const nextCache: CompileCache['workloads'] = new Map();
   const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
   const uidByPodKey = new Map<string, string>();
   for (const pod of inputs.pods) {
     const unit = workloadOf(pod, env, options.cache?.workloads);
     if (!unit) continue;
+    if (unit.finding) findings.push(unit.finding);
     nextCache.set(unit.base.uid, unit);
     uidByPodKey.set(podKey(pod), unit.base.uid);
     indexWorkload(index, unit.base, pod);
@@ -407,7 +418,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       if (!set) sliceRefs.set(r, (set = new Set()));
       set.add(key);
     }
-    const finding = serviceFinding(svc, unit.service, env, model.waypoints);
+    const finding = serviceFinding(svc, unit, model.waypoints);
     if (finding) findings.push(finding);
     findings.push(...vipFindings(svc, key, vipOwners));
     model.services.set(key, unit.service);
@@ -456,7 +467,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
         if (!svc) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'TargetNotFound', message: `Service ${target} does not exist` });
         // Istio's WaypointAccepted reason AncestorNotBound: only a waypoint enforces such a policy.
         else if (!svc.waypoint) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint (label weft.dev/use-waypoint on the Service or its namespace); a policy attached with targetRefs is enforced only by a waypoint, so nothing enforces it for this Service` });
-        else if (svc.waypoint.refused !== undefined) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${svc.waypoint.refused}; its traffic fails closed` });
+        else if (svc.waypoint.refused !== undefined) findings.push({ kind, namespace: ns, name, path: `${path}.name`, reason: 'AncestorNotBound', message: `Service ${target} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; its traffic fails closed` });
         return [target];
       }
       // The whole waypoint (Istio: a Gateway target, "all traffic enrolled to use it"): every
@@ -706,7 +717,8 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const node = pod.spec.nodeName ?? '';
   const nodeIp = env.nodeIps.get(node) ?? pod.status?.hostIP;
   const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
-  const nsWaypoint = waypointBinding(labels, ns, env)?.ref;
+  const binding = waypointBinding(labels, ns, env);
+  const nsWaypoint = binding?.ref;
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
@@ -731,7 +743,11 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
     services: [],
     ...(telemetry ? { telemetry } : {}),
   };
-  return { pod, deps, base: w };
+  // A refusal the pod's own labels ask for is the Pod's finding; one inherited is its Namespace's.
+  const finding = binding?.refusal !== undefined && binding.use.labelledOn === 'object'
+    ? { kind: 'Pod', namespace: ns, name: pod.metadata.name, path: bindingLabelPath(binding.use, ns), reason: 'AttachmentDenied', message: `${binding.refusal}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
+    : undefined;
+  return { pod, deps, base: w, ...(finding ? { finding } : {}) };
 }
 
 /** Adds a base workload to the indexes Services select from. */
@@ -842,7 +858,8 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   for (const e of endpoints) if (e.workloadUid && index.byUid.has(e.workloadUid) && !members.includes(e.workloadUid)) members.push(e.workloadUid);
   // By address, then workload: the same order however the workloads were listed.
   endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.workloadUid < b.workloadUid ? -1 : a.workloadUid > b.workloadUid ? 1 : 0));
-  const waypoint = waypointBinding(svc.metadata.labels, ns, env)?.ref;
+  const binding = waypointBinding(svc.metadata.labels, ns, env);
+  const waypoint = binding?.ref;
   return {
     service: {
       name: svc.metadata.name,
@@ -855,6 +872,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     },
     members,
     refs,
+    ...(binding ? { binding } : {}),
   };
 }
 
@@ -906,7 +924,24 @@ function vipFindings(svc: ServiceObject, key: string, vipOwners: ReadonlyMap<str
  * closed, as it does for a waypoint that does not exist. A Waypoint that does not exist is named
  * as it is (WaypointNotFound).
  */
-export function waypointBinding(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): { ref: WaypointRef; use: UseWaypoint } | undefined {
+export function waypointBinding(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'> & Partial<Pick<WorkloadEnv, 'namespaceBindings'>>): WaypointBinding | undefined {
+  // Inherited from the namespace (the object has no use-waypoint of its own): the same for every
+  // object of it, worked out once (a Selector copies the namespace's labels and evaluates).
+  if (own?.[LABEL_USE_WAYPOINT] === undefined && env.namespaceBindings) {
+    let b = env.namespaceBindings.get(ns);
+    if (b === undefined) env.namespaceBindings.set(ns, (b = bindingOf(undefined, ns, env) ?? null));
+    return b ?? undefined;
+  }
+  return bindingOf(own, ns, env);
+}
+
+/**
+ * A binding and where it comes from; refused (WaypointRef.refused) when the Waypoint does not
+ * allow the object's namespace, `refusal` then saying which rule refused it, for the findings.
+ */
+export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint; refusal?: string }
+
+function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): WaypointBinding | undefined {
   const nsLabels = env.namespaces.get(ns)?.metadata.labels;
   const use = useWaypointOf(own, nsLabels, ns);
   if (!use) return undefined;
@@ -915,7 +950,7 @@ export function waypointBinding(own: Readonly<Record<string, string>> | undefine
   if (!wp || waypointAllowsNamespace(wp, ns, nsLabels)) return { ref, use };
   const allowed = wp.spec?.allowedNamespaces;
   const says = allowed?.from === 'Selector' ? 'spec.allowedNamespaces.selector does not match its labels' : `spec.allowedNamespaces.from is ${allowed?.from ?? 'Same (the default)'}`;
-  return { ref: { ...ref, refused: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` }, use };
+  return { ref: { ...ref, refused: 'NamespaceNotAllowed' }, use, refusal: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` };
 }
 
 /** Where a binding's labels are, as a finding's path on the object that carries them. */
@@ -924,16 +959,18 @@ function bindingLabelPath(use: UseWaypoint, ns: string): string {
 }
 
 /** A Service's own finding: the waypoint it names does not exist, or does not allow its namespace. */
-function serviceFinding(svc: ServiceObject, compiled: Service, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+function serviceFinding(svc: ServiceObject, unit: ServiceUnit, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+  const compiled = unit.service;
   const wp = compiled.waypoint;
-  if (!wp) return undefined;
+  const b = unit.binding;
+  if (!wp || !b) return undefined;
   const at = { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name };
-  if (wp.refused !== undefined) {
-    const use = waypointBinding(svc.metadata.labels, compiled.namespace, env)!.use;
+  if (b.refusal !== undefined) {
+    const use = b.use;
     // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
     const path = use.labelledOn === 'object' ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace';
     const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
-    return { ...at, path, reason: 'AttachmentDenied', message: `${wp.refused}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
+    return { ...at, path, reason: 'AttachmentDenied', message: `${b.refusal}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
   }
   if (waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
   return { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
@@ -944,8 +981,8 @@ function namespaceFindings(env: Pick<WorkloadEnv, 'namespaces' | 'waypointObject
   const out: CompileFinding[] = [];
   for (const [name, n] of env.namespaces) {
     const b = waypointBinding(undefined, name, env);
-    if (b?.ref.refused === undefined) continue;
-    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.ref.refused}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
+    if (b?.refusal === undefined) continue;
+    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.refusal}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
   }
   return out;
 }
@@ -1370,7 +1407,7 @@ function compileRoute(r: HTTPRoute | GRPCRoute, model: MeshModel, clusterDomain:
     model.routes.set(routeKey(r.kind, ns, r.metadata.name, svcKey), route);
     const scope = isConsumerRoute(route) ? `a consumer route: it applies to clients in namespace ${ns} only` : 'a producer route: it applies to every client';
     if (svc.waypoint?.refused !== undefined) {
-      accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${svc.waypoint.refused}; nothing applies this route (the Service's traffic fails closed)`);
+      accepted(false, 'NoWaypoint', `Service ${svcKey} is not bound to a waypoint: ${waypointRefusalText(svc.waypoint, svc.namespace)}; nothing applies this route (the Service's traffic fails closed)`);
     } else if (!svc.waypoint) {
       // Only a waypoint applies routes: say so rather than let the route look in force.
       accepted(false, 'NoWaypoint', `Service ${svcKey} has no waypoint (label weft.dev/use-waypoint on the Service or its namespace); nothing enforces this route`);

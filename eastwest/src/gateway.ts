@@ -14,7 +14,9 @@
 // applies the Service's routes and L7 policy (Istio ambient multi-network). A pod whose every
 // Service here goes through a waypoint is carried to only from that waypoint's identity (another
 // cluster's waypoint of the same name, namespace sameness): anyone else would step around its L7
-// policy (Istio's gateway carries callers to Services, never to a pod of their choosing). Nothing
+// policy (Istio's gateway carries callers to Services, never to a pod of their choosing). A pod of
+// another namespace than a Service listing it that has a waypoint of its own (Endpoint.waypoint)
+// is carried to only from that waypoint's identity, whatever that Service goes through. Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
@@ -23,7 +25,7 @@ import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectR
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseClusterExport } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
-import { HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
+import { boundWaypoint, HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -80,8 +82,9 @@ export class EastWestGateway {
   #notEnrolled = new Set<string>();
   /**
    * Enrolled pod IP → the waypoints it is behind, when every Service of this cluster it serves goes
-   * through one: only those waypoints' identities are carried to it (anyone else would step around
-   * their L7 policy); callers of its Services go to the waypoint instead.
+   * through one (its own, Endpoint.waypoint, where the Service is another namespace's): only those
+   * waypoints' identities are carried to it (anyone else would step around their L7 policy);
+   * callers of its Services go to the waypoint instead.
    */
   #onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
@@ -241,16 +244,21 @@ export class EastWestGateway {
       for (const e of s.endpoints) {
         if (e.enrolled && e.nodeIp) nodeOf.set(e.ip, e.nodeIp);
         else notEnrolled.add(e.ip);
-        if (!s.waypoint) {
+        // A pod of another namespace than the Service's behind a waypoint of its own (a hand-written
+        // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
+        // reach it: the Service neither opens it nor adds its own waypoint's identity.
+        const through = e.waypoint ?? s.waypoint;
+        if (!through) {
           direct.add(e.ip);
           continue;
         }
-        const key = `${s.waypoint.namespace}/${s.waypoint.name}`;
+        const key = `${through.namespace}/${through.name}`;
         const via = onlyVia.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
         via.services.push(`${s.namespace}/${s.name}`);
         if (!via.waypoints.includes(key)) via.waypoints.push(key);
-        // A waypoint missing from the export or invalid, or one the Service may not use, admits no one: fail closed.
-        const w = s.waypoint.refused === undefined ? ownWaypoints.get(key) : undefined;
+        // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
+        const bound = boundWaypoint(through);
+        const w = bound ? ownWaypoints.get(key) : undefined;
         if (w && !w.invalid) via.ids.add(w.spiffeId);
         onlyVia.set(e.ip, via);
       }

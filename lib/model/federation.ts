@@ -6,7 +6,7 @@
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
-import { waypointAddresses, waypointKey, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import { waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
@@ -280,10 +280,17 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
     });
     const hostname = str(s.hostname, `${p}.hostname`);
     if (!hostname.startsWith(`${name}.${namespace}.svc.`)) throw new FederationExportError(`${p}.hostname`, `${JSON.stringify(hostname)} is not ${name}.${namespace}.svc.<domain>`);
-    const w = s.waypoint === undefined ? undefined : obj(s.waypoint, `${p}.waypoint`);
-    // A refused binding (another namespace's waypoint that does not allow this one) stays refused here.
-    const waypoint = w ? { name: str(w.name, `${p}.waypoint.name`), namespace: str(w.namespace, `${p}.waypoint.namespace`), ...(w.refused !== undefined ? { refused: str(w.refused, `${p}.waypoint.refused`) } : {}) } : undefined;
+    const waypoint = s.waypoint === undefined ? undefined : waypointRef(s.waypoint, `${p}.waypoint`);
     return { hostname, vips, ports, endpoints, ...(waypoint ? { waypoint } : {}) };
+  };
+  /**
+   * A waypoint binding; a refused one (another namespace's waypoint that does not allow the
+   * object's) stays refused here, whatever its code says (an older release sent a sentence).
+   */
+  const waypointRef = (x: unknown, path: string): WaypointRef => {
+    const w = obj(x, path);
+    if (w.refused !== undefined) str(w.refused, `${path}.refused`);
+    return { name: str(w.name, `${path}.name`), namespace: str(w.namespace, `${path}.namespace`), ...(w.refused !== undefined ? { refused: 'NamespaceNotAllowed' as const } : {}) };
   };
   /**
    * Endpoints' port records by content, shared as the compile shares them (compileService), and
@@ -333,6 +340,8 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
       ...(e.enrolled ? { spiffeId: str(e.spiffeId, `${ep}.spiffeId`) } : {}),
       ready: e.ready,
       ...(workload ? { workload } : {}),
+      // A pod of another namespace behind its own waypoint: the gateway carries only that waypoint to it.
+      ...(e.waypoint !== undefined ? { waypoint: waypointRef(e.waypoint, `${ep}.waypoint`) } : {}),
     };
   };
   const root = obj(v, '$');
@@ -528,6 +537,10 @@ export function mergeRemoteServices(
         seen.add(e.ip);
         if (unusable) left.push(`${e.ip}: ${unusable} cannot be an endpoint's address (loopback, unspecified, link-local or multicast)`);
         else if (!sameNetwork && !(e.enrolled && e.nodeIp && e.spiffeId)) left.push(`${e.ip}: not in the mesh, and network ${r.network} is reached only by HBONE through its east-west gateway`);
+        // A pod of another namespace than the Service's behind a waypoint of its own (Endpoint.waypoint):
+        // its cluster's agents reach it only through that waypoint, and its gateway carries only that
+        // waypoint to it; a caller here would be sent straight to it, around the waypoint's L7 policy.
+        else if (e.waypoint) left.push(`${e.ip}: a pod of namespace ${e.workload?.namespace || '(unknown)'} behind its own waypoint ${e.waypoint.namespace}/${e.waypoint.name} of cluster ${r.cluster}, which this Service does not go through; reaching it directly would bypass that waypoint's L7 policy`);
         else {
           imported.push({
             ...e,
@@ -563,7 +576,7 @@ export function mergeRemoteServices(
         const named = `waypoint ${w.namespace}/${w.name} of cluster ${r.cluster}`;
         const found = remoteWaypoints.get(`${w.namespace}/${w.name}`);
         const unusable = found && [...(found.address ? [found.address] : []), ...waypointAddresses(found)].find((a) => !isServiceAddress(a));
-        const problem = w.refused !== undefined ? `may not be used by it (${w.refused})`
+        const problem = w.refused !== undefined ? `may not be used by it (${waypointRefusalText(w, rs.namespace)})`
           : !found ? 'is not in its export'
           : found.invalid ? `is invalid (${found.invalid})`
           : !found.ready ? `is not ready${found.reason ? ` (${found.reason})` : ''}`

@@ -32,16 +32,48 @@ export interface WaypointRef {
   /** Multi-cluster: the waypoint runs in this other cluster (a Service imported with it); absent: this cluster's. */
   cluster?: string;
   /**
-   * Why the object may not use this waypoint (it is another namespace's and does not allow the
-   * object's, spec.allowedNamespaces): its traffic fails closed, as for a waypoint that does not
-   * exist, and the waypoint neither serves it nor speaks for its pods. Absent: bound.
+   * Why the object may not use this waypoint, a stable code (WaypointBindingRefusal): its traffic
+   * fails closed, as for a waypoint that does not exist, and the waypoint neither serves it nor
+   * speaks for its pods. The controller's finding on the object says it in words; agents, gateways
+   * and importers word it themselves (waypointRefusalText). Absent: bound.
    */
-  refused?: string;
+  refused?: WaypointBindingRefusal;
+}
+
+/**
+ * Why a binding is refused. `NamespaceNotAllowed`: the waypoint is another namespace's and its
+ * spec.allowedNamespaces does not allow the object's namespace (Istio AttachmentDenied).
+ */
+export type WaypointBindingRefusal = 'NamespaceNotAllowed';
+
+/** A refused binding of an object of namespace `objectNamespace`, in words (the controller's finding names the rule that refused it). */
+export function waypointRefusalText(ref: WaypointRef, objectNamespace: string): string {
+  return `Waypoint ${ref.namespace}/${ref.name} does not allow namespace ${objectNamespace} (its spec.allowedNamespaces)`;
 }
 
 /** The waypoint a Service or workload is bound to, if the binding was not refused (WaypointRef.refused). */
 export function boundWaypoint(ref: WaypointRef | undefined): WaypointRef | undefined {
   return ref && ref.refused === undefined ? ref : undefined;
+}
+
+/**
+ * The namespace of the waypoint of this cluster an object (a Service or a workload) is bound to
+ * across namespaces (use-waypoint-namespace, the binding allowed): that namespace's waypoint serves
+ * it. Undefined for an object bound within its namespace, to another cluster's waypoint, refused,
+ * or not bound.
+ */
+export function foreignWaypointNamespace(o: { namespace: string; waypoint?: WaypointRef | undefined }): string | undefined {
+  const wp = boundWaypoint(o.waypoint);
+  return wp && wp.cluster === undefined && wp.namespace !== o.namespace ? wp.namespace : undefined;
+}
+
+/**
+ * Does the waypoint of `namespace` serve Service `s` (take tunnels addressed to it, apply its routes
+ * and policies)? A Service of its namespace, or one of another namespace bound to a waypoint of it
+ * (foreignWaypointNamespace).
+ */
+export function servesService(namespace: string, s: Pick<Service, 'namespace' | 'waypoint'>): boolean {
+  return s.namespace === namespace || foreignWaypointNamespace(s) === namespace;
 }
 
 /**
@@ -570,6 +602,13 @@ export interface AddressOwner {
    */
   spiffeId?: string;
   nodeIp?: string;
+  /**
+   * The namespace of the waypoint of this cluster the workload is bound to across namespaces by
+   * its own or its namespace's labels (foreignWaypointNamespace): that waypoint takes tunnels
+   * addressed to this address, for the workload's Services (waypoint/src/proxy.ts resolveService).
+   * Absent otherwise, and when its holders disagree.
+   */
+  waypointNamespace?: string;
 }
 
 /** The whole compiled mesh, indexed for the config server. */

@@ -9,8 +9,9 @@
 // is sent nothing of rogue and serves none of it, and rogue's traffic fails closed, so rogue's own
 // L7 policy cannot be skipped by naming a waypoint that does not take it. Once front allows rogue,
 // front's waypoint serves it and applies rogue's policy, and does not carry a Service of rogue's
-// listing back's pod (a hand-written EndpointSlice) to that pod around back's policy. Real kernel,
-// eBPF, TLS and processes.
+// listing back's pod (a hand-written EndpointSlice) to that pod around back's policy. `solo`'s pod
+// alone names front/wp (its own labels, as Istio allows on a Pod): front's waypoint serves traffic
+// addressed to it, with solo's policy. Real kernel, eBPF, TLS and processes.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { localMeshSuite } from './mesh-suite.ts';
@@ -23,6 +24,7 @@ const suite = localMeshSuite();
 let mesh: LocalMesh;
 const BACK_VIP = '10.96.3.10';
 const ROGUE_VIP = '10.96.3.20';
+const SOLO_VIP = '10.96.3.40';
 const ALLOW_LABEL = 'waypoint.example/front';
 const USE = { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'front' };
 
@@ -39,6 +41,8 @@ function namespaces(rogueAllowed: boolean): object[] {
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'client', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'back', labels: { 'weft.dev/dataplane-mode': 'ambient', [ALLOW_LABEL]: 'allowed', ...USE } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'rogue', labels: { 'weft.dev/dataplane-mode': 'ambient', ...(rogueAllowed ? { [ALLOW_LABEL]: 'allowed' } : {}), ...USE } } },
+    // solo is allowed but only its pod names front/wp, by its own labels.
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'solo', labels: { 'weft.dev/dataplane-mode': 'ambient', [ALLOW_LABEL]: 'allowed' } } },
   ];
 }
 
@@ -63,18 +67,19 @@ before(async () => {
     spec: { targetRefs: [{ group: '', kind: 'Service', name: 'api' }], action: 'DENY', rules: [{ to: [{ operation: { paths: [`/${path}*`] } }] }] },
   });
   mesh.writeConfig('10-namespaces.yaml', namespaces(false));
-  mesh.writeConfig('20-services.yaml', [svc('back', BACK_VIP), deny('back', 'admin'), svc('rogue', ROGUE_VIP), deny('rogue', 'secret')]);
+  mesh.writeConfig('20-services.yaml', [svc('back', BACK_VIP), deny('back', 'admin'), svc('rogue', ROGUE_VIP), deny('rogue', 'secret'), svc('solo', SOLO_VIP), deny('solo', 'private')]);
   const echo = (name: string) => ['cli/local/apps/echo.ts', '--port', '8080', '--name', name];
   mesh.addWorkload({ node: 'node1', namespace: 'client', name: 'client' });
   mesh.addWorkload({ node: 'node2', namespace: 'back', name: 'api', labels: { app: 'api' }, command: echo('back-api') });
   mesh.addWorkload({ node: 'node2', namespace: 'rogue', name: 'api', labels: { app: 'api' }, command: echo('rogue-api') });
+  mesh.addWorkload({ node: 'node2', namespace: 'solo', name: 'api', labels: { app: 'api', ...USE }, command: echo('solo-api') });
   mesh.startController();
   await mesh.waitControllerReady();
   mesh.startAgents();
   mesh.startWaypoint('node1', 'front', 'wp', { allowedNamespaces: { from: 'Selector', selector: { matchLabels: { [ALLOW_LABEL]: 'allowed' } } } });
   await mesh.waitReady(60_000);
   await mesh.waitWaypointReady('front', 'wp');
-  await mesh.waitWorkloadsEnrolled(['client/client', 'back/api', 'rogue/api']);
+  await mesh.waitWorkloadsEnrolled(['client/client', 'back/api', 'rogue/api', 'solo/api']);
   await until('front\'s waypoint has back\'s Service and policy', async () => {
     const c = await waypointConfig();
     return has(c.services, 'back/api') && has(c.policies, 'back/no-admin');
@@ -112,7 +117,7 @@ test('rogue, which front\'s waypoint does not allow, is not served by it and can
     logged = mesh.logTail('agent-node1.log', 50).split('\n').filter((l) => l.includes('may not use waypoint front/wp'));
     return logged.length >= 3;
   }, 10_000, { explain: () => mesh.logTail('agent-node1.log', 5) });
-  assert.match(logged.at(-1)!, /Waypoint front\/wp does not allow namespace rogue \(spec\.allowedNamespaces\.selector does not match its labels\)/);
+  assert.match(logged.at(-1)!, /Waypoint front\/wp does not allow namespace rogue \(its spec\.allowedNamespaces\)/);
   // The controller reports the refusal (weft_controller_findings{kind,reason}) on the Namespace and the Service.
   const cm = (await requestInNetns(`/var/run/netns/${mesh.net.wireNetns}`, `http://${CONTROLLER_IP}:15020/metrics`, { timeoutMs: 2_000 })).body;
   for (const kind of ['Namespace', 'Service']) assert.ok(metricSum(cm, 'weft_controller_findings', `kind="${kind}"`, 'reason="AttachmentDenied"') >= 1, `${kind} AttachmentDenied counted`);
@@ -151,4 +156,26 @@ test('rogue, now allowed, cannot reach back\'s pod through the shared waypoint b
   const m = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`)).body;
   assert.ok(metricSum(m, 'istio_requests_total', 'destination_service_name="alias"', 'response_code="503"', 'response_flags="UH"') >= 2, 'counted as no healthy upstream');
   assert.ok(metricSum(m, 'weft_waypoint_config_applies_total', 'result="partial"') >= 1, 'the config applied with the endpoint left out is counted partial');
+});
+
+// Istio allows use-waypoint with use-waypoint-namespace on a Pod
+// (https://istio.io/latest/docs/ambient/usage/use-waypoint/#configure-a-pod-to-use-a-waypoint):
+// traffic addressed to the pod goes through that waypoint, which serves it. Before the fix the
+// agent sent it there and the waypoint answered 404 (no service for host): solo's Service, not
+// bound to front/wp, was not in its view.
+test('a pod naming front\'s waypoint by its own labels is served by it when addressed directly, with its Service\'s policy (solo/no-private holds there); its Service\'s VIP, not bound, goes straight to the pod', async () => {
+  const ip = mesh.workloads.get('solo/api')!.pod.ip;
+  await until('front\'s waypoint has solo\'s Service and policy', async () => {
+    const c = await waypointConfig();
+    return has(c.services, 'solo/api') && has(c.policies, 'solo/no-private');
+  }, 30_000, { intervalMs: 200, explain: () => mesh.logTail('controller.log') });
+  await until('the client reaches solo\'s pod through front\'s waypoint', async () => (await get(`http://${ip}:8080/`)).status === 200, 30_000, { explain: () => mesh.logTail('pod-front-wp-0.log', 5) });
+  const r = await get(`http://${ip}:8080/private`);
+  assert.equal(r.status, 403, r.body);
+  assert.match(r.body, /solo\/no-private/);
+  const wp = mesh.workloads.get('front/wp-0')!;
+  const m = (await requestInNetns(wp.pod.netnsPath, `http://${wp.pod.ip}:15020/metrics`)).body;
+  assert.ok(metricSum(m, 'istio_requests_total', 'destination_service_namespace="solo"', 'response_code="200"') >= 1, 'front\'s waypoint served solo\'s pod');
+  // The Service itself uses no waypoint: its VIP is not front/wp's, its traffic goes to the pod (no L7 there).
+  assert.equal((await get(`http://${SOLO_VIP}/private`)).status, 200);
 });

@@ -25,7 +25,8 @@ function pod(r: () => number, i: number, uidGen: number): object {
   const phase = pick(r, ['Running', 'Running', 'Running', 'Pending', 'Succeeded']);
   return {
     apiVersion: 'v1', kind: 'Pod',
-    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}) } },
+    // Now and then a pod names a's waypoint by its own labels: allowed or refused (a finding of the Pod's) as its namespace's labels say.
+    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}), ...(r() < 0.15 ? { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a' } : {}) } },
     spec: { nodeName: node, serviceAccountName: pick(r, APPS), containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
     status: {
       phase,
@@ -145,6 +146,23 @@ test('an incremental compile of one pod change recompiles only its services: oth
   assert.equal(second.model.services.get('a/db'), first.model.services.get('a/db'));
   const changedWorkloads = [...second.model.workloads].filter(([uid, w]) => first.model.workloads.get(uid) !== w).map(([uid]) => uid);
   assert.deepEqual(changedWorkloads, ['unew']);
+});
+
+test('two pods of one change taking the same new address: the incremental compile steps aside, as for an address already held, and the result is a full compile\'s (the last pod listed holds it)', () => {
+  const store = new ObjectStore();
+  const objs: object[] = [{ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a', labels: { 'weft.dev/dataplane-mode': 'ambient' } } }, service('a', 'web', false)];
+  objs.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4', metadata: { name: 'web-1', namespace: 'a', labels: { 'kubernetes.io/service-name': 'web' } }, endpoints: [{ addresses: ['10.0.0.21'] }], ports: [{ name: 'http', port: 8080 }] });
+  store.apply([{ type: 'snapshot', kinds: ['Namespace', 'Pod', 'Service', 'EndpointSlice'], objects: objs as never, resourceVersion: '1' }]);
+  const cache = new CompileCache();
+  compileChanges(store.inputs(), { cache }, store.takeChanges());
+  const at = (name: string, ip: string) => ({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: 'a', uid: `u-${name}`, labels: { app: 'x' } }, spec: { nodeName: 'n1', serviceAccountName: name }, status: { phase: 'Running', podIP: ip, hostIP: '192.168.0.1' } });
+  store.apply([{ type: 'upsert', object: at('one', '10.0.0.1') as never, resourceVersion: '2' }, { type: 'upsert', object: at('two', '10.0.0.2') as never, resourceVersion: '3' }]);
+  compileChanges(store.inputs(), { cache }, store.takeChanges());
+  // Both move to one address, changed in the other order than the store lists them.
+  store.apply([{ type: 'upsert', object: at('two', '10.0.0.21') as never, resourceVersion: '4' }, { type: 'upsert', object: at('one', '10.0.0.21') as never, resourceVersion: '5' }]);
+  const inputs = store.inputs();
+  const got = compileChanges(inputs, { cache }, store.takeChanges());
+  assert.deepEqual(normal(got), normal(compile(inputs)));
 });
 
 test('the record of what an incremental compile changed keeps no earlier model alive', async () => {

@@ -10,9 +10,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { AgentState, NoRouteError } from '../../agent/src/state.ts';
-import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
+import { CompileCache, compile, emptyInputs, type CompileFinding, type MeshInputs } from '../../controller/src/compile.ts';
+import { compileChanges } from '../../controller/src/compile-incremental.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
+import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
 import { buildIndex, reboundWaypointNamespaces, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
 import { forwardedFor, tunnelClient } from '../../lib/hbone/forwarded.ts';
 import type { AgentConfig, MeshModel, WaypointConfig } from '../../lib/model/mesh.ts';
@@ -81,10 +83,12 @@ function agentOn(node: string, model: MeshModel): AgentState {
 function waypointConfigOf(model: MeshModel, namespace: string): WaypointConfig {
   const ix = buildIndex(model);
   const pick = <T>(m: Map<string, T>, t: ResourceType): T[] => [...(waypointView(ix, namespace, t) ?? m.keys())].map((k) => m.get(k)!);
+  const owners = new AddressOwnerTable();
+  owners.update(undefined, model.workloads, model.workloads.keys());
   return {
     namespace,
     services: pick(model.services, 'Service'), routes: pick(model.routes, 'Route'), trafficPolicies: pick(model.trafficPolicies, 'TrafficPolicy'),
-    policies: pick(model.policies, 'AuthorizationPolicy'), waypoints: pick(model.waypoints, 'Waypoint'),
+    policies: pick(model.policies, 'AuthorizationPolicy'), waypoints: pick(model.waypoints, 'Waypoint'), addressOwners: [...owners.table.values()],
   };
 }
 
@@ -178,8 +182,10 @@ test('allowedNamespaces.from Selector admits the namespaces its label selector m
   own.metadata.labels = { [USE]: 'wp' };
   i.services.push(own);
   const r = compile(i);
-  assert.match(r.model.services.get('a/own')?.waypoint?.refused ?? '', /does not allow namespace a \(spec\.allowedNamespaces\.selector does not match its labels\)/);
-  assert.equal(r.findings.find((f) => f.kind === 'Service' && f.name === 'own')?.path, 'metadata.labels["weft.dev/use-waypoint"]');
+  assert.equal(r.model.services.get('a/own')?.waypoint?.refused, 'NamespaceNotAllowed');
+  const f = r.findings.find((x) => x.kind === 'Service' && x.name === 'own');
+  assert.equal(f?.path, 'metadata.labels["weft.dev/use-waypoint"]');
+  assert.match(f?.message ?? '', /does not allow namespace a \(spec\.allowedNamespaces\.selector does not match its labels\)/);
 });
 
 test('a Service\'s own use-waypoint-namespace wins over its namespace\'s labels, and is read only beside its own use-waypoint (Istio getUseWaypoint)', () => {
@@ -301,4 +307,101 @@ test('a waypoint does not send a Service of its namespace to another namespace\'
   const snap = buildSnapshot(waypointConfigOf(model, 'c'), 1);
   assert.deepEqual(resolveService(snap, '10.96.2.50:80', 'alias.c')?.service.endpoints.map((e) => e.ip), ['10.1.9.3']);
   assert.match(snap.issues.map((x) => `${x.object} ${x.path}: ${x.message}`).join('\n'), /^c\/alias endpoints\[0\]: 10\.1\.9\.2 is a pod of namespace b behind waypoint b\/wp; left out/m);
+});
+
+// Istio lets a Pod name another namespace's waypoint (istio.io/use-waypoint with
+// istio.io/use-waypoint-namespace on the Pod, https://istio.io/latest/docs/ambient/usage/use-waypoint/
+// "Configure a pod to use a waypoint", pilot ambient getUseWaypoint reads a Pod's labels as a
+// Service's): traffic addressed to the pod goes through that waypoint, which serves it. The
+// agent sent it there, but the waypoint's view held only Services bound to it, so it answered 404
+// "no service for host". Now the Services of such a pod reach its view for tunnels addressed to
+// the pod (with their targetRefs policies), never for their VIPs, and only for pods bound to it.
+test('a Pod bound by its own labels to another namespace\'s waypoint (allowed) is served by it for traffic addressed to the pod, with its Service\'s targetRefs policy; the Service\'s VIP and a pod of it not bound there are not served by it (a tunnel naming them is refused)', () => {
+  const i = mesh({ from: 'All' });
+  i.namespaces = i.namespaces.map((n) => n.metadata.name === 'b' ? ns('b', { 'weft.dev/dataplane-mode': 'ambient', team: 'b' }) : n);
+  i.pods = i.pods.map((p) => p.metadata.namespace === 'b' ? pod('b', 'api', { ip: '10.1.8.2', node: 'node-b', labels: { app: 'api', [USE]: 'wp', [USE_NS]: 'a' } }) : p);
+  // Another pod of b/api that is not bound to a/wp.
+  i.pods.push(pod('b', 'api-2', { ip: '10.1.8.4', node: 'node-b', labels: { app: 'api' } }));
+  // d's Service listing b's bound pod (a hand-written EndpointSlice): d's, not the pod's, so not a/wp's to hold.
+  i.services.push({ ...svc('d', 'alias', {}, '10.96.1.9'), spec: { clusterIP: '10.96.1.9', ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+  i.endpointSlices.push({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'alias-1', namespace: 'd', labels: { 'kubernetes.io/service-name': 'alias' } }, addressType: 'IPv4', ports: [{ name: 'http', port: 8080 }], endpoints: [{ addresses: ['10.1.8.2'] }] });
+  const { model, findings } = compile(i);
+  assert.deepEqual(findings.filter((f) => f.reason === 'AttachmentDenied' || f.reason === 'WaypointNotFound'), []);
+  assert.equal(model.services.get('b/api')?.waypoint, undefined, 'the Service itself uses no waypoint');
+  assert.deepEqual(model.workloads.get('uid-b-api')?.waypoint, { name: 'wp', namespace: 'a' });
+  const client = agentOn('node-a', model);
+  const up = client.resolve(client.localWorkload('10.1.8.9')!, '10.1.8.2', 8080)[0];
+  assert.equal(up?.kind === 'hbone' && up.waypoint && `${up.waypoint.namespace}/${up.waypoint.name}`, 'a/wp');
+
+  const cfg = waypointConfigOf(model, 'a');
+  const names = (xs: Array<{ namespace: string; name: string }>) => xs.map((x) => `${x.namespace}/${x.name}`).sort();
+  assert.deepEqual(names(cfg.services), ['b/api', 'c/api']);
+  assert.deepEqual(names(cfg.policies), ['b/no-admin', 'c/no-admin'], 'never a Service without its policy');
+  const snap = buildSnapshot(cfg, 1);
+  const served = resolveService(snap, '10.1.8.2:8080', '10.1.8.2');
+  assert.equal(served && `${served.service.namespace}/${served.service.name} ${served.workloadIp}`, 'b/api 10.1.8.2');
+  assert.equal(resolveService(snap, '10.1.8.4:8080', '10.1.8.4'), undefined, 'b\'s pod not bound to a/wp: its own L7 policies are not a/wp\'s to skip');
+  assert.equal(resolveService(snap, '10.96.1.2:80', 'api.b'), undefined, 'b/api\'s VIP is not a/wp\'s (its callers go straight to it)');
+  assert.equal(resolveService(snap, '10.1.8.4:8080', 'api.b'), undefined, 'Host does not choose it either');
+
+  // The binding refused (a/wp allows only its own namespace): nothing of b reaches a's view.
+  const refused = compile({ ...i, waypoints: [readyWaypoint('a', 'wp', '10.2.0.1', { from: 'Selector', selector: { matchLabels: { team: 'c' } } })] }).model;
+  const rcfg = waypointConfigOf(refused, 'a');
+  assert.deepEqual(names(rcfg.services), ['c/api']);
+  assert.equal(resolveService(buildSnapshot(rcfg, 1), '10.1.8.2:8080', '10.1.8.2'), undefined);
+  // A pod's binding moving rebinds a's view in one publish.
+  assert.deepEqual([...reboundWaypointNamespaces(refused.services, model.services, [], refused.workloads, model.workloads, ['uid-b-api'])], ['a']);
+});
+
+// Istio reports a refused binding wherever its labels are (pilot ambient waypoints.go,
+// ReportWaypointAttachmentDenied on the object naming the waypoint): a Pod's own labels included.
+// A Pod's labels change without a full compile (controller/src/compile-incremental.ts), so the
+// finding must follow them there too.
+test('a Pod whose own labels name another namespace\'s waypoint that refuses it is a finding (AttachmentDenied at its use-waypoint-namespace label), its traffic failing closed; the finding comes and goes with the label on the incremental compile as on a full one', () => {
+  const store = new ObjectStore();
+  const i = mesh({ from: 'Selector', selector: { matchLabels: { team: 'b' } } });
+  // d's client will name a/wp by its own labels; d is not allowed.
+  const client = () => i.pods.find((p) => p.metadata.name === 'client')!;
+  const objects = [...i.namespaces, ...i.waypoints, ...i.pods, ...i.services];
+  store.apply(objects.map((o, n) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(n + 1) })));
+  const cache = new CompileCache();
+  const podDenied = (f: CompileFinding[]) => f.filter((x) => x.reason === 'AttachmentDenied' && x.kind === 'Pod');
+  assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
+  const labelled = { ...client(), metadata: { ...client().metadata, labels: { app: 'client', [USE]: 'wp', [USE_NS]: 'a' } } };
+  store.apply([{ type: 'upsert', object: labelled as never, resourceVersion: '100' }]);
+  const r = compileChanges(store.inputs(), { cache }, store.takeChanges());
+  const denied = podDenied(r.findings);
+  assert.deepEqual(denied.map((f) => `${f.kind} ${f.namespace}/${f.name} ${f.path}`), ['Pod d/client metadata.labels["weft.dev/use-waypoint-namespace"]']);
+  assert.match(denied[0]!.message, /Waypoint a\/wp does not allow namespace d \(spec\.allowedNamespaces\.selector does not match its labels\).*fails closed/);
+  assert.deepEqual(podDenied(compile(store.inputs()).findings), denied, 'as a full compile says');
+  assert.ok(r.model.workloads.get('uid-d-client')?.waypoint?.refused !== undefined, 'the pod\'s traffic fails closed');
+  // Only its own labels: a pod inheriting its namespace's refused binding is the Namespace's finding.
+  assert.deepEqual(podDenied(compile(mesh(undefined)).findings), []);
+  // The label taken off: the finding goes, incrementally too.
+  store.apply([{ type: 'upsert', object: client() as never, resourceVersion: '101' }]);
+  assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
+});
+
+test('a namespace\'s binding is worked out once per compile, whatever number of its pods and Services inherit it (one WaypointRef, allowed or refused); a pod\'s own label is judged for that pod', () => {
+  for (const allowed of [{ from: 'All' as const }, undefined]) {
+    const i = mesh(allowed);
+    i.pods.push(pod('b', 'api-2', { ip: '10.1.8.4', node: 'node-b', labels: { app: 'api' } }), pod('b', 'own', { ip: '10.1.8.5', node: 'node-b', labels: { app: 'own', [USE]: 'wp', [USE_NS]: 'a' } }));
+    const { model } = compile(i);
+    const [one, two, own] = ['uid-b-api', 'uid-b-api-2', 'uid-b-own'].map((u) => model.workloads.get(u)!.waypoint);
+    assert.ok(one !== undefined && one === two && one === model.services.get('b/api')!.waypoint, 'the same object');
+    assert.ok(own !== one);
+    assert.deepEqual(own, one);
+  }
+});
+
+// The model carries a refusal as a code: it is copied onto every workload of a refused namespace,
+// sent to every agent and part of each workload's cache key; the sentence (which rule refused it)
+// is the finding's, once per object.
+test('a refused binding is a short code in the model (WaypointRef.refused NamespaceNotAllowed) on the Service and every workload; its sentence is in the findings, and the agent words its own refusal', () => {
+  const { model, findings } = compile(mesh(undefined));
+  const refs = [model.services.get('c/api')!.waypoint, ...[...model.workloads.values()].filter((w) => w.namespace === 'c').map((w) => w.waypoint)];
+  assert.deepEqual(refs.map((w) => w?.refused), refs.map(() => 'NamespaceNotAllowed'));
+  assert.match(findings.find((f) => f.kind === 'Namespace' && f.name === 'c')!.message, /^Waypoint a\/wp does not allow namespace c \(spec\.allowedNamespaces\.from is Same \(the default\)\)/);
+  const client = agentOn('node-a', model);
+  assert.throws(() => client.resolve(client.localWorkload('10.1.8.9')!, '10.96.1.3', 80), (e: unknown) => e instanceof NoRouteError && e.message === 'service c/api may not use waypoint a/wp: Waypoint a/wp does not allow namespace c (its spec.allowedNamespaces); traffic that must pass a waypoint fails closed');
 });

@@ -29,6 +29,8 @@ let federation: Federation, gateway: EastWestGateway, agent: HboneServer, waypoi
 let gwPort = 0;
 /** cluster2's waypoint of demo: its HBONE port (on 127.0.0.1), what it was asked for and by whom. */
 let wpPort = 0;
+/** cluster2's "node agent" (echo's identity). */
+let agentPort = 0;
 const WAYPOINT2 = id('demo', 'waypoint');
 const seenAtWaypoint: Array<{ peer: string | undefined; target: string }> = [];
 const registry = new Registry();
@@ -72,7 +74,7 @@ before(async () => {
       return { upstream: net.connect(echoPort, '127.0.0.1') };
     },
   });
-  const agentPort = (await agent.listen(0, '127.0.0.1')).port;
+  agentPort = (await agent.listen(0, '127.0.0.1')).port;
   waypoint = new HboneServer({
     tls: await creds(c2, WAYPOINT2), trustDomains: [TD],
     handler: async (req) => {
@@ -292,6 +294,59 @@ test('the gateway does not carry a caller around a waypoint: a pod whose Service
   // A pod that is also an endpoint of a Service without a waypoint is reachable by that Service's callers.
   await outer(CLIENT, '10.78.1.1:8080');
   assert.match(await registry.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 1$/m);
+});
+
+// A tenant's hand-written EndpointSlice may list a pod of another namespace (Kubernetes allows any
+// address): the controller marks such an endpoint with the pod's own waypoint (Endpoint.waypoint),
+// through which every in-cluster caller reaches it. The gateway must read the same mark: Istio's
+// east-west gateway carries callers to a Service, which its waypoint serves, never to a pod of the
+// caller's choosing (https://istio.io/latest/docs/ambient/usage/waypoint/ "use-waypoint-namespace",
+// ambient multi-network). Without it the tenant's Service (no waypoint) opened the pod to every
+// remote peer, and one bound to the tenant's own waypoint added that waypoint's identity.
+test('a tenant\'s Service listing another namespace\'s pod behind its own waypoint (Endpoint.waypoint) opens no way around that waypoint through the gateway: only the pod\'s waypoint is carried; a remote client and the tenant\'s waypoint are refused (403, behind-waypoint), counted and named', async (t) => {
+  const TENANT_WP = id('tenant', 'waypoint');
+  const pod = (ip: string): Endpoint => ({ ...ep(ip, true), waypoint: { name: 'waypoint', namespace: 'demo' } });
+  const tenantSvc = (name: string, extra: Partial<Service> = {}): Service => ({ ...svc, name, namespace: 'tenant', hostname: `${name}.tenant.svc.cluster.local`, vips: [], endpoints: [pod('10.78.2.5')], ...extra });
+  const ctrlTls = await creds(c2, CTRL);
+  const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
+  fed.merge({
+    ...emptyMeshModel(),
+    services: new Map([
+      // back's own Service, behind back's waypoint.
+      ['demo/back', { ...guarded, name: 'back', hostname: 'back.demo.svc.cluster.local', endpoints: [ep('10.78.2.5', true)] }],
+      // The tenant's: one without a waypoint, one bound to its own waypoint; both list back's pod.
+      ['tenant/alias', tenantSvc('alias')],
+      ['tenant/bound', tenantSvc('bound', { waypoint: { name: 'waypoint', namespace: 'tenant' } })],
+      // One listing a pod whose own binding is refused: reached by no one.
+      ['tenant/refused', tenantSvc('refused', { endpoints: [{ ...ep('10.78.2.6', true), waypoint: { name: 'waypoint', namespace: 'demo', refused: 'NamespaceNotAllowed' } }] })],
+    ]),
+    waypoints: new Map([
+      ['demo/waypoint', { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true }],
+      ['tenant/waypoint', { name: 'waypoint', namespace: 'tenant', address: '127.0.0.2', port: wpPort, spiffeId: TENANT_WP, ready: true }],
+    ]),
+  });
+  await fed.start();
+  t.after(() => fed.stop());
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${fed.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const via = async (as: string, target: string) => {
+    const pool = new HbonePool();
+    pools.push(pool);
+    return pool.connect({ sourceKey: as, tls: await creds(c1, as), dest: { host: '127.0.0.1', port }, target, expectPeer: GW_ID, timeoutMs: 5_000 });
+  };
+  const behind = (ip: string) => (e: Error) => e instanceof HboneRefusedError && e.status === 403 && new RegExp(`${ip.replaceAll('.', '\\.')} is an endpoint of .*behind waypoint demo/waypoint of this cluster`).test(e.message);
+  await assert.rejects(via(CLIENT, '10.78.2.5:8080'), behind('10.78.2.5'), 'a remote client, through the tenant\'s Service without a waypoint');
+  await assert.rejects(via(TENANT_WP, '10.78.2.5:8080'), behind('10.78.2.5'), 'the tenant\'s own waypoint, which may not speak for back\'s pod');
+  await assert.rejects(via(CLIENT, '10.78.2.6:8080'), behind('10.78.2.6'), 'a pod whose binding is refused fails closed');
+  await assert.rejects(via(WAYPOINT2, '10.78.2.6:8080'), behind('10.78.2.6'));
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 4$/m);
+  const named = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'behind-waypoint');
+  assert.ok(named.some((l) => l.peer === TENANT_WP && l.authority === '10.78.2.5:8080' && /tenant\/alias/.test(String(l.detail))), JSON.stringify(named));
+  // The pod's own waypoint (or its namesake in another cluster) is carried.
+  await via(WAYPOINT2, '10.78.2.5:8080');
 });
 
 // An address spelt another way must not name an endpoint the gateway would carry (RFC 3986 3.2.2:

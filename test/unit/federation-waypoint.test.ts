@@ -179,6 +179,27 @@ test('a Service this cluster has without a waypoint does not take in another clu
   assert.deepEqual(plainThere.services.get('demo/echo')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1']);
 });
 
+// Endpoint.waypoint marks a pod of another namespace than the Service's that has a waypoint of its
+// own (a tenant's hand-written EndpointSlice listing it): its cluster's agents and gateway reach it
+// only through that waypoint. The export keeps the mark (checked, by path); an importer leaves such
+// an endpoint out, named, rather than send callers straight to it around that waypoint.
+test('the export carries Endpoint.waypoint (checked, a wrong field named by its path, costing only its Service); an importer leaves such an endpoint out, named (reason endpoints), and keeps the rest', () => {
+  const marked = (ip: string, refused?: string): Endpoint => ({ ...ep(ip), workload: { workloadName: 'back', namespace: 'back', canonicalService: 'back', canonicalRevision: 'latest', cluster: 'cluster2' }, waypoint: { namespace: 'back', name: 'waypoint', ...(refused ? { refused: refused as 'NamespaceNotAllowed' } : {}) } });
+  const raw = JSON.parse(JSON.stringify({ cluster: 'cluster2', network: 'network1', services: [svc('alias', { endpoints: [ep('10.78.1.1'), marked('10.78.1.2'), marked('10.78.1.3', 'not allowed (an older release\'s sentence)')] })] })) as ClusterExport;
+  const parsed = parseClusterExport(raw);
+  assert.deepEqual(parsed.services[0]!.endpoints.map((e) => e.waypoint), [undefined, { namespace: 'back', name: 'waypoint' }, { namespace: 'back', name: 'waypoint', refused: 'NamespaceNotAllowed' }], 'a refusal stays one whatever its code says');
+  const bad = parseClusterExport({ ...raw, services: [{ ...raw.services[0]!, endpoints: [{ ...raw.services[0]!.endpoints[1]!, waypoint: { name: 'waypoint' } }] }, svc('other', { vips: ['10.97.0.21'] })] });
+  assert.equal(bad.services[0]!.invalid, 'federation export: services[0].endpoints[0].waypoint.namespace: must be a non-empty string');
+  assert.equal(bad.services[1]!.invalid, undefined, 'costs only its Service');
+  const m = mergeRemoteServices({ services: [] }, { network: 'network1' }, [parsed]);
+  assert.deepEqual(m.services.get('demo/alias')!.endpoints.map((e) => e.ip), ['10.78.1.1']);
+  assert.deepEqual(m.refused.map((x) => x.reason), ['endpoints']);
+  assert.match(m.refused[0]!.message, /2 of its 3 endpoints not imported: 10\.78\.1\.2: a pod of namespace back behind its own waypoint back\/waypoint of cluster cluster2, which this Service does not go through; reaching it directly would bypass that waypoint's L7 policy; 10\.78\.1\.3: /);
+  // Joined to a local copy of the Service, the same.
+  const joined = mergeRemoteServices({ services: [svc('alias', { vips: ['10.96.0.9'], endpoints: [ep('10.77.1.1')] })] }, { network: 'network1' }, [parsed]);
+  assert.deepEqual(joined.services.get('demo/alias')!.endpoints.map((e) => e.ip), ['10.77.1.1', '10.78.1.1']);
+});
+
 test('a local ServiceAccount token obtains the identity of this cluster\'s own waypoint only: an imported waypoint of another cluster, same namespace and same SPIFFE ID, gives it nothing (controller/src/main.ts TokenReview)', () => {
   const own: Pick<Waypoint, 'namespace' | 'spiffeId' | 'cluster'> = { namespace: 'demo', spiffeId: id('demo', 'waypoint') };
   const remote: Pick<Waypoint, 'namespace' | 'spiffeId' | 'cluster'> = { namespace: 'demo', spiffeId: id('demo', 'waypoint'), cluster: 'cluster2' };

@@ -6,7 +6,7 @@
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
 import { isIP } from 'node:net';
-import { boundWaypoint, isConsumerRoute, waypointTargets, type AddressOwner, type JwtRule, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, servesService, waypointTargets, type AddressOwner, type JwtRule, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
@@ -114,7 +114,7 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   });
 }
 
-type Owner = { spiffeId: string | undefined; nodeIp: string | undefined };
+type Owner = { spiffeId: string | undefined; nodeIp: string | undefined; waypointNamespace?: string | undefined };
 
 /**
  * Address → owner: the for= decision's table (lib/hbone/forwarded.ts ForwardedView.addressOwner).
@@ -139,7 +139,7 @@ export class OwnerTable {
 
   static of(list: readonly AddressOwner[]): OwnerTable {
     const out = new Map<string, Owner>();
-    for (const o of list) if (o.ip) out.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+    for (const o of list) if (o.ip) out.set(o.ip, ownerOf(o));
     return new OwnerTable(out, new Map(), out.size);
   }
 
@@ -180,7 +180,7 @@ export class OwnerTable {
       if (!o.ip) return undefined;
       // An address listed twice, or still held by an entry that stayed: built whole (the last one wins there).
       if (changes.get(o.ip) || (!changes.has(o.ip) && this.get(o.ip))) return undefined;
-      changes.set(o.ip, { spiffeId: o.spiffeId, nodeIp: o.nodeIp });
+      changes.set(o.ip, ownerOf(o));
       size++;
     }
     if (size !== list.length) return undefined;
@@ -192,6 +192,10 @@ export class OwnerTable {
     }
     return new OwnerTable(this.#base, overlay, size);
   }
+}
+
+function ownerOf(o: AddressOwner): Owner {
+  return { spiffeId: o.spiffeId, nodeIp: o.nodeIp, ...(o.waypointNamespace ? { waypointNamespace: o.waypointNamespace } : {}) };
 }
 
 /** Overlay entries allowed whatever the whole part's size. */
@@ -335,18 +339,6 @@ function leaveOutGuardedPods(services: Map<string, Service>, indexes: ReadonlyAr
   }
   if (replaced.size === 0) return;
   for (const index of indexes) for (const [k, s] of index) { const r = replaced.get(s); if (r) index.set(k, r); }
-}
-
-/**
- * Does the waypoint of `namespace` serve `s` (take tunnels addressed to it, apply its routes and
- * policies)? A Service of its namespace, or one of another namespace bound to a waypoint of it
- * (`use-waypoint-namespace`, which the controller binds only where the Waypoint allows that
- * namespace); a refused binding or another cluster's waypoint is not this one.
- */
-export function servesService(namespace: string, s: Pick<Service, 'namespace' | 'waypoint'>): boolean {
-  if (s.namespace === namespace) return true;
-  const wp = boundWaypoint(s.waypoint);
-  return wp !== undefined && wp.namespace === namespace && wp.cluster === undefined;
 }
 
 /** What about a rule's shape lib/policy/jwt.ts could not read (a controller of another version); undefined when it is fine. */

@@ -12,10 +12,10 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
-import { isConsumerRoute, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
+import { isConsumerRoute, servesService, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
-import { backendService, routesFor, serviceKey, servesService } from './config.ts';
+import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
@@ -212,9 +212,12 @@ function servicesWithEndpoint(snap: Snapshot, ip: string): Service[] {
     index = new Map();
     for (const key of [...snap.services.keys()].sort()) {
       const svc = snap.services.get(key)!;
-      // Served Services only (Snapshot.byAddress): another namespace's not bound here is here to be sent to.
-      if (!servesService(snap.namespace, svc)) continue;
+      // Served Services only (Snapshot.byAddress): another namespace's not bound here is here to be
+      // sent to, but for its pods bound here by their own or their namespace's labels (Istio
+      // use-waypoint-namespace on a Pod; the address-owner table says which).
+      const served = servesService(snap.namespace, svc);
       for (const e of svc.endpoints) {
+        if (!served && snap.addressOwners.get(e.ip)?.waypointNamespace !== snap.namespace) continue;
         const list = index.get(e.ip) ?? [];
         if (!list.includes(svc)) list.push(svc);
         index.set(e.ip, list);

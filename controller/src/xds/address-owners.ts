@@ -3,18 +3,20 @@
 // as the agents' AgentState.addressOwner answers it from their workloads. It is derived from the
 // model's workloads and kept up to date from the workloads a publish changed, so a pod change costs
 // the entries of its old and new address; a change to anything else of a workload (labels, Service
-// membership, telemetry) leaves every entry as it is, and nothing is pushed.
-import type { AddressOwner, Workload } from '../../../lib/model/mesh.ts';
+// membership, telemetry) but its binding to another namespace's waypoint leaves every entry as it
+// is, and nothing is pushed.
+import { foreignWaypointNamespace, type AddressOwner, type Workload } from '../../../lib/model/mesh.ts';
 
 /** What one holder of an address says about it. */
 interface Claim {
   spiffeId: string | undefined;
   nodeIp: string | undefined;
+  waypointNamespace: string | undefined;
 }
 
 function claimOf(w: Workload): Claim {
   // As AgentState.addressOwner: a workload's identity counts only when it is enrolled.
-  return { spiffeId: w.enrolled ? w.spiffeId : undefined, nodeIp: w.nodeIp };
+  return { spiffeId: w.enrolled ? w.spiffeId : undefined, nodeIp: w.nodeIp, waypointNamespace: foreignWaypointNamespace(w) };
 }
 
 export class AddressOwnerTable {
@@ -73,11 +75,12 @@ function ownerOf(ip: string, holders: ReadonlyMap<string, Claim> | undefined): A
   let claim: Claim | undefined;
   for (const c of holders.values()) {
     if (!claim) claim = c;
-    else if (claim.spiffeId !== c.spiffeId || claim.nodeIp !== c.nodeIp) return { ip };
+    else if (claim.spiffeId !== c.spiffeId || claim.nodeIp !== c.nodeIp || claim.waypointNamespace !== c.waypointNamespace) return { ip };
   }
-  return { ip, ...(claim!.spiffeId ? { spiffeId: claim!.spiffeId } : {}), ...(claim!.nodeIp ? { nodeIp: claim!.nodeIp } : {}) };
+  const c = claim!;
+  return { ip, ...(c.spiffeId ? { spiffeId: c.spiffeId } : {}), ...(c.nodeIp ? { nodeIp: c.nodeIp } : {}), ...(c.waypointNamespace ? { waypointNamespace: c.waypointNamespace } : {}) };
 }
 
 function sameOwner(a: AddressOwner | undefined, b: AddressOwner | undefined): boolean {
-  return a === b || (a !== undefined && b !== undefined && a.spiffeId === b.spiffeId && a.nodeIp === b.nodeIp);
+  return a === b || (a !== undefined && b !== undefined && a.spiffeId === b.spiffeId && a.nodeIp === b.nodeIp && a.waypointNamespace === b.waypointNamespace);
 }

@@ -307,8 +307,8 @@ export class ConfigServer {
       if (before) nodes.add(before.node);
       if (after) nodes.add(after.node);
     }
-    // Waypoint namespaces that gained or lost a Service of another namespace (use-waypoint-namespace).
-    const rebound = reboundWaypointNamespaces(this.#index?.model.services, model.services, changes.get('Service') ?? []);
+    // Waypoint namespaces that gained or lost a Service of another namespace (use-waypoint-namespace on it or its pods).
+    const rebound = reboundWaypointNamespaces(this.#index?.model.services, model.services, changes.get('Service') ?? [], this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
     this.#index = buildIndex(model, this.#owners.table);
     this.#published = published;
     if (changes.size > 0 || this.#systemVersion === 0) {

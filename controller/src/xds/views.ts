@@ -7,7 +7,7 @@
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
 // targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
 // workload may call it, so every address), not the workloads themselves.
-import { boundWaypoint, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Service, type Workload } from '../../../lib/model/mesh.ts';
+import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
 import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
@@ -184,21 +184,15 @@ function serves(ix: ViewIndex, namespace: string, svcKey: string): boolean {
 }
 
 /**
- * The namespace of the waypoint a Service of another namespace is bound to (use-waypoint-namespace,
- * the binding allowed), whose waypoint view then holds it; undefined for a Service bound within its
- * namespace, to another cluster's waypoint, refused, or not bound.
+ * The waypoint namespaces whose served Services a publish changed by a binding (a Service, or a pod
+ * of some Services, that came to be, or stopped being, bound to a waypoint of another namespace,
+ * or such a pod whose Services changed): their views of Routes, TrafficPolicies and
+ * AuthorizationPolicies follow those Services, so they are recomputed whole.
  */
-export function foreignWaypointNamespace(svc: Pick<Service, 'namespace' | 'waypoint'>): string | undefined {
-  const wp = boundWaypoint(svc.waypoint);
-  return wp && wp.cluster === undefined && wp.namespace !== svc.namespace ? wp.namespace : undefined;
-}
-
-/**
- * The waypoint namespaces whose served Services a publish changed by a binding (a Service that
- * came to be, or stopped being, bound to a waypoint of another namespace): their views of Routes,
- * TrafficPolicies and AuthorizationPolicies follow those Services, so they are recomputed whole.
- */
-export function reboundWaypointNamespaces(before: ReadonlyMap<string, Service> | undefined, after: ReadonlyMap<string, Service>, changed: readonly string[]): Set<string> {
+export function reboundWaypointNamespaces(
+  before: ReadonlyMap<string, Service> | undefined, after: ReadonlyMap<string, Service>, changed: readonly string[],
+  workloadsBefore?: ReadonlyMap<string, Workload>, workloadsAfter?: ReadonlyMap<string, Workload>, changedWorkloads: readonly string[] = [],
+): Set<string> {
   const out = new Set<string>();
   for (const name of changed) {
     const was = before?.get(name);
@@ -206,6 +200,15 @@ export function reboundWaypointNamespaces(before: ReadonlyMap<string, Service> |
     const a = was && foreignWaypointNamespace(was);
     const b = is && foreignWaypointNamespace(is);
     if (a === b) continue;
+    if (a) out.add(a);
+    if (b) out.add(b);
+  }
+  for (const uid of changedWorkloads) {
+    const was = workloadsBefore?.get(uid);
+    const is = workloadsAfter?.get(uid);
+    const a = was && foreignWaypointNamespace(was);
+    const b = is && foreignWaypointNamespace(is);
+    if (a === b && (!a || was!.services.join() === is!.services.join())) continue;
     if (a) out.add(a);
     if (b) out.add(b);
   }
@@ -266,16 +269,29 @@ export const WAYPOINT_VIEW_DEPENDS_ON: Readonly<Partial<Record<ResourceType, rea
 
 const NONE: ReadonlySet<string> = new Set();
 
-/** The Services of other namespaces bound to a waypoint of `namespace`, cached on the index. */
+/**
+ * The Services of other namespaces bound to a waypoint of `namespace`, and those of pods of other
+ * namespaces bound to one (use-waypoint-namespace on the Pod or its namespace: the waypoint takes
+ * tunnels addressed to the pod, for its Services, with their policies), cached on the index.
+ */
 function foreignServedOf(ix: ViewIndex, namespace: string): ReadonlySet<string> {
   if (!ix.foreignServed) {
-    ix.foreignServed = new Map();
+    const out = (ix.foreignServed = new Map<string, Set<string>>());
+    const add = (ns: string, key: string) => {
+      let set = out.get(ns);
+      if (!set) out.set(ns, (set = new Set()));
+      set.add(key);
+    };
     for (const [key, svc] of ix.model.services) {
       const ns = foreignWaypointNamespace(svc);
-      if (ns === undefined) continue;
-      let set = ix.foreignServed.get(ns);
-      if (!set) ix.foreignServed.set(ns, (set = new Set()));
-      set.add(key);
+      if (ns !== undefined) add(ns, key);
+    }
+    // Only the pod's own namespace's Services: another namespace's listing it (a hand-written
+    // EndpointSlice) marks it with the pod's waypoint (Endpoint.waypoint), and every waypoint
+    // leaves it out, so that Service and its policies are nothing for this one to hold.
+    for (const w of ix.model.workloads.values()) {
+      const ns = foreignWaypointNamespace(w);
+      if (ns !== undefined) for (const key of w.services) if (key.startsWith(`${w.namespace}/`) && ix.model.services.has(key)) add(ns, key);
     }
   }
   return ix.foreignServed.get(namespace) ?? NONE;
