@@ -76,7 +76,8 @@ export interface ControllerMainOptions {
   /**
    * With debugEndpoints: the token those paths want (DEBUG_TOKEN_HEADER), read at each request.
    * Kubernetes mode: the install's Secret, which the controller makes. Without one (local mode) the
-   * metrics port serves /debug/clients to anyone, as an agent without a token file, and no grant.
+   * metrics port serves /debug/clients and waypoint grants to anyone, as an agent without a token
+   * file serves its /debug paths (weftctl's cluster transport over a local mesh reads waypoints so).
    */
   debugToken?: () => string | undefined;
   trustDomain?: string;
@@ -342,7 +343,9 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     token: debugToken,
     refused: (req, why, detail) => status.refused('metrics', `debug-token-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
   } : undefined;
-  const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(debugAccess && authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
+  // Without a token (a local mesh) both are answered to anyone, as that mesh's agents answer their
+  // /debug paths: the waypoints' then open to whoever asks the controller for a grant, as the agents'.
+  const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
   const metrics = createServer((req, res) => {
     const path = req.url?.split('?')[0] ?? '/';
     if (o.debugEndpoints && metricsDebugPaths.has(path) && req.method === 'GET') {

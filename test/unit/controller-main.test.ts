@@ -177,14 +177,26 @@ test('the controller\'s debug paths on its metrics port answer only the install\
     await running.stop();
     cleanup();
   }
-  // A local mesh's controller (no token): /debug/clients as before, and no grant for anyone.
+  // A local mesh's controller (no token): /debug/clients and grants to anyone, as that mesh's agents
+  // answer their /debug paths; without --debug-endpoints neither.
   const local = await tlsController([], { debugEndpoints: true });
   try {
     assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/clients`)).status, 200);
-    assert.equal((await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-0`)).status, 404);
+    const g = await fetch(`http://127.0.0.1:${local.running.metricsPort}/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-0`);
+    assert.equal(g.status, 200);
+    assert.equal(((await g.json()) as { audience: string }).audience, 'waypoint-debug:shop/waypoint/waypoint-0');
   } finally {
     await local.running.stop();
     local.cleanup();
+  }
+  const closed = await tlsController([], {});
+  try {
+    for (const path of ['/debug/clients', '/debug/waypoint-grant?waypoint=shop%2Fwaypoint&pod=waypoint-0']) {
+      assert.equal((await fetch(`http://127.0.0.1:${closed.running.metricsPort}${path}`)).status, 404, path);
+    }
+  } finally {
+    await closed.running.stop();
+    closed.cleanup();
   }
 });
 
