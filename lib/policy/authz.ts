@@ -20,7 +20,7 @@
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
-import type { JsonValue, RequestAuth } from './jwt.ts';
+import { claimAt, type RequestAuth } from './jwt.ts';
 import { OPERATION_FIELDS, SOURCE_FIELDS, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
@@ -163,7 +163,7 @@ export function remoteIpOf(xff: string | readonly string[] | undefined, sourceIp
 }
 
 /** The values of the attribute a field or key reads, for a request or connection. */
-type Getter = (a: Attributes) => string | number | undefined | readonly string[];
+type Getter = (a: Attributes) => string | number | undefined | readonly string[] | RequestAuth;
 
 function headerValue(a: Attributes, name: string): string | undefined {
   if (!isRequest(a)) return undefined;
@@ -181,7 +181,7 @@ const getters = {
   method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
   path: (a: Attributes) => (isRequest(a) ? a.path.split('?')[0] : undefined),
   host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
-  requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth?.principal : undefined),
+  requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth : undefined),
   audiences: (a: Attributes) => (isRequest(a) ? a.requestAuth?.audiences : undefined),
   presenter: (a: Attributes) => (isRequest(a) ? a.requestAuth?.presenter : undefined),
 } satisfies Record<string, Getter>;
@@ -190,15 +190,54 @@ const getters = {
  * A claim of the request's JWT by its path (`request.auth.claims[a][b]`: `["a", "b"]`): a string,
  * or a list whose items are all strings (Istio matches one of them); any other type matches nothing.
  */
-function claimAt(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
+function claimOf(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
   if (!isRequest(a) || !a.requestAuth) return undefined;
-  let v: JsonValue | undefined = a.requestAuth.claims;
-  for (const seg of path) {
-    if (typeof v !== 'object' || v === null || Array.isArray(v) || !Object.hasOwn(v, seg)) return undefined;
-    v = (v as Record<string, JsonValue>)[seg];
-  }
+  const v = claimAt(a.requestAuth.claims, path);
   if (typeof v === 'string') return v;
   return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+}
+
+/**
+ * One `requestPrincipals` / `request.auth.principal` value as Istio's requestPrincipalGenerator
+ * compiles it (pilot/pkg/security/authz/model/generator.go): split at the last `/` (an issuer may be
+ * a URL) into iss and sub, matched each on its own, never as one joined string; `*` is any non-empty
+ * value, so a token without `sub` matches nothing, `*` included (Envoy's metadata matcher on a
+ * missing claim). `*x/sub`: iss by suffix, sub exactly; `iss/x*`: iss exactly, sub by prefix; no
+ * `/`: `*x` is a suffix of sub, `x*` a prefix of iss.
+ */
+function requestPrincipalMatch(value: string): (auth: RequestAuth) => boolean {
+  const any = (v: string | undefined): boolean => v !== undefined && v !== '';
+  const exact = (x: string) => (v: string | undefined): boolean => v === x;
+  const idx = value.lastIndexOf('/');
+  const found = idx >= 0;
+  const iss = found ? value.slice(0, idx) : value;
+  const sub = found ? value.slice(idx + 1) : '';
+  let matchIss: (v: string | undefined) => boolean;
+  let matchSub: (v: string | undefined) => boolean;
+  if (value === '*') {
+    matchIss = any;
+    matchSub = any;
+  } else if (value.startsWith('*')) {
+    if (found) {
+      matchIss = iss === '*' ? any : (v) => v !== undefined && v.endsWith(iss.slice(1));
+      matchSub = exact(sub);
+    } else {
+      matchIss = any;
+      matchSub = (v) => v !== undefined && v.endsWith(value.slice(1));
+    }
+  } else if (value.endsWith('*')) {
+    if (found) {
+      matchIss = exact(iss);
+      matchSub = sub === '*' ? any : (v) => v !== undefined && v.startsWith(sub.slice(0, -1));
+    } else {
+      matchIss = (v) => v !== undefined && v.startsWith(value.slice(0, -1));
+      matchSub = any;
+    }
+  } else {
+    matchIss = exact(iss);
+    matchSub = exact(sub);
+  }
+  return (auth) => matchIss(auth.issuer) && matchSub(auth.subject);
 }
 
 /** A predicate true when any of `values` matches the attribute `get` reads. */
@@ -222,6 +261,10 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
         return forms.some((x) => globMatch(x, v)) || (v !== undefined && templates.some((m) => m(v)));
       };
     }
+    case 'requestPrincipal': {
+      const matches = values.map(requestPrincipalMatch);
+      return (a) => { const v = get(a) as RequestAuth | undefined; return v !== undefined && matches.some((m) => m(v)); };
+    }
     case 'namespace':
     case 'method':
       // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not `DELETE`; the caller passes
@@ -229,8 +272,6 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
     case 'header':
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v, true)); };
-    case 'requestPrincipal':
-      return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
     case 'claim':
       return (a) => {
         const v = get(a) as string | readonly string[] | undefined;
@@ -290,7 +331,7 @@ const CONDITION_GETTERS: Record<string, (arg: string | undefined, args: readonly
   'request.auth.principal': () => getters.requestPrincipal,
   'request.auth.audiences': () => getters.audiences,
   'request.auth.presenter': () => getters.presenter,
-  'request.auth.claims': (_arg, args) => (a) => claimAt(a, args),
+  'request.auth.claims': (_arg, args) => (a) => claimOf(a, args),
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -82,8 +82,13 @@ export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: s
 
 /** What a verified token says, for AuthorizationPolicy (`request.auth.*`, `requestPrincipals`). */
 export interface RequestAuth {
-  /** `<iss>/<sub>` (Istio's request principal). */
-  principal: string;
+  /**
+   * `iss` and `sub`, Istio's request principal `<iss>/<sub>` kept in its two parts: a policy's
+   * value is split at its last `/` and each part matched on its own (authz.ts requestPrincipalMatch).
+   */
+  issuer: string;
+  /** Absent when the token has no `sub`: such a token matches no request principal, `*` included. */
+  subject?: string;
   audiences: string[];
   /** `azp`, when it is a string. */
   presenter?: string;
@@ -201,7 +206,11 @@ function keysOf(rule: JwtRule): Jwk[] | Error {
 // Finding tokens
 
 interface Location {
-  /** `header:<name>`, `param:<name>` or `cookie:<name>`. */
+  /**
+   * `header:<name>:<prefix>`, `param:<name>` or `cookie:<name>`. A header location is its name and
+   * prefix, as Envoy's extractor keys it (header + value_prefix): two rules reading one header with
+   * different prefixes each read it.
+   */
   id: string;
   header?: { name: string; prefix: string };
   param?: string;
@@ -210,13 +219,17 @@ interface Location {
 
 /** Istio's default locations: `Authorization: Bearer <token>`, then the `access_token` parameter. */
 const DEFAULT_LOCATIONS: readonly Location[] = [
-  { id: 'header:authorization', header: { name: 'authorization', prefix: 'Bearer ' } },
+  { id: 'header:authorization:bearer ', header: { name: 'authorization', prefix: 'Bearer ' } },
   { id: 'param:access_token', param: 'access_token' },
 ];
 
 function locationsOf(rule: JwtRule): Location[] {
   const out: Location[] = [];
-  for (const h of rule.fromHeaders ?? []) out.push({ id: `header:${h.name.toLowerCase()}`, header: { name: h.name.toLowerCase(), prefix: h.prefix ?? '' } });
+  for (const h of rule.fromHeaders ?? []) {
+    const name = h.name.toLowerCase();
+    const prefix = h.prefix ?? '';
+    out.push({ id: `header:${name}:${prefix.toLowerCase()}`, header: { name, prefix } });
+  }
   for (const p of rule.fromParams ?? []) out.push({ id: `param:${p}`, param: p });
   for (const c of rule.fromCookies ?? []) out.push({ id: `cookie:${c}`, cookie: c });
   return out.length > 0 ? out : [...DEFAULT_LOCATIONS];
@@ -226,24 +239,6 @@ function valuesOf(v: string | readonly string[] | undefined): readonly string[] 
   return v === undefined ? [] : typeof v === 'string' ? [v] : v;
 }
 
-function queryValues(query: string, name: string): string[] {
-  const out: string[] = [];
-  for (const part of query.split('&')) {
-    const eq = part.indexOf('=');
-    const k = eq < 0 ? part : part.slice(0, eq);
-    if (safeDecode(k) !== name) continue;
-    out.push(safeDecode(eq < 0 ? '' : part.slice(eq + 1)) ?? '');
-  }
-  return out;
-}
-
-function safeDecode(s: string): string | undefined {
-  try {
-    return decodeURIComponent(s.replace(/\+/g, ' '));
-  } catch {
-    return undefined;
-  }
-}
 
 function cookieValues(headers: TokenSources['headers'], name: string): string[] {
   const out: string[] = [];
@@ -257,17 +252,25 @@ function cookieValues(headers: TokenSources['headers'], name: string): string[] 
 }
 
 /**
- * The tokens at one location. A header without the prefix holds none, as in Envoy; the prefix is
- * compared without regard to case (RFC 9110 section 11.1: an auth scheme is case-insensitive), so
- * `bearer <token>` is verified, not passed on unchecked to a backend that would read it.
+ * The token in one header value for the locations reading that header (longest prefix first). A
+ * value without any of their prefixes holds none, as in Envoy; a prefix is compared without regard
+ * to case (RFC 9110 section 11.1: an auth scheme is case-insensitive), so `bearer <token>` is
+ * verified, not passed on unchecked to a backend that would read it. Overlapping prefixes (`Bearer `
+ * and none) read a value once, at the longest that fits: one value is one token, never two.
  */
-function tokensAt(loc: Location, src: TokenSources): string[] {
-  if (loc.header) {
-    const { name, prefix } = loc.header;
-    const lower = prefix.toLowerCase();
-    return valuesOf(src.headers[name]).filter((v) => v.slice(0, prefix.length).toLowerCase() === lower).map((v) => v.slice(prefix.length).trim()).filter((t) => t !== '');
+function headerToken(value: string, byPrefix: readonly PlanEntry[]): { token: string; entry: PlanEntry } | undefined {
+  for (const entry of byPrefix) {
+    const prefix = entry.loc.header!.prefix;
+    if (value.slice(0, prefix.length).toLowerCase() !== prefix.toLowerCase()) continue;
+    const token = value.slice(prefix.length).trim();
+    return token === '' ? undefined : { token, entry };
   }
-  if (loc.param !== undefined) return queryValues(src.query, loc.param).filter((t) => t !== '');
+  return undefined;
+}
+
+/** The tokens at a parameter or cookie location. */
+function tokensAt(loc: Location, src: TokenSources, query: URLSearchParams | undefined): string[] {
+  if (loc.param !== undefined) return (query?.getAll(loc.param) ?? []).filter((t) => t !== '');
   return cookieValues(src.headers, loc.cookie!).filter((t) => t !== '');
 }
 
@@ -352,7 +355,7 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
-    const auth: RequestAuth = { principal: `${iss}/${typeof sub === 'string' ? sub : ''}`, audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}) };
+    const auth: RequestAuth = { issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}) };
     return { ok: true, auth, payloadPart: p, rule, issuer: iss };
   }
   return last;
@@ -374,13 +377,22 @@ function outputHeaders(rules: readonly JwtRule[]): string[] {
   return [...out];
 }
 
-/** A claim for a header: a string, number or boolean as text; a list of those joined by `,`; else none. */
-export function claimHeaderValue(claims: RequestAuth['claims'], path: string): string | undefined {
+/**
+ * A claim by its path into nested claims (`["org", "team"]`), own properties only (never
+ * `constructor` or `__proto__`): the one walk for outputClaimToHeaders and `request.auth.claims`.
+ */
+export function claimAt(claims: RequestAuth['claims'], path: readonly string[]): JsonValue | undefined {
   let v: JsonValue | undefined = claims;
-  for (const seg of path.split('.')) {
+  for (const seg of path) {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
     v = own(v, seg);
   }
+  return v;
+}
+
+/** A claim for a header: a string, number or boolean as text; a list of those joined by `,`; else none. */
+export function claimHeaderValue(claims: RequestAuth['claims'], path: string): string | undefined {
+  const v = claimAt(claims, path.split('.'));
   const scalar = (x: JsonValue | undefined): string | undefined => (typeof x === 'string' ? x : typeof x === 'number' || typeof x === 'boolean' ? String(x) : undefined);
   if (Array.isArray(v)) {
     const items = v.map(scalar);
@@ -392,15 +404,28 @@ export function claimHeaderValue(claims: RequestAuth['claims'], path: string): s
 /** A header value is what a field may carry (RFC 9110 section 5.5): no CR, LF, NUL or other controls. */
 const FIELD_VALUE_OK = /^[\t\x20-\x7e\x80-\xff]*$/;
 
-/**
- * Finds, checks and applies the tokens of a request for the rules that apply to its destination
- * (every RequestAuthentication attached to it, merged, as Istio merges them).
- */
-export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources, nowMs = Date.now()): JwtOutcome {
-  const edits: HeaderEditsOut = { remove: outputHeaders(rules), set: [] };
-  if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
-  // Every token at every location some rule reads, and the rules reading each location.
-  const byLocation = new Map<string, { loc: Location; rules: JwtRule[] }>();
+/** One location and the rules reading it. */
+interface PlanEntry {
+  loc: Location;
+  rules: JwtRule[];
+}
+
+/** What a service's rules read, compiled once per rules list (the snapshot keeps one per service). */
+interface Plan {
+  /** The output headers, removed from every request. */
+  outputs: string[];
+  /** Header locations by header name, longest prefix first. */
+  headers: Map<string, PlanEntry[]>;
+  /** Parameter and cookie locations. */
+  others: PlanEntry[];
+}
+
+const plans = new WeakMap<readonly JwtRule[], Plan>();
+
+function planOf(rules: readonly JwtRule[]): Plan {
+  let plan = plans.get(rules);
+  if (plan) return plan;
+  const byLocation = new Map<string, PlanEntry>();
   for (const r of rules) {
     for (const loc of locationsOf(r)) {
       const e = byLocation.get(loc.id);
@@ -408,8 +433,38 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
       else byLocation.set(loc.id, { loc, rules: [r] });
     }
   }
+  const headers = new Map<string, PlanEntry[]>();
+  const others: PlanEntry[] = [];
+  for (const e of byLocation.values()) {
+    if (!e.loc.header) { others.push(e); continue; }
+    const list = headers.get(e.loc.header.name) ?? [];
+    list.push(e);
+    headers.set(e.loc.header.name, list);
+  }
+  for (const list of headers.values()) list.sort((x, y) => y.loc.header!.prefix.length - x.loc.header!.prefix.length);
+  plan = { outputs: outputHeaders(rules), headers, others };
+  plans.set(rules, plan);
+  return plan;
+}
+
+/**
+ * Finds, checks and applies the tokens of a request for the rules that apply to its destination
+ * (every RequestAuthentication attached to it, merged, as Istio merges them).
+ */
+export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources, nowMs = Date.now()): JwtOutcome {
+  const plan = planOf(rules);
+  const edits: HeaderEditsOut = { remove: [...plan.outputs], set: [] };
+  if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
+  // Every token at every location some rule reads, and the rules reading each location.
   const found: Array<{ token: string; loc: Location; rules: JwtRule[] }> = [];
-  for (const { loc, rules: rs } of byLocation.values()) for (const token of tokensAt(loc, src)) found.push({ token, loc, rules: rs });
+  for (const [name, byPrefix] of plan.headers) {
+    for (const v of valuesOf(src.headers[name])) {
+      const t = headerToken(v, byPrefix);
+      if (t) found.push({ token: t.token, loc: t.entry.loc, rules: t.entry.rules });
+    }
+  }
+  const query = src.query !== '' && plan.others.some((e) => e.loc.param !== undefined) ? new URLSearchParams(src.query) : undefined;
+  for (const { loc, rules: rs } of plan.others) for (const token of tokensAt(loc, src, query)) found.push({ token, loc, rules: rs });
   if (found.length === 0) return { kind: 'none', edits };
   const refuse = (reason: JwtRefusal, why: string, issuer?: string): JwtOutcome => ({
     kind: 'refused', reason, status: reason === 'audience-not-allowed' ? 403 : 401, message: ENVOY_STATUS[reason],

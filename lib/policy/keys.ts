@@ -41,7 +41,10 @@ export type ValueKind =
   | 'host'
   /** A header value: exact, `prefix*`, `*suffix`; `*` means the header is present. */
   | 'header'
-  /** A request principal `<iss>/<sub>` from a verified JWT: exact, `prefix*`, `*suffix`, `*` (any). */
+  /**
+   * A request principal `<iss>/<sub>` from a verified JWT, split at the last `/` and matched part by
+   * part as Istio does (authz.ts requestPrincipalMatch): exact, `prefix*`, `*suffix`, `*` (any).
+   */
   | 'requestPrincipal'
   /** A JWT claim, audience or presenter: exact, `prefix*`, `*suffix`, `*` (any non-empty); a list claim matches when one item does. */
   | 'claim';

@@ -31,7 +31,7 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
     for (const k of [rsa, ec, ec384, ed]) {
       const out = authenticateRequest([rule], bearer(signToken(k, claims())));
       assert.equal(out.kind, 'verified', `${k.alg}: ${JSON.stringify(out)}`);
-      if (out.kind === 'verified') assert.equal(out.auth.principal, `${ISS}/alice`);
+      if (out.kind === 'verified') assert.deepEqual([out.auth.issuer, out.auth.subject], [ISS, 'alice']);
     }
   });
 
@@ -149,6 +149,21 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     const same = authenticateRequest([rule], { headers: { authorization: `Bearer ${good}` }, query: `access_token=${good}` });
     assert.equal(same.kind, 'verified');
     refused([rule], { headers: { authorization: `Bearer ${forged}` }, query: `access_token=${forged}` }, 'bad-signature');
+  });
+
+  // Envoy's jwt_authn keys a header location by name and prefix (extractor.cc addHeaderConfig:
+  // header + value_prefix), so two rules reading one header with different prefixes each read it
+  // (https://istio.io/latest/docs/reference/config/security/request_authentication/ JWTHeader.prefix).
+  it('Envoy extractor: two rules reading Authorization with different prefixes each read it; a forged "Token " token is 401, not passed on', () => {
+    const token: JwtRule = { issuer: 'https://other.example', jwks: jwksOf(rsa, ec), fromHeaders: [{ name: 'Authorization', prefix: 'Token ' }] };
+    const forged = signToken(stranger, claims({ iss: 'https://other.example' }));
+    refused([rule, token], { headers: { authorization: `Token ${forged}` }, query: '' }, 'bad-signature');
+    refused([token, rule], { headers: { authorization: `Token ${forged}` }, query: '' }, 'bad-signature');
+    assert.equal(authenticateRequest([token, rule], bearer(signToken(rsa, claims()))).kind, 'verified', 'reversed, a valid Bearer token still verifies');
+    assert.equal(authenticateRequest([rule, token], { headers: { authorization: `Token ${signToken(ec, claims({ iss: 'https://other.example' }))}` }, query: '' }).kind, 'verified');
+    // Overlapping prefixes ("Bearer " and "" on one header): a value is one token, at its longest matching prefix.
+    const bare: JwtRule = { ...rule, fromHeaders: [{ name: 'authorization' }] };
+    assert.equal(authenticateRequest([rule, bare], bearer(signToken(rsa, claims()))).kind, 'verified');
   });
 
   it('a CORS preflight is not checked (Istio: Envoy bypass_cors_preflight), but callers\' output headers are still dropped', () => {
