@@ -17,9 +17,18 @@ export function h2Frame(type: number, flags: number, stream: number, payload: Bu
   return Buffer.concat([h, payload]);
 }
 
-/** HPACK literal header field without indexing, new name, no Huffman; names and values under 127 bytes. */
+/** HPACK literal header field without indexing, new name, no Huffman; a name under 127 bytes, a value of any length. */
 export function hpackLiteral(name: string, value: string): Buffer {
-  return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]);
+  return Buffer.concat([Buffer.from([0x00, name.length]), Buffer.from(name), hpackLength(Buffer.byteLength(value)), Buffer.from(value)]);
+}
+
+/** A string length as an HPACK integer with a 7-bit prefix, Huffman bit clear (RFC 7541 section 5.1). */
+function hpackLength(n: number): Buffer {
+  if (n < 127) return Buffer.from([n]);
+  const out = [127];
+  for (n -= 127; n >= 128; n = Math.floor(n / 128)) out.push((n % 128) | 0x80);
+  out.push(n);
+  return Buffer.from(out);
 }
 
 /** The complete frames in `buf`, in order (a partial frame at the end is left out). */

@@ -16,6 +16,8 @@ import {
   CALLER, backend, config, echo, endpoint, h2request, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
+import { H2, H2_PREFACE, h2Frame, hpackLiteral } from '../lab/h2-frames.ts';
+import { until } from '../lab/wait.ts';
 import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, testKey, unsignedToken } from './jwt-fixtures.ts';
 
 const ISS = 'testing@secure.istio.io';
@@ -128,6 +130,31 @@ describe('RequestAuthentication at the waypoint (istio.io request_authentication
     const both = await request(l.port, { path: `/?access_token=${forged}`, headers: { authorization: `Bearer ${good}` } });
     assert.equal(both.status, 401);
     assert.ok(((await refusals(engine))['multiple-tokens'] ?? 0) >= 2);
+  });
+
+  // Istio: "requests with multiple tokens ... the output principal of such requests is undefined"
+  // (https://istio.io/latest/docs/reference/config/security/request_authentication/); Envoy refuses
+  // them (JwtMultipleTokens). node's HTTP/2 request keeps only the first Authorization field, so the
+  // token view is built from the fields as received, for either protocol.
+  it('HTTP/2 alike: two Authorization fields (a good token, then a forged one) are refused as multiple tokens, counted and logged, never forwarded', async () => {
+    const good = signToken(key, claims());
+    const forged = signToken(stranger, claims({ sub: 'admin' }));
+    const before = (await refusals(engine))['multiple-tokens'] ?? 0;
+    const hits = b.hits;
+    warnings.length = 0;
+    const block = Buffer.concat(([[':method', 'GET'], [':scheme', 'http'], [':path', '/h2-twice'], [':authority', 'reviews.shop'], ['authorization', `Bearer ${good}`], ['authorization', `Bearer ${forged}`]] as const).map(([n, v]) => hpackLiteral(n, v)));
+    const sock = net.connect(l.port, '127.0.0.1');
+    sock.on('error', () => {});
+    try {
+      sock.write(Buffer.concat([H2_PREFACE, h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)), h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, block)]));
+      await until('the two tokens are refused (multiple-tokens counted)', async () => ((await refusals(engine))['multiple-tokens'] ?? 0) === before + 1, 10_000);
+    } finally {
+      sock.destroy();
+    }
+    const line = warnings.find((w) => w.msg === 'JWT refused' && w.fields['reason'] === 'multiple-tokens');
+    assert.ok(line, `a warning names multiple-tokens: ${JSON.stringify(warnings)}`);
+    assert.match(String(line.fields['detail']), /header:authorization/);
+    assert.equal(b.hits, hits, 'the backend saw nothing');
   });
 
   it('HTTP/2 alike: a valid token passes with its header removed, a forged one is 401', async () => {

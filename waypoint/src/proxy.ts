@@ -369,6 +369,13 @@ const normalize: Stage = (ctx) => {
   ctx.path = n.path;
 };
 
+/** The fields of `raw` (name, value, ...) by lower-case name, each with every value it came with. */
+function fieldsOf(raw: readonly string[]): Record<string, string[]> {
+  const out: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
+  for (let i = 0; i + 1 < raw.length; i += 2) (out[raw[i]!.toLowerCase()] ??= []).push(raw[i + 1]!);
+  return out;
+}
+
 function countHeader(raw: readonly string[], name: string): number {
   let n = 0;
   for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) n++;
@@ -400,10 +407,9 @@ const authenticate: Stage = (ctx) => {
   const rules = ctx.snap.jwtRules.get(dest.key);
   if (!rules) return;
   const q = ctx.path.indexOf('?');
-  // HTTP/1.1: every value of a repeated field (node keeps only the first Authorization), so two
-  // tokens in two Authorization lines are seen as two.
-  const distinct = 'stream' in ctx.req ? undefined : (ctx.req as http.IncomingMessage).headersDistinct;
-  const out = authenticateRequest(rules, { headers: distinct ?? ctx.headers, query: q < 0 ? '' : ctx.path.slice(q + 1), method: ctx.method });
+  // Every value of a repeated field, from the fields as received, HTTP/1.1 and HTTP/2 alike (node
+  // keeps only the first Authorization of either), so two tokens in two Authorization fields are two.
+  const out = authenticateRequest(rules, { headers: fieldsOf(ctx.req.rawHeaders), query: q < 0 ? '' : ctx.path.slice(q + 1), method: ctx.method });
   if (out.kind === 'refused') {
     ctx.env.telemetry.jwtRefusal(out.reason, {
       detail: clip(out.detail), issuer: clip(out.issuer), service: dest.key,
