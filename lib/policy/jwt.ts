@@ -330,11 +330,14 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
   const aud = own(payload, 'aud');
   const exp = own(payload, 'exp');
   const nbf = own(payload, 'nbf');
+  const iat = own(payload, 'iat');
   const azp = own(payload, 'azp');
   if (sub !== undefined && typeof sub !== 'string') return { ok: false, reason: 'bad-claim', why: 'sub is not a string', issuer: iss };
   if (aud !== undefined && typeof aud !== 'string' && !(Array.isArray(aud) && aud.every((a) => typeof a === 'string'))) return { ok: false, reason: 'bad-claim', why: 'aud is not a string or a list of strings', issuer: iss };
   if (exp !== undefined && (typeof exp !== 'number' || !Number.isFinite(exp))) return { ok: false, reason: 'bad-claim', why: 'exp is not a number', issuer: iss };
   if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) return { ok: false, reason: 'bad-claim', why: 'nbf is not a number', issuer: iss };
+  // Envoy's jwt_verify_lib: JwtPayloadParseErrorIatNotInteger.
+  if (iat !== undefined && (typeof iat !== 'number' || !Number.isFinite(iat))) return { ok: false, reason: 'bad-claim', why: 'iat is not a number', issuer: iss };
   const data = Buffer.from(`${h}.${p}`);
   const sig = Buffer.from(s, 'base64url');
   let last: Check & { rule?: JwtRule; issuer?: string } = { ok: false, reason: 'unknown-kid', why: `no key of issuer ${iss} fits kid ${JSON.stringify(kid ?? null)} and alg ${alg}`, issuer: iss };

@@ -18,8 +18,8 @@ const rule: JwtRule = { issuer: ISS, jwks: jwksOf(rsa, ec, ec384, ed) };
 const claims = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ iss: ISS, sub: 'alice', exp: nowSeconds() + 300, ...extra });
 const bearer = (token: string, extra: TokenSources['headers'] = {}): TokenSources => ({ headers: { authorization: `Bearer ${token}`, ...extra }, query: '' });
 
-function refused(rules: JwtRule[], src: TokenSources, reason: string, status = 401): void {
-  const out = authenticateRequest(rules, src);
+function refused(rules: JwtRule[], src: TokenSources, reason: string, status = 401, nowMs?: number): void {
+  const out = authenticateRequest(rules, src, nowMs);
   assert.equal(out.kind, 'refused', JSON.stringify(out));
   if (out.kind !== 'refused') return;
   assert.equal(out.reason, reason, out.detail);
@@ -68,9 +68,12 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
     assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ aud: 'anything' })))).kind, 'verified');
   });
 
-  it('allows Envoy\'s 60 s clock skew on exp and nbf', () => {
-    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ exp: nowSeconds() - JWT_CLOCK_SKEW_SECONDS + 5 })))).kind, 'verified');
-    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ nbf: nowSeconds() + JWT_CLOCK_SKEW_SECONDS - 5 })))).kind, 'verified');
+  it('allows Envoy\'s 60 s clock skew on exp and nbf, to the second', () => {
+    const now = nowSeconds();
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ exp: now - JWT_CLOCK_SKEW_SECONDS }))), now * 1000).kind, 'verified');
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ nbf: now + JWT_CLOCK_SKEW_SECONDS }))), now * 1000).kind, 'verified');
+    refused([rule], bearer(signToken(rsa, claims({ exp: now - JWT_CLOCK_SKEW_SECONDS - 1 }))), 'expired', 401, now * 1000);
+    refused([rule], bearer(signToken(rsa, claims({ nbf: now + JWT_CLOCK_SKEW_SECONDS + 1 }))), 'not-yet-valid', 401, now * 1000);
   });
 
   it('removes the token header unless forwardOriginalToken, writes outputPayloadToHeader and outputClaimToHeaders', () => {
@@ -184,8 +187,10 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     refused([rule], bearer(`${Buffer.from('{"alg":"RS256"}').toString('base64url')}.${Buffer.from('[1,2]').toString('base64url')}.AA`), 'malformed');
   });
 
-  it('registered claims of the wrong type: exp as a string, sub as a number, aud as a list of numbers', () => {
+  it('registered claims of the wrong type: exp as a string, sub as a number, aud as a list of numbers, iat as a string (Envoy jwt_verify_lib JwtPayloadParseErrorIatNotInteger)', () => {
     refused([rule], bearer(signToken(rsa, claims({ exp: 'never' }))), 'bad-claim');
+    refused([rule], bearer(signToken(rsa, claims({ iat: 'yesterday' }))), 'bad-claim');
+    assert.equal(authenticateRequest([rule], bearer(signToken(rsa, claims({ iat: nowSeconds() - 10 })))).kind, 'verified');
     refused([rule], bearer(signToken(rsa, claims({ sub: 7 }))), 'bad-claim');
     refused([rule], bearer(signToken(rsa, claims({ aud: [1] }))), 'bad-claim');
   });
