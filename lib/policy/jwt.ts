@@ -147,14 +147,24 @@ function keyFits(k: Jwk, alg: Alg): boolean {
   return k.kty === 'EC' && k.crv === EC[alg]!.curve;
 }
 
-const jwksCache = new WeakMap<JwtRule, Jwk[] | Error>();
+/** A JWKS document's usable keys, and why each other key was left out. */
+export interface ParsedJwks {
+  keys: Jwk[];
+  /** `keys[i]: <why>` of each key left out. */
+  skipped: string[];
+}
+
+const jwksCache = new WeakMap<JwtRule, ParsedJwks | Error>();
 
 /**
  * Parses a JWKS document into public keys: RSA, EC (P-256/384/521) and OKP (Ed25519/Ed448) keys
- * for signing. A symmetric (`oct`) key or one with private parts is refused: a shared secret in a
- * policy object would let anyone who reads it mint tokens. Throws with the key's index.
+ * for signing. A key that cannot be used (another kty, a bad key, an RSA modulus under 2048 bits) is
+ * left out and the others serve, as Envoy's jwt_verify_lib skips such keys (Jwks::createFrom: only
+ * "no valid keys" fails the document). A symmetric (`oct`) key or one with private parts refuses the
+ * whole document: a shared secret or private key in a policy object would let anyone who reads it
+ * mint tokens, and its author should hear so. Throws naming the key.
  */
-export function parseJwks(text: string): Jwk[] {
+export function parseJwks(text: string): ParsedJwks {
   if (Buffer.byteLength(text) > MAX_JWKS_BYTES) throw new Error(`is larger than ${MAX_JWKS_BYTES} bytes`);
   let doc: unknown;
   try {
@@ -165,31 +175,35 @@ export function parseJwks(text: string): Jwk[] {
   const keys = (doc as { keys?: unknown } | null)?.keys;
   if (typeof doc !== 'object' || doc === null || !Array.isArray(keys)) throw new Error('is not a JWKS (an object with a "keys" list)');
   const out: Jwk[] = [];
+  const skipped: string[] = [];
   keys.forEach((raw, i) => {
     const k = raw as Record<string, unknown>;
     const where = `keys[${i}]`;
-    if (typeof k !== 'object' || k === null) throw new Error(`${where} is not an object`);
+    const skip = (why: string): void => { skipped.push(`${where}${why}`); };
+    if (typeof k !== 'object' || k === null) return skip(' is not an object');
     if (k.kty === 'oct') throw new Error(`${where}: symmetric (oct) keys are not accepted: HS* tokens are refused, a shared secret in a policy lets its readers mint tokens`);
-    if (k.kty !== 'RSA' && k.kty !== 'EC' && k.kty !== 'OKP') throw new Error(`${where}: kty ${JSON.stringify(k.kty)} is not RSA, EC or OKP`);
     if (k.d !== undefined || k.p !== undefined) throw new Error(`${where} holds a private key; a JWKS lists public keys only`);
-    if (k.use !== undefined && k.use !== 'sig') return;
-    if (k.kid !== undefined && typeof k.kid !== 'string') throw new Error(`${where}.kid is not a string`);
-    if (k.alg !== undefined && !(JWT_ALGS as readonly unknown[]).includes(k.alg)) throw new Error(`${where}.alg ${JSON.stringify(k.alg)} is not one of ${JWT_ALGS.join(', ')}`);
+    if (k.kty !== 'RSA' && k.kty !== 'EC' && k.kty !== 'OKP') return skip(`: kty ${JSON.stringify(k.kty)} is not RSA, EC or OKP`);
+    if (k.use !== undefined && k.use !== 'sig') return undefined;
+    if (k.kid !== undefined && typeof k.kid !== 'string') return skip('.kid is not a string');
+    if (k.alg !== undefined && !(JWT_ALGS as readonly unknown[]).includes(k.alg)) return skip(`.alg ${JSON.stringify(k.alg)} is not one of ${JWT_ALGS.join(', ')}`);
     let key: KeyObject;
     try {
       key = createPublicKey({ key: k as never, format: 'jwk' });
     } catch (e) {
-      throw new Error(`${where} is not a usable ${k.kty} public key: ${(e as Error).message}`);
+      return skip(` is not a usable ${k.kty} public key: ${(e as Error).message}`);
     }
     const bits = key.asymmetricKeyDetails?.modulusLength;
-    if (k.kty === 'RSA' && (bits === undefined || bits < MIN_RSA_BITS)) throw new Error(`${where}: an RSA key of ${bits ?? 0} bits; at least ${MIN_RSA_BITS} (NIST SP 800-131A), a shorter one can be factored`);
+    if (k.kty === 'RSA' && (bits === undefined || bits < MIN_RSA_BITS)) return skip(`: an RSA key of ${bits ?? 0} bits; at least ${MIN_RSA_BITS} (NIST SP 800-131A), a shorter one can be factored`);
     out.push({ kty: k.kty, key, ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), ...(typeof k.alg === 'string' ? { alg: k.alg } : {}), ...(typeof k.crv === 'string' ? { crv: k.crv } : {}) });
+    return undefined;
   });
-  if (out.length === 0) throw new Error('has no signing key');
-  return out;
+  if (out.length === 0) throw new Error(`has no usable signing key${skipped.length > 0 ? ` (${skipped.join('; ')})` : ''}`);
+  return { keys: out, skipped };
 }
 
-function keysOf(rule: JwtRule): Jwk[] | Error {
+/** A rule's keys, parsed once per rule object (the waypoint's snapshot check and its requests share them). */
+function keysOf(rule: JwtRule): ParsedJwks | Error {
   let keys = jwksCache.get(rule);
   if (!keys) {
     try {
@@ -200,6 +214,15 @@ function keysOf(rule: JwtRule): Jwk[] | Error {
     jwksCache.set(rule, keys);
   }
   return keys;
+}
+
+/**
+ * What is wrong with a rule's JWKS, for the waypoint's config report: `error` when no key of it
+ * verifies anything (its tokens are refused), `skipped` for keys left out while others serve.
+ */
+export function jwksProblem(rule: JwtRule): { error?: string; skipped: string[] } {
+  const keys = keysOf(rule);
+  return keys instanceof Error ? { error: keys.message, skipped: [] } : { skipped: keys.skipped };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,8 +365,9 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
   const sig = Buffer.from(s, 'base64url');
   let last: Check & { rule?: JwtRule; issuer?: string } = { ok: false, reason: 'unknown-kid', why: `no key of issuer ${iss} fits kid ${JSON.stringify(kid ?? null)} and alg ${alg}`, issuer: iss };
   for (const rule of rules) {
-    const keys = keysOf(rule);
-    if (keys instanceof Error) continue;
+    const parsed = keysOf(rule);
+    if (parsed instanceof Error) continue;
+    const keys = parsed.keys;
     // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must fit alg.
     const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg as Alg));
     if (fit.length === 0) continue;

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { JWT_CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES, authenticateRequest, parseJwks, type JwtRule, type TokenSources } from '../../lib/policy/jwt.ts';
+import { JWT_CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES, authenticateRequest, jwksProblem, parseJwks, type JwtRule, type TokenSources } from '../../lib/policy/jwt.ts';
 import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, tamper, testKey, unsignedToken } from './jwt-fixtures.ts';
 
 const ISS = 'https://issuer.example';
@@ -210,13 +210,28 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
 
 describe('RequestAuthentication: JWKS', () => {
   it('parses RSA, EC and OKP public keys; refuses symmetric keys, private keys, and a document without keys, naming the key', () => {
-    assert.equal(parseJwks(jwksOf(rsa, ec, ed)).length, 3);
+    assert.equal(parseJwks(jwksOf(rsa, ec, ed)).keys.length, 3);
     assert.throws(() => parseJwks(JSON.stringify({ keys: [{ kty: 'oct', k: 'c2VjcmV0' }] })), /keys\[0\]: symmetric \(oct\) keys are not accepted/);
     assert.throws(() => parseJwks(JSON.stringify({ keys: [rsa.privateKey.export({ format: 'jwk' })] })), /keys\[0\] holds a private key/);
-    assert.throws(() => parseJwks('{"keys": []}'), /has no signing key/);
+    assert.throws(() => parseJwks('{"keys": []}'), /has no usable signing key/);
     assert.throws(() => parseJwks('not json'), /is not JSON/);
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
     assert.throws(() => parseJwks(JSON.stringify({ keys: [weak] })), /keys\[0\]: an RSA key of 1024 bits; at least 2048/);
+  });
+
+  // Envoy's jwt_verify_lib (Jwks::createFromJwksCore) skips a key it cannot use and fails the
+  // document only when no key is left; an oct or private key still refuses it whole (validation).
+  it('Envoy jwt_verify_lib: a JWKS with one unusable key (another kty, a 1024-bit RSA key) keeps its usable keys, and says which it left out', () => {
+    const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
+    const text = JSON.stringify({ keys: [{ kty: 'XYZ', kid: 'future' }, weak, ...JSON.parse(jwksOf(rsa)).keys] });
+    const parsed = parseJwks(text);
+    assert.equal(parsed.keys.length, 1);
+    assert.deepEqual(parsed.skipped.map((x) => x.slice(0, 8)), ['keys[0]:', 'keys[1]:']);
+    const mixed: JwtRule = { issuer: ISS, jwks: text };
+    assert.equal(authenticateRequest([mixed], bearer(signToken(rsa, claims()))).kind, 'verified');
+    refused([mixed], bearer(signToken(stranger, claims())), 'bad-signature');
+    assert.deepEqual(jwksProblem(mixed).error, undefined);
+    assert.throws(() => parseJwks(JSON.stringify({ keys: [...JSON.parse(jwksOf(rsa)).keys, { kty: 'oct', k: 'c2VjcmV0' }] })), /keys\[1\]: symmetric \(oct\) keys are not accepted/);
   });
 
   it('a rule whose JWKS does not parse verifies nothing: its tokens are refused, requests without one pass', () => {

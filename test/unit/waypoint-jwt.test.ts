@@ -246,6 +246,15 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     }));
     assert.deepEqual(skew.issues.filter((i) => i.kind === 'RequestAuthentication').map((i) => i.path), ['jwtRules[0]']);
     assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200, 'the well-formed rule verifies');
+    // Envoy's jwt_verify_lib skips a key it cannot use: the rest of the JWKS verifies, the left-out key is named.
+    const mixed = engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      requestAuthentications: [ra('mixed', [{ issuer: ISS, jwks: JSON.stringify({ keys: [{ kty: 'XYZ' }, ...JSON.parse(jwksOf(key)).keys] }) }])],
+    }));
+    const skipped = mixed.issues.filter((i) => i.kind === 'RequestAuthentication');
+    assert.deepEqual(skipped.map((i) => i.path), ['jwtRules[0].jwks']);
+    assert.match(skipped[0]!.message, /keys\[0\]: kty "XYZ" is not RSA, EC or OKP; left out/);
+    assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200, 'the usable key verifies');
   });
 });
 

@@ -11,7 +11,7 @@ import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { isKnownLoadBalancer } from './loadbalancer.ts';
 import { PolicyTable } from '../../lib/policy/authz.ts';
-import { parseJwks } from '../../lib/policy/jwt.ts';
+import { jwksProblem } from '../../lib/policy/jwt.ts';
 import { clusterSettings, validateTrafficPolicy, type ClusterSettings } from './resilience.ts';
 import { RouteTable } from './router.ts';
 
@@ -302,11 +302,9 @@ function jwtRulesByService(cfg: WaypointConfig, issues: ConfigIssue[]): Map<stri
     const rules = ra.jwtRules.filter((r, i) => {
       const shape = jwtRuleShapeProblem(r);
       if (shape) { issue(`jwtRules[${i}]`, `${shape}; left out (its tokens verify nothing: refused where another rule reads their location, else no request principal)`); return false; }
-      try {
-        parseJwks(r.jwks);
-      } catch (e) {
-        issue(`jwtRules[${i}].jwks`, `${(e as Error).message} (its tokens are refused)`);
-      }
+      const problem = jwksProblem(r);
+      if (problem.error !== undefined) issue(`jwtRules[${i}].jwks`, `${problem.error} (its tokens are refused)`);
+      for (const why of problem.skipped) issue(`jwtRules[${i}].jwks`, `${why}; left out, the other keys verify`);
       return true;
     });
     for (const svc of waypointTargets(ra)) out.set(svc, [...(out.get(svc) ?? []), ...rules]);
