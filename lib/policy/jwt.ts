@@ -17,7 +17,9 @@
 //  - `exp` and `nbf` are checked with Envoy's default clock skew (60 s).
 //
 // Pure: no I/O. Each rule's JWKS is imported once (a WeakMap keyed by the rule object, as
-// lib/policy/authz.ts compiles policies).
+// lib/policy/authz.ts compiles policies), a service's rules are compiled once into what they read
+// (a WeakMap keyed by the rules list), and verified tokens are remembered until their exp (a bounded
+// LRU, Envoy's jwt_cache_config); a token costs at most MAX_KEYS_PER_TOKEN signature checks.
 import { constants, createPublicKey, verify, type KeyObject } from 'node:crypto';
 
 /** One `jwtRules[]` entry as the controller compiles it (keys inline). */
@@ -48,6 +50,13 @@ export const MAX_TOKEN_BYTES = 16 * 1024;
 export const MIN_RSA_BITS = 2048;
 /** The largest JWKS document accepted (Istio has none; a waypoint holds every rule's keys). */
 export const MAX_JWKS_BYTES = 64 * 1024;
+/**
+ * The most signature checks one token costs: a token without `kid` fits every key of its type, and
+ * the caller chooses to send one (Envoy tries them all; a JWKS of 64 KiB holds a hundred RSA keys).
+ */
+export const MAX_KEYS_PER_TOKEN = 8;
+/** Verified tokens remembered until their `exp` (Envoy jwt_cache_config, jwt_cache_size default 100). */
+export const JWT_CACHE_SIZE = 100;
 
 /** Why a token was refused: stable strings, the label of weft_waypoint_jwt_refused_total. */
 export type JwtRefusal =
@@ -364,15 +373,19 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
   const data = Buffer.from(`${h}.${p}`);
   const sig = Buffer.from(s, 'base64url');
   let last: Check & { rule?: JwtRule; issuer?: string } = { ok: false, reason: 'unknown-kid', why: `no key of issuer ${iss} fits kid ${JSON.stringify(kid ?? null)} and alg ${alg}`, issuer: iss };
+  let tries = MAX_KEYS_PER_TOKEN;
   for (const rule of rules) {
+    if (tries === 0) break;
     const parsed = keysOf(rule);
     if (parsed instanceof Error) continue;
     const keys = parsed.keys;
     // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must fit alg.
-    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg as Alg));
+    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg as Alg)).slice(0, tries);
     if (fit.length === 0) continue;
+    tries -= fit.length;
     if (!fit.some((k) => verifySignature(alg as Alg, k, data, sig))) {
-      last = { ok: false, reason: 'bad-signature', why: `signature does not verify with the keys of issuer ${iss}`, issuer: iss };
+      const capped = tries === 0 ? ` (the first ${MAX_KEYS_PER_TOKEN} keys that fit; a token names its key by kid)` : '';
+      last = { ok: false, reason: 'bad-signature', why: `signature does not verify with the keys of issuer ${iss}${capped}`, issuer: iss };
       continue;
     }
     if (typeof exp === 'number' && nowSeconds > exp + JWT_CLOCK_SKEW_SECONDS) return { ok: false, reason: 'expired', why: `exp ${exp} is past`, issuer: iss };
@@ -474,6 +487,33 @@ function planOf(rules: readonly JwtRule[]): Plan {
   return plan;
 }
 
+type Checked = Check & { rule?: JwtRule; issuer?: string };
+
+/**
+ * Verified tokens, least recently used first: a token verified for a service's rules (`plan`) at the
+ * same locations is not verified again until its `exp` (Envoy's jwt_cache_config). Only verified
+ * tokens are kept, so a caller sending forged ones fills nothing; the bound is global.
+ */
+const verified = new Map<string, { plan: Plan; where: string; result: Checked; exp?: number; nbf?: number }>();
+
+function checkCached(token: string, plan: Plan, where: string, candidates: readonly JwtRule[], nowSeconds: number): Checked {
+  const hit = verified.get(token);
+  if (hit && hit.plan === plan && hit.where === where
+    && !(hit.exp !== undefined && nowSeconds > hit.exp + JWT_CLOCK_SKEW_SECONDS) && !(hit.nbf !== undefined && nowSeconds + JWT_CLOCK_SKEW_SECONDS < hit.nbf)) {
+    verified.delete(token);
+    verified.set(token, hit);
+    return hit.result;
+  }
+  const result = checkToken(token, candidates, nowSeconds);
+  if (hit) verified.delete(token);
+  if (result.ok) {
+    const { exp, nbf } = result.auth.claims;
+    verified.set(token, { plan, where, result, ...(typeof exp === 'number' ? { exp } : {}), ...(typeof nbf === 'number' ? { nbf } : {}) });
+    if (verified.size > JWT_CACHE_SIZE) verified.delete(verified.keys().next().value!);
+  }
+  return result;
+}
+
 /**
  * Finds, checks and applies the tokens of a request for the rules that apply to its destination
  * (every RequestAuthentication attached to it, merged, as Istio merges them).
@@ -502,7 +542,7 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
   const { token, loc } = found[0]!;
   // Every rule reading any of the places it came from may verify it.
   const candidates = [...new Set(found.flatMap((f) => f.rules))];
-  const r = checkToken(token, candidates, Math.floor(nowMs / 1000));
+  const r = checkCached(token, plan, found.map((f) => f.loc.id).join(' '), candidates, Math.floor(nowMs / 1000));
   if (!r.ok) return refuse(r.reason, `${r.why} (token from ${loc.id})`, r.issuer);
   const rule = r.rule!;
   if (!rule.forwardOriginalToken) for (const f of found) if (f.loc.header) edits.remove.push(f.loc.header.name);

@@ -3,9 +3,10 @@
 // jwt_authn (statuses and codes of jwt_verify_lib): what passes, what is refused and why, and the
 // attacker's tokens (forged, alg none, key confusion, a kid not in the JWKS, two tokens, oversized).
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
-import { describe, it } from 'node:test';
-import { JWT_CLOCK_SKEW_SECONDS, MAX_TOKEN_BYTES, authenticateRequest, jwksProblem, parseJwks, type JwtRule, type TokenSources } from '../../lib/policy/jwt.ts';
+import crypto, { generateKeyPairSync } from 'node:crypto';
+import { syncBuiltinESMExports } from 'node:module';
+import { describe, it, mock } from 'node:test';
+import { JWT_CLOCK_SKEW_SECONDS, MAX_KEYS_PER_TOKEN, MAX_TOKEN_BYTES, authenticateRequest, jwksProblem, parseJwks, type JwtRule, type TokenSources } from '../../lib/policy/jwt.ts';
 import { hs256WithPublicKey, jwksOf, nowSeconds, signToken, tamper, testKey, unsignedToken } from './jwt-fixtures.ts';
 
 const ISS = 'https://issuer.example';
@@ -238,5 +239,44 @@ describe('RequestAuthentication: JWKS', () => {
     const broken: JwtRule = { issuer: ISS, jwks: 'oops' };
     refused([broken], bearer(signToken(rsa, claims())), 'unknown-kid');
     assert.equal(authenticateRequest([broken], { headers: {}, query: '' }).kind, 'none');
+  });
+});
+
+/** How many signature checks `fn` makes (node:crypto verify, counted through its builtin export). */
+function verifications(fn: () => void): number {
+  let n = 0;
+  const real = crypto.verify;
+  mock.method(crypto, 'verify', (...args: Parameters<typeof crypto.verify>) => { n++; return (real as (...a: unknown[]) => boolean)(...args); });
+  syncBuiltinESMExports();
+  try {
+    fn();
+  } finally {
+    mock.restoreAll();
+    syncBuiltinESMExports();
+  }
+  return n;
+}
+
+describe('RequestAuthentication: what a token costs', () => {
+  // Envoy's jwt_cache_config (https://www.envoyproxy.io/docs/envoy/latest/api-v3/extensions/filters/http/jwt_authn/v3/config.proto
+  // JwtCacheConfig): a verified token is not verified again until it expires.
+  it('Envoy jwt_cache_config: a verified token is verified once, still refused past its exp, and not served to other rules', () => {
+    const now = nowSeconds();
+    const rules = [{ issuer: ISS, jwks: jwksOf(rsa) }];
+    const t = signToken(rsa, claims({ sub: 'cached', exp: now + 100 }));
+    assert.equal(verifications(() => {
+      for (let i = 0; i < 5; i++) assert.equal(authenticateRequest(rules, bearer(t), now * 1000).kind, 'verified');
+    }), 1);
+    refused(rules, bearer(t), 'expired', 401, (now + 100 + JWT_CLOCK_SKEW_SECONDS + 1) * 1000);
+    refused([{ issuer: ISS, jwks: jwksOf(stranger) }], bearer(t), 'bad-signature', 401, now * 1000);
+  });
+
+  it('a token without kid costs at most MAX_KEYS_PER_TOKEN signature checks, whatever the JWKS holds', () => {
+    const many = Array.from({ length: MAX_KEYS_PER_TOKEN + 4 }, (_, i) => testKey('ec256', `k${i}`));
+    const jwks = JSON.stringify({ keys: JSON.parse(jwksOf(...many)).keys.map(({ kid: _k, ...k }: Record<string, unknown>) => k) });
+    const rules = [{ issuer: ISS, jwks }];
+    const forged = signToken(testKey('ec256', 'x'), claims({ sub: 'costly' }), { kid: null });
+    assert.equal(verifications(() => refused(rules, bearer(forged), 'bad-signature')), MAX_KEYS_PER_TOKEN);
+    assert.equal(authenticateRequest(rules, bearer(signToken(many[0]!, claims({ sub: 'first' }), { kid: null }))).kind, 'verified');
   });
 });
