@@ -18,7 +18,8 @@
 // node's or gateway's key signs no grant: it is not that key. Signed bytes start with the
 // base64url of a JSON header, never with a DER SEQUENCE, so a grant's signature is never a
 // certificate's.
-import { sign, verify, type KeyObject, type X509Certificate } from 'node:crypto';
+import { sign, type KeyObject, type X509Certificate } from 'node:crypto';
+import { JWS_ALGS, decodeCompactJws, isJwsAlg, jwsKeyFits, verifyJws, type JwsAlg } from './jws.ts';
 import { issuerOf } from './x509.ts';
 
 /** The request header a waypoint's /debug paths want a grant in. */
@@ -62,18 +63,11 @@ export class DebugGrantError extends Error {
   }
 }
 
-const ALGORITHMS = {
-  ES256: { hash: 'sha256', key: 'ec', curve: 'prime256v1' },
-  ES384: { hash: 'sha384', key: 'ec', curve: 'secp384r1' },
-  RS256: { hash: 'sha256', key: 'rsa', curve: undefined },
-} as const;
-type Algorithm = keyof typeof ALGORITHMS;
+/** The algorithms of a grant: those of the keys a CA signs with (lib/identity/jws.ts checks each). */
+const ALGORITHMS: readonly JwsAlg[] = ['ES256', 'ES384', 'RS256'];
 
-const fits = (key: KeyObject, a: (typeof ALGORITHMS)[Algorithm]): boolean =>
-  key.asymmetricKeyType === a.key && (a.curve === undefined || key.asymmetricKeyDetails?.namedCurve === a.curve);
-
-function algorithmOf(key: KeyObject): Algorithm {
-  for (const [alg, a] of Object.entries(ALGORITHMS) as Array<[Algorithm, (typeof ALGORITHMS)[Algorithm]]>) if (fits(key, a)) return alg;
+function algorithmOf(key: KeyObject): JwsAlg {
+  for (const alg of ALGORITHMS) if (jwsKeyFits(key, alg)) return alg;
   throw new Error(`a debug grant cannot be signed with a ${key.asymmetricKeyType ?? 'unknown'} ${key.asymmetricKeyDetails?.namedCurve ?? ''} key; the CA key must be EC P-256/P-384 or RSA`);
 }
 
@@ -88,21 +82,8 @@ export function encodeDebugGrant(key: KeyObject, audience: string, now: number):
   const iat = Math.floor(now / 1000);
   const exp = Math.floor((now + DEBUG_GRANT_LIFETIME_MS) / 1000);
   const input = `${b64url(JSON.stringify({ alg, typ: DEBUG_GRANT_TYPE }))}.${b64url(JSON.stringify({ aud: audience, iat, exp }))}`;
-  const signature = sign(ALGORITHMS[alg].hash, Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
+  const signature = sign(JWS_ALGS[alg].hash, Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' });
   return { grant: `${input}.${b64url(signature)}`, expires: new Date(exp * 1000) };
-}
-
-const BASE64URL = /^[A-Za-z0-9_-]+$/;
-
-function jsonObject(part: string, what: string): Record<string, unknown> {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
-  } catch {
-    throw new DebugGrantError('malformed', `the grant's ${what} is not base64url JSON`);
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new DebugGrantError('malformed', `the grant's ${what} is not a JSON object`);
-  return v as Record<string, unknown>;
 }
 
 /**
@@ -113,28 +94,20 @@ function jsonObject(part: string, what: string): Record<string, unknown> {
  */
 export function verifyDebugGrant(grant: string | undefined, audience: string, signers: readonly KeyObject[], now: number = Date.now()): { expires: Date } {
   if (grant === undefined || grant === '') throw new DebugGrantError('missing', `no grant in the ${DEBUG_GRANT_HEADER} header`);
-  if (grant.length > MAX_DEBUG_GRANT_CHARS) throw new DebugGrantError('malformed', `the grant is longer than ${MAX_DEBUG_GRANT_CHARS} characters`);
-  const parts = grant.split('.');
-  if (parts.length !== 3 || !parts.every((p) => BASE64URL.test(p))) throw new DebugGrantError('malformed', 'the grant is not a compact JWS (three base64url parts)');
-  const [h, p, s] = parts as [string, string, string];
-  const header = jsonObject(h, 'header');
+  const jws = decodeCompactJws(grant, MAX_DEBUG_GRANT_CHARS);
+  if ('error' in jws) throw new DebugGrantError('malformed', `the grant is not a compact JWS: ${jws.why}`);
+  const { header, payload } = jws;
   if (header['typ'] !== DEBUG_GRANT_TYPE) throw new DebugGrantError('malformed', `the grant's typ is not ${DEBUG_GRANT_TYPE}`);
-  // RFC 7515 4.1.11: extensions the reader does not know make the JWS invalid.
-  if ('crit' in header) throw new DebugGrantError('malformed', 'the grant names critical header extensions');
   const alg = header['alg'];
-  if (typeof alg !== 'string' || !Object.hasOwn(ALGORITHMS, alg)) throw new DebugGrantError('malformed', `the grant's alg is not one of ${Object.keys(ALGORITHMS).join(', ')}`);
-  const claims = jsonObject(p, 'claims');
-  const { aud, iat, exp } = claims;
+  if (!isJwsAlg(alg) || !ALGORITHMS.includes(alg)) throw new DebugGrantError('malformed', `the grant's alg is not one of ${ALGORITHMS.join(', ')}`);
+  const { aud, iat, exp } = payload;
   if (typeof aud !== 'string' || typeof iat !== 'number' || typeof exp !== 'number' || !Number.isFinite(iat) || !Number.isFinite(exp)) throw new DebugGrantError('malformed', 'the grant\'s claims want aud (a string), iat and exp (numbers)');
   if (exp - iat > MAX_DEBUG_GRANT_LIFETIME_MS / 1000 || exp < iat) throw new DebugGrantError('malformed', `the grant lasts ${exp - iat} s, more than ${MAX_DEBUG_GRANT_LIFETIME_MS / 1000} s`);
   if (aud !== audience) throw new DebugGrantError('audience', `the grant is for ${JSON.stringify(aud.slice(0, 256))}, not ${audience}`);
   if (now > exp * 1000 + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant expired at ${new Date(exp * 1000).toISOString()}`);
   if (iat * 1000 > now + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant is not valid before ${new Date(iat * 1000).toISOString()}`);
   if (signers.length === 0) throw new DebugGrantError('untrusted', 'this waypoint knows no CA that issued its certificate (its issuer is neither in its chain nor in its trust bundle), so it takes no grant');
-  const a = ALGORITHMS[alg as Algorithm];
-  const input = Buffer.from(`${h}.${p}`);
-  const signature = Buffer.from(s, 'base64url');
-  if (!signers.some((key) => fits(key, a) && verify(a.hash, input, { key, dsaEncoding: 'ieee-p1363' }, signature))) {
+  if (!signers.some((key) => verifyJws(alg, key, jws.signingInput, jws.signature))) {
     throw new DebugGrantError('signature', `the grant's signature does not verify with the key of the CA that issued this waypoint's certificate (only this cluster's controller signs grants for it)`);
   }
   return { expires: new Date(exp * 1000) };

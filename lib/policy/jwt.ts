@@ -20,7 +20,8 @@
 // lib/policy/authz.ts compiles policies), a service's rules are compiled once into what they read
 // (a WeakMap keyed by the rules list), and verified tokens are remembered until their exp (a bounded
 // LRU, Envoy's jwt_cache_config); a token costs at most MAX_KEYS_PER_TOKEN signature checks.
-import { constants, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { JWS_ALGS, decodeCompactJws, isJwsAlg, jwsKeyFits, verifyJws, type JsonValue, type JwsAlg } from '../identity/jws.ts';
 
 /** One `jwtRules[]` entry as the controller compiles it (keys inline). */
 export interface JwtRule {
@@ -87,7 +88,7 @@ const ENVOY_STATUS: Record<JwtRefusal, string> = {
   'bad-claim': 'Jwt payload has a registered claim of the wrong type',
 };
 
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue };
+export type { JsonValue } from '../identity/jws.ts';
 
 /** What a verified token says, for AuthorizationPolicy (`request.auth.*`, `requestPrincipals`). */
 export interface RequestAuth {
@@ -128,32 +129,17 @@ export interface TokenSources {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-type Alg = 'RS256' | 'RS384' | 'RS512' | 'PS256' | 'PS384' | 'PS512' | 'ES256' | 'ES384' | 'ES512' | 'EdDSA';
-export const JWT_ALGS: readonly Alg[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
-
-const HASH: Record<Alg, string | null> = {
-  RS256: 'sha256', RS384: 'sha384', RS512: 'sha512', PS256: 'sha256', PS384: 'sha384', PS512: 'sha512',
-  ES256: 'sha256', ES384: 'sha384', ES512: 'sha512', EdDSA: null,
-};
-/** ES* signature length (r || s, RFC 7518 section 3.4) and the curve each needs. */
-const EC: Partial<Record<Alg, { curve: string; sigBytes: number }>> = {
-  ES256: { curve: 'P-256', sigBytes: 64 }, ES384: { curve: 'P-384', sigBytes: 96 }, ES512: { curve: 'P-521', sigBytes: 132 },
-};
+export const JWT_ALGS: readonly JwsAlg[] = Object.keys(JWS_ALGS) as JwsAlg[];
 
 interface Jwk {
   kid?: string;
   alg?: string;
-  kty: 'RSA' | 'EC' | 'OKP';
-  crv?: string;
   key: KeyObject;
 }
 
-/** Can key `k` verify `alg` (RFC 7518: the key type each algorithm needs; a key's own `alg` binds it)? */
-function keyFits(k: Jwk, alg: Alg): boolean {
-  if (k.alg !== undefined && k.alg !== alg) return false;
-  if (alg.startsWith('RS') || alg.startsWith('PS')) return k.kty === 'RSA';
-  if (alg === 'EdDSA') return k.kty === 'OKP' && (k.crv === 'Ed25519' || k.crv === 'Ed448');
-  return k.kty === 'EC' && k.crv === EC[alg]!.curve;
+/** Can key `k` verify `alg` (RFC 7518: the key type each algorithm needs, jws.ts; a key's own `alg` binds it)? */
+function keyFits(k: Jwk, alg: JwsAlg): boolean {
+  return (k.alg === undefined || k.alg === alg) && jwsKeyFits(k.key, alg);
 }
 
 /** A JWKS document's usable keys, and why each other key was left out. */
@@ -204,7 +190,7 @@ export function parseJwks(text: string): ParsedJwks {
     }
     const bits = key.asymmetricKeyDetails?.modulusLength;
     if (k.kty === 'RSA' && (bits === undefined || bits < MIN_RSA_BITS)) return skip(`: an RSA key of ${bits ?? 0} bits; at least ${MIN_RSA_BITS} (NIST SP 800-131A), a shorter one can be factored`);
-    out.push({ kty: k.kty, key, ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), ...(typeof k.alg === 'string' ? { alg: k.alg } : {}), ...(typeof k.crv === 'string' ? { crv: k.crv } : {}) });
+    out.push({ key, ...(typeof k.kid === 'string' ? { kid: k.kid } : {}), ...(typeof k.alg === 'string' ? { alg: k.alg } : {}) });
     return undefined;
   });
   if (out.length === 0) throw new Error(`has no usable signing key${skipped.length > 0 ? ` (${skipped.join('; ')})` : ''}`);
@@ -309,46 +295,19 @@ function tokensAt(loc: Location, src: TokenSources, query: URLSearchParams | und
 // ---------------------------------------------------------------------------------------------
 // Checking one token
 
-const B64URL = /^[A-Za-z0-9_-]*$/;
-
-function b64json(part: string): Record<string, JsonValue> | undefined {
-  if (!B64URL.test(part)) return undefined;
-  try {
-    const v = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as unknown;
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, JsonValue>) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function own(o: { readonly [k: string]: JsonValue }, k: string): JsonValue | undefined {
   return Object.hasOwn(o, k) ? o[k] : undefined;
-}
-
-function verifySignature(alg: Alg, key: Jwk, data: Buffer, sig: Buffer): boolean {
-  try {
-    if (alg === 'EdDSA') return verify(null, data, key.key, sig);
-    if (alg.startsWith('PS')) return verify(HASH[alg]!, data, { key: key.key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_DIGEST }, sig);
-    if (alg.startsWith('ES')) return sig.length === EC[alg]!.sigBytes && verify(HASH[alg]!, data, { key: key.key, dsaEncoding: 'ieee-p1363' }, sig);
-    return verify(HASH[alg]!, data, key.key, sig);
-  } catch {
-    return false;
-  }
 }
 
 type Check = { ok: true; auth: RequestAuth; payloadPart: string } | { ok: false; reason: JwtRefusal; why: string };
 
 /** Checks a token against the rules that may verify it (those whose locations it was found in). */
 function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: number): Check & { rule?: JwtRule; issuer?: string } {
-  if (token.length > MAX_TOKEN_BYTES) return { ok: false, reason: 'too-large', why: `token of ${token.length} bytes, more than ${MAX_TOKEN_BYTES}` };
-  const parts = token.split('.');
-  if (parts.length !== 3) return { ok: false, reason: 'malformed', why: 'not three dot-separated parts' };
-  const [h, p, s] = parts as [string, string, string];
-  const header = b64json(h);
-  const payload = b64json(p);
-  if (!header || !payload || !B64URL.test(s)) return { ok: false, reason: 'malformed', why: 'a part is not base64url JSON' };
+  const jws = decodeCompactJws(token, MAX_TOKEN_BYTES);
+  if ('error' in jws) return { ok: false, reason: jws.error, why: `token: ${jws.why}` };
+  const { header, payload } = jws;
   const alg = own(header, 'alg');
-  if (typeof alg !== 'string' || !(JWT_ALGS as readonly string[]).includes(alg)) {
+  if (!isJwsAlg(alg)) {
     return { ok: false, reason: 'unsupported-alg', why: `alg ${JSON.stringify(alg)} (only ${JWT_ALGS.join(', ')})` };
   }
   const kid = own(header, 'kid');
@@ -370,8 +329,6 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
   if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) return { ok: false, reason: 'bad-claim', why: 'nbf is not a number', issuer: iss };
   // Envoy's jwt_verify_lib: JwtPayloadParseErrorIatNotInteger.
   if (iat !== undefined && (typeof iat !== 'number' || !Number.isFinite(iat))) return { ok: false, reason: 'bad-claim', why: 'iat is not a number', issuer: iss };
-  const data = Buffer.from(`${h}.${p}`);
-  const sig = Buffer.from(s, 'base64url');
   let last: Check & { rule?: JwtRule; issuer?: string } = { ok: false, reason: 'unknown-kid', why: `no key of issuer ${iss} fits kid ${JSON.stringify(kid ?? null)} and alg ${alg}`, issuer: iss };
   let tries = MAX_KEYS_PER_TOKEN;
   for (const rule of rules) {
@@ -380,10 +337,10 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
     if (parsed instanceof Error) continue;
     const keys = parsed.keys;
     // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must fit alg.
-    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg as Alg)).slice(0, tries);
+    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg)).slice(0, tries);
     if (fit.length === 0) continue;
     tries -= fit.length;
-    if (!fit.some((k) => verifySignature(alg as Alg, k, data, sig))) {
+    if (!fit.some((k) => verifyJws(alg, k.key, jws.signingInput, jws.signature))) {
       const capped = tries === 0 ? ` (the first ${MAX_KEYS_PER_TOKEN} keys that fit; a token names its key by kid)` : '';
       last = { ok: false, reason: 'bad-signature', why: `signature does not verify with the keys of issuer ${iss}${capped}`, issuer: iss };
       continue;
@@ -396,7 +353,7 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
       continue;
     }
     const auth: RequestAuth = { issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}) };
-    return { ok: true, auth, payloadPart: p, rule, issuer: iss };
+    return { ok: true, auth, payloadPart: jws.payloadPart, rule, issuer: iss };
   }
   return last;
 }

@@ -182,6 +182,12 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     refused([rule], bearer(signToken(rsa, claims({ pad: 'x'.repeat(MAX_TOKEN_BYTES) }))), 'too-large');
   });
 
+  // RFC 7515 section 4.1.11: a JWS naming critical extensions its reader does not know is invalid
+  // (lib/identity/jws.ts, as the waypoint's debug grant already refused it).
+  it('RFC 7515 4.1.11: a token naming critical header extensions (crit) is refused as malformed, signature valid or not', () => {
+    refused([rule], bearer(signToken(rsa, claims(), { header: { crit: ['exp'], exp: 1 } })), 'malformed');
+  });
+
   it('malformed: two parts, bad base64url, a payload that is not a JSON object', () => {
     refused([rule], bearer('abc.def'), 'malformed');
     refused([rule], bearer('a*c.def.ghi'), 'malformed');
