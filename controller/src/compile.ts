@@ -89,8 +89,7 @@ export interface MeshInputs {
   endpointSlices: EndpointSlice[];
   waypoints: WaypointObject[];
   authorizationPolicies: AuthorizationPolicyObject[];
-  /** Optional for callers that predate RequestAuthentication (none: no JWT rules). */
-  requestAuthentications?: RequestAuthenticationObject[];
+  requestAuthentications: RequestAuthenticationObject[];
   peerAuthentications: PeerAuthenticationObject[];
   trafficPolicies: TrafficPolicyObject[];
   telemetries: TelemetryObject[];
@@ -506,11 +505,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
 
   // Request authentications: the JWT rules a waypoint applies to the Services they target
   // (validation requires targetRefs: only a waypoint sees a request's token).
-  for (const ra of inputs.requestAuthentications ?? []) {
+  for (const ra of inputs.requestAuthentications) {
     const ns = ra.metadata.namespace!;
     const targets = attach('RequestAuthentication', ns, ra.metadata.name, policyTargets(ra.spec)) ?? [];
     model.requestAuthentications.set(nsName(ns, ra.metadata.name), {
-      name: ra.metadata.name, namespace: ns, scope: 'service', targetServices: targets,
+      name: ra.metadata.name, namespace: ns, targetServices: targets,
       jwtRules: (ra.spec.jwtRules ?? []).map((r) => clean({
         issuer: r.issuer,
         audiences: nonEmpty(r.audiences),

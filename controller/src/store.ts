@@ -180,7 +180,7 @@ export class ObjectStore {
         case 'EndpointSlice': i.endpointSlices.push(o); break;
         case 'Waypoint': i.waypoints.push(o); break;
         case 'AuthorizationPolicy': i.authorizationPolicies.push(o); break;
-        case 'RequestAuthentication': i.requestAuthentications!.push(o); break;
+        case 'RequestAuthentication': i.requestAuthentications.push(o); break;
         case 'PeerAuthentication': i.peerAuthentications.push(o); break;
         case 'TrafficPolicy': i.trafficPolicies.push(o); break;
         case 'Telemetry': i.telemetries.push(o); break;

@@ -389,8 +389,7 @@ export interface PeerAuthentication {
 export interface RequestAuthentication {
   name: string;
   namespace: string;
-  scope: 'service';
-  /** `namespace/name` of each targeted Service. */
+  /** `namespace/name` of each targeted Service (always by targetRefs: enforced by their waypoints only). */
   targetServices: string[];
   jwtRules: JwtRule[];
 }
@@ -634,8 +633,9 @@ export function emptyMeshModel(): MeshModel {
  * selector"). The one rule for what a waypoint is sent (controller/src/xds/views.ts) and what it
  * enforces (lib/policy/authz.ts).
  */
-export function waypointTargets(policy: Pick<AuthorizationPolicy, 'scope' | 'targetServices'> | Pick<RequestAuthentication, 'scope' | 'targetServices'>): readonly string[] {
-  return policy.scope === 'service' ? policy.targetServices ?? [] : [];
+export function waypointTargets(policy: Pick<AuthorizationPolicy, 'scope' | 'targetServices'> | Pick<RequestAuthentication, 'targetServices'>): readonly string[] {
+  // A RequestAuthentication is attached by targetRefs only; an AuthorizationPolicy by its scope.
+  return 'scope' in policy && policy.scope !== 'service' ? [] : policy.targetServices ?? [];
 }
 
 /** Does an authorization policy of scope mesh/namespace/workload apply to the workload? */

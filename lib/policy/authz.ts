@@ -317,7 +317,7 @@ const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
   paths: getters.path,
   hosts: getters.host,
 };
-const CONDITION_GETTERS: Record<string, (arg: string | undefined, args: readonly string[]) => (a: Attributes) => unknown> = {
+const CONDITION_GETTERS: Record<string, (args: readonly string[]) => (a: Attributes) => unknown> = {
   'source.ip': () => getters.sourceIp,
   'source.namespace': () => getters.namespace,
   'source.principal': () => getters.principal,
@@ -327,11 +327,11 @@ const CONDITION_GETTERS: Record<string, (arg: string | undefined, args: readonly
   'remote.ip': () => getters.remoteIp,
   // `host` is the request's authority, whether it came as Host (HTTP/1.1) or :authority (HTTP/2), as
   // Envoy maps the one onto the other; a condition on it must not depend on the protocol.
-  'request.headers': (arg) => { const name = arg!.toLowerCase(); return name === 'host' ? getters.host : (a) => headerValue(a, name); },
+  'request.headers': ([arg]) => { const name = arg!.toLowerCase(); return name === 'host' ? getters.host : (a) => headerValue(a, name); },
   'request.auth.principal': () => getters.requestPrincipal,
   'request.auth.audiences': () => getters.audiences,
   'request.auth.presenter': () => getters.presenter,
-  'request.auth.claims': (_arg, args) => (a) => claimOf(a, args),
+  'request.auth.claims': (args) => (a) => claimOf(a, args),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ function conditionClauses(c: CompiledCondition, path: string): Clause[] {
   const k = conditionKey(c.key);
   if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
   const { base } = parseConditionKey(c.key);
-  const get = CONDITION_GETTERS[base]!(k.arg, k.args ?? []);
+  const get = CONDITION_GETTERS[base]!(k.args ?? []);
   const out: Clause[] = [];
   try {
     if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get) });

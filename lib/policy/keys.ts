@@ -107,29 +107,28 @@ export function unsupportedReason(name: string): string | undefined {
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 
 /**
- * Splits `request.headers[x-user]` into its base key and argument, `request.auth.claims[a][b]` into
- * its base key and arguments (`arg` is the first).
+ * Splits `request.headers[x-user]` into its base key and argument (`["x-user"]`),
+ * `request.auth.claims[a][b]` into its base key and arguments (`["a", "b"]`).
  */
-export function parseConditionKey(key: string): { base: string; arg?: string; args?: string[] } {
+export function parseConditionKey(key: string): { base: string; args?: string[] } {
   const m = /^([a-z.]+)((?:\[[^\][]*\])+)$/.exec(key);
   if (!m) return { base: key };
-  const args = m[2]!.slice(1, -1).split('][');
-  return { base: m[1]!, arg: args[0]!, args };
+  return { base: m[1]!, args: m[2]!.slice(1, -1).split('][') };
 }
 
 /** The spec of a `when` key, or why it is refused. */
-export function conditionKey(key: string): { spec: FieldSpec; arg?: string; args?: string[] } | { error: string } {
-  const { base, arg, args } = parseConditionKey(key);
+export function conditionKey(key: string): { spec: FieldSpec; args?: string[] } | { error: string } {
+  const { base, args } = parseConditionKey(key);
   const spec = CONDITION_KEYS[base];
   if (!spec) {
     const why = unsupportedReason(key);
     const known = Object.entries(CONDITION_KEYS).map(([k, s]) => (s.arg ? `${k}[<name>]` : k)).join(', ');
     return { error: why ? `"${key}" is not supported: ${why}` : `"${key}" is not a supported condition key (${known})` };
   }
-  if (spec.arg === 'header' && (arg === undefined || args!.length !== 1 || !HEADER_NAME.test(arg))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
+  if (spec.arg === 'header' && (args === undefined || args.length !== 1 || !HEADER_NAME.test(args[0]!))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
   if (spec.arg === 'claim' && (args === undefined || args.some((a) => a === ''))) return { error: `"${key}" needs a claim name: ${base}[name], or ${base}[name][nested] for a nested claim` };
-  if (!spec.arg && arg !== undefined) return { error: `"${key}" takes no [argument]` };
-  return args !== undefined ? { spec, arg: arg!, args } : { spec };
+  if (!spec.arg && args !== undefined) return { error: `"${key}" takes no [argument]` };
+  return args !== undefined ? { spec, args } : { spec };
 }
 
 /** `notPaths` → `paths`; undefined when the field is not negated. */

@@ -66,12 +66,12 @@ test('attaches by targetRefs as AuthorizationPolicy does; only the waypoint of t
   inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.61'), svc('shop', 'web', { app: 'web' }, '10.96.0.62'), svc('web', 'front', { app: 'front' }, '10.96.0.70'));
   inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
   const rule = { issuer: 'https://issuer.example', jwks: JWKS };
-  inputs.requestAuthentications!.push(
+  inputs.requestAuthentications.push(
     ra('on-db', { targetRefs: [{ group: '', kind: 'Service', name: 'db' }], jwtRules: [rule] }),
     ra('on-wp', { targetRefs: [{ group: 'weft.dev', kind: 'Waypoint', name: 'wp' }], jwtRules: [rule] }),
     ra('unbound', { targetRefs: [{ group: '', kind: 'Service', name: 'front' }], jwtRules: [rule] }, 'web'),
   );
-  for (const o of inputs.requestAuthentications!) assert.deepEqual(validateObject(o), [], o.metadata.name);
+  for (const o of inputs.requestAuthentications) assert.deepEqual(validateObject(o), [], o.metadata.name);
   const { model, findings } = compile(inputs);
   assert.deepEqual(model.requestAuthentications.get('shop/on-db')?.targetServices, ['shop/db']);
   assert.deepEqual(model.requestAuthentications.get('shop/on-wp')?.targetServices, ['shop/db', 'shop/web']);
@@ -128,7 +128,7 @@ test('a RequestAuthentication reaches the waypoint over the config stream and is
     i.waypoints.push(waypoint('shop', 'waypoint'));
     i.pods.push(pod('shop', 'reviews', { ip: '10.4.0.1' }));
     i.services.push(svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.20'));
-    if (withRa) i.requestAuthentications!.push(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwks: JWKS }] }));
+    if (withRa) i.requestAuthentications.push(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwks: JWKS }] }));
     return compile(i).model;
   };
   const configServer = new ConfigServer();

@@ -26,7 +26,7 @@ const stranger = testKey('rsa', 'istio-test');
 const claims = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({ iss: ISS, sub: 'alice', exp: nowSeconds() + 600, ...extra });
 
 function ra(name: string, rules: JwtRule[], targets = ['shop/reviews']): RequestAuthentication {
-  return { name, namespace: 'shop', scope: 'service', targetServices: targets, jwtRules: rules };
+  return { name, namespace: 'shop', targetServices: targets, jwtRules: rules };
 }
 function policy(name: string, action: AuthorizationPolicy['action'], rules: AuthorizationPolicy['rules']): AuthorizationPolicy {
   return { name, namespace: 'shop', action, scope: 'service', targetServices: ['shop/reviews'], rules, layer: 'L7' };
