@@ -181,10 +181,11 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
   let b: Backend;
   let engine: WaypointEngine;
   let l: Listener;
+  const warnings: Array<{ msg: string; fields: Record<string, unknown> }> = [];
 
   before(async () => {
     b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) } });
     engine.applyConfig(config({
       services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
       requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), audiences: ['reviews'] }])],
@@ -255,6 +256,27 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     assert.deepEqual(skipped.map((i) => i.path), ['jwtRules[0].jwks']);
     assert.match(skipped[0]!.message, /keys\[0\]: kty "XYZ" is not RSA, EC or OKP; left out/);
     assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200, 'the usable key verifies');
+  });
+
+  // Envoy's extractor keys a header location by name and prefix (header + value_prefix): two
+  // RequestAuthentications reading Authorization with `Bearer ` and `Token ` each read it
+  // (https://istio.io/latest/docs/reference/config/security/request_authentication/ JWTHeader).
+  it('Envoy extractor: a forged token under a second rule\'s prefix on Authorization is 401, counted and logged, never forwarded', async () => {
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      requestAuthentications: [ra('bearer', [{ issuer: ISS, jwks: jwksOf(key) }]), ra('token', [{ issuer: 'https://token.example', jwks: jwksOf(key), fromHeaders: [{ name: 'Authorization', prefix: 'Token ' }] }])],
+    }));
+    warnings.length = 0;
+    const before = (await refusals(engine))['bad-signature'] ?? 0;
+    const hits = b.hits;
+    const r = await request(l.port, { headers: { authorization: `Token ${signToken(stranger, claims({ iss: 'https://token.example', sub: 'admin' }))}` } });
+    assert.equal(r.status, 401, r.body);
+    assert.equal(b.hits, hits, 'the backend saw nothing');
+    assert.equal((await refusals(engine))['bad-signature'], before + 1);
+    const line = warnings.find((w) => w.msg === 'JWT refused');
+    assert.match(String(line?.fields['detail']), /token from header:authorization:token /);
+    assert.equal((await request(l.port, { headers: { authorization: `Token ${signToken(key, claims({ iss: 'https://token.example' }))}` } })).status, 200);
+    assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200);
   });
 });
 
