@@ -336,8 +336,10 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
     const parsed = keysOf(rule);
     if (parsed instanceof Error) continue;
     const keys = parsed.keys;
-    // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must fit alg.
-    const fit = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg)).slice(0, tries);
+    // Envoy: a token's kid selects keys with that kid (a key without one fits any); the key type must
+    // fit alg. The keys it names come first, so keys without a kid cannot crowd them out of the cap.
+    const fitting = keys.filter((k) => (kid === undefined || k.kid === undefined || k.kid === kid) && keyFits(k, alg));
+    const fit = (kid === undefined ? fitting : [...fitting.filter((k) => k.kid === kid), ...fitting.filter((k) => k.kid === undefined)]).slice(0, tries);
     if (fit.length === 0) continue;
     tries -= fit.length;
     if (!fit.some((k) => verifyJws(alg, k.key, jws.signingInput, jws.signature))) {

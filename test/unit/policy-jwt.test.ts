@@ -285,4 +285,13 @@ describe('RequestAuthentication: what a token costs', () => {
     assert.equal(verifications(() => refused(rules, bearer(forged), 'bad-signature')), MAX_KEYS_PER_TOKEN);
     assert.equal(authenticateRequest(rules, bearer(signToken(many[0]!, claims({ sub: 'first' }), { kid: null }))).kind, 'verified');
   });
+
+  it('a token naming its key by kid is verified with that key first, however many keys without a kid come before it in the JWKS (Envoy tries every key that fits)', () => {
+    const anonymous = Array.from({ length: MAX_KEYS_PER_TOKEN + 1 }, (_, i) => testKey('ec256', `a${i}`));
+    const named = testKey('ec256', 'named');
+    const keys = [...JSON.parse(jwksOf(...anonymous)).keys.map(({ kid: _k, ...k }: Record<string, unknown>) => k), ...JSON.parse(jwksOf(named)).keys];
+    const rules = [{ issuer: ISS, jwks: JSON.stringify({ keys }) }];
+    const token = signToken(named, claims({ sub: 'named' }));
+    assert.equal(verifications(() => assert.equal(authenticateRequest(rules, bearer(token)).kind, 'verified')), 1);
+  });
 });
