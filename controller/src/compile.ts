@@ -721,7 +721,7 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
-  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ? JSON.stringify(nsWaypoint) : ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
+  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ? JSON.stringify(nsWaypoint) : ''}|${binding?.refusal ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
   const cached = cache?.get(uid);
   if (cached && cached.pod === pod && cached.deps === deps) return cached;
   const w: Workload = {

@@ -375,6 +375,13 @@ test('a Pod whose own labels name another namespace\'s waypoint that refuses it 
   assert.match(denied[0]!.message, /Waypoint a\/wp does not allow namespace d \(spec\.allowedNamespaces\.selector does not match its labels\).*fails closed/);
   assert.deepEqual(podDenied(compile(store.inputs()).findings), denied, 'as a full compile says');
   assert.ok(r.model.workloads.get('uid-d-client')?.waypoint?.refused !== undefined, 'the pod\'s traffic fails closed');
+  // The Waypoint refuses by another rule now: the finding names that rule, not the cached one.
+  const wp = i.waypoints.find((w) => w.metadata.name === 'wp')!;
+  store.apply([{ type: 'upsert', object: { ...wp, spec: { ...wp.spec, allowedNamespaces: { from: 'Same' } } } as never, resourceVersion: '102' }]);
+  const same = podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings);
+  assert.match(same[0]?.message ?? '', /does not allow namespace d \(spec\.allowedNamespaces\.from is Same\)/);
+  store.apply([{ type: 'upsert', object: wp as never, resourceVersion: '103' }]);
+  compileChanges(store.inputs(), { cache }, store.takeChanges());
   // Only its own labels: a pod inheriting its namespace's refused binding is the Namespace's finding.
   assert.deepEqual(podDenied(compile(mesh(undefined)).findings), []);
   // The label taken off: the finding goes, incrementally too.
