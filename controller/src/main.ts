@@ -548,12 +548,15 @@ export async function clusterDebugTokenReader(read: () => Promise<{ token: strin
   let at = 0;
   let reading: Promise<void> | undefined;
   const refresh = (): Promise<void> => (reading ??= read().then(
-    (r) => { token = r.token; },
-    (e: Error) => log.warn(`the debug token Secret ${DEBUG_TOKEN_SECRET} could not be read or made; the agents and the controller refuse every /debug request until it exists`, { error: e.message }),
+    (r) => { token = r.token ?? token; },
+    (e: Error) => log.warn(`the debug token Secret ${DEBUG_TOKEN_SECRET} could not be read or made; ${token === undefined ? 'the agents and the controller refuse every /debug request until it exists' : 'the token read before stays in use'}`, { error: e.message }),
   ).finally(() => { at = now(); reading = undefined; }));
   await refresh();
+  // Read again, in the background, at most every DEBUG_TOKEN_RETRY_MS and only when asked: a token
+  // an operator rotates (the Secret replaced) is taken within a minute, as the agents' mounted copy
+  // is; a failed read keeps the token held.
   return () => {
-    if (token === undefined && now() - at > DEBUG_TOKEN_RETRY_MS) void refresh();
+    if (now() - at > DEBUG_TOKEN_RETRY_MS) void refresh();
     return token;
   };
 }
