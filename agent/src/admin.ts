@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { peerSocketOwner } from '../../lib/sys/listeners.ts';
 import { connectionCounter } from '../../lib/listener-limits.ts';
+import type { DebugTokenAccess, DebugTokenRefusal } from '../../lib/debug-http.ts';
 
 /**
  * Why a side port refused a request or a connection by itself, without a route: a metric label.
@@ -13,11 +14,18 @@ import { connectionCounter } from '../../lib/listener-limits.ts';
  * root's (nor the agent's own user's); `source_connections`: its source already holds
  * MAX_SIDE_CONNECTIONS_PER_SOURCE; `header_timeout`: no whole request head within
  * SIDE_HEADERS_TIMEOUT_MS; `idle`: nothing sent or received for SIDE_IDLE_TIMEOUT_MS;
- * `debug_token`: a /debug path asked for without the install's debug token (lib/debug-http.ts).
+ * `debug-token-<why>`: a /debug path asked for without the install's debug token, `why` as the
+ * controller labels it (lib/debug-http.ts DebugTokenRefusal: missing, wrong, unset).
  */
-export type SidePortRefusal = 'bad_target' | 'peer_uid' | 'source_connections' | 'header_timeout' | 'idle' | 'debug_token';
+export type SidePortRefusal = 'bad_target' | 'peer_uid' | 'source_connections' | 'header_timeout' | 'idle' | `debug-token-${DebugTokenRefusal}`;
 /** Hears of each refused request or connection (the agent counts and logs it), with what names it. */
 export type OnSidePortRefusal = (reason: SidePortRefusal, socket: Socket, fields?: Record<string, unknown>) => void;
+
+/** The metrics port's debug refusals (lib/debug-http.ts admitDebugRequest) told to `refused` as `debug-token-<why>`, with the target. */
+export function debugTokenRefused(refused: OnSidePortRefusal): DebugTokenAccess['refused'] {
+  // A token access is refused only for a DebugTokenRefusal (a grant's reasons are a waypoint's).
+  return (req, why) => refused(`debug-token-${why as DebugTokenRefusal}`, req.socket, { target: req.url });
+}
 
 /**
  * Open connections one source address may hold on one side port; past it a new connection is

@@ -27,7 +27,7 @@ import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './
 import { netnsCookie } from '../libbpf/index.ts';
 import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import { HttpStatusError, guardSidePort, jsonServer, listen, sideHttpServer, type OnSidePortRefusal } from './admin.ts';
+import { HttpStatusError, debugTokenRefused, guardSidePort, jsonServer, listen, sideHttpServer, type OnSidePortRefusal } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { debugThroughAdmin, debugTokenFile } from '../../lib/debug-http.ts';
@@ -382,7 +382,7 @@ export class Agent {
     const tokenFile = o.debugTokenFile;
     const access = tokenFile ? {
       token: debugTokenFile(tokenFile),
-      refused: (req: import('node:http').IncomingMessage, why: string) => metricsRefused('debug_token', req.socket, { target: req.url, token: why }),
+      refused: debugTokenRefused(metricsRefused),
     } : undefined;
     const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
     guardSidePort(metrics, { refused: metricsRefused });

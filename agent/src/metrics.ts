@@ -16,7 +16,9 @@ const SIDE_PORT_REFUSAL_MESSAGES: Record<SidePortRefusal, string> = {
   source_connections: 'connection refused: its source holds too many connections',
   header_timeout: 'connection closed: no whole request head in time',
   idle: 'connection closed: idle',
-  debug_token: 'request refused: a debug path without the install\'s debug token',
+  'debug-token-missing': 'request refused: a debug path without the install\'s debug token',
+  'debug-token-wrong': 'request refused: a debug path with another token than the install\'s',
+  'debug-token-unset': 'request refused: a debug path while the agent cannot read the install\'s debug token',
 };
 import { FLAG_NONE, TRAFFIC_LABELS, trafficLabels, type Peer, type Reporter, type SecurityPolicy, type ServiceRef, type TrafficLabel } from '../../lib/telemetry/labels.ts';
 
@@ -86,7 +88,7 @@ export class AgentMetrics {
     this.active = new Gauge({ name: 'weft_connections_active', help: 'Connections currently proxied', labelNames: ['direction'], registers });
     this.sidePortRefused = new Counter({
       name: 'weft_side_port_requests_refused_total',
-      help: 'Requests and connections the admin, metrics or readiness port refused by itself, by port and reason (bad_target: the request target is not a URL; peer_uid: an admin client not root; source_connections: its source holds too many; header_timeout, idle: deadlines; debug_token: a /debug path without the install\'s token)',
+      help: 'Requests and connections the admin, metrics or readiness port refused by itself, by port and reason (bad_target: the request target is not a URL; peer_uid: an admin client not root; source_connections: its source holds too many; header_timeout, idle: deadlines; debug-token-<why>: a /debug path without the install\'s token, why missing, wrong or unset)',
       labelNames: ['port', 'reason'],
       registers,
     });

@@ -11,7 +11,7 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { guardSidePort, jsonServer, sideHttpServer } from '../../agent/src/admin.ts';
+import { debugTokenRefused, guardSidePort, jsonServer, sideHttpServer } from '../../agent/src/admin.ts';
 import { DEBUG_TOKEN_HEADER, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -238,7 +238,7 @@ test('a side-port connection that sends nothing is closed after the idle deadlin
 // install's token can (the pod proxy passes a request's headers on). Istio keeps this data on its
 // components' loopback admin ports
 // (https://istio.io/latest/docs/ops/deployment/application-requirements/#ports-used-by-istio).
-test('with the debug paths open on the metrics port, a pod without the install\'s token gets 403 from every one, counted debug_token and logged; the token is served; /metrics stays open', async () => {
+test('with the debug paths open on the metrics port, a pod without the install\'s token gets 403 from every one, counted debug-token-<why> (missing, wrong, unset: the controller\'s labels) and logged; the token is served; /metrics stays open', async () => {
   const metrics = new AgentMetrics();
   const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
   const log: Logger = { debug() {}, info() {}, error() {}, warn: (msg, fields = {}) => lines.push({ msg, fields }) };
@@ -248,7 +248,7 @@ test('with the debug paths open on the metrics port, a pod without the install\'
   let token: string | undefined = 'the-install-token';
   const server = sideHttpServer(debugThroughAdmin(admin, ['/config_dump', '/bpf', '/flows'], (req, res) => prom.emit('request', req, res), {
     token: () => token,
-    refused: (req, why) => refused('debug_token', req.socket, { target: req.url, token: why }),
+    refused: debugTokenRefused(refused),
   }));
   guardSidePort(server, { refused });
   const port = await listening(server);
@@ -262,13 +262,15 @@ test('with the debug paths open on the metrics port, a pod without the install\'
     }
     const wrong = await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-tokeX' });
     assert.equal(wrong.status, 403);
-    const count = async () => Number(/weft_side_port_requests_refused_total\{port="metrics",reason="debug_token"\} (\d+)/.exec(await metrics.registry.metrics())?.[1] ?? 0);
-    assert.equal(await count(), 5);
-    const line = lines.find((l) => l.fields.token === 'wrong');
+    // Labelled as the controller's refusals are (debug-token-<why>, lib/debug-http.ts admitDebugRequest).
+    const count = async (why: string) => Number(new RegExp(`^weft_side_port_requests_refused_total\\{port="metrics",reason="debug-token-${why}"\\} (\\d+)$`, 'm').exec(await metrics.registry.metrics())?.[1] ?? 0);
+    assert.equal(await count('missing'), 4);
+    assert.equal(await count('wrong'), 1);
+    const line = lines.find((l) => l.fields.reason === 'debug-token-wrong');
     assert.ok(line, JSON.stringify(lines));
-    assert.equal(line.fields.reason, 'debug_token');
     assert.equal(line.fields.target, '/debug/config_dump');
-    assert.match(line.msg, /debug token/);
+    assert.match(line.msg, /another token than the install's/);
+    assert.match(lines.find((l) => l.fields.reason === 'debug-token-missing')?.msg ?? '', /without the install's debug token/);
     // The operator's path (weftctl, the dashboard through the pod proxy) carries the token.
     const ok = await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-token' });
     assert.equal(ok.status, 200);
@@ -277,6 +279,8 @@ test('with the debug paths open on the metrics port, a pod without the install\'
     // A token that cannot be read (the Secret not mounted yet) opens nothing.
     token = undefined;
     assert.equal((await get('/debug/config_dump', { [DEBUG_TOKEN_HEADER]: 'the-install-token' })).status, 403);
+    assert.equal(await count('unset'), 1);
+    assert.match(lines.find((l) => l.fields.reason === 'debug-token-unset')?.msg ?? '', /cannot read the install's debug token/);
   } finally {
     server.closeAllConnections();
     server.close();
