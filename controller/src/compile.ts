@@ -130,7 +130,7 @@ export interface WorkloadUnit {
   deps: string;
   base: Workload;
   final?: Workload;
-  /** The pod's own labels name a waypoint that refuses its namespace (AttachmentDenied). */
+  /** The pod's own labels name a waypoint that refuses its namespace (AttachmentDenied) or does not exist (WaypointNotFound). */
   finding?: CompileFinding;
 }
 
@@ -417,7 +417,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       if (!set) sliceRefs.set(r, (set = new Set()));
       set.add(key);
     }
-    const finding = serviceFinding(svc, unit, model.waypoints);
+    const finding = serviceFinding(svc, unit);
     if (finding) findings.push(finding);
     findings.push(...vipFindings(svc, key, vipOwners));
     model.services.set(key, unit.service);
@@ -718,10 +718,13 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
   const { mode: mtls, portModes } = resolveMtls(env.peerAuths, { namespace: ns, labels });
   const binding = waypointBinding(labels, ns, env);
   const nsWaypoint = binding?.ref;
+  // The pod's own labels are its findings' (one inherited is its Namespace's): whether the Waypoint
+  // they name exists is part of its key, so the unit (and its finding) follows the Waypoint's coming.
+  const own = binding?.use.labelledOn === 'object' ? binding : undefined;
   const uid = pod.metadata.uid ?? nsName(ns, pod.metadata.name);
   const telemetry = resolveTelemetry(env.telemetries, env.rootNamespace, ns, labels);
   const telemetryKey = telemetry ? JSON.stringify(telemetry) : '';
-  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ? JSON.stringify(nsWaypoint) : ''}|${binding?.refusal ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
+  const deps = `${mode}|${mtls}|${portModes ? JSON.stringify(portModes) : ''}|${nodeIp ?? ''}|${nsWaypoint ? JSON.stringify(nsWaypoint) : ''}${own?.notFound ? '!' : ''}|${binding?.refusal ?? ''}|${trustDomain}|${clusterId}|${telemetryKey}`;
   const cached = cache?.get(uid);
   if (cached && cached.pod === pod && cached.deps === deps) return cached;
   const w: Workload = {
@@ -742,9 +745,10 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
     services: [],
     ...(telemetry ? { telemetry } : {}),
   };
-  // A refusal the pod's own labels ask for is the Pod's finding; one inherited is its Namespace's.
-  const finding = binding?.refusal !== undefined && binding.use.labelledOn === 'object'
-    ? { kind: 'Pod', namespace: ns, name: pod.metadata.name, path: bindingLabelPath(binding.use, ns), reason: 'AttachmentDenied', message: `${binding.refusal}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
+  const at = { kind: 'Pod', namespace: ns, name: pod.metadata.name };
+  const finding = own?.refusal !== undefined
+    ? { ...at, path: bindingLabelPath(own.use, ns), reason: 'AttachmentDenied', message: `${own.refusal}: the waypoint does not take traffic addressed to this pod, which fails closed until the Waypoint allows the namespace or the label changes` }
+    : own?.notFound ? { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${own.ref.namespace}/${own.ref.name} does not exist; traffic addressed to this pod fails closed until it does` }
     : undefined;
   return { pod, deps, base: w, ...(finding ? { finding } : {}) };
 }
@@ -936,9 +940,10 @@ export function waypointBinding(own: Readonly<Record<string, string>> | undefine
 
 /**
  * A binding and where it comes from; refused (WaypointRef.refused) when the Waypoint does not
- * allow the object's namespace, `refusal` then saying which rule refused it, for the findings.
+ * allow the object's namespace, `refusal` then saying which rule refused it, for the findings;
+ * `notFound` when no such Waypoint exists (its traffic fails closed too: WaypointNotFound).
  */
-export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint; refusal?: string }
+export interface WaypointBinding { ref: WaypointRef; use: UseWaypoint; refusal?: string; notFound?: true }
 
 function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string, env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): WaypointBinding | undefined {
   const nsLabels = env.namespaces.get(ns)?.metadata.labels;
@@ -946,7 +951,8 @@ function bindingOf(own: Readonly<Record<string, string>> | undefined, ns: string
   if (!use) return undefined;
   const ref: WaypointRef = { name: use.name, namespace: use.namespace };
   const wp = env.waypointObjects.get(nsName(use.namespace, use.name));
-  if (!wp || waypointAllowsNamespace(wp, ns, nsLabels)) return { ref, use };
+  if (!wp) return { ref, use, notFound: true };
+  if (waypointAllowsNamespace(wp, ns, nsLabels)) return { ref, use };
   const allowed = wp.spec?.allowedNamespaces;
   const says = allowed?.from === 'Selector' ? 'spec.allowedNamespaces.selector does not match its labels' : `spec.allowedNamespaces.from is ${allowed?.from ?? 'Same (the default)'}`;
   return { ref: { ...ref, refused: 'NamespaceNotAllowed' }, use, refusal: `Waypoint ${use.namespace}/${use.name} does not allow namespace ${ns} (${says})` };
@@ -958,7 +964,7 @@ function bindingLabelPath(use: UseWaypoint, ns: string): string {
 }
 
 /** A Service's own finding: the waypoint it names does not exist, or does not allow its namespace. */
-function serviceFinding(svc: ServiceObject, unit: ServiceUnit, waypoints: ReadonlyMap<string, Waypoint>): CompileFinding | undefined {
+function serviceFinding(svc: ServiceObject, unit: ServiceUnit): CompileFinding | undefined {
   const compiled = unit.service;
   const wp = compiled.waypoint;
   const b = unit.binding;
@@ -971,7 +977,7 @@ function serviceFinding(svc: ServiceObject, unit: ServiceUnit, waypoints: Readon
     const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
     return { ...at, path, reason: 'AttachmentDenied', message: `${b.refusal}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
   }
-  if (waypoints.has(nsName(wp.namespace, wp.name))) return undefined;
+  if (!b.notFound) return undefined;
   return { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
 }
 

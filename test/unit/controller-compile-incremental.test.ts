@@ -19,14 +19,19 @@ function pick<T>(r: () => number, xs: readonly T[]): T {
   return xs[Math.floor(r() * xs.length)]!;
 }
 
+function ownWaypoint(y: number): Record<string, string> {
+  return y < 0.15 ? { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a' } : y < 0.25 ? { 'weft.dev/use-waypoint': 'wp2', 'weft.dev/use-waypoint-namespace': 'a' } : {};
+}
+
 function pod(r: () => number, i: number, uidGen: number): object {
   const node = pick(r, NODES);
   const ns = pick(r, NS);
   const phase = pick(r, ['Running', 'Running', 'Running', 'Pending', 'Succeeded']);
   return {
     apiVersion: 'v1', kind: 'Pod',
-    // Now and then a pod names a's waypoint by its own labels: allowed or refused (a finding of the Pod's) as its namespace's labels say.
-    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}), ...(r() < 0.15 ? { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a' } : {}) } },
+    // Now and then a pod names a's waypoint by its own labels: allowed or refused (a finding of the
+    // Pod's) as its namespace's labels say; or a/wp2, which comes and goes (WaypointNotFound, the Pod's).
+    metadata: { name: `p${i}`, namespace: ns, uid: `u${ns}${i}-${uidGen}`, labels: { app: pick(r, APPS), ...(r() < 0.3 ? { tier: 'x' } : {}), ...ownWaypoint(r()) } },
     spec: { nodeName: node, serviceAccountName: pick(r, APPS), containers: [{ name: 'c', ports: [{ name: 'http', containerPort: 8080 }] }] },
     status: {
       phase,
@@ -103,6 +108,8 @@ for (const seed of [1, 2, 3, 4, 5, 6]) {
           const cross = y < 0.5 ? {} : { 'weft.dev/use-waypoint': 'wp', 'weft.dev/use-waypoint-namespace': 'a', ...(y < 0.75 ? { team: 'b' } : {}) };
           events.push({ type: 'upsert', object: { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'b', labels: { ...(r() < 0.5 ? { 'weft.dev/dataplane-mode': 'ambient' } : {}), ...cross } } } });
         }
+        // a/wp2, which some pods name by their own labels, made or deleted (a full compile keeping those pods' cached units).
+        else if (x < 0.985) events.push(r() < 0.5 ? { type: 'upsert', object: { apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp2', namespace: 'a' }, spec: { allowedNamespaces: { from: 'All' } } } } : { type: 'delete', kind: 'Waypoint', namespace: 'a', name: 'wp2' });
         else events.push({ type: 'upsert', object: { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-db', namespace: 'a' }, spec: { mtls: { mode: r() < 0.5 ? 'STRICT' : 'PERMISSIVE' } } } });
       }
       apply(events as never);

@@ -389,6 +389,49 @@ test('a Pod whose own labels name another namespace\'s waypoint that refuses it 
   assert.deepEqual(podDenied(compileChanges(store.inputs(), { cache }, store.takeChanges()).findings), []);
 });
 
+// A Service or Namespace naming a Waypoint that does not exist is a finding (WaypointNotFound); a
+// Pod's own labels name one just as well (Istio binds a pod by its own istio.io/use-waypoint,
+// https://istio.io/latest/docs/ambient/usage/waypoint/#configure-a-pod-to-use-a-waypoint). Its
+// unit is cached across compiles by what it depends on, so the Waypoint's coming must reach it:
+// the finding comes with the label on the incremental compile and goes when the Waypoint is made.
+test('a Pod whose own labels name a Waypoint that does not exist is a finding (WaypointNotFound at its use-waypoint label), its traffic failing closed; it comes with the label on the incremental compile, goes when the Waypoint is created and comes back when it is deleted, as a full compile says', () => {
+  const store = new ObjectStore();
+  const i = mesh({ from: 'All' });
+  const client = () => i.pods.find((p) => p.metadata.name === 'client')!;
+  const objects = [...i.namespaces, ...i.waypoints, ...i.pods, ...i.services];
+  store.apply(objects.map((o, n) => ({ type: 'upsert' as const, object: o as never, resourceVersion: String(n + 1) })));
+  const cache = new CompileCache();
+  const notFound = (f: CompileFinding[]) => f.filter((x) => x.reason === 'WaypointNotFound' && x.kind === 'Pod').map((x) => `${x.kind} ${x.namespace}/${x.name} ${x.path}: ${x.message}`);
+  const step = () => {
+    const r = compileChanges(store.inputs(), { cache }, store.takeChanges());
+    assert.deepEqual(notFound(r.findings), notFound(compile(store.inputs()).findings), 'as a full compile says');
+    return r;
+  };
+  assert.deepEqual(notFound(step().findings), []);
+  // d's client names d/gone (not there) by its own label, then a/gone across namespaces.
+  for (const [labels, wp] of [[{ [USE]: 'gone' }, 'd/gone'], [{ [USE]: 'gone', [USE_NS]: 'a' }, 'a/gone']] as const) {
+    store.apply([{ type: 'upsert', object: { ...client(), metadata: { ...client().metadata, labels: { app: 'client', ...labels } } } as never, resourceVersion: String(100 + wp.length) }]);
+    const r = step();
+    assert.deepEqual(notFound(r.findings), [`Pod d/client metadata.labels["weft.dev/use-waypoint"]: Waypoint ${wp} does not exist; traffic addressed to this pod fails closed until it does`]);
+    // Unchanged traffic: addressed to the pod it fails closed at the caller's agent, naming the waypoint.
+    const caller = agentOn('node-b', r.model);
+    assert.throws(() => caller.resolve(caller.localWorkload('10.1.8.2')!, '10.1.8.9', 8080), (e: unknown) => e instanceof NoRouteError && e.message.includes(`uses waypoint ${wp}, which does not exist; traffic that must pass it fails closed`));
+  }
+  // The Waypoint created (a change the incremental compile hands to a full one, which keeps the pod's cached unit): the finding goes, and the pod is sent to it.
+  store.apply([{ type: 'upsert', object: readyWaypoint('a', 'gone', '10.2.0.7', { from: 'All' }) as never, resourceVersion: '200' }]);
+  const made = step();
+  assert.deepEqual(notFound(made.findings), []);
+  assert.deepEqual(made.findings.filter((f) => f.kind === 'Pod'), []);
+  assert.deepEqual(made.model.workloads.get('uid-d-client')?.waypoint, { name: 'gone', namespace: 'a' });
+  // Deleted again: it comes back.
+  store.apply([{ type: 'delete', kind: 'Waypoint', namespace: 'a', name: 'gone', resourceVersion: '201' }]);
+  assert.equal(notFound(step().findings).length, 1);
+  // Only its own labels: a pod inheriting its namespace's missing waypoint is not a Pod finding.
+  const inherited = mesh({ from: 'All' });
+  inherited.waypoints = [];
+  assert.deepEqual(notFound(compile(inherited).findings), []);
+});
+
 test('a namespace\'s binding is worked out once per compile, whatever number of its pods and Services inherit it (one WaypointRef, allowed or refused); a pod\'s own label is judged for that pod', () => {
   for (const allowed of [{ from: 'All' as const }, undefined]) {
     const i = mesh(allowed);
