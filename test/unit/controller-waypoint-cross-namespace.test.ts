@@ -13,6 +13,9 @@ import { AgentState, NoRouteError } from '../../agent/src/state.ts';
 import { CompileCache, compile, emptyInputs, type CompileFinding, type MeshInputs } from '../../controller/src/compile.ts';
 import { compileChanges } from '../../controller/src/compile-incremental.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
+import { Controller } from '../../controller/src/controller.ts';
+import { ConfigServer } from '../../controller/src/xds/server.ts';
+import { Registry } from 'prom-client';
 import { ObjectStore } from '../../controller/src/store.ts';
 import { AddressOwnerTable } from '../../controller/src/xds/address-owners.ts';
 import { buildIndex, reboundWaypointNamespaces, waypointHolds, waypointView } from '../../controller/src/xds/views.ts';
@@ -430,6 +433,23 @@ test('a Pod whose own labels name a Waypoint that does not exist is a finding (W
   const inherited = mesh({ from: 'All' });
   inherited.waypoints = [];
   assert.deepEqual(notFound(compile(inherited).findings), []);
+});
+
+test('in the controller, a Pod naming a Waypoint that does not exist is counted (weft_controller_findings{kind="Pod",reason="WaypointNotFound"}) and the count goes when the Waypoint is created', async () => {
+  const i = mesh({ from: 'All' });
+  i.pods = i.pods.map((p) => p.metadata.name === 'client' ? pod('d', 'client', { ip: '10.1.8.9', node: 'node-a', labels: { app: 'client', [USE]: 'gone' } }) : p);
+  const registry = new Registry();
+  const source = new MemorySource([...i.namespaces, ...i.waypoints, ...i.pods, ...i.services]);
+  const controller = new Controller({ source, configServer: new ConfigServer(), registry, debounceMs: 5 });
+  const counted = async () => (await registry.getSingleMetric('weft_controller_findings')!.get()).values.find((v) => v.labels['kind'] === 'Pod' && v.labels['reason'] === 'WaypointNotFound')?.value ?? 0;
+  try {
+    await controller.start();
+    await until('the Pod\'s finding counted', async () => await counted() === 1);
+    source.upsert(readyWaypoint('d', 'gone', '10.2.0.8'));
+    await until('the count gone with the Waypoint\'s coming', async () => await counted() === 0);
+  } finally {
+    await controller.stop();
+  }
 });
 
 test('a namespace\'s binding is worked out once per compile, whatever number of its pods and Services inherit it (one WaypointRef, allowed or refused); a pod\'s own label is judged for that pod', () => {
