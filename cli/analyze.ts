@@ -16,8 +16,8 @@
 import type { CompileFinding } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, LABEL_USE_WAYPOINT, isMeshKind, keyOf, useWaypointOf } from '../lib/model/objects.ts';
-import { labelsMatch, nsName, type MeshModel } from '../lib/model/mesh.ts';
+import { KINDS, isMeshKind, keyOf } from '../lib/model/objects.ts';
+import { labelsMatch, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
 
@@ -122,12 +122,6 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
 
   routeChecks(model, meshInputs, add);
   policyChecks(model, meshInputs, others, options, add);
-  for (const n of meshInputs.namespaces) {
-    const wp = useWaypointOf(undefined, n.metadata.labels, n.metadata.name);
-    if (wp && !model.waypoints.has(nsName(wp.namespace, wp.name))) {
-      add({ severity: 'Warning', code: 'WaypointNotFound', kind: 'Namespace', namespace: '', name: n.metadata.name, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to the namespace's services fails closed until it does` });
-    }
-  }
   return dedupe(findings).sort(byObject);
 }
 

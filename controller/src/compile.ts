@@ -970,24 +970,28 @@ function serviceFinding(svc: ServiceObject, unit: ServiceUnit): CompileFinding |
   const b = unit.binding;
   if (!wp || !b) return undefined;
   const at = { kind: 'Service', namespace: compiled.namespace, name: svc.metadata.name };
+  const use = b.use;
+  // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
+  const own = use.labelledOn === 'object';
+  const from = own ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
   if (b.refusal !== undefined) {
-    const use = b.use;
-    // Inherited from the Namespace: the Service has no such label; its namespace is what binds it.
-    const path = use.labelledOn === 'object' ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace';
-    const from = use.labelledOn === 'object' ? '' : ` (its Namespace's labels ${LABEL_USE_WAYPOINT}=${use.name}, ${LABEL_USE_WAYPOINT_NAMESPACE}=${use.namespace})`;
-    return { ...at, path, reason: 'AttachmentDenied', message: `${b.refusal}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
+    return { ...at, path: own ? bindingLabelPath(use, compiled.namespace) : 'metadata.namespace', reason: 'AttachmentDenied', message: `${b.refusal}${from}: the waypoint does not serve this service, and its traffic fails closed until the Waypoint allows the namespace or the label changes` };
   }
   if (!b.notFound) return undefined;
-  return { ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist; traffic to this service fails closed until it does` };
+  return { ...at, path: own ? `metadata.labels["${LABEL_USE_WAYPOINT}"]` : 'metadata.namespace', reason: 'WaypointNotFound', message: `Waypoint ${wp.namespace}/${wp.name} does not exist${from}; traffic to this service fails closed until it does` };
 }
 
-/** A Namespace's finding: the waypoint its labels name does not allow it (AttachmentDenied), at the label that names the waypoint. */
+/**
+ * A Namespace's finding: the waypoint its labels name does not allow it (AttachmentDenied), at the
+ * label that names the waypoint, or does not exist (WaypointNotFound, at its use-waypoint label).
+ */
 function namespaceFindings(env: Pick<WorkloadEnv, 'namespaces' | 'waypointObjects'>): CompileFinding[] {
   const out: CompileFinding[] = [];
   for (const [name, n] of env.namespaces) {
     const b = waypointBinding(undefined, name, env);
-    if (b?.refusal === undefined) continue;
-    out.push({ kind: 'Namespace', namespace: '', name: n.metadata.name, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.refusal}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
+    const at = { kind: 'Namespace', namespace: '', name: n.metadata.name };
+    if (b?.refusal !== undefined) out.push({ ...at, path: bindingLabelPath(b.use, name), reason: 'AttachmentDenied', message: `${b.refusal}: the waypoint serves none of the namespace's services and pods, and their traffic fails closed until the Waypoint allows the namespace or the label changes` });
+    else if (b?.notFound) out.push({ ...at, path: `metadata.labels["${LABEL_USE_WAYPOINT}"]`, reason: 'WaypointNotFound', message: `Waypoint ${b.ref.namespace}/${b.ref.name} does not exist; traffic to the namespace's services and pods fails closed until it does` });
   }
   return out;
 }

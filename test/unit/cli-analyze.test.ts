@@ -45,7 +45,7 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     name: 'a Service using a waypoint that does not exist fails closed',
     objects: () => [ns('web', { ...AMBIENT, 'weft.dev/use-waypoint': 'gone' }), pod('web', 'front'), svc('web', 'front', { app: 'front' }, '10.96.2.10')],
     findings: [/^Warning \[WaypointNotFound\] Namespace web metadata\.labels\["weft\.dev\/use-waypoint"\] .*Waypoint web\/gone does not exist/,
-      /^Warning \[WaypointNotFound\] Service web\/front metadata\.labels\["weft\.dev\/use-waypoint"\] .*fails closed/],
+      /^Warning \[WaypointNotFound\] Service web\/front metadata\.namespace .*fails closed/],
   },
   {
     // https://istio.io/latest/docs/ambient/usage/use-waypoint/#use-a-waypoint-in-a-different-namespace (Istio: AttachmentDenied)

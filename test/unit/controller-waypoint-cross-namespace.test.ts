@@ -435,6 +435,24 @@ test('a Pod whose own labels name a Waypoint that does not exist is a finding (W
   assert.deepEqual(notFound(compile(inherited).findings), []);
 });
 
+// A finding's path names the field that says it (docs/STYLE.md): a Namespace naming a Waypoint that
+// does not exist is the Namespace's finding at its label, in the controller (its pods and Services
+// fail closed; weftctl analyze said so alone, and a namespace of pods only had no finding), and a
+// Service inheriting it is named at metadata.namespace, as a refused inherited binding is: it
+// carries no such label.
+test('a Namespace naming a Waypoint that does not exist is a finding of the Namespace\'s (WaypointNotFound at its use-waypoint label), pods only or with Services; a Service inheriting it is named at metadata.namespace, one with its own label at that label', () => {
+  const i = mesh({ from: 'All' });
+  i.namespaces = i.namespaces.map((n) => n.metadata.name === 'd' ? ns('d', { 'weft.dev/dataplane-mode': 'ambient', [USE]: 'gone' }) : n);
+  const notFound = (f: CompileFinding[]) => f.filter((x) => x.reason === 'WaypointNotFound').map((x) => `${x.kind} ${x.namespace}/${x.name} ${x.path}: ${x.message}`).sort();
+  assert.deepEqual(notFound(compile(i).findings), ['Namespace /d metadata.labels["weft.dev/use-waypoint"]: Waypoint d/gone does not exist; traffic to the namespace\'s services and pods fails closed until it does']);
+  i.services.push(svc('d', 'client', { app: 'client' }, '10.96.1.9'), { ...svc('d', 'own', { app: 'client' }, '10.96.1.10'), metadata: { name: 'own', namespace: 'd', labels: { [USE]: 'gone-too' } } });
+  assert.deepEqual(notFound(compile(i).findings), [
+    'Namespace /d metadata.labels["weft.dev/use-waypoint"]: Waypoint d/gone does not exist; traffic to the namespace\'s services and pods fails closed until it does',
+    'Service d/client metadata.namespace: Waypoint d/gone does not exist (its Namespace\'s labels weft.dev/use-waypoint=gone, weft.dev/use-waypoint-namespace=d); traffic to this service fails closed until it does',
+    'Service d/own metadata.labels["weft.dev/use-waypoint"]: Waypoint d/gone-too does not exist; traffic to this service fails closed until it does',
+  ]);
+});
+
 test('in the controller, a Pod naming a Waypoint that does not exist is counted (weft_controller_findings{kind="Pod",reason="WaypointNotFound"}) and the count goes when the Waypoint is created', async () => {
   const i = mesh({ from: 'All' });
   i.pods = i.pods.map((p) => p.metadata.name === 'client' ? pod('d', 'client', { ip: '10.1.8.9', node: 'node-a', labels: { app: 'client', [USE]: 'gone' } }) : p);
