@@ -2,12 +2,21 @@
 // route whose backend is missing, a policy whose target is gone), so `kubectl describe` and
 // `kubectl get events` show them beside the object. One Event per (object, reason, message); a
 // finding seen again bumps that Event's count and lastTimestamp instead of adding another, as the
-// kubelet's recorder does. Only the leader records (see leader.ts).
+// kubelet's recorder does. Only the leader records (see leader.ts), before its next compile: a
+// tenant labelling thousands of its pods with a Waypoint that does not exist makes a finding each,
+// so one call writes at most MAX_EVENT_WRITES_PER_RECORD Events (the rest at the next calls) and
+// keeps at most MAX_TRACKED_EVENTS to bump, as client-go's EventCorrelator bounds a source's Events
+// (k8s.io/client-go/tools/record/events_cache.go: a rate limit per object, an LRU of 4096).
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type CoreV1Event, type KubeConfig } from '@kubernetes/client-node';
 import { CONTROLLER_NAME } from '../../../lib/defaults.ts';
 import { KINDS, isMeshKind } from '../../../lib/model/objects.ts';
 import type { CompileFinding } from '../compile.ts';
 import { silentLogger, type Logger } from '../log.ts';
+
+/** Event writes (creates and count bumps) one record() call makes at most; the findings left are written at the next calls. */
+export const MAX_EVENT_WRITES_PER_RECORD = 100;
+/** Events remembered to bump their count when their finding comes again (the least recently written go first), as client-go's LRU. */
+export const MAX_TRACKED_EVENTS = 4096;
 
 /** Where Events of cluster-scoped objects (Namespace, Node) are recorded, as Kubernetes records them. */
 const CLUSTER_SCOPED_EVENTS_NAMESPACE = 'default';
@@ -34,21 +43,43 @@ export class EventRecorder {
     this.#log = options.logger ?? silentLogger;
   }
 
-  /** Records the findings that are new since the last call (a finding that persists is one Event). */
+  /** How many Events are remembered to bump (at most MAX_TRACKED_EVENTS). */
+  get tracked(): number {
+    return this.#recorded.size;
+  }
+
+  /**
+   * Records the findings that are new since the last call (a finding that persists is one Event),
+   * at most MAX_EVENT_WRITES_PER_RECORD of them; the others are new again at the next call.
+   */
   async record(findings: readonly CompileFinding[]): Promise<void> {
     const next = new Set<string>();
+    let writes = 0;
+    let deferred = 0;
     for (const f of findings) {
       const fp = JSON.stringify([f.kind, f.namespace, f.name, f.reason, f.message]);
-      next.add(fp);
-      if (this.#current.has(fp)) continue;
+      if (this.#current.has(fp)) {
+        next.add(fp);
+        continue;
+      }
+      if (writes >= MAX_EVENT_WRITES_PER_RECORD) {
+        deferred++;
+        continue;
+      }
+      writes++;
       try {
         await this.#emit(fp, f);
+        next.add(fp);
       } catch (e) {
-        this.#log.warn('event not recorded', { object: `${f.kind} ${f.namespace}/${f.name}`, reason: f.reason, error: (e as Error).message });
-        next.delete(fp); // try again next time
+        this.#log.warn('event not recorded', { object: `${f.kind} ${f.namespace}/${f.name}`, reason: f.reason, error: (e as Error).message }); // tried again next time
       }
     }
     this.#current = next;
+    if (deferred > 0) this.#log.warn('events deferred to the next compile (at most MAX_EVENT_WRITES_PER_RECORD written per compile; each finding is in weft_controller_findings)', { deferred, written: writes, perRecord: MAX_EVENT_WRITES_PER_RECORD });
+    for (const fp of this.#recorded.keys()) {
+      if (this.#recorded.size <= MAX_TRACKED_EVENTS) break;
+      this.#recorded.delete(fp);
+    }
   }
 
   async #emit(fp: string, f: CompileFinding): Promise<void> {
@@ -56,6 +87,9 @@ export class EventRecorder {
     const prev = this.#recorded.get(fp);
     if (prev) {
       prev.count++;
+      // The most recently written last: the first to go are the least recently written.
+      this.#recorded.delete(fp);
+      this.#recorded.set(fp, prev);
       await this.#api.patchNamespacedEvent({ name: prev.name, namespace: prev.namespace, body: { count: prev.count, lastTimestamp: now } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
       return;
     }
