@@ -77,6 +77,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
+import { unfetchedJwks, type JwksState } from './jwks-resolver.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
@@ -226,6 +227,31 @@ export interface CompileOptions {
    * them resolves (the waypoint sends to that cluster's endpoints); default none.
    */
   importedServices?: ReadonlySet<string>;
+  /**
+   * What the controller fetched for each `jwksUri` (controller/src/jwks-resolver.ts), by URI; a
+   * URI without keys here compiles to a JWKS that verifies nothing (unfetchedJwks) and is reported.
+   */
+  jwks?: ReadonlyMap<string, JwksState>;
+}
+
+/**
+ * The URI a RequestAuthentication rule's keys are fetched from: its `jwksUri` when it has no inline
+ * `jwks` (Istio uses inline keys when a rule has both: istiod fetches only for a rule without).
+ */
+export function fetchedJwksUri(rule: { jwks?: string; jwksUri?: string }): string | undefined {
+  return rule.jwks === undefined ? rule.jwksUri : undefined;
+}
+
+/** Every URI the RequestAuthentications' rules fetch their keys from (JwksResolver.want). */
+export function jwksUrisOf(requestAuthentications: readonly RequestAuthenticationObject[]): Set<string> {
+  const out = new Set<string>();
+  for (const ra of requestAuthentications) {
+    for (const r of ra.spec.jwtRules ?? []) {
+      const uri = fetchedJwksUri(r);
+      if (uri !== undefined) out.add(uri);
+    }
+  }
+  return out;
 }
 
 /** A problem found while compiling that belongs in an object's status. */
@@ -508,12 +534,30 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   for (const ra of inputs.requestAuthentications) {
     const ns = ra.metadata.namespace!;
     const targets = attach('RequestAuthentication', ns, ra.metadata.name, policyTargets(ra.spec)) ?? [];
+    // A jwksUri's keys as fetched; until a fetch succeeds (or past the controller's bound), a JWKS
+    // that verifies nothing, as istiod's fake JWKS: the issuer's tokens are refused, the rest pass.
+    const keysOf = (r: NonNullable<typeof ra.spec.jwtRules>[number], i: number): string => {
+      const uri = fetchedJwksUri(r);
+      if (uri === undefined) return r.jwks ?? '';
+      // Without options.jwks nothing was fetched for anyone (weftctl analyze compiles objects
+      // offline): the rule verifies nothing, and that is no finding of the object's.
+      if (!options.jwks) return unfetchedJwks(uri);
+      const state = options.jwks.get(uri);
+      if (state?.jwks !== undefined) return state.jwks;
+      const why = state === undefined ? 'the controller holds no keys for it' : state.error !== undefined ? state.error : 'the first fetch is under way';
+      findings.push({
+        kind: 'RequestAuthentication', namespace: ns, name: ra.metadata.name, path: `spec.jwtRules[${i}].jwksUri`,
+        reason: state !== undefined && state.error === undefined ? 'JwksPending' : 'JwksFetchFailed',
+        message: `no keys fetched from ${uri}: ${why}; tokens of issuer ${r.issuer} are refused (401) until a fetch succeeds, requests without a token pass`,
+      });
+      return unfetchedJwks(uri);
+    };
     model.requestAuthentications.set(nsName(ns, ra.metadata.name), {
       name: ra.metadata.name, namespace: ns, targetServices: targets,
-      jwtRules: (ra.spec.jwtRules ?? []).map((r) => clean({
+      jwtRules: (ra.spec.jwtRules ?? []).map((r, i) => clean({
         issuer: r.issuer,
         audiences: nonEmpty(r.audiences),
-        jwks: r.jwks ?? '',
+        jwks: keysOf(r, i),
         fromHeaders: nonEmpty(r.fromHeaders?.map((h) => clean({ name: h.name, prefix: h.prefix }))),
         fromParams: nonEmpty(r.fromParams),
         fromCookies: nonEmpty(r.fromCookies),
@@ -574,6 +618,7 @@ export function optionsKeyOf(options: CompileOptions): string {
     options.trustDomain, options.clusterDomain, options.rootNamespace, options.clusterId,
     options.waypointRuntime ? [...options.waypointRuntime] : null, options.waypointAllowList ?? null,
     options.importedServices ? [...options.importedServices].sort() : null,
+    options.jwks ? [...options.jwks].map(([uri, s]) => [uri, s.version]) : null,
   ]);
 }
 

@@ -5,7 +5,8 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
-import { CompileCache, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
+import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
+import { JwksResolver, type JwksResolverOptions } from './jwks-resolver.ts';
 import { compileChanges } from './compile-incremental.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { admitWaypoint } from './waypoint-admission.ts';
@@ -61,6 +62,12 @@ export interface ControllerOptions {
   federation?: { merge(local: MeshModel): MeshModel; onChange(listener: () => void): void };
   /** First retry of a failed waypoint reconcile, doubling per failure up to {@link MAX_WAYPOINT_RETRY_MS}; default 1000 ms. */
   waypointRetryMs?: number;
+  /**
+   * How RequestAuthentication jwksUris are fetched (controller/src/jwks-resolver.ts: refresh and
+   * retry intervals, bounds, extra CAs); its defaults are istiod's. Its logger and registry are the
+   * controller's.
+   */
+  jwks?: Omit<JwksResolverOptions, 'logger' | 'registry'>;
 }
 
 export const DEFAULT_DEBOUNCE_MS = 10;
@@ -109,6 +116,9 @@ export class Controller {
     }
     options.waypoints?.onChange(() => this.#markDirty());
     options.federation?.onChange(() => this.#markDirty());
+    // A fetch that changed what a jwksUri holds (keys, or why there are none) is compiled in.
+    this.#jwks = new JwksResolver({ ...options.jwks, logger: this.#log, ...(options.registry ? { registry: options.registry } : {}) });
+    this.#jwks.onChange(() => this.#markDirty());
     this.#leadership = options.leadership ?? ALWAYS_LEADER;
     this.#leadership.onChange((leader) => {
       if (!leader) return;
@@ -121,6 +131,7 @@ export class Controller {
   }
 
   readonly #leadership: Leadership;
+  readonly #jwks: JwksResolver;
   #findingsDirty = true;
 
   /** Whether this replica writes status and waypoint Deployments. */
@@ -152,6 +163,7 @@ export class Controller {
     this.#stopped = true;
     clearTimeout(this.#timer);
     clearTimeout(this.#waypointRetry);
+    this.#jwks.stop();
     await this.#o.source.stop();
     await this.#running;
     await this.#o.waypoints?.stop();
@@ -277,10 +289,14 @@ export class Controller {
       const started = performance.now();
       let result: CompileResult;
       try {
+        const inputs = this.store.inputs();
+        // The jwksUris named now: new ones start fetching (off this loop), and compile reads what each holds.
+        this.#jwks.want(jwksUrisOf(inputs.requestAuthentications));
         // Only what changed since the last compilation is recompiled (pods and EndpointSlices; anything else in full).
-        result = compileChanges(this.store.inputs(), {
+        result = compileChanges(inputs, {
           ...this.#o.compile, cache: this.#cache, ...(runtime ? { waypointRuntime: runtime } : {}),
           ...(this.#o.federation ? { importedServices: this.#imported } : {}),
+          jwks: this.#jwks.snapshot(),
         }, this.store.takeChanges());
       } catch (e) {
         // The next compilation starts afresh: the changes this one consumed are not lost.

@@ -375,8 +375,12 @@ export interface RequestAuthentication {
   spec: {
     targetRefs?: PolicyTargetRef[];
     targetRef?: PolicyTargetRef;
-    /** As compiled (lib/policy/jwt.ts JwtRule), but `jwks` may be missing here: `jwksUri` is refused, the controller fetches nothing. */
-    jwtRules?: Array<Omit<JwtRule, 'jwks'> & { jwks?: string }>;
+    /**
+     * As compiled (lib/policy/jwt.ts JwtRule), but `jwks` may be missing here for `jwksUri`, which
+     * the controller fetches and compiles inline (controller/src/jwks-resolver.ts); with both,
+     * `jwks` is used, as in Istio.
+     */
+    jwtRules?: Array<Omit<JwtRule, 'jwks'> & { jwks?: string; jwksUri?: string }>;
   };
   status?: PolicyStatus;
 }

@@ -9,7 +9,7 @@ import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
-import { parseJwks } from '../policy/jwt.ts';
+import { jwksUriProblem, parseJwks } from '../policy/jwt.ts';
 
 export type { ValidationIssue };
 
@@ -657,7 +657,7 @@ function jwtHeaderName(c: Checker, v: unknown, path: string): string | undefined
 /**
  * RequestAuthentication (Istio's, https://istio.io/latest/docs/reference/config/security/request_authentication/).
  * Only a waypoint sees a request's token, so it needs targetRefs (a selector would apply to
- * sidecars, which Weft has none of); `jwks` inline, since the controller fetches no keys.
+ * sidecars, which Weft has none of); `jwks` inline or `jwksUri`, which the controller fetches.
  */
 function validateRequestAuthentication(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec', true) ?? {};
@@ -671,7 +671,11 @@ function validateRequestAuthentication(c: Checker, o: Json): void {
     c.only(ro, p, ['issuer', 'audiences', 'jwks', 'jwksUri', 'fromHeaders', 'fromParams', 'fromCookies', 'forwardOriginalToken', 'outputPayloadToHeader', 'outputClaimToHeaders']);
     c.str(ro.issuer, `${p}.issuer`, { required: true });
     c.strList(ro.audiences, `${p}.audiences`);
-    if (ro.jwksUri !== undefined) c.fail(`${p}.jwksUri`, 'is not supported: Weft\'s controller fetches no JWKS; put the keys inline in jwks (the JSON document the URI serves)');
+    // Istio: jwks, when set, is used and jwksUri ignored (pilot policy_applier: istiod fetches
+    // only for a rule without inline keys); the controller fetches the URI (controller/src/jwks-resolver.ts).
+    const uri = c.str(ro.jwksUri, `${p}.jwksUri`, { nonEmpty: true });
+    const uriProblem = uri !== undefined ? jwksUriProblem(uri) : undefined;
+    if (uriProblem !== undefined) c.fail(`${p}.jwksUri`, uriProblem);
     const jwks = c.str(ro.jwks, `${p}.jwks`, { required: ro.jwksUri === undefined });
     if (jwks !== undefined) {
       try {

@@ -197,6 +197,22 @@ export function parseJwks(text: string): ParsedJwks {
   return { keys: out, skipped };
 }
 
+/**
+ * What is wrong with a `jwksUri` (undefined when nothing): an absolute http or https URL with a
+ * host, as Istio's ParseJwksURI takes (pkg/config/security: 'URI scheme %q is not supported').
+ */
+export function jwksUriProblem(uri: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(uri);
+  } catch {
+    return `"${uri.slice(0, 200)}" is not a URL`;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `URI scheme "${url.protocol.slice(0, -1)}" is not supported: http or https`;
+  if (url.hostname === '') return 'names no host';
+  return undefined;
+}
+
 /** A rule's keys, parsed once per rule object (the waypoint's snapshot check and its requests share them). */
 function keysOf(rule: JwtRule): ParsedJwks | Error {
   let keys = jwksCache.get(rule);

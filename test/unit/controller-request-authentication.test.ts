@@ -41,7 +41,7 @@ test('validates a RequestAuthentication field by field, naming each path (istio.
     selector: { matchLabels: { app: 'x' } },
     jwtRules: [
       { jwks: JWKS },
-      { issuer: 'a', jwksUri: 'https://issuer.example/jwks.json' },
+      { issuer: 'a', jwksUri: 'file:///etc/passwd' },
       { issuer: 'b', jwks: '{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}' },
       { issuer: 'c', jwks: JWKS, fromHeaders: [{ name: 'bad header' }], outputPayloadToHeader: 'host', outputClaimToHeaders: [{ header: 'x-a' }], forwardOriginalToken: 'yes', timeout: '5s' },
     ],
@@ -49,7 +49,7 @@ test('validates a RequestAuthentication field by field, naming each path (istio.
   const byPath = Object.fromEntries(issues.map((i) => [i.path, i.message]));
   assert.match(byPath['spec.selector']!, /enforced only by a waypoint .* attach it with spec\.targetRefs/);
   assert.match(byPath['spec.jwtRules[0].issuer']!, /is required/);
-  assert.match(byPath['spec.jwtRules[1].jwksUri']!, /fetches no JWKS; put the keys inline in jwks/);
+  assert.match(byPath['spec.jwtRules[1].jwksUri']!, /URI scheme "file" is not supported/);
   assert.match(byPath['spec.jwtRules[2].jwks']!, /keys\[0\]: symmetric \(oct\) keys are not accepted/);
   assert.match(byPath['spec.jwtRules[3].fromHeaders[0].name']!, /not an HTTP header name/);
   assert.match(byPath['spec.jwtRules[3].outputPayloadToHeader']!, /"host" is a header the waypoint owns/);
@@ -157,8 +157,8 @@ test('a RequestAuthentication reaches the waypoint over the config stream and is
   }
 });
 
-// A bad object costs only itself: an update the controller refuses (here jwksUri, which it does not
-// fetch) is Invalid in status at its field, and the last good version keeps serving at the waypoint.
+// A bad object costs only itself: an update the controller refuses (here a jwksUri of a scheme it
+// does not fetch) is Invalid in status at its field, and the last good version keeps serving at the waypoint.
 test('a refused update of a RequestAuthentication is Invalid at its field path and the last good version stays in force at the waypoint', async () => {
   const good = ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwks: JWKS }] });
   const source = new MemorySource([ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'), good]);
@@ -167,11 +167,11 @@ test('a refused update of a RequestAuthentication is Invalid at its field path a
     const wp = h.waypoint('shop');
     await wp.ready();
     await until('the waypoint holds the RequestAuthentication', () => wp.snapshot!.requestAuthentications?.some((r) => r.name === 'jwt') === true);
-    source.upsert(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwksUri: 'https://issuer.example/jwks.json' }] }));
+    source.upsert(ra('jwt', { targetRefs: [{ group: '', kind: 'Service', name: 'reviews' }], jwtRules: [{ issuer: 'https://issuer.example', jwksUri: 'ftp://issuer.example/jwks.json' }] }));
     await until('refused update status', () => source.statuses.get('RequestAuthentication/shop/jwt')?.reason === 'Invalid');
     const st = source.statuses.get('RequestAuthentication/shop/jwt')!;
     assert.equal(st.path, 'spec.jwtRules[0].jwksUri');
-    assert.match(st.message, /fetches no JWKS/);
+    assert.match(st.message, /URI scheme "ftp" is not supported/);
     await h.controller.settled();
     assert.equal(wp.snapshot!.requestAuthentications?.find((r) => r.name === 'jwt')?.jwtRules[0]?.jwks, JWKS, 'the last good keys still apply');
   } finally {

@@ -21,8 +21,8 @@ export interface TestLeaf {
 export interface TestCa {
   cert: string;
   key: string;
-  /** A leaf for `spiffeId` (or without a URI SAN when undefined), usable as client and server. */
-  issue(spiffeId: string | undefined): TestLeaf;
+  /** A leaf for `spiffeId` (or without a URI SAN when undefined), usable as client and server; `ips` as IP SANs (an https server on loopback). */
+  issue(spiffeId: string | undefined, ips?: readonly string[]): TestLeaf;
 }
 
 function newKey(): { pem: string; forgeKey: forge.pki.rsa.PrivateKey; forgePub: forge.pki.rsa.PublicKey } {
@@ -57,7 +57,7 @@ export function createTestCa(commonName = 'Weft Test CA'): TestCa {
   return {
     cert: caPem,
     key: caKey.pem,
-    issue(spiffeId) {
+    issue(spiffeId, ips = []) {
       const k = newKey();
       const c = forge.pki.createCertificate();
       c.publicKey = k.forgePub;
@@ -72,9 +72,8 @@ export function createTestCa(commonName = 'Weft Test CA'): TestCa {
         { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
         { name: 'authorityKeyIdentifier', keyIdentifier: caCert.generateSubjectKeyIdentifier().getBytes() },
       ];
-      if (spiffeId !== undefined) {
-        extensions.push({ name: 'subjectAltName', critical: true, altNames: [{ type: 6, value: spiffeId }] });
-      }
+      const altNames: object[] = [...(spiffeId !== undefined ? [{ type: 6, value: spiffeId }] : []), ...ips.map((ip) => ({ type: 7, ip }))];
+      if (altNames.length > 0) extensions.push({ name: 'subjectAltName', critical: true, altNames });
       c.setExtensions(extensions);
       c.sign(caKey.forgeKey, forge.md.sha256.create());
       return { key: k.pem, cert: forge.pki.certificateToPem(c), ca: caPem, spiffeId };

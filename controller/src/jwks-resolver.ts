@@ -1,0 +1,346 @@
+// A RequestAuthentication's `jwksUri`, fetched by the controller as Istio's istiod fetches it
+// (istio/istio pilot/pkg/model/jwks_resolver.go, the default PILOT_JWT_ENABLE_REMOTE_JWKS=istiod
+// mode): each distinct URI is fetched, cached and refreshed every 20 minutes, and its document is
+// handed to the compiled rule inline, so a waypoint receives `jwks` only and never fetches. A failed
+// refresh keeps the last good keys (for up to 7 days, istiod's JwtPubKeyEvictionDuration) and is
+// retried after a minute, doubling to an hour; until a first fetch succeeds, the rule carries a JWKS
+// that verifies nothing (istiod's CreateFakeJwks), so every token of its issuer is refused (401)
+// while requests without a token pass.
+//
+// A tenant chooses the URL and the controller fetches it from inside the cluster, so each fetch is
+// bounded: http or https only (istiod's ParseJwksURI), https checked against Node's CAs (istiod: the
+// system pool), no redirect followed, a 5 s deadline for the whole exchange (istiod's
+// jwksHTTPTimeOutInSec), at most 64 KiB read (MAX_JWKS_BYTES), at most DEFAULT_MAX_JWKS_URIS
+// distinct URIs held; and what it answers must be a JWKS with a usable key (lib/policy/jwt.ts
+// parseJwks). Fetches run beside the reconcile loop, never in it: a completed one that changes what
+// a URI holds calls the listeners, and the controller compiles again.
+import { createHash } from 'node:crypto';
+import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { rootCertificates } from 'node:tls';
+import { Counter, type Registry } from 'prom-client';
+import { MAX_JWKS_BYTES, jwksUriProblem, parseJwks } from '../../lib/policy/jwt.ts';
+import { silentLogger, type Logger } from './log.ts';
+
+/** istiod's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL default: a fetched JWKS is fetched again this often. */
+export const DEFAULT_JWKS_REFRESH_MS = 20 * 60_000;
+/** istiod's JwtPubKeyRefreshIntervalOnFailure: the first retry after a failed fetch. */
+export const DEFAULT_JWKS_RETRY_MS = 60_000;
+/** istiod's JwtPubKeyRefreshIntervalOnFailureResetThreshold: retries double up to this. */
+export const MAX_JWKS_RETRY_MS = 60 * 60_000;
+/** istiod's jwksHTTPTimeOutInSec: the whole fetch (lookup, connect, TLS, headers, body). */
+export const JWKS_FETCH_TIMEOUT_MS = 5_000;
+/** istiod's JwtPubKeyEvictionDuration: the last good keys serve this long after the last success. */
+export const JWKS_MAX_STALE_MS = 7 * 24 * 3600_000;
+/** Distinct URIs fetched at once; a URI past it is refused (its tokens are refused, reported). */
+export const DEFAULT_MAX_JWKS_URIS = 256;
+
+/** The longest fetch error kept (it reaches the object's status). */
+const MAX_ERROR_CHARS = 400;
+
+/** How a fetch ended: stable strings, the label of weft_controller_jwks_fetch_total. */
+export type JwksFetchResult = 'ok' | 'bad-uri' | 'unreachable' | 'timeout' | 'tls' | 'http-status' | 'redirect' | 'too-large' | 'not-jwks' | 'over-limit';
+
+export class JwksFetchError extends Error {
+  readonly code: Exclude<JwksFetchResult, 'ok'>;
+  constructor(code: Exclude<JwksFetchResult, 'ok'>, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** What the controller holds for one jwksUri, as compile reads it (CompileOptions.jwks). */
+export interface JwksState {
+  /** The last document fetched that parsed: the rule's keys. */
+  readonly jwks?: string;
+  /** Why the last fetch failed (absent after a success, and while the first is under way). */
+  readonly error?: string;
+  readonly result?: Exclude<JwksFetchResult, 'ok'>;
+  /** Moves whenever `jwks` or `error` does (compile's options key). */
+  readonly version: number;
+}
+
+/**
+ * The JWKS a rule carries while no keys were fetched from its URI: one Ed25519 public key derived
+ * from the URI by SHA-256, whose private key nobody has, so it verifies nothing (a token with a kid
+ * finds no key, one without fails its signature) yet parses at every waypoint as a JWKS, as
+ * istiod's CreateFakeJwks does with an RSA modulus made of the URI.
+ */
+export function unfetchedJwks(uri: string): string {
+  const x = createHash('sha256').update(`weft: no JWKS fetched from ${uri}`).digest('base64url');
+  return JSON.stringify({ keys: [{ kty: 'OKP', crv: 'Ed25519', x, kid: 'weft-jwks-not-fetched', use: 'sig' }] });
+}
+
+export interface JwksFetchOptions {
+  /** Default JWKS_FETCH_TIMEOUT_MS. */
+  timeoutMs?: number;
+  /** Default MAX_JWKS_BYTES. */
+  maxBytes?: number;
+  /** CAs trusted for https besides Node's (istiod's /cacerts/extra.pem); default none. */
+  extraCas?: readonly string[];
+  /** Ends the fetch (the URI was forgotten, the controller stops). */
+  signal?: AbortSignal;
+}
+
+/** Node's TLS verification failures (X509_V_ERR_* names and Node's own), a `tls` result. */
+const TLS_ERROR = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH)/;
+
+function failureOf(e: NodeJS.ErrnoException): JwksFetchError {
+  if (e instanceof JwksFetchError) return e;
+  const code = e.code ?? '';
+  if (TLS_ERROR.test(code)) return new JwksFetchError('tls', `TLS: ${e.message}`);
+  return new JwksFetchError('unreachable', e.message || code || 'the connection failed');
+}
+
+/**
+ * Fetches one JWKS document: GET, no redirect followed, a 2xx answer of at most `maxBytes` within
+ * `timeoutMs` from the request to the body's end, that parses as a JWKS with a usable key. Resolves
+ * to the document as received; rejects with a JwksFetchError whose message never quotes the body
+ * (the URL may be a cluster-internal service the tenant cannot read otherwise).
+ */
+export function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<string> {
+  const timeoutMs = o.timeoutMs ?? JWKS_FETCH_TIMEOUT_MS;
+  const maxBytes = o.maxBytes ?? MAX_JWKS_BYTES;
+  return new Promise<string>((resolve, reject) => {
+    const problem = jwksUriProblem(uri);
+    if (problem !== undefined) {
+      reject(new JwksFetchError('bad-uri', problem));
+      return;
+    }
+    const url = new URL(uri);
+    const https = url.protocol === 'https:';
+    const options: RequestOptions & { ca?: string[] } = {
+      method: 'GET',
+      agent: false,
+      headers: { accept: 'application/json', 'accept-encoding': 'identity' },
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(https && o.extraCas && o.extraCas.length > 0 ? { ca: [...rootCertificates, ...o.extraCas] } : {}),
+    };
+    let done = false;
+    const finish = (err: JwksFetchError | undefined, text?: string): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(deadline);
+      req.destroy();
+      if (err) reject(err);
+      else resolve(text!);
+    };
+    const onResponse = (res: IncomingMessage): void => {
+      const status = res.statusCode ?? 0;
+      if (status >= 300 && status < 400) {
+        const location = String(res.headers.location ?? '(no Location)').slice(0, 200);
+        finish(new JwksFetchError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the document's own URI in jwksUri`));
+        return;
+      }
+      if (status < 200 || status >= 300) {
+        finish(new JwksFetchError('http-status', `answered HTTP ${status}`));
+        return;
+      }
+      const declared = Number(res.headers['content-length']);
+      if (Number.isFinite(declared) && declared > maxBytes) {
+        finish(new JwksFetchError('too-large', `declares a body of ${declared} bytes; a JWKS is read up to ${maxBytes} bytes`));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      res.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBytes) finish(new JwksFetchError('too-large', `sent a body past ${maxBytes} bytes; a JWKS is read up to ${maxBytes} bytes`));
+        else chunks.push(chunk);
+      });
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        // JSON.parse's message quotes the text: say only that it is not JSON.
+        try {
+          JSON.parse(text);
+        } catch {
+          finish(new JwksFetchError('not-jwks', 'answered a body that is not JSON; a JWKS is a JSON object with a "keys" list'));
+          return;
+        }
+        try {
+          parseJwks(text);
+        } catch (e) {
+          finish(new JwksFetchError('not-jwks', `answered a document that ${(e as Error).message}`));
+          return;
+        }
+        finish(undefined, text);
+      });
+      res.on('error', (e) => finish(failureOf(e)));
+      res.on('close', () => finish(new JwksFetchError('unreachable', 'the connection closed before the whole body')));
+    };
+    const req = (https ? httpsRequest : httpRequest)(url, options, onResponse);
+    const deadline = setTimeout(() => finish(new JwksFetchError('timeout', `no whole answer within ${timeoutMs} ms`)), timeoutMs);
+    req.on('error', (e) => finish(failureOf(e)));
+    req.end();
+  });
+}
+
+export interface JwksResolverOptions extends JwksFetchOptions {
+  /** Default DEFAULT_JWKS_REFRESH_MS. */
+  refreshMs?: number;
+  /** First retry after a failure, doubling per failure up to `maxRetryMs`; default DEFAULT_JWKS_RETRY_MS. */
+  retryMs?: number;
+  /** Default MAX_JWKS_RETRY_MS. */
+  maxRetryMs?: number;
+  /** How long the last good keys outlive failed refreshes; default JWKS_MAX_STALE_MS. */
+  maxStaleMs?: number;
+  /** Default DEFAULT_MAX_JWKS_URIS. */
+  maxUris?: number;
+  logger?: Logger;
+  registry?: Registry;
+  /** The fetch (tests); default fetchJwks. */
+  fetch?: (uri: string, o: JwksFetchOptions) => Promise<string>;
+}
+
+interface Entry {
+  uri: string;
+  state: JwksState;
+  /** When the keys in `state.jwks` were last fetched. */
+  fetchedAt?: number;
+  failures: number;
+  timer?: NodeJS.Timeout;
+  /** The fetch under way. */
+  fetching?: AbortController;
+}
+
+/**
+ * Holds the documents of the jwksUris the accepted RequestAuthentications name: `want` says which
+ * (new ones are fetched at once, dropped ones forgotten), `snapshot` is what compile reads, and
+ * `onChange` hears when a fetch changed what a URI holds.
+ */
+export class JwksResolver {
+  readonly #o: JwksResolverOptions;
+  readonly #log: Logger;
+  readonly #entries = new Map<string, Entry>();
+  /** URIs past `maxUris`, each refused once until it is no longer wanted. */
+  readonly #refused = new Map<string, JwksState>();
+  readonly #listeners: Array<() => void> = [];
+  readonly #fetches?: Counter;
+  #version = 0;
+  #snapshot: ReadonlyMap<string, JwksState> | undefined;
+  #stopped = false;
+
+  constructor(options: JwksResolverOptions = {}) {
+    this.#o = options;
+    this.#log = options.logger ?? silentLogger;
+    if (options.registry) {
+      this.#fetches = new Counter({
+        name: 'weft_controller_jwks_fetch_total',
+        help: 'Fetches of RequestAuthentication jwksUri documents by result (ok, bad-uri, unreachable, timeout, tls, http-status, redirect, too-large, not-jwks), and URIs refused past the controller\'s bound (over-limit)',
+        labelNames: ['result'],
+        registers: [options.registry],
+      });
+    }
+  }
+
+  onChange(listener: () => void): void {
+    this.#listeners.push(listener);
+  }
+
+  /** The URIs in use now: new ones are fetched, those no longer named are forgotten (timers cleared). */
+  want(uris: Iterable<string>): void {
+    if (this.#stopped) return;
+    const wanted = new Set(uris);
+    let changed = false;
+    for (const [uri, e] of this.#entries) {
+      if (wanted.has(uri)) continue;
+      clearTimeout(e.timer);
+      e.fetching?.abort();
+      this.#entries.delete(uri);
+      changed = true;
+    }
+    for (const uri of this.#refused.keys()) {
+      if (!wanted.has(uri)) {
+        this.#refused.delete(uri);
+        changed = true;
+      }
+    }
+    const max = this.#o.maxUris ?? DEFAULT_MAX_JWKS_URIS;
+    for (const uri of [...wanted].sort()) {
+      if (this.#entries.has(uri)) continue;
+      if (this.#entries.size >= max) {
+        if (this.#refused.has(uri)) continue;
+        const error = `the controller fetches at most ${max} distinct jwksUri and holds as many; put this issuer's keys inline in jwks, or remove URIs no longer used`;
+        this.#refused.set(uri, { error, result: 'over-limit', version: ++this.#version });
+        this.#fetches?.inc({ result: 'over-limit' });
+        this.#log.warn('jwksUri refused: past the bound of distinct URIs', { uri, max });
+        changed = true;
+        continue;
+      }
+      this.#refused.delete(uri);
+      const e: Entry = { uri, state: { version: ++this.#version }, failures: 0 };
+      this.#entries.set(uri, e);
+      changed = true;
+      this.#fetch(e);
+    }
+    if (changed) this.#snapshot = undefined;
+  }
+
+  /** What each wanted URI holds (an immutable map, a new one after every change). */
+  snapshot(): ReadonlyMap<string, JwksState> {
+    if (!this.#snapshot) {
+      const m = new Map<string, JwksState>();
+      for (const [uri, e] of this.#entries) m.set(uri, e.state);
+      for (const [uri, s] of this.#refused) m.set(uri, s);
+      this.#snapshot = m;
+    }
+    return this.#snapshot;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    for (const e of this.#entries.values()) {
+      clearTimeout(e.timer);
+      e.fetching?.abort();
+    }
+    this.#entries.clear();
+  }
+
+  #fetch(e: Entry): void {
+    if (e.fetching || this.#stopped) return;
+    const ac = new AbortController();
+    e.fetching = ac;
+    const fetch = this.#o.fetch ?? fetchJwks;
+    const { timeoutMs, maxBytes, extraCas } = this.#o;
+    fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal }).then(
+      (text) => this.#done(e, text, undefined),
+      (err: unknown) => this.#done(e, undefined, err instanceof JwksFetchError ? err : failureOf(err as NodeJS.ErrnoException)),
+    );
+  }
+
+  #done(e: Entry, text: string | undefined, err: JwksFetchError | undefined): void {
+    e.fetching = undefined;
+    // Forgotten (or stopped) while it ran: its answer belongs to nobody.
+    if (this.#stopped || this.#entries.get(e.uri) !== e) return;
+    const before = e.state;
+    let next: JwksState;
+    let waitMs: number;
+    if (text !== undefined) {
+      this.#fetches?.inc({ result: 'ok' });
+      if (before.error !== undefined || before.jwks === undefined) this.#log.info('JWKS fetched', { uri: e.uri, ...(e.failures > 0 ? { afterFailures: e.failures } : {}) });
+      e.failures = 0;
+      e.fetchedAt = Date.now();
+      next = before.jwks === text && before.error === undefined ? before : { jwks: text, version: ++this.#version };
+      waitMs = this.#o.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
+    } else {
+      this.#fetches?.inc({ result: err!.code });
+      let jwks = before.jwks;
+      const staleMs = e.fetchedAt === undefined ? 0 : Date.now() - e.fetchedAt;
+      if (jwks !== undefined && staleMs >= (this.#o.maxStaleMs ?? JWKS_MAX_STALE_MS)) jwks = undefined;
+      waitMs = Math.min(this.#o.maxRetryMs ?? MAX_JWKS_RETRY_MS, (this.#o.retryMs ?? DEFAULT_JWKS_RETRY_MS) * 2 ** e.failures++);
+      this.#log.warn(jwks !== undefined ? 'JWKS refresh failed; the keys fetched before keep serving' : 'JWKS fetch failed; tokens of the issuers that name it are refused until a fetch succeeds', {
+        uri: e.uri, result: err!.code, error: err!.message, retryInMs: waitMs,
+        ...(before.jwks !== undefined ? { keysAgeMs: staleMs } : {}),
+      });
+      // Bounded: a status message, and parts of it (a key's kty or alg) are the server's words.
+      const error = err!.message.slice(0, MAX_ERROR_CHARS);
+      next = before.jwks === jwks && before.error === error ? before : { ...(jwks !== undefined ? { jwks } : {}), error, result: err!.code, version: ++this.#version };
+    }
+    e.timer = setTimeout(() => this.#fetch(e), waitMs).unref();
+    if (next !== before) {
+      e.state = next;
+      this.#snapshot = undefined;
+      for (const l of this.#listeners) l();
+    }
+  }
+}
