@@ -15,7 +15,9 @@
 // parseJwks). Fetches run beside the reconcile loop, never in it: a completed one that changes what
 // a URI holds calls the listeners, and the controller compiles again.
 import { createHash } from 'node:crypto';
+import { lookup as dnsLookup } from 'node:dns';
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import type { LookupFunction } from 'node:net';
 import { request as httpsRequest } from 'node:https';
 import { rootCertificates } from 'node:tls';
 import { Counter, type Registry } from 'prom-client';
@@ -34,6 +36,14 @@ export const JWKS_FETCH_TIMEOUT_MS = 5_000;
 export const JWKS_MAX_STALE_MS = 7 * 24 * 3600_000;
 /** Distinct URIs fetched at once; a URI past it is refused (its tokens are refused, reported). */
 export const DEFAULT_MAX_JWKS_URIS = 256;
+
+/**
+ * Host name lookups in flight at once, those a deadline gave up on included: getaddrinfo runs on
+ * libuv's threads (4), which the controller's file and crypto work share, and a lookup goes on after
+ * the fetch's deadline until the system resolver gives up; a tenant naming hosts of a slow DNS zone
+ * must not take them all. A fetch past it is refused (`unreachable`) and retried later.
+ */
+export const MAX_JWKS_LOOKUPS = 2;
 
 /** The longest fetch error kept (it reaches the object's status). */
 const MAX_ERROR_CHARS = 400;
@@ -80,6 +90,25 @@ export interface JwksFetchOptions {
   extraCas?: readonly string[];
   /** Ends the fetch (the URI was forgotten, the controller stops). */
   signal?: AbortSignal;
+  /** Host name lookup (the resolver's boundedLookup); default dns.lookup. */
+  lookup?: LookupFunction;
+}
+
+/** `lookup` with at most `max` lookups in flight (MAX_JWKS_LOOKUPS); one past it fails at once. */
+export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as LookupFunction): LookupFunction & { readonly inFlight: number } {
+  let inFlight = 0;
+  const bounded = ((hostname, options, callback) => {
+    if (inFlight >= max) {
+      callback(new JwksFetchError('unreachable', `${max} host name lookups of jwksUris are under way; retried later (a slow DNS answer for this or another jwksUri host)`), '', 4);
+      return;
+    }
+    inFlight++;
+    lookup(hostname, options, ((...args: Parameters<typeof callback>) => {
+      inFlight--;
+      callback(...args);
+    }) as typeof callback);
+  }) as LookupFunction;
+  return Object.defineProperty(bounded, 'inFlight', { get: () => inFlight }) as LookupFunction & { readonly inFlight: number };
 }
 
 /** Node's TLS verification failures (X509_V_ERR_* names and Node's own), a `tls` result. */
@@ -114,6 +143,7 @@ export function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<string
       agent: false,
       headers: { accept: 'application/json', 'accept-encoding': 'identity' },
       ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.lookup ? { lookup: o.lookup } : {}),
       ...(https && o.extraCas && o.extraCas.length > 0 ? { ca: [...rootCertificates, ...o.extraCas] } : {}),
     };
     let done = false;
@@ -186,6 +216,8 @@ export interface JwksResolverOptions extends JwksFetchOptions {
   maxStaleMs?: number;
   /** Default DEFAULT_MAX_JWKS_URIS. */
   maxUris?: number;
+  /** Default MAX_JWKS_LOOKUPS. */
+  maxLookups?: number;
   logger?: Logger;
   registry?: Registry;
   /** The fetch (tests); default fetchJwks. */
@@ -216,6 +248,7 @@ export class JwksResolver {
   readonly #refused = new Map<string, JwksState>();
   readonly #listeners: Array<() => void> = [];
   readonly #fetches?: Counter;
+  readonly #lookup: LookupFunction;
   #version = 0;
   #snapshot: ReadonlyMap<string, JwksState> | undefined;
   #stopped = false;
@@ -223,6 +256,7 @@ export class JwksResolver {
   constructor(options: JwksResolverOptions = {}) {
     this.#o = options;
     this.#log = options.logger ?? silentLogger;
+    this.#lookup = boundedLookup(options.maxLookups ?? MAX_JWKS_LOOKUPS, options.lookup);
     if (options.registry) {
       this.#fetches = new Counter({
         name: 'weft_controller_jwks_fetch_total',
@@ -302,7 +336,7 @@ export class JwksResolver {
     e.fetching = ac;
     const fetch = this.#o.fetch ?? fetchJwks;
     const { timeoutMs, maxBytes, extraCas } = this.#o;
-    fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal }).then(
+    fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal, lookup: this.#lookup }).then(
       (text) => this.#done(e, text, undefined),
       (err: unknown) => this.#done(e, undefined, err instanceof JwksFetchError ? err : failureOf(err as NodeJS.ErrnoException)),
     );

@@ -388,3 +388,35 @@ test('the last good keys serve at most maxStaleMs after the last success (istiod
     r.stop();
   }
 });
+
+// Host name lookups run on libuv's threads (4, shared with the controller's file and crypto work)
+// and outlive a fetch's deadline: a tenant naming hosts of a DNS zone that never answers cannot hold
+// more than MAX_JWKS_LOOKUPS of them; a fetch past it is refused at once, counted and named.
+test('a tenant\'s slow DNS holds at most maxLookups lookups (libuv\'s threads); a fetch past it is refused, counted unreachable and named; answered, the fetch succeeds', async () => {
+  const server = await startJwksServer({ kind: 'jwks', body: JWKS });
+  const port = new URL(server.url).port;
+  const stuck: Array<() => void> = [];
+  let dnsSlow = true;
+  const lookup = ((hostname: string, options: { all?: boolean }, cb: (err: Error | null, a: unknown, f?: number) => void) => {
+    const answer = () => (options.all ? cb(null, [{ address: '127.0.0.1', family: 4 }]) : cb(null, '127.0.0.1', 4));
+    if (dnsSlow && hostname.startsWith('slow')) stuck.push(answer);
+    else answer();
+  }) as never;
+  const registry = new Registry();
+  const r = new JwksResolver({ registry, lookup, maxLookups: 2, timeoutMs: 200, retryMs: 20, maxRetryMs: 20 });
+  const uris = [`http://slow-a.test:${port}/jwks`, `http://slow-b.test:${port}/jwks`, `http://slow-c.test:${port}/jwks`];
+  try {
+    r.want(uris);
+    await until('two lookups held, the third refused', async () => (await fetched(registry, 'unreachable')) >= 1 && stuck.length === 2);
+    const refused = uris.find((u) => r.snapshot().get(u)?.result === 'unreachable')!;
+    assert.match(r.snapshot().get(refused)!.error!, /2 host name lookups of jwksUris are under way/);
+    await until('the held ones time out', async () => (await fetched(registry, 'timeout')) >= 2);
+    assert.equal(stuck.length, 2, 'no more lookups while those two are held, whatever the retries');
+    dnsSlow = false;
+    for (const answer of stuck.splice(0)) answer();
+    await until('answered, every URI fetched', () => uris.every((u) => r.snapshot().get(u)?.jwks === JWKS), 5000);
+  } finally {
+    r.stop();
+    await server.close();
+  }
+});
