@@ -155,6 +155,11 @@ export class Controller {
 
   async start(): Promise<void> {
     await this.#o.source.start((events) => this.#onEvents(events));
+    // The first publish carries the jwksUris' keys (each fetch ends within its 5 s deadline), as
+    // istiod fetches within its first push: a restarted controller does not refuse every token of
+    // those issuers until its fetches come back.
+    this.#jwks.want(jwksUrisOf(this.store.inputs().requestAuthentications));
+    await this.#jwks.settled();
     await this.#reconcile();
     this.#ready = true;
   }

@@ -249,6 +249,7 @@ export class JwksResolver {
   readonly #listeners: Array<() => void> = [];
   readonly #fetches?: Counter;
   readonly #lookup: LookupFunction;
+  readonly #inFlight = new Set<Promise<void>>();
   #version = 0;
   #snapshot: ReadonlyMap<string, JwksState> | undefined;
   #stopped = false;
@@ -310,6 +311,15 @@ export class JwksResolver {
     if (changed) this.#snapshot = undefined;
   }
 
+  /**
+   * Resolves when no fetch is under way (each ends within its deadline): the controller's first
+   * compile waits for it, so a restarted controller's first publish carries the keys it fetched,
+   * not a JWKS that refuses every token, as istiod fetches within its first push.
+   */
+  async settled(): Promise<void> {
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
+  }
+
   /** What each wanted URI holds (an immutable map, a new one after every change). */
   snapshot(): ReadonlyMap<string, JwksState> {
     if (!this.#snapshot) {
@@ -336,10 +346,11 @@ export class JwksResolver {
     e.fetching = ac;
     const fetch = this.#o.fetch ?? fetchJwks;
     const { timeoutMs, maxBytes, extraCas } = this.#o;
-    fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal, lookup: this.#lookup }).then(
+    const p = fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal, lookup: this.#lookup }).then(
       (text) => this.#done(e, text, undefined),
       (err: unknown) => this.#done(e, undefined, err instanceof JwksFetchError ? err : failureOf(err as NodeJS.ErrnoException)),
-    );
+    ).finally(() => this.#inFlight.delete(p));
+    this.#inFlight.add(p);
   }
 
   #done(e: Entry, text: string | undefined, err: JwksFetchError | undefined): void {

@@ -32,7 +32,7 @@ const KEY = testKey('ec256', 'k1');
 const JWKS = jwksOf(KEY);
 
 /** What the JWKS server answers; tests switch it while it runs. */
-type Answer = { kind: 'jwks'; body: string } | { kind: 'status'; code: number } | { kind: 'redirect'; to: string } | { kind: 'oversize'; declare: boolean } | { kind: 'slow' } | { kind: 'body'; body: string };
+type Answer = { kind: 'jwks'; body: string; delayMs?: number } | { kind: 'status'; code: number } | { kind: 'redirect'; to: string } | { kind: 'oversize'; declare: boolean } | { kind: 'slow' } | { kind: 'body'; body: string };
 
 interface JwksServer {
   url: string;
@@ -52,7 +52,11 @@ async function startJwksServer(answer: Answer, tls?: { key: string; cert: string
     s.hits++;
     const a = s.answer;
     switch (a.kind) {
-      case 'jwks': res.writeHead(200, { 'content-type': 'application/json' }).end(a.body); return;
+      case 'jwks': {
+        const t = setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(a.body), a.delayMs ?? 0);
+        res.on('close', () => clearTimeout(t));
+        return;
+      }
       case 'body': res.writeHead(200, { 'content-type': 'text/html' }).end(a.body); return;
       case 'status': res.writeHead(a.code).end('internal detail'); return;
       case 'redirect': res.writeHead(302, { location: a.to }).end(); return;
@@ -417,6 +421,22 @@ test('a tenant\'s slow DNS holds at most maxLookups lookups (libuv\'s threads); 
     await until('answered, every URI fetched', () => uris.every((u) => r.snapshot().get(u)?.jwks === JWKS), 5000);
   } finally {
     r.stop();
+    await server.close();
+  }
+});
+
+// istiod fetches a jwksUri within the push that first needs it (GetPublicKey on the main flow): a
+// restarted controller must not publish a JWKS that refuses every token while its fetches run.
+test('a (re)started controller\'s first publish carries the keys of every jwksUri, never the JWKS that verifies nothing', async () => {
+  const server = await startJwksServer({ kind: 'jwks', body: JWKS, delayMs: 150 });
+  const m = await startMesh([ra('jwt', [{ issuer: ISSUER, jwksUri: server.url }])]);
+  try {
+    assert.equal(m.h.controller.model?.requestAuthentications.get('shop/jwt')?.jwtRules[0]?.jwks, JWKS, 'the first model');
+    assert.equal(m.wp.snapshot?.requestAuthentications?.[0]?.jwtRules[0]?.jwks, JWKS, 'the waypoint\'s first snapshot');
+    assert.equal(await m.status(token()), PASSED);
+    assert.notEqual(m.raStatus()?.reason, 'JwksPending');
+  } finally {
+    await m.close();
     await server.close();
   }
 });
