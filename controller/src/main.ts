@@ -155,6 +155,11 @@ export interface ControllerMainOptions {
   waypointAllowList?: WaypointAllowList;
   /** Mesh-wide HTTP settings for every waypoint (path normalization, trusted proxies). */
   meshHttp?: MeshHttpSettings;
+  /**
+   * PEM file of CAs trusted for https jwksUri fetches besides Node's (istiod's
+   * /cacerts/extra.pem: an identity provider behind a private CA); default none.
+   */
+  jwksCaFile?: string;
   controllerAddress?: string;
   /** Local mode: starts waypoint processes; without it Waypoints stay NotReady. */
   launcher?: LocalWaypointLauncher;
@@ -272,6 +277,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}), ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}) },
     logger: log,
     registry,
+    ...(o.jwksCaFile ? { jwks: { extraCas: [await readFile(o.jwksCaFile, 'utf8')] } } : {}),
     ...(elector ? { leadership: elector } : {}),
     ...(events ? { onFindings: (f: Parameters<EventRecorder['record']>[0]) => events.record(f) } : {}),
   });
@@ -628,6 +634,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --num-trusted-proxies <n>   proxies in front of waypoints that append X-Forwarded-For (Istio
                               gatewayTopology.numTrustedProxies; remote.ip is the entry n places
                               from the right; default 0, the last entry)
+  --jwks-ca <file>            PEM CAs trusted for https RequestAuthentication jwksUri fetches besides
+                              Node's (istiod's /cacerts/extra.pem); default none
   --insecure                  plaintext gRPC, no certificate service (debugging only)
   --require-client-identity   config stream needs node / namespace certificates (mTLS); the
                               default whenever the controller serves TLS
@@ -666,6 +674,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },
       'ca-dir': { type: 'string' },
+      'jwks-ca': { type: 'string' },
       namespace: { type: 'string' },
       'bootstrap-tokens': { type: 'string' },
       'dns-name': { type: 'string', multiple: true },
@@ -750,6 +759,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('caKeyFile', values['ca-key']);
   set('caRootsFile', values['ca-roots']);
   set('caDir', values['ca-dir']);
+  set('jwksCaFile', values['jwks-ca']);
   set('namespace', values.namespace);
   set('bootstrapTokensFile', values['bootstrap-tokens']);
   set('dnsNames', values['dns-name']);

@@ -8,6 +8,10 @@
 // and HTTPS servers on 127.0.0.1.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -15,6 +19,8 @@ import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { compile, emptyInputs, jwksUrisOf } from '../../controller/src/compile.ts';
 import { JWKS_FETCH_TIMEOUT_MS, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
+import { silentLogger } from '../../controller/src/log.ts';
+import { parseControllerArgs, runController } from '../../controller/src/main.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { RequestAuthentication } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
@@ -438,5 +444,22 @@ test('a (re)started controller\'s first publish carries the keys of every jwksUr
   } finally {
     await m.close();
     await server.close();
+  }
+});
+
+test('--jwks-ca: the controller trusts an identity provider behind a private CA for https jwksUri (istiod\'s /cacerts/extra.pem)', async () => {
+  assert.equal(parseControllerArgs(['--config-dir', '/x', '--jwks-ca', '/etc/weft/jwks-ca.pem']).jwksCaFile, '/etc/weft/jwks-ca.pem');
+  const ca = createTestCa('IdP private CA');
+  const server = await startJwksServer({ kind: 'jwks', body: JWKS }, ca.issue(undefined, ['127.0.0.1']));
+  const dir = mkdtempSync(join(tmpdir(), 'weft-jwks-ca-'));
+  writeFileSync(join(dir, 'ca.pem'), ca.cert);
+  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' }), waypoint('shop', 'waypoint'), svc('shop', 'reviews'), ra('jwt', [{ issuer: ISSUER, jwksUri: server.url }])].map((o) => stringify(o)).join('---\n'));
+  const running = await runController({ configDir: dir, jwksCaFile: join(dir, 'ca.pem'), insecure: true, listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger });
+  try {
+    assert.equal(running.controller.model?.requestAuthentications.get('shop/jwt')?.jwtRules[0]?.jwks, JWKS);
+  } finally {
+    await running.stop();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
