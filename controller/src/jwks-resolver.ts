@@ -95,9 +95,9 @@ export interface JwksFetchOptions {
 }
 
 /** `lookup` with at most `max` lookups in flight (MAX_JWKS_LOOKUPS); one past it fails at once. */
-export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as LookupFunction): LookupFunction & { readonly inFlight: number } {
+export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as LookupFunction): LookupFunction {
   let inFlight = 0;
-  const bounded = ((hostname, options, callback) => {
+  return ((hostname, options, callback) => {
     if (inFlight >= max) {
       callback(new JwksFetchError('unreachable', `${max} host name lookups of jwksUris are under way; retried later (a slow DNS answer for this or another jwksUri host)`), '', 4);
       return;
@@ -108,7 +108,6 @@ export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as
       callback(...args);
     }) as typeof callback);
   }) as LookupFunction;
-  return Object.defineProperty(bounded, 'inFlight', { get: () => inFlight }) as LookupFunction & { readonly inFlight: number };
 }
 
 /** Node's TLS verification failures (X509_V_ERR_* names and Node's own), a `tls` result. */
