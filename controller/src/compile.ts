@@ -242,13 +242,13 @@ export function fetchedJwksUri(rule: { jwks?: string; jwksUri?: string }): strin
   return rule.jwks === undefined ? rule.jwksUri : undefined;
 }
 
-/** Every URI the RequestAuthentications' rules fetch their keys from (JwksResolver.want). */
-export function jwksUrisOf(requestAuthentications: readonly RequestAuthenticationObject[]): Set<string> {
-  const out = new Set<string>();
+/** Every URI the RequestAuthentications' rules fetch their keys from, with the namespace naming it (JwksResolver.want). */
+export function jwksUrisOf(requestAuthentications: readonly RequestAuthenticationObject[]): Array<[uri: string, namespace: string]> {
+  const out: Array<[string, string]> = [];
   for (const ra of requestAuthentications) {
     for (const r of ra.spec.jwtRules ?? []) {
       const uri = fetchedJwksUri(r);
-      if (uri !== undefined) out.add(uri);
+      if (uri !== undefined) out.push([uri, ra.metadata.namespace!]);
     }
   }
   return out;

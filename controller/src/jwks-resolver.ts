@@ -36,6 +36,8 @@ export const JWKS_FETCH_TIMEOUT_MS = 5_000;
 export const JWKS_MAX_STALE_MS = 7 * 24 * 3600_000;
 /** Distinct URIs fetched at once; a URI past it is refused (its tokens are refused, reported). */
 export const DEFAULT_MAX_JWKS_URIS = 256;
+/** Distinct URIs held for the RequestAuthentications of one namespace (a tenant cannot take them all). */
+export const DEFAULT_MAX_JWKS_URIS_PER_NAMESPACE = 16;
 
 /**
  * Host name lookups in flight at once, those a deadline gave up on included: getaddrinfo runs on
@@ -215,6 +217,8 @@ export interface JwksResolverOptions extends JwksFetchOptions {
   maxStaleMs?: number;
   /** Default DEFAULT_MAX_JWKS_URIS. */
   maxUris?: number;
+  /** Default DEFAULT_MAX_JWKS_URIS_PER_NAMESPACE. */
+  maxUrisPerNamespace?: number;
   /** Default MAX_JWKS_LOOKUPS. */
   maxLookups?: number;
   logger?: Logger;
@@ -271,10 +275,20 @@ export class JwksResolver {
     this.#listeners.push(listener);
   }
 
-  /** The URIs in use now: new ones are fetched, those no longer named are forgotten (timers cleared). */
-  want(uris: Iterable<string>): void {
+  /**
+   * The URIs in use now, each with a namespace naming it (a pair per namespace): new ones are
+   * fetched, those no longer named are forgotten (timers cleared, a fetch under way ended). A new
+   * URI is held while fewer than `maxUris` are, and one of the namespaces naming it names fewer
+   * than `maxUrisPerNamespace` held ones, so one namespace cannot take every slot from the others.
+   */
+  want(named: Iterable<readonly [uri: string, namespace: string]>): void {
     if (this.#stopped) return;
-    const wanted = new Set(uris);
+    const wanted = new Map<string, Set<string>>();
+    for (const [uri, ns] of named) {
+      const set = wanted.get(uri);
+      if (set) set.add(ns);
+      else wanted.set(uri, new Set([ns]));
+    }
     let changed = false;
     for (const [uri, e] of this.#entries) {
       if (wanted.has(uri)) continue;
@@ -290,17 +304,26 @@ export class JwksResolver {
       }
     }
     const max = this.#o.maxUris ?? DEFAULT_MAX_JWKS_URIS;
-    for (const uri of [...wanted].sort()) {
+    const perNamespace = this.#o.maxUrisPerNamespace ?? DEFAULT_MAX_JWKS_URIS_PER_NAMESPACE;
+    // Held URIs each namespace names.
+    const held = new Map<string, number>();
+    const hold = (namespaces: Iterable<string>): void => { for (const ns of namespaces) held.set(ns, (held.get(ns) ?? 0) + 1); };
+    for (const uri of this.#entries.keys()) hold(wanted.get(uri)!);
+    for (const [uri, namespaces] of [...wanted].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       if (this.#entries.has(uri)) continue;
-      if (this.#entries.size >= max) {
+      const room = [...namespaces].some((ns) => (held.get(ns) ?? 0) < perNamespace);
+      if (this.#entries.size >= max || !room) {
         if (this.#refused.has(uri)) continue;
-        const error = `the controller fetches at most ${max} distinct jwksUri and holds as many; put this issuer's keys inline in jwks, or remove URIs no longer used`;
+        const error = this.#entries.size >= max
+          ? `the controller fetches at most ${max} distinct jwksUri and holds as many; put this issuer's keys inline in jwks, or remove URIs no longer used`
+          : `namespace ${[...namespaces].sort().join(', ')} names ${perNamespace} or more held jwksUri already, the most the controller fetches for one namespace; put this issuer's keys inline in jwks, or remove URIs no longer used`;
         this.#refused.set(uri, { error, result: 'over-limit', version: ++this.#version });
         this.#fetches?.inc({ result: 'over-limit' });
-        this.#log.warn('jwksUri refused: past the bound of distinct URIs', { uri, max });
+        this.#log.warn('jwksUri refused: past the bound of distinct URIs', { uri, namespaces: [...namespaces].sort(), max, perNamespace });
         changed = true;
         continue;
       }
+      hold(namespaces);
       this.#refused.delete(uri);
       const e: Entry = { uri, state: { version: ++this.#version }, failures: 0 };
       this.#entries.set(uri, e);

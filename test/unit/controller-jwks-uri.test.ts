@@ -179,7 +179,7 @@ test('compile: a fetched jwksUri is compiled inline; inline jwks wins over jwksU
     ['https://c.example/jwks', { version: 2 }],
     ['https://d.example/jwks', { error: 'connect ECONNREFUSED 10.0.0.9:443', result: 'unreachable', version: 3 }],
   ]) });
-  assert.deepEqual([...jwksUrisOf(i.requestAuthentications)].sort(), ['https://a.example/jwks', 'https://c.example/jwks', 'https://d.example/jwks'], 'a rule with inline keys fetches nothing');
+  assert.deepEqual(jwksUrisOf(i.requestAuthentications), [['https://a.example/jwks', 'shop'], ['https://c.example/jwks', 'shop'], ['https://d.example/jwks', 'shop']], 'a rule with inline keys fetches nothing');
   const rules = model.requestAuthentications.get('shop/jwt')!.jwtRules;
   assert.equal(rules[0]!.jwks, other);
   assert.equal(rules[1]!.jwks, JWKS);
@@ -282,7 +282,7 @@ test('a tenant\'s jwksUri cannot make the controller read without bound: oversiz
     const r = new JwksResolver({ registry, timeoutMs: 300, retryMs: 60_000 });
     const started = Date.now();
     try {
-      r.want([server.url]);
+      r.want([[server.url, 'shop']]);
       await until(`${c.result}: counted`, async () => (await fetched(registry, c.result)) === 1);
       const st = r.snapshot().get(server.url)!;
       assert.equal(st.result, c.result, c.result);
@@ -325,8 +325,8 @@ test('https: verified against Node\'s CAs (an unknown CA is refused, counted tls
   const plain = new JwksResolver({ registry, retryMs: 60_000 });
   const trusting = new JwksResolver({ extraCas: [ca.cert], retryMs: 60_000 });
   try {
-    plain.want([server.url]);
-    trusting.want([server.url]);
+    plain.want([[server.url, 'shop']]);
+    trusting.want([[server.url, 'shop']]);
     await until('refused', async () => (await fetched(registry, 'tls')) === 1);
     assert.match(plain.snapshot().get(server.url)!.error!, /^TLS: /);
     await until('fetched with the CA', () => trusting.snapshot().get(server.url)?.jwks === JWKS);
@@ -347,12 +347,12 @@ test('at most maxUris distinct URIs are held; one past it is refused, counted ov
   r.onChange(() => changes.push(1));
   try {
     const [first, second] = [a.url, b.url].sort() as [string, string];
-    r.want([first, second]);
-    r.want([first, second]);
+    r.want([[first, 'a'], [second, 'b']]);
+    r.want([[first, 'a'], [second, 'b']]);
     assert.equal(await fetched(registry, 'over-limit'), 1, 'counted once while named');
     assert.match(r.snapshot().get(second)!.error!, /fetches at most 1 distinct jwksUri/);
     await until('the first fetched', () => r.snapshot().get(first)?.jwks === JWKS);
-    r.want([second]);
+    r.want([[second, 'b']]);
     assert.equal(r.snapshot().has(first), false, 'forgotten');
     await until('the second fetched', () => r.snapshot().get(second)?.jwks === JWKS);
     assert.equal(a.hits + b.hits, 2);
@@ -367,11 +367,11 @@ test('forgetting a URI, or stopping, ends its fetch under way (a slow server hol
   const server = await startJwksServer({ kind: 'slow' });
   const r = new JwksResolver();
   try {
-    r.want([server.url]);
+    r.want([[server.url, 'shop']]);
     await until('the answer is being written', () => server.pending === 1);
     r.want([]);
     await until('the connection is closed', () => server.pending === 0);
-    r.want([server.url]);
+    r.want([[server.url, 'shop']]);
     await until('asked again', () => server.pending === 1);
     r.stop();
     await until('closed at stop', () => server.pending === 0);
@@ -390,7 +390,7 @@ test('the last good keys serve at most maxStaleMs after the last success (istiod
   const held: Array<string | undefined> = [];
   r.onChange(() => held.push(r.snapshot().get('https://idp.example/jwks')?.jwks));
   try {
-    r.want(['https://idp.example/jwks']);
+    r.want([['https://idp.example/jwks', 'shop']]);
     await until('fetched, then dropped after a failed refresh', () => held.length >= 2);
     assert.deepEqual(held.slice(0, 2), [JWKS, undefined]);
     assert.equal(r.snapshot().get('https://idp.example/jwks')?.error, 'connect ECONNREFUSED');
@@ -416,7 +416,7 @@ test('a tenant\'s slow DNS holds at most maxLookups lookups (libuv\'s threads); 
   const r = new JwksResolver({ registry, lookup, maxLookups: 2, timeoutMs: 200, retryMs: 20, maxRetryMs: 20 });
   const uris = [`http://slow-a.test:${port}/jwks`, `http://slow-b.test:${port}/jwks`, `http://slow-c.test:${port}/jwks`];
   try {
-    r.want(uris);
+    r.want(uris.map((u) => [u, 'shop'] as const));
     await until('two lookups held, the third refused', async () => (await fetched(registry, 'unreachable')) >= 1 && stuck.length === 2);
     const refused = uris.find((u) => r.snapshot().get(u)?.result === 'unreachable')!;
     assert.match(r.snapshot().get(refused)!.error!, /2 host name lookups of jwksUris are under way/);
@@ -461,5 +461,24 @@ test('--jwks-ca: the controller trusts an identity provider behind a private CA 
     await running.stop();
     await server.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('one namespace holds at most maxUrisPerNamespace URIs: a tenant naming many cannot take the slots of the others; its URI past it is refused, counted over-limit and named', async () => {
+  const registry = new Registry();
+  const fetchedUris: string[] = [];
+  const r = new JwksResolver({ registry, maxUris: 256, maxUrisPerNamespace: 2, fetch: (uri) => { fetchedUris.push(uri); return Promise.resolve(JWKS); } });
+  try {
+    const hostile = ['https://h1.example/jwks', 'https://h2.example/jwks', 'https://h3.example/jwks'];
+    r.want([...hostile.map((u) => [u, 'hostile'] as const), ['https://idp.example/jwks', 'shop'], ['https://h3.example/jwks', 'web']]);
+    r.want([...hostile.map((u) => [u, 'hostile'] as const), ['https://idp.example/jwks', 'shop'], ['https://shared.example/jwks', 'hostile'], ['https://shared.example/jwks', 'shop']]);
+    assert.deepEqual(fetchedUris.sort(), ['https://h1.example/jwks', 'https://h2.example/jwks', 'https://h3.example/jwks', 'https://idp.example/jwks', 'https://shared.example/jwks'], 'h3 through web, shared through shop');
+    r.want([...hostile.map((u) => [u, 'hostile'] as const), ['https://h4.example/jwks', 'hostile'], ['https://idp.example/jwks', 'shop']]);
+    assert.match(r.snapshot().get('https://h4.example/jwks')!.error!, /namespace hostile names 2 or more held jwksUri already, the most the controller fetches for one namespace/);
+    assert.equal(r.snapshot().get('https://h4.example/jwks')!.result, 'over-limit');
+    assert.equal(await fetched(registry, 'over-limit'), 1);
+    assert.equal(fetchedUris.includes('https://h4.example/jwks'), false);
+  } finally {
+    r.stop();
   }
 });
