@@ -676,7 +676,9 @@ function validateRequestAuthentication(c: Checker, o: Json): void {
     const uri = c.str(ro.jwksUri, `${p}.jwksUri`, { nonEmpty: true });
     const uriProblem = uri !== undefined ? jwksUriProblem(uri) : undefined;
     if (uriProblem !== undefined) c.fail(`${p}.jwksUri`, uriProblem);
-    const jwks = c.str(ro.jwks, `${p}.jwks`, { required: ro.jwksUri === undefined });
+    // Istio discovers the keys of a rule with neither from the issuer (OpenID Connect discovery); Weft does not.
+    if (ro.jwks === undefined && ro.jwksUri === undefined) c.fail(`${p}.jwks`, 'is required, or jwksUri: the controller does not discover an issuer\'s keys (OpenID Connect discovery)');
+    const jwks = c.str(ro.jwks, `${p}.jwks`);
     if (jwks !== undefined) {
       try {
         parseJwks(jwks);

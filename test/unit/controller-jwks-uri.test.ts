@@ -159,7 +159,7 @@ test('validation: jwksUri is an http or https URL (Istio ParseJwksURI: URI schem
   assert.match(issues([{ issuer: ISSUER, jwksUri: 'gopher://x/' }]).join(), /spec\.jwtRules\[0\]\.jwksUri: URI scheme "gopher"/);
   assert.match(issues([{ issuer: ISSUER, jwksUri: 'not a url' }]).join(), /spec\.jwtRules\[0\]\.jwksUri: "not a url" is not a URL/);
   assert.match(issues([{ issuer: ISSUER, jwksUri: '' }]).join(), /spec\.jwtRules\[0\]\.jwksUri: must not be empty/);
-  assert.match(issues([{ issuer: ISSUER }]).join(), /spec\.jwtRules\[0\]\.jwks: is required/);
+  assert.match(issues([{ issuer: ISSUER }]).join(), /spec\.jwtRules\[0\]\.jwks: is required, or jwksUri: the controller does not discover an issuer's keys \(OpenID Connect discovery\)/);
 });
 
 test('compile: a fetched jwksUri is compiled inline; inline jwks wins over jwksUri (Istio: istiod fetches only for a rule without jwks); none fetched is a JWKS that verifies nothing, reported at the field', () => {
