@@ -47,3 +47,33 @@ test('a compile\'s findings become at most MAX_EVENT_WRITES_PER_RECORD Event wri
     await api.stop();
   }
 });
+
+// An Event the API server expired (its TTL, an hour by default) is written again when its finding
+// comes back, not patched with 404 at every compile (which spent the bound on writes that fail).
+test('a finding whose Event the API server expired gets a new Event, not a patch refused at every compile; its count is bumped only by a patch that took', async () => {
+  const api = new FakeApiServer({});
+  await api.start();
+  try {
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromString(api.kubeconfig());
+    const rec = new EventRecorder({ kubeConfig, instance: 'weft-controller-0' });
+    const one = podFindings(9, 1);
+    await rec.record(one);
+    await rec.record([]);
+    await rec.record(one);
+    const [ev] = api.list('Event') as Array<{ metadata: { name: string; namespace: string }; count?: number }>;
+    assert.equal(ev?.count, 2, 'come back: its count bumped');
+    api.remove('Event', ev!.metadata.namespace, ev!.metadata.name);
+    await rec.record([]);
+    const patches = () => api.requests.filter((r) => r.method === 'PATCH').length;
+    const before = patches();
+    await rec.record(one);
+    assert.equal(api.list('Event').length, 1, 'written anew');
+    await rec.record([]);
+    await rec.record(one);
+    assert.equal((api.list('Event')[0] as { count?: number }).count, 2, 'and bumped again');
+    assert.equal(patches() - before, 2, 'one patch refused (404), one that took');
+  } finally {
+    await api.stop();
+  }
+});

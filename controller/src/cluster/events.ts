@@ -86,12 +86,21 @@ export class EventRecorder {
     const now = new Date();
     const prev = this.#recorded.get(fp);
     if (prev) {
-      prev.count++;
       // The most recently written last: the first to go are the least recently written.
       this.#recorded.delete(fp);
-      this.#recorded.set(fp, prev);
-      await this.#api.patchNamespacedEvent({ name: prev.name, namespace: prev.namespace, body: { count: prev.count, lastTimestamp: now } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
-      return;
+      try {
+        await this.#api.patchNamespacedEvent({ name: prev.name, namespace: prev.namespace, body: { count: prev.count + 1, lastTimestamp: now } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+        prev.count++;
+        this.#recorded.set(fp, prev);
+        return;
+      } catch (e) {
+        // The API server expired the Event (its TTL, an hour by default): a new one, not a patch
+        // refused at every compile. Any other failure: tried again next time, the count unchanged.
+        if ((e as { code?: number }).code !== 404) {
+          this.#recorded.set(fp, prev);
+          throw e;
+        }
+      }
     }
     const apiVersion = isMeshKind(f.kind) ? KINDS[f.kind].apiVersion : 'v1';
     const name = `${f.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`;
