@@ -96,19 +96,25 @@ export interface JwksFetchOptions {
   lookup?: LookupFunction;
 }
 
-/** `lookup` with at most `max` lookups in flight (MAX_JWKS_LOOKUPS); one past it fails at once. */
+/**
+ * `lookup` with at most `max` lookups in flight (MAX_JWKS_LOOKUPS); one past it waits for a slot,
+ * within its fetch's deadline (a fetch that times out meanwhile is named `timeout`). It failed at
+ * once, so a restart naming more hosts than slots published the keys of two and refused the rest.
+ */
 export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as LookupFunction): LookupFunction {
   let inFlight = 0;
-  return ((hostname, options, callback) => {
-    if (inFlight >= max) {
-      callback(new JwksFetchError('unreachable', `${max} host name lookups of jwksUris are under way; retried later (a slow DNS answer for this or another jwksUri host)`), '', 4);
-      return;
-    }
+  const waiting: Array<() => void> = [];
+  const start: LookupFunction = ((hostname, options, callback) => {
     inFlight++;
     lookup(hostname, options, ((...args: Parameters<typeof callback>) => {
       inFlight--;
+      waiting.shift()?.();
       callback(...args);
     }) as typeof callback);
+  }) as LookupFunction;
+  return ((hostname, options, callback) => {
+    if (inFlight >= max) waiting.push(() => start(hostname, options, callback));
+    else start(hostname, options, callback);
   }) as LookupFunction;
 }
 
