@@ -289,6 +289,9 @@ export interface CompileResult {
 }
 
 
+/** Keys fetched from jwksUris that one namespace's RequestAuthentication rules may carry inlined (16 URIs of 64 KiB). */
+export const MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE = 1024 * 1024;
+
 /** `shared`: sharedWaypointAccounts(inputs), when the caller has read it already (compileChanges). */
 export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared: Map<string, WaypointRefusal> = sharedWaypointAccounts(inputs)): CompileResult {
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
@@ -530,7 +533,11 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   }
 
   // Request authentications: the JWT rules a waypoint applies to the Services they target
-  // (validation requires targetRefs: only a waypoint sees a request's token).
+  // (validation requires targetRefs: only a waypoint sees a request's token). Fetched keys are
+  // inlined into each rule naming their URI, so a namespace's rules carry at most
+  // MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE of them: one 64 KiB document named by thousands of rules
+  // made a config body of hundreds of MB (and past V8's string limit, a compile that threw).
+  const inlinedJwks = new Map<string, number>();
   for (const ra of inputs.requestAuthentications) {
     const ns = ra.metadata.namespace!;
     const targets = attach('RequestAuthentication', ns, ra.metadata.name, policyTargets(ra.spec)) ?? [];
@@ -543,7 +550,18 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       // offline): the rule verifies nothing, and that is no finding of the object's.
       if (!options.jwks) return unfetchedJwks(uri);
       const state = options.jwks.get(uri);
-      if (state?.jwks !== undefined) return state.jwks;
+      if (state?.jwks !== undefined) {
+        const used = (inlinedJwks.get(ns) ?? 0) + state.jwks.length;
+        if (used <= MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE) {
+          inlinedJwks.set(ns, used);
+          return state.jwks;
+        }
+        findings.push({
+          kind: 'RequestAuthentication', namespace: ns, name: ra.metadata.name, path: `spec.jwtRules[${i}].jwksUri`, reason: 'JwksBudgetExceeded',
+          message: `the keys fetched from ${uri} would take namespace ${ns}'s rules past ${MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE} bytes of inlined keys (each rule naming a jwksUri carries its keys); tokens of issuer ${r.issuer} are refused (401) under this rule, requests without a token pass`,
+        });
+        return unfetchedJwks(uri);
+      }
       const why = state === undefined ? 'the controller holds no keys for it' : state.error !== undefined ? state.error : 'the first fetch is under way';
       findings.push({
         kind: 'RequestAuthentication', namespace: ns, name: ra.metadata.name, path: `spec.jwtRules[${i}].jwksUri`,

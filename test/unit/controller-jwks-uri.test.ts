@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
-import { compile, emptyInputs, jwksUrisOf } from '../../controller/src/compile.ts';
+import { MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE, compile, emptyInputs, jwksUrisOf } from '../../controller/src/compile.ts';
 import { JWKS_FETCH_TIMEOUT_MS, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { parseControllerArgs, runController } from '../../controller/src/main.ts';
@@ -500,4 +500,25 @@ test('one namespace holds at most maxUrisPerNamespace URIs: a tenant naming many
   } finally {
     r.stop();
   }
+});
+
+// Fetched keys are inlined into every rule naming their URI: a tenant naming one large JWKS in
+// thousands of rules made config bodies of hundreds of MB (past V8's string limit the compile
+// threw). A namespace's rules carry at most MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE of fetched keys;
+// past it a rule verifies nothing (401 for its issuer) and the object says why at the field.
+test('one namespace\'s rules carry at most MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE of fetched keys; past it a rule verifies nothing, named JwksBudgetExceeded at its jwksUri, and another namespace keeps its keys', () => {
+  const uri = 'https://idp.example/jwks';
+  const big = JSON.stringify({ ...JSON.parse(JWKS), padding: 'x'.repeat(60_000) });
+  const jwks = new Map([[uri, { jwks: big, version: 1 }]]);
+  const rules = Array.from({ length: 40 }, (_, i) => ({ issuer: `${ISSUER}/${i}`, jwksUri: uri }));
+  const other = { ...ra('other', [{ issuer: ISSUER, jwksUri: uri }]), metadata: { name: 'other', namespace: 'books', generation: 1 } } as RequestAuthentication;
+  const inputs = { ...emptyInputs(), namespaces: [ns('shop'), ns('books')], services: [svc('shop', 'reviews'), svc('books', 'reviews')], requestAuthentications: [ra('many', rules), other] };
+  const { model, findings } = compile(inputs, { jwks });
+  const carried = model.requestAuthentications.get('shop/many')!.jwtRules.filter((r) => r.jwks === big).length;
+  assert.equal(carried, Math.floor(MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE / big.length));
+  const over = findings.filter((f) => f.reason === 'JwksBudgetExceeded');
+  assert.equal(over.length, rules.length - carried);
+  assert.equal(over[0]!.path, `spec.jwtRules[${carried}].jwksUri`);
+  assert.equal(model.requestAuthentications.get('shop/many')!.jwtRules[carried]!.jwks, unfetchedJwks(uri), 'past the budget: verifies nothing');
+  assert.equal(model.requestAuthentications.get('books/other')!.jwtRules[0]!.jwks, big, 'another namespace keeps its keys');
 });
