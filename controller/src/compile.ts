@@ -77,7 +77,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
-import { unfetchedJwks, type JwksState } from './jwks-resolver.ts';
+import { JWKS_RESULT_TEXT, unfetchedJwks, type JwksState } from './jwks-resolver.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
 import { admitWaypoint, waypointAccountShared, waypointServiceAccount, type WaypointAllowList, type WaypointRefusal } from './waypoint-admission.ts';
 
@@ -562,7 +562,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
         });
         return unfetchedJwks(uri);
       }
-      const why = state === undefined ? 'the controller holds no keys for it' : state.error !== undefined ? state.error : 'the first fetch is under way';
+      const why = state === undefined ? 'the controller holds no keys for it' : state.error !== undefined ? `the last fetch failed: ${state.result !== undefined ? JWKS_RESULT_TEXT[state.result] : 'see the controller\'s log'}` : 'the first fetch is under way';
       findings.push({
         kind: 'RequestAuthentication', namespace: ns, name: ra.metadata.name, path: `spec.jwtRules[${i}].jwksUri`,
         reason: state !== undefined && state.error === undefined ? 'JwksPending' : 'JwksFetchFailed',

@@ -53,6 +53,24 @@ const MAX_ERROR_CHARS = 400;
 /** How a fetch ended: stable strings, the label of weft_controller_jwks_fetch_total. */
 export type JwksFetchResult = 'ok' | 'bad-uri' | 'unreachable' | 'timeout' | 'tls' | 'http-status' | 'redirect' | 'too-large' | 'not-jwks' | 'over-limit';
 
+/**
+ * What a RequestAuthentication's status says of a failed fetch: the kind only. The controller
+ * fetches from inside the cluster a URL its tenant chose, so the error itself (an internal address
+ * refusing, a status, a Location, the body's values) goes to the controller's log, not to status,
+ * where it would map the cluster's network for the tenant (Istio logs these too).
+ */
+export const JWKS_RESULT_TEXT: Readonly<Record<Exclude<JwksFetchResult, 'ok'>, string>> = {
+  'bad-uri': 'the URI cannot be fetched (http or https only)',
+  unreachable: 'the host could not be reached',
+  timeout: 'no whole answer within the deadline',
+  tls: 'its TLS certificate is not trusted',
+  'http-status': 'it answered with a status other than 2xx',
+  redirect: 'it answered with a redirect, and redirects are not followed',
+  'too-large': 'its answer is larger than the bound',
+  'not-jwks': 'its answer is not a JWKS with a usable key',
+  'over-limit': 'the controller holds as many jwksUris as it may (or this namespace as many as it may)',
+};
+
 export class JwksFetchError extends Error {
   readonly code: Exclude<JwksFetchResult, 'ok'>;
   constructor(code: Exclude<JwksFetchResult, 'ok'>, message: string) {
