@@ -54,7 +54,8 @@ export interface ControllerOptions {
    */
   leadership?: Leadership;
   /** The leader hands each compilation's findings here (Kubernetes Events). */
-  onFindings?: (findings: readonly CompileFinding[]) => Promise<void>;
+  /** Records findings (as Events); true when some were held back for the next round, which is then scheduled. */
+  onFindings?: (findings: readonly CompileFinding[]) => Promise<boolean | void>;
   /**
    * Multi-cluster (controller/src/federation.ts): merges other clusters' endpoints into each
    * compiled model before it is published, and asks for a new round when they change.
@@ -357,7 +358,12 @@ export class Controller {
     await this.#writeStatuses(findings, runtime);
     if (leader && this.#findingsDirty && this.#o.onFindings) {
       this.#findingsDirty = false;
-      await this.#o.onFindings(findings).catch((e: Error) => this.#log.warn('findings not recorded', { error: e.message }));
+      const more = await this.#o.onFindings(findings).catch((e: Error) => this.#log.warn('findings not recorded', { error: e.message }));
+      // Events held back by the recorder's bound are written at the next round, in a quiet cluster too.
+      if (more === true) {
+        this.#findingsDirty = true;
+        this.#markDirty(false);
+      }
     }
   }
 

@@ -11,7 +11,11 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { EventRecorder, MAX_EVENT_WRITES_PER_RECORD, MAX_TRACKED_EVENTS } from '../../controller/src/cluster/events.ts';
 import type { CompileFinding } from '../../controller/src/compile.ts';
-import { captureLogger, type LogLine } from './controller-harness.ts';
+import { captureLogger, until, type LogLine } from './controller-harness.ts';
+import { Controller } from '../../controller/src/controller.ts';
+import { MemorySource } from '../../controller/src/sources/memory.ts';
+import { ConfigServer } from '../../controller/src/xds/server.ts';
+import { ns } from './controller-fixtures.ts';
 
 const podFindings = (gen: number, n: number): CompileFinding[] => Array.from({ length: n }, (_, i) => ({
   kind: 'Pod', namespace: 'shop', name: `web-${gen}-${i}`, path: 'metadata.labels["weft.dev/use-waypoint"]', reason: 'WaypointNotFound', message: 'Waypoint shop/gone does not exist; traffic addressed to this pod fails closed until it does',
@@ -75,5 +79,26 @@ test('a finding whose Event the API server expired gets a new Event, not a patch
     assert.equal(patches() - before, 2, 'one patch refused (404), one that took');
   } finally {
     await api.stop();
+  }
+});
+
+// The recorder holds back what its bound does not write; the controller schedules the next round
+// itself, so the rest reach the API server in a quiet cluster too, not at some unrelated change.
+test('findings the recorder held back are recorded at a round the controller schedules itself, with no other change', async () => {
+  const calls: number[] = [];
+  const controller = new Controller({
+    source: new MemorySource([ns('shop', { 'weft.dev/use-waypoint': 'gone' })] as never),
+    configServer: new ConfigServer(),
+    onFindings: async (f) => { calls.push(f.length); return calls.length < 3; },
+    debounceMs: 5,
+  });
+  try {
+    await controller.start();
+    await until('three rounds of recording', () => calls.length >= 3, 5_000);
+    await controller.settled();
+    assert.equal(calls.length, 3, 'and no more once nothing is held back');
+    assert.ok(calls.every((n) => n >= 1));
+  } finally {
+    await controller.stop();
   }
 });

@@ -52,7 +52,8 @@ export class EventRecorder {
    * Records the findings that are new since the last call (a finding that persists is one Event),
    * at most MAX_EVENT_WRITES_PER_RECORD of them; the others are new again at the next call.
    */
-  async record(findings: readonly CompileFinding[]): Promise<void> {
+  /** Writes the findings' new Events, at most MAX_EVENT_WRITES_PER_RECORD; true when some wait for the next call. */
+  async record(findings: readonly CompileFinding[]): Promise<boolean> {
     const next = new Set<string>();
     let writes = 0;
     let deferred = 0;
@@ -80,6 +81,7 @@ export class EventRecorder {
       if (this.#recorded.size <= MAX_TRACKED_EVENTS) break;
       this.#recorded.delete(fp);
     }
+    return deferred > 0;
   }
 
   async #emit(fp: string, f: CompileFinding): Promise<void> {
