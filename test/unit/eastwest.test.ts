@@ -417,27 +417,53 @@ test('connects waiting for one upstream are bounded: past maxPendingConnects a C
   await assert.rejects(outer(CLIENT, '10.78.0.254:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403);
 });
 
-// The gateway's metrics (15020) and readiness (15021) listeners are on the network's edge like its
-// HBONE port: Node's defaults would let one source hold any number of connections and a client
-// that never finishes its headers hold one 60 s (a request 300 s).
-test('the gateway\'s metrics and readiness listeners bound their connections: a client that never finishes its headers is cut at the headers timeout, one source holds at most maxConnectionsPerSource; each counted (weft_eastwest_listener_refused_total) and logged; a scrape from elsewhere is served', async () => {
+/**
+ * An east-west gateway of cluster2 run as its main does (runEastWest) on `host`, with its certificate
+ * files in a scratch directory; `stop` ends it and removes them.
+ */
+async function startEdgeGateway(host: string, extra: Partial<Parameters<typeof import('../../eastwest/src/main.ts')['runEastWest']>[0]> = {}) {
   const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
   const { runEastWest } = await import('../../eastwest/src/main.ts');
-  const { get } = await import('node:http');
-  const { DEFAULT_STATUS_LISTENER_LIMITS } = await import('../../lib/listener-limits.ts');
-  const dir = mkdtempSync(join(tmpdir(), 'weft-ew-status-'));
-  const host = '127.0.0.71';
-  const lines: string[] = [];
+  const dir = mkdtempSync(join(tmpdir(), 'weft-ew-edge-'));
   const gwTls = await creds(c2, GW_ID);
   writeFileSync(join(dir, 'cert.pem'), gwTls.cert);
   writeFileSync(join(dir, 'key.pem'), gwTls.key);
   writeFileSync(join(dir, 'root.pem'), gwTls.ca.join(''));
   const running = await runEastWest({
     host, port: 0, identity: { kind: 'static', certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') }, trustBundleFile: join(dir, 'root.pem'),
-    controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, trustDomain: TD, trustDomainAliases: [], logLevel: 'info',
-    logger: jsonLogger('eastwest', 'info', (l) => lines.push(l)), statusLimits: { headersTimeoutMs: 300, requestTimeoutMs: 600 },
+    controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, trustDomain: TD, trustDomainAliases: [], logLevel: 'error', ...extra,
+  });
+  return {
+    stop: async () => {
+      await running.stop('SIGTERM');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One GET on a fresh connection from `localAddress`: its status and body. */
+async function getFrom(host: string, port: number, path: string, localAddress: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  const { get } = await import('node:http');
+  return new Promise((resolve, reject) => {
+    get({ host, port, path, localAddress, agent: false, headers }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+}
+
+// The gateway's metrics (15020) and readiness (15021) listeners are on the network's edge like its
+// HBONE port: Node's defaults would let one source hold any number of connections and a client
+// that never finishes its headers hold one 60 s (a request 300 s).
+test('the gateway\'s metrics and readiness listeners bound their connections: a client that never finishes its headers is cut at the headers timeout, one source holds at most maxConnectionsPerSource; each counted (weft_eastwest_listener_refused_total) and logged; a scrape from elsewhere is served', async () => {
+  const { DEFAULT_STATUS_LISTENER_LIMITS } = await import('../../lib/listener-limits.ts');
+  const host = '127.0.0.71';
+  const lines: string[] = [];
+  const gateway = await startEdgeGateway(host, {
+    logLevel: 'info', logger: jsonLogger('eastwest', 'info', (l) => lines.push(l)), statusLimits: { headersTimeoutMs: 300, requestTimeoutMs: 600 },
   });
   const held: net.Socket[] = [];
   const open = (port: number) => new Promise<{ socket: net.Socket; closed: Promise<void> }>((resolve, reject) => {
@@ -451,13 +477,7 @@ test('the gateway\'s metrics and readiness listeners bound their connections: a 
   const within = <T>(p: Promise<T>, ms: number, what: string) => Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms).unref())]);
   const count = async (listener: string, reason: string) => Number(new RegExp(`weft_eastwest_listener_refused_total\\{listener="${listener}",reason="${reason}"\\} (\\d+)`).exec(await scrape())?.[1] ?? 0);
   // From another source address than the attacker's, a new connection each time.
-  const scrape = () => new Promise<string>((resolve, reject) => {
-    get({ host, port: 15020, path: '/metrics', localAddress: '127.0.0.2', agent: false }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c));
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
-  });
+  const scrape = async () => (await getFrom(host, 15020, '/metrics', '127.0.0.2')).body;
   try {
     // A slowloris on the readiness port: headers a line at a time, never finished.
     const slow = await open(15021);
@@ -480,8 +500,7 @@ test('the gateway\'s metrics and readiness listeners bound their connections: a 
     assert.ok(logged.some((l) => l.listener === 'metrics' && l.reason === 'too-many-connections' && l.address === '127.0.0.1'));
   } finally {
     for (const s of held) s.destroy();
-    await running.stop('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
+    await gateway.stop();
   }
 });
 
@@ -491,29 +510,10 @@ test('the gateway\'s metrics and readiness listeners bound their connections: a 
 // is the proxy's admin port on localhost). What they answer must name no identity, address or
 // endpoint of this cluster: counts only, and no /debug path at all (it has no admin port to relay).
 test('the gateway\'s metrics and readiness ports, reached from another network, answer Prometheus counts and readiness only: every /debug or admin path is 404, and no identity, address or endpoint of this cluster is named', async () => {
-  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
-  const { runEastWest } = await import('../../eastwest/src/main.ts');
-  const { get } = await import('node:http');
-  const dir = mkdtempSync(join(tmpdir(), 'weft-ew-edge-'));
   const host = '127.0.0.72';
-  const gwTls = await creds(c2, GW_ID);
-  writeFileSync(join(dir, 'cert.pem'), gwTls.cert);
-  writeFileSync(join(dir, 'key.pem'), gwTls.key);
-  writeFileSync(join(dir, 'root.pem'), gwTls.ca.join(''));
-  const running = await runEastWest({
-    host, port: 0, identity: { kind: 'static', certFile: join(dir, 'cert.pem'), keyFile: join(dir, 'key.pem') }, trustBundleFile: join(dir, 'root.pem'),
-    controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, trustDomain: TD, trustDomainAliases: [], logLevel: 'error',
-  });
+  const gateway = await startEdgeGateway(host);
   // From an address of another network's choosing, a connection each.
-  const ask = (port: number, path: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
-    get({ host, port, path, localAddress: '127.0.0.3', agent: false, headers: { 'weft-debug-token': 'x', 'weft-debug-grant': 'x' } }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on('error', reject);
-  });
+  const ask = (port: number, path: string) => getFrom(host, port, path, '127.0.0.3', { 'weft-debug-token': 'x', 'weft-debug-grant': 'x' });
   try {
     await until('the gateway knows this cluster\'s endpoints', async () => (await ask(15021, '/healthz/ready')).status === 200, 5_000);
     for (const path of ['/debug/config_dump', '/debug/certs', '/debug/flows', '/debug/clients', '/debug/federation', '/debug/waypoint-grant?waypoint=shop%2Fwaypoint', '/config_dump', '/certs', '/stats', '/flows', '/']) {
@@ -532,8 +532,7 @@ test('the gateway\'s metrics and readiness ports, reached from another network, 
     // Label values are a fixed vocabulary (reasons, directions, listeners), never a caller's or an endpoint's.
     for (const [, label, value] of metrics.body.matchAll(/([a-z_]+)="([^"]*)"/g)) assert.match(`${label}=${value}`, /^(reason|direction|listener)=[a-z-]+$/);
   } finally {
-    await running.stop('SIGTERM');
-    rmSync(dir, { recursive: true, force: true });
+    await gateway.stop();
   }
 });
 
