@@ -51,27 +51,45 @@ async function refusals(engine: WaypointEngine): Promise<Record<string, number>>
   return out;
 }
 
+type Warning = { msg: string; fields: Record<string, unknown> };
+
+/**
+ * A waypoint of namespace shop applying `cfg` (given each echo backend's port by name), reached as
+ * 10.96.0.10:80 by CALLER, its warnings pushed to `warnings`; `close` ends it and its backends.
+ */
+async function jwtWaypoint(names: readonly string[], warnings: Warning[], cfg: (port: (name: string) => number) => Parameters<typeof config>[0]) {
+  const backends = new Map<string, Backend>();
+  for (const n of names) backends.set(n, await startHttpBackend(echo(n)));
+  const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) } });
+  engine.applyConfig(config(cfg((n) => backends.get(n)!.port)));
+  const l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+  return {
+    engine, l, backend: (n: string) => backends.get(n)!,
+    close: async () => {
+      await l.close();
+      await engine.close();
+      for (const b of backends.values()) await b.close();
+    },
+  };
+}
+
 describe('RequestAuthentication at the waypoint (istio.io request_authentication)', () => {
   let b: Backend;
   let engine: WaypointEngine;
   let l: Listener;
-  const warnings: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  let close: () => Promise<void>;
+  const warnings: Warning[] = [];
 
   before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+    let backend: (n: string) => Backend;
+    ({ engine, l, backend, close } = await jwtWaypoint(['reviews'], warnings, (port) => ({
+      services: [service('reviews', '10.96.0.10', [endpoint(port('reviews'))])],
       requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), outputPayloadToHeader: 'x-jwt-payload', outputClaimToHeaders: [{ header: 'x-jwt-sub', claim: 'sub' }] }])],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+    })));
+    b = backend('reviews');
   });
 
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
+  after(() => close());
 
   it('a valid token passes; the token header is removed (forwardOriginalToken false) and the payload and claim headers written', async () => {
     const token = signToken(key, claims());
@@ -181,13 +199,13 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
   let b: Backend;
   let engine: WaypointEngine;
   let l: Listener;
-  const warnings: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  let close: () => Promise<void>;
+  const warnings: Warning[] = [];
 
   before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+    let backend: (n: string) => Backend;
+    ({ engine, l, backend, close } = await jwtWaypoint(['reviews'], warnings, (port) => ({
+      services: [service('reviews', '10.96.0.10', [endpoint(port('reviews'))])],
       requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), audiences: ['reviews'] }])],
       // https://istio.io/latest/docs/tasks/security/authentication/authn-policy/#require-a-valid-token
       // and #require-valid-tokens-per-path: requestPrincipals ["*"], a claim in `when`.
@@ -195,15 +213,11 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
         { from: [{ requestPrincipals: [`${ISS}/*`] }], to: [], when: [{ key: 'request.auth.claims[groups]', values: ['group1'] }], layer: 'L7' },
         { from: [{ requestPrincipals: ['*'] }], to: [{ paths: ['/public'] }], when: [], layer: 'L7' },
       ])],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+    })));
+    b = backend('reviews');
   });
 
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
+  after(() => close());
 
   it('requestPrincipals ["*"]: no token is 403 (RBAC), a valid one 200', async () => {
     const none = await request(l.port, { path: '/public' });
@@ -284,32 +298,21 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
 // with the Gateway API, a claim copied to a header (outputClaimToHeaders) is matched by an HTTPRoute
 // header match. The route sees the header the waypoint wrote, never one the caller sent.
 describe('routing on a verified claim (istio.io jwt-route, with outputClaimToHeaders and an HTTPRoute header match)', () => {
-  let reviews: Backend;
-  let admin: Backend;
-  let engine: WaypointEngine;
   let l: Listener;
+  let close: () => Promise<void>;
 
   before(async () => {
-    reviews = await startHttpBackend(echo('reviews'));
-    admin = await startHttpBackend(echo('reviews-admin'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(reviews.port)]), service('reviews-admin', '10.96.0.11', [endpoint(admin.port)])],
+    ({ l, close } = await jwtWaypoint(['reviews', 'reviews-admin'], [], (port) => ({
+      services: [service('reviews', '10.96.0.10', [endpoint(port('reviews'))]), service('reviews-admin', '10.96.0.11', [endpoint(port('reviews-admin'))])],
       routes: [route('by-group', 'reviews', [
         { matches: [match({ headers: [{ type: 'Exact', name: 'x-jwt-group', value: 'admin' }] })], backends: [backend('reviews-admin')] },
         { matches: [match()], backends: [backend('reviews')] },
       ])],
       requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), outputClaimToHeaders: [{ header: 'x-jwt-group', claim: 'group' }] }])],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+    })));
   });
 
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await reviews.close();
-    await admin.close();
-  });
+  after(() => close());
 
   it('a token with group admin goes to reviews-admin; a caller sending x-jwt-group itself does not', async () => {
     const routed = await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims({ group: 'admin' }))}` } });
