@@ -15,6 +15,7 @@ import { debugTokenRefused, guardSidePort, jsonServer, sideHttpServer } from '..
 import { DEBUG_TOKEN_HEADER, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
+import { until as waitUntil } from '../lab/wait.ts';
 
 /** One raw HTTP/1.1 exchange: the status line of the answer. */
 function exchange(port: number, target: string): Promise<string> {
@@ -108,14 +109,8 @@ async function guardedAdmin(o: { ownerUids?: number[]; idleTimeoutMs?: number; h
   return { server, port, lines, count, close: () => { server.closeAllConnections(); server.close(); } };
 }
 
-/** Waits for `cond` (a deadline, not a sleep). */
-async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/** The lab's until (test/lab/wait.ts), polled every 25 ms, 10 s unless told. */
+const until = (what: string, cond: () => Promise<boolean> | boolean, ms = 10_000) => waitUntil(what, cond, ms, { intervalMs: 25 });
 
 test('the admin port on the node loopback refuses a process of another uid (65534): 403 before any route, counted peer_uid, logged with the uid; root is served', { skip: process.getuid?.() !== 0 ? 'needs root to drop to uid 65534' : false }, async () => {
   const a = await guardedAdmin({ ownerUids: [0] });

@@ -10,14 +10,10 @@ import { once } from 'node:events';
 import { Registry } from 'prom-client';
 import { DEFAULT_STATUS_LISTENER_LIMITS, statusListenerLimits } from '../../lib/listener-limits.ts';
 import type { Logger } from '../../lib/log.ts';
+import { until as waitUntil } from '../lab/wait.ts';
 
-async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+/** The lab's until (test/lab/wait.ts), polled every 25 ms, 10 s unless told. */
+const until = (what: string, cond: () => Promise<boolean> | boolean, ms = 10_000) => waitUntil(what, cond, ms, { intervalMs: 25 });
 
 test('a status listener holds at most maxConnectionsPerSource connections from one source and cuts a request head that never ends; each closed connection counted by listener and reason, and logged', async () => {
   const registry = new Registry();
