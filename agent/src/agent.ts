@@ -8,6 +8,7 @@ import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
 import { HbonePool, readPoolStats } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
+import { backoffDelay } from '../../lib/backoff.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
@@ -444,7 +445,7 @@ export class Agent {
       },
       (err: Error) => {
         if (this.#stopped) return;
-        const delay = Math.min(250 * 2 ** attempt, 30_000);
+        const delay = backoffDelay(attempt);
         this.log.warn('cannot get the node certificate for the config stream; retrying', { error: err.message, retryInMs: delay });
         clearTimeout(this.#xdsTimer);
         this.#xdsTimer = setTimeout(() => this.#connectConfig(attempt + 1), delay).unref();

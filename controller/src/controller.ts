@@ -1,6 +1,7 @@
 // The controller's reconcile loop: source events → object store (last valid version of each
 // object) → compile → publish on the config stream → status back to the source. One loop, fed by a
 // dirty flag; sources only enqueue.
+import { backoffDelay } from '../../lib/backoff.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { formatIssue } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
@@ -277,7 +278,7 @@ export class Controller {
       } catch (e) {
         // Backoff: a Waypoint that fails for good (its namespace's quota, say) must not have every
         // Waypoint of the cluster reconciled again every second for ever.
-        const retryInMs = Math.min(MAX_WAYPOINT_RETRY_MS, (this.#o.waypointRetryMs ?? DEFAULT_WAYPOINT_RETRY_MS) * 2 ** this.#waypointFailures++);
+        const retryInMs = backoffDelay(this.#waypointFailures++, { initialMs: this.#o.waypointRetryMs ?? DEFAULT_WAYPOINT_RETRY_MS, maxMs: MAX_WAYPOINT_RETRY_MS });
         this.#log.error('waypoint reconcile failed; will retry', { error: (e as Error).message, retryInMs });
         this.#waypointsDirty = true;
         this.#waypointsRetryAt = Date.now() + retryInMs;

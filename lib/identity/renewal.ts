@@ -1,20 +1,14 @@
 // When to try again after a failed attempt to get a certificate signed.
 //
-// Exponential backoff with jitter, as for any remote call, with one rule of its own: while a
+// Exponential backoff with jitter, as for any remote call (lib/backoff.ts), with one rule of its own: while a
 // certificate is still held, no wait may outlast half of what is left of its validity, so a CA that
 // comes back before the certificate expires is found before it does. Such a shortened wait does not
 // grow the backoff: once the certificate has expired the schedule continues from where it was,
 // not from its cap.
 
-export interface RenewalBackoffOptions {
-  /** First wait; default 500 ms. */
-  initialMs?: number;
-  /** Longest wait; default 30 s. */
-  maxMs?: number;
-  /** Growth per failed attempt; default 2. */
-  multiplier?: number;
-  /** Random spread, a fraction of the wait either way; default 0.2. */
-  jitter?: number;
+import { jittered, type BackoffOptions } from '../backoff.ts';
+
+export interface RenewalBackoffOptions extends BackoffOptions {
   /** Shortest wait near expiry; default 250 ms. */
   minMs?: number;
 }
@@ -49,8 +43,7 @@ export class RenewalBackoff {
    * negative or undefined when there is none or it has expired).
    */
   next(validForMs?: number): number {
-    const spread = this.#o.jitter * (2 * this.#random() - 1);
-    const wait = this.#stepMs * (1 + spread);
+    const wait = jittered(this.#stepMs, this.#o.jitter, this.#random);
     if (validForMs !== undefined && validForMs > 0) {
       const cap = Math.max(validForMs / 2, this.#o.minMs);
       if (wait > cap) return Math.min(cap, wait);

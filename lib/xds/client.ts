@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentConfig, WaypointConfig } from '../model/mesh.ts';
+import { backoffDelay, type BackoffOptions } from '../backoff.ts';
 import {
   CLIENT_TYPES,
   TYPE_URLS,
@@ -43,16 +44,6 @@ export class ConfigRejectedError extends Error {
   }
 }
 
-export interface BackoffOptions {
-  /** First retry delay; default 250 ms. */
-  initialMs?: number;
-  /** Longest delay; default 30 s. */
-  maxMs?: number;
-  /** Growth per failed attempt; default 2. */
-  multiplier?: number;
-  /** Random spread, fraction of the delay either way; default 0.2. */
-  jitter?: number;
-}
 
 export interface ConfigClientOptions<K extends ClientKind> {
   /** `host:port` of the controller (port 15012). */
@@ -85,15 +76,6 @@ export type Stored = Map<string, { version: string; body: unknown }>;
 /** Changes of a batch not yet applied, by name: the new resource, or null for a removal. */
 export type Overlay = Map<string, { version: string; body: unknown } | null>;
 
-export const DEFAULT_BACKOFF: Required<BackoffOptions> = { initialMs: 250, maxMs: 30_000, multiplier: 2, jitter: 0.2 };
-
-/** Delay before reconnect attempt `attempt` (0-based). */
-export function backoffDelay(attempt: number, o: BackoffOptions = {}, random: () => number = Math.random): number {
-  const b = { ...DEFAULT_BACKOFF, ...o };
-  const base = Math.min(b.maxMs, b.initialMs * b.multiplier ** attempt);
-  const spread = base * b.jitter;
-  return Math.max(0, Math.round(base - spread + random() * 2 * spread));
-}
 
 export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvents<K>> {
   readonly #o: ConfigClientOptions<K>;

@@ -5,6 +5,7 @@
 // resourceVersion it saw; a 410 Gone makes client-node relist by itself, and the relist's
 // differences arrive as ordinary add/update/delete events. Status goes back through the status
 // subresource with merge patches.
+import { backoffDelay } from '../../../lib/backoff.ts';
 import { isDeepStrictEqual } from 'node:util';
 import {
   CoreV1Api,
@@ -185,7 +186,7 @@ export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
 
   #restart(err: unknown): void {
     if (this.#stopped) return;
-    const delay = Math.min(30_000, (this.#o.restartDelayMs ?? 500) * 2 ** this.#failures);
+    const delay = backoffDelay(this.#failures, { initialMs: this.#o.restartDelayMs ?? 500 });
     this.#failures++;
     const message = this.#failing(err);
     this.#o.log.warn('watch stopped; restarting', { what: this.#o.what, error: message, inMs: delay });
