@@ -1,5 +1,6 @@
 import type { PeerCertificate } from 'node:tls';
 import { parseSpiffeId } from '../identity/spiffe.ts';
+import { spiffeIdOfCertificate } from '../identity/tls.ts';
 
 /**
  * Decides whether a verified peer certificate is acceptable: true, or false / a string saying why not.
@@ -11,44 +12,18 @@ export type PeerCheck = (peerSpiffeId: string | undefined, cert: PeerCertificate
 export type ExpectedPeer = string | readonly string[] | PeerCheck;
 
 /**
- * The SPIFFE ID in a certificate's URI SANs (`URI:spiffe://td/ns/a/sa/b`), or undefined when there
- * is none or more than one (an X.509-SVID carries exactly one).
+ * The SPIFFE ID of a peer certificate, or undefined when it has none, more than one URI SAN (an
+ * X.509-SVID carries exactly one), or one Weft does not accept. The one reader of identities from
+ * certificates is lib/identity/tls.ts spiffeIdOfCertificate (the certificate's DER, not Node's
+ * `subjectaltname` text); this is its face for callers that want a value rather than an error.
  */
 export function spiffeIdFromCert(cert: PeerCertificate | undefined): string | undefined {
-  const san = cert?.subjectaltname;
-  if (!san) return undefined;
-  let found: string | undefined;
-  for (const entry of splitSan(san)) {
-    if (!entry.startsWith('URI:')) continue;
-    let value = entry.slice(4);
-    // Node quotes values that contain separators or non-printables as JSON strings.
-    if (value.startsWith('"')) {
-      try { value = JSON.parse(value) as string; } catch { return undefined; }
-    }
-    if (!value.startsWith('spiffe://')) continue;
-    if (found !== undefined) return undefined;
-    found = value;
+  if (!cert?.raw?.length) return undefined;
+  try {
+    return spiffeIdOfCertificate(cert).uri;
+  } catch {
+    return undefined;
   }
-  return found;
-}
-
-/** Splits Node's `subjectaltname` ("DNS:a, URI:\"x, y\"") on top-level ", " separators. */
-function splitSan(san: string): string[] {
-  const out: string[] = [];
-  let start = 0;
-  let quoted = false;
-  for (let i = 0; i < san.length; i++) {
-    const c = san[i];
-    if (c === '\\' && quoted) { i++; continue; }
-    if (c === '"') quoted = !quoted;
-    else if (c === ',' && !quoted && san[i + 1] === ' ') {
-      out.push(san.slice(start, i));
-      start = i + 2;
-      i++;
-    }
-  }
-  out.push(san.slice(start));
-  return out;
 }
 
 /** Runs an expectation against a peer; returns undefined when accepted, else the reason. */

@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
+import { OID, buildCertificate, buildName, extension, generalNames, type AltNames } from '../../lib/identity/x509.ts';
 import {
   admitWorkloadPeer,
   checkPeer,
@@ -13,7 +15,17 @@ import {
   spiffeIdFromCert,
 } from '../../lib/hbone/index.ts';
 
-const cert = (san: string | undefined) => ({ subjectaltname: san }) as PeerCertificate;
+/** A certificate carrying these SANs (self-signed; only its SANs are read), as a TLS peer presents it. */
+const key = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+const cert = (sans: AltNames | undefined) => {
+  const spki = key.publicKey.export({ type: 'spki', format: 'der' });
+  const name = buildName([[OID.commonName, 'peer']]);
+  const raw = buildCertificate({
+    serial: Buffer.from([1]), issuer: name, subject: name, spki, notBefore: new Date(), notAfter: new Date(Date.now() + 3_600_000),
+    extensions: sans ? [extension(OID.subjectAltName, false, generalNames(sans))] : [],
+  }, key.privateKey);
+  return { raw } as PeerCertificate;
+};
 
 test('accepts IPv4 and bracketed IPv6 CONNECT targets', () => {
   assert.deepEqual(parseAuthority('10.1.2.3:8080'), { host: '10.1.2.3', port: 8080, family: 4 });
@@ -30,19 +42,27 @@ test('rejects names, missing or out-of-range ports, unbracketed IPv6 and zone ID
   }
 });
 
-test('finds the one SPIFFE ID among the SANs, including quoted ones', () => {
-  assert.equal(spiffeIdFromCert(cert('DNS:a.example, URI:spiffe://td/ns/a/sa/b')), 'spiffe://td/ns/a/sa/b');
-  assert.equal(spiffeIdFromCert(cert('URI:"spiffe://td/ns/a/sa/b,c", DNS:x')), 'spiffe://td/ns/a/sa/b,c');
-  assert.equal(spiffeIdFromCert(cert('URI:https://example.com/')), undefined);
+test('finds the one SPIFFE ID in the SANs (an X.509-SVID carries exactly one URI SAN: SPIFFE X509-SVID 4.1)', () => {
+  assert.equal(spiffeIdFromCert(cert({ dnsNames: ['a.example'], uris: ['spiffe://td/ns/a/sa/b'] })), 'spiffe://td/ns/a/sa/b');
+  assert.equal(spiffeIdFromCert(cert({ uris: ['https://example.com/'] })), undefined);
   assert.equal(spiffeIdFromCert(cert(undefined)), undefined);
+  assert.equal(spiffeIdFromCert(undefined), undefined);
+  assert.equal(spiffeIdFromCert({} as PeerCertificate), undefined, 'no certificate presented');
 });
 
-test('a certificate with two SPIFFE IDs has none (an SVID carries exactly one)', () => {
-  assert.equal(spiffeIdFromCert(cert('URI:spiffe://td/ns/a/sa/b, URI:spiffe://td/ns/a/sa/c')), undefined);
+test('a certificate with two URI SANs has no identity, whatever the second is (an SVID carries exactly one)', () => {
+  assert.equal(spiffeIdFromCert(cert({ uris: ['spiffe://td/ns/a/sa/b', 'spiffe://td/ns/a/sa/c'] })), undefined);
+  assert.equal(spiffeIdFromCert(cert({ uris: ['https://example.com/', 'spiffe://td/ns/a/sa/b'] })), undefined);
+});
+
+test('a URI SAN that is not a SPIFFE ID Weft issues is no identity: odd characters, paths, trust domains', () => {
+  for (const uri of ['spiffe://td/ns/a/sa/b,c', 'spiffe://td/ns/a/sa/b?x', 'spiffe://td/other/path', 'spiffe://TD/ns/a/sa/b', 'spiffe://td']) {
+    assert.equal(spiffeIdFromCert(cert({ uris: [uri] })), undefined, uri);
+  }
 });
 
 test('peer expectations: one ID, a set, or a check that explains itself', () => {
-  const c = cert('URI:spiffe://td/ns/a/sa/b');
+  const c = cert({ uris: ['spiffe://td/ns/a/sa/b'] });
   assert.equal(checkPeer('spiffe://td/ns/a/sa/b', c), undefined);
   assert.equal(checkPeer(['spiffe://td/ns/x/sa/y', 'spiffe://td/ns/a/sa/b'], c), undefined);
   assert.match(checkPeer('spiffe://td/ns/x/sa/y', c) ?? '', /expected spiffe:\/\/td\/ns\/x\/sa\/y/);
