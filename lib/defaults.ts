@@ -9,6 +9,8 @@ export const PORTS = {
   admin: 15000,
   /** agent: captured outbound connections. */
   outbound: 15001,
+  /** agent, inside each enrolled pod's netns (127.0.0.1): plaintext steered there by weft_lookup. */
+  plaintext: 15006,
   /** agent, waypoint: HBONE (mTLS + HTTP/2 CONNECT). */
   hbone: 15008,
   /** controller: config stream and certificate service (gRPC over TLS). */

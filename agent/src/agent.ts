@@ -9,6 +9,7 @@ import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
 import { HbonePool, readPoolStats } from '../../lib/hbone/index.ts';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
 import { backoffDelay } from '../../lib/backoff.ts';
+import { PORTS } from '../../lib/defaults.ts';
 import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
@@ -40,11 +41,11 @@ import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts'
 
 /** The debug token in `file` (a mounted Secret's key), or undefined when it cannot be read or is empty. */
 
-export const ADMIN_PORT = 15000;
-export const OUTBOUND_PORT = 15001;
-export const HBONE_PORT = 15008;
-export const METRICS_PORT = 15020;
-export const READY_PORT = 15021;
+export const ADMIN_PORT = PORTS.admin;
+export const OUTBOUND_PORT = PORTS.outbound;
+export const HBONE_PORT = PORTS.hbone;
+export const METRICS_PORT = PORTS.metrics;
+export const READY_PORT = PORTS.readiness;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
 /** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
@@ -183,7 +184,7 @@ export class Agent {
   #memory: MemoryRelease | undefined;
   #stopped = false;
   #serveStarted = false;
-  #ports = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
+  #ports: Record<'outbound' | 'hbone' | 'admin' | 'metrics' | 'ready', number> = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
   #listening = false;
   /** Mesh destinations left out of weft_dests at the last config (past its capacity). */
   #destinationsOverflow = 0;

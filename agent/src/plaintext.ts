@@ -20,6 +20,7 @@ import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { unmapV4, type Refusal } from './datapath/codecs.ts';
+import { PORTS } from '../../lib/defaults.ts';
 
 const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
   strict_denied: { denied: 'plaintext to a STRICT pod or port: RST in the kernel', policy: 'mtls:STRICT' },
@@ -33,7 +34,7 @@ const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
 /** The agent's listener in each pod's netns (Istio's inbound plaintext port). Bound to the pod's
  * loopback: weft_lookup selects it whatever address was dialled, and nothing outside the pod can
  * dial it directly. */
-export const PLAINTEXT_PORT = 15006;
+export const PLAINTEXT_PORT = PORTS.plaintext;
 export const PLAINTEXT_HOST = '127.0.0.1';
 
 /** What the plaintext listeners need from the datapath. */

@@ -19,6 +19,7 @@ import { COMPILE_CACHE_DIR } from '../install/compile-cache.ts';
 import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 import type { WaypointAllowedNamespaces } from '../../lib/model/objects.ts';
+import { PORTS } from '../../lib/defaults.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /**
@@ -28,7 +29,7 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
  */
 export const LOCAL_COMPILE_CACHE = join(REPO_ROOT, COMPILE_CACHE_DIR);
 export const CONTROLLER_IP = `${LOCAL_NET}.0.254`;
-export const CONTROLLER_PORT = 15012;
+export const CONTROLLER_PORT = PORTS.xds;
 /** The chained CNI plugin (agent/cni/weft-cni.c, built by `make build`), run as a container runtime runs it. */
 export const CNI_PLUGIN = join(REPO_ROOT, 'build', 'cni', 'weft-cni');
 /** How long a pod waits for its network (the CNI plugin retried, as the kubelet retries a sandbox). */

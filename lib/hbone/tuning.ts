@@ -3,8 +3,10 @@
  * bench/hbone-throughput.ts; lib/hbone/README.md has the numbers behind the defaults.
  */
 
+import { PORTS } from '../defaults.ts';
+
 /** The HBONE port on agents and waypoints. */
-export const HBONE_PORT = 15008;
+export const HBONE_PORT = PORTS.hbone;
 
 /** Response header that carries why a CONNECT was refused (free text, bounded, no CR/LF). */
 export const HBONE_REASON_HEADER = 'weft-reason';

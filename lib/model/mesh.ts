@@ -5,6 +5,7 @@ import type { JwtRule } from '../policy/jwt.ts';
 import type { PolicyLayer } from '../policy/keys.ts';
 import type { AuthorizationAction, LoadBalancerPolicy, MtlsMode, RateLimitScope } from './objects.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
+import { PORTS } from '../defaults.ts';
 
 export type { AuthorizationAction, JwtRule, LoadBalancerPolicy, MtlsMode, RateLimitScope, WorkloadMeta };
 
@@ -15,7 +16,7 @@ export const DEFAULT_CLUSTER_DOMAIN = 'cluster.local';
 /** Namespace whose PeerAuthentications and AuthorizationPolicies apply mesh-wide. */
 export const DEFAULT_ROOT_NAMESPACE = 'weft-system';
 /** HBONE port on agents and waypoints. */
-export const HBONE_PORT = 15008;
+export const HBONE_PORT = PORTS.hbone;
 
 export function spiffeIdOf(trustDomain: string, namespace: string, serviceAccount: string): string {
   return `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`;

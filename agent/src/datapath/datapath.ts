@@ -44,12 +44,13 @@ import {
   ObjectNotFoundError,
   PrivateBpffsError,
 } from './errors.ts';
+import { PORTS } from '../../../lib/defaults.ts';
 
 /** Folder under the bpffs mount that holds Weft's pins unless DatapathOptions.pinRoot says otherwise. */
 export const DEFAULT_PIN_DIR = 'weft';
 /** Ports the mesh itself listens on; connections to them are never captured. */
-export const MESH_PORTS = [15001, 15008, 15020, 15021] as const;
-export const DEFAULT_AGENT_PORT = 15001;
+export const MESH_PORTS = [PORTS.outbound, PORTS.hbone, PORTS.metrics, PORTS.readiness] as const;
+export const DEFAULT_AGENT_PORT = PORTS.outbound;
 
 export const REDIRECT_OBJECT = 'redirect.bpf.o';
 export const INBOUND_OBJECT = 'inbound.bpf.o';
