@@ -1,11 +1,10 @@
 // One read of a cluster's federation export (lib/model/federation.ts) over mutual TLS: by the
 // other clusters' controllers (controller/src/federation.ts, polled remotes) and by the cluster's
-// own east-west gateway (eastwest/src/gateway.ts). Bounded, whoever answers: the peer must
-// present the identity the caller expects, stay silent at most `idleMs` at a time, send the whole
-// export within `deadlineMs` (one that answers a byte at a time fails here) and no more than
-// `maxBytes`.
-import { request } from 'node:https';
-import type { ClientRequest } from 'node:http';
+// own east-west gateway (eastwest/src/gateway.ts). Bounded, whoever answers (lib/bounded-get.ts):
+// the peer must present the identity the caller expects, stay silent at most `idleMs` at a time,
+// send the whole export within `deadlineMs` (one that answers a byte at a time fails here) and no
+// more than `maxBytes`.
+import { boundedGet } from './bounded-get.ts';
 import { spiffeIdFromCert } from './hbone/peer.ts';
 import { FEDERATION_PATH } from './model/federation.ts';
 
@@ -25,37 +24,23 @@ export interface ExportReadOptions {
   maxBytes?: number;
 }
 
-/** Reads the export at `base` (`https://<ip>:<port>`); resolves with its text, rejects naming what went wrong. */
+/**
+ * Reads the export at `base` (`https://<ip>:<port>`; spoken over TLS whatever its scheme); resolves
+ * with its text, rejects (a BoundedGetError) naming what went wrong, an answer other than 2xx
+ * quoting the start of its body (the peer is a controller of the mesh).
+ */
 export function readExport(base: string, o: ExportReadOptions): Promise<string> {
   const url = new URL(FEDERATION_PATH, base);
-  const deadlineMs = o.deadlineMs ?? DEFAULT_EXPORT_READ_DEADLINE_MS;
-  const maxBytes = o.maxBytes ?? MAX_EXPORT_BYTES;
-  let req: ClientRequest | undefined;
-  const deadline = setTimeout(() => req?.destroy(new Error(`no complete export within ${deadlineMs} ms`)), deadlineMs);
-  deadline.unref();
-  return new Promise<string>((resolve, reject) => {
-    req = request({
-      host: url.hostname, port: Number(url.port), path: url.pathname, method: 'GET',
-      key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3', agent: false,
-      timeout: EXPORT_READ_IDLE_MS,
+  url.protocol = 'https:';
+  return boundedGet(url, {
+    what: 'export',
+    deadlineMs: o.deadlineMs ?? DEFAULT_EXPORT_READ_DEADLINE_MS,
+    maxBytes: o.maxBytes ?? MAX_EXPORT_BYTES,
+    idleMs: EXPORT_READ_IDLE_MS,
+    errorBodyChars: 200,
+    tls: {
+      key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3',
       checkServerIdentity: (_host, cert) => o.checkPeer(spiffeIdFromCert(cert)),
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > maxBytes) req!.destroy(new Error(`export larger than ${maxBytes} bytes`));
-        else chunks.push(c);
-      });
-      res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}: ${body.trim().slice(0, 200)}`));
-        else resolve(body);
-      });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req!.destroy(new Error(`no answer within ${EXPORT_READ_IDLE_MS} ms`)));
-    req.on('error', reject);
-    req.end();
-  }).finally(() => clearTimeout(deadline));
+    },
+  });
 }

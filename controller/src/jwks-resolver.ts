@@ -8,19 +8,18 @@
 // while requests without a token pass.
 //
 // A tenant chooses the URL and the controller fetches it from inside the cluster, so each fetch is
-// bounded: http or https only (istiod's ParseJwksURI), https checked against Node's CAs (istiod: the
-// system pool), no redirect followed, a 5 s deadline for the whole exchange (istiod's
-// jwksHTTPTimeOutInSec), at most 64 KiB read (MAX_JWKS_BYTES), at most DEFAULT_MAX_JWKS_URIS
+// bounded (lib/bounded-get.ts, the GET the federation export read uses too): http or https only
+// (istiod's ParseJwksURI), https checked against Node's CAs (istiod: the system pool), no redirect
+// followed, a 5 s deadline for the whole exchange (istiod's jwksHTTPTimeOutInSec), at most 64 KiB
+// read (MAX_JWKS_BYTES), at most 2 host name lookups at once (boundedLookup), at most DEFAULT_MAX_JWKS_URIS
 // distinct URIs held; and what it answers must be a JWKS with a usable key (lib/policy/jwt.ts
 // parseJwks). Fetches run beside the reconcile loop, never in it: a completed one that changes what
 // a URI holds calls the listeners, and the controller compiles again.
 import { createHash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns';
-import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import type { LookupFunction } from 'node:net';
-import { request as httpsRequest } from 'node:https';
-import { rootCertificates } from 'node:tls';
 import { Counter, type Registry } from 'prom-client';
+import { boundedGet, failureOf, withDefaultCas } from '../../lib/bounded-get.ts';
 import { MAX_JWKS_BYTES, jwksUriProblem, parseJwks } from '../../lib/policy/jwt.ts';
 import { silentLogger, type Logger } from './log.ts';
 
@@ -136,98 +135,48 @@ export function boundedLookup(max: number, lookup: LookupFunction = dnsLookup as
   }) as LookupFunction;
 }
 
-/** Node's TLS verification failures (X509_V_ERR_* names and Node's own), a `tls` result. */
-const TLS_ERROR = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH)/;
-
-function failureOf(e: NodeJS.ErrnoException): JwksFetchError {
-  if (e instanceof JwksFetchError) return e;
-  const code = e.code ?? '';
-  if (TLS_ERROR.test(code)) return new JwksFetchError('tls', `TLS: ${e.message}`);
-  return new JwksFetchError('unreachable', e.message || code || 'the connection failed');
-}
-
 /**
- * Fetches one JWKS document: GET, no redirect followed, a 2xx answer of at most `maxBytes` within
- * `timeoutMs` from the request to the body's end, that parses as a JWKS with a usable key. Resolves
- * to the document as received; rejects with a JwksFetchError whose message never quotes the body
- * (the URL may be a cluster-internal service the tenant cannot read otherwise).
+ * Fetches one JWKS document (lib/bounded-get.ts): GET, no redirect followed, a 2xx answer of at most
+ * `maxBytes` within `timeoutMs` from the request to the body's end, that parses as a JWKS with a
+ * usable key. Resolves to the document as received; rejects with a JwksFetchError whose message
+ * never quotes the body (the URL may be a cluster-internal service the tenant cannot read otherwise).
  */
-export function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<string> {
-  const timeoutMs = o.timeoutMs ?? JWKS_FETCH_TIMEOUT_MS;
-  const maxBytes = o.maxBytes ?? MAX_JWKS_BYTES;
-  return new Promise<string>((resolve, reject) => {
-    const problem = jwksUriProblem(uri);
-    if (problem !== undefined) {
-      reject(new JwksFetchError('bad-uri', problem));
-      return;
-    }
-    const url = new URL(uri);
-    const https = url.protocol === 'https:';
-    const options: RequestOptions & { ca?: string[] } = {
-      method: 'GET',
-      agent: false,
-      headers: { accept: 'application/json', 'accept-encoding': 'identity' },
+export async function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<string> {
+  const problem = jwksUriProblem(uri);
+  if (problem !== undefined) throw new JwksFetchError('bad-uri', problem);
+  let text: string;
+  try {
+    text = await boundedGet(uri, {
+      what: 'JWKS',
+      deadlineMs: o.timeoutMs ?? JWKS_FETCH_TIMEOUT_MS,
+      maxBytes: o.maxBytes ?? MAX_JWKS_BYTES,
+      headers: { accept: 'application/json' },
+      ...(o.extraCas && o.extraCas.length > 0 ? { tls: { ca: withDefaultCas(o.extraCas) } } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.lookup ? { lookup: o.lookup } : {}),
-      ...(https && o.extraCas && o.extraCas.length > 0 ? { ca: [...rootCertificates, ...o.extraCas] } : {}),
-    };
-    let done = false;
-    const finish = (err: JwksFetchError | undefined, text?: string): void => {
-      if (done) return;
-      done = true;
-      clearTimeout(deadline);
-      req.destroy();
-      if (err) reject(err);
-      else resolve(text!);
-    };
-    const onResponse = (res: IncomingMessage): void => {
-      const status = res.statusCode ?? 0;
-      if (status >= 300 && status < 400) {
-        const location = String(res.headers.location ?? '(no Location)').slice(0, 200);
-        finish(new JwksFetchError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the document's own URI in jwksUri`));
-        return;
-      }
-      if (status < 200 || status >= 300) {
-        finish(new JwksFetchError('http-status', `answered HTTP ${status}`));
-        return;
-      }
-      const declared = Number(res.headers['content-length']);
-      if (Number.isFinite(declared) && declared > maxBytes) {
-        finish(new JwksFetchError('too-large', `declares a body of ${declared} bytes; a JWKS is read up to ${maxBytes} bytes`));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > maxBytes) finish(new JwksFetchError('too-large', `sent a body past ${maxBytes} bytes; a JWKS is read up to ${maxBytes} bytes`));
-        else chunks.push(chunk);
-      });
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        // JSON.parse's message quotes the text: say only that it is not JSON.
-        try {
-          JSON.parse(text);
-        } catch {
-          finish(new JwksFetchError('not-jwks', 'answered a body that is not JSON; a JWKS is a JSON object with a "keys" list'));
-          return;
-        }
-        try {
-          parseJwks(text);
-        } catch (e) {
-          finish(new JwksFetchError('not-jwks', `answered a document that ${(e as Error).message}`));
-          return;
-        }
-        finish(undefined, text);
-      });
-      res.on('error', (e) => finish(failureOf(e)));
-      res.on('close', () => finish(new JwksFetchError('unreachable', 'the connection closed before the whole body')));
-    };
-    const req = (https ? httpsRequest : httpRequest)(url, options, onResponse);
-    const deadline = setTimeout(() => finish(new JwksFetchError('timeout', `no whole answer within ${timeoutMs} ms`)), timeoutMs);
-    req.on('error', (e) => finish(failureOf(e)));
-    req.end();
-  });
+    });
+  } catch (e) {
+    throw asJwksFetchError(e);
+  }
+  // JSON.parse's message quotes the text: say only that it is not JSON.
+  try {
+    JSON.parse(text);
+  } catch {
+    throw new JwksFetchError('not-jwks', 'answered a body that is not JSON; a JWKS is a JSON object with a "keys" list');
+  }
+  try {
+    parseJwks(text);
+  } catch (e) {
+    throw new JwksFetchError('not-jwks', `answered a document that ${(e as Error).message}`);
+  }
+  return text;
+}
+
+/** A fetch's failure as a JwksFetchError (the GET's kinds keep their names; `bad-url` is `bad-uri`). */
+function asJwksFetchError(e: unknown): JwksFetchError {
+  if (e instanceof JwksFetchError) return e;
+  const f = failureOf(e as NodeJS.ErrnoException);
+  return new JwksFetchError(f.code === 'bad-url' ? 'bad-uri' : f.code, f.message);
 }
 
 export interface JwksResolverOptions extends JwksFetchOptions {
@@ -394,7 +343,7 @@ export class JwksResolver {
     const { timeoutMs, maxBytes, extraCas } = this.#o;
     const p = fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal, lookup: this.#lookup }).then(
       (text) => this.#done(e, text, undefined),
-      (err: unknown) => this.#done(e, undefined, err instanceof JwksFetchError ? err : failureOf(err as NodeJS.ErrnoException)),
+      (err: unknown) => this.#done(e, undefined, asJwksFetchError(err)),
     ).finally(() => this.#inFlight.delete(p));
     this.#inFlight.add(p);
   }

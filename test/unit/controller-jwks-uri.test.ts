@@ -268,9 +268,9 @@ test('a failed refresh keeps the last good keys (istiod keeps the cached pubKey)
 // the object's status at the field, and costs only this rule (its tokens 401).
 test('a tenant\'s jwksUri cannot make the controller read without bound: oversize (declared or not), slow, redirect, not a JWKS, an error status are each refused, counted and named; the body is never quoted', async () => {
   const cases: Array<{ answer: Answer; result: JwksFetchResult; message: RegExp }> = [
-    { answer: { kind: 'oversize', declare: true }, result: 'too-large', message: /declares a body of \d+ bytes; a JWKS is read up to 65536 bytes/ },
-    { answer: { kind: 'oversize', declare: false }, result: 'too-large', message: /sent a body past 65536 bytes/ },
-    { answer: { kind: 'slow' }, result: 'timeout', message: /no whole answer within 300 ms/ },
+    { answer: { kind: 'oversize', declare: true }, result: 'too-large', message: /declares a body of \d+ bytes; the JWKS is read up to 65536 bytes/ },
+    { answer: { kind: 'oversize', declare: false }, result: 'too-large', message: /JWKS larger than 65536 bytes/ },
+    { answer: { kind: 'slow' }, result: 'timeout', message: /no complete JWKS within 300 ms/ },
     { answer: { kind: 'redirect', to: 'http://169.254.169.254/latest/meta-data/' }, result: 'redirect', message: /answered 302 redirecting to http:\/\/169\.254\.169\.254\/latest\/meta-data\/; redirects are not followed/ },
     { answer: { kind: 'body', body: 'secret-token=abc' }, result: 'not-jwks', message: /answered a body that is not JSON/ },
     { answer: { kind: 'jwks', body: '{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}' }, result: 'not-jwks', message: /answered a document that keys\[0\]: symmetric \(oct\) keys are not accepted/ },
