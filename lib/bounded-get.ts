@@ -10,7 +10,7 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest, type RequestOptions as HttpsRequestOptions } from 'node:https';
 import type { LookupFunction } from 'node:net';
-import { rootCertificates } from 'node:tls';
+import { getCACertificates } from 'node:tls';
 
 /** How a bounded GET failed: stable strings. */
 export type BoundedGetFailure = 'bad-url' | 'unreachable' | 'timeout' | 'tls' | 'http-status' | 'redirect' | 'too-large';
@@ -51,9 +51,15 @@ export interface BoundedGetOptions {
   errorBodyChars?: number;
 }
 
-/** Node's bundled roots and `extra`: passing `extra` alone as `ca` would replace them. */
+/**
+ * The CAs Node trusts by default and `extra` after them: a `ca` option replaces Node's list, so
+ * `extra` alone would drop it. The default list is tls.getCACertificates('default') (Node 22.15+):
+ * the bundled Mozilla roots, NODE_EXTRA_CA_CERTS, and the system store under --use-system-ca, where
+ * tls.rootCertificates is the bundled roots only (an operator's NODE_EXTRA_CA_CERTS stopped applying
+ * the moment an extra CA was named).
+ */
 export function withDefaultCas(extra: readonly string[]): string[] {
-  return [...rootCertificates, ...extra];
+  return [...getCACertificates('default'), ...extra];
 }
 
 /** Node's TLS verification failures (X509_V_ERR_* names and Node's own), a `tls` failure. */

@@ -9,7 +9,8 @@
 //
 // A tenant chooses the URL and the controller fetches it from inside the cluster, so each fetch is
 // bounded (lib/bounded-get.ts, the GET the federation export read uses too): http or https only
-// (istiod's ParseJwksURI), https checked against Node's CAs (istiod: the system pool), no redirect
+// (istiod's ParseJwksURI), https checked against Node's default CAs, bundled and NODE_EXTRA_CA_CERTS
+// (istiod: the system pool), and --jwks-ca's added to them (istiod's /cacerts/extra.pem), no redirect
 // followed, a 5 s deadline for the whole exchange (istiod's jwksHTTPTimeOutInSec), at most 64 KiB
 // read (MAX_JWKS_BYTES), at most 2 host name lookups at once (boundedLookup), at most DEFAULT_MAX_JWKS_URIS
 // distinct URIs held; and what it answers must be a JWKS with a usable key (lib/policy/jwt.ts
@@ -105,7 +106,7 @@ export interface JwksFetchOptions {
   timeoutMs?: number;
   /** Default MAX_JWKS_BYTES. */
   maxBytes?: number;
-  /** CAs trusted for https besides Node's (istiod's /cacerts/extra.pem); default none. */
+  /** CAs trusted for https besides Node's default ones (withDefaultCas; istiod's /cacerts/extra.pem beside the system pool); default none. */
   extraCas?: readonly string[];
   /** Ends the fetch (the URI was forgotten, the controller stops). */
   signal?: AbortSignal;

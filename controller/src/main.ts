@@ -635,7 +635,8 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
                               gatewayTopology.numTrustedProxies; remote.ip is the entry n places
                               from the right; default 0, the last entry)
   --jwks-ca <file>            PEM CAs trusted for https RequestAuthentication jwksUri fetches besides
-                              Node's (istiod's /cacerts/extra.pem); default none
+                              Node's default ones, bundled and NODE_EXTRA_CA_CERTS (istiod's
+                              /cacerts/extra.pem beside the system pool); default none
   --insecure                  plaintext gRPC, no certificate service (debugging only)
   --require-client-identity   config stream needs node / namespace certificates (mTLS); the
                               default whenever the controller serves TLS

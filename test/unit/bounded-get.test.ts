@@ -8,6 +8,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
+import { getCACertificates } from 'node:tls';
 import { BoundedGetError, boundedGet, withDefaultCas, type BoundedGetFailure, type BoundedGetOptions } from '../../lib/bounded-get.ts';
 import { createTestCa } from './hbone-certs.ts';
 
@@ -79,4 +80,11 @@ test('https: a CA outside `ca` is refused tls; a refusal of checkServerIdentity 
   } finally {
     await s.close();
   }
+});
+
+test('withDefaultCas keeps Node\'s default CAs (tls.getCACertificates(\'default\'): bundled roots and NODE_EXTRA_CA_CERTS) and adds the extra ones after them', () => {
+  const extra = createTestCa('an extra CA').cert;
+  const list = withDefaultCas([extra]);
+  assert.deepEqual(list, [...getCACertificates('default'), extra]);
+  for (const pem of getCACertificates('extra')) assert.ok(list.includes(pem), 'a CA of NODE_EXTRA_CA_CERTS is kept');
 });

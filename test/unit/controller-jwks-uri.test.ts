@@ -7,6 +7,7 @@
 // redirect, a JWKS or nothing) is an attack here, refused, counted and named. Served by local HTTP
 // and HTTPS servers on 127.0.0.1.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -483,6 +484,45 @@ test('--jwks-ca: the controller trusts an identity provider behind a private CA 
     await server.close();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+// --jwks-ca adds to the CAs Node trusts by default (tls.getCACertificates('default'): the bundled
+// roots and NODE_EXTRA_CA_CERTS), as istiod appends /cacerts/extra.pem to the system pool
+// (pilot/pkg/model/jwks_resolver.go: x509.SystemCertPool, then AppendCertsFromPEM); it replaced
+// them with the bundled roots, so an IdP behind a CA given by NODE_EXTRA_CA_CERTS was refused `tls`
+// once an operator named any CA. NODE_EXTRA_CA_CERTS is read when a process starts: a child's fetch.
+test('--jwks-ca adds to Node\'s default CAs: with it set, an IdP whose certificate chains to a CA given only by NODE_EXTRA_CA_CERTS is still fetched; an unknown CA is still refused tls', async (t) => {
+  const viaEnv = createTestCa('CA of NODE_EXTRA_CA_CERTS');
+  const jwksCa = createTestCa('CA of --jwks-ca');
+  const unknown = createTestCa('CA nobody trusts');
+  const server = await startJwksServer({ kind: 'jwks', body: JWKS }, viaEnv.issue(undefined, ['127.0.0.1']));
+  const stranger = await startJwksServer({ kind: 'jwks', body: JWKS }, unknown.issue(undefined, ['127.0.0.1']));
+  const dir = mkdtempSync(join(tmpdir(), 'weft-jwks-ca-default-'));
+  t.after(async () => {
+    await server.close();
+    await stranger.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  writeFileSync(join(dir, 'extra.pem'), viaEnv.cert);
+  const resolver = new URL('../../controller/src/jwks-resolver.ts', import.meta.url).href;
+  const script = `import { fetchJwks } from ${JSON.stringify(resolver)};
+const extraCas = [process.env.JWKS_CA];
+for (const url of process.argv.slice(1)) {
+  const r = await fetchJwks(url, { extraCas, timeoutMs: 3000 }).then(() => 'ok', (e) => e.code);
+  console.log(r);
+}`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, server.url, stranger.url], {
+    env: { ...process.env, NODE_EXTRA_CA_CERTS: join(dir, 'extra.pem'), JWKS_CA: jwksCa.cert, NODE_OPTIONS: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => { if (child.exitCode === null) child.kill(); });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const [code] = await Promise.race([once(child, 'exit'), new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`the child did not finish within 20 s: ${out} ${err}`)), 20_000).unref())]);
+  assert.equal(code, 0, err);
+  assert.deepEqual(out.trim().split('\n'), ['ok', 'tls'], 'the CA of NODE_EXTRA_CA_CERTS is trusted beside --jwks-ca; an unknown CA is not');
 });
 
 test('one namespace holds at most maxUrisPerNamespace URIs: a tenant naming many cannot take the slots of the others; its URI past it is refused, counted over-limit and named', async () => {
