@@ -1,6 +1,7 @@
 // How long to wait before trying a remote call again: exponential backoff with jitter, one
 // formula for every reconnecting client (the config stream, certificate renewal, the agent's node
-// certificate). Without the jitter, every agent of a cluster retries in lockstep after the
+// certificate, Kubernetes watches, waypoint reconciles, the controller's jwksUri refreshes and
+// retries). Without the jitter, every agent of a cluster retries in lockstep after the
 // controller comes back, as grpc-js's BackoffTimeout and Envoy's backoff both avoid.
 //
 // (A waypoint's retries of a request follow Envoy's route retry policy instead, full jitter from

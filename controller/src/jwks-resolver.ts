@@ -3,9 +3,12 @@
 // mode): each distinct URI is fetched, cached and refreshed every 20 minutes, and its document is
 // handed to the compiled rule inline, so a waypoint receives `jwks` only and never fetches. A failed
 // refresh keeps the last good keys (for up to 7 days, istiod's JwtPubKeyEvictionDuration) and is
-// retried after a minute, doubling to an hour; until a first fetch succeeds, the rule carries a JWKS
-// that verifies nothing (istiod's CreateFakeJwks), so every token of its issuer is refused (401)
-// while requests without a token pass.
+// retried after a minute, doubling to an hour. Each wait is spread (a refresh ±10 %, a retry ±20 %,
+// lib/backoff.ts), which istiod's single unjittered ticker is not: URIs one restart fetched together,
+// and controllers started together, would refresh and retry in lockstep against the same identity
+// providers, as Envoy's jittered JWKS fetch backoff avoids. Until a first fetch succeeds, the rule
+// carries a JWKS that verifies nothing (istiod's CreateFakeJwks), so every token of its issuer is
+// refused (401) while requests without a token pass.
 //
 // A tenant chooses the URL and the controller fetches it from inside the cluster, so each fetch is
 // bounded (lib/bounded-get.ts, the GET the federation export read uses too): http or https only
@@ -20,6 +23,7 @@ import { createHash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns';
 import type { LookupFunction } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
+import { backoffDelay } from '../../lib/backoff.ts';
 import { boundedGet, failureOf, withDefaultCas } from '../../lib/bounded-get.ts';
 import { MAX_JWKS_BYTES, jwksUriProblem, parseJwks } from '../../lib/policy/jwt.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -32,6 +36,14 @@ export const DEFAULT_JWKS_RETRY_MS = 60_000;
 export const MAX_JWKS_RETRY_MS = 60 * 60_000;
 /** istiod's jwksHTTPTimeOutInSec: the whole fetch (lookup, connect, TLS, headers, body). */
 export const JWKS_FETCH_TIMEOUT_MS = 5_000;
+/**
+ * A refresh waits DEFAULT_JWKS_REFRESH_MS (refreshMs) spread by this fraction either way, so the URIs
+ * a restart fetched together, and controllers started together, do not refresh in lockstep (istiod
+ * refreshes every URI from one ticker, unjittered).
+ */
+export const JWKS_REFRESH_JITTER = 0.1;
+/** A retry after a failure waits its doubled step spread by this fraction either way (the mesh's backoffs', lib/backoff.ts). */
+export const JWKS_RETRY_JITTER = 0.2;
 /** istiod's JwtPubKeyEvictionDuration: the last good keys serve this long after the last success. */
 export const JWKS_MAX_STALE_MS = 7 * 24 * 3600_000;
 /** Distinct URIs fetched at once; a URI past it is refused (its tokens are refused, reported). */
@@ -181,9 +193,9 @@ function asJwksFetchError(e: unknown): JwksFetchError {
 }
 
 export interface JwksResolverOptions extends JwksFetchOptions {
-  /** Default DEFAULT_JWKS_REFRESH_MS. */
+  /** Default DEFAULT_JWKS_REFRESH_MS, spread by JWKS_REFRESH_JITTER either way. */
   refreshMs?: number;
-  /** First retry after a failure, doubling per failure up to `maxRetryMs`; default DEFAULT_JWKS_RETRY_MS. */
+  /** First retry after a failure, doubling per failure up to `maxRetryMs`, each spread by JWKS_RETRY_JITTER either way; default DEFAULT_JWKS_RETRY_MS. */
   retryMs?: number;
   /** Default MAX_JWKS_RETRY_MS. */
   maxRetryMs?: number;
@@ -197,6 +209,8 @@ export interface JwksResolverOptions extends JwksFetchOptions {
   maxLookups?: number;
   logger?: Logger;
   registry?: Registry;
+  /** The jitter's random source, in [0, 1) (tests); default Math.random. */
+  random?: () => number;
   /** The fetch (tests); default fetchJwks. */
   fetch?: (uri: string, o: JwksFetchOptions) => Promise<string>;
 }
@@ -226,6 +240,7 @@ export class JwksResolver {
   readonly #listeners: Array<() => void> = [];
   readonly #fetches?: Counter;
   readonly #lookup: LookupFunction;
+  readonly #random: () => number;
   readonly #inFlight = new Set<Promise<void>>();
   #version = 0;
   #snapshot: ReadonlyMap<string, JwksState> | undefined;
@@ -235,6 +250,7 @@ export class JwksResolver {
     this.#o = options;
     this.#log = options.logger ?? silentLogger;
     this.#lookup = boundedLookup(options.maxLookups ?? MAX_JWKS_LOOKUPS, options.lookup);
+    this.#random = options.random ?? Math.random;
     if (options.registry) {
       this.#fetches = new Counter({
         name: 'weft_controller_jwks_fetch_total',
@@ -362,13 +378,14 @@ export class JwksResolver {
       e.failures = 0;
       e.fetchedAt = Date.now();
       next = before.jwks === text && before.error === undefined ? before : { jwks: text, version: ++this.#version };
-      waitMs = this.#o.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
+      const refreshMs = this.#o.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
+      waitMs = backoffDelay(0, { initialMs: refreshMs, maxMs: refreshMs, jitter: JWKS_REFRESH_JITTER }, this.#random);
     } else {
       this.#fetches?.inc({ result: err!.code });
       let jwks = before.jwks;
       const staleMs = e.fetchedAt === undefined ? 0 : Date.now() - e.fetchedAt;
       if (jwks !== undefined && staleMs >= (this.#o.maxStaleMs ?? JWKS_MAX_STALE_MS)) jwks = undefined;
-      waitMs = Math.min(this.#o.maxRetryMs ?? MAX_JWKS_RETRY_MS, (this.#o.retryMs ?? DEFAULT_JWKS_RETRY_MS) * 2 ** e.failures++);
+      waitMs = backoffDelay(e.failures++, { initialMs: this.#o.retryMs ?? DEFAULT_JWKS_RETRY_MS, maxMs: this.#o.maxRetryMs ?? MAX_JWKS_RETRY_MS, multiplier: 2, jitter: JWKS_RETRY_JITTER }, this.#random);
       this.#log.warn(jwks !== undefined ? 'JWKS refresh failed; the keys fetched before keep serving' : 'JWKS fetch failed; tokens of the issuers that name it are refused until a fetch succeeds', {
         uri: e.uri, result: err!.code, error: err!.message, retryInMs: waitMs,
         ...(before.jwks !== undefined ? { keysAgeMs: staleMs } : {}),

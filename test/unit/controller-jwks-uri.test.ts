@@ -19,7 +19,7 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE, compile, emptyInputs, jwksUrisOf } from '../../controller/src/compile.ts';
-import { JWKS_FETCH_TIMEOUT_MS, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
+import { JWKS_FETCH_TIMEOUT_MS, JWKS_REFRESH_JITTER, JWKS_RETRY_JITTER, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { parseControllerArgs, runController } from '../../controller/src/main.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
@@ -381,6 +381,71 @@ test('forgetting a URI, or stopping, ends its fetch under way (a slow server hol
   } finally {
     r.stop();
     await server.close();
+  }
+});
+
+// istiod refreshes every jwksUri from one ticker, 20 minutes apart, and on failure from 1 minute
+// doubling to an hour, without jitter (pilot/pkg/model/jwks_resolver.go refresher/refreshCache);
+// Envoy's remote JWKS fetch retries with a fully jittered backoff (JitteredExponentialBackOffStrategy).
+// Here each URI has its own timer, so without jitter the URIs a restart fetched together, and
+// controllers started together, refresh and retry in lockstep against the same identity providers.
+// Each wait is spread: a refresh by JWKS_REFRESH_JITTER either way, a retry by JWKS_RETRY_JITTER
+// (the mesh's backoffs' 0.2, lib/backoff.ts), drawn from `random` (here injected, timers mocked).
+test('jwksUri refreshes and retries carry jitter: with the random source injected, a refresh waits refreshMs ± JWKS_REFRESH_JITTER and a retry its doubled step ± JWKS_RETRY_JITTER, so URIs fetched together do not refresh together', async (t) => {
+  assert.equal(JWKS_REFRESH_JITTER, 0.1);
+  assert.equal(JWKS_RETRY_JITTER, 0.2);
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const calls = new Map<string, number>();
+  const failing = new Set<string>();
+  const draws: number[] = [];
+  const r = new JwksResolver({
+    refreshMs: 1_000, retryMs: 1_000, maxRetryMs: 4_000,
+    random: () => draws.shift() ?? 0.5,
+    fetch: (uri) => {
+      calls.set(uri, (calls.get(uri) ?? 0) + 1);
+      return failing.has(uri) ? Promise.reject(new JwksFetchError('unreachable', 'connect ECONNREFUSED')) : Promise.resolve(JWKS);
+    },
+  });
+  const n = (uri: string): number => calls.get(uri) ?? 0;
+  const A = 'https://a.example/jwks';
+  const B = 'https://b.example/jwks';
+  const C = 'https://c.example/jwks';
+  try {
+    // Refresh: A draws the low end (900 ms), B the high end (1,100 ms); fetched together, they refresh apart.
+    draws.push(0, 1, 0);
+    failing.add(C);
+    r.want([[A, 'shop'], [B, 'shop'], [C, 'shop']]);
+    await r.settled();
+    assert.deepEqual([n(A), n(B), n(C)], [1, 1, 1]);
+    t.mock.timers.tick(799);
+    await r.settled();
+    assert.equal(n(C), 1, 'C\'s first retry: 1,000 ms - 20 %');
+    t.mock.timers.tick(1);
+    assert.equal(n(C), 2, 'C retried at 800 ms');
+    await r.settled();
+    t.mock.timers.tick(99);
+    assert.deepEqual([n(A), n(B)], [1, 1], 'not before 900 ms');
+    t.mock.timers.tick(1);
+    assert.deepEqual([n(A), n(B)], [2, 1], 'A refreshed at 900 ms (1,000 - 10 %), B not yet');
+    t.mock.timers.tick(199);
+    assert.equal(n(B), 1);
+    t.mock.timers.tick(1);
+    assert.equal(n(B), 2, 'B refreshed at 1,100 ms (1,000 + 10 %)');
+    await r.settled();
+    r.want([[C, 'shop']]);
+    // C's second retry drew 0.5 (no spread): 2,000 ms after its failure at 800 ms; its third, drawn 1, 4,000 + 20 %.
+    draws.push(1);
+    t.mock.timers.tick(1_699);
+    assert.equal(n(C), 2);
+    t.mock.timers.tick(1);
+    assert.equal(n(C), 3, 'the doubled step, 2,000 ms');
+    await r.settled();
+    t.mock.timers.tick(4_799);
+    assert.equal(n(C), 3);
+    t.mock.timers.tick(1);
+    assert.equal(n(C), 4, 'capped at maxRetryMs, then + 20 %: 4,800 ms');
+  } finally {
+    r.stop();
   }
 });
 
