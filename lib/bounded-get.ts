@@ -122,11 +122,11 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
       }
       const ok = status >= 200 && status < 300;
       const quote = o.errorBodyChars ?? 0;
-      if (!ok && quote <= 0) {
+      const declared = Number(res.headers['content-length']);
+      if (!ok && (quote <= 0 || declared > o.maxBytes)) {
         finish(new BoundedGetError('http-status', `answered HTTP ${status}`, status));
         return;
       }
-      const declared = Number(res.headers['content-length']);
       if (Number.isFinite(declared) && declared > o.maxBytes) {
         finish(new BoundedGetError('too-large', `declares a body of ${declared} bytes; the ${o.what} is read up to ${o.maxBytes} bytes`));
         return;
