@@ -1,11 +1,11 @@
 // The agent's HTTP side doors: admin on localhost (config dump, certificates, BPF state, live
-// flows), Prometheus metrics, and readiness; and the guard every one of them stands behind
-// (guardSidePort): the agent runs in the node's network, so its loopback is every node process's,
-// and its metrics and readiness ports are every pod's.
+// flows), Prometheus metrics, and readiness; and their bounds and refusal labels under the guard of
+// every such listener (lib/listener-limits.ts limitHttpListener, here limitSidePort): the agent
+// runs in the node's network, so its loopback is every node process's, and its metrics and
+// readiness ports are every pod's.
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { peerSocketOwner } from '../../lib/sys/listeners.ts';
-import { connectionCounter } from '../../lib/listener-limits.ts';
+import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
 import type { DebugTokenAccess, DebugTokenRefusal } from '../../lib/debug-http.ts';
 
 /**
@@ -33,28 +33,32 @@ export function debugTokenRefused(refused: OnSidePortRefusal): DebugTokenAccess[
  * stream it carries (weftctl tap, the dashboard), the kubelet's probes one at a time.
  */
 export const MAX_SIDE_CONNECTIONS_PER_SOURCE = 32;
-/** A side port's client must have sent a whole request head within this (Node's default is 60 s). */
+/** A side port's client must have sent a whole request head within this (Node's default is 60 s); a whole request within twice it. */
 export const SIDE_HEADERS_TIMEOUT_MS = 10_000;
 /** A side-port connection on which nothing moves for this long is closed; streams (/flows) are exempt. */
 export const SIDE_IDLE_TIMEOUT_MS = 30_000;
-/** A refused admin-port client's socket is destroyed at the latest this long after its 403 is written. */
-const REFUSED_LINGER_MS = 1_000;
-/** How often Node checks the header and request deadlines (its default is every 30 s). */
-const SIDE_DEADLINE_CHECK_MS = 1_000;
+/** A kept-alive side-port connection between requests is closed after this (Node's default, not counted). */
+const SIDE_KEEP_ALIVE_TIMEOUT_MS = 5_000;
 
-/** An HTTP server for a side port: its deadlines checked every second (guardSidePort sets them). */
-export function sideHttpServer(handler: http.RequestListener): http.Server {
-  return http.createServer({ connectionsCheckingInterval: SIDE_DEADLINE_CHECK_MS }, handler);
-}
+/**
+ * The side ports' labels of the guard's refusals. A request Node cannot parse is answered as Node
+ * does and not counted (`bad_target` is a parsed request's target: jsonServer); the side ports are
+ * plain HTTP (no `tls-handshake`).
+ */
+const SIDE_PORT_LABELS: Partial<Record<HttpListenerRefusal, SidePortRefusal>> = {
+  'too-many-connections': 'source_connections',
+  'request-timeout': 'header_timeout',
+  inactive: 'idle',
+  'peer-uid': 'peer_uid',
+};
 
 export interface SidePortGuard {
   refused: OnSidePortRefusal;
   /** Default MAX_SIDE_CONNECTIONS_PER_SOURCE. */
   maxConnectionsPerSource?: number;
   /**
-   * Admit only clients whose socket one of these uids owns (the kernel's record of the socket in
-   * /proc/net/tcp), for a port on the node's loopback: any process of the node can connect there.
-   * A client outside this network namespace, or gone, is refused too. Default: anyone.
+   * Admit only clients whose socket one of these uids owns, for a port on the node's loopback:
+   * any process of the node can connect there (HttpListenerLimits.ownerUids). Default: anyone.
    */
   ownerUids?: readonly number[];
   /** Default SIDE_HEADERS_TIMEOUT_MS. */
@@ -64,62 +68,23 @@ export interface SidePortGuard {
 }
 
 /**
- * Puts `server` behind a side port's guard: a per-source connection cap, the header and idle
- * deadlines, and for the admin port the owner check, each refusal told to `refused` with its
- * reason. A connection is read only once admitted (the owner check waits for the kernel's table).
+ * Puts `server` behind the listeners' guard (lib/listener-limits.ts limitHttpListener) with a side
+ * port's bounds: a per-source connection cap, the header and idle deadlines, and for the admin
+ * port the owner check, each refusal told to `refused` with its side-port label.
  */
-export function guardSidePort(server: http.Server, g: SidePortGuard): void {
-  const [serve] = server.listeners('connection') as Array<(s: Socket) => void>;
-  if (!serve) throw new Error('guardSidePort: the server has no connection listener');
-  server.removeAllListeners('connection');
-  // Not read until admitted: Node's HTTP parser takes the socket over when `serve` is called.
-  (server as http.Server & { pauseOnConnect: boolean }).pauseOnConnect = true;
-  // Counted against the cap only once admitted: a client the owner check refuses (anyone on the
-  // node, all from 127.0.0.1) must not use up root's share of the admin port.
-  const counter = connectionCounter(g.maxConnectionsPerSource ?? MAX_SIDE_CONNECTIONS_PER_SOURCE, (_from, limit, _which, socket) => g.refused('source_connections', socket, { limit }));
-  const admit = (socket: Socket): void => {
-    if (!counter.admit(socket)) return;
-    serve.call(server, socket);
-    socket.resume();
+export function limitSidePort(server: http.Server, g: SidePortGuard): void {
+  const headersTimeoutMs = g.headersTimeoutMs ?? SIDE_HEADERS_TIMEOUT_MS;
+  const limits: HttpListenerLimits = {
+    headersTimeoutMs,
+    requestTimeoutMs: 2 * headersTimeoutMs,
+    idleTimeoutMs: SIDE_KEEP_ALIVE_TIMEOUT_MS,
+    inactivityTimeoutMs: g.idleTimeoutMs ?? SIDE_IDLE_TIMEOUT_MS,
+    maxConnectionsPerSource: g.maxConnectionsPerSource ?? MAX_SIDE_CONNECTIONS_PER_SOURCE,
+    ...(g.ownerUids ? { ownerUids: g.ownerUids } : {}),
   };
-  server.on('connection', (socket: Socket) => {
-    const from = socket.remoteAddress ?? '';
-    socket.on('error', () => {});
-    if (!g.ownerUids) return admit(socket);
-    const uids = g.ownerUids;
-    peerSocketOwner({ local: { address: socket.localAddress ?? '', port: socket.localPort ?? 0 }, remote: { address: from, port: socket.remotePort ?? 0 } }).then((uid) => {
-      if (socket.destroyed) return;
-      if (uid !== undefined && uids.includes(uid)) return admit(socket);
-      g.refused('peer_uid', socket, { uid: uid ?? 'unknown', allowed: uids.join(',') });
-      const body = JSON.stringify({ error: `this port answers only processes of uid ${uids.join(' or ')} on this node (yours is ${uid ?? 'unknown'}): run weftctl as root, or through kubectl exec or port-forward` }) + '\n';
-      // Whatever it sent is read and dropped, unparsed: closing with it unread would reset the
-      // connection under the answer. The socket goes when the client closes its side, or after
-      // REFUSED_LINGER_MS of silence if it does not (the server allows half-open connections).
-      socket.resume();
-      socket.once('end', () => socket.destroy());
-      socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
-      socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
-    }, () => socket.destroy());
-  });
-  const headersTimeout = g.headersTimeoutMs ?? SIDE_HEADERS_TIMEOUT_MS;
-  server.headersTimeout = headersTimeout;
-  server.requestTimeout = 2 * headersTimeout;
-  const idle = g.idleTimeoutMs ?? SIDE_IDLE_TIMEOUT_MS;
-  server.timeout = idle;
-  server.on('timeout', (socket: Socket) => {
-    g.refused('idle', socket, { idleMs: idle });
-    socket.destroy();
-  });
-  // Node's own answers to a client's error, but the header deadline counted and named.
-  server.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
-    const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-    if (timeout) g.refused('header_timeout', socket, { timeoutMs: headersTimeout });
-    if (!socket.writable || (err.code === 'ECONNRESET')) {
-      socket.destroy();
-      return;
-    }
-    const status = timeout ? '408 Request Timeout' : err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+  limitHttpListener(server, limits, (r) => {
+    const label = SIDE_PORT_LABELS[r.reason];
+    if (label) g.refused(label, r.socket, r.facts);
   });
 }
 
@@ -141,7 +106,7 @@ export function jsonServer(routes: Record<string, Route>, opts: {
   /** Told of each request answered 400 because its target is not a URL. */
   refused?: OnSidePortRefusal;
 } = {}): http.Server {
-  return sideHttpServer((req, res) => {
+  return http.createServer((req, res) => {
     // RFC 9112 3.2: origin-form or absolute-form. A target that is neither (`http://[`) is the
     // client's mistake, answered here; `new URL` would throw out of the handler and end the process.
     const url = URL.parse(req.url ?? '/', 'http://localhost');

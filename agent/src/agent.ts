@@ -3,6 +3,7 @@
 // outbound (15001) and inbound HBONE (15008) proxies plus admin, metrics and readiness.
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
@@ -29,7 +30,7 @@ import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './
 import { netnsCookie } from '../libbpf/index.ts';
 import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import { HttpStatusError, debugTokenRefused, guardSidePort, jsonServer, listen, sideHttpServer, type OnSidePortRefusal } from './admin.ts';
+import { HttpStatusError, debugTokenRefused, jsonServer, limitSidePort, listen, type OnSidePortRefusal } from './admin.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { debugThroughAdmin, debugTokenFile } from '../../lib/debug-http.ts';
@@ -371,7 +372,7 @@ export class Agent {
     // root's sockets (weftctl on the node, kubectl exec and port-forward, which the runtime opens as
     // root) and the agent's own user's are answered. Istio's ztunnel, in a pod network of its own,
     // serves its admin port on that pod's loopback.
-    guardSidePort(admin, { refused: adminRefused, ownerUids: [...new Set([0, process.getuid?.() ?? 0])] });
+    limitSidePort(admin, { refused: adminRefused, ownerUids: [...new Set([0, process.getuid?.() ?? 0])] });
     this.#servers.push(admin);
     await listen(admin, ports.admin, '127.0.0.1');
     const metricsRefused = this.metrics.sidePortRefusals('metrics', this.log);
@@ -386,8 +387,8 @@ export class Agent {
       token: debugTokenFile(tokenFile),
       refused: debugTokenRefused(metricsRefused),
     } : undefined;
-    const metrics = o.debugEndpoints ? sideHttpServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
-    guardSidePort(metrics, { refused: metricsRefused });
+    const metrics = o.debugEndpoints ? createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
+    limitSidePort(metrics, { refused: metricsRefused });
     this.#servers.push(metrics);
     await listen(metrics, ports.metrics, '0.0.0.0');
     const readyRefused = this.metrics.sidePortRefusals('ready', this.log);
@@ -398,7 +399,7 @@ export class Agent {
       },
       '/healthz/live': () => ({ live: true }),
     }, { refused: readyRefused });
-    guardSidePort(ready, { refused: readyRefused });
+    limitSidePort(ready, { refused: readyRefused });
     this.#servers.push(ready);
     await listen(ready, ports.ready, '0.0.0.0');
     this.#connectConfig(0);

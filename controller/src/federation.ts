@@ -284,7 +284,7 @@ export class Federation {
       this.#metrics?.reads.inc({ result: 'ok' });
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.export()));
     });
-    limitHttpListener(server, limits, (reason, address, detail) => this.#listenerRefused(reason, address, detail));
+    limitHttpListener(server, limits, (r) => this.#listenerRefused(r.reason, r.socket.remoteAddress, r.detail));
     this.#server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);

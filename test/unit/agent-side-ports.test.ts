@@ -7,11 +7,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import type http from 'node:http';
+import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { debugTokenRefused, guardSidePort, jsonServer, sideHttpServer } from '../../agent/src/admin.ts';
+import { debugTokenRefused, jsonServer, limitSidePort } from '../../agent/src/admin.ts';
 import { DEBUG_TOKEN_HEADER, debugThroughAdmin } from '../../lib/debug-http.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -103,7 +103,7 @@ async function guardedAdmin(o: { ownerUids?: number[]; idleTimeoutMs?: number; h
     raw: { '/flows': (_req, res) => { res.writeHead(200).write('{"type":"hello"}\n'); } },
     refused,
   });
-  guardSidePort(server, { refused, ...o });
+  limitSidePort(server, { refused, ...o });
   const port = await listening(server);
   const count = async (reason: string) => Number(new RegExp(`weft_side_port_requests_refused_total\\{port="admin",reason="${reason}"\\} (\\d+)`).exec(await metrics.registry.metrics())?.[1] ?? 0);
   return { server, port, lines, count, close: () => { server.closeAllConnections(); server.close(); } };
@@ -241,11 +241,11 @@ test('with the debug paths open on the metrics port, a pod without the install\'
   const admin = jsonServer({ '/config_dump': () => ({ config: 'the node config SECRET-ish' }), '/bpf': () => ({ pods: ['SECRET-ish'] }) }, { raw: { '/flows': (_q, res) => { res.writeHead(200).end('{"peer":"SECRET-ish"}\n'); } } });
   const prom = jsonServer({}, { text: { '/metrics': async () => ({ type: 'text/plain', body: 'up 1\n' }) } });
   let token: string | undefined = 'the-install-token';
-  const server = sideHttpServer(debugThroughAdmin(admin, ['/config_dump', '/bpf', '/flows'], (req, res) => prom.emit('request', req, res), {
+  const server = http.createServer(debugThroughAdmin(admin, ['/config_dump', '/bpf', '/flows'], (req, res) => prom.emit('request', req, res), {
     token: () => token,
     refused: debugTokenRefused(refused),
   }));
-  guardSidePort(server, { refused });
+  limitSidePort(server, { refused });
   const port = await listening(server);
   const get = (path: string, headers: Record<string, string> = {}) => fetch(`http://127.0.0.1:${port}${path}`, { headers }).then(async (r) => ({ status: r.status, body: await r.text() }));
   try {
