@@ -122,16 +122,17 @@ export class CertificateServiceClient {
   }
 
   /**
-   * Streams the trust bundle: `onBundle` gets the current roots, then every change. Returns a
+   * Streams the trust bundle: `onBundle` gets the current roots and the CA's signing certificate
+   * (undefined from a controller that does not say), then every change. Returns a
    * cancel function. `onEnd` is called once when the stream fails or ends (reconnect there).
    */
-  async watchTrustBundle(onBundle: (roots: string[]) => void, onEnd: (err: IdentityError) => void): Promise<() => void> {
+  async watchTrustBundle(onBundle: (roots: string[], signer?: string) => void, onEnd: (err: IdentityError) => void): Promise<() => void> {
     const md = await this.#metadata();
     if (this.#closed) throw new CaUnavailableError(`certificate service client for ${this.address} is closed`);
     const client = this.#current();
     const call = client.watchTrustBundle({}, md);
     let cancelled = false;
-    call.on('data', (m: TrustBundleMessage) => onBundle(m.roots));
+    call.on('data', (m: TrustBundleMessage) => onBundle(m.roots, m.signer || undefined));
     // A refused stream emits 'end' and 'error' both; its status says which it was, once.
     call.on('error', (err: grpc.ServiceError) => {
       if (cancelled) return;
@@ -165,7 +166,7 @@ export class CertificateServiceClient {
  */
 export function followTrustBundle(
   client: () => Pick<CertificateServiceClient, 'watchTrustBundle'>,
-  onBundle: (roots: string[]) => void,
+  onBundle: (roots: string[], signer?: string) => void,
   opts: { backoff?: RenewalBackoffOptions; onRetry?: (err: Error, retryInMs: number) => void; stopped?: () => boolean } = {},
 ): () => void {
   let stopped = false;
@@ -183,9 +184,9 @@ export function followTrustBundle(
   };
   function open(): void {
     if (gone()) return;
-    client().watchTrustBundle((roots) => {
+    client().watchTrustBundle((roots, signer) => {
       backoff.reset();
-      onBundle(roots);
+      onBundle(roots, signer);
     }, again).then((c) => {
       if (stopped) c();
       else cancel = c;

@@ -22,6 +22,8 @@ export type WatchTrustBundleRequest = Record<string, never>;
 
 export interface TrustBundleMessage {
   roots: string[];
+  /** PEM of the CA's signing certificate ('' from a controller that does not say). */
+  signer: string;
 }
 
 let cached: grpc.ServiceClientConstructor | undefined;

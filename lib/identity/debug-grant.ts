@@ -118,7 +118,9 @@ export function verifyDebugGrant(grant: string | undefined, audience: string, si
  * at renewal): the public key of the certificate that issued its own (x509 issuerOf: the next in
  * its chain, else the root of its bundle that signed it), found once per certificate (or, while none is found, per
  * trust bundle), not per request. The controller's CA signs both the waypoint's certificate and its grants, so they move
- * together at a rotation; the issuer of the certificate before is still taken for
+ * together at a rotation: a new root renews the certificate at once, and so does a new intermediate under the same root
+ * (the CA's trust-bundle stream names the certificate it signs with; IssuedIdentity.setTrustBundle). The issuer of the
+ * certificate before is still taken for
  * MAX_DEBUG_GRANT_LIFETIME_MS after the change, so a grant signed just before it keeps working.
  */
 export function debugGrantSigners(credentials: () => { certChain: readonly string[]; trustBundle: readonly string[] }, clock: () => number = Date.now): () => readonly KeyObject[] {

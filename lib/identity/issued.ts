@@ -4,8 +4,10 @@
 // - Static (`--cert-file`/`--key-file`/`--ca-file`): read once, never rotated.
 // - Issued: a key and certificate from the controller's certificate service (token auth), renewed
 //   at half of the validity left at issuance, and at once when the trust bundle changes (root
-//   rotation). The roots come from the CA's trust-bundle stream (followed for the life of the
-//   holder, reconnecting with backoff) and from each signing response.
+//   rotation) or when the CA announces a signing certificate that did not issue the one held (a
+//   new intermediate under the same root: Istio's plug-in CA rotated). The roots and the signing
+//   certificate come from the CA's trust-bundle stream (followed for the life of the holder,
+//   reconnecting with backoff); the roots also from each signing response.
 // - A failed attempt is retried with exponential backoff and jitter (500 ms doubling to 30 s);
 //   while a certificate is held no wait outlasts half of its remaining validity
 //   (lib/identity/renewal.ts). Each failure is reported ('renewalFailed') with the next attempt.
@@ -19,7 +21,7 @@ import { CaUnavailableError, CertificateRefusedError, IdentityError } from './er
 import { CertificateServiceClient, followTrustBundle } from './ca-client.ts';
 import { RenewalBackoff, type RenewalBackoffOptions } from './renewal.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from './csr.ts';
-import { parseCertificate, splitPemCertificates } from './x509.ts';
+import { issuedBy, parseCertificate, splitPemCertificates } from './x509.ts';
 import { spiffeIdOfCertificate, type PeerExpectation, type TlsCredentials } from './tls.ts';
 import type { CertificateSigner, HeldCertificate } from './signing.ts';
 
@@ -75,6 +77,15 @@ function subjectOf(pem: string): string {
     return (parseCertificate(pem).x509.subject ?? '').replace(/\n/g, ', ');
   } catch {
     return '(unparseable)';
+  }
+}
+
+/** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
+function issuedByAnother(cert: string, signer: string): boolean {
+  try {
+    return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
+  } catch {
+    return false;
   }
 }
 
@@ -193,7 +204,7 @@ export class ControllerSigner implements CertificateSigner {
     this.#client = undefined;
   }
 
-  watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
+  watchTrustBundle(onBundle: (roots: string[], signer?: string) => void): () => void {
     return followTrustBundle(() => this.#current(), onBundle, {
       ...(this.#o.watchBackoff ? { backoff: this.#o.watchBackoff } : {}),
       stopped: () => this.#closed,
@@ -243,6 +254,8 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   #lastError: IdentityError | undefined;
   #nextAttemptAt: number | undefined;
   #stopWatch: (() => void) | undefined;
+  /** The signing certificate the CA's stream last announced (setTrustBundle). */
+  #announcedSigner: string | undefined;
   #closed = false;
 
   constructor(o: IssuedIdentityOptions) {
@@ -261,7 +274,7 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
     if (this.#held || this.#renewal) throw new Error('IssuedIdentity.start: already started');
     await this.#renew();
     if (!this.#held) throw new CaUnavailableError(`no certificate for ${this.spiffeId}: closed before one was issued`);
-    this.#stopWatch = this.#signer.watchTrustBundle?.((roots) => this.setTrustBundle(roots));
+    this.#stopWatch = this.#signer.watchTrustBundle?.((roots, signer) => this.setTrustBundle(roots, signer));
   }
 
   current(): TlsCredentials {
@@ -288,11 +301,25 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
     return v;
   }
 
-  /** New roots (from the CA's stream): trust them at once and renew the certificate under them. */
-  setTrustBundle(roots: readonly string[]): void {
-    if (this.#closed || roots.length === 0 || sameRoots(roots, this.#roots)) return;
-    this.#applyRoots(roots);
-    this.renewNow();
+  /**
+   * What the CA's stream announces: new roots are trusted at once and the certificate renewed under
+   * them; a new signing certificate `signer` (PEM) that did not issue the certificate held has it
+   * renewed too (an intermediate changed under the same root leaves the roots as they were), so the
+   * holder's certificate, and what it takes from its issuer (a waypoint's debug grants,
+   * lib/identity/debug-grant.ts), follow the CA within a renewal, not at half its lifetime. Once per
+   * announcement: a CA whose replicas sign with two intermediates for a while is not asked again
+   * and again.
+   */
+  setTrustBundle(roots: readonly string[], signer?: string): void {
+    if (this.#closed) return;
+    const newSigner = signer !== undefined && signer !== '' && signer !== this.#announcedSigner;
+    if (newSigner) this.#announcedSigner = signer;
+    if (roots.length > 0 && !sameRoots(roots, this.#roots)) {
+      this.#applyRoots(roots);
+      this.renewNow();
+    } else if (newSigner && this.#held && issuedByAnother(this.#held.certChain[0]!, signer)) {
+      this.renewNow();
+    }
   }
 
   /** Renews now; if a renewal is under way, once more after it (or now, if it is waiting to retry). */

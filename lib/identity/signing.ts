@@ -14,8 +14,11 @@ export interface CertificateSigner {
   sign(identity: string, csrPem: string, lifetimeSeconds: number): Promise<SignResult>;
   /** Roots to verify the CA itself against changed. */
   setTrustBundle(bundle: readonly string[]): void;
-  /** Follows the CA's trust bundle (reconnecting as needed) until the returned function is called. */
-  watchTrustBundle?(onBundle: (roots: string[]) => void): () => void;
+  /**
+   * Follows the CA's trust bundle and the certificate it signs with (undefined when the CA does not
+   * say), reconnecting as needed, until the returned function is called.
+   */
+  watchTrustBundle?(onBundle: (roots: string[], signer?: string) => void): () => void;
   close(): void;
 }
 

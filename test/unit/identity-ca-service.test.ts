@@ -192,15 +192,17 @@ test('the agent cert manager bootstraps with its token and obtains workload cert
   manager.close();
 });
 
-test('the trust bundle stream sends the roots and every change during a rotation', async () => {
+test('the trust bundle stream sends the roots and the certificate the CA signs with, and every change during a rotation', async () => {
   const client = tokenClient(TOKENS['node-a']);
   const seen: string[][] = [];
-  const cancel = await client.watchTrustBundle((roots) => seen.push(roots), () => undefined);
+  const signers: Array<string | undefined> = [];
+  const cancel = await client.watchTrustBundle((roots, signer) => { seen.push(roots); signers.push(signer); }, () => undefined);
   const until = async (n: number) => {
     for (let i = 0; i < 200 && seen.length < n; i++) await new Promise((r) => setTimeout(r, 10));
   };
   await until(1);
   assert.deepEqual(seen[0], ca.trustBundle());
+  assert.equal(signers[0], ca.signingCertificate());
   const standalone = await CertificateAuthority.generateRoot({ trustDomain: TD });
   const probe = await CertificateAuthority.generateRoot({ trustDomain: TD });
   // Rotate a separate CA handle's roots into view: rotateTo on the served CA, then back.
@@ -208,6 +210,7 @@ test('the trust bundle stream sends the roots and every change during a rotation
   ca.rotateTo(standalone);
   await until(2);
   assert.equal(seen[1]?.length, 2);
+  assert.equal(signers[1], standalone.signingCertificate(), 'the new signer with the roots');
   ca.rotateTo(probe);
   ca.retirePreviousRoots();
   await until(4);

@@ -17,12 +17,15 @@ import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import { CertificateAuthority, createCsr, generateKeyPair, parseCertificate, privateKeyToPem } from '../../lib/identity/index.ts';
 import { DEBUG_GRANT_HEADER, DEBUG_GRANT_TYPE, debugGrantAudience, debugGrantSigners, encodeDebugGrant, verifyDebugGrant, DebugGrantError } from '../../lib/identity/debug-grant.ts';
 import { admitDebugRequest } from '../../lib/debug-http.ts';
 import { parseFlags, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { captureLogger, type LogLine } from './controller-harness.ts';
 import { refusalLineBound } from '../lab/log-bound.ts';
+import { until } from '../lab/wait.ts';
+import { StaticTokenAuthenticator, addCertificateService, createControllerCredentials, type ControllerCredentials } from '../../controller/src/ca/index.ts';
 
 const TD = 'cluster.local';
 const WAYPOINT = `spiffe://${TD}/ns/shop/sa/waypoint`;
@@ -180,6 +183,77 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
     const lines = logs.filter((l) => l.msg === 'status listener refused a request').length - linesBefore;
     assert.ok(lines >= 1 && lines <= refusalLineBound(started), `${lines} lines for ${n} refusals`);
     assert.equal((await read('/debug/config_dump', ca.signDebugGrant(AUDIENCE).grant)).status, 200);
+  });
+});
+
+// Istio's plug-in CA rotated (https://istio.io/latest/docs/tasks/security/cert-management/plugin-ca-cert/):
+// the cluster's controller restarts on a new intermediate under the same root, so its grants are
+// signed with the new intermediate's key while the waypoint's certificate, from the one before,
+// has up to half its lifetime to run. The CA's trust-bundle stream names the certificate it signs
+// with now, and a waypoint holding one another issued renews at once; the grant is checked against
+// the issuer of the waypoint's own certificate as before, so another cluster's CA still opens nothing.
+describe('a waypoint\'s debug grants after its cluster\'s intermediate changed under the same root', () => {
+  it('takes the new intermediate\'s grants once its certificate follows it (within a renewal, not at half its lifetime), and still refuses another cluster\'s', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'weft-wp-grant-rotation-'));
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    let ca = await clusterCa(root, 'cluster-a');
+    const token = 'node-a-bootstrap-token-0123456789';
+    await writeFile(join(dir, 'token'), token);
+    await writeFile(join(dir, 'roots.pem'), root.trustBundle().join(''));
+    let server: grpc.Server | undefined;
+    let serving: ControllerCredentials | undefined;
+    let port = 0;
+    const startController = async (): Promise<void> => {
+      serving = await createControllerCredentials(ca, { identity: `spiffe://${TD}/ns/weft-system/sa/weft-controller`, ipAddresses: ['127.0.0.1'], dnsNames: ['weft-controller'] });
+      server = new grpc.Server();
+      addCertificateService(server, {
+        ca, authenticator: new StaticTokenAuthenticator({ 'node-a': token }),
+        pods: { identitiesOnNode: (node) => new Set(node === 'node-a' ? [WAYPOINT] : []) }, log: () => {},
+      });
+      port = await new Promise<number>((res, rej) => server!.bindAsync(`127.0.0.1:${port}`, serving!.credentials, (e, p) => (e ? rej(e) : res(p))));
+    };
+    const stopController = (): void => {
+      server?.forceShutdown();
+      serving?.close();
+    };
+    let wp: RunningWaypoint | undefined;
+    const logs: LogLine[] = [];
+    try {
+      await startController();
+      wp = await runWaypoint(parseFlags([
+        '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${port}`, '--id', 'waypoint-0',
+        '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0', '--access-log', 'off',
+        '--token-file', join(dir, 'token'), '--ca-bundle', join(dir, 'roots.pem'), '--debug-endpoints',
+      ], {}), captureLogger(logs));
+      const metricsPort = wp.metrics.port;
+      const status = (grant: string) => new Promise<number>((resolve, reject) => {
+        get({ host: '127.0.0.1', port: metricsPort, path: '/debug/certs', agent: false, headers: { [DEBUG_GRANT_HEADER]: grant } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        }).on('error', reject);
+      });
+      assert.equal(await status(ca.signDebugGrant(AUDIENCE).grant), 200, 'the grant of the CA that issued the waypoint\'s certificate');
+      const before = ca.signDebugGrant(AUDIENCE).grant;
+
+      // The operator replaces cacerts with a new intermediate of the same root and restarts the controller.
+      stopController();
+      ca = await clusterCa(root, 'cluster-a');
+      await startController();
+      await until('a grant of the new intermediate opens the waypoint\'s debug paths', async () => (await status(ca.signDebugGrant(AUDIENCE).grant)) === 200, 15_000);
+      assert.equal(await status(before), 200, 'a grant signed just before the rotation, within the overlap');
+      // Another cluster's controller, under the same root, still opens nothing here.
+      const refused = async () => Number(/^weft_waypoint_listener_refused_total\{listener="metrics",reason="debug-grant-signature"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())?.[1] ?? 0);
+      const counted = await refused();
+      const lines = logs.length;
+      const clusterB = await clusterCa(root, 'cluster-b');
+      assert.equal(await status(clusterB.signDebugGrant(AUDIENCE).grant), 403);
+      assert.equal(await refused(), counted + 1, 'counted as debug-grant-signature');
+      assert.ok(logs.slice(lines).some((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-grant-signature' && /does not verify with the key of the CA that issued this waypoint's certificate/.test(String(l.fields['detail']))), 'logged, naming why');
+    } finally {
+      await wp?.close();
+      stopController();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

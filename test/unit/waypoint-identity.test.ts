@@ -75,7 +75,7 @@ class FakeSigner implements CertificateSigner {
   failing = false;
   calls = 0;
   roots: readonly string[] = [];
-  onBundle: ((roots: string[]) => void) | undefined;
+  onBundle: ((roots: string[], signer?: string) => void) | undefined;
   readonly ca: CertificateAuthority;
   readonly lifetimeMs: number | undefined;
   constructor(ca: CertificateAuthority, lifetimeMs?: number) {
@@ -91,7 +91,7 @@ class FakeSigner implements CertificateSigner {
   setTrustBundle(roots: readonly string[]): void {
     this.roots = roots;
   }
-  watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
+  watchTrustBundle(onBundle: (roots: string[], signer?: string) => void): () => void {
     this.onBundle = onBundle;
     return () => { this.onBundle = undefined; };
   }
@@ -194,6 +194,41 @@ describe('waypoint issued identity', () => {
     signer.onBundle!(ca.trustBundle());
     await delay(50);
     assert.deepEqual(events, ['roots 2', 'rotated'], 'the same roots again change nothing');
+    id.close();
+  });
+
+  it('follows a new intermediate under the same root (Istio plug-in CA rotated): a signer announced that did not issue the certificate held renews it, once per announcement', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const intermediate = async (name: string) => {
+      const i = await root.issueIntermediate(name);
+      return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+    };
+    const ca = await intermediate('cluster-a');
+    const signer = new FakeSigner(ca);
+    const id = new IssuedIdentity({ spiffeId: WAYPOINT, signer, trustBundle: ca.trustBundle() });
+    await id.start();
+    const rotated: string[] = [];
+    id.on('rotated', () => rotated.push(id.view().serial));
+    id.on('trustBundleChanged', () => assert.fail('the roots did not change'));
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    const calls = signer.calls;
+    ca.rotateTo(await intermediate('cluster-a'));
+    assert.deepEqual(ca.trustBundle(), root.trustBundle(), 'the same root: the roots alone say nothing');
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    await until('the renewal under the new intermediate', () => rotated.length === 1);
+    assert.equal(id.current().certChain[1], ca.signingCertificate(), 'the certificate held is the new intermediate\'s');
+    // The same announcement again, and the announcement of the signer that issued it: nothing.
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    signer.onBundle!(ca.trustBundle());
+    // A CA still signing with another (replicas on two intermediates for a while) is asked once per announcement, not in a loop.
+    const other = await intermediate('cluster-a');
+    signer.onBundle!(ca.trustBundle(), other.signingCertificate());
+    await until('one renewal for the announcement', () => rotated.length === 2);
+    signer.onBundle!(ca.trustBundle(), other.signingCertificate());
+    // A barrier: a third signer renews once more, and the signing calls show nothing came between.
+    signer.onBundle!(ca.trustBundle(), (await intermediate('cluster-a')).signingCertificate());
+    await until('one renewal for the third signer', () => rotated.length === 3);
+    assert.equal(signer.calls, calls + 3, 'one signing request per new announcement, none for a repeated one');
     id.close();
   });
 });

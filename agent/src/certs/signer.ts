@@ -147,7 +147,7 @@ export class GrpcCertificateSigner implements CertificateSigner {
     return cert;
   }
 
-  watchTrustBundle(onBundle: (roots: string[]) => void): () => void {
+  watchTrustBundle(onBundle: (roots: string[], signer?: string) => void): () => void {
     // Roots are public: the stream needs no node credentials, so the bootstrap channel serves.
     return followTrustBundle(() => this.#token(), onBundle);
   }

@@ -260,8 +260,10 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
       return;
     }
     watchersOf.set(address, held + 1);
-    call.write({ roots: ca.trustBundle() });
-    const off = ca.onTrustBundleChange((roots) => call.write({ roots: [...roots] }));
+    // With the roots, the certificate the CA signs with: a rotation of the intermediate under the
+    // same root leaves the roots as they were, and the holders renew by this (IssuedIdentity).
+    call.write({ roots: ca.trustBundle(), signer: ca.signingCertificate() });
+    const off = ca.onTrustBundleChange((roots) => call.write({ roots: [...roots], signer: ca.signingCertificate() }));
     watching.add(call);
     const stop = () => {
       off();
