@@ -122,7 +122,7 @@ function debugTokenHeader(kube: KubeClient, namespace: string): () => Promise<Re
 
 /** How long weftctl uses the debug token Secret it read before reading it again. */
 const DEBUG_TOKEN_SECRET_TTL_MS = 60_000;
-/** A grant is asked for again this long before it expires (a /flows stream outlives it: it is checked at the start). */
+/** A grant is asked for again this long before it expires (a /flows stream it opened ends when it lapses; watchFlows reopens it with the next). */
 const DEBUG_GRANT_RENEW_BEFORE_MS = 60_000;
 
 /**

@@ -62,12 +62,12 @@ function principalParts(p: string | undefined): { namespace?: string; serviceAcc
 }
 
 /**
- * One access-log entry as a Flow; undefined for the stream's own lines (`hello`, `dropped`) and
+ * One access-log entry as a Flow; undefined for the stream's own lines (`hello`, `dropped`, `closed`) and
  * anything that is not an access entry. Reads the agent's keys (flat `src_workload` or ztunnel's
  * `src.workload`) and the waypoint's (Istio-style `response_code`, `source_principal`).
  */
 export function toFlow(reporter: string, e: Entry): Flow | undefined {
-  if (e.type === 'hello' || e.type === 'dropped') return undefined;
+  if (e.type === 'hello' || e.type === 'dropped' || e.type === 'closed') return undefined;
   const isWaypoint = reporter.startsWith('waypoint');
   const time = str(e, 'time', 'start_time', 'timestamp') ?? new Date().toISOString();
   if (isWaypoint) {

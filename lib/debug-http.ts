@@ -11,7 +11,9 @@
 // made it, read by weftctl through the API (the API server passes the header on; it drops
 // Authorization once it has authenticated). A waypoint, in its application's namespace, holds no
 // token: it answers only requests carrying a grant for it (DEBUG_GRANT_HEADER,
-// lib/identity/debug-grant.ts), which the controller signs for holders of the token.
+// lib/identity/debug-grant.ts), which the controller signs for holders of the token. A grant opens
+// a stream (the waypoint's /flows) only until it expires, as it would a request: then the stream
+// ends, saying why, counted and logged as a refusal of an expired grant.
 import type http from 'node:http';
 import { createHash, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -102,25 +104,29 @@ function sameToken(got: string, want: string): boolean {
   return timingSafeEqual(digest(got), digest(want));
 }
 
+/** A request admitted: by a grant, with its expiry (`exp`) and when it stops opening anything (epoch ms, verifyDebugGrant); by the token, no grant. */
+export interface DebugAdmission {
+  grant?: { expires: Date; until: number };
+}
+
 /**
  * Whether `req` may read the debug path `path` under `access`: the one check for every component.
  * When it may not, the refusal is reported to `access.refused` and answered 403 here, naming what
  * the path wants.
  */
-export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage, res: http.ServerResponse, path: string): boolean {
+export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage, res: http.ServerResponse, path: string): DebugAdmission | false {
   let error: string;
   if ('token' in access) {
     const want = access.token();
     const got = req.headers[DEBUG_TOKEN_HEADER];
     const why = !want ? 'unset' : typeof got !== 'string' || got === '' ? 'missing' : sameToken(got, want) ? undefined : 'wrong';
-    if (!why) return true;
+    if (!why) return {};
     error = `${path} wants the install's debug token in the ${DEBUG_TOKEN_HEADER} header (Secret ${DEBUG_TOKEN_SECRET} in the install namespace; weftctl sends it)`;
     access.refused(req, why, error);
   } else {
     const got = req.headers[DEBUG_GRANT_HEADER];
     try {
-      verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers());
-      return true;
+      return { grant: verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers()) };
     } catch (e) {
       // Any other error (a key or input node:crypto chokes on) is a grant that opens nothing, refused
       // as malformed: thrown out of the request handler, it would end the process.
@@ -133,10 +139,39 @@ export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage
   return false;
 }
 
+/** The signal of each request a grant admitted (debugAccessSignal). */
+const grantSignals = new WeakMap<http.IncomingMessage, AbortSignal>();
+
+/**
+ * Aborted, with a DebugGrantError saying why, when the grant that admitted `req` stops opening
+ * anything; undefined for a request no grant admitted (the loopback admin port, the install's
+ * token). A handler that streams (lib/tap.ts FlowTap.serve) ends its response there with a last
+ * line saying why; a response still open after the abort is ended.
+ */
+export function debugAccessSignal(req: http.IncomingMessage): AbortSignal | undefined {
+  return grantSignals.get(req);
+}
+
+/** Ends `res` when the grant that admitted `req` lapses (`grant.until`), counted and logged by `access.refused` as an expired grant. */
+function endAtExpiry(access: DebugAccess, grant: { expires: Date; until: number }, req: http.IncomingMessage, res: http.ServerResponse): void {
+  const lapse = new AbortController();
+  grantSignals.set(req, lapse.signal);
+  const timer = setTimeout(() => {
+    if (res.writableEnded || res.destroyed) return;
+    const detail = `the stream is closed: the grant that opened it expired at ${grant.expires.toISOString()}`;
+    access.refused(req, 'expired', detail);
+    lapse.abort(new DebugGrantError('expired', detail));
+    if (!res.writableEnded) res.end();
+  }, Math.max(0, grant.until - Date.now()));
+  timer.unref();
+  res.on('close', () => clearTimeout(timer));
+}
+
 /**
  * Serves `GET <prefix><path>` for each of `paths` on `metrics` by handing the request to
  * `admin`'s handler with the prefix taken off; every other request goes to `fallback`. With
- * `access`, only to requests it admits (403 otherwise, before the admin handler).
+ * `access`, only to requests it admits (403 otherwise, before the admin handler), and one a grant
+ * admitted only until the grant lapses (debugAccessSignal).
  */
 export function debugThroughAdmin(admin: http.Server, paths: readonly string[], fallback: (req: http.IncomingMessage, res: http.ServerResponse) => void, access?: DebugAccess): (req: http.IncomingMessage, res: http.ServerResponse) => void {
   const allowed = new Set(paths);
@@ -154,8 +189,10 @@ export function debugThroughAdmin(admin: http.Server, paths: readonly string[], 
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
-    if (access && !admitDebugRequest(access, req, res, path)) return;
+    const admitted = access ? admitDebugRequest(access, req, res, path) : {};
+    if (!admitted) return;
     req.url = inner + (q < 0 ? '' : url.slice(q));
+    if (access && admitted.grant) endAtExpiry(access, admitted.grant, req, res);
     admin.emit('request', req, res);
   };
 }

@@ -5,6 +5,8 @@
 // takes it; a watcher whose socket is full (a slow terminal, a paused browser tab) misses entries
 // until it drains, and each missed entry is counted (`dropped`, and a `{"type":"dropped"}` line
 // the watcher gets once it drains). Nothing is queued per watcher beyond the socket's own buffer.
+// A watcher whose access lapses (`signal`: the waypoint's debug grant expired, lib/debug-http.ts)
+// gets a last `{"type":"closed","reason":...}` line and the stream ends.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 /** Entries kept for a watcher that asks for the recent past (`/flows?recent=1`). */
@@ -73,8 +75,11 @@ export class FlowTap {
     return { watchers: this.#watchers.size, published: this.#published, dropped: this.#dropped };
   }
 
-  /** Serves `/flows`: NDJSON until the watcher goes away; `?recent=1` starts with the remembered entries. */
-  serve(req: IncomingMessage, res: ServerResponse): void {
+  /**
+   * Serves `/flows`: NDJSON until the watcher goes away or `signal` aborts (then a last `closed`
+   * line gives the abort's reason); `?recent=1` starts with the remembered entries.
+   */
+  serve(req: IncomingMessage, res: ServerResponse, signal?: AbortSignal): void {
     if (req.method !== 'GET') {
       res.writeHead(405, { allow: 'GET', 'content-type': 'text/plain' }).end('flows are read-only: GET /flows\n');
       return;
@@ -97,6 +102,16 @@ export class FlowTap {
     const gone = () => this.#watchers.delete(w);
     res.on('close', gone);
     req.on('close', gone);
+    if (signal) {
+      const lapsed = (): void => {
+        gone();
+        const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+        // Past a full socket too: the one line the watcher must not miss.
+        if (!res.destroyed) res.end(JSON.stringify({ type: 'closed', reason, time: new Date().toISOString() }) + '\n');
+      };
+      signal.addEventListener('abort', lapsed, { once: true });
+      res.on('close', () => signal.removeEventListener('abort', lapsed));
+    }
     if (new URL(req.url ?? '/', 'http://x').searchParams.get('recent') === '1') {
       // Oldest first: from the slot the next entry would take, round the ring.
       const n = this.#recent.length;

@@ -89,10 +89,12 @@ export function encodeDebugGrant(key: KeyObject, audience: string, now: number):
 /**
  * Checks `grant` for `audience` at `now` against `signers`: the public keys of the CA that issued
  * this waypoint's certificate (and, for a short overlap after a rotation, the one before;
- * debugGrantSigners). Returns its expiry, or throws DebugGrantError naming why it opens nothing.
+ * debugGrantSigners). Returns its expiry (`exp`) and `until`, the instant it stops opening anything
+ * here (`exp` and the clock skew allowed: a request is refused from then on, and a stream it opened
+ * is ended then, lib/debug-http.ts), or throws DebugGrantError naming why it opens nothing.
  * The cheap checks (form, audience, lifetime, expiry) come before the signature.
  */
-export function verifyDebugGrant(grant: string | undefined, audience: string, signers: readonly KeyObject[], now: number = Date.now()): { expires: Date } {
+export function verifyDebugGrant(grant: string | undefined, audience: string, signers: readonly KeyObject[], now: number = Date.now()): { expires: Date; until: number } {
   if (grant === undefined || grant === '') throw new DebugGrantError('missing', `no grant in the ${DEBUG_GRANT_HEADER} header`);
   const jws = decodeCompactJws(grant, MAX_DEBUG_GRANT_CHARS);
   if ('error' in jws) throw new DebugGrantError('malformed', `the grant is not a compact JWS: ${jws.why}`);
@@ -104,13 +106,14 @@ export function verifyDebugGrant(grant: string | undefined, audience: string, si
   if (typeof aud !== 'string' || typeof iat !== 'number' || typeof exp !== 'number' || !Number.isFinite(iat) || !Number.isFinite(exp)) throw new DebugGrantError('malformed', 'the grant\'s claims want aud (a string), iat and exp (numbers)');
   if (exp - iat > MAX_DEBUG_GRANT_LIFETIME_MS / 1000 || exp < iat) throw new DebugGrantError('malformed', `the grant lasts ${exp - iat} s, more than ${MAX_DEBUG_GRANT_LIFETIME_MS / 1000} s`);
   if (aud !== audience) throw new DebugGrantError('audience', `the grant is for ${JSON.stringify(aud.slice(0, 256))}, not ${audience}`);
-  if (now > exp * 1000 + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant expired at ${new Date(exp * 1000).toISOString()}`);
+  const until = exp * 1000 + DEBUG_GRANT_SKEW_MS;
+  if (now > until) throw new DebugGrantError('expired', `the grant expired at ${new Date(exp * 1000).toISOString()}`);
   if (iat * 1000 > now + DEBUG_GRANT_SKEW_MS) throw new DebugGrantError('expired', `the grant is not valid before ${new Date(iat * 1000).toISOString()}`);
   if (signers.length === 0) throw new DebugGrantError('untrusted', 'this waypoint knows no CA that issued its certificate (its issuer is neither in its chain nor in its trust bundle), so it takes no grant');
   if (!signers.some((key) => verifyJws(alg, key, jws.signingInput, jws.signature))) {
     throw new DebugGrantError('signature', `the grant's signature does not verify with the key of the CA that issued this waypoint's certificate (only this cluster's controller signs grants for it)`);
   }
-  return { expires: new Date(exp * 1000) };
+  return { expires: new Date(exp * 1000), until };
 }
 
 /**

@@ -79,6 +79,7 @@ test('flows from the source agent, the destination agent and a waypoint read as 
   assert.equal(err.verdict, 'error');
   assert.equal(toFlow('agent node1', { type: 'hello' }), undefined);
   assert.equal(toFlow('agent node1', { type: 'dropped', count: 3 }), undefined);
+  assert.equal(toFlow('waypoint shop/wp', { type: 'closed', reason: 'the stream is closed: the grant that opened it expired at 2026-01-01T00:00:00.000Z' }), undefined);
 
   assert.ok(flowMatches(out, { namespace: 'demo' }));
   assert.ok(!flowMatches(out, { namespace: 'shop' }));

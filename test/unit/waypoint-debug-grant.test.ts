@@ -167,6 +167,39 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
     for (const junk of ['x', 'a.b.c', `${b64url({ alg: 'ES256', typ: DEBUG_GRANT_TYPE })}.e30.AA`, 'A'.repeat(3_000)]) await assertRefused(junk, 'malformed');
   });
 
+  // RFC 7519 4.1.4: "the JWT MUST NOT be accepted for processing" on or after exp. A stream opened
+  // with a grant is not a way to keep reading past it (nor is a new one: that is refused expired).
+  it('ends a /flows stream when the grant that opened it expires, with a last line saying why, counted and logged as an expired grant', async () => {
+    // A grant that lapses in 2 to 3 s: its exp is 57 s past, within the minute of skew a grant is allowed.
+    const grant = craft(createPrivateKey(ca.exportPem().keyPem), { alg: 'ES256', typ: DEBUG_GRANT_TYPE }, { aud: AUDIENCE, iat: now() - 120, exp: now() - 57 });
+    const before = await refused('expired');
+    const lines: string[] = [];
+    let ended = false;
+    const req = get({ host: '127.0.0.1', port: wp.metrics.port, path: '/debug/flows', agent: false, headers: { [DEBUG_GRANT_HEADER]: grant } });
+    try {
+      const res = await new Promise<IncomingMessage>((resolve, reject) => req.on('response', resolve).on('error', reject));
+      assert.equal(res.statusCode, 200);
+      let buf = '';
+      res.on('data', (c: Buffer) => {
+        buf += c.toString();
+        const parts = buf.split('\n');
+        buf = parts.pop()!;
+        lines.push(...parts);
+      });
+      res.on('end', () => { ended = true; });
+      await until('the stream opened (its hello line)', () => lines.length > 0, 5_000);
+      assert.equal(JSON.parse(lines[0]!).type, 'hello');
+      await until('the stream ends once the grant has expired', () => ended, 15_000);
+    } finally {
+      req.destroy();
+    }
+    const last = JSON.parse(lines.at(-1)!) as { type: string; reason: string };
+    assert.equal(last.type, 'closed');
+    assert.match(last.reason, /the grant that opened it expired at /);
+    assert.equal(await refused('expired'), before + 1, 'counted as debug-grant-expired');
+    assert.ok(logs.some((l) => l.msg === 'status listener refused a request' && l.fields['reason'] === 'debug-grant-expired' && /the stream is closed: the grant that opened it expired/.test(String(l.fields['detail']))), 'logged: the stream closed for its grant');
+  });
+
   it('a flood of forged grants is each counted and logged within the refusal budget; the port keeps serving', async () => {
     const before = await refused('signature');
     const { grant } = ca.signDebugGrant(debugGrantAudience('shop', 'other', 'waypoint-0'));

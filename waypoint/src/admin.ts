@@ -1,6 +1,6 @@
 // The waypoint's HTTP side ports: admin (localhost: config dump, clusters, last rejection),
 // Prometheus metrics, and readiness.
-import { debugThroughAdmin, type DebugGrantAccess } from '../../lib/debug-http.ts';
+import { debugAccessSignal, debugThroughAdmin, type DebugGrantAccess } from '../../lib/debug-http.ts';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
@@ -24,7 +24,8 @@ export function adminServer(engine: WaypointEngine, extra: () => Record<string, 
     switch (path) {
       case '/flows':
         if (!flows) break;
-        flows.serve(req, res);
+        // Through the metrics port, only while the grant that opened it lasts (lib/debug-http.ts).
+        flows.serve(req, res, debugAccessSignal(req));
         return;
       case '/certs':
         if (!certs) break;
