@@ -4,7 +4,7 @@
 // runs in the node's network, so its loopback is every node process's, and its metrics and
 // readiness ports are every pod's.
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
 import type { DebugTokenAccess, DebugTokenRefusal } from '../../lib/debug-http.ts';
 
@@ -154,13 +154,3 @@ export function jsonReplacer(_k: string, v: unknown): unknown {
   return v;
 }
 
-/** Listens with SO_REUSEPORT, so an upgraded agent can bind the same port while the old one drains. */
-export function listen(server: http.Server, port: number, host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen({ port, host, reusePort: true }, () => {
-      server.off('error', reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
-}

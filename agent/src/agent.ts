@@ -30,7 +30,8 @@ import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './
 import { netnsCookie } from '../libbpf/index.ts';
 import { mallocInfo, startMemoryRelease, type MemoryRelease } from '../../lib/sys/memory.ts';
 import type { Workload } from '../../lib/model/mesh.ts';
-import { HttpStatusError, debugTokenRefused, jsonServer, limitSidePort, listen, type OnSidePortRefusal } from './admin.ts';
+import { HttpStatusError, debugTokenRefused, jsonServer, limitSidePort, type OnSidePortRefusal } from './admin.ts';
+import { listenHttp } from '../../lib/status-http.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.ts';
 import { debugThroughAdmin, debugTokenFile } from '../../lib/debug-http.ts';
@@ -374,7 +375,7 @@ export class Agent {
     // serves its admin port on that pod's loopback.
     limitSidePort(admin, { refused: adminRefused, ownerUids: [...new Set([0, process.getuid?.() ?? 0])] });
     this.#servers.push(admin);
-    await listen(admin, ports.admin, '127.0.0.1');
+    await listenHttp(admin, ports.admin, '127.0.0.1', { reusePort: true });
     const metricsRefused = this.metrics.sidePortRefusals('metrics', this.log);
     const prom = jsonServer({}, {
       text: { '/metrics': async () => ({ type: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }) },
@@ -390,7 +391,7 @@ export class Agent {
     const metrics = o.debugEndpoints ? createServer(debugThroughAdmin(admin, AGENT_DEBUG_PATHS, (req, res) => prom.emit('request', req, res), access)) : prom;
     limitSidePort(metrics, { refused: metricsRefused });
     this.#servers.push(metrics);
-    await listen(metrics, ports.metrics, '0.0.0.0');
+    await listenHttp(metrics, ports.metrics, '0.0.0.0', { reusePort: true });
     const readyRefused = this.metrics.sidePortRefusals('ready', this.log);
     const ready = jsonServer({
       '/healthz/ready': () => {
@@ -401,7 +402,7 @@ export class Agent {
     }, { refused: readyRefused });
     limitSidePort(ready, { refused: readyRefused });
     this.#servers.push(ready);
-    await listen(ready, ports.ready, '0.0.0.0');
+    await listenHttp(ready, ports.ready, '0.0.0.0', { reusePort: true });
     this.#connectConfig(0);
     this.log.info('agent started', { node: o.node, nodeIp: o.nodeIp, controller: o.controller, ports });
   }

@@ -16,7 +16,7 @@ import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { controllerSpiffeId, POD_PATHS } from '../../lib/defaults.ts';
 import { EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT, LABEL_NETWORK } from '../../lib/model/federation.ts';
 import type { ResolvedInstallOptions } from './options.ts';
-import { CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS, TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels } from './names.ts';
+import { CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, LIVENESS_PATH, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS, TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels } from './names.ts';
 import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
 
 /** Its Deployment, Service and ServiceAccount share the ServiceAccount's (the identity's) name. */
@@ -81,6 +81,8 @@ export function renderEastwest(o: ResolvedInstallOptions): [IServiceAccount, IDe
             ],
             // Ready once it knows this cluster's endpoints (it admits nothing before).
             readinessProbe: { httpGet: { path: READINESS_PATH, port: PORTS.readiness }, periodSeconds: 5, failureThreshold: 3 },
+            // Restarted when its event loop stops turning, as the controller and waypoints are.
+            livenessProbe: { httpGet: { path: LIVENESS_PATH, port: PORTS.readiness }, periodSeconds: 10, failureThreshold: 3 },
             resources: EASTWEST_RESOURCES,
             securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } },
             volumeMounts: [

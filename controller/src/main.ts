@@ -17,7 +17,8 @@ import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
-import { LIVENESS_PATH, PORTS, READINESS_PATH, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
+import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
+import { PORTS, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
 import { admitDebugRequest, DEBUG_TOKEN_SECRET, type DebugTokenAccess } from '../../lib/debug-http.ts';
 import { DEBUG_GRANT_HEADER, debugGrantAudience } from '../../lib/identity/debug-grant.ts';
 import { DNS1123_LABEL, DNS1123_SUBDOMAIN } from '../../lib/model/validate.ts';
@@ -185,12 +186,7 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-function listen(server: Server, port: number, host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve((server.address() as { port: number }).port));
-  });
-}
+const listen = async (server: Server, port: number, host: string): Promise<number> => (await listenHttp(server, port, host)).port;
 
 export async function runController(o: ControllerMainOptions): Promise<RunningController> {
   if (!!o.configDir === !!o.kube) throw new UsageError('give exactly one of --config-dir <dir> or --kube');
@@ -352,6 +348,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   // Without a token (a local mesh) both are answered to anyone, as that mesh's agents answer their
   // /debug paths: the waypoints' then open to whoever asks the controller for a grant, as the agents'.
   const metricsDebugPaths = new Set([CONTROLLER_DEBUG_CLIENTS_PATH, ...(authority ? [CONTROLLER_DEBUG_GRANT_PATH] : [])]);
+  const prom = metricsHandler(registry);
   const metrics = createServer((req, res) => {
     const path = req.url?.split('?')[0] ?? '/';
     if (o.debugEndpoints && metricsDebugPaths.has(path) && req.method === 'GET') {
@@ -359,28 +356,9 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
       admin.emit('request', req, res);
       return;
     }
-    if (req.url?.split('?')[0] !== '/metrics') {
-      res.writeHead(404).end();
-      return;
-    }
-    registry.metrics().then(
-      (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
-      (e: Error) => res.writeHead(500).end(e.message),
-    );
+    prom(req, res);
   });
-  const ready = createServer((req, res) => {
-    const path = req.url?.split('?')[0];
-    if (path === LIVENESS_PATH) {
-      res.writeHead(200, { 'content-type': 'text/plain' }).end('live\n');
-      return;
-    }
-    if (path !== READINESS_PATH) {
-      res.writeHead(404).end();
-      return;
-    }
-    if (controller.ready) res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n');
-    else res.writeHead(503, { 'content-type': 'text/plain' }).end('initial config not loaded yet\n');
-  });
+  const ready = readinessServer(() => controller.ready || 'initial config not loaded yet');
   const admin = createServer((req, res) => {
     const path = req.url?.split('?')[0];
     const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));

@@ -13,7 +13,7 @@
 // counted in weft_eastwest_listener_refused_total{listener,reason} and logged.
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 import { Registry } from 'prom-client';
 import { isLogLevel, jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
@@ -22,7 +22,8 @@ import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, HBONE_PORT, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
 import { ControllerSigner, IssuedIdentity } from '../../lib/identity/index.ts';
-import { controllerSpiffeId, PORTS, READINESS_PATH } from '../../lib/defaults.ts';
+import { controllerSpiffeId, PORTS } from '../../lib/defaults.ts';
+import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { splitPemCertificates } from '../../lib/identity/x509.ts';
 import { EastWestGateway, type GatewayTls } from './gateway.ts';
 import { runMain, UsageError, type Running } from '../../lib/main.ts';
@@ -131,18 +132,10 @@ export async function runEastWest(o: EastWestOptions): Promise<Running> {
     id.on('trustBundleChanged', move);
   }
   await gw.listen(o.port, o.host);
-  const metrics = createServer((req, res) => {
-    const path = req.url?.split('?')[0];
-    if (path === '/metrics') {
-      registry.metrics().then((t) => res.writeHead(200, { 'content-type': registry.contentType }).end(t), (e: Error) => res.writeHead(500).end(e.message));
-    } else res.writeHead(404).end();
-  });
-  const ready = createServer((req, res) => {
-    if (req.url?.split('?')[0] === READINESS_PATH && gw.endpoints > 0) res.writeHead(200).end('ready\n');
-    else res.writeHead(503).end('no endpoints of this cluster known yet\n');
-  });
+  const metrics = createServer(metricsHandler(registry));
+  const ready = readinessServer(() => gw.endpoints > 0 || 'no endpoints of this cluster known yet');
   statusListenerLimits({ registry, metric: 'weft_eastwest_listener_refused_total', log, ...(o.statusLimits ? { limits: o.statusLimits } : {}) }).limit({ metrics, readiness: ready });
-  await Promise.all([listen(metrics, PORTS.metrics, o.host), listen(ready, PORTS.readiness, o.host)]);
+  await Promise.all([listenHttp(metrics, PORTS.metrics, o.host), listenHttp(ready, PORTS.readiness, o.host)]);
   log.info('east-west gateway ready', { listen: `${o.host}:${o.port}`, controller: o.controllerUrl });
   return {
     async stop() {
@@ -154,13 +147,6 @@ export async function runEastWest(o: EastWestOptions): Promise<Running> {
       }
     },
   };
-}
-
-function listen(server: Server, port: number, host: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
 }
 
 // Starts as every part does (lib/main.ts): parseEastWestArgs → runEastWest → SIGTERM stops.

@@ -524,6 +524,7 @@ test('the gateway\'s metrics and readiness ports, reached from another network, 
       }
     }
     assert.equal((await ask(15021, '/healthz/ready')).body, 'ready\n');
+    assert.deepEqual(await ask(15021, '/healthz/live').then((r) => [r.status, r.body]), [200, 'live\n'], 'the liveness probe\'s path, as every part serves it');
     const metrics = await ask(15020, '/metrics');
     assert.equal(metrics.status, 200);
     const families = [...new Set(metrics.body.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => /^[a-z_:]+/.exec(l)![0]))];

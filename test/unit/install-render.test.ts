@@ -483,12 +483,15 @@ test('the controller requires client identities on the config stream (issue 17, 
   assert.ok(args.includes('--require-client-identity'), args.join(' '));
 });
 
-test('the controller has a liveness probe and a PodDisruptionBudget that keeps one of several replicas (issue 17, defect 9)', () => {
+test('the controller (and the agent and east-west gateway) has a liveness probe and a PodDisruptionBudget that keeps one of several replicas (issue 17, defect 9)', () => {
   const one = renderInstall(OPTS);
   const c = find<IDeployment>(one, 'Deployment').spec?.template.spec?.containers[0];
   assert.equal(c?.livenessProbe?.httpGet?.path, '/healthz/live');
   assert.equal(c?.livenessProbe?.httpGet?.port, 15021);
   assert.equal(agentDaemonSet(one).agent.livenessProbe?.httpGet?.path, '/healthz/live');
+  // The east-west gateway too, as every part serves /healthz/live (lib/status-http.ts).
+  const gw = renderInstall({ ...OPTS, clusterId: 'c1', eastwest: true }).filter((o) => o.kind === 'Deployment').map((o) => o as IDeployment).find((d) => d.metadata?.name === 'weft-eastwest');
+  assert.equal(gw?.spec?.template.spec?.containers[0]?.livenessProbe?.httpGet?.path, '/healthz/live');
   const pdb1 = one.find((o) => o.kind === 'PodDisruptionBudget') as { spec: { maxUnavailable?: number; minAvailable?: number } };
   assert.deepEqual(pdb1.spec.maxUnavailable, 1, 'a single replica never blocks a node drain');
   const three = renderInstall({ ...OPTS, controllerReplicas: 3 });

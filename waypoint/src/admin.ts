@@ -2,8 +2,7 @@
 // Prometheus metrics, and readiness.
 import { debugAccessSignal, debugThroughAdmin, type DebugGrantAccess } from '../../lib/debug-http.ts';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { LIVENESS_PATH, READINESS_PATH } from '../../lib/defaults.ts';
+import { metricsHandler } from '../../lib/status-http.ts';
 import type { WaypointEngine } from './engine.ts';
 import type { FlowTap } from '../../lib/tap.ts';
 
@@ -59,34 +58,6 @@ export const WAYPOINT_DEBUG_PATHS = ['/config_dump', '/certs', '/flows', '/clust
  * lib/identity/debug-grant.ts): every pod reaches this port, and the waypoint holds no token.
  */
 export function metricsServer(engine: WaypointEngine, debug?: { admin: http.Server; access: DebugGrantAccess }): http.Server {
-  const prom = (req: http.IncomingMessage, res: http.ServerResponse) => {
-    if ((req.url ?? '').split('?')[0] !== '/metrics') { res.writeHead(404); res.end(); return; }
-    engine.telemetry.registry.metrics().then(
-      (text) => { res.writeHead(200, { 'content-type': engine.telemetry.registry.contentType }); res.end(text); },
-      (e: Error) => { res.writeHead(500); res.end(e.message); },
-    );
-  };
+  const prom = metricsHandler(engine.telemetry.registry);
   return http.createServer(debug ? debugThroughAdmin(debug.admin, WAYPOINT_DEBUG_PATHS, prom, debug.access) : prom);
-}
-
-/**
- * /healthz/ready: 200 once `ready()` says so (first config applied and HBONE listening), else 503
- * with the reason. /healthz/live: 200 while the event loop turns (the liveness probe).
- */
-export function readyServer(ready: () => string | true): http.Server {
-  return http.createServer((req, res) => {
-    const path = (req.url ?? '').split('?')[0];
-    if (path === LIVENESS_PATH) { res.writeHead(200, { 'content-type': 'text/plain' }); res.end('live\n'); return; }
-    if (path !== READINESS_PATH) { res.writeHead(404); res.end(); return; }
-    const r = ready();
-    res.writeHead(r === true ? 200 : 503, { 'content-type': 'text/plain' });
-    res.end(r === true ? 'ready\n' : `${r}\n`);
-  });
-}
-
-export function listenOn(server: http.Server, hostPort: { host: string; port: number }): Promise<AddressInfo> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(hostPort.port, hostPort.host, () => { server.off('error', reject); resolve(server.address() as AddressInfo); });
-  });
 }

@@ -23,7 +23,8 @@ import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
 import { waypointConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
-import { adminServer, listenOn, metricsServer, readyServer } from './admin.ts';
+import { adminServer, metricsServer } from './admin.ts';
+import { listenHttp, readinessServer } from '../../lib/status-http.ts';
 import { FlowTap } from '../../lib/tap.ts';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS, WaypointEngine } from './engine.ts';
 import { FlagError, formatConfigIssue } from './errors.ts';
@@ -412,11 +413,11 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
       refused: (req, why, detail) => status.refused('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
     },
   } : undefined);
-  const ready = readyServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
+  const ready = readinessServer(() => (configured || !o.controller ? true : 'waiting for the first configuration from the controller'));
   status.limit({ metrics, readiness: ready });
-  const adminAddr = await listenOn(admin, o.admin);
-  const metricsAddr = await listenOn(metrics, o.metrics);
-  const readyAddr = await listenOn(ready, o.ready);
+  const adminAddr = await listenHttp(admin, o.admin.port, o.admin.host);
+  const metricsAddr = await listenHttp(metrics, o.metrics.port, o.metrics.host);
+  const readyAddr = await listenHttp(ready, o.ready.port, o.ready.host);
   servers.push(admin, metrics, ready);
   log.info('waypoint started', { namespace: o.namespace, name: o.name, identity: o.spiffeId, hbone: hboneAddr.port, admin: adminAddr.port, metrics: metricsAddr.port });
 
