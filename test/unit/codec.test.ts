@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  array, be16, bytes, checkLayout, CodecError, cstring, htonl, htons, i32, ipv4, ipv4ToNumber, ipv6, layoutDiff,
+  array, be16, be32, bytes, checkLayout, CodecError, cstring, htonl, htons, i16, i32, i64, i8, ipv4, ipv4ToNumber, ipv6, layoutDiff,
   numberToIpv4, parseCpuList, percpu, struct, sumPercpu, u16, u32, u64, u8,
 } from '../../agent/libbpf/codec.ts';
 
@@ -15,6 +15,12 @@ test('integers are little-endian host order, addresses and be16 ports network or
   assert.deepEqual([...ipv4.encode('10.0.0.1')], [10, 0, 0, 1]);
   assert.equal(ipv4.decode(Buffer.from([192, 168, 1, 2])), '192.168.1.2');
   assert.equal(i32.decode(i32.encode(-5)), -5);
+  assert.equal(i16.decode(i16.encode(-300)), -300);
+  assert.equal(i8.decode(i8.encode(-2)), -2);
+  assert.equal(i64.decode(i64.encode(-2n)), -2n);
+  assert.equal(u64.decode(u64.encode(2n ** 64n - 1n)), 2n ** 64n - 1n);
+  assert.deepEqual([...be32.encode(0x0a000001)], [10, 0, 0, 1]);
+  assert.equal(be32.decode(be32.encode(0xfffffffe)), 0xfffffffe);
 });
 
 test('network-order helpers agree with the codecs', () => {
@@ -36,6 +42,7 @@ test('refuses values that do not fit instead of truncating them', () => {
   assert.throws(() => u32.encode(-1), CodecError);
   assert.throws(() => u64.encode(-1n), CodecError);
   assert.throws(() => ipv4.encode('10.0.0.256'), /not an IPv4 address/);
+  for (const bad of ['010.0.0.1', '10.0.0', '10.0.0.1.', '10..0.1', ' 10.0.0.1', '::1']) assert.throws(() => ipv4.encode(bad), /not an IPv4 address/, bad);
   assert.throws(() => cstring(4).encode('abcd'), /longer than 3 bytes/);
   assert.throws(() => u32.decode(Buffer.alloc(3)), (e: CodecError) => e.code === 'WEFT_CODEC_SIZE');
 });
