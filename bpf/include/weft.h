@@ -1,5 +1,7 @@
 /* Structures shared by the kernel programs in bpf/ and the agent (agent/src/datapath/codecs.ts
- * mirrors every layout here field by field). Rules that keep both sides in step:
+ * mirrors each as a struct() codec named after it, with these member names;
+ * test/bpf/datapath.test.ts compares every codec with the objects' BTF). Rules that keep both
+ * sides in step:
  *  - IPv4 addresses are stored in network byte order (as the kernel hands them to us);
  *  - ports are stored in HOST byte order, so `bpftool map dump` shows readable numbers;
  *  - every struct has explicit padding and a _Static_assert on its size, so a change that moves a

@@ -1,12 +1,12 @@
-// Byte layouts of the structs in bpf/include/weft.h, field by field. The header is the definition;
-// each codec here names the C struct it mirrors and checks its size, so a layout change that is not
-// made on both sides fails loudly (see test/bpf/datapath.test.ts, which also compares against BTF).
+// The structs of bpf/include/weft.h as struct() codecs of agent/libbpf/codec.ts. The header is the
+// definition: each codec is named after the C struct it mirrors and its fields after the C members,
+// and test/bpf/datapath.test.ts compares every codec in STRUCTS with the struct clang laid out in
+// the objects' BTF (size, and each member's offset and size). The functions below are what the
+// agent calls: they translate between the C members and the agent's own names.
 // Conventions from the header: IPv4 addresses in network byte order, ports and counters in host
-// byte order.
-import { endianness } from 'node:os';
+// byte order (little-endian, as codec.ts assumes).
 import { isIPv4 } from 'node:net';
-
-const LE = endianness() === 'LE';
+import { i32, ipv4, percpu, struct, sumPercpu, u16, u32, u64, u8, type Codec, type StructCodec } from '../../libbpf/codec.ts';
 
 export const MODE = { PERMISSIVE: 1, STRICT: 2 } as const;
 export type Mode = keyof typeof MODE;
@@ -15,34 +15,6 @@ export const MAX_DESTS = 65_536;
 /** WEFT_MAX_PROBERS: entries of weft_probers. */
 export const MAX_PROBERS = 16;
 
-function u16(buf: Buffer, off: number, v: number): void {
-  if (LE) buf.writeUInt16LE(v, off); else buf.writeUInt16BE(v, off);
-}
-function r16(buf: Buffer, off: number): number {
-  return LE ? buf.readUInt16LE(off) : buf.readUInt16BE(off);
-}
-function u32(buf: Buffer, off: number, v: number): void {
-  if (LE) buf.writeUInt32LE(v, off); else buf.writeUInt32BE(v, off);
-}
-function r32(buf: Buffer, off: number): number {
-  return LE ? buf.readUInt32LE(off) : buf.readUInt32BE(off);
-}
-function u64(buf: Buffer, off: number, v: bigint): void {
-  if (LE) buf.writeBigUInt64LE(v, off); else buf.writeBigUInt64BE(v, off);
-}
-function r64(buf: Buffer, off: number): bigint {
-  return LE ? buf.readBigUInt64LE(off) : buf.readBigUInt64BE(off);
-}
-
-/** Writes a dotted-quad IPv4 address in network byte order. The caller has validated it. */
-function ip(buf: Buffer, off: number, addr: string): void {
-  const parts = addr.split('.').map(Number);
-  for (let i = 0; i < 4; i++) buf[off + i] = parts[i]!;
-}
-function rip(buf: Buffer, off: number): string {
-  return `${buf[off]}.${buf[off + 1]}.${buf[off + 2]}.${buf[off + 3]}`;
-}
-
 // One copy, beside the forwarded-client decision that needs it too.
 export { unmapV4 } from '../../../lib/hbone/forwarded.ts';
 
@@ -50,39 +22,62 @@ export function isIpv4(addr: unknown): addr is string {
   return typeof addr === 'string' && isIPv4(addr);
 }
 
+// ---- the C structs ------------------------------------------------------------------------------
+
+export const WEFT_POD = struct([
+  ['pod_ip', ipv4], ['agent_ip', ipv4], ['agent_port', u16], ['mode', u8], ['flags', u8], ['ifindex', u32],
+], { name: 'struct weft_pod' });
+export const WEFT_POD_IN = struct([['netns_cookie', u64], ['mode', u8], ['flags', u8]], { name: 'struct weft_pod_in' });
+export const WEFT_POD_PORT = struct([['pod_ip', ipv4], ['port', u16]], { name: 'struct weft_pod_port' });
+export const WEFT_PORT_MODE = struct([['mode', u8]], { name: 'struct weft_port_mode', size: 4 });
+export const WEFT_SK_TAG = struct([['kind', u32]], { name: 'struct weft_sk_tag' });
+export const WEFT_DEST_KEY = struct([['ip', ipv4], ['port', u16]], { name: 'struct weft_dest_key' });
+export const WEFT_DEST = struct([['flags', u32]], { name: 'struct weft_dest' });
+export const WEFT_EXCLUDED = struct([['present', u8]], { name: 'struct weft_excluded' });
+export const WEFT_TUPLE4 = struct([
+  ['src_ip', ipv4], ['dst_ip', ipv4], ['src_port', u16], ['dst_port', u16],
+], { name: 'struct weft_tuple4' });
+export const WEFT_ORIG = struct([['orig_ip', ipv4], ['orig_port', u16], ['netns_cookie', u64]], { name: 'struct weft_orig' });
+export const WEFT_PEER_KEY = struct([
+  ['local_ip', ipv4], ['remote_ip', ipv4], ['local_port', u16], ['remote_port', u16],
+], { name: 'struct weft_peer_key' });
+export const WEFT_PEER = struct([['client_ip', ipv4], ['client_port', u16]], { name: 'struct weft_peer' });
+export const WEFT_SPLICED = struct([
+  ['peer', WEFT_TUPLE4], ['flags', u32], ['sk', u64], ['snd_base', u32], ['rcv_base', u32], ['netns_cookie', u64],
+  ['bytes', u64], ['msgs', u64], ['passed', u64], ['fallbacks', u32],
+], { name: 'struct weft_spliced' });
+export const WEFT_SPLICE_EXPECT_KEY = struct([['ip', ipv4], ['port', u16]], { name: 'struct weft_splice_expect_key' });
+export const WEFT_REFUSAL = struct([
+  ['netns_cookie', u64], ['saddr', ipv4], ['daddr', ipv4], ['sport', u16], ['dport', u16], ['reason', u16],
+], { name: 'struct weft_refusal' });
+
 // ---- keys -------------------------------------------------------------------------------------
 
 /** __u64 network-namespace cookie (weft_pods, weft_pod_counters). */
 export function cookieKey(cookie: bigint): Buffer {
-  const b = Buffer.alloc(8);
-  u64(b, 0, cookie);
-  return b;
+  return u64.encode(cookie);
 }
 export function decodeCookieKey(b: Buffer): bigint {
-  return r64(b, 0);
+  return u64.decode(b);
 }
 
 /** __be32 (weft_inbound_pods, weft_pod_listeners). */
 export function ipKey(addr: string): Buffer {
-  const b = Buffer.alloc(4);
-  ip(b, 0, addr);
-  return b;
+  return ipv4.encode(addr);
 }
 export function decodeIpKey(b: Buffer): string {
-  return rip(b, 0);
+  return ipv4.decode(b);
 }
 
 /** __u16 host-order port (weft_excluded_ports). */
 export function portKey(port: number): Buffer {
-  const b = Buffer.alloc(2);
-  u16(b, 0, port);
-  return b;
+  return u16.encode(port);
 }
 export function decodePortKey(b: Buffer): number {
-  return r16(b, 0);
+  return u16.decode(b);
 }
 
-// ---- struct weft_pod (16 bytes) ----------------------------------------------------------------
+// ---- struct weft_pod ---------------------------------------------------------------------------
 
 export interface PodEntry {
   podIp: string;
@@ -92,33 +87,20 @@ export interface PodEntry {
   flags: number;
   ifindex: number;
 }
-export const POD_SIZE = 16;
+export const POD_SIZE = WEFT_POD.size;
 export function encodePod(v: PodEntry): Buffer {
-  const b = Buffer.alloc(POD_SIZE);
-  ip(b, 0, v.podIp);
-  ip(b, 4, v.agentIp);
-  u16(b, 8, v.agentPort);
-  b[10] = MODE[v.mode];
-  b[11] = v.flags;
-  u32(b, 12, v.ifindex);
-  return b;
+  return WEFT_POD.encode({ pod_ip: v.podIp, agent_ip: v.agentIp, agent_port: v.agentPort, mode: MODE[v.mode], flags: v.flags, ifindex: v.ifindex });
 }
 export function decodePod(b: Buffer): PodEntry {
-  return {
-    podIp: rip(b, 0),
-    agentIp: rip(b, 4),
-    agentPort: r16(b, 8),
-    mode: modeName(b[10]!),
-    flags: b[11]!,
-    ifindex: r32(b, 12),
-  };
+  const v = WEFT_POD.decode(b);
+  return { podIp: v.pod_ip, agentIp: v.agent_ip, agentPort: v.agent_port, mode: modeName(v.mode), flags: v.flags, ifindex: v.ifindex };
 }
 
 function modeName(n: number): Mode {
   return n === MODE.STRICT ? 'STRICT' : 'PERMISSIVE';
 }
 
-// ---- struct weft_pod_in (16 bytes) -------------------------------------------------------------
+// ---- struct weft_pod_in ------------------------------------------------------------------------
 
 /** weft_pod_in.flags */
 export const POD_F = { PORT_MODES: 0x01, STRICT_PORT: 0x02 } as const;
@@ -128,61 +110,48 @@ export interface PodInbound {
   mode: Mode;
   flags: number;
 }
-export const POD_IN_SIZE = 16;
+export const POD_IN_SIZE = WEFT_POD_IN.size;
 export function encodePodIn(v: PodInbound): Buffer {
-  const b = Buffer.alloc(POD_IN_SIZE);
-  u64(b, 0, v.netnsCookie);
-  b[8] = MODE[v.mode];
-  b[9] = v.flags;
-  return b;
+  return WEFT_POD_IN.encode({ netns_cookie: v.netnsCookie, mode: MODE[v.mode], flags: v.flags });
 }
 export function decodePodIn(b: Buffer): PodInbound {
-  return { netnsCookie: r64(b, 0), mode: modeName(b[8]!), flags: b[9]! };
+  const v = WEFT_POD_IN.decode(b);
+  return { netnsCookie: v.netns_cookie, mode: modeName(v.mode), flags: v.flags };
 }
 
-// ---- struct weft_pod_port (8) / weft_port_mode (4) ---------------------------------------------
+// ---- struct weft_pod_port / weft_port_mode -----------------------------------------------------
 
 export function encodePodPort(podIp: string, port: number): Buffer {
-  const b = Buffer.alloc(8);
-  ip(b, 0, podIp);
-  u16(b, 4, port);
-  return b;
+  return WEFT_POD_PORT.encode({ pod_ip: podIp, port });
 }
 export function decodePodPort(b: Buffer): Endpoint {
-  return { ip: rip(b, 0), port: r16(b, 4) };
+  const v = WEFT_POD_PORT.decode(b);
+  return { ip: v.pod_ip, port: v.port };
 }
 export function encodePortMode(mode: Mode): Buffer {
-  const b = Buffer.alloc(4);
-  b[0] = MODE[mode];
-  return b;
+  return WEFT_PORT_MODE.encode({ mode: MODE[mode] });
 }
 export function decodePortMode(b: Buffer): Mode {
-  return modeName(b[0]!);
+  return modeName(WEFT_PORT_MODE.decode(b).mode);
 }
 
-// ---- struct weft_sk_tag (4), socket fds, cgroup ids --------------------------------------------
+// ---- struct weft_sk_tag, socket fds, cgroup ids ------------------------------------------------
 
 /** weft_sk_tag.kind */
 export const SK_TAG = { AGENT: 1, PROBE: 2 } as const;
 export function encodeSkTag(kind: number): Buffer {
-  const b = Buffer.alloc(4);
-  u32(b, 0, kind);
-  return b;
+  return WEFT_SK_TAG.encode({ kind });
 }
 /** An int socket fd: the key user space gives a socket-local storage map. */
 export function fdKey(fd: number): Buffer {
-  const b = Buffer.alloc(4);
-  if (LE) b.writeInt32LE(fd, 0); else b.writeInt32BE(fd, 0);
-  return b;
+  return i32.encode(fd);
 }
 /** A __u64 socket fd: the value user space gives a SOCKHASH (lookups return the socket cookie). */
 export function fdValue(fd: number): Buffer {
-  const b = Buffer.alloc(8);
-  u64(b, 0, BigInt(fd));
-  return b;
+  return u64.encode(BigInt(fd));
 }
 
-// ---- struct weft_dest_key (8) / weft_dest (4) --------------------------------------------------
+// ---- struct weft_dest_key / weft_dest ----------------------------------------------------------
 
 export interface Destination {
   ip: string;
@@ -190,39 +159,36 @@ export interface Destination {
   port?: number;
 }
 export function encodeDestKey(d: Destination): Buffer {
-  const b = Buffer.alloc(8);
-  ip(b, 0, d.ip);
-  u16(b, 4, d.port ?? 0);
-  return b;
+  return WEFT_DEST_KEY.encode({ ip: d.ip, port: d.port ?? 0 });
 }
 export function decodeDestKey(b: Buffer): Required<Destination> {
-  return { ip: rip(b, 0), port: r16(b, 4) };
+  const v = WEFT_DEST_KEY.decode(b);
+  return { ip: v.ip, port: v.port };
 }
 export function encodeDest(flags = 0): Buffer {
-  const b = Buffer.alloc(4);
-  u32(b, 0, flags);
-  return b;
+  return WEFT_DEST.encode({ flags });
 }
 
-/** struct weft_excluded (1 byte). */
-export const EXCLUDED_PRESENT = Buffer.from([1]);
+/** struct weft_excluded with present = 1. */
+export const EXCLUDED_PRESENT = WEFT_EXCLUDED.encode({ present: 1 });
 
-// ---- struct weft_tuple4 (12) / weft_orig (16) --------------------------------------------------
+// ---- struct weft_tuple4 / weft_orig ------------------------------------------------------------
 
 export interface Endpoint {
   ip: string;
   port: number;
 }
+function tuple4(src: Endpoint, dst: Endpoint): { src_ip: string; dst_ip: string; src_port: number; dst_port: number } {
+  return { src_ip: src.ip, dst_ip: dst.ip, src_port: src.port, dst_port: dst.port };
+}
+function endpoints(v: { src_ip: string; dst_ip: string; src_port: number; dst_port: number }): { src: Endpoint; dst: Endpoint } {
+  return { src: { ip: v.src_ip, port: v.src_port }, dst: { ip: v.dst_ip, port: v.dst_port } };
+}
 export function encodeTuple4(src: Endpoint, dst: Endpoint): Buffer {
-  const b = Buffer.alloc(12);
-  ip(b, 0, src.ip);
-  ip(b, 4, dst.ip);
-  u16(b, 8, src.port);
-  u16(b, 10, dst.port);
-  return b;
+  return WEFT_TUPLE4.encode(tuple4(src, dst));
 }
 export function decodeTuple4(b: Buffer): { src: Endpoint; dst: Endpoint } {
-  return { src: { ip: rip(b, 0), port: r16(b, 8) }, dst: { ip: rip(b, 4), port: r16(b, 10) } };
+  return endpoints(WEFT_TUPLE4.decode(b));
 }
 
 export interface OriginalDestination {
@@ -232,30 +198,24 @@ export interface OriginalDestination {
   clientNetnsCookie: bigint;
 }
 export function decodeOrig(b: Buffer): OriginalDestination {
-  return { ip: rip(b, 0), port: r16(b, 4), clientNetnsCookie: r64(b, 8) };
+  const v = WEFT_ORIG.decode(b);
+  return { ip: v.orig_ip, port: v.orig_port, clientNetnsCookie: v.netns_cookie };
 }
 
-// ---- struct weft_peer_key (12) / weft_peer (8) -------------------------------------------------
+// ---- struct weft_peer_key / weft_peer ----------------------------------------------------------
 
 export function encodePeerKey(local: Endpoint, remote: Endpoint): Buffer {
-  const b = Buffer.alloc(12);
-  ip(b, 0, local.ip);
-  ip(b, 4, remote.ip);
-  u16(b, 8, local.port);
-  u16(b, 10, remote.port);
-  return b;
+  return WEFT_PEER_KEY.encode({ local_ip: local.ip, remote_ip: remote.ip, local_port: local.port, remote_port: remote.port });
 }
 export function encodePeer(client: Endpoint): Buffer {
-  const b = Buffer.alloc(8);
-  ip(b, 0, client.ip);
-  u16(b, 4, client.port);
-  return b;
+  return WEFT_PEER.encode({ client_ip: client.ip, client_port: client.port });
 }
 export function decodePeer(b: Buffer): Endpoint {
-  return { ip: rip(b, 0), port: r16(b, 4) };
+  const v = WEFT_PEER.decode(b);
+  return { ip: v.client_ip, port: v.client_port };
 }
 
-// ---- struct weft_spliced (72) / weft_splice_expect_key (8) -------------------------------------
+// ---- struct weft_spliced / weft_splice_expect_key ----------------------------------------------
 
 /** One pod socket the same-node splice may carry (weft_spliced value, keyed by its own tuple). */
 export interface SplicedEntry {
@@ -282,7 +242,7 @@ export interface SplicedEntry {
  * socket; CLOSED = the socket closed; REDIRECTING = its last message was redirected.
  */
 export const SPLICE_F = { PAIRED: 0x1, CLIENT: 0x2, CLOSED: 0x4, REDIRECTING: 0x8 } as const;
-export const SPLICED_SIZE = 72;
+export const SPLICED_SIZE = WEFT_SPLICED.size;
 /**
  * weft_splice_reader bits, set by the kernel as a filed socket is read (sticky): RECVMSG = read
  * with recvmsg/read (takes redirected bytes); SPLICE = read with splice(2) (never sees them, so
@@ -300,30 +260,20 @@ export function spliceReaderNames(bits: number): string[] {
   return out;
 }
 export function encodeSpliced(v: SplicedEntry): Buffer {
-  const b = Buffer.alloc(SPLICED_SIZE);
-  encodeTuple4(v.peer.src, v.peer.dst).copy(b, 0);
-  u32(b, 12, v.flags >>> 0);
-  u64(b, 16, v.sk);
-  u32(b, 24, v.sndBase >>> 0);
-  u32(b, 28, v.rcvBase >>> 0);
-  u64(b, 32, v.netnsCookie);
-  u64(b, 40, v.bytes);
-  u64(b, 48, v.msgs);
-  u64(b, 56, v.passed);
-  u32(b, 64, v.fallbacks >>> 0);
-  return b;
+  return WEFT_SPLICED.encode({
+    peer: tuple4(v.peer.src, v.peer.dst), flags: v.flags >>> 0, sk: v.sk, snd_base: v.sndBase >>> 0, rcv_base: v.rcvBase >>> 0,
+    netns_cookie: v.netnsCookie, bytes: v.bytes, msgs: v.msgs, passed: v.passed, fallbacks: v.fallbacks >>> 0,
+  });
 }
 export function decodeSpliced(b: Buffer): SplicedEntry {
+  const v = WEFT_SPLICED.decode(b);
   return {
-    peer: decodeTuple4(b.subarray(0, 12)), flags: r32(b, 12), sk: r64(b, 16), sndBase: r32(b, 24), rcvBase: r32(b, 28),
-    netnsCookie: r64(b, 32), bytes: r64(b, 40), msgs: r64(b, 48), passed: r64(b, 56), fallbacks: r32(b, 64),
+    peer: endpoints(v.peer), flags: v.flags, sk: v.sk, sndBase: v.snd_base, rcvBase: v.rcv_base,
+    netnsCookie: v.netns_cookie, bytes: v.bytes, msgs: v.msgs, passed: v.passed, fallbacks: v.fallbacks,
   };
 }
 export function encodeSpliceExpect(e: Endpoint): Buffer {
-  const b = Buffer.alloc(8);
-  ip(b, 0, e.ip);
-  u16(b, 4, e.port);
-  return b;
+  return WEFT_SPLICE_EXPECT_KEY.encode({ ip: e.ip, port: e.port });
 }
 
 // ---- counters ----------------------------------------------------------------------------------
@@ -368,21 +318,26 @@ export const COUNTER_FIELDS = [
 ] as const;
 export type CounterName = (typeof COUNTER_FIELDS)[number];
 export type Counters = Record<CounterName, number>;
-export const COUNTERS_SIZE = COUNTER_FIELDS.length * 8;
+/** struct weft_counters: a __u64 for each counter, in COUNTER_FIELDS order. */
+export const WEFT_COUNTERS = struct(COUNTER_FIELDS.map((f) => [f, u64] as const), { name: 'struct weft_counters' }) as StructCodec<Record<CounterName, bigint>>;
+export const COUNTERS_SIZE = WEFT_COUNTERS.size;
 
+const percpuCounters = new Map<number, Codec<Record<CounterName, bigint>[]>>();
 /** Sums a PERCPU_ARRAY value (nCPU slots of roundup(size, 8) bytes) into one set of counters. */
 export function decodePercpuCounters(b: Buffer, cpus: number): Counters {
-  const out = Object.fromEntries(COUNTER_FIELDS.map((f) => [f, 0])) as Counters;
-  const stride = Math.ceil(COUNTERS_SIZE / 8) * 8;
-  for (let cpu = 0; cpu < cpus; cpu++) {
-    COUNTER_FIELDS.forEach((f, i) => {
-      out[f] += Number(r64(b, cpu * stride + i * 8));
-    });
-  }
-  return out;
+  let slots = percpuCounters.get(cpus);
+  if (!slots) percpuCounters.set(cpus, slots = percpu(WEFT_COUNTERS, cpus));
+  return toNumbers(sumPercpu(slots.decode(b)));
 }
 
-// ---- struct weft_refusal (24 bytes) ------------------------------------------------------------
+/** A struct of __u64 counters as JS numbers (exact up to 2^53), in place. */
+function toNumbers<K extends string>(v: Record<K, bigint>): Record<K, number> {
+  const out = v as Record<K, unknown>;
+  for (const k in out) out[k] = Number(out[k]);
+  return out as Record<K, number>;
+}
+
+// ---- struct weft_refusal ----------------------------------------------------------------------
 
 export interface Refusal {
   /** The pod's netns cookie; 0n when the kernel did not know the pod (IPv6 at the interface). */
@@ -393,13 +348,14 @@ export interface Refusal {
   /** The counter that counted it (a REFUSAL_COUNTERS name). */
   reason: CounterName;
 }
-export const REFUSAL_SIZE = 24;
+export const REFUSAL_SIZE = WEFT_REFUSAL.size;
 export function decodeRefusal(b: Buffer): Refusal {
+  const v = WEFT_REFUSAL.decode(b);
   return {
-    netnsCookie: r64(b, 0),
-    src: { ip: rip(b, 8), port: r16(b, 16) },
-    dst: { ip: rip(b, 12), port: r16(b, 18) },
-    reason: COUNTER_FIELDS[r16(b, 20)] ?? 'strict_denied',
+    netnsCookie: v.netns_cookie,
+    src: { ip: v.saddr, port: v.sport },
+    dst: { ip: v.daddr, port: v.dport },
+    reason: COUNTER_FIELDS[v.reason] ?? 'strict_denied',
   };
 }
 
@@ -418,11 +374,23 @@ export const POD_COUNTER_FIELDS = [
 ] as const;
 export type PodCounterName = (typeof POD_COUNTER_FIELDS)[number];
 export type PodCounters = Record<PodCounterName, number>;
-export const POD_COUNTERS_SIZE = POD_COUNTER_FIELDS.length * 8;
+/** struct weft_pod_counters: a __u64 for each counter, in POD_COUNTER_FIELDS order. */
+export const WEFT_POD_COUNTERS = struct(POD_COUNTER_FIELDS.map((f) => [f, u64] as const), { name: 'struct weft_pod_counters' }) as StructCodec<Record<PodCounterName, bigint>>;
+export const POD_COUNTERS_SIZE = WEFT_POD_COUNTERS.size;
 
 export function decodePodCounters(b: Buffer): PodCounters {
-  return Object.fromEntries(POD_COUNTER_FIELDS.map((f, i) => [f, Number(r64(b, i * 8))])) as PodCounters;
+  const v = WEFT_POD_COUNTERS.decode(b);
+  return Object.fromEntries(POD_COUNTER_FIELDS.map((f) => [f, Number(v[f])])) as PodCounters;
 }
 export function zeroPodCounters(): Buffer {
   return Buffer.alloc(POD_COUNTERS_SIZE);
 }
+
+/**
+ * Every struct of bpf/include/weft.h the agent reads or writes, each named after its C struct:
+ * test/bpf/datapath.test.ts compares each with the objects' BTF.
+ */
+export const STRUCTS: readonly StructCodec<unknown>[] = [
+  WEFT_POD, WEFT_POD_IN, WEFT_POD_PORT, WEFT_PORT_MODE, WEFT_SK_TAG, WEFT_DEST_KEY, WEFT_DEST, WEFT_EXCLUDED, WEFT_TUPLE4,
+  WEFT_ORIG, WEFT_PEER_KEY, WEFT_PEER, WEFT_SPLICED, WEFT_SPLICE_EXPECT_KEY, WEFT_REFUSAL, WEFT_COUNTERS, WEFT_POD_COUNTERS,
+];
