@@ -34,4 +34,13 @@ static __always_inline void weft_refused(__u32 idx, __u64 cookie, __be32 saddr, 
 	bpf_ringbuf_output(&weft_refusals, &r, sizeof(r), 0);
 }
 
+/* Never called, so never loaded (libbpf loads the subprograms a program calls): a global function
+ * taking struct weft_refusal puts the struct in each object's BTF, which a ring buffer record
+ * otherwise is not (no map type names it), so test/bpf/datapath.test.ts checks the agent's codec
+ * of it as it checks the others. */
+__attribute__((noinline)) int weft_btf_refusal(struct weft_refusal *r)
+{
+	return r != 0;
+}
+
 #endif /* WEFT_COUNT_H */
