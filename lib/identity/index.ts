@@ -1,5 +1,7 @@
-// Identity for Weft: SPIFFE IDs, keys and CSRs, the CA, the certificate-service client and the
-// TLS options HBONE uses. This file is the public surface; import from here.
+// Identity for Weft: SPIFFE IDs, keys and CSRs, the CA, the certificate-service client, one
+// identity's certificate lifecycle (renewal.ts, which the agent's CertManager and a proxy's
+// IssuedIdentity share) and the TLS options HBONE uses. This file is the public surface; import
+// from here.
 export {
   IdentityError, SpiffeIdError, MalformedCsrError, CsrSignatureError, CsrIdentityMismatchError, CaLoadError,
   PeerUntrustedError, PeerCertificateExpiredError, PeerIdentityMissingError, PeerIdentityMismatchError, TlsHandshakeError,
@@ -21,7 +23,11 @@ export {
   classifyTlsError, guardHboneServer,
 } from './tls.ts';
 export { CertificateServiceClient, followTrustBundle, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';
-export { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalBackoffOptions } from './renewal.ts';
+export {
+  IdentityRenewal, RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, DEFAULT_RENEW_FRACTION, type RenewalBackoffOptions, type RenewalOptions, type RenewalHooks,
+  type RenewalFailure,
+} from './renewal.ts';
+export { type CertificateSigner, type SignResult, type HeldCertificate, type CertificateState, heldCertificate, certificateState, sameRoots } from './signing.ts';
 export { CA_PROTO_PATH, CERTIFICATE_SERVICE_NAME } from './ca-proto.ts';
 export {
   IssuedIdentity, ControllerSigner, staticIdentity, CertificateFileIdentityError, type ProxyIdentity, type IssuedIdentityOptions,

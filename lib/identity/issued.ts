@@ -2,28 +2,29 @@
 // trusts, and how both change.
 //
 // - Static (`--cert-file`/`--key-file`/`--ca-file`): read once, never rotated.
-// - Issued: a key and certificate from the controller's certificate service (token auth), renewed
-//   at half of the validity left at issuance, and at once when the trust bundle changes (root
-//   rotation) or when the CA announces a signing certificate that did not issue the one held (a
-//   new intermediate under the same root: Istio's plug-in CA rotated). The roots and the signing
-//   certificate come from the CA's trust-bundle stream (followed for the life of the holder,
-//   reconnecting with backoff); the roots also from each signing response.
-// - A failed attempt is retried with exponential backoff and jitter (500 ms doubling to 30 s);
-//   while a certificate is held no wait outlasts half of its remaining validity
-//   (lib/identity/renewal.ts). Each failure is reported ('renewalFailed') with the next attempt.
+// - Issued: a key and certificate from the controller's certificate service (token auth), with the
+//   lifecycle the agent's CertManager shares (IdentityRenewal, lib/identity/renewal.ts): renewed at
+//   half of the validity left at issuance, at once when the trust bundle changes (root rotation)
+//   and when the CA announces a signing certificate that did not issue the one held (a new
+//   intermediate under the same root: Istio's plug-in CA rotated); a failed attempt retried with exponential backoff and jitter (500 ms doubling to
+//   30 s), no wait outlasting half of the remaining validity, each failure reported
+//   ('renewalFailed') with the next attempt. A refusal is retried too: nobody else would ask for
+//   this identity again, and a holder that gave up would serve its certificate past expiry.
+// - What is its own: the roots and the signing certificate, from the CA's trust-bundle stream
+//   (followed for the life of the holder, reconnecting with backoff), the roots also from each
+//   signing response, and the /certs view.
 // - 'rotated' (a new certificate) and 'trustBundleChanged' (new roots) let the holder move its
 //   HBONE server, its HBONE client pool and its config stream to the new material.
 // Metrics and flag errors are the holder's (waypoint/src/identity.ts, eastwest/src/main.ts).
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../log.ts';
-import { CaUnavailableError, CertificateRefusedError, IdentityError } from './errors.ts';
+import { IdentityError } from './errors.ts';
 import { CertificateServiceClient, followTrustBundle } from './ca-client.ts';
-import { RenewalBackoff, type RenewalBackoffOptions } from './renewal.ts';
-import { createCsr, generateKeyPair, privateKeyToPem } from './csr.ts';
+import { IdentityRenewal, type RenewalBackoffOptions, type RenewalFailure, type RenewalOptions } from './renewal.ts';
 import { issuedBy, parseCertificate, splitPemCertificates } from './x509.ts';
 import { spiffeIdOfCertificate, type PeerExpectation, type TlsCredentials } from './tls.ts';
-import type { CertificateSigner, HeldCertificate } from './signing.ts';
+import { certificateState, heldCertificate, sameRoots, type CertificateSigner, type CertificateState, type HeldCertificate } from './signing.ts';
 
 /** What the admin endpoint `/certs` shows. */
 export interface CertificateView {
@@ -35,7 +36,7 @@ export interface CertificateView {
   notAfter: string;
   /** When the next scheduled renewal is due (issued identities). */
   renewAt?: string;
-  state: 'valid' | 'renewing' | 'expired';
+  state: CertificateState;
   /** Roots trusted for peers (and the controller): how many, and their subjects. */
   trustBundle: number;
   roots: string[];
@@ -47,13 +48,9 @@ export interface CertificateView {
   nextRenewalAttempt?: string;
 }
 
-export interface RenewalRetry {
-  /** Failed attempts of this renewal so far, this one included. */
-  failures: number;
-  /** Wait before the next attempt. */
+/** What 'renewalFailed' reports besides the error: an issued identity retries every failure, so there is always a wait. */
+export interface RenewalRetry extends RenewalFailure {
   retryInMs: number;
-  /** The certificate still held meanwhile, if any. */
-  expiresAt: Date | undefined;
 }
 
 export interface IdentityEvents {
@@ -89,35 +86,19 @@ function issuedByAnother(cert: string, signer: string): boolean {
   }
 }
 
-function sameRoots(a: readonly string[], b: readonly string[]): boolean {
-  if (a.length !== b.length) return false;
-  const s = new Set(b.map((p) => p.trim()));
-  return a.every((p) => s.has(p.trim()));
-}
-
-type Held = HeldCertificate;
-
-function describe(keyPem: string, certChain: string[], renewAt: number): Held {
-  const leaf = parseCertificate(certChain[0]!);
-  return {
-    keyPem, certChain, serial: leaf.serial, issuer: (leaf.x509.issuer ?? '').replace(/\n/g, ', '),
-    notBefore: leaf.notBefore, notAfter: leaf.notAfter, renewAt,
-  };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Static material
 
 class StaticIdentity extends EventEmitter<IdentityEvents> implements ProxyIdentity {
   readonly spiffeId: string;
   readonly #creds: TlsCredentials;
-  readonly #held: Held;
+  readonly #held: HeldCertificate;
 
   constructor(spiffeId: string, creds: TlsCredentials) {
     super();
     this.spiffeId = spiffeId;
     this.#creds = creds;
-    this.#held = describe(creds.key, [...creds.certChain], Infinity);
+    this.#held = heldCertificate(creds.key, [...creds.certChain], Infinity);
   }
 
   current(): TlsCredentials {
@@ -129,7 +110,7 @@ class StaticIdentity extends EventEmitter<IdentityEvents> implements ProxyIdenti
     return {
       identity: this.spiffeId, source: 'static', serial: h.serial, issuer: h.issuer,
       notBefore: h.notBefore.toISOString(), notAfter: h.notAfter.toISOString(),
-      state: Date.now() >= h.notAfter.getTime() ? 'expired' : 'valid',
+      state: certificateState(h, false, Date.now()),
       trustBundle: this.#creds.trustBundle.length, roots: this.#creds.trustBundle.map(subjectOf), issued: 1, renewalFailures: 0,
     };
   }
@@ -222,37 +203,19 @@ export class ControllerSigner implements CertificateSigner {
 // ---------------------------------------------------------------------------------------------
 // Issued identity
 
-export interface IssuedIdentityOptions {
+export interface IssuedIdentityOptions extends RenewalOptions {
   spiffeId: string;
   signer: CertificateSigner;
   /** Roots to start with (--ca-bundle); replaced by what the CA publishes. */
   trustBundle: readonly string[];
-  /** Requested certificate lifetime in seconds; 0 = the CA's default (24 h). */
-  lifetimeSeconds?: number;
-  /** Fraction of the validity left at issuance after which a certificate is renewed (default 0.5). */
-  renewFraction?: number;
-  backoff?: RenewalBackoffOptions;
-  random?: () => number;
 }
 
 export class IssuedIdentity extends EventEmitter<IdentityEvents> implements ProxyIdentity {
   readonly spiffeId: string;
-  readonly #o: IssuedIdentityOptions;
   readonly #signer: CertificateSigner;
+  readonly #renewal: IdentityRenewal;
   #roots: string[];
-  /** Bumped whenever the roots change, so a response sent before a change cannot undo it. */
-  #rootsVersion = 0;
-  #held: Held | undefined;
-  #issued = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #renewal: Promise<void> | undefined;
-  /** Renew once more when the renewal under way is done (the roots changed meanwhile). */
-  #again = false;
-  /** Ends the wait between two attempts early (new roots: the CA is reachable again). */
-  #wake: (() => void) | undefined;
-  #failures = 0;
-  #lastError: IdentityError | undefined;
-  #nextAttemptAt: number | undefined;
+  #started = false;
   #stopWatch: (() => void) | undefined;
   /** The signing certificate the CA's stream last announced (setTrustBundle). */
   #announcedSigner: string | undefined;
@@ -261,9 +224,20 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   constructor(o: IssuedIdentityOptions) {
     super();
     this.spiffeId = o.spiffeId;
-    this.#o = o;
     this.#signer = o.signer;
     this.#roots = [...o.trustBundle];
+    this.#renewal = new IdentityRenewal(o.spiffeId, o.signer, o, {
+      retryRefused: true,
+      issued: (_cert, previous, roots, superseded) => {
+        // Roots learned from the response: this certificate was issued under them already. Unless
+        // the stream announced other roots while it was on its way (a renewal follows for those).
+        if (!superseded && roots.length > 0 && !sameRoots(roots, this.#roots)) this.#applyRoots(roots);
+        if (previous) this.emit('rotated', this.current());
+      },
+      failed: (error, retry) => {
+        if (retry.retryInMs !== undefined) this.emit('renewalFailed', error, { ...retry, retryInMs: retry.retryInMs });
+      },
+    });
   }
 
   /**
@@ -271,14 +245,14 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
    * 'renewalFailed'), then follows the CA's roots. current() and view() need it done.
    */
   async start(): Promise<void> {
-    if (this.#held || this.#renewal) throw new Error('IssuedIdentity.start: already started');
-    await this.#renew();
-    if (!this.#held) throw new CaUnavailableError(`no certificate for ${this.spiffeId}: closed before one was issued`);
+    if (this.#started) throw new Error('IssuedIdentity.start: already started');
+    this.#started = true;
+    await this.#renewal.renew();
     this.#stopWatch = this.#signer.watchTrustBundle?.((roots, signer) => this.setTrustBundle(roots, signer));
   }
 
   current(): TlsCredentials {
-    const h = this.#held!;
+    const h = this.#renewal.held!;
     return { key: h.keyPem, certChain: h.certChain, trustBundle: this.#roots };
   }
 
@@ -287,17 +261,17 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   }
 
   view(): CertificateView {
-    const h = this.#held!;
-    const renewing = this.#renewal !== undefined;
+    const r = this.#renewal;
+    const h = r.held!;
     const v: CertificateView = {
       identity: this.spiffeId, source: 'issued', serial: h.serial, issuer: h.issuer,
       notBefore: h.notBefore.toISOString(), notAfter: h.notAfter.toISOString(), renewAt: new Date(h.renewAt).toISOString(),
-      state: Date.now() >= h.notAfter.getTime() ? 'expired' : renewing ? 'renewing' : 'valid',
-      trustBundle: this.#roots.length, roots: this.#roots.map(subjectOf), issued: this.#issued,
-      renewalFailures: renewing ? this.#failures : 0,
+      state: certificateState(h, r.renewing, r.now()),
+      trustBundle: this.#roots.length, roots: this.#roots.map(subjectOf), issued: r.issued,
+      renewalFailures: r.failures,
     };
-    if (renewing && this.#lastError) v.lastRenewalError = this.#lastError.message;
-    if (renewing && this.#nextAttemptAt !== undefined) v.nextRenewalAttempt = new Date(this.#nextAttemptAt).toISOString();
+    if (r.lastError) v.lastRenewalError = r.lastError.message;
+    if (r.nextAttemptAt !== undefined) v.nextRenewalAttempt = new Date(r.nextAttemptAt).toISOString();
     return v;
   }
 
@@ -314,109 +288,30 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
     if (this.#closed) return;
     const newSigner = signer !== undefined && signer !== '' && signer !== this.#announcedSigner;
     if (newSigner) this.#announcedSigner = signer;
+    const held = this.#renewal.held;
     if (roots.length > 0 && !sameRoots(roots, this.#roots)) {
       this.#applyRoots(roots);
       this.renewNow();
-    } else if (newSigner && this.#held && issuedByAnother(this.#held.certChain[0]!, signer)) {
+    } else if (newSigner && held && issuedByAnother(held.certChain[0]!, signer)) {
       this.renewNow();
     }
   }
 
   /** Renews now; if a renewal is under way, once more after it (or now, if it is waiting to retry). */
   renewNow(): void {
-    if (this.#closed) return;
-    if (this.#renewal) {
-      this.#again = true;
-      this.#wake?.();
-      return;
-    }
-    void this.#renew();
+    this.#renewal.renewNow();
   }
 
   close(): void {
     this.#closed = true;
-    clearTimeout(this.#timer);
+    this.#renewal.stop();
     this.#stopWatch?.();
-    this.#wake?.();
     this.#signer.close();
   }
 
   #applyRoots(roots: readonly string[]): void {
     this.#roots = [...roots];
-    this.#rootsVersion++;
     this.#signer.setTrustBundle(this.#roots);
     this.emit('trustBundleChanged', this.#roots);
-  }
-
-  /** One renewal: attempts until a certificate is installed or the identity is closed. */
-  #renew(): Promise<void> {
-    clearTimeout(this.#timer);
-    const p = this.#attempts().finally(() => {
-      this.#renewal = undefined;
-      if (this.#again && !this.#closed) {
-        this.#again = false;
-        void this.#renew();
-      }
-    });
-    this.#renewal = p;
-    return p;
-  }
-
-  async #attempts(): Promise<void> {
-    const backoff = new RenewalBackoff(this.#o.backoff, this.#o.random);
-    this.#failures = 0;
-    this.#lastError = undefined;
-    this.#nextAttemptAt = undefined;
-    while (!this.#closed) {
-      this.#again = false;
-      try {
-        const fetched = await this.#fetch();
-        if (this.#closed) return;
-        this.#install(fetched);
-        return;
-      } catch (err) {
-        if (this.#closed) return;
-        const e = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${this.spiffeId} failed: ${(err as Error).message}`, { cause: err });
-        this.#failures++;
-        this.#lastError = e;
-        const now = Date.now();
-        const wait = backoff.next(this.#held ? this.#held.notAfter.getTime() - now : undefined);
-        this.#nextAttemptAt = now + wait;
-        this.emit('renewalFailed', e, { failures: this.#failures, retryInMs: wait, expiresAt: this.#held?.notAfter });
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(() => { this.#wake = undefined; resolve(); }, wait);
-          this.#wake = () => { clearTimeout(t); this.#wake = undefined; resolve(); };
-        });
-      }
-    }
-  }
-
-  async #fetch(): Promise<{ held: Held; roots: string[]; rootsVersion: number }> {
-    const rootsVersion = this.#rootsVersion;
-    const { privateKey } = await generateKeyPair();
-    const res = await this.#signer.sign(this.spiffeId, createCsr(this.spiffeId, privateKey), this.#o.lifetimeSeconds ?? 0);
-    const leaf = parseCertificate(res.certChain[0]!);
-    if (leaf.uris.length !== 1 || leaf.uris[0] !== this.spiffeId) {
-      throw new CertificateRefusedError(`certificate service returned a certificate for ${leaf.uris.join(', ') || '(no URI SAN)'} when ${this.spiffeId} was requested`);
-    }
-    const now = Date.now();
-    const renewAt = now + Math.max(0, leaf.notAfter.getTime() - now) * (this.#o.renewFraction ?? 0.5);
-    return { held: describe(privateKeyToPem(privateKey), res.certChain, renewAt), roots: res.trustBundle, rootsVersion };
-  }
-
-  #install({ held, roots, rootsVersion }: { held: Held; roots: string[]; rootsVersion: number }): void {
-    const first = this.#held === undefined;
-    this.#held = held;
-    this.#issued++;
-    this.#failures = 0;
-    this.#lastError = undefined;
-    this.#nextAttemptAt = undefined;
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.renewNow(), Math.max(0, held.renewAt - Date.now()));
-    this.#timer.unref();
-    // Roots learned from the response: this certificate was issued under them already. Unless the
-    // stream announced other roots while it was on its way (a renewal follows for those).
-    if (roots.length > 0 && rootsVersion === this.#rootsVersion && !sameRoots(roots, this.#roots)) this.#applyRoots(roots);
-    if (!first) this.emit('rotated', this.current());
   }
 }

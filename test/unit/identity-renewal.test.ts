@@ -1,9 +1,16 @@
-// lib/identity/renewal.ts: the schedule of a failing certificate renewal, shared by the agent's
-// CertManager and the waypoint.
+// lib/identity/renewal.ts: one identity's certificate lifecycle and the schedule of a failing
+// renewal, shared by the agent's CertManager and a proxy's IssuedIdentity (waypoint, east-west
+// gateway). The table at the end runs the same cases through both holders.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS } from '../../lib/identity/renewal.ts';
-import { holds } from '../lab/wait.ts';
+import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { CaUnavailableError } from '../../lib/identity/errors.ts';
+import { IssuedIdentity } from '../../lib/identity/issued.ts';
+import { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalFailure, type RenewalOptions } from '../../lib/identity/renewal.ts';
+import type { CertificateSigner, SignResult } from '../../lib/identity/signing.ts';
+import { CertManager } from '../../agent/src/certs/index.ts';
+import { TD, id, workloadCreds } from './identity-fixtures.ts';
+import { holds, until } from '../lab/wait.ts';
 
 test('retry waits near expiry: at most half of the validity left (not below 250 ms), without advancing the backoff, which resumes after expiry where it was', () => {
   const b = new RenewalBackoff({}, () => 0.5);
@@ -48,3 +55,176 @@ test('followTrustBundle reopens the stream after it fails to open or ends, until
   // Several retry intervals (5-10 ms) long: a watch still running would have opened again.
   await holds('nothing opened after stop', () => opens === 3, 50);
 });
+
+// ---------------------------------------------------------------------------------------------
+// One lifecycle, two holders
+
+/** Signs through an in-process CA; fails, delays, or answers for another identity when told to. */
+class TableSigner implements CertificateSigner {
+  calls = 0;
+  failNext = 0;
+  delayMs = 0;
+  /** Answer with a certificate for this identity instead of the one asked for. */
+  answerFor: string | undefined;
+  /** The roots an answer carries, read when the request arrives (default: the CA's). */
+  publish: string[] | undefined;
+  readonly ca: CertificateAuthority;
+  constructor(ca: CertificateAuthority) {
+    this.ca = ca;
+  }
+  async sign(identity: string, csr: string): Promise<SignResult> {
+    this.calls++;
+    const trustBundle = this.publish ?? this.ca.trustBundle();
+    if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new CaUnavailableError('certificate service at table is unavailable (test)');
+    }
+    if (this.answerFor) return { certChain: [...(await workloadCreds(this.ca, this.answerFor)).certChain], trustBundle };
+    return { certChain: this.ca.signCsr(csr, identity).certChain, trustBundle };
+  }
+  setTrustBundle(): void {}
+  close(): void {}
+}
+
+/** What the table asks of a holder of one identity. */
+interface Holder {
+  /** Gets the first certificate (CertManager.get, IssuedIdentity.start). */
+  start(): Promise<unknown>;
+  serial(): string | undefined;
+  state(): string | undefined;
+  roots(): readonly string[];
+  setRoots(roots: string[]): void;
+  rotations(): number;
+  failures(): Array<{ code: string; retry: RenewalFailure }>;
+  close(): void;
+}
+
+const WEB = id('default', 'web');
+
+function agentHolder(signer: TableSigner, opts: RenewalOptions): Holder {
+  const m = new CertManager({ signer, trustBundle: signer.ca.trustBundle(), ...opts });
+  let rotations = 0;
+  const failures: Array<{ code: string; retry: RenewalFailure }> = [];
+  m.on('rotated', () => rotations++);
+  m.on('renewalFailed', (_id, e, retry) => failures.push({ code: e.code, retry }));
+  return {
+    start: () => m.get(WEB), serial: () => m.list()[0]?.serial, state: () => m.list()[0]?.state, roots: () => m.trustBundle(),
+    setRoots: (r) => m.setTrustBundle(r), rotations: () => rotations, failures: () => failures, close: () => m.close(),
+  };
+}
+
+function proxyHolder(signer: TableSigner, opts: RenewalOptions): Holder {
+  const p = new IssuedIdentity({ spiffeId: WEB, signer, trustBundle: signer.ca.trustBundle(), ...opts });
+  let rotations = 0;
+  let started = false;
+  const failures: Array<{ code: string; retry: RenewalFailure }> = [];
+  p.on('rotated', () => rotations++);
+  p.on('renewalFailed', (e, retry) => failures.push({ code: e.code, retry }));
+  return {
+    start: () => p.start().then(() => { started = true; }), serial: () => (started ? p.view().serial : undefined), state: () => (started ? p.view().state : undefined),
+    roots: () => p.trustBundle(), setRoots: (r) => p.setTrustBundle(r), rotations: () => rotations, failures: () => failures, close: () => p.close(),
+  };
+}
+
+const holders = [
+  { name: "the agent's CertManager", make: agentHolder, retriesRefusal: false },
+  { name: "a proxy's IssuedIdentity", make: proxyHolder, retriesRefusal: true },
+];
+
+async function otherRoot(): Promise<string> {
+  return (await CertificateAuthority.generateRoot({ trustDomain: TD, organization: 'other' })).trustBundle()[0]!;
+}
+
+for (const h of holders) {
+  test(`${h.name}: new roots wake a retry waiting for its turn (the roots it failed under may be why it failed)`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    signer.failNext = 1;
+    const holder = h.make(signer, { backoff: { initialMs: 20_000, maxMs: 20_000 } });
+    t.after(() => holder.close());
+    let done = false;
+    const first = holder.start().then(() => { done = true; });
+    await until('the first attempt fails', () => holder.failures().length === 1, 5_000);
+    assert.ok((holder.failures()[0]!.retry.retryInMs ?? 0) > 10_000, 'the next attempt is far away');
+    holder.setRoots([...ca.trustBundle(), await otherRoot()]);
+    await until('a certificate, long before the 20 s retry', () => done, 3_000);
+    await first;
+    assert.equal(signer.calls, 2);
+    assert.equal(holder.state(), 'valid');
+  });
+
+  test(`${h.name}: new roots while a signing is on its way renew once more after it, and its answer's older roots are not applied`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    const holder = h.make(signer, {});
+    t.after(() => holder.close());
+    await holder.start();
+    const first = holder.serial();
+    const [x, y] = [await otherRoot(), await otherRoot()];
+    // The answer to the renewal below carries the roots as they were when it was asked for.
+    signer.publish = ca.trustBundle();
+    signer.delayMs = 200;
+    holder.setRoots([...ca.trustBundle(), x]);
+    await until('the renewal is on its way', () => signer.calls === 2, 5_000);
+    signer.publish = [...ca.trustBundle(), x, y];
+    holder.setRoots([...ca.trustBundle(), x, y]);
+    await until('a second renewal after the one on its way', () => holder.rotations() === 2, 5_000);
+    assert.deepEqual(holder.roots(), [...ca.trustBundle(), x, y], 'the roots announced last, not those of the older answer');
+    assert.notEqual(holder.serial(), first);
+    await holds('no renewal beyond those two', () => signer.calls === 3 && holder.rotations() === 2, 300);
+  });
+
+  test(`${h.name}: a certificate for another identity is refused (WEFT_CA_REFUSED)${h.retriesRefusal ? ' and retried: nobody else asks for a proxy\'s own identity' : ', not retried: the next connection asks again'}`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    signer.answerFor = id('default', 'admin');
+    const holder = h.make(signer, { backoff: { initialMs: 20, maxMs: 20 } });
+    t.after(() => holder.close());
+    const first = holder.start();
+    first.catch(() => undefined); // awaited below
+    await until('the refusal is reported', () => holder.failures().length >= 1, 5_000);
+    const [refused] = holder.failures();
+    assert.equal(refused!.code, 'WEFT_CA_REFUSED');
+    assert.equal(holder.serial(), undefined, 'the foreign certificate is not held');
+    if (h.retriesRefusal) {
+      assert.ok(refused!.retry.retryInMs !== undefined);
+      await until('a second refused attempt', () => holder.failures().length >= 2, 5_000);
+      signer.answerFor = undefined;
+      await first;
+      assert.equal(holder.state(), 'valid');
+    } else {
+      assert.equal(refused!.retry.retryInMs, undefined);
+      await assert.rejects(first, (e: Error & { code?: string }) => e.code === 'WEFT_CA_REFUSED');
+      await holds('no attempt after the refusal', () => signer.calls === 1, 100);
+    }
+  });
+
+  test(`${h.name}: renewal time, expiry and the state shown follow the injected clock`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    let offsetMs = 0;
+    const holder = h.make(signer, { clock: () => Date.now() + offsetMs, renewFraction: 0.5 });
+    t.after(() => holder.close());
+    await holder.start();
+    assert.equal(holder.state(), 'valid');
+    offsetMs = 25 * 3_600_000; // past the CA's 24 h
+    assert.equal(holder.state(), 'expired');
+  });
+
+  test(`${h.name}: stopping ends a retry waiting for its turn; nothing is signed after it`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    signer.failNext = 1;
+    const holder = h.make(signer, { backoff: { initialMs: 20_000, maxMs: 20_000 } });
+    t.after(() => holder.close());
+    let settled = false;
+    const first = holder.start().finally(() => { settled = true; });
+    first.catch(() => undefined);
+    await until('the first attempt fails', () => holder.failures().length === 1, 5_000);
+    holder.close();
+    await until('the first certificate is given up at once, not after the 20 s wait', () => settled, 2_000);
+    await assert.rejects(first, CaUnavailableError);
+    assert.equal(signer.calls, 1);
+  });
+}

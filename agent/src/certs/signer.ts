@@ -14,7 +14,7 @@ import type { PeerExpectation } from '../../../lib/identity/tls.ts';
 import { parseCertificate } from '../../../lib/identity/x509.ts';
 
 export type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
-import type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
+import { sameRoots, type CertificateSigner, type SignResult } from '../../../lib/identity/signing.ts';
 
 export interface GrpcSignerOptions {
   /** host:port of the controller (15012). */
@@ -61,7 +61,7 @@ export class GrpcCertificateSigner implements CertificateSigner {
   }
 
   setTrustBundle(bundle: readonly string[]): void {
-    if (bundle.join('') === this.#bundle.join('')) return;
+    if (sameRoots(bundle, this.#bundle)) return;
     this.#bundle = [...bundle];
     // A new root is being rolled out: move the node certificate over at the next request too.
     if (this.#nodeCert) this.#nodeCert.renewAt = 0;
