@@ -1,13 +1,16 @@
 // Inbound (port 15008): HBONE tunnels from other nodes' agents and from waypoints. The peer's
 // chain and SPIFFE ID are verified in the TLS handshake (the server presents the identity the
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
-// not an open proxy) and pass that pod's L4 AuthorizationPolicies. The pod then sees the real
+// not an open proxy) and pass that pod's L4 AuthorizationPolicies. Through this cluster's east-west
+// gateway, a pod reached from other networks only through a waypoint takes only that waypoint's
+// identity, as the gateway judges the outer CONNECT (lib/model/federation.ts waypointGuards). The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
+import { waypointGuardRefusal } from '../../lib/model/federation.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
@@ -91,6 +94,13 @@ export class Inbound {
       };
     }
     const principal = req.peer.spiffeId;
+    // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
+    // but the caller's inner session reaches every pod of this node, so its rule holds here too.
+    const guard = this.#o.state.isNetworkGateway(req.peer.address) ? this.#o.state.waypointGuard(host) : undefined;
+    if (guard && !guard.ids.has(principal ?? '')) {
+      this.#o.metrics.denied.inc({ reporter: 'destination', reason: 'behind_waypoint', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+      return { status: 403, reason: waypointGuardRefusal(host, guard, 'the east-west gateway') };
+    }
     const sourceNamespace = workloadOf(principal)?.namespace;
     const client = tunnelClient(this.#o.state, dest, req);
     if (client.ignored) {

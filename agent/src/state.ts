@@ -4,6 +4,8 @@ import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, Lo
 import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
+import { unmapV4 } from '../../lib/hbone/forwarded.ts';
+import { EASTWEST_SERVICE_ACCOUNT, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -87,6 +89,8 @@ export class AgentState {
   private enrolledUids = new Map<string, string>();
   /** SPIFFE ID → the workloads the config knows for it (pods, and endpoints of other clusters), built on first use per config. */
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
+  /** This cluster's pods reached from other networks only through a waypoint, built on first use per config. */
+  private guards: Map<string, WaypointGuard> | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
   /**
@@ -141,6 +145,7 @@ export class AgentState {
     this.workloadsByIp = byIp;
     this.workloadsByUid = byUid;
     this.metaByPrincipal = undefined;
+    this.guards = undefined;
     this.servicesByVip = byVip;
     this.servicesByName = byName;
     this.endpointsByIp = eps;
@@ -211,6 +216,27 @@ export class AgentState {
     if (uid === undefined || this.localWorkload(ip)) return undefined;
     const listed = this.workloadsByIp.get(ip);
     return { enrolledUid: uid, listed: listed && listed.node === this.node ? listed : undefined };
+  }
+
+  /**
+   * Whether `address` (a TCP peer of the HBONE port) is a pod of this cluster's east-west gateway
+   * (its ServiceAccount, weft-eastwest; the controller sends every agent its pods). A session from
+   * there is another network's caller, whose inner CONNECTs the gateway could not see. Taking a
+   * tenant's pod of that name for the gateway only restricts what comes from it (waypointGuard).
+   */
+  isNetworkGateway(address: string): boolean {
+    const w = this.workloadsByIp.get(unmapV4(address));
+    return w !== undefined && w.serviceAccount === EASTWEST_SERVICE_ACCOUNT;
+  }
+
+  /**
+   * The waypoint a pod of this cluster is reached through from other networks (waypointGuards:
+   * every Service here that lists it goes through one), with the identities that may be carried to
+   * it; undefined for a pod any caller may be carried to.
+   */
+  waypointGuard(ip: string): WaypointGuard | undefined {
+    this.guards ??= waypointGuards(this.config.services, (ref) => this.waypointFor(ref)?.spiffeId);
+    return this.guards.get(ip);
   }
 
   /**

@@ -16,14 +16,16 @@
 // cluster's waypoint of the same name, namespace sameness): anyone else would step around its L7
 // policy (Istio's gateway carries callers to Services, never to a pod of their choosing). A pod of
 // another namespace than a Service listing it that has a waypoint of its own (Endpoint.waypoint)
-// is carried to only from that waypoint's identity, whatever that Service goes through. Nothing
+// is carried to only from that waypoint's identity, whatever that Service goes through
+// (waypointGuards). The inner session reaches every pod of the agent's node, so the agent applies
+// the same rule to each CONNECT inside a session the gateway carries (agent/src/inbound.ts). Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { parseClusterExport } from '../../lib/model/federation.ts';
+import { parseClusterExport, waypointGuardRefusal, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
 import { boundWaypoint, HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
 
@@ -86,7 +88,7 @@ export class EastWestGateway {
    * waypoints' identities are carried to it (anyone else would step around their L7 policy);
    * callers of its Services go to the waypoint instead.
    */
-  #onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
+  #onlyVia = new Map<string, WaypointGuard>();
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
   /** `host:port` of an upstream → connects to it now waiting. */
@@ -179,7 +181,7 @@ export class EastWestGateway {
     }
     const via = node ? this.#onlyVia.get(ip) : undefined;
     if (via && !via.ids.has(req.peer.spiffeId ?? '')) {
-      return this.#refuse('behind-waypoint', req, 403, `${ip} is an endpoint of ${via.services.join(', ')}, behind waypoint ${via.waypoints.join(', ')} of this cluster, which enforces its L7 policy: the gateway carries only that waypoint's identity to it; callers of the Service reach the waypoint`);
+      return this.#refuse('behind-waypoint', req, 403, waypointGuardRefusal(ip, via, 'the gateway'));
     }
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
@@ -237,33 +239,18 @@ export class EastWestGateway {
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
-    const ownWaypoints = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
-    const direct = new Set<string>();
-    const onlyVia = new Map<string, { services: string[]; waypoints: string[]; ids: Set<string> }>();
     for (const s of exp.services) {
       for (const e of s.endpoints) {
         if (e.enrolled && e.nodeIp) nodeOf.set(e.ip, e.nodeIp);
         else notEnrolled.add(e.ip);
-        // A pod of another namespace than the Service's behind a waypoint of its own (a hand-written
-        // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
-        // reach it: the Service neither opens it nor adds its own waypoint's identity.
-        const through = e.waypoint ?? s.waypoint;
-        if (!through) {
-          direct.add(e.ip);
-          continue;
-        }
-        const key = `${through.namespace}/${through.name}`;
-        const via = onlyVia.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
-        via.services.push(`${s.namespace}/${s.name}`);
-        if (!via.waypoints.includes(key)) via.waypoints.push(key);
-        // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
-        const bound = boundWaypoint(through);
-        const w = bound ? ownWaypoints.get(key) : undefined;
-        if (w && !w.invalid) via.ids.add(w.spiffeId);
-        onlyVia.set(e.ip, via);
       }
     }
-    for (const ip of direct) onlyVia.delete(ip);
+    // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
+    const ownWaypoints = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
+    const onlyVia = waypointGuards(exp.services, (ref) => {
+      const w = boundWaypoint(ref) ? ownWaypoints.get(`${ref.namespace}/${ref.name}`) : undefined;
+      return w && !w.invalid ? w.spiffeId : undefined;
+    });
     const waypointPort = new Map<string, number>();
     for (const w of exp.waypoints ?? []) {
       if (!w.ready || w.invalid) continue;

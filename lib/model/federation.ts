@@ -27,6 +27,64 @@ export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
 export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
 /**
+ * A pod of this cluster that callers from other networks reach only through a waypoint: every
+ * Service here that lists it goes through one (its own, Endpoint.waypoint, where the Service is
+ * another namespace's). Istio's east-west gateway carries callers to a Service, never to a pod of
+ * their choosing, and a Service behind a waypoint is served by that waypoint, which applies its L7
+ * policy: only the waypoint's identity (another cluster's waypoint of the same namespace and name,
+ * namespace sameness) is carried to such a pod; anyone else would step around that policy.
+ */
+export interface WaypointGuard {
+  /** The Services (`<namespace>/<name>`) that list the pod, each through a waypoint. */
+  services: string[];
+  /** Those waypoints (`<namespace>/<name>`). */
+  waypoints: string[];
+  /** The identities that may be carried to the pod: the waypoints' that exist and may be used. */
+  ids: Set<string>;
+}
+
+/**
+ * The pods (by address) reached from other networks only through a waypoint (WaypointGuard), from
+ * this cluster's own Services: the east-west gateway judges the outer CONNECT by it, and the node
+ * agent the CONNECTs inside a session the gateway carries (one inner session reaches every pod of
+ * the node). `waypointId`: the identity of a waypoint a Service or endpoint names, undefined for
+ * one missing, invalid or whose binding is refused (it admits no one: fail closed). Endpoints of
+ * other clusters (imported, or behind another network's gateway) are not this cluster's pods.
+ */
+export function waypointGuards(services: Iterable<Service>, waypointId: (ref: WaypointRef) => string | undefined): Map<string, WaypointGuard> {
+  const direct = new Set<string>();
+  const guards = new Map<string, WaypointGuard>();
+  for (const s of services) {
+    if (s.cluster !== undefined) continue;
+    for (const e of s.endpoints) {
+      if (e.cluster !== undefined || e.gateway) continue;
+      // A pod of another namespace than the Service's behind a waypoint of its own (a hand-written
+      // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
+      // reach it: the Service neither opens it nor adds its own waypoint's identity.
+      const through = e.waypoint ?? s.waypoint;
+      if (!through) {
+        direct.add(e.ip);
+        continue;
+      }
+      const key = `${through.namespace}/${through.name}`;
+      const guard = guards.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
+      guard.services.push(`${s.namespace}/${s.name}`);
+      if (!guard.waypoints.includes(key)) guard.waypoints.push(key);
+      const wid = waypointId(through);
+      if (wid) guard.ids.add(wid);
+      guards.set(e.ip, guard);
+    }
+  }
+  for (const ip of direct) guards.delete(ip);
+  return guards;
+}
+
+/** Why a caller is not carried to the pod at `ip` (WaypointGuard), in the words both its judges use. */
+export function waypointGuardRefusal(ip: string, guard: WaypointGuard, carrier: string): string {
+  return `${ip} is an endpoint of ${guard.services.join(', ')}, behind waypoint ${guard.waypoints.join(', ')} of this cluster, which enforces its L7 policy: ${carrier} carries only that waypoint's identity to it; callers of the Service reach the waypoint`;
+}
+
+/**
  * What one remote cluster may add to this cluster's config (each imported Service becomes VIPs
  * and endpoints in every agent's config): at most `maxServices` Services, `maxEndpoints`
  * endpoints and `maxDestinations` VIPs x ports (each summed over them), entries of its export as
