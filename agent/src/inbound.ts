@@ -34,6 +34,8 @@ export interface InboundOptions {
   log: Logger;
   accessLog: AccessLogSink;
   connectTimeoutMs?: number;
+  /** Tunnels one peer (identity and address) may hold open or opening (HboneServer; default DEFAULT_MAX_TUNNELS_PER_PEER). */
+  maxTunnelsPerPeer?: number;
 }
 
 export class Inbound {
@@ -55,6 +57,7 @@ export class Inbound {
       // Workload identities of this mesh only: an agent's node certificate or another mesh's
       // workload is refused before it can open a tunnel.
       trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
+      ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
       handler: (req) => this.#handle(req),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),

@@ -73,7 +73,7 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 export const DEFAULT_MAX_TUNNELS_PER_PEER = 4096;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-tunnels';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -93,8 +93,6 @@ export class EastWestGateway {
   #waypointPort = new Map<string, number>();
   /** `host:port` of an upstream → connects to it now waiting. */
   readonly #pending = new Map<string, number>();
-  /** `address identity` of a caller → its tunnels open or opening. */
-  readonly #tunnelsOf = new Map<string, number>();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -118,6 +116,8 @@ export class EastWestGateway {
     this.#server = new HboneServer({
       tls: { key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca] },
       trustDomains: o.trustDomains,
+      // Counted by the server over the caller's every session (`too-many-tunnels`, 503 at once).
+      maxTunnelsPerPeer: o.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER,
       handler: (req) => this.#connect(req),
       // A refusal the handler decided (#refuse) was counted and logged there, by its own reason.
       onRefusal: (r: HboneRefusal) => {
@@ -158,7 +158,7 @@ export class EastWestGateway {
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
     this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
-    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' || reason === 'too-many-tunnels' ? 'overloaded' : 'denied' };
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' ? 'overloaded' : 'denied' };
   }
 
   /** Counts every refusal; logs it, cut, within the budget. */
@@ -185,35 +185,18 @@ export class EastWestGateway {
     }
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
-    const caller = `${req.peer.address} ${req.peer.spiffeId}`;
-    const held = this.#tunnelsOf.get(caller) ?? 0;
-    const maxTunnels = this.#o.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
-    if (held >= maxTunnels) return this.#refuse('too-many-tunnels', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels through the gateway (it allows ${maxTunnels} a caller); refused at once`);
-    this.#tunnelsOf.set(caller, held + 1);
-    let counted = true;
-    const release = () => {
-      if (!counted) return;
-      counted = false;
-      const n = (this.#tunnelsOf.get(caller) ?? 1) - 1;
-      if (n <= 0) this.#tunnelsOf.delete(caller);
-      else this.#tunnelsOf.set(caller, n);
-    };
     const key = `${host}:${port}`;
     const pending = this.#pending.get(key) ?? 0;
     const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
     if (pending >= max) {
-      release();
       return this.#refuse('overloaded', req, 503, `${pending} connects to ${what} (${key}) are waiting for it to answer (the gateway allows ${max}); refused at once`);
     }
     this.#pending.set(key, pending + 1);
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
-      // The tunnel lasts as long as its upstream socket (the pipe ends both together).
-      upstream.once('close', release);
       this.#m?.tunnels.inc();
       return { upstream };
     } catch (e) {
-      release();
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
     } finally {
       const n = (this.#pending.get(key) ?? 1) - 1;

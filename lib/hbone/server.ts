@@ -110,7 +110,9 @@ export type HboneRefusalKind =
   /** More than `maxEarlyData` bytes sent on a CONNECT before its answer. */
   | 'early-data'
   /** The peer did not acknowledge our SETTINGS in time (RFC 9113 6.5.3). */
-  | 'settings-timeout';
+  | 'settings-timeout'
+  /** The peer (its identity from its address) already holds `maxTunnelsPerPeer` tunnels open or opening. */
+  | 'too-many-tunnels';
 
 export interface HboneRefusal {
   kind: HboneRefusalKind;
@@ -158,7 +160,7 @@ export interface HboneServerOptions {
   checkPeer?: PeerCheck;
   /** Request headers passed to the handler. Default: forwarded, x-forwarded-client-cert, baggage, traceparent, tracestate. */
   forwardHeaders?: readonly string[];
-  /** SETTINGS_MAX_CONCURRENT_STREAMS. Default 1000. */
+  /** SETTINGS_MAX_CONCURRENT_STREAMS. Default DEFAULT_MAX_CONCURRENT_STREAMS (2000). */
   maxConcurrentStreams?: number;
   /** Per-stream receive window. Default 4 MiB. */
   streamWindow?: number;
@@ -184,6 +186,14 @@ export interface HboneServerOptions {
    * share, cannot take the process's descriptors and memory. Default DEFAULT_MAX_CONNECTIONS.
    */
   maxConnections?: number;
+  /**
+   * Tunnels one peer (its identity from its address) may hold open or opening, over all its
+   * sessions; past it a CONNECT is refused at once (503, `too-many-tunnels`) and a closed tunnel
+   * frees its place. Each tunnel holds an upstream socket and its state (roughly 10 KiB), and
+   * `maxConnectionsPerSource` sessions of `maxConcurrentStreams` each are two million. Default
+   * DEFAULT_MAX_TUNNELS_PER_PEER.
+   */
+  maxTunnelsPerPeer?: number;
   /**
    * Rapid-reset guard: more than `max` premature resets inside `intervalMs` and the session takes no
    * new streams (GOAWAY). A reset is premature when the stream had no answer yet and lived less
@@ -224,6 +234,15 @@ export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
  * identities each stay well under it; sixteen sources at their full share reach it.
  */
 export const DEFAULT_MAX_CONNECTIONS = 16_384;
+/**
+ * Tunnels one peer (identity and address: a node's agent for one of its workload identities, a
+ * waypoint replica) may hold open or opening. ztunnel sets none; without one, one holder of any
+ * mesh certificate (a tenant's pod running as its waypoint's ServiceAccount obtains one) could have
+ * an agent hold two million pod sockets for it, the node's every pod losing the mesh when the agent
+ * runs out of memory or descriptors. A peer carrying a busy client's connections to one node holds
+ * a few thousand; this is four times the east-west gateway's bound per caller, whose callers pool.
+ */
+export const DEFAULT_MAX_TUNNELS_PER_PEER = 16_384;
 
 /** nghttp2 RST_STREAM rate limit (token bucket) on HBONE sessions: effectively off; see the server options. */
 export const STREAM_RESET_BURST = 1_000_000;
@@ -243,6 +262,8 @@ export class HboneServer {
   readonly #opts: HboneServerOptions;
   readonly #server: Http2SecureServer;
   readonly #sessions = new Set<SessionState>();
+  /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
+  readonly #tunnelsOf = new Map<string, number>();
   readonly #forward: readonly string[];
   readonly #stats: HboneServerStats = {
     sessionsOpened: 0,
@@ -268,6 +289,7 @@ export class HboneServer {
       'server-full': 0,
       'early-data': 0,
       'settings-timeout': 0,
+      'too-many-tunnels': 0,
     },
   };
   #closing = false;
@@ -542,6 +564,22 @@ export class HboneServer {
       this.#respondRefusal(stream, 400, reason);
       return;
     }
+    // The peer's tunnels over all its sessions, held from here to the stream's close.
+    const peerKey = `${state.peer.address} ${state.peer.spiffeId ?? ''}`;
+    const held = this.#tunnelsOf.get(peerKey) ?? 0;
+    const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
+    if (held >= maxTunnels) {
+      const reason = `${state.peer.spiffeId ?? '(no identity)'} from ${state.peer.address} holds ${held} tunnels here (it allows ${maxTunnels} a peer); refused at once`;
+      this.#refuse({ kind: 'too-many-tunnels', status: 503, reason, peer: peerInfo, authority });
+      this.#respondRefusal(stream, 503, reason);
+      return;
+    }
+    this.#tunnelsOf.set(peerKey, held + 1);
+    stream.once('close', () => {
+      const n = (this.#tunnelsOf.get(peerKey) ?? 1) - 1;
+      if (n <= 0) this.#tunnelsOf.delete(peerKey);
+      else this.#tunnelsOf.set(peerKey, n);
+    });
     const selected: Record<string, string> = {};
     for (const name of this.#forward) {
       const v = headers[name];

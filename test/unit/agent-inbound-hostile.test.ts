@@ -34,7 +34,7 @@ function workload(name: string, ns: string, ip: string, node = 'node2'): Workloa
 const DEST = workload('echo', 'demo', '127.0.0.1');
 const CLIENT = workload('client', 'src', '10.0.0.7', 'node1');
 
-async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
+async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void; maxTunnelsPerPeer?: number } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
   const serverLeaf = ca.issue(DEST.spiffeId);
   const state = new AgentState('node2');
   state.apply({ node: 'node2', workloads: [DEST, CLIENT], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
@@ -44,6 +44,7 @@ async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof s
     node: 'node2', trustDomain: TD, state, delivery: delivery as never, metrics, log: opts.log ?? silentLogger, accessLog: opts.accessLog ?? (() => {}),
     serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: serverLeaf.key, cert: serverLeaf.cert, ca: ca.cert })) } as never,
     trustBundle: () => [ca.cert],
+    ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
   });
   const { port } = await inbound.server.listen(0, '127.0.0.1');
   cleanups.push(() => inbound.server.close(100));
@@ -196,4 +197,44 @@ test('a CONNECT to an address the config still gives a deleted pod is refused, c
   assert.equal(inbound.server.stats().refusals['denied'], 1);
   assert.equal(await total(metrics.denied), 1, 'counted');
   await until('logged', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('uid-new') && l.includes('demo/echo')), 5_000);
+});
+
+// A peer holding any mesh certificate (a tenant's pod running as its waypoint's ServiceAccount gets
+// one) opened 1,024 sessions of 2,000 CONNECTs each to a pod that accepts them, and the agent held a
+// pod socket for every one: two million, the node's every pod losing the mesh when the agent ran
+// out of memory or descriptors (8,000 tunnels of one peer cost 180 MB). The east-west gateway bounds
+// each caller's tunnels; the agent's HBONE server now does the same, for every peer.
+test('tunnels one peer (identity and address) holds are bounded over all its sessions: past maxTunnelsPerPeer a CONNECT is refused at once (503), counted too-many-tunnels and logged; another peer is served, and a closed tunnel frees its place', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const held: import('node:net').Socket[] = [];
+  const app = await tcpServer((s) => { held.push(s); s.on('error', () => {}); });
+  cleanups.push(() => { for (const s of held) s.destroy(); app.server.close(); });
+  let delivered = 0;
+  const delivery = {
+    authorize: () => {},
+    connectToPod: async () => { delivered++; return connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 }); },
+    track: () => {},
+  };
+  const { inbound, metrics, port } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)), maxTunnelsPerPeer: 3 });
+  const open = (session: ClientHttp2Session) => new Promise<{ status: number; close: () => void }>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:${app.port}` }, { endStream: false });
+    r.on('response', (h) => resolve({ status: Number(h[':status']), close: () => r.close() }));
+    r.on('error', () => resolve({ status: 0, close: () => {} }));
+  });
+  const leaf = ca.issue(CLIENT.spiffeId);
+  const first = await peer(port, leaf);
+  const tunnels = [await open(first), await open(first), await open(first)];
+  assert.deepEqual(tunnels.map((t) => t.status), [200, 200, 200]);
+  // From a second session of the same peer too: the bound is the peer's, not the session's.
+  const second = await peer(port, leaf);
+  assert.equal((await open(second)).status, 503);
+  assert.equal(delivered, 3, 'nothing delivered past the bound');
+  assert.equal(inbound.server.stats().refusals['too-many-tunnels'], 1);
+  const counted = (await metrics.denied.get()).values.find((v) => v.labels['reason'] === 'too-many-tunnels');
+  assert.equal(counted?.value, 1);
+  await until('logged', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('too-many-tunnels') && l.includes(CLIENT.spiffeId)), 5_000);
+  assert.equal((await open(await peer(port, ca.issue(DEST.spiffeId)))).status, 200, 'another peer is served');
+  tunnels[0]!.close();
+  await until('a closed tunnel frees its place', async () => (await open(second)).status === 200, 5_000, { intervalMs: 50 });
 });

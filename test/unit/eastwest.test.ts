@@ -578,7 +578,7 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
   assert.equal((await open(again)).status, 503);
   assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-tunnels"\} 1$/m);
   const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'too-many-tunnels');
-  assert.match(String(line?.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 3 tunnels through the gateway \\(it allows 3 a caller\\)`));
+  assert.match(String(line?.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 3 tunnels here \\(it allows 3 a peer\\)`));
   assert.equal((await open(await sessionAs(id('demo', 'other')))).status, 200, 'another caller is served');
   held[0]!.stream.close();
   await until('a closed tunnel frees its place', async () => (await open(again)).status === 200, 5_000, { intervalMs: 50 });
