@@ -2,8 +2,8 @@
 // chain and SPIFFE ID are verified in the TLS handshake (the server presents the identity the
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. Through this cluster's east-west
-// gateway, a pod reached from other networks only through a waypoint takes only that waypoint's
-// identity, as the gateway judges the outer CONNECT (lib/model/federation.ts waypointGuards). The pod then sees the real
+// gateway it must also be what the gateway carries other networks' callers to (#throughGateway),
+// as the gateway judges the outer CONNECT only. The pod then sees the real
 // client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
@@ -98,11 +98,11 @@ export class Inbound {
     }
     const principal = req.peer.spiffeId;
     // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
-    // but the caller's inner session reaches every pod of this node, so its rule holds here too.
-    const guard = this.#o.state.isNetworkGateway(req.peer.address) ? this.#o.state.waypointGuard(host) : undefined;
-    if (guard && !guard.ids.has(principal ?? '')) {
-      this.#o.metrics.denied.inc({ reporter: 'destination', reason: 'behind_waypoint', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-      return { status: 403, reason: waypointGuardRefusal(host, guard, 'the east-west gateway') };
+    // but the caller's inner session reaches every pod of this node, so its rules hold here too.
+    const viaGateway = this.#o.state.isNetworkGateway(req.peer.address) ? this.#throughGateway(host, principal) : undefined;
+    if (viaGateway) {
+      this.#o.metrics.denied.inc({ reporter: 'destination', reason: viaGateway.label, destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+      return { status: 403, reason: viaGateway.reason };
     }
     const sourceNamespace = workloadOf(principal)?.namespace;
     const client = tunnelClient(this.#o.state, dest, req);
@@ -160,6 +160,20 @@ export class Inbound {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: overloaded ? FLAG_OVERFLOW : FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message, kind: overloaded ? 'overloaded' : 'upstream-failed' };
     }
+  }
+
+  /**
+   * Why the east-west gateway would not carry `principal` to the pod at `ip` (eastwest/src/gateway.ts),
+   * or undefined: another network's caller reaches only endpoints of the Services this cluster
+   * exports, and one reached only through a waypoint only as that waypoint (waypointGuards).
+   */
+  #throughGateway(ip: string, principal: string | undefined): { label: string; reason: string } | undefined {
+    if (!this.#o.state.isExportedEndpoint(ip)) {
+      return { label: 'not_exported', reason: `${ip} is not an endpoint of a Service this cluster exports; the east-west gateway carries other networks' callers to those only` };
+    }
+    const guard = this.#o.state.waypointGuard(ip);
+    if (guard && !guard.ids.has(principal ?? '')) return { label: 'behind_waypoint', reason: waypointGuardRefusal(ip, guard, 'the east-west gateway') };
+    return undefined;
   }
 
   /**

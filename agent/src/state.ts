@@ -5,7 +5,7 @@ import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, wa
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 import { unmapV4 } from '../../lib/hbone/forwarded.ts';
-import { EASTWEST_SERVICE_ACCOUNT, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
+import { EASTWEST_SERVICE_ACCOUNT, exportServices, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -91,6 +91,8 @@ export class AgentState {
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
   /** This cluster's pods reached from other networks only through a waypoint, built on first use per config. */
   private guards: Map<string, WaypointGuard> | undefined;
+  /** Addresses of this cluster's pods its export lists as endpoints, built on first use per config. */
+  private exported: Set<string> | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
   /**
@@ -146,6 +148,7 @@ export class AgentState {
     this.workloadsByUid = byUid;
     this.metaByPrincipal = undefined;
     this.guards = undefined;
+    this.exported = undefined;
     this.servicesByVip = byVip;
     this.servicesByName = byName;
     this.endpointsByIp = eps;
@@ -227,6 +230,21 @@ export class AgentState {
   isNetworkGateway(address: string): boolean {
     const w = this.workloadsByIp.get(unmapV4(address));
     return w !== undefined && w.serviceAccount === EASTWEST_SERVICE_ACCOUNT;
+  }
+
+  /**
+   * Whether a pod of this cluster at `ip` is an endpoint of a Service its export carries
+   * (exportServices): the only pods the east-west gateway carries other networks' callers to.
+   */
+  isExportedEndpoint(ip: string): boolean {
+    if (!this.exported) {
+      this.exported = new Set();
+      for (const s of exportServices(this.config.services)) {
+        if (s.cluster !== undefined) continue;
+        for (const e of s.endpoints) if (e.cluster === undefined && !e.gateway) this.exported.add(e.ip);
+      }
+    }
+    return this.exported.has(ip);
   }
 
   /**

@@ -37,6 +37,8 @@ const WAYPOINT = id('demo', 'waypoint');
 const GUARDED_POD = '10.78.1.5';
 /** An endpoint of `echo` (no waypoint) too: any caller may be carried to it. */
 const OPEN_POD = '10.78.1.1';
+/** An enrolled pod of node1 that no Service lists: the gateway carries no one to it. */
+const LONE_POD = '10.78.1.7';
 
 const cleanups: Array<() => unknown> = [];
 let c1: CertificateAuthority;
@@ -83,6 +85,7 @@ before(async () => {
     workloads: [
       { ...workload('echo-a', 'demo', 'echo', OPEN_POD, 'node1', true), services: ['demo/echo', 'demo/guarded'] },
       { ...workload('echo-b', 'demo', 'echo', GUARDED_POD, 'node1', true), services: ['demo/guarded'] },
+      workload('echo-c', 'demo', 'echo', LONE_POD, 'node1', true),
       // The gateway's pod: where its connections to this agent come from (loopback here).
       workload('weft-eastwest-0', 'weft-system', EASTWEST_SERVICE_ACCOUNT, '127.0.0.1', 'node9', false),
     ],
@@ -166,4 +169,17 @@ test('a session from any other address is judged as before: within a network a c
   } finally {
     state.apply(cfg);
   }
+});
+
+// The gateway carries callers only to endpoints of the Services its cluster exports ("neither an
+// endpoint nor a waypoint of this cluster", unknown-endpoint); Istio's east-west gateway routes to
+// Services, so a pod no exported Service lists is not reachable from another network.
+test('a caller the gateway carries to one pod cannot name a pod no exported Service lists in its inner CONNECT: refused (403), counted not_exported and named', async () => {
+  const before = delivered.length;
+  await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${LONE_POD}:8080`), (e: Error) =>
+    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.7 is not an endpoint of a Service this cluster exports/.test(e.message));
+  assert.equal(delivered.length, before, 'nothing delivered');
+  const counted = (await metrics.denied.get()).values.find((v) => v.labels['reason'] === 'not_exported');
+  assert.equal(counted?.value, 1);
+  assert.ok(agentLines.some((l) => l.includes('"HBONE refused"') && l.includes(`${LONE_POD}:8080`) && l.includes(CLIENT)));
 });
