@@ -16,6 +16,7 @@ import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multiclust
 import { getJsonInNetns, requestInNetns } from '../../cli/local/netns-http.ts';
 import { gatherFederationFacts } from '../../cli/local/health.ts';
 import { checkFederation } from '../../cli/check-federation.ts';
+import { collectOutput } from '../../lib/sys/exec.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 
 const lab = new Lab();
@@ -462,4 +463,39 @@ test('a Service only cluster2 has, behind cluster2\'s own waypoint: refused at i
     c2.mesh.removeConfig('71-deny-admin.yaml');
     c2.mesh.removeConfig('70-behind-waypoint.yaml');
   }
+});
+
+// The gateway admits the outer CONNECT only (the caller's inner session is TLS it cannot read), and
+// the inner session reaches every pod of the node agent it was carried to. Istio's east-west gateway
+// carries callers to a Service, never to a pod of their choosing, and its destination ztunnel
+// refuses an inner CONNECT naming another address than the pod dialled (ztunnel
+// src/proxy/inbound.rs validate_destination). So cluster2's agent judges what the gateway carries
+// by the gateway's rules (agent/src/inbound.ts #throughGateway).
+test('a caller of cluster1 carried by cluster2\'s gateway to echo cannot name, in its inner CONNECT, a pod of the same node no exported Service lists: cluster2\'s agent refuses it (403), counts it not_exported and logs it; naming echo is served', async () => {
+  const c1 = mc.cluster('cluster1');
+  const c2 = mc.cluster('cluster2');
+  c2.mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'lone', labels: { app: 'lone' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'lone'] });
+  await c2.mesh.waitWorkloadsEnrolled(['demo/lone']);
+  const echoIp = c2.mesh.workloads.get('demo/echo')!.pod.ip;
+  const loneIp = c2.mesh.workloads.get('demo/lone')!.pod.ip;
+  const probe = async (target: string, expect: string): Promise<Record<string, unknown>> => {
+    const child = c1.mesh.net.spawn(c1.mesh.node('node1'), process.execPath, [join(import.meta.dirname, 'fixtures', 'hbone-probe.ts'),
+      '--dest', `${c2.mesh.node('node1').ip}:15008`, '--target', target, '--expect', expect, '--identity', CLIENT,
+      '--ca-cert', join(stateDir, 'cluster1', 'ca-chain.crt'), '--ca-key', join(stateDir, 'cluster1', 'ca.key'), '--ca-roots', c1.mesh.caFile,
+      '--gateway', `${c2.edgeIp}:15008`, '--gateway-id', 'spiffe://cluster.local/ns/weft-system/sa/weft-eastwest', '--outer', `${echoIp}:8080`,
+    ]);
+    const { stdout, stderr } = await collectOutput(child);
+    assert.ok(stdout.trim(), `the probe printed nothing: ${stderr}`);
+    return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+  };
+  const served = await probe(`${echoIp}:8080`, 'spiffe://cluster.local/ns/demo/sa/echo');
+  assert.equal(served.ok, true, JSON.stringify(served));
+  const refused = await probe(`${loneIp}:8080`, 'spiffe://cluster.local/ns/demo/sa/lone');
+  assert.equal(refused.ok, false, JSON.stringify(refused));
+  assert.equal(refused.status, 403);
+  assert.match(String(refused.message), /not an endpoint of a Service this cluster exports/);
+  const metrics = await c2.mesh.agentMetrics('node1');
+  assert.match(metrics, /^weft_connections_denied_total\{[^}]*reason="not_exported"[^}]*\} 1$/m);
+  const line = c2.mesh.logEntries('agent-node1.log', 'HBONE refused').find((l) => l['authority'] === `${loneIp}:8080`);
+  assert.ok(line && line['peer'] === CLIENT, JSON.stringify(line));
 });
