@@ -141,6 +141,36 @@ test('a CONNECT to a pod that is not on the destination node is refused: the age
   assert.match(String(ok.reply), /"pod":"echo"/);
 });
 
+// What a peer holding a mesh identity may name in its CONNECT to another node's agent: an enrolled
+// pod of that node at its own address, nothing else (ztunnel src/proxy/inbound.rs: the target must
+// be the local workload; its own proxy ports are refused as SelfCall). The node's loopback and
+// address (the admin port 15000), the wildcard, the cloud metadata address, and a pod's address
+// spelt IPv4-mapped are no pod of the node: 403, counted and logged with the authority. A pod's own
+// address at the agent's ports reaches no agent listener (the plaintext one is on the pod's
+// loopback; the delivery comes from inside the pod, which weft_lookup does not steer): the connect
+// fails (503) and nothing answers.
+test('a CONNECT to the node\'s loopback, its address, the wildcard, the metadata address, or a pod spelt IPv4-mapped is refused (403), counted and logged; a pod\'s own address at the agent\'s ports reaches no listener', async () => {
+  const echoIp = mesh.workloads.get('demo/echo')!.pod.ip;
+  const node2 = mesh.node('node2').ip;
+  const refusals = async () => (await mesh.agentAdmin<{ hboneServer: { refusals: Record<string, number> } }>('node2', '/stats')).hboneServer.refusals;
+  const before = await refusals();
+  const notPods = ['127.0.0.1:15000', '127.0.0.2:15020', `${node2}:15000`, `${node2}:15008`, '0.0.0.0:15000', '169.254.169.254:80', `[::ffff:${echoIp}]:8080`, '[::1]:15000'];
+  for (const target of notPods) {
+    const r = await probe(['--identity', 'spiffe://cluster.local/ns/demo/sa/client', '--target', target]);
+    assert.equal(r.ok, false, `${target}: ${JSON.stringify(r)}`);
+    assert.equal(r.status, 403, `${target}: ${JSON.stringify(r)}`);
+    assert.match(String(r.message), /not an enrolled pod on node node2/, target);
+  }
+  assert.equal((await refusals())['denied']! - (before['denied'] ?? 0), notPods.length, 'each counted once');
+  const logged = mesh.logEntries('agent-node2.log', 'HBONE refused').map((l) => l['authority']);
+  for (const target of notPods) assert.ok(logged.includes(target), `${target} logged`);
+  for (const port of [15001, 15006, 15008]) {
+    const r = await probe(['--identity', 'spiffe://cluster.local/ns/demo/sa/client', '--target', `${echoIp}:${port}`]);
+    assert.equal(r.ok, false, `${port}: ${JSON.stringify(r)}`);
+    assert.equal(r.status, 503, `${port}: ${JSON.stringify(r)}`);
+  }
+});
+
 test('a DENY policy makes the connection fail and counts the reason; removing it restores traffic without a restart', async () => {
   mesh.writeConfig('20-deny.yaml', [{
     apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-client', namespace: 'demo' },

@@ -36,7 +36,10 @@ test('accepts IPv4 and bracketed IPv6 CONNECT targets', () => {
 
 test('rejects names, missing or out-of-range ports, unbracketed IPv6 and zone IDs with a typed error', () => {
   for (const bad of ['svc.ns.svc.cluster.local:80', '10.0.0.1', '10.0.0.1:', '10.0.0.1:0', '10.0.0.1:65536',
-    '10.0.0.1:+80', 'fd00::1:80', '[fd00::1]', '[fe80::1%eth0]:80', '[10.0.0.1]:80', '']) {
+    '10.0.0.1:+80', 'fd00::1:80', '[fd00::1]', '[fe80::1%eth0]:80', '[10.0.0.1]:80', '',
+    // Spellings of an address other parsers take (inet_aton): short, decimal, octal-looking, hex, a
+    // trailing dot, whitespace either side.
+    '127.1:80', '2130706433:80', '010.0.0.1:80', '0x7f.0.0.1:80', '10.0.0.1.:80', ' 10.0.0.1:80', '10.0.0.1:80 ', '10.0.0.1: 80']) {
     assert.throws(() => parseAuthority(bad), (err: unknown) =>
       err instanceof HboneAuthorityError && err.code === 'WEFT_HBONE_BAD_AUTHORITY', bad);
   }
