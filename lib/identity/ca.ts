@@ -8,7 +8,7 @@
 import { X509Certificate, createPrivateKey, createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { generateKeyPair, parseCsr, privateKeyToPem } from './csr.ts';
-import { CaLoadError, CsrIdentityMismatchError } from './errors.ts';
+import { CaLoadError, CertificateLifetimeError, CsrIdentityMismatchError } from './errors.ts';
 import { parseSpiffeId, validateTrustDomain } from './spiffe.ts';
 import {
   KeyUsage, OID, buildCertificate, buildName, certToPem, extension, generalNames, issuedBy, keyIdentifier, keyUsageValue,
@@ -296,8 +296,12 @@ export class CertificateAuthority {
   /**
    * Signs a CSR for `identity`. The CSR's signature must verify and its URI SANs must be
    * exactly [identity]; otherwise MalformedCsrError / CsrSignatureError / CsrIdentityMismatchError.
+   * A lifetime past the CA's maximum is refused (CertificateLifetimeError), as Istio's CA refuses it.
    */
   signCsr(csr: string | Buffer, identity: string, opts: IssueOptions = {}): IssuedCertificate {
+    if (opts.lifetimeMs !== undefined && opts.lifetimeMs > this.#maxLifetimeMs) {
+      throw new CertificateLifetimeError(`requested lifetime of ${Math.ceil(opts.lifetimeMs / 1000)} s is greater than the ${this.#maxLifetimeMs / 1000} s this CA grants; ask for at most that, or 0 for the default (${this.#lifetimeMs / 1000} s)`);
+    }
     const id = parseSpiffeId(identity);
     if (id.trustDomain !== this.trustDomain) {
       throw new CsrIdentityMismatchError([identity], `an identity in trust domain ${this.trustDomain}`);

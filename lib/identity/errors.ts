@@ -46,6 +46,17 @@ export class CsrIdentityMismatchError extends IdentityError {
   }
 }
 
+/**
+ * A certificate request asking for a longer lifetime than the CA grants. Refused rather than cut, as
+ * Istio's CA refuses it (pkg/security/pkg/pki/ca: "requested TTL ... is greater than the max allowed
+ * TTL"): the requester learns its setting is wrong instead of renewing on a schedule it did not ask for.
+ */
+export class CertificateLifetimeError extends IdentityError {
+  constructor(message: string) {
+    super('WEFT_CERT_LIFETIME', message);
+  }
+}
+
 /** CA material (certificate, key, Secret data) that cannot be loaded or does not fit together. */
 export class CaLoadError extends IdentityError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { CertificateAuthority, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/ca.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../lib/identity/csr.ts';
 import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
@@ -317,6 +317,31 @@ test('a CSR whose key is weak or off-profile (RSA 512 and 1024, EC P-192, secp25
       assert.ok(new X509Certificate(res.certChain[0]!).subjectAltName?.includes(web), label);
     }
     assert.deepEqual(h.outcomes.slice(4), ['issued', 'issued', 'issued', 'issued']);
+  } finally {
+    nodeA.close();
+    h.close();
+  }
+});
+
+// Istio's CA refuses a requested TTL past its maximum (pkg/security/pkg/pki/ca/ca.go: "requested TTL
+// ... is greater than the max allowed TTL"); Weft's cut it silently to the maximum.
+test('a request for a longer lifetime than the CA grants (validitySeconds past the maximum) is refused INVALID_ARGUMENT naming validitySeconds, counted invalid and logged; the maximum itself and 0 (the default) are signed', async () => {
+  const web = id('default', 'web');
+  const h = await serveCa(ca, placement);
+  const nodeA = await nodeCertClient(h, ca, 'node-a');
+  try {
+    const max = DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000;
+    const err = await rejection(nodeA.createCertificate(web, (await csrFor(web)).csr, max + 1));
+    assert.equal(grpcCode(err), 'INVALID_ARGUMENT');
+    assert.match(String(h.logs.at(-1)?.reason), new RegExp(`validitySeconds ${max + 1} .* greater than the ${max} s this CA grants`));
+    assert.deepEqual(h.outcomes, ['invalid']);
+    for (const asked of [max, 0]) {
+      const res = await nodeA.createCertificate(web, (await csrFor(web)).csr, asked);
+      const cert = new X509Certificate(res.certChain[0]!);
+      const days = (Date.parse(cert.validTo) - Date.now()) / 86_400_000;
+      assert.ok(asked === 0 ? days < 1.1 : days > 6.9 && days < 7.1, `${asked}: ${cert.validTo}`);
+    }
+    assert.deepEqual(h.outcomes, ['invalid', 'issued', 'issued']);
   } finally {
     nodeA.close();
     h.close();

@@ -17,7 +17,7 @@ import {
   certificateServiceClient, type CreateCertificateRequest, type CreateCertificateResponse, type TrustBundleMessage,
   type WatchTrustBundleRequest,
 } from '../../../lib/identity/ca-proto.ts';
-import { CsrIdentityMismatchError, CsrSignatureError, MalformedCsrError, SpiffeIdError } from '../../../lib/identity/errors.ts';
+import { CertificateLifetimeError, CsrIdentityMismatchError, CsrSignatureError, MalformedCsrError, SpiffeIdError } from '../../../lib/identity/errors.ts';
 import { parseSpiffeId, type SpiffeId } from '../../../lib/identity/spiffe.ts';
 import { spiffeIdOfCertificate } from '../../../lib/identity/tls.ts';
 import { clip, LogBudget, REFUSAL_LOG_PER_SECOND } from '../../../lib/log.ts';
@@ -224,6 +224,9 @@ export function addCertificateService(server: grpc.Server, deps: CertificateServ
         const opts = req.validitySeconds > 0 ? { lifetimeMs: req.validitySeconds * 1000 } : {};
         issued = ca.signCsr(req.csr, req.identity, opts);
       } catch (err) {
+        if (err instanceof CertificateLifetimeError) {
+          throw new RpcFailure(grpc.status.INVALID_ARGUMENT, 'invalid', `validitySeconds ${req.validitySeconds} for ${req.identity} from node ${node} rejected: ${err.message}`);
+        }
         if (err instanceof MalformedCsrError || err instanceof CsrSignatureError || err instanceof CsrIdentityMismatchError || err instanceof SpiffeIdError) {
           throw new RpcFailure(grpc.status.INVALID_ARGUMENT, 'invalid', `CSR for ${req.identity} from node ${node} rejected: ${err.message}`);
         }
