@@ -2,11 +2,13 @@
 // token, node certificate over mTLS), authorization by pod placement, CSR validation, logging.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, createPublicKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { CertificateAuthority, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/ca.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../lib/identity/csr.ts';
+import { OID, extension, generalNames, signStructure } from '../../lib/identity/x509.ts';
+import { ctx, oid, seq, set, smallInt, toPem } from '../../lib/identity/der.ts';
 import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
 import { addCertificateService, createControllerCredentials, StaticTokenAuthenticator, type CaLogRecord, type CertificateServiceDeps, type ControllerCredentials } from '../../controller/src/ca/index.ts';
 import type { NodeAuthenticator } from '../../controller/src/ca/authn.ts';
@@ -165,6 +167,14 @@ test('a malformed CSR is refused with INVALID_ARGUMENT', async () => {
   const err3 = await rejection(client.createCertificate(web, (await csrFor(id('default', 'other'))).csr));
   assert.equal(grpcCode(err3), 'INVALID_ARGUMENT');
   assert.match((err3 as Error).message, /authorised for spiffe:\/\/cluster\.local\/ns\/default\/sa\/web/);
+  // One carrying the requested identity and another's beside it.
+  const { privateKey } = await generateKeyPair();
+  const spki = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
+  const san = extension(OID.subjectAltName, true, generalNames({ uris: [web, id('kube-system', 'admin')] }));
+  const two = toPem('CERTIFICATE REQUEST', signStructure(seq(smallInt(0), seq(), spki, ctx(0, true, seq(oid(OID.extensionRequest), set(seq(san))))), privateKey));
+  const err4 = await rejection(client.createCertificate(web, two));
+  assert.equal(grpcCode(err4), 'INVALID_ARGUMENT');
+  assert.match((err4 as Error).message, /exactly one URI SAN/);
   client.close();
 });
 
