@@ -8,7 +8,7 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
-import { H1Pool, mergeHeaderLines, requestHead } from '../../waypoint/src/h1client.ts';
+import { H1Pool, mergeHeaderLines, requestHead, type H1ProtocolError } from '../../waypoint/src/h1client.ts';
 import { UpstreamResetError } from '../../waypoint/src/errors.ts';
 import type { HeaderMap } from '../../waypoint/src/headers.ts';
 import type { UpstreamRequest, UpstreamResponse } from '../../waypoint/src/upstream.ts';
@@ -39,11 +39,11 @@ async function rawBackend(answer: (received: string, conn: net.Socket, index: nu
   return { port: (server.address() as AddressInfo).port, received, connections: () => received.length };
 }
 
-function poolTo(port: number, idleMs = 60_000, onEmpty: () => void = () => {}): H1Pool {
+function poolTo(port: number, idleMs = 60_000, onEmpty: () => void = () => {}, onProtocolError: (reason: H1ProtocolError, detail: string) => void = () => {}): H1Pool {
   const pool = new H1Pool(`127.0.0.1:${port}`, () => new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => resolve(s));
     s.once('error', reject);
-  }), idleMs, onEmpty);
+  }), idleMs, onEmpty, onProtocolError);
   closers.push(() => pool.destroy());
   return pool;
 }
@@ -156,6 +156,58 @@ test('a second response smuggled behind the first is not handed to the next requ
   const second = await pool.request(req('GET', { host: 'a' }));
   assert.equal(second.status, 200, 'the 302 never reaches anyone');
   assert.equal(b.connections(), 2);
+});
+
+/**
+ * A backend whose first answer is followed, in the same write, by the start of a second response
+ * nobody asked for (`stray`), and which sends the rest of that head only once a second request
+ * arrives on the same connection. Every other connection answers OK.
+ */
+async function strayBackend(first: string, stray: string): Promise<Awaited<ReturnType<typeof rawBackend>>> {
+  return rawBackend((s, _c, i) => {
+    if (i > 0) return s.endsWith('\r\n\r\n') ? OK : undefined;
+    const heads = s.split('\r\n\r\n').length - 1;
+    if (heads === 1) return first + stray;
+    return heads === 2 ? 'Content-Length: 0\r\n\r\n' : undefined;
+  });
+}
+
+// RFC 9112 section 9.3 (no pipelining here: a response begun when none is outstanding answers
+// nothing) and section 6.3 (a 204, a 304 or the answer to HEAD ends at its head): the bytes after
+// such an answer are the start of another response. Kept in the parser, they became the head of
+// the answer to whichever request went next on the pooled connection.
+for (const [name, method, first] of [
+  ['a partial head behind a complete response', 'GET', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'],
+  ['the "body" of a 204', 'GET', 'HTTP/1.1 204 No Content\r\nContent-Length: 40\r\n\r\n'],
+  ['the "body" of the answer to HEAD', 'HEAD', 'HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n'],
+] as const) {
+  test(`RFC 9112 section 9.3: ${name}, starting an unsolicited 302, is not kept for the next request on the connection: it closes, counted unsolicited_response`, async () => {
+    const b = await strayBackend(first, 'HTTP/1.1 302 Found\r\nLocation: http://evil/\r\n');
+    const errors: string[] = [];
+    const pool = poolTo(b.port, 60_000, () => {}, (reason, detail) => errors.push(`${reason}: ${detail}`));
+    await bodyOf(await pool.request(req(method, { host: 'a' })));
+    const second = await pool.request(req('GET', { host: 'a' }));
+    assert.equal(second.status, 200, 'the 302 reaches nobody');
+    assert.equal(await bodyOf(second), 'ok');
+    assert.equal(b.connections(), 2, 'the second request went on a new connection');
+    assert.deepEqual(errors, ['unsolicited_response: a response began with no request waiting for one']);
+  });
+}
+
+test('bytes on an idle connection, and a response llhttp refuses, are counted (unsolicited_response, malformed_response)', async () => {
+  let late: net.Socket | undefined;
+  const b = await rawBackend((s, c, i) => {
+    if (i === 0 && s.endsWith('\r\n\r\n')) { late = c; return OK; }
+    if (i === 1) return s.endsWith('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok' : undefined;
+    return undefined;
+  });
+  const errors: string[] = [];
+  const pool = poolTo(b.port, 60_000, () => {}, (reason) => errors.push(reason));
+  await bodyOf(await pool.request(req('GET', { host: 'a' })));
+  late!.write('HTTP/1.1 200 OK\r\n');
+  await until('the stray bytes are counted', () => errors.length === 1, 5_000);
+  await assert.rejects(pool.request(req('GET', { host: 'a' })), /malformed response/);
+  assert.deepEqual(errors, ['unsolicited_response', 'malformed_response']);
 });
 
 test('headers that would split the request are refused before any byte is sent, naming the field', async () => {
@@ -278,9 +330,11 @@ test('an upgrade answered as an ordinary request is a response like any other, a
   assert.equal(b.connections(), 2);
 });
 
-test('a 101 to a request that asked for no upgrade is refused: a backend cannot turn a pooled connection into a raw pipe', async () => {
+test('a 101 to a request that asked for no upgrade is refused, counted unexpected_upgrade: a backend cannot turn a pooled connection into a raw pipe', async () => {
   const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n' : undefined));
-  await assert.rejects(poolTo(b.port).request(req('GET', { host: 'a' })), /unexpected 101 to a request that asked for no upgrade/);
+  const errors: string[] = [];
+  await assert.rejects(poolTo(b.port, 60_000, () => {}, (reason) => errors.push(reason)).request(req('GET', { host: 'a' })), /unexpected 101 to a request that asked for no upgrade/);
+  assert.deepEqual(errors, ['unexpected_upgrade']);
 });
 
 test('Expect: 100-continue through the waypoint (RFC 9110 section 10.1.1): the client gets one 100, the body reaches the backend, then the final answer', async () => {
@@ -310,4 +364,29 @@ test('Expect: 100-continue through the waypoint (RFC 9110 section 10.1.1): the c
   assert.equal(got.match(/HTTP\/1\.1 100/g)?.length, 1, got);
   assert.match(got, /HTTP\/1\.1 201/);
   assert.equal(seen, '100-continue|hello');
+});
+
+test('through the waypoint: a backend that starts an unsolicited response behind a 204 gets it to no client; the connection is closed, counted in weft_waypoint_upstream_protocol_errors_total{reason="unsolicited_response"} and logged with the endpoint (RFC 9112 section 9.3)', async () => {
+  const { WaypointEngine } = await import('../../waypoint/src/engine.ts');
+  const { TcpUpstream } = await import('../../waypoint/src/upstream.ts');
+  const h = await import('../../waypoint/testing/harness.ts');
+  const b = await strayBackend('HTTP/1.1 204 No Content\r\n\r\n', 'HTTP/1.1 302 Found\r\nLocation: http://evil/\r\n');
+  const warnings: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null, warn: (msg, fields) => warnings.push({ msg, fields }) } });
+  closers.push(() => { void engine.close(); });
+  engine.applyConfig(h.config({ services: [h.service('web', '10.96.0.20', [h.endpoint(b.port)])], routes: [h.route('web', 'web', [{ backends: [h.backend('web')] }])] }));
+  const l = await h.startTunnelListener(engine, '10.96.0.20:80');
+  closers.push(() => { void l.close(); });
+  const agent = new http.Agent({ keepAlive: true });
+  closers.push(() => agent.destroy());
+  assert.equal((await h.request(l.port, { host: 'web', agent })).status, 204);
+  const second = await h.request(l.port, { host: 'web', agent });
+  assert.equal(second.status, 200, 'the 302 reaches no client');
+  assert.equal(second.body, 'ok');
+  assert.equal(b.connections(), 2);
+  const counted = await h.metricSamples(engine, 'weft_waypoint_upstream_protocol_errors_total');
+  assert.deepEqual(counted.map((s) => [s.labels['reason'], s.value]), [['unsolicited_response', 1]]);
+  const line = warnings.find((w) => w.fields['reason'] === 'unsolicited_response');
+  assert.ok(line, JSON.stringify(warnings));
+  assert.equal(line.fields['endpoint'], `127.0.0.1:${b.port}`);
 });

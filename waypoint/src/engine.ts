@@ -192,6 +192,8 @@ export class WaypointEngine {
   private readonly warn: (msg: string, fields: Record<string, unknown>) => void;
   /** Client sessions ended for misbehaving are each counted, and logged at most REFUSAL_LOG_PER_SECOND a second. */
   private readonly sessionCutLog: LogBudget;
+  /** Upstream connections given up for what the endpoint sent: each counted, logged at most REFUSAL_LOG_PER_SECOND a second. */
+  private readonly upstreamProtocolLog: LogBudget;
 
   constructor(opts: WaypointEngineOptions) {
     this.namespace = opts.namespace;
@@ -200,7 +202,14 @@ export class WaypointEngine {
     this.warn = opts.telemetry?.warn ?? (() => {});
     this.sessionCutLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('HTTP/2 sessions ended not logged (rate limit; every one is counted in weft_waypoint_h2_session_errors_total or weft_waypoint_rapid_reset_goaways_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
-    this.pool = new UpstreamPool(opts.upstream, opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {});
+    this.upstreamProtocolLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('upstream connections closed for a protocol error not logged (rate limit; every one is counted in weft_waypoint_upstream_protocol_errors_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.pool = new UpstreamPool(opts.upstream, {
+      ...(opts.upstreamIdleTimeoutMs !== undefined ? { idleTimeoutMs: opts.upstreamIdleTimeoutMs } : {}),
+      onProtocolError: (reason, endpoint, error) => {
+        this.telemetry.upstreamProtocolErrors.inc({ reason });
+        if (this.upstreamProtocolLog.take()) this.warn('upstream HTTP/1.1 connection closed: the endpoint broke the protocol', { reason, endpoint, error });
+      },
+    });
     this.quota = opts.quota ? new RedisQuota(opts.quota) : undefined;
     this.flagQuotaRules = opts.quota?.rules ?? [];
     this.rapidReset = opts.rapidReset;

@@ -36,12 +36,21 @@ interface ParseError extends Error {
 interface HttpParserClass {
   new (): HttpParser;
   RESPONSE: number;
+  kOnMessageBegin: number;
   kOnHeaders: number;
   kOnHeadersComplete: number;
   kOnBody: number;
   kOnMessageComplete: number;
 }
 const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPParser: HttpParserClass };
+
+/**
+ * Why a connection was given up for what its endpoint sent (weft_waypoint_upstream_protocol_errors_total,
+ * as Envoy's upstream_cx_protocol_error): a response llhttp refuses; a response begun when none was
+ * asked for (RFC 9112 section 9.3: bytes after a complete response, the "body" of a 204 or of the
+ * answer to HEAD, or on an idle connection); a 101 to a request that asked for no upgrade.
+ */
+export type H1ProtocolError = 'malformed_response' | 'unsolicited_response' | 'unexpected_upgrade';
 
 /** Header pairs kept from one response, as http.request's default maxHeadersCount. */
 const MAX_HEADER_PAIRS = 2000;
@@ -181,12 +190,18 @@ export class H1Connection {
   /** No new request goes on it (draining carrier, `Connection: close`, an error). */
   retired = false;
   closed = false;
+  /** The endpoint began a response nobody asked for: counted once, then the connection closes. */
+  #unsolicited = false;
 
   constructor(duplex: Duplex, pool: H1Pool) {
     this.duplex = duplex;
     this.#pool = pool;
     const p = (this.#parser = new HTTPParser());
     p.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+    // A response starts (its first byte, CR/LF between messages aside) only while a request waits for
+    // one: anything else is refused here, before the parser keeps any of it. Bytes kept from behind a
+    // complete response (a 204's "body", a partial head) would be the start of the next request's answer.
+    p[HTTPParser.kOnMessageBegin] = () => { if (this.#ex?.state !== 'waiting') this.#refuseUnsolicited(); };
     p[HTTPParser.kOnHeaders] = (lines: string[]) => { const ex = this.#ex; if (ex) for (const l of lines) ex.lines.push(l); };
     p[HTTPParser.kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown, status: number, _msg: string, upgrade: boolean, keepAlive: boolean) =>
       this.#onHead(lines, status, upgrade, keepAlive);
@@ -289,9 +304,8 @@ export class H1Connection {
   #onHead(lines: string[] | undefined, status: number, upgrade: boolean, keepAlive: boolean): number {
     const ex = this.#ex;
     if (!ex || ex.state !== 'waiting') {
-      // A response nobody asked for (bytes after a complete one): the connection is not trusted again.
-      this.retired = true;
-      setImmediate(() => this.destroy());
+      // A response nobody asked for (kOnMessageBegin has refused it already).
+      this.#refuseUnsolicited();
       return 0;
     }
     const raw = lines && lines.length > 0 ? (ex.lines.length > 0 ? ex.lines.concat(lines) : lines) : ex.lines;
@@ -307,7 +321,9 @@ export class H1Connection {
         this.#switching = { ex, status, headers: mergeHeaderLines(raw) };
         return 2;
       }
-      this.#fail(new UpstreamResetError(ex.addr, `unexpected ${status} to a request that asked for no upgrade`));
+      const detail = `unexpected ${status} to a request that asked for no upgrade`;
+      this.#pool.protocolError('unexpected_upgrade', detail);
+      this.#fail(new UpstreamResetError(ex.addr, detail));
       setImmediate(() => this.destroy());
       return 0;
     }
@@ -354,7 +370,9 @@ export class H1Connection {
 
   #onData(chunk: Buffer): void {
     if (!this.#ex) {
-      // Bytes on an idle connection: nothing was asked; the connection is not used again.
+      // Bytes on an idle connection: nothing was asked; the connection is not used again. (On one
+      // already given up, after an error, they are only what followed it.)
+      if (!this.retired) this.#refuseUnsolicited();
       this.destroy();
       return;
     }
@@ -362,7 +380,10 @@ export class H1Connection {
     const sw = this.#switching;
     if (sw && typeof r === 'number') { this.#handOver(sw, chunk.subarray(r)); return; }
     if (typeof r !== 'number') {
-      this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`, r));
+      const detail = `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`;
+      // What follows an unsolicited response's first byte is its own: counted once, as that.
+      if (!this.#unsolicited) this.#pool.protocolError('malformed_response', detail);
+      this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, detail, r));
       this.destroy();
     }
   }
@@ -391,6 +412,15 @@ export class H1Connection {
       trailers: () => undefined, discard: () => { d.destroy(); },
       upgraded: { socket: d, head: rest },
     });
+  }
+
+  /** The endpoint began a response with none outstanding: counted, and the connection closes (not inside the parser's callback). */
+  #refuseUnsolicited(): void {
+    if (this.#unsolicited) return;
+    this.#unsolicited = true;
+    this.retired = true;
+    this.#pool.protocolError('unsolicited_response', 'a response began with no request waiting for one');
+    setImmediate(() => this.destroy());
   }
 
   #onEnd(): void {
@@ -465,18 +495,28 @@ export class H1Pool {
   readonly #open: (onDraining: () => void) => Promise<Duplex>;
   readonly #idleMs: number;
   readonly #onEmpty: () => void;
+  readonly #onProtocolError: (reason: H1ProtocolError, detail: string) => void;
   readonly #idle: H1Connection[] = [];
   readonly #all = new Set<H1Connection>();
   #connecting = 0;
   #destroyed = false;
   #sweep: NodeJS.Timeout | undefined;
 
-  /** `onEmpty`: its last connection closed (the owner forgets it: pools are per caller, and callers come and go). */
-  constructor(addr: string, open: (onDraining: () => void) => Promise<Duplex>, idleMs: number, onEmpty: () => void) {
+  /**
+   * `onEmpty`: its last connection closed (the owner forgets it: pools are per caller, and callers
+   * come and go). `onProtocolError`: a connection was given up for what the endpoint sent.
+   */
+  constructor(addr: string, open: (onDraining: () => void) => Promise<Duplex>, idleMs: number, onEmpty: () => void, onProtocolError: (reason: H1ProtocolError, detail: string) => void = () => {}) {
     this.addr = addr;
     this.#open = open;
     this.#idleMs = idleMs;
     this.#onEmpty = onEmpty;
+    this.#onProtocolError = onProtocolError;
+  }
+
+  /** One of its connections was given up for what the endpoint sent (H1ProtocolError). */
+  protocolError(reason: H1ProtocolError, detail: string): void {
+    this.#onProtocolError(reason, detail);
   }
 
   /** `upgrade`: the request asks to switch protocols; a 101 resolves with `upgraded` (the connection, handed over). */

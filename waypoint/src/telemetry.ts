@@ -202,6 +202,8 @@ export class Telemetry {
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
   readonly grpcStatusInvalid: Counter<never>;
+  /** weft_waypoint_upstream_protocol_errors_total{reason}: HTTP/1.1 connections to endpoints given up for what they sent (h1client.ts H1ProtocolError). */
+  readonly upstreamProtocolErrors: Counter<'reason'>;
   readonly mirrorsDropped: Counter<'reason'>;
   /** Requests refused for their JWT (RequestAuthentication), by lib/policy/jwt.ts reason. */
   readonly jwtRefused: Counter<'reason'>;
@@ -258,6 +260,11 @@ export class Telemetry {
       name: 'weft_waypoint_grpc_status_invalid_total',
       help: 'Responses whose grpc-status named none of gRPC\'s codes (0..16): reported as UNKNOWN (2) in grpc_response_status, the access log and spans',
       registers,
+    });
+    this.upstreamProtocolErrors = new Counter({
+      name: 'weft_waypoint_upstream_protocol_errors_total',
+      help: 'HTTP/1.1 connections to endpoints closed for what the endpoint sent (Envoy upstream_cx_protocol_error), by reason: malformed_response (a response the parser refuses: two Content-Lengths, a bad chunk...), unsolicited_response (a response begun with no request waiting: bytes after a complete one, the body of a 204 or of the answer to HEAD, bytes on an idle connection), unexpected_upgrade (a 101 to a request that asked for no upgrade)',
+      labelNames: ['reason'], registers,
     });
     this.mirrorsDropped = new Counter({
       name: 'weft_waypoint_mirror_requests_dropped_total',

@@ -5,7 +5,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { UpstreamConnectError, UpstreamResetError, UpstreamTimeoutError } from './errors.ts';
-import { H1Pool } from './h1client.ts';
+import { H1Pool, type H1ProtocolError } from './h1client.ts';
 import type { HeaderMap } from './headers.ts';
 import type { NetworkGateway } from '../../lib/model/mesh.ts';
 import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
@@ -102,6 +102,8 @@ export function addr(ep: { ip: string; port: number }): string {
 export interface UpstreamPoolOptions {
   /** Idle keep-alive connections and HTTP/2 sessions close after this long. Default 60 s. */
   idleTimeoutMs?: number;
+  /** An HTTP/1.1 connection to `endpoint` was given up for what the endpoint sent (H1ProtocolError). */
+  onProtocolError?: (reason: H1ProtocolError, endpoint: string, detail: string) => void;
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -111,6 +113,7 @@ export class UpstreamPool {
   private readonly h1Pools = new Map<string, H1Pool>();
   private readonly sessions = new Map<string, Promise<http2.ClientHttp2Session>>();
   private readonly idleMs: number;
+  private readonly onProtocolError: NonNullable<UpstreamPoolOptions['onProtocolError']>;
   private closed = false;
   /** Connections opened so far (for tests and stats). */
   connectionsOpened = 0;
@@ -123,6 +126,12 @@ export class UpstreamPool {
   constructor(upstream: Upstream, opts: UpstreamPoolOptions = {}) {
     this.upstream = upstream;
     this.idleMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    this.onProtocolError = opts.onProtocolError ?? (() => {});
+  }
+
+  /** The H1Pool's report of a connection to `ep` given up, named by the endpoint. */
+  private protocolErrorsOf(ep: UpstreamEndpoint): (reason: H1ProtocolError, detail: string) => void {
+    return (reason, detail) => this.onProtocolError(reason, addr(ep), detail);
   }
 
   private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }, onDraining?: () => void, caller?: string): Promise<Duplex> {
@@ -150,7 +159,7 @@ export class UpstreamPool {
    * and Upgrade included: they are this hop's to send).
    */
   upgrade(ep: UpstreamEndpoint, req: UpstreamRequest, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<UpstreamResponse> {
-    const own = new H1Pool(addr(ep), () => this.connect(ep, connectTimeoutMs, forwardedFor, undefined, req.callerId), this.idleMs, () => {});
+    const own = new H1Pool(addr(ep), () => this.connect(ep, connectTimeoutMs, forwardedFor, undefined, req.callerId), this.idleMs, () => {}, this.protocolErrorsOf(ep));
     return own.request(req, true);
   }
 
@@ -179,7 +188,7 @@ export class UpstreamPool {
     if (!p) {
       const pool: H1Pool = new H1Pool(addr(ep), (onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), idleMs, () => {
         if (this.h1Pools.get(key) === pool) this.h1Pools.delete(key);
-      });
+      }, this.protocolErrorsOf(ep));
       p = pool;
       this.h1Pools.set(key, p);
     }
