@@ -69,6 +69,16 @@ export function applyHeaderEdits(headers: HeaderMap, edits: HeaderEditsLike): vo
   for (const name of edits.remove) delete headers[name.toLowerCase()];
 }
 
+/**
+ * A Host field value (RFC 9110 section 7.2): uri-host [ ":" port ], uri-host an IP literal in
+ * brackets or a reg-name (unreserved, pct-encoded, sub-delims; RFC 3986 section 3.2.2), possibly
+ * empty. No userinfo, no path, one port of digits at most.
+ */
+export function isValidHost(value: string): boolean {
+  return HOST.test(value);
+}
+const HOST = /^(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+
 /** Splits `host:port` / `[v6]:port`; the port is undefined when absent. */
 export function splitHostPort(authority: string): { host: string; port: number | undefined } {
   if (authority.startsWith('[')) {
