@@ -210,6 +210,13 @@ test('bytes on an idle connection, and a response llhttp refuses, are counted (u
   assert.deepEqual(errors, ['unsolicited_response', 'malformed_response']);
 });
 
+test('RFC 9110 section 15: a status below 100 is malformed, counted, not an informational answer passed over for the response behind it', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 099 X\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n' : undefined));
+  const errors: string[] = [];
+  await assert.rejects(poolTo(b.port, 60_000, () => {}, (reason, detail) => errors.push(`${reason}: ${detail}`)).request(req('GET', { host: 'a' })), /malformed response: status 99/);
+  assert.deepEqual(errors, ['malformed_response: malformed response: status 99 is not of 100 to 599 (RFC 9110 section 15)']);
+});
+
 test('headers that would split the request are refused before any byte is sent, naming the field', async () => {
   assert.throws(() => requestHead('GET', '/', { 'x-a': 'v\r\nX-Injected: 1' }, false), /invalid character in header content \["x-a"\]/);
   assert.throws(() => requestHead('GET', '/', { 'x a': 'v' }, false), /header name must be a valid HTTP token \["x a"\]/);

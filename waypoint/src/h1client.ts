@@ -52,6 +52,9 @@ const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPP
  */
 export type H1ProtocolError = 'malformed_response' | 'unsolicited_response' | 'unexpected_upgrade';
 
+/** The detail of an unsolicited_response. */
+const UNSOLICITED = 'a response began with no request waiting for one';
+
 /** Header pairs kept from one response, as http.request's default maxHeadersCount. */
 const MAX_HEADER_PAIRS = 2000;
 
@@ -190,8 +193,8 @@ export class H1Connection {
   /** No new request goes on it (draining carrier, `Connection: close`, an error). */
   retired = false;
   closed = false;
-  /** The endpoint began a response nobody asked for: counted once, then the connection closes. */
-  #unsolicited = false;
+  /** Given up for what the endpoint sent (#refuse): counted once, whatever follows. */
+  #refused = false;
 
   constructor(duplex: Duplex, pool: H1Pool) {
     this.duplex = duplex;
@@ -310,6 +313,14 @@ export class H1Connection {
     }
     const raw = lines && lines.length > 0 ? (ex.lines.length > 0 ? ex.lines.concat(lines) : lines) : ex.lines;
     ex.lines = [];
+    if (status < 100) {
+      // Three digits, 100 to 599 (RFC 9110 section 15); llhttp takes any three. Not informational.
+      const detail = `malformed response: status ${status} is not of 100 to 599 (RFC 9110 section 15)`;
+      this.#refuse('malformed_response', detail);
+      this.#fail(new UpstreamResetError(ex.addr, detail));
+      setImmediate(() => this.destroy());
+      return 0;
+    }
     if (status < 200 && status !== 101) {
       // 100 Continue, 103 Early Hints: not the response (http.request's 'information'); wait on.
       this.#informational = true;
@@ -322,7 +333,7 @@ export class H1Connection {
         return 2;
       }
       const detail = `unexpected ${status} to a request that asked for no upgrade`;
-      this.#pool.protocolError('unexpected_upgrade', detail);
+      this.#refuse('unexpected_upgrade', detail);
       this.#fail(new UpstreamResetError(ex.addr, detail));
       setImmediate(() => this.destroy());
       return 0;
@@ -372,7 +383,7 @@ export class H1Connection {
     if (!this.#ex) {
       // Bytes on an idle connection: nothing was asked; the connection is not used again. (On one
       // already given up, after an error, they are only what followed it.)
-      if (!this.retired) this.#refuseUnsolicited();
+      if (!this.retired) this.#refuse('unsolicited_response', UNSOLICITED);
       this.destroy();
       return;
     }
@@ -381,8 +392,7 @@ export class H1Connection {
     if (sw && typeof r === 'number') { this.#handOver(sw, chunk.subarray(r)); return; }
     if (typeof r !== 'number') {
       const detail = `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`;
-      // What follows an unsolicited response's first byte is its own: counted once, as that.
-      if (!this.#unsolicited) this.#pool.protocolError('malformed_response', detail);
+      this.#refuse('malformed_response', detail);
       this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, detail, r));
       this.destroy();
     }
@@ -414,12 +424,20 @@ export class H1Connection {
     });
   }
 
-  /** The endpoint began a response with none outstanding: counted, and the connection closes (not inside the parser's callback). */
-  #refuseUnsolicited(): void {
-    if (this.#unsolicited) return;
-    this.#unsolicited = true;
+  /**
+   * The endpoint broke the protocol: no request goes on this connection again, and it is counted
+   * once (what follows, such as the rest of an unsolicited response, is part of the same fault).
+   */
+  #refuse(reason: H1ProtocolError, detail: string): void {
     this.retired = true;
-    this.#pool.protocolError('unsolicited_response', 'a response began with no request waiting for one');
+    if (this.#refused) return;
+    this.#refused = true;
+    this.#pool.protocolError(reason, detail);
+  }
+
+  /** The endpoint began a response with none outstanding: the connection closes (not inside the parser's callback). */
+  #refuseUnsolicited(): void {
+    this.#refuse('unsolicited_response', UNSOLICITED);
     setImmediate(() => this.destroy());
   }
 
