@@ -178,7 +178,7 @@ async function strayBackend(first: string, stray: string): Promise<Awaited<Retur
 // the answer to whichever request went next on the pooled connection.
 for (const [name, method, first] of [
   ['a partial head behind a complete response', 'GET', 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'],
-  ['the "body" of a 204', 'GET', 'HTTP/1.1 204 No Content\r\nContent-Length: 40\r\n\r\n'],
+  ['the "body" of a 204', 'GET', 'HTTP/1.1 204 No Content\r\n\r\n'],
   ['the "body" of the answer to HEAD', 'HEAD', 'HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n'],
 ] as const) {
   test(`RFC 9112 section 9.3: ${name}, starting an unsolicited 302, is not kept for the next request on the connection: it closes, counted unsolicited_response`, async () => {
@@ -215,6 +215,33 @@ test('RFC 9110 section 15: a status below 100 is malformed, counted, not an info
   const errors: string[] = [];
   await assert.rejects(poolTo(b.port, 60_000, () => {}, (reason, detail) => errors.push(`${reason}: ${detail}`)).request(req('GET', { host: 'a' })), /malformed response: status 99/);
   assert.deepEqual(errors, ['malformed_response: malformed response: status 99 is not of 100 to 599 (RFC 9110 section 15)']);
+});
+
+// RFC 9110 section 8.6: no Content-Length in a 1xx or a 204; section 6.1 of RFC 9112: no
+// Transfer-Encoding there either. Framing a 204 cannot have only misleads whoever reads it next: the
+// waypoint relayed `204` with `content-length: 5` to its client, whose parser may read 5 bytes of
+// the next response as its body. Envoy's codec refuses both (strict_1xx_and_204_headers) and drops
+// a `Content-Length: 0`.
+for (const [name, response] of [
+  ['a 204 with Content-Length: 5', 'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'],
+  ['a 204 with Transfer-Encoding: chunked', 'HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+  ['a 103 with Content-Length: 5', 'HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'],
+] as const) {
+  test(`RFC 9110 section 8.6: ${name} is malformed, counted malformed_response, and its connection closed`, async () => {
+    const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? response : undefined));
+    const errors: string[] = [];
+    await assert.rejects(poolTo(b.port, 60_000, () => {}, (reason, detail) => errors.push(`${reason}: ${detail}`)).request(req('GET', { host: 'a' })), /malformed response: (Content-Length|Transfer-Encoding) in a 1xx or 204/);
+    assert.equal(errors.length, 1);
+    assert.match(errors[0]!, /^malformed_response: /);
+  });
+}
+
+test('RFC 9110 section 8.6: a 204 with Content-Length: 0 is taken, without the field, as Envoy papers over it', async () => {
+  const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n' : undefined));
+  const r = await poolTo(b.port).request(req('GET', { host: 'a' }));
+  assert.equal(r.status, 204);
+  assert.deepEqual(r.headers, { 'x-a': '1' });
+  assert.equal(await bodyOf(r), '');
 });
 
 test('headers that would split the request are refused before any byte is sent, naming the field', async () => {

@@ -73,6 +73,19 @@ const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 /** A request target: no spaces, controls or characters beyond Latin-1 (as http.request refuses). */
 const BAD_PATH = /[^\u0021-\u00ff]/;
 
+/**
+ * The framing field of raw `[name, value, ...]` pairs that a 1xx or a 204, having no body, must not
+ * carry (RFC 9110 section 8.6, RFC 9112 section 6.1): Transfer-Encoding, or a Content-Length but 0.
+ */
+function framingOf(raw: readonly string[]): string | undefined {
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (name === 'transfer-encoding') return 'Transfer-Encoding';
+    if (name === 'content-length' && raw[i + 1]!.trim() !== '0') return 'Content-Length';
+  }
+  return undefined;
+}
+
 /** Merges raw `[name, value, ...]` pairs into `into` as Node's IncomingMessage does. */
 export function mergeHeaderLines(raw: readonly string[], into: HeaderMap = {}): HeaderMap {
   const n = Math.min(raw.length, MAX_HEADER_PAIRS * 2);
@@ -321,6 +334,16 @@ export class H1Connection {
       setImmediate(() => this.destroy());
       return 0;
     }
+    const bodiless = (status < 200 && status !== 101) || status === 204;
+    const framing = bodiless ? framingOf(raw) : undefined;
+    if (framing) {
+      // No body, and no framing that says otherwise to whoever reads it next (our client, relayed).
+      const detail = `malformed response: ${framing} in a 1xx or 204 (RFC 9110 section 8.6, RFC 9112 section 6.1)`;
+      this.#refuse('malformed_response', detail);
+      this.#fail(new UpstreamResetError(ex.addr, detail));
+      setImmediate(() => this.destroy());
+      return 0;
+    }
     if (status < 200 && status !== 101) {
       // 100 Continue, 103 Early Hints: not the response (http.request's 'information'); wait on.
       this.#informational = true;
@@ -341,9 +364,13 @@ export class H1Connection {
     ex.state = 'body';
     ex.keepAlive = keepAlive;
     const body = (ex.body = new ResponseBody(this, ex));
+    const headers = mergeHeaderLines(raw);
+    // A 204's `Content-Length: 0` (framingOf lets only that one through) is not relayed: a server
+    // MUST NOT send the field in a 204 (RFC 9110 section 8.6). Envoy drops it the same way.
+    if (bodiless) delete headers['content-length'];
     ex.resolve({
       status,
-      headers: mergeHeaderLines(raw),
+      headers,
       body,
       endStreamOnHeaders: false,
       trailers: () => ex.trailers,
