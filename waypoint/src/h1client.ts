@@ -52,6 +52,9 @@ const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPP
  */
 export type H1ProtocolError = 'malformed_response' | 'unsolicited_response' | 'unexpected_upgrade';
 
+/** A server's 408 on an idle connection, which it then closes (RFC 9110 section 15.5.9). */
+const IDLE_TIMEOUT_ANSWER = /^HTTP\/1\.[01] 408 /;
+
 /** The detail of an unsolicited_response. */
 const UNSOLICITED = 'a response began with no request waiting for one';
 
@@ -409,8 +412,10 @@ export class H1Connection {
   #onData(chunk: Buffer): void {
     if (!this.#ex) {
       // Bytes on an idle connection: nothing was asked; the connection is not used again. (On one
-      // already given up, after an error, they are only what followed it.)
-      if (!this.retired) this.#refuse('unsolicited_response', UNSOLICITED);
+      // already given up, after an error, they are only what followed it.) A 408 is the server
+      // closing an idle connection, as RFC 9110 section 15.5.9 lets it: not counted, as Envoy
+      // lets that premature response through.
+      if (!this.retired && !IDLE_TIMEOUT_ANSWER.test(chunk.toString('latin1', 0, 13))) this.#refuse('unsolicited_response', UNSOLICITED);
       this.destroy();
       return;
     }
