@@ -211,6 +211,37 @@ describe('waypoint: WebSocket upgrades (RFC 6455, RFC 9110 section 7.8)', () => 
     }
   });
 
+  // Envoy answers an Upgrade it has no upgrade_configs entry for with 403 (response code details
+  // upgrade_failed, stat downstream_rq_ws_on_non_ws_route) and closes the connection after it, so that
+  // what the client sent for the protocol it asked for is never read as a request; Istio configures
+  // websocket only, matched against the whole Upgrade value. (h2c alone is stripped by Envoy's codec,
+  // above.) A list naming websocket and another protocol went to the backend as it was, for the
+  // backend to switch to the other one on a connection the waypoint then pipes unjudged.
+  for (const upgrade of ['foo', 'websocket, h2c', 'TLS/1.0']) {
+    it(`refuses Upgrade: ${upgrade} with 403 upgrade_failed, counted, closes the connection, and the backend never sees it`, async () => {
+      const b = await startWsBackend();
+      const logged: Array<Record<string, unknown>> = [];
+      const e2 = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (line) => logged.push(JSON.parse(line) as Record<string, unknown>) } });
+      e2.applyConfig(config({ services: [service('odd', '10.96.0.34', [endpoint(b.port)])] }));
+      const l = await startTunnelListener(e2, '10.96.0.34:80');
+      try {
+        const r = await rawExchange(l.port, `GET /odd HTTP/1.1\r\nHost: odd\r\nConnection: Upgrade\r\nUpgrade: ${upgrade}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: odd\r\n\r\n`);
+        assert.match(r.text, /^HTTP\/1\.1 403 /);
+        assert.equal(r.closed, true, 'the connection closes after the 403');
+        assert.doesNotMatch(r.text, /smuggled/);
+        assert.deepEqual(b.seen, [], 'the backend saw nothing');
+        await until('the refusal is logged', () => logged.length === 1, 5_000);
+        assert.match(String(logged[0]!['response_code_details']), /^upgrade_failed/);
+        const counted = await metricSamples(e2, 'istio_requests_total');
+        assert.deepEqual(counted.map((c) => [c.labels['response_code'], c.value]), [['403', 1]]);
+      } finally {
+        await l.close();
+        await e2.close();
+        await b.close();
+      }
+    });
+  }
+
   it('times the wait for the 101 by the route\'s request timeout (504, flag UT), not the upgraded connection', async () => {
     // A backend that takes the handshake and never answers.
     const silent = net.createServer((s) => { s.on('error', () => {}); s.resume(); });

@@ -15,7 +15,7 @@ import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
 import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
-import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { endpointPort, handleRequest, upgradeRefused, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_MIRRORS, DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
@@ -307,9 +307,11 @@ export class WaypointEngine {
       connectionsCheckingInterval: this.timeouts.checkIntervalMs,
       keepAliveTimeout: idleMs,
       // A WebSocket handshake is proxied as an upgrade (proxy.ts, forwardUpgrade). Any other
-      // Upgrade (h2c, TLS/1.0) stays an ordinary request whose Upgrade field is not forwarded, as
-      // Envoy treats upgrade types it is not configured for.
-      shouldUpgradeCallback: isWebSocketHandshake,
+      // Upgrade is taken as one too, so that node stops reading the connection there, and refused
+      // with 403 (proxy.ts, upgradeRefused), as Envoy refuses an upgrade it has no upgrade_configs
+      // entry for; but `h2c` alone, which Envoy's codec strips, stays an ordinary request whose
+      // Upgrade field is not forwarded, and so does a non-GET naming websocket.
+      shouldUpgradeCallback: (req) => isWebSocketHandshake(req) || upgradeRefused(req),
       // The pipeline refuses a missing or repeated Host itself (proxy.ts normalize), counted and
       // logged; node's own refusal would be neither.
       requireHostHeader: false,
