@@ -331,21 +331,13 @@ export class H1Connection {
     ex.lines = [];
     if (status < 100) {
       // Three digits, 100 to 599 (RFC 9110 section 15); llhttp takes any three. Not informational.
-      const detail = `malformed response: status ${status} is not of 100 to 599 (RFC 9110 section 15)`;
-      this.#refuse('malformed_response', detail);
-      this.#fail(new UpstreamResetError(ex.addr, detail));
-      setImmediate(() => this.destroy());
-      return 0;
+      return this.#refuseResponse(ex, 'malformed_response', `malformed response: status ${status} is not of 100 to 599 (RFC 9110 section 15)`);
     }
     const bodiless = (status < 200 && status !== 101) || status === 204;
     const framing = bodiless ? framingOf(raw) : undefined;
     if (framing) {
       // No body, and no framing that says otherwise to whoever reads it next (our client, relayed).
-      const detail = `malformed response: ${framing} in a 1xx or 204 (RFC 9110 section 8.6, RFC 9112 section 6.1)`;
-      this.#refuse('malformed_response', detail);
-      this.#fail(new UpstreamResetError(ex.addr, detail));
-      setImmediate(() => this.destroy());
-      return 0;
+      return this.#refuseResponse(ex, 'malformed_response', `malformed response: ${framing} in a 1xx or 204 (RFC 9110 section 8.6, RFC 9112 section 6.1)`);
     }
     if (status < 200 && status !== 101) {
       // 100 Continue, 103 Early Hints: not the response (http.request's 'information'); wait on.
@@ -358,11 +350,7 @@ export class H1Connection {
         this.#switching = { ex, status, headers: mergeHeaderLines(raw) };
         return 2;
       }
-      const detail = `unexpected ${status} to a request that asked for no upgrade`;
-      this.#refuse('unexpected_upgrade', detail);
-      this.#fail(new UpstreamResetError(ex.addr, detail));
-      setImmediate(() => this.destroy());
-      return 0;
+      return this.#refuseResponse(ex, 'unexpected_upgrade', `unexpected ${status} to a request that asked for no upgrade`);
     }
     ex.state = 'body';
     ex.keepAlive = keepAlive;
@@ -465,6 +453,14 @@ export class H1Connection {
     if (this.#refused) return;
     this.#refused = true;
     this.#pool.protocolError(reason, detail);
+  }
+
+  /** The response head in hand breaks the protocol: its request fails with `detail`; the connection closes once the parser has returned. */
+  #refuseResponse(ex: Exchange, reason: H1ProtocolError, detail: string): 0 {
+    this.#refuse(reason, detail);
+    this.#fail(new UpstreamResetError(ex.addr, detail));
+    setImmediate(() => this.destroy());
+    return 0;
   }
 
   /** The endpoint began a response with none outstanding: the connection closes (not inside the parser's callback). */
