@@ -4,17 +4,15 @@
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import * as grpc from '@grpc/grpc-js';
 import { Gauge } from 'prom-client';
 import { jsonLogger, type Logger, type LogLevel } from '../../lib/log.ts';
 import { HbonePool, readPoolStats } from '../../lib/hbone/index.ts';
-import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
-import { backoffDelay } from '../../lib/backoff.ts';
 import { PORTS } from '../../lib/defaults.ts';
-import { spiffeIdOfCertificate, splitPemCertificates } from '../../lib/identity/index.ts';
+import { splitPemCertificates } from '../../lib/identity/index.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
+import { NodeConfigStream } from './config-stream.ts';
 import { AgentState, validateAgentConfig } from './state.ts';
 import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
@@ -145,7 +143,8 @@ export class Agent {
   readonly resolver: PodNetnsResolver;
   datapath!: Datapath;
   certs!: CertManager;
-  xds: ConfigClient<'agent'> | undefined;
+  /** The config stream, once start() has opened it. */
+  configStream: NodeConfigStream | undefined;
   pool!: HbonePool;
   outbound!: Outbound;
   inbound!: Inbound;
@@ -179,9 +178,6 @@ export class Agent {
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
   #otlpLogs: OtlpLogExporters;
-  #signer!: GrpcCertificateSigner;
-  #controllerId = '';
-  #xdsTimer: NodeJS.Timeout | undefined;
   /** The C heap's free pages and the file pages the agent maps without using them go back (lib/sys/memory.ts). */
   #memory: MemoryRelease | undefined;
   #stopped = false;
@@ -202,7 +198,7 @@ export class Agent {
       name: 'weft_controller_connected', help: '1 while the config stream to the controller is up, 0 while reconnecting',
       registers: [this.metrics.registry],
       collect() {
-        this.set(agent.xds?.connected ? 1 : 0);
+        this.set(agent.configStream?.connected ? 1 : 0);
       },
     });
     new Gauge({
@@ -346,14 +342,16 @@ export class Agent {
       // Root rotation: the config stream verifies the controller with the roots it was opened
       // with and presents a node certificate from the old root; reopen it with the new roots and
       // a node certificate the controller will still accept once the old root is retired.
-      if (this.xds && !this.#stopped) {
+      if (this.configStream && !this.#stopped) {
         this.log.info('trust bundle changed: reopening the config stream with the new roots', { roots: this.certs.trustBundle().length });
-        this.#connectConfig(0);
+        this.configStream.reopen();
       }
     });
 
-    this.#signer = signer;
-    this.#controllerId = controllerId;
+    this.configStream = new NodeConfigStream({
+      node: o.node, controller: o.controller, controllerId, signer, trustBundle: () => this.certs.trustBundle(),
+      validate: (config) => validateAgentConfig(config), onConfig: (config, version) => this.#onConfig(config, version), log: this.log,
+    });
 
     // 3. Listeners, all with SO_REUSEPORT: an upgraded agent starts beside the running one and
     // shares its ports. The side doors now; the data ports once this process can serve them
@@ -403,57 +401,8 @@ export class Agent {
     limitSidePort(ready, { refused: readyRefused });
     this.#servers.push(ready);
     await listenHttp(ready, ports.ready, '0.0.0.0', { reusePort: true });
-    this.#connectConfig(0);
+    this.configStream.open();
     this.log.info('agent started', { node: o.node, nodeIp: o.nodeIp, controller: o.controller, ports });
-  }
-
-  /**
-   * (Re)opens the config stream with this node's certificate, so the controller can tell which
-   * node is asking; again whenever that certificate is renewed. Until the first stream is up the
-   * agent keeps retrying with backoff; an open stream keeps serving the last good config.
-   */
-  #connectConfig(attempt: number): void {
-    const o = this.o;
-    this.#signer.nodeCredentials().then(
-      (node) => {
-        if (this.#stopped) return;
-        const controllerId = this.#controllerId;
-        const verify: grpc.VerifyOptions = {
-          checkServerIdentity: (_host, cert) => {
-            try {
-              const id = spiffeIdOfCertificate(cert);
-              return id.uri === controllerId ? undefined : new Error(`controller at ${o.controller} presented ${id.uri}, expected ${controllerId}`);
-            } catch (err) {
-              return err as Error;
-            }
-          },
-        };
-        const roots = Buffer.from(this.certs.trustBundle().join(''));
-        const client = agentConfigClient({
-          target: o.controller,
-          credentials: grpc.credentials.createSsl(roots, Buffer.from(node.keyPem), Buffer.from(node.certChain.join('')), verify),
-          channelOptions: { 'grpc.ssl_target_name_override': 'weft-controller' },
-          id: o.node,
-          validate: (config) => validateAgentConfig(config),
-        });
-        client.on('snapshot', (config, version) => this.#onConfig(config, version));
-        client.on('rejected', (err) => this.log.warn('config rejected, keeping the last good one', { error: err.message }));
-        client.on('disconnected', (err) => this.log.warn('config stream disconnected; serving the last good config', { error: err?.message }));
-        client.start();
-        const previous = this.xds;
-        this.xds = client;
-        previous?.close();
-        clearTimeout(this.#xdsTimer);
-        this.#xdsTimer = setTimeout(() => this.#connectConfig(0), Math.max(node.renewAt - Date.now(), 1_000) + 1_000).unref();
-      },
-      (err: Error) => {
-        if (this.#stopped) return;
-        const delay = backoffDelay(attempt);
-        this.log.warn('cannot get the node certificate for the config stream; retrying', { error: err.message, retryInMs: delay });
-        clearTimeout(this.#xdsTimer);
-        this.#xdsTimer = setTimeout(() => this.#connectConfig(attempt + 1), delay).unref();
-      },
-    );
   }
 
   #notReadyReason(): string {
@@ -621,7 +570,7 @@ export class Agent {
         if (!w) {
           throw new CniError(CNI_ERROR.tryAgainLater,
             `pod ${pod.namespace}/${pod.name} is not in node ${this.o.node}'s mesh config after ${waitMs} ms (is the controller up and does it see the pod?); the kubelet retries`,
-            this.#configured ? `config ${this.xds?.version ?? ''}` : 'no config from the controller yet');
+            this.#configured ? `config ${this.configStream?.version ?? ''}` : 'no config from the controller yet');
         }
         if (!w.enrolled) return { enrolled: false };
         // The config has no address for a pod whose network is being set up right now (Kubernetes
@@ -708,7 +657,7 @@ export class Agent {
   #adminServer(refused: OnSidePortRefusal): import('node:http').Server {
     return jsonServer({
       '/': () => ({ node: this.o.node, paths: ['/config_dump', '/certs', '/bpf', '/stats', '/logging', '/flows'] }),
-      '/config_dump': () => ({ node: this.o.node, version: this.xds?.version ?? '', controllerConnected: this.xds?.connected ?? false, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
+      '/config_dump': () => ({ node: this.o.node, version: this.configStream?.version ?? '', controllerConnected: this.configStream?.connected ?? false, config: this.state.current, enrolled: Object.fromEntries(this.#enrolled) }),
       '/certs': () => ({ trustBundle: this.certs.trustBundle().length, certificates: this.certs.list() }),
       '/bpf': () => ({
         pinRoot: this.datapath.pinRoot,
@@ -742,9 +691,8 @@ export class Agent {
   async stop(drainMs = this.o.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retry);
-    clearTimeout(this.#xdsTimer);
     this.#memory?.stop();
-    this.xds?.close();
+    this.configStream?.close();
     void this.#cni?.close();
     if (this.o.readyFile) rmSync(this.o.readyFile, { force: true });
     for (const s of this.#servers) {
