@@ -304,7 +304,11 @@ export class Agent {
     const trustBundle = splitPemCertificates(readFileSync(o.trustBundleFile, 'utf8'));
     if (trustBundle.length === 0) throw new Error(`no certificate in trust bundle file ${o.trustBundleFile}`);
     const controllerId = `spiffe://${o.trustDomain}/ns/${o.controllerNamespace ?? 'weft-system'}/sa/weft-controller`;
-    const signer = new GrpcCertificateSigner({ address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node });
+    const signer = new GrpcCertificateSigner({
+      address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node,
+      // A new intermediate under the same root: the controller takes node certificates of its own CA only.
+      onNodeCertificateDue: (reason) => this.configStream?.renew(reason),
+    });
     this.certs = new CertManager({ signer, trustBundle, ...(o.certLifetimeSeconds ? { lifetimeSeconds: o.certLifetimeSeconds } : {}) });
     this.metrics.watchCertificates(this.certs);
     this.certs.on('renewalFailed', (id, err, retry) => this.log.warn('certificate renewal failed', {
@@ -344,13 +348,14 @@ export class Agent {
       // a node certificate the controller will still accept once the old root is retired.
       if (this.configStream && !this.#stopped) {
         this.log.info('trust bundle changed: reopening the config stream with the new roots', { roots: this.certs.trustBundle().length });
-        this.configStream.reopen();
+        this.configStream.renew('roots-changed');
       }
     });
 
     this.configStream = new NodeConfigStream({
       node: o.node, controller: o.controller, controllerId, signer, trustBundle: () => this.certs.trustBundle(),
       validate: (config) => validateAgentConfig(config), onConfig: (config, version) => this.#onConfig(config, version), log: this.log,
+      renewals: this.metrics.nodeCertificateRenewals,
     });
 
     // 3. Listeners, all with SO_REUSEPORT: an upgraded agent starts beside the running one and

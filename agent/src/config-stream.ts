@@ -2,9 +2,21 @@
 // with this node's certificate (spiffe://<td>/node/<node>) so that the controller serves it only
 // its node's config, and opened again whenever that certificate is renewed. Until the first
 // stream is up it keeps retrying with backoff; an open stream keeps serving the last good config.
+//
+// The node certificate is renewed (renew(), each counted weft_node_certificate_renewals_total{reason}
+// and logged) at its renewal time (`scheduled`), when the roots change (`roots-changed`), when the
+// CA's trust-bundle stream announces a signer that did not issue it (`signer-changed`, found by the
+// signer), and when the controller refuses the stream (PERMISSION_DENIED: `config-stream-refused`).
+// The controller takes a node certificate only from its own CA (controller/src/xds/authz.ts: the
+// clusters of a mesh share the root and name their nodes alike), so after it restarted on a new
+// intermediate under the same root (Istio's plug-in CA rotated) every agent's certificate, from the
+// intermediate before, is refused until renewed: at half its lifetime, hours, without this. A
+// renewal after a refusal waits REFUSED_RENEWAL_BACKOFF, growing while the controller keeps
+// refusing, so that one refusing everyone does not have every agent ask for a certificate at each
+// reconnect.
 import * as grpc from '@grpc/grpc-js';
 import { agentConfigClient, type ConfigClient } from '../../lib/xds/index.ts';
-import { backoffDelay } from '../../lib/backoff.ts';
+import { backoffDelay, type BackoffOptions } from '../../lib/backoff.ts';
 import { spiffeIdOfCertificate } from '../../lib/identity/index.ts';
 import type { Logger } from '../../lib/log.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
@@ -13,7 +25,15 @@ import type { AgentConfig } from '../../lib/model/mesh.ts';
 export interface NodeCredentialsSource {
   /** The node certificate, fetched (or renewed, once due) when needed. */
   nodeCredentials(): Promise<{ keyPem: string; certChain: readonly string[]; renewAt: number }>;
+  /** Makes the node certificate whose leaf is `leafPem` due, if it is still the one held. */
+  renewNodeCertificate(leafPem: string): void;
 }
+
+/** Why the config stream asked for a new node certificate: the `reason` of weft_node_certificate_renewals_total (stable strings). */
+export type NodeRenewalReason = 'scheduled' | 'roots-changed' | 'signer-changed' | 'config-stream-refused';
+
+/** Waits before a renewal for a refused stream: the first within about 250 ms, doubling (±20 %) to a minute while refusals go on. */
+export const REFUSED_RENEWAL_BACKOFF: Readonly<BackoffOptions> = { initialMs: 250, maxMs: 60_000 };
 
 export interface NodeConfigStreamOptions {
   /** The node name: the config stream's id. */
@@ -28,12 +48,20 @@ export interface NodeConfigStreamOptions {
   validate: (config: AgentConfig) => void;
   onConfig: (config: AgentConfig, version: string) => void;
   log: Logger;
+  /** Counts each renewal by reason (AgentMetrics.nodeCertificateRenewals). */
+  renewals?: { inc(labels: { reason: NodeRenewalReason }): void };
 }
 
 export class NodeConfigStream {
   readonly #o: NodeConfigStreamOptions;
   #client: ConfigClient<'agent'> | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** The leaf of the node certificate the current stream presents. */
+  #leaf: string | undefined;
+  /** A renewal for a refused stream, waiting its turn. */
+  #refusedTimer: NodeJS.Timeout | undefined;
+  /** Renewals for refused streams since the controller last answered one. */
+  #refusals = 0;
   #closed = false;
 
   constructor(o: NodeConfigStreamOptions) {
@@ -55,16 +83,38 @@ export class NodeConfigStream {
     this.#connect(0);
   }
 
-  /** Opens the stream again with the node certificate the signer holds now (e.g. the roots changed). */
-  reopen(): void {
-    if (this.#closed || !this.#client) return;
+  /**
+   * Renews the node certificate the stream presents (unless the signer holds a newer one already:
+   * one renewal however many ask) and opens the stream again with the new one. Before the stream is
+   * first opened there is nothing to renew.
+   */
+  renew(reason: NodeRenewalReason, detail?: string): void {
+    if (this.#closed || !this.#client || this.#leaf === undefined) return;
+    clearTimeout(this.#refusedTimer);
+    this.#refusedTimer = undefined;
+    this.#o.renewals?.inc({ reason });
+    const fields = { reason, ...(detail !== undefined ? { detail } : {}) };
+    if (reason === 'config-stream-refused') this.#o.log.warn('renewing the node certificate for the config stream', { ...fields, refusalsInARow: this.#refusals });
+    else this.#o.log.info('renewing the node certificate for the config stream', fields);
+    this.#o.signer.renewNodeCertificate(this.#leaf);
     this.#connect(0);
   }
 
   close(): void {
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearTimeout(this.#refusedTimer);
     this.#client?.close();
+  }
+
+  /** The controller refused the stream's credentials: a renewal, after REFUSED_RENEWAL_BACKOFF's wait (one pending at a time). */
+  #refused(err: Error): void {
+    if (this.#closed || this.#refusedTimer !== undefined) return;
+    const delay = backoffDelay(this.#refusals++, REFUSED_RENEWAL_BACKOFF);
+    this.#refusedTimer = setTimeout(() => {
+      this.#refusedTimer = undefined;
+      this.renew('config-stream-refused', err.message);
+    }, delay).unref();
   }
 
   #connect(attempt: number): void {
@@ -92,12 +142,19 @@ export class NodeConfigStream {
         });
         client.on('snapshot', (config, version) => o.onConfig(config, version));
         client.on('rejected', (err) => o.log.warn('config rejected, keeping the last good one', { error: err.message }));
-        client.on('disconnected', (err) => o.log.warn('config stream disconnected; serving the last good config', { error: err?.message }));
+        client.on('disconnected', (err) => {
+          o.log.warn('config stream disconnected; serving the last good config', { error: err?.message });
+          if ((err as Partial<grpc.ServiceError> | undefined)?.code === grpc.status.PERMISSION_DENIED) this.#refused(err!);
+        });
+        client.on('answered', () => {
+          this.#refusals = 0;
+        });
         const previous = this.#client;
         this.#client = client;
+        this.#leaf = node.certChain[0];
         previous?.close();
         clearTimeout(this.#timer);
-        this.#timer = setTimeout(() => this.#connect(0), Math.max(node.renewAt - Date.now(), 1_000) + 1_000).unref();
+        this.#timer = setTimeout(() => this.renew('scheduled'), Math.max(node.renewAt - Date.now(), 1_000) + 1_000).unref();
       },
       (err: Error) => {
         if (this.#closed) return;

@@ -58,6 +58,8 @@ export class AgentMetrics {
   readonly active: Gauge<'direction'>;
   readonly sidePortRefused: Counter<'port' | 'reason'>;
   readonly enrolmentRefused: Counter<'reason'>;
+  /** weft_node_certificate_renewals_total{reason}: agent/src/config-stream.ts NodeRenewalReason. */
+  readonly nodeCertificateRenewals: Counter<'reason'>;
 
   constructor() {
     const registers = [this.registry];
@@ -90,6 +92,12 @@ export class AgentMetrics {
       name: 'weft_side_port_requests_refused_total',
       help: 'Requests and connections the admin, metrics or readiness port refused by itself, by port and reason (bad_target: the request target is not a URL; peer_uid: an admin client not root; source_connections: its source holds too many; header_timeout, idle: deadlines; debug-token-<why>: a /debug path without the install\'s token, why missing, wrong or unset)',
       labelNames: ['port', 'reason'],
+      registers,
+    });
+    this.nodeCertificateRenewals = new Counter({
+      name: 'weft_node_certificate_renewals_total',
+      help: 'Renewals of the node certificate the config stream presents, by reason (scheduled: half its lifetime; roots-changed; signer-changed: the CA announced a signing certificate that did not issue it; config-stream-refused: the controller refused the stream, PERMISSION_DENIED, e.g. after it moved to a new intermediate)',
+      labelNames: ['reason'],
       registers,
     });
     this.enrolmentRefused = new Counter({

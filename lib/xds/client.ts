@@ -66,7 +66,10 @@ interface ClientEvents<K extends ClientKind> {
   snapshot: [config: SnapshotOf<K>, version: string];
   /** An update was rejected by `validate` (and NACKed). */
   rejected: [error: ConfigRejectedError];
+  /** A stream was opened (its requests sent); the controller has not answered yet. */
   connected: [];
+  /** The controller answered on the stream opened last (connected is true from now on). */
+  answered: [];
   disconnected: [error: Error | undefined];
   /** Protocol problems (only emitted when someone listens); the stream is restarted. */
   error: [error: Error];
@@ -189,6 +192,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
         gotResponse = true;
         this.#streamUp = true;
         this.#attempt = 0;
+        this.emit('answered');
       }
       this.#queue = this.#queue.then(() => this.#onResponse(gen, res)).catch((e: Error) => {
         // 'error' without a listener would throw; the stream restart is the recovery either way.

@@ -3,7 +3,10 @@
 // Local mode: the agent holds a per-node bootstrap token. It exchanges the token once for a node
 // certificate (spiffe://<td>/node/<name>), then authenticates every request with mTLS using that
 // certificate, renewing it through mTLS at half-life. If the CA stops accepting the node
-// certificate (e.g. after a root rotation), it falls back to the token once.
+// certificate (e.g. after a root rotation), it falls back to the token once. The node certificate
+// is renewed early when the CA's trust-bundle stream announces a signing certificate that did not
+// issue it (a new intermediate under the same root), and when its holder asks (renewNodeCertificate:
+// the config stream was refused).
 // Kubernetes mode (`useNodeCertificate: false`): every request carries the agent's projected
 // ServiceAccount token, which the controller checks with a TokenReview.
 import { CertificateServiceClient, followTrustBundle } from '../../../lib/identity/ca-client.ts';
@@ -11,7 +14,7 @@ import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identi
 import { CaAuthenticationError } from '../../../lib/identity/errors.ts';
 import { nodeId } from '../../../lib/identity/spiffe.ts';
 import type { PeerExpectation } from '../../../lib/identity/tls.ts';
-import { parseCertificate } from '../../../lib/identity/x509.ts';
+import { issuedBy, parseCertificate } from '../../../lib/identity/x509.ts';
 
 export type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
 import { sameRoots, type CertificateSigner, type SignResult } from '../../../lib/identity/signing.ts';
@@ -33,6 +36,12 @@ export interface GrpcSignerOptions {
   nodeCertLifetimeSeconds?: number;
   deadlineMs?: number;
   clock?: () => number;
+  /**
+   * Told when the CA's trust-bundle stream (watchTrustBundle) announced a signing certificate that
+   * did not issue the node certificate held, which is due from now on (the agent renews it and
+   * opens its config stream again with the new one). Once per announced signer.
+   */
+  onNodeCertificateDue?: (reason: 'signer-changed') => void;
 }
 
 interface NodeCert {
@@ -49,6 +58,8 @@ export class GrpcCertificateSigner implements CertificateSigner {
   #mtlsClient: CertificateServiceClient | undefined;
   #nodeCert: NodeCert | undefined;
   #nodeCertInflight: Promise<NodeCert> | undefined;
+  /** The signing certificate the CA's stream last announced. */
+  #announcedSigner: string | undefined;
 
   constructor(opts: GrpcSignerOptions) {
     this.#opts = opts;
@@ -108,6 +119,31 @@ export class GrpcCertificateSigner implements CertificateSigner {
     return { keyPem: c.keyPem, certChain: c.certChain, renewAt: c.renewAt };
   }
 
+  /**
+   * Makes the node certificate whose leaf is `leafPem` due: the next nodeCredentials() renews it.
+   * Nothing when another is held by now (renewed already: one renewal however many ask).
+   */
+  renewNodeCertificate(leafPem: string): void {
+    if (this.#nodeCert && this.#nodeCert.certChain[0] === leafPem) this.#nodeCert.renewAt = 0;
+  }
+
+  /** The CA announced the certificate it signs with: a node certificate it did not issue is due. */
+  #signerAnnounced(signer: string | undefined): void {
+    if (!signer || signer === this.#announcedSigner) return;
+    this.#announcedSigner = signer;
+    const held = this.#nodeCert;
+    if (!held || held.renewAt === 0) return;
+    let ours: boolean;
+    try {
+      ours = issuedBy(parseCertificate(held.certChain[0]!).x509, parseCertificate(signer).x509);
+    } catch {
+      return;
+    }
+    if (ours) return;
+    held.renewAt = 0;
+    this.#opts.onNodeCertificateDue?.('signer-changed');
+  }
+
   #dropNodeCert(): void {
     this.#nodeCert = undefined;
     this.#mtlsClient?.close();
@@ -149,7 +185,10 @@ export class GrpcCertificateSigner implements CertificateSigner {
 
   watchTrustBundle(onBundle: (roots: string[], signer?: string) => void): () => void {
     // Roots are public: the stream needs no node credentials, so the bootstrap channel serves.
-    return followTrustBundle(() => this.#token(), onBundle);
+    return followTrustBundle(() => this.#token(), (roots, signer) => {
+      this.#signerAnnounced(signer);
+      onBundle(roots, signer);
+    });
   }
 
   close(): void {

@@ -6,7 +6,9 @@
 // Node names are per cluster: the clusters of one mesh share the root and the trust domain
 // (docs/ARCHITECTURE.md Multi-cluster), so another cluster's node-a chains to the trust bundle
 // as well as ours does. Only the certificate's issuer tells them apart. Workload certificates
-// (waypoints) are not checked for issuer: those identities are mesh-wide by design.
+// (waypoints) are not checked for issuer: those identities are mesh-wide by design. After this
+// controller restarts on a new intermediate under the same root, its own agents' certificates are
+// refused here too; the agent renews its certificate when refused (agent/src/config-stream.ts).
 import type { PeerCertificate } from 'node:tls';
 import { spiffeIdOfCertificate } from '../../../lib/identity/tls.ts';
 import type { ClientKind } from '../../../lib/xds/protocol.ts';

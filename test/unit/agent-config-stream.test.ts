@@ -1,0 +1,176 @@
+// The agent's config stream (agent/src/config-stream.ts) and its node certificate
+// (agent/src/certs/signer.ts) across a change of the controller's intermediate under the same root:
+// Istio's plug-in CA rotated (https://istio.io/latest/docs/tasks/security/cert-management/plugin-ca-cert/,
+// the operator replaces `cacerts` and restarts istiod; workloads keep working since the root is
+// unchanged). Weft's controller takes a node certificate only from its own CA (controller/src/xds/authz.ts:
+// clusters share the root and name their nodes alike), so after the restart every agent's node
+// certificate, from the intermediate before, is refused on the config stream. The agent renews it
+// at once, with backoff, and when the CA's trust-bundle stream announces a signer that did not
+// issue it; another cluster's node certificate stays refused (test/unit/controller-xds.test.ts).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
+import { spiffeStreamAuthorizer, type NodeCertificateIssuer } from '../../controller/src/xds/authz.ts';
+import { StaticTokenAuthenticator, addCertificateService, createControllerCredentials } from '../../controller/src/ca/index.ts';
+import { CertificateAuthority, parseCertificate } from '../../lib/identity/index.ts';
+import { GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
+import { NodeConfigStream } from '../../agent/src/config-stream.ts';
+import { AgentMetrics } from '../../agent/src/metrics.ts';
+import { validateAgentConfig } from '../../agent/src/state.ts';
+import type { AgentConfig } from '../../lib/model/mesh.ts';
+import { captureLogger, type LogLine } from './controller-harness.ts';
+import { ns, pod } from './controller-fixtures.ts';
+import { holds, until } from '../lab/wait.ts';
+
+const TD = 'cluster.local';
+const CONTROLLER_ID = `spiffe://${TD}/ns/weft-system/sa/weft-controller`;
+const TOKEN = 'node-a-bootstrap-token-0123456789';
+
+async function clusterCa(root: CertificateAuthority, name: string): Promise<CertificateAuthority> {
+  const inter = await root.issueIntermediate(name);
+  return CertificateAuthority.fromPem({ certPem: inter.certPem, keyPem: inter.keyPem, rootsPem: inter.rootPem }, { trustDomain: TD });
+}
+
+function model(pods: string[]) {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  for (const [n, name] of pods.entries()) i.pods.push(pod('shop', name, { ip: `10.3.0.${n + 1}` }));
+  return compile(i).model;
+}
+
+/**
+ * An in-process controller (config stream with client certificates required, certificate service)
+ * on `ca`, restartable on another CA at the same port, as the operator restarts it on new cacerts.
+ */
+function controller() {
+  let server: grpc.Server | undefined;
+  let close: (() => void) | undefined;
+  let port = 0;
+  const c = {
+    signed: 0,
+    get address() {
+      return `127.0.0.1:${port}`;
+    },
+    async start(ca: CertificateAuthority, pods: string[], issuer: NodeCertificateIssuer = ca): Promise<void> {
+      const creds = await createControllerCredentials(ca, { identity: CONTROLLER_ID, ipAddresses: ['127.0.0.1'], dnsNames: ['weft-controller'] });
+      const configServer = new ConfigServer({ authorize: spiffeStreamAuthorizer(TD, issuer) });
+      configServer.publish(model(pods));
+      server = new grpc.Server();
+      addConfigStreamService(server, { configServer });
+      addCertificateService(server, {
+        ca, authenticator: new StaticTokenAuthenticator({ 'node-a': TOKEN }), pods: { identitiesOnNode: () => new Set() }, log: () => {},
+        onOutcome: (o) => { if (o === 'issued') c.signed++; },
+      });
+      const s = server;
+      port = await new Promise<number>((res, rej) => s.bindAsync(`127.0.0.1:${port}`, creds.credentials, (e, p) => (e ? rej(e) : res(p))));
+      close = () => {
+        s.forceShutdown();
+        creds.close();
+      };
+    },
+    stop(): void {
+      close?.();
+      close = undefined;
+    },
+  };
+  return c;
+}
+
+function agentSide(address: string, root: CertificateAuthority, opts: { onNodeCertificateDue?: (reason: 'signer-changed') => void } = {}) {
+  const logs: LogLine[] = [];
+  const metrics = new AgentMetrics();
+  const signer = new GrpcCertificateSigner({
+    address, trustBundle: root.trustBundle(), serverIdentity: CONTROLLER_ID, token: () => TOKEN, trustDomain: TD, nodeName: 'node-a',
+    ...(opts.onNodeCertificateDue ? { onNodeCertificateDue: opts.onNodeCertificateDue } : {}),
+  });
+  let config: AgentConfig | undefined;
+  const stream = new NodeConfigStream({
+    node: 'node-a', controller: address, controllerId: CONTROLLER_ID, signer, trustBundle: () => root.trustBundle(),
+    validate: (c) => validateAgentConfig(c), onConfig: (c) => { config = c; }, log: captureLogger(logs), renewals: metrics.nodeCertificateRenewals,
+  });
+  const renewals = async (reason: string) => Number(new RegExp(`^weft_node_certificate_renewals_total\\{reason="${reason}"\\} (\\d+)$`, 'm').exec(await metrics.registry.metrics())?.[1] ?? 0);
+  const pods = () => (config?.workloads ?? []).map((w) => w.name).sort();
+  return { logs, signer, stream, renewals, pods, close: () => { stream.close(); signer.close(); } };
+}
+
+describe('the agent\'s config stream after the controller moved to a new intermediate under the same root', () => {
+  it('renews the node certificate the restarted controller refuses and has config again within seconds; the renewal is counted config-stream-refused and logged with the controller\'s reason', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const ctl = controller();
+    await ctl.start(await clusterCa(root, 'cluster-a'), ['web']);
+    const agent = agentSide(ctl.address, root);
+    try {
+      agent.stream.open();
+      await until('the agent has its first config', () => agent.pods().join() === 'web', 15_000);
+      const before = (await agent.signer.nodeCredentials()).certChain[0]!;
+
+      // The operator replaces cacerts with a new intermediate of the same root and restarts the controller.
+      ctl.stop();
+      const next = await clusterCa(root, 'cluster-a');
+      await ctl.start(next, ['web', 'api']);
+      await until('the agent has the restarted controller\'s config', () => agent.pods().join() === 'api,web' && agent.stream.connected, 10_000);
+
+      const now = (await agent.signer.nodeCredentials()).certChain[0]!;
+      assert.notEqual(now, before);
+      assert.ok(next.issued(parseCertificate(now).der), 'the node certificate is the new intermediate\'s');
+      assert.equal(await agent.renewals('config-stream-refused'), 1);
+      const line = agent.logs.find((l) => l.msg === 'renewing the node certificate for the config stream');
+      assert.equal(line?.level, 'warn');
+      assert.equal(line?.fields['reason'], 'config-stream-refused');
+      assert.match(String(line?.fields['detail']), /PERMISSION_DENIED.*not issued by this controller's CA/);
+    } finally {
+      agent.close();
+      ctl.stop();
+    }
+  });
+
+  it('a controller that keeps refusing the node certificate gets renewals with backoff, not one per refused stream', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const ctl = controller();
+    // Refuses every node certificate, however new (as a controller still on the intermediate before would).
+    await ctl.start(await clusterCa(root, 'cluster-a'), ['web'], { issued: () => false });
+    const agent = agentSide(ctl.address, root);
+    try {
+      agent.stream.open();
+      await until('the refused stream asks for a new node certificate', async () => (await agent.renewals('config-stream-refused')) >= 2, 10_000);
+      const signed = ctl.signed;
+      // Backoff from 250 ms doubling (±20 %): at most 5 more renewals in 6 s (250+500+1000+2000 ms, then 4 s).
+      await holds('renewals stay within the backoff', () => ctl.signed - signed <= 5, 6_000, { intervalMs: 100 });
+      assert.ok(ctl.signed - signed >= 1, 'still renewing meanwhile');
+      assert.equal(agent.stream.connected, false);
+    } finally {
+      agent.close();
+      ctl.stop();
+    }
+  });
+});
+
+describe('the node certificate when the CA announces another signer (agent/src/certs/signer.ts)', () => {
+  it('is renewed once per announcement of a signer that did not issue it, and the holder is told', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const ctl = controller();
+    await ctl.start(await clusterCa(root, 'cluster-a'), []);
+    const due: string[] = [];
+    const agent = agentSide(ctl.address, root, { onNodeCertificateDue: (reason) => due.push(reason) });
+    const stop = agent.signer.watchTrustBundle(() => {});
+    try {
+      const before = (await agent.signer.nodeCredentials()).certChain[0]!;
+      await holds('an announcement of the signer that issued it renews nothing', () => due.length === 0, 1_000);
+      ctl.stop();
+      const next = await clusterCa(root, 'cluster-a');
+      await ctl.start(next, []);
+      await until('the holder is told its node certificate is due', () => due.length === 1, 10_000);
+      assert.deepEqual(due, ['signer-changed']);
+      const now = (await agent.signer.nodeCredentials()).certChain[0]!;
+      assert.notEqual(now, before);
+      assert.ok(next.issued(parseCertificate(now).der));
+      assert.equal((await agent.signer.nodeCredentials()).certChain[0], now, 'renewed once');
+    } finally {
+      stop();
+      agent.close();
+      ctl.stop();
+    }
+  });
+});
