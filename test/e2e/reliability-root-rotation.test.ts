@@ -120,6 +120,15 @@ test('a root CA rotation in three controller restarts breaks no connection, long
     (await Promise.all(NODES.map(certs))).every((c) => c.certificates.length > 0 && c.certificates.every((x) => /weft-root-b/.test(x.issuer))) &&
     /weft-root-b/.test((await waypointCerts()).issuer));
   process.stdout.write(`# step signedByB: ${t.signedByB} ms (at ${Date.now() - started} ms)\n`);
+  // The controller signing with B takes node certificates of its own CA only (controller/src/xds/authz.ts,
+  // node names repeat across clusters): each agent renews its node certificate from A, told by the CA's
+  // trust-bundle stream or by the refusal, and reads config again before A is retired, not at the
+  // certificate's half-life (agent/src/config-stream.ts); the renewal is counted by its reason.
+  for (const n of NODES) {
+    await until(`${n} reads config from the controller signing with B`, async () => (await mesh.agentAdmin<{ controllerConnected: boolean }>(n, '/config_dump')).controllerConnected, 15_000);
+    const renewed = [...(await mesh.agentMetrics(n)).matchAll(/^weft_node_certificate_renewals_total\{reason="(?:signer-changed|config-stream-refused)"\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+    assert.ok(renewed >= 1, `${n} counted the renewal of its node certificate from A`);
+  }
 
   await restartController(b);
   t.retireA = await until('every agent and the waypoint trust B only', async () =>
