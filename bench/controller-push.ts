@@ -51,12 +51,11 @@ if (values['clients-only']) {
   let ready = 0;
   const clients: Array<ConfigClient<'agent'> | ConfigClient<'waypoint'>> = [];
   const engines: WaypointEngine[] = [];
-  const channelOptions = { 'grpc.max_receive_message_length': 256 * 1024 * 1024 };
   const onFirst = () => {
     if (++ready === CLIENTS + WAYPOINTS) process.stdout.write('ready\n');
   };
   for (let i = 0; i < CLIENTS; i++) {
-    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: nodeName(i), channelOptions });
+    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'agent', id: nodeName(i) });
     c.once('snapshot', onFirst);
     c.start();
     clients.push(c);
@@ -68,7 +67,7 @@ if (values['clients-only']) {
     const namespace = `ns-${i}`;
     const engine = new WaypointEngine({ namespace, name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
     engines.push(engine);
-    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'waypoint', id: `waypoint-${i}`, namespace, channelOptions,
+    const c = new ConfigClient({ target, credentials: grpc.credentials.createInsecure(), kind: 'waypoint', id: `waypoint-${i}`, namespace,
       validate: (cfg) => engine.validateConfig(cfg) });
     c.on('snapshot', (cfg) => {
       const t = performance.now();

@@ -79,6 +79,15 @@ export type Stored = Map<string, { version: string; body: unknown }>;
 /** Changes of a batch not yet applied, by name: the new resource, or null for a removal. */
 export type Overlay = Map<string, { version: string; body: unknown } | null>;
 
+/**
+ * Largest config stream message taken (grpc.max_receive_message_length). The controller sends all
+ * of a type's changes in one response (a first sync: every Service of the view), and grpc-js
+ * refuses a message past 4 MiB by default (RESOURCE_EXHAUSTED, gRPC A70): a Service of 12,000 pods,
+ * or one tenant's Service of 40,000 ports, ended the stream at that response on every agent and
+ * waypoint, at each reconnect, so no one's config got through. The controller is the peer, checked
+ * by TLS; this bounds what a broken one can make a client buffer.
+ */
+export const MAX_CONFIG_MESSAGE_BYTES = 256 * 1024 * 1024;
 
 export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvents<K>> {
   readonly #o: ConfigClientOptions<K>;
@@ -138,6 +147,7 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     this.#client = new Ctor(this.#o.target, this.#o.credentials, {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.max_receive_message_length': MAX_CONFIG_MESSAGE_BYTES,
       ...this.#o.channelOptions,
     });
     this.#connect();

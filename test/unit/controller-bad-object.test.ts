@@ -155,3 +155,30 @@ for (const [what, bad, path] of hostileStatus) {
     }
   });
 }
+
+// One tenant's objects cannot make every agent's config stream fail: the controller sends a type's
+// changes in one response, and grpc-js refuses a received message past 4 MiB by default
+// (RESOURCE_EXHAUSTED, gRPC A70 "Resource and message size limits for XdsClient"), so a Service of
+// 12,000 pods (about 4.7 MB of workloads) ended every agent's and waypoint's stream at its first
+// response, over and over, and no config, the other tenants' included, reached any of them.
+test('a Service of 12,000 pods (a config past gRPC\'s 4 MiB default message size) reaches the agents and the waypoints, and another tenant\'s later policy still does', async () => {
+  const pods = Array.from({ length: 12_000 }, (_, i) => pod('big', `p${i}`, { labels: { app: 'big' }, ip: `10.2.${i >> 8}.${i & 255}`, node: `node-${i % 50}` }));
+  const source = new MemorySource([
+    ns('big', { 'weft.dev/dataplane-mode': 'ambient' }), ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }),
+    waypoint('shop', 'wp'), pod('shop', 'reviews', { ip: '10.1.9.1' }), svc('shop', 'reviews'), ...pods, svc('big', 'big', { app: 'big' }, '10.96.1.1'),
+  ]);
+  const h = await startHarness(source);
+  try {
+    const failures: string[] = [];
+    const agent = h.agent('node-a');
+    const wp = h.waypoint('shop');
+    for (const c of [agent, wp]) c.on('disconnected', (e) => { if (e) failures.push(e.message); });
+    await until('the agent and the waypoint have a config', () => agent.snapshot !== undefined && wp.snapshot !== undefined, 30_000);
+    assert.equal(agent.snapshot!.services.find((s) => s.name === 'big')?.endpoints.length, 12_000);
+    source.upsert(authz('shop', 'later-good', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['big'] } }] }] }));
+    await until('the other tenant\'s policy reaches the agent', () => agent.snapshot!.policies.some((p) => p.name === 'later-good'), 30_000);
+    assert.deepEqual(failures, [], 'no config stream ended');
+  } finally {
+    await h.close();
+  }
+});
