@@ -13,7 +13,7 @@ import type { AgentConfig } from '../../lib/model/mesh.ts';
 import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/index.ts';
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { NodeConfigStream } from './config-stream.ts';
-import { AgentState, validateAgentConfig } from './state.ts';
+import { AgentState, validateAgentConfig, type MeshDestination } from './state.ts';
 import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
 import { StrandedResets } from './splice.ts';
@@ -120,6 +120,13 @@ export interface AgentOptions {
   logger?: Logger;
   /** Where access-log lines go; default stdout. */
   accessLog?: (line: string) => void;
+}
+
+/** The namespaces (at most 10, by name) of the Services whose destinations are the `overflow` left out of `list`'s tail. */
+export function overflowNamespaces(list: readonly MeshDestination[], overflow: number): string[] {
+  const names = new Set<string>();
+  for (let i = Math.max(0, list.length - overflow); i < list.length; i++) if (list[i]!.namespace !== undefined) names.add(list[i]!.namespace!);
+  return [...names].sort().slice(0, 10);
 }
 
 /**
@@ -457,10 +464,11 @@ export class Agent {
     this.#workloads = config.workloads;
     if (changed) this.delivery.reauthorize(policiesChanged);
     this.#configured = true;
-    const { overflow } = this.datapath.setDestinations(this.state.meshDestinations());
+    const destinations = this.state.meshDestinations();
+    const { overflow } = this.datapath.setDestinations(destinations);
     const change = overflowChange(this.#destinationsOverflow, overflow);
     if (change === 'started') {
-      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first) are not redirected, counted in weft_destinations_overflow; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints, --remote-max-destinations)', { overflow, capacity: MAX_DESTS });
+      this.log.warn('mesh destinations past the capacity of weft_dests: the last listed (other clusters\' first, then of the namespaces whose Services claim the most) are not redirected, counted in weft_destinations_overflow; lower the remote clusters\' import quota (controller --remote-max-services, --remote-max-endpoints, --remote-max-destinations), or the Services or ports of the namespaces named', { overflow, capacity: MAX_DESTS, namespaces: overflowNamespaces(destinations, overflow) });
     } else if (change === 'ended') {
       this.log.info('mesh destinations fit in weft_dests again: every one is redirected', { capacity: MAX_DESTS });
     }

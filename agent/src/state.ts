@@ -75,6 +75,9 @@ export function endpointKey(e: Pick<Endpoint, 'ip' | 'gateway'>): string {
 /** How long an endpoint that refused a connection is skipped. */
 export const ENDPOINT_BACKOFF_MS = 5_000;
 
+/** An address (and port; 0 for a workload's address) the datapath redirects; a Service's names its namespace. */
+export interface MeshDestination { ip: string; port: number; namespace?: string }
+
 export class AgentState {
   readonly node: string;
   private config: AgentConfig;
@@ -297,21 +300,34 @@ export class AgentState {
 
   /**
    * Every address the datapath must redirect: service VIPs (per port) and workload IPs (this
-   * network's, as endpointsByIp). This cluster's own first (its workloads, its Services' VIPs,
-   * their endpoints), then what other clusters add (the VIPs of Services only they have, their
+   * network's, as endpointsByIp). This cluster's own first (its workloads, then its Services' VIPs
+   * and endpoints), then what other clusters add (the VIPs of Services only they have, their
    * endpoints), so that past the map's capacity (Datapath.setDestinations) what a remote cluster
-   * exported is left out, never this cluster's own.
+   * exported is left out, never this cluster's own. This cluster's Services are listed a namespace
+   * at a time in turn (round-robin over namespaces by name), so that past the capacity a namespace
+   * whose Services claim more than their share (Kubernetes bounds neither a Service's ports nor a
+   * namespace's Services) loses its own tail, never another namespace's VIPs: listed by name, two
+   * Services of 40,000 ports pushed every later namespace out. Each Service destination names its
+   * namespace, for the overflow's log line.
    */
-  meshDestinations(): Array<{ ip: string; port: number }> {
-    const out: Array<{ ip: string; port: number }> = [];
-    const imported: Array<{ ip: string; port: number }> = [];
+  meshDestinations(): MeshDestination[] {
+    const out: MeshDestination[] = [];
+    const imported: MeshDestination[] = [];
+    const byNamespace = new Map<string, MeshDestination[]>();
     for (const w of this.config.workloads) if (w.enrolled && w.ip) out.push({ ip: w.ip, port: 0 });
     for (const s of this.config.services) {
       // A Service only other clusters have (marked so by mergeRemoteServices, whatever its
       // endpoints: an import with none at all still takes its VIPs x ports).
       const remote = s.cluster !== undefined;
-      for (const vip of s.vips) for (const p of s.ports) (remote ? imported : out).push({ ip: vip, port: p.port });
-      for (const e of s.endpoints) if (e.enrolled && !e.gateway) (e.cluster !== undefined ? imported : out).push({ ip: e.ip, port: 0 });
+      let own = byNamespace.get(s.namespace);
+      if (!own) byNamespace.set(s.namespace, (own = []));
+      const namespace = s.namespace;
+      for (const vip of s.vips) for (const p of s.ports) (remote ? imported : own).push({ ip: vip, port: p.port, namespace });
+      for (const e of s.endpoints) if (e.enrolled && !e.gateway) (e.cluster !== undefined ? imported : own).push({ ip: e.ip, port: 0, namespace });
+    }
+    const lists = [...byNamespace.keys()].sort().map((ns) => byNamespace.get(ns)!);
+    for (let i = 0, longest = Math.max(0, ...lists.map((l) => l.length)); i < longest; i++) {
+      for (const l of lists) if (i < l.length) out.push(l[i]!);
     }
     for (const d of imported) out.push(d);
     const seen = new Set<string>();

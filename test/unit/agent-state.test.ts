@@ -4,7 +4,7 @@ import { AgentState, endpointKey, NoRouteError } from '../../agent/src/state.ts'
 import type { AgentConfig, Endpoint, Service, Workload } from '../../lib/model/mesh.ts';
 import { MAX_DESTS } from '../../agent/src/datapath/codecs.ts';
 import { mergeRemoteServices } from '../../lib/model/federation.ts';
-import { overflowChange } from '../../agent/src/agent.ts';
+import { overflowChange, overflowNamespaces } from '../../agent/src/agent.ts';
 
 const td = 'cluster.local';
 function wl(name: string, ns: string, node: string, ip: string, extra: Partial<Workload> = {}): Workload {
@@ -160,6 +160,28 @@ test('attack: empty remote-only Services of 8 VIPs x 100 ports listed first neve
   const kept = new Set(d.slice(0, MAX_DESTS).map((x) => `${x.ip}:${x.port}`));
   assert.ok(kept.has('10.96.0.10:80'), 'this cluster\'s own Service VIP keeps its redirect');
   assert.ok(['10.77.1.1', '10.77.1.2', '10.77.2.1'].every((ip) => kept.has(`${ip}:0`)), 'and its workloads theirs');
+});
+
+// weft_dests (MAX_DESTS entries) is shared by every tenant of the node, and Kubernetes puts no bound on
+// a Service's ports: one namespace's two Services of 40,000 ports each (about 1 MB each in etcd),
+// listed first by name, pushed every later namespace's Service VIPs out of it, so their callers'
+// connections went around the mesh (plaintext to kube-proxy, past the destination's waypoint). Each
+// namespace's Services now share the map fairly (round-robin, max-min): the namespace past its share
+// loses only its own tail.
+test('one namespace\'s Services past weft_dests\' capacity cost only that namespace: every other namespace\'s VIPs keep their redirect, the cut is the hog\'s own', () => {
+  const hog = (name: string, vip: string): Service => ({
+    name, namespace: 'aaa', hostname: `${name}.aaa.svc.cluster.local`, vips: [vip], endpoints: [],
+    ports: Array.from({ length: 40_000 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP', appProtocol: 'tcp' })),
+  });
+  const victims: Service[] = ['bbb', 'zzz'].map((ns, i) => ({ ...echo, namespace: ns, hostname: `echo.${ns}.svc.cluster.local`, vips: [`10.96.9.${i + 1}`] }));
+  const s = new AgentState('node1');
+  s.apply(config({ services: [hog('big1', '10.96.5.1'), hog('big2', '10.96.5.2'), ...victims, echo] }));
+  const d = s.meshDestinations();
+  assert.ok(d.length > MAX_DESTS, `${d.length} destinations, past the map's ${MAX_DESTS}`);
+  const kept = new Set(d.slice(0, MAX_DESTS).map((x) => `${x.ip}:${x.port}`));
+  for (const vip of ['10.96.9.1', '10.96.9.2', '10.96.0.10']) assert.ok(kept.has(`${vip}:80`), `${vip}:80 keeps its redirect`);
+  assert.ok(['10.77.1.1', '10.77.1.2', '10.77.2.1'].every((ip) => kept.has(`${ip}:0`)), 'and the workloads theirs');
+  assert.deepEqual(overflowNamespaces(d, d.length - MAX_DESTS), ['aaa'], 'what is left out is the hog\'s, and the overflow\'s log line names it');
 });
 
 // Istio ambient looks a dialled address up within the caller's own network (ztunnel
