@@ -10,6 +10,7 @@ import { ValidationError, type ValidationIssue } from './errors.ts';
 import { KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
 import { jwksUriProblem, parseJwks } from '../policy/jwt.ts';
+import { MAX_NESTING } from './manifest.ts';
 
 export type { ValidationIssue };
 
@@ -228,25 +229,65 @@ function join(path: string, field: string): string {
  * validation to report. Only the objects and lists on the way to a null are copied; without any
  * null (the usual case, on every object the controller reads) `v` itself comes back.
  */
-export function withoutNullFields<T>(v: T): T {
-  if (v === null || typeof v !== 'object') return v;
+export function withoutNullFields<T>(v: T, depth = 1): T {
+  // Deeper than validation reads (tooDeep), left as it is: validation refuses it.
+  if (v === null || typeof v !== 'object' || depth > MAX_NESTING) return v;
   if (Array.isArray(v)) {
     let out: unknown[] | undefined;
     v.forEach((x, i) => {
-      const y = withoutNullFields(x);
+      const y = withoutNullFields(x, depth + 1);
       if (y !== x) (out ??= v.slice())[i] = y;
     });
     return (out ?? v) as T;
   }
   let out: Record<string, unknown> | undefined;
   for (const [k, x] of Object.entries(v)) {
-    const y = x === null ? undefined : withoutNullFields(x);
+    const y = x === null ? undefined : withoutNullFields(x, depth + 1);
     if (y === x) continue;
     out ??= { ...(v as Record<string, unknown>) };
     if (x === null) delete out[k];
     else out[k] = y;
   }
   return (out ?? v) as T;
+}
+
+/**
+ * The path of the first object or list nested deeper than MAX_NESTING (the top is level 1), or
+ * undefined. Walked without recursion: a recursive walk (withoutNullFields, JSON.stringify)
+ * overflows the stack at a few thousand levels, and the API server keeps up to 10,000 (Go's
+ * encoding/json limit) in a field that preserves unknown fields, such as a RequestAuthentication's
+ * spec.selector: a tenant's one object of 30 KB stopped the controller at its start, everyone's
+ * config with it. Objects Weft reads nest a dozen levels (managedFields included).
+ */
+export function tooDeep(v: unknown): string | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  // First only whether (values and their depths), then where, in a second walk with parent links.
+  const values: object[] = [v];
+  const depths: number[] = [1];
+  let deep = false;
+  while (values.length > 0 && !deep) {
+    const x = values.pop()!;
+    const d = depths.pop()!;
+    for (const y of Array.isArray(x) ? x : Object.values(x)) {
+      if (typeof y !== 'object' || y === null) continue;
+      if (d + 1 > MAX_NESTING) deep = true;
+      values.push(y);
+      depths.push(d + 1);
+    }
+  }
+  if (!deep) return undefined;
+  interface Frame { v: object; depth: number; key?: string | number; up?: Frame }
+  const stack: Frame[] = [{ v, depth: 1 }];
+  for (;;) {
+    const f = stack.pop()!;
+    if (f.depth > MAX_NESTING) {
+      const keys: Array<string | number> = [];
+      for (let x: Frame | undefined = f; x?.key !== undefined; x = x.up) keys.push(x.key);
+      return keys.reverse().reduce<string>((p, k) => (typeof k === 'number' ? `${p}[${k}]` : p === '' ? k : join(p, k)), '');
+    }
+    const entries: Array<[string | number, unknown]> = Array.isArray(f.v) ? f.v.map((y, i) => [i, y]) : Object.entries(f.v);
+    for (const [key, y] of entries) if (typeof y === 'object' && y !== null) stack.push({ v: y, depth: f.depth + 1, key, up: f });
+  }
 }
 
 /** Validates one object of any mesh kind. An empty list means valid. */
@@ -259,6 +300,11 @@ export function validateObject(input: unknown): ValidationIssue[] {
   const c = new Checker(kind, namespace, name);
   if (!top) {
     c.fail('', `must be an object, not ${describe(input)}`);
+    return c.issues;
+  }
+  const deep = tooDeep(top);
+  if (deep !== undefined) {
+    c.fail(deep, `nests deeper than ${MAX_NESTING} levels of objects and lists; refused without reading further`);
     return c.issues;
   }
   if (!isMeshKind(top.kind)) {

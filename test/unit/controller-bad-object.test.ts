@@ -12,6 +12,7 @@ import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { startHarness, until } from './controller-harness.ts';
 import { validateAgentConfig } from '../../agent/src/state.ts';
+import { Registry } from 'prom-client';
 
 test('after a refused policy and a route to missing backends, a new DENY policy and an endpoint change still reach the waypoint and take effect', async () => {
   const route = {
@@ -178,6 +179,37 @@ test('a Service of 12,000 pods (a config past gRPC\'s 4 MiB default message size
     source.upsert(authz('shop', 'later-good', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['big'] } }] }] }));
     await until('the other tenant\'s policy reaches the agent', () => agent.snapshot!.policies.some((p) => p.name === 'later-good'), 30_000);
     assert.deepEqual(failures, [], 'no config stream ended');
+  } finally {
+    await h.close();
+  }
+});
+
+// The Weft CRD keeps a RequestAuthentication's spec.selector as sent (x-kubernetes-preserve-unknown-
+// fields), and the API server admits JSON nested up to 10,000 levels (Go's encoding/json). The
+// controller read such an object with recursive walks (withoutNullFields, JSON.stringify) that
+// overflow the stack at a few thousand: one tenant's object of 36 KB made the controller fail at
+// its start (a crash loop in a cluster, no one's config served) and threw out of each later read.
+test('a RequestAuthentication nested 6,000 levels deep, there at the start or written later, is refused at its field path and counted; the controller starts and another tenant\'s later policy still reaches the agent', async () => {
+  const deep = (name: string) => JSON.parse(`{"apiVersion":"weft.dev/v1alpha1","kind":"RequestAuthentication","metadata":{"name":"${name}","namespace":"aaa","generation":1},"spec":{"selector":${'{"a":'.repeat(6000)}1${'}'.repeat(6000)},"jwtRules":[]}}`);
+  const source = new MemorySource([ns('aaa'), ns('zzz', { 'weft.dev/dataplane-mode': 'ambient' }), pod('zzz', 'web'), svc('zzz', 'web'), deep('at-start')]);
+  const registry = new Registry();
+  const h = await startHarness(source, undefined, { registry });
+  try {
+    const agent = h.agent('node-a');
+    await agent.ready();
+    source.upsert(deep('later'));
+    source.upsert(authz('zzz', 'later-good', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['aaa'] } }] }] }));
+    await until('the other tenant\'s policy reaches the agent', () => agent.snapshot!.policies.some((p) => p.name === 'later-good'));
+    const path = `spec.selector${'.a'.repeat(98)}`;
+    for (const name of ['at-start', 'later']) {
+      await until(`${name} refused in its status`, () => source.statuses.get(`RequestAuthentication/aaa/${name}`)?.reason === 'Invalid');
+      const st = source.statuses.get(`RequestAuthentication/aaa/${name}`)!;
+      assert.equal(st.path, path);
+      assert.match(st.message, /nests deeper than 100 levels of objects and lists/);
+      assert.ok(h.logs.some((l) => l.msg.startsWith('invalid object refused') && l.fields.object === `RequestAuthentication/aaa/${name}`), `${name}: the refusal is logged with the object`);
+    }
+    const rejected = await registry.getSingleMetric('weft_controller_rejected_objects_total')?.get();
+    assert.equal(rejected?.values.find((v) => v.labels.kind === 'RequestAuthentication')?.value, 2);
   } finally {
     await h.close();
   }

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { KubeSource, kubeConfigForServer, normalize } from '../../controller/src/sources/kube.ts';
+import { validateObject } from '../../lib/model/validate.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { startHarness, until, type Harness } from './controller-harness.ts';
@@ -285,4 +286,13 @@ test('the fake API server keeps status and spec apart like the status subresourc
   } finally {
     await api.stop();
   }
+});
+
+// The API server keeps what a tenant sends in a field that preserves unknown fields, up to Go's
+// 10,000 levels of JSON; the informer's object then went through JSON.stringify, which overflowed
+// the stack at a few thousand levels, out of the controller's start or watch.
+test('an object from the API server nested 8,000 levels deep is read without a throw and refused by validation at its field path', () => {
+  const text = `{"apiVersion":"weft.dev/v1alpha1","kind":"RequestAuthentication","metadata":{"name":"deep","namespace":"aaa"},"spec":{"selector":${'{"a":'.repeat(8000)}1${'}'.repeat(8000)}}}`;
+  const raw = normalize('RequestAuthentication', JSON.parse(text));
+  assert.deepEqual(validateObject(raw).map((i) => [i.kind, i.namespace, i.name, i.path]), [['RequestAuthentication', 'aaa', 'deep', `spec.selector${'.a'.repeat(98)}`]]);
 });

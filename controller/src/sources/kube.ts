@@ -477,9 +477,20 @@ export class KubeSource implements ConfigSource {
   }
 }
 
-/** Plain JSON with kind and apiVersion set (list items carry neither; typed lists carry Dates). */
-function normalize(kind: MeshKind, obj: KubernetesObject): RawObject {
-  const plain = JSON.parse(JSON.stringify(obj)) as RawObject;
+/**
+ * Plain JSON with kind and apiVersion set (list items carry neither; typed lists carry Dates). An
+ * object nested too deep for JSON.stringify's stack (a field that preserves unknown fields holds
+ * what a tenant sends, up to the API server's 10,000 levels) is taken as it is, a custom object
+ * being plain JSON already: validation refuses it (tooDeep), where the throw stopped the controller.
+ */
+export function normalize(kind: MeshKind, obj: KubernetesObject): RawObject {
+  let plain: RawObject;
+  try {
+    plain = JSON.parse(JSON.stringify(obj)) as RawObject;
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    plain = { ...obj } as RawObject;
+  }
   plain.kind = kind;
   plain.apiVersion = KINDS[kind].apiVersion;
   return plain;
