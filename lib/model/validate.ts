@@ -285,7 +285,7 @@ export function tooDeep(v: unknown): string | undefined {
       for (let x: Frame | undefined = f; x?.key !== undefined; x = x.up) keys.push(x.key);
       return keys.reverse().reduce<string>((p, k) => (typeof k === 'number' ? `${p}[${k}]` : p === '' ? k : join(p, k)), '');
     }
-    const entries: Array<[string | number, unknown]> = Array.isArray(f.v) ? f.v.map((y, i) => [i, y]) : Object.entries(f.v);
+    const entries: Array<[string | number, unknown]> = Array.isArray(f.v) ? Array.from(f.v.entries()) : Object.entries(f.v);
     for (const [key, y] of entries) if (typeof y === 'object' && y !== null) stack.push({ v: y, depth: f.depth + 1, key, up: f });
   }
 }
