@@ -192,7 +192,6 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       this.#streamUp = false;
       this.emit('disconnected', err);
       if (this.#closed) return;
-      if (gotResponse) this.#attempt = 0;
       const delay = backoffDelay(this.#attempt++, this.#o.backoff);
       this.#timer = setTimeout(() => this.#connect(), delay);
     };
@@ -201,7 +200,6 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
       if (!gotResponse) {
         gotResponse = true;
         this.#streamUp = true;
-        this.#attempt = 0;
         this.emit('answered');
       }
       this.#queue = this.#queue.then(() => this.#onResponse(gen, res)).catch((e: Error) => {
@@ -256,6 +254,11 @@ export class ConfigClient<K extends ClientKind> extends EventEmitter<ClientEvent
     this.#pendingTypes.add(type);
     this.#pendingNonces.push({ type, nonce: res.nonce });
     if (!this.#types.every((t) => this.#pendingTypes.has(t))) return;
+    // A whole version arrived: the stream works, and a later end reconnects at the initial delay.
+    // Not at its first response: a stream that fails partway through every version (a response
+    // the client cannot take) was reconnected at the initial delay for ever, each time pulling
+    // the whole config from the controller again (gRPC connection backoff grows until a success).
+    this.#attempt = 0;
 
     // A complete, consistent version: check it, then apply or refuse it.
     const version = this.#pendingVersion;

@@ -214,3 +214,29 @@ test('a RequestAuthentication nested 6,000 levels deep, there at the start or wr
     await h.close();
   }
 });
+
+// A response a client cannot take (here past a small receive limit; in a cluster, any per-message
+// failure) ends its stream after the earlier responses of the same version arrived. The client
+// took that first response for a working stream and reset its backoff, so it reconnected at the
+// initial delay for ever, each time pulling the whole config from the controller again; the
+// backoff now resets only once a whole version was taken.
+test('a client whose stream keeps failing partway through a version backs off (gRPC connection backoff), instead of reconnecting at the initial delay for ever', async () => {
+  const big = { ...svc('aaa', 'big', { app: 'x' }, '10.96.5.1'), spec: { clusterIP: '10.96.5.1', selector: { app: 'x' }, ports: Array.from({ length: 200 }, (_, i) => ({ name: `p${i}`, port: i + 1 })) } };
+  const source = new MemorySource([ns('aaa'), big]);
+  const h = await startHarness(source);
+  try {
+    let connects = 0;
+    const failures = new Set<string>();
+    const started = performance.now();
+    const agent = h.agent('node-a', { channelOptions: { 'grpc.max_receive_message_length': 4096 }, backoff: { initialMs: 20, maxMs: 400, jitter: 0 } });
+    agent.on('connected', () => connects++);
+    agent.on('disconnected', (e) => { if (e) failures.add(e.message.replace(/\(\d+ vs/, '(n vs')); });
+    await until('six connects', () => connects >= 6, 10_000);
+    assert.ok([...failures].some((m) => /RESOURCE_EXHAUSTED/.test(m)), [...failures].join());
+    // Five waits before the sixth connect: 20 + 40 + 80 + 160 + 320 ms backing off, 100 ms at the initial delay.
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed >= 600, `six connects within ${Math.round(elapsed)} ms`);
+  } finally {
+    await h.close();
+  }
+});
