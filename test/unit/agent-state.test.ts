@@ -163,7 +163,8 @@ test('attack: empty remote-only Services of 8 VIPs x 100 ports listed first neve
 });
 
 // weft_dests (MAX_DESTS entries) is shared by every tenant of the node, and Kubernetes puts no bound on
-// a Service's ports: one namespace's two Services of 40,000 ports each (about 1 MB each in etcd),
+// a Service's ports (kubernetes/kubernetes#99382: "Service does have an unbounded list here", unlike
+// an EndpointSlice's 100): one namespace's two Services of 40,000 ports each (about 1 MB each in etcd),
 // listed first by name, pushed every later namespace's Service VIPs out of it, so their callers'
 // connections went around the mesh (plaintext to kube-proxy, past the destination's waypoint). Each
 // namespace's Services now share the map fairly (round-robin, max-min): the namespace past its share
