@@ -20,7 +20,7 @@ import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } 
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
-import { DEFAULT_IMPORT_QUOTA, exportServices, exportWaypoint, FEDERATION_PATH, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, exportRefusal, exportServices, exportWaypoint, FEDERATION_PATH, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -116,13 +116,15 @@ export class Federation {
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #started = false;
-  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter; listenerRefused: Counter };
+  readonly #metrics?: { up: Gauge; endpoints: Gauge; failures: Counter; reads: Counter; importRefused: Counter; exportRefused: Counter; listenerRefused: Counter };
   /** Lines of the listener's refusals (a reader's 403s, closed connections). */
   readonly #refusalLog: LogBudget;
   /** Lines of refused imports: a remote writes its export, and with it each refusal's message. */
   readonly #importLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
+  /** This cluster's Services left out of its export at the last merge (exportRefusal), by `namespace/name`: why. */
+  #refusedExports = new Map<string, string>();
   readonly #quota: ImportQuota;
 
   constructor(o: FederationOptions) {
@@ -142,6 +144,7 @@ export class Federation {
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
         importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, cluster-local, quota)', labelNames: ['cluster', 'reason'], registers }),
+        exportRefused: new Counter({ name: 'weft_federation_export_refused_total', help: 'Services of this cluster left out of its export because every importer would refuse them (counted when first left out), by reason (invalid: more than 100 ports or 8 VIPs)', labelNames: ['reason'], registers }),
         listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
@@ -155,6 +158,7 @@ export class Federation {
   /** The compiled local model with every live remote's endpoints merged in; remembers the local one for the export. */
   merge(local: MeshModel): MeshModel {
     this.#local = local;
+    this.#noteRefusedExports(local);
     const live = this.#remotes.filter((r) => r.export && !r.stale).map((r) => r.export!);
     const { services, waypoints, refused } = live.length === 0
       ? { services: local.services, waypoints: new Map<string, Waypoint>(), refused: [] }
@@ -168,6 +172,22 @@ export class Federation {
     this.#refusedImports = now;
     if (live.length === 0) return local;
     return { ...local, services, ...(waypoints.size > 0 ? { waypoints: new Map([...local.waypoints, ...waypoints]) } : {}) };
+  }
+
+  /** Counts and logs (once each, within the refusal budget) the local Services the export leaves out (exportRefusal). */
+  #noteRefusedExports(local: MeshModel): void {
+    const now = new Map<string, string>();
+    for (const s of local.services.values()) {
+      if (s.cluster !== undefined) continue;
+      const why = exportRefusal(s);
+      if (why === undefined) continue;
+      const key = `${s.namespace}/${s.name}`;
+      now.set(key, why);
+      if (this.#refusedExports.get(key) === why) continue;
+      this.#metrics?.exportRefused.inc({ reason: 'invalid' });
+      if (this.#importLog.take()) this.#o.log.warn('service not exported: every importer would refuse it; the other services are exported', { service: key, error: why });
+    }
+    this.#refusedExports = now;
   }
 
   /** This cluster's own services, endpoints and waypoints (nothing imported). */

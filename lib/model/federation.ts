@@ -147,9 +147,32 @@ export function isClusterLocal(namespace: string, name: string): boolean {
   return namespace === 'kube-system' || (namespace === 'default' && name === 'kubernetes');
 }
 
-/** A cluster's own Services as its export carries them: the cluster-local ones stay home. */
+/** Why an importer refuses a Service entry of `ports` ports whole (parseClusterExport), or undefined. */
+export function servicePortsProblem(ports: number): string | undefined {
+  return ports > MAX_SERVICE_PORTS ? `has ${ports} ports, more than the ${MAX_SERVICE_PORTS} a Service may have here (each VIP and port is a destination in every agent; an EndpointSlice carries at most 100)` : undefined;
+}
+
+/** Why an importer refuses a Service entry of `vips` VIPs whole (parseClusterExport), or undefined. */
+export function serviceVipsProblem(vips: number): string | undefined {
+  return vips > MAX_SERVICE_VIPS ? `must be a list of at most ${MAX_SERVICE_VIPS} addresses` : undefined;
+}
+
+/**
+ * Why a cluster leaves one of its own Services out of its export: every importer would refuse it
+ * whole (too many ports or VIPs); undefined when it exports it. Exported, such Services (Kubernetes
+ * bounds neither) only made the export larger: one tenant's five Services of 40,000 ports pushed
+ * it past what its readers take (MAX_EXPORT_BYTES), and every read of it failed.
+ */
+export function exportRefusal(s: Pick<Service, 'ports' | 'vips'>): string | undefined {
+  const ports = servicePortsProblem(s.ports.length);
+  if (ports) return `ports: ${ports}`;
+  const vips = serviceVipsProblem(s.vips.length);
+  return vips ? `vips: ${vips}` : undefined;
+}
+
+/** A cluster's own Services as its export carries them: the cluster-local ones stay home, and those no importer takes (exportRefusal). */
 export function exportServices(services: Iterable<Service>): Service[] {
-  return [...services].filter((s) => !isClusterLocal(s.namespace, s.name));
+  return [...services].filter((s) => !isClusterLocal(s.namespace, s.name) && exportRefusal(s) === undefined);
 }
 
 export interface ClusterExport {
@@ -315,7 +338,8 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
   /** A Service entry's fields but its name; what an importer keeps is rebuilt field by field, nothing else a remote adds. */
   const service = (s: Record<string, unknown>, p: string, name: string, namespace: string): Omit<Service, 'name' | 'namespace'> => {
     if (!Array.isArray(s.ports)) throw new FederationExportError(`${p}.ports`, 'must be a list');
-    if (s.ports.length > MAX_SERVICE_PORTS) throw new FederationExportError(`${p}.ports`, `has ${s.ports.length} ports, more than the ${MAX_SERVICE_PORTS} a Service may have here (each VIP and port is a destination in every agent; an EndpointSlice carries at most 100)`);
+    const tooMany = servicePortsProblem(s.ports.length);
+    if (tooMany) throw new FederationExportError(`${p}.ports`, tooMany);
     if (!Array.isArray(s.endpoints)) throw new FederationExportError(`${p}.endpoints`, 'must be a list');
     const endpoints = s.endpoints.map((ev, j) => endpoint(ev, `${p}.endpoints[${j}]`));
     // What an importer acts on for a Service it has no copy of (its addresses, ports and name), so
@@ -330,7 +354,7 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
       if (typeof po.name !== 'string' || po.name.length > 63) throw new FederationExportError(`${pp}.name`, 'must be a string');
       return { name: po.name, port: port(po.port, `${pp}.port`), targetPort: target, protocol: po.protocol as ServicePort['protocol'], appProtocol: po.appProtocol as ServicePort['appProtocol'] };
     });
-    if (!Array.isArray(s.vips) || s.vips.length > MAX_SERVICE_VIPS) throw new FederationExportError(`${p}.vips`, `must be a list of at most ${MAX_SERVICE_VIPS} addresses`);
+    if (!Array.isArray(s.vips) || serviceVipsProblem(s.vips.length)) throw new FederationExportError(`${p}.vips`, serviceVipsProblem(MAX_SERVICE_VIPS + 1)!);
     const vips = s.vips.map((v, j) => {
       const a = ip(v, `${p}.vips[${j}]`);
       if (!isServiceAddress(a)) throw new FederationExportError(`${p}.vips[${j}]`, `${a} cannot be a Service address (loopback, unspecified, link-local or multicast)`);

@@ -18,6 +18,7 @@ import { controllerArgs } from '../../cli/install/controller.ts';
 import { resolveInstallOptions } from '../../cli/install/options.ts';
 import { InstallOptionError } from '../../cli/install/errors.ts';
 import { silentLogger } from '../../lib/log.ts';
+import { MAX_EXPORT_BYTES } from '../../lib/federation-read.ts';
 
 const TD = 'cluster.local';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
@@ -305,4 +306,26 @@ test('attack: 50,000 remote endpoints with distinct port mappings ({"1000": i}) 
   const distinct = heldBy(exportOf((i) => ({ '1000': (i % 60_000) + 1 })));
   const alike = heldBy(exportOf(() => ({ '8080': 8080 })));
   assert.ok(distinct < 2 * alike + 10e6, `distinct mappings held ${(distinct / 1e6).toFixed(1)} MB, shared ones ${(alike / 1e6).toFixed(1)} MB`);
+});
+
+// Kubernetes bounds neither a Service's ports (kubernetes/kubernetes#99382) nor a namespace's
+// Services, and every importer refuses a Service of more than 100 ports whole. This cluster still
+// exported them, and its readers (remote controllers, its own east-west gateway) take an export of
+// at most 16 MiB: five Services of 40,000 ports of one tenant (about 1 MB each in etcd) made the
+// export 20 MB, every read of it failed, and after the stale bound every other tenant's Service
+// was gone from the other clusters.
+test('a Service no importer takes (more than 100 ports) is left out of this cluster\'s export, counted and logged once, so one tenant\'s Services cannot push the export past its readers\' bound', async (t) => {
+  const { fed, lines, metrics } = pushed(t);
+  const many = Array.from({ length: 40_000 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const hogs = Array.from({ length: 5 }, (_, i) => svc(`hog${i}`, [], { namespace: 'aaa', vips: [addr('10.96', 100 + i)], ports: many }));
+  const local = model([...hogs, svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })])]);
+  fed.merge(local);
+  fed.merge(local);
+  const text = JSON.stringify(fed.export());
+  assert.ok(text.length <= MAX_EXPORT_BYTES, `the export is ${text.length} bytes, past the readers' ${MAX_EXPORT_BYTES}`);
+  assert.deepEqual(fed.export().services.map((s) => `${s.namespace}/${s.name}`), ['demo/echo']);
+  assert.match(await metrics(), /^weft_federation_export_refused_total\{reason="invalid"\} 5$/m);
+  const logged = lines.filter((l) => /not exported/.test(l.msg));
+  assert.deepEqual(logged.map((l) => l.fields.service).sort(), ['aaa/hog0', 'aaa/hog1', 'aaa/hog2', 'aaa/hog3', 'aaa/hog4']);
+  assert.match(String(logged[0]!.fields.error), /has 40000 ports, more than the 100 a Service may have/);
 });
