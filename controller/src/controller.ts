@@ -3,7 +3,7 @@
 // dirty flag; sources only enqueue.
 import { backoffDelay } from '../../lib/backoff.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { formatIssue } from '../../lib/model/errors.ts';
+import { summarizeIssues } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
@@ -193,7 +193,7 @@ export class Controller {
       this.#log.warn('invalid object refused; its previous version stays in force', {
         object: rej.key,
         ...(rej.origin ? { file: rej.origin } : {}),
-        issues: rej.issues.map(formatIssue),
+        issues: summarizeIssues(rej.issues),
       });
     }
     // A status-only or no-op update: ours seen back, or someone else's that replaced ours. Forget

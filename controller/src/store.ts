@@ -3,7 +3,8 @@
 // object's status says why, naming the field.
 import { createHash } from 'node:crypto';
 import { validateObject, withoutNullFields, type ValidationIssue } from '../../lib/model/validate.ts';
-import { formatIssue } from '../../lib/model/errors.ts';
+import { MAX_ISSUE_CHARS, summarizeIssues } from '../../lib/model/errors.ts';
+import { clip } from '../../lib/log.ts';
 import { KINDS, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
 import { emptyInputs, type MeshInputs } from './compile.ts';
 import type { ObjectStatus, RawObject, SourceEvent } from './sources/source.ts';
@@ -204,7 +205,7 @@ export function invalidStatus(key: string, issues: ValidationIssue[], generation
     ...(generation !== undefined ? { generation } : {}),
     ok: false,
     reason: 'Invalid',
-    message: issues.map(formatIssue).join('; ') + ' (the previous valid version, if any, stays in force)',
-    path: first.path,
+    message: summarizeIssues(issues).join('; ') + ' (the previous valid version, if any, stays in force)',
+    path: clip(first.path, MAX_ISSUE_CHARS)!,
   };
 }

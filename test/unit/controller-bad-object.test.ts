@@ -240,3 +240,29 @@ test('a client whose stream keeps failing partway through a version backs off (g
     await h.close();
   }
 });
+
+// The status of a refused object said every issue in full, tenant-chosen values included: 50,000
+// bad ipBlocks made a 5.7 MB message, a 1 MB bad value a 1 MB one. Kubernetes takes a condition
+// message of at most 32,768 characters (metav1.Condition, the Gateway API CRDs check it), and an
+// object plus its status of at most 1.5 MiB (etcd): the write failed and was tried again every
+// second for ever, and each update of the object wrote its megabytes to the controller's log.
+test('a refused object\'s status and log line name its first issues, cut, and how many more: 50,000 bad ipBlocks or a 1 MB bad value make a message within a Kubernetes condition\'s 32,768 characters', async () => {
+  const many = authz('aaa', 'many', { action: 'DENY', rules: Array.from({ length: 50_000 }, () => ({ from: [{ source: { ipBlocks: ['not-an-address'] } }] })) });
+  const huge = authz('aaa', 'huge', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['x'.repeat(1_000_000)] } }] }] });
+  const source = new MemorySource([ns('aaa'), many, huge]);
+  const h = await startHarness(source);
+  try {
+    for (const name of ['many', 'huge']) {
+      await until(`${name} refused`, () => source.statuses.get(`AuthorizationPolicy/aaa/${name}`)?.reason === 'Invalid');
+      const st = source.statuses.get(`AuthorizationPolicy/aaa/${name}`)!;
+      assert.equal(st.path, 'spec.rules[0].from[0].source.ipBlocks[0]');
+      assert.ok(st.message.length <= 32_768, `${name}: a status message of ${st.message.length} characters`);
+      assert.match(st.message, /^AuthorizationPolicy aaa\/\w+: spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\]: /);
+      const line = h.logs.find((l) => l.msg.startsWith('invalid object refused') && l.fields.object === `AuthorizationPolicy/aaa/${name}`)!;
+      assert.ok(JSON.stringify(line.fields).length <= 32_768, `${name}: a log line of ${JSON.stringify(line.fields).length} characters`);
+    }
+    assert.match(source.statuses.get('AuthorizationPolicy/aaa/many')!.message, /and 49,99\d more issues/);
+  } finally {
+    await h.close();
+  }
+});
