@@ -16,7 +16,8 @@ export type { ValidationIssue };
 
 type Json = Record<string, unknown>;
 
-export const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** A DNS-1123 label: a Namespace's, a Service's, a Waypoint's name; at most 63 characters, as Kubernetes holds them. */
+export const DNS1123_LABEL = /^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const LABEL_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
@@ -331,11 +332,11 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
   const nameRe = kind === 'Namespace' || kind === 'Service' || kind === 'Waypoint' ? DNS1123_LABEL : DNS1123_SUBDOMAIN;
   const name = c.str(m.name, 'metadata.name', { required: true });
   if (name !== undefined && (!nameRe.test(name) || name.length > 253)) {
-    c.fail('metadata.name', `"${name}" is not a valid name (lower-case letters, digits and '-'${nameRe === DNS1123_SUBDOMAIN ? ", '.'" : ''})`);
+    c.fail('metadata.name', `"${name.slice(0, 300)}" is not a valid name (lower-case letters, digits and '-'${nameRe === DNS1123_SUBDOMAIN ? ", '.', at most 253 characters" : ', at most 63 characters'})`);
   }
   if (namespaced) {
     const ns = c.str(m.namespace, 'metadata.namespace', { required: true });
-    if (ns !== undefined && !DNS1123_LABEL.test(ns)) c.fail('metadata.namespace', `"${ns}" is not a valid namespace name`);
+    if (ns !== undefined && !DNS1123_LABEL.test(ns)) c.fail('metadata.namespace', `"${ns.slice(0, 300)}" is not a valid namespace name (lower-case letters, digits and '-', at most 63 characters)`);
   } else if (m.namespace !== undefined && m.namespace !== '') {
     c.fail('metadata.namespace', `${kind} is cluster-scoped and has no namespace`);
   }

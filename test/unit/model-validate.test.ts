@@ -358,3 +358,24 @@ for (const [what, method] of [
     assert.match(issues[0]!.message, /service and method together/);
   });
 }
+
+// Kubernetes names (https://kubernetes.io/docs/concepts/overview/working-with-objects/names/): a
+// Namespace, a Service (RFC 1035/1123 label) and a Waypoint (its CRD: a DNS label, for the
+// Deployment's labels and the Service it makes) at most 63 characters, other names (DNS subdomain)
+// at most 253. The config directory has no API server to hold them to it: a Service or namespace
+// of 64 was taken, with a hostname no DNS serves.
+test('names at Kubernetes limits are taken and one character over them refused at the field: a DNS label 63, a DNS subdomain 253', () => {
+  const l = (n: number) => 'a'.repeat(n);
+  const at = (o: unknown) => validateObject(o).map((i) => i.path);
+  for (const kind of ['Service', 'Waypoint'] as const) {
+    const obj = (name: string, namespace = 'shop') => ({ apiVersion: kind === 'Service' ? 'v1' : 'weft.dev/v1alpha1', kind, metadata: { name, namespace }, spec: kind === 'Service' ? { ports: [{ port: 80 }] } : {} });
+    assert.deepEqual(at(obj(l(63))), [], `${kind} of 63`);
+    assert.deepEqual(at(obj(l(64))), ['metadata.name'], `${kind} of 64`);
+    assert.deepEqual(at(obj('x', l(64))), ['metadata.namespace'], `${kind} in a namespace of 64`);
+  }
+  assert.deepEqual(at({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: l(64) } }), ['metadata.name']);
+  assert.deepEqual(at(policy({ action: 'DENY', rules: [{}] })), []);
+  assert.deepEqual(at({ ...(policy({ action: 'DENY', rules: [{}] }) as object), metadata: { name: l(253), namespace: 'shop' } }), []);
+  assert.deepEqual(at({ ...(policy({ action: 'DENY', rules: [{}] }) as object), metadata: { name: l(254), namespace: 'shop' } }), ['metadata.name']);
+  assert.deepEqual(at(policy({ targetRefs: [{ kind: 'Service', name: l(64) }], action: 'DENY', rules: [{}] })), ['spec.targetRefs[0].name']);
+});
