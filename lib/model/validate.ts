@@ -92,6 +92,17 @@ class Checker {
     return v;
   }
 
+  /**
+   * `list` when it holds at most `max` entries; past it reported (its entries left unread) and
+   * undefined. For the Gateway API CRDs' maxItems, which the API server checks and the config
+   * directory does not (nor the kube lab's stand-in CRD, which keeps a route's spec whole).
+   */
+  atMost<T>(list: T[] | undefined, path: string, max: number): T[] | undefined {
+    if (!list || list.length <= max) return list;
+    this.fail(path, `has ${list.length} entries; at most ${max} (the Gateway API CRD's maxItems)`);
+    return undefined;
+  }
+
   str(v: unknown, path: string, opts: { required?: boolean; pattern?: RegExp; patternText?: string; oneOf?: readonly string[]; nonEmpty?: boolean } = {}): string | undefined {
     if (v === undefined || v === null) {
       if (opts.required) this.fail(path, 'is required');
@@ -976,6 +987,12 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
 // ---------------------------------------------------------------------------------------------
 // Gateway API routes
 
+/**
+ * The Gateway API CRDs' list bounds (kubebuilder MaxItems and the rules' CEL total, v1.2
+ * httproute_types.go, grpcroute_types.go, shared_types.go, httproute_types.go HTTPHeaderFilter).
+ */
+const ROUTE_MAX_ITEMS = { parentRefs: 32, hostnames: 16, rules: 16, matches: 64, totalMatches: 128, filters: 16, backendRefs: 16, headers: 16, headerEdits: 16 } as const;
+
 function parentRef(c: Checker, v: unknown, p: string): void {
   const o = c.obj(v, p, true);
   if (!o) return;
@@ -1013,7 +1030,7 @@ function backendRef(c: Checker, v: unknown, p: string, extra: readonly string[] 
 
 function headerMatches(c: Checker, v: unknown, p: string, what: string): void {
   const seen = new Set<string>();
-  c.arr(v, p)?.forEach((h, i) => {
+  c.atMost(c.arr(v, p), p, ROUTE_MAX_ITEMS.headers)?.forEach((h, i) => {
     const hp = `${p}[${i}]`;
     const ho = c.obj(h, hp, true);
     if (!ho) return;
@@ -1038,7 +1055,7 @@ function headerModifier(c: Checker, v: unknown, p: string): void {
   if (!o) return;
   c.only(o, p, ['set', 'add', 'remove']);
   for (const k of ['set', 'add']) {
-    c.arr(o[k], `${p}.${k}`)?.forEach((h, i) => {
+    c.atMost(c.arr(o[k], `${p}.${k}`), `${p}.${k}`, ROUTE_MAX_ITEMS.headerEdits)?.forEach((h, i) => {
       const hp = `${p}.${k}[${i}]`;
       const ho = c.obj(h, hp, true);
       if (!ho) return;
@@ -1050,9 +1067,11 @@ function headerModifier(c: Checker, v: unknown, p: string): void {
       if (bad) c.fail(`${hp}.value`, `contains ${JSON.stringify(bad[0])} (U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), which a header field value may not hold (RFC 9110 section 5.5: visible characters, space, tab and octets 0x80-0xFF; never CR, LF or NUL)`);
     });
   }
-  c.strList(o.remove, `${p}.remove`, (s, sp) => {
-    if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`);
-  });
+  if (c.atMost(c.arr(o.remove, `${p}.remove`), `${p}.remove`, ROUTE_MAX_ITEMS.headerEdits)) {
+    c.strList(o.remove, `${p}.remove`, (s, sp) => {
+      if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`);
+    });
+  }
 }
 
 function pathModifier(c: Checker, v: unknown, p: string): void {
@@ -1089,7 +1108,7 @@ const CORS_METHODS = [...GATEWAY_METHODS, '*'];
 
 function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]): string[] {
   const types: string[] = [];
-  c.arr(v, p)?.forEach((f, i) => {
+  c.atMost(c.arr(v, p), p, ROUTE_MAX_ITEMS.filters)?.forEach((f, i) => {
     const fp = `${p}[${i}]`;
     const fo = c.obj(f, fp, true);
     if (!fo) return;
@@ -1211,20 +1230,27 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
   const spec = c.obj(o.spec, 'spec', true);
   if (!spec) return;
   c.only(spec, 'spec', ['parentRefs', 'hostnames', 'rules']);
-  const parents = c.arr(spec.parentRefs, 'spec.parentRefs', true);
+  const parents = c.atMost(c.arr(spec.parentRefs, 'spec.parentRefs', true), 'spec.parentRefs', ROUTE_MAX_ITEMS.parentRefs);
   if (parents && parents.length === 0) c.fail('spec.parentRefs', 'needs at least one Service (the mesh profile routes traffic addressed to a Service)');
   parents?.forEach((r, i) => parentRef(c, r, `spec.parentRefs[${i}]`));
-  c.strList(spec.hostnames, 'spec.hostnames', (s, p) => {
-    if (!HOSTNAME.test(s)) c.fail(p, `"${s}" is not a hostname`);
-  });
+  if (c.atMost(c.arr(spec.hostnames, 'spec.hostnames'), 'spec.hostnames', ROUTE_MAX_ITEMS.hostnames)) {
+    c.strList(spec.hostnames, 'spec.hostnames', (s, p) => {
+      if (!HOSTNAME.test(s)) c.fail(p, `"${s}" is not a hostname`);
+    });
+  }
   const allowed = kind === 'HTTPRoute' ? HTTP_FILTERS : GRPC_FILTERS;
-  c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
+  const rules = c.atMost(c.arr(spec.rules, 'spec.rules'), 'spec.rules', ROUTE_MAX_ITEMS.rules);
+  // httproute_types.go, grpcroute_types.go (v1.2): "While 16 rules and 64 matches per rule are
+  // allowed, the total number of matches across all rules in a route must be less than 128".
+  const totalMatches = (rules ?? []).reduce<number>((n, r) => n + (Array.isArray((r as Json | null)?.matches) ? ((r as Json).matches as unknown[]).length : 0), 0);
+  if (totalMatches > ROUTE_MAX_ITEMS.totalMatches) c.fail('spec.rules', `has ${totalMatches} matches in all; at most ${ROUTE_MAX_ITEMS.totalMatches} (While 16 rules and 64 matches per rule are allowed, the total number of matches across all rules in a route must be less than 128)`);
+  rules?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
     const ro = c.obj(r, p, true);
     if (!ro) return;
     c.only(ro, p, kind === 'HTTPRoute' ? ['name', 'matches', 'filters', 'backendRefs', 'timeouts', 'retry'] : ['name', 'matches', 'filters', 'backendRefs']);
     c.str(ro.name, `${p}.name`, { pattern: DNS1123_LABEL, patternText: 'a rule name' });
-    c.arr(ro.matches, `${p}.matches`)?.forEach((m, j) => {
+    c.atMost(c.arr(ro.matches, `${p}.matches`), `${p}.matches`, ROUTE_MAX_ITEMS.matches)?.forEach((m, j) => {
       const mp = `${p}.matches[${j}]`;
       const mo = c.obj(m, mp, true);
       if (!mo) return;
@@ -1267,7 +1293,7 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
       }
     });
     filters(c, ro.filters, `${p}.filters`, allowed);
-    c.arr(ro.backendRefs, `${p}.backendRefs`)?.forEach((b, j) => {
+    c.atMost(c.arr(ro.backendRefs, `${p}.backendRefs`), `${p}.backendRefs`, ROUTE_MAX_ITEMS.backendRefs)?.forEach((b, j) => {
       const bp = `${p}.backendRefs[${j}]`;
       const bo = backendRef(c, b, bp, ['filters']);
       if (bo) filters(c, bo.filters, `${bp}.filters`, allowed);

@@ -379,3 +379,32 @@ test('names at Kubernetes limits are taken and one character over them refused a
   assert.deepEqual(at({ ...(policy({ action: 'DENY', rules: [{}] }) as object), metadata: { name: l(254), namespace: 'shop' } }), ['metadata.name']);
   assert.deepEqual(at(policy({ targetRefs: [{ kind: 'Service', name: l(64) }], action: 'DENY', rules: [{}] })), ['spec.targetRefs[0].name']);
 });
+
+// The Gateway API CRDs bound a route's lists (httproute_types.go v1.2: rules 16, matches 64 a rule
+// and 128 in all, filters 16, backendRefs 16, hostnames 16, headers and query params 16; parentRefs
+// 32): the API server refuses more. The config directory, and the kube lab's stand-in CRD (which
+// keeps a route's spec whole), took a route of 10,000 rules; a consumer route of another tenant's
+// Service goes to that tenant's waypoint.
+test('a route past the Gateway API CRDs\' maxItems is refused at the list, its entries unread; one at the bounds is taken', () => {
+  const route = (spec: Record<string, unknown>) => ({ apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'r', namespace: 'shop' }, spec: { parentRefs: [{ group: '', kind: 'Service', name: 'web' }], ...spec } });
+  const at = (o: unknown) => validateObject(o).map((i) => i.path);
+  const n = <T>(k: number, f: (i: number) => T) => Array.from({ length: k }, (_, i) => f(i));
+  const backend = { name: 'web', port: 80 };
+  assert.deepEqual(at(route({
+    parentRefs: n(32, (i) => ({ group: '', kind: 'Service', name: `web${i}` })), hostnames: n(16, (i) => `h${i}.example`),
+    rules: n(16, (i) => ({ matches: n(8, (j) => ({ path: { type: 'PathPrefix', value: `/${i}/${j}` }, headers: n(16, (k) => ({ name: `x-${k}`, value: 'v' })) })), backendRefs: n(16, () => backend) })),
+  })), [], 'at the bounds');
+  const t0 = performance.now();
+  assert.deepEqual(at(route({ rules: n(10_000, (i) => ({ matches: [{ path: { type: 'PathPrefix', value: `/p${i}` } }], backendRefs: [backend] })) })), ['spec.rules']);
+  assert.ok(performance.now() - t0 < 500, 'refused without reading its 10,000 rules');
+  assert.deepEqual(at(route({ rules: [{ matches: n(65, () => ({})), backendRefs: [backend] }] })), ['spec.rules[0].matches']);
+  assert.deepEqual(at(route({ rules: [64, 64, 1].map((k) => ({ matches: n(k, () => ({})), backendRefs: [backend] })) })), ['spec.rules']);
+  assert.deepEqual(at(route({ rules: [{ backendRefs: n(17, () => backend) }] })), ['spec.rules[0].backendRefs']);
+  assert.deepEqual(at(route({ rules: [{ filters: n(17, () => ({ type: 'RequestMirror', requestMirror: { backendRef: backend } })), backendRefs: [backend] }] })), ['spec.rules[0].filters']);
+  assert.deepEqual(at(route({ rules: [{ matches: [{ headers: n(17, (k) => ({ name: `x-${k}`, value: 'v' })) }], backendRefs: [backend] }] })), ['spec.rules[0].matches[0].headers']);
+  assert.deepEqual(at(route({ rules: [{ matches: [{ queryParams: n(17, (k) => ({ name: `q${k}`, value: 'v' })) }], backendRefs: [backend] }] })), ['spec.rules[0].matches[0].queryParams']);
+  assert.deepEqual(at(route({ rules: [{ filters: [{ type: 'RequestHeaderModifier', requestHeaderModifier: { set: n(17, (k) => ({ name: `x-${k}`, value: 'v' })), remove: n(17, (k) => `y-${k}`) } }], backendRefs: [backend] }] })), ['spec.rules[0].filters[0].requestHeaderModifier.set', 'spec.rules[0].filters[0].requestHeaderModifier.remove']);
+  assert.deepEqual(at(route({ hostnames: n(17, (i) => `h${i}.example`) })), ['spec.hostnames']);
+  assert.deepEqual(at(route({ parentRefs: n(33, (i) => ({ group: '', kind: 'Service', name: `web${i}` })) })), ['spec.parentRefs']);
+  assert.match(validateObject(route({ rules: n(17, () => ({ backendRefs: [backend] })) }))[0]!.message, /has 17 entries; at most 16 \(the Gateway API CRD's maxItems\)/);
+});
