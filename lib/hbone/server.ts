@@ -225,6 +225,8 @@ interface SessionState {
   buffer: SessionBuffer;
   /** Streams that closed because the session was destroyed (they close before its 'error'). */
   tornDown: number;
+  /** `address identity`: the peer's key in the server's tunnel count (maxTunnelsPerPeer). */
+  peerKey: string;
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
@@ -468,6 +470,7 @@ export class HboneServer {
       resets: new RapidResetGuard(this.#opts.rapidReset),
       buffer: undefined as unknown as SessionBuffer,
       tornDown: 0,
+      peerKey: `${peer.address} ${spiffeId ?? ''}`,
     };
     state.buffer = new SessionBuffer(session, {
       budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
@@ -565,7 +568,7 @@ export class HboneServer {
       return;
     }
     // The peer's tunnels over all its sessions, held from here to the stream's close.
-    const peerKey = `${state.peer.address} ${state.peer.spiffeId ?? ''}`;
+    const { peerKey } = state;
     const held = this.#tunnelsOf.get(peerKey) ?? 0;
     const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
     if (held >= maxTunnels) {
