@@ -44,7 +44,7 @@ export interface EastWestOptions {
   connectTimeoutMs?: number;
   /** Connects to one upstream (a node agent or a waypoint) that may wait at once (DEFAULT_MAX_PENDING_CONNECTS). */
   maxPendingConnects?: number;
-  /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_PEER). */
+  /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
   /** The node agents' HBONE port; default 15008 (tests move it). */
   agentPort?: number;
@@ -70,7 +70,7 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
  * sessions and have the gateway hold an upstream socket for each, for every other caller's cost.
  * Past it a CONNECT is refused at once (503, `too-many-tunnels`).
  */
-export const DEFAULT_MAX_TUNNELS_PER_PEER = 4096;
+export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
 export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
@@ -117,7 +117,7 @@ export class EastWestGateway {
       tls: { key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca] },
       trustDomains: o.trustDomains,
       // Counted by the server over the caller's every session (`too-many-tunnels`, 503 at once).
-      maxTunnelsPerPeer: o.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER,
+      maxTunnelsPerPeer: o.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_CALLER,
       handler: (req) => this.#connect(req),
       // A refusal the handler decided (#refuse) was counted and logged there, by its own reason.
       onRefusal: (r: HboneRefusal) => {
