@@ -81,6 +81,7 @@ export const MESH_PORTS: readonly { port: number; what: string }[] = [
   { port: 15000, what: 'agent admin' },
   { port: 15001, what: 'agent captured outbound' },
   { port: 15008, what: 'HBONE' },
+  { port: 15009, what: 'HBONE the east-west gateway carries' },
   { port: 15012, what: 'controller config stream and certificate service' },
   { port: 15020, what: 'metrics' },
   { port: 15021, what: 'readiness' },

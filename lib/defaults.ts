@@ -13,6 +13,12 @@ export const PORTS = {
   plaintext: 15006,
   /** agent, waypoint: HBONE (mTLS + HTTP/2 CONNECT). */
   hbone: 15008,
+  /**
+   * agent: HBONE the east-west gateway carries from other networks; admitted as on 15008, and every
+   * CONNECT judged by the gateway's rules too (agent/src/inbound.ts). Not Istio's: its ztunnel
+   * tells the gateway's sessions apart by the pod address they are dialled at.
+   */
+  hboneGateway: 15009,
   /** controller: config stream and certificate service (gRPC over TLS). */
   xds: 15012,
   /** every part: Prometheus /metrics. */

@@ -44,6 +44,7 @@ import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts'
 export const ADMIN_PORT = PORTS.admin;
 export const OUTBOUND_PORT = PORTS.outbound;
 export const HBONE_PORT = PORTS.hbone;
+export const HBONE_GATEWAY_PORT = PORTS.hboneGateway;
 export const METRICS_PORT = PORTS.metrics;
 export const READY_PORT = PORTS.readiness;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
@@ -95,7 +96,7 @@ export interface AgentOptions {
   kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
-  ports?: Partial<{ outbound: number; hbone: number; admin: number; metrics: number; ready: number }>;
+  ports?: Partial<{ outbound: number; hbone: number; hboneGateway: number; admin: number; metrics: number; ready: number }>;
   /** How long stop() lets open connections finish before cutting them. Default 20 s. */
   drainTimeoutMs?: number;
   /** Splice authorized same-node connections pod to pod in the kernel (bpf/splice.bpf.c). Default false. */
@@ -189,7 +190,7 @@ export class Agent {
   #memory: MemoryRelease | undefined;
   #stopped = false;
   #serveStarted = false;
-  #ports: Record<'outbound' | 'hbone' | 'admin' | 'metrics' | 'ready', number> = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
+  #ports: Record<'outbound' | 'hbone' | 'hboneGateway' | 'admin' | 'metrics' | 'ready', number> = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, hboneGateway: HBONE_GATEWAY_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
   #listening = false;
   /** Mesh destinations left out of weft_dests at the last config (past its capacity). */
   #destinationsOverflow = 0;
@@ -429,22 +430,23 @@ export class Agent {
   #serveWhenReady(): void {
     if (!this.#prepared || this.#listening || this.#stopped || this.#serveStarted) return;
     this.#serveStarted = true;
-    const { outbound, hbone } = this.#ports;
+    const { outbound, hbone, hboneGateway } = this.#ports;
     Promise.all([
       this.outbound.listen(outbound, this.o.nodeIp),
       this.inbound.server.listen(hbone, this.o.nodeIp, { reusePort: true }),
+      this.inbound.gatewayServer.listen(hboneGateway, this.o.nodeIp, { reusePort: true }),
     ]).then(
       () => {
         this.#listening = true;
         if (this.o.readyFile) writeFileSync(this.o.readyFile, `${process.pid}\n`);
-        this.log.info('agent ready', { outbound: `${this.o.nodeIp}:${outbound}`, hbone: `${this.o.nodeIp}:${hbone}`, pid: process.pid });
+        this.log.info('agent ready', { outbound: `${this.o.nodeIp}:${outbound}`, hbone: `${this.o.nodeIp}:${hbone}`, hboneGateway: `${this.o.nodeIp}:${hboneGateway}`, pid: process.pid });
         // What start-up alone touched (module loading, the startup snapshot, TLS set-up) goes now.
         this.#memory?.releaseNow();
         this.#serving.resolve();
       },
       (err: Error & { code?: string }) => {
         this.log.error('cannot listen on the data ports', { error: err.message, code: err.code });
-        this.#serving.reject(new Error(`cannot listen on ${this.o.nodeIp}:${outbound} and :${hbone}: ${err.message}`));
+        this.#serving.reject(new Error(`cannot listen on ${this.o.nodeIp}:${outbound}, :${hbone} and :${hboneGateway}: ${err.message}`));
       },
     );
   }
@@ -691,7 +693,7 @@ export class Agent {
         })),
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), hboneGatewayServer: this.inbound.gatewayServer.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) }, refused });
   }
 
@@ -713,10 +715,10 @@ export class Agent {
       s.closeAllConnections();
     }
     const started = Date.now();
-    const hboneSessions = this.inbound?.server.stats().sessionsActive ?? 0;
+    const hboneSessions = (this.inbound?.server.stats().sessionsActive ?? 0) + (this.inbound?.gatewayServer.stats().sessionsActive ?? 0);
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
-    const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
-    this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
+    const [outboundCut, hboneCut, gatewayCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0, this.inbound?.gatewayServer.close(drainMs) ?? 0]);
+    this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut + gatewayCut });
     this.#refusals?.close();
     this.#spliceStranded?.close();
     await this.#otlpLogs.shutdown();

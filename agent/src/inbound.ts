@@ -1,16 +1,19 @@
 // Inbound (port 15008): HBONE tunnels from other nodes' agents and from waypoints. The peer's
 // chain and SPIFFE ID are verified in the TLS handshake (the server presents the identity the
 // client asked for in the SNI); each CONNECT must name an enrolled pod on this node (the agent is
-// not an open proxy) and pass that pod's L4 AuthorizationPolicies. Through this cluster's east-west
-// gateway it must also be what the gateway carries other networks' callers to (#throughGateway),
-// as the gateway judges the outer CONNECT only. The pod then sees the real
-// client address (the datapath's getpeername hook), not the agent's.
+// not an open proxy) and pass that pod's L4 AuthorizationPolicies. The east-west gateway carries
+// other networks' callers to the gateway port (PORTS.hboneGateway) instead, with the same
+// admission, where each CONNECT must also name what the gateway carries such callers to
+// (#throughGateway): the gateway judges the outer CONNECT only, and the caller's inner session
+// reaches every pod of this node. The port, not the peer's address, says a session came through
+// the gateway: an address is rewritten on its way (SNAT) and learnt late. The pod then sees the
+// real client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
-import { waypointGuardRefusal } from '../../lib/model/federation.ts';
+import { podTarget, waypointGuardRefusal } from '../../lib/model/federation.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
@@ -41,6 +44,8 @@ export interface InboundOptions {
 export class Inbound {
   readonly #o: InboundOptions;
   readonly server: HboneServer;
+  /** The gateway port's server (PORTS.hboneGateway): every CONNECT on it is judged by the gateway's rules too. */
+  readonly gatewayServer: HboneServer;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
   /** The workload descriptions taken from baggage unverified (see #sourceMeta). */
@@ -52,13 +57,13 @@ export class Inbound {
     this.#o = opts;
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
       opts.log.warn('HBONE refusals not logged (rate limit)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
-    this.server = new HboneServer({
+    const server = (throughGateway: boolean) => new HboneServer({
       tls: { SNICallback: opts.serverTls.SNICallback!, ca: [...opts.trustBundle()] },
       // Workload identities of this mesh only: an agent's node certificate or another mesh's
       // workload is refused before it can open a tunnel.
       trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
-      handler: (req) => this.#handle(req),
+      handler: (req) => this.#handle(req, throughGateway),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
       onSessionThrottled: (e) => this.#o.log.warn('HBONE session holds more than its buffer for destinations that do not read: its stream windows shrink until they catch up', {
@@ -68,11 +73,13 @@ export class Inbound {
         peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
       }),
     });
+    this.server = server(false);
+    this.gatewayServer = server(true);
   }
 
   /** New roots: client certificates verify against the new bundle from the next handshake on. */
   trustBundleChanged(): void {
-    this.server.setTls({ ca: [...this.#o.trustBundle()] });
+    for (const server of [this.server, this.gatewayServer]) server.setTls({ ca: [...this.#o.trustBundle()] });
   }
 
   /** Which local identity serves a TLS server name (SNI). */
@@ -82,7 +89,8 @@ export class Inbound {
     return state.localWorkloads().some((w) => w.enrolled && w.spiffeId === wanted) ? wanted : undefined;
   }
 
-  async #handle(req: HboneConnectRequest): Promise<HboneConnectDecision> {
+  /** `throughGateway`: the CONNECT came on the gateway port (#throughGateway). */
+  async #handle(req: HboneConnectRequest, throughGateway: boolean): Promise<HboneConnectDecision> {
     const { host, port } = req.target;
     const dest = this.#o.state.localWorkload(host);
     if (!dest || !dest.enrolled) {
@@ -97,13 +105,6 @@ export class Inbound {
       };
     }
     const principal = req.peer.spiffeId;
-    // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
-    // but the caller's inner session reaches every pod of this node, so its rules hold here too.
-    const viaGateway = this.#o.state.isNetworkGateway(req.peer.address) ? this.#throughGateway(host, principal) : undefined;
-    if (viaGateway) {
-      this.#o.metrics.denied.inc({ reporter: 'destination', reason: viaGateway.label, destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-      return { status: 403, reason: viaGateway.reason };
-    }
     const sourceNamespace = workloadOf(principal)?.namespace;
     const client = tunnelClient(this.#o.state, dest, req);
     if (client.ignored) {
@@ -134,6 +135,14 @@ export class Inbound {
       sourceIp: client.ip,
     };
     const caller = callerOf(req.headers[CALLER_HEADER]);
+    // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
+    // but the caller's inner session reaches every pod of this node, so its rules hold here too.
+    // Logged and counted (by #refused, once, under its label) as a policy's no.
+    const notCarried = throughGateway ? this.#throughGateway(host, port, principal) : undefined;
+    if (notCarried) {
+      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${notCarried.reason}` });
+      return { status: 403, reason: notCarried.reason, label: notCarried.label };
+    }
     try {
       this.#o.delivery.authorize(dest, port, source, caller);
     } catch (err) {
@@ -163,16 +172,19 @@ export class Inbound {
   }
 
   /**
-   * Why the east-west gateway would not carry `principal` to the pod at `ip` (eastwest/src/gateway.ts),
-   * or undefined: another network's caller reaches only endpoints of the Services this cluster
-   * exports, and one reached only through a waypoint only as that waypoint (waypointGuards).
+   * Why the east-west gateway would not carry `principal` to port `port` of the pod at `ip`
+   * (eastwest/src/gateway.ts), or undefined: another network's caller reaches only the ports the
+   * Services this cluster exports send to, and one reached only through a waypoint only as that
+   * waypoint (exportedPods).
    */
-  #throughGateway(ip: string, principal: string | undefined): { label: string; reason: string } | undefined {
-    if (!this.#o.state.isExportedEndpoint(ip)) {
-      return { label: 'not_exported', reason: `${ip} is not an endpoint of a Service this cluster exports; the east-west gateway carries other networks' callers to those only` };
+  #throughGateway(ip: string, port: number, principal: string | undefined): { label: string; reason: string } | undefined {
+    const target = podTarget(ip, port);
+    const pods = this.#o.state.exportedPods();
+    if (!pods.exported.has(target)) {
+      return { label: 'not_exported', reason: `${target} is not an endpoint of a Service this cluster exports at that port; the east-west gateway carries other networks' callers to those only` };
     }
-    const guard = this.#o.state.waypointGuard(ip);
-    if (guard && !guard.ids.has(principal ?? '')) return { label: 'behind_waypoint', reason: waypointGuardRefusal(ip, guard, 'the east-west gateway') };
+    const guard = pods.guards.get(target);
+    if (guard && !guard.ids.has(principal ?? '')) return { label: 'behind_waypoint', reason: waypointGuardRefusal(ip, port, guard, 'the east-west gateway') };
     return undefined;
   }
 
@@ -189,11 +201,11 @@ export class Inbound {
   #refused(r: HboneRefusal): void {
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
     // happened), not a refusal of the peer.
-    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
+    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.label ?? r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
     // The authority and the reason quoting it are the peer's to choose (HPACK sends a long one once
     // and then a byte per request): cut, and at most REFUSAL_LOG_PER_SECOND lines a second.
     if (!this.#refusalLog.take()) return;
-    this.#o.log.info('HBONE refused', { kind: r.kind, status: r.status, reason: clip(r.reason), peer: r.peer?.spiffeId, address: r.peer?.address, authority: clip(r.authority) });
+    this.#o.log.info('HBONE refused', { kind: r.kind, ...(r.label !== undefined ? { label: r.label } : {}), status: r.status, reason: clip(r.reason), peer: r.peer?.spiffeId, address: r.peer?.address, authority: clip(r.authority) });
   }
 
   #closed(c: HboneTunnelClosed): void {

@@ -47,7 +47,7 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              (default 20; new connections go to the successor at once)
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
                              readiness probe only this process answers)
-  --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
+  --outbound-port/--hbone-port/--hbone-gateway-port/--admin-port/--metrics-port/--ready-port <port>
   --log-level debug|info|warn|error
        agent/src/main.ts --uninstall [--pin-root <path>] [--cgroup <path>] [--bpf-objects <dir>] [--ready-file <path>]
                              [--cni-conf-dir <dir> [--cni-bin-dir <dir>]]
@@ -93,6 +93,7 @@ const AGENT_FLAGS = {
   'pod-netns-prefix': { type: 'string' },
   'outbound-port': { type: 'string' },
   'hbone-port': { type: 'string' },
+  'hbone-gateway-port': { type: 'string' },
   'admin-port': { type: 'string' },
   'metrics-port': { type: 'string' },
   'ready-port': { type: 'string' },
@@ -147,8 +148,8 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
   const tokenFile = values['token-file'];
   const ports = Object.fromEntries(
-    (['outbound', 'hbone', 'admin', 'metrics', 'ready'] as const)
-      .map((k) => [k, port(`${k}-port`, values[`${k}-port`])] as const)
+    ([['outbound', 'outbound-port'], ['hbone', 'hbone-port'], ['hboneGateway', 'hbone-gateway-port'], ['admin', 'admin-port'], ['metrics', 'metrics-port'], ['ready', 'ready-port']] as const)
+      .map(([k, flag]) => [k, port(flag, values[flag])] as const)
       .filter(([, v]) => v !== undefined),
   );
   const options: AgentOptions = {

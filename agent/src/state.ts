@@ -1,11 +1,10 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
-import { HBONE_PORT, boundWaypoint, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
+import { HBONE_PORT, boundWaypoint, endpointTargetPort, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
-import { unmapV4 } from '../../lib/hbone/forwarded.ts';
-import { EASTWEST_SERVICE_ACCOUNT, exportServices, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
+import { exportServices, exportedPods, type ExportedPods } from '../../lib/model/federation.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -92,10 +91,8 @@ export class AgentState {
   private enrolledUids = new Map<string, string>();
   /** SPIFFE ID → the workloads the config knows for it (pods, and endpoints of other clusters), built on first use per config. */
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
-  /** This cluster's pods reached from other networks only through a waypoint, built on first use per config. */
-  private guards: Map<string, WaypointGuard> | undefined;
-  /** Addresses of this cluster's pods its export lists as endpoints, built on first use per config. */
-  private exported: Set<string> | undefined;
+  /** What the east-west gateway carries other networks' callers to (exportedPods), built on first use per config. */
+  private exported: ExportedPods | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
   /**
@@ -150,7 +147,6 @@ export class AgentState {
     this.workloadsByIp = byIp;
     this.workloadsByUid = byUid;
     this.metaByPrincipal = undefined;
-    this.guards = undefined;
     this.exported = undefined;
     this.servicesByVip = byVip;
     this.servicesByName = byName;
@@ -225,39 +221,12 @@ export class AgentState {
   }
 
   /**
-   * Whether `address` (a TCP peer of the HBONE port) is a pod of this cluster's east-west gateway
-   * (its ServiceAccount, weft-eastwest; the controller sends every agent its pods). A session from
-   * there is another network's caller, whose inner CONNECTs the gateway could not see. Taking a
-   * tenant's pod of that name for the gateway only restricts what comes from it (waypointGuard).
+   * The pods' ports of this cluster the east-west gateway carries other networks' callers to, and
+   * those it carries only a waypoint's identity to (exportedPods, from the Services the export
+   * carries, as the gateway reads them): the agent judges every CONNECT on its gateway port by it.
    */
-  isNetworkGateway(address: string): boolean {
-    const w = this.workloadsByIp.get(unmapV4(address));
-    return w !== undefined && w.serviceAccount === EASTWEST_SERVICE_ACCOUNT;
-  }
-
-  /**
-   * Whether a pod of this cluster at `ip` is an endpoint of a Service its export carries
-   * (exportServices): the only pods the east-west gateway carries other networks' callers to.
-   */
-  isExportedEndpoint(ip: string): boolean {
-    if (!this.exported) {
-      this.exported = new Set();
-      for (const s of exportServices(this.config.services)) {
-        if (s.cluster !== undefined) continue;
-        for (const e of s.endpoints) if (e.cluster === undefined && !e.gateway) this.exported.add(e.ip);
-      }
-    }
-    return this.exported.has(ip);
-  }
-
-  /**
-   * The waypoint a pod of this cluster is reached through from other networks (waypointGuards:
-   * every Service here that lists it goes through one), with the identities that may be carried to
-   * it; undefined for a pod any caller may be carried to.
-   */
-  waypointGuard(ip: string): WaypointGuard | undefined {
-    this.guards ??= waypointGuards(this.config.services, (ref) => this.waypointFor(ref)?.spiffeId);
-    return this.guards.get(ip);
+  exportedPods(): ExportedPods {
+    return (this.exported ??= exportedPods(exportServices(this.config.services), (ref) => this.waypointFor(ref)?.spiffeId));
   }
 
   /**
@@ -463,7 +432,7 @@ export class AgentState {
     const candidates: Array<{ endpoint: Endpoint; targetPort: number }> = [];
     for (const e of svc.endpoints) {
       if (!e.ready || this.isStaleLocal(e)) continue;
-      const tp = e.ports[String(port)] ?? e.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
+      const tp = endpointTargetPort(e, sp);
       if (tp === undefined) continue;
       candidates.push({ endpoint: e, targetPort: tp });
     }

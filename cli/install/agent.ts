@@ -105,7 +105,7 @@ export const CNI_HOST_VOLUMES: readonly HostVolume[] = [
 
 /** Pod-level host access, with reasons. */
 export const AGENT_HOST_ACCESS = {
-  hostNetwork: 'listen on 15001 (captured outbound) and 15008 (HBONE) in the node network namespace, where redirected connections and peers arrive',
+  hostNetwork: 'listen on 15001 (captured outbound), 15008 (HBONE) and 15009 (HBONE the east-west gateway carries) in the node network namespace, where redirected connections and peers arrive',
   hostPID: 'the agent scans /proc/<pid>/ns/net to find pod network namespaces; in the host PID namespace its own /proc lists pod processes',
   dnsPolicy: 'ClusterFirstWithHostNet: resolve the controller Service name from the host network',
   seccompProfile: 'RuntimeDefault: allows bpf(2) and setns(2) to a container holding CAP_BPF/CAP_SYS_ADMIN',
@@ -217,6 +217,7 @@ function agentContainer(o: ResolvedInstallOptions): IContainer {
     ports: [
       { name: 'tcp-outbound', containerPort: PORTS.outbound, protocol: 'TCP' },
       { name: 'tcp-hbone', containerPort: PORTS.hbone, protocol: 'TCP' },
+      { name: 'tcp-hbone-gw', containerPort: PORTS.hboneGateway, protocol: 'TCP' },
       { name: 'http-metrics', containerPort: PORTS.metrics, protocol: 'TCP' },
       { name: 'http-ready', containerPort: PORTS.readiness, protocol: 'TCP' },
     ],

@@ -134,15 +134,6 @@ export class LocalMultiCluster {
   /** Each cluster's east-west gateway, in its wire namespace, on the exchange. */
   startGateways(): void {
     for (const c of this.clusters) {
-      // Declared to the controller as the pod it is in a cluster (weft-eastwest in the root
-      // namespace) at the address its connections to the node agents come from, the wire bridge's:
-      // every agent judges the sessions from there by the gateway's rules (agent/src/inbound.ts).
-      c.mesh.writeConfig('pod-weft-eastwest.yaml', [{
-        apiVersion: 'v1', kind: 'Pod',
-        metadata: { name: 'weft-eastwest-0', namespace: DEFAULT_ROOT_NAMESPACE, uid: `${c.name}-weft-eastwest-0`, labels: { app: 'weft-eastwest' } },
-        spec: { serviceAccountName: EASTWEST_SERVICE_ACCOUNT },
-        status: { phase: 'Running', podIP: c.mesh.controllerIp, conditions: [{ type: 'Ready', status: 'True' }] },
-      }]);
       const dir = join(c.mesh.o.stateDir, 'eastwest');
       c.gateway = c.mesh.net.spawn({ netns: c.mesh.net.wireNetns, cgroup: join(c.mesh.net.cgroupDir, 'system') }, process.execPath, [
         join(REPO_ROOT, 'eastwest/src/main.ts'),

@@ -247,7 +247,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   if (o.requireClientIdentity && o.insecure) throw new UsageError('--require-client-identity needs TLS; drop --insecure');
   const requireClientIdentity = o.requireClientIdentity ?? !o.insecure;
   if (!requireClientIdentity && !o.insecure) log.warn('config stream admits clients without a certificate: any client that reaches the gRPC port reads every node\'s config (--allow-anonymous-clients); debugging only');
-  const configServer = new ConfigServer({ logger: log, registry, rootNamespace, ...(requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
+  const configServer = new ConfigServer({ logger: log, registry, ...(requireClientIdentity ? { authorize: spiffeStreamAuthorizer(trustDomain, authority!) } : {}) });
   if (o.remoteSecrets && !kubeConfig) throw new UsageError('--remote-secrets reads Secrets: it needs --kube');
   if (o.remoteSecretsAllowInsecure && !o.remoteSecrets) throw new UsageError('--remote-secret-allow-insecure applies to --remote-secrets');
   if (o.remoteSecretsAllowInsecure) log.warn('remote secrets may name plain-HTTP API servers or skip TLS verification (--remote-secret-allow-insecure): anyone on the path to such a remote can answer for it, its endpoints and identities; testing only');

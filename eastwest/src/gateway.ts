@@ -2,7 +2,9 @@
 // multi-network "east-west gateway", ambient double HBONE). It listens for HBONE on 15008 at the
 // network's edge. A caller in another network opens an outer tunnel whose CONNECT authority names
 // the endpoint it wants (`podIp:port`); the gateway checks that the endpoint is an enrolled
-// workload of its own cluster, connects to that workload's node agent on 15008 and pipes the
+// workload of its own cluster at a port one of its exported Services sends to (Istio's gateway
+// routes to Service ports only), connects to that workload's node agent on the agent's gateway
+// port (15009, PORTS.hboneGateway) and pipes the
 // bytes: they are the caller's inner HBONE session (TLS with the caller's own certificate), so the
 // gateway never sees plaintext and the destination agent authenticates the caller and applies
 // its own policy. Callers pool that inner session (lib/hbone/pool.ts): one outer tunnel carries
@@ -17,17 +19,19 @@
 // policy (Istio's gateway carries callers to Services, never to a pod of their choosing). A pod of
 // another namespace than a Service listing it that has a waypoint of its own (Endpoint.waypoint)
 // is carried to only from that waypoint's identity, whatever that Service goes through
-// (waypointGuards). The inner session reaches every pod of the agent's node, so the agent applies
-// the same rule to each CONNECT inside a session the gateway carries (agent/src/inbound.ts). Nothing
+// (exportedPods). The inner session reaches every pod of the agent's node, so the agent applies
+// the same rules, from the same function over the same Services, to each CONNECT on its gateway
+// port (agent/src/inbound.ts). Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export.
 import net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { parseClusterExport, waypointGuardRefusal, waypointGuards, type WaypointGuard } from '../../lib/model/federation.ts';
+import { exportedPods, parseClusterExport, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
-import { boundWaypoint, HBONE_PORT, waypointAddresses } from '../../lib/model/mesh.ts';
+import { boundWaypoint, waypointAddresses } from '../../lib/model/mesh.ts';
+import { PORTS } from '../../lib/defaults.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -46,7 +50,7 @@ export interface EastWestOptions {
   maxPendingConnects?: number;
   /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
-  /** The node agents' HBONE port; default 15008 (tests move it). */
+  /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
   agentPort?: number;
   log: Logger;
   registry?: Registry;
@@ -73,7 +77,7 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -83,12 +87,11 @@ export class EastWestGateway {
   #nodeOf = new Map<string, string>();
   #notEnrolled = new Set<string>();
   /**
-   * Enrolled pod IP → the waypoints it is behind, when every Service of this cluster it serves goes
-   * through one (its own, Endpoint.waypoint, where the Service is another namespace's): only those
-   * waypoints' identities are carried to it (anyone else would step around their L7 policy);
-   * callers of its Services go to the waypoint instead.
+   * The pods' ports the exported Services send to, and those reached only through a waypoint
+   * (exportedPods): only those waypoints' identities are carried there (anyone else would step
+   * around their L7 policy); callers of their Services go to the waypoint instead.
    */
-  #onlyVia = new Map<string, WaypointGuard>();
+  #pods: ExportedPods = { exported: new Set(), guards: new Map() };
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
   /** `host:port` of an upstream → connects to it now waiting. */
@@ -179,12 +182,16 @@ export class EastWestGateway {
       if (this.#notEnrolled.has(ip)) return this.#refuse('not-enrolled', req, 403, `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic`);
       return this.#refuse('unknown-endpoint', req, 403, `${ip} is neither an endpoint nor a waypoint of this cluster`);
     }
-    const via = node ? this.#onlyVia.get(ip) : undefined;
+    const target = podTarget(ip, req.target.port);
+    if (node && !this.#pods.exported.has(target)) {
+      return this.#refuse('not-service-port', req, 403, `${target}: no Service of this cluster sends to port ${req.target.port} of ${ip}; the gateway carries callers to Service ports only`);
+    }
+    const via = node ? this.#pods.guards.get(target) : undefined;
     if (via && !via.ids.has(req.peer.spiffeId ?? '')) {
-      return this.#refuse('behind-waypoint', req, 403, waypointGuardRefusal(ip, via, 'the gateway'));
+      return this.#refuse('behind-waypoint', req, 403, waypointGuardRefusal(ip, req.target.port, via, 'the gateway'));
     }
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
-    const [host, port, what] = node ? [node, this.#o.agentPort ?? HBONE_PORT, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
+    const [host, port, what] = node ? [node, this.#o.agentPort ?? PORTS.hboneGateway, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
     const key = `${host}:${port}`;
     const pending = this.#pending.get(key) ?? 0;
     const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
@@ -230,7 +237,7 @@ export class EastWestGateway {
     }
     // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
     const ownWaypoints = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
-    const onlyVia = waypointGuards(exp.services, (ref) => {
+    const pods = exportedPods(exp.services, (ref) => {
       const w = boundWaypoint(ref) ? ownWaypoints.get(`${ref.namespace}/${ref.name}`) : undefined;
       return w && !w.invalid ? w.spiffeId : undefined;
     });
@@ -241,7 +248,7 @@ export class EastWestGateway {
     }
     this.#nodeOf = nodeOf;
     this.#notEnrolled = notEnrolled;
-    this.#onlyVia = onlyVia;
+    this.#pods = pods;
     this.#waypointPort = waypointPort;
     this.#configured = true;
     this.#m?.endpoints.set(nodeOf.size);

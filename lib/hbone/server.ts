@@ -79,8 +79,11 @@ export interface HboneConnectRequest {
 /** Accept with the upstream (already connected), or refuse with a status and a reason. */
 export type HboneConnectDecision =
   | { upstream: Duplex }
-  /** `kind`: why, for the refusal's count (default `denied`, a policy's no). */
-  | { status: number; reason: string; kind?: 'denied' | 'upstream-failed' | 'overloaded' };
+  /**
+   * `kind`: why, for the refusal's count (default `denied`, a policy's no); `label`: the owner's own
+   * name for it, handed back in the HboneRefusal so that the owner counts the refusal once, there.
+   */
+  | { status: number; reason: string; kind?: 'denied' | 'upstream-failed' | 'overloaded'; label?: string };
 
 export type HboneConnectHandler = (req: HboneConnectRequest) => Promise<HboneConnectDecision>;
 
@@ -121,6 +124,8 @@ export interface HboneRefusal {
   reason: string;
   peer?: { spiffeId: string | undefined; address: string | undefined };
   authority?: string;
+  /** The handler's own name for a refusal it decided (HboneConnectDecision `label`). */
+  label?: string;
 }
 
 export interface HboneTunnelClosed extends PipeResult {
@@ -624,7 +629,7 @@ export class HboneServer {
       if ('upstream' in d) this.#accept(state, stream, request, d.upstream);
       else {
         if (stream.closed || stream.destroyed) return;
-        this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority });
+        this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority, ...(d.label !== undefined ? { label: d.label } : {}) });
         this.#respondRefusal(stream, d.status, d.reason);
       }
     }, (err: unknown) => {

@@ -6,7 +6,7 @@
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
 import { BlockList, isIP } from 'node:net';
-import { waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import { endpointTargetPort, waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
@@ -27,31 +27,49 @@ export const ANNOTATION_CLUSTER = 'weft.dev/cluster';
 export const ANNOTATION_TRUST_DOMAIN = 'weft.dev/trust-domain';
 
 /**
- * A pod of this cluster that callers from other networks reach only through a waypoint: every
- * Service here that lists it goes through one (its own, Endpoint.waypoint, where the Service is
- * another namespace's). Istio's east-west gateway carries callers to a Service, never to a pod of
- * their choosing, and a Service behind a waypoint is served by that waypoint, which applies its L7
- * policy: only the waypoint's identity (another cluster's waypoint of the same namespace and name,
- * namespace sameness) is carried to such a pod; anyone else would step around that policy.
+ * A pod's port of this cluster that callers from other networks reach only through a waypoint:
+ * every Service here that lists the pod at that port goes through one (its own,
+ * Endpoint.waypoint, where the Service is another namespace's). Istio's east-west gateway carries
+ * callers to a Service, never to a pod of their choosing, and a Service behind a waypoint is
+ * served by that waypoint, which applies its L7 policy: only the waypoint's identity (another
+ * cluster's waypoint of the same namespace and name, namespace sameness) is carried there; anyone
+ * else would step around that policy.
  */
 export interface WaypointGuard {
-  /** The Services (`<namespace>/<name>`) that list the pod, each through a waypoint. */
+  /** The Services (`<namespace>/<name>`) that list the pod at the port, each through a waypoint. */
   services: string[];
   /** Those waypoints (`<namespace>/<name>`). */
   waypoints: string[];
-  /** The identities that may be carried to the pod: the waypoints' that exist and may be used. */
+  /** The identities that may be carried there: the waypoints' that exist and may be used. */
   ids: Set<string>;
 }
 
 /**
- * The pods (by address) reached from other networks only through a waypoint (WaypointGuard), from
- * this cluster's own Services: the east-west gateway judges the outer CONNECT by it, and the node
- * agent the CONNECTs inside a session the gateway carries (one inner session reaches every pod of
- * the node). `waypointId`: the identity of a waypoint a Service or endpoint names, undefined for
- * one missing, invalid or whose binding is refused (it admits no one: fail closed). Endpoints of
- * other clusters (imported, or behind another network's gateway) are not this cluster's pods.
+ * What other networks' callers may be carried to in this cluster, keyed `<pod ip>:<target port>`
+ * (podTarget): `exported`, every port of a pod that an exported Service sends to (a port no
+ * Service names is not reachable, as Istio's gateway routes only to Service ports), and `guards`,
+ * those reached only through a waypoint (WaypointGuard).
  */
-export function waypointGuards(services: Iterable<Service>, waypointId: (ref: WaypointRef) => string | undefined): Map<string, WaypointGuard> {
+export interface ExportedPods {
+  exported: ReadonlySet<string>;
+  guards: ReadonlyMap<string, WaypointGuard>;
+}
+
+/** The key of a pod's port in ExportedPods (the last colon splits it: a port has none). */
+export function podTarget(ip: string, port: number): string {
+  return `${ip}:${port}`;
+}
+
+/**
+ * ExportedPods from this cluster's exported Services (exportServices; the export the east-west
+ * gateway reads): the gateway judges the outer CONNECT by it, and the node agent every CONNECT on
+ * its gateway port (PORTS.hboneGateway; one inner session reaches every pod of the node), so both
+ * build it from the same list. `waypointId`: the identity of a waypoint a Service or endpoint
+ * names, undefined for one missing, invalid or whose binding is refused (it admits no one: fail
+ * closed). Endpoints of other clusters (imported, or behind another network's gateway) are not
+ * this cluster's pods; a port whose target the endpoint does not resolve is not exported.
+ */
+export function exportedPods(services: Iterable<Service>, waypointId: (ref: WaypointRef) => string | undefined): ExportedPods {
   const direct = new Set<string>();
   const guards = new Map<string, WaypointGuard>();
   for (const s of services) {
@@ -62,26 +80,32 @@ export function waypointGuards(services: Iterable<Service>, waypointId: (ref: Wa
       // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
       // reach it: the Service neither opens it nor adds its own waypoint's identity.
       const through = e.waypoint ?? s.waypoint;
-      if (!through) {
-        direct.add(e.ip);
-        continue;
+      for (const sp of s.ports) {
+        const port = sp.protocol === 'TCP' ? endpointTargetPort(e, sp) : undefined;
+        if (port === undefined) continue;
+        const key = podTarget(e.ip, port);
+        if (!through) {
+          direct.add(key);
+          continue;
+        }
+        const waypoint = `${through.namespace}/${through.name}`;
+        const guard = guards.get(key) ?? { services: [], waypoints: [], ids: new Set<string>() };
+        if (!guard.services.includes(`${s.namespace}/${s.name}`)) guard.services.push(`${s.namespace}/${s.name}`);
+        if (!guard.waypoints.includes(waypoint)) guard.waypoints.push(waypoint);
+        const wid = waypointId(through);
+        if (wid) guard.ids.add(wid);
+        guards.set(key, guard);
       }
-      const key = `${through.namespace}/${through.name}`;
-      const guard = guards.get(e.ip) ?? { services: [], waypoints: [], ids: new Set<string>() };
-      guard.services.push(`${s.namespace}/${s.name}`);
-      if (!guard.waypoints.includes(key)) guard.waypoints.push(key);
-      const wid = waypointId(through);
-      if (wid) guard.ids.add(wid);
-      guards.set(e.ip, guard);
     }
   }
-  for (const ip of direct) guards.delete(ip);
-  return guards;
+  const exported = new Set([...direct, ...guards.keys()]);
+  for (const key of direct) guards.delete(key);
+  return { exported, guards };
 }
 
-/** Why a caller is not carried to the pod at `ip` (WaypointGuard), in the words both its judges use. */
-export function waypointGuardRefusal(ip: string, guard: WaypointGuard, carrier: string): string {
-  return `${ip} is an endpoint of ${guard.services.join(', ')}, behind waypoint ${guard.waypoints.join(', ')} of this cluster, which enforces its L7 policy: ${carrier} carries only that waypoint's identity to it; callers of the Service reach the waypoint`;
+/** Why a caller is not carried to port `port` of the pod at `ip` (WaypointGuard), in the words both its judges use. */
+export function waypointGuardRefusal(ip: string, port: number, guard: WaypointGuard, carrier: string): string {
+  return `${ip} is an endpoint of ${guard.services.join(', ')}, behind waypoint ${guard.waypoints.join(', ')} of this cluster, which enforces its L7 policy: ${carrier} carries only that waypoint's identity to its port ${port}; callers of the Service reach the waypoint`;
 }
 
 /**

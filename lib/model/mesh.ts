@@ -78,6 +78,15 @@ export function servesService(namespace: string, s: Pick<Service, 'namespace' | 
 }
 
 /**
+ * The pod port `e` serves Service port `sp` on: the endpoint's own (its EndpointSlice's, which
+ * resolves a named targetPort), its one port, or the Service's numeric targetPort; undefined when
+ * none says.
+ */
+export function endpointTargetPort(e: Pick<Endpoint, 'ports' | 'port'>, sp: Pick<ServicePort, 'port' | 'targetPort'>): number | undefined {
+  return e.ports[String(sp.port)] ?? e.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
+}
+
+/**
  * The model's key of a waypoint: `namespace/name`, or `cluster/namespace/name` for one of another
  * cluster (namespace sameness makes `demo/waypoint` a name every cluster may have).
  */

@@ -2,9 +2,10 @@
 // be reachable by naming it one level down. The gateway sees only the outer CONNECT (the endpoint a
 // caller names, whose node agent it connects to); the inner session is the caller's own HBONE to
 // that agent, encrypted end to end, and carries a CONNECT per connection to any pod of that node.
-// So the agent applies the gateway's rule to sessions the gateway carries: a pod whose every
-// Service here goes through a waypoint is reached from another network only by that waypoint's
-// identity. Istio's east-west gateway carries callers to a Service, never to a pod of their
+// So the agent applies the gateway's rules to sessions the gateway carries, which come to its own
+// port (PORTS.hboneGateway; whatever address they come from: SNAT rewrites it, a config learns it
+// late): only the ports the exported Services send to, and a pod's port whose every Service here
+// goes through a waypoint only by that waypoint's identity. Istio's east-west gateway carries callers to a Service, never to a pod of their
 // choosing, and the destination ztunnel (in-pod, its 15008 at the pod's own address) refuses an
 // inner CONNECT naming another address than the one dialled (ztunnel src/proxy/inbound.rs
 // validate_destination, IPMismatch); https://istio.io/latest/docs/ambient/install/multicluster/.
@@ -19,6 +20,7 @@ import { serverNameForIdentity } from '../../lib/hbone/sni.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT } from '../../lib/model/federation.ts';
+import { FLAG_DENY } from '../../lib/telemetry/labels.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { EastWestGateway } from '../../eastwest/src/gateway.ts';
 import { Inbound } from '../../agent/src/inbound.ts';
@@ -44,7 +46,11 @@ const cleanups: Array<() => unknown> = [];
 let c1: CertificateAuthority;
 let gwPort = 0;
 const agentLines: string[] = [];
+const accessLog: Array<Record<string, unknown>> = [];
 const metrics = new AgentMetrics();
+const gwRegistry = new Registry();
+/** The agent's 15008 (sessions from its own network). */
+let agentHbonePort = 0;
 const delivered: string[] = [];
 let state: AgentState;
 
@@ -86,14 +92,12 @@ before(async () => {
       { ...workload('echo-a', 'demo', 'echo', OPEN_POD, 'node1', true), services: ['demo/echo', 'demo/guarded'] },
       { ...workload('echo-b', 'demo', 'echo', GUARDED_POD, 'node1', true), services: ['demo/guarded'] },
       workload('echo-c', 'demo', 'echo', LONE_POD, 'node1', true),
-      // The gateway's pod: where its connections to this agent come from (loopback here).
-      workload('weft-eastwest-0', 'weft-system', EASTWEST_SERVICE_ACCOUNT, '127.0.0.1', 'node9', false),
     ],
     services: [echoSvc, guarded], policies: [], peerAuthentications: [], waypoints: [waypoint],
   } as AgentConfig);
   const echoTls = await creds(c2, ECHO);
   const inbound = new Inbound({
-    node: 'node1', trustDomain: TD, state, metrics, accessLog: () => {},
+    node: 'node1', trustDomain: TD, state, metrics, accessLog: (e) => { accessLog.push(e); },
     log: jsonLogger('agent', 'info', (l) => agentLines.push(l)),
     delivery: {
       authorize: () => {},
@@ -103,8 +107,11 @@ before(async () => {
     serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: echoTls.key, cert: echoTls.cert, ca: echoTls.ca })) } as never,
     trustBundle: () => echoTls.ca,
   });
-  const agentPort = (await inbound.server.listen(0, '127.0.0.1')).port;
+  agentHbonePort = (await inbound.server.listen(0, '127.0.0.1')).port;
   cleanups.push(() => inbound.server.close(100));
+  // The gateway dials the agent's gateway port: no address of the gateway's is in the agent's config.
+  const agentPort = (await inbound.gatewayServer.listen(0, '127.0.0.1')).port;
+  cleanups.push(() => inbound.gatewayServer.close(100));
 
   // cluster2's controller export and its east-west gateway in front of that agent.
   const ctrlTls = await creds(c2, CTRL);
@@ -113,7 +120,7 @@ before(async () => {
   federation.merge(model);
   await federation.start();
   cleanups.push(() => federation.stop());
-  const gateway = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: silentLogger, registry: new Registry() });
+  const gateway = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort, pollMs: 60_000, log: silentLogger, registry: gwRegistry });
   gwPort = await gateway.listen(0, '127.0.0.1');
   cleanups.push(() => gateway.close());
 });
@@ -137,17 +144,20 @@ async function echoes(s: NodeJS.ReadWriteStream & { end(): void }): Promise<void
   s.end();
 }
 
-const deniedBehindWaypoint = async (): Promise<number> =>
-  (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'behind_waypoint').reduce((n, v) => n + v.value, 0);
+const denied = async (reason: string): Promise<number> =>
+  (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === reason).reduce((n, v) => n + v.value, 0);
+const deniedBehindWaypoint = (): Promise<number> => denied('behind_waypoint');
 
-test('a caller the gateway carries to one pod cannot name a pod behind a waypoint in its inner CONNECT: the agent refuses it (403), counts it behind_waypoint and names it; the waypoint\'s identity and the open pod are served', async () => {
+test('a caller the gateway carries to one pod cannot name a pod behind a waypoint in its inner CONNECT: the agent refuses it (403), counts it behind_waypoint once and names it; the waypoint\'s identity and the open pod are served', async () => {
   // The gateway admits the outer CONNECT: OPEN_POD is an endpoint of a Service without a waypoint.
   await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
-    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.5.*behind waypoint demo\/waypoint/.test(e.message));
+    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.5 is an endpoint of demo\/guarded, behind waypoint demo\/waypoint.* to its port 8080/.test(e.message));
   assert.deepEqual(delivered, [], 'nothing reached the pod behind the waypoint');
   assert.equal(await deniedBehindWaypoint(), 1);
+  // Counted once: not again as the server's generic refusal.
+  assert.equal(await denied('denied'), 0);
   const line = agentLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'HBONE refused' && /behind waypoint/.test(String(l['reason'])));
-  assert.ok(line && line['peer'] === CLIENT && line['authority'] === `${GUARDED_POD}:8080`, JSON.stringify(line));
+  assert.ok(line && line['peer'] === CLIENT && line['authority'] === `${GUARDED_POD}:8080` && line['label'] === 'behind_waypoint', JSON.stringify(line));
 
   // What the gateway would carry is served: the open pod to anyone, the guarded one to its waypoint
   // (another cluster's of the same namespace and name: namespace sameness).
@@ -157,29 +167,91 @@ test('a caller the gateway carries to one pod cannot name a pod behind a waypoin
   assert.equal(await deniedBehindWaypoint(), 1);
 });
 
-test('a session from any other address is judged as before: within a network a caller may name a pod directly, as in Istio (an ALLOW naming the waypoint\'s identity is what keeps it out)', async () => {
+test('a refusal on the gateway port is in the access log (and so /flows) as a policy\'s is: one connection record closed with response_flags DENY, naming the pod and why', async () => {
+  const before = accessLog.length;
+  await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) => e instanceof HboneRefusedError && e.status === 403);
+  // (The tunnels the test before served may close in this time: only refusals are looked at.)
+  const entries = accessLog.slice(before).filter((e) => e['bytes_sent'] === 0 && e['src.identity'] === CLIENT);
+  assert.equal(entries.length, 1, JSON.stringify(entries));
+  assert.equal(entries[0]!['response_flags'], FLAG_DENY);
+  assert.equal(entries[0]!['dst.addr'], `${GUARDED_POD}:8080`);
+  assert.equal(entries[0]!['src.identity'], CLIENT);
+  assert.match(String(entries[0]!['error']), /^denied: .*behind waypoint demo\/waypoint/);
+});
+
+test('the agent knows a session the gateway carries by the port it came to, not by its address: no address of the gateway\'s is in the agent\'s config (SNAT, a hostNetwork gateway, config lag), and its rules hold all the same', async () => {
+  // The gateway's connections come from 127.0.0.1, an address the config gives no one (and, below,
+  // the address of an enrolled pod of another node: what SNAT to a node address can look like).
+  assert.ok(!state.current.workloads.some((w) => w.serviceAccount === EASTWEST_SERVICE_ACCOUNT), 'the config names no pod of the gateway');
   const cfg = state.current;
-  // The gateway's pod moves away: loopback is now an in-cluster peer (another node's agent).
-  state.apply({ ...cfg, workloads: cfg.workloads.map((w) => (w.serviceAccount === EASTWEST_SERVICE_ACCOUNT ? { ...w, ip: '10.78.9.9' } : w)) });
+  state.apply({ ...cfg, workloads: [...cfg.workloads, workload('other', 'demo', 'client', '127.0.0.1', 'node2', true)] });
   try {
-    const before = delivered.length;
-    await echoes(await through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`));
-    assert.deepEqual(delivered.slice(before), [GUARDED_POD]);
-    assert.equal(await deniedBehindWaypoint(), 1);
+    const before = await deniedBehindWaypoint();
+    await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
+      e instanceof HboneRefusedError && e.status === 403 && /behind waypoint demo\/waypoint/.test(e.message));
+    assert.equal(await deniedBehindWaypoint(), before + 1);
   } finally {
     state.apply(cfg);
   }
 });
 
+test('a session on 15008 is judged as before: within a network a caller may name a pod directly, as in Istio (an ALLOW naming the waypoint\'s identity is what keeps it out)', async () => {
+  const before = delivered.length;
+  const refused = await deniedBehindWaypoint();
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(0));
+  const s = await pool.connect({
+    sourceKey: CLIENT, tls: { ...(await creds(c1, CLIENT)), servername: serverNameForIdentity(ECHO)! }, dest: { host: '127.0.0.1', port: agentHbonePort },
+    target: `${GUARDED_POD}:8080`, expectPeer: ECHO, timeoutMs: 5_000,
+  });
+  await echoes(s);
+  assert.deepEqual(delivered.slice(before), [GUARDED_POD]);
+  assert.equal(await deniedBehindWaypoint(), refused);
+});
+
 // The gateway carries callers only to endpoints of the Services its cluster exports ("neither an
 // endpoint nor a waypoint of this cluster", unknown-endpoint); Istio's east-west gateway routes to
 // Services, so a pod no exported Service lists is not reachable from another network.
-test('a caller the gateway carries to one pod cannot name a pod no exported Service lists in its inner CONNECT: refused (403), counted not_exported and named', async () => {
+test('a caller the gateway carries to one pod cannot name a pod no exported Service lists in its inner CONNECT: refused (403), counted not_exported once and named', async () => {
   const before = delivered.length;
   await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${LONE_POD}:8080`), (e: Error) =>
-    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.7 is not an endpoint of a Service this cluster exports/.test(e.message));
+    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.7:8080 is not an endpoint of a Service this cluster exports/.test(e.message));
   assert.equal(delivered.length, before, 'nothing delivered');
-  const counted = (await metrics.denied.get()).values.find((v) => v.labels['reason'] === 'not_exported');
-  assert.equal(counted?.value, 1);
+  assert.equal(await denied('not_exported'), 1);
+  assert.equal(await denied('denied'), 0);
   assert.ok(agentLines.some((l) => l.includes('"HBONE refused"') && l.includes(`${LONE_POD}:8080`) && l.includes(CLIENT)));
+});
+
+// Istio's east-west gateway routes to a Service's ports (its listeners are the Services' hosts and
+// ports, https://istio.io/latest/docs/ambient/install/multicluster/): a port of an exported pod that
+// no Service sends to is not reachable from another network, at the gateway or inside its session.
+test('a caller of another network reaches only the ports the exported Services send to: the gateway refuses an outer CONNECT to another port of an exported pod (403 not-service-port), the agent an inner one (403 not_exported), each counted once and named', async () => {
+  const before = delivered.length;
+  await assert.rejects(through(CLIENT, `${OPEN_POD}:9999`, `${OPEN_POD}:8080`), (e: Error) =>
+    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.1:9999: no Service of this cluster sends to port 9999/.test(e.message));
+  assert.match(await gwRegistry.metrics(), /^weft_eastwest_refused_total\{reason="not-service-port"\} 1$/m);
+  const exportedBefore = await denied('not_exported');
+  await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${OPEN_POD}:9999`), (e: Error) =>
+    e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.1:9999 is not an endpoint of a Service this cluster exports at that port/.test(e.message));
+  assert.equal(delivered.length, before, 'nothing delivered');
+  assert.equal(await denied('not_exported'), exportedBefore + 1);
+  assert.equal(await denied('denied'), 0);
+  assert.ok(agentLines.some((l) => l.includes('"HBONE refused"') && l.includes(`${OPEN_POD}:9999`) && l.includes(CLIENT)));
+});
+
+// The gateway judges by its cluster's export, which leaves cluster-local Services out (kube-system,
+// Istio's default clusterLocal hosts): the agent judges by the same list, so a cluster-local
+// Service without a waypoint listing a pod opens it at neither.
+test('a pod behind a waypoint that a cluster-local Service (kube-system) also lists without one stays guarded at the agent, as at the gateway: refused (403) behind_waypoint', async () => {
+  const cfg = state.current;
+  const local: Service = { ...echoSvc, name: 'metrics', namespace: 'kube-system', hostname: 'metrics.kube-system.svc.cluster.local', vips: ['10.96.0.12'], endpoints: [ep(GUARDED_POD)] };
+  state.apply({ ...cfg, services: [...cfg.services, local] });
+  try {
+    const before = await deniedBehindWaypoint();
+    await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
+      e instanceof HboneRefusedError && e.status === 403 && /behind waypoint demo\/waypoint/.test(e.message));
+    assert.equal(await deniedBehindWaypoint(), before + 1);
+  } finally {
+    state.apply(cfg);
+  }
 });

@@ -181,9 +181,9 @@ test('the agent runs on every node in the host network and PID namespace with it
   assert.ok(agent.resources?.requests && agent.resources.limits);
 });
 
-test('the agent serves 15001, 15008, 15020, 15021 and keeps admin 15000 off the pod ports', () => {
+test('the agent serves 15001, 15008, 15009, 15020, 15021 and keeps admin 15000 off the pod ports', () => {
   const { agent } = agentDaemonSet();
-  assert.deepEqual(agent.ports?.map((p) => p.containerPort), [15001, 15008, 15020, 15021]);
+  assert.deepEqual(agent.ports?.map((p) => p.containerPort), [15001, 15008, 15009, 15020, 15021]);
   assert.ok(!agent.ports?.some((p) => p.containerPort === 15000));
 });
 

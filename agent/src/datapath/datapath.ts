@@ -49,7 +49,7 @@ import { PORTS } from '../../../lib/defaults.ts';
 /** Folder under the bpffs mount that holds Weft's pins unless DatapathOptions.pinRoot says otherwise. */
 export const DEFAULT_PIN_DIR = 'weft';
 /** Ports the mesh itself listens on; connections to them are never captured. */
-export const MESH_PORTS = [PORTS.outbound, PORTS.hbone, PORTS.metrics, PORTS.readiness] as const;
+export const MESH_PORTS = [PORTS.outbound, PORTS.hbone, PORTS.hboneGateway, PORTS.metrics, PORTS.readiness] as const;
 export const DEFAULT_AGENT_PORT = PORTS.outbound;
 
 export const REDIRECT_OBJECT = 'redirect.bpf.o';

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { DEFAULT_ROOT_NAMESPACE, type MeshModel } from '../../../lib/model/mesh.ts';
+import type { MeshModel } from '../../../lib/model/mesh.ts';
 import {
   CLIENT_TYPES,
   LEGACY_CLIENT_TYPES,
@@ -103,8 +103,6 @@ export interface ConfigServerOptions {
   authorize?: StreamAuthorizer;
   /** Registers weft_xds_* metrics when given. */
   registry?: Registry;
-  /** The mesh's root namespace (where the east-west gateway runs: views.ts). Default DEFAULT_ROOT_NAMESPACE. */
-  rootNamespace?: string;
 }
 
 interface Pending {
@@ -211,7 +209,6 @@ export class ConfigServer {
   #pumpScheduled = false;
   #unackedBytes = 0;
   readonly #maxUnackedBytes: number;
-  readonly #rootNamespace: string;
   readonly #ackListeners = new Set<(c: ConfigStreamClientInfo) => void>();
   readonly #refusalLog: LogBudget;
   readonly #metrics?: { pushes: Counter; nacks: Counter; refused: Counter; held: Counter; clients: Gauge; resources: Gauge; publishSeconds: Histogram };
@@ -220,7 +217,6 @@ export class ConfigServer {
     this.#log = options.logger ?? silentLogger;
     this.#authorize = options.authorize;
     this.#maxUnackedBytes = options.maxUnackedBytes ?? DEFAULT_MAX_UNACKED_BYTES;
-    this.#rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.#log.warn('config stream refusals not logged (rate limit); weft_xds_streams_refused_total counts them', { count }));
     if (options.registry) {
       const registers = [options.registry];
@@ -313,7 +309,7 @@ export class ConfigServer {
     }
     // Waypoint namespaces that gained or lost a Service of another namespace (use-waypoint-namespace on it or its pods).
     const rebound = reboundWaypointNamespaces(this.#index?.model.services, model.services, changes.get('Service') ?? [], this.#index?.model.workloads, model.workloads, changes.get('Workload') ?? []);
-    this.#index = buildIndex(model, this.#owners.table, this.#rootNamespace);
+    this.#index = buildIndex(model, this.#owners.table);
     this.#published = published;
     if (changes.size > 0 || this.#systemVersion === 0) {
       this.#systemVersion += 1;

@@ -9,8 +9,7 @@
 // workload may call it, so every address), not the workloads themselves.
 import { foreignWaypointNamespace, policySelectsWorkload, waypointTargets, type AuthorizationPolicy, type MeshModel, type RequestAuthentication, type Service, type Workload } from '../../../lib/model/mesh.ts';
 import type { ResourceType } from '../../../lib/xds/protocol.ts';
-import { DEFAULT_ROOT_NAMESPACE, type AddressOwner } from '../../../lib/model/mesh.ts';
-import { EASTWEST_SERVICE_ACCOUNT } from '../../../lib/model/federation.ts';
+import type { AddressOwner } from '../../../lib/model/mesh.ts';
 import { routeKey } from '../compile.ts';
 
 /** A published resource: its version, its JSON body and the object it came from. */
@@ -33,10 +32,6 @@ export interface ViewIndex {
   plainByNode: Map<string, Workload[]>;
   /** Every enrolled workload's uid. */
   enrolled: string[];
-  /** The uids of the east-west gateway's pods that are not enrolled (isNetworkGatewayPod): every agent sees them. */
-  gateways: string[];
-  /** The mesh's root namespace, where the east-west gateway runs. */
-  rootNamespace: string;
   /** The address-owner table (address-owners.ts), published beside the model. */
   addressOwners: ReadonlyMap<string, AddressOwner>;
   /** Per namespace, the Services its routes send to (built when a waypoint first asks). */
@@ -45,35 +40,25 @@ export interface ViewIndex {
   foreignServed?: Map<string, Set<string>>;
 }
 
-/**
- * A pod of this cluster's east-west gateway (its ServiceAccount in the root namespace): every agent
- * knows its address, the TCP peer of the sessions it carries from other networks.
- */
-export function isNetworkGatewayPod(w: Pick<Workload, 'namespace' | 'serviceAccount'>, rootNamespace: string): boolean {
-  return w.namespace === rootNamespace && w.serviceAccount === EASTWEST_SERVICE_ACCOUNT;
-}
-
-export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, AddressOwner> = new Map(), rootNamespace = DEFAULT_ROOT_NAMESPACE): ViewIndex {
+export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, AddressOwner> = new Map()): ViewIndex {
   const workloadsByNode = new Map<string, Workload[]>();
   const plainByNode = new Map<string, Workload[]>();
   const enrolled: string[] = [];
-  const gateways: string[] = [];
   for (const w of model.workloads.values()) {
     if (w.enrolled) enrolled.push(w.uid);
-    else if (isNetworkGatewayPod(w, rootNamespace)) gateways.push(w.uid);
     const byNode = w.enrolled ? workloadsByNode : plainByNode;
     let list = byNode.get(w.node);
     if (!list) byNode.set(w.node, (list = []));
     list.push(w);
   }
-  return { model, workloadsByNode, plainByNode, enrolled, gateways, rootNamespace, addressOwners };
+  return { model, workloadsByNode, plainByNode, enrolled, addressOwners };
 }
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
 export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iterable<string> | undefined {
   switch (type) {
     case 'Workload':
-      return [...ix.enrolled, ...(ix.plainByNode.get(node) ?? []).map((w) => w.uid), ...ix.gateways.filter((uid) => ix.model.workloads.get(uid)?.node !== node)];
+      return [...ix.enrolled, ...(ix.plainByNode.get(node) ?? []).map((w) => w.uid)];
     case 'Service':
     case 'Waypoint':
       return undefined;
@@ -102,7 +87,7 @@ export function agentHolds(ix: ViewIndex, node: string, type: ResourceType, name
   switch (type) {
     case 'Workload': {
       const w = m.workloads.get(name);
-      return w !== undefined && (w.enrolled || w.node === node || isNetworkGatewayPod(w, ix.rootNamespace));
+      return w !== undefined && (w.enrolled || w.node === node);
     }
     case 'Service':
       return m.services.has(name);
