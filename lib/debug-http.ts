@@ -48,6 +48,8 @@ export interface DebugGrantAccess extends DebugRefusals {
   audience: string;
   /** The keys a grant must be signed with: the CA that issued this waypoint's certificate (debugGrantSigners), read at each request (it rotates). */
   signers: () => readonly KeyObject[];
+  /** The clock grants are judged by (epoch ms): whether one opens a request, and how long until it lapses. Default Date.now (tests set it). */
+  now?: () => number;
 }
 
 export type DebugAccess = DebugTokenAccess | DebugGrantAccess;
@@ -126,7 +128,7 @@ export function admitDebugRequest(access: DebugAccess, req: http.IncomingMessage
   } else {
     const got = req.headers[DEBUG_GRANT_HEADER];
     try {
-      return { grant: verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers()) };
+      return { grant: verifyDebugGrant(typeof got === 'string' ? got : undefined, access.audience, access.signers(), (access.now ?? Date.now)()) };
     } catch (e) {
       // Any other error (a key or input node:crypto chokes on) is a grant that opens nothing, refused
       // as malformed: thrown out of the request handler, it would end the process.
@@ -162,7 +164,7 @@ function endAtExpiry(access: DebugAccess, grant: { expires: Date; until: number 
     access.refused(req, 'expired', detail);
     lapse.abort(new DebugGrantError('expired', detail));
     if (!res.writableEnded) res.end();
-  }, Math.max(0, grant.until - Date.now()));
+  }, Math.max(0, grant.until - ('now' in access && access.now ? access.now() : Date.now())));
   timer.unref();
   res.on('close', () => clearTimeout(timer));
 }

@@ -53,6 +53,8 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
   let wp: RunningWaypoint;
   const logs: LogLine[] = [];
   let workloadKey: KeyObject;
+  /** When set, the time (epoch ms) the waypoint judges grants at; the real time otherwise. */
+  let frozen: number | undefined;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'weft-wp-grant-'));
@@ -69,12 +71,12 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
     await writeFile(join(dir, 'ca.crt'), ca.trustBundle().join(''));
     // A workload of the mesh: its certificate chains to the same root, its key is its own.
     workloadKey = (await issue(`spiffe://${TD}/ns/shop/sa/tester`)).key;
-    wp = await runWaypoint(parseFlags([
+    wp = await runWaypoint({ ...parseFlags([
       // No controller answers here: the metrics port serves regardless of the config stream.
       '--namespace', 'shop', '--name', 'waypoint', '--controller', '127.0.0.1:9', '--insecure-xds', '--id', 'waypoint-0',
       '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0', '--access-log', 'off',
       '--cert-file', join(dir, 'tls.crt'), '--key-file', join(dir, 'tls.key'), '--ca-file', join(dir, 'ca.crt'), '--debug-endpoints',
-    ], {}), captureLogger(logs));
+    ], {}), debugClock: () => frozen ?? Date.now() }, captureLogger(logs));
   });
 
   after(async () => {
@@ -170,9 +172,13 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
   // RFC 7519 4.1.4: "the JWT MUST NOT be accepted for processing" on or after exp. A stream opened
   // with a grant is not a way to keep reading past it (nor is a new one: that is refused expired).
   it('ends a /flows stream when the grant that opened it expires, with a last line saying why, counted and logged as an expired grant', async () => {
-    // A grant that lapses in 2 to 3 s: its exp is 57 s past, within the minute of skew a grant is allowed.
-    const grant = craft(createPrivateKey(ca.exportPem().keyPem), { alg: 'ES256', typ: DEBUG_GRANT_TYPE }, { aud: AUDIENCE, iat: now() - 120, exp: now() - 57 });
+    // A grant past its exp, within the minute of skew a grant is allowed (it lapses at exp + 60 s);
+    // the waypoint judges it a second before it lapses, however long the request takes to arrive
+    // (a loaded machine), so the stream opens and ends a second later.
+    const exp = now() - 30;
+    const grant = craft(createPrivateKey(ca.exportPem().keyPem), { alg: 'ES256', typ: DEBUG_GRANT_TYPE }, { aud: AUDIENCE, iat: now() - 120, exp });
     const before = await refused('expired');
+    frozen = exp * 1000 + 59_000;
     const lines: string[] = [];
     let ended = false;
     const req = get({ host: '127.0.0.1', port: wp.metrics.port, path: '/debug/flows', agent: false, headers: { [DEBUG_GRANT_HEADER]: grant } });
@@ -192,6 +198,7 @@ describe('a waypoint\'s debug paths want a grant for it, signed by the CA of its
       await until('the stream ends once the grant has expired', () => ended, 15_000);
     } finally {
       req.destroy();
+      frozen = undefined;
     }
     const last = JSON.parse(lines.at(-1)!) as { type: string; reason: string };
     assert.equal(last.type, 'closed');

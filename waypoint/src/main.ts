@@ -108,6 +108,8 @@ export interface WaypointMainOptions {
   accessLog: boolean;
   /** Serve the read-only admin paths also as /debug/<path> on the metrics port. Default false. */
   debugEndpoints?: boolean;
+  /** The clock debug grants are judged by (DebugGrantAccess.now; tests). Default Date.now. */
+  debugClock?: () => number;
   /** --header-timeout, in ms. */
   headerTimeoutMs: number;
   /** --idle-timeout, in ms. */
@@ -410,6 +412,7 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
     access: {
       audience: debugGrantAudience(o.namespace, o.name, o.id),
       signers: debugGrantSigners(() => id.current()),
+      ...(o.debugClock ? { now: o.debugClock } : {}),
       refused: (req, why, detail) => status.refused('metrics', `debug-grant-${why}`, req.socket.remoteAddress, `${req.url ?? ''}: ${detail}`),
     },
   } : undefined);
