@@ -164,7 +164,7 @@ describe('eBPF L4 datapath', () => {
     } finally {
       dp.setExcludedPorts([]);
     }
-    assert.deepEqual(dp.excludedPorts(), [15001, 15008, 15020, 15021]);
+    assert.deepEqual(dp.excludedPorts(), [15001, 15008, 15009, 15020, 15021]);
     assert.equal(accepted.length, 0, 'nothing reached the agent');
 
     // And once the excluded port is released, the same connection is captured.

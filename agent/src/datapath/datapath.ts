@@ -670,7 +670,7 @@ export class Datapath {
   }
 
   /**
-   * Destination ports outbound capture leaves alone: the mesh's own (15001/15008/15020/15021) plus
+   * Destination ports outbound capture leaves alone: the mesh's own (15001/15008/15009/15020/15021) plus
    * `ports`. Outbound only: an excluded port is still judged inbound (setInboundExcludedPorts).
    */
   setExcludedPorts(ports: number[]): void {
