@@ -10,12 +10,12 @@ import { after, before, describe, it } from 'node:test';
 import { compile, emptyInputs, type MeshInputs } from '../../controller/src/compile.ts';
 import { ConfigServer, addConfigStreamService } from '../../controller/src/xds/server.ts';
 import { StaticTokenAuthenticator, addCertificateService, createControllerCredentials } from '../../controller/src/ca/index.ts';
-import { HbonePool } from '../../lib/hbone/index.ts';
+import { HbonePool, HboneSessionError } from '../../lib/hbone/index.ts';
 import { CertificateAuthority, createCsr, generateKeyPair, privateKeyToPem, tlsMaterial, type TlsCredentials } from '../../lib/identity/index.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { DEBUG_GRANT_HEADER, debugGrantAudience } from '../../lib/identity/debug-grant.ts';
 import http2 from 'node:http2';
-import { captureLogger, type LogLine } from './controller-harness.ts';
+import { captureLogger, until, type LogLine } from './controller-harness.ts';
 import type { HTTPRoute } from '../../lib/model/objects.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
 import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
@@ -47,6 +47,7 @@ describe('waypoint main', () => {
   let wp: RunningWaypoint;
   let pool: HbonePool;
   let testerCreds: TlsCredentials;
+  let ca: CertificateAuthority;
   const logs: LogLine[] = [];
 
   function inputs(withRoute: boolean): MeshInputs {
@@ -75,7 +76,7 @@ describe('waypoint main', () => {
     dir = await mkdtemp(join(tmpdir(), 'weft-waypoint-main-'));
     v1 = await startHttpBackend(echo('v1'));
     v2 = await startHttpBackend(echo('v2'));
-    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
     const wpCreds = await creds(ca, WAYPOINT);
     testerCreds = await creds(ca, TESTER);
     await writeFile(join(dir, 'tls.crt'), wpCreds.certChain.join(''));
@@ -165,6 +166,55 @@ describe('waypoint main', () => {
     }
     assert.equal(routes, 0);
     assert.equal(JSON.parse((await get(await tunnel(), { headers: { 'x-user': 'tester' } })).body).backend, 'v1');
+  });
+
+  // Multi-cluster with a trust domain per cluster (cli/local/multicluster.ts per-cluster): a caller
+  // of another cluster reaches this waypoint through the east-west gateway with its own
+  // certificate (the inner session is its own), of its cluster's trust domain. Agents and the
+  // gateway admit those named by --trust-domain-alias; so must the waypoint, as Istio's proxies
+  // take meshConfig.trustDomainAliases (https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/,
+  // trustDomainAliases); a trust domain neither its own nor an alias is still another mesh.
+  it('admits workload identities of a --trust-domain-alias on HBONE and still refuses another trust domain, counted peer-trust-domain and logged', async () => {
+    // Clusters share the root, each signing with its own intermediate in its own trust domain.
+    const clusterCa = async (td: string, name: string): Promise<CertificateAuthority> => {
+      const i = await ca.issueIntermediate(name);
+      return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: td });
+    };
+    const ALIASED = 'spiffe://cluster2.local/ns/shop/sa/tester';
+    const FOREIGN = 'spiffe://cluster3.local/ns/shop/sa/tester';
+    const aliased = await creds(await clusterCa('cluster2.local', 'cluster2'), ALIASED);
+    const foreign = await creds(await clusterCa('cluster3.local', 'cluster3'), FOREIGN);
+    const aliasLogs: LogLine[] = [];
+    const aliasPool = new HbonePool({ connectTimeoutMs: 3_000 });
+    let aliasWp: RunningWaypoint | undefined;
+    try {
+      // Without the alias (the waypoint above) the caller of cluster2.local is another mesh.
+      await assert.rejects(aliasPool.connect({ sourceKey: ALIASED, tls: tlsMaterial(aliased), dest: { host: '127.0.0.1', port: wp.hbone.port }, target: '10.96.0.10:80', expectPeer: WAYPOINT }),
+        (err: unknown) => err instanceof HboneSessionError && /trust domain cluster2\.local/.test(err.message));
+      aliasWp = await runWaypoint(parseFlags([
+        '--namespace', 'shop', '--name', 'waypoint', '--controller', `127.0.0.1:${controllerPort}`, '--insecure-xds', '--id', 'waypoint-1',
+        '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--ready', '127.0.0.1:0', '--access-log', 'off',
+        '--cert-file', join(dir, 'tls.crt'), '--key-file', join(dir, 'tls.key'), '--ca-file', join(dir, 'ca.crt'),
+        '--trust-domain', TD, '--trust-domain-alias', 'cluster2.local',
+      ], {}), captureLogger(aliasLogs));
+      const port = aliasWp.hbone.port;
+      const readyPort = aliasWp.ready.port;
+      await until('the aliased waypoint has its config', async () => (await fetchText(readyPort, '/healthz/ready')).status === 200);
+      const t = await aliasPool.connect({ sourceKey: ALIASED, tls: tlsMaterial(aliased), dest: { host: '127.0.0.1', port }, target: '10.96.0.10:80', expectPeer: WAYPOINT });
+      assert.equal(JSON.parse((await get(t)).body).backend, 'v1');
+      await assert.rejects(aliasPool.connect({ sourceKey: FOREIGN, tls: tlsMaterial(foreign), dest: { host: '127.0.0.1', port }, target: '10.96.0.10:80', expectPeer: WAYPOINT }),
+        (err: unknown) => err instanceof HboneSessionError && /trust domain cluster3\.local/.test(err.message));
+      const metrics = (await fetchText(aliasWp.metrics.port, '/metrics')).body;
+      assert.match(metrics, /weft_waypoint_hbone_refused_total\{kind="peer-trust-domain"\} 1\n/);
+      assert.match(metrics, /istio_requests_total\{[^}]*source_principal="spiffe:\/\/cluster2\.local\/ns\/shop\/sa\/tester"[^}]*\} 1/);
+      const refusal = aliasLogs.find((l) => l.msg === 'HBONE refusal');
+      assert.equal(refusal?.fields['kind'], 'peer-trust-domain');
+      assert.equal(refusal?.fields['peer'], FOREIGN);
+      assert.match(String(refusal?.fields['reason']), /this port admits cluster\.local, cluster2\.local/);
+    } finally {
+      await aliasPool.close(100);
+      await aliasWp?.close();
+    }
   });
 });
 
@@ -256,6 +306,14 @@ describe('waypoint flags', () => {
     assert.equal(o.pathNormalization, 'MERGE_SLASHES');
     assert.equal(o.escapedSlashes, 'REJECT_REQUEST');
     assert.throws(() => parseFlags([...base, '--path-normalization', 'merge'], {}), /--path-normalization: "merge" is not one of NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES/);
+  });
+
+  it('reads --trust-domain-alias (repeatable, default none) and refuses an invalid trust domain naming the flag', () => {
+    const base = ['--namespace', 'a', '--name', 'b', '--controller', 'c:1'];
+    assert.deepEqual(parseFlags(base, {}).trustDomainAliases, []);
+    assert.deepEqual(parseFlags([...base, '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'cluster3.local'], {}).trustDomainAliases, ['cluster2.local', 'cluster3.local']);
+    assert.throws(() => parseFlags([...base, '--trust-domain-alias', 'Cluster2/x'], {}), (e: unknown) => e instanceof FlagError && /^--trust-domain-alias: trust domain "Cluster2\/x" is invalid/.test(e.message));
+    assert.throws(() => parseFlags([...base, '--trust-domain', ''], {}), (e: unknown) => e instanceof FlagError && /^--trust-domain: trust domain "" is invalid/.test(e.message));
   });
 
   it('parses quota flags', () => {

@@ -18,7 +18,7 @@ import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { debugGrantAudience, debugGrantSigners } from '../../lib/identity/debug-grant.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
-import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
+import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial, validateTrustDomain } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
@@ -46,6 +46,9 @@ export const USAGE = `usage: waypoint/src/main.ts --namespace <ns> --name <name>
   --metrics <host:port>        Prometheus /metrics (default 0.0.0.0:15020)
   --ready <host:port>          /healthz/ready (default 0.0.0.0:15021)
   --trust-domain <td>          (default cluster.local)
+  --trust-domain-alias <td>    also admit workload identities of this trust domain on HBONE, as the
+                               agents and the east-west gateway do (repeatable; multi-cluster with a
+                               trust domain per cluster: the controller passes its own)
   --spiffe-id <id>             own identity (env WEFT_SPIFFE_ID; default spiffe://<td>/ns/<ns>/sa/<name>)
   --id <instance>              instance name on the config stream (env POD_NAME; default host name)
   --cert-file <f> --key-file <f> --ca-file <f>   static identity material (PEM)
@@ -92,6 +95,8 @@ export interface WaypointMainOptions {
   metrics: HostPort;
   ready: HostPort;
   trustDomain: string;
+  /** --trust-domain-alias: more trust domains whose workload identities HBONE admits. Default none. */
+  trustDomainAliases: string[];
   spiffeId: string;
   id: string;
   certFile?: string;
@@ -184,7 +189,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
       options: {
         namespace: { type: 'string' }, name: { type: 'string' }, controller: { type: 'string' },
         listen: { type: 'string' }, admin: { type: 'string' }, metrics: { type: 'string' }, ready: { type: 'string' },
-        'trust-domain': { type: 'string' }, 'spiffe-id': { type: 'string' }, id: { type: 'string' },
+        'trust-domain': { type: 'string' }, 'trust-domain-alias': { type: 'string', multiple: true }, 'spiffe-id': { type: 'string' }, id: { type: 'string' },
         'cert-file': { type: 'string' }, 'key-file': { type: 'string' }, 'ca-file': { type: 'string' },
         'token-file': { type: 'string' }, 'ca-bundle': { type: 'string' }, 'controller-identity': { type: 'string' },
         'insecure-xds': { type: 'boolean' }, quota: { type: 'string', multiple: true }, 'quota-redis': { type: 'string' },
@@ -203,6 +208,10 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const name = s('name');
   if (!namespace || !name) throw new FlagError(`--namespace and --name are required\n${USAGE}`);
   const trustDomain = s('trust-domain') ?? DEFAULT_TRUST_DOMAIN;
+  const trustDomainAliases = (values['trust-domain-alias'] as string[] | undefined) ?? [];
+  for (const [flag, td] of [['trust-domain', trustDomain] as const, ...trustDomainAliases.map((td) => ['trust-domain-alias', td] as const)]) {
+    try { validateTrustDomain(td); } catch (err) { throw new FlagError(`--${flag}: ${(err as Error).message}`); }
+  }
   const o: WaypointMainOptions = {
     namespace, name,
     listen: hostPort('listen', s('listen') ?? `0.0.0.0:${HBONE_PORT}`),
@@ -210,6 +219,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     metrics: hostPort('metrics', s('metrics') ?? '0.0.0.0:15020'),
     ready: hostPort('ready', s('ready') ?? '0.0.0.0:15021'),
     trustDomain,
+    trustDomainAliases,
     spiffeId: s('spiffe-id') ?? env['WEFT_SPIFFE_ID'] ?? spiffeIdOf(trustDomain, namespace, name),
     id: s('id') ?? env['POD_NAME'] ?? hostname(),
     tokenFile: s('token-file') ?? '/var/run/secrets/kubernetes.io/serviceaccount/token',
@@ -331,8 +341,9 @@ export async function runWaypoint(o: WaypointMainOptions, log: Logger = jsonLogg
   const hbone = new HboneServer({
     tls: tlsMaterial(id.current()),
     handler: tunnelHandler(engine, (f) => log.warn('forwarded for= not honoured: the caller may not speak for that address', f)),
-    // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate never).
-    trustDomains: [o.trustDomain],
+    // Workload identities of this mesh only (agents carry workloads' tunnels; a node certificate
+    // never): its trust domain and its aliases, as the agents' 15008 (agent/src/inbound.ts).
+    trustDomains: [o.trustDomain, ...o.trustDomainAliases],
     // The authority and the reason quoting it are the caller's to choose (HPACK repeats a long one
     // for a byte): counted each, logged cut and at most REFUSAL_LOG_PER_SECOND lines a second.
     onRefusal: (r) => {
