@@ -16,6 +16,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import { validateTrustDomain } from '../../lib/identity/spiffe.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
 import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { PORTS, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
@@ -236,6 +237,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
   const waypoints = kube
     ? new kube.KubeWaypointDriver({
       kubeConfig: kubeConfig!, image: o.waypointImage ?? 'ghcr.io/weft-mesh/waypoint:latest', trustDomain, logger: log, registry, controllerNamespace: namespace,
+      ...(o.trustDomainAliases?.length ? { trustDomainAliases: o.trustDomainAliases } : {}),
       ...(o.debugEndpoints ? { debugEndpoints: true } : {}),
       controllerAddress: o.controllerAddress ?? controllerAddress(namespace),
       ...(trustBundle ? { trustBundle } : {}),
@@ -697,6 +699,13 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   set('readyPort', port('ready-port', values['ready-port']));
   set('adminPort', port('admin-port', values['admin-port']));
   if (values['debug-endpoints']) o.debugEndpoints = true;
+  // The aliases go on to every waypoint's command line (waypoints-kube.ts): an invalid one is
+  // refused here, naming the flag, not by each waypoint as it starts.
+  for (const flag of ['trust-domain', 'trust-domain-alias'] as const) {
+    for (const td of [values[flag] ?? []].flat()) {
+      try { validateTrustDomain(td); } catch (err) { throw new UsageError(`--${flag}: ${(err as Error).message}`); }
+    }
+  }
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
   set('clusterId', values['cluster-id']);

@@ -38,6 +38,11 @@ export interface KubeWaypointDriverOptions {
   /** Address waypoints dial for config and certificates; default `weft-controller.<controllerNamespace>.svc:15012`. */
   controllerAddress?: string;
   trustDomain?: string;
+  /**
+   * The controller's --trust-domain-alias: each waypoint gets them (`--trust-domain-alias`) and
+   * admits their workload identities on HBONE, as the agents do. Default none.
+   */
+  trustDomainAliases?: readonly string[];
   /** Waypoints also serve their read-only admin paths on the metrics port (the controller's --debug-endpoints). */
   debugEndpoints?: boolean;
   /** Publishes the trust-bundle ConfigMap a waypoint mounts, in its namespace, before its Deployment. */
@@ -82,7 +87,7 @@ export class WaypointNameConflictError extends Error {
  * The waypoint container's arguments: the image's entrypoint takes the part name first (the
  * Dockerfile's `weft waypoint ...`), then waypoint/src/main.ts flags.
  */
-export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): string[] {
+export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; trustDomainAliases?: readonly string[]; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): string[] {
   return [
     'waypoint',
     '--namespace', spec.namespace,
@@ -90,6 +95,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     '--controller', o.controllerAddress,
     '--controller-identity', controllerSpiffeId(o.trustDomain, o.controllerNamespace),
     '--trust-domain', o.trustDomain,
+    ...(o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
     '--spiffe-id', spec.spiffeId,
     '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
     '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,
@@ -102,7 +108,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
  * The pod of a waypoint's Deployment: the Waypoint's own ServiceAccount with no API token (its
  * projected controller-audience token proves it), unprivileged, read-only root.
  */
-export function waypointPodSpec(spec: WaypointLaunchSpec, o: { image: string; trustDomain: string; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): V1PodSpec {
+export function waypointPodSpec(spec: WaypointLaunchSpec, o: { image: string; trustDomain: string; trustDomainAliases?: readonly string[]; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): V1PodSpec {
   return {
     serviceAccountName: spec.serviceAccount,
     // The image's user by number: a kubelet cannot verify runAsNonRoot against its USER name (`node`)
@@ -303,7 +309,7 @@ export class KubeWaypointDriver extends BaseDriver {
             labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' },
             annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.metrics), 'prometheus.io/path': '/metrics' },
           },
-          spec: waypointPodSpec(spec, { image: this.#o.image, trustDomain, controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
+          spec: waypointPodSpec(spec, { image: this.#o.image, trustDomain, ...(this.#o.trustDomainAliases ? { trustDomainAliases: this.#o.trustDomainAliases } : {}), controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
         },
       },
     };

@@ -27,6 +27,14 @@ test('parses the controller flags and refuses a source that is not exactly one o
   assert.throws(() => parseControllerArgs(['--kube', '--grpc-port', '70000']), /--grpc-port: "70000" is not a port number/);
 });
 
+// The aliases go on to every waypoint's command line (waypoints-kube.ts waypointContainerArgs),
+// where an invalid one would stop each waypoint from starting: refused here, at the controller's own flag.
+test('refuses an invalid --trust-domain or --trust-domain-alias naming the flag', () => {
+  assert.deepEqual(parseControllerArgs(['--kube', '--trust-domain', 'cluster1.local', '--trust-domain-alias', 'cluster2.local']), { kube: true, trustDomain: 'cluster1.local', trustDomainAliases: ['cluster2.local'] });
+  assert.throws(() => parseControllerArgs(['--kube', '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'Cluster3 local']), (e: unknown) => e instanceof UsageError && /^--trust-domain-alias: trust domain "Cluster3 local" is invalid/.test(e.message));
+  assert.throws(() => parseControllerArgs(['--kube', '--trust-domain', 'a/b']), (e: unknown) => e instanceof UsageError && /^--trust-domain: trust domain "a\/b" is invalid/.test(e.message));
+});
+
 test('the controller serves config, /healthz/ready and /metrics on its ports', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'weft-main-'));
   writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'web')].map((o) => stringify(o)).join('---\n'));

@@ -453,3 +453,26 @@ test('a reconcile reads from the API server only what its informers do not hold 
     await api.stop();
   }
 });
+
+// Multi-cluster with a trust domain per cluster: the controller runs with the other clusters' as
+// --trust-domain-alias, and its waypoints must admit their callers too (waypoint/src/main.ts), as
+// Istio's proxies all take the mesh's trustDomainAliases
+// (https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/, trustDomainAliases).
+test('the waypoint Deployment carries the controller\'s trust domain and each of its --trust-domain-alias', async () => {
+  const api = new FakeApiServer();
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const driver = new KubeWaypointDriver({ kubeConfig, image: 'weft/waypoint:test', controllerAddress: 'ctl:15012', trustDomain: 'cluster1.local', trustDomainAliases: ['cluster2.local', 'cluster3.local'] });
+  try {
+    api.apply(ns('shop'));
+    await driver.reconcile([waypoint('shop', 'wp')]);
+    const args = (api.get('Deployment', 'shop', 'wp')?.spec as { template: { spec: { containers: Array<{ args: string[] }> } } } | undefined)?.template.spec.containers[0]!.args ?? [];
+    const flag = (name: string) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []));
+    assert.deepEqual(flag('--trust-domain'), ['cluster1.local']);
+    assert.deepEqual(flag('--trust-domain-alias'), ['cluster2.local', 'cluster3.local']);
+    assert.deepEqual(flag('--spiffe-id'), ['spiffe://cluster1.local/ns/shop/sa/wp']);
+  } finally {
+    await driver.stop();
+    await api.stop();
+  }
+});
