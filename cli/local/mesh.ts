@@ -107,10 +107,12 @@ export interface WaypointOptions {
 }
 
 /** The argv (script first) of a local waypoint pod; weftctl waypoint apply uses it too. */
-export function waypointCommand(o: { namespace: string; name: string; id: string; trustDomain: string; tokenFile: string; caFile: string; controllerIp?: string }): string[] {
+export function waypointCommand(o: { namespace: string; name: string; id: string; trustDomain: string; trustDomainAliases?: readonly string[]; tokenFile: string; caFile: string; controllerIp?: string }): string[] {
   return [
     'waypoint/src/main.ts', '--namespace', o.namespace, '--name', o.name, '--id', o.id,
     '--controller', `${o.controllerIp ?? CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
+    // A cluster of a per-cluster-trust-domain lab admits the others' callers, as its agents do.
+    ...(o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
     '--token-file', o.tokenFile, '--ca-bundle', o.caFile,
     // The local mesh is one machine's lab: its read-only admin paths are open on the metrics port,
     // as `weftctl install --debug-endpoints` opens them on a cluster.
@@ -400,7 +402,7 @@ export class LocalMesh {
       started.push(this.addWorkload({
         node, namespace, name: `${name}-${i}`, serviceAccount: name,
         labels: { 'weft.dev/waypoint': name, 'weft.dev/dataplane-mode': 'none' },
-        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, tokenFile, caFile: this.caFile, controllerIp: this.controllerIp }), ...limit, ...(opts.extraArgs ?? [])],
+        command: [...waypointCommand({ namespace, name, id: `${name}-${i}`, trustDomain: this.trustDomain, ...(this.o.trustDomainAliases ? { trustDomainAliases: this.o.trustDomainAliases } : {}), tokenFile, caFile: this.caFile, controllerIp: this.controllerIp }), ...limit, ...(opts.extraArgs ?? [])],
         // As in the image (its ENV NODE_COMPILE_CACHE): the waypoint starts from the cache, with the
         // Deployment's NODE_OPTIONS, and the caller's added (bench/run.ts --profile).
         env: {

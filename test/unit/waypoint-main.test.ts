@@ -20,6 +20,7 @@ import type { HTTPRoute } from '../../lib/model/objects.ts';
 import { FlagError } from '../../waypoint/src/errors.ts';
 import { parseFlags, parseQuotaFlag, runWaypoint, type RunningWaypoint } from '../../waypoint/src/main.ts';
 import { echo, startHttpBackend, type Backend } from '../../waypoint/testing/harness.ts';
+import { waypointCommand } from '../../cli/local/mesh.ts';
 import { get, service, slice } from './waypoint-process-fixtures.ts';
 
 const TD = 'cluster.local';
@@ -314,6 +315,15 @@ describe('waypoint flags', () => {
     assert.deepEqual(parseFlags([...base, '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'cluster3.local'], {}).trustDomainAliases, ['cluster2.local', 'cluster3.local']);
     assert.throws(() => parseFlags([...base, '--trust-domain-alias', 'Cluster2/x'], {}), (e: unknown) => e instanceof FlagError && /^--trust-domain-alias: trust domain "Cluster2\/x" is invalid/.test(e.message));
     assert.throws(() => parseFlags([...base, '--trust-domain', ''], {}), (e: unknown) => e instanceof FlagError && /^--trust-domain: trust domain "" is invalid/.test(e.message));
+  });
+
+  it('the local mesh starts a waypoint with its trust domain aliases (a per-cluster-trust-domain lab), on a command line the waypoint takes', () => {
+    const command = waypointCommand({ namespace: 'shop', name: 'waypoint', id: 'waypoint-0', trustDomain: 'cluster1.local', trustDomainAliases: ['cluster2.local', 'cluster3.local'], tokenFile: '/t', caFile: '/c' });
+    assert.equal(command[0], 'waypoint/src/main.ts');
+    const o = parseFlags(command.slice(1), {});
+    assert.equal(o.trustDomain, 'cluster1.local');
+    assert.deepEqual(o.trustDomainAliases, ['cluster2.local', 'cluster3.local']);
+    assert.deepEqual(parseFlags(waypointCommand({ namespace: 'shop', name: 'waypoint', id: 'waypoint-0', trustDomain: 'cluster.local', tokenFile: '/t', caFile: '/c' }).slice(1), {}).trustDomainAliases, []);
   });
 
   it('parses quota flags', () => {
