@@ -1,0 +1,87 @@
+// Two clusters on two networks, each with a trust domain of its own (`weftctl up --clusters 2
+// --trust-domains per-cluster`: cluster1.local, cluster2.local, each admitting the other's as an
+// alias). A caller of cluster1 carried through cluster2's east-west gateway to a Service behind
+// cluster2's waypoint presents its own identity, of cluster1.local, to that waypoint: the waypoint
+// admits it as cluster2's agents and gateway do, as Istio's proxies all take the mesh's
+// trustDomainAliases (https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { Lab } from '../lab/lab.ts';
+import { until } from '../lab/wait.ts';
+import { LocalMultiCluster, type LocalCluster } from '../../cli/local/multicluster.ts';
+import { requestInNetns } from '../../cli/local/netns-http.ts';
+
+const lab = new Lab();
+const stateDir = mkdtempSync(join(tmpdir(), 'weft-mc-td-'));
+let mc: LocalMultiCluster;
+/** demo/echo-wp: a Service only cluster2 has, behind cluster2's waypoint. */
+const WP_VIP = '10.96.0.22';
+const CLIENT = 'spiffe://cluster1.local/ns/demo/sa/client';
+
+after(async () => {
+  await mc?.destroy();
+  await lab.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+function apps(c: LocalCluster): void {
+  // The same apps in both clusters (a gateway is ready once it knows endpoints of its own cluster).
+  c.mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: '10.96.0.10', selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  c.mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' } });
+  c.mesh.addWorkload({
+    node: 'node1', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, deployment: 'echo',
+    command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'], env: { WEFT_CLUSTER: c.name },
+  });
+  if (c.name === 'cluster2') {
+    c.mesh.writeConfig('20-echo-wp.yaml', [
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo-wp', namespace: 'demo', labels: { 'weft.dev/use-waypoint': 'waypoint' } }, spec: { clusterIP: WP_VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+    ]);
+  }
+}
+
+async function ask(url: string): Promise<{ status: number; cluster?: string; detail: string }> {
+  const r = await mc.cluster('cluster1').mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '5', '-w', '\n%{http_code}', url]);
+  const lines = r.stdout.trimEnd().split('\n');
+  const status = Number(lines.pop() ?? 0);
+  const body = lines.join('\n');
+  if (r.code !== 0 || status !== 200) return { status, detail: `${r.stderr.trim()} ${body.slice(0, 200)}`.trim() };
+  return { status, cluster: (JSON.parse(body) as { cluster: string }).cluster, detail: '' };
+}
+
+before(async () => {
+  mc = await LocalMultiCluster.create({ prefix: lab.id, stateDir, clusters: 2, trustDomains: 'per-cluster' });
+  for (const c of mc.clusters) apps(c);
+  mc.startControllers();
+  for (const c of mc.clusters) await c.mesh.waitControllerReady();
+  for (const c of mc.clusters) c.mesh.startAgents();
+  for (const c of mc.clusters) {
+    await c.mesh.waitReady(90_000);
+    await c.mesh.waitWorkloadsEnrolled(['demo/client', 'demo/echo']);
+  }
+  mc.startGateways();
+  await mc.waitGatewaysReady();
+  mc.cluster('cluster2').mesh.startWaypoint('node1', 'demo', 'waypoint');
+  await mc.cluster('cluster2').mesh.waitWaypointReady('demo', 'waypoint', 90_000);
+});
+
+test('with a trust domain per cluster, cluster1\'s client is served through cluster2\'s waypoint (double HBONE via cluster2\'s gateway): the waypoint admits cluster1.local as an alias and counts the request under the caller\'s own identity', async () => {
+  const c2 = mc.cluster('cluster2');
+  const seen: string[] = [];
+  await until('cluster1\'s client is served through cluster2\'s waypoint', async () => {
+    const r = await ask(`http://${WP_VIP}/`);
+    seen.push(r.cluster ?? `status ${r.status}: ${r.detail}`);
+    return r.cluster === 'cluster2';
+  }, 45_000).catch((e: Error) => {
+    throw new Error(`${e.message}; answers: ${seen.slice(-5).join(' | ')}\nwaypoint2: ${c2.mesh.logTail('pod-demo-waypoint-0.log', 8)}`);
+  });
+  const wpPod = c2.mesh.workloads.get('demo/waypoint-0')!.pod;
+  const m = (await requestInNetns(wpPod.netnsPath, `http://${wpPod.ip}:15020/metrics`)).body;
+  assert.match(m, new RegExp(`istio_requests_total\\{[^}]*source_principal="${CLIENT.replaceAll('/', '\\/').replaceAll('.', '\\.')}"[^}]*response_code="200"[^}]*\\} [1-9]`), 'cluster2\'s waypoint counts cluster1\'s client under its own identity, of cluster1.local');
+  assert.doesNotMatch(m, /weft_waypoint_hbone_refused_total\{kind="peer-trust-domain"\} [1-9]/, 'no caller was refused for its trust domain');
+});
