@@ -85,3 +85,28 @@ test('with a trust domain per cluster, cluster1\'s client is served through clus
   assert.match(m, new RegExp(`istio_requests_total\\{[^}]*source_principal="${CLIENT.replaceAll('/', '\\/').replaceAll('.', '\\.')}"[^}]*response_code="200"[^}]*\\} [1-9]`), 'cluster2\'s waypoint counts cluster1\'s client under its own identity, of cluster1.local');
   assert.doesNotMatch(m, /weft_waypoint_hbone_refused_total\{kind="peer-trust-domain"\} [1-9]/, 'no caller was refused for its trust domain');
 });
+
+// The other way: a waypoint of cluster1 (cluster1.local) sends to cluster2's endpoints through
+// cluster2's gateway, whose agent admits cluster1.local as an alias and sees the waypoint's identity.
+test('with a trust domain per cluster, a waypoint in cluster1 serving demo/echo forwards to cluster2\'s endpoints too, and cluster2\'s agent sees the waypoint\'s cluster1.local identity', async () => {
+  const c1 = mc.cluster('cluster1');
+  c1.mesh.writeConfig('10-demo.yaml', [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'waypoint' } } },
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: '10.96.0.10', selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+  ]);
+  c1.mesh.startWaypoint('node1', 'demo', 'waypoint');
+  await c1.mesh.waitWaypointReady('demo', 'waypoint', 90_000);
+  const seen = new Set<string>();
+  const answers: string[] = [];
+  await until('answers through cluster1\'s waypoint come from both clusters', async () => {
+    const r = await ask('http://10.96.0.10/');
+    answers.push(r.cluster ?? `status ${r.status}: ${r.detail}`);
+    if (r.cluster) seen.add(r.cluster);
+    return seen.size === 2;
+  }, 45_000).catch((e: Error) => {
+    throw new Error(`${e.message}; answers: ${answers.slice(-8).join(' | ')}\nwaypoint1: ${c1.mesh.logTail('pod-demo-waypoint-0.log', 10)}`);
+  });
+  const metrics = await mc.cluster('cluster2').mesh.agentMetrics('node1');
+  assert.ok(metrics.split('\n').some((l) => l.startsWith('istio_tcp_connections_opened_total{') && l.includes('reporter="destination"') && l.includes('source_principal="spiffe://cluster1.local/ns/demo/sa/waypoint"')),
+    `cluster2's agent saw no connection from cluster1's waypoint:\n${metrics.split('\n').filter((l) => l.startsWith('istio_tcp_connections_opened_total')).join('\n')}`);
+});
