@@ -47,7 +47,9 @@ export interface BoundedGetOptions {
   lookup?: LookupFunction;
   /** Ends the GET (its caller no longer wants it). */
   signal?: AbortSignal;
-  /** A non-2xx answer's body is read (within the bounds) and its first this many characters quoted; default 0: not read, not quoted. */
+  /** The statuses whose body is the answer; default any 2xx. Another status is an `http-status` failure. */
+  okStatuses?: readonly number[];
+  /** An error answer's body is read (within the bounds) and its first this many characters quoted; default 0: not read, not quoted. */
   errorBodyChars?: number;
 }
 
@@ -73,7 +75,7 @@ export function failureOf(e: NodeJS.ErrnoException): BoundedGetError {
   return new BoundedGetError('unreachable', e.message || code || 'the connection failed');
 }
 
-/** GETs `url`; resolves with a 2xx answer's body as text, rejects with a BoundedGetError. */
+/** GETs `url`; resolves with the body of an answer of `okStatuses` (any 2xx) as text, rejects with a BoundedGetError. */
 export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<string> {
   return new Promise<string>((resolve, reject) => {
     let u: URL;
@@ -120,7 +122,7 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
         finish(new BoundedGetError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the ${o.what}'s own URL`, status));
         return;
       }
-      const ok = status >= 200 && status < 300;
+      const ok = o.okStatuses ? o.okStatuses.includes(status) : status >= 200 && status < 300;
       const quote = o.errorBodyChars ?? 0;
       const declared = Number(res.headers['content-length']);
       if (!ok && (quote <= 0 || declared > o.maxBytes)) {
@@ -141,7 +143,10 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
         if (ok) finish(undefined, text);
-        else finish(new BoundedGetError('http-status', `answered HTTP ${status}: ${text.trim().slice(0, quote)}`, status));
+        else {
+          const reason = text.trim().slice(0, quote);
+          finish(new BoundedGetError('http-status', `answered HTTP ${status}${reason ? `: ${reason}` : ''}`, status));
+        }
       });
       res.on('error', (e) => finish(failureOf(e)));
       res.on('close', () => finish(new BoundedGetError('unreachable', 'the connection closed before the whole body')));

@@ -26,8 +26,9 @@ export interface ExportReadOptions {
 
 /**
  * Reads the export at `base` (`https://<ip>:<port>`; spoken over TLS whatever its scheme); resolves
- * with its text, rejects (a BoundedGetError) naming what went wrong, an answer other than 2xx
- * quoting the start of its body (the peer is a controller of the mesh).
+ * with the text of its 200 answer, rejects (a BoundedGetError) naming what went wrong, an answer of
+ * another status by that status (a 204 is no export), quoting the start of its body (the peer is a
+ * controller of the mesh).
  */
 export function readExport(base: string, o: ExportReadOptions): Promise<string> {
   const url = new URL(FEDERATION_PATH, base);
@@ -37,6 +38,7 @@ export function readExport(base: string, o: ExportReadOptions): Promise<string> 
     deadlineMs: o.deadlineMs ?? DEFAULT_EXPORT_READ_DEADLINE_MS,
     maxBytes: o.maxBytes ?? MAX_EXPORT_BYTES,
     idleMs: EXPORT_READ_IDLE_MS,
+    okStatuses: [200],
     errorBodyChars: 200,
     tls: {
       key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3',

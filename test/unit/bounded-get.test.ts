@@ -70,6 +70,19 @@ test('a 2xx answer within the bounds is the body; errorBodyChars quotes the star
   }
 });
 
+test('okStatuses: an answer of another status, a 2xx included, is an http-status failure named by its status (a 204 has no body to quote)', async () => {
+  const s = await serve((req, r) => (req.headers['x-status'] === '204' ? r.writeHead(204).end() : r.writeHead(Number(req.headers['x-status'] ?? 200)).end('{"ok":true}')));
+  try {
+    const get = (status: number) => boundedGet(s.url, { ...BOUNDS, headers: { 'x-status': String(status) }, okStatuses: [200], errorBodyChars: 200 });
+    assert.equal(await get(200), '{"ok":true}');
+    await assert.rejects(get(204), (e: Error) => e instanceof BoundedGetError && e.code === 'http-status' && e.message === 'answered HTTP 204');
+    await assert.rejects(get(203), (e: Error) => e instanceof BoundedGetError && e.code === 'http-status' && e.message === 'answered HTTP 203: {"ok":true}');
+    assert.equal(await boundedGet(s.url, { ...BOUNDS, headers: { 'x-status': '203' } }), '{"ok":true}', 'by default any 2xx');
+  } finally {
+    await s.close();
+  }
+});
+
 test('https: a CA outside `ca` is refused tls; a refusal of checkServerIdentity is a tls failure carrying its message', async () => {
   const ca = createTestCa('bounded-get CA');
   const s = await serve((_q, r) => r.writeHead(200).end('{}'), ca.issue(undefined, ['127.0.0.1']));

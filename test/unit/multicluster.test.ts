@@ -331,6 +331,51 @@ test('one malformed Service in a remote\'s export costs only itself: the others 
   assert.equal(fed.status()[0]!.refusedServices, undefined);
 });
 
+// The export is the body of a 200 answer (GET /federation/v1/export answers 200 or 403). Another
+// 2xx is not an export: a 204 has no body (RFC 9110 section 15.3.5) and was read as '' and refused
+// as malformed JSON ("Unexpected end of JSON input"), and a 203 was taken as the export.
+test('a remote export answered with a 2xx other than 200 (204 No Content, 203) is refused by its status, counted and named once in status and log; the last good export keeps serving', async (t) => {
+  const { c1, c2 } = await plugIn();
+  const ctrl = id('weft-system', 'weft-controller');
+  const good = JSON.stringify({ cluster: 'cluster2', network: 'network2', gateway: GW, services: [svc('echo', [ep('10.78.1.1')])] });
+  let answer = 200;
+  const { createServer } = await import('node:https');
+  const remote = createServer({ ...(await creds(c2, ctrl)), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3' }, (_req, res) => {
+    if (answer === 204) res.writeHead(204).end();
+    else res.writeHead(answer, { 'content-type': 'application/json' }).end(good);
+  });
+  await new Promise<void>((r) => remote.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    remote.closeAllConnections();
+    remote.close();
+  });
+  const registry = new Registry();
+  const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
+  const tlsB = await creds(c1, ctrl);
+  const b = new Federation({
+    cluster: 'cluster1', network: 'network1', tls: () => tlsB, mayRead: () => true, isController: (x) => x === ctrl, pollMs: 50, staleAfterMs: 60_000, registry,
+    log: { ...silentLogger, warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }) },
+    remotes: [{ name: 'cluster2', url: `https://127.0.0.1:${(remote.address() as AddressInfo).port}` }],
+  });
+  const local = model([svc('echo', [ep('10.77.1.1')])]);
+  await b.start();
+  t.after(() => b.stop());
+  await until('cluster2\'s export is imported', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 2, 5_000);
+  const failures = async (): Promise<number> => Number(/^weft_federation_fetch_failures_total\{cluster="cluster2"\} (\d+)$/m.exec(await registry.metrics())?.[1] ?? 0);
+  for (const status of [204, 203]) {
+    answer = status;
+    const before = await failures();
+    await until(`a ${status} is refused by its status`, () => new RegExp(`^answered HTTP ${status}\\b`).test(b.status()[0]?.lastError ?? ''), 5_000);
+    assert.ok(await failures() > before, `${status}: counted`);
+    await until(`${status}: read again`, async () => await failures() >= before + 3, 5_000);
+    assert.equal(lines.filter((l) => l.msg === 'remote cluster export not read' && new RegExp(`^answered HTTP ${status}\\b`).test(String(l.fields.error))).length, 1, `${status}: logged once, with its status`);
+    assert.equal(b.merge(local).services.get('demo/echo')!.endpoints.length, 2, `${status}: the last good export keeps serving`);
+  }
+  assert.ok(!lines.some((l) => /JSON/.test(String(l.fields.error))), 'not named as malformed JSON');
+  answer = 200;
+  await until('a 200 is read again', () => b.status()[0]?.lastError === undefined, 5_000);
+});
+
 // One bad remote must cost only itself: a remote controller that answers its export a byte at a
 // time (each within the socket's idle timeout) held every other remote's read, as a round waited
 // for all of them, and, its read never failing, kept its own last endpoints past the stale bound.
