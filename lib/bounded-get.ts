@@ -17,13 +17,10 @@ export type BoundedGetFailure = 'bad-url' | 'unreachable' | 'timeout' | 'tls' | 
 
 export class BoundedGetError extends Error {
   readonly code: BoundedGetFailure;
-  /** The HTTP status (`http-status`, `redirect`). */
-  readonly status?: number;
-  constructor(code: BoundedGetFailure, message: string, status?: number) {
+  constructor(code: BoundedGetFailure, message: string) {
     super(message);
     this.name = 'BoundedGetError';
     this.code = code;
-    if (status !== undefined) this.status = status;
   }
 }
 
@@ -68,7 +65,7 @@ export function withDefaultCas(extra: readonly string[]): string[] {
 const TLS_ERROR = /^(ERR_TLS_|ERR_SSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTNAME_MISMATCH)/;
 
 /** The failure an error of the request or response is. */
-export function failureOf(e: NodeJS.ErrnoException): BoundedGetError {
+function failureOf(e: NodeJS.ErrnoException): BoundedGetError {
   if (e instanceof BoundedGetError) return e;
   const code = e.code ?? '';
   if (TLS_ERROR.test(code)) return new BoundedGetError('tls', `TLS: ${e.message}`);
@@ -119,14 +116,14 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
       const status = res.statusCode ?? 0;
       if (status >= 300 && status < 400) {
         const location = String(res.headers.location ?? '(no Location)').slice(0, 200);
-        finish(new BoundedGetError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the ${o.what}'s own URL`, status));
+        finish(new BoundedGetError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the ${o.what}'s own URL`));
         return;
       }
       const ok = o.okStatuses ? o.okStatuses.includes(status) : status >= 200 && status < 300;
       const quote = o.errorBodyChars ?? 0;
       const declared = Number(res.headers['content-length']);
       if (!ok && (quote <= 0 || declared > o.maxBytes)) {
-        finish(new BoundedGetError('http-status', `answered HTTP ${status}`, status));
+        finish(new BoundedGetError('http-status', `answered HTTP ${status}`));
         return;
       }
       if (Number.isFinite(declared) && declared > o.maxBytes) {
@@ -145,7 +142,7 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
         if (ok) finish(undefined, text);
         else {
           const reason = text.trim().slice(0, quote);
-          finish(new BoundedGetError('http-status', `answered HTTP ${status}${reason ? `: ${reason}` : ''}`, status));
+          finish(new BoundedGetError('http-status', `answered HTTP ${status}${reason ? `: ${reason}` : ''}`));
         }
       });
       res.on('error', (e) => finish(failureOf(e)));

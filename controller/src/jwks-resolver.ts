@@ -24,7 +24,7 @@ import { lookup as dnsLookup } from 'node:dns';
 import type { LookupFunction } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
 import { backoffDelay } from '../../lib/backoff.ts';
-import { boundedGet, failureOf, withDefaultCas } from '../../lib/bounded-get.ts';
+import { BoundedGetError, boundedGet, withDefaultCas } from '../../lib/bounded-get.ts';
 import { MAX_JWKS_BYTES, jwksUriProblem, parseJwks } from '../../lib/policy/jwt.ts';
 import { silentLogger, type Logger } from './log.ts';
 
@@ -185,11 +185,14 @@ export async function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<
   return text;
 }
 
-/** A fetch's failure as a JwksFetchError (the GET's kinds keep their names; `bad-url` is `bad-uri`). */
+/**
+ * A fetch's failure as a JwksFetchError: the GET's kinds keep their names (`bad-url` is `bad-uri`);
+ * anything else (a `fetch` of the options that throws its own errors) is `unreachable`.
+ */
 function asJwksFetchError(e: unknown): JwksFetchError {
   if (e instanceof JwksFetchError) return e;
-  const f = failureOf(e as NodeJS.ErrnoException);
-  return new JwksFetchError(f.code === 'bad-url' ? 'bad-uri' : f.code, f.message);
+  if (e instanceof BoundedGetError) return new JwksFetchError(e.code === 'bad-url' ? 'bad-uri' : e.code, e.message);
+  return new JwksFetchError('unreachable', e instanceof Error ? e.message : String(e));
 }
 
 export interface JwksResolverOptions extends JwksFetchOptions {
