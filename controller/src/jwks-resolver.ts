@@ -23,7 +23,7 @@ import { createHash } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns';
 import type { LookupFunction } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
-import { backoffDelay } from '../../lib/backoff.ts';
+import { backoffDelay, jittered } from '../../lib/backoff.ts';
 import { BoundedGetError, boundedGet, withDefaultCas } from '../../lib/bounded-get.ts';
 import { MAX_JWKS_BYTES, jwksUriProblem, parseJwks } from '../../lib/policy/jwt.ts';
 import { silentLogger, type Logger } from './log.ts';
@@ -42,8 +42,6 @@ export const JWKS_FETCH_TIMEOUT_MS = 5_000;
  * refreshes every URI from one ticker, unjittered).
  */
 export const JWKS_REFRESH_JITTER = 0.1;
-/** A retry after a failure waits its doubled step spread by this fraction either way (the mesh's backoffs', lib/backoff.ts). */
-export const JWKS_RETRY_JITTER = 0.2;
 /** istiod's JwtPubKeyEvictionDuration: the last good keys serve this long after the last success. */
 export const JWKS_MAX_STALE_MS = 7 * 24 * 3600_000;
 /** Distinct URIs fetched at once; a URI past it is refused (its tokens are refused, reported). */
@@ -118,8 +116,8 @@ export interface JwksFetchOptions {
   timeoutMs?: number;
   /** Default MAX_JWKS_BYTES. */
   maxBytes?: number;
-  /** CAs trusted for https besides Node's default ones (withDefaultCas; istiod's /cacerts/extra.pem beside the system pool); default none. */
-  extraCas?: readonly string[];
+  /** The CAs https is checked against, in place of Node's default ones (withDefaultCas adds to those); default Node's. */
+  ca?: string[];
   /** Ends the fetch (the URI was forgotten, the controller stops). */
   signal?: AbortSignal;
   /** Host name lookup (the resolver's boundedLookup); default dns.lookup. */
@@ -164,7 +162,7 @@ export async function fetchJwks(uri: string, o: JwksFetchOptions = {}): Promise<
       deadlineMs: o.timeoutMs ?? JWKS_FETCH_TIMEOUT_MS,
       maxBytes: o.maxBytes ?? MAX_JWKS_BYTES,
       headers: { accept: 'application/json' },
-      ...(o.extraCas && o.extraCas.length > 0 ? { tls: { ca: withDefaultCas(o.extraCas) } } : {}),
+      ...(o.ca ? { tls: { ca: o.ca } } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.lookup ? { lookup: o.lookup } : {}),
     });
@@ -195,10 +193,12 @@ function asJwksFetchError(e: unknown): JwksFetchError {
   return new JwksFetchError('unreachable', e instanceof Error ? e.message : String(e));
 }
 
-export interface JwksResolverOptions extends JwksFetchOptions {
+export interface JwksResolverOptions extends Omit<JwksFetchOptions, 'ca'> {
+  /** CAs trusted for https besides Node's default ones (withDefaultCas; istiod's /cacerts/extra.pem beside the system pool); default none. */
+  extraCas?: readonly string[];
   /** Default DEFAULT_JWKS_REFRESH_MS, spread by JWKS_REFRESH_JITTER either way. */
   refreshMs?: number;
-  /** First retry after a failure, doubling per failure up to `maxRetryMs`, each spread by JWKS_RETRY_JITTER either way; default DEFAULT_JWKS_RETRY_MS. */
+  /** First retry after a failure, doubling per failure up to `maxRetryMs`, each spread as every backoff of the mesh (lib/backoff.ts DEFAULT_BACKOFF: ±20 %); default DEFAULT_JWKS_RETRY_MS. */
   retryMs?: number;
   /** Default MAX_JWKS_RETRY_MS. */
   maxRetryMs?: number;
@@ -244,6 +244,8 @@ export class JwksResolver {
   readonly #fetches?: Counter;
   readonly #lookup: LookupFunction;
   readonly #random: () => number;
+  /** Node's default CAs and `extraCas`, built once (absent: Node's defaults). */
+  readonly #ca: string[] | undefined;
   readonly #inFlight = new Set<Promise<void>>();
   #version = 0;
   #snapshot: ReadonlyMap<string, JwksState> | undefined;
@@ -254,6 +256,7 @@ export class JwksResolver {
     this.#log = options.logger ?? silentLogger;
     this.#lookup = boundedLookup(options.maxLookups ?? MAX_JWKS_LOOKUPS, options.lookup);
     this.#random = options.random ?? Math.random;
+    this.#ca = options.extraCas && options.extraCas.length > 0 ? withDefaultCas(options.extraCas) : undefined;
     if (options.registry) {
       this.#fetches = new Counter({
         name: 'weft_controller_jwks_fetch_total',
@@ -360,8 +363,9 @@ export class JwksResolver {
     const ac = new AbortController();
     e.fetching = ac;
     const fetch = this.#o.fetch ?? fetchJwks;
-    const { timeoutMs, maxBytes, extraCas } = this.#o;
-    const p = fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(extraCas ? { extraCas } : {}), signal: ac.signal, lookup: this.#lookup }).then(
+    const { timeoutMs, maxBytes } = this.#o;
+    const ca = this.#ca;
+    const p = fetch(e.uri, { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}), ...(ca ? { ca } : {}), signal: ac.signal, lookup: this.#lookup }).then(
       (text) => this.#done(e, text, undefined),
       (err: unknown) => this.#done(e, undefined, asJwksFetchError(err)),
     ).finally(() => this.#inFlight.delete(p));
@@ -382,13 +386,13 @@ export class JwksResolver {
       e.fetchedAt = Date.now();
       next = before.jwks === text && before.error === undefined ? before : { jwks: text, version: ++this.#version };
       const refreshMs = this.#o.refreshMs ?? DEFAULT_JWKS_REFRESH_MS;
-      waitMs = backoffDelay(0, { initialMs: refreshMs, maxMs: refreshMs, jitter: JWKS_REFRESH_JITTER }, this.#random);
+      waitMs = Math.round(jittered(refreshMs, JWKS_REFRESH_JITTER, this.#random));
     } else {
       this.#fetches?.inc({ result: err!.code });
       let jwks = before.jwks;
       const staleMs = e.fetchedAt === undefined ? 0 : Date.now() - e.fetchedAt;
       if (jwks !== undefined && staleMs >= (this.#o.maxStaleMs ?? JWKS_MAX_STALE_MS)) jwks = undefined;
-      waitMs = backoffDelay(e.failures++, { initialMs: this.#o.retryMs ?? DEFAULT_JWKS_RETRY_MS, maxMs: this.#o.maxRetryMs ?? MAX_JWKS_RETRY_MS, multiplier: 2, jitter: JWKS_RETRY_JITTER }, this.#random);
+      waitMs = backoffDelay(e.failures++, { initialMs: this.#o.retryMs ?? DEFAULT_JWKS_RETRY_MS, maxMs: this.#o.maxRetryMs ?? MAX_JWKS_RETRY_MS }, this.#random);
       this.#log.warn(jwks !== undefined ? 'JWKS refresh failed; the keys fetched before keep serving' : 'JWKS fetch failed; tokens of the issuers that name it are refused until a fetch succeeds', {
         uri: e.uri, result: err!.code, error: err!.message, retryInMs: waitMs,
         ...(before.jwks !== undefined ? { keysAgeMs: staleMs } : {}),

@@ -19,10 +19,12 @@ import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE, compile, emptyInputs, jwksUrisOf } from '../../controller/src/compile.ts';
-import { JWKS_FETCH_TIMEOUT_MS, JWKS_REFRESH_JITTER, JWKS_RETRY_JITTER, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
+import { JWKS_FETCH_TIMEOUT_MS, JWKS_REFRESH_JITTER, JwksFetchError, JwksResolver, fetchJwks, unfetchedJwks, type JwksFetchResult } from '../../controller/src/jwks-resolver.ts';
 import { silentLogger } from '../../controller/src/log.ts';
 import { parseControllerArgs, runController } from '../../controller/src/main.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
+import { DEFAULT_BACKOFF } from '../../lib/backoff.ts';
+import { withDefaultCas } from '../../lib/bounded-get.ts';
 import type { RequestAuthentication } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { MAX_JWKS_BYTES, jwksProblem } from '../../lib/policy/jwt.ts';
@@ -333,11 +335,26 @@ test('https: verified against Node\'s CAs (an unknown CA is refused, counted tls
     await until('refused', async () => (await fetched(registry, 'tls')) === 1);
     assert.match(plain.snapshot().get(server.url)!.error!, /^TLS: /);
     await until('fetched with the CA', () => trusting.snapshot().get(server.url)?.jwks === JWKS);
-    await assert.rejects(fetchJwks(server.url.replace('127.0.0.1', 'localhost'), { extraCas: [ca.cert] }), (e: Error & { code?: string }) => e.code === 'tls' || e.code === 'unreachable', 'a name the certificate does not hold');
+    await assert.rejects(fetchJwks(server.url.replace('127.0.0.1', 'localhost'), { ca: withDefaultCas([ca.cert]) }), (e: Error & { code?: string }) => e.code === 'tls' || e.code === 'unreachable', 'a name the certificate does not hold');
   } finally {
     plain.stop();
     trusting.stop();
     await server.close();
+  }
+});
+
+test('the resolver builds its CA list (Node\'s default CAs and extraCas) once: every fetch is handed the same list', async () => {
+  const extra = createTestCa('JWKS extra CA').cert;
+  const lists: Array<string[] | undefined> = [];
+  const r = new JwksResolver({ extraCas: [extra], retryMs: 60_000, fetch: (_uri, o) => { lists.push(o.ca); return Promise.resolve(JWKS); } });
+  try {
+    r.want([['https://a.example/jwks', 'shop'], ['https://b.example/jwks', 'shop']]);
+    await r.settled();
+    assert.equal(lists.length, 2);
+    assert.deepEqual(lists[0], withDefaultCas([extra]));
+    assert.equal(lists[1], lists[0], 'the same list, not built again');
+  } finally {
+    r.stop();
   }
 });
 
@@ -389,11 +406,12 @@ test('forgetting a URI, or stopping, ends its fetch under way (a slow server hol
 // Envoy's remote JWKS fetch retries with a fully jittered backoff (JitteredExponentialBackOffStrategy).
 // Here each URI has its own timer, so without jitter the URIs a restart fetched together, and
 // controllers started together, refresh and retry in lockstep against the same identity providers.
-// Each wait is spread: a refresh by JWKS_REFRESH_JITTER either way, a retry by JWKS_RETRY_JITTER
-// (the mesh's backoffs' 0.2, lib/backoff.ts), drawn from `random` (here injected, timers mocked).
-test('jwksUri refreshes and retries carry jitter: with the random source injected, a refresh waits refreshMs ± JWKS_REFRESH_JITTER and a retry its doubled step ± JWKS_RETRY_JITTER, so URIs fetched together do not refresh together', async (t) => {
+// Each wait is spread: a refresh by JWKS_REFRESH_JITTER either way, a retry by the mesh's backoff
+// jitter (lib/backoff.ts DEFAULT_BACKOFF, 0.2, doubling), drawn from `random` (here injected, timers mocked).
+test('jwksUri refreshes and retries carry jitter: with the random source injected, a refresh waits refreshMs ± JWKS_REFRESH_JITTER and a retry its doubled step ± the mesh\'s backoff jitter (DEFAULT_BACKOFF), so URIs fetched together do not refresh together', async (t) => {
   assert.equal(JWKS_REFRESH_JITTER, 0.1);
-  assert.equal(JWKS_RETRY_JITTER, 0.2);
+  assert.equal(DEFAULT_BACKOFF.jitter, 0.2);
+  assert.equal(DEFAULT_BACKOFF.multiplier, 2);
   t.mock.timers.enable({ apis: ['setTimeout'] });
   const calls = new Map<string, number>();
   const failing = new Set<string>();
@@ -570,10 +588,12 @@ test('--jwks-ca adds to Node\'s default CAs: with it set, an IdP whose certifica
   });
   writeFileSync(join(dir, 'extra.pem'), viaEnv.cert);
   const resolver = new URL('../../controller/src/jwks-resolver.ts', import.meta.url).href;
+  const boundedGetUrl = new URL('../../lib/bounded-get.ts', import.meta.url).href;
   const script = `import { fetchJwks } from ${JSON.stringify(resolver)};
-const extraCas = [process.env.JWKS_CA];
+import { withDefaultCas } from ${JSON.stringify(boundedGetUrl)};
+const ca = withDefaultCas([process.env.JWKS_CA]);
 for (const url of process.argv.slice(1)) {
-  const r = await fetchJwks(url, { extraCas, timeoutMs: 3000 }).then(() => 'ok', (e) => e.code);
+  const r = await fetchJwks(url, { ca, timeoutMs: 3000 }).then(() => 'ok', (e) => e.code);
   console.log(r);
 }`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', script, server.url, stranger.url], {
