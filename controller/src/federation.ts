@@ -17,6 +17,7 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
 import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/log.ts';
 import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
+import { listenHttp } from '../../lib/status-http.ts';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
@@ -283,7 +284,7 @@ export class Federation {
     if (this.#refusalLog.take()) this.#o.log.warn('federation listener refused a connection', { reason, address, detail: clip(detail) });
   }
 
-  #serve(at: { host: string; port: number }): Promise<void> {
+  async #serve(at: { host: string; port: number }): Promise<void> {
     const tls = this.#o.tls();
     const limits = { ...DEFAULT_FEDERATION_LISTENER_LIMITS, ...this.#o.listenerLimits };
     const server = createServer({
@@ -306,13 +307,7 @@ export class Federation {
     });
     limitHttpListener(server, limits, (r) => this.#listenerRefused(r.reason, r.socket.remoteAddress, r.detail));
     this.#server = server;
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(at.port, at.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    await listenHttp(server, at.port, at.host);
   }
 
   #schedule(ms: number): void {
