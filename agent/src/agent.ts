@@ -35,18 +35,10 @@ import { OtlpLogExporters, otlpLogMetrics } from '../../lib/telemetry/otlp-logs.
 import { debugThroughAdmin, debugTokenFile } from '../../lib/debug-http.ts';
 import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 
-/** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
-export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts';
 
-/** The debug token in `file` (a mounted Secret's key), or undefined when it cannot be read or is empty. */
-
-export const ADMIN_PORT = PORTS.admin;
-export const OUTBOUND_PORT = PORTS.outbound;
-export const HBONE_PORT = PORTS.hbone;
-export const HBONE_GATEWAY_PORT = PORTS.hboneGateway;
-export const METRICS_PORT = PORTS.metrics;
-export const READY_PORT = PORTS.readiness;
+/** Admin paths also served, read-only, as /debug/<path> on the metrics port (lib/debug-http.ts). */
+export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
 /** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
@@ -190,7 +182,8 @@ export class Agent {
   #memory: MemoryRelease | undefined;
   #stopped = false;
   #serveStarted = false;
-  #ports: Record<'outbound' | 'hbone' | 'hboneGateway' | 'admin' | 'metrics' | 'ready', number> = { outbound: OUTBOUND_PORT, hbone: HBONE_PORT, hboneGateway: HBONE_GATEWAY_PORT, admin: ADMIN_PORT, metrics: METRICS_PORT, ready: READY_PORT };
+  /** PORTS (lib/defaults.ts), each as AgentOptions.ports may replace it (from start()). */
+  #ports: Required<NonNullable<AgentOptions['ports']>> = { outbound: PORTS.outbound, hbone: PORTS.hbone, hboneGateway: PORTS.hboneGateway, admin: PORTS.admin, metrics: PORTS.metrics, ready: PORTS.readiness };
   #listening = false;
   /** Mesh destinations left out of weft_dests at the last config (past its capacity). */
   #destinationsOverflow = 0;
@@ -542,7 +535,7 @@ export class Agent {
   /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
   #enrollPod(w: Workload, ns: PodNetns): bigint {
     const portModes = Object.fromEntries(Object.entries(w.portModes ?? {}).map(([p, m]) => [Number(p), m]));
-    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.o.ports?.outbound ?? OUTBOUND_PORT, ifname: ns.ifname });
+    const pod = this.datapath.enroll({ netnsPath: ns.path, podIp: w.ip, mode: w.mode, portModes, agentIp: this.o.nodeIp, agentPort: this.#ports.outbound, ifname: ns.ifname });
     this.state.podEnrolled(w.ip, w.uid);
     this.delivery.podEnrolled(w.ip, ns.path);
     // Plaintext into the pod is steered here from now on; without a listener it is refused.
