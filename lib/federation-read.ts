@@ -42,7 +42,7 @@ export function readExport(base: string, o: ExportReadOptions): Promise<string> 
     errorBodyChars: 200,
     tls: {
       key: o.tls.key, cert: o.tls.cert, ca: [...o.tls.ca], minVersion: 'TLSv1.3',
-      checkServerIdentity: (_host, cert) => o.checkPeer(spiffeIdFromCert(cert)),
+      checkServerIdentity: (_host, cert) => o.checkPeer(spiffeIdFromCert(cert)?.uri),
     },
   });
 }

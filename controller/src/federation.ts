@@ -291,7 +291,7 @@ export class Federation {
       key: tls.key, cert: tls.cert, ca: [...tls.ca], requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3',
       handshakeTimeout: limits.handshakeTimeoutMs,
     }, (req, res) => {
-      const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate);
+      const peer = spiffeIdFromCert((req.socket as TLSSocket).getPeerCertificate() as PeerCertificate)?.uri;
       if (!peer || !this.#o.mayRead(peer)) {
         this.#metrics?.reads.inc({ result: 'forbidden' });
         if (this.#refusalLog.take()) this.#o.log.warn('federation export refused', { peer: peer ?? 'none', address: req.socket.remoteAddress });

@@ -1,5 +1,5 @@
 import type { PeerCertificate } from 'node:tls';
-import { parseSpiffeId } from '../identity/spiffe.ts';
+import type { SpiffeId } from '../identity/spiffe.ts';
 import { spiffeIdOfCertificate } from '../identity/tls.ts';
 
 /**
@@ -12,23 +12,23 @@ export type PeerCheck = (peerSpiffeId: string | undefined, cert: PeerCertificate
 export type ExpectedPeer = string | readonly string[] | PeerCheck;
 
 /**
- * The SPIFFE ID of a peer certificate, or undefined when it has none, more than one URI SAN (an
- * X.509-SVID carries exactly one), or one Weft does not accept. The one reader of identities from
- * certificates is lib/identity/tls.ts spiffeIdOfCertificate (the certificate's DER, not Node's
- * `subjectaltname` text); this is its face for callers that want a value rather than an error.
+ * The SPIFFE ID of a peer certificate, parsed, or undefined when it has none, more than one URI SAN
+ * (an X.509-SVID carries exactly one), or one Weft does not accept. The one reader of identities
+ * from certificates is lib/identity/tls.ts spiffeIdOfCertificate (the certificate's DER, not Node's
+ * `subjectaltname` text); this is its face for callers that want a value rather than an error. Read
+ * once per handshake: checkPeer and admitWorkloadPeer take what it returned.
  */
-export function spiffeIdFromCert(cert: PeerCertificate | undefined): string | undefined {
+export function spiffeIdFromCert(cert: PeerCertificate | undefined): SpiffeId | undefined {
   if (!cert?.raw?.length) return undefined;
   try {
-    return spiffeIdOfCertificate(cert).uri;
+    return spiffeIdOfCertificate(cert);
   } catch {
     return undefined;
   }
 }
 
-/** Runs an expectation against a peer; returns undefined when accepted, else the reason. */
-export function checkPeer(expect: ExpectedPeer, cert: PeerCertificate): string | undefined {
-  const id = spiffeIdFromCert(cert);
+/** Runs an expectation against a peer whose certificate `cert` carries `id` (spiffeIdFromCert); returns undefined when accepted, else the reason. */
+export function checkPeer(expect: ExpectedPeer, id: string | undefined, cert: PeerCertificate): string | undefined {
   if (typeof expect === 'function') {
     const verdict = expect(id, cert);
     if (verdict === true) return undefined;
@@ -61,21 +61,16 @@ export type PeerAdmissionKind = 'peer-identity' | 'peer-trust-domain' | 'peer-no
  * `spiffe://<td>/ns/<namespace>/sa/<service-account>` whose trust domain is one of `trustDomains`
  * (the mesh's own, then its configured aliases). A node identity (`spiffe://<td>/node/<name>`,
  * which every agent holds to talk to the controller) never speaks for a workload, and another
- * trust domain is another mesh. Returns undefined when admitted, else the kind and a reason.
+ * trust domain is another mesh. `id` is the certificate's (spiffeIdFromCert: undefined when it has
+ * no SPIFFE ID Weft accepts). Returns undefined when admitted, else the kind and a reason.
  */
-export function admitWorkloadPeer(spiffeId: string | undefined, trustDomains: readonly string[]): { kind: PeerAdmissionKind; reason: string } | undefined {
-  if (spiffeId === undefined) return { kind: 'peer-identity', reason: 'client certificate has no SPIFFE ID (or more than one)' };
-  let id;
-  try {
-    id = parseSpiffeId(spiffeId);
-  } catch (err) {
-    return { kind: 'peer-identity', reason: (err as Error).message };
-  }
+export function admitWorkloadPeer(id: SpiffeId | undefined, trustDomains: readonly string[]): { kind: PeerAdmissionKind; reason: string } | undefined {
+  if (id === undefined) return { kind: 'peer-identity', reason: 'client certificate has no SPIFFE ID (or more than one)' };
   if (!trustDomains.includes(id.trustDomain)) {
-    return { kind: 'peer-trust-domain', reason: `${spiffeId} is of trust domain ${id.trustDomain}; this port admits ${trustDomains.join(', ')}` };
+    return { kind: 'peer-trust-domain', reason: `${id.uri} is of trust domain ${id.trustDomain}; this port admits ${trustDomains.join(', ')}` };
   }
   if (id.kind !== 'workload') {
-    return { kind: 'peer-not-workload', reason: `${spiffeId} is a node identity; only workload identities (spiffe://<td>/ns/<ns>/sa/<sa>) may open tunnels` };
+    return { kind: 'peer-not-workload', reason: `${id.uri} is a node identity; only workload identities (spiffe://<td>/ns/<ns>/sa/<sa>) may open tunnels` };
   }
   return undefined;
 }

@@ -507,8 +507,8 @@ export class HbonePool {
         rejectUnauthorized: true,
         // Mesh certificates name workloads by SPIFFE ID, not host name: check that instead.
         checkServerIdentity: (_host: string, cert: PeerCertificate) => {
-          peerSpiffeId = spiffeIdFromCert(cert);
-          const reason = checkPeer(expectPeer, cert);
+          peerSpiffeId = spiffeIdFromCert(cert)?.uri;
+          const reason = checkPeer(expectPeer, peerSpiffeId, cert);
           if (reason === undefined) return undefined;
           identityError = new HbonePeerIdentityError(dest, peerSpiffeId, reason);
           return identityError;

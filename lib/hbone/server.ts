@@ -13,6 +13,7 @@ import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { parseAuthority, type TunnelTarget } from './authority.ts';
 import { HboneError } from './errors.ts';
 import { admitWorkloadPeer, spiffeIdFromCert, type PeerCheck } from './peer.ts';
+import type { SpiffeId } from '../identity/spiffe.ts';
 import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
@@ -449,7 +450,8 @@ export class HboneServer {
   #onSession(session: ServerHttp2Session): void {
     const socket = session.socket as TLSSocket;
     const cert = socket.getPeerCertificate();
-    const spiffeId = spiffeIdFromCert(cert);
+    const id = spiffeIdFromCert(cert);
+    const spiffeId = id?.uri;
     const peer: HbonePeer = {
       spiffeId,
       cert,
@@ -458,7 +460,7 @@ export class HboneServer {
     };
     // Sessions end on their own errors; one bad peer never takes the server down.
     session.on('error', noop);
-    const refusal = this.#admit(spiffeId, cert);
+    const refusal = this.#admit(id, cert);
     if (refusal) {
       const { kind, reason } = refusal;
       this.#refuse({ kind, reason, peer: { spiffeId, address: peer.address } });
@@ -510,14 +512,14 @@ export class HboneServer {
   }
 
   /** Undefined when the peer may open tunnels, else why not. */
-  #admit(spiffeId: string | undefined, cert: PeerCertificate): { kind: HboneRefusalKind; reason: string } | undefined {
+  #admit(id: SpiffeId | undefined, cert: PeerCertificate): { kind: HboneRefusalKind; reason: string } | undefined {
     if (this.#opts.trustDomains) {
-      const refused = admitWorkloadPeer(spiffeId, this.#opts.trustDomains);
+      const refused = admitWorkloadPeer(id, this.#opts.trustDomains);
       if (refused) return refused;
     }
     const verdict = this.#opts.checkPeer
-      ? this.#opts.checkPeer(spiffeId, cert)
-      : spiffeId !== undefined || 'client certificate has no SPIFFE ID';
+      ? this.#opts.checkPeer(id?.uri, cert)
+      : id !== undefined || 'client certificate has no SPIFFE ID';
     if (verdict === true) return undefined;
     return { kind: 'peer-identity', reason: typeof verdict === 'string' ? verdict : 'client identity rejected' };
   }

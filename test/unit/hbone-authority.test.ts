@@ -46,7 +46,7 @@ test('rejects names, missing or out-of-range ports, unbracketed IPv6 and zone ID
 });
 
 test('finds the one SPIFFE ID in the SANs (an X.509-SVID carries exactly one URI SAN: SPIFFE X509-SVID 4.1)', () => {
-  assert.equal(spiffeIdFromCert(cert({ dnsNames: ['a.example'], uris: ['spiffe://td/ns/a/sa/b'] })), 'spiffe://td/ns/a/sa/b');
+  assert.equal(spiffeIdFromCert(cert({ dnsNames: ['a.example'], uris: ['spiffe://td/ns/a/sa/b'] }))?.uri, 'spiffe://td/ns/a/sa/b');
   assert.equal(spiffeIdFromCert(cert({ uris: ['https://example.com/'] })), undefined);
   assert.equal(spiffeIdFromCert(cert(undefined)), undefined);
   assert.equal(spiffeIdFromCert(undefined), undefined);
@@ -66,11 +66,12 @@ test('a URI SAN that is not a SPIFFE ID Weft issues is no identity: odd characte
 
 test('peer expectations: one ID, a set, or a check that explains itself', () => {
   const c = cert({ uris: ['spiffe://td/ns/a/sa/b'] });
-  assert.equal(checkPeer('spiffe://td/ns/a/sa/b', c), undefined);
-  assert.equal(checkPeer(['spiffe://td/ns/x/sa/y', 'spiffe://td/ns/a/sa/b'], c), undefined);
-  assert.match(checkPeer('spiffe://td/ns/x/sa/y', c) ?? '', /expected spiffe:\/\/td\/ns\/x\/sa\/y/);
-  assert.equal(checkPeer((id) => (id?.startsWith('spiffe://td/') ? true : 'wrong trust domain'), c), undefined);
-  assert.equal(checkPeer(() => 'wrong trust domain', c), 'wrong trust domain');
+  const id = spiffeIdFromCert(c)?.uri;
+  assert.equal(checkPeer('spiffe://td/ns/a/sa/b', id, c), undefined);
+  assert.equal(checkPeer(['spiffe://td/ns/x/sa/y', 'spiffe://td/ns/a/sa/b'], id, c), undefined);
+  assert.match(checkPeer('spiffe://td/ns/x/sa/y', id, c) ?? '', /expected spiffe:\/\/td\/ns\/x\/sa\/y/);
+  assert.equal(checkPeer((peer) => (peer?.startsWith('spiffe://td/') ? true : 'wrong trust domain'), id, c), undefined);
+  assert.equal(checkPeer(() => 'wrong trust domain', id, c), 'wrong trust domain');
 });
 
 // RFC 7239 section 4 (syntax) and section 6 (node names, ports, quoting).
@@ -118,13 +119,15 @@ test('writes for= with the quotes RFC 7239 requires for ports and IPv6, and read
 
 test('the data port admits workload identities of the mesh and its aliases only', () => {
   const tds = ['cluster.local', 'old.example'];
-  assert.equal(admitWorkloadPeer('spiffe://cluster.local/ns/demo/sa/client', tds), undefined);
-  assert.equal(admitWorkloadPeer('spiffe://old.example/ns/demo/sa/client', tds), undefined);
-  assert.equal(admitWorkloadPeer('spiffe://cluster.local/node/node1', tds)?.kind, 'peer-not-workload');
-  assert.match(admitWorkloadPeer('spiffe://cluster.local/node/node1', tds)?.reason ?? '', /node identity/);
-  assert.equal(admitWorkloadPeer('spiffe://evil.example/ns/demo/sa/client', tds)?.kind, 'peer-trust-domain');
-  assert.equal(admitWorkloadPeer('spiffe://evil.example/node/node1', tds)?.kind, 'peer-trust-domain');
-  assert.equal(admitWorkloadPeer(undefined, tds)?.kind, 'peer-identity');
-  assert.equal(admitWorkloadPeer('spiffe://cluster.local/ns/demo', tds)?.kind, 'peer-identity');
-  assert.equal(admitWorkloadPeer('spiffe://Cluster.Local/ns/demo/sa/x', tds)?.kind, 'peer-identity');
+  // The ID as the handshake reads it from the client's certificate (once: spiffeIdFromCert).
+  const admit = (uri: string | undefined) => admitWorkloadPeer(spiffeIdFromCert(cert(uri === undefined ? undefined : { uris: [uri] })), tds);
+  assert.equal(admit('spiffe://cluster.local/ns/demo/sa/client'), undefined);
+  assert.equal(admit('spiffe://old.example/ns/demo/sa/client'), undefined);
+  assert.equal(admit('spiffe://cluster.local/node/node1')?.kind, 'peer-not-workload');
+  assert.match(admit('spiffe://cluster.local/node/node1')?.reason ?? '', /node identity/);
+  assert.equal(admit('spiffe://evil.example/ns/demo/sa/client')?.kind, 'peer-trust-domain');
+  assert.equal(admit('spiffe://evil.example/node/node1')?.kind, 'peer-trust-domain');
+  assert.equal(admit(undefined)?.kind, 'peer-identity');
+  assert.equal(admit('spiffe://cluster.local/ns/demo')?.kind, 'peer-identity');
+  assert.equal(admit('spiffe://Cluster.Local/ns/demo/sa/x')?.kind, 'peer-identity');
 });
