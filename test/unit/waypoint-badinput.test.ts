@@ -115,9 +115,10 @@ describe('waypoint bad input', () => {
   });
 
   // RFC 9112 section 3.2: the same MUST covers "a Host header field with an invalid field value";
-  // Host is uri-host [ ":" port ] (RFC 9110 section 7.2), as Envoy checks (invalid authority). One
-  // with a space, a slash or userinfo was judged by `hosts` as written and forwarded for the backend's
-  // own parser to read some other way.
+  // Host is uri-host [ ":" port ] (RFC 9110 section 7.2). Weft checks that grammar (normalize.ts),
+  // stricter than Envoy's character check, which lets userinfo through over HTTP/1.1: one with a
+  // space, a slash or userinfo was judged by `hosts` as written and forwarded for the backend's own
+  // parser to read some other way.
   for (const host of ['reviews evil', 'reviews/admin', 'admin@reviews', 'reviews:80:81', 'reviews:8o', '[::1']) {
     it(`refuses Host ${JSON.stringify(host)} with 400, counted, named invalid Host in the answer, and forwards nothing`, async () => {
       const hits = b.hits;
@@ -125,6 +126,28 @@ describe('waypoint bad input', () => {
       assert.match(await raw(listener.port, `GET /a HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`), /^HTTP\/1\.1 400 [^]*invalid Host/);
       assert.equal(b.hits, hits, 'the backend saw nothing');
       assert.equal(await countOf('400', 'DPE'), before + 1);
+    });
+  }
+
+  // RFC 9113 section 8.3.1: :authority is the authority component of the target URI (no userinfo);
+  // RFC 9110 section 7.2: uri-host [ ":" port ]. nghttp2 checks :authority by characters only: it
+  // lets a second `:` and `[`/`]` through (`@` too, before 1.5x), so the same check holds over
+  // HTTP/2. Such an :authority was matched by policy `hosts` as written (past a DENY on `reviews`)
+  // and sent to an HTTP/1.1 backend as its Host.
+  for (const authority of ['reviews:80:81', '[::1', 'reviews]']) {
+    it(`refuses an HTTP/2 :authority ${JSON.stringify(authority)} with 400, counted, named invalid Host in the answer, and forwards nothing`, async () => {
+      const hits = b.hits;
+      const before = await countOf('400', 'DPE');
+      const session = http2.connect(`http://127.0.0.1:${listener.port}`);
+      try {
+        const reply = await h2request(session, { ':path': '/a', ':authority': authority });
+        assert.equal(reply.status, 400, reply.body);
+        assert.match(reply.body, /invalid Host/);
+      } finally {
+        session.destroy();
+      }
+      assert.equal(b.hits, hits, 'the backend saw nothing');
+      await until('the refusal is counted', async () => (await countOf('400', 'DPE')) === before + 1, 5000);
     });
   }
 

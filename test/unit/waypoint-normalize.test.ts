@@ -85,6 +85,18 @@ describe('path normalization (pure)', () => {
     assert.deepEqual(normalizeRequestTarget('GET', '/x/../a?p=/../%2F', 'h', b), { ok: true, path: '/a?p=/../%2F' });
   });
 
+  it('refuses a Host or :authority that is not uri-host [":" port], for either protocol (RFC 9110 section 7.2, RFC 9113 section 8.3.1)', () => {
+    const b = opts('BASE');
+    for (const host of ['reviews evil', 'reviews/admin', 'admin@reviews', 'reviews:80:81', 'reviews:8o', '[::1', 'reviews]']) {
+      const n = normalizeRequestTarget('GET', '/a', host, b);
+      assert.equal(pick(n), 'invalid_host', host);
+      assert.match(n.ok ? '' : n.message, /invalid Host \(or :authority\)/);
+    }
+    for (const host of ['reviews', 'reviews.shop.svc.cluster.local:80', '10.96.0.10', '[fd00::1]:80', '', undefined]) {
+      assert.equal(normalizeRequestTarget('GET', '/a', host, b).ok, true, host);
+    }
+  });
+
   it('compares methods case-sensitively and refuses lower-case ones, as Istio does (RFC 9110 9.1)', () => {
     assert.equal(pick(normalizeRequestTarget('delete', '/x', 'h', opts('BASE'))), 'method_not_uppercase');
     assert.equal(pick(normalizeRequestTarget('Get', '/x', 'h', opts('NONE'))), 'method_not_uppercase');

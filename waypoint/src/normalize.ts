@@ -17,10 +17,15 @@
 // Always (every mode): `%00` is refused (Istio), as is a malformed `%`, a byte outside the URI
 // character set (RFC 3986 appendix A), a fragment, and a target that is none of origin-form,
 // absolute-form or asterisk-form (RFC 9112 section 3.2). An absolute-form target becomes origin-form
-// and its authority must name the same host and port as Host (or :authority). Methods are compared
+// and its authority must name the same host and port as Host (or :authority). Host (or :authority,
+// its HTTP/2 form: RFC 9113 section 8.3.1) must be uri-host [ ":" port ] (RFC 9110 section 7.2):
+// policy `hosts` matches it as written, and an HTTP/1.1 backend gets it as its Host, so a value that
+// parsers read different ways (`admin@reviews`, `reviews:80:81`) never reaches either. This is
+// stricter than Envoy, which checks the characters only (nghttp2's rule, and `@` allowed over
+// HTTP/1.1), so that the check is the same for both protocols. Methods are compared
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
-import { isToken, splitHostPort } from './headers.ts';
+import { isToken, isValidHost, splitHostPort } from './headers.ts';
 import { encodeRawPathChars, type EscapedSlashesAction, type PathNormalization } from '../../lib/model/mesh.ts';
 
 // The mode names are the mesh model's (the controller sets them mesh-wide, lib/model/mesh.ts).
@@ -39,7 +44,7 @@ export const DEFAULT_NORMALIZE_OPTIONS: NormalizeOptions = { pathNormalization: 
 export type TargetRejection =
   | 'invalid_character' | 'invalid_percent_encoding' | 'null_character' | 'escaped_slash' | 'fragment'
   | 'invalid_request_target' | 'absolute_form_userinfo' | 'absolute_form_host_mismatch' | 'method_not_uppercase'
-  | 'invalid_method';
+  | 'invalid_method' | 'invalid_host';
 
 export type NormalizeResult =
   | { ok: true; path: string }
@@ -118,6 +123,7 @@ function sameAuthority(a: string, b: string, scheme: string): boolean {
 export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): NormalizeResult {
   if (!isToken(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
   if (/[a-z]/.test(method)) return reject('method_not_uppercase', `method ${JSON.stringify(method)} is not upper case (methods are case-sensitive, RFC 9110 section 9.1)`);
+  if (host !== undefined && !isValidHost(host)) return reject('invalid_host', `invalid Host (or :authority) ${JSON.stringify(host.slice(0, 64))}: not a host and optional port (RFC 9110 section 7.2)`);
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*' };
   let originForm = target;
   const abs = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s.exec(target);

@@ -19,7 +19,7 @@ import { backendService, routesFor, serviceKey } from './config.ts';
 import { UpstreamConnectError, UpstreamTimeoutError } from './errors.ts';
 import { applyRouteFilters, type FilterContext } from './filters.ts';
 import * as F from './flags.ts';
-import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, isValidHost, splitHostPort, type HeaderMap } from './headers.ts';
+import { applyHeaderEdits, forwardableHeaders, headerListSize, headerValue, splitHostPort, type HeaderMap } from './headers.ts';
 import { GRPC_UNKNOWN, endResponse, grpcStatusCode, sendLocalReply, writeHead, type DownstreamResponse, type LocalReply } from './local-reply.ts';
 import { normalizeRequestTarget, type NormalizeOptions } from './normalize.ts';
 import type { RedisQuota } from './quota.ts';
@@ -371,13 +371,10 @@ const normalize: Stage = (ctx) => {
   if (!('stream' in ctx.req)) {
     // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host field, and
     // to any request with more than one (node keeps the first of several, and would pass the rest).
-    // So is a Host whose value is not uri-host [ ":" port ] (RFC 9110 section 7.2; Envoy: invalid
-    // authority): `hosts` would judge it as written, and the backend's parser read it its own way.
+    // An invalid value is refused below, for both protocols (normalizeRequestTarget).
     const hosts = countHeader(ctx.req.rawHeaders, 'host');
-    const host = ctx.req.headers.host;
     const problem = hosts > 1 ? ['duplicate_host', `${hosts} Host header fields`]
       : hosts === 0 && ctx.req.httpVersion === '1.1' ? ['missing_host', 'no Host header field in an HTTP/1.1 request']
-      : host !== undefined && !isValidHost(host) ? ['invalid_host', `invalid Host ${JSON.stringify(clip(host))}: not a host and optional port`]
       : undefined;
     if (problem) {
       ctx.detail = `${problem[0]}: ${problem[1]}`;
