@@ -228,6 +228,15 @@ test('RFC 9110 section 15: a status below 100 is malformed, counted, not an info
   assert.deepEqual(errors, ['malformed_response: malformed response: status 99 is not of 100 to 599 (RFC 9110 section 15)']);
 });
 
+for (const status of ['600', '999']) {
+  test(`RFC 9110 section 15: a status of ${status} (three digits, but past 599) is malformed, counted once, and its request failed`, async () => {
+    const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? `HTTP/1.1 ${status} X\r\nContent-Length: 2\r\n\r\nok` : undefined));
+    const errors: string[] = [];
+    await assert.rejects(poolTo(b.port, 60_000, () => {}, (reason, detail) => errors.push(`${reason}: ${detail}`)).request(req('GET', { host: 'a' })), new RegExp(`malformed response: status ${status}`));
+    assert.deepEqual(errors, [`malformed_response: malformed response: status ${status} is not of 100 to 599 (RFC 9110 section 15)`]);
+  });
+}
+
 // RFC 9110 section 8.6: no Content-Length in a 1xx or a 204; section 6.1 of RFC 9112: no
 // Transfer-Encoding there either. Framing a 204 cannot have only misleads whoever reads it next: the
 // waypoint relayed `204` with `content-length: 5` to its client, whose parser may read 5 bytes of

@@ -329,8 +329,9 @@ export class H1Connection {
     }
     const raw = lines && lines.length > 0 ? (ex.lines.length > 0 ? ex.lines.concat(lines) : lines) : ex.lines;
     ex.lines = [];
-    if (status < 100) {
-      // Three digits, 100 to 599 (RFC 9110 section 15); llhttp takes any three. Not informational.
+    if (status < 100 || status > 599) {
+      // Three digits, 100 to 599 (RFC 9110 section 15); llhttp takes any three. Not informational,
+      // nor a final answer of a class nobody defines.
       return this.#refuseResponse(ex, 'malformed_response', `malformed response: status ${status} is not of 100 to 599 (RFC 9110 section 15)`);
     }
     const bodiless = (status < 200 && status !== 101) || status === 204;
