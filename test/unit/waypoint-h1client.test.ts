@@ -195,15 +195,18 @@ for (const [name, method, first] of [
 }
 
 test('bytes on an idle connection, and a response llhttp refuses, are counted (unsolicited_response, malformed_response); a 408 closing an idle connection is not', async () => {
+  let timing: net.Socket | undefined;
   const timedOut = await rawBackend((s, c) => {
     if (!s.endsWith('\r\n\r\n')) return undefined;
-    setTimeout(() => c.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n'), 20);
+    timing = c;
     return OK;
   });
   const quiet: string[] = [];
   let closed = 0;
   const idle = poolTo(timedOut.port, 60_000, () => closed++, (reason) => quiet.push(reason));
   await bodyOf(await idle.request(req('GET', { host: 'a' })));
+  // The answer is read and the connection idle in the pool: the server times it out.
+  timing!.end('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
   await until('the idle connection closed', () => closed === 1, 5_000);
   assert.deepEqual(quiet, [], 'RFC 9110 section 15.5.9: a server may answer 408 on an idle connection it closes');
   let late: net.Socket | undefined;
