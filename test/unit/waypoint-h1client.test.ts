@@ -224,6 +224,32 @@ test('bytes on an idle connection, and a response llhttp refuses, are counted (u
   assert.deepEqual(errors, ['unsolicited_response', 'malformed_response']);
 });
 
+// RFC 9110 section 15.5.9: a server may send 408 on an idle connection it closes. Envoy tells it by
+// the parsed status (a premature 408, no request outstanding, is not upstream_cx_protocol_error), so
+// the waypoint does too: a 408 after the empty line a server may send first is its idle close, and
+// a head that only starts like one and is not a valid response is an unsolicited one.
+for (const [name, sent, expected] of [
+  ['a 408 after an empty line is not counted', '\r\nHTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', []],
+  ['a malformed head that starts as a 408 is counted unsolicited_response', 'HTTP/1.1 408 Request Timeout\r\nBad Header\r\n\r\n', ['unsolicited_response']],
+  ['a 408 of HTTP/1.0 is not counted', 'HTTP/1.0 408 Request Timeout\r\n\r\n', []],
+] as const) {
+  test(`RFC 9110 section 15.5.9: on an idle connection, ${name}; the connection closes either way`, async () => {
+    let conn: net.Socket | undefined;
+    const b = await rawBackend((s, c) => {
+      if (!s.endsWith('\r\n\r\n')) return undefined;
+      conn = c;
+      return OK;
+    });
+    const errors: string[] = [];
+    let closed = 0;
+    const pool = poolTo(b.port, 60_000, () => closed++, (reason) => errors.push(reason));
+    await bodyOf(await pool.request(req('GET', { host: 'a' })));
+    conn!.end(sent);
+    await until('the idle connection closed', () => closed === 1, 5_000);
+    assert.deepEqual(errors, expected);
+  });
+}
+
 test('RFC 9110 section 15: a status below 100 is malformed, counted, not an informational answer passed over for the response behind it', async () => {
   const b = await rawBackend((s) => (s.endsWith('\r\n\r\n') ? 'HTTP/1.1 099 X\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n' : undefined));
   const errors: string[] = [];

@@ -52,9 +52,6 @@ const { HTTPParser } = createRequire(import.meta.url)('_http_common') as { HTTPP
  */
 export type H1ProtocolError = 'malformed_response' | 'unsolicited_response' | 'unexpected_upgrade';
 
-/** A server's 408 on an idle connection, which it then closes (RFC 9110 section 15.5.9). */
-const IDLE_TIMEOUT_ANSWER = /^HTTP\/1\.[01] 408 /;
-
 /** The detail of an unsolicited_response. */
 const UNSOLICITED = 'a response began with no request waiting for one';
 
@@ -211,6 +208,11 @@ export class H1Connection {
   closed = false;
   /** Given up for what the endpoint sent (#refuse): counted once, whatever follows. */
   #refused = false;
+  /**
+   * A response began with none outstanding (#beginUnsolicited): the connection closes, and is counted
+   * once the response's status is known (#onHead) or, if its head never completes, at close.
+   */
+  #unsolicited = false;
 
   constructor(duplex: Duplex, pool: H1Pool) {
     this.duplex = duplex;
@@ -218,9 +220,13 @@ export class H1Connection {
     const p = (this.#parser = new HTTPParser());
     p.initialize(HTTPParser.RESPONSE, {}, 0, 0);
     // A response starts (its first byte, CR/LF between messages aside) only while a request waits for
-    // one: anything else is refused here, before the parser keeps any of it. Bytes kept from behind a
-    // complete response (a 204's "body", a partial head) would be the start of the next request's answer.
-    p[HTTPParser.kOnMessageBegin] = () => { if (this.#ex?.state !== 'waiting') this.#refuseUnsolicited(); };
+    // one: anything else closes the connection, before the parser keeps any of it. Bytes kept from
+    // behind a complete response (a 204's "body", a partial head) would be the start of the next
+    // request's answer. This callback (one call into JavaScript a response, about 0.1 µs) is the only
+    // place Node's parser binding says where a message begins: its other callbacks give no position,
+    // the one at a message's end cannot stop the parser there (as Envoy's codec pauses), and it has no
+    // state to ask, so bytes after a complete response in the same read could not be told apart.
+    p[HTTPParser.kOnMessageBegin] = () => { if (this.#ex?.state !== 'waiting') this.#beginUnsolicited(); };
     p[HTTPParser.kOnHeaders] = (lines: string[]) => { const ex = this.#ex; if (ex) for (const l of lines) ex.lines.push(l); };
     p[HTTPParser.kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown, status: number, _msg: string, upgrade: boolean, keepAlive: boolean) =>
       this.#onHead(lines, status, upgrade, keepAlive);
@@ -323,8 +329,11 @@ export class H1Connection {
   #onHead(lines: string[] | undefined, status: number, upgrade: boolean, keepAlive: boolean): number {
     const ex = this.#ex;
     if (!ex || ex.state !== 'waiting') {
-      // A response nobody asked for (kOnMessageBegin has refused it already).
-      this.#refuseUnsolicited();
+      // A response nobody asked for (kOnMessageBegin has retired the connection). A 408 is its server
+      // closing it (RFC 9110 section 15.5.9): let go uncounted, as Envoy lets a premature 408 through
+      // when no request is outstanding; anything else is counted.
+      if (status === 408) this.#refused = true;
+      else this.#refuse('unsolicited_response', UNSOLICITED);
       return 0;
     }
     const raw = lines && lines.length > 0 ? (ex.lines.length > 0 ? ex.lines.concat(lines) : lines) : ex.lines;
@@ -399,21 +408,15 @@ export class H1Connection {
   }
 
   #onData(chunk: Buffer): void {
-    if (!this.#ex) {
-      // Bytes on an idle connection: nothing was asked; the connection is not used again. (On one
-      // already given up, after an error, they are only what followed it.) A 408 is the server
-      // closing an idle connection, as RFC 9110 section 15.5.9 lets it: not counted, as Envoy
-      // lets that premature response through.
-      if (!this.retired && !IDLE_TIMEOUT_ANSWER.test(chunk.toString('latin1', 0, 13))) this.#refuse('unsolicited_response', UNSOLICITED);
-      this.destroy();
-      return;
-    }
+    // Bytes on an idle connection are parsed too: what begins a response there closes the connection
+    // (kOnMessageBegin), and its status decides whether it is counted (#onHead).
     const r = this.#parser.execute(chunk);
     const sw = this.#switching;
     if (sw && typeof r === 'number') { this.#handOver(sw, chunk.subarray(r)); return; }
     if (typeof r !== 'number') {
       const detail = `malformed response: ${r.reason ?? r.message}${r.code ? ` (${r.code})` : ''}`;
-      this.#refuse('malformed_response', detail);
+      // A response nobody asked for is counted as that (at close), however it was written.
+      if (!this.#unsolicited) this.#refuse('malformed_response', detail);
       this.#fail(new UpstreamResetError(this.#ex?.addr ?? this.#pool.addr, detail, r));
       this.destroy();
     }
@@ -464,9 +467,11 @@ export class H1Connection {
     return 0;
   }
 
-  /** The endpoint began a response with none outstanding: the connection closes (not inside the parser's callback). */
-  #refuseUnsolicited(): void {
-    this.#refuse('unsolicited_response', UNSOLICITED);
+  /** The endpoint began a response with none outstanding: no request goes on the connection again, and it closes (not inside the parser's callback). */
+  #beginUnsolicited(): void {
+    this.retired = true;
+    if (this.#unsolicited) return;
+    this.#unsolicited = true;
     setImmediate(() => this.destroy());
   }
 
@@ -516,6 +521,8 @@ export class H1Connection {
     if (this.closed) return;
     // Closed first: failing the exchange may destroy its body, which comes back here.
     this.closed = true;
+    // An unsolicited response whose head never completed (#onHead did not see it) is counted now.
+    if (this.#unsolicited) this.#refuse('unsolicited_response', UNSOLICITED);
     this.#fail(new UpstreamResetError(this.#pool.addr, 'connection closed'));
     this.duplex.destroy();
     this.#release();
