@@ -43,7 +43,7 @@ function poolTo(port: number, idleMs = 60_000, onEmpty: () => void = () => {}, o
   const pool = new H1Pool(`127.0.0.1:${port}`, () => new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1', () => resolve(s));
     s.once('error', reject);
-  }), idleMs, onEmpty, onProtocolError);
+  }), idleMs, onEmpty, (reason, _endpoint, detail) => onProtocolError(reason, detail));
   closers.push(() => pool.destroy());
   return pool;
 }

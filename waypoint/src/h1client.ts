@@ -456,7 +456,7 @@ export class H1Connection {
     this.retired = true;
     if (this.#refused) return;
     this.#refused = true;
-    this.#pool.protocolError(reason, detail);
+    this.#pool.onProtocolError(reason, this.#pool.addr, detail);
   }
 
   /** The response head in hand breaks the protocol: its request fails with `detail`; the connection closes once the parser has returned. */
@@ -549,7 +549,8 @@ export class H1Pool {
   readonly #open: (onDraining: () => void) => Promise<Duplex>;
   readonly #idleMs: number;
   readonly #onEmpty: () => void;
-  readonly #onProtocolError: (reason: H1ProtocolError, detail: string) => void;
+  /** One of its connections to `endpoint` (its addr) was given up for what the endpoint sent. */
+  readonly onProtocolError: (reason: H1ProtocolError, endpoint: string, detail: string) => void;
   readonly #idle: H1Connection[] = [];
   readonly #all = new Set<H1Connection>();
   #connecting = 0;
@@ -560,17 +561,12 @@ export class H1Pool {
    * `onEmpty`: its last connection closed (the owner forgets it: pools are per caller, and callers
    * come and go). `onProtocolError`: a connection was given up for what the endpoint sent.
    */
-  constructor(addr: string, open: (onDraining: () => void) => Promise<Duplex>, idleMs: number, onEmpty: () => void, onProtocolError: (reason: H1ProtocolError, detail: string) => void = () => {}) {
+  constructor(addr: string, open: (onDraining: () => void) => Promise<Duplex>, idleMs: number, onEmpty: () => void, onProtocolError: (reason: H1ProtocolError, endpoint: string, detail: string) => void) {
     this.addr = addr;
     this.#open = open;
     this.#idleMs = idleMs;
     this.#onEmpty = onEmpty;
-    this.#onProtocolError = onProtocolError;
-  }
-
-  /** One of its connections was given up for what the endpoint sent (H1ProtocolError). */
-  protocolError(reason: H1ProtocolError, detail: string): void {
-    this.#onProtocolError(reason, detail);
+    this.onProtocolError = onProtocolError;
   }
 
   /** `upgrade`: the request asks to switch protocols; a 101 resolves with `upgraded` (the connection, handed over). */

@@ -129,11 +129,6 @@ export class UpstreamPool {
     this.onProtocolError = opts.onProtocolError ?? (() => {});
   }
 
-  /** The H1Pool's report of a connection to `ep` given up, named by the endpoint. */
-  private protocolErrorsOf(ep: UpstreamEndpoint): (reason: H1ProtocolError, detail: string) => void {
-    return (reason, detail) => this.onProtocolError(reason, addr(ep), detail);
-  }
-
   private connect(ep: UpstreamEndpoint, timeoutMs: number, forwardedFor?: { ip: string; port: number }, onDraining?: () => void, caller?: string): Promise<Duplex> {
     this.connectionsOpened++;
     let timer: NodeJS.Timeout | undefined;
@@ -159,7 +154,7 @@ export class UpstreamPool {
    * and Upgrade included: they are this hop's to send).
    */
   upgrade(ep: UpstreamEndpoint, req: UpstreamRequest, connectTimeoutMs: number, forwardedFor?: { ip: string; port: number }): Promise<UpstreamResponse> {
-    const own = new H1Pool(addr(ep), () => this.connect(ep, connectTimeoutMs, forwardedFor, undefined, req.callerId), this.idleMs, () => {}, this.protocolErrorsOf(ep));
+    const own = new H1Pool(addr(ep), () => this.connect(ep, connectTimeoutMs, forwardedFor, undefined, req.callerId), this.idleMs, () => {}, this.onProtocolError);
     return own.request(req, true);
   }
 
@@ -188,7 +183,7 @@ export class UpstreamPool {
     if (!p) {
       const pool: H1Pool = new H1Pool(addr(ep), (onDraining) => this.connect(ep, connectTimeoutMs, UpstreamPool.forwardedFor(client), onDraining, caller), idleMs, () => {
         if (this.h1Pools.get(key) === pool) this.h1Pools.delete(key);
-      }, this.protocolErrorsOf(ep));
+      }, this.onProtocolError);
       p = pool;
       this.h1Pools.set(key, p);
     }
