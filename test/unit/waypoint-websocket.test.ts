@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { acceptWebSocket } from '../../cli/local/apps/websocket.ts';
+import { upgradeOf } from '../../lib/websocket.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { CALLER, backend, config, endpoint, metricSamples, route, service, startTunnelListener, trafficPolicy, type Listener } from '../../waypoint/testing/harness.ts';
@@ -86,6 +87,19 @@ function denyAdmin(): AuthorizationPolicy {
     rules: [{ from: [{ principals: [CALLER] }], to: [{ paths: ['/admin', '/admin/*'] }], when: [], layer: 'L7' }],
   };
 }
+
+// One classifier for the waypoint's node:http (which requests it takes as upgrades), its pipeline
+// (which of those it refuses) and the sample echo app (which it answers).
+it('classifies an Upgrade: websocket only for a GET whose whole value is websocket; h2c alone is none; anything else other (RFC 6455 section 4.1)', () => {
+  const of = (method: string, upgrade?: string): ReturnType<typeof upgradeOf> => upgradeOf({ method, headers: upgrade === undefined ? {} : { upgrade } } as http.IncomingMessage);
+  assert.equal(of('GET', 'websocket'), 'websocket');
+  assert.equal(of('GET', ' WebSocket '), 'websocket');
+  assert.equal(of('POST', 'websocket'), undefined);
+  assert.equal(of('GET'), undefined);
+  assert.equal(of('GET', 'h2c'), undefined);
+  for (const other of ['websocket, h2c', 'h2c, websocket', 'foo', 'TLS/1.2', '']) assert.equal(of('GET', other), 'other', other);
+  assert.equal(of('POST', 'foo'), 'other');
+});
 
 describe('waypoint: WebSocket upgrades (RFC 6455, RFC 9110 section 7.8)', () => {
   let ws: WsBackend;

@@ -8,14 +8,14 @@ import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
 import { RapidResetGuard, type RapidResetLimits } from '../../lib/hbone/rapid-reset.ts';
 import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { isWebSocketHandshake } from '../../lib/websocket.ts';
+import { upgradeOf } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_REPLAY_BUDGET_BYTES, DEFAULT_RETRY_BUFFER_BYTES, ReplayBudget } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
 import { FLAGS_HEADER, FLAG_DOWNSTREAM_PROTOCOL_ERROR } from './flags.ts';
 import { DEFAULT_NORMALIZE_OPTIONS, type EscapedSlashesAction, type PathNormalization } from './normalize.ts';
-import { endpointPort, handleRequest, upgradeRefused, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
+import { endpointPort, handleRequest, type ConnContext, type DownstreamRequest, type ProxyEnv, type ProxyLimits } from './proxy.ts';
 import { DEFAULT_MAX_MIRRORS, DEFAULT_MAX_REQUESTS, RequestAdmission } from './overload.ts';
 import { RedisQuota, type QuotaOptions, type QuotaRule } from './quota.ts';
 import { LocalRateLimiter } from './ratelimit.ts';
@@ -308,10 +308,10 @@ export class WaypointEngine {
       keepAliveTimeout: idleMs,
       // A WebSocket handshake is proxied as an upgrade (proxy.ts, forwardUpgrade). Any other
       // Upgrade is taken as one too, so that node stops reading the connection there, and refused
-      // with 403 (proxy.ts, upgradeRefused), as Envoy refuses an upgrade it has no upgrade_configs
+      // with 403 (proxy.ts normalize), as Envoy refuses an upgrade it has no upgrade_configs
       // entry for; but `h2c` alone, which Envoy's codec strips, stays an ordinary request whose
-      // Upgrade field is not forwarded, and so does a non-GET naming websocket.
-      shouldUpgradeCallback: (req) => isWebSocketHandshake(req) || upgradeRefused(req),
+      // Upgrade field is not forwarded, and so does a non-GET naming websocket (lib/websocket.ts).
+      shouldUpgradeCallback: (req) => upgradeOf(req) !== undefined,
       // The pipeline refuses a missing or repeated Host itself (proxy.ts normalize), counted and
       // logged; node's own refusal would be neither.
       requireHostHeader: false,

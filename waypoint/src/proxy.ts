@@ -12,6 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
+import { upgradeOf } from '../../lib/websocket.ts';
 import { isConsumerRoute, servesService, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
@@ -341,23 +342,11 @@ const admit: Stage = (ctx) => {
  * with flag DPE and the reason in the access log. From here on, `ctx.path` is what policy judges,
  * routes match and the backend receives.
  */
-/**
- * An HTTP/1.1 Upgrade the waypoint does not proxy: any but a WebSocket handshake (RFC 6455, the
- * whole Upgrade value `websocket`) and but `h2c` alone, which stays an ordinary request whose Upgrade
- * is not forwarded (Envoy's codec strips it). Envoy answers the rest 403 upgrade_failed, Istio
- * configuring websocket only; node hands such a request over as an upgrade so that nothing after its
- * head is read as another request.
- */
-export function upgradeRefused(req: http.IncomingMessage): boolean {
-  const v = req.headers.upgrade;
-  if (typeof v !== 'string') return false;
-  const value = v.trim().toLowerCase();
-  return value !== 'h2c' && value !== 'websocket';
-}
-
 const normalize: Stage = (ctx) => {
-  if (ctx.upgrade && upgradeRefused(ctx.req as http.IncomingMessage)) {
-    // The connection closes after the answer (engine.ts onUpgrade): what follows the head is the refused protocol's.
+  if (ctx.upgrade && upgradeOf(ctx.req as http.IncomingMessage) === 'other') {
+    // An Upgrade the waypoint does not proxy (lib/websocket.ts): Envoy answers 403 upgrade_failed,
+    // Istio configuring websocket only. The connection closes after the answer (engine.ts
+    // onUpgrade): what follows the head is the refused protocol's.
     ctx.detail = `upgrade_failed: Upgrade ${JSON.stringify(clip(headerValue(ctx.headers, 'upgrade')))} is not proxied by the waypoint (websocket only)`;
     localReply(ctx, { status: 403, flags: '-', body: 'upgrade not supported by the waypoint (websocket only)' });
     return;

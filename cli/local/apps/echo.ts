@@ -14,7 +14,7 @@ import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { createHash } from 'node:crypto';
 import { parseDuration } from '../../../lib/model/duration.ts';
-import { isWebSocketHandshake } from '../../../lib/websocket.ts';
+import { upgradeOf } from '../../../lib/websocket.ts';
 import { acceptWebSocket } from './websocket.ts';
 
 const { values } = parseArgs({
@@ -123,7 +123,7 @@ function requestedHeaders(v: string | string[] | undefined): Record<string, stri
 
 const h1 = http.createServer({
   // Only WebSocket upgrades leave the request path (an h2c Upgrade is answered as HTTP/1.1).
-  shouldUpgradeCallback: isWebSocketHandshake,
+  shouldUpgradeCallback: (req) => upgradeOf(req) === 'websocket',
 }, (req, res) => {
   // POST /sha256 hashes the body as it streams (large transfers), anything else echoes.
   const hash = req.url === '/sha256' ? createHash('sha256') : undefined;
