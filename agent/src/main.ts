@@ -4,7 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent, type AgentOptions } from './agent.ts';
-import { validateTrustDomain } from '../../lib/identity/index.ts';
+import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, validateTrustDomain } from '../../lib/identity/index.ts';
 import { isLogLevel, type LogLevel } from '../../lib/log.ts';
 import { runMain, UsageError, type Running } from '../../lib/main.ts';
 import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
@@ -31,7 +31,7 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              process named kubelet)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
-                             (default: the CA's, 24 h)
+                             (default: the CA's, 24 h; at most the CA's maximum, 604800 = 7 days)
   --splice                   splice authorized same-node connections pod to pod in the kernel
                              (bpf/splice.bpf.c) instead of carrying them through the agent (default:
                              off, also as --no-splice or --splice=false). Pods that read with
@@ -55,6 +55,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              (with --ready-file: create it and wait for SIGTERM, as a DaemonSet pod)
   --cni-conf-dir/--cni-bin-dir  with --uninstall: first take the chained plugin weft-cni out of every
                              *.conflist there and remove its binary (it would fail new pods closed)`;
+
+/** --cert-lifetime's ceiling: the longest lifetime the CA grants (lib/identity/ca.ts). */
+const MAX_CERT_LIFETIME_S = DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000;
 
 /** What the command line asks for: run the agent, or remove this node's datapath (`--uninstall`). */
 export type AgentCommand =
@@ -137,8 +140,12 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   if (!values.token && !values['token-file']) fail('one of --token or --token-file is required');
   const level = values['log-level'] as LogLevel;
   if (!isLogLevel(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
-  const certLifetime = values['cert-lifetime'] === undefined ? undefined : Number(values['cert-lifetime']);
-  if (certLifetime !== undefined && !(Number.isInteger(certLifetime) && certLifetime > 0)) fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds`);
+  // Whole seconds up to what the CA grants: it refuses a longer lifetime (INVALID_ARGUMENT), and a
+  // refused workload certificate fails the connection that asked for it.
+  const certLifetime = values['cert-lifetime'] === undefined ? undefined : /^[0-9]+$/.test(values['cert-lifetime']) ? Number(values['cert-lifetime']) : NaN;
+  if (certLifetime !== undefined && !(certLifetime > 0 && certLifetime <= MAX_CERT_LIFETIME_S)) {
+    fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds up to ${MAX_CERT_LIFETIME_S} (the CA's maximum)`);
+  }
   const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
   if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
   for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {

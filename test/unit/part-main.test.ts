@@ -86,6 +86,9 @@ test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => 
     [[...AGENT_OK, '--hbone-port', '70000'], /--hbone-port 70000 is not a port/],
     [[...AGENT_OK, '--log-level', 'loud'], /--log-level loud is not one of/],
     [[...AGENT_OK, '--cert-lifetime', '0'], /--cert-lifetime 0 is not a positive number/],
+    // Past the CA's 7-day maximum the CA refuses every request (INVALID_ARGUMENT), as Istio's does.
+    [[...AGENT_OK, '--cert-lifetime', '1209600'], /--cert-lifetime 1209600 is not a positive number of seconds up to 604800 \(the CA's maximum\)/],
+    [[...AGENT_OK, '--cert-lifetime', '1e3'], /--cert-lifetime 1e3 is not a positive number/],
     [[...AGENT_OK, '--drain-timeout', 'soon'], /--drain-timeout soon is not a number of seconds/],
     [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /trust domain/i],
     [[...AGENT_OK, '--bogus'], /Unknown option '--bogus'/],
@@ -107,6 +110,8 @@ test('parseAgentArgs: flags become the agent\'s options; --uninstall is its own 
   assert.deepEqual(c.options.excludedPorts, [22]);
   assert.deepEqual(c.options.kubeletCgroups, []);
   assert.equal(c.options.token(), 't');
+  const week = parseAgentArgs([...AGENT_OK, '--cert-lifetime', '604800']);
+  assert.equal(week.kind === 'agent' && week.options.certLifetimeSeconds, 604800, 'the CA\'s maximum itself');
   assert.deepEqual(parseAgentArgs(['--uninstall', '--pin-root', '/sys/fs/bpf/weft', '--ready-file', '/tmp/r']), { kind: 'uninstall', pinRoot: '/sys/fs/bpf/weft', readyFile: '/tmp/r' });
 });
 
