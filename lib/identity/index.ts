@@ -1,6 +1,6 @@
-// Identity for Weft: SPIFFE IDs, keys and CSRs, the CA, the certificate-service client, one
-// identity's certificate lifecycle (renewal.ts, which the agent's CertManager and a proxy's
-// IssuedIdentity share) and the TLS options HBONE uses. This file is the public surface; import
+// Identity for Weft: SPIFFE IDs, keys and CSRs, the CA, the certificate-service client, a proxy's
+// own identity (issued.ts, on the lifecycle renewal.ts it shares with the agent's CertManager, with
+// that lifecycle's options and retry schedule) and the TLS options HBONE uses. This file is the public surface; import
 // from here.
 export {
   IdentityError, SpiffeIdError, MalformedCsrError, CsrSignatureError, CsrIdentityMismatchError, CaLoadError,
@@ -23,11 +23,8 @@ export {
   classifyTlsError, guardHboneServer,
 } from './tls.ts';
 export { CertificateServiceClient, followTrustBundle, type CaClientOptions, type CaClientCredentials, DEFAULT_CA_CALL_DEADLINE_MS } from './ca-client.ts';
-export {
-  IdentityRenewal, RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, DEFAULT_RENEW_FRACTION, type RenewalBackoffOptions, type RenewalOptions, type RenewalHooks,
-  type RenewalFailure,
-} from './renewal.ts';
-export { type CertificateSigner, type SignResult, type HeldCertificate, type CertificateState, heldCertificate, certificateState, sameRoots } from './signing.ts';
+export { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalBackoffOptions, type RenewalOptions, type RenewalFailure } from './renewal.ts';
+export { type CertificateSigner, type SignResult, type HeldCertificate, type CertificateState } from './signing.ts';
 export { CA_PROTO_PATH, CERTIFICATE_SERVICE_NAME } from './ca-proto.ts';
 export {
   IssuedIdentity, ControllerSigner, staticIdentity, CertificateFileIdentityError, type ProxyIdentity, type IssuedIdentityOptions,

@@ -6,8 +6,9 @@
 //   lifecycle the agent's CertManager shares (IdentityRenewal, lib/identity/renewal.ts): renewed at
 //   half of the validity left at issuance, at once when the trust bundle changes (root rotation)
 //   and when the CA announces a signing certificate that did not issue the one held (a new
-//   intermediate under the same root: Istio's plug-in CA rotated); a failed attempt retried with exponential backoff and jitter (500 ms doubling to
-//   30 s), no wait outlasting half of the remaining validity, each failure reported
+//   intermediate under the same root: Istio's plug-in CA rotated; IdentityRenewal
+//   renewUnlessIssuedBy); a failed attempt retried with exponential backoff and jitter (500 ms
+//   doubling to 30 s), no wait outlasting half of the remaining validity, each failure reported
 //   ('renewalFailed') with the next attempt. A refusal is retried too: nobody else would ask for
 //   this identity again, and a holder that gave up would serve its certificate past expiry.
 // - What is its own: the roots and the signing certificate, from the CA's trust-bundle stream
@@ -22,7 +23,7 @@ import type { Logger } from '../log.ts';
 import { IdentityError } from './errors.ts';
 import { CertificateServiceClient, followTrustBundle } from './ca-client.ts';
 import { IdentityRenewal, type RenewalBackoffOptions, type RenewalFailure, type RenewalOptions } from './renewal.ts';
-import { issuedBy, parseCertificate, splitPemCertificates } from './x509.ts';
+import { parseCertificate, splitPemCertificates } from './x509.ts';
 import { spiffeIdOfCertificate, type PeerExpectation, type TlsCredentials } from './tls.ts';
 import { certificateState, heldCertificate, sameRoots, type CertificateSigner, type CertificateState, type HeldCertificate } from './signing.ts';
 
@@ -74,15 +75,6 @@ function subjectOf(pem: string): string {
     return (parseCertificate(pem).x509.subject ?? '').replace(/\n/g, ', ');
   } catch {
     return '(unparseable)';
-  }
-}
-
-/** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
-function issuedByAnother(cert: string, signer: string): boolean {
-  try {
-    return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
-  } catch {
-    return false;
   }
 }
 
@@ -217,8 +209,6 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   #roots: string[];
   #started = false;
   #stopWatch: (() => void) | undefined;
-  /** The signing certificate the CA's stream last announced (setTrustBundle). */
-  #announcedSigner: string | undefined;
   #closed = false;
 
   constructor(o: IssuedIdentityOptions) {
@@ -234,9 +224,8 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
         if (!superseded && roots.length > 0 && !sameRoots(roots, this.#roots)) this.#applyRoots(roots);
         if (previous) this.emit('rotated', this.current());
       },
-      failed: (error, retry) => {
-        if (retry.retryInMs !== undefined) this.emit('renewalFailed', error, { ...retry, retryInMs: retry.retryInMs });
-      },
+      // retryRefused: every failure has a next attempt.
+      failed: (error, retry) => this.emit('renewalFailed', error, { ...retry, retryInMs: retry.retryInMs! }),
     });
   }
 
@@ -278,23 +267,14 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   /**
    * What the CA's stream announces: new roots are trusted at once and the certificate renewed under
    * them; a new signing certificate `signer` (PEM) that did not issue the certificate held has it
-   * renewed too (an intermediate changed under the same root leaves the roots as they were), so the
-   * holder's certificate, and what it takes from its issuer (a waypoint's debug grants,
-   * lib/identity/debug-grant.ts), follow the CA within a renewal, not at half its lifetime. Once per
-   * announcement: a CA whose replicas sign with two intermediates for a while is not asked again
-   * and again.
+   * renewed too (IdentityRenewal.renewUnlessIssuedBy: an intermediate changed under the same root
+   * leaves the roots as they were). One renewal for both.
    */
   setTrustBundle(roots: readonly string[], signer?: string): void {
     if (this.#closed) return;
-    const newSigner = signer !== undefined && signer !== '' && signer !== this.#announcedSigner;
-    if (newSigner) this.#announcedSigner = signer;
-    const held = this.#renewal.held;
-    if (roots.length > 0 && !sameRoots(roots, this.#roots)) {
-      this.#applyRoots(roots);
-      this.renewNow();
-    } else if (newSigner && held && issuedByAnother(held.certChain[0]!, signer)) {
-      this.renewNow();
-    }
+    const newRoots = roots.length > 0 && !sameRoots(roots, this.#roots);
+    if (newRoots) this.#applyRoots(roots);
+    if (!this.#renewal.renewUnlessIssuedBy(signer) && newRoots) this.renewNow();
   }
 
   /** Renews now; if a renewal is under way, once more after it (or now, if it is waiting to retry). */

@@ -12,10 +12,15 @@
 //   past half of what is left of the held certificate's validity); each failure is reported with
 //   {failures, retryInMs, expiresAt}, and the held certificate keeps being served until it
 //   expires. A refusal (WEFT_CA_REFUSED: identity not allowed, bad CSR, a certificate for another
-//   identity) is retried only when the holder says so (`retryRefused`): a proxy's own identity
+//   identity) is retried when the holder says so (`retryRefused`): a proxy's own identity
 //   has nobody else who would ask again, and ztunnel retries every failed fetch with backoff
-//   (src/identity/manager.rs); the agent's certificates are asked for per connection, so a refusal
-//   ends the renewal, reaches the connection waiting for it at once, and the next one asks again.
+//   (src/identity/manager.rs); and while a valid certificate is held: it is served meanwhile and
+//   nobody else asks. Otherwise (the agent's certificates, asked for per connection, none valid)
+//   a refusal ends the renewal, reaches the connection waiting for it at once, and the next one
+//   asks again.
+// - renewUnlessIssuedBy() (the CA announced its signing certificate): renews, once per
+//   announcement, when that certificate did not issue the one held (a new intermediate under the
+//   same root: Istio's plug-in CA rotated; proto/weft/ca.proto WatchTrustBundle).
 // - renewNow() (new roots, a holder's request): renews at once; a retry waiting for its turn goes
 //   now (the roots it failed under may be what failed it); an attempt already on its way is
 //   followed by one more, and its answer is marked `superseded` so that the roots it carries,
@@ -34,7 +39,7 @@ import { jittered, type BackoffOptions } from '../backoff.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from './csr.ts';
 import { CaUnavailableError, CertificateRefusedError, IdentityError } from './errors.ts';
 import { heldCertificate, type CertificateSigner, type HeldCertificate } from './signing.ts';
-import { parseCertificate } from './x509.ts';
+import { issuedBy, parseCertificate } from './x509.ts';
 
 export interface RenewalBackoffOptions extends BackoffOptions {
   /** Shortest wait near expiry; default 250 ms. */
@@ -88,6 +93,15 @@ export class RenewalBackoff {
 // ---------------------------------------------------------------------------------------------
 // One identity's certificate
 
+/** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
+function issuedByAnother(cert: string, signer: string): boolean {
+  try {
+    return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
+  } catch {
+    return false;
+  }
+}
+
 /** Fraction of the validity left at issuance after which a certificate is renewed. */
 export const DEFAULT_RENEW_FRACTION = 0.5;
 
@@ -109,7 +123,7 @@ export interface RenewalOptions {
 export interface RenewalFailure {
   /** Failed attempts of this renewal so far, this one included. */
   failures: number;
-  /** Wait before the next attempt; undefined when there is none (a refusal the holder does not retry). */
+  /** Wait before the next attempt; undefined when there is none (a refusal that ends the renewal). */
   retryInMs: number | undefined;
   /** The certificate still held and served meanwhile, if any. */
   expiresAt: Date | undefined;
@@ -117,7 +131,10 @@ export interface RenewalFailure {
 
 /** What the holder does with what happens: called synchronously, in order. */
 export interface RenewalHooks {
-  /** Retry a refusal (WEFT_CA_REFUSED) with backoff like any failure; otherwise it ends the renewal. */
+  /**
+   * Retry a refusal (WEFT_CA_REFUSED) with backoff like any failure; otherwise it ends the renewal
+   * unless a valid certificate is held (then it is retried too: nobody waits for the answer).
+   */
   retryRefused: boolean;
   /**
    * A certificate was installed (`previous`: the one it replaces). `roots`: the CA's roots as the
@@ -149,6 +166,8 @@ export class IdentityRenewal {
   #failures = 0;
   #lastError: IdentityError | undefined;
   #nextAttemptAt: number | undefined;
+  /** The signing certificate last announced (renewUnlessIssuedBy). */
+  #announcedSigner: string | undefined;
   #stopped = false;
 
   constructor(identity: string, signer: CertificateSigner, options: RenewalOptions, hooks: RenewalHooks) {
@@ -230,6 +249,23 @@ export class IdentityRenewal {
     void this.renew().catch(() => undefined);
   }
 
+  /**
+   * The CA announced its signing certificate `signerPem` (PEM): renews now if it did not issue the
+   * certificate held, so that the certificate, and what a holder takes from its issuer (a
+   * waypoint's debug grants, lib/identity/debug-grant.ts), follow the CA within a renewal, not at
+   * the next scheduled one. Once per announcement: a CA whose replicas sign with two intermediates
+   * for a while is not asked again and again. True when it renewed (a holder that renews for
+   * another reason too, new roots, then need not ask twice).
+   */
+  renewUnlessIssuedBy(signerPem: string | undefined): boolean {
+    if (!signerPem || signerPem === this.#announcedSigner) return false;
+    this.#announcedSigner = signerPem;
+    const held = this.#held;
+    if (this.#stopped || !held || !issuedByAnother(held.certChain[0]!, signerPem)) return false;
+    this.renewNow();
+    return true;
+  }
+
   /** Stops renewing: a waiting retry ends, an answer still on its way is not installed. */
   stop(): void {
     this.#stopped = true;
@@ -259,9 +295,13 @@ export class IdentityRenewal {
           const error = err instanceof IdentityError ? err : new CaUnavailableError(`signing ${this.identity} failed: ${(err as Error).message}`, { cause: err });
           this.#failures++;
           this.#lastError = error;
-          const retry = !(error instanceof CertificateRefusedError) || this.#hooks.retryRefused;
           const now = this.#clock();
-          const wait = retry ? backoff.next(this.#held ? this.#held.notAfter.getTime() - now : undefined) : undefined;
+          const validForMs = this.#held ? this.#held.notAfter.getTime() - now : undefined;
+          // A refusal ends the renewal only where the holder does not retry refusals and no valid
+          // certificate is held: then a caller is waiting for this answer, and the next one asks
+          // again. While one is held it is served without asking, so nobody would.
+          const retry = !(error instanceof CertificateRefusedError) || this.#hooks.retryRefused || (validForMs !== undefined && validForMs > 0);
+          const wait = retry ? backoff.next(validForMs) : undefined;
           this.#nextAttemptAt = wait === undefined ? undefined : now + wait;
           this.#hooks.failed(error, { failures: this.#failures, retryInMs: wait, expiresAt: this.#held?.notAfter });
           if (wait === undefined) throw error;

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
-import { CaUnavailableError } from '../../lib/identity/errors.ts';
+import { CaUnavailableError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import { IssuedIdentity } from '../../lib/identity/issued.ts';
 import { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalFailure, type RenewalOptions } from '../../lib/identity/renewal.ts';
 import type { CertificateSigner, SignResult } from '../../lib/identity/signing.ts';
@@ -59,11 +59,15 @@ test('followTrustBundle reopens the stream after it fails to open or ends, until
 // ---------------------------------------------------------------------------------------------
 // One lifecycle, two holders
 
-/** Signs through an in-process CA; fails, delays, or answers for another identity when told to. */
+/** Signs through an in-process CA; fails, refuses, holds its answer, or answers for another identity when told to. */
 class TableSigner implements CertificateSigner {
   calls = 0;
   failNext = 0;
-  delayMs = 0;
+  refuseNext = 0;
+  /** Answers wait for this promise (the test resolves it). */
+  hold: Promise<void> | undefined;
+  /** The holder's trust-bundle stream callback: the test announces roots and signing certificates through it. */
+  onBundle: ((roots: string[], signer?: string) => void) | undefined;
   /** Answer with a certificate for this identity instead of the one asked for. */
   answerFor: string | undefined;
   /** The roots an answer carries, read when the request arrives (default: the CA's). */
@@ -75,15 +79,23 @@ class TableSigner implements CertificateSigner {
   async sign(identity: string, csr: string): Promise<SignResult> {
     this.calls++;
     const trustBundle = this.publish ?? this.ca.trustBundle();
-    if (this.delayMs) await new Promise((r) => setTimeout(r, this.delayMs));
+    if (this.hold) await this.hold;
     if (this.failNext > 0) {
       this.failNext--;
       throw new CaUnavailableError('certificate service at table is unavailable (test)');
+    }
+    if (this.refuseNext > 0) {
+      this.refuseNext--;
+      throw new CertificateRefusedError('the CA refused the request (test)');
     }
     if (this.answerFor) return { certChain: [...(await workloadCreds(this.ca, this.answerFor)).certChain], trustBundle };
     return { certChain: this.ca.signCsr(csr, identity).certChain, trustBundle };
   }
   setTrustBundle(): void {}
+  watchTrustBundle(onBundle: (roots: string[], signer?: string) => void): () => void {
+    this.onBundle = onBundle;
+    return () => { this.onBundle = undefined; };
+  }
   close(): void {}
 }
 
@@ -164,11 +176,15 @@ for (const h of holders) {
     const [x, y] = [await otherRoot(), await otherRoot()];
     // The answer to the renewal below carries the roots as they were when it was asked for.
     signer.publish = ca.trustBundle();
-    signer.delayMs = 200;
+    let answer!: () => void;
+    signer.hold = new Promise((r) => { answer = r; });
     holder.setRoots([...ca.trustBundle(), x]);
     await until('the renewal is on its way', () => signer.calls === 2, 5_000);
     signer.publish = [...ca.trustBundle(), x, y];
     holder.setRoots([...ca.trustBundle(), x, y]);
+    // Only now does the answer to the renewal on its way arrive.
+    signer.hold = undefined;
+    answer();
     await until('a second renewal after the one on its way', () => holder.rotations() === 2, 5_000);
     assert.deepEqual(holder.roots(), [...ca.trustBundle(), x, y], 'the roots announced last, not those of the older answer');
     assert.notEqual(holder.serial(), first);
@@ -198,6 +214,59 @@ for (const h of holders) {
       await assert.rejects(first, (e: Error & { code?: string }) => e.code === 'WEFT_CA_REFUSED');
       await holds('no attempt after the refusal', () => signer.calls === 1, 100);
     }
+  });
+
+  test(`${h.name}: a refused renewal is retried while the certificate held is still valid, with backoff within its validity (nobody else would ask: it is served meanwhile)`, async (t) => {
+    const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const signer = new TableSigner(ca);
+    // Renewed after ~0.4 s of the CA's 24 h; the certificate stays valid throughout.
+    const holder = h.make(signer, { renewFraction: 0.000005, backoff: { initialMs: 20, maxMs: 20 } });
+    t.after(() => holder.close());
+    await holder.start();
+    const first = holder.serial();
+    signer.refuseNext = 1;
+    await until('the scheduled renewal is refused', () => holder.failures().length === 1, 5_000);
+    const [refused] = holder.failures();
+    assert.equal(refused!.code, 'WEFT_CA_REFUSED');
+    assert.ok(refused!.retry.retryInMs !== undefined && refused!.retry.retryInMs <= 12 * 3_600_000, 'a next attempt, within half of the validity left');
+    assert.ok(refused!.retry.expiresAt, 'the certificate still held');
+    await until('the retry installs a certificate', () => holder.rotations() >= 1, 5_000);
+    assert.notEqual(holder.serial(), first);
+    assert.equal(holder.state(), 'valid');
+    assert.equal(holder.failures().length, 1, 'the refusal reported once');
+  });
+
+  test(`${h.name}: a signing certificate announced that did not issue the certificate held renews it, once per announcement (a new intermediate under the same root, Istio's plug-in CA rotated; proto/weft/ca.proto WatchTrustBundle)`, async (t) => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const intermediate = async (): Promise<CertificateAuthority> => {
+      const i = await root.issueIntermediate('cluster-a');
+      return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+    };
+    const ca = await intermediate();
+    const signer = new TableSigner(ca);
+    const holder = h.make(signer, {});
+    t.after(() => holder.close());
+    await holder.start();
+    const first = holder.serial();
+    // The signer that issued the certificate held: nothing.
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    ca.rotateTo(await intermediate());
+    assert.deepEqual(ca.trustBundle(), root.trustBundle(), 'the same root: the roots alone say nothing');
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    await until('the renewal under the new intermediate', () => holder.rotations() === 1, 5_000);
+    assert.notEqual(holder.serial(), first);
+    // The same announcement again: nothing. A CA still signing with another (replicas on two
+    // intermediates for a while) is asked once per announcement, not in a loop.
+    signer.onBundle!(ca.trustBundle(), ca.signingCertificate());
+    const other = await intermediate();
+    signer.onBundle!(ca.trustBundle(), other.signingCertificate());
+    await until('one renewal for the announcement', () => holder.rotations() === 2, 5_000);
+    signer.onBundle!(ca.trustBundle(), other.signingCertificate());
+    // A barrier: a third signer renews once more, and the signing calls show nothing came between.
+    signer.onBundle!(ca.trustBundle(), (await intermediate()).signingCertificate());
+    await until('one renewal for the third signer', () => holder.rotations() === 3, 5_000);
+    assert.equal(signer.calls, 4, 'one signing request per new announcement, none for a repeated one');
+    assert.deepEqual(holder.roots(), root.trustBundle());
   });
 
   test(`${h.name}: renewal time, expiry and the state shown follow the injected clock`, async (t) => {

@@ -8,10 +8,12 @@
 // - Renewal (the shared lifecycle): at a fraction (default half) of the validity left at issuance;
 //   a failure retried with RenewalBackoff, never waiting past half of the validity left, the
 //   current certificate served until it expires. A refusal (identity not allowed on this node, bad
-//   CSR) is not retried: it reaches the connection that asked at once, and the next one asks again.
+//   CSR) is retried so only while a valid certificate is held; without one it reaches the
+//   connection that asked at once, and the next one asks again.
 // - One trust bundle for every identity, from the CA's trust bundle stream, setTrustBundle and
 //   signing responses; a change renews every identity at once (root rotation), wakes one waiting
-//   to retry, and renews again one whose signing was on its way.
+//   to retry, and renews again one whose signing was on its way. A signing certificate the stream
+//   announces renews each identity it did not issue (a new intermediate under the same root).
 // - Emits 'rotated' when an identity's certificate is replaced, 'trustBundleChanged', and
 //   'renewalFailed' for each failed attempt (metrics/logs), with when the next one is due.
 //   list() shows the failures of a renewal in progress.
@@ -27,7 +29,6 @@ import {
 import { IdentityRenewal, type RenewalFailure, type RenewalOptions } from '../../../lib/identity/renewal.ts';
 import { certificateState, sameRoots, type CertificateSigner, type CertificateState, type HeldCertificate } from '../../../lib/identity/signing.ts';
 
-export { DEFAULT_RENEW_FRACTION } from '../../../lib/identity/renewal.ts';
 /** How long get() waits for a first certificate before failing with CaUnavailableError. */
 export const DEFAULT_FETCH_TIMEOUT_MS = 30_000;
 
@@ -87,9 +88,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     this.#renewal = opts;
     this.#fetchTimeoutMs = opts.fetchTimeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
     if (opts.watchTrustBundle !== false && this.#signer.watchTrustBundle) {
-      this.#stopWatch = this.#signer.watchTrustBundle((roots) => {
-        if (roots.length > 0) this.setTrustBundle(roots);
-      });
+      this.#stopWatch = this.#signer.watchTrustBundle((roots, signer) => this.setTrustBundle(roots, signer));
     }
   }
 
@@ -130,20 +129,27 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     return this.#bundle;
   }
 
-  /** New roots (from the CA's trust bundle stream or a response): renews every certificate. */
-  setTrustBundle(bundle: readonly string[]): void {
-    this.#applyTrustBundle(bundle, undefined);
+  /**
+   * What the CA's trust bundle stream announces: new roots (none: unchanged) renew every
+   * certificate; a signing certificate `signer` (PEM) renews each one it did not issue
+   * (IdentityRenewal.renewUnlessIssuedBy: a new intermediate under the same root). One renewal for both.
+   */
+  setTrustBundle(bundle: readonly string[], signer?: string): void {
+    this.#applyTrustBundle(bundle, undefined, signer);
   }
 
   /** `fresh`: the identity whose signing response brought `bundle` (issued under it already). */
-  #applyTrustBundle(bundle: readonly string[], fresh: IdentityRenewal | undefined): void {
-    if (sameRoots(bundle, this.#bundle)) return;
-    this.#bundle = [...bundle];
-    this.#signer.setTrustBundle(bundle);
-    for (const e of this.#entries.values()) e.contexts.clear();
-    this.emit('trustBundleChanged', this.#bundle);
+  #applyTrustBundle(bundle: readonly string[], fresh: IdentityRenewal | undefined, signer?: string): void {
+    const newRoots = bundle.length > 0 && !sameRoots(bundle, this.#bundle);
+    if (newRoots) {
+      this.#bundle = [...bundle];
+      this.#signer.setTrustBundle(bundle);
+      for (const e of this.#entries.values()) e.contexts.clear();
+      this.emit('trustBundleChanged', this.#bundle);
+    }
     for (const e of this.#entries.values()) {
-      if (e.renewal !== fresh && (e.renewal.held || e.renewal.renewing)) e.renewal.renewNow();
+      const r = e.renewal;
+      if (!r.renewUnlessIssuedBy(signer) && newRoots && r !== fresh && (r.held || r.renewing)) r.renewNow();
     }
   }
 
