@@ -14,7 +14,7 @@ export {
 } from './netns.ts';
 export {
   array, be16, be32, bool8, bytes, checkLayout, codec, CodecError, cstring, htonl, htons, i16, i32, i64, i8,
-  ipv4, ipv4ToNumber, ipv6, layoutDiff, ntohl, ntohs, numberToIpv4, parseCpuList, percpu, possibleCpus, struct,
+  ipv4, ipv4ToNumber, ipv6, isIpv4, layoutDiff, ntohl, ntohs, numberToIpv4, parseCpuList, percpu, possibleCpus, struct,
   sumPercpu, u16, u32, u64, u8,
   type CLayout, type Codec, type CodecSpec, type FieldLayout, type FieldSpec, type StructCodec, type StructOptions,
   type StructValue,

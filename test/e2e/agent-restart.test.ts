@@ -15,7 +15,7 @@ import { holdInPod, localMeshSuite } from './mesh-suite.ts';
 import { until } from '../lab/wait.ts';
 import { LocalMesh } from '../../cli/local/mesh.ts';
 import { BpfMap, possibleCpus } from '../../agent/libbpf/index.ts';
-import { decodePercpuCounters } from '../../agent/src/datapath/codecs.ts';
+import { decodePercpuCounters, percpuCounters } from '../../agent/src/datapath/codecs.ts';
 import type { LineResult } from './fixtures/line-client.ts';
 
 const suite = localMeshSuite();
@@ -30,7 +30,7 @@ function counters(node: string): Record<string, number> {
   const m = BpfMap.openPinned(join(mesh.node(node).pinRoot, 'weft_counters'));
   try {
     const key = Buffer.alloc(4);
-    return decodePercpuCounters(m.lookup(key)!, possibleCpus());
+    return decodePercpuCounters(m.lookup(key)!, percpuCounters(possibleCpus()));
   } finally {
     m.close();
   }

@@ -2,10 +2,12 @@
 // No kernel, no addon: the BTF comparison against real objects is in test/bpf/binding.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import {
   array, be16, be32, bytes, checkLayout, CodecError, cstring, htonl, htons, i16, i32, i64, i8, ipv4, ipv4ToNumber, ipv6, layoutDiff,
-  numberToIpv4, parseCpuList, percpu, struct, sumPercpu, u16, u32, u64, u8,
+  numberToIpv4, parseCpuList, percpu, struct, sumPercpu, u16, u32, u64, u8, isIpv4,
 } from '../../agent/libbpf/codec.ts';
+import { isIPv4 } from 'node:net';
 
 test('integers are little-endian host order, addresses and be16 ports network order', () => {
   assert.deepEqual([...u32.encode(0x01020304)], [4, 3, 2, 1]);
@@ -73,6 +75,37 @@ test('struct encodes, zeroes padding and decodes back to the same object', () =>
   event.encode(e, eb);
   assert.deepEqual(event.decode(eb), e);
   assert.equal(eb.readUInt32LE(36), 0, 'explicit padding is written as zero');
+});
+
+test('get reads one field at its offset, at the struct\'s offset in the buffer, as decode() does', () => {
+  const v = { addr: '10.0.0.7', port: 8080, proto: 6, flags: 1, netns_cookie: 2n ** 40n + 3n };
+  const b = Buffer.concat([Buffer.alloc(8, 0xff), tuple.encode(v)]);
+  assert.deepEqual(Object.fromEntries(Object.entries(tuple.get).map(([k, get]) => [k, get(b, 8)])), v);
+  assert.equal(tuple.get.port(tuple.encode(v)), 8080, 'offset 0 by default');
+  assert.deepEqual(Object.keys(tuple.get), tuple.fields.map((f) => f.name));
+});
+
+test('struct codecs generate no code: they build and decode under node --disallow-code-generation-from-strings', () => {
+  const url = new URL('../../agent/src/datapath/codecs.ts', import.meta.url).href;
+  const script = `const c = await import(${JSON.stringify(url)});
+    const b = c.WEFT_REFUSAL.encode({ netns_cookie: 9n, saddr: '10.0.0.1', daddr: '10.0.0.2', sport: 1, dport: 2, reason: 0 });
+    const v = c.WEFT_REFUSAL.decode(b);
+    process.stdout.write(v.daddr + ' ' + c.decodeRefusal(b).dst.ip + ' ' + c.decodePod(c.encodePod({ podIp: '10.0.0.3', agentIp: '10.0.0.4', agentPort: 1, mode: 'STRICT', flags: 0, ifindex: 1 })).podIp);`;
+  const out = execFileSync(process.execPath, ['--disallow-code-generation-from-strings', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  assert.equal(out, '10.0.0.2 10.0.0.2 10.0.0.3');
+});
+
+test('one IPv4 rule: isIpv4 answers as net.isIPv4, and the ipv4 codec takes exactly the addresses it accepts', () => {
+  const spellings = [
+    '10.0.0.1', '0.0.0.0', '255.255.255.255', '1.2.3.4', '010.0.0.1', '10.0.0.01', '00.0.0.0', '10.0.0', '10.0.0.1.', '.10.0.0.1', '10..0.1',
+    ' 10.0.0.1', '10.0.0.1 ', '10.0.0.256', '1000.0.0.1', '10.0.0.1a', '0x0a.0.0.1', '127.1', '::1', '::ffff:10.0.0.1', '', '١٠.0.0.1',
+  ];
+  for (const a of spellings) {
+    assert.equal(isIpv4(a), isIPv4(a), a);
+    if (isIpv4(a)) assert.equal(ipv4.decode(ipv4.encode(a)), a, a);
+    else assert.throws(() => ipv4.encode(a), /not an IPv4 address/, a);
+  }
+  for (const notText of [undefined, null, 167772161, ['10.0.0.1']]) assert.equal(isIpv4(notText), false, String(notText));
 });
 
 test('struct names the field that is missing or out of range', () => {

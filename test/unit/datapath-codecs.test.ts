@@ -55,12 +55,22 @@ test('the kernel-written records decode by their C members', () => {
   counters.writeBigUInt64LE(2n, 0);
   counters.writeBigUInt64LE(3n, c.COUNTERS_SIZE);
   counters.writeBigUInt64LE(7n, c.COUNTERS_SIZE + 8 * reason);
-  const sum = c.decodePercpuCounters(counters, 2);
+  const sum = c.decodePercpuCounters(counters, c.percpuCounters(2));
   assert.equal(sum.connect4_redirected, 5);
   assert.equal(sum.strict_denied, 7);
   assert.deepEqual(Object.keys(sum), [...c.COUNTER_FIELDS]);
   const pod = c.WEFT_POD_COUNTERS.encode(Object.fromEntries(c.POD_COUNTER_FIELDS.map((f, i) => [f, BigInt(i)])) as Record<c.PodCounterName, bigint>);
   assert.deepEqual(c.decodePodCounters(pod), Object.fromEntries(c.POD_COUNTER_FIELDS.map((f, i) => [f, i])));
+});
+
+test('a record shorter than its struct is refused (WEFT_CODEC_SIZE), naming the struct, by every decoder', () => {
+  const short = Buffer.alloc(3);
+  for (const [name, decode] of [
+    ['struct weft_orig', c.decodeOrig], ['struct weft_refusal', c.decodeRefusal], ['struct weft_tuple4', c.decodeTuple4],
+    ['struct weft_spliced', c.decodeSpliced], ['struct weft_peer', c.decodePeer], ['struct weft_pod', c.decodePod],
+  ] as const) {
+    assert.throws(() => decode(short), (e: Error & { code?: string }) => e.code === 'WEFT_CODEC_SIZE' && e.message.startsWith(`${name}:`), name);
+  }
 });
 
 test('an address or port that does not fit is refused, naming the struct member', () => {

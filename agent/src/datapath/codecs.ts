@@ -2,10 +2,11 @@
 // definition: each codec is named after the C struct it mirrors and its fields after the C members,
 // and test/bpf/datapath.test.ts compares every codec in STRUCTS with the struct clang laid out in
 // the objects' BTF (size, and each member's offset and size). The functions below are what the
-// agent calls: they translate between the C members and the agent's own names.
+// agent calls: they translate between the C members and the agent's own names. Those on a
+// per-connection path (decodeOrig, decodeTuple4, decodeRefusal, decodeSpliced, decodePeer) read
+// the members they need with the struct codec's `get` into the agent's object, as fast as by hand.
 // Conventions from the header: IPv4 addresses in network byte order, ports and counters in host
 // byte order (little-endian, as codec.ts assumes).
-import { isIPv4 } from 'node:net';
 import { i32, ipv4, percpu, struct, sumPercpu, u16, u32, u64, u8, type Codec, type StructCodec } from '../../libbpf/codec.ts';
 
 export const MODE = { PERMISSIVE: 1, STRICT: 2 } as const;
@@ -17,10 +18,8 @@ export const MAX_PROBERS = 16;
 
 // One copy, beside the forwarded-client decision that needs it too.
 export { unmapV4 } from '../../../lib/hbone/forwarded.ts';
-
-export function isIpv4(addr: unknown): addr is string {
-  return typeof addr === 'string' && isIPv4(addr);
-}
+// The rule the ipv4 codec encodes by: an address checked with it is one the codecs below take.
+export { isIpv4 } from '../../libbpf/codec.ts';
 
 // ---- the C structs ------------------------------------------------------------------------------
 
@@ -181,14 +180,17 @@ export interface Endpoint {
 function tuple4(src: Endpoint, dst: Endpoint): { src_ip: string; dst_ip: string; src_port: number; dst_port: number } {
   return { src_ip: src.ip, dst_ip: dst.ip, src_port: src.port, dst_port: dst.port };
 }
-function endpoints(v: { src_ip: string; dst_ip: string; src_port: number; dst_port: number }): { src: Endpoint; dst: Endpoint } {
-  return { src: { ip: v.src_ip, port: v.src_port }, dst: { ip: v.dst_ip, port: v.dst_port } };
+/** struct weft_tuple4 at `o` of a buffer already checked to hold it. */
+function endpointsAt(b: Buffer, o: number): { src: Endpoint; dst: Endpoint } {
+  const g = WEFT_TUPLE4.get;
+  return { src: { ip: g.src_ip(b, o), port: g.src_port(b, o) }, dst: { ip: g.dst_ip(b, o), port: g.dst_port(b, o) } };
 }
 export function encodeTuple4(src: Endpoint, dst: Endpoint): Buffer {
   return WEFT_TUPLE4.encode(tuple4(src, dst));
 }
 export function decodeTuple4(b: Buffer): { src: Endpoint; dst: Endpoint } {
-  return endpoints(WEFT_TUPLE4.decode(b));
+  WEFT_TUPLE4.checkSize(b);
+  return endpointsAt(b, 0);
 }
 
 export interface OriginalDestination {
@@ -198,8 +200,9 @@ export interface OriginalDestination {
   clientNetnsCookie: bigint;
 }
 export function decodeOrig(b: Buffer): OriginalDestination {
-  const v = WEFT_ORIG.decode(b);
-  return { ip: v.orig_ip, port: v.orig_port, clientNetnsCookie: v.netns_cookie };
+  const g = WEFT_ORIG.get;
+  WEFT_ORIG.checkSize(b);
+  return { ip: g.orig_ip(b), port: g.orig_port(b), clientNetnsCookie: g.netns_cookie(b) };
 }
 
 // ---- struct weft_peer_key / weft_peer ----------------------------------------------------------
@@ -211,8 +214,8 @@ export function encodePeer(client: Endpoint): Buffer {
   return WEFT_PEER.encode({ client_ip: client.ip, client_port: client.port });
 }
 export function decodePeer(b: Buffer): Endpoint {
-  const v = WEFT_PEER.decode(b);
-  return { ip: v.client_ip, port: v.client_port };
+  WEFT_PEER.checkSize(b);
+  return { ip: WEFT_PEER.get.client_ip(b), port: WEFT_PEER.get.client_port(b) };
 }
 
 // ---- struct weft_spliced / weft_splice_expect_key ----------------------------------------------
@@ -265,11 +268,13 @@ export function encodeSpliced(v: SplicedEntry): Buffer {
     netns_cookie: v.netnsCookie, bytes: v.bytes, msgs: v.msgs, passed: v.passed, fallbacks: v.fallbacks >>> 0,
   });
 }
+const SPLICED_PEER = WEFT_SPLICED.fields.find((f) => f.name === 'peer')!.offset;
 export function decodeSpliced(b: Buffer): SplicedEntry {
-  const v = WEFT_SPLICED.decode(b);
+  const g = WEFT_SPLICED.get;
+  WEFT_SPLICED.checkSize(b);
   return {
-    peer: endpoints(v.peer), flags: v.flags, sk: v.sk, sndBase: v.snd_base, rcvBase: v.rcv_base,
-    netnsCookie: v.netns_cookie, bytes: v.bytes, msgs: v.msgs, passed: v.passed, fallbacks: v.fallbacks,
+    peer: endpointsAt(b, SPLICED_PEER), flags: g.flags(b), sk: g.sk(b), sndBase: g.snd_base(b), rcvBase: g.rcv_base(b),
+    netnsCookie: g.netns_cookie(b), bytes: g.bytes(b), msgs: g.msgs(b), passed: g.passed(b), fallbacks: g.fallbacks(b),
   };
 }
 export function encodeSpliceExpect(e: Endpoint): Buffer {
@@ -322,11 +327,13 @@ export type Counters = Record<CounterName, number>;
 export const WEFT_COUNTERS = struct(COUNTER_FIELDS.map((f) => [f, u64] as const), { name: 'struct weft_counters' }) as StructCodec<Record<CounterName, bigint>>;
 export const COUNTERS_SIZE = WEFT_COUNTERS.size;
 
-const percpuCounters = new Map<number, Codec<Record<CounterName, bigint>[]>>();
-/** Sums a PERCPU_ARRAY value (nCPU slots of roundup(size, 8) bytes) into one set of counters. */
-export function decodePercpuCounters(b: Buffer, cpus: number): Counters {
-  let slots = percpuCounters.get(cpus);
-  if (!slots) percpuCounters.set(cpus, slots = percpu(WEFT_COUNTERS, cpus));
+/** The value of weft_counters, a PERCPU_ARRAY: `cpus` slots of roundup(size, 8) bytes. Built once per Datapath. */
+export type PercpuCounters = Codec<Record<CounterName, bigint>[]>;
+export function percpuCounters(cpus: number): PercpuCounters {
+  return percpu(WEFT_COUNTERS, cpus);
+}
+/** Sums a weft_counters value (read as `slots`, from percpuCounters) into one set of counters. */
+export function decodePercpuCounters(b: Buffer, slots: PercpuCounters): Counters {
   return toNumbers(sumPercpu(slots.decode(b)));
 }
 
@@ -350,12 +357,13 @@ export interface Refusal {
 }
 export const REFUSAL_SIZE = WEFT_REFUSAL.size;
 export function decodeRefusal(b: Buffer): Refusal {
-  const v = WEFT_REFUSAL.decode(b);
+  const g = WEFT_REFUSAL.get;
+  WEFT_REFUSAL.checkSize(b);
   return {
-    netnsCookie: v.netns_cookie,
-    src: { ip: v.saddr, port: v.sport },
-    dst: { ip: v.daddr, port: v.dport },
-    reason: COUNTER_FIELDS[v.reason] ?? 'strict_denied',
+    netnsCookie: g.netns_cookie(b),
+    src: { ip: g.saddr(b), port: g.sport(b) },
+    dst: { ip: g.daddr(b), port: g.dport(b) },
+    reason: COUNTER_FIELDS[g.reason(b)] ?? 'strict_denied',
   };
 }
 
@@ -379,8 +387,7 @@ export const WEFT_POD_COUNTERS = struct(POD_COUNTER_FIELDS.map((f) => [f, u64] a
 export const POD_COUNTERS_SIZE = WEFT_POD_COUNTERS.size;
 
 export function decodePodCounters(b: Buffer): PodCounters {
-  const v = WEFT_POD_COUNTERS.decode(b);
-  return Object.fromEntries(POD_COUNTER_FIELDS.map((f) => [f, Number(v[f])])) as PodCounters;
+  return toNumbers(WEFT_POD_COUNTERS.decode(b));
 }
 export function zeroPodCounters(): Buffer {
   return Buffer.alloc(POD_COUNTERS_SIZE);

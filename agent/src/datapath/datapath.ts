@@ -257,7 +257,8 @@ export class Datapath {
   private spliceAttachment: SockmapAttachment | undefined;
   private readonly links = new Map<string, BpfLink>();
   private readonly traceLinks = new Map<string, BpfLink>();
-  private readonly cpus = possibleCpus();
+  /** weft_counters' value on this machine's possible CPUs. */
+  private readonly counterSlots = c.percpuCounters(possibleCpus());
   private closed = false;
 
   private constructor(opts: Required<DatapathOptions>, redirect: BpfObject, inbound: BpfObject, splicer: BpfObject) {
@@ -955,7 +956,7 @@ export class Datapath {
   counters(): c.Counters {
     const v = this.map(MAPS.counters).lookup(Buffer.alloc(4));
     if (!v) throw new BpfError('weft_counters has no slot 0', { code: 'ENOENT', errno: 2, map: MAPS.counters });
-    return c.decodePercpuCounters(v, this.cpus);
+    return c.decodePercpuCounters(v, this.counterSlots);
   }
 
   /** Per-pod counters by network-namespace cookie. */
