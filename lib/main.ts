@@ -5,6 +5,7 @@
 //   2  the command line was wrong: `<part>: <message>` on stderr (the message names the flag);
 //   1  the part failed to start, or failed later: `<part>: <code>: <message>` on stderr;
 //   0  stopped by a signal (a second signal exits at once), or a one-shot command finished.
+import { validateTrustDomain } from './identity/spiffe.ts';
 
 /** The command line was wrong; the message says which flag. */
 export class UsageError extends Error {
@@ -13,6 +14,23 @@ export class UsageError extends Error {
     super(message);
     this.name = 'UsageError';
   }
+}
+
+/**
+ * `--trust-domain` (when given) and each `--trust-domain-alias`, as every part takes them: the
+ * aliases (none when absent), or the part's usage error (`Err`, default UsageError) naming the flag
+ * and the value that is not a trust domain (validateTrustDomain).
+ */
+export function trustDomainFlags(trustDomain: string | undefined, aliases: readonly string[] | undefined, Err: new (message: string) => Error = UsageError): string[] {
+  for (const [flag, td] of [...(trustDomain === undefined ? [] : [['trust-domain', trustDomain] as const]), ...(aliases ?? []).map((a) => ['trust-domain-alias', a] as const)]) {
+    try { validateTrustDomain(td); } catch (err) { throw new Err(`--${flag}: ${(err as Error).message}`); }
+  }
+  return [...(aliases ?? [])];
+}
+
+/** The command line that hands `aliases` on to a part (trustDomainFlags reads it back). */
+export function trustDomainAliasArgs(aliases: readonly string[] | undefined): string[] {
+  return (aliases ?? []).flatMap((td) => ['--trust-domain-alias', td]);
 }
 
 /** What a part's run step returns: something to stop, or nothing when the command is done. */

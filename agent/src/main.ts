@@ -4,9 +4,9 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Agent, type AgentOptions } from './agent.ts';
-import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, validateTrustDomain } from '../../lib/identity/index.ts';
+import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/index.ts';
 import { isLogLevel, type LogLevel } from '../../lib/log.ts';
-import { runMain, UsageError, type Running } from '../../lib/main.ts';
+import { runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
 import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
@@ -148,9 +148,7 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   }
   const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
   if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
-  for (const td of [values['trust-domain']!, ...(values['trust-domain-alias'] ?? [])]) {
-    try { validateTrustDomain(td); } catch (err) { fail((err as Error).message); }
-  }
+  trustDomainFlags(values['trust-domain'], values['trust-domain-alias']);
   const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
   if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
   const tokenFile = values['token-file'];

@@ -20,6 +20,7 @@ import { assertValid } from '../../lib/model/validate.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
 import type { WaypointAllowedNamespaces } from '../../lib/model/objects.ts';
 import { PORTS } from '../../lib/defaults.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 /**
@@ -112,7 +113,7 @@ export function waypointCommand(o: { namespace: string; name: string; id: string
     'waypoint/src/main.ts', '--namespace', o.namespace, '--name', o.name, '--id', o.id,
     '--controller', `${o.controllerIp ?? CONTROLLER_IP}:${CONTROLLER_PORT}`, '--trust-domain', o.trustDomain,
     // A cluster of a per-cluster-trust-domain lab admits the others' callers, as its agents do.
-    ...(o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+    ...trustDomainAliasArgs(o.trustDomainAliases),
     '--token-file', o.tokenFile, '--ca-bundle', o.caFile,
     // The local mesh is one machine's lab: its read-only admin paths are open on the metrics port,
     // as `weftctl install --debug-endpoints` opens them on a cluster.
@@ -231,7 +232,7 @@ export class LocalMesh {
       '--ip-address', this.controllerIp,
       ...(this.o.clusterId ? ['--cluster-id', this.o.clusterId] : []),
       ...(this.o.network ? ['--network', this.o.network] : []),
-      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+      ...trustDomainAliasArgs(this.o.trustDomainAliases),
       ...this.controllerArgs,
       '--trust-domain', this.trustDomain,
       '--ca-cert', ca.certFile,
@@ -311,7 +312,7 @@ export class LocalMesh {
       '--cni-socket', this.cniSocket(nodeName),
       '--log-level', this.o.logLevel ?? 'info',
       '--debug-endpoints',
-      ...(this.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+      ...trustDomainAliasArgs(this.o.trustDomainAliases),
       ...(this.o.agentArgs ?? []),
       ...(opts.extraArgs ?? []),
     ], `agent-${nodeName}${suffix}.log`, {

@@ -14,6 +14,7 @@ import { CertificateAuthority } from '../../lib/identity/index.ts';
 import { DEFAULT_ROOT_NAMESPACE } from '../../lib/model/mesh.ts';
 import { EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT } from '../../lib/model/federation.ts';
 import { PORTS } from '../../lib/defaults.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 import { LOCAL_COMPILE_CACHE, LocalMesh, REPO_ROOT } from './mesh.ts';
 import { requestInNetns } from './netns-http.ts';
 import { createExchange, destroyExchange, edgeAddress, exchangeNetnsOf, joinExchange, routeBetweenEdges, setEdgeLink } from './exchange.ts';
@@ -141,7 +142,7 @@ export class LocalMultiCluster {
         '--ca-address', `${c.mesh.controllerIp}:${PORTS.xds}`, '--token-file', join(dir, 'token'), '--trust-bundle', c.mesh.caFile,
         '--controller', `https://${c.edgeIp}:${FEDERATION_PORT}`,
         '--trust-domain', c.mesh.trustDomain,
-        ...(c.mesh.o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+        ...trustDomainAliasArgs(c.mesh.o.trustDomainAliases),
         '--log-level', this.o.logLevel ?? 'info',
       ], { logFile: join(c.mesh.logDir, 'eastwest.log'), detached: this.o.detached ?? false, env: { ...process.env, NODE_COMPILE_CACHE: LOCAL_COMPILE_CACHE } });
       if (this.o.detached) c.gateway.unref();

@@ -9,14 +9,13 @@ import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runMain, UsageError } from '../../lib/main.ts';
+import { runMain, trustDomainFlags, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
-import { validateTrustDomain } from '../../lib/identity/spiffe.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
 import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { PORTS, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
@@ -701,11 +700,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   if (values['debug-endpoints']) o.debugEndpoints = true;
   // The aliases go on to every waypoint's command line (waypoints-kube.ts): an invalid one is
   // refused here, naming the flag, not by each waypoint as it starts.
-  for (const flag of ['trust-domain', 'trust-domain-alias'] as const) {
-    for (const td of [values[flag] ?? []].flat()) {
-      try { validateTrustDomain(td); } catch (err) { throw new UsageError(`--${flag}: ${(err as Error).message}`); }
-    }
-  }
+  trustDomainFlags(values['trust-domain'], values['trust-domain-alias']);
   set('trustDomain', values['trust-domain']);
   set('rootNamespace', values['root-namespace']);
   set('clusterId', values['cluster-id']);

@@ -27,6 +27,7 @@ import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, WAYPOINT_MANAGED_BY, WAYPOINT
 import { silentLogger, type Logger } from './log.ts';
 import { KeptInformer } from './sources/kube.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 import { BaseDriver, WaypointReconcileError, launchSpec, type WaypointLaunchSpec } from './waypoints.ts';
 
 export interface KubeWaypointDriverOptions {
@@ -95,7 +96,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
     '--controller', o.controllerAddress,
     '--controller-identity', controllerSpiffeId(o.trustDomain, o.controllerNamespace),
     '--trust-domain', o.trustDomain,
-    ...(o.trustDomainAliases ?? []).flatMap((td) => ['--trust-domain-alias', td]),
+    ...trustDomainAliasArgs(o.trustDomainAliases),
     '--spiffe-id', spec.spiffeId,
     '--ca-bundle', `${POD_PATHS.trustBundle}/${TRUST_BUNDLE_KEY}`,
     '--token-file', `${POD_PATHS.token}/${POD_PATHS.tokenFile}`,

@@ -26,7 +26,7 @@ import { controllerSpiffeId, PORTS } from '../../lib/defaults.ts';
 import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { splitPemCertificates } from '../../lib/identity/x509.ts';
 import { EastWestGateway, type GatewayTls } from './gateway.ts';
-import { runMain, UsageError, type Running } from '../../lib/main.ts';
+import { runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
 
 const USAGE = 'usage: eastwest/src/main.ts --listen <ip>[:port] (--cert <file> --key <file> | --ca-address <ip:port> --token-file <file>) --trust-bundle <file> --controller https://<ip>:<port> [--trust-domain <td>] [--trust-domain-alias <td>]... [--controller-id <id>] [--log-level <level>]';
 
@@ -88,7 +88,7 @@ export function parseEastWestArgs(argv: string[]): EastWestOptions {
     controllerUrl: values.controller!,
     ...(values['controller-id'] ? { controllerId: values['controller-id'] } : {}),
     trustDomain: values['trust-domain']!,
-    trustDomainAliases: values['trust-domain-alias'] ?? [],
+    trustDomainAliases: trustDomainFlags(values['trust-domain'], values['trust-domain-alias']),
     logLevel: level as LogLevel,
   };
 }

@@ -90,7 +90,8 @@ test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => 
     [[...AGENT_OK, '--cert-lifetime', '1209600'], /--cert-lifetime 1209600 is not a positive number of seconds up to 604800 \(the CA's maximum\)/],
     [[...AGENT_OK, '--cert-lifetime', '1e3'], /--cert-lifetime 1e3 is not a positive number/],
     [[...AGENT_OK, '--drain-timeout', 'soon'], /--drain-timeout soon is not a number of seconds/],
-    [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /trust domain/i],
+    [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /--trust-domain: trust domain "Not A Domain" is invalid/],
+    [[...AGENT_OK, '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'Cluster3'], /--trust-domain-alias: trust domain "Cluster3" is invalid/],
     [[...AGENT_OK, '--bogus'], /Unknown option '--bogus'/],
     [['--uninstall', '--cni-bin-dir', '/opt/cni/bin'], /--cni-bin-dir goes with --cni-conf-dir/],
   ];
@@ -137,6 +138,10 @@ test('parseEastWestArgs: each wrong flag is named (UsageError); flags become the
     [[...OK.slice(0, 1), '10.0.0.1:99999', ...OK.slice(2), '--cert', 'c', '--key', 'k'], /--listen: "10.0.0.1:99999" is not <ipv4>\[:port\]/],
     [[...OK, '--cert', 'c', '--key', 'k', '--log-level', 'loud'], /--log-level: "loud" is not one of/],
     [[...OK, '--bogus'], /Unknown option '--bogus'/],
+    // Its aliases admit peers on the data port (runEastWest trustDomains): one that can never name a
+    // SPIFFE ID is a typo, refused as every part refuses it (lib/main.ts trustDomainFlags).
+    [[...OK, '--cert', 'c', '--key', 'k', '--trust-domain-alias', 'old.local', '--trust-domain-alias', 'Old Local'], /^--trust-domain-alias: trust domain "Old Local" is invalid/],
+    [[...OK, '--cert', 'c', '--key', 'k', '--trust-domain', 'a/b'], /^--trust-domain: trust domain "a\/b" is invalid/],
   ];
   for (const [argv, want] of cases) {
     assert.throws(() => parseEastWestArgs(argv), (e: Error & { code?: string }) => e instanceof UsageError && e.code === 'WEFT_USAGE' && want.test(e.message), argv.join(' '));

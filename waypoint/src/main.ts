@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { runMain } from '../../lib/main.ts';
+import { runMain, trustDomainFlags } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
@@ -18,7 +18,7 @@ import { registerHbonePoolMetrics } from '../../lib/telemetry/hbone-pool.ts';
 import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { debugGrantAudience, debugGrantSigners } from '../../lib/identity/debug-grant.ts';
 import { HboneServer, HbonePool, HBONE_PORT } from '../../lib/hbone/index.ts';
-import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial, validateTrustDomain } from '../../lib/identity/index.ts';
+import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS, splitPemCertificates, tlsMaterial } from '../../lib/identity/index.ts';
 import { clip, jsonLogger, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { withMemoryRelease } from '../../lib/sys/memory.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, spiffeIdOf } from '../../lib/model/mesh.ts';
@@ -208,10 +208,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const name = s('name');
   if (!namespace || !name) throw new FlagError(`--namespace and --name are required\n${USAGE}`);
   const trustDomain = s('trust-domain') ?? DEFAULT_TRUST_DOMAIN;
-  const trustDomainAliases = (values['trust-domain-alias'] as string[] | undefined) ?? [];
-  for (const [flag, td] of [['trust-domain', trustDomain] as const, ...trustDomainAliases.map((td) => ['trust-domain-alias', td] as const)]) {
-    try { validateTrustDomain(td); } catch (err) { throw new FlagError(`--${flag}: ${(err as Error).message}`); }
-  }
+  const trustDomainAliases = trustDomainFlags(trustDomain, values['trust-domain-alias'] as string[] | undefined, FlagError);
   const o: WaypointMainOptions = {
     namespace, name,
     listen: hostPort('listen', s('listen') ?? `0.0.0.0:${HBONE_PORT}`),
