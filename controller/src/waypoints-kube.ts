@@ -84,11 +84,20 @@ export class WaypointNameConflictError extends Error {
   }
 }
 
+/** What a waypoint's command line takes from the controller (its own flags, where it is reached). */
+export interface WaypointArgsOptions {
+  trustDomain: string;
+  trustDomainAliases?: readonly string[];
+  controllerNamespace: string;
+  controllerAddress: string;
+  debugEndpoints?: boolean;
+}
+
 /**
  * The waypoint container's arguments: the image's entrypoint takes the part name first (the
  * Dockerfile's `weft waypoint ...`), then waypoint/src/main.ts flags.
  */
-export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain: string; trustDomainAliases?: readonly string[]; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): string[] {
+export function waypointContainerArgs(spec: WaypointLaunchSpec, o: WaypointArgsOptions): string[] {
   return [
     'waypoint',
     '--namespace', spec.namespace,
@@ -109,7 +118,7 @@ export function waypointContainerArgs(spec: WaypointLaunchSpec, o: { trustDomain
  * The pod of a waypoint's Deployment: the Waypoint's own ServiceAccount with no API token (its
  * projected controller-audience token proves it), unprivileged, read-only root.
  */
-export function waypointPodSpec(spec: WaypointLaunchSpec, o: { image: string; trustDomain: string; trustDomainAliases?: readonly string[]; controllerNamespace: string; controllerAddress: string; debugEndpoints?: boolean }): V1PodSpec {
+export function waypointPodSpec(spec: WaypointLaunchSpec, o: WaypointArgsOptions & { image: string }): V1PodSpec {
   return {
     serviceAccountName: spec.serviceAccount,
     // The image's user by number: a kubelet cannot verify runAsNonRoot against its USER name (`node`)
@@ -310,7 +319,7 @@ export class KubeWaypointDriver extends BaseDriver {
             labels: { ...labels, [LABEL_DATAPLANE_MODE]: 'none' },
             annotations: { 'prometheus.io/scrape': 'true', 'prometheus.io/port': String(PORTS.metrics), 'prometheus.io/path': '/metrics' },
           },
-          spec: waypointPodSpec(spec, { image: this.#o.image, trustDomain, ...(this.#o.trustDomainAliases ? { trustDomainAliases: this.#o.trustDomainAliases } : {}), controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
+          spec: waypointPodSpec(spec, { image: this.#o.image, trustDomain, trustDomainAliases: this.#o.trustDomainAliases ?? [], controllerNamespace, controllerAddress: this.#o.controllerAddress ?? controllerAddress(controllerNamespace), ...(this.#o.debugEndpoints ? { debugEndpoints: true } : {}) }),
         },
       },
     };

@@ -476,3 +476,26 @@ test('the waypoint Deployment carries the controller\'s trust domain and each of
     await api.stop();
   }
 });
+
+// A controller upgraded past the driver's `trustDomainAliases ?? []` must not roll every waypoint:
+// no aliases and an empty list write the same Deployment, under the same weft.dev/spec-hash.
+test('a controller without --trust-domain-alias writes the waypoint Deployment it wrote before (same args, same spec hash)', async () => {
+  const deployment = async (aliases: readonly string[] | undefined) => {
+    const api = new FakeApiServer();
+    await api.start();
+    const driver = new KubeWaypointDriver({ kubeConfig: kubeConfigForServer(api.url), image: 'weft/waypoint:test', controllerAddress: 'ctl:15012', trustDomain: 'cluster.local', ...(aliases ? { trustDomainAliases: aliases } : {}) });
+    try {
+      api.apply(ns('shop'));
+      await driver.reconcile([waypoint('shop', 'wp')]);
+      const d = api.get('Deployment', 'shop', 'wp');
+      return { hash: (d?.metadata?.annotations as Record<string, string> | undefined)?.['weft.dev/spec-hash'], spec: d?.spec };
+    } finally {
+      await driver.stop();
+      await api.stop();
+    }
+  };
+  const none = await deployment(undefined);
+  assert.ok(none.hash, 'the Deployment carries its spec hash');
+  assert.deepEqual(await deployment([]), none);
+  assert.ok(!JSON.stringify(none.spec).includes('--trust-domain-alias'));
+});
