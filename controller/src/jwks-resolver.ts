@@ -193,7 +193,7 @@ function asJwksFetchError(e: unknown): JwksFetchError {
   return new JwksFetchError('unreachable', e instanceof Error ? e.message : String(e));
 }
 
-export interface JwksResolverOptions extends Omit<JwksFetchOptions, 'ca'> {
+export interface JwksResolverOptions extends Omit<JwksFetchOptions, 'ca' | 'signal'> {
   /** CAs trusted for https besides Node's default ones (withDefaultCas; istiod's /cacerts/extra.pem beside the system pool); default none. */
   extraCas?: readonly string[];
   /** Default DEFAULT_JWKS_REFRESH_MS, spread by JWKS_REFRESH_JITTER either way. */
