@@ -97,6 +97,19 @@ describe('path normalization (pure)', () => {
     }
   });
 
+  it('names a long refused Host or request target by its first 64 characters and how many more it had (lib/log.ts clip), not the whole value', () => {
+    const b = opts('BASE');
+    const host = `reviews/${'x'.repeat(992)}`;
+    const h = normalizeRequestTarget('GET', '/a', host, b);
+    assert.equal(h.ok ? '' : h.message, `invalid Host (or :authority) ${JSON.stringify(`${host.slice(0, 64)}... (936 more characters)`)}: not a host and optional port (RFC 9110 section 7.2)`);
+    const target = `a${'b'.repeat(199)}`;
+    const t = normalizeRequestTarget('GET', target, 'reviews', b);
+    assert.equal(t.ok ? '' : t.message, `request target ${JSON.stringify(`${target.slice(0, 64)}... (136 more characters)`)} is not origin-form`);
+    // A short value is named whole.
+    const s = normalizeRequestTarget('GET', '/a', 'reviews evil', b);
+    assert.match(s.ok ? '' : s.message, /^invalid Host \(or :authority\) "reviews evil": /);
+  });
+
   it('compares methods case-sensitively and refuses lower-case ones, as Istio does (RFC 9110 9.1)', () => {
     assert.equal(pick(normalizeRequestTarget('delete', '/x', 'h', opts('BASE'))), 'method_not_uppercase');
     assert.equal(pick(normalizeRequestTarget('Get', '/x', 'h', opts('NONE'))), 'method_not_uppercase');

@@ -26,6 +26,7 @@
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
 import { isToken, isValidHost, splitHostPort } from './headers.ts';
+import { clip } from '../../lib/log.ts';
 import { encodeRawPathChars, type EscapedSlashesAction, type PathNormalization } from '../../lib/model/mesh.ts';
 
 // The mode names are the mesh model's (the controller sets them mesh-wide, lib/model/mesh.ts).
@@ -123,7 +124,7 @@ function sameAuthority(a: string, b: string, scheme: string): boolean {
 export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): NormalizeResult {
   if (!isToken(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
   if (/[a-z]/.test(method)) return reject('method_not_uppercase', `method ${JSON.stringify(method)} is not upper case (methods are case-sensitive, RFC 9110 section 9.1)`);
-  if (host !== undefined && !isValidHost(host)) return reject('invalid_host', `invalid Host (or :authority) ${JSON.stringify(host.slice(0, 64))}: not a host and optional port (RFC 9110 section 7.2)`);
+  if (host !== undefined && !isValidHost(host)) return reject('invalid_host', `invalid Host (or :authority) ${JSON.stringify(clip(host, 64))}: not a host and optional port (RFC 9110 section 7.2)`);
   if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*' };
   let originForm = target;
   const abs = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s.exec(target);
@@ -140,7 +141,7 @@ export function normalizeRequestTarget(method: string, target: string, host: str
     // RFC 9110 section 4.2.3: an empty path is "/".
     originForm = abs[3]!.startsWith('/') ? abs[3]! : `/${abs[3]!}`;
   }
-  if (!originForm.startsWith('/')) return reject('invalid_request_target', `request target ${JSON.stringify(target.slice(0, 64))} is not origin-form`);
+  if (!originForm.startsWith('/')) return reject('invalid_request_target', `request target ${JSON.stringify(clip(target, 64))} is not origin-form`);
   if (originForm.includes('#')) return reject('fragment', 'a fragment in the request target (RFC 9112 section 3.2.1)');
   if (!TARGET_CHARS.test(originForm)) return reject('invalid_character', 'a byte outside the URI character set in the request target');
   const q = originForm.indexOf('?');
