@@ -2,6 +2,9 @@
 // a WebSocket handshake and refuses any other upgrade; the sample echo app answers the handshake).
 import type http from 'node:http';
 
+/** An upgrade a server took (upgradeOf): a WebSocket handshake, or another it refuses. */
+export type UpgradeKind = 'websocket' | 'other';
+
 /**
  * The upgrade `req` asks for:
  * - `websocket`: a WebSocket opening handshake (RFC 6455 section 4.1), a GET whose Upgrade field is
@@ -15,7 +18,7 @@ import type http from 'node:http';
  *   `websocket` on another method than GET.
  * node:http has already checked that Connection lists `upgrade` before it asks.
  */
-export function upgradeOf(req: http.IncomingMessage): 'websocket' | 'other' | undefined {
+export function upgradeOf(req: http.IncomingMessage): UpgradeKind | undefined {
   const v = req.headers.upgrade;
   if (typeof v !== 'string') return undefined;
   const value = v.trim().toLowerCase();

@@ -570,7 +570,9 @@ export class WaypointEngine {
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Parameters<http.ServerResponse['assignSocket']>[0]);
     res.once('finish', () => { if (res.statusCode !== 101) socket.end(); });
-    void handleRequest(this.env, ctx, req, res, { socket, head });
+    // What it asks for, told once here for the pipeline (node asked shouldUpgradeCallback first, so
+    // there is one; were there none, it would be refused as another upgrade).
+    void handleRequest(this.env, ctx, req, res, { kind: upgradeOf(req) ?? 'other', socket, head });
   }
 
   private onConnect(req: http.IncomingMessage, socket: Duplex): void {

@@ -12,7 +12,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeBidirectional } from '../../lib/hbone/index.ts';
-import { upgradeOf } from '../../lib/websocket.ts';
+import type { UpgradeKind } from '../../lib/websocket.ts';
 import { isConsumerRoute, servesService, type Endpoint, type RouteBackend, type RouteRule, type Service, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ReplayableBody, type ReplayBudget } from './body.ts';
 import type { Snapshot } from './config.ts';
@@ -171,10 +171,11 @@ export interface RequestContext {
   /** Bytes the client sent, when there is no body to count them (an upgraded connection). */
   requestBytes?: number;
   /**
-   * An HTTP/1.1 Upgrade request (WebSocket): the client's connection, which node:http has handed
-   * over, and the bytes the client sent after the request head (they belong to the new protocol).
+   * An HTTP/1.1 Upgrade request: what it asks for (engine.ts onUpgrade, lib/websocket.ts upgradeOf;
+   * `other` is refused), the client's connection, which node:http has handed over, and the bytes the
+   * client sent after the request head (they belong to the new protocol).
    */
-  upgrade?: { socket: Duplex; head: Buffer };
+  upgrade?: { kind: UpgradeKind; socket: Duplex; head: Buffer };
   /** The upgrade was answered 101: the connection is the endpoint's now, and is recorded when it ends. */
   upgraded?: boolean;
   /** A stage answered; no later stage runs. */
@@ -343,7 +344,7 @@ const admit: Stage = (ctx) => {
  * routes match and the backend receives.
  */
 const normalize: Stage = (ctx) => {
-  if (ctx.upgrade && upgradeOf(ctx.req as http.IncomingMessage) === 'other') {
+  if (ctx.upgrade?.kind === 'other') {
     // An Upgrade the waypoint does not proxy (lib/websocket.ts): Envoy answers 403 upgrade_failed,
     // Istio configuring websocket only. The connection closes after the answer (engine.ts
     // onUpgrade): what follows the head is the refused protocol's.
