@@ -308,7 +308,7 @@ export class Agent {
     const signer = new GrpcCertificateSigner({
       address: o.controller, trustBundle, serverIdentity: controllerId, token: o.token, trustDomain: o.trustDomain, nodeName: o.node,
       // A new intermediate under the same root: the controller takes node certificates of its own CA only.
-      onNodeCertificateDue: (reason) => this.configStream?.renew(reason),
+      onNodeCertificateDue: () => this.configStream?.renew('signer-changed'),
     });
     this.certs = new CertManager({ signer, trustBundle, ...(o.certLifetimeSeconds ? { lifetimeSeconds: o.certLifetimeSeconds } : {}) });
     this.metrics.watchCertificates(this.certs);
@@ -347,10 +347,7 @@ export class Agent {
       // Root rotation: the config stream verifies the controller with the roots it was opened
       // with and presents a node certificate from the old root; reopen it with the new roots and
       // a node certificate the controller will still accept once the old root is retired.
-      if (this.configStream && !this.#stopped) {
-        this.log.info('trust bundle changed: reopening the config stream with the new roots', { roots: this.certs.trustBundle().length });
-        this.configStream.renew('roots-changed');
-      }
+      if (this.configStream && !this.#stopped) this.configStream.renew('roots-changed');
     });
 
     this.configStream = new NodeConfigStream({

@@ -49,7 +49,7 @@ export interface NodeConfigStreamOptions {
   onConfig: (config: AgentConfig, version: string) => void;
   log: Logger;
   /** Counts each renewal by reason (AgentMetrics.nodeCertificateRenewals). */
-  renewals?: { inc(labels: { reason: NodeRenewalReason }): void };
+  renewals: { inc(labels: { reason: NodeRenewalReason }): void };
 }
 
 export class NodeConfigStream {
@@ -58,6 +58,8 @@ export class NodeConfigStream {
   #timer: NodeJS.Timeout | undefined;
   /** The leaf of the node certificate the current stream presents. */
   #leaf: string | undefined;
+  /** The leaf whose renewal is on its way (the stream opens again once the new one is there). */
+  #renewing: string | undefined;
   /** A renewal for a refused stream, waiting its turn. */
   #refusedTimer: NodeJS.Timeout | undefined;
   /** Renewals for refused streams since the controller last answered one. */
@@ -84,19 +86,26 @@ export class NodeConfigStream {
   }
 
   /**
-   * Renews the node certificate the stream presents (unless the signer holds a newer one already:
-   * one renewal however many ask) and opens the stream again with the new one. Before the stream is
-   * first opened there is nothing to renew.
+   * Renews the node certificate the stream presents and opens the stream again with the new one
+   * (which reads the roots again). One renewal however many ask: nothing while one is on its way
+   * (one announcement of a new signer and new roots), and nothing is counted or logged then.
+   * Before the stream is first opened there is nothing to renew.
    */
   renew(reason: NodeRenewalReason, detail?: string): void {
-    if (this.#closed || !this.#client || this.#leaf === undefined) return;
+    if (this.#leaf !== undefined) this.#renew(this.#leaf, reason, detail);
+  }
+
+  /** Renews `leaf` unless the stream presents another by now or its renewal is on its way already. */
+  #renew(leaf: string, reason: NodeRenewalReason, detail?: string): void {
+    if (this.#closed || leaf !== this.#leaf || leaf === this.#renewing) return;
+    this.#renewing = leaf;
     clearTimeout(this.#refusedTimer);
     this.#refusedTimer = undefined;
-    this.#o.renewals?.inc({ reason });
+    this.#o.renewals.inc({ reason });
     const fields = { reason, ...(detail !== undefined ? { detail } : {}) };
     if (reason === 'config-stream-refused') this.#o.log.warn('renewing the node certificate for the config stream', { ...fields, refusalsInARow: this.#refusals });
     else this.#o.log.info('renewing the node certificate for the config stream', fields);
-    this.#o.signer.renewNodeCertificate(this.#leaf);
+    this.#o.signer.renewNodeCertificate(leaf);
     this.#connect(0);
   }
 
@@ -107,13 +116,17 @@ export class NodeConfigStream {
     this.#client?.close();
   }
 
-  /** The controller refused the stream's credentials: a renewal, after REFUSED_RENEWAL_BACKOFF's wait (one pending at a time). */
-  #refused(err: Error): void {
-    if (this.#closed || this.#refusedTimer !== undefined) return;
+  /**
+   * The controller refused the credentials of the current stream, which presents `leaf`: its
+   * renewal, after REFUSED_RENEWAL_BACKOFF's wait (one pending at a time; none once another stream
+   * replaced it, or while its renewal is on its way).
+   */
+  #refused(leaf: string, err: Error): void {
+    if (this.#closed || this.#refusedTimer !== undefined || leaf === this.#renewing) return;
     const delay = backoffDelay(this.#refusals++, REFUSED_RENEWAL_BACKOFF);
     this.#refusedTimer = setTimeout(() => {
       this.#refusedTimer = undefined;
-      this.renew('config-stream-refused', err.message);
+      this.#renew(leaf, 'config-stream-refused', err.message);
     }, delay).unref();
   }
 
@@ -140,18 +153,27 @@ export class NodeConfigStream {
           id: o.node,
           validate: (config) => o.validate(config),
         });
+        const leaf = node.certChain[0]!;
         client.on('snapshot', (config, version) => o.onConfig(config, version));
         client.on('rejected', (err) => o.log.warn('config rejected, keeping the last good one', { error: err.message }));
+        // What a stream already replaced says is not about the current one.
         client.on('disconnected', (err) => {
           o.log.warn('config stream disconnected; serving the last good config', { error: err?.message });
-          if ((err as Partial<grpc.ServiceError> | undefined)?.code === grpc.status.PERMISSION_DENIED) this.#refused(err!);
+          if (client === this.#client && (err as Partial<grpc.ServiceError> | undefined)?.code === grpc.status.PERMISSION_DENIED) this.#refused(leaf, err!);
         });
         client.on('answered', () => {
+          if (client !== this.#client) return;
           this.#refusals = 0;
+          clearTimeout(this.#refusedTimer);
+          this.#refusedTimer = undefined;
         });
         const previous = this.#client;
         this.#client = client;
-        this.#leaf = node.certChain[0];
+        this.#leaf = leaf;
+        this.#renewing = undefined;
+        // A renewal waiting for a refusal of the stream replaced is not this one's.
+        clearTimeout(this.#refusedTimer);
+        this.#refusedTimer = undefined;
         previous?.close();
         clearTimeout(this.#timer);
         this.#timer = setTimeout(() => this.renew('scheduled'), Math.max(node.renewAt - Date.now(), 1_000) + 1_000).unref();

@@ -94,7 +94,7 @@ export class RenewalBackoff {
 // One identity's certificate
 
 /** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
-function issuedByAnother(cert: string, signer: string): boolean {
+export function issuedByAnother(cert: string, signer: string): boolean {
   try {
     return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
   } catch {

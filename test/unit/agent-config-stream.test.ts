@@ -78,7 +78,7 @@ function controller() {
   return c;
 }
 
-function agentSide(address: string, root: CertificateAuthority, opts: { onNodeCertificateDue?: (reason: 'signer-changed') => void } = {}) {
+function agentSide(address: string, root: CertificateAuthority, opts: { onNodeCertificateDue?: () => void } = {}) {
   const logs: LogLine[] = [];
   const metrics = new AgentMetrics();
   const signer = new GrpcCertificateSigner({
@@ -147,22 +147,99 @@ describe('the agent\'s config stream after the controller moved to a new interme
   });
 });
 
+describe('the config stream\'s renewals of its node certificate (agent/src/config-stream.ts)', () => {
+  it('one announcement of a new signer and new roots is one renewal: counted, logged and the stream opened again once', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const ctl = controller();
+    await ctl.start(await clusterCa(root, 'cluster-a'), ['web']);
+    const agent = agentSide(ctl.address, root);
+    try {
+      agent.stream.open();
+      await until('the agent has its first config', () => agent.pods().join() === 'web' && agent.stream.connected, 15_000);
+      const before = (await agent.signer.nodeCredentials()).certChain[0]!;
+      const signed = ctl.signed;
+      // As agent.ts calls them for one WatchTrustBundle message: the signer's check, then the roots.
+      agent.stream.renew('signer-changed');
+      agent.stream.renew('roots-changed');
+      await until('the stream is up again with a new node certificate', async () => agent.stream.connected && (await agent.signer.nodeCredentials()).certChain[0] !== before, 10_000);
+      assert.equal(await agent.renewals('signer-changed'), 1);
+      assert.equal(await agent.renewals('roots-changed'), 0, 'the second ask joined the renewal on its way');
+      assert.equal(ctl.signed - signed, 1);
+      assert.equal(agent.logs.filter((l) => l.msg === 'renewing the node certificate for the config stream').length, 1);
+    } finally {
+      agent.close();
+      ctl.stop();
+    }
+  });
+
+  it('renews nothing: the stream being replaced refused again while the new node certificate was on its way, and the new one is not renewed for it', async () => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const ctl = controller();
+    const leaves: string[] = [];
+    const ca = await clusterCa(root, 'cluster-a');
+    // Refuses the first node certificate only, as a restarted controller refuses the one from the intermediate before.
+    await ctl.start(ca, ['web'], { issued: (der) => ca.issued(der) && (leaves[0] === undefined || !parseCertificate(leaves[0]).der.equals(der)) });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    const logs: LogLine[] = [];
+    let renewalAsked = -1;
+    const metrics = new AgentMetrics();
+    const real = new GrpcCertificateSigner({ address: ctl.address, trustBundle: root.trustBundle(), serverIdentity: CONTROLLER_ID, token: () => TOKEN, trustDomain: TD, nodeName: 'node-a' });
+    // The renewal's answer waits for the test: the stream being replaced keeps being refused meanwhile.
+    const signer = {
+      async nodeCredentials() {
+        if (leaves.length > 0) {
+          renewalAsked = logs.length;
+          await gate;
+        }
+        const c = await real.nodeCredentials();
+        leaves.push(c.certChain[0]!);
+        return c;
+      },
+      renewNodeCertificate: (leaf: string) => real.renewNodeCertificate(leaf),
+    };
+    const stream = new NodeConfigStream({
+      node: 'node-a', controller: ctl.address, controllerId: CONTROLLER_ID, signer, trustBundle: () => root.trustBundle(),
+      validate: (c) => validateAgentConfig(c), onConfig: () => {}, log: captureLogger(logs), renewals: metrics.nodeCertificateRenewals,
+    });
+    const renewals = async () => Number(/^weft_node_certificate_renewals_total\{reason="config-stream-refused"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1] ?? 0);
+    try {
+      stream.open();
+      await until('the refused stream asks for a new node certificate', () => renewalAsked >= 0, 10_000);
+      await until('the stream being replaced is refused again meanwhile', () => logs.slice(renewalAsked).some((l) => l.msg === 'config stream disconnected; serving the last good config'), 10_000);
+      release();
+      await until('the stream is up with the new node certificate', () => stream.connected && leaves.length === 2, 10_000);
+      // A renewal for that refusal would come within REFUSED_RENEWAL_BACKOFF's second wait (500 ms ±20 %).
+      await holds('the new node certificate is not renewed for the stale refusal', async () => leaves.length === 2 && (await renewals()) === 1, 2_000, { intervalMs: 50 });
+      assert.equal(stream.connected, true);
+    } finally {
+      release();
+      stream.close();
+      real.close();
+      ctl.stop();
+    }
+  });
+});
+
 describe('the node certificate when the CA announces another signer (agent/src/certs/signer.ts)', () => {
   it('is renewed once per announcement of a signer that did not issue it, and the holder is told', async () => {
     const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
     const ctl = controller();
     await ctl.start(await clusterCa(root, 'cluster-a'), []);
-    const due: string[] = [];
-    const agent = agentSide(ctl.address, root, { onNodeCertificateDue: (reason) => due.push(reason) });
-    const stop = agent.signer.watchTrustBundle(() => {});
+    let due = 0;
+    const agent = agentSide(ctl.address, root, { onNodeCertificateDue: () => due++ });
+    const before = (await agent.signer.nodeCredentials()).certChain[0]!;
+    // The signer is told before the watcher (signer.ts watchTrustBundle).
+    const seen: (string | undefined)[] = [];
+    const stop = agent.signer.watchTrustBundle((_roots, signer) => seen.push(signer));
     try {
-      const before = (await agent.signer.nodeCredentials()).certChain[0]!;
-      await holds('an announcement of the signer that issued it renews nothing', () => due.length === 0, 1_000);
+      await until('the CA announced the signer that issued the node certificate', () => seen.length >= 1, 10_000);
+      assert.equal(due, 0, 'an announcement of the signer that issued it renews nothing');
+      assert.equal((await agent.signer.nodeCredentials()).certChain[0], before);
       ctl.stop();
       const next = await clusterCa(root, 'cluster-a');
       await ctl.start(next, []);
-      await until('the holder is told its node certificate is due', () => due.length === 1, 10_000);
-      assert.deepEqual(due, ['signer-changed']);
+      await until('the holder is told its node certificate is due', () => due === 1, 10_000);
       const now = (await agent.signer.nodeCredentials()).certChain[0]!;
       assert.notEqual(now, before);
       assert.ok(next.issued(parseCertificate(now).der));

@@ -14,7 +14,8 @@ import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identi
 import { CaAuthenticationError } from '../../../lib/identity/errors.ts';
 import { nodeId } from '../../../lib/identity/spiffe.ts';
 import type { PeerExpectation } from '../../../lib/identity/tls.ts';
-import { issuedBy, parseCertificate } from '../../../lib/identity/x509.ts';
+import { issuedByAnother } from '../../../lib/identity/renewal.ts';
+import { parseCertificate } from '../../../lib/identity/x509.ts';
 
 export type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
 import { sameRoots, type CertificateSigner, type SignResult } from '../../../lib/identity/signing.ts';
@@ -41,7 +42,7 @@ export interface GrpcSignerOptions {
    * did not issue the node certificate held, which is due from now on (the agent renews it and
    * opens its config stream again with the new one). Once per announced signer.
    */
-  onNodeCertificateDue?: (reason: 'signer-changed') => void;
+  onNodeCertificateDue?: () => void;
 }
 
 interface NodeCert {
@@ -75,7 +76,7 @@ export class GrpcCertificateSigner implements CertificateSigner {
     if (sameRoots(bundle, this.#bundle)) return;
     this.#bundle = [...bundle];
     // A new root is being rolled out: move the node certificate over at the next request too.
-    if (this.#nodeCert) this.#nodeCert.renewAt = 0;
+    if (this.#nodeCert) this.renewNodeCertificate(this.#nodeCert.certChain[0]!);
     this.#tokenClient?.close();
     this.#mtlsClient?.close();
     this.#tokenClient = undefined;
@@ -132,16 +133,9 @@ export class GrpcCertificateSigner implements CertificateSigner {
     if (!signer || signer === this.#announcedSigner) return;
     this.#announcedSigner = signer;
     const held = this.#nodeCert;
-    if (!held || held.renewAt === 0) return;
-    let ours: boolean;
-    try {
-      ours = issuedBy(parseCertificate(held.certChain[0]!).x509, parseCertificate(signer).x509);
-    } catch {
-      return;
-    }
-    if (ours) return;
-    held.renewAt = 0;
-    this.#opts.onNodeCertificateDue?.('signer-changed');
+    if (!held || held.renewAt === 0 || !issuedByAnother(held.certChain[0]!, signer)) return;
+    this.renewNodeCertificate(held.certChain[0]!);
+    this.#opts.onNodeCertificateDue?.();
   }
 
   #dropNodeCert(): void {
