@@ -7,7 +7,7 @@
 //   half of the validity left at issuance, at once when the trust bundle changes (root rotation)
 //   and when the CA announces a signing certificate that did not issue the one held (a new
 //   intermediate under the same root: Istio's plug-in CA rotated; IdentityRenewal
-//   renewUnlessIssuedBy); a failed attempt retried with exponential backoff and jitter (500 ms
+//   announced); a failed attempt retried with exponential backoff and jitter (500 ms
 //   doubling to 30 s), no wait outlasting half of the remaining validity, each failure reported
 //   ('renewalFailed') with the next attempt. A refusal is retried too: nobody else would ask for
 //   this identity again, and a holder that gave up would serve its certificate past expiry.
@@ -267,14 +267,14 @@ export class IssuedIdentity extends EventEmitter<IdentityEvents> implements Prox
   /**
    * What the CA's stream announces: new roots are trusted at once and the certificate renewed under
    * them; a new signing certificate `signer` (PEM) that did not issue the certificate held has it
-   * renewed too (IdentityRenewal.renewUnlessIssuedBy: an intermediate changed under the same root
+   * renewed too (IdentityRenewal.announced: an intermediate changed under the same root
    * leaves the roots as they were). One renewal for both.
    */
   setTrustBundle(roots: readonly string[], signer?: string): void {
     if (this.#closed) return;
     const newRoots = roots.length > 0 && !sameRoots(roots, this.#roots);
     if (newRoots) this.#applyRoots(roots);
-    if (!this.#renewal.renewUnlessIssuedBy(signer) && newRoots) this.renewNow();
+    this.#renewal.announced(signer, newRoots);
   }
 
   /** Renews now; if a renewal is under way, once more after it (or now, if it is waiting to retry). */

@@ -18,9 +18,10 @@
 //   nobody else asks. Otherwise (the agent's certificates, asked for per connection, none valid)
 //   a refusal ends the renewal, reaches the connection waiting for it at once, and the next one
 //   asks again.
-// - renewUnlessIssuedBy() (the CA announced its signing certificate): renews, once per
-//   announcement, when that certificate did not issue the one held (a new intermediate under the
-//   same root: Istio's plug-in CA rotated; proto/weft/ca.proto WatchTrustBundle).
+// - announced() (the CA's trust-bundle stream said something): renews at most once, when the
+//   signing certificate it named did not issue the one held (once per announcement: a new
+//   intermediate under the same root, Istio's plug-in CA rotated; proto/weft/ca.proto
+//   WatchTrustBundle), or when the holder says the roots changed.
 // - renewNow() (new roots, a holder's request): renews at once; a retry waiting for its turn goes
 //   now (the roots it failed under may be what failed it); an attempt already on its way is
 //   followed by one more, and its answer is marked `superseded` so that the roots it carries,
@@ -166,7 +167,7 @@ export class IdentityRenewal {
   #failures = 0;
   #lastError: IdentityError | undefined;
   #nextAttemptAt: number | undefined;
-  /** The signing certificate last announced (renewUnlessIssuedBy). */
+  /** The signing certificate last announced (announced()). */
   #announcedSigner: string | undefined;
   #stopped = false;
 
@@ -250,14 +251,19 @@ export class IdentityRenewal {
   }
 
   /**
-   * The CA announced its signing certificate `signerPem` (PEM): renews now if it did not issue the
-   * certificate held, so that the certificate, and what a holder takes from its issuer (a
-   * waypoint's debug grants, lib/identity/debug-grant.ts), follow the CA within a renewal, not at
-   * the next scheduled one. Once per announcement: a CA whose replicas sign with two intermediates
-   * for a while is not asked again and again. True when it renewed (a holder that renews for
-   * another reason too, new roots, then need not ask twice).
+   * The CA's trust-bundle stream announced its signing certificate `signerPem` (PEM, if it named
+   * one) and, as the holder found, new roots (`rootsChanged`): renews now, at most once for both.
+   * A signer renews when it did not issue the certificate held, so that the certificate, and what
+   * a holder takes from its issuer (a waypoint's debug grants, lib/identity/debug-grant.ts), follow
+   * the CA within a renewal, not at the next scheduled one; once per announced signer: a CA whose
+   * replicas sign with two intermediates for a while is not asked again and again.
    */
-  renewUnlessIssuedBy(signerPem: string | undefined): boolean {
+  announced(signerPem: string | undefined, rootsChanged: boolean): void {
+    if (!this.#renewUnlessIssuedBy(signerPem) && rootsChanged) this.renewNow();
+  }
+
+  /** Renews (true) when the newly announced signer `signerPem` did not issue the certificate held. */
+  #renewUnlessIssuedBy(signerPem: string | undefined): boolean {
     if (!signerPem || signerPem === this.#announcedSigner) return false;
     this.#announcedSigner = signerPem;
     const held = this.#held;

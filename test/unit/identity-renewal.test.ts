@@ -269,6 +269,30 @@ for (const h of holders) {
     assert.deepEqual(holder.roots(), root.trustBundle());
   });
 
+  test(`${h.name}: one announcement of new roots and a signing certificate that did not issue the certificate held renews once (IdentityRenewal.announced)`, async (t) => {
+    const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+    const intermediate = async (): Promise<CertificateAuthority> => {
+      const i = await root.issueIntermediate('cluster-a');
+      return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+    };
+    const ca = await intermediate();
+    const signer = new TableSigner(ca);
+    const holder = h.make(signer, {});
+    t.after(() => holder.close());
+    await holder.start();
+    const roots = [...ca.trustBundle(), await otherRoot()];
+    signer.publish = roots;
+    ca.rotateTo(await intermediate());
+    signer.onBundle!(roots, ca.signingCertificate());
+    await until('the renewal', () => holder.rotations() === 1, 5_000);
+    // A barrier: another signer renews once more, and the signing calls show nothing came between.
+    ca.rotateTo(await intermediate());
+    signer.onBundle!(roots, ca.signingCertificate());
+    await until('the renewal for the next signer', () => holder.rotations() === 2, 5_000);
+    assert.equal(signer.calls, 3, 'one signing request per announcement');
+    assert.deepEqual(holder.roots(), roots);
+  });
+
   test(`${h.name}: renewal time, expiry and the state shown follow the injected clock`, async (t) => {
     const ca = await CertificateAuthority.generateRoot({ trustDomain: TD });
     const signer = new TableSigner(ca);

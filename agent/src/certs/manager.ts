@@ -132,7 +132,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
   /**
    * What the CA's trust bundle stream announces: new roots (none: unchanged) renew every
    * certificate; a signing certificate `signer` (PEM) renews each one it did not issue
-   * (IdentityRenewal.renewUnlessIssuedBy: a new intermediate under the same root). One renewal for both.
+   * (IdentityRenewal.announced: a new intermediate under the same root). One renewal for both.
    */
   setTrustBundle(bundle: readonly string[], signer?: string): void {
     this.#applyTrustBundle(bundle, undefined, signer);
@@ -149,7 +149,7 @@ export class CertManager extends EventEmitter<CertManagerEvents> {
     }
     for (const e of this.#entries.values()) {
       const r = e.renewal;
-      if (!r.renewUnlessIssuedBy(signer) && newRoots && r !== fresh && (r.held || r.renewing)) r.renewNow();
+      r.announced(signer, newRoots && r !== fresh && (r.held !== undefined || r.renewing));
     }
   }
 
