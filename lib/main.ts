@@ -33,6 +33,16 @@ export function trustDomainAliasArgs(aliases: readonly string[] | undefined): st
   return (aliases ?? []).flatMap((td) => ['--trust-domain-alias', td]);
 }
 
+/**
+ * The value of --`flag`, `v`, as a whole number of `what` from `min` to `max`; else a UsageError
+ * (or `error`'s, a part's own kind) naming the flag and the range.
+ */
+export function countFlag(flag: string, v: string, what: string, min: number, max: number, error: (message: string) => Error = (m) => new UsageError(m)): number {
+  const n = /^\s*[0-9]+\s*$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw error(`--${flag}: "${v}" is not a whole number of ${what} from ${min} to ${max}`);
+  return n;
+}
+
 /** What a part's run step returns: something to stop, or nothing when the command is done. */
 export interface Running {
   stop(signal: NodeJS.Signals): Promise<void>;

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { Agent, type AgentOptions } from './agent.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/index.ts';
 import { isLogLevel, type LogLevel } from '../../lib/log.ts';
-import { runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
+import { countFlag, runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
 import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
@@ -142,10 +142,7 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   if (!isLogLevel(level)) fail(`--log-level ${level} is not one of debug, info, warn, error`);
   // Whole seconds up to what the CA grants: it refuses a longer lifetime (INVALID_ARGUMENT), and a
   // refused workload certificate fails the connection that asked for it.
-  const certLifetime = values['cert-lifetime'] === undefined ? undefined : /^[0-9]+$/.test(values['cert-lifetime']) ? Number(values['cert-lifetime']) : NaN;
-  if (certLifetime !== undefined && !(certLifetime > 0 && certLifetime <= MAX_CERT_LIFETIME_S)) {
-    fail(`--cert-lifetime ${values['cert-lifetime']} is not a positive number of seconds up to ${MAX_CERT_LIFETIME_S} (the CA's maximum)`);
-  }
+  const certLifetime = values['cert-lifetime'] === undefined ? undefined : countFlag('cert-lifetime', values['cert-lifetime'], 'seconds', 1, MAX_CERT_LIFETIME_S, (m) => new UsageError(`${m} (the CA's maximum)\n${USAGE}`));
   const drainTimeout = values['drain-timeout'] === undefined ? undefined : Number(values['drain-timeout']);
   if (drainTimeout !== undefined && !(Number.isFinite(drainTimeout) && drainTimeout >= 0)) fail(`--drain-timeout ${values['drain-timeout']} is not a number of seconds (0 or more)`);
   trustDomainFlags(values['trust-domain'], values['trust-domain-alias']);

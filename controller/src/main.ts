@@ -9,7 +9,7 @@ import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runMain, trustDomainFlags, UsageError } from '../../lib/main.ts';
+import { countFlag, runMain, trustDomainFlags, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -766,9 +766,7 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   }
   const ntp = values['num-trusted-proxies'];
   if (ntp !== undefined) {
-    const n = Number(ntp);
-    if (!/^\d+$/.test(ntp) || n > MAX_TRUSTED_PROXIES) throw new UsageError(`--num-trusted-proxies: "${ntp}" is not a whole number from 0 to ${MAX_TRUSTED_PROXIES}`);
-    meshHttp.numTrustedProxies = n;
+    meshHttp.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES);
   }
   if (Object.keys(meshHttp).length > 0) set('meshHttp', meshHttp);
   set('controllerAddress', values['controller-address']);

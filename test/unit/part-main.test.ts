@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { runMain, UsageError, type MainIo } from '../../lib/main.ts';
+import { countFlag, runMain, UsageError, type MainIo } from '../../lib/main.ts';
 import { parseAgentArgs } from '../../agent/src/main.ts';
 import { parseEastWestArgs } from '../../eastwest/src/main.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
@@ -79,16 +79,26 @@ test('runMain: SIGTERM stops the part, then exit 0; a second signal exits at onc
 
 const AGENT_OK = ['--node', 'n1', '--node-ip', '10.0.0.1', '--controller', '10.0.0.254:15012', '--trust-bundle', '/b.pem', '--token', 't'];
 
+test('countFlag: a whole number within its range, else a UsageError (or the part\'s own error) naming the flag and the range', () => {
+  assert.equal(countFlag('n', '0', 'things', 0, 3), 0);
+  assert.equal(countFlag('n', ' 3 ', 'things', 0, 3), 3);
+  for (const bad of ['4', '-1', '1.5', '1e1', '0x1', '', 'x', '99999999999999999999']) {
+    assert.throws(() => countFlag('n', bad, 'things', 0, 3), (e: Error) => e instanceof UsageError && e.message === `--n: "${bad}" is not a whole number of things from 0 to 3`, bad);
+  }
+  class OwnError extends Error {}
+  assert.throws(() => countFlag('n', '4', 'things', 0, 3, (m) => new OwnError(m)), OwnError);
+});
+
 test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => {
   const cases: Array<[string[], RegExp]> = [
     [AGENT_OK.slice(2), /--node is required/],
     [AGENT_OK.slice(0, -2), /one of --token or --token-file is required/],
     [[...AGENT_OK, '--hbone-port', '70000'], /--hbone-port 70000 is not a port/],
     [[...AGENT_OK, '--log-level', 'loud'], /--log-level loud is not one of/],
-    [[...AGENT_OK, '--cert-lifetime', '0'], /--cert-lifetime 0 is not a positive number/],
+    [[...AGENT_OK, '--cert-lifetime', '0'], /--cert-lifetime: "0" is not a whole number of seconds from 1 to 604800/],
     // Past the CA's 7-day maximum the CA refuses every request (INVALID_ARGUMENT), as Istio's does.
-    [[...AGENT_OK, '--cert-lifetime', '1209600'], /--cert-lifetime 1209600 is not a positive number of seconds up to 604800 \(the CA's maximum\)/],
-    [[...AGENT_OK, '--cert-lifetime', '1e3'], /--cert-lifetime 1e3 is not a positive number/],
+    [[...AGENT_OK, '--cert-lifetime', '1209600'], /--cert-lifetime: "1209600" is not a whole number of seconds from 1 to 604800 \(the CA's maximum\)/],
+    [[...AGENT_OK, '--cert-lifetime', '1e3'], /--cert-lifetime: "1e3" is not a whole number of seconds/],
     [[...AGENT_OK, '--drain-timeout', 'soon'], /--drain-timeout soon is not a number of seconds/],
     [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /--trust-domain: trust domain "Not A Domain" is invalid/],
     [[...AGENT_OK, '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'Cluster3'], /--trust-domain-alias: trust domain "Cluster3" is invalid/],

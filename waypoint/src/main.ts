@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { runMain, trustDomainFlags } from '../../lib/main.ts';
+import { countFlag, runMain, trustDomainFlags } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
@@ -150,11 +150,7 @@ function oneOfFlag<T extends string>(flag: string, v: string, allowed: readonly 
   return v as T;
 }
 
-function countFlag(flag: string, v: string, what: string, min: number, max: number): number {
-  const n = /^\s*[0-9]+\s*$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new FlagError(`--${flag}: "${v}" is not a whole number of ${what} from ${min} to ${max}`);
-  return n;
-}
+const flagError = (message: string): FlagError => new FlagError(message);
 
 function hostPort(flag: string, v: string): HostPort {
   const i = v.lastIndexOf(':');
@@ -235,11 +231,11 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const es = s('escaped-slashes');
   if (es !== undefined) o.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS);
   const ntp = s('num-trusted-proxies');
-  if (ntp !== undefined) o.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES);
+  if (ntp !== undefined) o.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES, flagError);
   const mr = s('max-requests');
-  if (mr !== undefined) o.maxRequests = countFlag('max-requests', mr, 'requests', 1, MAX_REQUESTS_CEILING);
+  if (mr !== undefined) o.maxRequests = countFlag('max-requests', mr, 'requests', 1, MAX_REQUESTS_CEILING, flagError);
   const cl = s('cert-lifetime');
-  if (cl !== undefined) o.certLifetimeSeconds = countFlag('cert-lifetime', cl, 'seconds', 1, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000);
+  if (cl !== undefined) o.certLifetimeSeconds = countFlag('cert-lifetime', cl, 'seconds', 1, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS / 1000, flagError);
   const ht = s('header-timeout');
   if (ht !== undefined) o.headerTimeoutMs = secondsFlag('header-timeout', ht);
   const it = s('idle-timeout');
