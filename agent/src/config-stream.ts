@@ -4,7 +4,8 @@
 // stream is up it keeps retrying with backoff; an open stream keeps serving the last good config.
 //
 // The node certificate is renewed (renew(), each counted weft_node_certificate_renewals_total{reason}
-// and logged) at its renewal time (`scheduled`), when the roots change (`roots-changed`), when the
+// and logged; one renewal however many ask while it is on its way, and none for what a stream
+// already replaced said) at its renewal time (`scheduled`), when the roots change (`roots-changed`), when the
 // CA's trust-bundle stream announces a signer that did not issue it (`signer-changed`, found by the
 // signer), and when the controller refuses the stream (PERMISSION_DENIED: `config-stream-refused`).
 // The controller takes a node certificate only from its own CA (controller/src/xds/authz.ts: the
