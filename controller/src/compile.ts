@@ -364,6 +364,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
+  const nodeAddresses = nodeAddressesOf(inputs, nodeIps);
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -380,13 +381,22 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     // Validation refuses an address that is not an IP; should one get here, it is dropped, as every
     // agent would refuse the whole config holding it.
+    // A node's address is its agent's HBONE port, which applies no gateway rule: an east-west
+    // gateway dialling it for the waypoint would carry a remote caller to any pod of that node.
+    const notNode = (a: string, path: string): boolean => {
+      if (!nodeAddresses.has(a)) return true;
+      findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason: 'NodeAddress', message: `${a} is the address of a node (its agent's HBONE port), never a waypoint's; left out` });
+      return false;
+    };
     const statusAddresses: string[] = [];
     wp.status?.addresses?.forEach((a, i) => {
-      if (isIP(a.value) !== 0) statusAddresses.push(a.value);
-      else findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path: `status.addresses[${i}].value`, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
+      if (isIP(a.value) === 0) findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path: `status.addresses[${i}].value`, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
+      else if (notNode(a.value, `status.addresses[${i}].value`)) statusAddresses.push(a.value);
     });
-    const address = rt?.address ?? statusAddresses[0];
-    const addresses = rt?.address !== undefined ? rt.addresses : statusAddresses;
+    // The running pods labelled for it (or the reconciler's cluster IP).
+    const rtAddresses = rt?.address !== undefined ? (rt.addresses ?? [rt.address]).filter((a) => notNode(a, 'addresses')) : undefined;
+    const address = rtAddresses ? rtAddresses[0] : statusAddresses[0];
+    const addresses = rtAddresses ?? statusAddresses;
     const ready = rt ? rt.ready : readyCond?.status === 'True';
     const reason = rt ? rt.reason : readyCond?.status === 'True' ? undefined : (readyCond?.reason ?? 'NotReconciled');
     const compiled: Waypoint = {
@@ -703,6 +713,14 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
     if (addr !== undefined && isIP(addr) !== 0) nodeIps.set(n.metadata.name, addr);
   }
   return nodeIps;
+}
+
+/** Every address of a node: nodeIpsOf's, each IP a Node object lists, each pod's hostIP. */
+function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>, nodeIps: ReadonlyMap<string, string>): Set<string> {
+  const out = new Set(nodeIps.values());
+  for (const n of inputs.nodes) for (const a of n.status?.addresses ?? []) if (isIP(a.address) !== 0) out.add(a.address);
+  for (const pod of inputs.pods) if (pod.status?.hostIP) out.add(pod.status.hostIP);
+  return out;
 }
 
 /** Where agents tunnel to on a node: the index of its InternalIP, else of its ExternalIP (Hostname and DNS addresses are names), or -1. */

@@ -606,6 +606,42 @@ test('a Waypoint status address or a Node address that is not an IP is left out 
   validateAgentConfig({ node: 'node-b', workloads: [...res.model.workloads.values()], services: [], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
 });
 
+// An east-west gateway dials a waypoint's every address at its HBONE port (eastwest/src/gateway.ts);
+// a node's address there is its agent's 15008, which applies no gateway rule (docs/SECURITY.md). A
+// Waypoint's written status address or a labelled (hostNetwork) pod at a node's address is left out,
+// counted as a finding (weft_controller_findings) and named.
+test('a Waypoint address that is a node\'s address (written status, or a hostNetwork pod labelled for it) is left out with a NodeAddress finding: the gateway and agents never dial a node\'s agent as the waypoint', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { node: 'node-b' }));
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {}, status: { addresses: [{ type: 'IPAddress', value: '192.168.0.2' }, { type: 'IPAddress', value: '10.96.0.9' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+  i.nodes.push({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-c' }, status: { addresses: [{ type: 'InternalIP', address: '192.168.0.3' }, { type: 'ExternalIP', address: '203.0.113.3' }] } } as never);
+  let res = compile(i);
+  assert.equal(res.model.waypoints.get('shop/wp')!.address, '10.96.0.9');
+  assert.equal(res.model.waypoints.get('shop/wp')!.addresses, undefined);
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]), [['Waypoint', 'status.addresses[0].value', 'NodeAddress']]);
+  assert.match(res.findings[0]!.message, /192\.168\.0\.2 is the address of a node/);
+
+  // Only node addresses: the status names one node's ExternalIP; a hostNetwork pod labelled for it.
+  const j = emptyInputs();
+  j.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  j.nodes.push(...i.nodes);
+  j.waypoints.push({ ...i.waypoints[0]!, status: { ...i.waypoints[0]!.status, addresses: [{ type: 'IPAddress', value: '203.0.113.3' }] } } as never);
+  res = compile(j);
+  assert.equal(res.model.waypoints.get('shop/wp')!.address, undefined);
+  assert.equal(res.model.waypoints.get('shop/wp')!.ready, false);
+  assert.deepEqual(res.findings.map((f) => [f.path, f.reason]), [['status.addresses[0].value', 'NodeAddress']]);
+  const k = emptyInputs();
+  k.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  k.waypoints.push(waypoint('shop', 'wp'));
+  const hostPod = pod('shop', 'wp-0', { node: 'node-b', labels: { 'weft.dev/waypoint': 'wp' }, ip: '192.168.0.2', hostIP: '192.168.0.2' });
+  k.pods.push(hostPod, pod('shop', 'wp-1', { node: 'node-b', labels: { 'weft.dev/waypoint': 'wp' }, ip: '10.1.9.9' }));
+  res = compile(k);
+  assert.equal(res.model.waypoints.get('shop/wp')!.address, '10.1.9.9');
+  assert.equal(res.model.waypoints.get('shop/wp')!.addresses, undefined);
+  assert.deepEqual(res.findings.filter((f) => f.reason === 'NodeAddress').map((f) => [f.kind, f.path]), [['Waypoint', 'addresses']]);
+});
+
 // The API server allocates cluster IPs uniquely (a config directory need not). Agents index Services
 // by VIP, last one wins (agent/src/state.ts apply), so a second claimant took over the first's
 // address at every agent: "a bad object costs only itself". As for TrafficPolicies (Gateway API
