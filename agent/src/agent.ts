@@ -423,8 +423,7 @@ export class Agent {
     const { outbound, hbone, hboneGateway } = this.#ports;
     Promise.all([
       this.outbound.listen(outbound, this.o.nodeIp),
-      this.inbound.server.listen(hbone, this.o.nodeIp, { reusePort: true }),
-      this.inbound.gatewayServer.listen(hboneGateway, this.o.nodeIp, { reusePort: true }),
+      this.inbound.listen({ hbone, gateway: hboneGateway }, this.o.nodeIp, { reusePort: true }),
     ]).then(
       () => {
         this.#listening = true;
@@ -683,7 +682,7 @@ export class Agent {
         })),
         pins: Object.fromEntries(['weft_pods', 'weft_inbound_pods', 'weft_dests', 'weft_inbound_excluded', 'weft_probers', 'weft_counters', 'weft_pod_counters', 'weft_spliced', 'weft_splice_sk', 'weft_splice_reader'].map((m) => [m, this.datapath.mapPin(m)])),
       }),
-      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), hboneGatewayServer: this.inbound.gatewayServer.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
+      '/stats': () => ({ hbonePool: this.pool.stats(), hboneServer: this.inbound.server.stats(), outboundConnections: this.outbound.active, flows: this.flows.stats(), memory: process.memoryUsage(), malloc: mallocInfo(), filePagesReleased: this.#memory?.last ?? null, readPool: readPoolStats() }),
     }, { raw: { '/flows': (req, res) => this.flows.serve(req, res) }, refused });
   }
 
@@ -705,10 +704,10 @@ export class Agent {
       s.closeAllConnections();
     }
     const started = Date.now();
-    const hboneSessions = (this.inbound?.server.stats().sessionsActive ?? 0) + (this.inbound?.gatewayServer.stats().sessionsActive ?? 0);
+    const hboneSessions = this.inbound?.server.stats().sessionsActive ?? 0;
     this.log.info('draining', { outboundConnections: this.outbound?.active ?? 0, hboneSessions, drainTimeoutMs: drainMs });
-    const [outboundCut, hboneCut, gatewayCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0, this.inbound?.gatewayServer.close(drainMs) ?? 0]);
-    this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut + gatewayCut });
+    const [outboundCut, hboneCut] = await Promise.all([this.outbound?.close(drainMs) ?? 0, this.inbound?.server.close(drainMs) ?? 0]);
+    this.log.info('drained', { ms: Date.now() - started, outboundConnectionsCut: outboundCut, hboneSessionsCut: hboneCut });
     this.#refusals?.close();
     this.#spliceStranded?.close();
     await this.#otlpLogs.shutdown();

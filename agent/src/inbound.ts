@@ -6,11 +6,13 @@
 // admission, where each CONNECT must also name what the gateway carries such callers to
 // (#throughGateway): the gateway judges the outer CONNECT only, and the caller's inner session
 // reaches every pod of this node. The port, not the peer's address, says a session came through
-// the gateway: an address is rewritten on its way (SNAT) and learnt late. The pod then sees the
-// real client address (the datapath's getpeername hook), not the agent's.
+// the gateway: an address is rewritten on its way (SNAT) and learnt late. One server listens on
+// both ports, so that its limits (tunnels per peer, connections, session buffers) hold over both.
+// The pod then sees the real client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
+import { DEFAULT_MAX_CONNECTIONS } from '../../lib/hbone/server.ts';
 import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import { podTarget, waypointGuardRefusal } from '../../lib/model/federation.ts';
@@ -41,11 +43,20 @@ export interface InboundOptions {
   maxTunnelsPerPeer?: number;
 }
 
+/**
+ * Connections one source address may hold on the gateway port: half the server's total
+ * (DEFAULT_MAX_CONNECTIONS), so the east-west gateway, whose callers each hold at most
+ * MAX_TUNNELS_PER_CALLER_PER_NODE of them (eastwest/src/gateway.ts), is not cut at the 1,024 every
+ * source has on 15008, and one source still cannot take every connection of the node.
+ */
+export const GATEWAY_PORT_CONNECTIONS_PER_SOURCE = DEFAULT_MAX_CONNECTIONS / 2;
+
 export class Inbound {
   readonly #o: InboundOptions;
+  /** The HBONE server of both ports (listen). */
   readonly server: HboneServer;
-  /** The gateway port's server (PORTS.hboneGateway): every CONNECT on it is judged by the gateway's rules too. */
-  readonly gatewayServer: HboneServer;
+  /** The gateway port as bound (listen): every CONNECT on it is judged by the gateway's rules too. */
+  #gatewayPort: number | undefined;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
   /** The workload descriptions taken from baggage unverified (see #sourceMeta). */
@@ -57,13 +68,13 @@ export class Inbound {
     this.#o = opts;
     this.#refusalLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
       opts.log.warn('HBONE refusals not logged (rate limit)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
-    const server = (throughGateway: boolean) => new HboneServer({
+    this.server = new HboneServer({
       tls: { SNICallback: opts.serverTls.SNICallback!, ca: [...opts.trustBundle()] },
       // Workload identities of this mesh only: an agent's node certificate or another mesh's
       // workload is refused before it can open a tunnel.
       trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
-      handler: (req) => this.#handle(req, throughGateway),
+      handler: (req) => this.#handle(req, req.localPort === this.#gatewayPort),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
       onSessionThrottled: (e) => this.#o.log.warn('HBONE session holds more than its buffer for destinations that do not read: its stream windows shrink until they catch up', {
@@ -73,13 +84,24 @@ export class Inbound {
         peer: e.peer.spiffeId, address: e.peer.address, error: e.error, code: e.code, tunnels: e.streams,
       }),
     });
-    this.server = server(false);
-    this.gatewayServer = server(true);
+  }
+
+  /**
+   * Listens on the HBONE port and the gateway port (`reusePort`: an upgrade's old and new agent
+   * side by side); resolves with the ports bound. Every session the gateway carries comes from its
+   * one address, each of its callers bounded per node (eastwest/src/gateway.ts), so the gateway port
+   * takes GATEWAY_PORT_CONNECTIONS_PER_SOURCE from one source, not the HBONE port's per-source cap.
+   */
+  async listen(ports: { hbone: number; gateway: number }, host: string, opts: { reusePort?: boolean } = {}): Promise<{ hbone: number; gateway: number }> {
+    const hbone = (await this.server.listen(ports.hbone, host, opts)).port;
+    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, maxConnectionsPerSource: GATEWAY_PORT_CONNECTIONS_PER_SOURCE })).port;
+    this.#gatewayPort = gateway;
+    return { hbone, gateway };
   }
 
   /** New roots: client certificates verify against the new bundle from the next handshake on. */
   trustBundleChanged(): void {
-    for (const server of [this.server, this.gatewayServer]) server.setTls({ ca: [...this.#o.trustBundle()] });
+    this.server.setTls({ ca: [...this.#o.trustBundle()] });
   }
 
   /** Which local identity serves a TLS server name (SNI). */

@@ -50,6 +50,8 @@ export interface EastWestOptions {
   maxPendingConnects?: number;
   /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
+  /** Tunnels one caller may hold open or opening to one node's agent (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE). */
+  maxTunnelsPerCallerPerNode?: number;
   /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
   agentPort?: number;
   log: Logger;
@@ -76,8 +78,18 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
  */
 export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 
+/**
+ * Tunnels one caller (identity and address) may hold open or opening to one node's agent, each its
+ * own connection to that node's gateway port. Every such connection comes from the gateway's
+ * address, which the agent lets hold GATEWAY_PORT_CONNECTIONS_PER_SOURCE (8,192; agent/src/inbound.ts):
+ * well below it, so that one caller cannot take the gateway's whole share of a node. Callers pool
+ * one outer tunnel per destination agent and identity. Past it a CONNECT is refused at once (503,
+ * `too-many-to-node`).
+ */
+export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE = 256;
+
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-node';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -96,6 +108,8 @@ export class EastWestGateway {
   #waypointPort = new Map<string, number>();
   /** `host:port` of an upstream → connects to it now waiting. */
   readonly #pending = new Map<string, number>();
+  /** `caller address, identity, node` → the tunnels that caller holds open or opening to that node's agent. */
+  readonly #toNode = new Map<string, number>();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -161,7 +175,7 @@ export class EastWestGateway {
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
     this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
-    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' ? 'overloaded' : 'denied' };
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' || reason === 'too-many-to-node' ? 'overloaded' : 'denied' };
   }
 
   /** Counts every refusal; logs it, cut, within the budget. */
@@ -193,17 +207,31 @@ export class EastWestGateway {
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? PORTS.hboneGateway, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
     const key = `${host}:${port}`;
+    const caller = node ? `${req.peer.address} ${req.peer.spiffeId ?? ''} ${node}` : undefined;
+    const held = caller ? (this.#toNode.get(caller) ?? 0) : 0;
+    const maxToNode = this.#o.maxTunnelsPerCallerPerNode ?? DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE;
+    if (caller && held >= maxToNode) {
+      return this.#refuse('too-many-to-node', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels to ${what} (${key}) (the gateway allows ${maxToNode} a caller to a node)`);
+    }
     const pending = this.#pending.get(key) ?? 0;
     const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
     if (pending >= max) {
       return this.#refuse('overloaded', req, 503, `${pending} connects to ${what} (${key}) are waiting for it to answer (the gateway allows ${max}); refused at once`);
     }
     this.#pending.set(key, pending + 1);
+    if (caller) this.#toNode.set(caller, held + 1);
+    const release = (): void => {
+      const n = (this.#toNode.get(caller!) ?? 1) - 1;
+      if (n <= 0) this.#toNode.delete(caller!);
+      else this.#toNode.set(caller!, n);
+    };
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
+      if (caller) upstream.once('close', release);
       return { upstream };
     } catch (e) {
+      if (caller) release();
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
     } finally {
       const n = (this.#pending.get(key) ?? 1) - 1;

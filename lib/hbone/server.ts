@@ -7,7 +7,7 @@ import {
   type ServerHttp2Session,
   type ServerHttp2Stream,
 } from 'node:http2';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer as createTcpServer, type AddressInfo, type Server as TcpServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { parseAuthority, type TunnelTarget } from './authority.ts';
@@ -73,6 +73,8 @@ export interface HboneConnectRequest {
    * the header is absent, malformed or names no address (`headers.forwarded` has the raw value).
    */
   forwardedFor: ForwardedNode | undefined;
+  /** The port the session came on (the server may listen on several). */
+  localPort: number;
   /** Aborted when the client resets the stream or the session goes away before the answer. */
   signal: AbortSignal;
 }
@@ -233,6 +235,8 @@ interface SessionState {
   tornDown: number;
   /** `address identity`: the peer's key in the server's tunnel count (maxTunnelsPerPeer). */
   peerKey: string;
+  /** The port the session came on. */
+  localPort: number;
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
@@ -270,6 +274,10 @@ export class HboneServer {
   readonly #opts: HboneServerOptions;
   readonly #server: Http2SecureServer;
   readonly #sessions = new Set<SessionState>();
+  /** The ports it listens on, each handing its connections to #server (listen). */
+  readonly #listeners: TcpServer[] = [];
+  /** A connection's per-source cap, when its listener has its own (listen's maxConnectionsPerSource). */
+  readonly #perSourceOf = new WeakMap<Socket, number>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
   readonly #tunnelsOf = new Map<string, number>();
   readonly #forward: readonly string[];
@@ -346,7 +354,8 @@ export class HboneServer {
     const cap = capConnectionsPerSource(this.#server, { perSource: opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS }, (from, max, which) =>
       this.#refuse(which === 'per-source'
         ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections`, peer: { spiffeId: undefined, address: from } }
-        : { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }));
+        : { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }),
+      (socket) => this.#perSourceOf.get(socket));
     this.#server.on('connection', (socket: Socket) => {
       if (!socket.destroyed) socket.setNoDelay(true);
     });
@@ -372,23 +381,34 @@ export class HboneServer {
   }
 
   /**
-   * Starts listening; resolves with the bound address. `reusePort` shares the port with another
-   * process that also sets it (an agent upgrade: old and new listen side by side).
+   * Starts listening on one more port; resolves with the bound address. Every port is one server:
+   * its limits (connections, tunnels per peer, session buffers) hold over all of them, and a
+   * CONNECT tells its handler the port it came on (HboneConnectRequest.localPort). `reusePort`
+   * shares the port with another process that also sets it (an agent upgrade: old and new listen
+   * side by side); `maxConnectionsPerSource`: this port's own cap per source address (the server's
+   * by default), its connections still counted in the server's total.
    */
-  listen(port: number, host?: string, opts: { reusePort?: boolean } = {}): Promise<AddressInfo> {
+  listen(port: number, host?: string, opts: { reusePort?: boolean; maxConnectionsPerSource?: number } = {}): Promise<AddressInfo> {
+    const cap = opts.maxConnectionsPerSource;
+    // The TLS server takes connections handed to it ('connection', as node:tls documents).
+    const listener = createTcpServer((socket) => {
+      if (cap !== undefined) this.#perSourceOf.set(socket, cap);
+      this.#server.emit('connection', socket);
+    });
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
-      this.#server.once('error', onError);
-      this.#server.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
-        this.#server.off('error', onError);
-        resolve(this.#server.address() as AddressInfo);
+      listener.once('error', onError);
+      listener.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
+        listener.off('error', onError);
+        this.#listeners.push(listener);
+        resolve(listener.address() as AddressInfo);
       });
     });
   }
 
-  /** Bound address (after listen). */
+  /** Bound address of the first port listened on (after listen). */
   address(): AddressInfo {
-    return this.#server.address() as AddressInfo;
+    return this.#listeners[0]!.address() as AddressInfo;
   }
 
   /** Replaces key, certificate and trust bundle for new sessions (certificate rotation). */
@@ -427,7 +447,8 @@ export class HboneServer {
    */
   async close(graceMs = 5000): Promise<number> {
     this.#closing = true;
-    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    // Each listener closes once its connections (the sessions' sockets) have.
+    const closed = Promise.all(this.#listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
     for (const s of this.#sessions) if (!s.session.closed) s.session.close();
     let cut = 0;
     const timer = setTimeout(() => {
@@ -478,6 +499,7 @@ export class HboneServer {
       buffer: undefined as unknown as SessionBuffer,
       tornDown: 0,
       peerKey: `${peer.address} ${spiffeId ?? ''}`,
+      localPort: socket.localPort ?? 0,
     };
     state.buffer = new SessionBuffer(session, {
       budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
@@ -601,6 +623,7 @@ export class HboneServer {
       peer: state.peer,
       headers: selected,
       forwardedFor: forwardedFor(selected['forwarded']),
+      localPort: state.localPort,
       signal: ac.signal,
     };
 

@@ -34,7 +34,7 @@ function workload(name: string, ns: string, ip: string, node = 'node2'): Workloa
 const DEST = workload('echo', 'demo', '127.0.0.1');
 const CLIENT = workload('client', 'src', '10.0.0.7', 'node1');
 
-async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void; maxTunnelsPerPeer?: number } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number }> {
+async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof silentLogger; accessLog?: (e: unknown) => void; prepare?: (s: AgentState) => void; maxTunnelsPerPeer?: number } = {}): Promise<{ inbound: Inbound; metrics: AgentMetrics; port: number; gatewayPort: number }> {
   const serverLeaf = ca.issue(DEST.spiffeId);
   const state = new AgentState('node2');
   state.apply({ node: 'node2', workloads: [DEST, CLIENT], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
@@ -46,9 +46,9 @@ async function startInbound(ca: TestCa, delivery: object, opts: { log?: typeof s
     trustBundle: () => [ca.cert],
     ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
   });
-  const { port } = await inbound.server.listen(0, '127.0.0.1');
+  const { hbone: port, gateway: gatewayPort } = await inbound.listen({ hbone: 0, gateway: 0 }, '127.0.0.1');
   cleanups.push(() => inbound.server.close(100));
-  return { inbound, metrics, port };
+  return { inbound, metrics, port, gatewayPort };
 }
 
 async function peer(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
@@ -237,4 +237,28 @@ test('tunnels one peer (identity and address) holds are bounded over all its ses
   assert.equal((await open(await peer(port, ca.issue(DEST.spiffeId)))).status, 200, 'another peer is served');
   tunnels[0]!.close();
   await until('a closed tunnel frees its place', async () => (await open(second)).status === 200, 5_000, { intervalMs: 50 });
+});
+
+// The agent's HBONE port and its gateway port are one server (agent/src/inbound.ts): with two, one
+// identity held maxTunnelsPerPeer tunnels on each, and every other limit was doubled too.
+test('the HBONE port and the gateway port share one server: a peer holding its maxTunnelsPerPeer on 15008 is refused on the gateway port (503 too-many-tunnels), counted once and logged', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const held: import('node:net').Socket[] = [];
+  const app = await tcpServer((s) => { held.push(s); s.on('error', () => {}); });
+  cleanups.push(() => { for (const s of held) s.destroy(); app.server.close(); });
+  const delivery = { authorize: () => {}, connectToPod: async () => connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 }), track: () => {} };
+  const { inbound, metrics, port, gatewayPort } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)), maxTunnelsPerPeer: 1 });
+  const open = (session: ClientHttp2Session) => new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:${app.port}` }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+  });
+  const leaf = ca.issue(CLIENT.spiffeId);
+  assert.equal(await open(await peer(port, leaf)), 200);
+  assert.equal(await open(await peer(gatewayPort, leaf)), 503);
+  assert.equal(inbound.server.stats().refusals['too-many-tunnels'], 1);
+  const counted = (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'too-many-tunnels');
+  assert.deepEqual(counted.map((v) => v.value), [1]);
+  await until('logged', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('too-many-tunnels') && l.includes(CLIENT.spiffeId)), 5_000);
 });

@@ -107,11 +107,10 @@ before(async () => {
     serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: echoTls.key, cert: echoTls.cert, ca: echoTls.ca })) } as never,
     trustBundle: () => echoTls.ca,
   });
-  agentHbonePort = (await inbound.server.listen(0, '127.0.0.1')).port;
-  cleanups.push(() => inbound.server.close(100));
   // The gateway dials the agent's gateway port: no address of the gateway's is in the agent's config.
-  const agentPort = (await inbound.gatewayServer.listen(0, '127.0.0.1')).port;
-  cleanups.push(() => inbound.gatewayServer.close(100));
+  const { hbone, gateway: agentPort } = await inbound.listen({ hbone: 0, gateway: 0 }, '127.0.0.1');
+  agentHbonePort = hbone;
+  cleanups.push(() => inbound.server.close(100));
 
   // cluster2's controller export and its east-west gateway in front of that agent.
   const ctrlTls = await creds(c2, CTRL);

@@ -584,6 +584,54 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
   await until('a closed tunnel frees its place', async () => (await open(again)).status === 200, 5_000, { intervalMs: 50 });
 });
 
+// Every session the gateway carries to a node comes from the gateway's one address, and the agent's
+// gateway port lets one source hold GATEWAY_PORT_CONNECTIONS_PER_SOURCE (agent/src/inbound.ts): one
+// caller holding 4,096 tunnels to one node would take it for every other remote caller of that node.
+test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerNode a CONNECT to that node is refused at once (503 too-many-to-node), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
+  const { connect: h2connect } = await import('node:http2');
+  const { GATEWAY_PORT_CONNECTIONS_PER_SOURCE } = await import('../../agent/src/inbound.ts');
+  const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE } = await import('../../eastwest/src/gateway.ts');
+  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE * 16 <= GATEWAY_PORT_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
+  const sinkSockets = new Set<net.Socket>();
+  const sink = net.createServer((s) => {
+    sinkSockets.add(s);
+    s.on('close', () => sinkSockets.delete(s));
+    s.pipe(s);
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
+  t.after(() => {
+    for (const s of sinkSockets) s.destroy();
+    sink.close();
+  });
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, maxTunnelsPerCallerPerNode: 2, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const sessionAs = async (as: string) => {
+    const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, as)), checkServerIdentity: () => undefined });
+    t.after(() => session.destroy());
+    session.on('error', () => {});
+    return session;
+  };
+  const open = (session: Awaited<ReturnType<typeof sessionAs>>) => new Promise<{ status: number; stream: ReturnType<typeof session.request> }>((resolve) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+    stream.on('response', (h) => resolve({ status: Number(h[':status']), stream }));
+    stream.on('error', () => resolve({ status: 0, stream }));
+  });
+  const client = await sessionAs(CLIENT);
+  const held = [await open(client), await open(client)];
+  assert.deepEqual(held.map((x) => x.status), [200, 200]);
+  assert.equal((await open(client)).status, 503);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-node"\} 1$/m);
+  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-node');
+  assert.equal(refusedLines.length, 1);
+  assert.match(String(refusedLines[0]!.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 2 tunnels to the node agent of 10\\.78\\.1\\.1`));
+  assert.equal((await open(await sessionAs(id('demo', 'other')))).status, 200, 'another caller is served');
+  held[0]!.stream.close();
+  await until('a closed tunnel frees its place', async () => (await open(client)).status === 200, 5_000, { intervalMs: 50 });
+});
+
 // The gateway reads its controller's export as the controllers read each other's
 // (lib/federation-read.ts): a read that never ends, or never stops growing, would have held the
 // gateway's start (it reads once before it listens) and every refresh after it.

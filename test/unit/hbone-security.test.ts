@@ -532,3 +532,46 @@ test('a node identity and a workload of a foreign trust domain are refused on th
     assert.equal((await got).toString(), 'hello', id);
   }
 });
+
+// One server on two ports (the agent's 15008 and its gateway port 15009): its limits are the
+// server's, over both, and each port may have its own per-source cap (the gateway port's one source
+// is the east-west gateway, carrying every remote caller). A CONNECT names the port it came on.
+test('one server listens on two ports: each port may cap connections per source on its own (refused past it, counted too-many-connections once), the total and tunnels per peer hold over both, and the handler learns the port of each CONNECT', async () => {
+  const refusals: HboneRefusal[] = [];
+  const ports: number[] = [];
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const handler = dialTarget();
+  const hb = await startHbone({ maxConnectionsPerSource: 2, maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { ports.push(req.localPort); return handler(req); } });
+  cleanups.push(() => hb.close());
+  const wide = (await hb.server.listen(0, '127.0.0.1', { maxConnectionsPerSource: 6 })).port;
+  const hold = (port: number) => new Promise<import('node:net').Socket>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port }, () => resolve(s));
+    s.on('error', () => {});
+    cleanups.push(() => s.destroy());
+  });
+  const closed = (port: number) => new Promise((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port });
+    s.on('error', () => {});
+    s.once('close', resolve);
+  });
+  // The first port's two are used up by two idle connections; the wide port takes more, up to its
+  // own six (the source's connections on both ports count).
+  await hold(hb.port); await hold(hb.port);
+  await closed(hb.port);
+  assert.equal(hb.server.stats().refusals['too-many-connections'], 1);
+  await hold(wide);
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`, { dest: { host: '127.0.0.1', port: wide } }));
+  const reply = readAll(t);
+  t.write('hi');
+  assert.deepEqual(ports, [wide], 'the handler is told the port the CONNECT came on');
+  // The same peer, through the other port's share: its one tunnel is held on the wide port.
+  await assert.rejects(pool.connect(hb.to(`127.0.0.1:${echo.port}`, { sourceKey: 'again', dest: { host: '127.0.0.1', port: wide } })));
+  assert.equal(hb.server.stats().refusals['too-many-tunnels'], 1);
+  t.end();
+  assert.equal((await reply).toString(), 'hi');
+  assert.deepEqual(refusals.map((r) => r.kind), ['too-many-connections', 'too-many-tunnels'], 'each counted once');
+  assert.match(refusals[0]!.reason, /127\.0\.0\.1 already holds 2 connections/);
+});
