@@ -8,6 +8,7 @@ import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/index.
 import { isLogLevel, type LogLevel } from '../../lib/log.ts';
 import { countFlag, runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
 import { DEFAULT_TRUST_DOMAIN } from '../../lib/model/mesh.ts';
+import { PORTS } from '../../lib/defaults.ts';
 
 export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --controller <host:port> --trust-bundle <pem file>
        (--token <token> | --token-file <file>) [options]
@@ -47,7 +48,9 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
                              (default 20; new connections go to the successor at once)
   --ready-file <path>        create this file while ready, remove it when stopping (an exec
                              readiness probe only this process answers)
-  --outbound-port/--hbone-port/--hbone-gateway-port/--admin-port/--metrics-port/--ready-port <port>
+  --outbound-port/--hbone-port/--admin-port/--metrics-port/--ready-port <port>
+                             each its own; none the gateway port (15009), which the east-west
+                             gateway dials and has no flag
   --log-level debug|info|warn|error
        agent/src/main.ts --uninstall [--pin-root <path>] [--cgroup <path>] [--bpf-objects <dir>] [--ready-file <path>]
                              [--cni-conf-dir <dir> [--cni-bin-dir <dir>]]
@@ -96,7 +99,6 @@ const AGENT_FLAGS = {
   'pod-netns-prefix': { type: 'string' },
   'outbound-port': { type: 'string' },
   'hbone-port': { type: 'string' },
-  'hbone-gateway-port': { type: 'string' },
   'admin-port': { type: 'string' },
   'metrics-port': { type: 'string' },
   'ready-port': { type: 'string' },
@@ -149,11 +151,17 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
   if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
   const tokenFile = values['token-file'];
-  const ports = Object.fromEntries(
-    ([['outbound', 'outbound-port'], ['hbone', 'hbone-port'], ['hboneGateway', 'hbone-gateway-port'], ['admin', 'admin-port'], ['metrics', 'metrics-port'], ['ready', 'ready-port']] as const)
-      .map(([k, flag]) => [k, port(flag, values[flag])] as const)
-      .filter(([, v]) => v !== undefined),
-  );
+  const portFlags = ([['outbound', 'outbound-port', PORTS.outbound], ['hbone', 'hbone-port', PORTS.hbone], ['admin', 'admin-port', PORTS.admin], ['metrics', 'metrics-port', PORTS.metrics], ['ready', 'ready-port', PORTS.readiness]] as const)
+    .map(([k, flag, byDefault]) => [k, flag, port(flag, values[flag]), byDefault] as const);
+  // Two listeners on one port (reusePort) would split its connections between them.
+  const taken = new Map<number, string>([[PORTS.hboneGateway, 'the agent\'s gateway port']]);
+  for (const [, flag, given, byDefault] of portFlags) {
+    const p = given ?? byDefault;
+    const other = taken.get(p);
+    if (other !== undefined) fail(other.startsWith('--') ? `${other} and --${flag} are both ${p}` : `--${flag} ${p} is also ${other} (${p})`);
+    taken.set(p, `--${flag}`);
+  }
+  const ports = Object.fromEntries(portFlags.filter(([, , v]) => v !== undefined).map(([k, , v]) => [k, v] as const));
   const options: AgentOptions = {
     node: values.node!,
     nodeIp: values['node-ip']!,

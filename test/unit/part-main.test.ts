@@ -103,6 +103,12 @@ test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => 
     [[...AGENT_OK, '--trust-domain', 'Not A Domain'], /--trust-domain: trust domain "Not A Domain" is invalid/],
     [[...AGENT_OK, '--trust-domain-alias', 'cluster2.local', '--trust-domain-alias', 'Cluster3'], /--trust-domain-alias: trust domain "Cluster3" is invalid/],
     [[...AGENT_OK, '--bogus'], /Unknown option '--bogus'/],
+    // Two listeners on one port (reusePort) split its connections between them; the gateway port
+    // (15009) has no flag: the east-west gateway always dials it and the datapath excludes it.
+    [[...AGENT_OK, '--hbone-port', '15009'], /--hbone-port 15009 is also the agent's gateway port \(15009\)/],
+    [[...AGENT_OK, '--hbone-port', '16000', '--metrics-port', '16000'], /--hbone-port and --metrics-port are both 16000/],
+    [[...AGENT_OK, '--admin-port', '15001'], /--outbound-port and --admin-port are both 15001/],
+    [[...AGENT_OK, '--hbone-gateway-port', '15010'], /Unknown option '--hbone-gateway-port'/],
     [['--uninstall', '--cni-bin-dir', '/opt/cni/bin'], /--cni-bin-dir goes with --cni-conf-dir/],
   ];
   for (const [argv, want] of cases) {
