@@ -76,10 +76,12 @@ export function exportedPods(services: Iterable<Service>, waypointId: (ref: Wayp
     if (s.cluster !== undefined) continue;
     for (const e of s.endpoints) {
       if (e.cluster !== undefined || e.gateway) continue;
-      // A pod of another namespace than the Service's behind a waypoint of its own (a hand-written
-      // EndpointSlice, Endpoint.waypoint) is reached only through that waypoint, as the agents
-      // reach it: the Service neither opens it nor adds its own waypoint's identity.
-      const through = e.waypoint ?? s.waypoint;
+      // A pod of another namespace than the Service's (a tenant's hand-written EndpointSlice naming
+      // it) is that tenant's claim, not the owner's: only Services of the pod's own namespace open
+      // its ports to other networks, or lift the guard of a waypoint one of them goes through.
+      // (Endpoint.waypoint marks such a pod too, when it has a waypoint of its own.)
+      if (e.waypoint || (e.workload && e.workload.namespace !== s.namespace)) continue;
+      const through = s.waypoint;
       for (const sp of s.ports) {
         const port = sp.protocol === 'TCP' ? endpointTargetPort(e, sp) : undefined;
         if (port === undefined) continue;

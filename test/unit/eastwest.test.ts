@@ -302,8 +302,10 @@ test('the gateway does not carry a caller around a waypoint: a pod whose Service
 // east-west gateway carries callers to a Service, which its waypoint serves, never to a pod of the
 // caller's choosing (https://istio.io/latest/docs/ambient/usage/waypoint/ "use-waypoint-namespace",
 // ambient multi-network). Without it the tenant's Service (no waypoint) opened the pod to every
-// remote peer, and one bound to the tenant's own waypoint added that waypoint's identity.
-test('a tenant\'s Service listing another namespace\'s pod behind its own waypoint (Endpoint.waypoint) opens no way around that waypoint through the gateway: only the pod\'s waypoint is carried; a remote client and the tenant\'s waypoint are refused (403, behind-waypoint), counted and named', async (t) => {
+// remote peer, and one bound to the tenant's own waypoint added that waypoint's identity. Only the
+// pod's own namespace's Services export it (lib/model/federation.ts exportedPods): a pod only a
+// tenant's Service lists is not exported at all (403, not-service-port).
+test('a tenant\'s Service listing another namespace\'s pod behind its own waypoint (Endpoint.waypoint) opens no way around that waypoint through the gateway: only the pod\'s waypoint is carried; a remote client and the tenant\'s waypoint are refused (403, behind-waypoint), counted and named; a pod only a tenant\'s Service lists is not exported (403, not-service-port)', async (t) => {
   const TENANT_WP = id('tenant', 'waypoint');
   const pod = (ip: string): Endpoint => ({ ...ep(ip, true), waypoint: { name: 'waypoint', namespace: 'demo' } });
   const tenantSvc = (name: string, extra: Partial<Service> = {}): Service => ({ ...svc, name, namespace: 'tenant', hostname: `${name}.tenant.svc.cluster.local`, vips: [], endpoints: [pod('10.78.2.5')], ...extra });
@@ -340,11 +342,13 @@ test('a tenant\'s Service listing another namespace\'s pod behind its own waypoi
   const behind = (ip: string) => (e: Error) => e instanceof HboneRefusedError && e.status === 403 && new RegExp(`${ip.replaceAll('.', '\\.')} is an endpoint of .*behind waypoint demo/waypoint of this cluster`).test(e.message);
   await assert.rejects(via(CLIENT, '10.78.2.5:8080'), behind('10.78.2.5'), 'a remote client, through the tenant\'s Service without a waypoint');
   await assert.rejects(via(TENANT_WP, '10.78.2.5:8080'), behind('10.78.2.5'), 'the tenant\'s own waypoint, which may not speak for back\'s pod');
-  await assert.rejects(via(CLIENT, '10.78.2.6:8080'), behind('10.78.2.6'), 'a pod whose binding is refused fails closed');
-  await assert.rejects(via(WAYPOINT2, '10.78.2.6:8080'), behind('10.78.2.6'));
-  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 4$/m);
+  const notExported = (e: Error) => e instanceof HboneRefusedError && e.status === 403 && /10\.78\.2\.6:8080: no Service of this cluster sends to port 8080/.test(e.message);
+  await assert.rejects(via(CLIENT, '10.78.2.6:8080'), notExported, 'a pod only a tenant\'s Service lists (its binding refused) is not exported');
+  await assert.rejects(via(WAYPOINT2, '10.78.2.6:8080'), notExported);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="behind-waypoint"\} 2$/m);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="not-service-port"\} 2$/m);
   const named = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'behind-waypoint');
-  assert.ok(named.some((l) => l.peer === TENANT_WP && l.authority === '10.78.2.5:8080' && /tenant\/alias/.test(String(l.detail))), JSON.stringify(named));
+  assert.ok(named.some((l) => l.peer === TENANT_WP && l.authority === '10.78.2.5:8080' && /endpoint of demo\/back, behind waypoint demo\/waypoint/.test(String(l.detail))), JSON.stringify(named));
   // The pod's own waypoint (or its namesake in another cluster) is carried.
   await via(WAYPOINT2, '10.78.2.5:8080');
 });

@@ -7,7 +7,7 @@
 // exports and merges, and where the caller's agent sends the connection.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
+import { exportedPods, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
@@ -207,4 +207,26 @@ test('a local ServiceAccount token obtains the identity of this cluster\'s own w
   assert.equal(isOwnWaypointIdentity([remote], 'demo', id('demo', 'waypoint')), false, 'imported from cluster2: not ours to hand out');
   assert.equal(isOwnWaypointIdentity([own, remote], 'other', id('demo', 'waypoint')), false, 'another namespace');
   assert.equal(isOwnWaypointIdentity([own], 'demo', id('demo', 'client')), false, 'another ServiceAccount');
+});
+
+// Only a pod's own namespace decides how other networks reach it (Istio: a Service's endpoints are
+// its namespace's pods; a hand-written EndpointSlice in another namespace naming the pod is that
+// tenant's claim, not the owner's): another namespace's Service, with no waypoint or with its own,
+// neither opens the pod's port to other networks nor removes the owner's waypoint guard.
+test('exportedPods: a Service of another namespace listing a pod (a hand-written EndpointSlice) neither exports its port nor lifts its own Service\'s waypoint guard; same-namespace Services keep Istio\'s semantics (any one without a waypoint makes the port direct)', () => {
+  const owner = { workloadName: 'back', namespace: 'demo', canonicalService: 'back', canonicalRevision: 'latest', cluster: 'cluster2' };
+  const pod = (ip: string): Endpoint => ({ ...ep(ip), workload: owner });
+  const guarded = svc('guarded', { endpoints: [pod('10.78.1.1')], waypoint: { namespace: 'demo', name: 'waypoint' } });
+  const alias = { ...svc('alias', { endpoints: [pod('10.78.1.1'), pod('10.78.1.2')], ports: [{ name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'tcp' }, { name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }] }), namespace: 'tenant', hostname: 'alias.tenant.svc.cluster.local' } as Service;
+  const wid = (ref: { namespace: string; name: string }) => id(ref.namespace, ref.name);
+  const pods = exportedPods([guarded, alias], wid);
+  assert.deepEqual([...pods.exported].sort(), ['10.78.1.1:8080'], 'the tenant\'s Service exports neither 9090 nor the other pod');
+  assert.deepEqual([...pods.guards.get('10.78.1.1:8080')!.ids], [id('demo', 'waypoint')], 'still guarded by its own Service\'s waypoint');
+  // A tenant's Service with a waypoint of its own adds no identity to the guard either.
+  const aliasWp = exportedPods([guarded, { ...alias, waypoint: { namespace: 'tenant', name: 'wp' } }], wid);
+  assert.deepEqual([...aliasWp.guards.get('10.78.1.1:8080')!.ids], [id('demo', 'waypoint')]);
+  // Same namespace: a Service without a waypoint makes the port direct (Istio: the pod is reachable through it).
+  const plain = exportedPods([guarded, svc('plain', { endpoints: [pod('10.78.1.1')] })], wid);
+  assert.deepEqual([...plain.exported], ['10.78.1.1:8080']);
+  assert.equal(plain.guards.get('10.78.1.1:8080'), undefined);
 });
