@@ -97,9 +97,9 @@ class Checker {
    * undefined. For the Gateway API CRDs' maxItems, which the API server checks and the config
    * directory does not (nor the kube lab's stand-in CRD, which keeps a route's spec whole).
    */
-  atMost<T>(list: T[] | undefined, path: string, max: number): T[] | undefined {
+  atMost<T>(list: T[] | undefined, path: string, max: number, why = 'the Gateway API CRD\'s maxItems'): T[] | undefined {
     if (!list || list.length <= max) return list;
-    this.fail(path, `has ${list.length} entries; at most ${max} (the Gateway API CRD's maxItems)`);
+    this.fail(path, `has ${list.length} entries; at most ${max} (${why})`);
     return undefined;
   }
 
@@ -991,7 +991,14 @@ function validateTrafficPolicy(c: Checker, o: Json): void {
  * The Gateway API CRDs' list bounds (kubebuilder MaxItems and the rules' CEL total, v1.2
  * httproute_types.go, grpcroute_types.go, shared_types.go, httproute_types.go HTTPHeaderFilter).
  */
-const ROUTE_MAX_ITEMS = { parentRefs: 32, hostnames: 16, rules: 16, matches: 64, totalMatches: 128, filters: 16, backendRefs: 16, headers: 16, headerEdits: 16 } as const;
+const ROUTE_MAX_ITEMS = {
+  parentRefs: 32, hostnames: 16, rules: 16, matches: 64, totalMatches: 128, filters: 16, backendRefs: 16, headers: 16, headerEdits: 16,
+  // HTTPCORSFilter.
+  allowOrigins: 64, allowMethods: 9, allowHeaders: 64, exposeHeaders: 64,
+} as const;
+
+/** HTTPRouteRetry.codes has no maxItems; its values are 400 to 599 (GEP-1731), so more only repeat them. */
+const RETRY_MAX_CODES = 200;
 
 function parentRef(c: Checker, v: unknown, p: string): void {
   const o = c.obj(v, p, true);
@@ -1147,12 +1154,13 @@ function filters(c: Checker, v: unknown, p: string, allowed: readonly string[]):
         const o = c.obj(fo[field], bp, true);
         if (!o) break;
         c.only(o, bp, ['allowOrigins', 'allowCredentials', 'allowMethods', 'allowHeaders', 'exposeHeaders', 'maxAge']);
-        c.strList(o.allowOrigins, `${bp}.allowOrigins`, (s, sp) => { if (!isCorsOrigin(s)) c.fail(sp, `"${s}" is not an origin (scheme://host[:port], a leading *. label, or *)`); });
+        const bounded = (k: 'allowOrigins' | 'allowMethods' | 'allowHeaders' | 'exposeHeaders') => c.atMost(c.arr(o[k], `${bp}.${k}`), `${bp}.${k}`, ROUTE_MAX_ITEMS[k]);
+        c.strList(bounded('allowOrigins'), `${bp}.allowOrigins`, (s, sp) => { if (!isCorsOrigin(s)) c.fail(sp, `"${s}" is not an origin (scheme://host[:port], a leading *. label, or *)`); });
         c.bool(o.allowCredentials, `${bp}.allowCredentials`);
-        const methods = c.strList(o.allowMethods, `${bp}.allowMethods`, (s, sp) => { if (!CORS_METHODS.includes(s)) c.fail(sp, `"${s}" is not one of ${CORS_METHODS.join(', ')}`); });
+        const methods = c.strList(bounded('allowMethods'), `${bp}.allowMethods`, (s, sp) => { if (!CORS_METHODS.includes(s)) c.fail(sp, `"${s}" is not one of ${CORS_METHODS.join(', ')}`); });
         if (methods && methods.includes('*') && methods.length > 1) c.fail(`${bp}.allowMethods`, '"*" must be the only entry');
-        for (const k of ['allowHeaders', 'exposeHeaders']) {
-          const list = c.strList(o[k], `${bp}.${k}`, (s, sp) => { if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`); });
+        for (const k of ['allowHeaders', 'exposeHeaders'] as const) {
+          const list = c.strList(bounded(k), `${bp}.${k}`, (s, sp) => { if (!HEADER_NAME.test(s)) c.fail(sp, `"${s}" is not a header name`); });
           if (list && list.includes('*') && list.length > 1) c.fail(`${bp}.${k}`, '"*" must be the only entry');
         }
         c.int(o.maxAge, `${bp}.maxAge`, { min: 1 });
@@ -1315,7 +1323,8 @@ function validateRoute(c: Checker, o: Json, kind: 'HTTPRoute' | 'GRPCRoute'): vo
       const rt = c.obj(ro.retry, `${p}.retry`);
       if (rt) {
         c.only(rt, `${p}.retry`, ['codes', 'attempts', 'backoff']);
-        c.arr(rt.codes, `${p}.retry.codes`)?.forEach((code, j) => c.int(code, `${p}.retry.codes[${j}]`, { required: true, min: 400, max: 599 }));
+        c.atMost(c.arr(rt.codes, `${p}.retry.codes`), `${p}.retry.codes`, RETRY_MAX_CODES, 'the codes 400 to 599, each once')
+          ?.forEach((code, j) => c.int(code, `${p}.retry.codes[${j}]`, { required: true, min: 400, max: 599 }));
         c.int(rt.attempts, `${p}.retry.attempts`, { min: 0 });
         c.duration(rt.backoff, `${p}.retry.backoff`);
       }
