@@ -122,6 +122,8 @@ export class Federation {
   readonly #refusalLog: LogBudget;
   /** Lines of refused imports: a remote writes its export, and with it each refusal's message. */
   readonly #importLog: LogBudget;
+  /** Lines of this cluster's Services left out of its export: its own, which no remote's refusals may silence. */
+  readonly #exportLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
   /** This cluster's Services left out of its export at the last merge (exportRefusal), by `namespace/name`: why. */
@@ -137,6 +139,8 @@ export class Federation {
       o.log.warn('federation listener refusals not logged (rate limit; every one is counted in weft_federation_listener_refused_total or weft_federation_export_reads_total{result="forbidden"})', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.#importLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
       o.log.warn('refused remote services not logged (rate limit; every one is counted in weft_federation_import_refused_total and named in /debug/federation)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.#exportLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      o.log.warn('services left out of the export not logged (rate limit; every one is counted in weft_federation_export_refused_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     if (o.registry) {
       const registers = [o.registry];
       this.#metrics = {
@@ -186,7 +190,7 @@ export class Federation {
       now.set(key, why);
       if (this.#refusedExports.get(key) === why) continue;
       this.#metrics?.exportRefused.inc({ reason: 'invalid' });
-      if (this.#importLog.take()) this.#o.log.warn('service not exported: every importer would refuse it; the other services are exported', { service: key, error: why });
+      if (this.#exportLog.take()) this.#o.log.warn('service not exported: every importer would refuse it; the other services are exported', { service: key, error: why });
     }
     this.#refusedExports = now;
   }

@@ -380,7 +380,9 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
       if (typeof po.name !== 'string' || po.name.length > 63) throw new FederationExportError(`${pp}.name`, 'must be a string');
       return { name: po.name, port: port(po.port, `${pp}.port`), targetPort: target, protocol: po.protocol as ServicePort['protocol'], appProtocol: po.appProtocol as ServicePort['appProtocol'] };
     });
-    if (!Array.isArray(s.vips) || serviceVipsProblem(s.vips.length)) throw new FederationExportError(`${p}.vips`, serviceVipsProblem(MAX_SERVICE_VIPS + 1)!);
+    if (!Array.isArray(s.vips)) throw new FederationExportError(`${p}.vips`, 'must be a list of IP addresses');
+    const tooManyVips = serviceVipsProblem(s.vips.length);
+    if (tooManyVips) throw new FederationExportError(`${p}.vips`, tooManyVips);
     const vips = s.vips.map((v, j) => {
       const a = ip(v, `${p}.vips[${j}]`);
       if (!isServiceAddress(a)) throw new FederationExportError(`${p}.vips[${j}]`, `${a} cannot be a Service address (loopback, unspecified, link-local or multicast)`);

@@ -329,3 +329,29 @@ test('a Service no importer takes (more than 100 ports) is left out of this clus
   assert.deepEqual(logged.map((l) => l.fields.service).sort(), ['aaa/hog0', 'aaa/hog1', 'aaa/hog2', 'aaa/hog3', 'aaa/hog4']);
   assert.match(String(logged[0]!.fields.error), /has 40000 ports, more than the 100 a Service may have/);
 });
+
+// One LogBudget a kind of refusal: a remote writes its export, and with it as many import refusals
+// as it likes; they must not silence this cluster's own export refusals (its operator's to fix).
+test('export refusals are logged on their own budget: a remote\'s import refusals past the import log budget do not silence this cluster\'s Service left out of its export (counted and logged, named)', async (t) => {
+  const { fed, lines, push, metrics } = pushed(t);
+  // 200 refused imports (cluster-local), past the 50 lines a second of the import log.
+  push(2, Array.from({ length: 200 }, (_, i) => svc(`k${i}`, [ep(addr('10.78', i))], { namespace: 'kube-system', vips: [addr('10.97', i)] })));
+  const many = Array.from({ length: 101 }, (_, i) => ({ name: `p${i}`, port: i + 1, targetPort: i + 1, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const echo = svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })]);
+  fed.merge(model([echo]));
+  // Then, within the same second, a Service of this cluster's no importer takes.
+  fed.merge(model([svc('hog', [], { namespace: 'zzz', vips: ['10.96.9.9'], ports: many }), echo]));
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="cluster-local"\} 200$/m);
+  assert.match(await metrics(), /^weft_federation_export_refused_total\{reason="invalid"\} 1$/m);
+  const logged = lines.filter((l) => /not exported/.test(l.msg));
+  assert.deepEqual(logged.map((l) => l.fields.service), ['zzz/hog']);
+});
+
+test('a remote Service whose vips is not a list is refused with its own message, naming the field (not a count it never had); one of more than 8 VIPs names the bound', async (t) => {
+  const { fed, push, status } = pushed(t);
+  push(2, [svc('not-a-list', [ep('10.78.1.1')], { vips: '10.97.0.1' as never }), svc('nine', [ep('10.78.1.2')], { vips: Array.from({ length: 9 }, (_, i) => `10.97.1.${i + 1}`) }), svc('fine', [ep('10.78.1.3')], { vips: ['10.97.2.1'] })]);
+  assert.deepEqual([...fed.merge(model([])).services.keys()], ['demo/fine']);
+  const refused = status(2).refusedServices!;
+  assert.match(refused['demo/not-a-list']!, /services\[0\]\.vips: must be a list of IP addresses\)$/);
+  assert.match(refused['demo/nine']!, /services\[1\]\.vips: must be a list of at most 8 addresses/);
+});
