@@ -223,7 +223,11 @@ export class Inbound {
   #refused(r: HboneRefusal): void {
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
     // happened), not a refusal of the peer.
-    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.label ?? r.kind, destination_workload: 'unknown', destination_workload_namespace: 'unknown' });
+    // Under the pod the CONNECT named, when it is one of this node's (as a policy's no is counted).
+    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') {
+      const dest = r.target ? this.#o.state.localWorkload(r.target.host) : undefined;
+      this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.label ?? r.kind, destination_workload: dest?.workloadName ?? 'unknown', destination_workload_namespace: dest?.namespace ?? 'unknown' });
+    }
     // The authority and the reason quoting it are the peer's to choose (HPACK sends a long one once
     // and then a byte per request): cut, and at most REFUSAL_LOG_PER_SECOND lines a second.
     if (!this.#refusalLog.take()) return;

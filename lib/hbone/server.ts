@@ -127,6 +127,8 @@ export interface HboneRefusal {
   reason: string;
   peer?: { spiffeId: string | undefined; address: string | undefined };
   authority?: string;
+  /** What the CONNECT named, once its authority parsed: the owner counts a refusal under its destination. */
+  target?: TunnelTarget;
   /** The handler's own name for a refusal it decided (HboneConnectDecision `label`). */
   label?: string;
 }
@@ -602,7 +604,7 @@ export class HboneServer {
     const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
     if (held >= maxTunnels) {
       const reason = `${state.peer.spiffeId ?? '(no identity)'} from ${state.peer.address} holds ${held} tunnels here (it allows ${maxTunnels} a peer); refused at once`;
-      this.#refuse({ kind: 'too-many-tunnels', status: 503, reason, peer: peerInfo, authority });
+      this.#refuse({ kind: 'too-many-tunnels', status: 503, reason, peer: peerInfo, authority, target });
       this.#respondRefusal(stream, 503, reason);
       return;
     }
@@ -638,7 +640,7 @@ export class HboneServer {
       stream.off('data', onEarly);
       if (answered.has(stream)) return;
       answered.add(stream);
-      this.#refuse({ kind: 'early-data', reason: `more than ${maxEarly} bytes sent before the CONNECT was answered`, peer: peerInfo, authority });
+      this.#refuse({ kind: 'early-data', reason: `more than ${maxEarly} bytes sent before the CONNECT was answered`, peer: peerInfo, authority, target });
       stream.close(h2.NGHTTP2_ENHANCE_YOUR_CALM);
     };
     stream.on('data', onEarly);
@@ -654,13 +656,13 @@ export class HboneServer {
       if ('upstream' in d) this.#accept(state, stream, request, d.upstream);
       else {
         if (stream.closed || stream.destroyed) return;
-        this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority, ...(d.label !== undefined ? { label: d.label } : {}) });
+        this.#refuse({ kind: d.kind ?? 'denied', status: d.status, reason: d.reason, peer: peerInfo, authority, target, ...(d.label !== undefined ? { label: d.label } : {}) });
         this.#respondRefusal(stream, d.status, d.reason);
       }
     }, (err: unknown) => {
       if (stream.closed || stream.destroyed) return;
       const reason = `connect handler failed: ${err instanceof Error ? err.message : String(err)}`;
-      this.#refuse({ kind: 'handler-failed', status: 503, reason, peer: peerInfo, authority });
+      this.#refuse({ kind: 'handler-failed', status: 503, reason, peer: peerInfo, authority, target });
       this.#respondRefusal(stream, 503, reason);
     });
   }

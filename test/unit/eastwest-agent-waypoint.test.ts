@@ -153,8 +153,9 @@ test('a caller the gateway carries to one pod cannot name a pod behind a waypoin
     e instanceof HboneRefusedError && e.status === 403 && /10\.78\.1\.5 is an endpoint of demo\/guarded, behind waypoint demo\/waypoint.* to its port 8080/.test(e.message));
   assert.deepEqual(delivered, [], 'nothing reached the pod behind the waypoint');
   assert.equal(await deniedBehindWaypoint(), 1);
-  // Counted once: not again as the server's generic refusal.
+  // Counted once: not again as the server's generic refusal; under the pod refused, as a policy's no is.
   assert.equal(await denied('denied'), 0);
+  assert.deepEqual((await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'behind_waypoint').map((v) => [v.labels['destination_workload'], v.labels['destination_workload_namespace'], v.value]), [['echo-b', 'demo', 1]]);
   const line = agentLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'HBONE refused' && /behind waypoint/.test(String(l['reason'])));
   assert.ok(line && line['peer'] === CLIENT && line['authority'] === `${GUARDED_POD}:8080` && line['label'] === 'behind_waypoint', JSON.stringify(line));
 
