@@ -2,7 +2,7 @@
 // through it reaches the destination agent with the caller's own identity (the gateway only
 // pipes), and it is no open proxy: endpoints that are not enrolled workloads of its cluster, and
 // identities that are not workloads, are refused and counted.
-import { test, before, after } from 'node:test';
+import { test, before, after, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { refusalLineBound, refusalLogBytesBound } from '../lab/log-bound.ts';
 import net from 'node:net';
@@ -541,11 +541,12 @@ test('the gateway\'s metrics and readiness ports, reached from another network, 
   }
 });
 
-// A caller pools its inner sessions, one outer tunnel per destination agent or waypoint and
-// identity; a workload holding any mesh certificate that opens outer tunnels without end would
-// have the gateway hold an upstream socket for each (1,000 streams on each of 1,024 sessions a
-// source), for every other caller's cost.
-test('tunnels one caller (identity and address) holds through the gateway are bounded: past maxTunnelsPerPeer a CONNECT is refused at once (503 too-many-tunnels), counted and named; another caller is served, and a tunnel closed frees its place', async (t) => {
+/**
+ * A gateway whose node agents are one echo sink (the gateway dials it for every node), with `bound`
+ * among its options; `sessionAs` opens an HTTP/2 session to it as a caller of cluster1 and `open` a
+ * CONNECT to 10.78.1.1:8080 on one, resolving with the status (0 on a reset) and the stream.
+ */
+async function tunnelGateway(t: TestContext, bound: Partial<ConstructorParameters<typeof EastWestGateway>[0]>) {
   const { connect: h2connect } = await import('node:http2');
   const sinkSockets = new Set<net.Socket>();
   const sink = net.createServer((s) => {
@@ -560,7 +561,7 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
   });
   const lines: string[] = [];
   const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, maxTunnelsPerPeer: 3, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, ...bound, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
   const port = await gw.listen(0, '127.0.0.1');
   t.after(() => gw.close());
   const sessionAs = async (as: string) => {
@@ -574,6 +575,15 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
     stream.on('response', (h) => resolve({ status: Number(h[':status']), stream }));
     stream.on('error', () => resolve({ status: 0, stream }));
   });
+  return { sessionAs, open, reg, lines };
+}
+
+// A caller pools its inner sessions, one outer tunnel per destination agent or waypoint and
+// identity; a workload holding any mesh certificate that opens outer tunnels without end would
+// have the gateway hold an upstream socket for each (1,000 streams on each of 1,024 sessions a
+// source), for every other caller's cost.
+test('tunnels one caller (identity and address) holds through the gateway are bounded: past maxTunnelsPerPeer a CONNECT is refused at once (503 too-many-tunnels), counted and named; another caller is served, and a tunnel closed frees its place', async (t) => {
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerPeer: 3 });
   const client = await sessionAs(CLIENT);
   const held = [await open(client), await open(client), await open(client)];
   assert.deepEqual(held.map((x) => x.status), [200, 200, 200]);
@@ -592,37 +602,10 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
 // gateway port lets one source hold GATEWAY_PORT_CONNECTIONS_PER_SOURCE (agent/src/inbound.ts): one
 // caller holding 4,096 tunnels to one node would take it for every other remote caller of that node.
 test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerNode a CONNECT to that node is refused at once (503 too-many-to-node), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
-  const { connect: h2connect } = await import('node:http2');
   const { GATEWAY_PORT_CONNECTIONS_PER_SOURCE } = await import('../../agent/src/inbound.ts');
   const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE } = await import('../../eastwest/src/gateway.ts');
   assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE * 16 <= GATEWAY_PORT_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
-  const sinkSockets = new Set<net.Socket>();
-  const sink = net.createServer((s) => {
-    sinkSockets.add(s);
-    s.on('close', () => sinkSockets.delete(s));
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', () => r()));
-  t.after(() => {
-    for (const s of sinkSockets) s.destroy();
-    sink.close();
-  });
-  const lines: string[] = [];
-  const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, maxTunnelsPerCallerPerNode: 2, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
-  const port = await gw.listen(0, '127.0.0.1');
-  t.after(() => gw.close());
-  const sessionAs = async (as: string) => {
-    const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, as)), checkServerIdentity: () => undefined });
-    t.after(() => session.destroy());
-    session.on('error', () => {});
-    return session;
-  };
-  const open = (session: Awaited<ReturnType<typeof sessionAs>>) => new Promise<{ status: number; stream: ReturnType<typeof session.request> }>((resolve) => {
-    const stream = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
-    stream.on('response', (h) => resolve({ status: Number(h[':status']), stream }));
-    stream.on('error', () => resolve({ status: 0, stream }));
-  });
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerNode: 2 });
   const client = await sessionAs(CLIENT);
   const held = [await open(client), await open(client)];
   assert.deepEqual(held.map((x) => x.status), [200, 200]);
