@@ -51,6 +51,8 @@ export interface NodeConfigStreamOptions {
   log: Logger;
   /** Counts each renewal by reason (AgentMetrics.nodeCertificateRenewals). */
   renewals: { inc(labels: { reason: NodeRenewalReason }): void };
+  /** The waits before a renewal for a refused stream (default REFUSED_RENEWAL_BACKOFF). */
+  refusedBackoff?: Readonly<BackoffOptions>;
 }
 
 export class NodeConfigStream {
@@ -59,8 +61,8 @@ export class NodeConfigStream {
   #timer: NodeJS.Timeout | undefined;
   /** The leaf of the node certificate the current stream presents. */
   #leaf: string | undefined;
-  /** The leaf whose renewal is on its way (the stream opens again once the new one is there). */
-  #renewing: string | undefined;
+  /** A renewal is on its way (the stream opens again once the new certificate is there). */
+  #renewing = false;
   /** A renewal for a refused stream, waiting its turn. */
   #refusedTimer: NodeJS.Timeout | undefined;
   /** Renewals for refused streams since the controller last answered one. */
@@ -93,13 +95,9 @@ export class NodeConfigStream {
    * Before the stream is first opened there is nothing to renew.
    */
   renew(reason: NodeRenewalReason, detail?: string): void {
-    if (this.#leaf !== undefined) this.#renew(this.#leaf, reason, detail);
-  }
-
-  /** Renews `leaf` unless the stream presents another by now or its renewal is on its way already. */
-  #renew(leaf: string, reason: NodeRenewalReason, detail?: string): void {
-    if (this.#closed || leaf !== this.#leaf || leaf === this.#renewing) return;
-    this.#renewing = leaf;
+    const leaf = this.#leaf;
+    if (this.#closed || leaf === undefined || this.#renewing) return;
+    this.#renewing = true;
     clearTimeout(this.#refusedTimer);
     this.#refusedTimer = undefined;
     this.#o.renewals.inc({ reason });
@@ -118,16 +116,16 @@ export class NodeConfigStream {
   }
 
   /**
-   * The controller refused the credentials of the current stream, which presents `leaf`: its
-   * renewal, after REFUSED_RENEWAL_BACKOFF's wait (one pending at a time; none once another stream
-   * replaced it, or while its renewal is on its way).
+   * The controller refused the credentials of the current stream: a renewal after
+   * REFUSED_RENEWAL_BACKOFF's wait, one pending at a time. A new stream clears it (#connect), so it
+   * renews the certificate that stream presents, and it joins a renewal on its way as renew() does.
    */
-  #refused(leaf: string, err: Error): void {
-    if (this.#closed || this.#refusedTimer !== undefined || leaf === this.#renewing) return;
-    const delay = backoffDelay(this.#refusals++, REFUSED_RENEWAL_BACKOFF);
+  #refused(err: Error): void {
+    if (this.#closed || this.#refusedTimer !== undefined) return;
+    const delay = backoffDelay(this.#refusals++, this.#o.refusedBackoff ?? REFUSED_RENEWAL_BACKOFF);
     this.#refusedTimer = setTimeout(() => {
       this.#refusedTimer = undefined;
-      this.#renew(leaf, 'config-stream-refused', err.message);
+      this.renew('config-stream-refused', err.message);
     }, delay).unref();
   }
 
@@ -160,7 +158,7 @@ export class NodeConfigStream {
         // What a stream already replaced says is not about the current one.
         client.on('disconnected', (err) => {
           o.log.warn('config stream disconnected; serving the last good config', { error: err?.message });
-          if (client === this.#client && (err as Partial<grpc.ServiceError> | undefined)?.code === grpc.status.PERMISSION_DENIED) this.#refused(leaf, err!);
+          if (client === this.#client && (err as Partial<grpc.ServiceError> | undefined)?.code === grpc.status.PERMISSION_DENIED) this.#refused(err!);
         });
         client.on('answered', () => {
           if (client !== this.#client) return;
@@ -171,7 +169,7 @@ export class NodeConfigStream {
         const previous = this.#client;
         this.#client = client;
         this.#leaf = leaf;
-        this.#renewing = undefined;
+        this.#renewing = false;
         // A renewal waiting for a refusal of the stream replaced is not this one's.
         clearTimeout(this.#refusedTimer);
         this.#refusedTimer = undefined;

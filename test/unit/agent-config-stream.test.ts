@@ -50,13 +50,16 @@ function controller() {
   let port = 0;
   const c = {
     signed: 0,
+    publish: (_pods: string[]): void => {},
     get address() {
       return `127.0.0.1:${port}`;
     },
-    async start(ca: CertificateAuthority, pods: string[], issuer: NodeCertificateIssuer = ca): Promise<void> {
+    /** Starts serving; with `pods` null it publishes no config (streams are authorized, never answered) until publish(). */
+    async start(ca: CertificateAuthority, pods: string[] | null, issuer: NodeCertificateIssuer = ca): Promise<void> {
       const creds = await createControllerCredentials(ca, { identity: CONTROLLER_ID, ipAddresses: ['127.0.0.1'], dnsNames: ['weft-controller'] });
       const configServer = new ConfigServer({ authorize: spiffeStreamAuthorizer(TD, issuer) });
-      configServer.publish(model(pods));
+      c.publish = (p) => configServer.publish(model(p));
+      if (pods) c.publish(pods);
       server = new grpc.Server();
       addConfigStreamService(server, { configServer });
       addCertificateService(server, {
@@ -178,7 +181,8 @@ describe('the config stream\'s renewals of its node certificate (agent/src/confi
     const leaves: string[] = [];
     const ca = await clusterCa(root, 'cluster-a');
     // Refuses the first node certificate only, as a restarted controller refuses the one from the intermediate before.
-    await ctl.start(ca, ['web'], { issued: (der) => ca.issued(der) && (leaves[0] === undefined || !parseCertificate(leaves[0]).der.equals(der)) });
+    // It publishes no config until the test does: the new stream is up and not yet answered (an answer clears a pending renewal too).
+    await ctl.start(ca, null, { issued: (der) => ca.issued(der) && (leaves[0] === undefined || !parseCertificate(leaves[0]).der.equals(der)) });
     let release!: () => void;
     const gate = new Promise<void>((r) => { release = r; });
     const logs: LogLine[] = [];
@@ -198,20 +202,26 @@ describe('the config stream\'s renewals of its node certificate (agent/src/confi
       },
       renewNodeCertificate: (leaf: string) => real.renewNodeCertificate(leaf),
     };
+    // The first refusal renews at once; the second wait, 1.5 s with no jitter, is still running when the new stream is up.
+    const refusedBackoff = { initialMs: 50, multiplier: 30, maxMs: 1_500, jitter: 0 };
     const stream = new NodeConfigStream({
       node: 'node-a', controller: ctl.address, controllerId: CONTROLLER_ID, signer, trustBundle: () => root.trustBundle(),
-      validate: (c) => validateAgentConfig(c), onConfig: () => {}, log: captureLogger(logs), renewals: metrics.nodeCertificateRenewals,
+      validate: (c) => validateAgentConfig(c), onConfig: () => {}, log: captureLogger(logs), renewals: metrics.nodeCertificateRenewals, refusedBackoff,
     });
     const renewals = async () => Number(/^weft_node_certificate_renewals_total\{reason="config-stream-refused"\} (\d+)$/m.exec(await metrics.registry.metrics())?.[1] ?? 0);
     try {
       stream.open();
       await until('the refused stream asks for a new node certificate', () => renewalAsked >= 0, 10_000);
       await until('the stream being replaced is refused again meanwhile', () => logs.slice(renewalAsked).some((l) => l.msg === 'config stream disconnected; serving the last good config'), 10_000);
+      // That refusal's renewal is due by then, its wait (the second) armed before the refusal was seen.
+      const staleRenewalDue = Date.now() + refusedBackoff.maxMs;
       release();
-      await until('the stream is up with the new node certificate', () => stream.connected && leaves.length === 2, 10_000);
-      // A renewal for that refusal would come within REFUSED_RENEWAL_BACKOFF's second wait (500 ms ±20 %).
-      await holds('the new node certificate is not renewed for the stale refusal', async () => leaves.length === 2 && (await renewals()) === 1, 2_000, { intervalMs: 50 });
-      assert.equal(stream.connected, true);
+      await until('the stream is opened with the new node certificate', () => leaves.length === 2, 10_000);
+      assert.ok(Date.now() < staleRenewalDue, 'the new stream opened while the stale refusal\'s renewal was still waiting');
+      await holds('the new node certificate is not renewed for the stale refusal, past its wait', async () => leaves.length === 2 && (await renewals()) === 1, staleRenewalDue + 500 - Date.now(), { intervalMs: 50 });
+      ctl.publish(['web']);
+      await until('the new stream is answered', () => stream.connected, 10_000);
+      assert.equal(leaves.length, 2);
     } finally {
       release();
       stream.close();
