@@ -40,7 +40,7 @@ import { jittered, type BackoffOptions } from '../backoff.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from './csr.ts';
 import { CaUnavailableError, CertificateRefusedError, IdentityError } from './errors.ts';
 import { heldCertificate, type CertificateSigner, type HeldCertificate } from './signing.ts';
-import { issuedBy, parseCertificate } from './x509.ts';
+import { issuedByAnother, parseCertificate } from './x509.ts';
 
 export interface RenewalBackoffOptions extends BackoffOptions {
   /** Shortest wait near expiry; default 250 ms. */
@@ -94,12 +94,20 @@ export class RenewalBackoff {
 // ---------------------------------------------------------------------------------------------
 // One identity's certificate
 
-/** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
-export function issuedByAnother(cert: string, signer: string): boolean {
-  try {
-    return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
-  } catch {
-    return false;
+/**
+ * The signing certificates the CA's trust-bundle stream announced, one holder's: the one rule of
+ * when an announcement makes a certificate due (IdentityRenewal.announced, the agent's node
+ * certificate in agent/src/certs/signer.ts). Once per announced signer: a CA whose replicas sign
+ * with two intermediates for a while is not asked again and again.
+ */
+export class AnnouncedSigners {
+  #last: string | undefined;
+
+  /** A newly announced `signerPem` did not issue `leafPem`, the leaf held (none held: false). */
+  due(signerPem: string | undefined, leafPem: string | undefined): boolean {
+    if (!signerPem || signerPem === this.#last) return false;
+    this.#last = signerPem;
+    return leafPem !== undefined && issuedByAnother(leafPem, signerPem);
   }
 }
 
@@ -167,8 +175,8 @@ export class IdentityRenewal {
   #failures = 0;
   #lastError: IdentityError | undefined;
   #nextAttemptAt: number | undefined;
-  /** The signing certificate last announced (announced()). */
-  #announcedSigner: string | undefined;
+  /** The signing certificates announced (announced()). */
+  readonly #signers = new AnnouncedSigners();
   #stopped = false;
 
   constructor(identity: string, signer: CertificateSigner, options: RenewalOptions, hooks: RenewalHooks) {
@@ -264,10 +272,7 @@ export class IdentityRenewal {
 
   /** Renews (true) when the newly announced signer `signerPem` did not issue the certificate held. */
   #renewUnlessIssuedBy(signerPem: string | undefined): boolean {
-    if (!signerPem || signerPem === this.#announcedSigner) return false;
-    this.#announcedSigner = signerPem;
-    const held = this.#held;
-    if (this.#stopped || !held || !issuedByAnother(held.certChain[0]!, signerPem)) return false;
+    if (!this.#signers.due(signerPem, this.#held?.certChain[0]) || this.#stopped) return false;
     this.renewNow();
     return true;
   }

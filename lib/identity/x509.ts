@@ -230,6 +230,15 @@ export function issuedBy(cert: X509Certificate, issuer: X509Certificate): boolea
   return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
 }
 
+/** Whether `cert` (PEM) was issued by another than `signer` (PEM); false when either cannot be read (nothing to renew for). */
+export function issuedByAnother(cert: string, signer: string): boolean {
+  try {
+    return !issuedBy(parseCertificate(cert).x509, parseCertificate(signer).x509);
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The certificate that issued the leaf of `chain` (PEM, leaf first, then intermediates): the next
  * one in the chain, else the root of `roots` that signed it; undefined when none did.

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CaUnavailableError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import { IssuedIdentity } from '../../lib/identity/issued.ts';
-import { RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalFailure, type RenewalOptions } from '../../lib/identity/renewal.ts';
+import { AnnouncedSigners, RenewalBackoff, RENEWAL_BACKOFF_DEFAULTS, type RenewalFailure, type RenewalOptions } from '../../lib/identity/renewal.ts';
 import type { CertificateSigner, SignResult } from '../../lib/identity/signing.ts';
 import { CertManager } from '../../agent/src/certs/index.ts';
 import { TD, id, workloadCreds } from './identity-fixtures.ts';
@@ -321,3 +321,21 @@ for (const h of holders) {
     assert.equal(signer.calls, 1);
   });
 }
+
+test('AnnouncedSigners: a certificate is due once per newly announced signer that did not issue it (the one rule of IdentityRenewal.announced and the agent\'s node certificate)', async () => {
+  const root = await CertificateAuthority.generateRoot({ trustDomain: TD });
+  const intermediate = async (): Promise<CertificateAuthority> => {
+    const i = await root.issueIntermediate('cluster-a');
+    return CertificateAuthority.fromPem({ certPem: i.certPem, keyPem: i.keyPem, rootsPem: i.rootPem }, { trustDomain: TD });
+  };
+  const [a, b, c] = [await intermediate(), await intermediate(), await intermediate()];
+  const leaf = (await workloadCreds(a, id('shop', 'web'))).certChain[0]!;
+  const signers = new AnnouncedSigners();
+  assert.equal(signers.due(undefined, leaf), false, 'no signer named');
+  assert.equal(signers.due(a.signingCertificate(), leaf), false, 'its own issuer');
+  assert.equal(signers.due(b.signingCertificate(), leaf), true, 'another signer');
+  assert.equal(signers.due(b.signingCertificate(), leaf), false, 'the same announcement again');
+  assert.equal(signers.due(c.signingCertificate(), undefined), false, 'nothing held');
+  assert.equal(signers.due(c.signingCertificate(), leaf), false, 'announced already, while nothing was held');
+  assert.equal(signers.due(a.signingCertificate(), 'not a certificate'), false, 'an unreadable certificate: nothing to renew for');
+});

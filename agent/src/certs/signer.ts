@@ -14,7 +14,7 @@ import { createCsr, generateKeyPair, privateKeyToPem } from '../../../lib/identi
 import { CaAuthenticationError } from '../../../lib/identity/errors.ts';
 import { nodeId } from '../../../lib/identity/spiffe.ts';
 import type { PeerExpectation } from '../../../lib/identity/tls.ts';
-import { issuedByAnother } from '../../../lib/identity/renewal.ts';
+import { AnnouncedSigners } from '../../../lib/identity/renewal.ts';
 import { parseCertificate } from '../../../lib/identity/x509.ts';
 
 export type { CertificateSigner, SignResult } from '../../../lib/identity/signing.ts';
@@ -59,8 +59,8 @@ export class GrpcCertificateSigner implements CertificateSigner {
   #mtlsClient: CertificateServiceClient | undefined;
   #nodeCert: NodeCert | undefined;
   #nodeCertInflight: Promise<NodeCert> | undefined;
-  /** The signing certificate the CA's stream last announced. */
-  #announcedSigner: string | undefined;
+  /** The signing certificates the CA's stream announced. */
+  readonly #signers = new AnnouncedSigners();
 
   constructor(opts: GrpcSignerOptions) {
     this.#opts = opts;
@@ -76,7 +76,7 @@ export class GrpcCertificateSigner implements CertificateSigner {
     if (sameRoots(bundle, this.#bundle)) return;
     this.#bundle = [...bundle];
     // A new root is being rolled out: move the node certificate over at the next request too.
-    if (this.#nodeCert) this.renewNodeCertificate(this.#nodeCert.certChain[0]!);
+    this.#makeDue();
     this.#tokenClient?.close();
     this.#mtlsClient?.close();
     this.#tokenClient = undefined;
@@ -125,16 +125,18 @@ export class GrpcCertificateSigner implements CertificateSigner {
    * Nothing when another is held by now (renewed already: one renewal however many ask).
    */
   renewNodeCertificate(leafPem: string): void {
-    if (this.#nodeCert && this.#nodeCert.certChain[0] === leafPem) this.#nodeCert.renewAt = 0;
+    if (this.#nodeCert?.certChain[0] === leafPem) this.#makeDue();
   }
 
-  /** The CA announced the certificate it signs with: a node certificate it did not issue is due. */
+  /** Makes the node certificate held due: the next nodeCredentials() renews it. */
+  #makeDue(): void {
+    if (this.#nodeCert) this.#nodeCert.renewAt = 0;
+  }
+
+  /** The CA announced the certificate it signs with: a node certificate it did not issue is due (the holder told, unless due already). */
   #signerAnnounced(signer: string | undefined): void {
-    if (!signer || signer === this.#announcedSigner) return;
-    this.#announcedSigner = signer;
-    const held = this.#nodeCert;
-    if (!held || held.renewAt === 0 || !issuedByAnother(held.certChain[0]!, signer)) return;
-    this.renewNodeCertificate(held.certChain[0]!);
+    if (!this.#signers.due(signer, this.#nodeCert?.certChain[0]) || this.#nodeCert?.renewAt === 0) return;
+    this.#makeDue();
     this.#opts.onNodeCertificateDue?.();
   }
 
