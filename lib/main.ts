@@ -16,15 +16,22 @@ export class UsageError extends Error {
   }
 }
 
+/** A part's own kind of usage error, made from its message (default UsageError). */
+export type FlagErrorOf = (message: string) => Error;
+
+const usageError: FlagErrorOf = (message) => new UsageError(message);
+
 /**
  * `--trust-domain` (when given) and each `--trust-domain-alias`, as every part takes them: the
- * aliases (none when absent), or the part's usage error (`Err`, default UsageError) naming the flag
- * and the value that is not a trust domain (validateTrustDomain).
+ * aliases (none when absent), or a UsageError (or `error`'s) naming the flag and the value that is
+ * not a trust domain (validateTrustDomain).
  */
-export function trustDomainFlags(trustDomain: string | undefined, aliases: readonly string[] | undefined, Err: new (message: string) => Error = UsageError): string[] {
-  for (const [flag, td] of [...(trustDomain === undefined ? [] : [['trust-domain', trustDomain] as const]), ...(aliases ?? []).map((a) => ['trust-domain-alias', a] as const)]) {
-    try { validateTrustDomain(td); } catch (err) { throw new Err(`--${flag}: ${(err as Error).message}`); }
-  }
+export function trustDomainFlags(trustDomain: string | undefined, aliases: readonly string[] | undefined, error: FlagErrorOf = usageError): string[] {
+  const check = (flag: string, td: string): void => {
+    try { validateTrustDomain(td); } catch (err) { throw error(`--${flag}: ${(err as Error).message}`); }
+  };
+  if (trustDomain !== undefined) check('trust-domain', trustDomain);
+  for (const td of aliases ?? []) check('trust-domain-alias', td);
   return [...(aliases ?? [])];
 }
 
@@ -34,13 +41,19 @@ export function trustDomainAliasArgs(aliases: readonly string[] | undefined): st
 }
 
 /**
- * The value of --`flag`, `v`, as a whole number of `what` from `min` to `max`; else a UsageError
- * (or `error`'s, a part's own kind) naming the flag and the range.
+ * The value of --`flag`, `v`, as a whole number of `what` from `min` to `max` (no bound: from `min`
+ * up); else a UsageError (or `error`'s, a part's own kind) naming the flag and the range.
  */
-export function countFlag(flag: string, v: string, what: string, min: number, max: number, error: (message: string) => Error = (m) => new UsageError(m)): number {
+export function countFlag(flag: string, v: string, what: string, min: number, max = Infinity, error: FlagErrorOf = usageError): number {
   const n = /^\s*[0-9]+\s*$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw error(`--${flag}: "${v}" is not a whole number of ${what} from ${min} to ${max}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw error(`--${flag}: "${v}" is not a whole number of ${what} from ${min} ${max === Infinity ? 'up' : `to ${max}`}`);
   return n;
+}
+
+/** The value of --`flag`, `v`, when it is one of `allowed`; else a UsageError (or `error`'s) naming the flag and the values. */
+export function oneOfFlag<T extends string>(flag: string, v: string, allowed: readonly T[], error: FlagErrorOf = usageError): T {
+  if (!(allowed as readonly string[]).includes(v)) throw error(`--${flag}: "${v}" is not one of ${allowed.join(', ')}`);
+  return v as T;
 }
 
 /** What a part's run step returns: something to stop, or nothing when the command is done. */

@@ -9,14 +9,14 @@ import { statusListenerLimits } from '../../lib/listener-limits.ts';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { countFlag, runMain, trustDomainFlags, UsageError } from '../../lib/main.ts';
+import { countFlag, oneOfFlag, runMain, trustDomainFlags, UsageError } from '../../lib/main.ts';
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
-import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type EscapedSlashesAction, type MeshHttpSettings, type PathNormalization } from '../../lib/model/mesh.ts';
+import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type MeshHttpSettings } from '../../lib/model/mesh.ts';
 import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { PORTS, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
 import { admitDebugRequest, DEBUG_TOKEN_SECRET, type DebugTokenAccess } from '../../lib/debug-http.ts';
@@ -728,15 +728,10 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       throw new UsageError(`--remote-stale-after: ${(e as Error).message}`);
     }
   }
-  const count = (flag: string, v: string | undefined): number | undefined => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${flag}: "${v}" is not a whole number of at least 1`);
-    return n;
-  };
-  set('remoteMaxServices', count('remote-max-services', values['remote-max-services']));
-  set('remoteMaxEndpoints', count('remote-max-endpoints', values['remote-max-endpoints']));
-  set('remoteMaxDestinations', count('remote-max-destinations', values['remote-max-destinations']));
+  for (const [key, flag, what] of [['remoteMaxServices', 'remote-max-services', 'Services'], ['remoteMaxEndpoints', 'remote-max-endpoints', 'endpoints'], ['remoteMaxDestinations', 'remote-max-destinations', 'destinations']] as const) {
+    const v = values[flag];
+    if (v !== undefined) set(key, countFlag(flag, v, what, 1));
+  }
   set('trustDomainAliases', values['trust-domain-alias']);
   set('caCertFile', values['ca-cert']);
   set('caKeyFile', values['ca-key']);
@@ -755,15 +750,9 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   if (allowedSas || allowedImages) set('waypointAllowList', { ...(allowedSas ? { serviceAccounts: allowedSas } : {}), ...(allowedImages ? { images: allowedImages } : {}) });
   const meshHttp: MeshHttpSettings = {};
   const pn = values['path-normalization'];
-  if (pn !== undefined) {
-    if (!(PATH_NORMALIZATIONS as readonly string[]).includes(pn)) throw new UsageError(`--path-normalization: "${pn}" is not one of ${PATH_NORMALIZATIONS.join(', ')}`);
-    meshHttp.pathNormalization = pn as PathNormalization;
-  }
+  if (pn !== undefined) meshHttp.pathNormalization = oneOfFlag('path-normalization', pn, PATH_NORMALIZATIONS);
   const es = values['escaped-slashes'];
-  if (es !== undefined) {
-    if (!(ESCAPED_SLASHES_ACTIONS as readonly string[]).includes(es)) throw new UsageError(`--escaped-slashes: "${es}" is not one of ${ESCAPED_SLASHES_ACTIONS.join(', ')}`);
-    meshHttp.escapedSlashes = es as EscapedSlashesAction;
-  }
+  if (es !== undefined) meshHttp.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS);
   const ntp = values['num-trusted-proxies'];
   if (ntp !== undefined) {
     meshHttp.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES);

@@ -260,7 +260,7 @@ test('the import quota is set by the controller\'s flags and the install options
     [parseControllerArgs(['--kube', '--remote-max-services', '200', '--remote-max-endpoints', '3000']).remoteMaxServices, parseControllerArgs(['--kube', '--remote-max-endpoints', '3000']).remoteMaxEndpoints, parseControllerArgs(['--kube', '--remote-max-destinations', '4000']).remoteMaxDestinations],
     [200, 3000, 4000],
   );
-  for (const bad of ['0', '1.5', 'many', '1e3']) assert.throws(() => parseControllerArgs(['--kube', '--remote-max-services', bad]), (e: Error) => e instanceof UsageError && /--remote-max-services: .* is not a whole number of at least 1/.test(e.message));
+  for (const bad of ['0', '1.5', 'many', '1e3']) assert.throws(() => parseControllerArgs(['--kube', '--remote-max-services', bad]), (e: Error) => e instanceof UsageError && /--remote-max-services: .* is not a whole number of Services from 1 up/.test(e.message));
   const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', clusterId: 'c1' };
   const parsed = parseControllerArgs(controllerArgs(resolveInstallOptions({ ...OK, remoteMaxServices: 200, remoteMaxEndpoints: 3000, remoteMaxDestinations: 4000 })));
   assert.deepEqual([parsed.remoteMaxServices, parsed.remoteMaxEndpoints, parsed.remoteMaxDestinations, parsed.remoteSecrets], [200, 3000, 4000, true]);

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { countFlag, runMain, UsageError, type MainIo } from '../../lib/main.ts';
+import { countFlag, oneOfFlag, runMain, trustDomainFlags, UsageError, type MainIo } from '../../lib/main.ts';
 import { parseAgentArgs } from '../../agent/src/main.ts';
 import { parseEastWestArgs } from '../../eastwest/src/main.ts';
 import { collectOutput } from '../../lib/sys/exec.ts';
@@ -87,6 +87,24 @@ test('countFlag: a whole number within its range, else a UsageError (or the part
   }
   class OwnError extends Error {}
   assert.throws(() => countFlag('n', '4', 'things', 0, 3, (m) => new OwnError(m)), OwnError);
+});
+
+test('countFlag with no upper bound: a whole number from the least up (the controller\'s --remote-max-services, -endpoints, -destinations)', () => {
+  assert.equal(countFlag('n', '5000000', 'things', 1), 5_000_000);
+  for (const bad of ['0', '1.5', '1e3', '99999999999999999999']) {
+    assert.throws(() => countFlag('n', bad, 'things', 1), (e: Error) => e instanceof UsageError && e.message === `--n: "${bad}" is not a whole number of things from 1 up`, bad);
+  }
+});
+
+test('oneOfFlag and trustDomainFlags: the value, else a UsageError (or the part\'s own error) naming the flag and the value', () => {
+  assert.equal(oneOfFlag('mode', 'b', ['a', 'b']), 'b');
+  assert.throws(() => oneOfFlag('mode', 'c', ['a', 'b']), (e: Error) => e instanceof UsageError && e.message === '--mode: "c" is not one of a, b');
+  assert.deepEqual(trustDomainFlags('cluster.local', ['c2.local']), ['c2.local']);
+  assert.throws(() => trustDomainFlags('Bad/td', undefined), (e: Error) => e instanceof UsageError && /^--trust-domain: trust domain "Bad\/td" is invalid/.test(e.message));
+  assert.throws(() => trustDomainFlags(undefined, ['ok.local', 'Bad/td']), (e: Error) => e instanceof UsageError && /^--trust-domain-alias: trust domain "Bad\/td" is invalid/.test(e.message));
+  class OwnError extends Error {}
+  assert.throws(() => oneOfFlag('mode', 'c', ['a'], (m) => new OwnError(m)), OwnError);
+  assert.throws(() => trustDomainFlags(undefined, ['Bad/td'], (m) => new OwnError(m)), OwnError);
 });
 
 test('parseAgentArgs: each wrong flag is named (UsageError, WEFT_USAGE)', () => {

@@ -10,7 +10,7 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { countFlag, runMain, trustDomainFlags } from '../../lib/main.ts';
+import { countFlag, oneOfFlag, runMain, trustDomainFlags } from '../../lib/main.ts';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
@@ -144,12 +144,7 @@ export function secondsFlag(flag: string, v: string): number {
   return ms;
 }
 
-/** A whole number from `min` to `max`. */
-function oneOfFlag<T extends string>(flag: string, v: string, allowed: readonly T[]): T {
-  if (!(allowed as readonly string[]).includes(v)) throw new FlagError(`--${flag}: "${v}" is not one of ${allowed.join(', ')}`);
-  return v as T;
-}
-
+/** The waypoint's usage error, for lib/main.ts's flag readers. */
 const flagError = (message: string): FlagError => new FlagError(message);
 
 function hostPort(flag: string, v: string): HostPort {
@@ -204,7 +199,7 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const name = s('name');
   if (!namespace || !name) throw new FlagError(`--namespace and --name are required\n${USAGE}`);
   const trustDomain = s('trust-domain') ?? DEFAULT_TRUST_DOMAIN;
-  const trustDomainAliases = trustDomainFlags(trustDomain, values['trust-domain-alias'] as string[] | undefined, FlagError);
+  const trustDomainAliases = trustDomainFlags(trustDomain, values['trust-domain-alias'] as string[] | undefined, flagError);
   const o: WaypointMainOptions = {
     namespace, name,
     listen: hostPort('listen', s('listen') ?? `0.0.0.0:${HBONE_PORT}`),
@@ -227,9 +222,9 @@ export function parseFlags(argv: string[], env: NodeJS.ProcessEnv = process.env)
     maxRequests: DEFAULT_MAX_REQUESTS,
   };
   const pn = s('path-normalization');
-  if (pn !== undefined) o.pathNormalization = oneOfFlag('path-normalization', pn, PATH_NORMALIZATIONS);
+  if (pn !== undefined) o.pathNormalization = oneOfFlag('path-normalization', pn, PATH_NORMALIZATIONS, flagError);
   const es = s('escaped-slashes');
-  if (es !== undefined) o.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS);
+  if (es !== undefined) o.escapedSlashes = oneOfFlag('escaped-slashes', es, ESCAPED_SLASHES_ACTIONS, flagError);
   const ntp = s('num-trusted-proxies');
   if (ntp !== undefined) o.numTrustedProxies = countFlag('num-trusted-proxies', ntp, 'proxies', 0, MAX_TRUSTED_PROXIES, flagError);
   const mr = s('max-requests');
