@@ -927,7 +927,12 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
         for (const ip of ep.addresses) {
           if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
           refs.push(ip);
-          const w = (ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined) ?? index.byIp.get(ip);
+          // The pod holding the address: targetRef picks among pods sharing one (host network) only
+          // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
+          // address with the writer's own pod would carry the writer's identity and namespace
+          // (exportedPods' same-namespace check, Endpoint.waypoint) for the victim's address.
+          const named = ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined;
+          const w = named && podHolds(index.pods.get(named.uid), ip) ? named : index.byIp.get(ip);
           const epPorts: Record<string, number> = {};
           for (const sp of ports) {
             const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
@@ -970,6 +975,11 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
     refs,
     ...(binding ? { binding } : {}),
   };
+}
+
+/** Whether `ip` is one of the pod's addresses (status.podIP, status.podIPs). */
+function podHolds(pod: Pod | undefined, ip: string): boolean {
+  return pod?.status?.podIP === ip || (pod?.status?.podIPs ?? []).some((a) => a.ip === ip);
 }
 
 /** A Service's cluster IPs as its object states them. */

@@ -79,8 +79,9 @@ export function exportedPods(services: Iterable<Service>, waypointId: (ref: Wayp
       // A pod of another namespace than the Service's (a tenant's hand-written EndpointSlice naming
       // it) is that tenant's claim, not the owner's: only Services of the pod's own namespace open
       // its ports to other networks, or lift the guard of a waypoint one of them goes through.
-      // (Endpoint.waypoint marks such a pod too, when it has a waypoint of its own.)
-      if (e.waypoint || (e.workload && e.workload.namespace !== s.namespace)) continue;
+      // (Endpoint.waypoint marks such a pod too, when it has a waypoint of its own.) An address no
+      // pod of this cluster holds (a hand-written slice's) is no pod to open.
+      if (e.waypoint || !e.workload || e.workload.namespace !== s.namespace) continue;
       const through = s.waypoint;
       for (const sp of s.ports) {
         const port = sp.protocol === 'TCP' ? endpointTargetPort(e, sp) : undefined;

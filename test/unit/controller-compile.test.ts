@@ -9,6 +9,7 @@ import { appliesToService } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 import { AgentState, validateAgentConfig } from '../../agent/src/state.ts';
 import { CompileCache } from '../../controller/src/compile.ts';
+import { exportedPods } from '../../lib/model/federation.ts';
 import { compileIncrementally } from '../../controller/src/compile-incremental.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
@@ -677,4 +678,42 @@ test('a Service claiming another Service\'s clusterIP loses it with a Conflicted
   const tie = compile(i);
   assert.deepEqual(tie.model.services.get('shop/reviews')!.vips, ['10.96.0.10']);
   assert.deepEqual(tie.findings.map((f) => `${f.namespace}/${f.name} ${f.path}`), ['web/thief spec.clusterIP']);
+});
+
+// An EndpointSlice is any tenant's to write (Kubernetes checks neither its addresses nor its
+// targetRef; Istio's ztunnel keys a workload by its address, never by a slice's say-so): an entry
+// naming a victim's address with the tenant's own pod as targetRef must not pass as the tenant's
+// pod. Before, the workload came from targetRef.uid first, so the endpoint carried the tenant's
+// namespace, passed exportedPods' same-namespace check with no Endpoint.waypoint, and
+// VICTIM_IP:port was exported direct: the victim's waypoint guard erased at the east-west gateway
+// and the agent's gateway port. An address no pod holds is no pod of this cluster to export.
+test('an EndpointSlice entry naming another namespace\'s pod address with the writer\'s own pod as targetRef is that address\'s pod (identity, waypoint marking), and exportedPods keeps the victim\'s waypoint guard and exports no address without a pod', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('evil', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.waypoints.push(waypoint('shop', 'wp'));
+  i.pods.push(pod('shop', 'victim', { ip: '10.1.0.8' }), pod('evil', 'attacker', { ip: '10.1.0.9' }));
+  i.services.push(svc('shop', 'victim'), svc('evil', 'alias', {}, '10.96.0.66'));
+  i.endpointSlices.push({
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv4',
+    metadata: { name: 'alias-x', namespace: 'evil', labels: { 'kubernetes.io/service-name': 'alias' } },
+    endpoints: [
+      { addresses: ['10.1.0.8'], nodeName: 'node-a', conditions: { ready: true }, targetRef: { kind: 'Pod', uid: 'uid-evil-attacker' } },
+      { addresses: ['10.1.0.99'], nodeName: 'node-a', conditions: { ready: true } },
+    ],
+    ports: [{ name: 'http', port: 8080 }],
+  });
+  const { model } = compile(i);
+  const alias = model.services.get('evil/alias')!;
+  const spoofed = alias.endpoints.find((e) => e.ip === '10.1.0.8')!;
+  assert.equal(spoofed.workloadUid, 'uid-shop-victim', 'the pod holding the address, not the targetRef\'s');
+  assert.equal(spoofed.spiffeId, 'spiffe://cluster.local/ns/shop/sa/victim');
+  assert.equal(spoofed.workload?.namespace, 'shop');
+  assert.deepEqual(spoofed.waypoint, { namespace: 'shop', name: 'wp' }, 'marked with the victim\'s own waypoint');
+  assert.deepEqual(model.services.get('shop/victim')!.waypoint, { namespace: 'shop', name: 'wp' });
+  // A targetRef whose pod does hold the address is still read (the EndpointSlice controller's own entries).
+  assert.equal(compile({ ...i, endpointSlices: [{ ...i.endpointSlices[0]!, endpoints: [{ addresses: ['10.1.0.9'], targetRef: { kind: 'Pod', uid: 'uid-evil-attacker' } }] }] }).model.services.get('evil/alias')!.endpoints[0]!.workloadUid, 'uid-evil-attacker');
+  const pods = exportedPods(model.services.values(), (ref) => `spiffe://cluster.local/ns/${ref.namespace}/sa/${ref.name}`);
+  assert.equal(pods.exported.has('10.1.0.8:8080'), true);
+  assert.deepEqual([...pods.guards.get('10.1.0.8:8080')?.ids ?? []], ['spiffe://cluster.local/ns/shop/sa/wp'], 'still behind the victim\'s waypoint: not direct');
+  assert.equal(pods.exported.has('10.1.0.99:8080'), false, 'an address with no pod behind it is not this cluster\'s pod to export');
 });

@@ -59,7 +59,9 @@ async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: s
   return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
 }
 
-const ep = (ip: string): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: ECHO, ready: true });
+// A pod of demo (exportedPods opens only endpoints with a pod of the Service's own namespace).
+const ECHO_POD = { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'cluster2' };
+const ep = (ip: string): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: ECHO, ready: true, workload: ECHO_POD });
 const echoSvc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep(OPEN_POD)] };
 const guarded: Service = { ...echoSvc, name: 'guarded', hostname: 'guarded.demo.svc.cluster.local', vips: ['10.96.0.11'], endpoints: [ep(GUARDED_POD), ep(OPEN_POD)], waypoint: { name: 'waypoint', namespace: 'demo' } };
 const waypoint: Waypoint = { name: 'waypoint', namespace: 'demo', address: '10.78.1.40', port: 15008, spiffeId: WAYPOINT, ready: true };

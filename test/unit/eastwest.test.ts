@@ -42,7 +42,9 @@ async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: s
   return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
 }
 
-const ep = (ip: string, enrolled: boolean): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled, ...(enrolled ? { spiffeId: ECHO } : {}), ready: true });
+// A pod of demo (exportedPods opens only endpoints with a pod of the Service's own namespace).
+const ECHO_POD = { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'cluster2' };
+const ep = (ip: string, enrolled: boolean): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled, ...(enrolled ? { spiffeId: ECHO } : {}), ready: true, workload: ECHO_POD });
 const svc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep('10.78.1.1', true), ep('10.78.1.9', false)] };
 /** A Service behind cluster2's waypoint demo/waypoint: 10.78.1.5 is only its endpoint, 10.78.1.1 is echo's too. */
 const guarded: Service = { ...svc, name: 'guarded', hostname: 'guarded.demo.svc.cluster.local', vips: ['10.96.0.11'], endpoints: [ep('10.78.1.5', true), ep('10.78.1.1', true)], waypoint: { name: 'waypoint', namespace: 'demo' } };
