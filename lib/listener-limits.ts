@@ -23,11 +23,8 @@ export interface ConnectionCap {
 }
 
 export interface ConnectionCounter {
-  /**
-   * Counts `socket` until it closes, or, past a cap, tells onRefused, destroys it and says false.
-   * `perSource`: this socket's cap for its source, in place of the counter's (a listener's own).
-   */
-  admit(socket: Socket, perSource?: number): boolean;
+  /** Counts `socket` until it closes, or, past a cap, tells onRefused, destroys it and says false. */
+  admit(socket: Socket): boolean;
 }
 
 /**
@@ -46,12 +43,12 @@ export function connectionCounter(
   const open = new Map<string, number>();
   let all = 0;
   return {
-    admit(socket, cap = perSource) {
+    admit(socket) {
       const from = socket.remoteAddress ?? '';
       const n = (open.get(from) ?? 0) + 1;
-      const over = n > cap ? 'per-source' : all >= total ? 'total' : undefined;
+      const over = n > perSource ? 'per-source' : all >= total ? 'total' : undefined;
       if (over) {
-        onRefused(from, over === 'per-source' ? cap : total, over, socket);
+        onRefused(from, over === 'per-source' ? perSource : total, over, socket);
         socket.destroy();
         return false;
       }
@@ -68,20 +65,16 @@ export function connectionCounter(
   };
 }
 
-/**
- * Caps the connections on `server` at accept, before TLS (connectionCounter). `perSourceOf`: a
- * socket's own per-source cap (that of the listener it came by), if it has one.
- */
+/** Caps the connections on `server` at accept, before TLS (connectionCounter). */
 export function capConnectionsPerSource(
   server: Server,
   max: number | { perSource: number; total?: number },
   onRefused: (address: string, max: number, cap: 'per-source' | 'total', socket: Socket) => void,
-  perSourceOf: (socket: Socket) => number | undefined = () => undefined,
 ): ConnectionCap {
   const counter = connectionCounter(max, onRefused);
   const refused = new WeakSet<Socket>();
   server.on('connection', (socket: Socket) => {
-    if (!counter.admit(socket, perSourceOf(socket))) refused.add(socket);
+    if (!counter.admit(socket)) refused.add(socket);
   });
   return { refused: (socket) => refused.has(socket) };
 }

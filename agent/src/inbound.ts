@@ -5,14 +5,14 @@
 // other networks' callers to the gateway port (PORTS.hboneGateway) instead, with the same
 // admission, where each CONNECT must also name what the gateway carries such callers to
 // (#throughGateway): the gateway judges the outer CONNECT only, and the caller's inner session
-// reaches every pod of this node. The port, not the peer's address, says a session came through
-// the gateway: an address is rewritten on its way (SNAT) and learnt late. One server listens on
-// both ports, so that its limits (tunnels per peer, connections, session buffers) hold over both.
+// reaches every pod of this node. The listener a session came by, not the peer's address, says it
+// came through the gateway: an address is rewritten on its way (SNAT) and learnt late. One server
+// listens on both ports, so that its limits (tunnels per peer, session buffers) hold over both;
+// connections are counted per port.
 // The pod then sees the real client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
 import { identityForServerName } from '../../lib/hbone/sni.ts';
-import { DEFAULT_MAX_CONNECTIONS } from '../../lib/hbone/server.ts';
 import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import { podTarget, waypointGuardRefusal } from '../../lib/model/federation.ts';
@@ -44,19 +44,16 @@ export interface InboundOptions {
 }
 
 /**
- * Connections one source address may hold on the gateway port: half the server's total
- * (DEFAULT_MAX_CONNECTIONS), so the east-west gateway, whose callers each hold at most
- * MAX_TUNNELS_PER_CALLER_PER_NODE of them (eastwest/src/gateway.ts), is not cut at the 1,024 every
- * source has on 15008, and one source still cannot take every connection of the node.
+ * The server's name for the agent's HBONE port (HboneServer.listen's `listener`): a CONNECT by any
+ * other listener of the server (the gateway port, or one listened on without a name) is judged by
+ * the gateway's rules too, so a port the agent did not name as 15008 fails closed.
  */
-export const GATEWAY_PORT_CONNECTIONS_PER_SOURCE = DEFAULT_MAX_CONNECTIONS / 2;
+const HBONE_LISTENER = 'hbone';
 
 export class Inbound {
   readonly #o: InboundOptions;
   /** The HBONE server of both ports (listen). */
   readonly server: HboneServer;
-  /** The gateway port as bound (listen): every CONNECT on it is judged by the gateway's rules too. */
-  #gatewayPort: number | undefined;
   /** The record of each tunnel carried, until the server reports it closed. */
   readonly #records = new WeakMap<HboneConnectRequest, ConnectionRecord>();
   /** The workload descriptions taken from baggage unverified (see #sourceMeta). */
@@ -74,7 +71,7 @@ export class Inbound {
       // workload is refused before it can open a tunnel.
       trustDomains: [opts.trustDomain, ...(opts.trustDomainAliases ?? [])],
       ...(opts.maxTunnelsPerPeer !== undefined ? { maxTunnelsPerPeer: opts.maxTunnelsPerPeer } : {}),
-      handler: (req) => this.#handle(req, req.localPort === this.#gatewayPort),
+      handler: (req) => this.#handle(req, req.listener !== HBONE_LISTENER),
       onRefusal: (r) => this.#refused(r),
       onTunnelClosed: (c) => this.#closed(c),
       onSessionThrottled: (e) => this.#o.log.warn('HBONE session holds more than its buffer for destinations that do not read: its stream windows shrink until they catch up', {
@@ -88,14 +85,15 @@ export class Inbound {
 
   /**
    * Listens on the HBONE port and the gateway port (`reusePort`: an upgrade's old and new agent
-   * side by side); resolves with the ports bound. Every session the gateway carries comes from its
-   * one address, each of its callers bounded per node (eastwest/src/gateway.ts), so the gateway port
-   * takes GATEWAY_PORT_CONNECTIONS_PER_SOURCE from one source, not the HBONE port's per-source cap.
+   * side by side); resolves with the ports bound. Each port has its own connections (the server
+   * counts them per port), so the sources of 15009, anyone who reaches the node, cannot fill 15008;
+   * a source holds the server's 1,024 on each (the agent knows no address of the gateway's: SNAT, a
+   * host-network gateway), and the gateway bounds each of its callers well below that per node
+   * (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE, eastwest/src/gateway.ts).
    */
   async listen(ports: { hbone: number; gateway: number }, host: string, opts: { reusePort?: boolean } = {}): Promise<{ hbone: number; gateway: number }> {
-    const hbone = (await this.server.listen(ports.hbone, host, opts)).port;
-    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, maxConnectionsPerSource: GATEWAY_PORT_CONNECTIONS_PER_SOURCE })).port;
-    this.#gatewayPort = gateway;
+    const hbone = (await this.server.listen(ports.hbone, host, { ...opts, listener: HBONE_LISTENER })).port;
+    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, listener: 'gateway' })).port;
     return { hbone, gateway };
   }
 

@@ -81,12 +81,13 @@ export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 /**
  * Tunnels one caller (identity and address) may hold open or opening to one node's agent, each its
  * own connection to that node's gateway port. Every such connection comes from the gateway's
- * address, which the agent lets hold GATEWAY_PORT_CONNECTIONS_PER_SOURCE (8,192; agent/src/inbound.ts):
- * well below it, so that one caller cannot take the gateway's whole share of a node. Callers pool
- * one outer tunnel per destination agent and identity. Past it a CONNECT is refused at once (503,
- * `too-many-to-node`).
+ * address, which the agent lets hold what any source holds there (DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+ * 1,024: the port is open to anyone who reaches the node, and the agent knows no address of the
+ * gateway's to lift it for): a sixteenth of it, so that one caller cannot take the gateway's share
+ * of a node. Callers pool one outer tunnel per destination agent and identity. Past it a CONNECT
+ * is refused at once (503, `too-many-to-node`).
  */
-export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE = 256;
+export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE = 64;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
 export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-node';

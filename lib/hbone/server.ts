@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { capConnectionsPerSource } from '../listener-limits.ts';
+import { connectionCounter } from '../listener-limits.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_FORWARDED_HEADERS,
@@ -73,8 +73,11 @@ export interface HboneConnectRequest {
    * the header is absent, malformed or names no address (`headers.forwarded` has the raw value).
    */
   forwardedFor: ForwardedNode | undefined;
-  /** The port the session came on (the server may listen on several). */
-  localPort: number;
+  /**
+   * The name the listener the session came by was given (listen's `listener`; '' when none): the
+   * server may listen on several ports, and the owner may judge each one's CONNECTs by its own rules.
+   */
+  listener: string;
   /** Aborted when the client resets the stream or the session goes away before the answer. */
   signal: AbortSignal;
 }
@@ -109,9 +112,9 @@ export type HboneRefusalKind =
   | 'overloaded'
   | 'handler-failed'
   | 'rapid-reset'
-  /** The source address already holds `maxConnectionsPerSource` connections. */
+  /** The source address already holds `maxConnectionsPerSource` connections on the port. */
   | 'too-many-connections'
-  /** The server already holds `maxConnections` connections, from all sources together. */
+  /** The port already holds `maxConnections` connections, from all sources together. */
   | 'server-full'
   /** More than `maxEarlyData` bytes sent on a CONNECT before its answer. */
   | 'early-data'
@@ -185,15 +188,17 @@ export interface HboneServerOptions {
   /** TLS handshake deadline. Default 10 s. */
   handshakeTimeoutMs?: number;
   /**
-   * Open TCP connections one source address may hold (TLS handshakes included); beyond it a new
-   * connection is closed at once and counted. Agents pool one session per (source identity,
-   * destination), so a node needs a handful; default 1024.
+   * Open TCP connections one source address may hold on each port (TLS handshakes included);
+   * beyond it a new connection is closed at once and counted. Agents pool one session per (source
+   * identity, destination), so a node needs a handful; default 1024.
    */
   maxConnectionsPerSource?: number;
   /**
-   * Open TCP connections from all sources together (TLS handshakes included); beyond it a new
-   * connection is closed at once and counted (`server-full`), so many peers, each under its own
-   * share, cannot take the process's descriptors and memory. Default DEFAULT_MAX_CONNECTIONS.
+   * Open TCP connections on each port from all sources together (TLS handshakes included); beyond
+   * it a new connection is closed at once and counted (`server-full`), so many peers, each under
+   * its own share, cannot take the process's descriptors and memory. Each port has its own: the
+   * sources of one (anyone who reaches it, before TLS) cannot take another's. Default
+   * DEFAULT_MAX_CONNECTIONS.
    */
   maxConnections?: number;
   /**
@@ -237,8 +242,8 @@ interface SessionState {
   tornDown: number;
   /** `address identity`: the peer's key in the server's tunnel count (maxTunnelsPerPeer). */
   peerKey: string;
-  /** The port the session came on. */
-  localPort: number;
+  /** The name of the listener the session came by (HboneConnectRequest.listener). */
+  listener: string;
 }
 
 export const DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1024;
@@ -278,8 +283,8 @@ export class HboneServer {
   readonly #sessions = new Set<SessionState>();
   /** The ports it listens on, each handing its connections to #server (listen). */
   readonly #listeners: TcpServer[] = [];
-  /** A connection's per-source cap, when its listener has its own (listen's maxConnectionsPerSource). */
-  readonly #perSourceOf = new WeakMap<Socket, number>();
+  /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
+  readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
   readonly #tunnelsOf = new Map<string, number>();
   readonly #forward: readonly string[];
@@ -352,19 +357,10 @@ export class HboneServer {
         maxHeaderListSize: MAX_HEADER_LIST_SIZE,
       },
     });
-    // Before TLS: costs the attacker a TCP handshake, us nothing more.
-    const cap = capConnectionsPerSource(this.#server, { perSource: opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS }, (from, max, which) =>
-      this.#refuse(which === 'per-source'
-        ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections`, peer: { spiffeId: undefined, address: from } }
-        : { kind: 'server-full', reason: `the server already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }),
-      (socket) => this.#perSourceOf.get(socket));
     this.#server.on('connection', (socket: Socket) => {
       if (!socket.destroyed) socket.setNoDelay(true);
     });
     this.#server.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
-      // A connection closed for its source's count fails its handshake too; it counts once.
-      // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
-      if (cap.refused((socket as unknown as { _parent?: Socket })._parent!)) return;
       this.#refuse({
         kind: 'tls-handshake',
         reason: `TLS handshake failed: ${err.code ?? err.message}`,
@@ -384,17 +380,24 @@ export class HboneServer {
 
   /**
    * Starts listening on one more port; resolves with the bound address. Every port is one server:
-   * its limits (connections, tunnels per peer, session buffers) hold over all of them, and a
-   * CONNECT tells its handler the port it came on (HboneConnectRequest.localPort). `reusePort`
-   * shares the port with another process that also sets it (an agent upgrade: old and new listen
-   * side by side); `maxConnectionsPerSource`: this port's own cap per source address (the server's
-   * by default), its connections still counted in the server's total.
+   * tunnels per peer and session buffers hold over all of them; connections are counted per port
+   * (maxConnectionsPerSource, maxConnections), so the sources of one port, which may be anyone
+   * who reaches it, cannot take another's. A CONNECT tells its handler the `listener` name of the
+   * port it came by (HboneConnectRequest.listener; '' when not given), a fact of the socket, not
+   * a port number compared with another the owner may not have set. `reusePort` shares the port
+   * with another process that also sets it (an agent upgrade: old and new listen side by side).
    */
-  listen(port: number, host?: string, opts: { reusePort?: boolean; maxConnectionsPerSource?: number } = {}): Promise<AddressInfo> {
-    const cap = opts.maxConnectionsPerSource;
+  listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string } = {}): Promise<AddressInfo> {
+    const name = opts.listener ?? '';
+    // Before TLS: costs the attacker a TCP handshake, us nothing more.
+    const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS }, (from, max, which, socket) =>
+      this.#refuse(which === 'per-source'
+        ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections on port ${socket.localPort}`, peer: { spiffeId: undefined, address: from } }
+        : { kind: 'server-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }));
     // The TLS server takes connections handed to it ('connection', as node:tls documents).
     const listener = createTcpServer((socket) => {
-      if (cap !== undefined) this.#perSourceOf.set(socket, cap);
+      if (!counter.admit(socket)) return;
+      this.#listenerOf.set(socket, name);
       this.#server.emit('connection', socket);
     });
     return new Promise((resolve, reject) => {
@@ -501,7 +504,8 @@ export class HboneServer {
       buffer: undefined as unknown as SessionBuffer,
       tornDown: 0,
       peerKey: `${peer.address} ${spiffeId ?? ''}`,
-      localPort: socket.localPort ?? 0,
+      // (`_parent`: the TCP socket a server-side TLSSocket wraps; Node has no public name for it.)
+      listener: this.#listenerOf.get((socket as unknown as { _parent?: Socket })._parent!) ?? '',
     };
     state.buffer = new SessionBuffer(session, {
       budget: this.#opts.sessionBuffer ?? DEFAULT_SESSION_BUFFER,
@@ -625,7 +629,7 @@ export class HboneServer {
       peer: state.peer,
       headers: selected,
       forwardedFor: forwardedFor(selected['forwarded']),
-      localPort: state.localPort,
+      listener: state.listener,
       signal: ac.signal,
     };
 

@@ -10,6 +10,7 @@ import { after, test } from 'node:test';
 import { connectTcp } from '../../agent/src/connect.ts';
 import { DeniedError } from '../../agent/src/delivery.ts';
 import { Inbound } from '../../agent/src/inbound.ts';
+import { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } from '../../lib/hbone/server.ts';
 import { MAX_UNVERIFIED_WORKLOADS } from '../../lib/telemetry/labels.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { AgentState } from '../../agent/src/state.ts';
@@ -261,4 +262,64 @@ test('the HBONE port and the gateway port share one server: a peer holding its m
   const counted = (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'too-many-tunnels');
   assert.deepEqual(counted.map((v) => v.value), [1]);
   await until('logged', () => lines.some((l) => l.includes('"HBONE refused"') && l.includes('too-many-tunnels') && l.includes(CLIENT.spiffeId)), 5_000);
+});
+
+// Which rules judge a CONNECT is a fact of the listener it came by (HboneServer.listen's name), not
+// a port number compared with one the agent may not have set: a port of the agent's server that is
+// not its named HBONE port is judged by the gateway's rules too (exportedPods, as Istio's gateway
+// carries other networks' callers to Service ports only). Before, a port listened on directly
+// (inbound.server.listen, or before Inbound.listen had noted the gateway port) was judged as 15008.
+test('a port of the agent\'s HBONE server that is not its named 15008 (inbound.server.listen on its own) fails closed: a CONNECT to a pod no exported Service lists is refused (403) not_exported, counted once and logged', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const app = await tcpServer((s) => { s.on('error', () => {}); s.resume(); });
+  cleanups.push(() => app.server.close());
+  const delivery = { authorize: () => {}, connectToPod: async () => connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 }), track: () => {} };
+  const { inbound, metrics } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)) });
+  const { port: bare } = await inbound.server.listen(0, '127.0.0.1');
+  const r = (await peer(bare, ca.issue(CLIENT.spiffeId))).request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:${app.port}` }, { endStream: false });
+  r.on('error', () => {});
+  const [headers] = await once(r, 'response') as [Record<string, unknown>];
+  assert.equal(headers[':status'], 403);
+  const counted = (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'not_exported');
+  assert.deepEqual(counted.map((v) => v.value), [1], 'counted once');
+  await until('logged', () => lines.some((l) => l.includes('not_exported') && l.includes(CLIENT.spiffeId)), 5_000);
+});
+
+// The gateway port is reachable by anyone who reaches the node, before TLS: it takes from one
+// source what 15008 does (DEFAULT_MAX_CONNECTIONS_PER_SOURCE; the agent knows no address of the
+// gateway's to lift it for), and its connections are its own, so filling it refuses nothing on
+// 15008. Before, one source held 8,192 there, and two filled the node's one shared total.
+test('one source holds at most 1,024 connections on the gateway port, the next refused before TLS (too-many-connections, counted once and named), and 15008 still serves that source', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const app = await tcpServer((s) => { s.on('error', () => {}); s.pipe(s); });
+  cleanups.push(() => app.server.close());
+  const delivery = { authorize: () => {}, connectToPod: async () => connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 }), track: () => {} };
+  const { inbound, metrics, port, gatewayPort } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)) });
+  const held: import('node:net').Socket[] = [];
+  cleanups.push(() => { for (const s of held) s.destroy(); });
+  const { connect: netConnect } = await import('node:net');
+  let closedEarly = 0;
+  const dial = () => new Promise<void>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port: gatewayPort }, () => resolve());
+    s.on('error', () => resolve());
+    s.once('close', () => closedEarly++);
+    held.push(s);
+  });
+  // In rounds of 64, each connected before the next (a burst past the listen backlog is retried by the kernel, slowly).
+  for (let i = 0; i < DEFAULT_MAX_CONNECTIONS_PER_SOURCE; i += 64) await Promise.all(Array.from({ length: 64 }, dial));
+  await until('the share held', () => closedEarly === 0 && inbound.server.stats().refusals['too-many-connections'] === 0, 5_000);
+  await dial();
+  await until('the one past the share refused', () => inbound.server.stats().refusals['too-many-connections'] === 1, 10_000);
+  await until('and closed', () => closedEarly === 1, 5_000);
+  const counted = (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === 'too-many-connections');
+  assert.deepEqual(counted.map((v) => v.value), [1], 'counted once');
+  await until('logged', () => lines.some((l) => l.includes('too-many-connections') && l.includes(`already holds ${DEFAULT_MAX_CONNECTIONS_PER_SOURCE} connections on port ${gatewayPort}`)), 5_000);
+  const r = (await peer(port, ca.issue(CLIENT.spiffeId))).request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:${app.port}` }, { endStream: false });
+  r.on('error', () => {});
+  const [headers] = await once(r, 'response') as [Record<string, unknown>];
+  assert.equal(headers[':status'], 200, '15008 serves the same source');
+  assert.equal(inbound.server.stats().refusals['server-full'], 0);
+  r.destroy();
 });

@@ -601,12 +601,13 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
 });
 
 // Every session the gateway carries to a node comes from the gateway's one address, and the agent's
-// gateway port lets one source hold GATEWAY_PORT_CONNECTIONS_PER_SOURCE (agent/src/inbound.ts): one
-// caller holding 4,096 tunnels to one node would take it for every other remote caller of that node.
+// gateway port lets one source hold the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE (the agent
+// knows no address of the gateway's to lift it for): one caller holding 1,024 tunnels to one node
+// would take it for every other remote caller of that node.
 test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerNode a CONNECT to that node is refused at once (503 too-many-to-node), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
-  const { GATEWAY_PORT_CONNECTIONS_PER_SOURCE } = await import('../../agent/src/inbound.ts');
+  const { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } = await import('../../lib/hbone/server.ts');
   const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE } = await import('../../eastwest/src/gateway.ts');
-  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE * 16 <= GATEWAY_PORT_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
+  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE * 16 <= DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
   const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerNode: 2 });
   const client = await sessionAs(CLIENT);
   const held = [await open(client), await open(client)];

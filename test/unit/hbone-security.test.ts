@@ -533,18 +533,20 @@ test('a node identity and a workload of a foreign trust domain are refused on th
   }
 });
 
-// One server on two ports (the agent's 15008 and its gateway port 15009): its limits are the
-// server's, over both, and each port may have its own per-source cap (the gateway port's one source
-// is the east-west gateway, carrying every remote caller). A CONNECT names the port it came on.
-test('one server listens on two ports: each port may cap connections per source on its own (refused past it, counted too-many-connections once), the total and tunnels per peer hold over both, and the handler learns the port of each CONNECT', async () => {
+// One server on two ports (the agent's 15008 and its gateway port 15009): tunnels per peer hold
+// over both, while connections are counted per port, so the sources of one port (anyone who
+// reaches it, before TLS) cannot take the other's share. A CONNECT names the listener it came by
+// (listen's `listener`), a fact of its socket. Before, both ports shared one total: two sources of
+// the gateway port filled it and the node refused node-to-node tunnels on 15008 too.
+test('one server listens on two ports: each port holds its own total (past it a connection is refused server-full, counted once and named, while the other port still admits), tunnels per peer hold over both, and the handler learns the listener of each CONNECT', async () => {
   const refusals: HboneRefusal[] = [];
-  const ports: number[] = [];
+  const listeners: string[] = [];
   const echo = await tcpServer((s) => s.pipe(s));
   cleanups.push(() => echo.server.close());
   const handler = dialTarget();
-  const hb = await startHbone({ maxConnectionsPerSource: 2, maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { ports.push(req.localPort); return handler(req); } });
+  const hb = await startHbone({ maxConnections: 2, maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { listeners.push(req.listener); return handler(req); } });
   cleanups.push(() => hb.close());
-  const wide = (await hb.server.listen(0, '127.0.0.1', { maxConnectionsPerSource: 6 })).port;
+  const other = (await hb.server.listen(0, '127.0.0.1', { listener: 'other' })).port;
   const hold = (port: number) => new Promise<import('node:net').Socket>((resolve) => {
     const s = netConnect({ host: '127.0.0.1', port }, () => resolve(s));
     s.on('error', () => {});
@@ -555,23 +557,45 @@ test('one server listens on two ports: each port may cap connections per source 
     s.on('error', () => {});
     s.once('close', resolve);
   });
-  // The first port's two are used up by two idle connections; the wide port takes more, up to its
-  // own six (the source's connections on both ports count).
+  // The first port's total is used up by two idle connections; the other port admits its own.
   await hold(hb.port); await hold(hb.port);
   await closed(hb.port);
-  assert.equal(hb.server.stats().refusals['too-many-connections'], 1);
-  await hold(wide);
+  assert.equal(hb.server.stats().refusals['server-full'], 1);
+  await hold(other);
   const pool = new HbonePool();
   cleanups.push(() => pool.close(100));
-  const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`, { dest: { host: '127.0.0.1', port: wide } }));
+  const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`, { dest: { host: '127.0.0.1', port: other } }));
   const reply = readAll(t);
   t.write('hi');
-  assert.deepEqual(ports, [wide], 'the handler is told the port the CONNECT came on');
-  // The same peer, through the other port's share: its one tunnel is held on the wide port.
-  await assert.rejects(pool.connect(hb.to(`127.0.0.1:${echo.port}`, { sourceKey: 'again', dest: { host: '127.0.0.1', port: wide } })));
-  assert.equal(hb.server.stats().refusals['too-many-tunnels'], 1);
+  assert.deepEqual(listeners, ['other'], 'the handler is told the listener the CONNECT came by');
+  // The other port's total is now used up too (an idle connection and the session).
+  await closed(other);
+  assert.equal(hb.server.stats().refusals['server-full'], 2);
   t.end();
   assert.equal((await reply).toString(), 'hi');
-  assert.deepEqual(refusals.map((r) => r.kind), ['too-many-connections', 'too-many-tunnels'], 'each counted once');
-  assert.match(refusals[0]!.reason, /127\.0\.0\.1 already holds 2 connections/);
+  assert.deepEqual(refusals.map((r) => r.kind), ['server-full', 'server-full'], 'each counted once');
+  assert.match(refusals[0]!.reason, new RegExp(`port ${hb.port} already holds 2 connections from all sources`));
+  assert.match(refusals[1]!.reason, new RegExp(`port ${other} already holds 2 connections from all sources`));
+});
+
+test('tunnels one peer holds are bounded over every port of the server: past maxTunnelsPerPeer on one port, a CONNECT on another is refused (503 too-many-tunnels), counted once; the default listener is named \'\'', async () => {
+  const refusals: HboneRefusal[] = [];
+  const listeners: string[] = [];
+  const echo = await tcpServer((s) => s.pipe(s));
+  cleanups.push(() => echo.server.close());
+  const handler = dialTarget();
+  const hb = await startHbone({ maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { listeners.push(req.listener); return handler(req); } });
+  cleanups.push(() => hb.close());
+  const other = (await hb.server.listen(0, '127.0.0.1', { listener: 'other' })).port;
+  const pool = new HbonePool();
+  cleanups.push(() => pool.close(100));
+  const t = await pool.connect(hb.to(`127.0.0.1:${echo.port}`));
+  const reply = readAll(t);
+  t.write('hi');
+  await assert.rejects(pool.connect(hb.to(`127.0.0.1:${echo.port}`, { sourceKey: 'again', dest: { host: '127.0.0.1', port: other } })));
+  assert.equal(hb.server.stats().refusals['too-many-tunnels'], 1);
+  assert.deepEqual(listeners, [''], 'the refused CONNECT never reached the handler');
+  t.end();
+  assert.equal((await reply).toString(), 'hi');
+  assert.deepEqual(refusals.map((r) => r.kind), ['too-many-tunnels'], 'counted once');
 });
