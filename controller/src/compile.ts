@@ -75,6 +75,7 @@ import {
   type Workload,
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
+import { canonicalIp, isServiceAddress } from '../../lib/model/federation.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
 import { JWKS_RESULT_TEXT, unfetchedJwks, type JwksState } from './jwks-resolver.ts';
@@ -365,6 +366,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
   const nodeAddresses = nodeAddressesOf(inputs, nodeIps);
+  const clusterIps = new Set(inputs.services.flatMap(serviceVips).map(canonicalIp));
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -381,20 +383,35 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const readyCond = wp.status?.conditions?.find((c) => c.type === 'Ready');
     // Validation refuses an address that is not an IP; should one get here, it is dropped, as every
     // agent would refuse the whole config holding it.
-    // A node's address is its agent's HBONE port, which applies no gateway rule: an east-west
-    // gateway dialling it for the waypoint would carry a remote caller to any pod of that node.
-    const notNode = (a: string, path: string): boolean => {
-      if (!nodeAddresses.has(a)) return true;
-      findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason: 'NodeAddress', message: `${a} is the address of a node (its agent's HBONE port), never a waypoint's; left out` });
-      return false;
+    // Where the east-west gateway and agents dial the waypoint (its HBONE port), in one spelling
+    // (canonicalIp: `::ffff:<node IPv4>` is the node's address). A node's address is its agent's
+    // HBONE port, which applies no gateway rule: the gateway dialling it for the waypoint would
+    // carry a remote caller to any pod of that node; a cluster IP is DNATed by kube-proxy onto its
+    // Service's endpoints, which may be such a port (only the reconciler's own Service for this
+    // waypoint is dialled so, until its pods are seen); no waypoint listens at an unspecified,
+    // loopback, link-local or multicast address (isServiceAddress, as an import refuses them).
+    const reconciledAt = options.waypointRuntime?.get(key)?.address;
+    const usable = (raw: string, path: string): string | undefined => {
+      const a = canonicalIp(raw);
+      const [reason, why] = !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
+        : nodeAddresses.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
+        : clusterIps.has(a) && a !== reconciledAt ? ['ServiceAddress', 'is a Service\'s cluster IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
+        : [];
+      if (!reason) return a;
+      findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason, message: `${raw} ${why}; left out` });
+      return undefined;
     };
     const statusAddresses: string[] = [];
     wp.status?.addresses?.forEach((a, i) => {
-      if (isIP(a.value) === 0) findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path: `status.addresses[${i}].value`, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
-      else if (notNode(a.value, `status.addresses[${i}].value`)) statusAddresses.push(a.value);
+      const path = `status.addresses[${i}].value`;
+      if (isIP(a.value) === 0) findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
+      else {
+        const ok = usable(a.value, path);
+        if (ok !== undefined) statusAddresses.push(ok);
+      }
     });
     // The running pods labelled for it (or the reconciler's cluster IP).
-    const rtAddresses = rt?.address !== undefined ? (rt.addresses ?? [rt.address]).filter((a) => notNode(a, 'addresses')) : undefined;
+    const rtAddresses = rt?.address !== undefined ? (rt.addresses ?? [rt.address]).flatMap((a) => usable(a, 'addresses') ?? []) : undefined;
     const address = rtAddresses ? rtAddresses[0] : statusAddresses[0];
     const addresses = rtAddresses ?? statusAddresses;
     const ready = rt ? rt.ready : readyCond?.status === 'True';
@@ -717,9 +734,9 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
 
 /** Every address of a node: nodeIpsOf's, each IP a Node object lists, each pod's hostIP. */
 function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>, nodeIps: ReadonlyMap<string, string>): Set<string> {
-  const out = new Set(nodeIps.values());
-  for (const n of inputs.nodes) for (const a of n.status?.addresses ?? []) if (isIP(a.address) !== 0) out.add(a.address);
-  for (const pod of inputs.pods) if (pod.status?.hostIP) out.add(pod.status.hostIP);
+  const out = new Set([...nodeIps.values()].map(canonicalIp));
+  for (const n of inputs.nodes) for (const a of n.status?.addresses ?? []) if (isIP(a.address) !== 0) out.add(canonicalIp(a.address));
+  for (const pod of inputs.pods) if (pod.status?.hostIP && isIP(pod.status.hostIP) !== 0) out.add(canonicalIp(pod.status.hostIP));
   return out;
 }
 

@@ -290,6 +290,20 @@ const NOT_SERVICE_ADDRESSES = (() => {
   return b;
 })();
 
+/**
+ * An IP address in one spelling, so that addresses compare as strings: an IPv4-mapped IPv6 address
+ * (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address, an IPv6 address lower-case and
+ * compressed (RFC 5952, as the WHATWG URL parser writes it); anything else unchanged.
+ */
+export function canonicalIp(ip: string): string {
+  if (isIP(ip) !== 6) return ip;
+  const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
+  if (!mapped) return v6;
+  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
 export function isServiceAddress(ip: string): boolean {
   const family = isIP(ip);
   return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');

@@ -717,3 +717,41 @@ test('an EndpointSlice entry naming another namespace\'s pod address with the wr
   assert.deepEqual([...pods.guards.get('10.1.0.8:8080')?.ids ?? []], ['spiffe://cluster.local/ns/shop/sa/wp'], 'still behind the victim\'s waypoint: not direct');
   assert.equal(pods.exported.has('10.1.0.99:8080'), false, 'an address with no pod behind it is not this cluster\'s pod to export');
 });
+
+// The node-address check compares addresses: it must see every spelling of one (RFC 5952;
+// `::ffff:<IPv4>` is the IPv4 address, RFC 4291 2.5.5.2), and a waypoint address must be one a
+// waypoint can listen at. A cluster IP is DNATed by kube-proxy onto its Service's endpoints (a
+// selectorless Service's can be a node's 15008), so only the reconciler's own Service for the
+// waypoint is dialled at one; unspecified, loopback and link-local addresses are refused as an
+// import refuses them (isServiceAddress). Each left out once with a finding at its field path.
+test('a Waypoint address spelt otherwise than the node\'s (IPv4-mapped, upper-case IPv6), unspecified, loopback, link-local or a Service\'s cluster IP is left out with a finding at its field path; the reconciler\'s own cluster IP is still dialled', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { node: 'node-b' }));
+  i.services.push(svc('shop', 'web'));
+  i.nodes.push({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-c' }, status: { addresses: [{ type: 'InternalIP', address: '192.168.0.3' }, { type: 'InternalIP', address: 'fd00::3' }] } } as never);
+  const written = ['::ffff:192.168.0.2', '::FFFF:C0A8:3', 'FD00:0:0::3', '0.0.0.0', '127.0.0.1', '::1', '169.254.1.1', '10.96.0.10', '10.1.7.7'];
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {}, status: { addresses: written.map((value) => ({ type: 'IPAddress', value })), conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+  const res = compile(i);
+  const wp = res.model.waypoints.get('shop/wp')!;
+  assert.deepEqual([wp.ready, wp.address, wp.addresses], [true, '10.1.7.7', undefined]);
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]), [
+    ['Waypoint', 'status.addresses[0].value', 'NodeAddress'],
+    ['Waypoint', 'status.addresses[1].value', 'NodeAddress'],
+    ['Waypoint', 'status.addresses[2].value', 'NodeAddress'],
+    ['Waypoint', 'status.addresses[3].value', 'InvalidAddress'],
+    ['Waypoint', 'status.addresses[4].value', 'InvalidAddress'],
+    ['Waypoint', 'status.addresses[5].value', 'InvalidAddress'],
+    ['Waypoint', 'status.addresses[6].value', 'InvalidAddress'],
+    ['Waypoint', 'status.addresses[7].value', 'ServiceAddress'],
+  ], 'each left out once, at its path');
+  assert.match(res.findings[1]!.message, /^::FFFF:C0A8:3 is the address of a node/, 'named as written');
+  assert.match(res.findings[7]!.message, /10\.96\.0\.10 is a Service's cluster IP/);
+  // The reconciler dials its own Service's cluster IP for the waypoint until its pods are seen.
+  const k = emptyInputs();
+  k.waypoints.push(waypoint('a', 'wp'));
+  k.services.push(svc('a', 'wp', { 'app.kubernetes.io/name': 'wp' }, '10.96.0.9'));
+  const own = compile(k, { waypointRuntime: new Map([['a/wp', { address: '10.96.0.9', ready: true }]]) });
+  assert.equal(own.model.waypoints.get('a/wp')!.address, '10.96.0.9');
+  assert.deepEqual(own.findings.filter((f) => f.kind === 'Waypoint'), []);
+});
