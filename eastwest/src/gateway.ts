@@ -32,6 +32,7 @@ import { exportedPods, parseClusterExport, podTarget, waypointGuardRefusal, type
 import { readExport } from '../../lib/federation-read.ts';
 import { boundWaypoint, waypointAddresses } from '../../lib/model/mesh.ts';
 import { PORTS } from '../../lib/defaults.ts';
+import { KeyedCount } from '../../lib/keyed-count.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -50,8 +51,8 @@ export interface EastWestOptions {
   maxPendingConnects?: number;
   /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
-  /** Tunnels one caller may hold open or opening to one node's agent (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE). */
-  maxTunnelsPerCallerPerNode?: number;
+  /** Tunnels one caller may hold open or opening to one upstream, a node's agent or a waypoint replica (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM). */
+  maxTunnelsPerCallerPerUpstream?: number;
   /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
   agentPort?: number;
   log: Logger;
@@ -79,18 +80,19 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 
 /**
- * Tunnels one caller (identity and address) may hold open or opening to one node's agent, each its
- * own connection to that node's gateway port. Every such connection comes from the gateway's
- * address, which the agent lets hold what any source holds there (DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
- * 1,024: the port is open to anyone who reaches the node, and the agent knows no address of the
+ * Tunnels one caller (identity and address) may hold open or opening to one upstream (a node's
+ * agent, at its gateway port, or a waypoint replica, at its HBONE port), each its own connection
+ * there. Every such connection comes from the gateway's address, which the upstream lets hold what
+ * any source holds (the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 1,024: the agent's
+ * gateway port is open to anyone who reaches the node, and neither knows an address of the
  * gateway's to lift it for): a sixteenth of it, so that one caller cannot take the gateway's share
- * of a node. Callers pool one outer tunnel per destination agent and identity. Past it a CONNECT
- * is refused at once (503, `too-many-to-node`).
+ * of a node or a waypoint. Callers pool one outer tunnel per destination and identity. Past it a
+ * CONNECT is refused at once (503, `too-many-to-upstream`).
  */
-export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE = 64;
+export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM = 64;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-node';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-upstream';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -108,9 +110,9 @@ export class EastWestGateway {
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
   /** `host:port` of an upstream → connects to it now waiting. */
-  readonly #pending = new Map<string, number>();
-  /** `caller address, identity, node` → the tunnels that caller holds open or opening to that node's agent. */
-  readonly #toNode = new Map<string, number>();
+  readonly #pending = new KeyedCount();
+  /** `caller address, identity, upstream host:port` → the tunnels that caller holds open or opening there. */
+  readonly #toUpstream = new KeyedCount();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -176,7 +178,7 @@ export class EastWestGateway {
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
     this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
-    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' || reason === 'too-many-to-node' ? 'overloaded' : 'denied' };
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' || reason === 'too-many-to-upstream' ? 'overloaded' : 'denied' };
   }
 
   /** Counts every refusal; logs it, cut, within the budget. */
@@ -208,36 +210,29 @@ export class EastWestGateway {
     if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
     const [host, port, what] = node ? [node, this.#o.agentPort ?? PORTS.hboneGateway, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
     const key = `${host}:${port}`;
-    const caller = node ? `${req.peer.address} ${req.peer.spiffeId ?? ''} ${node}` : undefined;
-    const held = caller ? (this.#toNode.get(caller) ?? 0) : 0;
-    const maxToNode = this.#o.maxTunnelsPerCallerPerNode ?? DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE;
-    if (caller && held >= maxToNode) {
-      return this.#refuse('too-many-to-node', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels to ${what} (${key}) (the gateway allows ${maxToNode} a caller to a node)`);
+    const caller = `${req.peer.address} ${req.peer.spiffeId ?? ''} ${key}`;
+    const held = this.#toUpstream.get(caller);
+    const maxToUpstream = this.#o.maxTunnelsPerCallerPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM;
+    if (held >= maxToUpstream) {
+      return this.#refuse('too-many-to-upstream', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels to ${what} (${key}) (the gateway allows ${maxToUpstream} a caller to one)`);
     }
-    const pending = this.#pending.get(key) ?? 0;
+    const pending = this.#pending.get(key);
     const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
     if (pending >= max) {
       return this.#refuse('overloaded', req, 503, `${pending} connects to ${what} (${key}) are waiting for it to answer (the gateway allows ${max}); refused at once`);
     }
-    this.#pending.set(key, pending + 1);
-    if (caller) this.#toNode.set(caller, held + 1);
-    const release = (): void => {
-      const n = (this.#toNode.get(caller!) ?? 1) - 1;
-      if (n <= 0) this.#toNode.delete(caller!);
-      else this.#toNode.set(caller!, n);
-    };
+    this.#pending.take(key);
+    this.#toUpstream.take(caller);
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
-      if (caller) upstream.once('close', release);
+      upstream.once('close', () => this.#toUpstream.release(caller));
       return { upstream };
     } catch (e) {
-      if (caller) release();
+      this.#toUpstream.release(caller);
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
     } finally {
-      const n = (this.#pending.get(key) ?? 1) - 1;
-      if (n <= 0) this.#pending.delete(key);
-      else this.#pending.set(key, n);
+      this.#pending.release(key);
     }
   }
 

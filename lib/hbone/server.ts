@@ -19,6 +19,7 @@ import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
 import { connectionCounter } from '../listener-limits.ts';
+import { KeyedCount } from '../keyed-count.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_FORWARDED_HEADERS,
@@ -286,7 +287,7 @@ export class HboneServer {
   /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
   readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
-  readonly #tunnelsOf = new Map<string, number>();
+  readonly #tunnelsOf = new KeyedCount();
   readonly #forward: readonly string[];
   readonly #stats: HboneServerStats = {
     sessionsOpened: 0,
@@ -604,7 +605,7 @@ export class HboneServer {
     }
     // The peer's tunnels over all its sessions, held from here to the stream's close.
     const { peerKey } = state;
-    const held = this.#tunnelsOf.get(peerKey) ?? 0;
+    const held = this.#tunnelsOf.get(peerKey);
     const maxTunnels = this.#opts.maxTunnelsPerPeer ?? DEFAULT_MAX_TUNNELS_PER_PEER;
     if (held >= maxTunnels) {
       const reason = `${state.peer.spiffeId ?? '(no identity)'} from ${state.peer.address} holds ${held} tunnels here (it allows ${maxTunnels} a peer); refused at once`;
@@ -612,12 +613,8 @@ export class HboneServer {
       this.#respondRefusal(stream, 503, reason);
       return;
     }
-    this.#tunnelsOf.set(peerKey, held + 1);
-    stream.once('close', () => {
-      const n = (this.#tunnelsOf.get(peerKey) ?? 1) - 1;
-      if (n <= 0) this.#tunnelsOf.delete(peerKey);
-      else this.#tunnelsOf.set(peerKey, n);
-    });
+    this.#tunnelsOf.take(peerKey);
+    stream.once('close', () => this.#tunnelsOf.release(peerKey));
     const selected: Record<string, string> = {};
     for (const name of this.#forward) {
       const v = headers[name];

@@ -572,8 +572,8 @@ async function tunnelGateway(t: TestContext, bound: Partial<ConstructorParameter
     session.on('error', () => {});
     return session;
   };
-  const open = (session: Awaited<ReturnType<typeof sessionAs>>) => new Promise<{ status: number; stream: ReturnType<typeof session.request> }>((resolve) => {
-    const stream = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+  const open = (session: Awaited<ReturnType<typeof sessionAs>>, authority = '10.78.1.1:8080') => new Promise<{ status: number; stream: ReturnType<typeof session.request> }>((resolve) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
     stream.on('response', (h) => resolve({ status: Number(h[':status']), stream }));
     stream.on('error', () => resolve({ status: 0, stream }));
   });
@@ -604,22 +604,39 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
 // gateway port lets one source hold the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE (the agent
 // knows no address of the gateway's to lift it for): one caller holding 1,024 tunnels to one node
 // would take it for every other remote caller of that node.
-test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerNode a CONNECT to that node is refused at once (503 too-many-to-node), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
+test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerUpstream a CONNECT to that node is refused at once (503 too-many-to-upstream), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
   const { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } = await import('../../lib/hbone/server.ts');
-  const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE } = await import('../../eastwest/src/gateway.ts');
-  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_NODE * 16 <= DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
-  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerNode: 2 });
+  const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM } = await import('../../eastwest/src/gateway.ts');
+  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM * 16 <= DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerUpstream: 2 });
   const client = await sessionAs(CLIENT);
   const held = [await open(client), await open(client)];
   assert.deepEqual(held.map((x) => x.status), [200, 200]);
   assert.equal((await open(client)).status, 503);
-  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-node"\} 1$/m);
-  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-node');
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
+  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
   assert.equal(refusedLines.length, 1);
   assert.match(String(refusedLines[0]!.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 2 tunnels to the node agent of 10\\.78\\.1\\.1`));
   assert.equal((await open(await sessionAs(id('demo', 'other')))).status, 200, 'another caller is served');
   held[0]!.stream.close();
   await until('a closed tunnel frees its place', async () => (await open(client)).status === 200, 5_000, { intervalMs: 50 });
+});
+
+// A waypoint's HBONE server takes from one source what any source holds (1,024 a source,
+// waypoint/src/main.ts), and every tunnel the gateway carries to it comes from the gateway's one
+// address: one remote caller holding them all would lock every other out of that waypoint.
+test('tunnels one caller holds to one waypoint replica are bounded as to a node: past maxTunnelsPerCallerPerUpstream a CONNECT to it is refused at once (503 too-many-to-upstream), counted once and named; another caller is served', async (t) => {
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerUpstream: 2 });
+  const at = `127.0.0.1:${wpPort}`;
+  const client = await sessionAs(CLIENT);
+  const held = [await open(client, at), await open(client, at)];
+  assert.deepEqual(held.map((x) => x.status), [200, 200]);
+  assert.equal((await open(client, at)).status, 503);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
+  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
+  assert.equal(refusedLines.length, 1);
+  assert.match(String(refusedLines[0]!.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 2 tunnels to the waypoint \\(${at.replace(/[.]/g, '\\.')}\\)`));
+  assert.equal((await open(await sessionAs(id('demo', 'other')), at)).status, 200, 'another caller is served');
 });
 
 // The gateway reads its controller's export as the controllers read each other's
