@@ -46,6 +46,14 @@ export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 20_000;
 
+/**
+ * The agent's ports a flag may move (agent/src/main.ts: --<name>-port), by default (PORTS,
+ * lib/defaults.ts). Its gateway port is not one: PORTS.hboneGateway always (the east-west gateway
+ * dials it, and the datapath leaves only it out of capture).
+ */
+export const DEFAULT_AGENT_PORTS = { outbound: PORTS.outbound, hbone: PORTS.hbone, admin: PORTS.admin, metrics: PORTS.metrics, ready: PORTS.readiness } as const;
+export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_AGENT_PORTS]: number };
+
 export interface AgentOptions {
   node: string;
   /** The node address: listeners bind here and pods are redirected here. */
@@ -88,7 +96,8 @@ export interface AgentOptions {
   kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */
   certLifetimeSeconds?: number;
-  ports?: Partial<{ outbound: number; hbone: number; hboneGateway: number; admin: number; metrics: number; ready: number }>;
+  /** Ports to listen on in place of DEFAULT_AGENT_PORTS (the gateway port is always PORTS.hboneGateway: the east-west gateway dials it). */
+  ports?: Partial<AgentPorts>;
   /** How long stop() lets open connections finish before cutting them. Default 20 s. */
   drainTimeoutMs?: number;
   /** Splice authorized same-node connections pod to pod in the kernel (bpf/splice.bpf.c). Default false. */
@@ -182,8 +191,8 @@ export class Agent {
   #memory: MemoryRelease | undefined;
   #stopped = false;
   #serveStarted = false;
-  /** PORTS (lib/defaults.ts), each as AgentOptions.ports may replace it (from start()). */
-  #ports: Required<NonNullable<AgentOptions['ports']>> = { outbound: PORTS.outbound, hbone: PORTS.hbone, hboneGateway: PORTS.hboneGateway, admin: PORTS.admin, metrics: PORTS.metrics, ready: PORTS.readiness };
+  /** DEFAULT_AGENT_PORTS, each as AgentOptions.ports may replace it (from start()). */
+  #ports: AgentPorts = { ...DEFAULT_AGENT_PORTS };
   #listening = false;
   /** Mesh destinations left out of weft_dests at the last config (past its capacity). */
   #destinationsOverflow = 0;
@@ -420,7 +429,8 @@ export class Agent {
   #serveWhenReady(): void {
     if (!this.#prepared || this.#listening || this.#stopped || this.#serveStarted) return;
     this.#serveStarted = true;
-    const { outbound, hbone, hboneGateway } = this.#ports;
+    const { outbound, hbone } = this.#ports;
+    const hboneGateway = PORTS.hboneGateway;
     Promise.all([
       this.outbound.listen(outbound, this.o.nodeIp),
       this.inbound.listen({ hbone, gateway: hboneGateway }, this.o.nodeIp, { reusePort: true }),

@@ -3,7 +3,7 @@
 // table-tested) → runAgent → SIGTERM drains and stops.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Agent, type AgentOptions } from './agent.ts';
+import { Agent, DEFAULT_AGENT_PORTS, type AgentOptions, type AgentPorts } from './agent.ts';
 import { DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/index.ts';
 import { isLogLevel, type LogLevel } from '../../lib/log.ts';
 import { countFlag, runMain, trustDomainFlags, UsageError, type Running } from '../../lib/main.ts';
@@ -151,8 +151,8 @@ export function parseAgentArgs(argv: string[]): AgentCommand {
   const cniWait = values['cni-wait'] === undefined ? undefined : Number(values['cni-wait']);
   if (cniWait !== undefined && !(Number.isFinite(cniWait) && cniWait >= 0)) fail(`--cni-wait ${values['cni-wait']} is not a number of seconds (0 or more)`);
   const tokenFile = values['token-file'];
-  const portFlags = ([['outbound', 'outbound-port', PORTS.outbound], ['hbone', 'hbone-port', PORTS.hbone], ['admin', 'admin-port', PORTS.admin], ['metrics', 'metrics-port', PORTS.metrics], ['ready', 'ready-port', PORTS.readiness]] as const)
-    .map(([k, flag, byDefault]) => [k, flag, port(flag, values[flag]), byDefault] as const);
+  const portFlags = (Object.keys(DEFAULT_AGENT_PORTS) as Array<keyof AgentPorts>)
+    .map((k) => [k, `${k}-port` as const, port(`${k}-port`, values[`${k}-port`]), DEFAULT_AGENT_PORTS[k]] as const);
   // Two listeners on one port (reusePort) would split its connections between them.
   const taken = new Map<number, string>([[PORTS.hboneGateway, 'the agent\'s gateway port']]);
   for (const [, flag, given, byDefault] of portFlags) {
