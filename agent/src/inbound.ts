@@ -24,6 +24,9 @@ import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
 
+/** The label of a refusal Delivery.authorize counted already (`reason="policy"`): not counted again. */
+const POLICY_COUNTED = 'policy';
+
 export interface InboundOptions {
   node: string;
   trustDomain: string;
@@ -168,7 +171,8 @@ export class Inbound {
     } catch (err) {
       if (err instanceof DeniedError) {
         record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
-        return { status: err.status, reason: err.message };
+        // Counted (`policy`) and logged by Delivery.authorize, where the policy decided.
+        return { status: err.status, reason: err.message, label: POLICY_COUNTED };
       }
       throw err;
     }
@@ -220,9 +224,9 @@ export class Inbound {
 
   #refused(r: HboneRefusal): void {
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
-    // happened), not a refusal of the peer.
+    // happened), not a refusal of the peer; a policy's no was counted where it was decided.
     // Under the pod the CONNECT named, when it is one of this node's (as a policy's no is counted).
-    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') {
+    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded' && r.label !== POLICY_COUNTED) {
       const dest = r.target ? this.#o.state.localWorkload(r.target.host) : undefined;
       this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.label ?? r.kind, destination_workload: dest?.workloadName ?? 'unknown', destination_workload_namespace: dest?.namespace ?? 'unknown' });
     }

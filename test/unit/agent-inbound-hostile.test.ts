@@ -323,3 +323,32 @@ test('one source holds at most 1,024 connections on the gateway port, the next r
   assert.equal(inbound.server.stats().refusals['server-full'], 0);
   r.destroy();
 });
+
+// A policy's no is counted where the policy decided (Delivery.authorize: reason="policy", under the
+// pod), and the HBONE server's refusal report of the same CONNECT counted it again as
+// reason="denied" with destination_workload="unknown": two refusals per denied tunnel in
+// weft_connections_denied_total, one of them under no workload.
+test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connections_denied_total (reason policy, as Delivery counts it), not again as denied', async () => {
+  const ca = createTestCa();
+  const held: { metrics?: AgentMetrics } = {};
+  const { metrics, port } = await startInbound(ca, {
+    // As Delivery.authorize does: count under the pod, then throw.
+    authorize(dest: Workload) {
+      held.metrics!.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.name, destination_workload_namespace: dest.namespace });
+      throw new DeniedError('no ALLOW policy matches', 403, 'demo/allow-nothing');
+    },
+    track() {},
+    async connectToPod() { throw new Error('not reached'); },
+  });
+  held.metrics = metrics;
+  const session = await peer(port, ca.issue(CLIENT.spiffeId));
+  const status = await new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:8080` }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+    r.resume();
+  });
+  assert.equal(status, 403);
+  const series = (await metrics.denied.get()).values;
+  assert.deepEqual(series.map((v) => [v.labels['reason'], v.value]), [['policy', 1]], JSON.stringify(series.map((v) => v.labels)));
+});
