@@ -366,7 +366,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
   const nodeAddresses = nodeAddressesOf(inputs, nodeIps);
-  const clusterIps = new Set(inputs.services.flatMap(serviceVips).map(canonicalIp));
+  const clusterIps = new Set(inputs.services.flatMap(serviceVips).flatMap((ip) => canonicalIp(ip) ?? []));
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -393,7 +393,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const reconciledAt = options.waypointRuntime?.get(key)?.address;
     const usable = (raw: string, path: string): string | undefined => {
       const a = canonicalIp(raw);
-      const [reason, why] = !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
+      const [reason, why] = a === undefined ? ['InvalidAddress', 'is not an IP address (an IPv6 zone names no peer\'s address)']
+        : !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
         : nodeAddresses.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
         : clusterIps.has(a) && a !== reconciledAt ? ['ServiceAddress', 'is a Service\'s cluster IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
         : [];
@@ -404,11 +405,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const statusAddresses: string[] = [];
     wp.status?.addresses?.forEach((a, i) => {
       const path = `status.addresses[${i}].value`;
-      if (isIP(a.value) === 0) findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason: 'InvalidAddress', message: `"${a.value}" is not an IP address; left out` });
-      else {
-        const ok = usable(a.value, path);
-        if (ok !== undefined) statusAddresses.push(ok);
-      }
+      const ok = usable(a.value, path);
+      if (ok !== undefined) statusAddresses.push(ok);
     });
     // The running pods labelled for it (or the reconciler's cluster IP).
     const rtAddresses = rt?.address !== undefined ? (rt.addresses ?? [rt.address]).flatMap((a) => usable(a, 'addresses') ?? []) : undefined;
@@ -723,21 +721,19 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
   const nodeIps = new Map<string, string>();
   for (const pod of inputs.pods) {
     const node = pod.spec.nodeName;
-    if (node && pod.status?.hostIP && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
+    if (node && pod.status?.hostIP && canonicalIp(pod.status.hostIP) !== undefined && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
   }
   for (const n of inputs.nodes) {
     const addr = nodeAddressOf(n);
-    if (addr !== undefined && isIP(addr) !== 0) nodeIps.set(n.metadata.name, addr);
+    if (addr !== undefined && canonicalIp(addr) !== undefined) nodeIps.set(n.metadata.name, addr);
   }
   return nodeIps;
 }
 
 /** Every address of a node: nodeIpsOf's, each IP a Node object lists, each pod's hostIP. */
 function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>, nodeIps: ReadonlyMap<string, string>): Set<string> {
-  const out = new Set([...nodeIps.values()].map(canonicalIp));
-  for (const n of inputs.nodes) for (const a of n.status?.addresses ?? []) if (isIP(a.address) !== 0) out.add(canonicalIp(a.address));
-  for (const pod of inputs.pods) if (pod.status?.hostIP && isIP(pod.status.hostIP) !== 0) out.add(canonicalIp(pod.status.hostIP));
-  return out;
+  const all = [...nodeIps.values(), ...inputs.nodes.flatMap((n) => (n.status?.addresses ?? []).map((a) => a.address)), ...inputs.pods.flatMap((p) => p.status?.hostIP ?? [])];
+  return new Set(all.flatMap((a) => canonicalIp(a) ?? []));
 }
 
 /** Where agents tunnel to on a node: the index of its InternalIP, else of its ExternalIP (Hostname and DNS addresses are names), or -1. */
@@ -757,7 +753,7 @@ function nodeAddressFindings(nodes: readonly Node[]): CompileFinding[] {
   for (const n of nodes) {
     const i = nodeAddressIndex(n);
     const addr = n.status?.addresses?.[i]?.address;
-    if (addr !== undefined && isIP(addr) === 0) out.push({ kind: 'Node', namespace: '', name: n.metadata.name, path: `status.addresses[${i}].address`, reason: 'InvalidAddress', message: `"${addr}" is not an IP address; the node's pods' hostIP is used instead` });
+    if (addr !== undefined && canonicalIp(addr) === undefined) out.push({ kind: 'Node', namespace: '', name: n.metadata.name, path: `status.addresses[${i}].address`, reason: 'InvalidAddress', message: `"${addr}" is not an IP address; the node's pods' hostIP is used instead` });
   }
   return out;
 }

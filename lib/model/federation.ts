@@ -293,10 +293,14 @@ const NOT_SERVICE_ADDRESSES = (() => {
 /**
  * An IP address in one spelling, so that addresses compare as strings: an IPv4-mapped IPv6 address
  * (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address, an IPv6 address lower-case and
- * compressed (RFC 5952, as the WHATWG URL parser writes it); anything else unchanged.
+ * compressed (RFC 5952, as the WHATWG URL parser writes it), an IPv4 address unchanged. Undefined
+ * for anything else, an IPv6 address with a zone (`fe80::1%eth0`, RFC 4007 11.2) too: isIP admits
+ * one, no peer's address is one, and the URL parser throws on it. Never throws.
  */
-export function canonicalIp(ip: string): string {
-  if (isIP(ip) !== 6) return ip;
+export function canonicalIp(ip: string): string | undefined {
+  const family = isIP(ip);
+  if (family === 4) return ip;
+  if (family !== 6 || ip.includes('%')) return undefined;
   const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
   const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
   if (!mapped) return v6;

@@ -755,3 +755,20 @@ test('a Waypoint address spelt otherwise than the node\'s (IPv4-mapped, upper-ca
   assert.equal(own.model.waypoints.get('a/wp')!.address, '10.96.0.9');
   assert.deepEqual(own.findings.filter((f) => f.kind === 'Waypoint'), []);
 });
+
+// An IPv6 address with a zone (RFC 4007 11.2, `fe80::1%eth0`) is one isIP admits but the URL parser
+// refuses; a writer of one Waypoint's status or one Node's addresses made canonicalIp throw and
+// every compile fail, freezing the mesh's config. It is refused as an address at its field, once.
+test('a Waypoint status address or a Node address with an IPv6 zone (fe80::1%eth0) is refused with an InvalidAddress finding at its field; the compile succeeds', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  i.pods.push(pod('shop', 'web', { node: 'node-b' }));
+  i.nodes.push({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-b' }, status: { addresses: [{ type: 'InternalIP', address: 'fe80::2%eth0' }] } } as never);
+  i.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {}, status: { addresses: [{ type: 'IPAddress', value: 'fe80::1%eth0' }, { type: 'IPAddress', value: '10.1.7.7' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+  const res = compile(i);
+  assert.equal(res.model.waypoints.get('shop/wp')!.address, '10.1.7.7');
+  assert.equal([...res.model.workloads.values()][0]!.nodeIp, '192.168.0.2', 'the pod\'s hostIP, not the zoned node address');
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]).sort(), [['Node', 'status.addresses[0].address', 'InvalidAddress'], ['Waypoint', 'status.addresses[0].value', 'InvalidAddress']]);
+  assert.match(res.findings.find((f) => f.kind === 'Waypoint')!.message, /fe80::1%eth0/);
+  validateAgentConfig({ node: 'node-b', workloads: [...res.model.workloads.values()], services: [], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
+});
