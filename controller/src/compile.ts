@@ -10,6 +10,7 @@ import {
   LABEL_USE_WAYPOINT,
   LABEL_USE_WAYPOINT_NAMESPACE,
   LABEL_WAYPOINT_FOR,
+  madeForWaypoint,
   type AuthorizationPolicy as AuthorizationPolicyObject,
   type EndpointSlice,
   type GRPCRoute,
@@ -390,13 +391,18 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // Service's endpoints, which may be such a port (only the reconciler's own Service for this
     // waypoint is dialled so, until its pods are seen); no waypoint listens at an unspecified,
     // loopback, link-local or multicast address (isServiceAddress, as an import refuses them).
+    // The reconciler's own Service is the one named after the Waypoint and made for it: its cluster
+    // IP is the one the reconciler reports and writes to status.addresses, so a restarted controller
+    // dials it before the reconciler reports again.
     const reconciledAt = options.waypointRuntime?.get(key)?.address;
+    const isOwnClusterIp = (a: string): boolean => (reconciledAt !== undefined && a === canonicalIp(reconciledAt))
+      || inputs.services.some((s) => s.metadata.namespace === ns && s.metadata.name === wp.metadata.name && madeForWaypoint(s, wp.metadata.name) && serviceVips(s).some((ip) => canonicalIp(ip) === a));
     const usable = (raw: string, path: string): string | undefined => {
       const a = canonicalIp(raw);
       const [reason, why] = a === undefined ? ['InvalidAddress', 'is not an IP address (an IPv6 zone names no peer\'s address)']
         : !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
         : nodeAddresses.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
-        : clusterIps.has(a) && a !== reconciledAt ? ['ServiceAddress', 'is a Service\'s cluster IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
+        : clusterIps.has(a) && !isOwnClusterIp(a) ? ['ServiceAddress', 'is a Service\'s cluster IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
         : [];
       if (!reason) return a;
       findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason, message: `${raw} ${why}; left out` });

@@ -23,7 +23,7 @@ import {
   CONTROLLER_TOKEN_AUDIENCE, DEFAULT_INSTALL_NAMESPACE, IMAGE_NONROOT_UID, LIVENESS_PATH, POD_PATHS, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, WAYPOINT_NODE_OPTIONS, controllerAddress, controllerSpiffeId,
 } from '../../lib/defaults.ts';
-import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, WAYPOINT_MANAGED_BY, WAYPOINT_OBJECTS_SELECTOR, type Waypoint } from '../../lib/model/objects.ts';
+import { LABEL_DATAPLANE_MODE, LABEL_WAYPOINT_FOR, madeForWaypoint, WAYPOINT_MANAGED_BY, WAYPOINT_OBJECTS_SELECTOR, type Waypoint } from '../../lib/model/objects.ts';
 import { silentLogger, type Logger } from './log.ts';
 import { KeptInformer } from './sources/kube.ts';
 import { waypointSpecArgs } from '../../lib/model/waypoint-spec.ts';
@@ -61,17 +61,6 @@ export const WAYPOINT_RESOURCES = {
 
 const WAYPOINT_TOKEN_VOLUME = 'weft-token';
 const WAYPOINT_TRUST_VOLUME = 'trust-bundle';
-
-/**
- * Whether `obj` (a Deployment, Service or PodDisruptionBudget named after the Waypoint) was made by
- * this reconciler for that Waypoint, so that it may replace or delete it. Anything else of that name
- * (an application's Deployment or Service) is left alone, as Istio's deployment controller leaves a
- * resource without its managed label (pilot/pkg/config/kube/gateway/deploymentcontroller.go canManage).
- */
-export function madeForWaypoint(obj: KubernetesObject | undefined, waypoint: string): boolean {
-  const l = obj?.metadata?.labels ?? {};
-  return l[LABEL_WAYPOINT_FOR] === waypoint && l[WAYPOINT_MANAGED_BY.label] === WAYPOINT_MANAGED_BY.value;
-}
 
 /** A Waypoint's name is taken by an object the controller did not make; it is not launched. */
 export class WaypointNameConflictError extends Error {

@@ -113,6 +113,17 @@ export const WAYPOINT_MANAGED_BY = { label: 'app.kubernetes.io/managed-by', valu
 /** The label selector of everything the waypoint reconciler made. */
 export const WAYPOINT_OBJECTS_SELECTOR = `${LABEL_WAYPOINT_FOR},${WAYPOINT_MANAGED_BY.label}=${WAYPOINT_MANAGED_BY.value}`;
 
+/**
+ * Whether `obj` (a Deployment, Service or PodDisruptionBudget named after the Waypoint) was made by
+ * this reconciler for that Waypoint, so that it may replace or delete it. Anything else of that name
+ * (an application's Deployment or Service) is left alone, as Istio's deployment controller leaves a
+ * resource without its managed label (pilot/pkg/config/kube/gateway/deploymentcontroller.go canManage).
+ */
+export function madeForWaypoint(obj: { metadata?: { labels?: Readonly<Record<string, string>> } } | undefined, waypoint: string): boolean {
+  const l = obj?.metadata?.labels ?? {};
+  return l[LABEL_WAYPOINT_FOR] === waypoint && l[WAYPOINT_MANAGED_BY.label] === WAYPOINT_MANAGED_BY.value;
+}
+
 export type DataplaneMode = 'ambient' | 'none';
 
 export const WEFT_GROUP = 'weft.dev';

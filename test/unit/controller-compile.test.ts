@@ -772,3 +772,26 @@ test('a Waypoint status address or a Node address with an IPv6 zone (fe80::1%eth
   assert.match(res.findings.find((f) => f.kind === 'Waypoint')!.message, /fe80::1%eth0/);
   validateAgentConfig({ node: 'node-b', workloads: [...res.model.workloads.values()], services: [], policies: [], peerAuthentications: [], waypoints: [...res.model.waypoints.values()] });
 });
+
+// The reconciler writes its own Service's cluster IP to the Waypoint's status.addresses
+// (controller/src/sources/kube.ts); a restarted controller compiles before the reconciler reports,
+// and refusing that address as ServiceAddress took the waypoint's address away until it did.
+test('after a controller restart, before the reconciler reports, a Waypoint\'s status address that is the cluster IP of its own reconciler-made Service is dialled; another Service\'s, or one of that name not made by the reconciler, is still ServiceAddress', () => {
+  const ownSvc = (labels: Record<string, string>) => {
+    const s = svc('a', 'wp', { 'weft.dev/waypoint': 'wp' }, '10.96.0.9');
+    s.metadata.labels = labels;
+    return s;
+  };
+  const inputs = (s: ReturnType<typeof svc>) => {
+    const k = emptyInputs();
+    k.waypoints.push({ ...waypoint('a', 'wp'), status: { addresses: [{ type: 'IPAddress', value: '10.96.0.9' }], conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+    k.services.push(s);
+    return k;
+  };
+  const own = compile(inputs(ownSvc({ 'weft.dev/waypoint': 'wp', 'app.kubernetes.io/managed-by': 'weft' })));
+  assert.deepEqual([own.model.waypoints.get('a/wp')!.ready, own.model.waypoints.get('a/wp')!.address], [true, '10.96.0.9']);
+  assert.deepEqual(own.findings.filter((f) => f.kind === 'Waypoint'), []);
+  const foreign = compile(inputs(ownSvc({ 'weft.dev/waypoint': 'wp' })));
+  assert.equal(foreign.model.waypoints.get('a/wp')!.address, undefined);
+  assert.deepEqual(foreign.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.path, f.reason]), [['status.addresses[0].value', 'ServiceAddress']]);
+});
