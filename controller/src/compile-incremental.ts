@@ -11,6 +11,7 @@ import {
   compileService,
   finalWorkload,
   indexWorkload,
+  podAddresses,
   nodeIpsOf,
   optionsKeyOf,
   podKey,
@@ -87,12 +88,15 @@ export function compileIncrementally(
       const uid = after.base.uid;
       if ((uid !== oldUid && cache.workloads.has(uid)) || claimedUids.has(uid)) return undefined;
       claimedUids.add(uid);
-      if (after.base.ip && after.base.ip !== before?.base.ip && last.index.ipHolders.has(after.base.ip)) return undefined;
-      // Two pods of this change taking one address: the full compile's last-listed-wins decides.
-      if (after.base.ip && claimedIps.has(after.base.ip)) return undefined;
-      if (after.base.ip) claimedIps.add(after.base.ip);
+      const held = new Set(podAddresses(before?.pod));
+      for (const ip of podAddresses(after.pod)) {
+        if (!held.has(ip) && last.index.ipHolders.has(ip)) return undefined;
+        // Two pods of this change taking one address: the full compile's last-listed-wins decides.
+        if (claimedIps.has(ip)) return undefined;
+        claimedIps.add(ip);
+      }
     }
-    if (before?.base.ip && (last.index.ipHolders.get(before.base.ip) ?? 0) > 1) return undefined;
+    if (podAddresses(before?.pod).some((ip) => (last.index.ipHolders.get(ip) ?? 0) > 1)) return undefined;
     changes.push({ key, before, after });
   }
 
@@ -104,16 +108,16 @@ export function compileIncrementally(
   /** Workload uids deleted from the model (publish looks at these and `touched` only). */
   const deleted = new Set<string>();
   const affected = new Set<string>();
-  const affects = (w: Workload) => {
+  const affects = (w: Workload, pod: Pod) => {
     for (const key of last.servicesByNamespace.get(w.namespace) ?? []) {
       const selector = last.serviceObjects.get(key)!.spec.selector;
       if (selector && Object.keys(selector).length > 0 && labelsMatch(selector, w.labels)) affected.add(key);
     }
-    for (const ref of [w.uid, w.ip]) for (const key of last.sliceRefs.get(ref) ?? []) affected.add(key);
+    for (const ref of [w.uid, ...podAddresses(pod)]) for (const key of last.sliceRefs.get(ref) ?? []) affected.add(key);
   };
   for (const { key, before, after } of changes) {
     if (before) {
-      affects(before.base);
+      affects(before.base, before.pod);
       unindexWorkload(index, before.base);
       cache.workloads.delete(before.base.uid);
       last.uidByPodKey.delete(key);
@@ -127,7 +131,7 @@ export function compileIncrementally(
       cache.workloads.set(after.base.uid, after);
       indexWorkload(index, after.base, after.pod);
       last.uidByPodKey.set(key, after.base.uid);
-      affects(after.base);
+      affects(after.base, after.pod);
       touched.add(after.base.uid);
     }
   }

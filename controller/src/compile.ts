@@ -182,7 +182,7 @@ export interface WorkloadEnv {
 export interface WorkloadIndex {
   /** Base workloads by uid. */
   byUid: Map<string, Workload>;
-  /** Base workloads by pod address (the last pod listed wins, as in a full compile). */
+  /** Base workloads by each of their pod's addresses (podAddresses; the last pod listed wins, as in a full compile). */
   byIp: Map<string, Workload>;
   /** How many workloads hold each address (an incremental compile steps aside on a shared one). */
   ipHolders: Map<string, number>;
@@ -869,9 +869,9 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
 export function indexWorkload(index: WorkloadIndex, w: Workload, pod: Pod): void {
   index.byUid.set(w.uid, w);
   index.pods.set(w.uid, pod);
-  if (w.ip) {
-    index.byIp.set(w.ip, w);
-    index.ipHolders.set(w.ip, (index.ipHolders.get(w.ip) ?? 0) + 1);
+  for (const ip of podAddresses(pod)) {
+    index.byIp.set(ip, w);
+    index.ipHolders.set(ip, (index.ipHolders.get(ip) ?? 0) + 1);
   }
   for (const [k, v] of Object.entries(w.labels)) {
     const key = `${w.namespace}\0${k}=${v}`;
@@ -883,13 +883,14 @@ export function indexWorkload(index: WorkloadIndex, w: Workload, pod: Pod): void
 
 /** Removes a base workload from the indexes (the inverse of indexWorkload). */
 export function unindexWorkload(index: WorkloadIndex, w: Workload): void {
+  const pod = index.pods.get(w.uid);
   index.byUid.delete(w.uid);
   index.pods.delete(w.uid);
-  if (w.ip) {
-    if (index.byIp.get(w.ip) === w) index.byIp.delete(w.ip);
-    const n = (index.ipHolders.get(w.ip) ?? 1) - 1;
-    if (n > 0) index.ipHolders.set(w.ip, n);
-    else index.ipHolders.delete(w.ip);
+  for (const ip of podAddresses(pod)) {
+    if (index.byIp.get(ip) === w) index.byIp.delete(ip);
+    const n = (index.ipHolders.get(ip) ?? 1) - 1;
+    if (n > 0) index.ipHolders.set(ip, n);
+    else index.ipHolders.delete(ip);
   }
   for (const [k, v] of Object.entries(w.labels)) {
     const key = `${w.namespace}\0${k}=${v}`;
@@ -945,13 +946,14 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
       for (const ep of slice.endpoints) {
         for (const ip of ep.addresses) {
           if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
-          refs.push(ip);
+          const at = canonicalIp(ip);
+          refs.push(at ?? ip);
           // The pod holding the address: targetRef picks among pods sharing one (host network) only
           // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
           // address with the writer's own pod would carry the writer's identity and namespace
           // (exportedPods' same-namespace check, Endpoint.waypoint) for the victim's address.
           const named = ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined;
-          const w = named && podHolds(index.pods.get(named.uid), ip) ? named : index.byIp.get(ip);
+          const w = at === undefined ? undefined : named && podAddresses(index.pods.get(named.uid)).includes(at) ? named : index.byIp.get(at);
           const epPorts: Record<string, number> = {};
           for (const sp of ports) {
             const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
@@ -996,9 +998,10 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   };
 }
 
-/** Whether `ip` is one of the pod's addresses (status.podIP, status.podIPs). */
-function podHolds(pod: Pod | undefined, ip: string): boolean {
-  return pod?.status?.podIP === ip || (pod?.status?.podIPs ?? []).some((a) => a.ip === ip);
+/** Every address of a pod (status.podIP, each of status.podIPs: a dual-stack pod's IPv6 one too), in one spelling (canonicalIp). */
+export function podAddresses(pod: Pod | undefined): string[] {
+  const raw = [pod?.status?.podIP, ...(pod?.status?.podIPs ?? []).map((a) => a.ip)];
+  return [...new Set(raw.flatMap((ip) => (ip ? (canonicalIp(ip) ?? []) : [])))];
 }
 
 /** A Service's cluster IPs as its object states them. */

@@ -795,3 +795,39 @@ test('after a controller restart, before the reconciler reports, a Waypoint\'s s
   assert.equal(foreign.model.waypoints.get('a/wp')!.address, undefined);
   assert.deepEqual(foreign.findings.filter((f) => f.kind === 'Waypoint').map((f) => [f.path, f.reason]), [['status.addresses[0].value', 'ServiceAddress']]);
 });
+
+// A dual-stack pod holds every address of status.podIPs (Kubernetes API, PodStatus.podIPs); its
+// IPv6 EndpointSlice (written by the EndpointSlice controller with a targetRef, or by hand without)
+// names the second one, in any RFC 5952 spelling. Before, only the first address was indexed and
+// podHolds compared strings as written: the IPv6 entry resolved to no pod and lost its export.
+test('an EndpointSlice entry naming a dual-stack pod\'s second address (status.podIPs), with or without targetRef, in any spelling, is that pod\'s endpoint and is exported; also after an incremental compile', () => {
+  const i = emptyInputs();
+  i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  const p = pod('shop', 'v6', { ip: '10.1.0.5' });
+  p.status!.podIPs = [{ ip: '10.1.0.5' }, { ip: 'fd00::5' }];
+  i.pods.push(p);
+  i.services.push(svc('shop', 'v6'));
+  const slice = (addresses: string[], targetRef?: { kind: string; uid: string }) => ({
+    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', addressType: 'IPv6',
+    metadata: { name: `v6-${addresses[0]}`, namespace: 'shop', labels: { 'kubernetes.io/service-name': 'v6' } },
+    endpoints: [{ addresses, nodeName: 'node-a', conditions: { ready: true }, ...(targetRef ? { targetRef } : {}) }],
+    ports: [{ name: 'http', port: 8080 }],
+  }) as never;
+  for (const entry of [slice(['fd00::5']), slice(['FD00:0::5'], { kind: 'Pod', uid: 'uid-shop-v6' })]) {
+    const cache = new CompileCache();
+    const { model } = compile({ ...i, endpointSlices: [entry] }, { cache });
+    const e = model.services.get('shop/v6')!.endpoints[0]!;
+    assert.equal(e.workloadUid, 'uid-shop-v6');
+    const pods = exportedPods(model.services.values(), () => undefined);
+    assert.equal(pods.exported.has(`${e.ip}:8080`), true, `${e.ip} exported`);
+  }
+  // The pod's second address changes hands in an incremental compile: the index follows every address.
+  const cache = new CompileCache();
+  const j = { ...i, endpointSlices: [slice(['fd00::5'])] };
+  compile(j, { cache });
+  const moved = pod('shop', 'v6', { ip: '10.1.0.5' });
+  moved.status!.podIPs = [{ ip: '10.1.0.5' }, { ip: 'fd00::6' }];
+  j.pods = [moved];
+  const inc = compileIncrementally(j, { cache }, new Set(['Pod/shop/v6'])) ?? compile(j);
+  assert.equal(inc.model.services.get('shop/v6')!.endpoints[0]!.workloadUid, '', 'fd00::5 is no longer the pod\'s');
+});
