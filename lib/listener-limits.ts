@@ -29,23 +29,24 @@ export interface ConnectionCounter {
 
 /**
  * The connections each source address holds, capped at `perSource` and, when given, all of them
- * together at `total` (many sources, each under its own share, cannot take the process's
+ * together at `total`, a number or read at each connection (many sources, each under its own share, cannot take the process's
  * descriptors and memory); `onRefused` hears of each connection refused, and which cap. A listener
  * admits at accept (capConnectionsPerSource), or later, after a check of its own (the agent's admin
  * port admits only sockets of root, so that other users' refused connections take none of root's share:
  * HttpListenerLimits.ownerUids).
  */
 export function connectionCounter(
-  max: number | { perSource: number; total?: number },
+  max: number | { perSource: number; total?: number | (() => number) },
   onRefused: (address: string, max: number, cap: 'per-source' | 'total', socket: Socket) => void,
 ): ConnectionCounter {
-  const { perSource, total = Infinity } = typeof max === 'number' ? { perSource: max } : max;
+  const { perSource, total: totalOf = Infinity } = typeof max === 'number' ? { perSource: max } : max;
   const open = new Map<string, number>();
   let all = 0;
   return {
     admit(socket) {
       const from = socket.remoteAddress ?? '';
       const n = (open.get(from) ?? 0) + 1;
+      const total = typeof totalOf === 'function' ? totalOf() : totalOf;
       const over = n > perSource ? 'per-source' : all >= total ? 'total' : undefined;
       if (over) {
         onRefused(from, over === 'per-source' ? perSource : total, over, socket);

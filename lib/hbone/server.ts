@@ -195,11 +195,11 @@ export interface HboneServerOptions {
    */
   maxConnectionsPerSource?: number;
   /**
-   * Open TCP connections on each port from all sources together (TLS handshakes included); beyond
+   * Open TCP connections on all ports from all sources together (TLS handshakes included); beyond
    * it a new connection is closed at once and counted (`server-full`), so many peers, each under
-   * its own share, cannot take the process's descriptors and memory. Each port has its own: the
-   * sources of one (anyone who reaches it, before TLS) cannot take another's. Default
-   * DEFAULT_MAX_CONNECTIONS.
+   * its own share, cannot take the process's descriptors and memory. It is split evenly between
+   * the ports: the sources of one (anyone who reaches it, before TLS) cannot take another's share,
+   * and the total holds over all. Default DEFAULT_MAX_CONNECTIONS.
    */
   maxConnections?: number;
   /**
@@ -284,6 +284,8 @@ export class HboneServer {
   readonly #sessions = new Set<SessionState>();
   /** The ports it listens on, each handing its connections to #server (listen). */
   readonly #listeners: TcpServer[] = [];
+  /** Ports listened on or being bound: each takes an even share of maxConnections. */
+  #ports = 0;
   /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
   readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
@@ -381,20 +383,24 @@ export class HboneServer {
 
   /**
    * Starts listening on one more port; resolves with the bound address. Every port is one server:
-   * tunnels per peer and session buffers hold over all of them; connections are counted per port
-   * (maxConnectionsPerSource, maxConnections), so the sources of one port, which may be anyone
-   * who reaches it, cannot take another's. A CONNECT tells its handler the `listener` name of the
+   * tunnels per peer, session buffers and the connection total (maxConnections) hold over all of
+   * them; each port takes an even share of that total, and maxConnectionsPerSource from one
+   * source, so the sources of one port, which may be anyone who reaches it, cannot take another's.
+   * (A share shrinks as ports are added: listen on all of them before taking connections.) A CONNECT tells its handler the `listener` name of the
    * port it came by (HboneConnectRequest.listener; '' when not given), a fact of the socket, not
    * a port number compared with another the owner may not have set. `reusePort` shares the port
    * with another process that also sets it (an agent upgrade: old and new listen side by side).
    */
   listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string } = {}): Promise<AddressInfo> {
     const name = opts.listener ?? '';
+    const total = this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.#ports++;
+    const share = (): number => Math.floor(total / this.#ports);
     // Before TLS: costs the attacker a TCP handshake, us nothing more.
-    const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS }, (from, max, which, socket) =>
+    const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: share }, (from, max, which, socket) =>
       this.#refuse(which === 'per-source'
         ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections on port ${socket.localPort}`, peer: { spiffeId: undefined, address: from } }
-        : { kind: 'server-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources`, peer: { spiffeId: undefined, address: from } }));
+        : { kind: 'server-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources (its share of the server's ${total})`, peer: { spiffeId: undefined, address: from } }));
     // The TLS server takes connections handed to it ('connection', as node:tls documents).
     const listener = createTcpServer((socket) => {
       if (!counter.admit(socket)) return;
@@ -402,7 +408,7 @@ export class HboneServer {
       this.#server.emit('connection', socket);
     });
     return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
+      const onError = (err: Error): void => { this.#ports--; reject(err); };
       listener.once('error', onError);
       listener.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
         listener.off('error', onError);

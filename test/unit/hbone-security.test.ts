@@ -534,17 +534,18 @@ test('a node identity and a workload of a foreign trust domain are refused on th
 });
 
 // One server on two ports (the agent's 15008 and its gateway port 15009): tunnels per peer hold
-// over both, while connections are counted per port, so the sources of one port (anyone who
-// reaches it, before TLS) cannot take the other's share. A CONNECT names the listener it came by
-// (listen's `listener`), a fact of its socket. Before, both ports shared one total: two sources of
-// the gateway port filled it and the node refused node-to-node tunnels on 15008 too.
-test('one server listens on two ports: each port holds its own total (past it a connection is refused server-full, counted once and named, while the other port still admits), tunnels per peer hold over both, and the handler learns the listener of each CONNECT', async () => {
+// over both, and the server's connection total too, split between its ports, so the sources of
+// one port (anyone who reaches it, before TLS) cannot take the other's share. A CONNECT names the
+// listener it came by (listen's `listener`), a fact of its socket. Before, both ports shared one
+// total: two sources of the gateway port filled it and the node refused node-to-node tunnels on
+// 15008 too; then each port had the whole total, twice the agent's limit over both.
+test('one server listens on two ports: each port holds its share of the server\'s total (past it a connection is refused server-full, counted once and named, while the other port still admits), the total holds over both, tunnels per peer hold over both, and the handler learns the listener of each CONNECT', async () => {
   const refusals: HboneRefusal[] = [];
   const listeners: string[] = [];
   const echo = await tcpServer((s) => s.pipe(s));
   cleanups.push(() => echo.server.close());
   const handler = dialTarget();
-  const hb = await startHbone({ maxConnections: 2, maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { listeners.push(req.listener); return handler(req); } });
+  const hb = await startHbone({ maxConnections: 4, maxTunnelsPerPeer: 1, onRefusal: (r) => refusals.push(r), handler: (req) => { listeners.push(req.listener); return handler(req); } });
   cleanups.push(() => hb.close());
   const other = (await hb.server.listen(0, '127.0.0.1', { listener: 'other' })).port;
   const hold = (port: number) => new Promise<import('node:net').Socket>((resolve) => {
@@ -557,7 +558,7 @@ test('one server listens on two ports: each port holds its own total (past it a 
     s.on('error', () => {});
     s.once('close', resolve);
   });
-  // The first port's total is used up by two idle connections; the other port admits its own.
+  // The first port's share (half of 4) is used up by two idle connections; the other port admits its own.
   await hold(hb.port); await hold(hb.port);
   await closed(hb.port);
   assert.equal(hb.server.stats().refusals['server-full'], 1);
@@ -568,14 +569,14 @@ test('one server listens on two ports: each port holds its own total (past it a 
   const reply = readAll(t);
   t.write('hi');
   assert.deepEqual(listeners, ['other'], 'the handler is told the listener the CONNECT came by');
-  // The other port's total is now used up too (an idle connection and the session).
+  // The other port's share is now used up too (an idle connection and the session): 4 over both.
   await closed(other);
   assert.equal(hb.server.stats().refusals['server-full'], 2);
   t.end();
   assert.equal((await reply).toString(), 'hi');
   assert.deepEqual(refusals.map((r) => r.kind), ['server-full', 'server-full'], 'each counted once');
-  assert.match(refusals[0]!.reason, new RegExp(`port ${hb.port} already holds 2 connections from all sources`));
-  assert.match(refusals[1]!.reason, new RegExp(`port ${other} already holds 2 connections from all sources`));
+  assert.match(refusals[0]!.reason, new RegExp(`port ${hb.port} already holds 2 connections from all sources \\(its share of the server's 4\\)`));
+  assert.match(refusals[1]!.reason, new RegExp(`port ${other} already holds 2 connections from all sources \\(its share of the server's 4\\)`));
 });
 
 test('tunnels one peer holds are bounded over every port of the server: past maxTunnelsPerPeer on one port, a CONNECT on another is refused (503 too-many-tunnels), counted once; the default listener is named \'\'', async () => {
