@@ -367,7 +367,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
   const nodeAddresses = nodeAddressesOf(inputs, nodeIps);
-  const clusterIps = new Set(inputs.services.flatMap(serviceVips).flatMap((ip) => canonicalIp(ip) ?? []));
+  const serviceAddresses = new Set(inputs.services.flatMap(forwardedAddresses).flatMap((ip) => canonicalIp(ip) ?? []));
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -387,8 +387,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // Where the east-west gateway and agents dial the waypoint (its HBONE port), in one spelling
     // (canonicalIp: `::ffff:<node IPv4>` is the node's address). A node's address is its agent's
     // HBONE port, which applies no gateway rule: the gateway dialling it for the waypoint would
-    // carry a remote caller to any pod of that node; a cluster IP is DNATed by kube-proxy onto its
-    // Service's endpoints, which may be such a port (only the reconciler's own Service for this
+    // carry a remote caller to any pod of that node; a cluster IP (an external or load-balancer IP
+    // too) is DNATed by kube-proxy onto its Service's endpoints, which may be such a port (only the reconciler's own Service for this
     // waypoint is dialled so, until its pods are seen); no waypoint listens at an unspecified,
     // loopback, link-local or multicast address (isServiceAddress, as an import refuses them).
     // The reconciler's own Service is the one named after the Waypoint and made for it: its cluster
@@ -402,7 +402,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       const [reason, why] = a === undefined ? ['InvalidAddress', 'is not an IP address (an IPv6 zone names no peer\'s address)']
         : !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
         : nodeAddresses.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
-        : clusterIps.has(a) && !isOwnClusterIp(a) ? ['ServiceAddress', 'is a Service\'s cluster IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
+        : serviceAddresses.has(a) && !isOwnClusterIp(a) ? ['ServiceAddress', 'is a Service\'s cluster IP, external IP or load-balancer IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
         : [];
       if (!reason) return a;
       findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason, message: `${raw} ${why}; left out` });
@@ -1007,6 +1007,14 @@ export function podAddresses(pod: Pod | undefined): string[] {
 /** A Service's cluster IPs as its object states them. */
 function serviceVips(svc: ServiceObject): string[] {
   return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+}
+
+/**
+ * Every address kube-proxy carries to a Service's endpoints: its cluster IPs, spec.externalIPs and
+ * status.loadBalancer.ingress[].ip (any Service writer may set an external IP: CVE-2020-8554).
+ */
+function forwardedAddresses(svc: ServiceObject): string[] {
+  return [...serviceVips(svc), ...(svc.spec.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).flatMap((i) => i.ip ?? [])];
 }
 
 /**

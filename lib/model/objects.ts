@@ -190,8 +190,11 @@ export interface Service {
     selector?: Record<string, string>;
     clusterIP?: string;
     clusterIPs?: string[];
+    /** Addresses kube-proxy also carries to the endpoints (read only to keep waypoints off them). */
+    externalIPs?: string[];
     ports?: ServicePort[];
   };
+  status?: { loadBalancer?: { ingress?: Array<{ ip?: string; hostname?: string }> } };
 }
 
 export interface EndpointSlice {

@@ -831,3 +831,19 @@ test('an EndpointSlice entry naming a dual-stack pod\'s second address (status.p
   const inc = compileIncrementally(j, { cache }, new Set(['Pod/shop/v6'])) ?? compile(j);
   assert.equal(inc.model.services.get('shop/v6')!.endpoints[0]!.workloadUid, '', 'fd00::5 is no longer the pod\'s');
 });
+
+// kube-proxy DNATs a Service's spec.externalIPs and status.loadBalancer.ingress[].ip onto its
+// endpoints as it does its cluster IP (Kubernetes Service docs, "External IPs"; any Service writer
+// may set an external IP, CVE-2020-8554), so a waypoint address that is one is a Service's too.
+test('a Waypoint status address that is a Service\'s external IP or load-balancer ingress IP is left out with a ServiceAddress finding at its field path, as a cluster IP is', () => {
+  const i = emptyInputs();
+  const s = svc('shop', 'web') as ReturnType<typeof svc> & { status?: unknown };
+  s.spec.externalIPs = ['203.0.113.50'];
+  s.status = { loadBalancer: { ingress: [{ hostname: 'lb.example' }, { ip: '198.51.100.7' }] } };
+  i.services.push(s);
+  i.waypoints.push({ ...waypoint('shop', 'wp'), status: { addresses: ['203.0.113.50', '198.51.100.7', '10.1.7.7'].map((value) => ({ type: 'IPAddress', value })), conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+  const res = compile(i);
+  assert.deepEqual([res.model.waypoints.get('shop/wp')!.address, res.model.waypoints.get('shop/wp')!.addresses], ['10.1.7.7', undefined]);
+  assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]), [['Waypoint', 'status.addresses[0].value', 'ServiceAddress'], ['Waypoint', 'status.addresses[1].value', 'ServiceAddress']]);
+  assert.match(res.findings[0]!.message, /^203\.0\.113\.50 is a Service's/);
+});
