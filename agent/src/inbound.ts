@@ -24,7 +24,7 @@ import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
 
-/** The label of a refusal Delivery.authorize counted already (`reason="policy"`): not counted again. */
+/** The label of a refusal Delivery.authorize counted and logged already (`reason="policy"`, "connection denied"): neither again. */
 const POLICY_COUNTED = 'policy';
 
 export interface InboundOptions {
@@ -223,10 +223,12 @@ export class Inbound {
   }
 
   #refused(r: HboneRefusal): void {
+    // A policy's no was counted and logged where it was decided (Delivery.authorize).
+    if (r.label === POLICY_COUNTED) return;
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
-    // happened), not a refusal of the peer; a policy's no was counted where it was decided.
-    // Under the pod the CONNECT named, when it is one of this node's (as a policy's no is counted).
-    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded' && r.label !== POLICY_COUNTED) {
+    // happened), not a refusal of the peer. Under the pod the CONNECT named, when it is one of
+    // this node's (as a policy's no is counted).
+    if (r.kind !== 'upstream-failed' && r.kind !== 'overloaded') {
       const dest = r.target ? this.#o.state.localWorkload(r.target.host) : undefined;
       this.#o.metrics.denied.inc({ reporter: 'destination', reason: r.label ?? r.kind, destination_workload: dest?.workloadName ?? 'unknown', destination_workload_namespace: dest?.namespace ?? 'unknown' });
     }

@@ -328,9 +328,10 @@ test('one source holds at most 1,024 connections on the gateway port, the next r
 // pod), and the HBONE server's refusal report of the same CONNECT counted it again as
 // reason="denied" with destination_workload="unknown": two refusals per denied tunnel in
 // weft_connections_denied_total, one of them under no workload.
-test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connections_denied_total (reason policy, as Delivery counts it), not again as denied', async () => {
+test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connections_denied_total (reason policy, as Delivery counts it), not again as denied, and logged once (Delivery\'s line, no "HBONE refused")', async () => {
   const ca = createTestCa();
   const held: { metrics?: AgentMetrics } = {};
+  const lines: string[] = [];
   const { metrics, port } = await startInbound(ca, {
     // As Delivery.authorize does: count under the pod, then throw.
     authorize(dest: Workload) {
@@ -339,7 +340,7 @@ test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connectio
     },
     track() {},
     async connectToPod() { throw new Error('not reached'); },
-  });
+  }, { log: jsonLogger('agent', 'info', (l) => lines.push(l)) });
   held.metrics = metrics;
   const session = await peer(port, ca.issue(CLIENT.spiffeId));
   const status = await new Promise<number>((resolve) => {
@@ -351,4 +352,5 @@ test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connectio
   assert.equal(status, 403);
   const series = (await metrics.denied.get()).values;
   assert.deepEqual(series.map((v) => [v.labels['reason'], v.value]), [['policy', 1]], JSON.stringify(series.map((v) => v.labels)));
+  assert.deepEqual(lines.filter((l) => l.includes('HBONE refused')), [], 'Delivery.authorize logged the denial; the HBONE server\'s report of it is not a second line');
 });
