@@ -27,6 +27,7 @@
 import net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
+import { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } from '../../lib/hbone/server.ts';
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { exportedPods, parseClusterExport, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
@@ -51,7 +52,9 @@ export interface EastWestOptions {
   maxPendingConnects?: number;
   /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
-  /** Tunnels one caller may hold open or opening to one upstream, a node's agent or a waypoint replica (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM). */
+  /** Tunnels all callers may hold open or opening to one upstream, a node's agent or a waypoint replica (DEFAULT_MAX_TUNNELS_PER_UPSTREAM). */
+  maxTunnelsPerUpstream?: number;
+  /** Tunnels one caller may hold open or opening to one upstream (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM). */
   maxTunnelsPerCallerPerUpstream?: number;
   /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
   agentPort?: number;
@@ -80,16 +83,24 @@ export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
 
 /**
- * Tunnels one caller (identity and address) may hold open or opening to one upstream (a node's
- * agent, at its gateway port, or a waypoint replica, at its HBONE port), each its own connection
- * there. Every such connection comes from the gateway's address, which the upstream lets hold what
- * any source holds (the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 1,024: the agent's
- * gateway port is open to anyone who reaches the node, and neither knows an address of the
- * gateway's to lift it for): a sixteenth of it, so that one caller cannot take the gateway's share
- * of a node or a waypoint. Callers pool one outer tunnel per destination and identity. Past it a
+ * Tunnels all callers may hold open or opening to one upstream (a node's agent, at its gateway
+ * port, or a waypoint replica, at its HBONE port), each its own connection there. Every such
+ * connection comes from the gateway's address, which the upstream lets hold what any source holds
+ * (the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 1,024: the agent's gateway port is open
+ * to anyone who reaches the node, and neither knows an address of the gateway's to lift it for):
+ * three quarters of it, so that the gateway refuses, counts and names the caller past it, and the
+ * upstream never refuses the gateway's address before TLS. Past it a CONNECT is refused at once
+ * (503, `too-many-to-upstream`).
+ */
+export const DEFAULT_MAX_TUNNELS_PER_UPSTREAM = (DEFAULT_MAX_CONNECTIONS_PER_SOURCE * 3) / 4;
+
+/**
+ * Tunnels one caller (identity and address) may hold open or opening to one upstream: a sixteenth
+ * of DEFAULT_MAX_TUNNELS_PER_UPSTREAM (48), so that one caller cannot take the gateway's share of
+ * a node or a waypoint. Callers pool one outer tunnel per destination and identity. Past it a
  * CONNECT is refused at once (503, `too-many-to-upstream`).
  */
-export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM = 64;
+export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
 
 /** Why a tunnel was refused; stable strings (metric labels). */
 export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-upstream';
@@ -113,6 +124,8 @@ export class EastWestGateway {
   readonly #pending = new KeyedCount();
   /** `caller address, identity, upstream host:port` → the tunnels that caller holds open or opening there. */
   readonly #toUpstream = new KeyedCount();
+  /** `host:port` of an upstream → the tunnels all callers hold open or opening there. */
+  readonly #atUpstream = new KeyedCount();
   #configured = false;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -216,6 +229,11 @@ export class EastWestGateway {
     if (held >= maxToUpstream) {
       return this.#refuse('too-many-to-upstream', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels to ${what} (${key}) (the gateway allows ${maxToUpstream} a caller to one)`);
     }
+    const all = this.#atUpstream.get(key);
+    const maxAll = this.#o.maxTunnelsPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_UPSTREAM;
+    if (all >= maxAll) {
+      return this.#refuse('too-many-to-upstream', req, 503, `the gateway holds ${all} tunnels to ${what} (${key}) from all callers (it allows at most ${maxAll} to one upstream, below its ${DEFAULT_MAX_CONNECTIONS_PER_SOURCE} from one source)`);
+    }
     const pending = this.#pending.get(key);
     const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
     if (pending >= max) {
@@ -223,13 +241,18 @@ export class EastWestGateway {
     }
     this.#pending.take(key);
     this.#toUpstream.take(caller);
+    this.#atUpstream.take(key);
+    const release = (): void => {
+      this.#toUpstream.release(caller);
+      this.#atUpstream.release(key);
+    };
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
-      upstream.once('close', () => this.#toUpstream.release(caller));
+      upstream.once('close', release);
       return { upstream };
     } catch (e) {
-      this.#toUpstream.release(caller);
+      release();
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
     } finally {
       this.#pending.release(key);

@@ -639,6 +639,31 @@ test('tunnels one caller holds to one waypoint replica are bounded as to a node:
   assert.equal((await open(await sessionAs(id('demo', 'other')), at)).status, 200, 'another caller is served');
 });
 
+// All of the gateway's tunnels to one upstream come from its one address, which the upstream lets
+// hold DEFAULT_MAX_CONNECTIONS_PER_SOURCE (1,024): sixteen callers at 64 each filled it, and the
+// upstream then refused every other caller's tunnel (closed before TLS, counted there against the
+// gateway's address). The gateway holds all of them below that, each caller a sixteenth.
+test('tunnels all callers hold to one upstream are bounded below the upstream\'s per-source cap: past maxTunnelsPerUpstream a CONNECT to it is refused at once by the gateway (503 too-many-to-upstream), counted once and named; another upstream is served', async (t) => {
+  const { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } = await import('../../lib/hbone/server.ts');
+  const { DEFAULT_MAX_TUNNELS_PER_UPSTREAM, DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM } = await import('../../eastwest/src/gateway.ts');
+  assert.ok(DEFAULT_MAX_TUNNELS_PER_UPSTREAM < DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'the upstream never refuses the gateway\'s address');
+  assert.equal(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM, DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16, 'a caller\'s share is a sixteenth of it');
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerUpstream: 3, maxTunnelsPerCallerPerUpstream: 2 });
+  const a = await sessionAs(CLIENT);
+  const b = await sessionAs(id('demo', 'other'));
+  const held = [await open(a), await open(a), await open(b)];
+  assert.deepEqual(held.map((x) => x.status), [200, 200, 200]);
+  const c = await sessionAs(id('demo', 'third'));
+  assert.equal((await open(c)).status, 503);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
+  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
+  assert.equal(refusedLines.length, 1);
+  assert.match(String(refusedLines[0]!.detail), /the gateway holds 3 tunnels to the node agent of 10\.78\.1\.1 .*at most 3 to one upstream/);
+  assert.equal((await open(c, `127.0.0.1:${wpPort}`)).status, 200, 'another upstream is served');
+  held[0]!.stream.close();
+  await until('a closed tunnel frees its place', async () => (await open(c)).status === 200, 5_000, { intervalMs: 50 });
+});
+
 // The gateway reads its controller's export as the controllers read each other's
 // (lib/federation-read.ts): a read that never ends, or never stops growing, would have held the
 // gateway's start (it reads once before it listens) and every refresh after it.
