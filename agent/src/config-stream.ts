@@ -78,6 +78,11 @@ export class NodeConfigStream {
     return this.#client?.connected ?? false;
   }
 
+  /** Whether a renewal for a refused stream is waiting its turn (#refused; a new stream clears it). */
+  get refusalRenewalWaiting(): boolean {
+    return this.#refusedTimer !== undefined;
+  }
+
   /** Version of the last accepted config ('' before the first). */
   get version(): string {
     return this.#client?.version ?? '';

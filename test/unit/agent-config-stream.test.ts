@@ -202,8 +202,8 @@ describe('the config stream\'s renewals of its node certificate (agent/src/confi
       },
       renewNodeCertificate: (leaf: string) => real.renewNodeCertificate(leaf),
     };
-    // The first refusal renews at once; the second wait, 1.5 s with no jitter, is still running when the new stream is up.
-    const refusedBackoff = { initialMs: 50, multiplier: 30, maxMs: 1_500, jitter: 0 };
+    // The first refusal renews at once; the second waits a minute, far past the test: the new stream must clear it, not outrun it.
+    const refusedBackoff = { initialMs: 50, multiplier: 1_200, maxMs: 60_000, jitter: 0 };
     const stream = new NodeConfigStream({
       node: 'node-a', controller: ctl.address, controllerId: CONTROLLER_ID, signer, trustBundle: () => root.trustBundle(),
       validate: (c) => validateAgentConfig(c), onConfig: () => {}, log: captureLogger(logs), renewals: metrics.nodeCertificateRenewals, refusedBackoff,
@@ -213,12 +213,12 @@ describe('the config stream\'s renewals of its node certificate (agent/src/confi
       stream.open();
       await until('the refused stream asks for a new node certificate', () => renewalAsked >= 0, 10_000);
       await until('the stream being replaced is refused again meanwhile', () => logs.slice(renewalAsked).some((l) => l.msg === 'config stream disconnected; serving the last good config'), 10_000);
-      // That refusal's renewal is due by then, its wait (the second) armed before the refusal was seen.
-      const staleRenewalDue = Date.now() + refusedBackoff.maxMs;
+      // That refusal's renewal waits its turn (the second wait, armed when the refusal was seen).
+      assert.equal(stream.refusalRenewalWaiting, true, 'the stale refusal armed a renewal');
       release();
       await until('the stream is opened with the new node certificate', () => leaves.length === 2, 10_000);
-      assert.ok(Date.now() < staleRenewalDue, 'the new stream opened while the stale refusal\'s renewal was still waiting');
-      await holds('the new node certificate is not renewed for the stale refusal, past its wait', async () => leaves.length === 2 && (await renewals()) === 1, staleRenewalDue + 500 - Date.now(), { intervalMs: 50 });
+      await until('the new stream clears the stale refusal\'s waiting renewal', () => !stream.refusalRenewalWaiting, 10_000);
+      assert.deepEqual([leaves.length, await renewals()], [2, 1], 'the new node certificate is not renewed for the stale refusal');
       ctl.publish(['web']);
       await until('the new stream is answered', () => stream.connected, 10_000);
       assert.equal(leaves.length, 2);
