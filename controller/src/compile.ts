@@ -366,8 +366,12 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // Waypoints. Facts come from the reconciler when there is one; otherwise (a local mesh whose
   // runner starts waypoint processes itself) from a running pod labelled weft.dev/waypoint=<name>.
   const waypointPods = waypointPodsOf(inputs.pods);
-  const nodeAddresses = nodeAddressesOf(inputs, nodeIps);
-  const serviceAddresses = new Set(inputs.services.flatMap(forwardedAddresses).flatMap((ip) => canonicalIp(ip) ?? []));
+  // Built at the first waypoint address checked (none without Waypoints): a parse per IPv6 address.
+  let taken: { nodes: Set<string>; services: Set<string> } | undefined;
+  const takenAddresses = () => (taken ??= {
+    nodes: nodeAddressesOf(inputs, nodeIps),
+    services: new Set(inputs.services.flatMap(forwardedAddresses).flatMap((ip) => canonicalIp(ip) ?? [])),
+  });
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
     const key = nsName(ns, wp.metadata.name);
@@ -401,8 +405,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       const a = canonicalIp(raw);
       const [reason, why] = a === undefined ? ['InvalidAddress', 'is not an IP address (an IPv6 zone names no peer\'s address)']
         : !isServiceAddress(a) ? ['InvalidAddress', 'is unspecified, loopback, link-local or multicast: no waypoint listens there']
-        : nodeAddresses.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
-        : serviceAddresses.has(a) && !isOwnClusterIp(a) ? ['ServiceAddress', 'is a Service\'s cluster IP, external IP or load-balancer IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
+        : takenAddresses().nodes.has(a) ? ['NodeAddress', 'is the address of a node (its agent\'s HBONE port), never a waypoint\'s']
+        : takenAddresses().services.has(a) && !isOwnClusterIp(a) ? ['ServiceAddress', 'is a Service\'s cluster IP, external IP or load-balancer IP, which kube-proxy carries to that Service\'s endpoints, never a waypoint\'s own address']
         : [];
       if (!reason) return a;
       findings.push({ kind: 'Waypoint', namespace: ns, name: wp.metadata.name, path, reason, message: `${raw} ${why}; left out` });
