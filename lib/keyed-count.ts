@@ -1,6 +1,6 @@
 // How many of something each key holds (tunnels a peer holds, connects waiting for an upstream,
-// tunnels a caller holds to one upstream), a key gone once it holds none: the map's size is what is
-// held now, never what was once seen.
+// tunnels a caller or all callers hold to one upstream), a key gone once it holds none: the map holds
+// what is held now, never what was once seen.
 
 export class KeyedCount<K = string> {
   readonly #counts = new Map<K, number>();
@@ -20,10 +20,5 @@ export class KeyedCount<K = string> {
     const n = this.get(key) - 1;
     if (n > 0) this.#counts.set(key, n);
     else this.#counts.delete(key);
-  }
-
-  /** Keys holding at least one. */
-  get size(): number {
-    return this.#counts.size;
   }
 }

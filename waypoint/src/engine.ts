@@ -8,7 +8,7 @@ import { Counter, Gauge } from 'prom-client';
 import { tunnelClient, type ForwardedNode, type TunnelClient } from '../../lib/hbone/forwarded.ts';
 import { RapidResetGuard, type RapidResetLimits } from '../../lib/hbone/rapid-reset.ts';
 import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { upgradeOf, type UpgradeKind } from '../../lib/websocket.ts';
+import { upgradeOf } from '../../lib/websocket.ts';
 import { ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, type MeshHttpSettings, type Service, type WaypointConfig, type WorkloadMeta } from '../../lib/model/mesh.ts';
 import { DEFAULT_REPLAY_BUDGET_BYTES, DEFAULT_RETRY_BUFFER_BYTES, ReplayBudget } from './body.ts';
 import { buildSnapshot, emptyConfig, serviceKey, type Snapshot } from './config.ts';
@@ -166,8 +166,6 @@ export class WaypointEngine {
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
   private readonly h1Conns = new WeakMap<object, ConnContext>();
-  /** What each HTTP/1.1 upgrade request asks for, told once by shouldUpgradeCallback and read by onUpgrade. */
-  private readonly h1Upgrades = new WeakMap<http.IncomingMessage, UpgradeKind>();
   /**
    * Per HTTP/1.1 connection: responses not yet handed to the socket, and a refusal of a later,
    * malformed request waiting for them (RFC 9112 section 9.3.2: responses go in request order).
@@ -313,11 +311,7 @@ export class WaypointEngine {
       // with 403 (proxy.ts normalize), as Envoy refuses an upgrade it has no upgrade_configs
       // entry for; but `h2c` alone, which Envoy's codec strips, stays an ordinary request whose
       // Upgrade field is not forwarded, and so does a non-GET naming websocket (lib/websocket.ts).
-      shouldUpgradeCallback: (req) => {
-        const kind = upgradeOf(req);
-        if (kind !== undefined) this.h1Upgrades.set(req, kind);
-        return kind !== undefined;
-      },
+      shouldUpgradeCallback: (req) => upgradeOf(req) !== undefined,
       // The pipeline refuses a missing or repeated Host itself (proxy.ts normalize), counted and
       // logged; node's own refusal would be neither.
       requireHostHeader: false,
@@ -576,9 +570,9 @@ export class WaypointEngine {
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Parameters<http.ServerResponse['assignSocket']>[0]);
     res.once('finish', () => { if (res.statusCode !== 101) socket.end(); });
-    // What it asks for, as shouldUpgradeCallback told it (node asks it first, with this request;
-    // were there none, it would be refused as another upgrade).
-    void handleRequest(this.env, ctx, req, res, { kind: this.h1Upgrades.get(req) ?? 'other', socket, head });
+    // What it asks for: upgradeOf again, a read of its headers with no side effect, which
+    // shouldUpgradeCallback found to be an upgrade (node asks it first, with this request).
+    void handleRequest(this.env, ctx, req, res, { kind: upgradeOf(req) ?? 'other', socket, head });
   }
 
   private onConnect(req: http.IncomingMessage, socket: Duplex): void {
