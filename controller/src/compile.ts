@@ -731,7 +731,7 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
   const nodeIps = new Map<string, string>();
   for (const pod of inputs.pods) {
     const node = pod.spec.nodeName;
-    if (node && pod.status?.hostIP && canonicalIp(pod.status.hostIP) !== undefined && !nodeIps.has(node)) nodeIps.set(node, pod.status.hostIP);
+    if (node && pod.status?.hostIP && !nodeIps.has(node) && canonicalIp(pod.status.hostIP) !== undefined) nodeIps.set(node, pod.status.hostIP);
   }
   for (const n of inputs.nodes) {
     const addr = nodeAddressOf(n);
@@ -1018,7 +1018,15 @@ function serviceVips(svc: ServiceObject): string[] {
  * status.loadBalancer.ingress[].ip (any Service writer may set an external IP: CVE-2020-8554).
  */
 function forwardedAddresses(svc: ServiceObject): string[] {
-  return [...serviceVips(svc), ...(svc.spec.externalIPs ?? []), ...(svc.status?.loadBalancer?.ingress ?? []).flatMap((i) => i.ip ?? [])];
+  // Read as given: a source without the API server's schema (a config directory) may hold anything
+  // there, and one Service must not fail every compile.
+  const external: unknown = svc.spec.externalIPs;
+  const ingress: unknown = svc.status?.loadBalancer?.ingress;
+  return [
+    ...serviceVips(svc),
+    ...(Array.isArray(external) ? external.filter((a): a is string => typeof a === 'string') : []),
+    ...(Array.isArray(ingress) ? ingress.flatMap((i: unknown) => (typeof (i as { ip?: unknown } | null)?.ip === 'string' ? [(i as { ip: string }).ip] : [])) : []),
+  ];
 }
 
 /**

@@ -847,3 +847,19 @@ test('a Waypoint status address that is a Service\'s external IP or load-balance
   assert.deepEqual(res.findings.map((f) => [f.kind, f.path, f.reason]), [['Waypoint', 'status.addresses[0].value', 'ServiceAddress'], ['Waypoint', 'status.addresses[1].value', 'ServiceAddress']]);
   assert.match(res.findings[0]!.message, /^203\.0\.113\.50 is a Service's/);
 });
+
+// A config directory (or any source without the API server's schema) can hand the compile a Service
+// whose externalIPs or load-balancer ingress are not lists of addresses: the one that wrote it must
+// not fail every compile (the last good config would serve for ever).
+test('a Service whose externalIPs or status.loadBalancer.ingress are not lists of addresses fails no compile: the waypoint address check reads only the addresses there', () => {
+  for (const [externalIPs, ingress] of [[5, 'x'], [[null, 7, '203.0.113.50'], [null, 3, { ip: 9 }, { ip: '198.51.100.7' }]], [{}, { ip: '1.2.3.4' }]] as const) {
+    const i = emptyInputs();
+    const s = svc('shop', 'web') as ReturnType<typeof svc> & { status?: unknown };
+    (s.spec as Record<string, unknown>).externalIPs = externalIPs;
+    s.status = { loadBalancer: { ingress } } as never;
+    i.services.push(s);
+    i.waypoints.push({ ...waypoint('shop', 'wp'), status: { addresses: ['203.0.113.50', '198.51.100.7', '10.1.7.7'].map((value) => ({ type: 'IPAddress', value })), conditions: [{ type: 'Ready', status: 'True', reason: 'Ready', message: '' }] } } as never);
+    const res = compile(i);
+    assert.ok(res.model.waypoints.get('shop/wp')!.address, JSON.stringify([externalIPs, ingress]));
+  }
+});
