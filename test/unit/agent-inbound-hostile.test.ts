@@ -60,6 +60,16 @@ async function peer(port: number, leaf: TestLeaf): Promise<ClientHttp2Session> {
   return session;
 }
 
+/** The status a CONNECT to `authority` is answered with (0 when the stream ends without one). */
+function connectStatus(session: ClientHttp2Session, authority: string): Promise<number> {
+  return new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+    r.resume();
+  });
+}
+
 const total = async (m: { get(): Promise<{ values: Array<{ value: number }> }> }): Promise<number> => (await m.get()).values.reduce((n, v) => n + v.value, 0);
 
 // CVE-2023-44487 costs the server what a reset stream set in motion. A CONNECT reset while the agent
@@ -187,12 +197,7 @@ test('a CONNECT to an address the config still gives a deleted pod is refused, c
   const delivery = { authorize: () => { delivered++; }, connect: () => { delivered++; return Promise.reject(new Error('must not be called')); }, track: () => {} };
   const { inbound, metrics, port } = await startInbound(ca, delivery, { log: jsonLogger('agent', 'info', (l) => lines.push(l)), prepare: (s) => s.podEnrolled(DEST.ip, 'uid-new') });
   const session = await peer(port, ca.issue(CLIENT.spiffeId));
-  const status = await new Promise<number>((resolve) => {
-    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:8080` }, { endStream: false });
-    r.on('response', (h) => resolve(Number(h[':status'])));
-    r.on('error', () => resolve(0));
-    r.resume();
-  });
+  const status = await connectStatus(session, `${DEST.ip}:8080`);
   assert.equal(status, 403);
   assert.equal(delivered, 0, 'nothing judged or delivered as the old pod');
   assert.equal(inbound.server.stats().refusals['denied'], 1);
@@ -343,12 +348,7 @@ test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connectio
   }, { log: jsonLogger('agent', 'info', (l) => lines.push(l)) });
   held.metrics = metrics;
   const session = await peer(port, ca.issue(CLIENT.spiffeId));
-  const status = await new Promise<number>((resolve) => {
-    const r = session.request({ ':method': 'CONNECT', ':authority': `${DEST.ip}:8080` }, { endStream: false });
-    r.on('response', (h) => resolve(Number(h[':status'])));
-    r.on('error', () => resolve(0));
-    r.resume();
-  });
+  const status = await connectStatus(session, `${DEST.ip}:8080`);
   assert.equal(status, 403);
   const series = (await metrics.denied.get()).values;
   assert.deepEqual(series.map((v) => [v.labels['reason'], v.value]), [['policy', 1]], JSON.stringify(series.map((v) => v.labels)));

@@ -149,6 +149,14 @@ const denied = async (reason: string): Promise<number> =>
   (await metrics.denied.get()).values.filter((v) => v.labels['reason'] === reason).reduce((n, v) => n + v.value, 0);
 const deniedBehindWaypoint = (): Promise<number> => denied('behind_waypoint');
 
+/** CLIENT, carried to the open pod, names the guarded pod inside: refused 403 behind the waypoint, counted once. */
+async function refusedBehindWaypoint(): Promise<void> {
+  const before = await deniedBehindWaypoint();
+  await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
+    e instanceof HboneRefusedError && e.status === 403 && /behind waypoint demo\/waypoint/.test(e.message));
+  assert.equal(await deniedBehindWaypoint(), before + 1);
+}
+
 test('a caller the gateway carries to one pod cannot name a pod behind a waypoint in its inner CONNECT: the agent refuses it (403), counts it behind_waypoint once and names it; the waypoint\'s identity and the open pod are served', async () => {
   // The gateway admits the outer CONNECT: OPEN_POD is an endpoint of a Service without a waypoint.
   await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
@@ -188,10 +196,7 @@ test('the agent knows a session the gateway carries by the port it came to, not 
   const cfg = state.current;
   state.apply({ ...cfg, workloads: [...cfg.workloads, workload('other', 'demo', 'client', '127.0.0.1', 'node2', true)] });
   try {
-    const before = await deniedBehindWaypoint();
-    await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
-      e instanceof HboneRefusedError && e.status === 403 && /behind waypoint demo\/waypoint/.test(e.message));
-    assert.equal(await deniedBehindWaypoint(), before + 1);
+    await refusedBehindWaypoint();
   } finally {
     state.apply(cfg);
   }
@@ -249,10 +254,7 @@ test('a pod behind a waypoint that a cluster-local Service (kube-system) also li
   const local: Service = { ...echoSvc, name: 'metrics', namespace: 'kube-system', hostname: 'metrics.kube-system.svc.cluster.local', vips: ['10.96.0.12'], endpoints: [ep(GUARDED_POD)] };
   state.apply({ ...cfg, services: [...cfg.services, local] });
   try {
-    const before = await deniedBehindWaypoint();
-    await assert.rejects(through(CLIENT, `${OPEN_POD}:8080`, `${GUARDED_POD}:8080`), (e: Error) =>
-      e instanceof HboneRefusedError && e.status === 403 && /behind waypoint demo\/waypoint/.test(e.message));
-    assert.equal(await deniedBehindWaypoint(), before + 1);
+    await refusedBehindWaypoint();
   } finally {
     state.apply(cfg);
   }
