@@ -24,6 +24,7 @@ const { values } = parseArgs({ options: { seconds: { type: 'string', default: '1
 const SECONDS = Number(values.seconds);
 const RATE = Number(values.rate);
 const log = (l: string) => process.stdout.write(`${l}\n`);
+const ONLY_HERE_VIP: Record<string, string> = { cluster1: '10.96.0.11', cluster2: '10.96.0.12' };
 
 const prefix = `wb${randomBytes(2).toString('hex')}`;
 const stateDir = mkdtempSync(join(tmpdir(), 'weft-bench-mc-'));
@@ -39,7 +40,8 @@ try {
   for (const c of mc.clusters) {
     c.mesh.writeConfig('10-demo.yaml', [
       { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
-      { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: '10.96.0.10', selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
+      // One Service only this cluster has (its own VIP), so that each case reaches one cluster's pod.
+      { apiVersion: 'v1', kind: 'Service', metadata: { name: `echo-${c.name}`, namespace: 'demo' }, spec: { clusterIP: ONLY_HERE_VIP[c.name], selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
     ]);
     c.mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client', labels: { app: 'client' } });
     c.mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'], env: { WEFT_CLUSTER: c.name } });
@@ -52,11 +54,14 @@ try {
   mc.startGateways();
   await mc.waitGatewaysReady(120_000);
   const c1 = mc.cluster('cluster1');
+  // Both cases dial a Service VIP: another network's pod address is no mesh destination (as Istio's
+  // ztunnel, which looks a dialled address up in the caller's own network), so the remote pod is
+  // reached through the Service only cluster2 has, imported into cluster1 with its VIP.
   const cases = [
-    { name: 'l4-cross-node', url: `http://${c1.mesh.workloads.get('demo/echo')!.pod.ip}:8080/` },
-    { name: 'cross-network', url: `http://${mc.cluster('cluster2').mesh.workloads.get('demo/echo')!.pod.ip}:8080/` },
+    { name: 'l4-cross-node', url: `http://${ONLY_HERE_VIP.cluster1}/` },
+    { name: 'cross-network', url: `http://${ONLY_HERE_VIP.cluster2}/` },
   ];
-  // The remote pod is known once the first federation poll is merged and pushed.
+  // The remote Service is known once the first federation poll is merged and pushed.
   for (let i = 0; i < 60; i++) {
     const r = await c1.mesh.exec('demo/client', 'curl', ['-sS', '--max-time', '3', cases[1]!.url], 10_000);
     if (r.code === 0 && r.stdout.includes('"cluster":"cluster2"')) break;
