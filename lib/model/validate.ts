@@ -673,6 +673,12 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
     const ro = c.obj(r, p, true);
     if (!ro) return;
     c.only(ro, p, ['from', 'to', 'when']);
+    // Istio ValidateAuthorizationPolicy: "`from` must not be empty", "`to` must not be empty". Left
+    // out, a rule takes any source (operation); an empty list, what a template renders for "no one",
+    // would read the same and turn an ALLOW into allow-all.
+    for (const f of ['from', 'to'] as const) {
+      if (Array.isArray(ro[f]) && ro[f].length === 0) c.fail(`${p}.${f}`, `must not be an empty list (leave the field out for any ${f === 'from' ? 'source' : 'operation'})`);
+    }
     c.arr(ro.from, `${p}.from`)?.forEach((f, j) => {
       const fp = `${p}.from[${j}]`;
       const fo = c.obj(f, fp, true);
