@@ -13,6 +13,9 @@
 // What an enforcement point cannot see (Istio's rule, the same at every layer): an ALLOW or AUDIT
 // rule that needs an attribute of a higher layer never matches there; a DENY rule is narrowed to
 // the parts it can see (its L7 fields and conditions are dropped, so it denies more, never less).
+// That is Istio's documented rule; istiod's conversion for ztunnel instead makes a DENY whose
+// source, operation or condition is HTTP-only deny nothing (docs/SECURITY.md "Compared with Istio
+// ambient's ztunnel").
 //
 // Each AuthorizationPolicy object is compiled once into predicates (a WeakMap keyed by the object:
 // a new config version brings new objects, an unchanged one is not recompiled); a PolicyTable
