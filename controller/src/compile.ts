@@ -78,6 +78,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { canonicalIp, isServiceAddress } from '../../lib/model/federation.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
+import { expandTrustDomainAliases } from '../../lib/policy/trust-domains.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
 import { JWKS_RESULT_TEXT, unfetchedJwks, type JwksState } from './jwks-resolver.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
@@ -128,9 +129,12 @@ export class CompileCache {
    * unchanged policy whose targets did not change keeps its object, so the config server does not
    * serialize it again. Without it every full compile, whoever's change caused it, compiled and
    * serialized every policy again: a tenant's few policies of 20,000 rules (each within etcd's
-   * 1.5 MiB) cost everyone's changes 0.5 s more.
+   * 1.5 MiB) cost everyone's changes 0.5 s more. Compiled for the trust domains in
+   * `policiesTrustDomains` (their principals are expanded to them): a compile for others starts
+   * the map afresh.
    */
   policies = new WeakMap<AuthorizationPolicyObject, AuthorizationPolicy>();
+  policiesTrustDomains = '';
   /** What the last full or incremental compilation knew (controller/src/compile-incremental.ts). */
   last: CompileState | undefined;
 }
@@ -219,6 +223,12 @@ export interface CompileOptions {
   cache?: CompileCache;
   /** Default `cluster.local`. */
   trustDomain?: string;
+  /**
+   * The mesh's trust-domain aliases (`--trust-domain-alias`): an AuthorizationPolicy principal of
+   * the trust domain, of an alias or of `cluster.local` is compiled as the same principal under
+   * each of them (lib/policy/trust-domains.ts, Istio's trust-domain migration). Default none.
+   */
+  trustDomainAliases?: readonly string[];
   /** Default `cluster.local`. */
   clusterDomain?: string;
   /** Default `weft-system`. */
@@ -547,13 +557,20 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       return servicesOfWaypoint(target);
     }))];
   };
+  // Principals are compiled for the mesh's trust domain and its aliases (Istio's trust-domain
+  // bundle); policies compiled for another bundle are compiled again.
+  const trustDomains = [trustDomain, ...(options.trustDomainAliases ?? [])];
+  if (options.cache && options.cache.policiesTrustDomains !== JSON.stringify(trustDomains)) {
+    options.cache.policies = new WeakMap();
+    options.cache.policiesTrustDomains = JSON.stringify(trustDomains);
+  }
   for (const ap of inputs.authorizationPolicies) {
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);
     const apSpec = ap.spec ?? {};
     const cached = options.cache?.policies.get(ap);
-    // Compiled rules depend on the rules and the namespace only (compileRule).
-    const rules = cached?.rules ?? (apSpec.rules ?? []).map((r) => compileRule(r, ns));
+    // Compiled rules depend on the rules, the namespace and the trust domains only (compileRule).
+    const rules = cached?.rules ?? (apSpec.rules ?? []).map((r) => compileRule(r, ns, trustDomains));
     const targets = attach('AuthorizationPolicy', ns, ap.metadata.name, policyTargets(apSpec));
     const fresh: AuthorizationPolicy = {
       name: ap.metadata.name,
@@ -680,7 +697,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
 /** The options that shape a compilation, as a string: equal strings, equal compilations of equal inputs. */
 export function optionsKeyOf(options: CompileOptions): string {
   return JSON.stringify([
-    options.trustDomain, options.clusterDomain, options.rootNamespace, options.clusterId,
+    options.trustDomain, options.trustDomainAliases ?? [], options.clusterDomain, options.rootNamespace, options.clusterId,
     options.waypointRuntime ? [...options.waypointRuntime] : null, options.waypointAllowList ?? null,
     options.importedServices ? [...options.importedServices].sort() : null,
     options.jwks ? [...options.jwks].map(([uri, s]) => [uri, s.version]) : null,
@@ -1258,10 +1275,16 @@ function inNamespace(list: string[] | undefined, ns: string): string[] | undefin
   return nonEmpty(list?.map((v) => (v.includes('/') ? v : `${ns}/${v}`)));
 }
 
-function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number], ns: string): CompiledRule {
+/** Principals without `spiffe://`, expanded to the mesh's trust domains (expandTrustDomainAliases). */
+function principalsFor(list: string[] | undefined, trustDomains: readonly string[]): string[] | undefined {
+  const bare = stripScheme(list);
+  return bare && expandTrustDomainAliases(bare, trustDomains);
+}
+
+function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number], ns: string, trustDomains: readonly string[]): CompiledRule {
   const from = (rule.from ?? []).map(({ source: s }) => clean({
-    principals: stripScheme(s.principals),
-    notPrincipals: stripScheme(s.notPrincipals),
+    principals: principalsFor(s.principals, trustDomains),
+    notPrincipals: principalsFor(s.notPrincipals, trustDomains),
     namespaces: nonEmpty(s.namespaces),
     notNamespaces: nonEmpty(s.notNamespaces),
     serviceAccounts: inNamespace(s.serviceAccounts, ns),
@@ -1283,9 +1306,12 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     hosts: nonEmpty(o.hosts),
     notHosts: nonEmpty(o.notHosts),
   }));
+  // `source.principal` as Istio's MigrateTrustDomain rewrites it, with `principals`.
   const when = (rule.when ?? []).map((c) => (c.key === 'source.serviceAccount'
     ? clean({ key: c.key, values: inNamespace(c.values, ns), notValues: inNamespace(c.notValues, ns) })
-    : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
+    : c.key === 'source.principal'
+      ? clean({ key: c.key, values: principalsFor(c.values, trustDomains), notValues: principalsFor(c.notValues, trustDomains) })
+      : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
   return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 

@@ -271,7 +271,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}), ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}) },
+    compile: { trustDomain, ...(o.trustDomainAliases?.length ? { trustDomainAliases: o.trustDomainAliases } : {}), rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}), ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}) },
     logger: log,
     registry,
     ...(o.jwksCaFile ? { jwks: { extraCas: [await readFile(o.jwksCaFile, 'utf8')] } } : {}),
@@ -594,7 +594,9 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
   --remote-max-endpoints <n>  multi-cluster: most endpoints imported from one remote cluster (default 50000)
   --remote-max-destinations <n>  multi-cluster: most VIPs x ports imported from one remote cluster, each an
                               entry of every agent's weft_dests of 65536 (default 16384)
-  --trust-domain-alias <td>   multi-cluster: controllers of this trust domain are peers too (repeatable)
+  --trust-domain-alias <td>   another trust domain of the mesh (repeatable): its controllers are peers, and
+                              AuthorizationPolicy principals of the trust domain, an alias or cluster.local
+                              stand for the same service account under each (Istio's trust-domain migration)
   --namespace <ns>            the controller's own namespace (default $POD_NAMESPACE, else --root-namespace)
   --ca-cert <f> --ca-key <f> [--ca-roots <f>]   CA material (default: Kubernetes: the weft-ca Secret,
                               created once; local: generate a root)

@@ -18,7 +18,7 @@ import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { controllerSpiffeId } from '../../lib/defaults.ts';
 import { until } from '../lab/wait.ts';
 import { inFreshProcess } from '../lab/imports.ts';
-import { ns, pod } from './controller-fixtures.ts';
+import { authz, ns, pod } from './controller-fixtures.ts';
 
 test('parses the controller flags and refuses a source that is not exactly one of --config-dir and --kube', () => {
   assert.deepEqual(parseControllerArgs(['--config-dir', '/etc/weft', '--grpc-port', '0', '--dns-name', 'a', '--dns-name', 'b']), { configDir: '/etc/weft', grpcPort: 0, dnsNames: ['a', 'b'] });
@@ -55,6 +55,23 @@ test('the controller serves config, /healthz/ready and /metrics on its ports', a
     assert.deepEqual(clients.clients.map((c) => c.id), ['node-a']);
   } finally {
     client.close();
+    await running.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Istio's trust-domain migration (https://istio.io/latest/docs/tasks/security/authorization/authz-td-migration/,
+// pilot trustdomain.Bundle): the controller compiles principals for its --trust-domain and each
+// --trust-domain-alias, so every agent and waypoint receives them expanded.
+test('the controller compiles AuthorizationPolicy principals for its --trust-domain and --trust-domain-alias', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-main-td-'));
+  const policy = authz('shop', 'from-client', { action: 'ALLOW', rules: [{ from: [{ source: { principals: ['old-td/ns/other/sa/client'] } }] }] });
+  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), policy].map((o) => stringify(o)).join('---\n'));
+  const running = await runController({ configDir: dir, insecure: true, trustDomain: 'new-td', trustDomainAliases: ['old-td'], listenAddress: '127.0.0.1', grpcPort: 0, metricsPort: 0, readyPort: 0, adminPort: 0, logger: silentLogger });
+  try {
+    const dump = await (await fetch(`http://127.0.0.1:${running.adminPort}/debug/model`)).json() as { policies: Array<{ name: string; rules: Array<{ from: Array<{ principals?: string[] }> }> }> };
+    assert.deepEqual(dump.policies.find((p) => p.name === 'from-client')?.rules[0]?.from[0]?.principals, ['new-td/ns/other/sa/client', 'old-td/ns/other/sa/client']);
+  } finally {
     await running.stop();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,0 +1,53 @@
+// Trust-domain aliases in AuthorizationPolicy principals, as Istio defines them (pilot
+// pkg/security/trustdomain/bundle.go ReplaceTrustDomainAliases; the task "Trust Domain Migration",
+// https://istio.io/latest/docs/tasks/security/authorization/authz-td-migration/): the mesh's trust
+// domain and its aliases are one bundle, and a principal naming any of them, or `cluster.local`
+// (which stands for the local trust domain and its aliases), names the same namespace and service
+// account under every trust domain of the bundle. The controller expands each policy's principals
+// once when it compiles it (controller/src/compile.ts), so agents and waypoints receive the same
+// expanded lists and match them as written (lib/policy/authz.ts).
+import { DEFAULT_TRUST_DOMAIN } from '../model/mesh.ts';
+
+/** Istio's string match of two trust domains, either of which may be a pattern (bundle util.go stringMatch). */
+function trustDomainMatch(a: string, list: readonly string[]): boolean {
+  return list.some((s) => a === s || s === '*' || prefixMatch(a, s) || prefixMatch(s, a) || suffixMatch(a, s) || suffixMatch(s, a));
+}
+
+function prefixMatch(a: string, pattern: string): boolean {
+  return pattern.endsWith('*') && a.startsWith(pattern.slice(0, -1));
+}
+
+function suffixMatch(a: string, pattern: string): boolean {
+  return pattern.startsWith('*') && a.endsWith(pattern.slice(1));
+}
+
+/**
+ * `principals` (no `spiffe://`) with every one whose trust domain is the bundle's, one of its
+ * aliases or `cluster.local` replaced by the same principal under each trust domain of
+ * `trustDomains` (the mesh's first, then its aliases), as Istio's ReplaceTrustDomainAliases:
+ *   - a principal that is not `<td>/<a>/<b>/<c>/<d>` (five `/`-separated parts: `*`, `*sa/y`,
+ *     `td/ns/x/*`) or whose trust domain is `*` enforces no trust domain and is kept as written;
+ *   - one of a foreign trust domain is kept as written (so is `cluster.local` itself when it is
+ *     not in the bundle: it only stands for the bundle);
+ *   - a trust domain written as a pattern (`*-td`) is kept as written for each bundle domain it
+ *     matches and replaced for the others.
+ * Applied alike to `principals`, `notPrincipals` and the `source.principal` condition's values and
+ * notValues (Istio's Model.MigrateTrustDomain rewrites every rule keyed `source.principal`), so a
+ * DENY naming `old-td/...` also refuses the caller presenting `new-td/...`. The result holds each
+ * value once and is at most the bundle's size times the input: the bundle is the operator's
+ * (`--trust-domain`, `--trust-domain-alias`), never a tenant's.
+ */
+export function expandTrustDomainAliases(principals: readonly string[], trustDomains: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const principal of principals) {
+    const parts = principal.split('/');
+    const td = parts[0]!;
+    if (parts.length !== 5 || td === '*' || !(trustDomainMatch(td, trustDomains) || td === DEFAULT_TRUST_DOMAIN)) {
+      out.add(principal);
+      continue;
+    }
+    const rest = parts.slice(1).join('/');
+    for (const bundled of trustDomains) out.add(suffixMatch(bundled, td) ? principal : `${bundled}/${rest}`);
+  }
+  return [...out];
+}
