@@ -86,6 +86,33 @@ test('with a trust domain per cluster, cluster1\'s client is served through clus
   assert.doesNotMatch(m, /weft_waypoint_hbone_refused_total\{kind="peer-trust-domain"\} [1-9]/, 'no caller was refused for its trust domain');
 });
 
+// Istio's trust-domain migration (https://istio.io/latest/docs/tasks/security/authorization/authz-td-migration/,
+// pilot trustdomain.Bundle.ReplaceTrustDomainAliases): the mesh's trust domain and its aliases are
+// one bundle, so a DENY at cluster2's waypoint written with cluster2's spelling of the client's
+// principal also refuses cluster1's client (cluster1.local, an alias there). Matched literally, it
+// let that client through.
+test('with a trust domain per cluster, a DENY at cluster2\'s waypoint naming cluster2.local/ns/demo/sa/client refuses cluster1\'s client (an alias), counted RBAC', async () => {
+  const c2 = mc.cluster('cluster2');
+  c2.mesh.writeConfig('30-deny-client.yaml', [{
+    apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'deny-client', namespace: 'demo' },
+    spec: { targetRefs: [{ group: '', kind: 'Service', name: 'echo-wp' }], action: 'DENY', rules: [{ from: [{ source: { principals: ['cluster2.local/ns/demo/sa/client'] } }] }] },
+  }]);
+  try {
+    const seen: string[] = [];
+    await until('cluster2\'s waypoint refuses cluster1\'s client', async () => {
+      const r = await ask(`http://${WP_VIP}/`);
+      seen.push(r.cluster ?? `status ${r.status}`);
+      return r.status === 403;
+    }, 45_000).catch((e: Error) => { throw new Error(`${e.message}; answers: ${seen.slice(-5).join(' | ')}`); });
+    const wpPod = c2.mesh.workloads.get('demo/waypoint-0')!.pod;
+    const m = (await requestInNetns(wpPod.netnsPath, `http://${wpPod.ip}:15020/metrics`)).body;
+    const refused = m.split('\n').filter((l) => l.startsWith('istio_requests_total{') && l.includes('response_code="403"') && l.includes('response_flags="RBAC"') && l.includes(`source_principal="${CLIENT}"`));
+    assert.ok(refused.some((l) => Number(l.split(' ').pop()) >= 1), `refused under the caller's own identity, counted RBAC:\n${m.split('\n').filter((l) => l.startsWith('istio_requests_total{')).join('\n')}`);
+  } finally {
+    c2.mesh.removeConfig('30-deny-client.yaml');
+  }
+});
+
 // The other way: a waypoint of cluster1 (cluster1.local) sends to cluster2's endpoints through
 // cluster2's gateway, whose agent admits cluster1.local as an alias and sees the waypoint's identity.
 test('with a trust domain per cluster, a waypoint in cluster1 serving demo/echo forwards to cluster2\'s endpoints too, and cluster2\'s agent sees the waypoint\'s cluster1.local identity', async () => {
