@@ -47,7 +47,8 @@ export function expandTrustDomainAliases(principals: readonly string[], trustDom
       continue;
     }
     const rest = parts.slice(1).join('/');
-    for (const bundled of trustDomains) out.add(suffixMatch(bundled, td) ? principal : `${bundled}/${rest}`);
+    // The principal itself where it already names that domain: no second copy of each string.
+    for (const bundled of trustDomains) out.add(bundled === td || suffixMatch(bundled, td) ? principal : `${bundled}/${rest}`);
   }
   return [...out];
 }
