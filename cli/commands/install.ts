@@ -69,6 +69,7 @@ interface InstallFlags {
   values?: string;
   kustomize?: string;
   trustDomain: string;
+  trustDomainAlias?: string[];
   namespace: string;
   controllerReplicas: number;
   logLevel: string;
@@ -93,6 +94,7 @@ export function installCommand(io: CommandIo = processIo): Command {
     .option('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0 (required, here or in -f)')
     .option('-f, --values <file>', 'YAML values: image, trustDomain, namespace, caSecret, logLevel, controller/agent resources, nodeSelector, tolerations, imagePullSecrets, podLabels, podAnnotations, podMonitor (flags win)')
     .option('--trust-domain <domain>', 'SPIFFE trust domain of workload identities', DEFAULT_TRUST_DOMAIN)
+    .option('--trust-domain-alias <domain>', 'another trust domain of the mesh (repeatable; Istio\'s meshConfig.trustDomainAliases): its identities are admitted, and policy principals written in any of them stand for the same service account in all', (td: string, all: string[] = []) => [...all, td])
     .option('--namespace <name>', 'namespace of the controller and agents', DEFAULT_NAMESPACE)
     .option('--controller-replicas <n>', 'controller replicas', parseWholeNumber, DEFAULT_CONTROLLER_REPLICAS)
     .addOption(new Option('--log-level <level>', 'log level of agents and controller').choices(LOG_LEVELS).default(DEFAULT_LOG_LEVEL))
@@ -130,6 +132,7 @@ Then:
         const objects = renderInstall({
           image: flags.image ?? values?.image ?? '',
           trustDomain: pick('trustDomain'),
+          ...((flags.trustDomainAlias ?? values?.trustDomainAliases) !== undefined ? { trustDomainAliases: flags.trustDomainAlias ?? values!.trustDomainAliases! } : {}),
           namespace: pick('namespace'),
           ...(cmd.getOptionValueSource('controllerReplicas') === 'cli' || values?.controller?.replicas === undefined ? { controllerReplicas: flags.controllerReplicas } : {}),
           logLevel: pick('logLevel'),

@@ -14,6 +14,7 @@ import type { IVolumeMount } from 'kubernetes-models/v1/VolumeMount';
 import { DEBUG_TOKEN_SECRET } from '../../lib/debug-http.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import { controllerAddress } from './controller.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 import {
   AGENT_DRAIN_SECONDS, AGENT_ENV, AGENT_NAME, AGENT_NODE_OPTIONS, AGENT_PATHS, CONTROLLER_TOKEN_AUDIENCE, ENV, LIVENESS_PATH, PORTS, TOKEN_EXPIRATION_SECONDS,
   TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels,
@@ -197,6 +198,7 @@ export function agentArgs(o: ResolvedInstallOptions): string[] {
     // Re-read on every use: the kubelet rotates the projected token.
     '--token-file', `${AGENT_PATHS.token}/${TOKEN_FILE}`,
     '--trust-domain', o.trustDomain,
+    ...trustDomainAliasArgs(o.trustDomainAliases),
     // The controller's SPIFFE ID names its namespace: spiffe://<td>/ns/<namespace>/sa/weft-controller.
     '--controller-namespace', o.namespace,
     '--cgroup', AGENT_PATHS.cgroupRoot,

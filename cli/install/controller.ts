@@ -20,6 +20,7 @@ export const CONTROLLER_RESOURCES = {
 };
 
 import { controllerAddress } from '../../lib/defaults.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 import { FEDERATION_PORT } from '../../lib/model/federation.ts';
 export { controllerAddress };
 
@@ -28,6 +29,8 @@ export function controllerArgs(o: ResolvedInstallOptions): string[] {
   return [
     '--kube',
     '--trust-domain', o.trustDomain,
+    // Also handed on to the waypoints it deploys; principals are compiled for all of them.
+    ...trustDomainAliasArgs(o.trustDomainAliases),
     // Its serving certificate's SPIFFE ID and DNS names (weft-controller.<ns>.svc) come from here.
     '--root-namespace', o.namespace,
     '--waypoint-image', o.image,

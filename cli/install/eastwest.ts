@@ -16,6 +16,7 @@ import type { IServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { controllerSpiffeId, POD_PATHS } from '../../lib/defaults.ts';
 import { EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, FEDERATION_PORT, LABEL_NETWORK } from '../../lib/model/federation.ts';
 import type { ResolvedInstallOptions } from './options.ts';
+import { trustDomainAliasArgs } from '../../lib/main.ts';
 import { CONTROLLER_NAME, CONTROLLER_TOKEN_AUDIENCE, LIVENESS_PATH, PORTS, READINESS_PATH, TOKEN_EXPIRATION_SECONDS, TRUST_BUNDLE_CONFIGMAP, TRUST_BUNDLE_KEY, labels, selectorLabels } from './names.ts';
 import { IMAGE_NONROOT_UID } from '../../lib/defaults.ts';
 
@@ -38,6 +39,7 @@ export function eastwestArgs(o: ResolvedInstallOptions): string[] {
     '--controller', `https://${CONTROLLER_NAME}.${o.namespace}.svc:${FEDERATION_PORT}`,
     '--controller-id', controllerSpiffeId(o.trustDomain, o.namespace),
     '--trust-domain', o.trustDomain,
+    ...trustDomainAliasArgs(o.trustDomainAliases),
     '--log-level', o.logLevel,
   ];
 }

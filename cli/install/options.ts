@@ -13,6 +13,12 @@ export interface InstallOptions {
   image: string;
   /** SPIFFE trust domain of workload identities, e.g. `cluster.local`. Required. */
   trustDomain: string;
+  /**
+   * Other trust domains of the mesh (Istio's meshConfig.trustDomainAliases): agents, waypoints and
+   * the east-west gateway admit their identities, and AuthorizationPolicy principals written in any
+   * of them stand for the same service account in all (docs/SECURITY.md). Default none.
+   */
+  trustDomainAliases?: readonly string[];
   /** Namespace of the controller and agents. Default {@link DEFAULT_NAMESPACE}. */
   namespace?: string;
   /** Controller replicas. Default 1. */
@@ -86,6 +92,8 @@ export const KUBERNETES_NAMESPACES = ['default', 'kube-system', 'kube-public', '
 export interface ResolvedInstallOptions {
   image: string;
   trustDomain: string;
+  /** Distinct, none of them the trust domain itself. */
+  trustDomainAliases: string[];
   namespace: string;
   controllerReplicas: number;
   logLevel: LogLevel;
@@ -129,6 +137,15 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const trustDomain = opts.trustDomain ?? '';
   if (!TRUST_DOMAIN.test(trustDomain)) {
     throw new InstallOptionError('trustDomain', `--trust-domain "${trustDomain}" is invalid: use 1-255 lower-case letters, digits, '.', '-' or '_' (e.g. ${DEFAULT_TRUST_DOMAIN})`);
+  }
+
+  const trustDomainAliases: string[] = [];
+  for (const alias of opts.trustDomainAliases ?? []) {
+    if (!TRUST_DOMAIN.test(alias)) {
+      throw new InstallOptionError('trustDomainAliases', `--trust-domain-alias "${alias}" is invalid: use 1-255 lower-case letters, digits, '.', '-' or '_'`);
+    }
+    if (alias === trustDomain) throw new InstallOptionError('trustDomainAliases', `--trust-domain-alias "${alias}" is the trust domain itself`);
+    if (!trustDomainAliases.includes(alias)) trustDomainAliases.push(alias);
   }
 
   const namespace = opts.namespace ?? DEFAULT_NAMESPACE;
@@ -182,7 +199,7 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
   const multicluster = opts.clusterId !== undefined ? { clusterId: opts.clusterId, network: opts.network ?? opts.clusterId, eastwest: opts.eastwest === true, ...quota } : undefined;
 
   return {
-    image, trustDomain, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice === true,
+    image, trustDomain, trustDomainAliases, namespace, controllerReplicas, logLevel: logLevel as LogLevel, cniMode: cniMode as CniMode, caSecret, dashboard: opts.dashboard === true, debugEndpoints: opts.debugEndpoints ?? opts.dashboard === true, splice: opts.splice === true,
     ...(multicluster ? { multicluster } : {}),
   };
 }

@@ -4,6 +4,7 @@
 //
 //   image: registry.example/weft:0.1.0        # the same as the flags of the same name (flags win)
 //   trustDomain: cluster.local
+//   trustDomainAliases: [old-td.example]     # Istio's meshConfig.trustDomainAliases
 //   namespace: weft-system
 //   caSecret: weft-ca
 //   logLevel: info
@@ -39,6 +40,7 @@ export interface ComponentValues {
 export interface InstallValues {
   image?: string;
   trustDomain?: string;
+  trustDomainAliases?: string[];
   namespace?: string;
   caSecret?: string;
   logLevel?: string;
@@ -133,9 +135,13 @@ export function parseValues(text: string, file: string): InstallValues {
 
   if (!isMap(doc)) bad('<root>', 'must be a map');
   const d = doc as Record<string, Json>;
-  known(d, '', ['image', 'trustDomain', 'namespace', 'caSecret', 'logLevel', 'controller', 'agent', 'imagePullSecrets', 'podLabels', 'podAnnotations', 'podMonitor']);
+  known(d, '', ['image', 'trustDomain', 'trustDomainAliases', 'namespace', 'caSecret', 'logLevel', 'controller', 'agent', 'imagePullSecrets', 'podLabels', 'podAnnotations', 'podMonitor']);
   const out: InstallValues = {};
   for (const k of ['image', 'trustDomain', 'namespace', 'caSecret', 'logLevel'] as const) if (d[k] !== undefined) out[k] = str(d[k], k);
+  if (d['trustDomainAliases'] !== undefined) {
+    if (!Array.isArray(d['trustDomainAliases'])) bad('trustDomainAliases', 'must be a list of trust domains');
+    out.trustDomainAliases = (d['trustDomainAliases'] as Json[]).map((td, i) => str(td, `trustDomainAliases[${i}]`));
+  }
   if (d['controller'] !== undefined) out.controller = component(d['controller'], 'controller', ['replicas']);
   if (d['agent'] !== undefined) out.agent = component(d['agent'], 'agent', []);
   if (d['imagePullSecrets'] !== undefined) {

@@ -49,6 +49,19 @@ test('install prints YAML for kubectl and exits 0', async () => {
   assert.match(r.stdout, /- --trust-domain\n +- example\.org\n/);
 });
 
+test('install --trust-domain-alias (repeatable) hands every alias to the controller and the agents; a bad one exits 2 naming the flag', async () => {
+  const r = await run(installCommand, ['install', '--image', 'weft:dev', '--trust-domain', 'new-td', '--trust-domain-alias', 'old-td', '--trust-domain-alias', 'older-td']);
+  assert.equal(r.code, 0, r.stderr);
+  const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as { kind: string; spec?: { template?: { spec?: { containers: Array<{ args?: string[] }> } } } });
+  for (const kind of ['DaemonSet', 'Deployment']) {
+    const args = docs.find((d) => d.kind === kind)?.spec?.template?.spec?.containers[0]?.args ?? [];
+    assert.deepEqual(args.flatMap((a, i) => (a === '--trust-domain-alias' ? [args[i + 1]] : [])), ['old-td', 'older-td'], kind);
+  }
+  const bad = await run(installCommand, ['install', '--image', 'weft:dev', '--trust-domain-alias', 'Old TD']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--trust-domain-alias "Old TD" is invalid/);
+});
+
 test('install --ca-secret mounts the CA into the controller', async () => {
   const r = await run(installCommand, ['install', '--image', 'weft:dev', '--ca-secret', 'weft-ca', '--controller-replicas', '2']);
   assert.equal(r.code, 0, r.stderr);

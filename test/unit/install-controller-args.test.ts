@@ -7,6 +7,8 @@ import { parseAgentArgs } from '../../agent/src/main.ts';
 import { controllerArgs } from '../../cli/install/controller.ts';
 import { agentArgs } from '../../cli/install/agent.ts';
 import { LOG_LEVELS, resolveInstallOptions } from '../../cli/install/options.ts';
+import { eastwestArgs } from '../../cli/install/eastwest.ts';
+import { parseEastWestArgs } from '../../eastwest/src/main.ts';
 
 const OK = { image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'example.org', namespace: 'mesh' };
 
@@ -40,4 +42,21 @@ test('the install\'s agents splice same-node connections only when installed wit
   const on = parseAgentArgs(agentArgs(resolveInstallOptions({ ...OK, splice: true })));
   assert.ok(off.kind === 'agent' && off.options.splice !== true, 'default: not spliced');
   assert.ok(on.kind === 'agent' && on.options.splice === true, 'splice: true → --splice');
+});
+
+// Istio's meshConfig.trustDomainAliases: the controller compiles principals for every trust domain
+// of the bundle and hands the aliases to its waypoints; agents and the east-west gateway admit
+// their identities. An install that set them on one part only would refuse the others' callers.
+test('trust domain aliases reach the controller, the agents and the east-west gateway (weftctl install --trust-domain-alias)', () => {
+  const o = resolveInstallOptions({ ...OK, trustDomainAliases: ['old-td', 'older-td'], clusterId: 'c1', eastwest: true });
+  assert.deepEqual(parseControllerArgs(controllerArgs(o)).trustDomainAliases, ['old-td', 'older-td']);
+  const agent = parseAgentArgs(agentArgs(o));
+  assert.ok(agent.kind === 'agent');
+  if (agent.kind === 'agent') assert.deepEqual(agent.options.trustDomainAliases, ['old-td', 'older-td']);
+  // The kubelet expands $(POD_IP) in a container's args; stand in for it.
+  const gateway = eastwestArgs(o).map((a) => a.replace('$(POD_IP)', '10.0.0.7'));
+  assert.deepEqual(parseEastWestArgs(gateway).trustDomainAliases, ['old-td', 'older-td']);
+  // Without aliases no part is given the flag.
+  const none = resolveInstallOptions(OK);
+  for (const args of [controllerArgs(none), agentArgs(none)]) assert.ok(!args.includes('--trust-domain-alias'));
 });

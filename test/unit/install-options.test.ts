@@ -19,7 +19,7 @@ function rejects(opts: Parameters<typeof renderInstall>[0], option: string, flag
 
 test('applies documented defaults', () => {
   assert.deepEqual(resolveInstallOptions(OK), {
-    image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', namespace: 'weft-system',
+    image: 'ghcr.io/acme/weft:0.1.0', trustDomain: 'cluster.local', trustDomainAliases: [], namespace: 'weft-system',
     controllerReplicas: 1, logLevel: 'info', cniMode: 'none', caSecret: undefined, dashboard: false, debugEndpoints: false, splice: false,
   });
 });
@@ -53,6 +53,14 @@ test('rejects a trust domain with illegal characters and names --trust-domain', 
   for (const trustDomain of ['Cluster.Local', 'cluster local', 'spiffe://cluster.local', 'a/b', '']) {
     rejects({ ...OK, trustDomain }, 'trustDomain', /^--trust-domain ".*" is invalid: use 1-255 lower-case letters/);
   }
+});
+
+test('trust domain aliases (Istio meshConfig.trustDomainAliases): each must be a trust domain other than the mesh\'s own, named by --trust-domain-alias; repeats are kept once', () => {
+  for (const alias of ['Old.TD', 'old td', 'spiffe://old-td', '']) {
+    rejects({ ...OK, trustDomainAliases: [alias] }, 'trustDomainAliases', /^--trust-domain-alias ".*" is invalid: use 1-255 lower-case letters/);
+  }
+  rejects({ ...OK, trustDomainAliases: ['cluster.local'] }, 'trustDomainAliases', /^--trust-domain-alias "cluster\.local" is the trust domain itself$/);
+  assert.deepEqual(resolveInstallOptions({ ...OK, trustDomainAliases: ['old-td', 'older-td', 'old-td'] }).trustDomainAliases, ['old-td', 'older-td']);
 });
 
 test('rejects a namespace that is not a DNS label and names --namespace', () => {

@@ -66,6 +66,7 @@ test('a bad value is refused with the file and the field path', () => {
     ['imagePullSecrets: [Reg_Cred]', /v\.yaml: imagePullSecrets\[0\]: "Reg_Cred" is not a Secret name/],
     ['controler: {}', /v\.yaml: controler: unknown field/],
     ['podMonitor: yes please', /v\.yaml: podMonitor: must be true or false/],
+    ['trustDomainAliases: old-td', /v\.yaml: trustDomainAliases: must be a list of trust domains/],
   ];
   for (const [text, re] of cases) assert.throws(() => parseValues(text, 'v.yaml'), (e: Error) => e instanceof InstallOptionError && re.test(e.message), text);
 });
