@@ -192,3 +192,27 @@ test('a waypoint of the previous release, subscribing to every Workload, is stil
   assert.deepEqual(written[0]!.resources.map((r) => r.name).sort(), ['uid-shop-reviews', 'uid-web-front']);
   configServer.closeAll();
 });
+
+// A waypoint runs in its tenant's namespace, under its tenant's identity: it is sent no pod's labels
+// (no waypoint reads them: its policies attach by targetRefs, its telemetry names come resolved),
+// as no agent of another node is (controller/src/xds/views.ts remoteWorkload; Istio's workload
+// address type carries no labels, only canonical_name, canonical_revision and workload_name:
+// istio/ztunnel proto/workload.proto Workload).
+test('a waypoint of the previous release, subscribing to every Workload, is sent none of their labels', async () => {
+  const configServer = new ConfigServer();
+  configServer.publish(compile(inputs([pod('web', 'front', { node: 'node-b', ip: '10.5.0.1', labels: { app: 'front', 'secret-team': 'x' } })])).model);
+  const written: DeltaConfigResponse[] = [];
+  const call = Object.assign(new EventEmitter(), { write: (m: DeltaConfigResponse) => { written.push(m); return true; }, end: () => {} });
+  configServer.handle(call as unknown as ConfigStreamCall);
+  call.emit('data', {
+    node: { id: 'old-waypoint', kind: 'waypoint', namespace: 'shop', user_agent: 'weft-previous' },
+    type_url: TYPE_URLS.Workload, resource_names_subscribe: ['*'], resource_names_unsubscribe: [], initial_resource_versions: {}, response_nonce: '',
+  } satisfies DeltaConfigRequest);
+  try {
+    await until('the workloads are sent', () => written.length > 0);
+    const sent = written[0]!.resources.map((r) => JSON.parse(String(r.body)) as Workload);
+    assert.deepEqual(sent.map((w) => [w.name, w.labels, w.canonicalService]).sort(), [['front', {}, 'front'], ['reviews', {}, 'reviews']]);
+  } finally {
+    configServer.closeAll();
+  }
+});

@@ -111,7 +111,9 @@ test('over the config server\'s own service, agents whose views differ each get 
     assert.deepEqual(a!.workloads.map((w) => w.name).sort(), ['api', 'near-a', 'web']);
     assert.deepEqual(b!.workloads.map((w) => w.name).sort(), ['api', 'near-b', 'web']);
     const web = (cfg: typeof a) => cfg!.workloads.find((w) => w.name === 'web');
-    assert.deepEqual(web(a), web(b));
+    // The same but for its labels, which only its own node's agent is sent (views.ts remoteWorkload).
+    assert.deepEqual({ ...web(a)!, labels: {} }, web(b));
+    assert.deepEqual(web(a)!.labels, { app: 'web' });
     // A later change reaches each as its own delta over the shared entries.
     i.pods.push(pod('plain', 'late-b', { node: 'node-b', ip: '10.8.0.5' }));
     configServer.publish(compile(i).model);

@@ -292,6 +292,80 @@ test('a push after a pod change carries only the objects that changed, to the ag
   }
 });
 
+// Least privilege, as Istio's ztunnel: istiod resolves workload selectors and sends a node proxy
+// no pod labels, only a workload's telemetry names (canonical_name, canonical_revision,
+// workload_name: istio/ztunnel proto/workload.proto Workload). A pod's labels go to its own node's
+// agent, which selects its policies and PeerAuthentications and reads weft.dev/splice with them.
+test('an agent of another node is sent none of a pod\'s labels, only its telemetry names; its own node\'s agent gets them all and selects its policies by them; a label change reaches only that agent', async () => {
+  const base = (team: string, version = 'v2', owner = 'alice') => {
+    const i = inputs([]);
+    i.pods.push(pod('shop', 'web', { node: 'node-a', ip: '10.3.0.1', labels: { app: 'web', version, 'secret-team': team, owner } }));
+    i.pods.push(pod('shop', 'api', { node: 'node-b', ip: '10.3.1.1' }));
+    i.authorizationPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-team-x', namespace: 'shop' }, spec: { selector: { matchLabels: { 'secret-team': 'x' } } } });
+    i.peerAuthentications.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-team-x', namespace: 'shop' }, spec: { selector: { matchLabels: { 'secret-team': 'x' } }, mtls: { mode: 'STRICT' } } });
+    return i;
+  };
+  const configServer = new ConfigServer();
+  configServer.publish(compile(base('x')).model);
+  const sentA: DeltaConfigResponse[] = [];
+  const sentB: DeltaConfigResponse[] = [];
+  const a = await serveRecording(configServer, sentA);
+  const b = await serveRecording(configServer, sentB);
+  const client = (port: number, id: string) => new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id });
+  const ca = client(a.port, 'node-a');
+  const cb = client(b.port, 'node-b');
+  const names = (sent: DeltaConfigResponse[]) => sent.flatMap((r) => r.resources.map((x) => `${r.type_url.split('.').pop()}:${x.name}`)).sort();
+  const wire = (sent: DeltaConfigResponse[]) => sent.flatMap((r) => r.resources.map((x) => String(x.body))).join('\n');
+  const web = (c: ConfigClient<'agent'>) => c.snapshot!.workloads.find((w) => w.name === 'web')!;
+  try {
+    ca.start();
+    cb.start();
+    await Promise.all([ca.ready(), cb.ready()]);
+    // node-a: the pod's labels, the policy and the PeerAuthentication they select.
+    assert.deepEqual(web(ca).labels, { app: 'web', version: 'v2', 'secret-team': 'x', owner: 'alice' });
+    assert.deepEqual(ca.snapshot!.policies.map((p) => p.name), ['for-team-x']);
+    assert.deepEqual(ca.snapshot!.peerAuthentications.map((p) => p.name), ['strict-team-x']);
+    assert.equal(web(ca).mode, 'STRICT');
+    // node-b: no label of web's on the wire; what its telemetry and dialling need is there.
+    assert.deepEqual(web(cb).labels, {});
+    assert.ok(!wire(sentB).includes('secret-team'), 'web\'s labels did not go to node-b');
+    assert.deepEqual([web(cb).canonicalService, web(cb).canonicalRevision, web(cb).workloadName, web(cb).mode, web(cb).spiffeId], ['web', 'v2', 'web', 'STRICT', web(ca).spiffeId]);
+    assert.deepEqual(cb.snapshot!.policies, []);
+    assert.deepEqual(cb.snapshot!.workloads.find((w) => w.name === 'api')!.labels, { app: 'api' }, 'node-b\'s own pod keeps its labels');
+
+    // A label only node-a reads changes: node-a's agent is sent the pod, node-b's nothing.
+    sentA.length = 0;
+    sentB.length = 0;
+    const version = configServer.publish(compile(base('x', 'v2', 'bob')).model);
+    await until('both agents acknowledged or were sent nothing', () => configServer.clients().every((c) => c.ackedVersion === version || c.synced), 5000);
+    await until('node-a has the new label', () => web(ca).labels.owner === 'bob', 5000);
+    assert.deepEqual(names(sentA), ['Workload:uid-shop-web']);
+    assert.deepEqual(names(sentB), [], 'a label no other node reads pushes nothing to other nodes');
+
+    // The selected label changes: node-a's agent drops the policy and the PeerAuthentication; the
+    // mode they made goes to both (node-b is sent the pod again, still without labels).
+    configServer.publish(compile(base('y', 'v2', 'bob')).model);
+    await until('node-a no longer holds the policies', () => ca.snapshot!.policies.length === 0 && ca.snapshot!.peerAuthentications.length === 0, 5000);
+    await until('node-b has the new mode', () => web(cb).mode === 'PERMISSIVE', 5000);
+    assert.equal(web(ca).mode, 'PERMISSIVE');
+    assert.deepEqual(web(cb).labels, {});
+
+    // The version label is a telemetry name (canonical revision): node-b is sent the new one, on
+    // the pod and on its Service's endpoint.
+    sentB.length = 0;
+    configServer.publish(compile(base('y', 'v3', 'bob')).model);
+    await until('node-b has the new revision', () => web(cb).canonicalRevision === 'v3', 5000);
+    assert.deepEqual(names(sentB), ['Service:shop/web', 'Workload:uid-shop-web']);
+    assert.deepEqual(web(cb).labels, {});
+    assert.ok(!wire(sentB).includes('secret-team'));
+  } finally {
+    ca.close();
+    cb.close();
+    a.server.forceShutdown();
+    b.server.forceShutdown();
+  }
+});
+
 /** A raw config stream over mTLS (key + chain) or TLS without a client certificate; resolves with what the first answer was. */
 async function firstAnswer(port: number, roots: readonly string[], node: { kind: 'agent' | 'waypoint'; id: string; namespace?: string }, client?: { key: string; chain: readonly string[] }): Promise<string> {
   const { configStreamClientConstructor, TYPE_URLS } = await import('../../lib/xds/protocol.ts');

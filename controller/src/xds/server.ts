@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { MeshModel } from '../../../lib/model/mesh.ts';
+import type { MeshModel, Workload } from '../../../lib/model/mesh.ts';
 import {
   CLIENT_TYPES,
   LEGACY_CLIENT_TYPES,
@@ -32,6 +32,7 @@ import {
   agentHolds,
   agentView,
   buildIndex,
+  remoteWorkload,
   modelResources,
   waypointHolds,
   waypointView,
@@ -194,6 +195,11 @@ export class ConfigServer {
   #systemVersion = 0;
   #published: PublishedSet = emptyPublished();
   #index: ViewIndex | undefined;
+  /**
+   * Each workload as every client but its own node's agent is sent it (views.ts remoteWorkload):
+   * one shared "remote view" beside the published one, not a copy per client.
+   */
+  readonly #remoteWorkloads = new Map<string, Published>();
   /** Derived from the model's workloads at each publish: what waypoints get instead of them. */
   readonly #owners = new AddressOwnerTable();
   readonly #subscribers = new Set<Subscriber>();
@@ -299,6 +305,7 @@ export class ConfigServer {
       this.#metrics?.resources.set({ type }, out.size);
     }
     published.AddressOwner = this.#publishAddressOwners(model, changes, `${this.#epoch}.${next}`);
+    this.#publishRemoteWorkloads(model, changes.get('Workload') ?? [], `${this.#epoch}.${next}`);
     // Nodes whose workloads changed (before or after): their agents' policy views follow them.
     const nodes = new Set<string>();
     for (const name of changes.get('Workload') ?? []) {
@@ -321,6 +328,28 @@ export class ConfigServer {
     this.#lastPublishMs = Number(process.hrtime.bigint() - started) / 1e6;
     this.#metrics?.publishSeconds.observe(this.#lastPublishMs / 1000);
     return this.systemVersion;
+  }
+
+  /**
+   * The remote form of the workloads this publish changed. One whose remote form is as it was keeps
+   * its version, so a change only its own node reads (a label) is pushed to no other client. A new
+   * remote form takes the publish's version, as the whole one does: both forms of a workload then
+   * mostly hold the same version, so agents still share their held versions' bases
+   * (held-versions.ts). A client never takes one form's version for the other's: it is sent the
+   * whole form only while the workload is on its node, and a workload whose node changes has both
+   * forms changed (node is in both), versioned anew.
+   */
+  #publishRemoteWorkloads(model: MeshModel, changed: readonly string[], version: string): void {
+    for (const uid of changed) {
+      const w = model.workloads.get(uid);
+      if (!w) {
+        this.#remoteWorkloads.delete(uid);
+        continue;
+      }
+      const body = JSON.stringify(remoteWorkload(w));
+      const old = this.#remoteWorkloads.get(uid);
+      if (old?.body !== body) this.#remoteWorkloads.set(uid, { version, body, source: w });
+    }
   }
 
   /**
@@ -589,22 +618,34 @@ export class ConfigServer {
     if (!ix) return;
     const names = sub.kind === 'agent' ? agentView(ix, sub.id, type) : waypointView(ix, sub.namespace, type);
     if (names === undefined) {
-      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) each(n, p);
+      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) this.#sent(sub, type, n, p, each);
     } else {
       for (const n of names) {
         const p = all.get(n);
-        if (p && (s.wildcard || s.names.has(n))) each(n, p);
+        if (p && (s.wildcard || s.names.has(n))) this.#sent(sub, type, n, p, each);
       }
     }
   }
 
-  /** The published resource if `sub` may see it (the one-name form of #view). */
+  /** The published resource if `sub` may see it (the one-name form of #view), in the form it is sent. */
   #holds(sub: Subscriber, type: ResourceType, name: string): Published | undefined {
     const p = this.#published[type].get(name);
     const s = sub.subs.get(type)!;
     if (!p || !this.#index || !(s.wildcard || s.names.has(name))) return undefined;
     const holds = sub.kind === 'agent' ? agentHolds(this.#index, sub.id, type, name) : waypointHolds(this.#index, sub.namespace, type, name);
-    return holds ? p : undefined;
+    let form: Published | undefined;
+    if (holds) this.#sent(sub, type, name, p, (_, q) => (form = q));
+    return form;
+  }
+
+  /**
+   * Calls `each` with the form of published `p` that `sub` is sent: a workload whole to its own
+   * node's agent, its remote form (views.ts remoteWorkload) to every other client.
+   */
+  #sent(sub: Subscriber, type: ResourceType, name: string, p: Published, each: (name: string, p: Published) => void): void {
+    if (type !== 'Workload' || (sub.kind === 'agent' && (p.source as Workload).node === sub.id)) return each(name, p);
+    const remote = this.#remoteWorkloads.get(name);
+    if (remote) each(name, remote);
   }
 
   #flush(sub: Subscriber): void {

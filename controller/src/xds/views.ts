@@ -1,8 +1,9 @@
 // Which resources each client may see. An agent gets every workload of its node (enrolled or not:
 // the CNI plugin asks it about each pod it sets up) and every enrolled workload of the mesh (whose
 // identity and node it checks a tunnel's forwarded client against, and which it may dial by pod
-// address), every service (any local workload may dial any of them), the policies and peer
-// authentications that select an enrolled local workload, and every waypoint. A waypoint gets the
+// address; other nodes' without their labels: remoteWorkload), every service (any local workload
+// may dial any of them), the policies and peer authentications that select an enrolled local
+// workload, and every waypoint. A waypoint gets the
 // services it serves (its namespace's, and those of other namespaces bound to a waypoint of its
 // namespace: use-waypoint-namespace, allowed by the Waypoint), their routes, traffic policies and
 // targetRefs policies (plus the services its routes send to), its namespace's waypoints, and the address-owner table (who holds each client address: any
@@ -52,6 +53,20 @@ export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, 
     list.push(w);
   }
   return { model, workloadsByNode, plainByNode, enrolled, addressOwners };
+}
+
+/**
+ * What every client but the agent of a workload's own node is sent of it: the workload without its
+ * labels. Only that agent reads a pod's labels (the policies and PeerAuthentications that select it,
+ * weft.dev/splice); what others need of them is resolved by the controller into the workload's
+ * other fields: its telemetry names (WorkloadMeta: canonical service and revision, from the labels
+ * lib/model/workload-meta.ts reads, and the workload name), its mode, its waypoint. So a pod's
+ * labels, which may name its tenant's teams and secrets, reach no other node, as Istio's ztunnel
+ * is sent no pod labels at all (proto/workload.proto Workload: canonical_name, canonical_revision,
+ * workload_name), and a change to them pushes nothing to other nodes.
+ */
+export function remoteWorkload(w: Workload): Workload {
+  return { ...w, labels: {} };
 }
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
