@@ -366,6 +366,34 @@ test('an agent of another node is sent none of a pod\'s labels, only its telemet
   }
 });
 
+test('a workload whose node changes under the same key (a config directory\'s pod without uid, written again) reaches its new node\'s agent with its labels and its old node\'s without', async () => {
+  const on = (node: string) => {
+    const i = inputs([]);
+    const p = pod('shop', 'web', { node, ip: '10.3.0.1', hostIP: node === 'node-a' ? '192.168.0.1' : '192.168.0.2', labels: { app: 'web', 'secret-team': 'x' } });
+    delete p.metadata.uid;
+    i.pods.push(p);
+    return i;
+  };
+  const configServer = new ConfigServer();
+  configServer.publish(compile(on('node-a')).model);
+  const { server, port } = await serveRecording(configServer, []);
+  const clients = ['node-a', 'node-b'].map((id) => new ConfigClient({ target: `127.0.0.1:${port}`, credentials: grpc.credentials.createInsecure(), kind: 'agent', id }));
+  const web = (c: ConfigClient<'agent'>) => c.snapshot!.workloads.find((w) => w.name === 'web')!;
+  try {
+    for (const c of clients) c.start();
+    await Promise.all(clients.map((c) => c.ready()));
+    const [a, b] = clients as [ConfigClient<'agent'>, ConfigClient<'agent'>];
+    assert.equal(web(a).uid, web(b).uid, 'one key on both nodes');
+    assert.deepEqual([web(a).labels['secret-team'], web(b).labels['secret-team']], ['x', undefined]);
+    configServer.publish(compile(on('node-b')).model);
+    await until('node-b holds the pod whole and node-a without labels', () => web(b).node === 'node-b' && web(b).labels['secret-team'] === 'x' && web(a).node === 'node-b', 5000);
+    assert.deepEqual(web(a).labels, {});
+  } finally {
+    for (const c of clients) c.close();
+    server.forceShutdown();
+  }
+});
+
 /** A raw config stream over mTLS (key + chain) or TLS without a client certificate; resolves with what the first answer was. */
 async function firstAnswer(port: number, roots: readonly string[], node: { kind: 'agent' | 'waypoint'; id: string; namespace?: string }, client?: { key: string; chain: readonly string[] }): Promise<string> {
   const { configStreamClientConstructor, TYPE_URLS } = await import('../../lib/xds/protocol.ts');
