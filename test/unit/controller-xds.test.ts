@@ -302,7 +302,8 @@ test('an agent of another node is sent none of a pod\'s labels, only its telemet
     i.pods.push(pod('shop', 'web', { node: 'node-a', ip: '10.3.0.1', labels: { app: 'web', version, 'secret-team': team, owner } }));
     i.pods.push(pod('shop', 'api', { node: 'node-b', ip: '10.3.1.1' }));
     i.authorizationPolicies.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'for-team-x', namespace: 'shop' }, spec: { selector: { matchLabels: { 'secret-team': 'x' } } } });
-    i.peerAuthentications.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-team-x', namespace: 'shop' }, spec: { selector: { matchLabels: { 'secret-team': 'x' } }, mtls: { mode: 'STRICT' } } });
+    i.peerAuthentications.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict-team-x', namespace: 'shop' }, spec: { selector: { matchLabels: { 'secret-team': 'x' } }, mtls: { mode: 'STRICT' }, portLevelMtls: { '9090': { mode: 'PERMISSIVE' } } } });
+    i.telemetries.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Telemetry', metadata: { name: 'team-collector', namespace: 'shop', creationTimestamp: '2026-01-01T00:00:00Z' }, spec: { selector: { matchLabels: { app: 'web' } }, accessLogging: { encoding: 'TEXT' } } });
     return i;
   };
   const configServer = new ConfigServer();
@@ -329,6 +330,13 @@ test('an agent of another node is sent none of a pod\'s labels, only its telemet
     // node-b: no label of web's on the wire; what its telemetry and dialling need is there.
     assert.deepEqual(web(cb).labels, {});
     assert.ok(!wire(sentB).includes('secret-team'), 'web\'s labels did not go to node-b');
+    // Nor its per-port modes or its tenant's Telemetry settings: only its own node's agent judges
+    // its ports and writes its access log.
+    assert.deepEqual(web(ca).portModes, { 9090: 'PERMISSIVE' });
+    assert.ok(web(ca).telemetry?.sources.includes('shop/team-collector'));
+    assert.equal(web(cb).portModes, undefined);
+    assert.equal(web(cb).telemetry, undefined);
+    assert.ok(!wire(sentB).includes('team-collector'), 'web\'s Telemetry settings did not go to node-b');
     assert.deepEqual([web(cb).canonicalService, web(cb).canonicalRevision, web(cb).workloadName, web(cb).mode, web(cb).spiffeId], ['web', 'v2', 'web', 'STRICT', web(ca).spiffeId]);
     assert.deepEqual(cb.snapshot!.policies, []);
     assert.deepEqual(cb.snapshot!.workloads.find((w) => w.name === 'api')!.labels, { app: 'api' }, 'node-b\'s own pod keeps its labels');

@@ -57,16 +57,19 @@ export function buildIndex(model: MeshModel, addressOwners: ReadonlyMap<string, 
 
 /**
  * What every client but the agent of a workload's own node is sent of it: the workload without its
- * labels. Only that agent reads a pod's labels (the policies and PeerAuthentications that select it,
- * weft.dev/splice); what others need of them is resolved by the controller into the workload's
- * other fields: its telemetry names (WorkloadMeta: canonical service and revision, from the labels
- * lib/model/workload-meta.ts reads, and the workload name), its mode, its waypoint. So a pod's
- * labels, which may name its tenant's teams and secrets, reach no other node, as Istio's ztunnel
- * is sent no pod labels at all (proto/workload.proto Workload: canonical_name, canonical_revision,
+ * labels, its per-port mTLS modes and its Telemetry settings. Only that agent reads them (the
+ * policies and PeerAuthentications that select the pod, weft.dev/splice, the ports its tcx program
+ * judges, its access-log settings as a source or destination); what others need of the labels is
+ * resolved by the controller into the workload's other fields: its telemetry names (WorkloadMeta:
+ * canonical service and revision, from the labels lib/model/workload-meta.ts reads, and the
+ * workload name), its waypoint. So a pod's labels, which may name its tenant's teams and secrets,
+ * and its tenant's telemetry endpoints reach no other node, as Istio's ztunnel is sent no pod
+ * labels at all (proto/workload.proto Workload: canonical_name, canonical_revision,
  * workload_name), and a change to them pushes nothing to other nodes.
  */
 export function remoteWorkload(w: Workload): Workload {
-  return { ...w, labels: {} };
+  const { labels: _labels, portModes: _portModes, telemetry: _telemetry, ...rest } = w;
+  return { ...rest, labels: {} };
 }
 
 /** Resource names of `type` that the client may see; undefined means every published one. */
