@@ -183,6 +183,8 @@ export class Agent {
   /** The policies of the last config applied: a new list re-judges the open deliveries. */
   #policies: AgentConfig['policies'] | undefined;
   #workloads: AgentConfig['workloads'] | undefined;
+  #services: AgentConfig['services'] | undefined;
+  #waypoints: AgentConfig['waypoints'] | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -459,10 +461,15 @@ export class Agent {
     // from PeerAuthentication into the workload, say STRICT: plaintext opened while a pod was
     // PERMISSIVE must not outlive its turn to STRICT).
     // Workloads alone re-judge only the deliveries whose pod (or plaintext client's address) changed.
+    // So do changed Services or waypoints, for the deliveries the east-west gateway carried: what
+    // it carries (AgentState.gatewayRefusal) is decided by them.
     const policiesChanged = config.policies !== this.#policies;
-    const changed = this.#policies !== undefined && (policiesChanged || config.workloads !== this.#workloads);
+    const exportsChanged = config.services !== this.#services || config.waypoints !== this.#waypoints;
+    const changed = this.#policies !== undefined && (policiesChanged || exportsChanged || config.workloads !== this.#workloads);
     this.#policies = config.policies;
     this.#workloads = config.workloads;
+    this.#services = config.services;
+    this.#waypoints = config.waypoints;
     if (changed) this.delivery.reauthorize(policiesChanged);
     this.#configured = true;
     const destinations = this.state.meshDestinations();

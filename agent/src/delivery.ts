@@ -75,6 +75,11 @@ export interface OpenDelivery {
   upstream: Duplex;
   /** Steered plaintext (no identity): judged again as plaintext, the pod's mTLS mode included. */
   plaintext?: boolean;
+  /**
+   * Came through the east-west gateway (the agent's gateway port): judged again by the gateway's
+   * rules too (AgentState.gatewayRefusal), which the exported Services and waypoints decide.
+   */
+  throughGateway?: boolean;
 }
 
 export interface LocalDeliveryOptions {
@@ -213,12 +218,25 @@ export class LocalDelivery {
    * a waypoint's pooled one, would keep carrying a caller a new DENY names. With `policiesChanged`
    * false (only workloads changed) a delivery is judged again only if what its verdict rests on
    * besides the policies changed (#sameInputs): a push about another pod costs no evaluation.
-   * Returns how many were closed.
+   * A delivery that came through the east-west gateway is judged again by the gateway's rules at
+   * every call (a lookup in the exported pods, built once per config): a Service no longer exported
+   * or no longer sending to the port, or a pod now behind a waypoint, closes it, counted under its
+   * label (`not_exported`, `behind_waypoint`) and logged, as at its CONNECT; the gateway's open
+   * outer tunnels are judged again likewise (eastwest/src/gateway.ts). Returns how many were closed.
    */
   reauthorize(policiesChanged = true): number {
     let closed = 0;
     for (const [d, judged] of this.#open) {
       const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
+      const notCarried = d.throughGateway ? this.#state.gatewayRefusal(dest.ip, d.port, d.source.sourcePrincipal) : undefined;
+      if (notCarried) {
+        this.#open.delete(d);
+        closed++;
+        this.#metrics.denied.inc({ reporter: 'destination', reason: notCarried.label, destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+        if (this.#deniedLog.take()) this.#log.info('open connection closed: the east-west gateway no longer carries it', { destination: `${dest.namespace}/${dest.name}:${d.port}`, source: d.source.sourcePrincipal, reason: notCarried.reason, label: notCarried.label });
+        d.upstream.destroy();
+        continue;
+      }
       const owner = this.#ownerOf(d);
       if (!policiesChanged && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) continue;
       try {

@@ -4,7 +4,8 @@
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The east-west gateway carries
 // other networks' callers to the gateway port (PORTS.hboneGateway) instead, with the same
 // admission, where each CONNECT must also name what the gateway carries such callers to
-// (#throughGateway): the gateway judges the outer CONNECT only, and the caller's inner session
+// (AgentState.gatewayRefusal), at the CONNECT and again at every config change while it is open
+// (LocalDelivery.reauthorize): the gateway judges the outer CONNECT only, and the caller's inner session
 // reaches every pod of this node. The listener a session came by, not the peer's address, says it
 // came through the gateway: an address is rewritten on its way (SNAT) and learnt late. One server
 // listens on both ports, so that its limits (tunnels per peer, session buffers) hold over both;
@@ -15,7 +16,6 @@ import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type 
 import { identityForServerName } from '../../lib/hbone/sni.ts';
 import { LogBudget, clip, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
-import { podTarget, waypointGuardRefusal } from '../../lib/model/federation.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
@@ -112,7 +112,7 @@ export class Inbound {
     return state.localWorkloads().some((w) => w.enrolled && w.spiffeId === wanted) ? wanted : undefined;
   }
 
-  /** `throughGateway`: the CONNECT came on the gateway port (#throughGateway). */
+  /** `throughGateway`: the CONNECT came on the gateway port, judged by the gateway's rules too (AgentState.gatewayRefusal). */
   async #handle(req: HboneConnectRequest, throughGateway: boolean): Promise<HboneConnectDecision> {
     const { host, port } = req.target;
     const dest = this.#o.state.localWorkload(host);
@@ -161,7 +161,7 @@ export class Inbound {
     // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
     // but the caller's inner session reaches every pod of this node, so its rules hold here too.
     // Logged and counted (by #refused, once, under its label) as a policy's no.
-    const notCarried = throughGateway ? this.#throughGateway(host, port, principal) : undefined;
+    const notCarried = throughGateway ? this.#o.state.gatewayRefusal(host, port, principal) : undefined;
     if (notCarried) {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${notCarried.reason}` });
       return { status: 403, reason: notCarried.reason, label: notCarried.label };
@@ -180,7 +180,7 @@ export class Inbound {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000, { signal: req.signal });
       this.#records.set(req, record);
       if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
-      this.#o.delivery.track({ dest, port, source, caller, upstream });
+      this.#o.delivery.track({ dest, port, source, caller, upstream, ...(throughGateway ? { throughGateway } : {}) });
       return { upstream };
     } catch (err) {
       if (req.signal.aborted) {
@@ -193,23 +193,6 @@ export class Inbound {
       record.close({ bytesToDestination: 0, bytesToSource: 0, flags: overloaded ? FLAG_OVERFLOW : FLAG_CONNECT, error: (err as Error).message });
       return { status: 503, reason: (err as Error).message, kind: overloaded ? 'overloaded' : 'upstream-failed' };
     }
-  }
-
-  /**
-   * Why the east-west gateway would not carry `principal` to port `port` of the pod at `ip`
-   * (eastwest/src/gateway.ts), or undefined: another network's caller reaches only the ports the
-   * Services this cluster exports send to, and one reached only through a waypoint only as that
-   * waypoint (exportedPods).
-   */
-  #throughGateway(ip: string, port: number, principal: string | undefined): { label: string; reason: string } | undefined {
-    const target = podTarget(ip, port);
-    const pods = this.#o.state.exportedPods();
-    if (!pods.exported.has(target)) {
-      return { label: 'not_exported', reason: `${target} is not an endpoint of a Service this cluster exports at that port; the east-west gateway carries other networks' callers to those only` };
-    }
-    const guard = pods.guards.get(target);
-    if (guard && !guard.ids.has(principal ?? '')) return { label: 'behind_waypoint', reason: waypointGuardRefusal(ip, port, guard, 'the east-west gateway') };
-    return undefined;
   }
 
   /**

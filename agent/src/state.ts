@@ -4,7 +4,7 @@ import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, Lo
 import { HBONE_PORT, boundWaypoint, endpointTargetPort, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
-import { exportServices, exportedPods, type ExportedPods } from '../../lib/model/federation.ts';
+import { exportServices, exportedPods, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -227,6 +227,25 @@ export class AgentState {
    */
   exportedPods(): ExportedPods {
     return (this.exported ??= exportedPods(exportServices(this.config.services), (ref) => this.waypointFor(ref)?.spiffeId));
+  }
+
+  /**
+   * Why the east-west gateway would not carry `principal` to port `port` of the pod at `ip`
+   * (eastwest/src/gateway.ts), or undefined: another network's caller reaches only the ports the
+   * Services this cluster exports send to, and one reached only through a waypoint only as that
+   * waypoint (exportedPods). The agent asks it of every CONNECT on its gateway port, and again of
+   * each one open at every change of the config (LocalDelivery.reauthorize). `label`: the refusal's
+   * reason in weft_connections_denied_total.
+   */
+  gatewayRefusal(ip: string, port: number, principal: string | undefined): { label: 'not_exported' | 'behind_waypoint'; reason: string } | undefined {
+    const target = podTarget(ip, port);
+    const pods = this.exportedPods();
+    if (!pods.exported.has(target)) {
+      return { label: 'not_exported', reason: `${target} is not an endpoint of a Service this cluster exports at that port; the east-west gateway carries other networks' callers to those only` };
+    }
+    const guard = pods.guards.get(target);
+    if (guard && !guard.ids.has(principal ?? '')) return { label: 'behind_waypoint', reason: waypointGuardRefusal(ip, port, guard, 'the east-west gateway') };
+    return undefined;
   }
 
   /**

@@ -23,7 +23,7 @@
 // the same rules, from the same function over the same Services, to each CONNECT on its gateway
 // port (agent/src/inbound.ts). Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
-// federation export.
+// federation export, and judges the tunnels open again at every new one (#rejudge).
 import net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
@@ -126,7 +126,11 @@ export class EastWestGateway {
   readonly #toUpstream = new KeyedCount();
   /** `host:port` of an upstream → the tunnels all callers hold open or opening there. */
   readonly #atUpstream = new KeyedCount();
+  /** Each tunnel open, by its upstream socket: the CONNECT that opened it (#rejudge). */
+  readonly #open = new Map<net.Socket, HboneConnectRequest>();
   #configured = false;
+  /** The export text applied last (#refresh). */
+  #lastExport: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #m?: { tunnels: Counter; refused: Counter; bytes: Counter; endpoints: Gauge };
@@ -201,27 +205,35 @@ export class EastWestGateway {
     this.#o.log.warn('tunnel refused', { reason, detail: clip(detail), peer, address, authority: clip(authority) });
   }
 
-  async #connect(req: HboneConnectRequest): Promise<HboneConnectDecision> {
-    if (!this.#configured) return this.#refuse('no-config', req, 503, 'the gateway has not read its cluster\'s endpoints yet');
-    const ip = req.target.host;
+  /**
+   * Where the gateway carries `peer` to port `port` of `ip` by the export it read last: the
+   * upstream, or why not. Asked of each CONNECT, and of each tunnel open at every new export
+   * (#rejudge).
+   */
+  #route(ip: string, port: number, peer: string | undefined): { refused: EastWestRefusal; status: number; detail: string } | { host: string; port: number; what: string } {
     const node = this.#nodeOf.get(ip);
     const wpPort = node ? undefined : this.#waypointPort.get(ip);
     if (!node && wpPort === undefined) {
       // Not an open proxy: only enrolled workloads of this cluster, through their own agent, and
       // its waypoints' HBONE ports.
-      if (this.#notEnrolled.has(ip)) return this.#refuse('not-enrolled', req, 403, `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic`);
-      return this.#refuse('unknown-endpoint', req, 403, `${ip} is neither an endpoint nor a waypoint of this cluster`);
+      if (this.#notEnrolled.has(ip)) return { refused: 'not-enrolled', status: 403, detail: `${ip} is not enrolled in the mesh; the gateway carries only mesh (HBONE) traffic` };
+      return { refused: 'unknown-endpoint', status: 403, detail: `${ip} is neither an endpoint nor a waypoint of this cluster` };
     }
-    const target = podTarget(ip, req.target.port);
+    const target = podTarget(ip, port);
     if (node && !this.#pods.exported.has(target)) {
-      return this.#refuse('not-service-port', req, 403, `${target}: no Service of this cluster sends to port ${req.target.port} of ${ip}; the gateway carries callers to Service ports only`);
+      return { refused: 'not-service-port', status: 403, detail: `${target}: no Service of this cluster sends to port ${port} of ${ip}; the gateway carries callers to Service ports only` };
     }
     const via = node ? this.#pods.guards.get(target) : undefined;
-    if (via && !via.ids.has(req.peer.spiffeId ?? '')) {
-      return this.#refuse('behind-waypoint', req, 403, waypointGuardRefusal(ip, req.target.port, via, 'the gateway'));
-    }
-    if (wpPort !== undefined && req.target.port !== wpPort) return this.#refuse('not-hbone-port', req, 403, `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${req.target.port}`);
-    const [host, port, what] = node ? [node, this.#o.agentPort ?? PORTS.hboneGateway, `the node agent of ${ip}`] : [ip, wpPort!, 'the waypoint'];
+    if (via && !via.ids.has(peer ?? '')) return { refused: 'behind-waypoint', status: 403, detail: waypointGuardRefusal(ip, port, via, 'the gateway') };
+    if (wpPort !== undefined && port !== wpPort) return { refused: 'not-hbone-port', status: 403, detail: `${ip} is a waypoint of this cluster; the gateway carries only HBONE to its port ${wpPort}, not ${port}` };
+    return node ? { host: node, port: this.#o.agentPort ?? PORTS.hboneGateway, what: `the node agent of ${ip}` } : { host: ip, port: wpPort!, what: 'the waypoint' };
+  }
+
+  async #connect(req: HboneConnectRequest): Promise<HboneConnectDecision> {
+    if (!this.#configured) return this.#refuse('no-config', req, 503, 'the gateway has not read its cluster\'s endpoints yet');
+    const route = this.#route(req.target.host, req.target.port, req.peer.spiffeId);
+    if ('refused' in route) return this.#refuse(route.refused, req, route.status, route.detail);
+    const { host, port, what } = route;
     const key = `${host}:${port}`;
     const caller = `${req.peer.address} ${req.peer.spiffeId ?? ''} ${key}`;
     const held = this.#toUpstream.get(caller);
@@ -249,7 +261,11 @@ export class EastWestGateway {
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       this.#m?.tunnels.inc();
-      upstream.once('close', release);
+      this.#open.set(upstream, req);
+      upstream.once('close', () => {
+        release();
+        this.#open.delete(upstream);
+      });
       return { upstream };
     } catch (e) {
       release();
@@ -273,6 +289,8 @@ export class EastWestGateway {
       checkPeer: (id) => (id === this.#o.controllerId ? undefined : new Error(`${this.#o.controllerUrl} is not the controller ${this.#o.controllerId}`)),
       ...(this.#o.fetchDeadlineMs !== undefined ? { deadlineMs: this.#o.fetchDeadlineMs } : {}),
     });
+    // The same export as last time: nothing to apply, no tunnel to judge again.
+    if (this.#configured && text === this.#lastExport) return;
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
@@ -298,7 +316,35 @@ export class EastWestGateway {
     this.#pods = pods;
     this.#waypointPort = waypointPort;
     this.#configured = true;
+    this.#lastExport = text;
     this.#m?.endpoints.set(nodeOf.size);
+    this.#rejudge();
+  }
+
+  /**
+   * Every tunnel open is judged again by the export just read, as at its CONNECT (#route): one the
+   * gateway would no longer carry (its Service no longer exported or no longer sending to that
+   * port, its pod now behind a waypoint, its endpoint or waypoint gone) is closed, counted in
+   * weft_eastwest_refused_total under the reason a CONNECT would be refused for, and logged, as
+   * Istio's ztunnel closes the connections a policy change no longer allows
+   * (src/proxy/connection_manager.rs) and the agent its deliveries (LocalDelivery.reauthorize, which
+   * judges the inner CONNECTs this tunnel carries, at the agent's gateway port, by the same rules).
+   * Returns how many were closed.
+   */
+  #rejudge(): number {
+    let closed = 0;
+    for (const [upstream, req] of this.#open) {
+      const route = this.#route(req.target.host, req.target.port, req.peer.spiffeId);
+      if (!('refused' in route)) continue;
+      this.#open.delete(upstream);
+      closed++;
+      this.#m?.refused.inc({ reason: route.refused });
+      if (this.#refusalLog.take()) {
+        this.#o.log.warn('open tunnel closed: the gateway no longer carries it', { reason: route.refused, detail: clip(route.detail), peer: req.peer.spiffeId, address: req.peer.address, authority: clip(req.authority) });
+      }
+      upstream.destroy();
+    }
+    return closed;
   }
 }
 

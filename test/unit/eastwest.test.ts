@@ -563,7 +563,7 @@ async function tunnelGateway(t: TestContext, bound: Partial<ConstructorParameter
   });
   const lines: string[] = [];
   const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, ...bound, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: (sink.address() as net.AddressInfo).port, pollMs: 60_000, ...bound, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
   const port = await gw.listen(0, '127.0.0.1');
   t.after(() => gw.close());
   const sessionAs = async (as: string) => {
@@ -662,6 +662,43 @@ test('tunnels all callers hold to one upstream are bounded below the upstream\'s
   assert.equal((await open(c, `127.0.0.1:${wpPort}`)).status, 200, 'another upstream is served');
   held[0]!.stream.close();
   await until('a closed tunnel frees its place', async () => (await open(c)).status === 200, 5_000, { intervalMs: 50 });
+});
+
+// Istio's ztunnel judges its open connections again when the policies change and closes those no
+// longer allowed (istio/ztunnel src/proxy/connection_manager.rs); the gateway's rules are the
+// exported Services and their waypoints (https://istio.io/latest/docs/ambient/install/multicluster/:
+// the east-west gateway carries callers to exported Services). A tunnel opened while a Service was
+// exported, or before its pod went behind a waypoint, kept flowing after either changed.
+test('tunnels open through the gateway are judged again at every new export: one it would no longer carry (now behind a waypoint, its Service withdrawn) is closed, counted under its refusal reason and named; one still allowed stays', async (t) => {
+  const ctrlTls = await creds(c2, CTRL);
+  const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
+  const wp = { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true };
+  const base: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc]]), waypoints: new Map([['demo/waypoint', wp]]) };
+  fed.merge(base);
+  await fed.start();
+  t.after(() => fed.stop());
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { controllerUrl: `https://127.0.0.1:${fed.port}`, pollMs: 50 });
+  const client = await open(await sessionAs(CLIENT));
+  const fromWaypoint = await open(await sessionAs(WAYPOINT2));
+  assert.deepEqual([client.status, fromWaypoint.status], [200, 200]);
+  const closed = (s: typeof client, what: string) => until(what, () => s.stream.closed, 5_000);
+  const refusedBy = async (reason: string) => Number(new RegExp(`^weft_eastwest_refused_total\\{reason="${reason}"\\} (\\d+)$`, 'm').exec(await reg.metrics())?.[1] ?? 0);
+  const closedLines = () => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'open tunnel closed: the gateway no longer carries it');
+  // echo goes behind demo/waypoint: only the waypoint's identity is carried there now.
+  fed.merge({ ...base, services: new Map([['demo/echo', { ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }]]) });
+  await closed(client, 'the caller\'s tunnel is closed');
+  assert.equal(await refusedBy('behind-waypoint'), 1);
+  assert.equal(fromWaypoint.stream.closed, false, 'the waypoint\'s own tunnel stays');
+  await until('the closure is named', () => closedLines().length === 1, 5_000);
+  assert.equal(closedLines()[0]!.peer, CLIENT);
+  assert.equal(closedLines()[0]!.authority, '10.78.1.1:8080');
+  assert.match(String(closedLines()[0]!.detail), /10\.78\.1\.1 is an endpoint of demo\/echo, behind waypoint demo\/waypoint/);
+  // The Service is withdrawn: its endpoint is no longer the gateway's to carry anyone to.
+  fed.merge({ ...base, services: new Map() });
+  await closed(fromWaypoint, 'the waypoint\'s tunnel is closed');
+  assert.equal(await refusedBy('unknown-endpoint'), 1);
+  await until('named', () => closedLines().length === 2, 5_000);
+  assert.equal(closedLines()[1]!.peer, WAYPOINT2);
 });
 
 // The gateway reads its controller's export as the controllers read each other's

@@ -1,0 +1,93 @@
+// A connection the east-west gateway carried to a pod (the agent's gateway port, 15009) is judged
+// by the gateway's rules (AgentState.gatewayRefusal: only the ports the exported Services send
+// to, a pod behind a waypoint only as that waypoint) at its CONNECT and again at every config
+// change while it is open (LocalDelivery.reauthorize), as ztunnel judges its open connections
+// again at a policy change (istio/ztunnel src/proxy/connection_manager.rs: the policy watcher closes
+// connections no longer allowed). Before, a remote caller's tunnel opened while a Service was
+// exported kept flowing after the Service was withdrawn or put behind a waypoint.
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import { LocalDelivery } from '../../agent/src/delivery.ts';
+import { AgentMetrics } from '../../agent/src/metrics.ts';
+import { AgentState } from '../../agent/src/state.ts';
+import type { Logger } from '../../lib/log.ts';
+import type { AgentConfig, Endpoint, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
+
+const TD = 'cluster.local';
+const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
+/** Another network's caller, carried by the gateway. */
+const REMOTE = id('demo', 'client');
+const WAYPOINT = id('demo', 'waypoint');
+
+const echo: Workload = {
+  uid: 'demo/echo', name: 'echo', namespace: 'demo', node: 'node1', nodeIp: '10.77.0.1', ip: '10.77.1.2',
+  serviceAccount: 'echo', spiffeId: id('demo', 'echo'), labels: { app: 'echo' }, enrolled: true, mode: 'PERMISSIVE',
+  services: ['demo/echo'], workloadName: 'echo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'Kubernetes',
+};
+const endpoint: Endpoint = {
+  workloadUid: echo.uid, ip: echo.ip, node: 'node1', nodeIp: echo.nodeIp, ports: { '80': 8080 }, enrolled: true, spiffeId: echo.spiffeId, ready: true,
+  workload: { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'Kubernetes' },
+};
+const svc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [endpoint] };
+const waypoint: Waypoint = { name: 'waypoint', namespace: 'demo', address: '10.77.1.40', port: 15008, spiffeId: WAYPOINT, ready: true };
+
+function setup() {
+  const state = new AgentState('node1');
+  const config: AgentConfig = { node: 'node1', workloads: [echo], services: [svc], policies: [], peerAuthentications: [], waypoints: [waypoint] };
+  state.apply(config);
+  const records: Array<{ msg: string; fields: Record<string, unknown> | undefined }> = [];
+  const push = (m: string, f?: Record<string, unknown>) => { records.push({ msg: m, fields: f }); };
+  const log: Logger = { debug() {}, info: push, warn: push, error: push };
+  const metrics = new AgentMetrics();
+  const delivery = new LocalDelivery({ state, metrics, log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  /** An open delivery to echo:8080 from REMOTE, through the gateway or not. */
+  const open = (throughGateway: boolean, principal = REMOTE) => {
+    const upstream = new PassThrough();
+    assert.equal(state.gatewayRefusal(echo.ip, 8080, principal), undefined, 'carried at its CONNECT');
+    delivery.track({ dest: state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: principal }, upstream, ...(throughGateway ? { throughGateway } : {}) });
+    return upstream;
+  };
+  return { state, delivery, metrics, records, config, open };
+}
+
+const denied = async (m: AgentMetrics, reason: string): Promise<number> => (await m.denied.get()).values.filter((v) => v.labels['reason'] === reason).reduce((n, v) => n + v.value, 0);
+
+test('a connection the east-west gateway carried is closed when its Service is no longer exported at that port: counted not_exported and logged; one from this network stays (https://istio.io/latest/docs/ambient/install/multicluster/: the gateway carries callers to exported Services only)', async () => {
+  for (const change of ['service withdrawn', 'port removed'] as const) {
+    const s = setup();
+    const carried = open(s, true);
+    const local = open(s, false);
+    const services = change === 'service withdrawn' ? [] : [{ ...svc, ports: [{ name: 'other', port: 81, targetPort: 9090, protocol: 'TCP' as const, appProtocol: 'tcp' as const }] }];
+    s.state.apply({ ...s.config, services });
+    // Only the Services changed: neither the policies nor the workloads (the agent calls it so).
+    assert.equal(s.delivery.reauthorize(false), 1, change);
+    assert.equal(carried.destroyed, true, change);
+    assert.equal(local.destroyed, false, `${change}: 15008's rules are the policies', which did not change`);
+    assert.equal(await denied(s.metrics, 'not_exported'), 1);
+    const line = s.records.find((r) => r.msg === 'open connection closed: the east-west gateway no longer carries it');
+    assert.equal(line?.fields?.['label'], 'not_exported');
+    assert.equal(line?.fields?.['destination'], 'demo/echo:8080');
+    assert.equal(line?.fields?.['source'], REMOTE);
+    assert.match(String(line?.fields?.['reason']), /10\.77\.1\.2:8080 is not an endpoint of a Service this cluster exports/);
+    // Judged once: the next change finds nothing more to close.
+    assert.equal(s.delivery.reauthorize(false), 0);
+  }
+});
+
+function open(s: ReturnType<typeof setup>, throughGateway: boolean, principal = REMOTE) {
+  return s.open(throughGateway, principal);
+}
+
+test('a connection the east-west gateway carried is closed when its pod\'s Service goes behind a waypoint, unless it is that waypoint\'s: counted behind_waypoint and logged', async () => {
+  const s = setup();
+  const remote = open(s, true);
+  const fromWaypoint = open(s, true, WAYPOINT);
+  s.state.apply({ ...s.config, services: [{ ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }] });
+  assert.equal(s.delivery.reauthorize(false), 1);
+  assert.equal(remote.destroyed, true);
+  assert.equal(fromWaypoint.destroyed, false, 'the waypoint\'s own identity is still carried');
+  assert.equal(await denied(s.metrics, 'behind_waypoint'), 1);
+  const line = s.records.find((r) => r.msg === 'open connection closed: the east-west gateway no longer carries it');
+  assert.match(String(line?.fields?.['reason']), /behind waypoint demo\/waypoint of this cluster/);
+});
