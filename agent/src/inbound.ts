@@ -91,8 +91,8 @@ export class Inbound {
    * side by side); resolves with the ports bound. Each port has its own connections (the server
    * counts them per port), so the sources of 15009, anyone who reaches the node, cannot fill 15008;
    * a source holds the server's 1,024 on each (the agent knows no address of the gateway's: SNAT, a
-   * host-network gateway), and the gateway bounds each of its callers well below that per node
-   * (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM, eastwest/src/gateway.ts).
+   * host-network gateway), and the gateway holds all its callers' tunnels to a node below that,
+   * shared among their tenants (DEFAULT_MAX_TUNNELS_PER_UPSTREAM, eastwest/src/gateway.ts).
    */
   async listen(ports: { hbone: number; gateway: number }, host: string, opts: { reusePort?: boolean } = {}): Promise<{ hbone: number; gateway: number }> {
     const hbone = (await this.server.listen(ports.hbone, host, { ...opts, listener: HBONE_LISTENER })).port;

@@ -34,6 +34,7 @@ import { readExport } from '../../lib/federation-read.ts';
 import { boundWaypoint, waypointAddresses } from '../../lib/model/mesh.ts';
 import { PORTS } from '../../lib/defaults.ts';
 import { KeyedCount } from '../../lib/keyed-count.ts';
+import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 
 export interface EastWestOptions {
   /** The gateway's identity (leaf + chain), its key, and the trust bundle (the shared root); setTls() replaces it. */
@@ -48,14 +49,15 @@ export interface EastWestOptions {
   /** How long one read of the controller's export may take in all (DEFAULT_EXPORT_READ_DEADLINE_MS). */
   fetchDeadlineMs?: number;
   connectTimeoutMs?: number;
-  /** Connects to one upstream (a node agent or a waypoint) that may wait at once (DEFAULT_MAX_PENDING_CONNECTS). */
-  maxPendingConnects?: number;
   /** Tunnels one caller (its identity from one address) may hold open or opening through the gateway (DEFAULT_MAX_TUNNELS_PER_CALLER). */
   maxTunnelsPerPeer?: number;
   /** Tunnels all callers may hold open or opening to one upstream, a node's agent or a waypoint replica (DEFAULT_MAX_TUNNELS_PER_UPSTREAM). */
   maxTunnelsPerUpstream?: number;
-  /** Tunnels one caller may hold open or opening to one upstream (DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM). */
-  maxTunnelsPerCallerPerUpstream?: number;
+  /**
+   * Tunnels to one upstream kept, once a tenant holds its fair share there, for the tenants under
+   * theirs (DEFAULT_UPSTREAM_RESERVE; see #admit).
+   */
+  upstreamReserve?: number;
   /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
   agentPort?: number;
   log: Logger;
@@ -63,14 +65,6 @@ export interface EastWestOptions {
 }
 
 export interface GatewayTls { key: string; cert: string; ca: readonly string[] }
-
-/**
- * Connects to one upstream that may be waiting at once, as the agent bounds those to a pod
- * (agent/src/delivery.ts; Envoy's circuit breaker max_pending_requests): past it a CONNECT is
- * refused at once (503, `overloaded`) instead of each holding a socket for the connect timeout
- * while the node agent or waypoint does not answer.
- */
-export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 
 /**
  * Tunnels one caller (a workload identity from one address: one node's agent or waypoint) may hold
@@ -90,20 +84,38 @@ export const DEFAULT_MAX_TUNNELS_PER_CALLER = 4096;
  * to anyone who reaches the node, and neither knows an address of the gateway's to lift it for):
  * three quarters of it, so that the gateway refuses, counts and names the caller past it, and the
  * upstream never refuses the gateway's address before TLS. Past it a CONNECT is refused at once
- * (503, `too-many-to-upstream`).
+ * (503, `too-many-to-upstream`). A connect waiting for the upstream to answer holds its place too,
+ * so this also bounds the sockets callers can pile up behind an upstream that does not answer
+ * (as the agent bounds connects to a pod, agent/src/delivery.ts; Envoy's circuit breaker
+ * max_pending_requests), each refused at once instead of held for the connect timeout.
  */
 export const DEFAULT_MAX_TUNNELS_PER_UPSTREAM = (DEFAULT_MAX_CONNECTIONS_PER_SOURCE * 3) / 4;
 
 /**
- * Tunnels one caller (identity and address) may hold open or opening to one upstream: a sixteenth
- * of DEFAULT_MAX_TUNNELS_PER_UPSTREAM (48), so that one caller cannot take the gateway's share of
- * a node or a waypoint. Callers pool one outer tunnel per destination and identity. Past it a
- * CONNECT is refused at once (503, `too-many-to-upstream`).
+ * Tunnels to one upstream that a tenant at its fair share there may not take: kept for the tenants
+ * under theirs (#admit). A sixteenth of DEFAULT_MAX_TUNNELS_PER_UPSTREAM (48).
  */
-export const DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
+export const DEFAULT_UPSTREAM_RESERVE = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
+
+/**
+ * The tenant a caller's tunnels count against at an upstream (#admit): its identity's trust domain
+ * and namespace. A tenant mints identities at will (a ServiceAccount is a namespace's to create)
+ * and its pods call from as many addresses as it has nodes, so neither is a unit it cannot
+ * multiply; a namespace is what a cluster's operator grants, and the unit of Istio's multi-cluster
+ * namespace sameness. An identity that is no workload's (the server admits none) is its own.
+ */
+export function tenantOf(spiffeId: string | undefined): string {
+  if (spiffeId === undefined) return '';
+  try {
+    const id = parseWorkloadId(spiffeId);
+    return `${id.trustDomain}/ns/${id.namespace}`;
+  } catch {
+    return spiffeId;
+  }
+}
 
 /** Why a tunnel was refused; stable strings (metric labels). */
-export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'overloaded' | 'too-many-to-upstream';
+export type EastWestRefusal = 'unknown-endpoint' | 'not-enrolled' | 'not-service-port' | 'behind-waypoint' | 'not-hbone-port' | 'no-config' | 'upstream-unreachable' | 'too-many-to-upstream' | 'over-fair-share';
 
 export class EastWestGateway {
   readonly #o: EastWestOptions;
@@ -120,12 +132,12 @@ export class EastWestGateway {
   #pods: ExportedPods = { exported: new Set(), guards: new Map() };
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
-  /** `host:port` of an upstream → connects to it now waiting. */
-  readonly #pending = new KeyedCount();
-  /** `caller address, identity, upstream host:port` → the tunnels that caller holds open or opening there. */
-  readonly #toUpstream = new KeyedCount();
+  /** `tenant upstream host:port` (tenantOf) → the tunnels that tenant's callers hold open or opening there. */
+  readonly #tenantAt = new KeyedCount();
   /** `host:port` of an upstream → the tunnels all callers hold open or opening there. */
   readonly #atUpstream = new KeyedCount();
+  /** `host:port` of an upstream → the tenants holding a tunnel there. */
+  readonly #tenantsAt = new KeyedCount();
   /** Each tunnel open, by its upstream socket: the CONNECT that opened it (#rejudge). */
   readonly #open = new Map<net.Socket, HboneConnectRequest>();
   #configured = false;
@@ -195,7 +207,7 @@ export class EastWestGateway {
 
   #refuse(reason: EastWestRefusal, req: HboneConnectRequest, status: number, detail: string): HboneConnectDecision {
     this.#refused(reason, detail, req.peer.spiffeId, req.peer.address, req.authority);
-    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'overloaded' || reason === 'too-many-to-upstream' ? 'overloaded' : 'denied' };
+    return { status, reason: detail, kind: reason === 'upstream-unreachable' ? 'upstream-failed' : reason === 'too-many-to-upstream' || reason === 'over-fair-share' ? 'overloaded' : 'denied' };
   }
 
   /** Counts every refusal; logs it, cut, within the budget. */
@@ -235,27 +247,16 @@ export class EastWestGateway {
     if ('refused' in route) return this.#refuse(route.refused, req, route.status, route.detail);
     const { host, port, what } = route;
     const key = `${host}:${port}`;
-    const caller = `${req.peer.address} ${req.peer.spiffeId ?? ''} ${key}`;
-    const held = this.#toUpstream.get(caller);
-    const maxToUpstream = this.#o.maxTunnelsPerCallerPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM;
-    if (held >= maxToUpstream) {
-      return this.#refuse('too-many-to-upstream', req, 503, `${req.peer.spiffeId} from ${req.peer.address} holds ${held} tunnels to ${what} (${key}) (the gateway allows ${maxToUpstream} a caller to one)`);
-    }
-    const all = this.#atUpstream.get(key);
-    const maxAll = this.#o.maxTunnelsPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_UPSTREAM;
-    if (all >= maxAll) {
-      return this.#refuse('too-many-to-upstream', req, 503, `the gateway holds ${all} tunnels to ${what} (${key}) from all callers (it allows at most ${maxAll} to one upstream, below its ${DEFAULT_MAX_CONNECTIONS_PER_SOURCE} from one source)`);
-    }
-    const pending = this.#pending.get(key);
-    const max = this.#o.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
-    if (pending >= max) {
-      return this.#refuse('overloaded', req, 503, `${pending} connects to ${what} (${key}) are waiting for it to answer (the gateway allows ${max}); refused at once`);
-    }
-    this.#pending.take(key);
-    this.#toUpstream.take(caller);
+    const tenant = tenantOf(req.peer.spiffeId);
+    const refusal = this.#admit(tenant, key, `${what} (${key})`);
+    if (refusal) return this.#refuse(refusal.reason, req, 503, refusal.detail);
+    const held = `${tenant} ${key}`;
+    if (this.#tenantAt.get(held) === 0) this.#tenantsAt.take(key);
+    this.#tenantAt.take(held);
     this.#atUpstream.take(key);
     const release = (): void => {
-      this.#toUpstream.release(caller);
+      this.#tenantAt.release(held);
+      if (this.#tenantAt.get(held) === 0) this.#tenantsAt.release(key);
       this.#atUpstream.release(key);
     };
     try {
@@ -270,9 +271,35 @@ export class EastWestGateway {
     } catch (e) {
       release();
       return this.#refuse('upstream-unreachable', req, 503, `${what} (${host}:${port}) did not answer: ${(e as Error).message}`);
-    } finally {
-      this.#pending.release(key);
     }
+  }
+
+  /**
+   * Whether one more tunnel of `tenant` (tenantOf) to the upstream `key` fits, or why not. All
+   * callers together hold at most maxTunnelsPerUpstream there (`too-many-to-upstream`: the
+   * upstream's per-source cap is the gateway's whole share of it). Within that a tenant takes
+   * what is free while it is under its fair share, the bound split evenly among the tenants there
+   * and one more (the next to come: a tenant at its share never fills the upstream); at or above
+   * its share it takes more only while more than the reserve (upstreamReserve, at most that share)
+   * is left for the others (`over-fair-share`). So a tenant alone may take nearly all of it, and one
+   * that comes later is admitted while those above their share are refused, until the tunnels
+   * closing bring each to its share. Open tunnels are never closed for it: Envoy's circuit breakers
+   * and overload manager refuse new connections and streams, they do not cut established ones.
+   */
+  #admit(tenant: string, key: string, what: string): { reason: EastWestRefusal; detail: string } | undefined {
+    const all = this.#atUpstream.get(key);
+    const max = this.#o.maxTunnelsPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_UPSTREAM;
+    if (all >= max) {
+      return { reason: 'too-many-to-upstream', detail: `the gateway holds ${all} tunnels to ${what} from all callers (it allows at most ${max} to one upstream, below its ${DEFAULT_MAX_CONNECTIONS_PER_SOURCE} from one source)` };
+    }
+    const held = this.#tenantAt.get(`${tenant} ${key}`);
+    const tenants = this.#tenantsAt.get(key) + (held === 0 ? 1 : 0);
+    const share = Math.max(1, Math.floor(max / (tenants + 1)));
+    const reserve = Math.min(share, this.#o.upstreamReserve ?? DEFAULT_UPSTREAM_RESERVE);
+    if (held >= share && all >= max - reserve) {
+      return { reason: 'over-fair-share', detail: `${tenant} holds ${held} tunnels to ${what}, at or above its fair share there (${share}: ${max} among the ${tenants} tenants calling it and one more), and the ${max - all} left are kept for tenants under theirs` };
+    }
+    return undefined;
   }
 
   #schedule(): void {

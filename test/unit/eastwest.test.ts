@@ -381,10 +381,10 @@ test('the gateway is no open proxy under another spelling: octal, short or IPv4-
 });
 
 // A node agent (or waypoint) that does not answer must not let callers pile up sockets at the
-// gateway, each held for the connect timeout: past maxPendingConnects waiting connects to one
-// upstream a CONNECT is refused at once (503), as the agent bounds connects to a pod (Envoy's
-// circuit breaker max_pending_requests).
-test('connects waiting for one upstream are bounded: past maxPendingConnects a CONNECT is refused at once (503 overloaded), counted and named; the gateway stays open to the rest', async (t) => {
+// gateway, each held for the connect timeout: a connect waiting holds its place among the tunnels
+// to that upstream (maxTunnelsPerUpstream), past which a CONNECT is refused at once (503), as the
+// agent bounds connects to a pod (Envoy's circuit breaker max_pending_requests).
+test('connects waiting for one upstream are bounded by the tunnels to it: past maxTunnelsPerUpstream, those waiting included, a CONNECT is refused at once (503 too-many-to-upstream), counted and named; the gateway stays open to the rest', async (t) => {
   const { spawn } = await import('node:child_process');
   const { connect: h2connect } = await import('node:http2');
   // An "agent" that listens and never accepts, with the smallest queue: one connect completes into
@@ -397,7 +397,7 @@ test('connects waiting for one upstream are bounded: past maxPendingConnects a C
   });
   const lines: string[] = [];
   const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: sinkPort, maxPendingConnects: 2, connectTimeoutMs: 20_000, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: sinkPort, maxTunnelsPerUpstream: 2, upstreamReserve: 0, connectTimeoutMs: 20_000, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
   const port = await gw.listen(0, '127.0.0.1');
   t.after(() => gw.close());
   const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
@@ -412,13 +412,13 @@ test('connects waiting for one upstream are bounded: past maxPendingConnects a C
   const started = performance.now();
   for (let i = 0; i < 5; i++) void open().then((s) => answers.push(s));
   // Two wait at most (the one the queue takes completes, 200); the others are refused at once.
-  const overloaded = async () => Number(/^weft_eastwest_refused_total\{reason="overloaded"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
+  const overloaded = async () => Number(/^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
   await until('the connects past the bound are refused at once, each counted', async () => answers.length >= 3 && (await overloaded()) === answers.filter((s) => s === 503).length, 10_000);
   assert.ok(performance.now() - started < 10_000, 'refused long before the 20 s connect timeout');
   assert.ok(answers.filter((s) => s === 503).length >= 2, `${answers}`);
   assert.ok(answers.filter((s) => s === 200).length <= 1, `only the connect the queue took completes: ${answers}`);
-  const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'overloaded');
-  assert.match(String(line?.detail), /2 connects to the node agent of 10\.78\.1\.1 \(127\.0\.0\.1:\d+\) are waiting for it to answer \(the gateway allows 2\)/);
+  const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'too-many-to-upstream');
+  assert.match(String(line?.detail), /the gateway holds 2 tunnels to the node agent of 10\.78\.1\.1 \(127\.0\.0\.1:\d+\) from all callers \(it allows at most 2 to one upstream/);
   // Another upstream is not held back by this one's queue.
   await assert.rejects(outer(CLIENT, '10.78.0.254:8080'), (e: Error) => e instanceof HboneRefusedError && e.status === 403);
 });
@@ -600,43 +600,73 @@ test('tunnels one caller (identity and address) holds through the gateway are bo
   await until('a closed tunnel frees its place', async () => (await open(again)).status === 200, 5_000, { intervalMs: 50 });
 });
 
-// Every session the gateway carries to a node comes from the gateway's one address, and the agent's
-// gateway port lets one source hold the HBONE server's DEFAULT_MAX_CONNECTIONS_PER_SOURCE (the agent
-// knows no address of the gateway's to lift it for): one caller holding 1,024 tunnels to one node
-// would take it for every other remote caller of that node.
-test('tunnels one caller holds to one node\'s agent are bounded well below the agent\'s gateway-port share: past maxTunnelsPerCallerPerUpstream a CONNECT to that node is refused at once (503 too-many-to-upstream), counted once and named; another caller is served, and a closed tunnel frees its place', async (t) => {
-  const { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } = await import('../../lib/hbone/server.ts');
-  const { DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM } = await import('../../eastwest/src/gateway.ts');
-  assert.ok(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM * 16 <= DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'well below the agent\'s share for the gateway');
-  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerUpstream: 2 });
+/**
+ * Opens tunnels as each of `ids` in turn, one at a time round the list, until a whole round is
+ * refused: resolves with the tunnels open and the statuses of the refusals.
+ */
+async function saturate(sessionAs: (as: string) => Promise<import('node:http2').ClientHttp2Session>, open: (s: import('node:http2').ClientHttp2Session, authority?: string) => Promise<{ status: number; stream: import('node:http2').ClientHttp2Stream }>, ids: string[], authority?: string) {
+  const sessions = await Promise.all(ids.map((x) => sessionAs(x)));
+  const held: Array<{ as: string; stream: import('node:http2').ClientHttp2Stream }> = [];
+  const refused: number[] = [];
+  for (let round = 0; round < 1000; round++) {
+    let served = 0;
+    for (const [i, session] of sessions.entries()) {
+      const r = await open(session, authority);
+      if (r.status === 200) { served++; held.push({ as: ids[i]!, stream: r.stream }); } else refused.push(r.status);
+    }
+    if (served === 0) return { held, refused };
+  }
+  throw new Error('never saturated');
+}
+
+// Every tunnel the gateway carries to one upstream (a node's agent, a waypoint replica) comes from
+// its one address, so the gateway holds at most maxTunnelsPerUpstream there. A fixed sixteenth of
+// that per caller let sixteen identities of one remote tenant (ServiceAccounts are a namespace's to
+// mint) take it all, and every other caller was refused: the bound is now shared among the tenants
+// (trust domain and namespace, Istio's namespace sameness) calling that upstream, a tenant over its
+// fair share admitted only while more than the reserve is left, and open tunnels never cut for it
+// (Envoy's circuit breakers refuse new connections; they do not close established ones).
+test('sixteen identities of one remote tenant cannot lock other callers out of an upstream: they saturate it, a caller of another namespace still gets tunnels; the tenant, over its fair share, is refused (503 over-fair-share), counted and named; a tunnel closing goes to the tenant under its share', async (t) => {
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerUpstream: 32, upstreamReserve: 2 });
+  const hostile = Array.from({ length: 16 }, (_, i) => id('tenant', `sa${i}`));
+  const taken = await saturate(sessionAs, open, hostile);
+  assert.equal(taken.held.length, 30, 'the tenant alone takes all but the reserve');
   const client = await sessionAs(CLIENT);
-  const held = [await open(client), await open(client)];
-  assert.deepEqual(held.map((x) => x.status), [200, 200]);
+  const served = [await open(client), await open(client)];
+  assert.deepEqual(served.map((x) => x.status), [200, 200], 'a caller of another tenant gets the reserve');
+  const metric = async (reason: string) => Number(new RegExp(`^weft_eastwest_refused_total\\{reason="${reason}"\\} (\\d+)$`, 'm').exec(await reg.metrics())?.[1] ?? 0);
+  assert.equal(await metric('over-fair-share'), taken.refused.length, 'each of the tenant\'s refusals counted as over its share');
+  assert.ok(taken.refused.every((x) => x === 503), `${taken.refused}`);
+  const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.reason === 'over-fair-share');
+  assert.match(String(line?.detail), /^cluster\.local\/ns\/tenant holds 30 tunnels to the node agent of 10\.78\.1\.1 \(127\.0\.0\.1:\d+\), at or above its fair share there \(16: 32 among the 1 tenants/);
+  assert.match(String(line?.peer), /^spiffe:\/\/cluster\.local\/ns\/tenant\/sa/);
+  // Full now: the next is refused whoever asks, counted as the upstream's bound.
   assert.equal((await open(client)).status, 503);
-  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
-  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
-  assert.equal(refusedLines.length, 1);
-  assert.match(String(refusedLines[0]!.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 2 tunnels to the node agent of 10\\.78\\.1\\.1`));
-  assert.equal((await open(await sessionAs(id('demo', 'other')))).status, 200, 'another caller is served');
-  held[0]!.stream.close();
-  await until('a closed tunnel frees its place', async () => (await open(client)).status === 200, 5_000, { intervalMs: 50 });
+  assert.equal(await metric('too-many-to-upstream'), 1);
+  // A tunnel of the tenant's closes: the place goes to the caller under its share, not back to the tenant.
+  taken.held[0]!.stream.close();
+  await until('the freed place is the caller\'s', async () => (await open(client)).status === 200, 5_000, { intervalMs: 50 });
+  assert.equal((await open(await sessionAs(hostile[0]!))).status, 503);
 });
 
-// A waypoint's HBONE server takes from one source what any source holds (1,024 a source,
-// waypoint/src/main.ts), and every tunnel the gateway carries to it comes from the gateway's one
-// address: one remote caller holding them all would lock every other out of that waypoint.
-test('tunnels one caller holds to one waypoint replica are bounded as to a node: past maxTunnelsPerCallerPerUpstream a CONNECT to it is refused at once (503 too-many-to-upstream), counted once and named; another caller is served', async (t) => {
-  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerCallerPerUpstream: 2 });
+test('sixteen remote tenants of one identity each cannot lock a seventeenth out of an upstream either: each is held to its fair share with a place left for one more, and the seventeenth is served', async (t) => {
+  const { sessionAs, open, reg } = await tunnelGateway(t, { maxTunnelsPerUpstream: 32, upstreamReserve: 2 });
+  const hostile = Array.from({ length: 16 }, (_, i) => id(`tenant${i}`, 'default'));
+  const taken = await saturate(sessionAs, open, hostile);
+  assert.ok(taken.held.length < 32, `${taken.held.length} held`);
+  assert.equal((await open(await sessionAs(CLIENT))).status, 200, 'the seventeenth tenant is served');
+  assert.ok(/^weft_eastwest_refused_total\{reason="over-fair-share"\} [1-9]/m.test(await reg.metrics()));
+});
+
+// A waypoint replica's HBONE server takes from the gateway's address what it takes from any
+// source (1,024, waypoint/src/main.ts), as a node's agent does: its bound is shared alike.
+test('the tunnels to one waypoint replica are shared among tenants as to a node: a tenant over its fair share is refused (503 over-fair-share), counted, and another tenant is served', async (t) => {
+  const { sessionAs, open, reg } = await tunnelGateway(t, { maxTunnelsPerUpstream: 8, upstreamReserve: 2 });
   const at = `127.0.0.1:${wpPort}`;
-  const client = await sessionAs(CLIENT);
-  const held = [await open(client, at), await open(client, at)];
-  assert.deepEqual(held.map((x) => x.status), [200, 200]);
-  assert.equal((await open(client, at)).status, 503);
-  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
-  const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
-  assert.equal(refusedLines.length, 1);
-  assert.match(String(refusedLines[0]!.detail), new RegExp(`${CLIENT.replace(/[/.]/g, '\\$&')} from 127\\.0\\.0\\.1 holds 2 tunnels to the waypoint \\(${at.replace(/[.]/g, '\\.')}\\)`));
-  assert.equal((await open(await sessionAs(id('demo', 'other')), at)).status, 200, 'another caller is served');
+  const taken = await saturate(sessionAs, open, [id('tenant', 'a'), id('tenant', 'b')], at);
+  assert.equal(taken.held.length, 6);
+  assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="over-fair-share"\} [1-9]/m);
+  assert.equal((await open(await sessionAs(CLIENT), at)).status, 200, 'another tenant is served');
 });
 
 // All of the gateway's tunnels to one upstream come from its one address, which the upstream lets
@@ -645,15 +675,15 @@ test('tunnels one caller holds to one waypoint replica are bounded as to a node:
 // gateway's address). The gateway holds all of them below that, each caller a sixteenth.
 test('tunnels all callers hold to one upstream are bounded below the upstream\'s per-source cap: past maxTunnelsPerUpstream a CONNECT to it is refused at once by the gateway (503 too-many-to-upstream), counted once and named; another upstream is served', async (t) => {
   const { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } = await import('../../lib/hbone/server.ts');
-  const { DEFAULT_MAX_TUNNELS_PER_UPSTREAM, DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM } = await import('../../eastwest/src/gateway.ts');
+  const { DEFAULT_MAX_TUNNELS_PER_UPSTREAM } = await import('../../eastwest/src/gateway.ts');
   assert.ok(DEFAULT_MAX_TUNNELS_PER_UPSTREAM < DEFAULT_MAX_CONNECTIONS_PER_SOURCE, 'the upstream never refuses the gateway\'s address');
-  assert.equal(DEFAULT_MAX_TUNNELS_PER_CALLER_PER_UPSTREAM, DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16, 'a caller\'s share is a sixteenth of it');
-  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerUpstream: 3, maxTunnelsPerCallerPerUpstream: 2 });
+  const { sessionAs, open, reg, lines } = await tunnelGateway(t, { maxTunnelsPerUpstream: 3 });
+  // Three tenants, each under its fair share.
   const a = await sessionAs(CLIENT);
-  const b = await sessionAs(id('demo', 'other'));
-  const held = [await open(a), await open(a), await open(b)];
+  const b = await sessionAs(id('other', 'default'));
+  const held = [await open(a), await open(b), await open(await sessionAs(id('third', 'default')))];
   assert.deepEqual(held.map((x) => x.status), [200, 200, 200]);
-  const c = await sessionAs(id('demo', 'third'));
+  const c = await sessionAs(id('fourth', 'default'));
   assert.equal((await open(c)).status, 503);
   assert.match(await reg.metrics(), /^weft_eastwest_refused_total\{reason="too-many-to-upstream"\} 1$/m);
   const refusedLines = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.reason === 'too-many-to-upstream');
