@@ -8,8 +8,8 @@
 // (LocalDelivery.reauthorize): the gateway judges the outer CONNECT only, and the caller's inner session
 // reaches every pod of this node. The listener a session came by, not the peer's address, says it
 // came through the gateway: an address is rewritten on its way (SNAT) and learnt late. One server
-// listens on both ports, so that its limits (tunnels per peer, session buffers) hold over both;
-// connections are counted per port.
+// listens on both ports, so that its limits (tunnels per peer, session buffers, the connection
+// total) hold over both; the gateway port takes at most half of that total.
 // The pod then sees the real client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
@@ -23,6 +23,7 @@ import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, UnverifiedClaims, verifiedPeerM
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
+import { DEFAULT_MAX_CONNECTIONS } from '../../lib/hbone/server.ts';
 
 /** The label of a refusal Delivery.authorize counted and logged already (`reason="policy"`, "connection denied"): neither again. */
 const POLICY_COUNTED = 'policy';
@@ -52,6 +53,13 @@ export interface InboundOptions {
  * the gateway's rules too, so a port the agent did not name as 15008 fails closed.
  */
 const HBONE_LISTENER = 'hbone';
+
+/**
+ * Connections the gateway port (15009) may hold of the HBONE server's total (DEFAULT_MAX_CONNECTIONS,
+ * over both ports): half of it, so that 15009's sources cannot take 15008's, which may use all the
+ * rest, and more while 15009 is idle.
+ */
+export const GATEWAY_PORT_MAX_CONNECTIONS = DEFAULT_MAX_CONNECTIONS / 2;
 
 export class Inbound {
   readonly #o: InboundOptions;
@@ -88,15 +96,16 @@ export class Inbound {
 
   /**
    * Listens on the HBONE port and the gateway port (`reusePort`: an upgrade's old and new agent
-   * side by side); resolves with the ports bound. Each port has its own connections (the server
-   * counts them per port), so the sources of 15009, anyone who reaches the node, cannot fill 15008;
+   * side by side); resolves with the ports bound. The server's connection total holds over both;
+   * 15009 takes at most GATEWAY_PORT_MAX_CONNECTIONS of it, so that its sources, anyone who reaches
+   * the node, cannot fill it and refuse node-to-node tunnels, while 15008 uses whatever is free;
    * a source holds the server's 1,024 on each (the agent knows no address of the gateway's: SNAT, a
    * host-network gateway), and the gateway holds all its callers' tunnels to a node below that,
    * shared among their tenants (DEFAULT_MAX_TUNNELS_PER_UPSTREAM, eastwest/src/gateway.ts).
    */
   async listen(ports: { hbone: number; gateway: number }, host: string, opts: { reusePort?: boolean } = {}): Promise<{ hbone: number; gateway: number }> {
     const hbone = (await this.server.listen(ports.hbone, host, { ...opts, listener: HBONE_LISTENER })).port;
-    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, listener: 'gateway' })).port;
+    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, listener: 'gateway', maxConnections: GATEWAY_PORT_MAX_CONNECTIONS })).port;
     return { hbone, gateway };
   }
 

@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { connectionCounter } from '../listener-limits.ts';
+import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
@@ -115,8 +115,10 @@ export type HboneRefusalKind =
   | 'rapid-reset'
   /** The source address already holds `maxConnectionsPerSource` connections on the port. */
   | 'too-many-connections'
-  /** The port already holds `maxConnections` connections, from all sources together. */
+  /** The server already holds `maxConnections` connections over all its ports, from all sources together. */
   | 'server-full'
+  /** The port already holds its own cap (listen's `maxConnections`), from all sources together. */
+  | 'listener-full'
   /** More than `maxEarlyData` bytes sent on a CONNECT before its answer. */
   | 'early-data'
   /** The peer did not acknowledge our SETTINGS in time (RFC 9113 6.5.3). */
@@ -197,9 +199,9 @@ export interface HboneServerOptions {
   /**
    * Open TCP connections on all ports from all sources together (TLS handshakes included); beyond
    * it a new connection is closed at once and counted (`server-full`), so many peers, each under
-   * its own share, cannot take the process's descriptors and memory. It is split evenly between
-   * the ports: the sources of one (anyone who reaches it, before TLS) cannot take another's share,
-   * and the total holds over all. Default DEFAULT_MAX_CONNECTIONS.
+   * its own share, cannot take the process's descriptors and memory. One total over all ports: a
+   * port whose sources (anyone who reaches it, before TLS) must not take another's is given a cap
+   * of its own (listen's `maxConnections`, `listener-full`). Default DEFAULT_MAX_CONNECTIONS.
    */
   maxConnections?: number;
   /**
@@ -284,8 +286,8 @@ export class HboneServer {
   readonly #sessions = new Set<SessionState>();
   /** The ports it listens on, each handing its connections to #server (listen). */
   readonly #listeners: TcpServer[] = [];
-  /** Ports listened on or being bound: each takes an even share of maxConnections. */
-  #ports = 0;
+  /** Connections over all ports (maxConnections; listen). */
+  readonly #connections: ConnectionCounter;
   /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
   readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
@@ -313,6 +315,7 @@ export class HboneServer {
       'rapid-reset': 0,
       'too-many-connections': 0,
       'server-full': 0,
+      'listener-full': 0,
       'early-data': 0,
       'settings-timeout': 0,
       'too-many-tunnels': 0,
@@ -323,6 +326,9 @@ export class HboneServer {
   constructor(opts: HboneServerOptions) {
     this.#opts = opts;
     this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
+    const total = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.#connections = connectionCounter({ perSource: Infinity, total }, (from) =>
+      this.#refuse({ kind: 'server-full', reason: `the server already holds ${total} connections over all its ports (its total)`, peer: { spiffeId: undefined, address: from } }));
     this.#server = createSecureServer({
       ...(opts.tls.key !== undefined ? { key: opts.tls.key } : {}),
       ...(opts.tls.cert !== undefined ? { cert: opts.tls.cert } : {}),
@@ -384,31 +390,31 @@ export class HboneServer {
   /**
    * Starts listening on one more port; resolves with the bound address. Every port is one server:
    * tunnels per peer, session buffers and the connection total (maxConnections) hold over all of
-   * them; each port takes an even share of that total, and maxConnectionsPerSource from one
-   * source, so the sources of one port, which may be anyone who reaches it, cannot take another's.
-   * (A share shrinks as ports are added: listen on all of them before taking connections.) A CONNECT tells its handler the `listener` name of the
+   * them; each port takes maxConnectionsPerSource from one source, and at most `maxConnections`
+   * (default: no cap of its own, the server's total), so that the sources of a port given a cap,
+   * which may be anyone who reaches it, cannot take the others' connections, while a port without
+   * one uses whatever of the total is free. A CONNECT tells its handler the `listener` name of the
    * port it came by (HboneConnectRequest.listener; '' when not given), a fact of the socket, not
    * a port number compared with another the owner may not have set. `reusePort` shares the port
    * with another process that also sets it (an agent upgrade: old and new listen side by side).
    */
-  listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string } = {}): Promise<AddressInfo> {
+  listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string; maxConnections?: number } = {}): Promise<AddressInfo> {
     const name = opts.listener ?? '';
     const total = this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    this.#ports++;
-    const share = (): number => Math.floor(total / this.#ports);
     // Before TLS: costs the attacker a TCP handshake, us nothing more.
-    const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: share }, (from, max, which, socket) =>
+    const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? Infinity }, (from, max, which, socket) =>
       this.#refuse(which === 'per-source'
         ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections on port ${socket.localPort}`, peer: { spiffeId: undefined, address: from } }
-        : { kind: 'server-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources (its share of the server's ${total})`, peer: { spiffeId: undefined, address: from } }));
-    // The TLS server takes connections handed to it ('connection', as node:tls documents).
+        : { kind: 'listener-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources (its cap, of the server's ${total})`, peer: { spiffeId: undefined, address: from } }));
+    // The TLS server takes connections handed to it ('connection', as node:tls documents). The
+    // port's own count first: a connection it refuses takes nothing of the total.
     const listener = createTcpServer((socket) => {
-      if (!counter.admit(socket)) return;
+      if (!counter.admit(socket) || !this.#connections.admit(socket)) return;
       this.#listenerOf.set(socket, name);
       this.#server.emit('connection', socket);
     });
     return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => { this.#ports--; reject(err); };
+      const onError = (err: Error): void => reject(err);
       listener.once('error', onError);
       listener.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
         listener.off('error', onError);
