@@ -180,11 +180,6 @@ export class Agent {
   #configWaiters = new Set<() => void>();
   #retry: NodeJS.Timeout | undefined;
   #configured = false;
-  /** The policies of the last config applied: a new list re-judges the open deliveries. */
-  #policies: AgentConfig['policies'] | undefined;
-  #workloads: AgentConfig['workloads'] | undefined;
-  #services: AgentConfig['services'] | undefined;
-  #waypoints: AgentConfig['waypoints'] | undefined;
   #certsReady = false;
   #accessLog: AccessLogSink;
   /** Access logs to the OTLP collectors the workloads' Telemetry names. */
@@ -454,23 +449,8 @@ export class Agent {
 
   #onConfig(config: AgentConfig, version: string): void {
     this.state.apply(config);
-    // New or changed policies judge the open deliveries too (LocalDelivery.reauthorize). The
-    // config stream's client (lib/xds/client.ts) hands over the same array for a kind none of whose
-    // resources changed, so comparing references is enough, whatever the size of the config.
-    // So do changed workloads (a pod's labels pick its policies; its mode and port modes, compiled
-    // from PeerAuthentication into the workload, say STRICT: plaintext opened while a pod was
-    // PERMISSIVE must not outlive its turn to STRICT).
-    // Workloads alone re-judge only the deliveries whose pod (or plaintext client's address) changed.
-    // So do changed Services or waypoints, for the deliveries the east-west gateway carried: what
-    // it carries (AgentState.gatewayRefusal) is decided by them.
-    const policiesChanged = config.policies !== this.#policies;
-    const exportsChanged = config.services !== this.#services || config.waypoints !== this.#waypoints;
-    const changed = this.#policies !== undefined && (policiesChanged || exportsChanged || config.workloads !== this.#workloads);
-    this.#policies = config.policies;
-    this.#workloads = config.workloads;
-    this.#services = config.services;
-    this.#waypoints = config.waypoints;
-    if (changed) this.delivery.reauthorize(policiesChanged);
+    // What changed judges the open deliveries again (LocalDelivery.configApplied).
+    this.delivery.configApplied(config);
     this.#configured = true;
     const destinations = this.state.meshDestinations();
     const { overflow } = this.datapath.setDestinations(destinations);

@@ -26,7 +26,7 @@ const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
  */
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
 import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
-import type { Workload } from '../../lib/model/mesh.ts';
+import type { AgentConfig, Workload } from '../../lib/model/mesh.ts';
 import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
@@ -109,6 +109,8 @@ export class LocalDelivery {
   readonly #open = new Map<OpenDelivery, JudgedOn>();
   /** 'connection denied' lines a second: anyone who can reach a pod can cause them (each is counted). */
   readonly #deniedLog: LogBudget;
+  /** The config last applied (configApplied): what of it changed says what to judge again. */
+  #applied: AgentConfig | undefined;
 
   constructor(opts: LocalDeliveryOptions) {
     this.#state = opts.state;
@@ -209,6 +211,27 @@ export class LocalDelivery {
     // As judged (d.dest): a pod that changed while the delivery connected is judged at the next push.
     this.#open.set(d, { dest: d.dest, owner: this.#ownerOf(d) });
     d.upstream.once('close', () => this.#open.delete(d));
+  }
+
+  /**
+   * The state applied a new config: the open deliveries are judged again (reauthorize) when what
+   * decided them changed. New or changed policies judge every one. The config stream's client
+   * (lib/xds/client.ts) hands over the same array for a kind none of whose resources changed, so
+   * comparing references is enough, whatever the size of the config. Changed workloads (a pod's
+   * labels pick its policies; its mode and port modes, compiled from PeerAuthentication into the
+   * workload, say STRICT: plaintext opened while a pod was PERMISSIVE must not outlive its turn to
+   * STRICT) re-judge only the deliveries whose pod (or plaintext client's address) changed; changed
+   * Services or waypoints, the deliveries the east-west gateway carried (what it carries,
+   * AgentState.gatewayRefusal, is decided by them). The first config judges nothing (nothing was
+   * open before it). Returns how many were closed.
+   */
+  configApplied(config: AgentConfig): number {
+    const was = this.#applied;
+    this.#applied = config;
+    if (!was) return 0;
+    const policiesChanged = config.policies !== was.policies;
+    const changed = policiesChanged || config.workloads !== was.workloads || config.services !== was.services || config.waypoints !== was.waypoints;
+    return changed ? this.reauthorize(policiesChanged) : 0;
   }
 
   /**

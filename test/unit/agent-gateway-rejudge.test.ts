@@ -37,10 +37,16 @@ function setup() {
   const config: AgentConfig = { node: 'node1', workloads: [echo], services: [svc], policies: [], peerAuthentications: [], waypoints: [waypoint] };
   state.apply(config);
   const records: Array<{ msg: string; fields: Record<string, unknown> | undefined }> = [];
-  const push = (m: string, f?: Record<string, unknown>) => { records.push({ msg: m, fields: f }); };
-  const log: Logger = { debug() {}, info: push, warn: push, error: push };
+  const line = (m: string, f?: Record<string, unknown>) => { records.push({ msg: m, fields: f }); };
+  const log: Logger = { debug() {}, info: line, warn: line, error: line };
   const metrics = new AgentMetrics();
   const delivery = new LocalDelivery({ state, metrics, log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  delivery.configApplied(config);
+  /** A push: the state applies it, then the open deliveries are judged by what changed (as the agent does). */
+  const push = (next: AgentConfig): number => {
+    state.apply(next);
+    return delivery.configApplied(next);
+  };
   /** An open delivery to echo:8080 from REMOTE, through the gateway or not. */
   const open = (throughGateway: boolean, principal = REMOTE) => {
     const upstream = new PassThrough();
@@ -48,7 +54,7 @@ function setup() {
     delivery.track({ dest: state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: principal }, upstream, ...(throughGateway ? { throughGateway } : {}) });
     return upstream;
   };
-  return { state, delivery, metrics, records, config, open };
+  return { state, delivery, metrics, records, config, open, push };
 }
 
 const denied = async (m: AgentMetrics, reason: string): Promise<number> => (await m.denied.get()).values.filter((v) => v.labels['reason'] === reason).reduce((n, v) => n + v.value, 0);
@@ -59,9 +65,9 @@ test('a connection the east-west gateway carried is closed when its Service is n
     const carried = open(s, true);
     const local = open(s, false);
     const services = change === 'service withdrawn' ? [] : [{ ...svc, ports: [{ name: 'other', port: 81, targetPort: 9090, protocol: 'TCP' as const, appProtocol: 'tcp' as const }] }];
-    s.state.apply({ ...s.config, services });
-    // Only the Services changed: neither the policies nor the workloads (the agent calls it so).
-    assert.equal(s.delivery.reauthorize(false), 1, change);
+    // Only the Services change: neither the policies nor the workloads.
+    const next = { ...s.config, services };
+    assert.equal(s.push(next), 1, change);
     assert.equal(carried.destroyed, true, change);
     assert.equal(local.destroyed, false, `${change}: 15008's rules are the policies', which did not change`);
     assert.equal(await denied(s.metrics, 'not_exported'), 1);
@@ -70,8 +76,8 @@ test('a connection the east-west gateway carried is closed when its Service is n
     assert.equal(line?.fields?.['destination'], 'demo/echo:8080');
     assert.equal(line?.fields?.['source'], REMOTE);
     assert.match(String(line?.fields?.['reason']), /10\.77\.1\.2:8080 is not an endpoint of a Service this cluster exports/);
-    // Judged once: the next change finds nothing more to close.
-    assert.equal(s.delivery.reauthorize(false), 0);
+    // Judged once: a push changing nothing more closes nothing more.
+    assert.equal(s.push({ ...next }), 0);
   }
 });
 
@@ -83,11 +89,21 @@ test('a connection the east-west gateway carried is closed when its pod\'s Servi
   const s = setup();
   const remote = open(s, true);
   const fromWaypoint = open(s, true, WAYPOINT);
-  s.state.apply({ ...s.config, services: [{ ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }] });
-  assert.equal(s.delivery.reauthorize(false), 1);
+  assert.equal(s.push({ ...s.config, services: [{ ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }] }), 1);
   assert.equal(remote.destroyed, true);
   assert.equal(fromWaypoint.destroyed, false, 'the waypoint\'s own identity is still carried');
   assert.equal(await denied(s.metrics, 'behind_waypoint'), 1);
   const line = s.records.find((r) => r.msg === 'open connection closed: the east-west gateway no longer carries it');
   assert.match(String(line?.fields?.['reason']), /behind waypoint demo\/waypoint of this cluster/);
+});
+
+test('a waypoint withdrawn closes what only its identity was carried to: a push changing only the waypoints judges the gateway\'s deliveries again', async () => {
+  const s = setup();
+  const guarded = { ...s.config, services: [{ ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }] };
+  s.push(guarded);
+  const fromWaypoint = open(s, true, WAYPOINT);
+  // The waypoint is gone: the guard admits no one (fail closed), and only the waypoints changed.
+  assert.equal(s.push({ ...guarded, waypoints: [] }), 1);
+  assert.equal(fromWaypoint.destroyed, true);
+  assert.equal(await denied(s.metrics, 'behind_waypoint'), 1);
 });
