@@ -259,8 +259,16 @@ export class EastWestGateway {
       if (this.#tenantAt.get(held) === 0) this.#tenantsAt.release(key);
       this.#atUpstream.release(key);
     };
+    const judgedBy = this.#lastExport;
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
+      // A new export came while it connected: #rejudge did not see it, so it is judged here.
+      const now = judgedBy === this.#lastExport ? route : this.#route(req.target.host, req.target.port, req.peer.spiffeId);
+      if ('refused' in now) {
+        upstream.destroy();
+        release();
+        return this.#refuse(now.refused, req, now.status, now.detail);
+      }
       this.#m?.tunnels.inc();
       this.#open.set(upstream, req);
       upstream.once('close', () => {

@@ -731,6 +731,58 @@ test('tunnels open through the gateway are judged again at every new export: one
   assert.equal(closedLines()[1]!.peer, WAYPOINT2);
 });
 
+// A tunnel still connecting to its upstream when a new export arrives is not yet among the open
+// ones #rejudge judges: it is judged by the new export once connected, and refused if it no longer
+// may pass (the same rules and reasons as a CONNECT).
+test('a tunnel still connecting when a new export arrives is judged by it once connected: one the gateway no longer carries is refused (403 behind-waypoint), counted and named, not opened', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { connect: h2connect } = await import('node:http2');
+  // An "agent" whose queue holds one connection; each line on its stdin accepts one, which lets the next SYN in.
+  const sink = spawn('python3', ['-c', 'import socket,sys\ns=socket.socket();s.bind(("127.0.0.1",0));s.listen(0);print(s.getsockname()[1],flush=True)\nheld=[]\nfor _ in iter(sys.stdin.readline, ""): held.append(s.accept()[0])'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => sink.kill());
+  const sinkPort = await new Promise<number>((resolve, reject) => {
+    sink.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    sink.once('error', reject);
+  });
+  const ctrlTls = await creds(c2, CTRL);
+  const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
+  const wp = { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true };
+  const base: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc]]), waypoints: new Map([['demo/waypoint', wp]]) };
+  fed.merge(base);
+  await fed.start();
+  t.after(() => fed.stop());
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${fed.port}`, controllerId: CTRL, agentPort: sinkPort, connectTimeoutMs: 20_000, pollMs: 50, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
+  t.after(() => session.destroy());
+  session.on('error', () => {});
+  const open = () => new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+  });
+  const behind = async () => Number(/^weft_eastwest_refused_total\{reason="behind-waypoint"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
+  // The first fills the sink's queue; the second's connect waits for a place.
+  assert.equal(await open(), 200);
+  let second: number | undefined;
+  void open().then((x) => { second = x; });
+  // echo goes behind demo/waypoint; the open tunnel is closed by it (counted), which says the gateway read it.
+  fed.merge({ ...base, services: new Map([['demo/echo', { ...svc, waypoint: { name: 'waypoint', namespace: 'demo' } }]]) });
+  await until('the new export is applied', async () => (await behind()) === 1, 5_000);
+  assert.equal(second, undefined, 'still connecting');
+  // A place in the sink's queue: the waiting connect completes, under the new export.
+  sink.stdin!.write('\n');
+  await until('the waiting connect is answered', () => second !== undefined, 10_000);
+  assert.equal(second, 403);
+  assert.equal(await behind(), 2);
+  const refused = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.msg === 'tunnel refused' && l.reason === 'behind-waypoint');
+  assert.equal(refused.length, 1);
+  assert.equal(refused[0]!.peer, CLIENT);
+});
+
 // The gateway reads its controller's export as the controllers read each other's
 // (lib/federation-read.ts): a read that never ends, or never stops growing, would have held the
 // gateway's start (it reads once before it listens) and every refresh after it.
