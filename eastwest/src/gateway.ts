@@ -292,7 +292,9 @@ export class EastWestGateway {
    * is left for the others (`over-fair-share`). So a tenant alone may take nearly all of it, and one
    * that comes later is admitted while those above their share are refused, until the tunnels
    * closing bring each to its share. Open tunnels are never closed for it: Envoy's circuit breakers
-   * and overload manager refuse new connections and streams, they do not cut established ones.
+   * refuse new connections and requests past their bound and leave established ones be
+   * (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/circuit_breaking),
+   * and a caller's tunnel carries its pooled session's every connection.
    */
   #admit(tenant: string, key: string, what: string): { reason: EastWestRefusal; detail: string } | undefined {
     const all = this.#atUpstream.get(key);
