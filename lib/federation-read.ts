@@ -6,14 +6,14 @@
 // more than `maxBytes`.
 import { boundedGet } from './bounded-get.ts';
 import { spiffeIdFromCert } from './hbone/peer.ts';
-import { FEDERATION_PATH } from './model/federation.ts';
+import { FEDERATION_PATH, MAX_EXPORT_BYTES } from './model/federation.ts';
 
 /** The peer may stay silent this long at a time. */
 export const EXPORT_READ_IDLE_MS = 2_000;
 /** A whole export must be read within this. */
 export const DEFAULT_EXPORT_READ_DEADLINE_MS = 10_000;
-/** An export larger than this is refused. */
-export const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
+/** An export larger than this is refused (the exporter keeps within it: exportSelection). */
+export { MAX_EXPORT_BYTES };
 
 export interface ExportReadOptions {
   /** This side's identity and the trust bundle. */

@@ -226,7 +226,7 @@ export class AgentState {
    * carries, as the gateway reads them): the agent judges every CONNECT on its gateway port by it.
    */
   exportedPods(): ExportedPods {
-    return (this.exported ??= exportedPods(exportServices(this.config.services), (ref) => this.waypointFor(ref)?.spiffeId));
+    return (this.exported ??= exportedPods(exportServices(this.config.services, this.config.waypoints), (ref) => this.waypointFor(ref)?.spiffeId));
   }
 
   /**

@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { summarizeIssues } from '../../lib/model/errors.ts';
 import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
+import type { ExportLeftOut } from '../../lib/model/federation.ts';
 import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
 import { JwksResolver, type JwksResolverOptions } from './jwks-resolver.ts';
 import { compileChanges } from './compile-incremental.ts';
@@ -59,9 +60,10 @@ export interface ControllerOptions {
   onFindings?: (findings: readonly CompileFinding[]) => Promise<boolean | void>;
   /**
    * Multi-cluster (controller/src/federation.ts): merges other clusters' endpoints into each
-   * compiled model before it is published, and asks for a new round when they change.
+   * compiled model before it is published, and asks for a new round when they change. What the
+   * merge left out of this cluster's export (leftOut) is a finding of the object left out.
    */
-  federation?: { merge(local: MeshModel): MeshModel; onChange(listener: () => void): void };
+  federation?: { merge(local: MeshModel): MeshModel; onChange(listener: () => void): void; leftOut?(): readonly ExportLeftOut[] };
   /** First retry of a failed waypoint reconcile, doubling per failure up to {@link MAX_WAYPOINT_RETRY_MS}; default 1000 ms. */
   waypointRetryMs?: number;
   /**
@@ -336,7 +338,9 @@ export class Controller {
           this.#markDirty();
         }
       }
-      findings = result.findings;
+      // A Service (or waypoint) this cluster's export leaves out says why, at its field.
+      const leftOut = this.#o.federation?.leftOut?.() ?? [];
+      findings = leftOut.length === 0 ? result.findings : [...result.findings, ...leftOut.map((x): CompileFinding => ({ kind: x.kind, namespace: x.namespace, name: x.name, path: x.path, reason: 'NotExported', message: x.message }))];
       this.#findingsDirty = true;
       this.#lastFindings = findings;
       this.#lastRouteParents = result.routeParents;

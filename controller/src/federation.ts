@@ -21,7 +21,7 @@ import { listenHttp } from '../../lib/status-http.ts';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
 import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
-import { DEFAULT_IMPORT_QUOTA, exportRefusal, exportServices, exportWaypoint, FEDERATION_PATH, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, exportSelection, FEDERATION_PATH, type ExportLeftOut, type ExportSelection, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
 
 /** How often a remote controller's export is read. */
@@ -112,7 +112,6 @@ export class Federation {
   readonly #o: FederationOptions;
   #remotes: RemoteState[];
   readonly #listeners = new Set<() => void>();
-  #local: MeshModel | undefined;
   #server: Server | undefined;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -126,8 +125,10 @@ export class Federation {
   readonly #exportLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
-  /** This cluster's Services left out of its export at the last merge (exportRefusal), by `namespace/name`: why. */
+  /** This cluster's Services and waypoints left out of its export at the last merge (exportSelection), by `kind/namespace/name`: why. */
   #refusedExports = new Map<string, string>();
+  /** What the export carries, chosen at each merge (exportSelection). */
+  #selection: ExportSelection = { services: [], waypoints: [], left: [] };
   readonly #quota: ImportQuota;
 
   constructor(o: FederationOptions) {
@@ -149,7 +150,7 @@ export class Federation {
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
         importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, cluster-local, quota)', labelNames: ['cluster', 'reason'], registers }),
-        exportRefused: new Counter({ name: 'weft_federation_export_refused_total', help: 'Services of this cluster left out of its export because every importer would refuse them (counted when first left out), by reason (invalid: more than 100 ports or 8 VIPs)', labelNames: ['reason'], registers }),
+        exportRefused: new Counter({ name: 'weft_federation_export_refused_total', help: 'Services (and waypoints) of this cluster left out of its export (counted when first left out), by reason (invalid: every importer would refuse it, more than 100 ports or 8 VIPs; namespace-share: its namespace is past its share of the export\'s bytes, its largest left out first)', labelNames: ['reason'], registers }),
         listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
@@ -162,7 +163,6 @@ export class Federation {
 
   /** The compiled local model with every live remote's endpoints merged in; remembers the local one for the export. */
   merge(local: MeshModel): MeshModel {
-    this.#local = local;
     this.#noteRefusedExports(local);
     const live = this.#remotes.filter((r) => r.export && !r.stale).map((r) => r.export!);
     const { services, waypoints, refused } = live.length === 0
@@ -179,26 +179,31 @@ export class Federation {
     return { ...local, services, ...(waypoints.size > 0 ? { waypoints: new Map([...local.waypoints, ...waypoints]) } : {}) };
   }
 
-  /** Counts and logs (once each, within the refusal budget) the local Services the export leaves out (exportRefusal). */
+  /**
+   * Chooses what the export carries (exportSelection) and counts and logs (once each, within the
+   * refusal budget) the local Services and waypoints it leaves out.
+   */
   #noteRefusedExports(local: MeshModel): void {
+    this.#selection = exportSelection(local.services.values(), local.waypoints.values());
     const now = new Map<string, string>();
-    for (const s of local.services.values()) {
-      if (s.cluster !== undefined) continue;
-      const why = exportRefusal(s);
-      if (why === undefined) continue;
-      const key = `${s.namespace}/${s.name}`;
-      now.set(key, why);
-      if (this.#refusedExports.get(key) === why) continue;
-      this.#metrics?.exportRefused.inc({ reason: 'invalid' });
-      if (this.#exportLog.take()) this.#o.log.warn('service not exported: every importer would refuse it; the other services are exported', { service: key, error: why });
+    for (const x of this.#selection.left) {
+      const key = `${x.kind}/${x.namespace}/${x.name}`;
+      now.set(key, x.message);
+      if (this.#refusedExports.get(key) === x.message) continue;
+      this.#metrics?.exportRefused.inc({ reason: x.reason });
+      if (this.#exportLog.take()) this.#o.log.warn(`${x.kind === 'Service' ? 'service' : 'waypoint'} not exported; the other namespaces' are exported`, { [x.kind === 'Service' ? 'service' : 'waypoint']: `${x.namespace}/${x.name}`, reason: x.reason, path: x.path, error: x.message });
     }
     this.#refusedExports = now;
   }
 
-  /** This cluster's own services, endpoints and waypoints (nothing imported). */
+  /** This cluster's Services and waypoints the export leaves out at the last merge, each named with its field (the controller's findings). */
+  leftOut(): readonly ExportLeftOut[] {
+    return this.#selection.left;
+  }
+
+  /** This cluster's own services, endpoints and waypoints (nothing imported), as chosen at the last merge (exportSelection). */
   export(): ClusterExport {
-    const services = exportServices(this.#local?.services.values() ?? []);
-    const waypoints = [...(this.#local?.waypoints.values() ?? [])].filter((w) => w.cluster === undefined).map(exportWaypoint);
+    const { services, waypoints } = this.#selection;
     return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services, waypoints };
   }
 

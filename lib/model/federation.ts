@@ -197,9 +197,139 @@ export function exportRefusal(s: Pick<Service, 'ports' | 'vips'>): string | unde
   return vips ? `vips: ${vips}` : undefined;
 }
 
-/** A cluster's own Services as its export carries them: the cluster-local ones stay home, and those no importer takes (exportRefusal). */
-export function exportServices(services: Iterable<Service>): Service[] {
-  return [...services].filter((s) => !isClusterLocal(s.namespace, s.name) && exportRefusal(s) === undefined);
+/**
+ * Most bytes of one export: what its readers take (lib/federation-read.ts, the remote controllers
+ * and the cluster's own east-west gateway). Past it every read fails, and after the stale bound
+ * every Service of the cluster is gone from every other one.
+ */
+export const MAX_EXPORT_BYTES = 16 * 1024 * 1024;
+
+/**
+ * What an export's top level (cluster, network, gateway, the lists' brackets) may take of
+ * MAX_EXPORT_BYTES; the rest is the namespaces' (exportSelection). Its fields are the controller's
+ * own flags, a few hundred bytes.
+ */
+export const EXPORT_ENVELOPE_BYTES = 64 * 1024;
+
+/** A cluster's Service or waypoint left out of its export, and why (exportSelection). */
+export interface ExportLeftOut {
+  kind: 'Service' | 'Waypoint';
+  namespace: string;
+  name: string;
+  /**
+   * `invalid`: every importer refuses it whole (exportRefusal); `namespace-share`: its namespace's
+   * entries are past the namespace's share of the export's bytes, and it is among the largest.
+   */
+  reason: 'invalid' | 'namespace-share';
+  /** The field at fault (`spec.ports`, `spec.clusterIPs`; `metadata.namespace` for the share). */
+  path: string;
+  message: string;
+}
+
+/** What a cluster's export carries of its own Services and waypoints, and what it leaves out. */
+export interface ExportSelection {
+  services: Service[];
+  waypoints: ExportedWaypoint[];
+  left: ExportLeftOut[];
+}
+
+/** UTF-8 bytes of an entry's JSON with its comma, by object (an unchanged model object keeps its identity across compiles). */
+const entryBytesOf = new WeakMap<object, number>();
+
+/**
+ * The one measure of an export entry's size: the bytes its JSON takes in the export (with the
+ * comma after it). The exporter cuts by it, and an agent judging its gateway port by the same
+ * selection (agent/src/state.ts) gets the same answer from its copy of the same objects.
+ */
+export function exportEntryBytes(entry: object): number {
+  let n = entryBytesOf.get(entry);
+  if (n === undefined) {
+    n = Buffer.byteLength(JSON.stringify(entry)) + 1;
+    entryBytesOf.set(entry, n);
+  }
+  return n;
+}
+
+/** A cluster's own Service as its export carries it: its own endpoints only (an agent's copy has other clusters' merged in). */
+function ownService(s: Service): Service {
+  return s.endpoints.some((e) => e.cluster !== undefined) ? { ...s, endpoints: s.endpoints.filter((e) => e.cluster === undefined) } : s;
+}
+
+/**
+ * What a cluster's export carries, from its model's Services and waypoints (this cluster's own:
+ * imported ones are skipped): the cluster-local Services stay home, those no importer takes
+ * (exportRefusal) are left out, and the rest must fit in `maxBytes` (MAX_EXPORT_BYTES, what its
+ * readers take) with a fair share per namespace. Kubernetes bounds neither a namespace's Services
+ * nor their endpoints, so one tenant's namespace could push the export past what its readers take
+ * and take every namespace's Services out of every other cluster. Each namespace's entries
+ * (Services and waypoints, measured by exportEntryBytes) are given an even share of what the
+ * envelope leaves, what a smaller namespace does not use going to the larger ones (max-min
+ * fairness): a namespace within its share keeps everything, whatever the others do; one past it
+ * loses its own largest entries first (then by name), until the rest fits. Deterministic, so the
+ * controller that serves the export, its east-west gateway that reads it and every agent that
+ * judges its gateway port by it (exportedPods) agree on what is exported.
+ */
+export function exportSelection(services: Iterable<Service>, waypoints: Iterable<Waypoint>, maxBytes = MAX_EXPORT_BYTES): ExportSelection {
+  const left: ExportLeftOut[] = [];
+  type Entry = { kind: ExportLeftOut['kind']; namespace: string; name: string; bytes: number; out?: boolean };
+  const byNs = new Map<string, { entries: Entry[]; bytes: number }>();
+  const add = (e: Entry) => {
+    let ns = byNs.get(e.namespace);
+    if (!ns) byNs.set(e.namespace, (ns = { entries: [], bytes: 0 }));
+    ns.entries.push(e);
+    ns.bytes += e.bytes;
+  };
+  const svcs: Array<[Service, Entry]> = [];
+  for (const s of services) {
+    if (s.cluster !== undefined || isClusterLocal(s.namespace, s.name)) continue;
+    const why = exportRefusal(s);
+    if (why !== undefined) {
+      left.push({ kind: 'Service', namespace: s.namespace, name: s.name, reason: 'invalid', path: why.startsWith('ports') ? 'spec.ports' : 'spec.clusterIPs', message: `not exported to other clusters: every importer would refuse it (${why})` });
+      continue;
+    }
+    const own = ownService(s);
+    const e: Entry = { kind: 'Service', namespace: s.namespace, name: s.name, bytes: exportEntryBytes(own) };
+    svcs.push([own, e]);
+    add(e);
+  }
+  const wps: Array<[ExportedWaypoint, Entry]> = [];
+  for (const w of waypoints) {
+    if (w.cluster !== undefined) continue;
+    const x = exportWaypoint(w);
+    const e: Entry = { kind: 'Waypoint', namespace: w.namespace, name: w.name, bytes: exportEntryBytes(x) };
+    wps.push([x, e]);
+    add(e);
+  }
+  // Max-min fairness: the namespaces by what they ask, smallest first; each is given an even share
+  // of what the ones before it left.
+  const order = [...byNs].sort(([a, x], [b, y]) => x.bytes - y.bytes || (a < b ? -1 : a > b ? 1 : 0));
+  let remaining = Math.max(0, maxBytes - EXPORT_ENVELOPE_BYTES);
+  order.forEach(([namespace, ns], i) => {
+    const share = Math.floor(remaining / (order.length - i));
+    if (ns.bytes <= share) {
+      remaining -= ns.bytes;
+      return;
+    }
+    // Its largest entries out first (then by kind and name), until the rest fits its share.
+    const largest = [...ns.entries].sort((a, b) => b.bytes - a.bytes || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    let bytes = ns.bytes;
+    for (const e of largest) {
+      if (bytes <= share) break;
+      e.out = true;
+      bytes -= e.bytes;
+      left.push({
+        kind: e.kind, namespace, name: e.name, reason: 'namespace-share', path: 'metadata.namespace',
+        message: `not exported to other clusters: namespace ${namespace}'s Services and waypoints take ${ns.bytes} bytes of the export, past its share of ${share} (the export's readers take ${maxBytes} bytes, shared evenly by the ${order.length} namespaces that export, what one does not use going to the others); its largest are left out first, this one of ${e.bytes} bytes`,
+      });
+    }
+    remaining -= bytes;
+  });
+  return { services: svcs.filter(([, e]) => !e.out).map(([s]) => s), waypoints: wps.filter(([, e]) => !e.out).map(([w]) => w), left };
+}
+
+/** A cluster's own Services as its export carries them (exportSelection). */
+export function exportServices(services: Iterable<Service>, waypoints: Iterable<Waypoint>): Service[] {
+  return exportSelection(services, waypoints).services;
 }
 
 export interface ClusterExport {

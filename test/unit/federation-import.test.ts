@@ -203,7 +203,7 @@ test('a remote cannot add endpoints to this cluster\'s kube-system Services or d
   assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="cluster-local"\} 3$/m);
   assert.ok(lines.some((l) => l.fields.service === 'default/kubernetes' && l.fields.reason === 'cluster-local'));
   // This cluster does not export them either (its gateway then admits no kube-system pod).
-  assert.deepEqual(exportServices(local.services.values()).map((s) => s.name), ['echo']);
+  assert.deepEqual(exportServices(local.services.values(), []).map((s) => s.name), ['echo']);
   assert.deepEqual(fed.export().services.map((s) => s.name), ['echo']);
 });
 
@@ -328,6 +328,44 @@ test('a Service no importer takes (more than 100 ports) is left out of this clus
   const logged = lines.filter((l) => /not exported/.test(l.msg));
   assert.deepEqual(logged.map((l) => l.fields.service).sort(), ['aaa/hog0', 'aaa/hog1', 'aaa/hog2', 'aaa/hog3', 'aaa/hog4']);
   assert.match(String(logged[0]!.fields.error), /has 40000 ports, more than the 100 a Service may have/);
+});
+
+// The export's readers (remote controllers, this cluster's east-west gateway: lib/federation-read.ts)
+// take at most MAX_EXPORT_BYTES, and Kubernetes bounds neither a namespace's Services nor their
+// endpoints: one tenant's 2,000 Services of 100 ports (each importer takes them) made the export
+// 17 MB, every read of it failed, and after the stale bound every namespace's Services were gone
+// from every other cluster. Istio has no such bound to match (istiod reads a remote's API server);
+// each namespace now has a fair share of the export's bytes.
+test('attack: one namespace\'s Services past the export\'s 16 MiB cost only that namespace: its largest are left out (counted namespace-share, logged, named at metadata.namespace), the export stays readable, and the other namespaces\' Services, a large one included, are still imported on the other side', async (t) => {
+  const exporter = pushed(t, { cluster: 'cluster2' });
+  const importer = pushed(t);
+  const ports = Array.from({ length: MAX_SERVICE_PORTS }, (_, i) => ({ name: `port-${i}`, port: 1000 + i, targetPort: 1000 + i, protocol: 'TCP' as const, appProtocol: 'tcp' as const }));
+  const hogs = Array.from({ length: 2_000 }, (_, i) => svc(`hog${i}`, [ep(addr('10.70', i), { workloadUid: `hog-${i}` })], { namespace: 'aaa', vips: [addr('10.96', 1_000 + i)], ports }));
+  // Another tenant's large Service (10,000 endpoints, about 3 MB), within its share: kept whole.
+  const big = svc('big', Array.from({ length: 10_000 }, (_, i) => ep(addr('10.71', i))), { namespace: 'big', vips: ['10.96.0.20'] });
+  const echo = svc('echo', [ep('10.77.1.1', { nodeIp: '10.77.0.1' })]);
+  const local = model([...hogs, big, echo]);
+  exporter.fed.merge(local);
+  exporter.fed.merge(local);
+  const text = JSON.stringify(exporter.fed.export());
+  assert.ok(Buffer.byteLength(text) <= MAX_EXPORT_BYTES, `the export is ${Buffer.byteLength(text)} bytes, past the readers' ${MAX_EXPORT_BYTES}`);
+  const exported = new Set(exporter.fed.export().services.map((s) => `${s.namespace}/${s.name}`));
+  assert.ok(exported.has('demo/echo') && exported.has('big/big'), 'the other namespaces are exported whole');
+  // What is left out is the hostile namespace's own, counted once each, logged and named.
+  const left = exporter.fed.leftOut();
+  assert.ok(left.length > 0 && left.every((x) => x.namespace === 'aaa' && x.reason === 'namespace-share' && x.path === 'metadata.namespace'));
+  assert.equal(left.length + [...exported].filter((k) => k.startsWith('aaa/')).length, 2_000);
+  assert.match(left[0]!.message, /namespace aaa's Services and waypoints take \d+ bytes of the export, past its share of \d+/);
+  assert.match(await exporter.metrics(), new RegExp(`^weft_federation_export_refused_total\\{reason="namespace-share"\\} ${left.length}$`, 'm'));
+  assert.ok(exporter.lines.some((l) => /not exported/.test(l.msg) && l.fields.reason === 'namespace-share' && String(l.fields.service).startsWith('aaa/')));
+  // An agent of the cluster judges its gateway port by the same selection from its own copy of the model.
+  assert.deepEqual(exportServices(local.services.values(), local.waypoints.values()).map((s) => `${s.namespace}/${s.name}`).sort(), [...exported].sort());
+  // The importing side reads it and imports the other namespaces' Services.
+  importer.fed.report('cluster2', { export: text });
+  const merged = importer.fed.merge(model([]));
+  assert.equal(importer.status(2).lastError, undefined);
+  assert.deepEqual(merged.services.get('demo/echo')?.endpoints.map((e) => e.ip), ['10.77.1.1']);
+  assert.equal(merged.services.get('big/big')?.endpoints.length, 10_000);
 });
 
 // One LogBudget a kind of refusal: a remote writes its export, and with it as many import refusals

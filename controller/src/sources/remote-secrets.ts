@@ -26,7 +26,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { MeshKind } from '../../../lib/model/objects.ts';
 import type { NetworkGateway } from '../../../lib/model/mesh.ts';
-import { ANNOTATION_TRUST_DOMAIN, DEFAULT_IMPORT_QUOTA, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportServices, exportWaypoint, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport, type ImportQuota } from '../../../lib/model/federation.ts';
+import { ANNOTATION_TRUST_DOMAIN, DEFAULT_IMPORT_QUOTA, EASTWEST_PORT_NAME, EASTWEST_SERVICE_ACCOUNT, exportSelection, LABEL_MULTICLUSTER, LABEL_NETWORK, type ClusterExport, type ImportQuota } from '../../../lib/model/federation.ts';
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
@@ -286,7 +286,8 @@ export class RemoteClusterReader {
     const gateway = gatewayOf(this.#gatewayService, network, `spiffe://${trustDomain}/ns/${rootNamespace}/sa/${EASTWEST_SERVICE_ACCOUNT}`);
     // Its waypoints as its own controller would export them: addresses from their running pods, or
     // the Waypoint's status that controller writes (compile.ts waypointFacts).
-    return { cluster, network, ...(gateway ? { gateway } : {}), services: exportServices(model.services.values()), waypoints: [...model.waypoints.values()].map(exportWaypoint) };
+    const { services, waypoints } = exportSelection(model.services.values(), model.waypoints.values());
+    return { cluster, network, ...(gateway ? { gateway } : {}), services, waypoints };
   }
 }
 
