@@ -2,9 +2,9 @@
 // from it: which local pod owns an address, and where a captured connection should go.
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, boundWaypoint, endpointTargetPort, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
-import { isIP } from 'node:net';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
 import { exportServices, exportedPods, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
+import { ipProblem } from '../../lib/model/address.ts';
 
 /** Where one captured connection goes. */
 export type Upstream =
@@ -23,32 +23,34 @@ export type Upstream =
  * one keeps serving): every address the datapath would be given must parse.
  */
 export function validateAgentConfig(config: AgentConfig): void {
-  const bad = (what: string, v: unknown) => {
-    throw new Error(`${what}: ${JSON.stringify(v)} is not a valid address`);
+  // ipProblem: what the controller refuses, a zone (fe80::1%eth0) too, which the BPF codec would drop.
+  const bad = (what: string, v: string) => {
+    throw new Error(`${what}: ${ipProblem(v) ?? `${JSON.stringify(v)} is not a valid address`}`);
   };
+  const isAddress = (v: string): boolean => ipProblem(v) === undefined;
   const port = (what: string, v: unknown) => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 65535) throw new Error(`${what}: ${JSON.stringify(v)} is not a port`);
   };
   for (const w of config.workloads) {
-    if (w.ip && !isIP(w.ip)) bad(`workload ${w.namespace}/${w.name} ip`, w.ip);
-    if (w.nodeIp && !isIP(w.nodeIp)) bad(`workload ${w.namespace}/${w.name} nodeIp`, w.nodeIp);
+    if (w.ip && !isAddress(w.ip)) bad(`workload ${w.namespace}/${w.name} ip`, w.ip);
+    if (w.nodeIp && !isAddress(w.nodeIp)) bad(`workload ${w.namespace}/${w.name} nodeIp`, w.nodeIp);
   }
   for (const s of config.services) {
-    for (const v of s.vips) if (!isIP(v)) bad(`service ${s.namespace}/${s.name} vip`, v);
+    for (const v of s.vips) if (!isAddress(v)) bad(`service ${s.namespace}/${s.name} vip`, v);
     for (const p of s.ports) port(`service ${s.namespace}/${s.name} port ${p.name}`, p.port);
     for (const e of s.endpoints) {
-      if (!isIP(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
+      if (!isAddress(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
       if (e.gateway) {
-        if (!isIP(e.gateway.address)) bad(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway`, e.gateway.address);
+        if (!isAddress(e.gateway.address)) bad(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway`, e.gateway.address);
         port(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway port`, e.gateway.port);
       }
     }
   }
   for (const w of config.waypoints) {
-    if (w.address && !isIP(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
-    for (const a of w.addresses ?? []) if (!isIP(a)) bad(`waypoint ${w.namespace}/${w.name} addresses`, a);
+    if (w.address && !isAddress(w.address)) bad(`waypoint ${w.namespace}/${w.name} address`, w.address);
+    for (const a of w.addresses ?? []) if (!isAddress(a)) bad(`waypoint ${w.namespace}/${w.name} addresses`, a);
     if (w.gateway) {
-      if (!isIP(w.gateway.address)) bad(`waypoint ${waypointKey(w)} gateway`, w.gateway.address);
+      if (!isAddress(w.gateway.address)) bad(`waypoint ${waypointKey(w)} gateway`, w.gateway.address);
       port(`waypoint ${waypointKey(w)} gateway port`, w.gateway.port);
     }
   }

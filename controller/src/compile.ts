@@ -2,7 +2,6 @@
 // this point already validated (controller/src/store.ts keeps the last valid version of each);
 // what can only be judged with other objects at hand (a route whose parent Service does not exist)
 // is reported as a status finding, not thrown.
-import { isIP } from 'node:net';
 import { parseDuration } from '../../lib/model/duration.ts';
 import {
   LABEL_DATAPLANE_MODE,
@@ -76,7 +75,7 @@ import {
   type Workload,
 } from '../../lib/model/mesh.ts';
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
-import { canonicalIp, isServiceAddress } from '../../lib/model/federation.ts';
+import { canonicalIp, ipProblem, isServiceAddress } from '../../lib/model/address.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
 import { expandTrustDomainAliases } from '../../lib/policy/trust-domains.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
@@ -969,12 +968,14 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
           if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
           const at = canonicalIp(ip);
           refs.push(at ?? ip);
+          // Not an address a mesh object may hold (validation refuses it: a zone, fe80::1%eth0): no endpoint.
+          if (at === undefined) continue;
           // The pod holding the address: targetRef picks among pods sharing one (host network) only
           // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
           // address with the writer's own pod would carry the writer's identity and namespace
           // (exportedPods' same-namespace check, Endpoint.waypoint) for the victim's address.
           const named = ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined;
-          const w = at === undefined ? undefined : named && podAddresses(index.pods.get(named.uid)).includes(at) ? named : index.byIp.get(at);
+          const w = named && podAddresses(index.pods.get(named.uid)).includes(at) ? named : index.byIp.get(at);
           const epPorts: Record<string, number> = {};
           for (const sp of ports) {
             const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
@@ -1027,7 +1028,7 @@ export function podAddresses(pod: Pod | undefined): string[] {
 
 /** A Service's cluster IPs as its object states them. */
 function serviceVips(svc: ServiceObject): string[] {
-  return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && isIP(ip) !== 0);
+  return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && ipProblem(ip) === undefined);
 }
 
 /**

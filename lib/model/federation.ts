@@ -5,7 +5,7 @@
 // Service that only other clusters have is imported with their VIP, and, when it goes through a
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
-import { BlockList, isIP } from 'node:net';
+import { ipProblem, isServiceAddress } from './address.ts';
 import { endpointTargetPort, waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 
@@ -406,43 +406,6 @@ export class FederationExportError extends Error {
 const PROTOCOLS: readonly ServicePort['protocol'][] = ['TCP', 'UDP', 'SCTP'];
 const APP_PROTOCOLS: readonly ServicePort['appProtocol'][] = ['http', 'http2', 'grpc', 'tcp'];
 
-/** Addresses no Service may have: loopback, unspecified, link-local, multicast (a remote naming one would capture this host's own traffic). */
-const NOT_SERVICE_ADDRESSES = (() => {
-  const b = new BlockList();
-  b.addSubnet('0.0.0.0', 8, 'ipv4');
-  b.addSubnet('127.0.0.0', 8, 'ipv4');
-  b.addSubnet('169.254.0.0', 16, 'ipv4');
-  b.addSubnet('224.0.0.0', 3, 'ipv4');
-  b.addAddress('::', 'ipv6');
-  b.addAddress('::1', 'ipv6');
-  b.addSubnet('fe80::', 10, 'ipv6');
-  b.addSubnet('ff00::', 8, 'ipv6');
-  return b;
-})();
-
-/**
- * An IP address in one spelling, so that addresses compare as strings: an IPv4-mapped IPv6 address
- * (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address, an IPv6 address lower-case and
- * compressed (RFC 5952, as the WHATWG URL parser writes it), an IPv4 address unchanged. Undefined
- * for anything else, an IPv6 address with a zone (`fe80::1%eth0`, RFC 4007 11.2) too: isIP admits
- * one, no peer's address is one, and the URL parser throws on it. Never throws.
- */
-export function canonicalIp(ip: string): string | undefined {
-  const family = isIP(ip);
-  if (family === 4) return ip;
-  if (family !== 6 || ip.includes('%')) return undefined;
-  const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
-  if (!mapped) return v6;
-  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
-  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
-}
-
-export function isServiceAddress(ip: string): boolean {
-  const family = isIP(ip);
-  return family !== 0 && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
-}
-
 /** A Kubernetes name of a Service or namespace (an RFC 1123 label; Kubernetes refuses any other). */
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
@@ -503,7 +466,8 @@ export function parseClusterExport(v: unknown, opts: { quota?: ImportQuota } = {
   };
   const ip = (x: unknown, path: string): string => {
     const s = str(x, path);
-    if (!isIP(s)) throw new FederationExportError(path, `${JSON.stringify(s)} is not an IP address`);
+    const why = ipProblem(s);
+    if (why) throw new FederationExportError(path, why);
     return s;
   };
   const port = (x: unknown, path: string): number => {

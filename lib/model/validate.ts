@@ -3,7 +3,7 @@
 // `spec.rules[0].from[0].source.ipBlocks[1]`. weft.dev and Gateway API specs are checked strictly
 // (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
 // fields Weft uses, since the API server has validated the rest.
-import { isIP } from 'node:net';
+import { ipProblem } from './address.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
@@ -450,7 +450,8 @@ function validateReferenceGrant(c: Checker, o: Json): void {
 
 function ip(c: Checker, v: unknown, path: string, required = false): void {
   const s = c.str(v, path, { required });
-  if (s !== undefined && s !== '' && isIP(s) === 0) c.fail(path, `"${s}" is not an IP address`);
+  const why = s !== undefined && s !== '' ? ipProblem(s) : undefined;
+  if (why) c.fail(path, why);
 }
 
 /** status.conditions as the controller reads them (type and status; other fields are left alone). */
@@ -502,9 +503,17 @@ function validateService(c: Checker, o: Json): void {
   if (!spec) return;
   c.stringMap(spec.selector, 'spec.selector', LABEL_NAME, LABEL_VALUE);
   const cip = c.str(spec.clusterIP, 'spec.clusterIP');
-  if (cip !== undefined && cip !== 'None' && cip !== '' && isIP(cip) === 0) c.fail('spec.clusterIP', `"${cip}" is not an IP address or None`);
+  if (cip !== undefined && cip !== 'None' && cip !== '') ip(c, cip, 'spec.clusterIP');
   c.strList(spec.clusterIPs, 'spec.clusterIPs', (s, p) => {
-    if (s !== 'None' && isIP(s) === 0) c.fail(p, `"${s}" is not an IP address`);
+    if (s !== 'None') ip(c, s, p);
+  });
+  // kube-proxy carries these to the Service's endpoints too; the API server checks them as addresses
+  // (a config directory has no API server), and the compile compares them with waypoint addresses.
+  c.strList(spec.externalIPs, 'spec.externalIPs', (s, p) => ip(c, s, p));
+  const lb = c.obj(c.obj(o.status, 'status')?.loadBalancer, 'status.loadBalancer');
+  c.arr(lb?.ingress, 'status.loadBalancer.ingress')?.forEach((x, i) => {
+    const xo = c.obj(x, `status.loadBalancer.ingress[${i}]`, true);
+    if (xo) ip(c, xo.ip, `status.loadBalancer.ingress[${i}].ip`);
   });
   const names = new Set<string>();
   const ports = c.arr(spec.ports, 'spec.ports');
@@ -537,8 +546,8 @@ function validateEndpointSlice(c: Checker, o: Json): void {
     const eo = c.obj(e, p, true);
     if (!eo) return;
     c.strList(eo.addresses, `${p}.addresses`, (s, ap) => {
-      if (addressType === 'IPv4' && isIP(s) !== 4) c.fail(ap, `"${s}" is not an IPv4 address`);
-      if (addressType === 'IPv6' && isIP(s) !== 6) c.fail(ap, `"${s}" is not an IPv6 address`);
+      const why = addressType === 'IPv4' || addressType === 'IPv6' ? ipProblem(s, addressType === 'IPv4' ? 4 : 6) : undefined;
+      if (why) c.fail(ap, why);
     });
     if (eo.addresses === undefined) c.fail(`${p}.addresses`, 'is required');
     const cond = c.obj(eo.conditions, `${p}.conditions`);

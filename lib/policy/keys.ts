@@ -13,6 +13,7 @@
 //   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point;
 //   - `experimental.envoy.filters.*`: Envoy filter metadata, which no Weft data plane has.
 import { isIP } from 'node:net';
+import { ipProblem } from '../model/address.ts';
 import { escapeRegex, regexProblem } from '../regex.ts';
 
 /** Where an attribute can be seen. */
@@ -138,14 +139,22 @@ export function positiveField(field: string): string | undefined {
 
 /** Is `s` an IP address or a CIDR block with a valid prefix length? */
 export function isCidr(s: string): boolean {
+  return cidrProblem(s) === undefined;
+}
+
+/** Why `s` is not an IP address or a CIDR block with a valid prefix length, or undefined (its address as ipProblem judges one: no zone). */
+export function cidrProblem(s: string): string | undefined {
   const slash = s.indexOf('/');
   const addr = slash < 0 ? s : s.slice(0, slash);
   const family = isIP(addr);
-  if (family === 0) return false;
-  if (slash < 0) return true;
+  const notOne = `${JSON.stringify(s)} is not an IP address or CIDR block`;
+  if (family === 0) return notOne;
+  // A zone (fe80::1%eth0) names no peer's address.
+  const why = ipProblem(addr);
+  if (why) return why;
+  if (slash < 0) return undefined;
   const bits = s.slice(slash + 1);
-  if (!/^[0-9]{1,3}$/.test(bits)) return false;
-  return Number(bits) <= (family === 4 ? 32 : 128);
+  return /^[0-9]{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128) ? undefined : notOne;
 }
 
 function starOnlyAtEnds(s: string): boolean {
@@ -176,7 +185,7 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
       return undefined;
     }
     case 'cidr':
-      return isCidr(value) ? undefined : `${q} is not an IP address or CIDR block`;
+      return cidrProblem(value);
     case 'port':
       return /^[0-9]+$/.test(value) && Number(value) >= 1 && Number(value) <= 65535 ? undefined : `${q} is not a port number`;
     case 'method':

@@ -5,7 +5,7 @@
 // config takes effect. Only a config whose shape is broken is rejected as a whole, and then the
 // last good snapshot keeps serving. The controller validates with the same code (lib/policy), so
 // issues here mean a version skew between controller and waypoint.
-import { isIP } from 'node:net';
+import { ipProblem } from '../../lib/model/address.ts';
 import { isConsumerRoute, servesService, waypointTargets, type AddressOwner, type JwtRule, type Route, type RouteBackend, type Service, type TrafficPolicy, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { namespaceOfPrincipal } from '../../lib/policy/authz.ts';
 import { ConfigRejectedError, type ConfigIssue } from './errors.ts';
@@ -106,11 +106,15 @@ function validateService(s: Service, issues: ConfigIssue[]): void {
   const object = serviceKey(s);
   const issue = (path: string, message: string): void => { issues.push({ kind: 'Service', object, path, message }); };
   if (typeof s.hostname !== 'string' || s.hostname === '') issue('hostname', 'must be set');
-  s.vips.forEach((v, i) => { if (isIP(v) === 0) issue(`vips[${i}]`, `${JSON.stringify(v)} is not an IP address`); });
+  const address = (path: string, v: string): void => {
+    const why = ipProblem(v);
+    if (why) issue(path, why);
+  };
+  s.vips.forEach((v, i) => address(`vips[${i}]`, v));
   s.ports.forEach((p, i) => { if (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535) issue(`ports[${i}].port`, `${p.port} is not a port`); });
   s.endpoints.forEach((e, i) => {
-    if (isIP(e.ip) === 0) issue(`endpoints[${i}].ip`, `${JSON.stringify(e.ip)} is not an IP address`);
-    if (e.nodeIp !== undefined && isIP(e.nodeIp) === 0) issue(`endpoints[${i}].nodeIp`, `${JSON.stringify(e.nodeIp)} is not an IP address`);
+    address(`endpoints[${i}].ip`, e.ip);
+    if (e.nodeIp !== undefined) address(`endpoints[${i}].nodeIp`, e.nodeIp);
   });
 }
 

@@ -1,0 +1,61 @@
+// IP addresses as the mesh takes them from its objects, its remotes and its flags: one check of
+// what may be an address (ipProblem), one spelling to compare them in (canonicalIp), and the
+// addresses no Service, endpoint, node or waypoint may have (isServiceAddress).
+import { BlockList, isIP } from 'node:net';
+
+/**
+ * Why `s` is not an IP address a mesh object may hold (of `family`, when given), undefined when it
+ * is one. Every check of an address from tenant input (objects of the API server or of a config
+ * directory, a remote cluster's export, the config an agent or waypoint is sent) goes through
+ * this. An IPv6 address with a zone (`fe80::1%eth0`, `::1%lo`, RFC 4007 11.2) is none, though
+ * net.isIP admits it: a zone names an interface of one host, not an address another host can
+ * reach; the Kubernetes API server refuses one (netutils.ParseIPSloppy); canonicalIp has no
+ * spelling for it (the URL parser throws on it); and the agent's BPF codec would drop the zone, so
+ * `fd00::1%x` would be `fd00::1` in the kernel while every string comparison (conflicting cluster
+ * IPs, address owners) took them for two.
+ */
+export function ipProblem(s: string, family?: 4 | 6): string | undefined {
+  const f = isIP(s);
+  if (f === 0) return `${JSON.stringify(s)} is not an ${family ? `IPv${family}` : 'IP'} address`;
+  if (s.includes('%')) return `${JSON.stringify(s)} is not an address a mesh object may hold: it has a zone (%${s.slice(s.indexOf('%') + 1)}), which names an interface of one host (RFC 4007 11.2)`;
+  if (family !== undefined && f !== family) return `${JSON.stringify(s)} is not an IPv${family} address`;
+  return undefined;
+}
+
+/** Addresses no Service may have: loopback, unspecified, link-local, multicast (a remote naming one would capture this host's own traffic). */
+const NOT_SERVICE_ADDRESSES = (() => {
+  const b = new BlockList();
+  b.addSubnet('0.0.0.0', 8, 'ipv4');
+  b.addSubnet('127.0.0.0', 8, 'ipv4');
+  b.addSubnet('169.254.0.0', 16, 'ipv4');
+  b.addSubnet('224.0.0.0', 3, 'ipv4');
+  b.addAddress('::', 'ipv6');
+  b.addAddress('::1', 'ipv6');
+  b.addSubnet('fe80::', 10, 'ipv6');
+  b.addSubnet('ff00::', 8, 'ipv6');
+  return b;
+})();
+
+/**
+ * An IP address in one spelling, so that addresses compare as strings: an IPv4-mapped IPv6 address
+ * (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address, an IPv6 address lower-case and
+ * compressed (RFC 5952, as the WHATWG URL parser writes it), an IPv4 address unchanged. Undefined
+ * for anything ipProblem refuses, an IPv6 address with a zone (`fe80::1%eth0`) too: the URL parser
+ * throws on one. Never throws.
+ */
+export function canonicalIp(ip: string): string | undefined {
+  if (ipProblem(ip) !== undefined) return undefined;
+  if (isIP(ip) === 4) return ip;
+  const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
+  if (!mapped) return v6;
+  const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
+/** Whether `ip` is an address a Service, endpoint, node, waypoint or gateway may have (ipProblem none, and not one of NOT_SERVICE_ADDRESSES). */
+export function isServiceAddress(ip: string): boolean {
+  const family = isIP(ip);
+  return family !== 0 && ipProblem(ip) === undefined && !NOT_SERVICE_ADDRESSES.check(ip, family === 4 ? 'ipv4' : 'ipv6');
+}
+
