@@ -19,6 +19,13 @@ import { resolveInstallOptions } from '../../cli/install/options.ts';
 import { InstallOptionError } from '../../cli/install/errors.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { MAX_EXPORT_BYTES } from '../../lib/federation-read.ts';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { ConfigDirSource } from '../../controller/src/sources/files.ts';
+import { ns, svc as serviceObject } from './controller-fixtures.ts';
+import { startHarness, until } from './controller-harness.ts';
 
 const TD = 'cluster.local';
 const id = (ns: string, sa: string) => `spiffe://${TD}/ns/${ns}/sa/${sa}`;
@@ -392,4 +399,22 @@ test('a remote Service whose vips is not a list is refused with its own message,
   const refused = status(2).refusedServices!;
   assert.match(refused['demo/not-a-list']!, /services\[0\]\.vips: must be a list of IP addresses\)$/);
   assert.match(refused['demo/nine']!, /services\[1\]\.vips: must be a list of at most 8 addresses/);
+});
+
+test('a Service left out of this cluster\'s export is a finding of that Service, at its field (NotExported, weft_controller_findings)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'weft-export-'));
+  const registry = new Registry();
+  const fed = new Federation({ cluster: 'cluster1', network: 'network1', remotes: [], tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, log: silentLogger });
+  const h = await startHarness(new ConfigDirSource({ dir, debounceMs: 10 }), undefined, { registry, federation: fed });
+  t.after(async () => {
+    await h.close();
+    await fed.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const wide = serviceObject('shop', 'wide');
+  wide.spec.ports = Array.from({ length: MAX_SERVICE_PORTS + 1 }, (_, i) => ({ name: `p${i}`, port: 1000 + i }));
+  writeFileSync(join(dir, 'mesh.yaml'), [ns('shop'), wide, serviceObject('shop', 'web', { app: 'web' }, '10.96.0.11')].map((o) => stringify(o)).join('---\n'));
+  await until('the finding is counted', async () => /^weft_controller_findings\{kind="Service",reason="NotExported"\} 1$/m.test(await registry.metrics()));
+  assert.deepEqual(fed.leftOut().map((x) => [x.namespace, x.name, x.path, x.reason]), [['shop', 'wide', 'spec.ports', 'invalid']]);
+  assert.deepEqual(fed.export().services.map((s) => s.name), ['web']);
 });
