@@ -88,7 +88,7 @@ export function compileIncrementally(
       const uid = after.base.uid;
       if ((uid !== oldUid && cache.workloads.has(uid)) || claimedUids.has(uid)) return undefined;
       claimedUids.add(uid);
-      const held = new Set(podAddresses(before?.pod));
+      const held = new Set(before ? last.index.addresses.get(before.base.uid) : []);
       for (const ip of podAddresses(after.pod)) {
         if (!held.has(ip) && last.index.ipHolders.has(ip)) return undefined;
         // Two pods of this change taking one address: the full compile's last-listed-wins decides.
@@ -96,7 +96,7 @@ export function compileIncrementally(
         claimedIps.add(ip);
       }
     }
-    if (podAddresses(before?.pod).some((ip) => (last.index.ipHolders.get(ip) ?? 0) > 1)) return undefined;
+    if (before && last.index.addresses.get(before.base.uid)?.some((ip) => (last.index.ipHolders.get(ip) ?? 0) > 1)) return undefined;
     changes.push({ key, before, after });
   }
 
@@ -108,16 +108,17 @@ export function compileIncrementally(
   /** Workload uids deleted from the model (publish looks at these and `touched` only). */
   const deleted = new Set<string>();
   const affected = new Set<string>();
-  const affects = (w: Workload, pod: Pod) => {
+  /** The Services whose endpoints `w` (indexed) may be among: by selector, or a slice naming its uid or one of its addresses. */
+  const affects = (w: Workload) => {
     for (const key of last.servicesByNamespace.get(w.namespace) ?? []) {
       const selector = last.serviceObjects.get(key)!.spec.selector;
       if (selector && Object.keys(selector).length > 0 && labelsMatch(selector, w.labels)) affected.add(key);
     }
-    for (const ref of [w.uid, ...podAddresses(pod)]) for (const key of last.sliceRefs.get(ref) ?? []) affected.add(key);
+    for (const ref of [w.uid, ...(index.addresses.get(w.uid) ?? [])]) for (const key of last.sliceRefs.get(ref) ?? []) affected.add(key);
   };
   for (const { key, before, after } of changes) {
     if (before) {
-      affects(before.base, before.pod);
+      affects(before.base);
       unindexWorkload(index, before.base);
       cache.workloads.delete(before.base.uid);
       last.uidByPodKey.delete(key);
@@ -131,7 +132,7 @@ export function compileIncrementally(
       cache.workloads.set(after.base.uid, after);
       indexWorkload(index, after.base, after.pod);
       last.uidByPodKey.set(key, after.base.uid);
-      affects(after.base, after.pod);
+      affects(after.base);
       touched.add(after.base.uid);
     }
   }

@@ -187,6 +187,12 @@ export interface WorkloadIndex {
   byUid: Map<string, Workload>;
   /** Base workloads by each of their pod's addresses (podAddresses; the last pod listed wins, as in a full compile). */
   byIp: Map<string, Workload>;
+  /**
+   * Each indexed pod's addresses by its workload's uid (podAddresses, read once when it is
+   * indexed): an EndpointSlice entry's targetRef is checked against them, where each entry
+   * parsed its pod's status again (a URL parse per IPv6 address).
+   */
+  addresses: Map<string, readonly string[]>;
   /** How many workloads hold each address (an incremental compile steps aside on a shared one). */
   ipHolders: Map<string, number>;
   pods: Map<string, Pod>;
@@ -456,7 +462,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   const waypointObjects = new Map(inputs.waypoints.map((w) => [nsName(w.metadata.namespace!, w.metadata.name), w]));
   const env: WorkloadEnv = { namespaces, nodeIps, peerAuths, telemetries, rootNamespace, trustDomain, clusterDomain, clusterId, waypoints: model.waypoints, waypointObjects, vipOwners, namespaceBindings: new Map() };
   const nextCache: CompileCache['workloads'] = new Map();
-  const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
+  const index: WorkloadIndex = { byUid: new Map(), byIp: new Map(), addresses: new Map(), ipHolders: new Map(), pods: new Map(), byLabel: new Map(), slicesByService: new Map() };
   const uidByPodKey = new Map<string, string>();
   for (const pod of inputs.pods) {
     const unit = workloadOf(pod, env, options.cache?.workloads);
@@ -889,7 +895,9 @@ export function workloadOf(pod: Pod, env: WorkloadEnv, cache: ReadonlyMap<string
 export function indexWorkload(index: WorkloadIndex, w: Workload, pod: Pod): void {
   index.byUid.set(w.uid, w);
   index.pods.set(w.uid, pod);
-  for (const ip of podAddresses(pod)) {
+  const addresses = podAddresses(pod);
+  index.addresses.set(w.uid, addresses);
+  for (const ip of addresses) {
     index.byIp.set(ip, w);
     index.ipHolders.set(ip, (index.ipHolders.get(ip) ?? 0) + 1);
   }
@@ -903,10 +911,11 @@ export function indexWorkload(index: WorkloadIndex, w: Workload, pod: Pod): void
 
 /** Removes a base workload from the indexes (the inverse of indexWorkload). */
 export function unindexWorkload(index: WorkloadIndex, w: Workload): void {
-  const pod = index.pods.get(w.uid);
+  const addresses = index.addresses.get(w.uid) ?? [];
   index.byUid.delete(w.uid);
   index.pods.delete(w.uid);
-  for (const ip of podAddresses(pod)) {
+  index.addresses.delete(w.uid);
+  for (const ip of addresses) {
     if (index.byIp.get(ip) === w) index.byIp.delete(ip);
     const n = (index.ipHolders.get(ip) ?? 1) - 1;
     if (n > 0) index.ipHolders.set(ip, n);
@@ -966,7 +975,8 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
       for (const ep of slice.endpoints) {
         for (const ip of ep.addresses) {
           if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
-          const at = canonicalIp(ip);
+          // An address spelt as a pod holds it is already in canonicalIp's spelling (byIp's keys are).
+          const at = index.byIp.has(ip) ? ip : canonicalIp(ip);
           refs.push(at ?? ip);
           // Not an address a mesh object may hold (validation refuses it: a zone, fe80::1%eth0): no endpoint.
           if (at === undefined) continue;
@@ -975,7 +985,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
           // address with the writer's own pod would carry the writer's identity and namespace
           // (exportedPods' same-namespace check, Endpoint.waypoint) for the victim's address.
           const named = ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined;
-          const w = named && podAddresses(index.pods.get(named.uid)).includes(at) ? named : index.byIp.get(at);
+          const w = named && index.addresses.get(named.uid)?.includes(at) ? named : index.byIp.get(at);
           const epPorts: Record<string, number> = {};
           for (const sp of ports) {
             const match = slice.ports?.find((p) => (p.name ?? '') === sp.name) ?? (slice.ports?.length === 1 ? slice.ports[0] : undefined);
