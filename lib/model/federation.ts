@@ -233,19 +233,23 @@ export interface ExportSelection {
   left: ExportLeftOut[];
 }
 
-/** UTF-8 bytes of an entry's JSON with its comma, by object (an unchanged model object keeps its identity across compiles). */
+/**
+ * UTF-8 bytes of an entry's JSON with its comma, by the model object it is made from (an unchanged
+ * model object keeps its identity across compiles, and an agent's across config versions).
+ */
 const entryBytesOf = new WeakMap<object, number>();
 
 /**
  * The one measure of an export entry's size: the bytes its JSON takes in the export (with the
- * comma after it). The exporter cuts by it, and an agent judging its gateway port by the same
- * selection (agent/src/state.ts) gets the same answer from its copy of the same objects.
+ * comma after it), `entry` being what the export carries of model object `from`. The exporter cuts
+ * by it, and an agent judging its gateway port by the same selection (agent/src/state.ts) gets the
+ * same answer from its copy of the same objects.
  */
-export function exportEntryBytes(entry: object): number {
-  let n = entryBytesOf.get(entry);
+export function exportEntryBytes(from: object, entry: object): number {
+  let n = entryBytesOf.get(from);
   if (n === undefined) {
     n = Buffer.byteLength(JSON.stringify(entry)) + 1;
-    entryBytesOf.set(entry, n);
+    entryBytesOf.set(from, n);
   }
   return n;
 }
@@ -253,6 +257,25 @@ export function exportEntryBytes(entry: object): number {
 /** A cluster's own Service as its export carries it: its own endpoints only (an agent's copy has other clusters' merged in). */
 function ownService(s: Service): Service {
   return s.endpoints.some((e) => e.cluster !== undefined) ? { ...s, endpoints: s.endpoints.filter((e) => e.cluster === undefined) } : s;
+}
+
+/**
+ * Max-min fair shares of `total` among namespaces asking `demands`: taken smallest first (then by
+ * name), each is given what it asks, at most an even split of what the ones before it left. A
+ * namespace asking no more than `total / demands.size` gets all it asks, whatever the others ask;
+ * what a smaller one does not use goes to the larger ones. Deterministic. The export's bytes
+ * (exportSelection) and an importer's quota (parseClusterExport) are shared so.
+ */
+export function fairShares(demands: ReadonlyMap<string, number>, total: number): Map<string, number> {
+  const order = [...demands].sort(([a, x], [b, y]) => x - y || (a < b ? -1 : a > b ? 1 : 0));
+  const out = new Map<string, number>();
+  let remaining = Math.max(0, total);
+  order.forEach(([ns, demand], i) => {
+    const share = Math.min(demand, Math.floor(remaining / (order.length - i)));
+    out.set(ns, share);
+    remaining -= share;
+  });
+  return out;
 }
 
 /**
@@ -288,7 +311,7 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
       continue;
     }
     const own = ownService(s);
-    const e: Entry = { kind: 'Service', namespace: s.namespace, name: s.name, bytes: exportEntryBytes(own) };
+    const e: Entry = { kind: 'Service', namespace: s.namespace, name: s.name, bytes: exportEntryBytes(s, own) };
     svcs.push([own, e]);
     add(e);
   }
@@ -296,20 +319,14 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
   for (const w of waypoints) {
     if (w.cluster !== undefined) continue;
     const x = exportWaypoint(w);
-    const e: Entry = { kind: 'Waypoint', namespace: w.namespace, name: w.name, bytes: exportEntryBytes(x) };
+    const e: Entry = { kind: 'Waypoint', namespace: w.namespace, name: w.name, bytes: exportEntryBytes(w, x) };
     wps.push([x, e]);
     add(e);
   }
-  // Max-min fairness: the namespaces by what they ask, smallest first; each is given an even share
-  // of what the ones before it left.
-  const order = [...byNs].sort(([a, x], [b, y]) => x.bytes - y.bytes || (a < b ? -1 : a > b ? 1 : 0));
-  let remaining = Math.max(0, maxBytes - EXPORT_ENVELOPE_BYTES);
-  order.forEach(([namespace, ns], i) => {
-    const share = Math.floor(remaining / (order.length - i));
-    if (ns.bytes <= share) {
-      remaining -= ns.bytes;
-      return;
-    }
+  const shares = fairShares(new Map([...byNs].map(([namespace, ns]) => [namespace, ns.bytes])), maxBytes - EXPORT_ENVELOPE_BYTES);
+  for (const [namespace, ns] of byNs) {
+    const share = shares.get(namespace)!;
+    if (ns.bytes <= share) continue;
     // Its largest entries out first (then by kind and name), until the rest fits its share.
     const largest = [...ns.entries].sort((a, b) => b.bytes - a.bytes || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     let bytes = ns.bytes;
@@ -319,11 +336,10 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
       bytes -= e.bytes;
       left.push({
         kind: e.kind, namespace, name: e.name, reason: 'namespace-share', path: 'metadata.namespace',
-        message: `not exported to other clusters: namespace ${namespace}'s Services and waypoints take ${ns.bytes} bytes of the export, past its share of ${share} (the export's readers take ${maxBytes} bytes, shared evenly by the ${order.length} namespaces that export, what one does not use going to the others); its largest are left out first, this one of ${e.bytes} bytes`,
+        message: `not exported to other clusters: namespace ${namespace}'s Services and waypoints take ${ns.bytes} bytes of the export, past its share of ${share} (the export's readers take ${maxBytes} bytes, shared evenly by the ${byNs.size} namespaces that export, what one does not use going to the others); its largest are left out first, this one of ${e.bytes} bytes`,
       });
     }
-    remaining -= bytes;
-  });
+  }
   return { services: svcs.filter(([, e]) => !e.out).map(([s]) => s), waypoints: wps.filter(([, e]) => !e.out).map(([w]) => w), left };
 }
 
@@ -418,32 +434,57 @@ export function quotaText(quota: ImportQuota): string {
 }
 
 /**
- * The entries an import quota keeps: in `namespace/name` order (export order among equal keys),
- * each that still fits both bounds; undefined when all fit.
+ * The entries an import quota keeps, undefined when all fit. Each of the remote's namespaces is
+ * given a fair share of each bound (fairShares: a namespace asking no more than an even split keeps
+ * all its Services, whatever another asks), its Services taken in name order (export order among
+ * equal keys), each that still fits its namespace's shares; then what the shares left unused goes
+ * to the Services still out, in `namespace/name` order, each that still fits every bound. One
+ * namespace of a remote exporting 5,000 Services took the whole default quota in `namespace/name`
+ * order, and every namespace after it was refused.
  */
 function quotaCut(cluster: string, entries: readonly ServiceEntry[], quota: ImportQuota): { kept: Set<ServiceEntry>; cut: QuotaCut } | undefined {
   const order = [...entries].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.i - b.i));
   const kept = new Set<ServiceEntry>();
   const refused: string[] = [];
-  let services = 0, endpoints = 0, destinations = 0, total = 0, totalDestinations = 0;
   const length = (x: unknown) => (Array.isArray(x) ? x.length : 0);
+  // What each entry takes of each bound: a Service, its endpoints, its VIPs x ports (at most what
+  // a valid entry has, MAX_SERVICE_VIPS x MAX_SERVICE_PORTS: one with more is refused invalid).
+  const need = new Map(order.map((e) => [e, [1, e.dupOf === undefined ? length(e.s.endpoints) : 0, e.dupOf === undefined ? Math.min(length(e.s.vips), MAX_SERVICE_VIPS) * Math.min(length(e.s.ports), MAX_SERVICE_PORTS) : 0] as const]));
+  const bounds = [quota.maxServices, quota.maxEndpoints, quota.maxDestinations];
+  const total = [0, 0, 0];
+  const asked = new Map<string, number[]>();
   for (const e of order) {
-    const count = e.dupOf === undefined ? length(e.s.endpoints) : 0;
-    // At most what a valid entry has (MAX_SERVICE_VIPS x MAX_SERVICE_PORTS): one with more is refused invalid.
-    const dests = e.dupOf === undefined ? Math.min(length(e.s.vips), MAX_SERVICE_VIPS) * Math.min(length(e.s.ports), MAX_SERVICE_PORTS) : 0;
-    total += count;
-    totalDestinations += dests;
-    if (services < quota.maxServices && endpoints + count <= quota.maxEndpoints && destinations + dests <= quota.maxDestinations) {
-      kept.add(e);
-      services++;
-      endpoints += count;
-      destinations += dests;
-    } else refused.push(e.key);
+    const n = need.get(e)!;
+    const a = asked.get(e.namespace) ?? [0, 0, 0];
+    asked.set(e.namespace, a.map((x, d) => x + n[d]!));
+    n.forEach((x, d) => { total[d]! += x; });
   }
-  if (refused.length === 0) return undefined;
+  if (total.every((x, d) => x <= bounds[d]!)) return undefined;
+  const shares = bounds.map((bound, d) => fairShares(new Map([...asked].map(([ns, a]) => [ns, a[d]!])), bound));
+  const used = [0, 0, 0];
+  const usedBy = new Map<string, number[]>();
+  const take = (e: ServiceEntry) => {
+    const n = need.get(e)!;
+    const u = usedBy.get(e.namespace) ?? [0, 0, 0];
+    n.forEach((x, d) => { u[d]! += x; used[d]! += x; });
+    usedBy.set(e.namespace, u);
+    kept.add(e);
+  };
+  for (const e of order) {
+    const n = need.get(e)!;
+    const u = usedBy.get(e.namespace) ?? [0, 0, 0];
+    if (n.every((x, d) => u[d]! + x <= shares[d]!.get(e.namespace)!)) take(e);
+  }
+  for (const e of order) {
+    if (kept.has(e)) continue;
+    const n = need.get(e)!;
+    if (n.every((x, d) => used[d]! + x <= bounds[d]!)) take(e);
+    else refused.push(e.key);
+  }
+  const [, endpoints, destinations] = total as [number, number, number];
   const shown = refused.slice(0, 8).join(', ') + (refused.length > 8 ? `, and ${refused.length - 8} more` : '');
-  const message = `cluster ${cluster} exports ${entries.length} Services with ${total} endpoints and ${totalDestinations} destinations (VIPs x ports), past this cluster's import quota of ${quotaText(quota)}; taken in namespace/name order, the ${refused.length} that did not fit are not imported: ${shown}`;
-  return { kept, cut: { services: entries.length, endpoints: total, destinations: totalDestinations, quota: { ...quota }, refused, message } };
+  const message = `cluster ${cluster} exports ${entries.length} Services with ${endpoints} endpoints and ${destinations} destinations (VIPs x ports), past this cluster's import quota of ${quotaText(quota)}; each namespace is given a fair share of each bound, its Services taken in name order, then what is left in namespace/name order; the ${refused.length} that did not fit are not imported: ${shown}`;
+  return { kept, cut: { services: entries.length, endpoints, destinations, quota: { ...quota }, refused, message } };
 }
 
 /**
@@ -713,7 +754,7 @@ export function mergeRemoteServices(
     // Past the quota: the first QUOTA_NAMED left out, each by a message that stays the same while
     // the quota does (so a refusal is counted once, not again at each change of the export).
     if (r.quota) {
-      const why = `past this cluster's import quota of ${quotaText(r.quota.quota)}; its Services are taken in namespace/name order and it did not fit (how many were left out: /debug/federation quota)`;
+      const why = `past this cluster's import quota of ${quotaText(r.quota.quota)}; each of the remote's namespaces is given a fair share of each bound, its Services taken in name order, and it did not fit (how many were left out: /debug/federation quota)`;
       for (const key of r.quota.refused.slice(0, QUOTA_NAMED)) refuse(key, 'quota', why);
     }
     const badGateway = !sameNetwork && r.gateway && !isServiceAddress(r.gateway.address) ? r.gateway.address : undefined;

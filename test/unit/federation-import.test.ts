@@ -76,9 +76,9 @@ test('a remote past its import quota costs only itself: the Services that fit in
   // Named: each refused Service, why, and the totals.
   const s2 = status(2);
   assert.deepEqual(Object.keys(s2.refusedServices ?? {}).sort(), ['demo/a-big', 'demo/d', 'demo/e']);
-  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: past this cluster's import quota of 3 Services, 4 endpoints and 16384 destinations \(VIPs x ports\) per remote cluster \(--remote-max-services, --remote-max-endpoints, --remote-max-destinations\); its Services are taken in namespace\/name order and it did not fit/);
+  assert.match(s2.refusedServices!['demo/d']!, /^Service demo\/d of cluster cluster2 not imported: past this cluster's import quota of 3 Services, 4 endpoints and 16384 destinations \(VIPs x ports\) per remote cluster \(--remote-max-services, --remote-max-endpoints, --remote-max-destinations\); each of the remote's namespaces is given a fair share of each bound, its Services taken in name order, and it did not fit/);
   assert.equal(s2.quota?.refused, 3);
-  assert.match(s2.quota!.message, /^cluster cluster2 exports 6 Services with 8 endpoints and 6 destinations \(VIPs x ports\), past this cluster's import quota of .*; taken in namespace\/name order, the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
+  assert.match(s2.quota!.message, /^cluster cluster2 exports 6 Services with 8 endpoints and 6 destinations \(VIPs x ports\), past this cluster's import quota of .*; each namespace is given a fair share of each bound, its Services taken in name order, then what is left in namespace\/name order; the 3 that did not fit are not imported: demo\/a-big, demo\/d, demo\/e$/);
   assert.equal(s2.up, true, 'the remote stays up');
   assert.equal(s2.lastError, undefined, 'its read did not fail');
   assert.equal(s2.endpoints, 3, 'what is imported');
@@ -109,6 +109,21 @@ test('a remote past its import quota costs only itself: the Services that fit in
   assert.ok(fed.merge(local).services.has('demo/e'));
   assert.equal(status(2).refusedServices, undefined);
   assert.equal(status(2).quota, undefined);
+});
+
+// Istio has no import quota; Weft's is per remote, and was cut in namespace/name order, so one
+// namespace of a remote (a tenant there) exporting 5,000 small Services took all of the default
+// quota and every namespace after it was refused here.
+test('attack: one namespace of a remote exporting 5,000 Services cannot take the whole import quota: another namespace\'s Service is still imported, the hostile namespace loses its own (quota, counted and named)', async (t) => {
+  const { fed, push, status, metrics } = pushed(t);
+  const hostile = Array.from({ length: 5_000 }, (_, i) => svc(`s${String(i).padStart(4, '0')}`, [ep(addr('10.78', i))], { namespace: 'aaa', vips: [addr('10.97', i)] }));
+  push(2, [...hostile, svc('echo', [ep('10.78.200.1')], { vips: ['10.98.0.1'] })]);
+  const merged = fed.merge(model([]));
+  assert.deepEqual(merged.services.get('demo/echo')?.endpoints.map((e) => e.ip), ['10.78.200.1'], 'the other namespace is imported');
+  assert.equal([...merged.services.keys()].filter((k) => k.startsWith('aaa/')).length, 4_999);
+  assert.deepEqual(Object.keys(status(2).refusedServices ?? {}), ['aaa/s4999'], 'the hostile namespace loses its own last Service');
+  assert.equal(status(2).quota?.refused, 1);
+  assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="quota"\} 1$/m);
 });
 
 test('the default import quota is generous for a real cluster and holds against a remote exporting many more: 5,000 Services of 6,000, the work done only for those', (t) => {
