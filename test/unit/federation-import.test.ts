@@ -380,8 +380,11 @@ test('attack: one namespace\'s Services past the export\'s 16 MiB cost only that
   assert.match(left[0]!.message, /namespace aaa's Services and waypoints take \d+ bytes of the export, past its share of \d+/);
   assert.match(await exporter.metrics(), new RegExp(`^weft_federation_export_refused_total\\{reason="namespace-share"\\} ${left.length}$`, 'm'));
   assert.ok(exporter.lines.some((l) => /not exported/.test(l.msg) && l.fields.reason === 'namespace-share' && String(l.fields.service).startsWith('aaa/')));
-  // An agent of the cluster judges its gateway port by the same selection from its own copy of the model.
-  assert.deepEqual(exportServices(local.services.values(), local.waypoints.values()).map((s) => `${s.namespace}/${s.name}`).sort(), [...exported].sort());
+  // An agent of the cluster judges its gateway port by the same selection from its own copy of the
+  // model, which has other clusters' endpoints merged in and their Services beside.
+  const asAnAgentHasThem = [...local.services.values()].map((s) => ({ ...s, endpoints: [...s.endpoints, ep('10.79.0.1', { cluster: 'cluster3' })] }));
+  asAnAgentHasThem.push(svc('remote-only', [ep('10.79.0.2', { cluster: 'cluster3' })], { namespace: 'zzz', vips: ['10.99.0.1'], cluster: 'cluster3' }));
+  assert.deepEqual(exportServices(asAnAgentHasThem, local.waypoints.values()).map((s) => `${s.namespace}/${s.name}`).sort(), [...exported].sort());
   // The importing side reads it and imports the other namespaces' Services.
   importer.fed.report('cluster2', { export: text });
   const merged = importer.fed.merge(model([]));
