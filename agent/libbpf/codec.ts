@@ -232,6 +232,9 @@ export const ntohl = htonl;
 
 function ipv6ToBytes(addr: string): Uint8Array {
   if (isIP(addr) !== 6) throw new CodecError('WEFT_CODEC_VALUE', `ipv6: ${JSON.stringify(addr)} is not an IPv6 address`);
+  // isIP admits a zone (fe80::1%eth0, RFC 4007 11.2), which the parse below would drop: fd00::1%x
+  // would be fd00::1 in a map while the config took them for two addresses.
+  if (addr.includes('%')) throw new CodecError('WEFT_CODEC_VALUE', `ipv6: ${JSON.stringify(addr)} has a zone, which no map key may carry`);
   let text = addr;
   // A trailing dotted quad (::ffff:10.0.0.1) is the last two groups.
   const quad = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);

@@ -39,6 +39,13 @@ test('IPv6 addresses round-trip, including v4-mapped ones', () => {
   assert.equal(ipv6.decode(ipv6.encode('2001:db8:0:1:0:0:0:5')), '2001:db8:0:1::5');
 });
 
+// RFC 4007 11.2: a zone names an interface of one host; net.isIP admits it, and the parse dropped
+// it, so fd00::10%x was encoded as fd00::10.
+test('refuses an IPv6 address with a zone, which it encoded as the address without it', () => {
+  assert.throws(() => ipv6.encode('fd00::10%eth0'), /has a zone/);
+  assert.throws(() => ipv6.encode('fe80::1%1'), CodecError);
+});
+
 test('refuses values that do not fit instead of truncating them', () => {
   assert.throws(() => u8.encode(256), CodecError);
   assert.throws(() => u32.encode(-1), CodecError);
