@@ -338,8 +338,9 @@ export class Controller {
           this.#markDirty();
         }
       }
-      // A Service (or waypoint) this cluster's export leaves out says why, at its field.
-      const leftOut = this.#o.federation?.leftOut?.() ?? [];
+      // A Service this cluster's export leaves out says why, at its field (a Waypoint's status says
+      // whether it serves; one left out is counted and logged by the federation).
+      const leftOut = (this.#o.federation?.leftOut?.() ?? []).filter((x) => x.kind === 'Service');
       findings = leftOut.length === 0 ? result.findings : [...result.findings, ...leftOut.map((x): CompileFinding => ({ kind: x.kind, namespace: x.namespace, name: x.name, path: x.path, reason: 'NotExported', message: x.message }))];
       this.#findingsDirty = true;
       this.#lastFindings = findings;
