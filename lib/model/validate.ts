@@ -677,6 +677,9 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   selector(c, spec.selector, 'spec.selector');
   policyTargetRefs(c, spec);
   c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT'] });
+  // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
+  // be triggered, add an empty rule `{}` if you want it be triggered for every request".
+  if (spec.action === 'DENY' && spec.rules === undefined) c.fail('spec.rules', 'is required for a DENY policy: without rules it would never deny anything; add an empty rule {} to deny every request it applies to');
   c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
     const ro = c.obj(r, p, true);
@@ -792,21 +795,21 @@ function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Reco
     if (why) c.fail(join(path, k), `is not supported: ${why}`);
     else if (!fields.includes(k)) c.fail(join(path, k), `unknown field (expected one of: ${fields.join(', ')})`);
   }
-  if (Object.keys(o).length === 0) c.fail(path, 'must set at least one field');
+  // Istio: a source or operation sets at least one field; an empty list is a field left unset.
+  if (!Object.values(o).some((x) => !Array.isArray(x) || x.length > 0)) c.fail(path, 'must set at least one field (an empty list counts as unset)');
   for (const f of fields) {
     if (o[f] === undefined) continue;
     const spec = table[f.startsWith('not') && !table[f] ? f[3]!.toLowerCase() + f.slice(4) : f]!;
     const fp = `${path}.${f}`;
     if (spec.kind === 'port') {
-      // Istio writes ports as strings; numbers are accepted too.
+      // Istio writes ports as strings; numbers are accepted too. 0-65535 (Istio ValidatePorts).
       c.arr(o[f], fp)?.forEach((x, i) => {
         const n = typeof x === 'string' && /^[0-9]+$/.test(x) ? Number(x) : x;
-        c.int(n, `${fp}[${i}]`, { required: true, min: 1, max: 65535 });
+        c.int(n, `${fp}[${i}]`, { required: true, min: 0, max: 65535 });
       });
-      if (Array.isArray(o[f]) && (o[f] as unknown[]).length === 0) c.fail(fp, 'must not be an empty list (leave the field out instead)');
       continue;
     }
-    c.strList(o[f], fp, (s, vp) => policyValue(c, spec, s, vp), { nonEmpty: true });
+    c.strList(o[f], fp, (s, vp) => policyValue(c, spec, s, vp));
   }
 }
 

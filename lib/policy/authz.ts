@@ -40,7 +40,10 @@ export interface ConnectionAttributes {
 export interface RequestAttributes extends ConnectionAttributes {
   /** The method the backend will see (compared case-sensitively). */
   method: string;
-  /** The path the backend will see (normalized); a query string is ignored. */
+  /**
+   * The request target the backend will see (normalized), query included: `paths` read the path
+   * without it (Envoy's path matcher), `request.headers[:path]` the whole (Envoy's :path header).
+   */
   path: string;
   host?: string;
   /** Lower-case header names. */
@@ -183,6 +186,7 @@ const getters = {
   port: (a: Attributes) => a.destinationPort,
   method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
   path: (a: Attributes) => (isRequest(a) ? a.path.split('?')[0] : undefined),
+  target: (a: Attributes) => (isRequest(a) ? a.path : undefined),
   host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
   requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth : undefined),
   audiences: (a: Attributes) => (isRequest(a) ? a.requestAuth?.audiences : undefined),
@@ -243,6 +247,17 @@ function requestPrincipalMatch(value: string): (auth: RequestAuth) => boolean {
   return (auth) => matchIss(auth.issuer) && matchSub(auth.subject);
 }
 
+/**
+ * Istio's `namespaces` / `source.namespace` (pilot srcNamespaceGenerator: the regex
+ * `.*` + `/ns/<value>/` + `.*` on the peer's SPIFFE ID, each `*` of the value turned into `.*`): `*`
+ * any namespace, and a `*` anywhere else any characters there (`team-*-prod`).
+ */
+function namespaceMatch(value: string): (ns: string | undefined) => boolean {
+  if (value === '*' || !value.includes('*')) return (ns) => globMatch(value, ns);
+  const m = compileFullMatch(value.split('*').map(escapeRegex).join('.*'), Infinity);
+  return (ns) => ns !== undefined && m(ns);
+}
+
 /** A predicate true when any of `values` matches the attribute `get` reads. */
 function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown): Predicate {
   switch (kind) {
@@ -268,7 +283,10 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       const matches = values.map(requestPrincipalMatch);
       return (a) => { const v = get(a) as RequestAuth | undefined; return v !== undefined && matches.some((m) => m(v)); };
     }
-    case 'namespace':
+    case 'namespace': {
+      const matches = values.map(namespaceMatch);
+      return (a) => { const v = get(a) as string | undefined; return matches.some((m) => m(v)); };
+    }
     case 'method':
       // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not `DELETE`; the caller passes
       // the method the backend will see.
@@ -298,13 +316,25 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
     case 'port': {
       const ports = values.map((v) => {
         const n = Number(v);
-        if (!Number.isInteger(n) || n < 1 || n > 65535) throw new Error(`${JSON.stringify(v)} is not a port`);
+        if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`${JSON.stringify(v)} is not a port`);
         return n;
       });
       return (a) => ports.includes(get(a) as number);
     }
   }
 }
+
+/**
+ * The request pseudo-headers Envoy's header matcher reads (Istio's `request.headers[:path]`...), for
+ * HTTP/1.1 and HTTP/2 alike: `:path` the whole request target, query included; `:scheme` `http`,
+ * the scheme of the request inside the tunnel. Any other `:name` is a header no request has.
+ */
+const PSEUDO_HEADERS: ReadonlyMap<string, (a: Attributes) => unknown> = new Map([
+  [':method', getters.method],
+  [':path', getters.target],
+  [':authority', getters.host],
+  [':scheme', (a: Attributes) => (isRequest(a) ? 'http' : undefined)],
+]);
 
 const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
   principals: getters.principal,
@@ -330,7 +360,7 @@ const CONDITION_GETTERS: Record<string, (args: readonly string[]) => (a: Attribu
   'remote.ip': () => getters.remoteIp,
   // `host` is the request's authority, whether it came as Host (HTTP/1.1) or :authority (HTTP/2), as
   // Envoy maps the one onto the other; a condition on it must not depend on the protocol.
-  'request.headers': ([arg]) => { const name = arg!.toLowerCase(); return name === 'host' ? getters.host : (a) => headerValue(a, name); },
+  'request.headers': ([arg]) => { const name = arg!.toLowerCase(); return PSEUDO_HEADERS.get(name) ?? (name === 'host' ? getters.host : (a) => headerValue(a, name)); },
   'request.auth.principal': () => getters.requestPrincipal,
   'request.auth.audiences': () => getters.audiences,
   'request.auth.presenter': () => getters.presenter,

@@ -231,3 +231,54 @@ describe('a DENY on request.headers[host] holds over HTTP/2', () => {
     assert.equal(count, 2, JSON.stringify(samples));
   });
 });
+
+// Istio's `request.headers[:path]` / `[:method]` (pilot requestHeaderGenerator: Envoy's header
+// matcher on the pseudo-header; istio.io/latest/docs/reference/config/security/conditions/): a DENY
+// on them holds at the waypoint over HTTP/1.1 and HTTP/2; `:path` is the whole normalized target,
+// query included, as Envoy's :path, so `/admin*` holds for `/admin?x=1` and `/%61dmin`.
+describe('a DENY on request.headers[:path] and [:method] holds at the waypoint', () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [
+        policy('deny-admin-path', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:path]', values: ['/admin*'] }], layer: 'L7' }]),
+        policy('deny-delete', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:method]', values: ['DELETE'] }], layer: 'L7' }]),
+      ],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+  });
+
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  it('denies by :path (query included, normalized) and :method over HTTP/1.1 and HTTP/2, counts each, lets the rest through', async () => {
+    const denied = await request(l.port, { path: '/admin?x=1' });
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /shop\/deny-admin-path/);
+    assert.equal((await request(l.port, { path: '/%61dmin/users' })).status, 403);
+    assert.equal((await request(l.port, { method: 'DELETE', path: '/items/1' })).status, 403);
+    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    try {
+      assert.equal((await h2request(session, { ':path': '/admin/users', ':authority': 'reviews.shop' })).status, 403);
+      const del = await h2request(session, { ':method': 'DELETE', ':path': '/items/1', ':authority': 'reviews.shop' });
+      assert.equal(del.status, 403);
+      assert.match(del.body, /shop\/deny-delete/);
+      assert.equal((await h2request(session, { ':path': '/items/1', ':authority': 'reviews.shop' })).status, 200);
+    } finally {
+      session.close();
+    }
+    assert.equal((await request(l.port, { path: '/public?next=/admin' })).status, 200);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    const count = samples.filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
+    assert.equal(count, 5, JSON.stringify(samples));
+  });
+});

@@ -452,7 +452,7 @@ const authorize: Stage = (ctx) => {
     ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
     ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
     destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
-    path: ctx.path.split('?')[0]!, host: ctx.authority, headers: ctx.headers,
+    path: ctx.path, host: ctx.authority, headers: ctx.headers,
     ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
   if (decision.audit) ctx.audit = decision.audit;
