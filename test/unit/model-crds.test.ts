@@ -95,3 +95,27 @@ test('the CRD schemas refuse what the controller refuses where a schema can say 
   assert.deepEqual(schemaErrors(bad).sort(), ['.spec.loadBalancer.policy', '.spec.timeouts.request']);
   assert.deepEqual(validateObject(bad).map((i) => i.path).sort(), ['spec.loadBalancer.policy', 'spec.timeouts.request']);
 });
+
+// The API server prunes a field its schema does not name before validating, silently: a source of
+// `namespaces` and `requestPrincipals` became one of `namespaces` alone, an ALLOW that no longer
+// asked for a token. Every field the controller reads (lib/policy/keys.ts, each with its not-form)
+// is in the schema, and an empty list passes it as Istio's CRD lets it (the controller then reads
+// it as unset, or refuses the source or operation it leaves empty, at its field).
+test('the AuthorizationPolicy CRD schema names every source and operation field the controller reads, so the API server prunes none', async () => {
+  const { SOURCE_FIELDS, OPERATION_FIELDS } = await import('../../lib/policy/keys.ts');
+  const both = (table: Record<string, unknown>) => Object.keys(table).flatMap((f) => [f, `not${f[0]!.toUpperCase()}${f.slice(1)}`]);
+  const valueOf = (f: string) => (/[pP]orts$/.test(f) ? ['80'] : /[iI]pBlocks$/.test(f) ? ['10.0.0.0/8'] : /[sS]erviceAccounts$/.test(f) ? ['web/sa'] : ['x']);
+  for (const f of both(SOURCE_FIELDS)) {
+    const p = { ...samples[0]!, spec: { rules: [{ from: [{ source: { [f]: valueOf(f) } }] }] } };
+    assert.deepEqual(schemaErrors(p), [], f);
+    assert.deepEqual(validateObject(p), [], f);
+  }
+  for (const f of both(OPERATION_FIELDS)) {
+    const p = { ...samples[0]!, spec: { rules: [{ to: [{ operation: { [f]: valueOf(f) } }] }] } };
+    assert.deepEqual(schemaErrors(p), [], f);
+    assert.deepEqual(validateObject(p), [], f);
+  }
+  const empty = { ...samples[0]!, spec: { rules: [{ to: [{ operation: { methods: ['GET'], paths: [] } }] }] } };
+  assert.deepEqual(schemaErrors(empty), []);
+  assert.deepEqual(validateObject(empty), []);
+});
