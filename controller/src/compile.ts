@@ -1298,6 +1298,8 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     notPrincipals: principalsFor(s.notPrincipals, trustDomains),
     namespaces: nonEmpty(s.namespaces),
     notNamespaces: nonEmpty(s.notNamespaces),
+    trustDomains: nonEmpty(s.trustDomains),
+    notTrustDomains: nonEmpty(s.notTrustDomains),
     serviceAccounts: inNamespace(s.serviceAccounts, ns),
     notServiceAccounts: inNamespace(s.notServiceAccounts, ns),
     ipBlocks: nonEmpty(s.ipBlocks),

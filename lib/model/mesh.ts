@@ -307,6 +307,9 @@ export interface CompiledSource {
   notPrincipals?: string[];
   namespaces?: string[];
   notNamespaces?: string[];
+  /** The peer's SPIFFE trust domain (Istio `trustDomains`): exact, one `*` at either end, or `*`. */
+  trustDomains?: string[];
+  notTrustDomains?: string[];
   /** `<namespace>/<name>`: the controller writes in the policy's namespace where it was left out. */
   serviceAccounts?: string[];
   notServiceAccounts?: string[];

@@ -327,6 +327,8 @@ export interface AuthorizationSource {
   /** `<iss>/<sub>` of the request's JWT, as a RequestAuthentication verified it (a waypoint sees it; L7). */
   requestPrincipals?: string[];
   notRequestPrincipals?: string[];
+  trustDomains?: string[];
+  notTrustDomains?: string[];
 }
 
 export interface AuthorizationOperation {

@@ -809,7 +809,11 @@ function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Reco
       });
       continue;
     }
-    c.strList(o[f], fp, (s, vp) => policyValue(c, spec, s, vp));
+    c.strList(o[f], fp, (s, vp) => {
+      policyValue(c, spec, s, vp);
+      // Istio (CheckTrustDomainValues): a source's trust domain holds no `/`.
+      if (spec.kind === 'trustDomain' && s.includes('/')) c.fail(vp, `${JSON.stringify(s)}: a trust domain holds no /`);
+    });
   }
 }
 

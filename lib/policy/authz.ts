@@ -258,6 +258,28 @@ function namespaceMatch(value: string): (ns: string | undefined) => boolean {
   return (ns) => ns !== undefined && m(ns);
 }
 
+/** The trust domain of a SPIFFE ID (`spiffe://<td>/...`); undefined for none. */
+function trustDomainOf(principal: string | undefined): string | undefined {
+  if (!principal) return undefined;
+  const bare = stripSpiffe(principal);
+  const slash = bare.indexOf('/');
+  return slash > 0 ? bare.slice(0, slash) : undefined;
+}
+
+/**
+ * Istio's `trustDomains` / `source.trustDomain` (pilot srcTrustDomainGenerator, on the peer's
+ * SPIFFE ID): `*` any peer with an identity; a value without `*` that trust domain exactly; one
+ * `*` any characters of the trust domain there (`cluster.*`, `*.example`). Aliases are not
+ * expanded, as for principals (docs/ARCHITECTURE.md).
+ */
+function trustDomainMatch(value: string): (principal: string | undefined) => boolean {
+  if (value === '*') return (p) => trustDomainOf(p) !== undefined;
+  if (!value.includes('*')) return (p) => trustDomainOf(p) === value;
+  const [before, after] = [value.slice(0, value.indexOf('*')), value.slice(value.indexOf('*') + 1)];
+  const m = compileFullMatch(`${escapeRegex(before)}[^/]*${escapeRegex(after)}`, Infinity);
+  return (p) => { const td = trustDomainOf(p); return td !== undefined && m(td); };
+}
+
 /** A predicate true when any of `values` matches the attribute `get` reads. */
 function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown): Predicate {
   switch (kind) {
@@ -285,6 +307,10 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
     }
     case 'namespace': {
       const matches = values.map(namespaceMatch);
+      return (a) => { const v = get(a) as string | undefined; return matches.some((m) => m(v)); };
+    }
+    case 'trustDomain': {
+      const matches = values.map(trustDomainMatch);
       return (a) => { const v = get(a) as string | undefined; return matches.some((m) => m(v)); };
     }
     case 'method':
@@ -339,6 +365,7 @@ const PSEUDO_HEADERS: ReadonlyMap<string, (a: Attributes) => unknown> = new Map(
 const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
   principals: getters.principal,
   namespaces: getters.namespace,
+  trustDomains: getters.principal,
   serviceAccounts: getters.principal,
   ipBlocks: getters.sourceIp,
   remoteIpBlocks: getters.remoteIp,
@@ -353,6 +380,7 @@ const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
 const CONDITION_GETTERS: Record<string, (args: readonly string[]) => (a: Attributes) => unknown> = {
   'source.ip': () => getters.sourceIp,
   'source.namespace': () => getters.namespace,
+  'source.trustDomain': () => getters.principal,
   'source.principal': () => getters.principal,
   'source.serviceAccount': () => getters.principal,
   'destination.ip': () => getters.destinationIp,

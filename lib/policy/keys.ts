@@ -25,6 +25,8 @@ export type ValueKind =
   | 'principal'
   /** A namespace name; each `*` stands for any characters (Istio's srcNamespaceGenerator: `.*`). */
   | 'namespace'
+  /** The trust domain of the peer's SPIFFE ID: exact, or one `*` at either end; `*` any peer with an identity. */
+  | 'trustDomain'
   /**
    * `<namespace>/<service-account>`, or `<service-account>` in the policy's own namespace (the
    * controller writes the namespace in); no `*` (Istio `serviceAccounts`, `source.serviceAccount`).
@@ -59,6 +61,7 @@ export interface FieldSpec {
 export const SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = {
   principals: { layer: 'L4', kind: 'principal' },
   namespaces: { layer: 'L4', kind: 'namespace' },
+  trustDomains: { layer: 'L4', kind: 'trustDomain' },
   serviceAccounts: { layer: 'L4', kind: 'serviceAccount' },
   ipBlocks: { layer: 'L4', kind: 'cidr' },
   /** The client address from X-Forwarded-For: only a waypoint reading the request sees it. */
@@ -83,6 +86,7 @@ export const OPERATION_FIELDS: Readonly<Record<string, FieldSpec>> = {
 export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header' | 'claim' }>> = {
   'source.ip': { layer: 'L4', kind: 'cidr' },
   'source.namespace': { layer: 'L4', kind: 'namespace' },
+  'source.trustDomain': { layer: 'L4', kind: 'trustDomain' },
   'source.principal': { layer: 'L4', kind: 'principal' },
   'source.serviceAccount': { layer: 'L4', kind: 'serviceAccount' },
   'destination.ip': { layer: 'L4', kind: 'cidr' },
@@ -184,6 +188,11 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
       if (parts.length > 2 || parts.some((x) => x === '')) return `${q} is not <service-account> or <namespace>/<service-account>`;
       return undefined;
     }
+    case 'trustDomain':
+      // Istio (pkg/config/security CheckWildcardValues; a source's trustDomains also refuse `/`).
+      if (value === '*') return undefined;
+      if ((value.match(/\*/g) ?? []).length > 1 || (value.includes('*') && !value.startsWith('*') && !value.endsWith('*'))) return `${q}: at most one *, and only as the first or last character`;
+      return undefined;
     case 'path':
       // Istio (pkg/config/security CheckValidPathTemplate), for every path: `{` and `}` only in a
       // whole `{*}` or `{**}` segment (`/{buzz}`, a named variable, is refused).

@@ -298,7 +298,7 @@ describe('remote.ip', () => {
 
 describe('validation and the data planes share one vocabulary', () => {
   const ap = (rules: unknown[]) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec: { action: 'DENY', rules } });
-  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v', requestPrincipal: 'iss/sub', claim: 'v' };
+  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', trustDomain: 'cluster.local', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v', requestPrincipal: 'iss/sub', claim: 'v' };
 
   it('every field and condition key validation accepts compiles at both layers', () => {
     for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
