@@ -577,10 +577,13 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // Compiled rules depend on the rules, the namespace and the trust domains only (compileRule).
     const rules = cached?.rules ?? (apSpec.rules ?? []).map((r) => compileRule(r, ns, trustDomains));
     const targets = attach('AuthorizationPolicy', ns, ap.metadata.name, policyTargets(apSpec));
+    // Istio (pilot authz builder, testdata custom-bad-*): a CUSTOM policy whose provider is not
+    // among the mesh's extensionProviders is a DENY of what its rules match. Weft has none.
+    if (apSpec.action === 'CUSTOM') findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: 'spec.provider.name', reason: 'UnsupportedValue', message: `Weft has no extension authorization provider ${JSON.stringify(apSpec.provider?.name ?? '')} (Istio's MeshConfig extensionProviders); as Istio does with a CUSTOM policy whose provider it cannot find, this policy denies the requests its rules match` });
     const fresh: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
-      action: apSpec.action ?? 'ALLOW',
+      action: apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
       // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
       // workloads of every namespace.
       scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',

@@ -371,8 +371,14 @@ export interface AuthorizationPolicy {
     targetRefs?: PolicyTargetRef[];
     /** Istio's deprecated single target: one of targetRefs. */
     targetRef?: PolicyTargetRef;
-    /** Default ALLOW. */
-    action?: AuthorizationAction;
+    /**
+     * Default ALLOW. CUSTOM (Istio's external authorization) needs `provider`; Weft has no
+     * extension providers, so it is enforced as Istio enforces a CUSTOM policy whose provider is
+     * unknown: a DENY of what its rules match.
+     */
+    action?: AuthorizationAction | 'CUSTOM';
+    /** Istio's extension provider of a CUSTOM policy (MeshConfig extensionProviders). */
+    provider?: { name?: string };
     rules?: AuthorizationRule[];
   };
   status?: PolicyStatus;

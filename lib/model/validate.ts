@@ -673,10 +673,32 @@ function policyTargetRefs(c: Checker, spec: Json): boolean {
 
 function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const spec = c.obj(o.spec, 'spec') ?? {};
-  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'rules']);
+  c.only(spec, 'spec', ['selector', 'targetRefs', 'targetRef', 'action', 'provider', 'rules']);
   selector(c, spec.selector, 'spec.selector');
   policyTargetRefs(c, spec);
-  c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT'] });
+  const action = c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT', 'CUSTOM'] });
+  // Istio (ValidateAuthorizationPolicy): CUSTOM names its provider and has rules, which judge
+  // neither identities nor tokens; `provider` is for CUSTOM only.
+  const provider = c.obj(spec.provider, 'spec.provider');
+  if (provider) c.only(provider, 'spec.provider', ['name']);
+  if (action === 'CUSTOM') {
+    if (spec.rules === undefined) c.fail('spec.rules', 'is required for a CUSTOM policy: without rules it would never apply; add an empty rule {} to apply it to every request');
+    else c.str(provider?.name, 'spec.provider.name', { required: true, nonEmpty: true });
+    c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
+      const ro = typeof r === 'object' && r !== null ? (r as Json) : {};
+      (Array.isArray(ro.from) ? ro.from : []).forEach((f: unknown, j: number) => {
+        const src = typeof f === 'object' && f !== null ? (f as Json).source : undefined;
+        if (typeof src !== 'object' || src === null) return;
+        for (const k of ['namespaces', 'notNamespaces', 'serviceAccounts', 'notServiceAccounts', 'trustDomains', 'notTrustDomains', 'principals', 'notPrincipals', 'requestPrincipals', 'notRequestPrincipals']) {
+          if (Array.isArray((src as Json)[k]) && ((src as Json)[k] as unknown[]).length > 0) c.fail(`spec.rules[${i}].from[${j}].source.${k}`, 'is not supported with a CUSTOM action (Istio)');
+        }
+      });
+      (Array.isArray(ro.when) ? ro.when : []).forEach((w: unknown, j: number) => {
+        const key = typeof w === 'object' && w !== null ? (w as Json).key : undefined;
+        if (typeof key === 'string' && (['source.namespace', 'source.serviceAccount', 'source.trustDomain', 'source.principal'].includes(key) || key.startsWith('request.auth.'))) c.fail(`spec.rules[${i}].when[${j}].key`, `"${key}" is not supported with a CUSTOM action (Istio)`);
+      });
+    });
+  } else if (spec.provider !== undefined) c.fail('spec.provider', `is only for a CUSTOM action, not ${action ?? 'ALLOW'}`);
   // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
   // be triggered, add an empty rule `{}` if you want it be triggered for every request".
   if (spec.action === 'DENY' && spec.rules === undefined) c.fail('spec.rules', 'is required for a DENY policy: without rules it would never deny anything; add an empty rule {} to deny every request it applies to');

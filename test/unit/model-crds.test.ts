@@ -115,6 +115,9 @@ test('the AuthorizationPolicy CRD schema names every source and operation field 
     assert.deepEqual(schemaErrors(p), [], f);
     assert.deepEqual(validateObject(p), [], f);
   }
+  const custom = { ...samples[0]!, spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/x'] } }] }] } };
+  assert.deepEqual(schemaErrors(custom), []);
+  assert.deepEqual(validateObject(custom), []);
   const empty = { ...samples[0]!, spec: { rules: [{ to: [{ operation: { methods: ['GET'], paths: [] } }] }] } };
   assert.deepEqual(schemaErrors(empty), []);
   assert.deepEqual(validateObject(empty), []);

@@ -35,8 +35,8 @@ test('rejects unknown fields in weft specs so typos do not widen a policy', () =
   assert.equal(issues[0]?.path, 'spec.rules[0].form');
 });
 
-test('rejects selector and targetRefs together, and an action Weft does not have (CUSTOM)', () => {
-  const issues = validateObject(policy({ selector: {}, targetRefs: [{ kind: 'Service', name: 'a' }], action: 'CUSTOM' }));
+test('rejects selector and targetRefs together, and an action Istio does not have', () => {
+  const issues = validateObject(policy({ selector: {}, targetRefs: [{ kind: 'Service', name: 'a' }], action: 'REDIRECT' }));
   assert.deepEqual(issues.map((i) => i.path).sort(), ['spec.action', 'spec.targetRefs']);
 });
 

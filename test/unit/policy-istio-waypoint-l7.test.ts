@@ -106,6 +106,8 @@ const ROWS: Row[] = [
   { source: 'builder testdata deny-empty-rule-in.yaml', name: 'a DENY with one empty rule denies everything', policies: { p: { action: 'DENY', rules: [{}] } }, request: {}, allowed: false },
   { source: 'builder testdata deny-and-allow-in.yaml', name: 'DENY is judged before ALLOW', policies: { a: { rules: [{ to: [{ operation: { paths: ['/x'] } }] }] }, d: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/x'] } }] }] } }, request: { path: '/x' }, allowed: false },
   { source: 'builder testdata audit-full-rule-in.yaml', name: 'an AUDIT decides nothing', policies: { p: { action: 'AUDIT', rules: [{}] } }, request: {}, allowed: true },
+  { source: 'builder testdata custom-bad-multiple-providers-in.yaml → custom-bad-out.yaml (deny-due-to-bad-CUSTOM-action)', name: 'a CUSTOM policy whose provider the mesh does not have denies what its rules match', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { path: '/httpbin1' }, allowed: false },
+  { source: 'builder testdata custom-bad-out.yaml', name: 'and only that', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { path: '/httpbin2' }, allowed: true },
   // Paths: generator.go pathGenerator, Envoy's path matcher (query aside) and uri_template.
   { source: 'generator.go pathGenerator', name: 'an exact path ignores the query', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { path: '/abc?x=1' }, allowed: true },
   { source: 'generator.go pathGenerator', name: 'an exact path is not a prefix: /abc/ is not /abc', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { path: '/abc/' }, allowed: false },
@@ -199,6 +201,12 @@ const VALIDATION: ValidationRow[] = [
   { source: 'validation.go CheckTrustDomainValues: trustDomains', spec: { rules: [{ from: [{ source: { trustDomains: ['cluster.local', '*.example'], notTrustDomains: ['old.*'] } }], when: [{ key: 'source.trustDomain', notValues: ['*'] }] }] } },
   { source: 'security.go CheckTrustDomainValues: one wildcard, at an end', spec: { rules: [{ from: [{ source: { trustDomains: ['a*b'] } }] }] }, refusedAt: 'spec.rules[0].from[0].source.trustDomains[0]' },
   { source: 'security.go CheckTrustDomainValues: no /', spec: { rules: [{ from: [{ source: { trustDomains: ['cluster.local/ns'] } }] }] }, refusedAt: 'spec.rules[0].from[0].source.trustDomains[0]' },
+  { source: 'validation.go: CUSTOM with provider.name and rules', spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/8'] } }], to: [{ operation: { paths: ['/api/*'] } }] }] } },
+  { source: 'validation.go: CUSTOM action without `rules` is meaningless', spec: { action: 'CUSTOM', provider: { name: 'opa' } }, refusedAt: 'spec.rules' },
+  { source: 'validation.go: `provider.name` must not be empty', spec: { action: 'CUSTOM', rules: [{}] }, refusedAt: 'spec.provider.name' },
+  { source: 'validation.go: From.Principals is currently not supported with CUSTOM action', spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ from: [{ source: { principals: ['cluster.local/ns/a/sa/b'] } }] }] }, refusedAt: 'spec.rules[0].from[0].source.principals' },
+  { source: 'validation.go: request.auth.* is currently not supported with CUSTOM action', spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ when: [{ key: 'request.auth.claims[iss]', values: ['x'] }] }] }, refusedAt: 'spec.rules[0].when[0].key' },
+  { source: 'validation.go: `provider` must not be with non CUSTOM action', spec: { action: 'DENY', provider: { name: 'opa' }, rules: [{}] }, refusedAt: 'spec.provider' },
   { source: 'security.go ValidateAttribute: request.headers[<any name>]', spec: { rules: [{ when: [{ key: 'request.headers[:authority]', values: ['a'] }, { key: 'request.headers[:path]', notValues: ['/b'] }] }] } },
 ];
 
@@ -210,4 +218,23 @@ describe('Istio\'s validation of an AuthorizationPolicy, at the controller', () 
       else assert.deepEqual(issues.map((i) => i.path), [row.refusedAt], JSON.stringify(issues));
     });
   }
+});
+
+// Istio builder (extauthz.go, testdata custom-bad-*): a CUSTOM policy whose provider is not among the
+// mesh's extensionProviders becomes a DENY of what its rules match. Weft has no extension
+// providers, so every CUSTOM policy is such a one, and says so.
+it('a CUSTOM policy is enforced as Istio enforces one with an unknown provider, and the controller names why', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+  inputs.services.push(svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.70'));
+  inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+  inputs.authorizationPolicies.push(authz('shop', 'ext', { targetRefs: [WAYPOINT_REF], action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/admin*'] } }] }] }));
+  const { model, findings } = compile(inputs);
+  assert.equal(model.policies.get('shop/ext')?.action, 'DENY');
+  const f = findings.filter((x) => x.name === 'ext');
+  assert.deepEqual(f.map((x) => `${x.path} ${x.reason}`), ['spec.provider.name UnsupportedValue']);
+  assert.match(f[0]!.message, /"opa".*denies the requests its rules match/);
+  const d = new PolicyTable([...model.policies.values()]).evaluate(SERVICE, request({ path: '/admin/x' }));
+  assert.equal(d.allowed, false);
+  assert.equal(d.policy, 'shop/ext');
 });
