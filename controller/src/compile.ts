@@ -29,7 +29,9 @@ import {
   type BackendRef,
   type ParentReference,
   type ReferenceGrant,
+  DRY_RUN_ANNOTATION,
   isServiceParent,
+  parseGoBool,
   policyTargets,
   useWaypointOf,
   waypointAllowsNamespace,
@@ -583,7 +585,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const fresh: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
-      action: apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
+      // Istio's istio.io/dry-run: judged, never enforced (Envoy's shadow rules, ztunnel alike); its
+      // matches are logged as an AUDIT policy's.
+      action: parseGoBool(ap.metadata.annotations?.[DRY_RUN_ANNOTATION] ?? '') === true ? 'AUDIT' : apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
       // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
       // workloads of every namespace.
       scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',

@@ -286,6 +286,16 @@ export function waypointAllowsNamespace(wp: Pick<Waypoint, 'metadata' | 'spec'>,
 /** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */
 export type AuthorizationAction = 'ALLOW' | 'DENY' | 'AUDIT';
 
+/** Istio's annotation that makes an ALLOW or DENY AuthorizationPolicy judged but not enforced. */
+export const DRY_RUN_ANNOTATION = 'istio.io/dry-run';
+
+/** Go's strconv.ParseBool, which Istio reads the dry-run annotation with; undefined when it is not a boolean. */
+export function parseGoBool(v: string): boolean | undefined {
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(v)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(v)) return false;
+  return undefined;
+}
+
 /** A Service (group ""), or a whole waypoint: a Waypoint (weft.dev) or, as Istio names it, a Gateway (gateway.networking.k8s.io). */
 export interface PolicyTargetRef {
   group?: string;

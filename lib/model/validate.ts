@@ -7,7 +7,7 @@ import { ipProblem } from './address.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
-import { KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, type MeshKind, type MeshObject } from './objects.ts';
+import { DRY_RUN_ANNOTATION, KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, parseGoBool, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
 import { jwksUriProblem, parseJwks } from '../policy/jwt.ts';
 import { MAX_NESTING } from './manifest.ts';
@@ -699,6 +699,14 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       });
     });
   } else if (spec.provider !== undefined) c.fail('spec.provider', `is only for a CUSTOM action, not ${action ?? 'ALLOW'}`);
+  // Istio (checkDryRunAnnotation): istio.io/dry-run is a boolean, on an ALLOW or DENY only.
+  const annotations = typeof o.metadata === 'object' && o.metadata !== null ? (o.metadata as Json).annotations : undefined;
+  const dryRun = typeof annotations === 'object' && annotations !== null ? (annotations as Json)[DRY_RUN_ANNOTATION] : undefined;
+  if (typeof dryRun === 'string') {
+    const at = `metadata.annotations["${DRY_RUN_ANNOTATION}"]`;
+    if (action === 'AUDIT' || action === 'CUSTOM') c.fail(at, `applies only to an ALLOW or DENY policy, not ${action}`);
+    else if (parseGoBool(dryRun) === undefined) c.fail(at, `${JSON.stringify(dryRun)} is not true or false`);
+  }
   // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
   // be triggered, add an empty rule `{}` if you want it be triggered for every request".
   if (spec.action === 'DENY' && spec.rules === undefined) c.fail('spec.rules', 'is required for a DENY policy: without rules it would never deny anything; add an empty rule {} to deny every request it applies to');

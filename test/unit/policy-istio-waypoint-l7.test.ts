@@ -238,3 +238,47 @@ it('a CUSTOM policy is enforced as Istio enforces one with an unknown provider, 
   assert.equal(d.allowed, false);
   assert.equal(d.policy, 'shop/ext');
 });
+
+// Istio's istio.io/dry-run annotation (builder testdata dry-run-*; pilot/pkg/serviceregistry/ambient
+// authorization.go): a dry-run ALLOW or DENY is judged but never enforced, at a waypoint (Envoy's
+// shadow rules) as at ztunnel; its matches are logged (Weft: as an AUDIT's, `audit_policies`).
+// Validation (checkDryRunAnnotation): a boolean, on ALLOW or DENY only.
+describe('istio.io/dry-run', () => {
+  const withAnnotation = (name: string, value: string, spec: Spec) => {
+    const p = authz('shop', name, { targetRefs: [WAYPOINT_REF], ...spec });
+    p.metadata.annotations = { 'istio.io/dry-run': value };
+    return p;
+  };
+  const table = (...policies: AuthorizationPolicy[]) => {
+    const inputs = emptyInputs();
+    inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }));
+    inputs.services.push(svc('shop', 'reviews', { app: 'reviews' }, '10.96.0.70'));
+    inputs.waypoints.push({ apiVersion: 'weft.dev/v1alpha1', kind: 'Waypoint', metadata: { name: 'wp', namespace: 'shop' }, spec: {} });
+    for (const p of policies) assert.deepEqual(validateObject(p), [], p.metadata.name);
+    inputs.authorizationPolicies.push(...policies);
+    return new PolicyTable([...compile(inputs).model.policies.values()]);
+  };
+
+  it('builder testdata dry-run-mix-in.yaml: a dry-run DENY that matches is logged and denies nothing; a dry-run ALLOW allows nothing less', () => {
+    const t = table(
+      withAnnotation('shadow-deny', 'true', { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/deny'] } }] }] }),
+      withAnnotation('shadow-allow', 'True', { rules: [{ to: [{ operation: { paths: ['/allow'] } }] }] }),
+    );
+    const d = t.evaluate(SERVICE, request({ path: '/deny' }));
+    assert.equal(d.allowed, true, d.reason);
+    assert.deepEqual(d.audit, ['shop/shadow-deny']);
+    assert.equal(t.evaluate(SERVICE, request({ path: '/other' })).allowed, true);
+  });
+
+  it('builder testdata dry-run-mix-in.yaml: "false" enforces', () => {
+    const t = table(withAnnotation('deny', 'false', { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/deny'] } }] }] }));
+    assert.equal(t.evaluate(SERVICE, request({ path: '/deny' })).allowed, false);
+  });
+
+  it('validation.go checkDryRunAnnotation: a value that is not a boolean, or on AUDIT or CUSTOM, is refused at the annotation', () => {
+    const at = 'metadata.annotations["istio.io/dry-run"]';
+    assert.deepEqual(validateObject(withAnnotation('p', 'maybe', { action: 'DENY', rules: [{}] })).map((i) => i.path), [at]);
+    assert.deepEqual(validateObject(withAnnotation('p', 'true', { action: 'AUDIT', rules: [{}] })).map((i) => i.path), [at]);
+    assert.deepEqual(validateObject(withAnnotation('p', '1', { action: 'DENY', rules: [{}] })), []);
+  });
+});
