@@ -4,7 +4,7 @@
 // (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
 // fields Weft uses, since the API server has validated the rest.
 import { ipProblem } from './address.ts';
-import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, unsupportedReason, valueProblem, type FieldSpec } from '../policy/keys.ts';
+import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
 import { DRY_RUN_ANNOTATION, KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, parseGoBool, type MeshKind, type MeshObject } from './objects.ts';
@@ -821,9 +821,7 @@ function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Reco
   if (!o) return;
   const fields = Object.keys(table).flatMap((f) => [f, `not${f[0]!.toUpperCase()}${f.slice(1)}`]);
   for (const k of Object.keys(o)) {
-    const why = unsupportedReason(k);
-    if (why) c.fail(join(path, k), `is not supported: ${why}`);
-    else if (!fields.includes(k)) c.fail(join(path, k), `unknown field (expected one of: ${fields.join(', ')})`);
+    if (!fields.includes(k)) c.fail(join(path, k), `unknown field (expected one of: ${fields.join(', ')})`);
   }
   // Istio: a source or operation sets at least one field; an empty list is a field left unset.
   if (!Object.values(o).some((x) => !Array.isArray(x) || x.length > 0)) c.fail(path, 'must set at least one field (an empty list counts as unset)');

@@ -339,6 +339,8 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       const list = blockList(values);
       return (a) => inBlocks(list, get(a) as string | undefined);
     }
+    case 'unavailable':
+      return () => false;
     case 'port': {
       const ports = values.map((v) => {
         const n = Number(v);
@@ -439,7 +441,7 @@ function conditionClauses(c: CompiledCondition, path: string): Clause[] {
   const k = conditionKey(c.key);
   if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
   const { base } = parseConditionKey(c.key);
-  const get = CONDITION_GETTERS[base]!(k.args ?? []);
+  const get = CONDITION_GETTERS[base]?.(k.args ?? []) ?? (() => undefined);
   const out: Clause[] = [];
   try {
     if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get) });

@@ -9,9 +9,14 @@
 // only a waypoint sees a request's token, so they are L7, and an agent enforcing them treats them as
 // any other L7 attribute (an ALLOW rule never matches, a DENY rule is narrowed to its L4 parts).
 //
-// Istio keys Weft refuses, with the reason in the validation message:
-//   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point;
-//   - `experimental.envoy.filters.*`: Envoy filter metadata, which no Weft data plane has.
+// Istio keys whose attribute no Weft enforcement point has, accepted as Istio accepts them and
+// judged as Envoy judges an absent value (a value never matches, a notValue always does):
+//   - `connection.sni`: HBONE tunnels carry no application SNI to an enforcement point (Istio's
+//     waypoint sees none either: its inner HTTP connection has no TLS);
+//   - `experimental.envoy.filters.*[key]`: Envoy filter metadata, which no Weft data plane writes.
+// They are L7 (ztunnel's l4WhenAttributes leave them out): at an agent an ALLOW rule on them never
+// matches and a DENY rule is narrowed to its L4 parts. Refusing them would be worse than Istio: a
+// refused ALLOW is not in force, and with no other ALLOW its scope is open.
 import { isIP } from 'node:net';
 import { ipProblem } from '../model/address.ts';
 import { escapeRegex, regexProblem } from '../regex.ts';
@@ -50,7 +55,9 @@ export type ValueKind =
    */
   | 'requestPrincipal'
   /** A JWT claim, audience or presenter: exact, `prefix*`, `*suffix`, `*` (any non-empty); a list claim matches when one item does. */
-  | 'claim';
+  | 'claim'
+  /** An attribute no Weft enforcement point has (`connection.sni`, Envoy filter metadata): no value matches it. */
+  | 'unavailable';
 
 export interface FieldSpec {
   layer: PolicyLayer;
@@ -97,17 +104,12 @@ export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header
   'request.auth.audiences': { layer: 'L7', kind: 'claim' },
   'request.auth.presenter': { layer: 'L7', kind: 'claim' },
   'request.auth.claims': { layer: 'L7', kind: 'claim', arg: 'claim' },
+  'connection.sni': { layer: 'L7', kind: 'unavailable' },
 };
 
-/** Istio keys and fields Weft knowingly does not evaluate, with why (for validation messages). */
-export const UNSUPPORTED: ReadonlyArray<{ prefix: string; why: string }> = [
-  { prefix: 'connection.sni', why: 'HBONE tunnels carry no application SNI to an enforcement point' },
-  { prefix: 'experimental.envoy.filters.', why: 'Envoy filter metadata exists in no Weft data plane' },
-];
-
-export function unsupportedReason(name: string): string | undefined {
-  return UNSUPPORTED.find((u) => name === u.prefix || (u.prefix.endsWith('.') && name.startsWith(u.prefix)))?.why;
-}
+/** Istio's `experimental.envoy.filters.<filter>[<key>]` (Envoy dynamic metadata): accepted, never present. */
+const ENVOY_FILTER_METADATA = 'experimental.envoy.filters.';
+const ENVOY_FILTER_SPEC: FieldSpec = { layer: 'L7', kind: 'unavailable' };
 
 /**
  * A header name, or one of HTTP/2's request pseudo-headers (`:method`, `:path`, `:authority`,
@@ -127,12 +129,15 @@ export function parseConditionKey(key: string): { base: string; args?: string[] 
 
 /** The spec of a `when` key, or why it is refused. */
 export function conditionKey(key: string): { spec: FieldSpec; args?: string[] } | { error: string } {
+  if (key.startsWith(ENVOY_FILTER_METADATA)) {
+    // Istio (validateMapKey, envoyFilterGenerator): `<filter>[<key>]`.
+    return /^[^[\]]+\[[^[\]]+\]$/.test(key.slice(ENVOY_FILTER_METADATA.length)) ? { spec: ENVOY_FILTER_SPEC } : { error: `"${key}" needs a filter and a key: ${ENVOY_FILTER_METADATA}<filter>[<key>]` };
+  }
   const { base, args } = parseConditionKey(key);
   const spec = CONDITION_KEYS[base];
   if (!spec) {
-    const why = unsupportedReason(key);
     const known = Object.entries(CONDITION_KEYS).map(([k, s]) => (s.arg ? `${k}[<name>]` : k)).join(', ');
-    return { error: why ? `"${key}" is not supported: ${why}` : `"${key}" is not a supported condition key (${known})` };
+    return { error: `"${key}" is not a supported condition key (${known}, ${ENVOY_FILTER_METADATA}<filter>[<key>])` };
   }
   if (spec.arg === 'header' && (args === undefined || args.length !== 1 || !HEADER_NAME.test(args[0]!))) return { error: `"${key}" needs a header name: ${base}[x-name]` };
   if (spec.arg === 'claim' && (args === undefined || args.some((a) => a === ''))) return { error: `"${key}" needs a claim name: ${base}[name], or ${base}[name][nested] for a nested claim` };
@@ -206,6 +211,7 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
     case 'header':
     case 'requestPrincipal':
     case 'claim':
+    case 'unavailable':
       return undefined;
   }
 }

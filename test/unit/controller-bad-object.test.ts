@@ -26,7 +26,8 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
       ],
     },
   };
-  const badPolicy = authz('shop', 'sni', { action: 'DENY', rules: [{ when: [{ key: 'connection.sni', values: ['x'] }] }] });
+  // Istio refuses it too (ValidateAttribute: "replaced by the metadata.namespace").
+  const badPolicy = authz('shop', 'sni', { action: 'DENY', rules: [{ when: [{ key: 'destination.namespace', values: ['x'] }] }] });
   // httproute_types.go (v1.6.1) HTTPRouteRule CEL: "RequestRedirect filter must not be used together with backendRefs".
   const badRoute = {
     apiVersion: 'gateway.networking.k8s.io/v1', kind: 'HTTPRoute', metadata: { name: 'redirect', namespace: 'shop' },
@@ -52,7 +53,7 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
     await until('refused policy status', () => source.statuses.get('AuthorizationPolicy/shop/sni')?.reason === 'Invalid');
     const st = source.statuses.get('AuthorizationPolicy/shop/sni')!;
     assert.equal(st.path, 'spec.rules[0].when[0].key');
-    assert.match(st.message, /connection\.sni.*not supported/);
+    assert.match(st.message, /destination\.namespace.*not a supported condition key/);
     assert.equal(wp.snapshot!.policies.some((p) => p.name === 'sni'), false);
     const agent = h.agent('node-a');
     await agent.ready();

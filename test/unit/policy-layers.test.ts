@@ -298,7 +298,7 @@ describe('remote.ip', () => {
 
 describe('validation and the data planes share one vocabulary', () => {
   const ap = (rules: unknown[]) => ({ apiVersion: 'weft.dev/v1alpha1', kind: 'AuthorizationPolicy', metadata: { name: 'p', namespace: 'shop' }, spec: { action: 'DENY', rules } });
-  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', trustDomain: 'cluster.local', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v', requestPrincipal: 'iss/sub', claim: 'v' };
+  const sample: Record<string, string> = { principal: 'cluster.local/ns/web/sa/x', namespace: 'web', trustDomain: 'cluster.local', serviceAccount: 'web/x', cidr: '10.0.0.0/8', port: '80', method: 'GET', path: '/x', host: 'a.b', header: 'v', requestPrincipal: 'iss/sub', claim: 'v', unavailable: 'x' };
 
   it('every field and condition key validation accepts compiles at both layers', () => {
     for (const [field, spec] of Object.entries(SOURCE_FIELDS)) {
@@ -324,7 +324,8 @@ describe('validation and the data planes share one vocabulary', () => {
 
   it('refuses keys no Weft data plane evaluates, naming the field and why', () => {
     const cases: Array<[unknown, RegExp]> = [
-      [[{ when: [{ key: 'connection.sni', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "connection\.sni" is not supported: HBONE/],
+      // connection.sni and experimental.envoy.filters.* are accepted, never present: test/unit/policy-istio-waypoint-l7.test.ts.
+      [[{ when: [{ key: 'experimental.envoy.filters.http.foo', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "experimental\.envoy\.filters\.http\.foo" needs a filter and a key/],
       [[{ when: [{ key: 'request.auth.claims', values: ['x'] }] }], /spec\.rules\[0\]\.when\[0\]\.key: "request\.auth\.claims" needs a claim name/],
       [[{ when: [{ key: 'request.auth.claims[]', values: ['x'] }] }], /needs a claim name/],
       [[{ when: [{ key: 'request.auth.principal[x]', values: ['x'] }] }], /takes no \[argument\]/],
