@@ -657,7 +657,9 @@ function policyTargetRefs(c: Checker, spec: Json): boolean {
     c.only(ro, p, ['group', 'kind', 'name']);
     const kind = c.str(ro.kind, `${p}.kind`, { required: true, oneOf: Object.keys(POLICY_TARGET_GROUPS) });
     const group = POLICY_TARGET_GROUPS[kind ?? 'Service'] ?? '';
-    c.str(ro.group, `${p}.group`, { oneOf: [group] });
+    // Istio (validatePolicyTargetReference) compares canonical groups, the core group's being
+    // "core": its own tests target a Service with `group: core`.
+    c.str(ro.group, `${p}.group`, { oneOf: group === '' ? ['', 'core'] : [group] });
     if (group !== '' && ro.group === undefined) c.fail(`${p}.group`, `a ${kind} target needs group "${group}"`);
     if (kind === 'GatewayClass') c.str(ro.name, `${p}.name`, { required: true, oneOf: [...WAYPOINT_GATEWAY_CLASSES] });
     else c.str(ro.name, `${p}.name`, { required: true, pattern: DNS1123_LABEL, patternText: `a ${kind ?? 'Service'} name` });

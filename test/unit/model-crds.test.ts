@@ -115,6 +115,9 @@ test('the AuthorizationPolicy CRD schema names every source and operation field 
     assert.deepEqual(schemaErrors(p), [], f);
     assert.deepEqual(validateObject(p), [], f);
   }
+  const core = { ...samples[0]!, spec: { targetRefs: [{ kind: 'Service', group: 'core', name: 'reviews' }], rules: [{}] } };
+  assert.deepEqual(schemaErrors(core), [], 'Istio\'s canonical core group');
+  assert.deepEqual(validateObject(core), []);
   const custom = { ...samples[0]!, spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/x'] } }] }] } };
   assert.deepEqual(schemaErrors(custom), []);
   assert.deepEqual(validateObject(custom), []);
