@@ -658,6 +658,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
         forwardOriginalToken: r.forwardOriginalToken || undefined,
         outputPayloadToHeader: r.outputPayloadToHeader,
         outputClaimToHeaders: nonEmpty(r.outputClaimToHeaders?.map((h) => ({ header: h.header, claim: h.claim }))),
+        spaceDelimitedClaims: nonEmpty(r.spaceDelimitedClaims),
       })),
     } satisfies RequestAuthentication);
   }

@@ -776,7 +776,8 @@ function validateRequestAuthentication(c: Checker, o: Json): void {
     const p = `spec.jwtRules[${i}]`;
     const ro = c.obj(r, p, true);
     if (!ro) return;
-    c.only(ro, p, ['issuer', 'audiences', 'jwks', 'jwksUri', 'fromHeaders', 'fromParams', 'fromCookies', 'forwardOriginalToken', 'outputPayloadToHeader', 'outputClaimToHeaders']);
+    c.only(ro, p, ['issuer', 'audiences', 'jwks', 'jwksUri', 'fromHeaders', 'fromParams', 'fromCookies', 'forwardOriginalToken', 'outputPayloadToHeader', 'outputClaimToHeaders', 'spaceDelimitedClaims']);
+    c.strList(ro.spaceDelimitedClaims, `${p}.spaceDelimitedClaims`);
     c.str(ro.issuer, `${p}.issuer`, { required: true });
     c.strList(ro.audiences, `${p}.audiences`);
     // Istio: jwks, when set, is used and jwksUri ignored (pilot policy_applier: istiod fetches

@@ -23,7 +23,7 @@
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
-import { claimAt, type RequestAuth } from './jwt.ts';
+import { DEFAULT_SPACE_DELIMITED_CLAIMS, claimAt, type RequestAuth } from './jwt.ts';
 import { OPERATION_FIELDS, SOURCE_FIELDS, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
@@ -196,10 +196,13 @@ const getters = {
 /**
  * A claim of the request's JWT by its path (`request.auth.claims[a][b]`: `["a", "b"]`): a string,
  * or a list whose items are all strings (Istio matches one of them); any other type matches nothing.
+ * A top-level space-delimited claim (`scope`, `permission`, those its RequestAuthentication lists)
+ * is the list of its words, as Envoy's jwt_authn writes it for RBAC (normalize_payload_in_metadata).
  */
 function claimOf(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
   if (!isRequest(a) || !a.requestAuth) return undefined;
   const v = claimAt(a.requestAuth.claims, path);
+  if (typeof v === 'string' && path.length === 1 && (a.requestAuth.spaceDelimitedClaims ?? DEFAULT_SPACE_DELIMITED_CLAIMS).includes(path[0]!)) return v.split(' ').filter((w) => w !== '');
   if (typeof v === 'string') return v;
   return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
 }

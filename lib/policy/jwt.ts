@@ -38,7 +38,15 @@ export interface JwtRule {
   /** The verified token's payload (base64url, as received) in this header. */
   outputPayloadToHeader?: string;
   outputClaimToHeaders?: Array<{ header: string; claim: string }>;
+  /** Claims, besides DEFAULT_SPACE_DELIMITED_CLAIMS, that policies read as lists of their space-separated words (Istio 1.26+). */
+  spaceDelimitedClaims?: string[];
 }
+
+/**
+ * The claims Istio always has Envoy's jwt_authn turn from a space-delimited string into a list for
+ * policy (pilot authn buildSpaceDelimitedClaims, normalize_payload_in_metadata; RFC 8693's scope).
+ */
+export const DEFAULT_SPACE_DELIMITED_CLAIMS: readonly string[] = ['permission', 'scope'];
 
 /** Envoy's clock_skew_seconds default. */
 export const JWT_CLOCK_SKEW_SECONDS = 60;
@@ -103,6 +111,12 @@ export interface RequestAuth {
   /** `azp`, when it is a string. */
   presenter?: string;
   claims: { readonly [k: string]: JsonValue };
+  /**
+   * The top-level claims that `request.auth.claims[...]` reads as lists of their space-separated
+   * words when they are strings (the claim headers keep the token's text); absent:
+   * DEFAULT_SPACE_DELIMITED_CLAIMS.
+   */
+  spaceDelimitedClaims?: readonly string[];
 }
 
 /** Edits of the request headers a verification leads to (before forwarding; route matching sees them). */
@@ -370,7 +384,11 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
-    const auth: RequestAuth = { issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}) };
+    const spaceDelimited = rule.spaceDelimitedClaims?.length ? [...new Set([...rule.spaceDelimitedClaims, ...DEFAULT_SPACE_DELIMITED_CLAIMS])].sort() : undefined;
+    const auth: RequestAuth = {
+      issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}),
+      ...(spaceDelimited ? { spaceDelimitedClaims: spaceDelimited } : {}),
+    };
     return { ok: true, auth, payloadPart: jws.payloadPart, rule, issuer: iss };
   }
   return last;

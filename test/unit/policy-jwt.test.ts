@@ -88,6 +88,17 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
     assert.ok(kept.kind === 'verified' && !kept.edits.remove.includes('authorization'));
   });
 
+  it('names the space-delimited claims Istio normalizes for policy (scope, permission, and the rule\'s spaceDelimitedClaims); the claim headers keep the token\'s text', () => {
+    const t = signToken(rsa, claims({ scope: 'read admin', roles: 'a b' }));
+    const out = authenticateRequest([{ ...rule, spaceDelimitedClaims: ['roles'], outputClaimToHeaders: [{ header: 'x-scope', claim: 'scope' }] }], bearer(t));
+    assert.equal(out.kind, 'verified');
+    if (out.kind !== 'verified') return;
+    assert.deepEqual(out.auth.spaceDelimitedClaims, ['permission', 'roles', 'scope']);
+    assert.deepEqual(out.edits.set, [{ name: 'x-scope', value: 'read admin' }]);
+    const plain = authenticateRequest([rule], bearer(t));
+    assert.ok(plain.kind === 'verified' && plain.auth.spaceDelimitedClaims === undefined, 'Istio\'s default set');
+  });
+
   it('tries every rule of the token\'s issuer (two RequestAuthentications for one issuer merge)', () => {
     const other: JwtRule = { issuer: ISS, jwks: jwksOf(testKey('rsa', 'rsa-9')) };
     assert.equal(authenticateRequest([other, rule], bearer(signToken(rsa, claims()))).kind, 'verified');
