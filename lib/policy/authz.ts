@@ -195,7 +195,7 @@ const getters = {
 
 /**
  * A claim of the request's JWT by its path (`request.auth.claims[a][b]`: `["a", "b"]`): a string,
- * or a list whose items are all strings (Istio matches one of them); any other type matches nothing.
+ * or the string items of a list (Istio matches one of them); any other type matches nothing.
  * A top-level space-delimited claim (`scope`, `permission`, those its RequestAuthentication lists)
  * is the list of its words, as Envoy's jwt_authn writes it for RBAC (normalize_payload_in_metadata).
  */
@@ -204,7 +204,8 @@ function claimOf(a: Attributes, path: readonly string[]): string | readonly stri
   const v = claimAt(a.requestAuth.claims, path);
   if (typeof v === 'string' && path.length === 1 && (a.requestAuth.spaceDelimitedClaims ?? DEFAULT_SPACE_DELIMITED_CLAIMS).includes(path[0]!)) return v.split(' ').filter((w) => w !== '');
   if (typeof v === 'string') return v;
-  return Array.isArray(v) && v.every((x) => typeof x === 'string') ? (v as string[]) : undefined;
+  // Envoy's ListMatcher one_of: any string item may match; items of other types match nothing.
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : undefined;
 }
 
 /**
