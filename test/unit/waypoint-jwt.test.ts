@@ -212,6 +212,8 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
       policies: [policy('require-jwt', 'ALLOW', [
         { from: [{ requestPrincipals: [`${ISS}/*`] }], to: [], when: [{ key: 'request.auth.claims[groups]', values: ['group1'] }], layer: 'L7' },
         { from: [{ requestPrincipals: ['*'] }], to: [{ paths: ['/public'] }], when: [], layer: 'L7' },
+      ]), policy('no-admin-scope', 'DENY', [
+        { from: [], to: [{ paths: ['/public'] }], when: [{ key: 'request.auth.claims[scope]', values: ['admin'] }], layer: 'L7' },
       ])],
     })));
     b = backend('reviews');
@@ -234,6 +236,19 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     assert.equal(no.status, 403);
     const wrongType = await request(l.port, { path: '/x', headers: { authorization: `Bearer ${signToken(key, claims({ aud: 'reviews', groups: 1 }))}` } });
     assert.equal(wrongType.status, 403, 'a claim of another type never matches');
+  });
+
+  // Istio has Envoy's jwt_authn turn `scope` (and `permission`) into the list of its words for
+  // RBAC (pilot authn buildSpaceDelimitedClaims, normalize_payload_in_metadata; RFC 8693 4.2).
+  it('a DENY on request.auth.claims[scope] holds for a token whose scope lists it among others: 403, counted RBAC, named', async () => {
+    const r = await request(l.port, { path: '/public', headers: { authorization: `Bearer ${signToken(key, claims({ aud: 'reviews', scope: 'read admin' }))}` } });
+    assert.equal(r.status, 403, r.body);
+    assert.equal(r.headers['x-weft-flags'], 'RBAC');
+    assert.match(r.body, /shop\/no-admin-scope/);
+    const ok = await request(l.port, { path: '/public', headers: { authorization: `Bearer ${signToken(key, claims({ aud: 'reviews', scope: 'read administrator' }))}` } });
+    assert.equal(ok.status, 200, ok.body);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    assert.ok(samples.some((x) => x.labels['response_code'] === '403' && x.labels['response_flags'] === 'RBAC' && x.value >= 1), JSON.stringify(samples));
   });
 
   it('an audience not allowed is 403 from the JWT check itself (Envoy JwtAudienceNotAllowed), counted', async () => {
