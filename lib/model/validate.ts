@@ -679,12 +679,14 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   selector(c, spec.selector, 'spec.selector');
   policyTargetRefs(c, spec);
   const action = c.str(spec.action, 'spec.action', { oneOf: ['ALLOW', 'DENY', 'AUDIT', 'CUSTOM'] });
+  // An empty list is no rules (a protobuf repeated field).
+  const noRules = !Array.isArray(spec.rules) || spec.rules.length === 0;
   // Istio (ValidateAuthorizationPolicy): CUSTOM names its provider and has rules, which judge
   // neither identities nor tokens; `provider` is for CUSTOM only.
   const provider = c.obj(spec.provider, 'spec.provider');
   if (provider) c.only(provider, 'spec.provider', ['name']);
   if (action === 'CUSTOM') {
-    if (spec.rules === undefined) c.fail('spec.rules', 'is required for a CUSTOM policy: without rules it would never apply; add an empty rule {} to apply it to every request');
+    if (noRules) c.fail('spec.rules', 'is required for a CUSTOM policy: without rules it would never apply; add an empty rule {} to apply it to every request');
     else c.str(provider?.name, 'spec.provider.name', { required: true, nonEmpty: true });
     c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
       const ro = typeof r === 'object' && r !== null ? (r as Json) : {};
@@ -711,7 +713,7 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   }
   // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
   // be triggered, add an empty rule `{}` if you want it be triggered for every request".
-  if (spec.action === 'DENY' && spec.rules === undefined) c.fail('spec.rules', 'is required for a DENY policy: without rules it would never deny anything; add an empty rule {} to deny every request it applies to');
+  if (spec.action === 'DENY' && noRules) c.fail('spec.rules', 'is required for a DENY policy: without rules it would never deny anything; add an empty rule {} to deny every request it applies to');
   c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
     const p = `spec.rules[${i}]`;
     const ro = c.obj(r, p, true);

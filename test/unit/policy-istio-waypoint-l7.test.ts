@@ -194,6 +194,7 @@ interface ValidationRow {
 
 const VALIDATION: ValidationRow[] = [
   { source: 'validation.go: DENY action without `rules` is meaningless', spec: { action: 'DENY' }, refusedAt: 'spec.rules' },
+  { source: 'validation.go: DENY action without `rules` (an empty list is none)', spec: { action: 'DENY', rules: [] }, refusedAt: 'spec.rules' },
   { source: 'validation.go: `from` must not be empty', spec: { rules: [{ from: [] }] }, refusedAt: 'spec.rules[0].from' },
   { source: 'validation.go: `to` must not be empty', spec: { rules: [{ to: [] }] }, refusedAt: 'spec.rules[0].to' },
   { source: 'validation.go: `to.operation` must not be empty (an empty list counts as unset)', spec: { rules: [{ to: [{ operation: { paths: [] } }] }] }, refusedAt: 'spec.rules[0].to[0].operation' },
