@@ -24,7 +24,7 @@ import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { DEFAULT_SPACE_DELIMITED_CLAIMS, claimAt, type RequestAuth } from './jwt.ts';
-import { OPERATION_FIELDS, SOURCE_FIELDS, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
+import { OPERATION_FIELDS, SOURCE_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
   /** Peer SPIFFE ID (spiffe://td/ns/x/sa/y), absent for plaintext. */
@@ -258,7 +258,7 @@ function requestPrincipalMatch(value: string): (auth: RequestAuth) => boolean {
  */
 function namespaceMatch(value: string): (ns: string | undefined) => boolean {
   if (value === '*' || !value.includes('*')) return (ns) => globMatch(value, ns);
-  const m = compileFullMatch(value.split('*').map(escapeRegex).join('.*'), Infinity);
+  const m = compileFullMatch(namespacePattern(value), Infinity);
   return (ns) => ns !== undefined && m(ns);
 }
 

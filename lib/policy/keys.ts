@@ -204,8 +204,11 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
       if (isPathTemplate(value)) return pathTemplateProblem(value);
       if (/[{}]/.test(value)) return `${q}: { and } are allowed only in a whole segment {*} or {**}`;
       return undefined;
+    case 'namespace': {
+      const tooBig = value !== '*' && value.includes('*') ? regexProblem(namespacePattern(value)) : undefined;
+      return tooBig ? `${q}: as a pattern it ${tooBig}` : undefined;
+    }
     case 'principal':
-    case 'namespace':
     case 'method':
     case 'host':
     case 'header':
@@ -214,6 +217,14 @@ export function valueProblem(kind: ValueKind, value: string): string | undefined
     case 'unavailable':
       return undefined;
   }
+}
+
+/**
+ * The RE2 pattern (full match) of a `namespaces` value with a `*` in it, as Istio's
+ * srcNamespaceGenerator writes it: each `*` any characters, the rest literally.
+ */
+export function namespacePattern(value: string): string {
+  return value.split('*').map(escapeRegex).join('.*');
 }
 
 /** Istio's path template operators (Operation.paths): one path segment, and any number of them (last). */

@@ -222,6 +222,7 @@ const VALIDATION: ValidationRow[] = [
   { source: 'validation.go: From.Principals is currently not supported with CUSTOM action', spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ from: [{ source: { principals: ['cluster.local/ns/a/sa/b'] } }] }] }, refusedAt: 'spec.rules[0].from[0].source.principals' },
   { source: 'validation.go: request.auth.* is currently not supported with CUSTOM action', spec: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ when: [{ key: 'request.auth.claims[iss]', values: ['x'] }] }] }, refusedAt: 'spec.rules[0].when[0].key' },
   { source: 'validation.go: `provider` must not be with non CUSTOM action', spec: { action: 'DENY', provider: { name: 'opa' }, rules: [{}] }, refusedAt: 'spec.provider' },
+  { source: 'lib/regex.ts bounds (what a data plane could not compile is refused here)', spec: { rules: [{ from: [{ source: { namespaces: [`a*${'b'.repeat(70_000)}`] } }] }] }, refusedAt: 'spec.rules[0].from[0].source.namespaces[0]' },
   { source: 'security.go ValidateAttribute: request.headers[<any name>]', spec: { rules: [{ when: [{ key: 'request.headers[:authority]', values: ['a'] }, { key: 'request.headers[:path]', notValues: ['/b'] }] }] } },
 ];
 
