@@ -79,7 +79,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { canonicalIp, ipProblem, isServiceAddress } from '../../lib/model/address.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
-import { expandTrustDomainAliases } from '../../lib/policy/trust-domains.ts';
+import { expandTrustDomainAliases, expandTrustDomainList } from '../../lib/policy/trust-domains.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
 import { JWKS_RESULT_TEXT, unfetchedJwks, type JwksState } from './jwks-resolver.ts';
 import { admitTelemetry, meshTelemetryEndpoints } from './telemetry-admission.ts';
@@ -1300,14 +1300,20 @@ function principalsFor(list: string[] | undefined, trustDomains: readonly string
   return bare && expandTrustDomainAliases(bare, trustDomains);
 }
 
+/** `trustDomains`-like lists expanded to the mesh's trust domains (expandTrustDomainList). */
+function domainsFor(list: string[] | undefined, trustDomains: readonly string[]): string[] | undefined {
+  const given = nonEmpty(list);
+  return given && expandTrustDomainList(given, trustDomains);
+}
+
 function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number], ns: string, trustDomains: readonly string[]): CompiledRule {
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: principalsFor(s.principals, trustDomains),
     notPrincipals: principalsFor(s.notPrincipals, trustDomains),
     namespaces: nonEmpty(s.namespaces),
     notNamespaces: nonEmpty(s.notNamespaces),
-    trustDomains: nonEmpty(s.trustDomains),
-    notTrustDomains: nonEmpty(s.notTrustDomains),
+    trustDomains: domainsFor(s.trustDomains, trustDomains),
+    notTrustDomains: domainsFor(s.notTrustDomains, trustDomains),
     serviceAccounts: inNamespace(s.serviceAccounts, ns),
     notServiceAccounts: inNamespace(s.notServiceAccounts, ns),
     ipBlocks: nonEmpty(s.ipBlocks),
@@ -1327,12 +1333,14 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
     hosts: nonEmpty(o.hosts),
     notHosts: nonEmpty(o.notHosts),
   }));
-  // `source.principal` as Istio's MigrateTrustDomain rewrites it, with `principals`.
+  // `source.principal` as Istio's MigrateTrustDomain rewrites it, with `principals`; `source.trustDomain` with `trustDomains`.
   const when = (rule.when ?? []).map((c) => (c.key === 'source.serviceAccount'
     ? clean({ key: c.key, values: inNamespace(c.values, ns), notValues: inNamespace(c.notValues, ns) })
     : c.key === 'source.principal'
       ? clean({ key: c.key, values: principalsFor(c.values, trustDomains), notValues: principalsFor(c.notValues, trustDomains) })
-      : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
+      : c.key === 'source.trustDomain'
+        ? clean({ key: c.key, values: domainsFor(c.values, trustDomains), notValues: domainsFor(c.notValues, trustDomains) })
+        : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
   return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 

@@ -42,13 +42,29 @@ export function expandTrustDomainAliases(principals: readonly string[], trustDom
   for (const principal of principals) {
     const parts = principal.split('/');
     const td = parts[0]!;
-    if (parts.length !== 5 || td === '*' || !(trustDomainMatch(td, trustDomains) || td === DEFAULT_TRUST_DOMAIN)) {
+    if (parts.length !== 5) {
       out.add(principal);
       continue;
     }
     const rest = parts.slice(1).join('/');
     // The principal itself where it already names that domain: no second copy of each string.
-    for (const bundled of trustDomains) out.add(bundled === td || suffixMatch(bundled, td) ? principal : `${bundled}/${rest}`);
+    for (const d of domainsFor(td, trustDomains)) out.add(d === td ? principal : `${d}/${rest}`);
   }
   return [...out];
+}
+
+/**
+ * The trust domains of `trustDomains` / `notTrustDomains` and the `source.trustDomain` condition
+ * under the bundle, by the same rule as principals: one naming the mesh's trust domain, an alias
+ * or `cluster.local` stands for every domain of the bundle (Istio expands these fields with the
+ * bundle's aliases as it does principals); `*` and a foreign trust domain are kept as written.
+ */
+export function expandTrustDomainList(domains: readonly string[], trustDomains: readonly string[]): string[] {
+  return [...new Set(domains.flatMap((td) => domainsFor(td, trustDomains)))];
+}
+
+/** What trust domain `td` stands for under the bundle: itself, or each bundle domain (a pattern kept for those it matches). */
+function domainsFor(td: string, trustDomains: readonly string[]): string[] {
+  if (td === '*' || !(trustDomainMatch(td, trustDomains) || td === DEFAULT_TRUST_DOMAIN)) return [td];
+  return trustDomains.map((bundled) => (bundled === td || suffixMatch(bundled, td) ? td : bundled));
 }

@@ -15,7 +15,7 @@ import type { Logger } from '../../lib/log.ts';
 import type { AgentConfig } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { expandTrustDomainAliases } from '../../lib/policy/trust-domains.ts';
+import { expandTrustDomainAliases, expandTrustDomainList } from '../../lib/policy/trust-domains.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
@@ -123,6 +123,23 @@ describe('an agent (L4) enforces principals under the mesh\'s trust-domain alias
     assert.equal(whenNot.connect(NEW_CLIENT), 'allowed', 'notValues under the alias too');
     assert.equal(whenNot.connect(FOREIGN_CLIENT), 'denied by shop/deny-unless');
   });
+});
+
+// Istio's trustDomains / notTrustDomains / source.trustDomain stand for the bundle as principals do
+// (the trust-domain migration keeps every policy working under the new domain).
+test('trustDomains, notTrustDomains and source.trustDomain naming the mesh\'s trust domain, an alias or cluster.local stand for every domain of the bundle; * and a foreign domain are kept', async () => {
+  assert.deepEqual(expandTrustDomainList(['old-td', 'cluster.local', 'new-td'], ['new-td', 'old-td']), ['new-td', 'old-td']);
+  assert.deepEqual(expandTrustDomainList(['*', 'foreign-td'], ['new-td', 'old-td']), ['*', 'foreign-td']);
+  const allow = agentMesh(authz('shop', 'from-td', { ...onDb, action: 'ALLOW', rules: [{ from: [{ source: { trustDomains: ['old-td'] } }] }] }));
+  assert.deepEqual(allow.model.policies.get('shop/from-td')!.rules[0]!.from[0]!.trustDomains, ['new-td', 'old-td']);
+  assert.equal(allow.connect(NEW_CLIENT), 'allowed', 'the mesh\'s own domain, named by its alias');
+  assert.equal(allow.connect(FOREIGN_CLIENT), 'denied by shop/from-td');
+  assert.equal(await allow.policyDenials(), 1, 'counted');
+  const deny = agentMesh(authz('shop', 'deny-unless-td', { ...onDb, action: 'DENY', rules: [{ from: [{ source: { notTrustDomains: ['cluster.local'] } }] }] }));
+  assert.equal(deny.connect(OLD_CLIENT), 'allowed', 'cluster.local stands for the bundle: an alias is not "another" domain');
+  assert.equal(deny.connect(FOREIGN_CLIENT), 'denied by shop/deny-unless-td');
+  const when = agentMesh(authz('shop', 'deny-when-td', { ...onDb, action: 'DENY', rules: [{ when: [{ key: 'source.trustDomain', values: ['new-td'] }] }] }));
+  assert.equal(when.connect(OLD_CLIENT), 'denied by shop/deny-when-td', 'a DENY on the domain holds under its alias');
 });
 
 describe('a waypoint (L7) enforces the same expanded principals (Istio trust-domain migration)', () => {
