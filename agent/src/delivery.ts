@@ -25,8 +25,8 @@ const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
  * there to stop a pile-up that can only end in timeouts, not to shape bursts.
  */
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
-import { evaluate, type ConnectionAttributes } from '../../lib/policy/authz.ts';
-import type { AgentConfig, Workload } from '../../lib/model/mesh.ts';
+import { dryRunLabels, dryRunLogFields, dryRunOf, evaluate, type ConnectionAttributes, type Decision, type DryRunResult, type ShadowEngine } from '../../lib/policy/authz.ts';
+import type { AgentConfig, AuthorizationPolicy, Workload } from '../../lib/model/mesh.ts';
 import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
@@ -38,12 +38,15 @@ export class DeniedError extends Error {
   readonly policy: string | undefined;
   /** The label of weft_connections_denied_total: 'policy', 'plaintext_strict'. */
   readonly reason: string;
-  constructor(message: string, status = 403, policy?: string, reason = 'policy') {
+  /** What the dry-run policies would have decided (the access log's istio_dry_run_* fields). */
+  readonly dryRun: DryRunResult[] | undefined;
+  constructor(message: string, status = 403, policy?: string, reason = 'policy', dryRun?: DryRunResult[]) {
     super(message);
     this.name = 'DeniedError';
     this.status = status;
     this.policy = policy;
     this.reason = reason;
+    this.dryRun = dryRun;
   }
 }
 
@@ -111,6 +114,8 @@ export class LocalDelivery {
   readonly #deniedLog: LogBudget;
   /** The config last applied (configApplied): what of it changed says what to judge again. */
   #applied: AgentConfig | undefined;
+  /** 'connection dry-run denied' lines a second, for the same reason. */
+  readonly #dryRunLog: LogBudget;
 
   constructor(opts: LocalDeliveryOptions) {
     this.#state = opts.state;
@@ -120,6 +125,8 @@ export class LocalDelivery {
     this.#maxPending = opts.maxPendingConnects ?? DEFAULT_MAX_PENDING_CONNECTS;
     this.#deniedLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
       opts.log.warn('connection denials not logged (rate limit; every one is counted)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.#dryRunLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) =>
+      opts.log.warn('dry-run denials not logged (rate limit; every one is counted in weft_authz_dry_run_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   }
 
   /** The agent enrolled a pod: deliveries to it go through this namespace. */
@@ -144,8 +151,8 @@ export class LocalDelivery {
    * too, so a DENY naming a client holds whatever waypoint, in whatever cluster, it came through.
    * That can only refuse more, which is why a claim needs no entitlement.
    */
-  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, caller?: string): void {
-    this.#judge(dest, port, src, { caller });
+  authorize(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, caller?: string): DryRunResult[] | undefined {
+    return this.#judge(dest, port, src, { caller });
   }
 
   /**
@@ -158,49 +165,69 @@ export class LocalDelivery {
    * workload does not let the impostor in), as the HBONE path refuses a `for=` claim naming another
    * workload's address.
    */
-  authorizePlaintext(dest: Workload, port: number, clientIp: string): void {
+  authorizePlaintext(dest: Workload, port: number, clientIp: string, rejudge = false): DryRunResult[] | undefined {
     if (this.#state.modeFor(dest, port) === 'STRICT') {
       this.#metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
       if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: clientIp, destination: `${dest.namespace}/${dest.name}:${port}` });
       throw new DeniedError(`plaintext to ${dest.namespace}/${dest.name}:${port}, whose PeerAuthentication mode is STRICT`, 403, 'mtls:STRICT', 'plaintext_strict');
     }
-    this.#judge(dest, port, { sourceIp: clientIp }, { addressOf: this.#state.addressOwner(clientIp)?.spiffeId });
+    return this.#judge(dest, port, { sourceIp: clientIp }, { addressOf: this.#state.addressOwner(clientIp)?.spiffeId, rejudge });
   }
 
   /**
    * The one judgement of a delivery by the destination's policies, counted and logged once
    * whatever it rests on. `caller`: see authorize. `addressOf`: the mesh workload whose address a
    * plaintext client's is (see authorizePlaintext); the ALLOW side must then admit it without
-   * the address.
+   * the address. Dry-run policies (Istio's istio.io/dry-run) never decide: each shadow engine makes
+   * the same judgement with its policies alone, counted in weft_authz_dry_run_total at the first
+   * judgement (`rejudge`: a policy change judging an open delivery again counts nothing) and
+   * returned for the access log.
    */
-  #judge(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, opts: { caller?: string | undefined; addressOf?: string | undefined }): void {
-    const { caller, addressOf } = opts;
+  #judge(dest: Workload, port: number, src: Omit<ConnectionAttributes, 'destinationPort'>, opts: { caller?: string | undefined; addressOf?: string | undefined; rejudge?: boolean }): DryRunResult[] | undefined {
+    const { caller } = opts;
     const policies = this.#state.policiesFor(dest);
     const attributes: ConnectionAttributes = { ...src, destinationIp: dest.ip, destinationPort: port };
-    let decision = evaluate(policies, attributes);
-    if (decision.allowed && caller !== undefined && caller !== src.sourcePrincipal) {
+    const decision = this.#decide(policies, attributes, opts, 'enforced');
+    const dryRun = opts.rejudge ? undefined : dryRunOf(policies, (engine) => this.#decide(policies, attributes, opts, engine));
+    const source = src.sourcePrincipal ?? src.sourceIp;
+    const destination = `${dest.namespace}/${dest.name}:${port}`;
+    // AUDIT policies never decide; a match is logged.
+    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source, destination });
+    for (const r of dryRun ?? []) {
+      this.#metrics.dryRun.inc(dryRunLabels(r));
+      if (r.result === 'denied' && this.#dryRunLog.take()) this.#log.info('connection dry-run denied', { engine: r.action, policy: r.policy ?? r.policies.join(','), reason: r.reason, allowed: decision.allowed, source, ...(caller !== undefined ? { caller } : {}), destination });
+    }
+    if (decision.allowed) return dryRun;
+    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
+    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW' && !p.dryRun).map((p) => `${p.namespace}/${p.name}`).join(',');
+    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+    if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source, ...(caller !== undefined ? { caller } : {}), destination, ...dryRunLogFields(dryRun) });
+    throw new DeniedError(decision.reason, 403, policy, 'policy', dryRun);
+  }
+
+  /**
+   * One judgement (`engine`: the enforced policies, or one shadow engine's dry-run policies): the
+   * peer, then, for DENY, the caller a waypoint carries, then for plaintext from a mesh workload's
+   * address the same without the address.
+   */
+  #decide(policies: AuthorizationPolicy[], attributes: ConnectionAttributes, opts: { caller?: string | undefined; addressOf?: string | undefined }, engine: ShadowEngine | 'enforced'): Decision {
+    const { caller, addressOf } = opts;
+    let decision = evaluate(policies, attributes, undefined, engine);
+    if (decision.allowed && caller !== undefined && caller !== attributes.sourcePrincipal) {
       const deny = policies.filter((p) => p.action === 'DENY');
       const { sourceNamespace: _peers, ...rest } = attributes;
-      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }) : undefined;
-      if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${src.sourcePrincipal ?? 'a peer without identity'})` };
+      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }, undefined, engine) : undefined;
+      if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${attributes.sourcePrincipal ?? 'a peer without identity'})` };
     }
     if (decision.allowed && addressOf !== undefined) {
       const { sourceIp: _address, ...rest } = attributes;
-      const without = evaluate(policies, rest);
+      const without = evaluate(policies, rest, undefined, engine);
       if (!without.allowed) {
         const { audit: _audit, ...refusal } = without;
-        decision = { ...refusal, ...(decision.audit ? { audit: decision.audit } : {}), reason: `${without.reason} (plaintext from ${src.sourceIp}, the address of mesh workload ${addressOf}, whose own connections carry its identity: the address grants nothing)` };
+        decision = { ...refusal, ...(decision.audit ? { audit: decision.audit } : {}), reason: `${without.reason} (plaintext from ${attributes.sourceIp}, the address of mesh workload ${addressOf}, whose own connections carry its identity: the address grants nothing)` };
       }
     }
-    const source = src.sourcePrincipal ?? src.sourceIp;
-    // AUDIT policies never decide; a match is logged.
-    if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source, destination: `${dest.namespace}/${dest.name}:${port}` });
-    if (decision.allowed) return;
-    // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
-    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW').map((p) => `${p.namespace}/${p.name}`).join(',');
-    this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-    if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source, ...(caller !== undefined ? { caller } : {}), destination: `${dest.namespace}/${dest.name}:${port}` });
-    throw new DeniedError(decision.reason, 403, policy);
+    return decision;
   }
 
   /**
@@ -263,8 +290,8 @@ export class LocalDelivery {
       const owner = this.#ownerOf(d);
       if (!policiesChanged && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) continue;
       try {
-        if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp);
-        else this.authorize(dest, d.port, d.source, d.caller);
+        if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp, true);
+        else this.#judge(dest, d.port, d.source, { caller: d.caller, rejudge: true });
         this.#open.set(d, { dest, owner });
       } catch (err) {
         if (!(err instanceof DeniedError)) throw err;

@@ -19,6 +19,7 @@ import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { AgentState } from './state.ts';
 import type { WorkloadMeta } from '../../lib/model/mesh.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
+import { dryRunLogFields } from '../../lib/policy/authz.ts';
 import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, UnverifiedClaims, verifiedPeerMeta } from '../../lib/telemetry/labels.ts';
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
@@ -176,9 +177,10 @@ export class Inbound {
       return { status: 403, reason: notCarried.reason, label: notCarried.label };
     }
     try {
-      this.#o.delivery.authorize(dest, port, source, caller);
+      record.annotate(dryRunLogFields(this.#o.delivery.authorize(dest, port, source, caller)));
     } catch (err) {
       if (err instanceof DeniedError) {
+        record.annotate(dryRunLogFields(err.dryRun));
         record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
         // Counted (`policy`) and logged by Delivery.authorize, where the policy decided.
         return { status: err.status, reason: err.message, label: POLICY_COUNTED };

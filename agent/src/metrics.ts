@@ -7,6 +7,7 @@ import type { CertManager } from './certs/index.ts';
 import type { Service, TelemetrySettings, Workload } from '../../lib/model/mesh.ts';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { LogBudget, clip, escapeControls, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
+import { DRY_RUN_METRIC } from '../../lib/policy/authz.ts';
 import type { OnSidePortRefusal, SidePortRefusal } from './admin.ts';
 
 /** The log line of each side-port refusal (the reason is the metric label). */
@@ -58,6 +59,8 @@ export class AgentMetrics {
   readonly active: Gauge<'direction'>;
   readonly sidePortRefused: Counter<'port' | 'reason'>;
   readonly enrolmentRefused: Counter<'reason'>;
+  /** weft_authz_dry_run_total: each shadow engine's verdict on a connection (lib/policy/authz.ts dryRunOf). */
+  readonly dryRun: Counter<(typeof DRY_RUN_METRIC.labelNames)[number]>;
   /** weft_node_certificate_renewals_total{reason}: agent/src/config-stream.ts NodeRenewalReason. */
   readonly nodeCertificateRenewals: Counter<'reason'>;
 
@@ -80,6 +83,7 @@ export class AgentMetrics {
         metrics.#refreshKernel?.();
       },
     });
+    this.dryRun = new Counter({ ...DRY_RUN_METRIC, labelNames: [...DRY_RUN_METRIC.labelNames], registers });
     this.failed = new Counter({ name: 'weft_connections_failed_total', help: 'Connections that could not be established, by reason', labelNames: ['reporter', 'reason'], registers });
     this.forwardedIgnored = new Counter({
       name: 'weft_hbone_forwarded_ignored_total',
@@ -308,6 +312,7 @@ export class ConnectionRecord {
   /** Bytes already added to the counters (request direction, response direction). */
   #counted = { toDestination: 0, toSource: 0 };
   #live: (() => { toDestination: number; toSource: number }) | undefined;
+  #extra: Record<string, unknown> | undefined;
 
   /** `started`: when the connection was accepted (default now). */
   constructor(metrics: AgentMetrics, open: ConnectionOpen, log: AccessLogSink, started = Date.now()) {
@@ -324,6 +329,11 @@ export class ConnectionRecord {
    * source (bytes read = request direction) or the destination (bytes written = request
    * direction); the close adds what remains of the outcome's totals.
    */
+  /** Adds access-log fields known only once the connection was judged (the dry-run results). */
+  annotate(fields: Record<string, unknown>): void {
+    if (Object.keys(fields).length > 0) this.#extra = { ...this.#extra, ...fields };
+  }
+
   countWhileOpen(socket: { readonly bytesRead: number; readonly bytesWritten: number }, facing: 'source' | 'destination'): void {
     if (this.#closed) return;
     this.#live = facing === 'source'
@@ -380,6 +390,7 @@ export class ConnectionRecord {
       direction: outbound ? 'outbound' : 'inbound',
       connection_security_policy: o.security,
       ...o.extra,
+      ...this.#extra,
       bytes_sent: outbound ? outcome.bytesToDestination : outcome.bytesToSource,
       bytes_recv: outbound ? outcome.bytesToSource : outcome.bytesToDestination,
       duration: `${Date.now() - this.#started}ms`,

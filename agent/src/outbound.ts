@@ -12,7 +12,8 @@ import type { Workload } from '../../lib/model/mesh.ts';
 import { endpointKey, type AgentState, type Upstream } from './state.ts';
 import { ConnectionRecord, type AccessLogSink, type AgentMetrics, type ConnectionOpen } from './metrics.ts';
 import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labels.ts';
-import type { LocalDelivery } from './delivery.ts';
+import { DeniedError, type LocalDelivery } from './delivery.ts';
+import { dryRunLogFields } from '../../lib/policy/authz.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 import { formatTuple } from './datapath/index.ts';
@@ -63,6 +64,8 @@ export class Outbound {
   readonly #sockets = new Set<net.Socket>();
   /** Refusal lines a second: the port is on the node's address, any host can knock (each is counted). */
   readonly #refusalLog: LogBudget;
+  /** A same-node delivery's dry-run results (its access-log fields), by the pod-side stream #open returned. */
+  readonly #dryRun = new WeakMap<object, Record<string, string>>();
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -176,7 +179,9 @@ export class Outbound {
         continue;
       }
       this.#o.state.endpointSucceeded(up.endpoint ? endpointKey(up.endpoint) : splitIp(up.target));
-      await this.#proxy(socket, upstream, up, source, this.#record(source, up, socket, dest, started));
+      const record = this.#record(source, up, socket, dest, started);
+      record.annotate(this.#dryRun.get(upstream) ?? {});
+      await this.#proxy(socket, upstream, up, source, record);
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
@@ -189,7 +194,9 @@ export class Outbound {
     if (first) {
       // Denied here (same node) or by the destination's agent (its 403 on the CONNECT).
       const denied = code === 'WEFT_DENIED' || (lastError as { status?: number } | undefined)?.status === 403;
-      this.#record(source, first, socket, dest, started).close({ bytesToDestination: 0, bytesToSource: 0, flags: denied ? FLAG_DENY : FLAG_CONNECT, error: reason });
+      const record = this.#record(source, first, socket, dest, started);
+      if (lastError instanceof DeniedError) record.annotate(dryRunLogFields(lastError.dryRun));
+      record.close({ bytesToDestination: 0, bytesToSource: 0, flags: denied ? FLAG_DENY : FLAG_CONNECT, error: reason });
     } else {
       this.#o.accessLog({ msg: 'connection failed', 'src.addr': `${srcIp}:${socket.remotePort}`, 'src.workload': source.name, 'src.namespace': source.namespace, 'dst.addr': dest, direction: 'outbound', error: reason });
     }
@@ -230,11 +237,12 @@ export class Outbound {
         // to an inbound tunnel from the source's identity.
         const { port } = splitHostPort(up.target);
         const attrs = { sourcePrincipal: source.spiffeId, sourceNamespace: source.namespace, sourceIp: source.ip };
-        this.#o.authorizer.authorize(up.workload, port, attrs);
+        const dryRun = this.#o.authorizer.authorize(up.workload, port, attrs);
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
         const splice = this.#o.splice !== undefined && spliceAllowed(source, up.workload);
         const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { splice });
         this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream });
+        if (dryRun) this.#dryRun.set(upstream, dryRunLogFields(dryRun));
         return upstream;
       }
       case 'passthrough':

@@ -19,6 +19,7 @@ import { createSocketInNetns } from '../libbpf/index.ts';
 import type { AgentState } from './state.ts';
 import { ConnectionRecord, inboundService, type AccessLogSink, type AgentMetrics } from './metrics.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
+import { dryRunLogFields } from '../../lib/policy/authz.ts';
 import { unmapV4, type Refusal } from './datapath/codecs.ts';
 import { PORTS } from '../../lib/defaults.ts';
 
@@ -155,12 +156,13 @@ export class PlaintextInbound {
       return;
     }
     const where = { dst_workload: dest.name, dst_namespace: dest.namespace };
+    let dryRun;
     try {
-      o.delivery.authorizePlaintext(dest, dst.port, client.ip);
+      dryRun = o.delivery.authorizePlaintext(dest, dst.port, client.ip);
     } catch (err) {
       if (!(err instanceof DeniedError)) throw err;
       // Anyone who can route to the pod can cause these: at most a budget of lines a second.
-      if (this.#refusalLogBudget.take()) o.accessLog({ ...log, ...where, denied: err.message, reason: err.reason, policy: err.policy });
+      if (this.#refusalLogBudget.take()) o.accessLog({ ...log, ...where, denied: err.message, reason: err.reason, policy: err.policy, ...dryRunLogFields(err.dryRun) });
       socket.resetAndDestroy();
       return;
     }
@@ -188,6 +190,7 @@ export class PlaintextInbound {
       dstPod: dest.name,
       logging: dest.telemetry?.accessLogging,
     }, o.accessLog, started);
+    record.annotate(dryRunLogFields(dryRun));
     const m = o.metrics;
     m.active.inc({ direction: 'inbound' });
     record.countWhileOpen(socket, 'source');

@@ -29,9 +29,7 @@ import {
   type BackendRef,
   type ParentReference,
   type ReferenceGrant,
-  DRY_RUN_ANNOTATION,
   isServiceParent,
-  parseGoBool,
   policyTargets,
   useWaypointOf,
   waypointAllowsNamespace,
@@ -39,6 +37,8 @@ import {
   type HeaderMatch,
   type HeaderModifier,
   type PathModifier,
+  ANNOTATION_DRY_RUN,
+  parseDryRun,
 } from '../../lib/model/objects.ts';
 import {
   boundWaypoint,
@@ -585,9 +585,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const fresh: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
-      // Istio's istio.io/dry-run: judged, never enforced (Envoy's shadow rules, ztunnel alike); its
-      // matches are logged as an AUDIT policy's.
-      action: parseGoBool(ap.metadata.annotations?.[DRY_RUN_ANNOTATION] ?? '') === true ? 'AUDIT' : apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
+      action: apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
       // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
       // workloads of every namespace.
       scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',
@@ -595,6 +593,9 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       ...(targets ? { targetServices: targets } : {}),
       rules,
       layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
+      // Istio's istio.io/dry-run (validation refused a value it does not read, and the annotation
+      // on AUDIT): judged in shadow by agents and waypoints, never enforced.
+      ...(dryRunAnnotated(ap) ? { dryRun: true as const } : {}),
     };
     const compiled = cached && samePolicy(cached, fresh) ? cached : fresh;
     options.cache?.policies.set(ap, compiled);
@@ -1345,6 +1346,12 @@ function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['sp
 }
 
 /** Whether two compilations of one policy object are alike (their rules are the same array: compiled once). */
+/** Whether an AuthorizationPolicy carries Istio's dry-run annotation read true (parseDryRun). */
+export function dryRunAnnotated(ap: { metadata: { annotations?: Record<string, string> } }): boolean {
+  const v = ap.metadata.annotations?.[ANNOTATION_DRY_RUN];
+  return v !== undefined && parseDryRun(v) === true;
+}
+
 function samePolicy(a: AuthorizationPolicy, b: AuthorizationPolicy): boolean {
   return a.rules === b.rules && JSON.stringify({ ...a, rules: 0 }) === JSON.stringify({ ...b, rules: 0 });
 }

@@ -380,6 +380,11 @@ export interface AuthorizationPolicy {
   rules: CompiledRule[];
   /** `L7` when any rule is L7 (lib/policy/authz.ts ruleLayer): agents see only their L4 parts. */
   layer: PolicyLayer;
+  /**
+   * Istio's `istio.io/dry-run` annotation (ANNOTATION_DRY_RUN) read true: never enforced, only
+   * judged in shadow (lib/policy/authz.ts dryRunOf), its would-be verdict counted and logged.
+   */
+  dryRun?: true;
 }
 
 export interface PeerAuthentication {

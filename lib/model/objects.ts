@@ -83,6 +83,24 @@ export const LABEL_USE_WAYPOINT_NAMESPACE = 'weft.dev/use-waypoint-namespace';
 /** The `use-waypoint` value that means "no waypoint", reserved as in Istio: no Waypoint may be named so. */
 export const USE_WAYPOINT_NONE = 'none';
 
+/**
+ * Istio's annotation (https://istio.io/latest/docs/reference/config/annotations/#IstioDryRun): an
+ * AuthorizationPolicy of action ALLOW or DENY with it read true is not enforced, only judged in
+ * shadow (https://istio.io/latest/docs/tasks/security/authorization/authz-dry-run/).
+ */
+export const ANNOTATION_DRY_RUN = 'istio.io/dry-run';
+
+/**
+ * The annotation's value as Istio reads it (Go's strconv.ParseBool, in pilot's authz builder and
+ * its validation webhook): `1 t T TRUE true True` are true, `0 f F FALSE false False` false;
+ * anything else is no boolean (undefined), which Istio's validation refuses.
+ */
+export function parseDryRun(value: string): boolean | undefined {
+  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(value)) return true;
+  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(value)) return false;
+  return undefined;
+}
+
 /** The waypoint an object asks for, and whose labels asked (its own or its namespace's). */
 export interface UseWaypoint {
   name: string;
@@ -285,16 +303,6 @@ export function waypointAllowsNamespace(wp: Pick<Waypoint, 'metadata' | 'spec'>,
 
 /** AUDIT policies never decide: matches are logged (Istio's AUDIT without a logging provider). */
 export type AuthorizationAction = 'ALLOW' | 'DENY' | 'AUDIT';
-
-/** Istio's annotation that makes an ALLOW or DENY AuthorizationPolicy judged but not enforced. */
-export const DRY_RUN_ANNOTATION = 'istio.io/dry-run';
-
-/** Go's strconv.ParseBool, which Istio reads the dry-run annotation with; undefined when it is not a boolean. */
-export function parseGoBool(v: string): boolean | undefined {
-  if (['1', 't', 'T', 'TRUE', 'true', 'True'].includes(v)) return true;
-  if (['0', 'f', 'F', 'FALSE', 'false', 'False'].includes(v)) return false;
-  return undefined;
-}
 
 /** A Service (group ""), or a whole waypoint: a Waypoint (weft.dev) or, as Istio names it, a Gateway (gateway.networking.k8s.io). */
 export interface PolicyTargetRef {

@@ -7,7 +7,7 @@ import { ipProblem } from './address.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
-import { DRY_RUN_ANNOTATION, KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, parseGoBool, type MeshKind, type MeshObject } from './objects.ts';
+import { ANNOTATION_DRY_RUN, KINDS, WAYPOINT_GATEWAY_CLASSES, isMeshKind, parseDryRun, type MeshKind, type MeshObject } from './objects.ts';
 import { grpcMethodPattern, regexProblem } from '../regex.ts';
 import { jwksUriProblem, parseJwks } from '../policy/jwt.ts';
 import { MAX_NESTING } from './manifest.ts';
@@ -337,6 +337,9 @@ export function assertValid(input: unknown): MeshObject {
   return input as MeshObject;
 }
 
+/** Istio's kinds Weft reads (as weft.dev ones) on which Istio refuses `istio.io/dry-run`. */
+const ISTIO_KINDS_WITHOUT_DRY_RUN: ReadonlySet<MeshKind> = new Set(['PeerAuthentication', 'RequestAuthentication', 'Telemetry']);
+
 function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKind): void {
   const m = c.obj(v, 'metadata', true);
   if (!m) return;
@@ -366,6 +369,11 @@ function checkMetadata(c: Checker, v: unknown, namespaced: boolean, kind: MeshKi
   c.stringMap(m.labels, 'metadata.labels', LABEL_NAME, LABEL_VALUE);
   const ann = c.obj(m.annotations, 'metadata.annotations');
   if (ann) for (const [k, val] of Object.entries(ann)) c.str(val, join('metadata.annotations', k));
+  // Istio refuses its dry-run annotation on every kind of its own but AuthorizationPolicy
+  // (validateAnnotationDryRun): a PeerAuthentication an operator believes in dry run would be enforced.
+  if (ann && Object.hasOwn(ann, ANNOTATION_DRY_RUN) && ISTIO_KINDS_WITHOUT_DRY_RUN.has(kind)) {
+    c.fail(`metadata.annotations["${ANNOTATION_DRY_RUN}"]`, `${kind} has no dry-run mode (only an AuthorizationPolicy has, as in Istio); remove the annotation`);
+  }
   // The mesh labels are checked where they mean something; elsewhere they are ignored, as
   // Kubernetes ignores labels nobody selects on.
   const labels = (m.labels ?? {}) as Record<string, unknown>;
@@ -705,11 +713,11 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   } else if (spec.provider !== undefined) c.fail('spec.provider', `is only for a CUSTOM action, not ${action ?? 'ALLOW'}`);
   // Istio (checkDryRunAnnotation): istio.io/dry-run is a boolean, on an ALLOW or DENY only.
   const annotations = typeof o.metadata === 'object' && o.metadata !== null ? (o.metadata as Json).annotations : undefined;
-  const dryRun = typeof annotations === 'object' && annotations !== null ? (annotations as Json)[DRY_RUN_ANNOTATION] : undefined;
+  const dryRun = typeof annotations === 'object' && annotations !== null ? (annotations as Json)[ANNOTATION_DRY_RUN] : undefined;
   if (typeof dryRun === 'string') {
-    const at = `metadata.annotations["${DRY_RUN_ANNOTATION}"]`;
+    const at = `metadata.annotations["${ANNOTATION_DRY_RUN}"]`;
     if (action === 'AUDIT' || action === 'CUSTOM') c.fail(at, `applies only to an ALLOW or DENY policy, not ${action}`);
-    else if (parseGoBool(dryRun) === undefined) c.fail(at, `${JSON.stringify(dryRun)} is not true or false`);
+    else if (parseDryRun(dryRun) === undefined) c.fail(at, `${JSON.stringify(dryRun)} is not true or false`);
   }
   // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
   // be triggered, add an empty rule `{}` if you want it be triggered for every request".

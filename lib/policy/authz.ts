@@ -68,6 +68,29 @@ export interface Decision {
   reason: string;
   /** `namespace/name` of every AUDIT policy that matched (absent when none). */
   audit?: string[];
+  /**
+   * What the dry-run policies that apply would have decided (absent when none apply): one result
+   * per action that has any, as Istio's two shadow engines (dryRunOf). Never part of `allowed`.
+   */
+  dryRun?: DryRunResult[];
+}
+
+/**
+ * One shadow engine's verdict (Envoy RBAC's shadow rules, as Istio builds them for `istio.io/dry-run`:
+ * the dry-run DENY policies in one engine, the dry-run ALLOW policies in another, each judged as if
+ * it were the only policy of its action; https://istio.io/latest/docs/tasks/security/authorization/authz-dry-run/,
+ * "Limitations": two separate results).
+ */
+export interface DryRunResult {
+  /** The engine: the dry-run DENY policies, or the dry-run ALLOW policies. */
+  action: 'ALLOW' | 'DENY';
+  /** Envoy's shadow_engine_result. */
+  result: 'allowed' | 'denied';
+  /** Envoy's shadow_effective_policy_id: the dry-run policy that matched (absent when none did). */
+  policy?: string;
+  /** `namespace/name` of every dry-run policy of this action that applied. */
+  policies: string[];
+  reason: string;
 }
 
 type Attributes = ConnectionAttributes | RequestAttributes;
@@ -511,6 +534,8 @@ export function ruleL7Attributes(rule: Pick<CompiledRule, 'from' | 'to' | 'when'
 interface CompiledPolicy {
   id: string;
   action: AuthorizationPolicy['action'];
+  /** Istio's dry-run: never enforced, judged only by the shadow engine of its action. */
+  dryRun: boolean;
   /** Does the policy match, as seen from `layer`? */
   matches(a: Attributes, layer: PolicyLayer): boolean;
   /** Why it could not be compiled (a data plane newer or older than the controller); it then fails closed. */
@@ -533,7 +558,7 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
     const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`));
     const widens = p.action === 'DENY' || p.action === 'AUDIT';
     c = {
-      id, action: p.action,
+      id, action: p.action, dryRun: p.dryRun === true,
       matches: (a, layer) => rules.some((r) => {
         if (layer === 'L7' || r.layer === 'L4') return r.full(a);
         // L4 cannot see the rule's L7 parts: an ALLOW rule never matches; a DENY or AUDIT rule is
@@ -547,7 +572,7 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
     // An action this data plane does not know (CUSTOM from a newer controller) denies what it
     // applies to, as Istio's waypoint does with a CUSTOM policy it cannot serve.
     const failClosed = p.action !== 'ALLOW' && p.action !== 'AUDIT';
-    c = { id, action: p.action === 'ALLOW' || p.action === 'AUDIT' ? p.action : 'DENY', matches: () => failClosed, error };
+    c = { id, action: p.action === 'ALLOW' || p.action === 'AUDIT' ? p.action : 'DENY', dryRun: p.dryRun === true, matches: () => failClosed, error };
   }
   compiled.set(p, c);
   return c;
@@ -559,21 +584,30 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
 /**
  * Decides a connection (L4) or a request (L7) against the policies that apply to the destination.
  * The caller selects the policies (policySelectsWorkload for agents, PolicyTable for waypoints).
- * `layer` defaults to L7 for a request and L4 for a connection.
+ * `layer` defaults to L7 for a request and L4 for a connection. Dry-run policies never decide;
+ * their shadow results come with the decision (`dryRun`). `engine` asks for one judgement only:
+ * `enforced` (no shadow results), or one shadow engine's (see dryRunOf).
  */
-export function evaluate(policies: readonly AuthorizationPolicy[], a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4'): Decision {
-  return decide(policies.map(compilePolicy), a, layer);
+export function evaluate(policies: readonly AuthorizationPolicy[], a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4', engine?: ShadowEngine | 'enforced'): Decision {
+  const list = policies.map(compilePolicy);
+  if (engine !== undefined) return decide(list, a, layer, engine === 'enforced' ? undefined : engine);
+  return withDryRun(decide(list, a, layer), list, (shadow) => decide(list, a, layer, shadow));
 }
 
-function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: PolicyLayer): Decision {
-  const audit = policies.filter((p) => p.action === 'AUDIT' && p.matches(a, layer)).map((p) => p.id);
+/**
+ * Decides with the enforced policies; dry-run ones never count. With `shadow`, decides instead as
+ * that shadow engine: the dry-run policies of that action alone, as if enforced (no AUDIT).
+ */
+function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: PolicyLayer, shadow?: ShadowEngine): Decision {
+  const counts = shadow === undefined ? (p: CompiledPolicy) => !p.dryRun : (p: CompiledPolicy) => p.dryRun && p.action === shadow;
+  const audit = shadow === undefined ? policies.filter((p) => p.action === 'AUDIT' && counts(p) && p.matches(a, layer)).map((p) => p.id) : [];
   const withAudit = (d: Decision): Decision => (audit.length > 0 ? { ...d, audit } : d);
   for (const p of policies) {
-    if (p.action !== 'DENY' || !p.matches(a, layer)) continue;
+    if (p.action !== 'DENY' || !counts(p) || !p.matches(a, layer)) continue;
     const why = p.error ? `policy cannot be evaluated (${p.error.message}), fails closed` : 'matched a DENY rule';
     return withAudit({ allowed: false, policy: p.id, action: 'DENY', reason: `denied by ${p.id}: ${why}` });
   }
-  const allows = policies.filter((p) => p.action === 'ALLOW');
+  const allows = policies.filter((p) => p.action === 'ALLOW' && counts(p));
   if (allows.length === 0) return withAudit({ allowed: true, reason: 'no ALLOW policy applies' });
   for (const p of allows) {
     if (p.matches(a, layer)) return withAudit({ allowed: true, policy: p.id, reason: `allowed by ${p.id}` });
@@ -582,6 +616,79 @@ function decide(policies: readonly CompiledPolicy[], a: Attributes, layer: Polic
   const l7 = layer === 'L4' ? ' (rules with L7 attributes cannot match without a waypoint)' : '';
   return withAudit({ allowed: false, policy: allows[0]!.id, action: 'ALLOW', reason: `no ALLOW rule matched in ${names}${l7}` });
 }
+
+/** A shadow engine: the dry-run policies of one action. */
+export type ShadowEngine = 'ALLOW' | 'DENY';
+
+/**
+ * What the dry-run policies among `policies` would have decided, one result per shadow engine that
+ * has a policy (undefined when none is dry-run: nothing is spent then but one pass over the list).
+ * `judge(engine)` is the enforcement point's own judgement made with that engine's policies alone
+ * (evaluate's `shadow`), so every rule it adds (an agent's carried caller, say) applies in shadow
+ * too. Shadow judgement never changes the real decision and never throws: a judge that throws
+ * gives that engine no result and is named in `errors`.
+ */
+export function dryRunOf(policies: readonly (AuthorizationPolicy | CompiledPolicy)[], judge: (engine: ShadowEngine) => Decision): DryRunResult[] | undefined {
+  let deny: string[] | undefined;
+  let allow: string[] | undefined;
+  for (const p of policies) {
+    if (!p.dryRun) continue;
+    const id = 'id' in p ? p.id : `${p.namespace}/${p.name}`;
+    if (p.action === 'DENY') (deny ??= []).push(id);
+    else if (p.action === 'ALLOW') (allow ??= []).push(id);
+  }
+  if (!deny && !allow) return undefined;
+  const out: DryRunResult[] = [];
+  for (const [action, ids] of [['DENY', deny], ['ALLOW', allow]] as const) {
+    if (!ids) continue;
+    try {
+      const d = judge(action);
+      // A DENY engine's refusal names the DENY that matched, an ALLOW engine's admission the ALLOW
+      // (an ALLOW engine's refusal matched none).
+      const matched = (action === 'DENY') !== d.allowed ? d.policy : undefined;
+      out.push({ action, result: d.allowed ? 'allowed' : 'denied', ...(matched !== undefined ? { policy: matched } : {}), policies: ids, reason: d.reason });
+    } catch (err) {
+      out.push({ action, result: 'allowed', policies: ids, reason: `shadow evaluation failed: ${(err as Error).message}` });
+    }
+  }
+  return out;
+}
+
+function withDryRun(d: Decision, list: readonly CompiledPolicy[], judge: (engine: ShadowEngine) => Decision): Decision {
+  const dryRun = dryRunOf(list, judge);
+  return dryRun ? { ...d, dryRun } : d;
+}
+
+/**
+ * Istio's access-log keys for the shadow results (the RBAC filter's dynamic metadata under its
+ * shadow_rules_stat_prefix `istio_dry_run_allow_` / `istio_dry_run_deny_`): the engine result and,
+ * when a dry-run policy matched, its id.
+ */
+export function dryRunLogFields(results: readonly DryRunResult[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const r of results ?? []) {
+    const prefix = `istio_dry_run_${r.action.toLowerCase()}_`;
+    out[`${prefix}shadow_engine_result`] = r.result;
+    if (r.policy !== undefined) out[`${prefix}shadow_effective_policy_id`] = r.policy;
+  }
+  return out;
+}
+
+/**
+ * The labels a shadow result is counted under (`weft_authz_dry_run_total`, agents and waypoints
+ * alike): Istio's stat tags `authz_dry_run_action` (allow, deny) and `authz_dry_run_result`
+ * (allowed, denied), and the policy that matched, else the engine's dry-run policies.
+ */
+export function dryRunLabels(r: DryRunResult): { policy: string; authz_dry_run_action: string; authz_dry_run_result: string } {
+  return { policy: r.policy ?? r.policies.join(','), authz_dry_run_action: r.action.toLowerCase(), authz_dry_run_result: r.result };
+}
+
+/** The counter's name and help, one definition for every reporter. */
+export const DRY_RUN_METRIC = {
+  name: 'weft_authz_dry_run_total',
+  help: 'What dry-run AuthorizationPolicies (istio.io/dry-run) would have decided, by shadow engine (authz_dry_run_action), result and policy; never enforced',
+  labelNames: ['policy', 'authz_dry_run_action', 'authz_dry_run_result'] as const,
+};
 
 /**
  * Does a policy apply to a Service at its waypoint? Only a policy attached by `targetRefs`: to the
@@ -616,6 +723,7 @@ export class PolicyTable {
       list = this.#policies.filter((p) => appliesToService(p, service)).map(compilePolicy);
       this.#byService.set(service, list);
     }
-    return decide(list, a, layer);
+    const l = list;
+    return withDryRun(decide(l, a, layer), l, (shadow) => decide(l, a, layer, shadow));
   }
 }

@@ -28,7 +28,7 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
-import { remoteIpOf } from '../../lib/policy/authz.ts';
+import { remoteIpOf, type DryRunResult } from '../../lib/policy/authz.ts';
 import { authenticateRequest, refusalDetails, type RequestAuth } from '../../lib/policy/jwt.ts';
 import { clip } from '../../lib/log.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
@@ -167,6 +167,8 @@ export interface RequestContext {
   detail?: string;
   /** AUDIT policies that matched (logged, never deciding). */
   audit?: string[];
+  /** What the dry-run policies would have decided (logged and counted, never deciding). */
+  dryRun?: DryRunResult[];
   body?: ReplayableBody;
   /** Bytes the client sent, when there is no body to count them (an upgraded connection). */
   requestBytes?: number;
@@ -456,6 +458,10 @@ const authorize: Stage = (ctx) => {
     ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
   if (decision.audit) ctx.audit = decision.audit;
+  if (decision.dryRun) {
+    ctx.dryRun = decision.dryRun;
+    ctx.env.telemetry.dryRunResults(decision.dryRun);
+  }
   if (!decision.allowed) {
     localReply(ctx, { status: 403, flags: F.FLAG_POLICY_DENIED, body: `RBAC: access denied by AuthorizationPolicy ${decision.policy} (${decision.reason})` });
   }
@@ -1150,5 +1156,6 @@ function finish(ctx: RequestContext): void {
   if (ctx.trace) { rec.traceId = ctx.trace.traceId; rec.spanId = ctx.trace.spanId; }
   if (ctx.detail) rec.detail = ctx.detail;
   if (ctx.audit) rec.auditPolicies = ctx.audit;
+  if (ctx.dryRun) rec.dryRun = ctx.dryRun;
   env.telemetry.record(rec, ctx.trace);
 }

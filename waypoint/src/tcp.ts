@@ -69,6 +69,10 @@ export async function proxyTcp(env: TcpEnv, d: Duplex, conn: ConnContext): Promi
     destinationIp: targetIp, destinationPort: port,
   });
   if (decision.audit) rec.auditPolicies = decision.audit;
+  if (decision.dryRun) {
+    rec.dryRun = decision.dryRun;
+    env.telemetry.dryRunResults(decision.dryRun);
+  }
   if (!decision.allowed) { fail(F.FLAG_POLICY_DENIED, `denied by AuthorizationPolicy ${decision.policy}: ${decision.reason}`); return; }
 
   const cluster = env.cluster(service, port);

@@ -8,6 +8,7 @@ import { BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, Trace
 import { Counter, Registry } from 'prom-client';
 import { LogBudget, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { JwtRefusal } from '../../lib/policy/jwt.ts';
+import { DRY_RUN_METRIC, dryRunLabels, dryRunLogFields, type DryRunResult } from '../../lib/policy/authz.ts';
 import { DEFAULT_SAMPLING_PERCENTAGE, type Endpoint, type TelemetrySettings } from '../../lib/model/mesh.ts';
 import type { WorkloadMeta } from '../../lib/model/workload-meta.ts';
 import { stdoutLines } from '../../lib/sys/line-batch.ts';
@@ -40,6 +41,8 @@ export interface TcpRecord {
   detail?: string;
   /** AUDIT AuthorizationPolicies that matched the connection (`namespace/name`). */
   auditPolicies?: string[];
+  /** What the dry-run AuthorizationPolicies would have decided (the istio_dry_run_* log fields). */
+  dryRun?: DryRunResult[];
 }
 
 /** Istio's default duration buckets (ms). */
@@ -81,6 +84,8 @@ export interface RequestRecord {
   detail?: string;
   /** AUDIT AuthorizationPolicies that matched the request (`namespace/name`). */
   auditPolicies?: string[];
+  /** What the dry-run AuthorizationPolicies would have decided (the istio_dry_run_* log fields). */
+  dryRun?: DryRunResult[];
 }
 
 export interface TracingOptions {
@@ -207,6 +212,8 @@ export class Telemetry {
   readonly mirrorsDropped: Counter<'reason'>;
   /** Requests refused for their JWT (RequestAuthentication), by lib/policy/jwt.ts reason. */
   readonly jwtRefused: Counter<'reason'>;
+  /** weft_authz_dry_run_total: each shadow engine's verdict on a request or connection (dryRunResults). */
+  readonly dryRun: Counter<(typeof DRY_RUN_METRIC.labelNames)[number]>;
   private readonly warn: (msg: string, fields: Record<string, unknown>) => void;
   private readonly jwtRefusalLog: LogBudget;
   /** Where lines go (from the options); `null`: nowhere, whatever the Telemetry objects say. */
@@ -271,6 +278,7 @@ export class Telemetry {
       help: 'RequestMirror copies not sent (the request itself was served): overflow (the mirror backend at its maxRequests), max_mirrors (the waypoint at its ceiling on copies in flight), body_not_kept (a body over the retry buffer, or cut short)',
       labelNames: ['reason'], registers,
     });
+    this.dryRun = new Counter({ ...DRY_RUN_METRIC, labelNames: [...DRY_RUN_METRIC.labelNames], registers });
     this.jwtRefused = new Counter({
       name: 'weft_waypoint_jwt_refused_total',
       help: 'Requests refused by a RequestAuthentication for their token (401, or 403 for an audience not allowed), by reason: malformed, too-large, multiple-tokens, unsupported-alg, unknown-issuer, unknown-kid, bad-signature, expired, not-yet-valid, audience-not-allowed, bad-claim',
@@ -287,6 +295,11 @@ export class Telemetry {
     this.serviceName = opts.tracing?.serviceName ?? (opts.waypoint ? opts.waypoint.split('/').reverse().join('.') : 'weft-waypoint');
     this.setTracing(opts.tracing);
     this.otlpLogs = new OtlpLogExporters({ serviceName: this.serviceName, ...otlpLogMetrics(this.registry, opts.warn) });
+  }
+
+  /** Counts what the dry-run policies would have decided (a request's or a connection's). */
+  dryRunResults(results: readonly DryRunResult[] | undefined): void {
+    for (const r of results ?? []) this.dryRun.inc(dryRunLabels(r));
   }
 
   /** Counts a request refused for its JWT and logs it within the refusal budget (the token's parts are the caller's: clipped). */
@@ -402,6 +415,7 @@ export class Telemetry {
         waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
         grpc_status: r.grpcStatus, attempts: r.attempts, trace_id: r.traceId, span_id: r.spanId,
         audit_policies: r.auditPolicies,
+        ...dryRunLogFields(r.dryRun),
       });
     }
     const span = tc?.span;
@@ -420,6 +434,11 @@ export class Telemetry {
         ...(r.destinationService ? { 'weft.destination_service': r.destinationService } : {}),
         ...(r.upstreamHost ? { 'weft.upstream_host': r.upstreamHost } : {}),
         'weft.response_flags': r.responseFlags,
+        // Istio's span tags for the shadow results (authz-dry-run task, "Check dry-run result in tracing").
+        ...Object.fromEntries((r.dryRun ?? []).flatMap((d) => {
+          const tag = `istio.authorization.dry_run.${d.action.toLowerCase()}_policy`;
+          return [[`${tag}.result`, d.result], ...(d.policy !== undefined ? [[`${tag}.name`, d.policy]] : [])];
+        })),
         ...(r.grpcStatus ? { 'rpc.system': 'grpc', 'rpc.grpc.status_code': Number(r.grpcStatus) } : {}),
       });
       if (r.responseCode >= 500 || r.responseCode === 0) {
@@ -495,6 +514,7 @@ export class Telemetry {
         upstream_cluster: r.destinationServiceKey ? `outbound|${r.destinationServiceKey}` : undefined, downstream_remote_address: r.sourceAddress,
         waypoint: this.waypoint, source_principal: r.sourcePrincipal, destination_service: r.destinationService,
         audit_policies: r.auditPolicies,
+        ...dryRunLogFields(r.dryRun),
       });
     }
   }

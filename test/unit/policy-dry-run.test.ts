@@ -1,0 +1,307 @@
+// Istio's `istio.io/dry-run` annotation on an AuthorizationPolicy
+// (https://istio.io/latest/docs/tasks/security/authorization/authz-dry-run/; the annotation:
+// https://istio.io/latest/docs/reference/config/annotations/#IstioDryRun): the policy is not
+// enforced, its would-be verdict is logged and counted. Istio builds two shadow engines, the dry-run
+// DENY policies and the dry-run ALLOW policies, each with its own result ("Limitations": "two
+// separate dry-run results ... for ALLOW and DENY policies"), under the access-log keys
+// istio_dry_run_{allow,deny}_shadow_{engine_result,effective_policy_id} and the stat tags
+// authz_dry_run_action / authz_dry_run_result. Values are read as Go's strconv.ParseBool, and
+// Istio's validation (pkg/config/validation checkDryRunAnnotation) refuses any other value, and the
+// annotation on an action other than ALLOW and DENY. ztunnel (src/state.rs assert_rbac) judges
+// dry-run policies apart from the enforced ones and only logs their matches.
+import assert from 'node:assert/strict';
+import { after, before, describe, it, test } from 'node:test';
+import { Registry } from 'prom-client';
+import { DeniedError, LocalDelivery } from '../../agent/src/delivery.ts';
+import { AgentMetrics } from '../../agent/src/metrics.ts';
+import { AgentState } from '../../agent/src/state.ts';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import { MemorySource } from '../../controller/src/sources/memory.ts';
+import type { AgentConfig, AuthorizationPolicy as CompiledPolicy } from '../../lib/model/mesh.ts';
+import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
+import { validateObject } from '../../lib/model/validate.ts';
+import { evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
+import { WaypointEngine } from '../../waypoint/src/engine.ts';
+import { TcpUpstream } from '../../waypoint/src/upstream.ts';
+import { CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
+import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { startHarness, until } from './controller-harness.ts';
+
+const TASK = 'https://istio.io/latest/docs/tasks/security/authorization/authz-dry-run/';
+const FRONTEND = 'spiffe://cluster.local/ns/web/sa/frontend';
+const OTHER = 'spiffe://cluster.local/ns/other/sa/client';
+const DB_IP = '10.1.8.8';
+const SEL = { matchLabels: { app: 'db' } };
+const DRY = 'istio.io/dry-run';
+const ANNOTATION_PATH = `metadata.annotations["${DRY}"]`;
+
+function annotated(p: AuthorizationPolicy, value: string | undefined): AuthorizationPolicy {
+  const { annotations: _old, ...meta } = p.metadata;
+  return { ...p, metadata: { ...meta, ...(value === undefined ? {} : { annotations: { [DRY]: value } }) } };
+}
+const denyCaller = (name: string, principal: string, namespace = 'shop') =>
+  authz(namespace, name, { selector: SEL, action: 'DENY', rules: [{ from: [{ source: { principals: [principal.replace('spiffe://', '')] } }] }] });
+const allowCaller = (name: string, principal: string, namespace = 'shop') =>
+  authz(namespace, name, { selector: SEL, action: 'ALLOW', rules: [{ from: [{ source: { principals: [principal.replace('spiffe://', '')] } }] }] });
+
+/** shop/db under `policies`, compiled as the agent of its node receives it. */
+function meshOf(policies: AuthorizationPolicy[]): { config: AgentConfig; policies: Map<string, CompiledPolicy> } {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('weft-system'), ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), ns('other', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.pods.push(pod('shop', 'db', { labels: { app: 'db' }, ip: DB_IP }), pod('other', 'db', { labels: { app: 'db' }, ip: '10.1.9.9' }));
+  inputs.services.push(svc('shop', 'db', { app: 'db' }, '10.96.0.60'));
+  inputs.authorizationPolicies.push(...policies);
+  const { model } = compile(inputs);
+  return {
+    config: { node: 'node-a', workloads: [...model.workloads.values()], services: [...model.services.values()], policies: [...model.policies.values()], peerAuthentications: [...model.peerAuthentications.values()], waypoints: [] },
+    policies: model.policies,
+  };
+}
+
+interface Judged { verdict: 'allowed' | 'denied'; dryRun: DryRunResult[] | undefined; metrics: AgentMetrics; lines: Array<{ msg: string; fields: Record<string, unknown> }>; policy?: string | undefined }
+
+/** The agent's judgement of `principal` (through a waypoint carrying `caller`, if given) to shop/db. */
+function judge(config: AgentConfig, principal: string | undefined, caller?: string): Judged {
+  const state = new AgentState('node-a');
+  state.apply(config);
+  const lines: Judged['lines'] = [];
+  const at = (msg: string, fields: Record<string, unknown> = {}) => { lines.push({ msg, fields }); };
+  const log = { debug: at, info: at, warn: at, error: at };
+  const metrics = new AgentMetrics();
+  const delivery = new LocalDelivery({ state, metrics, log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  const db = state.localWorkload(DB_IP)!;
+  try {
+    const dryRun = principal === undefined ? delivery.authorizePlaintext(db, 8080, '10.1.0.1') : delivery.authorize(db, 8080, { sourcePrincipal: principal, sourceIp: '10.1.0.1' }, caller);
+    return { verdict: 'allowed', dryRun, metrics, lines };
+  } catch (err) {
+    if (!(err instanceof DeniedError)) throw err;
+    return { verdict: 'denied', dryRun: err.dryRun, metrics, lines, policy: err.policy };
+  }
+}
+
+async function dryRunCount(m: AgentMetrics | Registry, labels: Record<string, string>): Promise<number> {
+  const registry = m instanceof Registry ? m : m.registry;
+  const values = (await registry.getSingleMetric('weft_authz_dry_run_total')?.get())?.values ?? [];
+  return values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((n, v) => n + v.value, 0);
+}
+
+async function deniedCount(m: AgentMetrics): Promise<number> {
+  const values = (await m.registry.getSingleMetric('weft_connections_denied_total')?.get())?.values ?? [];
+  return values.filter((v) => v.labels.reason === 'policy').reduce((n, v) => n + v.value, 0);
+}
+
+describe(`a dry-run policy at an agent is judged in shadow, never enforced (${TASK})`, () => {
+  it('a dry-run DENY naming the caller does not refuse it, and is counted and logged as a shadow deny naming the policy', async () => {
+    const { config } = meshOf([annotated(denyCaller('deny-other', OTHER), 'true')]);
+    const j = judge(config, OTHER);
+    assert.equal(j.verdict, 'allowed');
+    assert.deepEqual(j.dryRun?.map(({ action, result, policy }) => ({ action, result, policy })), [{ action: 'DENY', result: 'denied', policy: 'shop/deny-other' }]);
+    assert.equal(await dryRunCount(j.metrics, { policy: 'shop/deny-other', authz_dry_run_action: 'deny', authz_dry_run_result: 'denied' }), 1);
+    assert.equal(await deniedCount(j.metrics), 0);
+    const line = j.lines.find((l) => l.msg === 'connection dry-run denied');
+    assert.equal(line?.fields.policy, 'shop/deny-other');
+    assert.equal(line?.fields.allowed, true);
+    // Another caller: the shadow engine would have allowed it.
+    const f = judge(config, FRONTEND);
+    assert.equal(f.verdict, 'allowed');
+    assert.deepEqual(f.dryRun?.map(({ action, result }) => ({ action, result })), [{ action: 'DENY', result: 'allowed' }]);
+    assert.equal(await dryRunCount(f.metrics, { authz_dry_run_action: 'deny', authz_dry_run_result: 'allowed' }), 1);
+  });
+
+  it('a dry-run ALLOW that would not admit the caller does not refuse it (with no enforced ALLOW, nothing is required), and says it would have', async () => {
+    const { config } = meshOf([annotated(allowCaller('only-frontend', FRONTEND), 'true')]);
+    for (const principal of [OTHER, undefined]) {
+      const j = judge(config, principal);
+      assert.equal(j.verdict, 'allowed', `${principal ?? 'plaintext'} is delivered`);
+      assert.deepEqual(j.dryRun?.map(({ action, result, policy, policies }) => ({ action, result, policy, policies })), [{ action: 'ALLOW', result: 'denied', policy: undefined, policies: ['shop/only-frontend'] }]);
+      assert.equal(await dryRunCount(j.metrics, { policy: 'shop/only-frontend', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' }), 1);
+      assert.ok(j.lines.some((l) => l.msg === 'connection dry-run denied' && l.fields.engine === 'ALLOW'));
+    }
+    const f = judge(config, FRONTEND);
+    assert.deepEqual(f.dryRun?.map(({ result, policy }) => ({ result, policy })), [{ result: 'allowed', policy: 'shop/only-frontend' }]);
+  });
+
+  it('a dry-run DENY naming the caller a waypoint carries does not refuse it either, and the shadow engine judges the caller as the enforced DENYs do', () => {
+    const waypoint = 'spiffe://cluster.local/ns/shop/sa/waypoint';
+    const { config } = meshOf([annotated(denyCaller('deny-other', OTHER), 'true')]);
+    const j = judge(config, waypoint, OTHER);
+    assert.equal(j.verdict, 'allowed');
+    assert.deepEqual(j.dryRun?.map(({ result, policy }) => ({ result, policy })), [{ result: 'denied', policy: 'shop/deny-other' }]);
+  });
+
+  it('enforced policies beside dry-run ones keep deciding: an enforced DENY still refuses (counted, named), an enforced ALLOW still refuses whom it does not name', async () => {
+    const { config } = meshOf([
+      denyCaller('deny-other', OTHER),
+      annotated(allowCaller('dry-allow-other', OTHER), 'true'),
+      annotated(denyCaller('dry-deny-frontend', FRONTEND), 'true'),
+    ]);
+    const other = judge(config, OTHER);
+    assert.equal(other.verdict, 'denied');
+    assert.equal(other.policy, 'shop/deny-other');
+    assert.equal(await deniedCount(other.metrics), 1);
+    const line = other.lines.find((l) => l.msg === 'connection denied');
+    assert.equal(line?.fields.policy, 'shop/deny-other');
+    assert.equal(line?.fields.istio_dry_run_allow_shadow_engine_result, 'allowed');
+    assert.equal(line?.fields.istio_dry_run_allow_shadow_effective_policy_id, 'shop/dry-allow-other');
+    assert.equal(judge(config, FRONTEND).verdict, 'allowed');
+
+    const allowOnly = meshOf([allowCaller('only-frontend', FRONTEND), annotated(allowCaller('dry-allow-all', OTHER), 'true')]).config;
+    const o = judge(allowOnly, OTHER);
+    assert.equal(o.verdict, 'denied', 'a dry-run ALLOW admits no one');
+    assert.equal(o.policy, 'shop/only-frontend', 'the refusal names the enforced ALLOW only');
+    assert.deepEqual(o.dryRun?.map(({ result, policy }) => ({ result, policy })), [{ result: 'allowed', policy: 'shop/dry-allow-all' }]);
+  });
+
+  it('the annotation is read as Go\'s strconv.ParseBool reads it: 1, t, T, TRUE, true, True are dry run; 0, f, F, FALSE, false, False enforce', () => {
+    for (const v of ['1', 't', 'T', 'TRUE', 'true', 'True']) {
+      const { policies, config } = meshOf([annotated(denyCaller('d', OTHER), v)]);
+      assert.equal(policies.get('shop/d')?.dryRun, true, v);
+      assert.equal(judge(config, OTHER).verdict, 'allowed', v);
+    }
+    for (const v of ['0', 'f', 'F', 'FALSE', 'false', 'False']) {
+      const { policies, config } = meshOf([annotated(denyCaller('d', OTHER), v)]);
+      assert.equal(policies.get('shop/d')?.dryRun, undefined, v);
+      assert.equal(judge(config, OTHER).verdict, 'denied', v);
+      assert.deepEqual(validateObject(annotated(denyCaller('d', OTHER), v)), [], v);
+    }
+  });
+
+  it('no dry-run policy: no shadow result, nothing counted', async () => {
+    const j = judge(meshOf([denyCaller('d', OTHER)]).config, FRONTEND);
+    assert.equal(j.dryRun, undefined);
+    assert.equal(await dryRunCount(j.metrics, {}), 0);
+    assert.equal(evaluate([], { destinationPort: 80 }).dryRun, undefined);
+  });
+});
+
+// Attacker side: the annotation weakens only the policy it is on. A tenant's dry-run policy in its
+// own namespace (even one named like another namespace's policy) leaves every other namespace's
+// policies enforced; the refusal they make is counted and named.
+test('a tenant cannot use dry-run to weaken another namespace\'s enforced policy: only the annotated policy itself is in dry run', async () => {
+  const { config, policies } = meshOf([
+    denyCaller('deny-other', OTHER),
+    annotated(denyCaller('deny-other', OTHER, 'other'), 'true'),
+    annotated(allowCaller('admit-all', OTHER, 'other'), 'true'),
+  ]);
+  assert.equal(policies.get('shop/deny-other')?.dryRun, undefined);
+  assert.equal(policies.get('other/deny-other')?.dryRun, true);
+  const j = judge(config, OTHER);
+  assert.equal(j.verdict, 'denied');
+  assert.equal(j.policy, 'shop/deny-other');
+  assert.equal(j.dryRun, undefined, 'other namespace\'s dry-run policies do not apply to shop/db');
+  assert.equal(await deniedCount(j.metrics), 1);
+  assert.equal(j.lines.find((l) => l.msg === 'connection denied')?.fields.policy, 'shop/deny-other');
+});
+
+// pkg/config/validation checkDryRunAnnotation: a value strconv.ParseBool does not read, and the
+// annotation on an action other than ALLOW or DENY, are validation errors (the webhook refuses the
+// object, so the version before it stays in force).
+test('a dry-run value Istio does not read, or the annotation on AUDIT, is refused at metadata.annotations["istio.io/dry-run"] (Istio checkDryRunAnnotation)', () => {
+  for (const v of ['yes', 'on', '', ' true', 'TRUE ', 'tRUE', '2']) {
+    const issues = validateObject(annotated(denyCaller('d', OTHER), v));
+    assert.deepEqual(issues.map((i) => i.path), [ANNOTATION_PATH], JSON.stringify(v));
+    assert.match(issues[0]!.message, /is not a boolean/);
+  }
+  const audit = authz('shop', 'watch', { selector: SEL, action: 'AUDIT', rules: [{}] });
+  for (const v of ['true', 'false']) {
+    const issues = validateObject(annotated(audit, v));
+    assert.deepEqual(issues.map((i) => i.path), [ANNOTATION_PATH], v);
+    assert.match(issues[0]!.message, /only action ALLOW or DENY/);
+  }
+  assert.deepEqual(validateObject(annotated(authz('shop', 'default-action', { selector: SEL, rules: [{}] }), 'true')), [], 'no action is ALLOW');
+  // Istio refuses the annotation on its other kinds (validateAnnotationDryRun).
+  const pa = { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'shop', annotations: { [DRY]: 'true' } }, spec: { mtls: { mode: 'STRICT' } } };
+  assert.deepEqual(validateObject(pa).map((i) => i.path), [ANNOTATION_PATH]);
+});
+
+test('with the controller: a bad dry-run value keeps the last good version in force and is named in status; removing the annotation makes the policy enforced', async () => {
+  const dry = annotated(denyCaller('deny-other', OTHER), 'true');
+  const source = new MemorySource([ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'db', { labels: { app: 'db' }, ip: DB_IP }), dry]);
+  const registry = new Registry();
+  const h = await startHarness(source, undefined, { registry });
+  try {
+    const agent = h.agent('node-a');
+    await until('the dry-run policy reaches the agent', () => agent.snapshot?.policies.some((p) => p.name === 'deny-other' && p.dryRun === true) === true);
+    assert.equal(judge(agent.snapshot!, OTHER).verdict, 'allowed');
+
+    const bad = { ...annotated(dry, 'maybe'), metadata: { ...annotated(dry, 'maybe').metadata, generation: 2 } };
+    source.upsert(bad);
+    await until('the bad value refused in the status', () => source.statuses.get('AuthorizationPolicy/shop/deny-other')?.reason === 'Invalid');
+    assert.equal(source.statuses.get('AuthorizationPolicy/shop/deny-other')?.path, ANNOTATION_PATH);
+    await h.controller.settled();
+    assert.equal(judge(agent.snapshot!, OTHER).verdict, 'allowed', 'the last good version (dry run) stays');
+    const rejected = await registry.getSingleMetric('weft_controller_rejected_objects_total')?.get();
+    assert.equal(rejected?.values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value, 1);
+    assert.ok(h.logs.some((l) => l.msg.startsWith('invalid object refused') && l.fields.object === 'AuthorizationPolicy/shop/deny-other'));
+
+    // The task's last step: remove the annotation (or set it false) to enforce the policy.
+    source.upsert({ ...annotated(dry, undefined), metadata: { ...annotated(dry, undefined).metadata, generation: 3 } });
+    await until('the policy reaches the agent enforced', () => agent.snapshot?.policies.some((p) => p.name === 'deny-other' && p.dryRun === undefined) === true);
+    const j = judge(agent.snapshot!, OTHER);
+    assert.equal(j.verdict, 'denied');
+    assert.equal(j.policy, 'shop/deny-other');
+  } finally {
+    await h.close();
+  }
+});
+
+describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${TASK})`, () => {
+  let b: Backend;
+  let engine: WaypointEngine;
+  let l: Listener;
+  const lines: string[] = [];
+  const policy = (name: string, action: 'ALLOW' | 'DENY', rules: CompiledPolicy['rules'], dryRun: boolean): CompiledPolicy =>
+    ({ name, namespace: 'shop', action, scope: 'service', targetServices: ['shop/reviews'], rules, layer: 'L7', ...(dryRun ? { dryRun: true as const } : {}) });
+
+  before(async () => {
+    b = await startHttpBackend(echo('reviews'));
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x) } });
+    engine.applyConfig(config({
+      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
+      policies: [
+        // The task's policy: DENY /headers, in dry run.
+        policy('deny-path-headers', 'DENY', [{ from: [], to: [{ paths: ['/headers'] }], when: [], layer: 'L7' }], true),
+        policy('only-get', 'ALLOW', [{ from: [], to: [{ methods: ['GET'] }], when: [], layer: 'L7' }], true),
+        policy('deny-admin', 'DENY', [{ from: [], to: [{ paths: ['/admin'] }], when: [], layer: 'L7' }], false),
+      ],
+    }));
+    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
+  });
+
+  after(async () => {
+    await l.close();
+    await engine.close();
+    await b.close();
+  });
+
+  const entryFor = (path: string, method = 'GET') => lines.map((x) => JSON.parse(x) as Record<string, unknown>).find((e) => e.path === path && e.method === method);
+
+  it('a request the dry-run DENY matches is served; the access log names the policy with Istio\'s keys; the counter counts a shadow deny', async () => {
+    const r = await request(l.port, { path: '/headers' });
+    assert.equal(r.status, 200);
+    const e = entryFor('/headers');
+    assert.equal(e?.istio_dry_run_deny_shadow_engine_result, 'denied');
+    assert.equal(e?.istio_dry_run_deny_shadow_effective_policy_id, 'shop/deny-path-headers');
+    assert.equal(e?.istio_dry_run_allow_shadow_engine_result, 'allowed');
+    assert.equal(e?.istio_dry_run_allow_shadow_effective_policy_id, 'shop/only-get');
+    const samples = await metricSamples(engine, 'weft_authz_dry_run_total');
+    assert.equal(samples.find((s) => s.labels.policy === 'shop/deny-path-headers' && s.labels.authz_dry_run_action === 'deny' && s.labels.authz_dry_run_result === 'denied')?.value, 1);
+  });
+
+  it('a request the dry-run ALLOW would not admit is served, and logged as the ALLOW engine\'s denial', async () => {
+    const r = await request(l.port, { method: 'POST', path: '/orders', body: 'x' });
+    assert.equal(r.status, 200);
+    const e = entryFor('/orders', 'POST');
+    assert.equal(e?.istio_dry_run_allow_shadow_engine_result, 'denied');
+    assert.equal(e?.istio_dry_run_allow_shadow_effective_policy_id, undefined);
+    assert.equal(e?.istio_dry_run_deny_shadow_engine_result, 'allowed');
+    const samples = await metricSamples(engine, 'weft_authz_dry_run_total');
+    assert.equal(samples.find((s) => s.labels.policy === 'shop/only-get' && s.labels.authz_dry_run_action === 'allow' && s.labels.authz_dry_run_result === 'denied')?.value, 1);
+  });
+
+  it('an enforced DENY beside the dry-run policies still refuses, with its name', async () => {
+    const r = await request(l.port, { path: '/admin' });
+    assert.equal(r.status, 403);
+    assert.match(r.body, /shop\/deny-admin/);
+  });
+});
