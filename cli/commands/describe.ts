@@ -6,8 +6,8 @@
 // compile of the objects (the local mesh's config folder, or the cluster's API).
 import { Command } from 'commander';
 import { join } from 'node:path';
-import { LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
-import { policySelectsWorkload, resolveMtls, waypointRefusalText, type Workload } from '../../lib/model/mesh.ts';
+import { ANNOTATION_DRY_RUN, LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
+import { policySelectsWorkload, resolveMtls, waypointRefusalText, type AuthorizationPolicy, type Workload } from '../../lib/model/mesh.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { compileObjects, type Compiled } from '../mesh-view.ts';
 import { readManifests } from './manifests.ts';
@@ -32,7 +32,8 @@ export interface PodDescription {
   mtls: { mode: string; setBy: string };
   waypoint: { name: string; because: string } | null;
   services: Array<{ name: string; waypoint: string | null }>;
-  policies: Array<{ name: string; action: string; layer: string; enforcedBy: string; effect: string }>;
+  /** `dryRun`: Istio's istio.io/dry-run, judged in shadow (`enforcedBy` says by whom), never enforced. */
+  policies: Array<{ name: string; action: string; layer: string; enforcedBy: string; effect: string; dryRun?: true }>;
   certificate?: { serial: string; notAfter: string; state: string } | null;
 }
 
@@ -59,11 +60,11 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
     for (const p of c.model.policies.values()) {
       if (policySelectsWorkload(p, w)) {
         const failClosed = p.layer === 'L7' ? (p.action === 'DENY' ? '; L7 rules match every connection at the agent (fail closed)' : '; L7 rules never match at the agent (fail closed)') : '';
-        policies.push({ name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: `node agent (${p.scope} scope)`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} connections matching ${p.rules.length} rule(s)${failClosed}` });
+        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: `node agent (${p.scope} scope)`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} connections matching ${p.rules.length} rule(s)${failClosed}` }));
       } else if (p.scope === 'service' && p.targetServices?.some((t) => w.services.includes(t))) {
         const svc = p.targetServices.find((t) => w.services.includes(t))!;
         const wp = c.model.services.get(svc)?.waypoint;
-        policies.push({ name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: wp?.refused !== undefined ? `nothing: Service ${svc} may not use waypoint ${wp.namespace}/${wp.name} (its traffic fails closed)` : wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` });
+        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: wp?.refused !== undefined ? `nothing: Service ${svc} may not use waypoint ${wp.namespace}/${wp.name} (its traffic fails closed)` : wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` }));
       }
     }
   }
@@ -80,6 +81,15 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
     services,
     policies,
   };
+}
+
+/**
+ * A dry-run policy (Istio's istio.io/dry-run) as described: enforced by nothing, judged in shadow
+ * where it would be enforced, its effect what it would do.
+ */
+function dryRunDescribed(p: AuthorizationPolicy, d: PodDescription['policies'][number]): PodDescription['policies'][number] {
+  if (!p.dryRun) return d;
+  return { ...d, dryRun: true, enforcedBy: `nothing: dry run (${ANNOTATION_DRY_RUN}), judged in shadow by ${d.enforcedBy}`, effect: `would have ${d.effect.replace(/^allows/, 'allowed').replace(/^denies/, 'denied')} (weft_authz_dry_run_total, access-log istio_dry_run_* keys)` };
 }
 
 function format(d: PodDescription): string {

@@ -186,7 +186,8 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
       renderList<Pol>(io, f, pols, [
         { header: 'NAMESPACE', value: (p) => p.namespace },
         { header: 'NAME', value: (p) => p.name },
-        { header: 'ACTION', value: (p) => p.action },
+        // A dry-run policy (istio.io/dry-run) is judged in shadow, never enforced.
+        { header: 'ACTION', value: (p) => (p.dryRun ? `${p.action}(dry-run)` : p.action) },
         { header: 'SCOPE', value: (p) => p.scope },
         { header: 'LAYER', value: (p) => p.layer },
         { header: 'RULES', value: (p) => String(p.rules.length) },

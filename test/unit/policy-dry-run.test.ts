@@ -25,6 +25,9 @@ import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
+import { describePod } from '../../cli/commands/describe.ts';
+import { compileObjects } from '../../cli/mesh-view.ts';
+import type { RawObject } from '../../controller/src/sources/source.ts';
 import { startHarness, until } from './controller-harness.ts';
 
 const TASK = 'https://istio.io/latest/docs/tasks/security/authorization/authz-dry-run/';
@@ -304,4 +307,18 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
     assert.equal(r.status, 403);
     assert.match(r.body, /shop\/deny-admin/);
   });
+});
+
+test('weftctl describe pod names a dry-run policy as enforced by nothing, judged in shadow, with what it would have done', () => {
+  const c = compileObjects([
+    ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }), pod('shop', 'db', { labels: { app: 'db' }, ip: DB_IP }),
+    annotated(denyCaller('dry-deny', OTHER), 'true'), denyCaller('real-deny', FRONTEND),
+  ] as unknown as RawObject[]);
+  const d = describePod(c, 'shop', 'db')!;
+  const byName = new Map(d.policies.map((p) => [p.name, p]));
+  assert.equal(byName.get('shop/dry-deny')?.dryRun, true);
+  assert.equal(byName.get('shop/dry-deny')?.enforcedBy, 'nothing: dry run (istio.io/dry-run), judged in shadow by node agent (workload scope)');
+  assert.match(byName.get('shop/dry-deny')!.effect, /^would have denied connections matching 1 rule\(s\)/);
+  assert.equal(byName.get('shop/real-deny')?.dryRun, undefined);
+  assert.equal(byName.get('shop/real-deny')?.enforcedBy, 'node agent (workload scope)');
 });
