@@ -20,7 +20,7 @@ import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { AgentConfig, AuthorizationPolicy as CompiledPolicy } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
+import { dryRunLabels, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
@@ -175,6 +175,12 @@ describe(`a dry-run policy at an agent is judged in shadow, never enforced (${TA
     assert.equal(await dryRunCount(j.metrics, {}), 0);
     assert.equal(evaluate([], { destinationPort: 80 }).dryRun, undefined);
   });
+});
+
+test('a namespace\'s many dry-run policies make a bounded policy label: the first four, then how many more', () => {
+  const r: DryRunResult = { action: 'ALLOW', result: 'denied', policies: Array.from({ length: 1000 }, (_, i) => `shop/dry-${i}`), reason: 'x' };
+  assert.deepEqual(dryRunLabels(r), { policy: 'shop/dry-0,shop/dry-1,shop/dry-2,shop/dry-3,+996', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' });
+  assert.equal(dryRunLabels({ ...r, result: 'allowed', policy: 'shop/dry-7' }).policy, 'shop/dry-7');
 });
 
 // Attacker side: the annotation weakens only the policy it is on. A tenant's dry-run policy in its
