@@ -11,13 +11,19 @@
 // dry-run policies apart from the enforced ones and only logs their matches.
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
+import { connect as h2connect } from 'node:http2';
+import { createSecureContext } from 'node:tls';
 import { Registry } from 'prom-client';
+import { connectTcp } from '../../agent/src/connect.ts';
+import { Inbound } from '../../agent/src/inbound.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { createTestCa, tcpServer } from './hbone-certs.ts';
 import { DeniedError, LocalDelivery } from '../../agent/src/delivery.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import { AgentState } from '../../agent/src/state.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
-import type { AgentConfig, AuthorizationPolicy as CompiledPolicy } from '../../lib/model/mesh.ts';
+import type { AgentConfig, AuthorizationPolicy as CompiledPolicy, Workload } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { dryRunLabels, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
@@ -327,4 +333,65 @@ test('weftctl describe pod names a dry-run policy as enforced by nothing, judged
   assert.match(byName.get('shop/dry-deny')!.effect, /^would have denied connections matching 1 rule\(s\)/);
   assert.equal(byName.get('shop/real-deny')?.dryRun, undefined);
   assert.equal(byName.get('shop/real-deny')?.enforcedBy, 'node agent (workload scope)');
+});
+
+// The agent's access-log line of an HBONE delivery carries the shadow results under Istio's keys,
+// for a delivered connection and for one an enforced policy refused.
+test('the agent\'s access log names the shadow results with Istio\'s keys (istio_dry_run_deny_shadow_*), delivered or refused', async () => {
+  const TD = 'test.local';
+  const dest: Workload = {
+    uid: 'shop/db', name: 'db', namespace: 'shop', node: 'node2', nodeIp: '127.0.0.1', ip: '127.0.0.1', serviceAccount: 'db', spiffeId: `spiffe://${TD}/ns/shop/sa/db`,
+    labels: { app: 'db' }, enrolled: true, mode: 'STRICT', services: [], workloadName: 'db', canonicalService: 'db', canonicalRevision: 'v1', cluster: 'Kubernetes',
+  };
+  const client = { ...dest, uid: 'web/frontend', name: 'frontend', namespace: 'web', node: 'node1', ip: '10.0.0.7', serviceAccount: 'frontend', spiffeId: `spiffe://${TD}/ns/web/sa/frontend`, workloadName: 'frontend' };
+  const shadow: DryRunResult[] = [{ action: 'DENY', result: 'denied', policy: 'shop/dry-deny', policies: ['shop/dry-deny'], reason: 'denied by shop/dry-deny' }];
+  const ca = createTestCa();
+  const pod = await tcpServer((s) => { s.on('error', () => {}); s.on('end', () => s.end()); s.resume(); });
+  const state = new AgentState('node2');
+  state.apply({ node: 'node2', workloads: [dest, client], services: [], policies: [], peerAuthentications: [], waypoints: [] } as AgentConfig);
+  const lines: Array<Record<string, unknown>> = [];
+  let refuse = false;
+  const serverLeaf = ca.issue(dest.spiffeId);
+  const inbound = new Inbound({
+    node: 'node2', trustDomain: TD, state, metrics: new AgentMetrics(), log: silentLogger, accessLog: (e) => lines.push(e),
+    delivery: {
+      authorize() {
+        if (refuse) throw new DeniedError('denied by shop/real-deny: matched a DENY rule', 403, 'shop/real-deny', 'policy', shadow);
+        return shadow;
+      },
+      track() {},
+      connectToPod: (_d: Workload, p: number, _c: unknown, timeoutMs: number) => connectTcp(`127.0.0.1:${p}`, { timeoutMs }),
+    } as never,
+    serverTls: { SNICallback: (_n: string, cb: (e: Error | null, c?: unknown) => void) => cb(null, createSecureContext({ key: serverLeaf.key, cert: serverLeaf.cert, ca: ca.cert })) } as never,
+    trustBundle: () => [ca.cert],
+  });
+  const { hbone: port } = await inbound.listen({ hbone: 0, gateway: 0 }, '127.0.0.1');
+  const leaf = ca.issue(client.spiffeId);
+  const session = h2connect(`https://127.0.0.1:${port}`, { key: leaf.key, cert: leaf.cert, ca: leaf.ca, checkServerIdentity: () => undefined, servername: 'hbone.test' } as never);
+  session.on('error', () => {});
+  try {
+    await new Promise<void>((resolve, reject) => { session.once('connect', () => resolve()); session.once('error', reject); });
+    const tunnel = (): Promise<number> => new Promise((resolve) => {
+      const r = session.request({ ':method': 'CONNECT', ':authority': `127.0.0.1:${pod.port}` }, { endStream: false });
+      r.on('response', (h) => { resolve(Number(h[':status'])); r.close(); });
+      r.on('error', () => resolve(0));
+      r.resume();
+    });
+    assert.equal(await tunnel(), 200);
+    await until('the delivered connection\'s line', () => lines.some((l) => l.msg === 'connection complete' && l.error === undefined));
+    const ok = lines.find((l) => l.msg === 'connection complete')!;
+    assert.equal(ok.istio_dry_run_deny_shadow_engine_result, 'denied');
+    assert.equal(ok.istio_dry_run_deny_shadow_effective_policy_id, 'shop/dry-deny');
+    refuse = true;
+    lines.length = 0;
+    assert.equal(await tunnel(), 403);
+    await until('the refused connection\'s line', () => lines.some((l) => l.msg === 'connection complete'));
+    const denied = lines.find((l) => l.msg === 'connection complete')!;
+    assert.match(String(denied.error), /shop\/real-deny/);
+    assert.equal(denied.istio_dry_run_deny_shadow_effective_policy_id, 'shop/dry-deny');
+  } finally {
+    session.destroy();
+    await inbound.server.close(100);
+    pod.server.close();
+  }
 });
