@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 import { connect as h2connect } from 'node:http2';
 import { createSecureContext } from 'node:tls';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import { Registry } from 'prom-client';
 import { connectTcp } from '../../agent/src/connect.ts';
 import { Inbound } from '../../agent/src/inbound.ts';
@@ -265,12 +266,13 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
   let engine: WaypointEngine;
   let l: Listener;
   const lines: string[] = [];
+  const spans = new InMemorySpanExporter();
   const policy = (name: string, action: 'ALLOW' | 'DENY', rules: CompiledPolicy['rules'], dryRun: boolean): CompiledPolicy =>
     ({ name, namespace: 'shop', action, scope: 'service', targetServices: ['shop/reviews'], rules, layer: 'L7', ...(dryRun ? { dryRun: true as const } : {}) });
 
   before(async () => {
     b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x) } });
+    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x), tracing: { exporter: spans } } });
     engine.applyConfig(config({
       services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
       policies: [
@@ -292,7 +294,8 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
   const entryFor = (path: string, method = 'GET') => lines.map((x) => JSON.parse(x) as Record<string, unknown>).find((e) => e.path === path && e.method === method);
 
   it('a request the dry-run DENY matches is served; the access log names the policy with Istio\'s keys; the counter counts a shadow deny', async () => {
-    const r = await request(l.port, { path: '/headers' });
+    const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const r = await request(l.port, { path: '/headers', headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` } });
     assert.equal(r.status, 200);
     const e = entryFor('/headers');
     assert.equal(e?.istio_dry_run_deny_shadow_engine_result, 'denied');
@@ -301,6 +304,12 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
     assert.equal(e?.istio_dry_run_allow_shadow_effective_policy_id, 'shop/only-get');
     const samples = await metricSamples(engine, 'weft_authz_dry_run_total');
     assert.equal(samples.find((s) => s.labels.policy === 'shop/deny-path-headers' && s.labels.authz_dry_run_action === 'deny' && s.labels.authz_dry_run_result === 'denied')?.value, 1);
+    // The task's "Check dry-run result in tracing": Istio's span tags.
+    await until('the span is exported', () => spans.getFinishedSpans().some((x) => x.spanContext().traceId === traceId));
+    const span = spans.getFinishedSpans().find((x) => x.spanContext().traceId === traceId)!;
+    assert.equal(span.attributes['istio.authorization.dry_run.deny_policy.name'], 'shop/deny-path-headers');
+    assert.equal(span.attributes['istio.authorization.dry_run.deny_policy.result'], 'denied');
+    assert.equal(span.attributes['istio.authorization.dry_run.allow_policy.result'], 'allowed');
   });
 
   it('a request the dry-run ALLOW would not admit is served, and logged as the ALLOW engine\'s denial', async () => {
