@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, test } from 'node:test';
 import { connect as h2connect } from 'node:http2';
+import { PassThrough } from 'node:stream';
 import { createSecureContext } from 'node:tls';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import { Registry } from 'prom-client';
@@ -403,4 +404,28 @@ test('the agent\'s access log names the shadow results with Istio\'s keys (istio
     await inbound.server.close(100);
     pod.server.close();
   }
+});
+
+// The task's last step, for connections already open: once the annotation is removed (or set
+// false) the policy is enforced, and a policy change judges open deliveries again (as ztunnel
+// closes connections a new policy denies). A re-judgement counts no second shadow result.
+test('an open connection a dry-run DENY names is closed once the annotation is removed, and re-judging counts no shadow result again', async () => {
+  const state = new AgentState('node-a');
+  state.apply(meshOf([annotated(denyCaller('deny-other', OTHER), 'true')]).config);
+  const lines: Judged['lines'] = [];
+  const at = (msg: string, fields: Record<string, unknown> = {}) => { lines.push({ msg, fields }); };
+  const metrics = new AgentMetrics();
+  const delivery = new LocalDelivery({ state, metrics, log: { debug: at, info: at, warn: at, error: at }, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  const db = state.localWorkload(DB_IP)!;
+  const source = { sourcePrincipal: OTHER, sourceIp: '10.1.0.1' };
+  delivery.authorize(db, 8080, source);
+  const upstream = new PassThrough();
+  delivery.track({ dest: db, port: 8080, source, upstream });
+  assert.equal(delivery.reauthorize(), 0, 'still in dry run: kept open');
+  assert.equal(await dryRunCount(metrics, { authz_dry_run_result: 'denied' }), 1, 'counted once, at the connection');
+  state.apply(meshOf([annotated(denyCaller('deny-other', OTHER), 'false')]).config);
+  assert.equal(delivery.reauthorize(), 1);
+  assert.equal(upstream.destroyed, true);
+  assert.equal(await deniedCount(metrics), 1);
+  assert.equal(lines.find((l) => l.msg === 'open connection closed: the policies no longer allow it')?.fields.policy, 'shop/deny-other');
 });
