@@ -84,8 +84,8 @@ export interface Decision {
 export interface DryRunResult {
   /** The engine: the dry-run DENY policies, or the dry-run ALLOW policies. */
   action: 'ALLOW' | 'DENY';
-  /** Envoy's shadow_engine_result. */
-  result: 'allowed' | 'denied';
+  /** Envoy's shadow_engine_result; `error` when the judgement threw (the real decision is untouched). */
+  result: 'allowed' | 'denied' | 'error';
   /** Envoy's shadow_effective_policy_id: the dry-run policy that matched (absent when none did). */
   policy?: string;
   /** `namespace/name` of every dry-run policy of this action that applied. */
@@ -626,7 +626,7 @@ export type ShadowEngine = 'ALLOW' | 'DENY';
  * `judge(engine)` is the enforcement point's own judgement made with that engine's policies alone
  * (evaluate's `shadow`), so every rule it adds (an agent's carried caller, say) applies in shadow
  * too. Shadow judgement never changes the real decision and never throws: a judge that throws
- * gives that engine no result and is named in `errors`.
+ * gives that engine the result `error`, with the reason.
  */
 export function dryRunOf(policies: readonly (AuthorizationPolicy | CompiledPolicy)[], judge: (engine: ShadowEngine) => Decision): DryRunResult[] | undefined {
   let deny: string[] | undefined;
@@ -648,7 +648,7 @@ export function dryRunOf(policies: readonly (AuthorizationPolicy | CompiledPolic
       const matched = (action === 'DENY') !== d.allowed ? d.policy : undefined;
       out.push({ action, result: d.allowed ? 'allowed' : 'denied', ...(matched !== undefined ? { policy: matched } : {}), policies: ids, reason: d.reason });
     } catch (err) {
-      out.push({ action, result: 'allowed', policies: ids, reason: `shadow evaluation failed: ${(err as Error).message}` });
+      out.push({ action, result: 'error', policies: ids, reason: `shadow evaluation failed: ${(err as Error).message}` });
     }
   }
   return out;

@@ -28,7 +28,7 @@ import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { AgentConfig, AuthorizationPolicy as CompiledPolicy, Workload } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { dryRunLabels, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
+import { dryRunLabels, dryRunOf, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
@@ -428,4 +428,14 @@ test('an open connection a dry-run DENY names is closed once the annotation is r
   assert.equal(upstream.destroyed, true);
   assert.equal(await deniedCount(metrics), 1);
   assert.equal(lines.find((l) => l.msg === 'open connection closed: the policies no longer allow it')?.fields.policy, 'shop/deny-other');
+});
+
+test('shadow judgement never throws into the real decision: a judge that throws gives its engine the result error, with the reason', () => {
+  const p = (action: 'ALLOW' | 'DENY'): CompiledPolicy => ({ name: `dry-${action}`, namespace: 'shop', action, scope: 'namespace', rules: [], layer: 'L4', dryRun: true });
+  const results = dryRunOf([p('DENY'), p('ALLOW')], (engine) => { if (engine === 'DENY') throw new Error('boom'); return { allowed: true, policy: 'shop/dry-ALLOW', reason: 'allowed by shop/dry-ALLOW' }; });
+  assert.deepEqual(results?.map(({ action, result, reason }) => ({ action, result, reason })), [
+    { action: 'DENY', result: 'error', reason: 'shadow evaluation failed: boom' },
+    { action: 'ALLOW', result: 'allowed', reason: 'allowed by shop/dry-ALLOW' },
+  ]);
+  assert.equal(dryRunOf([{ ...p('DENY'), dryRun: undefined }], () => { throw new Error('not called'); }), undefined, 'no dry-run policy: no judge called');
 });
