@@ -21,6 +21,8 @@ export interface GraphNode {
 export interface EdgePolicy {
   name: string;
   action: string;
+  /** Istio's istio.io/dry-run: judged in shadow, never enforced. */
+  dryRun?: true;
 }
 
 export interface EdgeDenial {
@@ -261,7 +263,7 @@ export function buildGraph(inp: GraphInput): MeshGraph {
       const applies = p.scope === 'service' ? Boolean(svcKey && p.targetServices?.includes(svcKey)) : backends.some((w) => policySelectsWorkload(p, w));
       if (!applies) continue;
       seen.add(key);
-      e.policies.push({ name: key, action: p.action });
+      e.policies.push({ name: key, action: p.action, ...(p.dryRun ? { dryRun: true as const } : {}) });
     }
   }
 

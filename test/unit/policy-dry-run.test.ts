@@ -35,6 +35,7 @@ import { CALLER, config, echo, endpoint, metricSamples, request, service, startH
 import { authz, ns, pod, svc } from './controller-fixtures.ts';
 import { describePod } from '../../cli/commands/describe.ts';
 import { compileObjects } from '../../cli/mesh-view.ts';
+import { buildGraph } from '../../cli/dashboard/graph.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { startHarness, until } from './controller-harness.ts';
 
@@ -438,4 +439,11 @@ test('shadow judgement never throws into the real decision: a judge that throws 
     { action: 'ALLOW', result: 'allowed', reason: 'allowed by shop/dry-ALLOW' },
   ]);
   assert.equal(dryRunOf([{ ...p('DENY'), dryRun: undefined }], () => { throw new Error('not called'); }), undefined, 'no dry-run policy: no judge called');
+});
+
+test('the dashboard lists a dry-run policy on an edge as dry-run, not as enforced', () => {
+  const { config } = meshOf([annotated(denyCaller('dry-deny', OTHER), 'true'), denyCaller('real-deny', FRONTEND)]);
+  const g = buildGraph({ before: [], after: [{ name: 'istio_tcp_connections_opened_total', value: 1, labels: { reporter: 'source', source_workload_namespace: 'web', source_workload: 'frontend', destination_service: 'db.shop.svc.cluster.local', connection_security_policy: 'mutual_tls' } }], seconds: 1, flows: [], config: { workloads: config.workloads, services: config.services, policies: config.policies } });
+  const e = g.edges.find((x) => x.target.endsWith('/shop/db'));
+  assert.deepEqual(e?.policies, [{ name: 'shop/dry-deny', action: 'DENY', dryRun: true }, { name: 'shop/real-deny', action: 'DENY' }]);
 });

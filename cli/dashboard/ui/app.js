@@ -179,7 +179,7 @@ function drawTable(g) {
       el('td', {}, e.p99Ms === undefined ? '-' : `${fmt(e.p99Ms, 0)} ms`),
       el('td', {}, e.via.map(label).join(' → ') || '-'),
       el('td', {}, String(e.denied)),
-      el('td', {}, e.policies.map((p) => `${p.name} (${p.action})`).join(', ') || '-'));
+      el('td', {}, e.policies.map((p) => `${p.name} (${p.action}${p.dryRun ? ', dry-run' : ''})`).join(', ') || '-'));
     tr.addEventListener('click', () => select(e.id));
     return tr;
   }));
@@ -199,7 +199,7 @@ function select(id) {
     ...(e.via.length ? [['via', e.via.map(label).join(' → ')]] : []),
   ];
   $('#edge-figures').replaceChildren(...fig.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
-  $('#edge-policies').replaceChildren(...(e.policies.length ? e.policies.map((p) => el('li', { class: p.action === 'DENY' ? 'verdict-denied' : '' }, `${p.action} ${p.name}`)) : [el('li', {}, 'none: every caller is allowed')]));
+  $('#edge-policies').replaceChildren(...(e.policies.length ? e.policies.map((p) => el('li', { class: p.action === 'DENY' && !p.dryRun ? 'verdict-denied' : '' }, `${p.action}${p.dryRun ? ' (dry-run: not enforced)' : ''} ${p.name}`)) : [el('li', {}, 'none: every caller is allowed')]));
   $('#edge-denials').replaceChildren(...(e.denials.length ? e.denials.map((d) => el('li', { class: 'denial' }, `${d.time.slice(11, 19)} ${d.policy ? `policy ${d.policy}: ` : ''}${d.reason ?? 'denied'} (${d.reporter})`)) : [el('li', {}, 'none in the window')]));
 }
 
