@@ -6,6 +6,8 @@
 // request must match one of their rules; with no ALLOW policy it is allowed. AUDIT policies never
 // decide: the decision lists the ones that matched, for the caller to log. An ALLOW policy without
 // rules matches nothing (deny all); a DENY or AUDIT policy without rules matches nothing.
+// A dry-run policy (Istio's istio.io/dry-run) never decides: Istio's two shadow engines judge the
+// dry-run DENYs alone and the dry-run ALLOWs alone, and report what they would have decided (dryRunOf).
 // A rule matches when all of `from` (OR of sources), `to` (OR of operations) and `when` (AND of
 // conditions) match; a field's values are OR'ed, a `notX` field fails the rule when any value
 // matches.
@@ -624,7 +626,7 @@ export type ShadowEngine = 'ALLOW' | 'DENY';
  * What the dry-run policies among `policies` would have decided, one result per shadow engine that
  * has a policy (undefined when none is dry-run: nothing is spent then but one pass over the list).
  * `judge(engine)` is the enforcement point's own judgement made with that engine's policies alone
- * (evaluate's `shadow`), so every rule it adds (an agent's carried caller, say) applies in shadow
+ * (evaluate's `engine`), so every rule it adds (an agent's carried caller, say) applies in shadow
  * too. Shadow judgement never changes the real decision and never throws: a judge that throws
  * gives that engine the result `error`, with the reason.
  */
