@@ -716,8 +716,8 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   const dryRun = typeof annotations === 'object' && annotations !== null ? (annotations as Json)[ANNOTATION_DRY_RUN] : undefined;
   if (typeof dryRun === 'string') {
     const at = `metadata.annotations["${ANNOTATION_DRY_RUN}"]`;
-    if (action === 'AUDIT' || action === 'CUSTOM') c.fail(at, `applies only to an ALLOW or DENY policy, not ${action}`);
-    else if (parseDryRun(dryRun) === undefined) c.fail(at, `${JSON.stringify(dryRun)} is not true or false`);
+    if (action === 'AUDIT' || action === 'CUSTOM') c.fail(at, `the annotation supports only action ALLOW or DENY (Istio's), not ${action}`);
+    else if (parseDryRun(dryRun) === undefined) c.fail(at, `${JSON.stringify(dryRun.slice(0, 100))} is not a boolean (true, false, 1, 0, t, f, TRUE, FALSE, True, False, as Istio reads it)`);
   }
   // Istio (ValidateAuthorizationPolicy): "DENY action without `rules` is meaningless as it will never
   // be triggered, add an empty rule `{}` if you want it be triggered for every request".
