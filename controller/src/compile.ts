@@ -576,8 +576,16 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     const key = nsName(ns, ap.metadata.name);
     const apSpec = ap.spec ?? {};
     const cached = options.cache?.policies.get(ap);
+    // A rule's `from: []` or `to: []` is refused by validation and the CRD (Istio
+    // ValidateAuthorizationPolicy); one reaching here past them matches nothing, where its compiled
+    // empty list would read as any source (operation) and turn an ALLOW into allow-all.
+    const written = apSpec.rules ?? [];
+    for (const [i, r] of written.entries()) {
+      const empty = emptyRuleList(r);
+      if (empty) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${i}].${empty}`, reason: 'Invalid', message: `must not be an empty list (Istio refuses it): the rule matches nothing` });
+    }
     // Compiled rules depend on the rules, the namespace and the trust domains only (compileRule).
-    const rules = cached?.rules ?? (apSpec.rules ?? []).map((r) => compileRule(r, ns, trustDomains));
+    const rules = cached?.rules ?? written.filter((r) => !emptyRuleList(r)).map((r) => compileRule(r, ns, trustDomains));
     const targets = attach('AuthorizationPolicy', ns, ap.metadata.name, policyTargets(apSpec));
     // Istio (pilot authz builder, testdata custom-bad-*): a CUSTOM policy whose provider is not
     // among the mesh's extensionProviders is a DENY of what its rules match. Weft has none.
@@ -1307,7 +1315,14 @@ function domainsFor(list: string[] | undefined, trustDomains: readonly string[])
   return given && expandTrustDomainList(given, trustDomains);
 }
 
-function compileRule(rule: NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number], ns: string, trustDomains: readonly string[]): CompiledRule {
+type WrittenRule = NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number];
+
+/** A rule's `from` or `to` written as an empty list, which matches nothing (Istio refuses it). */
+function emptyRuleList(rule: WrittenRule): 'from' | 'to' | undefined {
+  return rule.from?.length === 0 ? 'from' : rule.to?.length === 0 ? 'to' : undefined;
+}
+
+function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly string[]): CompiledRule {
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: principalsFor(s.principals, trustDomains),
     notPrincipals: principalsFor(s.notPrincipals, trustDomains),

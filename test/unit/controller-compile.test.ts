@@ -5,7 +5,7 @@ import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { isConsumerRoute, policySelectsWorkload, type Route, type RouteRule } from '../../lib/model/mesh.ts';
 import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable } from '../../waypoint/src/router.ts';
-import { appliesToService } from '../../lib/policy/authz.ts';
+import { appliesToService, evaluate } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 import { AgentState, validateAgentConfig } from '../../agent/src/state.ts';
 import { CompileCache } from '../../controller/src/compile.ts';
@@ -862,4 +862,27 @@ test('a Service whose externalIPs or status.loadBalancer.ingress are not lists o
     const res = compile(i);
     assert.ok(res.model.waypoints.get('shop/wp')!.address, JSON.stringify([externalIPs, ingress]));
   }
+});
+
+// Istio ValidateAuthorizationPolicy: "`from` must not be empty", "`to` must not be empty". The
+// validator and the CRD refuse such a rule; one reaching the compiler past them (a caller of
+// compile, a config directory read without the store) must not read its empty list as "any source"
+// (lib/policy/authz.ts: a compiled rule's empty `from` matches every caller), which would turn an
+// ALLOW into allow-all: the rule matches nothing, and a finding names its field.
+test('an AuthorizationPolicy rule whose from or to is an empty list matches nothing at compile, fails closed, and is a finding at its field (Istio ValidateAuthorizationPolicy)', () => {
+  const inputs = emptyInputs();
+  inputs.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient' }));
+  inputs.pods.push(pod('shop', 'db'));
+  const frontend = 'cluster.local/ns/web/sa/frontend';
+  inputs.authorizationPolicies.push(
+    authz('shop', 'nobody', { action: 'ALLOW', rules: [{ from: [] }] }),
+    authz('shop', 'frontend', { action: 'ALLOW', rules: [{ from: [{ source: { principals: [frontend] } }] }, { to: [] }] }),
+  );
+  const { model, findings } = compile(inputs);
+  const other = { sourcePrincipal: 'spiffe://cluster.local/ns/other/sa/client', sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationPort: 8080 };
+  assert.equal(evaluate([model.policies.get('shop/nobody')!], other).allowed, false, 'from: [] allows no one');
+  assert.equal(evaluate([model.policies.get('shop/frontend')!], other).allowed, false, 'to: [] allows nothing');
+  assert.equal(evaluate([model.policies.get('shop/frontend')!], { ...other, sourcePrincipal: `spiffe://${frontend}`, sourceNamespace: 'web' }).allowed, true, 'the other rule still allows its caller');
+  const named = findings.filter((f) => f.kind === 'AuthorizationPolicy' && f.reason === 'Invalid').map((f) => `${f.name} ${f.path}`).sort();
+  assert.deepEqual(named, ['frontend spec.rules[1].to', 'nobody spec.rules[0].from']);
 });
