@@ -27,8 +27,9 @@ function suffixMatch(a: string, pattern: string): boolean {
  * `trustDomains` (the mesh's first, then its aliases), as Istio's ReplaceTrustDomainAliases:
  *   - a principal that is not `<td>/<a>/<b>/<c>/<d>` (five `/`-separated parts: `*`, `*sa/y`,
  *     `td/ns/x/*`) or whose trust domain is `*` enforces no trust domain and is kept as written;
- *   - one of a foreign trust domain is kept as written (so is `cluster.local` itself when it is
- *     not in the bundle: it only stands for the bundle);
+ *   - one of a foreign trust domain is kept as written; `cluster.local` is never foreign: when it
+ *     is not in the bundle it only stands for the bundle, so it is replaced by each bundle domain
+ *     and the literal `cluster.local/...` is not kept (as Istio);
  *   - a trust domain written as a pattern (`*-td`) is kept as written for each bundle domain it
  *     matches and replaced for the others.
  * Applied alike to `principals`, `notPrincipals` and the `source.principal` condition's values and
