@@ -1,5 +1,6 @@
 // Options of `weftctl install`, their defaults, and the checks that run before anything renders.
 import { InstallOptionError } from './errors.ts';
+import { trustDomainFlags } from '../../lib/main.ts';
 import type { InstallValues } from './values.ts';
 
 /** How the agent learns which pods run on its node. */
@@ -117,8 +118,6 @@ const IMAGE_REFERENCE = new RegExp(
 );
 const MAX_IMAGE_LENGTH = 255 + 128 + 100;
 
-// The SPIFFE ID spec's trust domain: lower-case letters, digits, '.', '-', '_' (as lib/identity/spiffe.ts).
-const TRUST_DOMAIN = /^[a-z0-9._-]{1,255}$/;
 // A Kubernetes namespace is an RFC 1123 label.
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 // Secret names are RFC 1123 subdomains.
@@ -134,16 +133,11 @@ export function resolveInstallOptions(opts: InstallOptions): ResolvedInstallOpti
     throw new InstallOptionError('image', `--image "${image}" is not a container image reference: use [registry/]repository[:tag][@sha256:digest] in lower case, e.g. ghcr.io/acme/weft:0.1.0`);
   }
 
+  // The flags' checks as every part makes them (lib/main.ts trustDomainFlags, validateTrustDomain).
   const trustDomain = opts.trustDomain ?? '';
-  if (!TRUST_DOMAIN.test(trustDomain)) {
-    throw new InstallOptionError('trustDomain', `--trust-domain "${trustDomain}" is invalid: use 1-255 lower-case letters, digits, '.', '-' or '_' (e.g. ${DEFAULT_TRUST_DOMAIN})`);
-  }
-
+  trustDomainFlags(trustDomain, undefined, (m) => new InstallOptionError('trustDomain', m));
   const trustDomainAliases: string[] = [];
-  for (const alias of opts.trustDomainAliases ?? []) {
-    if (!TRUST_DOMAIN.test(alias)) {
-      throw new InstallOptionError('trustDomainAliases', `--trust-domain-alias "${alias}" is invalid: use 1-255 lower-case letters, digits, '.', '-' or '_'`);
-    }
+  for (const alias of trustDomainFlags(undefined, opts.trustDomainAliases, (m) => new InstallOptionError('trustDomainAliases', m))) {
     if (alias === trustDomain) throw new InstallOptionError('trustDomainAliases', `--trust-domain-alias "${alias}" is the trust domain itself`);
     if (!trustDomainAliases.includes(alias)) trustDomainAliases.push(alias);
   }

@@ -59,7 +59,7 @@ test('install --trust-domain-alias (repeatable) hands every alias to the control
   }
   const bad = await run(installCommand, ['install', '--image', 'weft:dev', '--trust-domain-alias', 'Old TD']);
   assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /--trust-domain-alias "Old TD" is invalid/);
+  assert.match(bad.stderr, /--trust-domain-alias: trust domain "Old TD" is invalid/);
 });
 
 test('install --ca-secret mounts the CA into the controller', async () => {
@@ -84,7 +84,7 @@ test('install exits 2 and names the option for an empty image or a bad trust dom
   assert.equal(empty.stdout, '');
   const td = await run(installCommand, ['install', '--image', 'weft:dev', '--trust-domain', 'Bad!']);
   assert.equal(td.code, 2);
-  assert.match(td.stderr, /--trust-domain "Bad!" is invalid/);
+  assert.match(td.stderr, /--trust-domain: trust domain "Bad!" is invalid/);
 });
 
 test('install exits 2 on commander usage errors: missing --image, bad -o, bad replicas', async () => {

@@ -51,13 +51,13 @@ test('accepts registry ports, nested paths, tags and digests', () => {
 
 test('rejects a trust domain with illegal characters and names --trust-domain', () => {
   for (const trustDomain of ['Cluster.Local', 'cluster local', 'spiffe://cluster.local', 'a/b', '']) {
-    rejects({ ...OK, trustDomain }, 'trustDomain', /^--trust-domain ".*" is invalid: use 1-255 lower-case letters/);
+    rejects({ ...OK, trustDomain }, 'trustDomain', /^--trust-domain: trust domain ".*" is invalid: use 1-255 lower-case letters/);
   }
 });
 
 test('trust domain aliases (Istio meshConfig.trustDomainAliases): each must be a trust domain other than the mesh\'s own, named by --trust-domain-alias; repeats are kept once', () => {
   for (const alias of ['Old.TD', 'old td', 'spiffe://old-td', '']) {
-    rejects({ ...OK, trustDomainAliases: [alias] }, 'trustDomainAliases', /^--trust-domain-alias ".*" is invalid: use 1-255 lower-case letters/);
+    rejects({ ...OK, trustDomainAliases: [alias] }, 'trustDomainAliases', /^--trust-domain-alias: trust domain ".*" is invalid: use 1-255 lower-case letters/);
   }
   rejects({ ...OK, trustDomainAliases: ['cluster.local'] }, 'trustDomainAliases', /^--trust-domain-alias "cluster\.local" is the trust domain itself$/);
   assert.deepEqual(resolveInstallOptions({ ...OK, trustDomainAliases: ['old-td', 'older-td', 'old-td'] }).trustDomainAliases, ['old-td', 'older-td']);
