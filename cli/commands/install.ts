@@ -92,7 +92,7 @@ export function installCommand(io: CommandIo = processIo): Command {
   const cmd = new Command('install')
     .description('print the Kubernetes manifests of a Weft installation (pipe into `kubectl apply -f -`)')
     .option('--image <ref>', 'Weft container image, e.g. ghcr.io/acme/weft:0.1.0 (required, here or in -f)')
-    .option('-f, --values <file>', 'YAML values: image, trustDomain, namespace, caSecret, logLevel, controller/agent resources, nodeSelector, tolerations, imagePullSecrets, podLabels, podAnnotations, podMonitor (flags win)')
+    .option('-f, --values <file>', 'YAML values: image, trustDomain, trustDomainAliases, namespace, caSecret, logLevel, controller/agent resources, nodeSelector, tolerations, imagePullSecrets, podLabels, podAnnotations, podMonitor (flags win)')
     .option('--trust-domain <domain>', 'SPIFFE trust domain of workload identities', DEFAULT_TRUST_DOMAIN)
     .option('--trust-domain-alias <domain>', 'another trust domain of the mesh (repeatable; Istio\'s meshConfig.trustDomainAliases): its identities are admitted, and policy principals written in any of them stand for the same service account in all', (td: string, all: string[] = []) => [...all, td])
     .option('--namespace <name>', 'namespace of the controller and agents', DEFAULT_NAMESPACE)
@@ -132,7 +132,7 @@ Then:
         const objects = renderInstall({
           image: flags.image ?? values?.image ?? '',
           trustDomain: pick('trustDomain'),
-          ...((flags.trustDomainAlias ?? values?.trustDomainAliases) !== undefined ? { trustDomainAliases: flags.trustDomainAlias ?? values!.trustDomainAliases! } : {}),
+          trustDomainAliases: flags.trustDomainAlias ?? values?.trustDomainAliases ?? [],
           namespace: pick('namespace'),
           ...(cmd.getOptionValueSource('controllerReplicas') === 'cli' || values?.controller?.replicas === undefined ? { controllerReplicas: flags.controllerReplicas } : {}),
           logLevel: pick('logLevel'),
