@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { MeshModel, Workload } from '../../../lib/model/mesh.ts';
+import type { MeshModel } from '../../../lib/model/mesh.ts';
 import {
   CLIENT_TYPES,
   LEGACY_CLIENT_TYPES,
@@ -33,6 +33,7 @@ import {
   agentView,
   buildIndex,
   remoteWorkload,
+  sentWhole,
   modelResources,
   waypointHolds,
   waypointView,
@@ -346,9 +347,11 @@ export class ConfigServer {
         this.#remoteWorkloads.delete(uid);
         continue;
       }
-      const body = JSON.stringify(remoteWorkload(w));
+      const remote = remoteWorkload(w);
+      const body = JSON.stringify(remote);
       const old = this.#remoteWorkloads.get(uid);
-      if (old?.body !== body) this.#remoteWorkloads.set(uid, { version, body, source: w });
+      // Its source is the remote form: the whole workload (its labels) is not kept alive by it.
+      if (old?.body !== body) this.#remoteWorkloads.set(uid, { version, body, source: remote });
     }
   }
 
@@ -617,12 +620,16 @@ export class ConfigServer {
     const s = sub.subs.get(type)!;
     if (!ix) return;
     const names = sub.kind === 'agent' ? agentView(ix, sub.id, type) : waypointView(ix, sub.namespace, type);
+    const send = (n: string, p: Published): void => {
+      const form = this.#formFor(sub, type, n, p);
+      if (form) each(n, form);
+    };
     if (names === undefined) {
-      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) this.#sent(sub, type, n, p, each);
+      for (const [n, p] of all) if (s.wildcard || s.names.has(n)) send(n, p);
     } else {
       for (const n of names) {
         const p = all.get(n);
-        if (p && (s.wildcard || s.names.has(n))) this.#sent(sub, type, n, p, each);
+        if (p && (s.wildcard || s.names.has(n))) send(n, p);
       }
     }
   }
@@ -633,19 +640,15 @@ export class ConfigServer {
     const s = sub.subs.get(type)!;
     if (!p || !this.#index || !(s.wildcard || s.names.has(name))) return undefined;
     const holds = sub.kind === 'agent' ? agentHolds(this.#index, sub.id, type, name) : waypointHolds(this.#index, sub.namespace, type, name);
-    let form: Published | undefined;
-    if (holds) this.#sent(sub, type, name, p, (_, q) => (form = q));
-    return form;
+    return holds ? this.#formFor(sub, type, name, p) : undefined;
   }
 
   /**
-   * Calls `each` with the form of published `p` that `sub` is sent: a workload whole to its own
+   * The form of published `p` that `sub` is sent (views.ts sentWhole): a workload whole to its own
    * node's agent, its remote form (views.ts remoteWorkload) to every other client.
    */
-  #sent(sub: Subscriber, type: ResourceType, name: string, p: Published, each: (name: string, p: Published) => void): void {
-    if (type !== 'Workload' || (sub.kind === 'agent' && (p.source as Workload).node === sub.id)) return each(name, p);
-    const remote = this.#remoteWorkloads.get(name);
-    if (remote) each(name, remote);
+  #formFor(sub: Subscriber, type: ResourceType, name: string, p: Published): Published | undefined {
+    return sentWhole(type, p.source, sub.kind === 'agent' ? sub.id : undefined) ? p : this.#remoteWorkloads.get(name);
   }
 
   #flush(sub: Subscriber): void {

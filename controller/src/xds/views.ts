@@ -72,6 +72,21 @@ export function remoteWorkload(w: Workload): Workload {
   return { ...rest, labels: {} };
 }
 
+/**
+ * Whether a client is sent resource `source` of `type` as it is: every resource but a workload, and
+ * a workload only to the agent of its own node (`agentNode`; undefined for a waypoint). Every other
+ * client is sent the workload's remoteWorkload. The one answer for the controller's pushes
+ * (server.ts, its published forms) and weftctl's computed views of a cluster (cli/mesh-view.ts).
+ */
+export function sentWhole(type: ResourceType, source: unknown, agentNode: string | undefined): boolean {
+  return type !== 'Workload' || (agentNode !== undefined && (source as Workload).node === agentNode);
+}
+
+/** Model resource `value` of `type` in the form the agent of `node` is sent it (sentWhole). */
+export function agentForm<T>(node: string, type: ResourceType, value: T): T {
+  return sentWhole(type, value, node) ? value : (remoteWorkload(value as Workload) as T);
+}
+
 /** Resource names of `type` that the client may see; undefined means every published one. */
 export function agentView(ix: ViewIndex, node: string, type: ResourceType): Iterable<string> | undefined {
   switch (type) {
