@@ -3,13 +3,14 @@
 // controller computes it (controller/src/store.ts validation, compile.ts, and the per-client views
 // of controller/src/xds/views.ts) from the objects read through the API, so both give the same rows.
 import { ObjectStore } from '../controller/src/store.ts';
-import { compile, type CompileResult } from '../controller/src/compile.ts';
-import { agentView, buildIndex, modelResources, waypointView, type ModelResourceType } from '../controller/src/xds/views.ts';
+import { compile, type CompileOptions, type CompileResult } from '../controller/src/compile.ts';
+import { agentForm, agentView, buildIndex, modelResources, waypointView, type ModelResourceType } from '../controller/src/xds/views.ts';
+import { CONTROLLER_NAME } from '../lib/defaults.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
 import { KINDS, type MeshKind } from '../lib/model/objects.ts';
 import type { AgentConfig, WaypointConfig } from '../lib/model/mesh.ts';
 import type { ValidationIssue } from '../lib/model/errors.ts';
-import type { KubeClient } from './kube.ts';
+import { KubeApiError, type KubeClient } from './kube.ts';
 
 const ALL_KINDS = Object.keys(KINDS) as MeshKind[];
 
@@ -19,12 +20,44 @@ export interface Compiled extends CompileResult {
   inputs: ReturnType<ObjectStore['inputs']>;
 }
 
-/** Objects → the controller's model, through its own store (validation) and compiler. */
-export function compileObjects(objects: readonly RawObject[]): Compiled {
+/**
+ * Objects → the controller's model, through its own store (validation) and compiler, with the
+ * install's compile options (its trust domain and aliases: installCompileOptions).
+ */
+export function compileObjects(objects: readonly RawObject[], options: CompileOptions = {}): Compiled {
   const store = new ObjectStore();
   const applied = store.apply([{ type: 'snapshot', kinds: ALL_KINDS, objects: [...objects], resourceVersion: '1' }]);
   const inputs = store.inputs();
-  return { ...compile(inputs), rejections: applied.rejections, inputs };
+  return { ...compile(inputs, options), rejections: applied.rejections, inputs };
+}
+
+interface DeploymentLite {
+  spec?: { template?: { spec?: { containers?: Array<{ name?: string; args?: string[] }> } } };
+}
+
+/**
+ * What the controller installed in `namespace` compiles with (its trust domain and aliases, root
+ * namespace, cluster ID: controller/src/main.ts compileOptionsOf), read from its Deployment's
+ * command line (`controller` and the flags cli/install/controller.ts gives it); the defaults when
+ * there is no such Deployment.
+ */
+export async function installCompileOptions(kube: KubeClient, namespace: string): Promise<CompileOptions> {
+  const path = `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/deployments/${CONTROLLER_NAME}`;
+  let deployment: DeploymentLite;
+  try {
+    deployment = await kube.get<DeploymentLite>(path);
+  } catch (e) {
+    if (e instanceof KubeApiError && e.status === 404) return {};
+    throw e;
+  }
+  const args = deployment.spec?.template?.spec?.containers?.find((c) => c.name === 'controller')?.args ?? [];
+  // Loaded only here: the controller's flag parser and what it brings.
+  const { compileOptionsOf, parseControllerArgs } = await import('../controller/src/main.ts');
+  try {
+    return compileOptionsOf(parseControllerArgs(args[0] === 'controller' ? args.slice(1) : args));
+  } catch (e) {
+    throw new Error(`the command line of Deployment ${namespace}/${CONTROLLER_NAME} does not parse: ${(e as Error).message}`);
+  }
 }
 
 export interface AgentDump {
@@ -54,7 +87,8 @@ export function viewsOf(c: CompileResult, nodes: readonly string[] = []): { agen
   const res = modelResources(c.model);
   const all = [...new Set([...nodes, ...ix.workloadsByNode.keys()])].sort();
   const agent = (node: string): AgentConfig => {
-    const get = <T>(t: ModelResourceType) => pick<T>(res[t], agentView(ix, node, t));
+    // Each in the form that agent is sent it (views.ts agentForm: other nodes' pods without labels).
+    const get = <T>(t: ModelResourceType) => pick<T>(res[t], agentView(ix, node, t)).map((v) => agentForm(node, t, v));
     return { node, workloads: get('Workload'), services: get('Service'), policies: get('AuthorizationPolicy'), peerAuthentications: get('PeerAuthentication'), waypoints: get('Waypoint'), trafficPolicies: get('TrafficPolicy') };
   };
   const namespaces = [...new Set([...c.model.waypoints.values()].map((w) => w.namespace))].sort();
@@ -68,8 +102,8 @@ export function viewsOf(c: CompileResult, nodes: readonly string[] = []): { agen
   };
 }
 
-/** A cluster's views: its objects read through the API, compiled as the controller does. */
-export async function clusterViews(kube: KubeClient): Promise<{ agents: AgentDump[]; waypoints: WaypointDump[] }> {
-  const [objects, nodes] = await Promise.all([kube.meshObjects(), kube.list<{ metadata: { name: string } }>('v1', 'nodes')]);
-  return viewsOf(compileObjects(objects as RawObject[]), nodes.map((n) => n.metadata.name));
+/** A cluster's views: its objects read through the API, compiled as the controller installed in `namespace` does. */
+export async function clusterViews(kube: KubeClient, namespace: string): Promise<{ agents: AgentDump[]; waypoints: WaypointDump[] }> {
+  const [objects, nodes, options] = await Promise.all([kube.meshObjects(), kube.list<{ metadata: { name: string } }>('v1', 'nodes'), installCompileOptions(kube, namespace)]);
+  return viewsOf(compileObjects(objects as RawObject[], options), nodes.map((n) => n.metadata.name));
 }

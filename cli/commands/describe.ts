@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { ANNOTATION_DRY_RUN, LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
 import { policySelectsWorkload, resolveMtls, waypointRefusalText, type AuthorizationPolicy, type Workload } from '../../lib/model/mesh.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
-import { compileObjects, type Compiled } from '../mesh-view.ts';
+import { compileObjects, installCompileOptions, type Compiled } from '../mesh-view.ts';
+import type { CompileOptions } from '../../controller/src/compile.ts';
 import { readManifests } from './manifests.ts';
 import { getJsonInNetns } from '../local/netns-http.ts';
 import { inspectCommand } from './inspect.ts';
@@ -118,10 +119,10 @@ export function describeCommand(io: CommandIo = processIo): Command {
       const args = (pod.args as string[]);
       const name = args[0]!;
       const ns = f.namespace ?? 'default';
-      const objects: RawObject[] = m.target.kind === 'local'
-        ? readManifests([join(m.target.st.stateDir, 'config')]).flatMap((x) => x.objects as RawObject[])
-        : (await m.target.kube.meshObjects()) as RawObject[];
-      const d = describePod(compileObjects(objects), ns, name);
+      const [objects, options]: [RawObject[], CompileOptions] = m.target.kind === 'local'
+        ? [readManifests([join(m.target.st.stateDir, 'config')]).flatMap((x) => x.objects as RawObject[]), {}]
+        : await Promise.all([m.target.kube.meshObjects() as Promise<RawObject[]>, installCompileOptions(m.target.kube, m.target.namespace)]);
+      const d = describePod(compileObjects(objects, options), ns, name);
       if (!d) throw new Error(`no pod ${ns}/${name}`);
       if (m.target.kind === 'local' && d.identity !== '-') {
         const n = m.target.st.nodes.find((x) => x.name === d.node);

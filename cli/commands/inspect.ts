@@ -40,7 +40,10 @@ export interface Mesh {
 
 export function meshOf(target: Target): Mesh {
   let views: Promise<Awaited<ReturnType<typeof clusterViews>>> | undefined;
-  const cluster = () => (views ??= clusterViews((target as Extract<Target, { kind: 'cluster' }>).kube));
+  const cluster = () => {
+    const t = target as Extract<Target, { kind: 'cluster' }>;
+    return (views ??= clusterViews(t.kube, t.namespace));
+  };
   return {
     target,
     async agents(only) {

@@ -16,6 +16,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { Counter, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
+import type { CompileOptions } from './compile.ts';
 import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ESCAPED_SLASHES_ACTIONS, MAX_TRUSTED_PROXIES, PATH_NORMALIZATIONS, spiffeIdOf, type MeshHttpSettings } from '../../lib/model/mesh.ts';
 import { listenHttp, metricsHandler, readinessServer } from '../../lib/status-http.ts';
 import { PORTS, agentServiceAccountUser, controllerAddress, controllerSpiffeId, CONTROLLER_NAME, CONTROLLER_DEBUG_CLIENTS_PATH, CONTROLLER_DEBUG_GRANT_PATH } from '../../lib/defaults.ts';
@@ -188,6 +189,21 @@ export interface RunningController {
 
 const listen = async (server: Server, port: number, host: string): Promise<number> => (await listenHttp(server, port, host)).port;
 
+/**
+ * What the controller compiles with, from its options: weftctl computes a cluster's views with the
+ * same (cli/mesh-view.ts, from the controller Deployment's command line).
+ */
+export function compileOptionsOf(o: ControllerMainOptions): CompileOptions {
+  return {
+    trustDomain: o.trustDomain ?? DEFAULT_TRUST_DOMAIN,
+    ...(o.trustDomainAliases?.length ? { trustDomainAliases: o.trustDomainAliases } : {}),
+    rootNamespace: o.rootNamespace ?? DEFAULT_ROOT_NAMESPACE,
+    ...(o.clusterId ? { clusterId: o.clusterId } : {}),
+    ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}),
+    ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}),
+  };
+}
+
 export async function runController(o: ControllerMainOptions): Promise<RunningController> {
   if (!!o.configDir === !!o.kube) throw new UsageError('give exactly one of --config-dir <dir> or --kube');
   const log = o.logger ?? jsonLogger('controller', o.logLevel ?? 'info');
@@ -271,7 +287,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     source,
     configServer,
     ...(waypoints ? { waypoints } : {}),
-    compile: { trustDomain, ...(o.trustDomainAliases?.length ? { trustDomainAliases: o.trustDomainAliases } : {}), rootNamespace, ...(o.clusterId ? { clusterId: o.clusterId } : {}), ...(o.waypointAllowList ? { waypointAllowList: o.waypointAllowList } : {}), ...(o.meshHttp ? { meshHttp: o.meshHttp } : {}) },
+    compile: compileOptionsOf(o),
     logger: log,
     registry,
     ...(o.jwksCaFile ? { jwks: { extraCas: [await readFile(o.jwksCaFile, 'utf8')] } } : {}),

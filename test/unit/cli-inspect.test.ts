@@ -297,3 +297,30 @@ test('a pod outside the install namespace wearing the agent\'s or controller\'s 
   const there = await run(['certs', '--weft-namespace', 'shop']);
   assert.match(there.stdout, /^node-evil\s+spiffe:\/\/cluster\.local\/ns\/shop\/sa\/SPOOFED/m);
 });
+
+// What the computed views show is what the controller sends each agent: a pod's labels, per-port
+// mTLS modes and Telemetry settings go to its own node's agent only (controller/src/xds/views.ts
+// remoteWorkload, agentForm), and principals are compiled for the install's trust domain and its
+// aliases (Istio's trust-domain migration,
+// https://istio.io/latest/docs/tasks/security/authorization/authz-td-migration/), which weftctl
+// reads from the controller Deployment's command line in the install namespace.
+test('the computed views of a cluster are what each agent holds: another node\'s pod without its labels, principals and identities under the install\'s trust domain and aliases', async () => {
+  const controller = { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'weft-controller', namespace: 'weft-system' }, spec: { selector: { matchLabels: { app: 'c' } }, template: { metadata: { labels: { app: 'c' } }, spec: { containers: [{ name: 'controller', image: 'weft:test', args: ['controller', '--kube', '--trust-domain', 'example.org', '--trust-domain-alias', 'old.example', '--root-namespace', 'weft-system'] }] } } } };
+  api.apply(controller);
+  api.apply(authz('shop', 'by-principal', { selector: { matchLabels: { app: 'reviews' } }, rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }));
+  try {
+    const agents = await meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })).agents();
+    const at = (node: string) => agents.find((a) => a.node === node)!.config;
+    const reviews = (node: string) => at(node).workloads.find((w) => w.name === 'reviews-v1')!;
+    assert.deepEqual(reviews('node-a').labels, { app: 'reviews' }, 'its own node\'s agent holds its labels');
+    assert.deepEqual(reviews('node-b').labels, {}, 'another node\'s agent is sent it without labels');
+    assert.equal('telemetry' in reviews('node-b') || 'portModes' in reviews('node-b'), false);
+    assert.equal(reviews('node-a').spiffeId, 'spiffe://example.org/ns/shop/sa/reviews-v1');
+    assert.deepEqual(at('node-a').policies.find((p) => p.name === 'by-principal')?.rules[0]?.from[0]?.principals, ['example.org/ns/web/sa/front', 'old.example/ns/web/sa/front']);
+    const d = await run(['describe', 'pod', 'reviews-v1', '-n', 'shop']);
+    assert.match(d.stdout, /^Identity: +spiffe:\/\/example\.org\/ns\/shop\/sa\/reviews-v1$/m);
+  } finally {
+    api.remove('Deployment', 'weft-system', 'weft-controller');
+    api.remove('AuthorizationPolicy', 'shop', 'by-principal');
+  }
+});
