@@ -121,7 +121,9 @@ export interface WaypointRuntime {
 /**
  * Carries workload objects from one compilation to the next: a workload whose pod and inputs did
  * not change keeps its object identity, so the config server reuses its serialized form instead
- * of serializing 10,000 workloads on every change.
+ * of serializing 10,000 workloads on every change. A cache belongs to one trust domain and its
+ * aliases (the controller's flags, fixed while it runs): a compile with another bundle takes a new
+ * cache.
  */
 export class CompileCache {
   workloads = new Map<string, WorkloadUnit>();
@@ -130,12 +132,10 @@ export class CompileCache {
    * unchanged policy whose targets did not change keeps its object, so the config server does not
    * serialize it again. Without it every full compile, whoever's change caused it, compiled and
    * serialized every policy again: a tenant's few policies of 20,000 rules (each within etcd's
-   * 1.5 MiB) cost everyone's changes 0.5 s more. Compiled for the trust domains in
-   * `policiesTrustDomains` (their principals are expanded to them): a compile for others starts
-   * the map afresh.
+   * 1.5 MiB) cost everyone's changes 0.5 s more. Their principals are expanded to the cache's
+   * trust domains.
    */
   policies = new WeakMap<AuthorizationPolicyObject, AuthorizationPolicy>();
-  policiesTrustDomains = '';
   /** What the last full or incremental compilation knew (controller/src/compile-incremental.ts). */
   last: CompileState | undefined;
 }
@@ -565,12 +565,8 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     }))];
   };
   // Principals are compiled for the mesh's trust domain and its aliases (Istio's trust-domain
-  // bundle); policies compiled for another bundle are compiled again.
+  // bundle), the cache's (CompileCache).
   const trustDomains = [trustDomain, ...(options.trustDomainAliases ?? [])];
-  if (options.cache && options.cache.policiesTrustDomains !== JSON.stringify(trustDomains)) {
-    options.cache.policies = new WeakMap();
-    options.cache.policiesTrustDomains = JSON.stringify(trustDomains);
-  }
   for (const ap of inputs.authorizationPolicies) {
     const ns = ap.metadata.namespace!;
     const key = nsName(ns, ap.metadata.name);

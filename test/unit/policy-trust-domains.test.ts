@@ -186,13 +186,16 @@ describe('a waypoint (L7) enforces the same expanded principals (Istio trust-dom
 });
 
 // The compiled-policy cache (CompileCache.policies) keeps an unchanged policy's object; the
-// principals depend on the trust domains, so a compile for others compiles it again.
-test('with a compile cache, a change of the trust domain or its aliases compiles the policy again; an unchanged bundle keeps its object', () => {
-  const cache = new CompileCache();
+// principals depend on the trust domains, and a cache belongs to one bundle (the controller's
+// flags), so each bundle here is compiled with a cache of its own.
+test('principals follow the trust domain and its aliases; with a compile cache (one per bundle, as the controller keeps) an unchanged bundle keeps its object', () => {
+  const caches = new Map<string, CompileCache>();
   const inputs = emptyInputs();
   inputs.authorizationPolicies.push(authz('shop', 'from-client', { action: 'ALLOW', rules: [{ from: [{ source: { principals: ['old-td/ns/other/sa/client'] } }] }] }));
   const principals = (o: CompileOptions) => {
-    const p = compile(inputs, { ...o, cache }).model.policies.get('shop/from-client')!;
+    const bundle = [o.trustDomain, ...(o.trustDomainAliases ?? [])].join();
+    if (!caches.has(bundle)) caches.set(bundle, new CompileCache());
+    const p = compile(inputs, { ...o, cache: caches.get(bundle)! }).model.policies.get('shop/from-client')!;
     return { p, principals: p.rules[0]!.from[0]!.principals };
   };
   const before = principals({ trustDomain: 'new-td' });
