@@ -576,12 +576,15 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // ValidateAuthorizationPolicy); one reaching here past them matches nothing, where its compiled
     // empty list would read as any source (operation) and turn an ALLOW into allow-all.
     const written = apSpec.rules ?? [];
+    // Where each compiled rule was written (findings name it there).
+    const writtenAt: number[] = [];
     for (const [i, r] of written.entries()) {
       const empty = emptyRuleList(r);
       if (empty) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${i}].${empty}`, reason: 'Invalid', message: `must not be an empty list (Istio refuses it): the rule matches nothing` });
+      else writtenAt.push(i);
     }
     // Compiled rules depend on the rules, the namespace and the trust domains only (compileRule).
-    const rules = cached?.rules ?? written.filter((r) => !emptyRuleList(r)).map((r) => compileRule(r, ns, trustDomains));
+    const rules = cached?.rules ?? writtenAt.map((i) => compileRule(written[i]!, ns, trustDomains));
     const targets = attach('AuthorizationPolicy', ns, ap.metadata.name, policyTargets(apSpec));
     // Istio (pilot authz builder, testdata custom-bad-*): a CUSTOM policy whose provider is not
     // among the mesh's extensionProviders is a DENY of what its rules match. Weft has none.
@@ -609,7 +612,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     if (!targets) {
       const first = rules.findIndex((r) => r.layer === 'L7');
       const found = [...new Set(rules.filter((r) => r.layer === 'L7').flatMap(ruleL7Attributes))].sort();
-      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${first}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
+      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${writtenAt[first]}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
     }
   }
 

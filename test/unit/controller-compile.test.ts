@@ -877,6 +877,7 @@ test('an AuthorizationPolicy rule whose from or to is an empty list matches noth
   inputs.authorizationPolicies.push(
     authz('shop', 'nobody', { action: 'ALLOW', rules: [{ from: [] }] }),
     authz('shop', 'frontend', { action: 'ALLOW', rules: [{ from: [{ source: { principals: [frontend] } }] }, { to: [] }] }),
+    authz('shop', 'gets', { action: 'ALLOW', rules: [{ from: [] }, { to: [{ operation: { methods: ['GET'] } }] }] }),
   );
   const { model, findings } = compile(inputs);
   const other = { sourcePrincipal: 'spiffe://cluster.local/ns/other/sa/client', sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationPort: 8080 };
@@ -884,5 +885,7 @@ test('an AuthorizationPolicy rule whose from or to is an empty list matches noth
   assert.equal(evaluate([model.policies.get('shop/frontend')!], other).allowed, false, 'to: [] allows nothing');
   assert.equal(evaluate([model.policies.get('shop/frontend')!], { ...other, sourcePrincipal: `spiffe://${frontend}`, sourceNamespace: 'web' }).allowed, true, 'the other rule still allows its caller');
   const named = findings.filter((f) => f.kind === 'AuthorizationPolicy' && f.reason === 'Invalid').map((f) => `${f.name} ${f.path}`).sort();
-  assert.deepEqual(named, ['frontend spec.rules[1].to', 'nobody spec.rules[0].from']);
+  assert.deepEqual(named, ['frontend spec.rules[1].to', 'gets spec.rules[0].from', 'nobody spec.rules[0].from']);
+  // Other findings still name the rule where it was written.
+  assert.deepEqual(findings.filter((f) => f.name === 'gets' && f.reason === 'UnsupportedValue').map((f) => f.path), ['spec.rules[1]']);
 });
