@@ -13,7 +13,7 @@
 //     (route status reasons NoWaypoint and RefNotPermitted come from compile.ts itself);
 //   - a namespace label naming a Waypoint that does not exist.
 // Severities follow `istioctl analyze`: Error and Warning fail the run (exit 1), Info does not.
-import type { CompileFinding } from '../controller/src/compile.ts';
+import type { CompileFinding, CompileOptions } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
 import { KINDS, isMeshKind, keyOf } from '../lib/model/objects.ts';
@@ -48,6 +48,8 @@ export interface AnalyzeOptions {
    * finding even in a namespace with no workload at all. Files usually hold only some of them.
    */
   complete?: boolean;
+  /** What the install's controller compiles with (a cluster: mesh-view.ts installCompileOptions); default the controller's defaults. */
+  compile?: CompileOptions;
 }
 
 /** Kinds whose pod template's labels stand for the pods they will create. */
@@ -106,7 +108,7 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   }
 
   // The controller's own path: validate into the object store, then compile.
-  const { model, findings: compiled, rejections, inputs: meshInputs } = compileObjects(raw);
+  const { model, findings: compiled, rejections, inputs: meshInputs } = compileObjects(raw, options.compile);
   for (const r of rejections) {
     for (const i of r.issues) {
       const source = sourceOf.get(r.key);

@@ -11,6 +11,8 @@ import { ManifestInputError, readManifests, readStdin, type StdinReader } from '
 import { oneLine, outputOptions, namespaceOptions, renderData, type NamespaceFlags, type OutputFlags } from './output.ts';
 import { chooseTarget, targetOptions, NoTargetError, KubeConfigError, type TargetFlags } from './target.ts';
 import { KubeApiError } from '../kube.ts';
+import { installCompileOptions } from '../mesh-view.ts';
+import type { CompileOptions } from '../../controller/src/compile.ts';
 import { EXIT_USAGE, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 
 interface Flags extends TargetFlags, OutputFlags, NamespaceFlags {
@@ -33,6 +35,7 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
   return exitUsageOnCommanderError(cmd, io).action(async (f: Flags) => {
     let inputs: AnalyzeInput[];
     let complete = false;
+    let compile: CompileOptions = {};
     let what: string;
     try {
       if (f.filename) {
@@ -48,7 +51,9 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
           what = `local mesh "${t.st.prefix}"`;
         } else {
           const ns = f.allNamespaces ? undefined : f.namespace;
-          inputs = (await t.kube.meshObjects(ns, EXTRA_KINDS)).map((object) => ({ object }));
+          const [objects, options] = await Promise.all([t.kube.meshObjects(ns, EXTRA_KINDS), installCompileOptions(t.kube, t.namespace)]);
+          inputs = objects.map((object) => ({ object }));
+          compile = options;
           what = `cluster ${t.kube.server.origin}${ns ? `, namespace ${ns}` : ''}`;
         }
         complete = true;
@@ -61,7 +66,7 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
       }
       throw e;
     }
-    const all = analyze(inputs, { complete });
+    const all = analyze(inputs, { complete, compile });
     const findings = all.filter((x) => f.allNamespaces || !f.namespace || x.namespace === f.namespace || x.namespace === '');
     if (!renderData(io, f, findings)) io.out(formatFindings(findings, inputs.length, what));
     io.setExitCode(analyzeExitCode(findings));

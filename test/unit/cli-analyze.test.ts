@@ -194,6 +194,14 @@ test('on a cluster, analyze reads the objects from the API server (-n filters)',
     const one = await run(['--kubeconfig', kubeconfig, '-n', 'shop', '-o', 'json']);
     assert.deepEqual(JSON.parse(one.stdout).map((x: { name: string }) => x.name), ['typo']);
     assert.ok(api.requests.some((r) => r.path === '/apis/weft.dev/v1alpha1/namespaces/shop/authorizationpolicies'), 'listed in the namespace only');
+    // Compiled as the install's controller compiles (its Deployment's command line in the install
+    // namespace, --weft-namespace): installed in mesh-root, a policy there is root-namespace-wide
+    // (Istio: "the selector applies to workloads in all namespaces") and selects plain/api.
+    api.apply({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'weft-controller', namespace: 'mesh-root' }, spec: { selector: { matchLabels: { app: 'c' } }, template: { metadata: { labels: { app: 'c' } }, spec: { containers: [{ name: 'controller', image: 'weft:test', args: ['controller', '--kube', '--root-namespace', 'mesh-root'] }] } } } } as never);
+    api.apply(ns('mesh-root') as never);
+    api.apply(authz('mesh-root', 'apis', { selector: { matchLabels: { app: 'api' } }, rules: [{}] }) as never);
+    const rooted = await run(['--kubeconfig', kubeconfig, '-A', '--weft-namespace', 'mesh-root', '-o', 'json']);
+    assert.deepEqual(JSON.parse(rooted.stdout).filter((x: { namespace: string }) => x.namespace === 'mesh-root'), []);
     const noCtx = await run(['--kubeconfig', kubeconfig, '--context', 'other']);
     assert.equal(noCtx.code, 2);
     assert.match(noCtx.stderr, /no context "other" in the kubeconfig \(contexts: lab\)/);
