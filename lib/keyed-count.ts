@@ -10,6 +10,11 @@ export class KeyedCount<K = string> {
     return this.#counts.get(key) ?? 0;
   }
 
+  /** How many keys hold one or more. */
+  get size(): number {
+    return this.#counts.size;
+  }
+
   /** One more for `key`. */
   take(key: K): void {
     this.#counts.set(key, this.get(key) + 1);

@@ -24,6 +24,7 @@
 // port (agent/src/inbound.ts). Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
 // federation export, and judges the tunnels open again at every new one (#rejudge).
+import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
@@ -54,8 +55,8 @@ export interface EastWestOptions {
   /** Tunnels all callers may hold open or opening to one upstream, a node's agent or a waypoint replica (DEFAULT_MAX_TUNNELS_PER_UPSTREAM). */
   maxTunnelsPerUpstream?: number;
   /**
-   * Tunnels to one upstream kept, once a tenant holds its fair share there, for the tenants under
-   * theirs (DEFAULT_UPSTREAM_RESERVE; see #admit).
+   * Tunnels to one upstream kept for the tenants under their fair share there, and of those, a
+   * newcomer's part for a tenant not calling it yet (DEFAULT_UPSTREAM_RESERVE; see #admit).
    */
   upstreamReserve?: number;
   /** The node agents' port for the sessions the gateway carries; default PORTS.hboneGateway (tests move it). */
@@ -93,9 +94,10 @@ export const DEFAULT_MAX_TUNNELS_PER_UPSTREAM = (DEFAULT_MAX_CONNECTIONS_PER_SOU
 
 /**
  * Tunnels to one upstream that a tenant at its fair share there may not take: kept for the tenants
- * under theirs (#admit). A sixteenth of DEFAULT_MAX_TUNNELS_PER_UPSTREAM (48).
+ * under theirs, and a part of it for one not calling it yet (#admit). A sixteenth of
+ * DEFAULT_MAX_TUNNELS_PER_UPSTREAM (48).
  */
-export const DEFAULT_UPSTREAM_RESERVE = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
+const DEFAULT_UPSTREAM_RESERVE = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
 
 /**
  * The tenant a caller's tunnels count against at an upstream (#admit): its identity's trust domain
@@ -104,7 +106,7 @@ export const DEFAULT_UPSTREAM_RESERVE = DEFAULT_MAX_TUNNELS_PER_UPSTREAM / 16;
  * multiply; a namespace is what a cluster's operator grants, and the unit of Istio's multi-cluster
  * namespace sameness. An identity that is no workload's (the server admits none) is its own.
  */
-export function tenantOf(spiffeId: string | undefined): string {
+function tenantOf(spiffeId: string | undefined): string {
   if (spiffeId === undefined) return '';
   try {
     const id = parseWorkloadId(spiffeId);
@@ -132,17 +134,18 @@ export class EastWestGateway {
   #pods: ExportedPods = { exported: new Set(), guards: new Map() };
   /** A ready waypoint replica's address → its HBONE port, from the controller's export. */
   #waypointPort = new Map<string, number>();
-  /** `tenant upstream host:port` (tenantOf) → the tunnels that tenant's callers hold open or opening there. */
-  readonly #tenantAt = new KeyedCount();
-  /** `host:port` of an upstream → the tunnels all callers hold open or opening there. */
-  readonly #atUpstream = new KeyedCount();
-  /** `host:port` of an upstream → the tenants holding a tunnel there. */
-  readonly #tenantsAt = new KeyedCount();
+  /**
+   * `host:port` of an upstream → the tunnels all callers hold open or opening there, and each
+   * tenant's (tenantOf) of them; an upstream is gone once none is held there (#admit).
+   */
+  readonly #atUpstream = new Map<string, { all: number; byTenant: KeyedCount }>();
   /** Each tunnel open, by its upstream socket: the CONNECT that opened it (#rejudge). */
   readonly #open = new Map<net.Socket, HboneConnectRequest>();
   #configured = false;
-  /** The export text applied last (#refresh). */
+  /** The SHA-256 of the export text applied last (#refresh): the same export again is not applied again. */
   #lastExport: string | undefined;
+  /** Bumped at each export applied (#refresh): a tunnel judged by an older one is judged again once connected (#connect). */
+  #generation = 0;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   readonly #m?: { tunnels: Counter; refused: Counter; bytes: Counter; endpoints: Gauge };
@@ -248,22 +251,21 @@ export class EastWestGateway {
     const { host, port, what } = route;
     const key = `${host}:${port}`;
     const tenant = tenantOf(req.peer.spiffeId);
-    const refusal = this.#admit(tenant, key, `${what} (${key})`);
+    const at = this.#atUpstream.get(key) ?? { all: 0, byTenant: new KeyedCount() };
+    const refusal = this.#admit(tenant, at, `${what} (${key})`);
     if (refusal) return this.#refuse(refusal.reason, req, 503, refusal.detail);
-    const held = `${tenant} ${key}`;
-    if (this.#tenantAt.get(held) === 0) this.#tenantsAt.take(key);
-    this.#tenantAt.take(held);
-    this.#atUpstream.take(key);
+    this.#atUpstream.set(key, at);
+    at.all++;
+    at.byTenant.take(tenant);
     const release = (): void => {
-      this.#tenantAt.release(held);
-      if (this.#tenantAt.get(held) === 0) this.#tenantsAt.release(key);
-      this.#atUpstream.release(key);
+      at.byTenant.release(tenant);
+      if (--at.all === 0) this.#atUpstream.delete(key);
     };
-    const judgedBy = this.#lastExport;
+    const judgedBy = this.#generation;
     try {
       const upstream = await connectTcp(host, port, this.#o.connectTimeoutMs ?? 5_000, req.signal);
       // A new export came while it connected: #rejudge did not see it, so it is judged here.
-      const now = judgedBy === this.#lastExport ? route : this.#route(req.target.host, req.target.port, req.peer.spiffeId);
+      const now = judgedBy === this.#generation ? route : this.#route(req.target.host, req.target.port, req.peer.spiffeId);
       if ('refused' in now) {
         upstream.destroy();
         release();
@@ -283,31 +285,41 @@ export class EastWestGateway {
   }
 
   /**
-   * Whether one more tunnel of `tenant` (tenantOf) to the upstream `key` fits, or why not. All
-   * callers together hold at most maxTunnelsPerUpstream there (`too-many-to-upstream`: the
-   * upstream's per-source cap is the gateway's whole share of it). Within that a tenant takes
-   * what is free while it is under its fair share, the bound split evenly among the tenants there
-   * and one more (the next to come: a tenant at its share never fills the upstream); at or above
-   * its share it takes more only while more than the reserve (upstreamReserve, at most that share)
-   * is left for the others (`over-fair-share`). So a tenant alone may take nearly all of it, and one
-   * that comes later is admitted while those above their share are refused, until the tunnels
+   * Whether one more tunnel of `tenant` (tenantOf) to the upstream whose tunnels `at` counts fits,
+   * or why not. All callers together hold at most maxTunnelsPerUpstream there
+   * (`too-many-to-upstream`: the upstream's per-source cap is the gateway's whole share of it).
+   * Within that any tenant takes what is free while more than the reserve (upstreamReserve, at
+   * most its fair share: the bound split evenly among the tenants there and one more, the next to
+   * come) is left. Of the reserve, a tenant with no tunnel there yet takes any place free (the
+   * newcomer it is kept for); one under its share takes more only while more than a newcomer's part
+   * of it (the reserve split among the tenants there and one more, at least one) is left, and one at
+   * or above its share nothing (`over-fair-share`). So a tenant alone may take nearly all of it, a
+   * second under its share never the last of the reserve, and one that comes later is admitted
+   * while those there are refused, until the tunnels
    * closing bring each to its share. Open tunnels are never closed for it: Envoy's circuit breakers
    * refuse new connections and requests past their bound and leave established ones be
    * (https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/circuit_breaking),
    * and a caller's tunnel carries its pooled session's every connection.
    */
-  #admit(tenant: string, key: string, what: string): { reason: EastWestRefusal; detail: string } | undefined {
-    const all = this.#atUpstream.get(key);
+  #admit(tenant: string, at: { all: number; byTenant: KeyedCount }, what: string): { reason: EastWestRefusal; detail: string } | undefined {
+    const { all } = at;
     const max = this.#o.maxTunnelsPerUpstream ?? DEFAULT_MAX_TUNNELS_PER_UPSTREAM;
     if (all >= max) {
       return { reason: 'too-many-to-upstream', detail: `the gateway holds ${all} tunnels to ${what} from all callers (it allows at most ${max} to one upstream, below its ${DEFAULT_MAX_CONNECTIONS_PER_SOURCE} from one source)` };
     }
-    const held = this.#tenantAt.get(`${tenant} ${key}`);
-    const tenants = this.#tenantsAt.get(key) + (held === 0 ? 1 : 0);
+    const held = at.byTenant.get(tenant);
+    const tenants = at.byTenant.size + (held === 0 ? 1 : 0);
     const share = Math.max(1, Math.floor(max / (tenants + 1)));
     const reserve = Math.min(share, this.#o.upstreamReserve ?? DEFAULT_UPSTREAM_RESERVE);
-    if (held >= share && all >= max - reserve) {
-      return { reason: 'over-fair-share', detail: `${tenant} holds ${held} tunnels to ${what}, at or above its fair share there (${share}: ${max} among the ${tenants} tenants calling it and one more), and the ${max - all} left are kept for tenants under theirs` };
+    const left = max - all;
+    // Outside the reserve, or the tenant's first tunnel there: the newcomer the reserve is kept for.
+    if (left > reserve || held === 0) return undefined;
+    if (held >= share) {
+      return { reason: 'over-fair-share', detail: `${tenant} holds ${held} tunnels to ${what}, at or above its fair share there (${share}: ${max} among the ${tenants} tenants calling it and one more), and the ${left} left are kept for tenants under theirs` };
+    }
+    const newcomers = Math.max(1, Math.floor(reserve / (tenants + 1)));
+    if (left <= newcomers) {
+      return { reason: 'over-fair-share', detail: `${tenant} holds ${held} tunnels to ${what}, under its fair share there (${share}), and the ${left} left are kept for a tenant not calling it yet (a newcomer's part of the reserve of ${reserve}: ${reserve} among the ${tenants} tenants calling it and one more)` };
     }
     return undefined;
   }
@@ -327,7 +339,8 @@ export class EastWestGateway {
       ...(this.#o.fetchDeadlineMs !== undefined ? { deadlineMs: this.#o.fetchDeadlineMs } : {}),
     });
     // The same export as last time: nothing to apply, no tunnel to judge again.
-    if (this.#configured && text === this.#lastExport) return;
+    const digest = createHash('sha256').update(text).digest('base64');
+    if (this.#configured && digest === this.#lastExport) return;
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
@@ -353,7 +366,8 @@ export class EastWestGateway {
     this.#pods = pods;
     this.#waypointPort = waypointPort;
     this.#configured = true;
-    this.#lastExport = text;
+    this.#lastExport = digest;
+    this.#generation++;
     this.#m?.endpoints.set(nodeOf.size);
     this.#rejudge();
   }
