@@ -9,7 +9,8 @@
 // reaches every pod of this node. The listener a session came by, not the peer's address, says it
 // came through the gateway: an address is rewritten on its way (SNAT) and learnt late. One server
 // listens on both ports, so that its limits (tunnels per peer, session buffers, the connection
-// total) hold over both; the gateway port takes at most half of that total.
+// total) hold over both; the gateway port takes at most half of that total, and an eighth of it is
+// kept for the gateway port.
 // The pod then sees the real client address (the datapath's getpeername hook), not the agent's.
 import { Socket } from 'node:net';
 import { HboneServer, type HboneConnectRequest, type HboneConnectDecision, type HboneRefusal, type HboneTunnelClosed } from '../../lib/hbone/index.ts';
@@ -24,7 +25,6 @@ import { FLAG_CONNECT, FLAG_DENY, FLAG_OVERFLOW, UnverifiedClaims, verifiedPeerM
 import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
-import { DEFAULT_MAX_CONNECTIONS } from '../../lib/hbone/server.ts';
 
 /** The label of a refusal Delivery.authorize counted and logged already (`reason="policy"`, "connection denied"): neither again. */
 const POLICY_COUNTED = 'policy';
@@ -56,11 +56,19 @@ export interface InboundOptions {
 const HBONE_LISTENER = 'hbone';
 
 /**
- * Connections the gateway port (15009) may hold of the HBONE server's total (DEFAULT_MAX_CONNECTIONS,
- * over both ports): half of it, so that 15009's sources cannot take 15008's, which may use all the
- * rest, and more while 15009 is idle.
+ * The part of the HBONE server's connection total (maxConnections, over both ports) the gateway
+ * port (15009) may hold: half, so that 15009's sources cannot take 15008's, which may use the rest,
+ * and more while 15009 is idle.
  */
-export const GATEWAY_PORT_MAX_CONNECTIONS = DEFAULT_MAX_CONNECTIONS / 2;
+const GATEWAY_PORT_SHARE = 1 / 2;
+
+/**
+ * The part of the total kept for the gateway port (listen's `reserved`): an eighth (2,048 of the
+ * default 16,384, two sources' full share, the tunnels of two east-west gateway replicas at their
+ * bound to this node), so that sixteen sources holding 1,024 each on 15008, anyone who reaches the
+ * node before TLS, cannot refuse every other network's caller on 15009.
+ */
+const GATEWAY_PORT_RESERVED = 1 / 8;
 
 export class Inbound {
   readonly #o: InboundOptions;
@@ -98,15 +106,17 @@ export class Inbound {
   /**
    * Listens on the HBONE port and the gateway port (`reusePort`: an upgrade's old and new agent
    * side by side); resolves with the ports bound. The server's connection total holds over both;
-   * 15009 takes at most GATEWAY_PORT_MAX_CONNECTIONS of it, so that its sources, anyone who reaches
-   * the node, cannot fill it and refuse node-to-node tunnels, while 15008 uses whatever is free;
+   * 15009 takes at most GATEWAY_PORT_SHARE of it, so that its sources, anyone who reaches the node,
+   * cannot fill it and refuse node-to-node tunnels, while 15008 uses whatever is free but
+   * GATEWAY_PORT_RESERVED of it, so that 15008's sources cannot refuse every caller on 15009 either;
    * a source holds the server's 1,024 on each (the agent knows no address of the gateway's: SNAT, a
    * host-network gateway), and the gateway holds all its callers' tunnels to a node below that,
    * shared among their tenants (DEFAULT_MAX_TUNNELS_PER_UPSTREAM, eastwest/src/gateway.ts).
    */
   async listen(ports: { hbone: number; gateway: number }, host: string, opts: { reusePort?: boolean } = {}): Promise<{ hbone: number; gateway: number }> {
     const hbone = (await this.server.listen(ports.hbone, host, { ...opts, listener: HBONE_LISTENER })).port;
-    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, listener: 'gateway', maxConnections: GATEWAY_PORT_MAX_CONNECTIONS })).port;
+    const total = this.server.maxConnections;
+    const gateway = (await this.server.listen(ports.gateway, host, { ...opts, listener: 'gateway', maxConnections: Math.floor(total * GATEWAY_PORT_SHARE), reserved: Math.floor(total * GATEWAY_PORT_RESERVED) })).port;
     return { hbone, gateway };
   }
 

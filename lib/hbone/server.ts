@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
+import { connectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
@@ -145,6 +145,8 @@ export interface HboneTunnelClosed extends PipeResult {
 }
 
 export interface HboneServerStats {
+  /** TCP connections open over all ports (TLS handshakes included): what maxConnections bounds. */
+  connections: number;
   sessionsOpened: number;
   sessionsActive: number;
   streamsOpened: number;
@@ -201,7 +203,8 @@ export interface HboneServerOptions {
    * it a new connection is closed at once and counted (`server-full`), so many peers, each under
    * its own share, cannot take the process's descriptors and memory. One total over all ports: a
    * port whose sources (anyone who reaches it, before TLS) must not take another's is given a cap
-   * of its own (listen's `maxConnections`, `listener-full`). Default DEFAULT_MAX_CONNECTIONS.
+   * of its own (listen's `maxConnections`, `listener-full`), and a port the others' sources must
+   * not fill a reserve of it (listen's `reserved`). Default DEFAULT_MAX_CONNECTIONS.
    */
   maxConnections?: number;
   /**
@@ -286,14 +289,17 @@ export class HboneServer {
   readonly #sessions = new Set<SessionState>();
   /** The ports it listens on, each handing its connections to #server (listen). */
   readonly #listeners: TcpServer[] = [];
-  /** Connections over all ports (maxConnections; listen). */
-  readonly #connections: ConnectionCounter;
+  /** maxConnections, its default applied. */
+  readonly maxConnections: number;
+  /** Each port's connections and the part of the total kept for it (listen's `reserved`), by listener; #stats.connections is their sum. */
+  readonly #ports: Array<{ open: number; reserved: number }> = [];
   /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
   readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
   readonly #tunnelsOf = new KeyedCount();
   readonly #forward: readonly string[];
   readonly #stats: HboneServerStats = {
+    connections: 0,
     sessionsOpened: 0,
     sessionsActive: 0,
     streamsOpened: 0,
@@ -326,9 +332,7 @@ export class HboneServer {
   constructor(opts: HboneServerOptions) {
     this.#opts = opts;
     this.#forward = (opts.forwardHeaders ?? DEFAULT_FORWARDED_HEADERS).map((h) => h.toLowerCase());
-    const total = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    this.#connections = connectionCounter({ perSource: Infinity, total }, (from) =>
-      this.#refuse({ kind: 'server-full', reason: `the server already holds ${total} connections over all its ports (its total)`, peer: { spiffeId: undefined, address: from } }));
+    this.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.#server = createSecureServer({
       ...(opts.tls.key !== undefined ? { key: opts.tls.key } : {}),
       ...(opts.tls.cert !== undefined ? { cert: opts.tls.cert } : {}),
@@ -393,14 +397,20 @@ export class HboneServer {
    * them; each port takes maxConnectionsPerSource from one source, and at most `maxConnections`
    * (default: no cap of its own, the server's total), so that the sources of a port given a cap,
    * which may be anyone who reaches it, cannot take the others' connections, while a port without
-   * one uses whatever of the total is free. A CONNECT tells its handler the `listener` name of the
+   * one uses whatever of the total is free but the parts of it the other ports keep (`reserved`,
+   * default 0: a part of the total no other port's connections take, so that a port without a cap
+   * cannot refuse every connection of this one; at most its `maxConnections`). A CONNECT tells its handler the `listener` name of the
    * port it came by (HboneConnectRequest.listener; '' when not given), a fact of the socket, not
    * a port number compared with another the owner may not have set. `reusePort` shares the port
    * with another process that also sets it (an agent upgrade: old and new listen side by side).
    */
-  listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string; maxConnections?: number } = {}): Promise<AddressInfo> {
+  listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string; maxConnections?: number; reserved?: number } = {}): Promise<AddressInfo> {
     const name = opts.listener ?? '';
-    const total = this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    const total = this.maxConnections;
+    const own = { open: 0, reserved: opts.reserved ?? 0 };
+    const othersKeep = this.#ports.reduce((n, p) => n + p.reserved, 0);
+    if (own.reserved > (opts.maxConnections ?? total)) throw new RangeError(`listen: reserved (${own.reserved}) is more than the port's maxConnections (${opts.maxConnections ?? total})`);
+    if (own.reserved + othersKeep > total) throw new RangeError(`listen: reserved (${own.reserved}) and the other ports' (${othersKeep}) are more than the server's maxConnections (${total})`);
     // Before TLS: costs the attacker a TCP handshake, us nothing more.
     const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? Infinity }, (from, max, which, socket) =>
       this.#refuse(which === 'per-source'
@@ -409,7 +419,7 @@ export class HboneServer {
     // The TLS server takes connections handed to it ('connection', as node:tls documents). The
     // port's own count first: a connection it refuses takes nothing of the total.
     const listener = createTcpServer((socket) => {
-      if (!counter.admit(socket) || !this.#connections.admit(socket)) return;
+      if (!counter.admit(socket) || !this.#admitToTotal(socket, own)) return;
       this.#listenerOf.set(socket, name);
       this.#server.emit('connection', socket);
     });
@@ -419,9 +429,32 @@ export class HboneServer {
       listener.listen({ port, ...(host !== undefined ? { host } : {}), reusePort: opts.reusePort === true }, () => {
         listener.off('error', onError);
         this.#listeners.push(listener);
+        this.#ports.push(own);
         resolve(listener.address() as AddressInfo);
       });
     });
+  }
+
+  /**
+   * Counts `socket` of port `own` in the total until it closes, or, when the total less what the
+   * other ports keep unused of their reserves is held, refuses it (`server-full`) and destroys it.
+   */
+  #admitToTotal(socket: Socket, own: { open: number; reserved: number }): boolean {
+    const kept = this.#ports.reduce((n, p) => (p === own ? n : n + Math.max(0, p.reserved - p.open)), 0);
+    const all = this.#stats.connections;
+    if (all >= this.maxConnections - kept) {
+      const from = socket.remoteAddress ?? '';
+      this.#refuse({ kind: 'server-full', reason: `the server already holds ${all} connections over all its ports (its total${kept > 0 ? ` ${this.maxConnections}, ${kept} of it kept for its other ports` : ''})`, peer: { spiffeId: undefined, address: from } });
+      socket.destroy();
+      return false;
+    }
+    this.#stats.connections++;
+    own.open++;
+    socket.once('close', () => {
+      this.#stats.connections--;
+      own.open--;
+    });
+    return true;
   }
 
   /** Bound address of the first port listened on (after listen). */

@@ -582,6 +582,8 @@ test('one server listens on two ports: the total holds over both, a port without
   // Room again in the total, none under the capped port's cap: it refuses, the first port admits.
   first.pop()!.destroy();
   first.pop()!.destroy();
+  // Once the server has seen the two closes (a busy loop may see the next connection first).
+  await until('the server holds four connections', () => hb.server.stats().connections === 4, 5_000);
   await closed(other);
   assert.equal(hb.server.stats().refusals['listener-full'], 1);
   await hold(hb.port);
@@ -589,8 +591,40 @@ test('one server listens on two ports: the total holds over both, a port without
   assert.equal((await reply).toString(), 'hi');
   // (The idle connections closed fail their TLS handshake, counted as that.)
   assert.deepEqual(refusals.map((r) => r.kind).filter((k) => k !== 'tls-handshake'), ['server-full', 'listener-full'], 'each counted once');
-  assert.match(refusals[0]!.reason, /the server already holds 6 connections over all its ports \(its total\)/);
-  assert.match(refusals[1]!.reason, new RegExp(`port ${other} already holds 2 connections from all sources \\(its cap, of the server's 6\\)`));
+  assert.match(refusals.find((r) => r.kind === 'server-full')!.reason, /the server already holds 6 connections over all its ports \(its total\)/);
+  assert.match(refusals.find((r) => r.kind === 'listener-full')!.reason, new RegExp(`port ${other} already holds 2 connections from all sources \\(its cap, of the server's 6\\)`));
+});
+
+// The agent's 15008 has no cap of its own, so that it may use what 15009 leaves idle; without a
+// floor for 15009, sixteen sources at 1,024 each on 15008 before TLS filled the server's total and
+// every cross-network caller was refused on 15009 (server-full). A port's reserve (listen's
+// `reserved`) is a part of the total that the other ports' connections cannot take.
+test('a port\'s reserve (listen\'s reserved) is kept from the other ports: a port without a cap takes the total less it, the next refused (server-full, counted once and named), and the reserved port is still served', async () => {
+  const refusals: HboneRefusal[] = [];
+  const hb = await startHbone({ maxConnections: 6, onRefusal: (r) => refusals.push(r) });
+  cleanups.push(() => hb.close());
+  const kept = (await hb.server.listen(0, '127.0.0.1', { listener: 'kept', maxConnections: 3, reserved: 2 })).port;
+  const hold = (port: number) => new Promise<import('node:net').Socket>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port }, () => resolve(s));
+    s.on('error', () => {});
+    cleanups.push(() => s.destroy());
+  });
+  const held = [await hold(hb.port), await hold(hb.port), await hold(hb.port), await hold(hb.port)];
+  await until('the server holds four connections', () => hb.server.stats().connections === 4, 5_000);
+  const fifth = await hold(hb.port);
+  await until('the fifth on the port without a cap refused', () => fifth.destroyed || refusals.length > 0, 5_000);
+  assert.deepEqual(refusals.map((r) => r.kind), ['server-full'], 'counted once');
+  assert.match(refusals[0]!.reason, /the server already holds 4 connections over all its ports \(its total 6, 2 of it kept for its other ports\)/);
+  // The reserved port takes its two, and then no more than the total.
+  held.push(await hold(kept), await hold(kept));
+  await until('the server holds six', () => hb.server.stats().connections === 6, 5_000);
+  assert.ok(held.every((x) => !x.destroyed), 'every connection held');
+  assert.equal(hb.server.stats().refusals['server-full'], 1);
+  const seventh = await hold(kept);
+  await until('the seventh refused', () => hb.server.stats().refusals['server-full'] === 2, 5_000);
+  await until('and closed', () => seventh.destroyed, 5_000);
+  // A reserve more than the port's cap or the total is a mistake, named.
+  assert.throws(() => hb.server.listen(0, '127.0.0.1', { maxConnections: 2, reserved: 3 }), /reserved \(3\) is more than the port's maxConnections \(2\)/);
 });
 
 test('tunnels one peer holds are bounded over every port of the server: past maxTunnelsPerPeer on one port, a CONNECT on another is refused (503 too-many-tunnels), counted once; the default listener is named \'\'', async () => {
