@@ -61,7 +61,6 @@ export interface DeliveryDatapath {
   unexpectSplice?(bound: { ip: string; port: number }): void;
 }
 
-/** An open delivery to a local pod, and what its authorization rested on (reauthorize). */
 /** What an open delivery's last verdict rested on besides the policies. */
 interface JudgedOn {
   dest: Workload;
@@ -83,7 +82,25 @@ export interface OpenDelivery {
    * rules too (AgentState.gatewayRefusal), which the exported Services and waypoints decide.
    */
   throughGateway?: boolean;
+  /**
+   * The state's version (AgentState.version) its judgement before connecting read: a push applied
+   * while it connected is one reauthorize did not see, so track judges it again at once.
+   */
+  judgedAt: number;
 }
+
+/**
+ * What of the config changed (LocalDelivery.reauthorize): the policies, the workloads, the Services
+ * or waypoints (`services`). A kind left out did not change.
+ */
+export interface ConfigChanges {
+  policies?: boolean;
+  workloads?: boolean;
+  services?: boolean;
+}
+
+/** Everything changed: every open delivery judged again by everything. */
+const EVERYTHING: Readonly<ConfigChanges> = { policies: true, workloads: true, services: true };
 
 export interface LocalDeliveryOptions {
   state: AgentState;
@@ -110,6 +127,13 @@ export class LocalDelivery {
    * verdict rested on besides the policies (#sameInputs; reauthorize).
    */
   readonly #open = new Map<OpenDelivery, JudgedOn>();
+  /**
+   * The open deliveries whose verdict reads the Services or waypoints too, a part of #open: those
+   * the east-west gateway carried (its rules are the exported Services, AgentState.gatewayRefusal)
+   * and steered plaintext (the client's address may be a Service endpoint's, addressOwner). A push
+   * changing only Services or waypoints, as every endpoint change anywhere does, judges these only.
+   */
+  readonly #onServices = new Set<OpenDelivery>();
   /** 'connection denied' lines a second: anyone who can reach a pod can cause them (each is counted). */
   readonly #deniedLog: LogBudget;
   /** The config last applied (configApplied): what of it changed says what to judge again. */
@@ -233,11 +257,21 @@ export class LocalDelivery {
   /**
    * Keeps an open delivery until its pod side closes, so that a policy change judges it again:
    * an HBONE tunnel's, a same-node mesh client's (spliced or piped) and steered plaintext's alike.
+   * One judged by an older config than the state's now (`judgedAt`: a push applied while it
+   * connected, which reauthorize did not see) is judged again at once by everything, as a push
+   * would: returns why it was closed (counted and logged as reauthorize does; its upstream
+   * destroyed), or undefined while it stays open.
    */
-  track(d: OpenDelivery): void {
-    // As judged (d.dest): a pod that changed while the delivery connected is judged at the next push.
+  track(d: OpenDelivery): string | undefined {
     this.#open.set(d, { dest: d.dest, owner: this.#ownerOf(d) });
-    d.upstream.once('close', () => this.#open.delete(d));
+    if (d.throughGateway || d.plaintext) this.#onServices.add(d);
+    d.upstream.once('close', () => this.#forget(d));
+    return d.judgedAt === this.#state.version ? undefined : this.#rejudge(d, EVERYTHING);
+  }
+
+  #forget(d: OpenDelivery): void {
+    this.#open.delete(d);
+    this.#onServices.delete(d);
   }
 
   /**
@@ -249,59 +283,74 @@ export class LocalDelivery {
    * workload, say STRICT: plaintext opened while a pod was PERMISSIVE must not outlive its turn to
    * STRICT) re-judge only the deliveries whose pod (or plaintext client's address) changed; changed
    * Services or waypoints, the deliveries the east-west gateway carried (what it carries,
-   * AgentState.gatewayRefusal, is decided by them). The first config judges nothing (nothing was
-   * open before it). Returns how many were closed.
+   * AgentState.gatewayRefusal, is decided by them) and plaintext whose client's address changed
+   * owner. The first config judges nothing (nothing was open before it). Returns how many were closed.
    */
   configApplied(config: AgentConfig): number {
     const was = this.#applied;
     this.#applied = config;
     if (!was) return 0;
-    const policiesChanged = config.policies !== was.policies;
-    const changed = policiesChanged || config.workloads !== was.workloads || config.services !== was.services || config.waypoints !== was.waypoints;
-    return changed ? this.reauthorize(policiesChanged) : 0;
+    const changed: ConfigChanges = {
+      policies: config.policies !== was.policies,
+      workloads: config.workloads !== was.workloads,
+      services: config.services !== was.services || config.waypoints !== was.waypoints,
+    };
+    return changed.policies || changed.workloads || changed.services ? this.reauthorize(changed) : 0;
   }
 
   /**
-   * The policies or the workloads changed: an open delivery is judged again, and one they no
-   * longer allow is closed (its denial counted and logged by authorize, as any), as Istio's
+   * What `changed` says changed (default everything): an open delivery is judged again, and one
+   * no longer allowed is closed (its denial counted and logged by authorize, as any), as Istio's
    * ztunnel closes connections a new policy denies. Without this a long-lived connection, such as
-   * a waypoint's pooled one, would keep carrying a caller a new DENY names. With `policiesChanged`
-   * false (only workloads changed) a delivery is judged again only if what its verdict rests on
-   * besides the policies changed (#sameInputs): a push about another pod costs no evaluation.
-   * A delivery that came through the east-west gateway is judged again by the gateway's rules at
-   * every call (a lookup in the exported pods, built once per config): a Service no longer exported
-   * or no longer sending to the port, or a pod now behind a waypoint, closes it, counted under its
-   * label (`not_exported`, `behind_waypoint`) and logged, as at its CONNECT; the gateway's open
-   * outer tunnels are judged again likewise (eastwest/src/gateway.ts). Returns how many were closed.
+   * a waypoint's pooled one, would keep carrying a caller a new DENY names. Unless the policies
+   * changed, a delivery is judged again only if what its verdict rests on besides them changed
+   * (#sameInputs): a push about another pod costs no evaluation; one changing only the Services or
+   * waypoints, as every endpoint change anywhere does, looks only at the deliveries that read them
+   * (#onServices). A delivery that came through the east-west gateway is judged again by the
+   * gateway's rules when the Services or waypoints changed (a lookup in the exported pods, built
+   * once per config): a Service no longer exported or no longer sending to the port, or a pod now
+   * behind a waypoint, closes it, counted under its label (`not_exported`, `behind_waypoint`) and
+   * logged, as at its CONNECT; the gateway's open outer tunnels are judged again likewise
+   * (eastwest/src/gateway.ts). Returns how many were closed.
    */
-  reauthorize(policiesChanged = true): number {
+  reauthorize(changed: Readonly<ConfigChanges> = EVERYTHING): number {
     let closed = 0;
-    for (const [d, judged] of this.#open) {
-      const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
-      const notCarried = d.throughGateway ? this.#state.gatewayRefusal(dest.ip, d.port, d.source.sourcePrincipal) : undefined;
-      if (notCarried) {
-        this.#open.delete(d);
-        closed++;
-        this.#metrics.denied.inc({ reporter: 'destination', reason: notCarried.label, destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
-        if (this.#deniedLog.take()) this.#log.info('open connection closed: the east-west gateway no longer carries it', { destination: `${dest.namespace}/${dest.name}:${d.port}`, source: d.source.sourcePrincipal, reason: notCarried.reason, label: notCarried.label });
-        d.upstream.destroy();
-        continue;
-      }
-      const owner = this.#ownerOf(d);
-      if (!policiesChanged && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) continue;
-      try {
-        if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp, true);
-        else this.#judge(dest, d.port, d.source, { caller: d.caller, rejudge: true });
-        this.#open.set(d, { dest, owner });
-      } catch (err) {
-        if (!(err instanceof DeniedError)) throw err;
-        this.#open.delete(d);
-        closed++;
-        this.#log.info('open connection closed: the policies no longer allow it', { destination: `${d.dest.namespace}/${d.dest.name}:${d.port}`, source: d.source.sourcePrincipal ?? d.source.sourceIp, ...(d.caller ? { caller: d.caller } : {}), policy: err.policy });
-        d.upstream.destroy();
-      }
+    for (const d of changed.policies || changed.workloads ? this.#open.keys() : this.#onServices) {
+      if (this.#rejudge(d, changed) !== undefined) closed++;
     }
     return closed;
+  }
+
+  /** Judges one open delivery again by what changed (reauthorize); closes it if refused and says why. */
+  #rejudge(d: OpenDelivery, changed: Readonly<ConfigChanges>): string | undefined {
+    const judged = this.#open.get(d);
+    if (!judged) return undefined;
+    const dest = this.#state.localWorkload(d.dest.ip) ?? d.dest;
+    const notCarried = changed.services && d.throughGateway ? this.#state.gatewayRefusal(dest.ip, d.port, d.source.sourcePrincipal) : undefined;
+    if (notCarried) {
+      this.#close(d);
+      this.#metrics.denied.inc({ reporter: 'destination', reason: notCarried.label, destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
+      if (this.#deniedLog.take()) this.#log.info('open connection closed: the east-west gateway no longer carries it', { destination: `${dest.namespace}/${dest.name}:${d.port}`, source: d.source.sourcePrincipal, reason: notCarried.reason, label: notCarried.label });
+      return notCarried.reason;
+    }
+    const owner = this.#ownerOf(d);
+    if (!changed.policies && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) return undefined;
+    try {
+      if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp, true);
+      else this.#judge(dest, d.port, d.source, { caller: d.caller, rejudge: true });
+      this.#open.set(d, { dest, owner });
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof DeniedError)) throw err;
+      this.#close(d);
+      this.#log.info('open connection closed: the policies no longer allow it', { destination: `${d.dest.namespace}/${d.dest.name}:${d.port}`, source: d.source.sourcePrincipal ?? d.source.sourceIp, ...(d.caller ? { caller: d.caller } : {}), policy: err.policy });
+      return err.message;
+    }
+  }
+
+  #close(d: OpenDelivery): void {
+    this.#forget(d);
+    d.upstream.destroy();
   }
 
   /** For plaintext, the mesh workload whose address the client's is (authorizePlaintext judges by it). */

@@ -4,7 +4,8 @@
 // not an open proxy) and pass that pod's L4 AuthorizationPolicies. The east-west gateway carries
 // other networks' callers to the gateway port (PORTS.hboneGateway) instead, with the same
 // admission, where each CONNECT must also name what the gateway carries such callers to
-// (AgentState.gatewayRefusal), at the CONNECT and again at every config change while it is open
+// (AgentState.gatewayRefusal), at the CONNECT, again when tracked if a push came during its pod
+// connect (LocalDelivery.track), and at every change of the Services or waypoints while it is open
 // (LocalDelivery.reauthorize): the gateway judges the outer CONNECT only, and the caller's inner session
 // reaches every pod of this node. The listener a session came by, not the peer's address, says it
 // came through the gateway: an address is rewritten on its way (SNAT) and learnt late. One server
@@ -26,8 +27,11 @@ import { OverloadedError } from './connect.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
 import { CALLER_HEADER, callerOf, tunnelClient } from '../../lib/hbone/index.ts';
 
-/** The label of a refusal Delivery.authorize counted and logged already (`reason="policy"`, "connection denied"): neither again. */
-const POLICY_COUNTED = 'policy';
+/**
+ * The label of a refusal Delivery counted and logged already (authorize: `reason="policy"`,
+ * "connection denied"; track: a push while the pod connect was in flight): neither again.
+ */
+const COUNTED = 'policy';
 
 export interface InboundOptions {
   node: string;
@@ -178,6 +182,8 @@ export class Inbound {
       sourceIp: client.ip,
     };
     const caller = callerOf(req.headers[CALLER_HEADER]);
+    // What the judgement below reads: a push while the pod connect is in flight is judged at track.
+    const judgedAt = this.#o.state.version;
     // A session the east-west gateway carries: the gateway admitted the pod its outer CONNECT named,
     // but the caller's inner session reaches every pod of this node, so its rules hold here too.
     // Logged and counted (by #refused, once, under its label) as a policy's no.
@@ -193,15 +199,20 @@ export class Inbound {
         record.annotate(dryRunLogFields(err.dryRun));
         record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${err.message}${err.policy ? ` (policy ${err.policy})` : ''}` });
         // Counted (`policy`) and logged by Delivery.authorize, where the policy decided.
-        return { status: err.status, reason: err.message, label: POLICY_COUNTED };
+        return { status: err.status, reason: err.message, label: COUNTED };
       }
       throw err;
     }
     try {
       const upstream = await this.#o.delivery.connectToPod(dest, port, client, this.#o.connectTimeoutMs ?? 5_000, { signal: req.signal });
+      // A push while it connected judges it again now (counted and logged there, as at a push).
+      const closed = this.#o.delivery.track({ dest, port, source, caller, upstream, judgedAt, ...(throughGateway ? { throughGateway } : {}) });
+      if (closed !== undefined) {
+        record.close({ bytesToDestination: 0, bytesToSource: 0, flags: FLAG_DENY, error: `denied: ${closed}` });
+        return { status: 403, reason: closed, label: COUNTED };
+      }
       this.#records.set(req, record);
       if (upstream instanceof Socket) record.countWhileOpen(upstream, 'destination');
-      this.#o.delivery.track({ dest, port, source, caller, upstream, ...(throughGateway ? { throughGateway } : {}) });
       return { upstream };
     } catch (err) {
       if (req.signal.aborted) {
@@ -228,7 +239,7 @@ export class Inbound {
 
   #refused(r: HboneRefusal): void {
     // A policy's no was counted and logged where it was decided (Delivery.authorize).
-    if (r.label === POLICY_COUNTED) return;
+    if (r.label === COUNTED) return;
     // A pod that cannot be reached is a failure (weft_connections_failed_total, counted where it
     // happened), not a refusal of the peer. Under the pod the CONNECT named, when it is one of
     // this node's (as a policy's no is counted).

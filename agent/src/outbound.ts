@@ -237,11 +237,14 @@ export class Outbound {
         // to an inbound tunnel from the source's identity.
         const { port } = splitHostPort(up.target);
         const attrs = { sourcePrincipal: source.spiffeId, sourceNamespace: source.namespace, sourceIp: source.ip };
+        const judgedAt = this.#o.state.version;
         const dryRun = this.#o.authorizer.authorize(up.workload, port, attrs);
         const client_ = { ip: source.ip, port: client.remotePort ?? 0 };
         const splice = this.#o.splice !== undefined && spliceAllowed(source, up.workload);
         const upstream = await this.#o.authorizer.connectToPod(up.workload, port, client_, timeoutMs, { splice });
-        this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream });
+        // A push while it connected judges it again now (counted and logged there, as at a push).
+        const closed = this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream, judgedAt });
+        if (closed !== undefined) throw new DeniedError(closed);
         if (dryRun) this.#dryRun.set(upstream, dryRunLogFields(dryRun));
         return upstream;
       }

@@ -157,6 +157,8 @@ export class PlaintextInbound {
     }
     const where = { dst_workload: dest.name, dst_namespace: dest.namespace };
     let dryRun;
+    // What the judgement reads: a push while the pod connect is in flight is judged at track.
+    const judgedAt = o.state.version;
     try {
       dryRun = o.delivery.authorizePlaintext(dest, dst.port, client.ip);
     } catch (err) {
@@ -169,10 +171,16 @@ export class PlaintextInbound {
     let upstream: import('node:stream').Duplex;
     try {
       upstream = await o.delivery.connectToPod(dest, dst.port, client, o.connectTimeoutMs ?? 5_000);
-      o.delivery.track({ dest, port: dst.port, source: { sourceIp: client.ip }, upstream, plaintext: true });
     } catch (err) {
       o.metrics.failed.inc({ reporter: 'destination', reason: 'connect' });
       o.accessLog({ ...log, ...where, error: (err as Error).message });
+      socket.resetAndDestroy();
+      return;
+    }
+    // A push while it connected judges it again now (counted and logged there, as at a push).
+    const closed = o.delivery.track({ dest, port: dst.port, source: { sourceIp: client.ip }, upstream, plaintext: true, judgedAt });
+    if (closed !== undefined) {
+      if (this.#refusalLogBudget.take()) o.accessLog({ ...log, ...where, denied: closed });
       socket.resetAndDestroy();
       return;
     }

@@ -51,7 +51,7 @@ function setup() {
   const open = (throughGateway: boolean, principal = REMOTE) => {
     const upstream = new PassThrough();
     assert.equal(state.gatewayRefusal(echo.ip, 8080, principal), undefined, 'carried at its CONNECT');
-    delivery.track({ dest: state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: principal }, upstream, ...(throughGateway ? { throughGateway } : {}) });
+    delivery.track({ dest: state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: principal }, upstream, judgedAt: state.version, ...(throughGateway ? { throughGateway } : {}) });
     return upstream;
   };
   return { state, delivery, metrics, records, config, open, push };
@@ -106,4 +106,75 @@ test('a waypoint withdrawn closes what only its identity was carried to: a push 
   assert.equal(s.push({ ...guarded, waypoints: [] }), 1);
   assert.equal(fromWaypoint.destroyed, true);
   assert.equal(await denied(s.metrics, 'behind_waypoint'), 1);
+});
+
+// A delivery is judged before its pod connect and tracked after it: a push applied while it
+// connected is one reauthorize did not see (it was not open yet), so it came in under the old
+// rules and kept them until a later push. ztunnel's connection manager judges a connection it
+// registers against the current policies (istio/ztunnel src/proxy/connection_manager.rs); here
+// track judges it again at once when the state moved on since its judgement (judgedAt), by the
+// gateway's rules and the policies alike.
+test('a delivery whose judgement straddled a push is judged again when tracked: one the gateway no longer carries, or a new DENY names, is closed at once, counted once and named; one judged by the current config is not judged again', async () => {
+  const s = setup();
+  // Judged at its CONNECT, then the Service is withdrawn while the pod connect is in flight.
+  const judgedAt = s.state.version;
+  assert.equal(s.state.gatewayRefusal(echo.ip, 8080, REMOTE), undefined);
+  s.push({ ...s.config, services: [] });
+  const carried = new PassThrough();
+  const closed = s.delivery.track({ dest: echo, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: REMOTE }, upstream: carried, throughGateway: true, judgedAt });
+  assert.match(String(closed), /10\.77\.1\.2:8080 is not an endpoint of a Service this cluster exports/);
+  assert.equal(carried.destroyed, true);
+  assert.equal(await denied(s.metrics, 'not_exported'), 1, 'counted once');
+  const lines = s.records.filter((r) => r.msg === 'open connection closed: the east-west gateway no longer carries it');
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0]!.fields?.['label'], 'not_exported');
+  // Closed, it is not judged (or counted) again at the next push.
+  assert.equal(s.push({ ...s.config, services: [], policies: [] }), 0);
+  assert.equal(await denied(s.metrics, 'not_exported'), 1);
+
+  // The policies alike: a DENY of the caller arrives while it connects.
+  const p = setup();
+  const before = p.state.version;
+  const deny = { name: 'no-remote', namespace: 'demo', action: 'DENY' as const, scope: 'workload' as const, selector: { app: 'echo' }, rules: [{ from: [{ principals: [REMOTE] }], to: [], when: [], layer: 'L4' as const }], layer: 'L4' as const };
+  p.push({ ...p.config, policies: [deny] });
+  const local = new PassThrough();
+  assert.notEqual(p.delivery.track({ dest: echo, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: REMOTE }, upstream: local, judgedAt: before }), undefined);
+  assert.equal(local.destroyed, true);
+  assert.equal(await denied(p.metrics, 'policy'), 1, 'counted once');
+  assert.equal(p.records.filter((r) => r.msg === 'open connection closed: the policies no longer allow it').length, 1);
+  // Judged by the config in force: tracked as it is (no second evaluation, no count).
+  const current = new PassThrough();
+  assert.equal(p.delivery.track({ dest: echo, port: 8080, source: { sourceIp: '10.88.0.9', sourcePrincipal: id('demo', 'other') }, upstream: current, judgedAt: p.state.version }), undefined);
+  assert.equal(current.destroyed, false);
+  assert.equal(await denied(p.metrics, 'policy'), 1);
+});
+
+// Every endpoint change anywhere in the mesh is a Services push. What it can change for an open
+// delivery is the gateway's rules (the deliveries the gateway carried) and whose address a
+// plaintext client's is; a push changing only the policies or workloads cannot change what the
+// gateway carries, so it asks nothing of the exported pods (built from every Service's
+// endpoints and ports).
+test('a push judges only what it can change: a policies or workloads push asks nothing of the gateway\'s rules; a Services push looks at no delivery from this network', async () => {
+  const s = setup();
+  let askedGateway = 0;
+  const gatewayRefusal = s.state.gatewayRefusal.bind(s.state);
+  s.state.gatewayRefusal = (...a) => { askedGateway++; return gatewayRefusal(...a); };
+  let lookedUp = 0;
+  const localWorkload = s.state.localWorkload.bind(s.state);
+  s.state.localWorkload = (ip) => { lookedUp++; return localWorkload(ip); };
+  const carried = open(s, true);
+  const locals = Array.from({ length: 10 }, () => open(s, false));
+  askedGateway = 0;
+  lookedUp = 0;
+  // Policies and workloads only (a new array each, the Services as they were).
+  const pushed = { ...s.config, policies: [], workloads: [...s.config.workloads] };
+  assert.equal(s.push(pushed), 0);
+  assert.equal(askedGateway, 0, 'the gateway\'s rules are not asked when no Service or waypoint changed');
+  assert.equal(carried.destroyed, false);
+  // Services only: the one delivery the gateway carried is judged, the ten from this network not looked at.
+  lookedUp = 0;
+  assert.equal(s.push({ ...pushed, services: [{ ...svc }] }), 0);
+  assert.equal(askedGateway, 1);
+  assert.equal(lookedUp, 1, 'only the gateway\'s delivery');
+  assert.ok(locals.every((l) => !l.destroyed));
 });

@@ -354,3 +354,41 @@ test('a CONNECT an AuthorizationPolicy refuses is counted once in weft_connectio
   assert.deepEqual(series.map((v) => [v.labels['reason'], v.value]), [['policy', 1]], JSON.stringify(series.map((v) => v.labels)));
   assert.deepEqual(lines.filter((l) => l.includes('HBONE refused')), [], 'Delivery.authorize logged the denial; the HBONE server\'s report of it is not a second line');
 });
+
+// A CONNECT is judged before the pod connect and its delivery tracked after it: a push applied
+// while the pod connect was in flight was not seen until a later push (ztunnel judges a connection
+// against the policies in force when it registers it, src/proxy/connection_manager.rs). Now the
+// delivery is judged again when tracked, and the CONNECT refused (403), counted once and named.
+test('a DENY pushed while the pod connect is in flight refuses the CONNECT (403) once connected: the pod connection closed, counted once (reason policy) and logged', async () => {
+  const ca = createTestCa();
+  const lines: string[] = [];
+  const podSide: import('node:net').Socket[] = [];
+  let podEnded = 0;
+  const app = await tcpServer((s) => { podSide.push(s); s.on('error', () => {}); s.once('end', () => podEnded++); s.once('close', () => podEnded++); s.resume(); });
+  cleanups.push(() => { for (const s of podSide) s.destroy(); app.server.close(); });
+  const { LocalDelivery } = await import('../../agent/src/delivery.ts');
+  let state: AgentState | undefined;
+  const log = jsonLogger('agent', 'info', (l) => lines.push(l));
+  const deny = { name: 'no-client', namespace: 'demo', action: 'DENY' as const, scope: 'workload' as const, selector: { app: 'echo' }, rules: [{ from: [{ principals: [CLIENT.spiffeId] }], to: [], when: [], layer: 'L4' as const }], layer: 'L4' as const };
+  let delivery: InstanceType<typeof LocalDelivery> | undefined;
+  const { inbound, metrics: inboundMetrics, port } = await startInbound(ca, {
+    authorize: (...a: Parameters<InstanceType<typeof LocalDelivery>['authorize']>) => delivery!.authorize(...a),
+    track: (d: Parameters<InstanceType<typeof LocalDelivery>['track']>[0]) => delivery!.track(d),
+    connectToPod: async () => {
+      // The push lands while the pod connect is in flight.
+      const next = { ...state!.current, policies: [deny] };
+      state!.apply(next);
+      delivery!.configApplied(next);
+      return connectTcp(`127.0.0.1:${app.port}`, { timeoutMs: 5_000 });
+    },
+  }, { log, prepare: (s) => { state = s; } });
+  delivery = new LocalDelivery({ state: state!, metrics: inboundMetrics, log, datapath: { registerPeer() {}, unregisterPeer() { return true; }, tagAgentSocket() {} } });
+  delivery.configApplied(state!.current);
+  assert.equal(await connectStatus(await peer(port, ca.issue(CLIENT.spiffeId)), `${DEST.ip}:${app.port}`), 403);
+  await until('the pod connection closed', () => podSide.length === 1 && podEnded > 0, 5_000);
+  const counted = (await inboundMetrics.denied.get()).values.filter((v) => v.value > 0);
+  assert.deepEqual(counted.map((v) => [v.labels['reason'], v.value]), [['policy', 1]], 'counted once, as the policy\'s no');
+  assert.equal(inbound.server.stats().refusals.denied, 1);
+  await until('logged', () => lines.some((l) => l.includes('open connection closed: the policies no longer allow it') && l.includes('demo/no-client')), 5_000);
+  assert.ok(!lines.some((l) => l.includes('"HBONE refused"')), 'not logged again as a refusal');
+});

@@ -98,13 +98,13 @@ test('plaintext opened while the pod was PERMISSIVE is closed when it, or its po
     const s = setup([], [client, remote, before]);
     assert.deepEqual(judge(s, 8080, '192.0.2.7'), { delivered: true });
     const upstream = new PassThrough();
-    s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '192.0.2.7' }, upstream, plaintext: true });
+    s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '192.0.2.7' }, upstream, plaintext: true, judgedAt: s.state.version });
     // A mesh client's delivery to the same pod is not plaintext: it stays.
     const meshed = new PassThrough();
-    s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: meshed });
+    s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: meshed, judgedAt: s.state.version });
     s.state.apply({ ...s.config, workloads: [client, remote, { ...echo, mode: 'STRICT' }] });
     // Only the workloads changed (the mode is compiled into them), as the agent says.
-    assert.equal(s.delivery.reauthorize(false), 1);
+    assert.equal(s.delivery.reauthorize({ workloads: true }), 1);
     assert.equal(upstream.destroyed, true);
     assert.equal(meshed.destroyed, false);
     assert.equal(await denied(s.metrics, 'plaintext_strict'), 1);
@@ -131,27 +131,27 @@ test('a workload change re-judges only the deliveries it concerns: none for an u
   const s = setup([audit, locked]);
   const evaluations = () => s.records.filter((r) => r.msg === 'connection audited').length;
   const meshed = new PassThrough();
-  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: meshed });
+  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: meshed, judgedAt: s.state.version });
   const plain = new PassThrough();
-  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '192.0.2.7' }, upstream: plain, plaintext: true });
+  s.delivery.track({ dest: s.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: '192.0.2.7' }, upstream: plain, plaintext: true, judgedAt: s.state.version });
   // Another pod's labels change: nothing to judge again.
   s.state.apply({ ...s.config, workloads: [client, { ...remote, labels: { app: 'remote', v: '2' } }, echo] });
-  assert.equal(s.delivery.reauthorize(false), 0);
+  assert.equal(s.delivery.reauthorize({ workloads: true }), 0);
   assert.equal(evaluations(), 0, 'no evaluation for an unrelated workload change');
   // The client's address becomes a mesh workload's: the plaintext one is judged again (and passes), not the meshed one.
   const impostor = workload('moved', 'node2', '192.0.2.7');
   s.state.apply({ ...s.config, workloads: [client, remote, echo, impostor] });
-  assert.equal(s.delivery.reauthorize(false), 0);
+  assert.equal(s.delivery.reauthorize({ workloads: true }), 0);
   assert.equal(evaluations(), 1, 'the plaintext delivery whose client address changed owner');
   // The destination's labels now select the DENY: both are closed, and counted.
   s.state.apply({ ...s.config, workloads: [client, remote, { ...echo, labels: { app: 'echo', tier: 'locked' } }, impostor] });
-  assert.equal(s.delivery.reauthorize(false), 2);
+  assert.equal(s.delivery.reauthorize({ workloads: true }), 2);
   assert.equal(meshed.destroyed, true);
   assert.equal(plain.destroyed, true);
   assert.equal(await denied(s.metrics, 'policy'), 2);
   // A policy change judges every open delivery, whatever changed.
   const s2 = setup([audit]);
-  s2.delivery.track({ dest: s2.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: new PassThrough() });
-  assert.equal(s2.delivery.reauthorize(true), 0);
+  s2.delivery.track({ dest: s2.state.localWorkload(echo.ip)!, port: 8080, source: { sourceIp: client.ip, sourcePrincipal: client.spiffeId }, upstream: new PassThrough(), judgedAt: s2.state.version });
+  assert.equal(s2.delivery.reauthorize({ policies: true }), 0);
   assert.equal(s2.records.filter((r) => r.msg === 'connection audited').length, 1);
 });

@@ -421,7 +421,7 @@ test('an open connection a dry-run DENY names is closed once the annotation is r
   const source = { sourcePrincipal: OTHER, sourceIp: '10.1.0.1' };
   delivery.authorize(db, 8080, source);
   const upstream = new PassThrough();
-  delivery.track({ dest: db, port: 8080, source, upstream });
+  delivery.track({ dest: db, port: 8080, source, upstream, judgedAt: state.version });
   assert.equal(delivery.reauthorize(), 0, 'still in dry run: kept open');
   assert.equal(await dryRunCount(metrics, { authz_dry_run_result: 'denied' }), 1, 'counted once, at the connection');
   state.apply(meshOf([annotated(denyCaller('deny-other', OTHER), 'false')]).config);
