@@ -764,16 +764,18 @@ export function sharedWaypointAccounts(inputs: Pick<MeshInputs, 'pods' | 'waypoi
   return out;
 }
 
-/** Node addresses: a Node object's InternalIP (else ExternalIP), else the hostIP of the first pod listed on it. */
+/** Node addresses: a Node object's InternalIP (else ExternalIP), else the hostIP of the first pod listed on it, in canonicalIp's spelling (as every agent's config check requires). */
 export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<string, string> {
   const nodeIps = new Map<string, string>();
   for (const pod of inputs.pods) {
     const node = pod.spec.nodeName;
-    if (node && pod.status?.hostIP && !nodeIps.has(node) && canonicalIp(pod.status.hostIP) !== undefined) nodeIps.set(node, pod.status.hostIP);
+    const at = node && pod.status?.hostIP && !nodeIps.has(node) ? canonicalIp(pod.status.hostIP) : undefined;
+    if (at !== undefined) nodeIps.set(node!, at);
   }
   for (const n of inputs.nodes) {
     const addr = nodeAddressOf(n);
-    if (addr !== undefined && canonicalIp(addr) !== undefined) nodeIps.set(n.metadata.name, addr);
+    const at = addr !== undefined ? canonicalIp(addr) : undefined;
+    if (at !== undefined) nodeIps.set(n.metadata.name, at);
   }
   return nodeIps;
 }
@@ -994,7 +996,8 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
           // An address spelt as a pod holds it is already in canonicalIp's spelling (byIp's keys are).
           const at = index.byIp.has(ip) ? ip : canonicalIp(ip);
           refs.push(at ?? ip);
-          // Not an address a mesh object may hold (validation refuses it: a zone, fe80::1%eth0): no endpoint.
+          // Not an address a mesh object may hold (validation refuses it: a zone, fe80::1%eth0): no
+          // endpoint. One in another spelling (validation refuses it too) is the endpoint at `at`.
           if (at === undefined) continue;
           // The pod holding the address: targetRef picks among pods sharing one (host network) only
           // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
@@ -1008,7 +1011,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
             const target = match?.port ?? (typeof sp.targetPort === 'number' ? sp.targetPort : undefined);
             if (target !== undefined) epPorts[String(sp.port)] = target;
           }
-          endpoints.push(endpointOf(w, ip, ep.nodeName ?? w?.node ?? '', env.nodeIps, sharedPorts(epPorts), ports, ep.conditions?.ready !== false, ns));
+          endpoints.push(endpointOf(w, at, ep.nodeName ?? w?.node ?? '', env.nodeIps, sharedPorts(epPorts), ports, ep.conditions?.ready !== false, ns));
         }
       }
     }

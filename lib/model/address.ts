@@ -1,24 +1,49 @@
 // IP addresses as the mesh takes them from its objects, its remotes and its flags: one check of
-// what may be an address (ipProblem), one spelling to compare them in (canonicalIp), and the
-// addresses no Service, endpoint, node or waypoint may have (isServiceAddress).
+// what may be an address (ipProblem: one, written in its one spelling), that spelling, to compare
+// them in (canonicalIp), and the addresses no Service, endpoint, node or waypoint may have
+// (isServiceAddress).
 import { BlockList, isIP } from 'node:net';
+
+/**
+ * Why `s` is not an IP address at all, undefined when it is one in some spelling: not one net.isIP
+ * takes, or an IPv6 address with a zone (`fe80::1%eth0`, `::1%lo`, RFC 4007 11.2), which net.isIP
+ * admits: a zone names an interface of one host, not an address another host can reach; the
+ * Kubernetes API server refuses one (netutils.ParseIPSloppy), the URL parser throws on it and the
+ * agent's BPF codec would drop it. What a value that is matched by prefix (a policy's ipBlocks,
+ * lib/policy/keys.ts cidrProblem) must be; an address the mesh compares as a string must also be
+ * in its one spelling (ipProblem).
+ */
+export function addressProblem(s: string, family?: 4 | 6): string | undefined {
+  const f = isIP(s);
+  if (f === 0) return `${JSON.stringify(s)} is not an ${family ? `IPv${family}` : 'IP'} address`;
+  if (s.includes('%')) return `${JSON.stringify(s)} is not an address a mesh object may hold: it has a zone (%${s.slice(s.indexOf('%') + 1)}), which names an interface of one host (RFC 4007 11.2)`;
+  return undefined;
+}
 
 /**
  * Why `s` is not an IP address a mesh object may hold (of `family`, when given), undefined when it
  * is one. Every check of an address from tenant input (objects of the API server or of a config
  * directory, a remote cluster's export, the config an agent or waypoint is sent) goes through
- * this. An IPv6 address with a zone (`fe80::1%eth0`, `::1%lo`, RFC 4007 11.2) is none, though
- * net.isIP admits it: a zone names an interface of one host, not an address another host can
- * reach; the Kubernetes API server refuses one (netutils.ParseIPSloppy); canonicalIp has no
- * spelling for it (the URL parser throws on it); and the agent's BPF codec would drop the zone, so
- * `fd00::1%x` would be `fd00::1` in the kernel while every string comparison (conflicting cluster
- * IPs, address owners) took them for two.
+ * this. The address must be one (addressProblem: a zone is none) and be written in its one
+ * spelling (canonicalIp): an IPv6 address lower-case and compressed (RFC 5952 4), an IPv4 address
+ * as such, never IPv4-mapped (`::ffff:10.0.0.1`, RFC 4291 2.5.5.2). Every comparison of addresses
+ * in the mesh (a Service's cluster IP held twice, an imported VIP in use here, an address's owner)
+ * is a string comparison, while the agent's BPF codec writes `FD00::10`, `fd00:0::10` and
+ * `fd00::10` to one map key: two spellings of one address would be two addresses to the first and
+ * one in the kernel. Kubernetes refuses IPv4-mapped addresses (KEP-4858, StrictIPCIDRValidation)
+ * and warns of other non-canonical IPv6 ("should be in RFC 5952 canonical format"), writing the
+ * addresses it sets itself canonically; the refusal names the spelling to write.
  */
 export function ipProblem(s: string, family?: 4 | 6): string | undefined {
-  const f = isIP(s);
-  if (f === 0) return `${JSON.stringify(s)} is not an ${family ? `IPv${family}` : 'IP'} address`;
-  if (s.includes('%')) return `${JSON.stringify(s)} is not an address a mesh object may hold: it has a zone (%${s.slice(s.indexOf('%') + 1)}), which names an interface of one host (RFC 4007 11.2)`;
-  if (family !== undefined && f !== family) return `${JSON.stringify(s)} is not an IPv${family} address`;
+  const bad = addressProblem(s, family);
+  if (bad) return bad;
+  const c = spelling(s);
+  if (c !== s) {
+    return isIP(c) === 4
+      ? `${JSON.stringify(s)} is an IPv4-mapped IPv6 address (RFC 4291 2.5.5.2): write the IPv4 address ${c}`
+      : `${JSON.stringify(s)} is not in RFC 5952 canonical form: write ${c}`;
+  }
+  if (family !== undefined && isIP(s) !== family) return `${JSON.stringify(s)} is not an IPv${family} address`;
   return undefined;
 }
 
@@ -40,11 +65,16 @@ const NOT_SERVICE_ADDRESSES = (() => {
  * An IP address in one spelling, so that addresses compare as strings: an IPv4-mapped IPv6 address
  * (`::ffff:10.0.0.1`, `::ffff:a00:1`) as the IPv4 address, an IPv6 address lower-case and
  * compressed (RFC 5952, as the WHATWG URL parser writes it), an IPv4 address unchanged. Undefined
- * for anything ipProblem refuses, an IPv6 address with a zone (`fe80::1%eth0`) too: the URL parser
- * throws on one. Never throws.
+ * for anything addressProblem refuses, an IPv6 address with a zone (`fe80::1%eth0`) too: the URL
+ * parser throws on one. Never throws. Tenant input must already be in this spelling (ipProblem);
+ * this reads what the mesh did not write (a socket's peer address, a waypoint's status).
  */
 export function canonicalIp(ip: string): string | undefined {
-  if (ipProblem(ip) !== undefined) return undefined;
+  return addressProblem(ip) === undefined ? spelling(ip) : undefined;
+}
+
+/** canonicalIp of an address addressProblem takes. */
+function spelling(ip: string): string {
   if (isIP(ip) === 4) return ip;
   const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
   const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);

@@ -18,7 +18,7 @@
 // matches and a DENY rule is narrowed to its L4 parts. Refusing them would be worse than Istio: a
 // refused ALLOW is not in force, and with no other ALLOW its scope is open.
 import { isIP } from 'node:net';
-import { ipProblem } from '../model/address.ts';
+import { addressProblem } from '../model/address.ts';
 import { escapeRegex, regexProblem } from '../regex.ts';
 
 /** Where an attribute can be seen. */
@@ -155,15 +155,16 @@ export function isCidr(s: string): boolean {
   return cidrProblem(s) === undefined;
 }
 
-/** Why `s` is not an IP address or a CIDR block with a valid prefix length, or undefined (its address as ipProblem judges one: no zone). */
+/** Why `s` is not an IP address or a CIDR block with a valid prefix length, or undefined (its address as addressProblem judges one: no zone). */
 export function cidrProblem(s: string): string | undefined {
   const slash = s.indexOf('/');
   const addr = slash < 0 ? s : s.slice(0, slash);
   const family = isIP(addr);
   const notOne = `${JSON.stringify(s)} is not an IP address or CIDR block`;
   if (family === 0) return notOne;
-  // A zone (fe80::1%eth0) names no peer's address.
-  const why = ipProblem(addr);
+  // A zone (fe80::1%eth0) names no peer's address. Matched by prefix, not as a string
+  // (lib/policy/authz.ts blockList), any spelling Istio's netip parse takes is one (FD00::/8).
+  const why = addressProblem(addr);
   if (why) return why;
   if (slash < 0) return undefined;
   const bits = s.slice(slash + 1);
