@@ -40,6 +40,8 @@ export function validateAgentConfig(config: AgentConfig): void {
     for (const p of s.ports) port(`service ${s.namespace}/${s.name} port ${p.name}`, p.port);
     for (const e of s.endpoints) {
       if (!isAddress(e.ip)) bad(`service ${s.namespace}/${s.name} endpoint`, e.ip);
+      // Dialled for HBONE (the waypoint's config check tests it too).
+      if (e.nodeIp && !isAddress(e.nodeIp)) bad(`service ${s.namespace}/${s.name} endpoint ${e.ip} nodeIp`, e.nodeIp);
       if (e.gateway) {
         if (!isAddress(e.gateway.address)) bad(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway`, e.gateway.address);
         port(`service ${s.namespace}/${s.name} endpoint ${e.ip} gateway port`, e.gateway.port);

@@ -141,3 +141,14 @@ test('an agent sent an address in another spelling (a VIP, an endpoint, an endpo
   assert.throws(() => agent(service('10.96.0.1', '::ffff:10.1.0.1', '192.168.0.1')), /service shop\/web endpoint: "::ffff:10\.1\.0\.1" is an IPv4-mapped/);
   agent(service('fd00::10', '10.1.0.1', '192.168.0.1'));
 });
+
+// The agent dials an endpoint's nodeIp for HBONE (the waypoint's config check tests it too): one
+// that is no address, or one in another spelling, is refused as the endpoint's own address is.
+test('an agent sent an endpoint whose nodeIp is not an address (a zone, another spelling, no address) refuses the config naming the field', () => {
+  const service = (nodeIp: string): Service => ({ name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: ['10.96.0.1'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [{ workloadUid: 'u', ip: '10.1.0.1', node: 'node-a', nodeIp, ports: { '80': 8080 }, enrolled: true, spiffeId: 'spiffe://cluster.local/ns/shop/sa/web', ready: true }] });
+  const agent = (s: Service) => validateAgentConfig({ node: 'node-a', workloads: [], services: [s], policies: [], peerAuthentications: [], waypoints: [] });
+  assert.throws(() => agent(service('fd00::1%eth0')), /service shop\/web endpoint 10\.1\.0\.1 nodeIp: "fd00::1%eth0" .*has a zone/);
+  assert.throws(() => agent(service('FD00::1')), /service shop\/web endpoint 10\.1\.0\.1 nodeIp: "FD00::1" is not in RFC 5952 canonical form: write fd00::1/);
+  assert.throws(() => agent(service('node-a')), /service shop\/web endpoint 10\.1\.0\.1 nodeIp: "node-a" is not an IP address/);
+  agent(service('fd00::1'));
+});
