@@ -125,8 +125,8 @@ export class Federation {
   readonly #exportLog: LogBudget;
   /** Remote-only Services not imported at the last merge, by `cluster/namespace/name`. */
   #refusedImports = new Map<string, ImportRefusal>();
-  /** This cluster's Services and waypoints left out of its export at the last merge (exportSelection), by `kind/namespace/name`: why. */
-  #refusedExports = new Map<string, string>();
+  /** This cluster's Services and waypoints left out of its export at the last merge (exportSelection), by `kind/namespace/name`: the reason. */
+  #refusedExports = new Map<string, ExportLeftOut['reason']>();
   /** What the export carries, chosen at each merge (exportSelection). */
   #selection: ExportSelection = { services: [], waypoints: [], left: [] };
   readonly #quota: ImportQuota;
@@ -150,7 +150,7 @@ export class Federation {
         failures: new Counter({ name: 'weft_federation_fetch_failures_total', help: 'Failed reads of a remote cluster\'s export', labelNames: ['cluster'], registers }),
         reads: new Counter({ name: 'weft_federation_export_reads_total', help: 'Reads of this cluster\'s export, by result', labelNames: ['result'], registers }),
         importRefused: new Counter({ name: 'weft_federation_import_refused_total', help: 'Services of a remote cluster (or some of their endpoints) not imported (counted when first refused), by cluster and reason (vip-in-use, waypoint, headless, no-gateway, invalid, endpoints, cluster-local, quota)', labelNames: ['cluster', 'reason'], registers }),
-        exportRefused: new Counter({ name: 'weft_federation_export_refused_total', help: 'Services (and waypoints) of this cluster left out of its export (counted when first left out), by reason (invalid: every importer would refuse it, more than 100 ports or 8 VIPs; namespace-share: its namespace is past its share of the export\'s bytes, its largest left out first)', labelNames: ['reason'], registers }),
+        exportRefused: new Counter({ name: 'weft_federation_export_refused_total', help: 'Services (and waypoints) of this cluster left out of its export (counted when first left out), by reason (invalid: every importer would refuse it, more than 100 ports or 8 VIPs; namespace-share: its namespace is past its share of the export\'s bytes, its largest Services left out first, its waypoints last; waypoint: a Service bound to a waypoint left out)', labelNames: ['reason'], registers }),
         listenerRefused: new Counter({ name: 'weft_federation_listener_refused_total', help: 'Connections the federation listener closed, by reason (too-many-connections from one source, tls-handshake failed or too slow, request-timeout: headers or request too slow, bad-request)', labelNames: ['reason'], registers }),
       };
     }
@@ -185,13 +185,14 @@ export class Federation {
    */
   #noteRefusedExports(local: MeshModel): void {
     this.#selection = exportSelection(local.services.values(), local.waypoints.values());
-    const now = new Map<string, string>();
+    const now = new Map<string, ExportLeftOut['reason']>();
     for (const x of this.#selection.left) {
       const key = `${x.kind}/${x.namespace}/${x.name}`;
-      now.set(key, x.message);
-      if (this.#refusedExports.get(key) === x.message) continue;
+      now.set(key, x.reason);
+      // By reason: an entry left out for its namespace's share stays so while pods churn and sizes move.
+      if (this.#refusedExports.get(key) === x.reason) continue;
       this.#metrics?.exportRefused.inc({ reason: x.reason });
-      if (this.#exportLog.take()) this.#o.log.warn(`${x.kind === 'Service' ? 'service' : 'waypoint'} not exported; the other namespaces' are exported`, { [x.kind === 'Service' ? 'service' : 'waypoint']: `${x.namespace}/${x.name}`, reason: x.reason, path: x.path, error: x.message });
+      if (this.#exportLog.take()) this.#o.log.warn(`${x.kind === 'Service' ? 'service' : 'waypoint'} not exported; the other namespaces' are exported`, { [x.kind === 'Service' ? 'service' : 'waypoint']: `${x.namespace}/${x.name}`, reason: x.reason, path: x.path, error: x.message, ...(x.bytes ? { bytes: x.bytes } : {}) });
     }
     this.#refusedExports = now;
   }

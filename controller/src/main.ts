@@ -381,7 +381,7 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     const send = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body, null, 2));
     const model = controller.model;
     if (path === '/debug/federation') {
-      send(federation ? { export: federation.export(), remotes: federation.status(), ...(remoteSecrets ? { refusedSecrets: remoteSecrets.refused() } : {}) } : { remotes: [] });
+      send(federation ? { export: federation.export(), leftOut: federation.leftOut(), remotes: federation.status(), ...(remoteSecrets ? { refusedSecrets: remoteSecrets.refused() } : {}) } : { remotes: [] });
     } else if (path === '/debug/model') {
       send(model ? Object.fromEntries(Object.entries(model).map(([k, m]) => [k, [...(m as Map<string, unknown>).values()]])) : {});
     } else if (path === '/debug/status') {

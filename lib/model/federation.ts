@@ -8,6 +8,7 @@
 import { ipProblem, isServiceAddress } from './address.ts';
 import { endpointTargetPort, waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
+import { LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT_NAMESPACE } from './objects.ts';
 
 /** HTTPS (mutual TLS, the controllers' and gateways' identities) path of the export. */
 export const FEDERATION_PATH = '/federation/v1/export';
@@ -185,16 +186,16 @@ export function serviceVipsProblem(vips: number): string | undefined {
 }
 
 /**
- * Why a cluster leaves one of its own Services out of its export: every importer would refuse it
- * whole (too many ports or VIPs); undefined when it exports it. Exported, such Services (Kubernetes
- * bounds neither) only made the export larger: one tenant's five Services of 40,000 ports pushed
- * it past what its readers take (MAX_EXPORT_BYTES), and every read of it failed.
+ * Why a cluster leaves one of its own Services out of its export, at which field: every importer
+ * would refuse it whole (too many ports or VIPs); undefined when it exports it. Exported, such
+ * Services (Kubernetes bounds neither) only made the export larger: one tenant's five Services of
+ * 40,000 ports pushed it past what its readers take (MAX_EXPORT_BYTES), and every read of it failed.
  */
-export function exportRefusal(s: Pick<Service, 'ports' | 'vips'>): string | undefined {
+export function exportRefusal(s: Pick<Service, 'ports' | 'vips'>): { path: string; message: string } | undefined {
   const ports = servicePortsProblem(s.ports.length);
-  if (ports) return `ports: ${ports}`;
+  if (ports) return { path: 'spec.ports', message: `ports: ${ports}` };
   const vips = serviceVipsProblem(s.vips.length);
-  return vips ? `vips: ${vips}` : undefined;
+  return vips ? { path: 'spec.clusterIPs', message: `vips: ${vips}` } : undefined;
 }
 
 /**
@@ -218,12 +219,20 @@ export interface ExportLeftOut {
   name: string;
   /**
    * `invalid`: every importer refuses it whole (exportRefusal); `namespace-share`: its namespace's
-   * entries are past the namespace's share of the export's bytes, and it is among the largest.
+   * entries are past the namespace's share of the export's bytes, and it is among the largest (a
+   * waypoint only once none of its namespace's Services is left to leave out); `waypoint`: a
+   * Service bound to a waypoint of this cluster left out (each importer would refuse it).
    */
-  reason: 'invalid' | 'namespace-share';
-  /** The field at fault (`spec.ports`, `spec.clusterIPs`; `metadata.namespace` for the share). */
+  reason: 'invalid' | 'namespace-share' | 'waypoint';
+  /** The field at fault (`spec.ports`, `spec.clusterIPs`; `metadata.namespace` for the share; the binding's label for `waypoint`). */
   path: string;
+  /**
+   * Why, in words that stay the same while the reason does (the controller counts, logs and writes
+   * a finding when it changes, not at every change of the export's sizes).
+   */
   message: string;
+  /** The sizes behind a `namespace-share` cut, which change with every pod (`/debug/federation`). */
+  bytes?: { entry: number; namespace: number; share: number };
 }
 
 /** What a cluster's export carries of its own Services and waypoints, and what it leaves out. */
@@ -288,7 +297,9 @@ export function fairShares(demands: ReadonlyMap<string, number>, total: number):
  * (Services and waypoints, measured by exportEntryBytes) are given an even share of what the
  * envelope leaves, what a smaller namespace does not use going to the larger ones (max-min
  * fairness): a namespace within its share keeps everything, whatever the others do; one past it
- * loses its own largest entries first (then by name), until the rest fits. Deterministic, so the
+ * loses its own largest Services first (then by name), its waypoints only once none of its
+ * Services is left, until the rest fits; a Service bound to a waypoint left out is left out too
+ * (`waypoint`: every importer would refuse it). Deterministic, so the
  * controller that serves the export, its east-west gateway that reads it and every agent that
  * judges its gateway port by it (exportedPods) agree on what is exported.
  */
@@ -307,7 +318,7 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
     if (s.cluster !== undefined || isClusterLocal(s.namespace, s.name)) continue;
     const why = exportRefusal(s);
     if (why !== undefined) {
-      left.push({ kind: 'Service', namespace: s.namespace, name: s.name, reason: 'invalid', path: why.startsWith('ports') ? 'spec.ports' : 'spec.clusterIPs', message: `not exported to other clusters: every importer would refuse it (${why})` });
+      left.push({ kind: 'Service', namespace: s.namespace, name: s.name, reason: 'invalid', path: why.path, message: `not exported to other clusters: every importer would refuse it (${why.message})` });
       continue;
     }
     const own = ownService(s);
@@ -324,21 +335,37 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
     add(e);
   }
   const shares = fairShares(new Map([...byNs].map(([namespace, ns]) => [namespace, ns.bytes])), maxBytes - EXPORT_ENVELOPE_BYTES);
+  const cutWaypoints = new Set<string>();
   for (const [namespace, ns] of byNs) {
     const share = shares.get(namespace)!;
     if (ns.bytes <= share) continue;
-    // Its largest entries out first (then by kind and name), until the rest fits its share.
-    const largest = [...ns.entries].sort((a, b) => b.bytes - a.bytes || (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : 0) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    // Its largest Services out first (then by name), until the rest fits its share; its waypoints
+    // only once no Service of it is left: a waypoint left out takes every Service bound to it
+    // (of any namespace) out of every importer, where a Service left out costs only itself.
+    const largest = [...ns.entries].sort((a, b) => (a.kind === 'Waypoint' ? 1 : 0) - (b.kind === 'Waypoint' ? 1 : 0) || b.bytes - a.bytes || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     let bytes = ns.bytes;
     for (const e of largest) {
       if (bytes <= share) break;
       e.out = true;
       bytes -= e.bytes;
+      if (e.kind === 'Waypoint') cutWaypoints.add(`${namespace}/${e.name}`);
       left.push({
         kind: e.kind, namespace, name: e.name, reason: 'namespace-share', path: 'metadata.namespace',
-        message: `not exported to other clusters: namespace ${namespace}'s Services and waypoints take ${ns.bytes} bytes of the export, past its share of ${share} (the export's readers take ${maxBytes} bytes, shared evenly by the ${byNs.size} namespaces that export, what one does not use going to the others); its largest are left out first, this one of ${e.bytes} bytes`,
+        message: `not exported to other clusters: namespace ${namespace}'s Services and waypoints are past its share of the export's bytes (its readers take ${maxBytes} bytes, shared evenly by the namespaces that export, what one does not use going to the others); its largest Services are left out first, its waypoints last (sizes: /debug/federation)`,
+        bytes: { entry: e.bytes, namespace: ns.bytes, share },
       });
     }
+  }
+  // A Service bound to a waypoint left out: every importer would refuse it (its waypoint is not in
+  // the export); left out here too, and named, so its owner sees why.
+  for (const [s, e] of svcs) {
+    const w = s.waypoint;
+    if (e.out || !w || w.cluster !== undefined || !cutWaypoints.has(`${w.namespace}/${w.name}`)) continue;
+    e.out = true;
+    left.push({
+      kind: 'Service', namespace: s.namespace, name: s.name, reason: 'waypoint', path: `metadata.labels["${w.namespace !== s.namespace ? LABEL_USE_WAYPOINT_NAMESPACE : LABEL_USE_WAYPOINT}"]`,
+      message: `not exported to other clusters: it goes through waypoint ${w.namespace}/${w.name}, which is left out of the export (namespace ${w.namespace} is past its share of the export's bytes), and no cluster reaches it around that waypoint`,
+    });
   }
   return { services: svcs.filter(([, e]) => !e.out).map(([s]) => s), waypoints: wps.filter(([, e]) => !e.out).map(([w]) => w), left };
 }

@@ -377,9 +377,25 @@ test('attack: one namespace\'s Services past the export\'s 16 MiB cost only that
   const left = exporter.fed.leftOut();
   assert.ok(left.length > 0 && left.every((x) => x.namespace === 'aaa' && x.reason === 'namespace-share' && x.path === 'metadata.namespace'));
   assert.equal(left.length + [...exported].filter((k) => k.startsWith('aaa/')).length, 2_000);
-  assert.match(left[0]!.message, /namespace aaa's Services and waypoints take \d+ bytes of the export, past its share of \d+/);
+  assert.match(left[0]!.message, /namespace aaa's Services and waypoints are past its share of the export's bytes/);
+  // The sizes, which move with every pod, are beside the message (/debug/federation), not in it.
+  assert.ok(left[0]!.bytes && left[0]!.bytes.namespace > left[0]!.bytes.share && left[0]!.bytes.entry > 0, JSON.stringify(left[0]!.bytes));
+  for (const n of Object.values(left[0]!.bytes!)) assert.ok(!left[0]!.message.includes(String(n)), `${n} in ${left[0]!.message}`);
   assert.match(await exporter.metrics(), new RegExp(`^weft_federation_export_refused_total\\{reason="namespace-share"\\} ${left.length}$`, 'm'));
   assert.ok(exporter.lines.some((l) => /not exported/.test(l.msg) && l.fields.reason === 'namespace-share' && String(l.fields.service).startsWith('aaa/')));
+  // Pods churn and the shares move: the namespace's bytes change, and what was left out stays left
+  // out for the same reason. It is not counted, logged or rewritten again (it was: the message named
+  // the sizes, and a changed message was a new refusal).
+  const logged = exporter.lines.filter((l) => /not exported/.test(l.msg)).length;
+  const churned = model([...local.services.values()].map((s) => (s.namespace === 'aaa' ? { ...s, endpoints: [...s.endpoints, ep('10.72.0.1', { workloadUid: 'new' })] } : s)));
+  exporter.fed.merge(churned);
+  const again = exporter.fed.leftOut().filter((x) => x.namespace === 'aaa');
+  assert.ok(again.length >= left.length && again.some((x) => x.bytes!.namespace !== left[0]!.bytes!.namespace), 'the sizes moved');
+  const grew = again.length - left.filter((x) => again.some((y) => y.name === x.name)).length;
+  assert.match(await exporter.metrics(), new RegExp(`^weft_federation_export_refused_total\\{reason="namespace-share"\\} ${left.length + grew}$`, 'm'), 'only entries newly left out are counted');
+  const before = new Set(left.map((x) => `aaa/${x.name}`));
+  assert.deepEqual(exporter.lines.filter((l) => /not exported/.test(l.msg)).slice(logged).filter((l) => before.has(String(l.fields.service))), [], 'only entries newly left out are logged');
+  assert.deepEqual(new Set(again.map((x) => x.message)).size, 1, 'one stable message for the namespace');
   // An agent of the cluster judges its gateway port by the same selection from its own copy of the
   // model, which has other clusters' endpoints merged in and their Services beside.
   const asAnAgentHasThem = [...local.services.values()].map((s) => ({ ...s, endpoints: [...s.endpoints, ep('10.79.0.1', { cluster: 'cluster3' })] }));

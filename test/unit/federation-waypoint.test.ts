@@ -7,7 +7,7 @@
 // exports and merges, and where the caller's agent sends the connection.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { exportedPods, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
+import { exportSelection, exportedPods, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
@@ -229,4 +229,45 @@ test('exportedPods: a Service of another namespace listing a pod (a hand-written
   const plain = exportedPods([guarded, svc('plain', { endpoints: [pod('10.78.1.1')] })], wid);
   assert.deepEqual([...plain.exported], ['10.78.1.1:8080']);
   assert.equal(plain.guards.get('10.78.1.1:8080'), undefined);
+});
+
+// A namespace past its share of the export's bytes (exportSelection) lost its largest entries
+// first, and a waypoint (~300 B) is larger than a small Service (~200 B): a tenant of thousands of
+// small Services got its waypoint left out before them, and every importer then refused each
+// Service bound to it, other namespaces' bound across to it too, with no finding for them. A
+// waypoint is left out only once none of its namespace's Services is left to leave out, and then
+// the Services bound to it are left out too (`waypoint`), each named at its binding.
+test('attack: a namespace past its export share loses its Services before its waypoint; a waypoint left out takes the Services bound to it (another namespace\'s too) out with it, each named (reason waypoint, its binding\'s label)', () => {
+  const wp = (namespace: string, name: string): Waypoint => ({ name, namespace, address: 'fd00:78::9:9', addresses: ['fd00:78::9:9', 'fd00:78::9:10', 'fd00:78::9:11', '10.78.9.9', '10.78.9.10', '10.78.9.11'], port: 15008, spiffeId: id(namespace, name), ready: true });
+  const small = Array.from({ length: 40 }, (_, i) => svc(`s${String(i).padStart(2, '0')}`, { namespace: 'aaa', hostname: `s${i}.aaa.svc.cluster.local`, vips: [`10.97.1.${i}`], endpoints: [], waypoint: { namespace: 'aaa', name: 'waypoint-with-a-long-name-to-be-the-largest-entry' } }));
+  const across = svc('front', { namespace: 'bbb', hostname: 'front.bbb.svc.cluster.local', vips: ['10.97.2.1'], endpoints: [], waypoint: { namespace: 'aaa', name: 'waypoint-with-a-long-name-to-be-the-largest-entry' } });
+  const plain = svc('plain', { namespace: 'ccc', hostname: 'plain.ccc.svc.cluster.local', vips: ['10.97.2.2'], endpoints: [] });
+  const waypoints = [wp('aaa', 'waypoint-with-a-long-name-to-be-the-largest-entry')];
+  const services = [...small, across, plain];
+  const bytes = (x: object) => Buffer.byteLength(JSON.stringify(x)) + 1;
+  assert.ok(bytes(waypoints[0]!) > bytes(small[0]!), 'the waypoint is the namespace\'s largest entry');
+  const envelope = 64 * 1024;
+  const others = bytes(across) + bytes(plain);
+  // aaa's share (what bbb's and ccc's leave): room for its waypoint and 10 of its Services.
+  const some = exportSelection(services, waypoints, envelope + others + bytes(waypoints[0]!) + 10 * bytes(small[0]!) + 5);
+  assert.deepEqual(some.waypoints.map((w) => w.name), ['waypoint-with-a-long-name-to-be-the-largest-entry'], 'the waypoint is kept while Services of its namespace are left to leave out');
+  assert.equal(some.services.filter((s) => s.namespace === 'aaa').length, 10);
+  assert.ok(some.services.some((s) => s.name === 'front'), 'the Service bound across to it is exported');
+  assert.ok(some.left.every((x) => x.kind === 'Service' && x.namespace === 'aaa' && x.reason === 'namespace-share'));
+  // aaa's share too small even for its waypoint alone: it is left out, and so is every Service bound to it.
+  const share = Math.max(bytes(across), bytes(plain)) + 1;
+  assert.ok(share < bytes(waypoints[0]!));
+  const none = exportSelection(services, waypoints, envelope + others + share);
+  assert.deepEqual(none.waypoints, []);
+  assert.deepEqual(none.services.map((s) => `${s.namespace}/${s.name}`), ['ccc/plain']);
+  const front = none.left.find((x) => x.name === 'front')!;
+  assert.deepEqual([front.kind, front.namespace, front.reason, front.path], ['Service', 'bbb', 'waypoint', 'metadata.labels["weft.dev/use-waypoint-namespace"]']);
+  assert.match(front.message, /goes through waypoint aaa\/waypoint-with-a-long-name-to-be-the-largest-entry, which is left out of the export/);
+  assert.ok(none.left.some((x) => x.kind === 'Waypoint' && x.reason === 'namespace-share'));
+  assert.equal(none.left.filter((x) => x.kind === 'Service').length, 41, 'each Service left out is named once');
+  // What the importer would have refused is not sent at all: no exported Service names a waypoint the export lacks.
+  for (const sel of [some, none]) {
+    const sent = new Set(sel.waypoints.map((w) => `${w.namespace}/${w.name}`));
+    assert.deepEqual(sel.services.filter((s) => s.waypoint && !sent.has(`${s.waypoint.namespace}/${s.waypoint.name}`)), []);
+  }
 });
