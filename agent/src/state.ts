@@ -3,7 +3,7 @@
 import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, boundWaypoint, endpointTargetPort, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
-import { exportServices, exportedPods, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
+import { exportSelection, exportedPodsOf, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 import { ipProblem } from '../../lib/model/address.ts';
 
 /** Where one captured connection goes. */
@@ -226,11 +226,12 @@ export class AgentState {
 
   /**
    * The pods' ports of this cluster the east-west gateway carries other networks' callers to, and
-   * those it carries only a waypoint's identity to (exportedPods, from the Services the export
-   * carries, as the gateway reads them): the agent judges every CONNECT on its gateway port by it.
+   * those it carries only a waypoint's identity to (exportedPodsOf the export's selection, each
+   * waypoint looked up among the export's own, as the gateway reads it): the agent judges every
+   * CONNECT on its gateway port by it.
    */
   exportedPods(): ExportedPods {
-    return (this.exported ??= exportedPods(exportServices(this.config.services, this.config.waypoints), (ref) => this.waypointFor(ref)?.spiffeId));
+    return (this.exported ??= exportedPodsOf(exportSelection(this.config.services, this.config.waypoints)));
   }
 
   /**

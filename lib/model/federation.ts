@@ -6,7 +6,7 @@
 // waypoint of its own cluster, with that waypoint, which callers elsewhere then reach as they reach
 // that cluster's endpoints (through its network's gateway).
 import { ipProblem, isServiceAddress } from './address.ts';
-import { endpointTargetPort, waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
+import { boundWaypoint, endpointTargetPort, waypointAddresses, waypointKey, waypointRefusalText, type Endpoint, type NetworkGateway, type Service, type ServicePort, type Waypoint, type WaypointRef, type Workload } from './mesh.ts';
 import type { WorkloadMeta } from './workload-meta.ts';
 import { LABEL_USE_WAYPOINT, LABEL_USE_WAYPOINT_NAMESPACE } from './objects.ts';
 
@@ -62,7 +62,7 @@ export function podTarget(ip: string, port: number): string {
 }
 
 /**
- * ExportedPods from this cluster's exported Services (exportServices; the export the east-west
+ * ExportedPods from this cluster's exported Services (exportSelection; the export the east-west
  * gateway reads): the gateway judges the outer CONNECT by it, and the node agent every CONNECT on
  * its gateway port (PORTS.hboneGateway; one inner session reaches every pod of the node), so both
  * build it from the same list. `waypointId`: the identity of a waypoint a Service or endpoint
@@ -105,6 +105,20 @@ export function exportedPods(services: Iterable<Service>, waypointId: (ref: Wayp
   const exported = new Set([...direct, ...guards.keys()]);
   for (const key of direct) guards.delete(key);
   return { exported, guards };
+}
+
+/**
+ * ExportedPods of an export as its readers take it: its Services, each waypoint looked up among the
+ * export's own waypoints only (one missing, invalid or whose binding is refused admits no one). The
+ * east-west gateway judges by the export it reads; an agent by exportSelection of its own copy of
+ * the model, so a waypoint the export leaves out is none to either.
+ */
+export function exportedPodsOf(exp: { services: Iterable<Service>; waypoints?: readonly ExportedWaypoint[] | undefined }): ExportedPods {
+  const own = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
+  return exportedPods(exp.services, (ref) => {
+    const w = boundWaypoint(ref) ? own.get(`${ref.namespace}/${ref.name}`) : undefined;
+    return w && !w.invalid ? w.spiffeId : undefined;
+  });
 }
 
 /** Why a caller is not carried to port `port` of the pod at `ip` (WaypointGuard), in the words both its judges use. */
@@ -368,11 +382,6 @@ export function exportSelection(services: Iterable<Service>, waypoints: Iterable
     });
   }
   return { services: svcs.filter(([, e]) => !e.out).map(([s]) => s), waypoints: wps.filter(([, e]) => !e.out).map(([w]) => w), left };
-}
-
-/** A cluster's own Services as its export carries them (exportSelection). */
-export function exportServices(services: Iterable<Service>, waypoints: Iterable<Waypoint>): Service[] {
-  return exportSelection(services, waypoints).services;
 }
 
 export interface ClusterExport {

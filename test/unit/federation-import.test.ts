@@ -9,7 +9,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
-import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportServices, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
+import { DEFAULT_IMPORT_QUOTA, MAX_SERVICE_PORTS, exportSelection, mergeRemoteServices, parseClusterExport, type ClusterExport } from '../../lib/model/federation.ts';
 import type { Endpoint, MeshModel, Service } from '../../lib/model/mesh.ts';
 import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { Federation, type FederationOptions } from '../../controller/src/federation.ts';
@@ -225,7 +225,7 @@ test('a remote cannot add endpoints to this cluster\'s kube-system Services or d
   assert.match(await metrics(), /^weft_federation_import_refused_total\{cluster="cluster2",reason="cluster-local"\} 3$/m);
   assert.ok(lines.some((l) => l.fields.service === 'default/kubernetes' && l.fields.reason === 'cluster-local'));
   // This cluster does not export them either (its gateway then admits no kube-system pod).
-  assert.deepEqual(exportServices(local.services.values(), []).map((s) => s.name), ['echo']);
+  assert.deepEqual(exportSelection(local.services.values(), []).services.map((s) => s.name), ['echo']);
   assert.deepEqual(fed.export().services.map((s) => s.name), ['echo']);
 });
 
@@ -400,7 +400,7 @@ test('attack: one namespace\'s Services past the export\'s 16 MiB cost only that
   // model, which has other clusters' endpoints merged in and their Services beside.
   const asAnAgentHasThem = [...local.services.values()].map((s) => ({ ...s, endpoints: [...s.endpoints, ep('10.79.0.1', { cluster: 'cluster3' })] }));
   asAnAgentHasThem.push(svc('remote-only', [ep('10.79.0.2', { cluster: 'cluster3' })], { namespace: 'zzz', vips: ['10.99.0.1'], cluster: 'cluster3' }));
-  assert.deepEqual(exportServices(asAnAgentHasThem, local.waypoints.values()).map((s) => `${s.namespace}/${s.name}`).sort(), [...exported].sort());
+  assert.deepEqual(exportSelection(asAnAgentHasThem, local.waypoints.values()).services.map((s) => `${s.namespace}/${s.name}`).sort(), [...exported].sort());
   // The importing side reads it and imports the other namespaces' Services.
   importer.fed.report('cluster2', { export: text });
   const merged = importer.fed.merge(model([]));

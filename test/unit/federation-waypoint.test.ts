@@ -7,7 +7,7 @@
 // exports and merges, and where the caller's agent sends the connection.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { exportSelection, exportedPods, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
+import { exportSelection, exportedPods, exportedPodsOf, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
@@ -270,4 +270,35 @@ test('attack: a namespace past its export share loses its Services before its wa
     const sent = new Set(sel.waypoints.map((w) => `${w.namespace}/${w.name}`));
     assert.deepEqual(sel.services.filter((s) => s.waypoint && !sent.has(`${s.waypoint.namespace}/${s.waypoint.name}`)), []);
   }
+});
+
+// The east-west gateway judges the outer CONNECT by the export it reads (eastwest/src/gateway.ts:
+// each waypoint looked up among the export's own), and every agent of the cluster each CONNECT on
+// its gateway port by its own copy of the model: the agent looked a guard's waypoint up in its
+// whole config, so a waypoint the export left out (its namespace past its share) admitted nobody
+// at the gateway and still its own identity at the agent. Both now take exportedPodsOf of one
+// selection; compared here guard by guard (pods, Services, waypoints, identities).
+test('an agent\'s gateway-port guards are the ones the east-west gateway builds from the export it reads: the same pods, Services, waypoints and identities, with another cluster\'s waypoint of the same name in the agent\'s config', () => {
+  const workload = { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'v1', cluster: 'cluster1' };
+  const own = (ip: string): Endpoint => ({ ...ep(ip), workload });
+  const localWp: Waypoint = { name: 'waypoint', namespace: 'demo', address: '10.77.1.7', port: 15008, spiffeId: id('demo', 'waypoint'), ready: true };
+  const services = [
+    svc('behind', { vips: ['10.96.0.20'], endpoints: [own('10.77.1.1'), own('10.77.1.2')], waypoint: { namespace: 'demo', name: 'waypoint' } }),
+    svc('refused', { vips: ['10.96.0.21'], endpoints: [own('10.77.1.3')], waypoint: { namespace: 'demo', name: 'waypoint', refused: 'NamespaceNotAllowed' } }),
+    svc('missing', { vips: ['10.96.0.22'], endpoints: [own('10.77.1.4')], waypoint: { namespace: 'demo', name: 'nowhere' } }),
+    svc('direct', { vips: ['10.96.0.23'], endpoints: [own('10.77.1.2'), own('10.77.1.5')] }),
+  ];
+  const fed = new Federation({ cluster: 'cluster1', network: 'network1', remotes: [], tls: () => ({ key: '', cert: '', ca: [] }), mayRead: () => false, isController: () => false, log: silentLogger });
+  fed.merge(model(services, [localWp]));
+  const atGateway = exportedPodsOf(parseClusterExport(JSON.parse(JSON.stringify(fed.export()))));
+  const imported: Waypoint = { ...localWp, spiffeId: 'spiffe://other.td/ns/demo/sa/waypoint', cluster: 'cluster2', network: 'network2', gateway: GW };
+  const agent = new AgentState('node1');
+  agent.apply({ node: 'node1', workloads: [], services, policies: [], peerAuthentications: [], waypoints: [localWp, imported] });
+  const guards = (p: ReturnType<typeof exportedPodsOf>) => [...p.guards].map(([k, g]) => [k, g.services, g.waypoints, [...g.ids]]).sort();
+  assert.deepEqual(guards(agent.exportedPods()), guards(atGateway));
+  assert.deepEqual([...agent.exportedPods().exported].sort(), [...atGateway.exported].sort());
+  assert.deepEqual(guards(atGateway).find(([k]) => k === '10.77.1.1:8080'), ['10.77.1.1:8080', ['demo/behind'], ['demo/waypoint'], [id('demo', 'waypoint')]]);
+  assert.deepEqual(guards(atGateway).find(([k]) => k === '10.77.1.3:8080')?.[3], [], 'a refused binding admits no one');
+  assert.equal(agent.gatewayRefusal('10.77.1.1', 8080, 'spiffe://other.td/ns/demo/sa/waypoint')?.label, 'behind_waypoint', 'another cluster\'s waypoint of the name is not this one');
+  assert.equal(agent.gatewayRefusal('10.77.1.1', 8080, id('demo', 'waypoint')), undefined);
 });
