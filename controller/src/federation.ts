@@ -129,6 +129,12 @@ export class Federation {
   #refusedExports = new Map<string, ExportLeftOut['reason']>();
   /** What the export carries, chosen at each merge (exportSelection). */
   #selection: ExportSelection = { services: [], waypoints: [], left: [] };
+  /**
+   * The export's JSON text, made at its first read after a merge (the selection changes only
+   * there): every east-west gateway replica and every remote reads it each second, and it may be
+   * 16 MiB.
+   */
+  #exportText: Buffer | undefined;
   readonly #quota: ImportQuota;
 
   constructor(o: FederationOptions) {
@@ -185,6 +191,7 @@ export class Federation {
    */
   #noteRefusedExports(local: MeshModel): void {
     this.#selection = exportSelection(local.services.values(), local.waypoints.values());
+    this.#exportText = undefined;
     const now = new Map<string, ExportLeftOut['reason']>();
     for (const x of this.#selection.left) {
       const key = `${x.kind}/${x.namespace}/${x.name}`;
@@ -206,6 +213,11 @@ export class Federation {
   export(): ClusterExport {
     const { services, waypoints } = this.#selection;
     return { cluster: this.#o.cluster, network: this.#o.network, ...(this.#o.gateway ? { gateway: this.#o.gateway } : {}), services, waypoints };
+  }
+
+  /** The export as the listener serves it (export()'s JSON, UTF-8), serialized once per merge. */
+  exportText(): Buffer {
+    return (this.#exportText ??= Buffer.from(JSON.stringify(this.export())));
   }
 
   /** Each remote as last read (`/debug/federation`, read by `weftctl check`): its network and gateway come from its last export. */
@@ -313,7 +325,8 @@ export class Federation {
         return;
       }
       this.#metrics?.reads.inc({ result: 'ok' });
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.export()));
+      const body = this.exportText();
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length }).end(body);
     });
     limitHttpListener(server, limits, (r) => this.#listenerRefused(r.reason, r.socket.remoteAddress, r.detail));
     this.#server = server;

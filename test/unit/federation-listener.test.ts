@@ -14,6 +14,7 @@ import { Registry } from 'prom-client';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { Federation, DEFAULT_FEDERATION_LISTENER_LIMITS, type FederationOptions } from '../../controller/src/federation.ts';
 import { FEDERATION_PATH } from '../../lib/model/federation.ts';
+import { emptyMeshModel } from '../../lib/model/mesh.ts';
 import { silentLogger, type Logger } from '../../lib/log.ts';
 import { until } from '../lab/wait.ts';
 
@@ -168,6 +169,31 @@ test('federation listener, attacker side: a peer whose certificate may not read 
       }, 3_000, { intervalMs: 100 });
     } finally {
       agent.destroy();
+    }
+  });
+});
+
+// The export may be 16 MiB and every east-west gateway replica and every remote reads it each
+// second: serializing it per request was up to 16 MiB of JSON.stringify per read. The selection
+// changes only at a merge, so its text is made once per merge.
+test('federation listener: two reads of the export without a merge serialize it once; a merge makes the next read serialize it again', async () => {
+  await withListener(undefined, async ({ fed, read }) => {
+    const stringify = JSON.stringify;
+    let serialized = 0;
+    JSON.stringify = ((v: unknown, ...rest: unknown[]) => {
+      if (v !== null && typeof v === 'object' && (v as { cluster?: unknown }).cluster === 'cluster1' && Array.isArray((v as { services?: unknown }).services)) serialized++;
+      return (stringify as (...a: unknown[]) => string)(v, ...rest);
+    }) as typeof JSON.stringify;
+    try {
+      assert.equal(await read(CONTROLLER), 200);
+      assert.equal(await read(CONTROLLER), 200);
+      assert.equal(serialized, 1, 'once for both reads');
+      fed.merge(emptyMeshModel());
+      assert.equal(await read(CONTROLLER), 200);
+      assert.equal(serialized, 2, 'again after a merge');
+      assert.equal(fed.exportText().length, Buffer.byteLength(stringify(fed.export())));
+    } finally {
+      JSON.stringify = stringify;
     }
   });
 });
