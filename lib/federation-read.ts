@@ -12,8 +12,6 @@ import { FEDERATION_PATH, MAX_EXPORT_BYTES } from './model/federation.ts';
 export const EXPORT_READ_IDLE_MS = 2_000;
 /** A whole export must be read within this. */
 export const DEFAULT_EXPORT_READ_DEADLINE_MS = 10_000;
-/** An export larger than this is refused (the exporter keeps within it: exportSelection). */
-export { MAX_EXPORT_BYTES };
 
 export interface ExportReadOptions {
   /** This side's identity and the trust bundle. */
@@ -21,6 +19,7 @@ export interface ExportReadOptions {
   /** Whether the peer's SPIFFE ID is the one expected: undefined if so, else the error to fail with. */
   checkPeer: (spiffeId: string | undefined) => Error | undefined;
   deadlineMs?: number;
+  /** Most bytes of the export (MAX_EXPORT_BYTES: the exporter keeps within it, exportSelection). */
   maxBytes?: number;
 }
 

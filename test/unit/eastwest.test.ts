@@ -815,7 +815,7 @@ test('a tunnel still connecting when a new export arrives is judged by it once c
 // gateway's start (it reads once before it listens) and every refresh after it.
 test('the gateway\'s read of its controller\'s export is bounded as the controllers\' are: an export answered a byte at a time fails at the read deadline, one past 16 MiB at the bound, each named in the log; the gateway starts regardless and refuses with no-config until a read succeeds', async (t) => {
   const { createServer: httpsServer } = await import('node:https');
-  const { MAX_EXPORT_BYTES } = await import('../../lib/federation-read.ts');
+  const { MAX_EXPORT_BYTES } = await import('../../lib/model/federation.ts');
   let mode: 'drip' | 'huge' = 'drip';
   const ctrl = httpsServer({ ...(await creds(c2, CTRL)) }, (_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
