@@ -30,9 +30,9 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { HboneServer, pooledReads, type HboneConnectDecision, type HboneConnectRequest, type HboneRefusal } from '../../lib/hbone/index.ts';
 import { DEFAULT_MAX_CONNECTIONS_PER_SOURCE } from '../../lib/hbone/server.ts';
 import { clip, LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
-import { exportedPods, parseClusterExport, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
+import { exportedPodsOf, parseClusterExport, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 import { readExport } from '../../lib/federation-read.ts';
-import { boundWaypoint, waypointAddresses } from '../../lib/model/mesh.ts';
+import { waypointAddresses } from '../../lib/model/mesh.ts';
 import { PORTS } from '../../lib/defaults.ts';
 import { KeyedCount } from '../../lib/keyed-count.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
@@ -350,12 +350,9 @@ export class EastWestGateway {
         else notEnrolled.add(e.ip);
       }
     }
-    // A waypoint missing from the export or invalid, or one the object may not use, admits no one: fail closed.
-    const ownWaypoints = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
-    const pods = exportedPods(exp.services, (ref) => {
-      const w = boundWaypoint(ref) ? ownWaypoints.get(`${ref.namespace}/${ref.name}`) : undefined;
-      return w && !w.invalid ? w.spiffeId : undefined;
-    });
+    // A waypoint missing from the export or invalid, or one the object may not use, admits no one:
+    // fail closed (the same lookup as the agent's gateway port, exportedPodsOf).
+    const pods = exportedPodsOf(exp);
     const waypointPort = new Map<string, number>();
     for (const w of exp.waypoints ?? []) {
       if (!w.ready || w.invalid) continue;
