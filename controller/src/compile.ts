@@ -1312,7 +1312,7 @@ function principalsFor(list: string[] | undefined, trustDomains: readonly string
 }
 
 /** `trustDomains`-like lists expanded to the mesh's trust domains (expandTrustDomainList). */
-function domainsFor(list: string[] | undefined, trustDomains: readonly string[]): string[] | undefined {
+function trustDomainsFor(list: string[] | undefined, trustDomains: readonly string[]): string[] | undefined {
   const given = nonEmpty(list);
   return given && expandTrustDomainList(given, trustDomains);
 }
@@ -1330,8 +1330,8 @@ function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly strin
     notPrincipals: principalsFor(s.notPrincipals, trustDomains),
     namespaces: nonEmpty(s.namespaces),
     notNamespaces: nonEmpty(s.notNamespaces),
-    trustDomains: domainsFor(s.trustDomains, trustDomains),
-    notTrustDomains: domainsFor(s.notTrustDomains, trustDomains),
+    trustDomains: trustDomainsFor(s.trustDomains, trustDomains),
+    notTrustDomains: trustDomainsFor(s.notTrustDomains, trustDomains),
     serviceAccounts: inNamespace(s.serviceAccounts, ns),
     notServiceAccounts: inNamespace(s.notServiceAccounts, ns),
     ipBlocks: nonEmpty(s.ipBlocks),
@@ -1357,7 +1357,7 @@ function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly strin
     : c.key === 'source.principal'
       ? clean({ key: c.key, values: principalsFor(c.values, trustDomains), notValues: principalsFor(c.notValues, trustDomains) })
       : c.key === 'source.trustDomain'
-        ? clean({ key: c.key, values: domainsFor(c.values, trustDomains), notValues: domainsFor(c.notValues, trustDomains) })
+        ? clean({ key: c.key, values: trustDomainsFor(c.values, trustDomains), notValues: trustDomainsFor(c.notValues, trustDomains) })
         : clean({ key: c.key, values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })));
   return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }

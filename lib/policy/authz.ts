@@ -297,16 +297,12 @@ function trustDomainOf(principal: string | undefined): string | undefined {
 
 /**
  * Istio's `trustDomains` / `source.trustDomain` (pilot srcTrustDomainGenerator, on the peer's
- * SPIFFE ID): `*` any peer with an identity; a value without `*` that trust domain exactly; one
- * `*` any characters of the trust domain there (`cluster.*`, `*.example`). Aliases are not
- * expanded, as for principals (docs/ARCHITECTURE.md).
+ * SPIFFE ID): globMatch on its trust domain (exact, `prefix*`, `*suffix`; a trust domain has no
+ * `/`), `*` any peer with an identity (a trust domain is never empty). The controller expanded the values with the
+ * trust-domain aliases (lib/policy/trust-domains.ts expandTrustDomainList).
  */
-function trustDomainMatch(value: string): (principal: string | undefined) => boolean {
-  if (value === '*') return (p) => trustDomainOf(p) !== undefined;
-  if (!value.includes('*')) return (p) => trustDomainOf(p) === value;
-  const [before, after] = [value.slice(0, value.indexOf('*')), value.slice(value.indexOf('*') + 1)];
-  const m = compileFullMatch(`${escapeRegex(before)}[^/]*${escapeRegex(after)}`, Infinity);
-  return (p) => { const td = trustDomainOf(p); return td !== undefined && m(td); };
+function trustDomainValueMatch(value: string): (principal: string | undefined) => boolean {
+  return (p) => globMatch(value, trustDomainOf(p));
 }
 
 /** A predicate true when any of `values` matches the attribute `get` reads. */
@@ -339,7 +335,7 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => { const v = get(a) as string | undefined; return matches.some((m) => m(v)); };
     }
     case 'trustDomain': {
-      const matches = values.map(trustDomainMatch);
+      const matches = values.map(trustDomainValueMatch);
       return (a) => { const v = get(a) as string | undefined; return matches.some((m) => m(v)); };
     }
     case 'method':

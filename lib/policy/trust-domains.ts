@@ -9,7 +9,7 @@
 import { DEFAULT_TRUST_DOMAIN } from '../model/mesh.ts';
 
 /** Istio's string match of two trust domains, either of which may be a pattern (bundle util.go stringMatch). */
-function trustDomainMatch(a: string, list: readonly string[]): boolean {
+function matchesBundle(a: string, list: readonly string[]): boolean {
   return list.some((s) => a === s || s === '*' || prefixMatch(a, s) || prefixMatch(s, a) || suffixMatch(a, s) || suffixMatch(s, a));
 }
 
@@ -49,23 +49,26 @@ export function expandTrustDomainAliases(principals: readonly string[], trustDom
     }
     const rest = parts.slice(1).join('/');
     // The principal itself where it already names that domain: no second copy of each string.
-    for (const d of domainsFor(td, trustDomains)) out.add(d === td ? principal : `${d}/${rest}`);
+    for (const d of principalDomains(td, trustDomains)) out.add(d === td ? principal : `${d}/${rest}`);
   }
   return [...out];
 }
 
 /**
  * The trust domains of `trustDomains` / `notTrustDomains` and the `source.trustDomain` condition
- * under the bundle, by the same rule as principals: one naming the mesh's trust domain, an alias
- * or `cluster.local` stands for every domain of the bundle (Istio expands these fields with the
- * bundle's aliases as it does principals); `*` and a foreign trust domain are kept as written.
+ * under the bundle, as Istio's ExpandTrustDomainAliases (pilot pkg/security/trustdomain/bundle.go,
+ * applied by pilot pkg/security/authz/model/model.go MigrateTrustDomain to the values and notValues
+ * of every rule keyed source.trustDomain, which all three are): a value equal to a domain of the
+ * bundle stands for every domain of it; any other is kept as written, `*`, a pattern (`old*` still
+ * matches trust domains outside the bundle) and `cluster.local` when it is not in the bundle
+ * (unlike principals, where it stands for the bundle).
  */
 export function expandTrustDomainList(domains: readonly string[], trustDomains: readonly string[]): string[] {
-  return [...new Set(domains.flatMap((td) => domainsFor(td, trustDomains)))];
+  return [...new Set(domains.flatMap((td) => (trustDomains.includes(td) ? trustDomains : [td])))];
 }
 
-/** What trust domain `td` stands for under the bundle: itself, or each bundle domain (a pattern kept for those it matches). */
-function domainsFor(td: string, trustDomains: readonly string[]): string[] {
-  if (td === '*' || !(trustDomainMatch(td, trustDomains) || td === DEFAULT_TRUST_DOMAIN)) return [td];
+/** What the trust domain `td` of a principal stands for under the bundle: itself, or each bundle domain (a pattern kept for those it matches). */
+function principalDomains(td: string, trustDomains: readonly string[]): string[] {
+  if (td === '*' || !(matchesBundle(td, trustDomains) || td === DEFAULT_TRUST_DOMAIN)) return [td];
   return trustDomains.map((bundled) => (bundled === td || suffixMatch(bundled, td) ? td : bundled));
 }

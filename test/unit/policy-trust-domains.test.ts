@@ -127,17 +127,28 @@ describe('an agent (L4) enforces principals under the mesh\'s trust-domain alias
 
 // Istio's trustDomains / notTrustDomains / source.trustDomain stand for the bundle as principals do
 // (the trust-domain migration keeps every policy working under the new domain).
-test('trustDomains, notTrustDomains and source.trustDomain naming the mesh\'s trust domain, an alias or cluster.local stand for every domain of the bundle; * and a foreign domain are kept', async () => {
-  assert.deepEqual(expandTrustDomainList(['old-td', 'cluster.local', 'new-td'], ['new-td', 'old-td']), ['new-td', 'old-td']);
+// Istio (pilot/pkg/security/authz/model/model.go MigrateTrustDomain: values and notValues of every
+// rule keyed source.trustDomain, which trustDomains, notTrustDomains and the condition all are;
+// pilot/pkg/security/trustdomain/bundle.go ExpandTrustDomainAliases): a value equal to a domain of
+// the bundle becomes the bundle; any other (`*`, a pattern, a foreign domain, and cluster.local when
+// it is not in the bundle, unlike principals) is kept as written.
+test('trustDomains, notTrustDomains and source.trustDomain naming the mesh\'s trust domain or an alias stand for every domain of the bundle; anything else (*, a pattern, cluster.local outside the bundle, a foreign domain) is kept as written', async () => {
+  assert.deepEqual(expandTrustDomainList(['old-td', 'cluster.local', 'new-td'], ['new-td', 'old-td']), ['new-td', 'old-td', 'cluster.local']);
   assert.deepEqual(expandTrustDomainList(['*', 'foreign-td'], ['new-td', 'old-td']), ['*', 'foreign-td']);
+  // A pattern matching a bundle domain is kept: replaced by the bundle, `old*` would no longer match old-eu.
+  assert.deepEqual(expandTrustDomainList(['old*', '*-td'], ['new-td', 'old-td']), ['old*', '*-td']);
+  assert.deepEqual(expandTrustDomainList(['cluster.local'], ['cluster.local', 'old-td']), ['cluster.local', 'old-td']);
   const allow = agentMesh(authz('shop', 'from-td', { ...onDb, action: 'ALLOW', rules: [{ from: [{ source: { trustDomains: ['old-td'] } }] }] }));
   assert.deepEqual(allow.model.policies.get('shop/from-td')!.rules[0]!.from[0]!.trustDomains, ['new-td', 'old-td']);
   assert.equal(allow.connect(NEW_CLIENT), 'allowed', 'the mesh\'s own domain, named by its alias');
   assert.equal(allow.connect(FOREIGN_CLIENT), 'denied by shop/from-td');
   assert.equal(await allow.policyDenials(), 1, 'counted');
   const deny = agentMesh(authz('shop', 'deny-unless-td', { ...onDb, action: 'DENY', rules: [{ from: [{ source: { notTrustDomains: ['cluster.local'] } }] }] }));
-  assert.equal(deny.connect(OLD_CLIENT), 'allowed', 'cluster.local stands for the bundle: an alias is not "another" domain');
+  assert.equal(deny.connect(OLD_CLIENT), 'denied by shop/deny-unless-td', 'cluster.local outside the bundle is that domain only (as Istio), not the bundle');
   assert.equal(deny.connect(FOREIGN_CLIENT), 'denied by shop/deny-unless-td');
+  const denyNew = agentMesh(authz('shop', 'deny-unless-new', { ...onDb, action: 'DENY', rules: [{ from: [{ source: { notTrustDomains: ['new-td'] } }] }] }));
+  assert.equal(denyNew.connect(OLD_CLIENT), 'allowed', 'the alias is not "another" domain');
+  assert.equal(denyNew.connect(FOREIGN_CLIENT), 'denied by shop/deny-unless-new');
   const when = agentMesh(authz('shop', 'deny-when-td', { ...onDb, action: 'DENY', rules: [{ when: [{ key: 'source.trustDomain', values: ['new-td'] }] }] }));
   assert.equal(when.connect(OLD_CLIENT), 'denied by shop/deny-when-td', 'a DENY on the domain holds under its alias');
 });
