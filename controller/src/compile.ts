@@ -56,6 +56,7 @@ import {
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
   type CompiledRule,
+  type CompiledSource,
   type Endpoint,
   type HeaderEdits,
   type MeshHttpSettings,
@@ -79,6 +80,7 @@ import {
 import { DEFAULT_CLUSTER_ID, workloadMetaOf } from '../../lib/model/workload-meta.ts';
 import { canonicalIp, ipProblem, isServiceAddress } from '../../lib/model/address.ts';
 import { ruleL7Attributes, ruleLayer } from '../../lib/policy/authz.ts';
+import { namespaceNeedsPattern } from '../../lib/policy/keys.ts';
 import { expandTrustDomainAliases, expandTrustDomainList } from '../../lib/policy/trust-domains.ts';
 import { escapeRegex, grpcMethodPattern } from '../../lib/regex.ts';
 import { JWKS_RESULT_TEXT, unfetchedJwks, type JwksState } from './jwks-resolver.ts';
@@ -1317,6 +1319,17 @@ function trustDomainsFor(list: string[] | undefined, trustDomains: readonly stri
   return given && expandTrustDomainList(given, trustDomains);
 }
 
+/**
+ * A `namespaces` / `notNamespaces` list as sent: under `namespacePatterns` / `notNamespacePatterns`
+ * when a value is one an older data plane misreads (keys.ts COMPILED_SOURCE_FIELDS), the whole list
+ * (its values are OR'ed; two fields would be AND'ed), so that data plane fails closed.
+ */
+function namespacesAs(field: 'namespaces' | 'notNamespaces', list: string[] | undefined): CompiledSource {
+  const given = nonEmpty(list);
+  if (!given) return {};
+  return { [given.some(namespaceNeedsPattern) ? (field === 'namespaces' ? 'namespacePatterns' : 'notNamespacePatterns') : field]: given };
+}
+
 type WrittenRule = NonNullable<NonNullable<AuthorizationPolicyObject['spec']>['rules']>[number];
 
 /** A rule's `from` or `to` written as an empty list, which matches nothing (Istio refuses it). */
@@ -1328,8 +1341,8 @@ function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly strin
   const from = (rule.from ?? []).map(({ source: s }) => clean({
     principals: principalsFor(s.principals, trustDomains),
     notPrincipals: principalsFor(s.notPrincipals, trustDomains),
-    namespaces: nonEmpty(s.namespaces),
-    notNamespaces: nonEmpty(s.notNamespaces),
+    ...namespacesAs('namespaces', s.namespaces),
+    ...namespacesAs('notNamespaces', s.notNamespaces),
     trustDomains: trustDomainsFor(s.trustDomains, trustDomains),
     notTrustDomains: trustDomainsFor(s.notTrustDomains, trustDomains),
     serviceAccounts: inNamespace(s.serviceAccounts, ns),
@@ -1352,7 +1365,9 @@ function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly strin
     notHosts: nonEmpty(o.notHosts),
   }));
   // `source.principal` as Istio's MigrateTrustDomain rewrites it, with `principals`; `source.trustDomain` with `trustDomains`.
-  const when = (rule.when ?? []).map((c) => (c.key === 'source.serviceAccount'
+  const when = (rule.when ?? []).map((c) => (c.key === 'source.namespace' && [...c.values ?? [], ...c.notValues ?? []].some(namespaceNeedsPattern)
+    ? clean({ key: 'source.namespacePattern', values: nonEmpty(c.values), notValues: nonEmpty(c.notValues) })
+    : c.key === 'source.serviceAccount'
     ? clean({ key: c.key, values: inNamespace(c.values, ns), notValues: inNamespace(c.notValues, ns) })
     : c.key === 'source.principal'
       ? clean({ key: c.key, values: principalsFor(c.values, trustDomains), notValues: principalsFor(c.notValues, trustDomains) })

@@ -307,6 +307,9 @@ export interface CompiledSource {
   notPrincipals?: string[];
   namespaces?: string[];
   notNamespaces?: string[];
+  /** `namespaces` with a value an older data plane misreads (lib/policy/keys.ts COMPILED_SOURCE_FIELDS): it refuses this field. */
+  namespacePatterns?: string[];
+  notNamespacePatterns?: string[];
   /** The peer's SPIFFE trust domain (Istio `trustDomains`): exact, one `*` at either end, or `*`. */
   trustDomains?: string[];
   notTrustDomains?: string[];

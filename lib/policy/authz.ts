@@ -26,7 +26,7 @@ import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { DEFAULT_SPACE_DELIMITED_CLAIMS, claimAt, type RequestAuth } from './jwt.ts';
-import { OPERATION_FIELDS, SOURCE_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
+import { COMPILED_SOURCE_FIELDS, OPERATION_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
   /** Peer SPIFFE ID (spiffe://td/ns/x/sa/y), absent for plaintext. */
@@ -392,6 +392,7 @@ const PSEUDO_HEADERS: ReadonlyMap<string, (a: Attributes) => unknown> = new Map(
 const SOURCE_GETTERS: Record<string, (a: Attributes) => unknown> = {
   principals: getters.principal,
   namespaces: getters.namespace,
+  namespacePatterns: getters.namespace,
   trustDomains: getters.principal,
   serviceAccounts: getters.principal,
   ipBlocks: getters.sourceIp,
@@ -407,6 +408,7 @@ const OPERATION_GETTERS: Record<string, (a: Attributes) => unknown> = {
 const CONDITION_GETTERS: Record<string, (args: readonly string[]) => (a: Attributes) => unknown> = {
   'source.ip': () => getters.sourceIp,
   'source.namespace': () => getters.namespace,
+  'source.namespacePattern': () => getters.namespace,
   'source.trustDomain': () => getters.principal,
   'source.principal': () => getters.principal,
   'source.serviceAccount': () => getters.principal,
@@ -463,7 +465,7 @@ function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, g
 }
 
 function conditionClauses(c: CompiledCondition, path: string): Clause[] {
-  const k = conditionKey(c.key);
+  const k = conditionKey(c.key, true);
   if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
   const { base } = parseConditionKey(c.key);
   const get = CONDITION_GETTERS[base]?.(k.args ?? []) ?? (() => undefined);
@@ -496,7 +498,7 @@ function allOf(cs: Clause[], upTo: PolicyLayer): Predicate {
 }
 
 function compileRule(rule: CompiledRule, path: string): CompiledRulePredicates {
-  const from = rule.from.map((s: CompiledSource, i) => fieldClauses(s, SOURCE_FIELDS, SOURCE_GETTERS, `${path}.from[${i}]`));
+  const from = rule.from.map((s: CompiledSource, i) => fieldClauses(s, COMPILED_SOURCE_FIELDS, SOURCE_GETTERS, `${path}.from[${i}]`));
   const to = rule.to.map((o: CompiledOperation, i) => fieldClauses(o, OPERATION_FIELDS, OPERATION_GETTERS, `${path}.to[${i}]`));
   const when = rule.when.flatMap((c, i) => conditionClauses(c, `${path}.when[${i}]`));
   const needsL7 = [...from.flat(), ...to.flat(), ...when].some((c) => c.layer === 'L7');
@@ -520,10 +522,10 @@ export function ruleL7Attributes(rule: Pick<CompiledRule, 'from' | 'to' | 'when'
   const fields = (o: object, table: Readonly<Record<string, FieldSpec>>) => {
     for (const f of Object.keys(o)) if (table[positiveField(f) ?? f]?.layer === 'L7') found.add(f);
   };
-  for (const s of rule.from) fields(s, SOURCE_FIELDS);
+  for (const s of rule.from) fields(s, COMPILED_SOURCE_FIELDS);
   for (const o of rule.to) fields(o, OPERATION_FIELDS);
   for (const c of rule.when) {
-    const k = conditionKey(c.key);
+    const k = conditionKey(c.key, true);
     if ('spec' in k && k.spec.layer === 'L7') found.add(c.key);
   }
   return [...found].sort();

@@ -107,6 +107,27 @@ export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header
   'connection.sni': { layer: 'L7', kind: 'unavailable' },
 };
 
+/**
+ * Written only by the controller (controller/src/compile.ts), never accepted in a policy: a
+ * `namespaces` / `notNamespaces` list or a `source.namespace` condition with a value a data plane
+ * older than namespace patterns reads wrongly (namespaceNeedsPattern: its globMatch took
+ * `team-*-prod` literally, matching nothing, so a DENY naming it denied nothing) is sent under these
+ * names. That older data plane refuses a field or key it does not know (authz.ts fieldClauses "field
+ * is not supported", conditionClauses "is not a supported condition key"), so the policy fails
+ * closed there, a DENY denying all it applies to, until it is upgraded.
+ */
+export const COMPILED_SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = { ...SOURCE_FIELDS, namespacePatterns: SOURCE_FIELDS.namespaces! };
+const COMPILED_CONDITION_KEYS: Readonly<Record<string, FieldSpec>> = { 'source.namespacePattern': CONDITION_KEYS['source.namespace']! };
+
+/**
+ * Does a data plane older than namespace patterns misread this `namespaces` value? It matched
+ * `*`, `prefix*` and `*suffix` as Istio does, and any other value with a `*` literally.
+ */
+export function namespaceNeedsPattern(value: string): boolean {
+  const stars = value.split('*').length - 1;
+  return stars > 1 || (stars === 1 && value !== '*' && !value.startsWith('*') && !value.endsWith('*'));
+}
+
 /** Istio's `experimental.envoy.filters.<filter>[<key>]` (Envoy dynamic metadata): accepted, never present. */
 const ENVOY_FILTER_METADATA = 'experimental.envoy.filters.';
 const ENVOY_FILTER_SPEC: FieldSpec = { layer: 'L7', kind: 'unavailable' };
@@ -127,14 +148,14 @@ export function parseConditionKey(key: string): { base: string; args?: string[] 
   return { base: m[1]!, args: m[2]!.slice(1, -1).split('][') };
 }
 
-/** The spec of a `when` key, or why it is refused. */
-export function conditionKey(key: string): { spec: FieldSpec; args?: string[] } | { error: string } {
+/** The spec of a `when` key, or why it is refused; `compiled`: also a key only the controller writes (COMPILED_CONDITION_KEYS). */
+export function conditionKey(key: string, compiled = false): { spec: FieldSpec; args?: string[] } | { error: string } {
   if (key.startsWith(ENVOY_FILTER_METADATA)) {
     // Istio (validateMapKey, envoyFilterGenerator): `<filter>[<key>]`.
     return /^[^[\]]+\[[^[\]]+\]$/.test(key.slice(ENVOY_FILTER_METADATA.length)) ? { spec: ENVOY_FILTER_SPEC } : { error: `"${key}" needs a filter and a key: ${ENVOY_FILTER_METADATA}<filter>[<key>]` };
   }
   const { base, args } = parseConditionKey(key);
-  const spec = CONDITION_KEYS[base];
+  const spec = CONDITION_KEYS[base] ?? (compiled ? COMPILED_CONDITION_KEYS[base] : undefined);
   if (!spec) {
     const known = Object.entries(CONDITION_KEYS).map(([k, s]) => (s.arg ? `${k}[<name>]` : k)).join(', ');
     return { error: `"${key}" is not a supported condition key (${known}, ${ENVOY_FILTER_METADATA}<filter>[<key>])` };

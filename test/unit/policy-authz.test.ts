@@ -1,7 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { evaluate, globMatch, ipInBlocks } from '../../lib/policy/authz.ts';
+import { PolicyTable, evaluate, globMatch, ipInBlocks } from '../../lib/policy/authz.ts';
+import { positiveField } from '../../lib/policy/keys.ts';
 import type { AuthorizationPolicy, CompiledRule } from '../../lib/model/mesh.ts';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import { authz } from './controller-fixtures.ts';
 
 const rule = (r: Partial<CompiledRule>): CompiledRule => ({ from: [], to: [], when: [], layer: 'L4', ...r });
 const policy = (name: string, action: 'ALLOW' | 'DENY', rules: CompiledRule[]): AuthorizationPolicy => ({
@@ -95,4 +98,46 @@ test('globs and address blocks', () => {
   assert.ok(ipInBlocks(['10.0.0.0/8'], '::ffff:10.1.2.3'));
   assert.ok(ipInBlocks(['fd00::/8'], 'fd00::1'));
   assert.ok(!ipInBlocks(['not-an-ip'], '10.0.0.1'));
+});
+
+// Version skew (controller newer than an agent or waypoint): the previous release's data plane
+// (lib/policy/keys.ts at 152999e) knew the source fields principals, namespaces, serviceAccounts,
+// ipBlocks, remoteIpBlocks, requestPrincipals (and their not*) and the `when` keys source.ip,
+// source.namespace, source.principal, source.serviceAccount, destination.ip, destination.port,
+// remote.ip, request.headers, request.auth.{principal,audiences,presenter,claims}; it matched a
+// namespace with globMatch, reading `team-*-prod` literally (Istio's srcNamespaceGenerator: each `*`
+// any characters). A DENY sent with such a value in `namespaces` would deny nothing there.
+const PREVIOUS_SOURCE_FIELDS = ['principals', 'namespaces', 'serviceAccounts', 'ipBlocks', 'remoteIpBlocks', 'requestPrincipals'];
+const PREVIOUS_CONDITION_KEYS = ['source.ip', 'source.namespace', 'source.principal', 'source.serviceAccount', 'destination.ip', 'destination.port', 'remote.ip', 'request.headers', 'request.auth.principal', 'request.auth.audiences', 'request.auth.presenter', 'request.auth.claims'];
+
+test('version skew: a namespace pattern an older data plane misreads is sent in a field and key it refuses (it fails closed), and judged as Istio by a current one', () => {
+  const inputs = emptyInputs();
+  inputs.authorizationPolicies.push(
+    authz('shop', 'deny-teams', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['team-*-prod*', 'web'], notNamespaces: ['*-prod-eu*'] } }] }, { when: [{ key: 'source.namespace', values: ['a*b'] }] }] }),
+    authz('shop', 'deny-plain', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['team-*', '*-prod', '*', 'web'] } }], when: [{ key: 'source.namespace', values: ['web*'] }] }] }),
+  );
+  const { model } = compile(inputs);
+  const teams = model.policies.get('shop/deny-teams')!;
+  const plain = model.policies.get('shop/deny-plain')!;
+  // What the old matcher reads as Istio does is sent as written.
+  assert.deepEqual(plain.rules[0]!.from, [{ namespaces: ['team-*', '*-prod', '*', 'web'] }]);
+  assert.equal(plain.rules[0]!.when[0]!.key, 'source.namespace');
+  // The rest in names the previous release did not know: its fieldClauses ("field is not
+  // supported") and conditionClauses refuse them, and the DENY denies all it applies to.
+  assert.deepEqual(teams.rules[0]!.from, [{ namespacePatterns: ['team-*-prod*', 'web'], notNamespacePatterns: ['*-prod-eu*'] }]);
+  for (const field of Object.keys(teams.rules[0]!.from[0]!)) assert.ok(!PREVIOUS_SOURCE_FIELDS.includes(positiveField(field) ?? field), field);
+  assert.equal(teams.rules[1]!.when[0]!.key, 'source.namespacePattern');
+  assert.ok(!PREVIOUS_CONDITION_KEYS.includes(teams.rules[1]!.when[0]!.key));
+  // A field the data plane does not know fails the policy closed, named (as the previous one did).
+  const unknown = { ...teams, rules: [rule({ from: [{ namespaceFuture: ['x'] } as never] })] };
+  const table = new PolicyTable([unknown]);
+  assert.deepEqual(table.errors.map((e) => e.error.message), ['rules[0].from[0].namespaceFuture: field is not supported']);
+  assert.equal(evaluate([unknown], conn).allowed, false);
+  // A current data plane: Istio's srcNamespaceGenerator, each `*` any characters.
+  const as = (ns: string) => evaluate([teams], { ...conn, sourceNamespace: ns, sourcePrincipal: `spiffe://cluster.local/ns/${ns}/sa/x` });
+  assert.equal(as('team-a-prod').allowed, false);
+  assert.equal(as('web').allowed, false);
+  assert.equal(as('team-a-prod-eu').allowed, true, 'notNamespaces *-prod-eu* excludes it');
+  assert.equal(as('axxb').allowed, false, 'source.namespace a*b');
+  assert.equal(as('team-a-dev').allowed, true);
 });
