@@ -25,8 +25,8 @@ const DEFAULT_LOCAL_PORT_RANGE = { from: 32768, to: 60999 };
  * there to stop a pile-up that can only end in timeouts, not to shape bursts.
  */
 export const DEFAULT_MAX_PENDING_CONNECTS = 4096;
-import { dryRunLabels, dryRunLogFields, dryRunOf, evaluate, type ConnectionAttributes, type Decision, type DryRunResult, type ShadowEngine } from '../../lib/policy/authz.ts';
-import type { AgentConfig, AuthorizationPolicy, Workload } from '../../lib/model/mesh.ts';
+import { dryRunLabels, dryRunLogFields, dryRunOf, evaluate, type CompiledPolicies, type ConnectionAttributes, type Decision, type DryRunResult, type ShadowEngine } from '../../lib/policy/authz.ts';
+import type { AgentConfig, Workload } from '../../lib/model/mesh.ts';
 import { LogBudget, type Logger, REFUSAL_LOG_PER_SECOND } from '../../lib/log.ts';
 import type { AgentState } from './state.ts';
 import type { AgentMetrics } from './metrics.ts';
@@ -223,7 +223,7 @@ export class LocalDelivery {
     }
     if (decision.allowed) return dryRun;
     // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.
-    const policy = decision.policy ?? policies.filter((p) => p.action === 'ALLOW' && !p.dryRun).map((p) => `${p.namespace}/${p.name}`).join(',');
+    const policy = decision.policy ?? policies.list.filter((p) => p.action === 'ALLOW' && !p.dryRun).map((p) => p.id).join(',');
     this.#metrics.denied.inc({ reporter: 'destination', reason: 'policy', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
     if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: decision.reason, policy, source, ...(caller !== undefined ? { caller } : {}), destination, ...dryRunLogFields(dryRun) });
     throw new DeniedError(decision.reason, 403, policy, 'policy', dryRun);
@@ -234,18 +234,18 @@ export class LocalDelivery {
    * peer, then, for DENY, the caller a waypoint carries, then for plaintext from a mesh workload's
    * address the same without the address.
    */
-  #decide(policies: AuthorizationPolicy[], attributes: ConnectionAttributes, opts: { caller?: string | undefined; addressOf?: string | undefined }, engine: ShadowEngine | 'enforced'): Decision {
+  #decide(policies: CompiledPolicies, attributes: ConnectionAttributes, opts: { caller?: string | undefined; addressOf?: string | undefined }, engine: ShadowEngine | 'enforced'): Decision {
     const { caller, addressOf } = opts;
-    let decision = evaluate(policies, attributes, undefined, engine);
+    let decision = evaluate(policies, attributes, { engine });
     if (decision.allowed && caller !== undefined && caller !== attributes.sourcePrincipal) {
-      const deny = policies.filter((p) => p.action === 'DENY');
+      const { deny } = policies;
       const { sourceNamespace: _peers, ...rest } = attributes;
-      const asCaller = deny.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }, undefined, engine) : undefined;
+      const asCaller = deny.list.length > 0 ? evaluate(deny, { ...rest, sourcePrincipal: caller }, { engine }) : undefined;
       if (asCaller && !asCaller.allowed) decision = { ...asCaller, reason: `${asCaller.reason} (the caller ${caller}, carried by ${attributes.sourcePrincipal ?? 'a peer without identity'})` };
     }
     if (decision.allowed && addressOf !== undefined) {
       const { sourceIp: _address, ...rest } = attributes;
-      const without = evaluate(policies, rest, undefined, engine);
+      const without = evaluate(policies, rest, { engine });
       if (!without.allowed) {
         const { audit: _audit, ...refusal } = without;
         decision = { ...refusal, ...(decision.audit ? { audit: decision.audit } : {}), reason: `${without.reason} (plaintext from ${attributes.sourceIp}, the address of mesh workload ${addressOf}, whose own connections carry its identity: the address grants nothing)` };

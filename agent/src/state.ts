@@ -1,8 +1,9 @@
 // The agent's view of the mesh (its node's AgentConfig from the controller) and the decisions made
 // from it: which local pod owns an address, and where a captured connection should go.
-import type { AgentConfig, AuthorizationPolicy, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
+import type { AgentConfig, Endpoint, LoadBalancerPolicy, LocalityPolicy, MtlsMode, NetworkGateway, Service, Waypoint, Workload, WorkloadMeta } from '../../lib/model/mesh.ts';
 import { HBONE_PORT, boundWaypoint, endpointTargetPort, policySelectsWorkload, waypointAddresses, waypointKey, waypointRefusalText, type WaypointRef } from '../../lib/model/mesh.ts';
 import { workloadMetaKey } from '../../lib/telemetry/labels.ts';
+import { CompiledPolicies } from '../../lib/policy/authz.ts';
 import { exportSelection, exportedPodsOf, podTarget, waypointGuardRefusal, type ExportedPods } from '../../lib/model/federation.ts';
 import { ipProblem } from '../../lib/model/address.ts';
 
@@ -84,6 +85,8 @@ export interface MeshDestination { ip: string; port: number; namespace?: string 
 export class AgentState {
   readonly node: string;
   private config: AgentConfig;
+  /** policiesFor's lists for this config (apply starts anew). */
+  #policiesOf = new WeakMap<Workload, CompiledPolicies>();
   private workloadsByIp = new Map<string, Workload>();
   private workloadsByUid = new Map<string, Workload>();
   /**
@@ -148,6 +151,7 @@ export class AgentState {
     const wps = new Map<string, Waypoint>();
     for (const w of config.waypoints) wps.set(waypointKey(w), w);
     this.config = config;
+    this.#policiesOf = new WeakMap();
     this.workloadsByIp = byIp;
     this.workloadsByUid = byUid;
     this.metaByPrincipal = undefined;
@@ -332,9 +336,17 @@ export class AgentState {
     });
   }
 
-  /** Policies that apply to a local workload as a destination. */
-  policiesFor(workload: Workload): AuthorizationPolicy[] {
-    return this.config.policies.filter((p) => policySelectsWorkload(p, workload));
+  /**
+   * Policies that apply to a local workload as a destination, compiled (lib/policy/authz.ts
+   * CompiledPolicies): listed once per workload object per config, not per connection.
+   */
+  policiesFor(workload: Workload): CompiledPolicies {
+    let list = this.#policiesOf.get(workload);
+    if (!list) {
+      list = new CompiledPolicies(this.config.policies.filter((p) => policySelectsWorkload(p, workload)));
+      this.#policiesOf.set(workload, list);
+    }
+    return list;
   }
 
   /** The mTLS mode for a port of a local workload (port-level overrides first). */

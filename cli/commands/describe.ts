@@ -7,7 +7,7 @@
 import { Command } from 'commander';
 import { join } from 'node:path';
 import { ANNOTATION_DRY_RUN, LABEL_DATAPLANE_MODE, LABEL_USE_WAYPOINT, type Pod } from '../../lib/model/objects.ts';
-import { policySelectsWorkload, resolveMtls, waypointRefusalText, type AuthorizationPolicy, type Workload } from '../../lib/model/mesh.ts';
+import { policyAction, policySelectsWorkload, resolveMtls, waypointRefusalText, type AuthorizationPolicy, type Workload } from '../../lib/model/mesh.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { compileObjects, installCompileOptions, type Compiled } from '../mesh-view.ts';
 import type { CompileOptions } from '../../controller/src/compile.ts';
@@ -59,13 +59,14 @@ export function describePod(c: Compiled, namespace: string, name: string): PodDe
   const policies: PodDescription['policies'] = [];
   if (w) {
     for (const p of c.model.policies.values()) {
+      const action = policyAction(p);
       if (policySelectsWorkload(p, w)) {
-        const failClosed = p.layer === 'L7' ? (p.action === 'DENY' ? '; L7 rules match every connection at the agent (fail closed)' : '; L7 rules never match at the agent (fail closed)') : '';
-        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: `node agent (${p.scope} scope)`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} connections matching ${p.rules.length} rule(s)${failClosed}` }));
+        const failClosed = p.layer === 'L7' ? (action === 'DENY' ? '; L7 rules match every connection at the agent (fail closed)' : '; L7 rules never match at the agent (fail closed)') : '';
+        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action, layer: p.layer, enforcedBy: `node agent (${p.scope} scope)`, effect: `${action === 'ALLOW' ? 'allows' : 'denies'} connections matching ${p.rules.length} rule(s)${failClosed}` }));
       } else if (p.scope === 'service' && p.targetServices?.some((t) => w.services.includes(t))) {
         const svc = p.targetServices.find((t) => w.services.includes(t))!;
         const wp = c.model.services.get(svc)?.waypoint;
-        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action: p.action, layer: p.layer, enforcedBy: wp?.refused !== undefined ? `nothing: Service ${svc} may not use waypoint ${wp.namespace}/${wp.name} (its traffic fails closed)` : wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${p.action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` }));
+        policies.push(dryRunDescribed(p, { name: `${p.namespace}/${p.name}`, action, layer: p.layer, enforcedBy: wp?.refused !== undefined ? `nothing: Service ${svc} may not use waypoint ${wp.namespace}/${wp.name} (its traffic fails closed)` : wp ? `waypoint ${wp.namespace}/${wp.name} (Service ${svc})` : `nothing: Service ${svc} uses no waypoint`, effect: `${action === 'ALLOW' ? 'allows' : 'denies'} requests to ${svc} matching ${p.rules.length} rule(s)` }));
       }
     }
   }

@@ -8,7 +8,7 @@
 // --computed` gives the controller's computed views instead. Tables by default, `-o wide|json|yaml`
 // and `--no-headers`.
 import { Command } from 'commander';
-import type { AgentConfig, WaypointConfig } from '../../lib/model/mesh.ts';
+import { policyAction, type AgentConfig, type WaypointConfig } from '../../lib/model/mesh.ts';
 import { components } from '../components.ts';
 import { EXIT_FAILED, exitUsageOnCommanderError, processIo, type CommandIo } from './install.ts';
 import { inNamespace, namespaceOptions, outputOptions, renderData, renderList, table, type NamespaceFlags, type OutputFlags, type OutputFormat } from './output.ts';
@@ -190,7 +190,7 @@ export function inspectCommands(io: CommandIo = processIo): Command[] {
         { header: 'NAMESPACE', value: (p) => p.namespace },
         { header: 'NAME', value: (p) => p.name },
         // A dry-run policy (istio.io/dry-run) is judged in shadow, never enforced.
-        { header: 'ACTION', value: (p) => (p.dryRun ? `${p.action}(dry-run)` : p.action) },
+        { header: 'ACTION', value: (p) => (p.dryRun ? `${policyAction(p)}(dry-run)` : p.action) },
         { header: 'SCOPE', value: (p) => p.scope },
         { header: 'LAYER', value: (p) => p.layer },
         { header: 'RULES', value: (p) => String(p.rules.length) },

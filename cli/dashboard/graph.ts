@@ -3,7 +3,7 @@
 // their reasons), and the configuration (which policies apply to each destination). The same shape
 // comes out whether the metrics were scraped directly or asked of Prometheus (see data.ts).
 import { delta, histogramQuantile, sumBy, type Sample } from '../local/prom.ts';
-import { boundWaypoint, policySelectsWorkload, type AuthorizationPolicy, type Service, type Workload } from '../../lib/model/mesh.ts';
+import { boundWaypoint, policyAction, policySelectsWorkload, type AuthorizationPolicy, type Service, type Workload } from '../../lib/model/mesh.ts';
 import { parseWorkloadId } from '../../lib/identity/spiffe.ts';
 import type { Flow } from '../flows.ts';
 
@@ -263,7 +263,7 @@ export function buildGraph(inp: GraphInput): MeshGraph {
       const applies = p.scope === 'service' ? Boolean(svcKey && p.targetServices?.includes(svcKey)) : backends.some((w) => policySelectsWorkload(p, w));
       if (!applies) continue;
       seen.add(key);
-      e.policies.push({ name: key, action: p.action, ...(p.dryRun ? { dryRun: true as const } : {}) });
+      e.policies.push({ name: key, action: policyAction(p), ...(p.dryRun ? { dryRun: true as const } : {}) });
     }
   }
 

@@ -53,6 +53,7 @@ import {
   resolveMtls,
   waypointRefusalText,
   spiffeIdOf,
+  policyAction,
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
   type CompiledRule,
@@ -591,10 +592,15 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // Istio (pilot authz builder, testdata custom-bad-*): a CUSTOM policy whose provider is not
     // among the mesh's extensionProviders is a DENY of what its rules match. Weft has none.
     if (apSpec.action === 'CUSTOM') findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: 'spec.provider.name', reason: 'UnsupportedValue', message: `Weft has no extension authorization provider ${JSON.stringify(apSpec.provider?.name ?? '')} (Istio's MeshConfig extensionProviders); as Istio does with a CUSTOM policy whose provider it cannot find, this policy denies the requests its rules match` });
+    const action = apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW';
+    // Istio's istio.io/dry-run (validation refused a value it does not read, and the annotation
+    // on AUDIT): judged in shadow by agents and waypoints, never enforced. Sent as AUDIT naming the
+    // action it shadows, so a data plane older than `dryRun` logs its matches and enforces nothing.
+    const dryRun = action !== 'AUDIT' && dryRunAnnotated(ap) ? action : undefined;
     const fresh: AuthorizationPolicy = {
       name: ap.metadata.name,
       namespace: ns,
-      action: apSpec.action === 'CUSTOM' ? 'DENY' : apSpec.action ?? 'ALLOW',
+      action: dryRun ? 'AUDIT' : action,
       // Istio: a root-namespace policy applies in every namespace, with a selector to the matching
       // workloads of every namespace.
       scope: targets ? 'service' : ns === rootNamespace ? 'mesh' : apSpec.selector ? 'workload' : 'namespace',
@@ -602,9 +608,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
       ...(targets ? { targetServices: targets } : {}),
       rules,
       layer: rules.some((r) => r.layer === 'L7') ? 'L7' : 'L4',
-      // Istio's istio.io/dry-run (validation refused a value it does not read, and the annotation
-      // on AUDIT): judged in shadow by agents and waypoints, never enforced.
-      ...(dryRunAnnotated(ap) ? { dryRun: true as const } : {}),
+      ...(dryRun ? { dryRun } : {}),
     };
     const compiled = cached && samePolicy(cached, fresh) ? cached : fresh;
     options.cache?.policies.set(ap, compiled);
@@ -614,7 +618,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     if (!targets) {
       const first = rules.findIndex((r) => r.layer === 'L7');
       const found = [...new Set(rules.filter((r) => r.layer === 'L7').flatMap(ruleL7Attributes))].sort();
-      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${writtenAt[first]}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${compiled.action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : compiled.action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
+      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${writtenAt[first]}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${policyAction(compiled) === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : policyAction(compiled) === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
     }
   }
 
@@ -1377,13 +1381,13 @@ function compileRule(rule: WrittenRule, ns: string, trustDomains: readonly strin
   return { from, to, when, layer: ruleLayer({ from, to, when }) };
 }
 
-/** Whether two compilations of one policy object are alike (their rules are the same array: compiled once). */
 /** Whether an AuthorizationPolicy carries Istio's dry-run annotation read true (parseDryRun). */
-export function dryRunAnnotated(ap: { metadata: { annotations?: Record<string, string> } }): boolean {
+function dryRunAnnotated(ap: { metadata: { annotations?: Record<string, string> } }): boolean {
   const v = ap.metadata.annotations?.[ANNOTATION_DRY_RUN];
   return v !== undefined && parseDryRun(v) === true;
 }
 
+/** Whether two compilations of one policy object are alike (their rules are the same array: compiled once). */
 function samePolicy(a: AuthorizationPolicy, b: AuthorizationPolicy): boolean {
   return a.rules === b.rules && JSON.stringify({ ...a, rules: 0 }) === JSON.stringify({ ...b, rules: 0 });
 }

@@ -384,10 +384,17 @@ export interface AuthorizationPolicy {
   /** `L7` when any rule is L7 (lib/policy/authz.ts ruleLayer): agents see only their L4 parts. */
   layer: PolicyLayer;
   /**
-   * Istio's `istio.io/dry-run` annotation (ANNOTATION_DRY_RUN) read true: never enforced, only
-   * judged in shadow (lib/policy/authz.ts dryRunOf), its would-be verdict counted and logged.
+   * Istio's `istio.io/dry-run` annotation (ANNOTATION_DRY_RUN) read true: the action the policy was
+   * written with, which it is judged with in shadow (lib/policy/authz.ts dryRunOf), its would-be
+   * verdict counted and logged, never enforced. Such a policy is sent with `action` AUDIT, so a data
+   * plane older than this field only logs its matches and never enforces it (policyAction).
    */
-  dryRun?: true;
+  dryRun?: 'ALLOW' | 'DENY';
+}
+
+/** The action a policy was written with: a dry-run policy's (sent as AUDIT) is the one it shadows. */
+export function policyAction(p: Pick<AuthorizationPolicy, 'action' | 'dryRun'>): AuthorizationAction {
+  return p.dryRun ?? p.action;
 }
 
 export interface PeerAuthentication {

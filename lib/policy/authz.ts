@@ -24,7 +24,7 @@
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
-import { encodeRawPathChars, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
+import { encodeRawPathChars, policyAction, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { DEFAULT_SPACE_DELIMITED_CLAIMS, claimAt, type RequestAuth } from './jwt.ts';
 import { COMPILED_SOURCE_FIELDS, OPERATION_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
@@ -91,7 +91,7 @@ export interface DryRunResult {
   /** Envoy's shadow_effective_policy_id: the dry-run policy that matched (absent when none did). */
   policy?: string;
   /** `namespace/name` of every dry-run policy of this action that applied. */
-  policies: string[];
+  policies: readonly string[];
   reason: string;
 }
 
@@ -531,10 +531,11 @@ export function ruleL7Attributes(rule: Pick<CompiledRule, 'from' | 'to' | 'when'
   return [...found].sort();
 }
 
-interface CompiledPolicy {
+export interface CompiledPolicy {
   id: string;
+  /** As written: a dry-run policy's is the one it shadows (sent as AUDIT, mesh.ts policyAction). */
   action: AuthorizationPolicy['action'];
-  /** Istio's dry-run: never enforced, judged only by the shadow engine of its action. */
+  /** Istio's dry-run: never enforced, judged only by the shadow engine of its action (never counted as AUDIT). */
   dryRun: boolean;
   /** Does the policy match, as seen from `layer`? */
   matches(a: Attributes, layer: PolicyLayer): boolean;
@@ -553,12 +554,14 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
   let c = compiled.get(p);
   if (c) return c;
   const id = `${p.namespace}/${p.name}`;
+  const action = policyAction(p);
+  const dryRun = p.dryRun !== undefined;
   try {
-    if (p.action !== 'ALLOW' && p.action !== 'DENY' && p.action !== 'AUDIT') throw new PolicyCompileError('action', `${JSON.stringify(p.action)} is not ALLOW, DENY or AUDIT`);
+    if (action !== 'ALLOW' && action !== 'DENY' && action !== 'AUDIT') throw new PolicyCompileError(p.dryRun !== undefined ? 'dryRun' : 'action', `${JSON.stringify(action)} is not ALLOW, DENY or AUDIT`);
     const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`));
-    const widens = p.action === 'DENY' || p.action === 'AUDIT';
+    const widens = action === 'DENY' || action === 'AUDIT';
     c = {
-      id, action: p.action, dryRun: p.dryRun === true,
+      id, action, dryRun,
       matches: (a, layer) => rules.some((r) => {
         if (layer === 'L7' || r.layer === 'L4') return r.full(a);
         // L4 cannot see the rule's L7 parts: an ALLOW rule never matches; a DENY or AUDIT rule is
@@ -571,8 +574,8 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
     const error = e instanceof PolicyCompileError ? e : new PolicyCompileError('', (e as Error).message);
     // An action this data plane does not know (CUSTOM from a newer controller) denies what it
     // applies to, as Istio's waypoint does with a CUSTOM policy it cannot serve.
-    const failClosed = p.action !== 'ALLOW' && p.action !== 'AUDIT';
-    c = { id, action: p.action === 'ALLOW' || p.action === 'AUDIT' ? p.action : 'DENY', dryRun: p.dryRun === true, matches: () => failClosed, error };
+    const failClosed = action !== 'ALLOW' && action !== 'AUDIT';
+    c = { id, action: action === 'ALLOW' || action === 'AUDIT' ? action : 'DENY', dryRun, matches: () => failClosed, error };
   }
   compiled.set(p, c);
   return c;
@@ -582,16 +585,45 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
 // Evaluation
 
 /**
+ * A list of policies compiled (compilePolicy), with each shadow engine's dry-run policies listed
+ * once: an enforcement point keeps one per destination per config version (a waypoint's
+ * PolicyTable per Service, an agent's AgentState per workload), so judging a connection or request
+ * walks no policy for its dry-run bookkeeping.
+ */
+export class CompiledPolicies {
+  readonly list: readonly CompiledPolicy[];
+  /** `namespace/name` of the dry-run policies of each shadow engine that has any; undefined when none is dry-run. */
+  readonly dryRun: Readonly<Partial<Record<ShadowEngine, readonly string[]>>> | undefined;
+  #deny: CompiledPolicies | undefined;
+
+  constructor(policies: readonly (AuthorizationPolicy | CompiledPolicy)[]) {
+    this.list = policies.map((p) => ('matches' in p ? p : compilePolicy(p)));
+    let dryRun: Partial<Record<ShadowEngine, string[]>> | undefined;
+    for (const p of this.list) {
+      if (p.dryRun && (p.action === 'DENY' || p.action === 'ALLOW')) ((dryRun ??= {})[p.action] ??= []).push(p.id);
+    }
+    this.dryRun = dryRun;
+  }
+
+  /** The DENY policies alone (enforced and dry-run), listed once. */
+  get deny(): CompiledPolicies {
+    return (this.#deny ??= new CompiledPolicies(this.list.filter((p) => p.action === 'DENY')));
+  }
+}
+
+/**
  * Decides a connection (L4) or a request (L7) against the policies that apply to the destination.
  * The caller selects the policies (policySelectsWorkload for agents, PolicyTable for waypoints).
  * `layer` defaults to L7 for a request and L4 for a connection. Dry-run policies never decide;
  * their shadow results come with the decision (`dryRun`). `engine` asks for one judgement only:
  * `enforced` (no shadow results), or one shadow engine's (see dryRunOf).
  */
-export function evaluate(policies: readonly AuthorizationPolicy[], a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4', engine?: ShadowEngine | 'enforced'): Decision {
-  const list = policies.map(compilePolicy);
+export function evaluate(policies: readonly AuthorizationPolicy[] | CompiledPolicies, a: Attributes, opts: { layer?: PolicyLayer; engine?: ShadowEngine | 'enforced' } = {}): Decision {
+  const compiledList = policies instanceof CompiledPolicies ? policies : new CompiledPolicies(policies);
+  const { layer = isRequest(a) ? 'L7' : 'L4', engine } = opts;
+  const list = compiledList.list;
   if (engine !== undefined) return decide(list, a, layer, engine === 'enforced' ? undefined : engine);
-  return withDryRun(decide(list, a, layer), list, (shadow) => decide(list, a, layer, shadow));
+  return withDryRun(decide(list, a, layer), compiledList, (shadow) => decide(list, a, layer, shadow));
 }
 
 /**
@@ -622,24 +654,18 @@ export type ShadowEngine = 'ALLOW' | 'DENY';
 
 /**
  * What the dry-run policies among `policies` would have decided, one result per shadow engine that
- * has a policy (undefined when none is dry-run: nothing is spent then but one pass over the list).
+ * has a policy (undefined when none is dry-run; the lists are CompiledPolicies', made once).
  * `judge(engine)` is the enforcement point's own judgement made with that engine's policies alone
  * (evaluate's `engine`), so every rule it adds (an agent's carried caller, say) applies in shadow
  * too. Shadow judgement never changes the real decision and never throws: a judge that throws
  * gives that engine the result `error`, with the reason.
  */
-export function dryRunOf(policies: readonly (AuthorizationPolicy | CompiledPolicy)[], judge: (engine: ShadowEngine) => Decision): DryRunResult[] | undefined {
-  let deny: string[] | undefined;
-  let allow: string[] | undefined;
-  for (const p of policies) {
-    if (!p.dryRun) continue;
-    const id = 'id' in p ? p.id : `${p.namespace}/${p.name}`;
-    if (p.action === 'DENY') (deny ??= []).push(id);
-    else if (p.action === 'ALLOW') (allow ??= []).push(id);
-  }
-  if (!deny && !allow) return undefined;
+export function dryRunOf(policies: CompiledPolicies, judge: (engine: ShadowEngine) => Decision): DryRunResult[] | undefined {
+  const engines = policies.dryRun;
+  if (!engines) return undefined;
   const out: DryRunResult[] = [];
-  for (const [action, ids] of [['DENY', deny], ['ALLOW', allow]] as const) {
+  for (const action of ['DENY', 'ALLOW'] as const) {
+    const ids = engines[action];
     if (!ids) continue;
     try {
       const d = judge(action);
@@ -654,7 +680,7 @@ export function dryRunOf(policies: readonly (AuthorizationPolicy | CompiledPolic
   return out;
 }
 
-function withDryRun(d: Decision, list: readonly CompiledPolicy[], judge: (engine: ShadowEngine) => Decision): Decision {
+function withDryRun(d: Decision, list: CompiledPolicies, judge: (engine: ShadowEngine) => Decision): Decision {
   const dryRun = dryRunOf(list, judge);
   return dryRun ? { ...d, dryRun } : d;
 }
@@ -711,7 +737,7 @@ export function appliesToService(p: AuthorizationPolicy, service: string): boole
 /** One config version's policies for a waypoint, compiled once, listed per Service on first use. */
 export class PolicyTable {
   readonly #policies: readonly AuthorizationPolicy[];
-  readonly #byService = new Map<string, CompiledPolicy[]>();
+  readonly #byService = new Map<string, CompiledPolicies>();
 
   constructor(policies: readonly AuthorizationPolicy[]) {
     this.#policies = policies;
@@ -727,10 +753,9 @@ export class PolicyTable {
   evaluate(service: string, a: Attributes, layer: PolicyLayer = isRequest(a) ? 'L7' : 'L4'): Decision {
     let list = this.#byService.get(service);
     if (!list) {
-      list = this.#policies.filter((p) => appliesToService(p, service)).map(compilePolicy);
+      list = new CompiledPolicies(this.#policies.filter((p) => appliesToService(p, service)));
       this.#byService.set(service, list);
     }
-    const l = list;
-    return withDryRun(decide(l, a, layer), l, (shadow) => decide(l, a, layer, shadow));
+    return evaluate(list, a, { layer });
   }
 }

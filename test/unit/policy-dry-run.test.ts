@@ -28,7 +28,7 @@ import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { AgentConfig, AuthorizationPolicy as CompiledPolicy, Workload } from '../../lib/model/mesh.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { dryRunLabels, dryRunOf, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
+import { CompiledPolicies, dryRunLabels, dryRunOf, evaluate, type DryRunResult } from '../../lib/policy/authz.ts';
 import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { CALLER, config, echo, endpoint, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener } from '../../waypoint/testing/harness.ts';
@@ -167,7 +167,7 @@ describe(`a dry-run policy at an agent is judged in shadow, never enforced (${TA
   it('the annotation is read as Go\'s strconv.ParseBool reads it: 1, t, T, TRUE, true, True are dry run; 0, f, F, FALSE, false, False enforce', () => {
     for (const v of ['1', 't', 'T', 'TRUE', 'true', 'True']) {
       const { policies, config } = meshOf([annotated(denyCaller('d', OTHER), v)]);
-      assert.equal(policies.get('shop/d')?.dryRun, true, v);
+      assert.equal(policies.get('shop/d')?.dryRun, 'DENY', v);
       assert.equal(judge(config, OTHER).verdict, 'allowed', v);
     }
     for (const v of ['0', 'f', 'F', 'FALSE', 'false', 'False']) {
@@ -202,7 +202,7 @@ test('a tenant cannot use dry-run to weaken another namespace\'s enforced policy
     annotated(allowCaller('admit-all', OTHER, 'other'), 'true'),
   ]);
   assert.equal(policies.get('shop/deny-other')?.dryRun, undefined);
-  assert.equal(policies.get('other/deny-other')?.dryRun, true);
+  assert.equal(policies.get('other/deny-other')?.dryRun, 'DENY');
   const j = judge(config, OTHER);
   assert.equal(j.verdict, 'denied');
   assert.equal(j.policy, 'shop/deny-other');
@@ -239,7 +239,7 @@ test('with the controller: a bad dry-run value keeps the last good version in fo
   const h = await startHarness(source, undefined, { registry });
   try {
     const agent = h.agent('node-a');
-    await until('the dry-run policy reaches the agent', () => agent.snapshot?.policies.some((p) => p.name === 'deny-other' && p.dryRun === true) === true);
+    await until('the dry-run policy reaches the agent', () => agent.snapshot?.policies.some((p) => p.name === 'deny-other' && p.dryRun === 'DENY') === true);
     assert.equal(judge(agent.snapshot!, OTHER).verdict, 'allowed');
 
     const bad = { ...annotated(dry, 'maybe'), metadata: { ...annotated(dry, 'maybe').metadata, generation: 2 } };
@@ -270,7 +270,7 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
   const lines: string[] = [];
   const spans = new InMemorySpanExporter();
   const policy = (name: string, action: 'ALLOW' | 'DENY', rules: CompiledPolicy['rules'], dryRun: boolean): CompiledPolicy =>
-    ({ name, namespace: 'shop', action, scope: 'service', targetServices: ['shop/reviews'], rules, layer: 'L7', ...(dryRun ? { dryRun: true as const } : {}) });
+    ({ name, namespace: 'shop', action, scope: 'service', targetServices: ['shop/reviews'], rules, layer: 'L7', ...(dryRun ? { action: 'AUDIT' as const, dryRun: action } : {}) });
 
   before(async () => {
     b = await startHttpBackend(echo('reviews'));
@@ -432,13 +432,37 @@ test('an open connection a dry-run DENY names is closed once the annotation is r
 });
 
 test('shadow judgement never throws into the real decision: a judge that throws gives its engine the result error, with the reason', () => {
-  const p = (action: 'ALLOW' | 'DENY'): CompiledPolicy => ({ name: `dry-${action}`, namespace: 'shop', action, scope: 'namespace', rules: [], layer: 'L4', dryRun: true });
-  const results = dryRunOf([p('DENY'), p('ALLOW')], (engine) => { if (engine === 'DENY') throw new Error('boom'); return { allowed: true, policy: 'shop/dry-ALLOW', reason: 'allowed by shop/dry-ALLOW' }; });
+  const p = (action: 'ALLOW' | 'DENY'): CompiledPolicy => ({ name: `dry-${action}`, namespace: 'shop', action: 'AUDIT', scope: 'namespace', rules: [], layer: 'L4', dryRun: action });
+  const results = dryRunOf(new CompiledPolicies([p('DENY'), p('ALLOW')]), (engine) => { if (engine === 'DENY') throw new Error('boom'); return { allowed: true, policy: 'shop/dry-ALLOW', reason: 'allowed by shop/dry-ALLOW' }; });
   assert.deepEqual(results?.map(({ action, result, reason }) => ({ action, result, reason })), [
     { action: 'DENY', result: 'error', reason: 'shadow evaluation failed: boom' },
     { action: 'ALLOW', result: 'allowed', reason: 'allowed by shop/dry-ALLOW' },
   ]);
-  assert.equal(dryRunOf([{ ...p('DENY'), dryRun: undefined }], () => { throw new Error('not called'); }), undefined, 'no dry-run policy: no judge called');
+  assert.equal(dryRunOf(new CompiledPolicies([{ ...p('DENY'), dryRun: undefined }]), () => { throw new Error('not called'); }), undefined, 'no dry-run policy: no judge called');
+});
+
+test('version skew: a dry-run policy is sent as AUDIT naming the action it shadows, so a data plane older than dryRun only logs it, never enforces it; a current one judges it in shadow and does not count it as AUDIT', async () => {
+  const { config, policies } = meshOf([annotated(denyCaller('deny-other', OTHER), 'true'), annotated(allowCaller('only-frontend', FRONTEND), 'true')]);
+  const sent = policies.get('shop/deny-other')!;
+  assert.equal(sent.action, 'AUDIT');
+  assert.equal(sent.dryRun, 'DENY');
+  assert.equal(policies.get('shop/only-frontend')?.dryRun, 'ALLOW');
+  const attrs = { sourcePrincipal: OTHER, sourceIp: '10.1.0.1', destinationIp: DB_IP, destinationPort: 8080 };
+  // A data plane that does not know `dryRun` reads the policies as they are sent: AUDIT, which
+  // never decides (its matches logged), where an enforced DENY would refuse OTHER.
+  const old = evaluate([...policies.values()].map(({ dryRun: _unknown, ...p }) => p), attrs);
+  assert.equal(old.allowed, true);
+  assert.deepEqual(old.audit, ['shop/deny-other']);
+  // A current one: allowed, the DENY engine's shadow denial naming the policy, no AUDIT match.
+  const now = evaluate([...policies.values()], attrs);
+  assert.equal(now.allowed, true);
+  assert.equal(now.audit, undefined);
+  assert.deepEqual(now.dryRun?.map(({ action, result, policy }) => ({ action, result, policy })), [{ action: 'DENY', result: 'denied', policy: 'shop/deny-other' }, { action: 'ALLOW', result: 'denied', policy: undefined }]);
+  const j = judge(config, OTHER);
+  assert.equal(j.verdict, 'allowed');
+  assert.equal(await dryRunCount(j.metrics, { policy: 'shop/deny-other', authz_dry_run_action: 'deny', authz_dry_run_result: 'denied' }), 1, 'counted once');
+  assert.ok(!j.lines.some((l) => l.msg === 'connection audited'), 'not logged as an AUDIT match');
+  assert.equal(j.lines.filter((l) => l.msg === 'connection dry-run denied' && l.fields.policy === 'shop/deny-other').length, 1, 'named once');
 });
 
 test('the dashboard lists a dry-run policy on an edge as dry-run, not as enforced', () => {
