@@ -324,16 +324,16 @@ export class ConnectionRecord {
     metrics.opened.inc(this.labels);
   }
 
-  /**
-   * Counts the bytes of this connection while it is open, read from the socket that faces the
-   * source (bytes read = request direction) or the destination (bytes written = request
-   * direction); the close adds what remains of the outcome's totals.
-   */
   /** Adds access-log fields known only once the connection was judged (the dry-run results). */
   annotate(fields: Record<string, unknown>): void {
     if (Object.keys(fields).length > 0) this.#extra = { ...this.#extra, ...fields };
   }
 
+  /**
+   * Counts the bytes of this connection while it is open, read from the socket that faces the
+   * source (bytes read = request direction) or the destination (bytes written = request
+   * direction); the close adds what remains of the outcome's totals.
+   */
   countWhileOpen(socket: { readonly bytesRead: number; readonly bytesWritten: number }, facing: 'source' | 'destination'): void {
     if (this.#closed) return;
     this.#live = facing === 'source'
