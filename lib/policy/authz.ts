@@ -700,20 +700,14 @@ export function dryRunLogFields(results: readonly DryRunResult[] | undefined): R
   return out;
 }
 
-/** Dry-run policies a `policy` label names when none matched; the rest are counted (`+N`). */
-export const DRY_RUN_LABEL_POLICIES = 4;
-
 /**
  * The labels a shadow result is counted under (`weft_authz_dry_run_total`, agents and waypoints
  * alike): Istio's stat tags `authz_dry_run_action` (allow, deny) and `authz_dry_run_result`
- * (allowed, denied), and the policy that matched, else the engine's dry-run policies (the first
- * DRY_RUN_LABEL_POLICIES, then `+N`: a namespace's thousand dry-run policies make no label of
- * hundreds of kilobytes in every agent).
+ * (allowed, denied), and the dry-run policy that matched, empty when none did (as Envoy's
+ * shadow_effective_policy_id), so adding or removing a dry-run policy leaves no stale series.
  */
 export function dryRunLabels(r: DryRunResult): { policy: string; authz_dry_run_action: string; authz_dry_run_result: string } {
-  const more = r.policies.length - DRY_RUN_LABEL_POLICIES;
-  const policy = r.policy ?? (more > 0 ? `${r.policies.slice(0, DRY_RUN_LABEL_POLICIES).join(',')},+${more}` : r.policies.join(','));
-  return { policy, authz_dry_run_action: r.action.toLowerCase(), authz_dry_run_result: r.result };
+  return { policy: r.policy ?? '', authz_dry_run_action: r.action.toLowerCase(), authz_dry_run_result: r.result };
 }
 
 /** The counter's name and help, one definition for every reporter. */

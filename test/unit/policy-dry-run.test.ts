@@ -126,8 +126,9 @@ describe(`a dry-run policy at an agent is judged in shadow, never enforced (${TA
       const j = judge(config, principal);
       assert.equal(j.verdict, 'allowed', `${principal ?? 'plaintext'} is delivered`);
       assert.deepEqual(j.dryRun?.map(({ action, result, policy, policies }) => ({ action, result, policy, policies })), [{ action: 'ALLOW', result: 'denied', policy: undefined, policies: ['shop/only-frontend'] }]);
-      assert.equal(await dryRunCount(j.metrics, { policy: 'shop/only-frontend', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' }), 1);
-      assert.ok(j.lines.some((l) => l.msg === 'connection dry-run denied' && l.fields.engine === 'ALLOW'));
+      // No dry-run ALLOW matched: Envoy's shadow_effective_policy_id is empty, so is the label.
+      assert.equal(await dryRunCount(j.metrics, { policy: '', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' }), 1);
+      assert.ok(j.lines.some((l) => l.msg === 'connection dry-run denied' && l.fields.engine === 'ALLOW' && l.fields.policy === undefined && l.fields.dryRunPolicies === 1));
     }
     const f = judge(config, FRONTEND);
     assert.deepEqual(f.dryRun?.map(({ result, policy }) => ({ result, policy })), [{ result: 'allowed', policy: 'shop/only-frontend' }]);
@@ -186,10 +187,19 @@ describe(`a dry-run policy at an agent is judged in shadow, never enforced (${TA
   });
 });
 
-test('a namespace\'s many dry-run policies make a bounded policy label: the first four, then how many more', () => {
+test('the policy label names the dry-run policy that matched, and is empty when none did (Envoy\'s shadow_effective_policy_id): adding or removing a dry-run policy makes no new series, and a thousand make no long label or log line', async () => {
   const r: DryRunResult = { action: 'ALLOW', result: 'denied', policies: Array.from({ length: 1000 }, (_, i) => `shop/dry-${i}`), reason: 'x' };
-  assert.deepEqual(dryRunLabels(r), { policy: 'shop/dry-0,shop/dry-1,shop/dry-2,shop/dry-3,+996', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' });
+  assert.deepEqual(dryRunLabels(r), { policy: '', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' });
+  assert.equal(dryRunLabels({ ...r, policies: r.policies.slice(0, 2) }).policy, '', 'the same series with fewer dry-run policies');
   assert.equal(dryRunLabels({ ...r, result: 'allowed', policy: 'shop/dry-7' }).policy, 'shop/dry-7');
+  const many = Array.from({ length: 50 }, (_, i) => annotated(allowCaller(`dry-${i}`, FRONTEND), 'true'));
+  const j = judge(meshOf(many).config, OTHER);
+  assert.equal(j.verdict, 'allowed');
+  assert.equal(await dryRunCount(j.metrics, { policy: '', authz_dry_run_action: 'allow', authz_dry_run_result: 'denied' }), 1, 'counted once, under policy=""');
+  const lines = j.lines.filter((l) => l.msg === 'connection dry-run denied');
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0]!.fields.dryRunPolicies, 50, 'the log line counts the dry-run policies, not lists them');
+  assert.ok(JSON.stringify(lines[0]!.fields).length < 1000);
 });
 
 // Attacker side: the annotation weakens only the policy it is on. A tenant's dry-run policy in its
@@ -322,7 +332,8 @@ describe(`a dry-run policy at a waypoint is judged in shadow, never enforced (${
     assert.equal(e?.istio_dry_run_allow_shadow_effective_policy_id, undefined);
     assert.equal(e?.istio_dry_run_deny_shadow_engine_result, 'allowed');
     const samples = await metricSamples(engine, 'weft_authz_dry_run_total');
-    assert.equal(samples.find((s) => s.labels.policy === 'shop/only-get' && s.labels.authz_dry_run_action === 'allow' && s.labels.authz_dry_run_result === 'denied')?.value, 1);
+    // No dry-run ALLOW matched: the policy label is empty, as Envoy's shadow_effective_policy_id.
+    assert.equal(samples.find((s) => s.labels.policy === '' && s.labels.authz_dry_run_action === 'allow' && s.labels.authz_dry_run_result === 'denied')?.value, 1);
   });
 
   it('an enforced DENY beside the dry-run policies still refuses, with its name', async () => {
