@@ -42,11 +42,13 @@ export interface ConnectionAttributes {
 export interface RequestAttributes extends ConnectionAttributes {
   /** The method the backend will see (compared case-sensitively). */
   method: string;
-  /**
-   * The request target the backend will see (normalized), query included: `paths` read the path
-   * without it (Envoy's path matcher), `request.headers[:path]` the whole (Envoy's :path header).
-   */
+  /** The path the backend will see (normalized), without the query: what `paths` read (Envoy's path matcher). */
   path: string;
+  /**
+   * The whole request target, query included, what `request.headers[:path]` reads (Envoy's :path
+   * header); absent: `path` (no query). The caller splits it once (waypoint/src/proxy.ts).
+   */
+  target?: string;
   host?: string;
   /** Lower-case header names. */
   headers: Readonly<Record<string, string | readonly string[] | undefined>>;
@@ -210,8 +212,8 @@ const getters = {
   destinationIp: (a: Attributes) => a.destinationIp,
   port: (a: Attributes) => a.destinationPort,
   method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
-  path: (a: Attributes) => (isRequest(a) ? a.path.split('?')[0] : undefined),
-  target: (a: Attributes) => (isRequest(a) ? a.path : undefined),
+  path: (a: Attributes) => (isRequest(a) ? a.path : undefined),
+  target: (a: Attributes) => (isRequest(a) ? (a.target ?? a.path) : undefined),
   host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
   requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth : undefined),
   audiences: (a: Attributes) => (isRequest(a) ? a.requestAuth?.audiences : undefined),

@@ -76,7 +76,7 @@ test('at L4 a DENY rule with L7 attributes denies on its L4 parts', () => {
 
 test('at L7 methods, paths and headers are checked', () => {
   const p = policy('no-post-admin', 'DENY', [rule({ to: [{ methods: ['POST'], paths: ['/admin*'] }], layer: 'L7' })]);
-  const req = { ...conn, method: 'POST', path: '/admin/users?x=1', headers: {} };
+  const req = { ...conn, method: 'POST', path: '/admin/users', target: '/admin/users?x=1', headers: {} };
   assert.equal(evaluate([p], req).allowed, false);
   assert.equal(evaluate([p], { ...req, method: 'GET' }).allowed, true);
   const h = policy('tester', 'ALLOW', [rule({ when: [{ key: 'request.headers[X-User]', values: ['tester'] }], layer: 'L7' })]);

@@ -43,8 +43,10 @@ function waypointTable(specs: Record<string, Spec>): PolicyTable {
   return new PolicyTable([...compile(inputs).model.policies.values()]);
 }
 
+/** `path` is written as the request target (query included) and split as the waypoint splits it. */
 function request(r: Partial<RequestAttributes> = {}): RequestAttributes {
-  return { sourcePrincipal: SOURCE, sourceIp: '10.1.0.5', destinationIp: '10.96.0.70', destinationPort: 80, method: 'GET', path: '/', host: 'reviews.shop.svc.cluster.local', headers: {}, ...r };
+  const target = r.path ?? '/';
+  return { sourcePrincipal: SOURCE, sourceIp: '10.1.0.5', destinationIp: '10.96.0.70', destinationPort: 80, method: 'GET', host: 'reviews.shop.svc.cluster.local', headers: {}, ...r, path: target.split('?')[0]!, target };
 }
 
 const token = (issuer: string, subject: string | undefined, claims: Record<string, unknown> = {}): RequestAuth =>

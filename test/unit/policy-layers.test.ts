@@ -26,7 +26,8 @@ function atWaypoint(policies: AuthorizationPolicy[]): PolicyTable {
 }
 
 const conn: ConnectionAttributes = { sourcePrincipal: CALLER, sourceIp: '10.77.1.4', destinationIp: '10.96.0.10', destinationPort: 80 };
-const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', path: '/', host: 'reviews.shop', headers: {}, ...r });
+/** `path` is written as the request target (query included) and split as the waypoint splits it. */
+const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', host: 'reviews.shop', headers: {}, ...r, path: (r.path ?? '/').split('?')[0]!, target: r.path ?? '/' });
 
 interface Case {
   name: string;

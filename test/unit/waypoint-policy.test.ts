@@ -249,6 +249,7 @@ describe('a DENY on request.headers[:path] and [:method] holds at the waypoint',
       policies: [
         policy('deny-admin-path', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:path]', values: ['/admin*'] }], layer: 'L7' }]),
         policy('deny-delete', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:method]', values: ['DELETE'] }], layer: 'L7' }]),
+        policy('deny-secret', 'DENY', [{ from: [], to: [{ paths: ['/secret'] }], when: [], layer: 'L7' }]),
       ],
     }));
     l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
@@ -280,5 +281,15 @@ describe('a DENY on request.headers[:path] and [:method] holds at the waypoint',
     const samples = await metricSamples(engine, 'istio_requests_total');
     const count = samples.filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
     assert.equal(count, 5, JSON.stringify(samples));
+  });
+
+  // Istio pathGenerator (Envoy's path matcher): `paths` read the path without the query.
+  it('a DENY on paths holds for the path with any query (paths read the path without it), counted and named', async () => {
+    const denied = await request(l.port, { path: '/secret?x=1' });
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /shop\/deny-secret/);
+    assert.equal((await request(l.port, { path: '/secret/x?y=1' })).status, 200);
+    const samples = await metricSamples(engine, 'istio_requests_total');
+    assert.equal(samples.filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0), 6);
   });
 });

@@ -449,12 +449,13 @@ const authenticate: Stage = (ctx) => {
 const authorize: Stage = (ctx) => {
   const { conn } = ctx;
   const dest = destination(ctx);
+  const q = ctx.path.indexOf('?');
   const decision = ctx.snap.policies.evaluate(dest.key, {
     ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
     ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
     ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
     destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
-    path: ctx.path, host: ctx.authority, headers: ctx.headers,
+    path: q < 0 ? ctx.path : ctx.path.slice(0, q), target: ctx.path, host: ctx.authority, headers: ctx.headers,
     ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
   if (decision.audit) ctx.audit = decision.audit;
