@@ -13,7 +13,7 @@ import { endpointKey, type AgentState, type Upstream } from './state.ts';
 import { ConnectionRecord, type AccessLogSink, type AgentMetrics, type ConnectionOpen } from './metrics.ts';
 import { encodeBaggage, FLAG_CONNECT, FLAG_DENY } from '../../lib/telemetry/labels.ts';
 import { DeniedError, type LocalDelivery } from './delivery.ts';
-import { dryRunLogFields } from '../../lib/policy/authz.ts';
+import { dryRunLogFields, type DryRunResult } from '../../lib/policy/authz.ts';
 import { connectTcp, splitHostPort } from './connect.ts';
 import { unmapV4 } from './datapath/codecs.ts';
 import { formatTuple } from './datapath/index.ts';
@@ -58,14 +58,18 @@ export interface OutboundOptions {
   spliceStranded?: StrandedResets;
 }
 
+/** What #open opened: the stream, and a same-node delivery's dry-run results. */
+interface Opened {
+  upstream: import('node:stream').Duplex;
+  dryRun?: DryRunResult[] | undefined;
+}
+
 export class Outbound {
   readonly #o: OutboundOptions;
   readonly #server: net.Server;
   readonly #sockets = new Set<net.Socket>();
   /** Refusal lines a second: the port is on the node's address, any host can knock (each is counted). */
   readonly #refusalLog: LogBudget;
-  /** A same-node delivery's dry-run results (its access-log fields), by the pod-side stream #open returned. */
-  readonly #dryRun = new WeakMap<object, Record<string, string>>();
 
   constructor(opts: OutboundOptions) {
     this.#o = opts;
@@ -169,9 +173,9 @@ export class Outbound {
     }
     let lastError: Error | undefined;
     for (const up of candidates) {
-      let upstream: import('node:stream').Duplex;
+      let opened: Opened;
       try {
-        upstream = await this.#open(source, up, socket);
+        opened = await this.#open(source, up, socket);
       } catch (err) {
         lastError = err as Error;
         if (up.endpoint) this.#o.state.endpointFailed(endpointKey(up.endpoint));
@@ -180,8 +184,8 @@ export class Outbound {
       }
       this.#o.state.endpointSucceeded(up.endpoint ? endpointKey(up.endpoint) : splitIp(up.target));
       const record = this.#record(source, up, socket, dest, started);
-      record.annotate(this.#dryRun.get(upstream) ?? {});
-      await this.#proxy(socket, upstream, up, source, record);
+      record.annotate(dryRunLogFields(opened.dryRun));
+      await this.#proxy(socket, opened.upstream, up, source, record);
       return;
     }
     // Traffic that must pass a waypoint fails closed when no replica answers: say so, by name.
@@ -203,13 +207,14 @@ export class Outbound {
     socket.destroy();
   }
 
-  async #open(source: Workload, up: Upstream, client: net.Socket): Promise<import('node:stream').Duplex> {
+  /** The stream to `up`, and for a same-node delivery the destination's dry-run results (its judgement is here). */
+  async #open(source: Workload, up: Upstream, client: net.Socket): Promise<Opened> {
     const timeoutMs = this.#o.connectTimeoutMs ?? 5_000;
     switch (up.kind) {
       case 'hbone': {
         const creds = await this.#o.certs.get(source.spiffeId);
         const servername = up.waypoint ? undefined : serverNameForIdentity(up.identity);
-        return this.#o.pool.connect({
+        return { upstream: await this.#o.pool.connect({
           sourceKey: source.spiffeId,
           tls: { ...tlsMaterial(creds), ...(servername ? { servername } : {}) },
           dest: { host: up.address, port: up.port },
@@ -230,7 +235,7 @@ export class Outbound {
             }
             : { headers: { forwarded: formatForwardedFor(source.ip, client.remotePort), baggage: encodeBaggage(source) } }),
           timeoutMs,
-        });
+        }) };
       }
       case 'local': {
         // Same node: no TLS on the wire, but the destination's policy applies exactly as it would
@@ -245,11 +250,10 @@ export class Outbound {
         // A push while it connected judges it again now (counted and logged there, as at a push).
         const closed = this.#o.authorizer.track({ dest: up.workload, port, source: attrs, upstream, judgedAt });
         if (closed !== undefined) throw new DeniedError(closed);
-        if (dryRun) this.#dryRun.set(upstream, dryRunLogFields(dryRun));
-        return upstream;
+        return { upstream, dryRun };
       }
       case 'passthrough':
-        return connectTcp(up.target, { timeoutMs });
+        return { upstream: await connectTcp(up.target, { timeoutMs }) };
     }
   }
 
