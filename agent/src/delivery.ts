@@ -189,7 +189,12 @@ export class LocalDelivery {
    * workload does not let the impostor in), as the HBONE path refuses a `for=` claim naming another
    * workload's address.
    */
-  authorizePlaintext(dest: Workload, port: number, clientIp: string, rejudge = false): DryRunResult[] | undefined {
+  authorizePlaintext(dest: Workload, port: number, clientIp: string): DryRunResult[] | undefined {
+    return this.#judgePlaintext(dest, port, clientIp, false);
+  }
+
+  /** authorizePlaintext's judgement; `rejudge`: see #judge. */
+  #judgePlaintext(dest: Workload, port: number, clientIp: string, rejudge: boolean): DryRunResult[] | undefined {
     if (this.#state.modeFor(dest, port) === 'STRICT') {
       this.#metrics.denied.inc({ reporter: 'destination', reason: 'plaintext_strict', destination_workload: dest.workloadName, destination_workload_namespace: dest.namespace });
       if (this.#deniedLog.take()) this.#log.info('connection denied', { reason: 'plaintext to a STRICT pod', source: clientIp, destination: `${dest.namespace}/${dest.name}:${port}` });
@@ -336,7 +341,7 @@ export class LocalDelivery {
     const owner = this.#ownerOf(d);
     if (!changed.policies && owner === judged.owner && this.#sameInputs(judged.dest, dest, d.port)) return undefined;
     try {
-      if (d.plaintext && d.source.sourceIp !== undefined) this.authorizePlaintext(dest, d.port, d.source.sourceIp, true);
+      if (d.plaintext && d.source.sourceIp !== undefined) this.#judgePlaintext(dest, d.port, d.source.sourceIp, true);
       else this.#judge(dest, d.port, d.source, { caller: d.caller, rejudge: true });
       this.#open.set(d, { dest, owner });
       return undefined;
