@@ -229,10 +229,20 @@ const getters = {
 function claimOf(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
   if (!isRequest(a) || !a.requestAuth) return undefined;
   const v = claimAt(a.requestAuth.claims, path);
-  if (typeof v === 'string' && path.length === 1 && (a.requestAuth.spaceDelimitedClaims ?? DEFAULT_SPACE_DELIMITED_CLAIMS).includes(path[0]!)) return v.split(' ').filter((w) => w !== '');
+  if (typeof v === 'string' && path.length === 1 && (a.requestAuth.spaceDelimitedClaims ?? DEFAULT_SPACE_DELIMITED_CLAIMS).has(path[0]!)) return wordsOf(a.requestAuth, path[0]!, v);
   if (typeof v === 'string') return v;
   // Envoy's ListMatcher one_of: any string item may match; items of other types match nothing.
   return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : undefined;
+}
+
+/** The words of a space-delimited claim, split once per verified token (its RequestAuth) whatever the number of matchers. */
+const claimWords = new WeakMap<RequestAuth, Map<string, readonly string[]>>();
+function wordsOf(auth: RequestAuth, claim: string, value: string): readonly string[] {
+  let byClaim = claimWords.get(auth);
+  if (!byClaim) claimWords.set(auth, (byClaim = new Map()));
+  let words = byClaim.get(claim);
+  if (!words) byClaim.set(claim, (words = value.split(' ').filter((w) => w !== '')));
+  return words;
 }
 
 /**

@@ -46,7 +46,20 @@ export interface JwtRule {
  * The claims Istio always has Envoy's jwt_authn turn from a space-delimited string into a list for
  * policy (pilot authn buildSpaceDelimitedClaims, normalize_payload_in_metadata; RFC 8693's scope).
  */
-export const DEFAULT_SPACE_DELIMITED_CLAIMS: readonly string[] = ['permission', 'scope'];
+export const DEFAULT_SPACE_DELIMITED_CLAIMS: ReadonlySet<string> = new Set(['permission', 'scope']);
+
+const spaceDelimitedSets = new WeakMap<JwtRule, ReadonlySet<string>>();
+
+/** A rule's space-delimited claims with Istio's defaults, one set per rule object (a config's lifetime); undefined: the defaults alone. */
+function spaceDelimitedOf(rule: JwtRule): ReadonlySet<string> | undefined {
+  if (!rule.spaceDelimitedClaims?.length) return undefined;
+  let set = spaceDelimitedSets.get(rule);
+  if (!set) {
+    set = new Set([...DEFAULT_SPACE_DELIMITED_CLAIMS, ...rule.spaceDelimitedClaims]);
+    spaceDelimitedSets.set(rule, set);
+  }
+  return set;
+}
 
 /** Envoy's clock_skew_seconds default. */
 export const JWT_CLOCK_SKEW_SECONDS = 60;
@@ -116,7 +129,7 @@ export interface RequestAuth {
    * words when they are strings (the claim headers keep the token's text); absent:
    * DEFAULT_SPACE_DELIMITED_CLAIMS.
    */
-  spaceDelimitedClaims?: readonly string[];
+  spaceDelimitedClaims?: ReadonlySet<string>;
 }
 
 /** Edits of the request headers a verification leads to (before forwarding; route matching sees them). */
@@ -384,7 +397,7 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
-    const spaceDelimited = rule.spaceDelimitedClaims?.length ? [...new Set([...rule.spaceDelimitedClaims, ...DEFAULT_SPACE_DELIMITED_CLAIMS])].sort() : undefined;
+    const spaceDelimited = spaceDelimitedOf(rule);
     const auth: RequestAuth = {
       issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}),
       ...(spaceDelimited ? { spaceDelimitedClaims: spaceDelimited } : {}),

@@ -90,10 +90,14 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
 
   it('names the space-delimited claims Istio normalizes for policy (scope, permission, and the rule\'s spaceDelimitedClaims); the claim headers keep the token\'s text', () => {
     const t = signToken(rsa, claims({ scope: 'read admin', roles: 'a b' }));
-    const out = authenticateRequest([{ ...rule, spaceDelimitedClaims: ['roles'], outputClaimToHeaders: [{ header: 'x-scope', claim: 'scope' }] }], bearer(t));
+    const withRoles: JwtRule = { ...rule, spaceDelimitedClaims: ['roles'], outputClaimToHeaders: [{ header: 'x-scope', claim: 'scope' }] };
+    const out = authenticateRequest([withRoles], bearer(t));
     assert.equal(out.kind, 'verified');
     if (out.kind !== 'verified') return;
-    assert.deepEqual(out.auth.spaceDelimitedClaims, ['permission', 'roles', 'scope']);
+    assert.deepEqual([...out.auth.spaceDelimitedClaims ?? []].sort(), ['permission', 'roles', 'scope']);
+    // Built once per rule (its config's lifetime), not per verified token.
+    const other = authenticateRequest([withRoles], bearer(signToken(rsa, claims({ sub: 'other' }))));
+    assert.ok(other.kind === 'verified' && other.auth.spaceDelimitedClaims === out.auth.spaceDelimitedClaims);
     assert.deepEqual(out.edits.set, [{ name: 'x-scope', value: 'read admin' }]);
     const plain = authenticateRequest([rule], bearer(t));
     assert.ok(plain.kind === 'verified' && plain.auth.spaceDelimitedClaims === undefined, 'Istio\'s default set');
