@@ -696,20 +696,6 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
   if (action === 'CUSTOM') {
     if (noRules) c.fail('spec.rules', 'is required for a CUSTOM policy: without rules it would never apply; add an empty rule {} to apply it to every request');
     else c.str(provider?.name, 'spec.provider.name', { required: true, nonEmpty: true });
-    c.arr(spec.rules, 'spec.rules')?.forEach((r, i) => {
-      const ro = typeof r === 'object' && r !== null ? (r as Json) : {};
-      (Array.isArray(ro.from) ? ro.from : []).forEach((f: unknown, j: number) => {
-        const src = typeof f === 'object' && f !== null ? (f as Json).source : undefined;
-        if (typeof src !== 'object' || src === null) return;
-        for (const k of ['namespaces', 'notNamespaces', 'serviceAccounts', 'notServiceAccounts', 'trustDomains', 'notTrustDomains', 'principals', 'notPrincipals', 'requestPrincipals', 'notRequestPrincipals']) {
-          if (Array.isArray((src as Json)[k]) && ((src as Json)[k] as unknown[]).length > 0) c.fail(`spec.rules[${i}].from[${j}].source.${k}`, 'is not supported with a CUSTOM action (Istio)');
-        }
-      });
-      (Array.isArray(ro.when) ? ro.when : []).forEach((w: unknown, j: number) => {
-        const key = typeof w === 'object' && w !== null ? (w as Json).key : undefined;
-        if (typeof key === 'string' && (['source.namespace', 'source.serviceAccount', 'source.trustDomain', 'source.principal'].includes(key) || key.startsWith('request.auth.'))) c.fail(`spec.rules[${i}].when[${j}].key`, `"${key}" is not supported with a CUSTOM action (Istio)`);
-      });
-    });
   } else if (spec.provider !== undefined) c.fail('spec.provider', `is only for a CUSTOM action, not ${action ?? 'ALLOW'}`);
   // Istio (checkDryRunAnnotation): istio.io/dry-run is a boolean, on an ALLOW or DENY only.
   const annotations = typeof o.metadata === 'object' && o.metadata !== null ? (o.metadata as Json).annotations : undefined;
@@ -738,7 +724,7 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       const fo = c.obj(f, fp, true);
       if (!fo) return;
       c.only(fo, fp, ['source']);
-      policyFields(c, fo.source, `${fp}.source`, SOURCE_FIELDS);
+      policyFields(c, fo.source, `${fp}.source`, SOURCE_FIELDS, action === 'CUSTOM');
       serviceAccountRules(c, fo.source, `${fp}.source`);
     });
     c.arr(ro.to, `${p}.to`)?.forEach((t, j) => {
@@ -757,6 +743,7 @@ function validateAuthorizationPolicy(c: Checker, o: Json): void {
       const k = key === undefined ? undefined : conditionKey(key);
       if (k && 'error' in k) c.fail(`${wp}.key`, k.error);
       const spec = k && 'spec' in k ? k.spec : undefined;
+      if (action === 'CUSTOM' && spec?.identity) c.fail(`${wp}.key`, `"${key}" is not supported with a CUSTOM action (Istio)`);
       const values = c.strList(wo.values, `${wp}.values`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
       const notValues = c.strList(wo.notValues, `${wp}.notValues`, spec && ((s, vp) => policyValue(c, spec, s, vp)));
       if (!values?.length && !notValues?.length) c.fail(wp, 'needs values or notValues');
@@ -828,8 +815,11 @@ function validateRequestAuthentication(c: Checker, o: Json): void {
   });
 }
 
-/** A `source` or `operation`: fields from lib/policy/keys.ts, each value checked for its kind. */
-function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Record<string, FieldSpec>>): void {
+/**
+ * A `source` or `operation`: fields from lib/policy/keys.ts, each value checked for its kind.
+ * `custom`: the policy's action is CUSTOM, which takes no identity field (FieldSpec.identity).
+ */
+function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Record<string, FieldSpec>>, custom = false): void {
   const o = c.obj(v, path, true);
   if (!o) return;
   const fields = Object.keys(table).flatMap((f) => [f, `not${f[0]!.toUpperCase()}${f.slice(1)}`]);
@@ -842,6 +832,7 @@ function policyFields(c: Checker, v: unknown, path: string, table: Readonly<Reco
     if (o[f] === undefined) continue;
     const spec = table[f.startsWith('not') && !table[f] ? f[3]!.toLowerCase() + f.slice(4) : f]!;
     const fp = `${path}.${f}`;
+    if (custom && spec.identity && Array.isArray(o[f]) && o[f].length > 0) c.fail(fp, 'is not supported with a CUSTOM action (Istio)');
     if (spec.kind === 'port') {
       // Istio writes ports as strings; numbers are accepted too. 0-65535 (Istio ValidatePorts).
       c.arr(o[f], fp)?.forEach((x, i) => {

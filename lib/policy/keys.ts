@@ -62,19 +62,24 @@ export type ValueKind =
 export interface FieldSpec {
   layer: PolicyLayer;
   kind: ValueKind;
+  /**
+   * Names who the caller is (the peer's identity or the request's token): Istio refuses it with a
+   * CUSTOM action (ValidateAuthorizationPolicy "is currently not supported with CUSTOM action").
+   */
+  identity?: true;
 }
 
 /** `rules[].from[].source` fields (each also exists as `not<Field>`). */
 export const SOURCE_FIELDS: Readonly<Record<string, FieldSpec>> = {
-  principals: { layer: 'L4', kind: 'principal' },
-  namespaces: { layer: 'L4', kind: 'namespace' },
-  trustDomains: { layer: 'L4', kind: 'trustDomain' },
-  serviceAccounts: { layer: 'L4', kind: 'serviceAccount' },
+  principals: { identity: true, layer: 'L4', kind: 'principal' },
+  namespaces: { identity: true, layer: 'L4', kind: 'namespace' },
+  trustDomains: { identity: true, layer: 'L4', kind: 'trustDomain' },
+  serviceAccounts: { identity: true, layer: 'L4', kind: 'serviceAccount' },
   ipBlocks: { layer: 'L4', kind: 'cidr' },
   /** The client address from X-Forwarded-For: only a waypoint reading the request sees it. */
   remoteIpBlocks: { layer: 'L7', kind: 'cidr' },
   /** `<iss>/<sub>` of the request's verified JWT (RequestAuthentication): only a waypoint sees it. */
-  requestPrincipals: { layer: 'L7', kind: 'requestPrincipal' },
+  requestPrincipals: { identity: true, layer: 'L7', kind: 'requestPrincipal' },
 };
 
 /** `rules[].to[].operation` fields (each also exists as `not<Field>`). */
@@ -92,18 +97,18 @@ export const OPERATION_FIELDS: Readonly<Record<string, FieldSpec>> = {
  */
 export const CONDITION_KEYS: Readonly<Record<string, FieldSpec & { arg?: 'header' | 'claim' }>> = {
   'source.ip': { layer: 'L4', kind: 'cidr' },
-  'source.namespace': { layer: 'L4', kind: 'namespace' },
-  'source.trustDomain': { layer: 'L4', kind: 'trustDomain' },
-  'source.principal': { layer: 'L4', kind: 'principal' },
-  'source.serviceAccount': { layer: 'L4', kind: 'serviceAccount' },
+  'source.namespace': { identity: true, layer: 'L4', kind: 'namespace' },
+  'source.trustDomain': { identity: true, layer: 'L4', kind: 'trustDomain' },
+  'source.principal': { identity: true, layer: 'L4', kind: 'principal' },
+  'source.serviceAccount': { identity: true, layer: 'L4', kind: 'serviceAccount' },
   'destination.ip': { layer: 'L4', kind: 'cidr' },
   'destination.port': { layer: 'L4', kind: 'port' },
   'remote.ip': { layer: 'L7', kind: 'cidr' },
   'request.headers': { layer: 'L7', kind: 'header', arg: 'header' },
-  'request.auth.principal': { layer: 'L7', kind: 'requestPrincipal' },
-  'request.auth.audiences': { layer: 'L7', kind: 'claim' },
-  'request.auth.presenter': { layer: 'L7', kind: 'claim' },
-  'request.auth.claims': { layer: 'L7', kind: 'claim', arg: 'claim' },
+  'request.auth.principal': { identity: true, layer: 'L7', kind: 'requestPrincipal' },
+  'request.auth.audiences': { identity: true, layer: 'L7', kind: 'claim' },
+  'request.auth.presenter': { identity: true, layer: 'L7', kind: 'claim' },
+  'request.auth.claims': { identity: true, layer: 'L7', kind: 'claim', arg: 'claim' },
   'connection.sni': { layer: 'L7', kind: 'unavailable' },
 };
 

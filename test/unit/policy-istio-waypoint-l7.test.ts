@@ -22,6 +22,7 @@ import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { PolicyTable, type RequestAttributes } from '../../lib/policy/authz.ts';
 import type { RequestAuth } from '../../lib/policy/jwt.ts';
+import { CONDITION_KEYS, SOURCE_FIELDS } from '../../lib/policy/keys.ts';
 import { authz, ns, svc } from './controller-fixtures.ts';
 
 type Spec = NonNullable<AuthorizationPolicy['spec']>;
@@ -291,6 +292,30 @@ describe('Istio\'s validation of an AuthorizationPolicy, at the controller', () 
       else assert.deepEqual(issues.map((i) => i.path), [row.refusedAt], JSON.stringify(issues));
     });
   }
+
+  // pkg/config/validation/validation.go ValidateAuthorizationPolicy, CUSTOM: From.Namespaces,
+  // ServiceAccounts, TrustDomains, Principals, RequestPrincipals (and their Not*), when keys
+  // source.namespace, source.serviceAccount, source.trustDomain, source.principal, request.auth.*.
+  // The vocabulary marks them (keys.ts FieldSpec.identity), so one added there is refused too.
+  it('a CUSTOM policy is refused at every identity field and key the vocabulary marks, exactly Istio\'s list', () => {
+    const fields = Object.entries(SOURCE_FIELDS).filter(([, s]) => s.identity).map(([f]) => f).sort();
+    assert.deepEqual(fields, ['namespaces', 'principals', 'requestPrincipals', 'serviceAccounts', 'trustDomains']);
+    const keys = Object.entries(CONDITION_KEYS).filter(([, s]) => s.identity).map(([k]) => k).sort();
+    assert.deepEqual(keys, ['request.auth.audiences', 'request.auth.claims', 'request.auth.presenter', 'request.auth.principal', 'source.namespace', 'source.principal', 'source.serviceAccount', 'source.trustDomain']);
+    const custom = (rule: object) => validateObject(authz('shop', 'p', { targetRefs: [WAYPOINT_REF], action: 'CUSTOM', provider: { name: 'opa' }, rules: [rule] }));
+    for (const f of fields.flatMap((x) => [x, `not${x[0]!.toUpperCase()}${x.slice(1)}`])) {
+      const value = f.toLowerCase().includes('serviceaccounts') ? 'shop/sa' : f.toLowerCase().includes('principals') ? 'cluster.local/ns/a/sa/b' : 'x';
+      const issues = custom({ from: [{ source: { [f]: [value] } }] });
+      assert.deepEqual(issues.map((i) => [i.path, i.message]), [[`spec.rules[0].from[0].source.${f}`, 'is not supported with a CUSTOM action (Istio)']], f);
+    }
+    for (const k of keys) {
+      const key = k === 'request.auth.claims' ? `${k}[iss]` : k;
+      const issues = custom({ when: [{ key, values: ['x'] }] });
+      assert.deepEqual(issues.map((i) => i.path), ['spec.rules[0].when[0].key'], key);
+      assert.match(issues[0]!.message, /is not supported with a CUSTOM action/);
+    }
+    assert.deepEqual(custom({ from: [{ source: { ipBlocks: ['10.0.0.0/8'] } }], when: [{ key: 'source.ip', values: ['10.0.0.1'] }] }), [], 'the rest is accepted');
+  });
 });
 
 // Istio builder (extauthz.go, testdata custom-bad-*): a CUSTOM policy whose provider is not among the
