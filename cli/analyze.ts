@@ -16,7 +16,7 @@
 import type { CompileFinding, CompileOptions } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, isMeshKind, keyOf } from '../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf } from '../lib/model/objects.ts';
 import { labelsMatch, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -95,14 +95,17 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
       o.metadata = { ...meta, namespace: options.defaultNamespace ?? 'default' };
     }
     const key = keyOf(kind, KINDS[kind].namespaced ? str(o.metadata?.namespace) : undefined, str(o.metadata?.name));
-    if (seen.has(key)) {
+    // The same name in another API group (weft.dev, security.istio.io) is another object, which the
+    // store refuses beside the first (Invalid at metadata.name), not a later definition of this one.
+    const identity = `${key} ${groupOf(str(o.apiVersion))}`;
+    if (seen.has(identity)) {
       findings.push({
         severity: 'Warning', code: 'Duplicate', kind, namespace: str(o.metadata?.namespace), name: str(o.metadata?.name),
-        message: `defined again${source ? ` in ${source}` : ''}${seen.get(key) ? ` (first in ${seen.get(key)})` : ''}; the later definition wins`,
+        message: `defined again${source ? ` in ${source}` : ''}${seen.get(identity) ? ` (first in ${seen.get(identity)})` : ''}; the later definition wins`,
         ...(source ? { source } : {}),
       });
     }
-    seen.set(key, source);
+    seen.set(identity, source);
     if (source) sourceOf.set(key, source);
     raw.push(o as RawObject);
   }

@@ -1,11 +1,17 @@
 // The controller's object store: the last valid version of every input object. An invalid update
 // is refused and the previous version stays in force (last good config keeps serving); the
 // object's status says why, naming the field.
+//
+// An object is one per kind, namespace and name. Istio's security kinds are read in two API groups
+// (weft.dev and security.istio.io), which Kubernetes keeps as two objects: the same name in both is
+// refused rather than one silently replacing the other. The one held stays in force and the other
+// is refused at metadata.name, naming both apiVersions, for as long as both exist; it is taken when
+// the held one goes.
 import { createHash } from 'node:crypto';
 import { validateObject, withoutNullFields, type ValidationIssue } from '../../lib/model/validate.ts';
 import { MAX_ISSUE_CHARS, summarizeIssues } from '../../lib/model/errors.ts';
 import { clip } from '../../lib/log.ts';
-import { KINDS, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
 import { emptyInputs, type MeshInputs } from './compile.ts';
 import type { ObjectStatus, RawObject, SourceEvent } from './sources/source.ts';
 
@@ -32,6 +38,19 @@ interface Entry {
   origin?: string;
 }
 
+/** An object of another API group under a key already held: refused while the held one exists. */
+interface Rival {
+  raw: RawObject;
+  group: string;
+  issues: ValidationIssue[];
+  generation?: number;
+  origin?: string;
+}
+
+/** What a snapshot lists: the key and the API group (two groups may hold one key). */
+const identity = (key: string, group: string) => `${key} ${group}`;
+const groupOfRaw = (o: { apiVersion?: unknown }) => (typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : '');
+
 /** A digest of the object without metadata.resourceVersion (and without the status we write). */
 function fingerprint(o: MeshObject): string {
   const { resourceVersion: _rv, ...meta } = o.metadata;
@@ -47,6 +66,8 @@ export class ObjectStore {
   #objects = new Map<string, Entry>();
   /** Latest validation verdict per key (objects whose last update was refused). */
   #invalid = new Map<string, { issues: ValidationIssue[]; generation?: number; origin?: string }>();
+  /** Objects refused because another API group's object of the same key is held. */
+  #rivals = new Map<string, Rival>();
   #resourceVersion = '0';
   /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
   #changed = new Set<string>();
@@ -70,12 +91,20 @@ export class ObjectStore {
         // snapshot keeps its Invalid verdict (and so its status).
         const listed = new Set<string>();
         for (const o of e.objects) {
-          const key = this.#upsert(o, e.origin, result, listed);
-          if (key) seen.add(key);
+          const id = this.#upsert(o, e.origin, result, listed);
+          if (id) seen.add(id);
         }
-        for (const [key, entry] of this.#objects) {
-          if (e.kinds.includes(entry.object.kind) && !seen.has(key) && (e.origin === undefined || entry.origin === e.origin)) {
-            this.#delete(key, result);
+        // A rival no longer listed is gone first, so that it is not taken for a held one that went too.
+        for (const [key, r] of [...this.#rivals]) {
+          const kind = key.slice(0, key.indexOf('/'));
+          if (isMeshKind(kind) && e.kinds.includes(kind) && !seen.has(identity(key, r.group)) && (e.origin === undefined || r.origin === e.origin)) {
+            this.#delete(key, r.group, result);
+          }
+        }
+        for (const [key, entry] of [...this.#objects]) {
+          const group = groupOf(entry.object.apiVersion);
+          if (e.kinds.includes(entry.object.kind) && !seen.has(identity(key, group)) && (e.origin === undefined || entry.origin === e.origin)) {
+            this.#delete(key, group, result);
           }
         }
         for (const key of this.#invalid.keys()) {
@@ -85,7 +114,7 @@ export class ObjectStore {
       } else if (e.type === 'upsert') {
         this.#upsert(e.object, e.origin, result);
       } else {
-        this.#delete(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), result);
+        this.#delete(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), e.group, result);
       }
     }
     return result;
@@ -100,6 +129,11 @@ export class ObjectStore {
     const ns = typeof raw.metadata?.namespace === 'string' ? raw.metadata.namespace : undefined;
     const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
     listed?.add(key);
+    const group = groupOfRaw(raw);
+    const held = this.#objects.get(key);
+    if (held && groupOf(held.object.apiVersion) !== group && isMeshKind(kind) && KINDS[kind].apiVersions.includes(raw.apiVersion as string)) {
+      return this.#refuseRival(key, raw, input, held.object, issues, origin, result);
+    }
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
       this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}) });
@@ -112,7 +146,7 @@ export class ObjectStore {
         result.restated.push(key);
       }
       // Keep the key alive in a snapshot so the last good version is not deleted.
-      return this.#objects.has(key) ? key : undefined;
+      return held ? identity(key, group) : undefined;
     }
     const object = raw as unknown as MeshObject;
     const fp = fingerprint(object);
@@ -124,19 +158,60 @@ export class ObjectStore {
       // seen back, or someone else's replacing it): the status is checked against the live one.
       if (KINDS[object.kind].hasStatus && !wasInvalid) result.restated.push(key);
       prev.object = object;
-      return key;
+      return identity(key, group);
     }
     this.#objects.set(key, { object, fingerprint: fp, ...(origin ? { origin } : {}) });
     this.#changed.add(key);
     result.changed = true;
-    return key;
+    return identity(key, group);
   }
 
-  #delete(key: string, result: ApplyResult): void {
+  /**
+   * `raw` has the key of `held`, in another API group: two objects for Kubernetes, one for Weft.
+   * The held one stays in force; this one is refused at metadata.name (counted and named as any
+   * refused object) and kept aside, to be taken if the held one goes.
+   */
+  #refuseRival(key: string, raw: RawObject, input: RawObject, held: MeshObject, issues: ValidationIssue[], origin: string | undefined, result: ApplyResult): string {
+    const kind = key.slice(0, key.indexOf('/')) as MeshKind;
+    const collision: ValidationIssue = {
+      kind,
+      namespace: held.metadata.namespace ?? '',
+      name: held.metadata.name,
+      path: 'metadata.name',
+      message: `is also the name of a ${kind} in ${held.apiVersion}, in force; this one in ${String(raw.apiVersion)} is refused while that one exists (Kubernetes keeps the two API groups' objects apart, Weft reads one ${kind} per namespace and name: rename or delete one)`,
+    };
+    const group = groupOfRaw(raw);
+    // The status goes to the object of the kind's own group (weft.dev), whichever of the two it is.
+    const own = group === KINDS[kind].group ? raw.metadata?.generation : held.metadata.generation;
+    const all = [collision, ...issues];
+    this.#rivals.set(key, { raw: input, group, issues: all, ...(typeof own === 'number' ? { generation: own } : {}), ...(origin ? { origin } : {}) });
+    result.rejections.push({ key, issues: all, ...(origin ? { origin } : {}) });
+    result.touched.push(key);
+    result.restated.push(key);
+    return identity(key, group);
+  }
+
+  /** Deletes the object of `key` in `group` (absent: the one held); a rival of the held one is then taken. */
+  #delete(key: string, group: string | undefined, result: ApplyResult): void {
+    const held = this.#objects.get(key);
+    const rival = this.#rivals.get(key);
+    if (group !== undefined && held && groupOf(held.object.apiVersion) !== group) {
+      // Not the object in force: the rival of that group goes, the held one stays as it is.
+      if (rival?.group === group) {
+        this.#rivals.delete(key);
+        result.touched.push(key);
+        result.restated.push(key);
+      }
+      return;
+    }
     this.#invalid.delete(key);
     if (this.#objects.delete(key)) {
       this.#changed.add(key);
       result.changed = true;
+    }
+    if (rival) {
+      this.#rivals.delete(key);
+      this.#upsert(rival.raw, rival.origin, result);
     }
   }
 
@@ -151,9 +226,9 @@ export class ObjectStore {
     return this.#objects.get(key)?.object;
   }
 
-  /** Issues of the most recent refused update of `key`, if its last update was refused. */
+  /** Issues of the most recent refused update of `key`, if its last update was refused, or of the other API group's object refused beside it. */
   invalid(key: string): { issues: ValidationIssue[]; generation?: number; origin?: string } | undefined {
-    return this.#invalid.get(key);
+    return this.#invalid.get(key) ?? this.#rivals.get(key);
   }
 
   /** Keys with a status to write: accepted status-bearing objects and refused ones. */

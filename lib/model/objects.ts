@@ -149,6 +149,21 @@ export const WEFT_VERSION = 'v1alpha1';
 export const WEFT_API_VERSION = 'weft.dev/v1alpha1';
 export const GATEWAY_GROUP = 'gateway.networking.k8s.io';
 export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
+/**
+ * Istio's security API: AuthorizationPolicy, PeerAuthentication and RequestAuthentication are read
+ * in it too (newest first), their specs being Istio's, so manifests written for Istio are enforced
+ * as they are. An object is still one per kind, namespace and name: the same name in both groups is
+ * refused (controller/src/store.ts, docs/SECURITY.md).
+ */
+export const ISTIO_SECURITY_GROUP = 'security.istio.io';
+export const ISTIO_SECURITY_API_VERSIONS = ['security.istio.io/v1', 'security.istio.io/v1beta1'] as const;
+export type SecurityApiVersion = typeof WEFT_API_VERSION | (typeof ISTIO_SECURITY_API_VERSIONS)[number];
+
+/** The group of an apiVersion (`''` for core `v1`). */
+export function groupOf(apiVersion: string): string {
+  const slash = apiVersion.indexOf('/');
+  return slash < 0 ? '' : apiVersion.slice(0, slash);
+}
 
 // ---------------------------------------------------------------------------------------------
 // core/v1 and discovery.k8s.io/v1
@@ -379,7 +394,7 @@ export interface PolicyStatus {
 }
 
 export interface AuthorizationPolicy {
-  apiVersion: 'weft.dev/v1alpha1';
+  apiVersion: SecurityApiVersion;
   kind: 'AuthorizationPolicy';
   metadata: ObjectMeta;
   /** Optional, as in Istio: no spec is an ALLOW policy with no rules (allows nothing in scope). */
@@ -409,7 +424,7 @@ export interface AuthorizationPolicy {
  * request principal (an AuthorizationPolicy with `requestPrincipals` requires one).
  */
 export interface RequestAuthentication {
-  apiVersion: 'weft.dev/v1alpha1';
+  apiVersion: SecurityApiVersion;
   kind: 'RequestAuthentication';
   metadata: ObjectMeta;
   spec: {
@@ -435,7 +450,7 @@ export type MtlsMode = 'STRICT' | 'PERMISSIVE';
 export type PeerAuthenticationMode = MtlsMode | 'UNSET' | 'DISABLE';
 
 export interface PeerAuthentication {
-  apiVersion: 'weft.dev/v1alpha1';
+  apiVersion: SecurityApiVersion;
   kind: 'PeerAuthentication';
   metadata: ObjectMeta;
   /** Optional: no spec inherits the mode from above (namespace, then mesh). */
@@ -704,14 +719,16 @@ export interface KindInfo {
   namespaced: boolean;
   /** Objects of this kind carry a status the controller writes (Accepted/Invalid, Ready). */
   hasStatus: boolean;
-  /** Every apiVersion accepted for this kind, newest first (`apiVersion` is the one Weft writes and watches by default). */
+  /**
+   * Every apiVersion accepted for this kind, newest first (`apiVersion` is the one Weft writes and
+   * watches by default); Istio's security kinds also accept ISTIO_SECURITY_API_VERSIONS, another group.
+   */
   apiVersions: readonly string[];
 }
 
 function kindInfo(kind: MeshKind, apiVersion: string, plural: string, namespaced: boolean, hasStatus: boolean, alsoAccepted: readonly string[] = []): KindInfo {
-  const slash = apiVersion.indexOf('/');
-  const group = slash < 0 ? '' : apiVersion.slice(0, slash);
-  const version = slash < 0 ? apiVersion : apiVersion.slice(slash + 1);
+  const group = groupOf(apiVersion);
+  const version = apiVersion.slice(apiVersion.indexOf('/') + 1);
   return { kind, apiVersion, group, version, plural, namespaced, hasStatus, apiVersions: [...alsoAccepted, apiVersion] };
 }
 
@@ -723,9 +740,9 @@ export const KINDS: Readonly<Record<MeshKind, KindInfo>> = {
   Service: kindInfo('Service', 'v1', 'services', true, false),
   EndpointSlice: kindInfo('EndpointSlice', 'discovery.k8s.io/v1', 'endpointslices', true, false),
   Waypoint: kindInfo('Waypoint', WEFT_API_VERSION, 'waypoints', true, true),
-  AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true),
-  RequestAuthentication: kindInfo('RequestAuthentication', WEFT_API_VERSION, 'requestauthentications', true, true),
-  PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true),
+  AuthorizationPolicy: kindInfo('AuthorizationPolicy', WEFT_API_VERSION, 'authorizationpolicies', true, true, ISTIO_SECURITY_API_VERSIONS),
+  RequestAuthentication: kindInfo('RequestAuthentication', WEFT_API_VERSION, 'requestauthentications', true, true, ISTIO_SECURITY_API_VERSIONS),
+  PeerAuthentication: kindInfo('PeerAuthentication', WEFT_API_VERSION, 'peerauthentications', true, true, ISTIO_SECURITY_API_VERSIONS),
   TrafficPolicy: kindInfo('TrafficPolicy', WEFT_API_VERSION, 'trafficpolicies', true, true),
   Telemetry: kindInfo('Telemetry', WEFT_API_VERSION, 'telemetries', true, true),
   HTTPRoute: kindInfo('HTTPRoute', GATEWAY_API_VERSION, 'httproutes', true, true),

@@ -37,6 +37,17 @@ function route(namespace: string, name: string, parent: { name: string; namespac
 // Each case: the objects added to (or replacing) the clean base, and the line(s) analyze must print.
 const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }> = [
   {
+    // https://istio.io/latest/docs/reference/config/security/authorization-policy/ (its DENY sample, security.istio.io/v1)
+    name: 'Istio\'s security.istio.io/v1 AuthorizationPolicy is read as the controller reads it: no finding',
+    objects: () => [...shop(), { apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'httpbin', namespace: 'shop' }, spec: { action: 'DENY', rules: [{ from: [{ source: { notNamespaces: ['shop'] } }] }] } }],
+    findings: [],
+  },
+  {
+    name: 'the same AuthorizationPolicy name in weft.dev and security.istio.io is one refused object naming both apiVersions (Error), not a later definition',
+    objects: () => [...shop(), authz('shop', 'httpbin', { action: 'DENY', rules: [{}] }), { apiVersion: 'security.istio.io/v1beta1', kind: 'AuthorizationPolicy', metadata: { name: 'httpbin', namespace: 'shop' }, spec: { rules: [{}] } }],
+    findings: [/^Error \[Invalid\] AuthorizationPolicy shop\/httpbin metadata\.name \(.*in\.yaml\): .*weft\.dev\/v1alpha1.*security\.istio\.io\/v1beta1/],
+  },
+  {
     name: 'an invalid field is named with its path (Error)',
     objects: () => [...shop(), authz('shop', 'bad-cidr', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33'] } }] }] })],
     findings: [/^Error \[Invalid\] AuthorizationPolicy shop\/bad-cidr spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\] \(.*in\.yaml\): /],

@@ -7,7 +7,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { KINDS, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
 import { formatManifestProblem, parseManifest } from '../../../lib/model/manifest.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
@@ -43,7 +43,7 @@ export class ConfigDirSource implements ConfigSource {
   readonly name = 'config-dir';
   readonly #o: ConfigDirSourceOptions;
   readonly #log: Logger;
-  /** file → key → JSON of the object last read from it. */
+  /** file → identity (key and API group, idFor) → JSON of the object last read from it. */
   #files = new Map<string, Map<string, string>>();
   #watcher: FSWatcher | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -115,6 +115,7 @@ export class ConfigDirSource implements ConfigSource {
   async #rescan(): Promise<void> {
     if (!this.#handler) return;
     const events: SourceEvent[] = [];
+    const upserts: SourceEvent[] = [];
     const files = new Set(await this.#list());
     for (const [file, old] of this.#files) {
       if (files.has(file)) continue;
@@ -126,16 +127,19 @@ export class ConfigDirSource implements ConfigSource {
       if (!parsed) continue;
       const old = this.#files.get(file) ?? new Map<string, string>();
       for (const o of parsed.objects) {
-        const key = keyFor(o);
-        if (old.get(key) !== parsed.fingerprints.get(key)) events.push({ type: 'upsert', object: o, resourceVersion: String(++this.#version), origin: file });
+        const key = idFor(o);
+        if (old.get(key) !== parsed.fingerprints.get(key)) upserts.push({ type: 'upsert', object: o, resourceVersion: '', origin: file });
       }
       for (const key of old.keys()) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(key, file, String(++this.#version)));
       this.#files.set(file, parsed.fingerprints);
     }
+    // Deletes first: an object moved to the other API group (its apiVersion edited) is not taken
+    // for a second object of its name beside the one it replaces.
+    for (const u of upserts) events.push({ ...u, resourceVersion: String(++this.#version) });
     // An object removed from one file but still defined in another comes back from that one.
     const resolved = events.map((e): SourceEvent => {
       if (e.type !== 'delete') return e;
-      const key = keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name);
+      const key = identity(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), e.group ?? '');
       for (const [file, objects] of this.#files) {
         const json = objects.get(key);
         if (json !== undefined) return { type: 'upsert', object: JSON.parse(json) as RawObject, resourceVersion: e.resourceVersion, origin: file };
@@ -154,7 +158,7 @@ export class ConfigDirSource implements ConfigSource {
     for (const [file, objects] of this.#files) {
       for (const key of objects.keys()) {
         const other = seen.get(key);
-        if (other !== undefined) this.#log.warn('object defined in two files; the later one wins', { object: key, files: [other, file] });
+        if (other !== undefined) this.#log.warn('object defined in two files; the later one wins', { object: JSON.parse(key)[0] as string, files: [other, file] });
         else seen.set(key, file);
       }
     }
@@ -204,7 +208,7 @@ export class ConfigDirSource implements ConfigSource {
       o.metadata.namespace = this.#o.defaultNamespace ?? 'default';
     }
     objects.push(o);
-    fingerprints.set(keyFor(o), JSON.stringify(o));
+    fingerprints.set(idFor(o), JSON.stringify(o));
   }
 
   #fileError(err: ConfigFileError): void {
@@ -213,16 +217,23 @@ export class ConfigDirSource implements ConfigSource {
   }
 }
 
-function keyFor(o: RawObject): string {
+/**
+ * An object's identity in the directory: its key and its API group, as Kubernetes keeps a weft.dev
+ * and a security.istio.io AuthorizationPolicy of one name apart (the store refuses the pair).
+ */
+function idFor(o: RawObject): string {
   const kind = typeof o.kind === 'string' ? o.kind : '?';
   const ns = typeof o.metadata?.namespace === 'string' ? o.metadata.namespace : undefined;
   const name = typeof o.metadata?.name === 'string' ? o.metadata.name : '?';
-  return keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
+  return identity(keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name), typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : '');
 }
 
-function deleteEvent(key: string, file: string, resourceVersion: string): SourceEvent {
+const identity = (key: string, group: string) => JSON.stringify([key, group]);
+
+function deleteEvent(id: string, file: string, resourceVersion: string): SourceEvent {
+  const [key, group] = JSON.parse(id) as [string, string];
   const parts = key.split('/');
   const kind = parts[0] as MeshKind;
   const namespaced = parts.length === 3;
-  return { type: 'delete', kind, namespace: namespaced ? parts[1]! : '', name: parts[namespaced ? 2 : 1]!, resourceVersion, origin: file };
+  return { type: 'delete', kind, namespace: namespaced ? parts[1]! : '', name: parts[namespaced ? 2 : 1]!, group, resourceVersion, origin: file };
 }

@@ -24,7 +24,7 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import type { AgentOptions } from 'node:https';
-import { KINDS, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
+import { KINDS, groupOf, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
 
@@ -249,6 +249,7 @@ export class KubeSource implements ConfigSource {
     // A kind accepted in several versions (ReferenceGrant v1 and v1beta1) is watched in the
     // newest one the API server serves.
     for (const apiVersion of k.apiVersions) {
+      if (groupOf(apiVersion) !== k.group) continue;
       const version = apiVersion.slice(apiVersion.indexOf('/') + 1);
       try {
         await this.#custom.listClusterCustomObject({ group: k.group, version, plural: k.plural, limit: 1 });

@@ -14,7 +14,8 @@ export type SourceEvent =
   /** Replaces every object of `kinds` (initial load, relist). */
   | { type: 'snapshot'; kinds: MeshKind[]; objects: RawObject[]; resourceVersion: string; origin?: string }
   | { type: 'upsert'; object: RawObject; resourceVersion: string; origin?: string }
-  | { type: 'delete'; kind: MeshKind; namespace: string; name: string; resourceVersion: string; origin?: string };
+  /** `group`: the API group the object was deleted from, for a kind read in two (Istio's security kinds); absent, the object held. */
+  | { type: 'delete'; kind: MeshKind; namespace: string; name: string; group?: string; resourceVersion: string; origin?: string };
 
 export type SourceHandler = (events: SourceEvent[]) => void;
 
