@@ -15,7 +15,7 @@ import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k
 import type { IRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import type { IRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
 import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
-import { KINDS, type KindInfo } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, type KindInfo } from '../../lib/model/objects.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
   AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
@@ -44,9 +44,17 @@ function byGroup(kinds: readonly KindInfo[], resource: (k: KindInfo) => string):
   return [...groups];
 }
 
+/**
+ * A kind once per API group it is read in: Istio's security kinds also in security.istio.io, when
+ * its CRDs are installed (read only: Weft writes no status there, its findings are Events).
+ */
+function inEveryGroup(k: KindInfo): KindInfo[] {
+  return [...new Set([k.group, ...k.apiVersions.map(groupOf)])].map((group) => ({ ...k, group }));
+}
+
 /** Cluster-wide rules of the controller, each with the reason it exists. */
 export const CONTROLLER_CLUSTER_RULES: readonly { why: string; rule: IPolicyRule }[] = [
-  ...byGroup(WATCHED, (k) => k.plural).map(([group, resources]) => ({
+  ...byGroup(WATCHED.flatMap(inEveryGroup), (k) => k.plural).map(([group, resources]) => ({
     why: `mesh inputs (${group || 'core'}): informers on ${resources.join(', ')}`,
     rule: { apiGroups: [group], resources, verbs: READ },
   })),

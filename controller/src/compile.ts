@@ -292,6 +292,8 @@ export interface CompileFinding {
   path: string;
   reason: string;
   message: string;
+  /** The object's apiVersion when not its kind's own (an Istio security.istio.io object), for its Event. */
+  apiVersion?: string;
 }
 
 /** One Gateway API condition as the controller decided it. */

@@ -4,7 +4,7 @@
 import { backoffDelay } from '../../lib/backoff.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { summarizeIssues } from '../../lib/model/errors.ts';
-import { KINDS, isMeshKind, type MeshKind } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import type { ExportLeftOut } from '../../lib/model/federation.ts';
 import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
@@ -201,6 +201,8 @@ export class Controller {
     // A status-only or no-op update: ours seen back, or someone else's that replaced ours. Forget
     // what was written: the next pass compares with the live status and restores ours if it is gone.
     for (const key of r.restated) this.#written.delete(key);
+    // A refused object of another API group has its verdict as an Event only (#eventFindings).
+    if (r.rejections.length > 0) this.#findingsDirty = true;
     if (r.changed || r.rejections.length > 0 || r.touched.length > 0 || r.restated.length > 0) {
       if (events.some((e) => (e.type === 'upsert' && e.object.kind === 'Waypoint') || (e.type === 'delete' && e.kind === 'Waypoint') || e.type === 'snapshot')) this.#waypointsDirty = true;
       // A Waypoint itself changed: reconcile now, whatever the backoff of earlier failures. Not its
@@ -364,13 +366,34 @@ export class Controller {
     await this.#writeStatuses(findings, runtime);
     if (leader && this.#findingsDirty && this.#o.onFindings) {
       this.#findingsDirty = false;
-      const more = await this.#o.onFindings(findings).catch((e: Error) => this.#log.warn('findings not recorded', { error: e.message }));
+      const more = await this.#o.onFindings(this.#eventFindings(findings)).catch((e: Error) => this.#log.warn('findings not recorded', { error: e.message }));
       // Events held back by the recorder's bound are written at the next round, in a quiet cluster too.
       if (more === true) {
         this.#findingsDirty = true;
         this.#markDirty(false);
       }
     }
+  }
+
+  /**
+   * The findings to record as Events. An object of another API group than its kind's own (Istio's
+   * security.istio.io, whose status istiod may own) gets no Weft status: its findings name its
+   * apiVersion, and its refusal (Invalid, a name taken in the other group) is an Event too.
+   */
+  #eventFindings(findings: readonly CompileFinding[]): CompileFinding[] {
+    const other = (kind: string, apiVersion: string | undefined) => apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
+    const out = findings.map((f) => {
+      const apiVersion = this.store.get(keyOf(f.kind, f.namespace || undefined, f.name))?.apiVersion;
+      return other(f.kind, apiVersion) ? { ...f, apiVersion: apiVersion! } : f;
+    });
+    for (const key of this.store.statusKeys()) {
+      const verdict = this.store.invalid(key);
+      const kind = key.slice(0, key.indexOf('/'));
+      if (!verdict || !other(kind, verdict.apiVersion)) continue;
+      const st = invalidStatus(key, verdict.issues);
+      out.push({ kind, namespace: st.namespace, name: st.name, path: st.path ?? '', reason: st.reason, message: st.message, apiVersion: verdict.apiVersion! });
+    }
+    return out;
   }
 
   #lastFindings: CompileFinding[] = [];

@@ -38,13 +38,18 @@ interface Entry {
   origin?: string;
 }
 
-/** An object of another API group under a key already held: refused while the held one exists. */
-interface Rival {
-  raw: RawObject;
-  group: string;
+/** Why an object was refused; `apiVersion` is the refused object's (an Istio one has no Weft status, its verdict is an Event). */
+export interface Verdict {
   issues: ValidationIssue[];
   generation?: number;
   origin?: string;
+  apiVersion?: string;
+}
+
+/** An object of another API group under a key already held: refused while the held one exists. */
+interface Rival extends Verdict {
+  raw: RawObject;
+  group: string;
 }
 
 /** What a snapshot lists: the key and the API group (two groups may hold one key). */
@@ -65,7 +70,7 @@ function fingerprint(o: MeshObject): string {
 export class ObjectStore {
   #objects = new Map<string, Entry>();
   /** Latest validation verdict per key (objects whose last update was refused). */
-  #invalid = new Map<string, { issues: ValidationIssue[]; generation?: number; origin?: string }>();
+  #invalid = new Map<string, Verdict>();
   /** Objects refused because another API group's object of the same key is held. */
   #rivals = new Map<string, Rival>();
   #resourceVersion = '0';
@@ -136,7 +141,7 @@ export class ObjectStore {
     }
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
-      this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}) });
+      this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}), ...(typeof raw.apiVersion === 'string' ? { apiVersion: raw.apiVersion } : {}) });
       result.rejections.push({ key, issues, ...(origin ? { origin } : {}) });
       if (isMeshKind(kind) && KINDS[kind].hasStatus) {
         result.touched.push(key);
@@ -184,7 +189,7 @@ export class ObjectStore {
     // The status goes to the object of the kind's own group (weft.dev), whichever of the two it is.
     const own = group === KINDS[kind].group ? raw.metadata?.generation : held.metadata.generation;
     const all = [collision, ...issues];
-    this.#rivals.set(key, { raw: input, group, issues: all, ...(typeof own === 'number' ? { generation: own } : {}), ...(origin ? { origin } : {}) });
+    this.#rivals.set(key, { raw: input, group, issues: all, apiVersion: String(raw.apiVersion), ...(typeof own === 'number' ? { generation: own } : {}), ...(origin ? { origin } : {}) });
     result.rejections.push({ key, issues: all, ...(origin ? { origin } : {}) });
     result.touched.push(key);
     result.restated.push(key);
@@ -227,7 +232,7 @@ export class ObjectStore {
   }
 
   /** Issues of the most recent refused update of `key`, if its last update was refused, or of the other API group's object refused beside it. */
-  invalid(key: string): { issues: ValidationIssue[]; generation?: number; origin?: string } | undefined {
+  invalid(key: string): Verdict | undefined {
     return this.#invalid.get(key) ?? this.#rivals.get(key);
   }
 

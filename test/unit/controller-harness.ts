@@ -25,7 +25,7 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function startHarness(source: ConfigSource, compile?: Omit<CompileOptions, 'waypointRuntime'>, extra: Pick<ControllerOptions, 'federation' | 'jwks' | 'registry'> = {}): Promise<Harness> {
+export async function startHarness(source: ConfigSource, compile?: Omit<CompileOptions, 'waypointRuntime'>, extra: Pick<ControllerOptions, 'federation' | 'jwks' | 'registry' | 'onFindings'> = {}): Promise<Harness> {
   const logs: LogLine[] = [];
   const logger = captureLogger(logs);
   const configServer = new ConfigServer({ logger });

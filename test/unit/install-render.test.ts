@@ -280,6 +280,12 @@ test('the controller may list and watch the mesh inputs, write their status, rev
     assert.ok(allows('weft.dev', r, 'update'), r);
   }
   assert.ok(allows('gateway.networking.k8s.io', 'httproutes/status', 'update'));
+  // Istio's security CRDs, when installed, are read (docs/ARCHITECTURE.md), never written: istiod
+  // may own their status; Weft's findings on them are Events.
+  for (const r of ['authorizationpolicies', 'peerauthentications', 'requestauthentications']) {
+    assert.ok(['get', 'list', 'watch'].every((v) => allows('security.istio.io', r, v)), `read security.istio.io/${r}`);
+    assert.ok(!['update', 'patch'].some((v) => allows('security.istio.io', `${r}/status`, v) || allows('security.istio.io', r, v)), `no writes to security.istio.io/${r}`);
+  }
   assert.ok(allows('authentication.k8s.io', 'tokenreviews', 'create'));
   assert.ok(allows('apps', 'deployments', 'create') && allows('', 'services', 'create'));
   assert.ok(!allows('weft.dev', 'waypoints', 'delete'), 'the controller never deletes user objects');

@@ -55,6 +55,15 @@ export interface ResourceType {
   namespaced: boolean;
 }
 
+const apiVersionOf = (r: ResourceType) => (r.group ? `${r.group}/${r.version}` : r.version);
+
+/** Istio's security CRDs (security.istio.io), which Weft reads beside its own: served only when a test asks (`resources`), as a cluster with Istio's CRDs installed. */
+export const ISTIO_SECURITY_RESOURCES: ResourceType[] = [
+  { group: 'security.istio.io', version: 'v1', kind: 'AuthorizationPolicy', plural: 'authorizationpolicies', namespaced: true },
+  { group: 'security.istio.io', version: 'v1', kind: 'PeerAuthentication', plural: 'peerauthentications', namespaced: true },
+  { group: 'security.istio.io', version: 'v1', kind: 'RequestAuthentication', plural: 'requestauthentications', namespaced: true },
+];
+
 export const DEFAULT_RESOURCES: ResourceType[] = [
   { group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces', namespaced: false },
   { group: '', version: 'v1', kind: 'Node', plural: 'nodes', namespaced: false },
@@ -284,8 +293,9 @@ export class FakeApiServer {
     return prev ? this.#write(rt, mergeForUpdate(prev, obj, false), 'MODIFIED') : this.#create(rt, obj);
   }
 
-  remove(kind: string, namespace: string | undefined, name: string): boolean {
-    const rt = this.#type(kind);
+  /** `apiVersion` picks the group of a kind served in two (AuthorizationPolicy in weft.dev and security.istio.io); default the first served. */
+  remove(kind: string, namespace: string | undefined, name: string, apiVersion?: string): boolean {
+    const rt = this.#type(kind, apiVersion);
     const key = this.#key(rt, namespace, name);
     const prev = this.#bucket(rt).get(key);
     if (!prev) return false;
@@ -296,21 +306,21 @@ export class FakeApiServer {
       // Namespace deletion takes everything in it (the real server finalizes asynchronously).
       for (const t of this.#resources) {
         if (!t.namespaced) continue;
-        for (const o of [...this.#bucket(t).values()]) if (o.metadata.namespace === name) this.remove(t.kind, name, o.metadata.name);
+        for (const o of [...this.#bucket(t).values()]) if (o.metadata.namespace === name) this.remove(t.kind, name, o.metadata.name, apiVersionOf(t));
       }
     }
     if (rt.kind === 'CustomResourceDefinition') this.#unregisterCrd(prev);
     return true;
   }
 
-  get(kind: string, namespace: string | undefined, name: string): Obj | undefined {
-    const rt = this.#type(kind);
+  get(kind: string, namespace: string | undefined, name: string, apiVersion?: string): Obj | undefined {
+    const rt = this.#type(kind, apiVersion);
     const o = this.#bucket(rt).get(this.#key(rt, namespace, name));
     return o ? structuredClone(o) : undefined;
   }
 
-  list(kind: string): Obj[] {
-    return [...this.#bucket(this.#type(kind)).values()].map((o) => structuredClone(o));
+  list(kind: string, apiVersion?: string): Obj[] {
+    return [...this.#bucket(this.#type(kind, apiVersion)).values()].map((o) => structuredClone(o));
   }
 
   /** Forgets the change history: every watch from an older resourceVersion now gets 410 Gone. */
@@ -406,15 +416,17 @@ export class FakeApiServer {
 
   // -------------------------------------------------------------------------------------------
 
-  #type(kind: string): ResourceType {
-    const rt = this.#resources.find((r) => r.kind === kind);
-    if (!rt) throw new Error(`fake API server: unknown kind ${kind}`);
+  #type(kind: string, apiVersion?: string): ResourceType {
+    const rt = this.#resources.find((r) => r.kind === kind && (apiVersion === undefined || apiVersionOf(r) === apiVersion))
+      // Another version of the same group (security.istio.io v1beta1 of a v1 type) is the same object.
+      ?? (apiVersion === undefined ? undefined : this.#resources.find((r) => r.kind === kind && r.group === apiVersion.slice(0, Math.max(0, apiVersion.indexOf('/')))));
+    if (!rt) throw new Error(`fake API server: unknown kind ${kind}${apiVersion ? ` in ${apiVersion}` : ''}`);
     return rt;
   }
 
   #typeOfObject(obj: Obj): ResourceType {
     if (!obj.kind || !obj.metadata?.name) throw new Error('fake API server: objects need kind and metadata.name');
-    return this.#type(obj.kind);
+    return this.#type(obj.kind, typeof obj.apiVersion === 'string' ? obj.apiVersion : undefined);
   }
 
   #key(rt: ResourceType, namespace: string | undefined, name: string): string {
@@ -455,7 +467,7 @@ export class FakeApiServer {
   #unregisterCrd(crd: Obj): void {
     const spec = crd['spec'] as { group: string; names: { plural: string } };
     for (const rt of this.#resources.filter((r) => r.group === spec.group && r.plural === spec.names.plural)) {
-      for (const o of [...this.#bucket(rt).values()]) this.remove(rt.kind, o.metadata.namespace, o.metadata.name);
+      for (const o of [...this.#bucket(rt).values()]) this.remove(rt.kind, o.metadata.namespace, o.metadata.name, apiVersionOf(rt));
       this.#resources.splice(this.#resources.indexOf(rt), 1);
       this.#schemas.delete(`${rt.group}/${rt.version}/${rt.plural}`);
     }
@@ -577,7 +589,7 @@ export class FakeApiServer {
       if (req.method === 'GET') return prev ? json(res, 200, prev) : notFound(res, rt, name);
       if (req.method === 'DELETE') {
         if (!prev) return notFound(res, rt, name);
-        this.remove(rt.kind, namespace, name);
+        this.remove(rt.kind, namespace, name, apiVersionOf(rt));
         return json(res, 200, prev);
       }
       const ct = req.headers['content-type'] ?? '';

@@ -58,7 +58,7 @@ export class EventRecorder {
     let writes = 0;
     let deferred = 0;
     for (const f of findings) {
-      const fp = JSON.stringify([f.kind, f.namespace, f.name, f.reason, f.message]);
+      const fp = JSON.stringify([f.kind, f.namespace, f.name, f.reason, f.message, f.apiVersion]);
       if (this.#current.has(fp)) {
         next.add(fp);
         continue;
@@ -104,7 +104,7 @@ export class EventRecorder {
         }
       }
     }
-    const apiVersion = isMeshKind(f.kind) ? KINDS[f.kind].apiVersion : 'v1';
+    const apiVersion = f.apiVersion ?? (isMeshKind(f.kind) ? KINDS[f.kind].apiVersion : 'v1');
     const name = `${f.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`;
     // A cluster-scoped object's (a Namespace's, a Node's) Events go to `default`, as Kubernetes
     // records them; an Event in namespace "" is refused, and was retried at every compile.

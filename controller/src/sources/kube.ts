@@ -201,7 +201,29 @@ export class KeptInformer<T extends KubernetesObject = KubernetesObject> {
 
 interface Watched {
   kind: MeshKind;
+  /** The API group it is read from: the kind's own, or another it is accepted in (Istio's security.istio.io). */
+  group: string;
   kept: KeptInformer;
+}
+
+/**
+ * One resource watched: a kind in one of its API groups. Istio's security kinds are read in
+ * weft.dev and, when its CRDs are installed, in security.istio.io: two resources, two informers.
+ */
+interface Resource {
+  kind: MeshKind;
+  group: string;
+}
+
+/** The resource's name in maps and logs: its kind in its own group, `Kind.group` in another. */
+function resourceId(r: Resource): string {
+  return r.group === KINDS[r.kind].group ? r.kind : `${r.kind}.${r.group}`;
+}
+
+/** A kind's resources: its own group first, then the other groups it is accepted in. */
+function resourcesOf(kind: MeshKind): Resource[] {
+  const groups = new Set([KINDS[kind].group, ...KINDS[kind].apiVersions.map(groupOf)]);
+  return [...groups].map((group) => ({ kind, group }));
 }
 
 export class KubeSource implements ConfigSource {
@@ -211,8 +233,10 @@ export class KubeSource implements ConfigSource {
   readonly #core: CoreV1Api;
   readonly #discovery: DiscoveryV1Api;
   readonly #custom: CustomObjectsApi;
-  readonly #watched = new Map<MeshKind, Watched>();
-  readonly #queue = new Set<string>();
+  /** By resourceId. */
+  readonly #watched = new Map<string, Watched>();
+  /** Objects to read again from their informer cache at the next flush, by resource and key. */
+  readonly #queue = new Map<string, { w: Watched; namespace: string; name: string }>();
   #flushTimer: NodeJS.Timeout | undefined;
   #handler: SourceHandler | undefined;
   #started = false;
@@ -226,66 +250,92 @@ export class KubeSource implements ConfigSource {
     this.#custom = options.kubeConfig.makeApiClient(CustomObjectsApi);
   }
 
-  /** Restarts per kind (after errors), for tests and metrics. */
+  /** Restarts per resource (its kind, `Kind.group` in another group) after errors, for tests and metrics. */
   restarts(): Record<string, number> {
     return Object.fromEntries([...this.#watched].map(([k, w]) => [k, w.kept.restarts]));
   }
 
   /** Kinds whose resource the API server does not serve (CRD not installed): their objects are absent. */
   absentKinds(): MeshKind[] {
-    return [...this.#absent];
+    return [...this.#absent.values()].filter((r) => r.group === KINDS[r.kind].group).map((r) => r.kind);
   }
 
-  readonly #absent = new Set<MeshKind>();
+  /** Every resource not served, as `resourceId` (Istio's security.istio.io ones when Istio's CRDs are not installed). */
+  absentResources(): string[] {
+    return [...this.#absent.keys()];
+  }
+
+  readonly #absent = new Map<string, Resource>();
   #absentTimer: NodeJS.Timeout | undefined;
 
   /**
-   * Whether the API server serves `kind`. Core kinds always; a custom resource only when its CRD is
-   * installed (the Gateway API CRDs are optional: without GRPCRoute the mesh simply has none).
+   * Whether the API server serves `r`. Core kinds always; a custom resource only when its CRD is
+   * installed (the Gateway API CRDs are optional: without GRPCRoute the mesh simply has none;
+   * Istio's security CRDs likewise).
    */
-  async #served(kind: MeshKind): Promise<boolean> {
-    const k = KINDS[kind];
-    if (!k.group || k.group === 'discovery.k8s.io') return true;
-    // A kind accepted in several versions (ReferenceGrant v1 and v1beta1) is watched in the
-    // newest one the API server serves.
-    for (const apiVersion of k.apiVersions) {
-      if (groupOf(apiVersion) !== k.group) continue;
-      const version = apiVersion.slice(apiVersion.indexOf('/') + 1);
+  async #served(r: Resource): Promise<boolean> {
+    if (!r.group || r.group === 'discovery.k8s.io') return true;
+    for (let attempt = 0; !this.#stopped; attempt++) {
       try {
-        await this.#custom.listClusterCustomObject({ group: k.group, version, plural: k.plural, limit: 1 });
-        this.#versions.set(kind, version);
-        return true;
+        return await this.#probe(r);
       } catch (e) {
-        if ((e as { code?: number }).code !== 404) return true; // another failure: let the informer retry it like any list
+        // The kind's own group: its informer retries the list and reports the failure (health).
+        if (r.group === KINDS[r.kind].group) return true;
+        // Istio's group without RBAC for it (an install from before Weft read it): as not served.
+        if ((e as { code?: number }).code === 403) return false;
+        // The API server unreachable or failing: whether Istio's CRD is installed is not known
+        // yet. An informer on a resource that is not served would never list and so hold back
+        // the first snapshot for good; ask again.
+        this.#log.debug('cannot tell whether the resource is served; asking again', { resource: resourceId(r), error: (e as Error).message });
+        await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, { initialMs: this.#o.restartDelayMs ?? 500 })).unref());
       }
     }
     return false;
   }
 
-  /** The version each custom kind is watched in, when not its default (`#served` found it). */
-  readonly #versions = new Map<MeshKind, string>();
-  #version(kind: MeshKind): string {
-    return this.#versions.get(kind) ?? KINDS[kind].version;
+  /** Whether the API server serves `r` (404: not), in the newest of its versions it serves; throws on any other failure. */
+  async #probe(r: Resource): Promise<boolean> {
+    const k = KINDS[r.kind];
+    // A kind accepted in several versions (ReferenceGrant v1 and v1beta1, security.istio.io v1
+    // and v1beta1) is watched in the newest one the API server serves.
+    for (const apiVersion of k.apiVersions) {
+      if (groupOf(apiVersion) !== r.group) continue;
+      const version = apiVersion.slice(apiVersion.indexOf('/') + 1);
+      try {
+        await this.#custom.listClusterCustomObject({ group: r.group, version, plural: k.plural, limit: 1 });
+        this.#versions.set(resourceId(r), version);
+        return true;
+      } catch (e) {
+        if ((e as { code?: number }).code !== 404) throw e;
+      }
+    }
+    return false;
+  }
+
+  /** The version each custom resource is watched in (`#served` found it), by resourceId. */
+  readonly #versions = new Map<string, string>();
+  #version(r: Resource): string {
+    return this.#versions.get(resourceId(r)) ?? KINDS[r.kind].version;
   }
 
   async start(handler: SourceHandler): Promise<void> {
     this.#handler = handler;
     const base = this.#o.kinds ?? WATCHED_KINDS;
     const all = this.#o.watchNodes ? [...base, 'Node' as const] : base;
-    const served = await Promise.all(all.map((k) => this.#served(k)));
-    const kinds = all.filter((_, i) => served[i]);
-    for (const kind of all.filter((_, i) => !served[i])) {
-      this.#absent.add(kind);
-      this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind, resource: this.#path(kind) });
+    const resources = all.flatMap(resourcesOf);
+    const served = await Promise.all(resources.map((r) => this.#served(r)));
+    for (const r of resources.filter((_, i) => !served[i])) {
+      this.#absent.set(resourceId(r), r);
+      this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind: r.kind, resource: this.#path(r) });
     }
-    this.#startInformers(kinds);
+    this.#startInformers(resources.filter((_, i) => served[i]));
     await Promise.all([...this.#watched.values()].map((w) => w.kept.start()));
     // Until every informer has listed there is no snapshot: an API server that is down at start
     // must not look like a mesh without objects.
     await Promise.all([...this.#watched.values()].map((w) => w.kept.synced));
     if (this.#stopped) return;
     const objects: RawObject[] = [];
-    for (const w of this.#watched.values()) for (const o of w.kept.informer.list()) objects.push(normalize(w.kind, o));
+    for (const w of this.#watched.values()) for (const o of w.kept.informer.list()) objects.push(normalize(w.kind, o, this.#apiVersion(w)));
     this.#queue.clear();
     this.#started = true;
     // Every watched kind, absent ones included: the snapshot says there are none of them.
@@ -297,31 +347,33 @@ export class KubeSource implements ConfigSource {
   #lookForAbsentKinds(): void {
     if (this.#absent.size === 0 || this.#stopped) return;
     this.#absentTimer = setTimeout(async () => {
-      for (const kind of [...this.#absent]) {
-        if (this.#stopped || !(await this.#served(kind))) continue;
-        this.#absent.delete(kind);
-        this.#log.info('resource now served: watching it', { kind });
-        this.#startInformers([kind]);
-        void this.#watched.get(kind)!.kept.start();
+      for (const [id, r] of [...this.#absent]) {
+        if (this.#stopped || !(await this.#served(r))) continue;
+        this.#absent.delete(id);
+        this.#log.info('resource now served: watching it', { kind: r.kind, resource: this.#path(r) });
+        this.#startInformers([r]);
+        void this.#watched.get(id)!.kept.start();
       }
       this.#lookForAbsentKinds();
     }, this.#o.absentKindRetryMs ?? 30_000);
     this.#absentTimer.unref();
   }
 
-  #startInformers(kinds: readonly MeshKind[]): void {
-    for (const kind of kinds) {
+  #startInformers(resources: readonly Resource[]): void {
+    for (const r of resources) {
+      const id = resourceId(r);
       const kept = new KeptInformer({
-        kubeConfig: this.#o.kubeConfig, path: this.#path(kind), list: this.#lister(kind), what: kind, log: this.#log,
+        kubeConfig: this.#o.kubeConfig, path: this.#path(r), list: this.#lister(r), what: id, log: this.#log,
         ...(this.#o.restartDelayMs !== undefined ? { restartDelayMs: this.#o.restartDelayMs } : {}),
         ...(this.#o.watchTimeoutMs !== undefined ? { watchTimeoutMs: this.#o.watchTimeoutMs } : {}),
         onHealth: () => this.#healthChanged(),
       });
-      const enqueue = (obj: KubernetesObject) => this.#enqueue(kind, obj);
+      const w: Watched = { kind: r.kind, group: r.group, kept };
+      const enqueue = (obj: KubernetesObject) => this.#enqueue(w, obj);
       kept.informer.on('add', enqueue);
       kept.informer.on('update', enqueue);
       kept.informer.on('delete', enqueue);
-      this.#watched.set(kind, { kind, kept });
+      this.#watched.set(id, w);
     }
   }
 
@@ -329,7 +381,7 @@ export class KubeSource implements ConfigSource {
 
   /** The first failing kind's error, or undefined when every watch works. */
   health(): string | undefined {
-    for (const w of this.#watched.values()) if (w.kept.error !== undefined) return `${w.kind}: ${w.kept.error}`;
+    for (const [id, w] of this.#watched) if (w.kept.error !== undefined) return `${id}: ${w.kept.error}`;
     return undefined;
   }
 
@@ -348,14 +400,19 @@ export class KubeSource implements ConfigSource {
     this.#handler = undefined;
   }
 
-  #path(kind: MeshKind): string {
-    const k = KINDS[kind];
-    return k.group ? `/apis/${k.group}/${this.#version(kind)}/${k.plural}` : `/api/${k.version}/${k.plural}`;
+  #path(r: Resource): string {
+    const k = KINDS[r.kind];
+    return r.group ? `/apis/${r.group}/${this.#version(r)}/${k.plural}` : `/api/${k.version}/${k.plural}`;
   }
 
-  #lister(kind: MeshKind): () => Promise<KubernetesListObject<KubernetesObject>> {
-    const k = KINDS[kind];
-    switch (kind) {
+  /** The apiVersion objects of a watched resource are read in. */
+  #apiVersion(w: Watched): string {
+    return w.group ? `${w.group}/${this.#version(w)}` : KINDS[w.kind].version;
+  }
+
+  #lister(r: Resource): () => Promise<KubernetesListObject<KubernetesObject>> {
+    const k = KINDS[r.kind];
+    switch (r.kind) {
       case 'Namespace':
         return () => this.#core.listNamespace();
       case 'Node':
@@ -367,14 +424,15 @@ export class KubeSource implements ConfigSource {
       case 'EndpointSlice':
         return () => this.#discovery.listEndpointSliceForAllNamespaces();
       default:
-        return async () => (await this.#custom.listClusterCustomObject({ group: k.group, version: this.#version(kind), plural: k.plural })) as KubernetesListObject<KubernetesObject>;
+        return async () => (await this.#custom.listClusterCustomObject({ group: r.group, version: this.#version(r), plural: k.plural })) as KubernetesListObject<KubernetesObject>;
     }
   }
 
-  #enqueue(kind: MeshKind, obj: KubernetesObject): void {
+  #enqueue(w: Watched, obj: KubernetesObject): void {
     const name = obj.metadata?.name;
     if (!name) return;
-    this.#queue.add(keyOf(kind, KINDS[kind].namespaced ? obj.metadata?.namespace : undefined, name));
+    const namespace = KINDS[w.kind].namespaced ? (obj.metadata?.namespace ?? '') : '';
+    this.#queue.set(`${resourceId(w)} ${keyOf(w.kind, namespace || undefined, name)}`, { w, namespace, name });
     if (!this.#started || this.#flushTimer) return;
     this.#flushTimer = setTimeout(() => this.#flush(), this.#o.flushDelayMs ?? 5);
   }
@@ -383,20 +441,24 @@ export class KubeSource implements ConfigSource {
     this.#flushTimer = undefined;
     if (!this.#handler) return;
     const events: SourceEvent[] = [];
+    const upserts: SourceEvent[] = [];
     const rv = this.#resourceVersion();
-    for (const key of this.#queue) {
-      const parts = key.split('/');
-      const kind = parts[0] as MeshKind;
-      const namespaced = KINDS[kind].namespaced;
-      const namespace = namespaced ? parts[1]! : '';
-      const name = parts[namespaced ? 2 : 1]!;
-      const w = this.#watched.get(kind);
-      const obj = w?.kept.informer.get(name, namespaced ? namespace : undefined);
-      if (obj) events.push({ type: 'upsert', object: normalize(kind, obj), resourceVersion: obj.metadata?.resourceVersion ?? rv });
-      else events.push({ type: 'delete', kind, namespace, name, resourceVersion: rv });
+    for (const { w, namespace, name } of this.#queue.values()) {
+      const obj = w.kept.informer.get(name, KINDS[w.kind].namespaced ? namespace : undefined);
+      if (obj) upserts.push({ type: 'upsert', object: normalize(w.kind, obj, this.#apiVersion(w)), resourceVersion: obj.metadata?.resourceVersion ?? rv });
+      else events.push({ type: 'delete', kind: w.kind, namespace, name, group: w.group, resourceVersion: rv });
     }
     this.#queue.clear();
+    // Deletes first: an object replaced by one of its name in the other API group (deleted from
+    // weft.dev, created in security.istio.io) is not taken for a second object beside it.
+    events.push(...upserts);
     if (events.length > 0) this.#handler(events);
+  }
+
+  /** Whether `kind` namespace/name is an object of another API group than the kind's own (security.istio.io). */
+  #inOtherGroup(kind: MeshKind, namespace: string, name: string): boolean {
+    for (const w of this.#watched.values()) if (w.kind === kind && w.group !== KINDS[kind].group && w.kept.informer.get(name, namespace)) return true;
+    return false;
   }
 
   #resourceVersion(): string {
@@ -413,6 +475,9 @@ export class KubeSource implements ConfigSource {
     if (!k.hasStatus) return;
     const who = `${st.kind} ${st.namespace}/${st.name}`;
     const now = new Date().toISOString();
+    // Only the kind's own group carries Weft's status. An object of Istio's security.istio.io is
+    // left as it is (istiod may own its status): its findings are Events (cluster/events.ts).
+    if (!this.#watched.get(st.kind)?.kept.informer.get(st.name, st.namespace) && this.#inOtherGroup(st.kind, st.namespace, st.name)) return;
     const current = this.#watched.get(st.kind)?.kept.informer.get(st.name, st.namespace) as { status?: { conditions?: Condition[]; parents?: Array<{ controllerName: string; conditions?: Condition[] }> }; spec?: { parentRefs?: unknown[] } } | undefined;
     const condition = (type: string, prevList: Condition[] | undefined): Condition => {
       const status = st.ok ? 'True' : 'False';
@@ -484,7 +549,7 @@ export class KubeSource implements ConfigSource {
  * what a tenant sends, up to the API server's 10,000 levels) is taken as it is, a custom object
  * being plain JSON already: validation refuses it (tooDeep), where the throw stopped the controller.
  */
-export function normalize(kind: MeshKind, obj: KubernetesObject): RawObject {
+export function normalize(kind: MeshKind, obj: KubernetesObject, apiVersion: string = KINDS[kind].apiVersion): RawObject {
   let plain: RawObject;
   try {
     plain = JSON.parse(JSON.stringify(obj)) as RawObject;
@@ -493,7 +558,7 @@ export function normalize(kind: MeshKind, obj: KubernetesObject): RawObject {
     plain = { ...obj } as RawObject;
   }
   plain.kind = kind;
-  plain.apiVersion = KINDS[kind].apiVersion;
+  plain.apiVersion = apiVersion;
   return plain;
 }
 

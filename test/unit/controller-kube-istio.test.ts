@@ -1,0 +1,116 @@
+// Kubernetes mode with Istio's security CRDs (security.istio.io): when the API server serves them,
+// the controller watches them too, in the newest version served, and enforces their objects as
+// weft.dev ones; without them it starts as it does without any optional CRD and picks them up once
+// installed. Weft never writes status into an Istio object (istiod may own it): its findings and
+// its refusal are Events naming the object's apiVersion. A weft.dev and a security.istio.io object of
+// one name are two objects for Kubernetes: the one held stays, the other is refused, named and counted.
+// https://istio.io/latest/docs/reference/config/security/authorization-policy/
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Registry } from 'prom-client';
+import { EventRecorder } from '../../controller/src/cluster/events.ts';
+import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
+import { DEFAULT_RESOURCES, FakeApiServer, ISTIO_SECURITY_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
+import { policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { evaluate } from '../../lib/policy/authz.ts';
+import { authz, ns, pod } from './controller-fixtures.ts';
+import { startHarness, until, type Harness } from './controller-harness.ts';
+
+const ISTIO = 'security.istio.io/v1';
+
+async function withKube(resources: typeof DEFAULT_RESOURCES, fn: (api: FakeApiServer, h: Harness, source: KubeSource, registry: Registry) => Promise<void>): Promise<void> {
+  const api = new FakeApiServer({ resources });
+  await api.start();
+  const kubeConfig = kubeConfigForServer(api.url);
+  const source = new KubeSource({ kubeConfig, restartDelayMs: 20, absentKindRetryMs: 50 });
+  const events = new EventRecorder({ kubeConfig, instance: 'weft-controller-0' });
+  const registry = new Registry();
+  let h: Harness | undefined;
+  try {
+    h = await startHarness(source, undefined, { registry, onFindings: (f) => events.record(f) });
+    await fn(api, h, source, registry);
+  } finally {
+    await h?.close();
+    await api.stop();
+  }
+}
+
+const istioDeny = (name: string, namespaces: string[]) => ({ apiVersion: ISTIO, kind: 'AuthorizationPolicy', metadata: { name, namespace: 'foo' }, spec: { action: 'DENY', rules: [{ from: [{ source: { namespaces } }] }] } });
+
+type Snapshot = { workloads: Array<{ name: string }>; policies: Parameters<typeof evaluate>[0] };
+const allowedFrom = (snapshot: Snapshot | undefined, callerNs: string) => {
+  const w = snapshot?.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1] | undefined;
+  if (!snapshot || !w) return undefined;
+  return evaluate(snapshot.policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 }).allowed;
+};
+
+type Ev = { involvedObject?: { apiVersion?: string; kind?: string; name?: string; fieldPath?: string }; reason?: string; message?: string };
+const eventsOn = (api: FakeApiServer, name: string) => (api.list('Event') as Ev[]).filter((e) => e.involvedObject?.name === name);
+
+test('with Istio\'s CRDs served, a security.istio.io/v1 AuthorizationPolicy is watched and enforced; no status is written into it; its refusal is an Event naming its apiVersion and field', () =>
+  withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, source) => {
+    assert.deepEqual(source.absentResources(), []);
+    api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+    api.apply(istioDeny('httpbin', ['bar']));
+    const a = h.agent('node-a');
+    await until('the Istio DENY is enforced', () => allowedFrom(a.snapshot, 'bar') === false);
+    assert.equal(allowedFrom(a.snapshot, 'baz'), true);
+
+    // An invalid one: refused at its field, named in an Event on the Istio object, never in its status.
+    api.apply({ ...istioDeny('bad', ['bar']), spec: { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/99'] } }] }] } });
+    await until('the refusal is an Event on the Istio object', () => eventsOn(api, 'bad').some((e) => e.reason === 'Invalid'));
+    const ev = eventsOn(api, 'bad').find((e) => e.reason === 'Invalid')!;
+    assert.equal(ev.involvedObject?.apiVersion, ISTIO);
+    assert.equal(ev.involvedObject?.fieldPath, 'spec.rules[0].from[0].source.ipBlocks[0]');
+    await h.controller.settled();
+    assert.equal(api.get('AuthorizationPolicy', 'foo', 'httpbin', ISTIO)?.status, undefined, 'no Weft status in an Istio object');
+    assert.equal(api.get('AuthorizationPolicy', 'foo', 'bad', ISTIO)?.status, undefined, 'no Weft status in an Istio object');
+    assert.ok(!api.requests.some((r) => r.method === 'PATCH' && r.path.startsWith('/apis/security.istio.io/')), 'nothing patched in security.istio.io');
+
+    // Deleted: no longer enforced.
+    api.remove('AuthorizationPolicy', 'foo', 'httpbin', ISTIO);
+    await until('the deleted Istio DENY no longer enforced', () => allowedFrom(a.snapshot, 'bar') === true);
+  }));
+
+test('a weft.dev AuthorizationPolicy named as a security.istio.io one held: the weft.dev one is refused at metadata.name naming both apiVersions, in its status, and counted; the Istio one keeps serving', () =>
+  withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, _source, registry) => {
+    api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+    api.apply(istioDeny('httpbin', ['bar']));
+    const a = h.agent('node-a');
+    await until('the Istio DENY is enforced', () => allowedFrom(a.snapshot, 'bar') === false);
+    // A tenant's weft.dev policy of the same name that would lift the Istio DENY.
+    api.apply(authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['baz'] } }] }] }));
+    const status = () => api.get('AuthorizationPolicy', 'foo', 'httpbin', 'weft.dev/v1alpha1')?.status as { conditions?: Array<{ status: string; reason: string; message: string }> } | undefined;
+    await until('the weft.dev one is refused in its status', () => status()?.conditions?.[0]?.status === 'False');
+    assert.equal(status()!.conditions![0]!.reason, 'Invalid');
+    assert.match(status()!.conditions![0]!.message, /metadata\.name.*security\.istio\.io\/v1.*weft\.dev\/v1alpha1|metadata\.name.*weft\.dev\/v1alpha1.*security\.istio\.io\/v1/);
+    const rejected = (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value;
+    assert.equal(rejected, 1);
+    assert.equal(allowedFrom(a.snapshot, 'bar'), false, 'the Istio one stays in force');
+    assert.equal(allowedFrom(a.snapshot, 'baz'), true, 'the refused one is not');
+    assert.equal(api.get('AuthorizationPolicy', 'foo', 'httpbin', ISTIO)?.status, undefined);
+    // The Istio one deleted: the weft.dev one is taken.
+    api.remove('AuthorizationPolicy', 'foo', 'httpbin', ISTIO);
+    await until('the weft.dev one is taken', () => allowedFrom(a.snapshot, 'baz') === false && allowedFrom(a.snapshot, 'bar') === true);
+    await until('and accepted', () => status()?.conditions?.[0]?.status === 'True');
+  }));
+
+test('without Istio\'s CRDs the controller starts as without any optional CRD, and watches security.istio.io once the CRD is installed', () =>
+  withKube(DEFAULT_RESOURCES, async (api, h, source) => {
+    assert.deepEqual(source.absentResources().sort(), ['AuthorizationPolicy.security.istio.io', 'PeerAuthentication.security.istio.io', 'RequestAuthentication.security.istio.io']);
+    assert.deepEqual(source.absentKinds(), [], 'weft.dev\'s own kinds are all served');
+    api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+    const a = h.agent('node-a');
+    await until('the agent has the pod', () => allowedFrom(a.snapshot, 'bar') === true);
+    api.apply({
+      apiVersion: 'apiextensions.k8s.io/v1', kind: 'CustomResourceDefinition', metadata: { name: 'authorizationpolicies.security.istio.io' },
+      spec: { group: 'security.istio.io', scope: 'Namespaced', names: { kind: 'AuthorizationPolicy', plural: 'authorizationpolicies' },
+        versions: [{ name: 'v1', served: true, storage: true, subresources: { status: {} } }, { name: 'v1beta1', served: true, storage: false, subresources: { status: {} } }] },
+    });
+    await until('the Istio resource is watched', () => !source.absentResources().includes('AuthorizationPolicy.security.istio.io'));
+    api.apply(istioDeny('httpbin', ['bar']));
+    await until('the Istio DENY is enforced', () => allowedFrom(a.snapshot, 'bar') === false);
+  }));
