@@ -52,6 +52,13 @@ interface Rival extends Verdict {
   group: string;
 }
 
+/** Whether `a` was created strictly before `b` (metadata.creationTimestamp; false when either has none). */
+function createdBefore(a: RawObject, b: MeshObject): boolean {
+  const ta = Date.parse(String(a.metadata?.creationTimestamp ?? ''));
+  const tb = Date.parse(String((b.metadata as { creationTimestamp?: unknown }).creationTimestamp ?? ''));
+  return Number.isFinite(ta) && Number.isFinite(tb) && ta < tb;
+}
+
 /** What a snapshot lists: the key and the API group (two groups may hold one key). */
 const identity = (key: string, group: string) => `${key} ${group}`;
 const groupOfRaw = (o: { apiVersion?: unknown }) => (typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : '');
@@ -136,8 +143,14 @@ export class ObjectStore {
     listed?.add(key);
     const group = groupOfRaw(raw);
     const held = this.#objects.get(key);
+    let displaced: Entry | undefined;
     if (held && groupOf(held.object.apiVersion) !== group && isMeshKind(kind) && KINDS[kind].apiVersions.includes(raw.apiVersion as string)) {
-      return this.#refuseRival(key, raw, input, held.object, issues, origin, result);
+      // The older of the two holds, whichever arrives first (a restarted controller lists the
+      // groups in its own order, and must not turn the one in force around); without creation
+      // times (a config directory), the first read.
+      if (issues.length > 0 || !createdBefore(raw, held.object)) return this.#refuseRival(key, raw, input, held.object, issues, origin, result);
+      displaced = held;
+      this.#objects.delete(key);
     }
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
@@ -168,6 +181,7 @@ export class ObjectStore {
     this.#objects.set(key, { object, fingerprint: fp, ...(origin ? { origin } : {}) });
     this.#changed.add(key);
     result.changed = true;
+    if (displaced) this.#refuseRival(key, displaced.object as unknown as RawObject, displaced.object as unknown as RawObject, object, [], displaced.origin, result);
     return identity(key, group);
   }
 

@@ -17,6 +17,8 @@ import { Registry } from 'prom-client';
 import { stringify } from 'yaml';
 import { ConfigDirSource } from '../../controller/src/sources/files.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
+import type { RawObject } from '../../controller/src/sources/source.ts';
+import { ObjectStore } from '../../controller/src/store.ts';
 import { policySelectsWorkload } from '../../lib/model/mesh.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { evaluate } from '../../lib/policy/authz.ts';
@@ -163,5 +165,22 @@ test('one update batch holding both objects of a key (a snapshot) keeps the firs
     assert.equal(h.controller.store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1', 'deleting the refused one leaves the held one');
   } finally {
     await h.close();
+  }
+});
+
+// Which of the two holds must not depend on the order a controller lists the two API groups in:
+// a restarted controller (or a new leader) would otherwise turn the policy in force around. As
+// Gateway API resolves conflicts (the oldest creationTimestamp wins), the older object holds.
+test('the older of a weft.dev and a security.istio.io object of one name holds, in whichever order they are listed (a restart does not turn the policy in force around)', () => {
+  const older = { ...denyOthers, metadata: { ...denyOthers.metadata, creationTimestamp: '2026-01-01T00:00:00Z' } };
+  const newer = authz('foo', 'httpbin', { action: 'DENY', rules: [{}] });
+  (newer.metadata as { creationTimestamp?: string }).creationTimestamp = '2026-01-01T00:00:05Z';
+  for (const order of [[newer, older], [older, newer]]) {
+    const store = new ObjectStore();
+    const r = store.apply([{ type: 'snapshot', kinds: ['AuthorizationPolicy'], objects: order as unknown as RawObject[], resourceVersion: '1' }]);
+    assert.equal(store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, V1, `listed ${order.map((o) => o.apiVersion).join(', ')}`);
+    assert.deepEqual(r.rejections.map((x) => x.issues[0]!.path), ['metadata.name']);
+    assert.match(store.invalid('AuthorizationPolicy/foo/httpbin')!.issues[0]!.message, /weft\.dev\/v1alpha1/);
+    assert.equal(store.invalid('AuthorizationPolicy/foo/httpbin')!.apiVersion, 'weft.dev/v1alpha1', 'the refused one is the newer');
   }
 });
