@@ -5,7 +5,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { KINDS, type MeshKind } from '../lib/model/objects.ts';
+import { KINDS, groupOf, type KindInfo, type MeshKind } from '../lib/model/objects.ts';
 import { readLines } from './http-lines.ts';
 
 /** How long one API request may take. */
@@ -183,7 +183,23 @@ export class KubeClient {
       ...extra,
     ];
     const lists = await Promise.all(kinds.map((k) => this.list(k.apiVersion, k.plural, k.namespaced ? namespace : undefined)));
-    return lists.flat();
+    const others = await Promise.all(Object.values(KINDS).map((k) => this.#inOtherGroup(k, namespace)));
+    return [...lists.flat(), ...others.flat()];
+  }
+
+  /**
+   * A kind's objects in the other API group the controller reads it in (Istio's security.istio.io),
+   * in the newest version the server serves; none when Istio's CRDs are not installed.
+   */
+  async #inOtherGroup(k: KindInfo, namespace?: string): Promise<Array<Record<string, unknown>>> {
+    for (const apiVersion of k.apiVersions.filter((v) => groupOf(v) !== k.group)) {
+      try {
+        return await this.list(apiVersion, k.plural, k.namespaced ? namespace : undefined, { missingOk: false });
+      } catch (e) {
+        if (!(e instanceof KubeApiError && e.status === 404)) throw e;
+      }
+    }
+    return [];
   }
 
   /** GET through the API server's pod proxy: `/api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy<path>`. */

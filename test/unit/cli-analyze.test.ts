@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { analyze, formatFinding } from '../../cli/analyze.ts';
 import { analyzeCommand } from '../../cli/commands/analyze.ts';
-import { FakeApiServer, DEFAULT_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
+import { FakeApiServer, DEFAULT_RESOURCES, ISTIO_SECURITY_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { aliasBomb, runCommands } from './cli-harness.ts';
 
@@ -190,20 +190,23 @@ test('analyze reads stdin and directories; hostile input is one line and exit 2'
 });
 
 test('on a cluster, analyze reads the objects from the API server (-n filters)', async () => {
-  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, { group: 'gateway.networking.k8s.io', version: 'v1beta1', kind: 'ReferenceGrant', plural: 'referencegrants', namespaced: true }] });
+  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, { group: 'gateway.networking.k8s.io', version: 'v1beta1', kind: 'ReferenceGrant', plural: 'referencegrants', namespaced: true }, ...ISTIO_SECURITY_RESOURCES] });
   await api.start();
   const kubeconfig = join(dir, 'kubeconfig');
   writeFileSync(kubeconfig, stringify({ apiVersion: 'v1', kind: 'Config', clusters: [{ name: 'lab', cluster: { server: api.url, 'insecure-skip-tls-verify': true } }], users: [{ name: 'u', user: {} }], contexts: [{ name: 'lab', context: { cluster: 'lab', user: 'u' } }], 'current-context': 'lab' }));
   try {
     for (const o of [...shop(), ns('plain', AMBIENT), pod('plain', 'api'), svc('plain', 'api', { app: 'api' }, '10.96.3.10'), authz('shop', 'typo', { selector: { matchLabels: { app: 'nothing' } }, rules: [{}] }),
-      authz('plain', 'none', { selector: { matchLabels: { app: 'nothing' } }, rules: [{}] })]) api.apply(o as never);
+      authz('plain', 'none', { selector: { matchLabels: { app: 'nothing' } }, rules: [{}] }),
+      // Istio's group is read as the controller reads it.
+      { ...authz('shop', 'istio-typo', { selector: { matchLabels: { app: 'nothing' } }, rules: [{}] }), apiVersion: 'security.istio.io/v1' }]) api.apply(o as never);
     const all = await run(['--kubeconfig', kubeconfig, '-A']);
     assert.equal(all.code, 1, all.stderr);
     assert.match(all.stdout, /^Warning \[SelectsNothing\] AuthorizationPolicy shop\/typo spec\.selector: /m);
     assert.match(all.stdout, /^Warning \[SelectsNothing\] AuthorizationPolicy plain\/none spec\.selector: /m);
+    assert.match(all.stdout, /^Warning \[SelectsNothing\] AuthorizationPolicy shop\/istio-typo spec\.selector: /m);
     assert.match(all.stdout, /from cluster http:\/\/127\.0\.0\.1:\d+\n$/);
     const one = await run(['--kubeconfig', kubeconfig, '-n', 'shop', '-o', 'json']);
-    assert.deepEqual(JSON.parse(one.stdout).map((x: { name: string }) => x.name), ['typo']);
+    assert.deepEqual(JSON.parse(one.stdout).map((x: { name: string }) => x.name), ['istio-typo', 'typo']);
     assert.ok(api.requests.some((r) => r.path === '/apis/weft.dev/v1alpha1/namespaces/shop/authorizationpolicies'), 'listed in the namespace only');
     // Compiled as the install's controller compiles (its Deployment's command line in the install
     // namespace, --weft-namespace): installed in mesh-root, a policy there is root-namespace-wide
