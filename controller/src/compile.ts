@@ -39,6 +39,9 @@ import {
   type PathModifier,
   ANNOTATION_DRY_RUN,
   parseDryRun,
+  groupOf,
+  ISTIO_ROOT_NAMESPACE,
+  ISTIO_SECURITY_GROUP,
 } from '../../lib/model/objects.ts';
 import {
   boundWaypoint,
@@ -325,6 +328,25 @@ export interface CompileResult {
 export const MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE = 1024 * 1024;
 
 /** `shared`: sharedWaypointAccounts(inputs), when the caller has read it already (compileChanges). */
+/**
+ * Istio's security objects in Istio's default root namespace while Weft's is another: there Istio
+ * applies a policy without selector or targetRefs to the whole mesh, Weft to that namespace alone
+ * (its own root namespace is `rootNamespace`, `--root-namespace`). Said at metadata.namespace, so
+ * a platform moving from Istio does not believe a mesh-wide policy in force that is not.
+ */
+function istioRootNamespaceFindings(inputs: MeshInputs, rootNamespace: string): CompileFinding[] {
+  if (rootNamespace === ISTIO_ROOT_NAMESPACE) return [];
+  const out: CompileFinding[] = [];
+  for (const o of [...inputs.authorizationPolicies, ...inputs.peerAuthentications, ...inputs.requestAuthentications]) {
+    if (o.metadata.namespace !== ISTIO_ROOT_NAMESPACE || groupOf(o.apiVersion) !== ISTIO_SECURITY_GROUP) continue;
+    out.push({
+      kind: o.kind, namespace: ISTIO_ROOT_NAMESPACE, name: o.metadata.name, path: 'metadata.namespace', reason: 'NotRootNamespace',
+      message: `${ISTIO_ROOT_NAMESPACE} is Istio's root namespace, where a ${o.kind} without selector or targetRefs applies to the whole mesh; Weft's root namespace is ${rootNamespace} (--root-namespace), so here it applies to ${ISTIO_ROOT_NAMESPACE} alone`,
+    });
+  }
+  return out;
+}
+
 export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared: Map<string, WaypointRefusal> = sharedWaypointAccounts(inputs)): CompileResult {
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
@@ -336,6 +358,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   const namespaces = new Map(inputs.namespaces.map((n) => [n.metadata.name, n]));
   const nodeIps = nodeIpsOf(inputs);
   findings.push(...nodeAddressFindings(inputs.nodes));
+  findings.push(...istioRootNamespaceFindings(inputs, rootNamespace));
 
   // Peer authentication first: workloads carry their resolved mode.
   // Istio: a selector without labels is no selector, so the policy is namespace-wide (mesh-wide in

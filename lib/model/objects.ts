@@ -156,6 +156,8 @@ export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
  * refused (controller/src/store.ts, docs/SECURITY.md).
  */
 export const ISTIO_SECURITY_GROUP = 'security.istio.io';
+/** Istio's default root namespace (meshConfig.rootNamespace), where its policies apply mesh-wide. */
+export const ISTIO_ROOT_NAMESPACE = 'istio-system';
 export const ISTIO_SECURITY_API_VERSIONS = ['security.istio.io/v1', 'security.istio.io/v1beta1'] as const;
 export type SecurityApiVersion = typeof WEFT_API_VERSION | (typeof ISTIO_SECURITY_API_VERSIONS)[number];
 

@@ -19,6 +19,8 @@ import { ConfigDirSource } from '../../controller/src/sources/files.ts';
 import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
+import { compile, emptyInputs } from '../../controller/src/compile.ts';
+import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { policySelectsWorkload } from '../../lib/model/mesh.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { evaluate } from '../../lib/policy/authz.ts';
@@ -183,4 +185,21 @@ test('the older of a weft.dev and a security.istio.io object of one name holds, 
     assert.match(store.invalid('AuthorizationPolicy/foo/httpbin')!.issues[0]!.message, /weft\.dev\/v1alpha1/);
     assert.equal(store.invalid('AuthorizationPolicy/foo/httpbin')!.apiVersion, 'weft.dev/v1alpha1', 'the refused one is the newer');
   }
+});
+
+// Istio applies a policy without selector or targetRefs in its root namespace (istio-system by
+// default, meshConfig.rootNamespace) to the whole mesh:
+// https://istio.io/latest/docs/reference/config/security/authorization-policy/ ("root namespace").
+// Weft's root namespace is its own (--root-namespace, default weft-system): a platform's
+// mesh-wide Istio policy in istio-system would apply to istio-system alone, so Weft says so.
+test('a security.istio.io policy in istio-system while Weft\'s root namespace is another is named NotRootNamespace at metadata.namespace; with --root-namespace istio-system it is mesh-wide', () => {
+  const meshDeny = { ...denyOthers, metadata: { name: 'deny-others', namespace: 'istio-system' } };
+  const inputs = emptyInputs();
+  inputs.authorizationPolicies.push(meshDeny as unknown as AuthorizationPolicy, { ...meshDeny, apiVersion: 'weft.dev/v1alpha1', metadata: { name: 'weft-own', namespace: 'istio-system' } } as unknown as AuthorizationPolicy);
+  const found = compile(inputs).findings.filter((f) => f.reason === 'NotRootNamespace');
+  assert.deepEqual(found.map((f) => `${f.name} ${f.path}`), ['deny-others metadata.namespace']);
+  assert.match(found[0]!.message, /weft-system \(--root-namespace\)/);
+  const root = compile(inputs, { rootNamespace: 'istio-system' });
+  assert.deepEqual(root.findings.filter((f) => f.reason === 'NotRootNamespace'), []);
+  assert.equal(root.model.policies.get('istio-system/deny-others')?.scope, 'mesh');
 });
