@@ -57,11 +57,14 @@ export function collect(value: string, previous: string[] | undefined): string[]
 
 type Obj = { apiVersion?: string; kind: string; metadata: { name: string; namespace?: string } };
 
-/** The API path of an object of the mesh's kinds (its namespace, else the context's). */
+/**
+ * The API path of an object of the mesh's kinds (its namespace, else the context's), in the
+ * apiVersion it is written in when the controller reads the kind in it (Istio's security.istio.io).
+ */
 function objectPath(kube: KubeClient, o: Obj): string {
   const k = KINDS[o.kind as MeshKind];
-  if (!k || (o.apiVersion && o.apiVersion !== k.apiVersion)) throw new Error(`${o.kind} ${o.apiVersion ?? ''} is not one of the mesh's kinds; apply it with kubectl`);
-  const base = k.group ? `/apis/${k.apiVersion}` : `/api/${k.version}`;
+  if (!k || (o.apiVersion && !k.apiVersions.includes(o.apiVersion))) throw new Error(`${o.kind} ${o.apiVersion ?? ''} is not one of the mesh's kinds; apply it with kubectl`);
+  const base = k.group ? `/apis/${o.apiVersion ?? k.apiVersion}` : `/api/${k.version}`;
   const ns = k.namespaced ? `/namespaces/${encodeURIComponent(o.metadata.namespace ?? kube.contextNamespace)}` : '';
   return `${base}${ns}/${k.plural}/${encodeURIComponent(o.metadata.name)}`;
 }

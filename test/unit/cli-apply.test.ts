@@ -118,7 +118,8 @@ test('delete names each source that was never applied (exit 1) and needs a mesh'
 
 test('apply and delete on a cluster: each object by server-side apply (field manager weftctl) and DELETE through the API server; a bad object writes nothing', async () => {
   const { FakeApiServer } = await import('../../cli/local/kube/fake-apiserver.ts');
-  const api = new FakeApiServer();
+  const { DEFAULT_RESOURCES, ISTIO_SECURITY_RESOURCES } = await import('../../cli/local/kube/fake-apiserver.ts');
+  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
   await api.start();
   const cdir = mkdtempSync(join(tmpdir(), 'weft-cli-apply-cluster-'));
   try {
@@ -128,11 +129,15 @@ test('apply and delete on a cluster: each object by server-side apply (field man
     writeFileSync(file, [
       'apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {paths: ["/admin*"]}}]}]}',
       'apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 80}]}',
+      // Istio's group, which the controller reads too, goes to Istio's resource.
+      'apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}',
     ].join('\n---\n'));
     const k = ['--kubeconfig', kubeconfig];
     const a = await apply(['-f', file, ...k]);
     assert.equal(a.code, 0, a.stderr);
-    assert.equal(a.stdout, 'authorizationpolicy/shop/deny-admin serverside-applied\nservice/shop/reviews serverside-applied\n');
+    assert.equal(a.stdout, 'authorizationpolicy/shop/deny-admin serverside-applied\nservice/shop/reviews serverside-applied\npeerauthentication/shop/default serverside-applied\n');
+    assert.ok(api.get('PeerAuthentication', 'shop', 'default', 'security.istio.io/v1'), 'in security.istio.io');
+    assert.equal(api.get('PeerAuthentication', 'shop', 'default', 'weft.dev/v1alpha1'), undefined, 'not in weft.dev');
     const pol = api.get('AuthorizationPolicy', 'shop', 'deny-admin') as { spec: { action: string }; metadata: { managedFields?: Array<{ manager: string }> } } | undefined;
     assert.equal(pol?.spec.action, 'DENY');
     assert.ok(pol?.metadata.managedFields?.some((m) => m.manager === 'weftctl'), 'owned by field manager weftctl');
