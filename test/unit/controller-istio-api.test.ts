@@ -21,7 +21,7 @@ import type { RawObject } from '../../controller/src/sources/source.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
-import { policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { policySelectsWorkload, type AuthorizationPolicy as ModelPolicy } from '../../lib/model/mesh.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { evaluate } from '../../lib/policy/authz.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
@@ -57,7 +57,7 @@ const strict = { apiVersion: V1, kind: 'PeerAuthentication', metadata: { name: '
 // RequestAuthentication reference, attached by targetRefs (Weft has no sidecars: spec.selector is refused).
 const jwt = { apiVersion: V1, kind: 'RequestAuthentication', metadata: { name: 'httpbin', namespace: 'foo' }, spec: { targetRefs: [{ group: '', kind: 'Service', name: 'httpbin' }], jwtRules: [{ issuer: 'issuer-foo', jwks: JWKS }] } };
 
-const judge = (snapshot: { workloads: Array<{ name: string }>; policies: Parameters<typeof evaluate>[0] }, callerNs: string) => {
+const judge = (snapshot: { workloads: Array<{ name: string }>; policies: readonly ModelPolicy[] }, callerNs: string) => {
   const w = snapshot.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1];
   return evaluate(snapshot.policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 });
 };

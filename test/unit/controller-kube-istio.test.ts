@@ -11,7 +11,7 @@ import { Registry } from 'prom-client';
 import { EventRecorder } from '../../controller/src/cluster/events.ts';
 import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { DEFAULT_RESOURCES, FakeApiServer, ISTIO_SECURITY_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
-import { policySelectsWorkload } from '../../lib/model/mesh.ts';
+import { policySelectsWorkload, type AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { evaluate } from '../../lib/policy/authz.ts';
 import { authz, ns, pod } from './controller-fixtures.ts';
 import { startHarness, until, type Harness } from './controller-harness.ts';
@@ -37,7 +37,7 @@ async function withKube(resources: typeof DEFAULT_RESOURCES, fn: (api: FakeApiSe
 
 const istioDeny = (name: string, namespaces: string[]) => ({ apiVersion: ISTIO, kind: 'AuthorizationPolicy', metadata: { name, namespace: 'foo' }, spec: { action: 'DENY', rules: [{ from: [{ source: { namespaces } }] }] } });
 
-type Snapshot = { workloads: Array<{ name: string }>; policies: Parameters<typeof evaluate>[0] };
+type Snapshot = { workloads: Array<{ name: string }>; policies: readonly AuthorizationPolicy[] };
 const allowedFrom = (snapshot: Snapshot | undefined, callerNs: string) => {
   const w = snapshot?.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1] | undefined;
   if (!snapshot || !w) return undefined;
