@@ -56,7 +56,6 @@ import {
   resolveMtls,
   waypointRefusalText,
   spiffeIdOf,
-  policyAction,
   DEFAULT_SAMPLING_PERCENTAGE,
   type AuthorizationPolicy,
   type CompiledRule,
@@ -643,7 +642,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     if (!targets) {
       const first = rules.findIndex((r) => r.layer === 'L7');
       const found = [...new Set(rules.filter((r) => r.layer === 'L7').flatMap(ruleL7Attributes))].sort();
-      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${writtenAt[first]}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${policyAction(compiled) === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : policyAction(compiled) === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
+      if (first >= 0) findings.push({ kind: 'AuthorizationPolicy', namespace: ns, name: ap.metadata.name, path: `spec.rules[${writtenAt[first]}]`, reason: 'UnsupportedValue', message: `agents enforce a policy without targetRefs and see no HTTP (found: ${found.join(', ')}): ${compiled.dryRun ? `in dry run (${ANNOTATION_DRY_RUN}) it is judged in shadow without them, as it would be enforced: ` : ''}${action === 'DENY' ? 'this DENY is enforced without its HTTP attributes, which denies more than written' : action === 'ALLOW' ? 'its rules with HTTP attributes never match, which allows less than written' : 'its rules are judged without their HTTP attributes'}; to judge HTTP, attach it to a waypoint with targetRefs (a waypoint applies only such policies, as in Istio)` });
     }
   }
 
