@@ -224,7 +224,7 @@ export class LocalDelivery {
     if (decision.audit) this.#log.info('connection audited', { policies: decision.audit, allowed: decision.allowed, source, destination });
     for (const r of dryRun ?? []) {
       this.#metrics.dryRun.inc(dryRunLabels(r));
-      if (r.result === 'denied' && this.#dryRunLog.take()) this.#log.info('connection dry-run denied', { engine: r.action, ...(r.policy !== undefined ? { policy: r.policy } : { dryRunPolicies: r.policies.length }), reason: r.reason, allowed: decision.allowed, source, ...(caller !== undefined ? { caller } : {}), destination });
+      if (r.result === 'denied' && this.#dryRunLog.take()) this.#log.info('connection dry-run denied', { engine: r.action, ...(r.policy !== undefined ? { policy: r.policy } : { dryRunPolicies: r.policies }), reason: r.reason, allowed: decision.allowed, source, ...(caller !== undefined ? { caller } : {}), destination });
     }
     if (decision.allowed) return dryRun;
     // A DENY names itself; a refusal for want of a matching ALLOW names the ALLOW policies in force.

@@ -25,7 +25,7 @@
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
 import { encodeRawPathChars, policyAction, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
-import { DEFAULT_SPACE_DELIMITED_CLAIMS, claimAt, type RequestAuth } from './jwt.ts';
+import { claimAt, type RequestAuth } from './jwt.ts';
 import { COMPILED_SOURCE_FIELDS, OPERATION_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
 
 export interface ConnectionAttributes {
@@ -42,13 +42,12 @@ export interface ConnectionAttributes {
 export interface RequestAttributes extends ConnectionAttributes {
   /** The method the backend will see (compared case-sensitively). */
   method: string;
-  /** The path the backend will see (normalized), without the query: what `paths` read (Envoy's path matcher). */
-  path: string;
   /**
-   * The whole request target, query included, what `request.headers[:path]` reads (Envoy's :path
-   * header); absent: `path` (no query). The caller splits it once (waypoint/src/proxy.ts).
+   * The request target the backend will see (normalized), query included: what
+   * `request.headers[:path]` reads (Envoy's :path header). `paths` read its path, the part before
+   * the first `?` (Envoy's path matcher), split here so that no caller can hand the two apart.
    */
-  target?: string;
+  target: string;
   host?: string;
   /** Lower-case header names. */
   headers: Readonly<Record<string, string | readonly string[] | undefined>>;
@@ -92,8 +91,8 @@ export interface DryRunResult {
   result: 'allowed' | 'denied' | 'error';
   /** Envoy's shadow_effective_policy_id: the dry-run policy that matched (absent when none did). */
   policy?: string;
-  /** `namespace/name` of every dry-run policy of this action that applied. */
-  policies: readonly string[];
+  /** How many dry-run policies of this action applied. */
+  policies: number;
   reason: string;
 }
 
@@ -195,6 +194,12 @@ export function remoteIpOf(xff: string | readonly string[] | undefined, sourceIp
   return sourceIp;
 }
 
+/** The path of a request target: the part before the first `?`. */
+export function pathOf(target: string): string {
+  const q = target.indexOf('?');
+  return q < 0 ? target : target.slice(0, q);
+}
+
 /** The values of the attribute a field or key reads, for a request or connection. */
 type Getter = (a: Attributes) => string | number | undefined | readonly string[] | RequestAuth;
 
@@ -212,8 +217,8 @@ const getters = {
   destinationIp: (a: Attributes) => a.destinationIp,
   port: (a: Attributes) => a.destinationPort,
   method: (a: Attributes) => (isRequest(a) ? a.method : undefined),
-  path: (a: Attributes) => (isRequest(a) ? a.path : undefined),
-  target: (a: Attributes) => (isRequest(a) ? (a.target ?? a.path) : undefined),
+  path: (a: Attributes) => (isRequest(a) ? pathOf(a.target) : undefined),
+  target: (a: Attributes) => (isRequest(a) ? a.target : undefined),
   host: (a: Attributes) => (isRequest(a) ? (a.host ?? '') : undefined),
   requestPrincipal: (a: Attributes) => (isRequest(a) ? a.requestAuth : undefined),
   audiences: (a: Attributes) => (isRequest(a) ? a.requestAuth?.audiences : undefined),
@@ -224,25 +229,17 @@ const getters = {
  * A claim of the request's JWT by its path (`request.auth.claims[a][b]`: `["a", "b"]`): a string,
  * or the string items of a list (Istio matches one of them); any other type matches nothing.
  * A top-level space-delimited claim (`scope`, `permission`, those its RequestAuthentication lists)
- * is the list of its words, as Envoy's jwt_authn writes it for RBAC (normalize_payload_in_metadata).
+ * is the list of its words, as Envoy's jwt_authn writes it for RBAC (normalize_payload_in_metadata),
+ * split once when the token was verified (RequestAuth.claimWords).
  */
 function claimOf(a: Attributes, path: readonly string[]): string | readonly string[] | undefined {
   if (!isRequest(a) || !a.requestAuth) return undefined;
+  const words = path.length === 1 ? a.requestAuth.claimWords?.get(path[0]!) : undefined;
+  if (words) return words;
   const v = claimAt(a.requestAuth.claims, path);
-  if (typeof v === 'string' && path.length === 1 && (a.requestAuth.spaceDelimitedClaims ?? DEFAULT_SPACE_DELIMITED_CLAIMS).has(path[0]!)) return wordsOf(a.requestAuth, path[0]!, v);
   if (typeof v === 'string') return v;
   // Envoy's ListMatcher one_of: any string item may match; items of other types match nothing.
   return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : undefined;
-}
-
-/** The words of a space-delimited claim, split once per verified token (its RequestAuth) whatever the number of matchers. */
-const claimWords = new WeakMap<RequestAuth, Map<string, readonly string[]>>();
-function wordsOf(auth: RequestAuth, claim: string, value: string): readonly string[] {
-  let byClaim = claimWords.get(auth);
-  if (!byClaim) claimWords.set(auth, (byClaim = new Map()));
-  let words = byClaim.get(claim);
-  if (!words) byClaim.set(claim, (words = value.split(' ').filter((w) => w !== '')));
-  return words;
 }
 
 /**
@@ -604,22 +601,24 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
  */
 export class CompiledPolicies {
   readonly list: readonly CompiledPolicy[];
-  /** `namespace/name` of the dry-run policies of each shadow engine that has any; undefined when none is dry-run. */
-  readonly dryRun: Readonly<Partial<Record<ShadowEngine, readonly string[]>>> | undefined;
+  /** How many dry-run policies each shadow engine that has any holds; undefined when none is dry-run. */
+  readonly dryRun: Readonly<Partial<Record<ShadowEngine, number>>> | undefined;
+  readonly #policies: readonly AuthorizationPolicy[];
   #deny: CompiledPolicies | undefined;
 
-  constructor(policies: readonly (AuthorizationPolicy | CompiledPolicy)[]) {
-    this.list = policies.map((p) => ('matches' in p ? p : compilePolicy(p)));
-    let dryRun: Partial<Record<ShadowEngine, string[]>> | undefined;
+  constructor(policies: readonly AuthorizationPolicy[]) {
+    this.#policies = policies;
+    this.list = policies.map(compilePolicy);
+    let dryRun: Partial<Record<ShadowEngine, number>> | undefined;
     for (const p of this.list) {
-      if (p.dryRun && (p.action === 'DENY' || p.action === 'ALLOW')) ((dryRun ??= {})[p.action] ??= []).push(p.id);
+      if (p.dryRun && (p.action === 'DENY' || p.action === 'ALLOW')) (dryRun ??= {})[p.action] = (dryRun[p.action] ?? 0) + 1;
     }
     this.dryRun = dryRun;
   }
 
   /** The DENY policies alone (enforced and dry-run), listed once. */
   get deny(): CompiledPolicies {
-    return (this.#deny ??= new CompiledPolicies(this.list.filter((p) => p.action === 'DENY')));
+    return (this.#deny ??= new CompiledPolicies(this.#policies.filter((_, i) => this.list[i]!.action === 'DENY')));
   }
 }
 
@@ -630,8 +629,7 @@ export class CompiledPolicies {
  * their shadow results come with the decision (`dryRun`). `engine` asks for one judgement only:
  * `enforced` (no shadow results), or one shadow engine's (see dryRunOf).
  */
-export function evaluate(policies: readonly AuthorizationPolicy[] | CompiledPolicies, a: Attributes, opts: { layer?: PolicyLayer; engine?: ShadowEngine | 'enforced' } = {}): Decision {
-  const compiledList = policies instanceof CompiledPolicies ? policies : new CompiledPolicies(policies);
+export function evaluate(compiledList: CompiledPolicies, a: Attributes, opts: { layer?: PolicyLayer; engine?: ShadowEngine | 'enforced' } = {}): Decision {
   const { layer = isRequest(a) ? 'L7' : 'L4', engine } = opts;
   const list = compiledList.list;
   if (engine !== undefined) return decide(list, a, layer, engine === 'enforced' ? undefined : engine);
@@ -666,7 +664,7 @@ export type ShadowEngine = 'ALLOW' | 'DENY';
 
 /**
  * What the dry-run policies among `policies` would have decided, one result per shadow engine that
- * has a policy (undefined when none is dry-run; the lists are CompiledPolicies', made once).
+ * has a policy (undefined when none is dry-run; the counts are CompiledPolicies', made once).
  * `judge(engine)` is the enforcement point's own judgement made with that engine's policies alone
  * (evaluate's `engine`), so every rule it adds (an agent's carried caller, say) applies in shadow
  * too. Shadow judgement never changes the real decision and never throws: a judge that throws
@@ -677,16 +675,16 @@ export function dryRunOf(policies: CompiledPolicies, judge: (engine: ShadowEngin
   if (!engines) return undefined;
   const out: DryRunResult[] = [];
   for (const action of ['DENY', 'ALLOW'] as const) {
-    const ids = engines[action];
-    if (!ids) continue;
+    const count = engines[action];
+    if (!count) continue;
     try {
       const d = judge(action);
       // A DENY engine's refusal names the DENY that matched, an ALLOW engine's admission the ALLOW
       // (an ALLOW engine's refusal matched none).
       const matched = (action === 'DENY') !== d.allowed ? d.policy : undefined;
-      out.push({ action, result: d.allowed ? 'allowed' : 'denied', ...(matched !== undefined ? { policy: matched } : {}), policies: ids, reason: d.reason });
+      out.push({ action, result: d.allowed ? 'allowed' : 'denied', ...(matched !== undefined ? { policy: matched } : {}), policies: count, reason: d.reason });
     } catch (err) {
-      out.push({ action, result: 'error', policies: ids, reason: `shadow evaluation failed: ${(err as Error).message}` });
+      out.push({ action, result: 'error', policies: count, reason: `shadow evaluation failed: ${(err as Error).message}` });
     }
   }
   return out;

@@ -125,11 +125,21 @@ export interface RequestAuth {
   presenter?: string;
   claims: { readonly [k: string]: JsonValue };
   /**
-   * The top-level claims that `request.auth.claims[...]` reads as lists of their space-separated
-   * words when they are strings (the claim headers keep the token's text); absent:
-   * DEFAULT_SPACE_DELIMITED_CLAIMS.
+   * The words of each top-level space-delimited claim (DEFAULT_SPACE_DELIMITED_CLAIMS and the rule's
+   * spaceDelimitedClaims) that is a string, split once when the token is verified: what
+   * `request.auth.claims[...]` reads for it (the claim headers keep the token's text).
    */
-  spaceDelimitedClaims?: ReadonlySet<string>;
+  claimWords?: ReadonlyMap<string, readonly string[]>;
+}
+
+/** RequestAuth.claimWords of a token's claims, for the space-delimited claim names `names`. */
+export function claimWordsOf(claims: RequestAuth['claims'], names: ReadonlySet<string> = DEFAULT_SPACE_DELIMITED_CLAIMS): ReadonlyMap<string, readonly string[]> | undefined {
+  let out: Map<string, readonly string[]> | undefined;
+  for (const name of names) {
+    const v = Object.hasOwn(claims, name) ? claims[name] : undefined;
+    if (typeof v === 'string') (out ??= new Map()).set(name, v.split(' ').filter((w) => w !== ''));
+  }
+  return out;
 }
 
 /** Edits of the request headers a verification leads to (before forwarding; route matching sees them). */
@@ -397,10 +407,10 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
-    const spaceDelimited = spaceDelimitedOf(rule);
+    const claimWords = claimWordsOf(payload, spaceDelimitedOf(rule));
     const auth: RequestAuth = {
       issuer: iss, ...(typeof sub === 'string' ? { subject: sub } : {}), audiences, claims: payload, ...(typeof azp === 'string' ? { presenter: azp } : {}),
-      ...(spaceDelimited ? { spaceDelimitedClaims: spaceDelimited } : {}),
+      ...(claimWords ? { claimWords } : {}),
     };
     return { ok: true, auth, payloadPart: jws.payloadPart, rule, issuer: iss };
   }

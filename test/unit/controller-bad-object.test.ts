@@ -79,9 +79,9 @@ test('after a refused policy and a route to missing backends, a new DENY policy 
     await until('DENY policy at the waypoint', () => engine.config.policies.some((p) => p.name === 'no-admin'));
     const snap = buildSnapshot(engine.config, 1);
     assert.deepEqual(snap.issues, []);
-    const req = { sourcePrincipal: 'spiffe://cluster.local/ns/web/sa/x', destinationPort: 80, method: 'GET', path: '/admin', host: 'reviews', headers: {} };
+    const req = { sourcePrincipal: 'spiffe://cluster.local/ns/web/sa/x', destinationPort: 80, method: 'GET', target: '/admin', host: 'reviews', headers: {} };
     assert.equal(snap.policies.evaluate('shop/reviews', req).allowed, false);
-    assert.equal(snap.policies.evaluate('shop/reviews', { ...req, path: '/' }).allowed, true);
+    assert.equal(snap.policies.evaluate('shop/reviews', { ...req, target: '/' }).allowed, true);
 
     // An endpoint change takes effect at the waypoint.
     source.delete('Pod', 'shop', 'reviews');

@@ -5,7 +5,8 @@ import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { isConsumerRoute, policySelectsWorkload, type Route, type RouteRule } from '../../lib/model/mesh.ts';
 import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable } from '../../waypoint/src/router.ts';
-import { appliesToService, evaluate } from '../../lib/policy/authz.ts';
+import { splitTarget } from '../../waypoint/src/normalize.ts';
+import { CompiledPolicies, appliesToService, evaluate } from '../../lib/policy/authz.ts';
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 import { AgentState, validateAgentConfig } from '../../agent/src/state.ts';
 import { CompileCache } from '../../controller/src/compile.ts';
@@ -151,7 +152,7 @@ function grpcTable(routes: Array<[string, unknown[], string?]>): { table: RouteT
   const issues: ConfigIssue[] = [];
   const table = new RouteTable(wire, new Set(['a/greeter']), issues);
   const pick = (path: string, headers: Record<string, string> = {}) => {
-    const d = table.match('a/greeter', 80, { method: 'POST', path, headers: { 'content-type': 'application/grpc', ...headers } });
+    const d = table.match('a/greeter', 80, { method: 'POST', ...splitTarget(path), headers: { 'content-type': 'application/grpc', ...headers } });
     return d && `${d.route.name}/${d.rule.name ?? d.ruleIndex}`;
   };
   return { table, issues, pick };
@@ -252,7 +253,7 @@ test('an HTTPRoute and a GRPCRoute on one Service port: the GRPCRoute applies, t
 
   // At the waypoint a gRPC call the HTTPRoute would have matched goes by the GRPCRoute.
   const table = new RouteTable([...r.model.routes.values()].filter((x) => !isConsumerRoute(x)), new Set(['a/greeter', 'a/backend', 'a/multi']), []);
-  const d = table.match('a/greeter', 80, { method: 'POST', path: '/hello.Greeter/SayHello', headers: { 'content-type': 'application/grpc' } });
+  const d = table.match('a/greeter', 80, { method: 'POST', ...splitTarget('/hello.Greeter/SayHello'), headers: { 'content-type': 'application/grpc' } });
   assert.deepEqual([d?.route.kind, d?.route.name], ['GRPCRoute', 'g']);
 });
 
@@ -566,8 +567,8 @@ test('header matches with equivalent names: only the first counts, at compile an
   assert.deepEqual(m.headers, [{ type: 'Exact', name: 'x-foo', value: 'a' }, { type: 'Exact', name: 'x-bar', value: 'c' }]);
   assert.deepEqual(m.queryParams.map((q) => q.name), ['v', 'V']);
   const table = new RouteTable([...compile(i).model.routes.values()], new Set(['shop/payments']), []);
-  assert.ok(table.match('shop/payments', 80, { method: 'GET', path: '/?v=1&V=2', headers: { 'x-foo': 'a', 'x-bar': 'c' } }));
-  assert.equal(table.match('shop/payments', 80, { method: 'GET', path: '/?v=1&V=2', headers: { 'x-foo': 'b', 'x-bar': 'c' } }), undefined);
+  assert.ok(table.match('shop/payments', 80, { method: 'GET', ...splitTarget('/?v=1&V=2'), headers: { 'x-foo': 'a', 'x-bar': 'c' } }));
+  assert.equal(table.match('shop/payments', 80, { method: 'GET', ...splitTarget('/?v=1&V=2'), headers: { 'x-foo': 'b', 'x-bar': 'c' } }), undefined);
 
   const { pick } = grpcTable([['g', [{ name: 'first', matches: [{ method: { service: 'hello.Greeter' }, headers: [{ name: 'X-Foo', value: 'a' }, { name: 'x-foo', value: 'b' }] }], backendRefs: [{ name: 'greeter', port: 80 }] }]]]);
   assert.equal(pick('/hello.Greeter/M', { 'x-foo': 'a' }), 'g/first');
@@ -881,9 +882,9 @@ test('an AuthorizationPolicy rule whose from or to is an empty list matches noth
   );
   const { model, findings } = compile(inputs);
   const other = { sourcePrincipal: 'spiffe://cluster.local/ns/other/sa/client', sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationPort: 8080 };
-  assert.equal(evaluate([model.policies.get('shop/nobody')!], other).allowed, false, 'from: [] allows no one');
-  assert.equal(evaluate([model.policies.get('shop/frontend')!], other).allowed, false, 'to: [] allows nothing');
-  assert.equal(evaluate([model.policies.get('shop/frontend')!], { ...other, sourcePrincipal: `spiffe://${frontend}`, sourceNamespace: 'web' }).allowed, true, 'the other rule still allows its caller');
+  assert.equal(evaluate(new CompiledPolicies([model.policies.get('shop/nobody')!]), other).allowed, false, 'from: [] allows no one');
+  assert.equal(evaluate(new CompiledPolicies([model.policies.get('shop/frontend')!]), other).allowed, false, 'to: [] allows nothing');
+  assert.equal(evaluate(new CompiledPolicies([model.policies.get('shop/frontend')!]), { ...other, sourcePrincipal: `spiffe://${frontend}`, sourceNamespace: 'web' }).allowed, true, 'the other rule still allows its caller');
   const named = findings.filter((f) => f.kind === 'AuthorizationPolicy' && f.reason === 'Invalid').map((f) => `${f.name} ${f.path}`).sort();
   assert.deepEqual(named, ['frontend spec.rules[1].to', 'gets spec.rules[0].from', 'nobody spec.rules[0].from']);
   // Other findings still name the rule where it was written.

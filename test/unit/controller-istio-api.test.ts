@@ -23,7 +23,7 @@ import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { policySelectsWorkload, type AuthorizationPolicy as ModelPolicy } from '../../lib/model/mesh.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { evaluate } from '../../lib/policy/authz.ts';
+import { CompiledPolicies, evaluate } from '../../lib/policy/authz.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
 import { startHarness, until } from './controller-harness.ts';
 import { jwksOf, testKey } from './jwt-fixtures.ts';
@@ -59,7 +59,7 @@ const jwt = { apiVersion: V1, kind: 'RequestAuthentication', metadata: { name: '
 
 const judge = (snapshot: { workloads: Array<{ name: string }>; policies: readonly ModelPolicy[] }, callerNs: string) => {
   const w = snapshot.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1];
-  return evaluate(snapshot.policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 });
+  return evaluate(new CompiledPolicies(snapshot.policies.filter((p) => policySelectsWorkload(p, w))), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 });
 };
 
 test('Istio\'s reference samples in security.istio.io/v1 and v1beta1 from a config directory are accepted and enforced: the DENY at the agent, STRICT mTLS, the RequestAuthentication at the waypoint', () =>

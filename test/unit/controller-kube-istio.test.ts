@@ -12,7 +12,7 @@ import { EventRecorder } from '../../controller/src/cluster/events.ts';
 import { KubeSource, kubeConfigForServer } from '../../controller/src/sources/kube.ts';
 import { DEFAULT_RESOURCES, FakeApiServer, ISTIO_SECURITY_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
 import { policySelectsWorkload, type AuthorizationPolicy } from '../../lib/model/mesh.ts';
-import { evaluate } from '../../lib/policy/authz.ts';
+import { CompiledPolicies, evaluate } from '../../lib/policy/authz.ts';
 import { authz, ns, pod } from './controller-fixtures.ts';
 import { startHarness, until, type Harness } from './controller-harness.ts';
 
@@ -41,7 +41,7 @@ type Snapshot = { workloads: Array<{ name: string }>; policies: readonly Authori
 const allowedFrom = (snapshot: Snapshot | undefined, callerNs: string) => {
   const w = snapshot?.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1] | undefined;
   if (!snapshot || !w) return undefined;
-  return evaluate(snapshot.policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 }).allowed;
+  return evaluate(new CompiledPolicies(snapshot.policies.filter((p) => policySelectsWorkload(p, w))), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 }).allowed;
 };
 
 type Ev = { involvedObject?: { apiVersion?: string; kind?: string; name?: string; fieldPath?: string }; reason?: string; message?: string };

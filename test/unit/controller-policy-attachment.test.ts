@@ -103,9 +103,9 @@ test('targetRefs to a Waypoint (or, as Istio writes it, a Gateway of that name) 
     assert.deepEqual(p.targetServices, ['shop/db', 'shop/web'], `${name}: the Services that use wp, not the one opted out`);
     const table = new PolicyTable([p]);
     const request = { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationIp: '10.96.0.61', destinationPort: 80, method: 'GET', host: 'db', headers: {} };
-    assert.equal(table.evaluate('shop/db', { ...request, path: '/admin/x' }).allowed, false);
-    assert.equal(table.evaluate('shop/db', { ...request, path: '/' }).allowed, true);
-    assert.equal(table.evaluate('shop/direct', { ...request, path: '/admin/x' }).allowed, true);
+    assert.equal(table.evaluate('shop/db', { ...request, target: '/admin/x' }).allowed, false);
+    assert.equal(table.evaluate('shop/db', { ...request, target: '/' }).allowed, true);
+    assert.equal(table.evaluate('shop/direct', { ...request, target: '/admin/x' }).allowed, true);
   }
   assert.equal(model.policies.get('shop/gone')?.scope, 'service', 'a missing waypoint attaches to nothing, never to the namespace');
   assert.deepEqual(model.policies.get('shop/gone')?.targetServices, []);
@@ -131,7 +131,7 @@ test('a waypoint applies no namespace-wide or mesh-wide policy (Istio: only targ
   );
   const { model } = compile(inputs);
   const table = new PolicyTable([...model.policies.values()]);
-  const request = { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationIp: '10.96.0.61', destinationPort: 80, method: 'GET', path: '/', host: 'db', headers: {} };
+  const request = { sourcePrincipal: CLIENT, sourceNamespace: 'other', sourceIp: '10.1.0.1', destinationIp: '10.96.0.61', destinationPort: 80, method: 'GET', target: '/', host: 'db', headers: {} };
   assert.equal(table.evaluate('shop/db', request).allowed, true, 'the waypoint does not judge the client by the namespace ALLOW');
   assert.equal(table.evaluate('shop/db', { ...request, destinationPort: 9999 }).allowed, true, 'nor by the mesh-wide DENY (the agents\' policy)');
 

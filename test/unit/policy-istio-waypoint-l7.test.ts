@@ -21,7 +21,7 @@ import { compile, emptyInputs } from '../../controller/src/compile.ts';
 import type { AuthorizationPolicy } from '../../lib/model/objects.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import { PolicyTable, type RequestAttributes } from '../../lib/policy/authz.ts';
-import type { RequestAuth } from '../../lib/policy/jwt.ts';
+import { claimWordsOf, type RequestAuth } from '../../lib/policy/jwt.ts';
 import { CONDITION_KEYS, SOURCE_FIELDS } from '../../lib/policy/keys.ts';
 import { authz, ns, svc } from './controller-fixtures.ts';
 
@@ -44,14 +44,16 @@ function waypointTable(specs: Record<string, Spec>): PolicyTable {
   return new PolicyTable([...compile(inputs).model.policies.values()]);
 }
 
-/** `path` is written as the request target (query included) and split as the waypoint splits it. */
 function request(r: Partial<RequestAttributes> = {}): RequestAttributes {
-  const target = r.path ?? '/';
-  return { sourcePrincipal: SOURCE, sourceIp: '10.1.0.5', destinationIp: '10.96.0.70', destinationPort: 80, method: 'GET', host: 'reviews.shop.svc.cluster.local', headers: {}, ...r, path: target.split('?')[0]!, target };
+  return { sourcePrincipal: SOURCE, sourceIp: '10.1.0.5', destinationIp: '10.96.0.70', destinationPort: 80, method: 'GET', target: '/', host: 'reviews.shop.svc.cluster.local', headers: {}, ...r };
 }
 
-const token = (issuer: string, subject: string | undefined, claims: Record<string, unknown> = {}): RequestAuth =>
-  ({ issuer, ...(subject !== undefined ? { subject } : {}), audiences: [], claims: { iss: issuer, ...(subject !== undefined ? { sub: subject } : {}), ...claims } }) as RequestAuth;
+/** A verified token's RequestAuth, its space-delimited claims (`spaceDelimited`, Istio's default: scope, permission) split as jwt.ts splits them. */
+const token = (issuer: string, subject: string | undefined, claims: Record<string, unknown> = {}, spaceDelimited?: ReadonlySet<string>): RequestAuth => {
+  const all = { iss: issuer, ...(subject !== undefined ? { sub: subject } : {}), ...claims } as RequestAuth['claims'];
+  const claimWords = claimWordsOf(all, spaceDelimited);
+  return { issuer, ...(subject !== undefined ? { subject } : {}), audiences: [], claims: all, ...(claimWords ? { claimWords } : {}) };
+};
 
 // TestAuthorizationL7's policySpec and denySpec, {{.Source}} being SOURCE's service account.
 const L7_ALLOW: Spec = {
@@ -83,17 +85,17 @@ interface Row {
 
 const ROWS: Row[] = [
   // TestAuthorizationL7, every subtest.
-  { source: 'baseline_test.go TestAuthorizationL7 "simple deny"', name: 'GET /deny matches no rule', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/deny' }, allowed: false },
-  { source: 'baseline_test.go TestAuthorizationL7 "simple allow"', name: 'GET /allowed', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/allowed' }, allowed: true },
-  { source: 'baseline_test.go TestAuthorizationL7 "identity deny"', name: 'GET /denied-identity from a principal the rule does not name', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/denied-identity' }, allowed: false },
-  { source: 'baseline_test.go TestAuthorizationL7 "identity allow"', name: 'GET /allowed-identity from the named principal', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/allowed-identity' }, allowed: true },
-  { source: 'baseline_test.go TestAuthorizationL7 "identity allow"', name: 'GET /allowed-identity without a peer identity', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/allowed-identity', sourcePrincipal: undefined }, allowed: false },
-  { source: 'baseline_test.go TestAuthorizationL7 "explicit deny"', name: 'POST /explicit-deny: the DENY wins over the ALLOW of every POST', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/explicit-deny', method: 'POST' }, allowed: false },
-  { source: 'baseline_test.go TestAuthorizationL7 "explicit deny"', name: 'POST elsewhere is allowed', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/other', method: 'POST' }, allowed: true },
-  { source: 'baseline_test.go TestAuthorizationL7 "wildcard allow"', name: 'GET /allowed-wildcardtest by the prefix /allowed-wildcard*', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/allowed-wildcardtest' }, allowed: true },
-  { source: 'baseline_test.go TestAuthorizationL7 "headers allow"', name: 'x-test-header: match', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/headers', headers: { 'x-test-header': 'match' } }, allowed: true },
-  { source: 'baseline_test.go TestAuthorizationL7 "headers deny"', name: 'x-test-header: do-not-match', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/headers', headers: { 'x-test-header': 'do-not-match' } }, allowed: false },
-  { source: 'baseline_test.go TestAuthorizationL7 "headers deny"', name: 'no x-test-header', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { path: '/headers' }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "simple deny"', name: 'GET /deny matches no rule', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/deny' }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "simple allow"', name: 'GET /allowed', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/allowed' }, allowed: true },
+  { source: 'baseline_test.go TestAuthorizationL7 "identity deny"', name: 'GET /denied-identity from a principal the rule does not name', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/denied-identity' }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "identity allow"', name: 'GET /allowed-identity from the named principal', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/allowed-identity' }, allowed: true },
+  { source: 'baseline_test.go TestAuthorizationL7 "identity allow"', name: 'GET /allowed-identity without a peer identity', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/allowed-identity', sourcePrincipal: undefined }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "explicit deny"', name: 'POST /explicit-deny: the DENY wins over the ALLOW of every POST', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/explicit-deny', method: 'POST' }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "explicit deny"', name: 'POST elsewhere is allowed', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/other', method: 'POST' }, allowed: true },
+  { source: 'baseline_test.go TestAuthorizationL7 "wildcard allow"', name: 'GET /allowed-wildcardtest by the prefix /allowed-wildcard*', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/allowed-wildcardtest' }, allowed: true },
+  { source: 'baseline_test.go TestAuthorizationL7 "headers allow"', name: 'x-test-header: match', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/headers', headers: { 'x-test-header': 'match' } }, allowed: true },
+  { source: 'baseline_test.go TestAuthorizationL7 "headers deny"', name: 'x-test-header: do-not-match', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/headers', headers: { 'x-test-header': 'do-not-match' } }, allowed: false },
+  { source: 'baseline_test.go TestAuthorizationL7 "headers deny"', name: 'no x-test-header', policies: { policy: L7_ALLOW, deny: L7_DENY }, request: { target: '/headers' }, allowed: false },
   // TestAuthorizationServiceAttached: a policy attached to one Service.
   { source: 'baseline_test.go TestAuthorizationServiceAttached "principal"', name: 'an ALLOW naming another principal denies', policies: { 'policy-waypoint': { targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/something/sa/else'] } }] }] } }, request: {}, allowed: false },
   { source: 'baseline_test.go TestAuthorizationServiceAttached "header"', name: 'x-foo: x-bar is allowed', policies: { 'policy-header-match': { targetRefs: [{ kind: 'Service', group: '', name: 'reviews' }], action: 'ALLOW', rules: [{ when: [{ key: 'request.headers[x-foo]', values: ['x-bar'] }] }] } }, request: { headers: { 'x-foo': 'x-bar' } }, allowed: true },
@@ -104,15 +106,15 @@ const ROWS: Row[] = [
   { source: 'baseline_test.go TestL7JWT "deny without token"', name: 'no token: no request principal', policies: { authz: JWT_ALLOW }, request: {}, allowed: false },
   { source: 'baseline_test.go TestL7JWT "allow with sub-1 token"', name: 'issuer-1 sub-1', policies: { authz: JWT_ALLOW }, request: { requestAuth: token('test-issuer-1@istio.io', 'sub-1') }, allowed: true },
   { source: 'baseline_test.go TestL7JWT "deny with sub-2 token"', name: 'issuer-2 sub-2', policies: { authz: JWT_ALLOW }, request: { requestAuth: token('test-issuer-2@istio.io', 'sub-2') }, allowed: false },
-  { source: 'baseline_test.go TestL7JWT "allow healthz"', name: '/healthz without a token', policies: { authz: JWT_ALLOW }, request: { path: '/healthz' }, allowed: true },
+  { source: 'baseline_test.go TestL7JWT "allow healthz"', name: '/healthz without a token', policies: { authz: JWT_ALLOW }, request: { target: '/healthz' }, allowed: true },
   // Builder testdata: rules present, absent, empty.
   { source: 'builder testdata allow-nil-rule-in.yaml', name: 'an ALLOW without rules denies everything', policies: { p: {} }, request: {}, allowed: false },
   { source: 'builder testdata allow-empty-rule-in.yaml', name: 'an ALLOW with one empty rule allows everything', policies: { p: { rules: [{}] } }, request: {}, allowed: true },
   { source: 'builder testdata deny-empty-rule-in.yaml', name: 'a DENY with one empty rule denies everything', policies: { p: { action: 'DENY', rules: [{}] } }, request: {}, allowed: false },
-  { source: 'builder testdata deny-and-allow-in.yaml', name: 'DENY is judged before ALLOW', policies: { a: { rules: [{ to: [{ operation: { paths: ['/x'] } }] }] }, d: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/x'] } }] }] } }, request: { path: '/x' }, allowed: false },
+  { source: 'builder testdata deny-and-allow-in.yaml', name: 'DENY is judged before ALLOW', policies: { a: { rules: [{ to: [{ operation: { paths: ['/x'] } }] }] }, d: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/x'] } }] }] } }, request: { target: '/x' }, allowed: false },
   { source: 'builder testdata audit-full-rule-in.yaml', name: 'an AUDIT decides nothing', policies: { p: { action: 'AUDIT', rules: [{}] } }, request: {}, allowed: true },
-  { source: 'builder testdata custom-bad-multiple-providers-in.yaml → custom-bad-out.yaml (deny-due-to-bad-CUSTOM-action)', name: 'a CUSTOM policy whose provider the mesh does not have denies what its rules match', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { path: '/httpbin1' }, allowed: false },
-  { source: 'builder testdata custom-bad-out.yaml', name: 'and only that', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { path: '/httpbin2' }, allowed: true },
+  { source: 'builder testdata custom-bad-multiple-providers-in.yaml → custom-bad-out.yaml (deny-due-to-bad-CUSTOM-action)', name: 'a CUSTOM policy whose provider the mesh does not have denies what its rules match', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { target: '/httpbin1' }, allowed: false },
+  { source: 'builder testdata custom-bad-out.yaml', name: 'and only that', policies: { ext: { action: 'CUSTOM', provider: { name: 'opa' }, rules: [{ to: [{ operation: { paths: ['/httpbin1'] } }] }] } }, request: { target: '/httpbin2' }, allowed: true },
   // Attributes a Weft waypoint never has (Istio accepts them; its waypoint's inner HTTP connection
   // carries no SNI, and no filter writes the metadata): a rule on them matches nothing, and its
   // notValues everything, as Envoy's matchers on an absent value.
@@ -121,20 +123,20 @@ const ROWS: Row[] = [
   { source: 'generator_test.go envoyFilterGenerator-string (metadata no filter wrote)', name: 'an ALLOW on experimental.envoy.filters.* is in force and matches nothing', policies: { p: { rules: [{ when: [{ key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]'] }] }] } }, request: {}, allowed: false },
   { source: 'generator_test.go envoyFilterGenerator-string (metadata no filter wrote)', name: 'a DENY on experimental.envoy.filters.* values denies nothing', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'experimental.envoy.filters.http.foo[bar]', values: ['x'] }] }] } }, request: {}, allowed: true },
   // Paths: generator.go pathGenerator, Envoy's path matcher (query aside) and uri_template.
-  { source: 'generator.go pathGenerator', name: 'an exact path ignores the query', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { path: '/abc?x=1' }, allowed: true },
-  { source: 'generator.go pathGenerator', name: 'an exact path is not a prefix: /abc/ is not /abc', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { path: '/abc/' }, allowed: false },
-  { source: 'generator.go pathGenerator', name: 'paths are case-sensitive', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { path: '/ABC' }, allowed: false },
-  { source: 'generator.go pathGenerator', name: 'a suffix path *.html', policies: { p: { rules: [{ to: [{ operation: { paths: ['*.html'] } }] }] } }, request: { path: '/a/b.html' }, allowed: true },
-  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} matches one segment', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { path: '/abc/x' }, allowed: true },
-  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} does not match an empty segment', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { path: '/abc/' }, allowed: false },
-  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} does not match two segments', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { path: '/abc/x/y' }, allowed: false },
-  { source: 'uri_template (kPathGlobRegex: pchar without *)', name: 'a DENY /admin/{*} does not hold a segment with a * in it (as Envoy)', policies: { p: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin/{*}'] } }] }] } }, request: { path: '/admin/a*b' }, allowed: true },
-  { source: 'uri_template (kLiteral: % is a pchar)', name: 'a DENY /admin/{*} holds a segment with an encoded slash (KEEP_UNCHANGED)', policies: { p: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin/{*}'] } }] }] } }, request: { path: '/admin/a%2Fb' }, allowed: false },
-  { source: 'security_test.go "matchAnyTemplate at end" + uri_template', name: '/foo/{**} matches /foo/ and deeper, not /foo', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}'] } }] }] } }, request: { path: '/foo' }, allowed: false },
-  { source: 'security_test.go "matchAnyTemplate at end" + uri_template', name: '/foo/{**} matches /foo/a/b/c', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}'] } }] }] } }, request: { path: '/foo/a/b/c' }, allowed: true },
-  { source: 'security_test.go "matchAnyTemplate" + uri_template', name: '/foo/{**}/bar matches /foo/a/b/bar', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}/bar'] } }] }] } }, request: { path: '/foo/a/b/bar' }, allowed: true },
-  { source: 'security_test.go "matchOneTemplate with trailing slash" + uri_template', name: '/{*}/foo/ needs the trailing slash', policies: { p: { rules: [{ to: [{ operation: { paths: ['/{*}/foo/'] } }] }] } }, request: { path: '/x/foo' }, allowed: false },
-  { source: 'security_test.go IsValidLiteral "valid - equals"', name: 'a template literal may hold =', policies: { p: { rules: [{ to: [{ operation: { paths: ['/a=c/{*}'] } }] }] } }, request: { path: '/a=c/x' }, allowed: true },
+  { source: 'generator.go pathGenerator', name: 'an exact path ignores the query', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { target: '/abc?x=1' }, allowed: true },
+  { source: 'generator.go pathGenerator', name: 'an exact path is not a prefix: /abc/ is not /abc', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { target: '/abc/' }, allowed: false },
+  { source: 'generator.go pathGenerator', name: 'paths are case-sensitive', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc'] } }] }] } }, request: { target: '/ABC' }, allowed: false },
+  { source: 'generator.go pathGenerator', name: 'a suffix path *.html', policies: { p: { rules: [{ to: [{ operation: { paths: ['*.html'] } }] }] } }, request: { target: '/a/b.html' }, allowed: true },
+  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} matches one segment', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { target: '/abc/x' }, allowed: true },
+  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} does not match an empty segment', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { target: '/abc/' }, allowed: false },
+  { source: 'generator_test.go pathGenerator-template + uri_template', name: '/abc/{*} does not match two segments', policies: { p: { rules: [{ to: [{ operation: { paths: ['/abc/{*}'] } }] }] } }, request: { target: '/abc/x/y' }, allowed: false },
+  { source: 'uri_template (kPathGlobRegex: pchar without *)', name: 'a DENY /admin/{*} does not hold a segment with a * in it (as Envoy)', policies: { p: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin/{*}'] } }] }] } }, request: { target: '/admin/a*b' }, allowed: true },
+  { source: 'uri_template (kLiteral: % is a pchar)', name: 'a DENY /admin/{*} holds a segment with an encoded slash (KEEP_UNCHANGED)', policies: { p: { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/admin/{*}'] } }] }] } }, request: { target: '/admin/a%2Fb' }, allowed: false },
+  { source: 'security_test.go "matchAnyTemplate at end" + uri_template', name: '/foo/{**} matches /foo/ and deeper, not /foo', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}'] } }] }] } }, request: { target: '/foo' }, allowed: false },
+  { source: 'security_test.go "matchAnyTemplate at end" + uri_template', name: '/foo/{**} matches /foo/a/b/c', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}'] } }] }] } }, request: { target: '/foo/a/b/c' }, allowed: true },
+  { source: 'security_test.go "matchAnyTemplate" + uri_template', name: '/foo/{**}/bar matches /foo/a/b/bar', policies: { p: { rules: [{ to: [{ operation: { paths: ['/foo/{**}/bar'] } }] }] } }, request: { target: '/foo/a/b/bar' }, allowed: true },
+  { source: 'security_test.go "matchOneTemplate with trailing slash" + uri_template', name: '/{*}/foo/ needs the trailing slash', policies: { p: { rules: [{ to: [{ operation: { paths: ['/{*}/foo/'] } }] }] } }, request: { target: '/x/foo' }, allowed: false },
+  { source: 'security_test.go IsValidLiteral "valid - equals"', name: 'a template literal may hold =', policies: { p: { rules: [{ to: [{ operation: { paths: ['/a=c/{*}'] } }] }] } }, request: { target: '/a=c/x' }, allowed: true },
   // Hosts and methods: matcher/header.go.
   { source: 'matcher/header.go HostMatcher (ignore case)', name: 'hosts are case-insensitive', policies: { p: { rules: [{ to: [{ operation: { hosts: ['Reviews.SHOP.svc.cluster.local'] } }] }] } }, request: {}, allowed: true },
   { source: 'matcher/header.go HostMatcher (exact :authority)', name: 'a host without a port does not match the authority with one', policies: { p: { rules: [{ to: [{ operation: { hosts: ['reviews.shop.svc.cluster.local'] } }] }] } }, request: { host: 'reviews.shop.svc.cluster.local:80' }, allowed: false },
@@ -146,8 +148,8 @@ const ROWS: Row[] = [
   { source: 'matcher/header.go HeaderMatcher (present_match)', name: 'request.headers[x] values ["*"] matches a present empty header', policies: { p: { rules: [{ when: [{ key: 'request.headers[x-user]', values: ['*'] }] }] } }, request: { headers: { 'x-user': '' } }, allowed: true },
   { source: 'matcher/header.go HeaderMatcher (exact, case-sensitive value)', name: 'header values are case-sensitive', policies: { p: { rules: [{ when: [{ key: 'request.headers[x-user]', values: ['Alice'] }] }] } }, request: { headers: { 'x-user': 'alice' } }, allowed: false },
   { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'a DENY on request.headers[:method] holds', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:method]', values: ['DELETE'] }] }] } }, request: { method: 'DELETE' }, allowed: false },
-  { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'a DENY on request.headers[:path] holds (the path with its query, as Envoy\'s :path)', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:path]', values: ['/admin*'] }] }] } }, request: { path: '/admin/users' }, allowed: false },
-  { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'request.headers[:path] is the whole :path, query included', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:path]', values: ['/admin'] }] }] } }, request: { path: '/admin?x=1' }, allowed: true },
+  { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'a DENY on request.headers[:path] holds (the path with its query, as Envoy\'s :path)', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:path]', values: ['/admin*'] }] }] } }, request: { target: '/admin/users' }, allowed: false },
+  { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'request.headers[:path] is the whole :path, query included', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:path]', values: ['/admin'] }] }] } }, request: { target: '/admin?x=1' }, allowed: true },
   { source: 'generator.go requestHeaderGenerator (Envoy HeaderMatcher on a pseudo-header)', name: 'a DENY on request.headers[:authority] holds', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.headers[:authority]', values: ['reviews.shop*'] }] }] } }, request: {}, allowed: false },
   // Sources: generator.go.
   { source: 'generator.go srcNamespaceGenerator (each * is .*)', name: 'namespaces ["sh*p"] matches shop', policies: { p: { rules: [{ from: [{ source: { namespaces: ['sh*p'] } }] }] } }, request: {}, allowed: true },
@@ -166,7 +168,7 @@ const ROWS: Row[] = [
   { source: 'pilot authn policy_applier.go buildSpaceDelimitedClaims (Envoy normalize_payload_in_metadata)', name: 'a DENY on request.auth.claims[scope] holds for one scope of a space-delimited list', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.auth.claims[scope]', values: ['admin'] }] }] } }, request: { requestAuth: token('i', 's', { scope: 'read admin' }) }, allowed: false },
   { source: 'pilot authn policy_applier.go buildSpaceDelimitedClaims (Envoy normalize_payload_in_metadata)', name: 'an ALLOW on request.auth.claims[permission] matches one of its words', policies: { p: { rules: [{ when: [{ key: 'request.auth.claims[permission]', values: ['write'] }] }] } }, request: { requestAuth: token('i', 's', { permission: 'read  write' }) }, allowed: true },
   { source: 'pilot authn policy_applier.go buildSpaceDelimitedClaims (only the listed claims)', name: 'another claim is not split', policies: { p: { rules: [{ when: [{ key: 'request.auth.claims[role]', values: ['admin'] }] }] } }, request: { requestAuth: token('i', 's', { role: 'read admin' }) }, allowed: false },
-  { source: 'pilot authn policy_applier.go buildSpaceDelimitedClaims (the rule\'s spaceDelimitedClaims)', name: 'a claim the RequestAuthentication lists is split', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.auth.claims[roles]', values: ['admin'] }] }] } }, request: { requestAuth: { ...token('i', 's', { roles: 'read admin' }), spaceDelimitedClaims: new Set(['permission', 'roles', 'scope']) } }, allowed: false },
+  { source: 'pilot authn policy_applier.go buildSpaceDelimitedClaims (the rule\'s spaceDelimitedClaims)', name: 'a claim the RequestAuthentication lists is split', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.auth.claims[roles]', values: ['admin'] }] }] } }, request: { requestAuth: token('i', 's', { roles: 'read admin' }, new Set(['permission', 'roles', 'scope'])) }, allowed: false },
   { source: 'matcher/metadata.go MetadataListValueMatcher (ListMatcher one_of: any item)', name: 'a DENY on request.auth.claims[groups] holds for a list that also holds other types', policies: { p: { action: 'DENY', rules: [{ when: [{ key: 'request.auth.claims[groups]', values: ['admin'] }] }] } }, request: { requestAuth: token('i', 's', { groups: [7, 'admin', { x: 1 }] }) }, allowed: false },
   { source: 'generator.go requestClaimGenerator (nested claims)', name: 'request.auth.claims[nested][key] reads the nested claim', policies: { p: { rules: [{ when: [{ key: 'request.auth.claims[nested][key]', values: ['v'] }] }] } }, request: { requestAuth: token('i', 's', { nested: { key: 'v' } }) }, allowed: true },
   { source: 'generator.go destPortGenerator', name: 'ports: ["0"] is a port no request has', policies: { p: { rules: [{ to: [{ operation: { ports: ['0'] } }] }] } }, request: {}, allowed: false },
@@ -332,7 +334,7 @@ it('a CUSTOM policy is enforced as Istio enforces one with an unknown provider, 
   const f = findings.filter((x) => x.name === 'ext');
   assert.deepEqual(f.map((x) => `${x.path} ${x.reason}`), ['spec.provider.name UnsupportedValue']);
   assert.match(f[0]!.message, /"opa".*denies the requests its rules match/);
-  const d = new PolicyTable([...model.policies.values()]).evaluate(SERVICE, request({ path: '/admin/x' }));
+  const d = new PolicyTable([...model.policies.values()]).evaluate(SERVICE, request({ target: '/admin/x' }));
   assert.equal(d.allowed, false);
   assert.equal(d.policy, 'shop/ext');
 });
@@ -362,18 +364,18 @@ describe('istio.io/dry-run', () => {
       withAnnotation('shadow-deny', 'true', { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/deny'] } }] }] }),
       withAnnotation('shadow-allow', 'True', { rules: [{ to: [{ operation: { paths: ['/allow'] } }] }] }),
     );
-    const d = t.evaluate(SERVICE, request({ path: '/deny' }));
+    const d = t.evaluate(SERVICE, request({ target: '/deny' }));
     assert.equal(d.allowed, true, d.reason);
     // Judged in shadow (Istio's shadow rules): the dry-run DENY engine's result names the policy.
     const deny = d.dryRun?.find((r) => r.action === 'DENY');
     assert.equal(deny?.result, 'denied');
     assert.equal(deny?.policy, 'shop/shadow-deny');
-    assert.equal(t.evaluate(SERVICE, request({ path: '/other' })).allowed, true);
+    assert.equal(t.evaluate(SERVICE, request({ target: '/other' })).allowed, true);
   });
 
   it('builder testdata dry-run-mix-in.yaml: "false" enforces', () => {
     const t = table(withAnnotation('deny', 'false', { action: 'DENY', rules: [{ to: [{ operation: { paths: ['/deny'] } }] }] }));
-    assert.equal(t.evaluate(SERVICE, request({ path: '/deny' })).allowed, false);
+    assert.equal(t.evaluate(SERVICE, request({ target: '/deny' })).allowed, false);
   });
 
   it('validation.go checkDryRunAnnotation: a value that is not a boolean, or on AUDIT or CUSTOM, is refused at the annotation', () => {

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { AuthorizationPolicy, CompiledRule } from '../../lib/model/mesh.ts';
 import { validateObject } from '../../lib/model/validate.ts';
-import { PolicyTable, evaluate, remoteIpOf, ruleLayer, type ConnectionAttributes, type RequestAttributes } from '../../lib/policy/authz.ts';
+import { CompiledPolicies, PolicyTable, evaluate, remoteIpOf, ruleLayer, type ConnectionAttributes, type RequestAttributes } from '../../lib/policy/authz.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS } from '../../lib/policy/keys.ts';
 
 const SVC = 'shop/reviews';
@@ -27,7 +27,7 @@ function atWaypoint(policies: AuthorizationPolicy[]): PolicyTable {
 
 const conn: ConnectionAttributes = { sourcePrincipal: CALLER, sourceIp: '10.77.1.4', destinationIp: '10.96.0.10', destinationPort: 80 };
 /** `path` is written as the request target (query included) and split as the waypoint splits it. */
-const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', host: 'reviews.shop', headers: {}, ...r, path: (r.path ?? '/').split('?')[0]!, target: r.path ?? '/' });
+const req = (r: Partial<RequestAttributes> = {}): RequestAttributes => ({ ...conn, method: 'GET', target: '/', host: 'reviews.shop', headers: {}, ...r });
 
 interface Case {
   name: string;
@@ -42,12 +42,12 @@ const CASES: Case[] = [
   {
     name: 'DENY paths /admin*: 403 on /admin at L7; at L4 the rule narrows to nothing, so it denies every connection',
     policies: [policy('no-admin', 'DENY', [rule({ to: [{ paths: ['/admin*'] }] })])],
-    request: req({ path: '/admin/users?x=1' }), l7: false, l4: false,
+    request: req({ target: '/admin/users?x=1' }), l7: false, l4: false,
   },
   {
     name: 'DENY paths /admin* lets /public through at L7',
     policies: [policy('no-admin', 'DENY', [rule({ to: [{ paths: ['/admin*'] }] })])],
-    request: req({ path: '/public' }), l7: true, l4: false,
+    request: req({ target: '/public' }), l7: true, l4: false,
   },
   {
     name: 'methods are case-sensitive (RFC 9110 §9.1): DENY DELETE does not match an HTTP/2 `delete`, which the backend sees as another method',
@@ -67,12 +67,12 @@ const CASES: Case[] = [
   {
     name: 'a DENY rule mixing a namespace with a path denies the namespace at L4, and only the path at L7',
     policies: [policy('web-no-admin', 'DENY', [rule({ from: [{ namespaces: ['web'] }], to: [{ paths: ['/admin'] }] })])],
-    request: req({ path: '/' }), l7: true, l4: false,
+    request: req({ target: '/' }), l7: true, l4: false,
   },
   {
     name: 'the same DENY rule leaves other namespaces alone at both layers',
     policies: [policy('other-no-admin', 'DENY', [rule({ from: [{ namespaces: ['other'] }], to: [{ paths: ['/admin'] }] })])],
-    request: req({ path: '/admin' }), l7: true, l4: true,
+    request: req({ target: '/admin' }), l7: true, l4: true,
   },
   {
     name: 'header `*` matches a present header even when empty (Envoy present_match)',
@@ -127,7 +127,7 @@ const CASES: Case[] = [
   {
     name: 'AUDIT never decides, at either layer',
     policies: [policy('audit-all', 'AUDIT', [rule({})]), policy('audit-admin', 'AUDIT', [rule({ to: [{ paths: ['/admin'] }] })])],
-    request: req({ path: '/admin' }), l7: true, l4: true,
+    request: req({ target: '/admin' }), l7: true, l4: true,
   },
   {
     name: 'an AUDIT match does not count as an ALLOW match',
@@ -187,17 +187,17 @@ const CASES: Case[] = [
   },
   // Istio Operation.paths path templates ({*}: one segment; {**}: any, last), matched as Envoy's
   // uri_template: the whole path, query aside. An ALLOW on a path never matches at L4.
-  { name: 'path template /foo/{*} matches /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/bar?x=/y' }), l7: true, l4: false },
-  { name: 'path template /foo/{*} does not match /foo/bar/baz', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/bar/baz' }), l7: false, l4: false },
-  { name: 'path template /foo/{*} does not match /foo/ (a segment is not empty)', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ path: '/foo/' }), l7: false, l4: false },
-  { name: 'path template /foo/{**}/ matches /foo/bar/', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo/bar/' }), l7: true, l4: false },
-  { name: 'path template /foo/{**}/ matches /foo//', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo//' }), l7: true, l4: false },
-  { name: 'path template /foo/{**}/ does not match /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ path: '/foo/bar' }), l7: false, l4: false },
-  { name: 'path template /foo/{*}/bar/{**} matches /foo/buzz/bar/ and deeper', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}/bar/{**}'] }] })])], request: req({ path: '/foo/buzz/bar/baz/qux' }), l7: true, l4: false },
+  { name: 'path template /foo/{*} matches /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ target: '/foo/bar?x=/y' }), l7: true, l4: false },
+  { name: 'path template /foo/{*} does not match /foo/bar/baz', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ target: '/foo/bar/baz' }), l7: false, l4: false },
+  { name: 'path template /foo/{*} does not match /foo/ (a segment is not empty)', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}'] }] })])], request: req({ target: '/foo/' }), l7: false, l4: false },
+  { name: 'path template /foo/{**}/ matches /foo/bar/', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ target: '/foo/bar/' }), l7: true, l4: false },
+  { name: 'path template /foo/{**}/ matches /foo//', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ target: '/foo//' }), l7: true, l4: false },
+  { name: 'path template /foo/{**}/ does not match /foo/bar', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{**}/'] }] })])], request: req({ target: '/foo/bar' }), l7: false, l4: false },
+  { name: 'path template /foo/{*}/bar/{**} matches /foo/buzz/bar/ and deeper', policies: [policy('t', 'ALLOW', [rule({ to: [{ paths: ['/foo/{*}/bar/{**}'] }] })])], request: req({ target: '/foo/buzz/bar/baz/qux' }), l7: true, l4: false },
   // A path longer than the route regexes' input bound still meets a DENY template (RE2, no bound
   // there): not matching would let it through.
-  { name: 'a DENY path template holds for a path of 40,000 characters', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ path: `/admin/${'a'.repeat(40_000)}` }), l7: false, l4: false },
-  { name: 'a DENY on a path template holds at L7 and, narrowed, denies every connection at L4', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ path: '/admin/users/1' }), l7: false, l4: false },
+  { name: 'a DENY path template holds for a path of 40,000 characters', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ target: `/admin/${'a'.repeat(40_000)}` }), l7: false, l4: false },
+  { name: 'a DENY on a path template holds at L7 and, narrowed, denies every connection at L4', policies: [policy('t', 'DENY', [rule({ to: [{ paths: ['/admin/{**}'] }] })])], request: req({ target: '/admin/users/1' }), l7: false, l4: false },
   {
     name: 'destination.port and ports at both layers',
     policies: [policy('only-8080', 'ALLOW', [rule({ to: [{ ports: [8080] }] }), rule({ when: [{ key: 'destination.port', values: ['9090'] }] })])],
@@ -236,7 +236,7 @@ CASES.push(
 );
 
 function connectionPart(r: RequestAttributes): ConnectionAttributes {
-  const { method: _m, path: _p, host: _h, headers: _hd, remoteIp: _r, requestAuth: _a, ...c } = r;
+  const { method: _m, target: _t, host: _h, headers: _hd, remoteIp: _r, requestAuth: _a, ...c } = r;
   return c;
 }
 
@@ -246,9 +246,9 @@ describe('one policy table, every enforcement point', () => {
       const table = atWaypoint(c.policies);
       const l7 = table.evaluate(SVC, c.request);
       assert.equal(l7.allowed, c.l7, `waypoint L7: ${l7.reason}`);
-      assert.equal(evaluate(c.policies, c.request).allowed, c.l7, 'evaluate() at L7 agrees');
+      assert.equal(evaluate(new CompiledPolicies(c.policies), c.request).allowed, c.l7, 'evaluate() at L7 agrees');
       const tcp = connectionPart(c.request);
-      const agent = evaluate(c.policies, tcp);
+      const agent = evaluate(new CompiledPolicies(c.policies), tcp);
       assert.equal(agent.allowed, c.l4, `agent L4: ${agent.reason}`);
       assert.equal(table.evaluate(SVC, tcp).allowed, c.l4, 'waypoint passing TCP through (L4) agrees with the agent');
     });
@@ -256,11 +256,11 @@ describe('one policy table, every enforcement point', () => {
 
   it('lists the AUDIT policies that matched, for the log', () => {
     const ps = [policy('audit-all', 'AUDIT', [rule({})]), policy('audit-admin', 'AUDIT', [rule({ to: [{ paths: ['/admin'] }] })])];
-    assert.deepEqual(evaluate(ps, req({ path: '/admin' })).audit, ['shop/audit-all', 'shop/audit-admin']);
-    assert.deepEqual(evaluate(ps, req({ path: '/' })).audit, ['shop/audit-all']);
+    assert.deepEqual(evaluate(new CompiledPolicies(ps), req({ target: '/admin' })).audit, ['shop/audit-all', 'shop/audit-admin']);
+    assert.deepEqual(evaluate(new CompiledPolicies(ps), req({ target: '/' })).audit, ['shop/audit-all']);
     // Istio pilot/pkg/security/authz/model/model.go (rule.checkError): at a TCP enforcement point the
     // HTTP fields of a DENY or AUDIT rule are ignored, which widens it.
-    assert.deepEqual(evaluate(ps, conn).audit, ['shop/audit-all', 'shop/audit-admin'], 'an AUDIT rule needing L7 is narrowed to its L4 part at L4');
+    assert.deepEqual(evaluate(new CompiledPolicies(ps), conn).audit, ['shop/audit-all', 'shop/audit-admin'], 'an AUDIT rule needing L7 is narrowed to its L4 part at L4');
   });
 });
 
@@ -273,7 +273,7 @@ describe('a policy a data plane cannot compile', () => {
     const table = atWaypoint([custom]);
     assert.equal(table.errors.length, 1);
     assert.match(table.errors[0]!.error.message, /"CUSTOM" is not ALLOW, DENY or AUDIT/);
-    for (const d of [table.evaluate(SVC, req()), table.evaluate(SVC, conn), evaluate([custom], conn)]) {
+    for (const d of [table.evaluate(SVC, req()), table.evaluate(SVC, conn), evaluate(new CompiledPolicies([custom]), conn)]) {
       assert.equal(d.allowed, false);
       assert.match(d.reason, /cannot be evaluated .* fails closed/);
     }
@@ -281,8 +281,8 @@ describe('a policy a data plane cannot compile', () => {
 
   it('that is an ALLOW allows nothing; an AUDIT audits nothing and decides nothing', () => {
     const broken = (action: AuthorizationPolicy['action']) => policy(`broken-${action}`, action, [rule({ when: [{ key: 'no.such.key', values: ['x'] }] })]);
-    assert.equal(evaluate([broken('ALLOW')], req()).allowed, false);
-    const audit = evaluate([broken('AUDIT')], req());
+    assert.equal(evaluate(new CompiledPolicies([broken('ALLOW')]), req()).allowed, false);
+    const audit = evaluate(new CompiledPolicies([broken('AUDIT')]), req());
     assert.equal(audit.allowed, true);
     assert.equal(audit.audit, undefined);
   });

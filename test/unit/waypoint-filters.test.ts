@@ -6,6 +6,7 @@ import { WaypointEngine } from '../../waypoint/src/engine.ts';
 import { rewritePath } from '../../waypoint/src/filters.ts';
 import type { ConfigIssue } from '../../waypoint/src/errors.ts';
 import { RouteTable, pathPrefixMatches } from '../../waypoint/src/router.ts';
+import { splitTarget } from '../../waypoint/src/normalize.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   backend, config, echo, endpoint, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener, trafficPolicy,
@@ -182,7 +183,7 @@ describe('route precedence', () => {
   const b = (name: string) => [backend(name)];
 
   function pick(table: RouteTable, req: { method?: string; path: string; headers?: Record<string, string> }): string | undefined {
-    return table.match('shop/a', 80, { method: req.method ?? 'GET', path: req.path, headers: req.headers ?? {} })?.rule.backends[0]?.service;
+    return table.match('shop/a', 80, { method: req.method ?? 'GET', ...splitTarget(req.path), headers: req.headers ?? {} })?.rule.backends[0]?.service;
   }
 
   it('prefers Exact, then RegularExpression, then the longest prefix, then method, headers, and the older route', () => {

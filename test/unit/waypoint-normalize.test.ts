@@ -70,8 +70,8 @@ describe('path normalization (pure)', () => {
 
   it('turns absolute-form into origin-form and checks its authority against Host (RFC 9112 3.2.2)', () => {
     const b = opts('BASE');
-    assert.deepEqual(normalizeRequestTarget('GET', 'http://reviews.shop/admin?x=1', 'reviews.shop', b), { ok: true, path: '/admin?x=1' });
-    assert.deepEqual(normalizeRequestTarget('GET', 'http://Reviews.Shop:80', 'reviews.shop', b), { ok: true, path: '/' });
+    assert.deepEqual(normalizeRequestTarget('GET', 'http://reviews.shop/admin?x=1', 'reviews.shop', b), { ok: true, target: '/admin?x=1', path: '/admin', query: '?x=1' });
+    assert.deepEqual(normalizeRequestTarget('GET', 'http://Reviews.Shop:80', 'reviews.shop', b), { ok: true, target: '/', path: '/', query: '' });
     assert.equal(pick(normalizeRequestTarget('GET', 'http://payments.bank/admin', 'reviews.shop', b)), 'absolute_form_host_mismatch');
     assert.equal(pick(normalizeRequestTarget('GET', 'http://reviews.shop:8080/', 'reviews.shop', b)), 'absolute_form_host_mismatch');
     assert.equal(pick(normalizeRequestTarget('GET', 'http://u:p@reviews.shop/', 'reviews.shop', b)), 'absolute_form_userinfo');
@@ -79,10 +79,10 @@ describe('path normalization (pure)', () => {
     assert.equal(pick(normalizeRequestTarget('GET', 'admin', 'reviews.shop', b)), 'invalid_request_target');
     assert.equal(pick(normalizeRequestTarget('GET', '/a#frag', 'reviews.shop', b)), 'fragment');
     assert.equal(pick(normalizeRequestTarget('GET', '/a b', 'reviews.shop', b)), 'invalid_character');
-    assert.deepEqual(normalizeRequestTarget('OPTIONS', '*', 'reviews.shop', b), { ok: true, path: '*' });
+    assert.deepEqual(normalizeRequestTarget('OPTIONS', '*', 'reviews.shop', b), { ok: true, target: '*', path: '*', query: '' });
     assert.equal(pick(normalizeRequestTarget('GET', '*', 'reviews.shop', b)), 'invalid_request_target');
     // The query is not normalized (Istio: policies ignore it; the backend sees it unchanged).
-    assert.deepEqual(normalizeRequestTarget('GET', '/x/../a?p=/../%2F', 'h', b), { ok: true, path: '/a?p=/../%2F' });
+    assert.deepEqual(normalizeRequestTarget('GET', '/x/../a?p=/../%2F', 'h', b), { ok: true, target: '/a?p=/../%2F', path: '/a', query: '?p=/../%2F' });
   });
 
   it('refuses a Host or :authority that is not uri-host [":" port], for either protocol (RFC 9110 section 7.2, RFC 9113 section 8.3.1)', () => {

@@ -3,6 +3,7 @@
 import type { PathRewrite, RouteBackend, RouteFilter } from '../../lib/model/mesh.ts';
 import { isCorsOrigin } from '../../lib/model/validate.ts';
 import { applyHeaderEdits, headerValue, splitHostPort, type HeaderEditsLike, type HeaderMap } from './headers.ts';
+import { splitTarget } from './normalize.ts';
 
 /** The request as it will be sent upstream; filters edit it in place. */
 export interface FilterRequest {
@@ -72,11 +73,6 @@ export function rewritePath(path: string, rewrite: PathRewrite, matchedPrefix: s
   return out === '' ? '/' : out.startsWith('/') ? out : `/${out}`;
 }
 
-function splitQuery(pathWithQuery: string): { path: string; query: string } {
-  const q = pathWithQuery.indexOf('?');
-  return q < 0 ? { path: pathWithQuery, query: '' } : { path: pathWithQuery.slice(0, q), query: pathWithQuery.slice(q) };
-}
-
 function validatePathRewrite(p: PathRewrite | undefined): string | undefined {
   if (!p) return undefined;
   if (p.type !== 'ReplaceFullPath' && p.type !== 'ReplacePrefixMatch') return `path.type ${String(p.type)} is unknown`;
@@ -111,7 +107,7 @@ registerRouteFilter('URLRewrite', {
   apply: (f, ctx) => {
     if (f.hostname) ctx.request.authority = f.hostname;
     if (f.path) {
-      const { path, query } = splitQuery(ctx.request.path);
+      const { path, query } = splitTarget(ctx.request.path);
       ctx.request.path = rewritePath(path, f.path, ctx.matchedPrefix) + query;
     }
   },
@@ -130,7 +126,7 @@ registerRouteFilter('RequestRedirect', {
     // Gateway API: without a port, use the scheme's well-known port when a scheme is given, else the
     // listener's; a well-known port is left out of Location.
     const port = f.port ?? (f.scheme ? WELL_KNOWN_PORT[scheme]! : ctx.listenerPort);
-    const { path, query } = splitQuery(ctx.request.path);
+    const { path, query } = splitTarget(ctx.request.path);
     const newPath = f.path ? rewritePath(path, f.path, ctx.matchedPrefix) : path;
     const hostPart = hostname.includes(':') ? `[${hostname}]` : hostname;
     const portPart = port === WELL_KNOWN_PORT[scheme] ? '' : `:${port}`;

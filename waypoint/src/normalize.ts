@@ -60,7 +60,26 @@ const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
  */
 const TARGET_CHARS = /^[\x21-\x7e]*$/;
 
-function reject(reason: TargetRejection, message: string): NormalizeResult {
+/**
+ * A request target normalized, split once at its first `?`: `path` (what `paths`, route path matches
+ * and rewrites read), `query` (`?...`, or empty) and `target`, the two joined (what the backend
+ * receives and `request.headers[:path]` reads).
+ */
+export interface RequestTarget {
+  target: string;
+  path: string;
+  query: string;
+}
+
+/** A request target split at its first `?` (no normalization). */
+export function splitTarget(target: string): RequestTarget {
+  const q = target.indexOf('?');
+  return q < 0 ? { target, path: target, query: '' } : { target, path: target.slice(0, q), query: target.slice(q) };
+}
+
+export type TargetResult = ({ ok: true } & RequestTarget) | { ok: false; reason: TargetRejection; message: string };
+
+function reject(reason: TargetRejection, message: string): { ok: false; reason: TargetRejection; message: string } {
   return { ok: false, reason, message };
 }
 
@@ -121,11 +140,11 @@ function sameAuthority(a: string, b: string, scheme: string): boolean {
  * The request target as it will be judged and forwarded: origin-form, normalized. `host` is the
  * Host header (HTTP/1.1) or :authority (HTTP/2), if any.
  */
-export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): NormalizeResult {
+export function normalizeRequestTarget(method: string, target: string, host: string | undefined, opts: NormalizeOptions): TargetResult {
   if (!isToken(method)) return reject('invalid_method', `method ${JSON.stringify(method)} is not a token`);
   if (/[a-z]/.test(method)) return reject('method_not_uppercase', `method ${JSON.stringify(method)} is not upper case (methods are case-sensitive, RFC 9110 section 9.1)`);
   if (host !== undefined && !isValidHost(host)) return reject('invalid_host', `invalid Host (or :authority) ${JSON.stringify(clip(host, 64))}: not a host and optional port (RFC 9110 section 7.2)`);
-  if (target === '*' && method === 'OPTIONS') return { ok: true, path: '*' };
+  if (target === '*' && method === 'OPTIONS') return { ok: true, target: '*', path: '*', query: '' };
   let originForm = target;
   const abs = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)(.*)$/s.exec(target);
   if (abs) {
@@ -144,9 +163,7 @@ export function normalizeRequestTarget(method: string, target: string, host: str
   if (!originForm.startsWith('/')) return reject('invalid_request_target', `request target ${JSON.stringify(clip(target, 64))} is not origin-form`);
   if (originForm.includes('#')) return reject('fragment', 'a fragment in the request target (RFC 9112 section 3.2.1)');
   if (!TARGET_CHARS.test(originForm)) return reject('invalid_character', 'a byte outside the URI character set in the request target');
-  const q = originForm.indexOf('?');
-  const path = q < 0 ? originForm : originForm.slice(0, q);
-  const query = q < 0 ? '' : originForm.slice(q);
+  const { path, query } = splitTarget(originForm);
   const n = normalizePath(path, opts);
-  return n.ok ? { ok: true, path: n.path + query } : n;
+  return n.ok ? { ok: true, target: n.path + query, path: n.path, query } : n;
 }

@@ -28,7 +28,7 @@ import { OVERLOADED_HEADER, type RequestAdmission } from './overload.ts';
 import { LocalRateLimiter, retryAfterSeconds } from './ratelimit.ts';
 import { OVERFLOW, decideFault, isRetriable, retryBackoffMs, type AttemptOutcome, type Cluster, type EndpointState } from './resilience.ts';
 import { pickBackend } from './router.ts';
-import { remoteIpOf, type DryRunResult } from '../../lib/policy/authz.ts';
+import { pathOf, remoteIpOf, type DryRunResult } from '../../lib/policy/authz.ts';
 import { authenticateRequest, refusalDetails, type RequestAuth } from '../../lib/policy/jwt.ts';
 import { clip } from '../../lib/log.ts';
 import { outgoingTraceHeaders, type RequestRecord, type Telemetry, type TraceContext } from './telemetry.ts';
@@ -138,8 +138,11 @@ export interface RequestContext {
   readonly start: number;
   readonly startHr: bigint;
   method: string;
-  /** Path with query string: as received until `normalize`, then origin-form and normalized. */
+  /** The request target, query included: as received until `normalize`, then origin-form and normalized. */
+  target: string;
+  /** The normalized target's path and query (`?...` or empty), split once by `normalize`; empty before it. */
   path: string;
+  query: string;
   authority: string;
   /** The address the tunnel came from (`source.ip`, `ipBlocks`): the caller, as the mesh vouches. */
   directIp?: string;
@@ -342,8 +345,8 @@ const admit: Stage = (ctx) => {
 
 /**
  * The request target becomes origin-form and normalized (normalize.ts); anything it refuses gets 400
- * with flag DPE and the reason in the access log. From here on, `ctx.path` is what policy judges,
- * routes match and the backend receives.
+ * with flag DPE and the reason in the access log. From here on, `ctx.target` (split into
+ * `ctx.path` and `ctx.query`) is what policy judges, routes match and the backend receives.
  */
 const normalize: Stage = (ctx) => {
   if (ctx.upgrade?.kind === 'other') {
@@ -375,13 +378,15 @@ const normalize: Stage = (ctx) => {
     }
   }
   const host = headerValue(ctx.headers, ':authority') ?? headerValue(ctx.headers, 'host');
-  const n = normalizeRequestTarget(ctx.method, ctx.path, host, ctx.env.normalize);
+  const n = normalizeRequestTarget(ctx.method, ctx.target, host, ctx.env.normalize);
   if (!n.ok) {
     ctx.detail = `${n.reason}: ${n.message}`;
     localReply(ctx, { status: 400, flags: F.FLAG_DOWNSTREAM_PROTOCOL_ERROR, body: `bad request: ${n.message}` });
     return;
   }
+  ctx.target = n.target;
   ctx.path = n.path;
+  ctx.query = n.query;
 };
 
 /** The fields of `raw` (name, value, ...) by lower-case name, each with every value it came with. */
@@ -401,7 +406,7 @@ function countHeader(raw: readonly string[], name: string): number {
 const resolve: Stage = (ctx) => {
   const dest = resolveService(ctx.snap, ctx.conn.target, ctx.authority);
   if (!dest) {
-    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no service for host "${ctx.authority}" (path ${ctx.path}) behind waypoint namespace ${ctx.snap.namespace}` });
+    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no service for host "${ctx.authority}" (path ${ctx.target}) behind waypoint namespace ${ctx.snap.namespace}` });
     return;
   }
   ctx.dest = { ...dest, key: serviceKey(dest.service) };
@@ -421,10 +426,9 @@ const authenticate: Stage = (ctx) => {
   const dest = destination(ctx);
   const rules = ctx.snap.jwtRules.get(dest.key);
   if (!rules) return;
-  const q = ctx.path.indexOf('?');
   // Every value of a repeated field, from the fields as received, HTTP/1.1 and HTTP/2 alike (node
   // keeps only the first Authorization of either), so two tokens in two Authorization fields are two.
-  const out = authenticateRequest(rules, { headers: fieldsOf(ctx.req.rawHeaders), query: q < 0 ? '' : ctx.path.slice(q + 1), method: ctx.method });
+  const out = authenticateRequest(rules, { headers: fieldsOf(ctx.req.rawHeaders), query: ctx.query.slice(1), method: ctx.method });
   if (out.kind === 'refused') {
     ctx.env.telemetry.jwtRefusal(out.reason, {
       detail: clip(out.detail), issuer: clip(out.issuer), service: dest.key,
@@ -432,7 +436,7 @@ const authenticate: Stage = (ctx) => {
     });
     ctx.detail = refusalDetails(out.message);
     // Envoy: `Bearer realm="<original URI>", error="invalid_token"`; without the query, which may hold the token.
-    const realm = `http://${ctx.authority}${ctx.path.slice(0, q < 0 ? undefined : q)}`.replace(REALM_UNSAFE, '_');
+    const realm = `http://${ctx.authority}${ctx.path}`.replace(REALM_UNSAFE, '_');
     localReply(ctx, { status: out.status, flags: '-', body: out.message, headers: { 'www-authenticate': `Bearer realm="${realm}", error="invalid_token"` } });
     return;
   }
@@ -449,13 +453,12 @@ const authenticate: Stage = (ctx) => {
 const authorize: Stage = (ctx) => {
   const { conn } = ctx;
   const dest = destination(ctx);
-  const q = ctx.path.indexOf('?');
   const decision = ctx.snap.policies.evaluate(dest.key, {
     ...(conn.peerSpiffeId ? { sourcePrincipal: conn.peerSpiffeId } : {}),
     ...(ctx.directIp ? { sourceIp: ctx.directIp } : {}),
     ...(ctx.remoteIp ? { remoteIp: ctx.remoteIp } : {}),
     destinationIp: splitHostPort(conn.target).host, destinationPort: dest.port, method: ctx.method,
-    path: q < 0 ? ctx.path : ctx.path.slice(0, q), target: ctx.path, host: ctx.authority, headers: ctx.headers,
+    target: ctx.target, host: ctx.authority, headers: ctx.headers,
     ...(ctx.requestAuth ? { requestAuth: ctx.requestAuth } : {}),
   });
   if (decision.audit) ctx.audit = decision.audit;
@@ -498,10 +501,10 @@ const route: Stage = (ctx) => {
   const { snap, env } = ctx;
   const dest = destination(ctx);
   const table = dest.workloadIp ? undefined : routesFor(snap, ctx.conn.peerSpiffeId);
-  const matched = table?.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, headers: ctx.headers });
+  const matched = table?.match(dest.key, dest.port, { method: ctx.method, path: ctx.path, query: ctx.query, headers: ctx.headers });
   let backends: RouteBackend[];
   const fctx: FilterContext = {
-    request: { method: ctx.method, path: ctx.path, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
+    request: { method: ctx.method, path: ctx.target, authority: ctx.authority, headers: forwardableHeaders(ctx.headers) },
     listenerPort: dest.port, responseEdits: [], mirrors: [],
   };
   let timeouts: { requestMs?: number; backendRequestMs?: number } = {};
@@ -519,7 +522,7 @@ const route: Stage = (ctx) => {
     // Gateway API (GAMMA): once routes attach to a Service, a request no rule matches gets 404
     // (gRPC: UNIMPLEMENTED); it is not sent to the Service as if it had no routes. The routes are
     // the caller's: its namespace's consumer routes where it has them (GEP-1294).
-    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path.split('?')[0]}` });
+    localReply(ctx, { status: 404, flags: F.FLAG_NO_ROUTE, body: `no route rule of ${dest.key} port ${dest.port} matches ${ctx.method} ${ctx.path}` });
     return;
   } else {
     backends = [{ service: dest.key, hostname: dest.service.hostname, port: dest.port, weight: 1, filters: [] }];
@@ -623,11 +626,11 @@ export const STAGES: ReadonlyArray<readonly [name: string, stage: Stage]> = [
 export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: DownstreamRequest, res: DownstreamResponse, upgrade?: RequestContext['upgrade']): Promise<void> {
   const headers = req.headers as HeaderMap;
   const method = req.method ?? 'GET';
-  const path = req.url ?? '/';
+  const target = req.url ?? '/';
   const authority = headerValue(headers, ':authority') ?? headerValue(headers, 'host') ?? conn.target;
   const ctx: RequestContext = {
     env, conn, req, res, headers, snap: env.snapshot(), overall: new AbortController(),
-    start: Date.now(), startHr: process.hrtime.bigint(), method, path, authority,
+    start: Date.now(), startHr: process.hrtime.bigint(), method, target, path: '', query: '', authority,
     grpc: (headerValue(headers, 'content-type') ?? '').startsWith('application/grpc'),
     flags: new F.ResponseFlags(), requestId: headerValue(headers, 'x-request-id') ?? randomUUID(),
     attempts: 0, status: 0, responseBytes: 0, done: false, downstreamGone: false, recorded: false,
@@ -646,7 +649,7 @@ export async function handleRequest(env: ProxyEnv, conn: ConnContext, req: Downs
     finish(ctx);
   });
   ctx.trace = env.telemetry.startTrace((n) => headerValue(headers, n), method, {
-    'http.request.method': method, 'url.path': path.split('?')[0]!, 'server.address': authority,
+    'http.request.method': method, 'url.path': pathOf(target), 'server.address': authority,
     ...(conn.peerSpiffeId ? { 'weft.source_principal': conn.peerSpiffeId } : {}),
   });
 
@@ -1140,7 +1143,7 @@ function finish(ctx: RequestContext): void {
   ctx.body?.release();
   const durationMs = Number(process.hrtime.bigint() - ctx.startHr) / 1e6;
   const rec: RequestRecord = {
-    startTime: ctx.start, durationMs, method: ctx.method, path: ctx.path, authority: ctx.authority,
+    startTime: ctx.start, durationMs, method: ctx.method, path: ctx.target, authority: ctx.authority,
     protocol: conn.protocol, grpc: ctx.grpc, responseCode: ctx.downstreamGone && ctx.status === 0 ? 0 : ctx.status,
     responseFlags: ctx.flags.toString(), requestBytes: ctx.requestBytes ?? ctx.body?.bytes ?? 0, responseBytes: ctx.responseBytes,
     attempts: ctx.attempts, requestId: ctx.requestId,

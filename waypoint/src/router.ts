@@ -23,8 +23,10 @@ import type { HeaderMap } from './headers.ts';
 
 export interface RouteRequest {
   method: string;
-  /** Path with query string, as received. */
+  /** The normalized path, without the query. */
   path: string;
+  /** The query, `?...` or empty (waypoint/src/normalize.ts RequestTarget). */
+  query: string;
   headers: HeaderMap;
 }
 
@@ -186,11 +188,6 @@ function validateRoute(route: Route, knownServices: ReadonlySet<string>, issues:
   });
 }
 
-function queryParams(path: string): URLSearchParams {
-  const q = path.indexOf('?');
-  return new URLSearchParams(q < 0 ? '' : path.slice(q + 1));
-}
-
 /** The routes of every service, compiled and sorted by precedence; immutable once built. */
 export class RouteTable {
   private readonly byService = new Map<string, CompiledEntry[]>();
@@ -220,8 +217,7 @@ export class RouteTable {
   match(service: string, port: number, req: RouteRequest): RouteDecision | undefined {
     const list = this.byService.get(service);
     if (!list) return undefined;
-    const q = req.path.indexOf('?');
-    const path = q < 0 ? req.path : req.path.slice(0, q);
+    const path = req.path;
     let query: URLSearchParams | undefined;
     const method = req.method;
     for (const e of list) {
@@ -230,7 +226,7 @@ export class RouteTable {
       if (e.method !== undefined && e.method !== method) continue;
       if (!e.headers.every((h) => h.test(joinHeader(headerOf(req.headers, h.name))))) continue;
       if (e.query.length > 0) {
-        query ??= queryParams(req.path);
+        query ??= new URLSearchParams(req.query.slice(1));
         const qp = query;
         if (!e.query.every((m) => m.test(qp.get(m.name) ?? undefined))) continue;
       }
