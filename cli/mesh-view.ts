@@ -8,7 +8,7 @@ import { agentForm, agentView, buildIndex, modelResources, waypointView, type Mo
 import { CONTROLLER_NAME } from '../lib/defaults.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
 import { KINDS, type MeshKind } from '../lib/model/objects.ts';
-import type { AgentConfig, WaypointConfig } from '../lib/model/mesh.ts';
+import { DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, type AgentConfig, type WaypointConfig } from '../lib/model/mesh.ts';
 import type { ValidationIssue } from '../lib/model/errors.ts';
 import { KubeApiError, type KubeClient } from './kube.ts';
 
@@ -37,26 +37,33 @@ interface DeploymentLite {
 
 /**
  * What the controller installed in `namespace` compiles with (its trust domain and aliases, root
- * namespace, cluster ID: controller/src/main.ts compileOptionsOf), read from its Deployment's
- * command line (`controller` and the flags cli/install/controller.ts gives it); the defaults when
- * there is no such Deployment.
+ * namespace, cluster ID: controller/src/main.ts compileOptionsOfArgs), read from its Deployment's
+ * command line (`controller` and the flags cli/install/controller.ts gives it), passing over flags
+ * this weftctl does not know (a controller of another version). The defaults when there is no such
+ * Deployment; also, with a line to `warn` naming them and why, when it may not be read (a user
+ * with rights in some namespaces only: 403) or its compile flags do not parse.
  */
-export async function installCompileOptions(kube: KubeClient, namespace: string): Promise<CompileOptions> {
+export async function installCompileOptions(kube: KubeClient, namespace: string, warn: (line: string) => void): Promise<CompileOptions> {
   const path = `/apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/deployments/${CONTROLLER_NAME}`;
+  const defaults = (why: string): CompileOptions => {
+    warn(`compiled with the controller's defaults (trust domain ${DEFAULT_TRUST_DOMAIN}, no aliases, root namespace ${DEFAULT_ROOT_NAMESPACE}): ${why}`);
+    return {};
+  };
   let deployment: DeploymentLite;
   try {
     deployment = await kube.get<DeploymentLite>(path);
   } catch (e) {
     if (e instanceof KubeApiError && e.status === 404) return {};
+    if (e instanceof KubeApiError && e.status === 403) return defaults(`Deployment ${namespace}/${CONTROLLER_NAME} may not be read (${e.detail || e.message})`);
     throw e;
   }
   const args = deployment.spec?.template?.spec?.containers?.find((c) => c.name === 'controller')?.args ?? [];
-  // Loaded only here: the controller's flag parser and what it brings.
-  const { compileOptionsOf, parseControllerArgs } = await import('../controller/src/main.ts');
+  // Loaded only here: the controller's flags and what they bring.
+  const { compileOptionsOfArgs } = await import('../controller/src/main.ts');
   try {
-    return compileOptionsOf(parseControllerArgs(args[0] === 'controller' ? args.slice(1) : args));
+    return compileOptionsOfArgs(args[0] === 'controller' ? args.slice(1) : args);
   } catch (e) {
-    throw new Error(`the command line of Deployment ${namespace}/${CONTROLLER_NAME} does not parse: ${(e as Error).message}`);
+    return defaults(`the command line of Deployment ${namespace}/${CONTROLLER_NAME} does not parse: ${(e as Error).message}`);
   }
 }
 
@@ -103,7 +110,7 @@ export function viewsOf(c: CompileResult, nodes: readonly string[] = []): { agen
 }
 
 /** A cluster's views: its objects read through the API, compiled as the controller installed in `namespace` does. */
-export async function clusterViews(kube: KubeClient, namespace: string): Promise<{ agents: AgentDump[]; waypoints: WaypointDump[] }> {
-  const [objects, nodes, options] = await Promise.all([kube.meshObjects(), kube.list<{ metadata: { name: string } }>('v1', 'nodes'), installCompileOptions(kube, namespace)]);
+export async function clusterViews(kube: KubeClient, namespace: string, warn: (line: string) => void): Promise<{ agents: AgentDump[]; waypoints: WaypointDump[] }> {
+  const [objects, nodes, options] = await Promise.all([kube.meshObjects(), kube.list<{ metadata: { name: string } }>('v1', 'nodes'), installCompileOptions(kube, namespace, warn)]);
   return viewsOf(compileObjects(objects as RawObject[], options), nodes.map((n) => n.metadata.name));
 }

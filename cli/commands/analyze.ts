@@ -51,7 +51,7 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
           what = `local mesh "${t.st.prefix}"`;
         } else {
           const ns = f.allNamespaces ? undefined : f.namespace;
-          const [objects, options] = await Promise.all([t.kube.meshObjects(ns, EXTRA_KINDS), installCompileOptions(t.kube, t.namespace)]);
+          const [objects, options] = await Promise.all([t.kube.meshObjects(ns, EXTRA_KINDS), installCompileOptions(t.kube, t.namespace, (line) => io.err(`weftctl analyze: ${line}\n`))]);
           inputs = objects.map((object) => ({ object }));
           compile = options;
           what = `cluster ${t.kube.server.origin}${ns ? `, namespace ${ns}` : ''}`;

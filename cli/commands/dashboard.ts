@@ -28,11 +28,11 @@ interface DashboardFlags extends TargetFlags {
  * The running clusters of a local multi-cluster mesh, when the state folder holds one and no
  * cluster (kubeconfig) was asked for; undefined otherwise.
  */
-function localClusters(f: DashboardFlags): ClusterMesh[] | undefined {
+function localClusters(f: DashboardFlags, warn: (line: string) => void): ClusterMesh[] | undefined {
   if (f.kubeconfig !== undefined || f.context !== undefined || process.env.KUBECONFIG || readState(f.stateDir)) return undefined;
   const running = (readLocalClusters(f.stateDir)?.clusters ?? []).flatMap((c) => {
     const st = readState(c.stateDir);
-    return st && isRunning(c.prefix) ? [{ name: c.name, mesh: meshOf({ kind: 'local', st }) }] : [];
+    return st && isRunning(c.prefix) ? [{ name: c.name, mesh: meshOf({ kind: 'local', st }, warn) }] : [];
   });
   return running.length > 0 ? running : undefined;
 }
@@ -47,11 +47,12 @@ export function dashboardCommand(io: CommandIo = processIo): Command {
     .option('--allowed-host <name>', 'a Host name browsers may use besides the address (a Service or Ingress name); repeatable', (v: string, all: string[]) => [...all, v], [] as string[]);
   return cmd.action(async () => {
     const f = cmd.opts<DashboardFlags>();
-    let clusters = localClusters(f);
+    const warn = (line: string) => io.err(`weftctl dashboard: ${line}\n`);
+    let clusters = localClusters(f, warn);
     if (!clusters) {
       const target = await commandTarget(cmd, f, io);
       if (!target) return;
-      clusters = [{ mesh: meshOf(target) }];
+      clusters = [{ mesh: meshOf(target, warn) }];
     }
     try {
       await serve(clusters, f, io);

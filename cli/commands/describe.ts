@@ -122,7 +122,7 @@ export function describeCommand(io: CommandIo = processIo): Command {
       const ns = f.namespace ?? 'default';
       const [objects, options]: [RawObject[], CompileOptions] = m.target.kind === 'local'
         ? [readManifests([join(m.target.st.stateDir, 'config')]).flatMap((x) => x.objects as RawObject[]), {}]
-        : await Promise.all([m.target.kube.meshObjects() as Promise<RawObject[]>, installCompileOptions(m.target.kube, m.target.namespace)]);
+        : await Promise.all([m.target.kube.meshObjects() as Promise<RawObject[]>, installCompileOptions(m.target.kube, m.target.namespace, (line) => io.err(`weftctl describe pod: ${line}\n`))]);
       const d = describePod(compileObjects(objects, options), ns, name);
       if (!d) throw new Error(`no pod ${ns}/${name}`);
       if (m.target.kind === 'local' && d.identity !== '-') {

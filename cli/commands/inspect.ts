@@ -38,11 +38,12 @@ export interface Mesh {
   waypoints(): Promise<Array<{ pod: string; waypoint: string; config: WaypointConfig }>>;
 }
 
-export function meshOf(target: Target): Mesh {
+/** `warn` takes a line on what the views are computed with when it is not the install's (installCompileOptions). */
+export function meshOf(target: Target, warn: (line: string) => void): Mesh {
   let views: Promise<Awaited<ReturnType<typeof clusterViews>>> | undefined;
   const cluster = () => {
     const t = target as Extract<Target, { kind: 'cluster' }>;
-    return (views ??= clusterViews(t.kube, t.namespace));
+    return (views ??= clusterViews(t.kube, t.namespace, warn));
   };
   return {
     target,
@@ -71,7 +72,7 @@ export function inspectCommand<F extends TargetFlags>(name: string, label: strin
     const target = await commandTarget(cmd, f, io);
     if (!target) return;
     try {
-      await run(meshOf(target), f);
+      await run(meshOf(target, (line) => io.err(`weftctl ${label}: ${line}\n`)), f);
     } catch (err) {
       io.err(`weftctl ${label}: ${(err as Error).message}\n`);
       io.setExitCode(EXIT_FAILED);

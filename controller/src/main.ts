@@ -641,10 +641,47 @@ export const USAGE = `usage: controller/src/main.ts (--config-dir <dir> | --kube
                               only: they read every node's config)
   --log-level <debug|info|warn|error>`;
 
+/**
+ * The flags the compile reads (compileOptionsOf): parseControllerArgs takes them among all its
+ * flags, compileOptionsOfArgs alone.
+ */
+const COMPILE_FLAGS = {
+  'trust-domain': { type: 'string' },
+  'trust-domain-alias': { type: 'string', multiple: true },
+  'root-namespace': { type: 'string' },
+  'cluster-id': { type: 'string' },
+} as const;
+
+/**
+ * What a controller with this command line compiles with, read from its compile flags only
+ * (COMPILE_FLAGS; every other flag, known or not, is passed over): weftctl reads an installed
+ * controller's Deployment with it (cli/mesh-view.ts), which may be of another version than its own.
+ * A compile flag without a value or with an invalid one throws.
+ */
+export function compileOptionsOfArgs(argv: string[]): CompileOptions {
+  const { values } = parseArgs({ args: argv, options: COMPILE_FLAGS, strict: false, allowPositionals: true });
+  const str = (flag: keyof typeof COMPILE_FLAGS, v: unknown): string | undefined => {
+    if (v !== undefined && typeof v !== 'string') throw new UsageError(`--${flag} has no value`);
+    return v;
+  };
+  const trustDomain = str('trust-domain', values['trust-domain']);
+  const aliases = (values['trust-domain-alias'] as unknown[] | undefined)?.map((v) => str('trust-domain-alias', v)!);
+  trustDomainFlags(trustDomain, aliases);
+  const o: ControllerMainOptions = {};
+  if (trustDomain !== undefined) o.trustDomain = trustDomain;
+  if (aliases !== undefined) o.trustDomainAliases = aliases;
+  const rootNamespace = str('root-namespace', values['root-namespace']);
+  if (rootNamespace !== undefined) o.rootNamespace = rootNamespace;
+  const clusterId = str('cluster-id', values['cluster-id']);
+  if (clusterId !== undefined) o.clusterId = clusterId;
+  return compileOptionsOf(o);
+}
+
 export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
+      ...COMPILE_FLAGS,
       'config-dir': { type: 'string' },
       kube: { type: 'boolean' },
       kubeconfig: { type: 'string' },
@@ -654,9 +691,6 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'ready-port': { type: 'string' },
       'admin-port': { type: 'string' },
       'debug-endpoints': { type: 'boolean' },
-      'trust-domain': { type: 'string' },
-      'root-namespace': { type: 'string' },
-      'cluster-id': { type: 'string' },
       network: { type: 'string' },
       'federation-listen': { type: 'string' },
       'network-gateway': { type: 'string' },
@@ -667,7 +701,6 @@ export function parseControllerArgs(argv: string[]): ControllerMainOptions {
       'remote-max-destinations': { type: 'string' },
       'remote-secrets': { type: 'boolean' },
       'remote-secret-allow-insecure': { type: 'boolean' },
-      'trust-domain-alias': { type: 'string', multiple: true },
       'ca-cert': { type: 'string' },
       'ca-key': { type: 'string' },
       'ca-roots': { type: 'string' },

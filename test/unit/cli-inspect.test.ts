@@ -19,6 +19,8 @@ import { tapCommand } from '../../cli/commands/tap.ts';
 import { statusCommand } from '../../cli/commands/local.ts';
 import { meshOf } from '../../cli/commands/inspect.ts';
 import { chooseTarget } from '../../cli/commands/target.ts';
+import { installCompileOptions } from '../../cli/mesh-view.ts';
+import { KubeApiError, type KubeClient } from '../../cli/kube.ts';
 import { MeshData } from '../../cli/dashboard/data.ts';
 import { FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
 import { authz, ns, pod, svc, waypoint } from './controller-fixtures.ts';
@@ -252,7 +254,7 @@ test('tap on a cluster: each agent\'s /flows stream through the pod proxy, filte
 });
 
 test('the dashboard\'s data on a cluster: graph config from the API\'s objects, BPF state and flows from the agents through the pod proxy', async () => {
-  const data = new MeshData(meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })), { scrapeIntervalMs: 100, windowSeconds: 5 });
+  const data = new MeshData(meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' }), (line) => assert.fail(line)), { scrapeIntervalMs: 100, windowSeconds: 5 });
   data.start();
   try {
     const config = await data.config();
@@ -309,7 +311,7 @@ test('the computed views of a cluster are what each agent holds: another node\'s
   api.apply(controller);
   api.apply(authz('shop', 'by-principal', { selector: { matchLabels: { app: 'reviews' } }, rules: [{ from: [{ source: { principals: ['cluster.local/ns/web/sa/front'] } }] }] }));
   try {
-    const agents = await meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' })).agents();
+    const agents = await meshOf(await chooseTarget({ kubeconfig, prefix: 'weft', stateDir: '/nonexistent' }), (line) => assert.fail(line)).agents();
     const at = (node: string) => agents.find((a) => a.node === node)!.config;
     const reviews = (node: string) => at(node).workloads.find((w) => w.name === 'reviews-v1')!;
     assert.deepEqual(reviews('node-a').labels, { app: 'reviews' }, 'its own node\'s agent holds its labels');
@@ -323,4 +325,33 @@ test('the computed views of a cluster are what each agent holds: another node\'s
     api.remove('Deployment', 'weft-system', 'weft-controller');
     api.remove('AuthorizationPolicy', 'shop', 'by-principal');
   }
+});
+
+// weftctl may be of another version than the installed controller, and its user may read some
+// namespaces only: the install's compile options are read from the four flags the compile takes
+// (controller/src/main.ts compileOptionsOfArgs), flags it does not know passed over; a Deployment
+// that may not be read (403) or whose compile flags do not parse gives the controller's defaults,
+// with one line saying so and why, where the whole command failed.
+test('the install\'s compile options: a controller flag weftctl does not know is passed over; a Deployment it may not read (403) or whose compile flags do not parse gives the defaults, with one warning naming why', async () => {
+  const deployment = (args: string[]) => ({ spec: { template: { spec: { containers: [{ name: 'controller', args }] } } } });
+  const kubeOf = (get: (path: string) => unknown): KubeClient => ({ get: async (path: string) => get(path) }) as unknown as KubeClient;
+  const warnings: string[] = [];
+  const warn = (line: string) => warnings.push(line);
+  const newer = await installCompileOptions(kubeOf(() => deployment(['controller', '--kube', '--flag-of-a-later-version', 'x', '--trust-domain', 'example.org', '--another-new-one', '--trust-domain-alias', 'old.example', '--root-namespace', 'mesh-root', '--cluster-id', 'east'])), 'weft-system', warn);
+  assert.deepEqual(newer, { trustDomain: 'example.org', trustDomainAliases: ['old.example'], rootNamespace: 'mesh-root', clusterId: 'east' });
+  assert.deepEqual(warnings, []);
+  const forbidden = await installCompileOptions(kubeOf((path) => { throw new KubeApiError(path, 403, 'deployments.apps "weft-controller" is forbidden: User "dev" cannot get resource "deployments"'); }), 'weft-system', warn);
+  assert.deepEqual(forbidden, {});
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0]!, /^compiled with the controller's defaults \(trust domain cluster\.local, no aliases, root namespace weft-system\): Deployment weft-system\/weft-controller may not be read \(.*forbidden/);
+  warnings.length = 0;
+  for (const args of [['controller', '--kube', '--trust-domain'], ['controller', '--trust-domain', 'Not A Domain!']]) {
+    assert.deepEqual(await installCompileOptions(kubeOf(() => deployment(args)), 'weft-system', warn), {}, args.join(' '));
+    assert.equal(warnings.length, 1, args.join(' '));
+    assert.match(warnings[0]!, /^compiled with the controller's defaults .*: the command line of Deployment weft-system\/weft-controller does not parse: .*--trust-domain/, args.join(' '));
+    warnings.length = 0;
+  }
+  // Other errors still fail the command (the API server down, a 500).
+  await assert.rejects(installCompileOptions(kubeOf((path) => { throw new KubeApiError(path, 500, 'boom'); }), 'weft-system', warn), /500 boom/);
+  assert.deepEqual(warnings, []);
 });
