@@ -414,7 +414,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   let taken: { nodes: Set<string>; services: Set<string> } | undefined;
   const takenAddresses = () => (taken ??= {
     nodes: nodeAddressesOf(inputs, nodeIps),
-    services: new Set(inputs.services.flatMap(forwardedAddresses).flatMap((ip) => canonicalIp(ip) ?? [])),
+    services: new Set(inputs.services.flatMap(forwardedAddresses)),
   });
   for (const wp of inputs.waypoints) {
     const ns = wp.metadata.namespace!;
@@ -444,7 +444,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
     // dials it before the reconciler reports again.
     const reconciledAt = options.waypointRuntime?.get(key)?.address;
     const isOwnClusterIp = (a: string): boolean => (reconciledAt !== undefined && a === canonicalIp(reconciledAt))
-      || inputs.services.some((s) => s.metadata.namespace === ns && s.metadata.name === wp.metadata.name && madeForWaypoint(s, wp.metadata.name) && serviceVips(s).some((ip) => canonicalIp(ip) === a));
+      || inputs.services.some((s) => s.metadata.namespace === ns && s.metadata.name === wp.metadata.name && madeForWaypoint(s, wp.metadata.name) && serviceVips(s).includes(a));
     const usable = (raw: string, path: string): string | undefined => {
       const a = canonicalIp(raw);
       const [reason, why] = a === undefined ? ['InvalidAddress', 'is not an IP address (an IPv6 zone names no peer\'s address)']
@@ -794,12 +794,16 @@ export function sharedWaypointAccounts(inputs: Pick<MeshInputs, 'pods' | 'waypoi
   return out;
 }
 
-/** Node addresses: a Node object's InternalIP (else ExternalIP), else the hostIP of the first pod listed on it, in canonicalIp's spelling (as every agent's config check requires). */
+/**
+ * Node addresses: a Node object's InternalIP (else ExternalIP), in canonicalIp's spelling (as every
+ * agent's config check requires; validation takes a Node's addresses in any), else the hostIP of
+ * the first pod listed on it (asValidated).
+ */
 export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<string, string> {
   const nodeIps = new Map<string, string>();
   for (const pod of inputs.pods) {
     const node = pod.spec.nodeName;
-    const at = node && pod.status?.hostIP && !nodeIps.has(node) ? canonicalIp(pod.status.hostIP) : undefined;
+    const at = node && pod.status?.hostIP && !nodeIps.has(node) ? asValidated(pod.status.hostIP) : undefined;
     if (at !== undefined) nodeIps.set(node!, at);
   }
   for (const n of inputs.nodes) {
@@ -812,8 +816,11 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
 
 /** Every address of a node: nodeIpsOf's, each IP a Node object lists, each pod's hostIP. */
 function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>, nodeIps: ReadonlyMap<string, string>): Set<string> {
-  const all = [...nodeIps.values(), ...inputs.nodes.flatMap((n) => (n.status?.addresses ?? []).map((a) => a.address)), ...inputs.pods.flatMap((p) => p.status?.hostIP ?? [])];
-  return new Set(all.flatMap((a) => canonicalIp(a) ?? []));
+  return new Set([
+    ...nodeIps.values(),
+    ...inputs.nodes.flatMap((n) => (n.status?.addresses ?? []).flatMap((a) => canonicalIp(a.address) ?? [])),
+    ...inputs.pods.flatMap((p) => (p.status?.hostIP ? (asValidated(p.status.hostIP) ?? []) : [])),
+  ]);
 }
 
 /** Where agents tunnel to on a node: the index of its InternalIP, else of its ExternalIP (Hostname and DNS addresses are names), or -1. */
@@ -1023,11 +1030,9 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
       for (const ep of slice.endpoints) {
         for (const ip of ep.addresses) {
           if (ep.targetRef?.uid) refs.push(ep.targetRef.uid);
-          // An address spelt as a pod holds it is already in canonicalIp's spelling (byIp's keys are).
-          const at = index.byIp.has(ip) ? ip : canonicalIp(ip);
-          refs.push(at ?? ip);
-          // Not an address a mesh object may hold (validation refuses it: a zone, fe80::1%eth0): no
-          // endpoint. One in another spelling (validation refuses it too) is the endpoint at `at`.
+          // An address a pod holds is one (byIp's keys are); else as validation holds it (asValidated).
+          const at = index.byIp.has(ip) ? ip : asValidated(ip);
+          refs.push(ip);
           if (at === undefined) continue;
           // The pod holding the address: targetRef picks among pods sharing one (host network) only
           // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
@@ -1079,31 +1084,44 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
   };
 }
 
-/** Every address of a pod (status.podIP, each of status.podIPs: a dual-stack pod's IPv6 one too), in one spelling (canonicalIp). */
+/** Every address of a pod (status.podIP, each of status.podIPs: a dual-stack pod's IPv6 one too), as validated (asValidated). */
 export function podAddresses(pod: Pod | undefined): string[] {
   const raw = [pod?.status?.podIP, ...(pod?.status?.podIPs ?? []).map((a) => a.ip)];
-  return [...new Set(raw.flatMap((ip) => (ip ? (canonicalIp(ip) ?? []) : [])))];
+  return [...new Set(raw.flatMap((ip) => (ip ? (asValidated(ip) ?? []) : [])))];
+}
+
+/**
+ * An address of a field validation holds to its one spelling (ipProblem: a pod's addresses and
+ * hostIP, a Service's cluster IPs, an EndpointSlice's addresses), as written: the compile compares
+ * it as a string and never re-spells it. None for one that got here past validation (a compile
+ * handed it directly), as every agent would refuse the whole config holding it. Fields validation
+ * takes in any spelling (a Node's addresses, a Service's external and load-balancer IPs) are read
+ * through canonicalIp instead.
+ */
+function asValidated(ip: string): string | undefined {
+  return ipProblem(ip) === undefined ? ip : undefined;
 }
 
 /** A Service's cluster IPs as its object states them. */
 function serviceVips(svc: ServiceObject): string[] {
-  return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && ipProblem(ip) === undefined);
+  return [...new Set([...(svc.spec.clusterIPs ?? []), ...(svc.spec.clusterIP ? [svc.spec.clusterIP] : [])])].filter((ip) => ip !== 'None' && asValidated(ip) !== undefined);
 }
 
 /**
  * Every address kube-proxy carries to a Service's endpoints: its cluster IPs, spec.externalIPs and
- * status.loadBalancer.ingress[].ip (any Service writer may set an external IP: CVE-2020-8554).
+ * status.loadBalancer.ingress[].ip (any Service writer may set an external IP: CVE-2020-8554), the
+ * last two in canonicalIp's spelling (validation takes them in any).
  */
 function forwardedAddresses(svc: ServiceObject): string[] {
   // Read as given: a source without the API server's schema (a config directory) may hold anything
   // there, and one Service must not fail every compile.
   const external: unknown = svc.spec.externalIPs;
   const ingress: unknown = svc.status?.loadBalancer?.ingress;
-  return [
-    ...serviceVips(svc),
+  const written = [
     ...(Array.isArray(external) ? external.filter((a): a is string => typeof a === 'string') : []),
     ...(Array.isArray(ingress) ? ingress.flatMap((i: unknown) => (typeof (i as { ip?: unknown } | null)?.ip === 'string' ? [(i as { ip: string }).ip] : [])) : []),
   ];
+  return [...serviceVips(svc), ...written.flatMap((a) => canonicalIp(a) ?? [])];
 }
 
 /**

@@ -3,7 +3,7 @@
 // `spec.rules[0].from[0].source.ipBlocks[1]`. weft.dev and Gateway API specs are checked strictly
 // (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
 // fields Weft uses, since the API server has validated the rest.
-import { ipProblem } from './address.ts';
+import { addressProblem, ipProblem } from './address.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
@@ -406,7 +406,8 @@ const VALIDATORS: Record<MeshKind, Validator> = {
       // Agents are given the node's InternalIP (else its first address) to tunnel to, and refuse a
       // whole config holding an address that does not parse (agent/src/state.ts validateAgentConfig).
       // Hostname and DNS addresses are names.
-      if (type === 'InternalIP' || type === 'ExternalIP') ip(c, ao.address, `${p}.address`, true);
+      // The compile writes them in canonicalIp's spelling (nodeIpsOf).
+      if (type === 'InternalIP' || type === 'ExternalIP') ip(c, ao.address, `${p}.address`, true, addressProblem);
       else c.str(ao.address, `${p}.address`, { required: true });
     });
   },
@@ -456,9 +457,16 @@ function validateReferenceGrant(c: Checker, o: Json): void {
   });
 }
 
-function ip(c: Checker, v: unknown, path: string, required = false): void {
+/**
+ * An address field: ipProblem (one spelling) where the mesh compares it as written; `problem`
+ * addressProblem (a zone only) where the compile writes it in canonicalIp's spelling before any
+ * comparison and its writer is not the tenant or Kubernetes takes any spelling (a load balancer's
+ * ingress IP, external IPs, a Node's addresses): one spelling there refused a whole Service or Node
+ * over a spelling the compile writes in its one anyway.
+ */
+function ip(c: Checker, v: unknown, path: string, required = false, problem: (s: string) => string | undefined = ipProblem): void {
   const s = c.str(v, path, { required });
-  const why = s !== undefined && s !== '' ? ipProblem(s) : undefined;
+  const why = s !== undefined && s !== '' ? problem(s) : undefined;
   if (why) c.fail(path, why);
 }
 
@@ -516,12 +524,13 @@ function validateService(c: Checker, o: Json): void {
     if (s !== 'None') ip(c, s, p);
   });
   // kube-proxy carries these to the Service's endpoints too; the API server checks them as addresses
-  // (a config directory has no API server), and the compile compares them with waypoint addresses.
-  c.strList(spec.externalIPs, 'spec.externalIPs', (s, p) => ip(c, s, p));
+  // (a config directory has no API server), and the compile compares them with waypoint addresses,
+  // in canonicalIp's spelling (forwardedAddresses).
+  c.strList(spec.externalIPs, 'spec.externalIPs', (s, p) => ip(c, s, p, false, addressProblem));
   const lb = c.obj(c.obj(o.status, 'status')?.loadBalancer, 'status.loadBalancer');
   c.arr(lb?.ingress, 'status.loadBalancer.ingress')?.forEach((x, i) => {
     const xo = c.obj(x, `status.loadBalancer.ingress[${i}]`, true);
-    if (xo) ip(c, xo.ip, `status.loadBalancer.ingress[${i}].ip`);
+    if (xo) ip(c, xo.ip, `status.loadBalancer.ingress[${i}].ip`, false, addressProblem);
   });
   const names = new Set<string>();
   const ports = c.arr(spec.ports, 'spec.ports');
