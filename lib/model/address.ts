@@ -75,12 +75,52 @@ export function canonicalIp(ip: string): string | undefined {
 
 /** canonicalIp of an address addressProblem takes. */
 function spelling(ip: string): string {
-  if (isIP(ip) === 4) return ip;
+  if (isIP(ip) === 4 || plainlyCanonicalV6(ip)) return ip;
   const v6 = new URL(`http://[${ip}]/`).hostname.slice(1, -1);
   const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
   if (!mapped) return v6;
   const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
   return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+}
+
+/**
+ * Whether an IPv6 address addressProblem takes is already in spelling's form, decided without the
+ * URL parse (which costs about as much again as the rest of ipProblem, for every IPv6 address of
+ * every config an agent is sent): lower-case hex groups without leading zeros and no embedded IPv4,
+ * and either `::` standing for the only zero groups, two or more of them (RFC 5952 4.2.2), or eight
+ * groups with no two zero groups side by side (4.2.1: a longer run must be compressed). Then the
+ * WHATWG serializer writes it unchanged: its zero groups are the ones written, its longest run of
+ * two or more the one compressed. `::ffff:` (maybe IPv4-mapped) and any other string this does not
+ * decide are left to the parse: false says "not known", not "not canonical".
+ */
+function plainlyCanonicalV6(ip: string): boolean {
+  if (ip.startsWith('::ffff:')) return false;
+  // One pass, no allocation: the parse is what this saves. net.isIP took it, so an empty group is
+  // part of the one `::`.
+  let groups = 0, zeros = 0, len = 0, zero = false, lastZero = false, adjacentZeros = false, gap = false;
+  for (let i = 0; i <= ip.length; i++) {
+    const c = i < ip.length ? ip.charCodeAt(i) : 58;
+    if (c !== 58) {
+      if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false; // upper-case, '.', '%'
+      if (len === 1 && zero) return false; // a leading zero
+      if (len === 0) zero = c === 48;
+      len++;
+      continue;
+    }
+    if (len === 0) {
+      gap = true;
+      lastZero = false;
+      continue;
+    }
+    if (zero) {
+      if (lastZero) adjacentZeros = true;
+      zeros++;
+    }
+    lastZero = zero;
+    groups++;
+    len = 0;
+  }
+  return gap ? groups <= 6 && zeros === 0 : groups === 8 && !adjacentZeros;
 }
 
 /** Whether `ip` is an address a Service, endpoint, node, waypoint or gateway may have (ipProblem none, and not one of NOT_SERVICE_ADDRESSES). */
