@@ -98,7 +98,7 @@ export class AgentState {
   private enrolledUids = new Map<string, string>();
   /** SPIFFE ID → the workloads the config knows for it (pods, and endpoints of other clusters), built on first use per config. */
   private metaByPrincipal: Map<string, WorkloadMeta[]> | undefined;
-  /** What the east-west gateway carries other networks' callers to (exportedPods), built on first use per config. */
+  /** What the east-west gateway carries other networks' callers to (exportedPodsOf), built on first use per config. */
   private exported: ExportedPods | undefined;
   private servicesByVip = new Map<string, Service>();
   private servicesByName = new Map<string, Service>();
@@ -242,7 +242,7 @@ export class AgentState {
    * Why the east-west gateway would not carry `principal` to port `port` of the pod at `ip`
    * (eastwest/src/gateway.ts), or undefined: another network's caller reaches only the ports the
    * Services this cluster exports send to, and one reached only through a waypoint only as that
-   * waypoint (exportedPods). The agent asks it of every CONNECT on its gateway port, and again of
+   * waypoint (exportedPodsOf). The agent asks it of every CONNECT on its gateway port, and again of
    * each one open at every change of the config (LocalDelivery.reauthorize). `label`: the refusal's
    * reason in weft_connections_denied_total.
    */

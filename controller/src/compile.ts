@@ -1037,7 +1037,7 @@ export function compileService(svc: ServiceObject, env: WorkloadEnv, index: Work
           // The pod holding the address: targetRef picks among pods sharing one (host network) only
           // when its pod holds it. A slice is any tenant's to write, and an entry naming a victim's
           // address with the writer's own pod would carry the writer's identity and namespace
-          // (exportedPods' same-namespace check, Endpoint.waypoint) for the victim's address.
+          // (exportedPodsOf' same-namespace check, Endpoint.waypoint) for the victim's address.
           const named = ep.targetRef?.uid ? index.byUid.get(ep.targetRef.uid) : undefined;
           const w = named && index.addresses.get(named.uid)?.includes(at) ? named : index.byIp.get(at);
           const epPorts: Record<string, number> = {};

@@ -19,7 +19,7 @@
 // policy (Istio's gateway carries callers to Services, never to a pod of their choosing). A pod of
 // another namespace than a Service listing it that has a waypoint of its own (Endpoint.waypoint)
 // is carried to only from that waypoint's identity, whatever that Service goes through
-// (exportedPods). The inner session reaches every pod of the agent's node, so the agent applies
+// (exportedPodsOf). The inner session reaches every pod of the agent's node, so the agent applies
 // the same rules, from the same function over the same Services, to each CONNECT on its gateway
 // port (agent/src/inbound.ts). Nothing
 // else is reachable through it. It learns its cluster's endpoints and waypoints from its controller's
@@ -128,7 +128,7 @@ export class EastWestGateway {
   #notEnrolled = new Set<string>();
   /**
    * The pods' ports the exported Services send to, and those reached only through a waypoint
-   * (exportedPods): only those waypoints' identities are carried there (anyone else would step
+   * (exportedPodsOf): only those waypoints' identities are carried there (anyone else would step
    * around their L7 policy); callers of their Services go to the waypoint instead.
    */
   #pods: ExportedPods = { exported: new Set(), guards: new Map() };

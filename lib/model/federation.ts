@@ -62,18 +62,24 @@ export function podTarget(ip: string, port: number): string {
 }
 
 /**
- * ExportedPods from this cluster's exported Services (exportSelection; the export the east-west
- * gateway reads): the gateway judges the outer CONNECT by it, and the node agent every CONNECT on
- * its gateway port (PORTS.hboneGateway; one inner session reaches every pod of the node), so both
- * build it from the same list. `waypointId`: the identity of a waypoint a Service or endpoint
- * names, undefined for one missing, invalid or whose binding is refused (it admits no one: fail
- * closed). Endpoints of other clusters (imported, or behind another network's gateway) are not
- * this cluster's pods; a port whose target the endpoint does not resolve is not exported.
+ * ExportedPods of this cluster's export as its readers take it (exportSelection; the export the
+ * east-west gateway reads): the gateway judges the outer CONNECT by it, and the node agent every
+ * CONNECT on its gateway port (PORTS.hboneGateway; one inner session reaches every pod of the node),
+ * the agent from exportSelection of its own copy of the model, so both build it from the same list.
+ * Each waypoint a Service names is looked up among the export's own waypoints only: one the export
+ * leaves out, missing, invalid or whose binding is refused admits no one (fail closed). Endpoints of
+ * other clusters (imported, or behind another network's gateway) are not this cluster's pods; a
+ * port whose target the endpoint does not resolve is not exported.
  */
-export function exportedPods(services: Iterable<Service>, waypointId: (ref: WaypointRef) => string | undefined): ExportedPods {
+export function exportedPodsOf(exp: { services: Iterable<Service>; waypoints?: readonly ExportedWaypoint[] | undefined }): ExportedPods {
+  const own = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
+  const waypointId = (ref: WaypointRef): string | undefined => {
+    const w = boundWaypoint(ref) ? own.get(`${ref.namespace}/${ref.name}`) : undefined;
+    return w && !w.invalid ? w.spiffeId : undefined;
+  };
   const direct = new Set<string>();
   const guards = new Map<string, WaypointGuard>();
-  for (const s of services) {
+  for (const s of exp.services) {
     if (s.cluster !== undefined) continue;
     for (const e of s.endpoints) {
       if (e.cluster !== undefined || e.gateway) continue;
@@ -105,20 +111,6 @@ export function exportedPods(services: Iterable<Service>, waypointId: (ref: Wayp
   const exported = new Set([...direct, ...guards.keys()]);
   for (const key of direct) guards.delete(key);
   return { exported, guards };
-}
-
-/**
- * ExportedPods of an export as its readers take it: its Services, each waypoint looked up among the
- * export's own waypoints only (one missing, invalid or whose binding is refused admits no one). The
- * east-west gateway judges by the export it reads; an agent by exportSelection of its own copy of
- * the model, so a waypoint the export leaves out is none to either.
- */
-export function exportedPodsOf(exp: { services: Iterable<Service>; waypoints?: readonly ExportedWaypoint[] | undefined }): ExportedPods {
-  const own = new Map((exp.waypoints ?? []).map((w) => [`${w.namespace}/${w.name}`, w]));
-  return exportedPods(exp.services, (ref) => {
-    const w = boundWaypoint(ref) ? own.get(`${ref.namespace}/${ref.name}`) : undefined;
-    return w && !w.invalid ? w.spiffeId : undefined;
-  });
 }
 
 /** Why a caller is not carried to port `port` of the pod at `ip` (WaypointGuard), in the words both its judges use. */
@@ -315,7 +307,7 @@ export function fairShares(demands: ReadonlyMap<string, number>, total: number):
  * Services is left, until the rest fits; a Service bound to a waypoint left out is left out too
  * (`waypoint`: every importer would refuse it). Deterministic, so the
  * controller that serves the export, its east-west gateway that reads it and every agent that
- * judges its gateway port by it (exportedPods) agree on what is exported.
+ * judges its gateway port by it (exportedPodsOf) agree on what is exported.
  */
 export function exportSelection(services: Iterable<Service>, waypoints: Iterable<Waypoint>, maxBytes = MAX_EXPORT_BYTES): ExportSelection {
   const left: ExportLeftOut[] = [];

@@ -271,7 +271,7 @@ test('the HBONE port and the gateway port share one server: a peer holding its m
 
 // Which rules judge a CONNECT is a fact of the listener it came by (HboneServer.listen's name), not
 // a port number compared with one the agent may not have set: a port of the agent's server that is
-// not its named HBONE port is judged by the gateway's rules too (exportedPods, as Istio's gateway
+// not its named HBONE port is judged by the gateway's rules too (exportedPodsOf, as Istio's gateway
 // carries other networks' callers to Service ports only). Before, a port listened on directly
 // (inbound.server.listen, or before Inbound.listen had noted the gateway port) was judged as 15008.
 test('a port of the agent\'s HBONE server that is not its named 15008 (inbound.server.listen on its own) fails closed: a CONNECT to a pod no exported Service lists is refused (403) not_exported, counted once and logged', async () => {

@@ -10,7 +10,7 @@ import { CompiledPolicies, appliesToService, evaluate } from '../../lib/policy/a
 import { waypointContainerArgs } from '../../controller/src/waypoints-kube.ts';
 import { AgentState, validateAgentConfig } from '../../agent/src/state.ts';
 import { CompileCache } from '../../controller/src/compile.ts';
-import { exportedPods } from '../../lib/model/federation.ts';
+import { exportWaypoint, exportedPodsOf } from '../../lib/model/federation.ts';
 import { compileIncrementally } from '../../controller/src/compile-incremental.ts';
 
 test('enrols pods of an ambient namespace and leaves out pods labelled none', () => {
@@ -688,7 +688,7 @@ test('a Service claiming another Service\'s clusterIP loses it with a Conflicted
 // namespace, passed exportedPods' same-namespace check with no Endpoint.waypoint, and
 // VICTIM_IP:port was exported direct: the victim's waypoint guard erased at the east-west gateway
 // and the agent's gateway port. An address no pod holds is no pod of this cluster to export.
-test('an EndpointSlice entry naming another namespace\'s pod address with the writer\'s own pod as targetRef is that address\'s pod (identity, waypoint marking), and exportedPods keeps the victim\'s waypoint guard and exports no address without a pod', () => {
+test('an EndpointSlice entry naming another namespace\'s pod address with the writer\'s own pod as targetRef is that address\'s pod (identity, waypoint marking), and exportedPodsOf keeps the victim\'s waypoint guard and exports no address without a pod', () => {
   const i = emptyInputs();
   i.namespaces.push(ns('shop', { 'weft.dev/dataplane-mode': 'ambient', 'weft.dev/use-waypoint': 'wp' }), ns('evil', { 'weft.dev/dataplane-mode': 'ambient' }));
   i.waypoints.push(waypoint('shop', 'wp'));
@@ -713,7 +713,7 @@ test('an EndpointSlice entry naming another namespace\'s pod address with the wr
   assert.deepEqual(model.services.get('shop/victim')!.waypoint, { namespace: 'shop', name: 'wp' });
   // A targetRef whose pod does hold the address is still read (the EndpointSlice controller's own entries).
   assert.equal(compile({ ...i, endpointSlices: [{ ...i.endpointSlices[0]!, endpoints: [{ addresses: ['10.1.0.9'], targetRef: { kind: 'Pod', uid: 'uid-evil-attacker' } }] }] }).model.services.get('evil/alias')!.endpoints[0]!.workloadUid, 'uid-evil-attacker');
-  const pods = exportedPods(model.services.values(), (ref) => `spiffe://cluster.local/ns/${ref.namespace}/sa/${ref.name}`);
+  const pods = exportedPodsOf({ services: model.services.values(), waypoints: [...model.waypoints.values()].map(exportWaypoint) });
   assert.equal(pods.exported.has('10.1.0.8:8080'), true);
   assert.deepEqual([...pods.guards.get('10.1.0.8:8080')?.ids ?? []], ['spiffe://cluster.local/ns/shop/sa/wp'], 'still behind the victim\'s waypoint: not direct');
   assert.equal(pods.exported.has('10.1.0.99:8080'), false, 'an address with no pod behind it is not this cluster\'s pod to export');
@@ -819,7 +819,7 @@ test('an EndpointSlice entry naming a dual-stack pod\'s second address (status.p
     const { model } = compile({ ...i, endpointSlices: [entry] }, { cache });
     const e = model.services.get('shop/v6')!.endpoints[0]!;
     assert.equal(e.workloadUid, 'uid-shop-v6');
-    const pods = exportedPods(model.services.values(), () => undefined);
+    const pods = exportedPodsOf({ services: model.services.values() });
     assert.equal(pods.exported.has(`${e.ip}:8080`), true, `${e.ip} exported`);
   }
   // The pod's second address changes hands in an incremental compile: the index follows every address.

@@ -59,7 +59,7 @@ async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: s
   return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
 }
 
-// A pod of demo (exportedPods opens only endpoints with a pod of the Service's own namespace).
+// A pod of demo (exportedPodsOf opens only endpoints with a pod of the Service's own namespace).
 const ECHO_POD = { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'cluster2' };
 const ep = (ip: string): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled: true, spiffeId: ECHO, ready: true, workload: ECHO_POD });
 const echoSvc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep(OPEN_POD)] };

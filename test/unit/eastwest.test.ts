@@ -42,7 +42,7 @@ async function creds(ca: CertificateAuthority, spiffe: string): Promise<{ key: s
   return { key: issued.keyPem, cert: issued.certChain.join(''), ca: ca.trustBundle() };
 }
 
-// A pod of demo (exportedPods opens only endpoints with a pod of the Service's own namespace).
+// A pod of demo (exportedPodsOf opens only endpoints with a pod of the Service's own namespace).
 const ECHO_POD = { workloadName: 'echo', namespace: 'demo', canonicalService: 'echo', canonicalRevision: 'latest', cluster: 'cluster2' };
 const ep = (ip: string, enrolled: boolean): Endpoint => ({ workloadUid: ip, ip, node: 'node1', nodeIp: '127.0.0.1', ports: { '80': 8080 }, enrolled, ...(enrolled ? { spiffeId: ECHO } : {}), ready: true, workload: ECHO_POD });
 const svc: Service = { name: 'echo', namespace: 'demo', hostname: 'echo.demo.svc.cluster.local', vips: ['10.96.0.10'], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }], endpoints: [ep('10.78.1.1', true), ep('10.78.1.9', false)] };
@@ -305,7 +305,7 @@ test('the gateway does not carry a caller around a waypoint: a pod whose Service
 // caller's choosing (https://istio.io/latest/docs/ambient/usage/waypoint/ "use-waypoint-namespace",
 // ambient multi-network). Without it the tenant's Service (no waypoint) opened the pod to every
 // remote peer, and one bound to the tenant's own waypoint added that waypoint's identity. Only the
-// pod's own namespace's Services export it (lib/model/federation.ts exportedPods): a pod only a
+// pod's own namespace's Services export it (lib/model/federation.ts exportedPodsOf): a pod only a
 // tenant's Service lists is not exported at all (403, not-service-port).
 test('a tenant\'s Service listing another namespace\'s pod behind its own waypoint (Endpoint.waypoint) opens no way around that waypoint through the gateway: only the pod\'s waypoint is carried; a remote client and the tenant\'s waypoint are refused (403, behind-waypoint), counted and named; a pod only a tenant\'s Service lists is not exported (403, not-service-port)', async (t) => {
   const TENANT_WP = id('tenant', 'waypoint');

@@ -7,7 +7,7 @@
 // exports and merges, and where the caller's agent sends the connection.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { exportSelection, exportedPods, exportedPodsOf, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
+import { exportSelection, exportedPodsOf, mergeRemoteServices, parseClusterExport, FederationExportError, type ClusterExport, type ExportedWaypoint } from '../../lib/model/federation.ts';
 import type { AgentConfig, Endpoint, MeshModel, Service, Waypoint, Workload } from '../../lib/model/mesh.ts';
 import { Federation } from '../../controller/src/federation.ts';
 import { isOwnWaypointIdentity } from '../../controller/src/waypoint-admission.ts';
@@ -213,20 +213,20 @@ test('a local ServiceAccount token obtains the identity of this cluster\'s own w
 // its namespace's pods; a hand-written EndpointSlice in another namespace naming the pod is that
 // tenant's claim, not the owner's): another namespace's Service, with no waypoint or with its own,
 // neither opens the pod's port to other networks nor removes the owner's waypoint guard.
-test('exportedPods: a Service of another namespace listing a pod (a hand-written EndpointSlice) neither exports its port nor lifts its own Service\'s waypoint guard; same-namespace Services keep Istio\'s semantics (any one without a waypoint makes the port direct)', () => {
+test('exportedPodsOf: a Service of another namespace listing a pod (a hand-written EndpointSlice) neither exports its port nor lifts its own Service\'s waypoint guard; same-namespace Services keep Istio\'s semantics (any one without a waypoint makes the port direct)', () => {
   const owner = { workloadName: 'back', namespace: 'demo', canonicalService: 'back', canonicalRevision: 'latest', cluster: 'cluster2' };
   const pod = (ip: string): Endpoint => ({ ...ep(ip), workload: owner });
   const guarded = svc('guarded', { endpoints: [pod('10.78.1.1')], waypoint: { namespace: 'demo', name: 'waypoint' } });
   const alias = { ...svc('alias', { endpoints: [pod('10.78.1.1'), pod('10.78.1.2')], ports: [{ name: 'admin', port: 9090, targetPort: 9090, protocol: 'TCP', appProtocol: 'tcp' }, { name: 'http', port: 80, targetPort: 8080, protocol: 'TCP', appProtocol: 'http' }] }), namespace: 'tenant', hostname: 'alias.tenant.svc.cluster.local' } as Service;
-  const wid = (ref: { namespace: string; name: string }) => id(ref.namespace, ref.name);
-  const pods = exportedPods([guarded, alias], wid);
+  const waypoints: ExportedWaypoint[] = [['demo', 'waypoint'], ['tenant', 'wp']].map(([namespace, name]) => ({ namespace: namespace!, name: name!, port: 15008, spiffeId: id(namespace!, name!), ready: true }));
+  const pods = exportedPodsOf({ services: [guarded, alias], waypoints });
   assert.deepEqual([...pods.exported].sort(), ['10.78.1.1:8080'], 'the tenant\'s Service exports neither 9090 nor the other pod');
   assert.deepEqual([...pods.guards.get('10.78.1.1:8080')!.ids], [id('demo', 'waypoint')], 'still guarded by its own Service\'s waypoint');
   // A tenant's Service with a waypoint of its own adds no identity to the guard either.
-  const aliasWp = exportedPods([guarded, { ...alias, waypoint: { namespace: 'tenant', name: 'wp' } }], wid);
+  const aliasWp = exportedPodsOf({ services: [guarded, { ...alias, waypoint: { namespace: 'tenant', name: 'wp' } }], waypoints });
   assert.deepEqual([...aliasWp.guards.get('10.78.1.1:8080')!.ids], [id('demo', 'waypoint')]);
   // Same namespace: a Service without a waypoint makes the port direct (Istio: the pod is reachable through it).
-  const plain = exportedPods([guarded, svc('plain', { endpoints: [pod('10.78.1.1')] })], wid);
+  const plain = exportedPodsOf({ services: [guarded, svc('plain', { endpoints: [pod('10.78.1.1')] })], waypoints });
   assert.deepEqual([...plain.exported], ['10.78.1.1:8080']);
   assert.equal(plain.guards.get('10.78.1.1:8080'), undefined);
 });
