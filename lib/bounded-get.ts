@@ -7,7 +7,7 @@
 // longer body cut), no keep-alive agent, no compressed answer asked for. A failure is a
 // BoundedGetError whose `code` says its kind (stable strings: callers count and report by it) and
 // whose message never quotes the body unless the caller asks for it (`errorBodyChars`).
-import { request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest, type RequestOptions as HttpsRequestOptions } from 'node:https';
 import type { LookupFunction } from 'node:net';
 import { getCACertificates } from 'node:tls';
@@ -73,8 +73,20 @@ function failureOf(e: NodeJS.ErrnoException): BoundedGetError {
 }
 
 /** GETs `url`; resolves with the body of an answer of `okStatuses` (any 2xx) as text, rejects with a BoundedGetError. */
-export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<string> {
-  return new Promise<string>((resolve, reject) => {
+export async function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<string> {
+  return (await boundedGetAnswer(url, o)).text;
+}
+
+/** An answer of `okStatuses`: its status, headers and body. */
+export interface BoundedGetAnswer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  text: string;
+}
+
+/** boundedGet, resolving with the answer's status and headers too (a conditional GET's 304, an ETag). */
+export function boundedGetAnswer(url: string | URL, o: BoundedGetOptions): Promise<BoundedGetAnswer> {
+  return new Promise<BoundedGetAnswer>((resolve, reject) => {
     let u: URL;
     try {
       u = new URL(url);
@@ -104,22 +116,23 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
       } : {}),
     };
     let done = false;
-    const finish = (err: BoundedGetError | undefined, text?: string): void => {
+    const finish = (err: BoundedGetError | undefined, answer?: BoundedGetAnswer): void => {
       if (done) return;
       done = true;
       clearTimeout(deadline);
       req.destroy();
       if (err) reject(err);
-      else resolve(text!);
+      else resolve(answer!);
     };
     const onResponse = (res: IncomingMessage): void => {
       const status = res.statusCode ?? 0;
-      if (status >= 300 && status < 400) {
+      const ok = o.okStatuses ? o.okStatuses.includes(status) : status >= 200 && status < 300;
+      // A 3xx asked for (a conditional GET's 304 Not Modified) is an answer, not a redirect.
+      if (status >= 300 && status < 400 && !ok) {
         const location = String(res.headers.location ?? '(no Location)').slice(0, 200);
         finish(new BoundedGetError('redirect', `answered ${status} redirecting to ${location}; redirects are not followed, name the ${o.what}'s own URL`));
         return;
       }
-      const ok = o.okStatuses ? o.okStatuses.includes(status) : status >= 200 && status < 300;
       const quote = o.errorBodyChars ?? 0;
       const declared = Number(res.headers['content-length']);
       if (!ok && (quote <= 0 || declared > o.maxBytes)) {
@@ -139,7 +152,7 @@ export function boundedGet(url: string | URL, o: BoundedGetOptions): Promise<str
       });
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
-        if (ok) finish(undefined, text);
+        if (ok) finish(undefined, { status, headers: res.headers, text });
         else {
           const reason = text.trim().slice(0, quote);
           finish(new BoundedGetError('http-status', `answered HTTP ${status}${reason ? `: ${reason}` : ''}`));

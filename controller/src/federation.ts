@@ -12,6 +12,7 @@
 // cluster's config is bounded (`importQuota`, DEFAULT_IMPORT_QUOTA): past it the remote's import
 // is cut deterministically, the first QUOTA_NAMED left out refused as any other import (`reason=
 // "quota"`, counted once, named and logged), how many in all in `/debug/federation`.
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Gauge, Counter, type Registry } from 'prom-client';
@@ -19,7 +20,7 @@ import { clip, LogBudget, REFUSAL_LOG_PER_SECOND, type Logger } from '../../lib/
 import { limitHttpListener, type HttpListenerLimits, type HttpListenerRefusal } from '../../lib/listener-limits.ts';
 import { listenHttp } from '../../lib/status-http.ts';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS } from '../../lib/hbone/tuning.ts';
-import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport } from '../../lib/federation-read.ts';
+import { DEFAULT_EXPORT_READ_DEADLINE_MS, readExport, type ExportRead } from '../../lib/federation-read.ts';
 import type { MeshModel, NetworkGateway, Waypoint } from '../../lib/model/mesh.ts';
 import { DEFAULT_IMPORT_QUOTA, exportSelection, FEDERATION_PATH, type ExportLeftOut, type ExportSelection, type ImportQuota, mergeRemoteServices, parseClusterExport, type ClusterExport, type ImportRefusal, type RemoteStatus } from '../../lib/model/federation.ts';
 import { spiffeIdFromCert } from '../../lib/hbone/peer.ts';
@@ -97,6 +98,8 @@ interface RemoteState {
   export: ClusterExport | undefined;
   /** Text of the last good export: a poll that reads the same changes nothing. */
   text: string;
+  /** The ETag `text` was served with (a polled remote): the next poll asks for it (If-None-Match), a 304 is `text` again. */
+  etag?: string | undefined;
   lastOk: number;
   lastError: string | undefined;
   /** Its endpoints were dropped for staleness (until it answers again). */
@@ -134,7 +137,7 @@ export class Federation {
    * there): every east-west gateway replica and every remote reads it each second, and it may be
    * 16 MiB.
    */
-  #exportText: Buffer | undefined;
+  #served: { text: Buffer; etag: string } | undefined;
   readonly #quota: ImportQuota;
 
   constructor(o: FederationOptions) {
@@ -191,7 +194,7 @@ export class Federation {
    */
   #noteRefusedExports(local: MeshModel): void {
     this.#selection = exportSelection(local.services.values(), local.waypoints.values());
-    this.#exportText = undefined;
+    this.#served = undefined;
     const now = new Map<string, ExportLeftOut['reason']>();
     for (const x of this.#selection.left) {
       const key = `${x.kind}/${x.namespace}/${x.name}`;
@@ -217,7 +220,19 @@ export class Federation {
 
   /** The export as the listener serves it (export()'s JSON, UTF-8), serialized once per merge. */
   exportText(): Buffer {
-    return (this.#exportText ??= Buffer.from(JSON.stringify(this.export())));
+    return this.#exportServed().text;
+  }
+
+  /**
+   * The export's text and its ETag, made once per merge: a strong validator of the text (RFC 9110
+   * 8.8.3; its SHA-256, so one export is one tag whichever replica serves it and however many merges
+   * made it). A reader that sends it back in If-None-Match is answered 304 while the export is that
+   * one: the east-west gateway, which reads it each second, neither transfers nor hashes nor parses it.
+   */
+  #exportServed(): { text: Buffer; etag: string } {
+    if (this.#served) return this.#served;
+    const text = Buffer.from(JSON.stringify(this.export()));
+    return (this.#served = { text, etag: `"${createHash('sha256').update(text).digest('base64url')}"` });
   }
 
   /** Each remote as last read (`/debug/federation`, read by `weftctl check`): its network and gateway come from its last export. */
@@ -324,9 +339,14 @@ export class Federation {
         res.writeHead(404).end();
         return;
       }
+      const { text, etag } = this.#exportServed();
+      if (ifNoneMatch(req.headers['if-none-match'], etag)) {
+        this.#metrics?.reads.inc({ result: 'unchanged' });
+        res.writeHead(304, { etag }).end();
+        return;
+      }
       this.#metrics?.reads.inc({ result: 'ok' });
-      const body = this.exportText();
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length }).end(body);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': text.length, etag }).end(text);
     });
     limitHttpListener(server, limits, (r) => this.#listenerRefused(r.reason, r.socket.remoteAddress, r.detail));
     this.#server = server;
@@ -351,11 +371,18 @@ export class Federation {
     for (const r of this.#remotes) {
       if (r.remote.pushed || r.reading) continue;
       r.reading = true;
-      void this.#fetch(r.remote).then((text): RemoteReport => ({ export: text }), (e: Error): RemoteReport => ({ error: e.message })).then((result) => {
+      const asked = r.export !== undefined ? r.etag : undefined;
+      void this.#fetch(r.remote, asked).then(
+        (read): { export: string; etag: string | undefined } => (read === 'unchanged' ? { export: r.text, etag: asked } : { export: read.text, etag: read.etag }),
+        (e: Error): { error: string } => ({ error: e.message }),
+      ).then((result) => {
         r.reading = false;
         // Removed while it was being read: nothing of it is kept.
         if (!this.#remotes.includes(r) || this.#stopped) return;
-        if ('export' in result ? this.#took(r, result.export) : this.#failed(r, result.error)) for (const l of this.#listeners) l();
+        const changed = 'export' in result ? this.#took(r, result.export) : this.#failed(r, result.error);
+        // The tag goes with the text taken (one that did not parse leaves the last good one's).
+        if ('export' in result && r.text === result.export) r.etag = result.etag;
+        if (changed) for (const l of this.#listeners) l();
       });
     }
   }
@@ -421,11 +448,21 @@ export class Federation {
     this.#metrics?.endpoints.set({ cluster: r.remote.name }, r.export && !r.stale ? r.export.services.reduce((n, s) => n + s.endpoints.length, 0) : 0);
   }
 
-  #fetch(remote: RemoteCluster): Promise<string> {
+  #fetch(remote: RemoteCluster, ifNoneMatch: string | undefined): Promise<ExportRead> {
     return readExport(remote.url, {
       tls: this.#o.tls(),
       checkPeer: (id) => (id && this.#o.isController(id) ? undefined : new Error(`the peer at ${remote.url} is ${id ?? 'no SPIFFE identity'}, not a controller of the mesh`)),
       deadlineMs: this.#o.fetchDeadlineMs ?? DEFAULT_FETCH_DEADLINE_MS,
+      ...(ifNoneMatch !== undefined ? { ifNoneMatch } : {}),
     });
   }
+}
+
+/** Whether an If-None-Match header names `etag` (RFC 9110 13.1.2: `*`, or a list compared weakly). */
+function ifNoneMatch(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  return header.split(',').some((t) => {
+    const tag = t.trim();
+    return tag === '*' || (tag.startsWith('W/') ? tag.slice(2) : tag) === etag;
+  });
 }

@@ -142,7 +142,11 @@ export class EastWestGateway {
   /** Each tunnel open, by its upstream socket: the CONNECT that opened it (#rejudge). */
   readonly #open = new Map<net.Socket, HboneConnectRequest>();
   #configured = false;
-  /** The SHA-256 of the export text applied last (#refresh): the same export again is not applied again. */
+  /**
+   * The export applied last (#refresh), so that the same export is not applied again: its ETag
+   * (`etag <tag>`), which the next read sends back (If-None-Match: a 304 transfers, hashes and parses
+   * nothing), or, from a controller that sends none (an older one), its text's SHA-256 (`sha256 <digest>`).
+   */
   #lastExport: string | undefined;
   /** Bumped at each export applied (#refresh): a tunnel judged by an older one is judged again once connected (#connect). */
   #generation = 0;
@@ -333,14 +337,18 @@ export class EastWestGateway {
   }
 
   async #refresh(): Promise<void> {
-    const text = await readExport(this.#o.controllerUrl, {
+    const asked = this.#configured && this.#lastExport?.startsWith('etag ') ? this.#lastExport.slice(5) : undefined;
+    const read = await readExport(this.#o.controllerUrl, {
       tls: this.#tls,
       checkPeer: (id) => (id === this.#o.controllerId ? undefined : new Error(`${this.#o.controllerUrl} is not the controller ${this.#o.controllerId}`)),
       ...(this.#o.fetchDeadlineMs !== undefined ? { deadlineMs: this.#o.fetchDeadlineMs } : {}),
+      ...(asked !== undefined ? { ifNoneMatch: asked } : {}),
     });
     // The same export as last time: nothing to apply, no tunnel to judge again.
-    const digest = createHash('sha256').update(text).digest('base64');
-    if (this.#configured && digest === this.#lastExport) return;
+    if (read === 'unchanged') return;
+    const { text } = read;
+    const seen = read.etag !== undefined ? `etag ${read.etag}` : `sha256 ${createHash('sha256').update(text).digest('base64')}`;
+    if (this.#configured && seen === this.#lastExport) return;
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
@@ -363,7 +371,7 @@ export class EastWestGateway {
     this.#pods = pods;
     this.#waypointPort = waypointPort;
     this.#configured = true;
-    this.#lastExport = digest;
+    this.#lastExport = seen;
     this.#generation++;
     this.#m?.endpoints.set(nodeOf.size);
     this.#rejudge();

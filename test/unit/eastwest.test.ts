@@ -854,3 +854,44 @@ test('the gateway\'s read of its controller\'s export is bounded as the controll
   mode = 'huge';
   await until('an export past the bound fails the read', () => errors().some((e) => new RegExp(`export larger than ${MAX_EXPORT_BYTES} bytes`).test(e)), 10_000);
 });
+
+// The gateway reads its controller's export each second, which may be 16 MiB: the controller tags
+// each export with an ETag (a SHA-256 of its text, made once per merge) and answers a read sending
+// it back in If-None-Match with 304 Not Modified (RFC 9110 13.1.2, 15.4.5), so an unchanged export
+// is neither transferred, hashed nor parsed nor judged again. Each 304 is counted
+// (weft_federation_export_reads_total{result="unchanged"}); a changed export is read and applied.
+test('the gateway reads an unchanged export as a 304 (If-None-Match with its ETag): nothing transferred, parsed or judged again, also after a merge that changes nothing; a changed export is applied', async (t) => {
+  const ctrlTls = await creds(c2, CTRL);
+  const fedReg = new Registry();
+  const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger, registry: fedReg });
+  const base: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc]]) };
+  fed.merge(base);
+  await fed.start();
+  t.after(() => fed.stop());
+  const parse = JSON.parse;
+  let parsed = 0;
+  JSON.parse = ((text: string, ...rest: unknown[]) => {
+    if (typeof text === 'string' && text.startsWith('{"cluster":"cluster2"')) parsed++;
+    return (parse as (...a: unknown[]) => unknown)(text, ...rest);
+  }) as typeof JSON.parse;
+  t.after(() => { JSON.parse = parse; });
+  const { reg, lines } = await tunnelGateway(t, { controllerUrl: `https://127.0.0.1:${fed.port}`, pollMs: 50 });
+  const failedReads = () => lines.filter((l) => l.includes('controller export not read'));
+  const reads = async (result: string) => Number(new RegExp(`^weft_federation_export_reads_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(await fedReg.metrics())?.[1] ?? 0);
+  const endpoints = async () => Number(/^weft_eastwest_endpoints (\d+)$/m.exec(await reg.metrics())?.[1] ?? -1);
+  await until('the export is read and then answered 304', async () => (await reads('unchanged')) >= 3, 10_000);
+  assert.equal(await reads('ok'), 1, 'transferred once');
+  assert.equal(parsed, 1, 'parsed once');
+  assert.equal(await endpoints(), 1);
+  assert.deepEqual(failedReads(), [], 'a 304 is a read, not a failure');
+  // A merge that leaves the export as it was keeps its ETag.
+  fed.merge(base);
+  const after = await reads('unchanged');
+  await until('still 304 after a merge changing nothing', async () => (await reads('unchanged')) >= after + 2, 10_000);
+  assert.deepEqual([await reads('ok'), parsed], [1, 1]);
+  // A changed export is transferred and applied.
+  fed.merge({ ...base, services: new Map([['demo/echo', { ...svc, endpoints: [...svc.endpoints, ep('10.78.1.2', true)] }]]) });
+  await until('the changed export is applied', async () => (await endpoints()) === 2, 10_000);
+  assert.deepEqual([await reads('ok'), parsed], [2, 2]);
+  assert.deepEqual(failedReads(), [], 'a 304 is a read, not a failure');
+});

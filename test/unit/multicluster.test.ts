@@ -251,6 +251,33 @@ test('federation: controllers read each other\'s export over mutual TLS; a reade
   assert.equal(b.status()[0]!.up, false);
 });
 
+// A polled remote's export is read each second and may be 16 MiB: the reader sends back the ETag
+// it was served with (If-None-Match) and a 304 (RFC 9110 15.4.5) is the export it holds, read
+// again in time (its stale bound restarts) without a transfer or a parse; a changed one is read.
+test('federation: a polled remote answers an unchanged export with 304 to the ETag of the one held, counted (reads_total{result="unchanged"}); the remote stays up; a changed export is transferred and imported', async (t) => {
+  const { c1, c2 } = await plugIn();
+  const ctrl = id('weft-system', 'weft-controller');
+  const registry = new Registry();
+  const tlsA = await creds(c2, ctrl);
+  const a = new Federation({ cluster: 'cluster2', network: 'network2', gateway: GW, listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => tlsA, mayRead: (x) => x === ctrl, isController: (x) => x === ctrl, log: silentLogger, registry });
+  a.merge(model([svc('echo', [ep('10.78.1.1')])]));
+  await a.start();
+  t.after(() => a.stop());
+  const tlsB = await creds(c1, ctrl);
+  const b = new Federation({ cluster: 'cluster1', network: 'network1', remotes: [{ name: 'cluster2', url: `https://127.0.0.1:${a.port!}` }], tls: () => tlsB, mayRead: () => true, isController: (x) => x === ctrl, pollMs: 50, staleAfterMs: 400, log: silentLogger });
+  await b.start();
+  t.after(() => b.stop());
+  const reads = async (result: string) => Number(new RegExp(`^weft_federation_export_reads_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(await registry.metrics())?.[1] ?? 0);
+  const local = model([svc('echo', [ep('10.77.1.1')])]);
+  await until('answered 304 past the stale bound', async () => (await reads('unchanged')) >= 12, 10_000);
+  assert.equal(await reads('ok'), 1);
+  assert.equal(b.status()[0]!.up, true, 'a 304 is a good read: not stale');
+  assert.equal(b.merge(local).services.get('demo/echo')!.endpoints.length, 2);
+  a.merge(model([svc('echo', [ep('10.78.1.1'), ep('10.78.1.2')])]));
+  await until('the changed export is imported', () => b.merge(local).services.get('demo/echo')!.endpoints.length === 3, 5_000);
+  assert.equal(await reads('ok'), 2);
+});
+
 /** A federation that takes cluster2's export as pushed (as the remote-secret watches do), with its log lines and metrics. */
 function pushedFederation(t: { after(fn: () => unknown): void }) {
   const lines: Array<{ msg: string; fields: Record<string, unknown> }> = [];
