@@ -25,6 +25,8 @@ export interface ConnectionCap {
 export interface ConnectionCounter {
   /** Counts `socket` until it closes, or, past a cap, tells onRefused, destroys it and says false. */
   admit(socket: Socket): boolean;
+  /** The connections admitted and not yet closed, from all sources. */
+  readonly open: number;
 }
 
 /**
@@ -62,6 +64,9 @@ export function connectionCounter(
         else open.set(from, left);
       });
       return true;
+    },
+    get open() {
+      return all;
     },
   };
 }

@@ -18,7 +18,7 @@ import { forwardedFor, type ForwardedNode } from './forwarded.ts';
 import { pipeBidirectional, type PipeResult } from './pipe.ts';
 import { RapidResetGuard, type RapidResetLimits } from './rapid-reset.ts';
 import { SessionBuffer } from './session-buffer.ts';
-import { connectionCounter } from '../listener-limits.ts';
+import { connectionCounter, type ConnectionCounter } from '../listener-limits.ts';
 import { KeyedCount } from '../keyed-count.ts';
 import {
   DEFAULT_CONNECTION_WINDOW,
@@ -291,8 +291,12 @@ export class HboneServer {
   readonly #listeners: TcpServer[] = [];
   /** maxConnections, its default applied. */
   readonly maxConnections: number;
-  /** Each port's connections and the part of the total kept for it (listen's `reserved`), by listener; #stats.connections is their sum. */
-  readonly #ports: Array<{ open: number; reserved: number }> = [];
+  /**
+   * Each port's connection counter (its cap per source and its own; `open`, its connections) and
+   * the part of the total kept for it (listen's `reserved`), by listener; #stats.connections counts
+   * those the total took.
+   */
+  readonly #ports: Array<{ counter: ConnectionCounter; reserved: number }> = [];
   /** A connection (its TCP socket) → the name of the listener it came by (listen's `listener`). */
   readonly #listenerOf = new WeakMap<Socket, string>();
   /** `address identity` of a peer → its tunnels open or opening (maxTunnelsPerPeer). */
@@ -407,15 +411,16 @@ export class HboneServer {
   listen(port: number, host?: string, opts: { reusePort?: boolean; listener?: string; maxConnections?: number; reserved?: number } = {}): Promise<AddressInfo> {
     const name = opts.listener ?? '';
     const total = this.maxConnections;
-    const own = { open: 0, reserved: opts.reserved ?? 0 };
+    const reserved = opts.reserved ?? 0;
     const othersKeep = this.#ports.reduce((n, p) => n + p.reserved, 0);
-    if (own.reserved > (opts.maxConnections ?? total)) throw new RangeError(`listen: reserved (${own.reserved}) is more than the port's maxConnections (${opts.maxConnections ?? total})`);
-    if (own.reserved + othersKeep > total) throw new RangeError(`listen: reserved (${own.reserved}) and the other ports' (${othersKeep}) are more than the server's maxConnections (${total})`);
+    if (reserved > (opts.maxConnections ?? total)) throw new RangeError(`listen: reserved (${reserved}) is more than the port's maxConnections (${opts.maxConnections ?? total})`);
+    if (reserved + othersKeep > total) throw new RangeError(`listen: reserved (${reserved}) and the other ports' (${othersKeep}) are more than the server's maxConnections (${total})`);
     // Before TLS: costs the attacker a TCP handshake, us nothing more.
     const counter = connectionCounter({ perSource: this.#opts.maxConnectionsPerSource ?? DEFAULT_MAX_CONNECTIONS_PER_SOURCE, total: opts.maxConnections ?? Infinity }, (from, max, which, socket) =>
       this.#refuse(which === 'per-source'
         ? { kind: 'too-many-connections', reason: `${from} already holds ${max} connections on port ${socket.localPort}`, peer: { spiffeId: undefined, address: from } }
         : { kind: 'listener-full', reason: `port ${socket.localPort} already holds ${max} connections from all sources (its cap, of the server's ${total})`, peer: { spiffeId: undefined, address: from } }));
+    const own = { counter, reserved };
     // The TLS server takes connections handed to it ('connection', as node:tls documents). The
     // port's own count first: a connection it refuses takes nothing of the total.
     const listener = createTcpServer((socket) => {
@@ -439,8 +444,10 @@ export class HboneServer {
    * Counts `socket` of port `own` in the total until it closes, or, when the total less what the
    * other ports keep unused of their reserves is held, refuses it (`server-full`) and destroys it.
    */
-  #admitToTotal(socket: Socket, own: { open: number; reserved: number }): boolean {
-    const kept = this.#ports.reduce((n, p) => (p === own ? n : n + Math.max(0, p.reserved - p.open)), 0);
+  #admitToTotal(socket: Socket, own: { counter: ConnectionCounter; reserved: number }): boolean {
+    // A port's count (its counter's) holds a connection the total refused until it closes (the
+    // next turn): its reserve is kept the less for that moment, never the more.
+    const kept = this.#ports.reduce((n, p) => (p === own ? n : n + Math.max(0, p.reserved - p.counter.open)), 0);
     const all = this.#stats.connections;
     if (all >= this.maxConnections - kept) {
       const from = socket.remoteAddress ?? '';
@@ -449,11 +456,7 @@ export class HboneServer {
       return false;
     }
     this.#stats.connections++;
-    own.open++;
-    socket.once('close', () => {
-      this.#stats.connections--;
-      own.open--;
-    });
+    socket.once('close', () => this.#stats.connections--);
     return true;
   }
 

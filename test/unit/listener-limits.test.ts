@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { Registry } from 'prom-client';
-import { statusListenerLimits } from '../../lib/listener-limits.ts';
+import { connectionCounter, statusListenerLimits } from '../../lib/listener-limits.ts';
 import { jsonServer, limitSidePort } from '../../agent/src/admin.ts';
 import { AgentMetrics } from '../../agent/src/metrics.ts';
 import type { Logger } from '../../lib/log.ts';
@@ -126,3 +126,36 @@ for (const caller of CALLERS) {
     }
   });
 }
+
+// The HBONE server keeps each port's part of its total (listen's `reserved`) by that port's counter:
+// its `open` is the connections it admitted and not yet closed, a refused one never counted.
+test('connectionCounter: open counts the connections admitted until each closes; one refused (per source, total) is never counted', async () => {
+  const refused: string[] = [];
+  const counter = connectionCounter({ perSource: 2, total: 3 }, (_from, _max, cap) => refused.push(cap));
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    counter.admit(s);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const clients: net.Socket[] = [];
+  try {
+    const dial = (localAddress: string) => {
+      const c = net.connect({ port, host: '127.0.0.1', localAddress });
+      c.on('error', () => {});
+      clients.push(c);
+    };
+    dial('127.0.0.1'); dial('127.0.0.1'); dial('127.0.0.1');
+    await until('three seen', () => sockets.size === 3, 5_000);
+    assert.deepEqual([counter.open, refused], [2, ['per-source']]);
+    dial('127.0.0.2'); dial('127.0.0.3');
+    await until('five seen', () => sockets.size === 5, 5_000);
+    assert.deepEqual([counter.open, refused], [3, ['per-source', 'total']]);
+    clients[0]!.destroy();
+    await until('a close is counted', () => counter.open === 2, 5_000);
+  } finally {
+    for (const c of clients) c.destroy();
+    server.close();
+  }
+});
