@@ -30,6 +30,7 @@ import { ANNOTATION_TRUST_DOMAIN, DEFAULT_IMPORT_QUOTA, EASTWEST_PORT_NAME, EAST
 
 export { LABEL_MULTICLUSTER, LABEL_NETWORK };
 import { PORTS } from '../../../lib/defaults.ts';
+import { canonicalIp } from '../../../lib/model/address.ts';
 import { compile } from '../compile.ts';
 import { ObjectStore } from '../store.ts';
 import { boundedKubeConfig, KeptInformer, KubeSource, type ResponseRefusedError } from './kube.ts';
@@ -296,7 +297,9 @@ export function gatewayOf(svc: RawObject | undefined, network: string, spiffeId:
   if (!svc) return undefined;
   const spec = (svc.spec ?? {}) as { externalIPs?: string[]; ports?: Array<{ name?: string; port?: number }> };
   const status = (svc.status ?? {}) as { loadBalancer?: { ingress?: Array<{ ip?: string }> } };
-  const address = status.loadBalancer?.ingress?.find((i) => i.ip)?.ip ?? spec.externalIPs?.[0];
+  const raw = status.loadBalancer?.ingress?.find((i) => i.ip)?.ip ?? spec.externalIPs?.[0];
+  // Both fields take any spelling Kubernetes accepts; the import compares addresses in their one spelling.
+  const address = raw === undefined ? undefined : canonicalIp(raw);
   const port = (spec.ports ?? []).find((p) => p.name === EASTWEST_PORT_NAME)?.port ?? (spec.ports ?? []).find((p) => p.port === PORTS.hbone)?.port;
   if (!address || !port) return undefined;
   return { network, address, port, spiffeId };
