@@ -413,7 +413,7 @@ export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared
   // Built at the first waypoint address checked (none without Waypoints): a parse per IPv6 address.
   let taken: { nodes: Set<string>; services: Set<string> } | undefined;
   const takenAddresses = () => (taken ??= {
-    nodes: nodeAddressesOf(inputs, nodeIps),
+    nodes: nodeAddressesOf(inputs),
     services: new Set(inputs.services.flatMap(forwardedAddresses)),
   });
   for (const wp of inputs.waypoints) {
@@ -814,10 +814,9 @@ export function nodeIpsOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Map<strin
   return nodeIps;
 }
 
-/** Every address of a node: nodeIpsOf's, each IP a Node object lists, each pod's hostIP. */
-function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>, nodeIps: ReadonlyMap<string, string>): Set<string> {
+/** Every address of a node: each IP a Node object lists, each pod's hostIP (nodeIpsOf's are among them). */
+function nodeAddressesOf(inputs: Pick<MeshInputs, 'pods' | 'nodes'>): Set<string> {
   return new Set([
-    ...nodeIps.values(),
     ...inputs.nodes.flatMap((n) => (n.status?.addresses ?? []).flatMap((a) => canonicalIp(a.address) ?? [])),
     ...inputs.pods.flatMap((p) => (p.status?.hostIP ? (asValidated(p.status.hostIP) ?? []) : [])),
   ]);

@@ -600,6 +600,7 @@ test('the remote gateway from its weft-eastwest Service: the LoadBalancer addres
   // A load-balancer address in another spelling (Kubernetes accepts it) is the gateway's address in its one spelling; a zoned one is none.
   assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 443 }] }, { loadBalancer: { ingress: [{ ip: 'FD00:0:0::0010' }] } }), 'n2', id)?.address, 'fd00::10');
   assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 443 }] }, { loadBalancer: { ingress: [{ ip: 'fe80::1%eth0' }] } }), 'n2', id), undefined);
+  assert.equal(gatewayOf(s({ externalIPs: ['198.51.100.8'], ports: [{ name: 'tls-hbone', port: 443 }] }, { loadBalancer: { ingress: [{ ip: 'fe80::1%eth0' }, { ip: 'not-an-ip' }] } }), 'n2', id)?.address, '198.51.100.8', 'a bad entry does not hide a usable one');
   assert.equal(gatewayOf(s({ ports: [{ name: 'tls-hbone', port: 15008 }] }, { loadBalancer: {} }), 'n2', id), undefined, 'load balancer not provisioned yet');
   assert.equal(gatewayOf(s({ externalIPs: ['198.51.100.7'], ports: [{ name: 'http', port: 80 }] }), 'n2', id), undefined, 'no HBONE port');
   assert.equal(gatewayOf(undefined, 'n2', id), undefined);

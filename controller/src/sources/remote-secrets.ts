@@ -297,9 +297,10 @@ export function gatewayOf(svc: RawObject | undefined, network: string, spiffeId:
   if (!svc) return undefined;
   const spec = (svc.spec ?? {}) as { externalIPs?: string[]; ports?: Array<{ name?: string; port?: number }> };
   const status = (svc.status ?? {}) as { loadBalancer?: { ingress?: Array<{ ip?: string }> } };
-  const raw = status.loadBalancer?.ingress?.find((i) => i.ip)?.ip ?? spec.externalIPs?.[0];
-  // Both fields take any spelling Kubernetes accepts; the import compares addresses in their one spelling.
-  const address = raw === undefined ? undefined : canonicalIp(raw);
+  // Both fields take any spelling Kubernetes accepts; the import compares addresses in their one
+  // spelling. The first usable one, so a zoned or malformed entry does not hide a later good one.
+  const candidates = [...(status.loadBalancer?.ingress ?? []).flatMap((i) => (i.ip ? [i.ip] : [])), ...(spec.externalIPs ?? [])];
+  const address = candidates.map(canonicalIp).find((a) => a !== undefined);
   const port = (spec.ports ?? []).find((p) => p.name === EASTWEST_PORT_NAME)?.port ?? (spec.ports ?? []).find((p) => p.port === PORTS.hbone)?.port;
   if (!address || !port) return undefined;
   return { network, address, port, spiffeId };
