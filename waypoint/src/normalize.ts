@@ -25,6 +25,7 @@
 // HTTP/1.1), so that the check is the same for both protocols. Methods are compared
 // case-sensitively (RFC 9110 section 9.1); one with a lower-case letter is refused, as Istio does, so
 // that a DENY on `DELETE` cannot be stepped around with an HTTP/2 `delete`.
+import { pathOf } from '../../lib/policy/authz.ts';
 import { isToken, isValidHost, splitHostPort } from './headers.ts';
 import { clip } from '../../lib/log.ts';
 import { encodeRawPathChars, type EscapedSlashesAction, type PathNormalization } from '../../lib/model/mesh.ts';
@@ -71,10 +72,10 @@ export interface RequestTarget {
   query: string;
 }
 
-/** A request target split at its first `?` (no normalization). */
+/** A request target split at its first `?` (no normalization; the policy engine's pathOf is the one rule). */
 export function splitTarget(target: string): RequestTarget {
-  const q = target.indexOf('?');
-  return q < 0 ? { target, path: target, query: '' } : { target, path: target.slice(0, q), query: target.slice(q) };
+  const path = pathOf(target);
+  return { target, path, query: target.slice(path.length) };
 }
 
 export type TargetResult = ({ ok: true } & RequestTarget) | { ok: false; reason: TargetRejection; message: string };
