@@ -659,7 +659,9 @@ const COMPILE_FLAGS = {
  * A compile flag without a value or with an invalid one throws.
  */
 export function compileOptionsOfArgs(argv: string[]): CompileOptions {
-  const { values } = parseArgs({ args: argv, options: COMPILE_FLAGS, strict: false, allowPositionals: true });
+  // The whole table, so a flag this version knows takes its value as the controller does; one it
+  // does not know (a later version's) is passed over.
+  const { values } = parseArgs({ args: argv, options: CONTROLLER_FLAGS, strict: false, allowPositionals: true });
   const str = (flag: keyof typeof COMPILE_FLAGS, v: unknown): string | undefined => {
     if (v !== undefined && typeof v !== 'string') throw new UsageError(`--${flag} has no value`);
     return v;
@@ -677,52 +679,55 @@ export function compileOptionsOfArgs(argv: string[]): CompileOptions {
   return compileOptionsOf(o);
 }
 
+/** Every flag the controller takes (parseControllerArgs), so a lenient reader parses a command line as it does. */
+const CONTROLLER_FLAGS = {
+  ...COMPILE_FLAGS,
+  'config-dir': { type: 'string' },
+  kube: { type: 'boolean' },
+  kubeconfig: { type: 'string' },
+  'listen-address': { type: 'string' },
+  'grpc-port': { type: 'string' },
+  'metrics-port': { type: 'string' },
+  'ready-port': { type: 'string' },
+  'admin-port': { type: 'string' },
+  'debug-endpoints': { type: 'boolean' },
+  network: { type: 'string' },
+  'federation-listen': { type: 'string' },
+  'network-gateway': { type: 'string' },
+  'remote-cluster': { type: 'string', multiple: true },
+  'remote-stale-after': { type: 'string' },
+  'remote-max-services': { type: 'string' },
+  'remote-max-endpoints': { type: 'string' },
+  'remote-max-destinations': { type: 'string' },
+  'remote-secrets': { type: 'boolean' },
+  'remote-secret-allow-insecure': { type: 'boolean' },
+  'ca-cert': { type: 'string' },
+  'ca-key': { type: 'string' },
+  'ca-roots': { type: 'string' },
+  'ca-dir': { type: 'string' },
+  'jwks-ca': { type: 'string' },
+  namespace: { type: 'string' },
+  'bootstrap-tokens': { type: 'string' },
+  'dns-name': { type: 'string', multiple: true },
+  'ip-address': { type: 'string', multiple: true },
+  'waypoint-image': { type: 'string' },
+  'waypoint-service-accounts': { type: 'string', multiple: true },
+  'waypoint-images': { type: 'string', multiple: true },
+  'controller-address': { type: 'string' },
+  'path-normalization': { type: 'string' },
+  'escaped-slashes': { type: 'string' },
+  'num-trusted-proxies': { type: 'string' },
+  insecure: { type: 'boolean' },
+  'require-client-identity': { type: 'boolean' },
+  'allow-anonymous-clients': { type: 'boolean' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
 export function parseControllerArgs(argv: string[]): ControllerMainOptions {
   const { values } = parseArgs({
     args: argv,
-    options: {
-      ...COMPILE_FLAGS,
-      'config-dir': { type: 'string' },
-      kube: { type: 'boolean' },
-      kubeconfig: { type: 'string' },
-      'listen-address': { type: 'string' },
-      'grpc-port': { type: 'string' },
-      'metrics-port': { type: 'string' },
-      'ready-port': { type: 'string' },
-      'admin-port': { type: 'string' },
-      'debug-endpoints': { type: 'boolean' },
-      network: { type: 'string' },
-      'federation-listen': { type: 'string' },
-      'network-gateway': { type: 'string' },
-      'remote-cluster': { type: 'string', multiple: true },
-      'remote-stale-after': { type: 'string' },
-      'remote-max-services': { type: 'string' },
-      'remote-max-endpoints': { type: 'string' },
-      'remote-max-destinations': { type: 'string' },
-      'remote-secrets': { type: 'boolean' },
-      'remote-secret-allow-insecure': { type: 'boolean' },
-      'ca-cert': { type: 'string' },
-      'ca-key': { type: 'string' },
-      'ca-roots': { type: 'string' },
-      'ca-dir': { type: 'string' },
-      'jwks-ca': { type: 'string' },
-      namespace: { type: 'string' },
-      'bootstrap-tokens': { type: 'string' },
-      'dns-name': { type: 'string', multiple: true },
-      'ip-address': { type: 'string', multiple: true },
-      'waypoint-image': { type: 'string' },
-      'waypoint-service-accounts': { type: 'string', multiple: true },
-      'waypoint-images': { type: 'string', multiple: true },
-      'controller-address': { type: 'string' },
-      'path-normalization': { type: 'string' },
-      'escaped-slashes': { type: 'string' },
-      'num-trusted-proxies': { type: 'string' },
-      insecure: { type: 'boolean' },
-      'require-client-identity': { type: 'boolean' },
-      'allow-anonymous-clients': { type: 'boolean' },
-      'log-level': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
+    options: CONTROLLER_FLAGS,
     strict: true,
   });
   if (values.help) throw new UsageError(USAGE);
