@@ -380,21 +380,31 @@ test('the gateway is no open proxy under another spelling: octal, short or IPv4-
   assert.equal(refused, spellings.length, 'each counted once');
 });
 
+/**
+ * An "agent" in a child process listening on loopback with the smallest accept queue (listen(0)):
+ * one connect completes into the queue, later SYNs wait. `then` is Python run after it prints its
+ * port, with the socket as `s` (it decides when, if ever, to accept). Killed when the test ends.
+ */
+async function backloggedAgent(t: TestContext, then: string): Promise<{ sink: import('node:child_process').ChildProcess; port: number }> {
+  const { spawn } = await import('node:child_process');
+  const sink = spawn('python3', ['-c', `import socket,sys\ns=socket.socket();s.bind(("127.0.0.1",0));s.listen(0);print(s.getsockname()[1],flush=True)\n${then}`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.after(() => sink.kill());
+  const port = await new Promise<number>((resolve, reject) => {
+    sink.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    sink.once('error', reject);
+  });
+  return { sink, port };
+}
+
 // A node agent (or waypoint) that does not answer must not let callers pile up sockets at the
 // gateway, each held for the connect timeout: a connect waiting holds its place among the tunnels
 // to that upstream (maxTunnelsPerUpstream), past which a CONNECT is refused at once (503), as the
 // agent bounds connects to a pod (Envoy's circuit breaker max_pending_requests).
 test('connects waiting for one upstream are bounded by the tunnels to it: past maxTunnelsPerUpstream, those waiting included, a CONNECT is refused at once (503 too-many-to-upstream), counted and named; the gateway stays open to the rest', async (t) => {
-  const { spawn } = await import('node:child_process');
   const { connect: h2connect } = await import('node:http2');
   // An "agent" that listens and never accepts, with the smallest queue: one connect completes into
   // the queue, the SYNs after it are dropped (their connects wait).
-  const sink = spawn('python3', ['-c', 'import socket,sys,time\ns=socket.socket();s.bind(("127.0.0.1",0));s.listen(0);print(s.getsockname()[1],flush=True);sys.stdin.read()'], { stdio: ['pipe', 'pipe', 'inherit'] });
-  t.after(() => sink.kill());
-  const sinkPort = await new Promise<number>((resolve, reject) => {
-    sink.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-    sink.once('error', reject);
-  });
+  const { port: sinkPort } = await backloggedAgent(t, 'sys.stdin.read()');
   const lines: string[] = [];
   const reg = new Registry();
   const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: sinkPort, maxTunnelsPerUpstream: 2, upstreamReserve: 0, connectTimeoutMs: 20_000, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
@@ -762,15 +772,9 @@ test('tunnels open through the gateway are judged again at every new export: one
 // ones #rejudge judges: it is judged by the new export once connected, and refused if it no longer
 // may pass (the same rules and reasons as a CONNECT).
 test('a tunnel still connecting when a new export arrives is judged by it once connected: one the gateway no longer carries is refused (403 behind-waypoint), counted and named, not opened', async (t) => {
-  const { spawn } = await import('node:child_process');
   const { connect: h2connect } = await import('node:http2');
   // An "agent" whose queue holds one connection; each line on its stdin accepts one, which lets the next SYN in.
-  const sink = spawn('python3', ['-c', 'import socket,sys\ns=socket.socket();s.bind(("127.0.0.1",0));s.listen(0);print(s.getsockname()[1],flush=True)\nheld=[]\nfor _ in iter(sys.stdin.readline, ""): held.append(s.accept()[0])'], { stdio: ['pipe', 'pipe', 'inherit'] });
-  t.after(() => sink.kill());
-  const sinkPort = await new Promise<number>((resolve, reject) => {
-    sink.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
-    sink.once('error', reject);
-  });
+  const { sink, port: sinkPort } = await backloggedAgent(t, 'held=[]\nfor _ in iter(sys.stdin.readline, ""): held.append(s.accept()[0])');
   const ctrlTls = await creds(c2, CTRL);
   const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
   const wp = { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true };
