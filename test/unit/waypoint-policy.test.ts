@@ -15,6 +15,26 @@ function policy(name: string, action: AuthorizationPolicy['action'], rules: Auth
   return { name, namespace: 'shop', action, scope: 'service', targetServices: targets, rules, layer: 'L7' };
 }
 
+/**
+ * A waypoint in front of the reviews backend (service 10.96.0.10:80) enforcing `policies`, and a
+ * tunnel listener into it from `caller`: started before the calling describe's tests, closed after.
+ */
+function reviewsWaypoint(policies: AuthorizationPolicy[], caller?: string, accessLog: ((line: string) => void) | null = null): { engine: WaypointEngine; l: Listener } {
+  const w = {} as { engine: WaypointEngine; l: Listener; b: Backend };
+  before(async () => {
+    w.b = await startHttpBackend(echo('reviews'));
+    w.engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog } });
+    w.engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(w.b.port)])], policies }));
+    w.l = await startTunnelListener(w.engine, '10.96.0.10:80', ...(caller ? [caller] : []));
+  });
+  after(async () => {
+    await w.l.close();
+    await w.engine.close();
+    await w.b.close();
+  });
+  return w;
+}
+
 describe('waypoint authorization', () => {
   let b: Backend;
   let engine: WaypointEngine;
@@ -134,42 +154,24 @@ describe('policy table (waypoint scoping)', () => {
 // X-Forwarded-For"; ipBlocks / source.ip are the connection's. AUDIT "does not affect whether
 // requests are allowed or denied".
 describe('remote.ip and AUDIT through the waypoint', () => {
-  let b: Backend;
-  let engine: WaypointEngine;
-  let l: Listener;
   const lines: string[] = [];
-
-  before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: (x) => lines.push(x) } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
-      policies: [
-        policy('no-bad-client', 'DENY', [{ from: [{ remoteIpBlocks: ['198.51.100.0/24'] }], to: [], when: [], layer: 'L7' }]),
-        policy('watch-admin', 'AUDIT', [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }]),
-        // A DENY on the connection's own address never reads X-Forwarded-For.
-        policy('no-lab', 'DENY', [{ from: [{ ipBlocks: ['192.0.2.0/24'] }], to: [], when: [], layer: 'L4' }]),
-      ],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80');
-  });
-
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
+  const w = reviewsWaypoint([
+    policy('no-bad-client', 'DENY', [{ from: [{ remoteIpBlocks: ['198.51.100.0/24'] }], to: [], when: [], layer: 'L7' }]),
+    policy('watch-admin', 'AUDIT', [{ from: [], to: [{ paths: ['/admin*'] }], when: [], layer: 'L7' }]),
+    // A DENY on the connection's own address never reads X-Forwarded-For.
+    policy('no-lab', 'DENY', [{ from: [{ ipBlocks: ['192.0.2.0/24'] }], to: [], when: [], layer: 'L4' }]),
+  ], undefined, (x) => lines.push(x));
 
   it('denies by the last X-Forwarded-For address, and not by an earlier one', async () => {
-    const denied = await request(l.port, { headers: { 'x-forwarded-for': '203.0.113.5, 198.51.100.7' } });
+    const denied = await request(w.l.port, { headers: { 'x-forwarded-for': '203.0.113.5, 198.51.100.7' } });
     assert.equal(denied.status, 403);
     assert.match(denied.body, /shop\/no-bad-client/);
-    assert.equal((await request(l.port, { headers: { 'x-forwarded-for': '198.51.100.7, 203.0.113.5' } })).status, 200);
+    assert.equal((await request(w.l.port, { headers: { 'x-forwarded-for': '198.51.100.7, 203.0.113.5' } })).status, 200);
   });
 
   it('a forged X-Forwarded-For does not move a connection out of an ipBlocks DENY', async () => {
     // A tunnel whose client address (from the HBONE peer) is in 192.0.2.0/24.
-    const server = net.createServer((sock) => engine.handleTunnel(sock, { target: '10.96.0.10:80', peerSpiffeId: CALLER, clientAddress: '192.0.2.9' }));
+    const server = net.createServer((sock) => w.engine.handleTunnel(sock, { target: '10.96.0.10:80', peerSpiffeId: CALLER, clientAddress: '192.0.2.9' }));
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     try {
       const port = (server.address() as net.AddressInfo).port;
@@ -183,7 +185,7 @@ describe('remote.ip and AUDIT through the waypoint', () => {
 
   it('an AUDIT match is logged and decides nothing', async () => {
     lines.length = 0;
-    const r = await request(l.port, { path: '/admin/x' });
+    const r = await request(w.l.port, { path: '/admin/x' });
     assert.equal(r.status, 200);
     const entry = lines.map((x) => JSON.parse(x) as { path: string; audit_policies?: string[] }).find((e) => e.path === '/admin/x');
     assert.deepEqual(entry?.audit_policies, ['shop/watch-admin']);
@@ -195,29 +197,11 @@ describe('remote.ip and AUDIT through the waypoint', () => {
 // over HTTP/1.1 and HTTP/2 alike: a caller cannot step around such a DENY by speaking HTTP/2, whose
 // requests carry :authority and no host header.
 describe('a DENY on request.headers[host] holds over HTTP/2', () => {
-  let b: Backend;
-  let engine: WaypointEngine;
-  let l: Listener;
-
-  before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
-      policies: [policy('deny-admin-host', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[host]', values: ['admin.shop'] }], layer: 'L7' }])],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
-  });
-
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
+  const w = reviewsWaypoint([policy('deny-admin-host', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[host]', values: ['admin.shop'] }], layer: 'L7' }])], CALLER);
 
   it('denies HTTP/1.1 (Host) and HTTP/2 (:authority) alike, counts both, and lets other hosts through', async () => {
-    assert.equal((await request(l.port, { host: 'admin.shop' })).status, 403);
-    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    assert.equal((await request(w.l.port, { host: 'admin.shop' })).status, 403);
+    const session = http2.connect(`http://127.0.0.1:${w.l.port}`);
     try {
       const denied = await h2request(session, { ':path': '/', ':authority': 'admin.shop' });
       assert.equal(denied.status, 403);
@@ -226,7 +210,7 @@ describe('a DENY on request.headers[host] holds over HTTP/2', () => {
     } finally {
       session.close();
     }
-    const samples = await metricSamples(engine, 'istio_requests_total');
+    const samples = await metricSamples(w.engine, 'istio_requests_total');
     const count = samples.filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
     assert.equal(count, 2, JSON.stringify(samples));
   });
@@ -237,42 +221,25 @@ describe('a DENY on request.headers[host] holds over HTTP/2', () => {
 // on them holds at the waypoint over HTTP/1.1 and HTTP/2; `:path` is the whole normalized target,
 // query included, as Envoy's :path, so `/admin*` holds for `/admin?x=1` and `/%61dmin`.
 describe('a DENY on request.headers[:path] and [:method] holds at the waypoint', () => {
-  let b: Backend;
-  let engine: WaypointEngine;
-  let l: Listener;
+  const w = reviewsWaypoint([
+    policy('deny-admin-path', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:path]', values: ['/admin*'] }], layer: 'L7' }]),
+    policy('deny-delete', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:method]', values: ['DELETE'] }], layer: 'L7' }]),
+    policy('deny-secret', 'DENY', [{ from: [], to: [{ paths: ['/secret'] }], when: [], layer: 'L7' }]),
+  ], CALLER);
 
-  before(async () => {
-    b = await startHttpBackend(echo('reviews'));
-    engine = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
-    engine.applyConfig(config({
-      services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
-      policies: [
-        policy('deny-admin-path', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:path]', values: ['/admin*'] }], layer: 'L7' }]),
-        policy('deny-delete', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[:method]', values: ['DELETE'] }], layer: 'L7' }]),
-        policy('deny-secret', 'DENY', [{ from: [], to: [{ paths: ['/secret'] }], when: [], layer: 'L7' }]),
-      ],
-    }));
-    l = await startTunnelListener(engine, '10.96.0.10:80', CALLER);
-  });
-
-  after(async () => {
-    await l.close();
-    await engine.close();
-    await b.close();
-  });
 
   /** The RBAC refusals counted so far: each `it` reads it before and asserts its own, whatever ran first. */
   const rbacDenials = async (): Promise<number> =>
-    (await metricSamples(engine, 'istio_requests_total')).filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
+    (await metricSamples(w.engine, 'istio_requests_total')).filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
 
   it('denies by :path (query included, normalized) and :method over HTTP/1.1 and HTTP/2, counts each, lets the rest through', async () => {
     const before = await rbacDenials();
-    const denied = await request(l.port, { path: '/admin?x=1' });
+    const denied = await request(w.l.port, { path: '/admin?x=1' });
     assert.equal(denied.status, 403);
     assert.match(denied.body, /shop\/deny-admin-path/);
-    assert.equal((await request(l.port, { path: '/%61dmin/users' })).status, 403);
-    assert.equal((await request(l.port, { method: 'DELETE', path: '/items/1' })).status, 403);
-    const session = http2.connect(`http://127.0.0.1:${l.port}`);
+    assert.equal((await request(w.l.port, { path: '/%61dmin/users' })).status, 403);
+    assert.equal((await request(w.l.port, { method: 'DELETE', path: '/items/1' })).status, 403);
+    const session = http2.connect(`http://127.0.0.1:${w.l.port}`);
     try {
       assert.equal((await h2request(session, { ':path': '/admin/users', ':authority': 'reviews.shop' })).status, 403);
       const del = await h2request(session, { ':method': 'DELETE', ':path': '/items/1', ':authority': 'reviews.shop' });
@@ -282,17 +249,17 @@ describe('a DENY on request.headers[:path] and [:method] holds at the waypoint',
     } finally {
       session.close();
     }
-    assert.equal((await request(l.port, { path: '/public?next=/admin' })).status, 200);
+    assert.equal((await request(w.l.port, { path: '/public?next=/admin' })).status, 200);
     assert.equal(await rbacDenials() - before, 5);
   });
 
   // Istio pathGenerator (Envoy's path matcher): `paths` read the path without the query.
   it('a DENY on paths holds for the path with any query (paths read the path without it), counted and named', async () => {
     const before = await rbacDenials();
-    const denied = await request(l.port, { path: '/secret?x=1' });
+    const denied = await request(w.l.port, { path: '/secret?x=1' });
     assert.equal(denied.status, 403);
     assert.match(denied.body, /shop\/deny-secret/);
-    assert.equal((await request(l.port, { path: '/secret/x?y=1' })).status, 200);
+    assert.equal((await request(w.l.port, { path: '/secret/x?y=1' })).status, 200);
     assert.equal(await rbacDenials() - before, 1);
   });
 });
