@@ -382,9 +382,10 @@ export class Controller {
    */
   #eventFindings(findings: readonly CompileFinding[]): CompileFinding[] {
     const other = (kind: string, apiVersion: string | undefined) => apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
+    // Compiled, such an object is named `name@group` (nameIn): its Event names its own name and apiVersion.
     const out = findings.map((f) => {
-      const apiVersion = this.store.get(keyOf(f.kind, f.namespace || undefined, f.name))?.apiVersion;
-      return other(f.kind, apiVersion) ? { ...f, apiVersion: apiVersion! } : f;
+      const obj = this.store.get(keyOf(f.kind, f.namespace || undefined, f.name));
+      return obj && other(f.kind, obj.apiVersion) ? { ...f, name: obj.metadata.name, apiVersion: obj.apiVersion } : f;
     });
     for (const key of this.store.statusKeys()) {
       const verdict = this.store.invalid(key);
@@ -407,6 +408,8 @@ export class Controller {
   }
 
   async #writeStatuses(findings: CompileFinding[], runtime: ReadonlyMap<string, WaypointRuntime> | undefined): Promise<void> {
+    // An object of another API group than its kind's own says so (a source keeps it apart, Kubernetes writes no Weft status into it).
+    const otherGroup = (kind: string, apiVersion: string | undefined): { apiVersion?: string } => (apiVersion === undefined || !isMeshKind(kind) || groupOf(apiVersion) === KINDS[kind].group ? {} : { apiVersion });
     const byKey = new Map<string, CompileFinding>();
     for (const f of findings) {
       const key = `${f.kind}/${f.namespace}/${f.name}`;
@@ -416,11 +419,11 @@ export class Controller {
     for (const key of this.store.statusKeys()) {
       const invalid = this.store.invalid(key);
       if (invalid) {
-        if (isMeshKind(key.slice(0, key.indexOf('/')))) next.set(key, invalidStatus(key, invalid.issues, invalid.generation));
+        if (isMeshKind(key.slice(0, key.indexOf('/')))) next.set(key, { ...invalidStatus(key, invalid.issues, invalid.generation), ...otherGroup(key.slice(0, key.indexOf('/')), invalid.apiVersion) });
         continue;
       }
       const obj = this.store.get(key)!;
-      const base = { kind: obj.kind as MeshKind, namespace: obj.metadata.namespace ?? '', name: obj.metadata.name, ...(obj.metadata.generation !== undefined ? { generation: obj.metadata.generation } : {}) };
+      const base = { kind: obj.kind as MeshKind, namespace: obj.metadata.namespace ?? '', name: obj.metadata.name, ...otherGroup(obj.kind, obj.apiVersion), ...(obj.metadata.generation !== undefined ? { generation: obj.metadata.generation } : {}) };
       if (obj.kind === 'Waypoint') {
         const wp = this.#model?.waypoints.get(`${base.namespace}/${base.name}`);
         const rt = runtime?.get(`${base.namespace}/${base.name}`);

@@ -2,16 +2,17 @@
 // is refused and the previous version stays in force (last good config keeps serving); the
 // object's status says why, naming the field.
 //
-// An object is one per kind, namespace and name. Istio's security kinds are read in two API groups
-// (weft.dev and security.istio.io), which Kubernetes keeps as two objects: the same name in both is
-// refused rather than one silently replacing the other. The one held stays in force and the other
-// is refused at metadata.name, naming both apiVersions, for as long as both exist; it is taken when
-// the held one goes.
+// An object is one per kind, namespace, name and API group (objectKey): Istio's security kinds are
+// read in two groups (weft.dev and security.istio.io), which Kubernetes keeps as two objects, and
+// so does the store: both are held and both enforced, whatever their order or age.
+//
+// A refused object is counted and logged once per content (spec and metadata, not status or
+// resourceVersion): the status we write on it comes back as a new version, which is not a new refusal.
 import { createHash } from 'node:crypto';
 import { validateObject, withoutNullFields, type ValidationIssue } from '../../lib/model/validate.ts';
 import { MAX_ISSUE_CHARS, summarizeIssues } from '../../lib/model/errors.ts';
 import { clip } from '../../lib/log.ts';
-import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, nameIn, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
 import { emptyInputs, type MeshInputs } from './compile.ts';
 import type { ObjectStatus, RawObject, SourceEvent } from './sources/source.ts';
 
@@ -36,6 +37,20 @@ interface Entry {
   /** Digest of the object's JSON without metadata.resourceVersion, to skip no-op updates. */
   fingerprint: string;
   origin?: string;
+  /** The object as compiled (compiledAs), made once per version. */
+  compiled?: MeshObject;
+}
+
+/**
+ * The object as compile reads it: under the name Weft knows it by (nameIn), so that a weft.dev and
+ * a security.istio.io policy of one name compile to two policies, `ns/name` and
+ * `ns/name@security.istio.io`, each with its own findings.
+ */
+function compiledAs(e: Entry): MeshObject {
+  const o = e.object;
+  const name = nameIn(o.kind, o.metadata.name, groupOf(o.apiVersion));
+  e.compiled ??= name === o.metadata.name ? o : ({ ...o, metadata: { ...o.metadata, name } } as MeshObject);
+  return e.compiled;
 }
 
 /** Why an object was refused; `apiVersion` is the refused object's (an Istio one has no Weft status, its verdict is an Event). */
@@ -44,42 +59,37 @@ export interface Verdict {
   generation?: number;
   origin?: string;
   apiVersion?: string;
+  /** fingerprint() of the refused version: a later version of the same content is not refused again. */
+  fingerprint: string;
 }
-
-/** An object of another API group under a key already held: refused while the held one exists. */
-interface Rival extends Verdict {
-  raw: RawObject;
-  group: string;
-}
-
-/** Whether `a` was created strictly before `b` (metadata.creationTimestamp; false when either has none). */
-function createdBefore(a: RawObject, b: MeshObject): boolean {
-  const ta = Date.parse(String(a.metadata?.creationTimestamp ?? ''));
-  const tb = Date.parse(String((b.metadata as { creationTimestamp?: unknown }).creationTimestamp ?? ''));
-  return Number.isFinite(ta) && Number.isFinite(tb) && ta < tb;
-}
-
-/** What a snapshot lists: the key and the API group (two groups may hold one key). */
-const identity = (key: string, group: string) => `${key} ${group}`;
-const groupOfRaw = (o: { apiVersion?: unknown }) => (typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : '');
 
 /** A digest of the object without metadata.resourceVersion (and without the status we write). */
-function fingerprint(o: MeshObject): string {
-  const { resourceVersion: _rv, ...meta } = o.metadata;
+function fingerprint(o: MeshObject | RawObject): string {
+  const { resourceVersion: _rv, ...meta } = (o.metadata ?? {}) as MeshObject['metadata'];
   // The status of a mesh kind is written by us: a status-only change must not cause a recompile
   // loop, except for Waypoints, whose status carries the address. The status of a Pod or a Node
   // (addresses, phase, readiness) is input.
   const { status, ...rest } = o as MeshObject & { status?: unknown };
-  const ours = KINDS[o.kind].hasStatus && o.kind !== 'Waypoint';
+  const ours = isMeshKind(o.kind) && KINDS[o.kind].hasStatus && o.kind !== 'Waypoint';
   return createHash('sha1').update(JSON.stringify({ ...rest, metadata: meta, ...(ours ? {} : { status }) })).digest('base64');
+}
+
+/**
+ * fingerprint() of a refused object; one too deep for JSON.stringify (refused for its depth) is
+ * told by its generation and issues instead.
+ */
+function refusedFingerprint(raw: RawObject, issues: ValidationIssue[]): string {
+  try {
+    return fingerprint(raw);
+  } catch {
+    return createHash('sha1').update(JSON.stringify({ generation: raw.metadata?.generation, issues })).digest('base64');
+  }
 }
 
 export class ObjectStore {
   #objects = new Map<string, Entry>();
   /** Latest validation verdict per key (objects whose last update was refused). */
   #invalid = new Map<string, Verdict>();
-  /** Objects refused because another API group's object of the same key is held. */
-  #rivals = new Map<string, Rival>();
   #resourceVersion = '0';
   /** Keys of accepted objects added, changed or deleted since the last takeChanges(). */
   #changed = new Set<string>();
@@ -103,20 +113,12 @@ export class ObjectStore {
         // snapshot keeps its Invalid verdict (and so its status).
         const listed = new Set<string>();
         for (const o of e.objects) {
-          const id = this.#upsert(o, e.origin, result, listed);
-          if (id) seen.add(id);
+          const key = this.#upsert(o, e.origin, result, listed);
+          if (key) seen.add(key);
         }
-        // A rival no longer listed is gone first, so that it is not taken for a held one that went too.
-        for (const [key, r] of [...this.#rivals]) {
-          const kind = key.slice(0, key.indexOf('/'));
-          if (isMeshKind(kind) && e.kinds.includes(kind) && !seen.has(identity(key, r.group)) && (e.origin === undefined || r.origin === e.origin)) {
-            this.#delete(key, r.group, result);
-          }
-        }
-        for (const [key, entry] of [...this.#objects]) {
-          const group = groupOf(entry.object.apiVersion);
-          if (e.kinds.includes(entry.object.kind) && !seen.has(identity(key, group)) && (e.origin === undefined || entry.origin === e.origin)) {
-            this.#delete(key, group, result);
+        for (const [key, entry] of this.#objects) {
+          if (e.kinds.includes(entry.object.kind) && !seen.has(key) && (e.origin === undefined || entry.origin === e.origin)) {
+            this.#delete(key, result);
           }
         }
         for (const key of this.#invalid.keys()) {
@@ -126,7 +128,7 @@ export class ObjectStore {
       } else if (e.type === 'upsert') {
         this.#upsert(e.object, e.origin, result);
       } else {
-        this.#delete(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), e.group, result);
+        this.#delete(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name, e.group), result);
       }
     }
     return result;
@@ -139,23 +141,15 @@ export class ObjectStore {
     const kind = typeof raw.kind === 'string' ? raw.kind : '';
     const name = typeof raw.metadata?.name === 'string' ? raw.metadata.name : '';
     const ns = typeof raw.metadata?.namespace === 'string' ? raw.metadata.namespace : undefined;
-    const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name);
+    const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name, typeof raw.apiVersion === 'string' ? groupOf(raw.apiVersion) : undefined);
     listed?.add(key);
-    const group = groupOfRaw(raw);
-    const held = this.#objects.get(key);
-    let displaced: Entry | undefined;
-    if (held && groupOf(held.object.apiVersion) !== group && isMeshKind(kind) && KINDS[kind].apiVersions.includes(raw.apiVersion as string)) {
-      // The older of the two holds, whichever arrives first (a restarted controller lists the
-      // groups in its own order, and must not turn the one in force around); without creation
-      // times (a config directory), the first read.
-      if (issues.length > 0 || !createdBefore(raw, held.object)) return this.#refuseRival(key, raw, input, held.object, issues, origin, result);
-      displaced = held;
-      this.#objects.delete(key);
-    }
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;
-      this.#invalid.set(key, { issues, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}), ...(typeof raw.apiVersion === 'string' ? { apiVersion: raw.apiVersion } : {}) });
-      result.rejections.push({ key, issues, ...(origin ? { origin } : {}) });
+      const fp = refusedFingerprint(raw, issues);
+      // The same content refused again (our Invalid status seen back, a relist): not a new refusal.
+      const again = this.#invalid.get(key)?.fingerprint === fp;
+      this.#invalid.set(key, { issues, fingerprint: fp, ...(generation !== undefined ? { generation } : {}), ...(origin ? { origin } : {}), ...(typeof raw.apiVersion === 'string' ? { apiVersion: raw.apiVersion } : {}) });
+      if (!again) result.rejections.push({ key, issues, ...(origin ? { origin } : {}) });
       if (isMeshKind(kind) && KINDS[kind].hasStatus) {
         result.touched.push(key);
         // Each version of an invalid object arrives here, its status-only updates too: someone
@@ -164,7 +158,7 @@ export class ObjectStore {
         result.restated.push(key);
       }
       // Keep the key alive in a snapshot so the last good version is not deleted.
-      return held ? identity(key, group) : undefined;
+      return this.#objects.has(key) ? key : undefined;
     }
     const object = raw as unknown as MeshObject;
     const fp = fingerprint(object);
@@ -176,61 +170,20 @@ export class ObjectStore {
       // seen back, or someone else's replacing it): the status is checked against the live one.
       if (KINDS[object.kind].hasStatus && !wasInvalid) result.restated.push(key);
       prev.object = object;
-      return identity(key, group);
+      prev.compiled = undefined;
+      return key;
     }
     this.#objects.set(key, { object, fingerprint: fp, ...(origin ? { origin } : {}) });
     this.#changed.add(key);
     result.changed = true;
-    if (displaced) this.#refuseRival(key, displaced.object as unknown as RawObject, displaced.object as unknown as RawObject, object, [], displaced.origin, result);
-    return identity(key, group);
+    return key;
   }
 
-  /**
-   * `raw` has the key of `held`, in another API group: two objects for Kubernetes, one for Weft.
-   * The held one stays in force; this one is refused at metadata.name (counted and named as any
-   * refused object) and kept aside, to be taken if the held one goes.
-   */
-  #refuseRival(key: string, raw: RawObject, input: RawObject, held: MeshObject, issues: ValidationIssue[], origin: string | undefined, result: ApplyResult): string {
-    const kind = key.slice(0, key.indexOf('/')) as MeshKind;
-    const collision: ValidationIssue = {
-      kind,
-      namespace: held.metadata.namespace ?? '',
-      name: held.metadata.name,
-      path: 'metadata.name',
-      message: `is also the name of a ${kind} in ${held.apiVersion}, in force; this one in ${String(raw.apiVersion)} is refused while that one exists (Kubernetes keeps the two API groups' objects apart, Weft reads one ${kind} per namespace and name: rename or delete one)`,
-    };
-    const group = groupOfRaw(raw);
-    // The status goes to the object of the kind's own group (weft.dev), whichever of the two it is.
-    const own = group === KINDS[kind].group ? raw.metadata?.generation : held.metadata.generation;
-    const all = [collision, ...issues];
-    this.#rivals.set(key, { raw: input, group, issues: all, apiVersion: String(raw.apiVersion), ...(typeof own === 'number' ? { generation: own } : {}), ...(origin ? { origin } : {}) });
-    result.rejections.push({ key, issues: all, ...(origin ? { origin } : {}) });
-    result.touched.push(key);
-    result.restated.push(key);
-    return identity(key, group);
-  }
-
-  /** Deletes the object of `key` in `group` (absent: the one held); a rival of the held one is then taken. */
-  #delete(key: string, group: string | undefined, result: ApplyResult): void {
-    const held = this.#objects.get(key);
-    const rival = this.#rivals.get(key);
-    if (group !== undefined && held && groupOf(held.object.apiVersion) !== group) {
-      // Not the object in force: the rival of that group goes, the held one stays as it is.
-      if (rival?.group === group) {
-        this.#rivals.delete(key);
-        result.touched.push(key);
-        result.restated.push(key);
-      }
-      return;
-    }
+  #delete(key: string, result: ApplyResult): void {
     this.#invalid.delete(key);
     if (this.#objects.delete(key)) {
       this.#changed.add(key);
       result.changed = true;
-    }
-    if (rival) {
-      this.#rivals.delete(key);
-      this.#upsert(rival.raw, rival.origin, result);
     }
   }
 
@@ -245,9 +198,9 @@ export class ObjectStore {
     return this.#objects.get(key)?.object;
   }
 
-  /** Issues of the most recent refused update of `key`, if its last update was refused, or of the other API group's object refused beside it. */
+  /** Issues of the most recent refused update of `key`, if its last update was refused. */
   invalid(key: string): Verdict | undefined {
-    return this.#invalid.get(key) ?? this.#rivals.get(key);
+    return this.#invalid.get(key);
   }
 
   /** Keys with a status to write: accepted status-bearing objects and refused ones. */
@@ -266,7 +219,8 @@ export class ObjectStore {
 
   inputs(): MeshInputs {
     const i = emptyInputs();
-    for (const { object: o } of this.#objects.values()) {
+    for (const e of this.#objects.values()) {
+      const o = compiledAs(e);
       switch (o.kind) {
         case 'Namespace': i.namespaces.push(o); break;
         case 'Node': i.nodes.push(o); break;

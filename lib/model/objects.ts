@@ -152,8 +152,7 @@ export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
 /**
  * Istio's security API: AuthorizationPolicy, PeerAuthentication and RequestAuthentication are read
  * in it too (newest first), their specs being Istio's, so manifests written for Istio are enforced
- * as they are. An object is still one per kind, namespace and name: the same name in both groups is
- * refused (controller/src/store.ts, docs/SECURITY.md).
+ * as they are. The same name in both groups is two objects, both enforced (nameIn).
  */
 export const ISTIO_SECURITY_GROUP = 'security.istio.io';
 /** Istio's default root namespace (meshConfig.rootNamespace), where its policies apply mesh-wide. */
@@ -756,11 +755,32 @@ export function isMeshKind(kind: unknown): kind is MeshKind {
   return typeof kind === 'string' && Object.hasOwn(KINDS, kind);
 }
 
-/** `Kind/namespace/name` (or `Kind/name` for cluster-scoped kinds): the identity of an input object. */
-export function objectKey(obj: { kind: string; metadata: { name: string; namespace?: string } }): string {
-  return keyOf(obj.kind, obj.metadata.namespace, obj.metadata.name);
+/** The API groups `kind` is read in, its own first (Istio's security kinds: weft.dev, security.istio.io). */
+export function groupsOf(kind: MeshKind): string[] {
+  return [...new Set([KINDS[kind].group, ...KINDS[kind].apiVersions.map(groupOf)])];
 }
 
-export function keyOf(kind: string, namespace: string | undefined, name: string): string {
-  return namespace ? `${kind}/${namespace}/${name}` : `${kind}/${name}`;
+/**
+ * The name an object goes by in Weft (its key, its compiled policy's id `namespace/name`, logs,
+ * metrics, statuses): metadata.name, followed by `@group` for an object of another API group than
+ * its kind's own (`httpbin@security.istio.io`). Kubernetes keeps a weft.dev and a security.istio.io
+ * object of one name as two objects, and so does Weft: both are enforced, as Istio enforces two
+ * policies of different names (docs/SECURITY.md).
+ */
+export function nameIn(kind: string, name: string, group: string | undefined): string {
+  return group !== undefined && isMeshKind(kind) && group !== KINDS[kind].group && KINDS[kind].apiVersions.some((v) => groupOf(v) === group) ? `${name}@${group}` : name;
+}
+
+/**
+ * `Kind/namespace/name` (or `Kind/name` for cluster-scoped kinds), the name as nameIn gives it: the
+ * identity of an input object.
+ */
+export function objectKey(obj: { apiVersion?: unknown; kind: string; metadata: { name: string; namespace?: string } }): string {
+  return keyOf(obj.kind, obj.metadata.namespace, obj.metadata.name, typeof obj.apiVersion === 'string' ? groupOf(obj.apiVersion) : undefined);
+}
+
+/** An object's key (objectKey); `group`: its API group, absent for the kind's own. */
+export function keyOf(kind: string, namespace: string | undefined, name: string, group?: string): string {
+  const n = nameIn(kind, name, group);
+  return namespace ? `${kind}/${namespace}/${n}` : `${kind}/${n}`;
 }

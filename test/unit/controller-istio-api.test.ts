@@ -16,7 +16,6 @@ import { join } from 'node:path';
 import { Registry } from 'prom-client';
 import { stringify } from 'yaml';
 import { ConfigDirSource } from '../../controller/src/sources/files.ts';
-import { MemorySource } from '../../controller/src/sources/memory.ts';
 import type { RawObject } from '../../controller/src/sources/source.ts';
 import { ObjectStore } from '../../controller/src/store.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
@@ -72,18 +71,19 @@ test('Istio\'s reference samples in security.istio.io/v1 and v1beta1 from a conf
       const a = h.agent('node-a');
       const wp = h.waypoint('foo');
       await until('the agent has the Istio policies', () => (a.snapshot?.policies.length ?? 0) >= 2);
-      for (const key of ['AuthorizationPolicy/foo/httpbin', 'PeerAuthentication/foo/default', 'RequestAuthentication/foo/httpbin']) {
+      // An object of Istio's group is named name@security.istio.io (objects.ts nameIn).
+      for (const key of ['AuthorizationPolicy/foo/httpbin@security.istio.io', 'PeerAuthentication/foo/default@security.istio.io', 'RequestAuthentication/foo/httpbin@security.istio.io']) {
         await until(`${key} accepted`, () => source.statuses().get(key)?.ok === true);
       }
       // As in weft.dev, and as ztunnel reports it: an L7 rule at an agent never matches (ambient).
-      await until('allow-read compiled', () => source.statuses().get('AuthorizationPolicy/foo/allow-read') !== undefined);
-      assert.equal(source.statuses().get('AuthorizationPolicy/foo/allow-read')!.reason, 'UnsupportedValue');
+      await until('allow-read compiled', () => source.statuses().get('AuthorizationPolicy/foo/allow-read@security.istio.io') !== undefined);
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/allow-read@security.istio.io')!.reason, 'UnsupportedValue');
       const denied = judge(a.snapshot!, 'bar');
       assert.equal(denied.allowed, false);
-      assert.equal(denied.policy, 'foo/httpbin');
-      assert.notEqual(judge(a.snapshot!, 'foo').policy, 'foo/httpbin', 'the DENY spares namespace foo');
+      assert.equal(denied.policy, 'foo/httpbin@security.istio.io');
+      assert.notEqual(judge(a.snapshot!, 'foo').policy, 'foo/httpbin@security.istio.io', 'the DENY spares namespace foo');
       assert.equal(a.snapshot!.workloads.find((w) => w.name === 'httpbin')!.mode, 'STRICT');
-      await until('the waypoint has the RequestAuthentication', () => wp.snapshot?.requestAuthentications?.some((r) => r.name === 'httpbin' && r.namespace === 'foo') === true);
+      await until('the waypoint has the RequestAuthentication', () => wp.snapshot?.requestAuthentications?.some((r) => r.name === 'httpbin@security.istio.io' && r.namespace === 'foo') === true);
     } finally {
       await h.close();
     }
@@ -101,43 +101,81 @@ test('a field Istio has and Weft does not support is refused at its field in sec
 });
 
 // Kubernetes keeps authorizationpolicies.weft.dev foo/httpbin and authorizationpolicies.security.istio.io
-// foo/httpbin apart. Weft reads one: the one held stays in force, the other is refused at
-// metadata.name naming both apiVersions, counted, and taken once the held one is gone.
-test('a weft.dev and a security.istio.io AuthorizationPolicy of one namespace and name: the second is refused at metadata.name naming both apiVersions and counted; the first keeps serving; deleting the first brings the second in', () =>
+// foo/httpbin as two objects, and Istio enforces two policies of different names both
+// (https://istio.io/latest/docs/concepts/security/#implicit-enablement: DENY policies are evaluated
+// first, any match denies). So does Weft: whoever creates objects in one group cannot switch off a
+// policy of the other by taking its name first (or again after a GitOps delete-and-recreate). The
+// object of the kind's own group keeps the id namespace/name, the other is namespace/name@group.
+const operatorDeny = () => ({ ...authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }), metadata: { name: 'httpbin', namespace: 'foo', creationTimestamp: '2026-01-01T00:00:05Z' } });
+const tenantAllow = () => ({ ...denyOthers, metadata: { ...denyOthers.metadata, creationTimestamp: '2026-01-01T00:00:00Z' }, spec: { action: 'ALLOW', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] } });
+
+test('an operator\'s weft.dev DENY and a tenant\'s older security.istio.io ALLOW of one name are both enforced, whichever is read first, listed or updated, and after a restart (listing reversed): the DENY holds, nothing is refused', () => {
+  const deny = operatorDeny() as unknown as RawObject;
+  const allow = tenantAllow() as unknown as RawObject;
+  const agent = (store: ObjectStore) => {
+    const { model } = compile(store.inputs());
+    assert.equal(model.policies.get('foo/httpbin')?.action, 'DENY');
+    assert.equal(model.policies.get('foo/httpbin@security.istio.io')?.action, 'ALLOW');
+    return [...model.policies.values()];
+  };
+  const w = { name: 'httpbin', namespace: 'foo', labels: { app: 'httpbin' } } as unknown as Parameters<typeof policySelectsWorkload>[1];
+  const fromBar = (policies: ModelPolicy[]) => evaluate(policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: 'spiffe://cluster.local/ns/bar/sa/client', destinationIp: '10.4.0.1', destinationPort: 80 });
+  for (const order of [[deny, allow], [allow, deny]]) {
+    const listed = `${order.map((o) => o.apiVersion).join(', ')}`;
+    // A snapshot (a start, a new leader, a relist) and the reverse one after a restart.
+    for (const objects of [order, [...order].reverse()]) {
+      const store = new ObjectStore();
+      const r = store.apply([{ type: 'snapshot', kinds: ['AuthorizationPolicy'], objects, resourceVersion: '1' }]);
+      assert.deepEqual(r.rejections, [], listed);
+      assert.equal(store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1');
+      assert.equal(store.get('AuthorizationPolicy/foo/httpbin@security.istio.io')?.apiVersion, V1);
+      const denied = fromBar(agent(store));
+      assert.equal(denied.allowed, false, listed);
+      assert.equal(denied.policy, 'foo/httpbin');
+    }
+    // One update after the other (the tenant's arrives before the operator applies, or after).
+    const store = new ObjectStore();
+    let rejected = 0;
+    for (const [n, o] of order.entries()) rejected += store.apply([{ type: 'upsert', object: o, resourceVersion: String(n + 2) }]).rejections.length;
+    assert.equal(rejected, 0, listed);
+    assert.equal(fromBar(agent(store)).allowed, false, listed);
+    // Each is deleted from its own group only.
+    store.apply([{ type: 'delete', kind: 'AuthorizationPolicy', namespace: 'foo', name: 'httpbin', group: 'security.istio.io', resourceVersion: '9' }]);
+    assert.equal(store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1', 'deleting the Istio one leaves the weft.dev one');
+    assert.equal(store.get('AuthorizationPolicy/foo/httpbin@security.istio.io'), undefined);
+  }
+});
+
+test('a weft.dev DENY and a security.istio.io ALLOW of one name from a config directory: both accepted, each with its own status naming its apiVersion, the DENY enforced; deleting one leaves the other in force', () =>
   withDir(async (dir, write) => {
     write('mesh.yaml', ...mesh());
-    const weft = authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] });
-    write('a-weft.yaml', weft);
+    write('a-weft.yaml', operatorDeny());
+    write('b-istio.yaml', tenantAllow());
     const source = new ConfigDirSource({ dir, debounceMs: 10 });
     const registry = new Registry();
     const h = await startHarness(source, undefined, { registry });
     const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
     try {
       const a = h.agent('node-a');
-      await until('the weft.dev DENY in force', () => judge(a.snapshot ?? { workloads: [], policies: [] }, 'bar').allowed === false);
-      // An Istio policy of the same name that would let bar in and deny baz instead.
-      write('b-istio.yaml', { ...denyOthers, spec: { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['baz'] } }] }] } });
-      await until('the collision is named', () => source.statuses().get('AuthorizationPolicy/foo/httpbin')?.ok === false);
-      const st = source.statuses().get('AuthorizationPolicy/foo/httpbin')!;
-      assert.equal(st.path, 'metadata.name');
-      assert.match(st.message, /weft\.dev\/v1alpha1/);
-      assert.match(st.message, /security\.istio\.io\/v1/);
-      assert.equal(await rejected(), 1);
-      assert.ok(h.logs.some((l) => l.msg.startsWith('invalid object refused') && l.fields.file === 'b-istio.yaml'));
-      assert.equal(judge(a.snapshot!, 'bar').allowed, false, 'the weft.dev policy stays in force');
-      assert.equal(judge(a.snapshot!, 'baz').allowed, true, 'the refused one is not');
-      assert.equal(h.controller.store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1');
+      await until('both policies at the agent', () => (a.snapshot?.policies.length ?? 0) >= 2);
+      await until('both accepted', () => source.statuses().get('AuthorizationPolicy/foo/httpbin')?.ok === true && source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io')?.ok === true);
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin')!.apiVersion, undefined);
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io')!.apiVersion, V1);
+      const denied = judge(a.snapshot!, 'bar');
+      assert.equal(denied.allowed, false, 'the operator\'s DENY is enforced beside the tenant\'s ALLOW');
+      assert.equal(denied.policy, 'foo/httpbin');
+      assert.equal(await rejected(), 0);
+      assert.ok(!h.logs.some((l) => l.msg.startsWith('invalid object refused')));
 
       unlinkSync(join(dir, 'a-weft.yaml'));
-      await until('the Istio policy is taken once the weft.dev one is gone', () => judge(a.snapshot!, 'baz').allowed === false);
-      assert.equal(judge(a.snapshot!, 'bar').allowed, true);
-      await until('accepted again', () => source.statuses().get('AuthorizationPolicy/foo/httpbin')?.ok === true);
+      await until('the Istio ALLOW alone in force', () => judge(a.snapshot!, 'bar').allowed && judge(a.snapshot!, 'bar').policy === 'foo/httpbin@security.istio.io');
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io')?.ok, true);
     } finally {
       await h.close();
     }
   }));
 
-test('editing a policy\'s apiVersion from weft.dev to security.istio.io in place is no collision: the object is replaced, nothing refused', () =>
+test('editing a policy\'s apiVersion from weft.dev to security.istio.io in place replaces the object, nothing refused', () =>
   withDir(async (dir, write) => {
     write('mesh.yaml', ...mesh());
     write('policy.yaml', authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
@@ -148,44 +186,12 @@ test('editing a policy\'s apiVersion from weft.dev to security.istio.io in place
       await until('the weft.dev DENY in force', () => judge(a.snapshot ?? { workloads: [], policies: [] }, 'bar').allowed === false);
       write('policy.yaml', { ...denyOthers, spec: { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['baz'] } }] }] } });
       await until('the Istio one replaced it', () => judge(a.snapshot!, 'baz').allowed === false && judge(a.snapshot!, 'bar').allowed);
-      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin')?.ok, true);
+      await until('the Istio one accepted', () => source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io')?.ok === true);
       assert.ok(!h.logs.some((l) => l.msg.startsWith('invalid object refused')));
     } finally {
       await h.close();
     }
   }));
-
-test('one update batch holding both objects of a key (a snapshot) keeps the first and refuses the second; deleting the refused one clears the finding', async () => {
-  const weft = authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] });
-  const source = new MemorySource([...mesh(), weft, denyOthers]);
-  const h = await startHarness(source);
-  try {
-    await until('the collision is named', () => source.statuses.get('AuthorizationPolicy/foo/httpbin')?.path === 'metadata.name');
-    assert.equal(h.controller.store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1');
-    h.controller.store.apply([{ type: 'delete', kind: 'AuthorizationPolicy', namespace: 'foo', name: 'httpbin', group: 'security.istio.io', resourceVersion: '99' }]);
-    assert.equal(h.controller.store.invalid('AuthorizationPolicy/foo/httpbin'), undefined);
-    assert.equal(h.controller.store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, 'weft.dev/v1alpha1', 'deleting the refused one leaves the held one');
-  } finally {
-    await h.close();
-  }
-});
-
-// Which of the two holds must not depend on the order a controller lists the two API groups in:
-// a restarted controller (or a new leader) would otherwise turn the policy in force around. As
-// Gateway API resolves conflicts (the oldest creationTimestamp wins), the older object holds.
-test('the older of a weft.dev and a security.istio.io object of one name holds, in whichever order they are listed (a restart does not turn the policy in force around)', () => {
-  const older = { ...denyOthers, metadata: { ...denyOthers.metadata, creationTimestamp: '2026-01-01T00:00:00Z' } };
-  const newer = authz('foo', 'httpbin', { action: 'DENY', rules: [{}] });
-  (newer.metadata as { creationTimestamp?: string }).creationTimestamp = '2026-01-01T00:00:05Z';
-  for (const order of [[newer, older], [older, newer]]) {
-    const store = new ObjectStore();
-    const r = store.apply([{ type: 'snapshot', kinds: ['AuthorizationPolicy'], objects: order as unknown as RawObject[], resourceVersion: '1' }]);
-    assert.equal(store.get('AuthorizationPolicy/foo/httpbin')?.apiVersion, V1, `listed ${order.map((o) => o.apiVersion).join(', ')}`);
-    assert.deepEqual(r.rejections.map((x) => x.issues[0]!.path), ['metadata.name']);
-    assert.match(store.invalid('AuthorizationPolicy/foo/httpbin')!.issues[0]!.message, /weft\.dev\/v1alpha1/);
-    assert.equal(store.invalid('AuthorizationPolicy/foo/httpbin')!.apiVersion, 'weft.dev/v1alpha1', 'the refused one is the newer');
-  }
-});
 
 // Istio applies a policy without selector or targetRefs in its root namespace (istio-system by
 // default, meshConfig.rootNamespace) to the whole mesh:

@@ -3,7 +3,7 @@
 // weft.dev ones; without them it starts as it does without any optional CRD and picks them up once
 // installed. Weft never writes status into an Istio object (istiod may own it): its findings and
 // its refusal are Events naming the object's apiVersion. A weft.dev and a security.istio.io object of
-// one name are two objects for Kubernetes: the one held stays, the other is refused, named and counted.
+// one name are two objects for Kubernetes and for Weft: both are enforced.
 // https://istio.io/latest/docs/reference/config/security/authorization-policy/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -73,29 +73,54 @@ test('with Istio\'s CRDs served, a security.istio.io/v1 AuthorizationPolicy is w
     await until('the deleted Istio DENY no longer enforced', () => allowedFrom(a.snapshot, 'bar') === true);
   }));
 
-test('a weft.dev AuthorizationPolicy named as a security.istio.io one held: the weft.dev one is refused at metadata.name naming both apiVersions, in its status, and counted; the Istio one keeps serving', () =>
+// Kubernetes keeps authorizationpolicies.weft.dev foo/httpbin and authorizationpolicies.security.istio.io
+// foo/httpbin apart, and Istio enforces both of two policies: a tenant who may create objects in one
+// group cannot switch off the operator's DENY in the other by taking its name, first or later.
+test('an operator\'s weft.dev DENY and a tenant\'s security.istio.io ALLOW of one name, created in either order: both are enforced (the DENY holds), nothing is refused, the weft.dev status is its own', async () => {
+  const operatorDeny = () => authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] });
+  const tenantAllow = () => ({ ...istioDeny('httpbin', ['bar']), spec: { action: 'ALLOW', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] } });
+  for (const order of [[tenantAllow, operatorDeny], [operatorDeny, tenantAllow]]) {
+    await withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, _source, registry) => {
+      api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+      api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+      const a = h.agent('node-a');
+      for (const make of order) api.apply(make());
+      await until('both policies at the agent', () => (a.snapshot?.policies.length ?? 0) === 2);
+      // The object of the kind's own group keeps namespace/name, the other is namespace/name@group (objects.ts nameIn).
+      assert.deepEqual(a.snapshot!.policies.map((p) => `${p.namespace}/${p.name} ${p.action}`).sort(), ['foo/httpbin DENY', 'foo/httpbin@security.istio.io ALLOW']);
+      assert.equal(allowedFrom(a.snapshot, 'bar'), false, 'the operator\'s DENY is enforced');
+      const status = () => api.get('AuthorizationPolicy', 'foo', 'httpbin', 'weft.dev/v1alpha1')?.status as { conditions?: Array<{ status: string; reason: string }> } | undefined;
+      await until('the weft.dev one accepted in its status', () => status()?.conditions?.[0]?.status === 'True');
+      await h.controller.settled();
+      const rejected = (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+      assert.equal(rejected, 0, 'nothing refused');
+      assert.ok(!h.logs.some((l) => l.msg.startsWith('invalid object refused')));
+      assert.equal(api.get('AuthorizationPolicy', 'foo', 'httpbin', ISTIO)?.status, undefined, 'no Weft status in an Istio object');
+    });
+  }
+});
+
+// A refusal is a new version's content refused, not the status we write on it coming back.
+test('a refused weft.dev AuthorizationPolicy is counted and logged once, though its Invalid status written back is a new version; a changed spec refused is counted again', () =>
   withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, _source, registry) => {
     api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
-    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
-    api.apply(istioDeny('httpbin', ['bar']));
-    const a = h.agent('node-a');
-    await until('the Istio DENY is enforced', () => allowedFrom(a.snapshot, 'bar') === false);
-    // A tenant's weft.dev policy of the same name that would lift the Istio DENY.
-    api.apply(authz('foo', 'httpbin', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['baz'] } }] }] }));
-    const status = () => api.get('AuthorizationPolicy', 'foo', 'httpbin', 'weft.dev/v1alpha1')?.status as { conditions?: Array<{ status: string; reason: string; message: string }> } | undefined;
-    await until('the weft.dev one is refused in its status', () => status()?.conditions?.[0]?.status === 'False');
-    assert.equal(status()!.conditions![0]!.reason, 'Invalid');
-    assert.match(status()!.conditions![0]!.message, /metadata\.name.*security\.istio\.io\/v1.*weft\.dev\/v1alpha1|metadata\.name.*weft\.dev\/v1alpha1.*security\.istio\.io\/v1/);
-    const rejected = (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value;
-    // Each version of the refused object is refused again (its status written back is one), as any refused object's.
-    assert.ok((rejected ?? 0) >= 1, 'counted');
-    assert.equal(allowedFrom(a.snapshot, 'bar'), false, 'the Istio one stays in force');
-    assert.equal(allowedFrom(a.snapshot, 'baz'), true, 'the refused one is not');
-    assert.equal(api.get('AuthorizationPolicy', 'foo', 'httpbin', ISTIO)?.status, undefined);
-    // The Istio one deleted: the weft.dev one is taken.
-    api.remove('AuthorizationPolicy', 'foo', 'httpbin', ISTIO);
-    await until('the weft.dev one is taken', () => allowedFrom(a.snapshot, 'baz') === false && allowedFrom(a.snapshot, 'bar') === true);
-    await until('and accepted', () => status()?.conditions?.[0]?.status === 'True');
+    const bad = (cidr: string) => authz('foo', 'bad', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: [cidr] } }] }] });
+    api.apply(bad('10.0.0.0/99'));
+    const status = () => api.get('AuthorizationPolicy', 'foo', 'bad', 'weft.dev/v1alpha1')?.status as { conditions?: Array<{ status: string; reason: string; message: string }> } | undefined;
+    await until('refused in its status', () => status()?.conditions?.[0]?.reason === 'Invalid');
+    assert.match(status()!.conditions![0]!.message, /spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\]/);
+    // Our status write comes back as an update of the object (a new resourceVersion), read by the store.
+    const seenBack = () => h.controller.store.resourceVersion === String(api.get('AuthorizationPolicy', 'foo', 'bad', 'weft.dev/v1alpha1')?.metadata?.resourceVersion);
+    await until('the status write seen back', seenBack);
+    await h.controller.settled();
+    const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+    const logged = () => h.logs.filter((l) => l.msg.startsWith('invalid object refused') && String(l.fields.object).endsWith('/bad')).length;
+    assert.equal(await rejected(), 1);
+    assert.equal(logged(), 1);
+    api.apply(bad('10.0.0.0/98'));
+    await until('the new content refused and counted', async () => (await rejected()) === 2);
+    await h.controller.settled();
+    assert.equal(logged(), 2);
   }));
 
 test('without Istio\'s CRDs the controller starts as without any optional CRD, and watches security.istio.io once the CRD is installed', () =>

@@ -88,12 +88,12 @@ export class ConfigDirSource implements ConfigSource {
   }
 
   async writeStatus(status: ObjectStatus): Promise<void> {
-    const key = keyOf(status.kind, status.namespace || undefined, status.name);
+    const key = keyOf(status.kind, status.namespace || undefined, status.name, status.apiVersion === undefined ? undefined : groupOf(status.apiVersion));
     // Already so (the controller re-checks statuses after a rescan): nothing new to report.
     if (isDeepStrictEqual(this.#statuses.get(key), status)) return;
     this.#statuses.set(key, status);
     this.#o.onStatus?.(status);
-    const who = `${status.kind} ${status.namespace ? `${status.namespace}/` : ''}${status.name}`;
+    const who = `${status.kind} ${status.namespace ? `${status.namespace}/` : ''}${status.name}${status.apiVersion ? ` (${status.apiVersion})` : ''}`;
     if (status.ok) this.#log.debug('status', { object: who, reason: status.reason });
     else this.#log.warn('status', { object: who, reason: status.reason, path: status.path, message: status.message });
   }

@@ -455,12 +455,6 @@ export class KubeSource implements ConfigSource {
     if (events.length > 0) this.#handler(events);
   }
 
-  /** Whether `kind` namespace/name is an object of another API group than the kind's own (security.istio.io). */
-  #inOtherGroup(kind: MeshKind, namespace: string, name: string): boolean {
-    for (const w of this.#watched.values()) if (w.kind === kind && w.group !== KINDS[kind].group && w.kept.informer.get(name, namespace)) return true;
-    return false;
-  }
-
   #resourceVersion(): string {
     let max = '';
     for (const w of this.#watched.values()) {
@@ -477,7 +471,7 @@ export class KubeSource implements ConfigSource {
     const now = new Date().toISOString();
     // Only the kind's own group carries Weft's status. An object of Istio's security.istio.io is
     // left as it is (istiod may own its status): its findings are Events (cluster/events.ts).
-    if (!this.#watched.get(st.kind)?.kept.informer.get(st.name, st.namespace) && this.#inOtherGroup(st.kind, st.namespace, st.name)) return;
+    if (st.apiVersion !== undefined) return;
     const current = this.#watched.get(st.kind)?.kept.informer.get(st.name, st.namespace) as { status?: { conditions?: Condition[]; parents?: Array<{ controllerName: string; conditions?: Condition[] }> }; spec?: { parentRefs?: unknown[] } } | undefined;
     const condition = (type: string, prevList: Condition[] | undefined): Condition => {
       const status = st.ok ? 'True' : 'False';

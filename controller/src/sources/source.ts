@@ -31,6 +31,8 @@ export interface ObjectStatus {
   message: string;
   /** Field at fault when not ok. */
   path?: string;
+  /** The object's apiVersion when in another API group than its kind's own (security.istio.io): keyed apart (keyOf), no Weft status in Kubernetes. */
+  apiVersion?: string;
   /** Waypoint address, when known. */
   address?: string;
   /**
