@@ -326,7 +326,6 @@ export interface CompileResult {
 /** Keys fetched from jwksUris that one namespace's RequestAuthentication rules may carry inlined (16 URIs of 64 KiB). */
 export const MAX_FETCHED_JWKS_BYTES_PER_NAMESPACE = 1024 * 1024;
 
-/** `shared`: sharedWaypointAccounts(inputs), when the caller has read it already (compileChanges). */
 /**
  * Istio's security objects in Istio's default root namespace while Weft's is another: there Istio
  * applies a policy without selector or targetRefs to the whole mesh, Weft to that namespace alone
@@ -346,6 +345,7 @@ function istioRootNamespaceFindings(inputs: MeshInputs, rootNamespace: string): 
   return out;
 }
 
+/** `shared`: sharedWaypointAccounts(inputs), when the caller has read it already (compileChanges). */
 export function compile(inputs: MeshInputs, options: CompileOptions = {}, shared: Map<string, WaypointRefusal> = sharedWaypointAccounts(inputs)): CompileResult {
   const trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   const clusterDomain = options.clusterDomain ?? DEFAULT_CLUSTER_DOMAIN;
