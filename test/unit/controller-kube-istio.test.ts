@@ -14,7 +14,7 @@ import { DEFAULT_RESOURCES, FakeApiServer, ISTIO_SECURITY_RESOURCES } from '../.
 import { policySelectsWorkload, type AuthorizationPolicy } from '../../lib/model/mesh.ts';
 import { CompiledPolicies, evaluate } from '../../lib/policy/authz.ts';
 import { authz, ns, pod } from './controller-fixtures.ts';
-import { startHarness, until, type Harness } from './controller-harness.ts';
+import { captureLogger, startHarness, until, type Harness, type LogLine } from './controller-harness.ts';
 
 const ISTIO = 'security.istio.io/v1';
 
@@ -140,3 +140,38 @@ test('without Istio\'s CRDs the controller starts as without any optional CRD, a
     api.apply(istioDeny('httpbin', ['bar']));
     await until('the Istio DENY is enforced', () => allowedFrom(a.snapshot, 'bar') === false);
   }));
+
+// An optional API group that cannot be read must cost only its own objects: not the controller's
+// start, its first snapshot and readiness, nor the watching of the other kinds; and it must be said
+// (a warning with the attempts, health()), a 403 as RBAC, not as "CRD not installed".
+for (const [code, said] of [[503, /Istio security objects are not being read: cannot tell/], [403, /Istio security objects are not being read: RBAC/]] as const) {
+  test(`security.istio.io answering ${code}: the controller starts and serves the weft.dev DENY without it, warns (attempts counted) and says so in health(); the Istio DENY is enforced once it answers`, { timeout: 30_000 }, async () => {
+    const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
+    await api.start();
+    api.failing.set('/apis/security.istio.io/', code);
+    const logs: LogLine[] = [];
+    const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20, absentKindRetryMs: 50, logger: captureLogger(logs) });
+    let h: Harness | undefined;
+    try {
+      api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+      api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+      api.apply(authz('foo', 'weft-deny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
+      api.apply(istioDeny('httpbin', ['baz']));
+      h = await startHarness(source);
+      const a = h.agent('node-a');
+      await until('the weft.dev DENY served', () => allowedFrom(a.snapshot, 'bar') === false);
+      assert.equal(allowedFrom(a.snapshot, 'baz'), true, 'the Istio DENY is not read yet');
+      const warned = () => logs.filter((l) => l.level === 'warn' && said.test(l.msg) && l.fields.resource === 'AuthorizationPolicy.security.istio.io');
+      await until('warned twice, with the attempts', () => warned().length >= 2);
+      assert.deepEqual(warned().slice(0, 2).map((l) => l.fields.attempts), [1, 2]);
+      assert.ok(!logs.some((l) => /CRD not installed/.test(l.msg) && String(l.fields.resource).includes('security.istio.io')), 'not taken for an absent CRD');
+      assert.match(source.health() ?? '', /^AuthorizationPolicy\.security\.istio\.io: Istio security objects are not being read/);
+      api.failing.clear();
+      await until('the Istio DENY enforced once the group answers', () => allowedFrom(a.snapshot, 'baz') === false);
+      assert.equal(source.health(), undefined);
+    } finally {
+      await h?.close();
+      await api.stop();
+    }
+  });
+}

@@ -518,6 +518,9 @@ export class FakeApiServer {
     w.res.write(JSON.stringify({ type: 'BOOKMARK', object: { apiVersion: rt.group ? `${rt.group}/${rt.version}` : rt.version, kind: rt.kind, metadata: { resourceVersion: String(this.#rv) } } }) + '\n');
   }
 
+  /** Tests: requests whose path starts with a key are answered with its HTTP status (403 Forbidden, 5xx). */
+  readonly failing = new Map<string, number>();
+
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://x');
     let body: unknown;
@@ -533,6 +536,7 @@ export class FakeApiServer {
       }
     }
     this.requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, ...(body !== undefined ? { body } : {}) });
+    for (const [prefix, code] of this.failing) if (url.pathname.startsWith(prefix)) return status(res, code, code === 403 ? 'Forbidden' : 'InternalError', `injected failure for ${prefix}`);
     const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)?$/.exec(url.pathname);
     if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res, req.headers);
     const nodeProxy = /^\/api\/v1\/nodes\/([^/]+)\/proxy(\/.*)?$/.exec(url.pathname);

@@ -24,7 +24,7 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import type { AgentOptions } from 'node:https';
-import { KINDS, groupOf, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
+import { ISTIO_SECURITY_GROUP, KINDS, groupOf, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
 
@@ -275,23 +275,32 @@ export class KubeSource implements ConfigSource {
    */
   async #served(r: Resource): Promise<boolean> {
     if (!r.group || r.group === 'discovery.k8s.io') return true;
-    for (let attempt = 0; !this.#stopped; attempt++) {
-      try {
-        return await this.#probe(r);
-      } catch (e) {
-        // The kind's own group: its informer retries the list and reports the failure (health).
-        if (r.group === KINDS[r.kind].group) return true;
-        // Istio's group without RBAC for it (an install from before Weft read it): as not served.
-        if ((e as { code?: number }).code === 403) return false;
-        // The API server unreachable or failing: whether Istio's CRD is installed is not known
-        // yet. An informer on a resource that is not served would never list and so hold back
-        // the first snapshot for good; ask again.
-        this.#log.debug('cannot tell whether the resource is served; asking again', { resource: resourceId(r), error: (e as Error).message });
-        await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt, { initialMs: this.#o.restartDelayMs ?? 500 })).unref());
-      }
+    const id = resourceId(r);
+    try {
+      const served = await this.#probe(r);
+      if (this.#unanswered.delete(id)) this.#healthChanged();
+      return served;
+    } catch (e) {
+      // The kind's own group: its informer retries the list and reports the failure (health).
+      if (r.group === KINDS[r.kind].group) return true;
+      // Another group (Istio's) that cannot be read, forbidden (an install whose RBAC predates
+      // reading it) or failing: its objects would not be enforced, and that is said (a warning,
+      // health()). The controller does not wait for it: the other kinds are served, and it is
+      // asked again with the absent resources (#lookForAbsentKinds), watched once it answers. An
+      // informer on it would never list and so hold back the first snapshot for good.
+      const attempts = (this.#unanswered.get(id)?.attempts ?? 0) + 1;
+      const forbidden = (e as { code?: number }).code === 403;
+      const what = r.group === ISTIO_SECURITY_GROUP ? 'Istio security objects' : `${id} objects`;
+      const error = forbidden ? `${what} are not being read: RBAC forbids listing ${this.#path(r)} (403); grant the controller's ClusterRole get, list and watch there` : `${what} are not being read yet: ${(e as Error).message}`;
+      this.#unanswered.set(id, { error, attempts });
+      this.#log.warn(forbidden ? `${what} are not being read: RBAC` : `${what} are not being read: cannot tell whether the resource is served; started without it, asking again`, { resource: id, attempts, error: (e as Error).message });
+      this.#healthChanged();
+      return false;
     }
-    return false;
   }
+
+  /** Resources of another API group than their kind's own the API server failed to answer about (forbidden, failing), by resourceId: asked again with the absent ones. */
+  readonly #unanswered = new Map<string, { error: string; attempts: number }>();
 
   /** Whether the API server serves `r` (404: not), in the newest of its versions it serves; throws on any other failure. */
   async #probe(r: Resource): Promise<boolean> {
@@ -326,7 +335,7 @@ export class KubeSource implements ConfigSource {
     const served = await Promise.all(resources.map((r) => this.#served(r)));
     for (const r of resources.filter((_, i) => !served[i])) {
       this.#absent.set(resourceId(r), r);
-      this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind: r.kind, resource: this.#path(r) });
+      if (!this.#unanswered.has(resourceId(r))) this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind: r.kind, resource: this.#path(r) });
     }
     this.#startInformers(resources.filter((_, i) => served[i]));
     await Promise.all([...this.#watched.values()].map((w) => w.kept.start()));
@@ -379,9 +388,10 @@ export class KubeSource implements ConfigSource {
 
   #health: string | undefined;
 
-  /** The first failing kind's error, or undefined when every watch works. */
+  /** The first failing kind's error (or an optional group's that cannot be read), or undefined when every watch works. */
   health(): string | undefined {
     for (const [id, w] of this.#watched) if (w.kept.error !== undefined) return `${id}: ${w.kept.error}`;
+    for (const [id, u] of this.#unanswered) return `${id}: ${u.error}`;
     return undefined;
   }
 
