@@ -176,26 +176,37 @@ export class KubeClient {
     }
   }
 
-  /** Every object of the mesh's kinds (and `extra` kinds), in one namespace or all. */
-  async meshObjects(namespace?: string, extra: Array<{ apiVersion: string; plural: string; namespaced: boolean }> = []): Promise<Array<Record<string, unknown>>> {
+  /**
+   * Every object of the mesh's kinds (and `extra` kinds), in one namespace or all, listed at once.
+   * A kind's other API group (Istio's security.istio.io) is skipped, as the controller skips it,
+   * when not served (404) or not readable by this user (403): `warn` says which, for a 403.
+   */
+  async meshObjects(namespace?: string, extra: Array<{ apiVersion: string; plural: string; namespaced: boolean }> = [], warn: (note: string) => void = (note) => process.stderr.write(`weftctl: ${note}\n`)): Promise<Array<Record<string, unknown>>> {
     const kinds = [
       ...(Object.keys(KINDS) as MeshKind[]).map((k) => KINDS[k]).filter((k) => k.kind !== 'Node'),
       ...extra,
     ];
-    const lists = await Promise.all(kinds.map((k) => this.list(k.apiVersion, k.plural, k.namespaced ? namespace : undefined)));
-    const others = await Promise.all(Object.values(KINDS).map((k) => this.#inOtherGroup(k, namespace)));
-    return [...lists.flat(), ...others.flat()];
+    const lists = await Promise.all([
+      ...kinds.map((k) => this.list(k.apiVersion, k.plural, k.namespaced ? namespace : undefined)),
+      ...Object.values(KINDS).map((k) => this.#inOtherGroup(k, namespace, warn)),
+    ]);
+    return lists.flat();
   }
 
   /**
    * A kind's objects in the other API group the controller reads it in (Istio's security.istio.io),
-   * in the newest version the server serves; none when Istio's CRDs are not installed.
+   * in the newest version the server serves; none when Istio's CRDs are not installed, or when this
+   * user may not read them (said through `warn`).
    */
-  async #inOtherGroup(k: KindInfo, namespace?: string): Promise<Array<Record<string, unknown>>> {
+  async #inOtherGroup(k: KindInfo, namespace: string | undefined, warn: (note: string) => void): Promise<Array<Record<string, unknown>>> {
     for (const apiVersion of k.apiVersions.filter((v) => groupOf(v) !== k.group)) {
       try {
         return await this.list(apiVersion, k.plural, k.namespaced ? namespace : undefined, { missingOk: false });
       } catch (e) {
+        if (e instanceof KubeApiError && e.status === 403) {
+          warn(`${k.plural}.${groupOf(apiVersion)} skipped: you may not list them (403); the controller may enforce objects not shown here`);
+          return [];
+        }
         if (!(e instanceof KubeApiError && e.status === 404)) throw e;
       }
     }

@@ -51,7 +51,8 @@ export function analyzeCommand(io: CommandIo = processIo, stdin: StdinReader = r
           what = `local mesh "${t.st.prefix}"`;
         } else {
           const ns = f.allNamespaces ? undefined : f.namespace;
-          const [objects, options] = await Promise.all([t.kube.meshObjects(ns, EXTRA_KINDS), installCompileOptions(t.kube, t.namespace, (line) => io.err(`weftctl analyze: ${line}\n`))]);
+          const note = (line: string) => io.err(`weftctl analyze: ${line}\n`);
+          const [objects, options] = await Promise.all([t.kube.meshObjects(ns, EXTRA_KINDS, note), installCompileOptions(t.kube, t.namespace, note)]);
           inputs = objects.map((object) => ({ object }));
           compile = options;
           what = `cluster ${t.kube.server.origin}${ns ? `, namespace ${ns}` : ''}`;

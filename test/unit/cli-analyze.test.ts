@@ -218,6 +218,13 @@ test('on a cluster, analyze reads the objects from the API server (-n filters)',
     api.apply(authz('mesh-root', 'apis', { selector: { matchLabels: { app: 'api' } }, rules: [{}] }) as never);
     const rooted = await run(['--kubeconfig', kubeconfig, '-A', '--weft-namespace', 'mesh-root', '-o', 'json']);
     assert.deepEqual(JSON.parse(rooted.stdout).filter((x: { namespace: string }) => x.namespace === 'mesh-root'), []);
+    // A user who may not read Istio's group: analyze runs without it (as the controller does
+    // without RBAC there) and says so on stderr, where it failed whole.
+    api.failing.set('/apis/security.istio.io/', 403);
+    const forbidden = await run(['--kubeconfig', kubeconfig, '-n', 'shop', '-o', 'json']);
+    api.failing.clear();
+    assert.deepEqual(JSON.parse(forbidden.stdout).map((x: { name: string }) => x.name), ['typo'], forbidden.stderr);
+    assert.match(forbidden.stderr, /^weftctl analyze: authorizationpolicies\.security\.istio\.io skipped: you may not list them \(403\)/m);
     const noCtx = await run(['--kubeconfig', kubeconfig, '--context', 'other']);
     assert.equal(noCtx.code, 2);
     assert.match(noCtx.stderr, /no context "other" in the kubeconfig \(contexts: lab\)/);
