@@ -94,18 +94,17 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
     if (KINDS[kind].namespaced && meta && typeof meta === 'object' && meta.namespace === undefined) {
       o.metadata = { ...meta, namespace: options.defaultNamespace ?? 'default' };
     }
-    const key = keyOf(kind, KINDS[kind].namespaced ? str(o.metadata?.namespace) : undefined, str(o.metadata?.name));
-    // The same name in another API group (weft.dev, security.istio.io) is another object, which the
-    // store refuses beside the first (Invalid at metadata.name), not a later definition of this one.
-    const identity = `${key} ${groupOf(str(o.apiVersion))}`;
-    if (seen.has(identity)) {
+    // The same name in another API group (weft.dev, security.istio.io) is another object, enforced
+    // beside the first (the store holds both), not a later definition of this one.
+    const key = keyOf(kind, KINDS[kind].namespaced ? str(o.metadata?.namespace) : undefined, str(o.metadata?.name), groupOf(str(o.apiVersion)));
+    if (seen.has(key)) {
       findings.push({
         severity: 'Warning', code: 'Duplicate', kind, namespace: str(o.metadata?.namespace), name: str(o.metadata?.name),
-        message: `defined again${source ? ` in ${source}` : ''}${seen.get(identity) ? ` (first in ${seen.get(identity)})` : ''}; the later definition wins`,
+        message: `defined again${source ? ` in ${source}` : ''}${seen.get(key) ? ` (first in ${seen.get(key)})` : ''}; the later definition wins`,
         ...(source ? { source } : {}),
       });
     }
-    seen.set(identity, source);
+    seen.set(key, source);
     if (source) sourceOf.set(key, source);
     raw.push(o as RawObject);
   }

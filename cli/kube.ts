@@ -5,7 +5,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { KINDS, groupOf, type KindInfo, type MeshKind } from '../lib/model/objects.ts';
+import { KINDS, groupOf, groupsOf, type KindInfo, type MeshKind } from '../lib/model/objects.ts';
 import { readLines } from './http-lines.ts';
 
 /** How long one API request may take. */
@@ -199,7 +199,8 @@ export class KubeClient {
    * user may not read them (said through `warn`).
    */
   async #inOtherGroup(k: KindInfo, namespace: string | undefined, warn: (note: string) => void): Promise<Array<Record<string, unknown>>> {
-    for (const apiVersion of k.apiVersions.filter((v) => groupOf(v) !== k.group)) {
+    const others = groupsOf(k.kind).slice(1);
+    for (const apiVersion of k.apiVersions.filter((v) => others.includes(groupOf(v)))) {
       try {
         return await this.list(apiVersion, k.plural, k.namespaced ? namespace : undefined, { missingOk: false });
       } catch (e) {

@@ -15,7 +15,7 @@ import type { IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k
 import type { IRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import type { IRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
 import type { IPolicyRule } from 'kubernetes-models/rbac.authorization.k8s.io/v1/PolicyRule';
-import { KINDS, groupOf, type KindInfo } from '../../lib/model/objects.ts';
+import { KINDS, groupsOf, type KindInfo } from '../../lib/model/objects.ts';
 import type { ResolvedInstallOptions } from './options.ts';
 import {
   AGENT_NAME, CONTROLLER_NAME, TRUST_BUNDLE_CONFIGMAP, labels,
@@ -49,7 +49,7 @@ function byGroup(kinds: readonly KindInfo[], resource: (k: KindInfo) => string):
  * its CRDs are installed (read only: Weft writes no status there, its findings are Events).
  */
 function inEveryGroup(k: KindInfo): KindInfo[] {
-  return [...new Set([k.group, ...k.apiVersions.map(groupOf)])].map((group) => ({ ...k, group }));
+  return groupsOf(k.kind).map((group) => ({ ...k, group }));
 }
 
 /** Cluster-wide rules of the controller, each with the reason it exists. */

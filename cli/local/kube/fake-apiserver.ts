@@ -46,6 +46,7 @@ import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 import { parse as parseYaml } from 'yaml';
 import { CrdVersionSchema, SchemaInvalidError } from './crd-schema.ts';
 import { toTable, wantsTable } from './table.ts';
+import { groupOf } from '../../../lib/model/objects.ts';
 
 export interface ResourceType {
   group: string;
@@ -419,7 +420,7 @@ export class FakeApiServer {
   #type(kind: string, apiVersion?: string): ResourceType {
     const rt = this.#resources.find((r) => r.kind === kind && (apiVersion === undefined || apiVersionOf(r) === apiVersion))
       // Another version of the same group (security.istio.io v1beta1 of a v1 type) is the same object.
-      ?? (apiVersion === undefined ? undefined : this.#resources.find((r) => r.kind === kind && r.group === apiVersion.slice(0, Math.max(0, apiVersion.indexOf('/')))));
+      ?? (apiVersion === undefined ? undefined : this.#resources.find((r) => r.kind === kind && r.group === groupOf(apiVersion)));
     if (!rt) throw new Error(`fake API server: unknown kind ${kind}${apiVersion ? ` in ${apiVersion}` : ''}`);
     return rt;
   }

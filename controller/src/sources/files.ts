@@ -120,7 +120,7 @@ export class ConfigDirSource implements ConfigSource {
     for (const [file, old] of this.#files) {
       if (files.has(file)) continue;
       this.#files.delete(file);
-      for (const key of old.keys()) events.push(deleteEvent(key, file, String(++this.#version)));
+      for (const json of old.values()) events.push(deleteEvent(json, file, String(++this.#version)));
     }
     for (const file of files) {
       const parsed = await this.#read(file);
@@ -130,7 +130,7 @@ export class ConfigDirSource implements ConfigSource {
         const key = idFor(o);
         if (old.get(key) !== parsed.fingerprints.get(key)) upserts.push({ type: 'upsert', object: o, resourceVersion: '', origin: file });
       }
-      for (const key of old.keys()) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(key, file, String(++this.#version)));
+      for (const [key, json] of old) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(json, file, String(++this.#version)));
       this.#files.set(file, parsed.fingerprints);
     }
     // Deletes first: an object moved to the other API group (its apiVersion edited) is not taken
@@ -139,7 +139,7 @@ export class ConfigDirSource implements ConfigSource {
     // An object removed from one file but still defined in another comes back from that one.
     const resolved = events.map((e): SourceEvent => {
       if (e.type !== 'delete') return e;
-      const key = identity(keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name), e.group ?? '');
+      const key = keyOf(e.kind, isMeshKind(e.kind) && KINDS[e.kind].namespaced ? e.namespace : undefined, e.name, e.group);
       for (const [file, objects] of this.#files) {
         const json = objects.get(key);
         if (json !== undefined) return { type: 'upsert', object: JSON.parse(json) as RawObject, resourceVersion: e.resourceVersion, origin: file };
@@ -158,7 +158,7 @@ export class ConfigDirSource implements ConfigSource {
     for (const [file, objects] of this.#files) {
       for (const key of objects.keys()) {
         const other = seen.get(key);
-        if (other !== undefined) this.#log.warn('object defined in two files; the later one wins', { object: JSON.parse(key)[0] as string, files: [other, file] });
+        if (other !== undefined) this.#log.warn('object defined in two files; the later one wins', { object: key, files: [other, file] });
         else seen.set(key, file);
       }
     }
@@ -218,22 +218,20 @@ export class ConfigDirSource implements ConfigSource {
 }
 
 /**
- * An object's identity in the directory: its key and its API group, as Kubernetes keeps a weft.dev
- * and a security.istio.io AuthorizationPolicy of one name apart (the store refuses the pair).
+ * An object's identity in the directory: its key, the API group in it (keyOf), as Kubernetes keeps a
+ * weft.dev and a security.istio.io AuthorizationPolicy of one name apart (the store holds both).
  */
 function idFor(o: RawObject): string {
   const kind = typeof o.kind === 'string' ? o.kind : '?';
   const ns = typeof o.metadata?.namespace === 'string' ? o.metadata.namespace : undefined;
   const name = typeof o.metadata?.name === 'string' ? o.metadata.name : '?';
-  return identity(keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name), typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : '');
+  return keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name, typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : undefined);
 }
 
-const identity = (key: string, group: string) => JSON.stringify([key, group]);
-
-function deleteEvent(id: string, file: string, resourceVersion: string): SourceEvent {
-  const [key, group] = JSON.parse(id) as [string, string];
-  const parts = key.split('/');
-  const kind = parts[0] as MeshKind;
-  const namespaced = parts.length === 3;
-  return { type: 'delete', kind, namespace: namespaced ? parts[1]! : '', name: parts[namespaced ? 2 : 1]!, group, resourceVersion, origin: file };
+/** The delete of an object last read from `file` as `json`, in its API group. */
+function deleteEvent(json: string, file: string, resourceVersion: string): SourceEvent {
+  const o = JSON.parse(json) as RawObject;
+  const kind = o.kind as MeshKind;
+  const namespace = isMeshKind(kind) && KINDS[kind].namespaced && typeof o.metadata?.namespace === 'string' ? o.metadata.namespace : '';
+  return { type: 'delete', kind, namespace, name: String(o.metadata?.name ?? ''), ...(typeof o.apiVersion === 'string' ? { group: groupOf(o.apiVersion) } : {}), resourceVersion, origin: file };
 }

@@ -24,7 +24,7 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import type { AgentOptions } from 'node:https';
-import { ISTIO_SECURITY_GROUP, KINDS, groupOf, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
+import { ISTIO_SECURITY_GROUP, KINDS, groupOf, groupsOf, keyOf, type Condition, type MeshKind } from '../../../lib/model/objects.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
 
@@ -222,8 +222,7 @@ function resourceId(r: Resource): string {
 
 /** A kind's resources: its own group first, then the other groups it is accepted in. */
 function resourcesOf(kind: MeshKind): Resource[] {
-  const groups = new Set([KINDS[kind].group, ...KINDS[kind].apiVersions.map(groupOf)]);
-  return [...groups].map((group) => ({ kind, group }));
+  return groupsOf(kind).map((group) => ({ kind, group }));
 }
 
 export class KubeSource implements ConfigSource {
