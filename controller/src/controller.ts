@@ -378,7 +378,7 @@ export class Controller {
   /**
    * The findings to record as Events. An object of another API group than its kind's own (Istio's
    * security.istio.io, whose status istiod may own) gets no Weft status: its findings name its
-   * apiVersion, and its refusal (Invalid, a name taken in the other group) is an Event too.
+   * apiVersion, and its refusal (Invalid at its field) is an Event too.
    */
   #eventFindings(findings: readonly CompileFinding[]): CompileFinding[] {
     const other = (kind: string, apiVersion: string | undefined) => apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
