@@ -119,7 +119,7 @@ test('an operator\'s weft.dev DENY and a tenant\'s older security.istio.io ALLOW
     return [...model.policies.values()];
   };
   const w = { name: 'httpbin', namespace: 'foo', labels: { app: 'httpbin' } } as unknown as Parameters<typeof policySelectsWorkload>[1];
-  const fromBar = (policies: ModelPolicy[]) => evaluate(policies.filter((p) => policySelectsWorkload(p, w)), { sourcePrincipal: 'spiffe://cluster.local/ns/bar/sa/client', destinationIp: '10.4.0.1', destinationPort: 80 });
+  const fromBar = (policies: ModelPolicy[]) => evaluate(new CompiledPolicies(policies.filter((p) => policySelectsWorkload(p, w))), { sourcePrincipal: 'spiffe://cluster.local/ns/bar/sa/client', destinationIp: '10.4.0.1', destinationPort: 80 });
   for (const order of [[deny, allow], [allow, deny]]) {
     const listed = `${order.map((o) => o.apiVersion).join(', ')}`;
     // A snapshot (a start, a new leader, a relist) and the reverse one after a restart.
