@@ -275,26 +275,35 @@ export class KubeSource implements ConfigSource {
   async #served(r: Resource): Promise<boolean> {
     if (!r.group || r.group === 'discovery.k8s.io') return true;
     const id = resourceId(r);
-    try {
-      const served = await this.#probe(r);
-      if (this.#unanswered.delete(id)) this.#healthChanged();
-      return served;
-    } catch (e) {
-      // The kind's own group: its informer retries the list and reports the failure (health).
-      if (r.group === KINDS[r.kind].group) return true;
-      // Another group (Istio's) that cannot be read, forbidden (an install whose RBAC predates
-      // reading it) or failing: its objects would not be enforced, and that is said (a warning,
-      // health()). The controller does not wait for it: the other kinds are served, and it is
-      // asked again with the absent resources (#lookForAbsentKinds), watched once it answers. An
-      // informer on it would never list and so hold back the first snapshot for good.
-      const attempts = (this.#unanswered.get(id)?.attempts ?? 0) + 1;
-      const forbidden = (e as { code?: number }).code === 403;
-      const what = r.group === ISTIO_SECURITY_GROUP ? 'Istio security objects' : `${id} objects`;
-      const error = forbidden ? `${what} are not being read: RBAC forbids listing ${this.#path(r)} (403); grant the controller's ClusterRole get, list and watch there` : `${what} are not being read yet: ${(e as Error).message}`;
-      this.#unanswered.set(id, { error, attempts });
-      this.#log.warn(forbidden ? `${what} are not being read: RBAC` : `${what} are not being read: cannot tell whether the resource is served; started without it, asking again`, { resource: id, attempts, error: (e as Error).message });
-      this.#healthChanged();
-      return false;
+    for (let failures = 0; ; failures++) {
+      try {
+        const served = await this.#probe(r);
+        if (this.#unanswered.delete(id)) this.#healthChanged();
+        return served;
+      } catch (e) {
+        // The kind's own group: its informer retries the list and reports the failure (health).
+        if (r.group === KINDS[r.kind].group) return true;
+        // Another group (Istio's) that cannot be read: its objects would not be enforced, and that
+        // is said (a warning, health()). Forbidden (an install whose RBAC predates reading it) is an
+        // answer that lasts: the controller starts without it and asks again with the absent
+        // resources (#lookForAbsentKinds), watching it once it answers. Failing (5xx, unreachable)
+        // is not: a snapshot without its objects would say an operator's Istio DENYs are gone, so it
+        // is asked again on the restart backoff, the start (and so the first snapshot) held back as
+        // for any kind whose list fails.
+        const forbidden = (e as { code?: number }).code === 403;
+        const what = r.group === ISTIO_SECURITY_GROUP ? 'Istio security objects' : `${id} objects`;
+        const error = forbidden ? `${what} are not being read: RBAC forbids listing ${this.#path(r)} (403); grant the controller's ClusterRole get, list and watch there` : `${what} are not being read yet: ${(e as Error).message}`;
+        const was = this.#unanswered.get(id);
+        const attempts = (was?.attempts ?? 0) + 1;
+        this.#unanswered.set(id, { error, attempts });
+        // Warned once, and again when the error changes; every attempt after at debug level.
+        const level = was?.error === error ? 'debug' : 'warn';
+        this.#log[level](forbidden ? `${what} are not being read: RBAC` : `${what} are not being read: cannot tell whether the resource is served; asking again before starting`, { resource: id, attempts, error: (e as Error).message });
+        this.#healthChanged();
+        if (forbidden || this.#stopped) return false;
+        await new Promise((resolve) => setTimeout(resolve, backoffDelay(failures, { initialMs: this.#o.restartDelayMs ?? 500 })).unref());
+        if (this.#stopped) return false;
+      }
     }
   }
 
@@ -332,6 +341,7 @@ export class KubeSource implements ConfigSource {
     const all = this.#o.watchNodes ? [...base, 'Node' as const] : base;
     const resources = all.flatMap(resourcesOf);
     const served = await Promise.all(resources.map((r) => this.#served(r)));
+    if (this.#stopped) return;
     for (const r of resources.filter((_, i) => !served[i])) {
       this.#absent.set(resourceId(r), r);
       if (!this.#unanswered.has(resourceId(r))) this.#log.info('resource not served (CRD not installed): objects of this kind are absent until it is', { kind: r.kind, resource: this.#path(r) });
@@ -356,7 +366,7 @@ export class KubeSource implements ConfigSource {
     if (this.#absent.size === 0 || this.#stopped) return;
     this.#absentTimer = setTimeout(async () => {
       for (const [id, r] of [...this.#absent]) {
-        if (this.#stopped || !(await this.#served(r))) continue;
+        if (this.#stopped || !(await this.#served(r)) || this.#stopped) continue;
         this.#absent.delete(id);
         this.#log.info('resource now served: watching it', { kind: r.kind, resource: this.#path(r) });
         this.#startInformers([r]);
