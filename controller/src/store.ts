@@ -34,7 +34,7 @@ export interface ApplyResult {
 
 interface Entry {
   object: MeshObject;
-  /** Digest of the object's JSON without metadata.resourceVersion, to skip no-op updates. */
+  /** fingerprint() of the object, to skip no-op updates. */
   fingerprint: string;
   origin?: string;
   /** The object as compiled (compiledAs), made once per version. */
@@ -63,9 +63,13 @@ export interface Verdict {
   fingerprint: string;
 }
 
-/** A digest of the object without metadata.resourceVersion (and without the status we write). */
+/**
+ * A digest of the object without what the API server moves on a write that changes nothing Weft
+ * reads: metadata.resourceVersion and metadata.managedFields (a write through /status, ours
+ * included, records its manager and time there); and without the status we write.
+ */
 function fingerprint(o: MeshObject | RawObject): string {
-  const { resourceVersion: _rv, ...meta } = (o.metadata ?? {}) as MeshObject['metadata'];
+  const { resourceVersion: _rv, managedFields: _mf, ...meta } = (o.metadata ?? {}) as MeshObject['metadata'] & { managedFields?: unknown };
   // The status of a mesh kind is written by us: a status-only change must not cause a recompile
   // loop, except for Waypoints, whose status carries the address. The status of a Pod or a Node
   // (addresses, phase, readiness) is input.

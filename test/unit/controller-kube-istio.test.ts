@@ -101,7 +101,7 @@ test('an operator\'s weft.dev DENY and a tenant\'s security.istio.io ALLOW of on
 });
 
 // A refusal is a new version's content refused, not the status we write on it coming back.
-test('a refused weft.dev AuthorizationPolicy is counted and logged once, though its Invalid status written back is a new version; a changed spec refused is counted again', () =>
+test('a refused weft.dev AuthorizationPolicy is counted and logged once, though its Invalid status written back is a new version (new resourceVersion and managedFields); a changed spec refused is counted again', () =>
   withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, _source, registry) => {
     api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
     const bad = (cidr: string) => authz('foo', 'bad', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: [cidr] } }] }] });
@@ -109,7 +109,9 @@ test('a refused weft.dev AuthorizationPolicy is counted and logged once, though 
     const status = () => api.get('AuthorizationPolicy', 'foo', 'bad', 'weft.dev/v1alpha1')?.status as { conditions?: Array<{ status: string; reason: string; message: string }> } | undefined;
     await until('refused in its status', () => status()?.conditions?.[0]?.reason === 'Invalid');
     assert.match(status()!.conditions![0]!.message, /spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\]/);
-    // Our status write comes back as an update of the object (a new resourceVersion), read by the store.
+    // Our status write comes back as an update of the object (a new resourceVersion, and a
+    // managedFields entry for the write through /status, as a real API server records), read by the store.
+    assert.ok((api.get('AuthorizationPolicy', 'foo', 'bad', 'weft.dev/v1alpha1')?.metadata as { managedFields?: Array<{ subresource?: string }> }).managedFields?.some((m) => m.subresource === 'status'), 'the status write is recorded in managedFields');
     const seenBack = () => h.controller.store.resourceVersion === String(api.get('AuthorizationPolicy', 'foo', 'bad', 'weft.dev/v1alpha1')?.metadata?.resourceVersion);
     await until('the status write seen back', seenBack);
     await h.controller.settled();

@@ -620,6 +620,13 @@ export class FakeApiServer {
       } else return status(res, 405, 'MethodNotAllowed', `${req.method} is not allowed`);
       if (subresource !== 'status') this.#validate(rt, next);
       if (JSON.stringify(next) === JSON.stringify(prev)) return json(res, 200, prev);
+      // As a real API server does, a write through /status records its manager's Update there
+      // (managedFields, with the time): the object seen back differs in more than its status.
+      if (subresource === 'status') {
+        const manager = url.searchParams.get('fieldManager') ?? 'unknown';
+        const mf = (prev.metadata.managedFields ?? []) as Array<{ manager: string; operation: string; subresource?: string }>;
+        next.metadata.managedFields = [...mf.filter((m) => !(m.manager === manager && m.operation === 'Update' && m.subresource === 'status')), { manager, operation: 'Update', apiVersion: prev.apiVersion, time: new Date().toISOString(), fieldsType: 'FieldsV1', fieldsV1: { 'f:status': {} }, subresource: 'status' }];
+      }
       if (url.searchParams.get('dryRun') === 'All') return json(res, 200, next);
       return json(res, 200, this.#write(rt, next, 'MODIFIED'));
     } catch (e) {
