@@ -4,7 +4,7 @@
 import { backoffDelay } from '../../lib/backoff.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { summarizeIssues } from '../../lib/model/errors.ts';
-import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOfNamed, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import type { ExportLeftOut } from '../../lib/model/federation.ts';
 import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
@@ -384,7 +384,7 @@ export class Controller {
     const other = (kind: string, apiVersion: string | undefined) => apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
     // Compiled, such an object is named `name@group` (nameIn): its Event names its own name and apiVersion.
     const out = findings.map((f) => {
-      const obj = this.store.get(keyOf(f.kind, f.namespace || undefined, f.name));
+      const obj = this.store.get(keyOfNamed(f.kind, f.namespace || undefined, f.name));
       return obj && other(f.kind, obj.apiVersion) ? { ...f, name: obj.metadata.name, apiVersion: obj.apiVersion } : f;
     });
     for (const key of this.store.statusKeys()) {

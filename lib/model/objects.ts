@@ -765,10 +765,16 @@ export function groupsOf(kind: MeshKind): string[] {
  * metrics, statuses): metadata.name, followed by `@group` for an object of another API group than
  * its kind's own (`httpbin@security.istio.io`). Kubernetes keeps a weft.dev and a security.istio.io
  * object of one name as two objects, and so does Weft: both are enforced, as Istio enforces two
- * policies of different names (docs/SECURITY.md).
+ * policies of different names (docs/SECURITY.md). Any other group (one the kind is not accepted in,
+ * refused by validation) and a name that itself holds '@' (refused too; read from a config
+ * directory, keyed before validation) take the suffix as well, the kind's own group for the latter,
+ * so that no object takes another's name: a weft.dev `x@security.istio.io` is
+ * `x@security.istio.io@weft.dev`, not the Istio object `x`.
  */
 export function nameIn(kind: string, name: string, group: string | undefined): string {
-  return group !== undefined && isMeshKind(kind) && group !== KINDS[kind].group && KINDS[kind].apiVersions.some((v) => groupOf(v) === group) ? `${name}@${group}` : name;
+  if (!isMeshKind(kind)) return name;
+  const own = KINDS[kind].group;
+  return (group === undefined || group === own) && !name.includes('@') ? name : `${name}@${group ?? own}`;
 }
 
 /**
@@ -781,6 +787,10 @@ export function objectKey(obj: { apiVersion?: unknown; kind: string; metadata: {
 
 /** An object's key (objectKey); `group`: its API group, absent for the kind's own. */
 export function keyOf(kind: string, namespace: string | undefined, name: string, group?: string): string {
-  const n = nameIn(kind, name, group);
-  return namespace ? `${kind}/${namespace}/${n}` : `${kind}/${n}`;
+  return keyOfNamed(kind, namespace, nameIn(kind, name, group));
+}
+
+/** The key of the object Weft names `weftName` (nameIn's: a compiled policy's, a finding's). */
+export function keyOfNamed(kind: string, namespace: string | undefined, weftName: string): string {
+  return namespace ? `${kind}/${namespace}/${weftName}` : `${kind}/${weftName}`;
 }

@@ -175,6 +175,42 @@ test('a weft.dev DENY and a security.istio.io ALLOW of one name from a config di
     }
   }));
 
+// An object is keyed before it is validated (a config directory tracks it by file): an invalid one
+// must not take a valid one's key. A weft.dev policy named `httpbin@security.istio.io` (no
+// Kubernetes name holds '@') and one in a group AuthorizationPolicy is not accepted in
+// (networking.istio.io) are refused under keys of their own: the Istio DENY `httpbin` and the
+// weft.dev DENY `weftdeny` stay accepted and in force, each refusal counted once and named at its field.
+// https://kubernetes.io/docs/concepts/overview/working-with-objects/names/#dns-subdomain-names
+test('a weft.dev policy named httpbin@security.istio.io and one of another group named as a weft.dev DENY are refused under their own keys: the Istio and weft.dev DENYs stay in force, each refusal counted and named', () =>
+  withDir(async (dir, write) => {
+    write('mesh.yaml', ...mesh());
+    write('a-impostor.yaml', authz('foo', 'httpbin@security.istio.io', { action: 'ALLOW', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
+    write('a-other-group.yaml', { ...authz('foo', 'weftdeny', { action: 'ALLOW', rules: [{}] }), apiVersion: 'networking.istio.io/v1' });
+    write('b-istio.yaml', denyOthers);
+    write('b-weft.yaml', authz('foo', 'weftdeny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['foo'] } }] }] }));
+    const source = new ConfigDirSource({ dir, debounceMs: 10 });
+    const registry = new Registry();
+    const h = await startHarness(source, undefined, { registry });
+    const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+    try {
+      const a = h.agent('node-a');
+      await until('both DENYs at the agent', () => a.snapshot !== undefined && judge(a.snapshot, 'bar').policy === 'foo/httpbin@security.istio.io' && judge(a.snapshot, 'foo').policy === 'foo/weftdeny');
+      assert.equal(judge(a.snapshot!, 'bar').allowed, false, 'the Istio DENY');
+      assert.equal(judge(a.snapshot!, 'foo').allowed, false, 'the weft.dev DENY (the Istio one spares foo)');
+      await until('the refusals in their own statuses', () => source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io@weft.dev')?.reason === 'Invalid' && source.statuses().get('AuthorizationPolicy/foo/weftdeny@networking.istio.io')?.reason === 'Invalid');
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io@weft.dev')!.path, 'metadata.name');
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/weftdeny@networking.istio.io')!.path, 'apiVersion');
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/httpbin@security.istio.io')?.ok, true, 'the Istio DENY\'s status is its own');
+      assert.equal(source.statuses().get('AuthorizationPolicy/foo/weftdeny')?.ok, true, 'the weft.dev DENY\'s status is its own');
+      await h.controller.settled();
+      assert.equal(await rejected(), 2);
+      const refused = h.logs.filter((l) => l.msg.startsWith('invalid object refused'));
+      assert.equal(refused.length, 2, JSON.stringify(refused));
+    } finally {
+      await h.close();
+    }
+  }));
+
 test('editing a policy\'s apiVersion from weft.dev to security.istio.io in place replaces the object, nothing refused', () =>
   withDir(async (dir, write) => {
     write('mesh.yaml', ...mesh());
