@@ -16,7 +16,7 @@
 import type { CompileFinding, CompileOptions } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, groupOf, isMeshKind, keyOf } from '../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, keyOfNamed, nameIn } from '../lib/model/objects.ts';
 import { labelsMatch, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -79,6 +79,8 @@ function str(v: unknown): string {
 export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions = {}): Finding[] {
   const findings: Finding[] = [];
   const sourceOf = new Map<string, string>();
+  /** The API group of each object read, by key: a refusal is named with it (nameIn). */
+  const groupAt = new Map<string, string>();
   const raw: RawObject[] = [];
   const others: Loose[] = [];
   const seen = new Map<string, string | undefined>();
@@ -105,6 +107,7 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
       });
     }
     seen.set(key, source);
+    groupAt.set(key, groupOf(str(o.apiVersion)));
     if (source) sourceOf.set(key, source);
     raw.push(o as RawObject);
   }
@@ -114,11 +117,13 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
   for (const r of rejections) {
     for (const i of r.issues) {
       const source = sourceOf.get(r.key);
-      findings.push({ severity: 'Error', code: 'Invalid', kind: i.kind, namespace: i.namespace, name: i.name, ...(i.path ? { path: i.path } : {}), message: i.message, ...(source ? { source } : {}) });
+      // Named as the controller names it (nameIn): a refusal in each group of one name is two findings.
+      findings.push({ severity: 'Error', code: 'Invalid', kind: i.kind, namespace: i.namespace, name: nameIn(i.kind, i.name, groupAt.get(r.key)), ...(i.path ? { path: i.path } : {}), message: i.message, ...(source ? { source } : {}) });
     }
   }
   const at = (kind: string, namespace: string, name: string) => {
-    const source = sourceOf.get(keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? namespace : undefined, name));
+    // A finding names the object as the controller does (nameIn's name@group).
+    const source = sourceOf.get(keyOfNamed(kind, isMeshKind(kind) && KINDS[kind].namespaced ? namespace : undefined, name));
     return source ? { source } : {};
   };
   const add = (f: Omit<Finding, 'source'>) => findings.push({ ...f, ...at(f.kind, f.namespace, f.name) });

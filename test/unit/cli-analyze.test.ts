@@ -49,6 +49,20 @@ const CASES: Array<{ name: string; objects: () => object[]; findings: RegExp[] }
     findings: [],
   },
   {
+    // Two objects (store.ts), two refusals: each named as the controller names it (nameIn), none merged into the other.
+    name: 'the same AuthorizationPolicy name refused in weft.dev and in security.istio.io at one field is two findings, each named with its group',
+    objects: () => [...shop(), authz('shop', 'bad', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33'] } }] }] }),
+      { apiVersion: 'security.istio.io/v1', kind: 'AuthorizationPolicy', metadata: { name: 'bad', namespace: 'shop' }, spec: { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33'] } }] }] } }],
+    findings: [/^Error \[Invalid\] AuthorizationPolicy shop\/bad spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\] \(.*in\.yaml\): /,
+      /^Error \[Invalid\] AuthorizationPolicy shop\/bad@security\.istio\.io spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\] \(.*in\.yaml\): /],
+  },
+  {
+    // A compile finding on an Istio-group object is found in its file too.
+    name: 'a finding on a security.istio.io object names its file',
+    objects: () => [...shop(), { ...authz('shop', 'istio-typo', { selector: { matchLabels: { app: 'nothing' } }, rules: [{}] }), apiVersion: 'security.istio.io/v1' }],
+    findings: [/^Warning \[SelectsNothing\] AuthorizationPolicy shop\/istio-typo@security\.istio\.io spec\.selector \(.*in\.yaml\): /],
+  },
+  {
     name: 'an invalid field is named with its path (Error)',
     objects: () => [...shop(), authz('shop', 'bad-cidr', { action: 'DENY', rules: [{ from: [{ source: { ipBlocks: ['10.0.0.0/33'] } }] }] })],
     findings: [/^Error \[Invalid\] AuthorizationPolicy shop\/bad-cidr spec\.rules\[0\]\.from\[0\]\.source\.ipBlocks\[0\] \(.*in\.yaml\): /],
