@@ -13,7 +13,7 @@ import { countFlag, oneOfFlag, runMain, trustDomainFlags, UsageError } from '../
 import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { KubeConfig } from '@kubernetes/client-node';
-import { Counter, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import { registerProcessMetrics } from '../../lib/telemetry/process.ts';
 import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import type { CompileOptions } from './compile.ts';
@@ -220,7 +220,17 @@ export async function runController(o: ControllerMainOptions): Promise<RunningCo
     kubeConfig = new kube.KubeConfig();
     if (o.kubeconfig) kubeConfig.loadFromFile(o.kubeconfig);
     else kubeConfig.loadFromDefault();
-    source = new kube.KubeSource({ kubeConfig, logger: log });
+    const kubeSource = new kube.KubeSource({ kubeConfig, logger: log });
+    source = kubeSource;
+    // An optional API group not being read (Istio's security.istio.io forbidden by RBAC, or failing)
+    // leaves its policies unenforced: an alertable gauge beside the warning and health().
+    new Gauge({
+      name: 'weft_controller_source_unanswered', help: 'Resources of another API group than their kind\'s own (security.istio.io) the controller cannot read (forbidden, failing): 1 while their objects are not enforced', labelNames: ['resource'], registers: [registry],
+      collect() {
+        this.reset();
+        for (const resource of kubeSource.unanswered()) this.set({ resource }, 1);
+      },
+    });
   } else {
     source = new ConfigDirSource({ dir: o.configDir!, logger: log });
   }

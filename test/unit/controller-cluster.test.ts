@@ -15,7 +15,7 @@ import { CertificateAuthority } from '../../lib/identity/ca.ts';
 import { CaAuthenticationError, CertificateRefusedError } from '../../lib/identity/errors.ts';
 import { createCsr, generateKeyPair } from '../../lib/identity/csr.ts';
 import { CertManager, GrpcCertificateSigner } from '../../agent/src/certs/index.ts';
-import { DEFAULT_RESOURCES, FakeApiServer } from '../../cli/local/kube/fake-apiserver.ts';
+import { DEFAULT_RESOURCES, FakeApiServer, ISTIO_SECURITY_RESOURCES } from '../../cli/local/kube/fake-apiserver.ts';
 import { ns, svc, waypoint } from './controller-fixtures.ts';
 import { until } from './controller-harness.ts';
 import { silentLogger } from '../../controller/src/log.ts';
@@ -66,6 +66,16 @@ async function csrFor(identity: string): Promise<string> {
 
 const configMapRoots = (api: FakeApiServer, namespace: string): string | undefined =>
   (api.get('ConfigMap', namespace, 'weft-trust-bundle')?.['data'] as Record<string, string> | undefined)?.['root-cert.pem'];
+
+// Istio's policies that cannot be read are not enforced: said by an alertable metric, not only a log line.
+test('security.istio.io forbidden (403): the controller runs and weft_controller_source_unanswered{resource} is 1 for each Istio resource', () =>
+  withLab(async (lab) => {
+    lab.api.failing.set('/apis/security.istio.io/', 403);
+    const c = await lab.start();
+    const unanswered = async () => (await c.registry.getSingleMetric('weft_controller_source_unanswered')!.get()).values.filter((v) => v.value === 1).map((v) => v.labels.resource).sort();
+    await until('the Istio resources counted as unanswered', async () => (await unanswered()).length === 3);
+    assert.deepEqual(await unanswered(), ['AuthorizationPolicy.security.istio.io', 'PeerAuthentication.security.istio.io', 'RequestAuthentication.security.istio.io']);
+  }, { resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] }));
 
 test('the agent\'s projected token (audience weft-controller) passes the controller\'s TokenReview; a token for the API server\'s audience does not (issue 17, defect 1)', async () => {
   const api = new FakeApiServer();

@@ -307,6 +307,11 @@ export class KubeSource implements ConfigSource {
     }
   }
 
+  /** Resources of another API group than their kind's own not being read (forbidden, failing), by resourceId: their objects are not enforced. */
+  unanswered(): string[] {
+    return [...this.#unanswered.keys()];
+  }
+
   /** Resources of another API group than their kind's own the API server failed to answer about (forbidden, failing), by resourceId: asked again with the absent ones. */
   readonly #unanswered = new Map<string, { error: string; attempts: number }>();
 
