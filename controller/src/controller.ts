@@ -4,7 +4,7 @@
 import { backoffDelay } from '../../lib/backoff.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { summarizeIssues } from '../../lib/model/errors.ts';
-import { KINDS, groupOf, isMeshKind, keyOfNamed, type MeshKind } from '../../lib/model/objects.ts';
+import { KINDS, inOtherGroup, isMeshKind, keyOfNamed, type MeshKind } from '../../lib/model/objects.ts';
 import type { MeshModel } from '../../lib/model/mesh.ts';
 import type { ExportLeftOut } from '../../lib/model/federation.ts';
 import { CompileCache, jwksUrisOf, sharedWaypointAccounts, type CompileFinding, type CompileOptions, type CompileResult, type WaypointRuntime } from './compile.ts';
@@ -381,16 +381,15 @@ export class Controller {
    * apiVersion, and its refusal (Invalid at its field) is an Event too.
    */
   #eventFindings(findings: readonly CompileFinding[]): CompileFinding[] {
-    const other = (kind: string, apiVersion: string | undefined) => apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
     // Compiled, such an object is named `name@group` (nameIn): its Event names its own name and apiVersion.
     const out = findings.map((f) => {
       const obj = this.store.get(keyOfNamed(f.kind, f.namespace || undefined, f.name));
-      return obj && other(f.kind, obj.apiVersion) ? { ...f, name: obj.metadata.name, apiVersion: obj.apiVersion } : f;
+      return obj && inOtherGroup(f.kind, obj.apiVersion) ? { ...f, name: obj.metadata.name, apiVersion: obj.apiVersion } : f;
     });
     for (const key of this.store.statusKeys()) {
       const verdict = this.store.invalid(key);
       const kind = key.slice(0, key.indexOf('/'));
-      if (!verdict || !other(kind, verdict.apiVersion)) continue;
+      if (!verdict || !inOtherGroup(kind, verdict.apiVersion)) continue;
       const st = invalidStatus(key, verdict.issues);
       out.push({ kind, namespace: st.namespace, name: st.name, path: st.path ?? '', reason: st.reason, message: st.message, apiVersion: verdict.apiVersion! });
     }
@@ -409,7 +408,7 @@ export class Controller {
 
   async #writeStatuses(findings: CompileFinding[], runtime: ReadonlyMap<string, WaypointRuntime> | undefined): Promise<void> {
     // An object of another API group than its kind's own says so (a source keeps it apart, Kubernetes writes no Weft status into it).
-    const otherGroup = (kind: string, apiVersion: string | undefined): { apiVersion?: string } => (apiVersion === undefined || !isMeshKind(kind) || groupOf(apiVersion) === KINDS[kind].group ? {} : { apiVersion });
+    const otherGroup = (kind: string, apiVersion: string | undefined): { apiVersion?: string } => (inOtherGroup(kind, apiVersion) ? { apiVersion: apiVersion! } : {});
     const byKey = new Map<string, CompileFinding>();
     for (const f of findings) {
       const key = `${f.kind}/${f.namespace}/${f.name}`;

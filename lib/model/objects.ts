@@ -760,6 +760,11 @@ export function groupsOf(kind: MeshKind): string[] {
   return [...new Set([KINDS[kind].group, ...KINDS[kind].apiVersions.map(groupOf)])];
 }
 
+/** Whether an object of `kind` in `apiVersion` is of another API group than its kind's own (Istio's security.istio.io). */
+export function inOtherGroup(kind: string, apiVersion: string | undefined): boolean {
+  return apiVersion !== undefined && isMeshKind(kind) && groupOf(apiVersion) !== KINDS[kind].group;
+}
+
 /**
  * The name an object goes by in Weft (its key, its compiled policy's id `namespace/name`, logs,
  * metrics, statuses): metadata.name, followed by `@group` for an object of another API group than
@@ -779,10 +784,15 @@ export function nameIn(kind: string, name: string, group: string | undefined): s
 
 /**
  * `Kind/namespace/name` (or `Kind/name` for cluster-scoped kinds), the name as nameIn gives it: the
- * identity of an input object.
+ * identity of an input object, as read (any field missing or of another type taken as empty: it is
+ * keyed before validation refuses it), or of the object a status is about (its apiVersion given
+ * for another group than its kind's own).
  */
-export function objectKey(obj: { apiVersion?: unknown; kind: string; metadata: { name: string; namespace?: string } }): string {
-  return keyOf(obj.kind, obj.metadata.namespace, obj.metadata.name, typeof obj.apiVersion === 'string' ? groupOf(obj.apiVersion) : undefined);
+export function objectKey(o: { apiVersion?: unknown; kind?: unknown; metadata?: { name?: unknown; namespace?: unknown } } | { kind: string; namespace: string; name: string; apiVersion?: string }): string {
+  const str = (v: unknown) => (typeof v === 'string' ? v : '');
+  const [kind, namespace, name] = 'name' in o ? [o.kind, o.namespace, o.name] : [str(o.kind), str(o.metadata?.namespace), str(o.metadata?.name)];
+  const apiVersion = typeof o.apiVersion === 'string' ? o.apiVersion : undefined;
+  return keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced && namespace ? namespace : undefined, name, apiVersion === undefined ? undefined : groupOf(apiVersion));
 }
 
 /** An object's key (objectKey); `group`: its API group, absent for the kind's own. */
