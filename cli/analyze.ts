@@ -16,7 +16,7 @@
 import type { CompileFinding, CompileOptions } from '../controller/src/compile.ts';
 import { compileObjects, type Compiled } from './mesh-view.ts';
 import type { RawObject } from '../controller/src/sources/source.ts';
-import { KINDS, groupOf, isMeshKind, keyOf, keyOfNamed, nameIn } from '../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOfNamed, nameIn, objectKey } from '../lib/model/objects.ts';
 import { labelsMatch, type MeshModel } from '../lib/model/mesh.ts';
 
 export type Severity = 'Error' | 'Warning' | 'Info';
@@ -98,7 +98,7 @@ export function analyze(inputs: readonly AnalyzeInput[], options: AnalyzeOptions
     }
     // The same name in another API group (weft.dev, security.istio.io) is another object, enforced
     // beside the first (the store holds both), not a later definition of this one.
-    const key = keyOf(kind, KINDS[kind].namespaced ? str(o.metadata?.namespace) : undefined, str(o.metadata?.name), groupOf(str(o.apiVersion)));
+    const key = objectKey(o);
     if (seen.has(key)) {
       findings.push({
         severity: 'Warning', code: 'Duplicate', kind, namespace: str(o.metadata?.namespace), name: str(o.metadata?.name),

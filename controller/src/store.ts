@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { validateObject, withoutNullFields, type ValidationIssue } from '../../lib/model/validate.ts';
 import { MAX_ISSUE_CHARS, summarizeIssues } from '../../lib/model/errors.ts';
 import { clip } from '../../lib/log.ts';
-import { KINDS, groupOf, isMeshKind, keyOf, nameIn, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, nameIn, objectKey, type MeshKind, type MeshObject } from '../../lib/model/objects.ts';
 import { emptyInputs, type MeshInputs } from './compile.ts';
 import type { ObjectStatus, RawObject, SourceEvent } from './sources/source.ts';
 
@@ -143,9 +143,7 @@ export class ObjectStore {
     const raw = withoutNullFields(input);
     const issues = validateObject(raw);
     const kind = typeof raw.kind === 'string' ? raw.kind : '';
-    const name = typeof raw.metadata?.name === 'string' ? raw.metadata.name : '';
-    const ns = typeof raw.metadata?.namespace === 'string' ? raw.metadata.namespace : undefined;
-    const key = keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name, typeof raw.apiVersion === 'string' ? groupOf(raw.apiVersion) : undefined);
+    const key = objectKey(raw);
     listed?.add(key);
     if (issues.length > 0) {
       const generation = typeof raw.metadata?.generation === 'number' ? raw.metadata.generation : undefined;

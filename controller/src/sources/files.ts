@@ -7,7 +7,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { KINDS, groupOf, isMeshKind, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
+import { KINDS, groupOf, isMeshKind, keyOf, objectKey, type MeshKind } from '../../../lib/model/objects.ts';
 import { formatManifestProblem, parseManifest } from '../../../lib/model/manifest.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceEvent, SourceHandler } from './source.ts';
@@ -88,7 +88,7 @@ export class ConfigDirSource implements ConfigSource {
   }
 
   async writeStatus(status: ObjectStatus): Promise<void> {
-    const key = keyOf(status.kind, status.namespace || undefined, status.name, status.apiVersion === undefined ? undefined : groupOf(status.apiVersion));
+    const key = objectKey(status);
     // Already so (the controller re-checks statuses after a rescan): nothing new to report.
     if (isDeepStrictEqual(this.#statuses.get(key), status)) return;
     this.#statuses.set(key, status);
@@ -127,7 +127,7 @@ export class ConfigDirSource implements ConfigSource {
       if (!parsed) continue;
       const old = this.#files.get(file) ?? new Map<string, string>();
       for (const o of parsed.objects) {
-        const key = idFor(o);
+        const key = objectKey(o);
         if (old.get(key) !== parsed.fingerprints.get(key)) upserts.push({ type: 'upsert', object: o, resourceVersion: '', origin: file });
       }
       for (const [key, json] of old) if (!parsed.fingerprints.has(key)) events.push(deleteEvent(json, file, String(++this.#version)));
@@ -208,7 +208,7 @@ export class ConfigDirSource implements ConfigSource {
       o.metadata.namespace = this.#o.defaultNamespace ?? 'default';
     }
     objects.push(o);
-    fingerprints.set(idFor(o), JSON.stringify(o));
+    fingerprints.set(objectKey(o), JSON.stringify(o));
   }
 
   #fileError(err: ConfigFileError): void {
@@ -217,16 +217,6 @@ export class ConfigDirSource implements ConfigSource {
   }
 }
 
-/**
- * An object's identity in the directory: its key, the API group in it (keyOf), as Kubernetes keeps a
- * weft.dev and a security.istio.io AuthorizationPolicy of one name apart (the store holds both).
- */
-function idFor(o: RawObject): string {
-  const kind = typeof o.kind === 'string' ? o.kind : '?';
-  const ns = typeof o.metadata?.namespace === 'string' ? o.metadata.namespace : undefined;
-  const name = typeof o.metadata?.name === 'string' ? o.metadata.name : '?';
-  return keyOf(kind, isMeshKind(kind) && KINDS[kind].namespaced ? ns : undefined, name, typeof o.apiVersion === 'string' ? groupOf(o.apiVersion) : undefined);
-}
 
 /** The delete of an object last read from `file` as `json`, in its API group. */
 function deleteEvent(json: string, file: string, resourceVersion: string): SourceEvent {

@@ -1,6 +1,6 @@
 // In-memory source: objects handed over by code (embedding, benchmarks, tests). Status goes to a
 // map the caller can read.
-import { KINDS, groupOf, keyOf, type MeshKind } from '../../../lib/model/objects.ts';
+import { KINDS, objectKey, type MeshKind } from '../../../lib/model/objects.ts';
 import type { ConfigSource, ObjectStatus, RawObject, SourceHandler } from './source.ts';
 
 export class MemorySource implements ConfigSource {
@@ -24,7 +24,7 @@ export class MemorySource implements ConfigSource {
   }
 
   async writeStatus(status: ObjectStatus): Promise<void> {
-    this.statuses.set(keyOf(status.kind, status.namespace || undefined, status.name, status.apiVersion === undefined ? undefined : groupOf(status.apiVersion)), status);
+    this.statuses.set(objectKey(status), status);
   }
 
   /** Adds or replaces objects. */
