@@ -217,3 +217,30 @@ test('security.istio.io answering 503 at start: no snapshot without the Istio DE
     await api.stop();
   }
 });
+
+// stop() while the absent resources are being asked about (a slow API server): the answer that
+// comes after must start no informer, which nothing would stop.
+test('stop() while security.istio.io is asked about again: its answer after stop() starts no informer', { timeout: 30_000 }, async () => {
+  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
+  await api.start();
+  api.failing.set('/apis/security.istio.io/', 403);
+  const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20, absentKindRetryMs: 20 });
+  let release = () => {};
+  try {
+    await source.start(() => {});
+    assert.equal(source.unanswered().length, 3);
+    const asked = api.requests.length;
+    api.stalled.set('/apis/security.istio.io/', new Promise<void>((resolve) => (release = resolve)));
+    api.failing.clear();
+    await until('asked again, the answer held', () => api.requests.slice(asked).some((r) => r.path.startsWith('/apis/security.istio.io/')));
+    await source.stop();
+    release();
+    await until('answered', () => source.unanswered().length < 3);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(Object.keys(source.restarts()).filter((k) => k.includes('security.istio.io')), [], 'no informer started after stop()');
+  } finally {
+    release();
+    await source.stop();
+    await api.stop();
+  }
+});

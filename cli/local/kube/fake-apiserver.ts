@@ -521,6 +521,8 @@ export class FakeApiServer {
 
   /** Tests: requests whose path starts with a key are answered with its HTTP status (403 Forbidden, 5xx). */
   readonly failing = new Map<string, number>();
+  /** Tests: requests whose path starts with a key are answered only once its promise settles (a slow API server). */
+  readonly stalled = new Map<string, Promise<void>>();
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://x');
@@ -537,6 +539,7 @@ export class FakeApiServer {
       }
     }
     this.requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, ...(body !== undefined ? { body } : {}) });
+    for (const [prefix, until] of this.stalled) if (url.pathname.startsWith(prefix)) await until;
     for (const [prefix, code] of this.failing) if (url.pathname.startsWith(prefix)) return status(res, code, code === 403 ? 'Forbidden' : 'InternalError', `injected failure for ${prefix}`);
     const proxy = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/:]+):(\d+)\/proxy(\/.*)?$/.exec(url.pathname);
     if (proxy && req.method === 'GET') return this.#podProxy(decodeURIComponent(proxy[1]!), decodeURIComponent(proxy[2]!), Number(proxy[3]), (proxy[4] ?? '/') + url.search, res, req.headers);
