@@ -381,6 +381,30 @@ test('the gateway is no open proxy under another spelling: octal, short or IPv4-
 });
 
 /**
+ * A gateway (cluster2's identity, its log lines and registry kept) reading the export at
+ * `federationPort`, dialling agents at `agentPort` with a 20 s connect timeout, listening on
+ * loopback, and one HBONE session into it from cluster1's client; `open` sends a CONNECT to
+ * 10.78.1.1:8080 and gives its status (0 for a stream error). Closed when the test ends.
+ */
+async function gatewayBefore(t: TestContext, federationPort: number | undefined, agentPort: number, extra: { maxTunnelsPerUpstream?: number; upstreamReserve?: number; pollMs: number }) {
+  const { connect: h2connect } = await import('node:http2');
+  const lines: string[] = [];
+  const reg = new Registry();
+  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federationPort}`, controllerId: CTRL, agentPort, connectTimeoutMs: 20_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg, ...extra });
+  const port = await gw.listen(0, '127.0.0.1');
+  t.after(() => gw.close());
+  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
+  t.after(() => session.destroy());
+  session.on('error', () => {});
+  const open = () => new Promise<number>((resolve) => {
+    const r = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
+    r.on('response', (h) => resolve(Number(h[':status'])));
+    r.on('error', () => resolve(0));
+  });
+  return { gw, port, lines, reg, session, open };
+}
+
+/**
  * An "agent" in a child process listening on loopback with the smallest accept queue (listen(0)):
  * one connect completes into the queue, later SYNs wait. `then` is Python run after it prints its
  * port, with the socket as `s` (it decides when, if ever, to accept). Killed when the test ends.
@@ -401,23 +425,10 @@ async function backloggedAgent(t: TestContext, then: string): Promise<{ sink: im
 // to that upstream (maxTunnelsPerUpstream), past which a CONNECT is refused at once (503), as the
 // agent bounds connects to a pod (Envoy's circuit breaker max_pending_requests).
 test('connects waiting for one upstream are bounded by the tunnels to it: past maxTunnelsPerUpstream, those waiting included, a CONNECT is refused at once (503 too-many-to-upstream), counted and named; the gateway stays open to the rest', async (t) => {
-  const { connect: h2connect } = await import('node:http2');
   // An "agent" that listens and never accepts, with the smallest queue: one connect completes into
   // the queue, the SYNs after it are dropped (their connects wait).
   const { port: sinkPort } = await backloggedAgent(t, 'sys.stdin.read()');
-  const lines: string[] = [];
-  const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${federation.port}`, controllerId: CTRL, agentPort: sinkPort, maxTunnelsPerUpstream: 2, upstreamReserve: 0, connectTimeoutMs: 20_000, pollMs: 60_000, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
-  const port = await gw.listen(0, '127.0.0.1');
-  t.after(() => gw.close());
-  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
-  t.after(() => session.destroy());
-  session.on('error', () => {});
-  const open = () => new Promise<number>((resolve) => {
-    const r = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
-    r.on('response', (h) => resolve(Number(h[':status'])));
-    r.on('error', () => resolve(0));
-  });
+  const { lines, reg, open } = await gatewayBefore(t, federation.port, sinkPort, { maxTunnelsPerUpstream: 2, upstreamReserve: 0, pollMs: 60_000 });
   const answers: number[] = [];
   const started = performance.now();
   for (let i = 0; i < 5; i++) void open().then((s) => answers.push(s));
@@ -772,7 +783,6 @@ test('tunnels open through the gateway are judged again at every new export: one
 // ones #rejudge judges: it is judged by the new export once connected, and refused if it no longer
 // may pass (the same rules and reasons as a CONNECT).
 test('a tunnel still connecting when a new export arrives is judged by it once connected: one the gateway no longer carries is refused (403 behind-waypoint), counted and named, not opened', async (t) => {
-  const { connect: h2connect } = await import('node:http2');
   // An "agent" whose queue holds one connection; each line on its stdin accepts one, which lets the next SYN in.
   const { sink, port: sinkPort } = await backloggedAgent(t, 'held=[]\nfor _ in iter(sys.stdin.readline, ""): held.append(s.accept()[0])');
   const ctrlTls = await creds(c2, CTRL);
@@ -782,19 +792,7 @@ test('a tunnel still connecting when a new export arrives is judged by it once c
   fed.merge(base);
   await fed.start();
   t.after(() => fed.stop());
-  const lines: string[] = [];
-  const reg = new Registry();
-  const gw = new EastWestGateway({ tls: await creds(c2, GW_ID), trustDomains: [TD], controllerUrl: `https://127.0.0.1:${fed.port}`, controllerId: CTRL, agentPort: sinkPort, connectTimeoutMs: 20_000, pollMs: 50, log: jsonLogger('eastwest', 'info', (l) => lines.push(l)), registry: reg });
-  const port = await gw.listen(0, '127.0.0.1');
-  t.after(() => gw.close());
-  const session = h2connect(`https://127.0.0.1:${port}`, { ...(await creds(c1, CLIENT)), checkServerIdentity: () => undefined });
-  t.after(() => session.destroy());
-  session.on('error', () => {});
-  const open = () => new Promise<number>((resolve) => {
-    const r = session.request({ ':method': 'CONNECT', ':authority': '10.78.1.1:8080' }, { endStream: false });
-    r.on('response', (h) => resolve(Number(h[':status'])));
-    r.on('error', () => resolve(0));
-  });
+  const { lines, reg, open } = await gatewayBefore(t, fed.port, sinkPort, { pollMs: 50 });
   const behind = async () => Number(/^weft_eastwest_refused_total\{reason="behind-waypoint"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
   // The first fills the sink's queue; the second's connect waits for a place.
   assert.equal(await open(), 200);
