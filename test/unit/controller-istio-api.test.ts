@@ -56,6 +56,15 @@ const strict = { apiVersion: V1, kind: 'PeerAuthentication', metadata: { name: '
 // RequestAuthentication reference, attached by targetRefs (Weft has no sidecars: spec.selector is refused).
 const jwt = { apiVersion: V1, kind: 'RequestAuthentication', metadata: { name: 'httpbin', namespace: 'foo' }, spec: { targetRefs: [{ group: '', kind: 'Service', name: 'httpbin' }], jwtRules: [{ issuer: 'issuer-foo', jwks: JWKS }] } };
 
+/** The controller over config directory `dir`, and the AuthorizationPolicies it has refused so far (weft_controller_rejected_objects_total). */
+async function watchedDir(dir: string) {
+  const source = new ConfigDirSource({ dir, debounceMs: 10 });
+  const registry = new Registry();
+  const h = await startHarness(source, undefined, { registry });
+  const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+  return { source, h, rejected };
+}
+
 const judge = (snapshot: { workloads: Array<{ name: string }>; policies: readonly ModelPolicy[] }, callerNs: string) => {
   const w = snapshot.workloads.find((x) => x.name === 'httpbin') as unknown as Parameters<typeof policySelectsWorkload>[1];
   return evaluate(new CompiledPolicies(snapshot.policies.filter((p) => policySelectsWorkload(p, w))), { sourcePrincipal: `spiffe://cluster.local/ns/${callerNs}/sa/client`, destinationIp: '10.4.0.1', destinationPort: 80 });
@@ -151,10 +160,7 @@ test('a weft.dev DENY and a security.istio.io ALLOW of one name from a config di
     write('mesh.yaml', ...mesh());
     write('a-weft.yaml', operatorDeny());
     write('b-istio.yaml', tenantAllow());
-    const source = new ConfigDirSource({ dir, debounceMs: 10 });
-    const registry = new Registry();
-    const h = await startHarness(source, undefined, { registry });
-    const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+    const { source, h, rejected } = await watchedDir(dir);
     try {
       const a = h.agent('node-a');
       await until('both policies at the agent', () => (a.snapshot?.policies.length ?? 0) >= 2);
@@ -188,10 +194,7 @@ test('a weft.dev policy named httpbin@security.istio.io and one of another group
     write('a-other-group.yaml', { ...authz('foo', 'weftdeny', { action: 'ALLOW', rules: [{}] }), apiVersion: 'networking.istio.io/v1' });
     write('b-istio.yaml', denyOthers);
     write('b-weft.yaml', authz('foo', 'weftdeny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['foo'] } }] }] }));
-    const source = new ConfigDirSource({ dir, debounceMs: 10 });
-    const registry = new Registry();
-    const h = await startHarness(source, undefined, { registry });
-    const rejected = async () => (await registry.getSingleMetric('weft_controller_rejected_objects_total')!.get()).values.find((v) => v.labels.kind === 'AuthorizationPolicy')?.value ?? 0;
+    const { source, h, rejected } = await watchedDir(dir);
     try {
       const a = h.agent('node-a');
       await until('both DENYs at the agent', () => a.snapshot !== undefined && judge(a.snapshot, 'bar').policy === 'foo/httpbin@security.istio.io' && judge(a.snapshot, 'foo').policy === 'foo/weftdeny');

@@ -47,6 +47,24 @@ const allowedFrom = (snapshot: Snapshot | undefined, callerNs: string) => {
 type Ev = { involvedObject?: { apiVersion?: string; kind?: string; name?: string; fieldPath?: string }; reason?: string; message?: string };
 const eventsOn = (api: FakeApiServer, name: string) => (api.list('Event') as Ev[]).filter((e) => e.involvedObject?.name === name);
 
+/** A fake API server serving Istio's CRDs whose security.istio.io group answers `status`, and a KubeSource reading it (its log kept). */
+async function istioGroupAnswering(status: number): Promise<{ api: FakeApiServer; source: KubeSource; logs: LogLine[] }> {
+  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
+  await api.start();
+  api.failing.set('/apis/security.istio.io/', status);
+  const logs: LogLine[] = [];
+  const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20, absentKindRetryMs: 50, logger: captureLogger(logs) });
+  return { api, source, logs };
+}
+
+/** httpbin in the ambient namespace foo, a weft.dev DENY of namespace bar's callers and an Istio DENY of baz's. */
+function httpbinWithTwoDenies(api: FakeApiServer): void {
+  api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
+  api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
+  api.apply(authz('foo', 'weft-deny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
+  api.apply(istioDeny('httpbin', ['baz']));
+}
+
 test('with Istio\'s CRDs served, a security.istio.io/v1 AuthorizationPolicy is watched and enforced; no status is written into it; its refusal is an Event naming its apiVersion and field', () =>
   withKube([...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES], async (api, h, source) => {
     assert.deepEqual(source.absentResources(), []);
@@ -148,17 +166,10 @@ test('without Istio\'s CRDs the controller starts as without any optional CRD, a
 // must be said (one warning, the attempts after it counted at debug level, health()), as RBAC, not as
 // "CRD not installed".
 test('security.istio.io answering 403: the controller starts and serves the weft.dev DENY without it, warns once (later attempts counted at debug) and says so in health(); the Istio DENY is enforced once it answers', { timeout: 30_000 }, async () => {
-  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
-  await api.start();
-  api.failing.set('/apis/security.istio.io/', 403);
-  const logs: LogLine[] = [];
-  const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20, absentKindRetryMs: 50, logger: captureLogger(logs) });
+  const { api, source, logs } = await istioGroupAnswering(403);
   let h: Harness | undefined;
   try {
-    api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
-    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
-    api.apply(authz('foo', 'weft-deny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
-    api.apply(istioDeny('httpbin', ['baz']));
+    httpbinWithTwoDenies(api);
     h = await startHarness(source);
     const a = h.agent('node-a');
     await until('the weft.dev DENY served', () => allowedFrom(a.snapshot, 'bar') === false);
@@ -185,17 +196,10 @@ test('security.istio.io answering 403: the controller starts and serves the weft
 // and a warning); the first snapshot holds the Istio DENY.
 // https://istio.io/latest/docs/concepts/security/#authorization-policies (DENY policies are evaluated before ALLOW)
 test('security.istio.io answering 503 at start: no snapshot without the Istio DENY; the start waits, warns once, counts the attempts, and the first snapshot enforces both DENYs', { timeout: 30_000 }, async () => {
-  const api = new FakeApiServer({ resources: [...DEFAULT_RESOURCES, ...ISTIO_SECURITY_RESOURCES] });
-  await api.start();
-  api.failing.set('/apis/security.istio.io/', 503);
-  const logs: LogLine[] = [];
-  const source = new KubeSource({ kubeConfig: kubeConfigForServer(api.url), restartDelayMs: 20, absentKindRetryMs: 50, logger: captureLogger(logs) });
+  const { api, source, logs } = await istioGroupAnswering(503);
   let h: Harness | undefined;
   try {
-    api.apply(ns('foo', { 'weft.dev/dataplane-mode': 'ambient' }));
-    api.apply(pod('foo', 'httpbin', { ip: '10.4.0.1', labels: { app: 'httpbin' } }));
-    api.apply(authz('foo', 'weft-deny', { action: 'DENY', rules: [{ from: [{ source: { namespaces: ['bar'] } }] }] }));
-    api.apply(istioDeny('httpbin', ['baz']));
+    httpbinWithTwoDenies(api);
     let done = false;
     const started = startHarness(source).then((x) => ((done = true), (h = x)));
     const said = (level: string) => logs.filter((l) => l.level === level && /Istio security objects are not being read/.test(l.msg) && l.fields.resource === 'AuthorizationPolicy.security.istio.io');

@@ -742,12 +742,11 @@ test('tunnels all callers hold to one upstream are bounded below the upstream\'s
   await until('a closed tunnel frees its place', async () => (await open(c)).status === 200, 5_000, { intervalMs: 50 });
 });
 
-// Istio's ztunnel judges its open connections again when the policies change and closes those no
-// longer allowed (istio/ztunnel src/proxy/connection_manager.rs); the gateway's rules are the
-// exported Services and their waypoints (https://istio.io/latest/docs/ambient/install/multicluster/:
-// the east-west gateway carries callers to exported Services). A tunnel opened while a Service was
-// exported, or before its pod went behind a waypoint, kept flowing after either changed.
-test('tunnels open through the gateway are judged again at every new export: one it would no longer carry (now behind a waypoint, its Service withdrawn) is closed, counted under its refusal reason and named; one still allowed stays', async (t) => {
+/**
+ * cluster2's own export served on loopback for the test: demo/echo (svc) and its namespace's
+ * waypoint (ready, WAYPOINT2); `base` is that model, to merge changed copies of. Stopped when the test ends.
+ */
+async function echoWithWaypointExport(t: TestContext): Promise<{ fed: Federation; base: MeshModel }> {
   const ctrlTls = await creds(c2, CTRL);
   const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
   const wp = { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true };
@@ -755,6 +754,16 @@ test('tunnels open through the gateway are judged again at every new export: one
   fed.merge(base);
   await fed.start();
   t.after(() => fed.stop());
+  return { fed, base };
+}
+
+// Istio's ztunnel judges its open connections again when the policies change and closes those no
+// longer allowed (istio/ztunnel src/proxy/connection_manager.rs); the gateway's rules are the
+// exported Services and their waypoints (https://istio.io/latest/docs/ambient/install/multicluster/:
+// the east-west gateway carries callers to exported Services). A tunnel opened while a Service was
+// exported, or before its pod went behind a waypoint, kept flowing after either changed.
+test('tunnels open through the gateway are judged again at every new export: one it would no longer carry (now behind a waypoint, its Service withdrawn) is closed, counted under its refusal reason and named; one still allowed stays', async (t) => {
+  const { fed, base } = await echoWithWaypointExport(t);
   const { sessionAs, open, reg, lines } = await tunnelGateway(t, { controllerUrl: `https://127.0.0.1:${fed.port}`, pollMs: 50 });
   const client = await open(await sessionAs(CLIENT));
   const fromWaypoint = await open(await sessionAs(WAYPOINT2));
@@ -785,13 +794,7 @@ test('tunnels open through the gateway are judged again at every new export: one
 test('a tunnel still connecting when a new export arrives is judged by it once connected: one the gateway no longer carries is refused (403 behind-waypoint), counted and named, not opened', async (t) => {
   // An "agent" whose queue holds one connection; each line on its stdin accepts one, which lets the next SYN in.
   const { sink, port: sinkPort } = await backloggedAgent(t, 'held=[]\nfor _ in iter(sys.stdin.readline, ""): held.append(s.accept()[0])');
-  const ctrlTls = await creds(c2, CTRL);
-  const fed = new Federation({ cluster: 'cluster2', network: 'network2', listen: { host: '127.0.0.1', port: 0 }, remotes: [], tls: () => ctrlTls, mayRead: (x) => x === CTRL || x === GW_ID, isController: (x) => x === CTRL, log: silentLogger });
-  const wp = { name: 'waypoint', namespace: 'demo', address: '127.0.0.1', port: wpPort, spiffeId: WAYPOINT2, ready: true };
-  const base: MeshModel = { ...emptyMeshModel(), services: new Map([['demo/echo', svc]]), waypoints: new Map([['demo/waypoint', wp]]) };
-  fed.merge(base);
-  await fed.start();
-  t.after(() => fed.stop());
+  const { fed, base } = await echoWithWaypointExport(t);
   const { lines, reg, open } = await gatewayBefore(t, fed.port, sinkPort, { pollMs: 50 });
   const behind = async () => Number(/^weft_eastwest_refused_total\{reason="behind-waypoint"\} (\d+)$/m.exec(await reg.metrics())?.[1] ?? 0);
   // The first fills the sink's queue; the second's connect waits for a place.
