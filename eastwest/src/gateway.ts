@@ -144,10 +144,10 @@ export class EastWestGateway {
   #configured = false;
   /**
    * The export applied last (#refresh), so that the same export is not applied again: its ETag
-   * (`etag <tag>`), which the next read sends back (If-None-Match: a 304 transfers, hashes and parses
-   * nothing), or, from a controller that sends none (an older one), its text's SHA-256 (`sha256 <digest>`).
+   * (`etag`), which the next read sends back (If-None-Match: a 304 transfers, hashes and parses
+   * nothing), or, from a controller that sends none (an older one), its text's SHA-256 (`digest`).
    */
-  #lastExport: string | undefined;
+  #lastExport: { etag: string } | { digest: string } | undefined;
   /** Bumped at each export applied (#refresh): a tunnel judged by an older one is judged again once connected (#connect). */
   #generation = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -337,7 +337,7 @@ export class EastWestGateway {
   }
 
   async #refresh(): Promise<void> {
-    const asked = this.#configured && this.#lastExport?.startsWith('etag ') ? this.#lastExport.slice(5) : undefined;
+    const asked = this.#configured && this.#lastExport && 'etag' in this.#lastExport ? this.#lastExport.etag : undefined;
     const read = await readExport(this.#o.controllerUrl, {
       tls: this.#tls,
       checkPeer: (id) => (id === this.#o.controllerId ? undefined : new Error(`${this.#o.controllerUrl} is not the controller ${this.#o.controllerId}`)),
@@ -347,8 +347,10 @@ export class EastWestGateway {
     // The same export as last time: nothing to apply, no tunnel to judge again.
     if (read === 'unchanged') return;
     const { text } = read;
-    const seen = read.etag !== undefined ? `etag ${read.etag}` : `sha256 ${createHash('sha256').update(text).digest('base64')}`;
-    if (this.#configured && seen === this.#lastExport) return;
+    const seen = read.etag !== undefined ? { etag: read.etag } : { digest: createHash('sha256').update(text).digest('base64') };
+    const last = this.#lastExport;
+    const same = last !== undefined && ('etag' in seen ? 'etag' in last && last.etag === seen.etag : 'digest' in last && last.digest === seen.digest);
+    if (this.#configured && same) return;
     const exp = parseClusterExport(JSON.parse(text));
     const nodeOf = new Map<string, string>();
     const notEnrolled = new Set<string>();
