@@ -7,8 +7,8 @@ import * as grpc from '@grpc/grpc-js';
 import { CertificateAuthority, DEFAULT_MAX_WORKLOAD_CERT_LIFETIME_MS } from '../../lib/identity/ca.ts';
 import { CertificateServiceClient } from '../../lib/identity/ca-client.ts';
 import { createCsr, generateKeyPair, privateKeyToPem } from '../../lib/identity/csr.ts';
-import { OID, extension, generalNames, signStructure } from '../../lib/identity/x509.ts';
-import { ctx, oid, seq, set, smallInt, toPem } from '../../lib/identity/der.ts';
+import { KeyUsage, OID, buildName, extension, generalNames, keyUsageValue, signStructure } from '../../lib/identity/x509.ts';
+import { bool, ctx, oid, seq, set, smallInt, toPem } from '../../lib/identity/der.ts';
 import { CaAuthenticationError, CaUnavailableError, CertificateRefusedError, IdentityError } from '../../lib/identity/errors.ts';
 import { addCertificateService, createControllerCredentials, StaticTokenAuthenticator, type CaLogRecord, type CertificateServiceDeps, type ControllerCredentials } from '../../controller/src/ca/index.ts';
 import type { NodeAuthenticator } from '../../controller/src/ca/authn.ts';
@@ -327,6 +327,48 @@ test('a CSR whose key is weak or off-profile (RSA 512 and 1024, EC P-192, secp25
       assert.ok(new X509Certificate(res.certChain[0]!).subjectAltName?.includes(web), label);
     }
     assert.deepEqual(h.outcomes.slice(4), ['issued', 'issued', 'issued', 'issued']);
+  } finally {
+    nodeA.close();
+    h.close();
+  }
+});
+
+// What a CSR asks for beyond its key and its one URI SAN is not the requester's to decide (Istio's CA
+// builds the certificate from the key and the authorised identity alone, pkg/security/pkg/pki/util
+// GenCertFromCSR): a node that asks for CA:TRUE and keyCertSign (RFC 5280 4.2.1.9, 4.2.1.3), a DNS
+// or IP SAN, or a subject naming the API server gets a leaf for its identity only. And an identity
+// spelt otherwise than the SPIFFE ID spec's one form (an upper-case trust domain, percent-encoding,
+// an empty or trailing segment, a path past /sa/<name>) is refused, not matched loosely.
+test('a CSR asking for CA:TRUE, keyCertSign, DNS and IP SANs and a subject gets a leaf with only its URI SAN; identities spelt otherwise are refused INVALID_ARGUMENT, counted invalid and logged', async () => {
+  const web = id('default', 'web');
+  const h = await serveCa(ca, placement);
+  const nodeA = await (async () => {
+    const k = await csrFor(`spiffe://${TD}/node/node-a`);
+    return h.mtls(k.keyPem, ca.signCsr(k.csr, `spiffe://${TD}/node/node-a`).certChain);
+  })();
+  try {
+    const { privateKey } = await generateKeyPair();
+    const spki = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
+    const asked = seq(
+      extension(OID.subjectAltName, true, generalNames({ uris: [web], dnsNames: ['kubernetes.default.svc'], ipAddresses: ['10.96.0.1'] })),
+      extension(OID.basicConstraints, true, seq(bool(true))),
+      extension(OID.keyUsage, true, keyUsageValue([KeyUsage.digitalSignature, KeyUsage.keyCertSign, KeyUsage.cRLSign])),
+    );
+    const subject = buildName([[OID.organization, 'system:masters'], [OID.commonName, 'kube-apiserver']]);
+    const greedy = toPem('CERTIFICATE REQUEST', signStructure(seq(smallInt(0), subject, spki, ctx(0, true, seq(oid(OID.extensionRequest), set(asked)))), privateKey));
+    const leaf = new X509Certificate((await nodeA.createCertificate(web, greedy)).certChain[0]!);
+    assert.equal(leaf.ca, false, 'not a CA');
+    assert.equal(leaf.subjectAltName, `URI:${web}`, 'its URI SAN only');
+    assert.equal(leaf.subject, '', 'no subject');
+    assert.ok(!leaf.checkIssued(leaf), 'not self-issued');
+    assert.deepEqual(h.outcomes, ['issued']);
+    for (const spelt of [`spiffe://CLUSTER.LOCAL/ns/default/sa/web`, `spiffe://${TD}/ns/default/sa/web/`, `spiffe://${TD}/ns/default/sa/web/extra`,
+      `spiffe://${TD}/ns/default%2Fsa/web`, `spiffe://${TD}//ns/default/sa/web`, `SPIFFE://${TD}/ns/default/sa/web`]) {
+      const err = await rejection(nodeA.createCertificate(spelt, (await csrFor(spelt)).csr));
+      assert.equal(grpcCode(err), 'INVALID_ARGUMENT', spelt);
+      assert.equal(h.outcomes.at(-1), 'invalid', spelt);
+      assert.match(String(h.logs.at(-1)?.reason), /requested identity is invalid/, spelt);
+    }
   } finally {
     nodeA.close();
     h.close();
