@@ -24,6 +24,7 @@
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
+import { fieldBytes } from '../field-bytes.ts';
 import { encodeRawPathChars, policyAction, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { claimAt, type RequestAuth } from './jwt.ts';
 import { COMPILED_SOURCE_FIELDS, OPERATION_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
@@ -351,8 +352,11 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not `DELETE`; the caller passes
       // the method the backend will see.
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
-    case 'header':
-      return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v, true)); };
+    case 'header': {
+      // A field's bytes against the value's UTF-8 bytes, as Envoy's header matcher (lib/field-bytes.ts).
+      const wire = values.map(fieldBytes);
+      return (a) => { const v = get(a) as string | undefined; return wire.some((x) => globMatch(x, v, true)); };
+    }
     case 'claim':
       return (a) => {
         const v = get(a) as string | readonly string[] | undefined;

@@ -8,8 +8,10 @@ import { PolicyTable } from '../../lib/policy/authz.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   CALLER, config, echo, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener,
-  type Backend, type Listener,
+  type Backend, type Listener, type Reply,
 } from '../../waypoint/testing/harness.ts';
+import { H2, H2_PREFACE, h2Frame, hpackLiteral } from '../lab/h2-frames.ts';
+import { until } from '../lab/wait.ts';
 
 function policy(name: string, action: AuthorizationPolicy['action'], rules: AuthorizationPolicy['rules'], targets = ['shop/reviews']): AuthorizationPolicy {
   return { name, namespace: 'shop', action, scope: 'service', targetServices: targets, rules, layer: 'L7' };
@@ -261,5 +263,45 @@ describe('a DENY on request.headers[:path] and [:method] holds at the waypoint',
     assert.match(denied.body, /shop\/deny-secret/);
     assert.equal((await request(w.l.port, { path: '/secret/x?y=1' })).status, 200);
     assert.equal(await rbacDenials() - before, 1);
+  });
+});
+
+// Envoy's header matcher (and so Istio's `request.headers[...]` and the Gateway API's header match)
+// compares a field's bytes with the configured string's UTF-8 bytes (StringMatcher on the raw value).
+// node hands the waypoint each byte of a field value as one character (latin1), so a DENY written
+// `José` never met `José` sent as UTF-8, over HTTP/1.1 or HTTP/2, and the backend got it.
+describe('a DENY on a header value outside ASCII holds for its UTF-8 bytes', () => {
+  const w = reviewsWaypoint([
+    policy('deny-jose', 'DENY', [{ from: [], to: [], when: [{ key: 'request.headers[x-user]', values: ['José', 'Zoë*'] }], layer: 'L7' }]),
+  ], CALLER);
+
+  it('denies the value sent as UTF-8 over HTTP/1.1 and HTTP/2, counts each, and passes other bytes on unchanged', async () => {
+    const rbac = async (): Promise<number> =>
+      (await metricSamples(w.engine, 'istio_requests_total')).filter((s) => s.labels['response_code'] === '403' && s.labels['response_flags'] === 'RBAC').reduce((n, s) => n + s.value, 0);
+    const before = await rbac();
+    // node's client writes each character of a field value as one byte: these are the value's bytes.
+    const h1 = (user: Buffer): Promise<Reply> => request(w.l.port, { headers: { 'x-user': user.toString('latin1') } });
+    const denied = await h1(Buffer.from('José', 'utf8'));
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /shop\/deny-jose/);
+    assert.equal((await h1(Buffer.from('Zoë Smith', 'utf8'))).status, 403, 'a prefix outside ASCII');
+    // HTTP/2, its field written as the UTF-8 bytes of the string (RFC 9113 section 8.2.1 forbids no such octet).
+    const block = Buffer.concat(([[':method', 'GET'], [':scheme', 'http'], [':path', '/h2'], [':authority', 'reviews.shop'], ['x-user', 'José']] as const).map(([n, v]) => hpackLiteral(n, v)));
+    const sock = net.connect(w.l.port, '127.0.0.1');
+    sock.on('error', () => {});
+    try {
+      sock.write(Buffer.concat([H2_PREFACE, h2Frame(H2.SETTINGS, 0, 0, Buffer.alloc(0)), h2Frame(H2.HEADERS, H2.END_HEADERS | H2.END_STREAM, 1, block)]));
+      await until('the HTTP/2 request is denied (counted)', async () => await rbac() === before + 3, 10_000);
+    } finally {
+      sock.destroy();
+    }
+    // Other bytes are another value, to Envoy as here: `Jos` and the latin1 byte E9, `José` written
+    // decomposed (e + U+0301). Each reaches the backend byte for byte.
+    for (const user of [Buffer.from([0x4a, 0x6f, 0x73, 0xe9]), Buffer.from('Jose\u0301', 'utf8')]) {
+      const passed = await h1(user);
+      assert.equal(passed.status, 200, user.toString('hex'));
+      assert.equal(Buffer.from(JSON.parse(passed.body).headers['x-user'] as string, 'latin1').toString('hex'), user.toString('hex'));
+    }
+    assert.equal(await rbac(), before + 3);
   });
 });

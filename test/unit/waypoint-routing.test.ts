@@ -30,6 +30,7 @@ describe('waypoint routing', () => {
       routes: [
         route('reviews', 'reviews', [
           { matches: [match({ headers: [{ type: 'Exact', name: 'x-user', value: 'tester' }] })], backends: [backend('reviews-v2')] },
+          { matches: [match({ headers: [{ type: 'Exact', name: 'x-user', value: 'Zoë' }] }), match({ headers: [{ type: 'RegularExpression', name: 'x-name', value: 'Jos.' }] })], backends: [backend('reviews-v2')] },
           { backends: [backend('reviews-v1', 90), backend('reviews-v2', 10)] },
         ]),
         route('by-host', 'hosts', [{ matches: [match({ headers: [{ type: 'Exact', name: 'host', value: 'hosts.shop' }] })], backends: [backend('reviews-v2')] }]),
@@ -68,6 +69,19 @@ describe('waypoint routing', () => {
   // GEP-1294 ("hostnames field"): mesh routes filter by host with an HTTPHeaderMatch on Host, whose
   // names are case-insensitive (httproute_types.go HTTPHeaderMatch.Name). Over HTTP/2 the host is
   // :authority (RFC 9113 section 8.3.1), which Envoy maps Host onto: a match on `host` reads it.
+  // Envoy's header matcher compares the field's bytes with the value's UTF-8 bytes, and RE2 reads
+  // them as UTF-8 (one `.` for `é`); node hands the waypoint each byte as one character.
+  it('matches a header value outside ASCII by its UTF-8 bytes, Exact and RegularExpression alike', async () => {
+    // node's client writes each character of a field value as one byte: these are the value's bytes.
+    const backendOf = async (header: string, value: Buffer): Promise<string> =>
+      JSON.parse((await request(listener.port, { host: 'reviews.shop', headers: { [header]: value.toString('latin1') } })).body).backend as string;
+    assert.equal(await backendOf('x-user', Buffer.from('Zoë')), 'v2');
+    assert.equal(await backendOf('x-name', Buffer.from('José')), 'v2');
+    // The latin1 byte for ë is not Zoë's UTF-8, to Envoy as here: the weighted rule takes it (v1 at 90%).
+    const others = await Promise.all(Array.from({ length: 20 }, () => backendOf('x-user', Buffer.from([0x5a, 0x6f, 0xeb]))));
+    assert.ok(others.includes('v1'), others.join());
+  });
+
   it('matches an HTTPRoute header match on Host against HTTP/1.1 Host and HTTP/2 :authority alike', async () => {
     const hosts = await startTunnelListener(engine, '10.96.0.30:80');
     const session = http2.connect(`http://127.0.0.1:${hosts.port}`);

@@ -16,6 +16,7 @@
 // Regular expressions are RE2 (lib/regex.ts): linear-time matching, full-string anchoring, as Envoy.
 import type { GrpcMatchRank, Route, RouteBackend, RouteMatch, RouteRule, StringMatch } from '../../lib/model/mesh.ts';
 import { compileFullMatch } from '../../lib/regex.ts';
+import { fieldBytes, fieldText } from '../../lib/field-bytes.ts';
 import { MAX_TIMER_MS } from '../../lib/model/validate.ts';
 import type { ConfigIssue } from './errors.ts';
 import { validateRouteFilter } from './filters.ts';
@@ -108,11 +109,14 @@ export function pathPrefixMatches(prefix: string, path: string): boolean {
 
 function compileString(m: StringMatch, lowerName: boolean): CompiledStringMatch {
   const name = lowerName ? m.name.toLowerCase() : m.name;
+  // A header's bytes against the value's UTF-8 bytes, as Envoy's header matcher (lib/field-bytes.ts);
+  // a query parameter's value is decoded text already.
   if (m.type === 'RegularExpression') {
     const re = compileFullMatch(m.value);
-    return { name, test: (v) => v !== undefined && re(v) };
+    return { name, test: lowerName ? (v) => v !== undefined && re(fieldText(v)) : (v) => v !== undefined && re(v) };
   }
-  return { name, test: (v) => v === m.value };
+  const value = lowerName ? fieldBytes(m.value) : m.value;
+  return { name, test: (v) => v === value };
 }
 
 function compileMatch(route: Route, rule: RouteRule, ruleIndex: number, match: RouteMatch, matchIndex: number): CompiledEntry {
