@@ -22,6 +22,7 @@
 // LRU, Envoy's jwt_cache_config); a token costs at most MAX_KEYS_PER_TOKEN signature checks.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { JWS_ALGS, decodeCompactJws, isJwsAlg, jwsKeyFits, verifyJws, type JsonValue, type JwsAlg } from '../identity/jws.ts';
+import { fieldBytes } from '../field-bytes.ts';
 
 /** One `jwtRules[]` entry as the controller compiles it (keys inline). */
 export interface JwtRule {
@@ -457,7 +458,7 @@ export function claimHeaderValue(claims: RequestAuth['claims'], path: string): s
   return scalar(v);
 }
 
-/** A header value is what a field may carry (RFC 9110 section 5.5): no CR, LF, NUL or other controls. */
+/** A header value is what a field may carry (RFC 9110 section 5.5), as bytes: no CR, LF, NUL or other controls. */
 const FIELD_VALUE_OK = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 /** One location and the rules reading it. */
@@ -564,8 +565,10 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
   if (!rule.forwardOriginalToken) for (const f of found) if (f.loc.header) edits.remove.push(f.loc.header.name);
   if (rule.outputPayloadToHeader) edits.set.push({ name: rule.outputPayloadToHeader.toLowerCase(), value: r.payloadPart });
   for (const c of rule.outputClaimToHeaders ?? []) {
+    // Its UTF-8 bytes, as Envoy writes it (lib/field-bytes.ts): a header value is sent one byte a character.
     const v = claimHeaderValue(r.auth.claims, c.claim);
-    if (v !== undefined && FIELD_VALUE_OK.test(v)) edits.set.push({ name: c.header.toLowerCase(), value: v });
+    const bytes = v === undefined ? undefined : fieldBytes(v);
+    if (bytes !== undefined && FIELD_VALUE_OK.test(bytes)) edits.set.push({ name: c.header.toLowerCase(), value: bytes });
   }
   return { kind: 'verified', auth: r.auth, issuer: r.issuer!, edits };
 }

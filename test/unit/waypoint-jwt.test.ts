@@ -320,7 +320,7 @@ describe('routing on a verified claim (istio.io jwt-route, with outputClaimToHea
     ({ l, close } = await jwtWaypoint(['reviews', 'reviews-admin'], [], (port) => ({
       services: [service('reviews', '10.96.0.10', [endpoint(port('reviews'))]), service('reviews-admin', '10.96.0.11', [endpoint(port('reviews-admin'))])],
       routes: [route('by-group', 'reviews', [
-        { matches: [match({ headers: [{ type: 'Exact', name: 'x-jwt-group', value: 'admin' }] })], backends: [backend('reviews-admin')] },
+        { matches: ['admin', 'Zoë', '管理者'].map((value) => match({ headers: [{ type: 'Exact', name: 'x-jwt-group', value }] })), backends: [backend('reviews-admin')] },
         { matches: [match()], backends: [backend('reviews')] },
       ])],
       requestAuthentications: [ra('jwt', [{ issuer: ISS, jwks: jwksOf(key), outputClaimToHeaders: [{ header: 'x-jwt-group', claim: 'group' }] }])],
@@ -336,5 +336,16 @@ describe('routing on a verified claim (istio.io jwt-route, with outputClaimToHea
     assert.equal(JSON.parse(spoofed.body).backend, 'reviews');
     const other = await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims({ group: 'dev' }))}`, 'x-jwt-group': 'admin' } });
     assert.equal(JSON.parse(other.body).backend, 'reviews');
+  });
+
+  // Envoy's jwt_authn writes a claim's UTF-8 bytes (claim_to_headers); a claim outside ASCII was
+  // written one byte a character (`ë` as the latin1 byte), or, past U+00FF, not at all.
+  it('a claim outside ASCII is written as its UTF-8 bytes and matched as such', async () => {
+    for (const group of ['Zoë', '管理者']) {
+      const r = await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims({ group }))}` } });
+      const seen = JSON.parse(r.body) as { backend: string; headers: Record<string, string> };
+      assert.equal(seen.backend, 'reviews-admin', group);
+      assert.equal(Buffer.from(seen.headers['x-jwt-group']!, 'latin1').toString('utf8'), group);
+    }
   });
 });
