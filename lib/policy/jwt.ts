@@ -404,7 +404,7 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
     if (typeof exp === 'number' && nowSeconds > exp + JWT_CLOCK_SKEW_SECONDS) return { ok: false, reason: 'expired', why: `exp ${exp} is past`, issuer: iss };
     if (typeof nbf === 'number' && nowSeconds + JWT_CLOCK_SKEW_SECONDS < nbf) return { ok: false, reason: 'not-yet-valid', why: `nbf ${nbf} is ahead`, issuer: iss };
     const audiences = aud === undefined ? [] : typeof aud === 'string' ? [aud] : (aud as string[]);
-    if (rule.audiences && rule.audiences.length > 0 && !audiences.some((a) => rule.audiences!.includes(a))) {
+    if (rule.audiences && rule.audiences.length > 0 && !audiencesAllowed(rule.audiences, audiences)) {
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
@@ -416,6 +416,21 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
     return { ok: true, auth, payloadPart: jws.payloadPart, rule, issuer: iss };
   }
   return last;
+}
+
+/**
+ * Envoy's CheckAudience (source/common/jwt/check_audience.cc): an audience is compared without an
+ * `http://` or `https://` prefix and one trailing `/`, in the rule and in the token alike, "because
+ * users easily add a wrong scheme and trailing slash"; nothing else is taken off.
+ */
+function sanitizeAudience(aud: string): string {
+  const start = aud.startsWith('http://') ? 7 : aud.startsWith('https://') ? 8 : 0;
+  return aud.slice(start, aud.endsWith('/') ? -1 : undefined);
+}
+
+function audiencesAllowed(allowed: readonly string[], audiences: readonly string[]): boolean {
+  const set = new Set(allowed.map(sanitizeAudience));
+  return audiences.some((a) => set.has(sanitizeAudience(a)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -158,6 +158,18 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     refused([{ ...rule, audiences: ['shop'] }], bearer(signToken(rsa, claims())), 'audience-not-allowed', 403);
   });
 
+  // Envoy's CheckAudience (source/common/jwt/check_audience.cc) compares audiences with an `http://`
+  // or `https://` prefix and one trailing `/` taken off, in the rule and in the token alike; its
+  // check_audience_test.cc table. Nothing else is taken off: another scheme, a second slash, case.
+  it('audiences are compared as Envoy\'s CheckAudience: without http(s):// and one trailing slash, nothing more', () => {
+    for (const [configured, aud] of [['shop', 'https://shop/'], ['shop', 'http://shop'], ['shop', 'shop/'], ['https://shop/', 'shop'], ['http://shop', 'https://shop/']]) {
+      assert.equal(authenticateRequest([{ ...rule, audiences: [configured!] }], bearer(signToken(rsa, claims({ aud })))).kind, 'verified', `${configured} and ${aud}`);
+    }
+    for (const [configured, aud] of [['shop', 'ftp://shop'], ['shop', 'shop//'], ['shop', 'Shop'], ['shop', 'https://shop/x'], ['shop', 'HTTPS://shop'], ['shop', '']]) {
+      refused([{ ...rule, audiences: [configured!] }], bearer(signToken(rsa, claims({ aud }))), 'audience-not-allowed', 403);
+    }
+  });
+
   it('two different tokens (header and query, or two Authorization lines) are refused: Found multiple Jwt tokens; the same token twice is one', () => {
     const good = signToken(rsa, claims());
     const forged = signToken(stranger, claims({ sub: 'admin' }));
