@@ -324,21 +324,32 @@ function cookieValues(headers: TokenSources['headers'], name: string): string[] 
 }
 
 /**
- * The token in one header value for the locations reading that header (longest prefix first). A
- * value without any of their prefixes holds none, as in Envoy; a prefix is compared without regard
- * to case (RFC 9110 section 11.1: an auth scheme is case-insensitive), so `bearer <token>` is
- * verified, not passed on unchecked to a backend that would read it. Overlapping prefixes (`Bearer `
- * and none) read a value once, at the longest that fits: one value is one token, never two.
+ * The token in one header value for the locations reading that header (longest prefix first), as
+ * Envoy's extractor reads it (jwt_authn extractor.cc): the prefix anywhere in the value, the token from
+ * the first JWT character after it (base64url or `.`) to the end, so `Basic Zm9v, Bearer <token>` holds
+ * a token to verify, not one passed on unchecked to a backend that would find it. A value without any
+ * of their prefixes holds none. A prefix is found without regard to case (RFC 9110 section 11.1: an
+ * auth scheme is case-insensitive; Envoy's search is case-sensitive, so `bearer <token>` is verified
+ * here where Envoy passes it on). Overlapping prefixes (`Bearer ` and none) read a value once, at the
+ * longest that fits: one value is one token, never two.
  */
 function headerToken(value: string, byPrefix: readonly PlanEntry[]): { token: string; entry: PlanEntry } | undefined {
+  // A field value is a byte a character (lib/field-bytes.ts), which lower-cases to as many characters.
+  const lower = value.toLowerCase();
   for (const entry of byPrefix) {
     const prefix = entry.loc.header!.prefix;
-    if (value.slice(0, prefix.length).toLowerCase() !== prefix.toLowerCase()) continue;
-    const token = value.slice(prefix.length).trim();
+    const at = lower.indexOf(prefix.toLowerCase());
+    if (at < 0) continue;
+    const rest = value.slice(at + prefix.length);
+    const start = rest.search(JWT_CHAR);
+    const token = (start < 0 ? rest : rest.slice(start)).trim();
     return token === '' ? undefined : { token, entry };
   }
   return undefined;
 }
+
+/** A character of a compact JWS (RFC 4648 section 5 base64url, and the dots between its parts). */
+const JWT_CHAR = /[A-Za-z0-9_.-]/;
 
 /** The tokens at a parameter or cookie location. */
 function tokensAt(loc: Location, src: TokenSources, query: URLSearchParams | undefined): string[] {

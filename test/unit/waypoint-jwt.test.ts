@@ -307,6 +307,26 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     assert.equal((await request(l.port, { headers: { authorization: `Token ${signToken(key, claims({ iss: 'https://token.example' }))}` } })).status, 200);
     assert.equal((await request(l.port, { headers: { authorization: `Bearer ${signToken(key, claims())}` } })).status, 200);
   });
+
+  // Envoy's extractor (jwt_authn extractor.cc) finds a header location's prefix anywhere in the value
+  // and reads the token from the first JWT character after it: `Basic Zm9v, Bearer <token>`, or a
+  // prefix behind a byte a backend's trim takes off (`\xa0Bearer`: Python's str.strip), carries a
+  // token that Envoy verifies. The waypoint read the prefix at the start only, so such a value held
+  // no token: the request passed without a principal and the backend got the forged token.
+  it('Envoy extractor: a forged token behind other text in Authorization is 401, counted, never forwarded; a good one is verified and removed', async () => {
+    const forged = signToken(stranger, claims({ sub: 'admin' }));
+    const before = (await refusals(engine))['bad-signature'] ?? 0;
+    const hits = b.hits;
+    for (const value of [`Basic Zm9v, Bearer ${forged}`, `\xa0Bearer ${forged}`, `x Bearer ${forged}`]) {
+      const r = await request(l.port, { headers: { authorization: value } });
+      assert.equal(r.status, 401, `${JSON.stringify(value.slice(0, 20))}: ${r.body}`);
+    }
+    assert.equal(b.hits, hits, 'the backend saw none of them');
+    assert.equal((await refusals(engine))['bad-signature'], before + 3);
+    const ok = await request(l.port, { headers: { authorization: `Basic Zm9v, Bearer ${signToken(key, claims())}` } });
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal((JSON.parse(ok.body) as { headers: Record<string, string> }).headers['authorization'], undefined, 'the verified token is not forwarded');
+  });
 });
 
 // https://istio.io/latest/docs/tasks/security/authentication/jwt-route/ routes on a verified claim;
