@@ -37,15 +37,19 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 
   }
 }
 
-interface Rig { b: Awaited<ReturnType<typeof heldBackend>>; engine: WaypointEngine; l: Listener; log: Array<Record<string, unknown>>; close(): Promise<void> }
+interface Rig { b: Awaited<ReturnType<typeof heldBackend>>; engine: WaypointEngine; l: Listener; log: Array<Record<string, unknown>>; warnings: Array<{ msg: string; fields: Record<string, unknown> }>; close(): Promise<void> }
 
 async function rig(maxRequests: number): Promise<Rig> {
   const b = await heldBackend();
   const log: Array<Record<string, unknown>> = [];
-  const engine = new WaypointEngine({ namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), maxRequests, telemetry: { accessLog: (line) => log.push(JSON.parse(line) as Record<string, unknown>) } });
+  const warnings: Rig['warnings'] = [];
+  const engine = new WaypointEngine({
+    namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), maxRequests,
+    telemetry: { accessLog: (line) => log.push(JSON.parse(line) as Record<string, unknown>), warn: (msg, fields) => warnings.push({ msg, fields }) },
+  });
   engine.applyConfig(config({ services: [service('reviews', '10.96.0.10', [endpoint(b.port)])] }));
   const l = await startTunnelListener(engine, '10.96.0.10:80');
-  return { b, engine, l, log, async close() { b.release(); await l.close(); await engine.close(); await b.close(); } };
+  return { b, engine, l, log, warnings, async close() { b.release(); await l.close(); await engine.close(); await b.close(); } };
 }
 
 const active = async (engine: WaypointEngine): Promise<number> => (await metricSamples(engine, 'weft_waypoint_downstream_requests_active'))[0]?.value ?? -1;
@@ -171,5 +175,66 @@ describe('waypoint overload (--max-requests)', () => {
     }
     assert.throws(() => new RequestAdmission(0), RangeError);
     assert.throws(() => new WaypointEngine({ namespace: 'shop', name: 'wp', upstream: new TcpUpstream(), maxRequests: 2.5 }), /maxRequests/);
+  });
+});
+
+// Envoy's HTTP/1 codec pauses dispatch after one request and the connection manager stops reading
+// until it is answered (source/common/http/conn_manager_impl.cc onData): a connection carries one
+// request at a time. node's server hands over every pipelined request it parsed at once, so one
+// HTTP/1.1 connection writing 300 requests in one packet had 300 at the backend and took 300 of the
+// waypoint's --max-requests places (an HTTP/2 session is held to 250 streams).
+describe('HTTP/1.1 pipelining', () => {
+  /** Writes `requests` on one connection; its responses' status lines, read until it closes. */
+  function pipeline(port: number, requests: string[]): { statuses: Promise<string[]>; sock: net.Socket } {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write(requests.join('')));
+    sock.on('error', () => {});
+    let text = '';
+    sock.on('data', (c: Buffer) => { text += c.toString('latin1'); });
+    return { sock, statuses: new Promise((resolve) => sock.on('close', () => resolve(text.match(/^HTTP\/1\.1 \d{3}/gm) ?? []))) };
+  }
+  const get = (path: string, last = false): string => `GET ${path} HTTP/1.1\r\nHost: reviews\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
+
+  it('serves pipelined requests one at a time, in order, each reaching the backend after the answer before it', async () => {
+    const r = await rig(100);
+    try {
+      const paths = ['/p0', '/p1', '/p2', '/p3'];
+      const seen: string[] = [];
+      const { statuses } = pipeline(r.l.port, paths.map((p, i) => get(p, i === paths.length - 1)));
+      for (const p of paths) {
+        await until(`${p} at the backend`, () => r.b.held.length === 1);
+        // Give the others every chance to arrive: none does while this one is held.
+        await delay(50);
+        assert.equal(r.b.held.length, 1, 'one request of the connection at the backend at a time');
+        assert.equal(await active(r.engine), 1, 'one place of --max-requests taken');
+        seen.push(r.b.held[0]!.req.url ?? '');
+        r.b.release();
+      }
+      assert.deepEqual(seen, paths);
+      assert.deepEqual(await statuses, paths.map(() => 'HTTP/1.1 200'));
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('closes a connection with more requests waiting than an HTTP/2 session may open streams, counted and logged; others are served', async () => {
+    const r = await rig(10_000);
+    try {
+      const { statuses, sock } = pipeline(r.l.port, Array.from({ length: 300 }, (_, i) => get(`/flood-${i}`)));
+      await until('the flooding connection closed', () => sock.destroyed, 10_000);
+      assert.ok(r.b.held.length <= 1, `${r.b.held.length} of its requests reached the backend`);
+      const closed = (await metricSamples(r.engine, 'weft_waypoint_h1_connections_closed_total')).find((s) => s.labels['reason'] === 'pipeline_depth');
+      assert.equal(closed?.value, 1);
+      const line = r.warnings.find((w) => w.fields['reason'] === 'pipeline_depth');
+      assert.ok(line, JSON.stringify(r.warnings));
+      assert.equal(line.fields['peer'], 'spiffe://cluster.local/ns/shop/sa/tester');
+      r.b.release();
+      await statuses;
+      const other = request(r.l.port, { path: '/other' });
+      await until('another client at the backend', () => r.b.held.length === 1);
+      r.b.release();
+      assert.equal((await other).status, 200);
+    } finally {
+      await r.close();
+    }
   });
 });

@@ -39,6 +39,18 @@ export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
  */
 export const DEFAULT_SERVER_FIRST_TIMEOUT_MS = 1000;
 export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
+/**
+ * Pipelined HTTP/1.1 requests one connection may have waiting for the one in progress (holdH1): as
+ * many as an HTTP/2 session may open streams. Past it the connection is closed.
+ */
+export const MAX_H1_PIPELINED = DEFAULT_MAX_CONCURRENT_STREAMS;
+
+/** An HTTP/1.1 connection's requests not yet answered: how many, those waiting their turn, and a refusal waiting for all. */
+interface H1Pending {
+  responses: number;
+  waiting: Array<{ res: http.ServerResponse; start: () => void }>;
+  then?: () => void;
+}
 export { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_REQUEST_HEADERS_TIMEOUT_MS } from './timeouts.ts';
 /**
  * HTTP/2 header lists up to this many times maxHeaderBytes reach the pipeline, which answers 431;
@@ -166,11 +178,8 @@ export class WaypointEngine {
   private readonly h1: http.Server;
   private readonly h2: http2.Http2Server;
   private readonly h1Conns = new WeakMap<object, ConnContext>();
-  /**
-   * Per HTTP/1.1 connection: responses not yet handed to the socket, and a refusal of a later,
-   * malformed request waiting for them (RFC 9112 section 9.3.2: responses go in request order).
-   */
-  private readonly h1Pending = new WeakMap<object, { responses: number; then?: () => void }>();
+  /** Per HTTP/1.1 connection: its requests not yet answered, one in progress and the rest waiting (holdH1). */
+  private readonly h1Pending = new WeakMap<object, H1Pending>();
   private readonly h2Conns = new WeakMap<object, ConnContext>();
   private pendingH2: { ctx: ConnContext; socket: Duplex } | undefined;
   private readonly tunnels = new Set<Duplex>();
@@ -190,7 +199,7 @@ export class WaypointEngine {
   /** weft_hbone_forwarded_ignored_total{reason}: callers' for= claims not honoured. */
   private readonly forwardedIgnored: Counter<'reason'>;
   private readonly warn: (msg: string, fields: Record<string, unknown>) => void;
-  /** Client sessions ended for misbehaving are each counted, and logged at most REFUSAL_LOG_PER_SECOND a second. */
+  /** Client sessions (HTTP/2) and connections (HTTP/1.1) ended for misbehaving are each counted, and logged at most REFUSAL_LOG_PER_SECOND a second. */
   private readonly sessionCutLog: LogBudget;
   /** Upstream connections given up for what the endpoint sent: each counted, logged at most REFUSAL_LOG_PER_SECOND a second. */
   private readonly upstreamProtocolLog: LogBudget;
@@ -200,7 +209,7 @@ export class WaypointEngine {
     this.name = opts.name;
     this.telemetry = new Telemetry({ ...opts.telemetry, waypoint: `${opts.namespace}/${opts.name}` });
     this.warn = opts.telemetry?.warn ?? (() => {});
-    this.sessionCutLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('HTTP/2 sessions ended not logged (rate limit; every one is counted in weft_waypoint_h2_session_errors_total or weft_waypoint_rapid_reset_goaways_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
+    this.sessionCutLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('client connections ended not logged (rate limit; every one is counted in weft_waypoint_h2_session_errors_total, weft_waypoint_rapid_reset_goaways_total or weft_waypoint_h1_connections_closed_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.snap = buildSnapshot(emptyConfig(opts.namespace), 0);
     this.upstreamProtocolLog = new LogBudget(REFUSAL_LOG_PER_SECOND, (count) => this.warn('upstream connections closed for a protocol error not logged (rate limit; every one is counted in weft_waypoint_upstream_protocol_errors_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
     this.pool = new UpstreamPool(opts.upstream, {
@@ -316,8 +325,7 @@ export class WaypointEngine {
       // logged; node's own refusal would be neither.
       requireHostHeader: false,
     }, (req, res) => {
-      this.holdH1(req.socket, res);
-      this.onRequest(this.h1Conns.get(req.socket), req, res);
+      this.holdH1(req.socket, res, () => this.onRequest(this.h1Conns.get(req.socket), req, res));
     });
     this.h1.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.h1.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
@@ -587,21 +595,56 @@ export class WaypointEngine {
   }
 
   /** Counts `res` as pending on its connection until it is handed to the socket (or the connection goes). */
-  private holdH1(socket: object, res: http.ServerResponse): void {
+  /**
+   * An HTTP/1.1 request, started once the requests before it on its connection are answered, as
+   * Envoy's HTTP/1 codec dispatches one request at a time and reads no further until it is answered
+   * (conn_manager_impl.cc onData). node parses whatever a read brought and hands every pipelined
+   * request over at once: they wait here, the socket paused meanwhile, and a connection with more of
+   * them than an HTTP/2 session may open streams (MAX_H1_PIPELINED) is closed, counted
+   * (`weft_waypoint_h1_connections_closed_total{reason="pipeline_depth"}`) and logged. Before, each
+   * was started at once: one connection put any number of requests at the backend and took as many
+   * places of --max-requests. A refusal of a malformed request waits for the responses before it
+   * (RFC 9112 section 9.3.2: responses go in request order).
+   */
+  private holdH1(socket: object, res: http.ServerResponse, start: () => void): void {
     let p = this.h1Pending.get(socket);
-    if (!p) { p = { responses: 0 }; this.h1Pending.set(socket, p); }
+    if (!p) { p = { responses: 0, waiting: [] }; this.h1Pending.set(socket, p); }
     const pending = p;
+    const duplex = socket as Duplex;
     pending.responses++;
     let done = false;
     const release = (): void => {
       if (done) return;
       done = true;
-      if (--pending.responses > 0 || !pending.then) return;
+      pending.responses--;
+      // The next request whose client is still there; one abandoned while waiting is never started.
+      for (let next = pending.waiting.shift(); next; next = pending.waiting.shift()) {
+        if (next.res.destroyed || duplex.destroyed) continue;
+        if (pending.waiting.length === 0) duplex.resume();
+        next.start();
+        return;
+      }
+      if (pending.responses > 0 || !pending.then) return;
       const then = pending.then;
       pending.then = undefined;
       then();
     };
     res.once('finish', release).once('close', release);
+    if (pending.responses === 1) { start(); return; }
+    if (pending.waiting.length >= MAX_H1_PIPELINED) {
+      pending.waiting.length = 0;
+      this.telemetry.h1ConnectionsClosed.inc({ reason: 'pipeline_depth' });
+      const ctx = this.h1Conns.get(socket);
+      if (this.sessionCutLog.take()) {
+        this.warn('HTTP/1.1 connection closed: more pipelined requests waiting than the waypoint holds for one connection', {
+          reason: 'pipeline_depth', waiting: MAX_H1_PIPELINED, target: ctx?.target, peer: ctx?.peerSpiffeId, address: ctx?.clientAddress,
+        });
+      }
+      duplex.destroy();
+      return;
+    }
+    pending.waiting.push({ res, start });
+    duplex.pause();
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {

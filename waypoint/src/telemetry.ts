@@ -204,6 +204,7 @@ export class Telemetry {
   readonly configApplies: Counter<'result'>;
   readonly rapidResetGoaways: Counter<never>;
   readonly h2SessionErrors: Counter<'reason'>;
+  readonly h1ConnectionsClosed: Counter<'reason'>;
   readonly downstreamTimeouts: Counter<'protocol' | 'timeout'>;
   readonly overloadRejections: Counter<'protocol'>;
   readonly grpcStatusInvalid: Counter<never>;
@@ -251,6 +252,11 @@ export class Telemetry {
     this.h2SessionErrors = new Counter({
       name: 'weft_waypoint_h2_session_errors_total',
       help: 'Client HTTP/2 sessions the waypoint ended with a connection error (RFC 9113 section 5.4.1), by reason: flood (PING or SETTINGS faster than they are answered), continuation_flood, invalid_frames (too many malformed requests, empty DATA frames or refused streams), protocol_error',
+      labelNames: ['reason'], registers,
+    });
+    this.h1ConnectionsClosed = new Counter({
+      name: 'weft_waypoint_h1_connections_closed_total',
+      help: 'Client HTTP/1.1 connections the waypoint closed for what the client sent, by reason: pipeline_depth (more pipelined requests waiting for the one in progress than an HTTP/2 session may open streams)',
       labelNames: ['reason'], registers,
     });
     this.downstreamTimeouts = new Counter({
