@@ -12,7 +12,7 @@ import { RouteTable } from '../../waypoint/src/router.ts';
 import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import { validateObject } from '../../lib/model/validate.ts';
 import {
-  backend, config, echo, endpoint, h2request, match, request, route, service, startHttpBackend, startTunnelListener,
+  backend, config, echo, endpoint, h2request, match, metricSamples, request, route, service, startHttpBackend, startTunnelListener,
   type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
 
@@ -117,6 +117,29 @@ describe('upstream framing (RFC 9112 section 6: a body without framing is a smug
     const seen = b.requests.slice(before);
     assert.deepEqual(seen.map((r) => `${r.method} ${r.target}`), ['GET /a', 'DELETE /a', 'OPTIONS /a']);
     assert.ok(seen.every((r) => r.body === SMUGGLED), 'each body arrives whole, as a body');
+  });
+
+  // RFC 9112 section 11.2 (request smuggling): framing two parsers may read two ways. Each is
+  // refused 400 (flag DPE, counted) before anything reaches the endpoint, so no second request rides
+  // in a body: Transfer-Encoding with Content-Length (section 6.1: "ought to be handled as an error"),
+  // chunked not last (6.3), identity, two Content-Lengths or one with a sign (8.6 of RFC 9110), bare
+  // LF line ends and obs-fold (section 2.2, 5.2: a server may refuse them; llhttp's strict mode does).
+  it('refuses ambiguous HTTP/1.1 framing with 400, counted, and sends the endpoint nothing', async () => {
+    const before = b.requests.length;
+    const cases: Array<[string, string]> = [
+      ['Transfer-Encoding and Content-Length', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+      ['chunked, identity', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${SMUGGLED}`],
+      ['identity with Content-Length', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nTransfer-Encoding: identity\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+      ['two Content-Lengths', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nContent-Length: 0\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+      ['Content-Length with a sign', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nContent-Length: +${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+      ['bare LF line ends', `POST /a HTTP/1.1\nHost: reviews.shop\nContent-Length: ${SMUGGLED.length}\n\n${SMUGGLED}`],
+      ['obs-fold', `POST /a HTTP/1.1\r\nHost: reviews.shop\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+    ];
+    const dpe = async (): Promise<number> => (await metricSamples(engine, 'istio_requests_total')).filter((m) => m.labels['response_code'] === '400' && m.labels['response_flags'] === 'DPE').reduce((n, m) => n + m.value, 0);
+    const refusedBefore = await dpe();
+    for (const [name, text] of cases) assert.match(await raw(listener.port, text), /^HTTP\/1\.1 400 /, name);
+    assert.deepEqual(b.requests.slice(before), [], 'the endpoint saw none of them');
+    assert.equal(await dpe() - refusedBefore, cases.length);
   });
 
   it('frames an HTTP/2 GET with DATA and no content-length: one request upstream per client request', async () => {
