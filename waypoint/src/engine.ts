@@ -594,9 +594,9 @@ export class WaypointEngine {
     void handleRequest(this.env, ctx, req, res);
   }
 
-  /** Counts `res` as pending on its connection until it is handed to the socket (or the connection goes). */
   /**
-   * An HTTP/1.1 request, started once the requests before it on its connection are answered, as
+   * An HTTP/1.1 request, counted as pending on its connection until its response is handed to the
+   * socket (or the connection goes), and started once the requests before it on its connection are answered, as
    * Envoy's HTTP/1 codec dispatches one request at a time and reads no further until it is answered
    * (conn_manager_impl.cc onData). node parses whatever a read brought and hands every pipelined
    * request over at once: they wait here, the socket paused meanwhile, and a connection with more of
