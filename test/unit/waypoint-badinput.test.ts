@@ -174,6 +174,22 @@ describe('waypoint bad input', () => {
     await until('both CONNECTs are counted', async () => (await countOf('405', '-')) === before + 2, 5000);
   });
 
+  // Envoy's HTTP/1 codec dispatches one request at a time (conn_manager_impl.cc onData): a CONNECT
+  // pipelined behind a GET is read after the GET is answered, and answered as it would be alone. node
+  // hands it over at once, and the waypoint used to crash (ERR_HTTP_SOCKET_ASSIGNED) taking the socket
+  // still owed to the GET.
+  it('answers a CONNECT pipelined behind a GET after the GET, with 405, and stays up', async () => {
+    const before = await countOf('405', '-');
+    const reply = await raw(listener.port, 'GET /first HTTP/1.1\r\nHost: reviews\r\n\r\nCONNECT reviews:80 HTTP/1.1\r\nHost: reviews:80\r\n\r\n');
+    assert.match(reply, /^HTTP\/1\.1 200 [^]*HTTP\/1\.1 405 /, JSON.stringify(reply.slice(0, 80)));
+    await until('the CONNECT is counted', async () => (await countOf('405', '-')) === before + 1, 5000);
+    // RFC 9112 section 9.6: behind a request with Connection: close, nothing more is read.
+    const closed = await raw(listener.port, 'GET /close-me HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\nCONNECT reviews:80 HTTP/1.1\r\nHost: reviews:80\r\n\r\n');
+    assert.match(closed, /^HTTP\/1\.1 200 /);
+    assert.doesNotMatch(closed, /HTTP\/1\.1 405 /);
+    assert.match(await raw(listener.port, 'GET /after HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+  });
+
   // RFC 9112 section 9.3.2: responses to pipelined requests go in request order; section 9.6: after a
   // request with "Connection: close" nothing more is processed.
   it('answers a malformed pipelined request after the response before it, and not at all after Connection: close', async () => {

@@ -182,6 +182,31 @@ describe('waypoint: WebSocket upgrades (RFC 6455, RFC 9110 section 7.8)', () => 
     assert.deepEqual(refusing.seen.map((s) => s.url), ['/ws'], 'the backend saw the handshake only');
   });
 
+  // Envoy's HTTP/1 codec dispatches one request at a time (conn_manager_impl.cc onData), so a
+  // handshake pipelined behind a GET is read after the GET is answered and upgraded as it would be
+  // alone. node hands both over at once; the waypoint used to take the socket still owed to the GET
+  // (ERR_HTTP_SOCKET_ASSIGNED, uncaught: the process exited).
+  it('upgrades a handshake pipelined behind two GETs after they are answered, in order, carries its frames, and stays up', async () => {
+    const s = net.connect(chat.port, '127.0.0.1', () => s.write('GET /before-ws-1 HTTP/1.1\r\nHost: chat\r\n\r\nGET /before-ws-2 HTTP/1.1\r\nHost: chat\r\n\r\n' + HANDSHAKE('/pipelined-ws')));
+    s.on('error', () => {});
+    let text = '';
+    s.on('data', (c: Buffer) => { text += c.toString('latin1'); });
+    try {
+      await until('the 101 after both responses', () => /HTTP\/1\.1 101 [^]*\r\n\r\n/.test(text), 5000);
+      assert.match(text, /^HTTP\/1\.1 200 [^]*plain \/before-ws-1HTTP\/1\.1 200 [^]*plain \/before-ws-2HTTP\/1\.1 101 /, JSON.stringify(text.slice(0, 160)));
+      assert.match(text, /x-backend: ws/i);
+      assert.deepEqual(ws.seen.filter((h) => h.url.startsWith('/before-ws') || h.url === '/pipelined-ws').map((h) => [h.url, h.upgrade]),
+        [['/before-ws-1', false], ['/before-ws-2', false], ['/pipelined-ws', true]]);
+      // A masked text frame (RFC 6455 section 5.2, mask key 0) comes back unmasked: the upgraded
+      // connection reads the client though the socket waited paused behind the GETs.
+      const at = text.length;
+      s.write(Buffer.from([0x81, 0x82, 0, 0, 0, 0, 0x68, 0x69]));
+      await until('the echoed frame', () => text.slice(at) === '\x81\x02hi', 5000, { explain: () => JSON.stringify(text.slice(at)) });
+    } finally {
+      s.destroy();
+    }
+  });
+
   it('a backend without WebSocket support answers as to an ordinary request; the pipelined bytes after it are dropped with the connection', async () => {
     // The backend's server has an upgrade handler only for WebSocket; an h2c-only server answers 200.
     const plain = http.createServer((req, res) => { req.resume(); res.end(`plain ${req.url}`); });

@@ -45,6 +45,19 @@ export const DEFAULT_MAX_CONCURRENT_STREAMS = 250;
  */
 export const MAX_H1_PIPELINED = DEFAULT_MAX_CONCURRENT_STREAMS;
 
+/**
+ * A TCP socket that holdH1 paused while node's parser read it has its handle stopped
+ * (_http_server.js onSocketPause), and node's unconsume (an upgrade or CONNECT) removes the listener
+ * that would start it again (onSocketResume): an upgrade pipelined behind waiting requests was never
+ * read. This starts it as onSocketResume does. Other streams (an HBONE CONNECT stream) have no handle.
+ */
+function readAgain(socket: Duplex): void {
+  const handle = (socket as Duplex & { _handle?: { reading?: boolean; readStart?: () => unknown } })._handle;
+  if (handle?.reading !== false || typeof handle.readStart !== 'function') return;
+  handle.reading = true;
+  handle.readStart();
+}
+
 /** An HTTP/1.1 connection's requests not yet answered: how many, those waiting their turn, and a refusal waiting for all. */
 interface H1Pending {
   responses: number;
@@ -568,9 +581,14 @@ export class WaypointEngine {
    * joined to the endpoint's and closes with it).
    */
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
-    const ctx = this.h1Conns.get(socket);
-    if (!ctx) { socket.destroy(); return; }
     socket.on('error', () => {});
+    this.afterH1Responses(socket, () => this.upgrade(req, socket, head));
+  }
+
+  private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const ctx = this.h1Conns.get(socket);
+    if (!ctx || !socket.writable) { socket.destroy(); return; }
+    readAgain(socket);
     // The keep-alive timer node:http may have armed between requests; the upgraded connection
     // lives as long as its two ends do.
     (socket as Duplex & { setTimeout?: (ms: number) => unknown }).setTimeout?.(0);
@@ -584,9 +602,13 @@ export class WaypointEngine {
   }
 
   private onConnect(req: http.IncomingMessage, socket: Duplex): void {
-    const ctx = this.h1Conns.get(socket);
-    if (!ctx) { socket.destroy(); return; }
     socket.on('error', () => {});
+    this.afterH1Responses(socket, () => this.connect(req, socket));
+  }
+
+  private connect(req: http.IncomingMessage, socket: Duplex): void {
+    const ctx = this.h1Conns.get(socket);
+    if (!ctx || !socket.writable) { socket.destroy(); return; }
     const res = new http.ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket as Parameters<http.ServerResponse['assignSocket']>[0]);
@@ -620,7 +642,9 @@ export class WaypointEngine {
       // The next request whose client is still there; one abandoned while waiting is never started.
       for (let next = pending.waiting.shift(); next; next = pending.waiting.shift()) {
         if (next.res.destroyed || duplex.destroyed) continue;
-        if (pending.waiting.length === 0) duplex.resume();
+        // Reading resumes with the last one started, unless an upgrade or CONNECT follows: node no
+        // longer reads for it, and its data is left for the upgraded connection's pipe.
+        if (pending.waiting.length === 0 && !pending.then) duplex.resume();
         next.start();
         return;
       }
@@ -647,12 +671,23 @@ export class WaypointEngine {
     duplex.pause();
   }
 
-  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-    // A malformed request behind others still being answered is refused after their responses,
-    // never ahead of them (after one that ends the connection, not at all: the socket is gone).
+  /**
+   * Runs `next` once every response owed on an HTTP/1.1 connection is handed to it, at once if none
+   * is. node hands over an upgrade, a CONNECT or a malformed request as soon as it parses it, while
+   * the requests before it may still be waiting or in progress; Envoy reads it only after they are
+   * answered (one request at a time, conn_manager_impl.cc onData), and responses go in request
+   * order (RFC 9112 section 9.3.2). Taking the socket earlier threw ERR_HTTP_SOCKET_ASSIGNED
+   * (uncaught: the process exited). After a response that ends the connection, `next` finds the
+   * socket gone and does nothing.
+   */
+  private afterH1Responses(socket: object, next: () => void): void {
     const pending = this.h1Pending.get(socket);
-    if (pending && pending.responses > 0) { pending.then = () => this.refuseMalformed(err, socket); return; }
-    this.refuseMalformed(err, socket);
+    if (pending && pending.responses > 0) { pending.then = next; return; }
+    next();
+  }
+
+  private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    this.afterH1Responses(socket, () => this.refuseMalformed(err, socket));
   }
 
   private refuseMalformed(err: NodeJS.ErrnoException, socket: Duplex): void {
