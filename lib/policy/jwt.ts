@@ -291,7 +291,7 @@ interface Location {
 
 /** Istio's default locations: `Authorization: Bearer <token>`, then the `access_token` parameter. */
 const DEFAULT_LOCATIONS: readonly Location[] = [
-  { id: 'header:authorization:bearer ', header: { name: 'authorization', prefix: 'Bearer ' } },
+  { id: 'header:authorization:Bearer ', header: { name: 'authorization', prefix: 'Bearer ' } },
   { id: 'param:access_token', param: 'access_token' },
 ];
 
@@ -300,7 +300,7 @@ function locationsOf(rule: JwtRule): Location[] {
   for (const h of rule.fromHeaders ?? []) {
     const name = h.name.toLowerCase();
     const prefix = h.prefix ?? '';
-    out.push({ id: `header:${name}:${prefix.toLowerCase()}`, header: { name, prefix } });
+    out.push({ id: `header:${name}:${prefix}`, header: { name, prefix } });
   }
   for (const p of rule.fromParams ?? []) out.push({ id: `param:${p}`, param: p });
   for (const c of rule.fromCookies ?? []) out.push({ id: `cookie:${c}`, cookie: c });
@@ -324,28 +324,20 @@ function cookieValues(headers: TokenSources['headers'], name: string): string[] 
 }
 
 /**
- * The token in one header value for the locations reading that header (longest prefix first), as
- * Envoy's extractor reads it (jwt_authn extractor.cc): the prefix anywhere in the value, the token from
- * the first JWT character after it (base64url or `.`) to the end, so `Basic Zm9v, Bearer <token>` holds
- * a token to verify, not one passed on unchecked to a backend that would find it. A value without any
- * of their prefixes holds none. A prefix is found without regard to case (RFC 9110 section 11.1: an
- * auth scheme is case-insensitive; Envoy's search is case-sensitive, so `bearer <token>` is verified
- * here where Envoy passes it on). Overlapping prefixes (`Bearer ` and none) read a value once, at the
- * longest that fits: one value is one token, never two.
+ * The token one header value holds for one location, as Envoy's extractor reads it (jwt_authn
+ * extractor.cc extract and extractJWT): the prefix found anywhere in the value as written (absl
+ * find: `bearer <token>` holds none for `Bearer `), the token from the first base64url or `.`
+ * character after it to the end of the value (Envoy stopped cutting it at the next other character
+ * in envoyproxy/envoy#28678, so `<token> junk` is a malformed token, never a valid one), the whole
+ * value if no such character follows; a location without prefix takes the whole value. Every location
+ * reading a header reads it on its own: `Token <forged>, Bearer <valid>` holds two tokens.
  */
-function headerToken(value: string, byPrefix: readonly PlanEntry[]): { token: string; entry: PlanEntry } | undefined {
-  // A field value is a byte a character (lib/field-bytes.ts), which lower-cases to as many characters.
-  const lower = value.toLowerCase();
-  for (const entry of byPrefix) {
-    const prefix = entry.loc.header!.prefix;
-    const at = lower.indexOf(prefix.toLowerCase());
-    if (at < 0) continue;
-    const rest = value.slice(at + prefix.length);
-    const start = rest.search(JWT_CHAR);
-    const token = (start < 0 ? rest : rest.slice(start)).trim();
-    return token === '' ? undefined : { token, entry };
-  }
-  return undefined;
+function headerToken(value: string, prefix: string): string | undefined {
+  if (prefix === '') return value;
+  const at = value.indexOf(prefix);
+  if (at < 0) return undefined;
+  const start = value.slice(at + prefix.length).search(JWT_CHAR);
+  return start < 0 ? value : value.slice(at + prefix.length + start);
 }
 
 /** A character of a compact JWS (RFC 4648 section 5 base64url, and the dots between its parts). */
@@ -497,8 +489,8 @@ interface PlanEntry {
 interface Plan {
   /** The output headers, removed from every request. */
   outputs: string[];
-  /** Header locations by header name, longest prefix first. */
-  headers: Map<string, PlanEntry[]>;
+  /** Header locations, each read on its own (Envoy's extractor: header + value_prefix). */
+  headers: PlanEntry[];
   /** Parameter and cookie locations. */
   others: PlanEntry[];
 }
@@ -516,15 +508,9 @@ function planOf(rules: readonly JwtRule[]): Plan {
       else byLocation.set(loc.id, { loc, rules: [r] });
     }
   }
-  const headers = new Map<string, PlanEntry[]>();
+  const headers: PlanEntry[] = [];
   const others: PlanEntry[] = [];
-  for (const e of byLocation.values()) {
-    if (!e.loc.header) { others.push(e); continue; }
-    const list = headers.get(e.loc.header.name) ?? [];
-    list.push(e);
-    headers.set(e.loc.header.name, list);
-  }
-  for (const list of headers.values()) list.sort((x, y) => y.loc.header!.prefix.length - x.loc.header!.prefix.length);
+  for (const e of byLocation.values()) (e.loc.header ? headers : others).push(e);
   plan = { outputs: outputHeaders(rules), headers, others };
   plans.set(rules, plan);
   return plan;
@@ -567,10 +553,10 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
   if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
   // Every token at every location some rule reads, and the rules reading each location.
   const found: Array<{ token: string; loc: Location; rules: JwtRule[] }> = [];
-  for (const [name, byPrefix] of plan.headers) {
-    for (const v of valuesOf(src.headers[name])) {
-      const t = headerToken(v, byPrefix);
-      if (t) found.push({ token: t.token, loc: t.entry.loc, rules: t.entry.rules });
+  for (const { loc, rules: rs } of plan.headers) {
+    for (const v of valuesOf(src.headers[loc.header!.name])) {
+      const token = headerToken(v, loc.header!.prefix);
+      if (token) found.push({ token, loc, rules: rs });
     }
   }
   const query = src.query !== '' && plan.others.some((e) => e.loc.param !== undefined) ? new URLSearchParams(src.query) : undefined;

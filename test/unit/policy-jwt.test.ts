@@ -109,9 +109,16 @@ describe('RequestAuthentication: tokens that pass (istio.io request_authenticati
 });
 
 describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\'s status) and say why', () => {
-  it('a lower-case "bearer" scheme (RFC 9110 11.1: case-insensitive) is read, so a forged token there is refused, not passed on unchecked', () => {
-    refused([rule], { headers: { authorization: `bearer ${signToken(stranger, claims())}` }, query: '' }, 'bad-signature');
-    assert.equal(authenticateRequest([rule], { headers: { authorization: `BEARER ${signToken(rsa, claims())}` }, query: '' }).kind, 'verified');
+  // Envoy's extractor finds a prefix with absl find, as written (extractor.cc extract): a value
+  // without `Bearer ` holds no token for it, whatever case the scheme is in or wherever "bearer "
+  // appears in another scheme's parameters. The request goes on without a principal, so a policy
+  // asking for one (requestPrincipals) refuses it; the header is passed on as it came.
+  it('a prefix is found as written (Envoy: absl find): "bearer <token>" or "realm=\\"bearer area\\"" holds no token, and the header is left as it came', () => {
+    for (const value of [`bearer ${signToken(stranger, claims())}`, `BEARER ${signToken(rsa, claims())}`, 'Digest username="u", realm="bearer area"']) {
+      const o = authenticateRequest([rule], { headers: { authorization: value }, query: '' });
+      assert.equal(o.kind, 'none', value.slice(0, 12));
+      assert.deepEqual(o.edits.remove, []);
+    }
   });
 
   it('a forged signature: a key of the same kid not in the JWKS, and a payload changed after signing', () => {
@@ -191,9 +198,24 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     refused([token, rule], { headers: { authorization: `Token ${forged}` }, query: '' }, 'bad-signature');
     assert.equal(authenticateRequest([token, rule], bearer(signToken(rsa, claims()))).kind, 'verified', 'reversed, a valid Bearer token still verifies');
     assert.equal(authenticateRequest([rule, token], { headers: { authorization: `Token ${signToken(ec, claims({ iss: 'https://other.example' }))}` }, query: '' }).kind, 'verified');
-    // Overlapping prefixes ("Bearer " and "" on one header): a value is one token, at its longest matching prefix.
+    // Every location reads the value on its own: `Token <forged>, Bearer <valid>` holds two tokens,
+    // refused together, where one value gave one token and the valid one was verified alone.
+    const valid = signToken(rsa, claims());
+    refused([rule, token], { headers: { authorization: `Token ${forged}, Bearer ${valid}` }, query: '' }, 'multiple-tokens');
+    refused([rule, token], { headers: { authorization: `Bearer ${valid}, Token ${forged}` }, query: '' }, 'multiple-tokens');
+    // Overlapping prefixes ("Bearer " and "" on one header): each reads its own token, `<token>` and
+    // `Bearer <token>`, two different ones (Envoy would refuse the second as malformed).
     const bare: JwtRule = { ...rule, fromHeaders: [{ name: 'authorization' }] };
-    assert.equal(authenticateRequest([rule, bare], bearer(signToken(rsa, claims()))).kind, 'verified');
+    refused([rule, bare], bearer(valid), 'multiple-tokens');
+  });
+
+  // The token runs from the first base64url or `.` after the prefix to the end of the value, as in
+  // Envoy since envoyproxy/envoy#28678 (extractJWT no longer cuts it at the next other character):
+  // text after a valid token makes it malformed.
+  it('Envoy extractJWT: a valid token followed by other text (",", " realm=x") is malformed, not verified', () => {
+    const valid = signToken(rsa, claims());
+    for (const tail of [',', ' realm=x', ' ', '#']) refused([rule], bearer(valid + tail), 'malformed');
+    assert.equal(authenticateRequest([rule], { headers: { authorization: `Bearer  \t${valid}` }, query: '' }).kind, 'verified', 'what precedes the token is skipped');
   });
 
   it('a CORS preflight is not checked (Istio: Envoy bypass_cors_preflight), but callers\' output headers are still dropped', () => {
