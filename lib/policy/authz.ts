@@ -315,8 +315,15 @@ function trustDomainValueMatch(value: string): (principal: string | undefined) =
   return (p) => globMatch(value, trustDomainOf(p));
 }
 
-/** A predicate true when any of `values` matches the attribute `get` reads. */
-function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown): Predicate {
+/** A configured string whose characters are each one byte in ISO-8859-1 (none past U+00FF). */
+const LATIN1 = /^[\x00-\xff]*$/;
+
+/**
+ * A predicate true when any of `values` matches the attribute `get` reads. `widen`: a positive
+ * match of a DENY or AUDIT policy, which may match more than Envoy's, never less (a header value
+ * below).
+ */
+function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes) => unknown, widen = false): Predicate {
   switch (kind) {
     case 'principal': {
       const ps = values.map(stripSpiffe);
@@ -354,7 +361,10 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       return (a) => { const v = get(a) as string | undefined; return values.some((x) => globMatch(x, v)); };
     case 'header': {
       // A field's bytes against the value's UTF-8 bytes, as Envoy's header matcher (lib/field-bytes.ts).
-      const wire = values.map(fieldBytes);
+      // A DENY or AUDIT also matches the latin1 reading of a value whose characters are all up to
+      // U+00FF (`Jos` and the byte E9), which a backend reading fields as ISO-8859-1 takes for José:
+      // it denies more, never less. An ALLOW, and a negated value, match the UTF-8 bytes only.
+      const wire = [...new Set(values.flatMap((x) => widen && LATIN1.test(x) ? [fieldBytes(x), x] : [fieldBytes(x)]))];
       return (a) => { const v = get(a) as string | undefined; return wire.some((x) => globMatch(x, v, true)); };
     }
     case 'claim':
@@ -457,7 +467,7 @@ export class PolicyCompileError extends Error {
   }
 }
 
-function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, getters: Record<string, (a: Attributes) => unknown>, path: string): Clause[] {
+function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, getters: Record<string, (a: Attributes) => unknown>, path: string, widen: boolean): Clause[] {
   const out: Clause[] = [];
   for (const [field, raw] of Object.entries(obj)) {
     if (raw === undefined) continue;
@@ -468,7 +478,7 @@ function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, g
     if (!Array.isArray(raw)) throw new PolicyCompileError(`${path}.${field}`, 'must be a list');
     let test: Predicate;
     try {
-      test = matcher(spec.kind, raw.map(String), get);
+      test = matcher(spec.kind, raw.map(String), get, widen && base === field);
     } catch (e) {
       throw new PolicyCompileError(`${path}.${field}`, (e as Error).message);
     }
@@ -477,14 +487,14 @@ function fieldClauses(obj: object, table: Readonly<Record<string, FieldSpec>>, g
   return out;
 }
 
-function conditionClauses(c: CompiledCondition, path: string): Clause[] {
+function conditionClauses(c: CompiledCondition, path: string, widen: boolean): Clause[] {
   const k = conditionKey(c.key, true);
   if ('error' in k) throw new PolicyCompileError(`${path}.key`, k.error);
   const { base } = parseConditionKey(c.key);
   const get = CONDITION_GETTERS[base]?.(k.args ?? []) ?? (() => undefined);
   const out: Clause[] = [];
   try {
-    if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get) });
+    if (c.values && c.values.length > 0) out.push({ layer: k.spec.layer, test: matcher(k.spec.kind, c.values, get, widen) });
     if (c.notValues && c.notValues.length > 0) {
       const m = matcher(k.spec.kind, c.notValues, get);
       out.push({ layer: k.spec.layer, test: (a) => !m(a) });
@@ -510,10 +520,11 @@ function allOf(cs: Clause[], upTo: PolicyLayer): Predicate {
   return (a) => tests.every((t) => t(a));
 }
 
-function compileRule(rule: CompiledRule, path: string): CompiledRulePredicates {
-  const from = rule.from.map((s: CompiledSource, i) => fieldClauses(s, COMPILED_SOURCE_FIELDS, SOURCE_GETTERS, `${path}.from[${i}]`));
-  const to = rule.to.map((o: CompiledOperation, i) => fieldClauses(o, OPERATION_FIELDS, OPERATION_GETTERS, `${path}.to[${i}]`));
-  const when = rule.when.flatMap((c, i) => conditionClauses(c, `${path}.when[${i}]`));
+/** `widen`: the rule is a DENY's or an AUDIT's, whose positive matches may match more (matcher). */
+function compileRule(rule: CompiledRule, path: string, widen: boolean): CompiledRulePredicates {
+  const from = rule.from.map((s: CompiledSource, i) => fieldClauses(s, COMPILED_SOURCE_FIELDS, SOURCE_GETTERS, `${path}.from[${i}]`, widen));
+  const to = rule.to.map((o: CompiledOperation, i) => fieldClauses(o, OPERATION_FIELDS, OPERATION_GETTERS, `${path}.to[${i}]`, widen));
+  const when = rule.when.flatMap((c, i) => conditionClauses(c, `${path}.when[${i}]`, widen));
   const needsL7 = [...from.flat(), ...to.flat(), ...when].some((c) => c.layer === 'L7');
   const build = (upTo: PolicyLayer): Predicate => {
     const f = from.map((cs) => allOf(cs, upTo));
@@ -571,8 +582,8 @@ export function compilePolicy(p: AuthorizationPolicy): CompiledPolicy {
   const dryRun = p.dryRun !== undefined;
   try {
     if (action !== 'ALLOW' && action !== 'DENY' && action !== 'AUDIT') throw new PolicyCompileError(p.dryRun !== undefined ? 'dryRun' : 'action', `${JSON.stringify(action)} is not ALLOW, DENY or AUDIT`);
-    const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`));
     const widens = action === 'DENY' || action === 'AUDIT';
+    const rules = p.rules.map((r, i) => compileRule(r, `rules[${i}]`, widens));
     c = {
       id, action, dryRun,
       matches: (a, layer) => rules.some((r) => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CompiledPolicies, PolicyTable, evaluate, globMatch, ipInBlocks } from '../../lib/policy/authz.ts';
+import { CompiledPolicies, PolicyTable, compilePolicy, evaluate, globMatch, ipInBlocks } from '../../lib/policy/authz.ts';
 import { positiveField } from '../../lib/policy/keys.ts';
 import type { AuthorizationPolicy, CompiledRule } from '../../lib/model/mesh.ts';
 import { compile, emptyInputs } from '../../controller/src/compile.ts';
@@ -157,4 +157,32 @@ test('version skew: a namespace pattern an older data plane misreads is sent in 
   assert.equal(as('team-a-prod-eu').allowed, true, 'notNamespaces *-prod-eu* excludes it');
   assert.equal(as('axxb').allowed, false, 'source.namespace a*b');
   assert.equal(as('team-a-dev').allowed, true);
+});
+
+// Envoy's header matcher compares a field's bytes with the UTF-8 bytes of the configured string
+// (lib/field-bytes.ts). A backend reading fields as ISO-8859-1 sees `José` in the bytes `4a 6f 73 e9`
+// too: a DENY or AUDIT (dry-run DENY alike) also matches that latin1 reading when every character of
+// the value is up to U+00FF, so it denies more, never less; an ALLOW matches the UTF-8 bytes only
+// (Envoy's), and a negated value (notValues) is not widened, which would exempt more.
+test('a header value outside ASCII: DENY and AUDIT match its UTF-8 bytes and its latin1 reading, ALLOW the UTF-8 bytes only', () => {
+  const utf8 = Buffer.from('José', 'utf8').toString('latin1');
+  const latin1 = 'Jos\xe9';
+  const req = (user: string) => ({ ...conn, method: 'GET', target: '/', headers: { 'x-user': user } });
+  const when = [{ key: 'request.headers[x-user]', values: ['José', 'Zoë*'] }];
+  const deny = new CompiledPolicies([policy('deny-jose', 'DENY', [rule({ when, layer: 'L7' })])]);
+  for (const user of [utf8, latin1, 'Zo\xeb Smith', Buffer.from('Zoë Smith', 'utf8').toString('latin1')]) assert.equal(evaluate(deny, req(user)).allowed, false, JSON.stringify(user));
+  assert.equal(evaluate(deny, req(Buffer.from('Jose\u0301', 'utf8').toString('latin1'))).allowed, true, 'another value');
+  const allow = new CompiledPolicies([policy('allow-jose', 'ALLOW', [rule({ when, layer: 'L7' })])]);
+  assert.equal(evaluate(allow, req(utf8)).allowed, true);
+  assert.equal(evaluate(allow, req(latin1)).allowed, false, 'ALLOW: the UTF-8 bytes only');
+  const audit = compilePolicy({ ...policy('audit-jose', 'DENY', [rule({ when, layer: 'L7' })]), action: 'AUDIT' });
+  assert.equal(audit.matches(req(latin1), 'L7'), true, 'AUDIT');
+  const dry = compilePolicy({ ...policy('dry-deny-jose', 'DENY', [rule({ when, layer: 'L7' })]), dryRun: 'DENY' });
+  assert.equal(dry.matches(req(latin1), 'L7'), true, 'dry-run DENY');
+  // A value past U+00FF has no latin1 reading; a negated value is not widened.
+  const wide = new CompiledPolicies([policy('deny-kanji', 'DENY', [rule({ when: [{ key: 'request.headers[x-user]', values: ['管理者'] }], layer: 'L7' })])]);
+  assert.equal(evaluate(wide, req(Buffer.from('管理者', 'utf8').toString('latin1'))).allowed, false);
+  const except = new CompiledPolicies([policy('deny-but-jose', 'DENY', [rule({ when: [{ key: 'request.headers[x-user]', notValues: ['José'] }], layer: 'L7' })])]);
+  assert.equal(evaluate(except, req(utf8)).allowed, true);
+  assert.equal(evaluate(except, req(latin1)).allowed, false, 'the exemption is the UTF-8 bytes only');
 });
