@@ -12,6 +12,21 @@ export function fieldBytes(s: string): string {
   return ASCII.test(s) ? s : Buffer.from(s, 'utf8').toString('latin1');
 }
 
+/**
+ * A character a field value held as bytes (one character a byte) may not hold (RFC 9110 section
+ * 5.5: field-vchar is VCHAR or obs-text, SP and HTAB between): a control but HTAB (CR, LF, NUL...),
+ * DEL, or anything past U+00FF, which is no byte. node refuses the same set when a header is set.
+ */
+export const FIELD_BYTES_BAD = /[^\t\x20-\x7e\x80-\xff]/;
+
+/**
+ * The first character of a configured value that no field may carry once written as its UTF-8
+ * bytes (fieldBytes): a control but HTAB, or DEL. Undefined for none.
+ */
+export function badFieldChar(configured: string): string | undefined {
+  return FIELD_BYTES_BAD.exec(fieldBytes(configured))?.[0];
+}
+
 /** A received field value's bytes read as UTF-8, for a regular expression (RE2 reads text). */
 export function fieldText(v: string): string {
   return ASCII.test(v) ? v : Buffer.from(v, 'latin1').toString('utf8');

@@ -4,6 +4,7 @@
 // (unknown fields are errors, so a typo does not silently widen a policy); core kinds only in the
 // fields Weft uses, since the API server has validated the rest.
 import { addressProblem, ipProblem } from './address.ts';
+import { badFieldChar } from '../field-bytes.ts';
 import { CONDITION_KEYS, OPERATION_FIELDS, SOURCE_FIELDS, conditionKey, isCidr, valueProblem, type FieldSpec } from '../policy/keys.ts';
 import { isDuration, parseDuration } from './duration.ts';
 import { ValidationError, type ValidationIssue } from './errors.ts';
@@ -22,12 +23,6 @@ export const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 const LABEL_NAME = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$/;
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
-/**
- * A character outside an HTTP field value (RFC 9110 section 5.5: field-vchar is VCHAR or obs-text,
- * with SP and HTAB between): CR, LF, NUL and other controls, DEL, and anything above U+00FF, which
- * is no octet. Node.js refuses the same set when the waypoint sets the header, failing the request.
- */
-const FIELD_VALUE_BAD = /[^\t\x20-\x7e\x80-\xff]/u;
 const HOSTNAME = /^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const GATEWAY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const RETRY_ON = ['5xx', 'gateway-error', 'reset', 'connect-failure', 'retriable-4xx', 'refused-stream', 'cancelled', 'deadline-exceeded', 'unavailable', 'resource-exhausted'];
@@ -1133,8 +1128,9 @@ function headerModifier(c: Checker, v: unknown, p: string): void {
       c.str(ho.name, `${hp}.name`, { required: true, pattern: HEADER_NAME, patternText: 'a header name' });
       const value = c.str(ho.value, `${hp}.value`);
       if (ho.value === undefined) c.fail(`${hp}.value`, 'is required');
-      const bad = value === undefined ? null : FIELD_VALUE_BAD.exec(value);
-      if (bad) c.fail(`${hp}.value`, `contains ${JSON.stringify(bad[0])} (U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), which a header field value may not hold (RFC 9110 section 5.5: visible characters, space, tab and octets 0x80-0xFF; never CR, LF or NUL)`);
+      // Written as its UTF-8 bytes, as Envoy writes it (lib/field-bytes.ts): any character but a control.
+      const bad = value === undefined ? undefined : badFieldChar(value);
+      if (bad !== undefined) c.fail(`${hp}.value`, `contains ${JSON.stringify(bad)} (U+${bad.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}), which a header field value may not hold (RFC 9110 section 5.5: visible characters, space and tab, any other character sent as its UTF-8 bytes; never CR, LF, NUL or another control)`);
     });
   }
   if (c.atMost(c.arr(o.remove, `${p}.remove`), `${p}.remove`, ROUTE_MAX_ITEMS.headerEdits)) {

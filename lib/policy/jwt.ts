@@ -22,7 +22,7 @@
 // LRU, Envoy's jwt_cache_config); a token costs at most MAX_KEYS_PER_TOKEN signature checks.
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { JWS_ALGS, decodeCompactJws, isJwsAlg, jwsKeyFits, verifyJws, type JsonValue, type JwsAlg } from '../identity/jws.ts';
-import { fieldBytes } from '../field-bytes.ts';
+import { FIELD_BYTES_BAD, fieldBytes } from '../field-bytes.ts';
 
 /** One `jwtRules[]` entry as the controller compiles it (keys inline). */
 export interface JwtRule {
@@ -476,9 +476,6 @@ export function claimHeaderValue(claims: RequestAuth['claims'], path: string): s
   return scalar(v);
 }
 
-/** A header value is what a field may carry (RFC 9110 section 5.5), as bytes: no CR, LF, NUL or other controls. */
-const FIELD_VALUE_OK = /^[\t\x20-\x7e\x80-\xff]*$/;
-
 /** One location and the rules reading it. */
 interface PlanEntry {
   loc: Location;
@@ -580,7 +577,7 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
     // Its UTF-8 bytes, as Envoy writes it (lib/field-bytes.ts): a header value is sent one byte a character.
     const v = claimHeaderValue(r.auth.claims, c.claim);
     const bytes = v === undefined ? undefined : fieldBytes(v);
-    if (bytes !== undefined && FIELD_VALUE_OK.test(bytes)) edits.set.push({ name: c.header.toLowerCase(), value: bytes });
+    if (bytes !== undefined && !FIELD_BYTES_BAD.test(bytes)) edits.set.push({ name: c.header.toLowerCase(), value: bytes });
   }
   return { kind: 'verified', auth: r.auth, issuer: r.issuer!, edits };
 }

@@ -48,6 +48,14 @@ describe('route filters', () => {
           backends: [backend('reviews')],
         },
         {
+          matches: [match({ path: { type: 'PathPrefix', value: '/utf8' } })],
+          filters: [
+            { type: 'RequestHeaderModifier', headers: { set: [{ name: 'x-who', value: 'Zoë 管理者' }], add: [{ name: 'x-tag', value: 'é' }], remove: [] } },
+            { type: 'ResponseHeaderModifier', headers: { set: [{ name: 'x-greet', value: 'José 👋' }], add: [], remove: [] } },
+          ],
+          backends: [backend('reviews')],
+        },
+        {
           matches: [match({ path: { type: 'Exact', value: '/old' } })],
           filters: [{ type: 'RequestRedirect', scheme: 'https', hostname: 'new.example.com', path: { type: 'ReplaceFullPath', value: '/new' }, statusCode: 301 }],
           backends: [],
@@ -108,6 +116,19 @@ describe('route filters', () => {
     assert.equal(r.headers['x-weft-flags'], 'NR');
     assert.match(r.body, /no route rule of shop\/reviews port 80 matches GET \/other/);
     assert.equal(main.hits, before);
+  });
+
+  // Envoy writes a header modifier's value as its UTF-8 bytes (the Gateway API's value is a string
+  // of any characters but controls). The waypoint wrote each character as one byte: `ë` as the byte
+  // EB, and a character past U+00FF failed the request.
+  it('writes a header modifier value outside ASCII as its UTF-8 bytes, request and response', async () => {
+    const r = await request(listener.port, { path: '/utf8', headers: { 'x-tag': 'a' } });
+    assert.equal(r.status, 200, r.body);
+    const seen = JSON.parse(r.body) as { headers: Record<string, string> };
+    const text = (v: string | string[] | undefined): string => Buffer.from(String(v), 'latin1').toString('utf8');
+    assert.equal(text(seen.headers['x-who']), 'Zoë 管理者');
+    assert.equal(text(seen.headers['x-tag']), 'a, é');
+    assert.equal(text(r.headers['x-greet']), 'José 👋');
   });
 });
 

@@ -1,5 +1,6 @@
 // Route filters (Gateway API HTTPRoute/GRPCRoute `filters`), one handler per type in a registry so
 // that a new filter is a new entry, not another switch arm.
+import { fieldBytes } from '../../lib/field-bytes.ts';
 import type { PathRewrite, RouteBackend, RouteFilter } from '../../lib/model/mesh.ts';
 import { isCorsOrigin } from '../../lib/model/validate.ts';
 import { applyHeaderEdits, headerValue, splitHostPort, type HeaderEditsLike, type HeaderMap } from './headers.ts';
@@ -92,14 +93,30 @@ function validateEdits(e: HeaderEditsLike | undefined): string | undefined {
 
 const WELL_KNOWN_PORT: Record<string, number> = { http: 80, https: 443 };
 
+const onWire = new WeakMap<HeaderEditsLike, HeaderEditsLike>();
+
+/**
+ * A header modifier with its values as their UTF-8 bytes, one character a byte as the waypoint
+ * holds and writes field values (lib/field-bytes.ts), as Envoy writes them; once per filter.
+ */
+function wireEdits(e: HeaderEditsLike): HeaderEditsLike {
+  let w = onWire.get(e);
+  if (!w) {
+    const bytes = (list: HeaderEditsLike['set']): HeaderEditsLike['set'] => list.map(({ name, value }) => ({ name, value: fieldBytes(value) }));
+    w = { set: bytes(e.set), add: bytes(e.add), remove: e.remove };
+    onWire.set(e, w);
+  }
+  return w;
+}
+
 registerRouteFilter('RequestHeaderModifier', {
   validate: (f) => validateEdits(f.headers),
-  apply: (f, ctx) => applyHeaderEdits(ctx.request.headers, f.headers),
+  apply: (f, ctx) => applyHeaderEdits(ctx.request.headers, wireEdits(f.headers)),
 });
 
 registerRouteFilter('ResponseHeaderModifier', {
   validate: (f) => validateEdits(f.headers),
-  apply: (f, ctx) => { ctx.responseEdits.push(f.headers); },
+  apply: (f, ctx) => { ctx.responseEdits.push(wireEdits(f.headers)); },
 });
 
 registerRouteFilter('URLRewrite', {

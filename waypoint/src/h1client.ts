@@ -17,6 +17,7 @@
 // IncomingMessage merges them (message.headers in Node's documentation).
 import { createRequire } from 'node:module';
 import { Readable, type Duplex } from 'node:stream';
+import { FIELD_BYTES_BAD } from '../../lib/field-bytes.ts';
 import { UpstreamResetError } from './errors.ts';
 import { isToken, type HeaderMap } from './headers.ts';
 import type { UpstreamRequest, UpstreamResponse } from './upstream.ts';
@@ -68,8 +69,6 @@ const FIRST_ONLY = new Set([
 /** Methods http.request sends without framing when there is no body; every other one gets `Content-Length: 0`. */
 const NO_BODY_BY_DEFAULT = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
-/** Field values: no control characters but HTAB (RFC 9110 section 5.5). */
-const BAD_VALUE = /[^\t\x20-\x7e\x80-\xff]/;
 /** A request target: no spaces, controls or characters beyond Latin-1 (as http.request refuses). */
 const BAD_PATH = /[^\u0021-\u00ff]/;
 
@@ -122,7 +121,7 @@ export function requestHead(method: string, path: string, headers: HeaderMap, ha
     const values = Array.isArray(v) ? (v.length > 1 && lower === 'cookie' ? [v.join('; ')] : v) : [v];
     for (const one of values) {
       const s = String(one);
-      if (BAD_VALUE.test(s)) throw new TypeError(`invalid character in header content ["${name}"]`);
+      if (FIELD_BYTES_BAD.test(s)) throw new TypeError(`invalid character in header content ["${name}"]`);
       head += `${name}: ${s}\r\n`;
     }
   }
