@@ -407,7 +407,7 @@ function checkToken(token: string, candidates: readonly JwtRule[], nowSeconds: n
     if (typeof exp === 'number' && nowSeconds > exp + JWT_CLOCK_SKEW_SECONDS) return { ok: false, reason: 'expired', why: `exp ${exp} is past`, issuer: iss };
     if (typeof nbf === 'number' && nowSeconds + JWT_CLOCK_SKEW_SECONDS < nbf) return { ok: false, reason: 'not-yet-valid', why: `nbf ${nbf} is ahead`, issuer: iss };
     const audiences = aud === undefined ? [] : typeof aud === 'string' ? [aud] : (aud as string[]);
-    if (rule.audiences && rule.audiences.length > 0 && !audiencesAllowed(rule.audiences, audiences)) {
+    if (rule.audiences && rule.audiences.length > 0 && !audiencesAllowed(rule, audiences)) {
       last = { ok: false, reason: 'audience-not-allowed', why: `aud ${JSON.stringify(audiences)} names none of ${JSON.stringify(rule.audiences)}`, issuer: iss };
       continue;
     }
@@ -431,8 +431,15 @@ function sanitizeAudience(aud: string): string {
   return aud.slice(start, aud.endsWith('/') ? -1 : undefined);
 }
 
-function audiencesAllowed(allowed: readonly string[], audiences: readonly string[]): boolean {
-  const set = new Set(allowed.map(sanitizeAudience));
+const audienceSets = new WeakMap<JwtRule, ReadonlySet<string>>();
+
+/** Whether a token's audiences name one of the rule's (set once per rule object, a config's lifetime). */
+function audiencesAllowed(rule: JwtRule, audiences: readonly string[]): boolean {
+  let set = audienceSets.get(rule);
+  if (!set) {
+    set = new Set((rule.audiences ?? []).map(sanitizeAudience));
+    audienceSets.set(rule, set);
+  }
   return audiences.some((a) => set.has(sanitizeAudience(a)));
 }
 
