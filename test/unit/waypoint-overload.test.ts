@@ -16,6 +16,7 @@ import { TcpUpstream } from '../../waypoint/src/upstream.ts';
 import {
   config, endpoint, h2request, metricSamples, request, service, startHttpBackend, startTunnelListener, type Backend, type Listener,
 } from '../../waypoint/testing/harness.ts';
+import { holds, until } from '../lab/wait.ts';
 
 /** A backend that holds every request until release(). */
 async function heldBackend(): Promise<Backend & { held: http.ServerResponse[]; release(): void }> {
@@ -27,14 +28,6 @@ async function heldBackend(): Promise<Backend & { held: http.ServerResponse[]; r
   b.held = held;
   b.release = () => { for (const r of held.splice(0)) r.end('done\n'); };
   return b;
-}
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await delay(5);
-  }
 }
 
 interface Rig { b: Awaited<ReturnType<typeof heldBackend>>; engine: WaypointEngine; l: Listener; log: Array<Record<string, unknown>>; warnings: Array<{ msg: string; fields: Record<string, unknown> }>; close(): Promise<void> }
@@ -59,7 +52,7 @@ describe('waypoint overload (--max-requests)', () => {
     const r = await rig(3);
     try {
       const held = [0, 1, 2].map((i) => request(r.l.port, { path: `/held-${i}` }));
-      await until('three requests at the backend', () => r.b.held.length === 3);
+      await until('three requests at the backend', () => r.b.held.length === 3, 5_000);
       assert.equal(await active(r.engine), 3);
       const t0 = Date.now();
       const over = await request(r.l.port, { path: '/over' });
@@ -80,9 +73,9 @@ describe('waypoint overload (--max-requests)', () => {
 
       r.b.release();
       assert.deepEqual((await Promise.all(held)).map((x) => x.status), [200, 200, 200]);
-      await until('the slots are free', async () => (await active(r.engine)) === 0);
+      await until('the slots are free', async () => (await active(r.engine)) === 0, 5_000);
       const next = request(r.l.port, { path: '/after' });
-      await until('the next request at the backend', () => r.b.held.length === 1);
+      await until('the next request at the backend', () => r.b.held.length === 1, 5_000);
       r.b.release();
       assert.equal((await next).status, 200);
     } finally {
@@ -98,18 +91,18 @@ describe('waypoint overload (--max-requests)', () => {
       const sock = net.connect(r.l.port, '127.0.0.1');
       sock.on('error', () => {});
       sock.write('GET /abandoned HTTP/1.1\r\nhost: reviews.shop.svc.cluster.local\r\n\r\n');
-      await until('both at the backend', () => r.b.held.length === 2);
+      await until('both at the backend', () => r.b.held.length === 2, 5_000);
       assert.equal((await request(r.l.port)).status, 503);
       sock.destroy();
-      await until('the abandoned slot is free', async () => (await active(r.engine)) === 1);
+      await until('the abandoned slot is free', async () => (await active(r.engine)) === 1, 5_000);
       // A request for no known service gets its 404 under the limit, and the slot comes back after it.
       const nowhere = await startTunnelListener(r.engine, '10.96.9.9:80');
       assert.equal((await request(nowhere.port, { host: 'nope.example' })).status, 404);
       await nowhere.close();
-      await until('the 404 slot is free', async () => (await active(r.engine)) === 1);
+      await until('the 404 slot is free', async () => (await active(r.engine)) === 1, 5_000);
       r.b.release();
       assert.equal((await held).status, 200);
-      await until('all slots free', async () => (await active(r.engine)) === 0);
+      await until('all slots free', async () => (await active(r.engine)) === 0, 5_000);
     } finally {
       await r.close();
     }
@@ -121,7 +114,7 @@ describe('waypoint overload (--max-requests)', () => {
     try {
       const headers = (path: string) => ({ ':method': 'GET', ':path': path, ':authority': 'reviews.shop.svc.cluster.local' });
       const held = [h2request(session, headers('/a')), h2request(session, headers('/b'))];
-      await until('two streams at the backend', () => r.b.held.length === 2);
+      await until('two streams at the backend', () => r.b.held.length === 2, 5_000);
       const over = await h2request(session, headers('/c'));
       assert.equal(over.status, 503);
       assert.equal(over.headers['x-weft-overloaded'], 'waypoint shop/wp at 2 concurrent requests');
@@ -146,7 +139,7 @@ describe('waypoint overload (--max-requests)', () => {
     const client = new Ctor(`127.0.0.1:${grpcListener.port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & { Echo(req: Buffer, md: grpc.Metadata, cb: (err: grpc.ServiceError | null) => void): grpc.ClientUnaryCall };
     try {
       const held = request(r.l.port, { path: '/held' });
-      await until('the one slot is taken', () => r.b.held.length === 1);
+      await until('the one slot is taken', () => r.b.held.length === 1, 5_000);
       let headers: grpc.Metadata | undefined;
       const err = await new Promise<grpc.ServiceError | null>((resolve) => {
         const c = client.Echo(Buffer.from('x'), new grpc.Metadata(), (e) => resolve(e));
@@ -201,10 +194,9 @@ describe('HTTP/1.1 pipelining', () => {
       const seen: string[] = [];
       const { statuses } = pipeline(r.l.port, paths.map((p, i) => get(p, i === paths.length - 1)));
       for (const p of paths) {
-        await until(`${p} at the backend`, () => r.b.held.length === 1);
-        // Give the others every chance to arrive: none does while this one is held.
-        await delay(50);
-        assert.equal(r.b.held.length, 1, 'one request of the connection at the backend at a time');
+        await until(`${p} at the backend`, () => r.b.held.length === 1, 5_000);
+        // None of the others arrives while this one is held (the window the check is given).
+        await holds('one request of the connection at the backend at a time', () => r.b.held.length === 1, 50);
         assert.equal(await active(r.engine), 1, 'one place of --max-requests taken');
         seen.push(r.b.held[0]!.req.url ?? '');
         r.b.release();
@@ -230,7 +222,7 @@ describe('HTTP/1.1 pipelining', () => {
       r.b.release();
       await statuses;
       const other = request(r.l.port, { path: '/other' });
-      await until('another client at the backend', () => r.b.held.length === 1);
+      await until('another client at the backend', () => r.b.held.length === 1, 5_000);
       r.b.release();
       assert.equal((await other).status, 200);
     } finally {

@@ -66,9 +66,6 @@ describe('waypoint routing', () => {
     for (const r of replies) assert.equal(JSON.parse(r.body).backend, 'v2');
   });
 
-  // GEP-1294 ("hostnames field"): mesh routes filter by host with an HTTPHeaderMatch on Host, whose
-  // names are case-insensitive (httproute_types.go HTTPHeaderMatch.Name). Over HTTP/2 the host is
-  // :authority (RFC 9113 section 8.3.1), which Envoy maps Host onto: a match on `host` reads it.
   // Envoy's header matcher compares the field's bytes with the value's UTF-8 bytes, and RE2 reads
   // them as UTF-8 (one `.` for `é`); node hands the waypoint each byte as one character.
   it('matches a header value outside ASCII by its UTF-8 bytes, Exact and RegularExpression alike', async () => {
@@ -82,6 +79,9 @@ describe('waypoint routing', () => {
     assert.ok(others.includes('v1'), others.join());
   });
 
+  // GEP-1294 ("hostnames field"): mesh routes filter by host with an HTTPHeaderMatch on Host, whose
+  // names are case-insensitive (httproute_types.go HTTPHeaderMatch.Name). Over HTTP/2 the host is
+  // :authority (RFC 9113 section 8.3.1), which Envoy maps Host onto: a match on `host` reads it.
   it('matches an HTTPRoute header match on Host against HTTP/1.1 Host and HTTP/2 :authority alike', async () => {
     const hosts = await startTunnelListener(engine, '10.96.0.30:80');
     const session = http2.connect(`http://127.0.0.1:${hosts.port}`);
