@@ -5,6 +5,8 @@
 // compared in that form: `José` in a policy is the five characters `J o s 0xC3 0xA9`. ASCII is the
 // same in both forms, which keeps the common case free.
 
+import { isUtf8 } from 'node:buffer';
+
 const ASCII = /^[\x00-\x7f]*$/;
 
 /** A configured string in the form a received field value holds its UTF-8 bytes. */
@@ -30,4 +32,9 @@ export function badFieldChar(configured: string): string | undefined {
 /** A received field value's bytes read as UTF-8, for a regular expression (RE2 reads text). */
 export function fieldText(v: string): string {
   return ASCII.test(v) ? v : Buffer.from(v, 'latin1').toString('utf8');
+}
+
+/** Whether a received field value's bytes are valid UTF-8 (ASCII is). */
+export function fieldIsUtf8(v: string): boolean {
+  return ASCII.test(v) || isUtf8(Buffer.from(v, 'latin1'));
 }

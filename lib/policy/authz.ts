@@ -24,7 +24,7 @@
 // holds one config version's policies for a waypoint, with the per-service lists computed once.
 import { BlockList, isIP } from 'node:net';
 import { compileFullMatch, escapeRegex, type FullMatch } from '../regex.ts';
-import { fieldBytes } from '../field-bytes.ts';
+import { fieldBytes, fieldIsUtf8 } from '../field-bytes.ts';
 import { encodeRawPathChars, policyAction, waypointTargets, type AuthorizationPolicy, type CompiledCondition, type CompiledOperation, type CompiledRule, type CompiledSource } from '../model/mesh.ts';
 import { claimAt, type RequestAuth } from './jwt.ts';
 import { COMPILED_SOURCE_FIELDS, OPERATION_FIELDS, namespacePattern, pathTemplatePattern, conditionKey, isCidr, isPathTemplate, parseConditionKey, positiveField, type FieldSpec, type PolicyLayer, type ValueKind } from './keys.ts';
@@ -363,9 +363,16 @@ function matcher(kind: ValueKind, values: readonly string[], get: (a: Attributes
       // A field's bytes against the value's UTF-8 bytes, as Envoy's header matcher (lib/field-bytes.ts).
       // A DENY or AUDIT also matches the latin1 reading of a value whose characters are all up to
       // U+00FF (`Jos` and the byte E9), which a backend reading fields as ISO-8859-1 takes for José:
-      // it denies more, never less. An ALLOW, and a negated value, match the UTF-8 bytes only.
-      const wire = [...new Set(values.flatMap((x) => widen && LATIN1.test(x) ? [fieldBytes(x), x] : [fieldBytes(x)]))];
-      return (a) => { const v = get(a) as string | undefined; return wire.some((x) => globMatch(x, v, true)); };
+      // it denies more, never less. Only a received value that is not valid UTF-8 is read so: a
+      // UTF-8 value is compared as UTF-8 only, as Envoy (read as latin1, `Ã*` would take `über`,
+      // whose lead byte C3 is `Ã`). An ALLOW, and a negated value, match the UTF-8 bytes only.
+      const wire = [...new Set(values.map(fieldBytes))];
+      const latin1 = widen ? [...new Set(values.filter((x) => LATIN1.test(x) && !wire.includes(x)))] : [];
+      return (a) => {
+        const v = get(a) as string | undefined;
+        if (wire.some((x) => globMatch(x, v, true))) return true;
+        return latin1.length > 0 && v !== undefined && !fieldIsUtf8(v) && latin1.some((x) => globMatch(x, v, true));
+      };
     }
     case 'claim':
       return (a) => {

@@ -186,3 +186,23 @@ test('a header value outside ASCII: DENY and AUDIT match its UTF-8 bytes and its
   assert.equal(evaluate(except, req(utf8)).allowed, true);
   assert.equal(evaluate(except, req(latin1)).allowed, false, 'the exemption is the UTF-8 bytes only');
 });
+
+// The latin1 reading is for a value that is not UTF-8 (a lone byte such as E9); a value that is valid
+// UTF-8 is compared as UTF-8 only, as Envoy: read as latin1, its lead byte would let a `*` pattern
+// deny an unrelated value (C3 is `Ã` and the lead byte of `ü`).
+test('a DENY on a header value widens to the latin1 reading only of a value that is not UTF-8: a valid UTF-8 value is compared as UTF-8 only', () => {
+  const bytes = (s: string) => Buffer.from(s, 'utf8').toString('latin1');
+  const cases: { pattern: string; value: string; allowed: boolean }[] = [
+    { pattern: 'Ã*', value: bytes('über'), allowed: true },
+    { pattern: 'à*', value: bytes('हिन्दी'), allowed: true },
+    { pattern: 'Zoë*', value: bytes('Zo냐'), allowed: true },
+    { pattern: 'José', value: 'Jos\xe9', allowed: false },
+    { pattern: 'Zoë*', value: 'Zo\xeb Smith', allowed: false },
+    { pattern: 'Zoë*', value: bytes('Zoë Smith'), allowed: false },
+  ];
+  for (const { pattern, value, allowed } of cases) {
+    const deny = new CompiledPolicies([policy('deny-user', 'DENY', [rule({ when: [{ key: 'request.headers[x-user]', values: [pattern] }], layer: 'L7' })])]);
+    const req = { ...conn, method: 'GET', target: '/', headers: { 'x-user': value } };
+    assert.equal(evaluate(deny, req).allowed, allowed, `DENY ${pattern} on ${JSON.stringify(value)}`);
+  }
+});
