@@ -332,12 +332,23 @@ function cookieValues(headers: TokenSources['headers'], name: string): string[] 
  * value if no such character follows; a location without prefix takes the whole value. Every location
  * reading a header reads it on its own: `Token <forged>, Bearer <valid>` holds two tokens.
  */
-function headerToken(value: string, prefix: string): string | undefined {
-  if (prefix === '') return value;
+function headerToken(value: string, prefix: string): { token: string; variant: boolean } | undefined {
+  if (prefix === '') return { token: value, variant: false };
   const at = value.indexOf(prefix);
   if (at < 0) return undefined;
   const start = value.slice(at + prefix.length).search(JWT_CHAR);
-  return start < 0 ? value : value.slice(at + prefix.length + start);
+  const token = start < 0 ? value : value.slice(at + prefix.length + start);
+  // Stricter than Envoy: a case variant of the prefix before the one found (`bearer <forged>,
+  // Bearer <valid>`) is a second token to a backend reading the scheme case-insensitively (RFC 9110
+  // section 11.1), which forwardOriginalToken would hand the whole value, the forged token first;
+  // the caller refuses it as two tokens. One after it is inside the token, which is then malformed.
+  const variant = asciiLower(value).indexOf(asciiLower(prefix)) !== at;
+  return { token, variant };
+}
+
+/** `s` with ASCII letters in lower case only, as HTTP compares a case-insensitive token (RFC 9110 section 5.6.2). */
+function asciiLower(s: string): string {
+  return s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
 }
 
 /** A character of a compact JWS (RFC 4648 section 5 base64url, and the dots between its parts). */
@@ -556,20 +567,22 @@ export function authenticateRequest(rules: readonly JwtRule[], src: TokenSources
   const edits: HeaderEditsOut = { remove: [...plan.outputs], set: [] };
   if (rules.length === 0 || isCorsPreflight(src)) return { kind: 'none', edits };
   // Every token at every location some rule reads, and the rules reading each location.
+  const refuse = (reason: JwtRefusal, why: string, issuer?: string): JwtOutcome => ({
+    kind: 'refused', reason, status: reason === 'audience-not-allowed' ? 403 : 401, message: ENVOY_STATUS[reason],
+    detail: `${why}`, ...(issuer !== undefined ? { issuer } : {}),
+  });
   const found: Array<{ token: string; loc: Location; rules: JwtRule[] }> = [];
   for (const { loc, rules: rs } of plan.headers) {
     for (const v of valuesOf(src.headers[loc.header!.name])) {
-      const token = headerToken(v, loc.header!.prefix);
-      if (token) found.push({ token, loc, rules: rs });
+      const t = headerToken(v, loc.header!.prefix);
+      if (!t?.token) continue;
+      if (t.variant) return refuse('multiple-tokens', `${loc.id}: the value also holds the prefix in another case before the token`);
+      found.push({ token: t.token, loc, rules: rs });
     }
   }
   const query = src.query !== '' && plan.others.some((e) => e.loc.param !== undefined) ? new URLSearchParams(src.query) : undefined;
   for (const { loc, rules: rs } of plan.others) for (const token of tokensAt(loc, src, query)) found.push({ token, loc, rules: rs });
   if (found.length === 0) return { kind: 'none', edits };
-  const refuse = (reason: JwtRefusal, why: string, issuer?: string): JwtOutcome => ({
-    kind: 'refused', reason, status: reason === 'audience-not-allowed' ? 403 : 401, message: ENVOY_STATUS[reason],
-    detail: `${why}`, ...(issuer !== undefined ? { issuer } : {}),
-  });
   // The same token in two places is one token; two different ones are refused, whichever would verify.
   if (new Set(found.map((f) => f.token)).size > 1) return refuse('multiple-tokens', `${found.length} tokens (${[...new Set(found.map((f) => f.loc.id))].join(', ')})`);
   const { token, loc } = found[0]!;

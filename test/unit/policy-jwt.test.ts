@@ -121,6 +121,26 @@ describe('RequestAuthentication: the attacker\'s tokens are refused (401, Envoy\
     }
   });
 
+  // Stricter than Envoy, whose exact find takes the valid token and passes the whole value on: a
+  // value whose token was found under the prefix as written but which also holds a case variant of
+  // it before (`bearer <forged>, Bearer <valid>`) is refused as two tokens, since a backend may read
+  // the scheme case-insensitively (RFC 9110 section 11.1) and take the forged one, which
+  // forwardOriginalToken would pass on.
+  it('a case variant of the prefix before the token found ("bearer <forged>, Bearer <valid>") is refused as two tokens (stricter than Envoy)', () => {
+    const valid = signToken(rsa, claims());
+    const forged = signToken(stranger, claims({ sub: 'admin' }));
+    for (const forward of [false, true]) {
+      for (const value of [`bearer ${forged}, Bearer ${valid}`, `BEARER ${forged}, Bearer ${valid}`, `Basic Zm9v, bEaReR ${forged}, Bearer ${valid}`]) {
+        refused([{ ...rule, forwardOriginalToken: forward }], { headers: { authorization: value }, query: '' }, 'multiple-tokens');
+      }
+    }
+    const token: JwtRule = { issuer: ISS, jwks: jwksOf(rsa), fromHeaders: [{ name: 'x-auth', prefix: 'Token ' }] };
+    refused([token], { headers: { 'x-auth': `token ${forged}, Token ${valid}` }, query: '' }, 'multiple-tokens');
+    // A case variant only after the token found is inside it: malformed, as before.
+    refused([rule], { headers: { authorization: `Bearer ${valid}, bearer ${forged}` }, query: '' }, 'malformed');
+    assert.equal(authenticateRequest([rule], bearer(valid)).kind, 'verified');
+  });
+
   it('a forged signature: a key of the same kid not in the JWKS, and a payload changed after signing', () => {
     refused([rule], bearer(signToken(stranger, claims())), 'bad-signature');
     refused([rule], bearer(tamper(signToken(rsa, claims()), claims({ sub: 'admin' }))), 'bad-signature');

@@ -336,7 +336,7 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
   // backend may mistakenly use the bad token"); the waypoint refuses two different tokens outright.
   // Before, one value gave one token, at the longest prefix found anywhere without regard to case:
   // `Token <forged>, Bearer <valid>` was verified as the valid one and the forged one forwarded.
-  it('Envoy extractor: every prefix on Authorization yields its own token, so a forged one beside a valid one is 401 (multiple tokens), counted, never forwarded', async () => {
+  it('Envoy extractor: every prefix on Authorization yields its own token, so a forged one beside a valid one (or under a case variant of the prefix before it) is 401 (multiple tokens), counted, never forwarded', async () => {
     engine.applyConfig(config({
       services: [service('reviews', '10.96.0.10', [endpoint(b.port)])],
       requestAuthentications: [
@@ -348,7 +348,11 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     const forged = signToken(stranger, claims({ iss: 'https://token.example', sub: 'admin' }));
     const before = await refusals(engine);
     const hits = b.hits;
-    for (const value of [`Token ${forged}, Bearer ${valid}`, `Bearer ${valid}, Token ${forged}`]) {
+    // A case variant of `Bearer ` before the token found is refused as two tokens too, stricter than
+    // Envoy (which verifies the valid one and, with forwardOriginalToken, passes `bearer <forged>` on
+    // first to a backend that may read the scheme case-insensitively, RFC 9110 section 11.1).
+    const admin = signToken(stranger, claims({ sub: 'admin' }));
+    for (const value of [`Token ${forged}, Bearer ${valid}`, `Bearer ${valid}, Token ${forged}`, `bearer ${admin}, Bearer ${valid}`, `BEARER ${admin}, Bearer ${valid}`]) {
       const r = await request(l.port, { headers: { authorization: value } });
       assert.equal(r.status, 401, `${value.slice(0, 8)}: ${r.body}`);
       assert.match(r.body, /Jwt authentication fails|multiple/i);
@@ -360,8 +364,8 @@ describe('AuthorizationPolicy on what RequestAuthentication verified, at the way
     }
     assert.equal(b.hits, hits, 'the backend saw none of them');
     const after = await refusals(engine);
-    assert.equal(after['multiple-tokens'], (before['multiple-tokens'] ?? 0) + 2);
-    const malformed = Object.entries(after).reduce((n, [k, v]) => n + v - (before[k] ?? 0), 0) - 2;
+    assert.equal(after['multiple-tokens'], (before['multiple-tokens'] ?? 0) + 4);
+    const malformed = Object.entries(after).reduce((n, [k, v]) => n + v - (before[k] ?? 0), 0) - 4;
     assert.equal(malformed, 2, JSON.stringify(after));
     // The prefix is found as written (absl find): another scheme whose parameters hold "bearer "
     // carries no token, and neither does `bearer <token>` (Envoy passes both on unverified).
