@@ -23,13 +23,15 @@ interface WsBackend {
 }
 
 /** A backend that answers WebSocket handshakes with an echo (text and binary) and other requests with 200. */
-async function startWsBackend(opts: { refuseUpgrade?: boolean } = {}): Promise<WsBackend> {
+async function startWsBackend(opts: { refuseUpgrade?: boolean; hold?: (url: string) => Promise<void> | undefined } = {}): Promise<WsBackend> {
   const b: WsBackend = { port: 0, seen: [], close: async () => {} };
   const sockets = new Set<net.Socket>();
   const server = http.createServer((req, res) => {
     b.seen.push({ url: req.url ?? '', upgrade: false, headers: req.headers });
     req.resume();
-    res.end(`plain ${req.url}`);
+    const held = opts.hold?.(req.url ?? '');
+    if (held) void held.then(() => res.end(`plain ${req.url}`));
+    else res.end(`plain ${req.url}`);
   });
   server.on('connection', (s: net.Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
   server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
@@ -204,6 +206,41 @@ describe('waypoint: WebSocket upgrades (RFC 6455, RFC 9110 section 7.8)', () => 
       await until('the echoed frame', () => text.slice(at) === '\x81\x02hi', 5000, { explain: () => JSON.stringify(text.slice(at)) });
     } finally {
       s.destroy();
+    }
+  });
+
+  // When the first of two GETs is answered, the second starts while the handshake behind it still
+  // waits: the socket stays paused (holdH1's release resumes it only when no upgrade follows), so a
+  // frame the client sends before the 101 is left in the socket for the upgraded connection's pipe.
+  // Resumed there, node read the frame with no one listening and it was lost.
+  it('keeps a frame sent while a pipelined handshake still waits behind a GET in the socket, and echoes it after the 101', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((r) => { release = r; });
+    const b = await startWsBackend({ hold: (url) => (url === '/held' ? held : undefined) });
+    const e2 = new WaypointEngine({ namespace: 'shop', name: 'waypoint', upstream: new TcpUpstream(), telemetry: { accessLog: null } });
+    e2.applyConfig(config({ services: [service('chat', '10.96.0.30', [endpoint(b.port)])] }));
+    const l = await startTunnelListener(e2, '10.96.0.30:80');
+    const requests = 'GET /first HTTP/1.1\r\nHost: chat\r\n\r\nGET /held HTTP/1.1\r\nHost: chat\r\n\r\n' + HANDSHAKE('/ws-behind');
+    const frame = Buffer.from([0x81, 0x82, 0, 0, 0, 0, 0x68, 0x69]);
+    const s = net.connect(l.port, '127.0.0.1', () => s.write(requests));
+    s.on('error', () => {});
+    let text = '';
+    s.on('data', (c: Buffer) => { text += c.toString('latin1'); });
+    try {
+      await until('the first response', () => text.includes('plain /first'), 5000);
+      // The first GET is answered and the second is at the backend, held: the handshake still waits.
+      await until('the second GET at the backend', () => b.seen.some((h) => h.url === '/held'), 5000);
+      s.write(frame);
+      release();
+      await until('the 101 after both responses', () => /HTTP\/1\.1 101 [^]*\r\n\r\n/.test(text), 5000);
+      assert.match(text, /^HTTP\/1\.1 200 [^]*plain \/firstHTTP\/1\.1 200 [^]*plain \/heldHTTP\/1\.1 101 /, JSON.stringify(text.slice(0, 160)));
+      await until('the echoed frame after the 101', () => text.endsWith('\x81\x02hi'), 5000, { explain: () => JSON.stringify(text.slice(-40)) });
+    } finally {
+      release();
+      s.destroy();
+      await l.close();
+      await e2.close();
+      await b.close();
     }
   });
 
