@@ -28,6 +28,7 @@ const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
   fragment_dropped: { denied: 'IPv4 fragment to a STRICT pod: dropped in the kernel', policy: 'mtls:STRICT' },
   header_unreadable: { denied: 'TCP header cannot be read: dropped in the kernel' },
   ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
+  vlan_dropped: { denied: 'frame with stacked 802.1Q/802.1ad tags: dropped in the kernel' },
   lookup_ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
   lookup_no_agent: { denied: 'no agent listener in the pod (agent down or restarting): refused in the kernel' },
 };

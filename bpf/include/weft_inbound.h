@@ -10,7 +10,10 @@
  *  - a TCP header that cannot be read (even after bpf_skb_load_bytes, which reads paged data) is
  *    dropped, never passed unjudged;
  *  - IPv6 TCP SYNs and IPv6 fragments are dropped: Weft meshes IPv4 only, so IPv6 would be a way
- *    around every check (the link exists only on enrolled pods, so this touches no one else).
+ *    around every check (the link exists only on enrolled pods, so this touches no one else);
+ *  - a frame that still carries an 802.1Q or 802.1ad tag here is dropped: the stack takes one tag
+ *    off before tc (the program then sees what it carries), and takes a second priority tag (VID 0)
+ *    off only after tc, then delivers what is inside, which this program would not have judged.
  * Only the first SYN is judged: an established flow was allowed when it started, and SYN-ACKs and
  * ACKs belong to the pod's own connections. */
 #ifndef WEFT_INBOUND_H
@@ -162,6 +165,13 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 	__u32 tcp_len, ihl, hdr_end;
 	__u8 mode;
 
+	/* Stacked tags (a priority tag inside an 802.1Q or 802.1ad one): nothing of the frame's
+	 * headers is where this program reads them, and the stack would judge none of it. A pod's
+	 * interface carries no VLAN of its own (making one takes CAP_NET_ADMIN in the pod). */
+	if (skb->protocol == bpf_htons(ETH_P_8021Q) || skb->protocol == bpf_htons(ETH_P_8021AD)) {
+		weft_refused(WEFT_C_VLAN_DROPPED, 0, 0, 0, 0, 0);
+		return WEFT_TCX_DROP;
+	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		return weft_inbound6(skb);
 	if (skb->protocol != bpf_htons(ETH_P_IP))

@@ -19,7 +19,7 @@ import * as codec from '../../agent/src/datapath/codecs.ts';
 import type { BpfMap } from '../../agent/libbpf/index.ts';
 import { cgroupId } from '../../lib/sys/cgroup.ts';
 import { PLAINTEXT_HOST, PLAINTEXT_PORT } from '../../agent/src/plaintext.ts';
-import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, framedSyn, macOf, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const OBJECT_DIR = join(REPO, 'build', 'bpf');
@@ -217,6 +217,24 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     const r = craftedSyn(pd, 'short', pd.ip, pb.ip, APP_PORT);
     assert.equal(r.answered, false);
     assert.equal(delta(before, dp.counters(), 'header_unreadable'), 1);
+  });
+
+  test('STRICT: a SYN behind two stacked priority tags (802.1Q VID 0, IEEE 802.1Q-2018 9.6), which the pod\'s stack strips only after tc, is dropped at the interface and counted vlan_dropped', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT };
+    // One tag the kernel takes off before tc: the SYN is judged like any other.
+    let before = dp.counters();
+    const one = framedSyn({ ns: node }, { ...frame, vlanTags: [0x8100] });
+    assert.equal(delta(before, dp.counters(), 'strict_denied'), 1, `one priority tag: judged (answer ${JSON.stringify(one)})`);
+    // Two (802.1ad outside 802.1Q, or 802.1Q twice): tc sees the inner tag, not IPv4; the stack
+    // then strips it too and takes the SYN. Dropped at the interface, counted, reported.
+    for (const vlanTags of [[0x8100, 0x8100], [0x88a8, 0x8100]]) {
+      before = dp.counters();
+      const r = framedSyn({ ns: node }, { ...frame, vlanTags });
+      assert.equal(r.answered, false, `${vlanTags.map((t) => t.toString(16))}: answered, flags ${r.flags} from ${r.from}`);
+      assert.equal(delta(before, dp.counters(), 'vlan_dropped'), 1, `${vlanTags.map((t) => t.toString(16))}: counted`);
+    }
+    await refusal((x) => x.reason === 'vlan_dropped');
   });
 
   test('IPv6 into an enrolled pod is refused (the mesh is IPv4 only) and counted ipv6_refused', async () => {
