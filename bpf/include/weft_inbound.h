@@ -11,6 +11,9 @@
  *    dropped, never passed unjudged;
  *  - IPv6 TCP SYNs and IPv6 fragments are dropped: Weft meshes IPv4 only, so IPv6 would be a way
  *    around every check (the link exists only on enrolled pods, so this touches no one else);
+ *  - an IPv4 packet from or to 127.0.0.0/8 is dropped: loopback addresses never appear on a wire
+ *    (RFC 1122 3.2.1.3), but a pod's namespace copies route_localnet from the node's at creation,
+ *    and kube-proxy sets it there, so its stack would take such a packet to its loopback services;
  *  - a frame that still carries an 802.1Q or 802.1ad tag here is dropped: the stack takes one tag
  *    off before tc (the program then sees what it carries), and takes a second priority tag (VID 0)
  *    off only after tc, then delivers what is inside, which this program would not have judged.
@@ -178,6 +181,11 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 		return WEFT_TCX_NEXT;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)))
 		return WEFT_TCX_NEXT; /* shorter than an IPv4 header: the stack drops it */
+	if ((iph.daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
+	    (iph.saddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000)) {
+		weft_refused(WEFT_C_LOOPBACK_MARTIAN, 0, iph.saddr, iph.daddr, 0, 0);
+		return WEFT_TCX_DROP;
+	}
 	if (iph.protocol != IPPROTO_TCP)
 		return WEFT_TCX_NEXT;
 	pod = bpf_map_lookup_elem(&weft_inbound_pods, &iph.daddr);

@@ -237,6 +237,34 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     await refusal((x) => x.reason === 'vlan_dropped');
   });
 
+  test('a SYN to the pod\'s loopback (127.0.0.1, RFC 1122 3.2.1.3: never on a wire) through its interface, routable in a pod namespace that inherited route_localnet=1 from a kube-proxy node, is dropped at the interface and counted loopback_martian', async () => {
+    // IPv4 interface settings of a new network namespace are copied from the node's
+    // (net.core.devconf_inherit_init_net=0), and kube-proxy's iptables mode sets
+    // net.ipv4.conf.all.route_localnet=1 on the node for localhost NodePorts.
+    pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=1');
+    try {
+      for (const mode of ['PERMISSIVE', 'STRICT'] as const) {
+        dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode, agentIp: pb.gateway, ifname: pb.ifname });
+        const before = dp.counters();
+        const r = framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: '127.0.0.1', port: APP_PORT });
+        assert.equal(r.answered, false, `${mode}: answered, flags ${r.flags} from ${r.from}`);
+        const after = dp.counters();
+        assert.equal(delta(before, after, 'loopback_martian'), 1, `${mode}: counted`);
+        assert.equal(delta(before, after, 'lookup_no_agent'), 0, `${mode}: not taken for an agent that is down`);
+        const rec = await refusal((x) => x.reason === 'loopback_martian' && x.dst.ip === '127.0.0.1');
+        assert.equal(rec.src.ip, pb.gateway);
+      }
+      // From a loopback address to itself (not 127.0.0.1, no address of an interface, so the
+      // stack's martian-source check lets it by): weft_lookup passes src == dst as made inside the
+      // namespace. Blind (the answer stays in the pod), still dropped and counted at the interface.
+      const before = dp.counters();
+      framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: '127.0.0.2', dst: '127.0.0.2', port: APP_PORT });
+      assert.equal(delta(before, dp.counters(), 'loopback_martian'), 1, 'src = dst = 127.0.0.2: counted');
+    } finally {
+      pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=0');
+    }
+  });
+
   test('IPv6 into an enrolled pod is refused (the mesh is IPv4 only) and counted ipv6_refused', async () => {
     for (const mode of ['STRICT', 'PERMISSIVE'] as const) {
       dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode, agentIp: pb.gateway, ifname: pb.ifname });
