@@ -60,11 +60,11 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   const refusals: Refusal[] = [];
   let ring: { close(): void } | undefined;
 
-  /** Waits (up to 5 s) for the kernel's refusal record matching `want`. */
-  async function refusal(want: (r: Refusal) => boolean): Promise<Refusal> {
+  /** Waits (up to 5 s) for the kernel's refusal record matching `want`, among those from the `since`th on. */
+  async function refusal(want: (r: Refusal) => boolean, since = 0): Promise<Refusal> {
     const deadline = Date.now() + 5_000;
     for (;;) {
-      const r = refusals.find(want);
+      const r = refusals.slice(since).find(want);
       if (r) return r;
       if (Date.now() > deadline) throw new Error(`no such refusal record; got ${JSON.stringify(refusals, (_k, v) => typeof v === 'bigint' ? String(v) : v)}`);
       await new Promise((res) => setTimeout(res, 50));
@@ -228,13 +228,14 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.equal(delta(before, dp.counters(), 'strict_denied'), 1, `one priority tag: judged (answer ${JSON.stringify(one)})`);
     // Two (802.1ad outside 802.1Q, or 802.1Q twice): tc sees the inner tag, not IPv4; the stack
     // then strips it too and takes the SYN. Dropped at the interface, counted, reported.
+    const mark = refusals.length;
     for (const vlanTags of [[0x8100, 0x8100], [0x88a8, 0x8100]]) {
       before = dp.counters();
       const r = framedSyn({ ns: node }, { ...frame, vlanTags });
       assert.equal(r.answered, false, `${vlanTags.map((t) => t.toString(16))}: answered, flags ${r.flags} from ${r.from}`);
       assert.equal(delta(before, dp.counters(), 'vlan_dropped'), 1, `${vlanTags.map((t) => t.toString(16))}: counted`);
     }
-    await refusal((x) => x.reason === 'vlan_dropped');
+    await refusal((x) => x.reason === 'vlan_dropped', mark);
   });
 
   test('a SYN to the pod\'s loopback (127.0.0.1, RFC 1122 3.2.1.3: never on a wire) through its interface, routable in a pod namespace that inherited route_localnet=1 from a kube-proxy node, is dropped at the interface and counted loopback_martian', async () => {
@@ -246,12 +247,13 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       for (const mode of ['PERMISSIVE', 'STRICT'] as const) {
         dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode, agentIp: pb.gateway, ifname: pb.ifname });
         const before = dp.counters();
+        const mark = refusals.length;
         const r = framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: '127.0.0.1', port: APP_PORT });
         assert.equal(r.answered, false, `${mode}: answered, flags ${r.flags} from ${r.from}`);
         const after = dp.counters();
         assert.equal(delta(before, after, 'loopback_martian'), 1, `${mode}: counted`);
         assert.equal(delta(before, after, 'lookup_no_agent'), 0, `${mode}: not taken for an agent that is down`);
-        const rec = await refusal((x) => x.reason === 'loopback_martian' && x.dst.ip === '127.0.0.1');
+        const rec = await refusal((x) => x.reason === 'loopback_martian' && x.dst.ip === '127.0.0.1', mark);
         assert.equal(rec.src.ip, pb.gateway);
       }
       // From a loopback address to itself (not 127.0.0.1, no address of an interface, so the
@@ -276,6 +278,23 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     // The application does listen on IPv6: from inside the pod it answers.
     const inside = await connectFrom(lab, { ns: pb.ns }, POD_B6, APP_PORT6);
     assert.equal(inside.ok, true, `the pod's own IPv6 connection: ${inside.code}`);
+  });
+
+  test('a node process\'s IPv6 socket dialling the pod\'s IPv4-mapped address (::ffff:a.b.c.d, RFC 4291 2.5.5.2) is IPv4 on the wire and judged as such: PERMISSIVE steered to the agent, STRICT refused', async () => {
+    const mapped = `::ffff:${pb.ip}`;
+    const daemon = { ns: node, cgroup: daemonCg };
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+    let before = dp.counters();
+    const steered = await connectFrom(lab, daemon, mapped, APP_PORT);
+    assert.equal(steered.ok, true, `PERMISSIVE: ${steered.code}`);
+    assert.equal(JSON.parse(steered.reply!).server, 'agent-in-pod', 'the agent got it, not the application');
+    assert.equal(delta(before, dp.counters(), 'lookup_steered'), 1);
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    before = dp.counters();
+    const mark = refusals.length;
+    assert.equal((await connectFrom(lab, daemon, mapped, APP_PORT)).code, 'ECONNREFUSED');
+    assert.equal(delta(before, dp.counters(), 'strict_denied'), 1);
+    await refusal((x) => x.reason === 'strict_denied' && x.src.ip === pb.gateway && x.dst.ip === pb.ip, mark);
   });
 
   test('a port excluded from outbound capture stays closed inbound; an inbound exclusion is explicit and listed', async () => {
