@@ -256,21 +256,23 @@ export function craftedSyn(from: { ns: Netns }, kind: CraftedSyn, src: string, d
 // One SYN written as a whole Ethernet frame on a packet socket (AF_PACKET) bound to `ifname`, so
 // the frame can carry what an IP socket never sends: 802.1Q/802.1ad tags between the Ethernet
 // header and the IP packet (each a 4-byte TPID + TCI, here always TCI 0: a priority-tagged frame,
-// whose VID is the null VID 0, IEEE 802.1Q-2018 9.6 and Table 9-2), or an IP destination the sender's own routes
-// would keep. Then listens on the same socket for any TCP answer to the SYN for 2 s.
+// whose VID is the null VID 0, IEEE 802.1Q-2018 9.6 and Table 9-2), an IP destination the
+// sender's own routes would keep, IP options, or data in the SYN. Then listens on the same socket
+// for any TCP answer to the SYN for 2 s.
 const FRAMED_SYN_PY = `
 import socket, struct, sys, json, time
 ifname, dmac, src, dst, dport, tags = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+ipopts, tcpopts, data = bytes.fromhex(sys.argv[7]), bytes.fromhex(sys.argv[8]), bytes.fromhex(sys.argv[9])
 def fold(b):
     if len(b) % 2: b += b'\\0'
     s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
     while s >> 16: s = (s & 0xffff) + (s >> 16)
     return s
 sport, seq = 40999, 192837465
-tcp = struct.pack('!HHIIHHHH', sport, dport, seq, 0, (5 << 12) | 0x02, 64240, 0, 0)
+tcp = struct.pack('!HHIIHHHH', sport, dport, seq, 0, ((20 + len(tcpopts)) // 4 << 12) | 0x02, 64240, 0, 0) + tcpopts + data
 pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
 tcp = tcp[:16] + struct.pack('!H', ~fold(pseudo + tcp) & 0xffff) + tcp[18:]
-ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 4243, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+ip = struct.pack('!BBHHHBBH4s4s', 0x40 | (20 + len(ipopts)) // 4, 0, 20 + len(ipopts) + len(tcp), 4243, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)) + ipopts
 ip = ip[:10] + struct.pack('!H', ~fold(ip) & 0xffff) + ip[12:]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((ifname, 0))
@@ -285,7 +287,8 @@ while time.time() < deadline:
     ihl = (f[14] & 15) * 4
     sp, dp_ = struct.unpack('!HH', f[14 + ihl:18 + ihl])
     if sp != dport or dp_ != sport: continue
-    print(json.dumps({ 'answered': True, 'flags': f[14 + ihl + 13] & 0x3f, 'from': socket.inet_ntoa(f[26:30]) }))
+    ack = struct.unpack('!I', f[14 + ihl + 8:14 + ihl + 12])[0]
+    print(json.dumps({ 'answered': True, 'flags': f[14 + ihl + 13] & 0x3f, 'from': socket.inet_ntoa(f[26:30]), 'acked': (ack - seq - 1) % 2**32 }))
     sys.exit(0)
 print(json.dumps({ 'answered': False }))
 `;
@@ -295,14 +298,30 @@ export function macOf(ns: Netns, ifname: string): string {
   return (JSON.parse(ns.exec('ip', '-j', 'link', 'show', 'dev', ifname)) as Array<{ address: string }>)[0]!.address;
 }
 
+export interface SynFrame {
+  ifname: string;
+  dmac: string;
+  src: string;
+  dst: string;
+  port: number;
+  /** One priority tag (VID 0) per TPID (0x8100, 0x88a8), outermost first. */
+  vlanTags?: number[];
+  /** IP options (a multiple of 4 bytes: the IHL grows by one per 4). */
+  ipOptions?: Buffer;
+  /** TCP options (a multiple of 4 bytes). */
+  tcpOptions?: Buffer;
+  /** Data carried by the SYN itself (TCP Fast Open). */
+  data?: Buffer;
+}
+
 /**
  * Sends a SYN from `from` as one Ethernet frame on its interface `ifname` to the MAC `dmac` (see
- * FRAMED_SYN_PY), behind one priority tag (VID 0) per TPID in `vlanTags` (0x8100, 0x88a8), and
- * reports whether dst:port answered, with the answer's flags and source address.
+ * FRAMED_SYN_PY), and reports whether dst:port answered: the answer's flags, source address, and
+ * how many bytes after the SYN it acknowledged (data taken with a Fast Open SYN).
  */
-export function framedSyn(from: { ns: Netns }, frame: { ifname: string; dmac: string; src: string; dst: string; port: number; vlanTags?: number[] }):
-  { answered: boolean; flags?: number; from?: string } {
+export function framedSyn(from: { ns: Netns }, frame: SynFrame): { answered: boolean; flags?: number; from?: string; acked?: number } {
   const tags = (frame.vlanTags ?? []).map((t) => t.toString(16)).join(',');
-  return JSON.parse(from.ns.exec('python3', '-c', FRAMED_SYN_PY, frame.ifname, frame.dmac, frame.src, frame.dst, String(frame.port), tags)
-    .trim().split('\n').pop()!) as { answered: boolean; flags?: number; from?: string };
+  const hex = (b?: Buffer) => (b ?? Buffer.alloc(0)).toString('hex');
+  return JSON.parse(from.ns.exec('python3', '-c', FRAMED_SYN_PY, frame.ifname, frame.dmac, frame.src, frame.dst, String(frame.port), tags,
+    hex(frame.ipOptions), hex(frame.tcpOptions), hex(frame.data)).trim().split('\n').pop()!) as { answered: boolean; flags?: number; from?: string; acked?: number };
 }

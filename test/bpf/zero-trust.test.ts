@@ -219,6 +219,28 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.equal(delta(before, dp.counters(), 'header_unreadable'), 1);
   });
 
+  test('a SYN with IP options (IHL 6, RFC 791 3.1) or carrying data with a Fast Open cookie (RFC 7413 4.1.1) gets no answer from a STRICT pod (strict_denied), and meets the agent at a PERMISSIVE one, which takes none of the data', async () => {
+    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT };
+    const syns = {
+      // Four NOPs (RFC 791 3.1, option type 1): the TCP header starts at byte 24.
+      'IP options': { ipOptions: Buffer.from([1, 1, 1, 1]) },
+      // Kind 34, length 10: an 8-byte cookie (one the pod never issued), then two NOPs; a request in the SYN.
+      'Fast Open': { tcpOptions: Buffer.from([34, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1]), data: Buffer.from('GET / HTTP/1.0\r\n\r\n') },
+    };
+    for (const [what, extra] of Object.entries(syns)) {
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+      let before = dp.counters();
+      const strict = framedSyn({ ns: node }, { ...frame, ...extra });
+      assert.equal(strict.answered, false, `STRICT, ${what}: answered, flags ${strict.flags}`);
+      assert.equal(delta(before, dp.counters(), 'strict_denied'), 1, `STRICT, ${what}: counted`);
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+      before = dp.counters();
+      const permissive = framedSyn({ ns: node }, { ...frame, ...extra });
+      assert.deepEqual([permissive.answered, permissive.flags, permissive.acked], [true, 0x12, 0], `PERMISSIVE, ${what}: a SYN|ACK of the SYN alone`);
+      assert.equal(delta(before, dp.counters(), 'lookup_steered'), 1, `PERMISSIVE, ${what}: steered to the agent`);
+    }
+  });
+
   test('STRICT: a SYN behind two stacked priority tags (802.1Q VID 0, IEEE 802.1Q-2018 9.6), which the pod\'s stack strips only after tc, is dropped at the interface and counted vlan_dropped', async () => {
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
     const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT };
