@@ -175,7 +175,7 @@ struct weft_counters {
 	__u64 splice_stranded;
 	__u64 splice_reader_fionread;
 	__u64 vlan_dropped;
-	__u64 loopback_martian;
+	__u64 martian;
 };
 
 enum weft_counter {
@@ -208,7 +208,8 @@ enum weft_counter {
 	WEFT_C_SPLICE_STRANDED,         /* ... while redirected bytes it had not read were queued for it */
 	WEFT_C_SPLICE_READER_FIONREAD,  /* a filed pod socket asked FIONREAD (counts only redirected bytes) */
 	WEFT_C_VLAN_DROPPED,            /* a frame into an enrolled pod still carrying an 802.1Q/802.1ad tag at tc */
-	WEFT_C_LOOPBACK_MARTIAN,        /* an IPv4 packet from or to 127.0.0.0/8 on an enrolled pod's interface */
+	WEFT_C_MARTIAN,                 /* on an enrolled pod's interface, an IPv4 packet from or to
+	                                 * 127.0.0.0/8, or TCP from the pod's own address */
 	WEFT_C__COUNT,
 };
 _Static_assert(sizeof(struct weft_counters) == WEFT_C__COUNT * 8, "weft_counters layout");
@@ -219,7 +220,7 @@ _Static_assert(__builtin_offsetof(struct weft_counters, probe_allowed) == WEFT_C
 _Static_assert(__builtin_offsetof(struct weft_counters, lookup_ipv6_refused) == WEFT_C_LOOKUP_IPV6_REFUSED * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, splice_reader_fionread) == WEFT_C_SPLICE_READER_FIONREAD * 8, "idx");
 _Static_assert(__builtin_offsetof(struct weft_counters, vlan_dropped) == WEFT_C_VLAN_DROPPED * 8, "idx");
-_Static_assert(__builtin_offsetof(struct weft_counters, loopback_martian) == WEFT_C_LOOPBACK_MARTIAN * 8, "idx");
+_Static_assert(__builtin_offsetof(struct weft_counters, martian) == WEFT_C_MARTIAN * 8, "idx");
 
 /* weft_pod_counters: netns cookie -> per-pod counters (shared across CPUs, updated atomically). */
 struct weft_pod_counters {

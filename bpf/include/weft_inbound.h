@@ -11,9 +11,12 @@
  *    dropped, never passed unjudged;
  *  - IPv6 TCP SYNs and IPv6 fragments are dropped: Weft meshes IPv4 only, so IPv6 would be a way
  *    around every check (the link exists only on enrolled pods, so this touches no one else);
- *  - an IPv4 packet from or to 127.0.0.0/8 is dropped: loopback addresses never appear on a wire
- *    (RFC 1122 3.2.1.3), but a pod's namespace copies route_localnet from the node's at creation,
- *    and kube-proxy sets it there, so its stack would take such a packet to its loopback services;
+ *  - martians are dropped: an IPv4 packet from or to 127.0.0.0/8 (loopback addresses never appear
+ *    on a wire, RFC 1122 3.2.1.3, but a pod's namespace copies route_localnet from the node's at
+ *    creation, and kube-proxy sets it there, so its stack would take such a packet to its loopback
+ *    services), and a TCP segment from the pod's own address (weft_lookup lets a connection from
+ *    the address it is made to by, as made inside the namespace; the stack's own martian check
+ *    rests on accept_local, copied from the node's alike);
  *  - a frame that still carries an 802.1Q or 802.1ad tag here is dropped: the stack takes one tag
  *    off before tc (the program then sees what it carries), and takes a second priority tag (VID 0)
  *    off only after tc, then delivers what is inside, which this program would not have judged.
@@ -183,7 +186,7 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 		return WEFT_TCX_NEXT; /* shorter than an IPv4 header: the stack drops it */
 	if ((iph.daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
 	    (iph.saddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000)) {
-		weft_refused(WEFT_C_LOOPBACK_MARTIAN, 0, iph.saddr, iph.daddr, 0, 0);
+		weft_refused(WEFT_C_MARTIAN, 0, iph.saddr, iph.daddr, 0, 0);
 		return WEFT_TCX_DROP;
 	}
 	if (iph.protocol != IPPROTO_TCP)
@@ -191,6 +194,10 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 	pod = bpf_map_lookup_elem(&weft_inbound_pods, &iph.daddr);
 	if (!pod)
 		return WEFT_TCX_NEXT;
+	if (iph.saddr == iph.daddr) {
+		weft_refused(WEFT_C_MARTIAN, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
+		return WEFT_TCX_DROP;
+	}
 	if (iph.frag_off & bpf_htons(WEFT_IP_MF | WEFT_IP_OFFSET)) {
 		/* A PERMISSIVE pod's fragments are reassembled by its stack and meet weft_lookup whole. */
 		if (pod->mode != WEFT_MODE_STRICT && !(pod->flags & WEFT_POD_F_STRICT_PORT))

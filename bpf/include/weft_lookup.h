@@ -5,8 +5,9 @@
  * listener inside that namespace (weft_pod_listeners), where the pod's policy judges it with no
  * principal; the application never sees it unless the agent delivers it. What is let through:
  *  - connections whose source address is the destination address itself (the pod's own address,
- *    or loopback): the kernel drops a packet that arrives on an interface with a source address
- *    of its own namespace (a martian, accept_local=0), so these were made inside the pod's netns,
+ *    or loopback): weft_inbound drops such a packet where it arrives on the pod's interface (a
+ *    martian; the kernel does too, but only while accept_local=0, and for loopback while
+ *    route_localnet=0, settings a namespace copies from the node's), so these were made inside the pod's netns,
  *    by the pod itself or by the agent, which delivers from a socket it made there bound to the
  *    pod's address. That is the kernel's fact about where the connection was made, not trust in
  *    an address: no one outside the namespace can send from it;

@@ -260,7 +260,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     await refusal((x) => x.reason === 'vlan_dropped', mark);
   });
 
-  test('a SYN to the pod\'s loopback (127.0.0.1, RFC 1122 3.2.1.3: never on a wire) through its interface, routable in a pod namespace that inherited route_localnet=1 from a kube-proxy node, is dropped at the interface and counted loopback_martian', async () => {
+  test('a SYN to the pod\'s loopback (127.0.0.1, RFC 1122 3.2.1.3: never on a wire) through its interface, routable in a pod namespace that inherited route_localnet=1 from a kube-proxy node, is dropped at the interface and counted martian', async () => {
     // IPv4 interface settings of a new network namespace are copied from the node's
     // (net.core.devconf_inherit_init_net=0), and kube-proxy's iptables mode sets
     // net.ipv4.conf.all.route_localnet=1 on the node for localhost NodePorts.
@@ -273,9 +273,9 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
         const r = framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: '127.0.0.1', port: APP_PORT });
         assert.equal(r.answered, false, `${mode}: answered, flags ${r.flags} from ${r.from}`);
         const after = dp.counters();
-        assert.equal(delta(before, after, 'loopback_martian'), 1, `${mode}: counted`);
+        assert.equal(delta(before, after, 'martian'), 1, `${mode}: counted`);
         assert.equal(delta(before, after, 'lookup_no_agent'), 0, `${mode}: not taken for an agent that is down`);
-        const rec = await refusal((x) => x.reason === 'loopback_martian' && x.dst.ip === '127.0.0.1', mark);
+        const rec = await refusal((x) => x.reason === 'martian' && x.dst.ip === '127.0.0.1', mark);
         assert.equal(rec.src.ip, pb.gateway);
       }
       // From a loopback address to itself (not 127.0.0.1, no address of an interface, so the
@@ -283,7 +283,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       // namespace. Blind (the answer stays in the pod), still dropped and counted at the interface.
       const before = dp.counters();
       framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: '127.0.0.2', dst: '127.0.0.2', port: APP_PORT });
-      assert.equal(delta(before, dp.counters(), 'loopback_martian'), 1, 'src = dst = 127.0.0.2: counted');
+      assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst = 127.0.0.2: counted');
     } finally {
       pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=0');
     }
@@ -300,6 +300,25 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     // The application does listen on IPv6: from inside the pod it answers.
     const inside = await connectFrom(lab, { ns: pb.ns }, POD_B6, APP_PORT6);
     assert.equal(inside.ok, true, `the pod's own IPv6 connection: ${inside.code}`);
+  });
+
+  test('a SYN from the pod\'s own address arriving on its interface (what weft_lookup lets by as made inside the namespace) is dropped at the interface and counted martian, even where the pod\'s namespace inherited accept_local=1', async () => {
+    // accept_local=1 lets the stack take a packet whose source is one of its own addresses
+    // (a new namespace copies it from the node's, as route_localnet above).
+    pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.accept_local=1', `net.ipv4.conf.${pb.ifname}.accept_local=1`);
+    try {
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
+      const before = dp.counters();
+      const mark = refusals.length;
+      framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.ip, dst: pb.ip, port: APP_PORT });
+      const after = dp.counters();
+      assert.equal(delta(before, after, 'martian'), 1, 'counted');
+      assert.equal(delta(before, after, 'permissive_plaintext'), 0, 'never judged as plaintext: dropped first');
+      const rec = await refusal((x) => x.reason === 'martian' && x.src.ip === pb.ip, mark);
+      assert.equal(rec.netnsCookie, netnsCookie(pb.ns.path), 'the pod is named');
+    } finally {
+      pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.accept_local=0', `net.ipv4.conf.${pb.ifname}.accept_local=0`);
+    }
   });
 
   test('a node process\'s IPv6 socket dialling the pod\'s IPv4-mapped address (::ffff:a.b.c.d, RFC 4291 2.5.5.2) is IPv4 on the wire and judged as such: PERMISSIVE steered to the agent, STRICT refused', async () => {

@@ -288,7 +288,7 @@ export function encodeSpliceExpect(e: Endpoint): Buffer {
  * of the inbound programs that keeps a connection from the pod).
  */
 export const REFUSAL_COUNTERS = [
-  'strict_denied', 'fragment_dropped', 'header_unreadable', 'ipv6_refused', 'vlan_dropped', 'loopback_martian', 'lookup_no_agent', 'lookup_ipv6_refused',
+  'strict_denied', 'fragment_dropped', 'header_unreadable', 'ipv6_refused', 'vlan_dropped', 'martian', 'lookup_no_agent', 'lookup_ipv6_refused',
 ] as const;
 
 /** Field order of struct weft_counters (== enum weft_counter). */
@@ -321,7 +321,7 @@ export const COUNTER_FIELDS = [
   'splice_stranded',
   'splice_reader_fionread',
   'vlan_dropped',
-  'loopback_martian',
+  'martian',
 ] as const;
 export type CounterName = (typeof COUNTER_FIELDS)[number];
 export type Counters = Record<CounterName, number>;
