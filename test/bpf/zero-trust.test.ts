@@ -191,6 +191,21 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     assert.deepEqual(bpftoolJson<unknown[]>('map', 'dump', 'pinned', dp.mapPin('weft_probe_tuples')), [], 'no probe tuple outlives its socket');
   });
 
+  test('STRICT: a node daemon reusing a finished probe\'s 4-tuple, while the pod holds that connection in TIME-WAIT (RFC 9293 3.6.1, a new SYN may reopen it), is refused like any other', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    const probe = await connectFrom(lab, { ns: node, cgroup: kubeletCg }, pb.ip, APP_PORT);
+    assert.equal(probe.ok, true, `probe failed: ${probe.code}`);
+    // The application closed first (it ends its reply), so the pod's side is in TIME-WAIT.
+    assert.match(pb.ns.exec('ss', '-Htn', 'state', 'time-wait', 'dst', `${pb.gateway}:${probe.localPort}`), new RegExp(`${pb.ip}:${APP_PORT}`));
+    const before = dp.counters();
+    const mark = refusals.length;
+    const reuse = await connectFrom(lab, { ns: node, cgroup: daemonCg }, pb.ip, APP_PORT, { host: pb.gateway, port: probe.localPort! });
+    assert.equal(reuse.code, 'ECONNREFUSED', 'the exemption went with the probe\'s socket');
+    assert.equal(delta(before, dp.counters(), 'probe_allowed'), 0);
+    assert.equal(delta(before, dp.counters(), 'strict_denied'), 1);
+    await refusal((x) => x.reason === 'strict_denied' && x.src.port === probe.localPort, mark);
+  });
+
   test('STRICT: a SYN in two IPv4 fragments (8 bytes of TCP header in the first) from another node gets no answer and is counted fragment_dropped', async () => {
     const before = dp.counters();
     const r = craftedSyn(pd, 'fragments', pd.ip, pb.ip, APP_PORT);
