@@ -175,6 +175,8 @@ export class Agent {
   #cniRemoved = new Set<string>();
   /** Uid → why that listed pod is not enrolled (planEnrolment), so each refusal is counted and logged once. */
   #enrolRefused = new Map<string, EnrolmentRefusal>();
+  /** Pod IP → why the agent's plaintext listener cannot be opened in that pod (logged once per reason). */
+  #listenerFailed = new Map<string, string>();
   #cni: CniServer | undefined;
   /** Called after every config is applied (CNI ADDs waiting for their pod). */
   #configWaiters = new Set<() => void>();
@@ -521,8 +523,40 @@ export class Agent {
       });
     }
     const missing = plan.missing.length;
+    for (const ip of this.#listenerFailed.keys()) if (!wantedIps.has(ip)) this.#listenerFailed.delete(ip);
     for (const cookie of this.datapath.prune(keep)) this.#unenrolled(cookie);
-    if (missing > 0) this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+    if (missing > 0 || this.#listenerFailed.size > 0) this.#retryEnrolment();
+  }
+
+  #retryEnrolment(): void {
+    clearTimeout(this.#retry);
+    this.#retry = setTimeout(() => this.#reconcilePods(), ENROL_RETRY_MS).unref();
+  }
+
+  /**
+   * Opens (or keeps) the agent's plaintext listener in an enrolled pod. One that cannot be opened
+   * (its address taken inside the pod while no agent held it) leaves the pod enrolled, its
+   * plaintext refused in the kernel (lookup_no_agent; a STRICT pod's SYNs RST first), and is tried
+   * again with the enrolment retries: failing the enrolment instead took the pod out of the mesh,
+   * open to plaintext from anyone.
+   */
+  #openPlaintext(w: Workload, ns: PodNetns): void {
+    try {
+      this.plaintext.open(w.ip, ns.path);
+    } catch (err) {
+      const reason = (err as { code?: string }).code ?? 'error';
+      this.metrics.plaintextListenerFailures.inc({ reason });
+      if (this.#listenerFailed.get(w.ip) !== reason) {
+        this.log.warn('cannot open the plaintext listener in a pod', {
+          pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message,
+          detail: 'the pod stays enrolled and its plaintext is refused until the listener opens; tried again every second',
+        });
+      }
+      this.#listenerFailed.set(w.ip, reason);
+      this.#retryEnrolment();
+      return;
+    }
+    if (this.#listenerFailed.delete(w.ip)) this.log.info('plaintext listener opened in a pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip });
   }
 
   /** Enrols one local workload in the netns given; returns its netns cookie. Throws what enroll() throws. */
@@ -532,7 +566,7 @@ export class Agent {
     this.state.podEnrolled(w.ip, w.uid);
     this.delivery.podEnrolled(w.ip, ns.path);
     // Plaintext into the pod is steered here from now on; without a listener it is refused.
-    this.plaintext.open(w.ip, ns.path);
+    this.#openPlaintext(w, ns);
     if (this.#enrolled.get(w.ip) !== pod.netnsCookie) this.log.info('pod enrolled', { pod: `${w.namespace}/${w.name}`, ip: w.ip, mode: w.mode, portModes, netns: ns.path });
     this.#recordEnrolled(w.ip, pod.netnsCookie);
     return pod.netnsCookie;

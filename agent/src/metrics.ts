@@ -59,6 +59,7 @@ export class AgentMetrics {
   readonly active: Gauge<'direction'>;
   readonly sidePortRefused: Counter<'port' | 'reason'>;
   readonly enrolmentRefused: Counter<'reason'>;
+  readonly plaintextListenerFailures: Counter<'reason'>;
   /** weft_authz_dry_run_total: each shadow engine's verdict on a connection (lib/policy/authz.ts dryRunOf). */
   readonly dryRun: Counter<(typeof DRY_RUN_METRIC.labelNames)[number]>;
   /** weft_node_certificate_renewals_total{reason}: agent/src/config-stream.ts NodeRenewalReason. */
@@ -107,6 +108,12 @@ export class AgentMetrics {
     this.enrolmentRefused = new Counter({
       name: 'weft_pod_enrolment_refused_total',
       help: 'Pods the config lists on this node that were not enrolled at their address because another pod holds it now, by reason (address_reused: the CNI plugin set it up for another pod; network_removed: the plugin removed the listed pod\'s network)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.plaintextListenerFailures = new Counter({
+      name: 'weft_plaintext_listener_failures_total',
+      help: 'Attempts to open the agent\'s plaintext listener (127.0.0.1:15006) in an enrolled pod that failed, by error code (EADDRINUSE: a process in the pod holds the address); the pod stays enrolled and its plaintext is refused until one succeeds',
       labelNames: ['reason'],
       registers,
     });

@@ -175,3 +175,29 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
   assert.equal((await curl('demo/client', `http://${VIP}/`)).stdout, '200', 'the new agent serves on its own');
   assert.deepEqual(cgroupPrograms('node1'), ['weft_connect4', 'weft_connect6', 'weft_getpeer4', 'weft_getpeer6', 'weft_sockops'], 'nothing attached twice');
 });
+
+test('a pod process that takes the agent\'s plaintext listener address (127.0.0.1:15006) while no agent runs keeps the pod enrolled: its plaintext refused, the failure counted and logged, the listener opened once the address is free', async () => {
+  const guardedIp = mesh.workloads.get('demo/guarded')!.pod.ip;
+  const listening = async () => (await mesh.exec('demo/guarded', 'ss', ['-Htln', 'sport = :15006'])).stdout.includes('127.0.0.1:15006');
+  await mesh.killAgent('node1');
+  // Unprivileged and without SO_REUSEPORT: the address is simply taken.
+  const squatter = holdInPod(mesh, 'demo/guarded', process.execPath, ['-e', 'require("node:net").createServer().listen(15006, "127.0.0.1")']);
+  try {
+    await until('the pod holds 127.0.0.1:15006', listening, 10_000);
+    mesh.startAgent('node1', AGENT_FLAGS);
+    await mesh.waitReady(60_000, ['node1']);
+    // The agent has tried the pod (before: it failed the pod's enrolment and took it out of the mesh).
+    await until('the agent tried to open its listener in the pod', () =>
+      mesh.logEntries('agent-node1.log', 'cannot open the plaintext listener in a pod').length + mesh.logEntries('agent-node1.log', 'cannot enrol pod').length > 0, 10_000);
+    const plain = await curl('legacy/outsider', `http://${guardedIp}:8080/`);
+    assert.notEqual(plain.code, 0, `no plaintext into the STRICT pod while the agent has no listener in it: got ${plain.stdout}`);
+    const bpf = await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node1', '/bpf');
+    assert.ok(bpf.pods.some((p) => p.podIp === guardedIp), `the pod stays enrolled:\n${mesh.logTail('agent-node1.log', 12)}`);
+    assert.equal(mesh.logEntries('agent-node1.log', 'cannot enrol pod').length, 0);
+    assert.match(await mesh.agentMetrics('node1'), /weft_plaintext_listener_failures_total\{reason="EADDRINUSE"\} [1-9]/);
+  } finally {
+    await squatter.stop();
+  }
+  await until('the agent opens its listener once the address is free', listening, 10_000);
+  assert.notEqual((await curl('legacy/outsider', `http://${guardedIp}:8080/`)).code, 0, 'STRICT still refuses plaintext');
+});
