@@ -91,7 +91,8 @@ export interface AgentOptions {
   /**
    * cgroup v2 folders whose processes' connections to pods are kubelet probes, the one exemption
    * from inbound enforcement. Default: found at start (systemd's kubelet.service under the
-   * agent's cgroup root, or the cgroup of a process named kubelet). [] turns the exemption off.
+   * agent's cgroup root, or the cgroup of a process named kubelet running as root in the host's mount
+   * namespace: findKubeletCgroups). [] turns the exemption off.
    */
   kubeletCgroups?: string[];
   /** Requested lifetime of workload certificates (renewed at half-life); default the CA's (24 h). */

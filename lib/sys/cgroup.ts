@@ -1,5 +1,5 @@
 // cgroup v2 folders: create, move a process in, and tear down a subtree with everything in it.
-import { existsSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, isAbsolute } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -75,7 +75,11 @@ export const SYSTEMD_KUBELET_CGROUP = 'system.slice/kubelet.service';
 /**
  * The kubelet's cgroups under `root` (the cgroup v2 folder the agent attaches to): systemd's
  * kubelet.service when it exists, and the cgroup of every process named `kubelet` below `root`
- * (`mount` is the cgroup v2 mount point, which /proc/<pid>/cgroup paths are relative to).
+ * (`mount` is the cgroup v2 mount point, which /proc/<pid>/cgroup paths are relative to) that runs
+ * as root in the host's mount namespace (PID 1's), as a kubelet does. A name is anyone's (an
+ * executable's file name, prctl PR_SET_NAME): an unprivileged user's process, or a pod's (root in
+ * a mount namespace of its own), named kubelet would otherwise have its cgroup exempt from inbound
+ * enforcement. Root in the host's namespace could join the kubelet's cgroup anyway.
  */
 export function findKubeletCgroups(root: string, mount: string, procRoot = '/proc'): string[] {
   const found = new Set<string>();
@@ -83,9 +87,14 @@ export function findKubeletCgroups(root: string, mount: string, procRoot = '/pro
   if (existsSync(systemd)) found.add(systemd);
   let pids: string[] = [];
   try { pids = readdirSync(procRoot).filter((p) => /^\d+$/.test(p)); } catch { /* no /proc */ }
+  let hostMnt: string | undefined;
+  try { hostMnt = readlinkSync(join(procRoot, '1', 'ns', 'mnt')); } catch { return [...found]; }
   for (const pid of pids) {
     try {
       if (readFileSync(join(procRoot, pid, 'comm'), 'utf8').trim() !== 'kubelet') continue;
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(readFileSync(join(procRoot, pid, 'status'), 'utf8'));
+      if (!uids || uids[1] !== '0' || uids[2] !== '0') continue;
+      if (readlinkSync(join(procRoot, pid, 'ns', 'mnt')) !== hostMnt) continue;
       const line = readFileSync(join(procRoot, pid, 'cgroup'), 'utf8').split('\n').find((l) => l.startsWith('0::'));
       if (!line) continue;
       const dir = join(mount, line.slice(3));

@@ -1,8 +1,9 @@
 // Finding the kubelet's cgroup (the one exemption from inbound enforcement) on a node: systemd's
-// kubelet.service under the agent's cgroup root, or the cgroup of a process named kubelet.
+// kubelet.service under the agent's cgroup root, or the cgroup of a process named kubelet that runs as root
+// in the host's mount namespace.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { findKubeletCgroups, SYSTEMD_KUBELET_CGROUP } from '../../lib/sys/cgroup.ts';
@@ -13,13 +14,22 @@ function fakeHost(): { mount: string; proc: string; done: () => void } {
   const proc = join(dir, 'proc');
   mkdirSync(mount, { recursive: true });
   mkdirSync(proc, { recursive: true });
+  fakeProcess(proc, 1, 'systemd', '/init.scope');
   return { mount, proc, done: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-function fakeProcess(proc: string, pid: number, comm: string, cgroup: string): void {
-  mkdirSync(join(proc, String(pid)));
-  writeFileSync(join(proc, String(pid), 'comm'), `${comm}\n`);
-  writeFileSync(join(proc, String(pid), 'cgroup'), `0::${cgroup}\n`);
+/** The host's mount namespace (PID 1's); a container has one of its own. */
+const HOST_MNT = 'mnt:[4026531841]';
+
+/** /proc/<pid> as findKubeletCgroups reads it: comm, cgroup, the uids in status, the mount namespace. */
+function fakeProcess(proc: string, pid: number, comm: string, cgroup: string, o: { uid?: number; mnt?: string } = {}): void {
+  const dir = join(proc, String(pid));
+  mkdirSync(join(dir, 'ns'), { recursive: true });
+  writeFileSync(join(dir, 'comm'), `${comm}\n`);
+  writeFileSync(join(dir, 'cgroup'), `0::${cgroup}\n`);
+  const uid = o.uid ?? 0;
+  writeFileSync(join(dir, 'status'), `Name:\t${comm}\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\nGid:\t0\t0\t0\t0\n`);
+  symlinkSync(o.mnt ?? HOST_MNT, join(dir, 'ns', 'mnt'));
 }
 
 test('a systemd kubelet: system.slice/kubelet.service under the agent\'s cgroup root', () => {
@@ -43,6 +53,25 @@ test('a kubelet run elsewhere is found by its process name, only below the agent
     mkdirSync(join(h.proc, 'self'));
     assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), [join(node, 'kube')]);
     assert.deepEqual(findKubeletCgroups(join(h.mount, 'node3'), h.mount, h.proc), [], 'none: the agent warns and exempts nothing');
+  } finally {
+    h.done();
+  }
+});
+
+test('a process that only calls itself kubelet is no kubelet: an unprivileged user\'s, or a container\'s (a pod\'s, root in its own mount namespace), gets no exemption', () => {
+  // Anyone may name a process kubelet (its executable's name, or prctl PR_SET_NAME): a pod outside
+  // the mesh whose cgroup were taken for the kubelet's would reach STRICT pods past both gates.
+  const h = fakeHost();
+  try {
+    const node = join(h.mount, 'node1');
+    for (const d of ['kube', 'user.slice/user-1000.slice', 'kubepods.slice/pod1']) mkdirSync(join(node, d), { recursive: true });
+    fakeProcess(h.proc, 100, 'kubelet', '/node1/kube');
+    fakeProcess(h.proc, 200, 'kubelet', '/node1/user.slice/user-1000.slice', { uid: 1000 });
+    fakeProcess(h.proc, 300, 'kubelet', '/node1/kubepods.slice/pod1', { mnt: 'mnt:[4026532999]' });
+    assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), [join(node, 'kube')]);
+    // Without PID 1's namespace to compare with, no process is taken for the kubelet.
+    rmSync(join(h.proc, '1'), { recursive: true });
+    assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), []);
   } finally {
     h.done();
   }
