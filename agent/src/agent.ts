@@ -292,7 +292,10 @@ export class Agent {
     // Pairs whose sockets closed while a previous agent had them (it died before it removed them).
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
-    const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root());
+    const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root(), '/proc', (p) =>
+      this.log.warn('a process named kubelet is not taken for the kubelet: its cgroup gets no probe exemption', {
+        ...p, detail: p.reason === 'uid' ? 'it does not run as root' : 'it runs in a mount namespace other than the host\'s (a container)',
+      }));
     this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
     if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
     this.log.info('datapath loaded', {

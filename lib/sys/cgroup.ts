@@ -79,9 +79,12 @@ export const SYSTEMD_KUBELET_CGROUP = 'system.slice/kubelet.service';
  * as root in the host's mount namespace (PID 1's), as a kubelet does. A name is anyone's (an
  * executable's file name, prctl PR_SET_NAME): an unprivileged user's process, or a pod's (root in
  * a mount namespace of its own), named kubelet would otherwise have its cgroup exempt from inbound
- * enforcement. Root in the host's namespace could join the kubelet's cgroup anyway.
+ * enforcement. Root in the host's namespace could join the kubelet's cgroup anyway. `refused` hears of
+ * each process below `root` named kubelet that was not taken, and why: `uid` (not root) or
+ * `mount_namespace` (not the host's: a container's).
  */
-export function findKubeletCgroups(root: string, mount: string, procRoot = '/proc'): string[] {
+export function findKubeletCgroups(root: string, mount: string, procRoot = '/proc',
+  refused?: (p: { pid: number; cgroup: string; reason: 'uid' | 'mount_namespace' }) => void): string[] {
   const found = new Set<string>();
   const systemd = join(root, SYSTEMD_KUBELET_CGROUP);
   if (existsSync(systemd)) found.add(systemd);
@@ -92,14 +95,21 @@ export function findKubeletCgroups(root: string, mount: string, procRoot = '/pro
   for (const pid of pids) {
     try {
       if (readFileSync(join(procRoot, pid, 'comm'), 'utf8').trim() !== 'kubelet') continue;
-      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(readFileSync(join(procRoot, pid, 'status'), 'utf8'));
-      if (!uids || uids[1] !== '0' || uids[2] !== '0') continue;
-      if (readlinkSync(join(procRoot, pid, 'ns', 'mnt')) !== hostMnt) continue;
       const line = readFileSync(join(procRoot, pid, 'cgroup'), 'utf8').split('\n').find((l) => l.startsWith('0::'));
       if (!line) continue;
       const dir = join(mount, line.slice(3));
       const rel = relative(root, dir);
-      if (!rel.startsWith('..') && !isAbsolute(rel)) found.add(dir);
+      if (rel.startsWith('..') || isAbsolute(rel)) continue;
+      const uids = /^Uid:\s+(\d+)\s+(\d+)/m.exec(readFileSync(join(procRoot, pid, 'status'), 'utf8'));
+      if (!uids || uids[1] !== '0' || uids[2] !== '0') {
+        refused?.({ pid: Number(pid), cgroup: dir, reason: 'uid' });
+        continue;
+      }
+      if (readlinkSync(join(procRoot, pid, 'ns', 'mnt')) !== hostMnt) {
+        refused?.({ pid: Number(pid), cgroup: dir, reason: 'mount_namespace' });
+        continue;
+      }
+      found.add(dir);
     } catch {
       /* the process went away */
     }

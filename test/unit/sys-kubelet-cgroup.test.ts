@@ -68,7 +68,12 @@ test('a process that only calls itself kubelet is no kubelet: an unprivileged us
     fakeProcess(h.proc, 100, 'kubelet', '/node1/kube');
     fakeProcess(h.proc, 200, 'kubelet', '/node1/user.slice/user-1000.slice', { uid: 1000 });
     fakeProcess(h.proc, 300, 'kubelet', '/node1/kubepods.slice/pod1', { mnt: 'mnt:[4026532999]' });
-    assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), [join(node, 'kube')]);
+    const refused: Array<{ pid: number }> = [];
+    assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc, (p) => refused.push(p)), [join(node, 'kube')]);
+    assert.deepEqual(refused.sort((a, b) => a.pid - b.pid), [
+      { pid: 200, cgroup: join(node, 'user.slice/user-1000.slice'), reason: 'uid' },
+      { pid: 300, cgroup: join(node, 'kubepods.slice/pod1'), reason: 'mount_namespace' },
+    ], 'each named, with why');
     // Without PID 1's namespace to compare with, no process is taken for the kubelet.
     rmSync(join(h.proc, '1'), { recursive: true });
     assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), []);
