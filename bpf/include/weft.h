@@ -209,7 +209,8 @@ enum weft_counter {
 	WEFT_C_SPLICE_READER_FIONREAD,  /* a filed pod socket asked FIONREAD (counts only redirected bytes) */
 	WEFT_C_VLAN_DROPPED,            /* a frame into an enrolled pod still carrying an 802.1Q/802.1ad tag at tc */
 	WEFT_C_MARTIAN,                 /* on an enrolled pod's interface, an IPv4 packet from or to
-	                                 * 127.0.0.0/8, or TCP from the pod's own address */
+	                                 * 127.0.0.0/8, TCP from the pod's own address, or IPv6
+	                                 * whose source is its destination */
 	WEFT_C__COUNT,
 };
 _Static_assert(sizeof(struct weft_counters) == WEFT_C__COUNT * 8, "weft_counters layout");

@@ -14,9 +14,10 @@
  *  - martians are dropped: an IPv4 packet from or to 127.0.0.0/8 (loopback addresses never appear
  *    on a wire, RFC 1122 3.2.1.3, but a pod's namespace copies route_localnet from the node's at
  *    creation, and kube-proxy sets it there, so its stack would take such a packet to its loopback
- *    services), and a TCP segment from the pod's own address (weft_lookup lets a connection from
- *    the address it is made to by, as made inside the namespace; the stack's own martian check
- *    rests on accept_local, copied from the node's alike);
+ *    services), a TCP segment from the pod's own address, and an IPv6 packet whose source is its
+ *    destination (weft_lookup lets a connection from the address it is made to by, as made inside
+ *    the namespace; the IPv4 stack's own martian check rests on accept_local, copied from the
+ *    node's alike, and IPv6 has none);
  *  - a frame that still carries an 802.1Q or 802.1ad tag here is dropped: the stack takes one tag
  *    off before tc (the program then sees what it carries), and takes a second priority tag (VID 0)
  *    off only after tc, then delivers what is inside, which this program would not have judged.
@@ -140,6 +141,16 @@ static __always_inline int weft_inbound6(struct __sk_buff *skb)
 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
 		return WEFT_TCX_NEXT; /* not IPv6 the stack would take either */
+	/* From the address it is sent to, through the interface: a martian the IPv6 stack takes (it
+	 * has no accept_local), and weft_lookup lets src = dst by as made inside the namespace; a SYN
+	 * behind an extension header would get there. */
+	if (ip6.saddr.in6_u.u6_addr32[0] == ip6.daddr.in6_u.u6_addr32[0] &&
+	    ip6.saddr.in6_u.u6_addr32[1] == ip6.daddr.in6_u.u6_addr32[1] &&
+	    ip6.saddr.in6_u.u6_addr32[2] == ip6.daddr.in6_u.u6_addr32[2] &&
+	    ip6.saddr.in6_u.u6_addr32[3] == ip6.daddr.in6_u.u6_addr32[3]) {
+		weft_refused(WEFT_C_MARTIAN, 0, 0, 0, 0, 0);
+		return WEFT_TCX_DROP;
+	}
 	if (ip6.nexthdr == WEFT_NEXTHDR_FRAGMENT) {
 		weft_refused(WEFT_C_IPV6_REFUSED, 0, 0, 0, 0, 0);
 		return WEFT_TCX_DROP;

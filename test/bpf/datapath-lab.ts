@@ -270,14 +270,23 @@ def fold(b):
     return s
 sport, seq = 40999, 192837465
 tcp = struct.pack('!HHIIHHHH', sport, dport, seq, 0, ((20 + len(tcpopts)) // 4 << 12) | 0x02, 64240, 0, 0) + tcpopts + data
-pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
-tcp = tcp[:16] + struct.pack('!H', ~fold(pseudo + tcp) & 0xffff) + tcp[18:]
-ip = struct.pack('!BBHHHBBH4s4s', 0x40 | (20 + len(ipopts)) // 4, 0, 20 + len(ipopts) + len(tcp), 4243, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)) + ipopts
-ip = ip[:10] + struct.pack('!H', ~fold(ip) & 0xffff) + ip[12:]
+if ':' in dst:
+    # IPv6; ipopts are the options of a Destination Options header (RFC 8200 4.6) before the TCP header.
+    s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    tcp = tcp[:16] + struct.pack('!H', ~fold(s6 + d6 + struct.pack('!IxxxB', len(tcp), 6) + tcp) & 0xffff) + tcp[18:]
+    ext = bytes([6, (len(ipopts) + 2) // 8 - 1]) + ipopts if ipopts else b''
+    ip = struct.pack('!IHBB', 6 << 28, len(ext) + len(tcp), 60 if ext else 6, 64) + s6 + d6 + ext
+    ethertype = b'\\x86\\xdd'
+else:
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack('!BBH', 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack('!H', ~fold(pseudo + tcp) & 0xffff) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x40 | (20 + len(ipopts)) // 4, 0, 20 + len(ipopts) + len(tcp), 4243, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst)) + ipopts
+    ip = ip[:10] + struct.pack('!H', ~fold(ip) & 0xffff) + ip[12:]
+    ethertype = b'\\x08\\x00'
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((ifname, 0))
 vlan = b''.join(struct.pack('!HH', int(t, 16), 0) for t in tags.split(',') if t)
-s.send(bytes.fromhex(dmac.replace(':', '')) + s.getsockname()[4] + vlan + b'\\x08\\x00' + ip + tcp)
+s.send(bytes.fromhex(dmac.replace(':', '')) + s.getsockname()[4] + vlan + ethertype + ip + tcp)
 s.settimeout(0.5)
 deadline = time.time() + 2
 while time.time() < deadline:
@@ -306,7 +315,8 @@ export interface SynFrame {
   port: number;
   /** One priority tag (VID 0) per TPID (0x8100, 0x88a8), outermost first. */
   vlanTags?: number[];
-  /** IP options (a multiple of 4 bytes: the IHL grows by one per 4). */
+  /** IPv4 options (a multiple of 4 bytes: the IHL grows by one per 4); for an IPv6 `dst`, the
+   * options of a Destination Options header put before the TCP header (6 bytes, then 14, ...). */
   ipOptions?: Buffer;
   /** TCP options (a multiple of 4 bytes). */
   tcpOptions?: Buffer;

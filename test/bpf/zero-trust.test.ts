@@ -353,6 +353,21 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     await refusal((x) => x.reason === 'strict_denied' && x.src.ip === pb.gateway && x.dst.ip === pb.ip, mark);
   });
 
+  test('an IPv6 SYN from the pod\'s own address behind a Destination Options header (RFC 8200 4.6), left by weft_inbound to weft_lookup, which lets src = dst by as made inside the namespace (IPv6 has no martian-source check), is dropped at the interface and counted martian', async () => {
+    dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+    // A PadN option of 4 bytes: an 8-byte header, then TCP.
+    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), dst: POD_B6, port: APP_PORT6, ipOptions: Buffer.from([1, 4, 0, 0, 0, 0]) };
+    // From another address the same SYN meets weft_lookup, which refuses IPv6.
+    let before = dp.counters();
+    framedSyn({ ns: node }, { ...frame, src: 'fd00:77:2::1' });
+    assert.equal(delta(before, dp.counters(), 'lookup_ipv6_refused'), 1, 'behind the header, the SYN reaches weft_lookup');
+    before = dp.counters();
+    const mark = refusals.length;
+    framedSyn({ ns: node }, { ...frame, src: POD_B6 });
+    assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst: dropped at the interface');
+    await refusal((x) => x.reason === 'martian', mark);
+  });
+
   test('a port excluded from outbound capture stays closed inbound; an inbound exclusion is explicit and listed', async () => {
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
     dp.setExcludedPorts([APP_PORT]);
