@@ -29,7 +29,7 @@ const KERNEL_REASONS: Record<string, { denied: string; policy?: string }> = {
   header_unreadable: { denied: 'TCP header cannot be read: dropped in the kernel' },
   ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
   vlan_dropped: { denied: 'frame with stacked 802.1Q/802.1ad tags: dropped in the kernel' },
-  martian: { denied: 'loopback address (127.0.0.0/8), or the pod\'s own as source, on the pod\'s interface: dropped in the kernel' },
+  martian: { denied: 'martian on the pod\'s interface (a loopback address, or its destination as its source): dropped in the kernel' },
   lookup_ipv6_refused: { denied: 'IPv6 is not meshed: refused in the kernel' },
   lookup_no_agent: { denied: 'no agent listener in the pod (agent down or restarting): refused in the kernel' },
 };
