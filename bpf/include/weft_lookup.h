@@ -6,11 +6,11 @@
  * principal; the application never sees it unless the agent delivers it. What is let through:
  *  - connections whose source address is the destination address itself (the pod's own address,
  *    or loopback): weft_inbound drops such a packet where it arrives on the pod's interface (a
- *    martian; the kernel does too, but only while accept_local=0, and for loopback while
- *    route_localnet=0, settings a namespace copies from the node's), so these were made inside the pod's netns,
- *    by the pod itself or by the agent, which delivers from a socket it made there bound to the
- *    pod's address. That is the kernel's fact about where the connection was made, not trust in
- *    an address: no one outside the namespace can send from it;
+ *    martian; the IPv4 stack does too, but only while accept_local=0, and for loopback while
+ *    route_localnet=0, settings a namespace copies from the node's; the IPv6 stack does not), so
+ *    these were made inside the pod's netns, by the pod itself or by the agent, which delivers
+ *    from a socket it made there bound to the pod's address. That is where the connection was
+ *    made, not trust in an address: no one outside the namespace can send from it;
  *  - a kubelet probe (its tuple in weft_probe_tuples) and explicitly excluded inbound ports.
  * With no agent listener (the agent is down) the connection is refused (SK_DROP: the pod's stack
  * answers the SYN with a RST): fail closed. IPv6 is not
