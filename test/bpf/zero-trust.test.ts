@@ -19,7 +19,7 @@ import * as codec from '../../agent/src/datapath/codecs.ts';
 import type { BpfMap } from '../../agent/libbpf/index.ts';
 import { cgroupId } from '../../lib/sys/cgroup.ts';
 import { PLAINTEXT_HOST, PLAINTEXT_PORT } from '../../agent/src/plaintext.ts';
-import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, framedSyn, macOf, NODE_BIN, startServer, stopAll, type LabPod } from './datapath-lab.ts';
+import { addRemoteNode, bpftoolJson, buildNode, connectFrom, craftedSyn, framedSyn, macOf, NODE_BIN, startServer, stopAll, type LabPod, type SynFrame } from './datapath-lab.ts';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const OBJECT_DIR = join(REPO, 'build', 'bpf');
@@ -72,6 +72,10 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   }
 
   const delta = (a: Counters, b: Counters, k: keyof Counters) => b[k] - a[k];
+
+  /** A SYN framed by the node onto pod B's link: from its gateway to its address and application port unless `over` says otherwise. */
+  const synToPodB = (over: Partial<SynFrame> = {}) =>
+    framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT, ...over });
 
   async function openInPodListener(): Promise<void> {
     const fd = createSocketInNetns(pb.ns.path, { listen: { host: PLAINTEXT_HOST, port: PLAINTEXT_PORT }, reusePort: true });
@@ -235,7 +239,6 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   });
 
   test('a SYN with IP options (IHL 6, RFC 791 3.1) or carrying data with a Fast Open cookie (RFC 7413 4.1.1) gets no answer from a STRICT pod (strict_denied), and meets the agent at a PERMISSIVE one, which takes none of the data', async () => {
-    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT };
     const syns = {
       // Four NOPs (RFC 791 3.1, option type 1): the TCP header starts at byte 24.
       'IP options': { ipOptions: Buffer.from([1, 1, 1, 1]) },
@@ -245,12 +248,12 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     for (const [what, extra] of Object.entries(syns)) {
       dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
       let before = dp.counters();
-      const strict = framedSyn({ ns: node }, { ...frame, ...extra });
+      const strict = synToPodB(extra);
       assert.equal(strict.answered, false, `STRICT, ${what}: answered, flags ${strict.flags}`);
       assert.equal(delta(before, dp.counters(), 'strict_denied'), 1, `STRICT, ${what}: counted`);
       dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
       before = dp.counters();
-      const permissive = framedSyn({ ns: node }, { ...frame, ...extra });
+      const permissive = synToPodB(extra);
       assert.deepEqual([permissive.answered, permissive.flags, permissive.acked], [true, 0x12, 0], `PERMISSIVE, ${what}: a SYN|ACK of the SYN alone`);
       assert.equal(delta(before, dp.counters(), 'lookup_steered'), 1, `PERMISSIVE, ${what}: steered to the agent`);
     }
@@ -258,17 +261,16 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
 
   test('STRICT: a SYN behind two stacked priority tags (802.1Q VID 0, IEEE 802.1Q-2018 9.6), which the pod\'s stack strips only after tc, is dropped at the interface and counted vlan_dropped', async () => {
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
-    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: pb.ip, port: APP_PORT };
     // One tag the kernel takes off before tc: the SYN is judged like any other.
     let before = dp.counters();
-    const one = framedSyn({ ns: node }, { ...frame, vlanTags: [0x8100] });
+    const one = synToPodB({ vlanTags: [0x8100] });
     assert.equal(delta(before, dp.counters(), 'strict_denied'), 1, `one priority tag: judged (answer ${JSON.stringify(one)})`);
     // Two (802.1ad outside 802.1Q, or 802.1Q twice): tc sees the inner tag, not IPv4; the stack
     // then strips it too and takes the SYN. Dropped at the interface, counted, reported.
     const mark = refusals.length;
     for (const vlanTags of [[0x8100, 0x8100], [0x88a8, 0x8100]]) {
       before = dp.counters();
-      const r = framedSyn({ ns: node }, { ...frame, vlanTags });
+      const r = synToPodB({ vlanTags });
       assert.equal(r.answered, false, `${vlanTags.map((t) => t.toString(16))}: answered, flags ${r.flags} from ${r.from}`);
       assert.equal(delta(before, dp.counters(), 'vlan_dropped'), 1, `${vlanTags.map((t) => t.toString(16))}: counted`);
     }
@@ -285,7 +287,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
         dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode, agentIp: pb.gateway, ifname: pb.ifname });
         const before = dp.counters();
         const mark = refusals.length;
-        const r = framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.gateway, dst: '127.0.0.1', port: APP_PORT });
+        const r = synToPodB({ dst: '127.0.0.1' });
         assert.equal(r.answered, false, `${mode}: answered, flags ${r.flags} from ${r.from}`);
         const after = dp.counters();
         assert.equal(delta(before, after, 'martian'), 1, `${mode}: counted`);
@@ -297,7 +299,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       // stack's martian-source check lets it by): weft_lookup passes src == dst as made inside the
       // namespace. Blind (the answer stays in the pod), still dropped and counted at the interface.
       const before = dp.counters();
-      framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: '127.0.0.2', dst: '127.0.0.2', port: APP_PORT });
+      synToPodB({ src: '127.0.0.2', dst: '127.0.0.2' });
       assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst = 127.0.0.2: counted');
     } finally {
       pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=0');
@@ -325,7 +327,7 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'PERMISSIVE', agentIp: pb.gateway, ifname: pb.ifname });
       const before = dp.counters();
       const mark = refusals.length;
-      framedSyn({ ns: node }, { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), src: pb.ip, dst: pb.ip, port: APP_PORT });
+      synToPodB({ src: pb.ip, dst: pb.ip });
       const after = dp.counters();
       assert.equal(delta(before, after, 'martian'), 1, 'counted');
       assert.equal(delta(before, after, 'permissive_plaintext'), 0, 'never judged as plaintext: dropped first');
@@ -356,14 +358,14 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
   test('an IPv6 SYN from the pod\'s own address behind a Destination Options header (RFC 8200 4.6), left by weft_inbound to weft_lookup, which lets src = dst by as made inside the namespace (IPv6 has no martian-source check), is dropped at the interface and counted martian', async () => {
     dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
     // A PadN option of 4 bytes: an 8-byte header, then TCP.
-    const frame = { ifname: lab.ifname('n1'), dmac: macOf(pb.ns, pb.ifname), dst: POD_B6, port: APP_PORT6, ipOptions: Buffer.from([1, 4, 0, 0, 0, 0]) };
+    const frame = { dst: POD_B6, port: APP_PORT6, ipOptions: Buffer.from([1, 4, 0, 0, 0, 0]) };
     // From another address the same SYN meets weft_lookup, which refuses IPv6.
     let before = dp.counters();
-    framedSyn({ ns: node }, { ...frame, src: 'fd00:77:2::1' });
+    synToPodB({ ...frame, src: 'fd00:77:2::1' });
     assert.equal(delta(before, dp.counters(), 'lookup_ipv6_refused'), 1, 'behind the header, the SYN reaches weft_lookup');
     before = dp.counters();
     const mark = refusals.length;
-    framedSyn({ ns: node }, { ...frame, src: POD_B6 });
+    synToPodB({ ...frame, src: POD_B6 });
     assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst: dropped at the interface');
     await refusal((x) => x.reason === 'martian', mark);
   });
