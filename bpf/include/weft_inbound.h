@@ -33,6 +33,7 @@
 #include <linux/tcp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
+#include "weft_addr.h"
 #include "weft_count.h"
 #include "weft_probe.h"
 
@@ -144,10 +145,7 @@ static __always_inline int weft_inbound6(struct __sk_buff *skb)
 	/* From the address it is sent to, through the interface: a martian the IPv6 stack takes (it
 	 * has no accept_local), and weft_lookup lets src = dst by as made inside the namespace; a SYN
 	 * behind an extension header would get there. */
-	if (ip6.saddr.in6_u.u6_addr32[0] == ip6.daddr.in6_u.u6_addr32[0] &&
-	    ip6.saddr.in6_u.u6_addr32[1] == ip6.daddr.in6_u.u6_addr32[1] &&
-	    ip6.saddr.in6_u.u6_addr32[2] == ip6.daddr.in6_u.u6_addr32[2] &&
-	    ip6.saddr.in6_u.u6_addr32[3] == ip6.daddr.in6_u.u6_addr32[3]) {
+	if (weft_ip6_equal(ip6.saddr.in6_u.u6_addr32, ip6.daddr.in6_u.u6_addr32)) {
 		weft_refused(WEFT_C_MARTIAN, 0, 0, 0, 0, 0);
 		return WEFT_TCX_DROP;
 	}

@@ -22,6 +22,7 @@
 #include <linux/in.h>
 #include <linux/socket.h>
 #include <bpf/bpf_endian.h>
+#include "weft_addr.h"
 #include "weft_count.h"
 #include "weft_probe.h"
 
@@ -40,8 +41,7 @@ static __always_inline int weft_do_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	if (ctx->family == AF_INET6) {
-		if (ctx->remote_ip6[0] == ctx->local_ip6[0] && ctx->remote_ip6[1] == ctx->local_ip6[1] &&
-		    ctx->remote_ip6[2] == ctx->local_ip6[2] && ctx->remote_ip6[3] == ctx->local_ip6[3])
+		if (weft_ip6_equal(ctx->remote_ip6, ctx->local_ip6))
 			return SK_PASS;
 		weft_refused(WEFT_C_LOOKUP_IPV6_REFUSED, 0, 0, 0, bpf_ntohs((__be16)ctx->remote_port), (__u16)ctx->local_port);
 		return SK_DROP;
