@@ -14,10 +14,10 @@
  *  - martians are dropped: an IPv4 packet from or to 127.0.0.0/8 (loopback addresses never appear
  *    on a wire, RFC 1122 3.2.1.3, but a pod's namespace copies route_localnet from the node's at
  *    creation, and kube-proxy sets it there, so its stack would take such a packet to its loopback
- *    services), a TCP segment from the pod's own address, and an IPv6 packet whose source is its
- *    destination (weft_lookup lets a connection from the address it is made to by, as made inside
- *    the namespace; the IPv4 stack's own martian check rests on accept_local, copied from the
- *    node's alike, and IPv6 has none);
+ *    services), and any packet whose source is its destination, IPv4 or IPv6, whatever address of
+ *    the pod it names (weft_lookup lets a connection from the address it is made to by, as made
+ *    inside the namespace; the IPv4 stack's own martian check rests on accept_local, copied from
+ *    the node's alike, and IPv6 has none);
  *  - a frame that still carries an 802.1Q or 802.1ad tag here is dropped: the stack takes one tag
  *    off before tc (the program then sees what it carries), and takes a second priority tag (VID 0)
  *    off only after tc, then delivers what is inside, which this program would not have judged.
@@ -193,20 +193,16 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 		return WEFT_TCX_NEXT;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &iph, sizeof(iph)))
 		return WEFT_TCX_NEXT; /* shorter than an IPv4 header: the stack drops it */
-	if ((iph.daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
-	    (iph.saddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000)) {
-		weft_refused(WEFT_C_MARTIAN, 0, iph.saddr, iph.daddr, 0, 0);
-		return WEFT_TCX_DROP;
-	}
-	if (iph.protocol != IPPROTO_TCP)
-		return WEFT_TCX_NEXT;
 	pod = bpf_map_lookup_elem(&weft_inbound_pods, &iph.daddr);
-	if (!pod)
-		return WEFT_TCX_NEXT;
-	if (iph.saddr == iph.daddr) {
-		weft_refused(WEFT_C_MARTIAN, pod->netns_cookie, iph.saddr, iph.daddr, 0, 0);
+	/* Before the protocol and the pod's address are looked at: weft_lookup lets src = dst by for
+	 * any address of the namespace, not only the one Weft enrolled (a pod can add another). */
+	if ((iph.daddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
+	    (iph.saddr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) || iph.saddr == iph.daddr) {
+		weft_refused(WEFT_C_MARTIAN, pod ? pod->netns_cookie : 0, iph.saddr, iph.daddr, 0, 0);
 		return WEFT_TCX_DROP;
 	}
+	if (iph.protocol != IPPROTO_TCP || !pod)
+		return WEFT_TCX_NEXT;
 	if (iph.frag_off & bpf_htons(WEFT_IP_MF | WEFT_IP_OFFSET)) {
 		/* A PERMISSIVE pod's fragments are reassembled by its stack and meet weft_lookup whole. */
 		if (pod->mode != WEFT_MODE_STRICT && !(pod->flags & WEFT_POD_F_STRICT_PORT))

@@ -338,6 +338,28 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     }
   });
 
+  test('a SYN from a second address of the pod to itself (an address Weft does not know, accept_local=1) is dropped at the interface and counted martian: weft_lookup lets src = dst by for any local address', async () => {
+    // `ip addr add` in the pod (or a CNI giving it two addresses): only the first is in
+    // weft_inbound_pods, yet weft_lookup passes src == dst whatever the address.
+    const second = '10.77.2.99';
+    pb.ns.exec('ip', 'addr', 'add', `${second}/32`, 'dev', pb.ifname);
+    pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.accept_local=1', `net.ipv4.conf.${pb.ifname}.accept_local=1`);
+    try {
+      dp.enroll({ netnsPath: pb.ns.path, podIp: pb.ip, mode: 'STRICT', agentIp: pb.gateway, ifname: pb.ifname });
+      const before = dp.counters();
+      const mark = refusals.length;
+      synToPodB({ src: second, dst: second });
+      const after = dp.counters();
+      assert.equal(delta(before, after, 'martian'), 1, 'src = dst = a second address: dropped at the interface');
+      const rec = await refusal((x) => x.reason === 'martian' && x.src.ip === second, mark);
+      assert.equal(rec.dst.ip, second);
+      assert.equal(rec.netnsCookie, 0n, 'no pod is known by that address');
+    } finally {
+      pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.accept_local=0', `net.ipv4.conf.${pb.ifname}.accept_local=0`);
+      pb.ns.exec('ip', 'addr', 'del', `${second}/32`, 'dev', pb.ifname);
+    }
+  });
+
   test('a node process\'s IPv6 socket dialling the pod\'s IPv4-mapped address (::ffff:a.b.c.d, RFC 4291 2.5.5.2) is IPv4 on the wire and judged as such: PERMISSIVE steered to the agent, STRICT refused', async () => {
     const mapped = `::ffff:${pb.ip}`;
     const daemon = { ns: node, cgroup: daemonCg };
