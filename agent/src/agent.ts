@@ -21,7 +21,7 @@ import { spliceReaderNames } from './datapath/codecs.ts';
 import { Inbound } from './inbound.ts';
 import { LocalDelivery } from './delivery.ts';
 import { PlaintextInbound } from './plaintext.ts';
-import { cgroupId, findKubeletCgroups } from '../../lib/sys/cgroup.ts';
+import { cgroupId, findKubeletCgroups, kubeletRefusalDetail } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { planEnrolment, PodNetnsResolver, type EnrolmentRefusal, type PodNetns } from './pods.ts';
 import { CniError, CNI_ERROR, CniServer, type CniBackend, type CniPod } from './cni.ts';
@@ -293,9 +293,7 @@ export class Agent {
     const swept = this.datapath.sweepClosedSplices();
     if (swept > 0) this.log.info('removed the splice entries a previous agent left', { entries: swept });
     const kubelet = o.kubeletCgroups ?? findKubeletCgroups(this.datapath.cgroupPath, findCgroup2Root(), '/proc', (p) =>
-      this.log.warn('a process named kubelet is not taken for the kubelet: its cgroup gets no probe exemption', {
-        ...p, detail: p.reason === 'uid' ? 'it does not run as root' : 'it runs in a mount namespace other than the host\'s (a container)',
-      }));
+      this.log.warn('a process named kubelet is not taken for the kubelet: its cgroup gets no probe exemption', { ...p, detail: kubeletRefusalDetail(p.reason) }));
     this.datapath.setProberCgroups(kubelet.map((dir) => cgroupId(dir)));
     if (kubelet.length === 0) this.log.warn('no kubelet cgroup found: kubelet probes into enrolled pods are judged like any other plaintext (set --kubelet-cgroup)');
     this.log.info('datapath loaded', {

@@ -29,7 +29,8 @@ export const USAGE = `usage: agent/src/main.ts --node <name> --node-ip <ip> --co
   --kubelet-cgroup <path>    cgroup v2 folder of the kubelet, whose probes are the one exemption
                              from inbound enforcement (repeatable; "none" for no exemption;
                              default: <cgroup>/system.slice/kubelet.service or the cgroup of a
-                             process named kubelet running as root in the host's mount namespace)
+                             process named kubelet running as root in the host's mount namespace;
+                             a kubelet run in a container, as on Talos or RKE1, must be declared)
   --pod-netns-prefix <p>     find pod netns only among /var/run/netns/<p>* (local mode; default: every netns)
   --cert-lifetime <seconds>  requested lifetime of workload certificates, renewed at half-life
                              (default: the CA's, 24 h; at most the CA's maximum, 604800 = 7 days)

@@ -72,6 +72,13 @@ export function cgroupId(dir: string): bigint {
 /** Where systemd runs a kubelet, relative to a (node's) cgroup v2 root. */
 export const SYSTEMD_KUBELET_CGROUP = 'system.slice/kubelet.service';
 
+/** Why a process named kubelet was not taken for the kubelet, and what to do when it is the real one. */
+export function kubeletRefusalDetail(reason: 'uid' | 'mount_namespace'): string {
+  return reason === 'uid'
+    ? 'it does not run as root'
+    : 'it runs in a mount namespace other than the host\'s (a container); a kubelet run in a container (Talos, RKE1) is declared with --kubelet-cgroup <its cgroup folder>';
+}
+
 /**
  * The kubelet's cgroups under `root` (the cgroup v2 folder the agent attaches to): systemd's
  * kubelet.service when it exists, and the cgroup of every process named `kubelet` below `root`
@@ -81,7 +88,8 @@ export const SYSTEMD_KUBELET_CGROUP = 'system.slice/kubelet.service';
  * a mount namespace of its own), named kubelet would otherwise have its cgroup exempt from inbound
  * enforcement. Root in the host's namespace could join the kubelet's cgroup anyway. `refused` hears of
  * each process below `root` named kubelet that was not taken, and why: `uid` (not root) or
- * `mount_namespace` (not the host's: a container's).
+ * `mount_namespace` (not the host's: a container's, which a containerised kubelet, Talos's or RKE1's,
+ * is too: the operator declares that one with --kubelet-cgroup).
  */
 export function findKubeletCgroups(root: string, mount: string, procRoot = '/proc',
   refused?: (p: { pid: number; cgroup: string; reason: 'uid' | 'mount_namespace' }) => void): string[] {

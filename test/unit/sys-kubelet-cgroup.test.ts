@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { findKubeletCgroups, SYSTEMD_KUBELET_CGROUP } from '../../lib/sys/cgroup.ts';
+import { findKubeletCgroups, kubeletRefusalDetail, SYSTEMD_KUBELET_CGROUP } from '../../lib/sys/cgroup.ts';
 
 function fakeHost(): { mount: string; proc: string; done: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'weft-kubelet-'));
@@ -77,6 +77,24 @@ test('a process that only calls itself kubelet is no kubelet: an unprivileged us
     // Without PID 1's namespace to compare with, no process is taken for the kubelet.
     rmSync(join(h.proc, '1'), { recursive: true });
     assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc), []);
+  } finally {
+    h.done();
+  }
+});
+
+test('a containerised kubelet (Talos, RKE1: named kubelet, root, in a container\'s mount namespace) is not taken, refused as mount_namespace, and the refusal says to declare it with --kubelet-cgroup', () => {
+  // It cannot be told from a pod's process that calls itself kubelet and runs as root in its own
+  // mount namespace; the stricter rule stays, and the operator declares the real one.
+  const h = fakeHost();
+  try {
+    const node = join(h.mount, 'node1');
+    mkdirSync(join(node, 'system.slice/containerd.service'), { recursive: true });
+    fakeProcess(h.proc, 400, 'kubelet', '/node1/system.slice/containerd.service', { mnt: 'mnt:[4026533000]' });
+    const refused: Array<{ pid: number; cgroup: string; reason: 'uid' | 'mount_namespace' }> = [];
+    assert.deepEqual(findKubeletCgroups(node, h.mount, h.proc, (p) => refused.push(p)), [], 'not taken');
+    assert.deepEqual(refused, [{ pid: 400, cgroup: join(node, 'system.slice/containerd.service'), reason: 'mount_namespace' }]);
+    assert.match(kubeletRefusalDetail('mount_namespace'), /--kubelet-cgroup/, 'the warning names the way to declare it');
+    assert.match(kubeletRefusalDetail('uid'), /not run as root/);
   } finally {
     h.done();
   }
