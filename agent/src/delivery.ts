@@ -153,8 +153,13 @@ export class LocalDelivery {
       opts.log.warn('dry-run denials not logged (rate limit; every one is counted in weft_authz_dry_run_total)', { count, perSecond: REFUSAL_LOG_PER_SECOND }));
   }
 
-  /** The agent enrolled a pod: deliveries to it go through this namespace. */
+  /**
+   * The agent enrolled a pod: deliveries to it go through this namespace. Enrolled again in the same
+   * namespace (every reconcile), it keeps its entry: its count of connects waiting to be accepted
+   * (the limit) and its port cursor.
+   */
   podEnrolled(podIp: string, netnsPath: string): void {
+    if (this.#netns.get(podIp)?.path === netnsPath) return;
     let range = DEFAULT_LOCAL_PORT_RANGE;
     try {
       range = localPortRange(netnsPath);

@@ -80,6 +80,23 @@ test('a pod whose application does not accept gets at most maxPendingConnects co
   assert.equal(again, 'WEFT_UPSTREAM_CONNECT', 'tried (and timed out), not refused as overloaded');
 });
 
+test('the pod enrolled again in the same namespace (a reconcile, an enrolment retry) keeps its pending count: the limit still refuses the next connect at once', async () => {
+  // Before, podEnrolled replaced the pod's entry, pending 0: a reconcile every second (an agent
+  // retrying a squatted plaintext listener) lifted the limit every second.
+  const ns = podNetns('pending-again');
+  fds.push(createSocketInNetns(ns.path, { listen: { host: POD_IP, port: PORT, backlog: 0 } }));
+  const { d, pod } = delivery(ns, 2);
+  const client = { ip: '10.79.9.9', port: 5555 };
+  sockets.push(await d.connectToPod(pod, PORT, client, 2_000));
+  const waiting = [1, 2].map(() => d.connectToPod(pod, PORT, client, 1_500).then((s) => { sockets.push(s); return 'connected'; }, (e: Error & { code?: string }) => e.code ?? e.message));
+  d.podEnrolled(POD_IP, ns.path);
+  const started = performance.now();
+  const refused = await d.connectToPod(pod, PORT, client, 1_500).then(() => 'connected', (e: unknown) => e);
+  assert.ok(refused instanceof OverloadedError, `not refused as overloaded: ${String(refused)}`);
+  assert.ok(performance.now() - started < 1_000, 'refused at once, not after the timeout');
+  await Promise.all(waiting);
+});
+
 test('source ports come from the pod\'s own ephemeral range, in turn, also when most of it is taken', async () => {
   const ns = podNetns('ports');
   const { d, pod } = delivery(ns);
