@@ -31,3 +31,46 @@ export function backoffDelay(attempt: number, o: BackoffOptions = {}, random: ()
   const base = Math.min(b.maxMs, b.initialMs * b.multiplier ** attempt);
   return Math.max(0, Math.round(jittered(base, b.jitter, random)));
 }
+
+/**
+ * Tries again what failed, each key on its own timer with backoff: the first wait `initialMs`,
+ * growing per failure of that key to `maxMs`. Nothing but the failed key's own action runs again
+ * (the agent's plaintext listener of one pod, not every pod's enrolment). The timers do not hold
+ * the process open.
+ */
+export class KeyedRetry<K> {
+  readonly #waiting = new Map<K, { attempt: number; timer: NodeJS.Timeout }>();
+  readonly #o: BackoffOptions;
+  readonly #random: () => number;
+
+  constructor(o: BackoffOptions = {}, random: () => number = Math.random) {
+    this.#o = o;
+    this.#random = random;
+  }
+
+  /** `key` failed (again): `again` runs after the next wait, which is returned (ms). */
+  failed(key: K, again: () => void): number {
+    const prev = this.#waiting.get(key);
+    clearTimeout(prev?.timer);
+    const attempt = prev ? prev.attempt + 1 : 0;
+    const ms = backoffDelay(attempt, this.#o, this.#random);
+    this.#waiting.set(key, { attempt, timer: setTimeout(again, ms).unref() });
+    return ms;
+  }
+
+  /** `key` succeeded or is gone: no more tries, and its next failure waits the first wait again. */
+  succeeded(key: K): void {
+    clearTimeout(this.#waiting.get(key)?.timer);
+    this.#waiting.delete(key);
+  }
+
+  /** The keys waiting to be tried again. */
+  keys(): IterableIterator<K> {
+    return this.#waiting.keys();
+  }
+
+  clear(): void {
+    for (const { timer } of this.#waiting.values()) clearTimeout(timer);
+    this.#waiting.clear();
+  }
+}

@@ -21,6 +21,7 @@ import { spliceReaderNames } from './datapath/codecs.ts';
 import { Inbound } from './inbound.ts';
 import { LocalDelivery } from './delivery.ts';
 import { PlaintextInbound } from './plaintext.ts';
+import { KeyedRetry } from '../../lib/backoff.ts';
 import { cgroupId, findKubeletCgroups, kubeletRefusalDetail } from '../../lib/sys/cgroup.ts';
 import { findCgroup2Root } from '../../lib/sys/mounts.ts';
 import { planEnrolment, PodNetnsResolver, type EnrolmentRefusal, type PodNetns } from './pods.ts';
@@ -41,6 +42,8 @@ import { enableRequestMigration, isListening } from '../../lib/sys/listeners.ts'
 export const AGENT_DEBUG_PATHS = ['/config_dump', '/certs', '/bpf', '/flows'] as const;
 /** How often the agent looks again for pods it knows of but could not find a netns for. */
 export const ENROL_RETRY_MS = 1_000;
+/** Waits between tries of a pod's plaintext listener that could not be opened: 1 s doubling to 30 s. */
+export const LISTENER_RETRY = { initialMs: 1_000, maxMs: 30_000 } as const;
 /** How long a CNI ADD waits for the controller's config to name a pod before failing (the kubelet retries). */
 export const DEFAULT_CNI_WAIT_MS = 10_000;
 /** How long a stopping agent lets its open connections finish (below the DaemonSet's 30 s grace). */
@@ -178,6 +181,8 @@ export class Agent {
   #enrolRefused = new Map<string, EnrolmentRefusal>();
   /** Pod IP → why the agent's plaintext listener cannot be opened in that pod (logged once per reason). */
   #listenerFailed = new Map<string, string>();
+  /** Those pods' listeners, each tried again on its own timer (nothing else is redone). */
+  readonly #listenerRetry = new KeyedRetry<string>(LISTENER_RETRY);
   #cni: CniServer | undefined;
   /** Called after every config is applied (CNI ADDs waiting for their pod). */
   #configWaiters = new Set<() => void>();
@@ -525,9 +530,13 @@ export class Agent {
       });
     }
     const missing = plan.missing.length;
-    for (const ip of this.#listenerFailed.keys()) if (!wantedIps.has(ip)) this.#listenerFailed.delete(ip);
+    for (const ip of this.#listenerFailed.keys()) {
+      if (wantedIps.has(ip)) continue;
+      this.#listenerFailed.delete(ip);
+      this.#listenerRetry.succeeded(ip);
+    }
     for (const cookie of this.datapath.prune(keep)) this.#unenrolled(cookie);
-    if (missing > 0 || this.#listenerFailed.size > 0) this.#retryEnrolment();
+    if (missing > 0) this.#retryEnrolment();
   }
 
   #retryEnrolment(): void {
@@ -539,8 +548,9 @@ export class Agent {
    * Opens (or keeps) the agent's plaintext listener in an enrolled pod. One that cannot be opened
    * (its address taken inside the pod while no agent held it) leaves the pod enrolled, its
    * plaintext refused in the kernel (lookup_no_agent; a STRICT pod's SYNs RST first), and is tried
-   * again with the enrolment retries: failing the enrolment instead took the pod out of the mesh,
-   * open to plaintext from anyone.
+   * again alone, on its own timer (LISTENER_RETRY): failing the enrolment instead took the pod out
+   * of the mesh, open to plaintext from anyone, and a full reconcile every second walked /proc and
+   * re-enrolled every pod for one squatter.
    */
   #openPlaintext(w: Workload, ns: PodNetns): void {
     try {
@@ -551,13 +561,14 @@ export class Agent {
       if (this.#listenerFailed.get(w.ip) !== reason) {
         this.log.warn('cannot open the plaintext listener in a pod', {
           pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message,
-          detail: 'the pod stays enrolled and its plaintext is refused until the listener opens; tried again every second',
+          detail: 'the pod stays enrolled and its plaintext is refused until the listener opens; tried again after 1 s, doubling to 30 s',
         });
       }
       this.#listenerFailed.set(w.ip, reason);
-      this.#retryEnrolment();
+      this.#listenerRetry.failed(w.ip, () => { if (!this.#stopped) this.#openPlaintext(w, ns); });
       return;
     }
+    this.#listenerRetry.succeeded(w.ip);
     if (this.#listenerFailed.delete(w.ip)) this.log.info('plaintext listener opened in a pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip });
   }
 
@@ -687,6 +698,8 @@ export class Agent {
       this.state.podUnenrolled(ip);
       this.delivery.podRemoved(ip);
       this.plaintext.close(ip);
+      this.#listenerFailed.delete(ip);
+      this.#listenerRetry.succeeded(ip);
     }
     this.log.info('pod unenrolled', { ...pod, netnsCookie: cookie.toString() });
   }
@@ -728,6 +741,7 @@ export class Agent {
   async stop(drainMs = this.o.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retry);
+    this.#listenerRetry.clear();
     this.#memory?.stop();
     this.configStream?.close();
     void this.#cni?.close();
