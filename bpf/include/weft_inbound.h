@@ -135,6 +135,26 @@ static __always_inline __u8 weft_port_mode(struct weft_pod_in *pod, __be32 pod_i
 	return pm ? pm->mode : pod->mode;
 }
 
+/* A frame dropped for the tag it still carries (vlan_dropped), named by what is inside it where
+ * that is IPv4 right behind this one tag: its addresses, its ports if TCP, and the pod. */
+static __always_inline int weft_drop_tagged(struct __sk_buff *skb)
+{
+	struct { __be16 tci; __be16 proto; } tag;
+	struct weft_pod_in *pod = 0;
+	struct iphdr iph = {};
+	struct tcphdr th = {};
+
+	if (!bpf_skb_load_bytes(skb, ETH_HLEN, &tag, sizeof(tag)) && tag.proto == bpf_htons(ETH_P_IP) &&
+	    !bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(tag), &iph, sizeof(iph))) {
+		pod = bpf_map_lookup_elem(&weft_inbound_pods, &iph.daddr);
+		if (iph.protocol != IPPROTO_TCP || iph.ihl < 5 ||
+		    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(tag) + iph.ihl * 4, &th, sizeof(th)))
+			th.source = th.dest = 0;
+	}
+	weft_refused(WEFT_C_VLAN_DROPPED, pod ? pod->netns_cookie : 0, iph.saddr, iph.daddr, bpf_ntohs(th.source), bpf_ntohs(th.dest));
+	return WEFT_TCX_DROP;
+}
+
 static __always_inline int weft_inbound6(struct __sk_buff *skb)
 {
 	struct ipv6hdr ip6;
@@ -146,7 +166,10 @@ static __always_inline int weft_inbound6(struct __sk_buff *skb)
 	 * has no accept_local), and weft_lookup lets src = dst by as made inside the namespace; a SYN
 	 * behind an extension header would get there. */
 	if (weft_ip6_equal(ip6.saddr.in6_u.u6_addr32, ip6.daddr.in6_u.u6_addr32)) {
-		weft_refused(WEFT_C_MARTIAN, 0, 0, 0, 0, 0);
+		/* The record holds IPv4 addresses only; the ports, when TCP follows at once. */
+		if (ip6.nexthdr != IPPROTO_TCP || bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip6), &tcp, sizeof(tcp)))
+			tcp.source = tcp.dest = 0;
+		weft_refused(WEFT_C_MARTIAN, 0, 0, 0, bpf_ntohs(tcp.source), bpf_ntohs(tcp.dest));
 		return WEFT_TCX_DROP;
 	}
 	if (ip6.nexthdr == WEFT_NEXTHDR_FRAGMENT) {
@@ -183,10 +206,8 @@ static __always_inline int weft_do_inbound(struct __sk_buff *skb)
 	/* Stacked tags (a priority tag inside an 802.1Q or 802.1ad one): nothing of the frame's
 	 * headers is where this program reads them, and the stack would judge none of it. A pod's
 	 * interface carries no VLAN of its own (making one takes CAP_NET_ADMIN in the pod). */
-	if (skb->protocol == bpf_htons(ETH_P_8021Q) || skb->protocol == bpf_htons(ETH_P_8021AD)) {
-		weft_refused(WEFT_C_VLAN_DROPPED, 0, 0, 0, 0, 0);
-		return WEFT_TCX_DROP;
-	}
+	if (skb->protocol == bpf_htons(ETH_P_8021Q) || skb->protocol == bpf_htons(ETH_P_8021AD))
+		return weft_drop_tagged(skb);
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		return weft_inbound6(skb);
 	if (skb->protocol != bpf_htons(ETH_P_IP))

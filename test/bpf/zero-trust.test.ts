@@ -274,7 +274,9 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       assert.equal(r.answered, false, `${vlanTags.map((t) => t.toString(16))}: answered, flags ${r.flags} from ${r.from}`);
       assert.equal(delta(before, dp.counters(), 'vlan_dropped'), 1, `${vlanTags.map((t) => t.toString(16))}: counted`);
     }
-    await refusal((x) => x.reason === 'vlan_dropped', mark);
+    // Named: what the inner tag carries (addresses, ports) and the pod.
+    const rec = await refusal((x) => x.reason === 'vlan_dropped', mark);
+    assert.deepEqual([rec.src.ip, rec.dst.ip, rec.dst.port, rec.netnsCookie], [pb.gateway, pb.ip, APP_PORT, netnsCookie(pb.ns.path)]);
   });
 
   test('a SYN to the pod\'s loopback (127.0.0.1, RFC 1122 3.2.1.3: never on a wire) through its interface, routable in a pod namespace that inherited route_localnet=1 from a kube-proxy node, is dropped at the interface and counted martian', async () => {
@@ -298,9 +300,16 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
       // From a loopback address to itself (not 127.0.0.1, no address of an interface, so the
       // stack's martian-source check lets it by): weft_lookup passes src == dst as made inside the
       // namespace. Blind (the answer stays in the pod), still dropped and counted at the interface.
-      const before = dp.counters();
+      let before = dp.counters();
       synToPodB({ src: '127.0.0.2', dst: '127.0.0.2' });
       assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst = 127.0.0.2: counted');
+      // From loopback to the pod's address: the pod is known, and named.
+      before = dp.counters();
+      const mark = refusals.length;
+      synToPodB({ src: '127.0.0.1' });
+      assert.equal(delta(before, dp.counters(), 'martian'), 1, '127.0.0.1 to the pod: counted');
+      const rec = await refusal((x) => x.reason === 'martian' && x.src.ip === '127.0.0.1' && x.dst.ip === pb.ip, mark);
+      assert.equal(rec.netnsCookie, netnsCookie(pb.ns.path), 'the pod is named');
     } finally {
       pb.ns.exec('sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=0');
     }
@@ -390,6 +399,11 @@ describe('zero trust in the kernel: every connection into an enrolled pod passes
     synToPodB({ ...frame, src: POD_B6 });
     assert.equal(delta(before, dp.counters(), 'martian'), 1, 'src = dst: dropped at the interface');
     await refusal((x) => x.reason === 'martian', mark);
+    // With TCP right after the IPv6 header, the record names its ports (it holds IPv4 addresses only).
+    const mark2 = refusals.length;
+    synToPodB({ dst: POD_B6, src: POD_B6, port: APP_PORT6 });
+    const rec = await refusal((x) => x.reason === 'martian', mark2);
+    assert.equal(rec.dst.port, APP_PORT6, 'the IPv6 martian names its port');
   });
 
   test('a port excluded from outbound capture stays closed inbound; an inbound exclusion is explicit and listed', async () => {
