@@ -46,6 +46,7 @@ before(async () => {
   mesh.writeConfig('10-demo.yaml', [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'legacy' } },
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'relaxed', labels: { 'weft.dev/dataplane-mode': 'ambient' } } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'echo', namespace: 'demo' }, spec: { clusterIP: VIP, selector: { app: 'echo' }, ports: [{ name: 'http', port: 80, targetPort: 8080 }] } },
     { apiVersion: 'v1', kind: 'Service', metadata: { name: 'lines', namespace: 'demo' }, spec: { clusterIP: LINES_VIP, selector: { app: 'lines' }, ports: [{ name: 'tcp', port: 7000, targetPort: 7000 }] } },
     { apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'strict', namespace: 'demo' }, spec: { mtls: { mode: 'STRICT' } } },
@@ -53,6 +54,7 @@ before(async () => {
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'guarded', labels: { app: 'guarded' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'guarded'] });
   mesh.addWorkload({ node: 'node1', namespace: 'legacy', name: 'outsider' });
+  mesh.addWorkload({ node: 'node1', namespace: 'relaxed', name: 'open', command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'open'] });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'] });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
   mesh.startController();
@@ -60,8 +62,18 @@ before(async () => {
   mesh.startAgent('node1', AGENT_FLAGS);
   mesh.startAgent('node2');
   await mesh.waitReady();
-  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/guarded', 'demo/echo', 'demo/lines']);
+  await mesh.waitWorkloadsEnrolled(['demo/client', 'demo/guarded', 'demo/echo', 'demo/lines', 'relaxed/open']);
 });
+
+/** Whether something in the pod listens on the agent's plaintext address. */
+const plaintextListening = async (workload: string) => (await mesh.exec(workload, 'ss', ['-Htln', 'sport = :15006'])).stdout.includes('127.0.0.1:15006');
+
+/** The agent on node1 runs again after a test that killed it, whatever that test did. */
+async function ensureAgent(): Promise<void> {
+  if (mesh.agents.has('node1')) return;
+  mesh.startAgent('node1', AGENT_FLAGS);
+  await mesh.waitReady(60_000, ['node1']);
+}
 
 const curl = (from: string, url: string) => mesh.exec(from, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', url]);
 
@@ -178,7 +190,9 @@ test('an upgrade that overlaps the running agent refuses no new connection, and 
 
 test('a pod process that takes the agent\'s plaintext listener address (127.0.0.1:15006) while no agent runs keeps the pod enrolled: its plaintext refused, the failure counted and logged, the listener opened once the address is free', async () => {
   const guardedIp = mesh.workloads.get('demo/guarded')!.pod.ip;
-  const listening = async () => (await mesh.exec('demo/guarded', 'ss', ['-Htln', 'sport = :15006'])).stdout.includes('127.0.0.1:15006');
+  const listening = () => plaintextListening('demo/guarded');
+  const opened = () => mesh.logEntries('agent-node1.log', 'plaintext listener opened in a pod').filter((e) => e.ip === guardedIp).length;
+  const openedBefore = opened();
   await mesh.killAgent('node1');
   // Unprivileged and without SO_REUSEPORT: the address is simply taken.
   const squatter = holdInPod(mesh, 'demo/guarded', process.execPath, ['-e', 'require("node:net").createServer().listen(15006, "127.0.0.1")']);
@@ -197,7 +211,42 @@ test('a pod process that takes the agent\'s plaintext listener address (127.0.0.
     assert.match(await mesh.agentMetrics('node1'), /weft_plaintext_listener_failures_total\{reason="EADDRINUSE"\} [1-9]/);
   } finally {
     await squatter.stop();
+    await ensureAgent();
   }
-  await until('the agent opens its listener once the address is free', listening, 10_000);
+  // The squatter has exited: what listens now is the agent, which says so.
+  await until('the agent opens its listener once the address is free', async () => await listening() && opened() > openedBefore, 40_000);
   assert.notEqual((await curl('legacy/outsider', `http://${guardedIp}:8080/`)).code, 0, 'STRICT still refuses plaintext');
+});
+
+test('PERMISSIVE: while a pod process holds the agent\'s plaintext listener address, the pod\'s plaintext is refused in the kernel (lookup_no_agent) and the failure logged once however often it is retried; once the squatter leaves, plaintext is steered to the agent again', async () => {
+  const ip = mesh.workloads.get('relaxed/open')!.pod.ip;
+  const url = `http://${ip}:8080/`;
+  const warned = () => mesh.logEntries('agent-node1.log', 'cannot open the plaintext listener in a pod').filter((e) => e.ip === ip).length;
+  const failures = async () => Number(/weft_plaintext_listener_failures_total\{reason="EADDRINUSE"\} (\d+)/.exec(await mesh.agentMetrics('node1'))?.[1] ?? 0);
+  assert.equal((await curl('legacy/outsider', url)).stdout, '200', 'PERMISSIVE plaintext is delivered by the agent to start with');
+  const warnedBefore = warned();
+  let squatter: ReturnType<typeof holdInPod> | undefined;
+  try {
+    await mesh.killAgent('node1');
+    squatter = holdInPod(mesh, 'relaxed/open', process.execPath, ['-e', 'require("node:net").createServer().listen(15006, "127.0.0.1")']);
+    await until('the pod holds 127.0.0.1:15006', () => plaintextListening('relaxed/open'), 10_000);
+    mesh.startAgent('node1', AGENT_FLAGS);
+    await mesh.waitReady(60_000, ['node1']);
+    // Tried again (after 1 s, then 2 s more: a retry of this pod's listener alone).
+    await until('the agent tried the listener at least twice', async () => (await failures()) >= 2, 20_000);
+    let before = counters('node1');
+    const plain = await curl('legacy/outsider', url);
+    assert.notEqual(plain.code, 0, `refused while the agent has no listener in the pod: got ${plain.stdout}`);
+    assert.ok(counters('node1').lookup_no_agent! > before.lookup_no_agent!, 'refused by weft_lookup, counted lookup_no_agent');
+    assert.equal(warned() - warnedBefore, 1, 'logged once, not once a try');
+    await squatter.stop();
+    squatter = undefined;
+    before = counters('node1');
+    await until('plaintext is delivered again, through the agent', async () => (await curl('legacy/outsider', url)).stdout === '200', 40_000);
+    assert.ok(counters('node1').lookup_steered! > before.lookup_steered!, 'steered to the agent\'s listener, not passed to the application');
+    assert.ok(mesh.logEntries('agent-node1.log', 'plaintext listener opened in a pod').some((e) => e.ip === ip));
+  } finally {
+    await squatter?.stop();
+    await ensureAgent();
+  }
 });
