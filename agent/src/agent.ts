@@ -514,7 +514,17 @@ export class Agent {
       try {
         keep.add(this.#enrollPod(w, ns));
       } catch (err) {
-        this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, error: (err as Error).message });
+        const reason = (err as { code?: string }).code ?? 'error';
+        this.metrics.enrolmentFailures.inc({ reason });
+        // An enrolled pod whose update fails (a map full, say) keeps what it had: unenrolling it
+        // would leave its plaintext unjudged (fail open).
+        const cookie = this.#enrolled.get(w.ip);
+        if (cookie !== undefined) {
+          keep.add(cookie);
+          this.log.warn('cannot enrol pod again; its enrolment stays as it was', { pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message });
+        } else {
+          this.log.warn('cannot enrol pod', { pod: `${w.namespace}/${w.name}`, ip: w.ip, reason, error: (err as Error).message });
+        }
       }
     }
     for (const { workload: w, reason, holder } of plan.refused) {

@@ -60,6 +60,7 @@ export class AgentMetrics {
   readonly sidePortRefused: Counter<'port' | 'reason'>;
   readonly enrolmentRefused: Counter<'reason'>;
   readonly plaintextListenerFailures: Counter<'reason'>;
+  readonly enrolmentFailures: Counter<'reason'>;
   /** weft_authz_dry_run_total: each shadow engine's verdict on a connection (lib/policy/authz.ts dryRunOf). */
   readonly dryRun: Counter<(typeof DRY_RUN_METRIC.labelNames)[number]>;
   /** weft_node_certificate_renewals_total{reason}: agent/src/config-stream.ts NodeRenewalReason. */
@@ -114,6 +115,12 @@ export class AgentMetrics {
     this.plaintextListenerFailures = new Counter({
       name: 'weft_plaintext_listener_failures_total',
       help: 'Attempts to open the agent\'s plaintext listener (127.0.0.1:15006) in an enrolled pod that failed, by error code (EADDRINUSE: a process in the pod holds the address); the pod stays enrolled and its plaintext is refused until one succeeds',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.enrolmentFailures = new Counter({
+      name: 'weft_pod_enrolment_failures_total',
+      help: 'Enrolments (or updates of one) of a local pod in the datapath that failed, by error code; a pod already enrolled keeps its enrolment as it was',
       labelNames: ['reason'],
       registers,
     });

@@ -54,7 +54,7 @@ before(async () => {
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'client' });
   mesh.addWorkload({ node: 'node1', namespace: 'demo', name: 'guarded', labels: { app: 'guarded' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'guarded'] });
   mesh.addWorkload({ node: 'node1', namespace: 'legacy', name: 'outsider' });
-  mesh.addWorkload({ node: 'node1', namespace: 'relaxed', name: 'open', command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'open'] });
+  mesh.addWorkload({ node: 'node1', namespace: 'relaxed', name: 'open', labels: { app: 'open' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'open'] });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'echo', labels: { app: 'echo' }, command: ['cli/local/apps/echo.ts', '--port', '8080', '--name', 'echo'] });
   mesh.addWorkload({ node: 'node2', namespace: 'demo', name: 'lines', labels: { app: 'lines' }, command: ['test/e2e/fixtures/line-echo.ts', '--port', '7000'] });
   mesh.startController();
@@ -248,5 +248,25 @@ test('PERMISSIVE: while a pod process holds the agent\'s plaintext listener addr
   } finally {
     await squatter?.stop();
     await ensureAgent();
+  }
+});
+
+test('a pod whose enrolment cannot be updated (weft_port_modes full: a portLevelMtls of 16,385 ports) keeps the enrolment it had, counted and logged, instead of being unenrolled (its plaintext unjudged)', async () => {
+  const ip = mesh.workloads.get('relaxed/open')!.pod.ip;
+  const enrolled = async () => (await mesh.agentAdmin<{ pods: Array<{ podIp: string }> }>('node1', '/bpf')).pods.some((p) => p.podIp === ip);
+  assert.ok(await enrolled());
+  // One more port than the map holds (WEFT_MAX_PORT_MODES), each STRICT where the pod is PERMISSIVE.
+  const portLevelMtls = Object.fromEntries(Array.from({ length: 16_385 }, (_, i) => [String(20_000 + i), { mode: 'STRICT' }]));
+  try {
+    mesh.writeConfig('30-port-hog.yaml', [{ apiVersion: 'weft.dev/v1alpha1', kind: 'PeerAuthentication', metadata: { name: 'hog', namespace: 'relaxed' }, spec: { selector: { matchLabels: { app: 'open' } }, mtls: { mode: 'PERMISSIVE' }, portLevelMtls } }]);
+    await until('the agent tried to enrol the pod again and failed', () => ['cannot enrol pod again; its enrolment stays as it was', 'cannot enrol pod']
+      .some((msg) => mesh.logEntries('agent-node1.log', msg).some((e) => e.ip === ip)), 60_000);
+    assert.ok(await enrolled(), `the pod stays enrolled:\n${mesh.logTail('agent-node1.log', 12)}`);
+    assert.match(await mesh.agentMetrics('node1'), /weft_pod_enrolment_failures_total\{reason="[^"]+"\} [1-9]/);
+    const before = counters('node1');
+    assert.equal((await curl('legacy/outsider', `http://${ip}:8080/`)).stdout, '200');
+    assert.ok(counters('node1').lookup_steered! > before.lookup_steered!, 'its plaintext still meets the agent');
+  } finally {
+    mesh.removeConfig('30-port-hog.yaml');
   }
 });
