@@ -14,7 +14,7 @@ import { Datapath, MAX_DESTS, MESH_PORTS, REFUSAL_COUNTERS } from './datapath/in
 import { CertManager, GrpcCertificateSigner } from './certs/index.ts';
 import { NodeConfigStream } from './config-stream.ts';
 import { AgentState, validateAgentConfig, type MeshDestination } from './state.ts';
-import { AgentMetrics, formatAccessLog, type AccessLogSink } from './metrics.ts';
+import { AgentMetrics, accessLogSink, type AccessLogSink } from './metrics.ts';
 import { Outbound } from './outbound.ts';
 import { StrandedResets } from './splice.ts';
 import { spliceReaderNames } from './datapath/codecs.ts';
@@ -231,17 +231,7 @@ export class Agent {
     const write = o.accessLog ?? stdoutLines();
     const otlp = (this.#otlpLogs = new OtlpLogExporters({ serviceName: 'weft-agent', resource: { 'k8s.node.name': o.node }, ...otlpLogMetrics(this.metrics.registry, (m, f) => this.log.warn(m, f)) }));
     // Every entry reaches /flows (weftctl tap, the dashboard); stdout, and the OTLP collector, as the workload's Telemetry says.
-    this.#accessLog = (entry, logging) => {
-      const line = { time: new Date().toISOString(), type: 'access', node: o.node, ...entry };
-      let json: string | undefined;
-      if (!logging?.disabled) {
-        const text = formatAccessLog(line, logging?.encoding);
-        if ((logging?.encoding ?? 'JSON') === 'JSON') json = text;
-        write(text);
-        if (logging?.otlpEndpoint) otlp.get(logging.otlpEndpoint).emit(text, line);
-      }
-      this.flows.publish(line, json);
-    };
+    this.#accessLog = accessLogSink({ node: o.node, write, otlp: (endpoint, text, fields) => otlp.get(endpoint).emit(text, fields), publish: (line, json) => this.flows.publish(line, json) });
   }
 
   /** Config, certificates and datapath in place, and the data ports listening. */

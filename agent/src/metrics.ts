@@ -31,6 +31,32 @@ export type TcpLabels = Record<TrafficLabel, string>;
  */
 export type AccessLogSink = (entry: Record<string, unknown>, logging?: TelemetrySettings['accessLogging']) => void;
 
+/** Where the agent's access-log lines go: stdout, a Telemetry's OTLP endpoint, and /flows. */
+export interface AccessLogOutputs {
+  node: string;
+  /** One line to stdout. */
+  write: (line: string) => void;
+  /** One line to the OTLP collector at `endpoint` (the entry's fields beside it). */
+  otlp: (endpoint: string, text: string, fields: Record<string, unknown>) => void;
+  /** Every entry, whatever the settings (weftctl tap, the dashboard); its JSON text when one was made. */
+  publish: (entry: Record<string, unknown>, json: string | undefined) => void;
+}
+
+/** The agent's access log: each entry stamped (time, type, node) and sent where the settings say. */
+export function accessLogSink(out: AccessLogOutputs): AccessLogSink {
+  return (entry, logging) => {
+    const line = { time: new Date().toISOString(), type: 'access', node: out.node, ...entry };
+    let json: string | undefined;
+    if (!logging?.disabled) {
+      const text = formatAccessLog(line, logging?.encoding);
+      if ((logging?.encoding ?? 'JSON') === 'JSON') json = text;
+      out.write(text);
+      if (logging?.otlpEndpoint) out.otlp(logging.otlpEndpoint, text, line);
+    }
+    out.publish(line, json);
+  };
+}
+
 /**
  * One access-log line: JSON, or ztunnel's text form (`<time> info access <msg> key=value ...`,
  * values with spaces or controls quoted, each line one line). Undefined values are left out of both.
